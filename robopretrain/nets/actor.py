@@ -1,0 +1,125 @@
+"""Tanh-squashed Gaussian actor used by CQL/Cal-QL (SAC policy), IQL (AWR) and BC.
+
+Follows the Cal-QL/JaxCQL ``TanhGaussianPolicy`` (REFERENCE.md, Stage 3: CQL(H) on SAC): an MLP maps
+the state to ``2 * act_dim`` numbers, split into the pre-tanh mean and log-std; the log-std is
+``log_std_multiplier * raw + log_std_offset`` (1.0 and -1.0 as in the Cal-QL code) clamped to
+``[log_std_min, log_std_max] = [-20, 2]``. Actions are ``tanh(u)`` with ``u ~ N(mean, std)``
+(reparameterised), and the change of variables is computed stably as
+
+    log pi(a|s) = sum_i [ log N(u_i; mean_i, std_i) - 2 (log 2 - u_i - softplus(-2 u_i)) ]
+
+since ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))``. ``sample(obs, n)`` draws ``n`` actions per
+state in one pass and returns ``(B, n, A)`` actions with ``(B, n)`` log-probs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robopretrain.nets.mlp import FINAL_GAIN, build_mlp
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
+
+
+def tanh_log_det_jacobian(u: torch.Tensor) -> torch.Tensor:
+    """``log(1 - tanh(u)^2)`` per element, computed without cancellation for large ``|u|``."""
+    return 2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))
+
+
+def squashed_gaussian_sample(
+    mean: torch.Tensor, log_std: torch.Tensor, n: int | None = None, deterministic: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``tanh(mean + std * eps)`` and its log-density from given distribution parameters.
+
+    ``mean``/``log_std`` are ``(B, A)``. With ``n=None`` returns ``(B, A)`` actions and ``(B,)``
+    log-probs; with an int ``n`` returns ``(B, n, A)`` and ``(B, n)``. ``deterministic`` uses
+    ``eps = 0`` (the mode of the pre-tanh Gaussian) and still returns its log-density.
+    """
+    if n is not None:
+        mean = mean.unsqueeze(-2).expand(*mean.shape[:-1], n, mean.shape[-1])
+        log_std = log_std.unsqueeze(-2).expand_as(mean)
+    if deterministic:
+        eps = torch.zeros_like(mean)
+    else:
+        eps = torch.randn_like(mean)
+    u = mean + log_std.exp() * eps
+    log_prob = (-0.5 * eps.square() - log_std - _LOG_SQRT_2PI - tanh_log_det_jacobian(u)).sum(-1)
+    return torch.tanh(u), log_prob
+
+
+class TanhGaussianActor(nn.Module):
+    """State -> tanh-Gaussian policy over actions in ``(-1, 1)^act_dim``."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        *,
+        activation: str = "relu",
+        layer_norm: bool = False,
+        orthogonal_init: bool = False,
+        final_gain: float = FINAL_GAIN,
+        log_std_min: float = -20.0,
+        log_std_max: float = 2.0,
+        log_std_multiplier: float = 1.0,
+        log_std_offset: float = -1.0,
+    ) -> None:
+        super().__init__()
+        if log_std_min >= log_std_max:
+            raise ValueError(f"log_std_min ({log_std_min}) must be below log_std_max ({log_std_max})")
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.log_std_min = log_std_min
+        self.log_std_max = log_std_max
+        self.log_std_multiplier = log_std_multiplier
+        self.log_std_offset = log_std_offset
+        self.net = build_mlp(
+            obs_dim,
+            2 * act_dim,
+            hidden,
+            activation=activation,
+            layer_norm=layer_norm,
+            orthogonal_init=orthogonal_init,
+            final_gain=final_gain,
+        )
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the pre-tanh ``mean`` and clamped ``log_std``, each ``(B, A)``."""
+        mean, raw_log_std = self.net(obs).chunk(2, dim=-1)
+        log_std = self.log_std_multiplier * raw_log_std + self.log_std_offset
+        return mean, log_std.clamp(self.log_std_min, self.log_std_max)
+
+    def sample(
+        self, obs: torch.Tensor, n: int | None = None, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised actions and log-probs: ``(B, A), (B,)`` or ``(B, n, A), (B, n)``."""
+        mean, log_std = self(obs)
+        return squashed_gaussian_sample(mean, log_std, n, deterministic)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, clip_eps: float = 1e-4) -> torch.Tensor:
+        """Log-density of given actions ``(B, A)`` or ``(B, n, A)``; actions are clipped to
+        ``[-1 + clip_eps, 1 - clip_eps]`` before ``atanh`` so data actions at the bounds stay finite."""
+        mean, log_std = self(obs)
+        if actions.dim() == mean.dim() + 1:
+            mean, log_std = mean.unsqueeze(-2), log_std.unsqueeze(-2)
+        u = torch.atanh(actions.clamp(-1.0 + clip_eps, 1.0 - clip_eps))
+        z = (u - mean) * torch.exp(-log_std)
+        return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI - tanh_log_det_jacobian(u)).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
+        """Actions for a single state ``(S,)`` or a batch ``(B, S)`` as a float32 numpy array."""
+        device = next(self.parameters()).device
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        single = x.dim() == 1
+        actions, _ = self.sample(x.unsqueeze(0) if single else x, deterministic=deterministic)
+        out = actions[0] if single else actions
+        return out.cpu().numpy()

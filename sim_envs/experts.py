@@ -1,0 +1,260 @@
+"""Scripted experts for every task: closed-loop waypoint controllers on the privileged simulator state.
+
+``make_expert(env, noise, rng)`` returns a policy ``act(obs) -> action``. ``noise`` is the standard deviation
+of Gaussian noise added to every action (then clipped to [-1, 1]); 0 is the clean expert. The same
+experts drive the human hand (it shares the gripper's interface), which is how the videos are made.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import numpy as np
+
+from sim_envs.env import MAX_DELTA, TabletopEnv
+
+OPEN, CLOSE = -1.0, 1.0
+
+
+def move_toward(env: TabletopEnv, target: np.ndarray, grip: float, gain: float = 1.0) -> np.ndarray:
+    """Action moving the pinch point toward ``target`` as fast as allowed, with the given grip command."""
+    delta = (np.asarray(target) - env.grip_pos()) / MAX_DELTA * gain
+    return np.concatenate([np.clip(delta, -1.0, 1.0), [grip]])
+
+
+def _near(env: TabletopEnv, target: np.ndarray, tol: float = 0.01) -> bool:
+    return bool(np.linalg.norm(env.grip_pos() - target) < tol)
+
+
+class Expert(ABC):
+    """Base class: a phase machine. Subclasses implement ``policy`` returning a clean action."""
+
+    def __init__(self, env: TabletopEnv, noise: float = 0.0, rng: np.random.Generator | None = None) -> None:
+        self.env = env
+        self.noise = float(noise)
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase = 0
+        self.counter = 0
+
+    def next_phase(self) -> None:
+        self.phase += 1
+        self.counter = 0
+
+    @abstractmethod
+    def policy(self) -> np.ndarray:
+        """The clean (noise-free) action for the current state."""
+
+    def act(self, obs: Any = None) -> np.ndarray:
+        self.counter += 1
+        a = self.policy()
+        if self.noise > 0:
+            a = a + self.rng.normal(0.0, self.noise, size=a.shape)
+        return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+
+class ReachExpert(Expert):
+    def policy(self) -> np.ndarray:
+        return move_toward(self.env, self.env.goal, OPEN)
+
+
+class PushExpert(Expert):
+    """Get behind the object (relative to the goal), lower a closed fist, and push it along the line."""
+
+    def __init__(self, env: TabletopEnv, body: str, radius: float, **kw: Any) -> None:
+        self.body, self.radius = body, radius
+        super().__init__(env, **kw)
+
+    def policy(self) -> np.ndarray:
+        env = self.env
+        obj = env.body_pos(self.body)
+        to_goal = env.goal[:2] - obj[:2]
+        dist = np.linalg.norm(to_goal)
+        d = to_goal / max(dist, 1e-6)
+        z = 0.018
+        behind = obj[:2] - d * (self.radius + 0.03)
+        grip = env.grip_pos()
+        rel = grip[:2] - obj[:2]
+        along = float(rel @ d)
+        lateral = float(np.linalg.norm(rel - along * d))
+        aligned = along < -(self.radius + 0.005) and lateral < 0.012
+        if self.phase == 0:  # go above the point behind the object
+            target = np.array([*behind, 0.08])
+            if np.linalg.norm(grip[:2] - behind) < 0.015:
+                self.next_phase()
+            return move_toward(env, target, CLOSE)
+        if self.phase == 1:  # lower
+            target = np.array([*behind, z])
+            if grip[2] < z + 0.01:
+                self.next_phase()
+            return move_toward(env, target, CLOSE)
+        if not aligned and along < 0 and lateral > 0.025:  # lost the line: go around again
+            self.phase = 0
+            return move_toward(env, np.array([*grip[:2], 0.08]), CLOSE)
+        # push: aim at the point that puts the object on the goal, correcting the lateral error
+        push_to = env.goal[:2] - d * (self.radius + 0.012)
+        target = np.array([*push_to, z])
+        return move_toward(env, target, CLOSE, gain=0.6 if dist < 0.05 else 1.0)
+
+
+class PickExpert(Expert):
+    """Grasp the object from above, lift it, carry it above the place and lower it there (or just lift)."""
+
+    def __init__(self, env: TabletopEnv, body: str, grasp_z: float, place: bool, **kw: Any) -> None:
+        self.body, self.grasp_z, self.place = body, grasp_z, place
+        super().__init__(env, **kw)
+
+    def policy(self) -> np.ndarray:
+        env = self.env
+        obj = env.body_pos(self.body)
+        grip = env.grip_pos()
+        if self.phase == 0:  # above the object, open
+            target = np.array([obj[0], obj[1], 0.1])
+            if np.linalg.norm(grip[:2] - obj[:2]) < 0.008:
+                self.next_phase()
+            return move_toward(env, target, OPEN)
+        if self.phase == 1:  # descend around it
+            target = np.array([obj[0], obj[1], self.grasp_z])
+            if grip[2] < self.grasp_z + 0.006:
+                self.next_phase()
+            return move_toward(env, target, OPEN)
+        if self.phase == 2:  # close
+            if self.counter > 8:
+                self.next_phase()
+            return move_toward(env, np.array([obj[0], obj[1], self.grasp_z]), CLOSE)
+        if self.phase == 3:  # lift
+            target = np.array([grip[0], grip[1], 0.15])
+            if obj[2] < self.grasp_z - 0.015 and self.counter > 5:  # dropped it: start again
+                self.phase = 0
+                return move_toward(env, target, OPEN)
+            if grip[2] > 0.13:
+                self.next_phase()
+            return move_toward(env, target, CLOSE)
+        if not self.place:
+            return move_toward(env, np.array([grip[0], grip[1], 0.16]), CLOSE)
+        goal = env.goal
+        if self.phase == 4:  # carry above the place
+            target = np.array([goal[0], goal[1], 0.15])
+            if obj[2] < 0.05:  # dropped on the way
+                self.phase = 0
+            elif np.linalg.norm(grip[:2] - goal[:2]) < 0.01:
+                self.next_phase()
+            return move_toward(env, target, CLOSE)
+        if self.phase == 5:  # lower
+            release_z = goal[2] + self.grasp_z + 0.012
+            if grip[2] < release_z + 0.006:
+                self.next_phase()
+            return move_toward(env, np.array([goal[0], goal[1], release_z]), CLOSE)
+        if self.phase == 6:  # release
+            if self.counter > 6:
+                self.next_phase()
+            return move_toward(env, grip, OPEN)
+        return move_toward(env, np.array([grip[0], grip[1], 0.15]), OPEN)  # retreat upward
+
+
+class OpenDrawerExpert(Expert):
+    def policy(self) -> np.ndarray:
+        env = self.env
+        knob = env.site_pos("drawer_knob_site")
+        grip = env.grip_pos()
+        if self.phase == 0:
+            target = knob + np.array([0, 0, 0.06])
+            if np.linalg.norm(grip[:2] - knob[:2]) < 0.008:
+                self.next_phase()
+            return move_toward(env, target, OPEN)
+        if self.phase == 1:
+            if grip[2] < knob[2] + 0.006:
+                self.next_phase()
+            return move_toward(env, knob, OPEN)
+        if self.phase == 2:
+            if self.counter > 8:
+                self.next_phase()
+            return move_toward(env, knob, CLOSE)
+        if abs(grip[0] - knob[0]) > 0.02 or abs(grip[2] - knob[2]) > 0.03:  # slipped off: regrasp
+            self.phase = 0
+            return move_toward(env, grip + np.array([0, 0, 0.05]), OPEN)
+        return move_toward(env, knob + np.array([0, -0.06, 0]), CLOSE)
+
+
+class CloseDrawerExpert(Expert):
+    def policy(self) -> np.ndarray:
+        env = self.env
+        knob = env.site_pos("drawer_knob_site")
+        grip = env.grip_pos()
+        front = knob + np.array([0, -0.045, 0])
+        if self.phase == 0:
+            if np.linalg.norm(grip[:2] - front[:2]) < 0.01:
+                self.next_phase()
+            return move_toward(env, front + np.array([0, 0, 0.06]), CLOSE)
+        if self.phase == 1:
+            if grip[2] < front[2] + 0.008:
+                self.next_phase()
+            return move_toward(env, front, CLOSE)
+        return move_toward(env, knob + np.array([0, 0.06, 0]), CLOSE)
+
+
+class PressButtonExpert(Expert):
+    def policy(self) -> np.ndarray:
+        env = self.env
+        top = env.site_pos("button_site")
+        grip = env.grip_pos()
+        above = top + np.array([0, 0, 0.06])
+        if self.phase == 0:
+            if np.linalg.norm(grip[:2] - top[:2]) < 0.006:
+                self.next_phase()
+            return move_toward(env, above, CLOSE)
+        # finger tips are 0.015 m below the pinch point: push them 0.02 m below the cap's rest height
+        return move_toward(env, np.array([top[0], top[1], self.env.goal[2] + 0.01 + 0.015 - 0.02]), CLOSE)
+
+
+class OpenDoorExpert(Expert):
+    """Put a closed fist against the panel's front face and push it along the door's arc."""
+
+    RADIUS = 0.11
+    HEIGHT = 0.035
+
+    def policy(self) -> np.ndarray:
+        env = self.env
+        angle = env.joint_qpos("door_hinge")
+        grip = env.grip_pos()
+        contact = env.door_point(self.RADIUS, angle, self.HEIGHT, offset=0.022)
+        if self.phase == 0:
+            start = env.door_point(self.RADIUS, angle, 0.09, offset=0.05)
+            if np.linalg.norm(grip[:2] - start[:2]) < 0.01:
+                self.next_phase()
+            return move_toward(env, start, CLOSE)
+        if self.phase == 1:
+            target = env.door_point(self.RADIUS, angle, self.HEIGHT, offset=0.04)
+            if grip[2] < self.HEIGHT + 0.008:
+                self.next_phase()
+            return move_toward(env, target, CLOSE)
+        if np.linalg.norm(grip[:2] - contact[:2]) > 0.05:  # lost contact: approach again
+            self.phase = 0
+            return move_toward(env, grip + np.array([0, 0, 0.05]), CLOSE)
+        ahead = env.door_point(self.RADIUS, min(angle + 0.35, 1.45), self.HEIGHT, offset=0.01)
+        return move_toward(env, ahead, CLOSE)
+
+
+_EXPERTS: dict[str, Callable[..., Expert]] = {
+    "Reach": ReachExpert,
+    "PushBlock": lambda env, **kw: PushExpert(env, "block", 0.02, **kw),
+    "SlidePuck": lambda env, **kw: PushExpert(env, "puck", 0.03, **kw),
+    "PickPlace": lambda env, **kw: PickExpert(env, "block", 0.02, place=True, **kw),
+    "Lift": lambda env, **kw: PickExpert(env, "block", 0.02, place=False, **kw),
+    "PlaceInBowl": lambda env, **kw: PickExpert(env, "can", 0.045, place=True, **kw),
+    "OpenDrawer": OpenDrawerExpert,
+    "CloseDrawer": CloseDrawerExpert,
+    "PressButton": PressButtonExpert,
+    "OpenDoor": OpenDoorExpert,
+    "OpenDoorRight": OpenDoorExpert,
+}
+
+
+def make_expert(env: TabletopEnv, noise: float = 0.0, rng: np.random.Generator | None = None) -> Expert:
+    """The scripted expert for ``env``'s task (``env`` may be wrapped)."""
+    base = env.unwrapped
+    if not isinstance(base, TabletopEnv):
+        raise TypeError(f"scripted experts need a sim_envs TabletopEnv, got {type(base).__name__}")
+    return _EXPERTS[base.task.name](base, noise=noise, rng=rng)
