@@ -52,7 +52,7 @@ FACTOR_RANGES: dict[str, dict[str, tuple[Interval, ...]]] = {
 TEXTURES = {"train": ("mat_plain", "mat_checker", "mat_noise"), "eval_easy": ("mat_grid", "mat_gradient"),
             "eval_hard": ("mat_grid", "mat_gradient")}
 DISTRACTOR_SHAPES = ("box", "sphere", "cylinder")
-SURFACE_GEOMS = ("table", "backdrop", "floor")
+SURFACE_GEOMS = ("table", "backdrop", "floor", "wall_left", "wall_right")
 # Geoms of the embodiment whose friction is scaled with the objects'.
 FINGER_PREFIXES = ("finger_l_pad", "finger_r_pad")
 FIXTURE_JOINTS = ("drawer_slide", "door_hinge", "button_slide")

@@ -32,7 +32,7 @@ AGENTVIEW_TARGET = np.array([0.0, 0.07, 0.0])
 VIDEO_CAMERAS = {
     "video_left": (np.array([-0.55, -0.45, 0.45]), np.array([0.0, 0.05, 0.03])),
     "video_right": (np.array([0.6, -0.35, 0.4]), np.array([0.0, 0.05, 0.03])),
-    "video_high": (np.array([0.05, -0.3, 0.85]), np.array([0.0, 0.05, 0.0])),
+    "video_high": (np.array([0.35, -0.45, 0.75]), np.array([0.0, 0.05, 0.0])),
     "video_low": (np.array([-0.2, -0.7, 0.22]), np.array([0.0, 0.05, 0.05])),
 }
 
