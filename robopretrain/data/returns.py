@@ -1,0 +1,137 @@
+"""Monte-Carlo returns-to-go, the V_mu(s) lower bound of Cal-QL.
+
+Follows REFERENCE.md, Stage 3 ("Returns-to-go per episode") and Cal-QL's ``calc_return_to_go``:
+
+* ``G_t = r_t + gamma * G_{t+1} * (1 - terminal_t)`` inside an episode;
+* an episode that ends by truncation contributes 0 after its last step (no bootstrap);
+* sparse all-failure rule: if every reward of an episode equals the negative reward ``r_neg`` (the episode
+  never succeeded), every step gets ``r_neg / (1 - gamma)``, the value of failing forever;
+* episode boundaries come from an episode-id array, from terminals, and also from
+  ``obs[t + 1] != next_obs[t]`` (a transition that does not continue the previous one starts a new episode).
+
+Reward scale and bias are applied by the caller, per algorithm config, *before* calling these functions;
+:func:`scale_rewards` does it. Cal-QL's default for sparse {0, 1} rewards is ``reward * 10 - 5``, so the
+negative reward passed as ``sparse_negative_reward`` is then ``0 * 10 - 5 = -5`` (see
+:func:`sparse_negative_reward`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+ObsLike = np.ndarray | Mapping[str, np.ndarray]
+
+
+def scale_rewards(rewards: np.ndarray, scale: float, bias: float) -> np.ndarray:
+    """``rewards * scale + bias`` as float32 (the algorithm config's reward transform)."""
+    return (np.asarray(rewards, dtype=np.float64) * scale + bias).astype(np.float32)
+
+
+def sparse_negative_reward(scale: float, bias: float, raw_negative: float = 0.0) -> float:
+    """The transformed reward of a failing step for sparse rewards (raw 0 by default): ``raw * scale + bias``."""
+    return float(raw_negative * scale + bias)
+
+
+def _obs_mismatch(obs: ObsLike, next_obs: ObsLike, atol: float) -> np.ndarray:
+    """Boolean ``(N - 1,)``: True where ``obs[t + 1]`` differs from ``next_obs[t]``."""
+    if isinstance(obs, Mapping):
+        if not isinstance(next_obs, Mapping) or set(obs) != set(next_obs):
+            raise ValueError("obs and next_obs must both be arrays or dicts with the same keys")
+        parts = [_obs_mismatch(obs[k], next_obs[k], atol) for k in sorted(obs)]
+        return np.logical_or.reduce(parts) if parts else np.zeros(0, dtype=bool)
+    o = np.asarray(obs)
+    no = np.asarray(next_obs)
+    if o.shape != no.shape:
+        raise ValueError(f"obs {o.shape} and next_obs {no.shape} must have the same shape")
+    a = o[1:].reshape(len(o) - 1, -1).astype(np.float64)
+    b = no[:-1].reshape(len(o) - 1, -1).astype(np.float64)
+    return np.any(np.abs(a - b) > atol, axis=1)
+
+
+def episode_starts(
+    n: int,
+    *,
+    episode_ids: np.ndarray | None = None,
+    terminals: np.ndarray | None = None,
+    obs: ObsLike | None = None,
+    next_obs: ObsLike | None = None,
+    atol: float = 1e-6,
+) -> np.ndarray:
+    """Boolean ``(n,)`` marking the first step of each episode.
+
+    A step ``t + 1`` starts a new episode when the episode id changes, when step ``t`` is terminal, or
+    (when ``obs`` and ``next_obs`` are given) when ``obs[t + 1]`` differs from ``next_obs[t]`` by more
+    than ``atol``.
+    """
+    starts = np.zeros(n, dtype=bool)
+    if n == 0:
+        return starts
+    starts[0] = True
+    if episode_ids is not None:
+        ids = np.asarray(episode_ids)
+        if ids.shape != (n,):
+            raise ValueError(f"episode_ids must have shape ({n},), got {ids.shape}")
+        starts[1:] |= ids[1:] != ids[:-1]
+    if terminals is not None:
+        starts[1:] |= np.asarray(terminals).reshape(n)[:-1] > 0
+    if obs is not None and next_obs is not None and n > 1:
+        starts[1:] |= _obs_mismatch(obs, next_obs, atol)
+    return starts
+
+
+def episode_returns_to_go(
+    rewards: np.ndarray,
+    terminals: np.ndarray,
+    gamma: float,
+    sparse_negative_reward: float | None = None,
+) -> np.ndarray:
+    """Returns-to-go of ONE episode (rewards already scaled/biased); float32 ``(T,)``.
+
+    With ``sparse_negative_reward`` set, an episode whose rewards all equal it gets
+    ``sparse_negative_reward / (1 - gamma)`` at every step (requires ``gamma < 1``).
+    """
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    d = np.asarray(terminals, dtype=np.float64).reshape(-1)
+    if r.shape != d.shape:
+        raise ValueError(f"rewards {r.shape} and terminals {d.shape} must have the same length")
+    if len(r) == 0:
+        return np.zeros(0, dtype=np.float32)
+    if sparse_negative_reward is not None and np.allclose(r, sparse_negative_reward, rtol=0.0, atol=1e-6):
+        if not gamma < 1.0:
+            raise ValueError(f"the all-failure rule r_neg / (1 - gamma) needs gamma < 1, got gamma={gamma}")
+        return np.full(len(r), sparse_negative_reward / (1.0 - gamma), dtype=np.float32)
+    out = np.empty(len(r), dtype=np.float64)
+    running = 0.0  # truncation (or the end of the data) contributes 0 after the last step
+    rl, dl = r.tolist(), d.tolist()
+    for t in range(len(rl) - 1, -1, -1):
+        running = rl[t] + gamma * running * (1.0 - dl[t])
+        out[t] = running
+    return out.astype(np.float32)
+
+
+def returns_to_go(
+    rewards: np.ndarray,
+    terminals: np.ndarray,
+    gamma: float,
+    *,
+    episode_ids: np.ndarray | None = None,
+    obs: ObsLike | None = None,
+    next_obs: ObsLike | None = None,
+    sparse_negative_reward: float | None = None,
+    atol: float = 1e-6,
+) -> np.ndarray:
+    """Returns-to-go for a flat array of transitions made of consecutive episodes; float32 ``(N,)``.
+
+    Boundaries are found with :func:`episode_starts`; each episode is handled by
+    :func:`episode_returns_to_go`. Rewards must already carry the algorithm's scale and bias.
+    """
+    r = np.asarray(rewards).reshape(-1)
+    starts = episode_starts(len(r), episode_ids=episode_ids, terminals=terminals, obs=obs, next_obs=next_obs, atol=atol)
+    bounds = np.append(np.flatnonzero(starts), len(r))
+    d = np.asarray(terminals).reshape(-1)
+    out = np.empty(len(r), dtype=np.float32)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        out[lo:hi] = episode_returns_to_go(r[lo:hi], d[lo:hi], gamma, sparse_negative_reward)
+    return out

@@ -1,0 +1,81 @@
+"""Returns-to-go (REFERENCE.md Stage 3): terminals, truncation, the all-failure rule, boundaries."""
+
+import numpy as np
+import pytest
+
+from robopretrain.data.returns import (
+    episode_returns_to_go,
+    episode_starts,
+    returns_to_go,
+    scale_rewards,
+    sparse_negative_reward,
+)
+
+
+def test_terminal_at_end_discounts_backwards():
+    g = episode_returns_to_go(np.array([0.0, 0.0, 1.0]), np.array([0, 0, 1]), gamma=0.5)
+    np.testing.assert_allclose(g, [0.25, 0.5, 1.0])
+
+
+def test_truncation_contributes_zero_after_end():
+    # no terminal anywhere: the last step is a truncation, nothing is bootstrapped after it
+    g = episode_returns_to_go(np.array([1.0, 1.0, 1.0]), np.zeros(3), gamma=0.9)
+    np.testing.assert_allclose(g, [1 + 0.9 + 0.81, 1 + 0.9, 1.0], rtol=1e-6)
+
+
+def test_terminal_in_the_middle_cuts_the_return():
+    g = episode_returns_to_go(np.array([1.0, 2.0, 3.0]), np.array([0, 1, 0]), gamma=1.0)
+    np.testing.assert_allclose(g, [3.0, 2.0, 3.0])
+
+
+def test_all_failure_rule_uses_value_of_failing_forever():
+    r = scale_rewards(np.zeros(4), 10.0, -5.0)
+    r_neg = sparse_negative_reward(10.0, -5.0)
+    assert r_neg == -5.0
+    g = episode_returns_to_go(r, np.zeros(4), gamma=0.99, sparse_negative_reward=r_neg)
+    np.testing.assert_allclose(g, np.full(4, -5.0 / 0.01), rtol=1e-6)
+
+
+def test_all_failure_rule_not_applied_to_a_success():
+    r = scale_rewards(np.array([0.0, 0.0, 1.0]), 10.0, -5.0)  # -5, -5, 5
+    g = episode_returns_to_go(r, np.array([0, 0, 1]), gamma=0.5, sparse_negative_reward=-5.0)
+    np.testing.assert_allclose(g, [-5 + 0.5 * (-5 + 0.5 * 5), -5 + 0.5 * 5, 5.0])
+
+
+def test_gamma_zero_is_the_reward_and_gamma_one_the_sum():
+    r = np.array([1.0, -2.0, 3.0, 0.5])
+    np.testing.assert_allclose(episode_returns_to_go(r, np.zeros(4), gamma=0.0), r)
+    np.testing.assert_allclose(episode_returns_to_go(r, np.zeros(4), gamma=1.0), np.cumsum(r[::-1])[::-1])
+
+
+def test_gamma_one_with_all_failure_rule_is_rejected():
+    with pytest.raises(ValueError, match="gamma < 1"):
+        episode_returns_to_go(np.full(3, -1.0), np.zeros(3), gamma=1.0, sparse_negative_reward=-1.0)
+
+
+def test_boundaries_from_episode_ids():
+    r = np.ones(5)
+    g = returns_to_go(r, np.zeros(5), gamma=1.0, episode_ids=np.array([0, 0, 0, 1, 1]))
+    np.testing.assert_allclose(g, [3, 2, 1, 2, 1])
+
+
+def test_boundary_detected_by_obs_mismatch_without_ids():
+    obs = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])
+    next_obs = np.array([[1.0], [2.0], [3.0], [11.0], [12.0]])  # obs[3] != next_obs[2]: a new episode
+    g = returns_to_go(np.ones(5), np.zeros(5), gamma=1.0, obs=obs, next_obs=next_obs)
+    np.testing.assert_allclose(g, [3, 2, 1, 2, 1])
+    starts = episode_starts(5, obs={"x": obs}, next_obs={"x": next_obs})
+    assert starts.tolist() == [True, False, False, True, False]
+
+
+def test_all_failure_rule_is_per_episode():
+    r = np.array([-1.0, -1.0, -1.0, 1.0])
+    g = returns_to_go(r, np.array([0, 0, 0, 1]), gamma=0.5, episode_ids=np.array([0, 0, 1, 1]), sparse_negative_reward=-1.0)
+    np.testing.assert_allclose(g, [-2.0, -2.0, -1 + 0.5 * 1, 1.0])
+
+
+def test_terminal_splits_episodes_for_the_failure_rule():
+    # two episodes back to back without ids: the terminal at t=1 ends the first one (a success)
+    r = np.array([-1.0, 1.0, -1.0, -1.0])
+    g = returns_to_go(r, np.array([0, 1, 0, 0]), gamma=0.5, sparse_negative_reward=-1.0)
+    np.testing.assert_allclose(g, [-1 + 0.5, 1.0, -2.0, -2.0])
