@@ -1,0 +1,426 @@
+"""Reader for robomimic-format HDF5 robot datasets, with validation.
+
+Implements the "Robot dataset: robomimic HDF5" contract of ARCHITECTURE.md::
+
+    data/            attrs: total (int), env_args (JSON)
+      demo_<i>/      attrs: num_samples (int), task (str), task_id (int), ep_meta (JSON, optional)
+        obs/<key>, next_obs/<key>   (N, ...)  images uint8 (N, H, W, 3), low-dim float (N, d)
+        actions (N, A) float in [-1, 1];  rewards (N,);  dones (N,) in {0, 1}
+    mask/<name>      demo names as bytes: train, valid, one per task
+
+:func:`read_info` reads only attributes and dataset shapes (no array data). :func:`load_transitions` reads
+the chosen observation keys of the chosen demos (a mask name, a list of task names, or explicit demo
+names) into flat, preallocated numpy arrays with an episode id and task id per transition; keys not asked
+for are never read. Every problem raises :class:`DatasetError` naming the file, the HDF5 key and what
+was expected. Demos are sorted numerically (``demo_2`` before ``demo_10``).
+
+Returns-to-go (REFERENCE.md Stage 3) are not computed here; see :mod:`robopretrain.data.returns`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+DEMO_RE = re.compile(r"^demo_(\d+)$")
+IMAGE_SUFFIX = "_image"
+
+
+class DatasetError(ValueError):
+    """A dataset file does not follow the robomimic HDF5 contract."""
+
+
+@dataclass
+class DemoInfo:
+    """Attributes of one ``data/demo_<i>`` group."""
+
+    name: str
+    num_samples: int
+    task: str
+    task_id: int
+    ep_meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetInfo:
+    """File-level metadata; obtained without reading any array data."""
+
+    path: str
+    total: int
+    env_args: dict[str, Any]
+    demos: list[DemoInfo]
+    masks: dict[str, list[str]]
+    tasks: dict[str, int]
+    obs_specs: dict[str, tuple[tuple[int, ...], np.dtype]]
+    action_dim: int
+
+    def demo(self, name: str) -> DemoInfo:
+        for d in self.demos:
+            if d.name == name:
+                return d
+        raise DatasetError(f"{self.path}: no demo named {name!r} under data/")
+
+
+@dataclass
+class Transitions:
+    """Flat transition arrays of the selected demos, in numeric demo order.
+
+    ``episode_ids[i]`` indexes ``demo_names``; ``task_ids[i]`` is the demo's ``task_id`` attribute.
+    """
+
+    path: str
+    obs: dict[str, np.ndarray]
+    next_obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    episode_ids: np.ndarray
+    task_ids: np.ndarray
+    demo_names: list[str]
+    episode_tasks: list[str]
+    ep_meta: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def _err(path: str, key: str, msg: str) -> DatasetError:
+    return DatasetError(f"{path}: {key}: {msg}")
+
+
+def _open(path: str | os.PathLike) -> h5py.File:
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise DatasetError(f"{p}: file not found")
+    try:
+        return h5py.File(p, "r")
+    except OSError as e:
+        raise DatasetError(f"{p}: not a readable HDF5 file (truncated or corrupt?): {e}") from None
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SO" and value.shape == ():
+        return _decode(value[()])
+    return value
+
+
+def _attr(path: str, obj: h5py.HLObject, key: str, name: str, kind: type) -> Any:
+    if name not in obj.attrs:
+        raise _err(path, key, f"missing attribute {name!r} (expected {kind.__name__})")
+    value = _decode(obj.attrs[name])
+    if kind is int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise _err(path, key, f"attribute {name!r} must be an int, got {value!r}")
+        return int(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise _err(path, key, f"attribute {name!r} must be a string, got {value!r}")
+        return value
+    raise TypeError(kind)
+
+
+def _json_attr(path: str, obj: h5py.HLObject, key: str, name: str, required: bool) -> dict[str, Any]:
+    if name not in obj.attrs:
+        if required:
+            raise _err(path, key, f"missing attribute {name!r} (expected a JSON object)")
+        return {}
+    text = _decode(obj.attrs[name])
+    try:
+        value = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as e:
+        raise _err(path, key, f"attribute {name!r} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise _err(path, key, f"attribute {name!r} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _demo_names(path: str, data: h5py.Group) -> list[str]:
+    names = []
+    for name in data.keys():
+        if not DEMO_RE.match(name):
+            raise _err(path, f"data/{name}", "unexpected entry; every entry under data/ must be named demo_<int>")
+        if not isinstance(data[name], h5py.Group):
+            raise _err(path, f"data/{name}", "expected a group")
+        names.append(name)
+    return sorted(names, key=lambda n: int(DEMO_RE.match(n).group(1)))
+
+
+def _read_masks(path: str, f: h5py.File, demo_set: set[str]) -> dict[str, list[str]]:
+    masks: dict[str, list[str]] = {}
+    if "mask" not in f:
+        return masks
+    for name, ds in f["mask"].items():
+        key = f"mask/{name}"
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind not in "SOU":
+            raise _err(path, key, "expected a 1-D array of demo names as bytes")
+        try:
+            entries = [_decode(x) for x in ds[()]]
+        except OSError as e:
+            raise _err(path, key, f"cannot be read (truncated file?): {e}") from None
+        unknown = [e for e in entries if e not in demo_set]
+        if unknown:
+            raise _err(path, key, f"lists demos that are not under data/: {unknown[:5]}")
+        masks[name] = entries
+    return masks
+
+
+def _is_image_key(key: str, shape: tuple[int, ...]) -> bool:
+    return key.endswith(IMAGE_SUFFIX) or len(shape) == 4
+
+
+def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: int) -> None:
+    shape = ds.shape
+    if _is_image_key(obs_key, shape):
+        if ds.dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+            raise _err(path, key, f"expected an image array uint8 (N, H, W, 3), got {ds.dtype} {shape}")
+    elif ds.dtype.kind != "f" or len(shape) != 2:
+        raise _err(path, key, f"expected a low-dim float array (N, d), got {ds.dtype} {shape}")
+    if shape[0] != n:
+        raise _err(path, key, f"expected {n} rows (num_samples), got {shape[0]}")
+
+
+def _dataset(path: str, demo: h5py.Group, base: str, rel: str) -> h5py.Dataset:
+    """The dataset ``rel`` inside the group at ``base``, or a DatasetError naming ``base/rel``."""
+    obj = demo.get(rel)
+    if obj is None:
+        raise _err(path, f"{base}/{rel}", "missing")
+    if not isinstance(obj, h5py.Dataset):
+        raise _err(path, f"{base}/{rel}", "expected a dataset, found a group")
+    return obj
+
+
+def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[str], act_dim: int | None) -> int:
+    """Validate shapes/dtypes of one demo without reading its data; returns its action dim."""
+    n = info.num_samples
+    base = f"data/{info.name}"
+    if n < 2:
+        raise _err(path, base, f"episode has {n} step(s); expected at least 2 (empty or one-step episode)")
+    for sub in ("obs", "next_obs"):
+        for k in obs_keys:
+            _check_obs_dataset(path, f"{base}/{sub}/{k}", _dataset(path, demo, base, f"{sub}/{k}"), k, n)
+    acts = _dataset(path, demo, base, "actions")
+    if acts.dtype.kind != "f" or acts.ndim != 2 or acts.shape[0] != n:
+        raise _err(path, f"{base}/actions", f"expected float actions ({n}, A), got {acts.dtype} {acts.shape}")
+    if act_dim is not None and acts.shape[1] != act_dim:
+        raise _err(path, f"{base}/actions", f"action dim {acts.shape[1]} differs from {act_dim} in earlier demos")
+    for name in ("rewards", "dones"):
+        ds = _dataset(path, demo, base, name)
+        if ds.shape != (n,) or ds.dtype.kind not in "fiub":
+            raise _err(path, f"{base}/{name}", f"expected a numeric array of shape ({n},), got {ds.dtype} {ds.shape}")
+    return int(acts.shape[1])
+
+
+def read_info(path: str | os.PathLike) -> DatasetInfo:
+    """Read and validate the file's metadata (attributes, masks, obs keys and shapes), no array data."""
+    p = os.fspath(path)
+    with _open(p) as f:
+        if "data" not in f or not isinstance(f["data"], h5py.Group):
+            raise _err(p, "data", "missing group (expected data/demo_<i>/...)")
+        data = f["data"]
+        total = _attr(p, data, "data", "total", int)
+        env_args = _json_attr(p, data, "data", "env_args", required=True)
+        names = _demo_names(p, data)
+        if not names:
+            raise _err(p, "data", "contains no demos")
+        demos = [_demo_info(p, data[n], n) for n in names]
+        counted = sum(d.num_samples for d in demos)
+        if counted != total:
+            raise _err(p, "data", f"attribute 'total' is {total} but the demos' num_samples sum to {counted}")
+        tasks = _task_ids(p, demos)
+        masks = _read_masks(p, f, set(names))
+        first = data[names[0]]
+        obs_specs = _obs_specs(p, first, f"data/{names[0]}/obs")
+        acts = _dataset(p, first, f"data/{names[0]}", "actions")
+        action_dim = int(acts.shape[1]) if acts.ndim == 2 else -1
+    return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim)
+
+
+def _demo_info(path: str, demo: h5py.Group, name: str) -> DemoInfo:
+    key = f"data/{name}"
+    return DemoInfo(
+        name=name,
+        num_samples=_attr(path, demo, key, "num_samples", int),
+        task=_attr(path, demo, key, "task", str),
+        task_id=_attr(path, demo, key, "task_id", int),
+        ep_meta=_json_attr(path, demo, key, "ep_meta", required=False),
+    )
+
+
+def _task_ids(path: str, demos: list[DemoInfo]) -> dict[str, int]:
+    tasks: dict[str, int] = {}
+    for d in demos:
+        if tasks.setdefault(d.task, d.task_id) != d.task_id:
+            raise _err(
+                path, f"data/{d.name}", f"task {d.task!r} has task_id {d.task_id} here but {tasks[d.task]} elsewhere"
+            )
+    return tasks
+
+
+def _obs_specs(path: str, demo: h5py.Group, key: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    if "obs" not in demo or not isinstance(demo["obs"], h5py.Group):
+        raise _err(path, key, "missing group")
+    return {k: (tuple(v.shape[1:]), v.dtype) for k, v in demo["obs"].items() if isinstance(v, h5py.Dataset)}
+
+
+def select_demos(
+    info: DatasetInfo,
+    *,
+    mask: str | None = None,
+    tasks: Sequence[str] | None = None,
+    demos: Sequence[str] | None = None,
+) -> list[str]:
+    """Demo names (numeric order) in ``mask`` AND of one of ``tasks`` AND in ``demos`` (each optional)."""
+    selected = [d.name for d in info.demos]
+    if mask is not None:
+        if mask not in info.masks:
+            raise _err(info.path, f"mask/{mask}", f"unknown mask; available masks: {sorted(info.masks)}")
+        keep = set(info.masks[mask])
+        selected = [n for n in selected if n in keep]
+    if tasks is not None:
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        unknown = [t for t in tasks if t not in info.tasks]
+        if unknown:
+            raise _err(info.path, "data/*/task", f"unknown task(s) {unknown}; tasks in this file: {sorted(info.tasks)}")
+        wanted = set(tasks)
+        selected = [d.name for d in info.demos if d.name in set(selected) and d.task in wanted]
+    if demos is not None:
+        known = {d.name for d in info.demos}
+        unknown = [n for n in demos if n not in known]
+        if unknown:
+            raise _err(info.path, "data", f"unknown demo(s) {unknown[:5]}")
+        wanted = set(demos)
+        selected = [n for n in selected if n in wanted]
+    if not selected:
+        raise DatasetError(f"{info.path}: the selection (mask={mask}, tasks={tasks}) contains no demos")
+    return selected
+
+
+def _read_into(path: str, ds: h5py.Dataset, key: str, out: np.ndarray, lo: int, hi: int) -> None:
+    """Read ``ds`` into ``out[lo:hi]`` (in place when dtypes match) and reject NaN/inf."""
+    try:
+        if ds.dtype == out.dtype:
+            ds.read_direct(out, dest_sel=np.s_[lo:hi])
+        else:
+            out[lo:hi] = ds[()]
+    except (OSError, TypeError, ValueError) as e:
+        raise _err(path, key, f"cannot be read as {out.dtype} (truncated or corrupt file?): {e}") from None
+    part = out[lo:hi]
+    if part.dtype.kind == "f" and not np.isfinite(part).all():
+        bad = int(np.argwhere(~np.isfinite(part.reshape(hi - lo, -1)))[0, 0])
+        raise _err(path, key, f"contains NaN or inf (first at row {bad}); expected finite values")
+
+
+def _allocate(specs: dict[str, tuple[tuple[int, ...], np.dtype]], keys: Sequence[str], n: int) -> dict[str, np.ndarray]:
+    out = {}
+    for k in keys:
+        shape, dtype = specs[k]
+        out[k] = np.empty((n, *shape), dtype=np.uint8 if dtype == np.uint8 else np.float32)
+    return out
+
+
+def load_transitions(
+    path: str | os.PathLike,
+    obs_keys: Sequence[str],
+    *,
+    mask: str | None = None,
+    tasks: Sequence[str] | None = None,
+    demos: Sequence[str] | None = None,
+) -> Transitions:
+    """Load ``obs_keys`` (and next_obs, actions, rewards, dones) of the selected demos into flat arrays.
+
+    Low-dim observations, actions, rewards and dones are returned as float32, images as uint8. Raises
+    :class:`DatasetError` on any contract violation (see the module docstring).
+    """
+    info = read_info(path)
+    p = info.path
+    if not obs_keys:
+        raise DatasetError(f"{p}: no observation keys requested")
+    missing = [k for k in obs_keys if k not in info.obs_specs]
+    if missing:
+        raise _err(p, f"data/{info.demos[0].name}/obs", f"missing key(s) {missing}; available: {sorted(info.obs_specs)}")
+    names = select_demos(info, mask=mask, tasks=tasks, demos=demos)
+    chosen = [info.demo(n) for n in names]
+    with _open(p) as f:
+        act_dim: int | None = None
+        for d in chosen:
+            act_dim = _check_demo(p, f["data"][d.name], d, obs_keys, act_dim)
+            _check_consistent_obs(p, f["data"][d.name], d.name, obs_keys, info.obs_specs)
+        n_total = sum(d.num_samples for d in chosen)
+        obs = _allocate(info.obs_specs, obs_keys, n_total)
+        next_obs = _allocate(info.obs_specs, obs_keys, n_total)
+        actions = np.empty((n_total, act_dim), dtype=np.float32)
+        rewards = np.empty(n_total, dtype=np.float32)
+        dones = np.empty(n_total, dtype=np.float32)
+        episode_ids = np.empty(n_total, dtype=np.int64)
+        task_ids = np.empty(n_total, dtype=np.int64)
+        lo = 0
+        for i, d in enumerate(chosen):
+            hi = lo + d.num_samples
+            _read_demo(p, f["data"][d.name], d.name, obs_keys, obs, next_obs, actions, rewards, dones, lo, hi)
+            episode_ids[lo:hi] = i
+            task_ids[lo:hi] = d.task_id
+            lo = hi
+    return Transitions(
+        path=p,
+        obs=obs,
+        next_obs=next_obs,
+        actions=actions,
+        rewards=rewards,
+        dones=dones,
+        episode_ids=episode_ids,
+        task_ids=task_ids,
+        demo_names=names,
+        episode_tasks=[d.task for d in chosen],
+        ep_meta=[d.ep_meta for d in chosen],
+    )
+
+
+def _check_consistent_obs(
+    path: str, demo: h5py.Group, name: str, obs_keys: Sequence[str], specs: dict[str, tuple[tuple[int, ...], np.dtype]]
+) -> None:
+    for sub in ("obs", "next_obs"):
+        for k in obs_keys:
+            ds = demo[f"{sub}/{k}"]
+            shape, dtype = specs[k]
+            if tuple(ds.shape[1:]) != shape or (ds.dtype == np.uint8) != (dtype == np.uint8):
+                raise _err(
+                    path,
+                    f"data/{name}/{sub}/{k}",
+                    f"expected per-step shape {shape} ({dtype}) as in the first demo, got {ds.shape[1:]} ({ds.dtype})",
+                )
+
+
+def _read_demo(
+    path: str,
+    demo: h5py.Group,
+    name: str,
+    obs_keys: Sequence[str],
+    obs: dict[str, np.ndarray],
+    next_obs: dict[str, np.ndarray],
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    dones: np.ndarray,
+    lo: int,
+    hi: int,
+) -> None:
+    base = f"data/{name}"
+    for k in obs_keys:
+        _read_into(path, demo[f"obs/{k}"], f"{base}/obs/{k}", obs[k], lo, hi)
+        _read_into(path, demo[f"next_obs/{k}"], f"{base}/next_obs/{k}", next_obs[k], lo, hi)
+    _read_into(path, demo["actions"], f"{base}/actions", actions, lo, hi)
+    if np.abs(actions[lo:hi]).max() > 1.0 + 1e-6:
+        raise _err(path, f"{base}/actions", f"values outside [-1, 1] (max |a| = {np.abs(actions[lo:hi]).max():.4g})")
+    _read_into(path, demo["rewards"], f"{base}/rewards", rewards, lo, hi)
+    _read_into(path, demo["dones"], f"{base}/dones", dones, lo, hi)
+    if not np.isin(dones[lo:hi], (0.0, 1.0)).all():
+        raise _err(path, f"{base}/dones", "expected values in {0, 1}")

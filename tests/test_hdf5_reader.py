@@ -1,0 +1,165 @@
+"""robomimic HDF5 reader: loading the right keys/demos, and clear errors on broken files."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from robopretrain.data.hdf5 import DatasetError, load_transitions, read_info, select_demos
+
+TASKS = {"lift": 0, "push": 1}
+
+
+def write_dataset(path, lengths=(3, 4, 2), tasks=("lift", "push", "lift"), mutate=None):
+    """A tiny valid file: demo_<i> for i in 0, 1, 10 (checks numeric sort), proprio + image obs."""
+    names = ["demo_0", "demo_1", "demo_10"][: len(lengths)]
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["total"] = int(sum(lengths))
+        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "env_version": "0", "type": 1, "env_kwargs": {}})
+        for i, (name, n, task) in enumerate(zip(names, lengths, tasks)):
+            g = data.create_group(name)
+            g.attrs["num_samples"] = n
+            g.attrs["task"] = task
+            g.attrs["task_id"] = TASKS[task]
+            g.attrs["ep_meta"] = json.dumps({"success": i % 2 == 0, "expert_noise": 0.1})
+            states = (100 * i + np.arange(n + 1, dtype=np.float32))[:, None] * np.ones((1, 3), np.float32)
+            g["obs/proprio"] = states[:-1]
+            g["next_obs/proprio"] = states[1:]
+            g["obs/agentview_image"] = np.full((n, 4, 4, 3), i, dtype=np.uint8)
+            g["next_obs/agentview_image"] = np.full((n, 4, 4, 3), i, dtype=np.uint8)
+            g["actions"] = np.linspace(-1, 1, n * 2, dtype=np.float32).reshape(n, 2)
+            g["rewards"] = np.eye(n, dtype=np.float32)[-1]
+            g["dones"] = np.eye(n, dtype=np.int64)[-1]
+        mask = f.create_group("mask")
+        mask["train"] = np.array([names[0], names[-1]], dtype="S")
+        mask["valid"] = np.array(names[1:2], dtype="S")
+        for task in set(tasks):
+            mask[task] = np.array([n for n, t in zip(names, tasks) if t == task], dtype="S")
+        if mutate is not None:
+            mutate(f)
+    return path
+
+
+def test_loads_selected_keys_demos_in_numeric_order(tmp_path):
+    path = write_dataset(tmp_path / "ok.hdf5")
+    tr = load_transitions(path, ["proprio"])
+    assert tr.demo_names == ["demo_0", "demo_1", "demo_10"]
+    assert set(tr.obs) == {"proprio"} and tr.obs["proprio"].dtype == np.float32
+    assert len(tr) == 9 and tr.actions.shape == (9, 2)
+    assert tr.episode_ids.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert tr.task_ids.tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 0]
+    np.testing.assert_array_equal(tr.obs["proprio"][7:, 0], [200.0, 201.0])
+    assert tr.ep_meta[0]["success"] is True and tr.episode_tasks == ["lift", "push", "lift"]
+    assert tr.dones.dtype == np.float32 and tr.dones.tolist()[:3] == [0, 0, 1]
+
+
+def test_select_by_mask_and_task_and_images(tmp_path):
+    path = write_dataset(tmp_path / "ok.hdf5")
+    info = read_info(path)
+    assert info.tasks == TASKS and info.action_dim == 2 and info.total == 9
+    assert select_demos(info, mask="train") == ["demo_0", "demo_10"]
+    tr = load_transitions(path, ["agentview_image", "proprio"], tasks=["push"])
+    assert tr.demo_names == ["demo_1"]
+    assert tr.obs["agentview_image"].dtype == np.uint8 and tr.obs["agentview_image"].shape == (4, 4, 4, 3)
+    tr = load_transitions(path, ["proprio"], mask="train", tasks=["lift"])
+    assert tr.demo_names == ["demo_0", "demo_10"]
+
+
+def _expect(path, match, **kwargs):
+    with pytest.raises(DatasetError, match=match) as exc:
+        load_transitions(path, kwargs.pop("keys", ["proprio"]), **kwargs)
+    assert str(path) in str(exc.value)
+    return str(exc.value)
+
+
+def test_missing_key(tmp_path):
+    path = write_dataset(tmp_path / "m.hdf5", mutate=lambda f: f["data/demo_1/next_obs"].__delitem__("proprio"))
+    msg = _expect(path, "missing")
+    assert "data/demo_1/next_obs/proprio" in msg
+    path = write_dataset(tmp_path / "m2.hdf5", mutate=lambda f: f["data/demo_0"].__delitem__("rewards"))
+    assert "data/demo_0/rewards" in _expect(path, "missing")
+    _expect(write_dataset(tmp_path / "m3.hdf5"), "object", keys=["object"])
+
+
+def test_wrong_dtype_and_shape(tmp_path):
+    def bad_image(f):
+        del f["data/demo_0/obs/agentview_image"]
+        f["data/demo_0/obs/agentview_image"] = np.zeros((3, 4, 4, 3), dtype=np.float32)
+
+    msg = _expect(write_dataset(tmp_path / "img.hdf5", mutate=bad_image), "uint8", keys=["agentview_image"])
+    assert "data/demo_0/obs/agentview_image" in msg
+
+    def int_actions(f):
+        del f["data/demo_10/actions"]
+        f["data/demo_10/actions"] = np.zeros((2, 2), dtype=np.int32)
+
+    assert "data/demo_10/actions" in _expect(write_dataset(tmp_path / "a.hdf5", mutate=int_actions), "float actions")
+
+    def wide_actions(f):
+        del f["data/demo_1/actions"]
+        f["data/demo_1/actions"] = np.zeros((4, 3), dtype=np.float32)
+
+    _expect(write_dataset(tmp_path / "w.hdf5", mutate=wide_actions), "action dim 3 differs")
+
+    def big_actions(f):
+        f["data/demo_0/actions"][0, 0] = 1.5
+
+    _expect(write_dataset(tmp_path / "b.hdf5", mutate=big_actions), r"outside \[-1, 1\]")
+
+
+def test_truncated_file(tmp_path):
+    path = write_dataset(tmp_path / "t.hdf5")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DatasetError, match="not a readable HDF5 file") as exc:
+        load_transitions(path, ["proprio"])
+    assert str(path) in str(exc.value)
+    junk = tmp_path / "junk.hdf5"
+    junk.write_text("not hdf5 at all")
+    with pytest.raises(DatasetError, match="not a readable HDF5"):
+        read_info(junk)
+    with pytest.raises(DatasetError, match="file not found"):
+        read_info(tmp_path / "absent.hdf5")
+
+
+def test_nan_and_inf(tmp_path):
+    def nan(f):
+        f["data/demo_1/next_obs/proprio"][2, 1] = np.nan
+
+    msg = _expect(write_dataset(tmp_path / "n.hdf5", mutate=nan), "NaN or inf")
+    assert "data/demo_1/next_obs/proprio" in msg and "row 2" in msg
+
+    def inf(f):
+        f["data/demo_0/rewards"][0] = np.inf
+
+    assert "data/demo_0/rewards" in _expect(write_dataset(tmp_path / "i.hdf5", mutate=inf), "NaN or inf")
+
+
+def test_one_step_episode(tmp_path):
+    path = write_dataset(tmp_path / "o.hdf5", lengths=(3, 1, 2))
+    msg = _expect(path, "one-step episode")
+    assert "data/demo_1" in msg
+
+
+def test_unknown_task_and_mask(tmp_path):
+    path = write_dataset(tmp_path / "u.hdf5")
+    msg = _expect(path, "unknown task", tasks=["stack"])
+    assert "'stack'" in msg and "lift" in msg
+    assert "mask/test" in _expect(path, "unknown mask", mask="test")
+
+
+def test_bad_demo_name_and_total(tmp_path):
+    path = write_dataset(tmp_path / "d.hdf5", mutate=lambda f: f["data"].move("demo_1", "demo_x"))
+    assert "data/demo_x" in _expect(path, "demo_<int>")
+
+    def bad_total(f):
+        f["data"].attrs["total"] = 100
+
+    _expect(write_dataset(tmp_path / "tot.hdf5", mutate=bad_total), "'total' is 100")
+
+    def bad_meta(f):
+        f["data/demo_0"].attrs["ep_meta"] = "{not json"
+
+    assert "data/demo_0" in _expect(write_dataset(tmp_path / "meta.hdf5", mutate=bad_meta), "not valid JSON")
