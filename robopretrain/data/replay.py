@@ -1,0 +1,460 @@
+"""Offline transition dataset, online replay buffer, and the offline/online mixed sampler.
+
+Follows REFERENCE.md, Stage 3 (Cal-QL online fine-tuning):
+
+* every transition carries its Monte-Carlo return-to-go ``mc_returns`` (the Cal-QL lower bound V_mu(s));
+  the online buffer computes it for each episode when the episode ends and keeps calibration on online
+  (as the official code does; the CORL port stores 0 instead, a known deviation we do not copy);
+* each batch mixes offline and online data: exactly ``round(offline_ratio * batch_size)`` rows come from
+  the offline dataset and the rest from the online buffer (0.5 by default). While the online buffer is
+  still empty the whole batch is offline. Python's ``round`` is used (ties go to the even number).
+
+Rewards are stored as given: the caller applies the algorithm's reward scale/bias first (see
+:mod:`robopretrain.data.returns`). Observations are either a flat float vector or a dict of arrays (keys
+chosen by config; images stay uint8); :func:`flatten_obs` concatenates low-dim keys in the given order and
+:func:`append_task_one_hot` adds the PTR task-ID conditioning (REFERENCE.md, Stage 2).
+
+Batches are dicts with the keys of :data:`BATCH_KEYS` holding torch tensors on the buffer's device
+(``observations``/``next_observations`` are dicts of tensors for dict observations). Storage is
+preallocated numpy; indices come from one ``np.random.Generator`` per buffer. ``state_dict()`` returns
+only tensors, ints and strings, so it can be saved with ``torch.save`` and loaded with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from robopretrain.data.returns import episode_returns_to_go, returns_to_go, scale_rewards, sparse_negative_reward
+
+BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "dones", "mc_returns")
+OBS_KEYS = ("observations", "next_observations")
+
+Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
+TensorTree = Union[torch.Tensor, dict[str, torch.Tensor]]
+Batch = dict[str, TensorTree]
+ObsSpec = Union[int, Sequence[int], Mapping[str, tuple[Sequence[int], Any]]]
+
+
+# --------------------------------------------------------------------------- observation helpers
+
+
+def flatten_obs(obs: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
+    """Concatenate low-dim observation keys, in the order of ``keys``, into one float32 vector.
+
+    Works on a single observation (each value ``(d,)``) or a batch (each value ``(N, d)``). Images
+    (uint8 or more than 2-D values) are rejected: they belong to an encoder, not to a flat state.
+    """
+    if not keys:
+        raise ValueError("flatten_obs needs at least one key")
+    parts = []
+    for k in keys:
+        if k not in obs:
+            raise KeyError(f"observation key {k!r} missing; available: {sorted(obs)}")
+        v = np.asarray(obs[k])
+        if v.dtype == np.uint8 or v.ndim > 2:
+            raise ValueError(f"observation key {k!r} looks like an image {v.dtype} {v.shape}; only low-dim keys flatten")
+        parts.append(v.astype(np.float32, copy=False))
+    return np.concatenate(parts, axis=-1)
+
+
+def task_one_hot(task_ids: np.ndarray | int, num_tasks: int) -> np.ndarray:
+    """One-hot float32 ``(..., num_tasks)`` encoding of integer task ids in ``[0, num_tasks)``."""
+    ids = np.asarray(task_ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= num_tasks):
+        raise ValueError(f"task ids must lie in [0, {num_tasks}), got range [{ids.min()}, {ids.max()}]")
+    return np.eye(num_tasks, dtype=np.float32)[ids]
+
+
+def append_task_one_hot(
+    obs: np.ndarray | torch.Tensor, task_ids: np.ndarray | torch.Tensor | int, num_tasks: int
+) -> np.ndarray | torch.Tensor:
+    """Append the task one-hot to flat states ``(..., S)`` -> ``(..., S + num_tasks)`` (numpy or torch)."""
+    if torch.is_tensor(obs):
+        ids = torch.as_tensor(task_ids, device=obs.device, dtype=torch.long)
+        one_hot = torch.nn.functional.one_hot(ids, num_tasks).to(obs.dtype)
+        return torch.cat([obs, one_hot.expand(*obs.shape[:-1], num_tasks)], dim=-1)
+    one_hot = task_one_hot(np.asarray(task_ids), num_tasks)
+    return np.concatenate([np.asarray(obs, dtype=np.float32), np.broadcast_to(one_hot, (*obs.shape[:-1], num_tasks))], -1)
+
+
+# --------------------------------------------------------------------------- array trees (array or dict)
+
+
+def _tree_map(fn, tree):
+    if isinstance(tree, Mapping):
+        return {k: fn(v) for k, v in tree.items()}
+    return fn(tree)
+
+
+def _tree_len(tree) -> int:
+    if isinstance(tree, Mapping):
+        lens = {len(v) for v in tree.values()}
+        if len(lens) != 1:
+            raise ValueError(f"all observation keys must have the same length, got {sorted(lens)}")
+        return lens.pop()
+    return len(tree)
+
+
+def _as_storage(x: np.ndarray) -> np.ndarray:
+    a = np.asarray(x)
+    return np.ascontiguousarray(a if a.dtype == np.uint8 else a.astype(np.float32, copy=False))
+
+
+def _to_torch(tree, device: torch.device):
+    return _tree_map(lambda a: torch.from_numpy(a).to(device, non_blocking=True), tree)
+
+
+def _cat_trees(a: TensorTree, b: TensorTree) -> TensorTree:
+    if isinstance(a, Mapping):
+        return {k: torch.cat([a[k], b[k]]) for k in a}
+    return torch.cat([a, b])
+
+
+def concat_batches(first: Batch, second: Batch) -> Batch:
+    """Concatenate two batches with the same keys along the batch dimension."""
+    if set(first) != set(second):
+        raise ValueError(f"batches have different keys: {sorted(first)} vs {sorted(second)}")
+    return {k: _cat_trees(first[k], second[k]) for k in first}
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return rng.bit_generator.state
+
+
+def _set_rng_state(rng: np.random.Generator, state: Mapping[str, Any]) -> None:
+    rng.bit_generator.state = dict(state)
+
+
+# --------------------------------------------------------------------------- offline dataset
+
+
+class OfflineDataset:
+    """A fixed set of transitions; ``sample(n)`` draws ``n`` uniform indices with replacement."""
+
+    def __init__(
+        self,
+        observations: Obs,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_observations: Obs,
+        dones: np.ndarray,
+        mc_returns: np.ndarray | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        n = len(actions)
+        fields = {
+            "observations": _tree_map(_as_storage, observations),
+            "actions": _as_storage(actions),
+            "rewards": _as_storage(np.reshape(rewards, (n,))),
+            "next_observations": _tree_map(_as_storage, next_observations),
+            "dones": _as_storage(np.reshape(dones, (n,))),
+            "mc_returns": _as_storage(np.zeros(n) if mc_returns is None else np.reshape(mc_returns, (n,))),
+        }
+        for k in OBS_KEYS:
+            if _tree_len(fields[k]) != n:
+                raise ValueError(f"{k} has {_tree_len(fields[k])} rows but actions have {n}")
+        if n == 0:
+            raise ValueError("an offline dataset needs at least one transition")
+        self._fields = fields
+        self.size = n
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_transitions(
+        cls,
+        transitions: Any,
+        *,
+        gamma: float,
+        reward_scale: float = 1.0,
+        reward_bias: float = 0.0,
+        sparse_reward: bool = True,
+        flat_obs_keys: Sequence[str] | None = None,
+        num_tasks: int | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> OfflineDataset:
+        """Build from :class:`robopretrain.data.hdf5.Transitions`: scale rewards, compute returns-to-go.
+
+        Episode boundaries use the episode ids and the ``obs[t + 1] != next_obs[t]`` check. With
+        ``sparse_reward`` the all-failure rule uses ``0 * reward_scale + reward_bias`` as the negative
+        reward. ``flat_obs_keys`` flattens those keys into one vector; ``num_tasks`` appends the task
+        one-hot (requires flat observations).
+        """
+        rewards = scale_rewards(transitions.rewards, reward_scale, reward_bias)
+        r_neg = sparse_negative_reward(reward_scale, reward_bias) if sparse_reward else None
+        mc = returns_to_go(
+            rewards,
+            transitions.dones,
+            gamma,
+            episode_ids=transitions.episode_ids,
+            obs=transitions.obs,
+            next_obs=transitions.next_obs,
+            sparse_negative_reward=r_neg,
+        )
+        obs, next_obs = transitions.obs, transitions.next_obs
+        if flat_obs_keys is not None:
+            obs, next_obs = flatten_obs(obs, flat_obs_keys), flatten_obs(next_obs, flat_obs_keys)
+        if num_tasks is not None:
+            if isinstance(obs, Mapping):
+                raise ValueError("task one-hot conditioning needs flat observations (set flat_obs_keys)")
+            obs = append_task_one_hot(obs, transitions.task_ids, num_tasks)
+            next_obs = append_task_one_hot(next_obs, transitions.task_ids, num_tasks)
+        return cls(obs, transitions.actions, rewards, next_obs, transitions.dones, mc, device=device, seed=seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def arrays(self) -> dict[str, Any]:
+        """The stored numpy arrays (read-only use)."""
+        return self._fields
+
+    def get(self, idx: np.ndarray) -> Batch:
+        """The transitions at integer indices ``idx`` as a batch of tensors on ``self.device``."""
+        return {k: _to_torch(_tree_map(lambda a: a[idx], v), self.device) for k, v in self._fields.items()}
+
+    def sample(self, batch_size: int) -> Batch:
+        return self.get(self.rng.integers(0, self.size, size=batch_size))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampling RNG state (the data itself is reloaded from its source file)."""
+        return {"size": self.size, "rng": _rng_state(self.rng)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state["size"]) != self.size:
+            raise ValueError(f"state is for a dataset of {state['size']} transitions, this one has {self.size}")
+        _set_rng_state(self.rng, state["rng"])
+
+
+# --------------------------------------------------------------------------- online replay buffer
+
+
+def _normalise_spec(obs_spec: ObsSpec) -> tuple[tuple[int, ...], np.dtype] | dict[str, tuple[tuple[int, ...], np.dtype]]:
+    if isinstance(obs_spec, Mapping):
+        return {k: (tuple(int(s) for s in shape), np.dtype(dtype)) for k, (shape, dtype) in obs_spec.items()}
+    shape = (int(obs_spec),) if isinstance(obs_spec, (int, np.integer)) else tuple(int(s) for s in obs_spec)
+    return shape, np.dtype(np.float32)
+
+
+def _alloc(spec, capacity: int):
+    if isinstance(spec, dict):
+        return {k: np.zeros((capacity, *shape), dtype=dtype) for k, (shape, dtype) in spec.items()}
+    shape, dtype = spec
+    return np.zeros((capacity, *shape), dtype=dtype)
+
+
+class ReplayBuffer:
+    """Ring buffer of online transitions, filled by whole episodes.
+
+    ``add_step`` accumulates the current episode and writes it when ``terminated`` or ``truncated``;
+    ``add_episode`` writes a whole episode at once. On write, the episode's returns-to-go are computed
+    (truncation contributes 0 after the end; the sparse all-failure rule applies when
+    ``sparse_negative_reward`` is set). When full, the oldest transitions are overwritten.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_spec: ObsSpec,
+        act_dim: int,
+        *,
+        gamma: float,
+        sparse_negative_reward: float | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self.act_dim = act_dim
+        self.gamma = gamma
+        self.sparse_negative_reward = sparse_negative_reward
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+        self._spec = _normalise_spec(obs_spec)
+        self._fields: dict[str, Any] = {
+            "observations": _alloc(self._spec, capacity),
+            "actions": np.zeros((capacity, act_dim), dtype=np.float32),
+            "rewards": np.zeros(capacity, dtype=np.float32),
+            "next_observations": _alloc(self._spec, capacity),
+            "dones": np.zeros(capacity, dtype=np.float32),
+            "mc_returns": np.zeros(capacity, dtype=np.float32),
+        }
+        self.ptr = 0
+        self.size = 0
+        self.num_episodes = 0
+        self._pending: list[tuple[Obs, np.ndarray, float, Obs, float]] = []
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def pending_steps(self) -> int:
+        """Steps of the current, unfinished episode (not yet sampleable)."""
+        return len(self._pending)
+
+    def add_step(
+        self, obs: Obs, action: np.ndarray, reward: float, next_obs: Obs, terminated: bool, truncated: bool
+    ) -> None:
+        """Add one environment step; the episode is written when it terminates or is truncated."""
+        self._pending.append((obs, np.asarray(action, dtype=np.float32), float(reward), next_obs, float(terminated)))
+        if terminated or truncated:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        steps, self._pending = self._pending, []
+        stack = _stack_obs
+        self.add_episode(
+            stack([s[0] for s in steps]),
+            np.stack([s[1] for s in steps]),
+            np.array([s[2] for s in steps], dtype=np.float32),
+            stack([s[3] for s in steps]),
+            np.array([s[4] for s in steps], dtype=np.float32),
+        )
+
+    def add_episode(
+        self, observations: Obs, actions: np.ndarray, rewards: np.ndarray, next_observations: Obs, terminals: np.ndarray
+    ) -> None:
+        """Write one complete episode (rewards already scaled) and its returns-to-go."""
+        n = len(actions)
+        if n == 0:
+            return
+        if np.shape(actions) != (n, self.act_dim):
+            raise ValueError(f"actions must be ({n}, {self.act_dim}), got {np.shape(actions)}")
+        mc = episode_returns_to_go(rewards, terminals, self.gamma, self.sparse_negative_reward)
+        values = {
+            "observations": observations,
+            "actions": actions,
+            "rewards": np.reshape(rewards, (n,)),
+            "next_observations": next_observations,
+            "dones": np.reshape(terminals, (n,)),
+            "mc_returns": mc,
+        }
+        keep = slice(max(0, n - self.capacity), n)  # an episode longer than the buffer keeps its tail
+        idx = (self.ptr + np.arange(keep.stop - keep.start)) % self.capacity
+        for key, value in values.items():
+            self._write(key, value, keep, idx)
+        self.ptr = int((self.ptr + len(idx)) % self.capacity)
+        self.size = int(min(self.capacity, self.size + len(idx)))
+        self.num_episodes += 1
+
+    def _write(self, key: str, value: Any, keep: slice, idx: np.ndarray) -> None:
+        store = self._fields[key]
+        if isinstance(store, dict):
+            if not isinstance(value, Mapping) or set(value) != set(store):
+                raise ValueError(f"{key} must be a dict with keys {sorted(store)}")
+            for k, arr in store.items():
+                arr[idx] = np.asarray(value[k])[keep]
+        else:
+            store[idx] = np.asarray(value)[keep]
+
+    def get(self, idx: np.ndarray) -> Batch:
+        return {k: _to_torch(_tree_map(lambda a: a[idx], v), self.device) for k, v in self._fields.items()}
+
+    def sample(self, batch_size: int) -> Batch:
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        return self.get(self.rng.integers(0, self.size, size=batch_size))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stored transitions (first ``size`` rows), pointers, RNG and the unfinished episode, as tensors."""
+        data = {k: _tree_map(lambda a: torch.from_numpy(a[: self.size].copy()), v) for k, v in self._fields.items()}
+        pending = None
+        if self._pending:
+            steps = self._pending
+            pending = {
+                "observations": _tree_map(torch.from_numpy, _stack_obs([s[0] for s in steps])),
+                "actions": torch.from_numpy(np.stack([s[1] for s in steps])),
+                "rewards": torch.tensor([s[2] for s in steps], dtype=torch.float32),
+                "next_observations": _tree_map(torch.from_numpy, _stack_obs([s[3] for s in steps])),
+                "dones": torch.tensor([s[4] for s in steps], dtype=torch.float32),
+            }
+        return {
+            "capacity": self.capacity,
+            "ptr": self.ptr,
+            "size": self.size,
+            "num_episodes": self.num_episodes,
+            "rng": _rng_state(self.rng),
+            "data": data,
+            "pending": pending,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state["capacity"]) != self.capacity:
+            raise ValueError(f"state is for capacity {state['capacity']}, this buffer has {self.capacity}")
+        size = int(state["size"])
+        for key, store in self._fields.items():
+            src = state["data"][key]
+            if isinstance(store, dict):
+                for k, arr in store.items():
+                    arr[:size] = src[k].numpy()
+            else:
+                store[:size] = src.numpy()
+        self.ptr, self.size = int(state["ptr"]), size
+        self.num_episodes = int(state["num_episodes"])
+        _set_rng_state(self.rng, state["rng"])
+        self._pending = []
+        pending = state.get("pending")
+        if pending is not None:
+            obs = _tree_map(lambda t: t.numpy(), pending["observations"])
+            nxt = _tree_map(lambda t: t.numpy(), pending["next_observations"])
+            for i in range(len(pending["actions"])):
+                self._pending.append(
+                    (
+                        _tree_map(lambda a: a[i], obs),
+                        pending["actions"][i].numpy(),
+                        float(pending["rewards"][i]),
+                        _tree_map(lambda a: a[i], nxt),
+                        float(pending["dones"][i]),
+                    )
+                )
+
+
+def _stack_obs(items: list[Obs]) -> Obs:
+    if isinstance(items[0], Mapping):
+        return {k: np.stack([np.asarray(o[k]) for o in items]) for k in items[0]}
+    return np.stack([np.asarray(o, dtype=np.float32) for o in items])
+
+
+# --------------------------------------------------------------------------- mixed sampler
+
+
+class MixedSampler:
+    """Draw ``round(offline_ratio * B)`` rows from the offline dataset and the rest from the online buffer."""
+
+    def __init__(self, offline: OfflineDataset, online: ReplayBuffer, offline_ratio: float = 0.5) -> None:
+        if not 0.0 <= offline_ratio <= 1.0:
+            raise ValueError(f"offline_ratio must lie in [0, 1], got {offline_ratio}")
+        self.offline = offline
+        self.online = online
+        self.offline_ratio = offline_ratio
+
+    def counts(self, batch_size: int) -> tuple[int, int]:
+        """``(n_offline, n_online)`` for one batch; all offline while the online buffer is empty."""
+        if len(self.online) == 0:
+            return batch_size, 0
+        n_off = int(round(self.offline_ratio * batch_size))
+        return n_off, batch_size - n_off
+
+    def sample(self, batch_size: int) -> Batch:
+        n_off, n_on = self.counts(batch_size)
+        if n_on == 0:
+            return self.offline.sample(n_off)
+        if n_off == 0:
+            return self.online.sample(n_on)
+        return concat_batches(self.offline.sample(n_off), self.online.sample(n_on))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"offline": self.offline.state_dict(), "online": self.online.state_dict(), "offline_ratio": self.offline_ratio}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.offline.load_state_dict(state["offline"])
+        self.online.load_state_dict(state["online"])
+        self.offline_ratio = float(state["offline_ratio"])

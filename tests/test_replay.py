@@ -1,0 +1,157 @@
+"""Offline dataset, online ring buffer with returns-to-go, mixed sampler, obs helpers, checkpoints."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from robopretrain.data.hdf5 import Transitions
+from robopretrain.data.replay import (
+    MixedSampler,
+    OfflineDataset,
+    ReplayBuffer,
+    append_task_one_hot,
+    flatten_obs,
+    task_one_hot,
+)
+
+
+def _offline(n=50, obs_dim=3, act_dim=2, seed=0):
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
+    return OfflineDataset(
+        obs, rng.uniform(-1, 1, (n, act_dim)), np.zeros(n), obs + 1, np.zeros(n), np.full(n, -7.0), seed=seed
+    )
+
+
+def _roundtrip(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_offline_sample_shapes_dtypes():
+    ds = _offline()
+    batch = ds.sample(8)
+    assert set(batch) == {"observations", "actions", "rewards", "next_observations", "dones", "mc_returns"}
+    assert batch["observations"].shape == (8, 3) and batch["observations"].dtype == torch.float32
+    assert batch["rewards"].shape == (8,) and torch.all(batch["mc_returns"] == -7.0)
+    torch.testing.assert_close(batch["next_observations"], batch["observations"] + 1)
+
+
+def test_online_buffer_computes_returns_when_episode_ends():
+    buf = ReplayBuffer(10, 2, 1, gamma=0.5, sparse_negative_reward=-1.0)
+    for t in range(3):  # a success: -1, -1, +1 then terminal
+        r = 1.0 if t == 2 else -1.0
+        buf.add_step(np.full(2, t), [0.1], r, np.full(2, t + 1), terminated=t == 2, truncated=False)
+        assert len(buf) == (3 if t == 2 else 0)  # not sampleable before the episode ends
+    for t in range(2):  # a failure, truncated: all-failure rule
+        buf.add_step(np.full(2, 10 + t), [0.2], -1.0, np.full(2, 11 + t), terminated=False, truncated=t == 1)
+    data = buf.get(np.arange(5))
+    torch.testing.assert_close(data["mc_returns"], torch.tensor([-1.25, -0.5, 1.0, -2.0, -2.0]))
+    torch.testing.assert_close(data["dones"], torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]))
+
+
+def test_ring_buffer_overwrites_oldest():
+    buf = ReplayBuffer(5, 1, 1, gamma=0.9)
+    for ep in range(3):
+        n = 2
+        buf.add_episode(np.full((n, 1), ep), np.zeros((n, 1)), np.ones(n), np.full((n, 1), ep), np.zeros(n))
+    assert len(buf) == 5 and buf.ptr == 1
+    stored = sorted(buf.get(np.arange(5))["observations"].view(-1).tolist())
+    assert stored == [0.0, 1.0, 1.0, 2.0, 2.0]  # the first step of episode 0 was overwritten
+    long_ep = np.arange(8, dtype=np.float32)[:, None]
+    buf.add_episode(long_ep, np.zeros((8, 1)), np.ones(8), long_ep, np.zeros(8))
+    assert sorted(buf.get(np.arange(5))["observations"].view(-1).tolist()) == [3, 4, 5, 6, 7]
+
+
+def test_mixed_sampler_exact_counts_and_ratio_over_many_batches():
+    off = _offline(n=40)
+    on = ReplayBuffer(100, 3, 2, gamma=0.99)
+    mixed = MixedSampler(off, on, offline_ratio=0.3)
+    assert mixed.counts(10) == (10, 0)  # online still empty: all offline
+    on.add_episode(np.full((20, 3), 99.0), np.zeros((20, 2)), np.ones(20), np.full((20, 3), 99.0), np.zeros(20))
+    for batch_size, expected in [(10, (3, 7)), (256, (77, 179)), (7, (2, 5))]:
+        assert mixed.counts(batch_size) == expected
+        batch = mixed.sample(batch_size)
+        is_online = batch["observations"][:, 0] == 99.0
+        assert int(is_online.sum()) == expected[1] and batch["actions"].shape == (batch_size, 2)
+    total_online = sum(int((mixed.sample(64)["observations"][:, 0] == 99.0).sum()) for _ in range(100))
+    assert total_online == 100 * (64 - round(0.3 * 64))
+    assert MixedSampler(off, on, 1.0).counts(8) == (8, 0)
+    assert MixedSampler(off, on, 0.0).counts(8) == (0, 8)
+
+
+def test_dict_observations_and_flatten_helpers():
+    spec = {"proprio": ((2,), np.float32), "agentview_image": ((4, 4, 3), np.uint8)}
+    buf = ReplayBuffer(8, spec, 1, gamma=0.9)
+    obs = {"proprio": np.ones((3, 2)), "agentview_image": np.full((3, 4, 4, 3), 7, np.uint8)}
+    buf.add_episode(obs, np.zeros((3, 1)), np.zeros(3), obs, np.zeros(3))
+    batch = buf.sample(4)
+    assert batch["observations"]["agentview_image"].dtype == torch.uint8
+    assert batch["observations"]["proprio"].shape == (4, 2)
+    flat = flatten_obs({"b": np.ones((2, 1)), "a": np.zeros((2, 2))}, ["b", "a"])
+    np.testing.assert_array_equal(flat, [[1, 0, 0], [1, 0, 0]])
+    with pytest.raises(ValueError, match="image"):
+        flatten_obs(obs, ["agentview_image"])
+
+
+def test_task_one_hot_numpy_and_torch():
+    np.testing.assert_array_equal(task_one_hot([2, 0], 3), [[0, 0, 1], [1, 0, 0]])
+    out = append_task_one_hot(np.zeros((2, 2), np.float32), np.array([1, 0]), 2)
+    np.testing.assert_array_equal(out, [[0, 0, 0, 1], [0, 0, 1, 0]])
+    t = append_task_one_hot(torch.zeros(3, 1), 1, 2)
+    torch.testing.assert_close(t, torch.tensor([[0.0, 0, 1]] * 3))
+    with pytest.raises(ValueError, match="task ids"):
+        task_one_hot([3], 3)
+
+
+def test_state_dicts_round_trip_with_weights_only():
+    off = _offline(n=30)
+    on = ReplayBuffer(6, 3, 2, gamma=0.9, seed=3)
+    on.add_episode(np.ones((4, 3)), np.zeros((4, 2)), np.ones(4), np.ones((4, 3)), np.zeros(4))
+    on.add_step(np.zeros(3), np.zeros(2), 0.5, np.ones(3), terminated=False, truncated=False)  # unfinished
+    mixed = MixedSampler(off, on, 0.5)
+    state = _roundtrip(mixed.state_dict())
+    expected = mixed.sample(16)
+    off2 = _offline(n=30, seed=9)
+    off2._fields = off._fields
+    on2 = ReplayBuffer(6, 3, 2, gamma=0.9, seed=4)
+    mixed2 = MixedSampler(off2, on2, 0.1)
+    mixed2.load_state_dict(state)
+    assert on2.pending_steps == 1 and len(on2) == 4 and mixed2.offline_ratio == 0.5
+    got = mixed2.sample(16)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
+    on2.add_step(np.zeros(3), np.zeros(2), 0.5, np.ones(3), terminated=True, truncated=False)
+    assert len(on2) == 6
+
+
+def test_offline_from_transitions_scales_rewards_and_computes_returns():
+    obs = np.arange(6, dtype=np.float32)[:, None]
+    next_obs = obs + 1
+    next_obs[3] = 50.0  # obs[4] != next_obs[3]: a boundary although the episode id does not change
+    tr = Transitions(
+        path="mem",
+        obs={"proprio": obs},
+        next_obs={"proprio": next_obs},
+        actions=np.zeros((6, 1), np.float32),
+        rewards=np.array([0, 0, 1, 0, 0, 0], np.float32),
+        dones=np.array([0, 0, 1, 0, 0, 0], np.float32),
+        episode_ids=np.zeros(6, dtype=np.int64),
+        task_ids=np.array([0, 0, 0, 1, 1, 1]),
+        demo_names=["demo_0", "demo_1"],
+        episode_tasks=["lift", "push"],
+        ep_meta=[{}, {}],
+    )
+    ds = OfflineDataset.from_transitions(
+        tr, gamma=0.5, reward_scale=10.0, reward_bias=-5.0, flat_obs_keys=["proprio"], num_tasks=2
+    )
+    arrays = ds.arrays()
+    assert arrays["observations"].shape == (6, 3)
+    np.testing.assert_array_equal(arrays["observations"][4, 1:], [0, 1])
+    np.testing.assert_allclose(arrays["rewards"], [-5, -5, 5, -5, -5, -5])
+    # episodes [0..2] (terminal), [3] and [4, 5] (obs mismatch); the all-failure rule gives -5 / 0.5
+    np.testing.assert_allclose(arrays["mc_returns"], [-5 + 0.5 * (-5 + 0.5 * 5), -5 + 0.5 * 5, 5, -10, -10, -10])
