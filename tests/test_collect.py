@@ -1,0 +1,226 @@
+"""Robot-demo collection: a tiny collection round-tripped through h5py and robomimic's own SequenceDataset,
+mask and reward/done semantics, determinism, atomic writes and input validation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from sim_envs.collect import collect, kind_counts, resolve_tasks
+from sim_envs.hdf5_writer import EpisodeError, RobomimicWriter, make_env_args, split_train_valid
+from sim_envs.tasks import TASK_IDS
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "collect.yaml"
+TASKS = ["Reach", "PressButton"]
+OBS_KEYS = ("agentview_image", "proprio", "object")
+
+
+def tiny_config(**overrides):
+    cfg = OmegaConf.load(CONFIG)
+    return OmegaConf.merge(cfg, {"tasks": TASKS, "episodes_per_task": 3, "image_size": 32,
+                                 "valid_fraction": 0.34}, overrides)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory) -> Path:
+    return collect(tiny_config(), output_dir=tmp_path_factory.mktemp("run_a"), progress=False)
+
+
+def demo_names(f: h5py.File) -> list[str]:
+    return sorted(f["data"], key=lambda n: int(n.split("_")[1]))
+
+
+def mask(f: h5py.File, name: str) -> list[str]:
+    ds = f[f"mask/{name}"]
+    assert ds.dtype.kind == "S"
+    return [x.decode() for x in ds[()]]
+
+
+def test_file_layout(collected):
+    with h5py.File(collected, "r") as f:
+        names = demo_names(f)
+        assert names == [f"demo_{i}" for i in range(6)]
+        assert f["data"].attrs["total"] == sum(f[f"data/{n}"].attrs["num_samples"] for n in names)
+        env_args = json.loads(f["data"].attrs["env_args"])
+        assert env_args["type"] == 2 and env_args["env_name"]
+        assert env_args["env_kwargs"]["image_size"] == 32 and env_args["env_kwargs"]["tasks"] == TASKS
+        kinds = []
+        for n in names:
+            demo = f[f"data/{n}"]
+            num = demo.attrs["num_samples"]
+            meta = json.loads(demo.attrs["ep_meta"])
+            kinds.append(meta["kind"])
+            assert meta["length"] == num and meta["randomization"] == "none"
+            assert demo.attrs["task_id"] == TASK_IDS[demo.attrs["task"]]
+            img = demo["obs/agentview_image"]
+            assert img.dtype == np.uint8 and img.shape == (num, 32, 32, 3) and img.compression is not None
+            assert img.chunks[1:] == (32, 32, 3)
+            assert demo["obs/proprio"].dtype == np.float32 and demo["obs/proprio"].shape == (num, 7)
+            assert demo["obs/object"].shape == (num, 18)
+            actions = demo["actions"][()]
+            assert actions.dtype == np.float32 and actions.shape == (num, 4) and np.abs(actions).max() <= 1.0
+            assert demo["rewards"].shape == (num,) and demo["dones"].shape == (num,)
+            assert set(demo["next_obs"]) == set(demo["obs"]) == set(OBS_KEYS)
+        assert kinds == ["clean", "noisy", "failing"] * 2
+
+
+def test_robomimic_sequence_dataset_reads_the_file(collected):
+    import robomimic.utils.obs_utils as ObsUtils
+    from robomimic.utils.dataset import SequenceDataset
+
+    ObsUtils.initialize_obs_utils_with_obs_specs(
+        {"obs": {"low_dim": ["proprio", "object"], "rgb": ["agentview_image"]}})
+    ds = SequenceDataset(hdf5_path=str(collected), obs_keys=OBS_KEYS, dataset_keys=("actions", "rewards", "dones"),
+                         seq_length=1, filter_by_attribute="train", hdf5_cache_mode="low_dim", hdf5_use_swmr=True)
+    demos, length = list(ds.demos), len(ds)
+    demo = demos[-1]
+    item = ds[ds._demo_id_to_start_indices[demo] + 2]
+    ds.close_and_delete_hdf5_handle()  # robomimic holds the file open in SWMR mode
+    with h5py.File(collected, "r") as f:
+        train = mask(f, "train")
+        assert demos == sorted(train, key=lambda n: int(n.split("_")[1]))
+        assert length == sum(f[f"data/{n}"].attrs["num_samples"] for n in train)
+        group = f[f"data/{demo}"]
+        for key in OBS_KEYS:
+            np.testing.assert_array_equal(item["obs"][key][0], group[f"obs/{key}"][2])
+            np.testing.assert_array_equal(item["next_obs"][key][0], group[f"next_obs/{key}"][2])
+        np.testing.assert_array_equal(item["actions"][0], group["actions"][2])
+        assert item["rewards"][0] == group["rewards"][2] and item["dones"][0] == group["dones"][2]
+        assert item["obs"]["agentview_image"].shape == (1, 32, 32, 3)
+
+
+def test_masks_partition_demos_and_match_tasks(collected):
+    with h5py.File(collected, "r") as f:
+        names = set(demo_names(f))
+        train, valid = mask(f, "train"), mask(f, "valid")
+        assert set(train) | set(valid) == names and not set(train) & set(valid)
+        assert len(valid) == 2  # one per task (valid_fraction 0.34 of 3)
+        per_task = {t: mask(f, t) for t in TASKS}
+        assert sorted(sum(per_task.values(), [])) == sorted(names)
+        for task, demos in per_task.items():
+            assert all(f[f"data/{n}"].attrs["task"] == task for n in demos)
+            assert any(n in valid for n in demos) and any(n in train for n in demos)
+
+
+def test_rewards_dones_and_next_obs_semantics(collected):
+    with h5py.File(collected, "r") as f:
+        outcomes = [json.loads(f[f"data/{n}"].attrs["ep_meta"])["success"] for n in demo_names(f)]
+        assert any(outcomes) and not all(outcomes)  # both branches below are exercised
+        for n in demo_names(f):
+            demo = f[f"data/{n}"]
+            meta = json.loads(demo.attrs["ep_meta"])
+            rewards, dones = demo["rewards"][()], demo["dones"][()]
+            assert set(np.unique(dones)) <= {0, 1}
+            assert not dones[:-1].any(), f"{n}: done before the last step"
+            assert bool(dones[-1]) == meta["success"] == meta["terminated"]
+            assert rewards[-1] == float(meta["success"]) and not rewards[:-1].any()
+            if not meta["success"]:
+                assert meta["truncated"] and len(rewards) == {"Reach": 50, "PressButton": 60}[demo.attrs["task"]]
+            for key in OBS_KEYS:
+                np.testing.assert_array_equal(demo[f"next_obs/{key}"][:-1], demo[f"obs/{key}"][1:])
+            if meta["kind"] == "clean":
+                assert meta["success"] and meta["expert_noise"] == 0.0
+
+
+def test_same_config_gives_identical_files(collected, tmp_path):
+    again = collect(tiny_config(), output_dir=tmp_path / "run_b", progress=False)
+    assert again.read_bytes() == collected.read_bytes()
+
+
+def test_parallel_workers_give_the_same_data(collected, tmp_path):
+    parallel = collect(tiny_config(num_workers=2), output_dir=tmp_path, progress=False)
+
+    def contents(path: Path) -> dict:
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: out.__setitem__(name, obj[()].tobytes()) if isinstance(obj, h5py.Dataset)
+                         else out.__setitem__(name, {k: str(v) for k, v in obj.attrs.items() if k != "collection"}))
+        return out
+
+    assert contents(parallel) == contents(collected)
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    path = tmp_path / "demos.hdf5"
+    env_args = make_env_args("sim_envs/Reach-v0", "0", {})
+    with pytest.raises(KeyboardInterrupt):
+        with RobomimicWriter(path, env_args) as writer:
+            writer.add_episode(**_episode())
+            raise KeyboardInterrupt
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_failed_collection_leaves_nothing(tmp_path, monkeypatch):
+    import sim_envs.collect as collect_module
+
+    calls = []
+
+    def broken_writer(writer, episode, seed, level):
+        calls.append(episode)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return original(writer, episode, seed, level)
+
+    original = collect_module._write_episode
+    monkeypatch.setattr(collect_module, "_write_episode", broken_writer)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        collect(tiny_config(), output_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_task_is_named():
+    with pytest.raises(ValueError, match="PushBlok") as err:
+        resolve_tasks(["Reach", "PushBlok"])
+    assert "PushBlock" in str(err.value)  # lists the known tasks
+    assert resolve_tasks("target") == ["PlaceInBowl", "OpenDoorRight"]
+    with pytest.raises(ValueError, match="PushBlok"):
+        collect(tiny_config(tasks="PushBlok", output="/nonexistent/x.hdf5"), progress=False)
+
+
+@pytest.mark.parametrize("change, pattern", [
+    ({"actions": np.full((5, 4), 1.5, np.float32)}, r"actions.*\[-1, 1\]"),
+    ({"actions": np.full((5, 4), np.nan, np.float32)}, r"actions.*NaN"),
+    ({"obs": {"agentview_image": np.zeros((5, 8, 8, 3), np.float32), "proprio": np.zeros((5, 7), np.float32)}},
+     r"obs/agentview_image.*uint8"),
+    ({"dones": np.array([0, 1, 0, 0, 1], np.uint8)}, r"dones.*before the last step"),
+    ({"rewards": np.zeros(4, np.float32)}, r"rewards.*\(5,\)"),
+    ({"next_obs": {"proprio": np.zeros((5, 7), np.float32)}}, r"next_obs.*keys"),
+])
+def test_bad_episode_errors_name_the_key(tmp_path, change, pattern):
+    path = tmp_path / "demos.hdf5"
+    with pytest.raises(EpisodeError, match=pattern):
+        with RobomimicWriter(path, make_env_args("sim_envs/Reach-v0", "0", {})) as writer:
+            writer.add_episode(**{**_episode(), **change})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_episode_shapes_must_match_earlier_episodes(tmp_path):
+    with pytest.raises(EpisodeError, match="proprio.*differs from earlier"):
+        with RobomimicWriter(tmp_path / "d.hdf5", make_env_args("x", "0", {})) as writer:
+            writer.add_episode(**_episode())
+            bad = _episode()
+            bad["obs"]["proprio"] = bad["next_obs"]["proprio"] = np.zeros((5, 6), np.float32)
+            writer.add_episode(**bad)
+
+
+def test_split_and_kind_counts():
+    demos = {"A": [f"demo_{i}" for i in range(10)], "B": ["demo_10"]}
+    train, valid = split_train_valid(demos, 0.2, seed=3)
+    assert len(valid) == 2 and all(v in demos["A"] for v in valid) and "demo_10" in train
+    assert (train, valid) == split_train_valid(demos, 0.2, seed=3)
+    assert kind_counts(10, {"clean": 0.5, "noisy": 0.3, "failing": 0.2}) == {"clean": 5, "noisy": 3, "failing": 2}
+    assert sum(kind_counts(7, {"clean": 0.5, "noisy": 0.3, "failing": 0.2}).values()) == 7
+
+
+def _episode(n: int = 5) -> dict:
+    rng = np.random.default_rng(0)
+    frames = {"agentview_image": rng.integers(0, 255, (n + 1, 8, 8, 3), dtype=np.uint8),
+              "proprio": rng.normal(size=(n + 1, 7)).astype(np.float32)}
+    return {"task": "Reach", "task_id": 0, "obs": {k: v[:-1] for k, v in frames.items()},
+            "next_obs": {k: v[1:] for k, v in frames.items()},
+            "actions": rng.uniform(-1, 1, (n, 4)).astype(np.float32), "rewards": np.zeros(n, np.float32),
+            "dones": np.zeros(n, np.uint8), "ep_meta": {"success": False}}
