@@ -16,10 +16,11 @@ from sim_envs.env import MAX_DELTA, TabletopEnv
 OPEN, CLOSE = -1.0, 1.0
 
 
-def move_toward(env: TabletopEnv, target: np.ndarray, grip: float, gain: float = 1.0) -> np.ndarray:
-    """Action moving the pinch point toward ``target`` as fast as allowed, with the given grip command."""
+def move_toward(env: TabletopEnv, target: np.ndarray, grip: float, gain: float = 1.0,
+                max_speed: float = 1.0) -> np.ndarray:
+    """Action moving the pinch point toward ``target`` (at most ``max_speed`` of the full step), with a grip."""
     delta = (np.asarray(target) - env.grip_pos()) / MAX_DELTA * gain
-    return np.concatenate([np.clip(delta, -1.0, 1.0), [grip]])
+    return np.concatenate([np.clip(delta, -max_speed, max_speed), [grip]])
 
 
 def _near(env: TabletopEnv, target: np.ndarray, tol: float = 0.01) -> bool:
@@ -63,8 +64,9 @@ class ReachExpert(Expert):
 class PushExpert(Expert):
     """Get behind the object (relative to the goal), lower a closed fist, and push it along the line."""
 
-    def __init__(self, env: TabletopEnv, body: str, radius: float, **kw: Any) -> None:
-        self.body, self.radius = body, radius
+    def __init__(self, env: TabletopEnv, body: str, radius: float, speed: float = 1.0, height: float = 0.018,
+                 **kw: Any) -> None:
+        self.body, self.radius, self.speed, self.height = body, radius, speed, height
         super().__init__(env, **kw)
 
     def policy(self) -> np.ndarray:
@@ -73,7 +75,7 @@ class PushExpert(Expert):
         to_goal = env.goal[:2] - obj[:2]
         dist = np.linalg.norm(to_goal)
         d = to_goal / max(dist, 1e-6)
-        z = 0.018
+        z = self.height
         behind = obj[:2] - d * (self.radius + 0.03)
         grip = env.grip_pos()
         rel = grip[:2] - obj[:2]
@@ -96,7 +98,8 @@ class PushExpert(Expert):
         # push: aim at the point that puts the object on the goal, correcting the lateral error
         push_to = env.goal[:2] - d * (self.radius + 0.012)
         target = np.array([*push_to, z])
-        return move_toward(env, target, CLOSE, gain=0.6 if dist < 0.05 else 1.0)
+        # slow down near the goal so the object does not slide past it
+        return move_toward(env, target, CLOSE, gain=0.6 if dist < 0.05 else 1.0, max_speed=self.speed)
 
 
 class PickExpert(Expert):
@@ -240,7 +243,7 @@ class OpenDoorExpert(Expert):
 _EXPERTS: dict[str, Callable[..., Expert]] = {
     "Reach": ReachExpert,
     "PushBlock": lambda env, **kw: PushExpert(env, "block", 0.02, **kw),
-    "SlidePuck": lambda env, **kw: PushExpert(env, "puck", 0.03, **kw),
+    "SlidePuck": lambda env, **kw: PushExpert(env, "puck", 0.03, speed=0.5, height=0.026, **kw),
     "PickPlace": lambda env, **kw: PickExpert(env, "block", 0.02, place=True, **kw),
     "Lift": lambda env, **kw: PickExpert(env, "block", 0.02, place=False, **kw),
     "PlaceInBowl": lambda env, **kw: PickExpert(env, "can", 0.045, place=True, **kw),

@@ -55,7 +55,9 @@ DISTRACTOR_SHAPES = ("box", "sphere", "cylinder")
 SURFACE_GEOMS = ("table", "backdrop", "floor", "wall_left", "wall_right")
 # Geoms of the embodiment whose friction is scaled with the objects'.
 FINGER_PREFIXES = ("finger_l_pad", "finger_r_pad")
-FIXTURE_JOINTS = ("drawer_slide", "door_hinge", "button_slide")
+FIXTURE_JOINTS = ("drawer_slide", "door_hinge", "button_slide")  # their damping is randomized
+# Joints whose frictionloss stands in for contact friction (the planar puck): scaled by the friction factor.
+FRICTION_JOINTS = ("puck_x", "puck_y", "puck_yaw")
 # Where distractors may stand: the part of the table the agentview camera sees.
 DISTRACTOR_X = (-0.26, 0.26)
 DISTRACTOR_Y = (-0.16, 0.28)
@@ -135,11 +137,10 @@ def _aabb(shape: str, gsize: np.ndarray) -> np.ndarray:
 class DomainRandomizer:
     """Samples and applies randomization to one MjModel, restoring nominal values first every time."""
 
-    _SNAPSHOT_FIELDS = ("geom_friction", "body_mass", "body_inertia", "dof_damping", "actuator_gainprm",
-                        "actuator_biasprm", "actuator_forcerange", "geom_rgba", "geom_matid", "light_dir",
+    _SNAPSHOT_FIELDS = ("geom_friction", "dof_frictionloss", "body_mass", "body_inertia", "dof_damping",
+                        "actuator_gainprm", "actuator_biasprm", "actuator_forcerange", "geom_rgba", "geom_matid", "light_dir",
                         "light_diffuse", "cam_pos", "cam_quat", "geom_type", "geom_size", "geom_rbound",
-                        "geom_aabb", "geom_contype", "geom_conaffinity", "body_contype", "body_conaffinity",
-                        "body_mass", "body_inertia")
+                        "geom_aabb", "geom_contype", "geom_conaffinity", "body_contype", "body_conaffinity")
 
     def __init__(self, model: mujoco.MjModel, object_bodies: Sequence[str], config: RandomizationConfig,
                  max_distractors: int, cameras: Sequence[str] = ("agentview",)) -> None:
@@ -162,6 +163,8 @@ class DomainRandomizer:
                                                         np.array(finger, dtype=int)])).astype(int)
         fixture_joints = _ids(model, mujoco.mjtObj.mjOBJ_JOINT, FIXTURE_JOINTS)
         self.fixture_dofs = np.array([model.jnt_dofadr[j] for j in fixture_joints], dtype=int)
+        self.friction_dofs = np.array([model.jnt_dofadr[j] for j in _ids(model, mujoco.mjtObj.mjOBJ_JOINT, FRICTION_JOINTS)],
+                                      dtype=int)
         self.finger_actuators = _ids(model, mujoco.mjtObj.mjOBJ_ACTUATOR, ("act_finger_l", "act_finger_r"))
         self.camera_ids = _ids(model, mujoco.mjtObj.mjOBJ_CAMERA, cameras)
         self.distractor_bodies = _ids(model, mujoco.mjtObj.mjOBJ_BODY, [f"distractor{k}" for k in range(max_distractors)])
@@ -276,6 +279,7 @@ class DomainRandomizer:
         m, nom = self.model, self._nominal
         if "friction" in params:
             m.geom_friction[self.friction_geoms, 0] = nom["geom_friction"][self.friction_geoms, 0] * params["friction"]
+            m.dof_frictionloss[self.friction_dofs] = nom["dof_frictionloss"][self.friction_dofs] * params["friction"]
         if "mass" in params:
             movable = self._movable_bodies()
             m.body_mass[movable] = nom["body_mass"][movable] * params["mass"]

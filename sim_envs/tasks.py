@@ -86,6 +86,11 @@ def _apart(rng: np.random.Generator, first: np.ndarray, x: tuple[float, float], 
 
 
 def _place_free(env: "TabletopEnv", body: str, xy: np.ndarray, z: float, yaw: float = 0.0) -> None:
+    if body == "puck":  # planar joints: x, y offsets from the body's rest position, and yaw
+        env.set_joint_qpos("puck_x", xy[0])
+        env.set_joint_qpos("puck_y", xy[1])
+        env.set_joint_qpos("puck_yaw", yaw)
+        return
     env.set_free_pose(body, np.array([xy[0], xy[1], z]), np.array([np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]))
 
 
@@ -204,7 +209,7 @@ def _make_tasks() -> dict[str, Task]:
         Task("PressButton", ("button",), ("button_base", "button"), 60, _button_reset,
              lambda e: bool(e.joint_qpos("button_slide") < -0.012), second=lambda e: e.body_pos("button"),
              joint="button_slide", description="press the red button"),
-        Task("SlidePuck", ("puck", "goal_disc"), ("puck",), 100, _push_reset("puck", 0.012, (0.14, 0.24)),
+        Task("SlidePuck", ("puck", "goal_disc"), ("puck",), 100, _push_reset("puck", 0.015, (0.14, 0.24)),
              _near_goal_xy("puck", 0.04), main_body="puck", description="slide the blue puck onto the green disc"),
         Task("OpenDoor", ("door_left",), ("door_frame", "door"), 100, _door_reset, _door_open,
              second=_door_handle, joint="door_hinge", description="push the door open (hinge on the left)"),
