@@ -1,0 +1,88 @@
+"""Behaviour cloning with the shared tanh-Gaussian actor: maximise the log-likelihood of data actions.
+
+Loss: ``-mean(log pi(clip(a, -1 + eps, 1 - eps) | s))`` with the exact tanh change of variables
+(:meth:`robopretrain.nets.actor.TanhGaussianActor.log_prob`). Data actions live in ``[-1, 1]`` (the HDF5
+contract), so clipping by ``eps = 1e-4`` only keeps ``atanh`` finite at the bounds. Same
+``update / act / state_dict`` API as the RL agents, so a BC policy drops into evaluation and fine-tuning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from robopretrain.algos.cql import make_adam, metrics_to_floats
+from robopretrain.nets.actor import TanhGaussianActor
+
+
+def bc_loss(log_prob: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the data actions."""
+    return -log_prob.mean()
+
+
+@dataclass
+class BCConfig:
+    actor_hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    orthogonal_init: bool = False
+    lr: float = 1e-4
+    batch_size: int = 256
+    action_clip_eps: float = 1e-4
+
+
+class BC:
+    """Behaviour-cloning agent; ``update`` ignores rewards and next observations."""
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, cfg: BCConfig | None = None, device: str | torch.device = "cpu"
+    ) -> None:
+        self.cfg = cfg = cfg or BCConfig()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.device = torch.device(device)
+        self.actor = TanhGaussianActor(
+            obs_dim, act_dim, cfg.actor_hidden, activation=cfg.activation, orthogonal_init=cfg.orthogonal_init
+        ).to(self.device)
+        self.optimizer = make_adam([{"params": list(self.actor.parameters()), "lr": cfg.lr}])
+        self.num_updates = 0
+
+    def compute_losses(
+        self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        log_prob = self.actor.log_prob(batch["observations"], batch["actions"], self.cfg.action_clip_eps)
+        loss = bc_loss(log_prob)
+        metrics = {"bc_loss": loss.detach()} if with_metrics else {}
+        return {"actor": loss}, metrics
+
+    def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
+        losses, metrics = self.compute_losses(batch, with_metrics)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["actor"].backward()
+        self.optimizer.step()
+        self.num_updates += 1
+        return metrics_to_floats(metrics)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
+        return self.actor.act(obs, deterministic)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algo": "bc",
+            "config": asdict(self.cfg),
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "actor": self.actor.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
+            raise ValueError(f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}")
+        self.actor.load_state_dict(state["actor"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_updates = int(state["num_updates"])

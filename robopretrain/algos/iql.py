@@ -1,0 +1,174 @@
+"""Implicit Q-Learning (Kostrikov et al. 2021): the slow-but-steady baseline of REFERENCE.md, Stage 3.
+
+Losses (plain functions below):
+
+* value: expectile regression of ``V(s)`` towards ``min_e Q_target_e(s, a)``:
+  ``mean(|tau - 1(u < 0)| * u^2)`` with ``u = Q - V`` and ``tau = 0.7``;
+* critics: ``mean_e (Q_e(s, a) - (r + gamma * (1 - done) * V(s')))^2``;
+* policy (AWR): ``-mean(min(exp(beta * (Q - V)), 100) * log pi(a|s))`` with ``beta = 3``.
+
+As in :mod:`robopretrain.algos.cql`, every loss touches only its own parameters and one backward pass of
+their sum computes all gradients at the same parameters. Choices: the policy is the shared tanh-Gaussian
+actor (the IQL paper uses a Gaussian with tanh-squashed mean), evaluated on data actions clipped to
+``1 - 1e-4``; V(s') comes from the current (pre-step) value network, as in the CORL port; no learning-rate
+schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from robopretrain.algos.cql import make_adam, metrics_to_floats, soft_update_
+from robopretrain.nets.actor import TanhGaussianActor
+from robopretrain.nets.critic import EnsembleCritic
+from robopretrain.nets.mlp import build_mlp
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """``mean(|tau - 1(diff < 0)| * diff^2)``; ``diff = Q - V``, ``tau = expectile``."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.square()).mean()
+
+
+def iql_q_loss(q_data: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor, next_v: torch.Tensor, discount: float) -> torch.Tensor:
+    """Sum over critics of the MSE to ``r + gamma * (1 - done) * V(s')`` (target without gradient)."""
+    target = (rewards + discount * (1.0 - dones) * next_v).detach()
+    return (q_data - target.unsqueeze(0)).square().mean(dim=-1).sum()
+
+
+def awr_weights(advantage: torch.Tensor, beta: float, max_weight: float = 100.0) -> torch.Tensor:
+    """``min(exp(beta * A), max_weight)``, detached."""
+    return torch.exp(beta * advantage.detach()).clamp(max=max_weight)
+
+
+def awr_policy_loss(log_prob: torch.Tensor, advantage: torch.Tensor, beta: float, max_weight: float = 100.0) -> torch.Tensor:
+    """Advantage-weighted regression: ``-mean(w * log pi(a|s))``."""
+    return -(awr_weights(advantage, beta, max_weight) * log_prob).mean()
+
+
+@dataclass
+class IQLConfig:
+    """IQL hyper-parameters (paper defaults for locomotion/AntMaze-style tasks, beta 3, tau 0.7)."""
+
+    actor_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = (256, 256)
+    value_hidden: tuple[int, ...] = (256, 256)
+    num_critics: int = 2
+    activation: str = "relu"
+    orthogonal_init: bool = False
+    actor_lr: float = 3e-4
+    qf_lr: float = 3e-4
+    vf_lr: float = 3e-4
+    batch_size: int = 256
+    discount: float = 0.99
+    tau: float = 5e-3
+    expectile: float = 0.7
+    beta: float = 3.0
+    max_weight: float = 100.0
+    action_clip_eps: float = 1e-4
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
+    sparse_reward: bool = True
+
+
+class IQL:
+    """IQL agent with the ``update / act / state_dict`` API of :class:`robopretrain.algos.cql.CQL`."""
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, cfg: IQLConfig | None = None, device: str | torch.device = "cpu"
+    ) -> None:
+        self.cfg = cfg = cfg or IQLConfig()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.device = torch.device(device)
+        kw = {"activation": cfg.activation, "orthogonal_init": cfg.orthogonal_init}
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.actor_hidden, **kw).to(self.device)
+        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, **kw).to(self.device)
+        self.target_critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, **kw).to(self.device)
+        self.target_critic.load_state_dict(self.critic.state_dict())
+        self.target_critic.requires_grad_(False)
+        self.value = build_mlp(obs_dim, 1, cfg.value_hidden, **kw).to(self.device)
+        self.optimizer = make_adam(
+            [
+                {"params": list(self.actor.parameters()), "lr": cfg.actor_lr},
+                {"params": list(self.critic.parameters()), "lr": cfg.qf_lr},
+                {"params": list(self.value.parameters()), "lr": cfg.vf_lr},
+            ]
+        )
+        self.num_updates = 0
+
+    def compute_losses(
+        self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Value, critic and actor losses (each with gradients for its own network only) and metrics."""
+        cfg = self.cfg
+        obs, actions = batch["observations"], batch["actions"]
+        with torch.no_grad():
+            target_q = self.target_critic(obs, actions).min(dim=0).values
+            next_v = self.value(batch["next_observations"]).squeeze(-1)
+        v = self.value(obs).squeeze(-1)
+        adv = target_q - v
+        value_loss = expectile_loss(adv, cfg.expectile)
+        q_data = self.critic(obs, actions)
+        q_loss = iql_q_loss(q_data, batch["rewards"], batch["dones"], next_v, cfg.discount)
+        log_prob = self.actor.log_prob(obs, actions, cfg.action_clip_eps)
+        policy_loss = awr_policy_loss(log_prob, adv, cfg.beta, cfg.max_weight)
+        losses = {"value": value_loss, "critic": q_loss, "actor": policy_loss}
+        metrics: dict[str, torch.Tensor] = {}
+        if with_metrics:
+            metrics = {
+                "value_loss": value_loss,
+                "q_loss": q_loss,
+                "policy_loss": policy_loss,
+                "v": v.mean(),
+                "q_data": q_data.mean(),
+                "advantage": adv.mean(),
+                "log_prob": log_prob.mean(),
+            }
+            metrics = {k: t.detach() for k, t in metrics.items()}
+        return losses, metrics
+
+    def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
+        losses, metrics = self.compute_losses(batch, with_metrics)
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.optimizer.step()
+        soft_update_(self.target_critic, self.critic, self.cfg.tau)
+        self.num_updates += 1
+        return metrics_to_floats(metrics)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
+        return self.actor.act(obs, deterministic)
+
+    @torch.no_grad()
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs.to(self.device), actions.to(self.device)).min(dim=0).values
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algo": "iql",
+            "config": asdict(self.cfg),
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "value": self.value.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
+            raise ValueError(f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}")
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.value.load_state_dict(state["value"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_updates = int(state["num_updates"])
