@@ -1,0 +1,414 @@
+"""Inspect a dataset: a summary table and a contact-sheet PNG, for robot HDF5 files and video folders.
+
+``python -m robopretrain.data.inspect FILE_OR_FOLDER [--out PNG] [--frames N] [--per-task K] [--clips C]``
+
+- robomimic HDF5 (the "Robot dataset" contract): per task the episode count, success rate (``ep_meta``
+  JSON ``success``), mean/min/max length and transitions; the observation keys with their per-step shapes
+  and dtypes; the masks with their sizes. Contact sheet: ``--per-task`` episodes per task as rows (labelled
+  task / demo / outcome), ``--frames`` frames evenly spaced in time as columns.
+- video folder with ``manifest.csv`` (the "Video dataset" contract): clip count, frames per clip, the texts
+  and how often each occurs; ``--verify`` also counts every clip's frames against the manifest. Contact
+  sheet: ``--clips`` clips spread over the manifest as rows, labelled with their text.
+
+The PNG goes to ``--out`` or next to the input as ``<name>_contact_sheet.png`` (written atomically).
+Bad input (no such path, not an HDF5 file, a truncated file, no ``data/`` group, a folder without a
+manifest) ends with one line naming the file and what was expected, and exit code 2.
+
+HDF5 files are read with h5py directly (attributes and shapes, then only the frames the sheet shows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+
+from robopretrain.data.video import (MANIFEST_NAME, VideoDatasetError, VideoEntry, read_frames,
+                                     read_manifest, count_frames)
+
+DEMO_RE = re.compile(r"^demo_(\d+)$")
+DEFAULT_IMAGE_KEY = "agentview_image"
+
+
+class InspectError(ValueError):
+    """The input is not a dataset this tool understands; the message names the file and what was expected."""
+
+
+# ----------------------------------------------------------------------------- robot HDF5
+@dataclass
+class TaskStats:
+    """Per-task episode statistics of a robot dataset."""
+
+    demos: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    successes: list[bool | None] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float | None:
+        known = [s for s in self.successes if s is not None]
+        return float(np.mean(known)) if known else None
+
+
+@dataclass
+class Hdf5Summary:
+    """What ``summarize_hdf5`` found in a robomimic file."""
+
+    path: Path
+    tasks: dict[str, TaskStats]
+    obs: dict[str, tuple[tuple[int, ...], str]]  # key -> (per-step shape, dtype); shape () when it varies
+    actions: tuple[tuple[int, ...], str] | None
+    masks: dict[str, int]
+    total_attr: int | None
+    env_name: str | None
+    inconsistent_obs: list[str]
+
+    @property
+    def transitions(self) -> int:
+        return int(sum(sum(s.lengths) for s in self.tasks.values()))
+
+
+def _demo_names(group: h5py.Group) -> list[str]:
+    return sorted((k for k in group.keys() if DEMO_RE.match(k)), key=lambda k: int(DEMO_RE.match(k).group(1)))
+
+
+def _as_str(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _as_str(value.item())
+    return str(value)
+
+
+def _success(demo: h5py.Group, path: Path) -> bool | None:
+    raw = demo.attrs.get("ep_meta")
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(_as_str(raw))
+    except json.JSONDecodeError as exc:
+        raise InspectError(f"{path}: {demo.name} attribute ep_meta is not JSON ({exc})") from exc
+    value = meta.get("success") if isinstance(meta, dict) else None
+    return None if value is None else bool(value)
+
+
+def open_hdf5(path: Path) -> h5py.File:
+    """Open a robot dataset for reading, turning every failure into one clear ``InspectError``."""
+    if not h5py.is_hdf5(path):
+        raise InspectError(f"{path}: not an HDF5 file (expected a robomimic HDF5 dataset or a video folder "
+                           f"with {MANIFEST_NAME})")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InspectError(f"{path}: cannot open the HDF5 file, it may be truncated or corrupt ({exc})") from exc
+    if "data" not in f or not isinstance(f["data"], h5py.Group):
+        f.close()
+        raise InspectError(f"{path}: no 'data' group (expected the robomimic layout data/demo_<i>/...)")
+    return f
+
+
+def summarize_hdf5(path: str | os.PathLike) -> Hdf5Summary:
+    """Per-task counts, success rates and lengths, observation keys, masks (attributes and shapes only)."""
+    path = Path(path)
+    with open_hdf5(path) as f:
+        try:
+            return _summarize_open_file(f, path)
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise InspectError(f"{path}: unreadable part of the file, it may be truncated or corrupt ({exc})") from exc
+
+
+def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
+    data = f["data"]
+    demos = _demo_names(data)
+    if not demos:
+        raise InspectError(f"{path}: no data/demo_<i> groups (expected the robomimic layout data/demo_<i>/...)")
+    tasks: dict[str, TaskStats] = {}
+    obs: dict[str, tuple[tuple[int, ...], str]] = {}
+    inconsistent: set[str] = set()
+    actions = None
+    for name in demos:
+        demo = data[name]
+        task = _as_str(demo.attrs["task"]) if "task" in demo.attrs else "(no task attr)"
+        stats = tasks.setdefault(task, TaskStats())
+        stats.demos.append(name)
+        if "num_samples" in demo.attrs:
+            length = int(demo.attrs["num_samples"])
+        elif "actions" in demo:
+            length = int(demo["actions"].shape[0])
+        else:
+            raise InspectError(f"{path}: data/{name} has neither a num_samples attribute nor actions")
+        stats.lengths.append(length)
+        stats.successes.append(_success(demo, path))
+        if "obs" in demo:
+            for key, ds in demo["obs"].items():
+                spec = (tuple(ds.shape[1:]), str(ds.dtype))
+                if key in obs and obs[key] != spec:
+                    inconsistent.add(key)
+                obs.setdefault(key, spec)
+        if actions is None and "actions" in demo:
+            actions = (tuple(demo["actions"].shape[1:]), str(demo["actions"].dtype))
+    masks = {}
+    if "mask" in f:
+        masks = {name: int(ds.shape[0]) for name, ds in f["mask"].items() if isinstance(ds, h5py.Dataset)}
+    total = int(data.attrs["total"]) if "total" in data.attrs else None
+    env_name = None
+    if "env_args" in data.attrs:
+        try:
+            env_name = json.loads(_as_str(data.attrs["env_args"])).get("env_name")
+        except (json.JSONDecodeError, AttributeError):
+            env_name = "(env_args is not JSON)"
+    return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent))
+
+
+def format_hdf5_summary(s: Hdf5Summary) -> str:
+    """The summary as printable tables."""
+    header = f"{'task':<16}{'episodes':>9}{'success':>9}{'len_mean':>10}{'len_min':>9}{'len_max':>9}{'transitions':>13}"
+    lines = [f"robot dataset {s.path}" + (f" (env {s.env_name})" if s.env_name else ""), header, "-" * len(header)]
+    for task, t in s.tasks.items():
+        rate = "n/a" if t.success_rate is None else f"{t.success_rate:.2f}"
+        lines.append(f"{task:<16}{len(t.demos):>9}{rate:>9}{np.mean(t.lengths):>10.1f}{min(t.lengths):>9}"
+                     f"{max(t.lengths):>9}{sum(t.lengths):>13}")
+    lines.append("-" * len(header))
+    all_success = [x for t in s.tasks.values() for x in t.successes if x is not None]
+    rate = f"{np.mean(all_success):.2f}" if all_success else "n/a"
+    n_demos = sum(len(t.demos) for t in s.tasks.values())
+    lines.append(f"{'total':<16}{n_demos:>9}{rate:>9}{'':>28}{s.transitions:>13}")
+    if s.total_attr is not None and s.total_attr != s.transitions:
+        lines.append(f"warning: data.attrs['total'] = {s.total_attr} but the demos hold {s.transitions} transitions")
+    lines.append("")
+    lines.append("observations (per step):")
+    for key, (shape, dtype) in s.obs.items():
+        note = "  (differs between demos)" if key in s.inconsistent_obs else ""
+        lines.append(f"  obs/{key:<22}{str(shape):<16}{dtype}{note}")
+    if s.actions is not None:
+        lines.append(f"  {'actions':<26}{str(s.actions[0]):<16}{s.actions[1]}")
+    lines.append("masks: " + (", ".join(f"{k} ({v})" for k, v in s.masks.items()) if s.masks else "none"))
+    return "\n".join(lines)
+
+
+def _evenly_spaced(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (first and last included; repeats when n < k)."""
+    return [int(round(x)) for x in np.linspace(0, n - 1, k)] if n > 0 else []
+
+
+def _read_hdf5_frames(ds: h5py.Dataset, indices: Sequence[int]) -> np.ndarray:
+    unique = sorted(set(indices))
+    block = ds[unique]
+    where = {i: j for j, i in enumerate(unique)}
+    return block[[where[i] for i in indices]]
+
+
+def hdf5_sheet_rows(path: str | os.PathLike, frames: int, per_task: int,
+                    image_key: str | None = None) -> tuple[list[tuple[str, np.ndarray]], str | None]:
+    """Rows of the contact sheet: (label, (frames, H, W, 3) images) for ``per_task`` demos of each task.
+
+    Demos are spread over each task's list; the image key is ``image_key``, else ``agentview_image``,
+    else the first ``*_image`` key. Returns no rows (and None) when the file has no image observations.
+    """
+    path = Path(path)
+    summary = summarize_hdf5(path)
+    key = image_key or (DEFAULT_IMAGE_KEY if DEFAULT_IMAGE_KEY in summary.obs
+                        else next((k for k in summary.obs if k.endswith("_image")), None))
+    if key is None:
+        return [], None
+    if key not in summary.obs:
+        raise InspectError(f"{path}: no observation key obs/{key}; the file has {', '.join(summary.obs)}")
+    rows = []
+    with open_hdf5(path) as f:
+        for task, stats in summary.tasks.items():
+            picks = sorted(set(_evenly_spaced(len(stats.demos), min(per_task, len(stats.demos)))))
+            for i in picks:
+                name = stats.demos[i]
+                ds = f["data"][name]["obs"][key]
+                images = _read_hdf5_frames(ds, _evenly_spaced(ds.shape[0], frames))
+                outcome = {True: "success", False: "failure", None: "?"}[stats.successes[i]]
+                rows.append((f"{task}\n{name} ({outcome}, {stats.lengths[i]} steps)", images))
+    return rows, key
+
+
+# ----------------------------------------------------------------------------- video folder
+@dataclass
+class VideoSummary:
+    """What ``summarize_videos`` found in a video folder."""
+
+    folder: Path
+    entries: list[VideoEntry]
+    texts: Counter
+    mismatches: list[str]
+
+    @property
+    def frame_counts(self) -> np.ndarray:
+        return np.array([e.num_frames for e in self.entries])
+
+
+def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSummary:
+    """Clip count, frame counts and texts of a video folder; with ``verify``, frame counts checked."""
+    folder = Path(folder)
+    entries = read_manifest(folder)
+    mismatches = []
+    if verify:
+        for e in entries:
+            actual = count_frames(e.path)
+            if actual != e.num_frames:
+                mismatches.append(f"{e.relpath}: {actual} frames, manifest says {e.num_frames}")
+    return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches)
+
+
+def format_video_summary(s: VideoSummary, verified: bool = False, top: int = 15) -> str:
+    n = s.frame_counts
+    kinds = Counter("frame folder" if e.is_frame_folder else e.path.suffix.lower() for e in s.entries)
+    lines = [f"video dataset {s.folder}",
+             f"clips: {len(s.entries)} ({', '.join(f'{v} {k}' for k, v in kinds.items())})",
+             f"frames per clip: mean {n.mean():.1f}, min {n.min()}, max {n.max()}; total {n.sum()}",
+             f"texts: {len(s.texts)} distinct"]
+    width = min(max(len(t) for t in s.texts), 70)
+    for text, count in s.texts.most_common(top):
+        shown = text if len(text) <= width else text[:width - 3] + "..."
+        lines.append(f"  {count:>5}  {shown or '(empty)'}")
+    if len(s.texts) > top:
+        lines.append(f"  ... and {len(s.texts) - top} more")
+    if verified:
+        lines.append("frame counts: all match the manifest" if not s.mismatches else
+                     "frame count mismatches:\n  " + "\n  ".join(s.mismatches))
+    return "\n".join(lines)
+
+
+def video_sheet_rows(summary: VideoSummary, frames: int, clips: int) -> list[tuple[str, np.ndarray]]:
+    """Rows of the contact sheet: ``clips`` clips spread over the manifest, ``frames`` frames each."""
+    picks = sorted(set(_evenly_spaced(len(summary.entries), min(clips, len(summary.entries)))))
+    rows = []
+    for i in picks:
+        e = summary.entries[i]
+        images = read_frames(e, _evenly_spaced(e.num_frames, frames))
+        rows.append((f"{e.relpath} ({e.num_frames} frames)\n{e.text}", images))
+    return rows
+
+
+# ----------------------------------------------------------------------------- contact sheet
+def save_contact_sheet(rows: Sequence[tuple[str, np.ndarray]], out: str | os.PathLike, title: str) -> Path:
+    """Draw rows of frames (one labelled row each) with matplotlib and save the PNG atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    ncols = max(len(images) for _, images in rows)
+    cell, label_w, title_h = 1.1, 2.6, 0.45  # inches
+    height = title_h + cell * len(rows) + 0.1
+    fig = Figure(figsize=(label_w + cell * ncols, height))
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(len(rows), ncols + 1, width_ratios=[label_w / cell] + [1] * ncols,
+                            left=0.01, right=0.99, top=1 - title_h / height, bottom=0.1 / height,
+                            wspace=0.04, hspace=0.08)
+    for r, (label, images) in enumerate(rows):
+        ax = fig.add_subplot(grid[r, 0])
+        ax.axis("off")
+        ax.text(0.98, 0.5, _wrap(label), ha="right", va="center", fontsize=7, transform=ax.transAxes)
+        for c, image in enumerate(images):
+            ax = fig.add_subplot(grid[r, c + 1])
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=9, y=1 - 0.12 / height, va="top")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def _wrap(label: str, width: int = 40) -> str:
+    lines = []
+    for part in label.split("\n"):
+        while len(part) > width:
+            cut = part.rfind(" ", 0, width)
+            cut = width if cut <= 0 else cut
+            lines.append(part[:cut])
+            part = part[cut:].lstrip()
+        lines.append(part)
+    return "\n".join(lines)
+
+
+def default_sheet_path(path: Path) -> Path:
+    """``<name>_contact_sheet.png`` next to the input (a file's stem, a folder's name)."""
+    path = path.resolve()
+    stem = path.name if path.is_dir() else path.stem
+    return path.parent / f"{stem}_contact_sheet.png"
+
+
+# ----------------------------------------------------------------------------- CLI
+def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frames: int = 8, per_task: int = 2,
+            clips: int = 8, verify: bool = False, image_key: str | None = None) -> tuple[str, Path | None]:
+    """Summarize the dataset at ``path`` and write its contact sheet; returns (summary text, PNG path or None)."""
+    path = Path(path)
+    if not path.exists():
+        raise InspectError(f"{path}: no such file or folder (expected a robomimic HDF5 file or a video folder "
+                           f"with {MANIFEST_NAME})")
+    if path.is_file() and path.name == MANIFEST_NAME:
+        path = path.parent
+    out_path = Path(out) if out is not None else default_sheet_path(path)
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).is_file():
+            raise InspectError(f"{path}: a folder without {MANIFEST_NAME} (expected a video dataset folder with "
+                               f"{MANIFEST_NAME}, columns path,num_frames,text)")
+        summary = summarize_videos(path, verify=verify)
+        text = format_video_summary(summary, verified=verify)
+        rows = video_sheet_rows(summary, frames, clips)
+        title = f"{path.name}: {len(rows)} of {len(summary.entries)} clips, {frames} frames each"
+    else:
+        summary_h5 = summarize_hdf5(path)
+        text = format_hdf5_summary(summary_h5)
+        try:
+            rows, key = hdf5_sheet_rows(path, frames, per_task, image_key)
+        except (OSError, KeyError) as exc:
+            raise InspectError(f"{path}: cannot read the images, the file may be truncated or corrupt ({exc})") from exc
+        title = f"{path.name}: obs/{key}, {per_task} episode(s) per task, {frames} frames each"
+    if not rows:
+        return text + "\ncontact sheet: skipped (no image observations)", None
+    return text, save_contact_sheet(rows, out_path, title)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m robopretrain.data.inspect",
+                                description="Summarize a robomimic HDF5 file or a video folder (manifest.csv) "
+                                            "and write a contact-sheet PNG.")
+    p.add_argument("path", help="robomimic .hdf5 file, or a video folder holding manifest.csv")
+    p.add_argument("--out", default=None, help="contact sheet PNG (default: <name>_contact_sheet.png next to the input)")
+    p.add_argument("--frames", type=int, default=8, help="frames per row, evenly spaced in time (default 8)")
+    p.add_argument("--per-task", type=int, default=2, help="HDF5: episodes shown per task (default 2)")
+    p.add_argument("--clips", type=int, default=8, help="videos: clips shown (default 8)")
+    p.add_argument("--image-key", default=None, help="HDF5: obs key to show (default agentview_image)")
+    p.add_argument("--verify", action="store_true", help="videos: count every clip's frames against the manifest")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("frames", "per_task", "clips"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    try:
+        text, png = inspect(args.path, args.out, frames=args.frames, per_task=args.per_task, clips=args.clips,
+                            verify=args.verify, image_key=args.image_key)
+    except (InspectError, VideoDatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    if png is not None:
+        print(f"contact sheet -> {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The dataset inspector on tiny robomimic HDF5 files and video folders, and its one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from robopretrain.data.inspect import main, summarize_hdf5
+from sim_envs.video_writer import write_mp4
+
+# (task, task_id, length, success) per demo
+DEMOS = [("PushBlock", 1, 6, True), ("PushBlock", 1, 4, False), ("Lift", 3, 5, True)]
+
+
+def write_tiny_hdf5(path: Path, with_images: bool = True) -> Path:
+    """A robomimic-layout file: data/demo_i/{obs,actions,rewards,dones}, attrs, masks."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["total"] = sum(d[2] for d in DEMOS)
+        data.attrs["env_args"] = json.dumps({"env_name": "sim_envs/multitask", "env_version": "0.1.0", "type": 4,
+                                             "env_kwargs": {}})
+        for i, (task, task_id, n, success) in enumerate(DEMOS):
+            demo = data.create_group(f"demo_{i}")
+            if with_images:
+                images = np.zeros((n, 16, 16, 3), np.uint8)
+                images[..., i % 3] = np.linspace(40, 250, n).astype(np.uint8)[:, None, None]
+                demo.create_dataset("obs/agentview_image", data=images)
+            demo.create_dataset("obs/proprio", data=rng.normal(size=(n, 7)).astype(np.float32))
+            demo.create_dataset("actions", data=rng.uniform(-1, 1, size=(n, 4)).astype(np.float32))
+            rewards = np.zeros(n, np.float32)
+            rewards[-1] = float(success)
+            demo.create_dataset("rewards", data=rewards)
+            demo.create_dataset("dones", data=(rewards > 0).astype(np.uint8))
+            demo.attrs.update(num_samples=n, task=task, task_id=task_id, ep_meta=json.dumps({"success": success}))
+        names = [f"demo_{i}".encode() for i in range(len(DEMOS))]
+        f.create_dataset("mask/train", data=np.array(names[:2]))
+        f.create_dataset("mask/valid", data=np.array(names[2:]))
+        f.create_dataset("mask/PushBlock", data=np.array(names[:2]))
+        f.create_dataset("mask/Lift", data=np.array(names[2:]))
+    return path
+
+
+def write_tiny_video_folder(folder: Path) -> Path:
+    folder.mkdir()
+    rows = ["path,num_frames,text"]
+    for i, n in enumerate([5, 9]):
+        frames = [np.full((16, 16, 3), 20 * t + 40 * i, np.uint8) for t in range(n)]
+        write_mp4(folder / f"clip_{i:05d}.mp4", frames, fps=10)
+        rows.append(f"clip_{i:05d}.mp4,{n},a hand {'pokes' if i else 'waves'}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_hdf5_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_tiny_hdf5(tmp_path / "demos.hdf5")
+    assert main([str(path), "--frames", "3"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    assert lines["PushBlock"][1:7] == ["2", "0.50", "5.0", "4", "6", "10"]
+    assert lines["Lift"][1:7] == ["1", "1.00", "5.0", "5", "5", "5"]
+    assert lines["total"][1:4] == ["3", "0.67", "15"]
+    assert "obs/agentview_image" in out and "(16, 16, 3)" in out and "uint8" in out
+    assert "obs/proprio" in out and "(7,)" in out and "float32" in out
+    assert "train (2)" in out and "valid (1)" in out and "PushBlock (2)" in out
+    sheet = tmp_path / "demos_contact_sheet.png"
+    assert sheet.is_file() and f"contact sheet -> {sheet}" in out
+    with Image.open(sheet) as im:
+        assert im.format == "PNG" and im.width > 300 and im.height > 200
+
+
+def test_hdf5_without_images_skips_the_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_tiny_hdf5(tmp_path / "state.hdf5", with_images=False)
+    assert main([str(path), "--out", str(tmp_path / "sheet.png")]) == 0
+    assert "contact sheet: skipped" in capsys.readouterr().out
+    assert not (tmp_path / "sheet.png").exists()
+
+
+def test_summary_counts_success_from_ep_meta(tmp_path: Path) -> None:
+    s = summarize_hdf5(write_tiny_hdf5(tmp_path / "d.hdf5"))
+    assert s.tasks["PushBlock"].successes == [True, False]
+    assert s.transitions == 15 and s.total_attr == 15
+
+
+def test_video_folder_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = write_tiny_video_folder(tmp_path / "videos")
+    out_png = tmp_path / "sheet.png"
+    assert main([str(folder), "--out", str(out_png), "--frames", "4", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "clips: 2 (2 .mp4)" in out
+    assert "mean 7.0, min 5, max 9; total 14" in out
+    assert "1  a hand waves" in out and "1  a hand pokes" in out
+    assert "all match the manifest" in out
+    with Image.open(out_png) as im:
+        assert im.format == "PNG"
+    assert main([str(folder)]) == 0  # default path: next to the folder
+    assert (tmp_path / "videos_contact_sheet.png").is_file()
+
+
+def _error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    return err
+
+
+def test_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _error_line(capsys, [str(tmp_path / "nope.hdf5")])
+    assert "nope.hdf5" in err and "no such file" in err
+
+    text = tmp_path / "notes.hdf5"
+    text.write_text("not hdf5 at all")
+    err = _error_line(capsys, [str(text)])
+    assert "notes.hdf5" in err and "not an HDF5 file" in err
+
+    full = write_tiny_hdf5(tmp_path / "full.hdf5").read_bytes()
+    truncated = tmp_path / "truncated.hdf5"
+    truncated.write_bytes(full[: len(full) // 2])
+    err = _error_line(capsys, [str(truncated)])
+    assert "truncated.hdf5" in err and "truncated or corrupt" in err
+
+    no_data = tmp_path / "nodata.hdf5"
+    with h5py.File(no_data, "w") as f:
+        f.create_group("something_else")
+    err = _error_line(capsys, [str(no_data)])
+    assert "nodata.hdf5" in err and "no 'data' group" in err
+
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    err = _error_line(capsys, [str(empty)])
+    assert "empty_folder" in err and "manifest.csv" in err
+
+    folder = write_tiny_video_folder(tmp_path / "vids")
+    (folder / "clip_00001.mp4").write_bytes(b"garbage" * 50)
+    err = _error_line(capsys, [str(folder)])
+    assert "clip_00001.mp4" in err and "corrupt" in err
+
+
+def test_cli_error_has_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "robopretrain.data.inspect", str(tmp_path / "missing")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "missing" in proc.stderr
