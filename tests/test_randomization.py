@@ -1,0 +1,395 @@
+"""Tests of ``sim_envs.randomization``: held-out ranges, sampling, exact restoration and distractor placement.
+
+What is checked: every evaluation range (eval_easy, eval_hard) of every factor is disjoint from the training
+range; samples of a level fall in that level's ranges, and so do the changes they make to the model (light
+direction, camera pose); level ``none`` puts every model field back bit for bit; each factor on its own
+touches only its own model fields; distractors stand on the table, clear of the task's objects, goal and
+fixtures, in the level's count range (or the ``num_distractors`` override), with unused slots parked and
+collisions off; unknown levels and factors are refused with an error naming them.
+"""
+from __future__ import annotations
+
+import colorsys
+import inspect
+from typing import Any, Sequence
+
+import mujoco
+import numpy as np
+import pytest
+
+import sim_envs
+from sim_envs.env import TabletopEnv
+from sim_envs.randomization import (DISTRACTOR_X, DISTRACTOR_Y, FACTOR_RANGES, FACTORS, LEVELS, TEXTURES,
+                                    DomainRandomizer, RandomizationConfig)
+from sim_envs.scene import MAX_DISTRACTORS
+
+RANDOM_LEVELS = ("train", "eval_easy", "eval_hard")
+EVAL_LEVELS = ("eval_easy", "eval_hard")
+TASK_NAMES = list(sim_envs.TASKS)
+# Keep-out radius the env uses when it places distractors (the default of ``sample_distractors``).
+KEEPOUT_RADIUS = inspect.signature(DomainRandomizer.sample_distractors).parameters["radius"].default
+TOL = 1e-9
+# The model fields each factor may change, and nothing else (see DomainRandomizer.apply / place_distractors).
+FACTOR_FIELDS: dict[str, set[str]] = {
+    "friction": {"geom_friction", "dof_frictionloss"},
+    "mass": {"body_mass", "body_inertia"},
+    "damping": {"dof_damping"},
+    "gripper_force": {"actuator_gainprm", "actuator_biasprm", "actuator_forcerange"},
+    "lighting": {"light_dir", "light_diffuse"},
+    "colors": {"geom_rgba"},
+    "textures": {"geom_matid"},
+    "camera": {"cam_pos", "cam_quat"},
+    "distractors": {"geom_type", "geom_size", "geom_rbound", "geom_aabb", "geom_rgba", "geom_contype",
+                    "geom_conaffinity", "body_contype", "body_conaffinity", "body_mass"},
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+def physics_env(task: str, randomization: Any = "none", **kwargs: Any) -> TabletopEnv:
+    """A TabletopEnv without images (randomization of visuals still changes the model)."""
+    return TabletopEnv(task, render_images=False, randomization=randomization, **kwargs)
+
+
+def model_arrays(model: mujoco.MjModel) -> dict[str, np.ndarray]:
+    """Copies of every array field of an MjModel (the whole randomizable state)."""
+    out = {}
+    for name in dir(model):
+        if name.startswith("_"):
+            continue
+        value = getattr(model, name)
+        if isinstance(value, np.ndarray):
+            out[name] = value.copy()
+    return out
+
+
+def headlight(model: mujoco.MjModel) -> np.ndarray:
+    return np.concatenate([model.vis.headlight.ambient, model.vis.headlight.diffuse])
+
+
+def changed_fields(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> set[str]:
+    return {name for name in a if a[name].tobytes() != b[name].tobytes()}
+
+
+def in_union(value: float, intervals: Sequence[tuple[float, float]], tol: float = TOL) -> bool:
+    return any(lo - tol <= value < hi + tol for lo, hi in intervals)
+
+
+def hue(rgb: Sequence[float]) -> float:
+    return colorsys.rgb_to_hsv(*map(float, rgb))[0]
+
+
+def single_factor_randomizer(env: TabletopEnv, factor: str, level: str, **kwargs: Any) -> DomainRandomizer:
+    """A randomizer on ``env``'s (nominal) model with only ``factor`` on at ``level``."""
+    return DomainRandomizer(env.model, env.task.object_bodies,
+                            RandomizationConfig(level=level, factors=[factor], **kwargs), MAX_DISTRACTORS)
+
+
+def intervals_intersect(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> bool:
+    """Whether two unions of half-open intervals [lo, hi) share a point."""
+    return any(max(lo1, lo2) < min(hi1, hi2) for lo1, hi1 in a for lo2, hi2 in b)
+
+
+def resting_half_height(spec: dict[str, Any]) -> float:
+    """Height of a distractor's centre above the table when it rests there (MuJoCo size conventions)."""
+    size = spec["size"]
+    return float(size[0]) if spec["shape"] == "sphere" else float(size[2])
+
+
+def geom_name(model: mujoco.MjModel, geom: int) -> str:
+    return mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, geom) or f"geom{geom}"
+
+
+# ----------------------------------------------------------------------------- the range tables
+@pytest.mark.parametrize("name", sorted(FACTOR_RANGES))
+def test_eval_ranges_are_disjoint_from_train(name: str) -> None:
+    ranges = FACTOR_RANGES[name]
+    assert set(ranges) == set(RANDOM_LEVELS), f"FACTOR_RANGES[{name!r}] has levels {sorted(ranges)}"
+    for level, intervals in ranges.items():
+        assert all(lo < hi for lo, hi in intervals), f"empty interval in FACTOR_RANGES[{name!r}][{level!r}]"
+    for level in EVAL_LEVELS:
+        assert not intervals_intersect(ranges["train"], ranges[level]), (
+            f"FACTOR_RANGES[{name!r}]: {level} {ranges[level]} overlaps train {ranges['train']}")
+
+
+def test_eval_textures_are_disjoint_from_train_and_exist() -> None:
+    for level in EVAL_LEVELS:
+        assert not set(TEXTURES[level]) & set(TEXTURES["train"]), f"TEXTURES[{level!r}] shares a material with train"
+    model = physics_env("Reach").model
+    for level, names in TEXTURES.items():
+        for name in names:
+            assert mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_MATERIAL, name) >= 0, f"{level}: no material {name}"
+
+
+def test_distractor_hue_bands_are_disjoint() -> None:
+    bands = FACTOR_RANGES["distractor_hue"]
+    for level in EVAL_LEVELS:
+        assert not intervals_intersect(bands["train"], bands[level])
+
+
+# ----------------------------------------------------------------------------- sampling
+N_SAMPLES = 150
+
+
+def _check_sample(factor: str, level: str, p: dict[str, Any]) -> None:
+    r = FACTOR_RANGES
+    if factor in ("friction", "mass", "damping", "gripper_force"):
+        assert in_union(p[factor], r[factor][level]), (factor, level, p[factor])
+    elif factor == "lighting":
+        light = p["lighting"]
+        assert in_union(light["intensity"], r["light_intensity"][level]), light["intensity"]
+        for angle, tint in zip(light["angles"], light["tint"]):
+            assert in_union(angle, r["light_angle"][level]), angle
+            assert in_union(float(np.linalg.norm(tint)), r["light_tint"][level]), tint
+    elif factor == "colors":
+        for rgb in p["colors"]["surfaces"]:
+            assert in_union(hue(rgb), r["surface_hue"][level]), (level, rgb, hue(rgb))
+        for shift in p["colors"]["object_hue_shift"]:
+            assert in_union(abs(shift), r["object_hue_shift"][level]), shift
+    elif factor == "textures":
+        for mat in p["textures"]["surfaces"] + p["textures"]["objects"]:
+            assert mat in TEXTURES[level], (level, mat)
+    elif factor == "camera":
+        for shift in p["camera"]:
+            assert in_union(float(np.linalg.norm(shift["pos"])), r["camera_shift"][level]), shift
+            assert in_union(float(np.linalg.norm(shift["target"])) / 0.5, r["camera_shift"][level]), shift
+    else:
+        raise AssertionError(f"no range check for factor {factor}")
+
+
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+@pytest.mark.parametrize("factor", [f for f in FACTORS if f != "distractors"])
+def test_samples_fall_in_the_level_ranges(factor: str, level: str) -> None:
+    env = physics_env("OpenDrawer")  # has a fixture joint, so damping applies
+    randomizer = single_factor_randomizer(env, factor, level)
+    rng = np.random.default_rng(0)
+    for _ in range(N_SAMPLES):
+        p = randomizer.sample(rng)
+        assert set(p) == {factor}, f"only {factor} is on, sample has {sorted(p)}"
+        _check_sample(factor, level, p)
+
+
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+def test_distractor_samples_fall_in_the_level_ranges(level: str) -> None:
+    env = physics_env("Reach")
+    randomizer = single_factor_randomizer(env, "distractors", level)
+    lo, hi = FACTOR_RANGES["distractor_count"][level][0]
+    rng = np.random.default_rng(0)
+    for _ in range(N_SAMPLES):
+        specs = randomizer.sample_distractors(rng, keepout=None)
+        assert lo <= len(specs) < hi and len(specs) <= MAX_DISTRACTORS, (level, len(specs))
+        for spec in specs:
+            assert in_union(hue(spec["rgb"]), FACTOR_RANGES["distractor_hue"][level]), (level, spec["rgb"])
+            assert DISTRACTOR_X[0] <= spec["xy"][0] <= DISTRACTOR_X[1]
+            assert DISTRACTOR_Y[0] <= spec["xy"][1] <= DISTRACTOR_Y[1]
+
+
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+def test_physics_scales_applied_to_the_model_match_the_sample(level: str) -> None:
+    env = physics_env("OpenDrawer")
+    nominal = model_arrays(env.model)
+    randomizer = DomainRandomizer(env.model, env.task.object_bodies,
+                                  RandomizationConfig(level=level, factors=["friction", "mass", "damping",
+                                                                            "gripper_force"]), MAX_DISTRACTORS)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        p = randomizer.sample(rng)
+        randomizer.apply(p)
+        m = env.model
+        geoms = randomizer.friction_geoms
+        np.testing.assert_allclose(m.geom_friction[geoms, 0], nominal["geom_friction"][geoms, 0] * p["friction"])
+        drawer = m.body("drawer").id
+        np.testing.assert_allclose(m.body_mass[drawer], nominal["body_mass"][drawer] * p["mass"])
+        dof = m.jnt_dofadr[m.joint("drawer_slide").id]
+        np.testing.assert_allclose(m.dof_damping[dof], nominal["dof_damping"][dof] * p["damping"])
+        acts = randomizer.finger_actuators
+        np.testing.assert_allclose(m.actuator_gainprm[acts, 0], nominal["actuator_gainprm"][acts, 0] * p["gripper_force"])
+        np.testing.assert_allclose(m.actuator_forcerange[acts], nominal["actuator_forcerange"][acts] * p["gripper_force"])
+    randomizer.restore_nominal()
+
+
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+def test_camera_moves_by_a_distance_in_the_level_range(level: str) -> None:
+    env = physics_env("PushBlock")
+    randomizer = single_factor_randomizer(env, "camera", level)
+    cam = env.model.camera("agentview").id
+    nominal = env.model.cam_pos[cam].copy()
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        randomizer.apply(randomizer.sample(rng))
+        moved = float(np.linalg.norm(env.model.cam_pos[cam] - nominal))
+        assert in_union(moved, FACTOR_RANGES["camera_shift"][level], tol=1e-7), (level, moved)
+    randomizer.restore_nominal()
+
+
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+def test_light_direction_turns_by_an_angle_in_the_level_range(level: str) -> None:
+    """The held-out lighting must actually be held out: the light's direction changes by the sampled angle."""
+    env = physics_env("PushBlock")
+    randomizer = single_factor_randomizer(env, "lighting", level)
+    nominal = env.model.light_dir.copy()
+    rng = np.random.default_rng(3)
+    outside = []
+    for _ in range(60):
+        randomizer.apply(randomizer.sample(rng))
+        for i in range(env.model.nlight):
+            cos = np.dot(nominal[i], env.model.light_dir[i]) / (np.linalg.norm(nominal[i]) * np.linalg.norm(env.model.light_dir[i]))
+            angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+            if not in_union(angle, FACTOR_RANGES["light_angle"][level], tol=1e-4):
+                outside.append(round(angle, 2))
+    randomizer.restore_nominal()
+    assert not outside, (f"{level}: light direction turned by {outside[:8]} degrees ({len(outside)} of "
+                         f"{60 * env.model.nlight}), outside {FACTOR_RANGES['light_angle'][level]}")
+
+
+# ----------------------------------------------------------------------------- restoring and isolation
+def test_reset_at_none_restores_every_model_field_bit_for_bit() -> None:
+    task = "PickPlace"
+    env = physics_env(task, randomization="eval_hard")  # every factor, distractors included
+    fresh = physics_env(task)
+    fresh_obs, _ = fresh.reset(seed=11)
+    # The nominal model as an episode of seed 11 at level none sees it (the task placed its fixtures).
+    nominal, nominal_headlight = model_arrays(fresh.model), headlight(fresh.model)
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        env.reset(seed=seed)
+        for _ in range(5):
+            env.step(rng.uniform(-1, 1, 4))
+    assert len(changed_fields(model_arrays(env.model), nominal)) >= 8, "eval_hard changed too few fields"
+    # Switch the same env to level none, as a new RandomizationConfig would.
+    env.randomizer.config = RandomizationConfig(level="none")
+    env.randomizer.levels = env.randomizer.config.levels()
+    obs, info = env.reset(seed=11)
+    assert info["dr_params"] == {}
+    assert changed_fields(model_arrays(env.model), nominal) == set()
+    assert headlight(env.model).tobytes() == nominal_headlight.tobytes()
+    for key in ("proprio", "object"):
+        np.testing.assert_array_equal(obs[key], fresh_obs[key])
+
+
+@pytest.mark.parametrize("factor", FACTORS)
+def test_each_factor_alone_changes_only_its_own_fields(factor: str) -> None:
+    task, seed = "OpenDrawer", 3
+    env = physics_env(task, randomization={"level": "eval_hard", "factors": [factor]})
+    ref = physics_env(task)
+    env.reset(seed=seed)
+    ref.reset(seed=seed)
+    got, nominal = model_arrays(env.model), model_arrays(ref.model)
+    changed = changed_fields(got, nominal)
+    assert changed, f"{factor} at eval_hard changed nothing"
+    assert changed <= FACTOR_FIELDS[factor], f"{factor} also changed {sorted(changed - FACTOR_FIELDS[factor])}"
+    assert (headlight(env.model).tobytes() != headlight(ref.model).tobytes()) == (factor == "lighting")
+    m = env.model
+    if factor == "distractors":
+        slots = set(env.randomizer.distractor_geoms.tolist())
+        bodies = set(env.randomizer.distractor_bodies.tolist())
+        for name in changed:
+            rows = np.nonzero(np.any((got[name] != nominal[name]).reshape(len(got[name]), -1), axis=1))[0]
+            allowed = bodies if name.startswith("body_") else slots
+            assert set(rows.tolist()) <= allowed, f"distractors changed {name} of non-distractor rows {rows}"
+    if factor == "colors":
+        allowed = set(env.randomizer.surface_geoms.tolist()) | set(env.randomizer.object_visual_geoms.tolist())
+        rows = np.nonzero(np.any(got["geom_rgba"] != nominal["geom_rgba"], axis=1))[0]
+        assert set(rows.tolist()) <= allowed, [geom_name(m, g) for g in rows if g not in allowed]
+    if factor == "mass":
+        gripper = m.body("gripper").id
+        assert got["body_mass"][gripper] == nominal["body_mass"][gripper], "mass randomization moved the gripper's mass"
+
+
+# ----------------------------------------------------------------------------- distractors
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+def test_distractor_count_is_in_the_level_range(level: str) -> None:
+    env = physics_env("PushBlock", randomization={"level": level, "factors": ["distractors"]})
+    lo, hi = FACTOR_RANGES["distractor_count"][level][0]
+    counts = []
+    for seed in range(15):
+        _, info = env.reset(seed=seed)
+        counts.append(len(info["dr_params"]["distractors"]))
+    assert all(lo <= n < min(hi, MAX_DISTRACTORS + 1) for n in counts), (level, counts)
+    assert len(set(counts)) > 1, f"{level}: the count never varies {counts}"
+
+
+def _keepout_distance(env: TabletopEnv, xy: np.ndarray) -> float:
+    return float(np.min(np.linalg.norm(env.task.keepout(env) - xy, axis=1)))
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_distractors_rest_on_the_table_outside_the_keepout(task: str) -> None:
+    env = physics_env(task, randomization={"level": "eval_hard", "factors": ["distractors"]})
+    for seed in range(10):
+        _, info = env.reset(seed=seed)
+        specs = info["dr_params"]["distractors"]
+        assert specs, f"{task} seed {seed}: no distractor placed at eval_hard"
+        for k, spec in enumerate(specs):
+            pos = env.body_pos(f"distractor{k}")
+            assert DISTRACTOR_X[0] <= pos[0] <= DISTRACTOR_X[1] and DISTRACTOR_Y[0] <= pos[1] <= DISTRACTOR_Y[1], (
+                f"{task} seed {seed}: distractor{k} at {pos} is off the table area")
+            assert abs(pos[2] - resting_half_height(spec)) < 0.004, (
+                f"{task} seed {seed}: distractor{k} ({spec['shape']}) at height {pos[2]:.4f}, not resting on the table")
+            dist = _keepout_distance(env, pos[:2])
+            assert dist > KEEPOUT_RADIUS - 0.005, f"{task} seed {seed}: distractor{k} {dist:.3f} m from a task point"
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_distractors_do_not_touch_task_objects_or_fixtures(task: str) -> None:
+    """Distractors are kept away so the task stays possible: none may stand inside a cabinet, a door, a bowl."""
+    env = physics_env(task, randomization={"level": "eval_hard", "factors": ["distractors"]})
+    m, d = env.model, env.data
+    slots = set(env.randomizer.distractor_geoms.tolist())
+    table = m.geom("table").id
+    touching = []
+    for seed in range(20):
+        env.reset(seed=seed)
+        for c in d.contact[:d.ncon]:
+            pair = {int(c.geom1), int(c.geom2)}
+            if pair & slots and not pair <= slots and table not in pair:
+                touching.append((seed, *sorted(geom_name(m, g) for g in pair)))
+    assert not touching, f"{task}: distractors placed touching task geoms at reset: {touching[:6]}"
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_unused_distractor_slots_are_parked_without_collisions(level: str) -> None:
+    env = physics_env("Lift", randomization={"level": level, "factors": ["distractors"]})
+    m = env.model
+    for seed in range(3):
+        _, info = env.reset(seed=seed)
+        used = len(info["dr_params"].get("distractors", []))
+        for k in range(used, MAX_DISTRACTORS):
+            body, geom = m.body(f"distractor{k}").id, m.geom(f"distractor{k}_geom").id
+            assert env.body_pos(f"distractor{k}")[2] < -0.3, f"{level}: unused distractor{k} is not parked"
+            assert m.geom_contype[geom] == 0 and m.geom_conaffinity[geom] == 0, f"{level}: distractor{k} collides"
+            assert m.body_contype[body] == 0 and m.body_conaffinity[body] == 0, f"{level}: distractor{k} body collides"
+        for k in range(used):
+            geom = m.geom(f"distractor{k}_geom").id
+            assert m.geom_contype[geom] == 1 and m.geom_conaffinity[geom] == 1, f"{level}: placed distractor{k} has no collisions"
+
+
+@pytest.mark.parametrize("level,count", [("none", 3), ("train", 5), ("eval_hard", 1), ("eval_hard", 0)])
+def test_num_distractors_override_fixes_the_count(level: str, count: int) -> None:
+    env = physics_env("Reach", randomization={"level": level, "factors": ["distractors"], "num_distractors": count})
+    for seed in range(4):
+        _, info = env.reset(seed=seed)
+        assert len(info["dr_params"]["distractors"]) == count, (level, count, seed)
+
+
+def test_num_distractors_above_the_slots_is_refused() -> None:
+    with pytest.raises(ValueError, match="num_distractors"):
+        env = physics_env("Reach", randomization={"level": "train", "num_distractors": MAX_DISTRACTORS + 1})
+        env.reset(seed=0)
+
+
+# ----------------------------------------------------------------------------- bad configuration
+@pytest.mark.parametrize("randomization,name", [
+    ("medium", "medium"),
+    ({"level": "train", "factors": ["frictoin"]}, "frictoin"),
+    ({"level": "train", "factor_levels": {"mass": "extreme"}}, "extreme"),
+    ({"level": "none", "factor_levels": {"masses": "train"}}, "masses"),
+])
+def test_unknown_level_or_factor_is_refused_by_name(randomization: Any, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        physics_env("Reach", randomization=randomization)
+
+
+def test_factor_levels_override_the_level_of_single_factors() -> None:
+    config = RandomizationConfig(level="train", factors=["friction", "colors"], factor_levels={"friction": "eval_hard"})
+    levels = config.levels()
+    assert levels["friction"] == "eval_hard" and levels["colors"] == "train" and levels["mass"] == "none"

@@ -1,0 +1,307 @@
+"""Tests of the ``sim_envs`` tabletop environments: the gymnasium contract, seeding, experts, images, errors.
+
+Every task passes gymnasium's env checker with images on; a seed fixes the whole episode (first frame,
+observations, randomized physics, a rollout); the scripted experts solve every task with the robot and with
+the human hand; the agentview image is the right way up; bad input is refused with a clear error; rewards,
+termination and truncation follow the data contract; grasps hold by friction only (no welding).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim_envs
+from sim_envs.env import TabletopEnv
+from sim_envs.experts import make_expert
+from sim_envs.scene import VIDEO_CAMERAS
+from sim_envs.tasks import TASK_IDS
+
+TASK_NAMES = list(sim_envs.TASKS)
+SMALL = 32  # image size where images are on but not the point
+# Model fields the physics and visual randomization sets per episode.
+RANDOMIZED_FIELDS = ("geom_friction", "body_mass", "dof_damping", "actuator_gainprm", "light_dir", "cam_pos")
+# Expert success the tests demand (the benchmark measures it over 100 episodes per task).
+ROBOT_EXPERT_SEEDS, ROBOT_MIN_SUCCESS = 20, 0.95
+HAND_EXPERT_SEEDS, HAND_MIN_SUCCESS = 10, 0.9
+HAND_TASKS = ("PickPlace", "OpenDrawer", "PushBlock", "SlidePuck")
+
+
+def make(task: str, **kwargs: Any) -> gym.Env:
+    return gym.make(sim_envs.env_id(task), **kwargs)
+
+
+def run_expert(env: gym.Env, seed: int) -> tuple[bool, int]:
+    """One clean expert episode; returns (success, steps)."""
+    obs, _ = env.reset(seed=seed)
+    expert = make_expert(env, noise=0.0, rng=np.random.default_rng(seed))
+    steps, done, info = 0, False, {"success": False}
+    while not done:
+        obs, _, terminated, truncated, info = env.step(expert.act(obs))
+        steps += 1
+        done = terminated or truncated
+    return bool(info["success"]), steps
+
+
+def expert_success_rate(task: str, embodiment: str, seeds: int) -> tuple[float, list[int]]:
+    env = make(task, render_images=False, embodiment=embodiment)
+    failed = [s for s in range(seeds) if not run_expert(env, s)[0]]
+    env.close()
+    return 1.0 - len(failed) / seeds, failed
+
+
+# ----------------------------------------------------------------------------- registration and gymnasium
+def test_every_task_is_registered_with_its_time_limit() -> None:
+    assert len(sim_envs.PRETRAIN_TASKS) == 9 and set(sim_envs.TARGET_TASKS) == {"PlaceInBowl", "OpenDoorRight"}
+    assert set(sim_envs.PRETRAIN_TASKS) | set(sim_envs.TARGET_TASKS) == set(TASK_NAMES)
+    for name, task in sim_envs.TASKS.items():
+        spec = gym.spec(sim_envs.env_id(name))
+        assert spec.id == f"sim_envs/{name}-v0"
+        assert spec.max_episode_steps == task.max_steps
+        assert task.target == (name in sim_envs.TARGET_TASKS)
+
+
+@pytest.mark.filterwarnings("ignore:.*Box observation space (minimum|maximum) value is:UserWarning")
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_gymnasium_env_checker_passes(task: str) -> None:
+    env = make(task, image_size=SMALL, render_images=True)
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert obs["task_id"] == TASK_IDS[task]
+    assert obs["agentview_image"].shape == (SMALL, SMALL, 3) and obs["agentview_image"].dtype == np.uint8
+    assert obs["proprio"].shape == (7,) and obs["object"].shape == (18,)
+    env.close()
+
+
+def test_optional_cameras_render() -> None:
+    env = make("PickPlace", image_size=SMALL, eye_in_hand=True, embodiment="hand", video_cameras=True)
+    obs, _ = env.reset(seed=0)
+    assert obs["eye_in_hand_image"].shape == (SMALL, SMALL, 3)
+    assert not np.array_equal(obs["eye_in_hand_image"], obs["agentview_image"])
+    views = [env.unwrapped.render_camera(name, size=48) for name in VIDEO_CAMERAS]
+    assert all(v.shape == (48, 48, 3) for v in views)
+    assert len({v.tobytes() for v in views}) == len(views), "two video cameras show the same picture"
+    env.close()
+
+
+# ----------------------------------------------------------------------------- seeding
+def _randomized_physics(env: gym.Env) -> dict[str, np.ndarray]:
+    model = env.unwrapped.model
+    return {name: getattr(model, name).copy() for name in RANDOMIZED_FIELDS}
+
+
+def test_same_seed_gives_the_same_episode_start_and_another_seed_does_not() -> None:
+    kwargs = dict(image_size=SMALL, randomization="train")
+    a, b = make("OpenDrawer", **kwargs), make("OpenDrawer", **kwargs)
+    obs_a, info_a = a.reset(seed=7)
+    obs_b, info_b = b.reset(seed=7)
+    for key in ("agentview_image", "object", "proprio"):
+        np.testing.assert_array_equal(obs_a[key], obs_b[key], err_msg=key)
+    phys_a, phys_b = _randomized_physics(a), _randomized_physics(b)
+    for name in RANDOMIZED_FIELDS:
+        np.testing.assert_array_equal(phys_a[name], phys_b[name], err_msg=name)
+    assert info_a["dr_params"].keys() == info_b["dr_params"].keys() and info_a["dr_params"]
+
+    obs_c, _ = b.reset(seed=8)
+    phys_c = _randomized_physics(b)
+    for key in ("agentview_image", "object", "proprio"):
+        assert not np.array_equal(obs_a[key], obs_c[key]), f"seeds 7 and 8 give the same {key}"
+    for name in RANDOMIZED_FIELDS:
+        assert not np.array_equal(phys_a[name], phys_c[name]), f"seeds 7 and 8 give the same {name}"
+
+    # The same env reset again with seed 7 (after another randomized episode) repeats the first episode start.
+    obs_again, _ = b.reset(seed=7)
+    np.testing.assert_array_equal(obs_again["agentview_image"], obs_a["agentview_image"])
+    np.testing.assert_array_equal(obs_again["object"], obs_a["object"])
+    a.close()
+    b.close()
+
+
+def test_same_seed_and_actions_give_the_same_rollout() -> None:
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(25, 4)).astype(np.float32)
+
+    def rollout() -> list[Any]:
+        env = make("PushBlock", image_size=SMALL, randomization="train")
+        obs, _ = env.reset(seed=3)
+        trace = [obs]
+        for action in actions:
+            obs, reward, terminated, truncated, _ = env.step(action)
+            trace.append((obs, reward, terminated, truncated))
+        env.close()
+        return trace
+
+    first, second = rollout(), rollout()
+    assert first[0].keys() == second[0].keys()
+    for step_a, step_b in zip(first[1:], second[1:]):
+        assert step_a[1:] == step_b[1:]
+        for key in step_a[0]:
+            np.testing.assert_array_equal(step_a[0][key], step_b[0][key], err_msg=key)
+
+
+# ----------------------------------------------------------------------------- experts
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_robot_expert_solves_the_task(task: str) -> None:
+    rate, failed = expert_success_rate(task, "robot", ROBOT_EXPERT_SEEDS)
+    assert rate >= ROBOT_MIN_SUCCESS, f"{task}: robot expert succeeded in {rate:.0%}; failed seeds {failed}"
+
+
+@pytest.mark.parametrize("task", HAND_TASKS)
+def test_hand_expert_solves_the_task(task: str) -> None:
+    rate, failed = expert_success_rate(task, "hand", HAND_EXPERT_SEEDS)
+    assert rate >= HAND_MIN_SUCCESS, f"{task}: hand expert succeeded in {rate:.0%}; failed seeds {failed}"
+
+
+def test_grasp_is_physical_opening_the_fingers_drops_the_block() -> None:
+    env = make("Lift", render_images=False, terminate_on_success=False)
+    obs, _ = env.reset(seed=0)
+    expert = make_expert(env, rng=np.random.default_rng(0))
+    info = {"success": False}
+    for _ in range(env.spec.max_episode_steps):
+        obs, _, _, _, info = env.step(expert.act(obs))
+        if info["success"]:
+            break
+    assert info["success"], "the Lift expert did not lift the block"
+    base = env.unwrapped  # past the time limit from here on
+    hold, release = np.array([0, 0, 0, 1.0]), np.array([0, 0, 0, -1.0])
+    for _ in range(10):
+        base.step(hold)
+    assert base.body_pos("block")[2] > 0.1, "the closed fingers did not keep holding the block"
+    for _ in range(25):
+        _, _, _, _, info = base.step(release)
+    assert base.finger_opening() > 0.06, "the fingers did not open"
+    assert base.body_pos("block")[2] < 0.03, f"the block stayed up at {base.body_pos('block')[2]:.3f} m after release"
+    assert not info["success"]
+    env.close()
+
+
+# ----------------------------------------------------------------------------- images
+def _chromaticity(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb, float)
+    return rgb / rgb.sum()
+
+
+def test_agentview_image_is_the_right_way_up() -> None:
+    env = make("PushBlock", image_size=64, randomization="none")
+    obs, _ = env.reset(seed=0)
+    image = obs["agentview_image"].astype(float) / 255.0
+    model = env.unwrapped.model
+    backdrop = model.geom_rgba[model.geom("backdrop").id, :3]
+    table = model.geom_rgba[model.geom("table").id, :3]
+    top = [image[:6, :10].reshape(-1, 3).mean(0), image[:6, -10:].reshape(-1, 3).mean(0)]
+    bottom = [image[-6:, :10].reshape(-1, 3).mean(0), image[-6:, -10:].reshape(-1, 3).mean(0)]
+    for patch, own, other, where in [(p, backdrop, table, "top") for p in top] + [(p, table, backdrop, "bottom") for p in bottom]:
+        near_own = np.linalg.norm(_chromaticity(patch) - _chromaticity(own))
+        near_other = np.linalg.norm(_chromaticity(patch) - _chromaticity(other))
+        assert near_own < near_other, f"{where} corner colour {patch.round(2)} is not the {where} surface's {own}"
+        brightness = patch.mean() / own.mean()
+        assert 0.3 < brightness < 1.8, f"{where} corner brightness {brightness:.2f} x its surface colour"
+    env.close()
+
+
+def test_failed_oversize_render_leaves_the_env_usable() -> None:
+    env = TabletopEnv("Reach", image_size=SMALL)
+    env.reset(seed=0)
+    size = int(env.model.vis.global_.offwidth) + 44
+    try:
+        image = env.render_camera("agentview", size=size)
+        assert image.shape == (size, size, 3)
+    except (ValueError, RuntimeError) as err:
+        assert str(size) in str(err), f"the error does not name the size asked for: {err}"
+    obs, *_ = env.step(np.zeros(4, np.float32))
+    assert obs["agentview_image"].shape == (SMALL, SMALL, 3)
+    env.close()
+
+
+def test_rendering_works_when_mujoco_was_imported_before_sim_envs() -> None:
+    """``import mujoco`` first (as many scripts do) must not leave sim_envs with an unusable GL backend."""
+    script = ("import mujoco, gymnasium as gym, sim_envs\n"
+              "env = gym.make(sim_envs.env_id('Reach'), image_size=32)\n"
+              "obs, _ = env.reset(seed=0)\n"
+              "assert obs['agentview_image'].std() > 0\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    repo = Path(sim_envs.__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+
+
+# ----------------------------------------------------------------------------- errors
+def test_unknown_task_lists_the_known_tasks() -> None:
+    for make_it in (lambda: sim_envs.env_id("Juggle"), lambda: TabletopEnv("Juggle", render_images=False)):
+        with pytest.raises(KeyError) as err:
+            make_it()
+        message = str(err.value)
+        assert "Juggle" in message and all(name in message for name in TASK_NAMES), message
+
+
+@pytest.mark.parametrize("action", [np.zeros(3), np.zeros(5), np.zeros((2, 2)), np.zeros((4, 4))],
+                         ids=["3", "5", "2x2", "4x4"])
+def test_action_of_wrong_shape_is_refused(action: np.ndarray) -> None:
+    env = make("Reach", render_images=False)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        env.step(action)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_action_is_refused(bad: float) -> None:
+    env = make("Reach", render_images=False)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        env.step(np.array([0.0, bad, 0.0, 0.0], np.float32))
+
+
+@pytest.mark.parametrize("size", [0, 8, 1024])
+def test_bad_image_size_is_refused(size: int) -> None:
+    with pytest.raises(ValueError, match="image_size"):
+        make("Reach", image_size=size)
+
+
+def test_unknown_embodiment_is_refused() -> None:
+    with pytest.raises(ValueError, match="octopus"):
+        make("Reach", render_images=False, embodiment="octopus")
+
+
+# ----------------------------------------------------------------------------- reward and episode ends
+def test_reward_is_success_and_success_terminates() -> None:
+    env = make("Reach", render_images=False)
+    obs, _ = env.reset(seed=1)
+    expert = make_expert(env, rng=np.random.default_rng(1))
+    while True:
+        obs, reward, terminated, truncated, info = env.step(expert.act(obs))
+        assert reward == float(info["success"]) and isinstance(reward, float)
+        assert terminated == info["success"]
+        if terminated or truncated:
+            break
+    assert terminated and not truncated
+
+
+def test_without_terminate_on_success_the_episode_runs_to_its_time_limit() -> None:
+    env = make("Reach", render_images=False, terminate_on_success=False)
+    obs, _ = env.reset(seed=1)
+    expert = make_expert(env, rng=np.random.default_rng(1))
+    successes, truncated = [], False
+    while not truncated:
+        obs, reward, terminated, truncated, info = env.step(expert.act(obs))
+        assert not terminated and reward == float(info["success"])
+        successes.append(info["success"])
+    assert len(successes) == sim_envs.TASKS["Reach"].max_steps
+    first = successes.index(True)
+    assert first < len(successes) - 5 and all(successes[first:]), "the expert should reach and stay at the goal"
+
+
+@pytest.mark.parametrize("task", ["Lift", "OpenDoor"])
+def test_truncation_at_the_time_limit_is_not_termination(task: str) -> None:
+    env = make(task, render_images=False)
+    env.reset(seed=0)
+    limit = sim_envs.TASKS[task].max_steps
+    for step in range(limit):
+        _, reward, terminated, truncated, info = env.step(np.zeros(4, np.float32))
+        assert not terminated and reward == 0.0 and not info["success"]
+        assert truncated == (step == limit - 1), f"truncated={truncated} at step {step + 1} of {limit}"
