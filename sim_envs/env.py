@@ -120,7 +120,7 @@ class TabletopEnv(gym.Env):
         return self._obs(), {"success": bool(self.task.success(self)), "dr_params": self.dr_params}
 
     def step(self, action):
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        a = np.asarray(action, dtype=np.float64)
         if a.shape != (4,):
             raise ValueError(f"action must have shape (4,), got {np.shape(action)}")
         if not np.all(np.isfinite(a)):
@@ -160,9 +160,14 @@ class TabletopEnv(gym.Env):
 
     def render_camera(self, camera: str, size: int | None = None) -> np.ndarray:
         size = size or self.image_size
+        limit = int(self.model.vis.global_.offwidth)
+        if not 16 <= size <= limit:
+            raise ValueError(f"render size {size} outside [16, {limit}] (this env's offscreen framebuffer); "
+                             f"make the env with image_size >= {size} to render that large")
         if self._renderer is None or self._renderer.height != size:
             if self._renderer is not None:
                 self._renderer.close()
+                self._renderer = None
             self._renderer = CameraRenderer(self.model, size, size)
         return self._renderer.render(self.data, camera)
 

@@ -242,7 +242,7 @@ class OpenDoorExpert(Expert):
 
 _EXPERTS: dict[str, Callable[..., Expert]] = {
     "Reach": ReachExpert,
-    "PushBlock": lambda env, **kw: PushExpert(env, "block", 0.02, **kw),
+    "PushBlock": lambda env, **kw: PushExpert(env, "block", 0.02, speed=0.5, **kw),
     "SlidePuck": lambda env, **kw: PushExpert(env, "puck", 0.03, speed=0.5, height=0.026, **kw),
     "PickPlace": lambda env, **kw: PickExpert(env, "block", 0.02, place=True, **kw),
     "Lift": lambda env, **kw: PickExpert(env, "block", 0.02, place=False, **kw),

@@ -46,7 +46,7 @@ FACTOR_RANGES: dict[str, dict[str, tuple[Interval, ...]]] = {
     "object_hue_shift": {"train": ((0.0, 0.05),), "eval_easy": ((0.05, 0.1),), "eval_hard": ((0.1, 0.18),)},
     "camera_shift": {"train": ((0.0, 0.03),), "eval_easy": ((0.03, 0.06),), "eval_hard": ((0.06, 0.1),)},
     "distractor_hue": {"train": ((0.0, 0.45),), "eval_easy": ((0.5, 0.95),), "eval_hard": ((0.5, 0.95),)},
-    "distractor_count": {"train": ((0, 3),), "eval_easy": ((2, 5),), "eval_hard": ((4, 7),)},
+    "distractor_count": {"train": ((0, 3),), "eval_easy": ((3, 5),), "eval_hard": ((5, 7),)},
 }
 # Materials (assets/scene.xml) a level may put on surfaces and objects: train and eval sets are disjoint.
 TEXTURES = {"train": ("mat_plain", "mat_checker", "mat_noise"), "eval_easy": ("mat_grid", "mat_gradient"),
@@ -213,8 +213,9 @@ class DomainRandomizer:
         n = self.model.nlight
         return {"intensity": sample_interval_union(rng, FACTOR_RANGES["light_intensity"][level]),
                 "angles": [sample_interval_union(rng, FACTOR_RANGES["light_angle"][level]) for _ in range(n)],
-                "axes": [_unit(rng.normal(size=3)) for _ in range(n)],
-                "tint": [sample_interval_union(rng, FACTOR_RANGES["light_tint"][level]) * _unit(rng.random(3))
+                # rotation axes perpendicular to each light's direction, so it turns by exactly the sampled angle
+                "axes": [_unit(np.cross(self._nominal["light_dir"][i], rng.normal(size=3))).tolist() for i in range(n)],
+                "tint": [(sample_interval_union(rng, FACTOR_RANGES["light_tint"][level]) * _unit(rng.random(3))).tolist()
                          for _ in range(n)]}
 
     def _sample_colors(self, rng: np.random.Generator, level: str) -> dict[str, Any]:
@@ -250,7 +251,7 @@ class DomainRandomizer:
             shape = str(rng.choice(DISTRACTOR_SHAPES))
             size = rng.uniform(0.012, 0.026, size=3)
             xy = None
-            for _try in range(50):
+            for _try in range(200):
                 cand = np.array([rng.uniform(*DISTRACTOR_X), rng.uniform(*DISTRACTOR_Y)])
                 others = np.concatenate([points, np.array(placed).reshape(-1, 2)])
                 if len(others) == 0 or np.min(np.linalg.norm(others - cand, axis=1)) > radius:

@@ -41,7 +41,19 @@ def select_gl_backend() -> str:
         os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     elif backend == "egl":
         os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    _rebind_if_mujoco_was_imported(backend)
     return backend
+
+
+def _rebind_if_mujoco_was_imported(backend: str) -> None:
+    """mujoco picks its GL context class when first imported; if that happened before us, switch it now."""
+    import importlib
+    import sys
+
+    gl_context = getattr(sys.modules.get("mujoco"), "gl_context", None)
+    if gl_context is None or backend not in ("egl", "osmesa") or getattr(gl_context, "_MUJOCO_GL", backend) == backend:
+        return
+    gl_context.GLContext = importlib.import_module(f"mujoco.{backend}").GLContext
 
 
 _LIVE: "weakref.WeakSet[CameraRenderer]" = weakref.WeakSet()

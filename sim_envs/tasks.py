@@ -189,6 +189,36 @@ def _door_handle(env: "TabletopEnv") -> np.ndarray:
     return env.geom_pos("door_handle")
 
 
+def _grid(x: tuple[float, float], y: tuple[float, float], step: float = 0.05) -> np.ndarray:
+    """Points covering the rectangle x by y at most ``step`` apart (keep-out of a large fixture)."""
+    xs = np.linspace(x[0], x[1], int(np.ceil((x[1] - x[0]) / step)) + 1)
+    ys = np.linspace(y[0], y[1], int(np.ceil((y[1] - y[0]) / step)) + 1)
+    return np.array([(px, py) for px in xs for py in ys])
+
+
+def _drawer_keepout(env: "TabletopEnv") -> np.ndarray:
+    """The cabinet's footprint and the drawer's travel out to fully open (front 0.15 m out, knob beyond)."""
+    c = env.model.body_pos[env.model.body("cabinet").id]
+    return _grid((c[0] - 0.11, c[0] + 0.11), (c[1] - 0.09 - 0.15 - 0.045, c[1] + 0.09))
+
+
+def _door_keepout(env: "TabletopEnv") -> np.ndarray:
+    """The sector the door panel sweeps from closed to fully open (1.5 rad), hinge to tip (0.18 m)."""
+    return np.array([env.door_point(r, a, 0.0)[:2] for r in (0.0, 0.06, 0.12, 0.18) for a in np.linspace(0.0, 1.5, 7)])
+
+
+def _ring(body: str, radius: float):
+    """Points on the rim of a round fixture (plate, bowl) so distractors stay off it."""
+    def points(env: "TabletopEnv") -> np.ndarray:
+        a = np.linspace(0.0, 2 * np.pi, 12, endpoint=False)
+        return env.body_pos(body)[:2] + radius * np.stack([np.cos(a), np.sin(a)], axis=1)
+    return points
+
+
+def _button_keepout(env: "TabletopEnv") -> np.ndarray:
+    return env.body_pos("button_base")[:2] + 0.045 * np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]])
+
+
 def _make_tasks() -> dict[str, Task]:
     tasks = [
         Task("Reach", ("goal_sphere",), (), 50, _reach_reset, _reach_success,
@@ -196,29 +226,29 @@ def _make_tasks() -> dict[str, Task]:
         Task("PushBlock", ("block", "goal_disc"), ("block",), 100, _push_reset("block", 0.02, (0.1, 0.2)),
              _near_goal_xy("block", 0.035), main_body="block", description="push the red block onto the green disc"),
         Task("PickPlace", ("block", "plate"), ("block", "plate"), 120, _pick_place_reset("block", 0.02, "plate", 0.008),
-             _on_plate, main_body="block", second=lambda e: e.body_pos("plate"),
+             _on_plate, main_body="block", second=lambda e: e.body_pos("plate"), keepout_extra=_ring("plate", 0.07),
              description="pick up the red block and put it on the plate"),
         Task("Lift", ("block",), ("block",), 80, _lift_reset, _lifted, main_body="block",
              description="lift the red block"),
         Task("OpenDrawer", ("drawer",), ("cabinet", "drawer"), 100, _drawer_reset((0.0, 0.02)),
-             lambda e: bool(e.joint_qpos("drawer_slide") > 0.1), second=_knob, joint="drawer_slide",
+             lambda e: bool(e.joint_qpos("drawer_slide") > 0.1), second=_knob, joint="drawer_slide", keepout_extra=_drawer_keepout,
              description="pull the drawer open"),
         Task("CloseDrawer", ("drawer",), ("cabinet", "drawer"), 80, _drawer_reset((0.12, 0.15)),
-             lambda e: bool(e.joint_qpos("drawer_slide") < 0.02), second=_knob, joint="drawer_slide",
+             lambda e: bool(e.joint_qpos("drawer_slide") < 0.02), second=_knob, joint="drawer_slide", keepout_extra=_drawer_keepout,
              description="push the drawer closed"),
         Task("PressButton", ("button",), ("button_base", "button"), 60, _button_reset,
              lambda e: bool(e.joint_qpos("button_slide") < -0.012), second=lambda e: e.body_pos("button"),
-             joint="button_slide", description="press the red button"),
+             joint="button_slide", keepout_extra=_button_keepout, description="press the red button"),
         Task("SlidePuck", ("puck", "goal_disc"), ("puck",), 100, _push_reset("puck", 0.015, (0.14, 0.24)),
              _near_goal_xy("puck", 0.04), main_body="puck", description="slide the blue puck onto the green disc"),
         Task("OpenDoor", ("door_left",), ("door_frame", "door"), 100, _door_reset, _door_open,
-             second=_door_handle, joint="door_hinge", description="push the door open (hinge on the left)"),
+             second=_door_handle, joint="door_hinge", keepout_extra=_door_keepout, description="push the door open (hinge on the left)"),
         # Held-out target tasks: known skills, new object or new combination.
         Task("PlaceInBowl", ("can", "bowl"), ("can", "bowl"), 120, _pick_place_reset("can", 0.035, "bowl", 0.008),
-             _in_bowl, main_body="can", second=lambda e: e.body_pos("bowl"), target=True,
+             _in_bowl, main_body="can", second=lambda e: e.body_pos("bowl"), target=True, keepout_extra=_ring("bowl", 0.08),
              description="put the can into the bowl (new object, new container)"),
         Task("OpenDoorRight", ("door_right",), ("door_frame", "door"), 100, _door_reset, _door_open,
-             second=_door_handle, joint="door_hinge", target=True,
+             second=_door_handle, joint="door_hinge", target=True, keepout_extra=_door_keepout,
              description="push open a door hinged on the right (mirror of OpenDoor)"),
     ]
     return {t.name: t for t in tasks}
