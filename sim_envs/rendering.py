@@ -9,6 +9,8 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
+import importlib
+import importlib.util
 import os
 import weakref
 
@@ -69,6 +71,21 @@ def _close_live_renderers() -> None:
             pass
 
 
+def preload_llvm_libraries() -> None:
+    """Load Triton's LLVM before Mesa's, if Triton is installed.
+
+    Mesa's software renderer (llvmpipe, behind headless EGL) loads its own LLVM when the first GL context is
+    made. Triton embeds another LLVM; if it is loaded after Mesa's (PyTorch imports it lazily, e.g. when an
+    optimizer is built), the process segfaults. Loaded first, both coexist. Costs ~0.3 s once.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return
+    try:
+        importlib.import_module("triton._C.libtriton")
+    except Exception:  # a broken Triton install: nothing to protect
+        pass
+
+
 class CameraRenderer:
     """Renders named cameras of one model at one image size, with the costly effects off."""
 
@@ -76,6 +93,7 @@ class CameraRenderer:
         import mujoco
 
         self._mujoco = mujoco
+        preload_llvm_libraries()
         try:
             self._renderer = mujoco.Renderer(model, height=height, width=width)
         except Exception as exc:  # the GL context could not be made: say what to do about it
