@@ -142,3 +142,42 @@ def test_checkpoint_round_trip_weights_only():
     torch.testing.assert_close(actor2(obs), actor(obs), rtol=0, atol=0)
     torch.testing.assert_close(critic2(obs, acts), critic(obs, acts), rtol=0, atol=0)
     assert math.isfinite(float(critic2(obs, acts).detach().sum()))
+
+
+@pytest.mark.parametrize("hidden", [(16,), (16, 12), (8, 16, 8)])
+def test_fast_path_matches_autograd_path(hidden):
+    torch.manual_seed(0)
+    critic = EnsembleCritic(5, 3, hidden, num_critics=3)
+    obs = torch.randn(4, 5, requires_grad=True)
+    acts = torch.rand(4, 6, 3, requires_grad=True)
+    weights = torch.randn(3, 4, 6, hidden[-1])
+    results = {}
+    for fast in (True, False):
+        critic.fast_path = fast
+        critic.zero_grad(set_to_none=True)
+        obs.grad = acts.grad = None
+        q, feats = critic(obs, acts, return_features=True)
+        (q.square().sum() + (feats * weights).sum()).backward()
+        results[fast] = [q, feats, obs.grad, acts.grad, *[p.grad for p in critic.parameters()]]
+        with torch.no_grad():
+            results[(fast, "no_grad")] = critic(obs, acts)
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[(True, "no_grad")], results[(False, "no_grad")])
+
+
+def test_fast_path_refuses_stale_activations():
+    critic = EnsembleCritic(3, 2, (8,))
+    obs, acts = torch.randn(4, 3), torch.rand(4, 5, 2)
+    first = critic(obs, acts).sum()
+    second = critic(obs, acts).sum()  # overwrites the buffers the first graph would need
+    with pytest.raises(RuntimeError, match="fast path"):
+        first.backward()
+    second.backward()
+    with torch.no_grad():
+        critic(obs, acts)  # no-grad passes use their own buffers
+    third = critic(obs, acts).sum()
+    with torch.no_grad():
+        critic(obs, acts)
+    third.backward()
+    assert EnsembleCritic(3, 2, (8,), layer_norm=True).fast_path is False

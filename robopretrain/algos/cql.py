@@ -162,11 +162,10 @@ def dr3_penalty(phi: torch.Tensor, phi_next: torch.Tensor, coef: float = 1.0) ->
 
 def make_adam(groups: list[dict[str, Any]]) -> torch.optim.Adam:
     """One Adam over parameter groups; fused kernels where this torch build supports them."""
-    device = groups[0]["params"][0].device
     try:
         return torch.optim.Adam(groups, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(groups, foreach=device.type != "cpu" or None)
+        return torch.optim.Adam(groups)  # torch picks foreach kernels where available
 
 
 @torch.no_grad()
@@ -185,13 +184,8 @@ def metrics_to_floats(metrics: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(metrics.keys(), values))
 
 
-def to_obs_tensor(obs: np.ndarray | torch.Tensor, device: torch.device) -> tuple[torch.Tensor, bool]:
-    """``obs`` as a float32 ``(B, S)`` tensor on ``device``, and whether it was a single state."""
-    x = torch.as_tensor(obs, dtype=torch.float32, device=device)
-    return (x.unsqueeze(0), True) if x.dim() == 1 else (x, False)
-
-
 def require_keys(batch: Mapping[str, Any], keys: Iterable[str], who: str) -> None:
+    """Raise a KeyError naming the missing batch keys."""
     missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"{who}.update: batch is missing {missing}; it has {sorted(batch)}")

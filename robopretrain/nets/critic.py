@@ -9,6 +9,14 @@ The critic takes states ``(B, S)`` and either actions ``(B, A)`` (returns ``(E, 
 actions per state ``(B, n, A)`` (returns ``(E, B, n)``). The first layer acts on the concatenation
 ``[s, a]``; it is evaluated as ``s @ W_s + a @ W_a`` so the state half is computed once per state rather
 than once per (state, action) pair -- the same function, fewer FLOPs when ``n`` is large.
+
+CPU fast path (same math): for ReLU critics without LayerNorm, :class:`_ReluEnsembleMLP` runs forward and
+backward with hand-written ``baddbmm``/``bmm`` calls that write into buffers kept between calls. On CPU,
+every fresh activation-sized tensor (16 MB for 256 states x 31 actions x 256 units x 2 critics) is mapped
+and page-faulted anew, which costs about as much as the matrix products themselves; reusing buffers
+removes that. The buffers are tagged with a generation counter, so a backward whose activations were
+overwritten by a later forward raises instead of returning wrong gradients. Off on CUDA (its caching
+allocator already reuses memory) and under ``torch.compile``; ``fast_path=False`` turns it off.
 """
 
 from __future__ import annotations
@@ -60,6 +68,96 @@ class VectorizedLayerNorm(nn.Module):
         return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), weight)
 
 
+class _Workspace:
+    """Named buffers reused between calls, and a generation counter for the activations they hold."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+        self.generation = 0
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        key = (name, shape)
+        buf = self.buffers.get(key)
+        if buf is None or buf.dtype != like.dtype or buf.device != like.device:
+            if len(self.buffers) >= 32:  # many different batch shapes: start afresh rather than grow
+                self.buffers.clear()
+            buf = torch.empty(shape, dtype=like.dtype, device=like.device)
+            self.buffers[key] = buf
+        return buf
+
+
+def _relu_mlp_forward(
+    obs: torch.Tensor, actions: torch.Tensor, params: Sequence[torch.Tensor], ws: _Workspace, prefix: str
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Ensemble ReLU MLP on ``[s, a]`` writing activations into ``ws``; returns (activations, q (E, M, 1))."""
+    weights, biases = params[0::2], params[1::2]
+    obs_dim = obs.shape[-1]
+    num, (batch, n, act_dim) = weights[0].shape[0], actions.shape
+    m = batch * n
+    h = ws.get(f"{prefix}h0", (num, m, weights[0].shape[-1]), obs)
+    torch.bmm(actions.reshape(1, m, act_dim).expand(num, m, act_dim), weights[0][:, obs_dim:], out=h)
+    state_part = torch.baddbmm(biases[0], obs.unsqueeze(0).expand(num, batch, obs_dim), weights[0][:, :obs_dim])
+    h.view(num, batch, n, -1).add_(state_part.unsqueeze(2)).relu_()
+    acts = [h]
+    for i, (w, b) in enumerate(zip(weights[1:-1], biases[1:-1]), start=1):
+        h = torch.baddbmm(b, h, w, out=ws.get(f"{prefix}h{i}", (num, m, w.shape[-1]), obs)).relu_()
+        acts.append(h)
+    return acts, torch.baddbmm(biases[-1], h, weights[-1])
+
+
+class _ReluEnsembleMLP(torch.autograd.Function):
+    """Forward/backward of the ReLU ensemble MLP with reused activation and gradient buffers."""
+
+    @staticmethod
+    def forward(ctx, obs, actions, ws, want_features, *params):  # type: ignore[override]
+        acts, q = _relu_mlp_forward(obs, actions, params, ws, "grad_")
+        ws.generation += 1
+        ctx.generation, ctx.ws, ctx.num_layers = ws.generation, ws, len(acts)
+        ctx.save_for_backward(obs, actions, *params)
+        if want_features:
+            return q, acts[-1].clone()
+        return q
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_features=None):  # type: ignore[override]
+        ws: _Workspace = ctx.ws
+        if ws.generation != ctx.generation:
+            raise RuntimeError(
+                "EnsembleCritic fast path: another forward pass reused the activation buffers before this "
+                "backward; call backward before the next forward, or build the critic with fast_path=False"
+            )
+        obs, actions, *params = ctx.saved_tensors
+        weights = params[0::2]
+        num, (batch, n, act_dim), obs_dim = weights[0].shape[0], actions.shape, obs.shape[-1]
+        m = batch * n
+        acts = [ws.get(f"grad_h{i}", (num, m, w.shape[-1]), obs) for i, w in enumerate(weights[:-1])]
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        grad_q = grad_q.contiguous()
+        grads[-2] = torch.bmm(acts[-1].transpose(1, 2), grad_q)
+        grads[-1] = grad_q.sum(dim=1, keepdim=True)
+        g = torch.bmm(grad_q, weights[-1].transpose(1, 2), out=ws.get(f"g{len(acts) - 1}", acts[-1].shape, obs))
+        if grad_features is not None:
+            g.add_(grad_features)
+        for i in range(len(acts) - 1, -1, -1):
+            torch.ops.aten.threshold_backward.grad_input(g, acts[i], 0, grad_input=g)  # ReLU mask, in place
+            if i == 0:
+                break
+            grads[2 * i] = torch.bmm(acts[i - 1].transpose(1, 2), g)
+            grads[2 * i + 1] = g.sum(dim=1, keepdim=True)
+            g = torch.bmm(g, weights[i].transpose(1, 2), out=ws.get(f"g{i - 1}", acts[i - 1].shape, obs))
+        g_states = g.view(num, batch, n, -1).sum(dim=2)
+        acts_e = actions.reshape(1, m, act_dim).expand(num, m, act_dim)
+        grad_w_state = torch.bmm(obs.t().unsqueeze(0).expand(num, obs_dim, batch), g_states)
+        grads[0] = torch.cat([grad_w_state, torch.bmm(acts_e.transpose(1, 2), g)], dim=1)
+        grads[1] = g_states.sum(dim=1, keepdim=True)
+        grad_obs = grad_actions = None
+        if ctx.needs_input_grad[0]:
+            grad_obs = torch.bmm(g_states, weights[0][:, :obs_dim].transpose(1, 2)).sum(0)
+        if ctx.needs_input_grad[1]:
+            grad_actions = torch.bmm(g, weights[0][:, obs_dim:].transpose(1, 2)).sum(0).view(batch, n, act_dim)
+        return (grad_obs, grad_actions, None, None, *grads)
+
+
 class EnsembleCritic(nn.Module):
     """``E`` Q-networks ``Q_e(s, a)`` with hidden sizes ``hidden``, evaluated together."""
 
@@ -74,10 +172,14 @@ class EnsembleCritic(nn.Module):
         layer_norm: bool = False,
         orthogonal_init: bool = False,
         final_gain: float = FINAL_GAIN,
+        fast_path: bool = True,
     ) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("EnsembleCritic needs at least one hidden layer")
+        # the buffer-reusing CPU path exists for ReLU without LayerNorm (see the module docstring)
+        self.fast_path = fast_path and activation.lower() == "relu" and not layer_norm
+        self._workspace = _Workspace()
         self.obs_dim = obs_dim
         self.act_dim = act_dim
         self.num_critics = num_critics
@@ -126,15 +228,53 @@ class EnsembleCritic(nn.Module):
                 f"got {tuple(actions.shape)}"
             )
         batch, n = acts.shape[:2]
-        h = self._first_layer(obs, acts, detach_params)
-        for i, (layer, norm) in enumerate(zip(self.hidden, self.norms)):
-            if i > 0:
-                h = layer(h, detach_params)
-            h = self.activation(norm(h, detach_params) if isinstance(norm, VectorizedLayerNorm) else h)
-        q = self.head(h, detach_params).view(self.num_critics, batch, n)
+        if self._use_fast_path(obs, detach_params):
+            q, h = self._fast_forward(obs, acts, return_features)
+        else:
+            q, h = self._generic_forward(obs, acts, detach_params)
+        q = q.view(self.num_critics, batch, n)
         if single:
             q = q.squeeze(-1)
         if not return_features:
             return q
         feats = h.view(self.num_critics, batch, n, -1)
         return q, (feats.squeeze(2) if single else feats)
+
+    def _use_fast_path(self, obs: torch.Tensor, detach_params: bool) -> bool:
+        return (
+            self.fast_path
+            and not detach_params
+            and obs.device.type == "cpu"
+            and obs.dtype == torch.float32
+            and not torch.compiler.is_compiling()
+        )
+
+    def _params(self) -> list[torch.Tensor]:
+        params: list[torch.Tensor] = []
+        for layer in [*self.hidden, self.head]:
+            params += [layer.weight, layer.bias]
+        return params
+
+    def _fast_forward(
+        self, obs: torch.Tensor, acts: torch.Tensor, return_features: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        params = self._params()
+        needs_grad = torch.is_grad_enabled() and (
+            obs.requires_grad or acts.requires_grad or any(p.requires_grad for p in params)
+        )
+        if needs_grad:
+            out = _ReluEnsembleMLP.apply(obs, acts, self._workspace, return_features, *params)
+            return out if return_features else (out, None)
+        with torch.no_grad():
+            hidden, q = _relu_mlp_forward(obs, acts, params, self._workspace, "nograd_")
+        return q, (hidden[-1].clone() if return_features else None)
+
+    def _generic_forward(
+        self, obs: torch.Tensor, acts: torch.Tensor, detach_params: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self._first_layer(obs, acts, detach_params)
+        for i, (layer, norm) in enumerate(zip(self.hidden, self.norms)):
+            if i > 0:
+                h = layer(h, detach_params)
+            h = self.activation(norm(h, detach_params) if isinstance(norm, VectorizedLayerNorm) else h)
+        return self.head(h, detach_params), h
