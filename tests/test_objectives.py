@@ -1,0 +1,211 @@
+"""Stage-1 objectives (ICVF, VIP, TCN) on tiny inputs whose losses are computed by hand here."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from video_pretrain.objectives import make_objective
+from video_pretrain.objectives.icvf import ICVFHeads, ICVFObjective, expectile_weights, icvf_loss
+from video_pretrain.objectives.tcn import tcn_logits, tcn_loss
+from video_pretrain.objectives.vip import vip_loss, vip_value
+
+
+class TinyEncoder(nn.Module):
+    """A stand-in image encoder: flatten a (B, 3, 8, 8) image and project it to 16 features."""
+
+    def __init__(self, out_dim: int = 16):
+        super().__init__()
+        self.out_dim = out_dim
+        self.proj = nn.Linear(3 * 8 * 8, out_dim)
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj((x - self.mean).flatten(1))
+
+
+def t(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------------------ ICVF
+def test_expectile_weight_follows_the_sign_of_the_advantage():
+    w = expectile_weights(t([2.0, 0.0, -1e-6, -3.0]), 0.9)
+    assert torch.allclose(w, t([0.9, 0.9, 0.1, 0.1]))
+
+
+def test_icvf_loss_by_hand_weights_by_intent_advantage_not_td_error():
+    gamma, tau = 0.99, 0.9
+    # three samples, two heads
+    # sample 0: intent advantage -1 + 0.99 * min(-2, -3) - mean(-5, -5) = 1.03 >= 0        -> weight tau
+    # sample 1: -1 + 0.99 * min(-4.5, -1) - mean(-4, -6) = -0.455 < 0 (the MEAN would give +1.28) -> 1 - tau
+    # sample 2: at the intent (r_z = 0, mask_z = 0) and V(s, z, z) = 0: advantage exactly 0  -> tau
+    next_v_zz = t([[-2.0, -4.5, -7.0], [-3.0, -1.0, -9.0]])
+    v_zz = t([[-5.0, -4.0, 0.0], [-5.0, -6.0, 0.0]])
+    intent_reward = t([-1.0, -1.0, 0.0])
+    intent_mask = t([1.0, 1.0, 0.0])
+    # goal-conditioned TD targets: sample 1 is at its goal (r = 0, mask = 0)
+    reward = t([-1.0, 0.0, -1.0])
+    mask = t([1.0, 0.0, 1.0])
+    next_v = t([[-10.0, -7.0, -2.0], [-12.0, -6.0, -1.0]])
+    v = t([[-9.0, -1.0, -4.0], [-14.0, 0.5, -1.0]])
+
+    loss, info = icvf_loss(v, next_v, next_v_zz, v_zz, reward, mask, intent_reward, intent_mask, gamma, tau)
+
+    q = [[-1 + 0.99 * -10.0, 0.0, -1 + 0.99 * -2.0], [-1 + 0.99 * -12.0, 0.0, -1 + 0.99 * -1.0]]
+    w = [tau, 1 - tau, tau]
+    vv = [[-9.0, -1.0, -4.0], [-14.0, 0.5, -1.0]]
+    expected = sum(sum(w[j] * (q[i][j] - vv[i][j]) ** 2 for j in range(3)) / 3 for i in range(2))
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert info["adv_positive"].item() == pytest.approx(2 / 3)
+    # weighting by the TD error's sign instead would give another number
+    wrong = sum(sum((tau if q[i][j] - vv[i][j] >= 0 else 1 - tau) * (q[i][j] - vv[i][j]) ** 2 for j in range(3)) / 3
+                for i in range(2))
+    assert abs(wrong - expected) > 0.5
+
+
+def test_icvf_loss_gradient_flows_only_through_the_online_values():
+    v = t([[-1.0, -2.0]]).requires_grad_(True)
+    targets = [t([[-3.0, -1.0]]).requires_grad_(True) for _ in range(3)]
+    ones, zeros = t([1.0, 1.0]), t([0.0, 0.0])
+    loss, _ = icvf_loss(v, *targets, -ones, ones, -ones, ones)
+    loss.backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+    assert all(x.grad is None for x in targets)
+    del zeros
+
+
+def test_icvf_heads_are_multilinear_in_the_documented_form():
+    torch.manual_seed(0)
+    heads = ICVFHeads(feature_dim=5, hidden=(7, 6), num_heads=2)
+    fs, fg, fz = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    values = heads(fs, fg, fz)
+    assert values.shape == (2, 3)
+    head = heads.heads[1]
+    tz = head.T(head.psi(fz))
+    by_hand = ((head.A(tz * head.phi(fs))) * (head.B(tz * head.psi(fg)))).sum(-1)
+    assert torch.allclose(values[1], by_hand)
+    # intents are encoded by psi, the same network as outcomes
+    assert all(isinstance(m, (nn.Linear, nn.ReLU)) for m in head.psi)
+    assert isinstance(head.phi[-1], nn.ReLU)  # ReLU after the last hidden layer too
+
+
+def test_icvf_objective_trains_online_nets_and_soft_updates_the_target():
+    torch.manual_seed(0)
+    obj = ICVFObjective(TinyEncoder(), hidden=(8, 8), target_update_rate=0.005)
+    images = torch.rand(4, 4, 3, 8, 8)
+    batch = {"reward": -torch.ones(4), "mask": torch.ones(4), "intent_reward": -torch.ones(4), "intent_mask": torch.ones(4)}
+    loss, info = obj.compute_loss(images, batch)
+    loss.backward()
+    assert obj.encoder.proj.weight.grad is not None and obj.encoder.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in obj.target_encoder.parameters())
+    assert all(p.grad is None for p in obj.target_heads.parameters())
+    assert set(info) >= {"value_loss", "adv_positive", "v_mean"}
+
+    before = obj.target_encoder.proj.weight.detach().clone()
+    with torch.no_grad():
+        obj.encoder.proj.weight.add_(1.0)
+    obj.after_step()
+    expected = before + 0.005 * (obj.encoder.proj.weight.detach() - before)
+    assert torch.allclose(obj.target_encoder.proj.weight, expected, atol=1e-7)
+
+
+def test_icvf_target_values_come_from_the_target_network():
+    """With targets frozen at 0 values the TD target is the reward alone: q = r."""
+    torch.manual_seed(0)
+    obj = ICVFObjective(TinyEncoder(), hidden=(8, 8))
+    with torch.no_grad():
+        for head in obj.target_heads.heads:
+            head.A.weight.zero_()
+            head.A.bias.zero_()
+    images = torch.rand(3, 4, 3, 8, 8)
+    batch = {"reward": t([-1.0, 0.0, -1.0]).float(), "mask": t([1.0, 0.0, 1.0]).float(),
+             "intent_reward": -torch.ones(3), "intent_mask": torch.ones(3)}
+    loss, info = obj.compute_loss(images, batch)
+    # advantage = -1 + 0 - 0 < 0 for all samples: weight 1 - 0.9
+    fs, fg, fz = (obj.encoder(images[:, k]) for k in (0, 2, 3))
+    v = obj.heads(fs, fg, fz)
+    expected = (0.1 * (batch["reward"] - v) ** 2).mean(1).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert info["adv_positive"].item() == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ VIP
+def test_vip_loss_on_2d_embeddings_by_hand():
+    e0 = t([[0.0, 0.0], [1.0, 0.0]])
+    eg = t([[3.0, 4.0], [1.0, 0.0]])
+    es = t([[0.0, 4.0], [2.0, 0.0]])
+    es1 = t([[3.0, 0.0], [1.0, 0.0]])
+    loss, info = vip_loss(e0, eg, es, es1, reward=-1.0, gamma=0.98, l1_weight=1e-3, l2_weight=1e-3)
+    # V(o0;g) = -5, 0;  V(o_t;g) = -3, -1;  V(o_t+1;g) = -4, 0
+    # exponents -(r + 0.98 V' - V): -(-1 - 3.92 + 3) = 1.92 and -(-1 + 0 + 1) = 0
+    value_term = 0.02 * (5.0 + 0.0) / 2
+    contrast = math.log((math.exp(1.92) + math.exp(0.0)) / 2)
+    l1 = (0 + 7 + 4 + 3 + 1 + 1 + 2 + 1) / 8  # order: all initial, all goals, all obs, all next
+    l2 = (0 + 5 + 4 + 3 + 1 + 1 + 2 + 1) / 8
+    expected = value_term + contrast + 1e-3 * (l1 + l2)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert info["vip_loss"].item() == pytest.approx(value_term + contrast, rel=1e-12)
+    assert torch.allclose(vip_value(es, eg), t([-3.0, -1.0]))
+
+
+def test_vip_loss_has_finite_gradients_when_a_frame_is_its_goal():
+    e = torch.randn(2, 3, requires_grad=True)
+    goal = e[:1].expand(2, 3)
+    loss, _ = vip_loss(e[:1].expand(2, 3), goal, e, goal)  # o_t+1 == goal: zero distance
+    loss.backward()
+    assert torch.isfinite(e.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------ TCN
+def test_tcn_logits_and_probabilities_by_hand():
+    e0, e1, e2 = t([[0.0], [10.0]]), t([[1.0], [11.0]]), t([[3.0], [12.5]])
+    video = torch.tensor([0, 1])
+    logits2 = tcn_logits(e2, e1, e0, video)
+    # anchor s2: [sim(s2_i, s1_0), sim(s2_i, s1_1), sim(s2_i, s0_i)]
+    assert torch.allclose(logits2, t([[-2.0, -8.0, -3.0], [-11.5, -1.5, -2.5]]))
+    logits1 = tcn_logits(e1, e0, e2, video)
+    # anchor s1: [sim(s1_i, s0_0), sim(s1_i, s0_1), sim(s1_i, s2_i)]
+    assert torch.allclose(logits1, t([[-1.0, -9.0, -2.0], [-11.0, -1.0, -1.5]]))
+    p_row0 = math.exp(-2) / (math.exp(-2) + math.exp(-8) + math.exp(-3))
+    assert torch.softmax(logits2, 1)[0, 0].item() == pytest.approx(p_row0)
+
+    loss, info = tcn_loss(e0, e1, e2, video)
+    ce2 = -(math.log(p_row0) + math.log(math.exp(-1.5) / (math.exp(-11.5) + math.exp(-1.5) + math.exp(-2.5)))) / 2
+    ce1 = -(math.log(math.exp(-1) / (math.exp(-1) + math.exp(-9) + math.exp(-2)))
+            + math.log(math.exp(-1) / (math.exp(-11) + math.exp(-1) + math.exp(-1.5)))) / 2
+    assert loss.item() == pytest.approx(0.5 * (ce1 + ce2), rel=1e-12)
+    assert info["accuracy"].item() == 1.0  # the positive has the largest logit in every row
+
+    # swapping s0 and s2 makes the in-video negative the closest frame: anchor s2 now prefers it
+    _, swapped = tcn_loss(e2, e1, e0, video)
+    assert swapped["accuracy"].item() < 1.0
+
+
+def test_tcn_masks_other_samples_of_the_same_video():
+    e0, e1, e2 = t([[0.0], [10.0]]), t([[1.0], [11.0]]), t([[3.0], [12.0]])
+    logits = tcn_logits(e2, e1, e0, torch.tensor([4, 4]))
+    assert math.isinf(logits[0, 1].item()) and logits[0, 1].item() < 0
+    assert logits[0, 0].item() == -2.0 and logits[0, 2].item() == -3.0
+    loss, _ = tcn_loss(e0, e1, e2, torch.tensor([4, 4]))
+    assert torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------------------------------------ factory
+def test_make_objective_builds_each_objective_and_rejects_typos():
+    for name, roles in (("icvf", 4), ("vip", 4), ("tcn", 3)):
+        obj = make_objective(name, TinyEncoder())
+        assert obj.name == name and len(obj.roles) == roles
+        images = torch.rand(3, roles, 3, 8, 8)
+        batch = {"reward": -torch.ones(3), "mask": torch.ones(3), "intent_reward": -torch.ones(3),
+                 "intent_mask": torch.ones(3), "video": torch.arange(3)[:, None].expand(3, roles)}
+        loss, _ = obj.compute_loss(images, batch)
+        assert loss.dim() == 0 and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="expectile"):
+        make_objective("icvf", TinyEncoder(), {"expectile": 1.5})
+    with pytest.raises(ValueError, match="do not apply to vip"):
+        make_objective("vip", TinyEncoder(), {"expectile": 0.9})
+    with pytest.raises(ValueError, match="unknown objective"):
+        make_objective("byol", TinyEncoder())
