@@ -1,0 +1,278 @@
+"""Self-describing, atomically written, resumable checkpoints (ARCHITECTURE.md, "Checkpoints").
+
+A run keeps its checkpoints in one folder::
+
+    <root>/ckpt_00001000/   config.yaml   the full resolved config
+                            weights.pt    state dicts of the model (torch.save; loaded with weights_only=True)
+                            meta.json     obs keys and shapes, action dim, task names, normalisation stats,
+                                          algorithm, step, versions of torch / mujoco / robopretrain
+                            state.pt      (resumable runs) optimiser, RNG states, replay/sampler state, counters
+    <root>/latest           text file naming the newest complete checkpoint (written atomically)
+
+Every checkpoint is written into a temporary folder next to its final name and renamed when complete, so a
+crash never leaves a half-written ``ckpt_*``; only the newest ``keep`` checkpoints are kept. When the newest
+checkpoint cannot be read (corrupt or missing files), :func:`load_latest` warns and falls back to the
+previous one. :func:`check_compatible` turns a checkpoint from another configuration (observation dim,
+action dim, algorithm) into a :class:`CheckpointError` that names what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "weights.pt"
+META_FILE = "meta.json"
+STATE_FILE = "state.pt"
+LATEST_FILE = "latest"
+PREFIX = "ckpt_"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the current configuration."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its folder, config, meta data, weights and (optional) training state."""
+
+    path: Path
+    config: DictConfig
+    meta: dict[str, Any]
+    weights: dict[str, Any]
+    state: dict[str, Any] | None
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of torch, mujoco, numpy and this package, for ``meta.json``."""
+    import numpy as np
+
+    versions = {"torch": torch.__version__, "numpy": np.__version__}
+    try:
+        import mujoco
+
+        versions["mujoco"] = mujoco.__version__
+    except ImportError:  # a pure-offline install without the simulator
+        versions["mujoco"] = "not installed"
+    try:
+        from importlib.metadata import version
+
+        versions["robopretrain"] = version("robopretrain")
+    except Exception:  # noqa: BLE001 - not installed as a distribution (source checkout)
+        versions["robopretrain"] = "source"
+    return versions
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{int(step):08d}"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _to_yaml(config: DictConfig | Mapping[str, Any]) -> str:
+    if isinstance(config, DictConfig):
+        return OmegaConf.to_yaml(config, resolve=True)
+    return OmegaConf.to_yaml(OmegaConf.create(dict(config)))
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    config: DictConfig | Mapping[str, Any],
+    weights: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    state: Mapping[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``ckpt_<step>`` under ``root`` atomically, point ``latest`` at it, prune old ones.
+
+    ``weights`` and ``state`` must hold only tensors, numbers, strings and containers of them (what
+    ``torch.load(weights_only=True)`` accepts); ``meta`` must be JSON-serialisable. Returns the folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        (tmp / CONFIG_FILE).write_text(_to_yaml(config))
+        full_meta = {**dict(meta), "step": int(step), "versions": library_versions()}
+        (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        torch.save(dict(weights), tmp / WEIGHTS_FILE)
+        if state is not None:
+            torch.save(dict(state), tmp / STATE_FILE)
+        if final.exists():  # a fresh run re-reaching a step: move the old one aside, then drop it
+            old = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".old"))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(root / LATEST_FILE, final.name + "\n")
+    prune_checkpoints(root, keep)
+    return final
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders under ``root``, newest (highest step) first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit():
+            found.append((int(p.name[len(PREFIX):]), p))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints and leftover temporary folders."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    root = Path(root)
+    for old in list_checkpoints(root)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in root.glob(f".{PREFIX}*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_checkpoint(path: str | os.PathLike, with_state: bool = True) -> Checkpoint:
+    """Load one checkpoint folder; raises :class:`CheckpointError` naming the file that is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint folder does not exist")
+    for name in (CONFIG_FILE, META_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path / name}: missing; expected a complete checkpoint folder")
+    try:
+        config = OmegaConf.load(path / CONFIG_FILE)
+    except Exception as e:  # noqa: BLE001 - yaml errors come in several types
+        raise CheckpointError(f"{path / CONFIG_FILE}: cannot be parsed as YAML: {e}") from None
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / META_FILE}: not valid JSON: {e}") from None
+    weights = _torch_load(path / WEIGHTS_FILE)
+    state = None
+    if with_state and (path / STATE_FILE).is_file():
+        state = _torch_load(path / STATE_FILE)
+    return Checkpoint(path=path, config=config, meta=meta, weights=weights, state=state)
+
+
+def _torch_load(file: Path) -> dict[str, Any]:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, pickle errors, ...
+        raise CheckpointError(f"{file}: cannot be loaded with torch.load(weights_only=True): {e}") from None
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """``path`` itself when it is a checkpoint folder, else the newest readable one under it (``latest``)."""
+    path = Path(path)
+    if (path / META_FILE).is_file():
+        return path
+    for candidate in (path, path / "checkpoints"):
+        found = _latest_candidates(candidate)
+        if found:
+            return found[0]
+    raise CheckpointError(f"{path}: neither a checkpoint folder nor a folder holding ckpt_* checkpoints")
+
+
+def _latest_candidates(root: Path) -> list[Path]:
+    """Checkpoint folders to try, in order: the one ``latest`` names, then the others, newest first."""
+    ordered = list_checkpoints(root)
+    pointer = root / LATEST_FILE
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if named in ordered:
+            ordered.remove(named)
+        ordered.insert(0, named)
+    return ordered
+
+
+def load_latest(root: str | os.PathLike, with_state: bool = True) -> Checkpoint | None:
+    """The newest readable checkpoint under ``root``; ``None`` when there is none.
+
+    A newest checkpoint that cannot be read produces a warning and the previous one is used.
+    """
+    root = Path(root)
+    errors = []
+    for candidate in _latest_candidates(root):
+        try:
+            ckpt = load_checkpoint(candidate, with_state=with_state)
+        except CheckpointError as e:
+            errors.append(str(e))
+            warnings.warn(f"checkpoint {candidate} is unreadable ({e}); falling back to the previous one", stacklevel=2)
+            continue
+        return ckpt
+    if errors:
+        raise CheckpointError(f"{root}: no readable checkpoint; errors: {errors}")
+    return None
+
+
+def check_compatible(meta: Mapping[str, Any], *, obs_dim: int, act_dim: int, algo: str, where: str = "") -> None:
+    """Raise :class:`CheckpointError` when the checkpoint's obs dim, action dim or algorithm differ."""
+    expected = {"obs_dim": int(obs_dim), "act_dim": int(act_dim), "algo": str(algo)}
+    problems = []
+    for key, want in expected.items():
+        have = meta.get(key)
+        if have != want:
+            problems.append(f"{key}: checkpoint has {have!r}, this config needs {want!r}")
+    if problems:
+        where = f"{where}: " if where else ""
+        raise CheckpointError(
+            f"{where}checkpoint does not fit this config ({'; '.join(problems)}). Use a checkpoint trained with the "
+            "same obs_keys, task one-hot size, action dim and algorithm, or start a fresh run."
+        )
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch's global CPU RNG state (and CUDA's when present)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def split_agent_state(agent_state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split an agent's ``state_dict`` into model weights and the optimiser state."""
+    weights = {k: v for k, v in agent_state.items() if k != "optimizer"}
+    optim = {"optimizer": agent_state["optimizer"]} if "optimizer" in agent_state else {}
+    return weights, optim

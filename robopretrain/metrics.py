@@ -1,0 +1,132 @@
+"""Training metrics: TensorBoard scalars, a JSONL history file, and learning-curve figures.
+
+:class:`MetricsLogger` writes every logged dict both to TensorBoard (``<run>/tb``) and, one JSON object per
+line, to ``<run>/metrics.jsonl`` (the file the benchmarks and tests read). A resumed run appends to the same
+files; :func:`read_jsonl` reads them back. :func:`plot_learning_curve` draws success, return, the
+calibration gap (average Q next to the Monte-Carlo return) and the cumulative regret over env steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    """Log scalar dicts to TensorBoard and to ``metrics.jsonl`` in ``run_dir``."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.run_dir / METRICS_FILE
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+
+    def log(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> None:
+        """Record ``metrics`` at ``step``: numbers go to TensorBoard, everything to the JSONL line."""
+        row = {"step": int(step), **{f"{prefix}{k}": _jsonable(v) for k, v in metrics.items()}}
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._writer.add_scalar(k, v, int(step))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop JSONL rows logged after ``step`` (a resumed run redoes them)."""
+        if not self.jsonl_path.exists():
+            return
+        rows = [r for r in read_jsonl(self.jsonl_path) if r.get("step", 0) <= step]
+        tmp = self.jsonl_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.jsonl_path)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of a JSONL metrics file (a half-written last line, from a crash, is skipped)."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str, x_key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for row in history:
+        if row.get(key) is not None and row.get(x_key) is not None:
+            xs.append(row[x_key])
+            ys.append(row[key])
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def plot_learning_curve(
+    history: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "", x_key: str = "env_steps"
+) -> Path:
+    """Four panels over ``x_key``: success, return, Q vs MC return (offline and online), cumulative regret."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    panels = [
+        ("success rate", [("eval/success", "success")]),
+        ("return", [("eval/return", "return")]),
+        ("Q vs Monte-Carlo return", [
+            ("calib/offline_q_policy", "offline Q(s, pi(s))"),
+            ("calib/offline_mc_return", "offline MC return"),
+            ("calib/online_q_policy", "online Q(s, pi(s))"),
+            ("calib/online_mc_return", "online MC return"),
+        ]),
+        ("cumulative regret", [("train/cumulative_regret", "regret")]),
+    ]
+    for ax, (name, keys) in zip(axes, panels):
+        for key, label in keys:
+            xs, ys = _series(history, key, x_key)
+            if len(xs):
+                ax.plot(xs, ys, marker=".", label=label)
+        ax.set_title(name)
+        ax.set_xlabel(x_key)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
