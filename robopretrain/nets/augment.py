@@ -1,0 +1,51 @@
+"""Image augmentation for encoder training: DrQ-style random shift (pad, then random crop back to size).
+
+:func:`random_shift` pads each image by ``pad`` pixels repeating the border (replicate padding, as DrQ)
+and crops a random window of the original size, i.e. shifts the image by an integer offset in
+[-pad, pad] along each axis. For a batch of clips (B, T, C, H, W) every frame of one sample gets the
+same shift (so the frames of a sample stay aligned, as VIP/ICVF expect) and samples get independent
+shifts. Works on any dtype (uint8 or float) and device, and allocates no padded copy: the crop reads
+the source through clamped indices, which is exactly replicate padding.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def random_shifts(batch: int, pad: int, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """Random offsets (batch, 2) as (dy, dx) in [-pad, pad], drawn with ``generator`` on its device."""
+    gen_device = generator.device if generator is not None else "cpu"
+    offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator, device=gen_device) - pad
+    return offsets.to(device) if device is not None else offsets
+
+
+def shift_images(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Shift each image of x (B, C, H, W) by ``offsets[b] = (dy, dx)`` with replicate padding at the borders.
+
+    Output pixel (h, w) of sample b is input pixel (clamp(h + dy), clamp(w + dx)).
+    """
+    b, _, h, w = x.shape
+    rows = (torch.arange(h, device=x.device).unsqueeze(0) + offsets[:, :1]).clamp_(0, h - 1)  # (B, H)
+    cols = (torch.arange(w, device=x.device).unsqueeze(0) + offsets[:, 1:]).clamp_(0, w - 1)  # (B, W)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    out = x[batch, :, rows.unsqueeze(2), cols.unsqueeze(1)]  # advanced indices first: (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pad-and-random-crop x (B, C, H, W) or (B, T, C, H, W); the same crop for all T frames of a sample.
+
+    ``pad`` = 0 returns ``x`` itself. ``generator`` (a ``torch.Generator``) makes the crops reproducible.
+    """
+    if pad < 0:
+        raise ValueError(f"random_shift: pad must be >= 0, got {pad}")
+    if x.ndim not in (4, 5):
+        raise ValueError(f"random_shift: expected (B, C, H, W) or (B, T, C, H, W), got shape {tuple(x.shape)}")
+    if pad == 0:
+        return x
+    offsets = random_shifts(x.shape[0], pad, generator, x.device)
+    if x.ndim == 4:
+        return shift_images(x, offsets)
+    b, t, c, h, w = x.shape
+    return shift_images(x.reshape(b, t * c, h, w), offsets).view(b, t, c, h, w)

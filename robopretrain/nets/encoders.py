@@ -1,0 +1,342 @@
+"""Image encoders shared by all three stages (stage 1 trains them, stages 2 and 3 load the same classes).
+
+``make_encoder(name, image_size, in_channels=3, **kwargs)`` builds one by name. Every encoder is an
+:class:`ImageEncoder`: ``forward(x)`` takes float32 images (B, C, H, W) with values in [0, 1] and
+H == W == image_size, normalizes them internally ((x - mean) / std, buffers) and returns (B, out_dim).
+Each has ``out_dim: int``, ``input_spec: dict`` (see :func:`input_spec`) and ``build_args: dict`` (the
+name and arguments that rebuild it, written to checkpoints by :mod:`robopretrain.nets.encoder_io`).
+Turn uint8 (B, H, W, C) frames into encoder input with :func:`to_float_images`.
+
+Encoders and their features (image_size = S; conv outputs for S = 64 in brackets):
+
+``small_conv``  fast CPU default. Four 3x3 convs (``channels`` = 32 each, strides 2, 2, 2, 1, ReLU)
+                [32 x 8 x 8], flatten, then the projection head. out_dim = ``out_dim`` (default 256).
+``impala``      IMPALA CNN (Espeholt et al. 2018): for each of ``channels`` = (16, 32, 32) a 3x3 conv,
+                3x3 max-pool with stride 2, two residual blocks (ReLU-conv-ReLU-conv + skip)
+                [32 x 8 x 8], ReLU, flatten, then the projection head. out_dim = ``out_dim`` (default 256).
+``resnet18``,   torchvision ResNet with GroupNorm(``groups`` = 4) in place of BatchNorm and no global
+``resnet34``    pooling [512 x 2 x 2; 512 x 4 x 4 at 128 px], then the PTR learned spatial embedding: a
+                learned (C, H', W', ``num_spatial_features`` = 8) kernel contracted with the feature map
+                over H', W' gives C * 8 features (4096), then the projection head.
+                out_dim = ``out_dim`` (default 256).
+``timm:<name>`` any timm backbone, ``pretrained=False`` (random weights, nothing is downloaded),
+                ``num_classes=0`` (timm's pooled features, no classifier); extra kwargs go to
+                ``timm.create_model``. out_dim = the width of those features, e.g. 512 for
+                ``timm:resnet10t`` and 1024 for ``timm:mobilenetv3_small_050``.
+
+The projection head is Dense -> LayerNorm -> tanh (PTR); ``head_tanh=False`` drops the tanh (unbounded
+features, e.g. for metric objectives such as VIP).
+
+Parameters with default kwargs, 3 channels, 64 px (:func:`num_parameters`): small_conv 553,696;
+impala 622,656; resnet18 12,242,240 (12,291,392 at 128 px: the spatial kernel grows with H' x W');
+resnet34 22,350,400; timm:resnet10t 4,922,488; timm:mobilenetv3_small_050 568,224.
+
+Normalization: ``mean``/``std`` kwargs (one value per input channel, or 3 values repeated over
+stacked RGB frames); default ImageNet statistics when ``in_channels`` is a multiple of 3, else 0.5/0.5.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TIMM_PREFIX = "timm:"
+
+
+# ----------------------------------------------------------------------------- helpers
+def to_float_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., H, W, C) -> float32 (..., C, H, W) in [0, 1] (works for (B, H, W, C) and (B, T, H, W, C))."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"to_float_images expects uint8 images (..., H, W, C), got {x.dtype} {tuple(x.shape)}")
+    if x.ndim < 3:
+        raise ValueError(f"to_float_images expects (..., H, W, C), got shape {tuple(x.shape)}")
+    return x.movedim(-1, -3).float().div_(255.0)
+
+
+def _channel_stats(values: Sequence[float] | None, default: Sequence[float], in_channels: int, what: str) -> list[float]:
+    """Per-channel normalization values: given per channel, or 3 values repeated over stacked RGB frames."""
+    if values is None:
+        values = default if in_channels % 3 == 0 else (0.5,)
+    values = [float(v) for v in values]
+    if len(values) == in_channels:
+        return values
+    if in_channels % len(values) == 0:
+        return values * (in_channels // len(values))
+    raise ValueError(f"{what} has {len(values)} values, which does not divide in_channels={in_channels}")
+
+
+def input_spec(image_size: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """What an encoder expects: the dict stored as ``encoder.input_spec`` and in checkpoints' meta.json."""
+    return {
+        "image_size": int(image_size),
+        "channels": int(in_channels),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "channel_order": "RGB",
+        "layout": "CHW",
+        "value_range": [0.0, 1.0],
+        "dtype": "float32",
+    }
+
+
+class ProjectionHead(nn.Sequential):
+    """Dense -> LayerNorm -> tanh (PTR's encoder head); ``tanh=False`` leaves the features unbounded."""
+
+    def __init__(self, in_features: int, out_dim: int, tanh: bool = True) -> None:
+        layers: list[nn.Module] = [nn.Linear(in_features, out_dim), nn.LayerNorm(out_dim)]
+        if tanh:
+            layers.append(nn.Tanh())
+        super().__init__(*layers)
+
+
+def _feature_shape(trunk: nn.Module, in_channels: int, image_size: int) -> tuple[int, ...]:
+    """Shape (without batch) of ``trunk``'s output for one image, found by a forward pass in eval mode."""
+    was_training = trunk.training
+    trunk.eval()
+    with torch.no_grad():
+        out = trunk(torch.zeros(2, in_channels, image_size, image_size))
+    trunk.train(was_training)
+    return tuple(out.shape[1:])
+
+
+# ----------------------------------------------------------------------------- the shared wrapper
+class ImageEncoder(nn.Module):
+    """Normalization + a network mapping (B, C, S, S) float images in [0, 1] to (B, out_dim) features."""
+
+    def __init__(self, net: nn.Module, out_dim: int, image_size: int, in_channels: int,
+                 mean: Sequence[float], std: Sequence[float], build_args: dict[str, Any]) -> None:
+        super().__init__()
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {list(std)}")
+        self.net = net
+        self.out_dim = int(out_dim)
+        self.image_size = int(image_size)
+        self.in_channels = int(in_channels)
+        self.input_spec = input_spec(image_size, in_channels, mean, std)
+        self.build_args = build_args
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{self.build_args.get('name', 'encoder')}: expected images (B, {expected[0]}, "
+                             f"{expected[1]}, {expected[2]}), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{self.build_args.get('name', 'encoder')}: expected float images in [0, 1], got "
+                            f"{x.dtype}; convert uint8 (B, H, W, C) frames with to_float_images")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.net((x - self.mean) / self.std)
+
+    def extra_repr(self) -> str:
+        return f"out_dim={self.out_dim}, image_size={self.image_size}, in_channels={self.in_channels}"
+
+
+# ----------------------------------------------------------------------------- small conv
+class SmallConvNet(nn.Module):
+    """Four 3x3 convs (strides 2, 2, 2, 1) with ReLU, flattened, then the projection head."""
+
+    def __init__(self, in_channels: int, image_size: int, channels: int, out_dim: int, head_tanh: bool) -> None:
+        super().__init__()
+        convs: list[nn.Module] = []
+        c_in = in_channels
+        for stride in (2, 2, 2, 1):
+            convs += [nn.Conv2d(c_in, channels, 3, stride=stride, padding=1), nn.ReLU(inplace=True)]
+            c_in = channels
+        self.convs = nn.Sequential(*convs, nn.Flatten())
+        (flat,) = _feature_shape(self.convs, in_channels, image_size)
+        self.head = ProjectionHead(flat, out_dim, head_tanh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(x))
+
+
+def build_small_conv(image_size: int, in_channels: int, channels: int = 32, out_dim: int = 256,
+                     head_tanh: bool = True) -> tuple[nn.Module, int]:
+    return SmallConvNet(in_channels, image_size, channels, out_dim, head_tanh), out_dim
+
+
+# ----------------------------------------------------------------------------- IMPALA
+class ResidualBlock(nn.Module):
+    """IMPALA residual block: x + conv(relu(conv(relu(x))))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+class ImpalaStack(nn.Sequential):
+    """Conv 3x3, max-pool 3x3 stride 2, two residual blocks."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__(nn.Conv2d(in_channels, channels, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
+                         ResidualBlock(channels), ResidualBlock(channels))
+
+
+class ImpalaNet(nn.Module):
+    """IMPALA CNN: stacks, ReLU, flatten, projection head."""
+
+    def __init__(self, in_channels: int, image_size: int, channels: Sequence[int], out_dim: int,
+                 head_tanh: bool) -> None:
+        super().__init__()
+        stacks: list[nn.Module] = []
+        c_in = in_channels
+        for c in channels:
+            stacks.append(ImpalaStack(c_in, c))
+            c_in = c
+        self.stacks = nn.Sequential(*stacks, nn.ReLU(), nn.Flatten())
+        (flat,) = _feature_shape(self.stacks, in_channels, image_size)
+        self.head = ProjectionHead(flat, out_dim, head_tanh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stacks(x))
+
+
+def build_impala(image_size: int, in_channels: int, channels: Sequence[int] = (16, 32, 32), out_dim: int = 256,
+                 head_tanh: bool = True) -> tuple[nn.Module, int]:
+    return ImpalaNet(in_channels, image_size, [int(c) for c in channels], out_dim, head_tanh), out_dim
+
+
+# ----------------------------------------------------------------------------- ResNet + spatial embedding
+class SpatialLearnedEmbedding(nn.Module):
+    """PTR's learned spatial embedding: features[b, c, k] = sum_{h,w} x[b, c, h, w] * kernel[c, h, w, k].
+
+    Replaces global pooling: each channel gets ``num_features`` learned spatial read-outs. Output
+    (B, C * num_features). The kernel is initialized N(0, 1 / (H * W)) so outputs keep the input's scale.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, num_features: int) -> None:
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(channels, height, width, num_features) / math.sqrt(height * width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,chwk->bck", x, self.kernel).flatten(1)
+
+
+class ResNetSpatial(nn.Module):
+    """ResNet trunk (GroupNorm, no pooling) -> learned spatial embedding -> projection head."""
+
+    def __init__(self, trunk: nn.Module, in_channels: int, image_size: int, num_spatial_features: int,
+                 out_dim: int, head_tanh: bool) -> None:
+        super().__init__()
+        self.trunk = trunk
+        c, h, w = _feature_shape(trunk, in_channels, image_size)
+        self.spatial = SpatialLearnedEmbedding(c, h, w, num_spatial_features)
+        self.head = ProjectionHead(c * num_spatial_features, out_dim, head_tanh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.spatial(self.trunk(x)))
+
+
+def _resnet_trunk(depth: int, in_channels: int, groups: int) -> nn.Module:
+    import torchvision
+
+    def group_norm(c: int) -> nn.Module:
+        return nn.GroupNorm(groups, c)
+
+    ctor = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}[depth]
+    net = ctor(weights=None, norm_layer=group_norm)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+
+
+def _resnet_builder(depth: int) -> Callable[..., tuple[nn.Module, int]]:
+    def build(image_size: int, in_channels: int, out_dim: int = 256, num_spatial_features: int = 8,
+              groups: int = 4, head_tanh: bool = True) -> tuple[nn.Module, int]:
+        trunk = _resnet_trunk(depth, in_channels, groups)
+        return ResNetSpatial(trunk, in_channels, image_size, num_spatial_features, out_dim, head_tanh), out_dim
+
+    build.__name__ = f"build_resnet{depth}"
+    return build
+
+
+# ----------------------------------------------------------------------------- timm
+def build_timm(model_name: str, image_size: int, in_channels: int, **kwargs: Any) -> tuple[nn.Module, int]:
+    """A timm backbone with random weights and no classifier; out_dim measured from one forward pass."""
+    import timm
+
+    if kwargs.pop("pretrained", False):
+        raise ValueError(f"timm:{model_name}: pretrained weights are not supported (nothing is downloaded); "
+                         f"train the encoder or load a saved one with robopretrain.nets.encoder_io.load_encoder")
+    if kwargs.get("num_classes", 0) != 0:
+        raise ValueError(f"timm:{model_name}: num_classes must be 0 (the encoder returns features, not logits)")
+    kwargs.pop("num_classes", None)
+    try:
+        net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_channels, **kwargs)
+    except RuntimeError as exc:  # timm's "Unknown model"
+        raise ValueError(f"timm:{model_name}: {exc}") from exc
+    shape = _feature_shape(net, in_channels, image_size)
+    if len(shape) != 1:
+        raise ValueError(f"timm:{model_name}: expected pooled features (B, D) with num_classes=0, got (B, *{shape})")
+    return net, shape[0]
+
+
+# ----------------------------------------------------------------------------- registry
+BUILDERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
+    "small_conv": build_small_conv,
+    "impala": build_impala,
+    "resnet18": _resnet_builder(18),
+    "resnet34": _resnet_builder(34),
+}
+
+
+def encoder_names() -> list[str]:
+    """Names make_encoder accepts (plus any ``timm:<model_name>``)."""
+    return sorted(BUILDERS) + [f"{TIMM_PREFIX}<model_name>"]
+
+
+def _check_kwargs(name: str, builder: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    params = inspect.signature(builder).parameters
+    accepted = [p for p in params if p not in ("image_size", "in_channels")]
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise TypeError(f"encoder {name!r}: unknown argument(s) {unknown}; accepted: {accepted + ['mean', 'std']}")
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (from Hydra configs) as plain lists/dicts, so build_args stay JSON-serializable."""
+    from omegaconf import Container, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+
+
+def make_encoder(name: str, image_size: int, in_channels: int = 3, **kwargs: Any) -> ImageEncoder:
+    """Build the encoder ``name`` (see the module docstring) for square images of side ``image_size``.
+
+    ``mean``/``std`` set the normalization; the other kwargs go to the encoder's builder (for
+    ``timm:<model_name>``, to ``timm.create_model``). Raises ``ValueError`` for an unknown name.
+    """
+    if int(image_size) < 8 or int(in_channels) < 1:
+        raise ValueError(f"encoder {name!r}: need image_size >= 8 and in_channels >= 1, got {image_size}, {in_channels}")
+    image_size, in_channels = int(image_size), int(in_channels)
+    kwargs = {k: _plain(v) for k, v in kwargs.items()}
+    build_args = {"name": name, "image_size": image_size, "in_channels": in_channels, "kwargs": dict(kwargs)}
+    mean = _channel_stats(kwargs.pop("mean", None), IMAGENET_MEAN, in_channels, "mean")
+    std = _channel_stats(kwargs.pop("std", None), IMAGENET_STD, in_channels, "std")
+    if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
+        net, out_dim = build_timm(name[len(TIMM_PREFIX):], image_size, in_channels, **kwargs)
+    elif name in BUILDERS:
+        _check_kwargs(name, BUILDERS[name], kwargs)
+        net, out_dim = BUILDERS[name](image_size, in_channels, **kwargs)
+    else:
+        raise ValueError(f"unknown encoder {name!r}; expected one of {encoder_names()}")
+    return ImageEncoder(net, out_dim, image_size, in_channels, mean, std, build_args)
+
+
+def num_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())
