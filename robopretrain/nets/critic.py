@@ -68,6 +68,11 @@ class VectorizedLayerNorm(nn.Module):
         return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), weight)
 
 
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
+
+
 class _Workspace:
     """Named buffers reused between calls, and a generation counter for the activations they hold."""
 
@@ -256,7 +261,7 @@ class EnsembleCritic(nn.Module):
             and not detach_params
             and obs.device.type == "cpu"
             and obs.dtype == torch.float32
-            and not torch.compiler.is_compiling()
+            and not _is_compiling()
         )
 
     def _params(self) -> list[torch.Tensor]:
