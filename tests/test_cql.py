@@ -196,6 +196,7 @@ def test_update_uses_one_critic_pass_for_all_action_sets():
     "overrides",
     [
         {"cql_lagrange": True},
+        {"dr3_coef": 0.03},
         {"dr3_coef": 0.03, "critic_layer_norm": True},
         {"max_target_backup": False, "backup_entropy": True, "use_automatic_entropy_tuning": False},
         {"cql_importance_sample": False},

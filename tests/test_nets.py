@@ -180,4 +180,7 @@ def test_fast_path_refuses_stale_activations():
     with torch.no_grad():
         critic(obs, acts)
     third.backward()
+    big = critic(obs, acts).sum()
+    small = critic(obs, acts[:, :1]).sum()  # a pass of another size (e.g. DR3's phi(s', a')) is independent
+    (big + small).backward()
     assert EnsembleCritic(3, 2, (8,), layer_norm=True).fast_path is False

@@ -14,8 +14,9 @@ CPU fast path (same math): for ReLU critics without LayerNorm, :class:`_ReluEnse
 backward with hand-written ``baddbmm``/``bmm`` calls that write into buffers kept between calls. On CPU,
 every fresh activation-sized tensor (16 MB for 256 states x 31 actions x 256 units x 2 critics) is mapped
 and page-faulted anew, which costs about as much as the matrix products themselves; reusing buffers
-removes that. The buffers are tagged with a generation counter, so a backward whose activations were
-overwritten by a later forward raises instead of returning wrong gradients. Off on CUDA (its caching
+removes that. Buffers are kept per pass size and tagged with a generation counter, so a backward whose
+activations were overwritten by a later forward of the same size raises instead of returning wrong
+gradients. Off on CUDA (its caching
 allocator already reuses memory) and under ``torch.compile``; ``fast_path=False`` turns it off.
 """
 
@@ -74,11 +75,19 @@ def _is_compiling() -> bool:
 
 
 class _Workspace:
-    """Named buffers reused between calls, and a generation counter for the activations they hold."""
+    """Named buffers reused between calls, and generation counters for the activations they hold.
+
+    Buffers are keyed by name and shape, so passes with different numbers of rows never share them;
+    ``generations[rows]`` counts the differentiable forward passes that wrote the activations of that size.
+    """
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
-        self.generation = 0
+        self.generations: dict[int, int] = {}
+
+    def bump(self, rows: int) -> int:
+        self.generations[rows] = self.generations.get(rows, 0) + 1
+        return self.generations[rows]
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         key = (name, shape)
@@ -126,8 +135,8 @@ class _ReluEnsembleMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, obs, actions, ws, want_features, *params):  # type: ignore[override]
         acts, q = _relu_mlp_forward(obs, actions, params, ws, "grad_")
-        ws.generation += 1
-        ctx.generation, ctx.ws, ctx.num_layers = ws.generation, ws, len(acts)
+        ctx.rows, ctx.ws = acts[0].shape[1], ws
+        ctx.generation = ws.bump(ctx.rows)
         ctx.save_for_backward(obs, actions, *params)
         if want_features:
             return q, acts[-1].clone()
@@ -136,7 +145,7 @@ class _ReluEnsembleMLP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_q, grad_features=None):  # type: ignore[override]
         ws: _Workspace = ctx.ws
-        if ws.generation != ctx.generation:
+        if ws.generations.get(ctx.rows) != ctx.generation:
             raise RuntimeError(
                 "EnsembleCritic fast path: another forward pass reused the activation buffers before this "
                 "backward; call backward before the next forward, or build the critic with fast_path=False"
