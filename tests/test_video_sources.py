@@ -1,0 +1,306 @@
+"""Stage-1 frame sources: manifest (mp4 + frame folders) and robot HDF5, stride, resize, split, cache, bad clips."""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robopretrain.data.hdf5 import DatasetError
+from robopretrain.data.video import VideoDatasetError
+from sim_envs.video_writer import write_mp4
+from video_pretrain.data import (ClipCache, HDF5ImageSource, ManifestSource, SkippedVideoError, SubsetSource,
+                                 open_frame_source, resize_frames, split_by_video)
+
+
+def smooth_frames(n: int, h: int, w: int, phase: float = 0.0) -> np.ndarray:
+    """Moving colour gradients (a video codec keeps them close to the original)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    frames = []
+    for t in range(n):
+        r = 128 + 100 * np.sin((xx + 2 * t + phase) / 9.0)
+        g = 128 + 100 * np.cos((yy + t) / 7.0)
+        b = np.full_like(xx, 40 + 8 * t)
+        frames.append(np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def write_folder(folder: Path, frames: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    for t, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"{t:06d}.png")
+
+
+def write_manifest(root: Path, rows: list[tuple[str, int]]) -> Path:
+    path = root / "manifest.csv"
+    path.write_text("path,num_frames,text\n" + "".join(f"{p},{n},clip {p}\n" for p, n in rows))
+    return path
+
+
+@pytest.fixture()
+def video_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """An mp4 clip (12 frames, 32 x 48, not square) and a frame folder (10 frames, 40 x 40 png)."""
+    mp4 = smooth_frames(12, 32, 48)
+    folder = smooth_frames(10, 40, 40, phase=5.0)
+    write_mp4(tmp_path / "clip.mp4", mp4, fps=10)
+    write_folder(tmp_path / "episode_0", folder)
+    write_manifest(tmp_path, [("clip.mp4", 12), ("episode_0", 10)])
+    return tmp_path, mp4, folder
+
+
+# ----------------------------------------------------------------------------- manifest source
+def test_manifest_with_mp4_and_frame_folder(video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    root, mp4, folder = video_dir
+    src = ManifestSource(root, image_size=16)
+    assert src.num_videos == 2 and [src.video_name(i) for i in range(2)] == ["clip.mp4", "episode_0"]
+    assert src.lengths.tolist() == [12, 10] and src.video_length(1) == 10
+    assert src.video_text(1) == "clip episode_0" and src.bad_videos == []
+    video = src.frames(0, np.arange(12))
+    assert video.shape == (12, 16, 16, 3) and video.dtype == np.uint8
+    expected = resize_frames(mp4, 16).astype(np.int16)  # central 32 x 32 square, then resized
+    assert np.abs(video.astype(np.int16) - expected).mean() < 6.0
+    stretched = resize_frames(mp4, 16, center_crop=False).astype(np.int16)
+    assert np.abs(video.astype(np.int16) - expected).mean() < np.abs(video.astype(np.int16) - stretched).mean()
+    assert np.array_equal(src.frames(1, [9, 2, 2]), resize_frames(folder, 16)[[9, 2, 2]])  # png is lossless
+
+
+def test_stride_and_resize(video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    root, _, folder = video_dir
+    full = ManifestSource(root, image_size=20)
+    strided = ManifestSource(root, image_size=20, stride=3)
+    assert strided.lengths.tolist() == [4, 4]  # ceil(12 / 3), ceil(10 / 3)
+    assert np.array_equal(strided.frames(1, [0, 1, 3]), full.frames(1, [0, 3, 9]))
+    assert np.array_equal(strided.frames(0, [1, 3]), full.frames(0, [3, 9]))
+    assert np.array_equal(full.frames(1, [4]), resize_frames(folder[[4]], 20))
+    native = ManifestSource(root, image_size=40)
+    assert np.array_equal(native.frames(1, [0, 7]), folder[[0, 7]])  # no resize at the native size
+    with pytest.raises(IndexError, match="episode_0.*out of range"):
+        strided.frames(1, [4])
+
+
+def test_frames_are_the_same_cached_or_not(video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    root, _, _ = video_dir
+    cached = ManifestSource(root, image_size=16, stride=2)
+    direct = ManifestSource(root, image_size=16, stride=2, max_cache_bytes=0)
+    for i in range(2):
+        idx = [3, 0, 3, 1]
+        assert np.array_equal(cached.frames(i, idx), direct.frames(i, idx))
+    assert len(cached.cache) == 2 and len(direct.cache) == 0
+
+
+def test_split_by_video_is_disjoint_covering_and_seeded() -> None:
+    source = SimpleNamespace(num_videos=17)
+    train, valid = split_by_video(source, 0.2, seed=0)
+    assert len(valid) == 3 and len(train) == 14
+    assert set(train).isdisjoint(valid) and sorted(set(train) | set(valid)) == list(range(17))
+    again = split_by_video(source, 0.2, seed=0)
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], valid)
+    assert any(not np.array_equal(split_by_video(source, 0.2, seed=s)[1], valid) for s in range(1, 5))
+    assert split_by_video(source, 0.0, seed=0)[1].size == 0
+    assert len(split_by_video(SimpleNamespace(num_videos=3), 0.01, seed=0)[1]) == 1
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_by_video(SimpleNamespace(num_videos=1), 0.5, seed=0)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        split_by_video(source, 1.0, seed=0)
+
+
+def test_subset_source_maps_ids(video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    root, _, _ = video_dir
+    src = ManifestSource(root, image_size=16)
+    sub = SubsetSource(src, [1])
+    assert sub.num_videos == 1 and sub.video_length(0) == 10 and sub.video_name(0) == "episode_0"
+    assert np.array_equal(sub.frames(0, [2]), src.frames(1, [2]))
+    with pytest.raises(IndexError):
+        SubsetSource(src, [2])
+
+
+# ----------------------------------------------------------------------------- cache
+def test_clip_cache_is_lru_and_bounded_by_bytes() -> None:
+    cache = ClipCache(max_bytes=250)
+    for k in range(3):
+        assert cache.put(k, np.zeros(100, np.uint8))
+    assert list(cache._items) == [1, 2] and cache.nbytes == 200  # key 0 evicted to fit key 2
+    assert cache.get(1) is not None  # 1 is now the most recent
+    cache.put(3, np.zeros(100, np.uint8))
+    assert 2 not in cache and 1 in cache and 3 in cache and cache.nbytes == 200
+    assert not cache.put(4, np.zeros(251, np.uint8)) and 4 not in cache
+    assert cache.get(4) is None and cache.hits == 1 and cache.misses == 1
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.max_bytes == 250 and len(copy) == 0 and copy.nbytes == 0
+
+
+def test_source_cache_bound_respected_and_clips_served_from_it(tmp_path: Path) -> None:
+    for k in range(5):
+        write_folder(tmp_path / f"ep{k}", smooth_frames(8, 16, 16, phase=3.0 * k))
+    write_manifest(tmp_path, [(f"ep{k}", 8) for k in range(5)])
+    clip_bytes = 8 * 16 * 16 * 3
+    src = ManifestSource(tmp_path, image_size=16, max_cache_bytes=int(2.5 * clip_bytes))
+    first = src.frames(0, [0, 7])
+    for k in range(5):
+        src.frames(k, [1])
+        assert src.cache.nbytes <= int(2.5 * clip_bytes)
+    assert len(src.cache) == 2 and 3 in src.cache and 4 in src.cache
+    for f in (tmp_path / "ep4").iterdir():  # a cached clip no longer touches the disk
+        f.unlink()
+    assert src.frames(4, [0, 7]).shape == (2, 16, 16, 3)
+    assert np.array_equal(src.frames(0, [0, 7]), first)  # re-decoded after eviction, same pixels
+    small = ManifestSource(tmp_path, image_size=16, max_cache_bytes=clip_bytes - 1, check_clips=False)
+    assert small.frames(1, [3]).shape == (1, 16, 16, 3) and len(small.cache) == 0  # too big to cache
+
+
+# ----------------------------------------------------------------------------- bad clips
+def test_corrupt_clip_reported_by_name_and_skipped(video_dir: tuple[Path, np.ndarray, np.ndarray],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    root, _, _ = video_dir
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
+    write_manifest(root, [("clip.mp4", 12), ("broken.mp4", 30), ("episode_0", 10)])
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.data"):
+        src = ManifestSource(root, image_size=16)
+    assert src.bad_videos == ["broken.mp4"]
+    assert [src.video_name(i) for i in range(src.num_videos)] == ["clip.mp4", "episode_0"]
+    warnings = [r.getMessage() for r in caplog.records if "broken.mp4" in r.getMessage()]
+    assert len(warnings) == 1 and "skipping bad video" in warnings[0]
+    with pytest.raises(VideoDatasetError, match="broken.mp4"):
+        ManifestSource(root, image_size=16, strict=True)
+
+
+def test_clip_failing_only_at_decode_is_skipped_once(video_dir: tuple[Path, np.ndarray, np.ndarray],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    root, _, _ = video_dir
+    (root / "episode_0" / "000004.png").write_bytes(b"not a png")  # listed fine, fails when read
+    src = ManifestSource(root, image_size=16)
+    assert src.num_videos == 2 and src.bad_videos == []
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.data"):
+        for _ in range(3):
+            with pytest.raises(SkippedVideoError, match="episode_0"):
+                src.frames(1, [0])
+    assert src.bad_videos == ["episode_0"]
+    assert sum("episode_0" in r.getMessage() for r in caplog.records) == 1
+    assert src.frames(0, [0]).shape == (1, 16, 16, 3)  # the other clip still works
+    strict = ManifestSource(root, image_size=16, strict=True)
+    with pytest.raises(VideoDatasetError, match=r"000004\.png") as info:
+        strict.frames(1, [0])
+    assert not isinstance(info.value, SkippedVideoError)
+
+
+# ----------------------------------------------------------------------------- HDF5 robot trajectories
+def write_robomimic(path: Path, lengths: list[int], size: int = 24, bad_demo: int | None = None) -> dict[str, np.ndarray]:
+    """A tiny robomimic-layout file; returns each demo's obs images with the final next_obs frame appended."""
+    videos = {}
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["total"] = sum(lengths)
+        data.attrs["env_args"] = json.dumps({"env_name": "PushBlock", "env_version": "0", "type": 4, "env_kwargs": {}})
+        for i, n in enumerate(lengths):
+            name = f"demo_{i}"
+            images = rng.integers(0, 256, size=(n + 1, size, size, 3), dtype=np.uint8)
+            demo = data.create_group(name)
+            demo.attrs.update(num_samples=n, task="PushBlock" if i % 2 == 0 else "OpenDrawer", task_id=i % 2)
+            obs_images = images[:n].astype(np.float32) if i == bad_demo else images[:n]
+            demo.create_dataset("obs/agentview_image", data=obs_images)
+            demo.create_dataset("next_obs/agentview_image", data=images[1:])
+            for group in ("obs", "next_obs"):
+                demo.create_dataset(f"{group}/proprio", data=np.zeros((n, 7), np.float32))
+            demo.create_dataset("actions", data=np.zeros((n, 4), np.float32))
+            demo.create_dataset("rewards", data=np.zeros(n, np.float32))
+            demo.create_dataset("dones", data=np.zeros(n, np.float32))
+            videos[name] = images
+        names = [f"demo_{i}" for i in range(len(lengths))]
+        f.create_dataset("mask/train", data=np.array(names[:-1], dtype="S"))
+        f.create_dataset("mask/valid", data=np.array(names[-1:], dtype="S"))
+    return videos
+
+
+def test_hdf5_source_one_video_per_demo(tmp_path: Path) -> None:
+    path = tmp_path / "demos.hdf5"
+    videos = write_robomimic(path, [5, 7, 6, 4])
+    src = HDF5ImageSource(path, image_size=24, key="agentview_image", mask="train")
+    assert src.demo_names == ["demo_0", "demo_1", "demo_2"] and src.video_tasks == ["PushBlock", "OpenDrawer", "PushBlock"]
+    assert src.lengths.tolist() == [6, 8, 7]  # N obs frames + the final next_obs frame
+    assert np.array_equal(src.frames(1, np.arange(8)), videos["demo_1"])
+    assert np.array_equal(src.frames(2, [6, 0, 3]), videos["demo_2"][[6, 0, 3]])
+    uncached = HDF5ImageSource(path, image_size=24, demos=["demo_1"], max_cache_bytes=0)
+    assert np.array_equal(uncached.frames(0, [7, 2, 5, 2]), videos["demo_1"][[7, 2, 5, 2]])
+
+    strided = HDF5ImageSource(path, image_size=12, stride=3, mask="train", include_final=False)
+    assert strided.lengths.tolist() == [2, 3, 2]
+    assert np.array_equal(strided.frames(1, [0, 2]), resize_frames(videos["demo_1"][[0, 6]], 12))
+    by_task = HDF5ImageSource(path, image_size=12, tasks=["OpenDrawer"])
+    assert by_task.demo_names == ["demo_1", "demo_3"]
+
+
+def test_hdf5_source_errors_and_bad_demo(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "demos.hdf5"
+    write_robomimic(path, [5, 6, 4], bad_demo=1)
+    with pytest.raises(DatasetError, match="data/\\*/obs/eye_in_hand_image.*available"):
+        HDF5ImageSource(path, image_size=12, key="eye_in_hand_image")
+    with pytest.raises(DatasetError, match="proprio.*expected uint8 images"):
+        HDF5ImageSource(path, image_size=12, key="proprio")
+    with pytest.raises(DatasetError, match="mask/test"):
+        HDF5ImageSource(path, image_size=12, mask="test")
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.data"):
+        src = HDF5ImageSource(path, image_size=12)
+    assert src.demo_names == ["demo_0", "demo_2"] and src.bad_videos == ["demo_1"]
+    assert any("data/demo_1/obs/agentview_image" in r.getMessage() for r in caplog.records)
+    with pytest.raises(VideoDatasetError, match=r"demos\.hdf5: data/demo_1/obs/agentview_image.*uint8"):
+        HDF5ImageSource(path, image_size=12, strict=True)
+
+
+# ----------------------------------------------------------------------------- processes
+def test_sources_pickle_with_an_empty_cache(tmp_path: Path, video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    root, _, _ = video_dir
+    src = ManifestSource(root, image_size=16, stride=2)
+    warm = src.frames(0, [0, 5])
+    copy = pickle.loads(pickle.dumps(src))
+    assert len(src.cache) == 1 and len(copy.cache) == 0 and copy.cache.max_bytes == src.cache.max_bytes
+    assert np.array_equal(copy.frames(0, [0, 5]), warm)
+
+    path = tmp_path / "demos.hdf5"
+    videos = write_robomimic(path, [5, 6])
+    h5 = HDF5ImageSource(path, image_size=24, max_cache_bytes=0)
+    h5.frames(0, [1])  # opens the file in this process
+    h5_copy = pickle.loads(pickle.dumps(h5))
+    assert np.array_equal(h5_copy.frames(1, [6, 0]), videos["demo_1"][[6, 0]])
+    h5.close()
+    h5_copy.close()
+
+
+class _FramesDataset(torch.utils.data.Dataset):
+    def __init__(self, source: HDF5ImageSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return int(self.source.lengths.sum())
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        starts = np.concatenate([[0], np.cumsum(self.source.lengths)])
+        video = int(np.searchsorted(starts, k, side="right") - 1)
+        return torch.from_numpy(self.source.frames(video, [k - starts[video]])[0])
+
+
+def test_hdf5_source_in_dataloader_workers(tmp_path: Path) -> None:
+    path = tmp_path / "demos.hdf5"
+    videos = write_robomimic(path, [5, 6, 4])
+    source = HDF5ImageSource(path, image_size=24)
+    source.frames(0, [0])  # the parent holds an open handle and a warm cache before the workers fork
+    loader = torch.utils.data.DataLoader(_FramesDataset(source), batch_size=4, num_workers=2)
+    got = torch.cat(list(loader)).numpy()
+    assert np.array_equal(got, np.concatenate([videos[f"demo_{i}"] for i in range(3)]))
+    source.close()
+
+
+def test_open_frame_source_picks_the_type(tmp_path: Path, video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    root, _, _ = video_dir
+    assert isinstance(open_frame_source(root, 16, stride=2), ManifestSource)
+    path = tmp_path / "demos.h5"
+    write_robomimic(path, [4, 4])
+    h5 = open_frame_source(path, 16, key="agentview_image", mask="valid")
+    assert isinstance(h5, HDF5ImageSource) and h5.demo_names == ["demo_1"]
