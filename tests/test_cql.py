@@ -299,3 +299,12 @@ def test_learns_tiny_bandit(name):
     assert (actions > 0).mean() > 0.95
     q = agent.q_values(torch.zeros(2, 2), torch.tensor([[0.8], [-0.8]]))
     assert q[0] > q[1]
+
+
+def test_calql_requires_returns_to_go_but_cql_does_not():
+    batch = _batch()
+    del batch["mc_returns"]
+    small = {"actor_hidden": [8], "critic_hidden": [8], "n_actions": 2}
+    with pytest.raises(KeyError, match="mc_returns"):
+        make_agent("calql", 3, 2, small).update(batch)
+    assert math.isfinite(make_agent("cql", 3, 2, small).update(batch)["critic_loss"])

@@ -155,8 +155,9 @@ class OfflineDataset:
             "rewards": _as_storage(np.reshape(rewards, (n,))),
             "next_observations": _tree_map(_as_storage, next_observations),
             "dones": _as_storage(np.reshape(dones, (n,))),
-            "mc_returns": _as_storage(np.zeros(n) if mc_returns is None else np.reshape(mc_returns, (n,))),
         }
+        if mc_returns is not None:  # without them batches carry no "mc_returns" and Cal-QL refuses them
+            fields["mc_returns"] = _as_storage(np.reshape(mc_returns, (n,)))
         for k in OBS_KEYS:
             if _tree_len(fields[k]) != n:
                 raise ValueError(f"{k} has {_tree_len(fields[k])} rows but actions have {n}")
