@@ -1,0 +1,236 @@
+"""Offline-to-online experiment: CQL vs Cal-QL vs IQL on the held-out target tasks, state-based.
+
+For each target task (``sim_envs.TARGET_TASKS``): 50 demonstrations, noisy with failures mixed in
+(``configs/data/target_noisy.yaml``: clean 0.2 / noisy std 0.4 / failing 0.3, state-only), offline pretraining,
+then online fine-tuning with physics randomization at level ``train`` (``configs/dr/train.yaml``). Every
+method gets the same budget (offline updates, online env steps at UTD 1, batch 256) and 3 seeds. Runs go
+through :func:`finetune.train.finetune_online` (the stage-3 entry point's code), two processes in parallel
+with one torch thread each; a rerun resumes finished/partial runs from their checkpoints.
+
+Outputs: ``benchmarks/results/offline_to_online.json`` (config, every run's evaluation history, a summary),
+``docs/offline_to_online.png`` (success vs env steps, mean and min-max over seeds, one panel per task), and
+a markdown table on stdout: success before / after online fine-tuning, the unlearning dip (largest drop of
+evaluation success below the offline starting success), cumulative regret (mean 1 - success over training
+episodes), and the calibration gap at the switch to online: average min-Q of the deterministic policy's
+action at dataset states minus the data's Monte-Carlo return-to-go (reward units after x10 - 5).
+
+    python benchmarks/offline_to_online.py                    # full experiment (~35 min on 2 CPU cores)
+    python benchmarks/offline_to_online.py --summarize-only   # table and figure from the saved JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "offline_to_online.json"
+FIGURE = ROOT / "docs" / "offline_to_online.png"
+METHODS = ("cql", "calql", "iql")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", nargs="+", default=None, help="default: sim_envs.TARGET_TASKS")
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--offline-steps", type=int, default=2000)
+    p.add_argument("--online-steps", type=int, default=2500)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--n-actions", type=int, default=4, help="CQL/Cal-QL sampled actions per state (PTR used 4)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "offline_to_online")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--figure", type=Path, default=FIGURE)
+    p.add_argument("--summarize-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def run_overrides(args: argparse.Namespace, task: str, method: str, seed: int) -> list[str]:
+    out = [
+        f"algo={method}", f"task={task}", f"seed={seed}", "num_threads=1", "checkpoint=null",
+        "data=target_noisy", f"data.path={args.work_dir / 'data' / f'{task}.hdf5'}", f"data.collect.tasks=[{task}]",
+        "dr=train", f"offline.steps={args.offline_steps}", f"offline.checkpoint_every={args.offline_steps}",
+        f"offline.eval_episodes={args.eval_episodes}", "offline.progress=false", "online.progress=false",
+        f"online.env_steps={args.online_steps}", f"online.eval_every={args.eval_every}",
+        f"online.eval_episodes={args.eval_episodes}", f"online.checkpoint_every={args.online_steps}",
+        f"algo.batch_size={args.batch_size}", f"output_dir={args.work_dir / task / f'{method}_seed{seed}'}",
+    ]
+    if method in ("cql", "calql"):
+        out.append(f"algo.n_actions={args.n_actions}")
+    return out
+
+
+def compose(overrides: list[str]) -> Any:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return hydra_compose("finetune", overrides=overrides)
+
+
+def run_one(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
+    """One offline -> online run in a worker process (one torch thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from finetune.train import finetune_online
+
+    task, method, seed, overrides = job
+    start = time.perf_counter()
+    out = finetune_online(compose(overrides))
+    wall = time.perf_counter() - start
+    print(f"[{time.strftime('%H:%M:%S')}] done {task} {method} seed {seed} in {wall:.0f} s: "
+          f"success {out['history'][0]['eval/success']:.2f} -> {out['history'][-1]['eval/success']:.2f}", flush=True)
+    return {"task": task, "method": method, "seed": seed, "wall_s": wall, "history": out["history"],
+            "offline_history": out["offline_history"], "run_dir": out["run_dir"]}
+
+
+def make_data(args: argparse.Namespace, tasks: list[str]) -> None:
+    """Collect each task's offline data once (the same file for every method and seed)."""
+    from robopretrain.train import resolve_data_path
+
+    for task in tasks:
+        cfg = compose(run_overrides(args, task, "calql", 0))
+        resolve_data_path(cfg.data, args.work_dir / "data")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def run_summary(run: dict[str, Any]) -> dict[str, float]:
+    hist = run["history"]
+    before = hist[0]["eval/success"]
+    online = [h["eval/success"] for h in hist[1:]] or [before]
+    return {
+        "success_before": before,
+        "success_after": hist[-1]["eval/success"],
+        "dip": max(0.0, before - min(online)),
+        "regret": hist[-1]["train/cumulative_regret"],
+        "q_policy_at_switch": hist[0].get("calib/offline_q_policy"),
+        "mc_return_at_switch": hist[0].get("calib/offline_mc_return"),
+        "gap_at_switch": hist[0].get("calib/offline_gap_policy"),
+        "online_gap_end": hist[-1].get("calib/online_gap_policy"),
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per task and method: mean and std over seeds of every :func:`run_summary` figure."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        out.setdefault(run["task"], {}).setdefault(run["method"], {"seeds": [], "per_seed": []})
+        entry = out[run["task"]][run["method"]]
+        entry["seeds"].append(run["seed"])
+        entry["per_seed"].append(run_summary(run))
+    for task in out.values():
+        for entry in task.values():
+            for key in entry["per_seed"][0]:
+                vals = [s[key] for s in entry["per_seed"] if s[key] is not None]
+                entry[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))} if vals else None
+    return out
+
+
+def fmt(stat: dict[str, float] | None, digits: int = 2) -> str:
+    return "n/a" if stat is None else f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    lines = [
+        "| task | method | seeds | success before | success after | unlearning dip | cumulative regret | "
+        "Q(s, pi(s)) at switch | data MC return | calibration gap at switch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, methods in summary.items():
+        for method in METHODS:
+            if method not in methods:
+                continue
+            e = methods[method]
+            lines.append(
+                f"| {task} | {method} | {len(e['seeds'])} | {fmt(e['success_before'])} | {fmt(e['success_after'])} | "
+                f"{fmt(e['dip'])} | {fmt(e['regret'])} | {fmt(e['q_policy_at_switch'], 1)} | "
+                f"{fmt(e['mc_return_at_switch'], 1)} | {fmt(e['gap_at_switch'], 1)} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in runs})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method in METHODS:
+            group = [r for r in runs if r["task"] == task and r["method"] == method]
+            if not group:
+                continue
+            n = min(len(r["history"]) for r in group)
+            x = np.array([h["env_steps"] for h in group[0]["history"][:n]])
+            y = np.array([[h["eval/success"] for h in r["history"][:n]] for r in group])
+            ax.plot(x, y.mean(0), marker="o", label=f"{method} (n={len(group)})")
+            ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
+        ax.set_title(f"{task}: offline -> online (physics DR train)")
+        ax.set_xlabel("online env steps (0 = end of offline pretraining)")
+        ax.set_ylabel("eval success rate")
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def save_results(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = summarize(runs) if runs else {}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    payload = {"config": config, "summary": summary, "runs": runs}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.results.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, args.results)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.work_dir = args.work_dir.resolve()
+    import sim_envs
+
+    tasks = args.tasks or list(sim_envs.TARGET_TASKS)
+    if args.summarize_only:
+        runs = json.loads(args.results.read_text())["runs"]
+    else:
+        make_data(args, tasks)
+        # the slow CQL-family runs first, IQL (about 4x faster per update) last, so the two workers end together
+        order = [m for m in ("calql", "cql") if m in args.methods] + [m for m in args.methods if m not in ("calql", "cql")]
+        jobs = [(t, m, s, run_overrides(args, t, m, s)) for m in order for s in args.seeds for t in tasks]
+        runs = []
+        start = time.perf_counter()
+        with get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+            for run in pool.imap_unordered(run_one, jobs):
+                runs.append(run)
+                save_results(args, runs)  # partial results survive an interrupted experiment
+        print(f"all {len(runs)} runs in {time.perf_counter() - start:.0f} s", flush=True)
+    summary = save_results(args, runs)
+    plot(runs, args.figure)
+    print(markdown_table(summary))
+    print(f"\nresults: {args.results}\nfigure: {args.figure}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
