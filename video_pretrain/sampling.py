@@ -12,7 +12,7 @@ videos' lengths only (no pixels), so the schemes can be tested over many draws i
   o_t+1 = min(o_t + 1, goal); roles ``initial, goal, obs, next_obs``; reward (o_t == goal) - 1 = -1.
 - :class:`TCNSampler` (time contrastive): three ordered frames s0 < s1 < s2 of one video.
 
-Frame indices are in the :class:`FrameSource`'s own index space, i.e. after its frame stride: "the next
+Frame indices are in the frame source's own index space (:class:`video_pretrain.data.FrameSource`), i.e. after its frame stride: "the next
 frame" is the next *kept* frame, so a source with ``stride=2`` makes s' two raw frames after s.
 
 :class:`FrameBatchStream` is the ``IterableDataset`` that turns sampled indices into uint8 frames through
@@ -23,26 +23,20 @@ model inputs and applies the same random crop (``random_shift``) to all frames o
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from video_pretrain.data import FrameSource, SkippedVideoError
+
+logger = logging.getLogger(__name__)
+
 GOAL_RANDOM, GOAL_FUTURE, GOAL_CURRENT = 0, 1, 2
 GOAL_KIND_NAMES = ("random", "future", "current")
-
-
-class FrameSource(Protocol):
-    """What the samplers and :class:`FrameBatchStream` need from a video source (``video_pretrain.data``)."""
-
-    @property
-    def num_videos(self) -> int: ...
-
-    def video_length(self, i: int) -> int: ...
-
-    def frames(self, i: int, indices: Sequence[int] | np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -272,14 +266,28 @@ def make_sampler(objective: str, lengths: Sequence[int] | np.ndarray, cfg: Mappi
 
 
 # --------------------------------------------------------------------------------------------- loading
+class UnreadableVideo(Exception):
+    """Raised by :func:`load_frames` when the source skips video ``video`` as unreadable (``cause``)."""
+
+    def __init__(self, video: int, cause: Exception):
+        super().__init__(f"video {video} is unreadable: {cause}")
+        self.video = video
+        self.cause = cause
+
+
 def load_frames(source: FrameSource, video: np.ndarray, frame: np.ndarray) -> np.ndarray:
-    """uint8 frames (B, K, H, W, 3) for index arrays (B, K); each video is read once for all its frames."""
+    """uint8 frames (B, K, H, W, 3) for index arrays (B, K); each video is read once for all its frames.
+
+    Raises :class:`UnreadableVideo` naming the video when the source reports it as skipped."""
     flat_video, flat_frame = video.reshape(-1), frame.reshape(-1)
     out: np.ndarray | None = None
     for v in np.unique(flat_video):
         where = np.flatnonzero(flat_video == v)
         wanted, inverse = np.unique(flat_frame[where], return_inverse=True)
-        clip = np.asarray(source.frames(int(v), wanted))
+        try:
+            clip = np.asarray(source.frames(int(v), wanted))
+        except SkippedVideoError as exc:
+            raise UnreadableVideo(int(v), exc) from exc
         if clip.ndim != 4 or clip.shape[0] != len(wanted) or clip.shape[-1] != 3 or clip.dtype != np.uint8:
             raise ValueError(f"frame source {type(source).__name__}: frames({int(v)}, {len(wanted)} indices) returned "
                              f"{clip.dtype} {clip.shape}; expected uint8 ({len(wanted)}, H, W, 3)")
@@ -296,32 +304,55 @@ def batch_rng(seed: int, batch_number: int) -> np.random.Generator:
 
 
 class FrameBatchStream(IterableDataset):
-    """An endless (or ``num_batches`` long) stream of whole batches of uint8 frames.
+    """An endless (or ``num_batches`` long) stream of whole batches of uint8 frames for ``objective``.
 
-    Each item is a dict: ``frames`` uint8 (B, K, H, W, 3), ``video`` and ``frame`` int64 (B, K), and the
-    sampler's scalars as float32 (B,). Use it with ``DataLoader(stream, batch_size=None, num_workers=n)``:
-    worker ``w`` of ``n`` makes batches ``start + w, start + w + n, ...`` and the DataLoader hands them out in
-    round-robin order, so the stream is identical for any number of workers (0 included).
+    Each item is a dict: ``frames`` uint8 (B, K, H, W, 3), ``video`` and ``frame`` int64 (B, K) (ids of
+    ``source``), and the sampler's scalars as float32 (B,). Use it with ``DataLoader(stream,
+    batch_size=None, num_workers=n)``: worker ``w`` of ``n`` makes batches ``start + w, start + w + n, ...``
+    and the DataLoader hands them out in round-robin order, so the stream is identical for any number of
+    workers (0 included). ``sampling`` holds the sampler options (see :func:`make_sampler`).
+
+    A clip the source can only now tell is unreadable (it raises ``SkippedVideoError``, see
+    :mod:`video_pretrain.data`) is dropped from this process's sampling and the batch is drawn again,
+    so a run does not stop on one bad clip; from then on this worker's batches differ from a clean run's.
     """
 
-    def __init__(self, source: FrameSource, sampler: Sampler, batch_size: int, seed: int = 0,
-                 start_batch: int = 0, num_batches: int | None = None):
+    def __init__(self, source: FrameSource, objective: str, batch_size: int, seed: int = 0,
+                 sampling: Mapping[str, Any] | None = None, start_batch: int = 0, num_batches: int | None = None):
         if batch_size < 1:
             raise ValueError(f"FrameBatchStream: batch_size={batch_size}; expected >= 1")
         self.source = source
-        self.sampler = sampler
+        self.objective = objective
+        self.sampling = dict(sampling or {})
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.start_batch = int(start_batch)
         self.num_batches = num_batches
+        self.active = np.arange(source.num_videos, dtype=np.int64)  # source ids still sampled
+        self.lengths = np.array([source.video_length(i) for i in range(source.num_videos)], dtype=np.int64)
+        self.sampler = make_sampler(objective, self.lengths, self.sampling)
+
+    def _drop(self, video: int, reason: Exception) -> None:
+        self.active = self.active[self.active != video]
+        if self.active.size == 0:
+            raise RuntimeError(f"FrameBatchStream: every video of the source is unreadable (last: {reason})") from reason
+        logger.warning("FrameBatchStream: no longer sampling unreadable video %d (%s)", video, reason)
+        self.sampler = make_sampler(self.objective, self.lengths[self.active], self.sampling)
 
     def batch(self, batch_number: int) -> dict[str, torch.Tensor]:
-        """Batch ``batch_number`` of this stream (deterministic)."""
-        idx = self.sampler(batch_rng(self.seed, batch_number), self.batch_size)
-        out = {"frames": torch.from_numpy(load_frames(self.source, idx.video, idx.frame)),
-               "video": torch.from_numpy(idx.video), "frame": torch.from_numpy(idx.frame)}
-        out.update({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in idx.scalars.items()})
-        return out
+        """Batch ``batch_number`` of this stream (deterministic while no clip turns out unreadable)."""
+        while True:
+            idx = self.sampler(batch_rng(self.seed, batch_number), self.batch_size)
+            video = self.active[idx.video]
+            try:
+                frames = load_frames(self.source, video, idx.frame)
+            except UnreadableVideo as exc:
+                self._drop(exc.video, exc.cause)
+                continue
+            out = {"frames": torch.from_numpy(frames), "video": torch.from_numpy(video),
+                   "frame": torch.from_numpy(idx.frame)}
+            out.update({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in idx.scalars.items()})
+            return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()

@@ -152,9 +152,9 @@ class ICVFObjective(nn.Module):
         v = self.heads(feat_s, feat_g, feat_z)
         with torch.no_grad():
             t_s, t_next, t_g, t_z = self.target_encoder(torch.cat([s, s_next, g, z])).split(n)
-            next_v = self.target_heads(t_next, t_g, t_z)
-            next_v_zz = self.target_heads(t_next, t_z, t_z)
-            v_zz = self.target_heads(t_s, t_z, t_z)
+            # V_target(s', g, z), V_target(s', z, z), V_target(s, z, z) in one batched call
+            next_v, next_v_zz, v_zz = self.target_heads(torch.cat([t_next, t_next, t_s]), torch.cat([t_g, t_z, t_z]),
+                                                        torch.cat([t_z, t_z, t_z])).split(n, dim=1)
         return icvf_loss(v, next_v, next_v_zz, v_zz, batch["reward"], batch["mask"], batch["intent_reward"],
                          batch["intent_mask"], gamma=self.gamma, expectile=self.expectile)
 

@@ -1,0 +1,233 @@
+"""Stage-1 entry point (video_pretrain.train) and diagnostics (video_pretrain.diagnose) on tiny data."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from robopretrain.nets.encoder_io import load_encoder
+from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
+from sim_envs.video_writer import write_mp4
+from video_pretrain import diagnose as diag
+from video_pretrain.train import CONFIG_DIR, load_pretrained, train
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+def moving_square(n: int, start: int, speed: int, color: tuple[int, int, int]) -> np.ndarray:
+    """n frames (n, SIZE, SIZE, 3) of a square sliding right: time is visible in the pixels."""
+    frames = np.full((n, SIZE, SIZE, 3), 40, dtype=np.uint8)
+    for t in range(n):
+        x = min(SIZE - 8, start + speed * t // 2)
+        frames[t, 12:20, x:x + 8] = color
+    return frames
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    rows = ["path,num_frames,text"]
+    for i in range(5):
+        frames = moving_square(20 + 2 * i, start=i, speed=1 + i % 2, color=(200, 60 + 30 * i, 60))
+        write_mp4(root / f"clip_{i:05d}.mp4", frames, fps=20)
+        rows.append(f"clip_{i:05d}.mp4,{len(frames)},a square slides")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def robot_hdf5(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("robot") / "robot.hdf5"
+    with RobomimicWriter(path, make_env_args("sim_envs/PlaceInBowl-v0", "1", {}), valid_fraction=0.0) as writer:
+        for i in range(6):
+            frames = moving_square(12 + i, start=0, speed=2, color=(60, 200, 60))
+            n = len(frames) - 1
+            writer.add_episode(task="PlaceInBowl", task_id=9, obs={"agentview_image": frames[:-1],
+                                                                   "proprio": np.zeros((n, 7), np.float32)},
+                               next_obs={"agentview_image": frames[1:], "proprio": np.zeros((n, 7), np.float32)},
+                               actions=np.zeros((n, 4), np.float32), rewards=np.eye(n)[-1].astype(np.float32),
+                               dones=np.eye(n)[-1].astype(np.uint8),
+                               ep_meta={"kind": "clean" if i < 5 else "noisy", "success": True})
+    return path
+
+
+def run_cli(*overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "video_pretrain.train", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("video_pretrain", overrides=list(overrides))
+
+
+TINY = ("batch_size=4", f"image_size={SIZE}", "progress=false", "valid_batches=1", "eval_every=2", "log_every=1",
+        "checkpoint_every=2")
+
+
+# ------------------------------------------------------------------------------------------------ train
+def test_cli_trains_a_loadable_encoder_and_resumes_from_its_step(videos, tmp_path):
+    run = tmp_path / "run"
+    args = (f"data.path={videos}", f"output_dir={run}", f"hydra.run.dir={tmp_path / 'hydra'}", *TINY)
+    first = run_cli(*args, "steps=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    enc_dir = run / "encoder"
+    encoder, meta = load_encoder(enc_dir)
+    assert meta["extra"]["objective"] == "icvf" and meta["extra"]["steps"] == 3
+    assert meta["input_spec"]["image_size"] == SIZE and meta["encoder"] == "small_conv"
+    assert (enc_dir / "config.yaml").is_file()
+    assert encoder(torch.rand(2, 3, SIZE, SIZE)).shape == (2, encoder.out_dim)
+    pre = load_pretrained(enc_dir)
+    assert pre.heads is not None and pre.objective == "icvf"
+    f = pre.encoder(torch.rand(3, 3, SIZE, SIZE))
+    assert pre.heads(f, f, f).shape == (2, 3)
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["data"]["valid_videos"] == 1 and metrics["data"]["train_videos"] == 4
+    assert [v["step"] for v in metrics["history"]["valid"]] == [0, 2, 3]
+
+    second = run_cli(*args, "steps=5")
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert "resumed from" in log and "at step 3" in log
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 5 and metrics["trained_steps_this_run"] == 2
+    assert [h["step"] for h in metrics["history"]["train"]] == [1, 2, 3, 4, 5]
+    assert load_encoder(enc_dir)[1]["extra"]["steps"] == 5
+    assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".stage", ".old"))]
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(videos, tmp_path):
+    common = (f"data.path={videos}", "objective=vip", "tensorboard=false", *TINY)
+    train(compose_cfg(*common, "steps=4", f"output_dir={tmp_path / 'straight'}"), tmp_path)
+    train(compose_cfg(*common, "steps=2", f"output_dir={tmp_path / 'split'}"), tmp_path)
+    train(compose_cfg(*common, "steps=4", f"output_dir={tmp_path / 'split'}"), tmp_path)
+    a = load_encoder(tmp_path / "straight" / "encoder")[0].state_dict()
+    b = load_encoder(tmp_path / "split" / "encoder")[0].state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(videos, tmp_path):
+    common = (f"data.path={videos}", "tensorboard=false", f"output_dir={tmp_path}", *TINY)
+    train(compose_cfg(*common, "objective=tcn", "steps=2"), tmp_path)
+    with pytest.raises(ValueError, match="other settings"):
+        train(compose_cfg(*common, "objective=tcn", "steps=3", "+encoder.kwargs.out_dim=64"), tmp_path)
+    train(compose_cfg(*common, "objective=tcn", "steps=3", "+encoder.kwargs.out_dim=64", "resume=false"), tmp_path)
+    assert load_encoder(tmp_path / "encoder")[0].out_dim == 64
+
+
+def test_robot_hdf5_source_with_workers_and_the_none_objective(robot_hdf5, tmp_path):
+    cfg = compose_cfg(f"data.path={robot_hdf5}", "data.key=agentview_image", "objective=tcn", "num_workers=2",
+                      "steps=2", "tensorboard=false", f"output_dir={tmp_path / 'tcn'}", *TINY)
+    path = train(cfg, tmp_path)
+    meta = load_encoder(path)[1]
+    assert meta["extra"]["objective"] == "tcn" and meta["extra"]["image_key"] == "agentview_image"
+    assert load_pretrained(path).heads is None
+
+    none = train(compose_cfg("objective=none", f"image_size={SIZE}", f"output_dir={tmp_path / 'none'}"), tmp_path)
+    assert load_encoder(none)[1]["extra"]["steps"] == 0
+
+
+def test_config_errors_name_the_key(videos, tmp_path):
+    with pytest.raises(ValueError, match="objective.name"):
+        train(compose_cfg("objective.name=simclr", f"output_dir={tmp_path}"), tmp_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(compose_cfg("batch_size=0", f"output_dir={tmp_path}"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        train(compose_cfg(f"data.path={tmp_path / 'nope'}", f"output_dir={tmp_path}"), tmp_path)
+    with pytest.raises(ValueError, match="data.generate=false"):
+        train(compose_cfg("data.generate=false", f"output_dir={tmp_path}"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def test_rankdata_averages_ties():
+    assert diag.rankdata([10, 20, 20, 5, 20]).tolist() == [2.0, 4.0, 4.0, 1.0, 4.0]
+
+
+def test_spearman_on_known_examples():
+    # ranks of y: [1, 2, 3.5, 5, 3.5]; Pearson of (1..5) with them: 0.8207826816681233 (scipy's documented value)
+    assert diag.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(0.8207826816681233, abs=1e-12)
+    assert diag.spearman([1, 2, 3], [1, 4, 9]) == pytest.approx(1.0)
+    assert diag.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(diag.spearman([1, 2, 3], [7, 7, 7]))
+
+
+def kendall_by_pairs(x, y) -> float:
+    conc = disc = tx = ty = 0
+    for i, j in combinations(range(len(x)), 2):
+        a, b = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        conc += a * b > 0
+        disc += a * b < 0
+        tx += a == 0 and b != 0
+        ty += b == 0 and a != 0
+    # ties in both count in neither denominator term's "untied" pairs
+    both = sum(1 for i, j in combinations(range(len(x)), 2) if x[i] == x[j] and y[i] == y[j])
+    n0 = len(x) * (len(x) - 1) / 2
+    ties_x = tx + both
+    ties_y = ty + both
+    return (conc - disc) / math.sqrt((n0 - ties_x) * (n0 - ties_y))
+
+
+def test_kendall_tau_b_on_known_examples():
+    # scipy's documented example: tau-b = -0.47140452079103173
+    x, y = [12, 2, 1, 12, 2], [1, 4, 7, 1, 0]
+    assert diag.kendall_tau_b(x, y) == pytest.approx(-0.47140452079103173, abs=1e-12)
+    # by hand: pairs of (1,2,3,4) vs (1,3,2,4): 5 concordant, 1 discordant -> 4/6
+    assert diag.kendall_tau_b([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, 30), rng.integers(0, 5, 30)
+    assert diag.kendall_tau_b(a, b) == pytest.approx(kendall_by_pairs(a, b), abs=1e-12)
+    assert diag.kendall_tau_b(a, b, chunk=7) == pytest.approx(diag.kendall_tau_b(a, b), abs=1e-12)
+
+
+def test_trajectory_metrics_of_the_optimal_value_are_perfect():
+    v_star = diag.optimal_values(np.arange(10, 0, -1), 0.99)
+    assert v_star[-1] == pytest.approx(-1.0) and v_star[0] == pytest.approx(-(1 - 0.99 ** 10) / 0.01)
+    m = diag.trajectory_metrics(v_star, 0.99)
+    assert m["spearman"] == pytest.approx(1.0) and m["kendall"] == pytest.approx(1.0)
+    assert m["increasing"] == 1.0 and m["mse"] == pytest.approx(0.0) and m["r2"] == pytest.approx(1.0)
+    flipped = diag.trajectory_metrics(v_star[::-1], 0.99)
+    assert flipped["spearman"] == pytest.approx(-1.0) and flipped["increasing"] == 0.0
+
+
+def test_ridge_probe_recovers_a_linear_target_across_trajectories():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=5)
+    feats = [rng.normal(size=(20, 5)) for _ in range(8)]
+    targets = [f @ w + 3.0 for f in feats]
+    res = diag.ridge_probe(feats, targets, train=[0, 1, 2, 3, 4, 5], test=[6, 7])
+    assert res["r2"] > 0.99 and res["test_trajectories"] == 2
+    with pytest.raises(ValueError, match="disjoint"):
+        diag.ridge_probe(feats, targets, train=[0, 1], test=[1])
+
+
+# ------------------------------------------------------------------------------------------------ diagnose CLI
+def test_diagnose_end_to_end(videos, robot_hdf5, tmp_path):
+    enc = train(compose_cfg(f"data.path={videos}", "steps=2", "tensorboard=false", f"output_dir={tmp_path / 'icvf'}",
+                            *TINY), tmp_path)
+    out = tmp_path / "diag"
+    report = diag.run(diag.build_parser().parse_args(
+        ["--data", str(robot_hdf5), "--encoders", str(enc), "random", "--labels", "icvf", "random",
+         "--image-size", str(SIZE), "--out", str(out), "--no-progress"]))
+    assert (out / "values.png").stat().st_size > 0
+    saved = json.loads((out / "diagnostics.json").read_text())
+    assert set(saved["encoders"]) == {"icvf", "icvf:features", "random"}
+    assert len(saved["trajectories"]) == 5  # the noisy episode is left out
+    icvf = saved["encoders"]["icvf"]
+    assert icvf["value"] == "icvf_value" and saved["encoders"]["random"]["value"] == "feature_distance"
+    assert len(icvf["per_trajectory"]) == 5 and icvf["per_trajectory"][0]["length"] == 11  # 11 obs frames are states, the final next_obs is the goal
+    assert -1.0 <= icvf["mean"]["spearman"] <= 1.0 and "r2" in icvf["probe"]
+    assert report["encoders"]["random"]["steps"] == 0

@@ -1,0 +1,429 @@
+"""Stage 1 entry point: pretrain an image encoder on action-free video (V-PTR).
+
+``python -m video_pretrain.train`` (Hydra, ``configs/video_pretrain.yaml``; ``objective=icvf|vip|tcn|none``)
+trains the encoder named by ``encoder.name`` with the objective's loss on frames of a video source (a
+``manifest.csv`` folder, or robot HDF5 image keys), and saves it with
+:func:`robopretrain.nets.encoder_io.save_encoder` for stages 2 and 3 to load by path. The run folder
+(``output_dir``, by default the Hydra run folder) holds::
+
+    encoder/              the encoder checkpoint (or ``output``): encoder.pt, meta.json (extra: objective,
+                          steps, data), config.yaml; for ICVF also value_heads.pt (read by diagnose)
+    checkpoints/last.pt   the training checkpoint: objective (encoder, heads, target), optimizer, torch RNG,
+                          step; written atomically; a rerun with resume=true continues from it
+    tb/                   TensorBoard scalars: train loss and diagnostics, validation loss, steps/s
+    metrics.json          loss history, validation history, timing, data facts
+    videos/               generated human-hand videos (data.generate with no data.path)
+
+Batches come from :class:`video_pretrain.sampling.FrameBatchStream` through a DataLoader (``num_workers``);
+batch ``k`` and the random shift of step ``k`` depend only on (seed, k), so a resumed run continues the
+same data stream. The validation loss is computed on fixed batches of held-out videos (split by video)
+without augmentation. ``objective=none`` trains nothing and saves the seeded random initialisation.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from robopretrain.nets.encoder_io import load_encoder, save_encoder
+from robopretrain.nets.encoders import make_encoder
+from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, open_frame_source, split_by_video
+from video_pretrain.objectives import OBJECTIVES, ICVFHeads, make_objective
+from video_pretrain.sampling import FrameBatchStream, augment
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CHECKPOINT_FORMAT = "video_pretrain.train_checkpoint"
+HEADS_FILE = "value_heads.pt"
+VALID_SEED_OFFSET = 1_000_003
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes: its folder, training checkpoint, encoder checkpoint, TensorBoard logs, metrics."""
+
+    run_dir: Path
+    checkpoint: Path
+    encoder: Path
+    tensorboard: Path
+    metrics: Path
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, run_dir: str | os.PathLike) -> "RunPaths":
+        root = Path(cfg.output_dir or run_dir).expanduser()
+        encoder = Path(cfg.output).expanduser() if cfg.get("output") else root / "encoder"
+        return cls(root, root / "checkpoints" / "last.pt", encoder, root / "tb", root / "metrics.json")
+
+
+@dataclass
+class Pretrained:
+    """A stage-1 result loaded from its encoder folder: the encoder, its meta.json, ICVF value heads if any."""
+
+    encoder: nn.Module
+    meta: dict[str, Any]
+    heads: ICVFHeads | None
+
+    @property
+    def objective(self) -> str:
+        return str(self.meta.get("extra", {}).get("objective", "unknown"))
+
+
+# --------------------------------------------------------------------------------------------- config
+def validate_config(cfg: DictConfig) -> None:
+    """Check the config; errors name the key and what was expected."""
+    def fail(key: str, value: Any, expected: str) -> None:
+        raise ValueError(f"video_pretrain config: {key}={value!r}; expected {expected}")
+
+    if cfg.objective.name not in OBJECTIVES:
+        fail("objective.name", cfg.objective.name, f"one of {', '.join(OBJECTIVES)} (pick with objective=<name>)")
+    for key in ("steps", "valid_batches", "num_workers", "augment_pad"):
+        if int(cfg[key]) < 0:
+            fail(key, cfg[key], "an integer >= 0")
+    for key in ("batch_size", "log_every", "eval_every", "checkpoint_every", "image_size"):
+        if int(cfg[key]) < 1:
+            fail(key, cfg[key], "an integer >= 1")
+    if cfg.objective.name == "tcn" and int(cfg.batch_size) < 2:
+        fail("batch_size", cfg.batch_size, ">= 2 for tcn (other samples are the negatives)")
+    if not float(cfg.lr) > 0:
+        fail("lr", cfg.lr, "a positive number")
+    if not float(cfg.adam_eps) > 0:
+        fail("adam_eps", cfg.adam_eps, "a positive number")
+    if cfg.grad_clip is not None and not float(cfg.grad_clip) > 0:
+        fail("grad_clip", cfg.grad_clip, "a positive number or null")
+    if not 0.0 <= float(cfg.data.valid_fraction) < 1.0:
+        fail("data.valid_fraction", cfg.data.valid_fraction, "a number in [0, 1)")
+    if int(cfg.data.stride) < 1:
+        fail("data.stride", cfg.data.stride, "an integer >= 1")
+    if float(cfg.data.max_cache_mb) < 0:
+        fail("data.max_cache_mb", cfg.data.max_cache_mb, "a number >= 0")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else as given (an unavailable cuda is an error)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"video_pretrain config: device={name!r} but CUDA is not available; use device=cpu or auto")
+    return device
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The settings a training checkpoint must share with the run that resumes it."""
+    return {"objective": str(cfg.objective.name), "encoder": str(cfg.encoder.name),
+            "encoder_kwargs": OmegaConf.to_container(cfg.encoder.kwargs, resolve=True),
+            "image_size": int(cfg.image_size),
+            "objective_options": OmegaConf.to_container(cfg.objective.options, resolve=True)}
+
+
+# --------------------------------------------------------------------------------------------- data
+def resolve_data_path(cfg: DictConfig, run_dir: Path) -> Path:
+    """``data.path``, or (``data.generate``) human-hand videos collected into ``<run>/videos`` (reused if there)."""
+    if cfg.data.path:
+        path = Path(str(cfg.data.path)).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"data.path={path}: not found; expected a video folder with manifest.csv or a "
+                                    f"robomimic HDF5 file ({', '.join(HDF5_SUFFIXES)})")
+        return path
+    if not cfg.data.generate:
+        raise ValueError("video_pretrain config: data.path is not set and data.generate=false; give a video folder "
+                         "(manifest.csv), a robomimic HDF5 file, or set data.generate=true")
+    out = run_dir / "videos"
+    if (out / "manifest.csv").is_file():
+        log.info("reusing generated videos %s", out)
+        return out
+    from sim_envs.collect_videos import collect_videos
+
+    collect_cfg = OmegaConf.load(CONFIG_DIR / "collect_videos.yaml")
+    collect_cfg.merge_with(OmegaConf.create(OmegaConf.to_container(cfg.data.collect or {}, resolve=True)))
+    collect_cfg.output = str(out)
+    collect_cfg.overwrite = True
+    return Path(collect_videos(collect_cfg, progress=bool(cfg.progress)))
+
+
+def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str, Any]]:
+    """(train source, valid source or None, facts) for the data at ``path``, split by video."""
+    kwargs: dict[str, Any] = {"max_cache_bytes": int(float(cfg.data.max_cache_mb) * 2**20), "strict": bool(cfg.data.strict)}
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        kwargs.update(key=str(cfg.data.key), mask=cfg.data.mask,
+                      tasks=list(cfg.data.tasks) if cfg.data.tasks is not None else None)
+    source = open_frame_source(path, int(cfg.image_size), stride=int(cfg.data.stride), **kwargs)
+    facts: dict[str, Any] = {"path": str(path), "videos": source.num_videos, "bad_videos": list(source.bad_videos),
+                             "frames": int(sum(source.video_length(i) for i in range(source.num_videos)))}
+    if float(cfg.data.valid_fraction) == 0:
+        facts.update(train_videos=source.num_videos, valid_videos=0)
+        return source, None, facts
+    train_ids, valid_ids = split_by_video(source, float(cfg.data.valid_fraction), int(cfg.data.split_seed))
+    facts.update(train_videos=len(train_ids), valid_videos=len(valid_ids))
+    return SubsetSource(source, train_ids), SubsetSource(source, valid_ids), facts
+
+
+# --------------------------------------------------------------------------------------------- saving
+def _replace_dir(staged: Path, final: Path) -> None:
+    """Move the complete folder ``staged`` to ``final``, replacing an older encoder checkpoint there."""
+    if not final.exists():
+        os.replace(staged, final)
+        return
+    if not final.is_dir() or (any(final.iterdir()) and not (final / "meta.json").is_file()):
+        raise FileExistsError(f"{final}: exists and is not an encoder checkpoint; refusing to replace it")
+    aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+    os.replace(final, aside / final.name)
+    os.replace(staged, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def save_pretrained(path: Path, encoder: nn.Module, objective: nn.Module | None, cfg: DictConfig,
+                    steps: int, extra: Mapping[str, Any] | None = None) -> Path:
+    """Save the encoder (``save_encoder``) plus, for ICVF, its value heads, as one folder, atomically."""
+    name = str(cfg.objective.name)
+    info: dict[str, Any] = {"objective": name, "steps": int(steps),
+                            "objective_options": OmegaConf.to_container(cfg.objective.options, resolve=True),
+                            **dict(extra or {})}
+    modules = objective.export_modules() if objective is not None else {}
+    if "heads" in modules:
+        info["value_heads"] = {"file": HEADS_FILE, "config": objective.export_config()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".stage"))
+    try:
+        staged = save_encoder(staging / path.name, encoder, str(cfg.encoder.name), cfg, extra=info)
+        if "heads" in modules:
+            torch.save({k: v.detach().cpu() for k, v in modules["heads"].state_dict().items()}, staged / HEADS_FILE)
+        _replace_dir(staged, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Pretrained:
+    """Load an encoder folder written by :func:`save_pretrained`, with its ICVF value heads when it has them."""
+    encoder, meta = load_encoder(path, map_location=map_location)
+    spec = meta.get("extra", {}).get("value_heads")
+    if not spec:
+        return Pretrained(encoder, meta, None)
+    file = Path(path) / spec["file"]
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: missing; {Path(path) / 'meta.json'} says this ICVF encoder has value heads there")
+    conf = spec["config"]
+    heads = ICVFHeads(int(conf["feature_dim"]), tuple(conf["hidden"]), int(conf["num_heads"]))
+    try:
+        heads.load_state_dict(torch.load(file, map_location=map_location, weights_only=True))
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"{file}: does not fit the value heads described in meta.json ({conf}): {exc}") from exc
+    return Pretrained(encoder, meta, heads.to(map_location).eval())
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, step: int, objective: nn.Module, optimizer: torch.optim.Optimizer,
+                    cfg: DictConfig, history: Mapping[str, Any]) -> None:
+    """Write the training checkpoint (everything a resumed run needs) atomically."""
+    _atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": int(step), "objective": objective.state_dict(),
+                        "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "identity": json.dumps(identity(cfg), sort_keys=True), "history": json.dumps(history)}, path)
+
+
+def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig,
+                    device: torch.device) -> tuple[int, dict[str, Any]]:
+    """Restore a training checkpoint into ``objective`` and ``optimizer``; returns (step, history)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated files, foreign pickles
+        raise ValueError(f"{path}: not a readable training checkpoint ({exc}); delete it or set resume=false") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a video_pretrain training checkpoint (format {state.get('format')!r})")
+    saved, now = json.loads(state["identity"]), identity(cfg)
+    if saved != now:
+        diff = {k: (saved.get(k), now[k]) for k in now if saved.get(k) != now[k]}
+        raise ValueError(f"{path}: was written by a run with other settings {diff} (saved, now); set resume=false, "
+                         "or another output_dir, to start a new run")
+    objective.load_state_dict(state["objective"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    return int(state["step"]), json.loads(state["history"])
+
+
+# --------------------------------------------------------------------------------------------- training
+def _step_generator(device: torch.device, seed: int, step: int) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+    return gen
+
+
+def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor],
+               pad: int, generator: torch.Generator, grad_clip: float | None) -> dict[str, float]:
+    """One optimizer step on one batch of uint8 frames; returns the loss and the objective's diagnostics."""
+    images = augment(batch["frames"], pad, generator)
+    objective.train()
+    loss, info = objective.compute_loss(images, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the {objective.name} loss is {loss.item()}; lower lr or set grad_clip")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        info["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], float(grad_clip))
+    optimizer.step()
+    objective.after_step()
+    return {"loss": loss.item(), **{k: float(v) for k, v in info.items()}}
+
+
+@torch.no_grad()
+def evaluate(objective: nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Mean loss and diagnostics over fixed batches, without augmentation."""
+    objective.eval()
+    totals: dict[str, float] = {}
+    for batch in batches:
+        loss, info = objective.compute_loss(augment(batch["frames"], 0), batch)
+        for k, v in {"loss": loss, **info}.items():
+            totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
+    return totals
+
+
+def _log_scalars(writer: Any, prefix: str, values: Mapping[str, float], step: int) -> None:
+    if writer is not None:
+        for k, v in values.items():
+            writer.add_scalar(f"{prefix}/{k}", v, step)
+
+
+def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
+    """Run stage 1 as ``cfg`` says; returns the encoder checkpoint folder."""
+    validate_config(cfg)
+    paths = RunPaths.from_config(cfg, run_dir)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(str(cfg.device))
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    torch.manual_seed(int(cfg.seed))
+    encoder = make_encoder(str(cfg.encoder.name), int(cfg.image_size),
+                           **OmegaConf.to_container(cfg.encoder.kwargs, resolve=True))
+    name = str(cfg.objective.name)
+    if name == "none":
+        path = save_pretrained(paths.encoder, encoder, None, cfg, steps=0)
+        _atomic_json({"objective": "none", "steps": 0, "encoder_path": str(path)}, paths.metrics)
+        log.info("objective=none: saved the random initialisation to %s", path)
+        return path
+
+    data_path = resolve_data_path(cfg, paths.run_dir)
+    train_source, valid_source, facts = open_sources(cfg, data_path)
+    log.info("data %s: %d videos (%d train, %d valid), %d frames", data_path, facts["videos"], facts["train_videos"],
+             facts["valid_videos"], facts["frames"])
+    objective = make_objective(name, encoder, OmegaConf.to_container(cfg.objective.options, resolve=True)).to(device)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=float(cfg.lr), eps=float(cfg.adam_eps), weight_decay=float(cfg.weight_decay),
+                                 foreach=True)
+    steps = int(cfg.steps)
+    start, history = 0, {"train": [], "valid": []}
+    if cfg.resume and paths.checkpoint.is_file():
+        start, history = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device)
+        log.info("resumed from %s at step %d", paths.checkpoint, start)
+    sampling = OmegaConf.to_container(cfg.objective.sampling, resolve=True)
+    stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=int(cfg.seed), sampling=sampling,
+                              start_batch=start, num_batches=max(steps - start, 0))
+    loader = DataLoader(stream, batch_size=None, num_workers=int(cfg.num_workers), pin_memory=device.type == "cuda")
+    valid_batches = []
+    if valid_source is not None and int(cfg.valid_batches) > 0:
+        valid_stream = FrameBatchStream(valid_source, name, int(cfg.batch_size), seed=int(cfg.seed) + VALID_SEED_OFFSET,
+                                        sampling=sampling)
+        valid_batches = [_to_device(valid_stream.batch(k), device) for k in range(int(cfg.valid_batches))]
+
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(paths.tensorboard), purge_step=start + 1 if start else None)
+    if valid_batches and start == 0:
+        history["valid"].append({"step": 0, **evaluate(objective, valid_batches)})
+        _log_scalars(writer, "valid", history["valid"][-1], 0)
+
+    pad, clip = int(cfg.augment_pad), (float(cfg.grad_clip) if cfg.grad_clip is not None else None)
+    window: dict[str, float] = {}
+    window_n, t0, t_window = 0, time.perf_counter(), time.perf_counter()
+    step = start
+    bar = tqdm(total=steps, initial=start, desc=f"stage1 {name}", unit="step", disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        for step, batch in enumerate(loader, start=start + 1):
+            out = train_step(objective, optimizer, _to_device(batch, device), pad,
+                             _step_generator(device, int(cfg.seed), step), clip)
+            for k, v in out.items():
+                window[k] = window.get(k, 0.0) + v
+            window_n += 1
+            bar.update(1)
+            if step % int(cfg.log_every) == 0 or step == steps:
+                means = {k: v / window_n for k, v in window.items()}
+                now = time.perf_counter()
+                means["steps_per_s"] = window_n / max(now - t_window, 1e-9)
+                history["train"].append({"step": step, **means})
+                _log_scalars(writer, "train", means, step)
+                bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
+                window, window_n, t_window = {}, 0, now
+            if valid_batches and (step % int(cfg.eval_every) == 0 or step == steps):
+                history["valid"].append({"step": step, **evaluate(objective, valid_batches)})
+                _log_scalars(writer, "valid", history["valid"][-1], step)
+                bar.set_postfix(loss=f"{history['train'][-1]['loss'] if history['train'] else float('nan'):.4g}",
+                                valid=f"{history['valid'][-1]['loss']:.4g}", refresh=False)
+            if step % int(cfg.checkpoint_every) == 0 or step == steps:
+                save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    elapsed = time.perf_counter() - t0
+    trained = step - start
+    data_extra = {"data": {k: facts[k] for k in ("path", "videos", "train_videos", "valid_videos", "frames")},
+                  "image_key": str(cfg.data.key) if data_path.suffix.lower() in HDF5_SUFFIXES else None}
+    path = save_pretrained(paths.encoder, objective.encoder, objective, cfg, steps=step, extra=data_extra)
+    summary = {"objective": name, "steps": step, "trained_steps_this_run": trained, "seconds_this_run": elapsed,
+               "steps_per_second": trained / elapsed if trained and elapsed > 0 else None,
+               "encoder_path": str(path), "data": facts, "bad_videos": list(getattr(train_source, "bad_videos", [])),
+               "history": history,
+               "final_valid_loss": history["valid"][-1]["loss"] if history["valid"] else None}
+    _atomic_json(summary, paths.metrics)
+    rate = f"{trained / elapsed:.2f} steps/s" if trained else "nothing left to train"
+    log.info("trained %s for %d steps this run (%s, %.1f s); encoder saved to %s", name, trained, rate, elapsed, path)
+    return path
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="video_pretrain")
+def main(cfg: DictConfig) -> None:
+    path = train(cfg, HydraConfig.get().runtime.output_dir)
+    print(f"encoder: {path}")
+
+
+if __name__ == "__main__":
+    main()
