@@ -277,8 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     for dev, rep in report["devices"].items():
         print(f"--- {dev} ({rep['name']})")
         for name, res in rep["results"].items():
-            print(f"{name:34s} {res['updates_per_s_median']:7.2f} updates/s median ({res['updates_per_s_best']:.2f} best)"
-                  f"  {res['ms_per_update_median']:7.1f} ms  x{res['speedup_vs_naive']:.2f} vs naive")
+            print(
+                f"{name:34s} {res['updates_per_s_median']:7.2f} updates/s median "
+                f"({res['updates_per_s_best']:.2f} best)  {res['ms_per_update_median']:7.1f} ms  "
+                f"x{res['speedup_vs_naive']:.2f} vs naive"
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

@@ -72,7 +72,9 @@ def test_bc_imitates_expert_actions():
 
 @pytest.mark.parametrize("name", ["iql", "bc"])
 def test_checkpoint_round_trip(name):
-    cfg = {"actor_hidden": [16]} if name == "bc" else {"actor_hidden": [16], "critic_hidden": [16], "value_hidden": [16]}
+    cfg = {"actor_hidden": [16]}
+    if name == "iql":
+        cfg.update(critic_hidden=[16], value_hidden=[16])
     agent = make_agent(name, 2, 1, cfg)
     rng = np.random.default_rng(1)
     agent.update(_bandit(rng, 32))

@@ -70,7 +70,8 @@ def test_boundary_detected_by_obs_mismatch_without_ids():
 
 def test_all_failure_rule_is_per_episode():
     r = np.array([-1.0, -1.0, -1.0, 1.0])
-    g = returns_to_go(r, np.array([0, 0, 0, 1]), gamma=0.5, episode_ids=np.array([0, 0, 1, 1]), sparse_negative_reward=-1.0)
+    ids = np.array([0, 0, 1, 1])
+    g = returns_to_go(r, np.array([0, 0, 0, 1]), gamma=0.5, episode_ids=ids, sparse_negative_reward=-1.0)
     np.testing.assert_allclose(g, [-2.0, -2.0, -1 + 0.5 * 1, 1.0])
 
 

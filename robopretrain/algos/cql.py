@@ -92,9 +92,8 @@ def cql_conservative_penalty(
         q_cur = calql_lower_bound(q_cur, calql_bound)
         q_next = calql_lower_bound(q_next, calql_bound)
     if importance_sample:
-        cat = torch.cat(
-            [q_rand - uniform_log_density(action_dim), q_next - logp_next.unsqueeze(0), q_cur - logp_cur.unsqueeze(0)], dim=-1
-        )
+        rand_term = q_rand - uniform_log_density(action_dim)
+        cat = torch.cat([rand_term, q_next - logp_next.unsqueeze(0), q_cur - logp_cur.unsqueeze(0)], dim=-1)
     else:
         cat = torch.cat([q_rand, q_data.unsqueeze(-1), q_next, q_cur], dim=-1)
     ood = torch.logsumexp(cat / temp, dim=-1) * temp

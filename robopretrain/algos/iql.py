@@ -35,7 +35,9 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     return (weight * diff.square()).mean()
 
 
-def iql_q_loss(q_data: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor, next_v: torch.Tensor, discount: float) -> torch.Tensor:
+def iql_q_loss(
+    q_data: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor, next_v: torch.Tensor, discount: float
+) -> torch.Tensor:
     """Sum over critics of the MSE to ``r + gamma * (1 - done) * V(s')`` (target without gradient)."""
     target = (rewards + discount * (1.0 - dones) * next_v).detach()
     return (q_data - target.unsqueeze(0)).square().mean(dim=-1).sum()
@@ -46,7 +48,9 @@ def awr_weights(advantage: torch.Tensor, beta: float, max_weight: float = 100.0)
     return torch.exp(beta * advantage.detach()).clamp(max=max_weight)
 
 
-def awr_policy_loss(log_prob: torch.Tensor, advantage: torch.Tensor, beta: float, max_weight: float = 100.0) -> torch.Tensor:
+def awr_policy_loss(
+    log_prob: torch.Tensor, advantage: torch.Tensor, beta: float, max_weight: float = 100.0
+) -> torch.Tensor:
     """Advantage-weighted regression: ``-mean(w * log pi(a|s))``."""
     return -(awr_weights(advantage, beta, max_weight) * log_prob).mean()
 

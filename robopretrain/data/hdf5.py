@@ -347,7 +347,8 @@ def load_transitions(
         raise DatasetError(f"{p}: no observation keys requested")
     missing = [k for k in obs_keys if k not in info.obs_specs]
     if missing:
-        raise _err(p, f"data/{info.demos[0].name}/obs", f"missing key(s) {missing}; available: {sorted(info.obs_specs)}")
+        available = sorted(info.obs_specs)
+        raise _err(p, f"data/{info.demos[0].name}/obs", f"missing key(s) {missing}; available: {available}")
     names = select_demos(info, mask=mask, tasks=tasks, demos=demos)
     chosen = [info.demo(n) for n in names]
     with _open(p) as f:

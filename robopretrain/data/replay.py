@@ -57,7 +57,9 @@ def flatten_obs(obs: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.ndarra
             raise KeyError(f"observation key {k!r} missing; available: {sorted(obs)}")
         v = np.asarray(obs[k])
         if v.dtype == np.uint8 or v.ndim > 2:
-            raise ValueError(f"observation key {k!r} looks like an image {v.dtype} {v.shape}; only low-dim keys flatten")
+            raise ValueError(
+                f"observation key {k!r} looks like an image {v.dtype} {v.shape}; only low-dim keys flatten"
+            )
         parts.append(v.astype(np.float32, copy=False))
     return np.concatenate(parts, axis=-1)
 
@@ -79,7 +81,8 @@ def append_task_one_hot(
         one_hot = torch.nn.functional.one_hot(ids, num_tasks).to(obs.dtype)
         return torch.cat([obs, one_hot.expand(*obs.shape[:-1], num_tasks)], dim=-1)
     one_hot = task_one_hot(np.asarray(task_ids), num_tasks)
-    return np.concatenate([np.asarray(obs, dtype=np.float32), np.broadcast_to(one_hot, (*obs.shape[:-1], num_tasks))], -1)
+    one_hot = np.broadcast_to(one_hot, (*obs.shape[:-1], num_tasks))
+    return np.concatenate([np.asarray(obs, dtype=np.float32), one_hot], axis=-1)
 
 
 # --------------------------------------------------------------------------- array trees (array or dict)
@@ -237,7 +240,8 @@ class OfflineDataset:
 # --------------------------------------------------------------------------- online replay buffer
 
 
-def _normalise_spec(obs_spec: ObsSpec) -> tuple[tuple[int, ...], np.dtype] | dict[str, tuple[tuple[int, ...], np.dtype]]:
+def _normalise_spec(obs_spec: ObsSpec) -> Any:
+    """``(shape, dtype)`` for a flat spec, or ``{key: (shape, dtype)}`` for a dict spec."""
     if isinstance(obs_spec, Mapping):
         return {k: (tuple(int(s) for s in shape), np.dtype(dtype)) for k, (shape, dtype) in obs_spec.items()}
     shape = (int(obs_spec),) if isinstance(obs_spec, (int, np.integer)) else tuple(int(s) for s in obs_spec)
@@ -453,7 +457,11 @@ class MixedSampler:
         return concat_batches(self.offline.sample(n_off), self.online.sample(n_on))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"offline": self.offline.state_dict(), "online": self.online.state_dict(), "offline_ratio": self.offline_ratio}
+        return {
+            "offline": self.offline.state_dict(),
+            "online": self.online.state_dict(),
+            "offline_ratio": self.offline_ratio,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.offline.load_state_dict(state["offline"])

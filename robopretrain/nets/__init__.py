@@ -1,4 +1,7 @@
-"""Networks shared by all stages: MLPs (:mod:`.mlp`), the tanh-Gaussian actor (:mod:`.actor`), Q ensembles (:mod:`.critic`)."""
+"""Networks shared by all stages.
+
+MLPs (:mod:`.mlp`), the tanh-Gaussian actor (:mod:`.actor`) and batched Q ensembles (:mod:`.critic`).
+"""
 
 from robopretrain.nets.actor import TanhGaussianActor, squashed_gaussian_sample
 from robopretrain.nets.critic import EnsembleCritic, VectorizedLayerNorm, VectorizedLinear
