@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "offline_to_online")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--figure", type=Path, default=FIGURE)
+    p.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every run (diagnostics)")
     p.add_argument("--summarize-only", action="store_true")
     return p.parse_args(argv)
 
@@ -68,7 +69,7 @@ def run_overrides(args: argparse.Namespace, task: str, method: str, seed: int) -
     ]
     if method in ("cql", "calql"):
         out.append(f"algo.n_actions={args.n_actions}")
-    return out
+    return out + list(args.extra)
 
 
 def compose(overrides: list[str]) -> Any:
