@@ -130,10 +130,15 @@ class TabletopEnv(gym.Env):
         self.data.mocap_pos[0] = target
         self._grip_cmd = float(a[3])
         self.data.ctrl[:] = FINGER_OPEN * (1.0 - self._grip_cmd) / 2.0
+        bad_before = self._instability_count()
         mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
+        if self._instability_count() != bad_before:
+            # MuJoCo hit NaN/inf state or accelerations and silently reset the state: the episode is void.
+            # End it as a truncation (not a failure the agent caused) and say so.
+            return self._obs(), 0.0, False, True, {"success": False, "physics_unstable": True}
         success = bool(self.task.success(self))
         terminated = success and self.terminate_on_success
-        return self._obs(), float(success), terminated, False, {"success": success}
+        return self._obs(), float(success), terminated, False, {"success": success, "physics_unstable": False}
 
     def render(self):
         return self.render_camera(self.camera)
@@ -242,6 +247,11 @@ class TabletopEnv(gym.Env):
         return np.array([xy[0], xy[1], height])
 
     # ------------------------------------------------------------------ internals
+    def _instability_count(self) -> int:
+        w = self.data.warning
+        return int(sum(w[k].number for k in (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL,
+                                             mujoco.mjtWarning.mjWARN_BADQACC)))
+
     def _set_gripper(self, pos: np.ndarray) -> None:
         self.data.mocap_pos[0] = pos
         self.data.qpos[self._gripper_qadr:self._gripper_qadr + 7] = [*pos, 1.0, 0.0, 0.0, 0.0]
