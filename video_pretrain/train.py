@@ -319,7 +319,8 @@ def evaluate(objective: nn.Module, batches: list[dict[str, torch.Tensor]]) -> di
 def _log_scalars(writer: Any, prefix: str, values: Mapping[str, float], step: int) -> None:
     if writer is not None:
         for k, v in values.items():
-            writer.add_scalar(f"{prefix}/{k}", v, step)
+            if k != "step":
+                writer.add_scalar(f"{prefix}/{k}", v, step)
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
