@@ -403,8 +403,9 @@ def run_online_images(agent: ImageAgent, offline: OfflineDataset, spec: TargetSp
         successes = json.loads(saved["successes"])
         log.info("online %s: resumed at env step %d", spec.name, env_steps)
 
-    def regret() -> float:
-        return float(np.mean(1.0 - np.asarray(successes))) if successes else 0.0
+    def regret() -> float | None:
+        """mean(1 - success) over the finished training episodes; None before the first one ends."""
+        return float(np.mean(1.0 - np.asarray(successes))) if successes else None
 
     def eval_row() -> None:
         row = {"env_steps": env_steps, "episodes": len(successes), "train/cumulative_regret": regret(),
@@ -466,7 +467,7 @@ def run_online_images(agent: ImageAgent, offline: OfflineDataset, spec: TargetSp
             bar.update(n)
             if env_steps // settings.eval_every > before // settings.eval_every or env_steps >= settings.env_steps:
                 eval_row()
-                bar.set_postfix(success=f"{history[-1]['eval/success']:.2f}", regret=f"{regret():.2f}", refresh=False)
+                bar.set_postfix(success=f"{history[-1]['eval/success']:.2f}", episodes=len(successes), refresh=False)
                 if env_steps - last_ckpt >= settings.checkpoint_every or env_steps >= settings.env_steps:
                     checkpoint()  # unfinished episodes are dropped; a resumed run starts fresh ones
                     last_ckpt = env_steps

@@ -441,7 +441,8 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         adapt = read_json(run_dir / "adapt" / name / "summary.json")["final_eval"]["eval/success"]
         s3 = read_json(run_dir / "stage3" / name / "summary.json")
         cells = " | ".join(f"{v['success']:.2f} ({cfg.evaluate.episodes} ep)" for v in per.values())
-        lines.append(f"| {name} | {adapt:.2f} | {s3['final_success']:.2f} | {s3['cumulative_regret']:.2f} | {cells} |")
+        regret = "n/a" if s3["cumulative_regret"] is None else f"{s3['cumulative_regret']:.2f}"
+        lines.append(f"| {name} | {adapt:.2f} | {s3['final_success']:.2f} | {regret} | {cells} |")
     lines += ["", "## Plots", ""] + [f"![{p.stem}](evaluate/{p.name})" for p in plots] + ["", "## Rollouts", ""]
     for gif in sorted(out_dir.glob("rollout_*.gif")):
         lines.append(f"![{gif.stem}](evaluate/{gif.name})")
