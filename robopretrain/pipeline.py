@@ -204,6 +204,7 @@ def stage1_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
         "encoder": {"name": str(cfg.stage1.encoder), "kwargs": plain(cfg.stage1.encoder_kwargs) or {}},
         "image_size": int(cfg.image_size), "steps": int(cfg.stage1.steps), "batch_size": int(cfg.stage1.batch_size),
         "lr": float(cfg.stage1.lr), "device": str(cfg.device), "seed": int(cfg.seed), "progress": bool(cfg.progress),
+        "num_threads": cfg.get("num_threads"),
         "output_dir": str(run_dir / "stage1"), "output": str(run_dir / "stage1" / "encoder"),
         "eval_every": max(1, int(cfg.stage1.steps) // 3), "checkpoint_every": max(1, int(cfg.stage1.steps) // 3),
     })
