@@ -268,6 +268,7 @@ def stage_stage2(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[s
     rows = train_offline_images(agent, data, int(cfg.stage2.steps), out_dir, batch_size=int(cfg.algo_overrides.batch_size),
                                 checkpoint_every=int(cfg.stage2.checkpoint_every),
                                 evaluate=evaluate if int(cfg.stage2.eval_episodes) > 0 else None,
+                                eval_every=int(cfg.stage2.get("eval_every", 0)),
                                 progress=bool(cfg.progress), desc="stage2 multi-task CQL")
     save_state(out_dir / "agent.pt", agent.state_dict())
     write_json(out_dir / "metrics.json", rows)
