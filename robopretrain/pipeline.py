@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robopretrain.data.replay import MixedSampler, OfflineDataset
-from robopretrain.image_agent import STATE_KEY, ImageAgent, image_obs_config
+from robopretrain.image_agent import ImageAgent, image_obs_config
 from robopretrain.image_rl import (
     ACT_DIM,
     OnlineSettings,
@@ -132,9 +132,7 @@ def make_image_agent(cfg: DictConfig, run_dir: Path, algo: str, device: torch.de
 
 
 def state_dim_of(cfg: DictConfig) -> int:
-    import sim_envs  # noqa: F401  (the observation sizes of our own tasks)
-
-    sizes = {"proprio": 7, "object": 18}
+    sizes = {"proprio": 7, "object": 18}  # the sim_envs observation sizes (a custom target must match them)
     unknown = [k for k in cfg.state_keys if k not in sizes]
     if unknown:
         raise ValueError(f"state_keys {unknown}: only {sorted(sizes)} are known to the pipeline")
