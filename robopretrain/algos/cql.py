@@ -310,8 +310,12 @@ class CQL:
         b = obs.shape[0]
         n_target = n if cfg.max_target_backup else 1
 
-        # one actor pass on [s; s'], one draw of every action set needed
-        mean, log_std = self.actor(torch.cat([obs, next_obs]))
+        # one actor pass on [s; s'], one draw of every action set needed. Image agents may give the actor its own
+        # encoder's features (``actor_observations``); the critic's input is detached in the actor loss so the
+        # actor loss never trains the critic's encoder (a no-op for plain state vectors).
+        actor_obs = batch.get("actor_observations", obs)
+        actor_next_obs = batch.get("actor_next_observations", next_obs)
+        mean, log_std = self.actor(torch.cat([actor_obs, actor_next_obs]))
         sampled, logp = squashed_gaussian_sample(mean, log_std, max(1 + n, n + n_target))
         pi_action, pi_logp = sampled[:b, 0], logp[:b, 0]
         cur_actions, cur_logp = sampled[:b, 1 : 1 + n].detach(), logp[:b, 1 : 1 + n].detach()
@@ -323,7 +327,7 @@ class CQL:
         alpha_loss = zero
         if cfg.use_automatic_entropy_tuning:
             alpha_loss = entropy_temperature_loss(self.log_alpha, pi_logp, self.target_entropy)
-        q_pi = self.critic(obs, pi_action, detach_params=True)
+        q_pi = self.critic(obs.detach(), pi_action, detach_params=True)
         policy_loss = sac_actor_loss(q_pi, pi_logp, alpha.detach())
 
         with torch.no_grad():
