@@ -27,6 +27,17 @@ def run_to_end(module: str, overrides: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+def start_reference(module: str, overrides: list[str]) -> subprocess.Popen:
+    """The uninterrupted run, in the background (it runs while the other one is killed and resumed)."""
+    return subprocess.Popen([sys.executable, "-m", module, *overrides], cwd=REPO, env=ENV, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_reference(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-4000:]
+
+
 def kill_after_first_checkpoint(module: str, overrides: list[str], marker: Path) -> None:
     """Start the command, SIGKILL it as soon as ``marker`` (its first checkpoint) exists."""
     proc = subprocess.Popen([sys.executable, "-m", module, *overrides], cwd=REPO, env=ENV,
@@ -63,21 +74,22 @@ def write_videos(root: Path, n: int = 4, size: int = 32) -> Path:
 def stage1_overrides(videos: Path, out: Path) -> list[str]:
     return [f"data.path={videos}", f"output_dir={out}", f"hydra.run.dir={out}", "device=cpu", "num_threads=1",
             "batch_size=4", "image_size=32", "progress=false", "valid_batches=1", "eval_every=10", "log_every=5",
-            "checkpoint_every=5", "steps=120", "data.valid_fraction=0.25", "tensorboard=false"]
+            "checkpoint_every=4", "steps=40", "data.valid_fraction=0.25", "tensorboard=false"]
 
 
 def test_stage1_killed_and_rerun_matches_uninterrupted(tmp_path):
     videos = write_videos(tmp_path / "videos")
     killed, clean = tmp_path / "killed", tmp_path / "clean"
+    reference = start_reference("video_pretrain.train", stage1_overrides(videos, clean))
     kill_after_first_checkpoint("video_pretrain.train", stage1_overrides(videos, killed),
                                 killed / "checkpoints" / "last.pt")
     step_at_kill = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"]
-    assert 5 <= step_at_kill < 120
+    assert 4 <= step_at_kill < 40
     run_to_end("video_pretrain.train", stage1_overrides(videos, killed))
-    run_to_end("video_pretrain.train", stage1_overrides(videos, clean))
+    wait_reference(reference)
     a = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(clean / "checkpoints" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 120
+    assert a["step"] == b["step"] == 40
     assert a["objective"].keys() == b["objective"].keys()
     for k in b["objective"]:
         assert torch.equal(a["objective"][k], b["objective"][k]), k
@@ -95,7 +107,7 @@ def tiny_hdf5(tmp_path_factory) -> Path:
 
 
 def stage2_overrides(data: Path, out: Path) -> list[str]:
-    return [f"data.path={data}", f"output_dir={out}", f"hydra.run.dir={out}/hydra", "train.steps=400",
+    return [f"data.path={data}", f"output_dir={out}", f"hydra.run.dir={out}/hydra", "train.steps=200",
             "train.eval_every=100000", "train.eval_episodes=1", "train.checkpoint_every=20", "train.log_every=20",
             "train.calibration_batch=32", "train.progress=false", "train.tensorboard=false", "num_threads=1",
             "algo.actor_hidden=[32,32]", "algo.critic_hidden=[32,32]", "algo.n_actions=2", "algo.batch_size=32"]
@@ -103,12 +115,13 @@ def stage2_overrides(data: Path, out: Path) -> list[str]:
 
 def test_stage2_killed_and_rerun_matches_uninterrupted(tiny_hdf5, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
+    reference = start_reference("robopretrain.train", stage2_overrides(tiny_hdf5, clean))
     kill_after_first_checkpoint("robopretrain.train", stage2_overrides(tiny_hdf5, killed), killed / "checkpoints" / "latest")
-    assert 20 <= load_latest(killed / "checkpoints").step < 400
+    assert 20 <= load_latest(killed / "checkpoints").step < 200
     run_to_end("robopretrain.train", stage2_overrides(tiny_hdf5, killed))
-    run_to_end("robopretrain.train", stage2_overrides(tiny_hdf5, clean))
+    wait_reference(reference)
     a, b = load_latest(killed / "checkpoints"), load_latest(clean / "checkpoints")
-    assert a.step == b.step == 400
+    assert a.step == b.step == 200
     assert_same(a.weights, b.weights)
 
 
