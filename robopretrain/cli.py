@@ -16,11 +16,16 @@ Use it in an entry point as::
   training checkpoints, a non-finite loss, config validation) into ``error: <message>`` on stderr and exit
   code 2, with no traceback. Anything else is a bug and keeps its traceback. ``ROBOPRETRAIN_TRACEBACK=1``
   re-raises known errors too.
+
+``python -m robopretrain.cli <entry point module> [overrides]`` runs any of the toolkit's Hydra entry points
+(:data:`ENTRY_POINTS`) this way, e.g. ``python -m robopretrain.cli robopretrain.train data.path=x.hdf5``; for
+entry points that already use :func:`friendly_errors` it is the same as ``python -m <module>``.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import sys
@@ -29,6 +34,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 EXIT_BAD_INPUT = 2
+# Hydra entry point module -> its primary config in configs/
+ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": "robopretrain",
+                "finetune.train": "finetune", "robopretrain.evaluate": "evaluate"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,9 +55,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
 
 
 def one_line(message: str) -> str:
-    """``message`` with its lines joined by ``; `` and runs of blanks collapsed."""
+    """``message`` on one line: its lines joined (``; `` unless a line ends a sentence), blanks collapsed."""
     parts = [re.sub(r"\s+", " ", p).strip() for p in str(message).splitlines()]
-    return "; ".join(p for p in parts if p)
+    out = ""
+    for part in (p for p in parts if p):
+        out = part if not out else out + (" " if out.endswith((".", ":", ";", ",")) else "; ") + part
+    return out
 
 
 def report_and_exit(exc: BaseException, prefix: str = "error") -> None:
@@ -98,3 +109,22 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
     if not any(a.startswith("-") for a in args):  # flags (-m, --cfg, --help, ...): Hydra's own handling
         validate_overrides(config_name, args)
     return main()
+
+
+def launch(module: str, argv: list[str]) -> Any:
+    """Run the Hydra entry point ``module`` with the overrides ``argv`` and one-line bad-input errors."""
+    import hydra
+
+    if module not in ENTRY_POINTS:
+        raise SystemExit(f"usage: python -m robopretrain.cli <{'|'.join(ENTRY_POINTS)}> [overrides...]")
+    task = getattr(importlib.import_module(module).main, "__wrapped__", None)
+    if task is None:
+        raise SystemExit(f"{module}.main is not a Hydra entry point (no @hydra.main)")
+    config_name = ENTRY_POINTS[module]
+    main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(friendly_errors(task))
+    sys.argv = [module, *argv]
+    return run_hydra(main, config_name, argv)
+
+
+if __name__ == "__main__":
+    launch(sys.argv[1] if len(sys.argv) > 1 else "", sys.argv[2:])

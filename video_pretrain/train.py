@@ -345,7 +345,7 @@ def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, batch: Ma
     images = augment(batch["frames"], pad, generator)
     objective.train()
     loss, info = model(images, batch) if model is not None else objective.compute_loss(images, batch)
-    guard_losses({f"{objective.name}_loss": loss.detach(),
+    guard_losses({"total_loss": loss.detach(),
                   **{k: v.detach() for k, v in info.items() if "loss" in k and torch.is_tensor(v)}}, step, dist_info)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
