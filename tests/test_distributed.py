@@ -73,3 +73,14 @@ def test_single_process_is_unchanged():
     assert not info.enabled and info.is_main
     assert rank_seed(5, info) == 5 and rank_seed(5, DistInfo(rank=1, world_size=2)) != 5
     assert replica_max_abs_diff(torch.nn.Linear(2, 2), info) == 0.0
+
+
+def test_multirun_sweep_with_the_basic_launcher(tmp_path):
+    """``-m seed=0,1``: Hydra's basic launcher runs one job per seed, each in its own sweep sub-folder."""
+    cmd = [sys.executable, "-m", "video_pretrain.train", "-m", "objective=none", "seed=0,1", "image_size=32",
+           f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=seed${seed}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "seed0" / "encoder" / "encoder.pt", weights_only=True)
+    b = torch.load(tmp_path / "seed1" / "encoder" / "encoder.pt", weights_only=True)
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # different seeds, different inits
