@@ -244,3 +244,35 @@ def test_stage1_nan_loss_stops_before_the_step_and_keeps_the_checkpoint(tmp_path
 def test_one_line_joins_lines():
     assert one_line("Could not override 'x'.\nTo append use +x=1\n  Key 'x'   is not in struct") == (
         "Could not override 'x'. To append use +x=1; Key 'x' is not in struct")
+
+
+# --------------------------------------------------------------------------------------------- config ranges
+def compose_stage(name: str, *overrides: str):
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def test_default_stage2_and_stage3_configs_pass_the_range_checks():
+    from robopretrain.config_checks import validate_offline_config, validate_online_config
+
+    for algo in ("calql", "cql", "iql", "bc"):
+        validate_offline_config(compose_stage("robopretrain", f"algo={algo}"))
+        validate_online_config(compose_stage("finetune", f"algo={algo}"))
+
+
+@pytest.mark.parametrize("stage, override, message", [
+    ("robopretrain", "train.eval_every=0", "robopretrain config: train.eval_every=0; expected an integer >= 1"),
+    ("robopretrain", "algo.batch_size=0", "algo.batch_size=0; expected an integer >= 1"),
+    ("robopretrain", "algo.discount=1.5", "algo.discount=1.5; expected a number in (0, 1]"),
+    ("robopretrain", "obs_keys=[]", "obs_keys=[]; expected a non-empty list"),
+    ("finetune", "online.offline_ratio=2", "finetune config: online.offline_ratio=2; expected a number in [0, 1]"),
+    ("finetune", "online.utd=0", "online.utd=0; expected an integer >= 1"),
+    ("finetune", "algo.qf_lr=-1", "algo.qf_lr=-1; expected a positive number"),
+])
+def test_out_of_range_values_are_named(stage, override, message):
+    from robopretrain.config_checks import validate_offline_config, validate_online_config
+
+    check = validate_offline_config if stage == "robopretrain" else validate_online_config
+    with pytest.raises(ValueError) as err:
+        check(compose_stage(stage, override))
+    assert message in str(err.value)
