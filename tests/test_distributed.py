@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from robopretrain.distributed import DistInfo, rank_seed, replica_max_abs_diff
