@@ -18,6 +18,13 @@ Batches come from :class:`video_pretrain.sampling.FrameBatchStream` through a Da
 batch ``k`` and the random shift of step ``k`` depend only on (seed, k), so a resumed run continues the
 same data stream. The validation loss is computed on fixed batches of held-out videos (split by video)
 without augmentation. ``objective=none`` trains nothing and saves the seeded random initialisation.
+
+Faults and scale: a NaN or inf loss stops the run with :class:`robopretrain.guards.NonFiniteLossError` naming
+the loss and step, before the step is applied (the last checkpoint stays the last good one); bad input is
+reported on one line with exit code 2 (:mod:`robopretrain.cli`). Under ``torchrun`` the run is data-parallel
+(:mod:`robopretrain.distributed`: DDP, NCCL on GPUs, gloo on CPU): each rank draws its own batches, so the
+effective batch size is ``batch_size * world_size`` (logged and saved in metrics.json and the encoder's
+meta); only rank 0 writes logs and checkpoints, and a rerun under torchrun resumes from them.
 """
 from __future__ import annotations
 
@@ -39,6 +46,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from robopretrain import distributed as dist_utils
+from robopretrain.cli import friendly_errors, run_hydra
+from robopretrain.distributed import DistInfo
+from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.nets.encoder_io import load_encoder, save_encoder
 from robopretrain.nets.encoders import make_encoder
 from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, open_frame_source, split_by_video
@@ -248,11 +259,12 @@ def _atomic_json(obj: Any, path: Path) -> None:
 
 
 def save_checkpoint(path: Path, step: int, objective: nn.Module, optimizer: torch.optim.Optimizer,
-                    cfg: DictConfig, history: Mapping[str, Any]) -> None:
+                    cfg: DictConfig, history: Mapping[str, Any], world_size: int = 1) -> None:
     """Write the training checkpoint (everything a resumed run needs) atomically."""
     _atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": int(step), "objective": objective.state_dict(),
                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "identity": json.dumps(identity(cfg), sort_keys=True), "history": json.dumps(history)}, path)
+                        "identity": json.dumps(identity(cfg), sort_keys=True), "history": json.dumps(history),
+                        "world_size": int(world_size)}, path)
 
 
 def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig,
@@ -269,10 +281,23 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
         diff = {k: (saved.get(k), now[k]) for k in now if saved.get(k) != now[k]}
         raise ValueError(f"{path}: was written by a run with other settings {diff} (saved, now); set resume=false, "
                          "or another output_dir, to start a new run")
-    objective.load_state_dict(state["objective"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: its weights do not fit this model ({str(exc).splitlines()[0]}); set resume=false, "
+                         "or another output_dir, to start a new run") from None
     torch.set_rng_state(state["torch_rng"].cpu())
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world_size():
+        log.warning("%s was written by a run with %d process(es), this run has %d: the data stream continues "
+                    "differently (the effective batch size changes)", path, saved_world, world_size())
     return int(state["step"]), json.loads(state["history"])
+
+
+def world_size() -> int:
+    """The number of data-parallel processes of this run (torchrun's WORLD_SIZE, else 1)."""
+    return dist_utils.env_world()[1]
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -286,14 +311,42 @@ def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+class LossModule(nn.Module):
+    """The objective's loss as ``forward``, so DistributedDataParallel can wrap it and average gradients."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, images: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.objective.compute_loss(images, batch)
+
+
+def guard_losses(losses: Mapping[str, torch.Tensor], step: int, info: DistInfo) -> None:
+    """:func:`check_finite` on every rank's losses; under DDP every rank stops when one rank's loss is bad."""
+    if info.enabled:
+        bad = torch.tensor([0.0 if all(bool(torch.isfinite(v).all()) for v in losses.values()) else 1.0])
+        if info.backend == "nccl":
+            bad = bad.cuda()
+        torch.distributed.all_reduce(bad)
+        if float(bad.item()) > 0 and all(bool(torch.isfinite(v).all()) for v in losses.values()):
+            raise NonFiniteLossError(next(iter(losses)), float("nan"), step, "the non-finite value was on another rank")
+    check_finite(losses, step, hint="lower lr or set grad_clip")
+
+
 def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor],
-               pad: int, generator: torch.Generator, grad_clip: float | None) -> dict[str, float]:
-    """One optimizer step on one batch of uint8 frames; returns the loss and the objective's diagnostics."""
+               pad: int, generator: torch.Generator, grad_clip: float | None, step: int = 0,
+               model: nn.Module | None = None, dist_info: DistInfo = DistInfo()) -> dict[str, float]:
+    """One optimizer step on one batch of uint8 frames; returns the loss and the objective's diagnostics.
+
+    ``model`` is the (DDP-wrapped) :class:`LossModule` under torchrun; a NaN / inf loss raises
+    :class:`NonFiniteLossError` before the step is applied.
+    """
     images = augment(batch["frames"], pad, generator)
     objective.train()
-    loss, info = objective.compute_loss(images, batch)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the {objective.name} loss is {loss.item()}; lower lr or set grad_clip")
+    loss, info = model(images, batch) if model is not None else objective.compute_loss(images, batch)
+    guard_losses({"total_loss": loss.detach(),
+                  **{k: v.detach() for k, v in info.items() if "loss" in k and torch.is_tensor(v)}}, step, dist_info)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip is not None:
@@ -324,11 +377,25 @@ def _log_scalars(writer: Any, prefix: str, values: Mapping[str, float], step: in
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
-    """Run stage 1 as ``cfg`` says; returns the encoder checkpoint folder."""
+    """Run stage 1 as ``cfg`` says; returns the encoder checkpoint folder (data-parallel under torchrun)."""
     validate_config(cfg)
+    dinfo, device = dist_utils.init_distributed(resolve_device(str(cfg.device)))
+    if not dinfo.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
+    try:
+        path = _train(cfg, run_dir, dinfo, device)
+    except BaseException:
+        if dinfo.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise
+    dist_utils.shutdown(dinfo)
+    return path
+
+
+def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device: torch.device) -> Path:
     paths = RunPaths.from_config(cfg, run_dir)
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(str(cfg.device))
+    if dinfo.is_main:
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     torch.manual_seed(int(cfg.seed))
@@ -336,36 +403,47 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
                            **OmegaConf.to_container(cfg.encoder.kwargs, resolve=True))
     name = str(cfg.objective.name)
     if name == "none":
+        if not dinfo.is_main:
+            return paths.encoder
         path = save_pretrained(paths.encoder, encoder, None, cfg, steps=0)
         _atomic_json({"objective": "none", "steps": 0, "encoder_path": str(path)}, paths.metrics)
         log.info("objective=none: saved the random initialisation to %s", path)
         return path
 
-    data_path = resolve_data_path(cfg, paths.run_dir)
+    with dist_utils.main_first(dinfo):  # rank 0 generates the videos, the others then reuse them
+        data_path = resolve_data_path(cfg, paths.run_dir)
     train_source, valid_source, facts = open_sources(cfg, data_path)
     log.info("data %s: %d videos (%d train, %d valid), %d frames", data_path, facts["videos"], facts["train_videos"],
              facts["valid_videos"], facts["frames"])
     objective = make_objective(name, encoder, OmegaConf.to_container(cfg.objective.options, resolve=True)).to(device)
+    model = dist_utils.wrap_ddp(LossModule(objective), dinfo, device) if dinfo.enabled else None
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=float(cfg.lr), eps=float(cfg.adam_eps), weight_decay=float(cfg.weight_decay),
                                  foreach=True)
     steps = int(cfg.steps)
+    effective_batch = int(cfg.batch_size) * dinfo.world_size
+    parallel = {"world_size": dinfo.world_size, "backend": dinfo.backend, "batch_size_per_process": int(cfg.batch_size),
+                "effective_batch_size": effective_batch}
+    if dinfo.enabled:
+        log.info("data-parallel over %d processes (%s): effective batch size %d = %d x %d", dinfo.world_size,
+                 dinfo.backend, effective_batch, int(cfg.batch_size), dinfo.world_size)
     start, history = 0, {"train": [], "valid": []}
     if cfg.resume and paths.checkpoint.is_file():
         start, history = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device)
         log.info("resumed from %s at step %d", paths.checkpoint, start)
+    data_seed = dist_utils.rank_seed(int(cfg.seed), dinfo)
     sampling = OmegaConf.to_container(cfg.objective.sampling, resolve=True)
-    stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=int(cfg.seed), sampling=sampling,
+    stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=data_seed, sampling=sampling,
                               start_batch=start, num_batches=max(steps - start, 0))
     loader = DataLoader(stream, batch_size=None, num_workers=int(cfg.num_workers), pin_memory=device.type == "cuda")
     valid_batches = []
-    if valid_source is not None and int(cfg.valid_batches) > 0:
+    if dinfo.is_main and valid_source is not None and int(cfg.valid_batches) > 0:
         valid_stream = FrameBatchStream(valid_source, name, int(cfg.batch_size), seed=int(cfg.seed) + VALID_SEED_OFFSET,
                                         sampling=sampling)
         valid_batches = [_to_device(valid_stream.batch(k), device) for k in range(int(cfg.valid_batches))]
 
     writer = None
-    if cfg.tensorboard:
+    if cfg.tensorboard and dinfo.is_main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(paths.tensorboard), purge_step=start + 1 if start else None)
     if valid_batches and start == 0:
@@ -376,17 +454,18 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
     window: dict[str, float] = {}
     window_n, t0, t_window = 0, time.perf_counter(), time.perf_counter()
     step = start
-    bar = tqdm(total=steps, initial=start, desc=f"stage1 {name}", unit="step", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc=f"stage1 {name}", unit="step",
+               disable=not cfg.progress or not dinfo.is_main, dynamic_ncols=True)
     try:
         for step, batch in enumerate(loader, start=start + 1):
             out = train_step(objective, optimizer, _to_device(batch, device), pad,
-                             _step_generator(device, int(cfg.seed), step), clip)
+                             _step_generator(device, data_seed, step), clip, step=step, model=model, dist_info=dinfo)
             for k, v in out.items():
                 window[k] = window.get(k, 0.0) + v
             window_n += 1
             bar.update(1)
             if step % int(cfg.log_every) == 0 or step == steps:
-                means = {k: v / window_n for k, v in window.items()}
+                means = dist_utils.mean_over_ranks({k: v / window_n for k, v in window.items()}, dinfo)
                 now = time.perf_counter()
                 means["steps_per_s"] = window_n / max(now - t_window, 1e-9)
                 history["train"].append({"step": step, **means})
@@ -398,33 +477,40 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
                 _log_scalars(writer, "valid", history["valid"][-1], step)
                 bar.set_postfix(loss=f"{history['train'][-1]['loss'] if history['train'] else float('nan'):.4g}",
                                 valid=f"{history['valid'][-1]['loss']:.4g}", refresh=False)
-            if step % int(cfg.checkpoint_every) == 0 or step == steps:
-                save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history)
+            if dinfo.is_main and (step % int(cfg.checkpoint_every) == 0 or step == steps):
+                save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history, dinfo.world_size)
     finally:
         bar.close()
         if writer is not None:
             writer.close()
     elapsed = time.perf_counter() - t0
     trained = step - start
+    parallel["replica_max_abs_diff"] = dist_utils.replica_max_abs_diff(objective, dinfo)
+    if not dinfo.is_main:
+        return paths.encoder
     data_extra = {"data": {k: facts[k] for k in ("path", "videos", "train_videos", "valid_videos", "frames")},
-                  "image_key": str(cfg.data.key) if data_path.suffix.lower() in HDF5_SUFFIXES else None}
+                  "image_key": str(cfg.data.key) if data_path.suffix.lower() in HDF5_SUFFIXES else None,
+                  "parallel": {k: v for k, v in parallel.items() if k != "replica_max_abs_diff"}}
     path = save_pretrained(paths.encoder, objective.encoder, objective, cfg, steps=step, extra=data_extra)
     summary = {"objective": name, "steps": step, "trained_steps_this_run": trained, "seconds_this_run": elapsed,
                "steps_per_second": trained / elapsed if trained and elapsed > 0 else None,
                "encoder_path": str(path), "data": facts, "bad_videos": list(getattr(train_source, "bad_videos", [])),
-               "history": history,
+               "parallel": parallel, "history": history,
                "final_valid_loss": history["valid"][-1]["loss"] if history["valid"] else None}
     _atomic_json(summary, paths.metrics)
     rate = f"{trained / elapsed:.2f} steps/s" if trained else "nothing left to train"
-    log.info("trained %s for %d steps this run (%s, %.1f s); encoder saved to %s", name, trained, rate, elapsed, path)
+    log.info("trained %s for %d steps this run (%s, %.1f s, effective batch size %d); encoder saved to %s", name,
+             trained, rate, elapsed, effective_batch, path)
     return path
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="video_pretrain")
+@friendly_errors
 def main(cfg: DictConfig) -> None:
     path = train(cfg, HydraConfig.get().runtime.output_dir)
-    print(f"encoder: {path}")
+    if dist_utils.env_world()[0] == 0:
+        print(f"encoder: {path}")
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main, "video_pretrain")

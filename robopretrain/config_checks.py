@@ -1,0 +1,83 @@
+"""Range checks of the stage-2 and stage-3 configs, so a bad value fails at start with a message naming the key.
+
+:func:`validate_offline_config` checks ``configs/robopretrain.yaml`` (and the ``algo`` group) and
+:func:`validate_online_config` checks ``configs/finetune.yaml``. Both raise ``ValueError`` with
+``<config>: <key>=<value>; expected <what>``, which :mod:`robopretrain.cli` reports on one line. Keys that a
+config does not have are skipped, so the checks follow the configs as they grow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+Check = Callable[[Any], bool]
+
+AT_LEAST_1: tuple[Check, str] = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+AT_LEAST_0: tuple[Check, str] = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+POSITIVE: tuple[Check, str] = (lambda v: _is_number(v) and v > 0, "a positive number")
+NON_NEGATIVE: tuple[Check, str] = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
+UNIT_OPEN_CLOSED: tuple[Check, str] = (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
+UNIT_CLOSED: tuple[Check, str] = (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+UNIT_OPEN: tuple[Check, str] = (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
+
+ALGO_CHECKS: dict[str, tuple[Check, str]] = {
+    "batch_size": AT_LEAST_1, "discount": UNIT_OPEN_CLOSED, "tau": UNIT_OPEN_CLOSED, "n_actions": AT_LEAST_1,
+    "num_critics": AT_LEAST_1, "policy_lr": POSITIVE, "qf_lr": POSITIVE, "vf_lr": POSITIVE, "actor_lr": POSITIVE,
+    "lr": POSITIVE, "cql_alpha": NON_NEGATIVE, "cql_temp": POSITIVE, "dr3_coef": NON_NEGATIVE,
+    "expectile": UNIT_OPEN, "beta": POSITIVE, "max_weight": POSITIVE,
+}
+TRAIN_CHECKS: dict[str, tuple[Check, str]] = {
+    "steps": AT_LEAST_0, "log_every": AT_LEAST_1, "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1,
+    "checkpoint_every": AT_LEAST_1, "keep_checkpoints": AT_LEAST_1, "calibration_batch": AT_LEAST_1,
+}
+ONLINE_CHECKS: dict[str, tuple[Check, str]] = {
+    "env_steps": AT_LEAST_0, "utd": AT_LEAST_1, "offline_ratio": UNIT_CLOSED, "buffer_capacity": AT_LEAST_1,
+    "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1, "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1,
+    "keep_checkpoints": AT_LEAST_1, "calibration_batch": AT_LEAST_1,
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(float(v))
+
+
+def _check_section(cfg: DictConfig, section: str | None, checks: dict[str, tuple[Check, str]], where: str) -> None:
+    node = cfg if section is None else OmegaConf.select(cfg, section)
+    if node is None:
+        return
+    for key, (ok, expected) in checks.items():
+        if key not in node or node[key] is None:
+            continue
+        value = node[key]
+        if not ok(value):
+            name = key if section is None else f"{section}.{key}"
+            raise ValueError(f"{where} config: {name}={value!r}; expected {expected}")
+
+
+def _check_common(cfg: DictConfig, where: str) -> None:
+    if "obs_keys" in cfg and (cfg.obs_keys is None or len(cfg.obs_keys) == 0):
+        raise ValueError(f"{where} config: obs_keys={cfg.get('obs_keys')!r}; expected a non-empty list of "
+                         "observation keys, e.g. [proprio, object]")
+    _check_section(cfg, None, {"num_tasks": AT_LEAST_0, "seed": AT_LEAST_0}, where)
+    _check_section(cfg, "algo", ALGO_CHECKS, where)
+
+
+def validate_offline_config(cfg: DictConfig) -> None:
+    """Stage 2 (``configs/robopretrain.yaml``): raise ``ValueError`` naming the first key out of range."""
+    _check_common(cfg, "robopretrain")
+    _check_section(cfg, "train", TRAIN_CHECKS, "robopretrain")
+
+
+def validate_online_config(cfg: DictConfig) -> None:
+    """Stage 3 (``configs/finetune.yaml``): raise ``ValueError`` naming the first key out of range."""
+    _check_common(cfg, "finetune")
+    _check_section(cfg, "offline", TRAIN_CHECKS, "finetune")
+    _check_section(cfg, "online", ONLINE_CHECKS, "finetune")

@@ -1,0 +1,140 @@
+"""Data-parallel training under ``torchrun``: process-group setup, the DDP wrapper, rank-0-only side effects.
+
+``torchrun --nproc_per_node=N -m video_pretrain.train ...`` starts N processes; each reads ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment (:func:`init_distributed`). The process group uses
+NCCL when the run's device is CUDA (one GPU per process, ``cuda:<LOCAL_RANK>``) and gloo on CPU. Without
+``torchrun`` (``WORLD_SIZE`` unset or 1) everything here is a no-op and a run is exactly a one-process run.
+
+Conventions the training loops follow:
+
+* every rank builds the same model from the same seed; DDP broadcasts rank 0's weights at wrap time and
+  averages gradients in ``backward``, so the replicas stay identical (:func:`replica_max_abs_diff` checks);
+* each rank draws its own batches (its data seed is offset by the rank), so the effective batch size is
+  ``batch_size * world_size``;
+* only rank 0 (:attr:`DistInfo.is_main`) writes logs, metrics and checkpoints; every rank reads the same
+  checkpoint when resuming, so a run killed under torchrun resumes under torchrun with the same command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job: its rank, the number of processes, the backend."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment variables (0, 1, 0 without torchrun)."""
+    try:
+        return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError as exc:
+        raise ValueError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers (set by torchrun): {exc}") from None
+
+
+def init_distributed(device: torch.device, timeout_s: float = 600.0) -> tuple[DistInfo, torch.device]:
+    """Join the torchrun process group (NCCL for CUDA, gloo for CPU); returns the info and this rank's device."""
+    rank, world, local = env_world()
+    if world <= 1:
+        return DistInfo(), device
+    if device.type == "cuda":
+        if torch.cuda.device_count() <= local:
+            raise ValueError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                             "start at most one process per GPU (torchrun --nproc_per_node)")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank, world, local, backend), device
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group (after a final barrier so no rank exits while others still communicate)."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(info: DistInfo) -> Iterator[None]:
+    """Run the block on rank 0 first (e.g. generating or downloading data), then on the others."""
+    if not info.is_main:
+        barrier(info)
+    try:
+        yield
+    finally:
+        if info.is_main:
+            barrier(info)
+
+
+def wrap_ddp(module: nn.Module, info: DistInfo, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """``module`` wrapped in DistributedDataParallel when distributed, else ``module`` itself."""
+    if not info.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(module, device_ids=ids, output_device=ids[0] if ids else None,
+               find_unused_parameters=find_unused_parameters)
+
+
+def rank_seed(seed: int, info: DistInfo, stride: int = 7919) -> int:
+    """The data seed of this rank: ``seed`` on rank 0 (one-process runs unchanged), offset on the others."""
+    return int(seed) + stride * info.rank
+
+
+def mean_over_ranks(values: Mapping[str, float], info: DistInfo) -> dict[str, float]:
+    """Each value averaged over the ranks (for logging); unchanged when not distributed."""
+    if not info.enabled or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if info.backend == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return {k: float(v) / info.world_size for k, v in zip(keys, t.cpu().tolist())}
+
+
+@torch.no_grad()
+def replica_max_abs_diff(module: nn.Module, info: DistInfo) -> float:
+    """Largest absolute difference between this rank's parameters and rank 0's (0.0 when not distributed)."""
+    if not info.enabled:
+        return 0.0
+    flat = torch.cat([p.detach().reshape(-1).double() for p in module.parameters()])
+    ref = flat.clone()
+    dist.broadcast(ref, src=0)
+    diff = (flat - ref).abs().max() if flat.numel() else torch.zeros((), dtype=torch.float64, device=flat.device)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff.item())

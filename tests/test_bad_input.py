@@ -1,0 +1,277 @@
+"""Bad input gets one clear line on stderr, exit code 2, and no traceback, from every entry point.
+
+Stage 1 and the robustness evaluation are run as ``python -m <module>``; stages 2 and 3 through
+``python -m robopretrain.cli <module>`` (the same main function and config, with the one-line error handling
+that ``python -m robopretrain.train`` / ``finetune.train`` get once they call ``robopretrain.cli.run_hydra``).
+All commands start together in one fixture (they are mostly interpreter start-up) and each test checks one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from robopretrain.cli import one_line
+from robopretrain.guards import NonFiniteLossError, check_finite, finite_metrics_hook
+from sim_envs.video_writer import write_mp4
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ALGO = ["algo.actor_hidden=[32,32]", "algo.critic_hidden=[32,32]", "algo.n_actions=2", "algo.batch_size=32"]
+
+
+# --------------------------------------------------------------------------------------------- bad files
+def rewrite_demos(src: Path, dst: Path, edit) -> Path:
+    """Copy ``src`` to ``dst`` and apply ``edit(demo_group)`` to every demo."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        for name in list(f["data"]):
+            edit(f["data"][name])
+    return dst
+
+
+def replace(group: h5py.Group, key: str, array: np.ndarray) -> None:
+    del group[key]
+    group.create_dataset(key, data=array)
+
+
+def shrink_to_one_step(demo: h5py.Group) -> None:
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            items.append(name)
+    items: list[str] = []
+    demo.visititems(visit)
+    for key in items:
+        replace(demo, key, demo[key][:1])
+    demo.attrs["num_samples"] = 1
+
+
+def add_images(dtype, shape_tail) -> callable:
+    def edit(demo: h5py.Group) -> None:
+        n = int(demo.attrs["num_samples"])
+        for part in ("obs", "next_obs"):
+            demo[part].create_dataset("agentview_image", data=np.zeros((n, *shape_tail), dtype=dtype))
+    return edit
+
+
+def write_manifest(root: Path, rel: str) -> Path:
+    root.mkdir(parents=True)
+    (root / "manifest.csv").write_text(f"path,num_frames,text\n{rel},8,a clip\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
+    """name -> (command, text the last stderr line must contain)."""
+    from sim_envs.collect import collect
+
+    from robopretrain.train import train_offline
+
+    tmp = tmp_path_factory.mktemp("bad")
+    cfg = OmegaConf.load(REPO / "configs" / "collect.yaml")
+    cfg.merge_with({"tasks": ["Reach"], "episodes_per_task": 2, "render_images": False, "output": str(tmp / "ok.hdf5")})
+    good = Path(collect(cfg, progress=False))
+    # a finished stage-2 run on proprio+object, reused as an "incompatible" checkpoint
+    run = tmp / "s2run"
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        train_offline(compose("robopretrain", overrides=[
+            f"data.path={good}", f"output_dir={run}", "train.steps=2", "train.eval_every=100", "train.eval_episodes=1",
+            "train.checkpoint_every=2", "train.calibration_batch=16", "train.progress=false",
+            "train.tensorboard=false", "num_threads=1", *TINY_ALGO]))
+
+    (tmp / "text.hdf5").write_text("this is not an HDF5 file\n")
+    (tmp / "truncated.hdf5").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    actions = rewrite_demos(good, tmp / "actions.hdf5", lambda d: replace(d, "actions", d["actions"][()] * 3.0))
+    nan = rewrite_demos(good, tmp / "nan.hdf5", lambda d: d["obs/proprio"].__setitem__((0, 0), np.nan))
+    one_step = rewrite_demos(good, tmp / "one_step.hdf5", shrink_to_one_step)
+    with h5py.File(one_step, "r+") as f:
+        f["data"].attrs["total"] = len(f["data"])
+    float_images = rewrite_demos(good, tmp / "float_images.hdf5", add_images(np.float32, (16, 16, 3)))
+    gray_images = rewrite_demos(good, tmp / "gray_images.hdf5", add_images(np.uint8, (16, 16)))
+    missing_clip = write_manifest(tmp / "missing_clip", "nowhere.mp4")
+    outside = write_manifest(tmp / "outside", "../escape.mp4")
+    write_mp4(tmp / "escape.mp4", np.zeros((8, 16, 16, 3), np.uint8))
+    clips = tmp / "clips"
+    clips.mkdir()
+    rows = ["path,num_frames,text"]
+    for i in range(3):
+        write_mp4(clips / f"c{i}.mp4", np.random.default_rng(i).integers(0, 255, (10, 16, 16, 3), dtype=np.uint8))
+        rows.append(f"c{i}.mp4,10,clip")
+    (clips / "manifest.csv").write_text("\n".join(rows) + "\n")
+    s1_other = tmp / "s1_other"
+    (s1_other / "checkpoints").mkdir(parents=True)
+    torch.save({"format": "video_pretrain.train_checkpoint", "step": 3, "objective": {}, "optimizer": {},
+                "torch_rng": torch.get_rng_state(), "history": "{}",
+                "identity": json.dumps({"objective": "icvf", "encoder": "impala", "encoder_kwargs": {},
+                                        "image_size": 16, "objective_options": {}})},
+               s1_other / "checkpoints" / "last.pt")
+    empty = tmp / "empty"
+    empty.mkdir()
+
+    def s2(*overrides: str) -> list[str]:
+        return [sys.executable, "-m", "robopretrain.cli", "robopretrain.train", f"hydra.run.dir={tmp}/h",
+                "train.progress=false", "train.tensorboard=false", "train.steps=2", *TINY_ALGO, *overrides]
+
+    def s1(*overrides: str) -> list[str]:
+        return [sys.executable, "-m", "video_pretrain.train", f"hydra.run.dir={tmp}/h", "progress=false",
+                "tensorboard=false", "steps=2", "image_size=16", "batch_size=2", *overrides]
+
+    def ev(*overrides: str) -> list[str]:
+        return [sys.executable, "-m", "robopretrain.evaluate", f"hydra.run.dir={tmp}/h", "progress=false",
+                f"output_dir={tmp}/ev", *overrides]
+
+    out = f"output_dir={tmp}/out"
+    return {
+        "non_hdf5_dataset": (s2(f"data.path={tmp / 'text.hdf5'}", out), "not a readable HDF5 file"),
+        "truncated_dataset": (s2(f"data.path={tmp / 'truncated.hdf5'}", out), "truncated.hdf5"),
+        "missing_obs_key": (s2(f"data.path={good}", "obs_keys=[proprio,gripper_cam]", out), "missing key(s) ['gripper_cam']"),
+        "actions_outside_range": (s2(f"data.path={actions}", out), "values outside [-1, 1]"),
+        "one_step_episode": (s2(f"data.path={one_step}", out), "empty or one-step episode"),
+        "nan_in_data": (s2(f"data.path={nan}", out), "contains NaN or inf"),
+        "incompatible_checkpoint_stage2": (s2(f"data.path={good}", "obs_keys=[proprio]", f"output_dir={run}"),
+                                           "checkpoint does not fit this config"),
+        "incompatible_checkpoint_stage3": (
+            [sys.executable, "-m", "robopretrain.cli", "finetune.train", f"hydra.run.dir={tmp}/h", f"checkpoint={run}",
+             "task=Reach", "obs_keys=[proprio]", f"output_dir={tmp}/ft", f"data.path={good}"],
+            "checkpoint does not fit this config"),
+        "unknown_config_key_stage2": (s2(f"data.path={good}", "train.stepz=3", out), "Could not override 'train.stepz'"),
+        "image_wrong_dtype": (s1(f"data.path={float_images}", f"output_dir={tmp}/s1a"), "expected uint8 images"),
+        "image_wrong_shape": (s1(f"data.path={gray_images}", f"output_dir={tmp}/s1b"), "expected uint8 images"),
+        "manifest_missing_file": (s1(f"data.path={missing_clip}", f"output_dir={tmp}/s1c"), "does not exist"),
+        "manifest_outside_folder": (s1(f"data.path={outside}", f"output_dir={tmp}/s1d"), "leaves the manifest's folder"),
+        "out_of_range_value_stage1": (s1(f"data.path={clips}", "batch_size=0", f"output_dir={tmp}/s1e"),
+                                      "batch_size=0; expected an integer >= 1"),
+        "unknown_config_key_stage1": (s1(f"data.path={clips}", "lr_schedule=cosine"), "Could not override 'lr_schedule'"),
+        "incompatible_checkpoint_stage1": (s1(f"data.path={clips}", f"output_dir={s1_other}", "data.valid_fraction=0"),
+                                           "was written by a run with other settings"),
+        "evaluate_not_a_checkpoint": (ev(f"checkpoint={empty}"), "neither a checkpoint folder"),
+        "evaluate_out_of_range_value": (ev(f"checkpoint={run}", "episodes=0"), "episodes=0; expected an integer >= 1"),
+    }
+
+
+@pytest.fixture(scope="module")
+def results(cases, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Every command of ``cases`` run to its end, each in its own process (forked by tests/_cli_runner.py)."""
+    outdir = tmp_path_factory.mktemp("cli_out")
+    spec = [{"name": name, "module": cmd[2], "args": cmd[3:]} for name, (cmd, _) in cases.items()]
+    assert all(cmd[:2] == [sys.executable, "-m"] for cmd, _ in cases.values())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runner = subprocess.run([sys.executable, str(REPO / "tests" / "_cli_runner.py"), str(outdir), "2"], cwd=REPO,
+                            env=env, input=json.dumps(spec), capture_output=True, text=True, timeout=300)
+    assert runner.returncode == 0, runner.stderr[-3000:]
+    done = {}
+    for name, (cmd, _) in cases.items():
+        rc = int((outdir / f"{name}.rc").read_text())
+        done[name] = subprocess.CompletedProcess(cmd, rc, (outdir / f"{name}.out").read_text(),
+                                                 (outdir / f"{name}.err").read_text())
+    return done
+
+
+CASE_NAMES = ["non_hdf5_dataset", "truncated_dataset", "missing_obs_key", "actions_outside_range", "one_step_episode",
+              "nan_in_data", "incompatible_checkpoint_stage2", "incompatible_checkpoint_stage3",
+              "unknown_config_key_stage2", "image_wrong_dtype", "image_wrong_shape", "manifest_missing_file",
+              "manifest_outside_folder", "out_of_range_value_stage1", "unknown_config_key_stage1",
+              "incompatible_checkpoint_stage1", "evaluate_not_a_checkpoint", "evaluate_out_of_range_value"]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_gives_one_clear_line(name, cases, results):
+    proc = results[name]
+    expected = cases[name][1]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    # finetune.train reports CheckpointError on one line itself, with exit code 1
+    assert proc.returncode == (1 if name == "incompatible_checkpoint_stage3" else 2), \
+        f"rc {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[-1].startswith("error: "), lines[-1]
+    assert expected in lines[-1], lines[-1]
+
+
+def test_every_case_is_checked(cases):
+    assert sorted(cases) == sorted(CASE_NAMES)
+
+
+# --------------------------------------------------------------------------------------------- guards
+def test_check_finite_names_the_loss_and_step():
+    check_finite({"critic_loss": 0.5, "actor_loss": torch.tensor(-1.0)}, step=3)
+    with pytest.raises(NonFiniteLossError, match=r"loss 'actor_loss' is nan at step 17"):
+        check_finite({"critic_loss": 0.5, "actor_loss": torch.tensor(float("nan"))}, step=17)
+    with pytest.raises(NonFiniteLossError, match=r"'q' is inf at step 2"):
+        check_finite({"q": torch.tensor([1.0, float("inf")])}, step=2)
+    assert issubclass(NonFiniteLossError, FloatingPointError)
+
+
+def test_stage23_hook_checks_only_losses():
+    metrics = {"critic_loss": 1.0, "q_mean": float("nan")}  # a NaN diagnostic is reported, not fatal
+    assert finite_metrics_hook(5, metrics) is metrics
+    assert finite_metrics_hook(6, {}) == {}
+    with pytest.raises(NonFiniteLossError, match="'cql_loss' is inf at step 9"):
+        finite_metrics_hook(9, {"cql_loss": float("inf")})
+
+
+def test_stage1_nan_loss_stops_before_the_step_and_keeps_the_checkpoint(tmp_path):
+    """A NaN in stage 1's loss raises NonFiniteLossError naming the loss and step; the weights stay unchanged."""
+    from robopretrain.nets.encoders import make_encoder
+    from video_pretrain.objectives import make_objective
+    from video_pretrain.train import train_step
+
+    objective = make_objective("tcn", make_encoder("small_conv", 16), {})
+    before = {k: v.clone() for k, v in objective.state_dict().items()}
+    optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3)
+
+    def nan_loss(images, batch):
+        loss, info = type(objective).compute_loss(objective, images, batch)
+        return loss * float("nan"), info
+
+    objective.compute_loss = nan_loss
+    batch = {"frames": torch.zeros(2, 3, 16, 16, 3, dtype=torch.uint8)}
+    with pytest.raises(NonFiniteLossError, match=r"'total_loss' is nan at step 7"):
+        train_step(objective, optimizer, batch, 0, torch.Generator().manual_seed(0), None, step=7)
+    for k, v in objective.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_one_line_joins_lines():
+    assert one_line("Could not override 'x'.\nTo append use +x=1\n  Key 'x'   is not in struct") == (
+        "Could not override 'x'. To append use +x=1; Key 'x' is not in struct")
+
+
+# --------------------------------------------------------------------------------------------- config ranges
+def compose_stage(name: str, *overrides: str):
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def test_default_stage2_and_stage3_configs_pass_the_range_checks():
+    from robopretrain.config_checks import validate_offline_config, validate_online_config
+
+    for algo in ("calql", "cql", "iql", "bc"):
+        validate_offline_config(compose_stage("robopretrain", f"algo={algo}"))
+        validate_online_config(compose_stage("finetune", f"algo={algo}"))
+
+
+@pytest.mark.parametrize("stage, override, message", [
+    ("robopretrain", "train.eval_every=0", "robopretrain config: train.eval_every=0; expected an integer >= 1"),
+    ("robopretrain", "algo.batch_size=0", "algo.batch_size=0; expected an integer >= 1"),
+    ("robopretrain", "algo.discount=1.5", "algo.discount=1.5; expected a number in (0, 1]"),
+    ("robopretrain", "obs_keys=[]", "obs_keys=[]; expected a non-empty list"),
+    ("finetune", "online.offline_ratio=2", "finetune config: online.offline_ratio=2; expected a number in [0, 1]"),
+    ("finetune", "online.utd=0", "online.utd=0; expected an integer >= 1"),
+    ("finetune", "algo.qf_lr=-1", "algo.qf_lr=-1; expected a positive number"),
+])
+def test_out_of_range_values_are_named(stage, override, message):
+    from robopretrain.config_checks import validate_offline_config, validate_online_config
+
+    check = validate_offline_config if stage == "robopretrain" else validate_online_config
+    with pytest.raises(ValueError) as err:
+        check(compose_stage(stage, override))
+    assert message in str(err.value)

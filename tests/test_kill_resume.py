@@ -1,0 +1,180 @@
+"""Runs that survive SIGKILL: stages 1 and 2 are killed after their first checkpoint, rerun with the same command,
+and end with exactly the weights of an uninterrupted run (CPU, same seed)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from robopretrain.checkpoint import load_latest
+from sim_envs.video_writer import write_mp4
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_to_end(module: str, overrides: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def start_reference(module: str, overrides: list[str]) -> subprocess.Popen:
+    """The uninterrupted run, in the background (it runs while the other one is killed and resumed)."""
+    return subprocess.Popen([sys.executable, "-m", module, *overrides], cwd=REPO, env=ENV, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_reference(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-4000:]
+
+
+def kill_after_first_checkpoint(module: str, overrides: list[str], marker: Path) -> None:
+    """Start the command, SIGKILL it as soon as ``marker`` (its first checkpoint) exists."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *overrides], cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert proc.poll() is None, f"{module} exited (rc {proc.returncode}) before its first checkpoint"
+            assert time.monotonic() < deadline, f"{module} wrote no checkpoint in time"
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"{module} finished before it could be killed"
+
+
+# ------------------------------------------------------------------------------------------ stage 1
+def write_videos(root: Path, n: int = 4, size: int = 32) -> Path:
+    """``n`` tiny clips of a square sliding right, with their manifest.csv."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["path,num_frames,text"]
+    for i in range(n):
+        frames = np.full((16, size, size, 3), 40, dtype=np.uint8)
+        for t in range(16):
+            x = min(size - 8, i + t)
+            frames[t, 12:20, x:x + 8] = (200, 60 + 30 * i, 60)
+        write_mp4(root / f"clip_{i}.mp4", frames, fps=20)
+        rows.append(f"clip_{i}.mp4,16,a square slides")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def stage1_overrides(videos: Path, out: Path) -> list[str]:
+    return [f"data.path={videos}", f"output_dir={out}", f"hydra.run.dir={out}", "device=cpu", "num_threads=1",
+            "batch_size=4", "image_size=32", "progress=false", "valid_batches=1", "eval_every=10", "log_every=5",
+            "checkpoint_every=4", "steps=40", "data.valid_fraction=0.25", "tensorboard=false"]
+
+
+def test_stage1_killed_and_rerun_matches_uninterrupted(tmp_path):
+    videos = write_videos(tmp_path / "videos")
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    reference = start_reference("video_pretrain.train", stage1_overrides(videos, clean))
+    kill_after_first_checkpoint("video_pretrain.train", stage1_overrides(videos, killed),
+                                killed / "checkpoints" / "last.pt")
+    step_at_kill = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert 4 <= step_at_kill < 40
+    run_to_end("video_pretrain.train", stage1_overrides(videos, killed))
+    wait_reference(reference)
+    a = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(clean / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 40
+    assert a["objective"].keys() == b["objective"].keys()
+    for k in b["objective"]:
+        assert torch.equal(a["objective"][k], b["objective"][k]), k
+
+
+# ------------------------------------------------------------------------------------------ stage 2
+@pytest.fixture(scope="module")
+def tiny_hdf5(tmp_path_factory) -> Path:
+    from sim_envs.collect import collect
+
+    cfg = OmegaConf.load(REPO / "configs" / "collect.yaml")
+    out = tmp_path_factory.mktemp("data") / "tiny.hdf5"
+    cfg.merge_with({"tasks": ["Reach"], "episodes_per_task": 2, "render_images": False, "output": str(out)})
+    return collect(cfg, progress=False)
+
+
+def stage2_overrides(data: Path, out: Path) -> list[str]:
+    return [f"data.path={data}", f"output_dir={out}", f"hydra.run.dir={out}/hydra", "train.steps=200",
+            "train.eval_every=100000", "train.eval_episodes=1", "train.checkpoint_every=20", "train.log_every=20",
+            "train.calibration_batch=32", "train.progress=false", "train.tensorboard=false", "num_threads=1",
+            "algo.actor_hidden=[32,32]", "algo.critic_hidden=[32,32]", "algo.n_actions=2", "algo.batch_size=32"]
+
+
+def test_stage2_killed_and_rerun_matches_uninterrupted(tiny_hdf5, tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    reference = start_reference("robopretrain.train", stage2_overrides(tiny_hdf5, clean))
+    kill_after_first_checkpoint("robopretrain.train", stage2_overrides(tiny_hdf5, killed), killed / "checkpoints" / "latest")
+    assert 20 <= load_latest(killed / "checkpoints").step < 200
+    run_to_end("robopretrain.train", stage2_overrides(tiny_hdf5, killed))
+    wait_reference(reference)
+    a, b = load_latest(killed / "checkpoints"), load_latest(clean / "checkpoints")
+    assert a.step == b.step == 200
+    assert_same(a.weights, b.weights)
+
+
+def assert_same(a, b, where: str = "weights") -> None:
+    """``a`` and ``b`` (nested dicts / lists of tensors and numbers) are exactly equal."""
+    if isinstance(b, dict):
+        assert isinstance(a, dict) and a.keys() == b.keys(), where
+        for k in b:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(b):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+# ------------------------------------------------------------------------------------------ stage 3
+@pytest.fixture(scope="module")
+def stage2_run(tiny_hdf5, tmp_path_factory) -> Path:
+    """A stage-2 checkpoint (5 updates) to fine-tune from."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain.train import train_offline
+
+    out = tmp_path_factory.mktemp("stage2")
+    overrides = [o for o in stage2_overrides(tiny_hdf5, out) if not o.startswith(("hydra.", "train.steps"))]
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        train_offline(compose("robopretrain", overrides=[*overrides, "train.steps=5"]))
+    return out
+
+
+def stage3_overrides(data: Path, stage2: Path, out: Path) -> list[str]:
+    return [f"checkpoint={stage2}", "task=Reach", f"data.path={data}", f"output_dir={out}", f"hydra.run.dir={out}/h",
+            "dr=none", "online.env_steps=200", "online.checkpoint_every=40", "online.eval_every=100000",
+            "online.eval_episodes=1", "online.log_every=20", "online.calibration_batch=16", "online.progress=false",
+            "online.tensorboard=false", "num_threads=1", "algo.actor_hidden=[32,32]", "algo.critic_hidden=[32,32]",
+            "algo.n_actions=2", "algo.batch_size=32"]
+
+
+def test_stage3_killed_and_rerun_matches_uninterrupted(tiny_hdf5, stage2_run, tmp_path):
+    """Stage 3 checkpoints at episode ends with its replay buffer; the resumed run ends with the same weights."""
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    reference = start_reference("finetune.train", stage3_overrides(tiny_hdf5, stage2_run, clean))
+    kill_after_first_checkpoint("finetune.train", stage3_overrides(tiny_hdf5, stage2_run, killed),
+                                killed / "checkpoints" / "latest")
+    at_kill = load_latest(killed / "checkpoints")
+    assert 40 <= at_kill.step < 200 and at_kill.state["sampler"]["online"]  # the replay buffer is in the checkpoint
+    run_to_end("finetune.train", stage3_overrides(tiny_hdf5, stage2_run, killed))
+    wait_reference(reference)
+    a, b = load_latest(killed / "checkpoints"), load_latest(clean / "checkpoints")
+    assert a.step == b.step == 200
+    assert_same(a.weights, b.weights)
+    assert_same(a.state["online"], b.state["online"], "online counters")
