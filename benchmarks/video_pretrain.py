@@ -1,8 +1,8 @@
 """Benchmark stage 1 (V-PTR): ICVF vs VIP vs TCN vs random init, pretrained on human-hand video only,
 diagnosed on robot trajectories of the target tasks the encoders never saw.
 
-    python benchmarks/video_pretrain.py                      # CPU-sized default (~15-20 min on 2 cores)
-    python benchmarks/video_pretrain.py --steps 3000 --batch-size 64 --clips 450 --device cuda
+    python benchmarks/video_pretrain.py                      # CPU-sized default (~15 min on 2 idle cores)
+    python benchmarks/video_pretrain.py --steps 20000 --batch-size 64 --clips 450 --device cuda --work /data/vptr
 
 1. collects human-hand videos of the 9 pretraining tasks (``sim_envs.collect_videos``: other embodiment,
    other camera viewpoints, randomized lighting/colours/textures) and clean robot demonstrations of the two
@@ -100,7 +100,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=90, help="human-hand clips (10 per pretraining task)")
     p.add_argument("--episodes", type=int, default=25, help="clean robot episodes per target task")
-    p.add_argument("--steps", type=int, default=1000, help="training steps per objective")
+    p.add_argument("--steps", type=int, default=3000, help="training steps per objective")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -149,6 +149,8 @@ def main() -> None:
     atomic_write(Path(args.json), json.dumps(result, indent=1))
     print()
     print(diag.format_table(report["encoders"]))
+    print()
+    print(diag.format_task_table(report["encoders"]))
     print(f"\nwrote {args.json} and {png}")
 
 

@@ -108,7 +108,8 @@ def trajectory_metrics(values: np.ndarray, gamma: float) -> dict[str, float]:
     return {"spearman": spearman(values, t), "kendall": kendall_tau_b(values, t),
             "increasing": float(np.mean(np.diff(values) > 0)), "mse": float(np.mean(resid ** 2)),
             "r2": 1.0 - float((resid ** 2).sum()) / total if total > 0 else float("nan"),
-            "pearson_vstar": pearson(values, v_star), "length": int(values.size)}
+            "pearson_vstar": pearson(values, v_star), "value_range": float(values.max() - values.min()),
+            "length": int(values.size)}
 
 
 # --------------------------------------------------------------------------------------------- probe
@@ -316,29 +317,48 @@ def diagnose(entries: Sequence[EncoderEntry], trajectories_by_size: dict[int, li
         probe = ridge_probe(feats, [len(v) - np.arange(len(v), dtype=np.float64) for v in values], train_ids, test_ids)
         for label, vals, kind in kinds:
             rows = [{"name": t.name, "task": t.task, **trajectory_metrics(v, gamma)} for t, v in zip(trajs, vals)]
-            mean, std = _summary([{k: r[k] for k in r if k not in ("name", "task")} for r in rows])
+            numbers = [{k: r[k] for k in r if k not in ("name", "task")} for r in rows]
+            mean, std = _summary(numbers)
+            per_task = {task: _summary([n for n, r in zip(numbers, rows) if r["task"] == task])[0]
+                        for task in dict.fromkeys(r["task"] for r in rows)}
             results[label] = {**entry.info, "value": kind, "image_size": entry.image_size, "mean": mean, "std": std,
-                              "probe": probe, "per_trajectory": rows, "curves": [v.tolist() for v in vals]}
+                              "per_task": per_task, "probe": probe, "per_trajectory": rows,
+                              "curves": [v.tolist() for v in vals]}
     return results
 
 
 # --------------------------------------------------------------------------------------------- report
+def format_task_table(results: dict[str, Any]) -> str:
+    """A markdown table of Spearman rho / fraction increasing per task (columns) and encoder (rows)."""
+    tasks = list(next(iter(results.values()))["per_task"])
+    lines = ["| encoder | " + " | ".join(f"{t}: rho / frac. increasing" for t in tasks) + " |",
+             "|" + "---|" * (len(tasks) + 1)]
+    for label, r in results.items():
+        cells = [f"{r['per_task'][t]['spearman']:.3f} / {r['per_task'][t]['increasing']:.3f}" for t in tasks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """A markdown table: one row per encoder (mean +- std over trajectories)."""
+    """A markdown table: one row per encoder (mean +- std over trajectories; value range = max - min of the
+    values along a trajectory, mean over trajectories)."""
     head = ("| encoder | value | Spearman rho | Kendall tau | frac. increasing | MSE vs V* | R^2 vs V* | "
-            "probe R^2 (d) | probe MAE (steps) |")
-    lines = [head, "|" + "---|" * 9]
+            "value range | probe R^2 (d) | probe MAE (steps) |")
+    lines = [head, "|" + "---|" * 10]
     for label, r in results.items():
         m, s, p = r["mean"], r["std"], r["probe"]
         lines.append(f"| {label} | {r['value']} | {m['spearman']:.3f} ± {s['spearman']:.3f} | {m['kendall']:.3f} ± "
-                     f"{s['kendall']:.3f} | {m['increasing']:.3f} | {m['mse']:.4g} | {m['r2']:.3g} | {p['r2']:.3f} | "
+                     f"{s['kendall']:.3f} | {m['increasing']:.3f} | {m['mse']:.4g} | {m['r2']:.3g} | {m['value_range']:.3g} | "
+                     f"{p['r2']:.3f} | "
                      f"{p['mae']:.1f} |")
     return "\n".join(lines)
 
 
 def plot_values(results: dict[str, Any], path: Path, num_curves: int = 4, gamma: float = 0.99,
                 title: str | None = None) -> Path:
-    """Value-vs-time curves (min-max normalised per trajectory) of a few trajectories, one panel per encoder."""
+    """Value-vs-time curves (min-max normalised per trajectory) of a few trajectories, one panel per encoder;
+    the panel title gives the mean Spearman rho and the mean raw value range (max - min along a trajectory),
+    since normalising stretches an almost flat curve as much as a steep one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -355,7 +375,7 @@ def plot_values(results: dict[str, Any], path: Path, num_curves: int = 4, gamma:
             v_star = optimal_values(len(v) - np.arange(len(v)), gamma)
             ax.plot(_minmax(v), color=colors[c % 10], lw=1.4, label=r["per_trajectory"][j]["task"])
             ax.plot(_minmax(v_star), color=colors[c % 10], lw=0.8, ls="--", alpha=0.6)
-        ax.set_title(f"{label}\nrho={r['mean']['spearman']:.2f}", fontsize=9)
+        ax.set_title(f"{label}\nrho={r['mean']['spearman']:.2f}, raw range={r['mean']['value_range']:.2g}", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("value (min-max per trajectory)")
@@ -401,6 +421,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_json(report, out / "diagnostics.json")
     plot_values(results, out / "values.png", args.plot_trajectories, args.gamma)
     print(format_table(results))
+    print()
+    print(format_task_table(results))
     print(f"wrote {out / 'diagnostics.json'} and {out / 'values.png'}")
     return report
 
