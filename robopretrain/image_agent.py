@@ -127,11 +127,18 @@ class ImageAgent:
         algo_cfg: Any = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        encoder: nn.Module | None = None,
     ) -> None:
+        """``encoder``: use this module (its weights as they are) instead of :func:`build_encoder`; how an agent
+        is rebuilt from its own checkpoint (:mod:`robopretrain.image_checkpoint`), whose weights replace them."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.state_dim, self.act_dim, self.algo = int(state_dim), int(act_dim), algo
-        encoder, self.encoder_source = build_encoder(cfg)
+        self.algo_cfg = algo_cfg
+        if encoder is None:
+            encoder, self.encoder_source = build_encoder(cfg)
+        else:
+            self.encoder_source = {"source": "given"}
         self.critic_encoder = encoder.to(self.device)
         shared = cfg.shared_encoder or not cfg.trains_encoder  # frozen copies are identical: one is enough
         self.actor_encoder = self.critic_encoder if shared else copy.deepcopy(encoder).to(self.device)
