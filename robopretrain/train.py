@@ -289,7 +289,8 @@ def build_image_agent(cfg: DictConfig, state_dim: int, image_size: int, device: 
     mode = str(enc.mode) if enc.get("mode") else ("finetune" if checkpoint else "scratch")
     obs_cfg = image_obs_config({
         "image_keys": image_keys_of(cfg), "mode": mode, "encoder_checkpoint": checkpoint,
-        "encoder_name": str(enc.name), "encoder_kwargs": OmegaConf.to_container(enc.kwargs, resolve=True) or {},
+        "encoder_name": str(enc.name),
+        "encoder_kwargs": OmegaConf.to_container(enc.kwargs, resolve=True) if enc.get("kwargs") else {},
         "image_size": int(image_size), "shared_encoder": bool(enc.shared), "augment_pad": int(enc.augment_pad),
         "encoder_lr": float(enc.lr), "feature_batch": int(enc.get("feature_batch", 512))})
     agent = ImageAgent(obs_cfg, state_dim, ACT_DIM, algo_name(cfg), agent_overrides(cfg.algo), device=device,
@@ -490,6 +491,17 @@ def train_offline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> 
     return path
 
 
+def check_eval_tasks(tasks: list[str]) -> list[str]:
+    """The evaluation tasks, checked at start (evaluation runs them in sim, so they must be sim_envs tasks)."""
+    import sim_envs
+
+    unknown = [t for t in tasks if t not in sim_envs.TASKS]
+    if unknown:
+        raise ValueError(f"evaluation tasks {unknown} are not sim_envs tasks ({sorted(sim_envs.TASKS)}); set "
+                         "train.eval_tasks to the tasks to evaluate in sim")
+    return tasks
+
+
 def guard_metrics(step: int, metrics: Mapping[str, float], dinfo: DistInfo) -> Mapping[str, float]:
     """:func:`finite_metrics_hook` on this rank's update metrics; under DDP every rank stops when one rank's are bad."""
     losses = {k: v for k, v in metrics.items() if "loss" in k}
@@ -523,7 +535,7 @@ def _train_offline(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torc
             torch.manual_seed(data_seed)
             if hasattr(agent, "generator"):
                 agent.generator.manual_seed(data_seed)
-    eval_tasks = list(tcfg.eval_tasks) if tcfg.get("eval_tasks") else run.meta["task_names"]
+    eval_tasks = check_eval_tasks(list(tcfg.eval_tasks) if tcfg.get("eval_tasks") else run.meta["task_names"])
     ckpt_root = run_dir / "checkpoints"
     start = resume_run(run, ckpt_root, dinfo) if cfg.get("resume", True) else 0
     logger = MetricsLogger(run_dir, tensorboard=bool(tcfg.get("tensorboard", True))) if dinfo.is_main else None

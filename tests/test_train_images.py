@@ -162,3 +162,5 @@ def test_bad_image_configs_name_the_problem(image_hdf5, state_hdf5, tmp_path):
         train_offline(image_cfg(state_hdf5, tmp_path / "c", 2))
     with pytest.raises(DatasetError, match=r"'proprio' is float32 \(7,\); expected square uint8 images"):
         train_offline(image_cfg(image_hdf5, tmp_path / "d", 2, "image_keys=[proprio]"))
+    with pytest.raises(ValueError, match=r"evaluation tasks \['NoSuchTask'\] are not sim_envs tasks"):
+        train_offline(image_cfg(image_hdf5, tmp_path / "e", 2, "train.eval_tasks=[NoSuchTask]"))
