@@ -1,10 +1,10 @@
-"""RL on pixels: an image encoder in front of the state-based CQL / Cal-QL agent, with encoder transfer modes.
+"""RL on pixels: an image encoder in front of a state-based agent (CQL / Cal-QL, IQL, BC), with encoder transfer modes.
 
-The algorithm's math stays in :mod:`robopretrain.algos.cql`; this module only turns observations into the state
-vector that agent consumes::
+The algorithm's math stays in :mod:`robopretrain.algos` (:mod:`~robopretrain.algos.cql`, :mod:`~robopretrain.algos.iql`,
+:mod:`~robopretrain.algos.bc`); this module only turns observations into the state vector that agent consumes::
 
     state = encoder(image_1) ++ ... ++ encoder(image_k) ++ low_dim        (low_dim = proprio ++ task one-hot)
-    Q(s, a) = critic(state, a)       pi(a | s) = actor(state')            (state' from the actor's encoder)
+    Q(s, a) = critic(state, a)  [V(s) = value(state)]   pi(a | s) = actor(state')   (state' from the actor's encoder)
 
 Observations handled here are dicts ``{image_key: uint8 (B, H, W, 3), "state": float32 (B, D)}`` (every image key
 goes through the same encoder; their features are concatenated), or, in ``frozen_cached`` mode, flat float32
@@ -23,6 +23,14 @@ Where an encoder trains (``finetune``/``scratch``), images get DrQ random-shift 
 Actor and critic have separate encoders (PTR) unless ``shared_encoder``; a shared encoder is trained by the critic
 loss only and the actor sees its features detached (DrQ's convention). The critic encoder is used for the target
 values too (under ``no_grad``), as in DrQ.
+
+Which loss trains which encoder, per algorithm (all losses of one update are back-propagated together):
+
+``cql`` / ``calql``  critic encoder: the critic loss (TD + conservative penalty [+ DR3]); actor encoder: the SAC
+                     actor loss;
+``iql``              critic encoder: the value (expectile) and critic (TD) losses, next states encoded without
+                     gradient (they only enter the target); actor encoder: the AWR loss;
+``bc``               one encoder (there is no critic; ``shared_encoder`` is implied), trained by the BC loss.
 """
 
 from __future__ import annotations
@@ -37,8 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from robopretrain.algos import make_agent
-from robopretrain.algos.cql import CQL, make_adam, metrics_to_floats, soft_update_
+from robopretrain.algos import AGENT_NAMES, Agent, make_agent
+from robopretrain.algos.cql import make_adam, metrics_to_floats, soft_update_
 from robopretrain.nets.augment import random_shift
 from robopretrain.nets.encoder_io import load_encoder
 from robopretrain.nets.encoders import make_encoder, to_float_images
@@ -116,7 +124,7 @@ def image_size_of(encoder: nn.Module) -> int:
 
 
 class ImageAgent:
-    """A CQL / Cal-QL agent on ``encoder(images) ++ state``; same ``update/act/q_values/state_dict`` API."""
+    """A CQL / Cal-QL / IQL / BC agent on ``encoder(images) ++ state``; same ``update/act/q_values/state_dict`` API."""
 
     def __init__(
         self,
@@ -139,14 +147,15 @@ class ImageAgent:
             encoder, self.encoder_source = build_encoder(cfg)
         else:
             self.encoder_source = {"source": "given"}
+        if algo not in AGENT_NAMES:
+            raise ValueError(f"unknown agent {algo!r}; expected one of {list(AGENT_NAMES)}")
         self.critic_encoder = encoder.to(self.device)
-        shared = cfg.shared_encoder or not cfg.trains_encoder  # frozen copies are identical: one is enough
+        # frozen copies are identical: one is enough; BC has no critic: its one encoder is the policy's
+        shared = cfg.shared_encoder or not cfg.trains_encoder or algo == "bc"
         self.actor_encoder = self.critic_encoder if shared else copy.deepcopy(encoder).to(self.device)
         self.feature_dim = int(encoder.out_dim) * len(cfg.image_keys)
         self.obs_dim = self.feature_dim + self.state_dim
-        self.agent: CQL = make_agent(algo, self.obs_dim, act_dim, algo_cfg, device=self.device)
-        if not isinstance(self.agent, CQL):
-            raise ValueError(f"image observations support the CQL family (cql, calql), got {algo!r}")
+        self.agent: Agent = make_agent(algo, self.obs_dim, act_dim, algo_cfg, device=self.device)
         self.encoder_optimizer: torch.optim.Optimizer | None = None
         if cfg.trains_encoder:
             params = list(self.critic_encoder.parameters())
@@ -158,6 +167,15 @@ class ImageAgent:
                 enc.requires_grad_(False)
                 enc.eval()
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    @property
+    def has_q(self) -> bool:
+        """Whether the agent has a Q-function (every algorithm but BC)."""
+        return hasattr(self.agent, "q_values")
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimiser an update steps (the agent's, and the encoders' when they train)."""
+        return [self.agent.optimizer] + ([self.encoder_optimizer] if self.encoder_optimizer is not None else [])
 
     # ------------------------------------------------------------------ encoding
 
@@ -207,31 +225,50 @@ class ImageAgent:
             return self.agent.update(batch, with_metrics=with_metrics)
         if not self.cfg.trains_encoder:
             with torch.no_grad():
-                flat = {**batch, "observations": self.encode(batch["observations"], self.critic_encoder),
-                        "next_observations": self.encode(batch["next_observations"], self.critic_encoder)}
+                flat = {**batch, "observations": self.encode(batch["observations"], self.critic_encoder)}
+                if self.algo != "bc":  # BC ignores next states
+                    flat["next_observations"] = self.encode(batch["next_observations"], self.critic_encoder)
             return self.agent.update(flat, with_metrics=with_metrics)
         return self._joint_update(batch, with_metrics)
 
-    def _joint_update(self, batch: Mapping[str, Any], with_metrics: bool) -> dict[str, float]:
-        obs, next_obs = batch["observations"], batch["next_observations"]
+    def _encoded_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch with features in place of images, with gradients to the encoders each loss may train."""
+        obs = batch["observations"]
+        if self.algo == "bc":  # one encoder, trained by the BC loss
+            return {**batch, "observations": self.encode(obs, self.critic_encoder, augment=True)}
         critic_obs = self.encode(obs, self.critic_encoder, augment=True)
-        critic_next = self.encode(next_obs, self.critic_encoder, augment=True)
+        if self.algo == "iql":  # s' only enters the TD target V(s'), computed without gradient
+            with torch.no_grad():
+                critic_next = self.encode(batch["next_observations"], self.critic_encoder, augment=True)
+        else:  # CQL scores policy actions at s' and DR3 uses the critic's features at s': keep the gradient
+            critic_next = self.encode(batch["next_observations"], self.critic_encoder, augment=True)
+        flat = {**batch, "observations": critic_obs, "next_observations": critic_next}
         if self.actor_encoder is self.critic_encoder:
-            actor_obs, actor_next = critic_obs.detach(), critic_next.detach()
+            flat["actor_observations"] = critic_obs.detach()
+            if self.algo != "iql":
+                flat["actor_next_observations"] = critic_next.detach()
         else:
-            actor_obs = self.encode(obs, self.actor_encoder, augment=True)
-            actor_next = self.encode(next_obs, self.actor_encoder, augment=True)
-        flat = {**batch, "observations": critic_obs, "next_observations": critic_next,
-                "actor_observations": actor_obs, "actor_next_observations": actor_next}
+            flat["actor_observations"] = self.encode(obs, self.actor_encoder, augment=True)
+            if self.algo != "iql":  # IQL's policy loss (AWR) only looks at s
+                flat["actor_next_observations"] = self.encode(batch["next_observations"], self.actor_encoder,
+                                                              augment=True)
+        return flat
+
+    def _joint_update(self, batch: Mapping[str, Any], with_metrics: bool) -> dict[str, float]:
+        """One step of the agent's parameters and the encoders on the sum of the agent's losses."""
+        flat = self._encoded_batch(batch)
         agent = self.agent
-        losses, metrics = agent._loss_fn(flat, with_metrics)
-        agent.optimizer.zero_grad(set_to_none=True)
+        loss_fn = getattr(agent, "_loss_fn", agent.compute_losses)
+        losses, metrics = loss_fn(flat, with_metrics)
         assert self.encoder_optimizer is not None
+        agent.optimizer.zero_grad(set_to_none=True)
         self.encoder_optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         agent.optimizer.step()
         self.encoder_optimizer.step()
-        soft_update_(agent.target_critic, agent.critic, agent.cfg.tau)
+        target = getattr(agent, "target_critic", None)
+        if target is not None:
+            soft_update_(target, agent.critic, agent.cfg.tau)
         agent.num_updates += 1
         return metrics_to_floats(metrics)
 
@@ -252,7 +289,9 @@ class ImageAgent:
 
     @torch.no_grad()
     def q_values(self, obs: ImageObs, actions: torch.Tensor) -> torch.Tensor:
-        """``min_e Q_e(s, a)`` ``(B,)`` for dict observations or cached feature vectors."""
+        """``min_e Q_e(s, a)`` ``(B,)`` for dict observations or cached feature vectors (not for BC)."""
+        if not self.has_q:
+            raise ValueError(f"image agent: {self.algo!r} has no Q-function")
         return self.agent.q_values(self._flat(obs, self.critic_encoder), actions)
 
     def train_mode(self, training: bool) -> None:

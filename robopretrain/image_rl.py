@@ -40,6 +40,7 @@ from robopretrain.data.hdf5 import load_transitions
 from robopretrain.data.replay import MixedSampler, OfflineDataset, ReplayBuffer, task_one_hot
 from robopretrain.data.returns import scale_rewards, sparse_negative_reward
 from robopretrain.evaluation import EVAL_SEED, train_episode_seed
+from robopretrain.guards import finite_metrics_hook
 from robopretrain.image_agent import STATE_KEY, ImageAgent
 
 log = logging.getLogger(__name__)
@@ -175,11 +176,12 @@ class RewardSpec:
 def load_image_dataset(path: str | os.PathLike, image_keys: Sequence[str], state_keys: Sequence[str], num_tasks: int,
                        reward: RewardSpec, *, tasks: Sequence[str] | None = None, mask: str | None = None,
                        key_map: Mapping[str, str] | None = None, task_id: int | None = None,
-                       max_demos: int | None = None, seed: int = 0) -> OfflineDataset:
+                       max_demos: int | None = None, seed: int = 0,
+                       device: str | torch.device = "cpu") -> OfflineDataset:
     """Robomimic HDF5 -> offline dataset of dict observations (images uint8, ``state`` with the task one-hot).
 
     ``key_map`` maps our keys to the file's; ``task_id`` overrides the file's per-demo task ids (a foreign
-    dataset); ``max_demos`` keeps the first demos only (e.g. the 10 target demos).
+    dataset); ``max_demos`` keeps the first demos only (e.g. the 10 target demos); batches land on ``device``.
     """
     key_map = dict(key_map or {})
     file_keys = [key_map.get(k, k) for k in (*image_keys, *state_keys)]
@@ -200,7 +202,8 @@ def load_image_dataset(path: str | os.PathLike, image_keys: Sequence[str], state
 
     trans.obs, trans.next_obs = convert(trans.obs), convert(trans.next_obs)
     return OfflineDataset.from_transitions(trans, gamma=reward.gamma, reward_scale=reward.scale,
-                                           reward_bias=reward.bias, sparse_reward=reward.sparse, seed=seed)
+                                           reward_bias=reward.bias, sparse_reward=reward.sparse, device=device,
+                                           seed=seed)
 
 
 def cache_features(dataset: OfflineDataset, agent: ImageAgent, seed: int = 0) -> OfflineDataset:
@@ -314,7 +317,9 @@ def train_offline_images(agent: ImageAgent, sampler: Any, steps: int, run_dir: P
                          eval_every: int = 0, progress: bool = True, desc: str = "offline") -> list[dict[str, Any]]:
     """``steps`` updates on ``sampler`` batches, resumable from ``<run_dir>/state.pt``; returns the log rows.
 
-    ``evaluate(step)`` runs every ``eval_every`` updates and at the end.
+    ``evaluate(step)`` runs every ``eval_every`` updates and at the end. Metrics are computed on log and
+    checkpoint steps and a NaN / inf loss stops the loop (:func:`robopretrain.guards.finite_metrics_hook`) before
+    the state is saved.
     """
     path = run_dir / "state.pt"
     state = load_state(path)
@@ -329,7 +334,8 @@ def train_offline_images(agent: ImageAgent, sampler: Any, steps: int, run_dir: P
     try:
         for step in range(start + 1, steps + 1):
             log_now = step % 100 == 0 or step == steps
-            metrics = agent.update(sampler.sample(batch_size), with_metrics=log_now)
+            metrics = agent.update(sampler.sample(batch_size), with_metrics=log_now or step % checkpoint_every == 0)
+            finite_metrics_hook(step, metrics)
             bar.update(1)
             if log_now:
                 rows.append({"step": step, **{f"train/{k}": v for k, v in metrics.items()}})

@@ -1,8 +1,8 @@
 """Bad input gets one clear line on stderr, exit code 2, and no traceback, from every entry point.
 
-Stage 1 and the robustness evaluation are run as ``python -m <module>``; stages 2 and 3 through
+Stages 1 and 2 and the robustness evaluation are run as ``python -m <module>``; stage 3 through
 ``python -m robopretrain.cli <module>`` (the same main function and config, with the one-line error handling
-that ``python -m robopretrain.train`` / ``finetune.train`` get once they call ``robopretrain.cli.run_hydra``).
+that ``python -m finetune.train`` gets once it calls ``robopretrain.cli.run_hydra``).
 All commands start together in one fixture (they are mostly interpreter start-up) and each test checks one.
 """
 from __future__ import annotations
@@ -118,7 +118,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
     empty.mkdir()
 
     def s2(*overrides: str) -> list[str]:
-        return [sys.executable, "-m", "robopretrain.cli", "robopretrain.train", f"hydra.run.dir={tmp}/h",
+        return [sys.executable, "-m", "robopretrain.train", f"hydra.run.dir={tmp}/h",
                 "train.progress=false", "train.tensorboard=false", "train.steps=2", *TINY_ALGO, *overrides]
 
     def s1(*overrides: str) -> list[str]:
@@ -144,6 +144,15 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
              "task=Reach", "obs_keys=[proprio]", f"output_dir={tmp}/ft", f"data.path={good}"],
             "checkpoint does not fit this config"),
         "unknown_config_key_stage2": (s2(f"data.path={good}", "train.stepz=3", out), "Could not override 'train.stepz'"),
+        "out_of_range_value_stage2": (s2(f"data.path={good}", "train.eval_every=0", out),
+                                      "robopretrain config: train.eval_every=0; expected an integer >= 1"),
+        "nan_loss_stage2": (s2(f"data.path={good}", "algo.reward_scale=1e38", f"output_dir={tmp}/nan"),
+                            "at step 2; the run stopped and its last good checkpoint is kept"),
+        "image_keys_not_in_data_stage2": (s2(f"data.path={good}", "image_keys=[agentview_image]", "obs_keys=[proprio]",
+                                             out), "image key 'agentview_image' is not in the data"),
+        "encoder_mode_without_checkpoint_stage2": (
+            s2(f"data.path={good}", "image_keys=[agentview_image]", "encoder.mode=frozen", out),
+            "encoder.mode=frozen needs encoder.checkpoint"),
         "image_wrong_dtype": (s1(f"data.path={float_images}", f"output_dir={tmp}/s1a"), "expected uint8 images"),
         "image_wrong_shape": (s1(f"data.path={gray_images}", f"output_dir={tmp}/s1b"), "expected uint8 images"),
         "manifest_missing_file": (s1(f"data.path={missing_clip}", f"output_dir={tmp}/s1c"), "does not exist"),
@@ -178,7 +187,8 @@ def results(cases, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
 
 CASE_NAMES = ["non_hdf5_dataset", "truncated_dataset", "missing_obs_key", "actions_outside_range", "one_step_episode",
               "nan_in_data", "incompatible_checkpoint_stage2", "incompatible_checkpoint_stage3",
-              "unknown_config_key_stage2", "image_wrong_dtype", "image_wrong_shape", "manifest_missing_file",
+              "unknown_config_key_stage2", "out_of_range_value_stage2", "nan_loss_stage2",
+              "image_keys_not_in_data_stage2", "encoder_mode_without_checkpoint_stage2", "image_wrong_dtype", "image_wrong_shape", "manifest_missing_file",
               "manifest_outside_folder", "out_of_range_value_stage1", "unknown_config_key_stage1",
               "incompatible_checkpoint_stage1", "evaluate_not_a_checkpoint", "evaluate_out_of_range_value"]
 

@@ -94,3 +94,31 @@ def test_resume_with_other_obs_keys_is_a_clear_error(tiny_hdf5, tmp_path):
     train_offline(compose_offline(tiny_hdf5, tmp_path / "c", 10))
     with pytest.raises(CheckpointError, match="obs_dim"):
         train_offline(compose_offline(tiny_hdf5, tmp_path / "c", 20, ["obs_keys=[proprio]"]))
+
+
+def test_nan_loss_stops_before_the_checkpoint_is_written(tiny_hdf5, tmp_path):
+    """A reward scale of 1e38 makes the Cal-QL critic loss inf: the run stops at the first metrics step (the
+    checkpoint step 10, log_every 5 -> step 5) before any checkpoint exists."""
+    from robopretrain.guards import NonFiniteLossError
+
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match=r"loss 'critic_loss' is (inf|nan) at step 5"):
+        train_offline(compose_offline(tiny_hdf5, out, 20, ["algo.reward_scale=1e38"]))
+    assert load_latest(out / "checkpoints") is None
+
+
+def test_metrics_are_computed_on_checkpoint_steps_between_log_steps(tiny_hdf5, tmp_path, monkeypatch):
+    """with_metrics is on for log, evaluation and checkpoint steps, so the NaN guard runs before every checkpoint."""
+    from robopretrain.algos.cql import CQL
+
+    seen = []
+    update = CQL.update
+
+    def spy(self, batch, with_metrics=True):
+        seen.append(with_metrics)
+        return update(self, batch, with_metrics)
+
+    monkeypatch.setattr(CQL, "update", spy)
+    train_offline(compose_offline(tiny_hdf5, tmp_path / "m", 7, ["train.log_every=4", "train.checkpoint_every=3",
+                                                                 "train.eval_every=100"]))
+    assert [i + 1 for i, m in enumerate(seen) if m] == [3, 4, 6, 7]  # ckpt 3, log 4, ckpt 6, last step 7

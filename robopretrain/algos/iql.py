@@ -12,6 +12,10 @@ their sum computes all gradients at the same parameters. Choices: the policy is 
 actor (the IQL paper uses a Gaussian with tanh-squashed mean), evaluated on data actions clipped to
 ``1 - 1e-4``; V(s') comes from the current (pre-step) value network, as in the CORL port; no learning-rate
 schedule.
+
+Image agents (:mod:`robopretrain.image_agent`) may pass the policy its own encoder's features as
+``actor_observations``; the value and critic losses use ``observations`` (the critic encoder's features), so the
+AWR loss never trains the critic's encoder. Plain state vectors need no such key.
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ class IQL:
         value_loss = expectile_loss(adv, cfg.expectile)
         q_data = self.critic(obs, actions)
         q_loss = iql_q_loss(q_data, batch["rewards"], batch["dones"], next_v, cfg.discount)
-        log_prob = self.actor.log_prob(obs, actions, cfg.action_clip_eps)
+        log_prob = self.actor.log_prob(batch.get("actor_observations", obs), actions, cfg.action_clip_eps)
         policy_loss = awr_policy_loss(log_prob, adv, cfg.beta, cfg.max_weight)
         losses = {"value": value_loss, "critic": q_loss, "actor": policy_loss}
         metrics: dict[str, torch.Tensor] = {}
