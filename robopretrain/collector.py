@@ -28,7 +28,7 @@ Used by both online loops (state-based :func:`finetune.online.run_online`, image
 
 from __future__ import annotations
 
-import functools
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -58,6 +58,34 @@ def sim_env(task: str, randomization: Any = "none", **kwargs: Any) -> gym.Env:
         randomization = dict(randomization)
     return gym.make(sim_envs.env_id(task), render_images=False, randomization=randomization,
                     terminate_on_success=True, **kwargs)
+
+
+def target_env(name: str, env_id: str | None, env_kwargs: Mapping[str, Any], max_episode_steps: int | None,
+               image_keys: Sequence[str], image_size: int, randomization: Any = "none") -> gym.Env:
+    """The env of an image target (the fields of :class:`robopretrain.image_rl.TargetSpec`; a picklable factory).
+
+    ``env_id`` None: the sim_envs task ``name`` rendering ``image_keys`` at ``image_size`` with ``randomization``,
+    terminating on success. Else a gymnasium id, or ``"module:Class"`` (built with ``env_kwargs``, wrapped in a
+    ``TimeLimit`` of ``max_episode_steps`` when given).
+    """
+    env_kwargs = dict(env_kwargs or {})
+    if env_id is None:
+        import sim_envs
+
+        if name not in sim_envs.TASKS:
+            raise ValueError(f"target {name!r} is not a sim_envs task ({sorted(sim_envs.TASKS)}); set env_id")
+        return gym.make(sim_envs.env_id(name), image_size=int(image_size), render_images=True,
+                        eye_in_hand="eye_in_hand_image" in image_keys, randomization=randomization,
+                        terminate_on_success=True, **env_kwargs)
+    module_name, _, attr = str(env_id).partition(":")
+    if attr:
+        obj = getattr(importlib.import_module(module_name), attr, None)
+        if isinstance(obj, type):
+            env = obj(**env_kwargs)
+            if max_episode_steps:
+                env = gym.wrappers.TimeLimit(env, int(max_episode_steps))
+            return env
+    return gym.make(str(env_id), **env_kwargs)
 
 
 def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: bool = True) -> gym.vector.VectorEnv:
@@ -312,4 +340,4 @@ def collect_and_update(
 
 
 __all__ = ["CollectStep", "Episode", "VectorCollector", "collect_and_update", "crossed", "episode_seed",
-           "make_vector_env", "sim_env", "tree_rows", "tree_stack"]
+           "make_vector_env", "sim_env", "target_env", "tree_rows", "tree_stack"]

@@ -22,7 +22,6 @@ Used by the pipeline (:mod:`robopretrain.pipeline`) and usable on its own:
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import os
@@ -96,25 +95,10 @@ def target_spec(entry: str | Mapping[str, Any]) -> TargetSpec:
 def make_target_env(spec: TargetSpec, image_keys: Sequence[str], image_size: int, randomization: Any = "none",
                     render_size: int | None = None) -> gym.Env:
     """The env of ``spec`` (sim_envs: rendering ``image_keys`` at ``image_size`` with ``randomization``)."""
-    if spec.is_sim_envs:
-        import sim_envs
+    from robopretrain.collector import target_env
 
-        if spec.name not in sim_envs.TASKS:
-            raise ValueError(f"target {spec.name!r} is not a sim_envs task ({sorted(sim_envs.TASKS)}); set env_id")
-        return gym.make(sim_envs.env_id(spec.name), image_size=image_size, render_images=True,
-                        eye_in_hand="eye_in_hand_image" in image_keys, randomization=_plain(randomization),
-                        terminate_on_success=True, **spec.env_kwargs)
-    env_id = str(spec.env_id)
-    module_name, _, attr = env_id.partition(":")
-    if attr:
-        module = importlib.import_module(module_name)
-        obj = getattr(module, attr, None)
-        if isinstance(obj, type):
-            env = obj(**spec.env_kwargs)
-            if spec.max_episode_steps:
-                env = gym.wrappers.TimeLimit(env, int(spec.max_episode_steps))
-            return env
-    return gym.make(env_id, **spec.env_kwargs)
+    return target_env(spec.name, spec.env_id, spec.env_kwargs, spec.max_episode_steps, tuple(image_keys),
+                      int(image_size), _plain(randomization))
 
 
 def _plain(value: Any) -> Any:
@@ -123,10 +107,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _env_factory(spec: TargetSpec, image_keys: tuple[str, ...], image_size: int, randomization: Any) -> gym.Env:
-    return make_target_env(spec, image_keys, image_size, randomization)
 
 
 def make_vector_env(spec: TargetSpec, num_envs: int, image_keys: Sequence[str], image_size: int,
@@ -141,8 +121,14 @@ def make_vector_env(spec: TargetSpec, num_envs: int, image_keys: Sequence[str], 
 
 def _env_factory_of(spec: TargetSpec, image_keys: Sequence[str], image_size: int,
                     randomization: Any) -> Callable[[], gym.Env]:
-    """A picklable zero-argument factory of the target env (what a worker process calls)."""
-    return functools.partial(_env_factory, spec, tuple(image_keys), int(image_size), _plain(randomization))
+    """A picklable zero-argument factory of the target env (what a worker process calls).
+
+    It holds plain values and :func:`robopretrain.collector.target_env`, so a spawned worker imports gymnasium and
+    the env's own module, not torch."""
+    from robopretrain.collector import target_env
+
+    return functools.partial(target_env, spec.name, spec.env_id, dict(spec.env_kwargs), spec.max_episode_steps,
+                             tuple(image_keys), int(image_size), _plain(randomization))
 
 
 def stored_obs(obs: Mapping[str, Any], spec: TargetSpec, image_keys: Sequence[str], state_keys: Sequence[str],
