@@ -312,7 +312,10 @@ def collect_and_update(
     collector.start(started)
     started, last_ckpt = collector.next_episode, env_steps
     while env_steps < total:
-        out = collector.step(policy, budget=total - env_steps, drain=env_steps - last_ckpt >= checkpoint_every)
+        # drain from the round that can reach checkpoint_every: with one env, "checkpoint at the first episode end
+        # at or after checkpoint_every env steps"
+        due = env_steps + int(collector.active.sum()) - last_ckpt >= checkpoint_every
+        out = collector.step(policy, budget=total - env_steps, drain=due)
         for episode in out.episodes:
             store(episode)
         before, env_steps, started = env_steps, env_steps + out.transitions, collector.next_episode
