@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 GAMMA = 0.99
 EPISODE = 20  # Reach's time limit shortened from 50 steps (TargetSpec.env_kwargs go to gym.make)
+# a gymnasium env that is not a sim_envs task, with other observation keys (tests/test_pipeline_images.py)
+DOT_TARGET = ("{name: Dot, env_id: 'test_pipeline_images:DotEnv', task_id: 11, max_episode_steps: 12, "
+              "obs_map: {agentview_image: rgb_image, proprio: robot_state}}")
 STAGE2_ALGO = {"actor_hidden": [32, 32], "critic_hidden": [32, 32], "n_actions": 2, "batch_size": 16}
 
 
@@ -149,9 +152,7 @@ def test_killed_image_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     demos = write_dot_demos(tmp_path / "dot.hdf5", episodes=3)
     stage2 = stage2_image_checkpoint(tmp_path / "stage2", num_tasks=12)
-    target = ("{name: Dot, env_id: 'test_pipeline_images:DotEnv', task_id: 11, max_episode_steps: 12, "
-              "obs_map: {agentview_image: rgb_image, proprio: robot_state}}")
-    extra = [f"image.target={target}", "online.asynchronous=false", "online.env_steps=48",
+    extra = [f"image.target={DOT_TARGET}", "online.asynchronous=false", "online.env_steps=48",
              "online.checkpoint_every=12", "online.eval_every=24", "online.log_every=8", "online.tensorboard=false"]
     clean = finetune_online(finetune_cfg(stage2, demos, tmp_path / "clean", extra))
 
@@ -201,3 +202,32 @@ def test_image_checkpoint_with_state_only_data_or_other_algo_is_refused(stage2_1
         finetune_online(finetune_cfg(stage2_11, state_only, tmp_path / "a"))
     with pytest.raises(CheckpointError, match="checkpoint does not fit this config.*'iql'"):
         finetune_online(finetune_cfg(stage2_11, state_only, tmp_path / "b", ["algo=iql"]))
+
+
+@pytest.mark.parametrize("mode", ["frozen_cached", "frozen", "finetune"])
+def test_every_encoder_mode_fine_tunes_online(mode, tmp_path):
+    """Pretrained-encoder modes rebuild from the checkpoint; frozen_cached stores encoder features online."""
+    from test_pipeline_images import write_dot_demos
+
+    from robopretrain.nets.encoder_io import save_encoder
+    from robopretrain.nets.encoders import make_encoder
+
+    demos = write_dot_demos(tmp_path / "dot.hdf5", episodes=3)
+    enc = save_encoder(tmp_path / "enc", make_encoder("small_conv", SIZE, channels=8, out_dim=16), "small_conv", {})
+    cfg = image_obs_config({"image_keys": ["agentview_image"], "mode": mode, "encoder_checkpoint": str(enc),
+                            "image_size": SIZE})
+    agent = ImageAgent(cfg, 7 + 12, 4, "cql", STAGE2_ALGO, seed=0)
+    save_image_checkpoint(tmp_path / "s2" / "checkpoints", 1, {}, agent,
+                          image_agent_meta(agent, state_keys=["proprio"], num_tasks=12, stage="stage2"))
+    extra = [f"image.target={DOT_TARGET}", "online.asynchronous=false", "online.env_steps=24",
+             "online.checkpoint_every=12", "online.eval_every=12", "online.log_every=6", "online.tensorboard=false"]
+    out = finetune_online(finetune_cfg(tmp_path / "s2", demos, tmp_path / "run", extra))
+    assert out["history"][-1]["env_steps"] == 24
+    ckpt = load_latest(tmp_path / "run" / "checkpoints")
+    stored = ckpt.state["sampler"]["online"]["data"]["observations"]
+    if mode == "frozen_cached":
+        assert tuple(stored.shape[1:]) == (16 + 7 + 12,)  # features ++ state
+    else:
+        assert tuple(stored["agentview_image"].shape[1:]) == (SIZE, SIZE, 3)
+    loaded, _ = load_image_agent(tmp_path / "run")
+    assert loaded.cfg.mode == mode and loaded.algo == "calql"
