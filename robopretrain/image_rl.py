@@ -22,7 +22,6 @@ Used by the pipeline (:mod:`robopretrain.pipeline`) and usable on its own:
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 from robopretrain.data.hdf5 import load_transitions
 from robopretrain.data.replay import MixedSampler, OfflineDataset, ReplayBuffer, task_one_hot
 from robopretrain.data.returns import scale_rewards, sparse_negative_reward
-from robopretrain.evaluation import EVAL_SEED, train_episode_seed
+from robopretrain.evaluation import EVAL_SEED
 from robopretrain.guards import finite_metrics_hook
 from robopretrain.image_agent import STATE_KEY, ImageAgent
 
@@ -97,25 +96,10 @@ def target_spec(entry: str | Mapping[str, Any]) -> TargetSpec:
 def make_target_env(spec: TargetSpec, image_keys: Sequence[str], image_size: int, randomization: Any = "none",
                     render_size: int | None = None) -> gym.Env:
     """The env of ``spec`` (sim_envs: rendering ``image_keys`` at ``image_size`` with ``randomization``)."""
-    if spec.is_sim_envs:
-        import sim_envs
+    from robopretrain.collector import target_env
 
-        if spec.name not in sim_envs.TASKS:
-            raise ValueError(f"target {spec.name!r} is not a sim_envs task ({sorted(sim_envs.TASKS)}); set env_id")
-        return gym.make(sim_envs.env_id(spec.name), image_size=image_size, render_images=True,
-                        eye_in_hand="eye_in_hand_image" in image_keys, randomization=_plain(randomization),
-                        terminate_on_success=True, **spec.env_kwargs)
-    env_id = str(spec.env_id)
-    module_name, _, attr = env_id.partition(":")
-    if attr:
-        module = importlib.import_module(module_name)
-        obj = getattr(module, attr, None)
-        if isinstance(obj, type):
-            env = obj(**spec.env_kwargs)
-            if spec.max_episode_steps:
-                env = gym.wrappers.TimeLimit(env, int(spec.max_episode_steps))
-            return env
-    return gym.make(env_id, **spec.env_kwargs)
+    return target_env(spec.name, spec.env_id, spec.env_kwargs, spec.max_episode_steps, tuple(image_keys),
+                      int(image_size), _plain(randomization))
 
 
 def _plain(value: Any) -> Any:
@@ -126,18 +110,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _env_factory(spec: TargetSpec, image_keys: tuple[str, ...], image_size: int, randomization: Any) -> gym.Env:
-    return make_target_env(spec, image_keys, image_size, randomization)
-
-
 def make_vector_env(spec: TargetSpec, num_envs: int, image_keys: Sequence[str], image_size: int,
                     randomization: Any, asynchronous: bool = True) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of the target env. Async: spawned workers, each building its env lazily (EGL-safe)."""
-    fn = functools.partial(_env_factory, spec, tuple(image_keys), int(image_size), _plain(randomization))
-    mode = gym.vector.AutoresetMode.SAME_STEP
-    if asynchronous and num_envs > 1:
-        return gym.vector.AsyncVectorEnv([fn] * num_envs, context="spawn", autoreset_mode=mode, shared_memory=False)
-    return gym.vector.SyncVectorEnv([fn] * num_envs, autoreset_mode=mode)
+    """``num_envs`` copies of the target env, autoreset off (:func:`robopretrain.collector.make_vector_env`).
+
+    Async: spawned workers, each building its env lazily (EGL-safe)."""
+    from robopretrain.collector import make_vector_env as vector_env
+
+    return vector_env(_env_factory_of(spec, image_keys, image_size, randomization), num_envs, asynchronous)
+
+
+def _env_factory_of(spec: TargetSpec, image_keys: Sequence[str], image_size: int,
+                    randomization: Any) -> Callable[[], gym.Env]:
+    """A picklable zero-argument factory of the target env (what a worker process calls).
+
+    It holds plain values and :func:`robopretrain.collector.target_env`, so a spawned worker imports gymnasium and
+    the env's own module, not torch."""
+    from robopretrain.collector import target_env
+
+    return functools.partial(target_env, spec.name, spec.env_id, dict(spec.env_kwargs), spec.max_episode_steps,
+                             tuple(image_keys), int(image_size), _plain(randomization))
 
 
 def stored_obs(obs: Mapping[str, Any], spec: TargetSpec, image_keys: Sequence[str], state_keys: Sequence[str],
@@ -356,17 +348,23 @@ def train_offline_images(agent: ImageAgent, sampler: Any, steps: int, run_dir: P
 
 @dataclass
 class OnlineSettings:
+    """Settings of :func:`run_online_images` (pipeline ``stage3.*``, ``finetune.yaml`` ``online.*``)."""
+
     env_steps: int = 2000
     num_envs: int = 2
-    asynchronous: bool = True
-    utd: int = 1
+    asynchronous: bool = True  # envs in spawned worker processes (AsyncVectorEnv) when num_envs > 1
+    utd: int = 1  # updates per env step
     offline_ratio: float = 0.5
     batch_size: int = 256
     buffer_capacity: int = 100_000
     eval_every: int = 1000
     eval_episodes: int = 10
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 1000  # env steps between checkpoints (written once every env finished its episode)
     progress: bool = True
+    log_every: int = 100  # env steps between update-metric rows in metrics.jsonl / TensorBoard
+    keep_checkpoints: int = 2
+    calibration_batch: int = 256  # offline rows / newest online rows for the Q-vs-MC-return calibration
+    tensorboard: bool = True
 
 
 def online_buffer(agent: ImageAgent, spec: TargetSpec, image_keys: Sequence[str], image_size: int, state_dim: int,
@@ -380,104 +378,105 @@ def online_buffer(agent: ImageAgent, spec: TargetSpec, image_keys: Sequence[str]
     return ReplayBuffer(capacity, obs_spec, ACT_DIM, gamma=reward.gamma, sparse_negative_reward=neg, seed=seed)
 
 
-def _row(tree: Mapping[str, np.ndarray] | np.ndarray, i: int) -> Any:
-    return {k: v[i] for k, v in tree.items()} if isinstance(tree, Mapping) else tree[i]
-
-
-def _stack(items: list[Any]) -> Any:
-    if isinstance(items[0], Mapping):
-        return {k: np.stack([it[k] for it in items]) for k in items[0]}
-    return np.stack(items)
-
-
 def run_online_images(agent: ImageAgent, offline: OfflineDataset, spec: TargetSpec, settings: OnlineSettings,
                       run_dir: Path, *, image_keys: Sequence[str], state_keys: Sequence[str], num_tasks: int,
                       image_size: int, randomization: Any, reward: RewardSpec, seed: int,
-                      evaluate: Callable[[int], dict[str, float]]) -> list[dict[str, Any]]:
-    """Cal-QL (or CQL) online on ``spec`` with ``settings.num_envs`` envs; resumable at evaluation points."""
-    state_dim = int(offline.arrays()["observations"][STATE_KEY].shape[1]) if isinstance(
-        offline.arrays()["observations"], Mapping) else agent.state_dim
+                      evaluate: Callable[[int], dict[str, float]], config: Mapping[str, Any] | None = None,
+                      meta: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Cal-QL (or CQL) online on ``spec`` with ``settings.num_envs`` envs in worker processes; resumable.
+
+    The loop is :func:`robopretrain.collector.collect_and_update` (synchronous collect-then-update, ``utd``
+    updates per env step, returns-to-go per finished episode of each env, episode ``k`` reset with
+    ``train_episode_seed(seed, k)``). Under ``run_dir`` it writes ``checkpoints/``: image-agent checkpoints
+    (:func:`robopretrain.image_checkpoint.save_image_checkpoint`, ``config`` as their config and ``meta`` added to
+    their meta data) whose state holds the replay buffer, sampler, RNGs (torch and the augmentation generator) and
+    counters, so a rerun resumes exactly where the newest one was written; ``metrics.jsonl`` and TensorBoard logs
+    (``tb/``). ``evaluate(env_steps)`` runs at step 0, every ``eval_every`` env steps and at the end; its result
+    is logged with the calibration (average Q next to the Monte-Carlo return on a fixed offline sample and on the
+    newest online rows) and the cumulative regret. Returns the evaluation history.
+    """
+    from dataclasses import asdict
+
+    from robopretrain.checkpoint import load_latest, rng_state, set_rng_state
+    from robopretrain.collector import Episode, VectorCollector, collect_and_update
+    from robopretrain.image_checkpoint import image_agent_meta, save_image_checkpoint
+    from robopretrain.metrics import MetricsLogger
+
+    observations = offline.arrays()["observations"]
+    state_dim = int(observations[STATE_KEY].shape[1]) if isinstance(observations, Mapping) else agent.state_dim
     buffer = online_buffer(agent, spec, image_keys, image_size, state_dim, reward, settings.buffer_capacity, seed + 1)
     sampler = MixedSampler(offline, buffer, settings.offline_ratio)
-    path = run_dir / "state.pt"
-    saved = load_state(path)
-    env_steps, history, successes = 0, [], []
-    if saved is not None:
-        agent.load_state_dict(saved["agent"])
-        sampler.load_state_dict(saved["sampler"])
-        env_steps, history = int(saved["env_steps"]), json.loads(saved["history"])
-        successes = json.loads(saved["successes"])
-        log.info("online %s: resumed at env step %d", spec.name, env_steps)
+    ckpt_root = run_dir / "checkpoints"
+    facts = {"task": spec.name, "target": asdict(spec), "randomization": _plain(randomization), **dict(meta or {})}
+    facts.pop("stage", None)
+    ckpt_meta = image_agent_meta(agent, state_keys=list(state_keys), num_tasks=int(num_tasks), stage="online", **facts)
+    env_steps, started, successes, history = 0, 0, [], []
+    latest = load_latest(ckpt_root)
+    if latest is not None and latest.state is not None and "online" in latest.state:
+        agent.load_state_dict(latest.weights, with_optimizer=True)
+        set_rng_state(latest.state["rng"])
+        agent.generator.set_state(latest.state["augment_rng"])
+        sampler.load_state_dict(latest.state["sampler"])
+        counters = latest.state["online"]
+        env_steps, started = int(counters["env_steps"]), int(counters["started"])
+        successes, history = json.loads(counters["successes"]), json.loads(counters["history"])
+        log.info("online %s: resumed from %s at env step %d", spec.name, latest.path, env_steps)
+    calib_rows = np.random.default_rng(12345).choice(len(offline), size=min(settings.calibration_batch, len(offline)),
+                                                     replace=False)
+    calib_offline = offline.get(calib_rows)
 
     def regret() -> float | None:
         """mean(1 - success) over the finished training episodes; None before the first one ends."""
         return float(np.mean(1.0 - np.asarray(successes))) if successes else None
 
-    def eval_row() -> None:
-        row = {"env_steps": env_steps, "episodes": len(successes), "train/cumulative_regret": regret(),
-               **{f"eval/{k}": v for k, v in evaluate(env_steps).items()}}
+    def eval_row(step: int) -> None:
+        row = {"env_steps": step, "episodes": len(successes), "train/cumulative_regret": regret(),
+               **{f"eval/{k}": v for k, v in evaluate(step).items()}}
+        row.update({f"calib/offline_{k}": v for k, v in image_calibration(agent, calib_offline).items()})
         if len(buffer):
-            row.update({f"calib/online_{k}": v for k, v in image_calibration(
-                agent, buffer.sample(min(256, len(buffer)))).items()})
+            newest = (buffer.ptr - 1 - np.arange(min(settings.calibration_batch, len(buffer)))) % buffer.capacity
+            row.update({f"calib/online_{k}": v for k, v in image_calibration(agent, buffer.get(newest)).items()})
         history.append(row)
+        logger.log(step, row)
+        bar.set_postfix(success=f"{row.get('eval/success', float('nan')):.2f}", episodes=len(successes),
+                        refresh=False)
 
-    def checkpoint() -> None:
-        save_state(path, {"agent": agent.state_dict(), "sampler": sampler.state_dict(), "env_steps": env_steps,
-                          "history": json.dumps(history), "successes": json.dumps(successes)})
+    def checkpoint(step: int, begun: int) -> None:
+        sampler_state = sampler.state_dict()
+        sampler_state["online"]["pending"] = None  # episodes are stored whole; nothing is half-written
+        state = {"rng": rng_state(), "augment_rng": agent.generator.get_state(), "sampler": sampler_state,
+                 "online": {"env_steps": step, "started": begun, "successes": json.dumps(successes),
+                            "history": json.dumps(history)}}
+        save_image_checkpoint(ckpt_root, step, config if config is not None else {"online": asdict(settings)},
+                              agent, ckpt_meta, state, keep=settings.keep_checkpoints)
 
-    if env_steps >= settings.env_steps:
-        return history
-    if not history:
-        eval_row()
-    n = settings.num_envs
-    venv = make_vector_env(spec, n, image_keys, image_size, randomization, settings.asynchronous)
-    episode_base = len(successes) + 10_000 * (env_steps // max(1, settings.checkpoint_every))
-    bar = tqdm(total=settings.env_steps, initial=env_steps, desc=f"online {spec.name}", unit="step",
-               dynamic_ncols=True, disable=not settings.progress)
-    scale_bias = (reward.scale, reward.bias)
+    def store(ep: Episode) -> None:
+        buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, reward.scale, reward.bias),
+                           ep.next_observations, ep.terminals)
+        successes.append(float(ep.success))
+
+    def convert(obs: Mapping[str, Any]) -> Any:
+        stored = stored_obs(obs, spec, image_keys, state_keys, num_tasks)
+        return agent.to_features(stored) if agent.cfg.cached else stored
+
+    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard)
+    logger.truncate_after(env_steps)
+    collector = VectorCollector(_env_factory_of(spec, image_keys, image_size, randomization), settings.num_envs,
+                                convert=convert, seed=seed, asynchronous=settings.asynchronous)
+    bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,
+               desc=f"online {agent.algo} {spec.name} x{settings.num_envs} envs", disable=not settings.progress)
     try:
-        obs, _ = venv.reset(seed=[train_episode_seed(seed, episode_base + i) for i in range(n)])
-        episodes: list[list[tuple[Any, np.ndarray, float, Any, float]]] = [[] for _ in range(n)]
-        ep_success = [False] * n
-        cur = stored_obs(obs, spec, image_keys, state_keys, num_tasks)
-        cur = agent.to_features(cur) if agent.cfg.cached else cur
-        last_ckpt = env_steps
-        while env_steps < settings.env_steps:
-            actions = np.asarray(agent.act(cur, deterministic=False), dtype=np.float32).reshape(n, ACT_DIM)
-            obs, rew, term, trunc, info = venv.step(actions)
-            done = np.logical_or(term, trunc)
-            nxt_env = {k: np.array(v, copy=True) for k, v in obs.items()}
-            if done.any():  # SAME_STEP autoreset: the true last observation is in info["final_obs"]
-                for i in np.flatnonzero(done):
-                    for k in nxt_env:
-                        nxt_env[k][i] = info["final_obs"][i][k]
-            nxt = stored_obs(nxt_env, spec, image_keys, state_keys, num_tasks)
-            nxt = agent.to_features(nxt) if agent.cfg.cached else nxt
-            r = scale_rewards(np.asarray(rew, dtype=np.float32), *scale_bias)
-            for i in range(n):
-                episodes[i].append((_row(cur, i), actions[i], float(r[i]), _row(nxt, i), float(term[i])))
-                ep_success[i] = ep_success[i] or bool(rew[i] > 0)
-                if done[i]:
-                    steps = episodes[i]
-                    buffer.add_episode(_stack([s[0] for s in steps]), np.stack([s[1] for s in steps]),
-                                       np.array([s[2] for s in steps], np.float32), _stack([s[3] for s in steps]),
-                                       np.array([s[4] for s in steps], np.float32))
-                    successes.append(float(ep_success[i]))
-                    episodes[i], ep_success[i] = [], False
-            cur = stored_obs(obs, spec, image_keys, state_keys, num_tasks)
-            cur = agent.to_features(cur) if agent.cfg.cached else cur
-            for _ in range(n * settings.utd):
-                agent.update(sampler.sample(settings.batch_size), with_metrics=False)
-            before = env_steps
-            env_steps += n
-            bar.update(n)
-            if env_steps // settings.eval_every > before // settings.eval_every or env_steps >= settings.env_steps:
-                eval_row()
-                bar.set_postfix(success=f"{history[-1]['eval/success']:.2f}", episodes=len(successes), refresh=False)
-                if env_steps - last_ckpt >= settings.checkpoint_every or env_steps >= settings.env_steps:
-                    checkpoint()  # unfinished episodes are dropped; a resumed run starts fresh ones
-                    last_ckpt = env_steps
+        if not history:
+            eval_row(0)
+        collect_and_update(
+            collector, lambda obs: agent.act(obs, deterministic=False), env_steps=env_steps, started=started,
+            total=settings.env_steps, utd=settings.utd, eval_every=settings.eval_every, log_every=settings.log_every,
+            checkpoint_every=settings.checkpoint_every, store=store,
+            update=lambda with_metrics: agent.update(sampler.sample(settings.batch_size), with_metrics=with_metrics),
+            on_log=lambda step, m: logger.log(step, {f"train/{k}": v for k, v in m.items()}),
+            on_eval=eval_row, on_checkpoint=checkpoint, progress=bar)
     finally:
         bar.close()
-        venv.close()
+        collector.close()
+        logger.close()
     return history

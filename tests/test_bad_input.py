@@ -140,7 +140,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         "incompatible_checkpoint_stage2": (s2(f"data.path={good}", "obs_keys=[proprio]", f"output_dir={run}"),
                                            "checkpoint does not fit this config"),
         "incompatible_checkpoint_stage3": (
-            [sys.executable, "-m", "robopretrain.cli", "finetune.train", f"hydra.run.dir={tmp}/h", f"checkpoint={run}",
+            [sys.executable, "-m", "finetune.train", f"hydra.run.dir={tmp}/h", f"checkpoint={run}",
              "task=Reach", "obs_keys=[proprio]", f"output_dir={tmp}/ft", f"data.path={good}"],
             "checkpoint does not fit this config"),
         "unknown_config_key_stage2": (s2(f"data.path={good}", "train.stepz=3", out), "Could not override 'train.stepz'"),
@@ -198,9 +198,7 @@ def test_bad_input_gives_one_clear_line(name, cases, results):
     proc = results[name]
     expected = cases[name][1]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    # finetune.train reports CheckpointError on one line itself, with exit code 1
-    assert proc.returncode == (1 if name == "incompatible_checkpoint_stage3" else 2), \
-        f"rc {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 2, f"rc {proc.returncode}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines[-1].startswith("error: "), lines[-1]
     assert expected in lines[-1], lines[-1]

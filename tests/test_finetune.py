@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from finetune.train import finetune_online
-from robopretrain.checkpoint import CheckpointError, load_latest
+from robopretrain.checkpoint import CheckpointError, checkpoint_name, load_checkpoint, load_latest
 from robopretrain.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +98,92 @@ def test_checkpoint_of_another_algorithm_is_rejected(reach_hdf5, finetuned, tmp_
     cfg = finetune_cfg(reach_hdf5, tmp_path / "iql", [f"checkpoint={result['pretrained_from']}", "algo=iql"])
     with pytest.raises(CheckpointError, match="algo: checkpoint has 'calql', this config needs 'iql'"):
         finetune_online(cfg)
+
+
+class Killed(Exception):
+    pass
+
+
+def parallel_cfg(data: Path, checkpoint: str, out: Path, asynchronous: bool):
+    return finetune_cfg(data, out, [f"checkpoint={checkpoint}", "online.num_envs=2", "online.utd=2",
+                                    f"online.asynchronous={str(asynchronous).lower()}", "online.eval_every=100000",
+                                    "online.checkpoint_every=40", "online.tensorboard=false", "dr=none"])
+
+
+def test_parallel_envs_count_updates_per_env_step_and_resume_exactly(reach_hdf5, finetuned, tmp_path, monkeypatch):
+    """Two envs, UTD 2: workers and in-process envs give the same run, and a run killed after its first
+    checkpoint resumes to exactly the same weights (the checkpoint waits until both envs finished an episode)."""
+    from robopretrain.algos.cql import CQL
+
+    start = finetuned[1]["pretrained_from"]
+    workers = finetune_online(parallel_cfg(reach_hdf5, start, tmp_path / "workers", asynchronous=True))
+    inproc = finetune_online(parallel_cfg(reach_hdf5, start, tmp_path / "inproc", asynchronous=False))
+    a, b = load_latest(tmp_path / "workers" / "checkpoints"), load_latest(tmp_path / "inproc" / "checkpoints")
+    assert a.step == b.step == 120
+    before = load_checkpoint(start).weights["num_updates"]  # the offline updates
+    assert a.weights["num_updates"] - before == 2 * 120  # utd x env steps
+    assert_same(a.weights, b.weights)
+    assert workers["history"] == inproc["history"]
+
+    real_update = CQL.update
+    calls = {"n": 0}
+
+    def update_then_die(self, batch, with_metrics=True):
+        if load_latest(tmp_path / "killed" / "checkpoints") is not None:
+            calls["n"] += 1
+            if calls["n"] > 7:
+                raise Killed
+        return real_update(self, batch, with_metrics)
+
+    monkeypatch.setattr(CQL, "update", update_then_die)
+    with pytest.raises(Killed):
+        finetune_online(parallel_cfg(reach_hdf5, start, tmp_path / "killed", asynchronous=False))
+    assert 40 <= load_latest(tmp_path / "killed" / "checkpoints").step < 120
+    monkeypatch.setattr(CQL, "update", real_update)
+    resumed = finetune_online(parallel_cfg(reach_hdf5, start, tmp_path / "killed", asynchronous=False))
+    c = load_latest(tmp_path / "killed" / "checkpoints")
+    assert c.step == 120
+    assert_same(c.weights, b.weights)
+    assert_same(c.state["online"], b.state["online"], "online counters")
+    assert resumed["history"] == inproc["history"]
+
+
+def test_nan_loss_stops_before_the_checkpoint(reach_hdf5, finetuned, tmp_path, monkeypatch):
+    """Once a first checkpoint exists, every update's loss is NaN: the next metrics request (a log or checkpoint
+    round) raises, naming the loss and env step, and no checkpoint is written after the good one."""
+    from robopretrain.algos.cql import CQL
+    from robopretrain.guards import NonFiniteLossError
+
+    real_update = CQL.update
+    root = tmp_path / "nan" / "checkpoints"
+
+    def nan_after_first_checkpoint(self, batch, with_metrics=True):
+        metrics = real_update(self, batch, with_metrics)
+        if with_metrics and load_latest(root) is not None:
+            metrics["critic_loss"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(CQL, "update", nan_after_first_checkpoint)
+    cfg = finetune_cfg(reach_hdf5, tmp_path / "nan", [f"checkpoint={finetuned[1]['pretrained_from']}",
+                                                      "online.num_envs=1", "online.tensorboard=false"])
+    with pytest.raises(NonFiniteLossError, match=r"loss 'critic_loss' is nan at step \d+") as err:
+        finetune_online(cfg)
+    good = load_latest(root).step
+    assert good < err.value.step <= good + 20  # metrics are requested at least every log_every=20 env steps
+    assert [p.name for p in root.glob("ckpt_*")] == [checkpoint_name(good)]
+
+
+def assert_same(a, b, where: str = "weights") -> None:
+    """``a`` and ``b`` (nested dicts / lists of tensors and numbers) are exactly equal."""
+    if isinstance(b, dict):
+        assert isinstance(a, dict) and a.keys() == b.keys(), where
+        for k in b:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(b):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where

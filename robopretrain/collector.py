@@ -1,0 +1,346 @@
+"""Stage-3 experience collection: ``num_envs`` envs stepping in worker processes, one learner.
+
+Used by both online loops (state-based :func:`finetune.online.run_online`, images
+:func:`robopretrain.image_rl.run_online_images`). The design is *synchronous collect-then-update*:
+
+* the envs live in a gymnasium vector env: ``AsyncVectorEnv`` (``spawn`` start method, each worker building its
+  env lazily from a picklable factory, so MuJoCo/EGL state is never forked) when ``asynchronous`` and
+  ``num_envs > 1``, else ``SyncVectorEnv`` in the learner's process;
+* one call of :meth:`VectorCollector.step` asks the learner's policy for a batch of ``num_envs`` actions, steps all
+  envs at once (in parallel in the workers) and returns the new transitions and the episodes that ended; the
+  caller then runs ``utd`` updates per env step collected. Collection and learning alternate (no overlap), which
+  keeps runs reproducible: the same seed gives the same data and the same weights on CPU, whatever ``num_envs``
+  and whether the envs run in workers or not;
+* every training episode is reset with its own seed :func:`robopretrain.evaluation.train_episode_seed`
+  ``(seed, k)``, ``k`` counting the episodes started in the run (autoreset is off; finished envs are reset by the
+  collector with ``reset_mask``). Transitions of each env are kept until its episode ends and handed over as one
+  :class:`Episode`, so the replay buffer computes returns-to-go per finished episode of each env;
+* checkpoints need a moment when no episode is half-collected (an env's physics state cannot be saved). With
+  ``drain=True`` the collector starts no new episodes: envs whose episode ends become idle (they keep stepping,
+  as a vector env steps all of its envs, but what they see is thrown away and not counted) until every env is
+  idle (:attr:`VectorCollector.drained`). The caller writes its checkpoint there and calls :meth:`start` again,
+  which resets every env with the next episode seeds - exactly what a run resumed from that checkpoint does,
+  so a killed and resumed run ends with the same weights as an uninterrupted one. With one env this is
+  "checkpoint at the next episode end";
+* ``budget`` caps the transitions a step may count (the run's last step): the surplus envs' partial
+  episodes are dropped, as the unfinished episodes are at the end of a run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import gymnasium as gym
+import numpy as np
+
+Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
+
+# ``train_episode_seed`` is in robopretrain.evaluation (which imports torch); the same formula here keeps the
+# worker-side imports of this module light. tests/test_finetune_images.py checks that both agree.
+_SEED_STRIDE = 100_000
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """Reset seed of training episode ``episode`` (as :func:`robopretrain.evaluation.train_episode_seed`)."""
+    return int(seed) * _SEED_STRIDE + int(episode)
+
+
+def sim_env(task: str, randomization: Any = "none", **kwargs: Any) -> gym.Env:
+    """A state-only sim_envs env of ``task`` terminating on success (a picklable factory for worker processes)."""
+    import sim_envs
+
+    if task not in sim_envs.TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(sim_envs.TASKS)}")
+    if isinstance(randomization, Mapping):
+        randomization = dict(randomization)
+    return gym.make(sim_envs.env_id(task), render_images=False, randomization=randomization,
+                    terminate_on_success=True, **kwargs)
+
+
+def target_env(name: str, env_id: str | None, env_kwargs: Mapping[str, Any], max_episode_steps: int | None,
+               image_keys: Sequence[str], image_size: int, randomization: Any = "none") -> gym.Env:
+    """The env of an image target (the fields of :class:`robopretrain.image_rl.TargetSpec`; a picklable factory).
+
+    ``env_id`` None: the sim_envs task ``name`` rendering ``image_keys`` at ``image_size`` with ``randomization``,
+    terminating on success. Else a gymnasium id, or ``"module:Class"`` (built with ``env_kwargs``, wrapped in a
+    ``TimeLimit`` of ``max_episode_steps`` when given).
+    """
+    env_kwargs = dict(env_kwargs or {})
+    if env_id is None:
+        import sim_envs
+
+        if name not in sim_envs.TASKS:
+            raise ValueError(f"target {name!r} is not a sim_envs task ({sorted(sim_envs.TASKS)}); set env_id")
+        return gym.make(sim_envs.env_id(name), image_size=int(image_size), render_images=True,
+                        eye_in_hand="eye_in_hand_image" in image_keys, randomization=randomization,
+                        terminate_on_success=True, **env_kwargs)
+    module_name, _, attr = str(env_id).partition(":")
+    if attr:
+        obj = getattr(importlib.import_module(module_name), attr, None)
+        if isinstance(obj, type):
+            env = obj(**env_kwargs)
+            if max_episode_steps:
+                env = gym.wrappers.TimeLimit(env, int(max_episode_steps))
+            return env
+    return gym.make(str(env_id), **env_kwargs)
+
+
+def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: bool = True) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env_fn()`` with autoreset off. Async: spawned workers, each building its env lazily."""
+    if num_envs < 1:
+        raise ValueError(f"num_envs={num_envs}; expected an integer >= 1")
+    mode = gym.vector.AutoresetMode.DISABLED
+    if asynchronous and num_envs > 1:
+        return gym.vector.AsyncVectorEnv([env_fn] * num_envs, context="spawn", autoreset_mode=mode,
+                                         shared_memory=False)
+    return gym.vector.SyncVectorEnv([env_fn] * num_envs, autoreset_mode=mode)
+
+
+# --------------------------------------------------------------------------- array trees (array or dict)
+
+
+def tree_rows(tree: Obs, idx: Any) -> Obs:
+    """Rows ``idx`` of an array or of every array of a dict."""
+    return {k: v[idx] for k, v in tree.items()} if isinstance(tree, Mapping) else tree[idx]
+
+
+def tree_stack(items: Sequence[Obs]) -> Obs:
+    if isinstance(items[0], Mapping):
+        return {k: np.stack([it[k] for it in items]) for k in items[0]}
+    return np.stack(items)
+
+
+def _tree_set_rows(tree: Obs, idx: np.ndarray, rows: Obs) -> Obs:
+    if isinstance(tree, Mapping):
+        out = {k: np.array(v, copy=True) for k, v in tree.items()}
+        for k in out:
+            out[k][idx] = rows[k]
+        return out
+    out = np.array(tree, copy=True)
+    out[idx] = rows
+    return out
+
+
+@dataclass
+class Episode:
+    """One finished training episode of one env, as stored observations (already converted)."""
+
+    index: int  # training episode number: reset with episode_seed(seed, index)
+    env: int  # which env of the vector env ran it
+    observations: Obs
+    actions: np.ndarray  # (T, act_dim) float32
+    rewards: np.ndarray  # (T,) float32, the env's own rewards (scale them before storing)
+    next_observations: Obs
+    terminals: np.ndarray  # (T,) float32: 1 where the env terminated (not truncated)
+    success: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+    @property
+    def env_return(self) -> float:
+        return float(np.sum(self.rewards))
+
+
+@dataclass
+class CollectStep:
+    """What one :meth:`VectorCollector.step` produced."""
+
+    transitions: int  # env steps counted (each is in an episode of ``episodes`` or still being collected)
+    episodes: list[Episode]
+
+
+class VectorCollector:
+    """Steps ``num_envs`` envs with a batched policy, assembles per-env episodes, drains for checkpoints.
+
+    ``convert`` turns a batch of the env's observations into what is stored and fed to the policy (state
+    vectors, image dicts or encoder features); ``policy`` maps that batch to ``(num_envs, act_dim)`` actions.
+    The vector env is created by the first :meth:`start` (so a finished run starts no workers).
+    """
+
+    def __init__(self, env_fn: Callable[[], gym.Env], num_envs: int, *, convert: Callable[[Mapping[str, Any]], Obs],
+                 seed: int, asynchronous: bool = True) -> None:
+        if int(num_envs) < 1:
+            raise ValueError(f"num_envs={num_envs}; expected an integer >= 1")
+        self.env_fn, self.num_envs, self.convert = env_fn, int(num_envs), convert
+        self.seed, self.asynchronous = int(seed), bool(asynchronous)
+        self.venv: gym.vector.VectorEnv | None = None
+        self.next_episode = 0
+        self.active = np.zeros(self.num_envs, dtype=bool)
+        self.ep_index = np.full(self.num_envs, -1, dtype=np.int64)
+        self._steps: list[list[tuple[Any, np.ndarray, float, Any, float]]] = [[] for _ in range(self.num_envs)]
+        self._success = [False] * self.num_envs
+        self._cur: Obs | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, next_episode: int) -> None:
+        """Reset every env with the seeds of episodes ``next_episode, next_episode + 1, ...`` and collect on."""
+        if self.venv is None:
+            self.venv = make_vector_env(self.env_fn, self.num_envs, self.asynchronous)
+        idx = np.arange(int(next_episode), int(next_episode) + self.num_envs)
+        obs, _ = self.venv.reset(seed=[episode_seed(self.seed, i) for i in idx])
+        self.next_episode = int(idx[-1]) + 1
+        self.ep_index[:] = idx
+        self.active[:] = True
+        self._steps = [[] for _ in range(self.num_envs)]
+        self._success = [False] * self.num_envs
+        self._cur = self.convert(obs)
+
+    @property
+    def drained(self) -> bool:
+        """No env is collecting: every episode begun has ended (or was dropped)."""
+        return not self.active.any()
+
+    def close(self) -> None:
+        if self.venv is not None:
+            self.venv.close()
+            self.venv = None
+
+    # ------------------------------------------------------------------ stepping
+
+    def step(self, policy: Callable[[Obs], np.ndarray], *, budget: int, drain: bool = False) -> CollectStep:
+        """One step of every env; returns the transitions counted (at most ``budget``) and the episodes that ended.
+
+        ``drain``: envs whose episode ends become idle instead of starting a new one.
+        """
+        if self.venv is None or self._cur is None:
+            raise RuntimeError("VectorCollector.step before start()")
+        if self.drained:
+            raise RuntimeError("VectorCollector.step with every env idle; call start() first")
+        n = self.num_envs
+        actions = np.asarray(policy(self._cur), dtype=np.float32).reshape(n, -1)
+        obs, rew, term, trunc, info = self.venv.step(actions)
+        rew = np.asarray(rew, dtype=np.float32)
+        term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
+        done = term | trunc
+        nxt = self.convert(obs)
+        has_success = np.asarray(info.get("_success", np.zeros(n, bool)), dtype=bool)
+        success = np.asarray(info.get("success", np.zeros(n, bool)))
+        counted, episodes = 0, []
+        reset_new = np.zeros(n, dtype=bool)  # start the next training episode here
+        reset_idle = np.zeros(n, dtype=bool)  # idle env at an episode end: reset it (unseeded) to keep it valid
+        for i in range(n):
+            if not self.active[i]:
+                reset_idle[i] = done[i]
+                continue
+            if counted >= budget:  # the run's last step: this env's partial episode is dropped
+                self.active[i] = False
+                self._steps[i] = []
+                continue
+            self._steps[i].append((tree_rows(self._cur, i), actions[i], float(rew[i]), tree_rows(nxt, i),
+                                   float(term[i])))
+            self._success[i] = self._success[i] or bool(success[i] if has_success[i] else rew[i] > 0)
+            counted += 1
+            if done[i]:
+                episodes.append(self._finish(i))
+                if drain:
+                    self.active[i] = False
+                    reset_idle[i] = True
+                else:
+                    reset_new[i] = True
+        cur = nxt
+        reset = reset_new | reset_idle
+        if reset.any():
+            seeds: list[int | None] = [None] * n
+            for i in np.flatnonzero(reset_new):
+                self.ep_index[i] = self.next_episode
+                seeds[i] = episode_seed(self.seed, self.next_episode)
+                self.next_episode += 1
+            obs, _ = self.venv.reset(seed=seeds, options={"reset_mask": reset})
+            rows = np.flatnonzero(reset)
+            cur = _tree_set_rows(nxt, rows, self.convert(tree_rows(obs, rows)))
+        self._cur = cur
+        return CollectStep(counted, episodes)
+
+    def _finish(self, i: int) -> Episode:
+        steps, self._steps[i] = self._steps[i], []
+        ep = Episode(index=int(self.ep_index[i]), env=i, observations=tree_stack([s[0] for s in steps]),
+                     actions=np.stack([s[1] for s in steps]).astype(np.float32),
+                     rewards=np.array([s[2] for s in steps], np.float32),
+                     next_observations=tree_stack([s[3] for s in steps]),
+                     terminals=np.array([s[4] for s in steps], np.float32), success=self._success[i])
+        self._success[i] = False
+        return ep
+
+
+def crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in ``(before, after]`` (periodic work when steps come in chunks)."""
+    return after // int(every) > before // int(every)
+
+
+def collect_and_update(
+    collector: VectorCollector,
+    policy: Callable[[Obs], np.ndarray],
+    *,
+    env_steps: int,
+    started: int,
+    total: int,
+    utd: int,
+    eval_every: int,
+    log_every: int,
+    checkpoint_every: int,
+    store: Callable[[Episode], None],
+    update: Callable[[bool], Mapping[str, Any]],
+    on_log: Callable[[int, Mapping[str, Any]], None],
+    on_eval: Callable[[int], None],
+    on_checkpoint: Callable[[int, int], None],
+    progress: Any = None,
+) -> tuple[int, int]:
+    """The stage-3 loop shared by the state and image paths: collect a round, store finished episodes, update.
+
+    From ``env_steps`` (``started`` episodes begun) to ``total`` env steps: each round ``collector.step`` counts
+    some env steps, ``store(episode)`` gets every finished episode, then ``update(with_metrics)`` runs
+    ``utd x`` (env steps counted) times. Metrics are requested from the round's last update when a multiple of
+    ``log_every`` was passed (``on_log(env_steps, metrics)``) or a checkpoint follows, and checked by
+    :func:`robopretrain.guards.finite_metrics_hook` before anything is written. ``on_eval(env_steps)`` runs when a
+    multiple of ``eval_every`` was passed and at the end; ``on_checkpoint(env_steps, started)`` once
+    ``checkpoint_every`` env steps have passed and every env finished its episode (the collector drains), and at
+    the end; the envs then restart with the next episode seeds. ``progress``: a tqdm bar to advance.
+    Returns the final ``(env_steps, started)``.
+    """
+    from robopretrain.guards import finite_metrics_hook
+
+    if utd < 1:
+        raise ValueError(f"utd={utd}; expected an integer >= 1 (updates per env step)")
+    if env_steps >= total:
+        return env_steps, started
+    collector.start(started)
+    started, last_ckpt = collector.next_episode, env_steps
+    while env_steps < total:
+        # drain from the round that can reach checkpoint_every: with one env, "checkpoint at the first episode end
+        # at or after checkpoint_every env steps"
+        due = env_steps + int(collector.active.sum()) - last_ckpt >= checkpoint_every
+        out = collector.step(policy, budget=total - env_steps, drain=due)
+        for episode in out.episodes:
+            store(episode)
+        before, env_steps, started = env_steps, env_steps + out.transitions, collector.next_episode
+        log_now = crossed(before, env_steps, log_every)
+        ckpt_now = collector.drained or env_steps >= total
+        n_updates = out.transitions * int(utd)
+        metrics: Mapping[str, Any] = {}
+        for u in range(n_updates):
+            metrics = update((log_now or ckpt_now) and u == n_updates - 1)
+        if log_now or ckpt_now:
+            finite_metrics_hook(env_steps, metrics)
+        if log_now:
+            on_log(env_steps, metrics)
+        if progress is not None:
+            progress.update(out.transitions)
+        if crossed(before, env_steps, eval_every) or env_steps >= total:
+            on_eval(env_steps)
+        if ckpt_now:
+            on_checkpoint(env_steps, started)
+            last_ckpt = env_steps
+            if env_steps < total:
+                collector.start(started)  # every env restarts, exactly as a run resumed from here does
+                started = collector.next_episode
+    return env_steps, started
+
+
+__all__ = ["CollectStep", "Episode", "VectorCollector", "collect_and_update", "crossed", "episode_seed",
+           "make_vector_env", "sim_env", "target_env", "tree_rows", "tree_stack"]

@@ -1,0 +1,155 @@
+"""The stage-3 collector: per-env episodes in order, one seed per episode, draining for checkpoints, the step budget,
+worker processes giving the same data as in-process envs, and the shared collect-then-update loop."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _fake_envs import CountEnv  # a light module: spawned workers import it, not this one
+from robopretrain.collector import VectorCollector, collect_and_update, crossed, episode_seed
+from robopretrain.evaluation import train_episode_seed
+
+SEED = 3
+
+
+def identity(obs):
+    return np.asarray(obs["x"], dtype=np.float32)
+
+
+def zero_policy(obs: np.ndarray) -> np.ndarray:
+    return np.zeros((len(obs), 4), np.float32)
+
+
+def expected_length(index: int) -> int:
+    return 2 + episode_seed(SEED, index) % 4
+
+
+def collector(num_envs: int, asynchronous: bool = False) -> VectorCollector:
+    return VectorCollector(CountEnv, num_envs, convert=identity, seed=SEED, asynchronous=asynchronous)
+
+
+def test_episode_seed_is_the_evaluation_modules_formula():
+    for seed, k in [(0, 0), (3, 17), (12, 99_999)]:
+        assert episode_seed(seed, k) == train_episode_seed(seed, k)
+
+
+def test_crossed_counts_multiples_in_a_chunk():
+    assert crossed(58, 60, 20) and crossed(59, 61, 20) and not crossed(60, 62, 20) and not crossed(61, 79, 20)
+
+
+def test_episodes_are_whole_in_order_and_seeded_one_by_one():
+    c = collector(3)
+    c.start(next_episode=5)
+    episodes, counted = [], 0
+    try:
+        for _ in range(12):
+            out = c.step(zero_policy, budget=100)
+            counted += out.transitions
+            episodes += out.episodes
+    finally:
+        c.close()
+    assert counted == 36  # no env idles without drain
+    assert sorted(ep.index for ep in episodes) == list(range(5, 5 + len(episodes)))
+    for ep in episodes:
+        seed_k = episode_seed(SEED, ep.index)
+        n = expected_length(ep.index)
+        assert ep.length == n
+        np.testing.assert_array_equal(ep.observations, [[seed_k, t] for t in range(n)])
+        np.testing.assert_array_equal(ep.next_observations, [[seed_k, t + 1] for t in range(n)])
+        success = seed_k % 2 == 0
+        assert ep.success == success and ep.env_return == float(success)
+        np.testing.assert_array_equal(ep.terminals, [0.0] * (n - 1) + [float(success)])
+        np.testing.assert_array_equal(ep.rewards, [0.0] * (n - 1) + [float(success)])
+    # transitions still being collected are the rest of the count
+    assert counted - sum(ep.length for ep in episodes) == sum(len(s) for s in c._steps)
+
+
+def test_drain_stops_new_episodes_and_idle_steps_are_not_counted():
+    c = collector(2)
+    c.start(next_episode=0)  # seeds 300000 (length 2) and 300001 (length 3)
+    try:
+        out = c.step(zero_policy, budget=100, drain=True)
+        assert out.transitions == 2 and not out.episodes and not c.drained
+        out = c.step(zero_policy, budget=100, drain=True)
+        assert out.transitions == 2 and [ep.index for ep in out.episodes] == [0]
+        assert not c.drained and c.next_episode == 2  # env 0 is idle: no episode 2 started
+        out = c.step(zero_policy, budget=100, drain=True)  # env 0 steps but is not counted
+        assert out.transitions == 1 and [ep.index for ep in out.episodes] == [1] and c.drained
+        with pytest.raises(RuntimeError, match="every env idle"):
+            c.step(zero_policy, budget=100)
+        c.start(c.next_episode)  # the same as a run resumed here
+        assert not c.drained and list(c.ep_index) == [2, 3]
+        np.testing.assert_array_equal(c._cur, [[episode_seed(SEED, 2), 0], [episode_seed(SEED, 3), 0]])
+    finally:
+        c.close()
+
+
+def test_budget_caps_the_count_and_drops_partial_episodes():
+    c = collector(3)
+    c.start(next_episode=0)
+    try:
+        out = c.step(zero_policy, budget=2)
+        assert out.transitions == 2 and c.active.tolist() == [True, True, False]
+    finally:
+        c.close()
+
+
+def run_loop(num_envs: int, asynchronous: bool, total: int = 40, utd: int = 2, kill_at: int | None = None,
+             resume: tuple[int, int] | None = None):
+    """Drive collect_and_update with fake updates; return what it called, in order."""
+    calls: list[tuple] = []
+    c = collector(num_envs, asynchronous)
+
+    class Killed(Exception):
+        pass
+
+    def update(with_metrics: bool):
+        calls.append(("update", with_metrics))
+        return {"critic_loss": 1.0} if with_metrics else {}
+
+    def on_checkpoint(step: int, started: int) -> None:
+        calls.append(("checkpoint", step, started))
+        if kill_at is not None and step >= kill_at:
+            raise Killed
+
+    env_steps, started = resume or (0, 0)
+    try:
+        end = collect_and_update(
+            c, zero_policy, env_steps=env_steps, started=started, total=total, utd=utd, eval_every=10, log_every=7,
+            checkpoint_every=10, store=lambda ep: calls.append(("episode", ep.index, ep.length)),
+            update=update, on_log=lambda step, m: calls.append(("log", step)),
+            on_eval=lambda step: calls.append(("eval", step)), on_checkpoint=on_checkpoint)
+    except Killed:
+        end = None
+    finally:
+        c.close()
+    return calls, end
+
+
+def test_loop_updates_utd_per_env_step_and_checkpoints_at_drained_points():
+    calls, end = run_loop(2, asynchronous=False)
+    assert end[0] == 40
+    updates = [c for c in calls if c[0] == "update"]
+    assert len(updates) == 2 * 40  # utd x env steps
+    ckpts = [c for c in calls if c[0] == "checkpoint"]
+    assert ckpts[-1][1] == 40 and all(b[1] - a[1] >= 10 for a, b in zip(ckpts, ckpts[1:]))
+    # metrics are requested right before every checkpoint and log
+    for i, c in enumerate(calls):
+        if c[0] in ("checkpoint", "log"):
+            last_update = next(x for x in reversed(calls[:i]) if x[0] == "update")
+            assert last_update == ("update", True)
+    evals = [c[1] for c in calls if c[0] == "eval"]  # rounds count 1 or 2 steps: a multiple of 10 or one past it
+    assert len(evals) == 4 and evals[-1] == 40 and all(m <= s <= m + 1 for m, s in zip((10, 20, 30), evals))
+    episodes = [c for c in calls if c[0] == "episode"]
+    assert all(length == expected_length(k) for _, k, length in episodes)
+
+
+def test_worker_processes_give_the_same_run_and_a_resumed_run_continues_it():
+    sync_calls, _ = run_loop(2, asynchronous=False)
+    async_calls, _ = run_loop(2, asynchronous=True)
+    assert async_calls == sync_calls
+    killed, _ = run_loop(2, asynchronous=False, kill_at=15)
+    step, started = killed[-1][1:]
+    resumed, end = run_loop(2, asynchronous=False, resume=(step, started))
+    assert end[0] == 40
+    assert killed + resumed == sync_calls
