@@ -185,3 +185,32 @@ def test_image_checkpoint_evaluates_identically_twice(tiny_image_checkpoint, tmp
     assert info["factors"]["lighting"]["eval_hard"]["episodes"] == 2
     assert set(info["videos"]) == {"nominal", "lighting"}
     assert all(Path(v["path"]).stat().st_size > 0 for v in info["videos"].values())
+
+
+def test_pipeline_robustness_sweep_and_report(tiny_image_checkpoint, tmp_path):
+    """The pipeline's short sweep: its factors and levels only, rows in order, the report table."""
+    from robopretrain import pipeline
+
+    cfg = OmegaConf.load(ROOT / "configs" / "pipeline.yaml")
+    cfg.pop("hydra")
+    cfg.progress = False
+    cfg.evaluate.robustness.episodes = 1
+    cfg.evaluate.robustness.workers = 0
+    cfg.evaluate.robustness.levels = {"distractors": [2], "lighting": ["eval_hard"]}
+    entry = pipeline.run_robustness(cfg, tiny_image_checkpoint, "Reach", tmp_path / "evaluate" / "robustness" / "Reach")
+    assert [(r["factor"], r["level"], r["episodes"]) for r in entry["rows"]] == [
+        ("nominal", "none", 1), ("distractors", "2", 1), ("lighting", "eval_hard", 1)]
+    info = json.loads(Path(entry["eval_info"]).read_text())
+    assert info["obs_type"] == "image" and info["episodes"][1]["num_distractors"] == 2 and info["videos"] == {}
+    for r in entry["rows"]:
+        assert r["drop_vs_nominal"] == pytest.approx(entry["rows"][0]["success"] - r["success"])
+    pipeline.write_json(tmp_path / "evaluate" / "robustness.json", {"Reach": entry})
+    report = "\n".join(pipeline.robustness_report_lines(cfg, tmp_path))
+    s = entry["rows"][2]["success"]
+    assert "**Reach** (`evaluate/robustness/Reach/eval_info.json`)" in report
+    assert f"| lighting | eval_hard | {s:.2f} |" in report
+    assert "](evaluate/robustness/Reach/success_per_factor.png)" in report
+
+    cfg.evaluate.robustness.levels = {"wind": ["eval_hard"]}
+    with pytest.raises(ValueError, match=r"evaluate.robustness.levels: unknown factor\(s\) \['wind'\]"):
+        pipeline.robustness_config(cfg, tiny_image_checkpoint, "Reach", tmp_path / "x")
