@@ -30,6 +30,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,16 +387,36 @@ def record_video(spec: PolicySpec, task: str, condition: Condition, seed: int, p
 
     policy = load_policy(spec)
     env = make_env(spec, task, condition.randomization, render_size=size)
+    sim = env.unwrapped
+    renderer = None
+    if spec.obs_type == "image" and int(size) != spec.image_size:
+        # the env renders the policy's frames at the agent's size; asking it for another size would rebuild its
+        # GL renderer at every call, so the video gets its own renderer of the same model (same randomization)
+        from sim_envs.rendering import CameraRenderer
+
+        limit = int(sim.model.vis.global_.offwidth)
+        if int(size) > limit:
+            env.close()
+            raise ValueError(f"evaluate config: video.size={size}; at most {limit} for this image checkpoint")
+        renderer = CameraRenderer(sim.model, int(size), int(size))
+
+    def frame() -> np.ndarray:
+        if renderer is not None:
+            return renderer.render(sim.data, "agentview")
+        return sim.render_camera("agentview", int(size))
+
     try:
         obs, _ = env.reset(seed=seed)
-        frames = [env.unwrapped.render_camera("agentview", int(size))]
+        frames = [frame()]
         done = False
         while not done and len(frames) < max_frames:
             action = policy.act(policy_obs(spec, task, obs), deterministic=True)
             obs, _, terminated, truncated, _ = env.step(np.asarray(action, dtype=np.float32))
-            frames.append(env.unwrapped.render_camera("agentview", int(size)))
+            frames.append(frame())
             done = terminated or truncated
     finally:
+        if renderer is not None:
+            renderer.close()
         env.close()
     write_mp4(path, frames, fps=fps)
     return path
@@ -455,8 +476,10 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     spec = policy_spec(ckpt, str(cfg.device))
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     episodes = run_all_episodes(spec, task, conditions, int(cfg.episodes), int(cfg.eval_seed), int(cfg.workers),
                                 bool(cfg.progress))
+    episode_seconds = time.perf_counter() - start
     stats = aggregate(conditions, episodes, cfg.bootstrap)
     info: dict[str, Any] = {
         "checkpoint": str(ckpt.path), "step": ckpt.step, "algo": ckpt.meta["algo"], "stage": ckpt.meta.get("stage"),
@@ -465,6 +488,7 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
         "nominal": stats[NOMINAL]["none"], "factors": {k: v for k, v in stats.items() if k != NOMINAL},
         "episodes": episodes, "plot": None, "videos": {},
+        "wall_seconds": {"episodes": episode_seconds, "workers": int(cfg.workers)},
     }
     if cfg.plot:
         info["plot"] = str(plot_success(stats, out_dir / "success_per_factor.png", f"{task}: {ckpt.meta['algo']} "
@@ -477,6 +501,7 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             path = record_video(spec, task, cond, int(cfg.eval_seed), out_dir / "videos" / f"{factor}.mp4",
                                 int(cfg.video.size), int(cfg.video.max_frames), float(cfg.video.fps))
             info["videos"][factor] = {"path": str(path), "level": cond.level, "episode": 0}
+        info["wall_seconds"]["videos"] = time.perf_counter() - start - episode_seconds
     write_text_atomic(out_dir / "eval_info.json", json.dumps(info, indent=2))
     os.chmod(out_dir / "eval_info.json", 0o644)
     info["output_dir"] = str(out_dir)
