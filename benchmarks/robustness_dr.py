@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=50, help="episodes per condition (evaluate's episodes)")
     p.add_argument("--workers", type=int, default=2, help="evaluation worker processes")
     p.add_argument("--select", nargs="*", default=None, help="evaluate factors (default: all of evaluate.yaml)")
+    p.add_argument("--extra-seeds", nargs="*", type=int, default=[],
+                   help="more stage-3 seeds (same adapted agent) for both variants, evaluated on --extra-select only")
+    p.add_argument("--extra-select", nargs="*", default=["colors_textures", "lighting", "all"],
+                   help="evaluate factors for the extra seeds (nominal always runs)")
     p.add_argument("--overrides", nargs="*", default=[], help="pipeline config overrides for every stage, a=b")
     p.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "robustness_dr")
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -57,8 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def pipeline_config(args: argparse.Namespace, level: str | None = None) -> Any:
-    """``configs/pipeline.yaml`` with the target, the overrides and (for stage 3) the randomization level."""
+def pipeline_config(args: argparse.Namespace, level: str | None = None, seed: int | None = None) -> Any:
+    """``configs/pipeline.yaml`` with the target, the overrides and (for stage 3) the randomization level and
+    seed (``seed``: stage 3's env seeds and update randomness; the agent it starts from is the same)."""
     from omegaconf import OmegaConf
 
     from robopretrain.pipeline import CONFIG_DIR
@@ -69,6 +74,8 @@ def pipeline_config(args: argparse.Namespace, level: str | None = None) -> Any:
     cfg.merge_with(OmegaConf.from_dotlist([*args.overrides, f"targets=[{args.target}]"]))
     if level is not None:
         cfg.stage3.randomization.level = level
+    if seed is not None:
+        cfg.seed = int(seed)
     return cfg
 
 
@@ -106,7 +113,7 @@ def link_base(base: Path, run_dir: Path) -> None:
             link.symlink_to((base / stage).resolve(), target_is_directory=True)
 
 
-def evaluate_variant(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+def evaluate_variant(args: argparse.Namespace, run_dir: Path, select: list[str] | None = None) -> dict[str, Any]:
     """``robopretrain.evaluate`` on the variant's stage-3 checkpoint (reused when already run with these settings)."""
     from omegaconf import OmegaConf
 
@@ -125,8 +132,8 @@ def evaluate_variant(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     cfg.merge_with({"checkpoint": str(run_dir / "stage3" / args.target / "checkpoint"), "task": args.target,
                     "episodes": args.episodes, "workers": args.workers, "output_dir": str(out),
                     "video": {"max_frames": 80}})
-    if args.select:
-        cfg.select = list(args.select)
+    if select or args.select:
+        cfg.select = list(select or args.select)
     start = time.perf_counter()
     info = evaluate_robustness(cfg)
     print(f"[robustness_dr] {run_dir.name}: evaluation in {time.perf_counter() - start:.0f} s", flush=True)
@@ -257,6 +264,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["variants"][name]["image_ablation"] = image_ablation(info["checkpoint"], args.target,
                                                                         args.episodes, int(info["eval_seed"]))
     result["lighting_dark_vs_bright"] = lighting_split(result, args.target)
+    result["stage3_seeds"] = {str(base_cfg.seed): {k: v["conditions"] for k, v in result["variants"].items()}}
+    for seed in args.extra_seeds:  # the same comparison with other stage-3 seeds: training variance
+        for name, level in VARIANTS.items():
+            link_base(base, work / f"{name}_seed{seed}")
+            run_stage(pipeline_config(args, level, seed), work / f"{name}_seed{seed}", "stage3")
+        result["stage3_seeds"][str(seed)] = {
+            name: condition_rows(evaluate_variant(args, work / f"{name}_seed{seed}", list(args.extra_select)))
+            for name in VARIANTS}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2))
     return result
@@ -275,6 +290,31 @@ def markdown(result: dict[str, Any]) -> str:
     mean = {k: float(np.mean([r["success"] for r in result["variants"][k]["conditions"]])) for k in ("dr", "nodr")}
     lines.append(f"| **mean over conditions** | | {mean['dr']:.2f} | | {mean['nodr']:.2f} | | "
                  f"{mean['dr'] - mean['nodr']:+.2f} |")
+    return "\n".join(lines)
+
+
+def seeds_markdown(result: dict[str, Any]) -> str:
+    """Success per stage-3 seed of both policies on the conditions every seed was evaluated on."""
+    seeds = result.get("stage3_seeds", {})
+    if len(seeds) < 2:
+        return ""
+    keys = None
+    for per in seeds.values():
+        k = {(r["factor"], r["level"]) for r in per["dr"]}
+        keys = k if keys is None else keys & k
+    order = [(r["factor"], r["level"]) for r in result["variants"]["dr"]["conditions"]
+             if (r["factor"], r["level"]) in keys]
+    lines = ["| factor | level | " + " | ".join(f"seed {s}: DR / no DR" for s in seeds) + " | mean: DR / no DR |",
+             "|---|---|" + "---|" * (len(seeds) + 1)]
+    for key in order:
+        cells, means = [], {"dr": [], "nodr": []}
+        for per in seeds.values():
+            vals = {v: next(r["success"] for r in per[v] if (r["factor"], r["level"]) == key) for v in ("dr", "nodr")}
+            cells.append(f"{vals['dr']:.2f} / {vals['nodr']:.2f}")
+            for v in vals:
+                means[v].append(vals[v])
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) +
+                     f" | {np.mean(means['dr']):.2f} / {np.mean(means['nodr']):.2f} |")
     return "\n".join(lines)
 
 
@@ -319,10 +359,13 @@ def main(argv: list[str] | None = None) -> None:
               f"nominal success with the camera frame frozen {v['image_ablation']['frozen_image']:.2f}, "
               f"black {v['image_ablation']['black_image']:.2f}")
     print(markdown(result))
+    if seeds_markdown(result):
+        print(seeds_markdown(result))
     for level, row in result.get("lighting_dark_vs_bright", {}).items():
         print(f"lighting {level} (intensity {row['intensity_min']:.2f}..{row['intensity_max']:.2f}): " + "; ".join(
-            f"{part} ({row[part]['episodes']} ep) DR {row[part]['dr']:.2f} (nominal {row[part]['dr_nominal_same_seeds']:.2f})"
-            f" / no DR {row[part]['nodr']:.2f} (nominal {row[part]['nodr_nominal_same_seeds']:.2f})"
+            f"{part} ({row[part]['episodes']} ep) DR {row[part]['dr']:.2f} "
+            f"(nominal {row[part]['dr_nominal_same_seeds']:.2f}) / no DR {row[part]['nodr']:.2f} "
+            f"(nominal {row[part]['nodr_nominal_same_seeds']:.2f})"
             for part in ("dark", "bright") if row[part]["episodes"]))
     print(f"figure: {plot(result, args.figure)}")
     print(f"results: {args.results}")
