@@ -9,9 +9,10 @@ of every training episode), once with ``level=none``. Both stage-3 image checkpo
 (``configs/evaluate.yaml``: nominal, distractors 0/2/4/6, each physics and visual factor and everything together
 at its training range and at the held-out ``eval_easy`` / ``eval_hard`` ranges), same seeds for both policies.
 
-Two diagnostics come with it: an image ablation (nominal success of each policy when its camera frame is frozen
-to one fixed frame, or black: does the policy use what it sees at all?) and the ``lighting`` episodes split by the
-drawn light intensity (darker / brighter than nominal; ``eval_hard`` draws 0.35-0.55 or 1.45-1.7).
+Two diagnostics come with it: an image ablation (nominal success of each policy, and of the adapted agent both
+start from, when its camera frame is frozen to one fixed frame, or black: does the policy use what it sees?) and
+the ``lighting`` episodes split by the drawn light intensity (darker / brighter than nominal; ``eval_hard`` draws
+0.35-0.55 or 1.45-1.7).
 
 Outputs: ``benchmarks/results/robustness_dr.json`` (config, stage-3 summaries, every condition of both
 policies with success, 95% bootstrap interval and drop vs nominal, the diagnostics), ``docs/robustness_dr.png``
@@ -185,6 +186,30 @@ def image_ablation(checkpoint: str, target: str, episodes: int, eval_seed: int) 
     return out
 
 
+def adapted_baseline(args: argparse.Namespace, cfg: Any, base: Path) -> dict[str, Any]:
+    """The adapted agent both stage-3 runs start from: nominal success and the same image ablation."""
+    import torch
+
+    from omegaconf import OmegaConf
+
+    from robopretrain import pipeline as P
+    from robopretrain.evaluate import evaluate_robustness
+
+    out_dir = base / "adapt" / args.target
+    if not (out_dir / "checkpoint").is_dir():  # a base run from before the pipeline wrote image checkpoints
+        agent = P.make_image_agent(cfg, base, str(cfg.adapt.algo), torch.device("cpu"))
+        P.load_agent_file(agent, out_dir / "agent.pt")
+        P.write_image_checkpoint(cfg, agent, out_dir, "adapt", int(cfg.adapt.steps), task=args.target)
+    ev = OmegaConf.load(P.CONFIG_DIR / "evaluate.yaml")
+    ev.pop("hydra", None)
+    ev.merge_with({"checkpoint": str(out_dir / "checkpoint"), "task": args.target, "episodes": args.episodes,
+                   "workers": args.workers, "output_dir": str(base / "robustness_adapted"), "select": ["nominal"],
+                   "video": {"enabled": False}, "plot": False})
+    info = evaluate_robustness(ev)
+    return {"checkpoint": info["checkpoint"], "nominal": info["nominal"]["success"],
+            **image_ablation(info["checkpoint"], args.target, args.episodes, int(info["eval_seed"]))}
+
+
 def light_intensities(target: str, level: str, seeds: list[int]) -> list[float]:
     """The light intensity factor each evaluation seed draws under ``lighting`` at ``level`` (same env, same seed)."""
     from robopretrain.evaluation import make_state_env
@@ -264,6 +289,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["variants"][name]["image_ablation"] = image_ablation(info["checkpoint"], args.target,
                                                                         args.episodes, int(info["eval_seed"]))
     result["lighting_dark_vs_bright"] = lighting_split(result, args.target)
+    if previous.get("adapted_agent") and previous.get("episodes_per_condition") == args.episodes:
+        result["adapted_agent"] = previous["adapted_agent"]
+    else:
+        result["adapted_agent"] = adapted_baseline(args, base_cfg, base)
     result["stage3_seeds"] = {str(base_cfg.seed): {k: v["conditions"] for k, v in result["variants"].items()}}
     for seed in args.extra_seeds:  # the same comparison with other stage-3 seeds: training variance
         for name, level in VARIANTS.items():
@@ -359,6 +388,10 @@ def main(argv: list[str] | None = None) -> None:
               f"nominal success with the camera frame frozen {v['image_ablation']['frozen_image']:.2f}, "
               f"black {v['image_ablation']['black_image']:.2f}")
     print(markdown(result))
+    if result.get("adapted_agent"):
+        a = result["adapted_agent"]
+        print(f"adapted agent (stage-3 start): nominal {a['nominal']:.2f}, camera frame frozen "
+              f"{a['frozen_image']:.2f}, black {a['black_image']:.2f}")
     if seeds_markdown(result):
         print(seeds_markdown(result))
     for level, row in result.get("lighting_dark_vs_bright", {}).items():
