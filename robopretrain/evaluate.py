@@ -1,8 +1,16 @@
 """Robustness evaluation: success of a policy checkpoint under distractors, physics and visual shifts.
 
 ``python -m robopretrain.evaluate checkpoint=<ckpt or run folder>`` (Hydra, ``configs/evaluate.yaml``), or
-:func:`evaluate_robustness` from Python. The checkpoint (stage 2 or stage 3) is loaded with
-:mod:`robopretrain.checkpoint` and its agent rebuilt from its own config; episodes run the deterministic policy.
+:func:`evaluate_robustness` from Python. Two kinds of checkpoint are accepted; episodes run the deterministic
+policy:
+
+* state-based (stage 2 ``robopretrain.train`` / stage 3 ``finetune.train``): loaded with
+  :mod:`robopretrain.checkpoint`, the agent rebuilt from its own config, observations ``state_vector(obs_keys)``;
+* image agents (``meta.json`` with ``obs_type: image``, written by the image pipeline with
+  :func:`robopretrain.image_checkpoint.save_image_checkpoint`): rebuilt by
+  :func:`robopretrain.image_checkpoint.load_image_agent`; the env renders the agent's image keys at the agent's
+  image size and observations are built by :func:`robopretrain.image_rl.stored_obs` (images, ``state_keys`` and
+  the task one-hot), exactly as in training.
 
 * Conditions: ``nominal`` (no randomization, no distractors), then every factor of ``cfg.factors`` at each of
   its levels: integer levels place exactly that many distractors; ``train`` / ``eval_easy`` / ``eval_hard``
@@ -22,6 +30,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +43,7 @@ from tqdm.auto import tqdm
 
 from robopretrain.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint_dir, write_text_atomic
 from robopretrain.cli import friendly_errors, run_hydra
+from robopretrain.image_checkpoint import is_image_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +119,20 @@ def condition_randomization(name: str, randomize: Sequence[str], level: Any) -> 
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """What a worker needs to rebuild the policy: the checkpoint folder and how to build its observations."""
+    """What a worker needs to rebuild the policy: the checkpoint folder and how to build its observations.
+
+    ``obs_type`` is ``state`` (``obs_keys`` concatenated, :func:`robopretrain.evaluation.state_vector`) or
+    ``image`` (``image_keys`` rendered at ``image_size``, ``state_keys`` and the task one-hot,
+    :func:`robopretrain.image_rl.stored_obs`).
+    """
 
     checkpoint: str
     obs_keys: tuple[str, ...]
     num_tasks: int
     device: str
+    obs_type: str = "state"
+    image_keys: tuple[str, ...] = ()
+    image_size: int = 0
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -123,12 +141,19 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     for key in ("algo", "obs_dim", "act_dim"):
         if key not in ckpt.meta:
             raise CheckpointError(f"{ckpt.path / 'meta.json'}: missing key {key!r}; expected a policy checkpoint "
-                                  "written by robopretrain.train or finetune.train")
+                                  "written by robopretrain.train, finetune.train or the image pipeline")
+    if is_image_checkpoint(ckpt):
+        for key in ("image_obs", "state_keys", "num_tasks", "encoder"):
+            if key not in ckpt.meta:
+                raise CheckpointError(f"{ckpt.path / 'meta.json'}: image checkpoint without key {key!r}; "
+                                      "write it with robopretrain.image_checkpoint.image_agent_meta")
     return ckpt
 
 
 def default_task(ckpt: Checkpoint) -> str:
-    """Stage 3's target task, else the first task the stage-2 agent was trained on."""
+    """The checkpoint's own task (stage 3's target), else the first task the stage-2 agent was trained on."""
+    if ckpt.meta.get("task"):
+        return str(ckpt.meta["task"])
     if ckpt.config.get("task"):
         return str(ckpt.config.task)
     names = ckpt.meta.get("task_names") or []
@@ -137,16 +162,60 @@ def default_task(ckpt: Checkpoint) -> str:
     return str(names[0])
 
 
+def policy_spec(ckpt: Checkpoint, device: str) -> PolicySpec:
+    """How to rebuild the checkpoint's policy and feed it observations, from its ``meta.json`` (and config)."""
+    if is_image_checkpoint(ckpt):
+        image = ckpt.meta["image_obs"]
+        return PolicySpec(str(ckpt.path), tuple(ckpt.meta["state_keys"]), int(ckpt.meta["num_tasks"]), str(device),
+                          obs_type="image", image_keys=tuple(image["image_keys"]),
+                          image_size=int(image["image_size"]))
+    obs_keys = tuple(ckpt.meta.get("obs_keys") or ckpt.config.obs_keys)
+    return PolicySpec(str(ckpt.path), obs_keys, int(ckpt.meta.get("num_tasks", ckpt.config.get("num_tasks", 0))),
+                      str(device))
+
+
 def load_policy(spec: PolicySpec) -> Any:
     """The agent of the checkpoint, its weights loaded, ready for ``act(obs, deterministic=True)``."""
     import torch
 
+    if spec.obs_type == "image":
+        from robopretrain.image_checkpoint import load_image_agent
+
+        agent, _ = load_image_agent(spec.checkpoint, device=spec.device)
+        agent.train_mode(False)  # trained encoders to eval mode (no augmentation is applied when acting)
+        return agent
     from robopretrain.train import build_agent, restore_agent
 
     ckpt = load_checkpoint(spec.checkpoint, with_state=False)
     agent = build_agent(ckpt.config, int(ckpt.meta["obs_dim"]), int(ckpt.meta["act_dim"]), torch.device(spec.device))
     restore_agent(agent, ckpt, with_optimizer=False)
     return agent
+
+
+def make_env(spec: PolicySpec, task: str, randomization: Mapping[str, Any], render_size: int | None = None) -> Any:
+    """The evaluation env of ``task``: state-only, or rendering the image agent's cameras at its image size.
+
+    ``render_size`` only matters for state policies (their env renders nothing; videos use ``render_camera``).
+    """
+    if spec.obs_type == "image":
+        from robopretrain.image_rl import TargetSpec, make_target_env
+
+        return make_target_env(TargetSpec(name=task), spec.image_keys, spec.image_size, dict(randomization))
+    from robopretrain.evaluation import make_state_env
+
+    kwargs = {"image_size": int(render_size)} if render_size else {}
+    return make_state_env(task, dict(randomization), **kwargs)
+
+
+def policy_obs(spec: PolicySpec, task: str, obs: Mapping[str, Any]) -> Any:
+    """The env observation in the form the policy was trained on."""
+    if spec.obs_type == "image":
+        from robopretrain.image_rl import TargetSpec, stored_obs
+
+        return stored_obs(obs, TargetSpec(name=task), spec.image_keys, spec.obs_keys, spec.num_tasks)
+    from robopretrain.evaluation import state_vector
+
+    return state_vector(obs, spec.obs_keys, spec.num_tasks)
 
 
 # --------------------------------------------------------------------------- episodes (run in workers)
@@ -163,12 +232,10 @@ def _init_worker(spec: PolicySpec, task: str) -> None:
 
 
 def _env_for(randomization: Mapping[str, Any]) -> Any:
-    from robopretrain.evaluation import make_state_env
-
     key = json.dumps(randomization, sort_keys=True)
     envs = _WORKER["envs"]
     if key not in envs:
-        envs[key] = make_state_env(_WORKER["task"], dict(randomization))
+        envs[key] = make_env(_WORKER["spec"], _WORKER["task"], randomization)
     return envs[key]
 
 
@@ -182,8 +249,6 @@ def placed_distractors(env: Any) -> int:
 
 def run_episode(job: tuple[int, dict[str, Any], int]) -> dict[str, Any]:
     """One deterministic episode of condition ``job[0]`` with reset seed ``job[2]``."""
-    from robopretrain.evaluation import state_vector
-
     index, randomization, seed = job
     spec: PolicySpec = _WORKER["spec"]
     policy = _WORKER["policy"]
@@ -192,7 +257,7 @@ def run_episode(job: tuple[int, dict[str, Any], int]) -> dict[str, Any]:
     distractors = placed_distractors(env)
     done, ret, length, success = False, 0.0, 0, False
     while not done:
-        action = policy.act(state_vector(obs, spec.obs_keys, spec.num_tasks), deterministic=True)
+        action = policy.act(policy_obs(spec, _WORKER["task"], obs), deterministic=True)
         obs, reward, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
         ret += float(reward)
         length += 1
@@ -318,25 +383,40 @@ def plot_success(stats: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Pat
 def record_video(spec: PolicySpec, task: str, condition: Condition, seed: int, path: Path,
                  size: int, max_frames: int, fps: float) -> Path:
     """An agentview mp4 of the deterministic policy in one episode of ``condition`` (at most ``max_frames``)."""
-    import gymnasium as gym
-
-    import sim_envs
-    from robopretrain.evaluation import state_vector
     from sim_envs.video_writer import write_mp4
 
     policy = load_policy(spec)
-    env = gym.make(sim_envs.env_id(task), image_size=int(size), render_images=False, terminate_on_success=True,
-                   randomization=dict(condition.randomization))
+    env = make_env(spec, task, condition.randomization, render_size=size)
+    sim = env.unwrapped
+    renderer = None
+    if spec.obs_type == "image" and int(size) != spec.image_size:
+        # the env renders the policy's frames at the agent's size; asking it for another size would rebuild its
+        # GL renderer at every call, so the video gets its own renderer of the same model (same randomization)
+        from sim_envs.rendering import CameraRenderer
+
+        limit = int(sim.model.vis.global_.offwidth)
+        if int(size) > limit:
+            env.close()
+            raise ValueError(f"evaluate config: video.size={size}; at most {limit} for this image checkpoint")
+        renderer = CameraRenderer(sim.model, int(size), int(size))
+
+    def frame() -> np.ndarray:
+        if renderer is not None:
+            return renderer.render(sim.data, "agentview")
+        return sim.render_camera("agentview", int(size))
+
     try:
         obs, _ = env.reset(seed=seed)
-        frames = [env.unwrapped.render_camera("agentview", int(size))]
+        frames = [frame()]
         done = False
         while not done and len(frames) < max_frames:
-            action = policy.act(state_vector(obs, spec.obs_keys, spec.num_tasks), deterministic=True)
+            action = policy.act(policy_obs(spec, task, obs), deterministic=True)
             obs, _, terminated, truncated, _ = env.step(np.asarray(action, dtype=np.float32))
-            frames.append(env.unwrapped.render_camera("agentview", int(size)))
+            frames.append(frame())
             done = terminated or truncated
     finally:
+        if renderer is not None:
+            renderer.close()
         env.close()
     write_mp4(path, frames, fps=fps)
     return path
@@ -393,20 +473,22 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     task = str(cfg.task) if cfg.get("task") else default_task(ckpt)
     if task not in sim_envs.TASKS:
         raise ValueError(f"evaluate config: task={task!r}; expected one of {sorted(sim_envs.TASKS)}")
-    obs_keys = tuple(ckpt.meta.get("obs_keys") or ckpt.config.obs_keys)
-    spec = PolicySpec(str(ckpt.path), obs_keys, int(ckpt.meta.get("num_tasks", ckpt.config.get("num_tasks", 0))),
-                      str(cfg.device))
+    spec = policy_spec(ckpt, str(cfg.device))
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     episodes = run_all_episodes(spec, task, conditions, int(cfg.episodes), int(cfg.eval_seed), int(cfg.workers),
                                 bool(cfg.progress))
+    episode_seconds = time.perf_counter() - start
     stats = aggregate(conditions, episodes, cfg.bootstrap)
     info: dict[str, Any] = {
         "checkpoint": str(ckpt.path), "step": ckpt.step, "algo": ckpt.meta["algo"], "stage": ckpt.meta.get("stage"),
+        "obs_type": spec.obs_type, "image_size": spec.image_size or None,
         "task": task, "episodes_per_condition": int(cfg.episodes), "eval_seed": int(cfg.eval_seed),
         "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
         "nominal": stats[NOMINAL]["none"], "factors": {k: v for k, v in stats.items() if k != NOMINAL},
         "episodes": episodes, "plot": None, "videos": {},
+        "wall_seconds": {"episodes": episode_seconds, "workers": int(cfg.workers)},
     }
     if cfg.plot:
         info["plot"] = str(plot_success(stats, out_dir / "success_per_factor.png", f"{task}: {ckpt.meta['algo']} "
@@ -419,6 +501,7 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             path = record_video(spec, task, cond, int(cfg.eval_seed), out_dir / "videos" / f"{factor}.mp4",
                                 int(cfg.video.size), int(cfg.video.max_frames), float(cfg.video.fps))
             info["videos"][factor] = {"path": str(path), "level": cond.level, "episode": 0}
+        info["wall_seconds"]["videos"] = time.perf_counter() - start - episode_seconds
     write_text_atomic(out_dir / "eval_info.json", json.dumps(info, indent=2))
     os.chmod(out_dir / "eval_info.json", 0o644)
     info["output_dir"] = str(out_dir)

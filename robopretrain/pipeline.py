@@ -5,10 +5,15 @@ or :func:`run_pipeline` from Python. Everything lands under one run folder::
 
     <run>/data/      prior_demos.hdf5 (9 prior tasks), target_demos.hdf5 (10 demos per sim_envs target), videos/
     <run>/stage1/    video pretraining (ICVF by default): encoder/ (the stage-1 encoder checkpoint)
-    <run>/stage2/    multi-task CQL on images over the prior tasks (task-ID conditioned, PTR): agent.pt
-    <run>/adapt/<target>/   offline on batches of 90% prior / 10% target data: agent.pt
-    <run>/stage3/<target>/  Cal-QL online with physics + visual randomization, parallel envs: agent.pt
-    <run>/evaluate/  results.json, rollout GIFs, plots;  <run>/report.md
+    <run>/stage2/    multi-task CQL on images over the prior tasks (task-ID conditioned, PTR): agent.pt, checkpoint/
+    <run>/adapt/<target>/   offline on batches of 90% prior / 10% target data: agent.pt, checkpoint/
+    <run>/stage3/<target>/  Cal-QL online with physics + visual randomization, parallel envs: agent.pt, checkpoint/
+    <run>/evaluate/  results.json, rollout GIFs, plots, robustness/<target>/eval_info.json;  <run>/report.md
+
+``agent.pt`` is the plain state dict the next stage loads; ``checkpoint/`` is the same agent as a self-describing
+image checkpoint (:mod:`robopretrain.image_checkpoint`) that ``python -m robopretrain.evaluate checkpoint=...``
+and :func:`~robopretrain.image_checkpoint.load_image_agent` rebuild without the stage-1 file. The final evaluation
+runs a short robustness sweep (:mod:`robopretrain.evaluate`, ``evaluate.robustness``) on each sim_envs target.
 
 Each stage writes ``done.json`` (with its wall time) when it finishes; a later run skips finished stages and a
 stage that was interrupted resumes from its own ``state.pt``. The encoder transfer mode (``encoder.mode``:
@@ -33,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain.data.replay import MixedSampler, OfflineDataset
 from robopretrain.image_agent import ImageAgent, image_obs_config
+from robopretrain.image_checkpoint import image_agent_meta, save_image_checkpoint
 from robopretrain.image_rl import (
     ACT_DIM,
     OnlineSettings,
@@ -137,6 +143,14 @@ def state_dim_of(cfg: DictConfig) -> int:
     if unknown:
         raise ValueError(f"state_keys {unknown}: only {sorted(sizes)} are known to the pipeline")
     return sum(sizes[k] for k in cfg.state_keys) + int(cfg.num_tasks)
+
+
+def write_image_checkpoint(cfg: DictConfig, agent: ImageAgent, out_dir: Path, stage: str, step: int,
+                           **facts: Any) -> Path:
+    """``<out_dir>/checkpoint/ckpt_<step>``: the agent as a self-describing image checkpoint (newest one kept)."""
+    meta = image_agent_meta(agent, state_keys=list(cfg.state_keys), num_tasks=int(cfg.num_tasks), stage=stage,
+                            **facts)
+    return save_image_checkpoint(out_dir / "checkpoint", step, cfg, agent, meta, keep=1)
 
 
 def load_agent_file(agent: ImageAgent, path: Path, with_optimizer: bool = False) -> None:
@@ -269,6 +283,7 @@ def stage_stage2(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[s
                                 eval_every=int(cfg.stage2.get("eval_every", 0)),
                                 progress=bool(cfg.progress), desc="stage2 multi-task CQL")
     save_state(out_dir / "agent.pt", agent.state_dict())
+    write_image_checkpoint(cfg, agent, out_dir, "stage2", int(cfg.stage2.steps), task_names=tasks)
     write_json(out_dir / "metrics.json", rows)
     evals = [r for r in rows if "eval/success" in r]
     return {"transitions": len(data), "updates": int(cfg.stage2.steps), "final_eval": evals[-1] if evals else None,
@@ -301,6 +316,8 @@ def stage_adapt(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[st
                                     evaluate=eval_fn(cfg, agent, spec, int(cfg.stage3.eval_episodes)),
                                     progress=bool(cfg.progress), desc=f"adapt {spec.name}")
         save_state(out_dir / "agent.pt", agent.state_dict())
+        write_image_checkpoint(cfg, agent, out_dir, "adapt", int(cfg.adapt.steps), task=spec.name,
+                               task_id=spec.resolved_task_id(), sim_envs_task=spec.is_sim_envs)
         summary = {"target_transitions": len(target), "updates": int(cfg.adapt.steps),
                    "prior_fraction": float(cfg.adapt.prior_fraction) if bool(cfg.stage2.enabled) else 0.0,
                    "final_eval": [r for r in rows if "eval/success" in r][-1]}
@@ -339,6 +356,8 @@ def stage_stage3(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[s
                                     reward=reward_spec(algo_config(cfg, algo)), seed=int(cfg.seed),
                                     evaluate=eval_fn(cfg, agent, spec, settings.eval_episodes))
         save_state(out_dir / "agent.pt", agent.state_dict())
+        write_image_checkpoint(cfg, agent, out_dir, "stage3", settings.env_steps, task=spec.name,
+                               task_id=spec.resolved_task_id(), sim_envs_task=spec.is_sim_envs, randomization=rand)
         summary = {"history": history, "env_steps": settings.env_steps, "num_envs": settings.num_envs,
                    "final_success": history[-1]["eval/success"],
                    "cumulative_regret": history[-1]["train/cumulative_regret"]}
@@ -350,13 +369,55 @@ def stage_stage3(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[s
 # --------------------------------------------------------------------------- final evaluation and report
 
 
+def robustness_config(cfg: DictConfig, checkpoint: Path, task: str, out_dir: Path) -> DictConfig:
+    """The ``configs/evaluate.yaml`` run of ``evaluate.robustness``: its factors at its levels, its episodes."""
+    rob = cfg.evaluate.robustness
+    c = OmegaConf.load(CONFIG_DIR / "evaluate.yaml")
+    c.pop("hydra", None)
+    levels = dict(plain(rob.levels) or {})
+    unknown = [f for f in levels if f not in c.factors]
+    if not levels or unknown:
+        raise ValueError(f"evaluate.robustness.levels: {'unknown factor(s) ' + str(unknown) if unknown else 'empty'}; "
+                         f"expected a mapping of some of {list(c.factors)} to their levels")
+    for factor, lv in levels.items():
+        c.factors[factor].levels = list(lv) if isinstance(lv, (list, tuple)) else [lv]
+    c.merge_with({"checkpoint": str(checkpoint), "task": task, "output_dir": str(out_dir),
+                  "episodes": int(rob.episodes), "workers": int(rob.workers), "device": str(cfg.device),
+                  "progress": bool(cfg.progress), "select": list(levels), "video": {"enabled": bool(rob.video)}})
+    return c
+
+
+def robustness_rows(info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Nominal then every (factor, level) of an ``eval_info``: success, 95% CI, drop vs nominal, episodes."""
+    keep = ("success", "ci_low", "ci_high", "drop_vs_nominal", "episodes")
+    rows = [{"factor": "nominal", "level": "none", **{k: info["nominal"][k] for k in keep}}]
+    for factor, levels in info["factors"].items():
+        rows += [{"factor": factor, "level": level, **{k: r[k] for k in keep}} for level, r in levels.items()]
+    return rows
+
+
+def run_robustness(cfg: DictConfig, checkpoint: Path, task: str, out_dir: Path) -> dict[str, Any]:
+    """The ``evaluate.robustness`` sweep of one image checkpoint into ``out_dir``: its eval_info, plot and rows."""
+    from robopretrain.evaluate import evaluate_robustness
+
+    info = evaluate_robustness(robustness_config(cfg, checkpoint, task, out_dir))
+    return {"eval_info": str(out_dir / "eval_info.json"), "plot": info["plot"], "rows": robustness_rows(info)}
+
+
 def stage_evaluate(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
-    """Success of each fine-tuned target policy, nominal and randomized; a rollout GIF per target."""
+    """Success of each fine-tuned target policy, nominal and randomized; a rollout GIF per target; a short
+    robustness sweep (``evaluate.robustness``) of each sim_envs target's stage-3 checkpoint."""
     out_dir = run_dir / "evaluate"
     results: dict[str, Any] = {}
+    robustness: dict[str, Any] = {}
+    rob = cfg.evaluate.get("robustness")
     for spec in targets_of(cfg):
         agent = make_image_agent(cfg, run_dir, str(cfg.stage3.algo), device)
-        load_agent_file(agent, run_dir / "stage3" / spec.name / "agent.pt")
+        s3_dir = run_dir / "stage3" / spec.name
+        load_agent_file(agent, s3_dir / "agent.pt")
+        if not (s3_dir / "checkpoint").is_dir():  # a stage 3 finished before checkpoints were written
+            write_image_checkpoint(cfg, agent, s3_dir, "stage3", int(cfg.stage3.env_steps), task=spec.name,
+                                   task_id=spec.resolved_task_id(), sim_envs_task=spec.is_sim_envs)
         per: dict[str, Any] = {}
         for i, (setting, rand) in enumerate(dict(plain(cfg.evaluate.settings)).items()):
             if not spec.is_sim_envs and rand != "none":
@@ -364,7 +425,11 @@ def stage_evaluate(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict
             video = out_dir / f"rollout_{spec.name}.gif" if (i == 0 and bool(cfg.evaluate.video)) else None
             per[setting] = eval_fn(cfg, agent, spec, int(cfg.evaluate.episodes), rand, video)(0)
         results[spec.name] = per
+        if rob is not None and bool(rob.enabled) and spec.is_sim_envs:
+            robustness[spec.name] = run_robustness(cfg, s3_dir / "checkpoint", spec.name,
+                                                   out_dir / "robustness" / spec.name)
     write_json(out_dir / "results.json", results)
+    write_json(out_dir / "robustness.json", robustness)
     return results
 
 
@@ -408,6 +473,29 @@ def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
+def robustness_report_lines(cfg: DictConfig, run_dir: Path) -> list[str]:
+    """The report's robustness section: per sim_envs target, success per factor and level of the short sweep."""
+    path = run_dir / "evaluate" / "robustness.json"
+    sweep = read_json(path) if path.is_file() else {}
+    if not sweep:
+        return []
+    lines = ["", "## Robustness (short sweep of `python -m robopretrain.evaluate`)", "",
+             "Stage-3 checkpoint of each target under shifted conditions (`evaluate.robustness`; eval_hard and "
+             "eval_easy draw from held-out ranges disjoint from the training randomization). Few episodes: the "
+             "95% bootstrap intervals are wide; for the full sweep run "
+             "`python -m robopretrain.evaluate checkpoint=<run>/stage3/<target>/checkpoint` (50 episodes per "
+             "condition, every factor and level).", ""]
+    for name, entry in sweep.items():
+        lines += [f"**{name}** (`{Path(entry['eval_info']).relative_to(run_dir)}`)", "",
+                  "| factor | level | success | 95% CI | drop vs nominal | episodes |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['factor']} | {r['level']} | {r['success']:.2f} | [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
+                  f"{r['drop_vs_nominal']:+.2f} | {r['episodes']} |" for r in entry["rows"]]
+        if entry.get("plot"):
+            lines += ["", f"![robustness {name}]({Path(entry['plot']).relative_to(run_dir)})"]
+        lines.append("")
+    return lines
+
+
 def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     """``<run>/report.md``: stage timings, stage-2 per-task success, target results, plots and rollouts."""
     out_dir = run_dir / "evaluate"
@@ -443,6 +531,7 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         cells = " | ".join(f"{v['success']:.2f} ({cfg.evaluate.episodes} ep)" for v in per.values())
         regret = "n/a" if s3["cumulative_regret"] is None else f"{s3['cumulative_regret']:.2f}"
         lines.append(f"| {name} | {adapt:.2f} | {s3['final_success']:.2f} | {regret} | {cells} |")
+    lines += robustness_report_lines(cfg, run_dir)
     lines += ["", "## Plots", ""] + [f"![{p.stem}](evaluate/{p.name})" for p in plots] + ["", "## Rollouts", ""]
     for gif in sorted(out_dir.glob("rollout_*.gif")):
         lines.append(f"![{gif.stem}](evaluate/{gif.name})")

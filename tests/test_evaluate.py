@@ -106,3 +106,111 @@ def test_bad_factor_configs_are_named(tiny_checkpoint, tmp_path):
     cfg.factors.distractors.levels = [9]
     with pytest.raises(ValueError, match="0..6"):
         build_conditions(cfg)
+
+
+# --------------------------------------------------------------------------- image checkpoints
+
+IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_image_checkpoint(tmp_path_factory) -> Path:
+    """A scratch small_conv image agent (32 px, proprio + 12-slot task one-hot) saved as an image checkpoint."""
+    import torch
+
+    from robopretrain.image_agent import ImageAgent, image_obs_config
+    from robopretrain.image_checkpoint import image_agent_meta, save_image_checkpoint
+
+    cfg = image_obs_config({"image_keys": ["agentview_image"], "mode": "scratch", "encoder_name": "small_conv",
+                            "image_size": IMAGE_SIZE})
+    agent = ImageAgent(cfg, 7 + 12, 4, "calql", {"n_actions": 2, "critic_hidden": [32, 32],
+                                                 "actor_hidden": [32, 32]}, seed=1)
+    with torch.no_grad():  # a policy whose action depends on the pixels, not only on the biases
+        for p in agent.actor_encoder.parameters():
+            p.mul_(3.0)
+    root = tmp_path_factory.mktemp("img") / "run"
+    meta = image_agent_meta(agent, state_keys=["proprio"], num_tasks=12, stage="stage3", task="Reach")
+    save_image_checkpoint(root / "checkpoints", 11, {"seed": 0}, agent, meta)
+    return root
+
+
+def image_eval(checkpoint: Path, out: Path, workers: int, video: bool):
+    return evaluate_robustness(eval_config(checkpoint, out, workers=workers, episodes=2, select="[lighting]",
+                                           **{"factors.lighting.levels": "[eval_hard]",
+                                              "video.enabled": str(video).lower(), "video.max_frames": 5}))
+
+
+def _first_obs(spec, randomization: dict) -> tuple[dict, dict]:
+    from robopretrain.evaluate import make_env, policy_obs
+
+    env = make_env(spec, "Reach", randomization)
+    try:
+        obs, _ = env.reset(seed=0)
+        return obs, policy_obs(spec, "Reach", obs)
+    finally:
+        env.close()
+
+
+def test_image_observation_has_the_agents_shape(tiny_image_checkpoint):
+    import sim_envs
+
+    from robopretrain.evaluate import load_policy, open_checkpoint, policy_spec
+
+    spec = policy_spec(open_checkpoint(tiny_image_checkpoint), "cpu")
+    assert spec.obs_type == "image" and spec.image_keys == ("agentview_image",) and spec.image_size == IMAGE_SIZE
+    assert spec.obs_keys == ("proprio",) and spec.num_tasks == 12
+    obs, x = _first_obs(spec, {"level": "none", "num_distractors": 0})
+    assert set(x) == {"agentview_image", "state"}
+    assert x["agentview_image"].shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and x["agentview_image"].dtype == np.uint8
+    assert x["state"].shape == (7 + 12,) and x["state"].dtype == np.float32
+    np.testing.assert_array_equal(x["state"][:7], obs["proprio"])
+    one_hot = np.zeros(12, np.float32)
+    one_hot[sim_envs.tasks.TASK_IDS["Reach"]] = 1.0
+    np.testing.assert_array_equal(x["state"][7:], one_hot)
+    # the pixels reach the policy: the same start under the held-out dark lighting changes image and action
+    _, dark = _first_obs(spec, {"level": "eval_hard", "factors": ["lighting"]})
+    np.testing.assert_array_equal(dark["state"], x["state"])
+    assert dark["agentview_image"].mean() < x["agentview_image"].mean()
+    policy = load_policy(spec)
+    assert np.abs(policy.act(dark) - policy.act(x)).max() > 1e-6
+
+
+def test_image_checkpoint_evaluates_identically_twice(tiny_image_checkpoint, tmp_path):
+    a = image_eval(tiny_image_checkpoint, tmp_path / "a", workers=2, video=True)
+    b = image_eval(tiny_image_checkpoint, tmp_path / "b", workers=0, video=False)
+    assert a["obs_type"] == "image" and a["image_size"] == IMAGE_SIZE and a["task"] == "Reach" and a["step"] == 11
+    assert len(a["episodes"]) == 2 * 2 and a["episodes"] == b["episodes"]
+    assert a["nominal"] == b["nominal"] and a["factors"] == b["factors"]
+    info = json.loads((Path(a["output_dir"]) / "eval_info.json").read_text())
+    assert info["factors"]["lighting"]["eval_hard"]["episodes"] == 2
+    assert set(info["videos"]) == {"nominal", "lighting"}
+    assert all(Path(v["path"]).stat().st_size > 0 for v in info["videos"].values())
+
+
+def test_pipeline_robustness_sweep_and_report(tiny_image_checkpoint, tmp_path):
+    """The pipeline's short sweep: its factors and levels only, rows in order, the report table."""
+    from robopretrain import pipeline
+
+    cfg = OmegaConf.load(ROOT / "configs" / "pipeline.yaml")
+    cfg.pop("hydra")
+    cfg.progress = False
+    cfg.evaluate.robustness.episodes = 1
+    cfg.evaluate.robustness.workers = 0
+    cfg.evaluate.robustness.levels = {"distractors": [2], "lighting": ["eval_hard"]}
+    entry = pipeline.run_robustness(cfg, tiny_image_checkpoint, "Reach", tmp_path / "evaluate" / "robustness" / "Reach")
+    assert [(r["factor"], r["level"], r["episodes"]) for r in entry["rows"]] == [
+        ("nominal", "none", 1), ("distractors", "2", 1), ("lighting", "eval_hard", 1)]
+    info = json.loads(Path(entry["eval_info"]).read_text())
+    assert info["obs_type"] == "image" and info["episodes"][1]["num_distractors"] == 2 and info["videos"] == {}
+    for r in entry["rows"]:
+        assert r["drop_vs_nominal"] == pytest.approx(entry["rows"][0]["success"] - r["success"])
+    pipeline.write_json(tmp_path / "evaluate" / "robustness.json", {"Reach": entry})
+    report = "\n".join(pipeline.robustness_report_lines(cfg, tmp_path))
+    s = entry["rows"][2]["success"]
+    assert "**Reach** (`evaluate/robustness/Reach/eval_info.json`)" in report
+    assert f"| lighting | eval_hard | {s:.2f} |" in report
+    assert "](evaluate/robustness/Reach/success_per_factor.png)" in report
+
+    cfg.evaluate.robustness.levels = {"wind": ["eval_hard"]}
+    with pytest.raises(ValueError, match=r"evaluate.robustness.levels: unknown factor\(s\) \['wind'\]"):
+        pipeline.robustness_config(cfg, tiny_image_checkpoint, "Reach", tmp_path / "x")
