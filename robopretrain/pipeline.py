@@ -7,7 +7,8 @@ or :func:`run_pipeline` from Python. Everything lands under one run folder::
     <run>/stage1/    video pretraining (ICVF by default): encoder/ (the stage-1 encoder checkpoint)
     <run>/stage2/    multi-task CQL on images over the prior tasks (task-ID conditioned, PTR): agent.pt, checkpoint/
     <run>/adapt/<target>/   offline on batches of 90% prior / 10% target data: agent.pt, checkpoint/
-    <run>/stage3/<target>/  Cal-QL online with physics + visual randomization, parallel envs: agent.pt, checkpoint/
+    <run>/stage3/<target>/  Cal-QL online with physics + visual randomization, parallel envs: agent.pt, checkpoint/,
+                            checkpoints/ (resumable: agent, optimiser, RNG, replay buffer), metrics.jsonl, tb/
     <run>/evaluate/  results.json, rollout GIFs, plots, robustness/<target>/eval_info.json;  <run>/report.md
 
 ``agent.pt`` is the plain state dict the next stage loads; ``checkpoint/`` is the same agent as a self-describing
@@ -16,7 +17,7 @@ and :func:`~robopretrain.image_checkpoint.load_image_agent` rebuild without the 
 runs a short robustness sweep (:mod:`robopretrain.evaluate`, ``evaluate.robustness``) on each sim_envs target.
 
 Each stage writes ``done.json`` (with its wall time) when it finishes; a later run skips finished stages and a
-stage that was interrupted resumes from its own ``state.pt``. The encoder transfer mode (``encoder.mode``:
+stage that was interrupted resumes from its own ``state.pt`` (stage 3: from ``checkpoints/``). The encoder transfer mode (``encoder.mode``:
 finetune / frozen / frozen_cached / scratch) applies to stages 2, adaptation and 3
 (:mod:`robopretrain.image_agent`). Stages that need an agent load the previous stage's ``agent.pt``.
 """
