@@ -2,7 +2,7 @@
 diagnosed on robot trajectories of the target tasks the encoders never saw.
 
     python benchmarks/video_pretrain.py                      # CPU-sized default (~15 min on 2 idle cores)
-    python benchmarks/video_pretrain.py --heads-only-steps 10000   # what the README quotes (+ ~6 min)
+    python benchmarks/video_pretrain.py --heads-only-steps 30000   # what the README quotes (+ ~12 min)
     python benchmarks/video_pretrain.py --icvf-budgets 6000 9000 12000   # + ICVF trained longer (~20 min more)
     python benchmarks/video_pretrain.py --steps 20000 --batch-size 64 --clips 450 --device cuda --work /data/vptr
 
