@@ -2,6 +2,8 @@
 diagnosed on robot trajectories of the target tasks the encoders never saw.
 
     python benchmarks/video_pretrain.py                      # CPU-sized default (~15 min on 2 idle cores)
+    python benchmarks/video_pretrain.py --heads-only-steps 30000   # what the README quotes (+ ~12 min)
+    python benchmarks/video_pretrain.py --icvf-budgets 6000 9000 12000   # + ICVF trained longer (~20 min more)
     python benchmarks/video_pretrain.py --steps 20000 --batch-size 64 --clips 450 --device cuda --work /data/vptr
 
 1. collects human-hand videos of the 9 pretraining tasks (``sim_envs.collect_videos``: other embodiment,
@@ -9,9 +11,20 @@ diagnosed on robot trajectories of the target tasks the encoders never saw.
    target tasks (``sim_envs.collect tasks=target``, agentview camera, no randomization);
 2. trains one encoder per objective on the hand videos with the same budget (steps x batch size, same
    encoder, augmentation, optimizer), via ``python -m video_pretrain.train``; ``none`` saves the random init;
-3. runs ``video_pretrain.diagnose`` on the robot trajectories (goal = last frame) and writes
+3. runs ``video_pretrain.diagnose`` on the robot trajectories (goal = last frame), with a raw-pixel
+   baseline row (-||s_t - g|| on the frames themselves, no encoder), and writes
    ``benchmarks/results/video_pretrain.json`` (every number, training facts, the commands) and
-   ``docs/video_pretrain_values.png``, and prints a markdown table.
+   ``docs/video_pretrain_values.png``, and prints markdown tables;
+4. the in-domain check: the same diagnostics on human-hand task clips (goal = a clip's last frame), the
+   held-out clips of the training split (never trained on) and some training clips: does a value that is
+   flat on robot frames rise on the video it was trained on?
+5. ICVF's value head up close: its V(s, g, z) on ICVF-style batches of held-out hand clips, grouped by where
+   the goal is (s itself, 1-10 or more frames ahead in the clip, another clip), next to V*; and, with
+   ``--heads-only-steps``, fresh ICVF value heads trained on the ICVF encoder's *frozen* features (cheap: no
+   CNN) for many more steps, with the default target rate (and 3000 steps with a 10x faster one), diagnosed
+   along the way;
+6. with ``--icvf-budgets``: the ICVF run continued (resumed, same data stream) to each larger step count,
+   every budget diagnosed like the 3000-step encoder (the end-to-end version of 5; slow on a CPU).
 
 Generated data and runs go to ``--work`` (default ``outputs/benchmarks/video_pretrain``) and are reused
 when already there (pass ``--fresh`` to redo everything).
@@ -19,6 +32,7 @@ when already there (pass ``--fresh`` to redo everything).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -30,8 +44,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,6 +55,9 @@ sys.path.insert(0, str(REPO))
 from video_pretrain import diagnose as diag  # noqa: E402
 
 OBJECTIVES = ("icvf", "vip", "tcn", "none")
+LABELS = ("ICVF", "VIP", "TCN", "random init")
+PIXEL_LABEL = "raw pixels"
+TRAIN_CLIPS_CHECKED = 20  # training task clips in the in-domain check
 
 
 def collect_data(work: Path, clips: int, episodes: int, seed: int) -> tuple[Path, Path]:
@@ -88,6 +107,222 @@ def train_objective(objective: str, videos: Path, work: Path, args: argparse.Nam
             "wall_seconds_here": time.perf_counter() - start}
 
 
+def hand_clip_ids(videos: Path) -> dict[str, list[int]]:
+    """Task clips (not play) of the hand videos: the held-out split of training (``valid_fraction`` 0.1,
+    ``split_seed`` 0, the train defaults) and the first training clips."""
+    from sim_envs.collect_videos import EMPTY_PLAY_TEXT, PLAY_TEXT
+    from video_pretrain.data import ManifestSource, split_by_video
+
+    source = ManifestSource(videos, 64, max_cache_bytes=0)
+    train_ids, valid_ids = split_by_video(source, 0.1, 0)
+    task = [i for i in range(source.num_videos) if source.video_text(i) not in (PLAY_TEXT, EMPTY_PLAY_TEXT)]
+    return {"held_out": [int(i) for i in valid_ids if i in task],
+            "training": [int(i) for i in train_ids if i in task][:TRAIN_CLIPS_CHECKED]}
+
+
+def held_out_clip_ids(videos: Path) -> list[int]:
+    """Every clip (play included) of the training run's held-out split (``valid_fraction`` 0.1, ``split_seed`` 0)."""
+    from video_pretrain.data import ManifestSource, split_by_video
+
+    return [int(i) for i in split_by_video(ManifestSource(videos, 64, max_cache_bytes=0), 0.1, 0)[1]]
+
+
+def in_domain_check(videos: Path, entries: list, device: torch.device, seed: int) -> dict[str, Any]:
+    """Diagnostics of ``entries`` on hand task clips (held-out and training), goal = a clip's last frame."""
+    out = {}
+    for split, ids in hand_clip_ids(videos).items():
+        trajs = diag.load_clip_trajectories(videos, 64, ids)
+        res = diag.diagnose(entries, {64: trajs}, 0.99, device, seed=seed, progress=False)
+        for entry in res.values():
+            entry.pop("curves", None)
+            entry.pop("per_trajectory", None)
+        out[split] = {"clips": [t.name for t in trajs], "encoders": res}
+    return out
+
+
+def continue_icvf(videos: Path, work: Path, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """Continue the ICVF run to each of ``args.icvf_budgets`` steps (resuming its training checkpoint, so the
+    data stream goes on as in one long run); returns each budget's encoder folder and training facts."""
+    chain = work / "runs" / "icvf_longer"
+    base = work / "runs" / "icvf" / "checkpoints" / "last.pt"
+    out = {}
+    for budget in sorted(b for b in args.icvf_budgets if b > args.steps):
+        snapshot = chain / f"encoder_{budget}"
+        if not (snapshot / "meta.json").is_file():
+            if not (chain / "checkpoints" / "last.pt").is_file():
+                (chain / "checkpoints").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(base, chain / "checkpoints" / "last.pt")
+            overrides = [f"objective=icvf", f"data.path={videos}", f"steps={budget}", f"batch_size={args.batch_size}",
+                         f"lr={args.lr}", f"seed={args.seed}", f"device={args.device}", f"num_workers={args.num_workers}",
+                         f"output_dir={chain}", f"hydra.run.dir={chain / 'hydra'}", "progress=false", "eval_every=100"]
+            print(f"[video_pretrain benchmark] ICVF continued to {budget} steps", flush=True)
+            proc = subprocess.run([sys.executable, "-m", "video_pretrain.train", *overrides], cwd=REPO,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)}, text=True, capture_output=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"ICVF to {budget} steps failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            shutil.copytree(chain / "encoder", snapshot)
+            shutil.copy2(chain / "metrics.json", snapshot / "metrics.json")
+        metrics = json.loads((snapshot / "metrics.json").read_text())
+        valid = [v for v in metrics["history"]["valid"] if v["step"] <= budget]
+        train = [t for t in metrics["history"]["train"] if t["step"] <= budget]
+        out[budget] = {"encoder": str(snapshot), "valid_loss_end": valid[-1]["loss"], "valid_v_mean_end": valid[-1]["v_mean"],
+                       "train_v_mean_end": sum(t["v_mean"] for t in train[-10:]) / len(train[-10:])}
+    return out
+
+
+GOAL_GROUPS = ("goal = s", "goal 1-10 frames ahead", "goal > 10 frames ahead", "goal behind s (same clip)",
+               "goal in another clip")
+
+
+def values_by_goal_kind(entry: Any, videos: Path, ids: list[int], device: torch.device, gamma: float = 0.99,
+                        batches: int = 8, batch_size: int = 64, seed: int = 0) -> dict[str, dict[str, float]]:
+    """ICVF's V(s, g, z) (mean of its online heads, as trained) on ICVF batches drawn from clips ``ids`` (the
+    training sampler, no augmentation), grouped by where the goal g is; with the mean of V* for each group
+    (d frames ahead: -(1 - gamma^d) / (1 - gamma); behind or in another clip: unreachable, -1 / (1 - gamma))."""
+    from video_pretrain.data import ManifestSource, SubsetSource
+    from video_pretrain.sampling import FrameBatchStream, augment
+
+    stream = FrameBatchStream(SubsetSource(ManifestSource(videos, 64), ids), "icvf", batch_size, seed=seed)
+    values, v_star, group = [], [], []
+    with torch.no_grad():
+        for k in range(batches):
+            b = stream.batch(k)
+            s, _, g, z = augment(b["frames"], 0).to(device).unbind(dim=1)
+            values.append(entry.heads(entry.encoder(s), entry.encoder(g), entry.encoder(z)).mean(dim=0).cpu().numpy())
+            same = (b["video"][:, 2] == b["video"][:, 0]).numpy()
+            d = (b["frame"][:, 2] - b["frame"][:, 0]).numpy()
+            kind = np.select([same & (d == 0), same & (d >= 1) & (d <= 10), same & (d > 10), same & (d < 0)], [0, 1, 2, 3], 4)
+            group.append(kind)
+            v_star.append(np.where(same & (d >= 0), -(1 - gamma ** np.maximum(d, 0)) / (1 - gamma), -1 / (1 - gamma)))
+    values, v_star, group = np.concatenate(values), np.concatenate(v_star), np.concatenate(group)
+    return {name: {"n": int((group == j).sum()), "v_mean": float(values[group == j].mean()),
+                   "v_std": float(values[group == j].std()), "v_star_mean": float(v_star[group == j].mean())}
+            for j, name in enumerate(GOAL_GROUPS) if (group == j).any()}
+
+
+def format_goal_kind_table(groups: dict[str, dict[str, float]]) -> str:
+    lines = ["| where the goal g is | samples | ICVF V(s, g, z): mean ± std | V*: mean |", "|---|---|---|---|"]
+    for name, r in groups.items():
+        lines.append(f"| {name} | {r['n']} | {r['v_mean']:.2f} ± {r['v_std']:.2f} | {r['v_star_mean']:.1f} |")
+    return "\n".join(lines)
+
+
+def heads_only_probe(encoder_dir: str, videos: Path, robot_trajs: list, held_out: list, steps: int, rate: float,
+                     args: argparse.Namespace, cache: Path, checks: tuple[int, ...] = (1000, 3000, 10000, 20000, 30000),
+                     log_every: int = 100) -> dict[str, Any]:
+    """Fresh ICVF value heads trained on the *frozen* features of ``encoder_dir`` (clips of the training split,
+    the ICVF sampler, loss, Adam and batch size of the benchmark, target rate ``rate``) for ``steps`` steps;
+    V(s, g, g) diagnosed on the robot trajectories and the held-out hand clips at each of ``checks``.
+    Reused from ``cache`` when it holds the same settings."""
+    settings = {"encoder": encoder_dir, "steps": steps, "rate": rate, "batch_size": args.batch_size, "lr": args.lr,
+                "seed": args.seed}
+    if cache.is_file():
+        old = json.loads(cache.read_text())
+        if old.get("settings") == settings:
+            return old
+    device = torch.device("cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 256-wide MLPs on batches of 32: extra threads cost more than they give (on a shared CPU, much more)
+    try:
+        return _heads_only_probe(encoder_dir, videos, robot_trajs, held_out, steps, rate, args, cache, checks, log_every,
+                                 settings, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _heads_only_probe(encoder_dir: str, videos: Path, robot_trajs: list, held_out: list, steps: int, rate: float,
+                      args: argparse.Namespace, cache: Path, checks: tuple[int, ...], log_every: int,
+                      settings: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    from video_pretrain.data import ManifestSource, split_by_video
+    from video_pretrain.objectives.icvf import ICVFHeads, icvf_loss
+    from video_pretrain.sampling import ICVFSampler
+
+    (entry,) = diag.load_entries([encoder_dir], ["ICVF"], device, "small_conv", 64, args.seed)
+    source = ManifestSource(videos, 64, max_cache_bytes=0)
+    train_ids, _ = split_by_video(source, 0.1, 0)
+    feats = [diag.embed(entry.encoder, source.frames(int(i), np.arange(source.video_length(int(i)))), device)
+             for i in train_ids]
+    starts = np.concatenate([[0], np.cumsum([len(f) for f in feats])[:-1]])
+    flat = torch.cat(feats)
+    eval_sets = {"robot": [diag.embed(entry.encoder, t.frames, device) for t in robot_trajs],
+                 "hand": [diag.embed(entry.encoder, t.frames, device) for t in held_out]}
+    torch.manual_seed(args.seed)
+    heads = ICVFHeads(int(entry.encoder.out_dim), (256, 256), 2)
+    target = copy.deepcopy(heads).requires_grad_(False)
+    opt = torch.optim.Adam(heads.parameters(), lr=args.lr, eps=3.125e-4)
+    sampler, rng = ICVFSampler([len(f) for f in feats]), np.random.default_rng(args.seed)
+    history, v_means = [], []
+    for step in tqdm(range(1, steps + 1), desc=f"heads-only ICVF (target rate {rate})", unit="step", mininterval=10):
+        b = sampler(rng, args.batch_size)
+        idx = torch.from_numpy(starts[b.video] + b.frame)
+        s, s_next, g, z = (flat[idx[:, k]] for k in range(4))
+        sc = {k: torch.from_numpy(v) for k, v in b.scalars.items()}
+        with torch.no_grad():
+            next_v, next_v_zz, v_zz = target(s_next, g, z), target(s_next, z, z), target(s, z, z)
+        loss, info = icvf_loss(heads(s, g, z), next_v, next_v_zz, v_zz, sc["reward"], sc["mask"], sc["intent_reward"],
+                               sc["intent_mask"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(target.parameters()), list(heads.parameters()), rate)
+        v_means.append(float(info["v_mean"]))
+        if step in checks or step == steps:
+            row: dict[str, Any] = {"step": step, "train_v_mean": float(np.mean(v_means[-log_every:]))}
+            with torch.no_grad():
+                for name, fs in eval_sets.items():
+                    ms = [diag.trajectory_metrics(diag.values_to_goal(f, heads), 0.99) for f in fs]
+                    row[name] = {k: float(np.mean([m[k] for m in ms])) for k in ("spearman", "increasing", "mse", "value_range")}
+            history.append(row)
+    result = {"settings": settings, "history": history}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(cache, json.dumps(result, indent=1))
+    return result
+
+
+def format_heads_only_table(probes: dict[str, Any]) -> str:
+    lines = ["| target rate | steps | v_mean (train batches) | robot: rho / range / MSE vs V* | held-out hand: rho / range / "
+             "MSE vs V* |", "|---|---|---|---|---|"]
+    for probe in probes.values():
+        for h in probe["history"]:
+            r, c = h["robot"], h["hand"]
+            lines.append(f"| {probe['settings']['rate']} | {h['step']} | {h['train_v_mean']:.2f} | {r['spearman']:.3f} / "
+                         f"{r['value_range']:.3g} / {r['mse']:.4g} | {c['spearman']:.3f} / {c['value_range']:.3g} / "
+                         f"{c['mse']:.4g} |")
+    return "\n".join(lines)
+
+
+def _row(r: dict[str, Any]) -> dict[str, float]:
+    return {"spearman": r["mean"]["spearman"], "increasing": r["mean"]["increasing"], "mse": r["mean"]["mse"],
+            "value_range": r["mean"]["value_range"], "probe_r2": r["probe"]["r2"]}
+
+
+def format_budget_table(budgets: dict[str, Any]) -> str:
+    """ICVF per training budget: value and feature rows on robot trajectories and held-out hand clips."""
+    lines = ["| ICVF steps | valid loss | v_mean (valid) | robot: value rho / range / MSE vs V* | robot: features rho | "
+             "held-out hand: value rho / range | held-out hand: features rho |", "|" + "---|" * 7]
+    for steps, b in budgets.items():
+        rv, rf, hv, hf = b["robot"]["value"], b["robot"]["features"], b["hand"]["value"], b["hand"]["features"]
+        lines.append(f"| {steps} | {b['valid_loss_end']:.3f} | {b['valid_v_mean_end']:.2f} | {rv['spearman']:.3f} / "
+                     f"{rv['value_range']:.3g} / {rv['mse']:.4g} | {rf['spearman']:.3f} | {hv['spearman']:.3f} / "
+                     f"{hv['value_range']:.3g} | {hf['spearman']:.3f} |")
+    return "\n".join(lines)
+
+
+def format_in_domain_table(in_domain: dict[str, Any]) -> str:
+    """Spearman rho / value range per encoder on the hand clips (held-out and training)."""
+    splits = list(in_domain)
+    lines = ["| encoder | " + " | ".join(f"{s} hand clips ({len(in_domain[s]['clips'])}): rho / frac. increasing / "
+                                         "value range" for s in splits) + " |", "|" + "---|" * (len(splits) + 1)]
+    for label in in_domain[splits[0]]["encoders"]:
+        cells = []
+        for s in splits:
+            m = in_domain[s]["encoders"][label]["mean"]
+            cells.append(f"{m['spearman']:.3f} / {m['increasing']:.3f} / {m['value_range']:.3g}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -108,6 +343,10 @@ def main() -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--work", default=str(REPO / "outputs" / "benchmarks" / "video_pretrain"))
     p.add_argument("--fresh", action="store_true", help="delete --work first")
+    p.add_argument("--heads-only-steps", type=int, default=0,
+                   help="train ICVF value heads on the ICVF encoder's frozen features for this many steps (0: skip)")
+    p.add_argument("--icvf-budgets", type=int, nargs="*", default=[],
+                   help="also continue the ICVF run to these step counts and diagnose each (e.g. 6000 9000 12000)")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "video_pretrain.json"))
     p.add_argument("--png", default=str(REPO / "docs" / "video_pretrain_values.png"))
     args = p.parse_args()
@@ -122,10 +361,36 @@ def main() -> None:
     training = {obj: train_objective(obj, videos, work, args) for obj in OBJECTIVES}
 
     diag_args = diag.build_parser().parse_args(
-        ["--data", str(robot), "--encoders", *[training[o]["encoder"] for o in OBJECTIVES],
-         "--labels", "ICVF", "VIP", "TCN", "random init", "--out", str(work / "diagnose"), "--device", args.device,
+        ["--data", str(robot), "--encoders", *[training[o]["encoder"] for o in OBJECTIVES], diag.PIXELS,
+         "--labels", *LABELS, PIXEL_LABEL, "--out", str(work / "diagnose"), "--device", args.device,
          "--seed", str(args.seed), "--no-progress"])
     report = diag.run(diag_args)
+    device = diag.resolve_device(args.device)
+    entries = diag.load_entries(diag_args.encoders, diag_args.labels, device, "small_conv", 64, args.seed)
+    in_domain = in_domain_check(videos, entries, device, args.seed)
+    goal_kinds = values_by_goal_kind(entries[0], videos, held_out_clip_ids(videos), device, seed=args.seed)
+    probes: dict[str, Any] = {}
+    if args.heads_only_steps:
+        robot_trajs = diag.load_trajectories(robot, diag.select_trajectories(robot), 64)
+        held_out = diag.load_clip_trajectories(videos, 64, hand_clip_ids(videos)["held_out"])
+        for rate, n in ((0.05, min(3000, args.heads_only_steps)), (0.005, args.heads_only_steps)):  # short one first
+            probes[f"rate_{rate}"] = heads_only_probe(training["icvf"]["encoder"], videos, robot_trajs, held_out, n, rate,
+                                                      args, work / "heads_only" / f"rate_{rate}_steps_{n}.json")
+
+    budgets: dict[str, Any] = {}
+    if args.icvf_budgets:
+        robot_trajs = diag.load_trajectories(robot, diag.select_trajectories(robot), 64)
+        held_out = diag.load_clip_trajectories(videos, 64, hand_clip_ids(videos)["held_out"])
+        runs = {args.steps: {"encoder": training["icvf"]["encoder"], "valid_loss_end": training["icvf"]["valid_loss_end"],
+                             "valid_v_mean_end": None}, **continue_icvf(videos, work, args)}
+        base_valid = json.loads((work / "runs" / "icvf" / "metrics.json").read_text())["history"]["valid"]
+        runs[args.steps]["valid_v_mean_end"] = base_valid[-1]["v_mean"]
+        for steps, facts in runs.items():
+            entry = diag.load_entries([facts["encoder"]], ["ICVF"], device, "small_conv", 64, args.seed)
+            rob = diag.diagnose(entry, {64: robot_trajs}, 0.99, device, seed=args.seed, progress=False)
+            hand = diag.diagnose(entry, {64: held_out}, 0.99, device, seed=args.seed, progress=False)
+            budgets[str(steps)] = {**facts, "robot": {"value": _row(rob["ICVF"]), "features": _row(rob["ICVF:features"])},
+                                   "hand": {"value": _row(hand["ICVF"]), "features": _row(hand["ICVF:features"])}}
     png = diag.plot_values(report["encoders"], Path(args.png), num_curves=4,
                            title="stage 1: values on held-out robot trajectories of the target tasks "
                                  "(encoders trained on human-hand video only)")
@@ -143,6 +408,10 @@ def main() -> None:
         "data_seconds": t_data,
         "training": training,
         "diagnostics": report,
+        "in_domain": in_domain,
+        "icvf_values_by_goal_kind": {"clips": "held-out hand clips (all, play included)", "groups": goal_kinds},
+        "heads_only": probes,
+        "icvf_budgets": budgets,
         "figure": str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png),
         "total_seconds": time.perf_counter() - t0,
     }
@@ -151,6 +420,16 @@ def main() -> None:
     print(diag.format_table(report["encoders"]))
     print()
     print(diag.format_task_table(report["encoders"]))
+    print()
+    print(format_in_domain_table(in_domain))
+    print()
+    print(format_goal_kind_table(goal_kinds))
+    if probes:
+        print()
+        print(format_heads_only_table(probes))
+    if budgets:
+        print()
+        print(format_budget_table(budgets))
     print(f"\nwrote {args.json} and {png}")
 
 

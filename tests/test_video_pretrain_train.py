@@ -214,6 +214,47 @@ def test_ridge_probe_recovers_a_linear_target_across_trajectories():
         diag.ridge_probe(feats, targets, train=[0, 1], test=[1])
 
 
+def test_ridge_dual_form_gives_the_primal_solution_when_features_outnumber_rows():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(12, 40)), rng.normal(size=12)
+    w, b = diag._ridge_fit(x, y, 0.5)  # 40 features > 12 rows: the dual branch
+    primal = np.linalg.solve(x.T @ x + 0.5 * np.eye(40), x.T @ (y - y.mean()))
+    assert b == pytest.approx(y.mean()) and np.allclose(w, primal, atol=1e-10)
+
+
+class OrderProbeHeads(torch.nn.Module):
+    """A fake value head whose value says which argument got which features: s + 10 g + 100 z (first dim)."""
+
+    def forward(self, s, g, z):
+        return (s[:, 0] + 10 * g[:, 0] + 100 * z[:, 0]).unsqueeze(0)
+
+
+def test_values_to_goal_evaluates_v_of_state_goal_goal_and_the_negative_distance():
+    feats = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 4.0]])  # two states, the goal last
+    # V(s, g, g) with s = 1, 2 and g = z = 3: s + 10 * 3 + 100 * 3
+    assert diag.values_to_goal(feats, OrderProbeHeads()).tolist() == [331.0, 332.0]
+    assert np.allclose(diag.values_to_goal(feats, None), [-math.sqrt(4 + 16), -math.sqrt(1 + 16)])
+
+
+def test_pixel_baseline_is_minus_the_distance_between_raw_frames():
+    (entry,) = diag.load_entries([diag.PIXELS], None, torch.device("cpu"), "small_conv", 8, 0)
+    assert entry.label == "pixels" and entry.heads is None and entry.image_size == 8
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    values = diag.values_to_goal(diag.embed(entry.encoder, frames, torch.device("cpu")), entry.heads)
+    by_hand = [-np.sqrt((((frames[t].astype(np.float64) - frames[3]) / 255.0) ** 2).sum()) for t in range(3)]
+    assert np.allclose(values, by_hand, atol=1e-5)
+
+
+def test_clip_trajectories_of_a_video_folder(videos):
+    trajs = diag.load_clip_trajectories(videos, SIZE, [1, 3])
+    assert [t.name for t in trajs] == ["clip_00001.mp4", "clip_00003.mp4"]
+    assert [len(t.frames) for t in trajs] == [22, 26] and trajs[0].task == "a square slides"
+    assert trajs[0].frames.shape[1:] == (SIZE, SIZE, 3) and trajs[0].frames.dtype == np.uint8
+    with pytest.raises(ValueError, match="fewer than 2 clips"):
+        diag.load_clip_trajectories(videos, SIZE, [0])
+
+
 # ------------------------------------------------------------------------------------------------ diagnose CLI
 def test_diagnose_end_to_end(videos, robot_hdf5, tmp_path):
     enc = train(compose_cfg(f"data.path={videos}", "steps=2", "tensorboard=false", f"output_dir={tmp_path / 'icvf'}",

@@ -8,13 +8,17 @@ evaluates each encoder on held-out robot trajectories (robomimic HDF5, e.g. the 
 
 - ICVF encoders (saved with value heads by ``video_pretrain.train``): V(s_t, g, g), mean of the heads; the
   ICVF encoder's plain feature distance is reported too, as ``<label>:features``;
-- metric encoders (VIP, TCN, random init ``random``): -||phi(s_t) - phi(g)||_2 of the encoder features.
+- metric encoders (VIP, TCN, random init ``random``): -||phi(s_t) - phi(g)||_2 of the encoder features;
+- ``pixels``: no encoder, -||s_t - g||_2 of the raw frames (flattened, in [0, 1]): the baseline that says how
+  much of a row's correlation with time any frame difference already gives.
 
 Per trajectory: Spearman rho and Kendall tau-b between value and time (1 = the value rises all the way),
 the fraction of steps where the value increases, and MSE / R^2 against the optimal value under the ICVF
 reward, V* = -(1 - gamma^d) / (1 - gamma) (only meaningful for ICVF values: distances are on no particular
 scale). Per encoder: a linear probe (ridge regression on standardised frozen features, alpha chosen by
 cross-validation over training trajectories) predicting d, trained and tested on disjoint trajectories.
+:func:`load_clip_trajectories` gives the same diagnostics on clips of a video folder (e.g. held-out
+human-hand clips: the in-domain check).
 Outputs ``diagnostics.json`` (every number), ``values.png`` (min-max normalised value-vs-time curves of a
 few trajectories per encoder, V* dashed) and a markdown table on stdout.
 
@@ -43,6 +47,7 @@ from video_pretrain.data import HDF5ImageSource
 from video_pretrain.train import load_pretrained, resolve_device
 
 RANDOM = "random"
+PIXELS = "pixels"
 DEFAULT_ALPHAS = tuple(10.0 ** k for k in range(-3, 5))
 
 
@@ -114,8 +119,14 @@ def trajectory_metrics(values: np.ndarray, gamma: float) -> dict[str, float]:
 
 # --------------------------------------------------------------------------------------------- probe
 def _ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Ridge weights and intercept; the dual form X^T (X X^T + alpha I)^-1 y (the same solution) when there
+    are more features than rows, e.g. raw pixels."""
     mean_y = y.mean()
-    w = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ (y - mean_y))
+    n, dim = x.shape
+    if dim > n:
+        w = x.T @ np.linalg.solve(x @ x.T + alpha * np.eye(n), y - mean_y)
+    else:
+        w = np.linalg.solve(x.T @ x + alpha * np.eye(dim), x.T @ (y - mean_y))
     return w, float(mean_y)
 
 
@@ -232,7 +243,37 @@ def load_trajectories(path: str | os.PathLike, demos: Sequence[str], image_size:
     return out
 
 
+def load_clip_trajectories(path: str | os.PathLike, image_size: int,
+                           video_ids: Sequence[int] | None = None) -> list[Trajectory]:
+    """Clips of a video folder (``manifest.csv``) as trajectories, the last frame being the goal; ``task`` is
+    the clip's text. ``video_ids`` picks clips by their id in the folder (default: every clip)."""
+    from video_pretrain.data import ManifestSource
+
+    source = ManifestSource(path, image_size, max_cache_bytes=0, strict=True)
+    ids = range(source.num_videos) if video_ids is None else [int(i) for i in video_ids]
+    out = []
+    for i in ids:
+        n = source.video_length(i)
+        if n >= 3:
+            out.append(Trajectory(source.video_name(i), source.video_text(i), source.frames(i, np.arange(n))))
+    if len(out) < 2:
+        raise ValueError(f"{path}: fewer than 2 clips with >= 3 frames to diagnose")
+    return out
+
+
 # --------------------------------------------------------------------------------------------- values
+class PixelFeatures(nn.Module):
+    """No encoder: the flattened frame in [0, 1] (3 * H * W features), for the raw-pixel baseline."""
+
+    def __init__(self, image_size: int):
+        super().__init__()
+        self.input_spec = {"image_size": int(image_size)}
+        self.out_dim = 3 * int(image_size) ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
 @dataclass
 class EncoderEntry:
     """One encoder to diagnose: its label, the encoder, ICVF heads (or None: feature distance), facts."""
@@ -249,12 +290,17 @@ class EncoderEntry:
 
 def load_entries(specs: Sequence[str], labels: Sequence[str] | None, device: torch.device, random_encoder: str,
                  image_size: int, seed: int) -> list[EncoderEntry]:
-    """Encoders from checkpoint folders, or ``random`` (``random_encoder`` at ``image_size``, seeded)."""
+    """Encoders from checkpoint folders, ``random`` (``random_encoder`` at ``image_size``, seeded) or
+    ``pixels`` (raw frames at ``image_size``, no encoder)."""
     if labels is not None and len(labels) != len(specs):
         raise ValueError(f"--labels: {len(labels)} labels for {len(specs)} encoders; give one per encoder")
     entries = []
     for j, spec in enumerate(specs):
-        label = labels[j] if labels is not None else (RANDOM if spec == RANDOM else Path(spec).parent.name or str(spec))
+        label = labels[j] if labels is not None else (spec if spec in (RANDOM, PIXELS) else Path(spec).parent.name or str(spec))
+        if spec == PIXELS:
+            entries.append(EncoderEntry(label, PixelFeatures(image_size).to(device), None,
+                                        {"path": PIXELS, "objective": "none (raw pixels)", "steps": 0, "encoder": PIXELS}))
+            continue
         if spec == RANDOM:
             torch.manual_seed(seed)
             enc = make_encoder(random_encoder, image_size).to(device).eval()
@@ -430,7 +476,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m video_pretrain.diagnose", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="robomimic HDF5 file of robot trajectories (e.g. the target tasks)")
-    p.add_argument("--encoders", nargs="+", required=True, help="encoder checkpoint folders, or 'random'")
+    p.add_argument("--encoders", nargs="+", required=True,
+                   help="encoder checkpoint folders, 'random' (random init) or 'pixels' (raw-pixel distance)")
     p.add_argument("--labels", nargs="+", default=None, help="one label per encoder (default: the run folder name)")
     p.add_argument("--key", default="agentview_image", help="image observation key")
     p.add_argument("--mask", default=None, help="mask of the file to use (e.g. valid), default every demo")
@@ -439,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-trajectories", type=int, default=None, help="at most this many trajectories (spread over tasks)")
     p.add_argument("--gamma", type=float, default=0.99, help="discount of V* = -(1 - gamma^d) / (1 - gamma)")
     p.add_argument("--random-encoder", default="small_conv", help="encoder name for 'random'")
-    p.add_argument("--image-size", type=int, default=64, help="image size for 'random'")
+    p.add_argument("--image-size", type=int, default=64, help="image size for 'random' and 'pixels'")
     p.add_argument("--probe-test-fraction", type=float, default=0.3, help="share of trajectories the probe is tested on")
     p.add_argument("--plot-trajectories", type=int, default=4, help="curves per encoder in values.png")
     p.add_argument("--out", default="outputs/video_pretrain/diagnose", help="output folder")
