@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,25 @@ def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def run_on_ranks(body: Callable[[DistInfo, torch.device], T], device: torch.device) -> T:
+    """Join the process group (a no-op without torchrun), run ``body(info, device)``, leave the group.
+
+    Ranks other than 0 log warnings only (rank 0 speaks for the job). When ``body`` raises, the group is torn
+    down without the final barrier (the other ranks may never reach it) and the error propagates.
+    """
+    info, device = init_distributed(device)
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        out = body(info, device)
+    except BaseException:
+        if info.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    shutdown(info)
+    return out
 
 
 def barrier(info: DistInfo) -> None:

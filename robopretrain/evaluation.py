@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from robopretrain.collector import sim_env
 from robopretrain.data.replay import append_task_one_hot, flatten_obs
 
 EVAL_SEED = 1_000_000  # evaluation episodes use seeds EVAL_SEED + i; training seeds stay far below it
@@ -39,16 +40,8 @@ def state_vector(obs: Mapping[str, Any], obs_keys: Sequence[str], num_tasks: int
     return np.asarray(flat, dtype=np.float32)
 
 
-def make_state_env(task: str, randomization: Any = "none", **kwargs: Any) -> gym.Env:
-    """A state-only env of ``task`` (no rendering), terminating on success."""
-    import sim_envs
-
-    if task not in sim_envs.TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(sim_envs.TASKS)}")
-    if isinstance(randomization, Mapping):
-        randomization = dict(randomization)
-    return gym.make(sim_envs.env_id(task), render_images=False, randomization=randomization,
-                    terminate_on_success=True, **kwargs)
+# a state-only env of a task, terminating on success: one definition, in the torch-free collector module
+make_state_env = sim_env
 
 
 def evaluate_policy(

@@ -478,17 +478,8 @@ def train_offline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> 
     validate_offline_config(cfg)
     validate_image_config(cfg)
     run_dir = Path(run_dir) if run_dir is not None else resolve_run_dir(cfg)
-    dinfo, device = dist_utils.init_distributed(torch.device(str(cfg.get("device", "cpu"))))
-    if not dinfo.is_main:
-        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
-    try:
-        path = _train_offline(cfg, run_dir, dinfo, device)
-    except BaseException:
-        if dinfo.enabled and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        raise
-    dist_utils.shutdown(dinfo)
-    return path
+    return dist_utils.run_on_ranks(lambda dinfo, device: _train_offline(cfg, run_dir, dinfo, device),
+                                   torch.device(str(cfg.get("device", "cpu"))))
 
 
 def check_eval_tasks(tasks: list[str]) -> list[str]:

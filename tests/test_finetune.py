@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from finetune.train import finetune_online
 from robopretrain.checkpoint import CheckpointError, checkpoint_name, load_checkpoint, load_latest
 from robopretrain.metrics import read_jsonl
+from _compare import assert_same, returns_by_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 GAMMA = 0.99
@@ -41,16 +42,6 @@ def finetune_cfg(data: Path, out: Path, extra: list[str] = ()):
         overrides.append("algo.n_actions=2")
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         return compose("finetune", overrides=overrides)
-
-
-def returns_by_hand(rewards: np.ndarray, dones: np.ndarray, r_neg: float) -> np.ndarray:
-    if np.all(rewards == r_neg):
-        return np.full(len(rewards), r_neg / (1 - GAMMA))
-    out, g = np.zeros(len(rewards)), 0.0
-    for t in reversed(range(len(rewards))):
-        g = rewards[t] + GAMMA * g * (1 - dones[t])
-        out[t] = g
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +79,7 @@ def test_online_buffer_returns_match_hand_computation(finetuned):
     assert set(np.unique(rewards)) <= {-5.0, 5.0}  # sparse reward after Cal-QL's x10 - 5
     # the first episode ends at its first terminal, or by truncation at Reach's 50-step limit
     end = int(np.flatnonzero(dones)[0]) + 1 if dones[:50].any() else 50
-    np.testing.assert_allclose(mc[:end], returns_by_hand(rewards[:end], dones[:end], -5.0), rtol=1e-5)
+    np.testing.assert_allclose(mc[:end], returns_by_hand(rewards[:end], dones[:end], -5.0, GAMMA), rtol=1e-5)
     # the episodes counted by the regret are in the buffer
     assert int(online["num_episodes"]) == len(ckpt.state["online"]["successes"])
 
@@ -173,17 +164,3 @@ def test_nan_loss_stops_before_the_checkpoint(reach_hdf5, finetuned, tmp_path, m
     assert [p.name for p in root.glob("ckpt_*")] == [checkpoint_name(good)]
 
 
-def assert_same(a, b, where: str = "weights") -> None:
-    """``a`` and ``b`` (nested dicts / lists of tensors and numbers) are exactly equal."""
-    if isinstance(b, dict):
-        assert isinstance(a, dict) and a.keys() == b.keys(), where
-        for k in b:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(b, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif torch.is_tensor(b):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where

@@ -20,6 +20,7 @@ from robopretrain.data.hdf5 import DatasetError
 from robopretrain.image_agent import ImageAgent, image_obs_config
 from robopretrain.image_checkpoint import image_agent_meta, is_image_checkpoint, load_image_agent, save_image_checkpoint
 from robopretrain.metrics import read_jsonl
+from _compare import assert_same, returns_by_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -73,16 +74,6 @@ def finetune_cfg(checkpoint: Path, data: Path, out: Path, extra: list[str] = ())
         return compose("finetune", overrides=overrides)
 
 
-def returns_by_hand(rewards: np.ndarray, dones: np.ndarray, r_neg: float) -> np.ndarray:
-    if np.all(rewards == r_neg):
-        return np.full(len(rewards), r_neg / (1 - GAMMA))
-    out, g = np.zeros(len(rewards)), 0.0
-    for t in reversed(range(len(rewards))):
-        g = rewards[t] + GAMMA * g * (1 - dones[t])
-        out[t] = g
-    return out
-
-
 @pytest.fixture(scope="module")
 def reach_run(reach_images, stage2_11, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft_images") / "run"
@@ -127,7 +118,7 @@ def test_image_checkpoint_runs_calql_online_with_worker_envs(reach_run):
         end = start + EPISODE
         if dones[start:end].any():
             end = start + int(np.flatnonzero(dones[start:end])[0]) + 1
-        np.testing.assert_allclose(mc[start:end], returns_by_hand(rewards[start:end], dones[start:end], -5.0),
+        np.testing.assert_allclose(mc[start:end], returns_by_hand(rewards[start:end], dones[start:end], -5.0, GAMMA),
                                    rtol=1e-5)
         start = end
     agent, _ = load_image_agent(out)  # the output is a self-describing image checkpoint
@@ -179,21 +170,6 @@ def test_killed_image_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert_same(a.weights, b.weights)
     assert_same(a.state["online"], b.state["online"], "online counters")
     assert resumed["history"] == clean["history"]
-
-
-def assert_same(a, b, where: str = "weights") -> None:
-    if isinstance(b, dict):
-        assert isinstance(a, dict) and a.keys() == b.keys(), where
-        for k in b:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(b, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif torch.is_tensor(b):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 def test_image_checkpoint_with_state_only_data_or_other_algo_is_refused(stage2_11, tmp_path):

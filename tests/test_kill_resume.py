@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from robopretrain.checkpoint import load_latest
 from sim_envs.video_writer import write_mp4
+from _compare import assert_same
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -123,22 +124,6 @@ def test_stage2_killed_and_rerun_matches_uninterrupted(tiny_hdf5, tmp_path):
     a, b = load_latest(killed / "checkpoints"), load_latest(clean / "checkpoints")
     assert a.step == b.step == 200
     assert_same(a.weights, b.weights)
-
-
-def assert_same(a, b, where: str = "weights") -> None:
-    """``a`` and ``b`` (nested dicts / lists of tensors and numbers) are exactly equal."""
-    if isinstance(b, dict):
-        assert isinstance(a, dict) and a.keys() == b.keys(), where
-        for k in b:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(b, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif torch.is_tensor(b):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 # ------------------------------------------------------------------------------------------ stage 3

@@ -379,17 +379,8 @@ def _log_scalars(writer: Any, prefix: str, values: Mapping[str, float], step: in
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
     """Run stage 1 as ``cfg`` says; returns the encoder checkpoint folder (data-parallel under torchrun)."""
     validate_config(cfg)
-    dinfo, device = dist_utils.init_distributed(resolve_device(str(cfg.device)))
-    if not dinfo.is_main:
-        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
-    try:
-        path = _train(cfg, run_dir, dinfo, device)
-    except BaseException:
-        if dinfo.enabled and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        raise
-    dist_utils.shutdown(dinfo)
-    return path
+    return dist_utils.run_on_ranks(lambda dinfo, device: _train(cfg, run_dir, dinfo, device),
+                                   resolve_device(str(cfg.device)))
 
 
 def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device: torch.device) -> Path:
