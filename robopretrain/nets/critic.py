@@ -17,9 +17,10 @@ CUDA; ``fast_path=False`` turns both off:
   :class:`_DnnReluEnsembleMLP` runs each member's forward and backward with oneDNN inner products on
   ``[s, a]`` rows (bias and ReLU fused into the forward products). On this project's AMD CPU, PyTorch's
   default fp32 matmul (MKL) does not use AVX-512 and oneDNN does: ~2x faster forward and input-gradient
-  products, ~1.4x faster weight gradients. Each pass allocates its own activations; call
-  :func:`robopretrain.nets.mlp.retain_freed_memory` once so that glibc reuses them instead of page-faulting
-  fresh memory every update.
+  products, ~1.4x faster weight gradients. Each pass allocates its own activations; the first oneDNN pass
+  calls :func:`robopretrain.nets.mlp.retain_freed_memory` (once per process, a glibc ``mallopt``) so that
+  freed activations are reused instead of being page-faulted in anew every update (which otherwise costs
+  about as much as the oneDNN speed-up gains).
 * BLAS with reused buffers (``use_onednn = False``, or no oneDNN): :class:`_ReluEnsembleMLP` runs forward
   and backward with hand-written ``baddbmm``/``bmm`` calls that write into buffers kept between calls, so
   no fresh activation-sized tensor (16 MB for 256 states x 31 actions x 256 units x 2 critics) is mapped
@@ -36,7 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robopretrain.nets.mlp import FINAL_GAIN, HIDDEN_GAIN, dense, init_linear_, make_activation, use_onednn
+from robopretrain.nets.mlp import (
+    FINAL_GAIN,
+    HIDDEN_GAIN,
+    dense,
+    init_linear_,
+    make_activation,
+    retain_freed_memory_once,
+    use_onednn,
+)
 
 
 class VectorizedLinear(nn.Module):
@@ -374,6 +383,8 @@ class EnsembleCritic(nn.Module):
             obs.requires_grad or acts.requires_grad or any(p.requires_grad for p in params)
         )
         onednn = self.use_onednn and use_onednn(obs)
+        if onednn:
+            retain_freed_memory_once()
         if needs_grad:
             if onednn:
                 out = _DnnReluEnsembleMLP.apply(obs, acts.contiguous(), return_features, *params)

@@ -205,3 +205,14 @@ def retain_freed_memory(max_bytes: int = 1 << 30) -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, 256 << 20)) and bool(mallopt(m_trim_threshold, int(max_bytes)))
+
+
+_retain_requested = False
+
+
+def retain_freed_memory_once() -> None:
+    """:func:`retain_freed_memory` the first time it is called in this process (the oneDNN fast paths call it)."""
+    global _retain_requested
+    if not _retain_requested:
+        _retain_requested = True
+        retain_freed_memory()
