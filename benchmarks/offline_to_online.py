@@ -42,6 +42,7 @@ DIAGNOSE_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "calql_alpha5": ("calql", []),
     "cql_alpha1": ("cql", ["algo.cql_alpha=1.0"]),
     "cql_lagrange_gap0.8": ("cql", ["algo.cql_lagrange=true"]),
+    "no_cql_penalty_alpha0": ("cql", ["algo.cql_alpha=0.0"]),  # plain SAC with max-target backup: TD alone
 }
 
 
