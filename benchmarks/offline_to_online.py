@@ -16,6 +16,12 @@ action at dataset states minus the data's Monte-Carlo return-to-go (reward units
 
     python benchmarks/offline_to_online.py                    # full experiment (~35 min on 2 CPU cores)
     python benchmarks/offline_to_online.py --summarize-only   # table and figure from the saved JSON
+    python benchmarks/offline_to_online.py --diagnose --tasks OpenDoorRight --seeds 0   # calibration diagnosis
+
+``--diagnose`` trains offline only (one task and seed, variants from ``DIAGNOSE_VARIANTS``) and records, at
+``--diagnose-steps``, Q on data and policy actions against the returns-to-go over every offline transition,
+split by successful and all-failure episodes, with a check of the stored returns-to-go against the rewards
+and gamma the Q-targets use (``benchmarks/results/offline_to_online_diagnosis.json``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ and the output layer uses variance scaling with scale ``final_gain`` (fan-in, un
 JaxCQL's non-orthogonal choice.
 
 Layer order of one hidden block: Linear -> [LayerNorm] -> activation -> [Dropout].
+
+The layers are :class:`Linear` (an ``nn.Linear`` with the same parameters and state dict) whose CPU fp32
+products run on oneDNN where available -- see the section "oneDNN dense products on CPU" below.
 """
 
 from __future__ import annotations
