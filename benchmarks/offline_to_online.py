@@ -16,6 +16,12 @@ action at dataset states minus the data's Monte-Carlo return-to-go (reward units
 
     python benchmarks/offline_to_online.py                    # full experiment (~35 min on 2 CPU cores)
     python benchmarks/offline_to_online.py --summarize-only   # table and figure from the saved JSON
+    python benchmarks/offline_to_online.py --diagnose --tasks OpenDoorRight --seeds 0   # calibration diagnosis
+
+``--diagnose`` trains offline only (one task and seed, variants from ``DIAGNOSE_VARIANTS``) and records, at
+``--diagnose-steps``, Q on data and policy actions against the returns-to-go over every offline transition,
+split by successful and all-failure episodes, with a check of the stored returns-to-go against the rewards
+and gamma the Q-targets use (``benchmarks/results/offline_to_online_diagnosis.json``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "offline_to_online.json"
 FIGURE = ROOT / "docs" / "offline_to_online.png"
 METHODS = ("cql", "calql", "iql")
+DIAGNOSE_RESULTS = ROOT / "benchmarks" / "results" / "offline_to_online_diagnosis.json"
+# name -> (algorithm, extra Hydra overrides); all at the experiment's batch 128 and 4 sampled actions
+DIAGNOSE_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "cql_alpha5": ("cql", []),
+    "calql_alpha5": ("calql", []),
+    "cql_alpha1": ("cql", ["algo.cql_alpha=1.0"]),
+    "cql_lagrange_gap0.8": ("cql", ["algo.cql_lagrange=true"]),
+    "no_cql_penalty_alpha0": ("cql", ["algo.cql_alpha=0.0"]),  # plain SAC with max-target backup: TD alone
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--figure", type=Path, default=FIGURE)
     p.add_argument("--extra", nargs="*", default=[], help="more Hydra overrides for every run (diagnostics)")
     p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--diagnose", action="store_true",
+                   help="instead of the experiment: offline-only calibration diagnostics (see diagnose())")
+    p.add_argument("--diagnose-steps", nargs="+", type=int, default=[1000, 2000, 5000, 10000],
+                   help="offline updates at which --diagnose measures Q and returns-to-go")
+    p.add_argument("--diagnose-variants", nargs="+", default=list(DIAGNOSE_VARIANTS), help="names from DIAGNOSE_VARIANTS")
+    p.add_argument("--diagnose-results", type=Path, default=DIAGNOSE_RESULTS)
     return p.parse_args(argv)
 
 
@@ -206,9 +227,139 @@ def save_results(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[s
     return summary
 
 
+# --------------------------------------------------------------------------- diagnosis (offline calibration)
+
+
+def rtg_recursion_residual(arrays: dict[str, Any], gamma: float, r_neg: float) -> dict[str, float]:
+    """Check the stored returns-to-go against the rewards the Q-targets use, independently of returns.py.
+
+    Inside an episode (``next_obs[t] == obs[t + 1]``) ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` must
+    hold, also for all-failure episodes (``r_neg / (1 - gamma)`` is that recursion's fixed point); at an
+    episode's last step ``G_T = r_T`` (termination, or truncation without bootstrap) unless the episode
+    never succeeded. Returns the largest residuals and the reward values seen.
+    """
+    obs, nobs = np.asarray(arrays["observations"]), np.asarray(arrays["next_observations"])
+    r, d, g = (np.asarray(arrays[k], dtype=np.float64) for k in ("rewards", "dones", "mc_returns"))
+    cont = np.all(np.isclose(nobs[:-1], obs[1:], atol=1e-6), axis=1) & (d[:-1] == 0)
+    inner = g[:-1] - (r[:-1] + gamma * g[1:])
+    last = np.append(~cont, True)
+    fail_value = r_neg / (1.0 - gamma)
+    last_res = np.where(np.isclose(g, fail_value), 0.0, g - r)[last]
+    return {
+        "reward_values": sorted({float(x) for x in np.unique(np.round(r, 4))}),
+        "max_abs_residual_inside_episodes": float(np.abs(inner[cont]).max()) if cont.any() else 0.0,
+        "max_abs_residual_at_episode_ends": float(np.abs(last_res).max()),
+        "episodes": int(last.sum()),
+        "all_failure_value": fail_value,
+    }
+
+
+def soft_target_value(reward: float, gamma: float, tau: float, updates: int) -> float:
+    """Value after ``updates`` soft target updates when every step pays ``reward`` and the critic fits its target.
+
+    With the critic at its target ``r + gamma * Q_targ`` and ``Q_targ <- Q_targ + tau * (Q - Q_targ)``, the
+    target moves by ``tau * (r + (gamma - 1) * Q_targ)`` per update: from 0 it reaches
+    ``r / (1 - gamma) * (1 - (1 - tau * (1 - gamma)) ** updates)``, a time constant of ``1 / (tau (1 - gamma))``
+    updates (20,000 for tau 5e-3, gamma 0.99).
+    """
+    return reward / (1.0 - gamma) * (1.0 - (1.0 - tau * (1.0 - gamma)) ** updates)
+
+
+def calibration_by_outcome(agent: Any, batch: dict[str, Any], failed: np.ndarray) -> dict[str, Any]:
+    """Average Q(s, a_data), Q(s, pi(s)) and return-to-go over all, successful and failed-episode transitions."""
+    import torch
+
+    with torch.no_grad():
+        obs = batch["observations"]
+        q_data = agent.q_values(obs, batch["actions"]).cpu().numpy()
+        pi = torch.as_tensor(agent.act(obs, deterministic=True), dtype=obs.dtype, device=obs.device)
+        q_pi = agent.q_values(obs, pi).cpu().numpy()
+    mc = batch["mc_returns"].cpu().numpy()
+    out: dict[str, Any] = {}
+    for name, mask in (("all", np.ones_like(failed)), ("successful_episodes", ~failed), ("failed_episodes", failed)):
+        if not mask.any():
+            continue
+        out[name] = {
+            "fraction": float(mask.mean()),
+            "q_data": float(q_data[mask].mean()),
+            "q_policy": float(q_pi[mask].mean()),
+            "mc_return": float(mc[mask].mean()),
+            "gap_data": float((q_data - mc)[mask].mean()),
+            "gap_policy": float((q_pi - mc)[mask].mean()),
+        }
+    return out
+
+
+def diagnose(args: argparse.Namespace) -> dict[str, Any]:
+    """Offline-only runs on one task and seed: how Q and the data's returns-to-go evolve with offline updates.
+
+    For each variant of :data:`DIAGNOSE_VARIANTS` it trains with the experiment's settings and, at every
+    ``--diagnose-steps``, measures Q on data and on policy actions against the returns-to-go on ALL the
+    offline transitions, separately for successful and all-failure episodes, plus the training metrics of
+    that step (CQL gap, Cal-QL bound rate, target Q). Writes ``--diagnose-results``.
+    """
+    import torch
+
+    from robopretrain.data.returns import sparse_negative_reward
+    from robopretrain.train import ACT_DIM, build_agent, load_offline_dataset, resolve_data_path
+
+    torch.set_num_threads(1)
+    task, seed = (args.tasks or ["OpenDoorRight"])[0], args.seeds[0]
+    report: dict[str, Any] = {"task": task, "seed": seed, "batch_size": args.batch_size, "n_actions": args.n_actions,
+                              "steps": args.diagnose_steps, "variants": {}}
+    if args.diagnose_results.exists():  # resume: keep finished variants
+        old = json.loads(args.diagnose_results.read_text())
+        if old.get("task") == task and old.get("seed") == seed and old.get("steps") == args.diagnose_steps:
+            report["variants"] = old.get("variants", {})
+    for name in args.diagnose_variants:
+        if name in report["variants"]:
+            continue
+        algo, extra = DIAGNOSE_VARIANTS[name]
+        cfg = compose(run_overrides(args, task, algo, seed) + extra)
+        path = resolve_data_path(cfg.data, args.work_dir / "data")
+        dataset, facts = load_offline_dataset(cfg, path)
+        torch.manual_seed(seed)
+        arrays = dataset.arrays()
+        agent = build_agent(cfg, int(arrays["observations"].shape[1]), ACT_DIM, torch.device("cpu"))
+        gamma, r_neg = float(cfg.algo.discount), sparse_negative_reward(float(cfg.algo.reward_scale),
+                                                                        float(cfg.algo.reward_bias))
+        if "data_check" not in report:
+            report["data_check"] = {"gamma": gamma, "num_transitions": len(dataset),
+                                    **rtg_recursion_residual(arrays, gamma, r_neg)}
+        everything = dataset.get(np.arange(len(dataset)))
+        failed = np.isclose(np.asarray(arrays["mc_returns"]), r_neg / (1.0 - gamma))
+        rows = [{"step": 0, **calibration_by_outcome(agent, everything, failed)}]
+        start, step = time.perf_counter(), 0
+        for target in sorted(args.diagnose_steps):
+            metrics: dict[str, float] = {}
+            while step < target:
+                step += 1
+                metrics = agent.update(dataset.sample(args.batch_size), with_metrics=step == target)
+            row = {"step": step, **calibration_by_outcome(agent, everything, failed),
+                   "soft_target_model_all_failure": soft_target_value(r_neg, gamma, float(cfg.algo.tau), step),
+                   "train": {k: metrics[k] for k in ("cql_gap", "q_data", "target_q", "bound_rate_cur", "alpha_prime")
+                             if k in metrics}}
+            rows.append(row)
+            a = row["all"]
+            print(f"[{time.strftime('%H:%M:%S')}] {name} step {step}: Q(data) {a['q_data']:.1f} Q(pi) {a['q_policy']:.1f} "
+                  f"RTG {a['mc_return']:.1f} | success eps: Q(pi) {row['successful_episodes']['q_policy']:.1f} "
+                  f"RTG {row['successful_episodes']['mc_return']:.1f} | failed eps: Q(pi) "
+                  f"{row['failed_episodes']['q_policy']:.1f} RTG {row['failed_episodes']['mc_return']:.1f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+        report["variants"][name] = {"algo": algo, "overrides": extra, "rows": rows}
+        args.diagnose_results.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.diagnose_results.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, args.diagnose_results)
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.work_dir = args.work_dir.resolve()
+    if args.diagnose:
+        diagnose(args)
+        return
     import sim_envs
 
     tasks = args.tasks or list(sim_envs.TARGET_TASKS)

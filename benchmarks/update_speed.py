@@ -9,14 +9,23 @@ implementations compute the same losses; the ratio of their updates/s is the spe
 
 Where robopretrain's update saves time (same math; tests/test_cql.py checks it against an unfused
 per-critic reference): the actor runs once on ``[s; s']`` (B + B rows, not B * N repeated states), the two
-critics run as one batched pass over all 1 + 3N action sets, the critics' first layer computes the state
-half once per state, one backward and one fused Adam step cover every parameter group, no ``.item()`` in
-the hot path, and on CPU the critic reuses its activation/gradient buffers (no per-step page faults).
+critics run as one pass over all 1 + 3N action sets, one backward and one fused Adam step cover every
+parameter group, no ``.item()`` in the hot path, and on CPU every critic/actor product runs on oneDNN
+(robopretrain.nets.mlp): PyTorch's default fp32 matmul here is MKL, whose sgemm does not use AVX-512 on this
+AMD CPU, while oneDNN does. The variant "robopretrain (BLAS products)" turns oneDNN off, so the JSON
+separates what the restructuring gives from what the kernel choice gives.
 
-Runs on the CPU, and on CUDA when available, where it also times ``torch.compile`` of the loss computation
-(default mode, and "reduce-overhead", which uses CUDA graphs). Rounds of each variant are interleaved so
-background load hits all alike; medians and bests are reported. Prints the figures and writes JSON
-(default benchmarks/results/update_speed.json).
+Before timing, ``retain_freed_memory()`` (glibc ``mallopt``) makes freed memory stay in the process for
+reuse instead of being page-faulted in anew each update; it is process-wide, so it applies to the naive
+reference too (``--no-retain-memory`` to skip it).
+
+Runs on the CPU (by default with all cores and again with 1 thread; the machine may be shared, and with 2
+threads every parallel region waits for a descheduled thread), and on CUDA when available, where it also
+times ``torch.compile`` of the loss computation (default mode, and "reduce-overhead", which uses CUDA
+graphs). Rounds of each variant are interleaved so background load hits all alike; per round the ratio to
+the naive reference of the same round is recorded, and medians over rounds are reported, along with the
+process CPU time per update (less sensitive to other processes than wall time with 1 thread). Prints the
+figures and writes JSON (default benchmarks/results/update_speed.json).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robopretrain.algos.cql import CQL, CQLConfig  # noqa: E402
+from robopretrain.nets.mlp import ONEDNN_AVAILABLE, onednn_disabled, retain_freed_memory  # noqa: E402
 
 BATCH, OBS_DIM, ACT_DIM, N_ACTIONS = 256, 39, 4, 10
 ACTOR_HIDDEN, CRITIC_HIDDEN = (256, 256, 256), (256, 256)
@@ -164,24 +174,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_rounds(step, device: torch.device, iters: int) -> float:
-    """Updates per second over one block of ``iters`` updates."""
+def time_rounds(step, device: torch.device, iters: int) -> tuple[float, float]:
+    """Updates per second (wall clock) and process CPU ms per update over one block of ``iters`` updates."""
     _sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(iters):
         step()
     _sync(device)
-    return iters / (time.perf_counter() - start)
+    return iters / (time.perf_counter() - start), 1000.0 * (time.process_time() - cpu_start) / iters
 
 
-def summarise(rates: list[float]) -> dict[str, float]:
-    ordered = sorted(rates)
-    median = ordered[len(ordered) // 2]
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def summarise(rates: list[float], cpu_ms: list[float], ratios: list[float]) -> dict[str, float]:
+    median = _median(rates)
     return {
         "updates_per_s_median": round(median, 2),
-        "updates_per_s_best": round(ordered[-1], 2),
+        "updates_per_s_best": round(max(rates), 2),
         "ms_per_update_median": round(1000.0 / median, 2),
+        "cpu_ms_per_update_median": round(_median(cpu_ms), 2),
+        "speedup_vs_naive": round(_median(ratios), 2),  # median over rounds of (rate / naive rate that round)
         "rounds": [round(r, 2) for r in rates],
+        "round_speedups": [round(r, 2) for r in ratios],
     }
 
 
@@ -216,6 +234,14 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict:
         "naive": lambda: naive.update(batch),
         "robopretrain": lambda: agent.update(batch, with_metrics=False),
     }
+    if device.type == "cpu" and ONEDNN_AVAILABLE:
+        blas_agent = make_agent(device)
+
+        def blas_step() -> None:
+            with onednn_disabled():
+                blas_agent.update(batch, with_metrics=False)
+
+        steps["robopretrain (BLAS products)"] = blas_step
     if args.compile is None:
         modes = ["default", "reduce-overhead"] if device.type == "cuda" else []
     else:
@@ -227,16 +253,19 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict:
         for _ in range(args.warmup):
             step()
     rates: dict[str, list[float]] = {name: [] for name in steps}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in steps}
+    ratios: dict[str, list[float]] = {name: [] for name in steps}
     load_before = os.getloadavg()[0]
+    tag = f"{device}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
     for r in range(args.rounds):  # interleaved, so background load hits every variant alike
         for name, step in steps.items():
-            rates[name].append(time_rounds(step, device, args.iters))
-        print(f"[{device}] round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.2f}/s" for n, v in rates.items()),
-              flush=True)
-    results = {name: summarise(v) for name, v in rates.items()}
-    base = results["naive"]["updates_per_s_median"]
-    for res in results.values():
-        res["speedup_vs_naive"] = round(res["updates_per_s_median"] / base, 2)
+            rate, cpu = time_rounds(step, device, args.iters)
+            rates[name].append(rate)
+            cpu_ms[name].append(cpu)
+            ratios[name].append(rate / rates["naive"][-1])
+        print(f"[{tag}] round {r + 1}/{args.rounds}: "
+              + ", ".join(f"{n} {v[-1]:.2f}/s (x{ratios[n][-1]:.2f})" for n, v in rates.items()), flush=True)
+    results = {name: summarise(rates[name], cpu_ms[name], ratios[name]) for name in steps}
     return {
         "name": "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device),
         "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
@@ -249,10 +278,13 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="all", help="cpu, cuda, or all (cpu, plus cuda when available)")
-    parser.add_argument("--iters", type=int, default=20, help="updates per timed round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per variant")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
+    parser.add_argument("--iters", type=int, default=10, help="updates per timed round")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per variant")
+    parser.add_argument("--warmup", type=int, default=3)
+    cores = os.cpu_count() or 1
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({cores, 1}, reverse=True),
+                        help="torch CPU thread counts to time (default: all cores, then 1)")
+    parser.add_argument("--no-retain-memory", action="store_true", help="skip retain_freed_memory()")
     parser.add_argument(
         "--compile", nargs="+", choices=["none", "default", "reduce-overhead", "max-autotune"], default=None,
         help="torch.compile modes to time too (default: default and reduce-overhead on CUDA, none on CPU)",
@@ -263,24 +295,31 @@ def main(argv: list[str] | None = None) -> None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:
         devices = [args.device]
-    torch.set_num_threads(args.threads)
+    retained = False if args.no_retain_memory else retain_freed_memory()
     report = {
         "what": "one Cal-QL update (critics + actor + temperature + soft target update), batch 256, obs 39, "
         "act 4, 10 sampled actions, 2 critics 2x256, actor 3x256; naive = straightforward reference in this file",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        "onednn": ONEDNN_AVAILABLE,
+        "retain_freed_memory": retained,
         "iters_per_round": args.iters,
         "rounds": args.rounds,
-        "devices": {d: run_device(torch.device(d), args) for d in devices},
+        "devices": {},
     }
+    for d in devices:
+        for threads in args.threads if d == "cpu" else [args.threads[0]]:
+            torch.set_num_threads(threads)
+            key = d if d != "cpu" or threads == args.threads[0] else f"cpu_{threads}_threads"
+            report["devices"][key] = run_device(torch.device(d), args)
     for dev, rep in report["devices"].items():
-        print(f"--- {dev} ({rep['name']})")
+        print(f"--- {dev} ({rep['name']}, threads {rep['cpu_threads']})")
         for name, res in rep["results"].items():
             print(
                 f"{name:34s} {res['updates_per_s_median']:7.2f} updates/s median "
                 f"({res['updates_per_s_best']:.2f} best)  {res['ms_per_update_median']:7.1f} ms  "
-                f"x{res['speedup_vs_naive']:.2f} vs naive"
+                f"cpu {res['cpu_ms_per_update_median']:7.1f} ms  x{res['speedup_vs_naive']:.2f} vs naive"
             )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from torch import nn
 
 from robopretrain.nets.actor import TanhGaussianActor, squashed_gaussian_sample, tanh_log_det_jacobian
 from robopretrain.nets.critic import EnsembleCritic, VectorizedLinear
-from robopretrain.nets.mlp import build_mlp
+from robopretrain.nets.mlp import ONEDNN_AVAILABLE, Linear, build_mlp
 
 
 def test_mlp_layers_and_orthogonal_init():
@@ -144,10 +144,12 @@ def test_checkpoint_round_trip_weights_only():
     assert math.isfinite(float(critic2(obs, acts).detach().sum()))
 
 
+@pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("hidden", [(16,), (16, 12), (8, 16, 8)])
-def test_fast_path_matches_autograd_path(hidden):
+def test_fast_path_matches_autograd_path(hidden, onednn):
     torch.manual_seed(0)
     critic = EnsembleCritic(5, 3, hidden, num_critics=3)
+    critic.use_onednn = onednn
     obs = torch.randn(4, 5, requires_grad=True)
     acts = torch.rand(4, 6, 3, requires_grad=True)
     weights = torch.randn(3, 4, 6, hidden[-1])
@@ -168,6 +170,7 @@ def test_fast_path_matches_autograd_path(hidden):
 
 def test_fast_path_refuses_stale_activations():
     critic = EnsembleCritic(3, 2, (8,))
+    critic.use_onednn = False  # the BLAS fast path reuses buffers between passes; the oneDNN one does not
     obs, acts = torch.randn(4, 3), torch.rand(4, 5, 2)
     first = critic(obs, acts).sum()
     second = critic(obs, acts).sum()  # overwrites the buffers the first graph would need
@@ -184,3 +187,43 @@ def test_fast_path_refuses_stale_activations():
     small = critic(obs, acts[:, :1]).sum()  # a pass of another size (e.g. DR3's phi(s', a')) is independent
     (big + small).backward()
     assert EnsembleCritic(3, 2, (8,), layer_norm=True).fast_path is False
+
+
+@pytest.mark.skipif(not ONEDNN_AVAILABLE, reason="oneDNN kernels not in this torch build")
+def test_onednn_fast_path_keeps_each_graph_and_detached_params():
+    torch.manual_seed(0)
+    critic = EnsembleCritic(3, 2, (8, 8), num_critics=2)
+    obs, acts = torch.randn(4, 3), torch.rand(4, 5, 2, requires_grad=True)
+    first = critic(obs, acts).square().sum()
+    second = critic(obs, acts[:, :2]).sum()  # a second pass does not disturb the first graph
+    grads = torch.autograd.grad(first, list(critic.parameters()) + [acts])
+    critic.fast_path = False
+    ref = torch.autograd.grad(critic(obs, acts).square().sum(), list(critic.parameters()) + [acts])
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    second.backward()
+    # detached weights (the actor loss): gradient reaches the actions only, equal to the generic path's
+    critic.fast_path = True
+    critic.zero_grad(set_to_none=True)
+    (g_fast,) = torch.autograd.grad(critic(obs, acts, detach_params=True).sum(), acts)
+    critic.fast_path = False
+    (g_ref,) = torch.autograd.grad(critic(obs, acts, detach_params=True).sum(), acts)
+    torch.testing.assert_close(g_fast, g_ref, atol=1e-6, rtol=1e-5)
+    assert all(p.grad is None for p in critic.parameters())
+
+
+@pytest.mark.skipif(not ONEDNN_AVAILABLE, reason="oneDNN kernels not in this torch build")
+def test_mlp_linear_onednn_equals_nn_linear():
+    torch.manual_seed(0)
+    fast = Linear(7, 5)
+    plain = nn.Linear(7, 5)
+    plain.load_state_dict(fast.state_dict())
+    assert set(fast.state_dict()) == {"weight", "bias"}
+    x = torch.randn(3, 4, 7, requires_grad=True)
+    out_fast, out_plain = fast(x), plain(x)
+    torch.testing.assert_close(out_fast, out_plain, atol=1e-6, rtol=1e-5)
+    weights = torch.randn(3, 4, 5)
+    g_fast = torch.autograd.grad((out_fast * weights).sum(), [x, fast.weight, fast.bias])
+    g_plain = torch.autograd.grad((out_plain * weights).sum(), [x, plain.weight, plain.bias])
+    for a, b in zip(g_fast, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

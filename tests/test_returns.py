@@ -80,3 +80,42 @@ def test_terminal_splits_episodes_for_the_failure_rule():
     r = np.array([-1.0, 1.0, -1.0, -1.0])
     g = returns_to_go(r, np.array([0, 1, 0, 0]), gamma=0.5, sparse_negative_reward=-1.0)
     np.testing.assert_allclose(g, [-1 + 0.5, 1.0, -2.0, -2.0])
+
+
+def _load_offline_to_online():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "offline_to_online.py"
+    spec = importlib.util.spec_from_file_location("offline_to_online_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diagnosis_rtg_check_accepts_returns_py_and_flags_a_wrong_gamma():
+    bench = _load_offline_to_online()
+    # two episodes, 1-d states: a success after 3 steps (terminal) and an all-failure one (truncated)
+    obs = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])
+    next_obs = np.array([[1.0], [2.0], [3.0], [11.0], [12.0]])
+    raw = np.array([0.0, 0.0, 1.0, 0.0, 0.0])
+    dones = np.array([0, 0, 1, 0, 0])
+    rewards = scale_rewards(raw, 10.0, -5.0)  # -5 / +5
+    mc = returns_to_go(rewards, dones, 0.9, obs=obs, next_obs=next_obs, sparse_negative_reward=-5.0)
+    np.testing.assert_allclose(mc, [-5 - 4.5 + 0.81 * 5, -5 + 0.9 * 5, 5.0, -50.0, -50.0], rtol=1e-6)
+    arrays = {"observations": obs, "next_observations": next_obs, "rewards": rewards, "dones": dones, "mc_returns": mc}
+    check = bench.rtg_recursion_residual(arrays, 0.9, -5.0)
+    assert check["reward_values"] == [-5.0, 5.0] and check["episodes"] == 2
+    assert check["max_abs_residual_inside_episodes"] < 1e-5 and check["max_abs_residual_at_episode_ends"] < 1e-5
+    wrong = dict(arrays, mc_returns=returns_to_go(rewards, dones, 0.5, obs=obs, next_obs=next_obs,
+                                                  sparse_negative_reward=-5.0))
+    assert bench.rtg_recursion_residual(wrong, 0.9, -5.0)["max_abs_residual_inside_episodes"] > 1.0
+
+
+def test_soft_target_propagation_model():
+    bench = _load_offline_to_online()
+    # Q_targ <- Q_targ + tau * (r + gamma * Q_targ - Q_targ): after k updates r/(1-g) * (1 - (1 - tau(1-g))^k)
+    assert bench.soft_target_value(-5.0, 0.99, 5e-3, 0) == 0.0
+    assert bench.soft_target_value(-5.0, 0.99, 5e-3, 1) == pytest.approx(-5.0 * 5e-3)
+    assert bench.soft_target_value(-5.0, 0.99, 5e-3, 2000) == pytest.approx(-500 * (1 - (1 - 5e-5) ** 2000))
+    assert bench.soft_target_value(-5.0, 0.99, 5e-3, 10**7) == pytest.approx(-500.0, rel=1e-6)
