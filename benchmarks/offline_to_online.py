@@ -84,7 +84,9 @@ def run_overrides(args: argparse.Namespace, task: str, method: str, seed: int) -
         "data=target_noisy", f"data.path={args.work_dir / 'data' / f'{task}.hdf5'}", f"data.collect.tasks=[{task}]",
         "dr=train", f"offline.steps={args.offline_steps}", f"offline.checkpoint_every={args.offline_steps}",
         f"offline.eval_episodes={args.eval_episodes}", "offline.progress=false", "online.progress=false",
-        f"online.env_steps={args.online_steps}", f"online.eval_every={args.eval_every}",
+        # one env, in the learner's process: the loop the README's table was measured with (the stage-3 default
+        # is 2 worker envs, which changes the episode order and so the numbers, not the method)
+        "online.num_envs=1", f"online.env_steps={args.online_steps}", f"online.eval_every={args.eval_every}",
         f"online.eval_episodes={args.eval_episodes}", f"online.checkpoint_every={args.online_steps}",
         f"algo.batch_size={args.batch_size}", f"output_dir={args.work_dir / task / f'{method}_seed{seed}'}",
     ]
