@@ -105,7 +105,7 @@ def algo_config(cfg: DictConfig, name: str) -> dict[str, Any]:
     """``configs/algo/<name>.yaml`` with ``algo_overrides``."""
     path = CONFIG_DIR / "algo" / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such algorithm config (expected cql or calql)")
+        raise FileNotFoundError(f"{path}: no such algorithm config (expected cql, calql, iql or bc)")
     out = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     out.update(plain(cfg.algo_overrides) or {})
     return out
