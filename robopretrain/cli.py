@@ -85,22 +85,59 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# settings that take either a group ({level: train, factors: [...]}) or just a level name (``none``, ``train``)
+LEVEL_OR_GROUP = ("randomization",)
+
+
+def group_replaced_by_value(default: Any, given: Any, path: str = "") -> str | None:
+    """The first place where an override replaced a group of settings (a mapping) by a plain value or a list,
+    or a list by a mapping, e.g. ``video=false`` for ``video.enabled=false``; ``None`` when the shapes agree.
+
+    ``default`` and ``given`` are plain containers (``OmegaConf.to_container(..., resolve=False)``). A setting
+    whose default is null may take any shape; a ``*randomization`` setting may also be a level name.
+    """
+    where = path or "<root>"
+    if isinstance(default, dict):
+        if not isinstance(given, dict):
+            if given is None or (isinstance(given, str) and path.endswith(LEVEL_OR_GROUP)):
+                return None
+            keys = list(default)
+            example = f"{path}.{keys[0]}=..." if keys else f"+{path}.<key>=..."
+            return (f"{where}: is a group of settings ({', '.join(map(str, keys[:6]))}{', ...' if len(keys) > 6 else ''}), "
+                    f"not a single value: set its keys instead, e.g. {example} (got {given!r})")
+        for key in default:
+            if key in given and key != "hydra":
+                found = group_replaced_by_value(default[key], given[key], f"{path}.{key}" if path else str(key))
+                if found:
+                    return found
+    elif isinstance(default, list) and isinstance(given, dict):
+        return f"{where}: expects a list like [a,b], got a group of settings {given!r}"
+    return None
+
+
 def validate_overrides(config_name: str, overrides: list[str], config_dir: Path = CONFIG_DIR) -> None:
-    """Compose ``config_name`` with ``overrides``; an unknown key or bad override exits with one line."""
+    """Compose ``config_name`` with ``overrides``; an unknown key, a bad override or a group of settings
+    overridden by a plain value exits with one line."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         with initialize_config_dir(str(config_dir), version_base="1.3"):
-            compose(config_name, overrides=overrides, return_hydra_config=True)
+            given = compose(config_name, overrides=overrides, return_hydra_config=True)
+            default = compose(config_name, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as exc:
         if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
             raise
         report_and_exit(exc, prefix="error: config")
     finally:
         GlobalHydra.instance().clear()
+    problem = group_replaced_by_value(OmegaConf.to_container(default, resolve=False),
+                                      OmegaConf.to_container(given, resolve=False))
+    if problem:
+        report_and_exit(ValueError(problem), prefix="error: config")
 
 
 def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:

@@ -164,6 +164,8 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
                                            "was written by a run with other settings"),
         "evaluate_not_a_checkpoint": (ev(f"checkpoint={empty}"), "neither a checkpoint folder"),
         "evaluate_out_of_range_value": (ev(f"checkpoint={run}", "episodes=0"), "episodes=0; expected an integer >= 1"),
+        "config_group_given_a_value": (ev(f"checkpoint={run}", "video=false"),
+                                       "video: is a group of settings (enabled, size, max_frames, fps), not a single value"),
     }
 
 
@@ -190,7 +192,8 @@ CASE_NAMES = ["non_hdf5_dataset", "truncated_dataset", "missing_obs_key", "actio
               "unknown_config_key_stage2", "out_of_range_value_stage2", "nan_loss_stage2",
               "image_keys_not_in_data_stage2", "encoder_mode_without_checkpoint_stage2", "image_wrong_dtype", "image_wrong_shape", "manifest_missing_file",
               "manifest_outside_folder", "out_of_range_value_stage1", "unknown_config_key_stage1",
-              "incompatible_checkpoint_stage1", "evaluate_not_a_checkpoint", "evaluate_out_of_range_value"]
+              "incompatible_checkpoint_stage1", "evaluate_not_a_checkpoint", "evaluate_out_of_range_value",
+              "config_group_given_a_value"]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -283,3 +286,19 @@ def test_out_of_range_values_are_named(stage, override, message):
     with pytest.raises(ValueError) as err:
         check(compose_stage(stage, override))
     assert message in str(err.value)
+
+
+def test_group_replaced_by_value_finds_the_first_shape_change():
+    from robopretrain.cli import group_replaced_by_value
+
+    default = {"a": 1, "video": {"enabled": True, "fps": 20}, "tasks": [1, 2], "opt": None, "hydra": {"x": {}}}
+    assert group_replaced_by_value(default, default) is None
+    assert group_replaced_by_value(default, {**default, "opt": {"k": 1}, "video": None, "hydra": {"x": 3}}) is None
+    msg = group_replaced_by_value(default, {**default, "video": False})
+    assert msg.startswith("video: is a group of settings (enabled, fps)") and "video.enabled=..." in msg
+    assert "expects a list" in group_replaced_by_value(default, {**default, "tasks": {"k": 1}})
+    dr = {"image": {"randomization": {"level": "train", "factors": ["lighting"]}}}
+    assert group_replaced_by_value(dr, {"image": {"randomization": "none"}}) is None  # a level name is fine
+    assert "is a group" in group_replaced_by_value(dr, {"image": {"randomization": 3}})
+    nested = {"outer": {"inner": {"k": 1}}}
+    assert group_replaced_by_value(nested, {"outer": {"inner": 5}}).startswith("outer.inner: is a group")
