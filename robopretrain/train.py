@@ -180,7 +180,7 @@ def resolve_data_path(data_cfg: DictConfig, run_dir: Path) -> Path:
         return path
     path = path or run_dir / "robot_demos.hdf5"
     if path.is_file() and not data_cfg.get("regenerate", False):
-        log.info("reusing generated dataset %s", path)
+        log.info("using the existing dataset %s (data.generate: not collected again; data.regenerate=true collects anew)", path)
         return path
     from sim_envs.collect import collect
 
