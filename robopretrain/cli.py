@@ -115,6 +115,19 @@ def group_replaced_by_value(default: Any, given: Any, path: str = "") -> str | N
     return None
 
 
+def config_folder(cfg: Any, key: str = "output_dir", where: str = "") -> Path:
+    """The folder ``cfg[key]`` names, else the Hydra run folder (inside a Hydra app), else a clear error."""
+    if cfg.get(key):
+        return Path(str(cfg[key])).expanduser()
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        prefix = f"{where} config: " if where else ""
+        raise ValueError(f"{prefix}{key} is not set and no Hydra run is active; set {key}=/path/to/folder") from None
+
+
 def validate_overrides(config_name: str, overrides: list[str], config_dir: Path = CONFIG_DIR) -> None:
     """Compose ``config_name`` with ``overrides``; an unknown key, a bad override or a group of settings
     overridden by a plain value exits with one line."""

@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from robopretrain.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint_dir, write_text_atomic
-from robopretrain.cli import friendly_errors, run_hydra
+from robopretrain.cli import config_folder, friendly_errors, run_hydra
 from robopretrain.image_checkpoint import is_image_checkpoint
 
 log = logging.getLogger(__name__)
@@ -448,15 +448,7 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def resolve_output_dir(cfg: DictConfig) -> Path:
-    if cfg.get("output_dir"):
-        return Path(str(cfg.output_dir)).expanduser()
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:
-        raise ValueError("evaluate config: output_dir is not set and no Hydra run is active; "
-                         "set output_dir=/path/to/folder") from None
+    return config_folder(cfg, "output_dir", "evaluate")
 
 
 def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from robopretrain.cli import config_folder
 from robopretrain.data.replay import MixedSampler, OfflineDataset
 from robopretrain.image_agent import ImageAgent, image_obs_config
 from robopretrain.image_checkpoint import image_agent_meta, save_image_checkpoint
@@ -548,14 +549,7 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
-    if cfg.get("run_dir"):
-        return Path(str(cfg.run_dir)).expanduser()
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:
-        raise ValueError("run_dir is not set and no Hydra run is active; set run_dir=/path/to/run") from None
+    return config_folder(cfg, "run_dir")
 
 
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -73,7 +73,7 @@ from robopretrain.checkpoint import (
     set_rng_state,
     split_agent_state,
 )
-from robopretrain.cli import friendly_errors, run_hydra
+from robopretrain.cli import config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_offline_config
 from robopretrain.data.hdf5 import DatasetError, DatasetInfo, load_transitions, read_info, select_demos
 from robopretrain.data.replay import OfflineDataset
@@ -120,14 +120,7 @@ def image_keys_of(cfg: DictConfig) -> list[str]:
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
     """``cfg.output_dir`` when set, else the Hydra run folder (inside a Hydra app), else an error."""
-    if cfg.get("output_dir"):
-        return Path(str(cfg.output_dir)).expanduser()
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:
-        raise ValueError("output_dir is not set and no Hydra run is active; set output_dir=/path/to/run") from None
+    return config_folder(cfg, "output_dir")
 
 
 def setup_torch(cfg: DictConfig) -> torch.device:

@@ -8,29 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from _compare import write_sliding_square_videos
 from robopretrain.distributed import DistInfo, rank_seed, replica_max_abs_diff
-from sim_envs.video_writer import write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
-
-
-def write_videos(root: Path, n: int = 4) -> Path:
-    """``n`` tiny clips of a square sliding right, with their manifest.csv."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = ["path,num_frames,text"]
-    for i in range(n):
-        frames = np.full((16, SIZE, SIZE, 3), 40, dtype=np.uint8)
-        for t in range(16):
-            x = min(SIZE - 8, i + t)
-            frames[t, 12:20, x:x + 8] = (200, 60 + 30 * i, 60)
-        write_mp4(root / f"clip_{i}.mp4", frames, fps=20)
-        rows.append(f"clip_{i}.mp4,16,a square slides")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 def torchrun(*overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -43,7 +27,7 @@ def torchrun(*overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
 
 
 def test_two_gloo_ranks_keep_identical_weights_and_resume(tmp_path):
-    videos = write_videos(tmp_path / "videos")
+    videos = write_sliding_square_videos(tmp_path / "videos")
     out = tmp_path / "run"
     common = [f"data.path={videos}", f"output_dir={out}", f"hydra.run.dir={out}", "device=cpu", "num_threads=1",
               "batch_size=4", f"image_size={SIZE}", "encoder.name=small_conv", "progress=false", "valid_batches=1",

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from finetune.train import finetune_online
 from robopretrain.checkpoint import CheckpointError, checkpoint_name, load_checkpoint, load_latest
 from robopretrain.metrics import read_jsonl
-from _compare import assert_same, returns_by_hand
+from _compare import Killed, assert_same, die_after_first_checkpoint, returns_by_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 GAMMA = 0.99
@@ -91,10 +91,6 @@ def test_checkpoint_of_another_algorithm_is_rejected(reach_hdf5, finetuned, tmp_
         finetune_online(cfg)
 
 
-class Killed(Exception):
-    pass
-
-
 def parallel_cfg(data: Path, checkpoint: str, out: Path, asynchronous: bool):
     return finetune_cfg(data, out, [f"checkpoint={checkpoint}", "online.num_envs=2", "online.utd=2",
                                     f"online.asynchronous={str(asynchronous).lower()}", "online.eval_every=100000",
@@ -116,17 +112,7 @@ def test_parallel_envs_count_updates_per_env_step_and_resume_exactly(reach_hdf5,
     assert_same(a.weights, b.weights)
     assert workers["history"] == inproc["history"]
 
-    real_update = CQL.update
-    calls = {"n": 0}
-
-    def update_then_die(self, batch, with_metrics=True):
-        if load_latest(tmp_path / "killed" / "checkpoints") is not None:
-            calls["n"] += 1
-            if calls["n"] > 7:
-                raise Killed
-        return real_update(self, batch, with_metrics)
-
-    monkeypatch.setattr(CQL, "update", update_then_die)
+    real_update = die_after_first_checkpoint(monkeypatch, CQL, tmp_path / "killed" / "checkpoints", updates=7)
     with pytest.raises(Killed):
         finetune_online(parallel_cfg(reach_hdf5, start, tmp_path / "killed", asynchronous=False))
     assert 40 <= load_latest(tmp_path / "killed" / "checkpoints").step < 120

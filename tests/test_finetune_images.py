@@ -20,7 +20,7 @@ from robopretrain.data.hdf5 import DatasetError
 from robopretrain.image_agent import ImageAgent, image_obs_config
 from robopretrain.image_checkpoint import image_agent_meta, is_image_checkpoint, load_image_agent, save_image_checkpoint
 from robopretrain.metrics import read_jsonl
-from _compare import assert_same, returns_by_hand
+from _compare import Killed, assert_same, die_after_first_checkpoint, returns_by_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -133,10 +133,6 @@ def test_rerun_resumes_the_finished_run(reach_run):
     assert read_jsonl(out / "metrics.jsonl") == rows_before
 
 
-class Killed(Exception):
-    pass
-
-
 def test_killed_image_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """A custom gymnasium target (keys mapped by obs_map), two envs; killed after its first checkpoint."""
     from test_pipeline_images import write_dot_demos
@@ -147,17 +143,7 @@ def test_killed_image_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
              "online.checkpoint_every=12", "online.eval_every=24", "online.log_every=8", "online.tensorboard=false"]
     clean = finetune_online(finetune_cfg(stage2, demos, tmp_path / "clean", extra))
 
-    real_update = ImageAgent.update
-    calls = {"n": 0}
-
-    def update_then_die(self, batch, with_metrics=True):
-        if load_latest(tmp_path / "killed" / "checkpoints") is not None:
-            calls["n"] += 1
-            if calls["n"] > 5:
-                raise Killed
-        return real_update(self, batch, with_metrics)
-
-    monkeypatch.setattr(ImageAgent, "update", update_then_die)
+    real_update = die_after_first_checkpoint(monkeypatch, ImageAgent, tmp_path / "killed" / "checkpoints", updates=5)
     with pytest.raises(Killed):
         finetune_online(finetune_cfg(stage2, demos, tmp_path / "killed", extra))
     at_kill = load_latest(tmp_path / "killed" / "checkpoints").step

@@ -9,14 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from robopretrain.checkpoint import load_latest
-from sim_envs.video_writer import write_mp4
-from _compare import assert_same
+from _compare import assert_same, write_sliding_square_videos
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -57,21 +55,6 @@ def kill_after_first_checkpoint(module: str, overrides: list[str], marker: Path)
 
 
 # ------------------------------------------------------------------------------------------ stage 1
-def write_videos(root: Path, n: int = 4, size: int = 32) -> Path:
-    """``n`` tiny clips of a square sliding right, with their manifest.csv."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = ["path,num_frames,text"]
-    for i in range(n):
-        frames = np.full((16, size, size, 3), 40, dtype=np.uint8)
-        for t in range(16):
-            x = min(size - 8, i + t)
-            frames[t, 12:20, x:x + 8] = (200, 60 + 30 * i, 60)
-        write_mp4(root / f"clip_{i}.mp4", frames, fps=20)
-        rows.append(f"clip_{i}.mp4,16,a square slides")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return root
-
-
 def stage1_overrides(videos: Path, out: Path) -> list[str]:
     return [f"data.path={videos}", f"output_dir={out}", f"hydra.run.dir={out}", "device=cpu", "num_threads=1",
             "batch_size=4", "image_size=32", "progress=false", "valid_batches=1", "eval_every=10", "log_every=5",
@@ -79,7 +62,7 @@ def stage1_overrides(videos: Path, out: Path) -> list[str]:
 
 
 def test_stage1_killed_and_rerun_matches_uninterrupted(tmp_path):
-    videos = write_videos(tmp_path / "videos")
+    videos = write_sliding_square_videos(tmp_path / "videos")
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     reference = start_reference("video_pretrain.train", stage1_overrides(videos, clean))
     kill_after_first_checkpoint("video_pretrain.train", stage1_overrides(videos, killed),
