@@ -12,8 +12,9 @@ A run keeps its checkpoints in one folder::
 Every checkpoint is written into a temporary folder next to its final name and renamed when complete, so a
 crash never leaves a half-written ``ckpt_*``; only the newest ``keep`` checkpoints are kept. When the newest
 checkpoint cannot be read (corrupt or missing files), :func:`load_latest` warns and falls back to the
-previous one. :func:`check_compatible` turns a checkpoint from another configuration (observation dim,
-action dim, algorithm) into a :class:`CheckpointError` that names what differs.
+previous one. :func:`check_agent_fits` turns a checkpoint from another configuration (observation spec,
+action dim, algorithm, encoder mode) into a :class:`CheckpointError` that names what differs. Agents are saved with
+:func:`save_agent` and rebuilt from the folder alone with :func:`load_agent`.
 """
 
 from __future__ import annotations
@@ -241,20 +242,27 @@ def load_latest(root: str | os.PathLike, with_state: bool = True) -> Checkpoint 
     return None
 
 
-def check_compatible(meta: Mapping[str, Any], *, obs_dim: int, act_dim: int, algo: str, where: str = "") -> None:
-    """Raise :class:`CheckpointError` when the checkpoint's obs dim, action dim or algorithm differ."""
-    expected = {"obs_dim": int(obs_dim), "act_dim": int(act_dim), "algo": str(algo)}
+def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> None:
+    """Raise :class:`CheckpointError` when a checkpoint (its ``meta``) is not of ``agent``'s kind: another
+    algorithm, action size, encoder mode or observation spec (each difference named, with both values)."""
+    from robopretrain.data.spec import ObsSpec, SpecMismatchError
+
     problems = []
-    for key, want in expected.items():
-        have = meta.get(key)
-        if have != want:
-            problems.append(f"{key}: checkpoint has {have!r}, this config needs {want!r}")
+    mine = agent.describe()
+    for key in ("algo", "act_dim", "encoder_mode"):
+        if meta.get(key) != mine[key]:
+            problems.append(f"{key}: checkpoint has {meta.get(key)!r}, this config needs {mine[key]!r}")
+    if "obs_spec" not in meta:
+        problems.append("obs_spec: missing from the checkpoint (written by an older robopretrain?)")
+    else:
+        try:
+            ObsSpec.from_dict(meta["obs_spec"]).check_fits(agent.spec, mine="the checkpoint", theirs="this config")
+        except SpecMismatchError as exc:
+            problems.append(str(exc))
     if problems:
         where = f"{where}: " if where else ""
-        raise CheckpointError(
-            f"{where}checkpoint does not fit this config ({'; '.join(problems)}). Use a checkpoint trained with the "
-            "same obs_keys, task one-hot size, action dim and algorithm, or start a fresh run."
-        )
+        raise CheckpointError(f"{where}checkpoint does not fit this config ({'; '.join(problems)}). Use another "
+                              "output_dir, or resume=false to start a fresh run.")
 
 
 def rng_state() -> dict[str, Any]:
@@ -271,8 +279,70 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
+# --------------------------------------------------------------------------- agents
+
+
 def split_agent_state(agent_state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split an agent's ``state_dict`` into model weights and the optimiser state."""
-    weights = {k: v for k, v in agent_state.items() if k != "optimizer"}
-    optim = {"optimizer": agent_state["optimizer"]} if "optimizer" in agent_state else {}
+    """Split an :class:`~robopretrain.agent.Agent` ``state_dict`` into weights and optimiser states."""
+    weights = {k: v for k, v in agent_state.items() if k != "encoder_optimizer"}
+    weights["core"] = {k: v for k, v in agent_state["core"].items() if k != "optimizer"}
+    optim = {"optimizer": agent_state["core"]["optimizer"]}
+    if "encoder_optimizer" in agent_state:
+        optim["encoder_optimizer"] = agent_state["encoder_optimizer"]
     return weights, optim
+
+
+def join_agent_state(weights: Mapping[str, Any], state: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The inverse of :func:`split_agent_state` (optimiser states taken from ``state`` when it has them)."""
+    out = dict(weights)
+    out["core"] = dict(weights["core"])
+    if state is not None and "optimizer" in state:
+        out["core"]["optimizer"] = state["optimizer"]
+        if "encoder_optimizer" in state:
+            out["encoder_optimizer"] = state["encoder_optimizer"]
+    return out
+
+
+def save_agent(root: str | os.PathLike, step: int, config: DictConfig | Mapping[str, Any], agent: Any,
+               meta: Mapping[str, Any], state: Mapping[str, Any] | None = None, keep: int = 2) -> Path:
+    """Checkpoint ``ckpt_<step>`` of ``agent``: weights, ``meta.json`` = the agent's own description
+    (:meth:`robopretrain.agent.Agent.describe`: algorithm, observation spec, action size, encoder) plus ``meta``, and
+    ``state.pt`` with the optimisers and ``state`` (RNG, sampler, counters) when ``state`` is given."""
+    weights, optim = split_agent_state(agent.state_dict())
+    full_state = None if state is None else {**optim, **dict(state)}
+    return save_checkpoint(root, step, config, weights, {**dict(meta), **agent.describe()}, full_state, keep=keep)
+
+
+def agent_from_checkpoint(ckpt: Checkpoint, *, device: str | Any = "cpu", with_optimizer: bool = False,
+                          algo: str | None = None, algo_cfg: Any = None, seed: int = 0) -> Any:
+    """Rebuild the agent a checkpoint describes and load its weights (and optimiser states when asked and saved).
+
+    ``algo`` / ``algo_cfg`` continue training with another algorithm of the same networks (e.g. CQL -> Cal-QL).
+    Raises :class:`CheckpointError` when the meta data cannot rebuild an agent or the weights do not fit it.
+    """
+    from robopretrain.agent import Agent
+
+    try:
+        agent = Agent.from_description(ckpt.meta, algo=algo, algo_cfg=algo_cfg, device=device, seed=seed)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt.path / META_FILE}: cannot rebuild the agent: {exc}") from None
+    same_algo = algo is None or algo == ckpt.meta.get("algo")
+    state = ckpt.state if (with_optimizer and same_algo) else None
+    try:
+        agent.load_state_dict(join_agent_state(ckpt.weights, state), with_optimizer=state is not None)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt.path}: weights do not fit the agent its meta.json describes: {exc}") from None
+    return agent
+
+
+def load_agent(path: str | os.PathLike, *, device: str | Any = "cpu", with_optimizer: bool = False,
+               algo: str | None = None, algo_cfg: Any = None, seed: int = 0) -> tuple[Any, Checkpoint]:
+    """The agent of the newest good checkpoint under ``path`` (a ``ckpt_*`` folder, a ``checkpoints/`` folder or a
+    run folder holding one) and that checkpoint; nothing else is needed (no stage-1 file, no config)."""
+    ckpt = load_checkpoint(resolve_checkpoint_dir(path), with_state=with_optimizer)
+    if "obs_spec" not in ckpt.meta:
+        raise CheckpointError(f"{ckpt.path / META_FILE}: no obs_spec; expected an agent checkpoint written by "
+                              "robopretrain.train, finetune.train or the pipeline")
+    agent = agent_from_checkpoint(ckpt, device=device, with_optimizer=with_optimizer, algo=algo, algo_cfg=algo_cfg,
+                                  seed=seed)
+    return agent, ckpt

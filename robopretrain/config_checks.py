@@ -63,10 +63,12 @@ def _check_section(cfg: DictConfig, section: str | None, checks: dict[str, tuple
 
 
 def _check_common(cfg: DictConfig, where: str) -> None:
-    if "obs_keys" in cfg and (cfg.obs_keys is None or len(cfg.obs_keys) == 0):
-        raise ValueError(f"{where} config: obs_keys={cfg.get('obs_keys')!r}; expected a non-empty list of "
-                         "observation keys, e.g. [proprio, object]")
-    _check_section(cfg, None, {"num_tasks": AT_LEAST_0, "seed": AT_LEAST_0}, where)
+    obs = cfg.get("obs")
+    if obs is not None and not (obs.get("low_dim") or obs.get("rgb")):
+        raise ValueError(f"{where} config: obs.low_dim={obs.get('low_dim')!r} and obs.rgb={obs.get('rgb')!r}; "
+                         "expected at least one observation part, e.g. obs.low_dim=[proprio,object]")
+    _check_section(cfg, "obs", {"num_tasks": AT_LEAST_0}, where)
+    _check_section(cfg, None, {"seed": AT_LEAST_0}, where)
     _check_section(cfg, "algo", ALGO_CHECKS, where)
 
 

@@ -1,105 +1,135 @@
-"""Policy evaluation in simulation and Q-value calibration on stored data.
+"""Policy evaluation on a target and Q-value calibration on stored data, for every agent.
 
-* :func:`evaluate_policy` runs ``agent.act(obs, deterministic=True)`` for N episodes of one task. Episode
-  ``i`` is reset with seed ``eval_seed + i``: the same fixed evaluation seeds for every call and every
-  method, far from the training seeds (:func:`train_episode_seed`), so evaluation episodes are never
-  training episodes. Returns success rate, mean return and mean length.
-* :func:`state_vector` builds the state-based observation exactly as the training data does: the chosen
-  low-dim keys concatenated (:func:`robopretrain.data.replay.flatten_obs`) plus the task one-hot
-  (:func:`robopretrain.data.replay.append_task_one_hot`).
+* :func:`evaluate` runs ``agent.act(obs, deterministic=True)`` for N episodes of a
+  :class:`~robopretrain.envs.target.Target`, its env rendering the agent's cameras at their size. Episode ``i`` is
+  reset with seed ``eval_seed + i``: the same fixed evaluation seeds for every call and every method, far from the
+  training seeds (:func:`train_episode_seed`), so evaluation episodes are never training episodes. Returns success
+  rate, mean return and mean length; optionally writes the first episode as a GIF.
 * :func:`calibration` measures the calibration gap on a batch of stored transitions: the average
-  ``min_e Q(s, a_data)`` and ``min_e Q(s, pi(s))`` (deterministic policy action) next to the average
-  Monte-Carlo return-to-go of the same transitions (in the algorithm's reward units).
+  ``min_e Q(s, a_data)`` and ``min_e Q(s, pi(s))`` (deterministic policy action) next to the average Monte-Carlo
+  return-to-go of the same transitions (in the algorithm's reward units).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from robopretrain.collector import sim_env
-from robopretrain.data.replay import append_task_one_hot, flatten_obs
+from robopretrain.collector import episode_seed
+from robopretrain.data.keys import ACTIONS, MC_RETURNS, OBS
+from robopretrain.envs.target import SIM_ENVS, Target, make_env
 
 EVAL_SEED = 1_000_000  # evaluation episodes use seeds EVAL_SEED + i; training seeds stay far below it
 
 
 def train_episode_seed(seed: int, episode: int) -> int:
     """Reset seed of training episode ``episode`` of a run with seed ``seed`` (disjoint from eval seeds)."""
-    return int(seed) * 100_000 + int(episode)
+    return episode_seed(seed, episode)
 
 
-def state_vector(obs: Mapping[str, Any], obs_keys: Sequence[str], num_tasks: int | None) -> np.ndarray:
-    """Flat float32 state: ``obs_keys`` concatenated, plus the one-hot of ``obs["task_id"]`` when ``num_tasks``."""
-    flat = flatten_obs(obs, obs_keys)
-    if num_tasks:
-        flat = append_task_one_hot(flat, int(obs["task_id"]), num_tasks)
-    return np.asarray(flat, dtype=np.float32)
+def agent_env(agent: Any, target: Target, randomization: Any = "none", **sim_kwargs: Any) -> gym.Env:
+    """The env of ``target`` rendering exactly the cameras the agent sees, at their size."""
+    return make_env(target, agent.spec.rgb_keys, agent.spec.image_size, randomization, **sim_kwargs)
 
 
-# a state-only env of a task, terminating on success: one definition, in the torch-free collector module
-make_state_env = sim_env
-
-
-def evaluate_policy(
-    agent: Any,
-    task: str,
-    num_episodes: int,
-    *,
-    obs_keys: Sequence[str],
-    num_tasks: int | None,
-    randomization: Any = "none",
-    eval_seed: int = EVAL_SEED,
-    env: gym.Env | None = None,
-) -> dict[str, float]:
-    """Success rate, mean return and mean length of the deterministic policy over ``num_episodes`` episodes."""
+def run_episodes(agent: Any, env: gym.Env, num_episodes: int, *, eval_seed: int = EVAL_SEED,
+                 frames: list[np.ndarray] | None = None, frame_fn: Any = None) -> dict[str, float]:
+    """Success rate, mean return and mean length of the deterministic policy in ``env``; with ``frames`` the first
+    episode's frames (``frame_fn(env, obs)``) are appended to it."""
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-    own_env = env is None
-    env = make_state_env(task, randomization) if own_env else env
     successes, returns, lengths = [], [], []
-    try:
-        for i in range(num_episodes):
-            obs, _ = env.reset(seed=eval_seed + i)
-            done, ret, length, success = False, 0.0, 0, False
-            while not done:
-                action = agent.act(state_vector(obs, obs_keys, num_tasks), deterministic=True)
-                obs, reward, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
-                ret += float(reward)
-                length += 1
-                success = success or bool(info.get("success", False))
-                done = terminated or truncated
-            successes.append(success)
-            returns.append(ret)
-            lengths.append(length)
-    finally:
-        if own_env:
-            env.close()
+    for i in range(num_episodes):
+        obs, _ = env.reset(seed=eval_seed + i)
+        done, ret, length, success = False, 0.0, 0, False
+        while not done:
+            if frames is not None and i == 0:
+                frames.append(frame_fn(env, obs))
+            action = agent.act(obs, deterministic=True)
+            obs, reward, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
+            ret += float(reward)
+            length += 1
+            success = success or bool(info.get("success", False))
+            done = terminated or truncated
+        if frames is not None and i == 0:
+            frames.append(frame_fn(env, obs))
+        successes.append(success)
+        returns.append(ret)
+        lengths.append(length)
     return {"success": float(np.mean(successes)), "return": float(np.mean(returns)), "length": float(np.mean(lengths))}
 
 
+def evaluate(agent: Any, target: Target, num_episodes: int, *, randomization: Any = "none",
+             eval_seed: int = EVAL_SEED, video_path: Path | None = None) -> dict[str, float]:
+    """:func:`run_episodes` of ``agent`` on ``target`` (a fresh env, closed after); a GIF of episode 0 when asked."""
+    env = agent_env(agent, target, randomization)
+    train_mode = getattr(agent, "train_mode", None)
+    if train_mode is not None:
+        train_mode(False)
+    frames: list[np.ndarray] | None = [] if video_path is not None else None
+    try:
+        result = run_episodes(agent, env, num_episodes, eval_seed=eval_seed, frames=frames,
+                              frame_fn=lambda e, o: video_frame(e, o, target, agent.spec.rgb_keys))
+    finally:
+        env.close()
+        if train_mode is not None:
+            train_mode(True)
+    if video_path is not None and frames:
+        write_gif(video_path, frames)
+    return result
+
+
+def video_frame(env: gym.Env, obs: Mapping[str, Any], target: Target, cameras: Sequence[str]) -> np.ndarray:
+    """A 128 px agentview frame for sim_envs targets, else the agent's first camera (or the env's render)."""
+    render = getattr(env.unwrapped, "render_camera", None)
+    if target.family == SIM_ENVS and render is not None:
+        return np.asarray(render("agentview", size=128), dtype=np.uint8)
+    if cameras:
+        return np.asarray(obs[cameras[0]], dtype=np.uint8)
+    frame = env.render()
+    if frame is None:
+        raise ValueError(f"target {target.name!r}: no camera to film (the agent has none and env.render() gives "
+                         "nothing); disable the video")
+    return np.asarray(frame, dtype=np.uint8)
+
+
+def write_gif(path: Path, frames: Sequence[np.ndarray], fps: float = 20.0) -> Path:
+    """An animated GIF of uint8 (H, W, 3) frames, written atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    os.replace(tmp, path)
+    return path
+
+
 @torch.no_grad()
-def calibration(agent: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
     """Average Q on data actions and on policy actions at the batch's states, and their average MC return.
 
     ``gap_policy = q_policy - mc_return``: negative means the Q-function under-estimates the value of the
-    behaviour data (CQL's over-conservatism); Cal-QL keeps it at or above 0. Agents without Q-functions
-    (BC) return an empty dict.
+    behaviour data (CQL's over-conservatism); Cal-QL keeps it at or above 0. Agents without Q-functions (BC)
+    return an empty dict.
     """
-    if not hasattr(agent, "q_values"):
+    if not getattr(agent, "has_q", False):
         return {}
-    obs = batch["observations"]
-    q_data = agent.q_values(obs, batch["actions"])
-    pi = torch.as_tensor(agent.act(obs, deterministic=True), dtype=obs.dtype, device=obs.device)
+    obs = batch[OBS]
+    q_data = agent.q_values(obs, batch[ACTIONS])
+    pi = torch.as_tensor(agent.act(obs, deterministic=True), dtype=torch.float32)
     q_pi = agent.q_values(obs, pi)
-    mc = batch["mc_returns"].float()
-    return {
-        "q_data": float(q_data.mean()),
-        "q_policy": float(q_pi.mean()),
-        "mc_return": float(mc.mean()),
-        "gap_data": float((q_data - mc).mean()),
-        "gap_policy": float((q_pi - mc).mean()),
-    }
+    mc = batch[MC_RETURNS].float().to(q_pi.device)
+    return {"q_data": float(q_data.mean()), "q_policy": float(q_pi.mean()), "mc_return": float(mc.mean()),
+            "gap_data": float((q_data - mc).mean()), "gap_policy": float((q_pi - mc).mean())}
+
+
+__all__ = ["EVAL_SEED", "agent_env", "calibration", "evaluate", "run_episodes", "train_episode_seed", "video_frame",
+           "write_gif"]

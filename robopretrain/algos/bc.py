@@ -1,9 +1,11 @@
-"""Behaviour cloning with the shared tanh-Gaussian actor: maximise the log-likelihood of data actions.
+"""Behaviour cloning: maximise the log-likelihood of data actions under a Gaussian policy.
 
-Loss: ``-mean(log pi(clip(a, -1 + eps, 1 - eps) | s))`` with the exact tanh change of variables
-(:meth:`robopretrain.nets.actor.TanhGaussianActor.log_prob`). Data actions live in ``[-1, 1]`` (the HDF5
-contract), so clipping by ``eps = 1e-4`` only keeps ``atanh`` finite at the bounds. Same
-``update / act / state_dict`` API as the RL agents, so a BC policy drops into evaluation and fine-tuning.
+Loss: ``-mean(log pi(a | s))`` with :class:`robopretrain.nets.actor.GaussianActor` (mean ``tanh(MLP(s))``,
+one learned log-std vector), the policy of IQL's AWR step without the weights; with a state-independent std this
+is a per-dimension weighted MSE to the data actions (robomimic's and CORL's BC regress actions by MSE). The
+tanh-squashed density of the SAC actor is not used here: on expert data saturated at +-1 it does not imitate (see
+:mod:`robopretrain.nets.actor`). Same ``update / act / state_dict`` API as the RL agents, so a BC policy drops
+into evaluation.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from robopretrain.algos.cql import make_adam, metrics_to_floats
-from robopretrain.nets.actor import TanhGaussianActor
+from robopretrain.nets.actor import GaussianActor
 
 
 def bc_loss(log_prob: torch.Tensor) -> torch.Tensor:
@@ -29,9 +31,8 @@ class BCConfig:
     actor_hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
     orthogonal_init: bool = False
-    lr: float = 1e-4
+    lr: float = 3e-4
     batch_size: int = 256
-    action_clip_eps: float = 1e-4
 
 
 class BC:
@@ -43,7 +44,7 @@ class BC:
         self.cfg = cfg = cfg or BCConfig()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device)
-        self.actor = TanhGaussianActor(
+        self.actor = GaussianActor(
             obs_dim, act_dim, cfg.actor_hidden, activation=cfg.activation, orthogonal_init=cfg.orthogonal_init
         ).to(self.device)
         self.optimizer = make_adam([{"params": list(self.actor.parameters()), "lr": cfg.lr}])
@@ -52,7 +53,7 @@ class BC:
     def compute_losses(
         self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        log_prob = self.actor.log_prob(batch["observations"], batch["actions"], self.cfg.action_clip_eps)
+        log_prob = self.actor.log_prob(batch["observations"], batch["actions"])
         loss = bc_loss(log_prob)
         metrics = {"bc_loss": loss.detach()} if with_metrics else {}
         return {"actor": loss}, metrics

@@ -8,9 +8,9 @@ Losses (plain functions below):
 * policy (AWR): ``-mean(min(exp(beta * (Q - V)), 100) * log pi(a|s))`` with ``beta = 3``.
 
 As in :mod:`robopretrain.algos.cql`, every loss touches only its own parameters and one backward pass of
-their sum computes all gradients at the same parameters. Choices: the policy is the shared tanh-Gaussian
-actor (the IQL paper uses a Gaussian with tanh-squashed mean), evaluated on data actions clipped to
-``1 - 1e-4``; V(s') comes from the current (pre-step) value network, as in the CORL port; no learning-rate
+their sum computes all gradients at the same parameters. Choices: the policy is the authors' Gaussian with a
+tanh-squashed mean and a state-independent std (:class:`robopretrain.nets.actor.GaussianActor`; the tanh-squashed
+density cannot fit expert data saturated at +-1); V(s') comes from the current (pre-step) value network, as in the CORL port; no learning-rate
 schedule.
 
 Image agents (:mod:`robopretrain.image_agent`) may pass the policy its own encoder's features as
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from robopretrain.algos.cql import make_adam, metrics_to_floats, soft_update_
-from robopretrain.nets.actor import TanhGaussianActor
+from robopretrain.nets.actor import GaussianActor
 from robopretrain.nets.critic import EnsembleCritic
 from robopretrain.nets.mlp import build_mlp
 
@@ -78,7 +78,6 @@ class IQLConfig:
     expectile: float = 0.7
     beta: float = 3.0
     max_weight: float = 100.0
-    action_clip_eps: float = 1e-4
     reward_scale: float = 1.0
     reward_bias: float = 0.0
     sparse_reward: bool = True
@@ -94,7 +93,7 @@ class IQL:
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device)
         kw = {"activation": cfg.activation, "orthogonal_init": cfg.orthogonal_init}
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.actor_hidden, **kw).to(self.device)
+        self.actor = GaussianActor(obs_dim, act_dim, cfg.actor_hidden, **kw).to(self.device)
         self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, **kw).to(self.device)
         self.target_critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, **kw).to(self.device)
         self.target_critic.load_state_dict(self.critic.state_dict())
@@ -123,7 +122,7 @@ class IQL:
         value_loss = expectile_loss(adv, cfg.expectile)
         q_data = self.critic(obs, actions)
         q_loss = iql_q_loss(q_data, batch["rewards"], batch["dones"], next_v, cfg.discount)
-        log_prob = self.actor.log_prob(batch.get("actor_observations", obs), actions, cfg.action_clip_eps)
+        log_prob = self.actor.log_prob(batch.get("actor_observations", obs), actions)
         policy_loss = awr_policy_loss(log_prob, adv, cfg.beta, cfg.max_weight)
         losses = {"value": value_loss, "critic": q_loss, "actor": policy_loss}
         metrics: dict[str, torch.Tensor] = {}

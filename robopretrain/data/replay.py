@@ -227,6 +227,14 @@ class OfflineDataset:
     def sample(self, batch_size: int) -> Batch:
         return self.get(self.rng.integers(0, self.size, size=batch_size))
 
+    def map_observations(self, fn: Any, seed: int | None = None) -> OfflineDataset:
+        """The same transitions with ``fn`` applied to the observations and next observations (e.g. an agent's
+        :meth:`~robopretrain.agent.Agent.prepare`: frozen features in place of images); a new sampling RNG."""
+        f = self._fields
+        return OfflineDataset(fn(f["observations"]), f["actions"], f["rewards"], fn(f["next_observations"]),
+                              f["dones"], f.get("mc_returns"), device=self.device,
+                              seed=int(self.rng.integers(2**31)) if seed is None else seed)
+
     def state_dict(self) -> dict[str, Any]:
         """The sampling RNG state (the data itself is reloaded from its source file)."""
         return {"size": self.size, "rng": _rng_state(self.rng)}

@@ -1,0 +1,428 @@
+"""The agent: an algorithm (CQL / Cal-QL, IQL, BC) behind observation encoders, for any observation spec.
+
+The algorithm's math lives in :mod:`robopretrain.algos` and works on flat feature vectors; this module turns
+observation dicts into those vectors (:class:`~robopretrain.nets.obs_encoder.ObsEncoder`) and decides which loss
+trains which encoder. One class for every observation spec: with no cameras the encoders only concatenate,
+normalise and one-hot (no parameters), with cameras they run the image encoder (STYLE.md rule 1)::
+
+    Q(s, a) = critic(critic_encoder(obs), a)    [V(s) = value(critic_encoder(obs))]    pi(a | s) = actor(actor_encoder(obs))
+
+Encoder transfer modes (``EncoderSettings.mode``; only meaningful with cameras), from a stage-1 encoder checkpoint
+(:func:`robopretrain.nets.encoder_io.load_encoder`):
+
+``finetune``       initialise from the checkpoint and train on (V-PTR's default);
+``frozen``         initialise from the checkpoint; weights never change (no gradient, eval mode);
+``frozen_cached``  as ``frozen``, but the features are computed once per stored frame (:meth:`Agent.prepare`):
+                   a dataset transform that replaces the cameras by a low-dim part ``features``, after which RL
+                   runs on vectors (the fast CPU path);
+``scratch``        the same architecture, randomly initialised, trained (PTR).
+
+Where an encoder trains, images get DrQ random-shift augmentation (``augment_pad``). Actor and critic have separate
+encoders (PTR) unless ``shared``; a shared encoder is trained by the critic loss only and the actor sees its
+features detached (DrQ). Which loss trains which encoder:
+
+``cql`` / ``calql``  critic encoder: the critic loss (TD + conservative penalty [+ DR3]); actor encoder: the SAC
+                     actor loss;
+``iql``              critic encoder: the value and critic losses (next states only enter the TD target, without
+                     gradient); actor encoder: the AWR loss;
+``bc``               one encoder (no critic), trained by the BC loss.
+
+Observation statistics for low-dim normalisation are computed from the offline data by the caller
+(:func:`robopretrain.nets.obs_encoder.normalization_stats`) and stored inside the encoders, so every stage that
+loads the agent applies the same normalisation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from robopretrain.algos import AGENT_NAMES, make_agent, make_config
+from robopretrain.algos.cql import make_adam, metrics_to_floats, soft_update_
+from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS
+from robopretrain.data.spec import ObsSpec
+from robopretrain.nets.encoder_io import load_encoder
+from robopretrain.nets.encoders import make_encoder
+from robopretrain.nets.obs_encoder import ObsEncoder
+
+ENCODER_MODES = ("finetune", "frozen", "frozen_cached", "scratch")
+NO_CAMERA_MODE = "none"
+
+ObsBatch = Mapping[str, Union[np.ndarray, torch.Tensor]]
+
+
+@dataclass
+class EncoderSettings:
+    """How the image encoder is obtained and trained (the ``encoder`` config group; unused without cameras)."""
+
+    mode: str | None = None  # finetune | frozen | frozen_cached | scratch; None: finetune with a checkpoint, else scratch
+    checkpoint: str | None = None  # a stage-1 encoder folder (python -m video_pretrain.train writes <run>/encoder)
+    name: str = "small_conv"  # scratch without a checkpoint: make_encoder(name, <image size>, **kwargs)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra make_encoder arguments
+    shared: bool = False  # one encoder for actor and critic, trained by the critic loss only
+    augment_pad: int = 4  # DrQ random shift (pixels) where the encoder trains
+    lr: float = 3e-4  # encoder learning rate (finetune / scratch)
+    feature_batch: int = 512  # frames per forward pass when caching features (frozen_cached)
+
+    def resolved_mode(self) -> str:
+        mode = self.mode or ("finetune" if self.checkpoint else "scratch")
+        if mode not in ENCODER_MODES:
+            raise ValueError(f"encoder.mode={mode!r}; expected one of {list(ENCODER_MODES)} or null")
+        if mode != "scratch" and not self.checkpoint:
+            raise ValueError(f"encoder.mode={mode} needs encoder.checkpoint (a stage-1 encoder folder, e.g. "
+                             "<stage-1 run>/encoder); or use encoder.mode=scratch")
+        return mode
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any] | None) -> EncoderSettings:
+        d = dict(d or {})
+        valid = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"unknown encoder config key(s) {unknown}; valid keys: {sorted(valid)}")
+        d["kwargs"] = dict(d.get("kwargs") or {})
+        return cls(**d)
+
+
+def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The image encoder the settings ask for (random for scratch) and where its weights came from."""
+    mode = settings.resolved_mode()
+    if settings.checkpoint:
+        encoder, meta = load_encoder(settings.checkpoint)
+        if mode == "scratch":
+            encoder = make_encoder(meta["encoder"], meta["image_size"], meta["in_channels"], **meta["kwargs"])
+            source = {"source": "scratch", "architecture_from": str(settings.checkpoint)}
+        else:
+            source = {"source": str(Path(settings.checkpoint).resolve()), "meta_extra": meta.get("extra", {})}
+    else:
+        encoder = make_encoder(settings.name, int(image_size), **settings.kwargs)
+        source = {"source": "scratch"}
+    have = int(encoder.input_spec["image_size"])
+    if have != int(image_size):
+        raise ValueError(f"encoder.checkpoint={settings.checkpoint} takes {have} px images but the cameras give "
+                         f"{image_size} px; collect the data at that size or pretrain the encoder at the data's size")
+    return encoder, source
+
+
+def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
+    """The parts of ``spec`` in ``obs`` with a batch dimension (numpy or torch), and whether one was added."""
+    parts = {k: obs[k] for k in spec.storage_keys() if k in obs}
+    missing = [k for k in spec.storage_keys() if k not in parts]
+    if missing:
+        raise KeyError(f"agent: observation is missing {missing}; it has {sorted(obs)}")
+    key, (shape, _) = next(iter(spec.storage().items()))
+    single = len(parts[key].shape) == len(shape)
+    if single:
+        parts = {k: (v.unsqueeze(0) if torch.is_tensor(v) else np.asarray(v)[None]) for k, v in parts.items()}
+    return parts, single
+
+
+def _to_tensors(parts: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: (v if torch.is_tensor(v) else torch.from_numpy(np.ascontiguousarray(v))).to(device)
+            for k, v in parts.items()}
+
+
+class Agent:
+    """An RL / BC agent on observation dicts; ``update / act / q_values / state_dict`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: ObsSpec,
+        act_dim: int,
+        algo: str = "calql",
+        algo_cfg: Any = None,
+        encoder: EncoderSettings | None = None,
+        *,
+        stats: Mapping[str, Mapping[str, list[float]]] | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        image_encoder: nn.Module | None = None,
+    ) -> None:
+        """``spec``: what the env and data give (cameras included, also for ``frozen_cached``); ``stats``: low-dim
+        normalisation statistics (None: no normalisation); ``image_encoder``: use this module (its weights as they
+        are) instead of building one from ``encoder``, how an agent is rebuilt from its own checkpoint."""
+        if algo not in AGENT_NAMES:
+            raise ValueError(f"unknown algorithm {algo!r}; expected one of {list(AGENT_NAMES)}")
+        if int(act_dim) < 1:
+            raise ValueError(f"act_dim must be >= 1, got {act_dim}")
+        self.spec, self.act_dim, self.algo = spec, int(act_dim), algo
+        self.algo_cfg = make_config(algo, algo_cfg)
+        self.settings = encoder or EncoderSettings()
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.encoder_source: dict[str, Any] = {}
+        self.mode = NO_CAMERA_MODE
+        self.feature_encoder: ObsEncoder | None = None  # frozen_cached: images -> features (never trained)
+        img: nn.Module | None = None
+        if spec.rgb and image_encoder is None:
+            self.mode = self.settings.resolved_mode()
+            img, self.encoder_source = build_image_encoder(self.settings, int(spec.image_size))
+        elif spec.rgb:  # rebuilt from a checkpoint: the recorded mode, the given architecture
+            self.mode = self.settings.mode or "finetune"
+            if self.mode not in ENCODER_MODES:
+                raise ValueError(f"encoder mode {self.mode!r}; expected one of {list(ENCODER_MODES)}")
+            img, self.encoder_source = image_encoder, {"source": "given"}
+        stats = dict(stats) if stats is not None else None
+        if self.mode == "frozen_cached":
+            assert img is not None
+            self.feature_encoder = ObsEncoder(ObsSpec(rgb=spec.rgb), img).to(self.device)
+            self.feature_encoder.requires_grad_(False).eval()
+            self.train_spec = spec.cached(self.feature_encoder.out_dim)
+            if stats is not None:
+                stats[FEATURES] = {"mean": [0.0] * self.feature_encoder.out_dim,
+                                   "std": [1.0] * self.feature_encoder.out_dim}
+            img = None
+        else:
+            self.train_spec = spec
+        pad = self.settings.augment_pad if self.trains_encoder else 0
+        self.critic_encoder = ObsEncoder(self.train_spec, img, stats=stats, augment_pad=pad).to(self.device)
+        separate = self.trains_encoder and not self.settings.shared and algo != "bc"
+        self.actor_encoder = copy.deepcopy(self.critic_encoder) if separate else self.critic_encoder
+        if self.mode == "frozen":
+            self.critic_encoder.requires_grad_(False).eval()
+        self.core = make_agent(algo, self.critic_encoder.out_dim, self.act_dim, self.algo_cfg, device=self.device)
+        self.encoder_optimizer: torch.optim.Optimizer | None = None
+        if self.trains_encoder:
+            params = list(self.critic_encoder.parameters())
+            if self.actor_encoder is not self.critic_encoder:
+                params += list(self.actor_encoder.parameters())
+            self.encoder_optimizer = make_adam([{"params": params, "lr": float(self.settings.lr)}])
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def trains_encoder(self) -> bool:
+        return self.mode in ("finetune", "scratch")
+
+    @property
+    def has_q(self) -> bool:
+        """Whether the algorithm has a Q-function (every one but BC)."""
+        return hasattr(self.core, "q_values")
+
+    @property
+    def feature_dim(self) -> int:
+        """The size of the feature vector the algorithm sees."""
+        return int(self.critic_encoder.out_dim)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.algo_cfg.batch_size)
+
+    def encoders(self) -> list[nn.Module]:
+        out = [self.critic_encoder]
+        if self.actor_encoder is not self.critic_encoder:
+            out.append(self.actor_encoder)
+        return out
+
+    def modules(self) -> list[nn.Module]:
+        """Every module with parameters or buffers that a replica must share (DDP broadcast, checks)."""
+        mods: list[nn.Module] = [*self.encoders()]
+        for name in ("actor", "critic", "target_critic", "value"):
+            if hasattr(self.core, name):
+                mods.append(getattr(self.core, name))
+        return mods
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimiser an update steps."""
+        return [self.core.optimizer] + ([self.encoder_optimizer] if self.encoder_optimizer is not None else [])
+
+    # ------------------------------------------------------------------ observations
+
+    @torch.no_grad()
+    def prepare(self, obs: ObsBatch) -> dict[str, np.ndarray]:
+        """Env or data observations (batched numpy dicts) in the form the agent stores and trains on.
+
+        Identity for every mode but ``frozen_cached``, where the cameras are replaced by the frozen encoder's
+        ``features`` (computed in chunks of ``feature_batch`` frames). Keys outside the spec are dropped.
+        """
+        keep = self.spec.storage_keys()
+        arrays = {k: np.asarray(obs[k]) for k in keep if k in obs}
+        if self.feature_encoder is None:
+            return arrays
+        missing = [k for k in self.spec.rgb_keys if k not in arrays]
+        if missing:
+            raise KeyError(f"agent: observation is missing cameras {missing}; it has {sorted(obs)}")
+        n = len(arrays[self.spec.rgb_keys[0]])
+        step = int(self.settings.feature_batch)
+        feats = np.empty((n, self.feature_encoder.out_dim), dtype=np.float32)
+        for lo in range(0, n, step):
+            part = {k: torch.from_numpy(np.ascontiguousarray(arrays[k][lo: lo + step])) for k in self.spec.rgb_keys}
+            feats[lo: lo + step] = self.feature_encoder(part).cpu().numpy()
+        out = {k: v for k, v in arrays.items() if k not in self.spec.rgb_keys}
+        out[FEATURES] = feats
+        return out
+
+    def stored_spec(self) -> ObsSpec:
+        """The spec of what :meth:`prepare` returns (what buffers hold)."""
+        return self.train_spec
+
+    # ------------------------------------------------------------------ training
+
+    def update(self, batch: Mapping[str, Any], with_metrics: bool = True) -> dict[str, float]:
+        """One gradient step of the algorithm (and of the encoders when they train); returns float metrics."""
+        if not self.trains_encoder:
+            with torch.no_grad():
+                flat = {**batch, OBS: self.critic_encoder(batch[OBS])}
+                if self.algo != "bc":  # BC ignores next states
+                    flat[NEXT_OBS] = self.critic_encoder(batch[NEXT_OBS])
+            return self.core.update(flat, with_metrics=with_metrics)
+        flat = self._encoded_batch(batch)
+        losses, metrics = getattr(self.core, "_loss_fn", self.core.compute_losses)(flat, with_metrics)
+        optimizers = self.optimizers()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        for opt in optimizers:
+            opt.step()
+        target = getattr(self.core, "target_critic", None)
+        if target is not None:
+            soft_update_(target, self.core.critic, self.core.cfg.tau)
+        self.core.num_updates += 1
+        return metrics_to_floats(metrics)
+
+    def _encode(self, encoder: ObsEncoder, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return encoder(obs, augment=True, generator=self.generator)
+
+    def _encoded_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch with features in place of observations, with gradients to the encoders each loss may train."""
+        obs, next_obs = batch[OBS], batch[NEXT_OBS]
+        if self.algo == "bc":  # one encoder, trained by the BC loss
+            return {**batch, OBS: self._encode(self.critic_encoder, obs)}
+        critic_obs = self._encode(self.critic_encoder, obs)
+        if self.algo == "iql":  # s' only enters the TD target V(s'), computed without gradient
+            with torch.no_grad():
+                critic_next = self._encode(self.critic_encoder, next_obs)
+        else:  # CQL scores policy actions at s' and DR3 uses the critic's features at s': keep the gradient
+            critic_next = self._encode(self.critic_encoder, next_obs)
+        flat = {**batch, OBS: critic_obs, NEXT_OBS: critic_next}
+        if self.actor_encoder is self.critic_encoder:
+            flat["actor_observations"] = critic_obs.detach()
+            if self.algo != "iql":
+                flat["actor_next_observations"] = critic_next.detach()
+        else:
+            flat["actor_observations"] = self._encode(self.actor_encoder, obs)
+            if self.algo != "iql":  # IQL's policy loss (AWR) only looks at s
+                flat["actor_next_observations"] = self._encode(self.actor_encoder, next_obs)
+        return flat
+
+    # ------------------------------------------------------------------ acting
+
+    @torch.no_grad()
+    def act(self, obs: ObsBatch, deterministic: bool = True) -> np.ndarray:
+        """Action(s) ``(A,)`` or ``(B, A)`` for one observation dict or a batch, raw (as the env gives it) or
+        stored (as :meth:`prepare` returns it)."""
+        if self.feature_encoder is not None and FEATURES not in obs:
+            parts, single = _as_batch(obs, self.spec)
+            parts = self.prepare({k: (v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in parts.items()})
+        else:
+            parts, single = _as_batch(obs, self.train_spec)
+        actions = self.core.act(self.actor_encoder(_to_tensors(parts, self.device)), deterministic)
+        return actions[0] if single else actions
+
+    @torch.no_grad()
+    def q_values(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
+        """``min_e Q_e(s, a)`` ``(B,)`` for a batch of stored observations (not for BC)."""
+        if not self.has_q:
+            raise ValueError(f"agent: {self.algo!r} has no Q-function")
+        parts, _ = _as_batch(obs, self.train_spec)
+        return self.core.q_values(self.critic_encoder(_to_tensors(parts, self.device)), actions.to(self.device))
+
+    def train_mode(self, training: bool) -> None:
+        """Trained encoders follow ``training``; frozen ones stay in eval mode."""
+        if self.trains_encoder:
+            for enc in self.encoders():
+                enc.train(training)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"core": self.core.state_dict(), "critic_encoder": self.critic_encoder.state_dict()}
+        if self.actor_encoder is not self.critic_encoder:
+            state["actor_encoder"] = self.actor_encoder.state_dict()
+        if self.feature_encoder is not None:
+            state["feature_encoder"] = self.feature_encoder.state_dict()
+        if self.encoder_optimizer is not None:
+            state["encoder_optimizer"] = self.encoder_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any], with_optimizer: bool = True) -> None:
+        """Load weights (and the optimisers' state when ``with_optimizer``); raises on any shape mismatch."""
+        core = dict(state["core"])
+        if not with_optimizer:
+            core["optimizer"] = self.core.optimizer.state_dict()
+        self.core.load_state_dict(core)
+        self.critic_encoder.load_state_dict(state["critic_encoder"])
+        if self.actor_encoder is not self.critic_encoder:
+            self.actor_encoder.load_state_dict(state.get("actor_encoder", state["critic_encoder"]))
+        if self.feature_encoder is not None:
+            if "feature_encoder" not in state:
+                raise KeyError("feature_encoder (the checkpoint was not written by a frozen_cached agent)")
+            self.feature_encoder.load_state_dict(state["feature_encoder"])
+        if with_optimizer and self.encoder_optimizer is not None and "encoder_optimizer" in state:
+            self.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
+
+    def describe(self) -> dict[str, Any]:
+        """What rebuilds this agent (``meta.json``): algorithm and config, spec, action size, encoder."""
+        img = None
+        for enc in (self.feature_encoder, self.critic_encoder):
+            if enc is not None and enc.image_encoder is not None:
+                img = getattr(enc.image_encoder, "build_args", None)
+                break
+        return {"algo": self.algo, "algo_cfg": _jsonable(asdict(self.algo_cfg)), "act_dim": self.act_dim,
+                "obs_spec": self.spec.to_dict(), "encoder_mode": self.mode,
+                "encoder_settings": _jsonable(asdict(self.settings)), "image_encoder": _jsonable(img),
+                "encoder_source": _jsonable(self.encoder_source)}
+
+    @classmethod
+    def from_description(cls, meta: Mapping[str, Any], *, algo: str | None = None, algo_cfg: Any = None,
+                         device: str | torch.device = "cpu", seed: int = 0) -> Agent:
+        """An agent with the architecture ``meta`` (from :meth:`describe`) records, random weights (load them next).
+
+        ``algo`` / ``algo_cfg`` replace the recorded algorithm (e.g. a CQL checkpoint fine-tuned as Cal-QL); the
+        recorded network sizes are kept.
+        """
+        spec = ObsSpec.from_dict(meta["obs_spec"])
+        settings = EncoderSettings.from_mapping(meta.get("encoder_settings"))
+        if meta.get("encoder_mode") not in (None, NO_CAMERA_MODE):
+            settings.mode = str(meta["encoder_mode"])
+        img = None
+        if spec.rgb:
+            b = meta["image_encoder"]
+            img = make_encoder(b["name"], int(b["image_size"]), int(b["in_channels"]), **dict(b["kwargs"]))
+        saved_cfg = dict(meta.get("algo_cfg") or {})
+        cfg = dict(saved_cfg)
+        if algo_cfg is not None:
+            cfg.update({k: v for k, v in dict(algo_cfg).items() if k != "name"})
+            for key in NETWORK_KEYS:
+                if key in saved_cfg:
+                    cfg[key] = saved_cfg[key]
+        name = algo or str(meta["algo"])
+        valid = set(make_config(name).__dataclass_fields__)
+        cfg = {k: v for k, v in cfg.items() if k in valid}
+        stats = None  # the buffers come with the weights
+        return cls(spec, int(meta["act_dim"]), name, cfg, settings, stats=stats, device=device, seed=seed,
+                   image_encoder=img)
+
+
+# keys of an algorithm config that fix network shapes: a rebuilt agent keeps the checkpoint's
+NETWORK_KEYS = ("actor_hidden", "critic_hidden", "value_hidden", "num_critics", "critic_layer_norm", "activation")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+__all__ = ["ENCODER_MODES", "Agent", "EncoderSettings", "NETWORK_KEYS", "build_image_encoder"]

@@ -1,0 +1,202 @@
+"""Config -> objects, shared by the stage entry points (stage 2 ``robopretrain.train``, stage 3 ``finetune.train``,
+``robopretrain.evaluate`` and the pipeline), so that no entry point imports another for its helpers.
+
+Each function takes a config node (Hydra ``DictConfig`` or a plain mapping) and returns library objects: torch set-up,
+the data file (collected first with :mod:`sim_envs.collect` when asked), the observation spec and normalisation
+statistics, the agent, the evaluation targets and the randomization setting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from robopretrain.agent import Agent, EncoderSettings
+from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
+from robopretrain.data.hdf5 import DatasetInfo
+from robopretrain.data.replay import OfflineDataset
+from robopretrain.data.spec import ObsSpec
+from robopretrain.envs.target import Target, as_target, target_of_data
+from robopretrain.nets.obs_encoder import normalization_stats
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python containers (other values unchanged)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def setup_torch(cfg: Any) -> torch.device:
+    """Threads, seeds and the device of a run (``num_threads``, ``seed``, ``device``)."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    torch.manual_seed(int(cfg.seed))
+    np.random.seed(int(cfg.seed) % 2**32)
+    return torch.device(str(cfg.get("device", "cpu")))
+
+
+def algo_overrides(algo_cfg: Any) -> dict[str, Any]:
+    """The ``algo`` group as the agent's config overrides (``name`` dropped)."""
+    out = dict(plain(algo_cfg) or {})
+    out.pop("name", None)
+    return out
+
+
+def reward_settings(algo_cfg: Any, target: Target | None = None) -> RewardSettings:
+    """The algorithm's reward transform and discount; a target that declares a dense reward turns the sparse
+    all-failure rule off (and says so)."""
+    r = RewardSettings.of_algo(algo_overrides(algo_cfg))
+    if target is not None and not target.sparse and r.sparse:
+        log.info("target %s declares a dense reward: returns-to-go without the sparse all-failure rule", target.name)
+        r = RewardSettings(discount=r.discount, scale=r.scale, bias=r.bias, sparse=False)
+    return r
+
+
+def randomization(node: Any) -> Any:
+    """The env's ``randomization`` argument from a ``dr`` group entry or a level name (``none`` when unset)."""
+    value = plain(node)
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    value = dict(value)
+    if value.get("level", "none") == "none" and not value.get("num_distractors"):
+        return "none"
+    return {k: v for k, v in value.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robot_demos.hdf5",
+                      collect: Mapping[str, Any] | None = None) -> Path:
+    """The HDF5 path: ``data.path``, collecting it first with :func:`sim_envs.collect.collect` when ``data.generate``
+    (``data.collect`` and ``collect`` override ``configs/collect.yaml``; an existing file is reused unless
+    ``data.regenerate``)."""
+    path = Path(str(data_cfg.path)).expanduser() if data_cfg.get("path") else None
+    if not data_cfg.get("generate", False):
+        if path is None:
+            raise ValueError("config key data.path is not set; give an HDF5 file or set data.generate=true")
+        if not path.is_file():
+            raise FileNotFoundError(f"data.path={path}: file not found; expected a robomimic HDF5 "
+                                    "(python -m sim_envs.collect writes one)")
+        return path
+    path = path or run_dir / default_name
+    if path.is_file() and not data_cfg.get("regenerate", False):
+        log.info("using the existing dataset %s (data.generate: not collected again; data.regenerate=true collects "
+                 "anew)", path)
+        return path
+    from sim_envs.collect import collect as run_collect
+
+    c = OmegaConf.load(CONFIG_DIR / "collect.yaml")
+    c.merge_with(OmegaConf.create(plain(data_cfg.get("collect")) or {}))
+    c.merge_with(OmegaConf.create(dict(collect or {})))
+    c.output, c.overwrite = str(path), True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(run_collect(c, progress=True))
+
+
+def data_spec(obs_cfg: Any, path: Path, *, obs_map: Mapping[str, str] | None = None,
+              info: DatasetInfo | None = None) -> ObsSpec:
+    """The observation spec of the ``obs`` group (``low_dim``, ``rgb``, ``num_tasks``) read from the data file."""
+    low_dim = [str(k) for k in (obs_cfg.get("low_dim") or [])]
+    rgb = [str(k) for k in (obs_cfg.get("rgb") or [])]
+    if not low_dim and not rgb:
+        raise ValueError("obs config: obs.low_dim and obs.rgb are both empty; name the observation parts to use, "
+                         "e.g. obs.low_dim=[proprio,object] or obs.rgb=[agentview_image] obs.low_dim=[proprio]")
+    n = obs_cfg.get("num_tasks")
+    return spec_of_data(path, low_dim, rgb, None if n is None else int(n), obs_map=obs_map, info=info)
+
+
+def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, *, algo: str, act_dim: int | None,
+              seed: int, device: torch.device, tasks: Sequence[str] | None = None,
+              task_id: int | None = None) -> OfflineDataset:
+    """:func:`robopretrain.data.dataset.load_offline_dataset` with the ``data`` group's selection keys."""
+    tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
+    tid = task_id if task_id is not None else data_cfg.get("task_id")
+    return load_offline_dataset(
+        path, spec, reward, obs_map=plain(data_cfg.get("obs_map")) or None, tasks=tasks,
+        mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"), task_id=None if tid is None else int(tid),
+        rewards_needed=algo != "bc", rewards_from_success=bool(data_cfg.get("rewards_from_success", False)),
+        act_dim=act_dim, seed=seed, device=device)
+
+
+# --------------------------------------------------------------------------- agents
+
+
+def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset, device: torch.device) -> Agent:
+    """A fresh agent of the config's ``algo`` and ``encoder`` for ``spec``, normalising low-dim parts by the
+    dataset's statistics when ``obs.normalize`` (the default)."""
+    normalize = bool((cfg.get("obs") or {}).get("normalize", True))
+    stats = normalization_stats(dataset.arrays()["observations"], spec) if normalize and spec.low_dim else None
+    settings = EncoderSettings.from_mapping(plain(cfg.get("encoder")) or {})
+    agent = Agent(spec, act_dim, str(cfg.algo.name), algo_overrides(cfg.algo), settings, stats=stats, device=device,
+                  seed=int(cfg.seed))
+    if spec.rgb:
+        log.info("agent: %s encoder (%s), %d features; cameras %s, low-dim %s, %d tasks", agent.mode,
+                 agent.encoder_source.get("source"), agent.feature_dim, list(spec.rgb_keys), list(spec.low_dim_keys),
+                 spec.num_tasks)
+    return agent
+
+
+def prepared(agent: Agent, dataset: OfflineDataset, seed: int) -> OfflineDataset:
+    """The dataset in the form the agent trains on (frozen_cached: features computed once, else unchanged)."""
+    if agent.feature_encoder is None:
+        return dataset
+    return dataset.map_observations(agent.prepare, seed=seed)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def targets_of_data(info: DatasetInfo, tasks: Sequence[str]) -> list[Target]:
+    """Evaluation targets for the data's own tasks when its ``env_args`` name a known env family (logged if not)."""
+    out = []
+    for task in tasks:
+        target = target_of_data(info.env_args, task, info.tasks[task])
+        if target is None:
+            log.info("no evaluation in sim for task %r: the data's env_args (%s) name no known env family; set "
+                     "train.eval_targets to evaluate", task, info.env_args.get("env_name"))
+            continue
+        out.append(target)
+    return out
+
+
+def eval_targets(setting: Any, info: DatasetInfo, tasks: Sequence[str]) -> list[Target]:
+    """``train.eval_targets``: None -> the data's own tasks (where evaluable), [] -> none, else the listed targets."""
+    value = plain(setting)
+    if value is None:
+        return targets_of_data(info, tasks)
+    if isinstance(value, (str, Mapping)):
+        value = [value]
+    return [as_target(v) for v in value]
+
+
+def check_target_fits(agent: Agent, target: Target) -> None:
+    """Refuse at start a target whose task id does not fit the agent's task one-hot."""
+    if agent.spec.num_tasks and not 0 <= target.resolved_task_id() < agent.spec.num_tasks:
+        raise ValueError(f"target {target.name!r}: task_id {target.resolved_task_id()} does not fit the agent's task "
+                         f"one-hot of size {agent.spec.num_tasks}; set the target's task_id (or obs.num_tasks in "
+                         "stage 2)")
+
+
+def target_config(node: Any) -> Target:
+    """A ``target`` config entry (a sim_envs task name or a mapping of :class:`Target` fields) as a Target."""
+    value = plain(node)
+    if value is None:
+        raise ValueError("config key target is not set; give a sim_envs task name or a mapping (see docs/targets.md)")
+    return as_target(value)
+
+
+__all__ = ["CONFIG_DIR", "algo_overrides", "check_target_fits", "data_spec", "eval_targets", "load_data",
+           "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
+           "target_config", "targets_of_data"]

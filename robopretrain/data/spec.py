@@ -1,0 +1,163 @@
+"""What an agent observes: :class:`ObsSpec`, a named list of observation parts with their modality and size.
+
+One observation path (STYLE.md rule 1, robomimic's modality -> encoder mapping): an observation is a dict of
+named parts. ``low_dim`` parts are float vectors ``(d,)``, concatenated (and normalised) by the observation
+encoder; ``rgb`` parts are uint8 camera images ``(H, W, 3)``, each passed through the image encoder; with
+``num_tasks > 0`` the part ``task_id`` (an integer) becomes the PTR task one-hot of that size. An agent without
+cameras is the spec with no ``rgb`` parts, not a second code path.
+
+Sizes always come from the data (:func:`spec_from_data`) or the env, are stored in every checkpoint
+(:meth:`ObsSpec.to_dict`), and are checked against each other before training (:meth:`ObsSpec.check_fits`), so a
+7-D action or a 9-D proprio vector works and a mismatch is one error naming the key and both sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from robopretrain.data.keys import FEATURES, TASK_ID
+
+LOW_DIM, RGB = "low_dim", "rgb"
+
+
+class SpecMismatchError(ValueError):
+    """Two descriptions of the same observation (data, env, checkpoint) disagree."""
+
+
+@dataclass(frozen=True)
+class ObsSpec:
+    """Ordered observation parts: ``low_dim`` ``((key, size), ...)``, ``rgb`` ``((key, (H, W, 3)), ...)``, and the
+    size of the task one-hot (0: no task conditioning)."""
+
+    low_dim: tuple[tuple[str, int], ...] = ()
+    rgb: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+    num_tasks: int = 0
+
+    def __post_init__(self) -> None:
+        keys = [k for k, _ in self.low_dim] + [k for k, _ in self.rgb]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"observation spec: keys must be distinct, got {keys}")
+        if not keys and self.num_tasks <= 0:
+            raise ValueError("observation spec: no observation parts (give low_dim or rgb keys)")
+        if TASK_ID in keys:
+            raise ValueError(f"observation spec: {TASK_ID!r} is reserved for the task id (set num_tasks instead)")
+        for key, shape in self.rgb:
+            if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
+                raise ValueError(f"observation spec: rgb part {key!r} has shape {tuple(shape)}; expected (H, W, 3)")
+        for key, size in self.low_dim:
+            if int(size) < 1:
+                raise ValueError(f"observation spec: low_dim part {key!r} has size {size}; expected >= 1")
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def low_dim_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.low_dim)
+
+    @property
+    def rgb_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.rgb)
+
+    @property
+    def low_dim_size(self) -> int:
+        return int(sum(size for _, size in self.low_dim))
+
+    @property
+    def image_size(self) -> int | None:
+        """The side of the (square) camera images; None without cameras. Raises if cameras differ in size."""
+        shapes = {tuple(shape) for _, shape in self.rgb}
+        if not shapes:
+            return None
+        if len(shapes) != 1 or next(iter(shapes))[0] != next(iter(shapes))[1]:
+            raise ValueError(f"observation spec: cameras {list(self.rgb_keys)} must be square and of one size, "
+                             f"got {sorted(shapes)}")
+        return int(next(iter(shapes))[0])
+
+    def storage(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """How each stored part looks per transition: ``{key: (shape, dtype)}`` (``task_id``: int64 scalar)."""
+        out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        for key, shape in self.rgb:
+            out[key] = (tuple(int(s) for s in shape), np.dtype(np.uint8))
+        for key, size in self.low_dim:
+            out[key] = ((int(size),), np.dtype(np.float32))
+        if self.num_tasks:
+            out[TASK_ID] = ((), np.dtype(np.int64))
+        return out
+
+    def storage_keys(self) -> tuple[str, ...]:
+        return tuple(self.storage())
+
+    def cached(self, feature_dim: int) -> ObsSpec:
+        """The spec after frozen features replace the cameras: ``features`` first among the low-dim parts."""
+        return ObsSpec(low_dim=((FEATURES, int(feature_dim)), *self.low_dim), rgb=(), num_tasks=self.num_tasks)
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {LOW_DIM: [[k, int(s)] for k, s in self.low_dim], RGB: [[k, [int(x) for x in s]] for k, s in self.rgb],
+                "num_tasks": int(self.num_tasks)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ObsSpec:
+        return cls(low_dim=tuple((str(k), int(s)) for k, s in d.get(LOW_DIM, [])),
+                   rgb=tuple((str(k), tuple(int(x) for x in s)) for k, s in d.get(RGB, [])),
+                   num_tasks=int(d.get("num_tasks", 0)))
+
+    # ------------------------------------------------------------------ checks
+
+    def check_fits(self, other: ObsSpec, *, mine: str, theirs: str) -> None:
+        """Raise :class:`SpecMismatchError` naming every key whose presence or size differs between the two."""
+        problems = []
+        for kind, a, b in ((LOW_DIM, dict(self.low_dim), dict(other.low_dim)), (RGB, dict(self.rgb), dict(other.rgb))):
+            for key in list(a) + [k for k in b if k not in a]:
+                if key not in b:
+                    problems.append(f"{kind} part {key!r} is in {mine} but not in {theirs}")
+                elif key not in a:
+                    problems.append(f"{kind} part {key!r} is in {theirs} but not in {mine}")
+                elif tuple(np.atleast_1d(a[key])) != tuple(np.atleast_1d(b[key])):
+                    problems.append(f"{kind} part {key!r}: {mine} has size {a[key]}, {theirs} has {b[key]}")
+        if [k for k, _ in self.low_dim] != [k for k, _ in other.low_dim] and not problems:
+            problems.append(f"low_dim order: {mine} {list(self.low_dim_keys)}, {theirs} {list(other.low_dim_keys)}")
+        if self.num_tasks != other.num_tasks:
+            problems.append(f"task one-hot size: {mine} has {self.num_tasks}, {theirs} has {other.num_tasks}")
+        if problems:
+            raise SpecMismatchError(f"{mine} does not fit {theirs}: " + "; ".join(problems))
+
+
+def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: Sequence[str], rgb: Sequence[str],
+                     num_tasks: int, *, where: str, key_map: Mapping[str, str] | None = None) -> ObsSpec:
+    """The spec of parts ``low_dim`` and ``rgb`` given ``{source key: (shape, dtype)}`` (a data file's or an env's).
+
+    ``key_map`` maps our part names to the source's keys. Raises ``ValueError`` naming ``where``, the key, its
+    shape and dtype, and what is available, when a part is missing or of the wrong kind.
+    """
+    key_map = dict(key_map or {})
+    low, cams = [], []
+    for key in low_dim:
+        src = key_map.get(key, key)
+        if src not in shapes:
+            raise ValueError(f"{where}: observation key {src!r} (low_dim part {key!r}) not found; available: "
+                             f"{sorted(shapes)}")
+        shape, dtype = shapes[src]
+        if len(shape) != 1 or np.dtype(dtype) == np.uint8:
+            raise ValueError(f"{where}: low_dim part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected a float "
+                             "vector (d,) (images go in the rgb list)")
+        low.append((key, int(shape[0])))
+    for key in rgb:
+        src = key_map.get(key, key)
+        if src not in shapes:
+            raise ValueError(f"{where}: observation key {src!r} (rgb part {key!r}) not found; available: "
+                             f"{sorted(shapes)}")
+        shape, dtype = shapes[src]
+        if len(shape) != 3 or shape[2] != 3 or np.dtype(dtype) != np.uint8:
+            raise ValueError(f"{where}: rgb part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected uint8 images "
+                             "(H, W, 3)")
+        cams.append((key, tuple(int(s) for s in shape)))
+    return ObsSpec(low_dim=tuple(low), rgb=tuple(cams), num_tasks=int(num_tasks))
+
+
+__all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "spec_from_shapes"]

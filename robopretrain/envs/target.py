@@ -1,0 +1,260 @@
+"""One notion of target (STYLE.md rule 2): what env to act in, and how its observations, success and reward map
+onto the toolkit's conventions. The same config keys name a target in stages 2 and 3, evaluation and the pipeline.
+
+A :class:`Target` is a task of a *family*:
+
+``sim_envs``   our MuJoCo tabletop tasks (``name`` is the task; randomization and distractors apply);
+``metaworld``  Meta-World tasks (``name`` like ``drawer-open-v3``; :mod:`robopretrain.envs.metaworld`, optional
+               extra ``metaworld``);
+``gym``        any gymnasium env: ``env_id`` is a registered id or ``"module:Class"`` built with ``env_kwargs``.
+
+:func:`make_env` returns a gymnasium env that follows the toolkit's contract whatever the family:
+
+* observations are dicts of named parts in our names (``obs_map`` maps our part name -> the env's key; a
+  non-dict observation becomes the part ``observation``), camera images upright uint8 ``(H, W, 3)`` (``flip_images``
+  for envs that render upside down), plus ``task_id`` (the target's slot in the task one-hot);
+* ``info["success"]`` every step, read from ``info[success_key]``;
+* reward ``float(success)`` when ``reward: sparse`` (the default: the data contract's sparse success reward), or
+  the env's own reward when the target declares ``reward: dense`` (then Cal-QL's sparse all-failure rule is off);
+* termination on success when ``terminate_on_success``; truncation at ``max_episode_steps`` (a ``TimeLimit``).
+
+The module imports neither torch nor the simulators at import time, so ``functools.partial(make_env, ...)`` is a
+cheap picklable factory for spawned worker processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+SIM_ENVS, METAWORLD, GYM = "sim_envs", "metaworld", "gym"
+FAMILIES = (SIM_ENVS, METAWORLD, GYM)
+REWARDS = ("sparse", "dense")
+OBSERVATION = "observation"  # the part name of a non-dict observation
+METAWORLD_ENTRY = "robopretrain.envs.metaworld:MetaWorldEnv"
+
+
+@dataclass
+class Target:
+    """A task to act in (see the module docstring)."""
+
+    name: str
+    family: str | None = None  # None: sim_envs when ``name`` is a sim_envs task and no env_id is set, else gym
+    env_id: str | None = None  # gym: a registered id or "module:Class"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    obs_map: dict[str, str] = field(default_factory=dict)  # our part name -> the env's (and its demo file's) key
+    task_id: int | None = None  # slot in the task one-hot; None: the family's own id (sim_envs, metaworld)
+    demos: str | None = None  # robomimic HDF5 of this target's demonstrations
+    max_episode_steps: int | None = None  # TimeLimit (None: the env's own)
+    reward: str = "sparse"  # sparse: float(success) | dense: the env's own reward
+    success_key: str = "success"  # the info key that says the task is done
+    terminate_on_success: bool = True
+    flip_images: bool = False  # the env's images are upside down
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = GYM if self.env_id else SIM_ENVS
+        if self.family not in FAMILIES:
+            raise ValueError(f"target {self.name!r}: family={self.family!r}; expected one of {list(FAMILIES)}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"target {self.name!r}: reward={self.reward!r}; expected one of {list(REWARDS)}")
+        if self.family == GYM and not self.env_id:
+            raise ValueError(f"target {self.name!r}: a gym target needs env_id (a gymnasium id or 'module:Class')")
+        if self.family == SIM_ENVS:
+            import sim_envs.tasks as tasks  # torch-free
+
+            if self.name not in tasks.TASKS:
+                raise ValueError(f"target {self.name!r} is not a sim_envs task ({sorted(tasks.TASKS)}); give "
+                                 "family/env_id for another env")
+        self.env_kwargs = dict(self.env_kwargs or {})
+        self.obs_map = {str(k): str(v) for k, v in dict(self.obs_map or {}).items()}
+
+    @property
+    def randomizable(self) -> bool:
+        """Whether physics / visual randomization and distractors apply (sim_envs only)."""
+        return self.family == SIM_ENVS
+
+    @property
+    def sparse(self) -> bool:
+        return self.reward == "sparse"
+
+    def resolved_task_id(self) -> int:
+        """The slot of this target in the task one-hot."""
+        if self.task_id is not None:
+            return int(self.task_id)
+        if self.family == SIM_ENVS:
+            import sim_envs.tasks as tasks
+
+            return int(tasks.TASK_IDS[self.name])
+        if self.family == METAWORLD:
+            module = importlib.import_module(METAWORLD_ENTRY.partition(":")[0])
+            return int(module.task_id(self.name))
+        raise ValueError(f"target {self.name!r}: task_id is required for a gym target (its slot in the task one-hot)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_target(entry: str | Mapping[str, Any] | Target) -> Target:
+    """A :class:`Target` from a sim_envs task name, a mapping of its fields (unknown keys raise) or a Target."""
+    if isinstance(entry, Target):
+        return entry
+    if isinstance(entry, str):
+        return Target(name=entry)
+    d = dict(entry)
+    valid = set(Target.__dataclass_fields__)
+    unknown = sorted(set(d) - valid)
+    if unknown:
+        raise ValueError(f"target {d.get('name')!r}: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
+    if "name" not in d:
+        raise ValueError(f"target {d}: needs a name")
+    return Target(**d)
+
+
+def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Target | None:
+    """The target a demo file's ``env_args`` describe for one of its tasks (None when it names no known family)."""
+    env_name = str(env_args.get("env_name", ""))
+    kwargs = dict(env_args.get("env_kwargs") or {})
+    if env_name.startswith("sim_envs/") or env_args.get("family") == SIM_ENVS:
+        import sim_envs.tasks as tasks
+
+        return Target(name=task) if task in tasks.TASKS else None
+    if env_args.get("family") == METAWORLD or env_name.startswith("robopretrain/MetaWorld"):
+        keep = {k: v for k, v in kwargs.items() if k not in ("task", "image_size", "render_images", "cameras")}
+        return Target(name=task, family=METAWORLD, env_kwargs=keep, task_id=int(task_id))
+    return None
+
+
+# --------------------------------------------------------------------------- the env
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _construct(env_id: str, kwargs: Mapping[str, Any]) -> gym.Env:
+    module_name, _, attr = str(env_id).partition(":")
+    if attr:
+        obj = getattr(importlib.import_module(module_name), attr, None)
+        if obj is None:
+            raise ValueError(f"env {env_id!r}: {module_name} has no {attr!r}")
+        return obj(**dict(kwargs))
+    return gym.make(str(env_id), **dict(kwargs))
+
+
+def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None = None,
+             randomization: Any = "none", **sim_kwargs: Any) -> gym.Env:
+    """The env of ``target`` in the toolkit's conventions (module docstring), rendering ``cameras`` at ``image_size``.
+
+    ``randomization`` (a level name or a mapping, see :mod:`sim_envs.randomization`) applies to sim_envs targets
+    only; any other family refuses a setting other than ``none`` with a ``ValueError`` naming the target.
+    ``sim_kwargs`` go to the sim_envs env (e.g. ``video_cameras``).
+    """
+    randomization = _plain(randomization)
+    nominal = randomization in (None, "none") or (isinstance(randomization, Mapping)
+                                                    and randomization.get("level", "none") == "none"
+                                                    and not randomization.get("num_distractors"))
+    if not target.randomizable and not nominal:
+        raise ValueError(f"target {target.name!r} ({target.family}): randomization={randomization!r} applies to "
+                         "sim_envs tasks only; use none")
+    if target.family == SIM_ENVS:
+        import sim_envs
+
+        kwargs: dict[str, Any] = {"render_images": "agentview_image" in cameras,
+                                  "eye_in_hand": "eye_in_hand_image" in cameras,
+                                  "randomization": randomization if randomization is not None else "none",
+                                  "terminate_on_success": target.terminate_on_success, **target.env_kwargs,
+                                  **sim_kwargs}
+        if image_size:
+            kwargs["image_size"] = int(image_size)
+        if target.max_episode_steps:
+            kwargs["max_episode_steps"] = int(target.max_episode_steps)
+        env = gym.make(sim_envs.env_id(target.name), **kwargs)
+        return env if target.task_id is None and not target.obs_map else TargetEnv(env, target, cameras)
+    if target.family == METAWORLD:
+        kwargs = {"task": target.name, "render_images": bool(cameras), **target.env_kwargs}
+        if image_size:
+            kwargs["image_size"] = int(image_size)
+        env = _construct(METAWORLD_ENTRY, kwargs)
+    else:
+        env = _construct(str(target.env_id), target.env_kwargs)
+    if target.max_episode_steps:
+        env = gym.wrappers.TimeLimit(env, int(target.max_episode_steps))
+    return TargetEnv(env, target, cameras)
+
+
+class TargetEnv(gym.Wrapper):
+    """Renames observation parts, adds ``task_id``, flips images, derives success, reward and termination."""
+
+    def __init__(self, env: gym.Env, target: Target, cameras: Sequence[str] = ()) -> None:
+        super().__init__(env)
+        self.target = target
+        self.cameras = tuple(cameras)
+        self._task_id = target.resolved_task_id()
+        self._reverse = {v: k for k, v in target.obs_map.items()}
+
+    def _obs(self, obs: Any) -> dict[str, Any]:
+        if not isinstance(obs, Mapping):
+            obs = {OBSERVATION: obs}
+        out: dict[str, Any] = {}
+        for key, value in obs.items():
+            ours = self._reverse.get(key, key)
+            arr = np.asarray(value)
+            if arr.dtype == np.uint8 and arr.ndim == 3:
+                if self.target.flip_images:
+                    arr = np.ascontiguousarray(arr[::-1])
+            elif np.issubdtype(arr.dtype, np.floating) or arr.ndim == 1:
+                arr = arr.astype(np.float32, copy=False)
+            out[ours] = arr
+        missing = [c for c in self.cameras if c not in out]
+        if missing:
+            raise KeyError(f"target {self.target.name!r}: the env gives no camera {missing} (keys: {sorted(out)}); "
+                           "map it with obs_map")
+        out["task_id"] = self._task_id
+        return out
+
+    def _success(self, info: Mapping[str, Any]) -> bool:
+        key = self.target.success_key
+        if key not in info:
+            if self.target.sparse:
+                raise KeyError(f"target {self.target.name!r}: info has no {key!r} (keys: {sorted(info)}); set the "
+                               "target's success_key, or declare reward: dense")
+            return False
+        return bool(np.asarray(info[key]).any())
+
+    def reset(self, **kwargs: Any):
+        obs, info = self.env.reset(**kwargs)
+        info = dict(info)
+        info["success"] = bool(np.asarray(info.get(self.target.success_key, False)).any())
+        return self._obs(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = dict(info)
+        success = self._success(info)
+        info["success"] = success
+        if self.target.sparse:
+            reward = float(success)
+        terminated = bool(terminated) or (success and self.target.terminate_on_success)
+        return self._obs(obs), float(reward), terminated, bool(truncated), info
+
+
+def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | None = None,
+                randomization: Any = "none") -> Any:
+    """A picklable zero-argument factory of :func:`make_env` (what a spawned worker calls)."""
+    import functools
+
+    return functools.partial(make_env, target, tuple(cameras), image_size, _plain(randomization))
+
+
+__all__ = ["FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target", "TargetEnv", "as_target", "env_factory",
+           "make_env", "target_of_data"]
