@@ -1,224 +1,182 @@
-"""Stage 3 online loop: collect with parallel envs, mix offline and online data, update, evaluate.
+"""Stage 3's online loop: collect with parallel envs, mix offline and online data, update, evaluate; for every agent.
 
-``online.num_envs`` envs collect in worker processes while one learner updates (REFERENCE.md, Stage 3, Cal-QL).
-The design is synchronous collect-then-update (:mod:`robopretrain.collector`): each round the learner's policy
-acts for every env at once, the envs step in parallel (a gymnasium ``AsyncVectorEnv`` with ``spawn`` workers that
-build their env lazily, or in this process for one env / ``online.asynchronous=false``), then the learner runs
-``online.utd`` updates per env step collected. Collection and learning alternate, so a run is reproducible on CPU
-for any number of envs.
+One loop for every observation spec and algorithm (STYLE.md rule 4). ``settings.num_envs`` envs collect in worker
+processes while one learner updates (REFERENCE.md, Stage 3, Cal-QL). The design is synchronous collect-then-update
+(:mod:`robopretrain.collector`): each round the learner's policy acts for every env at once, the envs step in
+parallel (a gymnasium ``AsyncVectorEnv`` with ``spawn`` workers that build their env lazily, or in this process for
+one env / ``asynchronous=false``), then the learner runs ``utd`` updates per env step collected. Collection and
+learning alternate, so a run is reproducible on CPU for any number of envs.
 
-* the env is the target task with physics randomization from ``cfg.dr`` (re-sampled at every reset);
-  training episode ``k`` (counted over all envs) is reset with :func:`robopretrain.evaluation.train_episode_seed`
-  ``(seed, k)``, disjoint from the fixed evaluation seeds;
-* each env's transitions (reward already scaled/biased per the algorithm config) are kept until its episode
-  ends, then written to the online :class:`~robopretrain.data.replay.ReplayBuffer` as one episode, which
-  computes its Monte-Carlo returns-to-go, so Cal-QL's calibration stays on online (the official code's
-  behaviour);
-* updates use batches from a :class:`~robopretrain.data.replay.MixedSampler` (``online.offline_ratio`` of each
-  batch from the offline data); the UTD ratio is per env step: ``utd x`` (env steps collected) updates per round;
-* every ``online.eval_every`` env steps (and at step 0, the offline starting point): success / return / length
-  on fixed evaluation episodes, average Q on data and on policy actions next to the Monte-Carlo return on
-  a fixed offline sample and on the newest online data (the calibration gap), and the cumulative regret
-  ``mean(1 - success)`` over the training episodes so far;
-* update metrics are requested on logging and checkpoint rounds and checked by
-  :func:`robopretrain.guards.finite_metrics_hook`, so a NaN loss stops the run before a checkpoint is written;
-* checkpoints (agent, optimiser, RNG, replay buffer, sampler state, counters, history) are written once
-  ``online.checkpoint_every`` env steps have passed and every env has finished its episode (the collector
-  starts no new episodes meanwhile); all envs then restart with the next episode seeds, as a resumed run does,
-  so a killed run resumes to exactly the weights of an uninterrupted one (tests/test_kill_resume.py).
+* the env is the target's (:func:`robopretrain.envs.target.make_env`: our observation names, sparse success reward
+  unless the target declares a dense one, termination on success), rendering the agent's cameras, with
+  ``randomization`` (sim_envs targets: physics and visuals, re-sampled at every reset); training episode ``k``
+  (counted over all envs) is reset with :func:`robopretrain.evaluation.train_episode_seed` ``(seed, k)``, disjoint
+  from the fixed evaluation seeds;
+* observations are stored as the agent trains on them (:meth:`robopretrain.agent.Agent.prepare`: frozen features
+  for ``frozen_cached``, else unchanged); each env's transitions (reward scaled per the algorithm) are kept until
+  its episode ends, then written to the :class:`~robopretrain.data.replay.ReplayBuffer` as one episode, which
+  computes its Monte-Carlo returns-to-go, so Cal-QL's calibration stays on online (the official code's behaviour);
+* batches come from a :class:`~robopretrain.data.replay.MixedSampler` (``offline_ratio`` of each batch from the
+  offline data); UTD is per env step;
+* at env step 0 and every ``eval_every`` env steps: success / return / length on fixed evaluation episodes
+  (``eval_randomization``), average Q on data and on policy actions next to the Monte-Carlo return on a fixed offline
+  sample and on the newest online data (the calibration gap), the cumulative regret ``mean(1 - success)`` over the
+  training episodes so far;
+* update metrics are requested on logging and checkpoint rounds and checked for NaN / inf before anything is written;
+* checkpoints (:func:`robopretrain.checkpoint.save_agent`, with the replay buffer, sampler, RNGs, counters and
+  history) are written once ``checkpoint_every`` env steps have passed and every env has finished its episode; all
+  envs then restart with the next episode seeds, as a resumed run does, so a killed run resumes to exactly the
+  weights of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from robopretrain.checkpoint import load_latest, set_rng_state
-from robopretrain.collector import Episode, VectorCollector, collect_and_update, sim_env
-from robopretrain.data.replay import MixedSampler, OfflineDataset, ReplayBuffer, append_task_one_hot, flatten_obs
+from robopretrain.checkpoint import check_agent_fits, join_agent_state, load_latest, save_agent
+from robopretrain.collector import Episode, VectorCollector, collect_and_update
+from robopretrain.data.dataset import RewardSettings
+from robopretrain.data.replay import MixedSampler, OfflineDataset, ReplayBuffer
 from robopretrain.data.returns import scale_rewards, sparse_negative_reward
-from robopretrain.evaluation import calibration
+from robopretrain.envs.target import Target, env_factory
+from robopretrain.evaluation import calibration, evaluate
+from robopretrain.loops.offline import calibration_rows, rng_states, set_rng_states
 from robopretrain.metrics import MetricsLogger
-from robopretrain.train import (
-    ACT_DIM,
-    calibration_indices,
-    discount,
-    dr_setting,
-    evaluate_tasks,
-    restore_agent,
-    reward_transform,
-    save_agent_checkpoint,
-)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class OnlineState:
-    """Counters of the online phase (saved in checkpoints)."""
+class OnlineSettings:
+    """The ``online`` block of stage 3 (``configs/finetune.yaml``)."""
 
-    env_steps: int = 0
-    episodes: int = 0  # finished training episodes (in the replay buffer)
-    started: int = 0  # training episodes begun (their reset seeds are taken): the next one is number ``started``
-    successes: list[float] = field(default_factory=list)
-    returns: list[float] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    env_steps: int = 3000  # env steps collected in all (over every env)
+    num_envs: int = 2  # envs collecting in parallel
+    asynchronous: bool = True  # envs in spawned worker processes (AsyncVectorEnv) when num_envs > 1
+    utd: int = 1  # gradient updates per env step
+    offline_ratio: float = 0.5  # share of each batch from the offline data
+    buffer_capacity: int = 1_000_000
+    eval_every: int = 500  # env steps between evaluations (and at 0 and the end)
+    eval_episodes: int = 10
+    log_every: int = 100  # env steps between update-metric rows
+    checkpoint_every: int = 1000  # env steps between checkpoints (written once every env finished its episode)
+    keep_checkpoints: int = 2
+    calibration_batch: int = 2048  # offline rows / newest online rows for the Q-vs-return calibration
+    keep_optimizer: bool = True  # continue with the offline optimiser state
+    progress: bool = True
+    tensorboard: bool = True
 
-    def regret(self) -> float:
-        """Cumulative regret: mean(1 - success) over the training episodes so far (0 before the first)."""
-        return float(np.mean(1.0 - np.asarray(self.successes))) if self.successes else 0.0
+    def __post_init__(self) -> None:
+        for key in ("num_envs", "utd", "eval_every", "eval_episodes", "log_every", "checkpoint_every",
+                    "keep_checkpoints", "calibration_batch", "buffer_capacity"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"finetune config: online.{key}={value!r}; expected an integer >= 1")
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"env_steps": self.env_steps, "episodes": self.episodes, "started": self.started,
-                "successes": torch.tensor(self.successes), "returns": torch.tensor(self.returns)}
-
-    def load_state_dict(self, state: Mapping[str, Any], history: list[dict[str, Any]]) -> None:
-        self.env_steps = int(state["env_steps"])
-        self.episodes = int(state["episodes"])
-        self.started = int(state.get("started", self.episodes))
-        self.successes = [float(x) for x in state["successes"].tolist()]
-        self.returns = [float(x) for x in state["returns"].tolist()]
-        self.history = history
-
-
-def make_replay_buffer(cfg: DictConfig, obs_dim: int) -> ReplayBuffer:
-    scale, bias, sparse = reward_transform(cfg.algo)
-    return ReplayBuffer(
-        int(cfg.online.buffer_capacity), obs_dim, ACT_DIM, gamma=discount(cfg.algo),
-        sparse_negative_reward=sparse_negative_reward(scale, bias) if sparse else None,
-        device=str(cfg.get("device", "cpu")), seed=int(cfg.seed) + 1,
-    )
-
-
-def online_calibration(agent: Any, buffer: ReplayBuffer, n: int) -> dict[str, float]:
-    """Calibration on the newest ``n`` online transitions (empty dict while the buffer is empty)."""
-    if len(buffer) == 0:
-        return {}
-    idx = (buffer.ptr - 1 - np.arange(min(n, len(buffer)))) % buffer.capacity
-    return calibration(agent, buffer.get(idx))
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any] | None) -> OnlineSettings:
+        d = dict(d or {})
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown online config key(s) {unknown}; valid keys: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
 
 
-def num_envs_of(ocfg: DictConfig) -> int:
-    """``online.num_envs`` (default 1), checked."""
-    n = ocfg.get("num_envs", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"finetune config: online.num_envs={n!r}; expected an integer >= 1")
-    return int(n)
+def online_buffer(agent: Any, reward: RewardSettings, capacity: int, seed: int) -> ReplayBuffer:
+    """An empty replay buffer for what the agent stores (its prepared observation parts)."""
+    neg = sparse_negative_reward(reward.scale, reward.bias) if reward.sparse else None
+    return ReplayBuffer(capacity, agent.stored_spec().storage(), agent.act_dim, gamma=reward.discount,
+                        sparse_negative_reward=neg, seed=seed)
 
 
-def state_converter(obs_keys: list[str], num_tasks: int) -> Any:
-    """Batched env observations -> flat states (``obs_keys`` ++ task one-hot), as the training data has them."""
+def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: OnlineSettings, run_dir: Path, *,
+               reward: RewardSettings, seed: int, randomization: Any = "none", eval_randomization: Any = None,
+               config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True) -> list[dict[str, Any]]:
+    """Online fine-tuning of ``agent`` on ``target`` (module docstring); returns the evaluation history.
 
-    def convert(obs: Mapping[str, Any]) -> np.ndarray:
-        flat = flatten_obs(obs, obs_keys)
-        if num_tasks:
-            flat = append_task_one_hot(flat, np.asarray(obs["task_id"]), num_tasks)
-        return np.asarray(flat, dtype=np.float32)
-
-    return convert
-
-
-def run_online(
-    cfg: DictConfig, agent: Any, offline: OfflineDataset, run_dir: Path, meta: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    """The online fine-tuning phase; returns the evaluation history (one dict per evaluation)."""
-    ocfg = cfg.online
-    obs_dim = int(meta["obs_dim"])
-    buffer = make_replay_buffer(cfg, obs_dim)
-    sampler = MixedSampler(offline, buffer, float(ocfg.offline_ratio))
-    state = OnlineState()
+    Writes ``<run_dir>/checkpoints/``, ``metrics.jsonl`` and ``tb/``; a rerun resumes from the newest checkpoint.
+    ``config`` is saved as each checkpoint's ``config.yaml``; ``meta`` is added to its ``meta.json``.
+    """
+    eval_rand = randomization if eval_randomization is None else eval_randomization
+    buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)
+    sampler = MixedSampler(offline, buffer, settings.offline_ratio)
     ckpt_root = run_dir / "checkpoints"
-    total, utd, n_envs = int(ocfg.env_steps), int(ocfg.utd), num_envs_of(ocfg)
-    if utd < 1:
-        raise ValueError(f"online.utd={utd}; expected an integer >= 1 (updates per env step)")
-    logger = MetricsLogger(run_dir, tensorboard=bool(ocfg.get("tensorboard", True)))
-    if cfg.get("resume", True):
-        resume_online(ckpt_root, agent, sampler, state)
-    logger.truncate_after(state.env_steps)
-    calib_offline = offline.get(calibration_indices(len(offline), int(ocfg.calibration_batch)))
-    scale, bias, _ = reward_transform(cfg.algo)
-    bs = int(cfg.algo.get("batch_size", 256))
-    task, obs_keys, num_tasks = str(cfg.task), list(cfg.obs_keys), int(cfg.num_tasks)
+    ckpt_meta = {"stage": "online", "task": target.name, "target": target.to_dict(), "randomization": randomization,
+                 **dict(meta or {})}
+    env_steps, started, successes, history = 0, 0, [], []
+    latest = load_latest(ckpt_root) if resume else None
+    if latest is not None and latest.state is not None and "online" in latest.state:
+        check_agent_fits(latest.meta, agent, where=str(latest.path))
+        agent.load_state_dict(join_agent_state(latest.weights, latest.state), with_optimizer=True)
+        set_rng_states(agent, latest.state["rng"])
+        sampler.load_state_dict(latest.state["sampler"])
+        counters = latest.state["online"]
+        env_steps, started = int(counters["env_steps"]), int(counters["started"])
+        successes, history = json.loads(counters["successes"]), json.loads(counters["history"])
+        log.info("online %s: resumed from %s at env step %d", target.name, latest.path, env_steps)
+    calib_offline = offline.get(calibration_rows(len(offline), settings.calibration_batch))
+    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard)
+    logger.truncate_after(env_steps)
 
-    def evaluate_and_log() -> None:
-        row: dict[str, Any] = {"env_steps": state.env_steps, "episodes": state.episodes}
-        row.update({f"eval/{k}": v for k, v in evaluate_tasks(agent, cfg, [task], int(ocfg.eval_episodes)).items()})
+    def regret() -> float | None:
+        """mean(1 - success) over the finished training episodes; None before the first one ends."""
+        return float(np.mean(1.0 - np.asarray(successes))) if successes else None
+
+    def eval_row(step: int) -> None:
+        row: dict[str, Any] = {"env_steps": step, "episodes": len(successes), "train/cumulative_regret": regret(),
+                               "train/episode_success": float(np.mean(successes[-10:])) if successes else None}
+        row.update({f"eval/{k}": v for k, v in evaluate(agent, target, settings.eval_episodes,
+                                                         randomization=eval_rand).items()})
         row.update({f"calib/offline_{k}": v for k, v in calibration(agent, calib_offline).items()})
-        row.update({f"calib/online_{k}": v for k, v in online_calibration(agent, buffer, int(ocfg.calibration_batch)).items()})
-        row["train/cumulative_regret"] = state.regret()
-        row["train/episode_success"] = float(np.mean(state.successes[-10:])) if state.successes else None
-        state.history.append(row)
-        logger.log(state.env_steps, row)
+        if len(buffer):
+            newest = (buffer.ptr - 1 - np.arange(min(settings.calibration_batch, len(buffer)))) % buffer.capacity
+            row.update({f"calib/online_{k}": v for k, v in calibration(agent, buffer.get(newest)).items()})
+        history.append(row)
+        logger.log(step, row)
+        bar.set_postfix(success=f"{row['eval/success']:.2f}", episodes=len(successes), refresh=False)
 
-    def checkpoint() -> None:
+    def checkpoint(step: int, begun: int) -> None:
         sampler_state = sampler.state_dict()
-        sampler_state["online"]["pending"] = None  # episodes are written whole; a cut-off tail is dropped
-        extra = {"sampler": sampler_state, "online": state.state_dict(),
-                 "history_json": json.dumps(state.history)}
-        save_agent_checkpoint(ckpt_root, state.env_steps, cfg, agent, {**dict(meta), "stage": "online"}, extra,
-                              int(ocfg.keep_checkpoints))
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        return np.asarray(agent.act(obs, deterministic=False), dtype=np.float32)
+        sampler_state["online"]["pending"] = None  # episodes are stored whole; nothing is half-written
+        state = {"rng": rng_states(agent), "sampler": sampler_state,
+                 "online": {"env_steps": step, "started": begun, "successes": json.dumps(successes),
+                            "history": json.dumps(history)}}
+        save_agent(ckpt_root, step, config if config is not None else {}, agent, ckpt_meta, state,
+                   keep=settings.keep_checkpoints)
 
     def store(ep: Episode) -> None:
-        buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, scale, bias), ep.next_observations,
-                           ep.terminals)
-        state.episodes += 1
-        state.successes.append(float(ep.success))
-        state.returns.append(ep.env_return)
+        buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, reward.scale, reward.bias),
+                           ep.next_observations, ep.terminals)
+        successes.append(float(ep.success))
 
-    def update(with_metrics: bool) -> Mapping[str, Any]:
-        return agent.update(sampler.sample(bs), with_metrics=with_metrics)
-
-    def on_eval(env_steps: int) -> None:
-        state.env_steps = env_steps
-        evaluate_and_log()
-        bar.set_postfix(success=f"{state.history[-1]['eval/success']:.2f}", regret=f"{state.regret():.2f}",
-                        refresh=False)
-
-    def on_checkpoint(env_steps: int, started: int) -> None:
-        state.env_steps, state.started = env_steps, started
-        checkpoint()
-
-    env_fn = functools.partial(sim_env, task, dr_setting(cfg.dr))
-    collector = VectorCollector(env_fn, n_envs, convert=state_converter(obs_keys, num_tasks), seed=int(cfg.seed),
-                                asynchronous=bool(ocfg.get("asynchronous", True)))
-    bar = tqdm(total=total, initial=state.env_steps, desc=f"online {cfg.algo.name} {task} x{n_envs} envs",
-               unit="step", dynamic_ncols=True, disable=not ocfg.get("progress", True))
+    collector = VectorCollector(env_factory(target, agent.spec.rgb_keys, agent.spec.image_size, randomization),
+                                settings.num_envs, convert=agent.prepare, seed=seed,
+                                asynchronous=settings.asynchronous)
+    bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,
+               desc=f"online {agent.algo} {target.name} x{settings.num_envs} envs", disable=not settings.progress)
     try:
-        if state.env_steps == 0 and not state.history:
-            evaluate_and_log()
-        state.env_steps, state.started = collect_and_update(
-            collector, policy, env_steps=state.env_steps, started=state.started, total=total, utd=utd,
-            eval_every=int(ocfg.eval_every), log_every=int(ocfg.log_every),
-            checkpoint_every=int(ocfg.checkpoint_every), store=store, update=update,
+        if not history:
+            eval_row(0)
+        collect_and_update(
+            collector, lambda obs: agent.act(obs, deterministic=False), env_steps=env_steps, started=started,
+            total=settings.env_steps, utd=settings.utd, eval_every=settings.eval_every, log_every=settings.log_every,
+            checkpoint_every=settings.checkpoint_every, store=store,
+            update=lambda with_metrics: agent.update(sampler.sample(agent.batch_size), with_metrics=with_metrics),
             on_log=lambda step, m: logger.log(step, {f"train/{k}": v for k, v in m.items()}),
-            on_eval=on_eval, on_checkpoint=on_checkpoint, progress=bar)
+            on_eval=eval_row, on_checkpoint=checkpoint, progress=bar)
     finally:
         bar.close()
         collector.close()
         logger.close()
-    return state.history
+    return history
 
 
-def resume_online(ckpt_root: Path, agent: Any, sampler: MixedSampler, state: OnlineState) -> None:
-    """Restore agent, replay buffer, sampler RNGs and counters from the newest online checkpoint, if any."""
-    ckpt = load_latest(ckpt_root)
-    if ckpt is None or ckpt.state is None or "online" not in ckpt.state:
-        return
-    restore_agent(agent, ckpt)
-    set_rng_state(ckpt.state["rng"])
-    sampler.load_state_dict(ckpt.state["sampler"])
-    state.load_state_dict(ckpt.state["online"], json.loads(ckpt.state["history_json"]))
-    log.info("resumed online fine-tuning from %s (env step %d)", ckpt.path, state.env_steps)
+__all__ = ["OnlineSettings", "online_buffer", "run_online"]

@@ -242,13 +242,13 @@ class Agent:
         Identity for every mode but ``frozen_cached``, where the cameras are replaced by the frozen encoder's
         ``features`` (computed in chunks of ``feature_batch`` frames). Keys outside the spec are dropped.
         """
-        keep = self.spec.storage_keys()
-        arrays = {k: np.asarray(obs[k]) for k in keep if k in obs}
-        if self.feature_encoder is None:
-            return arrays
-        missing = [k for k in self.spec.rgb_keys if k not in arrays]
+        keep = self.spec.storage_keys() if FEATURES not in obs else self.train_spec.storage_keys()
+        missing = [k for k in keep if k not in obs]
         if missing:
-            raise KeyError(f"agent: observation is missing cameras {missing}; it has {sorted(obs)}")
+            raise KeyError(f"agent: observation is missing {missing}; it has {sorted(obs)}")
+        arrays = {k: np.asarray(obs[k]) for k in keep}
+        if self.feature_encoder is None or FEATURES in obs:
+            return arrays
         n = len(arrays[self.spec.rgb_keys[0]])
         step = int(self.settings.feature_batch)
         feats = np.empty((n, self.feature_encoder.out_dim), dtype=np.float32)
@@ -420,9 +420,7 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
+    return value  # floats stay floats, inf included (json writes Infinity, Python reads it back)
 
 
 __all__ = ["ENCODER_MODES", "Agent", "EncoderSettings", "NETWORK_KEYS", "build_image_encoder"]

@@ -35,6 +35,40 @@ def plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
+def compose(config_name: str, groups: Mapping[str, str] | None = None,
+            overrides: Mapping[str, Any] | None = None) -> DictConfig:
+    """``configs/<config_name>.yaml`` as Hydra would compose it without command-line flags: each ``group: option`` of
+    its defaults list loaded from ``configs/<group>/<option>.yaml`` (``groups`` picks other options), the primary
+    config on top, then ``overrides`` merged (a mapping, may replace a group's content wholesale). Used by the
+    pipeline to call each stage's public ``run`` with a full config."""
+    primary = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
+    defaults = list(primary.pop("defaults", []) or [])
+    if "_self_" not in defaults:  # Hydra's default: the primary config comes last
+        defaults.append("_self_")
+    primary.pop("hydra", None)
+    out = OmegaConf.create({})
+    chosen = dict(groups or {})
+    for entry in defaults:
+        if entry == "_self_":
+            out.merge_with(primary)
+            continue
+        (group, option), = dict(entry).items()
+        option = chosen.pop(group, option)
+        path = CONFIG_DIR / group / f"{option}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such {group} config (options: "
+                                    f"{sorted(p.stem for p in (CONFIG_DIR / group).glob('*.yaml'))})")
+        out[group] = OmegaConf.load(path)
+    if chosen:
+        raise ValueError(f"{config_name} config has no config group(s) {sorted(chosen)}")
+    for key, value in dict(overrides or {}).items():
+        if isinstance(value, Mapping) and key in out and OmegaConf.is_dict(out[key]):
+            out[key] = OmegaConf.merge(out[key], OmegaConf.create(dict(value)))
+        else:
+            out[key] = value
+    return out
+
+
 def setup_torch(cfg: Any) -> torch.device:
     """Threads, seeds and the device of a run (``num_threads``, ``seed``, ``device``)."""
     if cfg.get("num_threads"):
@@ -189,6 +223,32 @@ def check_target_fits(agent: Agent, target: Target) -> None:
                          "stage 2)")
 
 
+def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") -> None:
+    """Build the target's env once and check its observation parts and action size against the agent's, before any
+    training: a ``ValueError`` names the target, the part and both sizes."""
+    from robopretrain.data.spec import SpecMismatchError, spec_from_shapes
+    from robopretrain.evaluation import agent_env
+
+    check_target_fits(agent, target)
+    env = agent_env(agent, target, randomization)
+    try:
+        obs, _ = env.reset(seed=0)
+        shapes = {k: (np.shape(v), np.asarray(v).dtype) for k, v in obs.items() if k != "task_id"}
+        where = f"target {target.name!r}"
+        try:
+            spec = spec_from_shapes(shapes, agent.spec.low_dim_keys, agent.spec.rgb_keys, agent.spec.num_tasks,
+                                    where=where)
+            spec.check_fits(agent.spec, mine=f"the env of {where}", theirs="the agent")
+        except SpecMismatchError as exc:
+            raise ValueError(str(exc)) from None
+        act_shape = tuple(env.action_space.shape or ())
+        if act_shape != (agent.act_dim,):
+            raise ValueError(f"{where}: the env takes actions of shape {act_shape}, the agent gives "
+                             f"({agent.act_dim},)")
+    finally:
+        env.close()
+
+
 def target_config(node: Any) -> Target:
     """A ``target`` config entry (a sim_envs task name or a mapping of :class:`Target` fields) as a Target."""
     value = plain(node)
@@ -197,6 +257,6 @@ def target_config(node: Any) -> Target:
     return as_target(value)
 
 
-__all__ = ["CONFIG_DIR", "algo_overrides", "check_target_fits", "data_spec", "eval_targets", "load_data",
+__all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "eval_targets", "load_data",
            "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
            "target_config", "targets_of_data"]

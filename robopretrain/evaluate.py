@@ -1,16 +1,12 @@
 """Robustness evaluation: success of a policy checkpoint under distractors, physics and visual shifts.
 
 ``python -m robopretrain.evaluate checkpoint=<ckpt or run folder>`` (Hydra, ``configs/evaluate.yaml``), or
-:func:`evaluate_robustness` from Python. Two kinds of checkpoint are accepted; episodes run the deterministic
-policy:
-
-* state-based (stage 2 ``robopretrain.train`` / stage 3 ``finetune.train``): loaded with
-  :mod:`robopretrain.checkpoint`, the agent rebuilt from its own config, observations ``state_vector(obs_keys)``;
-* image agents (``meta.json`` with ``obs_type: image``, written by the image pipeline with
-  :func:`robopretrain.image_checkpoint.save_image_checkpoint`): rebuilt by
-  :func:`robopretrain.image_checkpoint.load_image_agent`; the env renders the agent's image keys at the agent's
-  image size and observations are built by :func:`robopretrain.image_rl.stored_obs` (images, ``state_keys`` and
-  the task one-hot), exactly as in training.
+:func:`evaluate_robustness` from Python. Any agent checkpoint of stage 2, stage 3 or the pipeline is accepted: the
+agent is rebuilt from the folder alone (:func:`robopretrain.checkpoint.load_agent`) and its env renders exactly its
+cameras at their size (:func:`robopretrain.evaluation.agent_env`); episodes run the deterministic policy on the
+``target`` (default: the checkpoint's own target, else its first training task). Targets outside sim_envs (Meta-World,
+any gymnasium env) have no randomization or distractors: only ``select=[nominal]`` runs there, other factors are
+refused with one line.
 
 * Conditions: ``nominal`` (no randomization, no distractors), then every factor of ``cfg.factors`` at each of
   its levels: integer levels place exactly that many distractors; ``train`` / ``eval_easy`` / ``eval_hard``
@@ -41,9 +37,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from robopretrain.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint_dir, write_text_atomic
+from robopretrain.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_agent,
+    load_checkpoint,
+    resolve_checkpoint_dir,
+    write_text_atomic,
+)
 from robopretrain.cli import config_folder, friendly_errors, run_hydra
-from robopretrain.image_checkpoint import is_image_checkpoint
+from robopretrain.envs.target import Target, as_target
 
 log = logging.getLogger(__name__)
 
@@ -119,103 +122,45 @@ def condition_randomization(name: str, randomize: Sequence[str], level: Any) -> 
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """What a worker needs to rebuild the policy: the checkpoint folder and how to build its observations.
-
-    ``obs_type`` is ``state`` (``obs_keys`` concatenated, :func:`robopretrain.evaluation.state_vector`) or
-    ``image`` (``image_keys`` rendered at ``image_size``, ``state_keys`` and the task one-hot,
-    :func:`robopretrain.image_rl.stored_obs`).
-    """
+    """What a worker needs to rebuild the policy and its env: the checkpoint folder, the target, the device."""
 
     checkpoint: str
-    obs_keys: tuple[str, ...]
-    num_tasks: int
+    target: dict[str, Any]
     device: str
-    obs_type: str = "state"
-    image_keys: tuple[str, ...] = ()
-    image_size: int = 0
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """The checkpoint at ``path`` (a ``ckpt_*`` folder, or a run folder holding ``checkpoints/``), without state."""
     ckpt = load_checkpoint(resolve_checkpoint_dir(path), with_state=False)
-    for key in ("algo", "obs_dim", "act_dim"):
+    for key in ("algo", "obs_spec", "act_dim"):
         if key not in ckpt.meta:
-            raise CheckpointError(f"{ckpt.path / 'meta.json'}: missing key {key!r}; expected a policy checkpoint "
-                                  "written by robopretrain.train, finetune.train or the image pipeline")
-    if is_image_checkpoint(ckpt):
-        for key in ("image_obs", "state_keys", "num_tasks", "encoder"):
-            if key not in ckpt.meta:
-                raise CheckpointError(f"{ckpt.path / 'meta.json'}: image checkpoint without key {key!r}; "
-                                      "write it with robopretrain.image_checkpoint.image_agent_meta")
+            raise CheckpointError(f"{ckpt.path / 'meta.json'}: missing key {key!r}; expected an agent checkpoint "
+                                  "written by robopretrain.train, finetune.train or the pipeline")
     return ckpt
 
 
-def default_task(ckpt: Checkpoint) -> str:
-    """The checkpoint's own task (stage 3's target), else the first task the stage-2 agent was trained on."""
-    if ckpt.meta.get("task"):
-        return str(ckpt.meta["task"])
-    if ckpt.config.get("task"):
-        return str(ckpt.config.task)
+def default_target(ckpt: Checkpoint) -> Target:
+    """The checkpoint's own target (stage 3), else the first task the stage-2 agent was trained on."""
+    if ckpt.meta.get("target"):
+        return as_target(ckpt.meta["target"])
     names = ckpt.meta.get("task_names") or []
     if not names:
-        raise CheckpointError(f"{ckpt.path / 'meta.json'}: names no task; pass task=<name>")
-    return str(names[0])
-
-
-def policy_spec(ckpt: Checkpoint, device: str) -> PolicySpec:
-    """How to rebuild the checkpoint's policy and feed it observations, from its ``meta.json`` (and config)."""
-    if is_image_checkpoint(ckpt):
-        image = ckpt.meta["image_obs"]
-        return PolicySpec(str(ckpt.path), tuple(ckpt.meta["state_keys"]), int(ckpt.meta["num_tasks"]), str(device),
-                          obs_type="image", image_keys=tuple(image["image_keys"]),
-                          image_size=int(image["image_size"]))
-    obs_keys = tuple(ckpt.meta.get("obs_keys") or ckpt.config.obs_keys)
-    return PolicySpec(str(ckpt.path), obs_keys, int(ckpt.meta.get("num_tasks", ckpt.config.get("num_tasks", 0))),
-                      str(device))
+        raise CheckpointError(f"{ckpt.path / 'meta.json'}: names no task; pass target=<name or mapping>")
+    return as_target(str(names[0]))
 
 
 def load_policy(spec: PolicySpec) -> Any:
-    """The agent of the checkpoint, its weights loaded, ready for ``act(obs, deterministic=True)``."""
-    import torch
-
-    if spec.obs_type == "image":
-        from robopretrain.image_checkpoint import load_image_agent
-
-        agent, _ = load_image_agent(spec.checkpoint, device=spec.device)
-        agent.train_mode(False)  # trained encoders to eval mode (no augmentation is applied when acting)
-        return agent
-    from robopretrain.train import build_agent, restore_agent
-
-    ckpt = load_checkpoint(spec.checkpoint, with_state=False)
-    agent = build_agent(ckpt.config, int(ckpt.meta["obs_dim"]), int(ckpt.meta["act_dim"]), torch.device(spec.device))
-    restore_agent(agent, ckpt, with_optimizer=False)
+    """The agent of the checkpoint, its weights loaded, in eval mode, ready for ``act(obs, deterministic=True)``."""
+    agent, _ = load_agent(spec.checkpoint, device=spec.device)
+    agent.train_mode(False)
     return agent
 
 
-def make_env(spec: PolicySpec, task: str, randomization: Mapping[str, Any], render_size: int | None = None) -> Any:
-    """The evaluation env of ``task``: state-only, or rendering the image agent's cameras at its image size.
+def make_env(agent: Any, target: Target, randomization: Mapping[str, Any], video_size: int | None = None) -> Any:
+    """The evaluation env: the target's, rendering the agent's cameras at their size (and sim_envs' video cameras)."""
+    from robopretrain.evaluation import agent_env
 
-    ``render_size`` only matters for state policies (their env renders nothing; videos use ``render_camera``).
-    """
-    if spec.obs_type == "image":
-        from robopretrain.image_rl import TargetSpec, make_target_env
-
-        return make_target_env(TargetSpec(name=task), spec.image_keys, spec.image_size, dict(randomization))
-    from robopretrain.evaluation import make_state_env
-
-    kwargs = {"image_size": int(render_size)} if render_size else {}
-    return make_state_env(task, dict(randomization), **kwargs)
-
-
-def policy_obs(spec: PolicySpec, task: str, obs: Mapping[str, Any]) -> Any:
-    """The env observation in the form the policy was trained on."""
-    if spec.obs_type == "image":
-        from robopretrain.image_rl import TargetSpec, stored_obs
-
-        return stored_obs(obs, TargetSpec(name=task), spec.image_keys, spec.obs_keys, spec.num_tasks)
-    from robopretrain.evaluation import state_vector
-
-    return state_vector(obs, spec.obs_keys, spec.num_tasks)
+    return agent_env(agent, target, dict(randomization))
 
 
 # --------------------------------------------------------------------------- episodes (run in workers)
@@ -223,65 +168,59 @@ def policy_obs(spec: PolicySpec, task: str, obs: Mapping[str, Any]) -> Any:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(spec: PolicySpec, task: str) -> None:
+def _init_worker(spec: PolicySpec) -> None:
     import torch
 
     torch.set_num_threads(1)
     _WORKER.clear()
-    _WORKER.update(policy=load_policy(spec), spec=spec, task=task, envs={})
+    _WORKER.update(policy=load_policy(spec), target=as_target(spec.target), envs={})
 
 
 def _env_for(randomization: Mapping[str, Any]) -> Any:
     key = json.dumps(randomization, sort_keys=True)
     envs = _WORKER["envs"]
     if key not in envs:
-        envs[key] = make_env(_WORKER["spec"], _WORKER["task"], randomization)
+        envs[key] = make_env(_WORKER["policy"], _WORKER["target"], randomization)
     return envs[key]
 
 
 def placed_distractors(env: Any) -> int:
-    """How many distractor bodies stand on the table (not parked below it) in ``env`` right now."""
+    """How many distractor bodies stand on the table (not parked below it) in ``env`` right now (0 off sim_envs)."""
     sim = env.unwrapped
-    randomizer = sim.randomizer
+    randomizer = getattr(sim, "randomizer", None)
+    if randomizer is None:
+        return 0
     z = [sim.data.qpos[adr + 2] for adr in randomizer.distractor_qpos]
     return int(sum(1 for v in z if v > PARKED_BELOW_Z))
 
 
 def run_episode(job: tuple[int, dict[str, Any], int]) -> dict[str, Any]:
     """One deterministic episode of condition ``job[0]`` with reset seed ``job[2]``."""
+    from robopretrain.evaluation import run_episodes
+
     index, randomization, seed = job
-    spec: PolicySpec = _WORKER["spec"]
-    policy = _WORKER["policy"]
     env = _env_for(randomization)
-    obs, _ = env.reset(seed=seed)
-    distractors = placed_distractors(env)
-    done, ret, length, success = False, 0.0, 0, False
-    while not done:
-        action = policy.act(policy_obs(spec, _WORKER["task"], obs), deterministic=True)
-        obs, reward, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
-        ret += float(reward)
-        length += 1
-        success = success or bool(info.get("success", False))
-        done = terminated or truncated
-    return {"condition": index, "seed": int(seed), "success": bool(success), "return": ret, "length": length,
-            "num_distractors": distractors}
+    res = run_episodes(_WORKER["policy"], env, 1, eval_seed=seed)
+    return {"condition": index, "seed": int(seed), "success": bool(res["success"]), "return": res["return"],
+            "length": int(res["length"]), "num_distractors": placed_distractors(env)}
 
 
-def run_all_episodes(spec: PolicySpec, task: str, conditions: Sequence[Condition], episodes: int, eval_seed: int,
+def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes: int, eval_seed: int,
                      workers: int, progress: bool) -> list[dict[str, Any]]:
     """Every episode of every condition, in a fixed order (condition, episode), serial or in a process pool."""
     jobs = [(c, dict(cond.randomization), eval_seed + i) for c, cond in enumerate(conditions) for i in range(episodes)]
-    bar = tqdm(total=len(jobs), desc=f"robustness {task}", unit="ep", dynamic_ncols=True, disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"robustness {spec.target['name']}", unit="ep", dynamic_ncols=True,
+               disable=not progress)
     results: list[dict[str, Any]] = []
     try:
         if workers <= 0:
-            _init_worker(spec, task)
+            _init_worker(spec)
             for job in jobs:
                 results.append(run_episode(job))
                 bar.update(1)
         else:
             ctx = mp.get_context("spawn")  # fresh interpreters: no forked MuJoCo/EGL or torch thread state
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(spec, task)) as pool:
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(spec,)) as pool:
                 for res in pool.imap(run_episode, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers) or 1))):
                     results.append(res)
                     bar.update(1)
@@ -380,39 +319,40 @@ def plot_success(stats: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Pat
     return path
 
 
-def record_video(spec: PolicySpec, task: str, condition: Condition, seed: int, path: Path,
-                 size: int, max_frames: int, fps: float) -> Path:
-    """An agentview mp4 of the deterministic policy in one episode of ``condition`` (at most ``max_frames``)."""
+def record_video(spec: PolicySpec, condition: Condition, seed: int, path: Path, size: int, max_frames: int,
+                 fps: float) -> Path:
+    """An mp4 of the deterministic policy in one episode of ``condition`` (at most ``max_frames``): sim_envs'
+    agentview at ``size`` px (its own renderer of the same model and randomization), else the agent's first camera."""
+    from robopretrain.evaluation import video_frame
     from sim_envs.video_writer import write_mp4
 
     policy = load_policy(spec)
-    env = make_env(spec, task, condition.randomization, render_size=size)
+    target = as_target(spec.target)
+    env = make_env(policy, target, condition.randomization)
     sim = env.unwrapped
     renderer = None
-    if spec.obs_type == "image" and int(size) != spec.image_size:
-        # the env renders the policy's frames at the agent's size; asking it for another size would rebuild its
-        # GL renderer at every call, so the video gets its own renderer of the same model (same randomization)
+    if target.randomizable:
         from sim_envs.rendering import CameraRenderer
 
         limit = int(sim.model.vis.global_.offwidth)
         if int(size) > limit:
             env.close()
-            raise ValueError(f"evaluate config: video.size={size}; at most {limit} for this image checkpoint")
+            raise ValueError(f"evaluate config: video.size={size}; at most {limit} for this env")
         renderer = CameraRenderer(sim.model, int(size), int(size))
 
-    def frame() -> np.ndarray:
+    def frame(obs: Mapping[str, Any]) -> np.ndarray:
         if renderer is not None:
             return renderer.render(sim.data, "agentview")
-        return sim.render_camera("agentview", int(size))
+        return video_frame(env, obs, target, policy.spec.rgb_keys)
 
     try:
         obs, _ = env.reset(seed=seed)
-        frames = [frame()]
+        frames = [frame(obs)]
         done = False
         while not done and len(frames) < max_frames:
-            action = policy.act(policy_obs(spec, task, obs), deterministic=True)
+            action = policy.act(obs, deterministic=True)
             obs, _, terminated, truncated, _ = env.step(np.asarray(action, dtype=np.float32))
-            frames.append(frame())
+            frames.append(frame(obs))
             done = terminated or truncated
     finally:
         if renderer is not None:
@@ -453,29 +393,31 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
 
 def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Run the robustness evaluation ``cfg`` describes (see ``configs/evaluate.yaml``); returns eval_info."""
-    import sim_envs
-
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
         raise ValueError("evaluate config: checkpoint is not set; give checkpoint=<checkpoint or run folder>")
     validate_config(cfg)
-    conditions = build_conditions(cfg)
     ckpt = open_checkpoint(str(cfg.checkpoint))
-    task = str(cfg.task) if cfg.get("task") else default_task(ckpt)
-    if task not in sim_envs.TASKS:
-        raise ValueError(f"evaluate config: task={task!r}; expected one of {sorted(sim_envs.TASKS)}")
-    spec = policy_spec(ckpt, str(cfg.device))
+    target = as_target(OmegaConf.to_container(cfg.target, resolve=True) if OmegaConf.is_config(cfg.get("target"))
+                       else cfg.target) if cfg.get("target") else default_target(ckpt)
+    conditions = build_conditions(cfg)
+    if not target.randomizable and len(conditions) > 1:
+        shifted = sorted({c.factor for c in conditions if c.factor != NOMINAL})
+        raise ValueError(f"evaluate config: target {target.name!r} ({target.family}) has no randomization or "
+                         f"distractors; factors {shifted} apply to sim_envs targets only: use select=[nominal]")
+    task = target.name
+    spec = PolicySpec(str(ckpt.path), target.to_dict(), str(cfg.device))
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    episodes = run_all_episodes(spec, task, conditions, int(cfg.episodes), int(cfg.eval_seed), int(cfg.workers),
+    episodes = run_all_episodes(spec, conditions, int(cfg.episodes), int(cfg.eval_seed), int(cfg.workers),
                                 bool(cfg.progress))
     episode_seconds = time.perf_counter() - start
     stats = aggregate(conditions, episodes, cfg.bootstrap)
     info: dict[str, Any] = {
         "checkpoint": str(ckpt.path), "step": ckpt.step, "algo": ckpt.meta["algo"], "stage": ckpt.meta.get("stage"),
-        "obs_type": spec.obs_type, "image_size": spec.image_size or None,
+        "cameras": [k for k, _ in ckpt.meta["obs_spec"].get("rgb", [])], "target": target.to_dict(),
         "task": task, "episodes_per_condition": int(cfg.episodes), "eval_seed": int(cfg.eval_seed),
         "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
         "nominal": stats[NOMINAL]["none"], "factors": {k: v for k, v in stats.items() if k != NOMINAL},
@@ -490,7 +432,7 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         for cond in conditions:
             last[cond.factor] = cond  # each factor's last (hardest) level
         for factor, cond in tqdm(last.items(), desc="videos", disable=not cfg.progress):
-            path = record_video(spec, task, cond, int(cfg.eval_seed), out_dir / "videos" / f"{factor}.mp4",
+            path = record_video(spec, cond, int(cfg.eval_seed), out_dir / "videos" / f"{factor}.mp4",
                                 int(cfg.video.size), int(cfg.video.max_frames), float(cfg.video.fps))
             info["videos"][factor] = {"path": str(path), "level": cond.level, "episode": 0}
         info["wall_seconds"]["videos"] = time.perf_counter() - start - episode_seconds

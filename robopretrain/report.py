@@ -1,0 +1,162 @@
+"""The pipeline's ``report.md``: stage timings, stage-2 per-task success, target results (with the blind-camera
+ablation), robustness tables, plots and rollouts; everything read back from the run folder's files.
+
+:func:`write_report` reads ``<run>/<stage>/done.json``, the stages' ``metrics.jsonl`` and
+``<run>/evaluate/{results,robustness}.json`` (written by :mod:`robopretrain.pipeline`), draws two plots and writes
+``<run>/report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from robopretrain.metrics import read_jsonl
+
+DONE = "done.json"
+STAGES = ("data", "stage1", "stage2", "adapt", "stage3", "evaluate")
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def eval_rows(folder: Path) -> list[dict[str, Any]]:
+    """The evaluation rows of a stage folder's ``metrics.jsonl`` (empty when there is none)."""
+    path = folder / "metrics.jsonl"
+    return [r for r in read_jsonl(path) if "eval/success" in r] if path.is_file() else []
+
+
+def robustness_rows(info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Nominal then every (factor, level) of an ``eval_info``: success, 95% CI, drop vs nominal, episodes."""
+    keep = ("success", "ci_low", "ci_high", "drop_vs_nominal", "episodes")
+    rows = [{"factor": "nominal", "level": "none", **{k: info["nominal"][k] for k in keep}}]
+    for factor, levels in info["factors"].items():
+        rows += [{"factor": factor, "level": level, **{k: r[k] for k in keep}} for level, r in levels.items()]
+    return rows
+
+
+def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
+    """Stage-3 success over env steps per target, and the offline stages' Q-values over updates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for folder in sorted(p for p in (run_dir / "stage3").glob("*") if p.is_dir()):
+        rows = [r for r in eval_rows(folder) if "env_steps" in r]
+        ax.plot([r["env_steps"] for r in rows], [r["eval/success"] for r in rows], marker="o", label=folder.name)
+    ax.set_xlabel("online env steps")
+    ax.set_ylabel("success (eval)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Stage 3: online fine-tuning")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "stage3_success.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, folder in [("stage2", run_dir / "stage2"),
+                         *[(f"adapt {p.name}", p) for p in sorted((run_dir / "adapt").glob("*")) if p.is_dir()]]:
+        path = folder / "metrics.jsonl"
+        rows = [r for r in read_jsonl(path) if "train/q_data" in r] if path.is_file() else []
+        if rows:
+            ax.plot([r["step"] for r in rows], [r["train/q_data"] for r in rows], label=f"{name} Q(s, a_data)")
+    ax.set_xlabel("updates")
+    ax.set_ylabel("average Q on data")
+    ax.set_title("Offline stages")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "offline_q.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def robustness_lines(run_dir: Path) -> list[str]:
+    """The report's robustness section: per sim_envs target, success per factor and level of the short sweep."""
+    path = run_dir / "evaluate" / "robustness.json"
+    sweep = _read(path) if path.is_file() else {}
+    if not sweep:
+        return []
+    lines = ["", "## Robustness (short sweep of `python -m robopretrain.evaluate`)", "",
+             "Stage-3 checkpoint of each target under shifted conditions (`evaluate.robustness`; eval_hard and "
+             "eval_easy draw from held-out ranges disjoint from the training randomization). Few episodes: the "
+             "95% bootstrap intervals are wide; for the full sweep run "
+             "`python -m robopretrain.evaluate checkpoint=<run>/stage3/<target>` (50 episodes per condition, every "
+             "factor and level).", ""]
+    for name, entry in sweep.items():
+        lines += [f"**{name}** (`{Path(entry['eval_info']).relative_to(run_dir)}`)", "",
+                  "| factor | level | success | 95% CI | drop vs nominal | episodes |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['factor']} | {r['level']} | {r['success']:.2f} | [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
+                  f"{r['drop_vs_nominal']:+.2f} | {r['episodes']} |" for r in entry["rows"]]
+        if entry.get("plot"):
+            lines += ["", f"![robustness {name}]({Path(entry['plot']).relative_to(run_dir)})"]
+        lines.append("")
+    return lines
+
+
+def write_report(cfg: DictConfig, run_dir: Path) -> Path:
+    """``<run>/report.md`` (see the module docstring)."""
+    out_dir = run_dir / "evaluate"
+    plots = plot_curves(run_dir, out_dir)
+    lines = ["# robopretrain pipeline report", "",
+             f"Run folder `{run_dir}`; encoder mode `{cfg.encoder.mode}`, stage-1 objective "
+             f"`{cfg.stage1.objective if cfg.stage1.enabled else 'none'}`, encoder `{cfg.stage1.encoder}` at "
+             f"{cfg.image_size} px, cameras {list(cfg.obs.rgb)}, low-dim parts {list(cfg.obs.low_dim)}.", "",
+             "## Stages", "", "| stage | wall time (s) | finished at |", "|---|---|---|"]
+    total = 0.0
+    for stage in STAGES:
+        marker = run_dir / stage / DONE
+        if marker.is_file():
+            d = _read(marker)
+            total += float(d["seconds"])
+            lines.append(f"| {stage} | {d['seconds']:.1f} | {d['finished']} |")
+    lines += [f"| **total** | **{total:.1f}** | |", ""]
+    s2 = eval_rows(run_dir / "stage2")
+    if s2:
+        ev = s2[-1]
+        per = {k[len("eval/"):-len("/success")]: v for k, v in ev.items()
+               if k.startswith("eval/") and k.endswith("/success") and k != "eval/success"}
+        lines += ["## Stage 2: multi-task offline RL, success per prior task", "", "| task | success |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in per.items()]
+        lines += [f"| **mean** | **{ev['eval/success']:.2f}** |", ""]
+    results = _read(out_dir / "results.json") if (out_dir / "results.json").is_file() else {}
+    settings = list(next(iter(results.values()), {}).keys())
+    lines += ["## Target tasks", "",
+              "Final evaluation: the stage-3 policy on fixed episodes; `blind_*` rows replace its camera frames (black, "
+              "or a frame of another episode) on the same nominal episodes: a policy that uses vision should lose "
+              "most of its success there.", "",
+              "| target | after adaptation (offline) | stage 3 final (training eval) | cumulative regret | "
+              + " | ".join(f"final: {s}" for s in settings) + " |",
+              "|---|---|---|---|" + "---|" * len(settings)]
+    for name, per in results.items():
+        adapt = eval_rows(run_dir / "adapt" / name)
+        s3 = _read(run_dir / "stage3" / name / DONE)
+        cells = " | ".join(f"{v['success']:.2f} ({cfg.evaluate.episodes} ep)" for v in per.values())
+        regret = "n/a" if s3.get("cumulative_regret") is None else f"{s3['cumulative_regret']:.2f}"
+        adapt_s = f"{adapt[-1]['eval/success']:.2f}" if adapt else "n/a"
+        lines.append(f"| {name} | {adapt_s} | {s3['final_success']:.2f} | {regret} | {cells} |")
+    lines += robustness_lines(run_dir)
+    lines += ["", "## Plots", ""] + [f"![{p.stem}](evaluate/{p.name})" for p in plots] + ["", "## Rollouts", ""]
+    for gif in sorted(out_dir.glob("rollout_*.gif")):
+        lines.append(f"![{gif.stem}](evaluate/{gif.name})")
+    lines += ["", "Config:", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
+    path = run_dir / "report.md"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["eval_rows", "plot_curves", "robustness_rows", "write_report"]
