@@ -1,0 +1,129 @@
+"""Inputs as users bring them to stage 1 and the renderers: phone videos with a display rotation, 16-bit PNG
+frames, an Excel-saved manifest (BOM, CRLF), MUJOCO_GL=glfw on a headless machine, clips too short for an
+objective, and a rerun into a run folder whose inputs changed. Every input is written with the toolkit's
+own writers (``sim_envs.video_writer``)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robopretrain.data.inspect import summarize_videos, video_sheet_rows
+from robopretrain.data.video import read_frames, read_manifest
+from sim_envs.video_writer import write_frame_folder, write_manifest, write_mp4
+from video_pretrain.data import ManifestSource
+
+def quadrants(n: int, h: int = 32, w: int = 48) -> np.ndarray:
+    """n frames whose four quadrants have distinct grey levels (so any rotation or mirroring shows), plus a
+    brightening bar that moves with t."""
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        frames[t, : h // 2, : w // 2] = 30
+        frames[t, : h // 2, w // 2:] = 90
+        frames[t, h // 2:, : w // 2] = 150
+        frames[t, h // 2:, w // 2:] = 210
+        frames[t, h // 2 - 2: h // 2 + 2, : 4 + 4 * t] = 250
+    return frames
+
+
+def sliding_clips(root: Path, lengths: list[int], size: int = 24) -> Path:
+    """mp4 clips of the given lengths (a square sliding right) and their manifest."""
+    rows = []
+    for i, n in enumerate(lengths):
+        frames = np.full((n, size, size, 3), 40, np.uint8)
+        for t in range(n):
+            frames[t, 8:16, min(size - 8, 2 * t): min(size - 8, 2 * t) + 8] = (200, 60 + 40 * i, 60)
+        write_mp4(root / f"clip_{i}.mp4", frames, fps=20)
+        rows.append((f"clip_{i}.mp4", n, "a square slides"))
+    write_manifest(root, rows)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ display rotation
+@pytest.mark.parametrize("degrees,mirror", [(90, False), (-90, False), (180, False), (0, True), (90, True),
+                                            (270, True)])
+def test_mp4_with_a_display_rotation_is_read_upright(tmp_path, degrees, mirror):
+    frames = quadrants(4)
+    path = tmp_path / "phone.mp4"
+    write_mp4(path, frames, crf=0, display_rotation=degrees, mirror=mirror)
+    shown = np.rot90(frames, k=degrees // 90, axes=(1, 2))  # what a player shows: rotated, then mirrored
+    if mirror:
+        shown = shown[:, :, ::-1]
+    got = read_frames(path)
+    assert got.shape == shown.shape
+    assert np.abs(got.astype(int) - shown).max() <= 12  # lossless luma, yuv420p chroma
+    assert np.array_equal(read_frames(path, [2, 0]), got[[2, 0]])
+
+    write_manifest(tmp_path, [("phone.mp4", 4, "a phone clip")])
+    src = ManifestSource(tmp_path, image_size=shown.shape[1], center_crop=False, max_cache_bytes=0)
+    assert src.frames(0, [1])[0].shape[:2] == (shown.shape[1], shown.shape[1])
+    assert np.abs(src.frames(0, [3])[0].astype(int)
+                  - np.asarray(ManifestSource(tmp_path, image_size=shown.shape[1], center_crop=False).frames(0, [3]))[0]
+                  ).max() == 0
+
+
+def test_display_rotation_of_an_unrotated_clip_is_a_no_op(tmp_path):
+    frames = quadrants(3)
+    write_mp4(tmp_path / "plain.mp4", frames, crf=0)
+    assert read_frames(tmp_path / "plain.mp4").shape == frames.shape
+    with pytest.raises(ValueError, match="multiple of 90"):
+        write_mp4(tmp_path / "tilted.mp4", frames, display_rotation=45)
+
+
+# ------------------------------------------------------------------------------------------------ 16-bit frames
+def depth_clip(n: int = 6, h: int = 20, w: int = 24, top: int = 4000) -> np.ndarray:
+    """uint16 (n, h, w) frames of a moving ramp with values up to ``top`` (a 12-bit depth camera, in mm)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([((xx + yy + 2 * t) * top / (h + w + 2 * n)).astype(np.uint16) for t in range(n)])
+
+
+def test_16_bit_gray_png_frames_are_scaled_by_the_bits_the_clip_uses(tmp_path, caplog):
+    depth = depth_clip()
+    write_frame_folder(tmp_path / "depth", depth)
+    with caplog.at_level(logging.INFO, logger="robopretrain.data.video"):
+        frames = read_frames(tmp_path / "depth")
+    assert frames.dtype == np.uint8 and frames.shape == depth.shape + (3,)
+    assert (frames == 255).mean() < 0.01  # not saturated
+    assert np.array_equal(frames[..., 0], frames[..., 1]) and np.array_equal(frames[..., 0], frames[..., 2])
+    expected = np.round(depth.astype(np.float64) * 255 / 4095)  # largest value < 4096: 12-bit
+    assert np.abs(frames[..., 0] - expected).max() <= 1
+    assert "16-bit frames" in caplog.text and "12-bit" in caplog.text
+    # a few frames read alone get the clip's scale, not their own
+    assert np.array_equal(read_frames(tmp_path / "depth", [4, 1]), frames[[4, 1]])
+
+
+def test_16_bit_rgb_png_frames_keep_their_low_bits(tmp_path):
+    depth = depth_clip(top=1000)
+    rgb = np.stack([depth, depth // 2, depth // 4], axis=-1)  # largest 999 < 1024: 10-bit
+    write_frame_folder(tmp_path / "rgb16", rgb)
+    frames = read_frames(tmp_path / "rgb16")
+    expected = np.round(rgb.astype(np.float64) * 255 / 1023)
+    assert np.abs(frames.astype(np.float64) - expected).max() <= 1
+    assert frames[..., 0].max() >= 200  # the range is used (Pillow's high byte would give at most 3)
+
+
+def test_stage1_source_reads_16_bit_frame_folders_unsaturated(tmp_path):
+    for c in range(2):
+        write_frame_folder(tmp_path / f"ep{c}", depth_clip(top=3000 + 500 * c))
+    write_manifest(tmp_path, [(f"ep{c}", 6, "depth clip") for c in range(2)])
+    src = ManifestSource(tmp_path, image_size=16)
+    for i in range(2):
+        clip = src.frames(i, range(6))
+        assert (clip == 255).mean() < 0.01 and clip.max() > 120
+    rows = video_sheet_rows(summarize_videos(tmp_path), frames=3, clips=2)  # data.inspect's contact sheet
+    assert all((images == 255).mean() < 0.01 for _, images in rows)
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+def test_manifest_saved_by_excel_with_bom_and_crlf_loads(tmp_path):
+    sliding_clips(tmp_path, [6, 7])
+    manifest = tmp_path / "manifest.csv"
+    text = manifest.read_text(encoding="utf-8")
+    manifest.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))  # as Excel saves it
+    entries = read_manifest(tmp_path)
+    assert [e.relpath for e in entries] == ["clip_0.mp4", "clip_1.mp4"] and entries[1].num_frames == 7
+    assert entries[0].text == "a square slides"
+    assert ManifestSource(tmp_path, image_size=16).num_videos == 2
+    assert summarize_videos(tmp_path).entries == entries
