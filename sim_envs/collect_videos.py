@@ -35,6 +35,7 @@ from tqdm import tqdm
 import sim_envs
 from sim_envs.experts import make_expert
 from sim_envs.play import make_play_policy
+from sim_envs.rendering import exit_on_render_error
 from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASKS
 from sim_envs.video_writer import MANIFEST_NAME, pick_codec, write_manifest, write_mp4, write_text_atomic
 
@@ -327,6 +328,7 @@ def format_summary(plans: Sequence[ClipPlan], rows: Sequence[tuple[str, int, str
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="collect_videos")
+@exit_on_render_error
 def main(cfg: DictConfig) -> None:
     collect_videos(cfg, output_dir=HydraConfig.get().runtime.output_dir)
 

@@ -5,15 +5,23 @@ own writers (``sim_envs.video_writer``)."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import mujoco
 import numpy as np
 import pytest
 
 from robopretrain.data.inspect import summarize_videos, video_sheet_rows
 from robopretrain.data.video import read_frames, read_manifest
+from sim_envs.rendering import CameraRenderer, RenderingUnavailableError
 from sim_envs.video_writer import write_frame_folder, write_manifest, write_mp4
 from video_pretrain.data import ManifestSource
+
+REPO = Path(__file__).resolve().parents[1]
+
 
 def quadrants(n: int, h: int = 32, w: int = 48) -> np.ndarray:
     """n frames whose four quadrants have distinct grey levels (so any rotation or mirroring shows), plus a
@@ -127,3 +135,55 @@ def test_manifest_saved_by_excel_with_bom_and_crlf_loads(tmp_path):
     assert entries[0].text == "a square slides"
     assert ManifestSource(tmp_path, image_size=16).num_videos == 2
     assert summarize_videos(tmp_path).entries == entries
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+@pytest.fixture
+def headless_glfw(monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "glfw")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GLFW needs a display on Linux only")
+def test_glfw_without_a_display_says_to_use_egl(headless_glfw):
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='1'/></worldbody></mujoco>")
+    with pytest.raises(RenderingUnavailableError, match="MUJOCO_GL=egl"):
+        CameraRenderer(model, 16, 16)
+
+
+def test_toolkit_entry_points_report_rendering_errors_in_one_line(capsys):
+    from robopretrain.cli import EXIT_BAD_INPUT, friendly_errors
+
+    @friendly_errors
+    def entry() -> None:
+        raise RenderingUnavailableError("cannot render camera images: set MUJOCO_GL=egl")
+
+    with pytest.raises(SystemExit) as stop:
+        entry()
+    assert stop.value.code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip() == "error: cannot render camera images: set MUJOCO_GL=egl"
+
+
+RENDERING_ENTRY_POINTS = {
+    "collect": ["sim_envs.collect", "tasks=[Reach]", "episodes_per_task=2", "num_workers=2", "render_images=true",
+                "image_size=16", "output={tmp}/d.hdf5"],
+    "collect_videos": ["sim_envs.collect_videos", "tasks=[Reach]", "num_clips=1", "image_size=16",
+                       "output={tmp}/videos"],
+    "video_pretrain": ["video_pretrain.train", "data.collect.num_clips=1", "steps=1", "num_threads=1",
+                       "output_dir={tmp}/s1"],
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GLFW needs a display on Linux only")
+@pytest.mark.parametrize("name", sorted(RENDERING_ENTRY_POINTS))
+def test_rendering_entry_points_with_glfw_and_no_display_exit_with_one_line(tmp_path, name):
+    module, *overrides = RENDERING_ENTRY_POINTS[name]
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(MUJOCO_GL="glfw", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", module, *(o.format(tmp=tmp_path) for o in overrides), f"hydra.run.dir={tmp_path}/h"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert lines[-1].startswith("error: ") and "MUJOCO_GL=egl" in lines[-1] and "display" in lines[-1]
