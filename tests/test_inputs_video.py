@@ -13,12 +13,15 @@ from pathlib import Path
 import mujoco
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 
 from robopretrain.data.inspect import summarize_videos, video_sheet_rows
 from robopretrain.data.video import read_frames, read_manifest
 from sim_envs.rendering import CameraRenderer, RenderingUnavailableError
 from sim_envs.video_writer import write_frame_folder, write_manifest, write_mp4
 from video_pretrain.data import ManifestSource
+from video_pretrain.sampling import FrameBatchStream
+from video_pretrain.train import CONFIG_DIR, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,6 +50,15 @@ def sliding_clips(root: Path, lengths: list[int], size: int = 24) -> Path:
         rows.append((f"clip_{i}.mp4", n, "a square slides"))
     write_manifest(root, rows)
     return root
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("video_pretrain", overrides=list(overrides))
+
+
+TINY = ("batch_size=4", "image_size=24", "progress=false", "tensorboard=false", "valid_batches=1", "eval_every=2",
+        "log_every=1", "checkpoint_every=2", "num_threads=1", "device=cpu")
 
 
 # ------------------------------------------------------------------------------------------------ display rotation
@@ -187,3 +199,27 @@ def test_rendering_entry_points_with_glfw_and_no_display_exit_with_one_line(tmp_
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     assert lines[-1].startswith("error: ") and "MUJOCO_GL=egl" in lines[-1] and "display" in lines[-1]
+
+
+# ------------------------------------------------------------------------------------------------ short clips
+@pytest.mark.parametrize("objective,minimum", [("icvf", 2), ("vip", 3), ("tcn", 3)])
+def test_clips_too_short_for_the_objective_are_named_or_skipped_and_counted(tmp_path, caplog, objective, minimum):
+    short = sliding_clips(tmp_path / "short", [minimum - 1, minimum - 1])
+    with pytest.raises(ValueError, match=rf"{objective} needs clips of at least {minimum} frames.*clip_0\.mp4 "):
+        FrameBatchStream(ManifestSource(short, image_size=16), objective, batch_size=4)
+
+    mixed = sliding_clips(tmp_path / "mixed", [minimum - 1, minimum + 3, minimum - 1, minimum])
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.sampling"):
+        stream = FrameBatchStream(ManifestSource(mixed, image_size=16), objective, batch_size=8, seed=0)
+    assert stream.short_videos == ["clip_0.mp4", "clip_2.mp4"]
+    assert f"skipping 2 of 4 clips shorter than {minimum} frames" in caplog.text
+    used = np.concatenate([stream.batch(k)["video"].numpy().ravel() for k in range(20)])
+    assert set(used.tolist()) == {1, 3}
+
+
+def test_stage1_training_on_clips_all_too_short_names_them(tmp_path):
+    sliding_clips(tmp_path / "videos", [2, 2, 2])
+    cfg = compose_cfg(f"data.path={tmp_path / 'videos'}", "objective=tcn", "steps=1", f"output_dir={tmp_path / 'run'}",
+                      "data.valid_fraction=0", *TINY)
+    with pytest.raises(ValueError, match="tcn needs clips of at least 3 frames"):
+        train(cfg, tmp_path)

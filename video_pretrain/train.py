@@ -427,7 +427,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=data_seed, sampling=sampling,
                               start_batch=start, num_batches=max(steps - start, 0))
     loader = DataLoader(stream, batch_size=None, num_workers=int(cfg.num_workers), pin_memory=device.type == "cuda")
-    valid_batches = []
+    valid_batches, valid_stream = [], None
     if dinfo.is_main and valid_source is not None and int(cfg.valid_batches) > 0:
         valid_stream = FrameBatchStream(valid_source, name, int(cfg.batch_size), seed=int(cfg.seed) + VALID_SEED_OFFSET,
                                         sampling=sampling)
@@ -486,6 +486,8 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     summary = {"objective": name, "steps": step, "trained_steps_this_run": trained, "seconds_this_run": elapsed,
                "steps_per_second": trained / elapsed if trained and elapsed > 0 else None,
                "encoder_path": str(path), "data": facts, "bad_videos": list(getattr(train_source, "bad_videos", [])),
+               "short_videos_skipped": {"train": stream.short_videos,
+                                        "valid": valid_stream.short_videos if valid_stream is not None else []},
                "parallel": parallel, "history": history,
                "final_valid_loss": history["valid"][-1]["loss"] if history["valid"] else None}
     _atomic_json(summary, paths.metrics)
