@@ -4,8 +4,10 @@ objective, and a rerun into a run folder whose inputs changed. Every input is wr
 own writers (``sim_envs.video_writer``)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from robopretrain import run_fingerprint
 from robopretrain.data.inspect import summarize_videos, video_sheet_rows
 from robopretrain.data.video import read_frames, read_manifest
 from sim_envs.rendering import CameraRenderer, RenderingUnavailableError
@@ -223,3 +226,57 @@ def test_stage1_training_on_clips_all_too_short_names_them(tmp_path):
                       "data.valid_fraction=0", *TINY)
     with pytest.raises(ValueError, match="tcn needs clips of at least 3 frames"):
         train(cfg, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ rerun fingerprint
+def test_rerun_into_a_run_folder_whose_data_changed_is_refused(tmp_path):
+    data_a = sliding_clips(tmp_path / "a", [8, 9, 10])
+    data_b = tmp_path / "b"
+    shutil.copytree(data_a, data_b)
+    manifest = (data_b / "manifest.csv").read_text()
+    (data_b / "manifest.csv").write_text(manifest.replace("slides", "glides"))  # the same size, other content
+    assert (data_b / "manifest.csv").stat().st_size == (data_a / "manifest.csv").stat().st_size
+    run = tmp_path / "run"
+    common = ("objective=vip", f"output_dir={run}", "data.valid_fraction=0", *TINY)
+    train(compose_cfg(f"data.path={data_a}", "steps=2", *common), tmp_path)
+
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"other settings or data.*resume=false"):
+        train(compose_cfg(f"data.path={data_b}", "steps=4", *common), tmp_path)
+    (data_a / "manifest.csv").write_text(manifest.replace("slides", "glides"))  # edited in place
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"manifest.csv content changed"):
+        train(compose_cfg(f"data.path={data_a}", "steps=4", *common), tmp_path)
+    (data_a / "manifest.csv").write_text(manifest)
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"lr: 0.0003 -> 0.001"):
+        train(compose_cfg(f"data.path={data_a}", "steps=4", "lr=1e-3", *common), tmp_path)
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"objective.name: vip -> tcn"):
+        train(compose_cfg(f"data.path={data_a}", "steps=4", *common, "objective=tcn"), tmp_path)
+
+    # asked to start fresh: trains from step 0 on the new data
+    train(compose_cfg(f"data.path={data_b}", "steps=3", "resume=false", *common), tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["trained_steps_this_run"] == 3 and metrics["fingerprint"]["inputs"]["data"]["path"] == str(data_b)
+    # same data and settings, more steps and other harmless keys: resumes
+    train(compose_cfg(f"data.path={data_b}", "steps=4", *common, "log_every=2", "num_workers=0"), tmp_path)
+    assert json.loads((run / "metrics.json").read_text())["trained_steps_this_run"] == 1
+
+
+def test_fingerprint_of_files_and_folders(tmp_path):
+    f = tmp_path / "demos.hdf5"
+    f.write_bytes(b"x" * 1000)
+    before = run_fingerprint.input_fingerprint(f)
+    st = f.stat()
+    f.write_bytes(b"y" * 1000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same time: only the content tells
+    assert run_fingerprint.differences({"inputs": {"data": before}}, {"inputs": {"data": run_fingerprint.input_fingerprint(f)}}) \
+        == [f"data {f.resolve()}: content changed"]
+
+    cfg = {"lr": 1e-3, "train": {"progress": True, "steps": 10}, "hydra": {"run": {"dir": "x"}},
+           "data": {"path": "/d", "max_cache_mb": 5}}
+    flat = run_fingerprint.flat_config(cfg, (*run_fingerprint.HARMLESS_KEYS, "data.max_cache_mb"))
+    assert flat == {"data.path": "/d", "lr": 1e-3, "train.steps": 10}
+    a = run_fingerprint.fingerprint(cfg, {"data": tmp_path})
+    assert run_fingerprint.differences(a, run_fingerprint.fingerprint(cfg, {"data": tmp_path})) == []
+    (tmp_path / "new.mp4").write_bytes(b"z")
+    changes = run_fingerprint.differences(a, run_fingerprint.fingerprint(cfg, {"data": tmp_path}))
+    assert changes[0].endswith("new.mp4 added") and "1 files" in changes[1]
+    run_fingerprint.check_resume(None, a, "old.pt")  # a checkpoint older than fingerprints: warns only
