@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -339,6 +339,21 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def train_and_diagnose(objectives: Sequence[str], videos: Path, robot: Path, out: Path, work: Path,
+                       args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], list, torch.device, dict]:
+    """Train (or reuse) ``objectives``, diagnose them and the raw-pixel baseline on the robot trajectories (report
+    in ``out``) and on the hand clips; returns (training facts, report, encoder entries, device, in-domain)."""
+    training = {obj: train_objective(obj, videos, work, args) for obj in objectives}
+    diag_args = diag.build_parser().parse_args(
+        ["--data", str(robot), "--encoders", *[training[o]["encoder"] for o in objectives], diag.PIXELS,
+         "--labels", *[LABEL_OF[o] for o in objectives], PIXEL_LABEL, "--out", str(out), "--device", args.device,
+         "--seed", str(args.seed), "--no-progress"])
+    report = diag.run(diag_args)
+    device = diag.resolve_device(args.device)
+    entries = diag.load_entries(diag_args.encoders, diag_args.labels, device, "small_conv", 64, args.seed)
+    return training, report, entries, device, in_domain_check(videos, entries, device, args.seed)
+
+
 def setup_of(args: argparse.Namespace) -> dict[str, Any]:
     return {"clips": args.clips, "episodes_per_target_task": args.episodes, "steps": args.steps,
             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "encoder": "small_conv",
@@ -356,16 +371,7 @@ def remeasure(args: argparse.Namespace, work: Path, videos: Path, robot: Path) -
         raise SystemExit(f"--only: {stored_path} was measured with other settings {stored['setup']}; "
                          "pass the same --clips/--episodes/--steps/--batch-size/--lr/--seed or run the full benchmark")
     t0 = time.perf_counter()
-    training = {obj: train_objective(obj, videos, work, args) for obj in args.only}
-    labels = [LABEL_OF[o] for o in args.only]
-    diag_args = diag.build_parser().parse_args(
-        ["--data", str(robot), "--encoders", *[training[o]["encoder"] for o in args.only], diag.PIXELS,
-         "--labels", *labels, PIXEL_LABEL, "--out", str(work / "diagnose_only"), "--device", args.device,
-         "--seed", str(args.seed), "--no-progress"])
-    report = diag.run(diag_args)
-    device = diag.resolve_device(args.device)
-    entries = diag.load_entries(diag_args.encoders, diag_args.labels, device, "small_conv", 64, args.seed)
-    in_domain = in_domain_check(videos, entries, device, args.seed)
+    training, report, _, _, in_domain = train_and_diagnose(args.only, videos, robot, work / "diagnose_only", work, args)
     # the same data as the stored run: the same robot trajectories, hand clips and raw-pixel numbers
     same = (report["trajectories"] == stored["diagnostics"]["trajectories"]
             and all(in_domain[s]["clips"] == stored["in_domain"][s]["clips"] for s in in_domain)
@@ -383,7 +389,8 @@ def remeasure(args: argparse.Namespace, work: Path, videos: Path, robot: Path) -
                 stored["in_domain"][split]["encoders"][label] = entry
     stored["training"].update(training)
     stored.setdefault("remeasured", []).append(
-        {"rows": sorted(report["encoders"]), "command": "python benchmarks/video_pretrain.py " + " ".join(sys.argv[1:]),
+        {"rows": sorted(k for k in report["encoders"] if k != PIXEL_LABEL), "checked_unchanged": [PIXEL_LABEL],
+         "command": "python benchmarks/video_pretrain.py " + " ".join(sys.argv[1:]),
          "date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - t0, "figure_redrawn": False,
          "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}})
     atomic_write(stored_path, json.dumps(stored, indent=1))
@@ -393,7 +400,8 @@ def remeasure(args: argparse.Namespace, work: Path, videos: Path, robot: Path) -
     print(diag.format_task_table(stored["diagnostics"]["encoders"]))
     print()
     print(format_in_domain_table(stored["in_domain"]))
-    print(f"\nupdated the rows {', '.join(sorted(report['encoders']))} of {stored_path} (figure not redrawn)")
+    print(f"\nupdated the rows {', '.join(sorted(k for k in report['encoders'] if k != PIXEL_LABEL))} of {stored_path} "
+          f"({PIXEL_LABEL} re-measured unchanged; figure not redrawn)")
 
 
 def main() -> None:
@@ -428,16 +436,8 @@ def main() -> None:
     if args.only:
         remeasure(args, work, videos, robot)
         return
-    training = {obj: train_objective(obj, videos, work, args) for obj in OBJECTIVES}
-
-    diag_args = diag.build_parser().parse_args(
-        ["--data", str(robot), "--encoders", *[training[o]["encoder"] for o in OBJECTIVES], diag.PIXELS,
-         "--labels", *LABELS, PIXEL_LABEL, "--out", str(work / "diagnose"), "--device", args.device,
-         "--seed", str(args.seed), "--no-progress"])
-    report = diag.run(diag_args)
-    device = diag.resolve_device(args.device)
-    entries = diag.load_entries(diag_args.encoders, diag_args.labels, device, "small_conv", 64, args.seed)
-    in_domain = in_domain_check(videos, entries, device, args.seed)
+    training, report, entries, device, in_domain = train_and_diagnose(OBJECTIVES, videos, robot, work / "diagnose",
+                                                                      work, args)
     goal_kinds = values_by_goal_kind(entries[0], videos, held_out_clip_ids(videos), device, seed=args.seed)
     probes: dict[str, Any] = {}
     if args.heads_only_steps:
