@@ -344,6 +344,7 @@ def display_matrix(frame: av.VideoFrame) -> tuple[int, int, int, int] | None:
 
 
 _ODD_ROTATION_LOGGED: set[str] = set()
+_ROTATION_REPORTED = False
 
 
 def display_orientation(frame: av.VideoFrame, path: Path | str = "") -> Callable[[np.ndarray], np.ndarray]:
@@ -367,7 +368,11 @@ def display_orientation(frame: av.VideoFrame, path: Path | str = "") -> Callable
         return _as_stored
     if not (transpose or flip_rows or flip_cols):
         return _as_stored
-    logger.debug("%s: turning frames upright (display matrix %s)", path, m)
+    global _ROTATION_REPORTED
+    if not _ROTATION_REPORTED:
+        _ROTATION_REPORTED = True
+        logger.info("%s: its display matrix %s rotates/mirrors the stored frames; turning them upright as players show "
+                    "them (reported for the first such clip only)", path, m)
 
     def upright(img: np.ndarray) -> np.ndarray:
         if transpose:
