@@ -5,6 +5,7 @@ diagnosed on robot trajectories of the target tasks the encoders never saw.
     python benchmarks/video_pretrain.py --heads-only-steps 30000   # what the README quotes (+ ~12 min)
     python benchmarks/video_pretrain.py --icvf-budgets 6000 9000 12000   # + ICVF trained longer (~20 min more)
     python benchmarks/video_pretrain.py --steps 20000 --batch-size 64 --clips 450 --device cuda --work /data/vptr
+    python benchmarks/video_pretrain.py --only tcn           # re-measure the TCN rows only, keep the others
 
 1. collects human-hand videos of the 9 pretraining tasks (``sim_envs.collect_videos``: other embodiment,
    other camera viewpoints, randomized lighting/colours/textures) and clean robot demonstrations of the two
@@ -26,6 +27,12 @@ diagnosed on robot trajectories of the target tasks the encoders never saw.
 6. with ``--icvf-budgets``: the ICVF run continued (resumed, same data stream) to each larger step count,
    every budget diagnosed like the 3000-step encoder (the end-to-end version of 5; slow on a CPU).
 
+``--only`` re-measures some objectives' rows after a change to them (e.g. a loss fix): it trains and diagnoses
+only those objectives (plus the raw-pixel baseline, which must come out as stored: the check that the data
+are the same as the stored run's) and replaces their rows in the existing ``--json``, keeping the other rows,
+the ICVF-only sections and the figure (not redrawn) as they were; ``remeasured`` in the JSON says what was
+redone, when and with which command.
+
 Generated data and runs go to ``--work`` (default ``outputs/benchmarks/video_pretrain``) and are reused
 when already there (pass ``--fresh`` to redo everything).
 """
@@ -42,7 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +63,7 @@ from video_pretrain import diagnose as diag  # noqa: E402
 
 OBJECTIVES = ("icvf", "vip", "tcn", "none")
 LABELS = ("ICVF", "VIP", "TCN", "random init")
+LABEL_OF = dict(zip(OBJECTIVES, LABELS))
 PIXEL_LABEL = "raw pixels"
 TRAIN_CLIPS_CHECKED = 20  # training task clips in the in-domain check
 
@@ -331,6 +339,71 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def train_and_diagnose(objectives: Sequence[str], videos: Path, robot: Path, out: Path, work: Path,
+                       args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], list, torch.device, dict]:
+    """Train (or reuse) ``objectives``, diagnose them and the raw-pixel baseline on the robot trajectories (report
+    in ``out``) and on the hand clips; returns (training facts, report, encoder entries, device, in-domain)."""
+    training = {obj: train_objective(obj, videos, work, args) for obj in objectives}
+    diag_args = diag.build_parser().parse_args(
+        ["--data", str(robot), "--encoders", *[training[o]["encoder"] for o in objectives], diag.PIXELS,
+         "--labels", *[LABEL_OF[o] for o in objectives], PIXEL_LABEL, "--out", str(out), "--device", args.device,
+         "--seed", str(args.seed), "--no-progress"])
+    report = diag.run(diag_args)
+    device = diag.resolve_device(args.device)
+    entries = diag.load_entries(diag_args.encoders, diag_args.labels, device, "small_conv", 64, args.seed)
+    return training, report, entries, device, in_domain_check(videos, entries, device, args.seed)
+
+
+def setup_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {"clips": args.clips, "episodes_per_target_task": args.episodes, "steps": args.steps,
+            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "encoder": "small_conv",
+            "image_size": 64, "pretraining_data": "human-hand videos of the 9 pretraining tasks",
+            "evaluation_data": "clean robot episodes of the target tasks (PlaceInBowl, OpenDoorRight)"}
+
+
+def remeasure(args: argparse.Namespace, work: Path, videos: Path, robot: Path) -> None:
+    """``--only``: train and diagnose ``args.only`` and replace their rows in the stored ``args.json``."""
+    stored_path = Path(args.json)
+    if not stored_path.is_file():
+        raise SystemExit(f"--only: {stored_path} does not exist; run the full benchmark first")
+    stored = json.loads(stored_path.read_text())
+    if stored["setup"] != setup_of(args):
+        raise SystemExit(f"--only: {stored_path} was measured with other settings {stored['setup']}; "
+                         "pass the same --clips/--episodes/--steps/--batch-size/--lr/--seed or run the full benchmark")
+    t0 = time.perf_counter()
+    training, report, _, _, in_domain = train_and_diagnose(args.only, videos, robot, work / "diagnose_only", work, args)
+    # the same data as the stored run: the same robot trajectories, hand clips and raw-pixel numbers
+    same = (report["trajectories"] == stored["diagnostics"]["trajectories"]
+            and all(in_domain[s]["clips"] == stored["in_domain"][s]["clips"] for s in in_domain)
+            and report["encoders"][PIXEL_LABEL]["mean"] == stored["diagnostics"]["encoders"][PIXEL_LABEL]["mean"])
+    if not same:
+        raise SystemExit(f"--only: the data in {work} differ from those of {stored_path} (trajectories, hand clips or "
+                         "the raw-pixel row changed); run the full benchmark instead")
+    for label, entry in report["encoders"].items():
+        entry.pop("curves", None)
+        if label != PIXEL_LABEL:
+            stored["diagnostics"]["encoders"][label] = entry
+    for split, part in in_domain.items():
+        for label, entry in part["encoders"].items():
+            if label != PIXEL_LABEL:
+                stored["in_domain"][split]["encoders"][label] = entry
+    stored["training"].update(training)
+    stored.setdefault("remeasured", []).append(
+        {"rows": sorted(k for k in report["encoders"] if k != PIXEL_LABEL), "checked_unchanged": [PIXEL_LABEL],
+         "command": "python benchmarks/video_pretrain.py " + " ".join(sys.argv[1:]),
+         "date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - t0, "figure_redrawn": False,
+         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}})
+    atomic_write(stored_path, json.dumps(stored, indent=1))
+    print()
+    print(diag.format_table(stored["diagnostics"]["encoders"]))
+    print()
+    print(diag.format_task_table(stored["diagnostics"]["encoders"]))
+    print()
+    print(format_in_domain_table(stored["in_domain"]))
+    print(f"\nupdated the rows {', '.join(sorted(k for k in report['encoders'] if k != PIXEL_LABEL))} of {stored_path} "
+          f"({PIXEL_LABEL} re-measured unchanged; figure not redrawn)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=90, help="human-hand clips (10 per pretraining task)")
@@ -347,6 +420,8 @@ def main() -> None:
                    help="train ICVF value heads on the ICVF encoder's frozen features for this many steps (0: skip)")
     p.add_argument("--icvf-budgets", type=int, nargs="*", default=[],
                    help="also continue the ICVF run to these step counts and diagnose each (e.g. 6000 9000 12000)")
+    p.add_argument("--only", nargs="+", choices=[o for o in OBJECTIVES], default=None,
+                   help="re-measure only these objectives' rows and replace them in --json (see above)")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "video_pretrain.json"))
     p.add_argument("--png", default=str(REPO / "docs" / "video_pretrain_values.png"))
     args = p.parse_args()
@@ -358,16 +433,11 @@ def main() -> None:
     t0 = time.perf_counter()
     videos, robot = collect_data(work, args.clips, args.episodes, args.seed)
     t_data = time.perf_counter() - t0
-    training = {obj: train_objective(obj, videos, work, args) for obj in OBJECTIVES}
-
-    diag_args = diag.build_parser().parse_args(
-        ["--data", str(robot), "--encoders", *[training[o]["encoder"] for o in OBJECTIVES], diag.PIXELS,
-         "--labels", *LABELS, PIXEL_LABEL, "--out", str(work / "diagnose"), "--device", args.device,
-         "--seed", str(args.seed), "--no-progress"])
-    report = diag.run(diag_args)
-    device = diag.resolve_device(args.device)
-    entries = diag.load_entries(diag_args.encoders, diag_args.labels, device, "small_conv", 64, args.seed)
-    in_domain = in_domain_check(videos, entries, device, args.seed)
+    if args.only:
+        remeasure(args, work, videos, robot)
+        return
+    training, report, entries, device, in_domain = train_and_diagnose(OBJECTIVES, videos, robot, work / "diagnose",
+                                                                      work, args)
     goal_kinds = values_by_goal_kind(entries[0], videos, held_out_clip_ids(videos), device, seed=args.seed)
     probes: dict[str, Any] = {}
     if args.heads_only_steps:
@@ -399,10 +469,7 @@ def main() -> None:
     result = {
         "benchmark": "video_pretrain",
         "command": "python benchmarks/video_pretrain.py " + " ".join(sys.argv[1:]),
-        "setup": {"clips": args.clips, "episodes_per_target_task": args.episodes, "steps": args.steps,
-                  "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "encoder": "small_conv",
-                  "image_size": 64, "pretraining_data": "human-hand videos of the 9 pretraining tasks",
-                  "evaluation_data": "clean robot episodes of the target tasks (PlaceInBowl, OpenDoorRight)"},
+        "setup": setup_of(args),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "data_seconds": t_data,

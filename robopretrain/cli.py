@@ -13,9 +13,9 @@ Use it in an entry point as::
   malformed override is reported as ``error: config: ...`` on one line (Hydra itself prints a multi-line
   message). Command lines with Hydra flags (``-m``, ``--cfg``, ...) go straight to Hydra.
 * :func:`friendly_errors` turns the toolkit's known error classes (bad datasets, video manifests, encoder and
-  training checkpoints, a non-finite loss, config validation) into ``error: <message>`` on stderr and exit
-  code 2, with no traceback. Anything else is a bug and keeps its traceback. ``ROBOPRETRAIN_TRACEBACK=1``
-  re-raises known errors too.
+  training checkpoints, a non-finite loss, config validation, rendering unavailable with this ``MUJOCO_GL``)
+  into ``error: <message>`` on stderr and exit code 2, with no traceback. Anything else is a bug and keeps
+  its traceback. ``ROBOPRETRAIN_TRACEBACK=1`` re-raises known errors too.
 
 ``python -m robopretrain.cli <entry point module> [overrides]`` runs any of the toolkit's Hydra entry points
 (:data:`ENTRY_POINTS`) this way, e.g. ``python -m robopretrain.cli robopretrain.train data.path=x.hdf5``; for
@@ -50,8 +50,11 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from robopretrain.guards import NonFiniteLossError
     from robopretrain.nets.encoder_io import EncoderCheckpointError
 
+    # rendering is unavailable (e.g. MUJOCO_GL=glfw without a display): only possible once sim_envs renders
+    rendering = sys.modules.get("sim_envs.rendering")
+    render_errors = (rendering.RenderingUnavailableError,) if rendering is not None else ()
     return (DatasetError, VideoDatasetError, EncoderCheckpointError, CheckpointError, NonFiniteLossError,
-            ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+            ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, *render_errors)
 
 
 def one_line(message: str) -> str:

@@ -35,6 +35,7 @@ from tqdm import tqdm
 import sim_envs
 from sim_envs.experts import make_expert
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
+from sim_envs.rendering import exit_on_render_error
 from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASK_IDS, TASKS
 
 KINDS = ("clean", "noisy", "failing")
@@ -393,6 +394,7 @@ def format_summary(summaries: Mapping[str, TaskSummary], path: Path, elapsed: fl
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="collect")
+@exit_on_render_error
 def main(cfg: DictConfig) -> None:
     collect(cfg, output_dir=HydraConfig.get().runtime.output_dir)
 

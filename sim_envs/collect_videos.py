@@ -17,10 +17,7 @@ tests); the Hydra ``main`` only picks the output folder.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -38,12 +35,11 @@ from tqdm import tqdm
 import sim_envs
 from sim_envs.experts import make_expert
 from sim_envs.play import make_play_policy
+from sim_envs.rendering import exit_on_render_error
 from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASKS
-from sim_envs.video_writer import pick_codec, write_mp4
+from sim_envs.video_writer import MANIFEST_NAME, pick_codec, write_manifest, write_mp4, write_text_atomic
 
 TASK_GROUPS = {"pretrain": PRETRAIN_TASKS, "target": TARGET_TASKS, "all": tuple(TASKS)}
-MANIFEST_NAME = "manifest.csv"
-MANIFEST_COLUMNS = ("path", "num_frames", "text")
 DEFAULT_DIRNAME = "videos"
 CLIP_RE = re.compile(r"^clip_\d{5,}\.mp4$")
 PLAY_TEXT = "a hand plays with the objects on the table"
@@ -243,25 +239,6 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def manifest_text(rows: Sequence[tuple[str, int, str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def remove_stale_clips(out: Path, keep: set[str]) -> None:
     """Delete ``clip_*.mp4`` files of an overwritten dataset that the new manifest does not list."""
     for p in out.iterdir():
@@ -317,7 +294,7 @@ def collect_videos(cfg: DictConfig | Mapping[str, Any], output_dir: str | Path |
             env.close()
     elapsed = time.perf_counter() - start
     write_text_atomic(out / "info.json", json.dumps(collection_info(cfg, tasks, rows, redraws, codec), indent=2))
-    write_text_atomic(out / MANIFEST_NAME, manifest_text(rows))
+    write_manifest(out, rows)
     if bool(cfg.overwrite):
         remove_stale_clips(out, {r[0] for r in rows})
     print(format_summary(recorded, rows, redraws, out, elapsed))
@@ -351,6 +328,7 @@ def format_summary(plans: Sequence[ClipPlan], rows: Sequence[tuple[str, int, str
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="collect_videos")
+@exit_on_render_error
 def main(cfg: DictConfig) -> None:
     collect_videos(cfg, output_dir=HydraConfig.get().runtime.output_dir)
 

@@ -3,18 +3,64 @@
 ``MUJOCO_GL`` must be set before ``mujoco`` is first imported, so ``sim_envs/__init__.py`` calls
 ``select_gl_backend`` at import. EGL is preferred (Mesa software EGL is enough); OSMesa is the fallback
 (``apt-get install libosmesa6``). Shadows, reflections and the skybox are switched off: they cost ~10x.
+
+When no renderer can be made, :class:`CameraRenderer` raises :class:`RenderingUnavailableError` saying what
+to set, e.g. for ``MUJOCO_GL=glfw`` (a desktop setting) on a machine without a display, which is caught before
+GLFW is even tried. Entry points that render turn it into one line ``error: ...`` on stderr and exit code 2:
+``sim_envs``' own CLIs with :func:`exit_on_render_error`, the toolkit's through ``robopretrain.cli``.
 """
 from __future__ import annotations
 
 import atexit
 import ctypes
 import ctypes.util
+import functools
 import importlib
 import importlib.util
 import os
+import sys
 import weakref
+from typing import Any, Callable, TypeVar
 
 import numpy as np
+
+
+HEADLESS_BACKENDS = "MUJOCO_GL=egl (or MUJOCO_GL=osmesa, after apt-get install libosmesa6)"
+EXIT_BAD_INPUT = 2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RenderingUnavailableError(RuntimeError):
+    """MuJoCo cannot render here with this ``MUJOCO_GL`` (no display for GLFW, no EGL/OSMesa library, ...)."""
+
+
+def display_problem() -> str | None:
+    """Why the chosen ``MUJOCO_GL`` cannot render on this machine, when that is known without trying: GLFW on
+    Linux needs an X11 or Wayland display. ``None`` when nothing is known to be wrong."""
+    backend = os.environ.get("MUJOCO_GL", "").strip().lower()
+    if backend in ("", "glfw") and sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return (f"MUJOCO_GL={os.environ.get('MUJOCO_GL', '')!r} renders through a window system, and this machine has "
+                f"no display (DISPLAY is not set); on a headless machine set {HEADLESS_BACKENDS}")
+    return None
+
+
+def exit_on_render_error(func: F) -> F:
+    """Decorate a CLI's main: :class:`RenderingUnavailableError` becomes ``error: <message>`` on stderr and exit
+    code 2, no traceback (``ROBOPRETRAIN_TRACEBACK=1`` re-raises it)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RenderingUnavailableError as exc:
+            if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+                raise
+            sys.stdout.flush()
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_BAD_INPUT) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _loadable(libname: str) -> bool:
@@ -86,6 +132,12 @@ def preload_llvm_libraries() -> None:
         pass
 
 
+def _ignore_half_made_renderer(unraisable: Any) -> None:
+    """``sys.unraisablehook`` while a Renderer is made: drop the error of a half-made one's ``__del__``."""
+    if not (isinstance(unraisable.exc_value, AttributeError) and "_mjr_context" in str(unraisable.exc_value)):
+        sys.__unraisablehook__(unraisable)
+
+
 class CameraRenderer:
     """Renders named cameras of one model at one image size, with the costly effects off."""
 
@@ -94,13 +146,24 @@ class CameraRenderer:
 
         self._mujoco = mujoco
         preload_llvm_libraries()
+        self._renderer = None
+        problem = display_problem()
+        if problem is not None:
+            raise RenderingUnavailableError(f"cannot render camera images: {problem}")
+        failure = None
+        hook = sys.unraisablehook
+        sys.unraisablehook = _ignore_half_made_renderer
         try:
-            self._renderer = mujoco.Renderer(model, height=height, width=width)
-        except Exception as exc:  # the GL context could not be made: say what to do about it
-            raise RuntimeError(
-                f"could not create a MuJoCo renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {exc}. "
-                "Headless rendering needs EGL (Mesa's libegl1) or OSMesa (apt-get install libosmesa6, "
-                "then MUJOCO_GL=osmesa).") from exc
+            try:
+                self._renderer = mujoco.Renderer(model, height=height, width=width)
+            except Exception as exc:  # the GL context could not be made: say what to do about it
+                failure = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        finally:  # leaving the except block freed the half-made Renderer (its __del__ fails, mujoco 3.3)
+            sys.unraisablehook = hook
+        if failure is not None:  # raised here, not inside the except block: nothing keeps that Renderer alive
+            raise RenderingUnavailableError(
+                f"could not create a MuJoCo renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} ({failure}); "
+                f"headless rendering needs EGL (Mesa's libegl1) or OSMesa: set {HEADLESS_BACKENDS}")
         flags = self._renderer.scene.flags
         flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False

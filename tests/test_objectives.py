@@ -170,22 +170,39 @@ def test_tcn_logits_and_probabilities_by_hand():
     logits2 = tcn_logits(e2, e1, e0, video)
     # anchor s2: [sim(s2_i, s1_0), sim(s2_i, s1_1), sim(s2_i, s0_i)]
     assert torch.allclose(logits2, t([[-2.0, -8.0, -3.0], [-11.5, -1.5, -2.5]]))
-    logits1 = tcn_logits(e1, e0, e2, video)
-    # anchor s1: [sim(s1_i, s0_0), sim(s1_i, s0_1), sim(s1_i, s2_i)]
-    assert torch.allclose(logits1, t([[-1.0, -9.0, -2.0], [-11.0, -1.0, -1.5]]))
+    logits0 = tcn_logits(e0, e1, e2, video)
+    # anchor s0: [sim(s0_i, s1_0), sim(s0_i, s1_1), sim(s0_i, s2_i)] (s1 is the positive of both ends)
+    assert torch.allclose(logits0, t([[-1.0, -11.0, -3.0], [-9.0, -1.0, -2.5]]))
     p_row0 = math.exp(-2) / (math.exp(-2) + math.exp(-8) + math.exp(-3))
     assert torch.softmax(logits2, 1)[0, 0].item() == pytest.approx(p_row0)
 
     loss, info = tcn_loss(e0, e1, e2, video)
     ce2 = -(math.log(p_row0) + math.log(math.exp(-1.5) / (math.exp(-11.5) + math.exp(-1.5) + math.exp(-2.5)))) / 2
-    ce1 = -(math.log(math.exp(-1) / (math.exp(-1) + math.exp(-9) + math.exp(-2)))
-            + math.log(math.exp(-1) / (math.exp(-11) + math.exp(-1) + math.exp(-1.5)))) / 2
-    assert loss.item() == pytest.approx(0.5 * (ce1 + ce2), rel=1e-12)
+    ce0 = -(math.log(math.exp(-1) / (math.exp(-1) + math.exp(-11) + math.exp(-3)))
+            + math.log(math.exp(-1) / (math.exp(-9) + math.exp(-1) + math.exp(-2.5)))) / 2
+    assert loss.item() == pytest.approx(0.5 * (ce0 + ce2), rel=1e-12)
     assert info["accuracy"].item() == 1.0  # the positive has the largest logit in every row
 
-    # swapping s0 and s2 makes the in-video negative the closest frame: anchor s2 now prefers it
-    _, swapped = tcn_loss(e2, e1, e0, video)
-    assert swapped["accuracy"].item() < 1.0
+    # the two terms mirror each other: reversing time (s0 <-> s2) gives the same loss
+    swapped, _ = tcn_loss(e2, e1, e0, video)
+    assert swapped.item() == pytest.approx(loss.item(), rel=1e-12)
+
+
+def test_tcn_loss_vanishes_for_an_embedding_that_is_time_itself():
+    """phi(t) = c t on one clip: every end is closer to the middle frame than to the other end, so the loss
+    (R3M's: s1 is the positive of both s0 and s2) goes to 0 as c grows. Contrasting s1 against s0 and s2
+    instead grows with c whenever s2 - s1 < s1 - s0."""
+    frames = torch.tensor([[0, 5, 7], [2, 3, 9], [1, 6, 8], [4, 5, 6]], dtype=torch.float64)
+    video = torch.zeros(4, dtype=torch.long)  # one clip: no cross-video negatives
+    losses = []
+    for c in (0.1, 1.0, 10.0, 100.0):
+        e = c * frames[..., None]
+        losses.append(tcn_loss(e[:, 0], e[:, 1], e[:, 2], video)[0].item())
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 1e-12
+    assert losses[1] == pytest.approx(0.5 * np.mean([math.log1p(math.exp((s1 - s0) - (s2 - s0)))
+                                                     + math.log1p(math.exp((s2 - s1) - (s2 - s0)))
+                                                     for s0, s1, s2 in frames.tolist()]), rel=1e-12)
 
 
 def test_tcn_masks_other_samples_of_the_same_video():

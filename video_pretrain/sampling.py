@@ -12,6 +12,10 @@ videos' lengths only (no pixels), so the schemes can be tested over many draws i
   o_t+1 = min(o_t + 1, goal); roles ``initial, goal, obs, next_obs``; reward (o_t == goal) - 1 = -1.
 - :class:`TCNSampler` (time contrastive): three ordered frames s0 < s1 < s2 of one video.
 
+Each sampler declares the shortest clip it can use (``min_length``: ICVF 2, VIP and TCN 3 frames);
+:class:`FrameBatchStream` leaves shorter clips out (one warning with their count and names) and refuses, with
+one line naming them and the minimum, a source whose clips are all too short.
+
 Frame indices are in the frame source's own index space (:class:`video_pretrain.data.FrameSource`), i.e. after its frame stride: "the next
 frame" is the next *kept* frame, so a source with ``stride=2`` makes s' two raw frames after s.
 
@@ -160,6 +164,8 @@ class ICVFSampler:
     """
 
     roles = ("obs", "next_obs", "goal", "intent")
+    min_length = 2
+    needs = "a frame and the next one (s, s')"
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, goal_mix: GoalMix | None = None,
                  intent_mix: GoalMix | None = None, p_goal_is_intent: float = 0.5):
@@ -208,10 +214,12 @@ class VIPSampler:
     """
 
     roles = ("initial", "goal", "obs", "next_obs")
+    min_length = 3
+    needs = "start < goal with o_t, o_t+1 between them (start ~ U[0, L-2))"
 
     def __init__(self, lengths: Sequence[int] | np.ndarray):
         self.index = VideoIndex(lengths)
-        self.videos = _videos_with_min_length(self.index, 3, "VIPSampler")
+        self.videos = _videos_with_min_length(self.index, self.min_length, "VIPSampler")
 
     def __call__(self, rng: np.random.Generator, batch_size: int) -> IndexBatch:
         video = self.videos[rng.integers(0, len(self.videos), size=batch_size)]
@@ -233,10 +241,12 @@ class TCNSampler:
     """
 
     roles = ("s0", "s1", "s2")
+    min_length = 3
+    needs = "3 ordered frames s0 < s1 < s2"
 
     def __init__(self, lengths: Sequence[int] | np.ndarray):
         self.index = VideoIndex(lengths)
-        self.videos = _videos_with_min_length(self.index, 3, "TCNSampler")
+        self.videos = _videos_with_min_length(self.index, self.min_length, "TCNSampler")
 
     def __call__(self, rng: np.random.Generator, batch_size: int) -> IndexBatch:
         video = self.videos[rng.integers(0, len(self.videos), size=batch_size)]
@@ -250,19 +260,47 @@ class TCNSampler:
 Sampler = Callable[[np.random.Generator, int], IndexBatch]
 
 
+SAMPLERS: dict[str, type] = {"icvf": ICVFSampler, "vip": VIPSampler, "tcn": TCNSampler}
+
+
 def make_sampler(objective: str, lengths: Sequence[int] | np.ndarray, cfg: Mapping[str, Any] | None = None) -> Sampler:
     """The sampler of an objective (``icvf`` | ``vip`` | ``tcn``); ``cfg`` holds the ICVF options
     ``goal_mix``, ``intent_mix`` ({random, future, current}) and ``p_goal_is_intent``."""
+    if objective not in SAMPLERS:
+        raise ValueError(f"make_sampler: unknown objective {objective!r}; expected icvf, vip or tcn")
     cfg = dict(cfg or {})
     if objective == "icvf":
         goal_mix = GoalMix.from_config(cfg.get("goal_mix"))
         intent_mix = GoalMix.from_config(cfg["intent_mix"]) if cfg.get("intent_mix") is not None else goal_mix
         return ICVFSampler(lengths, goal_mix, intent_mix, float(cfg.get("p_goal_is_intent", 0.5)))
-    if objective == "vip":
-        return VIPSampler(lengths)
-    if objective == "tcn":
-        return TCNSampler(lengths)
-    raise ValueError(f"make_sampler: unknown objective {objective!r}; expected icvf, vip or tcn")
+    return SAMPLERS[objective](lengths)
+
+
+def long_enough(source: FrameSource, objective: str, lengths: np.ndarray) -> np.ndarray:
+    """Ids of the videos of ``source`` with at least the frames ``objective``'s sampler needs (ICVF 2, VIP and
+    TCN 3, counted after the source's frame stride). Shorter clips are left out with one warning giving
+    their count and names; when every clip is too short, a ``ValueError`` names them and the minimum."""
+    if objective not in SAMPLERS:
+        raise ValueError(f"make_sampler: unknown objective {objective!r}; expected icvf, vip or tcn")
+    cls = SAMPLERS[objective]
+    short = np.flatnonzero(lengths < cls.min_length)
+    if short.size == 0:
+        return np.arange(len(lengths), dtype=np.int64)
+    stride = getattr(source, "stride", getattr(getattr(source, "source", None), "stride", 1))
+    after = f", counted after the frame stride {stride}" if stride > 1 else ""
+    named = ", ".join(f"{_video_name(source, int(i))} ({int(lengths[i])} frame{'' if lengths[i] == 1 else 's'})"
+                      for i in short[:5]) + (f", ... ({short.size - 5} more)" if short.size > 5 else "")
+    if short.size == len(lengths):
+        raise ValueError(f"{objective} needs clips of at least {cls.min_length} frames ({cls.needs}{after}), and every "
+                         f"clip is shorter: {named}")
+    logger.warning("%s: skipping %d of %d clips shorter than %d frames (it samples %s%s): %s", objective, short.size,
+                   len(lengths), cls.min_length, cls.needs, after, named)
+    return np.flatnonzero(lengths >= cls.min_length).astype(np.int64)
+
+
+def _video_name(source: FrameSource, i: int) -> str:
+    name = getattr(source, "video_name", None)
+    return str(name(i)) if callable(name) else f"video {i}"
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -312,6 +350,10 @@ class FrameBatchStream(IterableDataset):
     and the DataLoader hands them out in round-robin order, so the stream is identical for any number of
     workers (0 included). ``sampling`` holds the sampler options (see :func:`make_sampler`).
 
+    Clips shorter than the objective needs (:func:`long_enough`: ICVF 2 frames, VIP and TCN 3) are never
+    sampled; they are logged once with their count and listed in ``short_videos``, and a source with no
+    clip long enough is a ``ValueError`` naming its clips and the minimum.
+
     A clip the source can only now tell is unreadable (it raises ``SkippedVideoError``, see
     :mod:`video_pretrain.data`) is dropped from this process's sampling and the batch is drawn again,
     so a run does not stop on one bad clip; from then on this worker's batches differ from a clean run's.
@@ -328,9 +370,10 @@ class FrameBatchStream(IterableDataset):
         self.seed = int(seed)
         self.start_batch = int(start_batch)
         self.num_batches = num_batches
-        self.active = np.arange(source.num_videos, dtype=np.int64)  # source ids still sampled
         self.lengths = np.array([source.video_length(i) for i in range(source.num_videos)], dtype=np.int64)
-        self.sampler = make_sampler(objective, self.lengths, self.sampling)
+        self.active = long_enough(source, objective, self.lengths)  # source ids still sampled
+        self.short_videos = [_video_name(source, int(i)) for i in np.setdiff1d(np.arange(len(self.lengths)), self.active)]
+        self.sampler = make_sampler(objective, self.lengths[self.active], self.sampling)
 
     def _drop(self, video: int, reason: Exception) -> None:
         self.active = self.active[self.active != video]

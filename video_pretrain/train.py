@@ -9,7 +9,11 @@ trains the encoder named by ``encoder.name`` with the objective's loss on frames
     encoder/              the encoder checkpoint (or ``output``): encoder.pt, meta.json (extra: objective,
                           steps, data), config.yaml; for ICVF also value_heads.pt (read by diagnose)
     checkpoints/last.pt   the training checkpoint: objective (encoder, heads, target), optimizer, torch RNG,
-                          step; written atomically; a rerun with resume=true continues from it
+                          step, and the run's fingerprint (:mod:`robopretrain.run_fingerprint`: the data's
+                          listing and manifest hash, the config minus harmless keys); written atomically. A
+                          rerun with resume=true continues from it only when its fingerprint is the same
+                          (``steps`` may grow); otherwise it stops with one line naming what changed
+                          (start fresh with resume=false, or another output_dir)
     tb/                   TensorBoard scalars: train loss and diagnostics, validation loss, steps/s
     metrics.json          loss history, validation history, timing, data facts
     videos/               generated human-hand videos (data.generate with no data.path)
@@ -47,6 +51,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from robopretrain import distributed as dist_utils
+from robopretrain import run_fingerprint
 from robopretrain.cli import friendly_errors, run_hydra
 from robopretrain.distributed import DistInfo
 from robopretrain.guards import NonFiniteLossError, check_finite
@@ -134,8 +139,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# what a resumed run may change: besides logging, devices and where outputs go, the step count (to train
+# further), validation batches, and how clips are cached or checked; data.path is the fingerprinted input
+RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "valid_batches", "data.max_cache_mb", "data.strict",
+                     "data.path")
+
+
+def fingerprint(cfg: DictConfig, data_path: Path) -> dict[str, Any]:
+    """The run's fingerprint: the data at ``data_path`` and the config minus :data:`RESUMABLE_CHANGES`."""
+    return run_fingerprint.fingerprint(cfg, {"data": data_path}, ignore=RESUMABLE_CHANGES)
+
+
 def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The settings a training checkpoint must share with the run that resumes it."""
+    """The settings a training checkpoint must share with the run that resumes it (checked for checkpoints
+    written before run fingerprints; newer ones compare :func:`fingerprint`)."""
     return {"objective": str(cfg.objective.name), "encoder": str(cfg.encoder.name),
             "encoder_kwargs": OmegaConf.to_container(cfg.encoder.kwargs, resolve=True),
             "image_size": int(cfg.image_size),
@@ -259,28 +276,35 @@ def _atomic_json(obj: Any, path: Path) -> None:
 
 
 def save_checkpoint(path: Path, step: int, objective: nn.Module, optimizer: torch.optim.Optimizer,
-                    cfg: DictConfig, history: Mapping[str, Any], world_size: int = 1) -> None:
-    """Write the training checkpoint (everything a resumed run needs) atomically."""
+                    cfg: DictConfig, history: Mapping[str, Any], world_size: int = 1,
+                    run_print: Mapping[str, Any] | None = None) -> None:
+    """Write the training checkpoint (everything a resumed run needs, and the run's fingerprint) atomically."""
     _atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": int(step), "objective": objective.state_dict(),
                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                         "identity": json.dumps(identity(cfg), sort_keys=True), "history": json.dumps(history),
-                        "world_size": int(world_size)}, path)
+                        "world_size": int(world_size), "fingerprint": json.dumps(run_print)}, path)
 
 
 def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig,
-                    device: torch.device) -> tuple[int, dict[str, Any]]:
-    """Restore a training checkpoint into ``objective`` and ``optimizer``; returns (step, history)."""
+                    device: torch.device, run_print: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """Restore a training checkpoint into ``objective`` and ``optimizer``; returns (step, history).
+
+    Refuses (:class:`~robopretrain.run_fingerprint.ResumeMismatchError`, one line) a checkpoint whose
+    fingerprint differs from ``run_print``, this run's."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated files, foreign pickles
         raise ValueError(f"{path}: not a readable training checkpoint ({exc}); delete it or set resume=false") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a video_pretrain training checkpoint (format {state.get('format')!r})")
+    saved_print = json.loads(state.get("fingerprint") or "null")
     saved, now = json.loads(state["identity"]), identity(cfg)
-    if saved != now:
+    if saved_print is None and saved != now:
         diff = {k: (saved.get(k), now[k]) for k in now if saved.get(k) != now[k]}
         raise ValueError(f"{path}: was written by a run with other settings {diff} (saved, now); set resume=false, "
                          "or another output_dir, to start a new run")
+    if run_print is not None:
+        run_fingerprint.check_resume(saved_print, run_print, path)  # a checkpoint without one: a warning
     try:
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -419,15 +443,18 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         log.info("data-parallel over %d processes (%s): effective batch size %d = %d x %d", dinfo.world_size,
                  dinfo.backend, effective_batch, int(cfg.batch_size), dinfo.world_size)
     start, history = 0, {"train": [], "valid": []}
+    run_print = fingerprint(cfg, data_path)
     if cfg.resume and paths.checkpoint.is_file():
-        start, history = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device)
+        start, history = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device, run_print)
         log.info("resumed from %s at step %d", paths.checkpoint, start)
+    elif paths.checkpoint.is_file():
+        log.info("resume=false: starting fresh; %s will be replaced by this run's checkpoints", paths.checkpoint)
     data_seed = dist_utils.rank_seed(int(cfg.seed), dinfo)
     sampling = OmegaConf.to_container(cfg.objective.sampling, resolve=True)
     stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=data_seed, sampling=sampling,
                               start_batch=start, num_batches=max(steps - start, 0))
     loader = DataLoader(stream, batch_size=None, num_workers=int(cfg.num_workers), pin_memory=device.type == "cuda")
-    valid_batches = []
+    valid_batches, valid_stream = [], None
     if dinfo.is_main and valid_source is not None and int(cfg.valid_batches) > 0:
         valid_stream = FrameBatchStream(valid_source, name, int(cfg.batch_size), seed=int(cfg.seed) + VALID_SEED_OFFSET,
                                         sampling=sampling)
@@ -469,7 +496,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
                 bar.set_postfix(loss=f"{history['train'][-1]['loss'] if history['train'] else float('nan'):.4g}",
                                 valid=f"{history['valid'][-1]['loss']:.4g}", refresh=False)
             if dinfo.is_main and (step % int(cfg.checkpoint_every) == 0 or step == steps):
-                save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history, dinfo.world_size)
+                save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history, dinfo.world_size, run_print)
     finally:
         bar.close()
         if writer is not None:
@@ -486,6 +513,9 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     summary = {"objective": name, "steps": step, "trained_steps_this_run": trained, "seconds_this_run": elapsed,
                "steps_per_second": trained / elapsed if trained and elapsed > 0 else None,
                "encoder_path": str(path), "data": facts, "bad_videos": list(getattr(train_source, "bad_videos", [])),
+               "short_videos_skipped": {"train": stream.short_videos,
+                                        "valid": valid_stream.short_videos if valid_stream is not None else []},
+               "fingerprint": run_print,
                "parallel": parallel, "history": history,
                "final_valid_loss": history["valid"][-1]["loss"] if history["valid"] else None}
     _atomic_json(summary, paths.metrics)

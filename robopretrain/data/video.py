@@ -7,7 +7,18 @@ Implements the "Video dataset" contract of ARCHITECTURE.md, the layout R3M/VIP/E
       clip_00000.mp4      a video file (.mp4; .webm/.mkv/.mov/.avi are decoded the same way)
       episode_7/          or a folder of frames 000000.jpg|png, 000001.jpg|png, ...
 
-``path`` is relative to the manifest's folder and may not leave it (no absolute paths, no ``..``).
+``path`` is relative to the manifest's folder and may not leave it (no absolute paths, no ``..``). The manifest
+is UTF-8, with or without a byte-order mark (as Excel and other Windows tools save it), LF or CRLF line ends.
+
+Frames come out as they are meant to be seen:
+
+- **Display rotation.** A video whose container carries a display matrix (phone videos: pixels stored
+  landscape, "rotate 90" in the track header) is turned upright, as players show it: the frames are rotated
+  and/or mirrored by the matrix (multiples of 90 degrees; any other angle is left as stored, with a warning).
+- **16-bit PNG frames** (depth, IR and machine-vision cameras; grayscale or RGB) are scaled to 8 bit by the
+  bit depth the clip uses: ``b`` = the number of bits of the clip's largest value (8 to 16; e.g. 12 for
+  values up to 4095), ``v8 = round(v * 255 / (2**b - 1))``, one scale for every frame of the clip (so its
+  frames stay comparable), logged once per clip. Grayscale becomes 3 equal channels, alpha is dropped.
 
 API: :func:`read_manifest` parses and validates a manifest into :class:`VideoEntry` rows;
 :func:`read_frames` decodes a clip (all frames, or only chosen indices) to a uint8 (T, H, W, 3) array;
@@ -17,15 +28,18 @@ API: :func:`read_manifest` parses and validates a manifest into :class:`VideoEnt
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Sequence
+from typing import Callable, Sequence
 
 import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "num_frames", "text")
@@ -73,7 +87,7 @@ def read_manifest(path: str | os.PathLike, check_counts: bool = False) -> list[V
     mpath = manifest_path(path)
     root = mpath.parent
     try:
-        with open(mpath, newline="", encoding="utf-8") as f:
+        with open(mpath, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel) is not part of "path"
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             missing = [c for c in MANIFEST_COLUMNS if c not in columns]
@@ -178,14 +192,83 @@ def _read_frame_folder(folder: Path, idx: np.ndarray | None) -> np.ndarray:
     if idx is not None and idx.max() >= len(files):
         raise VideoDatasetError(f"{folder}: frame index {int(idx.max())} out of range, the clip has {len(files)} frames")
     chosen = files if idx is None else [files[i] for i in idx]
-    frames = []
-    for f in chosen:
-        try:
-            with Image.open(f) as im:
-                frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise VideoDatasetError(f"{f}: corrupt or unreadable image ({exc})") from exc
+    frames = [_read_image(f) for f in chosen]
+    if any(f.dtype == np.uint16 for f in frames):
+        read_all = idx is None or len(set(idx.tolist())) == len(files)
+        peak = _peak(frames) if read_all else _clip_peak(folder, files)
+        frames = [_to_8bit(f, peak, folder) for f in frames]
     return _stack(frames, folder)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_bit_depth(path: Path) -> int:
+    """The bit depth a PNG file's header declares (8 for anything that is not a PNG)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[24] if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR" else 8
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One frame file as RGB: uint8 (H, W, 3), or uint16 (H, W, 3) for a 16-bit PNG (scaled later, per clip)."""
+    try:
+        if path.suffix.lower() == ".png" and _png_bit_depth(path) == 16:
+            return _read_png16(path)
+        with Image.open(path) as im:
+            if im.mode in ("I", "F") or im.mode.startswith("I;"):
+                raise VideoDatasetError(f"{path}: unsupported {im.mode} image; expected 8-bit JPEG/PNG or 16-bit PNG frames")
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, av.FFmpegError) as exc:
+        raise VideoDatasetError(f"{path}: corrupt or unreadable image ({exc})") from exc
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """A 16-bit PNG (gray, gray+alpha, RGB or RGBA) as uint16 (H, W, 3); gray -> 3 channels, alpha dropped.
+    Pillow would clip 16-bit gray to 255 and truncate 16-bit RGB to its high byte, so PyAV's PNG decoder reads it."""
+    with av.open(str(path), mode="r") as container:
+        frame = next(container.decode(video=0))
+    if frame.format.name in ("gray16be", "gray16le", "rgb48be", "rgb48le", "rgba64be", "rgba64le"):
+        arr = frame.to_ndarray()
+    else:
+        arr = frame.reformat(format="rgb48le").to_ndarray()
+    arr = np.asarray(arr, dtype=np.uint16)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
+def _peak(frames: Sequence[np.ndarray]) -> int:
+    return max(int(f.max()) for f in frames if f.dtype == np.uint16)
+
+
+_PEAKS: dict[tuple, int] = {}
+
+
+def _clip_peak(folder: Path, files: Sequence[Path]) -> int:
+    """The largest value of a clip's 16-bit frames (every frame read once; remembered while the files are unchanged)."""
+    key = (str(folder), tuple((f.name, st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),)))
+    if key not in _PEAKS:
+        if len(_PEAKS) >= 4096:
+            _PEAKS.clear()
+        _PEAKS[key] = _peak([_read_image(f) for f in files])
+    return _PEAKS[key]
+
+
+_SCALE_LOGGED: set[str] = set()
+
+
+def _to_8bit(frame: np.ndarray, peak: int, folder: Path) -> np.ndarray:
+    """A 16-bit frame scaled by the bit depth its clip uses (see the module docstring); 8-bit frames as they are."""
+    if frame.dtype == np.uint8:
+        return frame
+    bits = min(16, max(8, int(peak).bit_length()))
+    full = 2**bits - 1
+    if str(folder) not in _SCALE_LOGGED:
+        _SCALE_LOGGED.add(str(folder))
+        logger.info("%s: 16-bit frames (largest value %d): scaled to 8 bit as %d-bit values, v * 255 / %d",
+                    folder, peak, bits, full)
+    return np.round(frame.astype(np.float32) * (255.0 / full)).clip(0, 255).astype(np.uint8)
 
 
 def _open_video(path: Path) -> av.container.InputContainer:
@@ -205,15 +288,18 @@ def _read_video(path: Path, idx: np.ndarray | None) -> np.ndarray:
     last = None if idx is None else int(idx.max())
     decoded: dict[int, np.ndarray] = {}
     frames: list[np.ndarray] = []
+    upright = None
     n = 0
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
+            if upright is None:
+                upright = display_orientation(frame, path)
             if wanted is None:
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(upright(frame.to_ndarray(format="rgb24")))
             elif n in wanted:
-                decoded[n] = frame.to_ndarray(format="rgb24")
+                decoded[n] = upright(frame.to_ndarray(format="rgb24"))
             n += 1
             if last is not None and n > last:
                 break
@@ -228,6 +314,76 @@ def _read_video(path: Path, idx: np.ndarray | None) -> np.ndarray:
     if last >= n:
         raise VideoDatasetError(f"{path}: frame index {last} out of range, the clip has {n} frames")
     return _stack([decoded[int(i)] for i in idx], path)
+
+
+def _as_stored(frame: np.ndarray) -> np.ndarray:
+    return frame
+
+
+def display_matrix(frame: av.VideoFrame) -> tuple[int, int, int, int] | None:
+    """The 2x2 part (a, b, c, d) of a decoded frame's display matrix, or None when it has none.
+
+    The container's 3x3 matrix (FFmpeg's ``AV_FRAME_DATA_DISPLAYMATRIX``, QuickTime's ``tkhd`` matrix) maps
+    a stored pixel (x, y) to its displayed place x' = a x + c y + tx, y' = b x + d y + ty. PyAV versions
+    without frame side data give only ``frame.rotation`` (counter-clockwise degrees), turned into a, b, c, d.
+    """
+    side_data = getattr(frame, "side_data", None)
+    try:
+        for item in side_data or ():
+            if getattr(getattr(item, "type", None), "name", "") == "DISPLAYMATRIX":
+                m = np.frombuffer(bytes(item), dtype=np.int32)
+                return int(m[0]), int(m[1]), int(m[3]), int(m[4])
+    except (TypeError, ValueError):
+        pass
+    degrees = getattr(frame, "rotation", 0) or 0
+    if degrees == 0:
+        return None
+    rad = np.deg2rad(-degrees)  # av_display_rotation_set: a clockwise rotation by -degrees
+    cos, sin = np.cos(rad) * 65536, np.sin(rad) * 65536
+    return int(round(cos)), int(round(-sin)), int(round(sin)), int(round(cos))
+
+
+_ODD_ROTATION_LOGGED: set[str] = set()
+_ROTATION_REPORTED = False
+
+
+def display_orientation(frame: av.VideoFrame, path: Path | str = "") -> Callable[[np.ndarray], np.ndarray]:
+    """A function turning decoded (H, W, C) frames upright as players display them (identity when stored so).
+
+    Handles the 8 right-angle rotations and mirrorings; a display matrix of any other angle (rare, e.g. a
+    slightly tilted screen capture) is left as stored, with one warning per file.
+    """
+    m = display_matrix(frame)
+    if m is None:
+        return _as_stored
+    a, b, c, d = (int(np.sign(v)) if abs(v) * 64 >= max(map(abs, m)) else 0 for v in m)
+    if b == 0 and c == 0 and a and d:
+        transpose, flip_rows, flip_cols = False, d < 0, a < 0
+    elif a == 0 and d == 0 and b and c:
+        transpose, flip_rows, flip_cols = True, b < 0, c < 0  # after transposing, rows follow x and columns y
+    else:
+        if str(path) not in _ODD_ROTATION_LOGGED:
+            _ODD_ROTATION_LOGGED.add(str(path))
+            logger.warning("%s: display matrix %s is not a multiple of 90 degrees; frames are used as stored", path, m)
+        return _as_stored
+    if not (transpose or flip_rows or flip_cols):
+        return _as_stored
+    global _ROTATION_REPORTED
+    if not _ROTATION_REPORTED:
+        _ROTATION_REPORTED = True
+        logger.info("%s: its display matrix %s rotates/mirrors the stored frames; turning them upright as players show "
+                    "them (reported for the first such clip only)", path, m)
+
+    def upright(img: np.ndarray) -> np.ndarray:
+        if transpose:
+            img = img.transpose(1, 0, 2)
+        if flip_rows:
+            img = img[::-1]
+        if flip_cols:
+            img = img[:, ::-1]
+        return np.ascontiguousarray(img)
+
+    return upright
 
 
 def _stack(frames: list[np.ndarray], source: Path) -> np.ndarray:

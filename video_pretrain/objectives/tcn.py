@@ -6,7 +6,13 @@ terms, each a cross-entropy over one positive and several negatives (REFERENCE.m
 
 - anchor s2_i, positive s1_i; negatives s0_i (earlier in the same video) and the s1 frames of the other
   samples of the batch that come from other videos;
-- anchor s1_i, positive s0_i; negatives s2_i and the s0 frames of the other samples from other videos.
+- anchor s0_i, positive s1_i; negatives s2_i (later in the same video) and the s1 frames of the other
+  samples of the batch that come from other videos.
+
+The middle frame is the positive of both ends, as in R3M's trainer (``r3m/trainer.py``: ``sim_1_2`` over
+``sim_0_2``, then ``sim_0_1`` over ``sim_0_2``): each end must be closer to s1 than to the other end. R3M
+draws the other videos' negatives from the anchor's own role (s2 with shuffled s2, s0 with shuffled s0); here
+they are the other samples' positives (s1), which are frames of other videos all the same.
 
 Logits of anchor i are laid out as ``[sim(a_i, p_0), ..., sim(a_i, p_{B-1}), sim(a_i, n_i)]``: column i is
 the positive, column B the in-video negative; columns j != i of samples from the same video as i are
@@ -46,14 +52,14 @@ def tcn_loss(e0: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, video: torch.
     n = e0.shape[0]
     target = torch.arange(n, device=e0.device)
     logits_2 = tcn_logits(e2, e1, e0, video, temperature)  # anchor s2: s1 positive, s0 negative
-    logits_1 = tcn_logits(e1, e0, e2, video, temperature)  # anchor s1: s0 positive, s2 negative
+    logits_0 = tcn_logits(e0, e1, e2, video, temperature)  # anchor s0: s1 positive, s2 negative
     loss_2 = F.cross_entropy(logits_2, target)
-    loss_1 = F.cross_entropy(logits_1, target)
-    loss = 0.5 * (loss_1 + loss_2)
+    loss_0 = F.cross_entropy(logits_0, target)
+    loss = 0.5 * (loss_0 + loss_2)
     with torch.no_grad():
         sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))
         aligned = ((sim_02 < sim_12) & (sim_01 > sim_02)).float().mean()
-        accuracy = 0.5 * ((logits_2.argmax(1) == target).float().mean() + (logits_1.argmax(1) == target).float().mean())
+        accuracy = 0.5 * ((logits_2.argmax(1) == target).float().mean() + (logits_0.argmax(1) == target).float().mean())
     info = {"tcn_loss": loss.detach(), "aligned": aligned, "accuracy": accuracy}
     return loss, info
 

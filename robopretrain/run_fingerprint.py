@@ -1,0 +1,202 @@
+"""Fingerprints of a run's inputs, so that a rerun into an existing run folder resumes only the same run.
+
+A run folder's checkpoint says where training stopped; resuming it is right only if the rerun would go on
+computing the same thing: the same data and the same settings. A fingerprint records both when a checkpoint is
+written; the rerun compares its own and refuses, naming what changed, instead of continuing silently on
+other data (another folder, a manifest edited to the same size, a regenerated file) or another config.
+
+API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and compare on resume)::
+
+    fp = fingerprint(cfg, {"data": data_path}, ignore=HARMLESS_KEYS + ("steps",))
+    ...save fp with the checkpoint...
+    check_resume(saved_fp, fp, where=checkpoint_path)   # raises ResumeMismatchError (a ValueError) naming changes
+
+- :func:`fingerprint` ``(config, inputs, ignore=HARMLESS_KEYS)``: ``config`` is a mapping (an OmegaConf
+  ``DictConfig`` is resolved) flattened to dotted keys, minus the keys in ``ignore``; ``inputs`` maps a name
+  to each file or folder the run reads. Returns ``{"version", "config", "inputs"}``.
+- :func:`input_fingerprint` ``(path)``: a file: size, modification time and a SHA-256 of its content (all of it
+  up to 16 MiB, else its first and last MiB); a folder: file count, total size, a SHA-256 of the listing (each
+  file's relative path, size and modification time, hidden files aside) and the SHA-256 of the content of
+  every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``. Reading a folder of many clips costs one
+  ``stat`` per file, no decoding.
+- :func:`differences` ``(saved, now)``: what changed, as short phrases (``"lr: 0.0003 -> 0.001"``,
+  ``"data: manifest.csv content changed"``); empty when the run may resume.
+- :func:`check_resume` ``(saved, now, where, fresh=...)``: raises :class:`ResumeMismatchError` with one line
+  (where, what changed, how to start fresh); a checkpoint written before fingerprints existed (``saved`` is
+  ``None``) resumes with a warning.
+
+``ignore`` entries without a dot match a key's last part anywhere (``progress`` matches ``train.progress``);
+dotted entries match that key and everything under it (``data.max_cache_mb``, ``hydra``).
+:data:`HARMLESS_KEYS` are the settings that do not change what is computed: logging, progress, where
+outputs go, workers and threads, the device, resume itself. A stage adds its own (stage 1: the step count,
+which a resumed run may raise).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+HARMLESS_KEYS: tuple[str, ...] = ("progress", "tensorboard", "wandb", "log_every", "eval_every", "checkpoint_every",
+                                  "num_workers", "num_threads", "device", "resume", "output_dir", "output", "hydra")
+FULL_HASH_BYTES = 16 * 2**20  # files up to this size are hashed whole, larger ones by their first and last MiB
+SAMPLE_BYTES = 2**20
+SMALL_FILE_BYTES = 2**20  # top-level files of a folder hashed by content (manifests, info files)
+MAX_LISTED = 6  # differences named in one message
+
+
+class ResumeMismatchError(ValueError):
+    """A run folder's checkpoint was written with other inputs or settings than the rerun's."""
+
+
+# --------------------------------------------------------------------------------------------- building
+def fingerprint(config: Any, inputs: Mapping[str, str | os.PathLike | None],
+                ignore: Iterable[str] = HARMLESS_KEYS) -> dict[str, Any]:
+    """The fingerprint of a run: its config (dotted keys, minus ``ignore``) and each input path's fingerprint."""
+    return {"version": VERSION, "config": flat_config(config, ignore),
+            "inputs": {name: input_fingerprint(p) if p is not None else None for name, p in inputs.items()}}
+
+
+def flat_config(config: Any, ignore: Iterable[str] = HARMLESS_KEYS) -> dict[str, Any]:
+    """``config`` as {dotted key: JSON-able value}, without the ignored keys."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    ignore = tuple(ignore)
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        elif not _ignored(prefix, ignore):
+            out[prefix] = json.loads(json.dumps(node, default=str))
+
+    walk(config, "")
+    return dict(sorted(out.items()))
+
+
+def _ignored(key: str, ignore: tuple[str, ...]) -> bool:
+    parts = key.split(".")
+    return any(key == p or key.startswith(p + ".") or ("." not in p and p in parts) for p in ignore)
+
+
+def _sha256_of_file(path: Path, size: int) -> tuple[str, str]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            for block in iter(lambda: f.read(SAMPLE_BYTES), b""):
+                digest.update(block)
+            return digest.hexdigest(), "all"
+        digest.update(f.read(SAMPLE_BYTES))
+        f.seek(size - SAMPLE_BYTES)
+        digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest(), "first and last MiB"
+
+
+def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """Size, modification time and content hash of a file, or the listing and small files of a folder."""
+    p = Path(path).expanduser().resolve()
+    if p.is_file():
+        st = p.stat()
+        sha, hashed = _sha256_of_file(p, st.st_size)
+        return {"path": str(p), "kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha,
+                "hashed": hashed}
+    if p.is_dir():
+        listing = hashlib.sha256()
+        files = total = 0
+        small: dict[str, str] = {}
+        for root, dirs, names in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(n for n in names if not n.startswith(".")):
+                f = Path(root) / name
+                try:
+                    st = f.stat()
+                except OSError:  # vanished while listing
+                    continue
+                rel = f.relative_to(p).as_posix()
+                listing.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+                files += 1
+                total += st.st_size
+                if Path(root) == p and st.st_size <= SMALL_FILE_BYTES:
+                    small[rel] = _sha256_of_file(f, st.st_size)[0]
+        return {"path": str(p), "kind": "folder", "files": files, "bytes": total,
+                "listing_sha256": listing.hexdigest(), "small_files_sha256": small}
+    return {"path": str(p), "kind": "missing"}
+
+
+# --------------------------------------------------------------------------------------------- comparing
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[str]:
+    if old == new:
+        return []
+    if old is None or new is None:
+        return [f"{name}: {'none' if old is None else old.get('path')} -> {'none' if new is None else new.get('path')}"]
+    if old.get("path") != new.get("path"):
+        return [f"{name}: {old.get('path')} -> {new.get('path')}"]
+    where = f"{name} {new.get('path')}"
+    if old.get("kind") != new.get("kind"):
+        return [f"{where}: was a {old.get('kind')}, now a {new.get('kind')}"]
+    if new.get("kind") == "file":
+        parts = [f"size {old['size']} -> {new['size']} bytes"] if old["size"] != new["size"] else []
+        parts += ["content changed"] if old["sha256"] != new["sha256"] else []
+        parts += ["modified"] if not parts and old["mtime_ns"] != new["mtime_ns"] else []
+        return [f"{where}: {', '.join(parts)}"]
+    out = []
+    old_small, new_small = old.get("small_files_sha256", {}), new.get("small_files_sha256", {})
+    for file in sorted(set(old_small) | set(new_small)):
+        if old_small.get(file) != new_small.get(file):
+            state = "added" if file not in old_small else "removed" if file not in new_small else "content changed"
+            out.append(f"{where}: {file} {state}")
+    if old.get("files") != new.get("files") or old.get("bytes") != new.get("bytes"):
+        out.append(f"{where}: {old.get('files')} files / {old.get('bytes')} bytes -> {new.get('files')} files / "
+                   f"{new.get('bytes')} bytes")
+    elif old.get("listing_sha256") != new.get("listing_sha256") and not out:
+        out.append(f"{where}: files replaced or modified (same count and total size)")
+    return out
+
+
+def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """What differs between two fingerprints, as short phrases (inputs first, then config keys)."""
+    out: list[str] = []
+    saved_inputs, now_inputs = saved.get("inputs", {}), now.get("inputs", {})
+    for name in list(dict.fromkeys([*saved_inputs, *now_inputs])):
+        out += _input_changes(name, saved_inputs.get(name), now_inputs.get(name))
+    old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
+    missing = object()
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        a, b = old_cfg.get(key, missing), new_cfg.get(key, missing)
+        if a != b:
+            out.append(f"{key}: {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}")
+    return out
+
+
+def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where: str | os.PathLike,
+                 fresh: str = "to start fresh, set resume=false (this run folder is then overwritten) or choose "
+                              "another output_dir") -> None:
+    """Raise :class:`ResumeMismatchError` (one line: ``where``, what changed, ``fresh``) unless ``now`` matches
+    ``saved``; ``saved`` ``None`` (a checkpoint older than fingerprints) resumes with a warning."""
+    if saved is None:
+        log.warning("%s: written before run fingerprints existed; cannot check that its data and settings are "
+                    "this run's", where)
+        return
+    diffs = differences(saved, now)
+    if diffs:
+        listed = "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({len(diffs) - MAX_LISTED} more)" if len(diffs) > MAX_LISTED
+                                                  else "")
+        raise ResumeMismatchError(f"{where}: cannot resume, it was written by a run with other settings or data "
+                                  f"({listed}); {fresh}")

@@ -1,0 +1,282 @@
+"""Inputs as users bring them to stage 1 and the renderers: phone videos with a display rotation, 16-bit PNG
+frames, an Excel-saved manifest (BOM, CRLF), MUJOCO_GL=glfw on a headless machine, clips too short for an
+objective, and a rerun into a run folder whose inputs changed. Every input is written with the toolkit's
+own writers (``sim_envs.video_writer``)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mujoco
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from robopretrain import run_fingerprint
+from robopretrain.data.inspect import summarize_videos, video_sheet_rows
+from robopretrain.data.video import read_frames, read_manifest
+from sim_envs.rendering import CameraRenderer, RenderingUnavailableError
+from sim_envs.video_writer import write_frame_folder, write_manifest, write_mp4
+from video_pretrain.data import ManifestSource
+from video_pretrain.sampling import FrameBatchStream
+from video_pretrain.train import CONFIG_DIR, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def quadrants(n: int, h: int = 32, w: int = 48) -> np.ndarray:
+    """n frames whose four quadrants have distinct grey levels (so any rotation or mirroring shows), plus a
+    brightening bar that moves with t."""
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        frames[t, : h // 2, : w // 2] = 30
+        frames[t, : h // 2, w // 2:] = 90
+        frames[t, h // 2:, : w // 2] = 150
+        frames[t, h // 2:, w // 2:] = 210
+        frames[t, h // 2 - 2: h // 2 + 2, : 4 + 4 * t] = 250
+    return frames
+
+
+def sliding_clips(root: Path, lengths: list[int], size: int = 24) -> Path:
+    """mp4 clips of the given lengths (a square sliding right) and their manifest."""
+    rows = []
+    for i, n in enumerate(lengths):
+        frames = np.full((n, size, size, 3), 40, np.uint8)
+        for t in range(n):
+            frames[t, 8:16, min(size - 8, 2 * t): min(size - 8, 2 * t) + 8] = (200, 60 + 40 * i, 60)
+        write_mp4(root / f"clip_{i}.mp4", frames, fps=20)
+        rows.append((f"clip_{i}.mp4", n, "a square slides"))
+    write_manifest(root, rows)
+    return root
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("video_pretrain", overrides=list(overrides))
+
+
+TINY = ("batch_size=4", "image_size=24", "progress=false", "tensorboard=false", "valid_batches=1", "eval_every=2",
+        "log_every=1", "checkpoint_every=2", "num_threads=1", "device=cpu")
+
+
+# ------------------------------------------------------------------------------------------------ display rotation
+@pytest.mark.parametrize("degrees,mirror", [(90, False), (-90, False), (180, False), (0, True), (90, True),
+                                            (270, True)])
+def test_mp4_with_a_display_rotation_is_read_upright(tmp_path, degrees, mirror):
+    frames = quadrants(4)
+    path = tmp_path / "phone.mp4"
+    write_mp4(path, frames, crf=0, display_rotation=degrees, mirror=mirror)
+    shown = np.rot90(frames, k=degrees // 90, axes=(1, 2))  # what a player shows: rotated, then mirrored
+    if mirror:
+        shown = shown[:, :, ::-1]
+    got = read_frames(path)
+    assert got.shape == shown.shape
+    assert np.abs(got.astype(int) - shown).max() <= 12  # lossless luma, yuv420p chroma
+    assert np.array_equal(read_frames(path, [2, 0]), got[[2, 0]])
+
+    write_manifest(tmp_path, [("phone.mp4", 4, "a phone clip")])
+    src = ManifestSource(tmp_path, image_size=shown.shape[1], center_crop=False, max_cache_bytes=0)
+    assert src.frames(0, [1])[0].shape[:2] == (shown.shape[1], shown.shape[1])
+    assert np.abs(src.frames(0, [3])[0].astype(int)
+                  - np.asarray(ManifestSource(tmp_path, image_size=shown.shape[1], center_crop=False).frames(0, [3]))[0]
+                  ).max() == 0
+
+
+def test_display_rotation_of_an_unrotated_clip_is_a_no_op(tmp_path):
+    frames = quadrants(3)
+    write_mp4(tmp_path / "plain.mp4", frames, crf=0)
+    assert read_frames(tmp_path / "plain.mp4").shape == frames.shape
+    with pytest.raises(ValueError, match="multiple of 90"):
+        write_mp4(tmp_path / "tilted.mp4", frames, display_rotation=45)
+
+
+# ------------------------------------------------------------------------------------------------ 16-bit frames
+def depth_clip(n: int = 6, h: int = 20, w: int = 24, top: int = 4000) -> np.ndarray:
+    """uint16 (n, h, w) frames of a moving ramp with values up to ``top`` (a 12-bit depth camera, in mm)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([((xx + yy + 2 * t) * top / (h + w + 2 * n)).astype(np.uint16) for t in range(n)])
+
+
+def test_16_bit_gray_png_frames_are_scaled_by_the_bits_the_clip_uses(tmp_path, caplog):
+    depth = depth_clip()
+    write_frame_folder(tmp_path / "depth", depth)
+    with caplog.at_level(logging.INFO, logger="robopretrain.data.video"):
+        frames = read_frames(tmp_path / "depth")
+    assert frames.dtype == np.uint8 and frames.shape == depth.shape + (3,)
+    assert (frames == 255).mean() < 0.01  # not saturated
+    assert np.array_equal(frames[..., 0], frames[..., 1]) and np.array_equal(frames[..., 0], frames[..., 2])
+    expected = np.round(depth.astype(np.float64) * 255 / 4095)  # largest value < 4096: 12-bit
+    assert np.abs(frames[..., 0] - expected).max() <= 1
+    assert "16-bit frames" in caplog.text and "12-bit" in caplog.text
+    # a few frames read alone get the clip's scale, not their own
+    assert np.array_equal(read_frames(tmp_path / "depth", [4, 1]), frames[[4, 1]])
+
+
+def test_16_bit_rgb_png_frames_keep_their_low_bits(tmp_path):
+    depth = depth_clip(top=1000)
+    rgb = np.stack([depth, depth // 2, depth // 4], axis=-1)  # largest 999 < 1024: 10-bit
+    write_frame_folder(tmp_path / "rgb16", rgb)
+    frames = read_frames(tmp_path / "rgb16")
+    expected = np.round(rgb.astype(np.float64) * 255 / 1023)
+    assert np.abs(frames.astype(np.float64) - expected).max() <= 1
+    assert frames[..., 0].max() >= 200  # the range is used (Pillow's high byte would give at most 3)
+
+
+def test_stage1_source_reads_16_bit_frame_folders_unsaturated(tmp_path):
+    for c in range(2):
+        write_frame_folder(tmp_path / f"ep{c}", depth_clip(top=3000 + 500 * c))
+    write_manifest(tmp_path, [(f"ep{c}", 6, "depth clip") for c in range(2)])
+    src = ManifestSource(tmp_path, image_size=16)
+    for i in range(2):
+        clip = src.frames(i, range(6))
+        assert (clip == 255).mean() < 0.01 and clip.max() > 120
+    rows = video_sheet_rows(summarize_videos(tmp_path), frames=3, clips=2)  # data.inspect's contact sheet
+    assert all((images == 255).mean() < 0.01 for _, images in rows)
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+def test_manifest_saved_by_excel_with_bom_and_crlf_loads(tmp_path):
+    sliding_clips(tmp_path, [6, 7])
+    manifest = tmp_path / "manifest.csv"
+    text = manifest.read_text(encoding="utf-8")
+    manifest.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))  # as Excel saves it
+    entries = read_manifest(tmp_path)
+    assert [e.relpath for e in entries] == ["clip_0.mp4", "clip_1.mp4"] and entries[1].num_frames == 7
+    assert entries[0].text == "a square slides"
+    assert ManifestSource(tmp_path, image_size=16).num_videos == 2
+    assert summarize_videos(tmp_path).entries == entries
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+@pytest.fixture
+def headless_glfw(monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "glfw")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GLFW needs a display on Linux only")
+def test_glfw_without_a_display_says_to_use_egl(headless_glfw):
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='1'/></worldbody></mujoco>")
+    with pytest.raises(RenderingUnavailableError, match="MUJOCO_GL=egl"):
+        CameraRenderer(model, 16, 16)
+
+
+def test_toolkit_entry_points_report_rendering_errors_in_one_line(capsys):
+    from robopretrain.cli import EXIT_BAD_INPUT, friendly_errors
+
+    @friendly_errors
+    def entry() -> None:
+        raise RenderingUnavailableError("cannot render camera images: set MUJOCO_GL=egl")
+
+    with pytest.raises(SystemExit) as stop:
+        entry()
+    assert stop.value.code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip() == "error: cannot render camera images: set MUJOCO_GL=egl"
+
+
+RENDERING_ENTRY_POINTS = {
+    "collect": ["sim_envs.collect", "tasks=[Reach]", "episodes_per_task=2", "num_workers=2", "render_images=true",
+                "image_size=16", "output={tmp}/d.hdf5"],
+    "collect_videos": ["sim_envs.collect_videos", "tasks=[Reach]", "num_clips=1", "image_size=16",
+                       "output={tmp}/videos"],
+    "video_pretrain": ["video_pretrain.train", "data.collect.num_clips=1", "steps=1", "num_threads=1",
+                       "output_dir={tmp}/s1"],
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GLFW needs a display on Linux only")
+@pytest.mark.parametrize("name", sorted(RENDERING_ENTRY_POINTS))
+def test_rendering_entry_points_with_glfw_and_no_display_exit_with_one_line(tmp_path, name):
+    module, *overrides = RENDERING_ENTRY_POINTS[name]
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(MUJOCO_GL="glfw", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", module, *(o.format(tmp=tmp_path) for o in overrides), f"hydra.run.dir={tmp_path}/h"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert lines[-1].startswith("error: ") and "MUJOCO_GL=egl" in lines[-1] and "display" in lines[-1]
+
+
+# ------------------------------------------------------------------------------------------------ short clips
+@pytest.mark.parametrize("objective,minimum", [("icvf", 2), ("vip", 3), ("tcn", 3)])
+def test_clips_too_short_for_the_objective_are_named_or_skipped_and_counted(tmp_path, caplog, objective, minimum):
+    short = sliding_clips(tmp_path / "short", [minimum - 1, minimum - 1])
+    with pytest.raises(ValueError, match=rf"{objective} needs clips of at least {minimum} frames.*clip_0\.mp4 "):
+        FrameBatchStream(ManifestSource(short, image_size=16), objective, batch_size=4)
+
+    mixed = sliding_clips(tmp_path / "mixed", [minimum - 1, minimum + 3, minimum - 1, minimum])
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.sampling"):
+        stream = FrameBatchStream(ManifestSource(mixed, image_size=16), objective, batch_size=8, seed=0)
+    assert stream.short_videos == ["clip_0.mp4", "clip_2.mp4"]
+    assert f"skipping 2 of 4 clips shorter than {minimum} frames" in caplog.text
+    used = np.concatenate([stream.batch(k)["video"].numpy().ravel() for k in range(20)])
+    assert set(used.tolist()) == {1, 3}
+
+
+def test_stage1_training_on_clips_all_too_short_names_them(tmp_path):
+    sliding_clips(tmp_path / "videos", [2, 2, 2])
+    cfg = compose_cfg(f"data.path={tmp_path / 'videos'}", "objective=tcn", "steps=1", f"output_dir={tmp_path / 'run'}",
+                      "data.valid_fraction=0", *TINY)
+    with pytest.raises(ValueError, match="tcn needs clips of at least 3 frames"):
+        train(cfg, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ rerun fingerprint
+def test_rerun_into_a_run_folder_whose_data_changed_is_refused(tmp_path):
+    data_a = sliding_clips(tmp_path / "a", [8, 9, 10])
+    data_b = tmp_path / "b"
+    shutil.copytree(data_a, data_b)
+    manifest = (data_b / "manifest.csv").read_text()
+    (data_b / "manifest.csv").write_text(manifest.replace("slides", "glides"))  # the same size, other content
+    assert (data_b / "manifest.csv").stat().st_size == (data_a / "manifest.csv").stat().st_size
+    run = tmp_path / "run"
+    common = ("objective=vip", f"output_dir={run}", "data.valid_fraction=0", *TINY)
+    train(compose_cfg(f"data.path={data_a}", "steps=2", *common), tmp_path)
+
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"other settings or data.*resume=false"):
+        train(compose_cfg(f"data.path={data_b}", "steps=4", *common), tmp_path)
+    (data_a / "manifest.csv").write_text(manifest.replace("slides", "glides"))  # edited in place
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"manifest.csv content changed"):
+        train(compose_cfg(f"data.path={data_a}", "steps=4", *common), tmp_path)
+    (data_a / "manifest.csv").write_text(manifest)
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"lr: 0.0003 -> 0.001"):
+        train(compose_cfg(f"data.path={data_a}", "steps=4", "lr=1e-3", *common), tmp_path)
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"objective.name: vip -> tcn"):
+        train(compose_cfg(f"data.path={data_a}", "steps=4", *common, "objective=tcn"), tmp_path)
+
+    # asked to start fresh: trains from step 0 on the new data
+    train(compose_cfg(f"data.path={data_b}", "steps=3", "resume=false", *common), tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["trained_steps_this_run"] == 3 and metrics["fingerprint"]["inputs"]["data"]["path"] == str(data_b)
+    # same data and settings, more steps and other harmless keys: resumes
+    train(compose_cfg(f"data.path={data_b}", "steps=4", *common, "log_every=2", "num_workers=0"), tmp_path)
+    assert json.loads((run / "metrics.json").read_text())["trained_steps_this_run"] == 1
+
+
+def test_fingerprint_of_files_and_folders(tmp_path):
+    f = tmp_path / "demos.hdf5"
+    f.write_bytes(b"x" * 1000)
+    before = run_fingerprint.input_fingerprint(f)
+    st = f.stat()
+    f.write_bytes(b"y" * 1000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same time: only the content tells
+    assert run_fingerprint.differences({"inputs": {"data": before}}, {"inputs": {"data": run_fingerprint.input_fingerprint(f)}}) \
+        == [f"data {f.resolve()}: content changed"]
+
+    cfg = {"lr": 1e-3, "train": {"progress": True, "steps": 10}, "hydra": {"run": {"dir": "x"}},
+           "data": {"path": "/d", "max_cache_mb": 5}}
+    flat = run_fingerprint.flat_config(cfg, (*run_fingerprint.HARMLESS_KEYS, "data.max_cache_mb"))
+    assert flat == {"data.path": "/d", "lr": 1e-3, "train.steps": 10}
+    a = run_fingerprint.fingerprint(cfg, {"data": tmp_path})
+    assert run_fingerprint.differences(a, run_fingerprint.fingerprint(cfg, {"data": tmp_path})) == []
+    (tmp_path / "new.mp4").write_bytes(b"z")
+    changes = run_fingerprint.differences(a, run_fingerprint.fingerprint(cfg, {"data": tmp_path}))
+    assert changes[0].endswith("new.mp4 added") and "1 files" in changes[1]
+    run_fingerprint.check_resume(None, a, "old.pt")  # a checkpoint older than fingerprints: warns only
