@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from robopretrain.envs.metaworld import (ALL_TASKS, MT10_TASKS, OBJECT_DIM, PROPRIO_DIM, TASK_IDS, MetaWorldEnv,
-                                         camera_key, env_id, mt10_split, task_name)
+                                         camera_key, env_id, metaworld_state, mt10_split, task_name)
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_metaworld = pytest.mark.skipif(importlib.util.find_spec("metaworld") is None,
@@ -25,11 +25,11 @@ needs_metaworld = pytest.mark.skipif(importlib.util.find_spec("metaworld") is No
 def expert_rollout(env, task, seed, noise=0.0):
     from robopretrain.envs.metaworld_collect import ScriptedExpert
 
-    env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed)
     expert = ScriptedExpert(task, noise, np.random.default_rng(seed))
     rewards = []
     while True:
-        _, reward, terminated, truncated, info = env.step(expert.act(env.state))
+        obs, reward, terminated, truncated, info = env.step(expert.act(obs))
         rewards.append(reward)
         if terminated or truncated:
             return rewards, terminated, truncated, info
@@ -67,6 +67,7 @@ def env():
 
 
 @needs_metaworld
+@pytest.mark.filterwarnings("ignore:.*Box observation space (minimum|maximum) value")
 def test_env_checker_keys_dtypes_and_index_map(env):
     from gymnasium.utils.env_checker import check_env
 
@@ -81,6 +82,7 @@ def test_env_checker_keys_dtypes_and_index_map(env):
     np.testing.assert_array_equal(obs["proprio"], s[0:4].astype(np.float32))
     np.testing.assert_array_equal(obs["object"], np.concatenate([s[4:18], s[36:39]]).astype(np.float32))
     np.testing.assert_allclose(obs["object"][-3:], env._mw._target_pos, atol=1e-6)  # the goal
+    np.testing.assert_allclose(metaworld_state(obs), s, atol=1e-6)  # after a reset [18:36] repeats [0:18]
     assert env.action_space.shape == (4,) and env.action_space.low.min() == -1 and env.action_space.high.max() == 1
 
 

@@ -118,6 +118,17 @@ def register_envs() -> None:
                          kwargs={"task": task})
 
 
+def metaworld_state(obs: Mapping[str, Any]) -> np.ndarray:
+    """Meta-World's 39-D state from our ``proprio`` and ``object`` (a batch too: (..., 4), (..., 17) -> (..., 39)).
+
+    The previous frame's [18:36] is filled with the current one, as Meta-World's own reset does.
+    """
+    proprio = np.asarray(obs["proprio"], np.float64)
+    obj = np.asarray(obs["object"], np.float64)
+    frame = np.concatenate([proprio, obj[..., :OBJECT_DIM - 3]], axis=-1)
+    return np.concatenate([frame, frame, obj[..., OBJECT_DIM - 3:]], axis=-1)
+
+
 def _import_metaworld() -> Any:
     try:
         import metaworld.env_dict  # noqa: F401  (heavy: loads all 50 env classes)

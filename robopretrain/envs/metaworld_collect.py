@@ -7,7 +7,7 @@ The same file layout, episode kinds and seeding as ``python -m sim_envs.collect`
 plan/summary pieces and :class:`sim_envs.hdf5_writer.RobomimicWriter`): per task a mix of ``clean`` (expert
 as is), ``noisy`` (Gaussian action noise, clipped to [-1, 1]) and ``failing`` (heavy noise, and the expert
 gives up part-way) episodes; ``ep_meta["success"]`` is the real outcome. The experts are Meta-World's own
-scripted policies (``metaworld.policies``), reading the env's 39-D state. Rewards are sparse {0, 1}, ``dones``
+scripted policies (``metaworld.policies``), acting from the observation. Rewards are sparse {0, 1}, ``dones``
 is 1 only at the success that ends an episode; episodes that run out of time are truncations (``dones`` all 0).
 Every episode's seeds derive from ``(seed, task_id, index)``: the same settings give the same file, with any
 ``num_workers``. ``data.attrs["env_args"]`` names the env (``robopretrain/MetaWorld-<task>``, or
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from robopretrain.cli import friendly_errors, run_hydra
 from robopretrain.envs.metaworld import (ACTION_DIM, ENTRY_POINT, ENV_ID_PREFIX, MT10_TASKS, TASK_IDS, MetaWorldEnv,
-                                         env_id, mt10_split, task_name)
+                                         env_id, metaworld_state, mt10_split, task_name)
 from sim_envs.collect import (KINDS, Episode, EpisodePlan, TaskSummary, collection_info, format_summary,
                               give_up_action, kind_counts, validate_config)
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
@@ -125,7 +125,11 @@ def plan_episodes(cfg: DictConfig, tasks: Sequence[str]) -> list[EpisodePlan]:
 
 # ---------------------------------------------------------------------------------------------- rollout
 class ScriptedExpert:
-    """Meta-World's scripted policy of a task, with Gaussian action noise (clipped to [-1, 1])."""
+    """Meta-World's scripted policy of a task, with Gaussian action noise (clipped to [-1, 1]).
+
+    It acts from our observation dict alone: ``proprio`` and ``object`` hold every part of Meta-World's state
+    that the policies read (they parse, but never use, the previous frame's [18:36]).
+    """
 
     def __init__(self, task: str, noise: float = 0.0, rng: np.random.Generator | None = None) -> None:
         from metaworld.policies import ENV_POLICY_MAP
@@ -134,11 +138,11 @@ class ScriptedExpert:
         self.noise = float(noise)
         self.rng = rng if rng is not None else np.random.default_rng()
 
-    def act(self, state: np.ndarray) -> np.ndarray:
-        """The action for Meta-World's 39-D ``state`` (``MetaWorldEnv.state``)."""
+    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """The action for an observation of :class:`MetaWorldEnv`."""
         with warnings.catch_warnings():  # the policies warn whenever their gains saturate the action
             warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
-            action = np.asarray(self.policy.get_action(state), np.float64)
+            action = np.asarray(self.policy.get_action(metaworld_state(obs)), np.float64)
         if self.noise > 0:
             action = action + self.rng.normal(0.0, self.noise, size=ACTION_DIM)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
@@ -158,7 +162,7 @@ def run_episode(env: MetaWorldEnv, plan: EpisodePlan) -> Episode:
         if plan.stop_step is not None and len(actions) >= plan.stop_step:
             action = give_up_action(grip, plan.noise, rng)
         else:
-            action = expert.act(env.state)
+            action = expert.act(obs)
             grip = float(action[3])
         obs, reward, terminated, truncated, info = env.step(action)
         frames.append(_stored(obs))
