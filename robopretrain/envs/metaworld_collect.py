@@ -33,7 +33,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 from robopretrain.cli import friendly_errors, run_hydra
-from robopretrain.envs.metaworld import (ACTION_DIM, ENTRY_POINT, ENV_ID_PREFIX, MT10_TASKS, TASK_IDS, MetaWorldEnv,
+from robopretrain.envs.metaworld import (ACTION_DIM, ENTRY_POINT, ENV_ID_PREFIX, MESH_CELL, MT10_TASKS, TASK_IDS,
+                                         MetaWorldEnv,
                                          env_id, metaworld_state, mt10_split, task_name)
 from sim_envs.collect import (KINDS, Episode, EpisodePlan, TaskSummary, collection_info, format_summary,
                               give_up_action, kind_counts, validate_config)
@@ -64,6 +65,7 @@ class MetaWorldCollectConfig:
     render_images: bool = True  # false: state-only file (proprio, object), much faster
     cameras: list[str] = field(default_factory=lambda: ["corner"])  # Meta-World camera names (corner -> agentview)
     max_episode_steps: int = 200  # time limit per episode (Meta-World's own is 500)
+    mesh_cell: float = MESH_CELL  # render-mesh simplification grid in metres (0: Meta-World's full meshes)
     seed: int = 0
     valid_fraction: float = 0.1  # share of each task's episodes in mask/valid
     num_workers: int = 1  # > 1: spawned worker processes; the file is the same
@@ -102,7 +104,7 @@ def env_kwargs_from_config(cfg: DictConfig) -> dict[str, Any]:
     """Keyword arguments of :class:`MetaWorldEnv` shared by every task (sparse reward, end on success)."""
     return {"image_size": int(cfg.image_size), "render_images": bool(cfg.render_images),
             "cameras": [str(c) for c in cfg.cameras], "max_episode_steps": int(cfg.max_episode_steps),
-            "reward": "sparse", "terminate_on_success": True}
+            "mesh_cell": float(cfg.mesh_cell), "reward": "sparse", "terminate_on_success": True}
 
 
 def plan_episodes(cfg: DictConfig, tasks: Sequence[str]) -> list[EpisodePlan]:
