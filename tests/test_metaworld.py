@@ -229,7 +229,8 @@ def test_collected_file_reads_with_robomimic(collected):
     import robomimic.utils.obs_utils as ObsUtils
     from robomimic.utils.dataset import SequenceDataset
 
-    ObsUtils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": ["proprio", "object"], "rgb": ["agentview_image"]}})
+    ObsUtils.initialize_obs_utils_with_obs_specs(
+        {"obs": {"low_dim": ["proprio", "object"], "rgb": ["agentview_image"]}})
     ds = SequenceDataset(hdf5_path=str(collected), obs_keys=OBS_KEYS, dataset_keys=("actions", "rewards", "dones"),
                          seq_length=1, filter_by_attribute="train", hdf5_cache_mode="low_dim", hdf5_use_swmr=True)
     demo = list(ds.demos)[-1]

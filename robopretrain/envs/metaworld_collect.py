@@ -34,8 +34,7 @@ from tqdm import tqdm
 
 from robopretrain.cli import friendly_errors, run_hydra
 from robopretrain.envs.metaworld import (ACTION_DIM, ENTRY_POINT, ENV_ID_PREFIX, MESH_CELL, MT10_TASKS, TASK_IDS,
-                                         MetaWorldEnv,
-                                         env_id, metaworld_state, mt10_split, task_name)
+                                         MetaWorldEnv, env_id, metaworld_state, mt10_split, task_name)
 from sim_envs.collect import (KINDS, Episode, EpisodePlan, TaskSummary, collection_info, format_summary,
                               give_up_action, kind_counts, validate_config)
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
@@ -281,7 +280,8 @@ def collect(cfg: DictConfig | Mapping[str, Any], output_dir: str | Path | None =
         for episode in bar:
             frames = episode.frames
             writer.add_episode(task=episode.plan.task, task_id=TASK_IDS[episode.plan.task],
-                               obs={k: v[:-1] for k, v in frames.items()}, next_obs={k: v[1:] for k, v in frames.items()},
+                               obs={k: v[:-1] for k, v in frames.items()},
+                               next_obs={k: v[1:] for k, v in frames.items()},
                                actions=episode.actions, rewards=episode.rewards, dones=episode.dones,
                                ep_meta=episode_meta(episode, int(cfg.seed)))
             summaries[episode.plan.task].add(episode)
