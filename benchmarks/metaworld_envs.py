@@ -6,7 +6,8 @@ Meta-World's own limit of 500 steps; an episode that succeeds by step T would ha
 of T too (the steps before are the same), so success within each ``--limits`` comes from the same runs.
 
 Throughput (one process): env steps per second physics-only and with the ``corner`` camera rendered as
-``agentview_image`` at 64 px, over whole episodes of the expert with noise 0.3 (time limit 200) of each task;
+``agentview_image`` at 64 px (with the adapter's simplified render meshes, and with Meta-World's full ones),
+over whole episodes of the expert with noise 0.3 (time limit 200) of each task;
 only ``env.reset`` and ``env.step`` are timed (a reset costs 500 physics steps and one render), by the wall
 clock and by this process's CPU time (all its threads: the software renderer's too), which other processes
 on a shared machine do not inflate.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from envs import machine_info, wilson_interval, write_json_atomic  # noqa: E402  (benchmarks/envs.py)
-from robopretrain.envs.metaworld import MAX_PATH_LENGTH, MT10_TASKS, MetaWorldEnv, task_name  # noqa: E402
+from robopretrain.envs.metaworld import MAX_PATH_LENGTH, MESH_CELL, MT10_TASKS, MetaWorldEnv, task_name  # noqa: E402
 from robopretrain.envs.metaworld_collect import ScriptedExpert  # noqa: E402
 
 DRIVER_NOISE = 0.3  # action noise of the expert that drives the throughput runs
@@ -77,10 +78,12 @@ def measure_expert(task: str, noise: float, episodes: int, limits: Sequence[int]
 def measure_throughput(tasks: Sequence[str], physics_steps: int, render_steps: int, seed: int) -> dict[str, Any]:
     """Env steps/s over whole expert episodes (noise DRIVER_NOISE) of each task, until ``*_steps`` per task."""
     out = {}
-    for name, render, budget in (("physics", False, physics_steps), ("render_64", True, render_steps)):
+    modes = (("physics", False, physics_steps, MESH_CELL), ("render_64", True, render_steps, MESH_CELL),
+             ("render_64_full_meshes", True, render_steps, 0.0))
+    for name, render, budget, cell in modes:
         steps, timings = 0, []
         for task in tqdm(tasks, desc=f"throughput {name}", leave=False):
-            env = MetaWorldEnv(task, render_images=render, image_size=64, max_episode_steps=200)
+            env = MetaWorldEnv(task, render_images=render, image_size=64, max_episode_steps=200, mesh_cell=cell)
             env.reset(seed=seed)  # builds the renderer: not timed
             done = 0
             while done < budget:
@@ -97,7 +100,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
     tp, limits, noises = result["throughput"], result["limits"], result["noise"]
     lines = ["| mode | steps timed | steps/s (wall) | steps per CPU-second |", "|---|---:|---:|---:|"]
     lines += [f"| {label} | {tp[k]['steps']} | {tp[k]['steps_per_s']:.0f} | {tp[k]['steps_per_cpu_s']:.0f} |"
-              for k, label in (("physics", "physics only"), ("render_64", "rendered 64 px (corner)"))]
+              for k, label in (("physics", "physics only"), ("render_64", "rendered 64 px (corner)"),
+                               ("render_64_full_meshes", "rendered 64 px, mesh_cell=0 (Meta-World's full meshes)"))]
     n = result["episodes"]
     head = " | ".join(f"noise {z:g}: @{'/@'.join(map(str, limits))}" for z in noises)
     lines += ["", f"Expert success over {n} seeds (within each time limit), mean length of successes:", "",

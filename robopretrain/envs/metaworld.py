@@ -71,8 +71,8 @@ CAMERA_KEYS: dict[str, str] = {"corner": "agentview_image", "gripperPOV": "eye_i
 DEFAULT_CAMERAS: tuple[str, ...] = ("corner",)
 REWARDS = ("sparse", "dense")
 # Render meshes are simplified by vertex clustering on a grid of this many metres (Sawyer's arm is ~68k
-# triangles, which dominate software rendering; at 0.01 it is ~14k: the same picture at 64 px for ~2.5x fewer
-# CPU-seconds per frame).
+# triangles, which dominate software rendering; at 0.01 it is ~14k: the same picture at 64 px for about half
+# the CPU time per rendered step, benchmarks/metaworld_envs.py).
 MESH_CELL = 0.01
 ENTRY_POINT = "robopretrain.envs.metaworld:MetaWorldEnv"
 ENV_ID_PREFIX = "robopretrain/MetaWorld-"
