@@ -1,0 +1,270 @@
+"""Meta-World targets: the adapter's contract (keys, dtypes, upright images, seeded resets, sparse success reward,
+termination, time limit), the scripted experts, the demo collector's file (read by our reader and by robomimic's
+SequenceDataset, rebuildable from its env_args) and construction in a spawned worker."""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from robopretrain.envs.metaworld import (ALL_TASKS, MT10_TASKS, OBJECT_DIM, PROPRIO_DIM, TASK_IDS, MetaWorldEnv,
+                                         camera_key, env_id, metaworld_state, mt10_split, task_name)
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_metaworld = pytest.mark.skipif(importlib.util.find_spec("metaworld") is None,
+                                     reason="Meta-World is not installed: pip install -e '.[metaworld]'")
+
+
+def expert_rollout(env, task, seed, noise=0.0):
+    from robopretrain.envs.metaworld_collect import ScriptedExpert
+
+    obs, _ = env.reset(seed=seed)
+    expert = ScriptedExpert(task, noise, np.random.default_rng(seed))
+    rewards = []
+    while True:
+        obs, reward, terminated, truncated, info = env.step(expert.act(obs))
+        rewards.append(reward)
+        if terminated or truncated:
+            return rewards, terminated, truncated, info
+
+
+# ---------------------------------------------------------------------------------------------- names, ids, split
+def test_task_ids_names_and_split():
+    assert len(ALL_TASKS) == 50 == len(set(ALL_TASKS))
+    assert [TASK_IDS[t] for t in MT10_TASKS] == list(range(10))
+    assert task_name("drawer-open") == "drawer-open-v3" == task_name("drawer-open-v3")
+    with pytest.raises(ValueError, match="unknown Meta-World task 'drawer-opn'"):
+        task_name("drawer-opn")
+    split = mt10_split()
+    assert split.target == "drawer-open-v3" and len(split.prior) == 9 and split.target not in split.prior
+    assert mt10_split("door-close").prior == MT10_TASKS
+    assert env_id("reach") == "robopretrain/MetaWorld-reach-v3"
+    assert camera_key("corner") == "agentview_image" and camera_key("corner2") == "corner2_image"
+
+
+@needs_metaworld
+def test_task_list_matches_metaworld():
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3
+    from metaworld.policies import ENV_POLICY_MAP
+
+    assert set(ALL_TASKS) == set(ALL_V3_ENVIRONMENTS) == set(ENV_POLICY_MAP)
+    assert MT10_TASKS == tuple(MT10_V3)
+
+
+# ---------------------------------------------------------------------------------------------- env contract
+@pytest.fixture(scope="module")
+def env():
+    e = MetaWorldEnv("drawer-open-v3", image_size=64)
+    yield e
+    e.close()
+
+
+@needs_metaworld
+@pytest.mark.filterwarnings("ignore:.*Box observation space (minimum|maximum) value")
+def test_env_checker_keys_dtypes_and_index_map(env):
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=3)
+    assert set(obs) == {"proprio", "object", "task_id", "agentview_image"} and info["success"] is False
+    assert obs["proprio"].shape == (PROPRIO_DIM,) and obs["proprio"].dtype == np.float32
+    assert obs["object"].shape == (OBJECT_DIM,) and obs["object"].dtype == np.float32
+    assert obs["agentview_image"].shape == (64, 64, 3) and obs["agentview_image"].dtype == np.uint8
+    assert obs["task_id"] == TASK_IDS["drawer-open-v3"] == 4
+    s = env.state
+    np.testing.assert_array_equal(obs["proprio"], s[0:4].astype(np.float32))
+    np.testing.assert_array_equal(obs["object"], np.concatenate([s[4:18], s[36:39]]).astype(np.float32))
+    np.testing.assert_allclose(obs["object"][-3:], env._mw._target_pos, atol=1e-6)  # the goal
+    np.testing.assert_allclose(metaworld_state(obs), s, atol=1e-6)  # after a reset [18:36] repeats [0:18]
+    assert env.action_space.shape == (4,) and env.action_space.low.min() == -1 and env.action_space.high.max() == 1
+
+
+@needs_metaworld
+def test_state_only_and_camera_mapping():
+    e = MetaWorldEnv("reach", render_images=False)
+    obs, _ = e.reset(seed=0)
+    assert set(obs) == {"proprio", "object", "task_id"} and e._renderer is None  # no rendering cost
+    e = MetaWorldEnv("reach", image_size=32, cameras=("corner", "gripperPOV", "topview"))
+    obs, _ = e.reset(seed=0)
+    assert {"agentview_image", "eye_in_hand_image", "topview_image"} <= set(obs)
+    assert all(obs[k].shape == (32, 32, 3) for k in ("agentview_image", "eye_in_hand_image", "topview_image"))
+    e.close()
+    with pytest.raises(ValueError, match="unknown Meta-World camera 'side'"):
+        MetaWorldEnv("reach", cameras=("side",))
+    with pytest.raises(ValueError, match="reward='shaped'"):
+        MetaWorldEnv("reach", reward="shaped")
+
+
+@needs_metaworld
+def test_images_upright_and_not_mirrored(env):
+    """The corner cameras look down from above with their "up" pointing below the horizon: MuJoCo draws them
+    upside down. Ours are turned by 180 degrees (not flipped), so the dark background above the scene is at the
+    top and the table at the bottom."""
+    env.reset(seed=0)
+    for cam in ("corner", "corner2", "corner3", "corner4"):
+        image = env.render_camera(cam).astype(float)
+        raw = env._renderer.render(env._mw.data, cam)
+        np.testing.assert_array_equal(image, raw[::-1, ::-1])  # a rotation: left and right are kept
+        if cam != "corner3":  # (corner3 looks steeply down, tilted: floor at its top)
+            assert image[:8].mean() < image[-8:].mean(), cam  # dark background above, table below
+    cam_id = env._mw.model.camera("corner").id
+    assert env._mw.data.cam_xmat[cam_id].reshape(3, 3)[2, 1] < 0  # corner's image "up" points down in the world
+    np.testing.assert_array_equal(env.render_camera("topview"), env._renderer.render(env._mw.data, "topview"))
+
+
+@needs_metaworld
+def test_simplified_render_meshes_leave_physics_alone():
+    from robopretrain.envs.metaworld_collect import ScriptedExpert
+
+    full = MetaWorldEnv("pick-place-v3", render_images=False)
+    simple = MetaWorldEnv("pick-place-v3", image_size=32)  # its meshes are simplified when it first renders
+    a, b = full.reset(seed=1)[0], simple.reset(seed=1)[0]
+    faces = simple._mw.model.mesh_facenum.sum()
+    assert faces < 0.3 * full._mw.model.mesh_facenum.sum()
+    expert = ScriptedExpert("pick-place-v3")
+    for _ in range(60):  # reach, grasp and lift the puck: contacts happen
+        action = expert.act(a)
+        a, b = full.step(action)[0], simple.step(action)[0]
+        np.testing.assert_array_equal(a["proprio"], b["proprio"])
+        np.testing.assert_array_equal(a["object"], b["object"])
+    simple.close()
+
+
+@needs_metaworld
+def test_reset_is_deterministic_per_seed(env):
+    a, _ = env.reset(seed=7)
+    b, _ = env.reset(seed=7)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    c, _ = env.reset(seed=8)
+    assert not np.array_equal(a["object"], c["object"])  # the drawer's position is drawn per seed
+    other = MetaWorldEnv("drawer-open-v3", render_images=False)
+    other.reset(seed=7)
+    env.reset(seed=7)
+    np.testing.assert_array_equal(other.reset()[0]["object"], env.reset()[0]["object"])  # seed=None continues
+
+
+@needs_metaworld
+def test_success_gives_reward_one_and_terminates():
+    e = MetaWorldEnv("drawer-open-v3", render_images=False, max_episode_steps=200)
+    rewards, terminated, truncated, info = expert_rollout(e, "drawer-open-v3", seed=0)
+    assert terminated and not truncated and info["success"] is True
+    assert rewards[-1] == 1.0 and set(rewards[:-1]) == {0.0}
+    dense = MetaWorldEnv("drawer-open-v3", render_images=False, reward="dense", max_episode_steps=200)
+    rewards, terminated, _, info = expert_rollout(dense, "drawer-open-v3", seed=0)
+    assert terminated and rewards[-1] == info["dense_reward"] and len(set(rewards)) > 2  # Meta-World's shaped reward
+    e = MetaWorldEnv("drawer-open-v3", render_images=False, max_episode_steps=5)
+    e.reset(seed=0)
+    ends = [e.step(np.zeros(4))[2:4] for _ in range(5)]
+    assert ends == [(False, False)] * 4 + [(False, True)]  # time limit: truncated, not terminated
+
+
+@needs_metaworld
+@pytest.mark.parametrize("task", ["drawer-open-v3", "reach-v3"])
+def test_scripted_expert_succeeds(task):
+    e = MetaWorldEnv(task, render_images=False, max_episode_steps=200)
+    for seed in range(3):
+        rewards, terminated, _, _ = expert_rollout(e, task, seed)
+        assert terminated and rewards[-1] == 1.0, (task, seed, len(rewards))
+
+
+@needs_metaworld
+def test_gym_make_and_spawned_worker():
+    import gymnasium as gym
+
+    made = gym.make(env_id("reach"), render_images=False, max_episode_steps=50)
+    assert made.spec.max_episode_steps == 50
+    local, _ = MetaWorldEnv("reach", image_size=32).reset(seed=4)
+    vec = gym.vector.AsyncVectorEnv([functools.partial(MetaWorldEnv, task="reach", image_size=32)], context="spawn")
+    try:
+        remote, _ = vec.reset(seed=4)
+        np.testing.assert_array_equal(remote["agentview_image"][0], local["agentview_image"])
+        np.testing.assert_array_equal(remote["object"][0], local["object"])
+    finally:
+        vec.close()
+
+
+# ---------------------------------------------------------------------------------------------- collector
+TASKS = ["reach-v3", "drawer-open-v3"]
+OBS_KEYS = ("agentview_image", "proprio", "object")
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    from robopretrain.envs.metaworld_collect import collect
+
+    out = tmp_path_factory.mktemp("mw") / "demos.hdf5"
+    return collect({"tasks": TASKS, "episodes_per_task": 3, "image_size": 32, "max_episode_steps": 120,
+                    "valid_fraction": 0.34, "output": str(out)}, progress=False)
+
+
+@needs_metaworld
+def test_collected_file_reads_with_our_reader(collected):
+    from robopretrain.data.hdf5 import load_transitions, read_info
+
+    info = read_info(collected)
+    assert info.tasks == {t: TASK_IDS[t] for t in TASKS} and info.action_dim == 4
+    assert info.obs_specs["agentview_image"] == ((32, 32, 3), np.uint8)
+    assert info.obs_specs["proprio"][0] == (4,) and info.obs_specs["object"][0] == (17,)
+    tr = load_transitions(collected, list(OBS_KEYS))
+    assert np.abs(tr.actions).max() <= 1.0 and set(np.unique(tr.rewards)) <= {0.0, 1.0}
+    for i, meta in enumerate(tr.ep_meta):
+        steps = tr.episode_ids == i
+        dones, rewards = tr.dones[steps], tr.rewards[steps]
+        assert dones[:-1].sum() == 0 and dones[-1] == float(meta["success"]) == rewards[-1] == rewards.sum()
+    assert [m["kind"] for m in tr.ep_meta] == ["clean", "noisy", "failing"] * 2
+    with h5py.File(collected, "r") as f:
+        assert sorted(k for k in f["mask"]) == sorted(["train", "valid", *TASKS])
+
+
+@needs_metaworld
+def test_collected_file_reads_with_robomimic(collected):
+    import robomimic.utils.obs_utils as ObsUtils
+    from robomimic.utils.dataset import SequenceDataset
+
+    ObsUtils.initialize_obs_utils_with_obs_specs(
+        {"obs": {"low_dim": ["proprio", "object"], "rgb": ["agentview_image"]}})
+    ds = SequenceDataset(hdf5_path=str(collected), obs_keys=OBS_KEYS, dataset_keys=("actions", "rewards", "dones"),
+                         seq_length=1, filter_by_attribute="train", hdf5_cache_mode="low_dim", hdf5_use_swmr=True)
+    demo = list(ds.demos)[-1]
+    item = ds[ds._demo_id_to_start_indices[demo] + 1]
+    ds.close_and_delete_hdf5_handle()
+    with h5py.File(collected, "r") as f:
+        group = f[f"data/{demo}"]
+        for key in OBS_KEYS:
+            np.testing.assert_array_equal(item["obs"][key][0], group[f"obs/{key}"][1])
+        np.testing.assert_array_equal(item["actions"][0], group["actions"][1])
+
+
+@needs_metaworld
+def test_env_args_rebuild_the_env_that_made_the_demos(collected):
+    """The file's env_args and a demo's seed give back the demo's first observation."""
+    with h5py.File(collected, "r") as f:
+        env_args = json.loads(f["data"].attrs["env_args"])
+        demo = f["data/demo_4"]
+        task, seed = demo.attrs["task"], json.loads(demo.attrs["ep_meta"])["seed"]
+        first = {k: demo[f"obs/{k}"][0] for k in OBS_KEYS}
+    kwargs = env_args["env_kwargs"]
+    assert env_args["env_name"] == "robopretrain/MetaWorld-multitask" and kwargs["env_ids"][task] == env_id(task)
+    module, name = kwargs["entry_point"].split(":")
+    env_cls = getattr(importlib.import_module(module), name)
+    metadata = ("entry_point", "tasks", "task_ids", "env_ids")
+    obs, _ = env_cls(task=task, **{k: v for k, v in kwargs.items() if k not in metadata}).reset(seed=seed)
+    for key in OBS_KEYS:
+        np.testing.assert_array_equal(obs[key], first[key])
+
+
+def test_collect_cli_bad_task_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "robopretrain.envs.metaworld_collect", "tasks=[drawer-opn]",
+                           f"output={tmp_path / 'x.hdf5'}", f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: metaworld_collect config: tasks: unknown Meta-World")
+    assert not (tmp_path / "x.hdf5").exists()
