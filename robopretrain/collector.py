@@ -1,7 +1,6 @@
 """Stage-3 experience collection: ``num_envs`` envs stepping in worker processes, one learner.
 
-Used by both online loops (state-based :func:`finetune.online.run_online`, images
-:func:`robopretrain.image_rl.run_online_images`). The design is *synchronous collect-then-update*:
+Used by stage 3's online loop (:func:`finetune.online.run_online`). The design is *synchronous collect-then-update*:
 
 * the envs live in a gymnasium vector env: ``AsyncVectorEnv`` (``spawn`` start method, each worker building its
   env lazily from a picklable factory, so MuJoCo/EGL state is never forked) when ``asynchronous`` and
@@ -28,7 +27,6 @@ Used by both online loops (state-based :func:`finetune.online.run_online`, image
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -46,46 +44,6 @@ _SEED_STRIDE = 100_000
 def episode_seed(seed: int, episode: int) -> int:
     """Reset seed of training episode ``episode`` (as :func:`robopretrain.evaluation.train_episode_seed`)."""
     return int(seed) * _SEED_STRIDE + int(episode)
-
-
-def sim_env(task: str, randomization: Any = "none", **kwargs: Any) -> gym.Env:
-    """A state-only sim_envs env of ``task`` terminating on success (a picklable factory for worker processes)."""
-    import sim_envs
-
-    if task not in sim_envs.TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(sim_envs.TASKS)}")
-    if isinstance(randomization, Mapping):
-        randomization = dict(randomization)
-    return gym.make(sim_envs.env_id(task), render_images=False, randomization=randomization,
-                    terminate_on_success=True, **kwargs)
-
-
-def target_env(name: str, env_id: str | None, env_kwargs: Mapping[str, Any], max_episode_steps: int | None,
-               image_keys: Sequence[str], image_size: int, randomization: Any = "none") -> gym.Env:
-    """The env of an image target (the fields of :class:`robopretrain.image_rl.TargetSpec`; a picklable factory).
-
-    ``env_id`` None: the sim_envs task ``name`` rendering ``image_keys`` at ``image_size`` with ``randomization``,
-    terminating on success. Else a gymnasium id, or ``"module:Class"`` (built with ``env_kwargs``, wrapped in a
-    ``TimeLimit`` of ``max_episode_steps`` when given).
-    """
-    env_kwargs = dict(env_kwargs or {})
-    if env_id is None:
-        import sim_envs
-
-        if name not in sim_envs.TASKS:
-            raise ValueError(f"target {name!r} is not a sim_envs task ({sorted(sim_envs.TASKS)}); set env_id")
-        return gym.make(sim_envs.env_id(name), image_size=int(image_size), render_images=True,
-                        eye_in_hand="eye_in_hand_image" in image_keys, randomization=randomization,
-                        terminate_on_success=True, **env_kwargs)
-    module_name, _, attr = str(env_id).partition(":")
-    if attr:
-        obj = getattr(importlib.import_module(module_name), attr, None)
-        if isinstance(obj, type):
-            env = obj(**env_kwargs)
-            if max_episode_steps:
-                env = gym.wrappers.TimeLimit(env, int(max_episode_steps))
-            return env
-    return gym.make(str(env_id), **env_kwargs)
 
 
 def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: bool = True) -> gym.vector.VectorEnv:
@@ -291,7 +249,7 @@ def collect_and_update(
     on_checkpoint: Callable[[int, int], None],
     progress: Any = None,
 ) -> tuple[int, int]:
-    """The stage-3 loop shared by the state and image paths: collect a round, store finished episodes, update.
+    """The stage-3 loop: collect a round, store finished episodes, update.
 
     From ``env_steps`` (``started`` episodes begun) to ``total`` env steps: each round ``collector.step`` counts
     some env steps, ``store(episode)`` gets every finished episode, then ``update(with_metrics)`` runs
@@ -343,4 +301,4 @@ def collect_and_update(
 
 
 __all__ = ["CollectStep", "Episode", "VectorCollector", "collect_and_update", "crossed", "episode_seed",
-           "make_vector_env", "sim_env", "target_env", "tree_rows", "tree_stack"]
+           "make_vector_env", "tree_rows", "tree_stack"]

@@ -139,7 +139,7 @@ class BlindPolicy:
         obs = dict(obs)
         for key in self.spec.rgb_keys:
             frame = np.asarray(obs[key])
-            obs[key] = np.zeros_like(frame) if self.mode == "black" else np.broadcast_to(self.other[key], frame.shape)
+            obs[key] = np.zeros_like(frame) if self.mode == "black" else np.broadcast_to(self.other[key], frame.shape).copy()
         return self.agent.act(obs, deterministic)
 
 

@@ -1,33 +1,32 @@
-"""Data: robomimic HDF5 reading (:mod:`.hdf5`), returns-to-go (:mod:`.returns`), replay buffers (:mod:`.replay`)."""
+"""Data: robomimic HDF5 reading (:mod:`.hdf5`), observation specs (:mod:`.spec`), offline datasets from files
+(:mod:`.dataset`), returns-to-go (:mod:`.returns`), replay buffers and samplers (:mod:`.replay`), key names
+(:mod:`.keys`)."""
 
+from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
 from robopretrain.data.hdf5 import DatasetError, DatasetInfo, Transitions, load_transitions, read_info, select_demos
-from robopretrain.data.replay import (
-    BATCH_KEYS,
-    MixedSampler,
-    OfflineDataset,
-    ReplayBuffer,
-    append_task_one_hot,
-    flatten_obs,
-    task_one_hot,
-)
+from robopretrain.data.keys import BATCH_KEYS
+from robopretrain.data.replay import MixedSampler, OfflineDataset, ReplayBuffer
 from robopretrain.data.returns import episode_returns_to_go, returns_to_go, scale_rewards, sparse_negative_reward
+from robopretrain.data.spec import ObsSpec, SpecMismatchError
 
 __all__ = [
     "BATCH_KEYS",
     "DatasetError",
     "DatasetInfo",
     "MixedSampler",
+    "ObsSpec",
     "OfflineDataset",
     "ReplayBuffer",
+    "RewardSettings",
+    "SpecMismatchError",
     "Transitions",
-    "append_task_one_hot",
     "episode_returns_to_go",
-    "flatten_obs",
+    "load_offline_dataset",
     "load_transitions",
     "read_info",
     "returns_to_go",
     "scale_rewards",
     "select_demos",
     "sparse_negative_reward",
-    "task_one_hot",
+    "spec_of_data",
 ]

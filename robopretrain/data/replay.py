@@ -10,11 +10,11 @@ Follows REFERENCE.md, Stage 3 (Cal-QL online fine-tuning):
   still empty the whole batch is offline. Python's ``round`` is used (ties go to the even number).
 
 Rewards are stored as given: the caller applies the algorithm's reward scale/bias first (see
-:mod:`robopretrain.data.returns`). Observations are either a flat float vector or a dict of arrays (keys
-chosen by config; images stay uint8); :func:`flatten_obs` concatenates low-dim keys in the given order and
-:func:`append_task_one_hot` adds the PTR task-ID conditioning (REFERENCE.md, Stage 2).
+:mod:`robopretrain.data.returns`; :func:`robopretrain.data.dataset.load_offline_dataset` does it for files).
+Observations are dicts of named parts (:mod:`robopretrain.data.spec`: low-dim float32, images uint8, the int64
+``task_id``) or plain arrays.
 
-Batches are dicts with the keys of :data:`BATCH_KEYS` holding torch tensors on the buffer's device
+Batches are dicts with the keys of :data:`robopretrain.data.keys.BATCH_KEYS` holding torch tensors on the buffer's device
 (``observations``/``next_observations`` are dicts of tensors for dict observations). Storage is
 preallocated numpy; indices come from one ``np.random.Generator`` per buffer. ``state_dict()`` returns
 only tensors, ints and strings, so it can be saved with ``torch.save`` and loaded with
@@ -29,60 +29,13 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from robopretrain.data.returns import episode_returns_to_go, returns_to_go, scale_rewards, sparse_negative_reward
-
-BATCH_KEYS = ("observations", "actions", "rewards", "next_observations", "dones", "mc_returns")
-OBS_KEYS = ("observations", "next_observations")
+from robopretrain.data.keys import BATCH_KEYS, OBS_FIELDS
+from robopretrain.data.returns import episode_returns_to_go
 
 Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
 TensorTree = Union[torch.Tensor, dict[str, torch.Tensor]]
 Batch = dict[str, TensorTree]
 ObsSpec = Union[int, Sequence[int], Mapping[str, tuple[Sequence[int], Any]]]
-
-
-# --------------------------------------------------------------------------- observation helpers
-
-
-def flatten_obs(obs: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
-    """Concatenate low-dim observation keys, in the order of ``keys``, into one float32 vector.
-
-    Works on a single observation (each value ``(d,)``) or a batch (each value ``(N, d)``). Images
-    (uint8 or more than 2-D values) are rejected: they belong to an encoder, not to a flat state.
-    """
-    if not keys:
-        raise ValueError("flatten_obs needs at least one key")
-    parts = []
-    for k in keys:
-        if k not in obs:
-            raise KeyError(f"observation key {k!r} missing; available: {sorted(obs)}")
-        v = np.asarray(obs[k])
-        if v.dtype == np.uint8 or v.ndim > 2:
-            raise ValueError(
-                f"observation key {k!r} looks like an image {v.dtype} {v.shape}; only low-dim keys flatten"
-            )
-        parts.append(v.astype(np.float32, copy=False))
-    return np.concatenate(parts, axis=-1)
-
-
-def task_one_hot(task_ids: np.ndarray | int, num_tasks: int) -> np.ndarray:
-    """One-hot float32 ``(..., num_tasks)`` encoding of integer task ids in ``[0, num_tasks)``."""
-    ids = np.asarray(task_ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= num_tasks):
-        raise ValueError(f"task ids must lie in [0, {num_tasks}), got range [{ids.min()}, {ids.max()}]")
-    return np.eye(num_tasks, dtype=np.float32)[ids]
-
-
-def append_task_one_hot(
-    obs: np.ndarray | torch.Tensor, task_ids: np.ndarray | torch.Tensor | int, num_tasks: int
-) -> np.ndarray | torch.Tensor:
-    """Append the task one-hot to flat states ``(..., S)`` -> ``(..., S + num_tasks)`` (numpy or torch)."""
-    if torch.is_tensor(obs):
-        ids = torch.as_tensor(task_ids, device=obs.device, dtype=torch.long)
-        one_hot = torch.nn.functional.one_hot(ids, num_tasks).to(obs.dtype)
-        return torch.cat([obs, one_hot.expand(*obs.shape[:-1], num_tasks)], dim=-1)
-    one_hot = task_one_hot(np.asarray(task_ids), num_tasks)
-    one_hot = np.broadcast_to(one_hot, (*obs.shape[:-1], num_tasks))
-    return np.concatenate([np.asarray(obs, dtype=np.float32), one_hot], axis=-1)
 
 
 # --------------------------------------------------------------------------- array trees (array or dict)
@@ -161,7 +114,7 @@ class OfflineDataset:
         }
         if mc_returns is not None:  # without them batches carry no "mc_returns" and Cal-QL refuses them
             fields["mc_returns"] = _as_storage(np.reshape(mc_returns, (n,)))
-        for k in OBS_KEYS:
+        for k in OBS_FIELDS:
             if _tree_len(fields[k]) != n:
                 raise ValueError(f"{k} has {_tree_len(fields[k])} rows but actions have {n}")
         if n == 0:
@@ -170,48 +123,6 @@ class OfflineDataset:
         self.size = n
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
-
-    @classmethod
-    def from_transitions(
-        cls,
-        transitions: Any,
-        *,
-        gamma: float,
-        reward_scale: float = 1.0,
-        reward_bias: float = 0.0,
-        sparse_reward: bool = True,
-        flat_obs_keys: Sequence[str] | None = None,
-        num_tasks: int | None = None,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-    ) -> OfflineDataset:
-        """Build from :class:`robopretrain.data.hdf5.Transitions`: scale rewards, compute returns-to-go.
-
-        Episode boundaries use the episode ids and the ``obs[t + 1] != next_obs[t]`` check. With
-        ``sparse_reward`` the all-failure rule uses ``0 * reward_scale + reward_bias`` as the negative
-        reward. ``flat_obs_keys`` flattens those keys into one vector; ``num_tasks`` appends the task
-        one-hot (requires flat observations).
-        """
-        rewards = scale_rewards(transitions.rewards, reward_scale, reward_bias)
-        r_neg = sparse_negative_reward(reward_scale, reward_bias) if sparse_reward else None
-        mc = returns_to_go(
-            rewards,
-            transitions.dones,
-            gamma,
-            episode_ids=transitions.episode_ids,
-            obs=transitions.obs,
-            next_obs=transitions.next_obs,
-            sparse_negative_reward=r_neg,
-        )
-        obs, next_obs = transitions.obs, transitions.next_obs
-        if flat_obs_keys is not None:
-            obs, next_obs = flatten_obs(obs, flat_obs_keys), flatten_obs(next_obs, flat_obs_keys)
-        if num_tasks is not None:
-            if isinstance(obs, Mapping):
-                raise ValueError("task one-hot conditioning needs flat observations (set flat_obs_keys)")
-            obs = append_task_one_hot(obs, transitions.task_ids, num_tasks)
-            next_obs = append_task_one_hot(next_obs, transitions.task_ids, num_tasks)
-        return cls(obs, transitions.actions, rewards, next_obs, transitions.dones, mc, device=device, seed=seed)
 
     def __len__(self) -> int:
         return self.size
