@@ -1,0 +1,203 @@
+"""Does each offline learner learn what clean expert data teaches? BC / IQL / CQL / Cal-QL on clean scripted-expert
+demos of single tasks, with privileged state; success measured in sim. Protocol: ``benchmarks/protocols/recipe.md``.
+
+    python benchmarks/recipe.py                         # the protocol: 4 tasks x 4 learners x 3 seeds x 5000 updates
+    python benchmarks/recipe.py --jobs 2                # two runs at a time (one torch thread each)
+    python benchmarks/recipe.py --summarize-only        # table from the saved JSON
+
+Each run is ``robopretrain.train`` (stage 2's own entry point, as a subprocess) on one task's file, with checkpoints
+every 500 updates; the checkpoints at the protocol's budgets are then evaluated on 50 fixed episodes (per-episode
+outcomes kept for the bootstrap). A rerun skips finished runs and evaluations. Output:
+``benchmarks/results/recipe.json`` and a markdown table on stdout (mean success over seeds, each seed, 95% bootstrap
+interval over seeds and episodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "recipe.json"
+ALGOS = ("bc", "iql", "cql", "calql")
+TASKS = ("Reach", "PushBlock", "OpenDrawer", "PressButton")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--algos", nargs="+", default=list(ALGOS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--updates", nargs="+", type=int, default=[1000, 2500, 5000], help="budgets evaluated")
+    p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per checkpoint")
+    p.add_argument("--demos", type=int, default=50)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_recipe"))
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--summarize-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def collect_data(task: str, demos: int, work: Path) -> Path:
+    from omegaconf import OmegaConf
+
+    from sim_envs.collect import collect
+
+    path = work / "data" / f"{task}_clean{demos}.hdf5"
+    if path.is_file():
+        return path
+    cfg = OmegaConf.load(ROOT / "configs" / "collect.yaml")
+    cfg.merge_with({"tasks": [task], "episodes_per_task": demos, "render_images": False, "output": str(path),
+                    "overwrite": True, "seed": 0,
+                    "kinds": {"clean": {"fraction": 1.0, "noise": 0.0, "stop": None},
+                              "noisy": {"fraction": 0.0, "noise": 0.3, "stop": None},
+                              "failing": {"fraction": 0.0, "noise": 1.0, "stop": [0.1, 0.5]}}})
+    return Path(collect(cfg, progress=False))
+
+
+def train_run(data: Path, out: Path, algo: str, seed: int, steps: int) -> float:
+    """Stage 2 as a subprocess (resumes when killed); returns its wall time (0 when it had already finished)."""
+    if (out / "checkpoints" / f"ckpt_{steps:08d}").is_dir():
+        return 0.0
+    cmd = [sys.executable, "-m", "robopretrain.train", f"algo={algo}", f"data.path={data}", f"seed={seed}",
+           f"output_dir={out}", f"hydra.run.dir={out}/hydra", "num_threads=1", f"train.steps={steps}",
+           "train.eval_targets=[]", "train.checkpoint_every=500", "train.keep_checkpoints=100", "train.progress=false",
+           "train.tensorboard=false"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def evaluate_checkpoint(ckpt: Path, task: str, episodes: int) -> list[bool]:
+    """Per-episode success of the deterministic policy on the fixed evaluation seeds."""
+    import torch
+
+    from robopretrain.checkpoint import load_agent
+    from robopretrain.envs.target import Target
+    from robopretrain.evaluation import EVAL_SEED, agent_env, run_episodes
+
+    torch.set_num_threads(1)
+    agent, _ = load_agent(ckpt)
+    env = agent_env(agent, Target(task))
+    try:
+        return [bool(run_episodes(agent, env, 1, eval_seed=EVAL_SEED + i)["success"]) for i in range(episodes)]
+    finally:
+        env.close()
+
+
+def bootstrap_ci(per_seed: list[list[bool]], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean success, resampling seeds, then episodes within each seed."""
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(s, dtype=float) for s in per_seed]
+    means = []
+    for _ in range(resamples):
+        picked = rng.integers(0, len(arrays), len(arrays))
+        means.append(np.mean([rng.choice(arrays[i], len(arrays[i])).mean() for i in picked]))
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def one(args: argparse.Namespace, results: dict[str, Any], task: str, algo: str, seed: int) -> None:
+    key = f"{task}/{algo}/seed{seed}"
+    entry = results.setdefault(key, {"task": task, "algo": algo, "seed": seed, "success": {}})
+    if all(str(u) in entry["success"] for u in args.updates):
+        return
+    data = collect_data(task, args.demos, args.work_dir)
+    out = args.work_dir / "runs" / task / algo / f"seed{seed}"
+    seconds = train_run(data, out, algo, seed, max(args.updates))
+    if seconds:
+        entry["train_seconds"] = seconds
+    for u in args.updates:
+        if str(u) not in entry["success"]:
+            entry["success"][str(u)] = evaluate_checkpoint(out / "checkpoints" / f"ckpt_{u:08d}", task, args.episodes)
+    print(f"{key}: " + ", ".join(f"{u}: {np.mean(entry['success'][str(u)]):.2f}" for u in args.updates), flush=True)
+
+
+def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    rows = {}
+    for entry in results.values():
+        for u, outcomes in entry["success"].items():
+            rows.setdefault((entry["task"], entry["algo"], int(u)), []).append((entry["seed"], outcomes))
+    summary = []
+    for (task, algo, u), per in sorted(rows.items()):
+        per.sort()
+        lo, hi = bootstrap_ci([o for _, o in per])
+        summary.append({"task": task, "algo": algo, "updates": u, "mean": float(np.mean([np.mean(o) for _, o in per])),
+                        "per_seed": {s: float(np.mean(o)) for s, o in per}, "ci95": [lo, hi],
+                        "episodes": len(per[0][1])})
+    return {"summary": summary}
+
+
+def table(summary: list[dict[str, Any]], budget: int) -> str:
+    lines = [f"success at {budget} updates (mean over seeds [95% CI]; seeds)", "",
+             "| task | " + " | ".join(ALGOS) + " |", "|---|" + "---|" * len(ALGOS)]
+    tasks = sorted({r["task"] for r in summary})
+    for task in tasks:
+        cells = []
+        for algo in ALGOS:
+            r = next((r for r in summary if r["task"] == task and r["algo"] == algo and r["updates"] == budget), None)
+            cells.append("-" if r is None else f"{r['mean']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]; "
+                         + " / ".join(f"{v:.2f}" for v in r["per_seed"].values()))
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    results: dict[str, Any] = json.loads(args.out.read_text()).get("runs", {}) if args.out.is_file() else {}
+    if not args.summarize_only:
+        import threading
+
+        lock = threading.Lock()
+        jobs = [(t, a, s) for t in args.tasks for a in args.algos for s in args.seeds]
+        for task in args.tasks:  # data first, once per task
+            collect_data(task, args.demos, args.work_dir)
+
+        def work(job: tuple[str, str, int]) -> None:
+            one(args, results, *job)
+            with lock:
+                save(args, results)
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            list(pool.map(work, jobs))
+    out = save(args, results)
+    for budget in args.updates:
+        print(table(out["summary"], budget))
+        print()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def save(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    out = {"protocol": "benchmarks/protocols/recipe.md", "command": " ".join(sys.argv), "cpu": cpu_model(),
+           "runs": results, **summarize(results, args)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, args.out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
