@@ -2,7 +2,8 @@
 
 Tasks (``sim_envs.tasks``), the robot gripper and the human hand (``sim_envs.scene``), scripted experts
 (``sim_envs.experts``), domain randomization (``sim_envs.randomization``) and the data-collection CLIs
-(``python -m sim_envs.collect``, ``python -m sim_envs.collect_videos``). Importing the package picks a
+(``python -m sim_envs.collect``, ``python -m sim_envs.collect_videos``), and the blind-camera ablation
+(``sim_envs.wrappers.BlindCamera``). Importing the package picks a
 headless OpenGL backend (EGL, else OSMesa) and registers every task as ``sim_envs/<Task>-v0``.
 """
 from sim_envs.rendering import select_gl_backend

@@ -376,12 +376,13 @@ def _write_episode(writer: RobomimicWriter, episode: Episode, seed: int, level: 
 
 def format_summary(summaries: Mapping[str, TaskSummary], path: Path, elapsed: float) -> str:
     """The end-of-run table: per task episodes, success rate, success per kind, mean length."""
-    header = f"{'task':<15}{'episodes':>9}{'success':>9}{'clean':>8}{'noisy':>8}{'failing':>9}{'mean_len':>10}"
+    width = max([15] + [len(task) + 2 for task in summaries])
+    header = f"{'task':<{width}}{'episodes':>9}{'success':>9}{'clean':>8}{'noisy':>8}{'failing':>9}{'mean_len':>10}"
     lines = [header, "-" * len(header)]
     episodes = transitions = successes = 0
     for task, s in summaries.items():
         kinds = [f"{s.by_kind[k][0]}/{s.by_kind[k][1]}" for k in KINDS]
-        lines.append(f"{task:<15}{s.episodes:>9}{s.successes / max(s.episodes, 1):>9.2f}{kinds[0]:>8}"
+        lines.append(f"{task:<{width}}{s.episodes:>9}{s.successes / max(s.episodes, 1):>9.2f}{kinds[0]:>8}"
                      f"{kinds[1]:>8}{kinds[2]:>9}{s.transitions / max(s.episodes, 1):>10.1f}")
         episodes += s.episodes
         transitions += s.transitions

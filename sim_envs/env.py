@@ -82,6 +82,8 @@ class TabletopEnv(gym.Env):
         self._finger_dadr = [self.model.jnt_dofadr[self.model.joint(n).id] for n in ("finger_l", "finger_r")]
         self._renderer: CameraRenderer | None = None
         self.goal = np.zeros(3)
+        # Per-episode task state that is not in MuJoCo's (e.g. which button is lit); cleared at every reset.
+        self.episode: dict[str, Any] = {}
         self.dr_params: dict[str, Any] = {}
         self._grip_cmd = -1.0
 
@@ -107,6 +109,7 @@ class TabletopEnv(gym.Env):
         self.randomizer.apply(self.dr_params)
         start = np.array([rng.uniform(-0.12, 0.12), rng.uniform(-0.2, -0.08), rng.uniform(0.12, 0.2)])
         self._set_gripper(start)
+        self.episode = {}
         self.task.reset(self, rng)
         mujoco.mj_forward(m, d)
         if self.randomizer.uses_distractors:
@@ -136,6 +139,8 @@ class TabletopEnv(gym.Env):
             # MuJoCo hit NaN/inf state or accelerations and silently reset the state: the episode is void.
             # End it as a truncation (not a failure the agent caused) and say so.
             return self._obs(), 0.0, False, True, {"success": False, "physics_unstable": True}
+        if self.task.after_step is not None:
+            self.task.after_step(self)
         success = bool(self.task.success(self))
         terminated = success and self.terminate_on_success
         return self._obs(), float(success), terminated, False, {"success": success, "physics_unstable": False}
@@ -220,6 +225,25 @@ class TabletopEnv(gym.Env):
         """Move a body without joints (a fixture or the goal marker); every task reset sets it again."""
         self.model.body_pos[self.model.body(body).id] = pos
 
+    def set_static_pose(self, body: str, pos: np.ndarray, yaw: float) -> None:
+        """Move and turn (about the vertical) a body without joints; every task reset sets it again."""
+        bid = self.model.body(body).id
+        self.model.body_pos[bid] = pos
+        self.model.body_quat[bid] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+
+    def light_button(self, index: int, on: bool) -> None:
+        """Light button ``index`` of PressLitButton (bright green, glowing) or put its light out (grey)."""
+        from sim_envs.scene import LIT_RGBA, UNLIT_RGBA
+
+        cap = self.model.geom(f"button_cap{index}").id
+        if on:
+            self.episode["cap_matid"] = int(self.model.geom_matid[cap])
+            self.model.geom_rgba[cap] = LIT_RGBA
+            self.model.geom_matid[cap] = self.model.material("mat_lit").id
+        else:
+            self.model.geom_rgba[cap] = UNLIT_RGBA
+            self.model.geom_matid[cap] = self.episode.get("cap_matid", -1)
+
     def site_pos_at_qpos(self, site: str, joint: str, value: float) -> np.ndarray:
         """Where ``site`` would be with ``joint`` at ``value`` (the rest of the state unchanged)."""
         old = self.joint_qpos(joint)
@@ -238,11 +262,16 @@ class TabletopEnv(gym.Env):
         """World point on the door panel at ``radius`` from the hinge with the door at ``angle``.
 
         ``offset`` > 0 moves the point off the panel's front face (the side facing the robot when closed).
+        Follows the door frame's turn (``set_static_pose``).
         """
         side = self.door_side()
-        hinge = self.model.body_pos[self.model.body("door_frame").id]
-        u = np.array([side * np.cos(angle), np.sin(angle)])
-        n = np.array([side * np.sin(angle), -np.cos(angle)])
+        frame = self.model.body("door_frame").id
+        hinge = self.model.body_pos[frame]
+        q = self.model.body_quat[frame]
+        yaw = 2.0 * np.arctan2(q[3], q[0])  # the frame is only ever turned about the vertical
+        rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+        u = rot @ np.array([side * np.cos(angle), np.sin(angle)])
+        n = rot @ np.array([side * np.sin(angle), -np.cos(angle)])
         xy = hinge[:2] + radius * u + offset * n
         return np.array([xy[0], xy[1], height])
 

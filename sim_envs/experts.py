@@ -65,8 +65,8 @@ class PushExpert(Expert):
     """Get behind the object (relative to the goal), lower a closed fist, and push it along the line."""
 
     def __init__(self, env: TabletopEnv, body: str, radius: float, speed: float = 1.0, height: float = 0.018,
-                 **kw: Any) -> None:
-        self.body, self.radius, self.speed, self.height = body, radius, speed, height
+                 steer: bool = False, **kw: Any) -> None:
+        self.body, self.radius, self.speed, self.height, self.steer = body, radius, speed, height, steer
         super().__init__(env, **kw)
 
     def policy(self) -> np.ndarray:
@@ -95,8 +95,13 @@ class PushExpert(Expert):
         if not aligned and along < 0 and lateral > 0.025:  # lost the line: go around again
             self.phase = 0
             return move_toward(env, np.array([*grip[:2], 0.08]), CLOSE)
-        # push: aim at the point that puts the object on the goal, correcting the lateral error
-        push_to = env.goal[:2] - d * (self.radius + 0.012)
+        if self.steer:
+            # aim just ahead of the contact point behind the object on the object-goal line, so the fist both
+            # advances and comes back onto the line (a round puck drifts sideways off a flat fist)
+            push_to = obj[:2] - d * (self.radius + 0.012) + d * min(dist, 0.03)
+        else:
+            # aim at the point that puts the object on the goal, correcting the lateral error
+            push_to = env.goal[:2] - d * (self.radius + 0.012)
         target = np.array([*push_to, z])
         # slow down near the goal so the object does not slide past it
         return move_toward(env, target, CLOSE, gain=0.6 if dist < 0.05 else 1.0, max_speed=self.speed)
@@ -157,10 +162,18 @@ class PickExpert(Expert):
         return move_toward(env, np.array([grip[0], grip[1], 0.15]), OPEN)  # retreat upward
 
 
+def drawer_out(env: TabletopEnv) -> np.ndarray:
+    """Unit world vector along which the drawer slides out (the cabinet may be turned)."""
+    axis = env.data.joint("drawer_slide").xaxis.copy()
+    axis[2] = 0.0
+    return axis / np.linalg.norm(axis)
+
+
 class OpenDrawerExpert(Expert):
     def policy(self) -> np.ndarray:
         env = self.env
         knob = env.site_pos("drawer_knob_site")
+        out = drawer_out(env)
         grip = env.grip_pos()
         if self.phase == 0:
             target = knob + np.array([0, 0, 0.06])
@@ -175,18 +188,21 @@ class OpenDrawerExpert(Expert):
             if self.counter > 8:
                 self.next_phase()
             return move_toward(env, knob, CLOSE)
-        if abs(grip[0] - knob[0]) > 0.02 or abs(grip[2] - knob[2]) > 0.03:  # slipped off: regrasp
+        rel = grip - knob
+        sideways = np.linalg.norm(rel[:2] - (rel[:2] @ out[:2]) * out[:2])
+        if sideways > 0.02 or abs(rel[2]) > 0.03:  # slipped off: regrasp
             self.phase = 0
             return move_toward(env, grip + np.array([0, 0, 0.05]), OPEN)
-        return move_toward(env, knob + np.array([0, -0.06, 0]), CLOSE)
+        return move_toward(env, knob + 0.06 * out, CLOSE)
 
 
 class CloseDrawerExpert(Expert):
     def policy(self) -> np.ndarray:
         env = self.env
         knob = env.site_pos("drawer_knob_site")
+        out = drawer_out(env)
         grip = env.grip_pos()
-        front = knob + np.array([0, -0.045, 0])
+        front = knob + 0.045 * out
         if self.phase == 0:
             if np.linalg.norm(grip[:2] - front[:2]) < 0.01:
                 self.next_phase()
@@ -195,13 +211,22 @@ class CloseDrawerExpert(Expert):
             if grip[2] < front[2] + 0.008:
                 self.next_phase()
             return move_toward(env, front, CLOSE)
-        return move_toward(env, knob + np.array([0, 0.06, 0]), CLOSE)
+        return move_toward(env, knob - 0.06 * out, CLOSE)
 
 
 class PressButtonExpert(Expert):
+    """Above the button's cap with a closed fist, then straight down. ``suffix`` picks the button (PressLitButton:
+    the lit one, read from the env's episode state)."""
+
+    def __init__(self, env: TabletopEnv, suffix: str | Callable[[], str] = "", **kw: Any) -> None:
+        self.suffix = suffix
+        super().__init__(env, **kw)
+
     def policy(self) -> np.ndarray:
         env = self.env
-        top = env.site_pos("button_site")
+        suffix = self.suffix() if callable(self.suffix) else self.suffix
+        top = env.site_pos(f"button_site{suffix}")
+        press_point = env.body_pos(f"button_base{suffix}")[2] + 0.06  # the task's goal height (cap top at rest: 0.08)
         grip = env.grip_pos()
         above = top + np.array([0, 0, 0.06])
         if self.phase == 0:
@@ -209,31 +234,74 @@ class PressButtonExpert(Expert):
                 self.next_phase()
             return move_toward(env, above, CLOSE)
         # finger tips are 0.015 m below the pinch point: push them 0.02 m below the cap's rest height
-        return move_toward(env, np.array([top[0], top[1], self.env.goal[2] + 0.01 + 0.015 - 0.02]), CLOSE)
+        return move_toward(env, np.array([top[0], top[1], press_point + 0.01 + 0.015 - 0.02]), CLOSE)
+
+
+class CloseDrawerPressButtonExpert(Expert):
+    """The CloseDrawer expert until the drawer is shut, then the PressButton expert (up and over to the button)."""
+
+    def __init__(self, env: TabletopEnv, **kw: Any) -> None:
+        self.close = CloseDrawerExpert(env)
+        self.press = PressButtonExpert(env)
+        super().__init__(env, **kw)
+
+    def reset(self) -> None:
+        super().reset()
+        self.close.reset()
+        self.press.reset()
+
+    def policy(self) -> np.ndarray:
+        env = self.env
+        if self.phase == 0:
+            if env.joint_qpos("drawer_slide") < 0.006:
+                self.next_phase()
+            else:
+                return self.close.policy()
+        if self.phase == 1:  # straight up off the knob first: sliding sideways along it would drag the drawer out
+            grip = env.grip_pos()
+            if grip[2] > 0.1:
+                self.next_phase()
+            else:
+                return move_toward(env, np.array([grip[0], grip[1], 0.14]), CLOSE)
+        return self.press.policy()
 
 
 class OpenDoorExpert(Expert):
-    """Put a closed fist against the panel's front face and push it along the door's arc."""
+    """Put a closed fist against the panel's front face and push it along the door's arc.
+
+    The palm does not turn with the door: on a turned door its corner reaches toward the panel, so the fist
+    comes down far enough in front of the panel that the palm clears it and the handle, then moves in.
+    """
 
     RADIUS = 0.11
     HEIGHT = 0.035
+    CLEAR = 0.04  # the palm's face stays this far in front of the panel's centre line while coming down
+    TRAVEL = 0.19  # pinch-point height for moving over the door (its top is at 0.165 m)
+
+    def palm_reach(self, angle: float) -> float:
+        """How far the palm sticks out from the pinch point toward the panel (along the panel's normal)."""
+        env = self.env
+        n = (env.door_point(0.0, angle, 0.0, offset=1.0) - env.door_point(0.0, angle, 0.0))[:2]
+        half = env.model.geom_size[env.model.geom("palm").id]
+        return float(half[0] * abs(n[0]) + half[1] * abs(n[1]))
 
     def policy(self) -> np.ndarray:
         env = self.env
         angle = env.joint_qpos("door_hinge")
         grip = env.grip_pos()
         contact = env.door_point(self.RADIUS, angle, self.HEIGHT, offset=0.022)
-        if self.phase == 0:
-            start = env.door_point(self.RADIUS, angle, 0.09, offset=0.05)
+        stand_off = max(0.04, self.palm_reach(angle) + self.CLEAR)
+        if self.phase == 0:  # above the start point, high enough to pass over the door (it may face away)
+            start = env.door_point(self.RADIUS, angle, self.TRAVEL, offset=stand_off + 0.01)
             if np.linalg.norm(grip[:2] - start[:2]) < 0.01:
                 self.next_phase()
             return move_toward(env, start, CLOSE)
         if self.phase == 1:
-            target = env.door_point(self.RADIUS, angle, self.HEIGHT, offset=0.04)
+            target = env.door_point(self.RADIUS, angle, self.HEIGHT, offset=stand_off)
             if grip[2] < self.HEIGHT + 0.008:
                 self.next_phase()
             return move_toward(env, target, CLOSE)
-        if np.linalg.norm(grip[:2] - contact[:2]) > 0.05:  # lost contact: approach again
+        if np.linalg.norm(grip[:2] - contact[:2]) > stand_off + 0.01:  # lost contact: approach again
             self.phase = 0
             return move_toward(env, grip + np.array([0, 0, 0.05]), CLOSE)
         ahead = env.door_point(self.RADIUS, min(angle + 0.35, 1.45), self.HEIGHT, offset=0.01)
@@ -243,7 +311,7 @@ class OpenDoorExpert(Expert):
 _EXPERTS: dict[str, Callable[..., Expert]] = {
     "Reach": ReachExpert,
     "PushBlock": lambda env, **kw: PushExpert(env, "block", 0.02, speed=0.5, **kw),
-    "SlidePuck": lambda env, **kw: PushExpert(env, "puck", 0.03, speed=0.5, height=0.026, **kw),
+    "SlidePuck": lambda env, **kw: PushExpert(env, "puck", 0.03, speed=0.5, height=0.026, steer=True, **kw),
     "PickPlace": lambda env, **kw: PickExpert(env, "block", 0.02, place=True, **kw),
     "Lift": lambda env, **kw: PickExpert(env, "block", 0.02, place=False, **kw),
     "PlaceInBowl": lambda env, **kw: PickExpert(env, "can", 0.045, place=True, **kw),
@@ -252,6 +320,8 @@ _EXPERTS: dict[str, Callable[..., Expert]] = {
     "PressButton": PressButtonExpert,
     "OpenDoor": OpenDoorExpert,
     "OpenDoorRight": OpenDoorExpert,
+    "CloseDrawerPressButton": CloseDrawerPressButtonExpert,
+    "PressLitButton": lambda env, **kw: PressButtonExpert(env, suffix=lambda: str(env.episode["lit"]), **kw),
 }
 
 
@@ -261,3 +331,42 @@ def make_expert(env: TabletopEnv, noise: float = 0.0, rng: np.random.Generator |
     if not isinstance(base, TabletopEnv):
         raise TypeError(f"scripted experts need a sim_envs TabletopEnv, got {type(base).__name__}")
     return _EXPERTS[base.task.name](base, noise=noise, rng=rng)
+
+
+# ----------------------------------------------------------------------------- blind replay
+def record_actions(env: Any, seed: int, horizon: int | None = None) -> np.ndarray:
+    """The clean expert's actions on episode ``seed`` (until it ends), padded to ``horizon`` (default: the
+    task's time limit) with "stay still, keep the grip"."""
+    horizon = horizon or env.unwrapped.task.max_steps
+    obs, _ = env.reset(seed=seed)
+    expert = make_expert(env, noise=0.0, rng=np.random.default_rng(seed))
+    actions = []
+    while True:
+        actions.append(expert.act(obs))
+        obs, _, terminated, truncated, _ = env.step(actions[-1])
+        if terminated or truncated:
+            break
+    pad = np.zeros((max(horizon - len(actions), 0), 4), np.float32)
+    pad[:, 3] = actions[-1][3]
+    return np.concatenate([np.asarray(actions, np.float32), pad])
+
+
+def replay_actions(env: Any, seed: int, actions: np.ndarray) -> bool:
+    """Open-loop replay of ``actions`` on episode ``seed``: whether it succeeded (the episode ends on success)."""
+    env.reset(seed=seed)
+    for action in actions:
+        _, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return bool(info["success"])
+    return False
+
+
+def blind_replay(env: Any, episodes: int, donor_seed: int = 100_000) -> dict[str, list[bool]]:
+    """How often a policy that does not look succeeds: the expert's actions are recorded on seeds
+    ``donor_seed + i``; on seeds ``i`` (0 <= i < episodes) are replayed open loop their per-step average
+    (``mean_actions``) and the recording of donor ``i`` (``other_episode``). Returns the outcomes per seed."""
+    recordings = [record_actions(env, donor_seed + i) for i in range(episodes)]
+    mean = np.mean(recordings, axis=0)
+    return {"mean_actions": [replay_actions(env, i, mean) for i in range(episodes)],
+            "other_episode": [replay_actions(env, i, recordings[i]) for i in range(episodes)]}
+

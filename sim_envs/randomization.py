@@ -55,7 +55,8 @@ DISTRACTOR_SHAPES = ("box", "sphere", "cylinder")
 SURFACE_GEOMS = ("table", "backdrop", "floor", "wall_left", "wall_right")
 # Geoms of the embodiment whose friction is scaled with the objects'.
 FINGER_PREFIXES = ("finger_l_pad", "finger_r_pad")
-FIXTURE_JOINTS = ("drawer_slide", "door_hinge", "button_slide")  # their damping is randomized
+# Their damping is randomized (the three buttons of PressLitButton are button_slide0..2).
+FIXTURE_JOINTS = ("drawer_slide", "door_hinge", "button_slide", "button_slide0", "button_slide1", "button_slide2")
 # Joints whose frictionloss stands in for contact friction (the planar puck): scaled by the friction factor.
 FRICTION_JOINTS = ("puck_x", "puck_y", "puck_yaw")
 # Where distractors may stand: the part of the table the agentview camera sees.

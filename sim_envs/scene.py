@@ -25,8 +25,20 @@ MAX_DISTRACTORS = 6
 PARK_POS = np.array([0.0, 0.0, -0.6])
 
 EMBODIMENTS = ("robot", "hand")
-AGENTVIEW_POS = np.array([0.0, -0.5, 0.42])
-AGENTVIEW_TARGET = np.array([0.0, 0.07, 0.0])
+# The robot's camera: high and in front, so the whole workspace (x in [-0.25, 0.25], y in [-0.2, 0.28] on the
+# table, the Reach goals up to 0.22 m high) is in view; at 64 px the placement area shows at 0.84-1.04 px/cm
+# along x and 0.59-0.91 px/cm along y (``benchmarks/envs.py`` measures both).
+AGENTVIEW_POS = np.array([0.0, -0.65, 0.85])
+AGENTVIEW_TARGET = np.array([0.0, 0.03, 0.0])
+AGENTVIEW_FOVY = 35.0
+# Colours of the markers that say what to do: goal markers (sphere, disc) and the lit button are bright green;
+# the unlit buttons of PressLitButton are grey; the single button of PressButton is red.
+GOAL_RGBA = (0.1, 0.85, 0.25, 1.0)
+GOAL_GROUND_RGBA = (0.05, 0.45, 0.12, 1.0)
+BUTTON_RGBA = (0.9, 0.1, 0.1, 1.0)
+UNLIT_RGBA = (0.55, 0.55, 0.58, 1.0)
+LIT_RGBA = (0.15, 1.0, 0.3, 1.0)
+NUM_LIT_BUTTONS = 3  # buttons in PressLitButton
 
 # Viewpoints of the human-video cameras: none matches the robot's agentview, like internet video.
 VIDEO_CAMERAS = {
@@ -95,8 +107,20 @@ def _fixture_xml(name: str) -> str:
             panel_x=f"{0.09 * side:.4f}", handle_x=f"{0.15 * side:.4f}")
     if name.startswith("goal_"):
         kind = name[len("goal_"):]
-        goal_type, goal_size = {"sphere": ("sphere", "0.018"), "disc": ("cylinder", "0.035 0.001")}[kind]
-        return _read_asset("fixtures/goal.xml").format(goal_type=goal_type, goal_size=goal_size)
+        goal_type, goal_size = {"sphere": ("sphere", "0.022"), "disc": ("cylinder", "0.035 0.001")}[kind]
+        # A sphere floating above the table gets a flat marker on the table right below it (a stand-in for
+        # its shadow, which is off): one camera then sees both where it is over the table and how high.
+        ground = "" if kind != "sphere" else (
+            '    <body name="goal_ground" pos="0 0 0">\n'
+            f'      <geom name="goal_ground_geom" type="cylinder" size="0.022 0.0012" rgba="{_fmt(GOAL_GROUND_RGBA)}" '
+            'class="visual"/>\n    </body>')
+        return _read_asset("fixtures/goal.xml").format(goal_type=goal_type, goal_size=goal_size,
+                                                       goal_rgba=_fmt(GOAL_RGBA), ground=ground)
+    if name == "button":
+        return _read_asset("fixtures/button.xml").format(s="", cap_rgba=_fmt(BUTTON_RGBA))
+    if name == "buttons":  # PressLitButton: the task lights one of them per episode
+        return "\n".join(_read_asset("fixtures/button.xml").format(s=str(k), cap_rgba=_fmt(UNLIT_RGBA))
+                         for k in range(NUM_LIT_BUTTONS))
     return _read_asset(f"fixtures/{name}.xml")
 
 
@@ -153,5 +177,6 @@ def build_scene_xml(spec: SceneSpec) -> str:
     return _read_asset("scene.xml").format(
         task=spec.task, timestep=TIMESTEP, offscreen=max(spec.offscreen, 64),
         agentview_pos=_fmt(AGENTVIEW_POS), agentview_xyaxes=_fmt(lookat_xyaxes(AGENTVIEW_POS, AGENTVIEW_TARGET)),
+        agentview_fovy=f"{AGENTVIEW_FOVY:g}",
         video_cameras="\n".join(cams), embodiment=embodiment, objects=objects, distractors=distractors,
         finger_kp=FINGER_KP, finger_force=FINGER_FORCE, contact_excludes=excludes)

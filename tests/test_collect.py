@@ -176,7 +176,7 @@ def test_unknown_task_is_named():
     with pytest.raises(ValueError, match="PushBlok") as err:
         resolve_tasks(["Reach", "PushBlok"])
     assert "PushBlock" in str(err.value)  # lists the known tasks
-    assert resolve_tasks("target") == ["PlaceInBowl", "OpenDoorRight"]
+    assert resolve_tasks("target") == ["PlaceInBowl", "OpenDoorRight", "CloseDrawerPressButton", "PressLitButton"]
     with pytest.raises(ValueError, match="PushBlok"):
         collect(tiny_config(tasks="PushBlok", output="/nonexistent/x.hdf5"), progress=False)
 
@@ -224,3 +224,18 @@ def _episode(n: int = 5) -> dict:
             "next_obs": {k: v[1:] for k, v in frames.items()},
             "actions": rng.uniform(-1, 1, (n, 4)).astype(np.float32), "rewards": np.zeros(n, np.float32),
             "dones": np.zeros(n, np.uint8), "ep_meta": {"success": False}}
+
+
+def test_every_target_task_collects(tmp_path):
+    """``tasks=target`` (the held-out tasks, new ones included) collects, with real expert success."""
+    path = collect(tiny_config(tasks="target", episodes_per_task=1, image_size=16, valid_fraction=0.0,
+                               kinds={"clean": {"fraction": 1.0}, "noisy": {"fraction": 0.0},
+                                      "failing": {"fraction": 0.0}}),
+                   output_dir=tmp_path, progress=False)
+    with h5py.File(path, "r") as f:
+        demos = [f[f"data/{n}"] for n in demo_names(f)]
+        assert [d.attrs["task"] for d in demos] == resolve_tasks("target")
+        for demo in demos:
+            assert demo.attrs["task_id"] == TASK_IDS[demo.attrs["task"]]
+            assert json.loads(demo.attrs["ep_meta"])["success"], demo.attrs["task"]
+            assert demo["obs/agentview_image"].shape[1:] == (16, 16, 3) and demo["obs/object"].shape[1:] == (18,)
