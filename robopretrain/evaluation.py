@@ -66,9 +66,20 @@ def run_episodes(agent: Any, env: gym.Env, num_episodes: int, *, eval_seed: int 
 
 
 def evaluate(agent: Any, target: Target, num_episodes: int, *, randomization: Any = "none",
-             eval_seed: int = EVAL_SEED, video_path: Path | None = None) -> dict[str, float]:
-    """:func:`run_episodes` of ``agent`` on ``target`` (a fresh env, closed after); a GIF of episode 0 when asked."""
+             eval_seed: int = EVAL_SEED, video_path: Path | None = None, blind: str | None = None) -> dict[str, float]:
+    """:func:`run_episodes` of ``agent`` on ``target`` (a fresh env, closed after); a GIF of episode 0 when asked.
+
+    ``blind`` (``black`` or ``other_episode``) replaces the agent's camera frames by black frames or by the first
+    frame of another episode (:class:`sim_envs.wrappers.BlindCamera`) on the same episodes: the ablation that says
+    whether a policy uses vision.
+    """
     env = agent_env(agent, target, randomization)
+    if blind is not None:
+        from sim_envs.wrappers import BlindCamera
+
+        if not agent.spec.rgb:
+            raise ValueError("blind evaluation needs an agent with cameras")
+        env = BlindCamera(env, mode=blind, keys=agent.spec.rgb_keys)
     train_mode = getattr(agent, "train_mode", None)
     if train_mode is not None:
         train_mode(False)
@@ -112,52 +123,6 @@ def write_gif(path: Path, frames: Sequence[np.ndarray], fps: float = 20.0) -> Pa
     return path
 
 
-BLIND_MODES = ("black", "other_episode")
-
-
-class BlindPolicy:
-    """The agent with its cameras replaced before it acts: the blind ablation of "does this policy use vision?".
-
-    ``black``: every camera frame is all zeros; ``other_episode``: every camera shows the first frame of another
-    episode (reset seed ``other_seed``), so the picture is a real scene that does not match the state. Low-dim parts
-    and the task id are left as they are. Works for any agent and target (frozen_cached agents encode the replaced
-    frames).
-    """
-
-    def __init__(self, agent: Any, mode: str = "black", other_frames: Mapping[str, np.ndarray] | None = None) -> None:
-        if mode not in BLIND_MODES:
-            raise ValueError(f"blind mode {mode!r}; expected one of {list(BLIND_MODES)}")
-        if not agent.spec.rgb:
-            raise ValueError("blind evaluation needs an agent with cameras")
-        if mode == "other_episode" and other_frames is None:
-            raise ValueError("blind mode other_episode needs the other episode's frames")
-        self.agent, self.mode, self.other = agent, mode, dict(other_frames or {})
-        self.spec = agent.spec
-        self.train_mode = agent.train_mode
-
-    def act(self, obs: Mapping[str, Any], deterministic: bool = True) -> np.ndarray:
-        obs = dict(obs)
-        for key in self.spec.rgb_keys:
-            frame = np.asarray(obs[key])
-            obs[key] = np.zeros_like(frame) if self.mode == "black" else np.broadcast_to(self.other[key], frame.shape).copy()
-        return self.agent.act(obs, deterministic)
-
-
-def evaluate_blind(agent: Any, target: Target, num_episodes: int, *, mode: str = "black",
-                   randomization: Any = "none", eval_seed: int = EVAL_SEED, other_seed: int = EVAL_SEED - 1) -> dict[str, float]:
-    """:func:`evaluate` of :class:`BlindPolicy` on the same episodes as the sighted evaluation (same seeds)."""
-    other = None
-    if mode == "other_episode":
-        env = agent_env(agent, target, randomization)
-        try:
-            obs, _ = env.reset(seed=other_seed)
-            other = {k: np.asarray(obs[k]).copy() for k in agent.spec.rgb_keys}
-        finally:
-            env.close()
-    return evaluate(BlindPolicy(agent, mode, other), target, num_episodes, randomization=randomization,
-                    eval_seed=eval_seed)
-
-
 @torch.no_grad()
 def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
     """Average Q on data actions and on policy actions at the batch's states, and their average MC return.
@@ -177,5 +142,5 @@ def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
             "gap_data": float((q_data - mc).mean()), "gap_policy": float((q_pi - mc).mean())}
 
 
-__all__ = ["BLIND_MODES", "BlindPolicy", "EVAL_SEED", "agent_env", "evaluate_blind", "calibration", "evaluate", "run_episodes", "train_episode_seed", "video_frame",
+__all__ = ["EVAL_SEED", "agent_env", "calibration", "evaluate", "run_episodes", "train_episode_seed", "video_frame",
            "write_gif"]

@@ -288,7 +288,7 @@ def stage_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     a short robustness sweep (``evaluate.robustness``) of each sim_envs target's stage-3 checkpoint."""
     from robopretrain.checkpoint import load_agent
     from robopretrain.evaluate import evaluate_robustness
-    from robopretrain.evaluation import evaluate, evaluate_blind
+    from robopretrain.evaluation import evaluate
 
     out_dir = run_dir / "evaluate"
     ev = cfg.evaluate
@@ -305,7 +305,7 @@ def stage_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             per[setting] = evaluate(agent, target, int(ev.episodes), randomization=rand, video_path=video)
         if agent.spec.rgb:
             for mode in list(ev.get("blind") or []):
-                per[f"blind_{mode}"] = evaluate_blind(agent, target, int(ev.episodes), mode=str(mode))
+                per[f"blind_{mode}"] = evaluate(agent, target, int(ev.episodes), blind=str(mode))
         results[target.name] = per
         rob = ev.get("robustness")
         if rob is not None and bool(rob.enabled) and target.randomizable:

@@ -8,8 +8,8 @@ rewards, the episode itself) untouched, so "sighted minus blind" measures how mu
   another seed): a real-looking picture of the wrong scene, which carries nothing about this episode.
 
 A task needs vision when a good policy's success drops to chance (<= 0.1 for the sim_envs targets) under
-either mode. Works on any gymnasium env with a ``Dict`` observation space; images are the keys ending in
-``_image`` unless ``keys`` names them::
+either mode. Works on any gymnasium env with dict observations; images are the ``Dict`` space's keys ending in ``_image``
+unless ``keys`` names them (then checked on each observation)::
 
     env = BlindCamera(gym.make("sim_envs/PressLitButton-v0", image_size=64), mode="black")
 """
@@ -34,15 +34,17 @@ class BlindCamera(gym.Wrapper):
         if mode not in BLIND_MODES:
             raise ValueError(f"BlindCamera: mode={mode!r}; expected one of {BLIND_MODES}")
         space = env.observation_space
-        if not isinstance(space, spaces.Dict):
-            raise TypeError(f"BlindCamera needs a Dict observation space, got {type(space).__name__}")
-        chosen = [k for k in space.spaces if k.endswith("_image")] if keys is None else list(keys)
-        missing = [k for k in chosen if k not in space.spaces]
-        if missing:
-            raise KeyError(f"BlindCamera: keys {missing} are not in the observation space "
-                           f"(it has {sorted(space.spaces)})")
-        if not chosen:
-            raise ValueError(f"BlindCamera: the observation space has no image keys (*_image): {sorted(space.spaces)}")
+        if keys is None:  # the images of the observation space
+            if not isinstance(space, spaces.Dict):
+                raise TypeError(f"BlindCamera needs a Dict observation space (or keys), got {type(space).__name__}")
+            chosen = [k for k in space.spaces if k.endswith("_image")]
+            if not chosen:
+                raise ValueError(f"BlindCamera: the observation space has no image keys (*_image): "
+                                 f"{sorted(space.spaces)}")
+        else:  # named keys, checked on the first observation (wrapped envs may rename their space's keys)
+            chosen = list(keys)
+            if not chosen:
+                raise ValueError("BlindCamera: keys is empty; name the camera keys to blind")
         self.mode = mode
         self.keys = tuple(chosen)
         self._frames: dict[str, np.ndarray] = {}
@@ -51,14 +53,14 @@ class BlindCamera(gym.Wrapper):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if self.mode == "black":
             obs, info = self.env.reset(seed=seed, options=options)
-            self._frames = {k: np.zeros_like(obs[k]) for k in self.keys}
+            self._frames = {k: np.zeros_like(obs[k]) for k in self.keys if k in obs}
             return self._blind(obs), info
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         # The donor episode: the same env reset with another seed; only its first frame is kept.
         donor_seed = (seed + DONOR_OFFSET) if seed is not None else int(self._rng.integers(2**31))
         donor, _ = self.env.reset(seed=donor_seed, options=options)
-        self._frames = {k: np.array(donor[k], copy=True) for k in self.keys}
+        self._frames = {k: np.array(donor[k], copy=True) for k in self.keys if k in donor}
         episode_seed = seed if seed is not None else int(self._rng.integers(2**31))
         obs, info = self.env.reset(seed=episode_seed, options=options)
         return self._blind(obs), info
@@ -68,6 +70,9 @@ class BlindCamera(gym.Wrapper):
         return self._blind(obs), reward, terminated, truncated, info
 
     def _blind(self, obs: dict[str, Any]) -> dict[str, Any]:
+        missing = [k for k in self.keys if k not in obs]
+        if missing:
+            raise KeyError(f"BlindCamera: keys {missing} are not in the observation (it has {sorted(obs)})")
         out = dict(obs)
         for k in self.keys:
             out[k] = self._frames[k].copy()
