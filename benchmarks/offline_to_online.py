@@ -3,9 +3,10 @@
 For each target task (``sim_envs.TARGET_TASKS``): 50 demonstrations, noisy with failures mixed in
 (``configs/data/target_noisy.yaml``: clean 0.2 / noisy std 0.4 / failing 0.3, state-only), offline pretraining,
 then online fine-tuning with physics randomization at level ``train`` (``configs/dr/train.yaml``). Every
-method gets the same budget (offline updates, online env steps at UTD 1, batch 256) and 3 seeds. Runs go
-through :func:`finetune.train.finetune_online` (the stage-3 entry point's code), two processes in parallel
-with one torch thread each; a rerun resumes finished/partial runs from their checkpoints.
+method gets the same budget (offline updates, online env steps at UTD 1, batch 256) and 3 seeds. Each run is
+stage 2 (:func:`robopretrain.train.run`, into ``<run>/offline``) then stage 3 (:func:`finetune.train.run`) on its
+checkpoint, two processes in parallel with one torch thread each; a rerun resumes finished/partial runs from their
+checkpoints.
 
 Outputs: ``benchmarks/results/offline_to_online.json`` (config, every run's evaluation history, a summary),
 ``docs/offline_to_online.png`` (success vs env steps, mean and min-max over seeds, one panel per task), and
@@ -78,55 +79,77 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_overrides(args: argparse.Namespace, task: str, method: str, seed: int) -> list[str]:
-    out = [
-        f"algo={method}", f"task={task}", f"seed={seed}", "num_threads=1", "checkpoint=null",
-        "data=target_noisy", f"data.path={args.work_dir / 'data' / f'{task}.hdf5'}", f"data.collect.tasks=[{task}]",
-        "dr=train", f"offline.steps={args.offline_steps}", f"offline.checkpoint_every={args.offline_steps}",
-        f"offline.eval_episodes={args.eval_episodes}", "offline.progress=false", "online.progress=false",
+def data_path(args: argparse.Namespace, task: str) -> Path:
+    return args.work_dir / "data" / f"{task}.hdf5"
+
+
+def parse_extra(extra: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--extra`` Hydra-style ``algo.key=value`` overrides -> (algo overrides, other overrides)."""
+    import yaml
+
+    algo, other = {}, {}
+    for item in extra:
+        key, _, value = item.partition("=")
+        parsed = yaml.safe_load(value)
+        if key.startswith("algo."):
+            algo[key[len("algo."):]] = parsed
+        else:
+            other[key] = parsed
+    return algo, other
+
+
+def stage_configs(args: argparse.Namespace, task: str, method: str, seed: int) -> tuple[Any, Any]:
+    """The stage-2 and stage-3 configs of one run (composed from configs/robopretrain.yaml and finetune.yaml)."""
+    from robopretrain.build import compose
+
+    run_dir = args.work_dir / task / f"{method}_seed{seed}"
+    extra_algo, extra = parse_extra(list(args.extra))
+    algo = {"batch_size": args.batch_size, **({"n_actions": args.n_actions} if method in ("cql", "calql") else {}),
+            **extra_algo}
+    common = {"seed": seed, "num_threads": 1, **extra}
+    offline = compose("robopretrain", {"algo": method, "data": "target_noisy"}, {
+        **common, "algo": algo, "output_dir": str(run_dir / "offline"),
+        "data": {"path": str(data_path(args, task)), "collect": {"tasks": [task]}},
+        "train": {"steps": args.offline_steps, "checkpoint_every": args.offline_steps,
+                  "eval_every": args.offline_steps, "eval_episodes": args.eval_episodes, "progress": False}})
+    online = compose("finetune", {"algo": method, "dr": "train"}, {
+        **common, "algo": algo, "output_dir": str(run_dir), "checkpoint": str(run_dir / "offline"), "target": task,
+        "data": {"path": str(data_path(args, task))},
         # one env, in the learner's process: the loop the README's table was measured with (the stage-3 default
         # is 2 worker envs, which changes the episode order and so the numbers, not the method)
-        "online.num_envs=1", f"online.env_steps={args.online_steps}", f"online.eval_every={args.eval_every}",
-        f"online.eval_episodes={args.eval_episodes}", f"online.checkpoint_every={args.online_steps}",
-        f"algo.batch_size={args.batch_size}", f"output_dir={args.work_dir / task / f'{method}_seed{seed}'}",
-    ]
-    if method in ("cql", "calql"):
-        out.append(f"algo.n_actions={args.n_actions}")
-    return out + list(args.extra)
+        "online": {"num_envs": 1, "env_steps": args.online_steps, "eval_every": args.eval_every,
+                   "eval_episodes": args.eval_episodes, "checkpoint_every": args.online_steps, "progress": False}})
+    return offline, online
 
 
-def compose(overrides: list[str]) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return hydra_compose("finetune", overrides=overrides)
-
-
-def run_one(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
+def run_one(job: tuple[str, str, int, argparse.Namespace]) -> dict[str, Any]:
     """One offline -> online run in a worker process (one torch thread)."""
     import torch
 
     torch.set_num_threads(1)
-    from finetune.train import finetune_online
+    from finetune.train import run as finetune
+    from robopretrain.report import eval_rows
+    from robopretrain.train import run as train_offline
 
-    task, method, seed, overrides = job
+    task, method, seed, args = job
+    offline_cfg, online_cfg = stage_configs(args, task, method, seed)
     start = time.perf_counter()
-    out = finetune_online(compose(overrides))
+    train_offline(offline_cfg)
+    out = finetune(online_cfg)
     wall = time.perf_counter() - start
     print(f"[{time.strftime('%H:%M:%S')}] done {task} {method} seed {seed} in {wall:.0f} s: "
           f"success {out['history'][0]['eval/success']:.2f} -> {out['history'][-1]['eval/success']:.2f}", flush=True)
     return {"task": task, "method": method, "seed": seed, "wall_s": wall, "history": out["history"],
-            "offline_history": out["offline_history"], "run_dir": out["run_dir"]}
+            "offline_history": eval_rows(Path(offline_cfg.output_dir)), "run_dir": out["run_dir"]}
 
 
 def make_data(args: argparse.Namespace, tasks: list[str]) -> None:
     """Collect each task's offline data once (the same file for every method and seed)."""
-    from robopretrain.train import resolve_data_path
+    from robopretrain.build import resolve_data_path
 
     for task in tasks:
-        cfg = compose(run_overrides(args, task, "calql", 0))
-        resolve_data_path(cfg.data, args.work_dir / "data")
+        offline_cfg, _ = stage_configs(args, task, "calql", 0)
+        resolve_data_path(offline_cfg.data, args.work_dir / "data")
 
 
 # --------------------------------------------------------------------------- summary
@@ -240,7 +263,12 @@ def rtg_recursion_residual(arrays: dict[str, Any], gamma: float, r_neg: float) -
     episode's last step ``G_T = r_T`` (termination, or truncation without bootstrap) unless the episode
     never succeeded. Returns the largest residuals and the reward values seen.
     """
-    obs, nobs = np.asarray(arrays["observations"]), np.asarray(arrays["next_observations"])
+    def flat(tree: Any) -> np.ndarray:
+        if isinstance(tree, dict):
+            return np.concatenate([np.asarray(v, np.float64).reshape(len(v), -1) for k, v in sorted(tree.items())], 1)
+        return np.asarray(tree)
+
+    obs, nobs = flat(arrays["observations"]), flat(arrays["next_observations"])
     r, d, g = (np.asarray(arrays[k], dtype=np.float64) for k in ("rewards", "dones", "mc_returns"))
     cont = np.all(np.isclose(nobs[:-1], obs[1:], atol=1e-6), axis=1) & (d[:-1] == 0)
     inner = g[:-1] - (r[:-1] + gamma * g[1:])
@@ -274,7 +302,7 @@ def calibration_by_outcome(agent: Any, batch: dict[str, Any], failed: np.ndarray
     with torch.no_grad():
         obs = batch["observations"]
         q_data = agent.q_values(obs, batch["actions"]).cpu().numpy()
-        pi = torch.as_tensor(agent.act(obs, deterministic=True), dtype=obs.dtype, device=obs.device)
+        pi = torch.as_tensor(agent.act(obs, deterministic=True), dtype=torch.float32)
         q_pi = agent.q_values(obs, pi).cpu().numpy()
     mc = batch["mc_returns"].cpu().numpy()
     out: dict[str, Any] = {}
@@ -302,8 +330,9 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     """
     import torch
 
+    from robopretrain import build
+    from robopretrain.data.hdf5 import read_info
     from robopretrain.data.returns import sparse_negative_reward
-    from robopretrain.train import ACT_DIM, build_agent, load_offline_dataset, resolve_data_path
 
     torch.set_num_threads(1)
     task, seed = (args.tasks or ["OpenDoorRight"])[0], args.seeds[0]
@@ -317,12 +346,16 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
         if name in report["variants"]:
             continue
         algo, extra = DIAGNOSE_VARIANTS[name]
-        cfg = compose(run_overrides(args, task, algo, seed) + extra)
-        path = resolve_data_path(cfg.data, args.work_dir / "data")
-        dataset, facts = load_offline_dataset(cfg, path)
+        old_extra, args.extra = args.extra, list(args.extra) + list(extra)
+        cfg, _ = stage_configs(args, task, algo, seed)
+        args.extra = old_extra
+        path = build.resolve_data_path(cfg.data, args.work_dir / "data")
+        spec = build.data_spec(cfg.obs, path)
+        dataset = build.load_data(path, spec, cfg.data, build.reward_settings(cfg.algo), algo=algo, act_dim=None,
+                                  seed=seed, device=torch.device("cpu"))
         torch.manual_seed(seed)
         arrays = dataset.arrays()
-        agent = build_agent(cfg, int(arrays["observations"].shape[1]), ACT_DIM, torch.device("cpu"))
+        agent = build.new_agent(cfg, spec, read_info(path).action_dim, dataset, torch.device("cpu"))
         gamma, r_neg = float(cfg.algo.discount), sparse_negative_reward(float(cfg.algo.reward_scale),
                                                                         float(cfg.algo.reward_bias))
         if "data_check" not in report:
@@ -371,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         make_data(args, tasks)
         # the slow CQL-family runs first, IQL (about 4x faster per update) last, so the two workers end together
         order = [m for m in ("calql", "cql") if m in args.methods] + [m for m in args.methods if m not in ("calql", "cql")]
-        jobs = [(t, m, s, run_overrides(args, t, m, s)) for m in order for s in args.seeds for t in tasks]
+        jobs = [(t, m, s, args) for m in order for s in args.seeds for t in tasks]
         runs = []
         start = time.perf_counter()
         with get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:

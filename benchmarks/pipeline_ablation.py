@@ -90,14 +90,17 @@ def run_variant(out: Path, name: str, seed: int, preset: str, targets: list[str]
     res = run_pipeline(cfg)
     made.setdefault(f"data{seed}", run)
     made.setdefault(key, run)
+    from robopretrain.report import eval_rows
+
     results = json.loads((run / "evaluate" / "results.json").read_text())
     rows = {}
     for target, per in results.items():
-        s3 = json.loads((run / "stage3" / target / "summary.json").read_text())
+        s3 = json.loads((run / "stage3" / target / "done.json").read_text())
         rows[target] = {"final_success": per["nominal"]["success"],
                         "final_success_randomized": per.get("randomized", {}).get("success"),
+                        "blind_black": per.get("blind_black", {}).get("success"),
                         "cumulative_regret": s3["cumulative_regret"],
-                        "curve": [(h["env_steps"], h["eval/success"]) for h in s3["history"]]}
+                        "curve": [(h["env_steps"], h["eval/success"]) for h in eval_rows(run / "stage3" / target)]}
     return {"variant": name, "seed": seed, "targets": rows, "seconds": time.perf_counter() - start,
             "stages": res["stages"]}
 

@@ -5,12 +5,13 @@ One pipeline run (``configs/pipeline.yaml``, the CPU default) provides stages da
 config, seed and budget, in ``<work>/dr`` and ``<work>/nodr`` (each links base's finished stages, so the pipeline
 skips them): once with the pipeline default ``stage3.randomization.level=train`` (physics + visual randomization
 of every training episode), once with ``level=none``. Both stage-3 image checkpoints
-(``<variant>/stage3/<target>/checkpoint``) are evaluated by :func:`robopretrain.evaluate.evaluate_robustness`
+(``<variant>/stage3/<target>``) are evaluated by :func:`robopretrain.evaluate.evaluate_robustness`
 (``configs/evaluate.yaml``: nominal, distractors 0/2/4/6, each physics and visual factor and everything together
 at its training range and at the held-out ``eval_easy`` / ``eval_hard`` ranges), same seeds for both policies.
 
 Two diagnostics come with it: an image ablation (nominal success of each policy, and of the adapted agent both
-start from, when its camera frame is frozen to one fixed frame, or black: does the policy use what it sees?) and
+start from, when its camera frame shows another episode's first frame, or is black: does the policy use what it
+sees?) and
 the ``lighting`` episodes split by the drawn light intensity (darker / brighter than nominal; ``eval_hard`` draws
 0.35-0.55 or 1.45-1.7).
 
@@ -86,15 +87,14 @@ def run_stage(cfg: Any, run_dir: Path, stage: str) -> None:
 
     from robopretrain import pipeline as P
 
-    if P.is_done(run_dir, stage):
+    if P.is_done(run_dir / stage):
         print(f"[robustness_dr] {run_dir.name}/{stage}: done before, skipped", flush=True)
         return
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
-    device = torch.device(str(cfg.device))
     fns = {"data": lambda: P.stage_data(cfg, run_dir), "stage1": lambda: P.stage_stage1(cfg, run_dir),
-           "stage2": lambda: P.stage_stage2(cfg, run_dir, device), "adapt": lambda: P.stage_adapt(cfg, run_dir, device),
-           "stage3": lambda: P.stage_stage3(cfg, run_dir, device)}
+           "stage2": lambda: P.stage_stage2(cfg, run_dir), "adapt": lambda: P.stage_adapt(cfg, run_dir),
+           "stage3": lambda: P.stage_stage3(cfg, run_dir)}
     torch.manual_seed(int(cfg.seed) + P.STAGES.index(stage))
     np.random.seed(int(cfg.seed) + P.STAGES.index(stage))
     start = time.perf_counter()
@@ -130,7 +130,7 @@ def evaluate_variant(args: argparse.Namespace, run_dir: Path, select: list[str] 
             return info
     cfg = OmegaConf.load(CONFIG_DIR / "evaluate.yaml")
     cfg.pop("hydra", None)
-    cfg.merge_with({"checkpoint": str(run_dir / "stage3" / args.target / "checkpoint"), "task": args.target,
+    cfg.merge_with({"checkpoint": str(run_dir / "stage3" / args.target), "target": args.target,
                     "episodes": args.episodes, "workers": args.workers, "output_dir": str(out),
                     "video": {"max_frames": 80}})
     if select or args.select:
@@ -150,61 +150,30 @@ def condition_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def image_ablation(checkpoint: str, target: str, episodes: int, eval_seed: int) -> dict[str, float]:
-    """Nominal success when the policy's camera frame is replaced: frozen to episode 0's first frame, or black.
-
-    If success does not move, the policy does not use what it sees (it acts on proprio + task id alone), and no
-    visual shift can change its success.
-    """
+    """Nominal success when the policy's camera frames are replaced (:class:`sim_envs.wrappers.BlindCamera`): by the
+    first frame of another episode, or black. If success does not move, the policy does not use what it sees (it
+    acts on proprio + task id alone), and no visual shift can change its success."""
     import torch
 
-    from robopretrain.evaluate import load_policy, make_env, open_checkpoint, policy_obs, policy_spec
+    from robopretrain.checkpoint import load_agent
+    from robopretrain.envs.target import Target
+    from robopretrain.evaluation import evaluate
 
     torch.set_num_threads(1)
-    spec = policy_spec(open_checkpoint(checkpoint), "cpu")
-    policy = load_policy(spec)
-    env = make_env(spec, target, {"level": "none", "num_distractors": 0})
-    out: dict[str, float] = {}
-    try:
-        obs, _ = env.reset(seed=eval_seed)
-        frozen = {k: np.array(policy_obs(spec, target, obs)[k]) for k in spec.image_keys}
-        for mode in ("frozen_image", "black_image"):
-            successes = []
-            for i in range(episodes):
-                obs, _ = env.reset(seed=eval_seed + i)
-                done, success = False, False
-                while not done:
-                    x = policy_obs(spec, target, obs)
-                    for k in spec.image_keys:
-                        x[k] = frozen[k] if mode == "frozen_image" else np.zeros_like(frozen[k])
-                    obs, _, term, trunc, info = env.step(np.asarray(policy.act(x), np.float32))
-                    success = success or bool(info.get("success", False))
-                    done = term or trunc
-                successes.append(success)
-            out[mode] = float(np.mean(successes))
-    finally:
-        env.close()
-    return out
+    agent, _ = load_agent(checkpoint)
+    return {f"{mode}_image": evaluate(agent, Target(target), episodes, eval_seed=eval_seed, blind=mode)["success"]
+            for mode in ("other_episode", "black")}
 
 
 def adapted_baseline(args: argparse.Namespace, cfg: Any, base: Path) -> dict[str, Any]:
     """The adapted agent both stage-3 runs start from: nominal success and the same image ablation."""
-    import torch
-
-    from omegaconf import OmegaConf
-
-    from robopretrain import pipeline as P
+    from robopretrain.build import compose
     from robopretrain.evaluate import evaluate_robustness
 
-    out_dir = base / "adapt" / args.target
-    if not (out_dir / "checkpoint").is_dir():  # a base run from before the pipeline wrote image checkpoints
-        agent = P.make_image_agent(cfg, base, str(cfg.adapt.algo), torch.device("cpu"))
-        P.load_agent_file(agent, out_dir / "agent.pt")
-        P.write_image_checkpoint(cfg, agent, out_dir, "adapt", int(cfg.adapt.steps), task=args.target)
-    ev = OmegaConf.load(P.CONFIG_DIR / "evaluate.yaml")
-    ev.pop("hydra", None)
-    ev.merge_with({"checkpoint": str(out_dir / "checkpoint"), "task": args.target, "episodes": args.episodes,
-                   "workers": args.workers, "output_dir": str(base / "robustness_adapted"), "select": ["nominal"],
-                   "video": {"enabled": False}, "plot": False})
+    ev = compose("evaluate", overrides={
+        "checkpoint": str(base / "adapt" / args.target), "target": args.target, "episodes": args.episodes,
+        "workers": args.workers, "output_dir": str(base / "robustness_adapted"), "select": ["nominal"],
+        "video": {"enabled": False}, "plot": False})
     info = evaluate_robustness(ev)
     return {"checkpoint": info["checkpoint"], "nominal": info["nominal"]["success"],
             **image_ablation(info["checkpoint"], args.target, args.episodes, int(info["eval_seed"]))}
@@ -212,9 +181,9 @@ def adapted_baseline(args: argparse.Namespace, cfg: Any, base: Path) -> dict[str
 
 def light_intensities(target: str, level: str, seeds: list[int]) -> list[float]:
     """The light intensity factor each evaluation seed draws under ``lighting`` at ``level`` (same env, same seed)."""
-    from robopretrain.evaluation import make_state_env
+    from robopretrain.envs.target import Target, make_env
 
-    env = make_state_env(target, {"level": level, "factors": ["lighting"]})
+    env = make_env(Target(target), (), None, {"level": level, "factors": ["lighting"]})
     try:
         out = []
         for seed in seeds:
@@ -272,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
     for name, level in VARIANTS.items():
         run_dir = work / name
-        s3 = json.loads((run_dir / "stage3" / args.target / "summary.json").read_text())
+        s3 = json.loads((run_dir / "stage3" / args.target / "done.json").read_text())
         done = json.loads((run_dir / "stage3" / "done.json").read_text())
         info = evaluate_variant(args, run_dir)
         result["variants"][name] = {
@@ -385,13 +354,13 @@ def main(argv: list[str] | None = None) -> None:
     for key, v in result["variants"].items():
         print(f"{v['label']}: stage 3 {v['stage3_seconds']:.0f} s, final training eval "
               f"{v['stage3_final_training_eval']:.2f}, cumulative regret {v['stage3_cumulative_regret']:.2f}; "
-              f"nominal success with the camera frame frozen {v['image_ablation']['frozen_image']:.2f}, "
+              f"nominal success with another episode's frame {v['image_ablation']['other_episode_image']:.2f}, "
               f"black {v['image_ablation']['black_image']:.2f}")
     print(markdown(result))
     if result.get("adapted_agent"):
         a = result["adapted_agent"]
-        print(f"adapted agent (stage-3 start): nominal {a['nominal']:.2f}, camera frame frozen "
-              f"{a['frozen_image']:.2f}, black {a['black_image']:.2f}")
+        print(f"adapted agent (stage-3 start): nominal {a['nominal']:.2f}, another episode's frame "
+              f"{a['other_episode_image']:.2f}, black {a['black_image']:.2f}")
     if seeds_markdown(result):
         print(seeds_markdown(result))
     for level, row in result.get("lighting_dark_vs_bright", {}).items():

@@ -16,7 +16,6 @@ Prints a markdown table and writes JSON (default benchmarks/results/stage3_colle
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -30,7 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sim_envs  # noqa: E402,F401  (first: it picks the headless GL backend before mujoco is imported)
-from robopretrain.collector import VectorCollector, sim_env, target_env  # noqa: E402
+from robopretrain.collector import VectorCollector  # noqa: E402
+from robopretrain.envs.target import Target, env_factory as target_factory  # noqa: E402
 
 TASK = "PlaceInBowl"
 PHYSICS = {"level": "train", "factors": ["friction", "mass", "damping", "gripper_force"]}
@@ -41,15 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def env_factory(kind: str):
     if kind == "state":
-        return functools.partial(sim_env, TASK, PHYSICS)
-    return functools.partial(target_env, TASK, None, {}, None, ("agentview_image",), 64, VISUAL)
+        return target_factory(Target(TASK), (), None, PHYSICS)
+    return target_factory(Target(TASK), ("agentview_image",), 64, VISUAL)
 
 
 def convert_of(kind: str):
-    if kind == "state":
-        return lambda obs: np.concatenate([obs["proprio"], obs["object"]], axis=-1).astype(np.float32)
-    return lambda obs: {"agentview_image": np.asarray(obs["agentview_image"], np.uint8),
-                        "state": np.asarray(obs["proprio"], np.float32)}
+    keys = ("proprio", "object", "task_id") if kind == "state" else ("agentview_image", "proprio", "task_id")
+    return lambda obs: {k: np.asarray(obs[k]) for k in keys}
 
 
 def measure(kind: str, num_envs: int, asynchronous: bool, steps: int, seed: int = 0) -> dict[str, Any]:
