@@ -99,22 +99,28 @@ def online_buffer(agent: Any, reward: RewardSettings, capacity: int, seed: int) 
 
 def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: OnlineSettings, run_dir: Path, *,
                reward: RewardSettings, seed: int, randomization: Any = "none", eval_randomization: Any = None,
-               config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True) -> list[dict[str, Any]]:
+               config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True,
+               fingerprint: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Online fine-tuning of ``agent`` on ``target`` (module docstring); returns the evaluation history.
 
     Writes ``<run_dir>/checkpoints/``, ``metrics.jsonl`` and ``tb/``; a rerun resumes from the newest checkpoint.
-    ``config`` is saved as each checkpoint's ``config.yaml``; ``meta`` is added to its ``meta.json``.
+    ``config`` is saved as each checkpoint's ``config.yaml``; ``meta`` is added to its ``meta.json``; ``fingerprint``
+    (:mod:`robopretrain.run_fingerprint`) is stored there too and a checkpoint with another one is not resumed.
     """
     eval_rand = randomization if eval_randomization is None else eval_randomization
     buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)
     sampler = MixedSampler(offline, buffer, settings.offline_ratio)
     ckpt_root = run_dir / "checkpoints"
     ckpt_meta = {"stage": "online", "task": target.name, "target": target.to_dict(), "randomization": randomization,
-                 **dict(meta or {})}
+                 "fingerprint": dict(fingerprint) if fingerprint is not None else None, **dict(meta or {})}
     env_steps, started, successes, history = 0, 0, [], []
     latest = load_latest(ckpt_root) if resume else None
     if latest is not None and latest.state is not None and "online" in latest.state:
         check_agent_fits(latest.meta, agent, where=str(latest.path))
+        if fingerprint is not None:
+            from robopretrain.run_fingerprint import check_resume
+
+            check_resume(latest.meta.get("fingerprint"), fingerprint, where=latest.path)
         agent.load_state_dict(join_agent_state(latest.weights, latest.state), with_optimizer=True)
         set_rng_states(agent, latest.state["rng"])
         sampler.load_state_dict(latest.state["sampler"])

@@ -30,7 +30,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.online import OnlineSettings, run_online
-from robopretrain import build
+from robopretrain import build, run_fingerprint
 from robopretrain.checkpoint import load_agent
 from robopretrain.cli import config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
@@ -39,6 +39,10 @@ from robopretrain.envs.target import SIM_ENVS, Target
 from robopretrain.metrics import plot_learning_curve
 
 log = logging.getLogger(__name__)
+
+# settings a resumed run may change (they do not change what is computed, or a resumed run may extend them)
+RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes", "keep_checkpoints",
+                     "calibration_batch", "data.generate", "data.regenerate", "data.collect")
 
 
 def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any]) -> Path:
@@ -94,9 +98,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     offline = build.prepared(agent, offline, int(cfg.seed) + 2)
     meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"), "data_path": str(data_path),
             "task_names": [target.name], "reward": reward.__dict__}
+    fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path},
+                                              ignore=RESUMABLE_CHANGES)
     history = run_online(agent, offline, target, settings, run_dir, reward=reward, seed=int(cfg.seed),
                          randomization=rand, eval_randomization=eval_rand, config=cfg, meta=meta,
-                         resume=bool(cfg.get("resume", True)))
+                         resume=bool(cfg.get("resume", True)), fingerprint=fingerprint)
     curve = plot_learning_curve(history, run_dir / "learning_curve.png",
                                 title=f"{algo} on {target.name} (seed {cfg.seed})")
     return {"history": history, "run_dir": str(run_dir), "pretrained_from": str(ckpt.path),

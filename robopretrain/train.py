@@ -21,7 +21,9 @@
   evaluation and a failed evaluation is a warning, so it never costs the run its checkpoint.
 * The loop is :func:`robopretrain.loops.offline.train_offline`: NaN guard, data-parallel under torchrun,
   self-describing resumable checkpoints (``<run>/checkpoints``), ``metrics.jsonl`` and TensorBoard (``<run>/tb``).
-  Rerunning the same command resumes (a checkpoint of another configuration is refused with one line).
+  Rerunning the same command resumes; a run folder written with other data or settings (another file at the same
+  path, another algorithm or observation spec; :mod:`robopretrain.run_fingerprint`) is refused with one line
+  naming what changed (``resume=false`` starts fresh).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from robopretrain import build
+from robopretrain import build, run_fingerprint
 from robopretrain import distributed as dist_utils
 from robopretrain.agent_parallel import average_gradients, broadcast_agent, gather_objects
 from robopretrain.checkpoint import CheckpointError, check_agent_fits, load_agent, load_latest, save_agent
@@ -50,6 +52,10 @@ from robopretrain.evaluation import calibration, evaluate
 from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume, train_offline
 
 log = logging.getLogger(__name__)
+
+# settings a resumed run may change (they do not change what is computed, or a resumed run may extend them)
+RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "eval_episodes", "eval_targets", "eval_at_start",
+                     "keep_checkpoints", "calibration_batch", "dr", "data.generate", "data.regenerate", "data.collect")
 
 
 def summarize(per_target: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -117,7 +123,10 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     for target in targets:
         build.check_target_fits(agent, target)
     dr = build.randomization(cfg.get("dr"))
-    meta = {"stage": "offline", "data_path": str(data_path), "task_names": tasks, "task_ids": dict(info.tasks),
+    fingerprint = run_fingerprint.fingerprint(
+        cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
+              "init": init.path if init is not None else None}, ignore=RESUMABLE_CHANGES)
+    meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": str(data_path), "task_names": tasks, "task_ids": dict(info.tasks),
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,
             "parallel": {"world_size": dinfo.world_size, "batch_size_per_process": agent.batch_size,
                          "effective_batch_size": agent.batch_size * dinfo.world_size}}
@@ -135,6 +144,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         latest = load_latest(ckpt_root, with_state=False)
         if latest is not None:
             check_agent_fits(latest.meta, agent, where=str(latest.path))
+            run_fingerprint.check_resume(latest.meta.get("fingerprint"), fingerprint, where=latest.path)
             start, _ = resume(agent, sampler, ckpt_root, dinfo)
     calib = dataset.get(calibration_rows(len(dataset), settings.calibration_batch))
 

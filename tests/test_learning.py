@@ -1,7 +1,9 @@
 """Learners learn what their data teaches: imitation on clean scripted-expert data reaches the expert's success.
 
 The first wave's BC succeeded 0/30 on 50 clean Reach demos with the goal in its state (a plain MSE regressor: 30/30):
-the tanh-squashed likelihood cannot fit expert actions saturated at +-1 and the inputs were not normalised. These
+the tanh-squashed likelihood cannot fit expert actions saturated at +-1 (the cause; measured with the same inputs:
+0.03-0.33 with it, 0.97-1.00 with the Gaussian of :class:`robopretrain.nets.actor.GaussianActor`), and the inputs
+were not normalised (which matters at small learning rates: at lr 1e-4, 1500 updates, 0.28 raw vs 1.00). These
 tests run the real stage-2 entry point (:func:`robopretrain.train.run`) at a small budget and measure success in
 sim, so any regression of the recipe (actor density, normalisation, learning rate, which observation reaches the
 policy at evaluation) makes them fail. The full per-algorithm, per-task measurement is ``benchmarks/recipe.py``.
@@ -51,10 +53,3 @@ def test_imitation_on_clean_reach_demos_reaches_the_experts_success(reach_demos:
     agent = stage2(reach_demos, tmp_path / algo, algo, steps)
     result = evaluate(agent, Target("Reach"), 20)
     assert result["success"] >= 0.9, f"{algo} after {steps} updates on 50 clean Reach demos: {result}"
-
-
-def test_observation_normalisation_is_what_makes_bc_reach_in_budget(reach_demos: Path, tmp_path: Path) -> None:
-    """Without normalisation the same BC run is far from the expert (goal coordinates have a std of ~5 cm): the
-    option is real and on by default."""
-    agent = stage2(reach_demos, tmp_path / "raw", "bc", 1500, normalize=False)
-    assert evaluate(agent, Target("Reach"), 20)["success"] < 0.9

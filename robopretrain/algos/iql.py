@@ -3,9 +3,9 @@
 Losses (plain functions below):
 
 * value: expectile regression of ``V(s)`` towards ``min_e Q_target_e(s, a)``:
-  ``mean(|tau - 1(u < 0)| * u^2)`` with ``u = Q - V`` and ``tau = 0.7``;
+  ``mean(|tau - 1(u < 0)| * u^2)`` with ``u = Q - V`` and ``tau = 0.9``;
 * critics: ``mean_e (Q_e(s, a) - (r + gamma * (1 - done) * V(s')))^2``;
-* policy (AWR): ``-mean(min(exp(beta * (Q - V)), 100) * log pi(a|s))`` with ``beta = 3``.
+* policy (AWR): ``-mean(min(exp(beta * (Q - V)), 100) * log pi(a|s))`` with ``beta = 1`` (rewards x10).
 
 As in :mod:`robopretrain.algos.cql`, every loss touches only its own parameters and one backward pass of
 their sum computes all gradients at the same parameters. Choices: the policy is the authors' Gaussian with a
@@ -61,7 +61,8 @@ def awr_policy_loss(
 
 @dataclass
 class IQLConfig:
-    """IQL hyper-parameters (paper defaults for locomotion/AntMaze-style tasks, beta 3, tau 0.7)."""
+    """IQL hyper-parameters: the paper's AntMaze (sparse reward) settings, expectile 0.9, with the Cal-QL reward
+    transform x10 - 5 (so beta 1 on these rewards weighs advantages as beta 10 does on unit rewards)."""
 
     actor_hidden: tuple[int, ...] = (256, 256)
     critic_hidden: tuple[int, ...] = (256, 256)
@@ -75,11 +76,11 @@ class IQLConfig:
     batch_size: int = 256
     discount: float = 0.99
     tau: float = 5e-3
-    expectile: float = 0.7
-    beta: float = 3.0
+    expectile: float = 0.9  # tau of the value's expectile regression (the IQL paper's AntMaze setting)
+    beta: float = 1.0  # inverse temperature of AWR; with rewards x10 this plays AntMaze's beta 10 on unit rewards
     max_weight: float = 100.0
-    reward_scale: float = 1.0
-    reward_bias: float = 0.0
+    reward_scale: float = 10.0  # sparse {0, 1} -> {-5, +5}, the Cal-QL transform, so Q is in the same units
+    reward_bias: float = -5.0
     sparse_reward: bool = True
 
 

@@ -1,0 +1,32 @@
+"""The algorithm configs (``configs/algo/*.yaml``) list every field of their dataclass with the dataclass's default:
+one set of defaults (STYLE.md rule 3), so a YAML value and the code can never drift apart silently."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from robopretrain.algos import AGENT_NAMES, make_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "algo"
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isinf(a) and math.isinf(b):
+        return a == b
+    return (tuple(a) if isinstance(a, list) else a) == b
+
+
+@pytest.mark.parametrize("name", AGENT_NAMES)
+def test_algo_yaml_equals_the_dataclass_defaults(name: str) -> None:
+    yaml = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml"))
+    assert yaml.pop("name") == name
+    defaults = make_config(name)
+    fields = {f.name for f in dataclasses.fields(defaults)}
+    assert set(yaml) == fields, f"{name}.yaml keys differ from the dataclass fields: {set(yaml) ^ fields}"
+    differ = {k: (v, getattr(defaults, k)) for k, v in yaml.items() if not _same(v, getattr(defaults, k))}
+    assert not differ, f"{name}.yaml differs from the dataclass defaults: {differ}"
