@@ -224,6 +224,8 @@ class Agent:
     def modules(self) -> list[nn.Module]:
         """Every module with parameters or buffers that a replica must share (DDP broadcast, checks)."""
         mods: list[nn.Module] = [*self.encoders()]
+        if self.feature_encoder is not None:
+            mods.append(self.feature_encoder)
         for name in ("actor", "critic", "target_critic", "value"):
             if hasattr(self.core, name):
                 mods.append(getattr(self.core, name))

@@ -1,7 +1,7 @@
-"""Data-parallel training of the RL agents (CQL / Cal-QL, IQL, BC, and their image versions) under ``torchrun``.
+"""Data-parallel training of the agents (CQL / Cal-QL, IQL, BC; with or without cameras) under ``torchrun``.
 
 The agents own several parameter groups and optimisers (CQL: actor, critic, temperature, Lagrange multiplier in
-one Adam; an image agent adds the encoders' Adam) and take one ``backward`` of their summed losses per update, so
+one Adam; trained image encoders add the encoders' Adam) and take one ``backward`` of their summed losses per update, so
 wrapping single modules in ``DistributedDataParallel`` does not fit. Instead every optimiser gets a *step pre-hook*
 (:func:`average_gradients`) that all-reduces the gradients of all its parameters and divides by the number of
 processes right before ``step()``: each rank computes its gradients on its own batch, every rank then applies the
@@ -28,7 +28,8 @@ from robopretrain.distributed import DistInfo
 
 
 def agent_optimizers(agent: Any) -> list[torch.optim.Optimizer]:
-    """The optimisers one ``agent.update`` steps (``agent.optimizers()`` for image agents, else ``agent.optimizer``)."""
+    """The optimisers one ``agent.update`` steps (:meth:`robopretrain.agent.Agent.optimizers`; a bare algorithm's
+    ``optimizer``)."""
     if hasattr(agent, "optimizers"):
         return list(agent.optimizers())
     return [agent.optimizer]
@@ -78,15 +79,11 @@ def _tensors(tree: Any) -> Iterator[torch.Tensor]:
 
 
 def _agent_modules(agent: Any) -> list[torch.nn.Module]:
-    """The agent's modules and free parameters, as modules (for broadcasting in place)."""
-    inner = getattr(agent, "agent", agent)
-    mods = [m for name in ("actor", "critic", "target_critic", "value") if isinstance(m := getattr(inner, name, None),
-                                                                                       torch.nn.Module)]
-    for name in ("critic_encoder", "actor_encoder"):
-        m = getattr(agent, name, None)
-        if isinstance(m, torch.nn.Module) and all(m is not x for x in mods):
-            mods.append(m)
-    return mods
+    """The agent's modules (networks, target networks, encoders) for broadcasting in place."""
+    if hasattr(agent, "modules") and callable(agent.modules) and not isinstance(agent, torch.nn.Module):
+        return list(agent.modules())
+    return [m for name in ("actor", "critic", "target_critic", "value")
+            if isinstance(m := getattr(agent, name, None), torch.nn.Module)]
 
 
 @torch.no_grad()
@@ -94,7 +91,7 @@ def broadcast_agent(agent: Any, info: DistInfo) -> None:
     """Copy rank 0's weights (modules, buffers, ``log_alpha``-style free parameters) to every rank."""
     if not info.enabled:
         return
-    inner = getattr(agent, "agent", agent)
+    inner = getattr(agent, "core", agent)
     tensors = [t for m in _agent_modules(agent) for t in [*m.parameters(), *m.buffers()]]
     tensors += [p for name in ("log_alpha", "log_alpha_prime") if isinstance(p := getattr(inner, name, None),
                                                                             torch.Tensor)]

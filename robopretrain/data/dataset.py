@@ -54,16 +54,22 @@ class RewardSettings:
 
 
 def default_num_tasks(info: DatasetInfo) -> int:
-    """The task one-hot size for a file: ``num_tasks`` of its ``env_args`` (our collectors write the size of their
-    task family, so stage-2 agents keep slots for held-out targets), else the largest task id + 1."""
+    """The task one-hot size for a file: ``num_tasks`` of its ``env_args`` when given, the size of its task family
+    when the ``env_name`` is ours (sim_envs: every sim_envs task; Meta-World: its 50 v3 tasks), so that stage-2
+    agents keep slots for held-out targets; else the largest task id + 1."""
     declared = info.env_args.get("num_tasks")
     largest = max(d.task_id for d in info.demos) + 1
     if isinstance(declared, int) and declared >= largest:
         return int(declared)
-    if "sim_envs/" in str(info.env_args.get("env_name", "")):
+    env_name = str(info.env_args.get("env_name", ""))
+    if "sim_envs/" in env_name:
         import sim_envs
 
         return max(len(sim_envs.TASKS), largest)
+    if env_name.startswith("robopretrain/MetaWorld"):
+        from robopretrain.envs.metaworld import TASK_IDS
+
+        return max(len(TASK_IDS), largest)
     return largest
 
 

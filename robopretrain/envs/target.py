@@ -37,6 +37,9 @@ FAMILIES = (SIM_ENVS, METAWORLD, GYM)
 REWARDS = ("sparse", "dense")
 OBSERVATION = "observation"  # the part name of a non-dict observation
 METAWORLD_ENTRY = "robopretrain.envs.metaworld:MetaWorldEnv"
+# MetaWorldEnv keywords a demo file's env_args carry over to its targets (cameras and image size come from the agent)
+METAWORLD_SETTINGS = ("max_episode_steps", "reward", "terminate_on_success", "mesh_cell")
+METAWORLD_CAMERAS = {"agentview_image": "corner", "eye_in_hand_image": "gripperPOV"}  # our key -> Meta-World camera
 
 
 @dataclass
@@ -92,8 +95,9 @@ class Target:
 
             return int(tasks.TASK_IDS[self.name])
         if self.family == METAWORLD:
-            module = importlib.import_module(METAWORLD_ENTRY.partition(":")[0])
-            return int(module.task_id(self.name))
+            from robopretrain.envs.metaworld import TASK_IDS, task_name
+
+            return int(TASK_IDS[task_name(self.name)])
         raise ValueError(f"target {self.name!r}: task_id is required for a gym target (its slot in the task one-hot)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +129,7 @@ def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Targ
 
         return Target(name=task) if task in tasks.TASKS else None
     if env_args.get("family") == METAWORLD or env_name.startswith("robopretrain/MetaWorld"):
-        keep = {k: v for k, v in kwargs.items() if k not in ("task", "image_size", "render_images", "cameras")}
+        keep = {k: v for k, v in kwargs.items() if k in METAWORLD_SETTINGS}
         return Target(name=task, family=METAWORLD, env_kwargs=keep, task_id=int(task_id))
     return None
 
@@ -181,7 +185,10 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         env = gym.make(sim_envs.env_id(target.name), **kwargs)
         return env if target.task_id is None and not target.obs_map else TargetEnv(env, target, cameras)
     if target.family == METAWORLD:
+        names = {METAWORLD_CAMERAS.get(k, k[: -len("_image")] if k.endswith("_image") else k): k for k in cameras}
         kwargs = {"task": target.name, "render_images": bool(cameras), **target.env_kwargs}
+        if cameras:
+            kwargs["cameras"] = names
         if image_size:
             kwargs["image_size"] = int(image_size)
         env = _construct(METAWORLD_ENTRY, kwargs)
