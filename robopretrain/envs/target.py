@@ -201,6 +201,22 @@ class TargetEnv(gym.Wrapper):
         self.cameras = tuple(cameras)
         self._task_id = target.resolved_task_id()
         self._reverse = {v: k for k, v in target.obs_map.items()}
+        self.observation_space = self._space(env.observation_space)
+
+    def _space(self, space: gym.Space) -> gym.spaces.Dict:
+        """The observation space of what :meth:`_obs` returns (a vector env allocates its batches from it):
+        our part names, float vectors as float32, and ``task_id``."""
+        items = dict(space.spaces) if isinstance(space, gym.spaces.Dict) else {OBSERVATION: space}
+        out: dict[str, gym.Space] = {}
+        for key, sub in items.items():
+            if key == "task_id":
+                continue
+            if isinstance(sub, gym.spaces.Box) and sub.dtype != np.uint8:
+                sub = gym.spaces.Box(sub.low.astype(np.float32), sub.high.astype(np.float32), dtype=np.float32)
+            out[self._reverse.get(key, key)] = sub
+        known = int(getattr(items.get("task_id"), "n", 0))
+        out["task_id"] = gym.spaces.Discrete(max(known, self._task_id + 1))
+        return gym.spaces.Dict(out)
 
     def _obs(self, obs: Any) -> dict[str, Any]:
         if not isinstance(obs, Mapping):
