@@ -38,10 +38,11 @@ def merged(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str
 
 def stage2_config(data: Path, out: Path, *, algo: str = "calql", steps: int = 4, obs: Mapping[str, Any] | None = None,
                   data_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
-                  width: int = 16, **top: Any) -> DictConfig:
+                  width: int = 16, algo_cfg: Mapping[str, Any] | None = None, **top: Any) -> DictConfig:
     """``configs/robopretrain.yaml`` for ``steps`` updates on ``data``; evaluation off unless ``train`` says."""
-    base = {"seed": 0, "num_threads": 1, "output_dir": str(out), "algo": tiny_algo(algo, width),
-            "encoder": dict(TINY_ENCODER), "data": {"path": str(data)},
+    base = {"seed": 0, "num_threads": 1, "output_dir": str(out),
+            "algo": {**tiny_algo(algo, width), **(algo_cfg or {})}, "encoder": dict(TINY_ENCODER),
+            "data": {"path": str(data)},
             "train": {"steps": steps, "log_every": 2, "eval_every": steps, "eval_episodes": 1, "eval_targets": [],
                       "checkpoint_every": steps, "calibration_batch": 16, "progress": False, "tensorboard": False}}
     overrides = merged(base, {"obs": dict(obs or {}), "data": dict(data_cfg or {}), "train": dict(train or {}),
@@ -51,11 +52,13 @@ def stage2_config(data: Path, out: Path, *, algo: str = "calql", steps: int = 4,
 
 def stage3_config(checkpoint: Path, out: Path, target: Any, *, algo: str = "calql", env_steps: int = 12,
                   data_cfg: Mapping[str, Any] | None = None, online: Mapping[str, Any] | None = None,
-                  dr: str = "none", width: int = 16, **top: Any) -> DictConfig:
+                  dr: str = "none", width: int = 16, algo_cfg: Mapping[str, Any] | None = None,
+                  **top: Any) -> DictConfig:
     """``configs/finetune.yaml``: ``env_steps`` online steps from ``checkpoint`` on ``target``, one env in this
     process, an evaluation at the start and the end."""
-    base = {"seed": 0, "num_threads": 1, "output_dir": str(out), "algo": tiny_algo(algo, width),
-            "checkpoint": str(checkpoint), "target": target, "data": dict(data_cfg or {}),
+    base = {"seed": 0, "num_threads": 1, "output_dir": str(out),
+            "algo": {**tiny_algo(algo, width), **(algo_cfg or {})}, "checkpoint": str(checkpoint), "target": target,
+            "data": dict(data_cfg or {}),
             "online": {"env_steps": env_steps, "num_envs": 1, "asynchronous": False, "eval_every": env_steps,
                        "eval_episodes": 1, "log_every": max(1, env_steps // 2), "checkpoint_every": env_steps,
                        "calibration_batch": 16, "buffer_capacity": 1000, "progress": False, "tensorboard": False}}
