@@ -39,8 +39,8 @@ ROBOSUITE_ACT_DIM = 7  # robosuite's OSC_POSE controller: 6 pose deltas + grippe
 
 class RobosuiteLikeEnv(gym.Env):
     """A robot with robosuite's observation keys and action size, nothing of ours: move the end effector to
-    ``goal`` (within 0.15). Observations ``robot0_eef_pos`` (``eef_dim``, 3 by default), ``robot0_gripper_qpos``
-    (2), cameras ``agentview_image`` (a dot where the end effector is) and ``robot0_eye_in_hand_image`` (its
+    ``goal`` (within 0.15). Observations ``robot0_eef_pos`` (``eef_dim``, 3 by default: xyz, then other joint
+    values that stay put), ``robot0_gripper_qpos`` (2), cameras ``agentview_image`` (a dot where the end effector is) and ``robot0_eye_in_hand_image`` (its
     height and the gripper opening as colours), ``image_size`` px; actions ``act_dim`` (7: xyz delta, 3 unused
     rotation deltas, gripper). Like robosuite it gives a dense reward (``-distance``), never terminates by itself
     and reports ``info["success"]``: the target's conventions (sparse reward from success, termination on success,
@@ -48,8 +48,7 @@ class RobosuiteLikeEnv(gym.Env):
 
     def __init__(self, goal=(0.0, 0.0, 0.0), image_size: int = 16, cameras: bool = True, eef_dim: int = 3,
                  act_dim: int = ROBOSUITE_ACT_DIM) -> None:
-        self.goal = np.zeros(eef_dim, np.float32)
-        self.goal[:3] = np.asarray(goal, np.float32)[:3]
+        self.goal = np.asarray(goal, np.float32)[:3]
         self.size, self.cameras, self.eef_dim = int(image_size), bool(cameras), int(eef_dim)
         spaces = {EEF: gym.spaces.Box(-np.inf, np.inf, (self.eef_dim,), np.float32),
                   GRIPPER: gym.spaces.Box(-1.0, 1.0, (2,), np.float32)}
@@ -75,18 +74,19 @@ class RobosuiteLikeEnv(gym.Env):
         return obs
 
     def _distance(self) -> float:
-        return float(np.linalg.norm(self.eef - self.goal))
+        return float(np.linalg.norm(self.eef[:3] - self.goal))
 
     def reset(self, *, seed: int | None = None, options=None):
         super().reset(seed=seed)
-        direction = self.np_random.normal(size=self.eef_dim)
-        self.eef = (self.goal + 0.5 * direction / np.linalg.norm(direction)).astype(np.float32)
+        direction = self.np_random.normal(size=3)
+        self.eef = self.np_random.uniform(-0.5, 0.5, self.eef_dim).astype(np.float32)
+        self.eef[:3] = self.goal + 0.5 * direction / np.linalg.norm(direction)
         self.grip = np.zeros(2, np.float32)
         return self._obs(), {"success": False}
 
     def step(self, action):
         action = np.asarray(action, np.float32)
-        self.eef = np.clip(self.eef + 0.1 * np.resize(action[:3], self.eef_dim), -1, 1).astype(np.float32)
+        self.eef[:3] = np.clip(self.eef[:3] + 0.1 * action[:3], -1, 1)
         self.grip = np.array([action[-1], -action[-1]], np.float32)
         success = self._distance() < 0.15
         return self._obs(), -self._distance(), False, False, {"success": success}
