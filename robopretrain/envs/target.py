@@ -125,7 +125,9 @@ def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Targ
 
         return Target(name=task) if task in tasks.TASKS else None
     if env_args.get("family") == METAWORLD or env_name.startswith("robopretrain/MetaWorld"):
-        keep = {k: v for k, v in kwargs.items() if k not in ("task", "image_size", "render_images", "cameras")}
+        # the collector's metadata (entry_point, tasks, task_ids, env_ids) is not a constructor keyword
+        drop = ("task", "image_size", "render_images", "cameras", "entry_point", "tasks", "task_ids", "env_ids")
+        keep = {k: v for k, v in kwargs.items() if k not in drop}
         return Target(name=task, family=METAWORLD, env_kwargs=keep, task_id=int(task_id))
     return None
 
