@@ -268,3 +268,22 @@ def test_collect_cli_bad_task_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: metaworld_collect config: tasks: unknown Meta-World")
     assert not (tmp_path / "x.hdf5").exists()
+
+
+@needs_metaworld
+def test_the_files_own_target_is_an_env_stage2_can_evaluate_in(collected):
+    """Stage 2 evaluates on the data's own tasks: target_of_data must turn the collector's env_args (with its
+    metadata entry_point, tasks, task_ids, env_ids) into a Meta-World target whose env builds."""
+    from robopretrain.data.hdf5 import read_info
+    from robopretrain.envs.target import METAWORLD, make_env, target_of_data
+
+    info = read_info(collected)
+    target = target_of_data(info.env_args, "drawer-open-v3", info.tasks["drawer-open-v3"])
+    assert target.family == METAWORLD and target.resolved_task_id() == TASK_IDS["drawer-open-v3"]
+    assert target.env_kwargs["max_episode_steps"] == 120
+    env = make_env(target, ("agentview_image",), 32)
+    try:
+        obs, _ = env.reset(seed=1)
+        assert obs["agentview_image"].shape == (32, 32, 3) and obs["task_id"] == TASK_IDS["drawer-open-v3"]
+    finally:
+        env.close()
