@@ -93,7 +93,7 @@ class Target:
             return int(tasks.TASK_IDS[self.name])
         if self.family == METAWORLD:
             module = importlib.import_module(METAWORLD_ENTRY.partition(":")[0])
-            return int(module.task_id(self.name))
+            return int(module.TASK_IDS[module.task_name(self.name)])
         raise ValueError(f"target {self.name!r}: task_id is required for a gym target (its slot in the task one-hot)")
 
     def to_dict(self) -> dict[str, Any]:
