@@ -287,3 +287,14 @@ def test_the_files_own_target_is_an_env_stage2_can_evaluate_in(collected):
         assert obs["agentview_image"].shape == (32, 32, 3) and obs["task_id"] == TASK_IDS["drawer-open-v3"]
     finally:
         env.close()
+
+
+def test_a_metaworld_target_without_task_id_takes_the_fixed_one():
+    """``target={name: drawer-open-v3, family: metaworld}`` (as configs/finetune.yaml shows it) needs no task_id."""
+    from robopretrain.envs.target import Target
+
+    assert Target(name="drawer-open-v3", family="metaworld").resolved_task_id() == TASK_IDS["drawer-open-v3"] == 4
+    assert Target(name="reach", family="metaworld").resolved_task_id() == 0
+    assert Target(name="reach", family="metaworld", task_id=7).resolved_task_id() == 7
+    with pytest.raises(ValueError, match="unknown Meta-World task 'drawer-opn'"):
+        Target(name="drawer-opn", family="metaworld").resolved_task_id()
