@@ -40,11 +40,11 @@ ROBOSUITE_ACT_DIM = 7  # robosuite's OSC_POSE controller: 6 pose deltas + grippe
 class RobosuiteLikeEnv(gym.Env):
     """A robot with robosuite's observation keys and action size, nothing of ours: move the end effector to
     ``goal`` (within 0.15). Observations ``robot0_eef_pos`` (``eef_dim``, 3 by default: xyz, then other joint
-    values that stay put), ``robot0_gripper_qpos`` (2), cameras ``agentview_image`` (a dot where the end effector is) and ``robot0_eye_in_hand_image`` (its
-    height and the gripper opening as colours), ``image_size`` px; actions ``act_dim`` (7: xyz delta, 3 unused
-    rotation deltas, gripper). Like robosuite it gives a dense reward (``-distance``), never terminates by itself
-    and reports ``info["success"]``: the target's conventions (sparse reward from success, termination on success,
-    a time limit) are the toolkit's job."""
+    values that stay put), ``robot0_gripper_qpos`` (2), cameras ``agentview_image`` (a dot where the end effector
+    is) and ``robot0_eye_in_hand_image`` (its height and the gripper opening as colours), ``image_size`` px;
+    actions ``act_dim`` (7: xyz delta, 3 unused rotation deltas, gripper). Like robosuite it gives a dense reward
+    (``-distance``), never terminates by itself and reports ``info["success"]``: the target's conventions (sparse
+    reward from success, termination on success, a time limit) are the toolkit's job."""
 
     def __init__(self, goal=(0.0, 0.0, 0.0), image_size: int = 16, cameras: bool = True, eef_dim: int = 3,
                  act_dim: int = ROBOSUITE_ACT_DIM) -> None:
@@ -92,7 +92,8 @@ class RobosuiteLikeEnv(gym.Env):
         return self._obs(), -self._distance(), False, False, {"success": success}
 
 
-def robosuite_expert(obs, rng: np.random.Generator, noise: float = 0.0, act_dim: int = ROBOSUITE_ACT_DIM) -> np.ndarray:
+def robosuite_expert(obs, rng: np.random.Generator, noise: float = 0.0,
+                     act_dim: int = ROBOSUITE_ACT_DIM) -> np.ndarray:
     """Toward ``goal`` = 0 (the env's default) at full speed, gripper closing; Gaussian noise, clipped."""
     action = np.zeros(act_dim, np.float32)
     action[:3] = np.clip(-np.asarray(obs[EEF][:3]) / 0.1, -1, 1)

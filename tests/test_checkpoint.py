@@ -166,7 +166,8 @@ def test_another_configuration_is_named_with_both_values(tmp_path):
     with pytest.raises(CheckpointError, match=r"algo: checkpoint has 'calql', this config needs 'iql'"):
         check_agent_fits(meta, tiny_agent(algo="iql"))
     camera = tiny_agent(SPECS["1cam"])
-    with pytest.raises(CheckpointError, match=r"rgb part 'agentview_image' is in this config but not in the checkpoint"):
+    with pytest.raises(CheckpointError,
+                       match=r"rgb part 'agentview_image' is in this config but not in the checkpoint"):
         check_agent_fits(meta, camera)
     with pytest.raises(CheckpointError, match=r"encoder_mode: checkpoint has 'none', this config needs 'scratch'"):
         check_agent_fits(meta, camera)

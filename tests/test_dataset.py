@@ -76,7 +76,7 @@ def test_zero_rewards_with_successful_episodes_are_refused_rebuilt_on_request_an
     path = write_file(tmp_path / "zero.hdf5", zero_rewards=True)
     spec = spec_of_data(path, ["proprio"], [], None)
     with pytest.raises(DatasetError, match=r"zero.hdf5: no positive reward in the selected data although 1 of 2 "
-                                           r"episodes are marked successful in ep_meta.*data.rewards_from_success=true"):
+                                           r"episodes are marked successful in ep_meta.*rewards_from_success=true"):
         load_offline_dataset(path, spec, CAL_QL)
     with caplog.at_level(logging.WARNING):
         rebuilt = load_offline_dataset(path, spec, CAL_QL, rewards_from_success=True).arrays()

@@ -88,7 +88,8 @@ def test_dict_observations_keep_their_dtypes_and_map_to_prepared_parts():
     batch = buf.sample(4)
     assert batch["observations"]["agentview_image"].dtype == torch.uint8
     assert batch["observations"]["proprio"].shape == (4, 2) and batch["observations"]["proprio"].dtype == torch.float32
-    assert batch["observations"]["task_id"].dtype == torch.int64 and set(batch["observations"]["task_id"].tolist()) == {5}
+    task_ids = batch["observations"]["task_id"]
+    assert task_ids.dtype == torch.int64 and set(task_ids.tolist()) == {5}
     data = OfflineDataset(obs, np.zeros((3, 1)), np.zeros(3), obs, np.zeros(3), np.zeros(3), seed=0)
 
     def features(parts):  # what a frozen_cached agent's prepare does: cameras -> a low-dim "features" part
