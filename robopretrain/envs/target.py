@@ -184,6 +184,11 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         return env if target.task_id is None and not target.obs_map else TargetEnv(env, target, cameras)
     if target.family == METAWORLD:
         kwargs = {"task": target.name, "render_images": bool(cameras), **target.env_kwargs}
+        if cameras and "cameras" not in kwargs:  # render the agent's cameras (corner -> agentview_image, ...)
+            module = importlib.import_module(METAWORLD_ENTRY.partition(":")[0])
+            by_key = {module.camera_key(c): c for c in module.CAMERAS}
+            wanted = [by_key[k] for k in (target.obs_map.get(c, c) for c in cameras) if k in by_key]
+            kwargs["cameras"] = wanted or list(module.DEFAULT_CAMERAS)
         if image_size:
             kwargs["image_size"] = int(image_size)
         env = _construct(METAWORLD_ENTRY, kwargs)
