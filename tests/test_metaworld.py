@@ -391,3 +391,17 @@ def test_metaworld_prior_to_target_through_the_documented_commands(tmp_path):
         finally:
             env.close()
         assert agent.act(obs).shape == (4,)
+
+
+@needs_metaworld
+def test_a_metaworld_target_renders_the_agents_cameras():
+    """A two-camera agent gets both cameras from its Meta-World target (corner and gripperPOV), at its size."""
+    from robopretrain.envs.target import Target, make_env
+
+    env = make_env(Target(name="reach", family="metaworld"), ("agentview_image", "eye_in_hand_image"), 32)
+    try:
+        obs, _ = env.reset(seed=0)
+    finally:
+        env.close()
+    assert obs["agentview_image"].shape == obs["eye_in_hand_image"].shape == (32, 32, 3)
+    assert not np.array_equal(obs["agentview_image"], obs["eye_in_hand_image"])
