@@ -399,13 +399,15 @@ class Agent:
             b = meta["image_encoder"]
             img = make_encoder(b["name"], int(b["image_size"]), int(b["in_channels"]), **dict(b["kwargs"]))
         saved_cfg = dict(meta.get("algo_cfg") or {})
-        cfg = dict(saved_cfg)
+        name = algo or str(meta["algo"])
+        # another algorithm keeps only the recorded networks: the rest of the saved config (e.g. CQL's
+        # use_calql=false) belongs to the recorded algorithm and would override the new one's defaults
+        cfg = dict(saved_cfg) if name == meta["algo"] else {k: v for k, v in saved_cfg.items() if k in NETWORK_KEYS}
         if algo_cfg is not None:
             cfg.update({k: v for k, v in dict(algo_cfg).items() if k != "name"})
             for key in NETWORK_KEYS:
                 if key in saved_cfg:
                     cfg[key] = saved_cfg[key]
-        name = algo or str(meta["algo"])
         valid = set(make_config(name).__dataclass_fields__)
         cfg = {k: v for k, v in cfg.items() if k in valid}
         stats = None  # the buffers come with the weights

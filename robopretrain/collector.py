@@ -37,7 +37,7 @@ import numpy as np
 Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 # ``train_episode_seed`` is in robopretrain.evaluation (which imports torch); the same formula here keeps the
-# worker-side imports of this module light. tests/test_finetune_images.py checks that both agree.
+# worker-side imports of this module light. tests/test_collector.py checks that both agree.
 _SEED_STRIDE = 100_000
 
 

@@ -34,6 +34,9 @@ TRAIN_CHECKS: dict[str, tuple[Check, str]] = {
     "steps": AT_LEAST_0, "log_every": AT_LEAST_1, "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1,
     "checkpoint_every": AT_LEAST_1, "keep_checkpoints": AT_LEAST_1, "calibration_batch": AT_LEAST_1,
 }
+ENCODER_CHECKS: dict[str, tuple[Check, str]] = {
+    "augment_pad": AT_LEAST_0, "lr": POSITIVE, "feature_batch": AT_LEAST_1,
+}
 ONLINE_CHECKS: dict[str, tuple[Check, str]] = {
     "env_steps": AT_LEAST_0, "utd": AT_LEAST_1, "offline_ratio": UNIT_CLOSED, "buffer_capacity": AT_LEAST_1,
     "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1, "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1,
@@ -76,6 +79,7 @@ def validate_offline_config(cfg: DictConfig) -> None:
     """Stage 2 (``configs/robopretrain.yaml``): raise ``ValueError`` naming the first key out of range."""
     _check_common(cfg, "robopretrain")
     _check_section(cfg, "train", TRAIN_CHECKS, "robopretrain")
+    _check_section(cfg, "encoder", ENCODER_CHECKS, "robopretrain")
 
 
 def validate_online_config(cfg: DictConfig) -> None:

@@ -28,3 +28,113 @@ class CountEnv(gym.Env):
         end = self.t >= 2 + self.ep_seed % 4
         success = end and self.ep_seed % 2 == 0
         return self._obs(), float(success), success, end and not success, {"success": success}
+
+
+# --------------------------------------------------------------------------- a robot that is not ours
+
+EEF, GRIPPER = "robot0_eef_pos", "robot0_gripper_qpos"
+AGENTVIEW, EYE_IN_HAND = "agentview_image", "robot0_eye_in_hand_image"
+ROBOSUITE_ACT_DIM = 7  # robosuite's OSC_POSE controller: 6 pose deltas + gripper
+
+
+class RobosuiteLikeEnv(gym.Env):
+    """A robot with robosuite's observation keys and action size, nothing of ours: move the end effector to
+    ``goal`` (within 0.15). Observations ``robot0_eef_pos`` (``eef_dim``, 3 by default: xyz, then other joint
+    values that stay put), ``robot0_gripper_qpos`` (2), cameras ``agentview_image`` (a dot where the end effector
+    is) and ``robot0_eye_in_hand_image`` (its height and the gripper opening as colours), ``image_size`` px;
+    actions ``act_dim`` (7: xyz delta, 3 unused rotation deltas, gripper). Like robosuite it gives a dense reward
+    (``-distance``), never terminates by itself and reports ``info["success"]``: the target's conventions (sparse
+    reward from success, termination on success, a time limit) are the toolkit's job."""
+
+    def __init__(self, goal=(0.0, 0.0, 0.0), image_size: int = 16, cameras: bool = True, eef_dim: int = 3,
+                 act_dim: int = ROBOSUITE_ACT_DIM) -> None:
+        self.goal = np.asarray(goal, np.float32)[:3]
+        self.size, self.cameras, self.eef_dim = int(image_size), bool(cameras), int(eef_dim)
+        spaces = {EEF: gym.spaces.Box(-np.inf, np.inf, (self.eef_dim,), np.float32),
+                  GRIPPER: gym.spaces.Box(-1.0, 1.0, (2,), np.float32)}
+        if self.cameras:
+            for key in (AGENTVIEW, EYE_IN_HAND):
+                spaces[key] = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (int(act_dim),), np.float32)
+        self.eef = np.zeros(self.eef_dim, np.float32)
+        self.grip = np.zeros(2, np.float32)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        obs = {EEF: self.eef.copy(), GRIPPER: self.grip.copy()}
+        if self.cameras:
+            s = self.size
+            view = np.full((s, s, 3), 30, np.uint8)
+            r, c = np.clip(((self.eef[:2] + 1) / 2 * (s - 1)).round().astype(int), 0, s - 1)
+            view[max(r - 1, 0): r + 2, max(c - 1, 0): c + 2] = (250, 200, 40)
+            hand = np.zeros((s, s, 3), np.uint8)
+            hand[..., 0] = int(np.clip(128 + 100 * self.eef[2], 0, 255))
+            hand[..., 1] = int(np.clip(128 + 100 * self.grip[0], 0, 255))
+            obs[AGENTVIEW], obs[EYE_IN_HAND] = view, hand
+        return obs
+
+    def _distance(self) -> float:
+        return float(np.linalg.norm(self.eef[:3] - self.goal))
+
+    def reset(self, *, seed: int | None = None, options=None):
+        super().reset(seed=seed)
+        direction = self.np_random.normal(size=3)
+        self.eef = self.np_random.uniform(-0.5, 0.5, self.eef_dim).astype(np.float32)
+        self.eef[:3] = self.goal + 0.5 * direction / np.linalg.norm(direction)
+        self.grip = np.zeros(2, np.float32)
+        return self._obs(), {"success": False}
+
+    def step(self, action):
+        action = np.asarray(action, np.float32)
+        self.eef[:3] = np.clip(self.eef[:3] + 0.1 * action[:3], -1, 1)
+        self.grip = np.array([action[-1], -action[-1]], np.float32)
+        success = self._distance() < 0.15
+        return self._obs(), -self._distance(), False, False, {"success": success}
+
+
+def robosuite_expert(obs, rng: np.random.Generator, noise: float = 0.0,
+                     act_dim: int = ROBOSUITE_ACT_DIM) -> np.ndarray:
+    """Toward ``goal`` = 0 (the env's default) at full speed, gripper closing; Gaussian noise, clipped."""
+    action = np.zeros(act_dim, np.float32)
+    action[:3] = np.clip(-np.asarray(obs[EEF][:3]) / 0.1, -1, 1)
+    action[-1] = 0.5
+    return np.clip(action + noise * rng.normal(size=act_dim), -1, 1).astype(np.float32)
+
+
+def write_robosuite_demos(path, episodes: int = 3, *, tasks=(("reach", 0),), max_steps: int = 10,
+                          image_size: int = 16, seed: int = 0, zero_rewards: bool = False,
+                          act_dim: int = ROBOSUITE_ACT_DIM, eef_dim: int = 3):
+    """A robomimic-format file of :class:`RobosuiteLikeEnv` episodes (robosuite keys, 7-D actions, both cameras),
+    written with the toolkit's own writer: per task ``episodes`` episodes, the first clean, the others noisy (some
+    fail), sparse reward 1 and ``done`` on the success step, ``ep_meta["success"]``. ``zero_rewards`` stores all-zero
+    rewards and no ``done`` (a recorder that never wrote the success reward) while ``ep_meta`` keeps the outcome.
+    ``env_args`` name an env the toolkit does not know. ``act_dim`` / ``eef_dim`` change the robot's sizes."""
+    from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
+
+    rng = np.random.default_rng(seed)
+    kwargs = {"image_size": image_size, "act_dim": act_dim, "eef_dim": eef_dim}
+    env_args = make_env_args("RobosuiteLike", "1", kwargs)
+    with RobomimicWriter(path, env_args, action_dim=act_dim, valid_fraction=0.0, compression=None) as w:
+        for task, task_id in tasks:
+            env = gym.wrappers.TimeLimit(RobosuiteLikeEnv(**kwargs), max_steps)
+            for ep in range(episodes):
+                obs, _ = env.reset(seed=seed * 1000 + 100 * task_id + ep)
+                steps, done, success = [], False, False
+                while not done:
+                    action = robosuite_expert(obs, rng, noise=0.0 if ep == 0 else 0.8, act_dim=act_dim)
+                    nxt, _, _, truncated, info = env.step(action)
+                    success = bool(info["success"])
+                    steps.append((obs, action, nxt))
+                    obs, done = nxt, success or truncated
+
+                def stack(i):
+                    return {k: np.stack([s[i][k] for s in steps]) for k in steps[0][i]}
+
+                n = len(steps)
+                rewards, dones = np.zeros(n, np.float32), np.zeros(n, np.uint8)
+                if success and not zero_rewards:
+                    rewards[-1], dones[-1] = 1.0, 1
+                w.add_episode(task=task, task_id=int(task_id), obs=stack(0), next_obs=stack(2),
+                              actions=np.stack([s[1] for s in steps]), rewards=rewards, dones=dones,
+                              ep_meta={"success": success, "seed": seed * 1000 + 100 * task_id + ep})
+    return path

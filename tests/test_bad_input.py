@@ -1,9 +1,9 @@
 """Bad input gets one clear line on stderr, exit code 2, and no traceback, from every entry point.
 
-Stages 1 and 2 and the robustness evaluation are run as ``python -m <module>``; stage 3 through
-``python -m robopretrain.cli <module>`` (the same main function and config, with the one-line error handling
-that ``python -m finetune.train`` gets once it calls ``robopretrain.cli.run_hydra``).
-All commands start together in one fixture (they are mostly interpreter start-up) and each test checks one.
+Stages 1, 2 and 3 and the robustness evaluation are run as ``python -m <module>``. All commands start together in
+one fixture (they are mostly interpreter start-up) and each test checks one. Sizes are checked against each other
+before any training: data whose action size differs from the checkpoint's, an env whose proprio size differs, a
+target task id outside the one-hot each end in one line naming the key and both sizes.
 """
 from __future__ import annotations
 
@@ -72,9 +72,10 @@ def write_manifest(root: Path, rel: str) -> Path:
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
     """name -> (command, text the last stderr line must contain)."""
+    import _fake_envs as fake
     from sim_envs.collect import collect
 
-    from robopretrain.train import train_offline
+    from robopretrain.train import run as stage2
 
     tmp = tmp_path_factory.mktemp("bad")
     cfg = OmegaConf.load(REPO / "configs" / "collect.yaml")
@@ -83,10 +84,20 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
     # a finished stage-2 run on proprio+object, reused as an "incompatible" checkpoint
     run = tmp / "s2run"
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
-        train_offline(compose("robopretrain", overrides=[
+        stage2(compose("robopretrain", overrides=[
             f"data.path={good}", f"output_dir={run}", "train.steps=2", "train.eval_every=100", "train.eval_episodes=1",
             "train.checkpoint_every=2", "train.calibration_batch=16", "train.progress=false",
             "train.tensorboard=false", "num_threads=1", *TINY_ALGO]))
+    # a stage-2 run on another robot (robot0_eef_pos 3, gripper 2, 7-D actions), for a target env of other sizes
+    robot = fake.write_robosuite_demos(tmp / "robot.hdf5", 2)
+    robot_run = tmp / "robot_run"
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        stage2(compose("robopretrain", overrides=[
+            f"data.path={robot}", f"output_dir={robot_run}", f"obs.low_dim=[{fake.EEF},{fake.GRIPPER}]",
+            "train.steps=2", "train.eval_targets=[]", "train.checkpoint_every=2", "train.calibration_batch=16",
+            "train.progress=false", "train.tensorboard=false", "num_threads=1", *TINY_ALGO]))
+    wider_env = ("target={name: reach, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 0, env_kwargs: {eef_dim: 4}, "
+                 f"demos: {robot}}}")
 
     (tmp / "text.hdf5").write_text("this is not an HDF5 file\n")
     (tmp / "truncated.hdf5").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
@@ -95,6 +106,11 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
     one_step = rewrite_demos(good, tmp / "one_step.hdf5", shrink_to_one_step)
     with h5py.File(one_step, "r+") as f:
         f["data"].attrs["total"] = len(f["data"])
+    actions7 = rewrite_demos(good, tmp / "actions7.hdf5", lambda d: replace(
+        d, "actions", np.concatenate([d["actions"][()], np.zeros((len(d["actions"]), 3), np.float32)], 1)))
+    zero_rewards = rewrite_demos(good, tmp / "zero_rewards.hdf5", lambda d: (
+        replace(d, "rewards", np.zeros_like(d["rewards"][()])), replace(d, "dones", np.zeros_like(d["dones"][()]))))
+    rgb_images = rewrite_demos(good, tmp / "rgb_images.hdf5", add_images(np.uint8, (16, 16, 3)))
     float_images = rewrite_demos(good, tmp / "float_images.hdf5", add_images(np.float32, (16, 16, 3)))
     gray_images = rewrite_demos(good, tmp / "gray_images.hdf5", add_images(np.uint8, (16, 16)))
     missing_clip = write_manifest(tmp / "missing_clip", "nowhere.mp4")
@@ -125,6 +141,10 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         return [sys.executable, "-m", "video_pretrain.train", f"hydra.run.dir={tmp}/h", "progress=false",
                 "tensorboard=false", "steps=2", "image_size=16", "batch_size=2", *overrides]
 
+    def s3(*overrides: str) -> list[str]:
+        return [sys.executable, "-m", "finetune.train", f"hydra.run.dir={tmp}/h", f"output_dir={tmp}/ft",
+                "online.progress=false", "online.tensorboard=false", "online.env_steps=2", "dr=none", *overrides]
+
     def ev(*overrides: str) -> list[str]:
         return [sys.executable, "-m", "robopretrain.evaluate", f"hydra.run.dir={tmp}/h", "progress=false",
                 f"output_dir={tmp}/ev", *overrides]
@@ -133,25 +153,43 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
     return {
         "non_hdf5_dataset": (s2(f"data.path={tmp / 'text.hdf5'}", out), "not a readable HDF5 file"),
         "truncated_dataset": (s2(f"data.path={tmp / 'truncated.hdf5'}", out), "truncated.hdf5"),
-        "missing_obs_key": (s2(f"data.path={good}", "obs_keys=[proprio,gripper_cam]", out), "missing key(s) ['gripper_cam']"),
+        "missing_obs_key": (s2(f"data.path={good}", "obs.low_dim=[proprio,gripper_cam]", out),
+                            "observation key 'gripper_cam' (low_dim part 'gripper_cam') not found"),
         "actions_outside_range": (s2(f"data.path={actions}", out), "values outside [-1, 1]"),
         "one_step_episode": (s2(f"data.path={one_step}", out), "empty or one-step episode"),
         "nan_in_data": (s2(f"data.path={nan}", out), "contains NaN or inf"),
-        "incompatible_checkpoint_stage2": (s2(f"data.path={good}", "obs_keys=[proprio]", f"output_dir={run}"),
+        "incompatible_checkpoint_stage2": (s2(f"data.path={good}", "obs.low_dim=[proprio]", f"output_dir={run}"),
                                            "checkpoint does not fit this config"),
-        "incompatible_checkpoint_stage3": (
-            [sys.executable, "-m", "finetune.train", f"hydra.run.dir={tmp}/h", f"checkpoint={run}",
-             "task=Reach", "obs_keys=[proprio]", f"output_dir={tmp}/ft", f"data.path={good}"],
-            "checkpoint does not fit this config"),
+        "incompatible_checkpoint_stage3": (s3(f"checkpoint={run}", "target=Reach", f"data.path={good}", "algo=iql"),
+                                           "a calql checkpoint cannot continue as iql"),
+        "data_action_size_differs_stage3": (s3(f"checkpoint={run}", "target=Reach", f"data.path={actions7}"),
+                                            "actions7.hdf5: actions have 7 dims; the agent has 4"),
+        "data_action_size_differs_stage2_init": (
+            s2(f"data.path={actions7}", f"init={run}", f"output_dir={tmp}/init"),
+            f"the agent has 4-D actions, the data {actions7} 7-D"),
+        "env_proprio_size_differs_stage3": (
+            s3(f"checkpoint={robot_run}", wider_env),
+            f"low_dim part '{fake.EEF}': the env of target 'reach' has size 4, the agent has 3"),
+        "target_task_id_outside_one_hot_stage3": (
+            s3(f"checkpoint={run}", "target={name: Reach, task_id: 11}", f"data.path={good}"),
+            "target 'Reach': task_id 11 does not fit the agent's task one-hot of size 11"),
+        "zero_rewards_with_successes_calql": (s2(f"data.path={zero_rewards}", out),
+                                              "no positive reward in the selected data although 2 of 2 episodes"),
+        "zero_rewards_with_successes_iql": (
+            [sys.executable, "-m", "robopretrain.train", f"hydra.run.dir={tmp}/h", "train.progress=false",
+             "train.steps=2", "algo=iql", "algo.actor_hidden=[32]", "algo.critic_hidden=[32]",
+             "algo.value_hidden=[32]", "algo.batch_size=32", f"data.path={zero_rewards}", out],
+            "Set data.rewards_from_success=true to rebuild the reward from ep_meta"),
         "unknown_config_key_stage2": (s2(f"data.path={good}", "train.stepz=3", out), "Could not override 'train.stepz'"),
         "out_of_range_value_stage2": (s2(f"data.path={good}", "train.eval_every=0", out),
                                       "robopretrain config: train.eval_every=0; expected an integer >= 1"),
         "nan_loss_stage2": (s2(f"data.path={good}", "algo.reward_scale=1e38", f"output_dir={tmp}/nan"),
                             "at step 2; the run stopped and its last good checkpoint is kept"),
-        "image_keys_not_in_data_stage2": (s2(f"data.path={good}", "image_keys=[agentview_image]", "obs_keys=[proprio]",
-                                             out), "image key 'agentview_image' is not in the data"),
+        "image_keys_not_in_data_stage2": (
+            s2(f"data.path={good}", "obs.rgb=[agentview_image]", "obs.low_dim=[proprio]", out),
+            "observation key 'agentview_image' (rgb part 'agentview_image') not found"),
         "encoder_mode_without_checkpoint_stage2": (
-            s2(f"data.path={good}", "image_keys=[agentview_image]", "encoder.mode=frozen", out),
+            s2(f"data.path={rgb_images}", "obs.rgb=[agentview_image]", "encoder.mode=frozen", out),
             "encoder.mode=frozen needs encoder.checkpoint"),
         "image_wrong_dtype": (s1(f"data.path={float_images}", f"output_dir={tmp}/s1a"), "expected uint8 images"),
         "image_wrong_shape": (s1(f"data.path={gray_images}", f"output_dir={tmp}/s1b"), "expected uint8 images"),
@@ -175,7 +213,8 @@ def results(cases, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     outdir = tmp_path_factory.mktemp("cli_out")
     spec = [{"name": name, "module": cmd[2], "args": cmd[3:]} for name, (cmd, _) in cases.items()]
     assert all(cmd[:2] == [sys.executable, "-m"] for cmd, _ in cases.values())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",  # the custom target env is tests/_fake_envs.py
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     runner = subprocess.run([sys.executable, str(REPO / "tests" / "_cli_runner.py"), str(outdir), "2"], cwd=REPO,
                             env=env, input=json.dumps(spec), capture_output=True, text=True, timeout=300)
     assert runner.returncode == 0, runner.stderr[-3000:]
@@ -189,6 +228,9 @@ def results(cases, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
 
 CASE_NAMES = ["non_hdf5_dataset", "truncated_dataset", "missing_obs_key", "actions_outside_range", "one_step_episode",
               "nan_in_data", "incompatible_checkpoint_stage2", "incompatible_checkpoint_stage3",
+              "data_action_size_differs_stage3", "data_action_size_differs_stage2_init",
+              "env_proprio_size_differs_stage3", "target_task_id_outside_one_hot_stage3",
+              "zero_rewards_with_successes_calql", "zero_rewards_with_successes_iql",
               "unknown_config_key_stage2", "out_of_range_value_stage2", "nan_loss_stage2",
               "image_keys_not_in_data_stage2", "encoder_mode_without_checkpoint_stage2", "image_wrong_dtype", "image_wrong_shape", "manifest_missing_file",
               "manifest_outside_folder", "out_of_range_value_stage1", "unknown_config_key_stage1",
@@ -274,7 +316,8 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("robopretrain", "train.eval_every=0", "robopretrain config: train.eval_every=0; expected an integer >= 1"),
     ("robopretrain", "algo.batch_size=0", "algo.batch_size=0; expected an integer >= 1"),
     ("robopretrain", "algo.discount=1.5", "algo.discount=1.5; expected a number in (0, 1]"),
-    ("robopretrain", "obs_keys=[]", "obs_keys=[]; expected a non-empty list"),
+    ("robopretrain", "obs.low_dim=[]", "obs.low_dim=[] and obs.rgb=[]; expected at least one observation part"),
+    ("robopretrain", "encoder.augment_pad=-1", "robopretrain config: encoder.augment_pad=-1; expected an integer >= 0"),
     ("finetune", "online.offline_ratio=2", "finetune config: online.offline_ratio=2; expected a number in [0, 1]"),
     ("finetune", "online.utd=0", "online.utd=0; expected an integer >= 1"),
     ("finetune", "algo.qf_lr=-1", "algo.qf_lr=-1; expected a positive number"),

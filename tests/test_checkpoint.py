@@ -1,77 +1,134 @@
-"""Checkpoints: identical outputs after reload, atomic writes, fallback from a corrupt newest one, config checks."""
+"""Agent checkpoints: rebuilt from the folder alone with identical outputs (every observation spec and encoder mode),
+atomic writes, fallback from a corrupt newest one, and a checkpoint of another configuration named precisely."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from robopretrain.algos import make_agent
+from robopretrain.agent import Agent, EncoderSettings
 from robopretrain.checkpoint import (
     CheckpointError,
-    check_compatible,
+    check_agent_fits,
     list_checkpoints,
+    load_agent,
     load_checkpoint,
     load_latest,
+    save_agent,
     save_checkpoint,
     split_agent_state,
 )
-from robopretrain.train import restore_agent
+from robopretrain.data.spec import ObsSpec
 
 TINY = {"actor_hidden": [16, 16], "critic_hidden": [16, 16], "n_actions": 2, "batch_size": 8}
-META = {"algo": "calql", "obs_dim": 6, "act_dim": 4, "obs_keys": ["proprio"], "task_names": ["Reach"]}
+SIZE = 16
+SPECS = {
+    "low_dim": ObsSpec(low_dim=(("proprio", 7), ("object", 5)), num_tasks=3),
+    "1cam": ObsSpec(low_dim=(("proprio", 7),), rgb=(("agentview_image", (SIZE, SIZE, 3)),), num_tasks=3),
+    "2cams": ObsSpec(low_dim=(("proprio", 7),), rgb=(("agentview_image", (SIZE, SIZE, 3)),
+                                                     ("eye_in_hand_image", (SIZE, SIZE, 3))), num_tasks=3),
+}
+CONFIG = {"algo": {"name": "calql"}, "seed": 0}
 
 
-def tiny_agent(seed: int = 0):
+def observations(spec: ObsSpec, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {k: rng.normal(size=(n, d)).astype(np.float32) for k, d in spec.low_dim}
+    out.update({k: rng.integers(0, 256, (n, *shape), dtype=np.uint8) for k, shape in spec.rgb})
+    if spec.num_tasks:
+        out["task_id"] = rng.integers(0, spec.num_tasks, n)
+    return out
+
+
+def batch(agent: Agent, n: int = 8, seed: int = 0) -> dict:
+    """Random transitions as the agent trains on them (prepared: frozen features for frozen_cached)."""
+    rng = np.random.default_rng(seed + 1)
+    t = torch.from_numpy
+    return {"observations": {k: t(v) for k, v in agent.prepare(observations(agent.spec, n, seed)).items()},
+            "next_observations": {k: t(v) for k, v in agent.prepare(observations(agent.spec, n, seed + 7)).items()},
+            "actions": t(rng.uniform(-1, 1, (n, 4)).astype(np.float32)),
+            "rewards": t(rng.choice([-5.0, 5.0], n).astype(np.float32)), "dones": torch.zeros(n),
+            "mc_returns": t(rng.normal(size=n).astype(np.float32))}
+
+
+def stats_of(spec: ObsSpec) -> dict:
+    return {k: {"mean": [0.5] * d, "std": [2.0] * d} for k, d in spec.low_dim}
+
+
+def tiny_agent(spec: ObsSpec = SPECS["low_dim"], seed: int = 0, algo: str = "calql", **settings) -> Agent:
     torch.manual_seed(seed)
-    return make_agent("calql", 6, 4, TINY)
+    enc = EncoderSettings(**{"kwargs": {"channels": 4, "out_dim": 8}, "augment_pad": 1, **settings})
+    return Agent(spec, 4, algo, TINY if algo != "iql" else {"actor_hidden": [16], "critic_hidden": [16],
+                                                            "value_hidden": [16]},
+                 enc, stats=stats_of(spec), seed=seed)
 
 
-def train_a_bit(agent, steps: int = 3) -> None:
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        batch = {
-            "observations": torch.randn(8, 6, generator=g), "actions": torch.rand(8, 4, generator=g) * 2 - 1,
-            "rewards": torch.randn(8, generator=g), "next_observations": torch.randn(8, 6, generator=g),
-            "dones": torch.zeros(8), "mc_returns": torch.randn(8, generator=g),
-        }
-        agent.update(batch)
+def train_a_bit(agent: Agent, steps: int = 3, seed: int = 1) -> None:
+    for i in range(steps):
+        agent.update(batch(agent, seed=seed + i))
 
 
-def save_agent(root, step, agent, meta=META):
-    weights, optim = split_agent_state(agent.state_dict())
-    return save_checkpoint(root, step, {"algo": {"name": "calql"}, "seed": 0}, weights, meta, {**optim, "step": step})
-
-
-def test_reload_gives_identical_outputs(tmp_path):
-    agent = tiny_agent(0)
+def test_reload_gives_identical_outputs_and_continues_identically(tmp_path):
+    agent = tiny_agent()
     train_a_bit(agent)
-    path = save_agent(tmp_path, 3, agent)
-    other = tiny_agent(123)
-    restore_agent(other, load_checkpoint(path))
-    obs = torch.randn(5, 6)
+    path = save_agent(tmp_path / "run" / "checkpoints", 3, CONFIG, agent, {"stage": "test"}, state={"step": 3})
+    for where in (path, tmp_path / "run" / "checkpoints", tmp_path / "run"):  # a ckpt, its folder, the run folder
+        other, ckpt = load_agent(where, with_optimizer=True)
+        assert ckpt.path == path
+    obs = observations(agent.spec, 5, seed=3)
     act = torch.rand(5, 4) * 2 - 1
-    assert (agent.act(obs.numpy()) == other.act(obs.numpy())).all()
+    np.testing.assert_array_equal(agent.act(obs), other.act(obs))
     assert torch.equal(agent.q_values(obs, act), other.q_values(obs, act))
     meta = json.loads((path / "meta.json").read_text())
-    assert meta["step"] == 3 and meta["obs_dim"] == 6 and {"torch", "mujoco", "robopretrain"} <= set(meta["versions"])
+    assert meta["step"] == 3 and meta["stage"] == "test" and meta["algo"] == "calql" and meta["act_dim"] == 4
+    assert ObsSpec.from_dict(meta["obs_spec"]) == agent.spec
+    assert {"torch", "mujoco", "robopretrain"} <= set(meta["versions"])
     assert (path / "config.yaml").read_text().startswith("algo:")
     # the optimiser continues identically too: one more update (same RNG) on both gives the same weights
     torch.manual_seed(7)
-    train_a_bit(agent, 1)
+    train_a_bit(agent, 1, seed=50)
     torch.manual_seed(7)
-    train_a_bit(other, 1)
-    for a, b in zip(agent.actor.parameters(), other.actor.parameters()):
+    train_a_bit(other, 1, seed=50)
+    for a, b in zip(agent.core.actor.parameters(), other.core.actor.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("spec_name", ["1cam", "2cams"])
+@pytest.mark.parametrize("mode", ["finetune", "frozen", "frozen_cached", "scratch"])
+def test_camera_agents_round_trip_without_the_stage1_file(tmp_path, spec_name, mode):
+    from robopretrain.nets.encoder_io import save_encoder
+    from robopretrain.nets.encoders import make_encoder
+
+    enc_dir = tmp_path / "stage1"
+    save_encoder(enc_dir, make_encoder("small_conv", SIZE, channels=4, out_dim=8), "small_conv", {"test": True})
+    agent = tiny_agent(SPECS[spec_name], seed=3, mode=mode, checkpoint=str(enc_dir))
+    with torch.no_grad():  # make the weights differ from any fresh build
+        for p in agent.critic_encoder.parameters():
+            p.add_(0.01)
+    train_a_bit(agent, 2)
+    save_agent(tmp_path / "run" / "checkpoints", 7, CONFIG, agent, {"task_names": ["Reach"]})
+    shutil.rmtree(enc_dir)  # the rebuilt agent must not need the stage-1 file
+
+    loaded, ckpt = load_agent(tmp_path / "run")
+    assert ckpt.step == 7 and ckpt.meta["task_names"] == ["Reach"] and loaded.mode == mode
+    assert loaded.trains_encoder == (mode in ("finetune", "scratch"))
+    obs = observations(agent.spec, 5, seed=9)
+    np.testing.assert_array_equal(loaded.act(obs), agent.act(obs))
+    stored = {k: torch.as_tensor(v) for k, v in agent.prepare(obs).items()}  # what buffers hold (features if cached)
+    acts = torch.zeros(5, 4)
+    torch.testing.assert_close(loaded.q_values(stored, acts), agent.q_values(stored, acts), rtol=0, atol=0)
 
 
 def test_write_is_atomic_and_keeps_previous(tmp_path):
     agent = tiny_agent()
-    save_agent(tmp_path, 1, agent)
+    save_agent(tmp_path, 1, CONFIG, agent, {})
     weights, _ = split_agent_state(agent.state_dict())
     with pytest.raises(Exception):
-        save_checkpoint(tmp_path, 2, {"a": 1}, {**weights, "bad": lambda x: x}, META)  # unpicklable -> fails
+        save_checkpoint(tmp_path, 2, {"a": 1}, {**weights, "bad": lambda x: x}, {})  # unpicklable -> fails
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000001"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
     assert (tmp_path / "latest").read_text().strip() == "ckpt_00000001"
@@ -81,14 +138,14 @@ def test_write_is_atomic_and_keeps_previous(tmp_path):
 def test_keeps_newest_two(tmp_path):
     agent = tiny_agent()
     for step in (1, 2, 3):
-        save_agent(tmp_path, step, agent)
+        save_agent(tmp_path, step, CONFIG, agent, {})
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000003", "ckpt_00000002"]
 
 
 def test_corrupt_newest_falls_back_with_warning(tmp_path):
     agent = tiny_agent()
-    save_agent(tmp_path, 1, agent)
-    newest = save_agent(tmp_path, 2, agent)
+    save_agent(tmp_path, 1, CONFIG, agent, {})
+    newest = save_agent(tmp_path, 2, CONFIG, agent, {})
     (newest / "weights.pt").write_bytes(b"not a torch file")
     with pytest.warns(UserWarning, match="falling back"):
         ckpt = load_latest(tmp_path)
@@ -97,13 +154,35 @@ def test_corrupt_newest_falls_back_with_warning(tmp_path):
         load_checkpoint(newest)
 
 
-def test_incompatible_config_is_a_clear_error(tmp_path):
-    path = save_agent(tmp_path, 1, tiny_agent())
+def test_another_configuration_is_named_with_both_values(tmp_path):
+    path = save_agent(tmp_path, 1, CONFIG, tiny_agent(), {})
     meta = load_checkpoint(path).meta
-    check_compatible(meta, obs_dim=6, act_dim=4, algo="calql")
-    with pytest.raises(CheckpointError, match=r"obs_dim: checkpoint has 6, this config needs 9"):
-        check_compatible(meta, obs_dim=9, act_dim=4, algo="calql")
+    check_agent_fits(meta, tiny_agent())
+    wider = ObsSpec(low_dim=(("proprio", 9), ("object", 5)), num_tasks=3)
+    with pytest.raises(CheckpointError, match=r"low_dim part 'proprio': the checkpoint has size 7, this config has 9"):
+        check_agent_fits(meta, tiny_agent(wider))
+    with pytest.raises(CheckpointError, match=r"task one-hot size: the checkpoint has 3, this config has 4"):
+        check_agent_fits(meta, tiny_agent(ObsSpec(low_dim=(("proprio", 7), ("object", 5)), num_tasks=4)))
     with pytest.raises(CheckpointError, match=r"algo: checkpoint has 'calql', this config needs 'iql'"):
-        check_compatible(meta, obs_dim=6, act_dim=4, algo="iql")
+        check_agent_fits(meta, tiny_agent(algo="iql"))
+    camera = tiny_agent(SPECS["1cam"])
+    with pytest.raises(CheckpointError,
+                       match=r"rgb part 'agentview_image' is in this config but not in the checkpoint"):
+        check_agent_fits(meta, camera)
+    with pytest.raises(CheckpointError, match=r"encoder_mode: checkpoint has 'none', this config needs 'scratch'"):
+        check_agent_fits(meta, camera)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+def test_a_checkpoint_that_is_not_an_agent_or_continues_as_another_algorithm_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "other", 1, {"a": 1}, {"w": torch.zeros(1)}, {"algo": "cql"})
+    with pytest.raises(CheckpointError, match="no obs_spec; expected an agent checkpoint"):
+        load_agent(tmp_path / "other")
+    save_agent(tmp_path / "cql", 1, CONFIG, tiny_agent(algo="cql"), {})
+    with pytest.raises(CheckpointError, match="a cql checkpoint cannot continue as iql"):
+        load_agent(tmp_path / "cql", algo="iql")
+    # CQL -> Cal-QL keeps the checkpoint's networks even when the new algo config asks for other sizes
+    agent, _ = load_agent(tmp_path / "cql", algo="calql", algo_cfg={"critic_hidden": [64], "cql_alpha": 1.0})
+    assert agent.algo == "calql" and agent.algo_cfg.use_calql and agent.algo_cfg.critic_hidden == (16, 16)
+    assert agent.algo_cfg.cql_alpha == 1.0

@@ -104,18 +104,18 @@ def test_stage2_two_gloo_ranks_stay_identical_and_resume_exactly(tmp_path):
     torchrun_module("-m", "robopretrain.train", *stage2_overrides(data, resumed, 2))
     first = load_latest(resumed / "checkpoints")
     assert first.step == 2 and first.state["world_size"] == 2 and len(first.state["ranks"]) == 2
-    assert first.state["ranks"][0]["dataset"] != first.state["ranks"][1]["dataset"]  # each rank its own batches
+    assert first.state["ranks"][0]["sampler"] != first.state["ranks"][1]["sampler"]  # each rank its own batches
     proc = torchrun_module("-m", "robopretrain.train", *stage2_overrides(data, resumed, 4))
     assert "resumed from" in proc.stdout + proc.stderr
 
     a, b = load_latest(straight / "checkpoints"), load_latest(resumed / "checkpoints")
     assert a.step == b.step == 4
-    assert b.meta["parallel"] == {"world_size": 2, "backend": "gloo", "batch_size_per_process": 8,
-                                  "effective_batch_size": 16}
+    assert b.meta["parallel"] == {"world_size": 2, "batch_size_per_process": 8, "effective_batch_size": 16}
     for part in ("actor", "critic", "target_critic"):
-        for k, v in a.weights[part].items():
-            assert torch.equal(v, b.weights[part][k]), f"{part}.{k}: resumed DDP run differs"
-    changed = [k for k, v in b.weights["critic"].items() if not torch.equal(v, first.weights["critic"][k])]
+        for k, v in a.weights["core"][part].items():
+            assert torch.equal(v, b.weights["core"][part][k]), f"{part}.{k}: resumed DDP run differs"
+    changed = [k for k, v in b.weights["core"]["critic"].items()
+               if not torch.equal(v, first.weights["core"]["critic"][k])]
     assert changed  # training went on after the resume
     for run in (straight, resumed):
         rows = read_jsonl(run / "metrics.jsonl")
@@ -155,6 +155,32 @@ for name, cfg in cfgs.items():
     dev = max(float((mine[p][k] - ref[p][k]).abs().max()) for p in ("actor",) + (("critic", "value") if name == "iql" else ())
               for k in ref[p])
     out[name] = {"replica_diff": agent_replica_max_abs_diff(agent, info), "vs_full_batch": dev}
+
+# the agent on observation dicts with a camera: the encoder's own optimiser is averaged too (BC: deterministic loss;
+# no random shift, so half batches on two ranks equal the whole batch on one)
+from robopretrain.agent import Agent, EncoderSettings
+from robopretrain.data.spec import ObsSpec
+
+spec = ObsSpec(low_dim=(("proprio", 3),), rgb=(("agentview_image", (16, 16, 3)),), num_tasks=2)
+settings = EncoderSettings(mode="scratch", augment_pad=0, lr=1e-2, kwargs={"channels": 4, "out_dim": 8})
+agents = []
+for _ in range(2):
+    torch.manual_seed(0)
+    agents.append(Agent(spec, 2, "bc", {"actor_hidden": [8], "lr": 1e-2}, settings))
+agent, reference = agents
+average_gradients(agent, info)
+g = torch.Generator().manual_seed(2)
+for _ in range(3):
+    obs = {"proprio": torch.randn(16, 3, generator=g), "task_id": torch.randint(0, 2, (16,), generator=g),
+           "agentview_image": torch.randint(0, 256, (16, 16, 16, 3), generator=g, dtype=torch.uint8)}
+    full = {"observations": obs, "next_observations": obs, "actions": torch.rand(16, 2, generator=g) * 2 - 1,
+            "rewards": torch.zeros(16), "dones": torch.zeros(16)}
+    rows = slice(8 * info.rank, 8 * (info.rank + 1))
+    agent.update({k: ({p: t[rows] for p, t in v.items()} if isinstance(v, dict) else v[rows]) for k, v in full.items()})
+    reference.update(full)
+dev = max(float((a - b).abs().max()) for m, r in zip(agent.modules(), reference.modules())
+          for a, b in zip(m.parameters(), r.parameters()))
+out["bc_camera"] = {"replica_diff": agent_replica_max_abs_diff(agent, info), "vs_full_batch": dev}
 if info.rank == 0:
     json.dump(out, open(sys.argv[1], "w"))
 shutdown(info)
@@ -163,12 +189,13 @@ shutdown(info)
 
 def test_gradient_averaging_equals_one_process_on_the_whole_batch(tmp_path):
     """BC and IQL losses are batch means: 2 ranks on 8 rows each, gradients averaged, take the same steps as one
-    process on all 16 rows (so the hooks average, not sum), and the replicas are identical."""
+    process on all 16 rows (so the hooks average, not sum), and the replicas are identical; also for the agent with
+    a camera, whose image encoder has its own optimiser."""
     script = tmp_path / "avg.py"
     script.write_text(AVERAGING_SCRIPT)
     result = tmp_path / "result.json"
     torchrun_module(str(script), str(result))
     out = json.loads(result.read_text())
-    for name in ("bc", "iql"):
+    for name in ("bc", "iql", "bc_camera"):
         assert out[name]["replica_diff"] == 0.0, name
         assert out[name]["vs_full_batch"] < 1e-5, (name, out[name])

@@ -1,4 +1,6 @@
-"""Robustness evaluation: eval_info.json structure, bootstrap intervals, reproducibility, distractor counts."""
+"""Robustness evaluation (``robopretrain.evaluate``) of any agent checkpoint: eval_info.json structure, bootstrap
+intervals, reproducibility whatever the number of workers, distractor counts; camera agents see their env through
+the same observation path as in training; targets outside sim_envs run nominal only; the pipeline's short sweep."""
 
 from __future__ import annotations
 
@@ -10,28 +12,21 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import _fake_envs as fake
+from _stages import collect_sim, stage2_config
 from robopretrain.evaluate import bootstrap_ci, build_conditions, evaluate_robustness
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_ALGO = ["algo.actor_hidden=[32,32]", "algo.critic_hidden=[32,32]", "algo.n_actions=2", "algo.batch_size=32"]
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A Cal-QL agent trained for 5 steps on 2 state-only Reach episodes; returns its run folder."""
-    from sim_envs.collect import collect
-
-    from robopretrain.train import train_offline
+    """A Cal-QL agent trained for 5 steps on 2 state-only Reach episodes by stage 2; returns its run folder."""
+    from robopretrain.train import run
 
     tmp = tmp_path_factory.mktemp("eval")
-    cfg = OmegaConf.load(ROOT / "configs" / "collect.yaml")
-    cfg.merge_with({"tasks": ["Reach"], "episodes_per_task": 2, "render_images": False, "output": str(tmp / "d.hdf5")})
-    data = collect(cfg, progress=False)
-    overrides = [f"data.path={data}", f"output_dir={tmp / 'run'}", "train.steps=5", "train.eval_every=100",
-                 "train.eval_episodes=1", "train.checkpoint_every=5", "train.calibration_batch=32",
-                 "train.progress=false", "train.tensorboard=false", "num_threads=1", *TINY_ALGO]
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        train_offline(compose("robopretrain", overrides=overrides))
+    data = collect_sim(tmp / "d.hdf5", ["Reach"])
+    run(stage2_config(data, tmp / "run", steps=5, obs={"low_dim": ["proprio", "object"]}, width=32))
     return tmp / "run"
 
 
@@ -108,77 +103,81 @@ def test_bad_factor_configs_are_named(tiny_checkpoint, tmp_path):
         build_conditions(cfg)
 
 
-# --------------------------------------------------------------------------- image checkpoints
+# --------------------------------------------------------------------------- camera agents
 
 IMAGE_SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def tiny_image_checkpoint(tmp_path_factory) -> Path:
-    """A scratch small_conv image agent (32 px, proprio + 12-slot task one-hot) saved as an image checkpoint."""
+def tiny_camera_checkpoint(tmp_path_factory) -> Path:
+    """A scratch small_conv Cal-QL agent (32 px agentview, proprio, 12-slot task one-hot) saved as stage 3 saves."""
     import torch
 
-    from robopretrain.image_agent import ImageAgent, image_obs_config
-    from robopretrain.image_checkpoint import image_agent_meta, save_image_checkpoint
+    from robopretrain.agent import Agent, EncoderSettings
+    from robopretrain.checkpoint import save_agent
+    from robopretrain.data.spec import ObsSpec
 
-    cfg = image_obs_config({"image_keys": ["agentview_image"], "mode": "scratch", "encoder_name": "small_conv",
-                            "image_size": IMAGE_SIZE})
-    agent = ImageAgent(cfg, 7 + 12, 4, "calql", {"n_actions": 2, "critic_hidden": [32, 32],
-                                                 "actor_hidden": [32, 32]}, seed=1)
+    spec = ObsSpec(low_dim=(("proprio", 7),), rgb=(("agentview_image", (IMAGE_SIZE, IMAGE_SIZE, 3)),), num_tasks=12)
+    torch.manual_seed(1)
+    agent = Agent(spec, 4, "calql", {"n_actions": 2, "critic_hidden": [32, 32], "actor_hidden": [32, 32]},
+                  EncoderSettings(mode="scratch"), stats={"proprio": {"mean": [0.1] * 7, "std": [0.5] * 7}}, seed=1)
     with torch.no_grad():  # a policy whose action depends on the pixels, not only on the biases
         for p in agent.actor_encoder.parameters():
             p.mul_(3.0)
     root = tmp_path_factory.mktemp("img") / "run"
-    meta = image_agent_meta(agent, state_keys=["proprio"], num_tasks=12, stage="stage3", task="Reach")
-    save_image_checkpoint(root / "checkpoints", 11, {"seed": 0}, agent, meta)
+    save_agent(root / "checkpoints", 11, {"seed": 0}, agent,
+               {"stage": "online", "task": "Reach", "target": {"name": "Reach"}, "task_names": ["Reach"]})
     return root
 
 
-def image_eval(checkpoint: Path, out: Path, workers: int, video: bool):
+def camera_eval(checkpoint: Path, out: Path, workers: int, video: bool):
     return evaluate_robustness(eval_config(checkpoint, out, workers=workers, episodes=2, select="[lighting]",
                                            **{"factors.lighting.levels": "[eval_hard]",
                                               "video.enabled": str(video).lower(), "video.max_frames": 5}))
 
 
-def _first_obs(spec, randomization: dict) -> tuple[dict, dict]:
-    from robopretrain.evaluate import make_env, policy_obs
+def first_obs(agent, randomization: dict) -> dict:
+    from robopretrain.envs.target import as_target
+    from robopretrain.evaluate import make_env
 
-    env = make_env(spec, "Reach", randomization)
+    env = make_env(agent, as_target("Reach"), randomization)
     try:
-        obs, _ = env.reset(seed=0)
-        return obs, policy_obs(spec, "Reach", obs)
+        return env.reset(seed=0)[0]
     finally:
         env.close()
 
 
-def test_image_observation_has_the_agents_shape(tiny_image_checkpoint):
+def test_camera_agent_sees_the_env_through_its_own_spec(tiny_camera_checkpoint):
     import sim_envs
+    import torch
 
-    from robopretrain.evaluate import load_policy, open_checkpoint, policy_spec
+    from robopretrain.evaluate import PolicySpec, load_policy, open_checkpoint
 
-    spec = policy_spec(open_checkpoint(tiny_image_checkpoint), "cpu")
-    assert spec.obs_type == "image" and spec.image_keys == ("agentview_image",) and spec.image_size == IMAGE_SIZE
-    assert spec.obs_keys == ("proprio",) and spec.num_tasks == 12
-    obs, x = _first_obs(spec, {"level": "none", "num_distractors": 0})
-    assert set(x) == {"agentview_image", "state"}
-    assert x["agentview_image"].shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and x["agentview_image"].dtype == np.uint8
-    assert x["state"].shape == (7 + 12,) and x["state"].dtype == np.float32
-    np.testing.assert_array_equal(x["state"][:7], obs["proprio"])
-    one_hot = np.zeros(12, np.float32)
+    ckpt = open_checkpoint(tiny_camera_checkpoint)
+    policy = load_policy(PolicySpec(str(ckpt.path), {"name": "Reach"}, "cpu"))
+    assert policy.spec.rgb_keys == ("agentview_image",) and policy.spec.image_size == IMAGE_SIZE
+    assert policy.spec.low_dim_keys == ("proprio",) and policy.spec.num_tasks == 12
+    obs = first_obs(policy, {"level": "none", "num_distractors": 0})
+    assert obs["agentview_image"].shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and obs["agentview_image"].dtype == np.uint8
+    assert obs["proprio"].shape == (7,) and obs["task_id"] == sim_envs.tasks.TASK_IDS["Reach"]
+    # what the policy computes from it: image features, the proprio normalised by the stored statistics, one-hot
+    feats = policy.actor_encoder({k: torch.as_tensor(np.asarray(v))[None] for k, v in obs.items()})[0]
+    n_img = policy.actor_encoder.image_encoder.out_dim
+    torch.testing.assert_close(feats[n_img:n_img + 7], (torch.as_tensor(obs["proprio"]) - 0.1) / 0.5)
+    one_hot = torch.zeros(12)
     one_hot[sim_envs.tasks.TASK_IDS["Reach"]] = 1.0
-    np.testing.assert_array_equal(x["state"][7:], one_hot)
+    assert torch.equal(feats[n_img + 7:], one_hot)
     # the pixels reach the policy: the same start under the held-out dark lighting changes image and action
-    _, dark = _first_obs(spec, {"level": "eval_hard", "factors": ["lighting"]})
-    np.testing.assert_array_equal(dark["state"], x["state"])
-    assert dark["agentview_image"].mean() < x["agentview_image"].mean()
-    policy = load_policy(spec)
-    assert np.abs(policy.act(dark) - policy.act(x)).max() > 1e-6
+    dark = first_obs(policy, {"level": "eval_hard", "factors": ["lighting"]})
+    np.testing.assert_array_equal(dark["proprio"], obs["proprio"])
+    assert dark["agentview_image"].mean() < obs["agentview_image"].mean()
+    assert np.abs(policy.act(dark) - policy.act(obs)).max() > 1e-6
 
 
-def test_image_checkpoint_evaluates_identically_twice(tiny_image_checkpoint, tmp_path):
-    a = image_eval(tiny_image_checkpoint, tmp_path / "a", workers=2, video=True)
-    b = image_eval(tiny_image_checkpoint, tmp_path / "b", workers=0, video=False)
-    assert a["obs_type"] == "image" and a["image_size"] == IMAGE_SIZE and a["task"] == "Reach" and a["step"] == 11
+def test_camera_checkpoint_evaluates_identically_twice(tiny_camera_checkpoint, tmp_path):
+    a = camera_eval(tiny_camera_checkpoint, tmp_path / "a", workers=2, video=True)
+    b = camera_eval(tiny_camera_checkpoint, tmp_path / "b", workers=0, video=False)
+    assert a["cameras"] == ["agentview_image"] and a["task"] == "Reach" and a["step"] == 11 and a["stage"] == "online"
     assert len(a["episodes"]) == 2 * 2 and a["episodes"] == b["episodes"]
     assert a["nominal"] == b["nominal"] and a["factors"] == b["factors"]
     info = json.loads((Path(a["output_dir"]) / "eval_info.json").read_text())
@@ -187,9 +186,28 @@ def test_image_checkpoint_evaluates_identically_twice(tiny_image_checkpoint, tmp
     assert all(Path(v["path"]).stat().st_size > 0 for v in info["videos"].values())
 
 
-def test_pipeline_robustness_sweep_and_report(tiny_image_checkpoint, tmp_path):
+def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
+    """A custom gymnasium target: nominal episodes and a video from the agent's own camera; factors that shift our
+    sim are refused with one line naming them."""
+    from robopretrain.train import run
+
+    demos = fake.write_robosuite_demos(tmp_path / "demos.hdf5", 2)
+    run(stage2_config(demos, tmp_path / "s2", steps=2, obs={"low_dim": [fake.EEF], "rgb": ["agentview_image"]}))
+    target = ("{name: reach, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 0, max_episode_steps: 8}")
+    with pytest.raises(ValueError, match=r"target 'reach' \(gym\) has no randomization or distractors; factors "
+                                         r"\['distractors', 'friction'\] apply to sim_envs targets only"):
+        evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "x", target=target))
+    info = evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "ok", target=target, select="[nominal]",
+                                           workers=0))
+    assert info["target"]["env_id"] == "_fake_envs:RobosuiteLikeEnv" and not info["factors"]
+    assert info["nominal"]["episodes"] == 3 and info["nominal"]["mean_length"] <= 8
+    assert Path(info["videos"]["nominal"]["path"]).stat().st_size > 0
+
+
+def test_pipeline_robustness_sweep_and_report(tiny_camera_checkpoint, tmp_path):
     """The pipeline's short sweep: its factors and levels only, rows in order, the report table."""
-    from robopretrain import pipeline
+    from robopretrain import pipeline, report
+    from robopretrain.envs.target import as_target
 
     cfg = OmegaConf.load(ROOT / "configs" / "pipeline.yaml")
     cfg.pop("hydra")
@@ -197,20 +215,24 @@ def test_pipeline_robustness_sweep_and_report(tiny_image_checkpoint, tmp_path):
     cfg.evaluate.robustness.episodes = 1
     cfg.evaluate.robustness.workers = 0
     cfg.evaluate.robustness.levels = {"distractors": [2], "lighting": ["eval_hard"]}
-    entry = pipeline.run_robustness(cfg, tiny_image_checkpoint, "Reach", tmp_path / "evaluate" / "robustness" / "Reach")
-    assert [(r["factor"], r["level"], r["episodes"]) for r in entry["rows"]] == [
+    out = tmp_path / "evaluate" / "robustness" / "Reach"
+    info = evaluate_robustness(pipeline.robustness_config(cfg, tiny_camera_checkpoint, as_target("Reach"), out))
+    rows = report.robustness_rows(info)
+    assert [(r["factor"], r["level"], r["episodes"]) for r in rows] == [
         ("nominal", "none", 1), ("distractors", "2", 1), ("lighting", "eval_hard", 1)]
-    info = json.loads(Path(entry["eval_info"]).read_text())
-    assert info["obs_type"] == "image" and info["episodes"][1]["num_distractors"] == 2 and info["videos"] == {}
-    for r in entry["rows"]:
-        assert r["drop_vs_nominal"] == pytest.approx(entry["rows"][0]["success"] - r["success"])
-    pipeline.write_json(tmp_path / "evaluate" / "robustness.json", {"Reach": entry})
-    report = "\n".join(pipeline.robustness_report_lines(cfg, tmp_path))
-    s = entry["rows"][2]["success"]
-    assert "**Reach** (`evaluate/robustness/Reach/eval_info.json`)" in report
-    assert f"| lighting | eval_hard | {s:.2f} |" in report
-    assert "](evaluate/robustness/Reach/success_per_factor.png)" in report
+    saved = json.loads((out / "eval_info.json").read_text())
+    assert saved["cameras"] == ["agentview_image"] and saved["episodes"][1]["num_distractors"] == 2
+    assert saved["videos"] == {}
+    for r in rows:
+        assert r["drop_vs_nominal"] == pytest.approx(rows[0]["success"] - r["success"])
+    pipeline.write_json(tmp_path / "evaluate" / "robustness.json",
+                        {"Reach": {"eval_info": str(out / "eval_info.json"), "plot": info["plot"], "rows": rows}})
+    lines = "\n".join(report.robustness_lines(tmp_path))
+    s = rows[2]["success"]
+    assert "**Reach** (`evaluate/robustness/Reach/eval_info.json`)" in lines
+    assert f"| lighting | eval_hard | {s:.2f} |" in lines
+    assert "](evaluate/robustness/Reach/success_per_factor.png)" in lines
 
     cfg.evaluate.robustness.levels = {"wind": ["eval_hard"]}
     with pytest.raises(ValueError, match=r"evaluate.robustness.levels: unknown factor\(s\) \['wind'\]"):
-        pipeline.robustness_config(cfg, tiny_image_checkpoint, "Reach", tmp_path / "x")
+        pipeline.robustness_config(cfg, tiny_camera_checkpoint, as_target("Reach"), tmp_path / "x")

@@ -1,73 +1,85 @@
-"""Stage-3 online fine-tuning: the online loop, its metrics, the online returns-to-go, checkpoint checks."""
+"""Stage 3 (``finetune.train.run``) from stage-2 checkpoints, for every kind of agent: the online loop, its metrics and
+online returns-to-go, parallel envs in workers or in process, exact resumption after a kill, the NaN guard, camera
+agents in every encoder mode, a custom gymnasium target, and checkpoints that do not fit.
+
+Every stage-2 checkpoint here is written by stage 2 itself (``robopretrain.train.run``, a few updates)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from finetune.train import finetune_online
-from robopretrain.checkpoint import CheckpointError, checkpoint_name, load_checkpoint, load_latest
-from robopretrain.metrics import read_jsonl
+import _fake_envs as fake
 from _compare import Killed, assert_same, die_after_first_checkpoint, returns_by_hand
+from _stages import collect_sim, stage2_config, stage3_config
+from finetune.train import run as finetune
+from robopretrain.agent import Agent
+from robopretrain.checkpoint import CheckpointError, checkpoint_name, load_agent, load_checkpoint, load_latest
+from robopretrain.data.hdf5 import DatasetError
+from robopretrain.metrics import read_jsonl
+from robopretrain.train import run as stage2
 
-ROOT = Path(__file__).resolve().parents[1]
 GAMMA = 0.99
+SIZE = 32
+EPISODE = 20  # Reach's time limit shortened from 50 steps for the camera runs
+STATE_OBS = {"low_dim": ["proprio", "object"], "rgb": []}
+CAMERA_OBS = {"low_dim": ["proprio"], "rgb": ["agentview_image"]}
+OBS_MAP = {"eef_pos": fake.EEF, "gripper_qpos": fake.GRIPPER}
+ROBOSUITE_TARGET = {"name": "reach", "env_id": "_fake_envs:RobosuiteLikeEnv", "task_id": 0, "max_episode_steps": 10,
+                    "obs_map": OBS_MAP}
 
 
 @pytest.fixture(scope="module")
 def reach_hdf5(tmp_path_factory) -> Path:
-    from sim_envs.collect import collect
-
-    cfg = OmegaConf.load(ROOT / "configs" / "collect.yaml")
-    out = tmp_path_factory.mktemp("data") / "reach.hdf5"
-    cfg.merge_with({"tasks": ["Reach", "PressButton"], "episodes_per_task": 2, "render_images": False,
-                    "output": str(out)})
-    return collect(cfg, progress=False)
-
-
-def finetune_cfg(data: Path, out: Path, extra: list[str] = ()):
-    overrides = [
-        "task=Reach", f"data.path={data}", "data.generate=false", f"output_dir={out}", "num_threads=1",
-        "algo.actor_hidden=[32,32]", "algo.critic_hidden=[32,32]", "algo.batch_size=32",
-        "offline.steps=10", "offline.eval_episodes=1", "offline.progress=false", "offline.calibration_batch=64",
-        "online.env_steps=120", "online.eval_every=60", "online.eval_episodes=1", "online.log_every=20",
-        "online.checkpoint_every=50", "online.calibration_batch=64", "online.progress=false", *extra,
-    ]
-    if "algo=iql" not in extra:
-        overrides.append("algo.n_actions=2")
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("finetune", overrides=overrides)
+    return collect_sim(tmp_path_factory.mktemp("data") / "reach.hdf5", ["Reach", "PressButton"])
 
 
 @pytest.fixture(scope="module")
-def finetuned(reach_hdf5, tmp_path_factory):
+def stage2_state(reach_hdf5, tmp_path_factory) -> Path:
+    """A CQL agent on proprio + object (10 updates), as stage 2 writes it."""
+    return stage2(stage2_config(reach_hdf5, tmp_path_factory.mktemp("s2") / "run", algo="cql", steps=10,
+                                obs=STATE_OBS, width=32))
+
+
+def state_cfg(stage2_ckpt: Path, data: Path, out: Path, **extra):
+    """Cal-QL from the CQL checkpoint on Reach (the file's Reach demos as offline data), 120 env steps."""
+    online = {"eval_every": 60, "log_every": 20, "checkpoint_every": 50, "calibration_batch": 64,
+              **extra.pop("online", {})}
+    return stage3_config(stage2_ckpt, out, "Reach", env_steps=120, data_cfg={"path": str(data)}, online=online,
+                         width=32, **{"dr": "train_all", **extra})
+
+
+@pytest.fixture(scope="module")
+def finetuned(reach_hdf5, stage2_state, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "run"
-    return out, finetune_online(finetune_cfg(reach_hdf5, out))
+    return out, finetune(state_cfg(stage2_state, reach_hdf5, out))
 
 
-def test_online_loop_logs_calibration_and_regret(finetuned):
+def test_online_loop_logs_calibration_and_regret(finetuned, stage2_state):
     out, result = finetuned
     hist = result["history"]
     assert [h["env_steps"] for h in hist] == [0, 60, 120]
     for key in ("eval/success", "eval/return", "calib/offline_q_policy", "calib/offline_mc_return",
-                "calib/offline_gap_policy", "train/cumulative_regret"):
+                "calib/offline_gap_policy"):
         assert all(h.get(key) is not None for h in hist), key
-    assert hist[0]["train/cumulative_regret"] == 0.0  # no training episode yet
+    assert hist[0]["train/cumulative_regret"] is None and hist[0]["episodes"] == 0  # no training episode yet
     assert "calib/online_gap_policy" in hist[-1] and "calib/online_mc_return" in hist[-1]
     assert 0.0 <= hist[-1]["train/cumulative_regret"] <= 1.0
     rows = read_jsonl(out / "metrics.jsonl")
     assert any("train/critic_loss" in r for r in rows)
     assert (out / "learning_curve.png").stat().st_size > 0
-    assert (out / "offline" / "checkpoints" / "latest").is_file()
+    meta = load_latest(out / "checkpoints").meta
+    assert meta["pretrained_from"] == str(stage2_state) and result["pretrained_from"] == str(stage2_state)
+    assert (meta["algo"], meta["pretrained_algo"], meta["task"]) == ("calql", "cql", "Reach")
+    assert meta["algo_cfg"]["use_calql"] and meta["algo_cfg"]["critic_hidden"] == [32]  # Cal-QL on CQL's networks
+    assert meta["randomization"]["level"] == "train"
 
 
 def test_online_buffer_returns_match_hand_computation(finetuned):
-    out, result = finetuned
+    out, _ = finetuned
     ckpt = load_latest(out / "checkpoints")
     assert ckpt.step == 120 and ckpt.meta["stage"] == "online"
     online = ckpt.state["sampler"]["online"]
@@ -80,44 +92,40 @@ def test_online_buffer_returns_match_hand_computation(finetuned):
     # the first episode ends at its first terminal, or by truncation at Reach's 50-step limit
     end = int(np.flatnonzero(dones)[0]) + 1 if dones[:50].any() else 50
     np.testing.assert_allclose(mc[:end], returns_by_hand(rewards[:end], dones[:end], -5.0, GAMMA), rtol=1e-5)
-    # the episodes counted by the regret are in the buffer
-    assert int(online["num_episodes"]) == len(ckpt.state["online"]["successes"])
+    assert int(online["num_episodes"]) == len(json.loads(ckpt.state["online"]["successes"]))
 
 
-def test_checkpoint_of_another_algorithm_is_rejected(reach_hdf5, finetuned, tmp_path):
-    out, result = finetuned
-    cfg = finetune_cfg(reach_hdf5, tmp_path / "iql", [f"checkpoint={result['pretrained_from']}", "algo=iql"])
-    with pytest.raises(CheckpointError, match="algo: checkpoint has 'calql', this config needs 'iql'"):
-        finetune_online(cfg)
+def test_a_checkpoint_of_another_algorithm_family_is_refused(reach_hdf5, stage2_state, tmp_path):
+    with pytest.raises(CheckpointError, match="a cql checkpoint cannot continue as iql"):
+        finetune(state_cfg(stage2_state, reach_hdf5, tmp_path / "iql", algo="iql"))
+    assert not (tmp_path / "iql" / "checkpoints").exists()
 
 
-def parallel_cfg(data: Path, checkpoint: str, out: Path, asynchronous: bool):
-    return finetune_cfg(data, out, [f"checkpoint={checkpoint}", "online.num_envs=2", "online.utd=2",
-                                    f"online.asynchronous={str(asynchronous).lower()}", "online.eval_every=100000",
-                                    "online.checkpoint_every=40", "online.tensorboard=false", "dr=none"])
+def parallel_cfg(data: Path, checkpoint: Path, out: Path, asynchronous: bool):
+    return state_cfg(checkpoint, data, out, dr="none", online={
+        "num_envs": 2, "utd": 2, "asynchronous": asynchronous, "eval_every": 100000, "checkpoint_every": 40,
+        "tensorboard": False})
 
 
-def test_parallel_envs_count_updates_per_env_step_and_resume_exactly(reach_hdf5, finetuned, tmp_path, monkeypatch):
+def test_parallel_envs_count_updates_per_env_step_and_resume_exactly(reach_hdf5, stage2_state, tmp_path,
+                                                                     monkeypatch):
     """Two envs, UTD 2: workers and in-process envs give the same run, and a run killed after its first
     checkpoint resumes to exactly the same weights (the checkpoint waits until both envs finished an episode)."""
-    from robopretrain.algos.cql import CQL
-
-    start = finetuned[1]["pretrained_from"]
-    workers = finetune_online(parallel_cfg(reach_hdf5, start, tmp_path / "workers", asynchronous=True))
-    inproc = finetune_online(parallel_cfg(reach_hdf5, start, tmp_path / "inproc", asynchronous=False))
+    workers = finetune(parallel_cfg(reach_hdf5, stage2_state, tmp_path / "workers", asynchronous=True))
+    inproc = finetune(parallel_cfg(reach_hdf5, stage2_state, tmp_path / "inproc", asynchronous=False))
     a, b = load_latest(tmp_path / "workers" / "checkpoints"), load_latest(tmp_path / "inproc" / "checkpoints")
     assert a.step == b.step == 120
-    before = load_checkpoint(start).weights["num_updates"]  # the offline updates
-    assert a.weights["num_updates"] - before == 2 * 120  # utd x env steps
+    before = load_checkpoint(stage2_state).weights["core"]["num_updates"]  # the offline updates
+    assert a.weights["core"]["num_updates"] - before == 2 * 120  # utd x env steps
     assert_same(a.weights, b.weights)
     assert workers["history"] == inproc["history"]
 
-    real_update = die_after_first_checkpoint(monkeypatch, CQL, tmp_path / "killed" / "checkpoints", updates=7)
+    real_update = die_after_first_checkpoint(monkeypatch, Agent, tmp_path / "killed" / "checkpoints", updates=7)
     with pytest.raises(Killed):
-        finetune_online(parallel_cfg(reach_hdf5, start, tmp_path / "killed", asynchronous=False))
+        finetune(parallel_cfg(reach_hdf5, stage2_state, tmp_path / "killed", asynchronous=False))
     assert 40 <= load_latest(tmp_path / "killed" / "checkpoints").step < 120
-    monkeypatch.setattr(CQL, "update", real_update)
-    resumed = finetune_online(parallel_cfg(reach_hdf5, start, tmp_path / "killed", asynchronous=False))
+    monkeypatch.setattr(Agent, "update", real_update)
+    resumed = finetune(parallel_cfg(reach_hdf5, stage2_state, tmp_path / "killed", asynchronous=False))
     c = load_latest(tmp_path / "killed" / "checkpoints")
     assert c.step == 120
     assert_same(c.weights, b.weights)
@@ -125,13 +133,12 @@ def test_parallel_envs_count_updates_per_env_step_and_resume_exactly(reach_hdf5,
     assert resumed["history"] == inproc["history"]
 
 
-def test_nan_loss_stops_before_the_checkpoint(reach_hdf5, finetuned, tmp_path, monkeypatch):
+def test_nan_loss_stops_before_the_checkpoint(reach_hdf5, stage2_state, tmp_path, monkeypatch):
     """Once a first checkpoint exists, every update's loss is NaN: the next metrics request (a log or checkpoint
     round) raises, naming the loss and env step, and no checkpoint is written after the good one."""
-    from robopretrain.algos.cql import CQL
     from robopretrain.guards import NonFiniteLossError
 
-    real_update = CQL.update
+    real_update = Agent.update
     root = tmp_path / "nan" / "checkpoints"
 
     def nan_after_first_checkpoint(self, batch, with_metrics=True):
@@ -140,13 +147,156 @@ def test_nan_loss_stops_before_the_checkpoint(reach_hdf5, finetuned, tmp_path, m
             metrics["critic_loss"] = float("nan")
         return metrics
 
-    monkeypatch.setattr(CQL, "update", nan_after_first_checkpoint)
-    cfg = finetune_cfg(reach_hdf5, tmp_path / "nan", [f"checkpoint={finetuned[1]['pretrained_from']}",
-                                                      "online.num_envs=1", "online.tensorboard=false"])
+    monkeypatch.setattr(Agent, "update", nan_after_first_checkpoint)
+    cfg = state_cfg(stage2_state, reach_hdf5, tmp_path / "nan", online={"tensorboard": False})
     with pytest.raises(NonFiniteLossError, match=r"loss 'critic_loss' is nan at step \d+") as err:
-        finetune_online(cfg)
+        finetune(cfg)
     good = load_latest(root).step
     assert good < err.value.step <= good + 20  # metrics are requested at least every log_every=20 env steps
     assert [p.name for p in root.glob("ckpt_*")] == [checkpoint_name(good)]
 
 
+# --------------------------------------------------------------------------- camera agents
+
+
+@pytest.fixture(scope="module")
+def reach_images(tmp_path_factory) -> Path:
+    return collect_sim(tmp_path_factory.mktemp("data") / "reach_images.hdf5", ["Reach"], images=True,
+                       image_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def stage2_camera(reach_images, tmp_path_factory) -> Path:
+    """A CQL agent with a scratch small_conv on 32 px agentview + proprio (2 updates)."""
+    return stage2(stage2_config(reach_images, tmp_path_factory.mktemp("s2cam") / "run", algo="cql", steps=2,
+                                obs=CAMERA_OBS))
+
+
+def camera_cfg(checkpoint: Path, data: Path, out: Path, **extra):
+    online = {"env_steps": 120, "num_envs": 2, "eval_every": 60, "log_every": 20, "checkpoint_every": 40,
+              "calibration_batch": 16, "buffer_capacity": 2000, **extra.pop("online", {})}
+    return stage3_config(checkpoint, out, extra.pop("target", "Reach"), env_steps=online.pop("env_steps"),
+                         data_cfg={"path": str(data)}, online=online, **{"dr": "train_all", **extra})
+
+
+@pytest.fixture(scope="module")
+def reach_run(reach_images, stage2_camera, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft_images") / "run"
+    cfg = camera_cfg(stage2_camera, reach_images, out, target={"name": "Reach", "max_episode_steps": EPISODE},
+                     online={"asynchronous": True, "env_steps": 60, "eval_every": 30, "log_every": 10,
+                             "checkpoint_every": 20, "tensorboard": True})
+    return out, cfg, finetune(cfg)
+
+
+def test_camera_agent_runs_calql_online_with_worker_envs(reach_run):
+    out, _, result = reach_run
+    hist = result["history"]
+    assert [h["env_steps"] for h in hist] == [0, 30, 60]
+    for key in ("eval/success", "calib/offline_q_policy", "calib/offline_mc_return"):
+        assert all(h.get(key) is not None for h in hist), key
+    assert "calib/online_gap_policy" in hist[-1] and 0.0 <= hist[-1]["train/cumulative_regret"] <= 1.0
+    rows = read_jsonl(out / "metrics.jsonl")
+    logged = [r["step"] for r in rows if "train/critic_loss" in r]  # rounds of 2 (1 while draining) env steps
+    assert len(logged) == 6 and all(m <= s <= m + 1 for m, s in zip(range(10, 61, 10), logged))
+    assert [r["step"] for r in rows if "eval/success" in r] == [0, 30, 60]
+    assert any((out / "tb").iterdir()) and (out / "learning_curve.png").stat().st_size > 0
+
+    ckpt = load_latest(out / "checkpoints")
+    assert ckpt.step == 60 and ckpt.meta["obs_spec"]["rgb"] == [["agentview_image", [SIZE, SIZE, 3]]]
+    meta = ckpt.meta
+    assert (meta["stage"], meta["algo"], meta["pretrained_algo"], meta["task"]) == ("online", "calql", "cql", "Reach")
+    assert meta["randomization"] == {"level": "train", "factors": ["friction", "mass", "damping", "gripper_force",
+                                                                   "lighting", "colors", "textures", "camera"]}
+    assert meta["algo_cfg"]["critic_hidden"] == [16]  # the networks come from the stage-2 checkpoint
+    # mid-run checkpoints wait until both envs end their episode (success or the time limit) after env step 20
+    steps = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("ckpt_*"))
+    assert steps[-1] == 60 and len(steps) == 2 and 20 <= steps[0] <= 40
+    online = ckpt.state["sampler"]["online"]
+    assert int(online["num_episodes"]) == hist[-1]["episodes"] >= 2
+    n = int(online["size"])
+    rewards, dones = online["data"]["rewards"].numpy()[:n], online["data"]["dones"].numpy()[:n]
+    mc = online["data"]["mc_returns"].numpy()[:n]
+    assert online["data"]["observations"]["agentview_image"].shape[1:] == (SIZE, SIZE, 3)
+    start = 0  # episodes are stored whole: each ends at its terminal or at the time limit
+    while start < n:
+        end = start + EPISODE
+        if dones[start:end].any():
+            end = start + int(np.flatnonzero(dones[start:end])[0]) + 1
+        np.testing.assert_allclose(mc[start:end], returns_by_hand(rewards[start:end], dones[start:end], -5.0, GAMMA),
+                                   rtol=1e-5)
+        start = end
+    agent, _ = load_agent(out)  # the output is a self-describing agent checkpoint
+    assert agent.algo == "calql" and agent.mode == "scratch"
+
+
+def test_rerun_resumes_the_finished_run(reach_run):
+    out, cfg, result = reach_run
+    rows_before = read_jsonl(out / "metrics.jsonl")
+    again = finetune(cfg)
+    assert again["history"] == result["history"]
+    assert read_jsonl(out / "metrics.jsonl") == rows_before
+
+
+def test_a_camera_checkpoint_with_state_only_data_or_another_algorithm_is_refused(reach_hdf5, stage2_camera,
+                                                                                  tmp_path):
+    with pytest.raises(DatasetError, match="agentview_image"):
+        finetune(camera_cfg(stage2_camera, reach_hdf5, tmp_path / "a", dr="none"))
+    with pytest.raises(CheckpointError, match="a cql checkpoint cannot continue as iql"):
+        finetune(camera_cfg(stage2_camera, reach_hdf5, tmp_path / "b", algo="iql"))
+
+
+@pytest.fixture(scope="module")
+def robosuite_demos(tmp_path_factory) -> Path:
+    return fake.write_robosuite_demos(tmp_path_factory.mktemp("rs") / "demos.hdf5", 3)
+
+
+def robosuite_stage2(demos: Path, out: Path, **encoder) -> Path:
+    return stage2(stage2_config(demos, out, algo="cql", steps=2, data_cfg={"obs_map": OBS_MAP},
+                                obs={"low_dim": ["eef_pos", "gripper_qpos"], "rgb": ["agentview_image"]},
+                                encoder=encoder))
+
+
+def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_demos, tmp_path, monkeypatch):
+    """A gymnasium target by entry point (keys mapped by obs_map, a camera), two envs; killed after its first
+    checkpoint, the same command ends with the weights of an uninterrupted run."""
+    ckpt = robosuite_stage2(robosuite_demos, tmp_path / "s2")
+    tgt = {**ROBOSUITE_TARGET, "demos": str(robosuite_demos)}
+
+    def cfg(out):
+        return stage3_config(ckpt, out, tgt, env_steps=48, online={"num_envs": 2, "checkpoint_every": 12,
+                                                                   "eval_every": 24, "log_every": 8})
+
+    clean = finetune(cfg(tmp_path / "clean"))
+    real_update = die_after_first_checkpoint(monkeypatch, Agent, tmp_path / "killed" / "checkpoints", updates=5)
+    with pytest.raises(Killed):
+        finetune(cfg(tmp_path / "killed"))
+    assert 12 <= load_latest(tmp_path / "killed" / "checkpoints").step < 48
+    monkeypatch.setattr(Agent, "update", real_update)
+    resumed = finetune(cfg(tmp_path / "killed"))
+
+    a, b = load_latest(tmp_path / "killed" / "checkpoints"), load_latest(tmp_path / "clean" / "checkpoints")
+    assert a.step == b.step == 48 and a.meta["target"]["env_id"] == "_fake_envs:RobosuiteLikeEnv"
+    assert_same(a.weights, b.weights)
+    assert_same(a.state["online"], b.state["online"], "online counters")
+    assert resumed["history"] == clean["history"]
+
+
+@pytest.mark.parametrize("mode", ["frozen_cached", "frozen", "finetune"])
+def test_every_encoder_mode_fine_tunes_online(robosuite_demos, tmp_path, mode):
+    """Pretrained-encoder modes rebuild from the checkpoint; frozen_cached stores encoder features online."""
+    from robopretrain.nets.encoder_io import save_encoder
+    from robopretrain.nets.encoders import make_encoder
+
+    enc = save_encoder(tmp_path / "enc", make_encoder("small_conv", 16, channels=4, out_dim=8), "small_conv", {})
+    ckpt = robosuite_stage2(robosuite_demos, tmp_path / "s2", checkpoint=str(enc), mode=mode)
+    out = finetune(stage3_config(ckpt, tmp_path / "run", {**ROBOSUITE_TARGET, "demos": str(robosuite_demos)},
+                                 env_steps=24))
+    assert out["history"][-1]["env_steps"] == 24
+    stored = load_latest(tmp_path / "run" / "checkpoints").state["sampler"]["online"]["data"]["observations"]
+    if mode == "frozen_cached":
+        assert set(stored) == {"features", "eef_pos", "gripper_qpos", "task_id"}
+        assert tuple(stored["features"].shape[1:]) == (8,)
+    else:
+        assert tuple(stored["agentview_image"].shape[1:]) == (16, 16, 3)
+    loaded, _ = load_agent(tmp_path / "run")
+    assert loaded.mode == mode and loaded.algo == "calql"

@@ -1,4 +1,5 @@
-"""IQL losses by hand, IQL and BC learning on tiny problems, checkpoints."""
+"""IQL losses by hand, IQL and BC learning on tiny problems, checkpoints (on flat features; the agent on observation
+dicts, cameras and encoders included, is tested in tests/test_agent.py)."""
 
 import io
 import math
@@ -89,119 +90,25 @@ def test_checkpoint_round_trip(name):
     assert other.update(batch) == agent.update(batch)
 
 
-# --------------------------------------------------------------------------------------------- on images
-IMG = 16
-IMG_STATE_DIM = 7 + 11
-IMG_ALGO = {"iql": {"actor_hidden": [16], "critic_hidden": [16], "value_hidden": [16], "batch_size": 8},
-            "bc": {"actor_hidden": [16], "batch_size": 8, "lr": 1e-3}}
+def test_gaussian_actor_density_by_hand_is_finite_at_the_action_bounds():
+    """BC and IQL's AWR use GaussianActor: mean tanh(MLP(s)), one state-independent log-std vector (clamped to
+    [-5, 2]); the density of a saturated data action (+-1) is an ordinary Gaussian one, not -inf."""
+    from robopretrain.nets.actor import GaussianActor
 
-
-@pytest.fixture(scope="module")
-def image_encoder_dir(tmp_path_factory):
-    """A stage-1 encoder checkpoint (small_conv at 16 px)."""
-    from robopretrain.nets.encoder_io import save_encoder
-    from robopretrain.nets.encoders import make_encoder
-
-    torch.manual_seed(7)
-    return save_encoder(tmp_path_factory.mktemp("s1") / "encoder", make_encoder("small_conv", IMG, channels=4, out_dim=8),
-                        "small_conv", {"test": True})
-
-
-def _image_agent(algo, mode, enc_dir, shared=False, seed=0):
-    from robopretrain.image_agent import ImageAgent, image_obs_config
-
-    cfg = image_obs_config({"mode": mode, "encoder_checkpoint": str(enc_dir), "image_size": IMG,
-                            "shared_encoder": shared, "augment_pad": 2})
-    torch.manual_seed(seed)
-    return ImageAgent(cfg, IMG_STATE_DIM, 4, algo, IMG_ALGO[algo], seed=seed)
-
-
-def _image_batch(n=8, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def obs():
-        return {"agentview_image": torch.from_numpy(rng.integers(0, 256, (n, IMG, IMG, 3), dtype=np.uint8)),
-                "state": torch.from_numpy(rng.normal(size=(n, IMG_STATE_DIM)).astype(np.float32))}
-
-    return {"observations": obs(), "next_observations": obs(),
-            "actions": torch.from_numpy(rng.uniform(-1, 1, (n, 4)).astype(np.float32)),
-            "rewards": torch.from_numpy(rng.choice([-5.0, 5.0], n).astype(np.float32)),
-            "dones": torch.zeros(n), "mc_returns": torch.zeros(n)}
-
-
-def _weights(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _changed(module, before):
-    return [k for k, v in module.state_dict().items() if not torch.equal(v, before[k])]
-
-
-@pytest.mark.parametrize("algo", ["iql", "bc"])
-@pytest.mark.parametrize("mode", ["finetune", "frozen", "frozen_cached"])
-def test_image_agent_trains_iql_and_bc(image_encoder_dir, algo, mode):
-    agent = _image_agent(algo, mode, image_encoder_dir)
-    enc_before = _weights(agent.critic_encoder)
-    actor_before = _weights(agent.agent.actor)
-    batch = _image_batch()
-    if mode == "frozen_cached":  # RL on the features, computed once
-        batch = {**batch, "observations": torch.from_numpy(agent.to_features(batch["observations"])),
-                 "next_observations": torch.from_numpy(agent.to_features(batch["next_observations"]))}
-    for _ in range(3):
-        metrics = agent.update(batch)
-    loss_key = "bc_loss" if algo == "bc" else "q_loss"
-    assert math.isfinite(metrics[loss_key])
-    assert _changed(agent.agent.actor, actor_before)
-    assert agent.agent.num_updates == 3
-    if mode == "finetune":
-        assert _changed(agent.critic_encoder, enc_before)  # the encoder trains with the algorithm's loss
-    else:
-        assert not _changed(agent.critic_encoder, enc_before)  # a frozen encoder never changes
-        assert all(not p.requires_grad for p in agent.critic_encoder.parameters())
-    if algo == "bc":
-        assert agent.actor_encoder is agent.critic_encoder and not agent.has_q
-        with pytest.raises(ValueError, match="has no Q-function"):
-            agent.q_values(batch["observations"], batch["actions"])
-
-
-def test_iql_image_losses_train_the_right_encoders(image_encoder_dir):
-    """Separate encoders: value + critic losses reach only the critic encoder, the AWR loss only the actor's."""
-    agent = _image_agent("iql", "finetune", image_encoder_dir)
-    flat = agent._encoded_batch(_image_batch())
-    losses, _ = agent.agent.compute_losses(flat, with_metrics=False)
-    critic_params = list(agent.critic_encoder.parameters())
-    actor_params = list(agent.actor_encoder.parameters())
-
-    def grads(loss, params):
-        return [g for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                if g is not None and torch.count_nonzero(g) > 0]
-
-    assert grads(losses["value"], critic_params) and grads(losses["critic"], critic_params)
-    assert not grads(losses["value"], actor_params) and not grads(losses["critic"], actor_params)
-    assert grads(losses["actor"], actor_params) and not grads(losses["actor"], critic_params)
-
-
-def test_bc_image_loss_trains_its_one_encoder(image_encoder_dir):
-    agent = _image_agent("bc", "scratch", image_encoder_dir)
-    losses, _ = agent.agent.compute_losses(agent._encoded_batch(_image_batch()), with_metrics=False)
-    g = torch.autograd.grad(losses["actor"], list(agent.critic_encoder.parameters()))
-    assert any(torch.count_nonzero(x) > 0 for x in g)
-
-
-@pytest.mark.parametrize("algo, mode", [("iql", "finetune"), ("iql", "frozen"), ("bc", "finetune"), ("bc", "frozen")])
-def test_image_checkpoint_round_trip_iql_bc(tmp_path, image_encoder_dir, algo, mode):
-    from robopretrain.image_checkpoint import image_agent_meta, load_image_agent, save_image_checkpoint
-
-    agent = _image_agent(algo, mode, image_encoder_dir, seed=3)
-    batch = _image_batch(seed=1)
-    for _ in range(2):
-        agent.update(batch)
-    meta = image_agent_meta(agent, state_keys=["proprio"], num_tasks=11, stage="stage2")
-    save_image_checkpoint(tmp_path / "ckpts", 2, {"seed": 0}, agent, meta)
-    loaded, ckpt = load_image_agent(tmp_path / "ckpts", with_optimizer=True)
-    assert ckpt.meta["algo"] == algo and loaded.algo == algo and loaded.agent.num_updates == 2
-    obs = _image_batch(n=5, seed=9)["observations"]
-    np.testing.assert_array_equal(loaded.act(obs), agent.act(obs))
-    if algo == "iql":
-        acts = torch.zeros(5, 4)
-        torch.testing.assert_close(loaded.q_values(obs, acts), agent.q_values(obs, acts), rtol=0, atol=0)
+    actor = GaussianActor(3, 2, (4,)).double()
+    last = [m for m in actor.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.atanh(torch.tensor([0.5, -0.2], dtype=torch.float64)))
+        actor.log_std.copy_(torch.tensor([math.log(0.5), -9.0], dtype=torch.float64))  # -9 is clamped to -5
+    obs = torch.randn(1, 3, dtype=torch.float64)
+    logp = actor.log_prob(obs, torch.tensor([[1.0, -0.2]], dtype=torch.float64))
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    expected = (-0.5 * 1.0 - math.log(0.5) - half_log_2pi) + (-0.5 * 0.0 + 5.0 - half_log_2pi)  # z = (1 - .5) / .5
+    assert logp.item() == pytest.approx(expected, abs=1e-12)
+    mean, log_std = actor(obs)
+    torch.testing.assert_close(mean, torch.tensor([[0.5, -0.2]], dtype=torch.float64))
+    torch.testing.assert_close(log_std, torch.tensor([[math.log(0.5), -5.0]], dtype=torch.float64))
+    actions, _ = actor.sample(obs, deterministic=True)  # the deterministic action is the mean
+    torch.testing.assert_close(actions, mean)
+    assert bc_loss(logp).item() == pytest.approx(-expected, abs=1e-12)

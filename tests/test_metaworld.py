@@ -268,3 +268,140 @@ def test_collect_cli_bad_task_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: metaworld_collect config: tasks: unknown Meta-World")
     assert not (tmp_path / "x.hdf5").exists()
+
+
+@needs_metaworld
+def test_the_files_own_target_is_an_env_stage2_can_evaluate_in(collected):
+    """Stage 2 evaluates on the data's own tasks: target_of_data must turn the collector's env_args (with its
+    metadata entry_point, tasks, task_ids, env_ids) into a Meta-World target whose env builds."""
+    from robopretrain.data.hdf5 import read_info
+    from robopretrain.envs.target import METAWORLD, make_env, target_of_data
+
+    info = read_info(collected)
+    target = target_of_data(info.env_args, "drawer-open-v3", info.tasks["drawer-open-v3"])
+    assert target.family == METAWORLD and target.resolved_task_id() == TASK_IDS["drawer-open-v3"]
+    assert target.env_kwargs["max_episode_steps"] == 120
+    env = make_env(target, ("agentview_image",), 32)
+    try:
+        obs, _ = env.reset(seed=1)
+        assert obs["agentview_image"].shape == (32, 32, 3) and obs["task_id"] == TASK_IDS["drawer-open-v3"]
+    finally:
+        env.close()
+
+
+def test_a_metaworld_target_without_task_id_takes_the_fixed_one():
+    """``target={name: drawer-open-v3, family: metaworld}`` (as configs/finetune.yaml shows it) needs no task_id."""
+    from robopretrain.envs.target import Target
+
+    assert Target(name="drawer-open-v3", family="metaworld").resolved_task_id() == TASK_IDS["drawer-open-v3"] == 4
+    assert Target(name="reach", family="metaworld").resolved_task_id() == 0
+    assert Target(name="reach", family="metaworld", task_id=7).resolved_task_id() == 7
+    with pytest.raises(ValueError, match="unknown Meta-World task 'drawer-opn'"):
+        Target(name="drawer-opn", family="metaworld").resolved_task_id()
+
+
+# ---------------------------------------------------------------------------------------------- the documented commands
+def start(module: str, *args: str) -> subprocess.Popen:
+    """``python -m <module> <args>`` from the project root, as docs/metaworld.md and the configs show them."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(*procs: subprocess.Popen) -> list[str]:
+    """Wait for every command (they run side by side); each must succeed. Returns their stdouts."""
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{' '.join(proc.args[2:4])}: rc {proc.returncode}\n{err[-3000:]}"
+        outs.append(out)
+    return outs
+
+
+TINY = ["algo.actor_hidden=[16]", "algo.critic_hidden=[16]", "algo.n_actions=2", "algo.batch_size=8", "num_threads=1"]
+MW_OBS = {"states": ["obs.low_dim=[proprio,object]"],
+          "pixels": ["obs.low_dim=[proprio]", "obs.rgb=[agentview_image]", "+encoder.kwargs.channels=4",
+                     "+encoder.kwargs.out_dim=8"]}
+
+
+@needs_metaworld
+@pytest.mark.slow
+def test_metaworld_prior_to_target_through_the_documented_commands(tmp_path):
+    """Demos of two MT10 prior tasks and of the held-out drawer-open-v3 (states and 64 px images in one file,
+    ``metaworld_collect``), stage 2 on the prior tasks (evaluated in Meta-World on them), stage 3 on the target
+    (its demos picked from the same file by task): states and pixels, only ``python -m`` commands, tiny budgets."""
+    from robopretrain.checkpoint import load_agent, load_latest
+    from robopretrain.data.hdf5 import read_info
+    from robopretrain.envs.target import as_target
+    from robopretrain.evaluation import agent_env
+    from robopretrain.metrics import read_jsonl
+
+    demos = tmp_path / "mw_demos.hdf5"
+    finish(start("robopretrain.envs.metaworld_collect", "tasks=[reach,drawer-close,drawer-open]",
+                 "episodes_per_task=2", "max_episode_steps=50", f"hydra.run.dir={tmp_path}/h", f"output={demos}"))
+    info = read_info(demos)
+    assert info.action_dim == 4 and info.obs_specs["agentview_image"] == ((64, 64, 3), np.uint8)
+    assert info.tasks == {"reach-v3": 0, "drawer-close-v3": 5, "drawer-open-v3": 4}
+    prior = ["data.tasks=[reach-v3,drawer-close-v3]", f"data.path={demos}"]
+
+    # the one-hot must hold the target's id (4) too: obs.num_tasks=10 for any MT10 split (docs/metaworld.md)
+    stage2 = {kind: start("robopretrain.train", *prior, "obs.num_tasks=10", *MW_OBS[kind], *TINY,
+                          "train.steps=4", "train.eval_every=4", "train.checkpoint_every=4", "train.eval_episodes=1",
+                          "train.calibration_batch=16", "train.progress=false", "train.tensorboard=false",
+                          f"output_dir={tmp_path / kind / 's2'}", f"hydra.run.dir={tmp_path}/h")
+              for kind in MW_OBS}
+    finish(*stage2.values())
+    target = "target={name: drawer-open-v3, family: metaworld, max_episode_steps: 15}"
+    stage3 = {kind: start("finetune.train", f"checkpoint={tmp_path / kind / 's2'}", target,
+                          f"data.path={demos}", *TINY, "online.env_steps=20", "online.num_envs=1",
+                          "online.eval_every=20", "online.eval_episodes=1", "online.log_every=10",
+                          "online.checkpoint_every=20", "online.calibration_batch=16", "online.progress=false",
+                          "online.tensorboard=false", f"output_dir={tmp_path / kind / 's3'}",
+                          f"hydra.run.dir={tmp_path}/h")
+              for kind in MW_OBS}
+    outs = dict(zip(stage3, finish(*stage3.values())))
+
+    for kind in MW_OBS:
+        s2 = load_latest(tmp_path / kind / "s2" / "checkpoints")
+        spec = s2.meta["obs_spec"]
+        assert spec["num_tasks"] == 10 and s2.meta["act_dim"] == 4
+        assert s2.meta["task_names"] == ["drawer-close-v3", "reach-v3"]  # the target is held out
+        if kind == "states":
+            assert spec["low_dim"] == [["proprio", PROPRIO_DIM], ["object", OBJECT_DIM]] and spec["rgb"] == []
+        else:
+            assert spec["low_dim"] == [["proprio", PROPRIO_DIM]] and spec["rgb"] == [["agentview_image", [64, 64, 3]]]
+        evals = [r for r in read_jsonl(tmp_path / kind / "s2" / "metrics.jsonl") if "eval/success" in r]
+        assert {"eval/reach-v3/length", "eval/drawer-close-v3/length"} <= set(evals[-1])  # evaluated in Meta-World
+
+        assert "final success" in outs[kind]
+        s3 = load_latest(tmp_path / kind / "s3" / "checkpoints")
+        assert s3.meta["stage"] == "online" and s3.meta["target"]["family"] == "metaworld" and s3.step == 20
+        stored = s3.state["sampler"]["online"]["data"]["observations"]
+        n = int(s3.state["sampler"]["online"]["size"])
+        assert set(stored["task_id"][:n].tolist()) == {TASK_IDS["drawer-open-v3"]}
+        assert s3.meta["data_path"] == str(demos) and s3.meta["pretrained_from"] == str(s2.path)
+        rows = [r for r in read_jsonl(tmp_path / kind / "s3" / "metrics.jsonl") if "eval/success" in r]
+        assert [r["env_steps"] for r in rows] == [0, 20] and rows[-1]["eval/length"] <= 15
+        agent, _ = load_agent(tmp_path / kind / "s3")
+        env = agent_env(agent, as_target(s3.meta["target"]))
+        try:
+            obs, _ = env.reset(seed=3)
+        finally:
+            env.close()
+        assert agent.act(obs).shape == (4,)
+
+
+@needs_metaworld
+def test_a_metaworld_target_renders_the_agents_cameras():
+    """A two-camera agent gets both cameras from its Meta-World target (corner and gripperPOV), at its size."""
+    from robopretrain.envs.target import Target, make_env
+
+    env = make_env(Target(name="reach", family="metaworld"), ("agentview_image", "eye_in_hand_image"), 32)
+    try:
+        obs, _ = env.reset(seed=0)
+    finally:
+        env.close()
+    assert obs["agentview_image"].shape == obs["eye_in_hand_image"].shape == (32, 32, 3)
+    assert not np.array_equal(obs["agentview_image"], obs["eye_in_hand_image"])

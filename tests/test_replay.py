@@ -1,4 +1,7 @@
-"""Offline dataset, online ring buffer with returns-to-go, mixed sampler, obs helpers, checkpoints."""
+"""Offline dataset, online ring buffer with returns-to-go, mixed sampler, dict observations, checkpoints.
+
+(Reading a file into a dataset: tests/test_dataset.py; concatenating parts and the task one-hot: the observation
+encoder, tests/test_agent.py.)"""
 
 import io
 
@@ -6,15 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from robopretrain.data.hdf5 import Transitions
-from robopretrain.data.replay import (
-    MixedSampler,
-    OfflineDataset,
-    ReplayBuffer,
-    append_task_one_hot,
-    flatten_obs,
-    task_one_hot,
-)
+from robopretrain.data.replay import MixedSampler, OfflineDataset, ReplayBuffer
 
 
 def _offline(n=50, obs_dim=3, act_dim=2, seed=0):
@@ -84,28 +79,52 @@ def test_mixed_sampler_exact_counts_and_ratio_over_many_batches():
     assert MixedSampler(off, on, 0.0).counts(8) == (0, 8)
 
 
-def test_dict_observations_and_flatten_helpers():
-    spec = {"proprio": ((2,), np.float32), "agentview_image": ((4, 4, 3), np.uint8)}
+def test_dict_observations_keep_their_dtypes_and_map_to_prepared_parts():
+    spec = {"proprio": ((2,), np.float32), "agentview_image": ((4, 4, 3), np.uint8), "task_id": ((), np.int64)}
     buf = ReplayBuffer(8, spec, 1, gamma=0.9)
-    obs = {"proprio": np.ones((3, 2)), "agentview_image": np.full((3, 4, 4, 3), 7, np.uint8)}
+    obs = {"proprio": np.ones((3, 2)), "agentview_image": np.full((3, 4, 4, 3), 7, np.uint8),
+           "task_id": np.full(3, 5, np.int64)}
     buf.add_episode(obs, np.zeros((3, 1)), np.zeros(3), obs, np.zeros(3))
     batch = buf.sample(4)
     assert batch["observations"]["agentview_image"].dtype == torch.uint8
-    assert batch["observations"]["proprio"].shape == (4, 2)
-    flat = flatten_obs({"b": np.ones((2, 1)), "a": np.zeros((2, 2))}, ["b", "a"])
-    np.testing.assert_array_equal(flat, [[1, 0, 0], [1, 0, 0]])
-    with pytest.raises(ValueError, match="image"):
-        flatten_obs(obs, ["agentview_image"])
+    assert batch["observations"]["proprio"].shape == (4, 2) and batch["observations"]["proprio"].dtype == torch.float32
+    task_ids = batch["observations"]["task_id"]
+    assert task_ids.dtype == torch.int64 and set(task_ids.tolist()) == {5}
+    data = OfflineDataset(obs, np.zeros((3, 1)), np.zeros(3), obs, np.zeros(3), np.zeros(3), seed=0)
+
+    def features(parts):  # what a frozen_cached agent's prepare does: cameras -> a low-dim "features" part
+        return {"features": parts["agentview_image"].reshape(len(parts["proprio"]), -1)[:, :2].astype(np.float32),
+                "proprio": parts["proprio"], "task_id": parts["task_id"]}
+
+    mapped = data.map_observations(features, seed=1)
+    got = mapped.get(np.arange(3))
+    assert set(got["observations"]) == {"features", "proprio", "task_id"}
+    assert torch.equal(got["observations"]["features"], torch.full((3, 2), 7.0))
+    torch.testing.assert_close(got["mc_returns"], data.get(np.arange(3))["mc_returns"])
 
 
-def test_task_one_hot_numpy_and_torch():
-    np.testing.assert_array_equal(task_one_hot([2, 0], 3), [[0, 0, 1], [1, 0, 0]])
-    out = append_task_one_hot(np.zeros((2, 2), np.float32), np.array([1, 0]), 2)
-    np.testing.assert_array_equal(out, [[0, 0, 0, 1], [0, 0, 1, 0]])
-    t = append_task_one_hot(torch.zeros(3, 1), 1, 2)
-    torch.testing.assert_close(t, torch.tensor([[0.0, 0, 1]] * 3))
-    with pytest.raises(ValueError, match="task ids"):
-        task_one_hot([3], 3)
+def _marked(n: int, marker: float, seed: int) -> OfflineDataset:
+    rng = np.random.default_rng(seed)
+
+    def obs():
+        return {"proprio": np.full((n, 2), marker, np.float32),
+                "agentview_image": rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)}
+
+    return OfflineDataset(obs(), rng.uniform(-1, 1, (n, 2)), np.zeros(n), obs(), np.zeros(n), np.zeros(n), seed=seed)
+
+
+@pytest.mark.parametrize("prior_fraction, batch", [(0.9, 50), (0.9, 256), (0.75, 64)])
+def test_prior_target_mixing_holds_over_many_batches(prior_fraction, batch):
+    """PTR's target adaptation: exactly round(fraction * batch) prior rows in every batch (two offline datasets)."""
+    sampler = MixedSampler(_marked(200, 1.0, 1), _marked(30, 2.0, 2), prior_fraction)
+    n_prior = n_target = 0
+    for _ in range(300):
+        marks = sampler.sample(batch)["observations"]["proprio"][:, 0]
+        p, t = int((marks == 1.0).sum()), int((marks == 2.0).sum())
+        assert p + t == batch and p == round(prior_fraction * batch)
+        n_prior += p
+        n_target += t
+    assert n_target / (n_prior + n_target) == pytest.approx(1 - prior_fraction, abs=0.5 / batch)
 
 
 def test_state_dicts_round_trip_with_weights_only():
@@ -127,31 +146,3 @@ def test_state_dicts_round_trip_with_weights_only():
         torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
     on2.add_step(np.zeros(3), np.zeros(2), 0.5, np.ones(3), terminated=True, truncated=False)
     assert len(on2) == 6
-
-
-def test_offline_from_transitions_scales_rewards_and_computes_returns():
-    obs = np.arange(6, dtype=np.float32)[:, None]
-    next_obs = obs + 1
-    next_obs[3] = 50.0  # obs[4] != next_obs[3]: a boundary although the episode id does not change
-    tr = Transitions(
-        path="mem",
-        obs={"proprio": obs},
-        next_obs={"proprio": next_obs},
-        actions=np.zeros((6, 1), np.float32),
-        rewards=np.array([0, 0, 1, 0, 0, 0], np.float32),
-        dones=np.array([0, 0, 1, 0, 0, 0], np.float32),
-        episode_ids=np.zeros(6, dtype=np.int64),
-        task_ids=np.array([0, 0, 0, 1, 1, 1]),
-        demo_names=["demo_0", "demo_1"],
-        episode_tasks=["lift", "push"],
-        ep_meta=[{}, {}],
-    )
-    ds = OfflineDataset.from_transitions(
-        tr, gamma=0.5, reward_scale=10.0, reward_bias=-5.0, flat_obs_keys=["proprio"], num_tasks=2
-    )
-    arrays = ds.arrays()
-    assert arrays["observations"].shape == (6, 3)
-    np.testing.assert_array_equal(arrays["observations"][4, 1:], [0, 1])
-    np.testing.assert_allclose(arrays["rewards"], [-5, -5, 5, -5, -5, -5])
-    # episodes [0..2] (terminal), [3] and [4, 5] (obs mismatch); the all-failure rule gives -5 / 0.5
-    np.testing.assert_allclose(arrays["mc_returns"], [-5 + 0.5 * (-5 + 0.5 * 5), -5 + 0.5 * 5, 5, -10, -10, -10])

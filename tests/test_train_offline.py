@@ -1,35 +1,56 @@
-"""Stage-2 offline training: the Hydra entry point writes a self-describing checkpoint and resumes from it."""
+"""Stage 2 (``python -m robopretrain.train`` / ``robopretrain.train.run``) for every observation spec: self-describing
+checkpoints, per-task evaluation in sim, exact resumption, encoder modes, NaN guard, clear errors; data of another
+robot (7-D actions, 9-D proprio: case 10's kind) trains and always keeps its checkpoint, evaluation or not."""
 
 from __future__ import annotations
 
-import json
+import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from robopretrain.checkpoint import CheckpointError, list_checkpoints, load_latest
+import _fake_envs as fake
+from _stages import collect_sim, stage2_config
+from robopretrain.checkpoint import CheckpointError, list_checkpoints, load_agent, load_latest
 from robopretrain.metrics import read_jsonl
-from robopretrain.train import train_offline
+from robopretrain.nets.encoder_io import save_encoder
+from robopretrain.nets.encoders import make_encoder
+from robopretrain.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32
 TINY_ALGO = ["algo.actor_hidden=[32,32]", "algo.critic_hidden=[32,32]", "algo.n_actions=2", "algo.batch_size=32"]
+STATE_OBS = {"low_dim": ["proprio", "object"], "rgb": []}
+CAMERAS = {"1cam": {"low_dim": ["proprio"], "rgb": ["agentview_image"]},
+           "2cams": {"low_dim": ["proprio"], "rgb": ["agentview_image", "eye_in_hand_image"]}}
+EVAL_BOTH = {"eval_targets": None, "eval_every": 2}  # the data's own tasks (Reach, PressButton) in sim
 
 
 @pytest.fixture(scope="module")
 def tiny_hdf5(tmp_path_factory) -> Path:
     """2 tasks x 2 state-only episodes collected by sim_envs.collect."""
-    from sim_envs.collect import collect
+    return collect_sim(tmp_path_factory.mktemp("data") / "tiny.hdf5", ["Reach", "PressButton"])
 
-    cfg = OmegaConf.load(ROOT / "configs" / "collect.yaml")
-    out = tmp_path_factory.mktemp("data") / "tiny.hdf5"
-    cfg.merge_with({"tasks": ["Reach", "PressButton"], "episodes_per_task": 2, "render_images": False,
-                    "output": str(out)})
-    return collect(cfg, progress=False)
+
+@pytest.fixture(scope="module")
+def image_hdf5(tmp_path_factory) -> Path:
+    """2 tasks x 2 episodes with 32 px agentview and eye-in-hand images."""
+    return collect_sim(tmp_path_factory.mktemp("data") / "images.hdf5", ["Reach", "PressButton"], images=True,
+                       image_size=SIZE, eye_in_hand=True)
+
+
+@pytest.fixture(scope="module")
+def stage1_encoder(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    torch.manual_seed(11)
+    enc = make_encoder("small_conv", SIZE, channels=4, out_dim=8)
+    path = save_encoder(tmp_path_factory.mktemp("stage1") / "encoder", enc, "small_conv", {"test": True})
+    return path, {k: v.clone() for k, v in enc.state_dict().items()}
 
 
 def offline_overrides(data: Path, out: Path, steps: int) -> list[str]:
@@ -40,7 +61,7 @@ def offline_overrides(data: Path, out: Path, steps: int) -> list[str]:
 
 def run_cli(overrides: list[str]) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "robopretrain.train", *overrides], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -49,17 +70,17 @@ def test_cli_writes_checkpoint_and_resumes(tiny_hdf5, tmp_path):
     out = tmp_path / "run"
     run_cli(offline_overrides(tiny_hdf5, out, 10))
     ckpt = load_latest(out / "checkpoints")
-    assert ckpt.step == 10
-    assert ckpt.meta["obs_dim"] == 7 + 18 + 11 and ckpt.meta["act_dim"] == 4 and ckpt.meta["algo"] == "calql"
-    assert ckpt.meta["task_names"] == ["PressButton", "Reach"]
-    assert ckpt.meta["obs_shapes"] == {"proprio": [7], "object": [18]}
+    assert ckpt.step == 10 and ckpt.meta["act_dim"] == 4 and ckpt.meta["algo"] == "calql"
+    assert ckpt.meta["obs_spec"] == {"low_dim": [["proprio", 7], ["object", 18]], "rgb": [], "num_tasks": 11}
+    assert ckpt.meta["task_names"] == ["PressButton", "Reach"] and ckpt.meta["stage"] == "offline"
+    assert ckpt.meta["encoder_mode"] == "none" and ckpt.meta["data_path"] == str(tiny_hdf5)
     assert ckpt.config.train.steps == 10 and ckpt.config.algo.name == "calql"
-    assert set(ckpt.state) >= {"optimizer", "rng", "dataset"}
+    assert set(ckpt.state) >= {"optimizer", "rng", "sampler", "step"}
 
     proc = run_cli(offline_overrides(tiny_hdf5, out, 20))  # same command, more steps: continues from step 10
     assert "resumed from" in proc.stdout + proc.stderr
     ckpt = load_latest(out / "checkpoints")
-    assert ckpt.step == 20 and ckpt.weights["num_updates"] == 20
+    assert ckpt.step == 20 and ckpt.weights["core"]["num_updates"] == 20
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["ckpt_00000020", "ckpt_00000010"]
     rows = read_jsonl(out / "metrics.jsonl")
     evals = [r for r in rows if "eval/success" in r]
@@ -71,54 +92,184 @@ def test_cli_writes_checkpoint_and_resumes(tiny_hdf5, tmp_path):
     assert (out / "tb").is_dir()
 
 
-def compose_offline(data: Path, out: Path, steps: int, extra: list[str] = ()):
-    overrides = [o for o in offline_overrides(data, out, steps) if not o.startswith("hydra.")] + list(extra)
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("robopretrain", overrides=overrides)
+def all_tensors(tree, prefix=""):
+    if torch.is_tensor(tree):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from all_tensors(v, f"{prefix}/{k}")
 
 
-def test_resumed_run_matches_uninterrupted_run(tiny_hdf5, tmp_path):
-    straight = train_offline(compose_offline(tiny_hdf5, tmp_path / "a", 20))
-    train_offline(compose_offline(tiny_hdf5, tmp_path / "b", 10))
-    resumed = train_offline(compose_offline(tiny_hdf5, tmp_path / "b", 20))
-    wa = torch.load(straight / "weights.pt", weights_only=True)
-    wb = torch.load(resumed / "weights.pt", weights_only=True)
-    for name in ("actor", "critic"):
-        for k in wa[name]:
-            assert torch.equal(wa[name][k], wb[name][k]), f"{name}.{k} differs after resume"
-    meta = json.loads((resumed / "meta.json").read_text())
-    assert meta["step"] == 20
+@pytest.mark.parametrize("spec_name", ["low_dim", "1cam", "2cams"])
+def test_resumed_run_matches_uninterrupted_run(tiny_hdf5, image_hdf5, stage1_encoder, tmp_path, spec_name):
+    """4 updates straight, or 2 then the same command with 4: the same weights, optimiser states and augmentation
+    RNG; with cameras the stage-1 encoder is fine-tuned (1 camera) or one is trained from scratch (2 cameras) and
+    each prior task is evaluated in sim on rendered images."""
+    data = tiny_hdf5 if spec_name == "low_dim" else image_hdf5
+    extra = {"obs": STATE_OBS if spec_name == "low_dim" else CAMERAS[spec_name], "algo": "cql", "train": EVAL_BOTH}
+    if spec_name == "1cam":
+        extra["encoder"] = {"checkpoint": str(stage1_encoder[0])}
+    straight = run(stage2_config(data, tmp_path / "a", steps=4, **extra))
+    run(stage2_config(data, tmp_path / "b", steps=2, **extra))
+    resumed = run(stage2_config(data, tmp_path / "b", steps=4, **extra))  # continues from step 2
+
+    a, b = load_latest(straight.parent), load_latest(resumed.parent)
+    assert a.step == b.step == 4 and a.meta["algo"] == "cql"
+    assert a.meta["encoder_mode"] == {"low_dim": "none", "1cam": "finetune", "2cams": "scratch"}[spec_name]
+    assert [k for k, _ in a.meta["obs_spec"]["rgb"]] == extra["obs"]["rgb"]
+    assert a.meta["parallel"] == {"world_size": 1, "batch_size_per_process": 8, "effective_batch_size": 8}
+    assert "augment" in a.state["rng"]
+    wa, wb = dict(all_tensors(a.weights)), dict(all_tensors(b.weights))
+    sa, sb = dict(all_tensors(a.state)), dict(all_tensors(b.state))
+    assert wa.keys() == wb.keys() and sa.keys() == sb.keys()
+    if spec_name != "low_dim":
+        assert any(k.startswith("/critic_encoder/image_encoder") for k in wa)
+        assert any(k.startswith("/actor_encoder/image_encoder") for k in wa)
+        assert any(k.startswith("/encoder_optimizer/") for k in sa)  # optimiser states are part of the round trip
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs after resume"
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"state {k} differs after resume"
+
+    evals = [r for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if "eval/success" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for key in ("eval/Reach/success", "eval/PressButton/success", "eval/Reach/length", "calib/offline_q_policy"):
+        assert key in evals[-1], key
+    agent, _ = load_agent(tmp_path / "b")  # stage 3 / evaluate rebuild the agent from the folder alone
+    other, _ = load_agent(tmp_path / "a")
+    obs = {"proprio": np.zeros((3, 7), np.float32), "object": np.zeros((3, 18), np.float32),
+           "agentview_image": np.zeros((3, SIZE, SIZE, 3), np.uint8),
+           "eye_in_hand_image": np.zeros((3, SIZE, SIZE, 3), np.uint8), "task_id": np.array([0, 1, 2])}
+    np.testing.assert_array_equal(agent.act(obs), other.act(obs))
 
 
-def test_resume_with_other_obs_keys_is_a_clear_error(tiny_hdf5, tmp_path):
-    train_offline(compose_offline(tiny_hdf5, tmp_path / "c", 10))
-    with pytest.raises(CheckpointError, match="obs_dim"):
-        train_offline(compose_offline(tiny_hdf5, tmp_path / "c", 20, ["obs_keys=[proprio]"]))
+@pytest.mark.parametrize("algo, mode", [("iql", "frozen_cached"), ("bc", "frozen"), ("calql", "frozen")])
+def test_frozen_encoder_runs_keep_the_stage1_weights(image_hdf5, stage1_encoder, tmp_path, algo, mode):
+    enc_path, weights = stage1_encoder
+    path = run(stage2_config(image_hdf5, tmp_path / "run", algo=algo, steps=2, obs=CAMERAS["1cam"],
+                             encoder={"checkpoint": str(enc_path), "mode": mode},
+                             train={"eval_targets": ["Reach"]}))
+    agent, ckpt = load_agent(path)
+    assert ckpt.meta["algo"] == algo and ckpt.meta["encoder_mode"] == mode and agent.core.num_updates == 2
+    enc = agent.feature_encoder if mode == "frozen_cached" else agent.critic_encoder
+    for k, v in weights.items():
+        assert torch.equal(enc.image_encoder.state_dict()[k], v), k
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert rows[-1]["step"] == 2 and "eval/success" in rows[-1]
+    if algo == "bc":
+        assert not any(k.startswith("calib/") for k in rows[-1])  # BC has no Q-function to calibrate
+        assert any("train/bc_loss" in r for r in rows)
+    else:
+        assert "calib/offline_q_data" in rows[-1]
+
+
+def test_scratch_without_checkpoint_and_shared_encoder(image_hdf5, tmp_path):
+    path = run(stage2_config(image_hdf5, tmp_path / "run", steps=2, obs=CAMERAS["2cams"], encoder={"shared": True}))
+    agent, ckpt = load_agent(path)
+    assert ckpt.meta["encoder_mode"] == "scratch"  # mode null without a checkpoint
+    assert agent.actor_encoder is agent.critic_encoder and ckpt.meta["image_encoder"]["name"] == "small_conv"
+
+
+def test_resume_with_other_parts_or_another_encoder_mode_is_a_clear_error(tiny_hdf5, image_hdf5, stage1_encoder,
+                                                                          tmp_path):
+    run(stage2_config(tiny_hdf5, tmp_path / "s", steps=2, obs=STATE_OBS))
+    with pytest.raises(CheckpointError, match=r"checkpoint does not fit this config.*low_dim part 'object' is in the "
+                                              r"checkpoint but not in this config"):
+        run(stage2_config(tiny_hdf5, tmp_path / "s", steps=4, obs={"low_dim": ["proprio"]}))
+    run(stage2_config(image_hdf5, tmp_path / "i", steps=2, obs=CAMERAS["1cam"]))
+    with pytest.raises(CheckpointError, match=r"encoder_mode: checkpoint has 'scratch', this config needs 'frozen'"):
+        run(stage2_config(image_hdf5, tmp_path / "i", steps=4, obs=CAMERAS["1cam"],
+                          encoder={"checkpoint": str(stage1_encoder[0]), "mode": "frozen"}))
+
+
+def test_bad_configs_name_the_problem(image_hdf5, tiny_hdf5, tmp_path):
+    from robopretrain.data.hdf5 import DatasetError
+
+    with pytest.raises(ValueError, match=r"encoder.mode=frozen needs encoder.checkpoint"):
+        run(stage2_config(image_hdf5, tmp_path / "a", obs=CAMERAS["1cam"], encoder={"mode": "frozen"}))
+    with pytest.raises(ValueError, match=r"encoder.augment_pad=-1; expected an integer >= 0"):
+        run(stage2_config(image_hdf5, tmp_path / "b", obs=CAMERAS["1cam"], encoder={"augment_pad": -1}))
+    with pytest.raises(ValueError, match=r"observation key 'agentview_image' \(rgb part 'agentview_image'\) not found"):
+        run(stage2_config(tiny_hdf5, tmp_path / "c", obs=CAMERAS["1cam"]))
+    with pytest.raises(ValueError, match=r"rgb part 'proprio' is float32 \(7,\); expected uint8 images"):
+        run(stage2_config(image_hdf5, tmp_path / "d", obs={"low_dim": [], "rgb": ["proprio"]}))
+    with pytest.raises(ValueError, match=r"target 'NoSuchTask' is not a sim_envs task"):
+        run(stage2_config(tiny_hdf5, tmp_path / "e", obs=STATE_OBS, train={"eval_targets": ["NoSuchTask"]}))
+    with pytest.raises(ValueError, match=r"obs.low_dim=\[\] and obs.rgb=\[\]; expected at least one observation part"):
+        run(stage2_config(tiny_hdf5, tmp_path / "f", obs={"low_dim": [], "rgb": []}))
+    assert not any((tmp_path / x / "checkpoints").exists() for x in "abcdef")
+    assert issubclass(DatasetError, ValueError)
 
 
 def test_nan_loss_stops_before_the_checkpoint_is_written(tiny_hdf5, tmp_path):
-    """A reward scale of 1e38 makes the Cal-QL critic loss inf: the run stops at the first metrics step (the
-    checkpoint step 10, log_every 5 -> step 5) before any checkpoint exists."""
+    """A reward scale of 1e38 makes the Cal-QL critic loss inf: the run stops at the first metrics step (log_every 2)
+    before any checkpoint exists."""
     from robopretrain.guards import NonFiniteLossError
 
     out = tmp_path / "nan"
-    with pytest.raises(NonFiniteLossError, match=r"loss 'critic_loss' is (inf|nan) at step 5"):
-        train_offline(compose_offline(tiny_hdf5, out, 20, ["algo.reward_scale=1e38"]))
+    with pytest.raises(NonFiniteLossError, match=r"loss 'critic_loss' is (inf|nan) at step 2"):
+        run(stage2_config(tiny_hdf5, out, steps=20, obs=STATE_OBS, algo="calql",
+                          train={"checkpoint_every": 10}, algo_cfg={"reward_scale": 1e38}))
     assert load_latest(out / "checkpoints") is None
 
 
 def test_metrics_are_computed_on_checkpoint_steps_between_log_steps(tiny_hdf5, tmp_path, monkeypatch):
     """with_metrics is on for log, evaluation and checkpoint steps, so the NaN guard runs before every checkpoint."""
-    from robopretrain.algos.cql import CQL
+    from robopretrain.agent import Agent
 
     seen = []
-    update = CQL.update
+    update = Agent.update
 
     def spy(self, batch, with_metrics=True):
         seen.append(with_metrics)
         return update(self, batch, with_metrics)
 
-    monkeypatch.setattr(CQL, "update", spy)
-    train_offline(compose_offline(tiny_hdf5, tmp_path / "m", 7, ["train.log_every=4", "train.checkpoint_every=3",
-                                                                 "train.eval_every=100"]))
+    monkeypatch.setattr(Agent, "update", spy)
+    run(stage2_config(tiny_hdf5, tmp_path / "m", steps=7, obs=STATE_OBS,
+                      train={"log_every": 4, "checkpoint_every": 3, "eval_every": 100}))
     assert [i + 1 for i, m in enumerate(seen) if m] == [3, 4, 6, 7]  # ckpt 3, log 4, ckpt 6, last step 7
+
+
+# --------------------------------------------------------------------------- another robot's data (case 10)
+
+
+@pytest.mark.parametrize("algo", ["calql", "iql", "bc"])
+def test_7d_actions_of_an_unknown_robot_train_and_skip_evaluation_with_one_log_line(tmp_path, caplog, algo):
+    data = fake.write_robosuite_demos(tmp_path / "robosuite.hdf5", 3)
+    with caplog.at_level(logging.INFO, logger="robopretrain.build"):
+        ckpt = run(stage2_config(data, tmp_path / "run", algo=algo, obs={"low_dim": [fake.EEF, fake.GRIPPER]},
+                                 train={"eval_targets": None}))
+    skipped = [r.getMessage() for r in caplog.records if "no evaluation in sim" in r.getMessage()]
+    assert len(skipped) == 1 and "'reach'" in skipped[0] and "RobosuiteLike" in skipped[0]
+    agent, saved = load_agent(ckpt)
+    assert saved.meta["act_dim"] == 7 and agent.act_dim == 7
+    assert saved.meta["obs_spec"]["low_dim"] == [[fake.EEF, 3], [fake.GRIPPER, 2]]
+    assert not [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval/success" in r]
+
+
+def with_9d_proprio(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose ``proprio`` has two more (zero) dimensions; env_args still name our sim."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        for demo in f["data"].values():
+            for part in ("obs", "next_obs"):
+                old = demo[part]["proprio"][()]
+                del demo[part]["proprio"]
+                demo[part].create_dataset("proprio", data=np.concatenate([old, np.zeros((len(old), 2), old.dtype)], 1))
+    return dst
+
+
+def test_an_evaluation_that_fails_never_costs_the_checkpoint(tiny_hdf5, tmp_path, caplog):
+    """9-D proprio in a file that names our sim: the agent trains on 9-D, our Reach gives 7-D, so the evaluation in
+    sim raises; it is a warning, training goes on, and every checkpoint is written."""
+    data = with_9d_proprio(tiny_hdf5, tmp_path / "proprio9.hdf5")
+    with caplog.at_level(logging.WARNING, logger="robopretrain.loops.offline"):
+        ckpt = run(stage2_config(data, tmp_path / "run", steps=4, obs=STATE_OBS,
+                                 train={"eval_targets": ["Reach"], "eval_every": 2, "checkpoint_every": 2}))
+    failed = [r.getMessage() for r in caplog.records if "evaluation at step" in r.getMessage()]
+    assert len(failed) == 2 and failed[0].startswith("evaluation at step 2 failed, training goes on")
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["ckpt_00000004", "ckpt_00000002"]
+    assert load_latest(tmp_path / "run" / "checkpoints").path == ckpt
+    assert load_agent(ckpt)[1].meta["obs_spec"]["low_dim"][0] == ["proprio", 9]
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert not [r for r in rows if "eval/success" in r] and [r for r in rows if "calib/offline_q_data" in r]

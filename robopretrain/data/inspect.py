@@ -3,7 +3,8 @@
 ``python -m robopretrain.data.inspect FILE_OR_FOLDER [--out PNG] [--frames N] [--per-task K] [--clips C]``
 
 - robomimic HDF5 (the "Robot dataset" contract): per task the episode count, success rate (``ep_meta``
-  JSON ``success``), mean/min/max length and transitions; the observation keys with their per-step shapes
+  JSON ``success``; a warning when episodes marked successful have no positive reward), mean/min/max length and
+  transitions; the observation keys with their per-step shapes
   and dtypes; the masks with their sizes. Contact sheet: ``--per-task`` episodes per task as rows (labelled
   task / demo / outcome), ``--frames`` frames evenly spaced in time as columns.
 - video folder with ``manifest.csv`` (the "Video dataset" contract): clip count, frames per clip, the texts
@@ -50,6 +51,12 @@ class TaskStats:
     demos: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     successes: list[bool | None] = field(default_factory=list)
+    rewarded: list[bool | None] = field(default_factory=list)  # any reward > 0 in the episode (None: no rewards)
+
+    @property
+    def unrewarded_successes(self) -> int:
+        """Episodes marked successful in ``ep_meta`` whose stored rewards are never positive."""
+        return sum(1 for s, r in zip(self.successes, self.rewarded) if s and r is False)
 
     @property
     def success_rate(self) -> float | None:
@@ -146,6 +153,8 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
             raise InspectError(f"{path}: data/{name} has neither a num_samples attribute nor actions")
         stats.lengths.append(length)
         stats.successes.append(_success(demo, path))
+        rewards = demo.get("rewards")
+        stats.rewarded.append(bool(np.any(rewards[()] > 0)) if isinstance(rewards, h5py.Dataset) else None)
         if "obs" in demo:
             for key, ds in demo["obs"].items():
                 spec = (tuple(ds.shape[1:]), str(ds.dtype))
@@ -180,6 +189,12 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
     rate = f"{np.mean(all_success):.2f}" if all_success else "n/a"
     n_demos = sum(len(t.demos) for t in s.tasks.values())
     lines.append(f"{'total':<16}{n_demos:>9}{rate:>9}{'':>28}{s.transitions:>13}")
+    unrewarded = sum(t.unrewarded_successes for t in s.tasks.values())
+    if unrewarded:
+        marked = sum(1 for t in s.tasks.values() for x in t.successes if x)
+        lines.append(f"warning: the rewards disagree with ep_meta: {unrewarded} of {marked} episodes marked successful "
+                     "have no positive reward (sparse-reward RL would see no success; stage 2 refuses the file "
+                     "for CQL/Cal-QL/IQL unless data.rewards_from_success=true)")
     if s.total_attr is not None and s.total_attr != s.transitions:
         lines.append(f"warning: data.attrs['total'] = {s.total_attr} but the demos hold {s.transitions} transitions")
     lines.append("")

@@ -39,7 +39,6 @@ OBSERVATION = "observation"  # the part name of a non-dict observation
 METAWORLD_ENTRY = "robopretrain.envs.metaworld:MetaWorldEnv"
 # MetaWorldEnv keywords a demo file's env_args carry over to its targets (cameras and image size come from the agent)
 METAWORLD_SETTINGS = ("max_episode_steps", "reward", "terminate_on_success", "mesh_cell")
-METAWORLD_CAMERAS = {"agentview_image": "corner", "eye_in_hand_image": "gripperPOV"}  # our key -> Meta-World camera
 
 
 @dataclass
@@ -185,10 +184,12 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         env = gym.make(sim_envs.env_id(target.name), **kwargs)
         return env if target.task_id is None and not target.obs_map else TargetEnv(env, target, cameras)
     if target.family == METAWORLD:
-        names = {METAWORLD_CAMERAS.get(k, k[: -len("_image")] if k.endswith("_image") else k): k for k in cameras}
         kwargs = {"task": target.name, "render_images": bool(cameras), **target.env_kwargs}
-        if cameras:
-            kwargs["cameras"] = names
+        if cameras and "cameras" not in kwargs:  # render the agent's cameras (corner -> agentview_image, ...)
+            module = importlib.import_module(METAWORLD_ENTRY.partition(":")[0])
+            by_key = {module.camera_key(c): c for c in module.CAMERAS}
+            wanted = [by_key[k] for k in (target.obs_map.get(c, c) for c in cameras) if k in by_key]
+            kwargs["cameras"] = wanted or list(module.DEFAULT_CAMERAS)
         if image_size:
             kwargs["image_size"] = int(image_size)
         env = _construct(METAWORLD_ENTRY, kwargs)
@@ -208,6 +209,22 @@ class TargetEnv(gym.Wrapper):
         self.cameras = tuple(cameras)
         self._task_id = target.resolved_task_id()
         self._reverse = {v: k for k, v in target.obs_map.items()}
+        self.observation_space = self._space(env.observation_space)
+
+    def _space(self, space: gym.Space) -> gym.spaces.Dict:
+        """The observation space of what :meth:`_obs` returns (a vector env allocates its batches from it):
+        our part names, float vectors as float32, and ``task_id``."""
+        items = dict(space.spaces) if isinstance(space, gym.spaces.Dict) else {OBSERVATION: space}
+        out: dict[str, gym.Space] = {}
+        for key, sub in items.items():
+            if key == "task_id":
+                continue
+            if isinstance(sub, gym.spaces.Box) and sub.dtype != np.uint8:
+                sub = gym.spaces.Box(sub.low.astype(np.float32), sub.high.astype(np.float32), dtype=np.float32)
+            out[self._reverse.get(key, key)] = sub
+        known = int(getattr(items.get("task_id"), "n", 0))
+        out["task_id"] = gym.spaces.Discrete(max(known, self._task_id + 1))
+        return gym.spaces.Dict(out)
 
     def _obs(self, obs: Any) -> dict[str, Any]:
         if not isinstance(obs, Mapping):

@@ -1,0 +1,296 @@
+"""The one agent on observation dicts: the observation spec and encoder (concatenation, normalisation, task one-hot),
+encoder transfer modes from a stage-1 checkpoint, which loss trains which encoder, and every algorithm on every
+observation spec (no cameras, 1, 2)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robopretrain.agent import Agent, EncoderSettings
+from robopretrain.data.spec import ObsSpec, SpecMismatchError, spec_from_shapes
+from robopretrain.nets.encoder_io import save_encoder
+from robopretrain.nets.encoders import make_encoder
+from robopretrain.nets.obs_encoder import STD_EPS, ObsEncoder, normalization_stats
+
+SIZE = 16
+CAM = ("agentview_image", (SIZE, SIZE, 3))
+HAND = ("eye_in_hand_image", (SIZE, SIZE, 3))
+SPECS = {"low_dim": ObsSpec(low_dim=(("proprio", 7), ("object", 4)), num_tasks=11),
+         "1cam": ObsSpec(low_dim=(("proprio", 7),), rgb=(CAM,), num_tasks=11),
+         "2cams": ObsSpec(low_dim=(("proprio", 7),), rgb=(CAM, HAND), num_tasks=11)}
+ALGO = {"cql": {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "batch_size": 8},
+        "calql": {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "batch_size": 8},
+        "iql": {"actor_hidden": [16], "critic_hidden": [16], "value_hidden": [16], "batch_size": 8},
+        "bc": {"actor_hidden": [16], "batch_size": 8, "lr": 1e-3}}
+
+
+# --------------------------------------------------------------------------- spec and encoder
+
+
+def test_encoder_concatenates_normalises_and_one_hots_in_spec_order():
+    spec = ObsSpec(low_dim=(("b", 1), ("a", 2)), num_tasks=3)
+    stats = {"a": {"mean": [1.0, 2.0], "std": [2.0, 4.0]}, "b": {"mean": [10.0], "std": [5.0]}}
+    enc = ObsEncoder(spec, stats=stats)
+    obs = {"a": torch.tensor([[3.0, 6.0], [1.0, 2.0]]), "b": torch.tensor([[20.0], [0.0]]),
+           "task_id": torch.tensor([2, 0]), "ignored": torch.zeros(2, 5)}
+    expected = torch.tensor([[2.0, 1.0, 1.0, 0, 0, 1], [-2.0, 0.0, 0.0, 1, 0, 0]])  # b, a, one-hot(3)
+    torch.testing.assert_close(enc(obs), expected)
+    assert enc.out_dim == 6 and not enc.has_parameters
+    assert torch.equal(enc.mean, torch.tensor([10.0, 1.0, 2.0])) and torch.equal(enc.std, torch.tensor([5.0, 2.0, 4.0]))
+    torch.testing.assert_close(ObsEncoder(spec)(obs)[:, :3], torch.tensor([[20.0, 3.0, 6.0], [0.0, 1.0, 2.0]]))
+    with pytest.raises(KeyError, match=r"observation is missing \['task_id'\]"):
+        enc({"a": obs["a"], "b": obs["b"]})
+    with pytest.raises(KeyError, match="no normalisation statistics for low_dim part 'b'"):
+        ObsEncoder(spec, stats={"a": stats["a"]})
+
+
+def test_normalization_stats_are_the_data_mean_and_std_plus_eps():
+    spec = ObsSpec(low_dim=(("x", 2), ("features", 3)))
+    rng = np.random.default_rng(0)
+    parts = {"x": rng.normal(3.0, 2.0, (500, 2)).astype(np.float32), "features": rng.normal(size=(500, 3))}
+    stats = normalization_stats(parts, spec, skip=("features",))
+    np.testing.assert_allclose(stats["x"]["mean"], parts["x"].astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats["x"]["std"], parts["x"].astype(np.float64).std(0) + STD_EPS, rtol=1e-12)
+    assert STD_EPS == 1e-3 and stats["features"] == {"mean": [0.0] * 3, "std": [1.0] * 3}
+
+
+def test_camera_features_come_first_one_encoder_pass_for_every_camera():
+    img = make_encoder("small_conv", SIZE, channels=4, out_dim=8)
+    spec = ObsSpec(low_dim=(("proprio", 2),), rgb=(CAM, HAND), num_tasks=2)
+    enc = ObsEncoder(spec, img)
+    rng = np.random.default_rng(1)
+    obs = {CAM[0]: torch.from_numpy(rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)),
+           HAND[0]: torch.from_numpy(rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)),
+           "proprio": torch.ones(3, 2), "task_id": torch.tensor([1, 1, 0])}
+    out = enc(obs)
+    from robopretrain.nets.encoders import to_float_images
+
+    with torch.no_grad():
+        torch.testing.assert_close(out[:, :8], img(to_float_images(obs[CAM[0]])))
+        torch.testing.assert_close(out[:, 8:16], img(to_float_images(obs[HAND[0]])))
+    assert enc.out_dim == 8 + 8 + 2 + 2 and torch.equal(out[:, 16:18], torch.ones(3, 2))
+
+
+def test_spec_errors_name_the_key_and_sizes():
+    with pytest.raises(ValueError, match="keys must be distinct"):
+        ObsSpec(low_dim=(("a", 1),), rgb=(("a", (8, 8, 3)),))
+    with pytest.raises(ValueError, match="'task_id' is reserved"):
+        ObsSpec(low_dim=(("task_id", 1),))
+    with pytest.raises(ValueError, match=r"rgb part 'cam' has shape \(8, 8\); expected \(H, W, 3\)"):
+        ObsSpec(rgb=(("cam", (8, 8)),))
+    shapes = {"proprio": ((9,), np.float32), "agentview_image": ((16, 16, 3), np.uint8)}
+    with pytest.raises(ValueError, match=r"f.hdf5: observation key 'robot0_eef_pos' \(low_dim part 'eef'\) not found"):
+        spec_from_shapes(shapes, ["eef"], [], 0, where="f.hdf5", key_map={"eef": "robot0_eef_pos"})
+    with pytest.raises(ValueError, match=r"rgb part 'proprio' is float32 \(9,\); expected uint8 images"):
+        spec_from_shapes(shapes, [], ["proprio"], 0, where="f.hdf5")
+    with pytest.raises(ValueError, match=r"low_dim part 'agentview_image' is uint8 \(16, 16, 3\); expected a float"):
+        spec_from_shapes(shapes, ["agentview_image"], [], 0, where="f.hdf5")
+    data = spec_from_shapes(shapes, ["proprio"], ["agentview_image"], 11, where="f.hdf5")
+    assert ObsSpec.from_dict(data.to_dict()) == data and data.image_size == 16
+    with pytest.raises(SpecMismatchError, match=r"low_dim part 'proprio': the data has size 9, the agent has 7"):
+        data.check_fits(SPECS["1cam"], mine="the data", theirs="the agent")
+    assert data.cached(32).low_dim == (("features", 32), ("proprio", 9)) and not data.cached(32).rgb
+
+
+# --------------------------------------------------------------------------- encoder transfer modes
+
+
+@pytest.fixture(scope="module")
+def stage1_encoder(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    torch.manual_seed(123)
+    enc = make_encoder("small_conv", SIZE, channels=4, out_dim=8)
+    with torch.no_grad():  # weights unlike any fresh initialisation
+        for p in enc.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    path = save_encoder(tmp_path_factory.mktemp("stage1") / "encoder", enc, "small_conv", {"test": True})
+    return path, {k: v.clone() for k, v in enc.state_dict().items()}
+
+
+def make_agent(spec: ObsSpec, algo: str = "calql", mode: str | None = None, path: Path | None = None,
+               shared: bool = False, seed: int = 0) -> Agent:
+    settings = EncoderSettings(mode=mode, checkpoint=str(path) if path else None, shared=shared, augment_pad=2,
+                               kwargs={"channels": 4, "out_dim": 8})
+    torch.manual_seed(seed)
+    stats = {k: {"mean": [0.1] * d, "std": [1.5] * d} for k, d in spec.low_dim}
+    return Agent(spec, 4, algo, ALGO[algo], settings, stats=stats, seed=seed)
+
+
+def raw_batch(spec: ObsSpec, n: int = 8, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+
+    def obs():
+        out = {k: torch.from_numpy(rng.normal(size=(n, d)).astype(np.float32)) for k, d in spec.low_dim}
+        out.update({k: torch.from_numpy(rng.integers(0, 256, (n, *s), dtype=np.uint8)) for k, s in spec.rgb})
+        out["task_id"] = torch.from_numpy(rng.integers(0, spec.num_tasks, n))
+        return out
+
+    return {"observations": obs(), "next_observations": obs(),
+            "actions": torch.from_numpy(rng.uniform(-1, 1, (n, 4)).astype(np.float32)),
+            "rewards": torch.from_numpy(rng.choice([-5.0, 5.0], n).astype(np.float32)),
+            "dones": torch.zeros(n), "mc_returns": torch.from_numpy(rng.normal(size=n).astype(np.float32))}
+
+
+def prepared_batch(agent: Agent, n: int = 8, seed: int = 0) -> dict:
+    """A batch as the agent trains on it (frozen_cached: the cameras replaced by features, computed once)."""
+    b = raw_batch(agent.spec, n, seed)
+    for key in ("observations", "next_observations"):
+        b[key] = {k: torch.as_tensor(v) for k, v in agent.prepare({k: v.numpy() for k, v in b[key].items()}).items()}
+    return b
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in module.state_dict().items() if not torch.equal(v, before[k])]
+
+
+def image_weights(encoder) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in encoder.image_encoder.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["finetune", "frozen", "frozen_cached"])
+def test_pretrained_modes_load_the_stage1_weights(stage1_encoder, mode):
+    path, expected = stage1_encoder
+    agent = make_agent(SPECS["2cams"], mode=mode, path=path)
+    encoders = [agent.feature_encoder] if mode == "frozen_cached" else [agent.critic_encoder, agent.actor_encoder]
+    for enc in encoders:
+        got = image_weights(enc)
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], v) for k, v in expected.items())
+    assert agent.encoder_source["source"] == str(path.resolve()) and agent.mode == mode
+    if mode == "frozen_cached":  # RL runs on vectors: the features are a low-dim part
+        assert agent.train_spec.low_dim_keys == ("features", "proprio") and not agent.train_spec.rgb
+        assert agent.critic_encoder.image_encoder is None
+
+
+def test_scratch_has_the_architecture_but_not_the_weights(stage1_encoder):
+    path, expected = stage1_encoder
+    agent = make_agent(SPECS["1cam"], mode="scratch", path=path)
+    state = image_weights(agent.critic_encoder)
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in expected.items()}
+    assert any(not torch.equal(state[k], expected[k]) for k, _ in agent.critic_encoder.image_encoder.named_parameters())
+    assert agent.encoder_source["source"] == "scratch"
+    assert make_agent(SPECS["1cam"]).mode == "scratch"  # no checkpoint: scratch with encoder.name
+    with pytest.raises(ValueError, match="encoder.mode=frozen needs encoder.checkpoint"):
+        make_agent(SPECS["1cam"], mode="frozen")
+
+
+def test_frozen_keeps_the_encoder_fixed_while_finetune_trains_separate_ones(stage1_encoder):
+    path, expected = stage1_encoder
+    data = raw_batch(SPECS["1cam"])
+    frozen = make_agent(SPECS["1cam"], mode="frozen", path=path)
+    critic_before = weights(frozen.core.critic)
+    for _ in range(3):
+        frozen.update(data)
+    assert not changed(frozen.critic_encoder.image_encoder, expected) and changed(frozen.core.critic, critic_before)
+    assert all(not p.requires_grad for p in frozen.critic_encoder.parameters())
+
+    tuned = make_agent(SPECS["1cam"], mode="finetune", path=path)
+    for _ in range(3):
+        tuned.update(data)
+    for enc in (tuned.critic_encoder, tuned.actor_encoder):
+        assert changed(enc.image_encoder, expected)
+    # separate encoders: the actor's trains on the actor loss, so the two drift apart
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.critic_encoder.parameters(),
+                                                      tuned.actor_encoder.parameters()))
+
+
+def test_a_shared_encoder_gets_no_actor_gradient(stage1_encoder):
+    path, _ = stage1_encoder
+    agent = make_agent(SPECS["2cams"], mode="finetune", path=path, shared=True)
+    assert agent.actor_encoder is agent.critic_encoder
+    batch = raw_batch(agent.spec)
+    agent.update(batch)  # populate optimiser state; then the actor loss must not reach the shared encoder
+    losses, _ = agent.core.compute_losses(agent._encoded_batch(batch), with_metrics=False)
+    grads = torch.autograd.grad(losses["actor"], list(agent.critic_encoder.parameters()), allow_unused=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_cached_features_give_the_q_values_and_actions_of_the_frozen_encoder(stage1_encoder):
+    path, _ = stage1_encoder
+    cached = make_agent(SPECS["2cams"], mode="frozen_cached", path=path, seed=5)
+    plain = make_agent(SPECS["2cams"], mode="frozen", path=path, seed=6)
+    plain.core.load_state_dict(cached.core.state_dict())
+    raw = raw_batch(SPECS["2cams"], n=12)["observations"]
+    feats = {k: torch.as_tensor(v) for k, v in cached.prepare({k: v.numpy() for k, v in raw.items()}).items()}
+    assert feats["features"].shape == (12, 2 * 8) and "agentview_image" not in feats
+    acts = torch.rand(12, 4) * 2 - 1
+    torch.testing.assert_close(cached.q_values(feats, acts), plain.q_values(raw, acts), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cached.act(feats), plain.act(raw), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cached.act(raw), plain.act(raw), rtol=1e-5, atol=1e-5)  # raw env observations too
+
+
+# --------------------------------------------------------------------------- every algorithm, every spec
+
+
+@pytest.mark.parametrize("spec_name", list(SPECS))
+@pytest.mark.parametrize("algo", ["cql", "calql", "iql", "bc"])
+def test_every_algorithm_trains_on_every_observation_spec(stage1_encoder, spec_name, algo):
+    spec = SPECS[spec_name]
+    agent = make_agent(spec, algo)
+    assert agent.mode == ("none" if spec_name == "low_dim" else "scratch")
+    enc_before = weights(agent.critic_encoder)
+    actor_before = weights(agent.core.actor)
+    batch = raw_batch(spec)
+    for _ in range(3):
+        metrics = agent.update(batch)
+    loss_key = {"cql": "critic_loss", "calql": "critic_loss", "iql": "q_loss", "bc": "bc_loss"}[algo]
+    assert math.isfinite(metrics[loss_key]) and agent.core.num_updates == 3
+    assert changed(agent.core.actor, actor_before)
+    if spec.rgb:
+        assert changed(agent.critic_encoder, enc_before)  # scratch trains the encoder with the algorithm's loss
+    else:  # no cameras: the encoder only concatenates, normalises and one-hots
+        assert not agent.critic_encoder.has_parameters and agent.encoder_optimizer is None
+        assert agent.actor_encoder is agent.critic_encoder
+    assert agent.feature_dim == 8 * len(spec.rgb) + spec.low_dim_size + spec.num_tasks
+    single = {k: v[0].numpy() for k, v in batch["observations"].items()}
+    assert agent.act(single).shape == (4,) and agent.act(batch["observations"]).shape == (8, 4)
+    if algo == "bc":
+        assert agent.actor_encoder is agent.critic_encoder and not agent.has_q
+        with pytest.raises(ValueError, match="has no Q-function"):
+            agent.q_values(batch["observations"], batch["actions"])
+
+
+@pytest.mark.parametrize("algo", ["iql", "bc"])
+@pytest.mark.parametrize("mode", ["frozen", "frozen_cached"])
+def test_iql_and_bc_never_change_a_frozen_encoder(stage1_encoder, algo, mode):
+    path, expected = stage1_encoder
+    agent = make_agent(SPECS["1cam"], algo, mode=mode, path=path)
+    actor_before = weights(agent.core.actor)
+    batch = prepared_batch(agent)
+    for _ in range(3):
+        agent.update(batch)
+    enc = agent.feature_encoder if mode == "frozen_cached" else agent.critic_encoder
+    assert not changed(enc.image_encoder, expected) and changed(agent.core.actor, actor_before)
+    assert all(not p.requires_grad for p in enc.parameters())
+
+
+def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [g for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            if g is not None and torch.count_nonzero(g) > 0]
+
+
+@pytest.mark.parametrize("algo", ["cql", "iql"])
+def test_each_loss_trains_only_its_own_encoder(stage1_encoder, algo):
+    """Separate encoders: the critic-side losses reach only the critic encoder, the policy loss only the actor's."""
+    path, _ = stage1_encoder
+    agent = make_agent(SPECS["2cams"], algo, mode="finetune", path=path)
+    losses, _ = agent.core.compute_losses(agent._encoded_batch(raw_batch(agent.spec)), with_metrics=False)
+    critic_params = list(agent.critic_encoder.parameters())
+    actor_params = list(agent.actor_encoder.parameters())
+    critic_losses = ("value", "critic") if algo == "iql" else ("critic",)
+    for name in critic_losses:
+        assert grads(losses[name], critic_params) and not grads(losses[name], actor_params), name
+    assert grads(losses["actor"], actor_params) and not grads(losses["actor"], critic_params)
+
+
+def test_bc_loss_trains_its_one_encoder():
+    agent = make_agent(SPECS["2cams"], "bc")
+    assert agent.actor_encoder is agent.critic_encoder and agent.trains_encoder
+    losses, _ = agent.core.compute_losses(agent._encoded_batch(raw_batch(agent.spec)), with_metrics=False)
+    assert grads(losses["actor"], list(agent.critic_encoder.parameters()))

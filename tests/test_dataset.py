@@ -1,0 +1,113 @@
+"""A robomimic file -> an offline dataset of observation dicts: rewards scaled and returns-to-go by hand, key maps,
+task ids and one-hot sizes, sizes checked; and rewards that disagree with the episodes' success (case 07's kind):
+refused for reward-based learning, rebuilt on request, ignored by BC, reported by ``robopretrain.data.inspect``."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _fake_envs as fake
+from _stages import stage2_config
+from robopretrain.data.dataset import RewardSettings, default_num_tasks, load_offline_dataset, spec_of_data
+from robopretrain.data.hdf5 import DatasetError, read_info
+from robopretrain.data.spec import ObsSpec
+from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
+
+CAL_QL = RewardSettings(discount=0.5, scale=10.0, bias=-5.0, sparse=True)
+
+
+def write_file(path: Path, zero_rewards: bool = False, env_args: dict | None = None) -> Path:
+    """Two 3-step episodes of a 1-D ``proprio``: task a (id 0) succeeds on its last step, task b (id 1) fails."""
+    with RobomimicWriter(path, env_args or make_env_args("Toy", "0", {}), valid_fraction=0.0) as w:
+        for i, (task, success) in enumerate([("a", True), ("b", False)]):
+            x = np.arange(3 * i, 3 * i + 3, dtype=np.float32)[:, None]
+            rewards = np.array([0, 0, float(success and not zero_rewards)], np.float32)
+            w.add_episode(task=task, task_id=i, obs={"proprio": x}, next_obs={"proprio": x + 1},
+                          actions=np.full((3, 4), 0.1 * (i + 1), np.float32), rewards=rewards,
+                          dones=(rewards > 0).astype(np.uint8), ep_meta={"success": success})
+    return path
+
+
+def test_rewards_are_scaled_and_returns_computed_by_hand(tmp_path):
+    path = write_file(tmp_path / "toy.hdf5")
+    spec = spec_of_data(path, ["proprio"], [], None)
+    assert spec == ObsSpec(low_dim=(("proprio", 1),), num_tasks=2)  # an unknown env: largest task id + 1
+    arrays = load_offline_dataset(path, spec, CAL_QL).arrays()
+    assert set(arrays["observations"]) == {"proprio", "task_id"}
+    np.testing.assert_array_equal(arrays["observations"]["proprio"][:, 0], np.arange(6))
+    np.testing.assert_array_equal(arrays["next_observations"]["proprio"][:, 0], np.arange(6) + 1)
+    np.testing.assert_array_equal(arrays["observations"]["task_id"], [0, 0, 0, 1, 1, 1])
+    np.testing.assert_allclose(arrays["rewards"], [-5, -5, 5, -5, -5, -5])
+    np.testing.assert_array_equal(arrays["dones"], [0, 0, 1, 0, 0, 0])
+    # episode a: 5, -5 + 0.5 * 5, -5 + 0.5 * -2.5; episode b never succeeds: the all-failure value -5 / (1 - 0.5)
+    np.testing.assert_allclose(arrays["mc_returns"], [-6.25, -2.5, 5, -10, -10, -10])
+    dense = load_offline_dataset(path, spec, RewardSettings(0.5, 10.0, -5.0, sparse=False)).arrays()
+    np.testing.assert_allclose(dense["mc_returns"][3:], [-5 - 2.5 - 1.25, -5 - 2.5, -5])  # truncated, no rule
+
+
+def test_key_maps_task_ids_and_sizes_are_checked(tmp_path):
+    path = write_file(tmp_path / "toy.hdf5")
+    spec = spec_of_data(path, ["state"], [], 4, obs_map={"state": "proprio"})
+    ds = load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, task_id=3, tasks=["b"])
+    assert len(ds) == 3 and set(ds.arrays()["observations"]) == {"state", "task_id"}
+    np.testing.assert_array_equal(ds.arrays()["observations"]["task_id"], [3, 3, 3])  # one id for a foreign file
+    with pytest.raises(DatasetError, match=r"toy.hdf5: task ids \[5\] do not fit a task one-hot of size 4"):
+        load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, task_id=5)
+    with pytest.raises(DatasetError, match=r"toy.hdf5: actions have 4 dims; the agent has 7"):
+        load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, act_dim=7)
+    with pytest.raises(ValueError, match=r"observation key 'robot0_eef_pos' \(low_dim part 'state'\) not found"):
+        spec_of_data(path, ["state"], [], None, obs_map={"state": "robot0_eef_pos"})
+    assert default_num_tasks(read_info(write_file(tmp_path / "declared.hdf5", env_args={
+        **make_env_args("Toy", "0", {}), "num_tasks": 6}))) == 6
+    import sim_envs
+
+    ours = read_info(write_file(tmp_path / "ours.hdf5", env_args=make_env_args("sim_envs/Reach-v0", "0", {})))
+    assert default_num_tasks(ours) == len(sim_envs.TASKS)  # slots for every sim_envs task (held-out targets)
+
+
+# --------------------------------------------------------------------------- case 07: rewards never written
+
+
+def test_zero_rewards_with_successful_episodes_are_refused_rebuilt_on_request_and_ignored_by_bc(tmp_path, caplog):
+    path = write_file(tmp_path / "zero.hdf5", zero_rewards=True)
+    spec = spec_of_data(path, ["proprio"], [], None)
+    with pytest.raises(DatasetError, match=r"zero.hdf5: no positive reward in the selected data although 1 of 2 "
+                                           r"episodes are marked successful in ep_meta.*rewards_from_success=true"):
+        load_offline_dataset(path, spec, CAL_QL)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = load_offline_dataset(path, spec, CAL_QL, rewards_from_success=True).arrays()
+    assert "rewards rebuilt from ep_meta success (1 successful episodes)" in caplog.text
+    fine = load_offline_dataset(write_file(tmp_path / "fine.hdf5"), spec, CAL_QL).arrays()
+    for key in ("rewards", "dones", "mc_returns"):  # exactly the file whose recorder wrote the reward
+        np.testing.assert_array_equal(rebuilt[key], fine[key])
+    bc = load_offline_dataset(path, spec, RewardSettings(), rewards_needed=False).arrays()
+    np.testing.assert_array_equal(bc["rewards"], np.zeros(6))  # BC never looks at rewards
+
+
+def test_inspect_says_the_rewards_disagree_with_ep_meta(tmp_path, capsys):
+    from robopretrain.data.inspect import main
+
+    assert main([str(write_file(tmp_path / "zero.hdf5", zero_rewards=True))]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the rewards disagree with ep_meta: 1 of 1 episodes marked successful have no positive reward" \
+        in out
+    assert main([str(write_file(tmp_path / "fine.hdf5"))]) == 0
+    assert "disagree" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("algo, extra", [("cql", {"rewards_from_success": True}), ("bc", {})])
+def test_stage2_trains_on_zero_rewards_when_told_or_when_it_needs_no_reward(tmp_path, algo, extra):
+    """(The refusal without the setting is a one-line CLI error: tests/test_bad_input.py.)"""
+    from robopretrain.checkpoint import load_latest
+    from robopretrain.train import run
+
+    data = fake.write_robosuite_demos(tmp_path / "zero.hdf5", 3, zero_rewards=True)
+    ckpt = run(stage2_config(data, tmp_path / "run", algo=algo, obs={"low_dim": [fake.EEF, fake.GRIPPER]},
+                             data_cfg=extra))
+    assert load_latest(tmp_path / "run" / "checkpoints").path == ckpt
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["algo"] == algo and meta["num_transitions"] > 0

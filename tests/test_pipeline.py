@@ -1,0 +1,84 @@
+"""The whole pipeline, tiny: data -> stage 1 -> stage 2 -> adaptation -> stage 3 -> evaluation -> report, then a
+rerun that skips every finished stage.
+
+The target is not a sim_envs task: :class:`_fake_envs.RobosuiteLikeEnv` named by entry point, with its own demos in
+a robomimic file whose keys differ from ours (``obs_map``) and a free slot in the task one-hot (``task_id`` 11 of
+12). Its proprio part has the prior data's size (7) and its actions the same 4 dims, so one agent spans both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import _fake_envs as fake
+
+pytestmark = pytest.mark.slow
+
+SIZE = 32
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_pipeline_config(run_dir: Path, demos: Path):
+    cfg = OmegaConf.load(ROOT / "configs" / "pipeline.yaml")
+    cfg.pop("hydra")
+    cfg.merge_with({
+        "run_dir": str(run_dir), "image_size": SIZE, "progress": False, "prior_tasks": ["Reach"],
+        "obs": {"num_tasks": 12},
+        "targets": [{"name": "Arm", "env_id": "_fake_envs:RobosuiteLikeEnv", "demos": str(demos), "task_id": 11,
+                     "max_episode_steps": 10, "env_kwargs": {"image_size": SIZE, "act_dim": 4, "eef_dim": 7},
+                     "obs_map": {"proprio": fake.EEF}}],
+        "data": {"prior_episodes_per_task": 2, "target_demos": 3, "num_workers": 1,
+                 "videos": {"num_clips": 3, "play_fraction": 0.0}},
+        "stage1": {"steps": 2, "batch_size": 4, "encoder_kwargs": {"channels": 8, "out_dim": 16}},
+        "encoder": {"mode": "finetune"},
+        "algo_overrides": {"batch_size": 16, "actor_hidden": [32, 32], "critic_hidden": [32, 32], "n_actions": 2},
+        "stage2": {"steps": 4, "eval_episodes": 0, "checkpoint_every": 2},
+        "adapt": {"steps": 4, "checkpoint_every": 2},
+        "stage3": {"env_steps": 12, "num_envs": 2, "asynchronous": False, "eval_every": 6, "eval_episodes": 1,
+                   "checkpoint_every": 6},
+        "evaluate": {"episodes": 2},
+    })
+    return cfg
+
+
+def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
+    from robopretrain.checkpoint import load_agent
+    from robopretrain.pipeline import STAGES, run_pipeline
+
+    demos = fake.write_robosuite_demos(tmp_path / "arm_demos.hdf5", 3, tasks=(("Arm", 11),), image_size=SIZE,
+                                       act_dim=4, eef_dim=7)
+    cfg = tiny_pipeline_config(tmp_path / "run", demos)
+    first = run_pipeline(cfg)
+    assert list(first["stages"]) == list(STAGES)
+    assert all(isinstance(v, float) for v in first["stages"].values()), first["stages"]
+    run = tmp_path / "run"
+    for stage in STAGES:
+        assert (run / stage / "done.json").is_file()
+    assert (run / "stage1" / "encoder" / "meta.json").is_file()
+    assert (run / "data" / "prior_demos.hdf5").is_file()
+    assert not (run / "data" / "target_demos.hdf5").exists()  # the custom target brings its own demos
+    for folder in (run / "stage2", run / "adapt" / "Arm", run / "stage3" / "Arm"):  # every stage: checkpoints/
+        agent, ckpt = load_agent(folder)
+        assert ckpt.meta["obs_spec"]["num_tasks"] == 12 and agent.mode == "finetune"
+    adapt = load_agent(run / "adapt" / "Arm")[1].meta
+    assert adapt["init"].startswith(str(run / "stage2")) and adapt["task_names"] == ["Reach"]
+    results = json.loads((run / "evaluate" / "results.json").read_text())
+    assert set(results) == {"Arm"}
+    # no randomization outside sim_envs: nominal, plus the blind-camera rows on the same nominal episodes
+    assert set(results["Arm"]) == {"nominal", "blind_black", "blind_other_episode"}
+    assert all(0.0 <= r["success"] <= 1.0 for r in results["Arm"].values())
+    s3 = json.loads((run / "stage3" / "Arm" / "done.json").read_text())
+    assert 0.0 <= s3["final_success"] <= 1.0
+    rows = [json.loads(x) for x in (run / "stage3" / "Arm" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows if "eval/success" in r] == [0, 6, 12]
+    report = (run / "report.md").read_text()
+    assert "Arm" in report and "rollout_Arm.gif" in report and "blind_black" in report
+    assert (run / "evaluate" / "rollout_Arm.gif").stat().st_size > 0
+    mtimes = {s: (run / s / "done.json").stat().st_mtime_ns for s in STAGES}
+
+    second = run_pipeline(cfg)
+    assert second["stages"] == {s: "skipped" for s in STAGES}
+    assert {s: (run / s / "done.json").stat().st_mtime_ns for s in STAGES} == mtimes

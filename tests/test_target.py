@@ -1,0 +1,113 @@
+"""One notion of target: config entries -> :class:`Target`, and the env every family is wrapped into (our part names,
+``task_id``, ``info["success"]``, the sparse success reward or a declared dense one, termination on success, a time
+limit, upright images), usable in a vector env and from a picklable factory."""
+from __future__ import annotations
+
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import _fake_envs as fake
+from robopretrain.envs.target import GYM, OBSERVATION, SIM_ENVS, Target, as_target, env_factory, make_env
+
+ENTRY = "_fake_envs:RobosuiteLikeEnv"
+OBS_MAP = {"eef_pos": fake.EEF, "eye_in_hand_image": fake.EYE_IN_HAND}
+
+
+def robot(**extra) -> Target:
+    return as_target({"name": "reach", "env_id": ENTRY, "task_id": 7, "obs_map": OBS_MAP, **extra})
+
+
+def test_config_entries_become_targets_and_bad_ones_are_named():
+    assert as_target("Reach").family == SIM_ENVS and as_target("Reach").resolved_task_id() == 0
+    t = robot()
+    assert t.family == GYM and t.resolved_task_id() == 7 and as_target(t.to_dict()) == t
+    with pytest.raises(ValueError, match=r"target 'reach': unknown key\(s\) \['obs_keys'\]"):
+        as_target({"name": "reach", "env_id": ENTRY, "obs_keys": []})
+    with pytest.raises(ValueError, match="is not a sim_envs task"):
+        as_target("MyTask")
+    with pytest.raises(ValueError, match="a gym target needs env_id"):
+        as_target({"name": "x", "family": "gym"})
+    with pytest.raises(ValueError, match="task_id is required for a gym target"):
+        as_target({"name": "x", "env_id": ENTRY}).resolved_task_id()
+    with pytest.raises(ValueError, match=r"reward='shaped'; expected one of \['sparse', 'dense'\]"):
+        robot(reward="shaped")
+
+
+def rollout(env, actions: int = 30, seed: int = 0):
+    obs, info = env.reset(seed=seed)
+    steps = [(obs, 0.0, False, False, info)]
+    for _ in range(actions):
+        obs, reward, terminated, truncated, info = env.step(fake.robosuite_expert(obs_for_expert(obs),
+                                                                                 np.random.default_rng(0)))
+        steps.append((obs, reward, terminated, truncated, info))
+        if terminated or truncated:
+            break
+    return steps
+
+
+def obs_for_expert(obs):
+    return {fake.EEF: obs["eef_pos"] if "eef_pos" in obs else obs[fake.EEF]}
+
+
+def test_the_env_speaks_our_names_and_reward_convention():
+    env = make_env(robot(), cameras=("agentview_image", "eye_in_hand_image"))
+    steps = rollout(env)
+    obs = steps[0][0]
+    assert set(obs) == {"eef_pos", fake.GRIPPER, "agentview_image", "eye_in_hand_image", "task_id"}
+    assert obs["task_id"] == 7 and obs["eef_pos"].dtype == np.float32 and obs["agentview_image"].dtype == np.uint8
+    assert env.observation_space.contains({k: np.asarray(v) for k, v in obs.items()})  # what vector envs allocate
+    *_, (last, reward, terminated, truncated, info) = steps
+    assert info["success"] and terminated and not truncated and reward == 1.0  # sparse, ends on success
+    assert all(r == 0.0 for _, r, *_ in steps[:-1])  # the env's own dense reward (-distance) is not passed on
+
+    dense = make_env(robot(reward="dense", terminate_on_success=False, max_episode_steps=12))
+    steps = rollout(dense)
+    assert len(steps) == 13 and steps[-1][3] and not any(s[2] for s in steps)  # truncated by the time limit
+    assert steps[1][1] < 0 and all(r <= 0 for _, r, *_ in steps[1:])  # the env's own -distance, declared dense
+    with pytest.raises(KeyError, match="info has no 'done_ok'"):
+        rollout(make_env(robot(success_key="done_ok")))
+
+
+def test_images_are_flipped_when_the_env_renders_upside_down_and_randomization_is_ours_only():
+    up, down = make_env(robot()), make_env(robot(flip_images=True))
+    a, b = up.reset(seed=3)[0], down.reset(seed=3)[0]
+    np.testing.assert_array_equal(b["agentview_image"], a["agentview_image"][::-1])
+    np.testing.assert_array_equal(b["eef_pos"], a["eef_pos"])
+    with pytest.raises(ValueError, match=r"target 'reach' \(gym\): randomization='train' applies to sim_envs"):
+        make_env(robot(), randomization="train")
+    with pytest.raises(KeyError, match=r"the env gives no camera \['wrist_image'\]"):
+        make_env(robot(), cameras=("wrist_image",)).reset(seed=0)
+
+
+class Vector(gym.Env):
+    """A non-dict observation: it becomes the part ``observation``."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float64)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3), {}
+
+    def step(self, action):
+        return np.ones(3), 0.0, False, False, {"success": False}
+
+
+def test_a_vector_env_and_a_spawned_factory_build_the_same_env():
+    gym.register("test_target/Vector-v0", entry_point=Vector)
+    obs, _ = make_env(as_target({"name": "vec", "env_id": "test_target/Vector-v0", "task_id": 0})).reset()
+    assert set(obs) == {OBSERVATION, "task_id"} and obs[OBSERVATION].dtype == np.float32
+    factory = env_factory(robot(), ("agentview_image",), 16)
+    restored = pickle.loads(pickle.dumps(factory))
+    venv = gym.vector.SyncVectorEnv([restored, factory], autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    try:
+        batch, _ = venv.reset(seed=[5, 5])
+        np.testing.assert_array_equal(batch["eef_pos"][0], batch["eef_pos"][1])
+        assert batch["agentview_image"].shape == (2, 16, 16, 3) and batch["task_id"].tolist() == [7, 7]
+        batch, reward, *_ = venv.step(np.zeros((2, 7), np.float32))
+        assert batch["eye_in_hand_image"].shape == (2, 16, 16, 3) and reward.tolist() == [0.0, 0.0]
+    finally:
+        venv.close()
