@@ -249,6 +249,16 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
         env.close()
 
 
+def env_fits_or_log(agent: Agent, target: Target, randomization: Any = "none") -> bool:
+    """:func:`check_env_fits` as a yes/no: a target whose env does not fit the agent is logged (one line) and False."""
+    try:
+        check_env_fits(agent, target, randomization)
+    except (ValueError, KeyError) as exc:
+        log.info("no evaluation on %s: its env does not fit the agent (%s)", target.name, exc)
+        return False
+    return True
+
+
 def target_config(node: Any) -> Target:
     """A ``target`` config entry (a sim_envs task name or a mapping of :class:`Target` fields) as a Target."""
     value = plain(node)
@@ -257,6 +267,7 @@ def target_config(node: Any) -> Target:
     return as_target(value)
 
 
-__all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "eval_targets", "load_data",
+__all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "env_fits_or_log",
+           "eval_targets", "load_data",
            "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
            "target_config", "targets_of_data"]

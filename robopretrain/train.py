@@ -41,6 +41,7 @@ from omegaconf import DictConfig
 
 from robopretrain import build, run_fingerprint
 from robopretrain import distributed as dist_utils
+from robopretrain.agent import EncoderSettings
 from robopretrain.agent_parallel import average_gradients, broadcast_agent, gather_objects
 from robopretrain.checkpoint import CheckpointError, check_agent_fits, load_agent, load_latest, save_agent
 from robopretrain.cli import config_folder, friendly_errors, run_hydra
@@ -75,6 +76,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Path:
     Under torchrun (``WORLD_SIZE`` > 1) it trains data-parallel (NCCL on GPUs, gloo on CPU); rank 0 writes.
     """
     validate_offline_config(cfg)
+    if (cfg.get("obs") or {}).get("rgb") and not cfg.get("init"):  # the encoder settings, before any data is read
+        EncoderSettings.from_mapping(build.plain(cfg.get("encoder")) or {}).resolved_mode()
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
     return dist_utils.run_on_ranks(lambda dinfo, device: _run(cfg, run_dir, dinfo, device),
                                    torch.device(str(cfg.get("device", "cpu"))))
@@ -119,10 +122,13 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                  100 * float(mix.fraction), mix.path)
     tasks = sorted({info.demo(d).task for d in select_demos(info, mask=cfg.data.get("mask"),
                                                             tasks=list(cfg.data.tasks) if cfg.data.get("tasks") else None)})
-    targets = build.eval_targets(settings.eval_targets, info, tasks)
-    for target in targets:
-        build.check_target_fits(agent, target)
     dr = build.randomization(cfg.get("dr"))
+    targets = build.eval_targets(settings.eval_targets, info, tasks)
+    if settings.eval_targets is None:  # the data's own tasks: evaluated where the env fits the agent, else skipped
+        targets = [t for t in targets if build.env_fits_or_log(agent, t, dr if t.randomizable else "none")]
+    else:  # targets the config names must fit
+        for target in targets:
+            build.check_env_fits(agent, target, dr if target.randomizable else "none")
     fingerprint = run_fingerprint.fingerprint(
         cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
               "init": init.path if init is not None else None}, ignore=RESUMABLE_CHANGES)

@@ -28,6 +28,10 @@ from sim_envs.video_writer import write_mp4
 REPO = Path(__file__).resolve().parents[1]
 TINY_ALGO = ["algo.actor_hidden=[32,32]", "algo.critic_hidden=[32,32]", "algo.n_actions=2", "algo.batch_size=32"]
 
+import sim_envs  # noqa: E402
+
+NUM_SIM_TASKS = len(sim_envs.TASKS)  # the one-hot size of a stage-2 agent on sim_envs data
+
 
 # --------------------------------------------------------------------------------------------- bad files
 def rewrite_demos(src: Path, dst: Path, edit) -> Path:
@@ -171,8 +175,8 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
             s3(f"checkpoint={robot_run}", wider_env),
             f"low_dim part '{fake.EEF}': the env of target 'reach' has size 4, the agent has 3"),
         "target_task_id_outside_one_hot_stage3": (
-            s3(f"checkpoint={run}", "target={name: Reach, task_id: 11}", f"data.path={good}"),
-            "target 'Reach': task_id 11 does not fit the agent's task one-hot of size 11"),
+            s3(f"checkpoint={run}", f"target={{name: Reach, task_id: {NUM_SIM_TASKS}}}", f"data.path={good}"),
+            f"target 'Reach': task_id {NUM_SIM_TASKS} does not fit the agent's task one-hot of size {NUM_SIM_TASKS}"),
         "zero_rewards_with_successes_calql": (s2(f"data.path={zero_rewards}", out),
                                               "no positive reward in the selected data although 2 of 2 episodes"),
         "zero_rewards_with_successes_iql": (
