@@ -262,17 +262,38 @@ def with_9d_proprio(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_an_evaluation_that_fails_never_costs_the_checkpoint(tiny_hdf5, tmp_path, caplog):
-    """9-D proprio in a file that names our sim: the agent trains on 9-D, our Reach gives 7-D, so the evaluation in
-    sim raises; it is a warning, training goes on, and every checkpoint is written."""
-    data = with_9d_proprio(tiny_hdf5, tmp_path / "proprio9.hdf5")
+def test_an_evaluation_that_fails_never_costs_the_checkpoint(tiny_hdf5, tmp_path, caplog, monkeypatch):
+    """An evaluation that raises during training (here: the sim breaks at every episode) is a warning, training goes
+    on, and every checkpoint is written (checkpoints come before evaluations)."""
+    import robopretrain.train as stage2
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the simulator broke")
+
+    monkeypatch.setattr(stage2, "evaluate", broken)
     with caplog.at_level(logging.WARNING, logger="robopretrain.loops.offline"):
-        ckpt = run(stage2_config(data, tmp_path / "run", steps=4, obs=STATE_OBS,
+        ckpt = run(stage2_config(tiny_hdf5, tmp_path / "run", steps=4, obs=STATE_OBS,
                                  train={"eval_targets": ["Reach"], "eval_every": 2, "checkpoint_every": 2}))
     failed = [r.getMessage() for r in caplog.records if "evaluation at step" in r.getMessage()]
     assert len(failed) == 2 and failed[0].startswith("evaluation at step 2 failed, training goes on")
+    assert "the simulator broke" in failed[0]
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["ckpt_00000004", "ckpt_00000002"]
     assert load_latest(tmp_path / "run" / "checkpoints").path == ckpt
-    assert load_agent(ckpt)[1].meta["obs_spec"]["low_dim"][0] == ["proprio", 9]
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert not [r for r in rows if "eval/success" in r] and [r for r in rows if "calib/offline_q_data" in r]
+
+
+def test_the_datas_own_target_that_does_not_fit_is_skipped_and_a_named_one_is_refused(tiny_hdf5, tmp_path, caplog):
+    """9-D proprio in a file that names our sim: the data's own Reach (7-D proprio) cannot be evaluated; by default
+    that is one log line and no evaluation (every checkpoint written); named in train.eval_targets it is refused at
+    start with the part and both sizes."""
+    data = with_9d_proprio(tiny_hdf5, tmp_path / "proprio9.hdf5")
+    with caplog.at_level(logging.INFO, logger="robopretrain.build"):
+        ckpt = run(stage2_config(data, tmp_path / "run", steps=4, obs=STATE_OBS,
+                                 train={"eval_targets": None, "eval_every": 2, "checkpoint_every": 2}))
+    assert any("no evaluation on Reach" in r.getMessage() and "size 7, the agent has 9" in r.getMessage()
+               for r in caplog.records)
+    assert load_agent(ckpt)[1].meta["obs_spec"]["low_dim"][0] == ["proprio", 9]
+    assert not [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval/success" in r]
+    with pytest.raises(ValueError, match="low_dim part 'proprio'.*size 7, the agent has 9"):
+        run(stage2_config(data, tmp_path / "named", steps=4, obs=STATE_OBS, train={"eval_targets": ["Reach"]}))
