@@ -18,7 +18,7 @@ from test_cql import _batch  # the same small batch
 # fp32 products summed in a different order (per path, per chunk): agreement to ~1e-6 relative is typical; the
 # stated tolerance for every path against PyTorch autograd is atol 1e-5, rtol 1e-4.
 TOL = {"atol": 1e-5, "rtol": 1e-4}
-PATHS = ["mm", "bmm", *(["onednn"] if ONEDNN_AVAILABLE else [])]
+PATHS = ["mm", "mm_par", "bmm", *(["onednn"] if ONEDNN_AVAILABLE else [])]
 
 
 @pytest.fixture(autouse=True)

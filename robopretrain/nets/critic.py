@@ -209,8 +209,10 @@ class EnsembleCritic(nn.Module):
         if needs_grad:
             if kernel == "onednn":
                 out = DnnReluEnsembleMLP.apply(obs, acts.contiguous(), return_features, *params)
-            elif kernel == "mm":
-                out = ChunkedReluEnsembleMLP.apply(obs, acts, self._workspace, return_features, CHUNK_ROWS, *params)
+            elif kernel in ("mm", "mm_par"):
+                out = ChunkedReluEnsembleMLP.apply(
+                    obs, acts, self._workspace, return_features, CHUNK_ROWS, kernel == "mm_par", *params
+                )
             else:
                 out = ReluEnsembleMLP.apply(obs, acts, self._workspace, return_features, *params)
             return out if return_features else (out, None)
@@ -220,8 +222,10 @@ class EnsembleCritic(nn.Module):
                 per_member = [dnn_member_forward(x, params, e) for e in range(self.num_critics)]
                 q = torch.stack([q for _, q in per_member]).unsqueeze(-1)
                 return q, (torch.stack([a[-1] for a, _ in per_member]) if return_features else None)
-            if kernel == "mm":
-                hidden, q = chunked_forward(obs, acts, params, self._workspace, "nograd_", return_features)
+            if kernel in ("mm", "mm_par"):
+                hidden, q = chunked_forward(
+                    obs, acts, params, self._workspace, "nograd_", return_features, CHUNK_ROWS, kernel == "mm_par"
+                )
                 return q, (hidden[-1].clone() if return_features else None)
             hidden, q = relu_mlp_forward(obs, acts, params, self._workspace, "nograd_")
         return q, (hidden[-1].clone() if return_features else None)

@@ -22,7 +22,9 @@ forward of the same size raises instead of returning wrong gradients.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -243,6 +245,54 @@ def _chunks(batch: int, n: int, chunk_rows: int) -> list[tuple[int, int, int, in
     return [(s0, min(batch, s0 + per), s0 * n, min(batch, s0 + per) * n) for s0 in range(0, batch, per)]
 
 
+# --------------------------------------------------------------------------- members on two threads ("mm_par")
+#
+# With two or more torch threads, the "mm_par" path runs the members of the ensemble concurrently, one per thread,
+# each op single-threaded (torch's thread count is set to 1 for the duration of the pass), instead of splitting
+# every op across threads. The threads then meet once per pass, not at every op's barrier, which matters when
+# another process takes a core away for a while. Same arithmetic as "mm" (each member's work is identical, and
+# the per-member contributions to the input gradients are summed in member order after both finish).
+
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = -1
+
+
+def _member_pool() -> ThreadPoolExecutor:
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid():  # a forked child does not inherit the worker thread
+        previous = torch.get_num_threads()
+        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robopretrain-members")
+        _pool.submit(torch.set_num_threads, 1).result()  # the worker's own OpenMP/MKL settings: one thread
+        torch.set_num_threads(previous)
+        _pool_pid = os.getpid()
+    return _pool
+
+
+def _members_without_grad(fn: Callable[[int], None], members: range) -> None:
+    with torch.no_grad():  # grad mode is per thread; the kernels write into buffers and never record a graph
+        for e in members:
+            fn(e)
+
+
+def for_each_member(fn: Callable[[int], None], num: int, parallel: bool) -> None:
+    """``fn(e)`` for every member: in order, or (``parallel``) odd members on a second thread, one thread per op."""
+    if not parallel or num < 2:
+        for e in range(num):
+            fn(e)
+        return
+    pool, previous = _member_pool(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        future = pool.submit(_members_without_grad, fn, range(1, num, 2))
+        try:
+            for e in range(0, num, 2):
+                fn(e)
+        finally:
+            future.result()
+    finally:
+        torch.set_num_threads(previous)
+
+
 def chunked_forward(
     obs: torch.Tensor,
     actions: torch.Tensor,
@@ -251,11 +301,12 @@ def chunked_forward(
     prefix: str,
     keep: bool,
     chunk_rows: int = CHUNK_ROWS,
+    parallel: bool = False,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The "mm" path's forward: q ``(E, M, 1)`` and, with ``keep``, every activation ``(E, M, H_i)`` in ``ws``.
 
-    Without ``keep`` (no-grad passes) the activations live in one chunk-sized buffer per layer and only q is
-    returned (with an empty activation list).
+    Without ``keep`` (no-grad passes) the activations live in one chunk-sized buffer per layer and member, and
+    only q is returned (with an empty activation list). ``parallel``: the "mm_par" path.
     """
     weights, biases = params[0::2], params[1::2]
     num, (batch, n, act_dim), obs_dim = weights[0].shape[0], actions.shape, obs.shape[-1]
@@ -266,29 +317,33 @@ def chunked_forward(
     if keep:
         acts = [ws.get(f"{prefix}h{i}", (num, m, w.shape[-1]), obs) for i, w in enumerate(weights[:-1])]
     else:
-        scratch = [ws.get(f"{prefix}c{i}", (width, w.shape[-1]), obs) for i, w in enumerate(weights[:-1])]
+        scratch = [[ws.get(f"{prefix}c{e}_{i}", (width, w.shape[-1]), obs) for i, w in enumerate(weights[:-1])]
+                   for e in range(num)]
     q = torch.empty(num, m, 1, dtype=obs.dtype, device=obs.device)
-    for e in range(num):
+
+    def member(e: int) -> None:
         state_part = torch.addmm(biases[0][e], obs, weights[0][e, :obs_dim])  # once per state, (B, H0)
         w_act = weights[0][e, obs_dim:]
         for s0, s1, r0, r1 in chunks:
-            h = acts[0][e, r0:r1] if keep else scratch[0][: r1 - r0]
+            h = acts[0][e, r0:r1] if keep else scratch[e][0][: r1 - r0]
             torch.mm(a2d[r0:r1], w_act, out=h)
             h.view(s1 - s0, n, -1).add_(state_part[s0:s1].unsqueeze(1)).relu_()
             for i in range(1, depth):
-                out = acts[i][e, r0:r1] if keep else scratch[i][: r1 - r0]
+                out = acts[i][e, r0:r1] if keep else scratch[e][i][: r1 - r0]
                 h = torch.addmm(biases[i][e], h, weights[i][e], out=out).relu_()
             torch.addmv(biases[-1][e, 0], h, weights[-1][e, :, 0], out=q[e, r0:r1, 0])
+
+    for_each_member(member, num, parallel)
     return (acts if keep else []), q
 
 
 class ChunkedReluEnsembleMLP(torch.autograd.Function):
-    """Forward/backward of the ReLU ensemble MLP, member by member and chunk by chunk (the "mm" path)."""
+    """Forward/backward of the ReLU ensemble MLP, member by member and chunk by chunk ("mm" and "mm_par")."""
 
     @staticmethod
-    def forward(ctx, obs, actions, ws, want_features, chunk_rows, *params):  # type: ignore[override]
-        acts, q = chunked_forward(obs, actions, params, ws, "grad_", True, chunk_rows)
-        ctx.chunk_rows = chunk_rows
+    def forward(ctx, obs, actions, ws, want_features, chunk_rows, parallel, *params):  # type: ignore[override]
+        acts, q = chunked_forward(obs, actions, params, ws, "grad_", True, chunk_rows, parallel)
+        ctx.chunk_rows, ctx.parallel = chunk_rows, parallel
         return ws.keep(ctx, acts, q, want_features, obs, actions, *params)
 
     @staticmethod
@@ -301,15 +356,17 @@ class ChunkedReluEnsembleMLP(torch.autograd.Function):
         a2d = actions.reshape(m, act_dim)
         chunks = _chunks(batch, n, ctx.chunk_rows)
         width = max(r1 - r0 for _, _, r0, r1 in chunks)
-        scratch = [ws.get(f"gc{i}", (width, w.shape[-1]), obs) for i, w in enumerate(weights[:-1])]
-        g_states = ws.get("g_states", (batch, weights[0].shape[-1]), obs)
-        want_params = ctx.needs_input_grad[5]
+        scratch = [[ws.get(f"gc{e}_{i}", (width, w.shape[-1]), obs) for i, w in enumerate(weights[:-1])]
+                   for e in range(num)]
+        g_states = [ws.get(f"g_states{e}", (batch, weights[0].shape[-1]), obs) for e in range(num)]
+        want_params = ctx.needs_input_grad[6]
         grads = [torch.empty_like(p) for p in params] if want_params else [None] * len(params)
-        grad_obs = torch.zeros_like(obs) if ctx.needs_input_grad[0] else None
-        grad_a = torch.zeros(m, act_dim, dtype=obs.dtype, device=obs.device) if ctx.needs_input_grad[1] else None
+        grad_obs = torch.zeros((num, *obs.shape), dtype=obs.dtype) if ctx.needs_input_grad[0] else None
+        grad_a = torch.zeros(num, m, act_dim, dtype=obs.dtype) if ctx.needs_input_grad[1] else None
         grad_q = grad_q.contiguous()
-        for e in range(num):
-            gq = grad_q[e, :, 0]
+
+        def member(e: int) -> None:
+            gq, g_st = grad_q[e, :, 0], g_states[e]
             w_state, w_act = weights[0][e, :obs_dim], weights[0][e, obs_dim:]
             if want_params:
                 grads[-1][e].copy_(gq.sum())
@@ -317,7 +374,7 @@ class ChunkedReluEnsembleMLP(torch.autograd.Function):
                 if want_params:  # head weight gradient on the chunk while its activations are in cache
                     torch.addmv(grads[-2][e, :, 0], acts[-1][e, r0:r1].t(), gq[r0:r1], beta=float(c > 0),
                                 out=grads[-2][e, :, 0])
-                g = torch.outer(gq[r0:r1], weights[-1][e, :, 0], out=scratch[-1][: r1 - r0])
+                g = torch.outer(gq[r0:r1], weights[-1][e, :, 0], out=scratch[e][-1][: r1 - r0])
                 if grad_features is not None:
                     g.add_(grad_features[e, r0:r1])
                 torch.ops.aten.threshold_backward.grad_input(g, acts[-1][e, r0:r1], 0, grad_input=g)
@@ -330,7 +387,7 @@ class ChunkedReluEnsembleMLP(torch.autograd.Function):
                         else:
                             grads[2 * i][e].addmm_(h_in.t(), g)
                             grads[2 * i + 1][e].add_(g.sum(0, keepdim=True))
-                    g_in = torch.mm(g, weights[i][e].t(), out=scratch[i - 1][: r1 - r0])
+                    g_in = torch.mm(g, weights[i][e].t(), out=scratch[e][i - 1][: r1 - r0])
                     g = torch.ops.aten.threshold_backward.grad_input(g_in, h_in, 0, grad_input=g_in)
                 if want_params:
                     if c == 0:
@@ -338,15 +395,18 @@ class ChunkedReluEnsembleMLP(torch.autograd.Function):
                     else:
                         grads[0][e, obs_dim:].addmm_(a2d[r0:r1].t(), g)
                 if n == 1:
-                    g_states[s0:s1].copy_(g)
+                    g_st[s0:s1].copy_(g)
                 else:
-                    torch.sum(g.view(s1 - s0, n, -1), 1, out=g_states[s0:s1])
+                    torch.sum(g.view(s1 - s0, n, -1), 1, out=g_st[s0:s1])
                 if grad_a is not None:
-                    grad_a[r0:r1].addmm_(g, w_act.t())
+                    torch.mm(g, w_act.t(), out=grad_a[e, r0:r1])
             if want_params:
-                torch.mm(obs.t(), g_states, out=grads[0][e, :obs_dim])
-                torch.sum(g_states, 0, keepdim=True, out=grads[1][e])
+                torch.mm(obs.t(), g_st, out=grads[0][e, :obs_dim])
+                torch.sum(g_st, 0, keepdim=True, out=grads[1][e])
             if grad_obs is not None:
-                grad_obs.addmm_(g_states, w_state.t())
-        grad_actions = grad_a.view(batch, n, act_dim) if grad_a is not None else None
-        return (grad_obs, grad_actions, None, None, None, *grads)
+                torch.mm(g_st, w_state.t(), out=grad_obs[e])
+
+        for_each_member(member, num, ctx.parallel)
+        grad_obs = grad_obs.sum(0) if grad_obs is not None else None
+        grad_actions = grad_a.sum(0).view(batch, n, act_dim) if grad_a is not None else None
+        return (grad_obs, grad_actions, None, None, None, None, *grads)

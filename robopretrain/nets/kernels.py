@@ -12,12 +12,12 @@ about a second for the Cal-QL critic at batch 256; passes below :data:`PROBE_MIN
 
 Paths (every one computes the same function; results agree to fp32 rounding, see ``tests/test_kernels.py``):
 
-* critic (:class:`robopretrain.nets.critic.EnsembleCritic`, ReLU without LayerNorm): ``"mm"``, ``"bmm"`` or
-  ``"onednn"`` (:mod:`robopretrain.nets.ensemble_kernels`);
+* critic (:class:`robopretrain.nets.critic.EnsembleCritic`, ReLU without LayerNorm): ``"mm"``, ``"mm_par"``
+  (with 2+ threads: members on parallel threads), ``"bmm"`` or ``"onednn"`` (:mod:`robopretrain.nets.ensemble_kernels`);
 * MLP layers (:class:`robopretrain.nets.mlp.Linear`): ``"aten"`` (``F.linear``, MKL on x86) or ``"onednn"``.
 
-``ROBOPRETRAIN_KERNEL`` = ``mm`` | ``bmm`` | ``onednn`` | ``aten`` | ``auto`` (default) forces a path
-(``mm``/``bmm`` force the critic and leave the MLP layers on ``aten``; ``onednn`` forces both); the older
+``ROBOPRETRAIN_KERNEL`` = ``mm`` | ``mm_par`` | ``bmm`` | ``onednn`` | ``aten`` | ``auto`` (default) forces a
+path (``mm``/``mm_par``/``bmm`` force the critic and leave the MLP layers on ``aten``; ``onednn`` forces both); the older
 ``ROBOPRETRAIN_ONEDNN=0`` removes oneDNN from the candidates.
 """
 
@@ -39,7 +39,7 @@ from robopretrain.nets.mlp import ONEDNN_AVAILABLE, DenseFn, onednn_allowed
 
 ENV_KERNEL = "ROBOPRETRAIN_KERNEL"
 ENV_CACHE_DIR = "ROBOPRETRAIN_CACHE_DIR"
-CRITIC_PATHS = ("mm", "bmm", "onednn")
+CRITIC_PATHS = ("mm", "mm_par", "bmm", "onednn")
 LINEAR_PATHS = ("aten", "onednn")
 PROBE_MIN_FLOPS = 2e7  # smaller passes are overhead-bound on any path: "mm" / "aten" without probing
 PROBE_ROUNDS = 4
@@ -162,7 +162,8 @@ def critic_kernel(critic: torch.nn.Module, rows: int, grad: bool) -> str:
     bucket = _rows_bucket(rows)
     key = (f"critic E{critic.num_critics} in {critic.obs_dim}+{critic.act_dim} "
            f"hidden {'x'.join(map(str, sizes[1:-1]))} rows<={bucket} {'fwd+bwd' if grad else 'fwd'}")
-    paths = [p for p in CRITIC_PATHS if p != "onednn" or onednn_allowed()]
+    paths = [p for p in CRITIC_PATHS
+             if (p != "onednn" or onednn_allowed()) and (p != "mm_par" or torch.get_num_threads() > 1)]
     return choose(key, paths, lambda: {p: _critic_probe(critic, bucket, grad, p) for p in paths})
 
 
@@ -185,12 +186,13 @@ def _critic_probe(critic: torch.nn.Module, rows: int, grad: bool, path: str) -> 
                 with torch.no_grad():
                     x = ek.state_action_input(obs, acts)
                     [ek.dnn_member_forward(x, params, e) for e in range(critic.num_critics)]
-        elif path == "mm":
+        elif path in ("mm", "mm_par"):
+            par = path == "mm_par"
             if grad:
-                ek.ChunkedReluEnsembleMLP.apply(obs, acts, ws, False, ek.CHUNK_ROWS, *params).sum().backward()
+                ek.ChunkedReluEnsembleMLP.apply(obs, acts, ws, False, ek.CHUNK_ROWS, par, *params).sum().backward()
             else:
                 with torch.no_grad():
-                    ek.chunked_forward(obs, acts, params, ws, "nograd_", False)
+                    ek.chunked_forward(obs, acts, params, ws, "nograd_", False, ek.CHUNK_ROWS, par)
         elif grad:
             ek.ReluEnsembleMLP.apply(obs, acts, ws, False, *params).sum().backward()
         else:
