@@ -44,7 +44,14 @@ from robopretrain.nets.ensemble_kernels import (
     state_action_input,
 )
 from robopretrain.nets.kernels import critic_kernel
-from robopretrain.nets.mlp import FINAL_GAIN, HIDDEN_GAIN, init_linear_, make_activation, retain_freed_memory_once, use_onednn
+from robopretrain.nets.mlp import (
+    FINAL_GAIN,
+    HIDDEN_GAIN,
+    init_linear_,
+    make_activation,
+    retain_freed_memory_once,
+    use_onednn,
+)
 
 
 class VectorizedLinear(nn.Module):

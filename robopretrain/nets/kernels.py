@@ -17,8 +17,8 @@ Paths (every one computes the same function; results agree to fp32 rounding, see
 * MLP layers (:class:`robopretrain.nets.mlp.Linear`): ``"aten"`` (``F.linear``, MKL on x86) or ``"onednn"``.
 
 ``ROBOPRETRAIN_KERNEL`` = ``mm`` | ``mm_par`` | ``bmm`` | ``onednn`` | ``aten`` | ``auto`` (default) forces a
-path (``mm``/``mm_par``/``bmm`` force the critic and leave the MLP layers on ``aten``; ``onednn`` forces both); the older
-``ROBOPRETRAIN_ONEDNN=0`` removes oneDNN from the candidates.
+path (``mm``/``mm_par``/``bmm`` force the critic and leave the MLP layers on ``aten``; ``onednn`` forces both);
+the older ``ROBOPRETRAIN_ONEDNN=0`` removes oneDNN from the candidates.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from robopretrain.nets import ensemble_kernels as ek
-from robopretrain.nets.mlp import ONEDNN_AVAILABLE, DenseFn, onednn_allowed
+from robopretrain.nets.mlp import DenseFn, onednn_allowed
 
 ENV_KERNEL = "ROBOPRETRAIN_KERNEL"
 ENV_CACHE_DIR = "ROBOPRETRAIN_CACHE_DIR"
@@ -113,7 +113,9 @@ def time_candidates(candidates: dict[str, Callable[[], object]], rounds: int = P
     return best
 
 
-def choose(key: str, paths: list[str] | tuple[str, ...], make_candidates: Callable[[], dict[str, Callable[[], object]]]) -> str:
+def choose(
+    key: str, paths: list[str] | tuple[str, ...], make_candidates: Callable[[], dict[str, Callable[[], object]]]
+) -> str:
     """The fastest of ``paths`` for ``key`` on this machine: from memory, the cache file, or a probe.
 
     ``make_candidates`` builds ``{path: one representative call}``; it is called only when a probe runs.
@@ -235,7 +237,6 @@ def _linear_probes(in_features: int, out_features: int, rows: int) -> dict[str, 
 __all__ = [
     "CRITIC_PATHS",
     "LINEAR_PATHS",
-    "ONEDNN_AVAILABLE",
     "cache_path",
     "choices_made",
     "choose",
