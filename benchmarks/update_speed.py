@@ -153,15 +153,15 @@ class NaiveCalQL:
 # --------------------------------------------------------------------------- timing
 
 
-def make_batch(device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(device: torch.device, seed: int = 0, batch_size: int = BATCH) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     batch = {
-        "observations": torch.randn(BATCH, OBS_DIM, generator=g),
-        "actions": torch.rand(BATCH, ACT_DIM, generator=g) * 2 - 1,
-        "rewards": (torch.rand(BATCH, generator=g) < 0.1).float() * 10 - 5,
-        "next_observations": torch.randn(BATCH, OBS_DIM, generator=g),
-        "dones": (torch.rand(BATCH, generator=g) < 0.05).float(),
-        "mc_returns": torch.randn(BATCH, generator=g) * 50,
+        "observations": torch.randn(batch_size, OBS_DIM, generator=g),
+        "actions": torch.rand(batch_size, ACT_DIM, generator=g) * 2 - 1,
+        "rewards": (torch.rand(batch_size, generator=g) < 0.1).float() * 10 - 5,
+        "next_observations": torch.randn(batch_size, OBS_DIM, generator=g),
+        "dones": (torch.rand(batch_size, generator=g) < 0.05).float(),
+        "mc_returns": torch.randn(batch_size, generator=g) * 50,
     }
     return {k: v.to(device) for k, v in batch.items()}
 
