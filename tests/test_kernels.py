@@ -26,6 +26,7 @@ def _isolated_choices(tmp_path, monkeypatch):
     monkeypatch.setenv(kernels.ENV_CACHE_DIR, str(tmp_path / "cache"))
     monkeypatch.delenv(kernels.ENV_KERNEL, raising=False)
     monkeypatch.setattr(kernels, "_choices", {})
+    monkeypatch.setattr(kernels, "_linear_memo", {})
     monkeypatch.setattr(kernels, "_probe_log", {})
 
 

@@ -3,12 +3,14 @@
 The fastest way to issue the same fp32 products differs between CPUs and thread counts (on an AMD EPYC
 oneDNN's inner products ran 2x PyTorch's default MKL ones, because MKL's sgemm skips AVX-512 there; on an Intel
 Xeon the same oneDNN path was slower than MKL). So the choice is never made from the vendor's name: the first
-time a product shape is used, every candidate path runs a few interleaved timed passes on random data of that
-shape (a private random generator, so training's random stream is untouched), the fastest (minimum over the
-passes, which discards passes slowed by other processes) is used, and the result is cached in
+time a product shape is used, every candidate path runs interleaved timed passes on random data of that shape (at
+least 4 rounds, up to 50 for cheap passes within about half a second; a private random generator, so training's
+random stream is untouched), the fastest (minimum over the passes, which discards passes slowed by other
+processes) is used, and the result is cached in
 ``~/.cache/robopretrain/kernels.json`` (``ROBOPRETRAIN_CACHE_DIR`` moves it) under the key
 ``"<CPU model> | torch <version> | <n> threads"``, so later runs on the machine skip the probe. A probe costs
-about a second for the Cal-QL critic at batch 256; passes below :data:`PROBE_MIN_FLOPS` are not probed.
+0.5-2 s per pass shape (a handful per agent); passes below :data:`PROBE_MIN_FLOPS` are not probed. The choice
+costs one dict lookup per call after that.
 
 Paths (every one computes the same function; results agree to fp32 rounding, see ``tests/test_kernels.py``):
 
@@ -23,6 +25,7 @@ the older ``ROBOPRETRAIN_ONEDNN=0`` removes oneDNN from the candidates.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -43,11 +46,14 @@ CRITIC_PATHS = ("mm", "mm_par", "bmm", "onednn")
 LINEAR_PATHS = ("aten", "onednn")
 PROBE_MIN_FLOPS = 2e7  # smaller passes are overhead-bound on any path: "mm" / "aten" without probing
 PROBE_ROUNDS = 4
+PROBE_BUDGET_S = 0.5
 
 _choices: dict[tuple[str, str], str] = {}
+_linear_memo: dict[tuple[int, int, int, int, bool], str] = {}  # per call site shape: no string building per call
 _probe_log: dict[tuple[str, str], dict] = {}
 
 
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
     try:
@@ -100,16 +106,24 @@ def _write_cache(machine: str, key: str, entry: dict) -> None:
         pass  # a read-only home only costs a probe per process
 
 
-def time_candidates(candidates: dict[str, Callable[[], object]], rounds: int = PROBE_ROUNDS) -> dict[str, float]:
-    """Milliseconds per call of each candidate: one warm-up call, then ``rounds`` interleaved calls, minimum."""
+def time_candidates(
+    candidates: dict[str, Callable[[], object]], rounds: int = PROBE_ROUNDS, budget_s: float = PROBE_BUDGET_S
+) -> dict[str, float]:
+    """Milliseconds per call of each candidate: one warm-up call each, then interleaved timed calls, minimum.
+
+    At least ``rounds`` rounds, more for cheap candidates (until about ``budget_s`` seconds are spent, at most 50
+    rounds), so that the minimum of a small pass is not one lucky or unlucky sample on a loaded machine.
+    """
     best = {name: math.inf for name in candidates}
+    start = time.perf_counter()
     for fn in candidates.values():
         fn()
-    for _ in range(rounds):
+    per_round = max(time.perf_counter() - start, 1e-6)
+    for _ in range(max(rounds, min(50, int(budget_s / per_round)))):
         for name, fn in candidates.items():
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             fn()
-            best[name] = min(best[name], 1000.0 * (time.perf_counter() - start))
+            best[name] = min(best[name], 1000.0 * (time.perf_counter() - t0))
     return best
 
 
@@ -157,6 +171,15 @@ def critic_kernel(critic: torch.nn.Module, rows: int, grad: bool) -> str:
         return forced
     if forced is not None:  # "aten": the MLP layers only
         return "mm"
+    memo = critic.__dict__.setdefault("_kernel_memo", {})  # per critic: the per-call cost is one dict lookup
+    memo_key = (rows, grad, torch.get_num_threads(), onednn_allowed())
+    choice = memo.get(memo_key)
+    if choice is None:
+        choice = memo[memo_key] = _critic_choice(critic, rows, grad)
+    return choice
+
+
+def _critic_choice(critic: torch.nn.Module, rows: int, grad: bool) -> str:
     sizes = [critic.obs_dim + critic.act_dim, *[layer.out_features for layer in critic.hidden], 1]
     flops = 2 * critic.num_critics * rows * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     if flops < PROBE_MIN_FLOPS:
@@ -213,9 +236,14 @@ def linear_kernel(in_features: int, out_features: int, rows: int) -> str:
         return "onednn" if forced == "onednn" and onednn_allowed() else "aten"
     if not onednn_allowed() or 6 * rows * in_features * out_features < PROBE_MIN_FLOPS:
         return "aten"
-    bucket = _rows_bucket(rows)
-    key = f"linear {in_features}->{out_features} rows<={bucket} fwd+bwd"
-    return choose(key, LINEAR_PATHS, lambda: _linear_probes(in_features, out_features, bucket))
+    memo_key = (in_features, out_features, rows, torch.get_num_threads(), True)
+    choice = _linear_memo.get(memo_key)
+    if choice is None:
+        bucket = _rows_bucket(rows)
+        key = f"linear {in_features}->{out_features} rows<={bucket} fwd+bwd"
+        choice = choose(key, LINEAR_PATHS, lambda: _linear_probes(in_features, out_features, bucket))
+        _linear_memo[memo_key] = choice
+    return choice
 
 
 def _linear_probes(in_features: int, out_features: int, rows: int) -> dict[str, Callable[[], None]]:
