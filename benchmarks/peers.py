@@ -583,6 +583,7 @@ def main(argv: list[str] | None = None) -> None:
             block.update(algo=algo, threads=threads, load_average_1min_before_after=[round(load, 2),
                                                                                     round(os.getloadavg()[0], 2)])
             report["runs"][f"{algo}_{threads}t"] = block
+            _write(report, args.out)
     if args.contention:
         for threads in args.contention_threads:
             chosen = {k: v for k, v in variants.items() if k in ("robopretrain", "corl")}
@@ -597,6 +598,15 @@ def main(argv: list[str] | None = None) -> None:
             block.update(algo="calql", threads=threads, contention="one CPU-bound process (busy Python loop) beside",
                          load_average_1min_before_after=[round(load, 2), round(os.getloadavg()[0], 2)])
             report["runs"][f"calql_{threads}t_contention"] = block
+            _write(report, args.out)
+    _write(report, args.out, final=True)
+    print(_table(report))
+    print(f"wrote {args.out}")
+
+
+def _write(report: dict, path: str, final: bool = False) -> None:
+    """Write the report (after every block, so an interrupted run keeps what it measured)."""
+    report["complete"] = final
     report["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     peak = report["peak_fp32_matmul_gflop_per_s"]
     for block in report["runs"].values():
@@ -604,13 +614,11 @@ def main(argv: list[str] | None = None) -> None:
         for res in block["results"].values():
             if p and res["achieved_gflop_per_s_median"]:
                 res["fraction_of_fp32_peak"] = round(res["achieved_gflop_per_s_median"] / p, 2)
-    out = Path(args.out)
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out)
-    print(_table(report))
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
