@@ -110,7 +110,7 @@ def _ours(algo: str, batch_size: int = BATCH, device: str = "cpu", mode: str = "
             core = agent = CQL(OBS_DIM, ACT_DIM, cfg, device=device)
         else:
             cfg = IQLConfig(actor_hidden=IQL_HIDDEN, critic_hidden=CRITIC, value_hidden=IQL_HIDDEN,
-                            batch_size=batch_size)
+                            batch_size=batch_size, expectile=0.7, beta=3.0)  # CORL's and d3rlpy's values
             core = agent = IQL(OBS_DIM, ACT_DIM, cfg, device=device)
         update = lambda: agent.update(batch, with_metrics=False)  # noqa: E731
     if mode != "eager":
@@ -517,6 +517,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contention", action="store_true",
                         help="also run the Cal-QL rounds (ours, CORL) beside a CPU-bound process")
     parser.add_argument("--contention-threads", type=int, nargs="+", default=[2])
+    parser.add_argument("--skip-quiet", action="store_true",
+                        help="only the --contention rounds, added to the JSON already at --out (if any)")
     parser.add_argument("--peak", action="store_true", help="measure the fp32 matmul peak per thread count")
     parser.add_argument("--budget-s", type=float, default=300.0, help="GPU check: stop starting processes after this")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers.json"))
@@ -572,7 +574,13 @@ def main(argv: list[str] | None = None) -> None:
             report["peak_fp32_matmul_gflop_per_s"][str(t)] = measure_peak(t)
         print(f"fp32 matmul peak: {report['peak_fp32_matmul_gflop_per_s']} GFLOP/s", flush=True)
     variants = _variants(args)
-    for threads in args.threads:
+    if args.skip_quiet and Path(args.out).is_file():
+        previous = json.loads(Path(args.out).read_text())
+        previous["runs"].update(report["runs"])
+        previous.setdefault("later_blocks", []).append({"cpu": report["cpu"], "load_average_1min_before":
+                                                        report["load_average_1min_before"]})
+        report = previous
+    for threads in [] if args.skip_quiet else args.threads:
         for algo in args.algos:
             if algo == "image":
                 chosen = {"robopretrain": {}}
