@@ -86,10 +86,8 @@ def _batch(batch_size: int = BATCH, device: str = "cpu"):
     """The batch of benchmarks/update_speed.py (same seed), ``batch_size`` rows on ``device``."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from update_speed import make_batch
-
-    return make_batch(torch.device(device), batch_size=batch_size)
+    update_speed = _import_file(ROOT / "benchmarks" / "update_speed.py", "update_speed_benchmark")
+    return update_speed.make_batch(torch.device(device), batch_size=batch_size)
 
 
 def _ours(algo: str, batch_size: int = BATCH, device: str = "cpu", mode: str = "eager"):

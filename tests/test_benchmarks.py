@@ -1,5 +1,6 @@
 """The speed benchmarks start: benchmarks/gpu_check.sh --dry-run on the CPU, and benchmarks/peers.py's helpers."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import peers  # noqa: E402
+# loaded from its file: putting benchmarks/ on sys.path would shadow the video_pretrain package with
+# benchmarks/video_pretrain.py for every later test
+_spec = importlib.util.spec_from_file_location("peers_benchmark", ROOT / "benchmarks" / "peers.py")
+peers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(peers)
 
 
 def test_gpu_check_dry_run_starts_on_cpu(tmp_path):
