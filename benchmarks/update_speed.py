@@ -10,10 +10,11 @@ implementations compute the same losses; the ratio of their updates/s is the spe
 Where robopretrain's update saves time (same math; tests/test_cql.py checks it against an unfused
 per-critic reference): the actor runs once on ``[s; s']`` (B + B rows, not B * N repeated states), the two
 critics run as one pass over all 1 + 3N action sets, one backward and one fused Adam step cover every
-parameter group, no ``.item()`` in the hot path, and on CPU every critic/actor product runs on oneDNN
-(robopretrain.nets.mlp): PyTorch's default fp32 matmul here is MKL, whose sgemm does not use AVX-512 on this
-AMD CPU, while oneDNN does. The variant "robopretrain (BLAS products)" turns oneDNN off, so the JSON
-separates what the restructuring gives from what the kernel choice gives.
+parameter group, no ``.item()`` in the hot path, and on CPU the critic and MLP products run on the kernel path
+measured fastest on this machine (robopretrain.nets.kernels: "mm", "mm_par", "bmm" or "onednn" for the critic, "aten" or
+"onednn" for the MLP layers). The variants "robopretrain [<path>]" force each path
+(``ROBOPRETRAIN_KERNEL``), so the JSON separates what the restructuring gives from what the kernel choice gives.
+For the comparison with CORL and d3rlpy see benchmarks/peers.py.
 
 Before timing, ``retain_freed_memory()`` (glibc ``mallopt``) makes freed memory stay in the process for
 reuse instead of being page-faulted in anew each update; it is process-wide, so it applies to the naive
@@ -47,7 +48,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robopretrain.algos.cql import CQL, CQLConfig  # noqa: E402
-from robopretrain.nets.mlp import ONEDNN_AVAILABLE, onednn_disabled, retain_freed_memory  # noqa: E402
+from robopretrain.nets.kernels import ENV_KERNEL, machine_key  # noqa: E402
+from robopretrain.nets.mlp import ONEDNN_AVAILABLE, retain_freed_memory  # noqa: E402
 
 BATCH, OBS_DIM, ACT_DIM, N_ACTIONS = 256, 39, 4, 10
 ACTOR_HIDDEN, CRITIC_HIDDEN = (256, 256, 256), (256, 256)
@@ -151,15 +153,15 @@ class NaiveCalQL:
 # --------------------------------------------------------------------------- timing
 
 
-def make_batch(device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(device: torch.device, seed: int = 0, batch_size: int = BATCH) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     batch = {
-        "observations": torch.randn(BATCH, OBS_DIM, generator=g),
-        "actions": torch.rand(BATCH, ACT_DIM, generator=g) * 2 - 1,
-        "rewards": (torch.rand(BATCH, generator=g) < 0.1).float() * 10 - 5,
-        "next_observations": torch.randn(BATCH, OBS_DIM, generator=g),
-        "dones": (torch.rand(BATCH, generator=g) < 0.05).float(),
-        "mc_returns": torch.randn(BATCH, generator=g) * 50,
+        "observations": torch.randn(batch_size, OBS_DIM, generator=g),
+        "actions": torch.rand(batch_size, ACT_DIM, generator=g) * 2 - 1,
+        "rewards": (torch.rand(batch_size, generator=g) < 0.1).float() * 10 - 5,
+        "next_observations": torch.randn(batch_size, OBS_DIM, generator=g),
+        "dones": (torch.rand(batch_size, generator=g) < 0.05).float(),
+        "mc_returns": torch.randn(batch_size, generator=g) * 50,
     }
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -225,6 +227,23 @@ def _compile_variants(
     return agents
 
 
+def _forced_step(agent: CQL, batch: dict[str, torch.Tensor], path: str):
+    """An update of ``agent`` with ``ROBOPRETRAIN_KERNEL=path`` (the critic path; "onednn" also for the MLP layers)."""
+
+    def step() -> None:
+        previous = os.environ.get(ENV_KERNEL)
+        os.environ[ENV_KERNEL] = path
+        try:
+            agent.update(batch, with_metrics=False)
+        finally:
+            if previous is None:
+                del os.environ[ENV_KERNEL]
+            else:
+                os.environ[ENV_KERNEL] = previous
+
+    return step
+
+
 def run_device(device: torch.device, args: argparse.Namespace) -> dict:
     """Time every variant on ``device`` in interleaved rounds; returns the per-device report."""
     torch.manual_seed(0)
@@ -234,14 +253,9 @@ def run_device(device: torch.device, args: argparse.Namespace) -> dict:
         "naive": lambda: naive.update(batch),
         "robopretrain": lambda: agent.update(batch, with_metrics=False),
     }
-    if device.type == "cpu" and ONEDNN_AVAILABLE:
-        blas_agent = make_agent(device)
-
-        def blas_step() -> None:
-            with onednn_disabled():
-                blas_agent.update(batch, with_metrics=False)
-
-        steps["robopretrain (BLAS products)"] = blas_step
+    if device.type == "cpu":
+        for path in ["mm", "mm_par", "bmm", *(["onednn"] if ONEDNN_AVAILABLE else [])]:
+            steps[f"robopretrain [{path}]"] = _forced_step(make_agent(device), batch, path)
     if args.compile is None:
         modes = ["default", "reduce-overhead"] if device.type == "cuda" else []
     else:
@@ -303,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "onednn": ONEDNN_AVAILABLE,
+        "kernel_cache_key": machine_key(),
         "retain_freed_memory": retained,
         "iters_per_round": args.iters,
         "rounds": args.rounds,

@@ -108,6 +108,7 @@ class IQL:
             ]
         )
         self.num_updates = 0
+        self._loss_fn = self.compute_losses
 
     def compute_losses(
         self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True
@@ -141,13 +142,17 @@ class IQL:
         return losses, metrics
 
     def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
-        losses, metrics = self.compute_losses(batch, with_metrics)
+        losses, metrics = self._loss_fn(batch, with_metrics)
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         self.optimizer.step()
         soft_update_(self.target_critic, self.critic, self.cfg.tau)
         self.num_updates += 1
         return metrics_to_floats(metrics)
+
+    def compile(self, **kwargs: Any) -> None:
+        """Use ``torch.compile(**kwargs)`` for the loss computation (same math), as :meth:`CQL.compile` does."""
+        self._loss_fn = torch.compile(self.compute_losses, **kwargs)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:

@@ -10,7 +10,8 @@ JaxCQL's non-orthogonal choice.
 Layer order of one hidden block: Linear -> [LayerNorm] -> activation -> [Dropout].
 
 The layers are :class:`Linear` (an ``nn.Linear`` with the same parameters and state dict) whose CPU fp32
-products run on oneDNN where available -- see the section "oneDNN dense products on CPU" below.
+products run on the path measured fastest on this machine (``F.linear`` or oneDNN) -- see the section "oneDNN
+dense products on CPU" below and :mod:`robopretrain.nets.kernels`.
 """
 
 from __future__ import annotations
@@ -109,11 +110,12 @@ def build_mlp(
 
 # --------------------------------------------------------------------------- oneDNN dense products on CPU
 #
-# On this project's CPU (AMD EPYC with AVX-512) PyTorch's fp32 matmul goes to MKL, whose sgemm does not use
-# AVX-512 on AMD processors; oneDNN's inner-product kernel (``torch.ops.mkldnn._linear_pointwise``, the op
-# Inductor emits for CPU linears) does, and runs the same fp32 products 2-2.5x faster for the critic's
-# (7936 x 256) x (256 x 256) layers. Same math in fp32 (only the summation order differs, as between any two
-# BLAS libraries). Used only where the probe below succeeds; ``ROBOPRETRAIN_ONEDNN=0`` turns it off.
+# oneDNN's inner-product kernel (``torch.ops.mkldnn._linear_pointwise``, the op Inductor emits for CPU linears)
+# is one of the candidate paths for the products on CPU: on an AMD EPYC with AVX-512, where PyTorch's fp32
+# matmul goes to MKL and MKL's sgemm skips AVX-512, it ran the critic's products 2-2.5x faster; on an Intel Xeon
+# it was slower than MKL. Which path runs is measured per machine (robopretrain.nets.kernels); same math in
+# fp32 (only the summation order differs, as between any two BLAS libraries). ``ROBOPRETRAIN_ONEDNN=0`` removes
+# it from the candidates.
 
 
 def _probe_onednn() -> bool:
@@ -143,9 +145,14 @@ def onednn_disabled() -> Iterator[None]:
         _onednn_enabled = previous
 
 
+def onednn_allowed() -> bool:
+    """oneDNN kernels are in this torch build, not turned off by the environment nor by :func:`onednn_disabled`."""
+    return ONEDNN_AVAILABLE and _onednn_enabled
+
+
 def use_onednn(x: torch.Tensor) -> bool:
-    """Whether the oneDNN dense kernels apply to ``x`` (fp32 on CPU, outside ``torch.compile``)."""
-    if not (ONEDNN_AVAILABLE and _onednn_enabled and x.device.type == "cpu" and x.dtype == torch.float32):
+    """Whether the oneDNN dense kernels can apply to ``x`` (fp32 on CPU, outside ``torch.compile``)."""
+    if not (onednn_allowed() and x.device.type == "cpu" and x.dtype == torch.float32):
         return False
     compiler = getattr(torch, "compiler", None)
     return not bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
@@ -154,12 +161,12 @@ def use_onednn(x: torch.Tensor) -> bool:
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """``x (M, in) @ weight.T + bias`` (``weight`` is ``(out, in)``), optionally followed by ReLU, via oneDNN.
 
-    No autograd: callers write their own backward (see :class:`_DenseFn` and the critic's fast path).
+    No autograd: callers write their own backward (see :class:`DenseFn` and the critic's fast path).
     """
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
 
 
-class _DenseFn(torch.autograd.Function):
+class DenseFn(torch.autograd.Function):
     """``F.linear`` with every product (forward, input and weight gradients) on oneDNN."""
 
     @staticmethod
@@ -179,13 +186,22 @@ class _DenseFn(torch.autograd.Function):
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state dict) whose CPU fp32 products run on oneDNN when available."""
+    """``nn.Linear`` (same parameters and state dict) whose CPU fp32 products run on the measured fastest path.
+
+    The path (``F.linear`` or oneDNN, :func:`robopretrain.nets.kernels.linear_kernel`) is chosen per layer shape
+    and row count on first use.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not use_onednn(x):
             return super().forward(x)
+        from robopretrain.nets.kernels import linear_kernel  # noqa: PLC0415 (kernels imports this module)
+
+        rows = x.numel() // self.in_features
+        if linear_kernel(self.in_features, self.out_features, rows) != "onednn":
+            return super().forward(x)
         lead = x.shape[:-1]
-        out = _DenseFn.apply(x.reshape(-1, self.in_features).contiguous(), self.weight, self.bias)
+        out = DenseFn.apply(x.reshape(-1, self.in_features).contiguous(), self.weight, self.bias)
         return out.view(*lead, self.out_features)
 
 
