@@ -47,7 +47,7 @@ def stage2(data: Path, out: Path, algo: str, steps: int, **obs: object):
     return load_agent(run(cfg))[0]
 
 
-@pytest.mark.parametrize("algo, steps", [("bc", 1500), ("iql", 2000)])
+@pytest.mark.parametrize("algo, steps", [("bc", 1500), ("iql", 1000)])
 def test_imitation_on_clean_reach_demos_reaches_the_experts_success(reach_demos: Path, tmp_path: Path, algo: str,
                                                                       steps: int) -> None:
     agent = stage2(reach_demos, tmp_path / algo, algo, steps)
