@@ -233,7 +233,7 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         load_encoder(tmp_path / "nowhere")
 
 
-# ----------------------------------------------------------------------------- small_conv options: keypoints, coordinates
+# ----------------------------------------------------------------------------- small_conv: keypoints, coordinates
 def test_spatial_softmax_puts_a_bright_spot_at_its_coordinates() -> None:
     h, w = 9, 13
     ssm = encoders.SpatialSoftmax(channels=3, height=h, width=w, num_keypoints=None)  # one keypoint per channel
@@ -270,8 +270,9 @@ def test_coord_channels_append_x_then_y() -> None:
     out = encoders.CoordChannels()(torch.zeros(2, 3, 4, 5))
     assert out.shape == (2, 5, 4, 5)
     assert torch.equal(out[:, :3], torch.zeros(2, 3, 4, 5))
-    assert torch.allclose(out[0, 3, 0], torch.linspace(-1, 1, 5)) and torch.allclose(out[1, 3, 3], torch.linspace(-1, 1, 5))
-    assert torch.allclose(out[0, 4, :, 0], torch.linspace(-1, 1, 4)) and torch.allclose(out[0, 4, :, 4], torch.linspace(-1, 1, 4))
+    xs, ys = torch.linspace(-1, 1, 5), torch.linspace(-1, 1, 4)
+    assert torch.allclose(out[0, 3, 0], xs) and torch.allclose(out[1, 3, 3], xs)
+    assert torch.allclose(out[0, 4, :, 0], ys) and torch.allclose(out[0, 4, :, 4], ys)
 
 
 @pytest.mark.parametrize("kwargs, out_dim", [
@@ -298,8 +299,9 @@ def test_small_conv_options_give_features_and_gradients(kwargs: dict, out_dim: i
 
 def test_small_conv_keypoint_maps_follow_strides() -> None:
     assert make_encoder("small_conv", 64, pool="spatial_softmax").net.pool.pos.shape == (8 * 8, 2)
-    assert make_encoder("small_conv", 64, pool="spatial_softmax", strides=[2, 2, 1, 1]).net.pool.pos.shape == (16 * 16, 2)
-    assert make_encoder("small_conv", 84, pool="spatial_softmax", strides=[2, 2, 1, 1]).net.pool.pos.shape == (21 * 21, 2)
+    for size, side in ((64, 16), (84, 21)):
+        enc = make_encoder("small_conv", size, pool="spatial_softmax", strides=[2, 2, 1, 1])
+        assert enc.net.pool.pos.shape == (side * side, 2)
     coord = make_encoder("small_conv", 32, coord_channels=True)
     assert coord.net.convs[0].in_channels == 5
 
@@ -322,7 +324,8 @@ def test_small_conv_option_errors() -> None:
 
 
 def test_spatial_softmax_encoder_round_trip(tmp_path: Path) -> None:
-    kwargs = {"pool": "spatial_softmax", "strides": [2, 2, 1, 1], "coord_channels": True, "learnable_temperature": True}
+    kwargs = {"pool": "spatial_softmax", "strides": [2, 2, 1, 1], "coord_channels": True,
+              "learnable_temperature": True}
     enc = make_encoder("small_conv", 32, **kwargs)
     with torch.no_grad():
         enc.net.pool.log_temperature.add_(0.3)

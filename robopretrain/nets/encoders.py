@@ -163,7 +163,7 @@ def coordinate_grid(height: int, width: int, device: torch.device | None = None,
 
 
 class CoordChannels(nn.Module):
-    """CoordConv (Liu et al. 2018): append two constant channels, x and y in [-1, 1], to (B, C, H, W) -> (B, C + 2, H, W).
+    """CoordConv (Liu et al. 2018): two constant channels, x and y in [-1, 1]: (B, C, H, W) -> (B, C + 2, H, W).
 
     The coordinates are those of the frame the encoder sees (after any random shift), so a conv can tell where
     in the picture a feature is, which translation-equivariant convolutions alone cannot.
@@ -179,9 +179,9 @@ class SpatialSoftmax(nn.Module):
     """Spatial soft-argmax keypoints (Levine et al. 2016; robomimic ``models/base_nets.py: SpatialSoftmax``).
 
     (B, C, H, W) -> a 1x1 conv to ``num_keypoints`` maps (none when ``num_keypoints`` is None: one keypoint per
-    channel) -> softmax over each map's H x W positions (divided by a temperature, learnable when ``learnable_temperature``)
-    -> the expected (x, y) position under each softmax, in [-1, 1] (x left to right, y top to bottom, pixel centres
-    at +-1 on the border). Output (B, 2 * K), ordered (x_1, y_1, x_2, y_2, ...). No global pooling: what the
+    channel) -> softmax over each map's H x W positions (divided by a temperature, learnable when
+    ``learnable_temperature``) -> the expected (x, y) position under each softmax, in [-1, 1] (x left to right,
+    y top to bottom, pixel centres at +-1 on the border). Output (B, 2 * K), ordered (x_1, y_1, x_2, y_2, ...). No global pooling: what the
     features keep is *where* things are.
     """
 
