@@ -159,14 +159,17 @@ def train_run(cmd: list[str], out: Path, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def updates_per_second(out: Path, first: int, last: int) -> float | None:
-    """Updates per second between two checkpoints (their meta.json times; excludes start-up and data loading)."""
-    a = out / "checkpoints" / f"ckpt_{first:08d}"
-    b = out / "checkpoints" / f"ckpt_{last:08d}"
-    if last <= first or not (a.is_dir() and b.is_dir()):
+def updates_per_second(out: Path, budgets: list[int]) -> float | None:
+    """Updates per second between the last two budgets' checkpoints (their file times): excludes start-up, data
+    loading and evaluation, and stays within one invocation when a run was extended by a later call."""
+    marks = sorted(budgets)[-2:]
+    if len(marks) < 2:
         return None
-    dt = max(p.stat().st_mtime for p in b.iterdir()) - max(p.stat().st_mtime for p in a.iterdir())
-    return (last - first) / dt if dt > 0 else None
+    dirs = [out / "checkpoints" / f"ckpt_{u:08d}" for u in marks]
+    if not all(d.is_dir() for d in dirs):
+        return None
+    t0, t1 = (max(p.stat().st_mtime for p in d.iterdir()) for d in dirs)
+    return (marks[1] - marks[0]) / (t1 - t0) if t1 > t0 else None
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -267,7 +270,7 @@ def one(args: argparse.Namespace, results: dict[str, Any], lock: threading.Lock,
             entry["train_seconds"] = seconds
             entry["load_average_1min_after"] = os.getloadavg()[0]
             entry["command"] = " ".join(cmd[1:])
-        ups = updates_per_second(out, min(args.updates), steps)
+        ups = updates_per_second(out, args.updates)
         if ups:
             entry["updates_per_s"] = ups
     for u, t, s in todo:

@@ -181,8 +181,8 @@ class SpatialSoftmax(nn.Module):
     (B, C, H, W) -> a 1x1 conv to ``num_keypoints`` maps (none when ``num_keypoints`` is None: one keypoint per
     channel) -> softmax over each map's H x W positions (divided by a temperature, learnable when
     ``learnable_temperature``) -> the expected (x, y) position under each softmax, in [-1, 1] (x left to right,
-    y top to bottom, pixel centres at +-1 on the border). Output (B, 2 * K), ordered (x_1, y_1, x_2, y_2, ...). No global pooling: what the
-    features keep is *where* things are.
+    y top to bottom, pixel centres at +-1 on the border). Output (B, 2 * K), ordered (x_1, y_1, x_2, y_2, ...).
+    No global pooling: what the features keep is *where* things are.
     """
 
     def __init__(self, channels: int, height: int, width: int, num_keypoints: int | None = 32,
