@@ -49,7 +49,7 @@ from robopretrain.nets.obs_encoder import ObsEncoder  # noqa: E402
 
 BATCH, IMAGE_SIZE, ACT_DIM, PROPRIO, N_ACTIONS = 256, 64, 4, 9, 10
 ACTOR_HIDDEN, CRITIC_HIDDEN = (256, 256, 256), (256, 256)
-CAMERA = "agentview_image"
+CAMERA, WRIST = "agentview_image", "eye_in_hand_image"
 
 
 # --------------------------------------------------------------------------- today's path, kept as the reference
@@ -110,8 +110,9 @@ def use_reference_path(agent: Agent, nograd_next: bool = False) -> Agent:
 # --------------------------------------------------------------------------- the update
 
 
-def make_spec(image_size: int = IMAGE_SIZE) -> ObsSpec:
-    return ObsSpec(low_dim=(("proprio", PROPRIO),), rgb=((CAMERA, (image_size, image_size, 3)),))
+def make_spec(image_size: int = IMAGE_SIZE, cameras: int = 1) -> ObsSpec:
+    return ObsSpec(low_dim=(("proprio", PROPRIO),),
+                   rgb=tuple((c, (image_size, image_size, 3)) for c in (CAMERA, WRIST)[:cameras]))
 
 
 def make_agent(precision: str = "float32", batch_size: int = BATCH, seed: int = 0, image_size: int = IMAGE_SIZE,
@@ -123,12 +124,14 @@ def make_agent(precision: str = "float32", batch_size: int = BATCH, seed: int = 
     return Agent(make_spec(image_size), ACT_DIM, "calql", cfg, settings, seed=seed)
 
 
-def make_batch(batch_size: int = BATCH, seed: int = 0, image_size: int = IMAGE_SIZE) -> dict[str, Any]:
+def make_batch(batch_size: int = BATCH, seed: int = 0, image_size: int = IMAGE_SIZE, cameras: int = 1) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
 
     def obs() -> dict[str, torch.Tensor]:
-        return {"proprio": torch.randn(batch_size, PROPRIO, generator=g),
-                CAMERA: torch.randint(0, 256, (batch_size, image_size, image_size, 3), generator=g, dtype=torch.uint8)}
+        out = {"proprio": torch.randn(batch_size, PROPRIO, generator=g)}
+        for cam in (CAMERA, WRIST)[:cameras]:
+            out[cam] = torch.randint(0, 256, (batch_size, image_size, image_size, 3), generator=g, dtype=torch.uint8)
+        return out
 
     return {OBS: obs(), NEXT_OBS: obs(),
             "actions": torch.rand(batch_size, ACT_DIM, generator=g) * 2 - 1,
@@ -141,19 +144,25 @@ def make_batch(batch_size: int = BATCH, seed: int = 0, image_size: int = IMAGE_S
 
 VARIANTS = ("reference", "reference+nograd", "agent", "agent-bf16")
 BC_VARIANTS = ("bc-reference", "bc-agent", "bc-agent-bf16")
+# the recipe's best variant so far (benchmarks/results/pixel_recipe.json, protocol A): spatial-softmax small_conv,
+# agentview + wrist camera through the one encoder
+BC_SSM_VARIANTS = ("bc-ssm-wrist-reference", "bc-ssm-wrist-agent")
+SSM = {"pool": "spatial_softmax", "strides": [2, 2, 1, 1], "num_keypoints": 32}
 BC_BATCH = 64
 
 
 def build_variant(name: str) -> tuple[Agent, dict[str, Any]]:
     """The agent and batch of one variant (the same seeds for all, so every variant starts from the same weights)."""
-    if name.startswith("bc-"):
+    if name.startswith("bc"):  # the stage-2 pixel recipe: BC with its config defaults, batch 64
+        wrist = name.startswith("bc-ssm-wrist")
         torch.manual_seed(0)
-        agent = Agent(make_spec(), ACT_DIM, "bc", {"batch_size": BC_BATCH},  # BC's defaults (the recipe's)
-                      EncoderSettings(mode="scratch", precision="bfloat16" if name.endswith("bf16") else "float32"),
-                      seed=0)
-        if name == "bc-reference":
+        kwargs = dict(SSM) if wrist else {}
+        agent = Agent(make_spec(cameras=2 if wrist else 1), ACT_DIM, "bc", {"batch_size": BC_BATCH},
+                      EncoderSettings(mode="scratch", kwargs=kwargs,
+                                      precision="bfloat16" if name.endswith("bf16") else "float32"), seed=0)
+        if name.endswith("-reference"):
             use_reference_path(agent)
-        return agent, make_batch(BC_BATCH)
+        return agent, make_batch(BC_BATCH, cameras=2 if wrist else 1)
     agent = make_agent("bfloat16" if name == "agent-bf16" else "float32")
     if name.startswith("reference"):
         use_reference_path(agent, nograd_next=name == "reference+nograd")
@@ -253,7 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "proprio": PROPRIO, "act_dim": ACT_DIM, "actor_hidden": ACTOR_HIDDEN,
                               "critic_hidden": CRITIC_HIDDEN, "encoder": "small_conv (scratch, separate actor and "
                               "critic encoders)", "augment_pad": 4},
-                    "bc": {"batch": BC_BATCH, "encoder": "small_conv (scratch)", "actor": "BC config defaults"}},
+                    "bc": {"batch": BC_BATCH, "encoder": "small_conv (scratch)", "actor": "BC config defaults"},
+                    "bc-ssm-wrist": {"batch": BC_BATCH, "encoder": f"small_conv {SSM} (scratch)",
+                                     "cameras": [CAMERA, WRIST]}},
         "blocks": [],
     }
     for threads in args.threads:
@@ -265,6 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"== BC image update (batch {BC_BATCH}), {threads} thread(s)", flush=True)
             block = run_block(BC_VARIANTS, threads, args.rounds, args.bc_updates, args.warmup)
             result["blocks"].append({"update": "bc", **block})
+            print_block(block)
+            print(f"== BC image update, spatial softmax + wrist camera (batch {BC_BATCH}), {threads} thread(s)", flush=True)
+            block = run_block(BC_SSM_VARIANTS, threads, args.rounds, args.bc_updates, args.warmup)
+            result["blocks"].append({"update": "bc-ssm-wrist", **block})
             print_block(block)
     torch.set_num_threads(args.threads[0])
     result["bf16_vs_float32_one_update"] = bf16_deviation()
