@@ -16,6 +16,9 @@ update) on the same batch:
                    channels-last float tensor into the convolutions (no copy); losses and gradients equal the
                    reference's up to float32 rounding (channels-last convolutions sum in another order).
 ``agent-bf16``     ``EncoderSettings(precision="bfloat16")``: the image encoders under bfloat16 autocast.
+``bound:features-only`` the same Cal-QL update on precomputed 256-d features + proprio (no image encoder; what
+                   ``frozen_cached`` trains on): the cost of everything but the encoders, so reference / bound is the
+                   most any encode path could gain.
 
 Rounds are interleaved (every variant once per round, in turn) so the other processes on a shared machine hit all
 alike; per round each variant's rate is divided by the reference's rate of the same round, and the medians over
@@ -142,7 +145,7 @@ def make_batch(batch_size: int = BATCH, seed: int = 0, image_size: int = IMAGE_S
 
 # --------------------------------------------------------------------------- timing
 
-VARIANTS = ("reference", "reference+nograd", "agent", "agent-bf16")
+VARIANTS = ("reference", "reference+nograd", "agent", "agent-bf16", "bound:features-only")
 BC_VARIANTS = ("bc-reference", "bc-agent", "bc-agent-bf16")
 # the recipe's best variant so far (benchmarks/results/pixel_recipe.json, protocol A): spatial-softmax small_conv,
 # agentview + wrist camera through the one encoder
@@ -163,6 +166,17 @@ def build_variant(name: str) -> tuple[Agent, dict[str, Any]]:
         if name.endswith("-reference"):
             use_reference_path(agent)
         return agent, make_batch(BC_BATCH, cameras=2 if wrist else 1)
+    if name == "bound:features-only":  # the same update on precomputed 256-d image features (frozen_cached's
+        # training input): what the update costs with an encoder that costs nothing, an upper bound for any encode path
+        torch.manual_seed(0)
+        spec = ObsSpec(low_dim=(("features", 256), ("proprio", PROPRIO)))
+        cfg = {"actor_hidden": ACTOR_HIDDEN, "critic_hidden": CRITIC_HIDDEN, "n_actions": N_ACTIONS, "use_calql": True,
+               "batch_size": BATCH}
+        agent = Agent(spec, ACT_DIM, "calql", cfg, seed=0)
+        batch = make_batch()
+        for key in (OBS, NEXT_OBS):
+            batch[key] = {"features": torch.randn(BATCH, 256).tanh(), "proprio": batch[key]["proprio"]}
+        return agent, batch
     agent = make_agent("bfloat16" if name == "agent-bf16" else "float32")
     if name.startswith("reference"):
         use_reference_path(agent, nograd_next=name == "reference+nograd")
@@ -192,11 +206,12 @@ def run_block(names: tuple[str, ...], threads: int, rounds: int, updates: int, w
     load_before = os.getloadavg()
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(rounds):
+    for i in range(rounds):
         for n in names:
             r, c = time_updates(*agents[n], updates)
             rates[n].append(r)
             cpu[n].append(c)
+        print(f"   round {i + 1}/{rounds}: " + ", ".join(f"{n} {rates[n][-1]:.2f}/s" for n in names), flush=True)
     ref = names[0]
     out = {"threads": threads, "rounds": rounds, "updates_per_round": updates,
            "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()), "variants": {}}
@@ -267,11 +282,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      "cameras": [CAMERA, WRIST]}},
         "blocks": [],
     }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads[0])
+    result["bf16_vs_float32_one_update"] = bf16_deviation()
     for threads in args.threads:
         print(f"== Cal-QL image update, {threads} thread(s)", flush=True)
         block = run_block(VARIANTS, threads, args.rounds, args.updates, args.warmup)
         result["blocks"].append({"update": "calql", **block})
         print_block(block)
+        out.write_text(json.dumps(result, indent=1))  # every finished block is kept
         if not args.skip_bc:
             print(f"== BC image update (batch {BC_BATCH}), {threads} thread(s)", flush=True)
             block = run_block(BC_VARIANTS, threads, args.rounds, args.bc_updates, args.warmup)
@@ -281,10 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             block = run_block(BC_SSM_VARIANTS, threads, args.rounds, args.bc_updates, args.warmup)
             result["blocks"].append({"update": "bc-ssm-wrist", **block})
             print_block(block)
-    torch.set_num_threads(args.threads[0])
-    result["bf16_vs_float32_one_update"] = bf16_deviation()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1))
+    result["complete"] = True
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
     return result

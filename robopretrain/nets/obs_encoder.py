@@ -17,6 +17,10 @@ cameras has no parameters, only those buffers.
 
 ``forward`` shapes: ``obs[key]`` is uint8 ``(B, H, W, 3)`` for rgb parts, float ``(B, d)`` for low-dim parts and an
 integer ``(B,)`` for ``task_id``; the output is float32 ``(B, out_dim)``. A missing part raises ``KeyError`` naming it.
+
+Speed (same function, :meth:`ObsEncoder.image_features`): the shift runs on the stored uint8 frames and the encoder
+gets a channels-last float tensor (no transposing copy; oneDNN's fastest convolution layout). ``precision``
+(``float32`` default, ``bfloat16``, ``float16``) runs the image encoder under autocast, which changes the numbers.
 """
 
 from __future__ import annotations
