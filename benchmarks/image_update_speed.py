@@ -240,7 +240,7 @@ def bf16_deviation() -> dict[str, float]:
 
 def cpu_description() -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "torch": torch.__version__,
-                            "logical_cpus": os.cpu_count(), "mkldnn_bf16": bool(torch.backends.mkldnn.is_available())}
+                            "logical_cpus": os.cpu_count(), "mkldnn_available": bool(torch.backends.mkldnn.is_available())}
     try:
         text = Path("/proc/cpuinfo").read_text()
         for line in text.splitlines():
