@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from _compare import assert_same as assert_same_tree
+from _stages import stage2_config
+from robopretrain.checkpoint import load_latest
 from robopretrain.data import dataset as dataset_mod
 from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
 from robopretrain.data.frames import index_dir
@@ -22,17 +25,17 @@ CAM = "agentview_image"
 EPISODES = [(5, True, None), (4, False, None), (6, True, 2), (3, False, None)]
 
 
-def write_file(path: Path) -> tuple[Path, dict[str, np.ndarray]]:
-    """Episodes of 6x6 random frames and a 2-D proprio; actions encode the transition index (row i: i / 100)."""
+def write_file(path: Path, size: int = 6) -> tuple[Path, dict[str, np.ndarray]]:
+    """Episodes of random frames (``size`` px) and a 2-D proprio; actions encode the transition index (i / 100)."""
     rng = np.random.default_rng(0)
     frames, nexts = [], []
     start = 0
     with RobomimicWriter(path, make_env_args("Toy", "0", {}), valid_fraction=0.0, chunk_frames=2) as w:
         for i, (n, terminated, brk) in enumerate(EPISODES):
-            seq = rng.integers(0, 256, size=(n + 1, 6, 6, 3), dtype=np.uint8)
+            seq = rng.integers(0, 256, size=(n + 1, size, size, 3), dtype=np.uint8)
             obs, nxt = seq[:-1], seq[1:].copy()
             if brk is not None:
-                nxt[brk] = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+                nxt[brk] = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
             prop = rng.normal(size=(n + 1, 2)).astype(np.float32)
             rewards = np.zeros(n, np.float32)
             rewards[-1] = float(terminated)
@@ -157,3 +160,24 @@ def test_auto_storage_follows_the_size_threshold_and_unknown_values_are_refused(
     assert type(load_offline_dataset(path, spec, CAL_QL, storage="auto")).__name__ == "DiskDataset"
     with pytest.raises(ValueError, match=r"data.storage='mmap'; expected one of \('auto', 'memory', 'disk'\)"):
         load_offline_dataset(path, spec, CAL_QL, storage="mmap")
+
+
+def test_stage2_on_disk_trains_as_in_memory_and_resumes_exactly(tmp_path):
+    """Stage 2 (CQL from 16 px images, encoder from scratch): storage=disk gives the weights of storage=memory, and
+    2 updates then the same command with 4 give the weights of 4 straight (the prefetched sampler's state)."""
+    from robopretrain.train import run
+
+    path, _ = write_file(tmp_path / "img.hdf5", size=16)
+    obs = {"low_dim": ["proprio"], "rgb": [CAM]}
+
+    def stage2(out: str, steps: int, storage: str):
+        return run(stage2_config(path, tmp_path / out, algo="cql", steps=steps, obs=obs,
+                                 data_cfg={"storage": storage, "workers": 2}, train={"checkpoint_every": 2}))
+
+    memory = load_latest(stage2("memory", 4, "memory").parent)
+    disk = load_latest(stage2("disk", 4, "disk").parent)
+    stage2("resumed", 2, "disk")
+    resumed = load_latest(stage2("resumed", 4, "disk").parent)
+    assert memory.step == disk.step == resumed.step == 4
+    assert_same_tree(disk.weights, memory.weights)
+    assert_same_tree(resumed.weights, disk.weights)
