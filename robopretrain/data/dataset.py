@@ -145,7 +145,11 @@ def load_offline_dataset(
     if storage == "auto":
         storage = choose_storage(info, demos, [key_map.get(k, k) for k in spec.rgb_keys])
     on_disk = storage == "disk" and bool(spec.rgb_keys)
-    trans = load_transitions(path, file_keys, demos=demos, images=not on_disk)
+    if on_disk:  # the index holds the non-image data too: no per-demo HDF5 reads
+        index = open_index(path, [key_map.get(k, k) for k in spec.rgb_keys], info=info)
+        trans = index.transitions(info, demos, [key_map.get(k, k) for k in spec.low_dim_keys])
+    else:
+        trans = load_transitions(path, file_keys, demos=demos)
     ids = np.full(len(trans), int(task_id), dtype=np.int64) if task_id is not None else trans.task_ids
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
@@ -177,7 +181,6 @@ def load_offline_dataset(
                            next_obs=trans.next_obs, sparse_negative_reward=r_neg)
         return OfflineDataset(parts(trans.obs), trans.actions, scaled, parts(trans.next_obs), dones, mc,
                               device=device, seed=seed)
-    index = open_index(path, [key_map.get(k, k) for k in spec.rgb_keys], info=info)
     sel = _selected_transitions(index.demo_starts(), info, trans)
     rows = {k: index.rows[key_map.get(k, k)][:, sel] for k in spec.rgb_keys}
     # frames differ exactly where their rows differ (equal frames share a row): the same episode boundaries as the

@@ -11,6 +11,10 @@ folder ``<file>.hdf5.frames/`` with, per camera key ``k`` of the file:
   of ``next_obs`` of every transition;
 * ``k.crc.npy``: uint32 ``(M,)`` CRC-32 of every frame row, checked on every read (a corrupt chunk is named, not
   trained on);
+* ``transitions/``: everything else of every demo, read and validated once with
+  :func:`~robopretrain.data.hdf5.load_transitions` (images validated, not read): ``actions.npy``, ``rewards.npy``,
+  ``dones.npy`` and ``obs.<key>.npy`` / ``next_obs.<key>.npy`` per low-dim key, so that a later run reads no
+  per-demo HDF5 data (10,000 demos cost minutes of HDF5 calls, a few arrays a second);
 * ``meta.json`` (written last: a folder without it is an interrupted build): the source file's size and modification
   time (a changed file is indexed again), the demos, their first transition and, per key, their first frame row.
 
@@ -35,12 +39,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from robopretrain.data.hdf5 import DatasetError, DatasetInfo, read_info
+from robopretrain.data.hdf5 import DatasetError, DatasetInfo, Transitions, load_transitions, read_info
 
 log = logging.getLogger(__name__)
 
 INDEX_SUFFIX = ".frames"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
 def index_dir(path: str | os.PathLike) -> Path:
@@ -70,6 +74,30 @@ class FrameIndex:
     def demo_starts(self) -> dict[str, int]:
         """Demo name -> its first transition in file order."""
         return {d: int(s) for d, s in zip(self.meta["demos"], self.meta["demo_starts"])}
+
+    def transitions(self, info: DatasetInfo, demos: Sequence[str], obs_keys: Sequence[str]) -> Transitions:
+        """The non-image data of ``demos`` (in this order) for low-dim ``obs_keys``, as
+        :func:`~robopretrain.data.hdf5.load_transitions` gives it with ``images=False``."""
+        folder = self.folder / "transitions"
+        starts = self.demo_starts()
+        chosen = [info.demo(d) for d in demos]
+        sel = np.concatenate([starts[d.name] + np.arange(d.num_samples) for d in chosen])
+
+        def load(name: str) -> np.ndarray:
+            try:
+                arr = np.load(folder / f"{name}.npy", mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{folder / (name + '.npy')}: cannot be read (truncated or corrupt?): {e}; "
+                                   f"delete {self.folder} to index again") from None
+            return np.ascontiguousarray(arr[sel])
+
+        return Transitions(
+            path=info.path, obs={k: load(f"obs.{k}") for k in obs_keys},
+            next_obs={k: load(f"next_obs.{k}") for k in obs_keys}, actions=load("actions"), rewards=load("rewards"),
+            dones=load("dones"),
+            episode_ids=np.repeat(np.arange(len(chosen)), [d.num_samples for d in chosen]).astype(np.int64),
+            task_ids=np.repeat([d.task_id for d in chosen], [d.num_samples for d in chosen]).astype(np.int64),
+            demo_names=list(demos), episode_tasks=[d.task for d in chosen], ep_meta=[d.ep_meta for d in chosen])
 
     def store(self, key: str) -> FrameStore:
         m = self.meta["keys"][key]
@@ -128,6 +156,13 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     meta: dict[str, Any] = {"version": INDEX_VERSION, "source": _source_stamp(source), "demos": demos,
                             "demo_starts": starts.tolist(), "num_transitions": n, "keys": {}}
     log.info("indexing the frames of %s (%d transitions, cameras %s) into %s", source, n, list(keys), folder)
+    trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False)
+    (tmp / "transitions").mkdir()
+    for name, arr in [("actions", trans.actions), ("rewards", trans.rewards), ("dones", trans.dones),
+                      *[(f"obs.{k}", v) for k, v in trans.obs.items()],
+                      *[(f"next_obs.{k}", v) for k, v in trans.next_obs.items()]]:
+        np.save(tmp / "transitions" / f"{name}.npy", arr)
+    del trans
     with h5py.File(source, "r") as f:
         for key in keys:
             meta["keys"][key] = _index_key(f, str(source), key, demos, starts, n, tmp)
