@@ -178,7 +178,8 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     path = args.workdir / f"synthetic_{args.transitions}.hdf5"
-    results: dict[str, Any] = {"output": str(args.output), "protocol": "benchmarks/protocols/data_scale.md", "transitions": args.transitions,
+    results: dict[str, Any] = {"output": str(args.output), "protocol": "benchmarks/protocols/data_scale.md",
+                               "transitions": args.transitions,
                                "episode_length": args.episode_length, "batch": args.batch,
                                "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     try:

@@ -148,7 +148,11 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     folder = index_dir(source)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise DatasetError(f"{source}: cannot write its frame index beside it ({e}); copy the file to a writable "
+                           "folder or set data.storage=memory") from None
     demos = [d.name for d in info.demos]
     lengths = [d.num_samples for d in info.demos]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
