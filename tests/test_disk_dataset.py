@@ -162,10 +162,10 @@ def test_auto_storage_follows_the_size_threshold_and_unknown_values_are_refused(
         load_offline_dataset(path, spec, CAL_QL, storage="mmap")
 
 
-def test_stage2_on_disk_resumes_exactly(tmp_path):
+def test_stage2_on_disk_resumes_exactly_and_stops_at_a_corrupt_frame(tmp_path):
     """Stage 2 (CQL from 16 px images, encoder from scratch) with storage=disk and prefetch threads: 2 updates then
     the same command with 4 give the weights of 4 straight (the checkpoint holds the sampler's state as of the
-    batches trained on, not of those read ahead)."""
+    batches trained on, not of those read ahead); corrupt frames stop the run with its checkpoints intact."""
     from robopretrain.train import run
 
     path, _ = write_file(tmp_path / "img.hdf5", size=16)
@@ -180,3 +180,10 @@ def test_stage2_on_disk_resumes_exactly(tmp_path):
     resumed = load_latest(stage2("resumed", 4).parent)
     assert straight.step == resumed.step == 4 and straight.meta["num_transitions"] == sum(e[0] for e in EPISODES)
     assert_same_tree(resumed.weights, straight.weights)
+    # every frame corrupt: extending the run stops with one line naming the file, demo and key; step 4 stays latest
+    frames = index_dir(path) / f"{CAM}.u8"
+    frames.write_bytes(bytes(b ^ 0xFF for b in frames.read_bytes()))
+    with pytest.raises(DatasetError) as err:
+        stage2("resumed", 6)
+    assert "\n" not in str(err.value) and f"{CAM}.u8: demo demo_" in str(err.value) and f"key {CAM}" in str(err.value)
+    assert load_latest(tmp_path / "resumed" / "checkpoints").step == 4
