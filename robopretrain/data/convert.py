@@ -55,8 +55,11 @@ def is_robomimic(path: str | os.PathLike) -> bool:
     p = Path(path)
     if not p.is_file() or not h5py.is_hdf5(p):
         return False
-    with h5py.File(p, "r") as f:
-        return isinstance(f.get("data"), h5py.Group)
+    try:
+        with h5py.File(p, "r") as f:
+            return isinstance(f.get("data"), h5py.Group)
+    except OSError:  # truncated or corrupt: not recognised here; the reader that opens it says why
+        return False
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -131,10 +134,18 @@ def cache_path(src: str | os.PathLike, fmt: str, *, actions: str = "auto",
 
 def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: str | os.PathLike | None = None,
                  actions: str = "auto") -> Path:
-    """A robomimic HDF5 path for ``src``: ``src`` itself when it is one, else its cached conversion (made now when
-    missing or stale, see the module docstring). Raises :class:`ConversionError`."""
+    """A robomimic HDF5 path for ``src``: ``src`` itself when it is one (or a file of no recognised format, which the
+    robomimic reader then refuses with its own message), else its cached conversion (made now when missing or
+    stale, see the module docstring). Raises :class:`ConversionError`."""
     src = Path(src).expanduser()
-    fmt = _check_format(fmt) or detect_format(src)
+    fmt = _check_format(fmt)
+    if fmt is None:
+        try:
+            fmt = detect_format(src)
+        except ConversionError:
+            if src.is_file():
+                return src  # unreadable or foreign: the robomimic reader names what is wrong with it
+            raise
     if fmt == "robomimic":
         return src
     if actions not in ACTION_MODES:

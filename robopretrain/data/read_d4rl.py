@@ -35,8 +35,11 @@ def is_d4rl(path: str | os.PathLike) -> bool:
     p = Path(path)
     if not p.is_file() or not h5py.is_hdf5(p):
         return False
-    with h5py.File(p, "r") as f:
-        return all(isinstance(f.get(k), h5py.Dataset) for k in ("observations", "actions")) and "data" not in f
+    try:
+        with h5py.File(p, "r") as f:
+            return all(isinstance(f.get(k), h5py.Dataset) for k in ("observations", "actions")) and "data" not in f
+    except OSError:  # truncated or corrupt
+        return False
 
 
 def read_d4rl(path: str | os.PathLike) -> Iterator[Episode]:
