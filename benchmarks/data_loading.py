@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +33,9 @@ from robopretrain.data.read_lerobot import decode_video_frames  # noqa: E402
 from robopretrain.data.video import read_frames  # noqa: E402
 
 CLIPS, FRAMES, SIZE, FPS, GOP = 8, 64, 128, 30, 32
+FRESH_PROCESS = ("each (reader, workers) configuration runs in a fresh Python process: DataLoader workers are forked, "
+                 "and a worker forked from a process that has already decoded with PyAV (FFmpeg's decoder threads "
+                 "running) crashed with a segmentation fault in the first attempt of this benchmark")
 LEROBOT_NOTE = ("lerobot not installed: `pip install --dry-run lerobot` (0.4.4) would replace torch 2.14 by 2.10, "
                 "numpy 2.4 by 2.2 and av by 15.1 in this environment, so it was not installed and its decoder not timed")
 
@@ -62,23 +66,28 @@ def write_mp4(path: Path, clips: list[np.ndarray]) -> None:
             c.mux(pkt)
 
 
-def make_data(root: Path) -> dict[str, list]:
-    """The three readers' items over the same 8 clips."""
+def make_data(root: Path) -> None:
+    """The 8 clips as mp4 files, JPEG folders and one LeRobot-style mp4 holding all of them, under ``root``."""
     clips = [clip_frames(i) for i in range(CLIPS)]
-    mp4s, folders = [], []
     for i, frames in enumerate(clips):
         write_mp4(root / f"clip_{i}.mp4", [frames])
-        mp4s.append(root / f"clip_{i}.mp4")
         folder = root / f"clip_{i}"
         folder.mkdir()
         for t, f in enumerate(frames):
             Image.fromarray(f).save(folder / f"{t:06d}.jpg", quality=90)
-        folders.append(folder)
-    joined = root / "lerobot_file-000.mp4"
-    write_mp4(joined, clips)
-    episodes = [(joined, (i * FRAMES + np.arange(FRAMES)) / FPS) for i in range(CLIPS)]
-    return {"mp4 (read_frames)": mp4s, "frame folder jpg (read_frames)": folders,
-            "lerobot-style mp4 episode (decode_video_frames)": episodes}
+    write_mp4(root / "lerobot_file-000.mp4", clips)
+
+
+READERS = ("mp4 (read_frames)", "frame folder jpg (read_frames)", "lerobot-style mp4 episode (decode_video_frames)")
+
+
+def items_of(root: Path, reader: str) -> list:
+    """The DataLoader items of ``reader`` over the data :func:`make_data` wrote."""
+    if reader == READERS[0]:
+        return [root / f"clip_{i}.mp4" for i in range(CLIPS)]
+    if reader == READERS[1]:
+        return [root / f"clip_{i}" for i in range(CLIPS)]
+    return [(root / "lerobot_file-000.mp4", (i * FRAMES + np.arange(FRAMES)) / FPS) for i in range(CLIPS)]
 
 
 class Clips(Dataset):
@@ -122,27 +131,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/data_loading.json")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
     ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--one", nargs=3, metavar=("DATA", "READER", "WORKERS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.one:  # one configuration, in a fresh process (see FRESH_PROCESS)
+        root, reader, workers = Path(args.one[0]), READERS[int(args.one[1])], int(args.one[2])
+        print(json.dumps(time_loader(items_of(root, reader), workers, args.passes)))
+        return 0
     report = {"protocol": "benchmarks/protocols/data_loading.md", "cpu_count": os.cpu_count(),
               "load_avg_1min_at_start": os.getloadavg()[0], "python": platform.python_version(),
               "torch": torch.__version__, "av": av.__version__,
               "data": {"clips": CLIPS, "frames_per_clip": FRAMES, "size": SIZE, "fps": FPS, "gop": GOP},
-              "results": {}}
-    if importlib.util.find_spec("lerobot") is None:
-        report["lerobot"] = LEROBOT_NOTE
-    else:
-        report["lerobot"] = "lerobot is importable but this script has no timed path for it yet"
+              "fresh_process": FRESH_PROCESS, "results": {}}
+    report["lerobot"] = LEROBOT_NOTE if importlib.util.find_spec("lerobot") is None else \
+        "lerobot is importable, but this script times only the toolkit's readers"
     with tempfile.TemporaryDirectory() as tmp:
-        readers = make_data(Path(tmp))
-        for name, items in readers.items():
+        make_data(Path(tmp))
+        for r, name in enumerate(READERS):
             for w in args.workers:
-                rates = time_loader(items, w, args.passes)
+                proc = subprocess.run([sys.executable, __file__, "--passes", str(args.passes), "--one", tmp, str(r),
+                                       str(w)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    report["results"].setdefault(name, {})[str(w)] = {"error": proc.stderr.strip().splitlines()[-1]}
+                    print(f"{name:48s} workers={w}: failed: {proc.stderr.strip().splitlines()[-1]}", flush=True)
+                    continue
+                rates = json.loads(proc.stdout.strip().splitlines()[-1])
                 med = statistics.median(rates)
                 report["results"].setdefault(name, {})[str(w)] = {"frames_per_s_median": round(med, 1),
-                                                                  "frames_per_s_passes": [round(r, 1) for r in rates]}
-                print(f"{name:48s} workers={w}: {med:8.1f} frames/s  (passes {', '.join(f'{r:.0f}' for r in rates)})",
+                                                                  "frames_per_s_passes": [round(x, 1) for x in rates]}
+                print(f"{name:48s} workers={w}: {med:8.1f} frames/s  (passes {', '.join(f'{x:.0f}' for x in rates)})",
                       flush=True)
+    report["load_avg_1min_at_end"] = os.getloadavg()[0]
     print(report["lerobot"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

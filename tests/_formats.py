@@ -69,7 +69,6 @@ def write_ogbench(path: Path, trajectories: int = 2, length: int = 5, masks: boo
 def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_id: str = "test/reach-v0") -> Path:
     """A Minari dataset with Dict observations (``observation`` 3-D, ``desired_goal`` 2-D) written by minari;
     returns the dataset folder ``root/<dataset_id>``."""
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
     import gymnasium as gym
     import minari
     from minari.data_collector import EpisodeBuffer
@@ -86,10 +85,19 @@ def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_i
                                      infos={"success": np.r_[np.zeros(n, bool), term]}))
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        minari.create_dataset_from_buffers(dataset_id, buffers, observation_space=space,
-                                           action_space=gym.spaces.Box(-1, 1, (2,), np.float32), data_format="hdf5")
+    before = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)  # where minari writes; restored for the other tests
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            minari.create_dataset_from_buffers(dataset_id, buffers, observation_space=space,
+                                               action_space=gym.spaces.Box(-1, 1, (2,), np.float32),
+                                               data_format="hdf5")
+    finally:
+        if before is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = before
     return root / dataset_id
 
 
@@ -103,13 +111,14 @@ def frame_level(i: int) -> int:
 
 
 def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int = 32, action_scale: float = 5.0,
-                  ) -> Path:
+                  camera: str = "video") -> Path:
     """A LeRobot v3 folder: ``observation.state`` (4), ``action`` (2, up to ``action_scale``: outside [-1, 1]),
     ``next.reward``, ``next.done`` (set on the last frame of episode e when ``done_last[e]``), ``next.success``,
     camera ``observation.images.top`` (``size`` px, flat grey :func:`frame_level` of its global frame index) in one
-    mp4 for all episodes, 2 tasks."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    mp4 for all episodes (``camera="image"``: PNG bytes in the parquet instead, LeRobot's ``image`` dtype), 2 tasks."""
+    import io
+
+    from PIL import Image
 
     n = sum(lengths)
     for d in ("meta/episodes/chunk-000", "data/chunk-000", f"videos/{LEROBOT_CAM}/chunk-000"):
@@ -123,17 +132,29 @@ def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int
                            "next.reward": float(g), "next.done": bool(done_last[e] and t == ln - 1),
                            "next.success": bool(done_last[e] and t == ln - 1), "timestamp": t / FPS,
                            "frame_index": t, "episode_index": e, "index": g, "task_index": e % 2})
+            if camera == "image":
+                png = io.BytesIO()
+                Image.fromarray(np.full((size, size, 3), frame_level(g), np.uint8)).save(png, format="PNG")
+                frames[-1][LEROBOT_CAM] = {"bytes": png.getvalue(), "path": None}
             g += 1
         episodes.append({"episode_index": e, "length": ln, "tasks": [f"task {e % 2}"], "data/chunk_index": 0,
                          "data/file_index": 0, "dataset_from_index": start, "dataset_to_index": g,
                          f"videos/{LEROBOT_CAM}/chunk_index": 0, f"videos/{LEROBOT_CAM}/file_index": 0,
                          f"videos/{LEROBOT_CAM}/from_timestamp": start / FPS,
                          f"videos/{LEROBOT_CAM}/to_timestamp": g / FPS})
-    pq.write_table(pa.Table.from_pylist(frames), root / "data/chunk-000/file-000.parquet")
-    pq.write_table(pa.Table.from_pylist(episodes), root / "meta/episodes/chunk-000/file-000.parquet")
-    pq.write_table(pa.Table.from_pylist([{"task_index": 0, "task": "task 0"}, {"task_index": 1, "task": "task 1"}]),
-                   root / "meta/tasks.parquet")
-    with av.open(str(root / f"videos/{LEROBOT_CAM}/chunk-000/file-000.mp4"), "w") as c:
+    if camera == "video":
+        write_video(root / f"videos/{LEROBOT_CAM}/chunk-000/file-000.mp4", n, size)
+    else:
+        for ep in episodes:
+            for k in [k for k in ep if k.startswith("videos/")]:
+                del ep[k]
+    _write_lerobot_meta(root, frames, episodes, lengths, size, camera)
+    return root
+
+
+def write_video(path: Path, n: int, size: int) -> None:
+    """``n`` flat grey frames (:func:`frame_level`) at ``FPS``, libx264."""
+    with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=FPS)
         s.width = s.height = size
         s.pix_fmt = "yuv420p"
@@ -143,9 +164,20 @@ def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int
                 c.mux(pkt)
         for pkt in s.encode():
             c.mux(pkt)
+
+
+def _write_lerobot_meta(root: Path, frames: list, episodes: list, lengths, size: int, camera: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = sum(lengths)
+    pq.write_table(pa.Table.from_pylist(frames), root / "data/chunk-000/file-000.parquet")
+    pq.write_table(pa.Table.from_pylist(episodes), root / "meta/episodes/chunk-000/file-000.parquet")
+    pq.write_table(pa.Table.from_pylist([{"task_index": 0, "task": "task 0"}, {"task_index": 1, "task": "task 1"}]),
+                   root / "meta/tasks.parquet")
     features = {"observation.state": {"dtype": "float32", "shape": [4], "names": None},
                 "action": {"dtype": "float32", "shape": [2], "names": None},
-                LEROBOT_CAM: {"dtype": "video", "shape": [size, size, 3], "names": ["height", "width", "channels"]},
+                LEROBOT_CAM: {"dtype": camera, "shape": [size, size, 3], "names": ["height", "width", "channels"]},
                 "next.reward": {"dtype": "float32", "shape": [1], "names": None},
                 "next.done": {"dtype": "bool", "shape": [1], "names": None},
                 "next.success": {"dtype": "bool", "shape": [1], "names": None},
@@ -159,4 +191,3 @@ def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int
             "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
             "features": features}
     (root / "meta/info.json").write_text(json.dumps(info, indent=2))
-    return root

@@ -129,6 +129,18 @@ def test_lerobot_video_frames_actions_and_tasks(tmp_path):
     assert "action_normalization" not in env_args(keep) and demos(keep)[1]["actions"].max() > 1
 
 
+def test_lerobot_image_features_and_other_versions(tmp_path):
+    src = F.write_lerobot(tmp_path / "lr", camera="image")
+    d = demos(convert(src, tmp_path / "l.hdf5"))
+    img = d[1]["obs"][F.LEROBOT_CAM]
+    assert img.dtype == np.uint8 and img.shape == (4, 32, 32, 3)
+    assert img[:, 0, 0, 0].tolist() == [F.frame_level(6 + t) for t in range(4)]  # PNG: exact
+    info = json.loads((src / "meta/info.json").read_text())
+    (src / "meta/info.json").write_text(json.dumps({**info, "codebase_version": "v2.1"}))
+    with pytest.raises(ConversionError, match="only LeRobot v3.x is read"):
+        convert(src, tmp_path / "v2.hdf5")
+
+
 def test_lerobot_file_is_read_by_robomimic(tmp_path):
     import robomimic.utils.obs_utils as ObsUtils
     from robomimic.utils.dataset import SequenceDataset
