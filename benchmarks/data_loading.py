@@ -36,8 +36,9 @@ CLIPS, FRAMES, SIZE, FPS, GOP = 8, 64, 128, 30, 32
 FRESH_PROCESS = ("each (reader, workers) configuration runs in a fresh Python process: DataLoader workers are forked, "
                  "and a worker forked from a process that has already decoded with PyAV (FFmpeg's decoder threads "
                  "running) crashed with a segmentation fault in the first attempt of this benchmark")
-LEROBOT_NOTE = ("lerobot not installed: `pip install --dry-run lerobot` (0.4.4) would replace torch 2.14 by 2.10, "
-                "numpy 2.4 by 2.2 and av by 15.1 in this environment, so it was not installed and its decoder not timed")
+LEROBOT_NOTE = ("lerobot not installed: `pip install --dry-run lerobot` (0.4.4) would replace torch 2.14 by "
+                "2.10, numpy 2.4 by 2.2 and av by 15.1 in this environment, so it was not installed and its "
+                "decoder not timed")
 
 
 def clip_frames(seed: int) -> np.ndarray:

@@ -279,6 +279,6 @@ def target_config(node: Any) -> Target:
 
 
 __all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "env_fits_or_log",
-           "eval_targets", "load_data",
-           "converted", "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
+           "eval_targets", "converted", "load_data",
+           "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
            "target_config", "targets_of_data"]

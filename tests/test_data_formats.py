@@ -28,7 +28,8 @@ def demos(path: Path) -> list[dict]:
     with h5py.File(path, "r") as f:
         for i in range(len(f["data"])):
             g = f[f"data/demo_{i}"]
-            out.append({"obs": {k: g["obs"][k][()] for k in g["obs"]}, "next": {k: g["next_obs"][k][()] for k in g["obs"]},
+            out.append({"obs": {k: g["obs"][k][()] for k in g["obs"]},
+                        "next": {k: g["next_obs"][k][()] for k in g["obs"]},
                         "actions": g["actions"][()], "rewards": g["rewards"][()], "dones": g["dones"][()],
                         "task": g.attrs["task"], "task_id": int(g.attrs["task_id"]),
                         "meta": json.loads(g.attrs["ep_meta"])})

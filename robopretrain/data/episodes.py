@@ -151,7 +151,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                     ) -> Path:
     """Write ``episodes`` to ``path`` in the robomimic HDF5 contract (module docstring); returns ``path``.
 
-    Written to ``<path>.tmp`` and renamed at the end, so an interrupted conversion leaves no half file.
+    Written to ``<path>.<pid>.tmp`` and renamed at the end, so an interrupted conversion leaves no half file.
     ``actions``: ``auto`` (rescale to [-1, 1] by the data's min/max when outside) or ``keep``.
     Raises :class:`ConversionError` when no episode of 2 or more steps remains, or shapes disagree.
     """
@@ -159,7 +159,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
         raise ConversionError(f"actions={actions!r}: expected one of {ACTION_MODES}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks converting at once do not collide
     tasks: dict[str, int] = {}
     total = skipped = written = 0
     low = high = None

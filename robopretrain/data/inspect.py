@@ -412,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m robopretrain.data.inspect",
                                 description="Summarize a robomimic HDF5 file or a video folder (manifest.csv) "
                                             "and write a contact-sheet PNG.")
-    p.add_argument("path", help="robomimic .hdf5 file, a video folder holding manifest.csv, or a LeRobot v3 / Minari "
-                                "folder, D4RL-style .hdf5 or OGBench .npz")
+    p.add_argument("path", help="robomimic .hdf5 file, a video folder holding manifest.csv, or a LeRobot v3 / "
+                                "Minari folder, D4RL-style .hdf5 or OGBench .npz")
     p.add_argument("--out", default=None, help="contact sheet PNG (default: <name>_contact_sheet.png next to the input)")
     p.add_argument("--frames", type=int, default=8, help="frames per row, evenly spaced in time (default 8)")
     p.add_argument("--per-task", type=int, default=2, help="HDF5: episodes shown per task (default 2)")
