@@ -230,12 +230,14 @@ def hdf5_sheet_rows(path: str | os.PathLike, frames: int, per_task: int,
     """Rows of the contact sheet: (label, (frames, H, W, 3) images) for ``per_task`` demos of each task.
 
     Demos are spread over each task's list; the image key is ``image_key``, else ``agentview_image``,
-    else the first ``*_image`` key. Returns no rows (and None) when the file has no image observations.
+    else the first ``*_image`` key, else the first uint8 (H, W, 3) key (LeRobot's ``observation.images.<cam>``). Returns no rows (and None) when the file has no image observations.
     """
     path = Path(path)
     summary = summarize_hdf5(path)
     key = image_key or (DEFAULT_IMAGE_KEY if DEFAULT_IMAGE_KEY in summary.obs
-                        else next((k for k in summary.obs if k.endswith("_image")), None))
+                        else next((k for k in summary.obs if k.endswith("_image")), None)
+                        or next((k for k, (shape, dtype) in summary.obs.items()
+                                 if len(shape) == 3 and shape[-1] == 3 and dtype == "uint8"), None))
     if key is None:
         return [], None
     if key not in summary.obs:
