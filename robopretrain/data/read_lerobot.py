@@ -158,11 +158,44 @@ def decode_video_frames(video: Path, times: np.ndarray, fps: float) -> np.ndarra
     return np.stack([got_f[i] for i in idx])
 
 
-def _column(rows: list[dict[str, Any]], key: str, where: str) -> np.ndarray:
-    try:
-        return np.asarray([r[key] for r in rows], dtype=np.float32).reshape(len(rows), -1)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ConversionError(f"{where}: column {key!r} cannot be read as numbers ({exc})") from None
+class _DataFile:
+    """One ``data/chunk-*/file-*.parquet``: numeric columns as numpy arrays (read once per column), the rows of each
+    episode in ``frame_index`` order, image cells on demand."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.table = _pq().read_table(path)
+        self.names = set(self.table.column_names)
+        if "episode_index" not in self.names:
+            raise ConversionError(f"{path}: no episode_index column")
+        self.episode = self.table.column("episode_index").to_numpy()
+        self.frame = self.table.column("frame_index").to_numpy() if "frame_index" in self.names else None
+        self._cache: dict[str, np.ndarray] = {}
+
+    def rows(self, episode: int) -> np.ndarray:
+        idx = np.flatnonzero(self.episode == episode)
+        return idx[np.argsort(self.frame[idx], kind="stable")] if self.frame is not None else idx
+
+    def numeric(self, key: str, idx: np.ndarray) -> np.ndarray:
+        """float32 (len(idx), d) of column ``key`` (scalars, or fixed-length lists as LeRobot stores vectors)."""
+        if key not in self._cache:
+            import pyarrow.types as pat
+
+            col = self.table.column(key).combine_chunks()
+            try:
+                if pat.is_list(col.type) or pat.is_large_list(col.type) or pat.is_fixed_size_list(col.type):
+                    flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+                    values = flat.reshape(len(col), -1)
+                else:
+                    values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), -1)
+            except (ValueError, TypeError) as exc:
+                raise ConversionError(f"{self.path}: column {key!r} cannot be read as numbers ({exc})") from None
+            self._cache[key] = values
+        return self._cache[key][idx]
+
+    def cells(self, key: str, idx: np.ndarray) -> list[Any]:
+        col = self.table.column(key)
+        return [col[int(i)].as_py() for i in idx]
 
 
 def read_lerobot(path: str | os.PathLike) -> Iterator[Episode]:
@@ -177,33 +210,30 @@ def read_lerobot(path: str | os.PathLike) -> Iterator[Episode]:
     if not obs_keys:
         raise ConversionError(f"{root / INFO}: no observation.* feature")
     tasks = read_tasks(root)
-    frames_by_file: dict[tuple[int, int], dict[int, list[dict[str, Any]]]] = {}
+    current: tuple[tuple[int, int], _DataFile] | None = None  # one data file in memory at a time
     for ep in read_episodes(root):
         e = int(ep["episode_index"])
         where = f"{root}: episode {e}"
         key = (int(ep.get("data/chunk_index", 0)), int(ep.get("data/file_index", 0)))
-        if key not in frames_by_file:
-            frames_by_file.clear()  # one data file in memory at a time (episodes are stored in order)
+        if current is None or current[0] != key:
             f = root / info["data_path"].format(chunk_index=key[0], file_index=key[1], episode_index=e)
             if not f.is_file():
                 raise ConversionError(f"{where}: data file {f} not found")
-            grouped: dict[int, list[dict[str, Any]]] = {}
-            for row in _table([f]):
-                grouped.setdefault(int(row["episode_index"]), []).append(row)
-            frames_by_file[key] = grouped
-        rows = sorted(frames_by_file[key].get(e, []), key=lambda r: int(r.get("frame_index", 0)))
-        if "length" in ep and len(rows) != int(ep["length"]):
-            raise ConversionError(f"{where}: {len(rows)} frames in the data file, meta/episodes says {ep['length']}")
-        if not rows:
-            continue
-        yield _episode(root, info, features, obs_keys, ep, rows, tasks, fps, where)
+            current = (key, _DataFile(f))
+        data = current[1]
+        idx = data.rows(e)
+        if "length" in ep and len(idx) != int(ep["length"]):
+            raise ConversionError(f"{where}: {len(idx)} frames in the data file, meta/episodes says {ep['length']}")
+        if len(idx):
+            yield _episode(root, info, features, obs_keys, ep, data, idx, tasks, fps, where)
 
 
 def _episode(root: Path, info: dict[str, Any], features: dict[str, dict[str, Any]], obs_keys: list[str],
-             ep: dict[str, Any], rows: list[dict[str, Any]], tasks: dict[int, str], fps: float,
+             ep: dict[str, Any], data: _DataFile, idx: np.ndarray, tasks: dict[int, str], fps: float,
              where: str) -> Episode:
-    n = len(rows)
-    ts = np.asarray([float(r.get("timestamp", i / fps)) for i, r in enumerate(rows)])
+    n = len(idx)
+    ts = data.numeric("timestamp", idx).reshape(n).astype(np.float64) if "timestamp" in data.names \
+        else np.arange(n) / fps
     obs: dict[str, np.ndarray] = {}
     for k in obs_keys:
         dtype = features[k].get("dtype")
@@ -214,18 +244,21 @@ def _episode(root: Path, info: dict[str, Any], features: dict[str, dict[str, Any
             if not vid.is_file():
                 raise ConversionError(f"{where}: video {vid} not found")
             obs[k] = decode_video_frames(vid, float(ep.get(f"videos/{k}/from_timestamp", 0.0)) + ts, fps)
+        elif k not in data.names:
+            raise ConversionError(f"{where}: feature {k!r} ({dtype}) is not a column of {data.path}")
         elif dtype == "image":
-            obs[k] = np.stack([_decode_image(r[k], f"{where} {k}") for r in rows])
+            obs[k] = np.stack([_decode_image(c, f"{where} {k}") for c in data.cells(k, idx)])
         else:
-            obs[k] = _column(rows, k, where)
-    actions = _column(rows, "action", where)
-    rewards = _column(rows, "next.reward", where).reshape(n) if "next.reward" in rows[0] else np.zeros(n, np.float32)
-    done = _column(rows, "next.done", where).reshape(n) > 0 if "next.done" in rows[0] else np.zeros(n, bool)
-    success = bool(_column(rows, "next.success", where).any()) if "next.success" in rows[0] else None
+            obs[k] = data.numeric(k, idx)
+    actions = data.numeric("action", idx)
+    has = data.names.__contains__
+    rewards = data.numeric("next.reward", idx).reshape(n) if has("next.reward") else np.zeros(n, np.float32)
+    done = data.numeric("next.done", idx).reshape(n) > 0 if has("next.done") else np.zeros(n, bool)
+    success = bool(data.numeric("next.success", idx).any()) if has("next.success") else None
     terminated = bool(done[-1])
     stop = n if terminated else n - 1  # the last frame has no next frame: kept only when it terminates
     take = np.r_[np.arange(1, n), n - 1]
-    task_index = int(rows[0].get("task_index", 0))
+    task_index = int(data.numeric("task_index", idx[:1])[0, 0]) if has("task_index") else 0
     return Episode(obs={k: v[:stop] for k, v in obs.items()}, next_obs={k: v[take][:stop] for k, v in obs.items()},
                    actions=actions[:stop], rewards=rewards[:stop], terminations=done[:stop].astype(np.uint8),
                    truncated=not terminated, task=tasks.get(task_index, str(task_index)), success=success,
