@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_utils import cpu_model, load_average, write_json_atomic  # noqa: E402  (this script's folder is on sys.path)
 from robopretrain.data.read_lerobot import decode_video_frames  # noqa: E402
 from robopretrain.data.video import read_frames  # noqa: E402
 
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         root, reader, workers = Path(args.one[0]), READERS[int(args.one[1])], int(args.one[2])
         print(json.dumps(time_loader(items_of(root, reader), workers, args.passes)))
         return 0
-    report = {"protocol": "benchmarks/protocols/data_loading.md", "cpu_count": os.cpu_count(),
-              "load_avg_1min_at_start": os.getloadavg()[0], "python": platform.python_version(),
+    report = {"protocol": "benchmarks/protocols/data_loading.md", "cpu_model": cpu_model(),
+              "cpu_count": os.cpu_count(), "load_average_at_start": load_average(), "python": platform.python_version(),
               "torch": torch.__version__, "av": av.__version__,
               "data": {"clips": CLIPS, "frames_per_clip": FRAMES, "size": SIZE, "fps": FPS, "gop": GOP},
               "fresh_process": FRESH_PROCESS, "results": {}}
@@ -162,11 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "frames_per_s_passes": [round(x, 1) for x in rates]}
                 print(f"{name:48s} workers={w}: {med:8.1f} frames/s  (passes {', '.join(f'{x:.0f}' for x in rates)})",
                       flush=True)
-    report["load_avg_1min_at_end"] = os.getloadavg()[0]
+    report["load_average_at_end"] = load_average()
     print(report["lerobot"])
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(out, report)
     print(f"-> {out}")
     return 0
 
