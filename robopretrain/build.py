@@ -121,10 +121,11 @@ def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robo
     if not data_cfg.get("generate", False):
         if path is None:
             raise ValueError("config key data.path is not set; give an HDF5 file or set data.generate=true")
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"data.path={path}: file not found; expected a robomimic HDF5 "
-                                    "(python -m sim_envs.collect writes one)")
-        return path
+                                    "(python -m sim_envs.collect writes one), or a LeRobot v3 / Minari folder, a "
+                                    "D4RL-style HDF5 or an OGBench .npz (converted on first use)")
+        return converted(path, data_cfg)
     path = path or run_dir / default_name
     if path.is_file() and not data_cfg.get("regenerate", False):
         log.info("using the existing dataset %s (data.generate: not collected again; data.regenerate=true collects "
@@ -152,6 +153,15 @@ def data_spec(obs_cfg: Any, path: Path, *, obs_map: Mapping[str, str] | None = N
     return spec_of_data(path, low_dim, rgb, None if n is None else int(n), obs_map=obs_map, info=info)
 
 
+def converted(path: Path, data_cfg: Any) -> Path:
+    """``path`` as robomimic HDF5: itself, or its cached conversion from another format
+    (:func:`robopretrain.data.convert.as_robomimic`; ``data.format``, ``data.cache_dir``, ``data.actions``)."""
+    from robopretrain.data.convert import as_robomimic
+
+    return as_robomimic(path, fmt=data_cfg.get("format"), cache_dir=data_cfg.get("cache_dir"),
+                        actions=str(data_cfg.get("actions") or "auto"))
+
+
 def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, *, algo: str, act_dim: int | None,
               seed: int, device: torch.device, tasks: Sequence[str] | None = None,
               task_id: int | None = None, rank: int = 0, world_size: int = 1) -> OfflineDataset | DiskDataset:
@@ -160,6 +170,7 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
     ``world_size``: its DDP shard)."""
     tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
     tid = task_id if task_id is not None else data_cfg.get("task_id")
+    path = converted(Path(path), data_cfg)
     return load_offline_dataset(
         path, spec, reward, obs_map=plain(data_cfg.get("obs_map")) or None, tasks=tasks,
         mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"), task_id=None if tid is None else int(tid),
@@ -273,6 +284,6 @@ def target_config(node: Any) -> Target:
 
 
 __all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "env_fits_or_log",
-           "eval_targets", "load_data",
+           "eval_targets", "converted", "load_data",
            "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
            "target_config", "targets_of_data"]

@@ -7,8 +7,9 @@ with rewards transformed and Monte-Carlo returns-to-go computed (REFERENCE.md, S
 
 * rewards: ``r * scale + bias`` (Cal-QL: x10 - 5) before the returns-to-go; with ``sparse`` the all-failure rule
   uses ``0 * scale + bias``;
-* a file whose rewards are all zero although its episode metadata marks successes (a recorder that never wrote the
-  success reward) is refused with :class:`~robopretrain.data.hdf5.DatasetError` for reward-based learning, unless
+* a file whose rewards are all zero (one constant, never positive) although its episode metadata marks successes (a
+  recorder that never wrote the success reward; OGBench's -1/0 rewards carry a signal and pass) is refused with
+  :class:`~robopretrain.data.hdf5.DatasetError` for reward-based learning, unless
   ``rewards_from_success`` rebuilds the sparse reward (1 on the last step of each successful episode, which then
   also terminates); behaviour cloning ignores rewards;
 * ``obs_map`` maps our part names to the file's keys (robosuite's ``robot0_eef_pos``, ...); ``task_id`` gives every
@@ -156,7 +157,7 @@ def load_offline_dataset(
                            f"{spec.num_tasks} (set obs.num_tasks, or the target's task_id)")
     rewards, dones = trans.rewards, trans.dones
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
-    if rewards_needed and not np.any(rewards > 0) and any(success):
+    if rewards_needed and not np.any(rewards > 0) and np.all(rewards == rewards[0]) and any(success):
         if not rewards_from_success:
             raise DatasetError(
                 f"{info.path}: no positive reward in the selected data although {sum(success)} of {len(success)} "
