@@ -36,12 +36,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robopretrain.build import compose, plain
-from robopretrain.cli import config_folder
+from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 STAGES = ("data", "stage1", "stage2", "adapt", "stage3", "evaluate")
 DONE = "done.json"
 
@@ -359,7 +358,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     return {"stages": ran, "report": str(report), "run_dir": str(run_dir)}
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="pipeline")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pipeline")
+@friendly_errors
 def main(cfg: DictConfig) -> None:
     out = run_pipeline(cfg)
     results = read_json(Path(out["run_dir"]) / "evaluate" / "results.json")
@@ -368,5 +368,10 @@ def main(cfg: DictConfig) -> None:
     print(f"report: {out['report']}")
 
 
+def cli_main() -> None:
+    """``python -m robopretrain.pipeline`` and its console script: one-line config errors, then Hydra."""
+    run_hydra(main, "pipeline")
+
+
 if __name__ == "__main__":
-    main()
+    cli_main()

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from robopretrain import distributed as dist_utils
 from robopretrain import run_fingerprint
-from robopretrain.cli import friendly_errors, run_hydra
+from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.distributed import DistInfo
 from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.nets.encoder_io import load_encoder, save_encoder
@@ -525,7 +525,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="video_pretrain")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="video_pretrain")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     path = train(cfg, HydraConfig.get().runtime.output_dir)
@@ -533,5 +533,10 @@ def main(cfg: DictConfig) -> None:
         print(f"encoder: {path}")
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """``python -m video_pretrain.train`` and its console script: one-line config errors, then Hydra."""
     run_hydra(main, "video_pretrain")
+
+
+if __name__ == "__main__":
+    cli_main()
