@@ -162,6 +162,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
 
     last = train_offline(
         agent, sampler, settings, run_dir, desc=f"offline {algo}", start=start, dinfo=dinfo,
+        experiment_logger=build.plain(cfg.get("logger")), config=cfg,
         save=lambda step, state: save_agent(ckpt_root, step, cfg, agent, meta, state, keep=settings.keep_checkpoints),
         evaluate=evaluate_all if targets else None,
         calibrate=(lambda: calibration(agent, calib)) if agent.has_q else None)
