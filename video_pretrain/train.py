@@ -64,7 +64,6 @@ from video_pretrain.sampling import FrameBatchStream, augment
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CHECKPOINT_FORMAT = "video_pretrain.train_checkpoint"
 HEADS_FILE = "value_heads.pt"
 VALID_SEED_OFFSET = 1_000_003
