@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain.agent import Agent, EncoderSettings
 from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
+from robopretrain.data.disk import DiskDataset
 from robopretrain.data.hdf5 import DatasetInfo
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
@@ -153,21 +154,25 @@ def data_spec(obs_cfg: Any, path: Path, *, obs_map: Mapping[str, str] | None = N
 
 def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, *, algo: str, act_dim: int | None,
               seed: int, device: torch.device, tasks: Sequence[str] | None = None,
-              task_id: int | None = None) -> OfflineDataset:
-    """:func:`robopretrain.data.dataset.load_offline_dataset` with the ``data`` group's selection keys."""
+              task_id: int | None = None, rank: int = 0, world_size: int = 1) -> OfflineDataset | DiskDataset:
+    """:func:`robopretrain.data.dataset.load_offline_dataset` with the ``data`` group's selection keys and storage
+    (``data.storage``: auto | memory | disk, ``data.workers``: prefetch threads of the disk-backed dataset; ``rank`` /
+    ``world_size``: its DDP shard)."""
     tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
     tid = task_id if task_id is not None else data_cfg.get("task_id")
     return load_offline_dataset(
         path, spec, reward, obs_map=plain(data_cfg.get("obs_map")) or None, tasks=tasks,
         mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"), task_id=None if tid is None else int(tid),
         rewards_needed=algo != "bc", rewards_from_success=bool(data_cfg.get("rewards_from_success", False)),
-        act_dim=act_dim, seed=seed, device=device)
+        act_dim=act_dim, seed=seed, device=device, storage=str(data_cfg.get("storage") or "auto"),
+        workers=int(data_cfg.get("workers") or 0), rank=rank, world_size=world_size)
 
 
 # --------------------------------------------------------------------------- agents
 
 
-def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset, device: torch.device) -> Agent:
+def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset | DiskDataset,
+              device: torch.device) -> Agent:
     """A fresh agent of the config's ``algo`` and ``encoder`` for ``spec``, normalising low-dim parts by the
     dataset's statistics when ``obs.normalize`` (the default)."""
     normalize = bool((cfg.get("obs") or {}).get("normalize", True))
@@ -182,7 +187,7 @@ def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset, de
     return agent
 
 
-def prepared(agent: Agent, dataset: OfflineDataset, seed: int) -> OfflineDataset:
+def prepared(agent: Agent, dataset: OfflineDataset | DiskDataset, seed: int) -> OfflineDataset | DiskDataset:
     """The dataset in the form the agent trains on (frozen_cached: features computed once, else unchanged)."""
     if agent.feature_encoder is None:
         return dataset
