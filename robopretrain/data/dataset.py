@@ -30,7 +30,13 @@ import torch
 from robopretrain.data.hdf5 import DatasetError, DatasetInfo, load_transitions, read_info, select_demos
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.replay import OfflineDataset
-from robopretrain.data.returns import returns_to_go, scale_rewards, sparse_negative_reward
+from robopretrain.data.returns import (
+    episode_starts,
+    next_actions_of,
+    returns_to_go,
+    scale_rewards,
+    sparse_negative_reward,
+)
 from robopretrain.data.spec import ObsSpec, spec_from_shapes
 
 log = logging.getLogger(__name__)
@@ -149,8 +155,9 @@ def load_offline_dataset(
     r_neg = sparse_negative_reward(reward.scale, reward.bias) if reward.sparse else None
     mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, obs=trans.obs,
                        next_obs=trans.next_obs, sparse_negative_reward=r_neg)
-    return OfflineDataset(parts(trans.obs), trans.actions, scaled, parts(trans.next_obs), dones, mc, device=device,
-                          seed=seed)
+    starts = episode_starts(len(trans), episode_ids=trans.episode_ids, terminals=dones)
+    return OfflineDataset(parts(trans.obs), trans.actions, scaled, parts(trans.next_obs), dones, mc,
+                          next_actions=next_actions_of(trans.actions, starts), device=device, seed=seed)
 
 
 __all__ = ["RewardSettings", "default_num_tasks", "load_offline_dataset", "spec_of_data"]
