@@ -21,9 +21,13 @@ this toolkit's (CORL uses PyTorch-style uniform kernels, bias 0.1 and small fina
 the last step of an episode is the step's own action (:func:`robopretrain.data.replay.next_actions_of`); a true
 terminal masks it, a truncated episode's last step uses it (D4RL's loader drops those steps instead).
 
-Agreement with CORL (``rebrac.py`` fetched at 6afec90, its ``update_critic`` / ``update_actor`` in JAX float64 with
-our weights, batch 64, 17-D states, 4-D actions, the same target noise): see the report of branch algos15; max
-|difference| critic loss 0.0, actor loss 0.0, gradients below 1e-15.
+Agreement with CORL (``algorithms/offline/rebrac.py`` at commit 6afec90, JAX): its ``DetActor``, ``EnsembleCritic``,
+``update_critic`` and ``update_actor`` (extracted from the file) on our weights in float64 (targets perturbed, LayerNorm
+affines non-trivial, ``actor_bc_coef 0.7``, ``critic_bc_coef 0.3``), batch 64, 17-D states, 4-D actions, CORL's
+target noise fed to ours; gradients read off an SGD(lr 1) step (``benchmarks/corl_agreement/rebrac_*.py``, jax 0.10.2
+in a separate venv): max |difference| critic loss 0.0 (loss 161.7), actor loss 2.2e-16 (1.64), critic gradients
+5.7e-14 (largest 49), actor gradients 8.3e-17. The LayerNorm epsilon is flax's 1e-6 (with torch's 1e-5 the critic
+loss differed by 1.3e-2).
 """
 
 from __future__ import annotations
@@ -116,9 +120,13 @@ class ReBRAC(TD3BC):
 
     def _make_critic(self) -> EnsembleCritic:
         cfg = self.cfg
-        return EnsembleCritic(self.obs_dim, self.act_dim, cfg.critic_hidden, cfg.num_critics,
-                              activation=cfg.activation, layer_norm=cfg.critic_layer_norm,
-                              norm_after_activation=True, orthogonal_init=cfg.orthogonal_init)
+        critic = EnsembleCritic(self.obs_dim, self.act_dim, cfg.critic_hidden, cfg.num_critics,
+                                activation=cfg.activation, layer_norm=cfg.critic_layer_norm,
+                                norm_after_activation=True, orthogonal_init=cfg.orthogonal_init)
+        for norm in critic.norms:  # flax's LayerNorm epsilon (CORL's ReBRAC), not torch's 1e-5
+            if hasattr(norm, "eps"):
+                norm.eps = 1e-6
+        return critic
 
     def compute_losses(
         self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True

@@ -25,11 +25,11 @@ PyTorch's default.
 
 Online (stage 3): TD3's exploration ``a = clip(pi(s) + N(0, 0.1^2), -1, 1)`` when acting non-deterministically.
 
-Agreement with CORL (``td3_bc.py`` fetched at 6afec90, its ``TD3_BC`` trainer with its ``Actor``/``Critic`` holding our
-weights, float64, batch 64, 17-D states, 4-D actions, the same target noise):
-``python /tmp/corl_check.py`` (not committed) gives max |difference| critic loss 0.0, actor loss 0.0 (CORL's
-actor loss evaluated at the same pre-step critic), gradients 5.6e-17 (critic) and 2.8e-17 (actor), target
-networks after one update 0.0 (see the report of branch algos15 for the command).
+Agreement with CORL (``algorithms/offline/td3_bc.py`` at commit 6afec90): its ``Actor``, ``Critic`` and ``TD3_BC.train``
+run on our weights (target networks perturbed away from the online ones), float64, batch 64, 17-D states, 4-D
+actions, the same target noise (same torch seed), an actor update, optimisers replaced by gradient recorders
+(``python benchmarks/corl_agreement/td3_bc_awac.py``): max |difference| critic loss 4.4e-16 (loss 1.67), actor loss
+2.2e-16 (1.62), critic gradients 6.9e-17, actor gradients 0.0.
 """
 
 from __future__ import annotations
