@@ -1,4 +1,5 @@
-"""The agent: an algorithm (CQL / Cal-QL, IQL, BC, TD3+BC, AWAC, ReBRAC) behind observation encoders, for any observation spec.
+"""The agent: an algorithm (CQL / Cal-QL, IQL, BC, TD3+BC, AWAC, ReBRAC) behind observation encoders, for any
+observation spec.
 
 The algorithm's math lives in :mod:`robopretrain.algos` and works on flat feature vectors; this module turns
 observation dicts into those vectors (:class:`~robopretrain.nets.obs_encoder.ObsEncoder`) and decides which loss

@@ -42,7 +42,9 @@ from robopretrain.nets.critic import EnsembleCritic
 # --------------------------------------------------------------------------- loss functions
 
 
-def awac_weights(q_data: torch.Tensor, v_pi: torch.Tensor, awac_lambda: float, max_weight: float = 100.0) -> torch.Tensor:
+def awac_weights(
+    q_data: torch.Tensor, v_pi: torch.Tensor, awac_lambda: float, max_weight: float = 100.0
+) -> torch.Tensor:
     """``min(exp((Q(s, a) - V(s)) / lambda), max_weight)``, ``(B,)``, detached; ``V(s) = Q(s, a_pi)``."""
     return torch.exp((q_data - v_pi).detach() / awac_lambda).clamp(max=max_weight)
 
@@ -75,7 +77,7 @@ class AWACConfig:
     batch_size: int = 256
     discount: float = 0.99
     tau: float = 5e-3
-    awac_lambda: float = 1.0  # temperature of the advantage weights; with rewards x10 this is CORL's 0.1 on unit rewards
+    awac_lambda: float = 1.0  # advantage temperature; with rewards x10 this is CORL's 0.1 on unit rewards
     max_weight: float = 100.0  # CORL's exp_adv_max
     log_std_min: float = -20.0  # clamp of the policy's learned log-std (CORL's AWAC actor)
     log_std_max: float = 2.0

@@ -105,8 +105,9 @@ class OfflineDataset:
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
-        """``next_actions`` (the data's action at ``s'``; None: from the rows' order, a step continuing the previous
-        one where ``observations[t + 1] == next_observations[t]``, :func:`~robopretrain.data.returns.next_actions_of`)."""
+        """``next_actions``: the data's action at ``s'`` (None: from the rows' order, a step continuing the previous
+        one where ``observations[t + 1] == next_observations[t]`` and it is not terminal;
+        :func:`~robopretrain.data.returns.next_actions_of`)."""
         n = len(actions)
         fields = {
             "observations": _tree_map(_as_storage, observations),
