@@ -233,3 +233,13 @@ def test_stage2_on_one_camera(demos, tmp_path, algo):
     frames = {"agentview_image": np.zeros((2, 16, 16, 3), np.uint8), "eef_pos": np.zeros((2, 3), np.float32),
               "task_id": np.array([0, 1])}
     assert agent.act(frames).shape == (2, fake.ROBOSUITE_ACT_DIM)
+
+
+@pytest.mark.parametrize("algo, key, value", [("td3_bc", "policy_freq", 0), ("awac", "awac_lambda", 0.0),
+                                              ("rebrac", "critic_bc_coef", -1.0)])
+def test_out_of_range_settings_are_refused_with_one_line(algo, key, value):
+    from robopretrain.build import compose
+    from robopretrain.config_checks import validate_offline_config
+
+    with pytest.raises(ValueError, match=f"algo.{key}="):
+        validate_offline_config(compose("robopretrain", {"algo": algo}, {"algo": {key: value}}))
