@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
+from bench_utils import cpu_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pixel_recipe.json"
 AGENTVIEW, WRIST = "agentview_image", "eye_in_hand_image"
@@ -326,18 +329,6 @@ def table(summary: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['data']} | {r['task']} | {r['variant']} | {r['updates']} | "
                      f"{','.join(map(str, r['seeds']))} | {cell(r, 'none')} | {cell(r, 'black')} | {ups} | {secs} |")
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def save(args: argparse.Namespace, results: dict[str, Any], timing: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -215,7 +215,7 @@ class Agent:
     @property
     def has_q(self) -> bool:
         """Whether the algorithm has a Q-function (every one but BC)."""
-        return hasattr(self.core, "q_values")
+        return hasattr(self.core, "critic")
 
     @property
     def feature_dim(self) -> int:
