@@ -31,7 +31,8 @@ features detached (DrQ). Which loss trains which encoder:
                      the actor loss (Q term and BC term) on its updates; the target actor reads the actor encoder's
                      features of s' without gradient;
 ``awac``             critic encoder: the critic loss; actor encoder: the advantage-weighted likelihood (the policy's
-                     samples at s' for the target carry no gradient).
+                     samples at s' for the target carry no gradient);
+``bcq``              critic encoder: the critic loss; actor encoder: the VAE loss and the perturbation (actor) loss.
 
 An algorithm class declares what the batch needs instead of being named here: ``actor_reads_next_obs`` (the actor's
 features at s' are passed as ``actor_next_observations``; default True) and ``next_obs_needs_grad`` (the encoders'
@@ -237,7 +238,7 @@ class Agent:
         mods: list[nn.Module] = [*self.encoders()]
         if self.feature_encoder is not None:
             mods.append(self.feature_encoder)
-        for name in ("actor", "target_actor", "critic", "target_critic", "value"):
+        for name in ("actor", "target_actor", "critic", "target_critic", "value", "vae"):
             if hasattr(self.core, name):
                 mods.append(getattr(self.core, name))
         return mods
