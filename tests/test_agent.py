@@ -28,7 +28,8 @@ ALGO = {"cql": {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "ba
         "bc": {"actor_hidden": [16], "batch_size": 8, "lr": 1e-3},
         "td3_bc": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8},
         "awac": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8},
-        "rebrac": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8}}
+        "rebrac": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8},
+        "bcq": {"actor_hidden": [16], "critic_hidden": [16], "vae_hidden": [16], "batch_size": 8}}
 
 
 # --------------------------------------------------------------------------- spec and encoder
@@ -233,7 +234,7 @@ def test_cached_features_give_the_q_values_and_actions_of_the_frozen_encoder(sta
 
 
 @pytest.mark.parametrize("spec_name", list(SPECS))
-@pytest.mark.parametrize("algo", ["cql", "calql", "iql", "bc", "td3_bc", "awac", "rebrac"])
+@pytest.mark.parametrize("algo", ["cql", "calql", "iql", "bc", "td3_bc", "awac", "rebrac", "bcq"])
 def test_every_algorithm_trains_on_every_observation_spec(stage1_encoder, spec_name, algo):
     spec = SPECS[spec_name]
     agent = make_agent(spec, algo)
@@ -279,7 +280,7 @@ def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Te
             if g is not None and torch.count_nonzero(g) > 0]
 
 
-@pytest.mark.parametrize("algo", ["cql", "iql", "td3_bc", "awac", "rebrac"])
+@pytest.mark.parametrize("algo", ["cql", "iql", "td3_bc", "awac", "rebrac", "bcq"])
 def test_each_loss_trains_only_its_own_encoder(stage1_encoder, algo):
     """Separate encoders: the critic-side losses reach only the critic encoder, the policy loss only the actor's."""
     path, _ = stage1_encoder
@@ -289,6 +290,8 @@ def test_each_loss_trains_only_its_own_encoder(stage1_encoder, algo):
     critic_params = list(agent.critic_encoder.parameters())
     actor_params = list(agent.actor_encoder.parameters())
     critic_losses = ("value", "critic") if algo == "iql" else ("critic",)
+    if algo == "bcq":  # the VAE reads the actor encoder's features, like the perturbation net
+        assert grads(losses["vae"], actor_params) and not grads(losses["vae"], critic_params)
     for name in critic_losses:
         assert grads(losses[name], critic_params) and not grads(losses[name], actor_params), name
     assert grads(losses["actor"], actor_params) and not grads(losses["actor"], critic_params)

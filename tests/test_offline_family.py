@@ -231,7 +231,7 @@ def test_stage3_steps_online_from_a_multitask_stage2_checkpoint(demos, tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", [*ALGOS, "bcq"])
 def test_stage2_on_one_camera(demos, tmp_path, algo):
     """One camera (trained from scratch, separate actor and critic encoders) through stage 2 and back from disk."""
     from robopretrain.train import run as stage2
@@ -254,3 +254,52 @@ def test_out_of_range_settings_are_refused_with_one_line(algo, key, value):
 
     with pytest.raises(ValueError, match=f"algo.{key}="):
         validate_offline_config(compose("robopretrain", {"algo": algo}, {"algo": {key: value}}))
+
+
+# --------------------------------------------------------------------------- BCQ
+
+
+def test_bcq_vae_loss_and_soft_clipped_double_q_target_by_hand():
+    from robopretrain.algos.bcq import bcq_target, soft_clipped_double_q, vae_loss
+
+    # recon error mean((0.5)^2, 0) = 0.125; KL = -0.5 * mean(1 + log 4 - 1 - 4, 1 + 0 - 0 - 1) = -0.5 * (log 4 - 4) / 2
+    loss = vae_loss(T([[0.5, 0.0]]), T([[0.0, 0.0]]), T([[1.0, 0.0]]), T([[2.0, 1.0]]))
+    assert loss.item() == pytest.approx(0.125 + 0.5 * (-0.5 * (math.log(4.0) - 4.0) / 2))
+    q = T([[[1.0, 5.0]], [[3.0, 2.0]]])  # (E=2, B=1, n=2)
+    torch.testing.assert_close(soft_clipped_double_q(q, 0.75), T([[0.75 * 1 + 0.25 * 3, 0.75 * 2 + 0.25 * 5]]))
+    y = bcq_target(T([1.0]), T([0.0]), q, 0.75, 0.9)  # max over the samples: 2.75
+    torch.testing.assert_close(y, T([1.0 + 0.9 * 2.75]))
+    torch.testing.assert_close(bcq_target(T([1.0]), T([1.0]), q, 0.75, 0.9), T([1.0]))
+
+
+def test_bcq_wires_vae_samples_target_networks_and_discount():
+    torch.manual_seed(0)
+    agent = make_agent("bcq", S, A, {"actor_hidden": [8], "critic_hidden": [8], "vae_hidden": [8], "discount": DISCOUNT,
+                                     "n_target_samples": 3})
+    with torch.no_grad():
+        for p in list(agent.target_actor.parameters()) + list(agent.target_critic.parameters()):
+            p.add_(0.3 * torch.randn_like(p))
+    b = tiny_batch()
+    torch.manual_seed(3)
+    losses, _ = agent.compute_losses(b, with_metrics=False)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        s, a = b["observations"], b["actions"]
+        mean, log_std = agent.vae.encoder(torch.cat([s, a], -1)).chunk(2, -1)
+        std = log_std.clamp(-4, 15).exp()
+        z = mean + std * torch.randn_like(std)
+        recon = agent.vae.decode(s, z)
+        s2 = b["next_observations"].repeat_interleave(3, 0)
+        a2 = agent.target_actor(s2, agent.vae.decode(s2, torch.randn(B * 3, 2 * A).clamp(-0.5, 0.5)))
+        q2 = agent.target_critic(s2, a2).view(2, B, 3)
+        v2 = (0.75 * q2.min(0).values + 0.25 * q2.max(0).values).max(-1).values
+        y = b["rewards"] + DISCOUNT * (1 - b["dones"]) * v2
+        expected_critic = (agent.critic(s, a) - y).square().mean(1).sum()
+        sampled = agent.vae.decode(s, torch.randn(B, 2 * A).clamp(-0.5, 0.5))
+        expected_actor = -agent.critic(s, agent.actor(s, sampled))[0].mean()
+        kl = -0.5 * (1 + torch.log(std.square()) - mean.square() - std.square()).mean()
+    torch.testing.assert_close(losses["critic"], expected_critic)
+    torch.testing.assert_close(losses["actor"], expected_actor)
+    torch.testing.assert_close(losses["vae"], (recon - a).square().mean() + 0.5 * kl)
+    acts = agent.act(s.numpy())
+    assert acts.shape == (B, A) and np.all(np.abs(acts) <= 1.0)
