@@ -212,9 +212,12 @@ def test_td3_bc_stage2_resumes_exactly_across_the_delayed_actor_phase(demos, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", ["td3_bc", "rebrac"])
 def test_stage3_steps_online_from_a_multitask_stage2_checkpoint(demos, tmp_path, algo):
-    """2 multi-task updates, then 12 online env steps on the held-out task 2 (its slot of the one-hot)."""
+    """2 multi-task updates, then 12 online env steps on the held-out task 2 (its slot of the one-hot): TD3's
+    exploration noise, and ReBRAC's next actions from the offline data and the replay buffer in one batch. (AWAC acts
+    online by sampling its Gaussian policy, the path IQL's stage-3 tests cover; it passed this test too and was left
+    out to keep the suite short.)"""
     from finetune.train import run as stage3
     from robopretrain.train import run as stage2
 
