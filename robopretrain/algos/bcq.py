@@ -22,6 +22,9 @@ VAE step clears); rewards ``x10 - 5`` as the other agents. Image agents: the VAE
 actor encoder's features (trained by the VAE and actor losses), the critics the critic encoder's. BCQ has no online
 version; stage 3 runs it but nothing here is tuned for it.
 
+Clean-data check (``benchmarks/results/recipe_offline_family.json``; Reach, 50 clean expert demos, privileged state,
+seed 0, 50 episodes, batch 100): success 1.00 at 1000 and at 2500 updates.
+
 Agreement with the authors' code (sfujim/BCQ ``continuous_BCQ/BCQ.py``; CORL has no BCQ): its ``Actor``, ``Critic``,
 ``VAE`` and one ``BCQ.train`` iteration on our weights (target networks perturbed), float64, batch 64, 17-D states, 4-D
 actions, the same random draws, optimisers replaced by gradient recorders (``python benchmarks/corl_agreement/bcq.py``):
