@@ -4,6 +4,8 @@ demos of single tasks, with privileged state; success measured in sim. Protocol:
     python benchmarks/recipe.py                         # the protocol: 4 tasks x 4 learners x 3 seeds x 5000 updates
     python benchmarks/recipe.py --jobs 2                # two runs at a time (one torch thread each)
     python benchmarks/recipe.py --summarize-only        # table from the saved JSON
+    python benchmarks/recipe.py --tasks Reach --algos td3_bc awac rebrac --seeds 0 --updates 1000 2500 \
+        --out benchmarks/results/recipe_offline_family.json   # issue 15's learners (protocol addendum in recipe.md)
 
 Each run is ``robopretrain.train`` (stage 2's own entry point, as a subprocess) on one task's file, with checkpoints
 every 500 updates; the checkpoints at the protocol's budgets are then evaluated on 50 fixed episodes (per-episode
@@ -28,14 +30,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "recipe.json"
-ALGOS = ("bc", "iql", "cql", "calql")
+ALGOS = ("bc", "iql", "cql", "calql", "td3_bc", "awac", "rebrac", "bcq")  # every learner the benchmark can run
+PROTOCOL_ALGOS = ("bc", "iql", "cql", "calql")  # the protocol's default set
 TASKS = ("Reach", "PushBlock", "OpenDrawer", "PressButton")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
-    p.add_argument("--algos", nargs="+", default=list(ALGOS))
+    p.add_argument("--algos", nargs="+", default=list(PROTOCOL_ALGOS), choices=ALGOS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--updates", nargs="+", type=int, default=[1000, 2500, 5000], help="budgets evaluated")
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per checkpoint")
@@ -139,12 +142,13 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
 
 
 def table(summary: list[dict[str, Any]], budget: int) -> str:
+    algos = [a for a in ALGOS if any(r["algo"] == a for r in summary)]
     lines = [f"success at {budget} updates (mean over seeds [95% CI]; seeds)", "",
-             "| task | " + " | ".join(ALGOS) + " |", "|---|" + "---|" * len(ALGOS)]
+             "| task | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
     tasks = sorted({r["task"] for r in summary})
     for task in tasks:
         cells = []
-        for algo in ALGOS:
+        for algo in algos:
             r = next((r for r in summary if r["task"] == task and r["algo"] == algo and r["updates"] == budget), None)
             cells.append("-" if r is None else f"{r['mean']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]; "
                          + " / ".join(f"{v:.2f}" for v in r["per_seed"].values()))

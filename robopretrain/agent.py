@@ -1,4 +1,5 @@
-"""The agent: an algorithm (CQL / Cal-QL, IQL, BC) behind observation encoders, for any observation spec.
+"""The agent: an algorithm (CQL / Cal-QL, IQL, BC, TD3+BC, AWAC, ReBRAC) behind observation encoders, for any
+observation spec.
 
 The algorithm's math lives in :mod:`robopretrain.algos` and works on flat feature vectors; this module turns
 observation dicts into those vectors (:class:`~robopretrain.nets.obs_encoder.ObsEncoder`) and decides which loss
@@ -25,7 +26,19 @@ features detached (DrQ). Which loss trains which encoder:
                      actor loss;
 ``iql``              critic encoder: the value and critic losses (next states only enter the TD target, without
                      gradient); actor encoder: the AWR loss;
-``bc``               one encoder (no critic), trained by the BC loss.
+``bc``               one encoder (no critic), trained by the BC loss;
+``td3_bc`` / ``rebrac`` critic encoder: the critic loss (s' only enters the target, without gradient); actor encoder:
+                     the actor loss (Q term and BC term) on its updates; the target actor reads the actor encoder's
+                     features of s' without gradient;
+``awac``             critic encoder: the critic loss; actor encoder: the advantage-weighted likelihood (the policy's
+                     samples at s' for the target carry no gradient);
+``bcq``              critic encoder: the critic loss; actor encoder: the VAE loss and the perturbation (actor) loss.
+
+An algorithm class declares what the batch needs instead of being named here: ``actor_reads_next_obs`` (the actor's
+features at s' are passed as ``actor_next_observations``; default True) and ``next_obs_needs_grad`` (the critic
+encoder's s' pass keeps its gradient; default True; the actor encoder's s' pass never does: every loss detaches the
+policy's s' samples), and ``update_targets()`` moves its target networks after each step (default: Polyak-average
+``target_critic``).
 
 Observation statistics for low-dim normalisation are computed from the offline data by the caller
 (:func:`robopretrain.nets.obs_encoder.normalization_stats`) and stored inside the encoders, so every stage that
@@ -236,7 +249,7 @@ class Agent:
         mods: list[nn.Module] = [*self.encoders()]
         if self.feature_encoder is not None:
             mods.append(self.feature_encoder)
-        for name in ("actor", "critic", "target_critic", "value"):
+        for name in ("actor", "target_actor", "critic", "target_critic", "value", "vae"):
             if hasattr(self.core, name):
                 mods.append(getattr(self.core, name))
         return mods
@@ -294,7 +307,9 @@ class Agent:
         for opt in optimizers:
             opt.step()
         target = getattr(self.core, "target_critic", None)
-        if target is not None:
+        if hasattr(self.core, "update_targets"):  # the algorithm moves its own targets (e.g. TD3's delayed ones)
+            self.core.update_targets()
+        elif target is not None:
             soft_update_(target, self.core.critic, self.core.cfg.tau)
         self.core.num_updates += 1
         return metrics_to_floats(metrics)
@@ -316,19 +331,20 @@ class Agent:
         if self.algo == "bc":  # one encoder, trained by the BC loss
             return {**batch, OBS: self._encode(self.critic_encoder, obs)}
         critic_obs = self._encode(self.critic_encoder, obs)
-        # IQL: s' only enters the TD target V(s'); CQL: the target critic and the (detached) policy actions at s',
-        # and DR3's critic features phi(s', a'), the one s' term with a gradient
-        next_grad = self.algo != "iql" and float(getattr(self.algo_cfg, "dr3_coef", 0.0)) > 0.0
+        # s' keeps its gradient only where a loss reaches it through these features (the algorithm declares it:
+        # CQL with DR3's critic features phi(s', a'); IQL, TD3+BC, AWAC, ReBRAC, BCQ and CQL without DR3 use s' only
+        # in targets or detached policy samples)
+        next_grad = bool(getattr(self.core, "next_obs_needs_grad", True))
         with torch.set_grad_enabled(next_grad and torch.is_grad_enabled()):
             critic_next = self._encode(self.critic_encoder, next_obs)
         flat = {**batch, OBS: critic_obs, NEXT_OBS: critic_next}
         if self.actor_encoder is self.critic_encoder:
             flat["actor_observations"] = critic_obs.detach()
-            if self.algo != "iql":
+            if getattr(self.core, "actor_reads_next_obs", True):
                 flat["actor_next_observations"] = critic_next.detach()
         else:
             flat["actor_observations"] = self._encode(self.actor_encoder, obs)
-            if self.algo != "iql":  # IQL's policy loss (AWR) only looks at s
+            if getattr(self.core, "actor_reads_next_obs", True):  # IQL's AWR only looks at s
                 with torch.no_grad():  # the policy's s' samples are detached in every loss
                     flat["actor_next_observations"] = self._encode(self.actor_encoder, next_obs)
         return flat

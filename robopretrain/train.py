@@ -1,4 +1,5 @@
-"""Stage 2: offline (multi-task) training of CQL / Cal-QL / IQL / BC on robomimic HDF5, for any observation spec.
+"""Stage 2: offline (multi-task) training of CQL / Cal-QL / IQL / BC / TD3+BC / AWAC / ReBRAC on robomimic HDF5, for
+any observation spec.
 
 ``python -m robopretrain.train`` (Hydra, ``configs/robopretrain.yaml``), or :func:`run` from Python;
 ``torchrun --nproc_per_node=N -m robopretrain.train ...`` trains data-parallel.

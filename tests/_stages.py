@@ -22,6 +22,8 @@ def tiny_algo(algo: str, width: int = 16) -> dict[str, Any]:
         out["n_actions"] = 2
     if algo == "iql":
         out["value_hidden"] = [width]
+    if algo == "bcq":
+        out.update(vae_hidden=[width], n_act_samples=4, n_target_samples=2)
     return out
 
 

@@ -25,7 +25,11 @@ SPECS = {"low_dim": ObsSpec(low_dim=(("proprio", 7), ("object", 4)), num_tasks=1
 ALGO = {"cql": {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "batch_size": 8},
         "calql": {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "batch_size": 8},
         "iql": {"actor_hidden": [16], "critic_hidden": [16], "value_hidden": [16], "batch_size": 8},
-        "bc": {"actor_hidden": [16], "batch_size": 8, "lr": 1e-3}}
+        "bc": {"actor_hidden": [16], "batch_size": 8, "lr": 1e-3},
+        "td3_bc": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8},
+        "awac": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8},
+        "rebrac": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8},
+        "bcq": {"actor_hidden": [16], "critic_hidden": [16], "vae_hidden": [16], "batch_size": 8}}
 
 
 # --------------------------------------------------------------------------- spec and encoder
@@ -131,7 +135,8 @@ def raw_batch(spec: ObsSpec, n: int = 8, seed: int = 0) -> dict:
     return {"observations": obs(), "next_observations": obs(),
             "actions": torch.from_numpy(rng.uniform(-1, 1, (n, 4)).astype(np.float32)),
             "rewards": torch.from_numpy(rng.choice([-5.0, 5.0], n).astype(np.float32)),
-            "dones": torch.zeros(n), "mc_returns": torch.from_numpy(rng.normal(size=n).astype(np.float32))}
+            "dones": torch.zeros(n), "mc_returns": torch.from_numpy(rng.normal(size=n).astype(np.float32)),
+            "next_actions": torch.from_numpy(rng.uniform(-1, 1, (n, 4)).astype(np.float32))}
 
 
 def prepared_batch(agent: Agent, n: int = 8, seed: int = 0) -> dict:
@@ -229,7 +234,7 @@ def test_cached_features_give_the_q_values_and_actions_of_the_frozen_encoder(sta
 
 
 @pytest.mark.parametrize("spec_name", list(SPECS))
-@pytest.mark.parametrize("algo", ["cql", "calql", "iql", "bc"])
+@pytest.mark.parametrize("algo", ["cql", "calql", "iql", "bc", "td3_bc", "awac", "rebrac", "bcq"])
 def test_every_algorithm_trains_on_every_observation_spec(stage1_encoder, spec_name, algo):
     spec = SPECS[spec_name]
     agent = make_agent(spec, algo)
@@ -239,7 +244,7 @@ def test_every_algorithm_trains_on_every_observation_spec(stage1_encoder, spec_n
     batch = raw_batch(spec)
     for _ in range(3):
         metrics = agent.update(batch)
-    loss_key = {"cql": "critic_loss", "calql": "critic_loss", "iql": "q_loss", "bc": "bc_loss"}[algo]
+    loss_key = {"iql": "q_loss", "bc": "bc_loss"}.get(algo, "critic_loss")
     assert math.isfinite(metrics[loss_key]) and agent.core.num_updates == 3
     assert changed(agent.core.actor, actor_before)
     if spec.rgb:
@@ -275,15 +280,18 @@ def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Te
             if g is not None and torch.count_nonzero(g) > 0]
 
 
-@pytest.mark.parametrize("algo", ["cql", "iql"])
+@pytest.mark.parametrize("algo", ["cql", "iql", "td3_bc", "awac", "rebrac", "bcq"])
 def test_each_loss_trains_only_its_own_encoder(stage1_encoder, algo):
     """Separate encoders: the critic-side losses reach only the critic encoder, the policy loss only the actor's."""
     path, _ = stage1_encoder
     agent = make_agent(SPECS["2cams"], algo, mode="finetune", path=path)
+    agent.core.num_updates = 1  # TD3 family: an update with an actor loss
     losses, _ = agent.core.compute_losses(agent._encoded_batch(raw_batch(agent.spec)), with_metrics=False)
     critic_params = list(agent.critic_encoder.parameters())
     actor_params = list(agent.actor_encoder.parameters())
     critic_losses = ("value", "critic") if algo == "iql" else ("critic",)
+    if algo == "bcq":  # the VAE reads the actor encoder's features, like the perturbation net
+        assert grads(losses["vae"], actor_params) and not grads(losses["vae"], critic_params)
     for name in critic_losses:
         assert grads(losses[name], critic_params) and not grads(losses[name], actor_params), name
     assert grads(losses["actor"], actor_params) and not grads(losses["actor"], critic_params)

@@ -30,7 +30,8 @@ def _roundtrip(state):
 def test_offline_sample_shapes_dtypes():
     ds = _offline()
     batch = ds.sample(8)
-    assert set(batch) == {"observations", "actions", "rewards", "next_observations", "dones", "mc_returns"}
+    assert set(batch) == {"observations", "actions", "rewards", "next_observations", "dones", "mc_returns",
+                          "next_actions"}
     assert batch["observations"].shape == (8, 3) and batch["observations"].dtype == torch.float32
     assert batch["rewards"].shape == (8,) and torch.all(batch["mc_returns"] == -7.0)
     torch.testing.assert_close(batch["next_observations"], batch["observations"] + 1)

@@ -1,4 +1,5 @@
-"""Offline/online RL agents: CQL and Cal-QL (:mod:`.cql`), IQL (:mod:`.iql`), BC (:mod:`.bc`).
+"""Offline/online RL agents: CQL and Cal-QL (:mod:`.cql`), IQL (:mod:`.iql`), BC (:mod:`.bc`), TD3+BC (:mod:`.td3_bc`),
+AWAC (:mod:`.awac`), ReBRAC (:mod:`.rebrac`), BCQ (:mod:`.bcq`).
 
 ``make_agent(name, obs_dim, act_dim, cfg)`` builds one by name. ``cfg`` is ``None``, the agent's config
 dataclass, or a mapping of overrides (a plain dict or an OmegaConf ``DictConfig``); unknown keys raise.
@@ -15,17 +16,25 @@ from typing import Any, Union
 
 import torch
 
+from robopretrain.algos.awac import AWAC, AWACConfig
 from robopretrain.algos.bc import BC, BCConfig
+from robopretrain.algos.bcq import BCQ, BCQConfig
 from robopretrain.algos.cql import CQL, CQLConfig
 from robopretrain.algos.iql import IQL, IQLConfig
+from robopretrain.algos.rebrac import ReBRAC, ReBRACConfig
+from robopretrain.algos.td3_bc import TD3BC, TD3BCConfig
 
-Agent = Union[CQL, IQL, BC]
+Agent = Union[CQL, IQL, BC, TD3BC, AWAC, ReBRAC, BCQ]
 
 _REGISTRY: dict[str, tuple[type, type, dict[str, Any]]] = {
     "cql": (CQL, CQLConfig, {"use_calql": False}),
     "calql": (CQL, CQLConfig, {"use_calql": True}),
     "iql": (IQL, IQLConfig, {}),
     "bc": (BC, BCConfig, {}),
+    "td3_bc": (TD3BC, TD3BCConfig, {}),
+    "awac": (AWAC, AWACConfig, {}),
+    "rebrac": (ReBRAC, ReBRACConfig, {}),
+    "bcq": (BCQ, BCQConfig, {}),
 }
 
 AGENT_NAMES = tuple(_REGISTRY)
@@ -58,19 +67,27 @@ def make_config(name: str, cfg: Any = None) -> Any:
 
 
 def make_agent(name: str, obs_dim: int, act_dim: int, cfg: Any = None, device: str | torch.device = "cpu") -> Agent:
-    """Build agent ``name`` ("cql", "calql", "iql", "bc") for flat states of ``obs_dim`` and ``act_dim`` actions."""
+    """Build agent ``name`` (one of :data:`AGENT_NAMES`) for flat states of ``obs_dim`` and ``act_dim`` actions."""
     config = make_config(name, cfg)
     return _REGISTRY[name][0](obs_dim, act_dim, config, device=device)
 
 
 __all__ = [
     "AGENT_NAMES",
+    "AWAC",
+    "AWACConfig",
     "BC",
+    "BCQ",
+    "BCQConfig",
     "BCConfig",
     "CQL",
     "CQLConfig",
     "IQL",
     "IQLConfig",
+    "ReBRAC",
+    "ReBRACConfig",
+    "TD3BC",
+    "TD3BCConfig",
     "make_agent",
     "make_config",
 ]

@@ -380,6 +380,13 @@ class CQL(OfflineAlgorithm):
     # ------------------------------------------------------------------ checkpoint
 
     STATE_MODULES = ("actor", "critic", "target_critic")
+    actor_reads_next_obs = True  # policy samples at s' for the backup and the CQL term (detached)
+
+    @property
+    def next_obs_needs_grad(self) -> bool:
+        """Only DR3's critic features phi(s', a') carry a gradient through s'."""
+        return float(self.cfg.dr3_coef) > 0.0
+
     STATE_TENSORS = ("log_alpha", "log_alpha_prime")
 
     def algo_name(self) -> str:

@@ -140,6 +140,9 @@ class IQL(OfflineAlgorithm):
         return losses, metrics
 
     STATE_MODULES = ("actor", "critic", "target_critic", "value")
+    actor_reads_next_obs = False  # AWR looks at s only
+    next_obs_needs_grad = False  # s' only enters the TD target V(s'), without gradient
+
 
     def algo_name(self) -> str:
         return "iql"

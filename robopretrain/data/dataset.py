@@ -38,9 +38,15 @@ from robopretrain.data.hdf5 import (DatasetError, DatasetInfo, Transitions, load
                                     select_demos)
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.frames import open_index
-from robopretrain.data.keys import TASK_ID
+from robopretrain.data.keys import NEXT_ACTIONS, TASK_ID
 from robopretrain.data.replay import OfflineDataset
-from robopretrain.data.returns import returns_to_go, scale_rewards, sparse_negative_reward
+from robopretrain.data.returns import (
+    episode_starts,
+    next_actions_of,
+    returns_to_go,
+    scale_rewards,
+    sparse_negative_reward,
+)
 from robopretrain.data.spec import ObsSpec, spec_from_shapes
 
 log = logging.getLogger(__name__)
@@ -177,11 +183,14 @@ def load_offline_dataset(
 
     scaled = scale_rewards(rewards, reward.scale, reward.bias)
     r_neg = sparse_negative_reward(reward.scale, reward.bias) if reward.sparse else None
+    # the data's action at s' (ReBRAC's critic penalty): the next row's action inside an episode, else its own
+    next_actions = next_actions_of(trans.actions, episode_starts(len(trans), episode_ids=trans.episode_ids,
+                                                                 terminals=dones))
     if not on_disk:
         mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, obs=trans.obs,
                            next_obs=trans.next_obs, sparse_negative_reward=r_neg)
         return OfflineDataset(parts(trans.obs), trans.actions, scaled, parts(trans.next_obs), dones, mc,
-                              device=device, seed=seed)
+                              next_actions=next_actions, device=device, seed=seed)
     sel = _selected_transitions(index.demo_starts(), info, trans)
     rows = {k: index.rows[key_map.get(k, k)][:, sel] for k in spec.rgb_keys}
     # frames differ exactly where their rows differ (equal frames share a row): the same episode boundaries as the
@@ -191,7 +200,8 @@ def load_offline_dataset(
     mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, obs=obs_rows,
                        next_obs=next_rows, sparse_negative_reward=r_neg)
     fields = {"observations": parts(trans.obs), "actions": trans.actions, "rewards": scaled,
-              "next_observations": parts(trans.next_obs), "dones": dones, "mc_returns": mc}
+              "next_observations": parts(trans.next_obs), "dones": dones, "mc_returns": mc,
+              NEXT_ACTIONS: next_actions}
     stores = {k: index.store(key_map.get(k, k)) for k in spec.rgb_keys}
     order = [*spec.rgb_keys, *spec.low_dim_keys] + ([TASK_ID] if spec.num_tasks else [])
     log.info("%s: %d transitions, frames of %s read from %s (%d prefetch threads)", info.path, len(trans),

@@ -12,8 +12,9 @@ REWARDS = "rewards"
 NEXT_OBS = "next_observations"
 DONES = "dones"
 MC_RETURNS = "mc_returns"  # Monte-Carlo returns-to-go of the stored transition (Cal-QL's V_mu(s))
+NEXT_ACTIONS = "next_actions"  # the data's action at s' (ReBRAC's critic penalty); an episode's last step: its own
 
-BATCH_KEYS = (OBS, ACTIONS, REWARDS, NEXT_OBS, DONES, MC_RETURNS)
+BATCH_KEYS = (OBS, ACTIONS, REWARDS, NEXT_OBS, DONES, MC_RETURNS, NEXT_ACTIONS)
 OBS_FIELDS = (OBS, NEXT_OBS)
 
 # observation parts with a fixed meaning

@@ -29,8 +29,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from robopretrain.data.keys import BATCH_KEYS, OBS_FIELDS
-from robopretrain.data.returns import episode_returns_to_go
+from robopretrain.data.keys import BATCH_KEYS, NEXT_ACTIONS, OBS_FIELDS
+from robopretrain.data.returns import episode_returns_to_go, episode_starts, next_actions_of
 
 Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
 TensorTree = Union[torch.Tensor, dict[str, torch.Tensor]]
@@ -101,9 +101,13 @@ class OfflineDataset:
         dones: np.ndarray,
         mc_returns: np.ndarray | None = None,
         *,
+        next_actions: np.ndarray | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
+        """``next_actions``: the data's action at ``s'`` (None: from the rows' order, a step continuing the previous
+        one where ``observations[t + 1] == next_observations[t]`` and it is not terminal;
+        :func:`~robopretrain.data.returns.next_actions_of`)."""
         n = len(actions)
         fields = {
             "observations": _tree_map(_as_storage, observations),
@@ -119,6 +123,14 @@ class OfflineDataset:
                 raise ValueError(f"{k} has {_tree_len(fields[k])} rows but actions have {n}")
         if n == 0:
             raise ValueError("an offline dataset needs at least one transition")
+        if next_actions is None:
+            starts = episode_starts(n, terminals=fields["dones"], obs=fields["observations"],
+                                    next_obs=fields["next_observations"])
+            next_actions = next_actions_of(fields["actions"], starts)
+        if np.shape(next_actions) != np.shape(fields["actions"]):
+            raise ValueError(f"next_actions {np.shape(next_actions)} must have the shape of actions "
+                             f"{np.shape(fields['actions'])}")
+        fields[NEXT_ACTIONS] = _as_storage(next_actions)
         self._fields = fields
         self.size = n
         self.device = torch.device(device)
@@ -143,7 +155,7 @@ class OfflineDataset:
         :meth:`~robopretrain.agent.Agent.prepare`: frozen features in place of images); a new sampling RNG."""
         f = self._fields
         return OfflineDataset(fn(f["observations"]), f["actions"], f["rewards"], fn(f["next_observations"]),
-                              f["dones"], f.get("mc_returns"), device=self.device,
+                              f["dones"], f.get("mc_returns"), next_actions=f[NEXT_ACTIONS], device=self.device,
                               seed=int(self.rng.integers(2**31)) if seed is None else seed)
 
     def state_dict(self) -> dict[str, Any]:
@@ -210,6 +222,7 @@ class ReplayBuffer:
             "next_observations": _alloc(self._spec, capacity),
             "dones": np.zeros(capacity, dtype=np.float32),
             "mc_returns": np.zeros(capacity, dtype=np.float32),
+            NEXT_ACTIONS: np.zeros((capacity, act_dim), dtype=np.float32),
         }
         self.ptr = 0
         self.size = 0
@@ -260,6 +273,7 @@ class ReplayBuffer:
             "next_observations": next_observations,
             "dones": np.reshape(terminals, (n,)),
             "mc_returns": mc,
+            NEXT_ACTIONS: next_actions_of(actions, np.r_[True, np.zeros(n - 1, dtype=bool)]),
         }
         keep = slice(max(0, n - self.capacity), n)  # an episode longer than the buffer keeps its tail
         idx = (self.ptr + np.arange(keep.stop - keep.start)) % self.capacity
@@ -315,7 +329,9 @@ class ReplayBuffer:
             raise ValueError(f"state is for capacity {state['capacity']}, this buffer has {self.capacity}")
         size = int(state["size"])
         for key, store in self._fields.items():
-            src = state["data"][key]
+            src = state["data"].get(key)
+            if src is None and key == NEXT_ACTIONS:  # written before next actions were stored: their own actions
+                src = state["data"]["actions"]
             if isinstance(store, dict):
                 for k, arr in store.items():
                     arr[:size] = src[k].numpy()

@@ -83,6 +83,18 @@ def episode_starts(
     return starts
 
 
+def next_actions_of(actions: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The data's next action per transition, ``(N, A)``: ``actions[t + 1]`` inside an episode, the step's own action
+    at an episode's last step (``starts``: :func:`episode_starts`). ReBRAC's critic penalty reads it; at a true
+    terminal the target masks it, at a truncation it stands in for the unseen next action."""
+    a = np.asarray(actions)
+    out = a.copy()
+    if len(a) > 1:
+        inside = ~np.asarray(starts, dtype=bool)[1:]  # step t + 1 continues step t
+        out[:-1][inside] = a[1:][inside]
+    return out
+
+
 def episode_returns_to_go(
     rewards: np.ndarray,
     terminals: np.ndarray,

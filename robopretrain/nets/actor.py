@@ -201,3 +201,45 @@ class GaussianActor(_StochasticPolicy):
             mean, log_std = mean.unsqueeze(-2), log_std.unsqueeze(-2)
         z = (actions - mean) * torch.exp(-log_std)
         return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(-1)
+
+
+class DeterministicActor(nn.Module):
+    """State -> action ``tanh(MLP(s))`` in ``(-1, 1)^act_dim``: the TD3 actor (TD3+BC, ReBRAC).
+
+    ``act(deterministic=False)`` adds TD3's Gaussian exploration noise ``N(0, expl_noise^2)`` and clips to
+    ``[-1, 1]`` (Fujimoto et al. 2018, ``expl_noise = 0.1``; used by stage 3's collection). Source: the TD3+BC
+    authors' ``Actor`` (CORL ``td3_bc.py``: Linear-ReLU x2, Linear, tanh; ``max_action = 1`` here) and CORL
+    ``rebrac.py`` ``DetActor`` (3 hidden layers).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        *,
+        activation: str = "relu",
+        orthogonal_init: bool = False,
+        final_gain: float = FINAL_GAIN,
+        expl_noise: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.expl_noise = obs_dim, act_dim, float(expl_noise)
+        self.net = build_mlp(obs_dim, act_dim, hidden, activation=activation, orthogonal_init=orthogonal_init,
+                             final_gain=final_gain)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions ``(B, A)`` for states ``(B, S)``."""
+        return torch.tanh(self.net(obs))
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
+        """Actions for a single state ``(S,)`` or a batch ``(B, S)`` as a float32 numpy array."""
+        device = next(self.parameters()).device
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        single = x.dim() == 1
+        actions = self(x.unsqueeze(0) if single else x)
+        if not deterministic and self.expl_noise > 0.0:
+            actions = (actions + self.expl_noise * torch.randn_like(actions)).clamp(-1.0, 1.0)
+        out = actions[0] if single else actions
+        return out.cpu().numpy()

@@ -104,11 +104,15 @@ class EnsembleCritic(nn.Module):
         *,
         activation: str = "relu",
         layer_norm: bool = False,
+        norm_after_activation: bool = False,
         orthogonal_init: bool = False,
         final_gain: float = FINAL_GAIN,
         fast_path: bool = True,
     ) -> None:
+        """``norm_after_activation`` places each LayerNorm after the activation (``Linear -> ReLU -> LayerNorm``,
+        ReBRAC's critic) instead of before it (``Linear -> LayerNorm -> ReLU``)."""
         super().__init__()
+        self.norm_after_activation = norm_after_activation
         if not hidden:
             raise ValueError("EnsembleCritic needs at least one hidden layer")
         # the buffer-reusing CPU path exists for ReLU without LayerNorm (see the module docstring)
@@ -244,5 +248,9 @@ class EnsembleCritic(nn.Module):
         for i, (layer, norm) in enumerate(zip(self.hidden, self.norms)):
             if i > 0:
                 h = layer(h, detach_params)
-            h = self.activation(norm(h, detach_params) if isinstance(norm, VectorizedLayerNorm) else h)
+            if isinstance(norm, VectorizedLayerNorm) and not self.norm_after_activation:
+                h = norm(h, detach_params)
+            h = self.activation(h)
+            if isinstance(norm, VectorizedLayerNorm) and self.norm_after_activation:
+                h = norm(h, detach_params)
         return self.head(h, detach_params), h
