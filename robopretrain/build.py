@@ -189,6 +189,16 @@ def prepared(agent: Agent, dataset: OfflineDataset, seed: int) -> OfflineDataset
     return dataset.map_observations(agent.prepare, seed=seed)
 
 
+def training_sampler(agent: Agent, dataset: OfflineDataset, seed: int) -> Any:
+    """What stage 2 draws batches from: the dataset itself, or K-step windows of it for the Decision Transformer
+    (:class:`~robopretrain.data.sequences.SequenceSampler`, its own RNG seeded with ``seed``)."""
+    if agent.algo != "dt":
+        return dataset
+    from robopretrain.data.sequences import SequenceSampler
+
+    return SequenceSampler(dataset, int(agent.algo_cfg.context_len), seed=seed)
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -269,5 +279,5 @@ def target_config(node: Any) -> Target:
 
 __all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "env_fits_or_log",
            "eval_targets", "load_data",
-           "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
+           "new_agent", "plain", "prepared", "training_sampler", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
            "target_config", "targets_of_data"]

@@ -1,4 +1,5 @@
-"""Offline/online RL agents: CQL and Cal-QL (:mod:`.cql`), IQL (:mod:`.iql`), BC (:mod:`.bc`).
+"""Offline/online RL agents: CQL and Cal-QL (:mod:`.cql`), IQL (:mod:`.iql`), BC (:mod:`.bc`), the Decision
+Transformer (:mod:`.dt`).
 
 ``make_agent(name, obs_dim, act_dim, cfg)`` builds one by name. ``cfg`` is ``None``, the agent's config
 dataclass, or a mapping of overrides (a plain dict or an OmegaConf ``DictConfig``); unknown keys raise.
@@ -17,15 +18,17 @@ import torch
 
 from robopretrain.algos.bc import BC, BCConfig
 from robopretrain.algos.cql import CQL, CQLConfig
+from robopretrain.algos.dt import DecisionTransformer, DTConfig
 from robopretrain.algos.iql import IQL, IQLConfig
 
-Agent = Union[CQL, IQL, BC]
+Agent = Union[CQL, IQL, BC, DecisionTransformer]
 
 _REGISTRY: dict[str, tuple[type, type, dict[str, Any]]] = {
     "cql": (CQL, CQLConfig, {"use_calql": False}),
     "calql": (CQL, CQLConfig, {"use_calql": True}),
     "iql": (IQL, IQLConfig, {}),
     "bc": (BC, BCConfig, {}),
+    "dt": (DecisionTransformer, DTConfig, {}),
 }
 
 AGENT_NAMES = tuple(_REGISTRY)
@@ -69,6 +72,8 @@ __all__ = [
     "BCConfig",
     "CQL",
     "CQLConfig",
+    "DTConfig",
+    "DecisionTransformer",
     "IQL",
     "IQLConfig",
     "make_agent",
