@@ -4,6 +4,8 @@ demos of single tasks, with privileged state; success measured in sim. Protocol:
     python benchmarks/recipe.py                         # the protocol: 4 tasks x 4 learners x 3 seeds x 5000 updates
     python benchmarks/recipe.py --jobs 2                # two runs at a time (one torch thread each)
     python benchmarks/recipe.py --summarize-only        # table from the saved JSON
+    python benchmarks/recipe.py --tasks Reach --algos dt --seeds 0 --updates 1000 2500 \
+        --out benchmarks/results/recipe_dt.json          # the Decision Transformer addendum (protocol's last section)
 
 Each run is ``robopretrain.train`` (stage 2's own entry point, as a subprocess) on one task's file, with checkpoints
 every 500 updates; the checkpoints at the protocol's budgets are then evaluated on 50 fixed episodes (per-episode
@@ -139,12 +141,14 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
 
 
 def table(summary: list[dict[str, Any]], budget: int) -> str:
+    present = {r["algo"] for r in summary}  # the protocol's learners, then any other measured (e.g. dt)
+    algos = [a for a in ALGOS if a in present] + sorted(present - set(ALGOS))
     lines = [f"success at {budget} updates (mean over seeds [95% CI]; seeds)", "",
-             "| task | " + " | ".join(ALGOS) + " |", "|---|" + "---|" * len(ALGOS)]
+             "| task | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
     tasks = sorted({r["task"] for r in summary})
     for task in tasks:
         cells = []
-        for algo in ALGOS:
+        for algo in algos:
             r = next((r for r in summary if r["task"] == task and r["algo"] == algo and r["updates"] == budget), None)
             cells.append("-" if r is None else f"{r['mean']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]; "
                          + " / ".join(f"{v:.2f}" for v in r["per_seed"].values()))
