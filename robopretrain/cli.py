@@ -36,7 +36,8 @@ from typing import Any, TypeVar
 EXIT_BAD_INPUT = 2
 # Hydra entry point module -> its primary config in configs/
 ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": "robopretrain",
-                "finetune.train": "finetune", "robopretrain.evaluate": "evaluate"}
+                "finetune.train": "finetune", "robopretrain.evaluate": "evaluate",
+                "robopretrain.reward_model": "reward_model"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 F = TypeVar("F", bound=Callable[..., Any])
