@@ -232,10 +232,6 @@ class SegmentData:
             raise ValueError(f"{where}: every pair must have the same segment length")
         return np.stack(ia), np.stack(ib)
 
-    def true_return(self, demo: str, start: int, length: int) -> float:
-        lo = self.offset[demo] + start
-        return float(self.rewards[lo: lo + length].sum())
-
     def segment_returns(self, model: RewardEnsemble, idx: np.ndarray, member: int | None = None) -> torch.Tensor:
         """``(E, P)`` summed rewards of segments ``idx`` ``(P, L)`` under each member (``(1, P)``: one member)."""
         flat = torch.from_numpy(idx.reshape(-1))
@@ -356,8 +352,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     else:
         L = int(teacher.segment_length)
         pairs = sample_pairs(data.lengths, L, int(teacher.num_pairs), rng)
-        clean = np.array([teacher_label(data.true_return(a, sa, L), data.true_return(b, sb, L),
-                                        float(teacher.tie_margin)) for a, sa, b, sb in pairs])
+        cum = np.concatenate([[0.0], np.cumsum(data.rewards)])
+        ret = {(d, s): cum[data.offset[d] + s + L] - cum[data.offset[d] + s] for a, sa, b, sb in pairs
+               for d, s in ((a, sa), (b, sb))}
+        clean = np.array([teacher_label(ret[a, sa], ret[b, sb], float(teacher.tie_margin)) for a, sa, b, sb in pairs])
         noisy = noisy_labels(clean, float(teacher.noise), rng)
         labels = [PreferenceLabel(a, sa, b, sb, L, float(y)) for (a, sa, b, sb), y in zip(pairs, noisy)]
         source = str(write_labels(run_dir / "labels.csv", labels))
