@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_recipe"))
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="no training: evaluate the budgets whose checkpoints exist (a run still going or cut short)")
     return p.parse_args(argv)
 
 
@@ -116,13 +118,16 @@ def one(args: argparse.Namespace, results: dict[str, Any], task: str, algo: str,
         return
     data = collect_data(task, args.demos, args.work_dir)
     out = args.work_dir / "runs" / task / algo / f"seed{seed}"
-    seconds = train_run(data, out, algo, seed, max(args.updates))
-    if seconds:
-        entry["train_seconds"] = seconds
+    if not args.evaluate_only:
+        seconds = train_run(data, out, algo, seed, max(args.updates))
+        if seconds:
+            entry["train_seconds"] = seconds
     for u in args.updates:
-        if str(u) not in entry["success"]:
-            entry["success"][str(u)] = evaluate_checkpoint(out / "checkpoints" / f"ckpt_{u:08d}", task, args.episodes)
-    print(f"{key}: " + ", ".join(f"{u}: {np.mean(entry['success'][str(u)]):.2f}" for u in args.updates), flush=True)
+        ckpt = out / "checkpoints" / f"ckpt_{u:08d}"
+        if str(u) not in entry["success"] and (ckpt.is_dir() or not args.evaluate_only):
+            entry["success"][str(u)] = evaluate_checkpoint(ckpt, task, args.episodes)
+    print(f"{key}: " + ", ".join(f"{u}: {np.mean(entry['success'][str(u)]):.2f}" if str(u) in entry["success"]
+                                 else f"{u}: not trained" for u in args.updates), flush=True)
 
 
 def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
