@@ -325,6 +325,18 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
     return dst
 
 
+def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]:
+    """The ensemble a run saved (``<run>/reward_model.pt``) and its observation spec, e.g. to :func:`relabel`
+    another file of the same robot and tasks."""
+    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+    spec = ObsSpec.from_dict(saved["spec"])
+    settings = saved["settings"]
+    model = RewardEnsemble(spec, int(saved["act_dim"]), ensemble=int(settings["ensemble"]),
+                           hidden=tuple(settings["hidden"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), spec
+
+
 # --------------------------------------------------------------------------- the entry point
 
 
@@ -405,5 +417,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
-           "bradley_terry_loss", "noisy_labels", "read_labels", "relabel", "sample_pairs", "teacher_label",
+           "bradley_terry_loss", "load_reward_model", "noisy_labels", "read_labels", "relabel", "sample_pairs", "teacher_label",
            "train_ensemble", "write_labels"]

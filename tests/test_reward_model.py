@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from robopretrain.build import compose
-from robopretrain.reward_model import (PreferenceLabel, bradley_terry_loss, noisy_labels, read_labels, run,
-                                       sample_pairs, teacher_label, write_labels)
+from robopretrain.reward_model import (PreferenceLabel, bradley_terry_loss, load_reward_model, noisy_labels,
+                                       read_labels, relabel, run, sample_pairs, teacher_label, write_labels)
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
 
 
@@ -120,6 +120,11 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
         flat = np.concatenate(rewards)
         assert np.corrcoef(flat, np.concatenate(progress))[0, 1] > 0.9  # each demo's steps got their own reward
         assert abs(flat.mean()) < 1e-4 and abs(flat.std() - 1) < 1e-3  # normalize=standard over the file
+
+    model, spec = load_reward_model(tmp_path / "run" / "reward_model.pt")  # the saved ensemble relabels the same
+    again_path = relabel(data, tmp_path / "again.hdf5", model, spec, "standard")
+    with h5py.File(out) as b, h5py.File(again_path) as c:
+        assert np.allclose(b["data/demo_3/rewards"][()], c["data/demo_3/rewards"][()], atol=1e-6)
 
     # human labels in the documented format train the same way; a segment outside its demo is named
     labels = read_labels(tmp_path / "run" / "labels.csv")
