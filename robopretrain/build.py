@@ -279,5 +279,6 @@ def target_config(node: Any) -> Target:
 
 __all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "env_fits_or_log",
            "eval_targets", "load_data",
-           "new_agent", "plain", "prepared", "training_sampler", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
+           "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
+           "training_sampler",
            "target_config", "targets_of_data"]

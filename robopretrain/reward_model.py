@@ -192,7 +192,8 @@ class RewardEnsemble(nn.Module):
         self.encoder = ObsEncoder(spec, stats=stats)
         self.nets = nn.ModuleList(build_mlp(self.encoder.out_dim + act_dim, 1, tuple(hidden)) for _ in range(ensemble))
 
-    def forward(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor, member: int | None = None) -> torch.Tensor:
+    def forward(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor,
+                member: int | None = None) -> torch.Tensor:
         """Rewards ``(E, N)`` of every member, or ``(1, N)`` of member ``member``."""
         x = torch.cat([self.encoder(obs), actions.float()], dim=-1)
         nets = self.nets if member is None else [self.nets[member]]
@@ -216,7 +217,7 @@ class SegmentData:
         self.lengths = {name: int((ids == i).sum()) for i, name in enumerate(trans.demo_names)}
 
     def indices(self, labels: Sequence[PreferenceLabel], where: str = "labels") -> tuple[np.ndarray, np.ndarray]:
-        """Flat step indices of segments a and b, each ``(P, L)``; raises ``ValueError`` on a segment outside its demo."""
+        """Flat step indices of segments a and b, each ``(P, L)``; ``ValueError`` on a segment outside its demo."""
         ia, ib = [], []
         for i, lab in enumerate(labels):
             for demo, start in ((lab.demo_a, lab.start_a), (lab.demo_b, lab.start_b)):
@@ -412,10 +413,10 @@ def main(cfg: DictConfig) -> None:
         print(f"relabelled: {report['relabelled']}")
 
 
+__all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
+           "bradley_terry_loss", "load_reward_model", "noisy_labels", "read_labels", "relabel", "sample_pairs",
+           "teacher_label", "train_ensemble", "write_labels"]
+
 if __name__ == "__main__":
     run_hydra(main, "reward_model")
 
-
-__all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
-           "bradley_terry_loss", "load_reward_model", "noisy_labels", "read_labels", "relabel", "sample_pairs", "teacher_label",
-           "train_ensemble", "write_labels"]

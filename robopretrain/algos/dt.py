@@ -4,7 +4,8 @@ Model (defaults: REFERENCE.md and CORL ``dt.py``: context K=20, embedding 128, 3
 AdamW lr 1e-4, weight decay 1e-4, linear warm-up over 10k updates, gradient-norm clip 0.25)::
 
     e_t = timestep_emb(t)                                   t: step index inside the episode, clamped to max_ep_len - 1
-    tokens = (R_0 + e_0, s_0 + e_0, a_0 + e_0, R_1 + e_1, ...)      R: linear(return-to-go), s: linear(features), a: linear(a)
+    tokens = (R_0 + e_0, s_0 + e_0, a_0 + e_0, R_1 + e_1, ...)      R, s, a: linear(return-to-go), linear(features),
+                                                                    linear(action)
     h = out_norm(blocks(dropout(emb_norm(tokens))))                 pre-LN GPT blocks with a causal mask
     a_hat_t = max_action * tanh(linear(h[s_t]))                     the action is predicted from the s_t token
     loss = sum_t,j mask_t (a_hat_tj - a_tj)^2 / (act_dim * sum_t mask_t)         (MSE over the real tokens)
