@@ -47,6 +47,7 @@ import sim_envs  # noqa: E402  (first: it picks the headless GL backend before m
 import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 from sim_envs.experts import blind_replay, make_expert  # noqa: E402
+from bench_utils import cpu_model  # noqa: E402  (this script's own folder is on sys.path)
 
 TARGETS = {"physics_steps_per_s": 2000.0, "render_64_steps_per_s": 500.0, "expert_success": 0.95,
            "target_blind_replay_success": 0.1}
@@ -194,17 +195,6 @@ def camera_resolution(size: int = 64) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    """The CPU's model name (lscpu / /proc/cpuinfo), e.g. "Intel(R) Xeon(R) Processor"."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
             "processor": platform.processor(),

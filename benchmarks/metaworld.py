@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
+from bench_utils import seeds_then_episodes_ci  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "metaworld.json"
 OBS = {
@@ -109,14 +112,6 @@ def one(args: argparse.Namespace, files: dict[str, Path], obs: str, seed: int) -
             "curve": [(r["env_steps"], r["eval/success"]) for r in rows]}
 
 
-def bootstrap(per_seed: list[list[bool]], resamples: int = 2000) -> tuple[float, float]:
-    rng = np.random.default_rng(0)
-    arrays = [np.asarray(s, float) for s in per_seed]
-    means = [np.mean([rng.choice(arrays[i], len(arrays[i])).mean() for i in rng.integers(0, len(arrays), len(arrays))])
-             for _ in range(resamples)]
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def table(runs: list[dict[str, Any]]) -> str:
     lines = ["| observations | seeds | offline success [95% CI] | final success [95% CI] | cumulative regret | "
              "per seed: offline -> final |", "|---|---|---|---|---|---|"]
@@ -127,7 +122,7 @@ def table(runs: list[dict[str, Any]]) -> str:
         cells = []
         for key in ("offline_success", "final_success"):
             per = [r[key] for r in group]
-            lo, hi = bootstrap(per)
+            lo, hi = seeds_then_episodes_ci(per)
             cells.append(f"{np.mean([np.mean(p) for p in per]):.2f} [{lo:.2f}, {hi:.2f}]")
         regrets = [r["cumulative_regret"] for r in group if r["cumulative_regret"] is not None]
         seeds = ", ".join(f"{np.mean(r['offline_success']):.2f} -> {np.mean(r['final_success']):.2f}" for r in group)

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 # settings a resumed run may change (they do not change what is computed, or a resumed run may extend them)
 RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes", "keep_checkpoints",
-                     "calibration_batch", "data.generate", "data.regenerate", "data.collect")
+                     "calibration_batch", "data.generate", "data.regenerate", "data.collect",
+                     "data.storage", "data.workers")
 
 
 def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any]) -> Path:

@@ -54,7 +54,8 @@ from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS
 from robopretrain.data.spec import ObsSpec
 from robopretrain.nets.encoder_io import load_encoder
 from robopretrain.nets.encoders import make_encoder
-from robopretrain.nets.obs_encoder import ObsEncoder
+from robopretrain.nets.mlp import retain_freed_memory_once
+from robopretrain.nets.obs_encoder import PRECISIONS, ObsEncoder
 
 ENCODER_MODES = ("finetune", "frozen", "frozen_cached", "scratch")
 NO_CAMERA_MODE = "none"
@@ -74,6 +75,11 @@ class EncoderSettings:
     augment_pad: int = 4  # DrQ random shift (pixels) where the encoder trains
     lr: float = 3e-4  # encoder learning rate (finetune / scratch)
     feature_batch: int = 512  # frames per forward pass when caching features (frozen_cached)
+    precision: str = "float32"  # image encoder compute: float32 | bfloat16 | float16 (autocast; changes the numbers)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"encoder.precision={self.precision!r}; expected one of {list(PRECISIONS)}")
 
     def resolved_mode(self) -> str:
         mode = self.mode or ("finetune" if self.checkpoint else "scratch")
@@ -173,10 +179,13 @@ class Agent:
             if self.mode not in ENCODER_MODES:
                 raise ValueError(f"encoder mode {self.mode!r}; expected one of {list(ENCODER_MODES)}")
             img, self.encoder_source = image_encoder, {"source": "given"}
+        if spec.rgb and self.device.type == "cpu":  # frame-sized activations: reuse freed memory (changes no result)
+            retain_freed_memory_once()
         stats = dict(stats) if stats is not None else None
+        precision = self.settings.precision
         if self.mode == "frozen_cached":
             assert img is not None
-            self.feature_encoder = ObsEncoder(ObsSpec(rgb=spec.rgb), img).to(self.device)
+            self.feature_encoder = ObsEncoder(ObsSpec(rgb=spec.rgb), img, precision=precision).to(self.device)
             self.feature_encoder.requires_grad_(False).eval()
             self.train_spec = spec.cached(self.feature_encoder.out_dim)
             if stats is not None:
@@ -186,7 +195,8 @@ class Agent:
         else:
             self.train_spec = spec
         pad = self.settings.augment_pad if self.trains_encoder else 0
-        self.critic_encoder = ObsEncoder(self.train_spec, img, stats=stats, augment_pad=pad).to(self.device)
+        self.critic_encoder = ObsEncoder(self.train_spec, img, stats=stats, augment_pad=pad,
+                                         precision=precision).to(self.device)
         separate = self.trains_encoder and not self.settings.shared and algo not in ("bc", "dt")
         self.actor_encoder = copy.deepcopy(self.critic_encoder) if separate else self.critic_encoder
         if self.mode == "frozen":
@@ -208,7 +218,7 @@ class Agent:
     @property
     def has_q(self) -> bool:
         """Whether the algorithm has a Q-function (every one but BC)."""
-        return hasattr(self.core, "q_values")
+        return hasattr(self.core, "critic")
 
     @property
     def feature_dim(self) -> int:
@@ -328,15 +338,23 @@ class Agent:
         return encoder(obs, augment=True, generator=self.generator)
 
     def _encoded_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """The batch with features in place of observations, with gradients to the encoders each loss may train."""
+        """The batch with features in place of observations, with gradients to the encoders each loss may train.
+
+        Each encoder runs once on s (with gradient) and once on s' with gradient only where a loss can reach it
+        (DR3's critic features at s'); every other s' pass runs without autograd, which changes no loss and no
+        gradient: CQL's s' features only feed the target critic (no gradient) and the policy's s' actions, which
+        the losses detach, so their backward pass would only add zeros. The shifts are drawn from
+        ``self.generator`` in the order critic s, critic s', actor s, actor s' (one ``(B * cameras, 2)`` draw
+        each; shared encoder / IQL: the draws they make, in that order).
+        """
         obs, next_obs = batch[OBS], batch[NEXT_OBS]
         if self.algo == "bc":  # one encoder, trained by the BC loss
             return {**batch, OBS: self._encode(self.critic_encoder, obs)}
         critic_obs = self._encode(self.critic_encoder, obs)
-        if self.algo == "iql":  # s' only enters the TD target V(s'), computed without gradient
-            with torch.no_grad():
-                critic_next = self._encode(self.critic_encoder, next_obs)
-        else:  # CQL scores policy actions at s' and DR3 uses the critic's features at s': keep the gradient
+        # IQL: s' only enters the TD target V(s'); CQL: the target critic and the (detached) policy actions at s',
+        # and DR3's critic features phi(s', a'), the one s' term with a gradient
+        next_grad = self.algo != "iql" and float(getattr(self.algo_cfg, "dr3_coef", 0.0)) > 0.0
+        with torch.set_grad_enabled(next_grad and torch.is_grad_enabled()):
             critic_next = self._encode(self.critic_encoder, next_obs)
         flat = {**batch, OBS: critic_obs, NEXT_OBS: critic_next}
         if self.actor_encoder is self.critic_encoder:
@@ -346,7 +364,8 @@ class Agent:
         else:
             flat["actor_observations"] = self._encode(self.actor_encoder, obs)
             if self.algo != "iql":  # IQL's policy loss (AWR) only looks at s
-                flat["actor_next_observations"] = self._encode(self.actor_encoder, next_obs)
+                with torch.no_grad():  # the policy's s' samples are detached in every loss
+                    flat["actor_next_observations"] = self._encode(self.actor_encoder, next_obs)
         return flat
 
     # ------------------------------------------------------------------ acting

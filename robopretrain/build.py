@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain.agent import Agent, EncoderSettings
 from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
+from robopretrain.data.disk import DiskDataset
 from robopretrain.data.hdf5 import DatasetInfo
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
@@ -120,10 +121,11 @@ def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robo
     if not data_cfg.get("generate", False):
         if path is None:
             raise ValueError("config key data.path is not set; give an HDF5 file or set data.generate=true")
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"data.path={path}: file not found; expected a robomimic HDF5 "
-                                    "(python -m sim_envs.collect writes one)")
-        return path
+                                    "(python -m sim_envs.collect writes one), or a LeRobot v3 / Minari folder, a "
+                                    "D4RL-style HDF5 or an OGBench .npz (converted on first use)")
+        return converted(path, data_cfg)
     path = path or run_dir / default_name
     if path.is_file() and not data_cfg.get("regenerate", False):
         log.info("using the existing dataset %s (data.generate: not collected again; data.regenerate=true collects "
@@ -151,23 +153,37 @@ def data_spec(obs_cfg: Any, path: Path, *, obs_map: Mapping[str, str] | None = N
     return spec_of_data(path, low_dim, rgb, None if n is None else int(n), obs_map=obs_map, info=info)
 
 
+def converted(path: Path, data_cfg: Any) -> Path:
+    """``path`` as robomimic HDF5: itself, or its cached conversion from another format
+    (:func:`robopretrain.data.convert.as_robomimic`; ``data.format``, ``data.cache_dir``, ``data.actions``)."""
+    from robopretrain.data.convert import as_robomimic
+
+    return as_robomimic(path, fmt=data_cfg.get("format"), cache_dir=data_cfg.get("cache_dir"),
+                        actions=str(data_cfg.get("actions") or "auto"))
+
+
 def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, *, algo: str, act_dim: int | None,
               seed: int, device: torch.device, tasks: Sequence[str] | None = None,
-              task_id: int | None = None) -> OfflineDataset:
-    """:func:`robopretrain.data.dataset.load_offline_dataset` with the ``data`` group's selection keys."""
+              task_id: int | None = None, rank: int = 0, world_size: int = 1) -> OfflineDataset | DiskDataset:
+    """:func:`robopretrain.data.dataset.load_offline_dataset` with the ``data`` group's selection keys and storage
+    (``data.storage``: auto | memory | disk, ``data.workers``: prefetch threads of the disk-backed dataset; ``rank`` /
+    ``world_size``: its DDP shard)."""
     tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
     tid = task_id if task_id is not None else data_cfg.get("task_id")
+    path = converted(Path(path), data_cfg)
     return load_offline_dataset(
         path, spec, reward, obs_map=plain(data_cfg.get("obs_map")) or None, tasks=tasks,
         mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"), task_id=None if tid is None else int(tid),
         rewards_needed=algo != "bc", rewards_from_success=bool(data_cfg.get("rewards_from_success", False)),
-        act_dim=act_dim, seed=seed, device=device)
+        act_dim=act_dim, seed=seed, device=device, storage=str(data_cfg.get("storage") or "auto"),
+        workers=int(data_cfg.get("workers") or 0), rank=rank, world_size=world_size)
 
 
 # --------------------------------------------------------------------------- agents
 
 
-def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset, device: torch.device) -> Agent:
+def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset | DiskDataset,
+              device: torch.device) -> Agent:
     """A fresh agent of the config's ``algo`` and ``encoder`` for ``spec``, normalising low-dim parts by the
     dataset's statistics when ``obs.normalize`` (the default)."""
     normalize = bool((cfg.get("obs") or {}).get("normalize", True))
@@ -182,7 +198,7 @@ def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset, de
     return agent
 
 
-def prepared(agent: Agent, dataset: OfflineDataset, seed: int) -> OfflineDataset:
+def prepared(agent: Agent, dataset: OfflineDataset | DiskDataset, seed: int) -> OfflineDataset | DiskDataset:
     """The dataset in the form the agent trains on (frozen_cached: features computed once, else unchanged)."""
     if agent.feature_encoder is None:
         return dataset
@@ -195,6 +211,10 @@ def training_sampler(agent: Agent, dataset: OfflineDataset, seed: int) -> Any:
     if agent.algo != "dt":
         return dataset
     from robopretrain.data.sequences import SequenceSampler
+
+    if not isinstance(dataset, OfflineDataset):
+        raise ValueError("algo=dt samples K-step windows from data held in memory; set data.storage=memory "
+                         f"(this data is a {type(dataset).__name__})")
 
     return SequenceSampler(dataset, int(agent.algo_cfg.context_len), seed=seed)
 
@@ -278,7 +298,7 @@ def target_config(node: Any) -> Target:
 
 
 __all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "env_fits_or_log",
-           "eval_targets", "load_data",
+           "eval_targets", "converted", "load_data",
            "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
            "training_sampler",
            "target_config", "targets_of_data"]

@@ -40,8 +40,9 @@ def agent_env(agent: Any, target: Target, randomization: Any = "none", **sim_kwa
 
 def run_episodes(agent: Any, env: gym.Env, num_episodes: int, *, eval_seed: int = EVAL_SEED,
                  frames: list[np.ndarray] | None = None, frame_fn: Any = None) -> dict[str, float]:
-    """Success rate, mean return and mean length of the deterministic policy in ``env``; with ``frames`` the first
-    episode's frames (``frame_fn(env, obs)``) are appended to it."""
+    """Success rate, mean return and mean length of the deterministic policy in ``env``, and the counts
+    (``successes``, ``episodes``) for intervals; with ``frames`` the first episode's frames (``frame_fn(env, obs)``)
+    are appended to it."""
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
     successes, returns, lengths = [], [], []
@@ -69,7 +70,8 @@ def run_episodes(agent: Any, env: gym.Env, num_episodes: int, *, eval_seed: int 
         successes.append(success)
         returns.append(ret)
         lengths.append(length)
-    return {"success": float(np.mean(successes)), "return": float(np.mean(returns)), "length": float(np.mean(lengths))}
+    return {"success": float(np.mean(successes)), "return": float(np.mean(returns)), "length": float(np.mean(lengths)),
+            "successes": int(np.sum(successes)), "episodes": len(successes)}
 
 
 def evaluate(agent: Any, target: Target, num_episodes: int, *, randomization: Any = "none",

@@ -55,7 +55,8 @@ from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume
 log = logging.getLogger(__name__)
 
 # settings a resumed run may change (they do not change what is computed, or a resumed run may extend them)
-RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "eval_episodes", "eval_targets", "eval_at_start",
+RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "data.storage", "data.workers", "data.mix.storage",
+                     "data.mix.workers", "eval_episodes", "eval_targets", "eval_at_start",
                      "keep_checkpoints", "calibration_batch", "dr", "data.generate", "data.regenerate", "data.collect")
 
 
@@ -105,7 +106,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     else:
         spec = build.data_spec(cfg.obs, data_path, obs_map=obs_map, info=info)
     reward = build.reward_settings(cfg.algo)
-    dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed, device=device)
+    with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
+        dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
+                                  device=device, rank=dinfo.rank, world_size=dinfo.world_size)
     if init is None:
         agent = build.new_agent(cfg, spec, info.action_dim, dataset, device)
     elif info.action_dim != agent.act_dim:
@@ -115,8 +118,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     sampler: Any = build.training_sampler(agent, dataset, seed)
     mix = cfg.data.get("mix")
     if mix is not None and mix.get("path"):
-        mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
-                                   seed=seed + 1, device=device)
+        with dist_utils.main_first(dinfo):
+            mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
+                                       seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size)
         sampler = MixedSampler(sampler, build.training_sampler(agent, build.prepared(agent, mix_data, seed + 1),
                                                                seed + 1), 1.0 - float(mix.fraction))
         log.info("batches: %.0f%% from %s, %.0f%% from %s", 100 * (1 - float(mix.fraction)), data_path,

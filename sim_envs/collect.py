@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import gymnasium as gym
 import hydra
@@ -216,11 +216,17 @@ def give_up_action(grip: float, noise: float, rng: np.random.Generator) -> np.nd
 
 
 def run_episode(env: gym.Env, plan: EpisodePlan) -> Episode:
-    """Roll out one planned episode until success (terminal) or the time limit (truncation)."""
+    """Roll out one planned episode of a sim_envs task until success (terminal) or the time limit (truncation)."""
     rng = np.random.default_rng(plan.expert_seed)
     obs, _ = env.reset(seed=plan.env_seed)
-    expert = make_expert(env, noise=plan.noise, rng=rng)
-    frames = [_stored(obs)]
+    return roll_out(env, plan, obs, make_expert(env, noise=plan.noise, rng=rng), rng, _stored)
+
+
+def roll_out(env: gym.Env, plan: EpisodePlan, obs: Mapping[str, Any], expert: Any, rng: np.random.Generator,
+             stored: Callable[[Mapping[str, Any]], dict[str, np.ndarray]]) -> Episode:
+    """Step ``env`` (just reset to ``obs``) with ``expert.act`` (after ``plan.stop_step`` actions: the give-up
+    action, drawing noise from ``rng``) until it terminates or truncates; ``stored(obs)`` picks the kept keys."""
+    frames = [stored(obs)]
     actions, rewards, dones = [], [], []
     grip = -1.0
     terminated = truncated = False
@@ -232,7 +238,7 @@ def run_episode(env: gym.Env, plan: EpisodePlan) -> Episode:
             action = expert.act(obs)
             grip = float(action[3])
         obs, reward, terminated, truncated, info = env.step(action)
-        frames.append(_stored(obs))
+        frames.append(stored(obs))
         actions.append(action)
         rewards.append(reward)
         dones.append(terminated)

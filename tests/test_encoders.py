@@ -231,3 +231,105 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         load_encoder(folder)
     with pytest.raises(EncoderCheckpointError, match="no such encoder checkpoint folder"):
         load_encoder(tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------- small_conv: keypoints, coordinates
+def test_spatial_softmax_puts_a_bright_spot_at_its_coordinates() -> None:
+    h, w = 9, 13
+    ssm = encoders.SpatialSoftmax(channels=3, height=h, width=w, num_keypoints=None)  # one keypoint per channel
+    x = torch.zeros(2, 3, h, w)
+    spots = [[(0, 0), (4, 6), (8, 12)], [(2, 11), (8, 0), (6, 3)]]  # (row, col) per sample and channel
+    for b, per in enumerate(spots):
+        for c, (r, col) in enumerate(per):
+            x[b, c, r, col] = 50.0  # softmax(50) over zeros: all the mass on the spot
+    kp = ssm(x)
+    assert kp.shape == (2, 6)
+    expected = torch.tensor([[v for r, col in per for v in (-1 + 2 * col / (w - 1), -1 + 2 * r / (h - 1))]
+                             for per in spots])
+    assert torch.allclose(kp, expected, atol=1e-4)
+    assert kp.abs().max() <= 1.0
+    uniform = ssm(torch.zeros(1, 3, h, w))  # no spot: the centre of the picture
+    assert torch.allclose(uniform, torch.zeros(1, 6), atol=1e-6)
+
+
+def test_spatial_softmax_keypoint_conv_temperature_and_errors() -> None:
+    ssm = encoders.SpatialSoftmax(channels=8, height=4, width=4, num_keypoints=5, temperature=0.5,
+                                  learnable_temperature=True)
+    assert ssm(torch.randn(3, 8, 4, 4)).shape == (3, 10)
+    assert {n for n, _ in ssm.named_parameters()} == {"keypoints.weight", "keypoints.bias", "log_temperature"}
+    assert float(ssm.log_temperature.detach().exp()) == pytest.approx(0.5)
+    fixed = encoders.SpatialSoftmax(channels=8, height=4, width=4)
+    assert "log_temperature" not in dict(fixed.named_parameters())
+    with pytest.raises(ValueError, match="built for 4 x 4 maps, got 5 x 5"):
+        fixed(torch.randn(1, 8, 5, 5))
+    with pytest.raises(ValueError, match="temperature"):
+        encoders.SpatialSoftmax(8, 4, 4, temperature=0.0)
+
+
+def test_coord_channels_append_x_then_y() -> None:
+    out = encoders.CoordChannels()(torch.zeros(2, 3, 4, 5))
+    assert out.shape == (2, 5, 4, 5)
+    assert torch.equal(out[:, :3], torch.zeros(2, 3, 4, 5))
+    xs, ys = torch.linspace(-1, 1, 5), torch.linspace(-1, 1, 4)
+    assert torch.allclose(out[0, 3, 0], xs) and torch.allclose(out[1, 3, 3], xs)
+    assert torch.allclose(out[0, 4, :, 0], ys) and torch.allclose(out[0, 4, :, 4], ys)
+
+
+@pytest.mark.parametrize("kwargs, out_dim", [
+    ({"pool": "spatial_softmax"}, 256),
+    ({"pool": "spatial_softmax", "strides": [2, 2, 1, 1], "coord_channels": True}, 256),
+    ({"pool": "spatial_softmax", "head": "linear", "out_dim": 64}, 64),
+    ({"pool": "spatial_softmax", "head": "none", "num_keypoints": 16}, 32),
+    ({"coord_channels": True}, 256),
+])
+def test_small_conv_options_give_features_and_gradients(kwargs: dict, out_dim: int) -> None:
+    torch.manual_seed(0)
+    enc = make_encoder("small_conv", 64, **kwargs)
+    assert enc.out_dim == out_dim
+    x = images(3, 64).requires_grad_(True)
+    y = enc(x)
+    assert y.shape == (3, out_dim) and torch.isfinite(y).all()
+    assert not torch.allclose(y[0], y[1])
+    if kwargs.get("head") == "none":  # the keypoints themselves
+        assert y.abs().max() <= 1.0
+    y.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert [n for n, p in enc.named_parameters() if p.grad is None or p.grad.abs().sum() == 0] == []
+
+
+def test_small_conv_keypoint_maps_follow_strides() -> None:
+    assert make_encoder("small_conv", 64, pool="spatial_softmax").net.pool.pos.shape == (8 * 8, 2)
+    for size, side in ((64, 16), (84, 21)):
+        enc = make_encoder("small_conv", size, pool="spatial_softmax", strides=[2, 2, 1, 1])
+        assert enc.net.pool.pos.shape == (side * side, 2)
+    coord = make_encoder("small_conv", 32, coord_channels=True)
+    assert coord.net.convs[0].in_channels == 5
+
+
+def test_small_conv_default_keeps_its_parameter_names() -> None:
+    """Encoders saved before the options existed (stage-1 checkpoints) load into the default small_conv."""
+    enc = make_encoder("small_conv", 64)
+    assert list(enc.net.state_dict()) == [f"convs.{i}.{p}" for i in (0, 2, 4, 6) for p in ("weight", "bias")] + [
+        "head.0.weight", "head.0.bias", "head.1.weight", "head.1.bias"]
+    assert num_parameters(enc) == 553_696  # as documented
+
+
+def test_small_conv_option_errors() -> None:
+    with pytest.raises(ValueError, match="pool='max'.*flatten.*spatial_softmax"):
+        make_encoder("small_conv", 32, pool="max")
+    with pytest.raises(ValueError, match="head='mlp'"):
+        make_encoder("small_conv", 32, head="mlp")
+    with pytest.raises(ValueError, match="strides"):
+        make_encoder("small_conv", 32, strides=[])
+
+
+def test_spatial_softmax_encoder_round_trip(tmp_path: Path) -> None:
+    kwargs = {"pool": "spatial_softmax", "strides": [2, 2, 1, 1], "coord_channels": True,
+              "learnable_temperature": True}
+    enc = make_encoder("small_conv", 32, **kwargs)
+    with torch.no_grad():
+        enc.net.pool.log_temperature.add_(0.3)
+    loaded, meta = load_encoder(save_encoder(tmp_path / "enc", enc, "small_conv", {}))
+    assert meta["kwargs"] == kwargs
+    x = images(2, 32)
+    assert torch.equal(loaded(x), enc.eval()(x))

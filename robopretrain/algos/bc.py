@@ -11,13 +11,11 @@ into evaluation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from robopretrain.algos.cql import make_adam, metrics_to_floats
+from robopretrain.algos.base import OfflineAlgorithm, make_adam
 from robopretrain.nets.actor import GaussianActor
 
 
@@ -35,7 +33,7 @@ class BCConfig:
     batch_size: int = 256
 
 
-class BC:
+class BC(OfflineAlgorithm):
     """Behaviour-cloning agent; ``update`` ignores rewards and next observations."""
 
     def __init__(
@@ -58,32 +56,5 @@ class BC:
         metrics = {"bc_loss": loss.detach()} if with_metrics else {}
         return {"actor": loss}, metrics
 
-    def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
-        losses, metrics = self.compute_losses(batch, with_metrics)
-        self.optimizer.zero_grad(set_to_none=True)
-        losses["actor"].backward()
-        self.optimizer.step()
-        self.num_updates += 1
-        return metrics_to_floats(metrics)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
-        return self.actor.act(obs, deterministic)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": "bc",
-            "config": asdict(self.cfg),
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "actor": self.actor.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "num_updates": self.num_updates,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
-            raise ValueError(f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}")
-        self.actor.load_state_dict(state["actor"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])
+    def algo_name(self) -> str:
+        return "bc"

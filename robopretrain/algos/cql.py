@@ -40,14 +40,19 @@ Choices that differ from (or are not fixed by) REFERENCE.md:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
+from robopretrain.algos.base import (  # noqa: F401  (metrics_to_floats, soft_update_ re-exported: they lived here)
+    OfflineAlgorithm,
+    make_adam,
+    metrics_to_floats,
+    require_keys,
+    soft_update_,
+)
 from robopretrain.nets.actor import TanhGaussianActor, squashed_gaussian_sample
 from robopretrain.nets.critic import EnsembleCritic
 
@@ -159,37 +164,6 @@ def dr3_penalty(phi: torch.Tensor, phi_next: torch.Tensor, coef: float = 1.0) ->
 # --------------------------------------------------------------------------- helpers shared by the agents
 
 
-def make_adam(groups: list[dict[str, Any]]) -> torch.optim.Adam:
-    """One Adam over parameter groups; fused kernels where this torch build supports them."""
-    try:
-        return torch.optim.Adam(groups, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(groups)  # torch picks foreach kernels where available
-
-
-@torch.no_grad()
-def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """Polyak averaging ``target <- (1 - tau) * target + tau * source`` in one foreach op."""
-    t_params = list(target.parameters())
-    s_params = list(source.parameters())
-    torch._foreach_lerp_(t_params, s_params, tau)
-
-
-def metrics_to_floats(metrics: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Convert scalar tensors to floats with one device sync."""
-    if not metrics:
-        return {}
-    values = torch.stack([m.detach().float().reshape(()) for m in metrics.values()]).tolist()
-    return dict(zip(metrics.keys(), values))
-
-
-def require_keys(batch: Mapping[str, Any], keys: Iterable[str], who: str) -> None:
-    """Raise a KeyError naming the missing batch keys."""
-    missing = [k for k in keys if k not in batch]
-    if missing:
-        raise KeyError(f"{who}.update: batch is missing {missing}; it has {sorted(batch)}")
-
-
 # --------------------------------------------------------------------------- agent
 
 
@@ -234,7 +208,7 @@ class CQLConfig:
     sparse_reward: bool = True
 
 
-class CQL:
+class CQL(OfflineAlgorithm):
     """CQL / Cal-QL agent: ``update(batch) -> metrics``, ``act(obs)``, ``state_dict()``.
 
     ``batch`` holds ``observations (B, S)``, ``actions (B, A)``, ``rewards (B,)``,
@@ -403,59 +377,10 @@ class CQL:
             metrics = {k: v.detach() for k, v in metrics.items()}
         return losses, metrics
 
-    # ------------------------------------------------------------------ public API
+    # ------------------------------------------------------------------ checkpoint
 
-    def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
-        """One gradient step on every parameter group and a soft target update; returns float metrics."""
-        losses, metrics = self._loss_fn(batch, with_metrics)
-        self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.optimizer.step()
-        soft_update_(self.target_critic, self.critic, self.cfg.tau)
-        self.num_updates += 1
-        return metrics_to_floats(metrics)
+    STATE_MODULES = ("actor", "critic", "target_critic")
+    STATE_TENSORS = ("log_alpha", "log_alpha_prime")
 
-    def compile(self, **kwargs: Any) -> None:
-        """Use ``torch.compile(**kwargs)`` for the loss computation (same math)."""
-        self._loss_fn = torch.compile(self.compute_losses, **kwargs)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
-        """Action(s) for one state ``(S,)`` or a batch ``(B, S)``; ``tanh(mean)`` when deterministic."""
-        return self.actor.act(obs, deterministic)
-
-    @torch.no_grad()
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """``min_e Q_e(s, a)`` ``(B,)`` for evaluation (e.g. the average Q on the buffer)."""
-        return self.critic(obs.to(self.device), actions.to(self.device)).min(dim=0).values
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, optimiser state and config; loadable with ``torch.load(weights_only=True)``."""
-        return {
-            "algo": "calql" if self.cfg.use_calql else "cql",
-            "config": asdict(self.cfg),
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "log_alpha_prime": self.log_alpha_prime.detach().clone(),
-            "optimizer": self.optimizer.state_dict(),
-            "num_updates": self.num_updates,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
-            raise ValueError(
-                f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}; "
-                f"this agent has {self.obs_dim}, {self.act_dim}"
-            )
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-            self.log_alpha_prime.copy_(state["log_alpha_prime"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])
+    def algo_name(self) -> str:
+        return "calql" if self.cfg.use_calql else "cql"

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robopretrain.algos.cql import metrics_to_floats
+from robopretrain.algos.base import metrics_to_floats
 from robopretrain.data.sequences import MASK, RETURNS_TO_GO, TIMESTEPS
 
 

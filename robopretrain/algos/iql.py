@@ -21,13 +21,11 @@ AWR loss never trains the critic's encoder. Plain state vectors need no such key
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from robopretrain.algos.cql import make_adam, metrics_to_floats, soft_update_
+from robopretrain.algos.base import OfflineAlgorithm, make_adam
 from robopretrain.nets.actor import GaussianActor
 from robopretrain.nets.critic import EnsembleCritic
 from robopretrain.nets.mlp import build_mlp
@@ -84,7 +82,7 @@ class IQLConfig:
     sparse_reward: bool = True
 
 
-class IQL:
+class IQL(OfflineAlgorithm):
     """IQL agent with the ``update / act / state_dict`` API of :class:`robopretrain.algos.cql.CQL`."""
 
     def __init__(
@@ -141,47 +139,7 @@ class IQL:
             metrics = {k: t.detach() for k, t in metrics.items()}
         return losses, metrics
 
-    def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
-        losses, metrics = self._loss_fn(batch, with_metrics)
-        self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.optimizer.step()
-        soft_update_(self.target_critic, self.critic, self.cfg.tau)
-        self.num_updates += 1
-        return metrics_to_floats(metrics)
+    STATE_MODULES = ("actor", "critic", "target_critic", "value")
 
-    def compile(self, **kwargs: Any) -> None:
-        """Use ``torch.compile(**kwargs)`` for the loss computation (same math), as :meth:`CQL.compile` does."""
-        self._loss_fn = torch.compile(self.compute_losses, **kwargs)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
-        return self.actor.act(obs, deterministic)
-
-    @torch.no_grad()
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs.to(self.device), actions.to(self.device)).min(dim=0).values
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": "iql",
-            "config": asdict(self.cfg),
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "value": self.value.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "num_updates": self.num_updates,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
-            raise ValueError(f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}")
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.value.load_state_dict(state["value"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])
+    def algo_name(self) -> str:
+        return "iql"

@@ -7,13 +7,20 @@ with rewards transformed and Monte-Carlo returns-to-go computed (REFERENCE.md, S
 
 * rewards: ``r * scale + bias`` (Cal-QL: x10 - 5) before the returns-to-go; with ``sparse`` the all-failure rule
   uses ``0 * scale + bias``;
-* a file whose rewards are all zero although its episode metadata marks successes (a recorder that never wrote the
-  success reward) is refused with :class:`~robopretrain.data.hdf5.DatasetError` for reward-based learning, unless
+* a file whose rewards are all zero (one constant, never positive) although its episode metadata marks successes (a
+  recorder that never wrote the success reward; OGBench's -1/0 rewards carry a signal and pass) is refused with
+  :class:`~robopretrain.data.hdf5.DatasetError` for reward-based learning, unless
   ``rewards_from_success`` rebuilds the sparse reward (1 on the last step of each successful episode, which then
   also terminates); behaviour cloning ignores rewards;
 * ``obs_map`` maps our part names to the file's keys (robosuite's ``robot0_eef_pos``, ...); ``task_id`` gives every
   transition one task id (a foreign file), else each demo's ``task_id`` attribute is used; ids must be below
   the spec's one-hot size.
+
+Storage (``storage``): ``memory`` reads every selected frame into the dataset (twice: ``obs`` and ``next_obs``);
+``disk`` returns a :class:`~robopretrain.data.disk.DiskDataset` that keeps everything but the images in memory and
+reads frames on demand from the file's frame index (:mod:`robopretrain.data.frames`, built beside the file on first
+use); ``auto`` picks ``disk`` when the selection's frames would take more than :data:`MEMORY_LIMIT_BYTES` in memory
+(``obs`` + ``next_obs``), else ``memory``. Both give the same batches for the same seed (one process).
 """
 
 from __future__ import annotations
@@ -27,13 +34,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from robopretrain.data.hdf5 import DatasetError, DatasetInfo, load_transitions, read_info, select_demos
+from robopretrain.data.hdf5 import (DatasetError, DatasetInfo, Transitions, load_transitions, read_info,
+                                    select_demos)
+from robopretrain.data.disk import DiskDataset
+from robopretrain.data.frames import open_index
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.returns import returns_to_go, scale_rewards, sparse_negative_reward
 from robopretrain.data.spec import ObsSpec, spec_from_shapes
 
 log = logging.getLogger(__name__)
+
+STORAGES = ("auto", "memory", "disk")
+MEMORY_LIMIT_BYTES = 2 * 2**30  # auto: frames (obs + next_obs) above 2 GiB are read from disk
 
 
 @dataclass(frozen=True)
@@ -107,12 +120,20 @@ def load_offline_dataset(
     act_dim: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
-) -> OfflineDataset:
+    storage: str = "memory",
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> OfflineDataset | DiskDataset:
     """The selected demos of ``path`` as an offline dataset of observation dicts (see the module docstring).
 
     ``max_demos`` keeps the first demos of the selection. ``act_dim`` (when given) must equal the file's action
-    size. Raises :class:`DatasetError` naming the file and key for every contract violation.
+    size. ``storage``: ``auto`` | ``memory`` | ``disk``; ``workers`` (disk): prefetch threads; ``rank`` /
+    ``world_size`` (disk): this process samples its shard only. Raises :class:`DatasetError` naming the file and key
+    for every contract violation.
     """
+    if storage not in STORAGES:
+        raise ValueError(f"data.storage={storage!r}; expected one of {STORAGES}")
     info = read_info(path)
     key_map = dict(obs_map or {})
     if act_dim is not None and info.action_dim != int(act_dim):
@@ -122,14 +143,21 @@ def load_offline_dataset(
         demos = demos[: int(max_demos)]
     ours = [*spec.rgb_keys, *spec.low_dim_keys]
     file_keys = [key_map.get(k, k) for k in ours]
-    trans = load_transitions(path, file_keys, demos=demos)
+    if storage == "auto":
+        storage = choose_storage(info, demos, [key_map.get(k, k) for k in spec.rgb_keys])
+    on_disk = storage == "disk" and bool(spec.rgb_keys)
+    if on_disk:  # the index holds the non-image data too: no per-demo HDF5 reads
+        index = open_index(path, [key_map.get(k, k) for k in spec.rgb_keys], info=info)
+        trans = index.transitions(info, demos, [key_map.get(k, k) for k in spec.low_dim_keys])
+    else:
+        trans = load_transitions(path, file_keys, demos=demos)
     ids = np.full(len(trans), int(task_id), dtype=np.int64) if task_id is not None else trans.task_ids
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
                            f"{spec.num_tasks} (set obs.num_tasks, or the target's task_id)")
     rewards, dones = trans.rewards, trans.dones
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
-    if rewards_needed and not np.any(rewards > 0) and any(success):
+    if rewards_needed and not np.any(rewards > 0) and np.all(rewards == rewards[0]) and any(success):
         if not rewards_from_success:
             raise DatasetError(
                 f"{info.path}: no positive reward in the selected data although {sum(success)} of {len(success)} "
@@ -139,18 +167,59 @@ def load_offline_dataset(
         rewards, dones = _rewards_from_success(rewards, dones, trans.episode_ids, success)
         log.warning("%s: rewards rebuilt from ep_meta success (%d successful episodes)", info.path, sum(success))
 
+    memory_keys = [k for k in ours if not (on_disk and k in spec.rgb_keys)]
+
     def parts(obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {k: obs[key_map.get(k, k)] for k in ours}
+        out = {k: obs[key_map.get(k, k)] for k in memory_keys}
         if spec.num_tasks:
             out[TASK_ID] = ids
         return out
 
     scaled = scale_rewards(rewards, reward.scale, reward.bias)
     r_neg = sparse_negative_reward(reward.scale, reward.bias) if reward.sparse else None
-    mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, obs=trans.obs,
-                       next_obs=trans.next_obs, sparse_negative_reward=r_neg)
-    return OfflineDataset(parts(trans.obs), trans.actions, scaled, parts(trans.next_obs), dones, mc, device=device,
-                          seed=seed)
+    if not on_disk:
+        mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, obs=trans.obs,
+                           next_obs=trans.next_obs, sparse_negative_reward=r_neg)
+        return OfflineDataset(parts(trans.obs), trans.actions, scaled, parts(trans.next_obs), dones, mc,
+                              device=device, seed=seed)
+    sel = _selected_transitions(index.demo_starts(), info, trans)
+    rows = {k: index.rows[key_map.get(k, k)][:, sel] for k in spec.rgb_keys}
+    # frames differ exactly where their rows differ (equal frames share a row): the same episode boundaries as the
+    # in-memory path, which compares next_obs[t] with obs[t + 1] over every part
+    obs_rows = {**trans.obs, **{f"rows/{k}": r[0] for k, r in rows.items()}}
+    next_rows = {**trans.next_obs, **{f"rows/{k}": r[1] for k, r in rows.items()}}
+    mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, obs=obs_rows,
+                       next_obs=next_rows, sparse_negative_reward=r_neg)
+    fields = {"observations": parts(trans.obs), "actions": trans.actions, "rewards": scaled,
+              "next_observations": parts(trans.next_obs), "dones": dones, "mc_returns": mc}
+    stores = {k: index.store(key_map.get(k, k)) for k in spec.rgb_keys}
+    order = [*spec.rgb_keys, *spec.low_dim_keys] + ([TASK_ID] if spec.num_tasks else [])
+    log.info("%s: %d transitions, frames of %s read from %s (%d prefetch threads)", info.path, len(trans),
+             list(spec.rgb_keys), index.folder, workers)
+    return DiskDataset(fields, stores, rows, order, device=device, seed=seed, workers=workers, rank=rank,
+                       world_size=world_size, cache_dir=index.folder)
 
 
-__all__ = ["RewardSettings", "default_num_tasks", "load_offline_dataset", "spec_of_data"]
+def frame_bytes(info: DatasetInfo, demos: Sequence[str], camera_keys: Sequence[str]) -> int:
+    """Bytes the selected demos' frames take in memory on the in-memory path (``obs`` and ``next_obs``)."""
+    n = sum(info.demo(d).num_samples for d in demos)
+    per_step = sum(int(np.prod(info.obs_specs[k][0])) for k in camera_keys if k in info.obs_specs)
+    return 2 * n * per_step
+
+
+def choose_storage(info: DatasetInfo, demos: Sequence[str], camera_keys: Sequence[str]) -> str:
+    """``disk`` when the selection's frames exceed :data:`MEMORY_LIMIT_BYTES` in memory, else ``memory``."""
+    size = frame_bytes(info, demos, camera_keys)
+    choice = "disk" if size > MEMORY_LIMIT_BYTES else "memory"
+    log.info("data.storage=auto: frames take %.2f GB in memory (limit %.2f GB): %s", size / 1e9,
+             MEMORY_LIMIT_BYTES / 1e9, choice)
+    return choice
+
+
+def _selected_transitions(demo_starts: Mapping[str, int], info: DatasetInfo, trans: Transitions) -> np.ndarray:
+    """File-order transition indices of the selected demos, in the order of ``trans``."""
+    return np.concatenate([demo_starts[d] + np.arange(info.demo(d).num_samples) for d in trans.demo_names])
+
+
+__all__ = ["MEMORY_LIMIT_BYTES", "STORAGES", "RewardSettings", "choose_storage", "default_num_tasks", "frame_bytes",
+           "load_offline_dataset", "spec_of_data"]

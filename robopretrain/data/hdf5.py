@@ -335,11 +335,14 @@ def load_transitions(
     mask: str | None = None,
     tasks: Sequence[str] | None = None,
     demos: Sequence[str] | None = None,
+    images: bool = True,
 ) -> Transitions:
     """Load ``obs_keys`` (and next_obs, actions, rewards, dones) of the selected demos into flat arrays.
 
-    Low-dim observations, actions, rewards and dones are returned as float32, images as uint8. Raises
-    :class:`DatasetError` on any contract violation (see the module docstring).
+    Low-dim observations, actions, rewards and dones are returned as float32, images as uint8. With
+    ``images=False`` image keys are validated (shapes, dtypes) but not read and left out of ``obs`` / ``next_obs``
+    (the disk-backed dataset, :mod:`robopretrain.data.disk`, reads them on demand). Raises :class:`DatasetError`
+    on any contract violation (see the module docstring).
     """
     info = read_info(path)
     p = info.path
@@ -357,8 +360,9 @@ def load_transitions(
             act_dim = _check_demo(p, f["data"][d.name], d, obs_keys, act_dim)
             _check_consistent_obs(p, f["data"][d.name], d.name, obs_keys, info.obs_specs)
         n_total = sum(d.num_samples for d in chosen)
-        obs = _allocate(info.obs_specs, obs_keys, n_total)
-        next_obs = _allocate(info.obs_specs, obs_keys, n_total)
+        read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0])]
+        obs = _allocate(info.obs_specs, read_keys, n_total)
+        next_obs = _allocate(info.obs_specs, read_keys, n_total)
         actions = np.empty((n_total, act_dim), dtype=np.float32)
         rewards = np.empty(n_total, dtype=np.float32)
         dones = np.empty(n_total, dtype=np.float32)
@@ -367,7 +371,7 @@ def load_transitions(
         lo = 0
         for i, d in enumerate(chosen):
             hi = lo + d.num_samples
-            _read_demo(p, f["data"][d.name], d.name, obs_keys, obs, next_obs, actions, rewards, dones, lo, hi)
+            _read_demo(p, f["data"][d.name], d.name, read_keys, obs, next_obs, actions, rewards, dones, lo, hi)
             episode_ids[lo:hi] = i
             task_ids[lo:hi] = d.task_id
             lo = hi

@@ -7,6 +7,9 @@
   transitions; the observation keys with their per-step shapes
   and dtypes; the masks with their sizes. Contact sheet: ``--per-task`` episodes per task as rows (labelled
   task / demo / outcome), ``--frames`` frames evenly spaced in time as columns.
+- LeRobot v3 folders, Minari folders, D4RL-style HDF5 and OGBench ``.npz``: summarized (and sheeted) through
+  the converted copy :func:`robopretrain.data.convert.as_robomimic` makes (the same one training reads), with a
+  first line naming the format and that copy.
 - video folder with ``manifest.csv`` (the "Video dataset" contract): clip count, frames per clip, the texts
   and how often each occurs; ``--verify`` also counts every clip's frames against the manifest. Contact
   sheet: ``--clips`` clips spread over the manifest as rows, labelled with their text.
@@ -32,6 +35,8 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
+from robopretrain.data.convert import as_robomimic, detect_format
+from robopretrain.data.episodes import ConversionError
 from robopretrain.data.video import (MANIFEST_NAME, VideoDatasetError, VideoEntry, read_frames,
                                      read_manifest, count_frames)
 
@@ -225,12 +230,14 @@ def hdf5_sheet_rows(path: str | os.PathLike, frames: int, per_task: int,
     """Rows of the contact sheet: (label, (frames, H, W, 3) images) for ``per_task`` demos of each task.
 
     Demos are spread over each task's list; the image key is ``image_key``, else ``agentview_image``,
-    else the first ``*_image`` key. Returns no rows (and None) when the file has no image observations.
+    else the first ``*_image`` key, else the first uint8 (H, W, 3) key (LeRobot's ``observation.images.<cam>``). Returns no rows (and None) when the file has no image observations.
     """
     path = Path(path)
     summary = summarize_hdf5(path)
     key = image_key or (DEFAULT_IMAGE_KEY if DEFAULT_IMAGE_KEY in summary.obs
-                        else next((k for k in summary.obs if k.endswith("_image")), None))
+                        else next((k for k in summary.obs if k.endswith("_image")), None)
+                        or next((k for k, (shape, dtype) in summary.obs.items()
+                                 if len(shape) == 3 and shape[-1] == 3 and dtype == "uint8"), None))
     if key is None:
         return [], None
     if key not in summary.obs:
@@ -372,6 +379,16 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
     if path.is_file() and path.name == MANIFEST_NAME:
         path = path.parent
     out_path = Path(out) if out is not None else default_sheet_path(path)
+    note = ""
+    if not (path.is_dir() and (path / MANIFEST_NAME).is_file()):
+        try:
+            fmt = detect_format(path)
+        except ConversionError:
+            fmt = None  # reported below as the robomimic / video-folder error
+        if fmt not in (None, "robomimic"):
+            converted = as_robomimic(path, fmt=fmt)
+            note = f"format: {fmt} (read through its converted copy {converted})\n"
+            path = converted
     if path.is_dir():
         if not (path / MANIFEST_NAME).is_file():
             raise InspectError(f"{path}: a folder without {MANIFEST_NAME} (expected a video dataset folder with "
@@ -382,7 +399,7 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
         title = f"{path.name}: {len(rows)} of {len(summary.entries)} clips, {frames} frames each"
     else:
         summary_h5 = summarize_hdf5(path)
-        text = format_hdf5_summary(summary_h5)
+        text = note + format_hdf5_summary(summary_h5)
         try:
             rows, key = hdf5_sheet_rows(path, frames, per_task, image_key)
         except (OSError, KeyError) as exc:
@@ -397,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m robopretrain.data.inspect",
                                 description="Summarize a robomimic HDF5 file or a video folder (manifest.csv) "
                                             "and write a contact-sheet PNG.")
-    p.add_argument("path", help="robomimic .hdf5 file, or a video folder holding manifest.csv")
+    p.add_argument("path", help="robomimic .hdf5 file, a video folder holding manifest.csv, or a LeRobot v3 / "
+                                "Minari folder, D4RL-style .hdf5 or OGBench .npz")
     p.add_argument("--out", default=None, help="contact sheet PNG (default: <name>_contact_sheet.png next to the input)")
     p.add_argument("--frames", type=int, default=8, help="frames per row, evenly spaced in time (default 8)")
     p.add_argument("--per-task", type=int, default=2, help="HDF5: episodes shown per task (default 2)")
@@ -416,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         text, png = inspect(args.path, args.out, frames=args.frames, per_task=args.per_task, clips=args.clips,
                             verify=args.verify, image_key=args.image_key)
-    except (InspectError, VideoDatasetError) as exc:
+    except (InspectError, VideoDatasetError, ConversionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(text)

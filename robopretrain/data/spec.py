@@ -137,22 +137,22 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
     """
     key_map = dict(key_map or {})
     low, cams = [], []
-    for key in low_dim:
+
+    def lookup(key: str, kind: str) -> tuple[str, Sequence[int], Any]:
         src = key_map.get(key, key)
         if src not in shapes:
-            raise ValueError(f"{where}: observation key {src!r} (low_dim part {key!r}) not found; available: "
+            raise ValueError(f"{where}: observation key {src!r} ({kind} part {key!r}) not found; available: "
                              f"{sorted(shapes)}")
-        shape, dtype = shapes[src]
+        return (src, *shapes[src])
+
+    for key in low_dim:
+        src, shape, dtype = lookup(key, "low_dim")
         if len(shape) != 1 or np.dtype(dtype) == np.uint8:
             raise ValueError(f"{where}: low_dim part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected a float "
                              "vector (d,) (images go in the rgb list)")
         low.append((key, int(shape[0])))
     for key in rgb:
-        src = key_map.get(key, key)
-        if src not in shapes:
-            raise ValueError(f"{where}: observation key {src!r} (rgb part {key!r}) not found; available: "
-                             f"{sorted(shapes)}")
-        shape, dtype = shapes[src]
+        src, shape, dtype = lookup(key, "rgb")
         if len(shape) != 3 or shape[2] != 3 or np.dtype(dtype) != np.uint8:
             raise ValueError(f"{where}: rgb part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected uint8 images "
                              "(H, W, 3)")

@@ -36,7 +36,7 @@ from robopretrain.cli import friendly_errors, run_hydra
 from robopretrain.envs.metaworld import (ACTION_DIM, ENTRY_POINT, ENV_ID_PREFIX, MESH_CELL, MT10_TASKS, TASK_IDS,
                                          MetaWorldEnv, env_id, metaworld_state, mt10_split, task_name)
 from sim_envs.collect import (KINDS, Episode, EpisodePlan, TaskSummary, collection_info, format_summary,
-                              give_up_action, kind_counts, validate_config)
+                              kind_counts, roll_out, validate_config)
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
 
 CONFIG_NAME = "metaworld_collect"
@@ -154,26 +154,7 @@ def run_episode(env: MetaWorldEnv, plan: EpisodePlan) -> Episode:
     rng = np.random.default_rng(plan.expert_seed)
     expert = ScriptedExpert(plan.task, plan.noise, rng)
     obs, _ = env.reset(seed=plan.env_seed)
-    frames = [_stored(obs)]
-    actions, rewards, dones = [], [], []
-    grip = -1.0
-    terminated = truncated = False
-    info: dict[str, Any] = {}
-    while not (terminated or truncated):
-        if plan.stop_step is not None and len(actions) >= plan.stop_step:
-            action = give_up_action(grip, plan.noise, rng)
-        else:
-            action = expert.act(obs)
-            grip = float(action[3])
-        obs, reward, terminated, truncated, info = env.step(action)
-        frames.append(_stored(obs))
-        actions.append(action)
-        rewards.append(reward)
-        dones.append(terminated)
-    stacked = {k: np.stack([f[k] for f in frames]) for k in frames[0]}
-    return Episode(plan, stacked, np.asarray(actions, np.float32), np.asarray(rewards, np.float32),
-                   np.asarray(dones, np.uint8), bool(info.get("success", False)), bool(terminated),
-                   bool(truncated) and not terminated)
+    return roll_out(env, plan, obs, expert, rng, _stored)
 
 
 def _stored(obs: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -64,7 +64,35 @@ def squashed_gaussian_sample(
     return torch.tanh(u), log_prob
 
 
-class TanhGaussianActor(nn.Module):
+class _StochasticPolicy(nn.Module):
+    """Sizes, the log-std bounds and ``act`` shared by the policies; subclasses define ``sample``."""
+
+    def __init__(self, obs_dim: int, act_dim: int, log_std_min: float, log_std_max: float) -> None:
+        super().__init__()
+        if log_std_min >= log_std_max:
+            raise ValueError(f"log_std_min ({log_std_min}) must be below log_std_max ({log_std_max})")
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.log_std_min = log_std_min
+        self.log_std_max = log_std_max
+
+    def sample(
+        self, obs: torch.Tensor, n: int | None = None, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
+        """Actions for a single state ``(S,)`` or a batch ``(B, S)`` as a float32 numpy array."""
+        device = next(self.parameters()).device
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        single = x.dim() == 1
+        actions, _ = self.sample(x.unsqueeze(0) if single else x, deterministic=deterministic)
+        out = actions[0] if single else actions
+        return out.cpu().numpy()
+
+
+class TanhGaussianActor(_StochasticPolicy):
     """State -> tanh-Gaussian policy over actions in ``(-1, 1)^act_dim``."""
 
     def __init__(
@@ -82,13 +110,7 @@ class TanhGaussianActor(nn.Module):
         log_std_multiplier: float = 1.0,
         log_std_offset: float = -1.0,
     ) -> None:
-        super().__init__()
-        if log_std_min >= log_std_max:
-            raise ValueError(f"log_std_min ({log_std_min}) must be below log_std_max ({log_std_max})")
-        self.obs_dim = obs_dim
-        self.act_dim = act_dim
-        self.log_std_min = log_std_min
-        self.log_std_max = log_std_max
+        super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
         self.log_std_multiplier = log_std_multiplier
         self.log_std_offset = log_std_offset
         self.net = build_mlp(
@@ -124,18 +146,9 @@ class TanhGaussianActor(nn.Module):
         z = (u - mean) * torch.exp(-log_std)
         return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI - tanh_log_det_jacobian(u)).sum(-1)
 
-    @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
-        """Actions for a single state ``(S,)`` or a batch ``(B, S)`` as a float32 numpy array."""
-        device = next(self.parameters()).device
-        x = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        single = x.dim() == 1
-        actions, _ = self.sample(x.unsqueeze(0) if single else x, deterministic=deterministic)
-        out = actions[0] if single else actions
-        return out.cpu().numpy()
 
 
-class GaussianActor(nn.Module):
+class GaussianActor(_StochasticPolicy):
     """State -> Gaussian over actions with mean ``tanh(MLP(s))`` and a state-independent learned std.
 
     ``log_prob(obs, actions)`` is the diagonal Gaussian density of the (unclipped) data actions, ``(B,)`` or
@@ -158,13 +171,7 @@ class GaussianActor(nn.Module):
         log_std_max: float = 2.0,
         log_std_init: float = 0.0,
     ) -> None:
-        super().__init__()
-        if log_std_min >= log_std_max:
-            raise ValueError(f"log_std_min ({log_std_min}) must be below log_std_max ({log_std_max})")
-        self.obs_dim = obs_dim
-        self.act_dim = act_dim
-        self.log_std_min = log_std_min
-        self.log_std_max = log_std_max
+        super().__init__(obs_dim, act_dim, log_std_min, log_std_max)
         self.net = build_mlp(obs_dim, act_dim, hidden, activation=activation, layer_norm=layer_norm,
                              orthogonal_init=orthogonal_init, final_gain=final_gain)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
@@ -194,13 +201,3 @@ class GaussianActor(nn.Module):
             mean, log_std = mean.unsqueeze(-2), log_std.unsqueeze(-2)
         z = (actions - mean) * torch.exp(-log_std)
         return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(-1)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
-        """Actions for a single state ``(S,)`` or a batch ``(B, S)`` as a float32 numpy array."""
-        device = next(self.parameters()).device
-        x = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        single = x.dim() == 1
-        actions, _ = self.sample(x.unsqueeze(0) if single else x, deterministic=deterministic)
-        out = actions[0] if single else actions
-        return out.cpu().numpy()

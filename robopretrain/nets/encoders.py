@@ -11,6 +11,14 @@ Encoders and their features (image_size = S; conv outputs for S = 64 in brackets
 
 ``small_conv``  fast CPU default. Four 3x3 convs (``channels`` = 32 each, strides 2, 2, 2, 1, ReLU)
                 [32 x 8 x 8], flatten, then the projection head. out_dim = ``out_dim`` (default 256).
+                Options (defaults give exactly the encoder above, same parameter names):
+                ``strides`` (one conv per entry; [2, 2, 1, 1] keeps 16 x 16 maps at 64 px);
+                ``coord_channels=True`` appends x and y coordinate channels in [-1, 1] to the input (CoordConv);
+                ``pool="spatial_softmax"`` replaces flatten by spatial soft-argmax keypoints (robomimic's
+                ``SpatialSoftmax``: a 1x1 conv to ``num_keypoints`` = 32 maps, softmax over each map's
+                H x W / ``temperature`` (``learnable_temperature``), expected (x, y) in [-1, 1]: 2K values);
+                ``head`` = ``projection`` (Dense -> LayerNorm -> tanh, out_dim), ``linear`` (one Dense layer to
+                out_dim, robomimic's VisualCore) or ``none`` (the 2K keypoint coordinates are the features).
 ``impala``      IMPALA CNN (Espeholt et al. 2018): for each of ``channels`` = (16, 32, 32) a 3x3 conv,
                 3x3 max-pool with stride 2, two residual blocks (ReLU-conv-ReLU-conv + skip)
                 [32 x 8 x 8], ReLU, flatten, then the projection head. out_dim = ``out_dim`` (default 256).
@@ -96,13 +104,17 @@ class ProjectionHead(nn.Sequential):
         super().__init__(*layers)
 
 
-def _feature_shape(trunk: nn.Module, in_channels: int, image_size: int) -> tuple[int, ...]:
-    """Shape (without batch) of ``trunk``'s output for one image, found by a forward pass in eval mode."""
-    was_training = trunk.training
-    trunk.eval()
+def _feature_shape(trunk: nn.Module | Callable[[torch.Tensor], torch.Tensor], in_channels: int,
+                   image_size: int) -> tuple[int, ...]:
+    """Shape (without batch) of ``trunk``'s output for one image, found by a forward pass in eval mode (a module;
+    a plain function is called as it is)."""
+    was_training = getattr(trunk, "training", None)
+    if was_training is not None:
+        trunk.eval()  # type: ignore[union-attr]
     with torch.no_grad():
         out = trunk(torch.zeros(2, in_channels, image_size, image_size))
-    trunk.train(was_training)
+    if was_training is not None:
+        trunk.train(was_training)  # type: ignore[union-attr]
     return tuple(out.shape[1:])
 
 
@@ -141,28 +153,129 @@ class ImageEncoder(nn.Module):
         return f"out_dim={self.out_dim}, image_size={self.image_size}, in_channels={self.in_channels}"
 
 
-# ----------------------------------------------------------------------------- small conv
-class SmallConvNet(nn.Module):
-    """Four 3x3 convs (strides 2, 2, 2, 1) with ReLU, flattened, then the projection head."""
+# ----------------------------------------------------------------------------- spatial read-outs
+def coordinate_grid(height: int, width: int, device: torch.device | None = None,
+                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates in [-1, 1]: ``xs`` (H, W) grows left to right, ``ys`` (H, W) top to bottom."""
+    ys, xs = torch.meshgrid(torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype),
+                            torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype), indexing="ij")
+    return xs, ys
 
-    def __init__(self, in_channels: int, image_size: int, channels: int, out_dim: int, head_tanh: bool) -> None:
-        super().__init__()
-        convs: list[nn.Module] = []
-        c_in = in_channels
-        for stride in (2, 2, 2, 1):
-            convs += [nn.Conv2d(c_in, channels, 3, stride=stride, padding=1), nn.ReLU(inplace=True)]
-            c_in = channels
-        self.convs = nn.Sequential(*convs, nn.Flatten())
-        (flat,) = _feature_shape(self.convs, in_channels, image_size)
-        self.head = ProjectionHead(flat, out_dim, head_tanh)
+
+class CoordChannels(nn.Module):
+    """CoordConv (Liu et al. 2018): two constant channels, x and y in [-1, 1]: (B, C, H, W) -> (B, C + 2, H, W).
+
+    The coordinates are those of the frame the encoder sees (after any random shift), so a conv can tell where
+    in the picture a feature is, which translation-equivariant convolutions alone cannot.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.convs(x))
+        b, _, h, w = x.shape
+        xs, ys = coordinate_grid(h, w, x.device, x.dtype)
+        return torch.cat([x, xs.expand(b, 1, h, w), ys.expand(b, 1, h, w)], dim=1)
+
+
+class SpatialSoftmax(nn.Module):
+    """Spatial soft-argmax keypoints (Levine et al. 2016; robomimic ``models/base_nets.py: SpatialSoftmax``).
+
+    (B, C, H, W) -> a 1x1 conv to ``num_keypoints`` maps (none when ``num_keypoints`` is None: one keypoint per
+    channel) -> softmax over each map's H x W positions (divided by a temperature, learnable when
+    ``learnable_temperature``) -> the expected (x, y) position under each softmax, in [-1, 1] (x left to right,
+    y top to bottom, pixel centres at +-1 on the border). Output (B, 2 * K), ordered (x_1, y_1, x_2, y_2, ...).
+    No global pooling: what the features keep is *where* things are.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, num_keypoints: int | None = 32,
+                 temperature: float = 1.0, learnable_temperature: bool = False) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"spatial softmax: temperature must be > 0, got {temperature}")
+        self.keypoints = nn.Conv2d(channels, int(num_keypoints), 1) if num_keypoints else None
+        self.num_keypoints = int(num_keypoints) if num_keypoints else int(channels)
+        log_t = torch.tensor(math.log(float(temperature)))
+        if learnable_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+        xs, ys = coordinate_grid(height, width)
+        self.register_buffer("pos", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1), persistent=False)  # (HW, 2)
+        self.height, self.width = int(height), int(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.keypoints is not None:
+            x = self.keypoints(x)
+        b, k, h, w = x.shape
+        if (h, w) != (self.height, self.width):
+            raise ValueError(f"spatial softmax: built for {self.height} x {self.width} maps, got {h} x {w}")
+        attention = torch.softmax(x.reshape(b, k, h * w) / self.log_temperature.exp(), dim=-1)
+        return (attention @ self.pos).reshape(b, 2 * k)  # (B, K, 2) expected (x, y) -> (B, 2K)
+
+
+# ----------------------------------------------------------------------------- small conv
+SMALL_CONV_POOLS = ("flatten", "spatial_softmax")
+SMALL_CONV_HEADS = ("projection", "linear", "none")
+
+
+class SmallConvNet(nn.Module):
+    """[CoordConv channels] -> 3x3 convs with ReLU -> flatten or spatial-softmax keypoints -> head.
+
+    The default (strides 2, 2, 2, 1, flatten, projection head) is the original ``small_conv``; its parameter names
+    (``convs.*``, ``head.*``) are unchanged, so encoders saved before the options existed load as they are.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, channels: int, out_dim: int, head_tanh: bool,
+                 strides: Sequence[int] = (2, 2, 2, 1), pool: str = "flatten", num_keypoints: int | None = 32,
+                 coord_channels: bool = False, head: str = "projection", temperature: float = 1.0,
+                 learnable_temperature: bool = False) -> None:
+        super().__init__()
+        if pool not in SMALL_CONV_POOLS:
+            raise ValueError(f"small_conv: pool={pool!r}; expected one of {list(SMALL_CONV_POOLS)}")
+        if head not in SMALL_CONV_HEADS:
+            raise ValueError(f"small_conv: head={head!r}; expected one of {list(SMALL_CONV_HEADS)}")
+        if not strides or any(int(s) < 1 for s in strides):
+            raise ValueError(f"small_conv: strides must be a non-empty list of positive ints, got {list(strides)}")
+        self.coords = CoordChannels() if coord_channels else None
+        convs: list[nn.Module] = []
+        c_in = in_channels + (2 if coord_channels else 0)
+        for stride in strides:
+            convs += [nn.Conv2d(c_in, channels, 3, stride=int(stride), padding=1), nn.ReLU(inplace=True)]
+            c_in = channels
+        self.pool: nn.Module | None = None
+        if pool == "flatten":
+            self.convs = nn.Sequential(*convs, nn.Flatten())
+            (flat,) = _feature_shape(self._trunk, in_channels, image_size)
+        else:
+            self.convs = nn.Sequential(*convs)
+            c, h, w = _feature_shape(self._trunk, in_channels, image_size)
+            self.pool = SpatialSoftmax(c, h, w, num_keypoints, temperature, learnable_temperature)
+            flat = 2 * self.pool.num_keypoints
+        if head == "projection":
+            self.head: nn.Module = ProjectionHead(flat, out_dim, head_tanh)
+            self.out_dim = int(out_dim)
+        elif head == "linear":  # robomimic's VisualCore: keypoints -> one dense layer
+            self.head = nn.Linear(flat, out_dim)
+            self.out_dim = int(out_dim)
+        else:
+            self.head = nn.Identity()
+            self.out_dim = int(flat)
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(self.coords(x) if self.coords is not None else x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._trunk(x)
+        if self.pool is not None:
+            x = self.pool(x)
+        return self.head(x)
 
 
 def build_small_conv(image_size: int, in_channels: int, channels: int = 32, out_dim: int = 256,
-                     head_tanh: bool = True) -> tuple[nn.Module, int]:
-    return SmallConvNet(in_channels, image_size, channels, out_dim, head_tanh), out_dim
+                     head_tanh: bool = True, strides: Sequence[int] = (2, 2, 2, 1), pool: str = "flatten",
+                     num_keypoints: int | None = 32, coord_channels: bool = False, head: str = "projection",
+                     temperature: float = 1.0, learnable_temperature: bool = False) -> tuple[nn.Module, int]:
+    net = SmallConvNet(in_channels, image_size, channels, out_dim, head_tanh, [int(s) for s in strides], pool,
+                       num_keypoints, coord_channels, head, temperature, learnable_temperature)
+    return net, net.out_dim
 
 
 # ----------------------------------------------------------------------------- IMPALA

@@ -1,0 +1,66 @@
+"""Small helpers the benchmark scripts share: CPU model, load average, atomic JSON, hierarchical bootstrap.
+
+Scripts run as ``python benchmarks/<name>.py`` import this module from their own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to a temporary name, then rename (a killed run leaves the old file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def seeds_then_episodes_ci(per_seed: Sequence[Sequence[float]], resamples: int = 2000, confidence: float = 0.95,
+                           seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over seeds of per-episode outcomes: each resample draws the seeds
+    with replacement, then the episodes within each drawn seed. ``per_seed``: one sequence of outcomes (0/1 success
+    or any score) per seed. Raises ValueError when there is no seed or a seed has no episode."""
+    arrays = [np.asarray(s, dtype=float) for s in per_seed]
+    if not arrays or any(a.size == 0 for a in arrays):
+        raise ValueError("seeds_then_episodes_ci: need at least one seed, each with at least one episode")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for r in range(resamples):
+        picked = rng.integers(0, len(arrays), len(arrays))
+        means[r] = np.mean([rng.choice(arrays[i], arrays[i].size).mean() for i in picked])
+    tail = 100 * (1 - confidence) / 2
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def outcomes(successes: int, episodes: int) -> list[float]:
+    """Per-episode 0/1 outcomes from a success count (order does not matter to the bootstrap)."""
+    if not 0 <= successes <= episodes:
+        raise ValueError(f"outcomes: {successes} successes out of {episodes} episodes")
+    return [1.0] * successes + [0.0] * (episodes - successes)

@@ -1,0 +1,137 @@
+"""What every stage-2/3 learner shares: one optimiser step over the sum of its losses, the soft target update,
+acting, and a checkpoint of named networks and tensors.
+
+A learner (:class:`robopretrain.algos.bc.BC`, :class:`~robopretrain.algos.iql.IQL`,
+:class:`~robopretrain.algos.cql.CQL`, ...) subclasses :class:`OfflineAlgorithm`, builds its networks and ONE optimiser
+(parameter groups per network) in ``__init__``, and implements ``compute_losses(batch, with_metrics) -> (losses,
+metrics)`` where every loss only has gradients for its own network (targets detached). ``update`` then takes one
+backward pass of the sum, one optimiser step, and Polyak-averages ``target_critic`` toward ``critic`` when the
+learner has both. ``STATE_MODULES`` / ``STATE_TENSORS`` name what ``state_dict`` saves besides the config, the sizes,
+the optimiser and the update count.
+
+The helpers below (:func:`make_adam`, :func:`soft_update_`, :func:`metrics_to_floats`, :func:`require_keys`) are the
+same for every learner and for :class:`robopretrain.agent.Agent`, which runs the same step with its encoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def make_adam(groups: list[dict[str, Any]]) -> torch.optim.Adam:
+    """One Adam over parameter groups; fused kernels where this torch build supports them."""
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(groups)  # torch picks foreach kernels where available
+
+
+@torch.no_grad()
+def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging ``target <- (1 - tau) * target + tau * source`` in one foreach op."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def metrics_to_floats(metrics: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Convert scalar tensors to floats with one device sync."""
+    if not metrics:
+        return {}
+    values = torch.stack([m.detach().float().reshape(()) for m in metrics.values()]).tolist()
+    return dict(zip(metrics.keys(), values))
+
+
+def require_keys(batch: Mapping[str, Any], keys: Iterable[str], who: str) -> None:
+    """Raise a KeyError naming the missing batch keys."""
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"{who}.update: batch is missing {missing}; it has {sorted(batch)}")
+
+
+class OfflineAlgorithm:
+    """Base of the learners: ``update / compile / act / q_values / state_dict / load_state_dict``.
+
+    Subclasses set ``self.cfg`` (a dataclass), ``self.obs_dim``, ``self.act_dim``, ``self.device``, ``self.actor``,
+    ``self.optimizer`` and ``self.num_updates = 0``, and implement :meth:`compute_losses` and :meth:`algo_name`.
+    """
+
+    STATE_MODULES: ClassVar[tuple[str, ...]] = ("actor",)  # nn.Module attributes saved by name
+    STATE_TENSORS: ClassVar[tuple[str, ...]] = ()  # tensor / nn.Parameter attributes saved by name
+
+    cfg: Any
+    obs_dim: int
+    act_dim: int
+    device: torch.device
+    actor: nn.Module
+    optimizer: torch.optim.Optimizer
+    num_updates: int
+
+    def algo_name(self) -> str:
+        """The registry name stored in checkpoints (``"bc"``, ``"iql"``, ``"cql"``, ``"calql"``, ...)."""
+        raise NotImplementedError
+
+    def compute_losses(
+        self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Named losses (each with gradients only for its own parameters) and scalar metrics of one batch."""
+        raise NotImplementedError
+
+    def _losses(self, batch: Mapping[str, torch.Tensor], with_metrics: bool):
+        return getattr(self, "_loss_fn", self.compute_losses)(batch, with_metrics)
+
+    def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
+        """One gradient step on every parameter group, then the soft target update; returns float metrics."""
+        losses, metrics = self._losses(batch, with_metrics)
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.optimizer.step()
+        target = getattr(self, "target_critic", None)
+        if target is not None:
+            soft_update_(target, self.critic, self.cfg.tau)
+        self.num_updates += 1
+        return metrics_to_floats(metrics)
+
+    def compile(self, **kwargs: Any) -> None:
+        """Use ``torch.compile(**kwargs)`` for the loss computation (same math)."""
+        self._loss_fn = torch.compile(self.compute_losses, **kwargs)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
+        """Action(s) ``(A,)`` or ``(B, A)`` in [-1, 1] for one state ``(S,)`` or a batch ``(B, S)``."""
+        return self.actor.act(obs, deterministic)
+
+    @torch.no_grad()
+    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``min_e Q_e(s, a)`` ``(B,)`` for evaluation; raises AttributeError for a learner without a critic."""
+        return self.critic(obs.to(self.device), actions.to(self.device)).min(dim=0).values
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimiser state and config; loadable with ``torch.load(weights_only=True)``."""
+        state: dict[str, Any] = {
+            "algo": self.algo_name(), "config": asdict(self.cfg), "obs_dim": self.obs_dim, "act_dim": self.act_dim,
+        }
+        state.update({name: getattr(self, name).state_dict() for name in self.STATE_MODULES})
+        state.update({name: getattr(self, name).detach().clone() for name in self.STATE_TENSORS})
+        state["optimizer"] = self.optimizer.state_dict()
+        state["num_updates"] = self.num_updates
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; raises ValueError when it was saved for other sizes."""
+        if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
+            raise ValueError(
+                f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}; "
+                f"this agent has {self.obs_dim}, {self.act_dim}"
+            )
+        for name in self.STATE_MODULES:
+            getattr(self, name).load_state_dict(state[name])
+        with torch.no_grad():
+            for name in self.STATE_TENSORS:
+                getattr(self, name).copy_(state[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_updates = int(state["num_updates"])

@@ -1,0 +1,194 @@
+"""Convert datasets of other formats to the toolkit's robomimic HDF5, once, and find the converted copy again.
+
+``python -m robopretrain.data.convert SRC DST [--format auto|lerobot|minari|d4rl|ogbench] [--actions auto|keep]``
+
+Formats (detected from the path, ``--format`` overrides; each reader's module documents its layout and what it
+carries over):
+
+============  ==============================================================  ==========================
+format        what ``SRC`` is                                                 reader
+============  ==============================================================  ==========================
+``lerobot``   a LeRobot v3 folder (``meta/info.json``, parquet, mp4)          :mod:`.read_lerobot`
+``minari``    a Minari dataset folder (``data/metadata.json``)                :mod:`.read_minari`
+``d4rl``      an HDF5 file with top-level ``observations``, ``actions``, ...  :mod:`.read_d4rl`
+``ogbench``   an OGBench ``.npz`` (``observations``, ``actions``, ...)        :mod:`.read_ogbench`
+``robomimic`` an HDF5 file with ``data/demo_<i>`` (already the contract)     :mod:`.hdf5`
+============  ==============================================================  ==========================
+
+Direct use: ``data.path=SRC`` in any stage (and ``robopretrain.data.inspect SRC``) calls :func:`as_robomimic`,
+which converts ``SRC`` on first use into the cache folder ``data.cache_dir``, else
+``$ROBOPRETRAIN_CACHE_DIR/datasets``, else ``~/.cache/robopretrain/datasets``, as
+``<name>.<format>.<key>.hdf5``; ``key`` hashes the source's absolute path, the size and modification time of each of
+its files, the format, the action mode and :data:`CONVERTER_VERSION`, so an edited source (or a newer converter) is
+converted again and an unchanged one is reused. A robomimic file is used where it is.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import h5py
+
+from robopretrain.data.episodes import ACTION_MODES, ConversionError, Episode, write_robomimic
+from robopretrain.data.read_d4rl import is_d4rl, read_d4rl
+from robopretrain.data.read_lerobot import is_lerobot, read_lerobot
+from robopretrain.data.read_minari import dataset_id, is_minari, read_minari
+from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
+
+log = logging.getLogger(__name__)
+
+CONVERTER_VERSION = 1
+FORMATS = ("robomimic", "lerobot", "minari", "d4rl", "ogbench")
+READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
+    "lerobot": read_lerobot, "minari": read_minari, "d4rl": read_d4rl, "ogbench": read_ogbench}
+ENV_CACHE_DIR = "ROBOPRETRAIN_CACHE_DIR"
+
+
+def is_robomimic(path: str | os.PathLike) -> bool:
+    """True for an HDF5 file with a ``data`` group (the toolkit's own contract)."""
+    p = Path(path)
+    if not p.is_file() or not h5py.is_hdf5(p):
+        return False
+    try:
+        with h5py.File(p, "r") as f:
+            return isinstance(f.get("data"), h5py.Group)
+    except OSError:  # truncated or corrupt: not recognised here; the reader that opens it says why
+        return False
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format of ``path`` (one of :data:`FORMATS`); :class:`ConversionError` naming what was expected."""
+    p = Path(path)
+    if not p.exists():
+        raise ConversionError(f"{p}: no such file or folder")
+    for name, test in (("robomimic", is_robomimic), ("d4rl", is_d4rl), ("ogbench", is_ogbench),
+                       ("lerobot", is_lerobot), ("minari", is_minari)):
+        if test(p):
+            return name
+    raise ConversionError(f"{p}: format not recognised (expected a robomimic or D4RL-style HDF5 file, an OGBench "
+                          ".npz, a LeRobot v3 folder with meta/info.json, or a Minari folder with data/metadata.json)")
+
+
+def _check_format(fmt: str | None) -> str | None:
+    if fmt in (None, "", "auto"):
+        return None
+    if fmt not in FORMATS:
+        raise ConversionError(f"format={fmt!r}: expected auto or one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def _env_name(src: Path, fmt: str) -> str:
+    return f"minari/{dataset_id(src)}" if fmt == "minari" else f"{fmt}/{src.name}"
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None = None, actions: str = "auto",
+            overwrite: bool = False) -> Path:
+    """Convert ``src`` (``fmt`` or detected) to robomimic HDF5 at ``dst``; returns ``dst``.
+
+    Raises :class:`ConversionError` when ``dst`` exists (unless ``overwrite``), for a robomimic source (nothing to
+    convert: use it as it is) and for every problem of the source (naming the file and what was expected).
+    """
+    src, dst = Path(src), Path(dst)
+    fmt = _check_format(fmt) or detect_format(src)
+    if fmt == "robomimic":
+        raise ConversionError(f"{src}: already a robomimic HDF5 file; use it as it is")
+    if dst.exists() and not overwrite:
+        raise ConversionError(f"{dst}: exists (pass --overwrite to replace it)")
+    if dst.resolve() == src.resolve():
+        raise ConversionError(f"{dst}: the output would replace the source")
+    return write_robomimic(dst, READERS[fmt](src), source=str(src), fmt=fmt, env_name=_env_name(src, fmt),
+                           actions=actions)
+
+
+def default_cache_dir() -> Path:
+    """``$ROBOPRETRAIN_CACHE_DIR/datasets``, else ``~/.cache/robopretrain/datasets``."""
+    root = os.environ.get(ENV_CACHE_DIR)
+    return (Path(root) if root else Path.home() / ".cache" / "robopretrain") / "datasets"
+
+
+def source_key(src: Path, fmt: str, actions: str) -> str:
+    """A 16-hex-digit key of the source's files (path, size, mtime), the format, action mode and converter."""
+    src = src.resolve()
+    files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+    h = hashlib.sha256(json.dumps([str(src), fmt, actions, CONVERTER_VERSION]).encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(src) if src.is_dir() else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_path(src: str | os.PathLike, fmt: str, *, actions: str = "auto",
+               cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`as_robomimic` keeps the converted copy of ``src``."""
+    src = Path(src)
+    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    stem = src.name[: -len(src.suffix)] if src.is_file() and src.suffix else src.name
+    return folder / f"{stem}.{fmt}.{source_key(src, fmt, actions)}.hdf5"
+
+
+def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: str | os.PathLike | None = None,
+                 actions: str = "auto") -> Path:
+    """A robomimic HDF5 path for ``src``: ``src`` itself when it is one (or a file of no recognised format, which the
+    robomimic reader then refuses with its own message), else its cached conversion (made now when missing or
+    stale, see the module docstring). Raises :class:`ConversionError`."""
+    src = Path(src).expanduser()
+    fmt = _check_format(fmt)
+    if fmt is None:
+        try:
+            fmt = detect_format(src)
+        except ConversionError:
+            if src.is_file():
+                return src  # unreadable or foreign: the robomimic reader names what is wrong with it
+            raise
+    if fmt == "robomimic":
+        return src
+    if actions not in ACTION_MODES:
+        raise ConversionError(f"actions={actions!r}: expected one of {ACTION_MODES}")
+    dst = cache_path(src, fmt, actions=actions, cache_dir=cache_dir)
+    if dst.is_file():
+        log.info("%s (%s): using the converted copy %s", src, fmt, dst)
+        return dst
+    log.info("%s (%s): converting to %s (once; reused while the source is unchanged)", src, fmt, dst)
+    return convert(src, dst, fmt=fmt, actions=actions, overwrite=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m robopretrain.data.convert",
+                                description="Convert a LeRobot v3, Minari, D4RL-style HDF5 or OGBench .npz dataset "
+                                            "to the toolkit's robomimic HDF5.")
+    p.add_argument("src", help="the dataset: a LeRobot or Minari folder, a .hdf5 or a .npz file")
+    p.add_argument("dst", help="the robomimic .hdf5 to write")
+    p.add_argument("--format", default="auto", help=f"auto (default: detected) or one of {', '.join(FORMATS[1:])}")
+    p.add_argument("--actions", default="auto", choices=ACTION_MODES,
+                   help="auto: rescale actions outside [-1, 1] per dimension by their min/max (stored in env_args); "
+                        "keep: write them unchanged")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        out = convert(args.src, args.dst, fmt=args.format, actions=args.actions, overwrite=args.overwrite)
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with h5py.File(out, "r") as f:
+        demos = len(f["data"])
+        total = int(f["data"].attrs["total"])
+        keys = {k: tuple(v.shape[1:]) for k, v in f["data/demo_0/obs"].items()}
+        act = f["data/demo_0/actions"].shape[1]
+    print(f"{args.src} -> {out}: {demos} episodes, {total} transitions, {act}-D actions, observations "
+          + ", ".join(f"{k} {s}" for k, s in keys.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Episodes of any source format, and the writer that turns them into the toolkit's robomimic HDF5 contract.
+
+Every reader of a foreign format (:mod:`.read_lerobot`, :mod:`.read_minari`, :mod:`.read_d4rl`,
+:mod:`.read_ogbench`) yields :class:`Episode` objects; :func:`write_robomimic` writes them as::
+
+    data/            attrs: total, env_args (JSON: env_name "<format>/<name>", source format and path, num_tasks,
+                            action_normalization when actions were rescaled)
+      demo_<i>/      attrs: num_samples, task, task_id, ep_meta (JSON: terminated, truncated, success when the
+                            source says, source_episode)
+        obs/<key>, next_obs/<key>, actions, rewards, dones
+
+What is carried over exactly:
+
+* **Episode boundaries**: one source episode is one ``demo_<i>``, in source order.
+* **Termination vs truncation**: ``dones`` is the source's true-termination flag per step (``terminations`` /
+  ``terminals`` / ``next.done``); a truncated episode (time limit, ``timeouts``, ``truncations``) ends with
+  ``dones = 0`` on its last step, so returns-to-go bootstrap through it. ``ep_meta`` records both flags of the
+  last step.
+* **Success**: ``ep_meta["success"]`` when the source records it (LeRobot ``next.success``, Minari/D4RL
+  ``infos/success``, OGBench: the episode ends in a true termination); absent when it does not.
+* **Images** become uint8 ``(N, H, W, 3)`` (:func:`to_uint8_hwc`); low-dim parts float32 ``(N, d)``.
+* **Actions** must lie in ``[-1, 1]`` for the toolkit's tanh policies. With ``actions="auto"`` (the default) a
+  source whose actions leave that range is rescaled per dimension to ``[-1, 1]`` by its min/max over the whole
+  dataset, ``a' = 2 (a - low) / (high - low) - 1`` (a constant dimension becomes 0), and ``low``/``high`` are
+  stored in ``env_args["action_normalization"]`` so a deployment can map ``a = low + (a' + 1) (high - low) / 2``
+  back; ``actions="keep"`` writes them unchanged (the reader then refuses values outside ``[-1, 1]``).
+
+Episodes with fewer than 2 steps are skipped (the contract needs 2; each skip is counted and logged).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ACTION_MODES = ("auto", "keep")
+
+
+class ConversionError(ValueError):
+    """A source dataset cannot be converted; the message names the file and what was expected."""
+
+
+@dataclass
+class Episode:
+    """One episode of ``N`` transitions: ``obs[k][t]``, ``actions[t]``, ``rewards[t]``, ``next_obs[k][t]``.
+
+    ``terminations[t]`` is 1 where the step ended the episode by a true terminal state (no bootstrap);
+    ``truncated`` says the episode was cut (time limit) rather than terminated. ``success`` is None when the
+    source does not record it.
+    """
+
+    obs: dict[str, np.ndarray]
+    next_obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncated: bool
+    task: str
+    success: bool | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def to_uint8_hwc(frames: np.ndarray, where: str) -> np.ndarray:
+    """Images ``(N, H, W, C)`` or ``(N, C, H, W)`` (C in 1, 3, 4; uint8, or float in [0, 1] or [0, 255]) as uint8
+    ``(N, H, W, 3)``: channels-first is moved last, grey is repeated to 3 channels, alpha dropped, float in [0, 1]
+    scaled by 255. Raises :class:`ConversionError` for any other shape."""
+    a = np.asarray(frames)
+    if a.ndim != 4:
+        raise ConversionError(f"{where}: expected images (N, H, W, C) or (N, C, H, W), got shape {a.shape}")
+    if a.shape[-1] not in (1, 3, 4) and a.shape[1] in (1, 3, 4):
+        a = np.moveaxis(a, 1, -1)
+    if a.shape[-1] not in (1, 3, 4):
+        raise ConversionError(f"{where}: expected 1, 3 or 4 image channels, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        f = a.astype(np.float32)
+        if f.size and float(np.nanmax(f)) <= 1.0:
+            f = f * 255.0
+        a = np.clip(np.round(f), 0, 255).astype(np.uint8)
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def is_image(array: np.ndarray) -> bool:
+    """A per-step array that is a picture: (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4 and H, W >= 8."""
+    s = array.shape
+    return array.ndim == 4 and ((s[-1] in (1, 3, 4) and min(s[1], s[2]) >= 8)
+                                or (s[1] in (1, 3, 4) and min(s[2], s[3]) >= 8))
+
+
+def as_part(array: np.ndarray, where: str) -> np.ndarray:
+    """One observation part in the contract's form: images uint8 (N, H, W, 3), anything else float32 (N, d)
+    (a scalar per step becomes (N, 1); more dimensions are flattened)."""
+    a = np.asarray(array)
+    if is_image(a):
+        return to_uint8_hwc(a, where)
+    if a.ndim == 0 or a.dtype.kind not in "fiub":
+        raise ConversionError(f"{where}: expected a numeric array per step, got {a.dtype} {a.shape}")
+    return a.reshape(len(a), -1).astype(np.float32)
+
+
+def flatten_obs(obs: Any, where: str, prefix: str = "", plain: str = "observations") -> dict[str, np.ndarray]:
+    """A nested dict/tuple of per-step arrays (gymnasium Dict/Tuple spaces) as ``{dotted key: array}``; a plain
+    array is ``{plain: array}`` (the source's own name, ``observations``)."""
+    if isinstance(obs, Mapping):
+        out: dict[str, np.ndarray] = {}
+        for k, v in obs.items():
+            out.update(flatten_obs(v, where, f"{prefix}{k}.", plain))
+        return out
+    if isinstance(obs, tuple):
+        out = {}
+        for i, v in enumerate(obs):
+            out.update(flatten_obs(v, where, f"{prefix}{i}.", plain))
+        return out
+    return {prefix[:-1] or plain: np.asarray(obs)}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+
+def _check_episode(ep: Episode, where: str) -> None:
+    n = len(ep)
+    if ep.actions.ndim != 2:
+        raise ConversionError(f"{where}: expected actions (N, A), got shape {ep.actions.shape}")
+    for name, arr in (("rewards", ep.rewards), ("terminations", ep.terminations)):
+        if arr.shape != (n,):
+            raise ConversionError(f"{where}: {name} has shape {arr.shape}, expected ({n},) like the actions")
+    for part in ("obs", "next_obs"):
+        for k, v in getattr(ep, part).items():
+            if len(v) != n:
+                raise ConversionError(f"{where}: {part} {k!r} has {len(v)} rows, expected {n} like the actions")
+    if not np.isfinite(ep.actions).all():
+        raise ConversionError(f"{where}: actions contain NaN or inf")
+
+
+def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, source: str, fmt: str,
+                    env_name: str | None = None, actions: str = "auto", extra_env_args: Mapping[str, Any] | None = None,
+                    ) -> Path:
+    """Write ``episodes`` to ``path`` in the robomimic HDF5 contract (module docstring); returns ``path``.
+
+    Written to ``<path>.<pid>.tmp`` and renamed at the end, so an interrupted conversion leaves no half file.
+    ``actions``: ``auto`` (rescale to [-1, 1] by the data's min/max when outside) or ``keep``.
+    Raises :class:`ConversionError` when no episode of 2 or more steps remains, or shapes disagree.
+    """
+    if actions not in ACTION_MODES:
+        raise ConversionError(f"actions={actions!r}: expected one of {ACTION_MODES}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks converting at once do not collide
+    tasks: dict[str, int] = {}
+    total = skipped = written = 0
+    low = high = None
+    keys: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
+    try:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            for i, ep in enumerate(episodes):
+                where = f"{source}: episode {ep.meta.get('source_episode', i)}"
+                if len(ep) < 2:
+                    skipped += 1
+                    continue
+                _check_episode(ep, where)
+                obs = {k: as_part(v, f"{where} obs {k!r}") for k, v in ep.obs.items()}
+                nxt = {k: as_part(v, f"{where} next obs {k!r}") for k, v in ep.next_obs.items()}
+                shapes = {k: (v.shape[1:], v.dtype) for k, v in obs.items()}
+                if keys is None:
+                    keys = shapes
+                elif shapes != keys:
+                    raise ConversionError(f"{where}: observation parts {_describe(shapes)} differ from the first "
+                                          f"episode's {_describe(keys)}")
+                a = ep.actions.astype(np.float32)
+                low = a.min(0) if low is None else np.minimum(low, a.min(0))
+                high = a.max(0) if high is None else np.maximum(high, a.max(0))
+                demo = data.create_group(f"demo_{written}")
+                for k in obs:
+                    demo.create_dataset(f"obs/{k}", data=obs[k])
+                    demo.create_dataset(f"next_obs/{k}", data=nxt[k])
+                demo.create_dataset("actions", data=a)
+                demo.create_dataset("rewards", data=ep.rewards.astype(np.float32))
+                dones = (np.asarray(ep.terminations) > 0).astype(np.uint8)
+                demo.create_dataset("dones", data=dones)
+                task_id = tasks.setdefault(ep.task, len(tasks))
+                meta = {**ep.meta, "terminated": bool(dones[-1]), "truncated": bool(ep.truncated)}
+                if ep.success is not None:
+                    meta["success"] = bool(ep.success)
+                demo.attrs.update(num_samples=len(ep), task=ep.task, task_id=task_id, ep_meta=_json(meta))
+                total += len(ep)
+                written += 1
+            if written == 0:
+                raise ConversionError(f"{source}: no episode with at least 2 steps to convert"
+                                      + (f" ({skipped} shorter skipped)" if skipped else ""))
+            env_args: dict[str, Any] = {"env_name": env_name or f"{fmt}/{Path(source).stem}", "type": fmt,
+                                        "source": str(source), "num_tasks": len(tasks),
+                                        "env_kwargs": {}, **dict(extra_env_args or {})}
+            outside = bool(np.any(low < -1.0 - 1e-6) or np.any(high > 1.0 + 1e-6))
+            if outside and actions == "auto":
+                _rescale_actions(data, written, low, high)
+                env_args["action_normalization"] = {
+                    "low": low.tolist(), "high": high.tolist(),
+                    "formula": "a_file = 2 * (a - low) / (high - low) - 1 (0 where high == low)"}
+                log.warning("%s: actions outside [-1, 1] (min %s, max %s) rescaled per dimension to [-1, 1]; "
+                            "low/high are in env_args['action_normalization']", source,
+                            np.round(low, 4).tolist(), np.round(high, 4).tolist())
+            data.attrs["total"] = total
+            data.attrs["env_args"] = _json(env_args)
+            f.create_dataset("mask/train", data=np.array([f"demo_{i}".encode() for i in range(written)]))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if skipped:
+        log.warning("%s: %d episode(s) with fewer than 2 steps skipped", source, skipped)
+    log.info("%s -> %s: %d episodes, %d transitions, %d task(s)", source, path, written, total, len(tasks))
+    return path
+
+
+def _describe(shapes: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> str:
+    return ", ".join(f"{k} {tuple(s)} {np.dtype(d).name}" for k, (s, d) in shapes.items())
+
+
+def _rescale_actions(data: h5py.Group, n: int, low: np.ndarray, high: np.ndarray) -> None:
+    span = high - low
+    safe = np.where(span > 0, span, 1.0)
+    for i in range(n):
+        ds = data[f"demo_{i}/actions"]
+        a = ds[()]
+        ds[...] = np.where(span > 0, 2.0 * (a - low) / safe - 1.0, 0.0).clip(-1.0, 1.0).astype(np.float32)
+
+
+def split_by_ends(ends: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the episodes of a flat array whose ``ends[t]`` is true on each episode's last row
+    (rows after the last end form a final, unfinished episode)."""
+    stops = np.flatnonzero(np.asarray(ends, dtype=bool)) + 1
+    bounds = [0, *stops.tolist()]
+    if bounds[-1] < len(ends):
+        bounds.append(len(ends))
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+__all__ = ["ACTION_MODES", "ConversionError", "Episode", "as_part", "flatten_obs", "is_image", "split_by_ends",
+           "to_uint8_hwc", "write_robomimic"]

@@ -1,0 +1,314 @@
+"""A frame index beside a robomimic HDF5 file: each camera's frames once, in one flat file read row by row.
+
+Random minibatches from the HDF5 file itself need one chunk read and decompression per row (robomimic files store
+images in compressed chunks); a one-time ``index`` step (:func:`build_index`) writes, next to ``<file>.hdf5``, a
+folder ``<file>.hdf5.frames/`` with, per camera key ``k`` of the file:
+
+* ``k.u8``: the camera's distinct frames, uint8 ``(M, H, W, 3)`` raw (C order, no header; memory-mappable with
+  ``np.memmap``); per demo of ``L`` steps the ``L`` frames of ``obs/k`` then the frames of ``next_obs/k`` that differ
+  from the following ``obs/k`` (always the last one): ``next_obs[t]`` equal to ``obs[t + 1]`` is not stored twice;
+* ``k.rows.npy``: int64 ``(2, N)`` (N: transitions of the file, demos in numeric order): the frame row of ``obs`` and
+  of ``next_obs`` of every transition;
+* ``k.crc.npy``: uint32 ``(M,)`` CRC-32 of every frame row, checked on every read (a corrupt chunk is named, not
+  trained on);
+* ``transitions/``: everything else of every demo, read and validated once with
+  :func:`~robopretrain.data.hdf5.load_transitions` (images validated, not read): ``actions.npy``, ``rewards.npy``,
+  ``dones.npy`` and ``obs.<key>.npy`` / ``next_obs.<key>.npy`` per low-dim key, so that a later run reads no
+  per-demo HDF5 data (10,000 demos cost minutes of HDF5 calls, a few arrays a second);
+* ``meta.json`` (written last: a folder without it is an interrupted build): the source file's size and modification
+  time (a changed file is indexed again), the demos, their first transition and, per key, their first frame row.
+
+:class:`FrameStore` reads rows with ``os.pread`` (no memory map: the pages stay in the page cache and out of the
+process's resident memory, so a 12 GB frame file costs the reader no RSS) and checks sizes at open (a truncated file
+fails before training) and CRCs at read (:class:`~robopretrain.data.hdf5.DatasetError`, one line: file, demo, key).
+The same store holds per-frame features of a frozen encoder (:func:`write_rows`, float32 rows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from robopretrain.data.hdf5 import DatasetError, DatasetInfo, Transitions, load_transitions, read_info
+
+log = logging.getLogger(__name__)
+
+INDEX_SUFFIX = ".frames"
+INDEX_VERSION = 2
+
+
+def index_dir(path: str | os.PathLike) -> Path:
+    """The index folder of an HDF5 file: ``<file>.frames`` beside it."""
+    p = Path(path)
+    return p.with_name(p.name + INDEX_SUFFIX)
+
+
+def _source_stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _row_crcs(rows: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(rows).reshape(len(rows), -1)
+    return np.fromiter((zlib.crc32(r) for r in flat), dtype=np.uint32, count=len(flat))
+
+
+@dataclass
+class FrameIndex:
+    """An opened index: the per-key stores and the row arrays of every transition of the file."""
+
+    folder: Path
+    meta: dict[str, Any]
+    rows: dict[str, np.ndarray]  # key -> int64 (2, N): frame row of obs and of next_obs per transition
+
+    def demo_starts(self) -> dict[str, int]:
+        """Demo name -> its first transition in file order."""
+        return {d: int(s) for d, s in zip(self.meta["demos"], self.meta["demo_starts"])}
+
+    def transitions(self, info: DatasetInfo, demos: Sequence[str], obs_keys: Sequence[str]) -> Transitions:
+        """The non-image data of ``demos`` (in this order) for low-dim ``obs_keys``, as
+        :func:`~robopretrain.data.hdf5.load_transitions` gives it with ``images=False``."""
+        folder = self.folder / "transitions"
+        starts = self.demo_starts()
+        chosen = [info.demo(d) for d in demos]
+        sel = np.concatenate([starts[d.name] + np.arange(d.num_samples) for d in chosen])
+
+        def load(name: str) -> np.ndarray:
+            try:
+                arr = np.load(folder / f"{name}.npy", mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{folder / (name + '.npy')}: cannot be read (truncated or corrupt?): {e}; "
+                                   f"delete {self.folder} to index again") from None
+            return np.ascontiguousarray(arr[sel])
+
+        return Transitions(
+            path=info.path, obs={k: load(f"obs.{k}") for k in obs_keys},
+            next_obs={k: load(f"next_obs.{k}") for k in obs_keys}, actions=load("actions"), rewards=load("rewards"),
+            dones=load("dones"),
+            episode_ids=np.repeat(np.arange(len(chosen)), [d.num_samples for d in chosen]).astype(np.int64),
+            task_ids=np.repeat([d.task_id for d in chosen], [d.num_samples for d in chosen]).astype(np.int64),
+            demo_names=list(demos), episode_tasks=[d.task for d in chosen], ep_meta=[d.ep_meta for d in chosen])
+
+    def store(self, key: str) -> FrameStore:
+        m = self.meta["keys"][key]
+        return FrameStore(self.folder / f"{key}.u8", tuple(m["shape"]), np.uint8, self.folder / f"{key}.crc.npy",
+                          demos=self.meta["demos"], demo_rows=m["demo_rows"], key=key)
+
+
+def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (meta.get("version") == INDEX_VERSION and meta.get("source") == _source_stamp(source)
+            and all(k in meta.get("keys", {}) for k in keys))
+
+
+def open_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInfo | None = None,
+               build: bool = True) -> FrameIndex:
+    """The frame index of ``path`` for camera ``keys``; built first (:func:`build_index`) when missing or stale and
+    ``build``. Raises :class:`DatasetError` when it is missing and ``build`` is False."""
+    source = Path(path)
+    folder = index_dir(source)
+    if not _index_is_current(folder, source, keys):
+        if not build:
+            raise DatasetError(f"{source}: no current frame index at {folder} (data.storage=disk builds it)")
+        build_index(source, keys, info=info)
+    meta = json.loads((folder / "meta.json").read_text())
+    rows = {}
+    for k in keys:
+        try:
+            rows[k] = np.load(folder / f"{k}.rows.npy")
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{folder / (k + '.rows.npy')}: cannot be read (truncated or corrupt?): {e}") from None
+        if rows[k].shape != (2, int(meta["num_transitions"])):
+            raise DatasetError(f"{folder / (k + '.rows.npy')}: expected shape (2, {meta['num_transitions']}), got "
+                               f"{rows[k].shape}; delete {folder} to index again")
+    return FrameIndex(folder, meta, rows)
+
+
+def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInfo | None = None) -> Path:
+    """Write the frame index of camera ``keys`` of every demo of ``path`` (see the module docstring); returns its
+    folder. Written to a temporary folder and renamed, so an interrupted build leaves no index."""
+    source = Path(path)
+    info = info or read_info(source)
+    folder = index_dir(source)
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise DatasetError(f"{source}: cannot write its frame index beside it ({e}); copy the file to a writable "
+                           "folder or set data.storage=memory") from None
+    demos = [d.name for d in info.demos]
+    lengths = [d.num_samples for d in info.demos]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    n = int(sum(lengths))
+    meta: dict[str, Any] = {"version": INDEX_VERSION, "source": _source_stamp(source), "demos": demos,
+                            "demo_starts": starts.tolist(), "num_transitions": n, "keys": {}}
+    log.info("indexing the frames of %s (%d transitions, cameras %s) into %s", source, n, list(keys), folder)
+    trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False)
+    (tmp / "transitions").mkdir()
+    for name, arr in [("actions", trans.actions), ("rewards", trans.rewards), ("dones", trans.dones),
+                      *[(f"obs.{k}", v) for k, v in trans.obs.items()],
+                      *[(f"next_obs.{k}", v) for k, v in trans.next_obs.items()]]:
+        np.save(tmp / "transitions" / f"{name}.npy", arr)
+    del trans
+    with h5py.File(source, "r") as f:
+        for key in keys:
+            meta["keys"][key] = _index_key(f, str(source), key, demos, starts, n, tmp)
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    old = folder.with_name(f"{folder.name}.old{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished the same index first
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _index_key(f: h5py.File, path: str, key: str, demos: Sequence[str], starts: np.ndarray, n: int,
+               out: Path) -> dict[str, Any]:
+    rows = np.empty((2, n), dtype=np.int64)
+    crcs: list[np.ndarray] = []
+    demo_rows: list[int] = []
+    shape: tuple[int, ...] | None = None
+    m = 0
+    with open(out / f"{key}.u8", "wb") as fh:
+        for name, lo in zip(demos, starts.tolist()):
+            base = f"data/{name}"
+            try:
+                obs = f[f"{base}/obs/{key}"][()]
+                nxt = f[f"{base}/next_obs/{key}"][()]
+            except KeyError:
+                raise DatasetError(f"{path}: {base}/obs/{key}: missing") from None
+            except OSError as e:
+                raise DatasetError(f"{path}: {base}/obs/{key}: cannot be read (truncated or corrupt?): {e}") from None
+            if obs.dtype != np.uint8 or obs.ndim != 4 or nxt.shape != obs.shape:
+                raise DatasetError(f"{path}: {base}/obs/{key}: expected uint8 (N, H, W, 3) frames in obs and next_obs,"
+                                   f" got {obs.dtype} {obs.shape} and {nxt.dtype} {nxt.shape}")
+            if shape is None:
+                shape = tuple(obs.shape[1:])
+            elif tuple(obs.shape[1:]) != shape:
+                raise DatasetError(f"{path}: {base}/obs/{key}: frames of shape {obs.shape[1:]}, first demo {shape}")
+            length = len(obs)
+            same = np.zeros(length, dtype=bool)  # next_obs[t] == obs[t + 1] (never for the last step)
+            same[:-1] = (nxt[:-1] == obs[1:]).reshape(length - 1, -1).all(axis=1)
+            extra = np.flatnonzero(~same)
+            demo_rows.append(m)
+            rows[0, lo: lo + length] = m + np.arange(length)
+            nrow = m + np.arange(1, length + 1)
+            nrow[extra] = m + length + np.arange(len(extra))
+            rows[1, lo: lo + length] = nrow
+            block = np.concatenate([obs, nxt[extra]])
+            fh.write(np.ascontiguousarray(block).tobytes())
+            crcs.append(_row_crcs(block))
+            m += len(block)
+    np.save(out / f"{key}.rows.npy", rows)
+    np.save(out / f"{key}.crc.npy", np.concatenate(crcs).astype(np.uint32))
+    return {"shape": [m, *shape], "demo_rows": demo_rows}
+
+
+def write_rows(path: Path, chunks: Iterable[np.ndarray]) -> tuple[int, ...]:
+    """Write row chunks (same trailing shape and dtype) to a raw file and its ``.crc.npy``; returns the full shape.
+
+    Used for the frozen-feature cache: features are computed and written chunk by chunk, never all in memory."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    crcs: list[np.ndarray] = []
+    shape: tuple[int, ...] | None = None
+    total = 0
+    with open(tmp, "wb") as fh:
+        for chunk in chunks:
+            c = np.ascontiguousarray(chunk)
+            shape = shape or tuple(c.shape[1:])
+            fh.write(c.tobytes())
+            crcs.append(_row_crcs(c))
+            total += len(c)
+    np.save(path.with_name(path.name + ".crc.npy"), np.concatenate(crcs).astype(np.uint32))
+    os.replace(tmp, path)
+    return (total, *(shape or ()))
+
+
+class FrameStore:
+    """Rows of one raw array file, read with ``os.pread`` and checked against their CRC-32.
+
+    ``shape`` is the full ``(M, ...)`` shape; ``demos`` / ``demo_rows`` (first row of each demo) name the demo of a
+    bad row in errors. Picklable (the file is reopened in each process)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, crc_path: Path, *,
+                 demos: Sequence[str] = (), demo_rows: Sequence[int] = (), key: str = "") -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.demos = list(demos)
+        self.demo_rows = np.asarray(demo_rows, dtype=np.int64)
+        self.key = key
+        try:
+            self.crc = np.load(crc_path)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{crc_path}: cannot be read (truncated or corrupt?): {e}") from None
+        if self.crc.shape != (self.shape[0],):
+            raise DatasetError(f"{crc_path}: {len(self.crc)} checksums for {self.shape[0]} rows; delete the folder to "
+                               "index again")
+        expected = self.shape[0] * self.row_bytes
+        size = self.path.stat().st_size if self.path.is_file() else -1
+        if size != expected:
+            first_bad = max(0, size) // self.row_bytes
+            raise DatasetError(f"{self.path}: {self._where(first_bad)}: file has {size} bytes, expected {expected} "
+                               "(truncated?); delete the folder to index again")
+        self._fd: int | None = os.open(self.path, os.O_RDONLY)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def _where(self, row: int) -> str:
+        if not self.demos:
+            return f"{self.key} row {row}"
+        i = int(np.searchsorted(self.demo_rows, row, side="right")) - 1
+        i = min(max(i, 0), len(self.demos) - 1)
+        return f"demo {self.demos[i]} key {self.key} (frame row {row})"
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The rows ``rows`` (int ``(B,)``) as an array ``(B, *shape[1:])``; DatasetError on a short read or a
+        checksum mismatch (one line: file, demo, key)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        rb = self.row_bytes
+        for i, r in enumerate(rows.tolist()):
+            buf = os.pread(self._fd, rb, r * rb)
+            if len(buf) != rb:
+                raise DatasetError(f"{self.path}: {self._where(r)}: short read ({len(buf)} of {rb} bytes; file "
+                                   "truncated during training?)")
+            if zlib.crc32(buf) != int(self.crc[r]):
+                raise DatasetError(f"{self.path}: {self._where(r)}: checksum mismatch (corrupt chunk); delete the "
+                                   "folder to index again, or check the disk")
+            flat[i] = np.frombuffer(buf, dtype=np.uint8)
+        return out
+
+
+__all__ = ["FrameIndex", "FrameStore", "INDEX_SUFFIX", "build_index", "index_dir", "open_index", "write_rows"]

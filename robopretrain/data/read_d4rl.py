@@ -1,0 +1,79 @@
+"""D4RL-style flat HDF5 -> :class:`~robopretrain.data.episodes.Episode` s.
+
+The layout D4RL publishes (``d4rl.qlearning_dataset`` reads the same keys), one row per step, episodes laid end to
+end::
+
+    observations (N, ...)   actions (N, A)   rewards (N,)   terminals (N,)   timeouts (N,) (optional)
+    next_observations (N, ...) (optional)    infos/<name> (N, ...) (optional; infos/success is used)
+
+* An episode ends on a row with ``terminals`` or ``timeouts`` set (or at the end of the file).
+* ``terminals`` is the true-termination flag, carried as ``dones``; ``timeouts`` is a truncation.
+* Without ``next_observations``, the next observation of row ``t`` is row ``t + 1`` of the same episode. The last
+  row of an episode has none in the file: after a termination it is not needed (``dones = 1``: no bootstrap) and
+  the row's own observation stands in; after a time-out (or at the end of the file) the row is dropped, as
+  ``d4rl.qlearning_dataset`` drops it (``terminate_on_end=False``).
+* ``success`` (``ep_meta``): any ``infos/success`` of the episode when the file has that key, else not recorded.
+
+Observations keep the file's key ``observations`` (images become uint8 HWC, see :mod:`.episodes`).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from robopretrain.data.episodes import ConversionError, Episode, split_by_ends
+
+REQUIRED = ("observations", "actions", "rewards", "terminals")
+
+
+def is_d4rl(path: str | os.PathLike) -> bool:
+    """True for an HDF5 file with top-level ``observations`` and ``actions`` datasets (no robomimic ``data/``)."""
+    p = Path(path)
+    if not p.is_file() or not h5py.is_hdf5(p):
+        return False
+    try:
+        with h5py.File(p, "r") as f:
+            return all(isinstance(f.get(k), h5py.Dataset) for k in ("observations", "actions")) and "data" not in f
+    except OSError:  # truncated or corrupt
+        return False
+
+
+def read_d4rl(path: str | os.PathLike) -> Iterator[Episode]:
+    """The episodes of a D4RL-style file (module docstring). Raises :class:`ConversionError` naming the key."""
+    p = Path(path)
+    with h5py.File(p, "r") as f:
+        missing = [k for k in REQUIRED if not isinstance(f.get(k), h5py.Dataset)]
+        if missing:
+            raise ConversionError(f"{p}: missing dataset(s) {missing} (D4RL layout: {', '.join(REQUIRED)}, "
+                                  "optional timeouts, next_observations)")
+        n = len(f["actions"])
+        for k in (*REQUIRED, "timeouts", "next_observations", "infos/success"):
+            if k in f and len(f[k]) != n:
+                raise ConversionError(f"{p}: {k} has {len(f[k])} rows, expected {n} like actions")
+        obs = f["observations"][()]
+        nxt = f["next_observations"][()] if "next_observations" in f else None
+        actions = f["actions"][()]
+        rewards = f["rewards"][()].reshape(n).astype(np.float32)
+        terminals = f["terminals"][()].reshape(n).astype(bool)
+        timeouts = f["timeouts"][()].reshape(n).astype(bool) if "timeouts" in f else np.zeros(n, bool)
+        success = f["infos/success"][()].reshape(n).astype(bool) if "infos/success" in f else None
+    for i, (a, b) in enumerate(split_by_ends(terminals | timeouts)):
+        terminated = bool(terminals[b - 1])
+        if nxt is not None:
+            o, no, stop = obs[a:b], nxt[a:b], b
+        else:
+            stop = b if terminated else b - 1  # a time-out's last row has no next observation in the file
+            o = obs[a:stop]
+            no = np.concatenate([obs[a + 1:stop], obs[b - 1:b]]) if terminated else obs[a + 1:b]
+        yield Episode(obs={"observations": o}, next_obs={"observations": no}, actions=actions[a:stop],
+                      rewards=rewards[a:stop], terminations=terminals[a:stop].astype(np.uint8),
+                      truncated=not terminated, task=p.stem,
+                      success=None if success is None else bool(success[a:b].any()),
+                      meta={"source_episode": i, "source_rows": [int(a), int(b)]})
+
+
+__all__ = ["is_d4rl", "read_d4rl"]

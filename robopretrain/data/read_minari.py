@@ -1,0 +1,108 @@
+"""Minari datasets -> :class:`~robopretrain.data.episodes.Episode` s, read with the ``minari`` package itself.
+
+A Minari dataset (Farama; the maintained successor of D4RL) is a folder ``<root>/<dataset_id>/data/`` holding
+``metadata.json`` and the episodes (``main_data.hdf5``, or Arrow files), one per episode with
+``observations`` (``N + 1`` rows: the reset observation and one after every step; a dict observation space is a
+group of such arrays), ``actions``, ``rewards``, ``terminations``, ``truncations`` (``N`` rows) and ``infos``.
+:class:`minari.MinariDataset` reads either storage; it is installed with ``pip install 'robopretrain[datasets]'``.
+
+* ``obs[t] = observations[t]``, ``next_obs[t] = observations[t + 1]`` (exact, no row dropped).
+* ``dones = terminations`` per step; ``truncations`` on the last step marks a truncated episode.
+* ``success`` (``ep_meta``): any ``infos["success"]`` of the episode when the dataset logs it, else not recorded.
+* a Box observation keeps the name ``observations``; a Dict space gives one part per key (nested keys joined
+  with ``.``, e.g. ``observation``, ``desired_goal``).
+
+``path`` may be the ``data/`` folder, the dataset folder above it, or either's ``metadata.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robopretrain.data.episodes import ConversionError, Episode, flatten_obs
+
+METADATA = "metadata.json"
+
+
+def data_dir(path: str | os.PathLike) -> Path | None:
+    """The Minari ``data/`` folder (the one holding ``metadata.json`` with ``minari_version``) at ``path``."""
+    p = Path(path)
+    if p.is_file() and p.name == METADATA:
+        p = p.parent
+    for cand in (p, p / "data"):
+        meta = cand / METADATA
+        if meta.is_file():
+            try:
+                if "minari_version" in json.loads(meta.read_text()) or "dataset_id" in json.loads(meta.read_text()):
+                    return cand
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def is_minari(path: str | os.PathLike) -> bool:
+    """True for a Minari dataset folder (or its ``data/`` folder, or its ``metadata.json``)."""
+    return data_dir(path) is not None
+
+
+def _open(path: str | os.PathLike) -> Any:
+    d = data_dir(path)
+    if d is None:
+        raise ConversionError(f"{path}: not a Minari dataset (expected a folder holding data/{METADATA})")
+    try:
+        import minari
+    except ImportError:
+        raise ConversionError(f"{path}: reading Minari datasets needs the minari package: "
+                              "pip install 'robopretrain[datasets]'") from None
+    try:
+        return minari.MinariDataset(d)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ConversionError(f"{d}: minari cannot read this dataset ({exc})") from None
+
+
+def dataset_id(path: str | os.PathLike) -> str:
+    """The dataset's id from its metadata (e.g. ``D4RL/door/human-v2``)."""
+    d = data_dir(path)
+    meta = json.loads((d / METADATA).read_text()) if d is not None else {}
+    return str(meta.get("dataset_id", Path(path).name))
+
+
+def _rows(x: Any, lo: int, hi: int) -> Any:
+    if isinstance(x, dict):
+        return {k: _rows(v, lo, hi) for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(_rows(v, lo, hi) for v in x)
+    return np.asarray(x)[lo:hi]
+
+
+def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
+    """The episodes of a Minari dataset (module docstring). Raises :class:`ConversionError`."""
+    ds = _open(path)
+    task = dataset_id(path)
+    for ep in ds.iterate_episodes():
+        n = len(ep.rewards)
+        where = f"{path}: episode {ep.id}"
+        actions = np.asarray(ep.actions)
+        if isinstance(ep.actions, (dict, tuple)) or actions.dtype.kind not in "fiu":
+            raise ConversionError(f"{where}: only Box (continuous) action spaces are supported")
+        obs = flatten_obs(_rows(ep.observations, 0, n), where)
+        nxt = flatten_obs(_rows(ep.observations, 1, n + 1), where)
+        for k, v in obs.items():
+            if len(nxt[k]) != n:
+                raise ConversionError(f"{where}: observations {k!r} have fewer than {n + 1} rows (N + 1 expected)")
+        term = np.asarray(ep.terminations).reshape(n).astype(bool)
+        trunc = np.asarray(ep.truncations).reshape(n).astype(bool)
+        success = ep.infos.get("success") if isinstance(ep.infos, dict) else None
+        yield Episode(obs=obs, next_obs=nxt, actions=actions.reshape(n, -1), rewards=np.asarray(ep.rewards,
+                      np.float32).reshape(n), terminations=term.astype(np.uint8),
+                      truncated=bool(trunc[-1]) if n else False, task=task,
+                      success=None if success is None else bool(np.asarray(success).any()),
+                      meta={"source_episode": int(ep.id)})
+
+
+__all__ = ["data_dir", "dataset_id", "is_minari", "read_minari"]

@@ -1,0 +1,85 @@
+"""OGBench ``.npz`` -> :class:`~robopretrain.data.episodes.Episode` s.
+
+OGBench (Park et al. 2024, ``ogbench.utils.load_dataset``) ships each dataset as one ``.npz`` of flat arrays:
+
+* **compact** (the files as downloaded): ``observations (N, ...)``, ``actions (N, A)``, ``terminals (N,)``, where
+  ``terminals = 1`` marks the *last row of each trajectory*. That row is only the final observation: OGBench's
+  loader keeps rows with ``terminals = 0`` as transitions and takes each one's next observation from the row after
+  it. The trajectory end is a time limit (OGBench's data are fixed-length), so it is a truncation here.
+* **regular** (``next_observations`` present, e.g. saved after ``load_dataset(compact_dataset=False)``): every row
+  is a transition, ``terminals = 1`` on the last transition of each trajectory (again a truncation).
+* optional ``rewards`` and ``masks`` (single-task datasets relabelled with a task's reward; ``masks = 0`` where the
+  task is done, OGBench's convention): ``dones = 1 - masks`` per step as given (OGBench's trajectories go on after
+  the task is done; the returns-to-go restart after each such step), ``success`` = the trajectory has such a step.
+  Without ``masks`` no step terminates and ``success`` is not recorded;
+  without ``rewards`` the rewards are 0 (goal-conditioned data: use behaviour cloning, or relabel).
+
+Other arrays of the file (``qpos``, ``qvel``, ``button_states``, ...) are not observations and are not carried.
+Observations keep the key ``observations`` (OGBench's visual datasets: uint8 (N, 64, 64, 3), kept as images).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from robopretrain.data.episodes import ConversionError, Episode, split_by_ends
+
+REQUIRED = ("observations", "actions", "terminals")
+
+
+def is_ogbench(path: str | os.PathLike) -> bool:
+    """True for an ``.npz`` holding ``observations``, ``actions`` and ``terminals``."""
+    p = Path(path)
+    if not p.is_file() or p.suffix != ".npz":
+        return False
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return all(k in z.files for k in REQUIRED)
+    except (OSError, ValueError):
+        return False
+
+
+def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
+    """The trajectories of an OGBench ``.npz`` (module docstring). Raises :class:`ConversionError`."""
+    p = Path(path)
+    try:
+        z = dict(np.load(p, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"{p}: not a readable .npz ({exc})") from None
+    missing = [k for k in REQUIRED if k not in z]
+    if missing:
+        raise ConversionError(f"{p}: missing array(s) {missing} (OGBench layout: {', '.join(REQUIRED)}, optional "
+                              "next_observations, rewards, masks)")
+    n = len(z["actions"])
+    for k in ("observations", "terminals", "next_observations", "rewards", "masks"):
+        if k in z and len(z[k]) != n:
+            raise ConversionError(f"{p}: {k} has {len(z[k])} rows, expected {n} like actions")
+    obs, actions = z["observations"], z["actions"]
+    ends = z["terminals"].reshape(n).astype(bool)
+    rewards = z["rewards"].reshape(n).astype(np.float32) if "rewards" in z else np.zeros(n, np.float32)
+    done = (1.0 - z["masks"].reshape(n).astype(np.float32)) > 0.5 if "masks" in z else np.zeros(n, bool)
+    compact = "next_observations" not in z
+    if compact:
+        keep = ~ends  # transitions; a trajectory's last row is only its final observation
+        nxt = np.concatenate([obs[1:], obs[-1:]])
+    else:
+        keep = np.ones(n, bool)
+        nxt = z["next_observations"]
+    rows = np.flatnonzero(keep)
+    # a trajectory ends at its last transition: in compact data the row before a terminals row
+    traj_end = np.r_[ends[1:], True][rows] if compact else ends[rows]
+    i = 0
+    for a, b in split_by_ends(traj_end):
+        r = rows[a:b]
+        terminated = bool(done[r[-1]])
+        yield Episode(obs={"observations": obs[r]}, next_obs={"observations": nxt[r]}, actions=actions[r],
+                      rewards=rewards[r], terminations=done[r].astype(np.uint8), truncated=not terminated,
+                      task=p.stem, success=bool(done[r].any()) if "masks" in z else None,
+                      meta={"source_episode": i, "source_rows": [int(r[0]), int(r[-1]) + 1]})
+        i += 1
+
+
+__all__ = ["is_ogbench", "read_ogbench"]

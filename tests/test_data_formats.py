@@ -1,0 +1,230 @@
+"""Datasets of other toolkits (D4RL-style HDF5, OGBench .npz, Minari, LeRobot v3) converted to the robomimic contract:
+episode boundaries, termination vs truncation, success, next observations, images and actions carried exactly; the
+converted copy cached and reused; ``python -m robopretrain.data.convert`` and ``inspect``; stage 2 trains on each
+format given as ``data.path`` with sizes and keys from the file."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import _formats as F
+from _stages import stage2_config
+from robopretrain.checkpoint import load_agent
+from robopretrain.data.convert import as_robomimic, convert, detect_format, main as convert_main
+from robopretrain.data.episodes import ConversionError, to_uint8_hwc
+from robopretrain.data.inspect import inspect
+from robopretrain.train import run
+
+
+def demos(path: Path) -> list[dict]:
+    """Every demo of a robomimic file as plain arrays and its decoded ep_meta."""
+    out = []
+    with h5py.File(path, "r") as f:
+        for i in range(len(f["data"])):
+            g = f[f"data/demo_{i}"]
+            out.append({"obs": {k: g["obs"][k][()] for k in g["obs"]},
+                        "next": {k: g["next_obs"][k][()] for k in g["obs"]},
+                        "actions": g["actions"][()], "rewards": g["rewards"][()], "dones": g["dones"][()],
+                        "task": g.attrs["task"], "task_id": int(g.attrs["task_id"]),
+                        "meta": json.loads(g.attrs["ep_meta"])})
+    return out
+
+
+def env_args(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f["data"].attrs["env_args"])
+
+
+# --------------------------------------------------------------------------- D4RL
+
+
+def test_d4rl_terminal_keeps_its_last_row_a_timeout_drops_it(tmp_path):
+    out = convert(F.write_d4rl(tmp_path / "hopper.hdf5"), tmp_path / "out.hdf5")
+    d = demos(out)
+    assert [len(x["actions"]) for x in d] == [4, 4, 2]  # 4 (terminal), 5 - 1 (timeout), 3 - 1 (file ends)
+    first = d[0]["obs"]["observations"][:, 0]
+    np.testing.assert_array_equal(first, [0, 1, 2, 3])
+    np.testing.assert_array_equal(d[0]["next"]["observations"][:, 0], [1, 2, 3, 3])  # terminal: own obs stands in
+    np.testing.assert_array_equal(d[1]["obs"]["observations"][:, 0], [4, 5, 6, 7])
+    np.testing.assert_array_equal(d[1]["next"]["observations"][:, 0], [5, 6, 7, 8])
+    np.testing.assert_array_equal(d[1]["rewards"], [4, 5, 6, 7])
+    assert [x["dones"].tolist() for x in d] == [[0, 0, 0, 1], [0, 0, 0, 0], [0, 0]]
+    assert [(x["meta"]["terminated"], x["meta"]["truncated"]) for x in d] == [(True, False), (False, True),
+                                                                               (False, True)]
+    assert all("success" not in x["meta"] for x in d)  # the file does not record it
+
+
+def test_d4rl_next_observations_and_success_from_the_file(tmp_path):
+    out = convert(F.write_d4rl(tmp_path / "h.hdf5", next_obs=True, success=True), tmp_path / "out.hdf5")
+    d = demos(out)
+    assert [len(x["actions"]) for x in d] == [4, 5, 3]  # every row kept: the file has the next observations
+    np.testing.assert_array_equal(d[1]["next"]["observations"][:, 0], np.arange(4, 9) + 1000)
+    assert [x["meta"]["success"] for x in d] == [True, False, False]
+
+
+# --------------------------------------------------------------------------- OGBench
+
+
+def test_ogbench_compact_rows_and_masks(tmp_path):
+    d = demos(convert(F.write_ogbench(tmp_path / "cube.npz"), tmp_path / "a.hdf5"))
+    assert [len(x["actions"]) for x in d] == [4, 4]  # the terminals row is only the final observation
+    np.testing.assert_array_equal(d[1]["obs"]["observations"][:, 0], [5, 6, 7, 8])
+    np.testing.assert_array_equal(d[1]["next"]["observations"][:, 0], [6, 7, 8, 9])
+    assert list(d[0]["obs"]) == ["observations"]  # qpos is not an observation
+    assert all(x["meta"]["truncated"] and "success" not in x["meta"] for x in d)
+    m = demos(convert(F.write_ogbench(tmp_path / "single.npz", masks=True), tmp_path / "b.hdf5"))
+    assert [x["dones"].tolist() for x in m] == [[0, 0, 1, 0], [0, 0, 0, 0]]  # 1 - masks, not split
+    np.testing.assert_array_equal(m[0]["rewards"], [0, 0, -1, 0])
+    assert [x["meta"]["success"] for x in m] == [True, False]
+
+
+# --------------------------------------------------------------------------- Minari
+
+
+def test_minari_written_by_minari_round_trips(tmp_path):
+    src = F.write_minari(tmp_path / "minari")
+    assert detect_format(src) == detect_format(src / "data") == "minari"
+    d = demos(convert(src, tmp_path / "m.hdf5"))
+    assert [len(x["actions"]) for x in d] == [4, 5]
+    assert sorted(d[0]["obs"]) == ["desired_goal", "observation"]
+    np.testing.assert_array_equal(d[1]["obs"]["observation"][:, 0], np.arange(100, 105))
+    np.testing.assert_array_equal(d[1]["next"]["observation"][:, 0], np.arange(101, 106))
+    np.testing.assert_array_equal(d[1]["rewards"], np.arange(5) + 10)
+    assert [x["dones"][-1] for x in d] == [1, 0]
+    assert [(x["meta"]["truncated"], x["meta"]["success"]) for x in d] == [(False, True), (True, False)]
+    assert d[0]["task"] == "test/reach-v0" and env_args(tmp_path / "m.hdf5")["env_name"] == "minari/test/reach-v0"
+
+
+# --------------------------------------------------------------------------- LeRobot v3
+
+
+def test_lerobot_video_frames_actions_and_tasks(tmp_path):
+    src = F.write_lerobot(tmp_path / "lr")
+    out = convert(src, tmp_path / "l.hdf5")
+    d = demos(out)
+    assert [len(x["actions"]) for x in d] == [6, 4]  # episode 0 ends in next.done; episode 1's last frame dropped
+    frames = [6, 5]
+    for e, x in enumerate(d):
+        start = sum(frames[:e])
+        img, nxt = x["obs"][F.LEROBOT_CAM], x["next"][F.LEROBOT_CAM]
+        assert img.dtype == np.uint8 and img.shape[1:] == (32, 32, 3)
+        levels = [F.frame_level(start + t) for t in range(len(img))]
+        np.testing.assert_allclose(img.mean((1, 2, 3)), levels, atol=4)  # the episode's own frames, in order
+        assert abs(nxt[0].mean() - F.frame_level(start + 1)) < 4
+        np.testing.assert_array_equal(x["obs"]["observation.state"][:, 0], np.arange(start, start + len(img)))
+    assert [x["meta"]["success"] for x in d] == [True, False] and d[0]["dones"].tolist() == [0] * 5 + [1]
+    assert [(x["task"], x["task_id"]) for x in d] == [("task 0", 0), ("task 1", 1)]
+    norm = env_args(out)["action_normalization"]
+    a = np.concatenate([x["actions"] for x in d])
+    assert a.min() == -1.0 and a.max() == 1.0
+    low, high = np.array(norm["low"]), np.array(norm["high"])
+    raw = low + (a + 1) * (high - low) / 2  # the documented inverse gives back the source actions
+    np.testing.assert_allclose(raw[:, 0], 5.0 * np.r_[np.arange(6), np.arange(6, 10)] / 11, atol=1e-5)
+    keep = convert(src, tmp_path / "keep.hdf5", actions="keep")
+    assert "action_normalization" not in env_args(keep) and demos(keep)[1]["actions"].max() > 1
+
+
+def test_lerobot_image_features_and_other_versions(tmp_path):
+    src = F.write_lerobot(tmp_path / "lr", camera="image")
+    d = demos(convert(src, tmp_path / "l.hdf5"))
+    img = d[1]["obs"][F.LEROBOT_CAM]
+    assert img.dtype == np.uint8 and img.shape == (4, 32, 32, 3)
+    assert img[:, 0, 0, 0].tolist() == [F.frame_level(6 + t) for t in range(4)]  # PNG: exact
+    info = json.loads((src / "meta/info.json").read_text())
+    (src / "meta/info.json").write_text(json.dumps({**info, "codebase_version": "v2.1"}))
+    with pytest.raises(ConversionError, match="only LeRobot v3.x is read"):
+        convert(src, tmp_path / "v2.hdf5")
+
+
+def test_lerobot_file_is_read_by_robomimic(tmp_path):
+    import robomimic.utils.obs_utils as ObsUtils
+    from robomimic.utils.dataset import SequenceDataset
+
+    out = convert(F.write_lerobot(tmp_path / "lr"), tmp_path / "l.hdf5")
+    ObsUtils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": ["observation.state"],
+                                                          "rgb": [F.LEROBOT_CAM]}})
+    ds = SequenceDataset(hdf5_path=str(out), obs_keys=("observation.state", F.LEROBOT_CAM),
+                         dataset_keys=("actions", "rewards", "dones"), seq_length=1, filter_by_attribute="train",
+                         hdf5_cache_mode=None, hdf5_use_swmr=True)
+    item = ds[7]  # demo_1, step 1
+    ds.close_and_delete_hdf5_handle()
+    assert len(ds) == 10
+    np.testing.assert_array_equal(item["obs"]["observation.state"][0], demos(out)[1]["obs"]["observation.state"][1])
+
+
+def test_images_become_uint8_hwc():
+    chw = np.zeros((2, 1, 8, 8), np.float32)
+    chw[1] = 1.0
+    out = to_uint8_hwc(chw, "x")
+    assert out.shape == (2, 8, 8, 3) and out.dtype == np.uint8 and out[1].min() == 255 and out[0].max() == 0
+    with pytest.raises(ConversionError, match="image channels"):
+        to_uint8_hwc(np.zeros((2, 8, 8, 5)), "x")
+
+
+# --------------------------------------------------------------------------- cache, CLI, inspect
+
+
+def test_cache_converts_once_and_again_when_the_source_changes(tmp_path):
+    src = F.write_ogbench(tmp_path / "o.npz")
+    cache = tmp_path / "cache"
+    first = as_robomimic(src, cache_dir=cache)
+    stamp = first.stat().st_mtime_ns
+    assert first.parent == cache and as_robomimic(src, cache_dir=cache) == first
+    assert first.stat().st_mtime_ns == stamp  # reused, not rewritten
+    F.write_ogbench(src, trajectories=3)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    second = as_robomimic(src, cache_dir=cache)
+    assert second != first and len(demos(second)) == 3
+    assert as_robomimic(second) == second  # a robomimic file is used where it is
+
+
+def test_convert_cli_and_errors(tmp_path, capsys):
+    src = F.write_d4rl(tmp_path / "walker.hdf5")
+    assert convert_main([str(src), str(tmp_path / "w.hdf5")]) == 0
+    assert "3 episodes, 10 transitions, 3-D actions" in capsys.readouterr().out
+    assert convert_main([str(src), str(tmp_path / "w.hdf5")]) == 2
+    assert "exists (pass --overwrite" in capsys.readouterr().err
+    assert convert_main([str(src), str(tmp_path / "x.hdf5"), "--format", "ogbench"]) == 2
+    assert "not a readable .npz" in capsys.readouterr().err
+    (tmp_path / "junk.txt").write_text("x")
+    with pytest.raises(ConversionError, match="format not recognised"):
+        detect_format(tmp_path / "junk.txt")
+
+
+def test_inspect_reads_a_foreign_format(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBOPRETRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    text, png = inspect(F.write_lerobot(tmp_path / "lr"), tmp_path / "sheet.png", frames=2, per_task=1)
+    assert text.startswith("format: lerobot") and "task 0" in text and "task 1" in text
+    assert png is not None and png.is_file()  # the camera found by its shape
+
+
+# --------------------------------------------------------------------------- stage 2 on each format
+
+
+STAGE2 = {
+    "d4rl": (lambda p: F.write_d4rl(p / "hopper.hdf5", lengths=(12, 14)), {"low_dim": ["observations"]}, 3),
+    "ogbench": (lambda p: F.write_ogbench(p / "cube.npz", length=12, masks=True), {"low_dim": ["observations"]}, 2),
+    "minari": (lambda p: F.write_minari(p / "minari", lengths=(10, 12)),
+               {"low_dim": ["observation", "desired_goal"]}, 2),
+    "lerobot": (lambda p: F.write_lerobot(p / "lr", lengths=(10, 9)),
+                {"low_dim": ["observation.state"], "rgb": [F.LEROBOT_CAM]}, 2),
+}
+
+
+@pytest.mark.parametrize("fmt", list(STAGE2))
+def test_stage2_trains_on_each_format_given_as_data_path(tmp_path, fmt):
+    write, obs, act_dim = STAGE2[fmt]
+    src = write(tmp_path)
+    ckpt = run(stage2_config(src, tmp_path / "run", algo="iql", steps=2, obs={**obs, "num_tasks": None},
+                             data_cfg={"cache_dir": str(tmp_path / "cache")}, train={"eval_targets": []}))
+    _, saved = load_agent(ckpt)
+    assert saved.meta["act_dim"] == act_dim and saved.step == 2
+    assert [k for k, _ in saved.meta["obs_spec"]["low_dim"]] == obs["low_dim"]
+    assert [k for k, *_ in saved.meta["obs_spec"]["rgb"]] == obs.get("rgb", [])
+    assert Path(saved.meta["data_path"]).parent == tmp_path / "cache"

@@ -1,0 +1,189 @@
+"""The disk-backed offline dataset (frames read on demand from a frame index beside the HDF5 file): the same batches
+as the in-memory dataset for the same seed (also with prefetch threads and frozen features), next_obs stored once
+where it equals the following obs and kept at episode ends, truncations and breaks, exact resume mid-stream, disjoint
+DDP shards, and a corrupt or truncated frame file named in one line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _compare import assert_same as assert_same_tree
+from _stages import stage2_config
+from robopretrain.checkpoint import load_latest
+from robopretrain.data import dataset as dataset_mod
+from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
+from robopretrain.data.frames import index_dir
+from robopretrain.data.hdf5 import DatasetError
+from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
+
+CAL_QL = RewardSettings(discount=0.9, scale=10.0, bias=-5.0, sparse=True)
+CAM = "agentview_image"
+# (length, terminated, step t whose next_obs is NOT obs[t + 1] (a break in the stream), or None)
+EPISODES = [(5, True, None), (4, False, None), (6, True, 2), (3, False, None)]
+
+
+def write_file(path: Path, size: int = 6) -> tuple[Path, dict[str, np.ndarray]]:
+    """Episodes of random frames (``size`` px) and a 2-D proprio; actions encode the transition index (i / 100)."""
+    rng = np.random.default_rng(0)
+    frames, nexts = [], []
+    start = 0
+    with RobomimicWriter(path, make_env_args("Toy", "0", {}), valid_fraction=0.0, chunk_frames=2) as w:
+        for i, (n, terminated, brk) in enumerate(EPISODES):
+            seq = rng.integers(0, 256, size=(n + 1, size, size, 3), dtype=np.uint8)
+            obs, nxt = seq[:-1], seq[1:].copy()
+            if brk is not None:
+                nxt[brk] = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            prop = rng.normal(size=(n + 1, 2)).astype(np.float32)
+            rewards = np.zeros(n, np.float32)
+            rewards[-1] = float(terminated)
+            w.add_episode(task="a" if i % 2 == 0 else "b", task_id=i % 2, obs={CAM: obs, "proprio": prop[:-1]},
+                          next_obs={CAM: nxt, "proprio": prop[1:]},
+                          actions=((start + np.arange(n)) / 100.0)[:, None].repeat(4, 1).astype(np.float32),
+                          rewards=rewards, dones=rewards.astype(np.uint8), ep_meta={"success": terminated})
+            frames.append(obs)
+            nexts.append(nxt)
+            start += n
+    return path, {"obs": np.concatenate(frames), "next_obs": np.concatenate(nexts)}
+
+
+@pytest.fixture
+def toy(tmp_path):
+    path, truth = write_file(tmp_path / "toy.hdf5")
+    return path, truth, spec_of_data(path, ["proprio"], [CAM], None)
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], dict):
+            assert_same(a[k], b[k])
+        else:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def transition_ids(batch) -> np.ndarray:
+    return np.rint(batch["actions"][:, 0].numpy() * 100).astype(int)
+
+
+def test_disk_and_memory_give_identical_batches_also_with_prefetch_and_frozen_features(toy):
+    path, _, spec = toy
+    memory = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="memory")
+    disk = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="disk")
+    threads = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="disk", workers=2)
+    assert type(disk).__name__ == "DiskDataset" and index_dir(path).is_dir()
+    for _ in range(3):
+        m = memory.sample(16)
+        assert_same(m, disk.sample(16))
+        assert_same(m, threads.sample(16))
+    np.testing.assert_array_equal(memory.arrays()["mc_returns"], disk.arrays()["mc_returns"])
+    threads.close()
+
+    def features(obs):  # as Agent.prepare: per-frame parts replaced by features, the rest unchanged
+        out = {k: v for k, v in obs.items() if k != CAM}
+        out["features"] = obs[CAM].reshape(len(obs[CAM]), -1, 3).mean(1).astype(np.float32)
+        return out
+
+    fm, fd = memory.map_observations(features, seed=5), disk.map_observations(features, seed=5)
+    assert list((index_dir(path) / "cache").glob("*/features.bin"))
+    assert_same(fm.get(np.arange(len(fm))), fd.get(np.arange(len(fd))))
+    assert_same(fm.sample(8), fd.sample(8))
+
+
+def test_next_obs_is_stored_once_and_exact_at_episode_ends_truncations_and_breaks(toy):
+    path, truth, spec = toy
+    disk = load_offline_dataset(path, spec, CAL_QL, storage="disk")
+    everything = disk.get(np.arange(len(disk)))
+    np.testing.assert_array_equal(everything["observations"][CAM].numpy(), truth["obs"])
+    np.testing.assert_array_equal(everything["next_observations"][CAM].numpy(), truth["next_obs"])
+    # one row per step, plus the last next_obs of each episode, plus one per break
+    n = sum(e[0] for e in EPISODES)
+    assert disk.stores[CAM].shape[0] == n + len(EPISODES) + sum(e[2] is not None for e in EPISODES)
+    rows = disk.rows[CAM]
+    assert rows[1, 0] == rows[0, 1]  # shared within an episode
+    # the break (only in the frames) ends a segment for the returns-to-go, as on the in-memory path: episode 3's
+    # steps 0-2 never succeed (-5 / (1 - 0.9) each), steps 3-5 do (-5 + 0.9 * (-5 + 0.9 * 5) at step 3)
+    mc = disk.arrays()["mc_returns"][9:15]
+    np.testing.assert_allclose(mc, [-50, -50, -50, -5.45, -0.5, 5], rtol=1e-6)
+
+
+def test_resume_mid_stream_gives_the_batches_of_an_uninterrupted_run(toy, tmp_path):
+    path, _, spec = toy
+    run = load_offline_dataset(path, spec, CAL_QL, seed=7, storage="disk", workers=2)
+    for _ in range(3):
+        run.sample(8)
+    torch.save(run.state_dict(), tmp_path / "state.pt")  # batches already read ahead are not in the state
+    expected = [transition_ids(run.sample(8)) for _ in range(3)]
+    resumed = load_offline_dataset(path, spec, CAL_QL, seed=123, storage="disk", workers=2)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert [transition_ids(resumed.sample(8)).tolist() for _ in range(3)] == [e.tolist() for e in expected]
+    run.close()
+    resumed.close()
+
+
+def test_ddp_ranks_sample_disjoint_shards_that_cover_the_data(toy):
+    path, _, spec = toy
+    seen = []
+    for rank in range(3):
+        ds = load_offline_dataset(path, spec, CAL_QL, seed=0, storage="disk", rank=rank, world_size=3)
+        seen.append(set(np.concatenate([transition_ids(ds.sample(32)) for _ in range(4)]).tolist()))
+    n = sum(e[0] for e in EPISODES)
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+    assert set().union(*seen) == set(range(n))
+
+
+def test_a_corrupt_or_truncated_frame_file_is_named_in_one_line(toy):
+    path, _, spec = toy
+    load_offline_dataset(path, spec, CAL_QL, storage="disk")  # builds the index
+    frames = index_dir(path) / f"{CAM}.u8"
+    row_bytes = 6 * 6 * 3
+    data = bytearray(frames.read_bytes())
+    data[7 * row_bytes + 5] ^= 0xFF  # row 7: demo_1's second frame (demo_0 holds rows 0-5)
+    frames.write_bytes(bytes(data))
+    disk = load_offline_dataset(path, spec, CAL_QL, storage="disk")
+    disk.get(np.arange(0, 5))  # demo_0 still reads
+    with pytest.raises(DatasetError) as err:
+        disk.get(np.arange(len(disk)))
+    msg = str(err.value)
+    assert "\n" not in msg and str(frames) in msg and "demo_1" in msg and CAM in msg and "checksum" in msg
+    frames.write_bytes(bytes(data[: 10 * row_bytes]))
+    with pytest.raises(DatasetError, match=rf"{CAM}.u8: demo demo_1 key {CAM} \(frame row 10\).*truncated"):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk")
+
+
+def test_auto_storage_follows_the_size_threshold_and_unknown_values_are_refused(toy, monkeypatch):
+    path, _, spec = toy
+    assert type(load_offline_dataset(path, spec, CAL_QL, storage="auto")).__name__ == "OfflineDataset"
+    monkeypatch.setattr(dataset_mod, "MEMORY_LIMIT_BYTES", 2 * 18 * 6 * 6 * 3 - 1)  # one byte less than the frames
+    assert type(load_offline_dataset(path, spec, CAL_QL, storage="auto")).__name__ == "DiskDataset"
+    with pytest.raises(ValueError, match=r"data.storage='mmap'; expected one of \('auto', 'memory', 'disk'\)"):
+        load_offline_dataset(path, spec, CAL_QL, storage="mmap")
+
+
+def test_stage2_on_disk_resumes_exactly_and_stops_at_a_corrupt_frame(tmp_path):
+    """Stage 2 (CQL from 16 px images, encoder from scratch) with storage=disk and prefetch threads: 2 updates then
+    the same command with 4 give the weights of 4 straight (the checkpoint holds the sampler's state as of the
+    batches trained on, not of those read ahead); corrupt frames stop the run with its checkpoints intact."""
+    from robopretrain.train import run
+
+    path, _ = write_file(tmp_path / "img.hdf5", size=16)
+    obs = {"low_dim": ["proprio"], "rgb": [CAM]}
+
+    def stage2(out: str, steps: int):
+        return run(stage2_config(path, tmp_path / out, algo="cql", steps=steps, obs=obs,
+                                 data_cfg={"storage": "disk", "workers": 2}, train={"checkpoint_every": 2}))
+
+    straight = load_latest(stage2("straight", 4).parent)
+    stage2("resumed", 2)
+    resumed = load_latest(stage2("resumed", 4).parent)
+    assert straight.step == resumed.step == 4 and straight.meta["num_transitions"] == sum(e[0] for e in EPISODES)
+    assert_same_tree(resumed.weights, straight.weights)
+    # every frame corrupt: extending the run stops with one line naming the file, demo and key; step 4 stays latest
+    frames = index_dir(path) / f"{CAM}.u8"
+    frames.write_bytes(bytes(b ^ 0xFF for b in frames.read_bytes()))
+    with pytest.raises(DatasetError) as err:
+        stage2("resumed", 6)
+    assert "\n" not in str(err.value) and f"{CAM}.u8: demo demo_" in str(err.value) and f"key {CAM}" in str(err.value)
+    assert load_latest(tmp_path / "resumed" / "checkpoints").step == 4
