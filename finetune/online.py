@@ -129,7 +129,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         successes, history = json.loads(counters["successes"]), json.loads(counters["history"])
         log.info("online %s: resumed from %s at env step %d", target.name, latest.path, env_steps)
     calib_offline = offline.get(calibration_rows(len(offline), settings.calibration_batch))
-    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard)
+    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard,
+                           logger=config.get("logger") if config is not None else None, config=config)
     logger.truncate_after(env_steps)
 
     def regret() -> float | None:

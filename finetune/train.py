@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.online import OnlineSettings, run_online
 from robopretrain import build, run_fingerprint
 from robopretrain.checkpoint import META_FILE, CheckpointError, load_agent, resolve_checkpoint_dir
-from robopretrain.cli import config_folder, friendly_errors, run_hydra
+from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.hdf5 import read_info
 from robopretrain.envs.target import SIM_ENVS, Target
@@ -126,7 +126,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
             "learning_curve": str(curve), "checkpoints": str(run_dir / "checkpoints")}
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="finetune")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="finetune")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     out = run(cfg)
@@ -136,5 +136,10 @@ def main(cfg: DictConfig) -> None:
           f"{'n/a' if regret is None else f'{regret:.3f}'}; run folder {out['run_dir']}")
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """``python -m finetune.train`` and its console script: one-line config errors, then Hydra."""
     run_hydra(main, "finetune")
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,17 +1,25 @@
-"""Command-line error handling shared by the toolkit's Hydra entry points: bad input gives one line, exit code 2.
+"""Command-line handling shared by the toolkit's Hydra entry points: bad input gives one line, exit code 2.
 
 Use it in an entry point as::
 
-    @hydra.main(version_base="1.3", config_path="../configs", config_name="robopretrain")
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="robopretrain")
     @friendly_errors
     def main(cfg: DictConfig) -> None: ...
 
-    if __name__ == "__main__":
+    def cli_main() -> None:               # the console script (pyproject [project.scripts]) calls this
         run_hydra(main, "robopretrain")
 
-* :func:`run_hydra` composes the config with the command line's overrides first, so an unknown key or a
-  malformed override is reported as ``error: config: ...`` on one line (Hydra itself prints a multi-line
-  message). Command lines with Hydra flags (``-m``, ``--cfg``, ...) go straight to Hydra.
+    if __name__ == "__main__":
+        cli_main()
+
+``config_path`` is absolute (:data:`CONFIG_DIR`): Hydra resolves a relative one against the calling *file* under
+``python -m`` but against an importable *package* under a console script, and ``configs/`` is not a package.
+
+* :func:`run_hydra` reads the command line with Hydra's own parser first: an override Hydra cannot parse (a value
+  holding ``=`` or ``,``, e.g. ``data.path=/a/b=c.hdf5``) is named on one line with the quoting that works
+  (``'data.path="/a/b=c.hdf5"'``), and a sweep (``a,b``) without ``-m`` likewise. Without ``-m``, it then
+  composes the config with the overrides, so an unknown key or a group replaced by a value is reported as
+  ``error: config: ...`` on one line (Hydra itself prints a multi-line message).
 * :func:`friendly_errors` turns the toolkit's known error classes (bad datasets, video manifests, encoder and
   training checkpoints, a non-finite loss, config validation, rendering unavailable with this ``MUJOCO_GL``)
   into ``error: <message>`` on stderr and exit code 2, with no traceback. Anything else is a bug and keeps
@@ -19,7 +27,9 @@ Use it in an entry point as::
 
 ``python -m robopretrain.cli <entry point module> [overrides]`` runs any of the toolkit's Hydra entry points
 (:data:`ENTRY_POINTS`) this way, e.g. ``python -m robopretrain.cli robopretrain.train data.path=x.hdf5``; for
-entry points that already use :func:`friendly_errors` it is the same as ``python -m <module>``.
+entry points that already use :func:`friendly_errors` it is the same as ``python -m <module>``. ``sim_envs``
+imports nothing of ours, so its collectors get one-line errors this way: :func:`collect` and
+:func:`collect_videos` are the ``robopretrain-collect`` and ``robopretrain-collect-videos`` console scripts.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import functools
 import importlib
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +47,8 @@ from typing import Any, TypeVar
 EXIT_BAD_INPUT = 2
 # Hydra entry point module -> its primary config in configs/
 ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": "robopretrain",
-                "finetune.train": "finetune", "robopretrain.evaluate": "evaluate",
+                "finetune.train": "finetune", "robopretrain.evaluate": "evaluate", "robopretrain.pipeline": "pipeline",
+                "sim_envs.collect": "collect", "sim_envs.collect_videos": "collect_videos",
                 "robopretrain.reward_model": "reward_model"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -157,11 +169,78 @@ def validate_overrides(config_name: str, overrides: list[str], config_dir: Path 
         report_and_exit(ValueError(problem), prefix="error: config")
 
 
+def quoted_override(override: str) -> str:
+    """``override`` with its value quoted for Hydra and the whole quoted for a POSIX shell, e.g.
+    ``data.path=/a/b=c.hdf5`` -> ``'data.path="/a/b=c.hdf5"'``: after the shell, Hydra reads the value as one string
+    (Hydra's override grammar: a quoted value may hold ``= , [ ] { } ( )``, spaces and quotes escaped by ``\\``)."""
+    key, _, value = override.partition("=")
+    escaped = value.replace('"', '\\"')
+    return shlex.quote(f'{key}="{escaped}"')
+
+
+def override_problem(override: str, exc: Exception) -> str:
+    """The one-line message for an override Hydra's grammar rejects: which one, why, and how to quote it."""
+    why = one_line(str(exc)).split(" See https://")[0].rstrip(";. ")
+    if "=" not in override:
+        return f"cannot parse the override {override!r} ({why}); an override is key=value"
+    return (f"cannot parse the override {override!r} ({why}); a value holding = , [ ] {{ }} ( ) quotes or spaces "
+            f"must be quoted for Hydra, inside shell quotes: {quoted_override(override)}")
+
+
+def sweep_problem(override: str) -> str:
+    """The one-line message for a sweep (``key=a,b``, ``range(..)``, ``glob(..)``) given without ``-m``."""
+    key, _, value = override.partition("=")
+    if "," not in value:
+        return f"the override {override!r} is a sweep over several values, which needs -m; for one string quote it: " \
+               f"{quoted_override(override)}"
+    return (f"the override {override!r} is a sweep over several values (Hydra reads ',' as a choice), which needs -m; "
+            f"for one string quote it: {quoted_override(override)}; for a list: {key}=[{value}]")
+
+
+def hydra_command_line(args: list[str]) -> Any:
+    """Hydra's own reading of ``args`` (its argparse parser: ``overrides``, ``multirun``, ``config_name``, ...);
+    ``None`` when it cannot read them (Hydra then reports that itself) or the command only prints (``--version``)."""
+    from hydra._internal.utils import get_args_parser
+
+    if "--version" in args:
+        return None
+    parser = get_args_parser()
+
+    def refuse(message: str) -> None:
+        raise ValueError(message)
+
+    parser.error = refuse  # type: ignore[method-assign]
+    try:
+        return parser.parse_args(args)
+    except (ValueError, SystemExit):
+        return None
+
+
+def check_overrides(overrides: list[str], multirun: bool) -> None:
+    """Parse each override with Hydra's grammar; one that fails, or a sweep without ``-m``, exits with one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parsed = parser.parse_override(override)
+        except HydraException as exc:
+            if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+                raise
+            report_and_exit(ValueError(override_problem(override, exc)), prefix="error: config")
+        if not multirun and parsed.is_sweep_override():
+            report_and_exit(ValueError(sweep_problem(override)), prefix="error: config")
+
+
 def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:
-    """Check the command line's overrides against ``config_name``, then run the Hydra ``main``."""
+    """Check the command line (see the module docstring), then run the Hydra ``main``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not any(a.startswith("-") for a in args):  # flags (-m, --cfg, --help, ...): Hydra's own handling
-        validate_overrides(config_name, args)
+    ns = hydra_command_line(args)
+    if ns is not None and not (ns.help or ns.hydra_help or ns.info or ns.shell_completion):
+        check_overrides(list(ns.overrides), multirun=bool(ns.multirun))
+        if ns.overrides and not (ns.multirun or ns.config_path or ns.config_dir or ns.experimental_rerun):
+            validate_overrides(ns.config_name or config_name, list(ns.overrides))
     return main()
 
 
@@ -178,6 +257,16 @@ def launch(module: str, argv: list[str]) -> Any:
     main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(friendly_errors(task))
     sys.argv = [module, *argv]
     return run_hydra(main, config_name, argv)
+
+
+def collect() -> None:
+    """Console script ``robopretrain-collect``: ``python -m sim_envs.collect`` with one-line config errors."""
+    launch("sim_envs.collect", sys.argv[1:])
+
+
+def collect_videos() -> None:
+    """Console script ``robopretrain-collect-videos``: ``python -m sim_envs.collect_videos`` with one-line errors."""
+    launch("sim_envs.collect_videos", sys.argv[1:])
 
 
 if __name__ == "__main__":

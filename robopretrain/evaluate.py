@@ -45,7 +45,7 @@ from robopretrain.checkpoint import (
     resolve_checkpoint_dir,
     write_text_atomic,
 )
-from robopretrain.cli import config_folder, friendly_errors, run_hydra
+from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.envs.target import Target, as_target
 
 log = logging.getLogger(__name__)
@@ -461,7 +461,7 @@ def summary_lines(info: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     info = evaluate_robustness(cfg)
@@ -469,5 +469,10 @@ def main(cfg: DictConfig) -> None:
     print(f"eval_info: {Path(info['output_dir']) / 'eval_info.json'}")
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """``python -m robopretrain.evaluate`` and its console script: one-line config errors, then Hydra."""
     run_hydra(main, "evaluate")
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -29,27 +29,34 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsLogger:
-    """Log scalar dicts to TensorBoard and to ``metrics.jsonl`` in ``run_dir``."""
+    """Log scalar dicts to the experiment logger and to ``metrics.jsonl`` in ``run_dir``.
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True) -> None:
+    ``logger``: the ``logger`` config group (a mapping, a name or :class:`robopretrain.loggers.LoggerSettings`;
+    ``None``: TensorBoard); ``tensorboard=False`` turns TensorBoard off; ``config``: the run's config, which the
+    experiment logger records.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, logger: Any = None,
+                 config: Any = None) -> None:
+        from robopretrain.loggers import make_logger, plain_config
+
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.run_dir / METRICS_FILE
-        self._writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        self._writer = make_logger(logger, self.run_dir, config=plain_config(config), tensorboard=tensorboard)
 
     def log(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> None:
-        """Record ``metrics`` at ``step``: numbers go to TensorBoard, everything to the JSONL line."""
+        """Record ``metrics`` at ``step``: finite numbers go to the experiment logger, everything to the JSONL line."""
         row = {"step": int(step), **{f"{prefix}{k}": _jsonable(v) for k, v in metrics.items()}}
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._writer is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._writer.add_scalar(k, v, int(step))
+            self._writer.scalars(int(step), {k: v for k, v in row.items() if k != "step"})
+
+    def images(self, images: Mapping[str, str | os.PathLike], step: int | None = None) -> None:
+        """Record PNG files (plots) with the experiment logger; ``step=None``: at the last step logged."""
+        if self._writer is not None:
+            self._writer.images(step, images)
 
     def truncate_after(self, step: int) -> None:
         """Drop JSONL rows logged after ``step`` (a resumed run redoes them)."""
@@ -62,7 +69,6 @@ class MetricsLogger:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.flush()
             self._writer.close()
             self._writer = None
 

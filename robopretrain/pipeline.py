@@ -36,12 +36,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robopretrain.build import compose, plain
-from robopretrain.cli import config_folder
+from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 STAGES = ("data", "stage1", "stage2", "adapt", "stage3", "evaluate")
 DONE = "done.json"
 
@@ -91,10 +90,26 @@ def encoder_checkpoint(run_dir: Path) -> Path | None:
     return path if (path / "meta.json").is_file() else None
 
 
-def common(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Keys every stage config takes from the pipeline config."""
-    return {"seed": int(cfg.seed), "device": str(cfg.device), "num_threads": cfg.get("num_threads"),
-            "output_dir": str(out_dir), "resume": True}
+def stage_logger(cfg: DictConfig, label: str) -> dict[str, Any] | None:
+    """The pipeline's ``logger`` group for one stage folder ``label`` (``stage2``, ``stage3/<target>``): a wandb run
+    named ``label``, grouped under the pipeline's ``name`` unless ``logger.group`` / ``logger.run_name`` say
+    otherwise. ``None`` when the config has no logger group (the stages' default, TensorBoard)."""
+    spec = plain(cfg.get("logger"))
+    if spec is None:
+        return None
+    spec = dict(spec)
+    if spec.get("name") == "wandb":
+        spec["group"] = spec.get("group") or str(cfg.get("name") or "pipeline")
+        spec["run_name"] = f"{spec['run_name']}/{label}" if spec.get("run_name") else label
+    return spec
+
+
+def common(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
+    """Keys every stage config takes from the pipeline config, for the stage folder ``run_dir / label``."""
+    out = {"seed": int(cfg.seed), "device": str(cfg.device), "num_threads": cfg.get("num_threads"),
+           "output_dir": str(run_dir / label), "resume": True}
+    logger = stage_logger(cfg, label)
+    return {**out, "logger": logger} if logger is not None else out
 
 
 def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -170,6 +185,9 @@ def stage1_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
         "output_dir": str(run_dir / "stage1"), "output": str(run_dir / "stage1" / "encoder"),
         "eval_every": max(1, int(cfg.stage1.steps) // 3), "checkpoint_every": max(1, int(cfg.stage1.steps) // 3),
     })
+    logger = stage_logger(cfg, "stage1")
+    if logger is not None:
+        c.logger = logger
     return c
 
 
@@ -187,7 +205,7 @@ def stage2_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     s = cfg.stage2
     episodes = int(s.eval_episodes)
     return compose("robopretrain", {"algo": str(s.algo)}, {
-        **common(cfg, run_dir / "stage2"), "algo": plain(cfg.algo_overrides), "obs": plain(cfg.obs),
+        **common(cfg, run_dir, "stage2"), "algo": plain(cfg.algo_overrides), "obs": plain(cfg.obs),
         "encoder": encoder_group(cfg, run_dir), "data": {"path": str(data_paths(run_dir)["prior"])},
         "train": {"steps": int(s.steps), "eval_every": int(s.eval_every) or int(s.steps),
                   "eval_episodes": max(1, episodes), "eval_targets": None if episodes > 0 else [],
@@ -207,7 +225,7 @@ def adapt_config(cfg: DictConfig, run_dir: Path, target: Target) -> DictConfig:
     a = cfg.adapt
     data = target_data(cfg, run_dir, target)
     overrides: dict[str, Any] = {
-        **common(cfg, run_dir / "adapt" / target.name), "algo": plain(cfg.algo_overrides), "obs": plain(cfg.obs),
+        **common(cfg, run_dir, f"adapt/{target.name}"), "algo": plain(cfg.algo_overrides), "obs": plain(cfg.obs),
         "encoder": encoder_group(cfg, run_dir),
         "train": {"steps": int(a.steps), "eval_every": int(a.steps), "eval_episodes": int(cfg.stage3.eval_episodes),
                   "eval_targets": [target.to_dict()], "checkpoint_every": int(a.checkpoint_every),
@@ -241,7 +259,7 @@ def stage3_config(cfg: DictConfig, run_dir: Path, target: Target) -> DictConfig:
     online = {k: s[k] for k in ("env_steps", "num_envs", "asynchronous", "utd", "offline_ratio", "buffer_capacity",
                                 "eval_every", "eval_episodes", "checkpoint_every")}
     return compose("finetune", {"algo": str(s.algo)}, {
-        **common(cfg, run_dir / "stage3" / target.name), "algo": plain(cfg.algo_overrides),
+        **common(cfg, run_dir, f"stage3/{target.name}"), "algo": plain(cfg.algo_overrides),
         "checkpoint": str(run_dir / "adapt" / target.name), "target": target.to_dict(),
         "data": target_data(cfg, run_dir, target), "dr": plain(s.randomization),
         "online": {**plain(online), "progress": bool(cfg.progress)}})
@@ -324,7 +342,7 @@ def stage_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run every unfinished stage in order; returns ``{stage: "skipped" | seconds}`` and the report path."""
-    from robopretrain.report import write_report
+    from robopretrain.report import log_report, write_report
 
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -356,10 +374,12 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         ran[stage] = seconds
         print(f"[pipeline] {stage} done in {seconds:.1f} s", flush=True)
     report = write_report(cfg, run_dir)
+    log_report(cfg, run_dir, stage_logger(cfg, "report"))
     return {"stages": ran, "report": str(report), "run_dir": str(run_dir)}
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="pipeline")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pipeline")
+@friendly_errors
 def main(cfg: DictConfig) -> None:
     out = run_pipeline(cfg)
     results = read_json(Path(out["run_dir"]) / "evaluate" / "results.json")
@@ -368,5 +388,10 @@ def main(cfg: DictConfig) -> None:
     print(f"report: {out['report']}")
 
 
+def cli_main() -> None:
+    """``python -m robopretrain.pipeline`` and its console script: one-line config errors, then Hydra."""
+    run_hydra(main, "pipeline")
+
+
 if __name__ == "__main__":
-    main()
+    cli_main()

@@ -3,7 +3,7 @@ ablation), robustness tables, plots and rollouts; everything read back from the 
 
 :func:`write_report` reads ``<run>/<stage>/done.json``, the stages' ``metrics.jsonl`` and
 ``<run>/evaluate/{results,robustness}.json`` (written by :mod:`robopretrain.pipeline`), draws two plots and writes
-``<run>/report.md``.
+``<run>/report.md``. :func:`log_report` sends its figures and plots to the experiment logger (TensorBoard or wandb).
 """
 
 from __future__ import annotations
@@ -159,4 +159,24 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     return path
 
 
-__all__ = ["eval_rows", "plot_curves", "robustness_rows", "write_report"]
+def log_report(cfg: DictConfig, run_dir: Path, logger: Any) -> list[Path]:
+    """Send the report's figures to the experiment logger ``logger`` (the ``logger`` group; ``None``: TensorBoard):
+    the pipeline's config, the final success of each target and evaluation setting (``final/<target>/<setting>``,
+    step 0) and every PNG under ``<run>/evaluate`` (plots, robustness plots) as images. TensorBoard writes to
+    ``<run>/tb``, wandb to a run of its own (``report`` in the pipeline's group). Returns the PNGs logged."""
+    from robopretrain.loggers import make_logger, plain_config
+
+    out_dir = run_dir / "evaluate"
+    results = _read(out_dir / "results.json") if (out_dir / "results.json").is_file() else {}
+    plots = sorted(out_dir.rglob("*.png"))
+    sink = make_logger(logger, run_dir, config=plain_config(cfg))
+    try:
+        sink.scalars(0, {f"final/{name}/{setting}": r["success"] for name, per in results.items()
+                         for setting, r in per.items()})
+        sink.images(0, {str(p.relative_to(out_dir).with_suffix("")): p for p in plots})
+    finally:
+        sink.close()
+    return plots
+
+
+__all__ = ["eval_rows", "log_report", "plot_curves", "robustness_rows", "write_report"]

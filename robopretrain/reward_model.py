@@ -58,7 +58,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robopretrain import build
-from robopretrain.cli import config_folder, friendly_errors, run_hydra
+from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.data.hdf5 import Transitions, load_transitions, read_info, select_demos
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
@@ -403,7 +403,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="reward_model")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="reward_model")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
@@ -415,8 +415,13 @@ def main(cfg: DictConfig) -> None:
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
            "bradley_terry_loss", "load_reward_model", "noisy_labels", "read_labels", "relabel", "sample_pairs",
-           "teacher_label", "train_ensemble", "write_labels"]
+           "cli_main", "teacher_label", "train_ensemble", "write_labels"]
+
+def cli_main() -> None:
+    """``python -m robopretrain.reward_model``: one-line config errors, then Hydra."""
+    run_hydra(main, "reward_model")
+
 
 if __name__ == "__main__":
-    run_hydra(main, "reward_model")
+    cli_main()
 

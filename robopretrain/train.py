@@ -44,7 +44,7 @@ from robopretrain import distributed as dist_utils
 from robopretrain.agent import EncoderSettings
 from robopretrain.agent_parallel import average_gradients, broadcast_agent, gather_objects
 from robopretrain.checkpoint import CheckpointError, check_agent_fits, load_agent, load_latest, save_agent
-from robopretrain.cli import config_folder, friendly_errors, run_hydra
+from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_offline_config
 from robopretrain.data.hdf5 import read_info, select_demos
 from robopretrain.data.replay import MixedSampler
@@ -167,6 +167,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
 
     last = train_offline(
         agent, sampler, settings, run_dir, desc=f"offline {algo}", start=start, dinfo=dinfo,
+        experiment_logger=build.plain(cfg.get("logger")), config=cfg,
         save=lambda step, state: save_agent(ckpt_root, step, cfg, agent, meta, state, keep=settings.keep_checkpoints),
         evaluate=evaluate_all if targets else None,
         calibrate=(lambda: calibration(agent, calib)) if agent.has_q else None)
@@ -178,7 +179,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     return last
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="robopretrain")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="robopretrain")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     path = run(cfg)
@@ -186,5 +187,10 @@ def main(cfg: DictConfig) -> None:
         print(f"checkpoint: {path}")
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """``python -m robopretrain.train`` and its console script: one-line config errors, then Hydra."""
     run_hydra(main, "robopretrain")
+
+
+if __name__ == "__main__":
+    cli_main()

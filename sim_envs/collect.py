@@ -39,6 +39,9 @@ from sim_envs.rendering import exit_on_render_error
 from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASK_IDS, TASKS
 
 KINDS = ("clean", "noisy", "failing")
+# absolute, so Hydra finds the configs from any working directory and under a console script
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
 TASK_GROUPS = {"pretrain": PRETRAIN_TASKS, "target": TARGET_TASKS, "all": tuple(TASKS)}
 DEFAULT_FILENAME = "robot_demos.hdf5"
 # Observation keys stored in the dataset (``task_id`` goes to the demo's attributes instead).
@@ -400,7 +403,7 @@ def format_summary(summaries: Mapping[str, TaskSummary], path: Path, elapsed: fl
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="collect")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="collect")
 @exit_on_render_error
 def main(cfg: DictConfig) -> None:
     collect(cfg, output_dir=HydraConfig.get().runtime.output_dir)

@@ -39,6 +39,9 @@ from sim_envs.rendering import exit_on_render_error
 from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASKS
 from sim_envs.video_writer import MANIFEST_NAME, pick_codec, write_manifest, write_mp4, write_text_atomic
 
+# absolute, so Hydra finds the configs from any working directory and under a console script
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
 TASK_GROUPS = {"pretrain": PRETRAIN_TASKS, "target": TARGET_TASKS, "all": tuple(TASKS)}
 DEFAULT_DIRNAME = "videos"
 CLIP_RE = re.compile(r"^clip_\d{5,}\.mp4$")
@@ -327,7 +330,7 @@ def format_summary(plans: Sequence[ClipPlan], rows: Sequence[tuple[str, int, str
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="collect_videos")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="collect_videos")
 @exit_on_render_error
 def main(cfg: DictConfig) -> None:
     collect_videos(cfg, output_dir=HydraConfig.get().runtime.output_dir)

@@ -1,12 +1,16 @@
 """Run many ``python -m <module> <args>`` command lines fast: import the toolkit once, then fork one child process
 per command line, which runs the module as ``__main__`` exactly as ``python -m`` would.
 
-Used by tests/test_bad_input.py (interpreter start-up and the torch import dominate each CLI call there).
-Reads a JSON list of ``{"name", "module", "args"}`` from stdin; writes ``<outdir>/<name>.{out,err,rc}``.
-Usage: ``python tests/_cli_runner.py <outdir> [max_parallel]``.
+Used by tests/test_bad_input.py and tests/test_console_scripts.py (interpreter start-up and the torch import
+dominate each CLI call there). Reads a JSON list of ``{"name", "module", "args"}`` from stdin; writes
+``<outdir>/<name>.{out,err,rc}``. A case with ``"entry": "pkg.mod:func"`` instead of ``"module"`` runs a console
+script the way its generated wrapper does: ``sys.argv = [name, *args]; sys.exit(func())``.
+Usage: ``python tests/_cli_runner.py <outdir> [max_parallel]``; ``CLI_RUNNER_PRELOAD=mod1,mod2`` imports more modules
+in the parent first.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import runpy
@@ -30,6 +34,9 @@ def preload() -> None:
     import sim_envs  # noqa: F401
     import video_pretrain.train  # noqa: F401
 
+    for module in filter(None, os.environ.get("CLI_RUNNER_PRELOAD", "").split(",")):
+        importlib.import_module(module)
+
 
 def child(case: dict, outdir: Path) -> None:
     """In the forked child: redirect stdout/stderr to files and run the module as __main__; never returns."""
@@ -39,6 +46,10 @@ def child(case: dict, outdir: Path) -> None:
     os.dup2(out, 1)
     os.dup2(err, 2)
     try:
+        if "entry" in case:  # a console script's wrapper
+            module, _, func = case["entry"].partition(":")
+            sys.argv = [case.get("script", case["name"]), *case["args"]]
+            sys.exit(getattr(importlib.import_module(module), func)())
         sys.argv = [case["module"], *case["args"]]
         runpy.run_module(case["module"], run_name="__main__", alter_sys=True)
         code = 0

@@ -52,9 +52,10 @@ from tqdm import tqdm
 
 from robopretrain import distributed as dist_utils
 from robopretrain import run_fingerprint
-from robopretrain.cli import friendly_errors, run_hydra
+from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.distributed import DistInfo
 from robopretrain.guards import NonFiniteLossError, check_finite
+from robopretrain.loggers import make_logger, plain_config
 from robopretrain.nets.encoder_io import load_encoder, save_encoder
 from robopretrain.nets.encoders import make_encoder
 from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, open_frame_source, split_by_video
@@ -63,7 +64,6 @@ from video_pretrain.sampling import FrameBatchStream, augment
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CHECKPOINT_FORMAT = "video_pretrain.train_checkpoint"
 HEADS_FILE = "value_heads.pt"
 VALID_SEED_OFFSET = 1_000_003
@@ -395,9 +395,7 @@ def evaluate(objective: nn.Module, batches: list[dict[str, torch.Tensor]]) -> di
 
 def _log_scalars(writer: Any, prefix: str, values: Mapping[str, float], step: int) -> None:
     if writer is not None:
-        for k, v in values.items():
-            if k != "step":
-                writer.add_scalar(f"{prefix}/{k}", v, step)
+        writer.scalars(step, {f"{prefix}/{k}": v for k, v in values.items() if k != "step"})
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
@@ -461,9 +459,10 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         valid_batches = [_to_device(valid_stream.batch(k), device) for k in range(int(cfg.valid_batches))]
 
     writer = None
-    if cfg.tensorboard and dinfo.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(paths.tensorboard), purge_step=start + 1 if start else None)
+    if dinfo.is_main:  # the logger group (TensorBoard by default, robopretrain.loggers); tensorboard=false: none
+        writer = make_logger(cfg.get("logger"), paths.run_dir, config=plain_config(cfg),
+                             tensorboard=bool(cfg.tensorboard), tensorboard_dir=paths.tensorboard,
+                             purge_step=start + 1 if start else None)
     if valid_batches and start == 0:
         history["valid"].append({"step": 0, **evaluate(objective, valid_batches)})
         _log_scalars(writer, "valid", history["valid"][-1], 0)
@@ -525,7 +524,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="video_pretrain")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="video_pretrain")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     path = train(cfg, HydraConfig.get().runtime.output_dir)
@@ -533,5 +532,10 @@ def main(cfg: DictConfig) -> None:
         print(f"encoder: {path}")
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """``python -m video_pretrain.train`` and its console script: one-line config errors, then Hydra."""
     run_hydra(main, "video_pretrain")
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -277,5 +277,10 @@ def main(cfg: DictConfig) -> None:
     collect(cfg, output_dir=HydraConfig.get().runtime.output_dir)
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """``python -m robopretrain.envs.metaworld_collect`` and its console script: one-line config errors, then Hydra."""
     run_hydra(main, CONFIG_NAME)
+
+
+if __name__ == "__main__":
+    cli_main()

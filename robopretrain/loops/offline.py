@@ -128,15 +128,19 @@ def train_offline(
     start: int = 0,
     dinfo: DistInfo | None = None,
     desc: str = "offline",
+    experiment_logger: Any = None,
+    config: Any = None,
 ) -> Path | None:
     """Updates ``start + 1 .. settings.steps`` (see the module docstring); returns the last checkpoint written.
 
     ``save(step, state)`` writes a checkpoint with the training ``state`` (RNG, sampler, step) and returns its folder;
     ``evaluate()`` returns ``{name: value}`` (success etc.); both are called on every rank (evaluation may split its
-    work over ranks), only rank 0's ``save`` writes.
+    work over ranks), only rank 0's ``save`` writes. ``experiment_logger``: the ``logger`` config group (TensorBoard
+    when ``None``, :mod:`robopretrain.loggers`), which also records ``config``.
     """
     dinfo = dinfo or DistInfo()
-    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard) if dinfo.is_main else None
+    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard, logger=experiment_logger,
+                           config=config) if dinfo.is_main else None
     if logger is not None:
         logger.truncate_after(start)
     total, bs = int(settings.steps), int(agent.batch_size)

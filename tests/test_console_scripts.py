@@ -1,0 +1,168 @@
+"""The console scripts of pyproject.toml behave like their ``python -m`` forms, and command-line mistakes give one line.
+
+Every script is called the way its generated wrapper calls it (``sys.argv = [name, *args]; sys.exit(func())``,
+through tests/_cli_runner.py), from a folder that is not the repository: ``--help`` must work (a config path Hydra
+resolves against the working directory or a package fails here), and the script must call what ``python -m
+<module>`` calls (a target pointing at another module or function fails here). The Hydra entry points (every stage, the pipeline, the collectors) must answer an
+override Hydra cannot parse, an unknown key and a bad value with one ``error:`` line and exit code 2.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from robopretrain.cli import override_problem, quoted_override, sweep_problem
+
+REPO = Path(__file__).resolve().parents[1]
+
+# console script -> the python -m module it stands for (README, "Console scripts")
+SCRIPTS = {
+    "robopretrain-pipeline": "robopretrain.pipeline",
+    "robopretrain-collect": "sim_envs.collect",
+    "robopretrain-collect-videos": "sim_envs.collect_videos",
+    "robopretrain-inspect": "robopretrain.data.inspect",
+    "robopretrain-convert": "robopretrain.data.convert",
+    "robopretrain-video": "video_pretrain.train",
+    "robopretrain-diagnose": "video_pretrain.diagnose",
+    "robopretrain-train": "robopretrain.train",
+    "robopretrain-finetune": "finetune.train",
+    "robopretrain-evaluate": "robopretrain.evaluate",
+    "robopretrain-metaworld-collect": "robopretrain.envs.metaworld_collect",
+}
+HYDRA_SCRIPTS = ["robopretrain-pipeline", "robopretrain-collect", "robopretrain-collect-videos", "robopretrain-video",
+                 "robopretrain-train", "robopretrain-finetune", "robopretrain-evaluate",
+                 "robopretrain-metaworld-collect"]
+BAD_PATH = "data.path=/a/b=c.hdf5"
+# the same check (robopretrain.cli.run_hydra) for all; stages 1 and 2 and the evaluation: tests/test_bad_input.py
+UNKNOWN_KEY = ["robopretrain-pipeline", "robopretrain-collect"]
+# a value each entry point refuses in its own code (friendly_errors turns it into one line)
+BAD_VALUE = {"robopretrain-pipeline": ("targets=[OpenDoorRight,OpenDoorRight] run_dir={cwd}/run", "names must be unique"),
+             "robopretrain-collect": ("tasks=Nope", "unknown task(s) ['Nope']")}
+
+
+def entry_points() -> dict[str, str]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Every case run to its end in its own forked process, with a working directory outside the repository."""
+    cwd, outdir = tmp_path_factory.mktemp("elsewhere"), tmp_path_factory.mktemp("cli_out")
+    spec = []
+    for script, target in entry_points().items():
+        spec.append({"name": f"{script}--help", "script": script, "entry": target, "args": ["--help"]})
+        if target.split(":")[0] != SCRIPTS.get(script):  # another module's function: compare the composed configs
+            spec.append({"name": f"{script}--cfg", "script": script, "entry": target, "args": ["--cfg", "job"]})
+            spec.append({"name": f"{script}--cfg-m", "module": SCRIPTS.get(script, "?"), "args": ["--cfg", "job"]})
+    for script in HYDRA_SCRIPTS:
+        spec.append({"name": f"{script}-parse", "script": script, "entry": entry_points()[script], "args": [BAD_PATH]})
+    for script in UNKNOWN_KEY:
+        spec.append({"name": f"{script}-key", "script": script, "entry": entry_points()[script],
+                     "args": ["no_such_key=1"]})
+    for script, (arg, _) in BAD_VALUE.items():
+        spec.append({"name": f"{script}-value", "script": script, "entry": entry_points()[script],
+                     "args": [*arg.format(cwd=cwd).split(), f"hydra.run.dir={cwd / 'h'}"]})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLI_RUNNER_PRELOAD": ",".join(sorted(set(SCRIPTS.values())))}
+    runner = subprocess.run([sys.executable, str(REPO / "tests" / "_cli_runner.py"), str(outdir), "2"], cwd=cwd,
+                            env=env, input=json.dumps(spec), capture_output=True, text=True, timeout=300)
+    assert runner.returncode == 0, runner.stderr[-3000:]
+    return {c["name"]: subprocess.CompletedProcess(c["args"], int((outdir / f"{c['name']}.rc").read_text()),
+                                                   (outdir / f"{c['name']}.out").read_text(),
+                                                   (outdir / f"{c['name']}.err").read_text()) for c in spec}
+
+
+def test_every_script_is_listed_and_points_at_its_module():
+    scripts = entry_points()
+    assert set(scripts) == set(SCRIPTS)
+    for script, target in scripts.items():  # the function lives in the module (the sim_envs collectors: in our cli)
+        module = target.split(":")[0]
+        assert module == SCRIPTS[script] or (module == "robopretrain.cli" and SCRIPTS[script].startswith("sim_envs."))
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_works(script, results):
+    r = results[f"{script}--help"]
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "powered by Hydra" in r.stdout if script in HYDRA_SCRIPTS else r.stdout.startswith("usage:")
+
+
+def main_block_call(module: str) -> str:
+    """The function the module's ``if __name__ == "__main__":`` block calls (through ``sys.exit(...)`` or not)."""
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'":
+            (stmt,) = node.body
+            call = stmt.value
+            if ast.unparse(call.func) == "sys.exit":
+                (call,) = call.args
+            assert not call.args and not call.keywords, ast.unparse(stmt)
+            return ast.unparse(call.func)
+    raise AssertionError(f"{module} has no __main__ block")
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_script_runs_what_python_m_runs(script, results):
+    """The function ``python -m <module>`` calls, or (the sim_envs collectors, run through our cli) the same
+    composed config as ``python -m <module> --cfg job``."""
+    module, _, func = entry_points()[script].partition(":")
+    if module == SCRIPTS[script]:
+        assert main_block_call(module) == func
+        return
+    mine, theirs = results[f"{script}--cfg"], results[f"{script}--cfg-m"]
+    assert mine.returncode == 0, mine.stderr[-2000:]
+    assert theirs.returncode == 0, theirs.stderr[-2000:]
+    assert mine.stdout.strip() and mine.stdout == theirs.stdout
+
+
+@pytest.mark.parametrize("script", HYDRA_SCRIPTS)
+def test_unparsable_override_is_named_with_its_quoting(script, results):
+    r = results[f"{script}-parse"]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: config: cannot parse the override 'data.path=/a/b=c.hdf5'")
+    assert last.endswith("""'data.path="/a/b=c.hdf5"'""")
+
+
+@pytest.mark.parametrize("script", UNKNOWN_KEY)
+def test_unknown_key_is_one_line(script, results):
+    r = results[f"{script}-key"]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: config: Could not override 'no_such_key'")
+
+
+@pytest.mark.parametrize("script", sorted(BAD_VALUE))
+def test_bad_value_is_one_line(script, results):
+    r = results[f"{script}-value"]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and BAD_VALUE[script][1] in last
+
+
+@pytest.mark.parametrize("value", ["/a/b=c.hdf5", "/data/x,y.hdf5", "/d/it's [1] {2} (3).h5", 'say "hi" = a,b'])
+def test_quoted_override_reads_back_as_the_same_string(value):
+    """After the shell (shlex) and Hydra's grammar, the suggestion gives back exactly the value the user meant."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (arg,) = shlex.split(quoted_override(f"data.path={value}"))
+    parsed = OverridesParser.create().parse_override(arg)
+    assert parsed.key_or_group == "data.path" and parsed.value() == value
+
+
+def test_messages_name_the_override():
+    assert "cannot parse the override 'x=a=b' (bad input)" in override_problem("x=a=b", ValueError("bad input\nSee "
+                                                                                                 "https://hydra.cc"))
+    assert "an override is key=value" in override_problem("x", ValueError("missing EQUAL"))
+    comma = sweep_problem("data.path=/a,b")
+    assert "needs -m" in comma and """'data.path="/a,b"'""" in comma and "data.path=[/a,b]" in comma
