@@ -6,6 +6,8 @@ demos of single tasks, with privileged state; success measured in sim. Protocol:
     python benchmarks/recipe.py --summarize-only        # table from the saved JSON
     python benchmarks/recipe.py --tasks Reach --algos td3_bc awac rebrac --seeds 0 --updates 1000 2500 \
         --out benchmarks/results/recipe_offline_family.json   # issue 15's learners (protocol addendum in recipe.md)
+    python benchmarks/recipe.py --tasks Reach --algos dt --seeds 0 --updates 1000 2500 \
+        --out benchmarks/results/recipe_dt.json          # the Decision Transformer addendum (protocol's last section)
 
 Each run is ``robopretrain.train`` (stage 2's own entry point, as a subprocess) on one task's file, with checkpoints
 every 500 updates; the checkpoints at the protocol's budgets are then evaluated on 50 fixed episodes (per-episode
@@ -47,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_recipe"))
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="no training: evaluate the budgets whose checkpoints exist (a run still going or cut short)")
     return p.parse_args(argv)
 
 
@@ -117,13 +121,16 @@ def one(args: argparse.Namespace, results: dict[str, Any], task: str, algo: str,
         return
     data = collect_data(task, args.demos, args.work_dir)
     out = args.work_dir / "runs" / task / algo / f"seed{seed}"
-    seconds = train_run(data, out, algo, seed, max(args.updates))
-    if seconds:
-        entry["train_seconds"] = seconds
+    if not args.evaluate_only:
+        seconds = train_run(data, out, algo, seed, max(args.updates))
+        if seconds:
+            entry["train_seconds"] = seconds
     for u in args.updates:
-        if str(u) not in entry["success"]:
-            entry["success"][str(u)] = evaluate_checkpoint(out / "checkpoints" / f"ckpt_{u:08d}", task, args.episodes)
-    print(f"{key}: " + ", ".join(f"{u}: {np.mean(entry['success'][str(u)]):.2f}" for u in args.updates), flush=True)
+        ckpt = out / "checkpoints" / f"ckpt_{u:08d}"
+        if str(u) not in entry["success"] and (ckpt.is_dir() or not args.evaluate_only):
+            entry["success"][str(u)] = evaluate_checkpoint(ckpt, task, args.episodes)
+    print(f"{key}: " + ", ".join(f"{u}: {np.mean(entry['success'][str(u)]):.2f}" if str(u) in entry["success"]
+                                 else f"{u}: not trained" for u in args.updates), flush=True)
 
 
 def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -142,7 +149,8 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
 
 
 def table(summary: list[dict[str, Any]], budget: int) -> str:
-    algos = [a for a in ALGOS if any(r["algo"] == a for r in summary)]
+    present = {r["algo"] for r in summary}  # the protocol's learners, then any other measured (e.g. dt)
+    algos = [a for a in ALGOS if a in present] + sorted(present - set(ALGOS))
     lines = [f"success at {budget} updates (mean over seeds [95% CI]; seeds)", "",
              "| task | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
     tasks = sorted({r["task"] for r in summary})

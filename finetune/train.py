@@ -21,6 +21,7 @@ a value out of range, an env whose sizes differ from the agent's) ends with one 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.online import OnlineSettings, run_online
 from robopretrain import build, run_fingerprint
-from robopretrain.checkpoint import load_agent
+from robopretrain.checkpoint import META_FILE, CheckpointError, load_agent, resolve_checkpoint_dir
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.hdf5 import read_info
@@ -71,6 +72,20 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
                      "target demos (data.path=/path/to/target_demos.hdf5) or data.generate=true")
 
 
+def refuse_decision_transformer(algo: str, checkpoint: Any) -> None:
+    """Online fine-tuning of the Decision Transformer (``algo=dt`` or a DT checkpoint) is not built: one clear
+    :class:`CheckpointError` (an unreadable checkpoint is left to :func:`load_agent` to report)."""
+    saved = None
+    try:
+        saved = json.loads((resolve_checkpoint_dir(str(checkpoint)) / META_FILE).read_text()).get("algo")
+    except (CheckpointError, OSError, ValueError, AttributeError):
+        pass
+    if "dt" in (algo, saved):
+        raise CheckpointError(f"{checkpoint}: online fine-tuning of the Decision Transformer (algo=dt) is not "
+                              "available; evaluate a DT checkpoint with robopretrain.evaluate, or fine-tune a "
+                              "cql / calql / iql checkpoint")
+
+
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage-2 checkpoint -> online fine-tuning on ``cfg.target``; returns the history and where things are."""
     validate_online_config(cfg)
@@ -80,6 +95,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     device = build.setup_torch(cfg)
     target = build.target_config(cfg.target)
     algo = str(cfg.algo.name)
+    refuse_decision_transformer(algo, cfg.checkpoint)
     agent, ckpt = load_agent(str(cfg.checkpoint), device=device, with_optimizer=settings.keep_optimizer, algo=algo,
                              algo_cfg=build.algo_overrides(cfg.algo), seed=int(cfg.seed))
     rand = build.randomization(cfg.get("dr")) if target.randomizable else "none"

@@ -33,6 +33,10 @@ features detached (DrQ). Which loss trains which encoder:
 ``awac``             critic encoder: the critic loss; actor encoder: the advantage-weighted likelihood (the policy's
                      samples at s' for the target carry no gradient);
 ``bcq``              critic encoder: the critic loss; actor encoder: the VAE loss and the perturbation (actor) loss.
+``dt``               one encoder (no critic), applied to every step of a K-step window, trained by the DT action
+                     loss (batches from :class:`~robopretrain.data.sequences.SequenceSampler`, observations
+                     ``(B, K, ...)``); acting keeps the episode's history (:meth:`Agent.reset_episode`,
+                     :meth:`Agent.observe_reward`, no-ops for the other algorithms).
 
 An algorithm class declares what the batch needs instead of being named here: ``actor_reads_next_obs`` (the actor's
 features at s' are passed as ``actor_next_observations``; default True) and ``next_obs_needs_grad`` (the critic
@@ -206,7 +210,7 @@ class Agent:
         pad = self.settings.augment_pad if self.trains_encoder else 0
         self.critic_encoder = ObsEncoder(self.train_spec, img, stats=stats, augment_pad=pad,
                                          precision=precision).to(self.device)
-        separate = self.trains_encoder and not self.settings.shared and algo != "bc"
+        separate = self.trains_encoder and not self.settings.shared and algo not in ("bc", "dt")
         self.actor_encoder = copy.deepcopy(self.critic_encoder) if separate else self.critic_encoder
         if self.mode == "frozen":
             self.critic_encoder.requires_grad_(False).eval()
@@ -292,6 +296,8 @@ class Agent:
 
     def update(self, batch: Mapping[str, Any], with_metrics: bool = True) -> dict[str, float]:
         """One gradient step of the algorithm (and of the encoders when they train); returns float metrics."""
+        if self.algo == "dt":
+            return self._update_sequences(batch, with_metrics)
         if not self.trains_encoder:
             with torch.no_grad():
                 flat = {**batch, OBS: self.critic_encoder(batch[OBS])}
@@ -313,6 +319,35 @@ class Agent:
             soft_update_(target, self.core.critic, self.core.cfg.tau)
         self.core.num_updates += 1
         return metrics_to_floats(metrics)
+
+    def _update_sequences(self, batch: Mapping[str, Any], with_metrics: bool) -> dict[str, float]:
+        """DT: the encoder applied to each of the B x K steps (features ``(B, K, D)``), then the core's step (which
+        also clips and steps the encoder's gradient when the encoder trains)."""
+        obs = batch[OBS]
+        lead = next(iter(obs.values())).shape[:2]
+        flat_obs = {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items()}
+        if self.trains_encoder:
+            feats = self._encode(self.critic_encoder, flat_obs)
+            assert self.encoder_optimizer is not None
+            extra = [(self.encoder_optimizer, list(self.critic_encoder.parameters()))]
+        else:
+            with torch.no_grad():
+                feats = self.critic_encoder(flat_obs)
+            extra = []
+        flat = {**batch, OBS: feats.reshape(*lead, -1)}
+        return self.core.update(flat, with_metrics=with_metrics, extra=extra)
+
+    def reset_episode(self) -> None:
+        """Start a new episode for algorithms that act on a history (DT); a no-op for the others."""
+        reset = getattr(self.core, "reset_episode", None)
+        if reset is not None:
+            reset()
+
+    def observe_reward(self, reward: float | np.ndarray) -> None:
+        """The env's reward after the last :meth:`act`, for algorithms conditioned on returns (DT); else a no-op."""
+        observe = getattr(self.core, "observe_reward", None)
+        if observe is not None:
+            observe(reward)
 
     def _encode(self, encoder: ObsEncoder, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return encoder(obs, augment=True, generator=self.generator)

@@ -205,6 +205,20 @@ def prepared(agent: Agent, dataset: OfflineDataset | DiskDataset, seed: int) -> 
     return dataset.map_observations(agent.prepare, seed=seed)
 
 
+def training_sampler(agent: Agent, dataset: OfflineDataset, seed: int) -> Any:
+    """What stage 2 draws batches from: the dataset itself, or K-step windows of it for the Decision Transformer
+    (:class:`~robopretrain.data.sequences.SequenceSampler`, its own RNG seeded with ``seed``)."""
+    if agent.algo != "dt":
+        return dataset
+    from robopretrain.data.sequences import SequenceSampler
+
+    if not isinstance(dataset, OfflineDataset):
+        raise ValueError("algo=dt samples K-step windows from data held in memory; set data.storage=memory "
+                         f"(this data is a {type(dataset).__name__})")
+
+    return SequenceSampler(dataset, int(agent.algo_cfg.context_len), seed=seed)
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -286,4 +300,5 @@ def target_config(node: Any) -> Target:
 __all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "env_fits_or_log",
            "eval_targets", "converted", "load_data",
            "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
+           "training_sampler",
            "target_config", "targets_of_data"]

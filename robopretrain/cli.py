@@ -48,7 +48,8 @@ EXIT_BAD_INPUT = 2
 # Hydra entry point module -> its primary config in configs/
 ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": "robopretrain",
                 "finetune.train": "finetune", "robopretrain.evaluate": "evaluate", "robopretrain.pipeline": "pipeline",
-                "sim_envs.collect": "collect", "sim_envs.collect_videos": "collect_videos"}
+                "sim_envs.collect": "collect", "sim_envs.collect_videos": "collect_videos",
+                "robopretrain.reward_model": "reward_model"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -347,11 +347,15 @@ def record_video(spec: PolicySpec, condition: Condition, seed: int, path: Path, 
 
     try:
         obs, _ = env.reset(seed=seed)
+        if hasattr(policy, "reset_episode"):  # a policy with a history (DT), as in evaluation.run_episodes
+            policy.reset_episode()
         frames = [frame(obs)]
         done = False
         while not done and len(frames) < max_frames:
             action = policy.act(obs, deterministic=True)
-            obs, _, terminated, truncated, _ = env.step(np.asarray(action, dtype=np.float32))
+            obs, reward, terminated, truncated, _ = env.step(np.asarray(action, dtype=np.float32))
+            if hasattr(policy, "observe_reward"):
+                policy.observe_reward(float(reward))
             frames.append(frame(obs))
             done = terminated or truncated
     finally:

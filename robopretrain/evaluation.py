@@ -46,14 +46,21 @@ def run_episodes(agent: Any, env: gym.Env, num_episodes: int, *, eval_seed: int 
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
     successes, returns, lengths = [], [], []
+    # a policy with a history (the Decision Transformer) is told where episodes start and what each step earned
+    reset_episode = getattr(agent, "reset_episode", None)
+    observe_reward = getattr(agent, "observe_reward", None)
     for i in range(num_episodes):
         obs, _ = env.reset(seed=eval_seed + i)
+        if reset_episode is not None:
+            reset_episode()
         done, ret, length, success = False, 0.0, 0, False
         while not done:
             if frames is not None and i == 0:
                 frames.append(frame_fn(env, obs))
             action = agent.act(obs, deterministic=True)
             obs, reward, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
+            if observe_reward is not None:
+                observe_reward(float(reward))
             ret += float(reward)
             length += 1
             success = success or bool(info.get("success", False))

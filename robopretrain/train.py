@@ -116,13 +116,14 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         raise CheckpointError(f"{init.path}: the agent has {agent.act_dim}-D actions, the data {data_path} "
                               f"{info.action_dim}-D")
     dataset = build.prepared(agent, dataset, seed)
-    sampler: Any = dataset
+    sampler: Any = build.training_sampler(agent, dataset, seed)
     mix = cfg.data.get("mix")
     if mix is not None and mix.get("path"):
         with dist_utils.main_first(dinfo):
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size)
-        sampler = MixedSampler(dataset, build.prepared(agent, mix_data, seed + 1), 1.0 - float(mix.fraction))
+        sampler = MixedSampler(sampler, build.training_sampler(agent, build.prepared(agent, mix_data, seed + 1),
+                                                               seed + 1), 1.0 - float(mix.fraction))
         log.info("batches: %.0f%% from %s, %.0f%% from %s", 100 * (1 - float(mix.fraction)), data_path,
                  100 * float(mix.fraction), mix.path)
     tasks = sorted({info.demo(d).task for d in select_demos(info, mask=cfg.data.get("mask"),

@@ -15,6 +15,8 @@ TINY_ENCODER = {"kwargs": {"channels": 4, "out_dim": 8}, "augment_pad": 1}
 
 def tiny_algo(algo: str, width: int = 16) -> dict[str, Any]:
     """Overrides of ``configs/algo/<algo>.yaml``: one hidden layer of ``width`` units, batch 8, 2 sampled actions."""
+    if algo == "dt":  # one block of width units over 4-step windows, warm-up over 2 updates
+        return {"batch_size": 8, "embed_dim": width, "num_layers": 1, "context_len": 4, "warmup_steps": 2}
     out: dict[str, Any] = {"batch_size": 8, "actor_hidden": [width]}
     if algo != "bc":
         out["critic_hidden"] = [width]

@@ -1,5 +1,5 @@
 """Offline/online RL agents: CQL and Cal-QL (:mod:`.cql`), IQL (:mod:`.iql`), BC (:mod:`.bc`), TD3+BC (:mod:`.td3_bc`),
-AWAC (:mod:`.awac`), ReBRAC (:mod:`.rebrac`), BCQ (:mod:`.bcq`).
+AWAC (:mod:`.awac`), ReBRAC (:mod:`.rebrac`), BCQ (:mod:`.bcq`), the Decision Transformer (:mod:`.dt`).
 
 ``make_agent(name, obs_dim, act_dim, cfg)`` builds one by name. ``cfg`` is ``None``, the agent's config
 dataclass, or a mapping of overrides (a plain dict or an OmegaConf ``DictConfig``); unknown keys raise.
@@ -20,11 +20,12 @@ from robopretrain.algos.awac import AWAC, AWACConfig
 from robopretrain.algos.bc import BC, BCConfig
 from robopretrain.algos.bcq import BCQ, BCQConfig
 from robopretrain.algos.cql import CQL, CQLConfig
+from robopretrain.algos.dt import DecisionTransformer, DTConfig
 from robopretrain.algos.iql import IQL, IQLConfig
 from robopretrain.algos.rebrac import ReBRAC, ReBRACConfig
 from robopretrain.algos.td3_bc import TD3BC, TD3BCConfig
 
-Agent = Union[CQL, IQL, BC, TD3BC, AWAC, ReBRAC, BCQ]
+Agent = Union[CQL, IQL, BC, TD3BC, AWAC, ReBRAC, BCQ, DecisionTransformer]
 
 _REGISTRY: dict[str, tuple[type, type, dict[str, Any]]] = {
     "cql": (CQL, CQLConfig, {"use_calql": False}),
@@ -35,6 +36,7 @@ _REGISTRY: dict[str, tuple[type, type, dict[str, Any]]] = {
     "awac": (AWAC, AWACConfig, {}),
     "rebrac": (ReBRAC, ReBRACConfig, {}),
     "bcq": (BCQ, BCQConfig, {}),
+    "dt": (DecisionTransformer, DTConfig, {}),
 }
 
 AGENT_NAMES = tuple(_REGISTRY)
@@ -82,6 +84,8 @@ __all__ = [
     "BCConfig",
     "CQL",
     "CQLConfig",
+    "DTConfig",
+    "DecisionTransformer",
     "IQL",
     "IQLConfig",
     "ReBRAC",

@@ -1,0 +1,427 @@
+"""Reward learning from preferences: segment pairs, a teacher's labels, an ensemble of reward nets trained with the
+Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorithm.
+
+``python -m robopretrain.reward_model data.path=demos.hdf5`` (Hydra, ``configs/reward_model.yaml``), or :func:`run`:
+
+1. **Pairs of segments** of ``teacher.segment_length`` consecutive steps of the file's demos (the ``data`` group's
+   ``mask`` / ``tasks`` selection; demos shorter than a segment are not used), drawn uniformly.
+2. **Labels**: ``labels.path`` names a file of human labels (format below); without one, the **scripted teacher**
+   (B-Pref, Lee et al. 2021) labels the pairs by the segments' true returns (the sum of the stored rewards: the env's
+   success signal, or its progress where the data's reward is dense): 1 when segment a's return exceeds b's by more
+   than ``tie_margin``, 0 when b's exceeds a's, else a tie (0.5); each non-tie label is flipped with probability
+   ``noise`` (the "mistake" teacher). The labels are written to ``<run>/labels.csv`` in the human format.
+3. **The ensemble**: ``model.ensemble`` MLPs ``r_e(s, a) = tanh(MLP_e(features(s) ++ a))`` (PEBBLE, Lee et al.
+   2021: bounded outputs, an ensemble of independently initialised members, each drawing its own batches) over the
+   same observation features as the agents (:class:`~robopretrain.nets.obs_encoder.ObsEncoder`: low-dim parts
+   normalised by the data's statistics, the task one-hot). Loss per member (Christiano et al. 2017, eq. 1; ties as
+   0.5 targets)::
+
+       P[a > b] = exp(sum_t r(a_t)) / (exp(sum_t r(a_t)) + exp(sum_t r(b_t))) = sigmoid(R_a - R_b)
+       loss     = -mean( y log P[a > b] + (1 - y) log(1 - P[a > b]) )             (:func:`bradley_terry_loss`)
+
+4. **Agreement** with held-out labels (``labels.held_out`` of the pairs, never trained on): the fraction of non-tie
+   held-out labels whose preferred segment has the larger ensemble-mean return, the held-out Bradley-Terry loss,
+   and for the scripted teacher the same agreement with its noise-free labels. Written to ``<run>/report.json``.
+5. **Relabelling**: a copy of the whole file (``relabel.output``, default ``<run>/relabelled.hdf5``) in which every
+   demo's ``rewards`` are the ensemble mean ``mean_e r_e(s, a)``, optionally normalised over the file
+   (``relabel.normalize``: ``none``, ``standard`` = zero mean and unit std, ``minmax`` = [0, 1]); everything else is
+   byte-for-byte the same. Train on it with any offline algorithm through ``data.path``; the learned reward is
+   dense, so turn the sparse-reward transform off, e.g. ``algo=iql algo.reward_scale=1 algo.reward_bias=0
+   algo.sparse_reward=false``.
+
+Human label file (``labels.path``): CSV with the header ``demo_a,start_a,demo_b,start_b,length,label`` or JSON (a list
+of objects with those keys). ``demo_*`` are the file's demo names (``demo_3``), ``start_*`` the first step of the
+segment inside the demo (0-based), ``length`` the segment length (the same for both), ``label`` the probability
+that segment a is preferred: 1 (a better), 0 (b better), 0.5 (equally good; ties). Every problem is a
+``ValueError`` naming the file and the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn import functional as F
+
+from robopretrain import build
+from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
+from robopretrain.data.hdf5 import Transitions, load_transitions, read_info, select_demos
+from robopretrain.data.keys import TASK_ID
+from robopretrain.data.spec import ObsSpec
+from robopretrain.nets.mlp import build_mlp
+from robopretrain.nets.obs_encoder import ObsEncoder, normalization_stats
+
+log = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ("demo_a", "start_a", "demo_b", "start_b", "length", "label")
+NORMALIZE = ("none", "standard", "minmax")
+
+
+# --------------------------------------------------------------------------- labels
+
+
+@dataclass(frozen=True)
+class PreferenceLabel:
+    """One labelled pair: segment a = ``demo_a[start_a : start_a + length]``, b likewise; ``label`` = P[a > b]."""
+
+    demo_a: str
+    start_a: int
+    demo_b: str
+    start_b: int
+    length: int
+    label: float
+
+
+def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
+    """Labels from a CSV or JSON file (module docstring); raises ``ValueError`` naming the file and the row."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels.path={path}: file not found")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of objects with keys {list(LABEL_COLUMNS)}")
+    else:
+        reader = csv.DictReader(text.splitlines())
+        if reader.fieldnames is None or set(LABEL_COLUMNS) - set(reader.fieldnames):
+            raise ValueError(f"{path}: expected a CSV header with {','.join(LABEL_COLUMNS)}, got {reader.fieldnames}")
+        rows = list(reader)
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            lab = PreferenceLabel(str(row["demo_a"]), int(row["start_a"]), str(row["demo_b"]), int(row["start_b"]),
+                                  int(row["length"]), float(row["label"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: row {i + 1}: {type(exc).__name__}: {exc}; expected keys {list(LABEL_COLUMNS)}"
+                             ) from None
+        if not 0.0 <= lab.label <= 1.0 or lab.length < 1 or min(lab.start_a, lab.start_b) < 0:
+            raise ValueError(f"{path}: row {i + 1}: label must be in [0, 1] (1: a preferred, 0: b, 0.5: tie), "
+                             f"length >= 1 and starts >= 0; got {row}")
+        out.append(lab)
+    if not out:
+        raise ValueError(f"{path}: no labels")
+    return out
+
+
+def write_labels(path: str | os.PathLike, labels: Sequence[PreferenceLabel]) -> Path:
+    """Write labels as CSV (the human label format)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(LABEL_COLUMNS)
+        for lab in labels:
+            w.writerow([lab.demo_a, lab.start_a, lab.demo_b, lab.start_b, lab.length, lab.label])
+    return path
+
+
+# --------------------------------------------------------------------------- segments and the scripted teacher
+
+
+def sample_pairs(lengths: Mapping[str, int], segment_length: int, num_pairs: int,
+                 rng: np.random.Generator) -> list[tuple[str, int, str, int]]:
+    """``num_pairs`` pairs ``(demo_a, start_a, demo_b, start_b)`` of segments drawn uniformly over all segment
+    positions of the demos at least ``segment_length`` long. Raises ``ValueError`` when no demo is long enough."""
+    demos = [d for d, n in lengths.items() if n >= segment_length]
+    if not demos:
+        raise ValueError(f"no demo has {segment_length} steps (the longest has {max(lengths.values())}); lower "
+                         "teacher.segment_length")
+    counts = np.array([lengths[d] - segment_length + 1 for d in demos], dtype=np.int64)
+    cum = np.cumsum(counts)
+    flat = rng.integers(0, int(cum[-1]), size=(num_pairs, 2))
+    which = np.searchsorted(cum, flat, side="right")
+    starts = flat - np.concatenate([[0], cum[:-1]])[which]
+    return [(demos[a], int(sa), demos[b], int(sb)) for (a, b), (sa, sb) in zip(which, starts)]
+
+
+def teacher_label(return_a: float, return_b: float, tie_margin: float = 0.0) -> float:
+    """The noise-free scripted label: 1 if ``R_a > R_b + tie_margin``, 0 if ``R_b > R_a + tie_margin``, else 0.5."""
+    if return_a > return_b + tie_margin:
+        return 1.0
+    if return_b > return_a + tie_margin:
+        return 0.0
+    return 0.5
+
+
+def noisy_labels(clean: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """``clean`` labels with each non-tie label flipped (``1 - y``) with probability ``noise``; ties stay 0.5."""
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"teacher.noise must be in [0, 1], got {noise}")
+    clean = np.asarray(clean, dtype=np.float64)
+    flip = (rng.random(len(clean)) < noise) & (clean != 0.5)
+    return np.where(flip, 1.0 - clean, clean)
+
+
+# --------------------------------------------------------------------------- the loss and the model
+
+
+def bradley_terry_loss(return_a: torch.Tensor, return_b: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the Bradley-Terry preference ``P[a > b] = sigmoid(R_a - R_b)`` with targets ``label`` in
+    [0, 1] (0.5: a tie); ``(...,)`` tensors, mean over all entries (Christiano et al. 2017, eq. 1)."""
+    return F.binary_cross_entropy_with_logits(return_a - return_b, label.to(return_a.dtype).expand_as(return_a))
+
+
+class RewardEnsemble(nn.Module):
+    """``forward(obs parts (N, ...), actions (N, A))`` -> rewards ``(E, N)``, ``r_e = tanh(MLP_e(features ++ a))``."""
+
+    def __init__(self, spec: ObsSpec, act_dim: int, *, ensemble: int = 3, hidden: Sequence[int] = (256, 256, 256),
+                 stats: Mapping[str, Mapping[str, list[float]]] | None = None) -> None:
+        super().__init__()
+        if spec.rgb:
+            raise ValueError("reward_model: cameras are not supported; use low-dim parts (obs.rgb=[])")
+        if ensemble < 1:
+            raise ValueError(f"model.ensemble must be >= 1, got {ensemble}")
+        self.encoder = ObsEncoder(spec, stats=stats)
+        self.nets = nn.ModuleList(build_mlp(self.encoder.out_dim + act_dim, 1, tuple(hidden)) for _ in range(ensemble))
+
+    def forward(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor,
+                member: int | None = None) -> torch.Tensor:
+        """Rewards ``(E, N)`` of every member, or ``(1, N)`` of member ``member``."""
+        x = torch.cat([self.encoder(obs), actions.float()], dim=-1)
+        nets = self.nets if member is None else [self.nets[member]]
+        return torch.stack([torch.tanh(net(x)).squeeze(-1) for net in nets])
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SegmentData:
+    """The selected demos' steps (``obs`` parts, actions, rewards) and where each demo starts in the flat arrays."""
+
+    def __init__(self, trans: Transitions, spec: ObsSpec) -> None:
+        self.obs = {k: torch.from_numpy(trans.obs[k]) for k in spec.low_dim_keys}
+        if spec.num_tasks:
+            self.obs[TASK_ID] = torch.from_numpy(np.asarray(trans.task_ids, dtype=np.int64))
+        self.actions = torch.from_numpy(trans.actions)
+        self.rewards = np.asarray(trans.rewards, dtype=np.float64)
+        ids = np.asarray(trans.episode_ids)
+        self.offset = {name: int(np.flatnonzero(ids == i)[0]) for i, name in enumerate(trans.demo_names)}
+        self.lengths = {name: int((ids == i).sum()) for i, name in enumerate(trans.demo_names)}
+
+    def indices(self, labels: Sequence[PreferenceLabel], where: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+        """Flat step indices of segments a and b, each ``(P, L)``; ``ValueError`` on a segment outside its demo."""
+        ia, ib = [], []
+        for i, lab in enumerate(labels):
+            for demo, start in ((lab.demo_a, lab.start_a), (lab.demo_b, lab.start_b)):
+                if demo not in self.lengths:
+                    raise ValueError(f"{where}: row {i + 1}: demo {demo!r} is not in the selected data")
+                if start + lab.length > self.lengths[demo]:
+                    raise ValueError(f"{where}: row {i + 1}: segment {demo}[{start}:{start + lab.length}] runs past "
+                                     f"the demo's {self.lengths[demo]} steps")
+            steps = np.arange(lab.length)
+            ia.append(self.offset[lab.demo_a] + lab.start_a + steps)
+            ib.append(self.offset[lab.demo_b] + lab.start_b + steps)
+        if len({len(a) for a in ia}) > 1:
+            raise ValueError(f"{where}: every pair must have the same segment length")
+        return np.stack(ia), np.stack(ib)
+
+    def segment_returns(self, model: RewardEnsemble, idx: np.ndarray, member: int | None = None) -> torch.Tensor:
+        """``(E, P)`` summed rewards of segments ``idx`` ``(P, L)`` under each member (``(1, P)``: one member)."""
+        flat = torch.from_numpy(idx.reshape(-1))
+        r = model({k: v[flat] for k, v in self.obs.items()}, self.actions[flat], member)
+        return r.reshape(r.shape[0], *idx.shape).sum(-1)
+
+
+# --------------------------------------------------------------------------- training, agreement, relabelling
+
+
+@dataclass
+class TrainSettings:
+    """The ``model`` group."""
+
+    ensemble: int = 3
+    hidden: tuple[int, ...] = (256, 256, 256)
+    lr: float = 3.0e-4
+    batch_size: int = 128  # pairs per member per step
+    steps: int = 1000
+
+
+def train_ensemble(model: RewardEnsemble, data: SegmentData, labels: Sequence[PreferenceLabel],
+                   settings: TrainSettings, seed: int = 0) -> list[float]:
+    """Adam on the summed Bradley-Terry losses of the members, each member on its own random batches of pairs;
+    returns the mean member loss every 100 steps."""
+    ia, ib = data.indices(labels)
+    y = torch.tensor([lab.label for lab in labels], dtype=torch.float32)
+    opt = torch.optim.Adam(model.nets.parameters(), lr=settings.lr)
+    rng = np.random.default_rng(seed)
+    E, P = len(model.nets), len(labels)
+    history = []
+    for step in range(int(settings.steps)):
+        pick = rng.integers(0, P, size=(E, min(settings.batch_size, P)))  # member e on its own batch e
+        loss = sum(bradley_terry_loss(data.segment_returns(model, ia[pick[e]], e)[0],
+                                      data.segment_returns(model, ib[pick[e]], e)[0], y[torch.from_numpy(pick[e])])
+                   for e in range(E))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == settings.steps - 1:
+            history.append(float(loss.detach()) / E)
+    return history
+
+
+@torch.no_grad()
+def agreement(model: RewardEnsemble, data: SegmentData, labels: Sequence[PreferenceLabel]) -> dict[str, float]:
+    """On ``labels``: the fraction of non-tie labels whose preferred segment has the larger ensemble-mean return
+    (``agreement``), the Bradley-Terry loss of the ensemble mean, and the label counts."""
+    ia, ib = data.indices(labels)
+    ra, rb = data.segment_returns(model, ia).mean(0), data.segment_returns(model, ib).mean(0)
+    y = torch.tensor([lab.label for lab in labels], dtype=torch.float32)
+    decided = y != 0.5
+    right = ((ra > rb) == (y > 0.5)) & decided
+    n = int(decided.sum())
+    return {"agreement": float(right.sum()) / n if n else float("nan"), "pairs": len(labels), "non_tie": n,
+            "bt_loss": float(bradley_terry_loss(ra, rb, y))}
+
+
+@torch.no_grad()
+def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsemble, spec: ObsSpec,
+            normalize: str = "none") -> Path:
+    """Copy ``src`` to ``dst`` with every demo's ``rewards`` replaced by the ensemble mean (normalised over the file
+    as ``normalize`` says); every other dataset and attribute is unchanged."""
+    if normalize not in NORMALIZE:
+        raise ValueError(f"relabel.normalize={normalize!r}; expected one of {list(NORMALIZE)}")
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"relabel.output={dst} is the input file; give another path")
+    trans = load_transitions(src, list(spec.low_dim_keys))
+    data = SegmentData(trans, spec)
+    r = np.concatenate([model({k: v[lo: lo + 4096] for k, v in data.obs.items()},
+                              data.actions[lo: lo + 4096]).mean(0).numpy()
+                        for lo in range(0, len(data.actions), 4096)]).astype(np.float64)
+    if normalize == "standard":
+        r = (r - r.mean()) / (r.std() + 1e-8)
+    elif normalize == "minmax":
+        r = (r - r.min()) / max(r.max() - r.min(), 1e-8)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    with h5py.File(tmp, "r+") as f:
+        for name, lo in data.offset.items():
+            old = f[f"data/{name}/rewards"]
+            attrs, dtype = dict(old.attrs), old.dtype
+            new = r[lo: lo + data.lengths[name]].astype(dtype)
+            del f[f"data/{name}/rewards"]
+            ds = f.create_dataset(f"data/{name}/rewards", data=new)
+            for k, v in attrs.items():
+                ds.attrs[k] = v
+    os.replace(tmp, dst)
+    return dst
+
+
+def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]:
+    """The ensemble a run saved (``<run>/reward_model.pt``) and its observation spec, e.g. to :func:`relabel`
+    another file of the same robot and tasks."""
+    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+    spec = ObsSpec.from_dict(saved["spec"])
+    settings = saved["settings"]
+    model = RewardEnsemble(spec, int(saved["act_dim"]), ensemble=int(settings["ensemble"]),
+                           hidden=tuple(settings["hidden"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), spec
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Labels -> ensemble -> agreement -> relabelled copy, as ``cfg`` says; returns the report (also in
+    ``<run>/report.json``)."""
+    run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    build.setup_torch(cfg)
+    path = build.resolve_data_path(cfg.data, run_dir)
+    info = read_info(path)
+    spec = build.data_spec(cfg.obs, path, info=info)
+    if spec.rgb:
+        raise ValueError("reward_model: cameras are not supported; use low-dim parts (obs.rgb=[])")
+    demos = select_demos(info, mask=cfg.data.get("mask"), tasks=list(cfg.data.tasks) if cfg.data.get("tasks") else None)
+    trans = load_transitions(path, list(spec.low_dim_keys), demos=demos)
+    data = SegmentData(trans, spec)
+    rng = np.random.default_rng(int(cfg.seed))
+    teacher = cfg.teacher
+    clean: np.ndarray | None = None
+    if cfg.labels.get("path"):
+        labels = read_labels(cfg.labels.path)
+        data.indices(labels, where=str(cfg.labels.path))  # every segment must be in the selected data
+        source = str(cfg.labels.path)
+    else:
+        L = int(teacher.segment_length)
+        pairs = sample_pairs(data.lengths, L, int(teacher.num_pairs), rng)
+        cum = np.concatenate([[0.0], np.cumsum(data.rewards)])
+        ret = {(d, s): cum[data.offset[d] + s + L] - cum[data.offset[d] + s] for a, sa, b, sb in pairs
+               for d, s in ((a, sa), (b, sb))}
+        clean = np.array([teacher_label(ret[a, sa], ret[b, sb], float(teacher.tie_margin)) for a, sa, b, sb in pairs])
+        noisy = noisy_labels(clean, float(teacher.noise), rng)
+        labels = [PreferenceLabel(a, sa, b, sb, L, float(y)) for (a, sa, b, sb), y in zip(pairs, noisy)]
+        source = str(write_labels(run_dir / "labels.csv", labels))
+    order = rng.permutation(len(labels))
+    n_held = int(round(float(cfg.labels.held_out) * len(labels)))
+    if not 0 < n_held < len(labels):
+        raise ValueError(f"labels.held_out={cfg.labels.held_out} leaves {n_held} of {len(labels)} labels for "
+                         "evaluation; choose a fraction that leaves some for training and some held out")
+    held, train = order[:n_held], order[n_held:]
+    settings = TrainSettings(**{k: (tuple(v) if k == "hidden" else v) for k, v in build.plain(cfg.model).items()})
+    stats = normalization_stats({k: trans.obs[k] for k in spec.low_dim_keys}, spec) if cfg.obs.get(
+        "normalize", True) else None
+    model = RewardEnsemble(spec, info.action_dim, ensemble=settings.ensemble, hidden=settings.hidden, stats=stats)
+    history = train_ensemble(model, data, [labels[i] for i in train], settings, seed=int(cfg.seed))
+    report: dict[str, Any] = {"data": str(path), "labels": source, "num_labels": len(labels), "held_out": n_held,
+                              "settings": asdict(settings), "train_loss": history,
+                              "held_out_agreement": agreement(model, data, [labels[i] for i in held])}
+    if clean is not None:
+        report["teacher"] = build.plain(teacher)
+        report["observed_flip_rate"] = float(np.mean(np.abs(clean - np.array([lab.label for lab in labels]))[
+            clean != 0.5])) if (clean != 0.5).any() else 0.0
+        clean_held = [dataclasses.replace(labels[i], label=float(clean[i])) for i in held]
+        report["held_out_agreement_clean_teacher"] = agreement(model, data, clean_held)
+    log.info("held-out agreement %.3f on %d non-tie pairs", report["held_out_agreement"]["agreement"],
+             report["held_out_agreement"]["non_tie"])
+    torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": info.action_dim,
+                "settings": asdict(settings)}, run_dir / "reward_model.pt")
+    if cfg.relabel.get("enabled", True):
+        out = Path(str(cfg.relabel.output)) if cfg.relabel.get("output") else run_dir / "relabelled.hdf5"
+        report["relabelled"] = str(relabel(path, out, model, spec, str(cfg.relabel.normalize)))
+    (run_dir / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="reward_model")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    report = run(cfg)
+    a = report["held_out_agreement"]
+    print(f"held-out agreement {a['agreement']:.3f} on {a['non_tie']} non-tie pairs (BT loss {a['bt_loss']:.3f})")
+    if "relabelled" in report:
+        print(f"relabelled: {report['relabelled']}")
+
+
+__all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
+           "bradley_terry_loss", "load_reward_model", "noisy_labels", "read_labels", "relabel", "sample_pairs",
+           "cli_main", "teacher_label", "train_ensemble", "write_labels"]
+
+def cli_main() -> None:
+    """``python -m robopretrain.reward_model``: one-line config errors, then Hydra."""
+    run_hydra(main, "reward_model")
+
+
+if __name__ == "__main__":
+    cli_main()
+

@@ -1,0 +1,241 @@
+"""The Decision Transformer (robopretrain.algos.dt) and its K-step sampler (robopretrain.data.sequences): the causal
+and padding masks, the masked action loss, return-to-go conditioning and its decrement while acting, windows at
+episode starts and ends, the agent's per-token encoder and warm-up, and stage 2 on states and one camera (exact
+resume, evaluation through the episode hooks, no online fine-tuning)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _stages import collect_sim, stage2_config, stage3_config
+from robopretrain.agent import Agent
+from robopretrain.algos.dt import DecisionTransformer, DTConfig, DTNetwork, dt_action_loss, dt_attention_mask
+from robopretrain.checkpoint import CheckpointError, load_agent, load_latest
+from robopretrain.data.replay import OfflineDataset
+from robopretrain.data.sequences import MASK, RETURNS_TO_GO, TIMESTEPS, SequenceSampler
+from robopretrain.data.spec import ObsSpec
+from robopretrain.envs.target import Target
+from robopretrain.evaluation import evaluate
+from robopretrain.train import run
+
+S, A, K = 5, 2, 4
+NO_DROPOUT = {"attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0}
+
+
+def net(seed: int = 0, **kw) -> DTNetwork:
+    torch.manual_seed(seed)
+    model = DTNetwork(S, A, DTConfig(context_len=K, embed_dim=16, num_layers=2, num_heads=2, **{**NO_DROPOUT, **kw}))
+    for p in model.parameters():  # larger weights than GPT's 0.02 so every input visibly moves the output
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    return model.eval()
+
+
+def inputs(B: int = 2, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, K, S, generator=g), torch.rand(B, K, A, generator=g) * 2 - 1,
+            torch.randn(B, K, generator=g), torch.arange(K).repeat(B, 1), torch.ones(B, K)]
+
+
+def test_causal_mask_later_tokens_never_change_earlier_predictions():
+    model = net()
+    s, a, r, t, m = inputs()
+    base = model(s, a, r, t, m)
+    for step in range(K - 1):
+        a2 = a.clone()
+        a2[:, step] += 1.0  # a_t comes after s_t: a_hat_t must not see it
+        s2, r2 = s.clone(), r.clone()
+        s2[:, step + 1] += 1.0
+        r2[:, step + 1] += 1.0
+        for changed in (model(s, a2, r, t, m), model(s2, a, r2, t, m)):
+            torch.testing.assert_close(changed[:, : step + 1], base[:, : step + 1], rtol=0, atol=0)
+        assert not torch.allclose(model(s, a2, r, t, m)[:, step + 1], base[:, step + 1])  # a_t informs a_hat_{t+1}
+    s3, r3 = s.clone(), r.clone()
+    s3[:, 1] += 1.0
+    r3[:, 1] += 1.0
+    assert not torch.allclose(model(s3, a, r, t, m)[:, 1], base[:, 1])  # s_t and R_t inform a_hat_t
+    assert not torch.allclose(model(s, a, r3, t, m)[:, 1], base[:, 1])
+
+
+def test_attention_mask_by_hand():
+    valid = torch.tensor([[False, True, True]])
+    expect = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 1]], dtype=torch.bool)  # a padded token sees only itself
+    assert torch.equal(dt_attention_mask(valid)[0], expect)
+
+
+def test_padding_at_the_start_is_invisible_to_real_steps():
+    model = net()
+    s, a, r, t, m = inputs()
+    m[:, :2] = 0.0
+    base = model(s, a, r, t, m)
+    s2, a2, r2 = s.clone(), a.clone(), r.clone()
+    s2[:, :2] = 7.0
+    a2[:, :2] = -0.5
+    r2[:, :2] = 3.0
+    out = model(s2, a2, r2, t, m)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, 2:], base[:, 2:], rtol=0, atol=1e-6)
+    # the same real steps without padding in front give the same predictions (what acting sees)
+    short = DTNetwork.forward(model, s[:, 2:], a[:, 2:], r[:, 2:], t[:, 2:], m[:, 2:])
+    torch.testing.assert_close(short, base[:, 2:], rtol=0, atol=1e-6)
+
+
+def test_action_loss_by_hand():
+    pred = torch.tensor([[[0.0, 1.0], [1.0, 1.0], [0.5, 0.5]]])
+    act = torch.tensor([[[0.0, 0.0], [1.0, -1.0], [0.0, 0.0]]])
+    mask = torch.tensor([[0.0, 1.0, 1.0]])  # step 0 is padding: its error 0.5 is not counted
+    # step 1: (0 + 4) / 2 = 2; step 2: (0.25 + 0.25) / 2 = 0.25; mean over the 2 real steps
+    assert float(dt_action_loss(pred, act, mask)) == pytest.approx((2.0 + 0.25) / 2)
+    with pytest.raises(ValueError):
+        dt_action_loss(pred, act, torch.zeros(1, 3))
+
+
+class Recorder(DTNetwork):
+    """The network, keeping the inputs of each call."""
+
+    calls: list
+
+    def forward(self, *args):
+        self.calls.append([x.clone() for x in args])
+        return super().forward(*args)
+
+
+def test_return_to_go_conditioning_and_decrement_while_acting():
+    cfg = DTConfig(context_len=3, embed_dim=8, num_layers=1, reward_scale=2.0, target_return=3.0, **NO_DROPOUT)
+    core = DecisionTransformer(S, A, cfg)
+    core.actor.__class__ = Recorder
+    core.actor.calls = []
+    feats = [torch.full((1, S), float(i)) for i in range(5)]
+    core.reset_episode()
+    actions = []
+    for i, f in enumerate(feats):
+        actions.append(core.act(f))
+        core.observe_reward([0.5, 0.0, 1.0, 0.0, 0.0][i])
+    calls = core.actor.calls
+    states, acts, rtg, steps, mask = calls[0]
+    assert rtg.tolist() == [[0.0, 0.0, 6.0]] and mask.tolist() == [[0, 0, 1]] and steps.tolist() == [[0, 0, 0]]
+    states, acts, rtg, steps, mask = calls[1]  # R_1 = 6 - 2 * 0.5; a_0 is in the history, a_1 a zero dummy
+    assert rtg.tolist() == [[0.0, 6.0, 5.0]] and mask.tolist() == [[0, 1, 1]] and steps.tolist() == [[0, 0, 1]]
+    torch.testing.assert_close(acts[0, 1], torch.as_tensor(actions[0][0]))
+    assert acts[0, 2].abs().sum() == 0 and states[0, :, 0].tolist() == [0.0, 0.0, 1.0]
+    states, acts, rtg, steps, mask = calls[4]  # the last K steps: R_2 = 5 - 2 * 0 = 5, R_3 = 5 - 2 * 1 = 3, R_4 = 3
+    assert rtg.tolist() == [[5.0, 3.0, 3.0]] and steps.tolist() == [[2, 3, 4]] and mask.tolist() == [[1, 1, 1]]
+    assert states[0, :, 0].tolist() == [2.0, 3.0, 4.0]
+    core.reset_episode()  # a new episode starts from the target return again, at step 0
+    core.act(feats[0])
+    assert calls[-1][2].tolist() == [[0.0, 0.0, 6.0]] and calls[-1][3].tolist() == [[0, 0, 0]]
+    with pytest.raises(RuntimeError):
+        core.act(feats[0])  # two actions without the reward between them
+
+
+def test_the_target_return_changes_the_action():
+    cfg = DTConfig(context_len=3, embed_dim=8, num_layers=1, target_return=1.0, **NO_DROPOUT)
+    core = DecisionTransformer(S, A, cfg)
+    for p in core.actor.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    f = torch.ones(1, S)
+    core.reset_episode()
+    one = core.act(f)
+    core.cfg.target_return = 0.0
+    core.reset_episode()
+    assert not np.allclose(core.act(f), one)
+
+
+def toy_dataset() -> OfflineDataset:
+    """Episode 0: steps 0-2 ending in a terminal; episode 1: steps 3-6, cut by a time-out (step 7 does not continue
+    it); episode 2: step 7 alone. Observation x = step index, next x = index + 1 within an episode."""
+    x = np.arange(8, dtype=np.float32)[:, None]
+    nxt = x + 1
+    nxt[6] = 100.0  # time-out: obs[7] != next_obs[6]
+    rewards = np.array([0, 0, 1, 0, 1, 0, 1, 5], np.float32)
+    dones = np.array([0, 0, 1, 0, 0, 0, 0, 0], np.float32)
+    actions = np.stack([x[:, 0] / 10, -x[:, 0] / 10], 1)
+    return OfflineDataset({"x": x}, actions, rewards, {"x": nxt}, dones)
+
+
+def test_windows_stay_inside_their_episode_and_pad_at_the_start():
+    sampler = SequenceSampler(toy_dataset(), 3, seed=0)
+    assert sampler.num_episodes == 3
+    b = sampler.windows(np.array([0, 2, 4, 6, 7]))
+    x = b["observations"]["x"][..., 0]
+    assert x.tolist() == [[0, 0, 0], [0, 1, 2], [0, 3, 4], [4, 5, 6], [0, 0, 7]]
+    assert b[MASK].tolist() == [[0, 0, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]]
+    assert b[TIMESTEPS].tolist() == [[0, 0, 0], [0, 1, 2], [0, 0, 1], [1, 2, 3], [0, 0, 0]]
+    # undiscounted returns-to-go inside each episode: ep 0 = (1, 1, 1), ep 1 = (2, 2, 1, 1), ep 2 = (5,)
+    assert b[RETURNS_TO_GO].tolist() == [[0, 0, 1], [1, 1, 1], [0, 2, 2], [2, 1, 1], [0, 0, 5]]
+    np.testing.assert_allclose(b["actions"][2].numpy(), [[0, 0], [0.3, -0.3], [0.4, -0.4]], rtol=1e-6)
+    s2 = SequenceSampler(toy_dataset(), 3, seed=5)
+    first = sampler.sample(4)
+    s2.load_state_dict(sampler.state_dict())
+    torch.testing.assert_close(sampler.sample(6), s2.sample(6))
+    assert first["observations"]["x"].shape == (4, 3, 1)
+
+
+def test_agent_encodes_every_step_and_warms_up_the_learning_rate():
+    spec = ObsSpec(low_dim=(("x", 1),), num_tasks=3)
+    stats = {"x": {"mean": [3.0], "std": [2.0]}}
+    agent = Agent(spec, 2, "dt", {"context_len": 3, "embed_dim": 8, "num_layers": 1, "warmup_steps": 4,
+                                  "batch_size": 5}, stats=stats)
+    assert agent.feature_dim == 1 + 3  # normalised x and the task one-hot
+    ds = toy_dataset()
+    ds._fields["observations"]["task_id"] = np.array([0, 0, 0, 1, 1, 1, 1, 2])
+    ds._fields["next_observations"]["task_id"] = ds._fields["observations"]["task_id"]
+    batch = SequenceSampler(ds, 3).windows(np.array([2, 6]))
+    seen = []
+    original = agent.core.compute_losses
+    agent.core.compute_losses = lambda b, m=True: (seen.append(b["observations"]), original(b, m))[1]
+    before = [p.detach().clone() for p in agent.core.actor.parameters()]
+    metrics = agent.update(batch)
+    feats = seen[0]
+    assert feats.shape == (2, 3, 4)
+    torch.testing.assert_close(feats[1, :, 0], (torch.tensor([4.0, 5.0, 6.0]) - 3.0) / 2.0)
+    assert feats[0, :, 1].tolist() == [1, 1, 1] and feats[1, :, 2].tolist() == [1, 1, 1]  # task 0, task 1
+    assert metrics["lr"] == pytest.approx(1e-4 * 1 / 4)
+    assert any(not torch.equal(p, q) for p, q in zip(before, agent.core.actor.parameters()))
+    agent.update(batch)
+    assert agent.core.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 2 / 4)
+    with pytest.raises(KeyError):
+        agent.update({k: v for k, v in batch.items() if k != RETURNS_TO_GO})
+
+
+@pytest.fixture(scope="module")
+def reach_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("dt")
+    return {"states": collect_sim(root / "s.hdf5", ["Reach", "PressButton"]),
+            "camera": collect_sim(root / "i.hdf5", ["Reach"], images=True, image_size=32)}
+
+
+OBS = {"states": {"low_dim": ["proprio", "object"], "rgb": []},
+       "camera": {"low_dim": ["proprio"], "rgb": ["agentview_image"]}}
+
+
+@pytest.mark.parametrize("kind", ["states", "camera"])
+def test_stage2_runs_resumes_exactly_and_evaluates(reach_data, tmp_path, kind):
+    cfg = dict(algo="dt", obs=OBS[kind])
+    straight = run(stage2_config(reach_data[kind], tmp_path / "a", steps=4, **cfg))
+    run(stage2_config(reach_data[kind], tmp_path / "b", steps=2, **cfg))
+    resumed = run(stage2_config(reach_data[kind], tmp_path / "b", steps=4, **cfg))
+    a, b = load_latest(straight.parent), load_latest(resumed.parent)
+    assert a.meta["algo"] == "dt" and a.step == b.step == 4
+    assert a.meta["encoder_mode"] == ("scratch" if kind == "camera" else "none")
+    for k, v in a.weights["core"]["actor"].items():
+        assert torch.equal(v, b.weights["core"]["actor"][k]), k
+    if kind == "camera":
+        for k, v in a.weights["critic_encoder"].items():
+            assert torch.equal(v, b.weights["critic_encoder"][k]), k
+        assert "actor_encoder" not in a.weights  # one encoder, trained by the DT loss
+    agent, _ = load_agent(resumed)
+    result = evaluate(agent, Target("Reach"), 2)
+    assert 0 < agent.core._t <= 50 and result["length"] > 0  # the history restarts every episode (Reach: 50 steps)
+
+
+def test_online_fine_tuning_of_dt_is_refused_in_one_line(reach_data, tmp_path):
+    from finetune.train import run as finetune
+
+    ckpt = run(stage2_config(reach_data["states"], tmp_path / "s2", steps=1, algo="dt", obs=OBS["states"]))
+    for algo in ("dt", "calql"):
+        with pytest.raises(CheckpointError, match="Decision Transformer"):
+            finetune(stage3_config(ckpt, tmp_path / algo, "Reach", algo=algo))

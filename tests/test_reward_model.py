@@ -1,0 +1,137 @@
+"""Reward learning from preferences (robopretrain.reward_model): the Bradley-Terry loss by hand (ties included), the
+scripted teacher's labels and noise rate, the human label format, relabelling that changes nothing but rewards, and
+a model trained on a toy dataset that agrees with held-out labels."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from robopretrain.build import compose
+from robopretrain.reward_model import (PreferenceLabel, bradley_terry_loss, load_reward_model, noisy_labels,
+                                       read_labels, relabel, run, sample_pairs, teacher_label, write_labels)
+from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
+
+
+def test_bradley_terry_loss_by_hand_with_ties():
+    ra, rb = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 1.0])
+    y = torch.tensor([1.0, 0.0, 0.5])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    by_hand = [-math.log(sig(2.0)),  # a preferred, R_a - R_b = 2
+               -math.log(1 - sig(-1.0)),  # b preferred, R_a - R_b = -1
+               -(0.5 * math.log(sig(0.0)) + 0.5 * math.log(1 - sig(0.0)))]  # a tie: log 2 at equal returns
+    assert float(bradley_terry_loss(ra, rb, y)) == pytest.approx(sum(by_hand) / 3, rel=1e-6)
+    tie = bradley_terry_loss(torch.tensor([3.0]), torch.tensor([0.0]), torch.tensor([0.5]))
+    assert float(tie) == pytest.approx(-(0.5 * math.log(sig(3.0)) + 0.5 * math.log(sig(-3.0))), rel=1e-6)
+
+
+def test_scripted_teacher_labels_ties_and_noise_rate():
+    assert teacher_label(2.0, 1.0) == 1.0 and teacher_label(1.0, 2.0) == 0.0 and teacher_label(1.0, 1.0) == 0.5
+    assert teacher_label(1.05, 1.0, tie_margin=0.1) == 0.5
+    rng = np.random.default_rng(0)
+    clean = np.tile([1.0, 0.0, 0.5, 1.0], 5000)
+    noisy = noisy_labels(clean, 0.2, rng)
+    decided = clean != 0.5
+    assert np.all(noisy[~decided] == 0.5)  # ties are never flipped
+    flipped = np.mean(noisy[decided] != clean[decided])
+    assert abs(flipped - 0.2) < 0.015  # 15000 non-tie labels: sd of the rate 0.0033
+    assert set(np.unique(noisy[decided])) <= {0.0, 1.0}
+    assert np.array_equal(noisy_labels(clean, 0.0, rng), clean)
+
+
+def test_pairs_stay_inside_demos_long_enough():
+    rng = np.random.default_rng(1)
+    pairs = sample_pairs({"demo_0": 12, "demo_1": 3, "demo_2": 5}, 5, 400, rng)
+    assert {a for a, *_ in pairs} | {b for _, _, b, _ in pairs} <= {"demo_0", "demo_2"}  # demo_1 is too short
+    lengths = {"demo_0": 12, "demo_2": 5}
+    assert all(0 <= s <= lengths[d] - 5 for a, sa, b, sb in pairs for d, s in ((a, sa), (b, sb)))
+    starts = [sa for a, sa, *_ in pairs if a == "demo_0"]
+    assert min(starts) == 0 and max(starts) == 7  # every position is drawn
+    with pytest.raises(ValueError, match="segment_length"):
+        sample_pairs({"demo_0": 3}, 5, 1, rng)
+
+
+def test_human_label_files_round_trip_and_bad_rows_are_named(tmp_path):
+    labels = [PreferenceLabel("demo_0", 0, "demo_3", 4, 5, 1.0), PreferenceLabel("demo_1", 2, "demo_0", 1, 5, 0.5)]
+    assert read_labels(write_labels(tmp_path / "l.csv", labels)) == labels
+    (tmp_path / "l.json").write_text(json.dumps([{"demo_a": "demo_0", "start_a": 0, "demo_b": "demo_3", "start_b": 4,
+                                                  "length": 5, "label": 1}]))
+    assert read_labels(tmp_path / "l.json") == labels[:1]
+    (tmp_path / "bad.csv").write_text("demo_a,start_a,demo_b,start_b,length,label\ndemo_0,0,demo_1,0,5,2\n")
+    with pytest.raises(ValueError, match="row 1"):
+        read_labels(tmp_path / "bad.csv")
+
+
+def write_toy(path: Path, episodes: int = 40, steps: int = 12, seed: int = 0) -> Path:
+    """1-D walks x_t in [0, 1] with a dense reward r = x (the true progress), 2-D actions, one task."""
+    rng = np.random.default_rng(seed)
+    with RobomimicWriter(path, make_env_args("Toy", "1", {}), action_dim=2, valid_fraction=0.0,
+                         compression=None) as w:
+        for _ in range(episodes):
+            x = np.clip(rng.uniform(0, 1) + np.cumsum(rng.normal(0, 0.15, steps + 1)), 0, 1).astype(np.float32)
+            obs, nxt = {"x": x[:-1, None]}, {"x": x[1:, None]}
+            actions = rng.uniform(-1, 1, (steps, 2)).astype(np.float32)
+            w.add_episode(task="toy", task_id=0, obs=obs, next_obs=nxt, actions=actions, rewards=x[:-1].copy(),
+                          dones=np.zeros(steps, np.uint8), ep_meta={"success": False})
+    return path
+
+
+def config(data: Path, out: Path, **overrides):
+    base = {"seed": 0, "num_threads": 1, "output_dir": str(out), "data": {"path": str(data)},
+            "obs": {"low_dim": ["x"]},
+            "teacher": {"num_pairs": 600, "segment_length": 4, "noise": 0.1},
+            "model": {"ensemble": 2, "hidden": [32, 32], "steps": 200, "batch_size": 64, "lr": 3e-3}}
+    for k, v in overrides.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return compose("reward_model", overrides=base)
+
+
+def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_rest(tmp_path):
+    data = write_toy(tmp_path / "toy.hdf5")
+    report = run(config(data, tmp_path / "run", relabel={"normalize": "standard"}), tmp_path / "run")
+    held = report["held_out_agreement"]
+    assert held["non_tie"] > 100
+    assert held["agreement"] > 0.85  # noisy labels (10% flipped) bound what can be agreed with
+    assert report["held_out_agreement_clean_teacher"]["agreement"] > 0.9
+    assert abs(report["observed_flip_rate"] - 0.1) < 0.05
+
+    out = Path(report["relabelled"])
+    with h5py.File(data) as a, h5py.File(out) as b:
+        names = []
+        a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        names_b = []
+        b.visititems(lambda n, o: names_b.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert sorted(names) == sorted(names_b)
+        rewards, progress = [], []
+        for n in names:
+            if n.endswith("/rewards"):
+                rewards.append(b[n][()])
+                assert b[n].shape == a[n].shape and b[n].dtype == a[n].dtype
+                progress.append(a[n.replace("rewards", "obs/x")][()][:, 0])
+            else:
+                assert np.array_equal(a[n][()], b[n][()]), n
+        assert dict(a["data"].attrs) == dict(b["data"].attrs)
+        flat = np.concatenate(rewards)
+        assert np.corrcoef(flat, np.concatenate(progress))[0, 1] > 0.9  # each demo's steps got their own reward
+        assert abs(flat.mean()) < 1e-4 and abs(flat.std() - 1) < 1e-3  # normalize=standard over the file
+
+    model, spec = load_reward_model(tmp_path / "run" / "reward_model.pt")  # the saved ensemble relabels the same
+    again_path = relabel(data, tmp_path / "again.hdf5", model, spec, "standard")
+    with h5py.File(out) as b, h5py.File(again_path) as c:
+        assert np.allclose(b["data/demo_3/rewards"][()], c["data/demo_3/rewards"][()], atol=1e-6)
+
+    # human labels in the documented format train the same way; a segment outside its demo is named
+    labels = read_labels(tmp_path / "run" / "labels.csv")
+    write_labels(tmp_path / "human.csv", labels[:200])
+    again = run(config(data, tmp_path / "h", labels={"path": str(tmp_path / "human.csv")},
+                       model={"steps": 5}, relabel={"enabled": False}), tmp_path / "h")
+    assert again["num_labels"] == 200 and "relabelled" not in again and "teacher" not in again
+    write_labels(tmp_path / "bad.csv", [PreferenceLabel("demo_0", 10, "demo_1", 0, 4, 1.0)])
+    with pytest.raises(ValueError, match="runs past"):
+        run(config(data, tmp_path / "b", labels={"path": str(tmp_path / "bad.csv")}), tmp_path / "b")
