@@ -32,13 +32,12 @@ so that 45% of the weights clip at 100, optimisers replaced by gradient recorder
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from robopretrain.algos.cql import bellman_loss, make_adam, metrics_to_floats, soft_update_, td_target
+from robopretrain.algos.base import OfflineAlgorithm, make_adam
+from robopretrain.algos.cql import bellman_loss, td_target
 from robopretrain.nets.actor import GaussianActor
 from robopretrain.nets.critic import EnsembleCritic
 
@@ -89,7 +88,7 @@ class AWACConfig:
     sparse_reward: bool = True
 
 
-class AWAC:
+class AWAC(OfflineAlgorithm):
     """AWAC agent: ``update(batch) -> metrics``, ``act(obs)``, ``q_values``, ``state_dict()``.
 
     ``batch`` holds ``observations``, ``actions``, ``rewards``, ``next_observations`` and ``dones``; image agents may
@@ -98,6 +97,7 @@ class AWAC:
     """
 
     name = "awac"
+    STATE_MODULES = ("actor", "critic", "target_critic")
     actor_reads_next_obs = True  # the policy samples a' at s' for the critic target (without gradient)
     next_obs_needs_grad = False  # s' enters the losses only through the target (no gradient)
 
@@ -151,49 +151,3 @@ class AWAC:
                        "log_prob": log_prob.mean()}
             metrics = {k: v.detach() for k, v in metrics.items()}
         return losses, metrics
-
-    def update_targets(self) -> None:
-        """Polyak-average the target critics (every update)."""
-        soft_update_(self.target_critic, self.critic, self.cfg.tau)
-
-    def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
-        """One gradient step on actor and critics and the target update; returns float metrics."""
-        losses, metrics = self._loss_fn(batch, with_metrics)
-        self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.optimizer.step()
-        self.update_targets()
-        self.num_updates += 1
-        return metrics_to_floats(metrics)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
-        """The policy mean, or a sample clipped to ``[-1, 1]`` when not deterministic (online exploration)."""
-        return self.actor.act(obs, deterministic)
-
-    @torch.no_grad()
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """``min_e Q_e(s, a)`` ``(B,)``."""
-        return self.critic(obs.to(self.device), actions.to(self.device)).min(dim=0).values
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": self.name,
-            "config": asdict(self.cfg),
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "num_updates": self.num_updates,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
-            raise ValueError(f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}")
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])

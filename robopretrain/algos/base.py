@@ -54,7 +54,7 @@ def require_keys(batch: Mapping[str, Any], keys: Iterable[str], who: str) -> Non
 
 
 class OfflineAlgorithm:
-    """Base of the learners: ``update / compile / act / q_values / state_dict / load_state_dict``.
+    """Base of the learners: ``update / update_targets / compile / act / q_values / state_dict / load_state_dict``.
 
     Subclasses set ``self.cfg`` (a dataclass), ``self.obs_dim``, ``self.act_dim``, ``self.device``, ``self.actor``,
     ``self.optimizer`` and ``self.num_updates = 0``, and implement :meth:`compute_losses` and :meth:`algo_name`.
@@ -71,9 +71,13 @@ class OfflineAlgorithm:
     optimizer: torch.optim.Optimizer
     num_updates: int
 
+    name: ClassVar[str] = ""  # the registry name, where one class is one algorithm
+
     def algo_name(self) -> str:
         """The registry name stored in checkpoints (``"bc"``, ``"iql"``, ``"cql"``, ``"calql"``, ...)."""
-        raise NotImplementedError
+        if not self.name:
+            raise NotImplementedError(f"{type(self).__name__} names its algorithm")
+        return self.name
 
     def compute_losses(
         self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True
@@ -90,11 +94,16 @@ class OfflineAlgorithm:
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         self.optimizer.step()
+        self.update_targets()
+        self.num_updates += 1
+        return metrics_to_floats(metrics)
+
+    def update_targets(self) -> None:
+        """After each step (before ``num_updates`` grows): Polyak-average ``target_critic`` toward ``critic`` when the
+        learner has one; learners with other targets (TD3's delayed actor and critics) override this."""
         target = getattr(self, "target_critic", None)
         if target is not None:
             soft_update_(target, self.critic, self.cfg.tau)
-        self.num_updates += 1
-        return metrics_to_floats(metrics)
 
     def compile(self, **kwargs: Any) -> None:
         """Use ``torch.compile(**kwargs)`` for the loss computation (same math)."""

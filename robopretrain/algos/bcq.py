@@ -35,14 +35,15 @@ max |difference| of the three losses 1.8e-15 (VAE 0.33, critic 15.5, actor -0.21
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from robopretrain.algos.cql import bellman_loss, make_adam, metrics_to_floats, soft_update_, td_target
+from robopretrain.algos.base import OfflineAlgorithm, make_adam, soft_update_
+from robopretrain.algos.cql import bellman_loss, td_target
 from robopretrain.nets.critic import EnsembleCritic
 from robopretrain.nets.mlp import build_mlp
 
@@ -136,10 +137,11 @@ class BCQConfig:
     sparse_reward: bool = True
 
 
-class BCQ:
+class BCQ(OfflineAlgorithm):
     """BCQ agent: ``update(batch) -> metrics``, ``act(obs)``, ``q_values``, ``state_dict()``."""
 
     name = "bcq"
+    STATE_MODULES = ("actor", "target_actor", "critic", "target_critic", "vae")
     actor_reads_next_obs = True  # the VAE and the target perturbation act at s' (without gradient)
     next_obs_needs_grad = False
 
@@ -204,15 +206,6 @@ class BCQ:
         soft_update_(self.target_critic, self.critic, self.cfg.tau)
         soft_update_(self.target_actor, self.actor, self.cfg.tau)
 
-    def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
-        losses, metrics = self._loss_fn(batch, with_metrics)
-        self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.optimizer.step()
-        self.update_targets()
-        self.num_updates += 1
-        return metrics_to_floats(metrics)
-
     @torch.no_grad()
     def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
         """Per state, the perturbed VAE sample (of ``n_act_samples``) with the largest ``Q_1``; ``(A,)`` or ``(B, A)``.
@@ -229,22 +222,3 @@ class BCQ:
         best = cand[torch.arange(x.shape[0]), q1.argmax(dim=-1)]
         out = best[0] if single else best
         return out.cpu().numpy()
-
-    @torch.no_grad()
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs.to(self.device), actions.to(self.device)).min(dim=0).values
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"algo": self.name, "config": asdict(self.cfg), "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-                "actor": self.actor.state_dict(), "target_actor": self.target_actor.state_dict(),
-                "critic": self.critic.state_dict(), "target_critic": self.target_critic.state_dict(),
-                "vae": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "num_updates": self.num_updates}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
-            raise ValueError(f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}")
-        for name in ("actor", "target_actor", "critic", "target_critic", "vae"):
-            getattr(self, name).load_state_dict(state[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])

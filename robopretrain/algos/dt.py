@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from robopretrain.algos.base import metrics_to_floats
 from robopretrain.data.sequences import MASK, RETURNS_TO_GO, TIMESTEPS

@@ -42,13 +42,12 @@ actions, the same target noise (same torch seed), an actor update, optimisers re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from robopretrain.algos.cql import bellman_loss, make_adam, metrics_to_floats, soft_update_, td_target
+from robopretrain.algos.base import OfflineAlgorithm, make_adam, soft_update_
+from robopretrain.algos.cql import bellman_loss, td_target
 from robopretrain.nets.actor import DeterministicActor
 from robopretrain.nets.critic import EnsembleCritic
 
@@ -110,7 +109,7 @@ class TD3BCConfig:
     sparse_reward: bool = True
 
 
-class TD3BC:
+class TD3BC(OfflineAlgorithm):
     """TD3+BC agent: ``update(batch) -> metrics``, ``act(obs)``, ``q_values``, ``state_dict()``.
 
     ``batch`` holds ``observations (B, S)``, ``actions (B, A)``, ``rewards (B,)``, ``next_observations (B, S)`` and
@@ -119,6 +118,7 @@ class TD3BC:
     """
 
     name = "td3_bc"
+    STATE_MODULES = ("actor", "target_actor", "critic", "target_critic")
     actor_reads_next_obs = True  # the target actor acts at s' (without gradient)
     next_obs_needs_grad = False  # s' enters the losses only through the targets (no gradient)
 
@@ -206,47 +206,3 @@ class TD3BC:
         if self.actor_step():
             soft_update_(self.target_critic, self.critic, self.cfg.tau)
             soft_update_(self.target_actor, self.actor, self.cfg.tau)
-
-    def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
-        """One gradient step (critic; actor every ``policy_freq``) and the target update; returns float metrics."""
-        losses, metrics = self._loss_fn(batch, with_metrics)
-        self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.optimizer.step()
-        self.update_targets()
-        self.num_updates += 1
-        return metrics_to_floats(metrics)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
-        """``pi(s)``; with exploration noise ``expl_noise`` when not deterministic."""
-        return self.actor.act(obs, deterministic)
-
-    @torch.no_grad()
-    def q_values(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """``min_e Q_e(s, a)`` ``(B,)``."""
-        return self.critic(obs.to(self.device), actions.to(self.device)).min(dim=0).values
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "algo": self.name,
-            "config": asdict(self.cfg),
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "actor": self.actor.state_dict(),
-            "target_actor": self.target_actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "num_updates": self.num_updates,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
-            raise ValueError(f"checkpoint is for obs_dim={state['obs_dim']}, act_dim={state['act_dim']}")
-        self.actor.load_state_dict(state["actor"])
-        self.target_actor.load_state_dict(state["target_actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])
