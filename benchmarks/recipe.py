@@ -30,6 +30,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
+from bench_utils import cpu_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "recipe.json"
 ALGOS = ("bc", "iql", "cql", "calql", "td3_bc", "awac", "rebrac", "bcq")  # every learner the benchmark can run
@@ -187,18 +190,6 @@ def main(argv: list[str] | None = None) -> None:
     for budget in args.updates:
         print(table(out["summary"], budget))
         print()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def save(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
