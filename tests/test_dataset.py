@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -96,6 +97,12 @@ def test_inspect_says_the_rewards_disagree_with_ep_meta(tmp_path, capsys):
     assert "warning: the rewards disagree with ep_meta: 1 of 1 episodes marked successful have no positive reward" \
         in out
     assert main([str(write_file(tmp_path / "fine.hdf5"))]) == 0
+    assert "disagree" not in capsys.readouterr().out
+    shifted = write_file(tmp_path / "ogbench_style.hdf5")  # rewards -1 per step, 0 at the goal: a signal
+    with h5py.File(shifted, "r+") as f:
+        for demo in f["data"].values():
+            demo["rewards"][...] = demo["rewards"][()] - 1.0
+    assert main([str(shifted)]) == 0
     assert "disagree" not in capsys.readouterr().out
 
 

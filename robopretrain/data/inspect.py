@@ -49,6 +49,13 @@ class InspectError(ValueError):
 
 
 # ----------------------------------------------------------------------------- robot HDF5
+
+def has_reward_signal(rewards: np.ndarray) -> bool:
+    """Whether an episode's rewards ``(T,)`` can tell success from failure: some reward > 0, or not all equal."""
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    return bool(r.size and (np.any(r > 0) or np.ptp(r) > 0))
+
+
 @dataclass
 class TaskStats:
     """Per-task episode statistics of a robot dataset."""
@@ -56,11 +63,14 @@ class TaskStats:
     demos: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     successes: list[bool | None] = field(default_factory=list)
-    rewarded: list[bool | None] = field(default_factory=list)  # any reward > 0 in the episode (None: no rewards)
+    # a success signal in the episode's rewards: any reward > 0, or rewards that are not one constant (OGBench's
+    # -1 per step and 0 at the goal); None: no rewards stored. The same rule as the refusal in data/dataset.py
+    rewarded: list[bool | None] = field(default_factory=list)
 
     @property
     def unrewarded_successes(self) -> int:
-        """Episodes marked successful in ``ep_meta`` whose stored rewards are never positive."""
+        """Episodes marked successful in ``ep_meta`` whose stored rewards carry no success signal (one constant,
+        never positive)."""
         return sum(1 for s, r in zip(self.successes, self.rewarded) if s and r is False)
 
     @property
@@ -159,7 +169,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         stats.lengths.append(length)
         stats.successes.append(_success(demo, path))
         rewards = demo.get("rewards")
-        stats.rewarded.append(bool(np.any(rewards[()] > 0)) if isinstance(rewards, h5py.Dataset) else None)
+        stats.rewarded.append(has_reward_signal(rewards[()]) if isinstance(rewards, h5py.Dataset) else None)
         if "obs" in demo:
             for key, ds in demo["obs"].items():
                 spec = (tuple(ds.shape[1:]), str(ds.dtype))
