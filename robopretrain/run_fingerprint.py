@@ -20,9 +20,7 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
   every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``. Reading a folder of many clips costs one
   ``stat`` per file, no decoding.
 - :func:`differences` ``(saved, now)``: what changed, as short phrases (``"lr: 0.0003 -> 0.001"``,
-  ``"data: manifest.csv content changed"``); empty when the run may resume. Config keys present in only one of the
-  two (the config schema changed with a toolkit upgrade: :func:`settings_added_or_removed`) are not differences;
-  the resume logs them.
+  ``"data: manifest.csv content changed"``); empty when the run may resume.
 - :func:`check_resume` ``(saved, now, where, fresh=...)``: raises :class:`ResumeMismatchError` with one line
   (where, what changed, how to start fresh); a checkpoint written before fingerprints existed (``saved`` is
   ``None``) resumes with a warning.
@@ -180,23 +178,12 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     for name in list(dict.fromkeys([*saved_inputs, *now_inputs])):
         out += _input_changes(name, saved_inputs.get(name), now_inputs.get(name))
     old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
-    for key in sorted(set(old_cfg) & set(new_cfg)):
-        if old_cfg[key] != new_cfg[key]:
-            out.append(f"{key}: {_short(old_cfg[key])} -> {_short(new_cfg[key])}")
+    missing = object()
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        a, b = old_cfg.get(key, missing), new_cfg.get(key, missing)
+        if a != b:
+            out.append(f"{key}: {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}")
     return out
-
-
-def settings_added_or_removed(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """Config keys present in only one of the fingerprints, as ``"key=value (added)"`` / ``"key (removed)"``.
-
-    A key appears or disappears when the toolkit's config schema changed between the run's start and the rerun (the
-    configs reject unknown keys), e.g. a new setting with its default: that is a code change, which a fingerprint
-    never covers, not a change of this run's data or settings, so :func:`check_resume` lets the run resume and
-    logs these.
-    """
-    old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
-    return ([f"{k}={_short(new_cfg[k])} (added)" for k in sorted(set(new_cfg) - set(old_cfg))]
-            + [f"{k} (removed)" for k in sorted(set(old_cfg) - set(new_cfg))])
 
 
 def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where: str | os.PathLike,
@@ -208,10 +195,6 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
         log.warning("%s: written before run fingerprints existed; cannot check that its data and settings are "
                     "this run's", where)
         return
-    schema = settings_added_or_removed(saved, now)
-    if schema:
-        log.warning("%s: settings added or removed since this run started (a newer toolkit); resuming with: %s", where,
-                    "; ".join(schema))
     diffs = differences(saved, now)
     if diffs:
         listed = "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({len(diffs) - MAX_LISTED} more)" if len(diffs) > MAX_LISTED
