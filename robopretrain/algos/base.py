@@ -73,17 +73,18 @@ class OfflineAlgorithm:
 
     name: ClassVar[str] = ""  # the registry name, where one class is one algorithm
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A learner must compute its losses and name itself (``name``, or an ``algo_name`` override as CQL's)."""
+        super().__init_subclass__(**kwargs)
+        if not callable(getattr(cls, "compute_losses", None)):
+            raise TypeError(f"{cls.__name__}: a learner defines compute_losses(batch, with_metrics) -> (losses, "
+                            "metrics)")
+        if not cls.name and cls.algo_name is OfflineAlgorithm.algo_name:
+            raise TypeError(f"{cls.__name__}: a learner sets its registry name (class attribute name)")
+
     def algo_name(self) -> str:
         """The registry name stored in checkpoints (``"bc"``, ``"iql"``, ``"cql"``, ``"calql"``, ...)."""
-        if not self.name:
-            raise NotImplementedError(f"{type(self).__name__} names its algorithm")
         return self.name
-
-    def compute_losses(
-        self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Named losses (each with gradients only for its own parameters) and scalar metrics of one batch."""
-        raise NotImplementedError
 
     def _losses(self, batch: Mapping[str, torch.Tensor], with_metrics: bool):
         return getattr(self, "_loss_fn", self.compute_losses)(batch, with_metrics)

@@ -36,6 +36,8 @@ class BCConfig:
 class BC(OfflineAlgorithm):
     """Behaviour-cloning agent; ``update`` ignores rewards and next observations."""
 
+    name = "bc"
+
     def __init__(
         self, obs_dim: int, act_dim: int, cfg: BCConfig | None = None, device: str | torch.device = "cpu"
     ) -> None:
@@ -55,6 +57,3 @@ class BC(OfflineAlgorithm):
         loss = bc_loss(log_prob)
         metrics = {"bc_loss": loss.detach()} if with_metrics else {}
         return {"actor": loss}, metrics
-
-    def algo_name(self) -> str:
-        return "bc"

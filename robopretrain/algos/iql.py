@@ -85,6 +85,8 @@ class IQLConfig:
 class IQL(OfflineAlgorithm):
     """IQL agent with the ``update / act / state_dict`` API of :class:`robopretrain.algos.cql.CQL`."""
 
+    name = "iql"
+
     def __init__(
         self, obs_dim: int, act_dim: int, cfg: IQLConfig | None = None, device: str | torch.device = "cpu"
     ) -> None:
@@ -142,7 +144,3 @@ class IQL(OfflineAlgorithm):
     STATE_MODULES = ("actor", "critic", "target_critic", "value")
     actor_reads_next_obs = False  # AWR looks at s only
     next_obs_needs_grad = False  # s' only enters the TD target V(s'), without gradient
-
-
-    def algo_name(self) -> str:
-        return "iql"

@@ -76,11 +76,6 @@ class _StochasticPolicy(nn.Module):
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
 
-    def sample(
-        self, obs: torch.Tensor, n: int | None = None, deterministic: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
     @torch.no_grad()
     def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
         """Actions for a single state ``(S,)`` or a batch ``(B, S)`` as a float32 numpy array."""
