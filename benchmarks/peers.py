@@ -32,6 +32,7 @@ and the JSON reports each implementation's achieved FLOP/s on the nominal dense 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -48,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH, OBS_DIM, ACT_DIM, N_ACTIONS = 256, 39, 4, 10
 CALQL_ACTOR, CRITIC, IQL_HIDDEN = (256, 256, 256), (256, 256), (256, 256)
 IMPLS = ("robopretrain", "corl", "d3rlpy")
-GPU_MODES = ("eager", "compile", "cudagraphs")
+GPU_MODES = ("eager", "compile", "cudagraphs", "graph")
 DEFAULT_ITERS = {"calql": 15, "iql": 150, "image": 8}
 D3RLPY_PIN = "d3rlpy==2.8.1"
 
@@ -91,14 +92,15 @@ def _batch(batch_size: int = BATCH, device: str = "cpu"):
 
 
 def _ours(algo: str, batch_size: int = BATCH, device: str = "cpu", mode: str = "eager"):
-    """robopretrain's update; ``mode``: eager, ``compile`` (torch.compile of the loss) or ``cudagraphs``
-    (torch.compile mode "reduce-overhead", which captures CUDA graphs)."""
+    """robopretrain's update; ``mode``: eager, ``compile`` (torch.compile of the loss), ``cudagraphs``
+    (torch.compile mode "reduce-overhead" of the loss, which captures CUDA graphs) or ``graph`` (the whole update
+    captured as one CUDA graph: :class:`robopretrain.algos.cuda_graph.CUDAGraphUpdate`)."""
     sys.path.insert(0, str(ROOT))
     from robopretrain.algos.cql import CQL, CQLConfig
     from robopretrain.algos.iql import IQL, IQLConfig
 
     if algo == "image":
-        agent, update = _ours_image(batch_size, device)
+        agent, batch = _ours_image(batch_size, device)
         core = agent.core
     else:
         batch = _batch(batch_size, device)
@@ -110,10 +112,14 @@ def _ours(algo: str, batch_size: int = BATCH, device: str = "cpu", mode: str = "
             cfg = IQLConfig(actor_hidden=IQL_HIDDEN, critic_hidden=CRITIC, value_hidden=IQL_HIDDEN,
                             batch_size=batch_size, expectile=0.7, beta=3.0)  # CORL's and d3rlpy's values
             core = agent = IQL(OBS_DIM, ACT_DIM, cfg, device=device)
-        update = lambda: agent.update(batch, with_metrics=False)  # noqa: E731
+    if mode == "graph":  # the whole update captured once, then replayed (robopretrain.algos.cuda_graph)
+        from robopretrain.algos.cuda_graph import CUDAGraphUpdate
+
+        graphed = CUDAGraphUpdate(agent)  # the worker's warm-up calls are its eager warm-up, then the capture
+        return lambda: graphed(batch, with_metrics=False)
     if mode != "eager":
         core.compile(**({"mode": "reduce-overhead"} if mode == "cudagraphs" else {}))
-    return update
+    return lambda: agent.update(batch, with_metrics=False)
 
 
 IMAGE_SIZE, IMAGE_BATCH = 64, 64
@@ -140,8 +146,7 @@ def _ours_image(batch_size: int = IMAGE_BATCH, device: str = "cpu"):  # -> (agen
                                                  dtype=torch.uint8).to(device)}
 
     b = {k: v for k, v in _batch(batch_size, device).items() if k not in ("observations", "next_observations")}
-    batch = {"observations": obs(), "next_observations": obs(), **b}
-    return agent, lambda: agent.update(batch, with_metrics=False)
+    return agent, {"observations": obs(), "next_observations": obs(), **b}
 
 
 class _Anything:
@@ -264,6 +269,23 @@ def _d3rlpy(algo: str):
     return update
 
 
+@contextlib.contextmanager
+def _timing_lock(path: str | None):
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (no-op for None): the GPU check's workers set up and compile
+    concurrently but time their updates one at a time."""
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_worker(args: argparse.Namespace) -> None:
     """Build one implementation, warm up, time ``args.iters`` updates; print one ``RESULT {json}`` line."""
     import torch
@@ -283,11 +305,15 @@ def run_worker(args: argparse.Namespace) -> None:
         step()
     sync()
     setup_s = time.perf_counter() - start
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(args.iters):
-        step()
-    sync()
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    with _timing_lock(args.timing_lock):  # GPU check: one process times at a time while others compile
+        for _ in range(min(args.warmup, 3) if args.timing_lock else 0):  # re-warm after waiting for the lock
+            step()
+        sync()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for _ in range(args.iters):
+            step()
+        sync()
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     result = {"updates_per_s": args.iters / wall, "cpu_ms_per_update": 1000.0 * cpu / args.iters,
               "setup_and_warmup_s": round(setup_s, 1)}
     if args.worker == "robopretrain":
@@ -388,46 +414,130 @@ def measure_peak(threads: int, device: str = "cpu") -> float:
     return round(float(out.stdout.strip().splitlines()[-1]), 1)
 
 
+def _corl_commit(path: str | None) -> str | None:
+    """The CORL checkout's commit: a ``COMMIT`` file in the folder (an exported copy, as carried to a GPU machine),
+    else ``git rev-parse HEAD`` where the folder is a repository's top level, else None."""
+    if not path:
+        return None
+    if (Path(path) / "COMMIT").is_file():
+        return (Path(path) / "COMMIT").read_text().strip() or None
+    out = subprocess.run(["git", "-C", path, "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                         text=True).stdout.split()
+    if len(out) == 2 and Path(out[0]).resolve() == Path(path).resolve():  # not a folder inside another repository
+        return out[1]
+    return None
+
+
+def _gpu_job(key: str, cmd: list[str], deadline: float, env: dict) -> tuple[str, dict | None, str | None]:
+    """Run one GPU-check worker until ``deadline`` (monotonic); -> (key, result, error)."""
+    left = deadline - time.monotonic()
+    if left < 20:
+        return key, None, "skipped: the time budget (--budget-s) ran out"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=env)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not line:
+            raise RuntimeError(f"rc {proc.returncode}: {proc.stderr[-1500:]}")
+        return key, json.loads(line[-1][7:]), None
+    except (subprocess.TimeoutExpired, RuntimeError, ValueError) as e:
+        return key, None, f"{type(e).__name__}: {e}"[:2000]
+
+
+def graph_equivalence(device: str, updates: int = 20) -> dict:
+    """The whole-update CUDA graph against eager updates on the same seed and batches, for the learners that draw
+    no random numbers in their step (IQL, BC): max abs difference of every parameter after ``updates`` updates
+    (3 of them eager warm-ups on the graphed side too). {"skipped": why} without CUDA."""
+    import torch
+
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return {"skipped": f"needs CUDA (device {device})"}
+    sys.path.insert(0, str(ROOT))
+    from robopretrain.algos.bc import BC, BCConfig
+    from robopretrain.algos.cuda_graph import CUDAGraphUpdate
+    from robopretrain.algos.iql import IQL, IQLConfig
+
+    out = {}
+    builders = {"iql": lambda: IQL(OBS_DIM, ACT_DIM, IQLConfig(batch_size=BATCH), device=device),
+                "bc": lambda: BC(OBS_DIM, ACT_DIM, BCConfig(batch_size=BATCH), device=device)}
+    for name, build in builders.items():
+        batches = [_batch(BATCH, device) for _ in range(2)]
+        for b in batches[1:]:  # two different batches, alternated, so a graph that ignores new inputs is caught
+            for k in b:
+                b[k] = b[k].flip(0).contiguous()
+        torch.manual_seed(0)
+        eager = build()
+        for i in range(updates):
+            eager.update(batches[i % 2], with_metrics=False)
+        torch.manual_seed(0)
+        graphed_learner = build()
+        graphed = CUDAGraphUpdate(graphed_learner, warmup=1)  # update 0 eager, 1 captured and replayed, ...
+        for i in range(updates):
+            graphed(batches[i % 2], with_metrics=False)
+        torch.cuda.synchronize()
+        diff = max((a - b).abs().max().item() for a, b in zip(eager.actor.parameters(),
+                                                               graphed_learner.actor.parameters()))
+        out[name] = {"updates": updates, "max_abs_param_diff_actor": diff,
+                     "num_updates": [eager.num_updates, graphed_learner.num_updates]}
+    return out
+
+
 def run_gpu_check(args: argparse.Namespace) -> None:
-    """Ours (each mode) and CORL (eager) on ``args.device`` at each batch size, one process each; one JSON."""
+    """Ours (each mode) and CORL (eager) on ``args.device`` at each batch size, one process each; one JSON.
+
+    ``args.parallel`` workers run at once (set-up and torch.compile overlap, each with at most
+    ``TORCHINDUCTOR_COMPILE_THREADS=4``), but each takes an exclusive file lock for its timed updates, so no two
+    processes time at the same moment. The order is eager and CORL first, so a budget that runs out cuts the
+    compiled modes, not the comparison."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     report = {"device": args.device, "torch": torch.__version__, "cpu": cpu_info(), "iters_per_process": args.iters,
-              "warmup_per_process": args.warmup, "corl_commit": None, "runs": {}, "errors": {}}
+              "warmup_per_process": args.warmup, "concurrent_workers": args.parallel,
+              "timing": "one process times at a time (file lock); others may be compiling meanwhile",
+              "corl_commit": _corl_commit(args.corl), "runs": {}, "errors": {}}
     if args.device.startswith("cuda") and torch.cuda.is_available():
         report["gpu"] = torch.cuda.get_device_name(0)
     report["peak_fp32_matmul_gflop_per_s"] = measure_peak(args.threads[0], args.device)
+    try:
+        report["graph_equivalence"] = graph_equivalence(args.device)
+    except Exception as e:  # reported, not fatal: the timings still run
+        report["graph_equivalence"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    print(f"graph equivalence: {report['graph_equivalence']}", flush=True)
     deadline = time.monotonic() + args.budget_s
+    lock = Path(tempfile.mkdtemp()) / "timing.lock"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TORCHINDUCTOR_COMPILE_THREADS="4")
+    jobs = []
+    for mode_group in (["eager"], [m for m in args.modes if m != "eager"]):
+        for algo in args.algos:
+            for batch in args.batches:
+                impls = [("robopretrain", m) for m in mode_group if m in args.modes]
+                if mode_group == ["eager"] and args.corl and algo != "image":
+                    impls.append(("corl", "eager"))
+                for impl, mode in impls:
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--algo", algo,
+                           "--device", args.device, "--batches", str(batch), "--mode", mode,
+                           "--iters", str(args.iters or 50), "--warmup", str(args.warmup),
+                           "--threads", str(args.threads[0]), "--timing-lock", str(lock)]
+                    if impl == "corl":
+                        cmd += ["--corl", args.corl]
+                    jobs.append((f"{algo}_b{batch}_{impl}_{mode}", cmd))
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        futures = [pool.submit(_gpu_job, key, cmd, deadline, env) for key, cmd in jobs]
+        for future in futures:
+            key, res, err = future.result()
+            if err:
+                report["errors"][key] = err
+                print(f"{key}: failed ({err[:200]})", flush=True)
+                continue
+            algo, batch = key.split("_")[0], int(key.split("_")[1][1:])
+            flops = update_flops(algo, batch)
+            res["achieved_gflop_per_s"] = round(res["updates_per_s"] * flops / 1e9, 1) if flops else None
+            report["runs"][key] = res
+            print(f"{key}: {res['updates_per_s']:.1f} updates/s (setup {res['setup_and_warmup_s']} s)", flush=True)
     for algo in args.algos:
         for batch in args.batches:
-            impls = [("robopretrain", m) for m in args.modes] + ([("corl", "eager")] if args.corl and algo != "image"
-                                                                 else [])
-            for impl, mode in impls:
-                key = f"{algo}_b{batch}_{impl}_{mode}"
-                left = deadline - time.monotonic()
-                if left < 20:
-                    report["errors"][key] = "skipped: the time budget (--budget-s) ran out"
-                    continue
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--algo", algo, "--device",
-                       args.device, "--batches", str(batch), "--mode", mode, "--iters", str(args.iters or 50),
-                       "--warmup", str(args.warmup), "--threads", str(args.threads[0])]
-                if impl == "corl":
-                    cmd += ["--corl", args.corl]
-                try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left,
-                                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
-                    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                    if not line:
-                        raise RuntimeError(f"rc {proc.returncode}: {proc.stderr[-1500:]}")
-                    res = json.loads(line[-1][7:])
-                    flops = update_flops(algo, batch)
-                    res["achieved_gflop_per_s"] = round(res["updates_per_s"] * flops / 1e9, 1) if flops else None
-                    report["runs"][key] = res
-                    print(f"{key}: {res['updates_per_s']:.1f} updates/s (setup {res['setup_and_warmup_s']} s)",
-                          flush=True)
-                except (subprocess.TimeoutExpired, RuntimeError, ValueError) as e:
-                    report["errors"][key] = f"{type(e).__name__}: {e}"[:2000]
-                    print(f"{key}: failed ({report['errors'][key][:200]})", flush=True)
             corl = report["runs"].get(f"{algo}_b{batch}_corl_eager")
             for mode in args.modes:
                 ours = report["runs"].get(f"{algo}_b{batch}_robopretrain_{mode}")
@@ -501,7 +611,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[BATCH], help="batch sizes (GPU check)")
     parser.add_argument("--mode", default="eager", choices=GPU_MODES, help=argparse.SUPPRESS)
     parser.add_argument("--modes", nargs="+", default=list(GPU_MODES), choices=GPU_MODES,
-                        help="GPU check: eager, compile (torch.compile), cudagraphs (compile mode reduce-overhead)")
+                        help="GPU check: eager, compile (torch.compile of the loss), cudagraphs (compile mode "
+                             "reduce-overhead), graph (the whole update captured: robopretrain.algos.cuda_graph)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=None,
                         help="timed updates per process (default: calql 15, iql 150, image 8: a few seconds each)")
@@ -519,6 +630,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="only the --contention rounds, added to the JSON already at --out (if any)")
     parser.add_argument("--peak", action="store_true", help="measure the fp32 matmul peak per thread count")
     parser.add_argument("--budget-s", type=float, default=300.0, help="GPU check: stop starting processes after this")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="GPU check: workers set up / compile at once (each times its updates alone)")
+    parser.add_argument("--timing-lock", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peers.json"))
     args = parser.parse_args(argv)
     if args.worker:
@@ -547,10 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.d3rlpy_python:
         d3_version = subprocess.run([args.d3rlpy_python, "-c", "import d3rlpy;print(d3rlpy.__version__)"],
                                     capture_output=True, text=True).stdout.strip()
-    corl_commit = None
-    if args.corl:
-        corl_commit = subprocess.run(["git", "-C", args.corl, "rev-parse", "HEAD"], capture_output=True,
-                                     text=True).stdout.strip() or None
+    corl_commit = _corl_commit(args.corl)
     report = {
         "what": "one update per implementation, same sizes (see benchmarks/peers.py docstring); whole processes, "
         "interleaved rounds; ratios are medians over rounds of the ratio within the round",

@@ -73,6 +73,7 @@ class OnlineSettings:
     keep_optimizer: bool = True  # continue with the offline optimiser state
     progress: bool = True
     tensorboard: bool = True
+    cuda_graph: bool = False  # each update replays one captured CUDA graph (robopretrain.algos.cuda_graph); GPU only
 
     def __post_init__(self) -> None:
         for key in ("num_envs", "utd", "eval_every", "eval_episodes", "log_every", "checkpoint_every",
@@ -169,6 +170,11 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
                                 asynchronous=settings.asynchronous)
     bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,
                desc=f"online {agent.algo} {target.name} x{settings.num_envs} envs", disable=not settings.progress)
+    agent_update = agent.update
+    if settings.cuda_graph:
+        from robopretrain.algos.cuda_graph import CUDAGraphUpdate
+
+        agent_update = CUDAGraphUpdate(agent)  # raises ValueError on a CPU agent or a learner that cannot be captured
     try:
         if not history:
             eval_row(0)
@@ -176,7 +182,7 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
             collector, lambda obs: agent.act(obs, deterministic=False), env_steps=env_steps, started=started,
             total=settings.env_steps, utd=settings.utd, eval_every=settings.eval_every, log_every=settings.log_every,
             checkpoint_every=settings.checkpoint_every, store=store,
-            update=lambda with_metrics: agent.update(sampler.sample(agent.batch_size), with_metrics=with_metrics),
+            update=lambda with_metrics: agent_update(sampler.sample(agent.batch_size), with_metrics=with_metrics),
             on_log=lambda step, m: logger.log(step, {f"train/{k}": v for k, v in m.items()}),
             on_eval=eval_row, on_checkpoint=checkpoint, progress=bar)
     finally:

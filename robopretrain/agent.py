@@ -180,6 +180,7 @@ class Agent:
         self.settings = encoder or EncoderSettings()
         self.device = torch.device(device)
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.shifts_on_device = False  # True under a CUDA-graphed update: shifts from the device's generator
         self.encoder_source: dict[str, Any] = {}
         self.mode = NO_CAMERA_MODE
         self.feature_encoder: ObsEncoder | None = None  # frozen_cached: images -> features (never trained)
@@ -298,12 +299,19 @@ class Agent:
         """One gradient step of the algorithm (and of the encoders when they train); returns float metrics."""
         if self.algo == "dt":
             return self._update_sequences(batch, with_metrics)
+        metrics = self.step_tensors(batch, with_metrics)
+        self.core.num_updates += 1
+        return metrics_to_floats(metrics)
+
+    def step_tensors(self, batch: Mapping[str, Any], with_metrics: bool) -> dict[str, torch.Tensor]:
+        """The update's device work (encoders, losses, backward, optimiser steps, target update) with metrics as
+        tensors and no host sync or counter: what :mod:`robopretrain.algos.cuda_graph` captures. Not for DT."""
         if not self.trains_encoder:
             with torch.no_grad():
                 flat = {**batch, OBS: self.critic_encoder(batch[OBS])}
                 if self.algo != "bc":  # BC ignores next states
                     flat[NEXT_OBS] = self.critic_encoder(batch[NEXT_OBS])
-            return self.core.update(flat, with_metrics=with_metrics)
+            return self.core.step_tensors(flat, with_metrics)
         flat = self._encoded_batch(batch)
         losses, metrics = getattr(self.core, "_loss_fn", self.core.compute_losses)(flat, with_metrics)
         optimizers = self.optimizers()
@@ -317,8 +325,7 @@ class Agent:
             self.core.update_targets()
         elif target is not None:
             soft_update_(target, self.core.critic, self.core.cfg.tau)
-        self.core.num_updates += 1
-        return metrics_to_floats(metrics)
+        return metrics
 
     def _update_sequences(self, batch: Mapping[str, Any], with_metrics: bool) -> dict[str, float]:
         """DT: the encoder applied to each of the B x K steps (features ``(B, K, D)``), then the core's step (which
@@ -350,7 +357,9 @@ class Agent:
             observe(reward)
 
     def _encode(self, encoder: ObsEncoder, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return encoder(obs, augment=True, generator=self.generator)
+        # a CUDA-graphed update (robopretrain.algos.cuda_graph) draws its shifts from the device's generator
+        generator = None if self.shifts_on_device else self.generator
+        return encoder(obs, augment=True, generator=generator)
 
     def _encoded_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """The batch with features in place of observations, with gradients to the encoders each loss may train.

@@ -120,6 +120,10 @@ def test_shift_frames_equals_shift_images(pad: int) -> None:
     assert torch.equal(to_float_images(out), shift_images(to_float_images(frames), offsets))
     if pad == 0:
         assert torch.equal(out, frames)
+    # a stated pad (as the encoder passes, so no value is read back from the device) at or above max |dx|: the same
+    widest = int(offsets[:, 1].abs().max())
+    for stated in (widest, widest + 3):
+        assert torch.equal(shift_frames(frames, offsets, stated), out)
 
 
 def test_shift_frames_rejects_other_shapes() -> None:

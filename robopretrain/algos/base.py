@@ -72,6 +72,7 @@ class OfflineAlgorithm:
     num_updates: int
 
     name: ClassVar[str] = ""  # the registry name, where one class is one algorithm
+    CUDA_GRAPHS: ClassVar[bool] = True  # step_tensors does device work only (robopretrain.algos.cuda_graph)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A learner must compute its losses and name itself (``name``, or an ``algo_name`` override as CQL's)."""
@@ -91,13 +92,29 @@ class OfflineAlgorithm:
 
     def update(self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True) -> dict[str, float]:
         """One gradient step on every parameter group, then the soft target update; returns float metrics."""
+        metrics = self.step_tensors(batch, with_metrics)
+        self.num_updates += 1
+        return metrics_to_floats(metrics)
+
+    def step_tensors(self, batch: Mapping[str, torch.Tensor], with_metrics: bool) -> dict[str, torch.Tensor]:
+        """The update's device work and nothing else: losses, one backward, one optimiser step, the target update;
+        returns the metrics as tensors (no host sync, no counter), so that it can be captured in a CUDA graph
+        (:mod:`robopretrain.algos.cuda_graph`)."""
         losses, metrics = self._losses(batch, with_metrics)
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         self.optimizer.step()
         self.update_targets()
-        self.num_updates += 1
-        return metrics_to_floats(metrics)
+        return metrics
+
+    def cuda_graph_period(self) -> int:
+        """How many consecutive updates differ in what Python does (1: every update runs the same kernels); a
+        CUDA-graphed update (:mod:`robopretrain.algos.cuda_graph`) captures one graph per phase."""
+        return 1
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimiser an update steps."""
+        return [self.optimizer]
 
     def update_targets(self) -> None:
         """After each step (before ``num_updates`` grows): Polyak-average ``target_critic`` toward ``critic`` when the

@@ -161,6 +161,10 @@ class TD3BC(OfflineAlgorithm):
         return EnsembleCritic(self.obs_dim, self.act_dim, cfg.critic_hidden, cfg.num_critics,
                               activation=cfg.activation, orthogonal_init=cfg.orthogonal_init)
 
+    def cuda_graph_period(self) -> int:
+        """The actor and the targets move every ``policy_freq`` updates: that many distinct steps."""
+        return int(self.cfg.policy_freq)
+
     def actor_step(self) -> bool:
         """Whether the coming update (number ``num_updates + 1``) trains the actor and moves the targets."""
         return (self.num_updates + 1) % int(self.cfg.policy_freq) == 0

@@ -56,6 +56,7 @@ class OfflineSettings:
     calibration_batch: int = 2048  # fixed data rows for the Q-vs-return calibration
     progress: bool = True
     tensorboard: bool = True
+    cuda_graph: bool = False  # each update replays one captured CUDA graph (robopretrain.algos.cuda_graph); GPU only
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> OfflineSettings:
@@ -145,6 +146,14 @@ def train_offline(
         logger.truncate_after(start)
     total, bs = int(settings.steps), int(agent.batch_size)
     last: Path | None = None
+    update = agent.update
+    if settings.cuda_graph:
+        if dinfo.enabled:
+            raise ValueError("train.cuda_graph=true does not run under torchrun (the gradient all-reduce is not "
+                             "captured); use one process, or train.cuda_graph=false")
+        from robopretrain.algos.cuda_graph import CUDAGraphUpdate
+
+        update = CUDAGraphUpdate(agent)  # raises ValueError on a CPU agent or a learner that cannot be captured
 
     def evaluate_and_log(step: int) -> dict[str, float]:
         row: dict[str, float] = {}
@@ -185,7 +194,7 @@ def train_offline(
             eval_now = step % int(settings.eval_every) == 0 or step == total
             ckpt_now = step % int(settings.checkpoint_every) == 0 or step == total
             with_metrics = log_now or eval_now or ckpt_now  # a NaN is caught before the checkpoint is written
-            metrics = agent.update(sampler.sample(bs), with_metrics=with_metrics)
+            metrics = update(sampler.sample(bs), with_metrics=with_metrics)
             if with_metrics:
                 metrics = _guard(step, metrics, dinfo)
             bar.update(1)

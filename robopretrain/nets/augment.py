@@ -20,8 +20,9 @@ import torch
 
 def random_shifts(batch: int, pad: int, generator: torch.Generator | None = None,
                   device: torch.device | str | None = None) -> torch.Tensor:
-    """Random offsets (batch, 2) as (dy, dx) in [-pad, pad], drawn with ``generator`` on its device."""
-    gen_device = generator.device if generator is not None else "cpu"
+    """Random offsets (batch, 2) as (dy, dx) in [-pad, pad], drawn with ``generator`` on its device; without a
+    generator, from ``device``'s default generator (on a GPU: graph-safe, fresh draws at each CUDA-graph replay)."""
+    gen_device = generator.device if generator is not None else (device if device is not None else "cpu")
     offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator, device=gen_device) - pad
     return offsets.to(device) if device is not None else offsets
 
@@ -39,7 +40,7 @@ def shift_images(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def shift_frames(frames: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def shift_frames(frames: torch.Tensor, offsets: torch.Tensor, pad: int | None = None) -> torch.Tensor:
     """Shift each frame of ``frames`` (B, H, W, C) by ``offsets[b] = (dy, dx)`` with replicate padding: output pixel
     (h, w) of frame b is input pixel (clamp(h + dy), clamp(w + dx)), as :func:`shift_images`. Returns a new
     contiguous (B, H, W, C) tensor of the same dtype.
@@ -47,7 +48,9 @@ def shift_frames(frames: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     One ``index_select`` of whole output rows: the frames are padded along W only (a copy of (B, H, W + 2 pad, C)),
     every run of W * C values that starts at a pixel of that buffer is a row of one overlapping strided view, and
     output row (b, h) is the run that starts at pixel (b, clamp(h + dy), dx + pad). About 3x faster than a gather
-    that computes an offset per pixel.
+    that computes an offset per pixel. ``pad``: the largest ``|dx|`` the offsets may hold (the augmentation's pad);
+    given, no value is read back from the device (as a CUDA graph needs); by default ``max |dx|`` of the offsets.
+    Any ``pad >= max |dx|`` gives the same result.
     """
     if frames.ndim != 4:
         raise ValueError(f"shift_frames: expected frames (B, H, W, C), got shape {tuple(frames.shape)}")
@@ -55,7 +58,7 @@ def shift_frames(frames: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     if b == 0 or h == 0 or w == 0 or c == 0:
         return frames.clone(memory_format=torch.contiguous_format)
     offsets = offsets.to(frames.device)
-    pad = int(offsets[:, 1].abs().max())
+    pad = int(offsets[:, 1].abs().max()) if pad is None else int(pad)
     padded = torch.cat([frames[:, :, :1].expand(b, h, pad, c), frames, frames[:, :, -1:].expand(b, h, pad, c)], 2)
     flat = padded.reshape(-1)
     runs = flat.as_strided(((flat.numel() - w * c) // c + 1, w * c), (c, 1))  # run i starts at pixel i

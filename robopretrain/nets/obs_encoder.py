@@ -129,7 +129,8 @@ class ObsEncoder(nn.Module):
         if self.spec.rgb:
             frames = torch.cat([obs[k].to(device) for k in self.spec.rgb_keys])  # every camera in one pass
             if augment and self.augment_pad > 0:  # on the stored uint8 frames, before the float conversion
-                frames = shift_frames(frames, random_shifts(frames.shape[0], self.augment_pad, generator, device))
+                frames = shift_frames(frames, random_shifts(frames.shape[0], self.augment_pad, generator, device),
+                                      self.augment_pad)
             parts.extend(self.image_features(frames).chunk(len(self.spec.rgb), dim=0))
         if self.spec.low_dim:
             low = torch.cat([obs[k].to(device, torch.float32) for k in self.spec.low_dim_keys], dim=-1)
