@@ -55,10 +55,10 @@ def _curve(env_steps: Sequence[float], values: Sequence[float], who: str) -> tup
 def performance_dip(env_steps: Sequence[float], values: Sequence[float], window: float) -> float:
     """How far success (or return) falls below its value at the switch within the first ``window`` env steps.
 
-    The unlearning the Cal-QL paper (Nakamoto et al. 2023, its motivating section) shows for CQL: the value at the switch
-    ``v_0`` is the evaluation at the first entry of ``env_steps`` (the offline policy, before any online step); the dip
-    is ``max(0, v_0 - min{v_k : 0 < env_steps[k] - env_steps[0] <= window})``, in the units of ``values`` (a success
-    rate, or a return). 0 when no evaluation falls below ``v_0`` or none lies in the window.
+    The unlearning the Cal-QL paper (Nakamoto et al. 2023, its motivating section) shows for CQL: the value at the
+    switch ``v_0`` is the evaluation at the first entry of ``env_steps`` (the offline policy, before any online
+    step); the dip is ``max(0, v_0 - min{v_k : 0 < env_steps[k] - env_steps[0] <= window})``, in the units of
+    ``values`` (a success rate, or a return). 0 when no evaluation falls below ``v_0`` or none lies in the window.
 
     ``env_steps`` (K,) strictly increasing, ``values`` (K,). Raises ValueError on mismatched shapes, non-increasing
     steps or ``window <= 0``.
@@ -76,8 +76,9 @@ def cumulative_regret(env_steps: Sequence[float], success: Sequence[float]) -> d
     """Cumulative regret ``sum_k (1 - success_k)`` over the evaluations of a fine-tuning run, and their spacing.
 
     The fine-tuning regret of the Cal-QL paper (Nakamoto et al. 2023; lower is better, an agent at success 1 from
-    the start has regret 0; its tables give the average over fine-tuning, ``mean_regret`` here). A sum over evaluations depends on how often one evaluates, so the
-    evaluations must be equally spaced and the spacing is returned with it: ``regret * spacing`` approximates
+    the start has regret 0; its tables give the average over fine-tuning, ``mean_regret`` here). A sum over
+    evaluations depends on how often one evaluates, so the evaluations must be equally spaced and the spacing is
+    returned with it: ``regret * spacing`` approximates
     ``integral (1 - success) d(env steps)`` (a left Riemann sum when the first evaluation is the one at the switch),
     and ``mean_regret = regret / evaluations`` is the average of ``1 - success`` over the run.
 

@@ -293,7 +293,7 @@ def test_each_loss_trains_only_its_own_encoder(stage1_encoder, algo):
     critic_losses = {"iql": ("value", "critic"), "por": ("value",)}.get(algo, ("critic",))
     if algo == "bcq":  # the VAE reads the actor encoder's features, like the perturbation net
         assert grads(losses["vae"], actor_params) and not grads(losses["vae"], critic_params)
-    if algo == "por":  # the guide reads the actor encoder's features; its target, the critic's features of s', is detached
+    if algo == "por":  # the guide reads the actor encoder's features; its target (critic features of s') is detached
         assert grads(losses["guide"], actor_params) and not grads(losses["guide"], critic_params)
     for name in critic_losses:
         assert grads(losses[name], critic_params) and not grads(losses[name], actor_params), name

@@ -1,7 +1,8 @@
 """Check POR against the authors' code (ryanxhr/POR, residual variant) on the same weights and batch, float64.
 
     mkdir -p /tmp/por_authors
-    for f in por.py policy.py value_functions.py util.py; do git -C <ryanxhr/POR clone> show HEAD:$f > /tmp/por_authors/$f; done
+    for f in por.py policy.py value_functions.py util.py; do
+        git -C <ryanxhr/POR clone> show HEAD:$f > /tmp/por_authors/$f; done
     python benchmarks/corl_agreement/por.py
 
 The authors' ``TwinV``, ``GaussianPolicy`` (guide; execute with our ``tanh`` appended to its mean network, the one
@@ -49,7 +50,8 @@ def _load(name: str, float64_casts: bool = False):
     in the expectile weight, ``terminals.float()`` before the discount) by the batch's dtype, in memory."""
     source = open(f"{AUTHORS}/{name}.py").read()
     if float64_casts:
-        for old, new in (("(u < 0).float()", "(u < 0).to(u.dtype)"), ("terminals.float()", "terminals.to(rewards.dtype)")):
+        for old, new in (("(u < 0).float()", "(u < 0).to(u.dtype)"),
+                         ("terminals.float()", "terminals.to(rewards.dtype)")):
             assert old in source, old
             source = source.replace(old, new)
     module = types.ModuleType(f"authors_{name}")
@@ -159,7 +161,9 @@ def main(float64_casts: bool) -> None:
     d_target = max((p - q).abs().max().item() for p, q in
                    zip([p for n in ours.target_value.nets for p in n.parameters()], theirs.v_target.parameters()))
     moved = max((p - q).abs().max().item() for p, q in zip(theirs.v_target.parameters(), v_target_before.parameters()))
-    print(f"por ({'their float32 casts as float64' if float64_casts else 'their code as is'}): losses (value, guide, execute) {[round(v, 4) for v in seen]}, diffs {' '.join(f'{d:.1e}' for d in d_losses)}; clipped weights "
+    which = "their float32 casts as float64" if float64_casts else "their code as is"
+    print(f"por ({which}): losses (value, guide, execute) {[round(v, 4) for v in seen]}, diffs "
+          f"{' '.join(f'{d:.1e}' for d in d_losses)}; clipped weights "
           f"{metrics['weight_clipped'].item():.2f}; gradient diff value {d_value:.2e}, guide {d_guide:.2e}, execute "
           f"{d_actor:.2e}; target value {d_target:.2e} (it moved by {moved:.2e})")
 

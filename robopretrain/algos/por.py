@@ -67,7 +67,8 @@ _LOG_SQRT_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
 
 def por_value_target(rewards: torch.Tensor, dones: torch.Tensor, next_v: torch.Tensor, discount: float) -> torch.Tensor:
-    """``y = r + gamma * (1 - done) * V'(s')`` ``(B,)``, detached; ``next_v`` is ``min_e V'_e(s')`` of the target twin."""
+    """``y = r + gamma * (1 - done) * V'(s')`` ``(B,)``, detached; ``next_v``: ``min_e V'_e(s')`` of the target
+    twin."""
     return (rewards + discount * (1.0 - dones) * next_v).detach()
 
 
