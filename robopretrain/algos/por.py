@@ -36,6 +36,11 @@ second input are ``phi_c(s')`` *detached* (``next_observations``; a moving targe
 a loss that reshapes ``phi_c`` to be easy to predict). Acting needs only the actor encoder: ``a = pi(phi_a(s),
 g(phi_a(s)))``, where ``g`` outputs a point in ``phi_c``'s space, the space ``pi`` saw ``s'`` in.
 
+Clean-data check (``benchmarks/results/recipe_offline_family.json``; Reach, 50 clean expert demos, privileged state,
+seed 0, 50 episodes): success 0.52 at 1000 and 0.68 at 2500 updates with these defaults, below the 0.9 criterion;
+with the authors' other policy learning rate, ``guide_lr = actor_lr = 1e-3`` (their AntMaze-umaze and MuJoCo
+setting; ``benchmarks/results/recipe_offline_family_por_lr.json``, exploratory), 0.72 and 0.94.
+
 Agreement with the authors' code (ryanxhr/POR at e692bb3; ``python benchmarks/corl_agreement/por.py``): its ``TwinV``,
 ``GaussianPolicy`` (guide; execute with our ``tanh`` appended to its mean network) and one
 ``POR.por_residual_update`` on our weights (target twin perturbed), float64, batch 64, 17-D states, 4-D actions,
