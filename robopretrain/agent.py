@@ -489,7 +489,8 @@ class Agent:
 
 
 # keys of an algorithm config that fix network shapes: a rebuilt agent keeps the checkpoint's
-NETWORK_KEYS = ("actor_hidden", "critic_hidden", "value_hidden", "num_critics", "critic_layer_norm", "activation")
+NETWORK_KEYS = ("actor_hidden", "critic_hidden", "value_hidden", "num_critics", "critic_layer_norm", "activation",
+                "guide_hidden", "num_values", "value_layer_norm")
 
 
 def _jsonable(value: Any) -> Any:

@@ -185,3 +185,6 @@ def test_stage2_on_one_camera(demos, tmp_path):
     frames = {"agentview_image": np.zeros((2, 16, 16, 3), np.uint8), "eef_pos": np.zeros((2, 3), np.float32),
               "task_id": np.array([0, 1])}
     assert agent.act(frames).shape == (2, fake.ROBOSUITE_ACT_DIM)
+    # continuing with new settings (as stage 3 passes its algo group) keeps the saved network sizes (guide too)
+    again, _ = load_agent(ckpt, algo="por", algo_cfg={"name": "por", "guide_hidden": [64], "actor_lr": 1e-3})
+    assert again.core.cfg.guide_hidden == (16,) and again.core.cfg.actor_lr == 1e-3
