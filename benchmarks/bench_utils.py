@@ -42,19 +42,30 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def seed_arrays(per_seed: Sequence[Sequence[float]], who: str = "seeds_then_episodes_ci") -> list[np.ndarray]:
+    """``per_seed`` as float arrays, one per seed. Raises ValueError when there is no seed or a seed has no episode."""
+    arrays = [np.asarray(s, dtype=float) for s in per_seed]
+    if not arrays or any(a.size == 0 for a in arrays):
+        raise ValueError(f"{who}: need at least one seed, each with at least one episode")
+    return arrays
+
+
+def seeds_then_episodes_means(arrays: Sequence[np.ndarray], resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples,) bootstrap means over seeds of per-episode outcomes: each resample draws the seeds with
+    replacement, then the episodes within each drawn seed (a two-level bootstrap; Davison & Hinkley 1997, sec. 3.8)."""
+    means = np.empty(resamples)
+    for r in range(resamples):
+        picked = rng.integers(0, len(arrays), len(arrays))
+        means[r] = np.mean([rng.choice(arrays[i], arrays[i].size).mean() for i in picked])
+    return means
+
+
 def seeds_then_episodes_ci(per_seed: Sequence[Sequence[float]], resamples: int = 2000, confidence: float = 0.95,
                            seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over seeds of per-episode outcomes: each resample draws the seeds
     with replacement, then the episodes within each drawn seed. ``per_seed``: one sequence of outcomes (0/1 success
     or any score) per seed. Raises ValueError when there is no seed or a seed has no episode."""
-    arrays = [np.asarray(s, dtype=float) for s in per_seed]
-    if not arrays or any(a.size == 0 for a in arrays):
-        raise ValueError("seeds_then_episodes_ci: need at least one seed, each with at least one episode")
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for r in range(resamples):
-        picked = rng.integers(0, len(arrays), len(arrays))
-        means[r] = np.mean([rng.choice(arrays[i], arrays[i].size).mean() for i in picked])
+    means = seeds_then_episodes_means(seed_arrays(per_seed), resamples, np.random.default_rng(seed))
     tail = 100 * (1 - confidence) / 2
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 

@@ -35,7 +35,7 @@ from bench_utils import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "recipe.json"
-ALGOS = ("bc", "iql", "cql", "calql", "td3_bc", "awac", "rebrac", "bcq")  # every learner the benchmark can run
+ALGOS = ("bc", "iql", "cql", "calql", "td3_bc", "awac", "rebrac", "bcq", "por")  # every learner the benchmark can run
 PROTOCOL_ALGOS = ("bc", "iql", "cql", "calql")  # the protocol's default set
 TASKS = ("Reach", "PushBlock", "OpenDrawer", "PressButton")
 

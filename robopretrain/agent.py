@@ -1,5 +1,5 @@
-"""The agent: an algorithm (CQL / Cal-QL, IQL, BC, TD3+BC, AWAC, ReBRAC) behind observation encoders, for any
-observation spec.
+"""The agent: an algorithm (CQL / Cal-QL, IQL, BC, TD3+BC, AWAC, ReBRAC, BCQ, POR, DT) behind observation encoders,
+for any observation spec.
 
 The algorithm's math lives in :mod:`robopretrain.algos` and works on flat feature vectors; this module turns
 observation dicts into those vectors (:class:`~robopretrain.nets.obs_encoder.ObsEncoder`) and decides which loss
@@ -33,6 +33,9 @@ features detached (DrQ). Which loss trains which encoder:
 ``awac``             critic encoder: the critic loss; actor encoder: the advantage-weighted likelihood (the policy's
                      samples at s' for the target carry no gradient);
 ``bcq``              critic encoder: the critic loss; actor encoder: the VAE loss and the perturbation (actor) loss.
+``por``              critic encoder: the value loss (expectile TD on V; no Q); actor encoder: the guide's and the
+                     execute policy's likelihoods. The guide predicts the critic encoder's features of s', which are
+                     also the execute policy's second input, both detached (:mod:`robopretrain.algos.por`).
 ``dt``               one encoder (no critic), applied to every step of a K-step window, trained by the DT action
                      loss (batches from :class:`~robopretrain.data.sequences.SequenceSampler`, observations
                      ``(B, K, ...)``); acting keeps the episode's history (:meth:`Agent.reset_episode`,
@@ -231,7 +234,7 @@ class Agent:
 
     @property
     def has_q(self) -> bool:
-        """Whether the algorithm has a Q-function (every one but BC)."""
+        """Whether the algorithm has a Q-function (every one but BC, DT and POR)."""
         return hasattr(self.core, "critic")
 
     @property
@@ -254,7 +257,7 @@ class Agent:
         mods: list[nn.Module] = [*self.encoders()]
         if self.feature_encoder is not None:
             mods.append(self.feature_encoder)
-        for name in ("actor", "target_actor", "critic", "target_critic", "value", "vae"):
+        for name in ("actor", "target_actor", "critic", "target_critic", "value", "target_value", "guide", "vae"):
             if hasattr(self.core, name):
                 mods.append(getattr(self.core, name))
         return mods
@@ -495,7 +498,8 @@ class Agent:
 
 
 # keys of an algorithm config that fix network shapes: a rebuilt agent keeps the checkpoint's
-NETWORK_KEYS = ("actor_hidden", "critic_hidden", "value_hidden", "num_critics", "critic_layer_norm", "activation")
+NETWORK_KEYS = ("actor_hidden", "critic_hidden", "value_hidden", "num_critics", "critic_layer_norm", "activation",
+                "guide_hidden", "num_values", "value_layer_norm")
 
 
 def _jsonable(value: Any) -> Any:

@@ -323,7 +323,7 @@ def agent_from_checkpoint(ckpt: Checkpoint, *, device: str | Any = "cpu", with_o
     from robopretrain.agent import Agent
 
     saved = ckpt.meta.get("algo")
-    families = ({"cql", "calql"}, {"iql"}, {"bc"}, {"td3_bc"}, {"awac"}, {"rebrac"}, {"bcq"}, {"dt"})
+    families = ({"cql", "calql"}, {"iql"}, {"bc"}, {"td3_bc"}, {"awac"}, {"rebrac"}, {"bcq"}, {"por"}, {"dt"})
     if algo is not None and saved is not None and not any(algo in f and saved in f for f in families):
         raise CheckpointError(f"{ckpt.path}: a {saved} checkpoint cannot continue as {algo} (different networks); "
                               f"use algo={saved}" + (" (CQL and Cal-QL share networks)" if saved in ("cql", "calql")

@@ -18,6 +18,8 @@ def tiny_algo(algo: str, width: int = 16) -> dict[str, Any]:
     if algo == "dt":  # one block of width units over 4-step windows, warm-up over 2 updates
         return {"batch_size": 8, "embed_dim": width, "num_layers": 1, "context_len": 4, "warmup_steps": 2}
     out: dict[str, Any] = {"batch_size": 8, "actor_hidden": [width]}
+    if algo == "por":  # no critic: twin value, guide over next states, execute policy
+        return {**out, "value_hidden": [width], "guide_hidden": [width]}
     if algo != "bc":
         out["critic_hidden"] = [width]
     if algo in ("cql", "calql"):

@@ -29,7 +29,8 @@ ALGO = {"cql": {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "ba
         "td3_bc": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8},
         "awac": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8},
         "rebrac": {"actor_hidden": [16], "critic_hidden": [16], "batch_size": 8},
-        "bcq": {"actor_hidden": [16], "critic_hidden": [16], "vae_hidden": [16], "batch_size": 8}}
+        "bcq": {"actor_hidden": [16], "critic_hidden": [16], "vae_hidden": [16], "batch_size": 8},
+        "por": {"actor_hidden": [16], "value_hidden": [16], "guide_hidden": [16], "batch_size": 8}}
 
 
 # --------------------------------------------------------------------------- spec and encoder
@@ -234,7 +235,7 @@ def test_cached_features_give_the_q_values_and_actions_of_the_frozen_encoder(sta
 
 
 @pytest.mark.parametrize("spec_name", list(SPECS))
-@pytest.mark.parametrize("algo", ["cql", "calql", "iql", "bc", "td3_bc", "awac", "rebrac", "bcq"])
+@pytest.mark.parametrize("algo", ["cql", "calql", "iql", "bc", "td3_bc", "awac", "rebrac", "bcq", "por"])
 def test_every_algorithm_trains_on_every_observation_spec(stage1_encoder, spec_name, algo):
     spec = SPECS[spec_name]
     agent = make_agent(spec, algo)
@@ -244,7 +245,7 @@ def test_every_algorithm_trains_on_every_observation_spec(stage1_encoder, spec_n
     batch = raw_batch(spec)
     for _ in range(3):
         metrics = agent.update(batch)
-    loss_key = {"iql": "q_loss", "bc": "bc_loss"}.get(algo, "critic_loss")
+    loss_key = {"iql": "q_loss", "bc": "bc_loss", "por": "value_loss"}.get(algo, "critic_loss")
     assert math.isfinite(metrics[loss_key]) and agent.core.num_updates == 3
     assert changed(agent.core.actor, actor_before)
     if spec.rgb:
@@ -255,8 +256,8 @@ def test_every_algorithm_trains_on_every_observation_spec(stage1_encoder, spec_n
     assert agent.feature_dim == 8 * len(spec.rgb) + spec.low_dim_size + spec.num_tasks
     single = {k: v[0].numpy() for k, v in batch["observations"].items()}
     assert agent.act(single).shape == (4,) and agent.act(batch["observations"]).shape == (8, 4)
-    if algo == "bc":
-        assert agent.actor_encoder is agent.critic_encoder and not agent.has_q
+    if algo in ("bc", "por"):
+        assert (agent.actor_encoder is agent.critic_encoder) == (algo == "bc" or not spec.rgb) and not agent.has_q
         with pytest.raises(ValueError, match="has no Q-function"):
             agent.q_values(batch["observations"], batch["actions"])
 
@@ -280,7 +281,7 @@ def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Te
             if g is not None and torch.count_nonzero(g) > 0]
 
 
-@pytest.mark.parametrize("algo", ["cql", "iql", "td3_bc", "awac", "rebrac", "bcq"])
+@pytest.mark.parametrize("algo", ["cql", "iql", "td3_bc", "awac", "rebrac", "bcq", "por"])
 def test_each_loss_trains_only_its_own_encoder(stage1_encoder, algo):
     """Separate encoders: the critic-side losses reach only the critic encoder, the policy loss only the actor's."""
     path, _ = stage1_encoder
@@ -289,9 +290,11 @@ def test_each_loss_trains_only_its_own_encoder(stage1_encoder, algo):
     losses, _ = agent.core.compute_losses(agent._encoded_batch(raw_batch(agent.spec)), with_metrics=False)
     critic_params = list(agent.critic_encoder.parameters())
     actor_params = list(agent.actor_encoder.parameters())
-    critic_losses = ("value", "critic") if algo == "iql" else ("critic",)
+    critic_losses = {"iql": ("value", "critic"), "por": ("value",)}.get(algo, ("critic",))
     if algo == "bcq":  # the VAE reads the actor encoder's features, like the perturbation net
         assert grads(losses["vae"], actor_params) and not grads(losses["vae"], critic_params)
+    if algo == "por":  # the guide reads the actor encoder's features; its target (critic features of s') is detached
+        assert grads(losses["guide"], actor_params) and not grads(losses["guide"], critic_params)
     for name in critic_losses:
         assert grads(losses[name], critic_params) and not grads(losses[name], actor_params), name
     assert grads(losses["actor"], actor_params) and not grads(losses["actor"], critic_params)

@@ -1,5 +1,6 @@
 """Offline/online RL agents: CQL and Cal-QL (:mod:`.cql`), IQL (:mod:`.iql`), BC (:mod:`.bc`), TD3+BC (:mod:`.td3_bc`),
-AWAC (:mod:`.awac`), ReBRAC (:mod:`.rebrac`), BCQ (:mod:`.bcq`), the Decision Transformer (:mod:`.dt`).
+AWAC (:mod:`.awac`), ReBRAC (:mod:`.rebrac`), BCQ (:mod:`.bcq`), POR (:mod:`.por`), the Decision Transformer
+(:mod:`.dt`).
 
 ``make_agent(name, obs_dim, act_dim, cfg)`` builds one by name. ``cfg`` is ``None``, the agent's config
 dataclass, or a mapping of overrides (a plain dict or an OmegaConf ``DictConfig``); unknown keys raise.
@@ -22,10 +23,11 @@ from robopretrain.algos.bcq import BCQ, BCQConfig
 from robopretrain.algos.cql import CQL, CQLConfig
 from robopretrain.algos.dt import DecisionTransformer, DTConfig
 from robopretrain.algos.iql import IQL, IQLConfig
+from robopretrain.algos.por import POR, PORConfig
 from robopretrain.algos.rebrac import ReBRAC, ReBRACConfig
 from robopretrain.algos.td3_bc import TD3BC, TD3BCConfig
 
-Agent = Union[CQL, IQL, BC, TD3BC, AWAC, ReBRAC, BCQ, DecisionTransformer]
+Agent = Union[CQL, IQL, BC, TD3BC, AWAC, ReBRAC, BCQ, POR, DecisionTransformer]
 
 _REGISTRY: dict[str, tuple[type, type, dict[str, Any]]] = {
     "cql": (CQL, CQLConfig, {"use_calql": False}),
@@ -36,6 +38,7 @@ _REGISTRY: dict[str, tuple[type, type, dict[str, Any]]] = {
     "awac": (AWAC, AWACConfig, {}),
     "rebrac": (ReBRAC, ReBRACConfig, {}),
     "bcq": (BCQ, BCQConfig, {}),
+    "por": (POR, PORConfig, {}),
     "dt": (DecisionTransformer, DTConfig, {}),
 }
 
@@ -88,6 +91,8 @@ __all__ = [
     "DecisionTransformer",
     "IQL",
     "IQLConfig",
+    "POR",
+    "PORConfig",
     "ReBRAC",
     "ReBRACConfig",
     "TD3BC",
