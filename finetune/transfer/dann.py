@@ -138,7 +138,9 @@ class DomainAdversary:
         if self.num_frames < 1:
             raise ValueError("transfer.dann: no target frames (gap.target_frames must be >= 1)")
         self.feature_dim = int(agent.critic_encoder.image_encoder.out_dim)
-        self.classifier = DomainClassifier(self.feature_dim, settings.hidden).to(agent.device)
+        with torch.random.fork_rng(devices=[]):  # its own initialisation: the agent's random draws stay as they were
+            torch.manual_seed(int(seed))
+            self.classifier = DomainClassifier(self.feature_dim, settings.hidden).to(agent.device)
         self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=float(settings.lr))
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
 

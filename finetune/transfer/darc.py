@@ -135,7 +135,9 @@ class RewardCorrection:
         self.target_actions = torch.as_tensor(np.asarray(target[ACTIONS]), dtype=torch.float32, device=self.device)
         if len(self.target_actions) < 1:
             raise ValueError("transfer.darc: no target transitions (gap.target_transitions must be >= 1)")
-        self.classifier = DarcClassifier(self.target_obs.shape[1], agent.act_dim, settings.hidden).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # its own initialisation: the agent's random draws stay as they were
+            torch.manual_seed(int(seed))
+            self.classifier = DarcClassifier(self.target_obs.shape[1], agent.act_dim, settings.hidden).to(self.device)
         self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=float(settings.lr))
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
         self.updates = 0

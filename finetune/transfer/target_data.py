@@ -4,12 +4,14 @@ cached in the run folder, so a resumed run uses the same data."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from robopretrain.collector import VectorCollector
 from robopretrain.data.keys import ACTIONS, NEXT_OBS, OBS, REWARDS
@@ -29,8 +31,10 @@ def collect_transitions(agent: Any, target: Target, randomization: Any, count: i
         raise ValueError(f"target data: count={count}; expected >= 1 (the gap's target_frames / target_transitions)")
     collector = VectorCollector(env_factory(target, agent.spec.rgb_keys, agent.spec.image_size, randomization), 1,
                                 convert=agent.prepare, seed=int(seed) + TARGET_SEED_OFFSET, asynchronous=False)
-    episodes, total = [], 0
-    try:
+    episodes, total, stack = [], 0, contextlib.ExitStack()
+    try:  # the policy's samples from a forked torch RNG: the run's own random draws stay as without target data
+        stack.enter_context(torch.random.fork_rng(devices=[]))
+        torch.manual_seed(int(seed) + TARGET_SEED_OFFSET)
         collector.start(0)
         while total < count:
             for ep in collector.step(lambda obs: agent.act(obs, deterministic=False), budget=1).episodes:
@@ -38,6 +42,7 @@ def collect_transitions(agent: Any, target: Target, randomization: Any, count: i
                 total += ep.length
     finally:
         collector.close()
+        stack.close()
     cut = lambda tree: {k: np.asarray(v)[:count] for k, v in tree.items()}  # noqa: E731
     return {OBS: cut(tree_stack_cat([e.observations for e in episodes])),
             NEXT_OBS: cut(tree_stack_cat([e.next_observations for e in episodes])),
