@@ -280,3 +280,17 @@ def test_evaluate_runs_the_gap_source_and_target_as_conditions():
     assert conds["gap/target"] == FRICTION_LOW["target"]
     assert [c.key for c in build_conditions(compose("evaluate", {}, {"checkpoint": "x", "select": ["nominal"]}))] \
         == ["nominal/none"]
+
+
+def test_stage2_trains_the_encoder_against_a_domain_classifier(tmp_path):
+    data = collect_sim(tmp_path / "reach.hdf5", ["Reach"], episodes=1, images=True, image_size=16)
+    gap = {**OmegaConf.to_container(OmegaConf.load(CONFIGS / "gap" / "visual_textures.yaml")), "target_frames": 8}
+    cfg = stage2_config(data, tmp_path / "s2", algo="cql", steps=2, obs={"low_dim": ["proprio"],
+                                                                          "rgb": ["agentview_image"]},
+                        train={"log_every": 1}, gap=gap, transfer={"dann": {"enabled": True}})
+    ckpt = stage2(cfg)
+    rows = [r for r in read_jsonl(tmp_path / "s2" / "metrics.jsonl") if "train/dann/accuracy" in r]
+    assert len(rows) == 2 and all(0.0 <= r["train/dann/accuracy"] <= 1.0 for r in rows)
+    with np.load(tmp_path / "s2" / "transfer" / "dann_target.npz") as z:
+        assert z["observations/agentview_image"].shape == (8, 16, 16, 3)
+    assert "dann" in load_latest(Path(ckpt).parent).state["transfer"]
