@@ -23,6 +23,8 @@ learning alternate, so a run is reproducible on CPU for any number of envs.
   sample and on the newest online data (the calibration gap), the cumulative regret ``mean(1 - success)`` over the
   training episodes so far;
 * update metrics are requested on logging and checkpoint rounds and checked for NaN / inf before anything is written;
+* transfer options (:mod:`finetune.transfer`, all off by default): EPOpt's worst-episode selection before the
+  buffer, DARC's reward correction of each sampled batch, DANN's adversary as the agent's auxiliary loss;
 * checkpoints (:func:`robopretrain.checkpoint.save_agent`, with the replay buffer, sampler, RNGs, counters and
   history) are written once ``checkpoint_every`` env steps have passed and every env has finished its episode; all
   envs then restart with the next episode seeds, as a resumed run does, so a killed run resumes to exactly the

@@ -324,5 +324,5 @@ def collect_and_update(
     return env_steps, started
 
 
-__all__ = ["CollectStep", "Episode", "VectorCollector", "collect_and_update", "crossed", "episode_seed", "reset_physics",
-           "make_vector_env", "tree_rows", "tree_stack"]
+__all__ = ["CollectStep", "Episode", "VectorCollector", "collect_and_update", "crossed", "episode_seed",
+           "make_vector_env", "reset_physics", "tree_rows", "tree_stack"]

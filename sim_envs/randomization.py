@@ -117,7 +117,8 @@ class RandomizationConfig:
             out[name] = level
         for name, intervals in (self.ranges or {}).items():
             if name not in PHYSICS_FACTORS:
-                raise ValueError(f"randomization ranges: {name!r} is not a physics factor; expected some of {PHYSICS_FACTORS}")
+                raise ValueError(f"randomization ranges: {name!r} is not a physics factor; expected some of "
+                                 f"{PHYSICS_FACTORS}")
             if out[name] == "none":
                 raise ValueError(f"randomization ranges: {name!r} is given a range but is not randomized; add it to "
                                  "factors or factor_levels")
@@ -210,7 +211,8 @@ class DomainRandomizer:
         if lv["damping"] != "none":
             p["damping"] = sample_interval_union(rng, self.config.factor_range("damping", lv["damping"]))
         if lv["gripper_force"] != "none":
-            p["gripper_force"] = sample_interval_union(rng, self.config.factor_range("gripper_force", lv["gripper_force"]))
+            p["gripper_force"] = sample_interval_union(rng, self.config.factor_range("gripper_force",
+                                                                                     lv["gripper_force"]))
         if lv["lighting"] != "none":
             p["lighting"] = self._sample_lighting(rng, lv["lighting"])
         if lv["colors"] != "none":

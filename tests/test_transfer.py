@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from _compare import Killed, assert_same, die_after_first_checkpoint
 from _stages import collect_sim, stage2_config, stage3_config
 from finetune.train import run as finetune
 from finetune.transfer.dann import DANNSettings, DomainAdversary, DomainClassifier, domain_adversarial_loss
@@ -220,10 +221,14 @@ def stage2(cfg):
     return run(cfg)
 
 
-def run_stage3(stage2_state, out: Path, dr: str = "train", **top) -> list[dict]:
+def stage3_cfg(stage2_state, out: Path, dr: str = "train", checkpoint_every: int = 40, **top):
     data, ckpt = stage2_state
-    finetune(stage3_config(ckpt, out, REACH, env_steps=40, data_cfg={"path": str(data)}, dr=dr,
-                           online={"log_every": 10, "checkpoint_every": 40}, **top))
+    return stage3_config(ckpt, out, REACH, env_steps=40, data_cfg={"path": str(data)}, dr=dr,
+                         online={"log_every": 10, "checkpoint_every": checkpoint_every}, **top)
+
+
+def run_stage3(stage2_state, out: Path, dr: str = "train", **top) -> list[dict]:
+    finetune(stage3_cfg(stage2_state, out, dr, **top))
     return [r for r in read_jsonl(out / "metrics.jsonl") if "train/critic_loss" in r]
 
 
@@ -294,3 +299,23 @@ def test_stage2_trains_the_encoder_against_a_domain_classifier(tmp_path):
     with np.load(tmp_path / "s2" / "transfer" / "dann_target.npz") as z:
         assert z["observations/agentview_image"].shape == (8, 16, 16, 3)
     assert "dann" in load_latest(Path(ckpt).parent).state["transfer"]
+
+
+def test_a_killed_run_with_epopt_and_darc_resumes_to_the_same_weights(stage2_state, tmp_path, monkeypatch):
+    top = {"gap": {**FRICTION_LOW, "source": {"level": "train", "factors": ["friction", "mass"]},
+                   "target_transitions": 20},
+           "transfer": {"darc": {"enabled": True},
+                        "epopt": {"enabled": True, "epsilon": 0.5, "batch_episodes": 3, "warmup_batches": 1}}}
+    clean = finetune(stage3_cfg(stage2_state, tmp_path / "clean", checkpoint_every=20, **top))
+    real_update = die_after_first_checkpoint(monkeypatch, Agent, tmp_path / "killed" / "checkpoints", updates=3)
+    with pytest.raises(Killed):
+        finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, **top))
+    monkeypatch.setattr(Agent, "update", real_update)
+    resumed = finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, **top))
+    a, b = load_latest(tmp_path / "killed" / "checkpoints"), load_latest(tmp_path / "clean" / "checkpoints")
+    assert a.step == b.step == 40
+    assert_same(a.weights, b.weights)
+    assert_same(a.state["transfer"], b.state["transfer"], "transfer")
+    assert resumed["history"] == clean["history"]
+    logs = [(tmp_path / run / "epopt_episodes.jsonl").read_text() for run in ("killed", "clean")]
+    assert logs[0] == logs[1] and "false" in logs[1]  # the same decisions, each episode once, one dropped

@@ -44,7 +44,7 @@ from robopretrain.data.keys import ACTIONS, NEXT_OBS, OBS, REWARDS
 
 @dataclass
 class DARCSettings:
-    """``transfer.darc`` of ``configs/finetune.yaml`` (defaults: the authors' ``classifiers.py`` / ``darc_agent.py``)."""
+    """``transfer.darc`` of ``configs/finetune.yaml`` (defaults: the authors' ``classifiers.py``, ``darc_agent.py``)."""
 
     enabled: bool = False
     hidden: int = 32  # hidden units of each classifier (one ReLU layer)
@@ -54,7 +54,8 @@ class DARCSettings:
     warmup_updates: int = 0  # delta_r_warmup: updates before the correction is applied (classifiers train from 0)
 
     def __post_init__(self) -> None:
-        if int(self.hidden) < 1 or not float(self.lr) > 0 or float(self.input_noise) < 0 or int(self.warmup_updates) < 0:
+        if (int(self.hidden) < 1 or not float(self.lr) > 0 or float(self.input_noise) < 0
+                or int(self.warmup_updates) < 0):
             raise ValueError(f"finetune config: transfer.darc={self}; expected hidden >= 1, lr > 0, input_noise >= 0, "
                              "warmup_updates >= 0")
 
@@ -172,7 +173,8 @@ class RewardCorrection:
             out[REWARDS] = batch[REWARDS] + (self.reward_scale * float(self.settings.scale) * dr).to(batch[REWARDS])
         if not with_metrics:
             return out, {}
-        metrics.update({"darc/delta_r_mean": dr.mean(), "darc/delta_r_std": dr.std(correction=0), "darc/applied": float(on)})
+        metrics.update({"darc/delta_r_mean": dr.mean(), "darc/delta_r_std": dr.std(correction=0),
+                        "darc/applied": float(on)})
         return out, {k: float(v) for k, v in metrics.items()}
 
     def state_dict(self) -> dict[str, Any]:
