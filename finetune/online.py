@@ -23,6 +23,8 @@ learning alternate, so a run is reproducible on CPU for any number of envs.
   sample and on the newest online data (the calibration gap), the cumulative regret ``mean(1 - success)`` over the
   training episodes so far;
 * update metrics are requested on logging and checkpoint rounds and checked for NaN / inf before anything is written;
+* transfer options (:mod:`finetune.transfer`, all off by default): EPOpt's worst-episode selection before the
+  buffer, DARC's reward correction of each sampled batch, DANN's adversary as the agent's auxiliary loss;
 * checkpoints (:func:`robopretrain.checkpoint.save_agent`, with the replay buffer, sampler, RNGs, counters and
   history) are written once ``checkpoint_every`` env steps have passed and every env has finished its episode; all
   envs then restart with the next episode seeds, as a resumed run does, so a killed run resumes to exactly the
@@ -101,13 +103,21 @@ def online_buffer(agent: Any, reward: RewardSettings, capacity: int, seed: int) 
 def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: OnlineSettings, run_dir: Path, *,
                reward: RewardSettings, seed: int, randomization: Any = "none", eval_randomization: Any = None,
                config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True,
-               fingerprint: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+               fingerprint: Mapping[str, Any] | None = None, transfer: Any = None) -> list[dict[str, Any]]:
     """Online fine-tuning of ``agent`` on ``target`` (module docstring); returns the evaluation history.
 
     Writes ``<run_dir>/checkpoints/``, ``metrics.jsonl`` and ``tb/``; a rerun resumes from the newest checkpoint.
     ``config`` is saved as each checkpoint's ``config.yaml``; ``meta`` is added to its ``meta.json``; ``fingerprint``
     (:mod:`robopretrain.run_fingerprint`) is stored there too and a checkpoint with another one is not resumed.
+    ``transfer``: a :class:`finetune.transfer.options.TransferParts` (None or empty: none applies): EPOpt decides
+    which finished episodes enter the buffer (per batch, a batch also ends at every checkpoint) and writes one row per
+    episode (return, success, physics parameters, kept) to ``<run_dir>/epopt_episodes.jsonl``; DARC corrects each
+    sampled batch's rewards; the DANN adversary is already the agent's auxiliary loss; their states are checkpointed.
     """
+    from finetune.transfer.epopt import EPOptFilter
+    from finetune.transfer.options import TransferParts
+
+    transfer = transfer if transfer is not None else TransferParts()
     eval_rand = randomization if eval_randomization is None else eval_randomization
     buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)
     sampler = MixedSampler(offline, buffer, settings.offline_ratio)
@@ -115,6 +125,7 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
     ckpt_meta = {"stage": "online", "task": target.name, "target": target.to_dict(), "randomization": randomization,
                  "fingerprint": dict(fingerprint) if fingerprint is not None else None, **dict(meta or {})}
     env_steps, started, successes, history = 0, 0, [], []
+    epopt_done = 0
     latest = load_latest(ckpt_root) if resume else None
     if latest is not None and latest.state is not None and "online" in latest.state:
         check_agent_fits(latest.meta, agent, where=str(latest.path))
@@ -128,6 +139,9 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         counters = latest.state["online"]
         env_steps, started = int(counters["env_steps"]), int(counters["started"])
         successes, history = json.loads(counters["successes"]), json.loads(counters["history"])
+        for name, part in transfer.modules.items():
+            part.load_state_dict(latest.state["transfer"][name])
+        epopt_done = int(latest.state.get("transfer", {}).get("epopt_batches", 0))
         log.info("online %s: resumed from %s at env step %d", target.name, latest.path, env_steps)
     calib_offline = offline.get(calibration_rows(len(offline), settings.calibration_batch))
     logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard,
@@ -151,30 +165,66 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         logger.log(step, row)
         bar.set_postfix(success=f"{row['eval/success']:.2f}", episodes=len(successes), refresh=False)
 
+    episode_log = run_dir / "epopt_episodes.jsonl"
+    epopt = EPOptFilter(transfer.epopt, epopt_done) if transfer.epopt is not None else None
+    if epopt is not None and episode_log.is_file():  # a resumed run: the rows of episodes begun after the checkpoint go
+        rows = [json.loads(line) for line in episode_log.read_text().splitlines() if line.strip()]
+        episode_log.write_text("".join(json.dumps(r) + "\n" for r in rows if r["episode"] < started))
+
+    def add_to_buffer(ep: Episode) -> None:
+        buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, reward.scale, reward.bias),
+                           ep.next_observations, ep.terminals)
+
+    def decided(rows: list[tuple[Episode, bool]]) -> None:
+        """EPOpt's decision on a batch: the kept episodes enter the buffer; every one is logged."""
+        assert epopt is not None
+        with episode_log.open("a") as f:
+            for ep, kept in rows:
+                if kept:
+                    add_to_buffer(ep)
+                f.write(json.dumps({"episode": ep.index, "batch": epopt.batches_done - 1, "return": ep.env_return,
+                                    "success": bool(ep.success), "length": ep.length, "kept": kept,
+                                    "physics": ep.physics}) + "\n")
+
     def checkpoint(step: int, begun: int) -> None:
+        if epopt is not None:
+            decided(epopt.flush())  # nothing pending in a saved state
         sampler_state = sampler.state_dict()
         sampler_state["online"]["pending"] = None  # episodes are stored whole; nothing is half-written
         state = {"rng": rng_states(agent), "sampler": sampler_state,
                  "online": {"env_steps": step, "started": begun, "successes": json.dumps(successes),
                             "history": json.dumps(history)}}
+        if epopt is not None or transfer.modules:
+            state["transfer"] = {"epopt_batches": epopt.batches_done if epopt is not None else 0,
+                                 **{name: part.state_dict() for name, part in transfer.modules.items()}}
         save_agent(ckpt_root, step, config if config is not None else {}, agent, ckpt_meta, state,
                    keep=settings.keep_checkpoints)
 
     def store(ep: Episode) -> None:
-        buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, reward.scale, reward.bias),
-                           ep.next_observations, ep.terminals)
+        if epopt is None:
+            add_to_buffer(ep)
+        else:
+            decided(epopt.add(ep, ep.env_return))
         successes.append(float(ep.success))
+
+    agent_update = agent.update
+    if settings.cuda_graph:
+        from robopretrain.algos.cuda_graph import CUDAGraphUpdate
+
+        agent_update = CUDAGraphUpdate(agent)  # raises ValueError on a CPU agent or a learner that cannot be captured
+
+    def update(with_metrics: bool) -> Mapping[str, Any]:
+        batch = sampler.sample(agent.batch_size)
+        if transfer.correction is None:
+            return agent_update(batch, with_metrics=with_metrics)
+        batch, extra = transfer.correction(batch, with_metrics)
+        return {**agent_update(batch, with_metrics=with_metrics), **extra}
 
     collector = VectorCollector(env_factory(target, agent.spec.rgb_keys, agent.spec.image_size, randomization),
                                 settings.num_envs, convert=agent.prepare, seed=seed,
                                 asynchronous=settings.asynchronous)
     bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,
                desc=f"online {agent.algo} {target.name} x{settings.num_envs} envs", disable=not settings.progress)
-    agent_update = agent.update
-    if settings.cuda_graph:
-        from robopretrain.algos.cuda_graph import CUDAGraphUpdate
-
-        agent_update = CUDAGraphUpdate(agent)  # raises ValueError on a CPU agent or a learner that cannot be captured
     try:
         if not history:
             eval_row(0)
@@ -182,7 +232,7 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
             collector, lambda obs: agent.act(obs, deterministic=False), env_steps=env_steps, started=started,
             total=settings.env_steps, utd=settings.utd, eval_every=settings.eval_every, log_every=settings.log_every,
             checkpoint_every=settings.checkpoint_every, store=store,
-            update=lambda with_metrics: agent_update(sampler.sample(agent.batch_size), with_metrics=with_metrics),
+            update=update,
             on_log=lambda step, m: logger.log(step, {f"train/{k}": v for k, v in m.items()}),
             on_eval=eval_row, on_checkpoint=checkpoint, progress=bar)
     finally:

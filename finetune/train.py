@@ -15,7 +15,10 @@ a value out of range, an env whose sizes differ from the agent's) ends with one 
 * Offline data mixed into every batch: the target's ``demos``, else ``data.path`` (or collected now for a sim_envs
   target with ``data.generate=true``, rendering the agent's cameras), else the checkpoint's own data file.
 * Training episodes use the ``dr`` randomization (sim_envs targets; physics and visuals by default), evaluation
-  episodes ``eval_randomization`` (null: the same). The loop is :func:`finetune.online.run_online`; after the run
+  episodes ``eval_randomization`` (null: the same). With a ``gap`` (``configs/gap/``, :mod:`finetune.transfer.gap`)
+  training episodes use its ``source`` instead of ``dr`` and evaluation its ``target`` (unless
+  ``eval_randomization`` is set). ``transfer.epopt`` / ``transfer.dann`` / ``transfer.darc`` (all off by default):
+  :mod:`finetune.transfer.options`. The loop is :func:`finetune.online.run_online`; after the run
   ``<run>/learning_curve.png`` is drawn.
 """
 
@@ -31,6 +34,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.online import OnlineSettings, run_online
+from finetune.transfer.gap import Gap
+from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
 from robopretrain.checkpoint import META_FILE, CheckpointError, load_agent, resolve_checkpoint_dir
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
@@ -98,9 +103,17 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     refuse_decision_transformer(algo, cfg.checkpoint)
     agent, ckpt = load_agent(str(cfg.checkpoint), device=device, with_optimizer=settings.keep_optimizer, algo=algo,
                              algo_cfg=build.algo_overrides(cfg.algo), seed=int(cfg.seed))
+    gap = Gap.from_mapping(build.plain(cfg.get("gap")))
+    transfer_settings = TransferSettings.from_mapping(build.plain(cfg.get("transfer")))
+    if gap.enabled and not target.randomizable:
+        raise ValueError(f"gap={gap.name}: a gap is a randomization setting of sim_envs targets; target "
+                         f"{target.name!r} is {target.family}")
     rand = build.randomization(cfg.get("dr")) if target.randomizable else "none"
     eval_rand = cfg.get("eval_randomization")
     eval_rand = None if eval_rand is None else (build.randomization(eval_rand) if target.randomizable else "none")
+    if gap.enabled:  # the gap's source replaces dr; its target judges, unless eval_randomization says otherwise
+        rand = gap.source
+        eval_rand = gap.target if eval_rand is None else eval_rand
     build.check_env_fits(agent, target, rand)
     data_path = offline_data_path(cfg, run_dir, target, agent, ckpt.meta)
     info = read_info(data_path)
@@ -117,9 +130,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
             "task_names": [target.name], "reward": reward.__dict__}
     fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path},
                                               ignore=RESUMABLE_CHANGES)
+    transfer = build_transfer(transfer_settings, gap, agent, target, rand, run_dir, reward_scale=reward.scale,
+                              seed=int(cfg.seed))
     history = run_online(agent, offline, target, settings, run_dir, reward=reward, seed=int(cfg.seed),
                          randomization=rand, eval_randomization=eval_rand, config=cfg, meta=meta,
-                         resume=bool(cfg.get("resume", True)), fingerprint=fingerprint)
+                         resume=bool(cfg.get("resume", True)), fingerprint=fingerprint, transfer=transfer)
     curve = plot_learning_curve(history, run_dir / "learning_curve.png",
                                 title=f"{algo} on {target.name} (seed {cfg.seed})")
     return {"history": history, "run_dir": str(run_dir), "pretrained_from": str(ckpt.path),

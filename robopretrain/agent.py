@@ -220,6 +220,9 @@ class Agent:
             self.critic_encoder.requires_grad_(False).eval()
         self.core = make_agent(algo, self.critic_encoder.out_dim, self.act_dim, self.algo_cfg, device=self.device)
         self.encoder_optimizer: torch.optim.Optimizer | None = None
+        # extra losses on the critic's features (callables ``(agent, flat_batch, with_metrics) -> (losses, metrics)``
+        # with ``optimizers()``), added to the algorithm's losses in one backward pass; empty by default
+        self.auxiliary: list[Any] = []
         if self.trains_encoder:
             params = list(self.critic_encoder.parameters())
             if self.actor_encoder is not self.critic_encoder:
@@ -318,6 +321,10 @@ class Agent:
         flat = self._encoded_batch(batch)
         losses, metrics = getattr(self.core, "_loss_fn", self.core.compute_losses)(flat, with_metrics)
         optimizers = self.optimizers()
+        for extra in self.auxiliary:  # e.g. finetune.transfer.dann: a loss on the critic features, its own optimiser
+            extra_losses, extra_metrics = extra(self, flat, with_metrics)
+            losses, metrics = {**losses, **extra_losses}, {**metrics, **extra_metrics}
+            optimizers = optimizers + list(extra.optimizers())
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()

@@ -28,7 +28,7 @@ Used by stage 3's online loop (:func:`finetune.online.run_online`). The design i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 import gymnasium as gym
@@ -94,6 +94,7 @@ class Episode:
     next_observations: Obs
     terminals: np.ndarray  # (T,) float32: 1 where the env terminated (not truncated)
     success: bool
+    physics: dict[str, float] = field(default_factory=dict)  # the episode's randomized scalar parameters (reset info)
 
     @property
     def length(self) -> int:
@@ -132,6 +133,7 @@ class VectorCollector:
         self.ep_index = np.full(self.num_envs, -1, dtype=np.int64)
         self._steps: list[list[tuple[Any, np.ndarray, float, Any, float]]] = [[] for _ in range(self.num_envs)]
         self._success = [False] * self.num_envs
+        self._physics: list[dict[str, float]] = [{} for _ in range(self.num_envs)]
         self._cur: Obs | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -141,7 +143,9 @@ class VectorCollector:
         if self.venv is None:
             self.venv = make_vector_env(self.env_fn, self.num_envs, self.asynchronous)
         idx = np.arange(int(next_episode), int(next_episode) + self.num_envs)
-        obs, _ = self.venv.reset(seed=[episode_seed(self.seed, i) for i in idx])
+        obs, info = self.venv.reset(seed=[episode_seed(self.seed, i) for i in idx])
+        for i in range(self.num_envs):
+            self._physics[i] = reset_physics(info, i)
         self.next_episode = int(idx[-1]) + 1
         self.ep_index[:] = idx
         self.active[:] = True
@@ -209,7 +213,9 @@ class VectorCollector:
                 self.ep_index[i] = self.next_episode
                 seeds[i] = episode_seed(self.seed, self.next_episode)
                 self.next_episode += 1
-            obs, _ = self.venv.reset(seed=seeds, options={"reset_mask": reset})
+            obs, info = self.venv.reset(seed=seeds, options={"reset_mask": reset})
+            for i in np.flatnonzero(reset_new):
+                self._physics[i] = reset_physics(info, int(i))
             rows = np.flatnonzero(reset)
             cur = _tree_set_rows(nxt, rows, self.convert(tree_rows(obs, rows)))
         self._cur = cur
@@ -221,9 +227,27 @@ class VectorCollector:
                      actions=np.stack([s[1] for s in steps]).astype(np.float32),
                      rewards=np.array([s[2] for s in steps], np.float32),
                      next_observations=tree_stack([s[3] for s in steps]),
-                     terminals=np.array([s[4] for s in steps], np.float32), success=self._success[i])
+                     terminals=np.array([s[4] for s in steps], np.float32), success=self._success[i],
+                     physics=dict(self._physics[i]))
         self._success[i] = False
         return ep
+
+
+def reset_physics(info: Mapping[str, Any], i: int) -> dict[str, float]:
+    """Env ``i``'s scalar randomized parameters from a vector env's reset ``info`` (sim_envs' ``dr_params``:
+    ``friction``, ``mass``, ``damping``, ``gripper_force`` scales when randomized); ``{}`` for envs without them."""
+    params = info.get("dr_params")
+    if not isinstance(params, Mapping):
+        return {}
+    out = {}
+    for key, values in params.items():
+        if key.startswith("_") or isinstance(values, Mapping):
+            continue
+        mask = params.get(f"_{key}")
+        arr = np.asarray(values)
+        if arr.dtype.kind == "f" and arr.ndim == 1 and (mask is None or bool(np.asarray(mask)[i])):
+            out[str(key)] = float(arr[i])
+    return out
 
 
 def crossed(before: int, after: int, every: int) -> bool:
@@ -301,4 +325,4 @@ def collect_and_update(
 
 
 __all__ = ["CollectStep", "Episode", "VectorCollector", "collect_and_update", "crossed", "episode_seed",
-           "make_vector_env", "tree_rows", "tree_stack"]
+           "make_vector_env", "reset_physics", "tree_rows", "tree_stack"]

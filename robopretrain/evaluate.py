@@ -18,6 +18,9 @@ refused with one line.
   fixed resampling seed), the drop relative to nominal, mean return and length.
 * Output folder (``output_dir`` or the Hydra run folder): ``eval_info.json`` (per episode and aggregated),
   ``success_per_factor.png`` and ``videos/<factor>.mp4`` (the factor's last level, episode 0, agentview).
+* ``gap=<name>`` (``configs/gap/``, :mod:`finetune.transfer.gap`) adds the conditions ``gap/source`` and
+  ``gap/target``: the settings a stage-3 run with that gap trained in and is judged in (``select=[nominal]`` runs
+  only those beside nominal).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from robopretrain.envs.target import Target, as_target
 log = logging.getLogger(__name__)
 
 NOMINAL = "nominal"
+GAP = "gap"  # the factor name of a gap's source and target conditions (``gap=<name>``)
 LEVEL_NAMES = ("train", "eval_easy", "eval_hard")
 PARKED_BELOW_Z = -0.3  # unused distractor slots are parked under the table (sim_envs.scene.PARK_POS)
 
@@ -90,7 +94,23 @@ def build_conditions(cfg: DictConfig) -> list[Condition]:
             raise ValueError(f"evaluate config: factors.{name}.levels is empty; expected at least one level")
         for level in spec["levels"]:
             out.append(Condition(name, str(level), condition_randomization(name, list(spec["randomize"]), level)))
-    return out
+    return out + gap_conditions(cfg.get("gap"))
+
+
+def gap_conditions(node: Any) -> list[Condition]:
+    """``gap/source`` and ``gap/target`` of a ``gap`` config (:class:`finetune.transfer.gap.Gap`); none without one."""
+    from finetune.transfer.gap import Gap
+
+    gap = Gap.from_mapping(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
+    if not gap.enabled:
+        return []
+
+    def as_mapping(value: Any) -> dict[str, Any]:
+        if isinstance(value, str):
+            return {"level": value, "num_distractors": 0} if value == "none" else {"level": value}
+        return dict(value)
+
+    return [Condition(GAP, "source", as_mapping(gap.source)), Condition(GAP, "target", as_mapping(gap.target))]
 
 
 def condition_randomization(name: str, randomize: Sequence[str], level: Any) -> dict[str, Any]:

@@ -151,13 +151,16 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             torch.manual_seed(seed)
             agent.generator.manual_seed(seed)
     ckpt_root = run_dir / "checkpoints"
+    adversary = stage2_adversary(cfg, agent, tasks, run_dir, dinfo)
     start = 0
     if cfg.get("resume", True):
         latest = load_latest(ckpt_root, with_state=False)
         if latest is not None:
             check_agent_fits(latest.meta, agent, where=str(latest.path))
             run_fingerprint.check_resume(latest.meta.get("fingerprint"), fingerprint, where=latest.path)
-            start, _ = resume(agent, sampler, ckpt_root, dinfo)
+            start, resumed = resume(agent, sampler, ckpt_root, dinfo)
+            if adversary is not None and resumed is not None and resumed.state is not None:
+                adversary.load_state_dict(resumed.state["transfer"]["dann"])
     calib = dataset.get(calibration_rows(len(dataset), settings.calibration_batch))
 
     def evaluate_all() -> dict[str, float]:
@@ -169,7 +172,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     last = train_offline(
         agent, sampler, settings, run_dir, desc=f"offline {algo}", start=start, dinfo=dinfo,
         experiment_logger=build.plain(cfg.get("logger")), config=cfg,
-        save=lambda step, state: save_agent(ckpt_root, step, cfg, agent, meta, state, keep=settings.keep_checkpoints),
+        save=lambda step, state: save_agent(ckpt_root, step, cfg, agent, meta, with_adversary(state, adversary),
+                                            keep=settings.keep_checkpoints),
         evaluate=evaluate_all if targets else None,
         calibrate=(lambda: calibration(agent, calib)) if agent.has_q else None)
     if last is None:  # already finished before this call
@@ -178,6 +182,49 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             raise RuntimeError(f"{run_dir}: train.steps={settings.steps} produced no checkpoint")
         last = latest.path
     return last
+
+
+def stage2_adversary(cfg: DictConfig, agent: Any, tasks: list[str], run_dir: Path,
+                     dinfo: DistInfo) -> Any:
+    """``transfer.dann`` of stage 2 (:mod:`finetune.transfer.dann`), set as the agent's auxiliary loss; None when off.
+
+    Its unlabeled target frames: ``gap.target_frames`` frames of ``transfer.dann.task`` (default: the data's first
+    task) rendered under ``gap.target`` by the agent's initial stochastic policy, cached in
+    ``<run>/transfer/dann_target.npz``."""
+    node = build.plain((cfg.get("transfer") or {}).get("dann")) or {}
+    node = dict(node)
+    task = node.pop("task", None)
+    from finetune.transfer.dann import DANNSettings, DomainAdversary
+
+    settings = DANNSettings.from_mapping(node)
+    if not settings.enabled:
+        return None
+    from finetune.transfer.gap import Gap
+    from finetune.transfer.target_data import cached_target_data
+
+    gap = Gap.from_mapping(build.plain(cfg.get("gap")))
+    if not gap.enabled or gap.target_frames < 1:
+        raise ValueError(f"transfer.dann needs a gap with target_frames >= 1 (e.g. gap=visual_textures); got "
+                         f"gap={gap.name!r}")
+    if dinfo.enabled:
+        raise ValueError("transfer.dann is not available under torchrun (its classifier is not averaged over ranks)")
+    if not agent.trains_encoder or not agent.spec.rgb:
+        raise ValueError("transfer.dann needs an agent whose image encoder trains (cameras and encoder mode "
+                         f"finetune or scratch); this one has mode {agent.mode!r}")
+    target = build.target_config(task or tasks[0])
+    build.check_env_fits(agent, target, gap.target)
+    frames = cached_target_data(run_dir / "transfer" / "dann_target.npz", agent, target, gap.target,
+                                gap.target_frames, seed=int(cfg.seed))
+    adversary = DomainAdversary(agent, frames["observations"], settings, seed=int(cfg.seed) + 11)
+    agent.auxiliary = [*agent.auxiliary, adversary]
+    return adversary
+
+
+def with_adversary(state: Any, adversary: Any) -> Any:
+    """The checkpoint state with the DANN classifier's (when there is one)."""
+    if adversary is None or state is None:
+        return state
+    return {**dict(state), "transfer": {"dann": adversary.state_dict()}}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="robopretrain")

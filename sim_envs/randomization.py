@@ -83,13 +83,23 @@ class RandomizationConfig:
 
     ``level`` applies to every factor in ``factors`` (all of them when None); ``factor_levels`` overrides
     single factors, e.g. ``{"friction": "eval_hard"}``. ``num_distractors`` fixes the distractor count
-    (used by the robustness evaluation) instead of sampling it from the level.
+    (used by the robustness evaluation) instead of sampling it from the level. ``ranges`` replaces the range of a
+    randomized physics factor by a union of ``[lo, hi)`` scale intervals, e.g. ``{"friction": [[0.4, 0.55]]}``
+    (only low friction: a one-sided dynamics gap, :mod:`finetune.transfer.gap`).
     """
 
     level: str = "none"
     factors: Sequence[str] | None = None
     factor_levels: Mapping[str, str] | None = None
     num_distractors: int | None = None
+    ranges: Mapping[str, Sequence[Sequence[float]]] | None = None
+
+    def factor_range(self, name: str, level: str) -> tuple[Interval, ...]:
+        """The intervals a physics factor is drawn from at ``level``: ``ranges[name]`` when given, else
+        ``FACTOR_RANGES``."""
+        if self.ranges and name in self.ranges:
+            return tuple((float(lo), float(hi)) for lo, hi in self.ranges[name])
+        return FACTOR_RANGES[name][level]
 
     def levels(self) -> dict[str, str]:
         if self.level not in LEVELS:
@@ -105,6 +115,16 @@ class RandomizationConfig:
             if level not in LEVELS:
                 raise ValueError(f"unknown randomization level {level!r} for {name}; expected one of {LEVELS}")
             out[name] = level
+        for name, intervals in (self.ranges or {}).items():
+            if name not in PHYSICS_FACTORS:
+                raise ValueError(f"randomization ranges: {name!r} is not a physics factor; expected some of "
+                                 f"{PHYSICS_FACTORS}")
+            if out[name] == "none":
+                raise ValueError(f"randomization ranges: {name!r} is given a range but is not randomized; add it to "
+                                 "factors or factor_levels")
+            if not intervals or any(len(iv) != 2 or not 0 < float(iv[0]) < float(iv[1]) for iv in intervals):
+                raise ValueError(f"randomization ranges: {name}={intervals!r}; expected a list of [lo, hi] with "
+                                 "0 < lo < hi")
         return out
 
 
@@ -185,13 +205,14 @@ class DomainRandomizer:
         lv = self.levels
         p: dict[str, Any] = {}
         if lv["friction"] != "none":
-            p["friction"] = sample_interval_union(rng, FACTOR_RANGES["friction"][lv["friction"]])
+            p["friction"] = sample_interval_union(rng, self.config.factor_range("friction", lv["friction"]))
         if lv["mass"] != "none":
-            p["mass"] = sample_interval_union(rng, FACTOR_RANGES["mass"][lv["mass"]])
+            p["mass"] = sample_interval_union(rng, self.config.factor_range("mass", lv["mass"]))
         if lv["damping"] != "none":
-            p["damping"] = sample_interval_union(rng, FACTOR_RANGES["damping"][lv["damping"]])
+            p["damping"] = sample_interval_union(rng, self.config.factor_range("damping", lv["damping"]))
         if lv["gripper_force"] != "none":
-            p["gripper_force"] = sample_interval_union(rng, FACTOR_RANGES["gripper_force"][lv["gripper_force"]])
+            p["gripper_force"] = sample_interval_union(rng, self.config.factor_range("gripper_force",
+                                                                                     lv["gripper_force"]))
         if lv["lighting"] != "none":
             p["lighting"] = self._sample_lighting(rng, lv["lighting"])
         if lv["colors"] != "none":

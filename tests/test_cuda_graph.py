@@ -25,6 +25,13 @@ def test_refuses_cpu_learners_and_the_decision_transformer():
         CUDAGraphUpdate(IQL(5, 2, IQLConfig(batch_size=8)))
     with pytest.raises(ValueError, match="cannot be captured"):
         CUDAGraphUpdate(DecisionTransformer(5, 2))
+    from robopretrain.agent import Agent, EncoderSettings
+    from robopretrain.data.spec import ObsSpec
+
+    agent = Agent(ObsSpec(low_dim=(("proprio", 5),)), 2, "iql", {"batch_size": 8}, EncoderSettings(mode="scratch"))
+    agent.auxiliary.append(object())
+    with pytest.raises(ValueError, match="auxiliary"):
+        CUDAGraphUpdate(agent)
 
 
 def test_replay_buffers_receive_each_new_batch_and_refuse_other_shapes():

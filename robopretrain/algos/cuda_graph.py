@@ -70,6 +70,9 @@ class CUDAGraphUpdate:
         if not getattr(core, "CUDA_GRAPHS", False) or getattr(learner, "algo", None) == "dt":
             raise ValueError(f"CUDAGraphUpdate: {type(core).__name__} cannot be captured (its step depends on the "
                              "update count at every step, or it has no step_tensors)")
+        if getattr(learner, "auxiliary", None):
+            raise ValueError("CUDAGraphUpdate: the agent has auxiliary losses (e.g. the domain classifier of "
+                             "finetune.transfer.dann), which draw their batches on the host: set cuda_graph=false")
         self.device = torch.device(core.device)
         if self.device.type != "cuda":
             raise ValueError(f"CUDAGraphUpdate: the learner is on {self.device}; CUDA graphs need a CUDA device")

@@ -1,0 +1,354 @@
+"""Transfer across a gap: plain DR vs EPOpt vs DR + invariant features on held-out visual and physics shifts, and
+DARC vs no correction on a dynamics gap (issue 16; protocol ``benchmarks/protocols/transfer.md``).
+
+Per seed, one pipeline run (``--config-name``, default the ``testbed`` preset) provides the stages data, 1, 2 and
+adaptation in ``<work>/seed<S>/base`` (the pipeline's own functions, resumable). Stage 3 (Cal-QL online) then runs
+from the same adapted agent once per method, each in ``<work>/seed<S>/<method>/stage3`` with the pipeline's stage-3
+settings and seed, changing only:
+
+``dr``         the pipeline's training randomization (physics + visuals at their training ranges);
+``epopt``      the same, with ``transfer.epopt`` (worst epsilon = 0.1 of each batch of 10 episodes into the buffer);
+``dann``       the same randomization as the source of ``gap=visual_textures``, with ``transfer.dann`` on that
+               gap's unlabeled target frames;
+``darc_off``   ``gap=friction_low``: training in the nominal sim, no correction;
+``darc_on``    ``gap=friction_low`` with ``transfer.darc`` on that gap's target transitions.
+
+Every stage-3 run evaluates in training on nominal episodes (``eval_randomization=none``) so the runs differ only in
+the method. Each final policy is then judged by :func:`robopretrain.evaluate.evaluate_robustness` with
+``gap=<name>`` (conditions nominal, ``gap/source``, ``gap/target``; same episode seeds for every method):
+``dr`` / ``epopt`` / ``dann`` on ``visual_textures`` and ``physics_heldout``, ``darc_*`` on ``friction_low``.
+Success per method and condition: mean over seeds with a seeds-then-episodes bootstrap interval; Q calibration
+(the final ``calib/offline_gap_*`` and ``calib/online_gap_*`` of stage 3) per method, the lecture's check that
+invariance does not erase what the value depends on; the classifiers' last logged accuracies.
+
+Every finished piece (pipeline stage, stage-3 run, evaluation) is skipped on a rerun, so a killed run resumes.
+Outputs: ``--results`` (JSON: config, per run and summary) and ``--figure`` (success per condition with intervals);
+a markdown table on stdout.
+
+    python benchmarks/transfer.py                                         # the protocol's runs (3 seeds)
+    python benchmarks/transfer.py --smoke                                 # minutes: tiny budgets, end to end
+    python benchmarks/transfer.py --summarize-only                        # table and figure from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # this checkout
+from bench_utils import cpu_model, load_average, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "transfer.json"
+FIGURE = ROOT / "docs" / "transfer.png"
+BASE_STAGES = ("data", "stage1", "stage2", "adapt")
+# method -> (gap of its stage-3 run, transfer overrides, gaps it is judged on)
+METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    "dr": ("none", {}, ("visual_textures", "physics_heldout")),
+    "epopt": ("none", {"epopt": {"enabled": True}}, ("visual_textures", "physics_heldout")),
+    "dann": ("visual_textures", {"dann": {"enabled": True}}, ("visual_textures", "physics_heldout")),
+    "darc_off": ("friction_low", {}, ("friction_low",)),
+    "darc_on": ("friction_low", {"darc": {"enabled": True}}, ("friction_low",)),
+}
+# --smoke: the CPU default pipeline at toy budgets (minutes); shows the script end to end, measures nothing
+SMOKE_OVERRIDES = [
+    "image_size=32", "prior_tasks=[Reach]", "data.prior_episodes_per_task=2", "data.target_demos=2",
+    "data.num_workers=1", "stage1.enabled=false", "encoder.mode=scratch", "stage2.steps=4", "stage2.eval_episodes=0",
+    "stage2.checkpoint_every=4", "adapt.steps=4", "adapt.checkpoint_every=4", "stage3.env_steps=240",
+    "stage3.num_envs=1", "stage3.asynchronous=false", "stage3.eval_every=240", "stage3.eval_episodes=1",
+    "stage3.checkpoint_every=120", "algo_overrides.batch_size=8", "progress=false",
+]
+SMOKE_TRANSFER = {"epopt": {"batch_episodes": 2, "warmup_batches": 1, "epsilon": 0.5}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config-name", default="testbed", help="pipeline preset (configs/<name>.yaml)")
+    p.add_argument("--target", default="PressLitButton")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per condition")
+    p.add_argument("--workers", type=int, default=2, help="evaluation worker processes")
+    p.add_argument("--target-frames", type=int, default=None, help="override the gaps' target_frames")
+    p.add_argument("--target-transitions", type=int, default=None, help="override the gaps' target_transitions")
+    p.add_argument("--overrides", nargs="*", default=[], help="pipeline config overrides, a=b")
+    p.add_argument("--smoke", action="store_true", help="toy budgets (minutes): shows the script works, no result")
+    p.add_argument("--work-dir", type=Path, default=None)
+    p.add_argument("--results", type=Path, default=None)
+    p.add_argument("--figure", type=Path, default=None)
+    p.add_argument("--summarize-only", action="store_true")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.config_name, args.target = "pipeline", args.target if args.target != "PressLitButton" else "PressButton"
+        args.overrides = [*SMOKE_OVERRIDES, *args.overrides]
+        args.episodes = min(args.episodes, 2)
+        args.workers = 0
+        args.target_frames = args.target_frames or 16
+        args.target_transitions = args.target_transitions or 20
+    name = "transfer_smoke" if args.smoke else "transfer"
+    args.work_dir = args.work_dir or ROOT / "outputs" / name
+    args.results = args.results or ROOT / "benchmarks" / "results" / f"{name}.json"
+    args.figure = args.figure or (args.work_dir / "transfer.png" if args.smoke else FIGURE)
+    return args
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def pipeline_config(args: argparse.Namespace, seed: int) -> Any:
+    """The pipeline preset with the overrides, the target and the seed (resolved, without Hydra's keys)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from robopretrain.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=args.config_name,
+                            overrides=[*args.overrides, f"targets=[{args.target}]", f"seed={seed}"])
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg.pop("hydra", None)
+    return cfg
+
+
+def gap_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """``configs/gap/<name>.yaml`` with the command line's data-size overrides."""
+    from omegaconf import OmegaConf
+
+    gap = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "gap" / f"{name}.yaml"))
+    if name != "none":
+        if args.target_frames is not None and gap["target_frames"]:
+            gap["target_frames"] = int(args.target_frames)
+        if args.target_transitions is not None and gap["target_transitions"]:
+            gap["target_transitions"] = int(args.target_transitions)
+    return gap
+
+
+def transfer_overrides(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    _, transfer, _ = METHODS[method]
+    out = json.loads(json.dumps(transfer))
+    if args.smoke:
+        for key, extra in SMOKE_TRANSFER.items():
+            if key in out:
+                out[key].update(extra)
+    return out
+
+
+def stage3_config(args: argparse.Namespace, cfg: Any, base: Path, method: str, out: Path) -> Any:
+    """The pipeline's stage-3 config of the base run, with the method's gap and transfer options, into ``out``."""
+    from omegaconf import OmegaConf
+
+    from robopretrain import pipeline as P
+
+    target = P.targets_of(cfg)[0]
+    c = P.stage3_config(cfg, base, target)
+    c.output_dir = str(out)
+    c.eval_randomization = "none"
+    c.gap = OmegaConf.create(gap_config(args, METHODS[method][0]))
+    c.merge_with({"transfer": transfer_overrides(args, method)})
+    return c
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def run_base(cfg: Any, base: Path) -> None:
+    """Pipeline stages data, 1, 2 and adaptation into ``base`` (each skipped when done), seeded as the pipeline."""
+    import torch
+
+    from robopretrain import pipeline as P
+
+    fns = {"data": P.stage_data, "stage1": P.stage_stage1, "stage2": P.stage_stage2, "adapt": P.stage_adapt}
+    for stage in BASE_STAGES:
+        if P.is_done(base / stage):
+            continue
+        if stage == "stage1" and not cfg.stage1.enabled:
+            P.write_json(base / stage / P.DONE, {"stage": stage, "skipped": True})
+            continue
+        if cfg.get("num_threads"):
+            torch.set_num_threads(int(cfg.num_threads))
+        torch.manual_seed(int(cfg.seed) + P.STAGES.index(stage))
+        np.random.seed(int(cfg.seed) + P.STAGES.index(stage))
+        start = time.perf_counter()
+        result = fns[stage](cfg, base)
+        P.write_json(base / stage / P.DONE, {"stage": stage, "seconds": time.perf_counter() - start,
+                                             "result": result})
+        print(f"[transfer] {base.parent.name}/base/{stage} done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def run_stage3(args: argparse.Namespace, cfg: Any, base: Path, method: str, folder: Path) -> dict[str, Any]:
+    """One method's stage-3 run (skipped when ``done.json`` exists); its final row and last classifier metrics."""
+    import torch
+
+    from finetune.train import run
+    from robopretrain import pipeline as P
+    from robopretrain.metrics import read_jsonl
+
+    out = folder / "stage3"
+    if not P.is_done(out):
+        torch.manual_seed(int(cfg.seed) + P.STAGES.index("stage3"))
+        np.random.seed(int(cfg.seed) + P.STAGES.index("stage3"))
+        start = time.perf_counter()
+        res = run(stage3_config(args, cfg, base, method, out))
+        P.write_json(out / P.DONE, {"final": res["history"][-1], "seconds": time.perf_counter() - start})
+        print(f"[transfer] {folder.parent.name}/{method}: stage 3 in {time.perf_counter() - start:.0f} s", flush=True)
+    done = P.read_json(out / P.DONE)
+    last: dict[str, float] = {}
+    for row in read_jsonl(out / "metrics.jsonl"):
+        last.update({k: v for k, v in row.items() if k.startswith(("train/dann/", "train/darc/"))})
+    kept = None
+    log = out / "epopt_episodes.jsonl"
+    if log.is_file():
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        kept = {"episodes": len(rows), "kept": sum(r["kept"] for r in rows)}
+    return {"final": done["final"], "seconds": done.get("seconds"), "classifiers": last, "epopt": kept,
+            "checkpoint": str(out)}
+
+
+def evaluate_run(args: argparse.Namespace, cfg: Any, folder: Path, gap: str) -> dict[str, Any]:
+    """``robopretrain.evaluate gap=<gap>`` on the run's final checkpoint (reused when done with these episodes)."""
+    from robopretrain.build import compose
+    from robopretrain.evaluate import evaluate_robustness
+
+    out = folder / f"eval_{gap}"
+    path = out / "eval_info.json"
+    if path.is_file():
+        info = json.loads(path.read_text())
+        if info["episodes_per_condition"] == args.episodes:
+            return info
+    from robopretrain import pipeline as P
+
+    target = P.targets_of(cfg)[0]
+    ev = compose("evaluate", {"gap": gap}, {
+        "checkpoint": str(folder / "stage3"), "target": target.to_dict(), "episodes": args.episodes,
+        "workers": args.workers, "output_dir": str(out), "select": ["nominal"], "video": {"enabled": False},
+        "plot": False, "progress": False, "device": str(cfg.device)})
+    return evaluate_robustness(ev)
+
+
+def condition_outcomes(info: dict[str, Any]) -> dict[str, list[float]]:
+    """Per condition key (``nominal``, ``source``, ``target``): the 0/1 success of each episode."""
+    out: dict[str, list[float]] = {}
+    for ep in info["episodes"]:
+        key = "nominal" if ep["factor"] == "nominal" else ep["level"]
+        out.setdefault(key, []).append(float(ep["success"]))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        cfg = pipeline_config(args, seed)
+        seed_dir = args.work_dir / f"seed{seed}"
+        base = seed_dir / "base"
+        run_base(cfg, base)
+        for method in args.methods:
+            folder = seed_dir / method
+            row = {"seed": seed, "method": method, "gap": METHODS[method][0],
+                   **run_stage3(args, cfg, base, method, folder), "evaluations": {}}
+            for gap in METHODS[method][2]:
+                info = evaluate_run(args, cfg, folder, gap)
+                row["evaluations"][gap] = condition_outcomes(info)
+            runs.append(row)
+            result = summarize(args, runs)
+            write_json_atomic(args.results, result)  # after every run: a killed benchmark keeps what finished
+    return summarize(args, runs)
+
+
+def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean success over seeds with a seeds-then-episodes interval per (method, gap, condition); calibration."""
+    summary: dict[str, Any] = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine], "success": {}}
+        for gap in METHODS[method][2]:
+            for cond in ("nominal", "source", "target"):
+                per_seed = [r["evaluations"][gap][cond] for r in mine if cond in r["evaluations"].get(gap, {})]
+                if not per_seed:
+                    continue
+                lo, hi = seeds_then_episodes_ci(per_seed)
+                entry["success"][f"{gap}/{cond}"] = {"mean": float(np.mean([np.mean(s) for s in per_seed])),
+                                                     "ci_low": lo, "ci_high": hi,
+                                                     "per_seed": [float(np.mean(s)) for s in per_seed]}
+        for key in ("calib/offline_gap_data", "calib/offline_gap_policy", "calib/online_gap_data",
+                    "calib/online_gap_policy", "eval/success"):
+            values = [r["final"].get(key) for r in mine if r["final"].get(key) is not None]
+            entry[key] = float(np.mean(values)) if values else None
+        summary[method] = entry
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    return {"benchmark": "transfer", "smoke": bool(args.smoke), "protocol": "benchmarks/protocols/transfer.md",
+            "commit": commit.strip(), "cpu": cpu_model(), "load_average": load_average(),
+            "config": {"config_name": args.config_name, "target": args.target, "seeds": args.seeds,
+                       "methods": args.methods, "episodes": args.episodes, "overrides": args.overrides,
+                       "target_frames": args.target_frames, "target_transitions": args.target_transitions},
+            "summary": summary, "runs": runs}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["| method | condition | success | 95% interval | per seed |", "|---|---|---|---|---|"]
+    for method, entry in result["summary"].items():
+        for cond, s in entry["success"].items():
+            seeds = ", ".join(f"{v:.2f}" for v in s["per_seed"])
+            lines.append(f"| {method} | {cond} | {s['mean']:.2f} | [{s['ci_low']:.2f}, {s['ci_high']:.2f}] | "
+                         f"{seeds} |")
+    lines += ["", "| method | Q - MC return, offline (data / policy) | online (data / policy) |", "|---|---|---|"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    for method, e in result["summary"].items():
+        lines.append(f"| {method} | {fmt(e['calib/offline_gap_data'])} / {fmt(e['calib/offline_gap_policy'])} | "
+                     f"{fmt(e['calib/online_gap_data'])} / {fmt(e['calib/online_gap_policy'])} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gaps = list(dict.fromkeys(k.split("/")[0] for e in result["summary"].values() for k in e["success"]))
+    fig, axes = plt.subplots(1, max(1, len(gaps)), figsize=(4.5 * max(1, len(gaps)), 3.4), squeeze=False)
+    for ax, gap in zip(axes.flat, gaps):
+        methods = [m for m, e in result["summary"].items() if any(k.startswith(gap + "/") for k in e["success"])]
+        conds = ("nominal", "source", "target")
+        width = 0.8 / max(1, len(methods))
+        for i, m in enumerate(methods):
+            rows = [result["summary"][m]["success"].get(f"{gap}/{c}") for c in conds]
+            y = [r["mean"] if r else np.nan for r in rows]
+            err = np.array([[r["mean"] - r["ci_low"], r["ci_high"] - r["mean"]] if r else [0, 0] for r in rows]).T
+            ax.bar(np.arange(len(conds)) + i * width, y, width, yerr=err, capsize=2, label=m)
+        ax.set_xticks(np.arange(len(conds)) + width * (len(methods) - 1) / 2, conds)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(gap)
+        ax.legend(fontsize=7)
+    axes.flat[0].set_ylabel("success (mean over seeds, 95% CI)")
+    fig.suptitle(f"transfer ({'smoke: toy budgets, no result' if result['smoke'] else result['config']['target']})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.summarize_only:
+        result = json.loads(args.results.read_text())
+    else:
+        result = run(args)
+        write_json_atomic(args.results, result)
+    print(markdown(result))
+    print(f"figure: {plot(result, args.figure)}; results: {args.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""A sim-to-"real" gap: the source settings an agent trains in, the target settings it is judged in, and how much
+target data a method may use.
+
+Both sides are ``randomization`` arguments of a sim_envs env (:mod:`sim_envs.randomization`: a level name or a
+mapping of :class:`~sim_envs.randomization.RandomizationConfig` fields), so the same gap drives training
+(``finetune.train gap=friction_low``: training episodes use ``source``, evaluation episodes ``target``), the transfer
+methods (:mod:`finetune.transfer.dann` renders ``target_frames`` unlabeled target frames; :mod:`finetune.transfer.darc`
+collects ``target_transitions`` target transitions) and evaluation (``robopretrain.evaluate gap=friction_low`` adds
+the conditions ``gap/source`` and ``gap/target``). Presets: ``configs/gap/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+NO_GAP = "none"
+GAP_KINDS = ("none", "physics", "visual")
+
+
+def _randomization(value: Any, where: str) -> Any:
+    """A plain randomization argument (``none`` for an unset one); a bad one raises ``ValueError`` naming ``where``."""
+    from sim_envs.env import as_randomization
+
+    if value is None:
+        return "none"
+    if isinstance(value, Mapping):
+        value = {k: v for k, v in dict(value).items() if v is not None}
+    try:
+        as_randomization(value).levels()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"gap config: {where}={value!r} is not a randomization setting ({err})") from None
+    return value
+
+
+@dataclass
+class Gap:
+    """The ``gap`` config group (``configs/gap/<name>.yaml``).
+
+    ``source`` / ``target``: randomization of the training (source) and of the judged (target) episodes.
+    ``target_frames``: unlabeled target-domain frames a method may render (DANN); ``target_transitions``: target
+    transitions ``(s, a, r, s')`` a method may collect (DARC). Zero: the method may not use any.
+    """
+
+    name: str = NO_GAP
+    kind: str = "none"  # physics | visual | none: which part of the world differs
+    source: Any = "none"
+    target: Any = "none"
+    target_frames: int = 0
+    target_transitions: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in GAP_KINDS:
+            raise ValueError(f"gap config: kind={self.kind!r}; expected one of {list(GAP_KINDS)}")
+        for key in ("target_frames", "target_transitions"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"gap config: {key}={value!r}; expected an integer >= 0")
+        self.source = _randomization(self.source, "source")
+        self.target = _randomization(self.target, "target")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a gap is set (``gap=none`` is the default: stage 3 and evaluate run as without one)."""
+        return self.name != NO_GAP
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any] | None) -> Gap:
+        """From the ``gap`` config node (None: no gap); unknown keys raise ``ValueError``."""
+        d = dict(d or {})
+        fields = list(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown gap config key(s) {unknown}; valid keys: {sorted(fields)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+__all__ = ["GAP_KINDS", "Gap", "NO_GAP"]

@@ -1,0 +1,83 @@
+"""The target-domain data a transfer method may use (:class:`finetune.transfer.gap.Gap`): transitions for DARC,
+unlabeled frames for DANN, collected once per run by the agent's stochastic policy in the gap's target settings and
+cached in the run folder, so a resumed run uses the same data."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robopretrain.collector import VectorCollector
+from robopretrain.data.keys import ACTIONS, NEXT_OBS, OBS, REWARDS
+from robopretrain.envs.target import Target, env_factory
+
+log = logging.getLogger(__name__)
+
+TARGET_SEED_OFFSET = 7_919_000  # target-domain episodes use seeds apart from the training episodes' (collector seed)
+
+
+def collect_transitions(agent: Any, target: Target, randomization: Any, count: int, *, seed: int) -> dict[str, Any]:
+    """``count`` transitions of whole episodes (the last one cut) of ``agent``'s stochastic policy on ``target``
+    under ``randomization``: ``{observations, next_observations: {part: (count, ...)}, actions (count, A),
+    rewards (count,)}`` as the agent stores observations (:meth:`Agent.prepare`). Raises ``ValueError`` if
+    ``count < 1``."""
+    if int(count) < 1:
+        raise ValueError(f"target data: count={count}; expected >= 1 (the gap's target_frames / target_transitions)")
+    collector = VectorCollector(env_factory(target, agent.spec.rgb_keys, agent.spec.image_size, randomization), 1,
+                                convert=agent.prepare, seed=int(seed) + TARGET_SEED_OFFSET, asynchronous=False)
+    episodes, total, stack = [], 0, contextlib.ExitStack()
+    try:  # the policy's samples from a forked torch RNG: the run's own random draws stay as without target data
+        stack.enter_context(torch.random.fork_rng(devices=[]))
+        torch.manual_seed(int(seed) + TARGET_SEED_OFFSET)
+        collector.start(0)
+        while total < count:
+            for ep in collector.step(lambda obs: agent.act(obs, deterministic=False), budget=1).episodes:
+                episodes.append(ep)
+                total += ep.length
+    finally:
+        collector.close()
+        stack.close()
+    cut = lambda tree: {k: np.asarray(v)[:count] for k, v in tree.items()}  # noqa: E731
+    return {OBS: cut(tree_stack_cat([e.observations for e in episodes])),
+            NEXT_OBS: cut(tree_stack_cat([e.next_observations for e in episodes])),
+            ACTIONS: np.concatenate([e.actions for e in episodes])[:count],
+            REWARDS: np.concatenate([e.rewards for e in episodes])[:count]}
+
+
+def tree_stack_cat(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate observation dicts along their first axis."""
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def cached_target_data(path: Path, agent: Any, target: Target, randomization: Any, count: int, *,
+                       seed: int) -> dict[str, Any]:
+    """:func:`collect_transitions`, read from ``path`` (``.npz``) when a previous attempt of the run saved it there."""
+    if path.is_file():
+        with np.load(path) as z:
+            flat = {k: z[k] for k in z.files}
+        log.info("target data: %d transitions from %s", len(flat[ACTIONS]), path)
+    else:
+        data = collect_transitions(agent, target, randomization, count, seed=seed)
+        flat = {ACTIONS: data[ACTIONS], REWARDS: data[REWARDS],
+                **{f"{OBS}/{k}": v for k, v in data[OBS].items()},
+                **{f"{NEXT_OBS}/{k}": v for k, v in data[NEXT_OBS].items()}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **flat)
+        tmp.replace(path)
+        log.info("target data: collected %d transitions under %s into %s", count, randomization, path)
+    out: dict[str, Any] = {ACTIONS: flat[ACTIONS], REWARDS: flat[REWARDS], OBS: {}, NEXT_OBS: {}}
+    for key, value in flat.items():
+        field, _, part = key.partition("/")
+        if part:
+            out[field][part] = value
+    return out
+
+
+__all__ = ["TARGET_SEED_OFFSET", "cached_target_data", "collect_transitions"]

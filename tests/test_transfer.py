@@ -1,0 +1,321 @@
+"""Transfer across a gap (``finetune/transfer/``): EPOpt's CVaR selection on hand-made returns, gradient reversal
+(only the encoder's gradient flips), DARC's correction on hand-computed classifier outputs, the gap presets, every
+option off by default with the loop unchanged, and each option on changing what the loop does."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from _compare import Killed, assert_same, die_after_first_checkpoint
+from _stages import collect_sim, stage2_config, stage3_config
+from finetune.train import run as finetune
+from finetune.transfer.dann import DANNSettings, DomainAdversary, DomainClassifier, domain_adversarial_loss
+from finetune.transfer.darc import DARCSettings, RewardCorrection, delta_reward
+from finetune.transfer.epopt import EPOptFilter, EPOptSettings, cvar, cvar_select
+from finetune.transfer.gap import Gap
+from finetune.transfer.options import TransferSettings, build_transfer
+from robopretrain.agent import Agent, EncoderSettings
+from robopretrain.build import compose
+from robopretrain.checkpoint import load_latest
+from robopretrain.data.spec import ObsSpec
+from robopretrain.metrics import read_jsonl
+from sim_envs.randomization import DomainRandomizer, RandomizationConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STATE_OBS = {"low_dim": ["proprio", "object"], "rgb": []}
+REACH = {"name": "Reach", "max_episode_steps": 10}
+FRICTION_LOW = OmegaConf.to_container(OmegaConf.load(CONFIGS / "gap" / "friction_low.yaml"))
+
+
+# --------------------------------------------------------------------------- EPOpt
+
+
+def test_cvar_selection_on_hand_made_returns():
+    returns = [3.0, -1.0, 5.0, -1.0, 0.0, 2.0, 7.0, 4.0, 1.0, 6.0]
+    assert cvar_select(returns, 0.3).tolist() == [1, 3, 4]  # the three lowest: -1, -1, 0
+    assert cvar_select(returns, 0.25).tolist() == [1, 3, 4]  # ceil(2.5) = 3 episodes, not floor
+    assert cvar_select(returns, 0.1).tolist() == [1]  # a tie at the cut: the earlier episode
+    assert cvar_select(returns, 1.0).tolist() == list(range(10))
+    assert cvar(returns, 0.3) == pytest.approx(-2.0 / 3.0)
+    with pytest.raises(ValueError, match="epsilon"):
+        cvar_select(returns, 0.0)
+    # one warm-up batch stored whole, then only the worst half of each batch of 4
+    filt = EPOptFilter(EPOptSettings(enabled=True, epsilon=0.5, batch_episodes=4, warmup_batches=1))
+    decided = [d for i, r in enumerate([5, 1, 3, 2, 9, 0, 4, 8]) for d in filt.add(i, r)]
+    assert [kept for _, kept in decided] == [True] * 4 + [False, True, True, False]
+    assert filt.add(8, 1.0) == [] and filt.flush() == [(8, True)]  # a flushed partial batch keeps its worst
+
+
+# --------------------------------------------------------------------------- DANN
+
+
+def test_gradient_reversal_flips_the_encoder_gradient_only():
+    torch.manual_seed(0)
+    clf = DomainClassifier(5, [7]).double()
+    src, tgt = torch.randn(6, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    coef = 0.3
+
+    def grads(reversed_: bool):
+        clf.zero_grad()
+        s, t = src.clone().requires_grad_(True), tgt.clone().requires_grad_(True)
+        if reversed_:
+            loss, acc = domain_adversarial_loss(clf, s, t, coef)
+        else:  # the plain domain loss, no reversal
+            logits = clf(torch.cat([s, t]))
+            labels = torch.cat([torch.zeros(6), torch.ones(4)]).double()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            acc = None
+        loss.backward()
+        return loss.detach(), s.grad, t.grad, [p.grad.clone() for p in clf.parameters()], acc
+
+    loss_r, s_r, t_r, p_r, acc = grads(True)
+    loss_p, s_p, t_p, p_p, _ = grads(False)
+    assert torch.equal(loss_r, loss_p)  # identity forward
+    torch.testing.assert_close(s_r, -coef * s_p, rtol=0, atol=1e-15)  # the features' gradient: times -coef
+    torch.testing.assert_close(t_r, -coef * t_p, rtol=0, atol=1e-15)
+    for a, b in zip(p_r, p_p):  # the classifier's own gradient unchanged
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    logits = clf(torch.cat([src, tgt]))
+    assert float(acc) == pytest.approx(float(((logits[:6] < 0).sum() + (logits[6:] > 0).sum()) / 10))
+
+
+def camera_agent(seed: int = 0) -> Agent:
+    spec = ObsSpec(low_dim=(("proprio", 3),), rgb=(("agentview_image", (16, 16, 3)),))
+    torch.manual_seed(seed)
+    settings = EncoderSettings(mode="scratch", augment_pad=2, kwargs={"channels": 4, "out_dim": 8})
+    return Agent(spec, 4, "calql", {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "batch_size": 8},
+                 settings, stats={"proprio": {"mean": [0.0] * 3, "std": [1.0] * 3}}, seed=seed)
+
+
+def camera_batch(seed: int, n: int = 8) -> dict:
+    rng = np.random.default_rng(seed)
+
+    def obs():
+        return {"proprio": torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32)),
+                "agentview_image": torch.from_numpy(rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8))}
+
+    return {"observations": obs(), "next_observations": obs(),
+            "actions": torch.from_numpy(rng.uniform(-1, 1, (n, 4)).astype(np.float32)),
+            "rewards": torch.from_numpy(rng.choice([0.0, 1.0], n).astype(np.float32)), "dones": torch.zeros(n),
+            "mc_returns": torch.from_numpy(rng.normal(size=n).astype(np.float32)),
+            "next_actions": torch.from_numpy(rng.uniform(-1, 1, (n, 4)).astype(np.float32))}
+
+
+def test_dann_at_zero_coefficient_leaves_the_agent_update_unchanged_and_on_moves_the_encoder():
+    frames = {"agentview_image": np.random.default_rng(9).integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)}
+    runs = {}
+    for name, coef in (("off", None), ("zero", 0.0), ("on", 10.0)):
+        agent = camera_agent()
+        if coef is not None:
+            agent.auxiliary = [DomainAdversary(agent, frames, DANNSettings(enabled=True, coef=coef), seed=5)]
+        metrics = [agent.update(camera_batch(k)) for k in range(3)]
+        runs[name] = (metrics, {k: v.clone() for k, v in agent.critic_encoder.state_dict().items()}, agent)
+    off, zero, on = runs["off"], runs["zero"], runs["on"]
+    for m_off, m_zero in zip(off[0], zero[0]):  # same losses: the classifier steps only its own weights
+        assert {k: m_zero[k] for k in m_off} == m_off
+        assert 0.0 <= m_zero["dann/accuracy"] <= 1.0
+    assert all(torch.equal(off[1][k], zero[1][k]) for k in off[1])
+    assert any(not torch.equal(off[1][k], on[1][k]) for k in off[1])  # the reversed gradient reaches the encoder
+    with pytest.raises(ValueError, match="image encoder trains"):
+        DomainAdversary(Agent(ObsSpec(low_dim=(("proprio", 3),)), 4, "calql"), frames, DANNSettings(), seed=0)
+
+
+# --------------------------------------------------------------------------- DARC
+
+
+def test_darc_correction_on_hand_computed_classifier_outputs():
+    # q(tgt|s,a) = 0.75, q(tgt|s,a,s') = 0.9 -> log 0.9 - log 0.1 - log 0.75 + log 0.25 = log 9 - log 3 = log 3;
+    # q(tgt|s,a) = 0.5, q(tgt|s,a,s') = 0.2 -> log 0.2 - log 0.8 = -log 4
+    sa = torch.tensor([[0.0, math.log(3.0)], [1.0, 1.0]], dtype=torch.float64)
+    sas = torch.tensor([[0.0, math.log(9.0)], [math.log(4.0), 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(delta_reward(sa, sas), torch.tensor([math.log(3.0), -math.log(4.0)],
+                                                                   dtype=torch.float64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        delta_reward(sa[:, :1], sas[:, :1])
+
+
+def test_reward_correction_adds_the_scaled_delta_after_its_warmup():
+    enc = SimpleNamespace(mean=torch.zeros(2), std=torch.ones(2))
+    agent = SimpleNamespace(spec=ObsSpec(low_dim=(("proprio", 2),)), critic_encoder=enc, device=torch.device("cpu"),
+                            act_dim=1)
+    rng = np.random.default_rng(0)
+    target = {"observations": {"proprio": rng.normal(size=(5, 2))}, "next_observations": {"proprio": rng.normal(
+        size=(5, 2))}, "actions": rng.normal(size=(5, 1))}
+    corr = RewardCorrection(agent, target, DARCSettings(enabled=True, scale=0.5, warmup_updates=1), reward_scale=4.0,
+                            seed=0)
+    batch = {"observations": {"proprio": torch.randn(6, 2)}, "next_observations": {"proprio": torch.randn(6, 2)},
+             "actions": torch.randn(6, 1), "rewards": torch.arange(6.0)}
+    first, _ = corr(batch)
+    assert torch.equal(first["rewards"], batch["rewards"])  # inside the warm-up
+    second, metrics = corr(batch, with_metrics=True)
+    with torch.no_grad():
+        dr = delta_reward(*corr.classifier(batch["observations"]["proprio"], batch["actions"],
+                                           batch["next_observations"]["proprio"]))
+    torch.testing.assert_close(second["rewards"], batch["rewards"] + 4.0 * 0.5 * dr)
+    assert metrics["darc/applied"] == 1.0 and 0.0 <= metrics["darc/sas_accuracy"] <= 1.0
+
+
+# --------------------------------------------------------------------------- gap
+
+
+def test_gap_presets_and_one_sided_ranges():
+    for path in sorted((CONFIGS / "gap").glob("*.yaml")):
+        gap = Gap.from_mapping(OmegaConf.to_container(OmegaConf.load(path)))
+        assert gap.name == path.stem and gap.enabled == (path.stem != "none")
+    gap = Gap.from_mapping(FRICTION_LOW)
+    assert gap.kind == "physics" and gap.target_transitions > 0 and gap.source == "none"
+    with pytest.raises(ValueError, match="unknown gap config key"):
+        Gap.from_mapping({"name": "x", "targte": "none"})
+    with pytest.raises(ValueError, match="kind="):
+        Gap(name="x", kind="acoustic")
+    with pytest.raises(ValueError, match="not a physics factor"):
+        Gap(name="x", target={"level": "train", "ranges": {"lighting": [[0.1, 0.2]]}})
+    # the target's friction comes only from its range, below the training range
+    import mujoco
+
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><body name='b'><geom size='.1'/></body></worldbody>"
+                                           "</mujoco>")
+    rand = DomainRandomizer(model, ["b"], RandomizationConfig(**gap.target), max_distractors=0)
+    draws = [rand.sample(np.random.default_rng(i))["friction"] for i in range(50)]
+    assert all(0.4 <= f < 0.55 for f in draws) and "mass" not in rand.sample(np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_every_option_is_off_by_default():
+    cfg = compose("finetune", {}, {"checkpoint": "x"})
+    settings = TransferSettings.from_mapping(OmegaConf.to_container(cfg.transfer))
+    assert not (settings.epopt.enabled or settings.dann.enabled or settings.darc.enabled)
+    gap = Gap.from_mapping(OmegaConf.to_container(cfg.gap))
+    assert not gap.enabled
+    agent = Agent(ObsSpec(low_dim=(("proprio", 3),)), 4, "calql")
+    parts = build_transfer(settings, gap, agent, None, "train", Path("/nonexistent"), reward_scale=1.0, seed=0)
+    assert parts.epopt is None and parts.adversary is None and parts.correction is None and not parts.modules
+    assert agent.auxiliary == []
+    with pytest.raises(ValueError, match="needs physics randomization"):
+        build_transfer(TransferSettings.from_mapping({"epopt": {"enabled": True}}), gap, agent, None, "none",
+                       Path("/nonexistent"), reward_scale=1.0, seed=0)
+    with pytest.raises(ValueError, match="needs a gap with target_transitions"):
+        build_transfer(TransferSettings.from_mapping({"darc": {"enabled": True}}), gap, agent, None, "train",
+                       Path("/nonexistent"), reward_scale=1.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def stage2_state(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("transfer")
+    data = collect_sim(root / "reach.hdf5", ["Reach"], episodes=2)
+    return data, stage2(stage2_config(data, root / "s2", algo="cql", steps=4, obs=STATE_OBS))
+
+
+def stage2(cfg):
+    from robopretrain.train import run
+
+    return run(cfg)
+
+
+def stage3_cfg(stage2_state, out: Path, dr: str = "train", checkpoint_every: int = 40, **top):
+    data, ckpt = stage2_state
+    return stage3_config(ckpt, out, REACH, env_steps=40, data_cfg={"path": str(data)}, dr=dr,
+                         online={"log_every": 10, "checkpoint_every": checkpoint_every}, **top)
+
+
+def run_stage3(stage2_state, out: Path, dr: str = "train", **top) -> list[dict]:
+    finetune(stage3_cfg(stage2_state, out, dr, **top))
+    return [r for r in read_jsonl(out / "metrics.jsonl") if "train/critic_loss" in r]
+
+
+def losses(rows: list[dict]) -> list[float]:
+    return [r["train/critic_loss"] for r in rows]
+
+
+def test_epopt_keeps_only_the_worst_episodes_in_the_buffer_and_logs_their_physics(stage2_state, tmp_path):
+    run_stage3(stage2_state, tmp_path / "on", transfer={"epopt": {"enabled": True, "epsilon": 0.5,
+                                                                  "batch_episodes": 2, "warmup_batches": 1}})
+    rows = [json.loads(line) for line in (tmp_path / "on" / "epopt_episodes.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in rows] == [0, 1, 2, 3]  # 4 episodes of 10 steps
+    assert [r["kept"] for r in rows[:2]] == [True, True] and sum(r["kept"] for r in rows[2:]) == 1
+    assert all(set(r["physics"]) == {"friction", "mass", "damping", "gripper_force"} for r in rows)
+    assert all(0.7 <= r["physics"]["friction"] < 1.3 for r in rows)  # the training range of dr=train
+    state = load_latest(tmp_path / "on" / "checkpoints").state
+    assert int(state["sampler"]["online"]["size"]) == sum(r["length"] for r in rows if r["kept"]) == 30
+
+
+def test_darc_changes_the_loop_only_when_it_corrects(stage2_state, tmp_path):
+    base = run_stage3(stage2_state, tmp_path / "default", dr="none")
+    gap = {**FRICTION_LOW, "target_transitions": 20}
+    zero = run_stage3(stage2_state, tmp_path / "zero", gap=gap, transfer={"darc": {"enabled": True, "scale": 0.0}})
+    on = run_stage3(stage2_state, tmp_path / "on", gap=gap, transfer={"darc": {"enabled": True}})
+    # the friction_low gap trains in the nominal sim: the same episodes, so a zero correction gives the same losses
+    assert losses(zero) == losses(base) and "train/darc/sas_accuracy" in zero[-1]
+    assert losses(on) != losses(base) and on[-1]["train/darc/applied"] == 1.0
+    with np.load(tmp_path / "on" / "transfer" / "darc_target.npz") as z:
+        assert len(z["actions"]) == 20
+
+
+def test_build_transfer_wires_dann_into_the_agent_with_cached_target_frames(tmp_path):
+    agent = camera_agent()
+    frames = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    (tmp_path / "transfer").mkdir()
+    np.savez(tmp_path / "transfer" / "dann_target.npz", actions=np.zeros((6, 4)), rewards=np.zeros(6),
+             **{"observations/agentview_image": frames, "observations/proprio": np.zeros((6, 3)),
+                "next_observations/agentview_image": frames, "next_observations/proprio": np.zeros((6, 3))})
+    gap = Gap.from_mapping(OmegaConf.to_container(OmegaConf.load(CONFIGS / "gap" / "visual_textures.yaml")))
+    parts = build_transfer(TransferSettings.from_mapping({"dann": {"enabled": True}}), gap, agent, None, gap.source,
+                           tmp_path, reward_scale=1.0, seed=0)
+    assert agent.auxiliary == [parts.adversary] and parts.adversary.num_frames == 6
+    assert set(parts.modules) == {"dann"}
+    assert "dann/accuracy" in agent.update(camera_batch(0))
+
+
+def test_evaluate_runs_the_gap_source_and_target_as_conditions():
+    from robopretrain.evaluate import build_conditions
+
+    cfg = compose("evaluate", {"gap": "friction_low"}, {"checkpoint": "x", "select": ["nominal"]})
+    conds = {c.key: c.randomization for c in build_conditions(cfg)}
+    assert list(conds) == ["nominal/none", "gap/source", "gap/target"]
+    assert conds["gap/source"] == {"level": "none", "num_distractors": 0}
+    assert conds["gap/target"] == FRICTION_LOW["target"]
+    assert [c.key for c in build_conditions(compose("evaluate", {}, {"checkpoint": "x", "select": ["nominal"]}))] \
+        == ["nominal/none"]
+
+
+def test_stage2_trains_the_encoder_against_a_domain_classifier(tmp_path):
+    data = collect_sim(tmp_path / "reach.hdf5", ["Reach"], episodes=1, images=True, image_size=16)
+    gap = {**OmegaConf.to_container(OmegaConf.load(CONFIGS / "gap" / "visual_textures.yaml")), "target_frames": 8}
+    cfg = stage2_config(data, tmp_path / "s2", algo="cql", steps=2, obs={"low_dim": ["proprio"],
+                                                                          "rgb": ["agentview_image"]},
+                        train={"log_every": 1}, gap=gap, transfer={"dann": {"enabled": True}})
+    ckpt = stage2(cfg)
+    rows = [r for r in read_jsonl(tmp_path / "s2" / "metrics.jsonl") if "train/dann/accuracy" in r]
+    assert len(rows) == 2 and all(0.0 <= r["train/dann/accuracy"] <= 1.0 for r in rows)
+    with np.load(tmp_path / "s2" / "transfer" / "dann_target.npz") as z:
+        assert z["observations/agentview_image"].shape == (8, 16, 16, 3)
+    assert "dann" in load_latest(Path(ckpt).parent).state["transfer"]
+
+
+def test_a_killed_run_with_epopt_and_darc_resumes_to_the_same_weights(stage2_state, tmp_path, monkeypatch):
+    top = {"gap": {**FRICTION_LOW, "source": {"level": "train", "factors": ["friction", "mass"]},
+                   "target_transitions": 20},
+           "transfer": {"darc": {"enabled": True},
+                        "epopt": {"enabled": True, "epsilon": 0.5, "batch_episodes": 3, "warmup_batches": 1}}}
+    clean = finetune(stage3_cfg(stage2_state, tmp_path / "clean", checkpoint_every=20, **top))
+    real_update = die_after_first_checkpoint(monkeypatch, Agent, tmp_path / "killed" / "checkpoints", updates=3)
+    with pytest.raises(Killed):
+        finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, **top))
+    monkeypatch.setattr(Agent, "update", real_update)
+    resumed = finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, **top))
+    a, b = load_latest(tmp_path / "killed" / "checkpoints"), load_latest(tmp_path / "clean" / "checkpoints")
+    assert a.step == b.step == 40
+    assert_same(a.weights, b.weights)
+    assert_same(a.state["transfer"], b.state["transfer"], "transfer")
+    assert resumed["history"] == clean["history"]
+    logs = [(tmp_path / run / "epopt_episodes.jsonl").read_text() for run in ("killed", "clean")]
+    assert logs[0] == logs[1] and "false" in logs[1]  # the same decisions, each episode once, one dropped
