@@ -505,8 +505,10 @@ class Agent:
 
 
 # keys of an algorithm config that fix network shapes: a rebuilt agent keeps the checkpoint's
+# (tests/test_network_keys.py finds every setting that changes a shape and checks that it is here)
 NETWORK_KEYS = ("actor_hidden", "critic_hidden", "value_hidden", "num_critics", "critic_layer_norm", "activation",
-                "guide_hidden", "num_values", "value_layer_norm")
+                "guide_hidden", "num_values", "value_layer_norm", "vae_hidden", "latent_dim", "embed_dim",
+                "num_layers", "num_heads", "max_ep_len")
 
 
 def _jsonable(value: Any) -> Any:
