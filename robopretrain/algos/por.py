@@ -39,7 +39,7 @@ g(phi_a(s)))``, where ``g`` outputs a point in ``phi_c``'s space, the space ``pi
 Clean-data check (``benchmarks/results/recipe_offline_family.json``; Reach, 50 clean expert demos, privileged state,
 seed 0, 50 episodes): success 0.52 at 1000 and 0.68 at 2500 updates with these defaults, below the 0.9 criterion;
 with the authors' other policy learning rate, ``guide_lr = actor_lr = 1e-3`` (their AntMaze-umaze and MuJoCo
-setting; ``benchmarks/results/recipe_offline_family_por_lr.json``, exploratory), 0.72 and 0.94.
+setting; ``benchmarks/results/recipe_explore.json``, exploratory), 0.72 and 0.94.
 
 Agreement with the authors' code (ryanxhr/POR at e692bb3; ``python benchmarks/corl_agreement/por.py``): its ``TwinV``,
 ``GaussianPolicy`` (guide; execute with our ``tanh`` appended to its mean network) and one

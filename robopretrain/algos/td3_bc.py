@@ -27,7 +27,7 @@ Clean-data check (``benchmarks/results/recipe_offline_family.json``; Reach, 50 c
 seed 0, 50 episodes): success 0.00 at 1000 and 0.02 at 2500 updates with the default ``alpha = 2.5`` -- the actor
 follows the critic's extrapolation (Q at the policy's actions about -1.9 against -6.8 at the data's, BC MSE 0.73);
 with ``alpha = 0`` the same actor imitates (BC MSE 0.02 after 600 updates). Exploratory, after the protocol run
-(``benchmarks/recipe_td3bc_alpha.py``): ``alpha = 0.25`` 0.96 / 0.72, ``alpha = 0.1`` 0.96 / 0.96. On 629 sparse-reward
+(``benchmarks/recipe_explore.py td3_bc --set algo.alpha=...``): ``alpha = 0.25`` 0.96 / 0.72, ``alpha = 0.1`` 0.96 / 0.96. On 629 sparse-reward
 transitions the BC term needs more weight than on D4RL locomotion.
 
 Online (stage 3): TD3's exploration ``a = clip(pi(s) + N(0, 0.1^2), -1, 1)`` when acting non-deterministically.
