@@ -286,15 +286,32 @@ class _FramesDataset(torch.utils.data.Dataset):
         return torch.from_numpy(self.source.frames(video, [k - starts[video]])[0])
 
 
-def test_hdf5_source_in_dataloader_workers(tmp_path: Path) -> None:
-    path = tmp_path / "demos.hdf5"
-    videos = write_robomimic(path, [5, 6, 4])
-    source = HDF5ImageSource(path, image_size=24)
-    source.frames(0, [0])  # the parent holds an open handle and a warm cache before the workers fork
-    loader = torch.utils.data.DataLoader(_FramesDataset(source), batch_size=4, num_workers=2)
+def _read_in_forked_workers(path: str) -> None:
+    """In a fresh interpreter: the parent holds an open handle and a warm cache, then two DataLoader workers fork."""
+    import test_video_sources as t
+
+    videos = {k: v[()] for k, v in np.load(path + ".npz").items()}
+    source = HDF5ImageSource(Path(path), image_size=24)
+    source.frames(0, [0])
+    loader = torch.utils.data.DataLoader(t._FramesDataset(source), batch_size=4, num_workers=2)
     got = torch.cat(list(loader)).numpy()
     assert np.array_equal(got, np.concatenate([videos[f"demo_{i}"] for i in range(3)]))
     source.close()
+
+
+def test_hdf5_source_in_dataloader_workers(tmp_path: Path) -> None:
+    """Run in its own interpreter: forking a pytest process that earlier tests left with helper threads (the
+    kernel pool, OpenMP) can crash a worker for reasons that are not the source's (seen once in a full run)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "demos.hdf5"
+    videos = write_robomimic(path, [5, 6, 4])
+    np.savez(str(path) + ".npz", **videos)
+    code = (f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]; import test_video_sources as t; "
+            f"t._read_in_forked_workers({str(path)!r})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_open_frame_source_picks_the_type(tmp_path: Path, video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
