@@ -46,7 +46,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages
+# bench_utils, claims_metrics; appended so that benchmarks/video_pretrain.py does not shadow the video_pretrain package
+sys.path.append(str(Path(__file__).resolve().parent))
 from bench_utils import cpu_model, load_average, outcomes, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
 from claims_metrics import cumulative_regret, difference_ci  # noqa: E402
 
