@@ -28,6 +28,7 @@ markdown tables on stdout, including the ranking against CORL's and d3rlpy's pub
     python benchmarks/offline_suite.py --part preferences
     python benchmarks/offline_suite.py --summarize-only
     python benchmarks/offline_suite.py --smoke --part states --algos bc iql --seeds 0   # minutes, shows the wiring
+    python benchmarks/offline_suite.py --time --part pixels online preferences   # one short timed run of each kind
 """
 
 from __future__ import annotations
@@ -640,6 +641,74 @@ def report(summary: dict[str, Any], budgets: Budgets) -> str:
     return "\n\n".join(parts)
 
 
+# --------------------------------------------------------------------------- timing (the protocol's CPU estimate)
+
+
+def updates_per_second(out: Path, first: int, last: int) -> float | None:
+    """Updates per second between two checkpoints of a run (their newest file times): excludes start-up and data
+    loading."""
+    dirs = [checkpoint(out, u) for u in (first, last)]
+    if not all(d.is_dir() for d in dirs):
+        return None
+    t0, t1 = (max(f.stat().st_mtime for f in d.iterdir()) for d in dirs)
+    return (last - first) / (t1 - t0) if t1 > t0 else None
+
+
+def time_runs(args: argparse.Namespace) -> dict[str, Any]:
+    """One short run of each kind on the first task's ``mixed`` file, seed 0: stage 2 of each learner (``states``:
+    90 updates, ``pixels``: 30; the rate between the checkpoints at a third and at the end), stage 3 of each online
+    learner (``--time-env-steps`` from the timed state run's checkpoint, wall time including start-up and two
+    evaluations of 2 episodes), and one reward model at the protocol's sizes. Extrapolated to the protocol's budgets:
+    minutes per run."""
+    b: Budgets = args.budgets
+    task = args.tasks[0]
+    data = collect_data(args.work_dir, task, "mixed", b.demos)
+    out: dict[str, Any] = {"cpu": cpu_model(), "load_average_before": load_average(), "task": task, "runs": {}}
+    for part in [p for p in ("states", "pixels") if p in args.part or (p == "states" and "online" in args.part)]:
+        n = 90 if part == "states" else 30
+        final = b.state_updates[-1] if part == "states" else b.pixel_updates[-1]
+        timed_algos = args.algos if part in args.part else [a for a in args.algos if a in ONLINE_ALGOS]
+        for algo in timed_algos:
+            job = Job(part, task, "mixed", algo, 0)
+            run_dir = args.work_dir / "timing" / job.key
+            wall = _run(train_command(job, data, run_dir, n, Budgets(checkpoint_every=n // 3), smoke=False))
+            rate = updates_per_second(run_dir, n // 3, n)
+            out["runs"][job.key] = {"updates": n, "wall_s": round(wall, 1), "updates_per_s": rate,
+                                    "minutes_at_budget": round(final / rate / 60, 1) if rate else None,
+                                    "budget": final, "load_average": load_average()}
+            print(f"timing {job.key}: {rate or float('nan'):.2f} updates/s -> "
+                  f"{out['runs'][job.key]['minutes_at_budget']} min at {final} updates", flush=True)
+            write_json_atomic(args.time_out, out)
+    if "online" in args.part:
+        steps = args.time_env_steps
+        for algo in [a for a in args.algos if a in ONLINE_ALGOS]:
+            source = checkpoint(args.work_dir / "timing" / Job("states", task, "mixed", algo, 0).key, 90)
+            run_dir = args.work_dir / "timing" / f"online/{task}/mixed/{algo}/seed0"
+            wall = _run([sys.executable, "-m", "finetune.train", f"algo={algo}", f"checkpoint={source}",
+                         f"target={task}", f"data.path={data}", "dr=none", "seed=0", f"output_dir={run_dir}",
+                         f"hydra.run.dir={run_dir}/hydra", "num_threads=1", "online.num_envs=1",
+                         "online.asynchronous=false", f"online.env_steps={steps}", f"online.eval_every={steps}",
+                         "online.eval_episodes=2", f"online.checkpoint_every={steps}", "online.progress=false",
+                         "online.tensorboard=false"])
+            out["runs"][f"online/{algo}"] = {"env_steps": steps, "wall_s": round(wall, 1),
+                                             "minutes_at_budget": round(wall * b.online_steps / steps / 60, 1),
+                                             "budget": b.online_steps, "load_average": load_average()}
+            print(f"timing online/{algo}: {wall:.0f} s for {steps} env steps", flush=True)
+            write_json_atomic(args.time_out, out)
+    if "preferences" in args.part:
+        job = Job("preferences", task, "mixed", "iql", 0)
+        scratch = argparse.Namespace(**{**vars(args), "work_dir": args.work_dir / "timing"})
+        entry: dict[str, Any] = {}
+        start = time.perf_counter()
+        reward_model(job, scratch, entry, data)
+        out["runs"]["reward_model"] = {"wall_s": round(time.perf_counter() - start, 1), **entry["reward_model"],
+                                       "load_average": load_average()}
+        print(f"timing reward model: {out['runs']['reward_model']['wall_s']} s", flush=True)
+    out["load_average_after"] = load_average()
+    write_json_atomic(args.time_out, out)
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -656,6 +725,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--figure", type=Path, default=None)
     p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--time", action="store_true",
+                   help="instead of the suite: one short run of each kind of --part / --algos (time_runs)")
+    p.add_argument("--time-env-steps", type=int, default=200, help="--time: stage-3 env steps per online learner")
+    p.add_argument("--time-out", type=Path, default=ROOT / "benchmarks" / "results" / "offline_suite_timing.json")
     p.add_argument("--eval-job", nargs=3, metavar=("CKPT", "TASK", "EPISODES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     name = "offline_suite_smoke" if args.smoke else "offline_suite"
@@ -681,6 +754,9 @@ def main(argv: list[str] | None = None) -> None:
         eval_job(args.eval_job[0], args.eval_job[1], int(args.eval_job[2]))
         return
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.time:
+        time_runs(args)
+        return
     results: dict[str, Any] = json.loads(args.out.read_text()).get("runs", {}) if args.out.is_file() else {}
     if not args.summarize_only:
         jobs = pending(plan(args.part, args.tasks, args.datasets, args.algos, args.seeds), results, args.budgets)
