@@ -561,13 +561,11 @@ def preferences_table(rows: list[dict[str, Any]]) -> str:
              "| task | learner | seeds | learned reward | true reward | learned - true [95% CI] | held-out agreement |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        agree = [a for a in r["agreement"] if a is not None]
+        agree = [a for a in r["agreement"] if a is not None and np.isfinite(a)]  # NaN: no non-tie held-out pair
         true = f"{r['true']:.2f}" if "true" in r else "-"
         diff = _ci(r, "difference", "difference_ci95") if "difference" in r else "-"
         lines.append(f"| {r['task']} | {LABELS[r['algo']]} | {len(r['seeds'])} | {_ci(r, 'learned', 'learned_ci95')} | "
-                     f"{true} | {diff} | {np.mean(agree):.2f} |" if agree else
-                     f"| {r['task']} | {LABELS[r['algo']]} | {len(r['seeds'])} | {_ci(r, 'learned', 'learned_ci95')} | "
-                     f"{true} | {diff} | - |")
+                     f"{true} | {diff} | {f'{np.mean(agree):.2f}' if agree else '-'} |")
     return "\n".join(lines)
 
 
@@ -656,7 +654,7 @@ def updates_per_second(out: Path, first: int, last: int) -> float | None:
 
 def time_runs(args: argparse.Namespace) -> dict[str, Any]:
     """One short run of each kind on the first task's ``mixed`` file, seed 0: stage 2 of each learner (``states``:
-    90 updates, ``pixels``: 30; the rate between the checkpoints at a third and at the end), stage 3 of each online
+    90 updates, ``pixels``: 15; the rate between the checkpoints at a third and at the end), stage 3 of each online
     learner (``--time-env-steps`` from the timed state run's checkpoint, wall time including start-up and two
     evaluations of 2 episodes), and one reward model at the protocol's sizes. Extrapolated to the protocol's budgets:
     minutes per run."""
@@ -665,7 +663,7 @@ def time_runs(args: argparse.Namespace) -> dict[str, Any]:
     data = collect_data(args.work_dir, task, "mixed", b.demos)
     out: dict[str, Any] = {"cpu": cpu_model(), "load_average_before": load_average(), "task": task, "runs": {}}
     for part in [p for p in ("states", "pixels") if p in args.part or (p == "states" and "online" in args.part)]:
-        n = 90 if part == "states" else 30
+        n = 90 if part == "states" else 15
         final = b.state_updates[-1] if part == "states" else b.pixel_updates[-1]
         timed_algos = args.algos if part in args.part else [a for a in args.algos if a in ONLINE_ALGOS]
         for algo in timed_algos:
