@@ -27,6 +27,26 @@ Also: ``--contention`` repeats the 2-thread Cal-QL rounds (ours and CORL) while 
 Python loop) runs beside them; ``--peak`` measures the fp32 matmul peak (2048^3 ``torch.mm``) per thread count,
 and the JSON reports each implementation's achieved FLOP/s on the nominal dense FLOPs of the update
 (:func:`update_flops`). Output: ``benchmarks/results/peers.json`` and a markdown table on stdout.
+
+**The offline family** (issue 15; ``--algos td3bc awac dt bc --out benchmarks/results/peers_family.json``): ours
+(built by :func:`robopretrain.algos.make_agent` at its ``configs/algo`` defaults, which are CORL's sizes) against
+CORL's single files ``algorithms/offline/{td3_bc,awac,dt,any_percent_bc}.py`` (imported the same way), same sizes:
+
+* ``td3bc``: batch 256, obs 39, act 4, actor 2x256, 2 critics 2x256, policy noise 0.2 clipped 0.5, actor and
+  targets every 2nd update (timed over an even number of updates), alpha 2.5. CORL: ``TD3_BC.train``.
+* ``awac``: batch 256, actor 3x256 (Gaussian, state-independent log std), 2 critics 3x256, lambda 1 (CORL's
+  default), weights clipped at 100. CORL: ``AdvantageWeightedActorCritic.update``.
+* ``dt``: CORL's defaults on both sides: batch 64 windows of K = 20 steps (60 tokens), embedding 128, 3 layers,
+  1 head, dropout 0.1, ``episode_len`` 1000, AdamW lr 1e-4 with the linear warm-up, gradient-norm clip 0.25; a
+  batch without padding (every window inside its episode), on which both losses are the same masked MSE. CORL's
+  file has no update function (the step is inside its ``train()``), so the worker runs the same step on CORL's
+  ``DecisionTransformer``: forward, masked MSE, ``backward``, ``clip_grad_norm_``, AdamW and ``LambdaLR`` steps.
+* ``bc``: batch 256, actor 2x256. CORL's ``any_percent_bc.py`` (``BC.train``) regresses a deterministic tanh
+  actor by MSE; ours fits a Gaussian with a tanh mean and a state-independent std by likelihood (the IQL
+  authors' policy, which BC uses here: README, "learners on clean data"), so the two updates do the same layers'
+  work plus ours' log-likelihood terms.
+
+CORL's ReBRAC (``algorithms/offline/rebrac.py``) is JAX/Flax, not PyTorch, and no JAX is installed: not timed.
 """
 
 from __future__ import annotations
@@ -50,7 +70,11 @@ BATCH, OBS_DIM, ACT_DIM, N_ACTIONS = 256, 39, 4, 10
 CALQL_ACTOR, CRITIC, IQL_HIDDEN = (256, 256, 256), (256, 256), (256, 256)
 IMPLS = ("robopretrain", "corl", "d3rlpy")
 GPU_MODES = ("eager", "compile", "cudagraphs", "graph")
-DEFAULT_ITERS = {"calql": 15, "iql": 150, "image": 8}
+DEFAULT_ITERS = {"calql": 15, "iql": 150, "image": 8, "td3bc": 150, "awac": 80, "dt": 12, "bc": 400}
+FAMILY = ("td3bc", "awac", "dt", "bc")  # issue 15's learners that CORL has in PyTorch
+ALGOS = ("calql", "iql", "image", *FAMILY)
+FAMILY_NAMES = {"td3bc": "td3_bc", "awac": "awac", "dt": "dt", "bc": "bc"}  # -> robopretrain.algos registry names
+DT_BATCH, DT_CONTEXT, DT_EPISODE_LEN = 64, 20, 1000  # CORL dt.py defaults (ours are the same: configs/algo/dt.yaml)
 D3RLPY_PIN = "d3rlpy==2.8.1"
 
 
@@ -69,8 +93,8 @@ def update_flops(algo: str, batch: int = BATCH) -> float | None:
     target critic on ``B * N`` backup actions (fwd), critic on ``B * (1 + 3N)`` action sets (fwd+bwd); 2 critics.
     IQL: target critic, critic (fwd+bwd), value on s (fwd+bwd) and s' (fwd), actor (fwd+bwd), all on B rows.
     """
-    if algo == "image":
-        return None  # the conv encoder's work is not counted
+    if algo not in ("calql", "iql"):
+        return None  # the image update's conv encoder and the offline family's updates are not counted
     critic = 2 * _mlp_flops([OBS_DIM + ACT_DIM, *CRITIC, 1])
     if algo == "calql":
         actor = _mlp_flops([OBS_DIM, *CALQL_ACTOR, 2 * ACT_DIM])
@@ -102,6 +126,11 @@ def _ours(algo: str, batch_size: int = BATCH, device: str = "cpu", mode: str = "
     if algo == "image":
         agent, batch = _ours_image(batch_size, device)
         core = agent.core
+    elif algo in FAMILY:
+        from robopretrain.algos import make_agent
+
+        core = agent = make_agent(FAMILY_NAMES[algo], OBS_DIM, ACT_DIM, {"batch_size": batch_size}, device=device)
+        batch = _dt_batch(batch_size, device) if algo == "dt" else _batch(batch_size, device)
     else:
         batch = _batch(batch_size, device)
         if algo == "calql":
@@ -123,6 +152,21 @@ def _ours(algo: str, batch_size: int = BATCH, device: str = "cpu", mode: str = "
 
 
 IMAGE_SIZE, IMAGE_BATCH = 64, 64
+
+
+def _dt_batch(batch_size: int = DT_BATCH, device: str = "cpu") -> dict:
+    """A fixed random batch of ``batch_size`` windows of ``DT_CONTEXT`` steps, none padded: observations (B, K, 39),
+    actions (B, K, 4) in [-1, 1], returns-to-go (B, K), timesteps (B, K) consecutive inside [0, 1000), mask ones."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    B, K = batch_size, DT_CONTEXT
+    start = torch.randint(0, DT_EPISODE_LEN - K, (B, 1), generator=g)
+    batch = {"observations": torch.randn(B, K, OBS_DIM, generator=g),
+             "actions": torch.rand(B, K, ACT_DIM, generator=g) * 2 - 1,
+             "returns_to_go": torch.rand(B, K, generator=g) * 10, "timesteps": start + torch.arange(K),
+             "mask": torch.ones(B, K)}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _ours_image(batch_size: int = IMAGE_BATCH, device: str = "cpu"):  # -> (agent, update)
@@ -200,6 +244,11 @@ def _corl(algo: str, corl_path: str, batch_size: int = BATCH, device: str = "cpu
     stubbed = _stub_corl_imports()
     b = _batch(batch_size, device)
     col = lambda t: t.unsqueeze(-1)  # noqa: E731  (CORL's buffer returns (B, 1) rewards, dones, returns)
+    if algo in FAMILY:
+        step = _corl_family(algo, corl_path, batch_size, device)
+        if stubbed:
+            print(f"corl: stand-in modules for {stubbed}", file=sys.stderr)
+        return step
     if algo == "calql":
         m = _import_file(Path(corl_path) / "algorithms" / "finetune" / "cal_ql.py", "corl_cal_ql")
         critic_1 = m.FullyConnectedQFunction(OBS_DIM, ACT_DIM, True, len(CRITIC)).to(device)
@@ -229,6 +278,63 @@ def _corl(algo: str, corl_path: str, batch_size: int = BATCH, device: str = "cpu
         batch = [b["observations"], b["actions"], col(b["rewards"]), b["next_observations"], col(b["dones"])]
     if stubbed:
         print(f"corl: stand-in modules for {stubbed}", file=sys.stderr)
+    return lambda: trainer.train(batch)
+
+
+def _corl_family(algo: str, corl_path: str, batch_size: int, device: str):
+    """CORL's TD3+BC, AWAC, DT or any-percent BC update at the sizes of the module docstring (stubs already in)."""
+    import torch
+
+    offline = Path(corl_path) / "algorithms" / "offline"
+    if algo == "dt":
+        m = _import_file(offline / "dt.py", "corl_dt")
+        model = m.DecisionTransformer(state_dim=OBS_DIM, action_dim=ACT_DIM, seq_len=DT_CONTEXT,
+                                      episode_len=DT_EPISODE_LEN, embedding_dim=128, num_layers=3, num_heads=1,
+                                      attention_dropout=0.1, residual_dropout=0.1, embedding_dropout=0.1,
+                                      max_action=1.0).to(device)
+        optim = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, betas=(0.9, 0.999))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optim, lambda steps: min((steps + 1) / 10_000, 1))
+        b = _dt_batch(batch_size, device)
+        mask = b["mask"]
+
+        def dt_step() -> None:  # the step of CORL dt.py's train() loop (logging left out)
+            pred = model(states=b["observations"], actions=b["actions"], returns_to_go=b["returns_to_go"],
+                         time_steps=b["timesteps"], padding_mask=~mask.to(torch.bool))
+            loss = (torch.nn.functional.mse_loss(pred, b["actions"], reduction="none") * mask.unsqueeze(-1)).mean()
+            optim.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+            optim.step()
+            scheduler.step()
+
+        return dt_step
+    b = _batch(batch_size, device)
+    col = lambda t: t.unsqueeze(-1)  # noqa: E731  (CORL's buffer returns (B, 1) rewards and dones)
+    batch = [b["observations"], b["actions"], col(b["rewards"]), b["next_observations"], col(b["dones"])]
+    if algo == "td3bc":
+        m = _import_file(offline / "td3_bc.py", "corl_td3_bc")
+        actor, c1, c2 = m.Actor(OBS_DIM, ACT_DIM, 1.0), m.Critic(OBS_DIM, ACT_DIM), m.Critic(OBS_DIM, ACT_DIM)
+        actor, c1, c2 = actor.to(device), c1.to(device), c2.to(device)
+        trainer = m.TD3_BC(max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), 3e-4),
+                           critic_1=c1, critic_1_optimizer=torch.optim.Adam(c1.parameters(), 3e-4),
+                           critic_2=c2, critic_2_optimizer=torch.optim.Adam(c2.parameters(), 3e-4),
+                           discount=0.99, tau=0.005, policy_noise=0.2, noise_clip=0.5, policy_freq=2, alpha=2.5,
+                           device=device)
+        return lambda: trainer.train(batch)
+    if algo == "awac":
+        m = _import_file(offline / "awac.py", "corl_awac")
+        actor = m.Actor(OBS_DIM, ACT_DIM, 256).to(device)
+        c1, c2 = m.Critic(OBS_DIM, ACT_DIM, 256).to(device), m.Critic(OBS_DIM, ACT_DIM, 256).to(device)
+        trainer = m.AdvantageWeightedActorCritic(
+            actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), 3e-4),
+            critic_1=c1, critic_1_optimizer=torch.optim.Adam(c1.parameters(), 3e-4),
+            critic_2=c2, critic_2_optimizer=torch.optim.Adam(c2.parameters(), 3e-4),
+            gamma=0.99, tau=5e-3, awac_lambda=1.0, exp_adv_max=100.0)
+        return lambda: trainer.update(batch)
+    m = _import_file(offline / "any_percent_bc.py", "corl_any_percent_bc")
+    actor = m.Actor(OBS_DIM, ACT_DIM, 1.0).to(device)
+    trainer = m.BC(max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), 3e-4),
+                   discount=0.99, device=device)
     return lambda: trainer.train(batch)
 
 
@@ -332,7 +438,7 @@ def _spawn(impl: str, algo: str, threads: int, args: argparse.Namespace, env_ext
     iters = args.iters or DEFAULT_ITERS[algo]
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl.split("[")[0], "--algo", algo,
            "--threads", str(threads), "--iters", str(iters), "--warmup", str(args.warmup),
-           "--batches", str(BATCH if algo != "image" else IMAGE_BATCH)]
+           "--batches", str({"image": IMAGE_BATCH, "dt": DT_BATCH}.get(algo, BATCH))]
     if impl == "corl":
         cmd += ["--corl", args.corl]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
@@ -601,9 +707,10 @@ def _table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
-    parser.add_argument("--algo", default="calql", choices=["calql", "iql", "image"], help=argparse.SUPPRESS)
-    parser.add_argument("--algos", nargs="+", default=["calql", "iql", "image"], choices=["calql", "iql", "image"],
-                        help="image: robopretrain's image Cal-QL update (no peer has the same update: ours only)")
+    parser.add_argument("--algo", default="calql", choices=ALGOS, help=argparse.SUPPRESS)
+    parser.add_argument("--algos", nargs="+", default=["calql", "iql", "image"], choices=ALGOS,
+                        help="image: robopretrain's image Cal-QL update (no peer has the same update: ours only); "
+                             "td3bc, awac, dt, bc: the offline family against CORL's offline/ files")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--gpu-check", action="store_true",
                         help="the GPU check (benchmarks/gpu_check.sh): each --modes x --batches on --device, one JSON")
@@ -693,6 +800,8 @@ def main(argv: list[str] | None = None) -> None:
         for algo in args.algos:
             if algo == "image":
                 chosen = {"robopretrain": {}}
+            elif algo in FAMILY:  # CORL only (d3rlpy is timed for Cal-QL and IQL); no forced kernels
+                chosen = {k: v for k, v in variants.items() if k in ("robopretrain", "corl")}
             else:
                 chosen = variants if algo == "calql" else {k: v for k, v in variants.items() if "[" not in k}
             load = os.getloadavg()[0]

@@ -1,0 +1,113 @@
+"""benchmarks/offline_suite.py's pure parts on hand-made inputs: which runs a call plans, which it skips on a rerun
+(resume bookkeeping), the ranks and Kendall's tau of the ranking comparison, the learner scores it ranks, and the
+online summary's before / after / regret."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def suite():
+    # loaded from its file (benchmarks/ first on sys.path would shadow the video_pretrain package); it appends its
+    # own folder for bench_utils and claims_metrics
+    spec = importlib.util.spec_from_file_location("offline_suite", ROOT / "benchmarks" / "offline_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["offline_suite"] = module  # its dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    yield module
+    for name in ("offline_suite", "bench_utils"):
+        sys.modules.pop(name, None)
+    sys.modules.pop("claims_metrics", None)
+
+
+# ------------------------------------------------------------------------------------------ planning and resume
+def test_plan_limits_online_and_preferences_to_their_learners_and_the_mixed_data(suite):
+    jobs = suite.plan(["states", "online", "preferences"], ["Reach"], ["clean", "mixed"], ["bc", "iql", "awac"],
+                      [0])
+    keys = [j.key for j in jobs]
+    assert keys == ["states/Reach/clean/bc/seed0", "states/Reach/clean/iql/seed0", "states/Reach/clean/awac/seed0",
+                    "states/Reach/mixed/bc/seed0", "states/Reach/mixed/iql/seed0", "states/Reach/mixed/awac/seed0",
+                    "online/Reach/mixed/iql/seed0", "online/Reach/mixed/awac/seed0",
+                    "preferences/Reach/mixed/iql/seed0"]
+    assert suite.plan(["online"], ["Reach"], ["clean"], ["iql"], [0]) == []  # online needs the mixed file
+
+
+def test_pending_skips_finished_runs_and_adds_the_states_run_a_later_part_needs(suite):
+    b = suite.Budgets(state_updates=(10, 20), online_steps=100)
+    done = {"success": {"10": [True], "20": [False]}}
+    half = {"success": {"10": [True]}}  # killed between its two evaluations
+    online = suite.Job("online", "Reach", "mixed", "iql", 0)
+    results = {"states/Reach/clean/bc/seed0": done, "states/Reach/mixed/bc/seed0": half}
+    jobs = [suite.Job("states", "Reach", "clean", "bc", 0), suite.Job("states", "Reach", "mixed", "bc", 0), online]
+    todo = suite.pending(jobs, results, b)
+    assert [j.key for j in todo] == ["states/Reach/mixed/bc/seed0", "states/Reach/mixed/iql/seed0",
+                                     "online/Reach/mixed/iql/seed0"]
+    results["states/Reach/mixed/iql/seed0"] = done
+    results["online/Reach/mixed/iql/seed0"] = {"history": [{"env_steps": 0}, {"env_steps": 50}]}
+    assert [j.key for j in suite.pending([online], results, b)] == ["online/Reach/mixed/iql/seed0"]  # cut short
+    results["online/Reach/mixed/iql/seed0"]["history"].append({"env_steps": 100})
+    assert suite.pending([online], results, b) == []
+
+
+def test_a_preferences_run_is_complete_at_the_final_budget_only(suite):
+    b = suite.Budgets(state_updates=(10, 20))
+    assert suite.is_complete({"success": {"20": [True]}}, "preferences", b)
+    assert not suite.is_complete({"success": {"20": [True]}}, "states", b)
+    assert not suite.is_complete({"success": {"10": [True]}}, "preferences", b)
+
+
+# ------------------------------------------------------------------------------------------ ranking
+def test_ranks_share_ties_and_kendall_tau_counts_pairs(suite):
+    assert suite.ranks({"a": 0.9, "b": 0.5, "c": 0.5, "d": 0.1}) == {"a": 1, "b": 2.5, "c": 2.5, "d": 4}
+    ours = {"a": 3.0, "b": 2.0, "c": 1.0}
+    assert suite.kendall_tau(ours, {"a": 30.0, "b": 20.0, "c": 10.0}) == 1.0
+    assert suite.kendall_tau(ours, {"a": 10.0, "b": 20.0, "c": 30.0}) == -1.0
+    # one pair swapped of three: (2 - 1) / 3
+    assert suite.kendall_tau(ours, {"a": 30.0, "b": 5.0, "c": 10.0, "z": 99.0}) == pytest.approx(1 / 3)
+    # tau-b with a tie in b: concordant 2, discordant 0, one pair tied in b only -> 2 / sqrt(3 * 2)
+    assert suite.kendall_tau(ours, {"a": 2.0, "b": 1.0, "c": 1.0}) == pytest.approx(2 / 6 ** 0.5)
+    assert suite.kendall_tau(ours, {"a": 1.0}) is None
+
+
+def test_algo_scores_average_settings_and_leave_out_learners_missing_one(suite):
+    row = lambda task, data, algo, mean, u=20: {"task": task, "dataset": data, "algo": algo,  # noqa: E731
+                                                  "updates": u, "mean": mean}
+    rows = [row("Reach", "clean", "bc", 1.0), row("Reach", "mixed", "bc", 0.5), row("Reach", "clean", "iql", 0.8),
+            row("Reach", "mixed", "iql", 0.6), row("Reach", "clean", "cql", 1.0),  # cql lacks the mixed setting
+            row("Reach", "clean", "bc", 0.0, u=10)]  # an earlier budget is not mixed in
+    assert suite.algo_scores(rows) == {"bc": 0.75, "iql": 0.7}
+    comparison = suite.ranking_comparison({"bc": 0.75, "iql": 0.7}, {"T": {"iql": 2.0, "bc": 1.0, "dt": 5.0}})
+    assert comparison[0]["learners"] == ["bc", "iql"] and comparison[0]["kendall_tau"] == -1.0
+    assert comparison[0]["ours_rank"] == {"bc": 1, "iql": 2} and comparison[0]["their_rank"] == {"bc": 2, "iql": 1}
+
+
+def test_published_d3rlpy_average_is_the_mean_of_its_nine_datasets(suite):
+    assert suite.PUBLISHED["d3rlpy locomotion"]["td3_bc"] == pytest.approx(608.1 / 9, abs=0.01)
+    assert all(len(v) == 9 for v in suite._D3RLPY_LOCOMOTION.values())
+
+
+# ------------------------------------------------------------------------------------------ online summary
+def test_online_summary_before_after_dip_and_regrets(suite):
+    def hist(succ, train_regret):
+        return [{"env_steps": 50 * i, "eval/success": s, "eval/successes": round(s * 4), "eval/episodes": 4,
+                 "train/cumulative_regret": train_regret} for i, s in enumerate(succ)]
+
+    results = {
+        "online/Reach/mixed/iql/seed0": {"part": "online", "task": "Reach", "dataset": "mixed", "algo": "iql",
+                                         "seed": 0, "history": hist([0.5, 0.25, 1.0], 0.4)},
+        "online/Reach/mixed/iql/seed1": {"part": "online", "task": "Reach", "dataset": "mixed", "algo": "iql",
+                                         "seed": 1, "history": hist([0.0, 0.5, 0.5], 0.6)},
+    }
+    (row,) = suite.summarize_online(results, dip_window=100)
+    assert row["before"] == 0.25 and row["after"] == 0.75 and row["gain"] == 0.5
+    assert row["dip"] == pytest.approx(0.125)  # seed 0 falls 0.25 below its start, seed 1 never does
+    assert row["train_regret"] == pytest.approx(0.5)
+    # mean of 1 - success over the evaluations: seed 0 (0.5 + 0.75 + 0) / 3, seed 1 (1 + 0.5 + 0.5) / 3
+    assert row["eval_regret"] == pytest.approx((1.25 / 3 + 2 / 3) / 2)
+    assert suite.episode_outcomes({"eval/success": 0.75, "eval/successes": 3, "eval/episodes": 4}) == [1, 1, 1, 0]
