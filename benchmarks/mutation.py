@@ -66,7 +66,7 @@ RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
 # short name -> (module file, test files run against its mutants)
 MODULES: dict[str, tuple[str, list[str]]] = {
     "iql": ("robopretrain/algos/iql.py", ["tests/test_iql_bc.py", "tests/test_iql_update.py", "tests/test_wiring.py"]),
-    "cql": ("robopretrain/algos/cql.py", ["tests/test_cql.py", "tests/test_wiring.py"]),
+    "cql": ("robopretrain/algos/cql.py", ["tests/test_cql.py", "tests/test_cql_options.py", "tests/test_wiring.py"]),
     "bc": ("robopretrain/algos/bc.py", ["tests/test_iql_bc.py"]),
     "td3_bc": ("robopretrain/algos/td3_bc.py", ["tests/test_offline_family.py"]),
     "awac": ("robopretrain/algos/awac.py", ["tests/test_offline_family.py"]),
