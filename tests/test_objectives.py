@@ -136,6 +136,45 @@ def test_icvf_target_values_come_from_the_target_network():
     assert info["adv_positive"].item() == 0.0
 
 
+def test_icvf_objective_loss_equals_the_papers_target_with_distinct_target_networks():
+    """Ghosh et al. 2023, eq. 6 (and the authors' icvf_learner): q_i = r + gamma m V_target_i(s', g, z),
+    A = r_z + gamma m_z min_i V_target_i(s', z, z) - mean_i V_target_i(s, z, z), weight tau where A >= 0; with a target
+    encoder and target heads unlike the online ones, four distinct frames per sample and mixed advantage signs."""
+    torch.manual_seed(0)
+    obj = ICVFObjective(TinyEncoder(), hidden=(8, 8))
+    assert (obj.gamma, obj.expectile, obj.target_update_rate) == (0.99, 0.9, 0.005)
+    with torch.no_grad():
+        for p in [*obj.target_encoder.parameters(), *obj.target_heads.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+    n = 8
+    images = torch.rand(n, 4, 3, 8, 8)
+    g = torch.Generator().manual_seed(1)
+    batch = {"reward": -(torch.rand(n, generator=g) < 0.7).float(), "mask": (torch.rand(n, generator=g) < 0.7).float(),
+             "intent_reward": -(torch.rand(n, generator=g) < 0.5).float(),
+             "intent_mask": (torch.rand(n, generator=g) < 0.8).float()}
+    loss, info = obj.compute_loss(images, batch)
+
+    s, s_next, goal, z = (images[:, k] for k in range(4))
+    v = obj.heads(obj.encoder(s), obj.encoder(goal), obj.encoder(z))
+    te = obj.target_encoder
+    with torch.no_grad():
+        next_v = obj.target_heads(te(s_next), te(goal), te(z))
+        next_v_zz = obj.target_heads(te(s_next), te(z), te(z))
+        v_zz = obj.target_heads(te(s), te(z), te(z))
+    q = batch["reward"] + 0.99 * batch["mask"] * next_v
+    adv = batch["intent_reward"] + 0.99 * batch["intent_mask"] * next_v_zz.min(0).values - v_zz.mean(0)
+    w = torch.where(adv >= 0, 0.9, 0.1)
+    expected = (w * (q - v) ** 2).mean(1).sum()
+    assert 0 < (adv >= 0).float().mean() < 1  # both weights occur
+    assert info["adv_positive"].item() == pytest.approx((adv >= 0).float().mean().item())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the online encoder's gradient is that of the reference loss
+    got = torch.autograd.grad(loss, list(obj.encoder.parameters()), retain_graph=True)
+    want = torch.autograd.grad(expected, list(obj.encoder.parameters()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ VIP
 def test_vip_loss_on_2d_embeddings_by_hand():
     e0 = t([[0.0, 0.0], [1.0, 0.0]])
