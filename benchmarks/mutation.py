@@ -65,8 +65,8 @@ RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
 
 # short name -> (module file, test files run against its mutants)
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "iql": ("robopretrain/algos/iql.py", ["tests/test_iql_bc.py", "tests/test_iql_update.py", "tests/test_wiring.py"]),
-    "cql": ("robopretrain/algos/cql.py", ["tests/test_cql.py", "tests/test_cql_options.py", "tests/test_wiring.py"]),
+    "iql": ("robopretrain/algos/iql.py", ["tests/test_iql_update.py", "tests/test_iql_bc.py", "tests/test_wiring.py"]),
+    "cql": ("robopretrain/algos/cql.py", ["tests/test_cql_options.py", "tests/test_cql.py", "tests/test_wiring.py"]),
     "bc": ("robopretrain/algos/bc.py", ["tests/test_iql_bc.py"]),
     "td3_bc": ("robopretrain/algos/td3_bc.py", ["tests/test_offline_family.py"]),
     "awac": ("robopretrain/algos/awac.py", ["tests/test_offline_family.py"]),
@@ -79,7 +79,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "vip": ("video_pretrain/objectives/vip.py", ["tests/test_objectives.py"]),
     "tcn": ("video_pretrain/objectives/tcn.py", ["tests/test_objectives.py"]),
     "sampling": ("video_pretrain/sampling.py", ["tests/test_sampling.py"]),
-    "evaluation": ("robopretrain/evaluation.py", ["tests/test_wiring.py", "tests/test_evaluate.py"]),
+    "evaluation": ("robopretrain/evaluation.py", ["tests/test_evaluation.py", "tests/test_wiring.py",
+                                                 "tests/test_evaluate.py"]),
     "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_wiring.py", "tests/test_train_offline.py"]),
     "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py"]),
 }

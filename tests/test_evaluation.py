@@ -1,0 +1,138 @@
+"""The evaluation loop on policies whose outcome is known: the scripted Reach expert succeeds in every episode, a
+policy that never moves in none; the counts, returns and lengths equal those of a plain loop over the same seeds; and
+the calibration numbers by hand. (tests/test_normalization.py checks that the observation the loop hands the agent is
+the training row of the same state.)"""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from robopretrain import evaluation
+from robopretrain.envs.target import Target
+from robopretrain.evaluation import EVAL_SEED, calibration, evaluate
+from sim_envs.experts import make_expert
+
+EPISODES = 3
+
+
+class ExpertAgent:
+    """The clean scripted expert behind the agent interface (it reads the simulator state of the env it is bound to)."""
+
+    spec = SimpleNamespace(rgb_keys=(), image_size=None, rgb=False)
+
+    def __init__(self) -> None:
+        self.expert, self.env, self.resets = None, None, 0
+
+    def bind(self, env) -> None:
+        self.env = env
+
+    def reset_episode(self) -> None:
+        self.resets += 1
+        self.expert = make_expert(self.env.unwrapped, noise=0.0, rng=np.random.default_rng(0))
+
+    def act(self, obs, deterministic=True):
+        assert deterministic
+        return self.expert.act(obs)
+
+
+class StillAgent:
+    """Never moves (and keeps the gripper as it is); records the train/eval mode it acts in."""
+
+    spec = SimpleNamespace(rgb_keys=(), image_size=None, rgb=False)
+
+    def __init__(self) -> None:
+        self.training, self.modes_seen = True, set()
+
+    def bind(self, env) -> None:
+        self.act_dim = env.action_space.shape[0]
+
+    def train_mode(self, training: bool) -> None:
+        self.training = training
+
+    def act(self, obs, deterministic=True):
+        self.modes_seen.add(self.training)
+        return np.zeros(self.act_dim, np.float32)
+
+
+def plain_loop(agent, n: int) -> dict:
+    """The same episodes by hand: seeds EVAL_SEED + i, success if any step's info says so."""
+    env = evaluation.make_env(Target("Reach"))
+    agent.bind(env)
+    out = {"success": [], "return": [], "length": []}
+    try:
+        for i in range(n):
+            obs, _ = env.reset(seed=EVAL_SEED + i)
+            if hasattr(agent, "reset_episode"):
+                agent.reset_episode()
+            ret, steps, success, done = 0.0, 0, False, False
+            while not done:
+                obs, r, term, trunc, info = env.step(agent.act(obs))
+                ret, steps, success, done = ret + r, steps + 1, success or info["success"], term or trunc
+            out["success"].append(success)
+            out["return"].append(ret)
+            out["length"].append(steps)
+    finally:
+        env.close()
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def evaluate_bound(agent, monkeypatch, **kwargs) -> dict:
+    real = evaluation.agent_env
+
+    def bound_env(a, target, *args, **kwargs):
+        env = real(a, target, *args, **kwargs)
+        a.bind(env)
+        return env
+
+    monkeypatch.setattr(evaluation, "agent_env", bound_env)
+    return evaluate(agent, Target("Reach"), EPISODES, **kwargs)
+
+
+def test_the_scripted_expert_succeeds_in_every_episode(monkeypatch):
+    agent = ExpertAgent()
+    got = evaluate_bound(agent, monkeypatch)
+    assert agent.resets == EPISODES
+    assert got["success"] == 1.0 and got["successes"] == EPISODES and got["episodes"] == EPISODES
+    assert 1 < got["length"] < 50  # it stops at success, well before Reach's 50-step limit
+    assert got["return"] >= 1.0  # sparse reward: 1 at the successful step
+    ref = plain_loop(ExpertAgent(), EPISODES)
+    assert {k: got[k] for k in ref} == pytest.approx(ref)
+
+
+def test_a_policy_that_never_moves_never_succeeds(monkeypatch, tmp_path):
+    agent, written = StillAgent(), []
+    real_write = evaluation.write_gif
+    monkeypatch.setattr(evaluation, "write_gif", lambda path, frames: written.append(frames) or real_write(path, frames))
+    got = evaluate_bound(agent, monkeypatch, video_path=tmp_path / "ep0.gif")
+    assert got["success"] == 0.0 and got["successes"] == 0 and got["episodes"] == EPISODES
+    assert got["length"] == 50.0 and got["return"] == 0.0  # truncated at the time limit, no reward
+    assert agent.modes_seen == {False} and agent.training  # acted in evaluation mode, left in training mode
+    # the GIF of episode 0 only: its first observation and one frame per step, 128 px agentview
+    assert (tmp_path / "ep0.gif").stat().st_size > 0 and len(written) == 1
+    assert len(written[0]) == 51 and {f.shape for f in written[0]} == {(128, 128, 3)}
+    with pytest.raises(ValueError, match="num_episodes"):
+        evaluate(StillAgent(), Target("Reach"), 0)
+
+
+class FixedQ:
+    """Q(s, a) = s_0 + 2 a_0; the policy's action is s_1 (so every number below is known by hand)."""
+
+    has_q = True
+
+    def q_values(self, obs, actions):
+        return obs[:, 0] + 2 * actions[:, 0]
+
+    def act(self, obs, deterministic=True):
+        assert deterministic
+        return obs[:, 1:2].numpy()
+
+
+def test_calibration_by_hand():
+    batch = {"observations": torch.tensor([[1.0, 0.5], [3.0, -1.0]]), "actions": torch.tensor([[0.0], [1.0]]),
+             "mc_returns": torch.tensor([2.0, 1.0])}
+    got = calibration(FixedQ(), batch)
+    q_data, q_pi, mc = (1.0 + 5.0) / 2, (2.0 + 1.0) / 2, 1.5  # Q(s, a_data) = [1, 5]; Q(s, pi(s)) = [2, 1]
+    assert got == pytest.approx({"q_data": q_data, "q_policy": q_pi, "mc_return": mc, "gap_data": q_data - mc,
+                                 "gap_policy": q_pi - mc})
+    assert calibration(SimpleNamespace(has_q=False), batch) == {}
