@@ -55,6 +55,15 @@ def test_defaults_are_the_papers_antmaze_settings():
     cfg = IQLConfig()
     assert (cfg.discount, cfg.tau, cfg.expectile, cfg.beta, cfg.max_weight) == (0.99, 5e-3, 0.9, 1.0, 100.0)
     assert (cfg.reward_scale, cfg.reward_bias, cfg.sparse_reward, cfg.num_critics) == (10.0, -5.0, True, 2)
+    assert cfg.orthogonal_init is False  # IQLConfig's documented choice (CQL's official default is orthogonal)
+
+
+def test_the_target_critic_starts_as_a_copy_and_never_takes_gradients():
+    torch.manual_seed(0)
+    agent = make_agent("iql", 3, 2, SMALL)
+    assert agent.num_updates == 0
+    for t, c in zip(agent.target_critic.parameters(), agent.critic.parameters()):
+        assert torch.equal(t, c) and t is not c and not t.requires_grad
 
 
 @pytest.mark.parametrize("overrides", [{}, {"discount": 0.5, "expectile": 0.7, "beta": 3.0}])
@@ -62,8 +71,9 @@ def test_losses_and_gradients_equal_the_reference_on_bootstrapping_transitions(o
     agent = _agent(**overrides)
     batch = _batch()
     cfg = agent.cfg
-    losses, _ = agent.compute_losses(batch)
+    losses, metrics = agent.compute_losses(batch)
     ref = _reference(agent, batch, cfg.discount, cfg.expectile, cfg.beta)
+    assert metrics["q_loss"] == losses["critic"] and metrics["value_loss"] == losses["value"]  # metrics by default
     assert overrides or (cfg.discount, cfg.expectile, cfg.beta) == (0.99, 0.9, 1.0)
     for name in ("value", "critic", "actor"):
         assert losses[name].item() == pytest.approx(ref[name].item(), rel=1e-5, abs=1e-6), name
