@@ -166,3 +166,24 @@ def test_soft_update_rate(tau):
 def test_target_entropy_default_is_minus_the_action_size():
     assert _agent().target_entropy == -A
     assert _agent(target_entropy=-0.5).target_entropy == -0.5
+
+
+def test_the_target_critic_starts_as_a_copy_and_never_takes_gradients():
+    torch.manual_seed(0)
+    agent = CQL(3, A, CQLConfig(actor_hidden=(8,), critic_hidden=(8,), n_actions=N))
+    assert agent.num_updates == 0
+    for t, c in zip(agent.target_critic.parameters(), agent.critic.parameters()):
+        assert torch.equal(t, c) and t is not c and not t.requires_grad
+    losses, metrics = agent.compute_losses(_batch())
+    assert metrics["critic_loss"] == losses["critic"]  # metrics by default
+
+
+def test_option_defaults_are_the_official_calql_ones():
+    """REFERENCE.md, Stage 3 (the official Cal-QL / JaxCQL settings); tests/test_cql.py checks the rates and sizes."""
+    cfg = CQLConfig()
+    assert (cfg.use_automatic_entropy_tuning, cfg.backup_entropy, cfg.max_target_backup, cfg.cql_importance_sample,
+            cfg.cql_lagrange, cfg.use_calql, cfg.critic_layer_norm) == (True, False, True, True, False, False, False)
+    assert (cfg.target_entropy, cfg.alpha_multiplier, cfg.log_alpha_init, cfg.cql_target_action_gap,
+            cfg.log_alpha_prime_init, cfg.dr3_coef) == (None, 1.0, 0.0, 0.8, 1.0, 0.0)
+    assert (cfg.cql_clip_diff_min, cfg.cql_clip_diff_max) == (-math.inf, math.inf)
+    assert (cfg.policy_log_std_multiplier, cfg.policy_log_std_offset, cfg.sparse_reward) == (1.0, -1.0, True)
