@@ -86,7 +86,18 @@ MODULES: dict[str, tuple[str, list[str]]] = {
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
-EQUIVALENT: dict[tuple[str, str], str] = {}
+EQUIVALENT: dict[tuple[str, str], str] = {
+    ("iql", "IQL/const/0"): "actor_reads_next_obs False -> True: the image agent then also encodes s' for the actor, "
+                            "a feature IQL's losses never read (AWR looks at s only); same losses and gradients, only "
+                            "wasted work (and the next update's augmentation draws shift, the same way in every run)",
+    ("iql", "IQL/const/1"): "next_obs_needs_grad False -> True: the image agent keeps autograd on the s' features, "
+                            "which IQL only reads inside torch.no_grad (V(s')); same losses and gradients",
+    ("cql", "CQL.compute_losses/name/2"): "b = obs.shape[0] -> next_obs.shape[0]: a batch has as many s' as s",
+    ("cql", "CQL.compute_losses/drop/0"): "max(1 + n, n + n_target) -> max(1, n + n_target): n_target >= 1, so "
+                                          "n + n_target >= 1 + n and both give the same number of samples",
+    ("cql", "td_target/const/0"): "the default alpha=0.0 -> 1.0: every caller passes alpha",
+    ("cql", "dr3_penalty/const/0"): "the default coef=1.0 -> 0.5: every caller passes cfg.dr3_coef",
+}
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site
 EXTRA_MUTANTS: dict[str, list[tuple[str, str, str]]] = {}

@@ -187,3 +187,9 @@ def test_option_defaults_are_the_official_calql_ones():
             cfg.log_alpha_prime_init, cfg.dr3_coef) == (None, 1.0, 0.0, 0.8, 1.0, 0.0)
     assert (cfg.cql_clip_diff_min, cfg.cql_clip_diff_max) == (-math.inf, math.inf)
     assert (cfg.policy_log_std_multiplier, cfg.policy_log_std_offset, cfg.sparse_reward) == (1.0, -1.0, True)
+
+
+def test_at_least_one_sampled_action():
+    assert CQL(3, A, CQLConfig(actor_hidden=(8,), critic_hidden=(8,), n_actions=1)).cfg.n_actions == 1
+    with pytest.raises(ValueError, match="n_actions must be >= 1"):
+        CQL(3, A, CQLConfig(actor_hidden=(8,), critic_hidden=(8,), n_actions=0))

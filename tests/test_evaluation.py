@@ -56,13 +56,14 @@ class StillAgent:
 
 
 def plain_loop(agent, n: int) -> dict:
-    """The same episodes by hand: seeds EVAL_SEED + i, success if any step's info says so."""
+    """The same episodes by hand: seeds 1_000_000 + i (fixed: every published evaluation used them), success if any
+    step's info says so."""
     env = evaluation.make_env(Target("Reach"))
     agent.bind(env)
     out = {"success": [], "return": [], "length": []}
     try:
         for i in range(n):
-            obs, _ = env.reset(seed=EVAL_SEED + i)
+            obs, _ = env.reset(seed=1_000_000 + i)  # the documented evaluation seeds (EVAL_SEED + i)
             if hasattr(agent, "reset_episode"):
                 agent.reset_episode()
             ret, steps, success, done = 0.0, 0, False, False
@@ -98,6 +99,7 @@ def test_the_scripted_expert_succeeds_in_every_episode(monkeypatch):
     assert got["return"] >= 1.0  # sparse reward: 1 at the successful step
     ref = plain_loop(ExpertAgent(), EPISODES)
     assert {k: got[k] for k in ref} == pytest.approx(ref)
+    assert EVAL_SEED == 1_000_000
 
 
 def test_a_policy_that_never_moves_never_succeeds(monkeypatch, tmp_path):
