@@ -97,6 +97,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                           "n + n_target >= 1 + n and both give the same number of samples",
     ("cql", "td_target/const/0"): "the default alpha=0.0 -> 1.0: every caller passes alpha",
     ("cql", "dr3_penalty/const/0"): "the default coef=1.0 -> 0.5: every caller passes cfg.dr3_coef",
+    ("evaluation", "evaluate/boolop/0"): "video_path is not None and frames -> or: frames is a non-empty list exactly "
+                                         "when video_path is given (else None), so both conditions agree",
+    ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
+                                         "same 5 cs at the only fps used (20)",
 }
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site

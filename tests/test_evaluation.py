@@ -4,6 +4,7 @@ the calibration numbers by hand. (tests/test_normalization.py checks that the ob
 the training row of the same state.)"""
 from types import SimpleNamespace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -115,6 +116,8 @@ def test_a_policy_that_never_moves_never_succeeds(monkeypatch, tmp_path):
     assert len(written[0]) == 51 and {f.shape for f in written[0]} == {(128, 128, 3)}
     with pytest.raises(ValueError, match="num_episodes"):
         evaluate(StillAgent(), Target("Reach"), 0)
+    with pytest.raises(ValueError, match="blind evaluation needs an agent with cameras"):
+        evaluate(StillAgent(), Target("Reach"), 1, blind="black")
 
 
 class FixedQ:
@@ -138,3 +141,59 @@ def test_calibration_by_hand():
     assert got == pytest.approx({"q_data": q_data, "q_policy": q_pi, "mc_return": mc, "gap_data": q_data - mc,
                                  "gap_policy": q_pi - mc})
     assert calibration(SimpleNamespace(has_q=False), batch) == {}
+
+
+class SeedEnv(gym.Env):
+    """Episodes of ``1 + seed % 3`` steps; no ``success`` in ``info``; ``render()`` gives a frame (or None)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, frame: bool = True) -> None:
+        self.frame, self.seeds = frame, []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.seeds.append(seed)
+        self.t, self.horizon = 0, 1 + seed % 3
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(2, self.t, np.float32), 0.5, False, self.t >= self.horizon, {}
+
+    def render(self):
+        return np.full((4, 4, 3), 7, np.uint8) if self.frame else None
+
+
+def test_episodes_use_the_evaluation_seeds_and_film_the_first_episode_only():
+    env, frames, agent = SeedEnv(), [], StillAgent()
+    agent.bind(env)
+    got = evaluation.run_episodes(agent, env, 3, eval_seed=10, frames=frames, frame_fn=lambda e, o: o.copy())
+    assert env.seeds == [10, 11, 12]
+    lengths = [1 + s % 3 for s in (10, 11, 12)]  # 2, 3, 1
+    assert got == {"success": 0.0, "return": pytest.approx(np.mean([0.5 * n for n in lengths])),
+                   "length": pytest.approx(np.mean(lengths)), "successes": 0, "episodes": 3}  # no success key: 0
+    # episode 0 only: its first observation and the one after each of its 2 steps
+    assert [float(f[0]) for f in frames] == [0.0, 1.0, 2.0]
+
+
+def test_video_frames_of_targets_outside_sim_envs():
+    target = Target(name="Toy", env_id="test_evaluation:SeedEnv", task_id=0)
+    obs = {"front_image": np.full((5, 5, 3), 3, np.uint8)}
+    assert evaluation.video_frame(SeedEnv(), obs, target, ["front_image"]).tolist() == obs["front_image"].tolist()
+    frame = evaluation.video_frame(SeedEnv(), obs, target, [])  # no camera of the agent: the env's render
+    assert frame.shape == (4, 4, 3) and frame.dtype == np.uint8 and (frame == 7).all()
+    with pytest.raises(ValueError, match="no camera to film"):
+        evaluation.video_frame(SeedEnv(frame=False), obs, target, [])
+
+
+def test_gif_frames_timing_and_loop(tmp_path):
+    from PIL import Image
+
+    frames = [np.full((6, 6, 3), 40 * k, np.uint8) for k in range(3)]
+    path = evaluation.write_gif(tmp_path / "new" / "dir" / "a.gif", frames)
+    evaluation.write_gif(path, frames)  # again into the existing folder (replaces it)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3 and gif.info["duration"] == 50 and gif.info["loop"] == 0  # 20 fps, forever
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.gif"]  # no temporary file left
