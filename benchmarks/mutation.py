@@ -72,16 +72,19 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "awac": ("robopretrain/algos/awac.py", ["tests/test_offline_family.py"]),
     "rebrac": ("robopretrain/algos/rebrac.py", ["tests/test_offline_family.py"]),
     "bcq": ("robopretrain/algos/bcq.py", ["tests/test_offline_family.py"]),
-    "returns": ("robopretrain/data/returns.py", ["tests/test_returns.py", "tests/test_wiring.py"]),
-    "replay": ("robopretrain/data/replay.py", ["tests/test_replay.py", "tests/test_wiring.py"]),
-    "dataset": ("robopretrain/data/dataset.py", ["tests/test_dataset.py", "tests/test_wiring.py"]),
-    "icvf": ("video_pretrain/objectives/icvf.py", ["tests/test_objectives.py", "tests/test_wiring.py"]),
+    "returns": ("robopretrain/data/returns.py", ["tests/test_returns.py", "tests/test_stage2_data_wiring.py",
+                                                 "tests/test_wiring.py"]),
+    "replay": ("robopretrain/data/replay.py", ["tests/test_replay.py", "tests/test_stage2_data_wiring.py",
+                                               "tests/test_wiring.py"]),
+    "dataset": ("robopretrain/data/dataset.py", ["tests/test_dataset.py", "tests/test_stage2_data_wiring.py",
+                                                 "tests/test_wiring.py"]),
+    "icvf": ("video_pretrain/objectives/icvf.py", ["tests/test_objectives.py"]),
     "vip": ("video_pretrain/objectives/vip.py", ["tests/test_objectives.py"]),
     "tcn": ("video_pretrain/objectives/tcn.py", ["tests/test_objectives.py"]),
     "sampling": ("video_pretrain/sampling.py", ["tests/test_sampling.py"]),
     "evaluation": ("robopretrain/evaluation.py", ["tests/test_evaluation.py", "tests/test_wiring.py",
                                                  "tests/test_evaluate.py"]),
-    "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_wiring.py", "tests/test_train_offline.py"]),
+    "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_train_offline.py", "tests/test_wiring.py"]),
     "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py"]),
 }
 
@@ -95,6 +98,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("cql", "CQL.compute_losses/name/2"): "b = obs.shape[0] -> next_obs.shape[0]: a batch has as many s' as s",
     ("cql", "CQL.compute_losses/drop/0"): "max(1 + n, n + n_target) -> max(1, n + n_target): n_target >= 1, so "
                                           "n + n_target >= 1 + n and both give the same number of samples",
+    ("cql", "CQL.compute_losses/swap/9"): "sac_actor_loss(q_pi, pi_logp, alpha) -> (q_pi, alpha, pi_logp): the loss "
+                                          "is alpha * log pi - Q, a product of the two (alpha detached either way)",
     ("cql", "td_target/const/0"): "the default alpha=0.0 -> 1.0: every caller passes alpha",
     ("cql", "dr3_penalty/const/0"): "the default coef=1.0 -> 0.5: every caller passes cfg.dr3_coef",
     ("evaluation", "evaluate/boolop/0"): "video_path is not None and frames -> or: frames is a non-empty list exactly "

@@ -165,6 +165,9 @@ class SeedEnv(gym.Env):
     def render(self):
         return np.full((4, 4, 3), 7, np.uint8) if self.frame else None
 
+    def render_camera(self, name, size):  # what a sim_envs env films with; not used for other families
+        return np.zeros((size, size, 3), np.uint8)
+
 
 def test_episodes_use_the_evaluation_seeds_and_film_the_first_episode_only():
     env, frames, agent = SeedEnv(), [], StillAgent()
