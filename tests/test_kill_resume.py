@@ -22,7 +22,7 @@ from robopretrain.checkpoint import KILL_AFTER_CHECKPOINT_ENV, load_latest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**{k: v for k, v in os.environ.items() if k != KILL_AFTER_CHECKPOINT_ENV}, "OMP_NUM_THREADS": "1"}
 
 
 def run_to_end(module: str, overrides: list[str]) -> str:
