@@ -102,6 +102,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                           "is alpha * log pi - Q, a product of the two (alpha detached either way)",
     ("cql", "td_target/const/0"): "the default alpha=0.0 -> 1.0: every caller passes alpha",
     ("cql", "dr3_penalty/const/0"): "the default coef=1.0 -> 0.5: every caller passes cfg.dr3_coef",
+    ("icvf", "ICVFObjective.export_config/name/0"): "self.heads.config -> self.target_heads.config: the target heads "
+                                                    "are a deepcopy of the heads, config included",
+    ("returns", "_obs_mismatch/const/1"): "atol < 1 -> atol < 0 picks the float path for integer arrays too: with "
+                                          "integers any difference is >= 1 > atol, so both paths give the same "
+                                          "answer (the exact path only saves float64 copies)",
     ("evaluation", "evaluate/boolop/0"): "video_path is not None and frames -> or: frames is a non-empty list exactly "
                                          "when video_path is given (else None), so both conditions agree",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "

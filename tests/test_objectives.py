@@ -168,11 +168,35 @@ def test_icvf_objective_loss_equals_the_papers_target_with_distinct_target_netwo
     assert 0 < (adv >= 0).float().mean() < 1  # both weights occur
     assert info["adv_positive"].item() == pytest.approx((adv >= 0).float().mean().item())
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert info["abs_td"].item() == pytest.approx((q - v).abs().mean().item(), rel=1e-5)
+    assert info["q_mean"].item() == pytest.approx(q.mean().item(), rel=1e-5)
+    # icvf_loss's own defaults are the paper's gamma 0.99 and expectile 0.9 too
+    plain, _ = icvf_loss(v, next_v, next_v_zz, v_zz, batch["reward"], batch["mask"], batch["intent_reward"],
+                         batch["intent_mask"])
+    assert plain.item() == pytest.approx(expected.item(), rel=1e-5)
     # the online encoder's gradient is that of the reference loss
     got = torch.autograd.grad(loss, list(obj.encoder.parameters()), retain_graph=True)
     want = torch.autograd.grad(expected, list(obj.encoder.parameters()))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # value() is the online heads' mean over heads, with the frames in their roles
+    with torch.no_grad():
+        torch.testing.assert_close(obj.value(s, goal, z), v.mean(0))
+
+
+def test_icvf_objective_has_two_heads_frozen_targets_and_soft_updates_the_heads_too():
+    torch.manual_seed(0)
+    obj = ICVFObjective(TinyEncoder(), hidden=(8, 8))
+    assert len(obj.heads.heads) == 2 and len(ICVFHeads(4, (8,)).heads) == 2  # two value heads (REFERENCE.md)
+    frozen = [*obj.target_encoder.parameters(), *obj.target_heads.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    before = [p.detach().clone() for p in obj.target_heads.parameters()]
+    with torch.no_grad():
+        for p in obj.heads.parameters():
+            p.add_(1.0)
+    obj.after_step()
+    for t0, t1, p in zip(before, obj.target_heads.parameters(), obj.heads.parameters()):
+        torch.testing.assert_close(t1, t0 + 0.005 * (p - t0))
 
 
 # ------------------------------------------------------------------------------------------------ VIP
