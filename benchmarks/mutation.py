@@ -107,6 +107,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("returns", "_obs_mismatch/const/1"): "atol < 1 -> atol < 0 picks the float path for integer arrays too: with "
                                           "integers any difference is >= 1 > atol, so both paths give the same "
                                           "answer (the exact path only saves float64 copies)",
+    ("offline_loop", "train_offline/const/0"): "the default start=0 -> 1: the one caller (robopretrain.train) "
+                                               "passes start",
+    ("offline_loop", "calibration_rows/const/0"): "seed 12345 -> 12346: the calibration rows only have to be fixed "
+                                                  "(the same rows at every step and after a resume); no value is "
+                                                  "specified",
     ("evaluation", "evaluate/boolop/0"): "video_path is not None and frames -> or: frames is a non-empty list exactly "
                                          "when video_path is given (else None), so both conditions agree",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
