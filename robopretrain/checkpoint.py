@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ WEIGHTS_FILE = "weights.pt"
 META_FILE = "meta.json"
 STATE_FILE = "state.pt"
 LATEST_FILE = "latest"
+KILL_AFTER_CHECKPOINT_ENV = "ROBOPRETRAIN_KILL_AFTER_CHECKPOINT"  # test hook: see kill_after_checkpoint
 PREFIX = "ckpt_"
 
 
@@ -141,7 +143,17 @@ def save_checkpoint(
         raise
     write_text_atomic(root / LATEST_FILE, final.name + "\n")
     prune_checkpoints(root, keep)
+    kill_after_checkpoint(step)
     return final
+
+
+def kill_after_checkpoint(step: int) -> None:
+    """Test hook: with ``ROBOPRETRAIN_KILL_AFTER_CHECKPOINT=N`` in the environment, the process SIGKILLs itself right
+    after writing the checkpoint of a step ``>= N`` (stages 1-3 call this once their checkpoint is complete), so
+    tests/test_kill_resume.py kills a run at a known checkpoint without depending on timing. Unset: does nothing."""
+    at = os.environ.get(KILL_AFTER_CHECKPOINT_ENV)
+    if at and int(step) >= int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:

@@ -7,13 +7,17 @@ import os
 import sys
 from pathlib import Path
 
-import torch
+# before torch (and numpy's BLAS) load, and inherited by every subprocess (CLI runs, spawned env and data workers,
+# which read them when their torch starts): one thread, whatever the shell exports
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import torch  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses (CLI runs, spawned workers) inherit it
-torch.set_num_threads(1)
+torch.set_num_threads(1)  # this process (torch may have been imported before this file by a plugin)
 
 
 def pytest_configure(config) -> None:

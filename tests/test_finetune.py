@@ -68,6 +68,11 @@ def test_online_loop_logs_calibration_and_regret(finetuned, stage2_state):
     assert hist[0]["train/cumulative_regret"] is None and hist[0]["episodes"] == 0  # no training episode yet
     assert "calib/online_gap_policy" in hist[-1] and "calib/online_mc_return" in hist[-1]
     assert 0.0 <= hist[-1]["train/cumulative_regret"] <= 1.0
+    # regret and recent success are those of the finished training episodes the checkpoint counted
+    successes = json.loads(load_latest(out / "checkpoints").state["online"]["successes"])
+    assert hist[-1]["episodes"] == len(successes) > 0
+    assert hist[-1]["train/cumulative_regret"] == pytest.approx(float(np.mean([1.0 - s for s in successes])))
+    assert hist[-1]["train/episode_success"] == pytest.approx(float(np.mean(successes[-10:])))
     rows = read_jsonl(out / "metrics.jsonl")
     assert any("train/critic_loss" in r for r in rows)
     assert (out / "learning_curve.png").stat().st_size > 0

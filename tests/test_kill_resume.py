@@ -1,12 +1,15 @@
-"""Runs that survive SIGKILL: stages 1 and 2 are killed after their first checkpoint, rerun with the same command,
-and end with exactly the weights of an uninterrupted run (CPU, same seed)."""
+"""Runs that survive SIGKILL: stages 1, 2 and 3 are killed right after a checkpoint, rerun with the same command,
+resume from that checkpoint's step (read from the rerun's own log) and end with exactly the weights of an
+uninterrupted run (CPU, same seed). The kill does not depend on timing: the run is told through
+``ROBOPRETRAIN_KILL_AFTER_CHECKPOINT`` (:func:`robopretrain.checkpoint.kill_after_checkpoint`) to SIGKILL itself
+once the checkpoint of a given step is written."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,18 +17,28 @@ import torch
 from omegaconf import OmegaConf
 
 from _compare import assert_same, write_sliding_square_videos
-from robopretrain.checkpoint import load_latest
+from robopretrain.checkpoint import KILL_AFTER_CHECKPOINT_ENV, load_latest
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**{k: v for k, v in os.environ.items() if k != KILL_AFTER_CHECKPOINT_ENV}, "OMP_NUM_THREADS": "1"}
 
 
-def run_to_end(module: str, overrides: list[str]) -> None:
+def run_to_end(module: str, overrides: list[str]) -> str:
+    """Run the command to its end; returns its output (stdout and stderr)."""
     proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
+
+
+def resumed_step(output: str) -> int:
+    """The step a rerun says it resumed from (``resumed from <checkpoint> (step N)`` / ``at step N`` / ``at env step
+    N``); fails when it did not resume."""
+    found = re.findall(r"resumed from \S+ (?:\(step|at step|at env step) (\d+)", output)
+    assert len(found) == 1, f"the rerun did not say once which step it resumed from:\n{output[-3000:]}"
+    return int(found[0])
 
 
 def start_reference(module: str, overrides: list[str]) -> subprocess.Popen:
@@ -39,21 +52,22 @@ def wait_reference(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-4000:]
 
 
-def kill_after_first_checkpoint(module: str, overrides: list[str], marker: Path) -> None:
-    """Start the command, SIGKILL it as soon as ``marker`` (its first checkpoint) exists."""
-    proc = subprocess.Popen([sys.executable, "-m", module, *overrides], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def kill_after_checkpoint(module: str, overrides: list[str], step: int) -> None:
+    """Run the command until it has written the checkpoint of ``step`` (or the first one after it), where it SIGKILLs
+    itself (the test hook of :mod:`robopretrain.checkpoint`)."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *overrides], cwd=REPO,
+                            env={**ENV, KILL_AFTER_CHECKPOINT_ENV: str(step)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert proc.poll() is None, f"{module} exited (rc {proc.returncode}) before its first checkpoint"
-            assert time.monotonic() < deadline, f"{module} wrote no checkpoint in time"
-            time.sleep(0.01)
+        _, err = proc.communicate(timeout=240)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # any worker it left behind
+        except ProcessLookupError:
+            pass
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"{module} finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL, f"{module} was not killed at its checkpoint (rc {proc.returncode}):\n" \
+                                               f"{err[-3000:]}"
 
 
 # ------------------------------------------------------------------------------------------ stage 1
@@ -67,11 +81,9 @@ def test_stage1_killed_and_rerun_matches_uninterrupted(tmp_path):
     videos = write_sliding_square_videos(tmp_path / "videos")
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     reference = start_reference("video_pretrain.train", stage1_overrides(videos, clean))
-    kill_after_first_checkpoint("video_pretrain.train", stage1_overrides(videos, killed),
-                                killed / "checkpoints" / "last.pt")
-    step_at_kill = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"]
-    assert 4 <= step_at_kill < 40
-    run_to_end("video_pretrain.train", stage1_overrides(videos, killed))
+    kill_after_checkpoint("video_pretrain.train", stage1_overrides(videos, killed), 8)
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
+    assert resumed_step(run_to_end("video_pretrain.train", stage1_overrides(videos, killed))) == 8
     wait_reference(reference)
     a = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(clean / "checkpoints" / "last.pt", weights_only=True)
@@ -102,9 +114,9 @@ def stage2_overrides(data: Path, out: Path) -> list[str]:
 def test_stage2_killed_and_rerun_matches_uninterrupted(tiny_hdf5, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     reference = start_reference("robopretrain.train", stage2_overrides(tiny_hdf5, clean))
-    kill_after_first_checkpoint("robopretrain.train", stage2_overrides(tiny_hdf5, killed), killed / "checkpoints" / "latest")
-    assert 20 <= load_latest(killed / "checkpoints").step < 200
-    run_to_end("robopretrain.train", stage2_overrides(tiny_hdf5, killed))
+    kill_after_checkpoint("robopretrain.train", stage2_overrides(tiny_hdf5, killed), 40)
+    assert load_latest(killed / "checkpoints").step == 40
+    assert resumed_step(run_to_end("robopretrain.train", stage2_overrides(tiny_hdf5, killed))) == 40
     wait_reference(reference)
     a, b = load_latest(killed / "checkpoints"), load_latest(clean / "checkpoints")
     assert a.step == b.step == 200
@@ -139,11 +151,10 @@ def test_stage3_killed_and_rerun_matches_uninterrupted(tiny_hdf5, stage2_run, tm
     envs in process: tests/test_finetune.py checks that worker envs give the same run)."""
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     reference = start_reference("finetune.train", stage3_overrides(tiny_hdf5, stage2_run, clean))
-    kill_after_first_checkpoint("finetune.train", stage3_overrides(tiny_hdf5, stage2_run, killed),
-                                killed / "checkpoints" / "latest")
+    kill_after_checkpoint("finetune.train", stage3_overrides(tiny_hdf5, stage2_run, killed), 30)
     at_kill = load_latest(killed / "checkpoints")
     assert 30 <= at_kill.step < 120 and at_kill.state["sampler"]["online"]  # the replay buffer is in the checkpoint
-    run_to_end("finetune.train", stage3_overrides(tiny_hdf5, stage2_run, killed))
+    assert resumed_step(run_to_end("finetune.train", stage3_overrides(tiny_hdf5, stage2_run, killed))) == at_kill.step
     wait_reference(reference)
     a, b = load_latest(killed / "checkpoints"), load_latest(clean / "checkpoints")
     assert a.step == b.step == 120

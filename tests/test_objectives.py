@@ -136,6 +136,70 @@ def test_icvf_target_values_come_from_the_target_network():
     assert info["adv_positive"].item() == 0.0
 
 
+def test_icvf_objective_loss_equals_the_papers_target_with_distinct_target_networks():
+    """Ghosh et al. 2023, eq. 6 (and the authors' icvf_learner): q_i = r + gamma m V_target_i(s', g, z),
+    A = r_z + gamma m_z min_i V_target_i(s', z, z) - mean_i V_target_i(s, z, z), weight tau where A >= 0; with a target
+    encoder and target heads unlike the online ones, four distinct frames per sample and mixed advantage signs."""
+    torch.manual_seed(0)
+    obj = ICVFObjective(TinyEncoder(), hidden=(8, 8))
+    assert (obj.gamma, obj.expectile, obj.target_update_rate) == (0.99, 0.9, 0.005)
+    with torch.no_grad():  # targets unlike the online nets; online values well away from 0 (they start near 1e-6)
+        for p in [*obj.target_encoder.parameters(), *obj.target_heads.parameters(), *obj.heads.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+    n = 8
+    images = torch.rand(n, 4, 3, 8, 8)
+    g = torch.Generator().manual_seed(1)
+    batch = {"reward": -(torch.rand(n, generator=g) < 0.7).float(), "mask": (torch.rand(n, generator=g) < 0.7).float(),
+             "intent_reward": -(torch.rand(n, generator=g) < 0.5).float(),
+             "intent_mask": (torch.rand(n, generator=g) < 0.8).float()}
+    loss, info = obj.compute_loss(images, batch)
+
+    s, s_next, goal, z = (images[:, k] for k in range(4))
+    v = obj.heads(obj.encoder(s), obj.encoder(goal), obj.encoder(z))
+    te = obj.target_encoder
+    with torch.no_grad():
+        next_v = obj.target_heads(te(s_next), te(goal), te(z))
+        next_v_zz = obj.target_heads(te(s_next), te(z), te(z))
+        v_zz = obj.target_heads(te(s), te(z), te(z))
+    q = batch["reward"] + 0.99 * batch["mask"] * next_v
+    adv = batch["intent_reward"] + 0.99 * batch["intent_mask"] * next_v_zz.min(0).values - v_zz.mean(0)
+    w = torch.where(adv >= 0, 0.9, 0.1)
+    expected = (w * (q - v) ** 2).mean(1).sum()
+    assert 0 < (adv >= 0).float().mean() < 1  # both weights occur
+    assert v.abs().mean() > 0.05
+    assert info["adv_positive"].item() == pytest.approx((adv >= 0).float().mean().item())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert info["abs_td"].item() == pytest.approx((q - v).abs().mean().item(), rel=1e-5)
+    assert info["q_mean"].item() == pytest.approx(q.mean().item(), rel=1e-5)
+    # icvf_loss's own defaults are the paper's gamma 0.99 and expectile 0.9 too
+    plain, _ = icvf_loss(v, next_v, next_v_zz, v_zz, batch["reward"], batch["mask"], batch["intent_reward"],
+                         batch["intent_mask"])
+    assert plain.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the online encoder's gradient is that of the reference loss
+    got = torch.autograd.grad(loss, list(obj.encoder.parameters()), retain_graph=True)
+    want = torch.autograd.grad(expected, list(obj.encoder.parameters()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # value() is the online heads' mean over heads, with the frames in their roles
+    with torch.no_grad():
+        torch.testing.assert_close(obj.value(s, goal, z), v.mean(0))
+
+
+def test_icvf_objective_has_two_heads_frozen_targets_and_soft_updates_the_heads_too():
+    torch.manual_seed(0)
+    obj = ICVFObjective(TinyEncoder(), hidden=(8, 8))
+    assert len(obj.heads.heads) == 2 and len(ICVFHeads(4, (8,)).heads) == 2  # two value heads (REFERENCE.md)
+    frozen = [*obj.target_encoder.parameters(), *obj.target_heads.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    before = [p.detach().clone() for p in obj.target_heads.parameters()]
+    with torch.no_grad():
+        for p in obj.heads.parameters():
+            p.add_(1.0)
+    obj.after_step()
+    for t0, t1, p in zip(before, obj.target_heads.parameters(), obj.heads.parameters()):
+        torch.testing.assert_close(t1, t0 + 0.005 * (p - t0))
+
+
 # ------------------------------------------------------------------------------------------------ VIP
 def test_vip_loss_on_2d_embeddings_by_hand():
     e0 = t([[0.0, 0.0], [1.0, 0.0]])

@@ -119,3 +119,27 @@ def test_soft_target_propagation_model():
     assert bench.soft_target_value(-5.0, 0.99, 5e-3, 1) == pytest.approx(-5.0 * 5e-3)
     assert bench.soft_target_value(-5.0, 0.99, 5e-3, 2000) == pytest.approx(-500 * (1 - (1 - 5e-5) ** 2000))
     assert bench.soft_target_value(-5.0, 0.99, 5e-3, 10**7) == pytest.approx(-500.0, rel=1e-6)
+
+
+def test_one_step_episodes_and_empty_data():
+    assert episode_starts(1).tolist() == [True] and episode_starts(0).tolist() == []
+    np.testing.assert_allclose(episode_returns_to_go(np.array([2.0]), np.array([1]), gamma=0.9), [2.0])
+    assert episode_returns_to_go(np.zeros(0), np.zeros(0), gamma=0.9).shape == (0,)
+
+
+def test_integer_obs_against_float_next_obs_use_the_tolerance():
+    """Exact comparison is a shortcut for integer images only; a float side is compared within atol."""
+    obs = np.array([[0], [1], [2]], np.uint8)
+    next_obs = np.array([[1.2], [3.0], [3.0]], np.float32)  # step 1 follows step 0 (within 0.5), step 2 does not
+    assert episode_starts(3, obs=obs, next_obs=next_obs, atol=0.5).tolist() == [True, False, True]
+    obs_f = np.array([[5.0], [0.8], [2.3]], np.float32)  # float obs against integer next_obs: within 0.5 both times
+    assert episode_starts(3, obs=obs_f, next_obs=np.array([[1], [2], [9]], np.uint8), atol=0.5).tolist() == [
+        True, False, False]
+
+
+def test_obs_dict_against_an_array_is_refused():
+    obs = {"a": np.zeros((2, 1))}
+    with pytest.raises(ValueError, match="both be arrays or dicts with the same keys"):
+        episode_starts(2, obs=obs, next_obs=np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="both be arrays or dicts with the same keys"):
+        episode_starts(2, obs=obs, next_obs={"b": np.zeros((2, 1))})

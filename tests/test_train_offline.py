@@ -233,6 +233,33 @@ def test_metrics_are_computed_on_checkpoint_steps_between_log_steps(tiny_hdf5, t
     assert [i + 1 for i, m in enumerate(seen) if m] == [3, 4, 6, 7]  # ckpt 3, log 4, ckpt 6, last step 7
 
 
+def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tiny_hdf5, tmp_path, caplog):
+    """Killed after logging steps past its newest checkpoint, a run resumes at that checkpoint, drops the rows logged
+    after it and logs them again once; the evaluation at the start (here: the calibration row at step 0) belongs to
+    the fresh run only."""
+    from robopretrain.checkpoint import LATEST_FILE, checkpoint_name
+
+    out = tmp_path / "r"
+    cfg = dict(steps=4, obs=STATE_OBS, train={"log_every": 1, "checkpoint_every": 2, "eval_every": 100,
+                                              "eval_at_start": True})
+    run(stage2_config(tiny_hdf5, out, **cfg))
+    uninterrupted = [row["step"] for row in read_jsonl(out / "metrics.jsonl")]
+    assert uninterrupted == [0, 1, 2, 3, 4, 4]  # calibration at the start; training rows; calibration at the end
+    shutil.rmtree(out / "checkpoints" / checkpoint_name(4))  # as if it died after logging 3 and 4
+    (out / "checkpoints" / LATEST_FILE).write_text(checkpoint_name(2) + "\n")
+    with caplog.at_level(logging.INFO, logger="robopretrain"):
+        run(stage2_config(tiny_hdf5, out, **cfg))
+    assert "(step 2)" in caplog.text and "resumed from" in caplog.text
+    assert [row["step"] for row in read_jsonl(out / "metrics.jsonl")] == uninterrupted
+    assert any("calib/offline_q_data" in row for row in read_jsonl(out / "metrics.jsonl") if row["step"] == 0)
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_the_progress_bar_shows_only_when_asked(tiny_hdf5, tmp_path, capsys, progress):
+    run(stage2_config(tiny_hdf5, tmp_path / "p", steps=2, obs=STATE_OBS, train={"progress": progress}))
+    assert ("upd" in capsys.readouterr().err) == progress  # tqdm's "2/2 [..., ...upd/s]" on stderr
+
+
 # --------------------------------------------------------------------------- another robot's data (case 10)
 
 

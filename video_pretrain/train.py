@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from robopretrain import distributed as dist_utils
 from robopretrain import run_fingerprint
+from robopretrain.checkpoint import kill_after_checkpoint
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.distributed import DistInfo
 from robopretrain.guards import NonFiniteLossError, check_finite
@@ -283,6 +284,7 @@ def save_checkpoint(path: Path, step: int, objective: nn.Module, optimizer: torc
                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                         "identity": json.dumps(identity(cfg), sort_keys=True), "history": json.dumps(history),
                         "world_size": int(world_size), "fingerprint": json.dumps(run_print)}, path)
+    kill_after_checkpoint(step)  # a test hook; nothing unless ROBOPRETRAIN_KILL_AFTER_CHECKPOINT is set
 
 
 def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig,

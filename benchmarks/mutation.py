@@ -1,0 +1,598 @@
+"""Mutation score of the core: plant one plausible bug at a time and see whether the relevant tests catch it.
+
+A small driver of our own (mutmut 3 and cosmic-ray both rewrite or copy the whole project and drive their own
+test discovery; here each module has a short list of test files and a run must fit in an hour on 2 shared cores).
+
+Mutants are made by AST transformation of one module at a time (:func:`mutation_sites`):
+
+* ``binop``: ``+ <-> -``, ``* <-> /``; ``drop``: ``a + b -> a``, ``a - b -> a``, ``a * b -> a`` and ``-> b``
+  (a dropped term or coefficient);
+* ``sign``: ``-x -> x``; ``not``: ``not x -> x``; ``boolop``: ``and <-> or``; ``cmp``: ``< <-> >=``, ``> <-> <=``,
+  ``== <-> !=``, ``is <-> is not``, ``in <-> not in``; ``if``: ``if c: -> if not c:``;
+* ``const``: a number ``c -> c / 2`` (``0 -> 1``, ints ``n -> n + 1``), ``True <-> False``, also the defaults of a
+  config dataclass whose name says it is a coefficient (discount, tau, expectile, ...);
+* ``swap``: two neighbouring positional arguments of a call exchanged (``f(a, b) -> f(b, a)``); ``name``: a variable,
+  ``self.`` attribute or batch key replaced by its ``next_`` / ``target_`` twin or back (``obs -> next_obs``,
+  ``self.critic -> self.target_critic``, ``batch["observations"] -> batch["next_observations"]``);
+* ``call``: ``min <-> max``, ``minimum <-> maximum``, ``amin <-> amax``, ``argmin <-> argmax``.
+
+Not mutated: docstrings and other strings, annotations, ``raise`` / ``assert`` statements, log, print and warning
+calls, and code that only builds metrics (an assignment to a name with ``metric`` in it, an ``if with_metrics:``
+body). Modules may add hand-written mutants (:data:`EXTRA_MUTANTS`, exact text replacements) where AST mutation has
+no meaningful site.
+
+Each mutant is written into a private copy of the repository (one per job, made with ``git ls-files``, so the
+working tree is never edited), the module's test files run there with ``-x -q -p no:cacheprovider`` and a timeout,
+and the original file is put back. A mutant is ``killed`` (the tests fail), ``survived`` (they pass), ``timeout``
+(counted as killed, as mutmut does) or ``error`` (the mutated source does not compile: not counted).
+
+Results go to ``benchmarks/results/mutation.json`` after every mutant, so an interrupted run resumes: a finished
+mutant is skipped when its module's source is unchanged and it was killed or the test files are unchanged too
+(new tests are given every survivor again). ``--fresh`` ignores earlier results. Each run appends its per-module
+scores to ``runs`` in the JSON, which is how a before/after comparison is kept.
+
+Equivalent mutants (no test can tell them apart from the original) are listed in :data:`EQUIVALENT` with the
+reason; they are reported and excluded from the score.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/mutation.py --modules iql cql evaluation --jobs 2
+    python benchmarks/mutation.py --list                      # the modules, their tests, the number of mutants
+    python benchmarks/mutation.py --modules iql --show        # print every mutant's id and diff line, run nothing
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from threading import Lock
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
+
+# short name -> (module file, test files run against its mutants)
+MODULES: dict[str, tuple[str, list[str]]] = {
+    "iql": ("robopretrain/algos/iql.py", ["tests/test_iql_update.py", "tests/test_iql_bc.py", "tests/test_wiring.py"]),
+    "cql": ("robopretrain/algos/cql.py", ["tests/test_cql_options.py", "tests/test_cql.py", "tests/test_wiring.py"]),
+    "bc": ("robopretrain/algos/bc.py", ["tests/test_iql_bc.py"]),
+    "td3_bc": ("robopretrain/algos/td3_bc.py", ["tests/test_offline_family.py"]),
+    "awac": ("robopretrain/algos/awac.py", ["tests/test_offline_family.py"]),
+    "rebrac": ("robopretrain/algos/rebrac.py", ["tests/test_offline_family.py"]),
+    "bcq": ("robopretrain/algos/bcq.py", ["tests/test_offline_family.py"]),
+    "returns": ("robopretrain/data/returns.py", ["tests/test_returns.py", "tests/test_stage2_data_wiring.py",
+                                                 "tests/test_wiring.py"]),
+    "replay": ("robopretrain/data/replay.py", ["tests/test_replay.py", "tests/test_stage2_data_wiring.py",
+                                               "tests/test_wiring.py"]),
+    "dataset": ("robopretrain/data/dataset.py", ["tests/test_dataset.py", "tests/test_stage2_data_wiring.py",
+                                                 "tests/test_wiring.py"]),
+    "icvf": ("video_pretrain/objectives/icvf.py", ["tests/test_objectives.py"]),
+    "vip": ("video_pretrain/objectives/vip.py", ["tests/test_objectives.py"]),
+    "tcn": ("video_pretrain/objectives/tcn.py", ["tests/test_objectives.py"]),
+    "sampling": ("video_pretrain/sampling.py", ["tests/test_sampling.py"]),
+    "evaluation": ("robopretrain/evaluation.py", ["tests/test_evaluation.py", "tests/test_wiring.py",
+                                                 "tests/test_evaluate.py"]),
+    "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_train_offline.py", "tests/test_wiring.py"]),
+    "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py"]),
+}
+
+# (module, mutant id) -> why no test can tell the mutant from the original
+EQUIVALENT: dict[tuple[str, str], str] = {
+    ("iql", "IQL/const/0"): "actor_reads_next_obs False -> True: the image agent then also encodes s' for the actor, "
+                            "a feature IQL's losses never read (AWR looks at s only); same losses and gradients, only "
+                            "wasted work (and the next update's augmentation draws shift, the same way in every run)",
+    ("iql", "IQL/const/1"): "next_obs_needs_grad False -> True: the image agent keeps autograd on the s' features, "
+                            "which IQL only reads inside torch.no_grad (V(s')); same losses and gradients",
+    ("cql", "CQL.compute_losses/name/2"): "b = obs.shape[0] -> next_obs.shape[0]: a batch has as many s' as s",
+    ("cql", "CQL.compute_losses/drop/0"): "max(1 + n, n + n_target) -> max(1, n + n_target): n_target >= 1, so "
+                                          "n + n_target >= 1 + n and both give the same number of samples",
+    ("cql", "CQL.compute_losses/swap/9"): "sac_actor_loss(q_pi, pi_logp, alpha) -> (q_pi, alpha, pi_logp): the loss "
+                                          "is alpha * log pi - Q, a product of the two (alpha detached either way)",
+    ("cql", "td_target/const/0"): "the default alpha=0.0 -> 1.0: every caller passes alpha",
+    ("cql", "dr3_penalty/const/0"): "the default coef=1.0 -> 0.5: every caller passes cfg.dr3_coef",
+    ("icvf", "ICVFObjective.export_config/name/0"): "self.heads.config -> self.target_heads.config: the target heads "
+                                                    "are a deepcopy of the heads, config included",
+    ("returns", "_obs_mismatch/const/1"): "atol < 1 -> atol < 0 picks the float path for integer arrays too: with "
+                                          "integers any difference is >= 1 > atol, so both paths give the same "
+                                          "answer (the exact path only saves float64 copies)",
+    ("offline_loop", "train_offline/const/0"): "the default start=0 -> 1: the one caller (robopretrain.train) "
+                                               "passes start",
+    ("offline_loop", "calibration_rows/const/0"): "seed 12345 -> 12346: the calibration rows only have to be fixed "
+                                                  "(the same rows at every step and after a resume); no value is "
+                                                  "specified",
+    ("evaluation", "evaluate/boolop/0"): "video_path is not None and frames -> or: frames is a non-empty list exactly "
+                                         "when video_path is given (else None), so both conditions agree",
+    ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
+                                         "same 5 cs at the only fps used (20)",
+}
+
+# module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site
+EXTRA_MUTANTS: dict[str, list[tuple[str, str, str]]] = {}
+
+# config dataclass fields whose default is a coefficient of the method (mutated); sizes and rates are not
+COEF_FIELD = re.compile(r"discount|tau|expectile|beta|max_weight|alpha|temp|gap|coef|scale|bias|noise|clip|lmbda|"
+                        r"lambda|threshold|eps")
+SKIP_CALLS = {"print", "warn", "debug", "info", "warning", "error", "exception", "critical", "log", "run_print"}
+CALL_SWAPS = {"min": "max", "max": "min", "minimum": "maximum", "maximum": "minimum", "amin": "amax", "amax": "amin",
+              "argmin": "argmax", "argmax": "argmin"}
+TWIN_PREFIXES = ("next_", "target_")
+
+
+@dataclass
+class Site:
+    """One mutant: where (qualified function name, line), what kind, and a readable description."""
+
+    qualname: str
+    kind: str
+    desc: str
+    line: int
+
+
+def _is_docstring(node: ast.AST, parent: ast.AST | None) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def _twin(name: str, known: set[str]) -> list[str]:
+    """The ``next_`` / ``target_`` twins of ``name`` among ``known`` names (either direction)."""
+    out = []
+    for p in TWIN_PREFIXES:
+        if name.startswith(p) and name[len(p):] in known:
+            out.append(name[len(p):])
+        if p + name in known:
+            out.append(p + name)
+    return out
+
+
+class _Walker:
+    """Enumerates mutation sites in a fixed order; with ``apply=i`` mutates site ``i`` in place instead."""
+
+    def __init__(self, tree: ast.Module, apply: int | None = None) -> None:
+        self.tree, self.apply = tree, apply
+        self.sites: list[Site] = []
+        self.done = False
+        self.names: set[str] = set()
+        self.attrs: set[str] = set()
+        self.keys: set[str] = set()
+
+    # every candidate calls _offer(desc, mutate); mutate() changes the tree in place
+    def _offer(self, qual: str, kind: str, desc: str, node: ast.AST, mutate) -> None:
+        if self.apply == len(self.sites):
+            mutate()
+            self.done = True
+        self.sites.append(Site(qual, kind, desc, getattr(node, "lineno", 0)))
+
+    def run(self) -> list[Site]:
+        self._body(self.tree.body, "<module>", None)
+        return self.sites
+
+    def _body(self, stmts: list[ast.stmt], qual: str, cls: ast.ClassDef | None) -> None:
+        for stmt in stmts:
+            self._stmt(stmt, qual, cls)
+
+    def _stmt(self, stmt: ast.stmt, qual: str, cls: ast.ClassDef | None) -> None:
+        if _is_docstring(stmt, None) or isinstance(stmt, (ast.Raise, ast.Assert, ast.Import, ast.ImportFrom,
+                                                          ast.Global, ast.Nonlocal, ast.Pass)):
+            return
+        if isinstance(stmt, ast.ClassDef):
+            is_dataclass = any("dataclass" in ast.unparse(d) for d in stmt.decorator_list)
+            for s in stmt.body:
+                if is_dataclass and isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name):
+                    self._config_field(s, f"{stmt.name}.{s.target.id}")
+                elif isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    self._stmt(s, f"{stmt.name}", stmt)
+                elif isinstance(s, ast.Assign) and isinstance(s.value, ast.Constant) \
+                        and isinstance(s.value.value, bool):
+                    v = s.value
+                    self._offer(stmt.name, "const", f"{ast.unparse(s.targets[0])} = {v.value} -> {not v.value}", s,
+                                lambda v=v: setattr(v, "value", not v.value))
+            return
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            name = stmt.name if qual == "<module>" else f"{qual}.{stmt.name}"
+            self.names = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)} | {
+                a.arg for a in ast.walk(stmt.args) if isinstance(a, ast.arg)}
+            self.attrs = set()
+            if cls is not None:
+                self.attrs = {n.attr for n in ast.walk(cls) if isinstance(n, ast.Attribute)
+                              and isinstance(n.value, ast.Name) and n.value.id == "self"}
+            self.keys = {n.slice.value for n in ast.walk(stmt) if isinstance(n, ast.Subscript)
+                         and isinstance(n.slice, ast.Constant) and isinstance(n.slice.value, str)}
+            for d in stmt.args.defaults + [d for d in stmt.args.kw_defaults if d is not None]:
+                self._expr(d, name, stmt.args, "defaults")
+            self._body(stmt.body, name, cls)
+            return
+        if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            if any("metric" in ast.unparse(t) or ast.unparse(t) == "__all__" for t in targets):
+                return
+            if isinstance(stmt, ast.AugAssign):
+                self._binop_kind(stmt, qual, "op")
+            if stmt.value is not None:
+                self._expr(stmt.value, qual, stmt, "value")
+            return
+        if isinstance(stmt, ast.If):
+            if "metric" in ast.unparse(stmt.test):
+                self._body(stmt.orelse, qual, cls)
+                return
+            test = stmt.test
+            self._offer(qual, "if", f"if {ast.unparse(test)}: -> if not ...", stmt,
+                        lambda: setattr(stmt, "test", ast.UnaryOp(ast.Not(), test)))
+            self._expr(stmt.test, qual, stmt, "test")
+            self._body(stmt.body, qual, cls)
+            self._body(stmt.orelse, qual, cls)
+            return
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and self._skip_call(stmt.value):
+            return
+        # other statements: their direct expression fields, then nested statement lists
+        for field, value in ast.iter_fields(stmt):
+            if isinstance(value, ast.expr):
+                self._expr(value, qual, stmt, field)
+            elif isinstance(value, list):
+                if value and isinstance(value[0], ast.stmt):
+                    self._body(value, qual, cls)
+                elif value and isinstance(value[0], ast.expr):
+                    for i in range(len(value)):
+                        self._expr(value[i], qual, value, i)
+                elif value and isinstance(value[0], (ast.withitem, ast.ExceptHandler)):
+                    for item in value:
+                        if isinstance(item, ast.ExceptHandler):
+                            self._body(item.body, qual, cls)
+                        else:
+                            self._expr(item.context_expr, qual, item, "context_expr")
+
+    @staticmethod
+    def _skip_call(call: ast.Call) -> bool:
+        f = call.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+        return name in SKIP_CALLS
+
+    def _config_field(self, s: ast.AnnAssign, qual: str) -> None:
+        v = s.value
+        if not isinstance(v, ast.Constant) or not isinstance(s.target, ast.Name):
+            return
+        if isinstance(v.value, bool):
+            self._offer(qual, "const", f"default {v.value} -> {not v.value}", s,
+                        lambda: setattr(v, "value", not v.value))
+        elif isinstance(v.value, (int, float)) and COEF_FIELD.search(s.target.id):
+            new = _new_number(v.value)
+            self._offer(qual, "const", f"default {v.value!r} -> {new!r}", s, lambda: setattr(v, "value", new))
+
+    def _binop_kind(self, node: ast.AugAssign | ast.BinOp, qual: str, _field: str) -> None:
+        swaps = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult}
+        new = swaps.get(type(node.op))
+        if new is not None:
+            old = type(node.op).__name__
+            self._offer(qual, "binop", f"{ast.unparse(node)}: {old} -> {new.__name__}", node,
+                        lambda: setattr(node, "op", new()))
+
+    def _replace(self, holder, field, new: ast.expr) -> None:
+        if isinstance(holder, list):
+            holder[field] = new
+        else:
+            setattr(holder, field, new)
+
+    def _expr(self, node: ast.expr, qual: str, holder, field) -> None:
+        """Offer the mutants of ``node`` (``holder.field`` or ``holder[field]``), then of its children."""
+        if isinstance(node, (ast.JoinedStr, ast.Lambda)):
+            return
+        if isinstance(node, ast.Call) and self._skip_call(node):
+            return
+        text = ast.unparse(node)
+        if isinstance(node, ast.BinOp):
+            self._binop_kind(node, qual, "op")
+            if isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
+                left, right = node.left, node.right
+                self._offer(qual, "drop", f"{text} -> {ast.unparse(left)}", node,
+                            lambda: self._replace(holder, field, left))
+                if isinstance(node.op, ast.Mult):
+                    self._offer(qual, "drop", f"{text} -> {ast.unparse(right)}", node,
+                                lambda: self._replace(holder, field, right))
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Not)):
+            operand = node.operand
+            if not (isinstance(node.op, ast.USub) and isinstance(operand, ast.Constant)):
+                kind = "sign" if isinstance(node.op, ast.USub) else "not"
+                self._offer(qual, kind, f"{text} -> {ast.unparse(operand)}", node,
+                            lambda: self._replace(holder, field, operand))
+        elif isinstance(node, ast.BoolOp):
+            new = ast.Or if isinstance(node.op, ast.And) else ast.And
+            self._offer(qual, "boolop", f"{text}: -> {new.__name__}", node, lambda: setattr(node, "op", new()))
+        elif isinstance(node, ast.Compare):
+            swaps = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.Eq: ast.NotEq,
+                     ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
+            for i, op in enumerate(node.ops):
+                new = swaps[type(op)]
+                self._offer(qual, "cmp", f"{text}: {type(op).__name__} -> {new.__name__}", node,
+                            lambda i=i, new=new: node.ops.__setitem__(i, new()))
+        elif isinstance(node, ast.Constant) and field != "slice":
+            if isinstance(node.value, bool):
+                self._offer(qual, "const", f"{text} -> {not node.value}", node,
+                            lambda: setattr(node, "value", not node.value))
+            elif isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+                new = _new_number(node.value)
+                self._offer(qual, "const", f"{text} -> {new!r}", node, lambda: setattr(node, "value", new))
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            for twin in _twin(node.id, self.names):
+                self._offer(qual, "name", f"{node.id} -> {twin}", node, lambda twin=twin: setattr(node, "id", twin))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            for twin in _twin(node.attr, self.attrs):
+                self._offer(qual, "name", f"self.{node.attr} -> self.{twin}", node,
+                            lambda twin=twin: setattr(node, "attr", twin))
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                and isinstance(node.slice.value, str):
+            for twin in _twin(node.slice.value, self.keys):
+                key = node.slice
+                self._offer(qual, "name", f"{text} -> [{twin!r}]", node, lambda twin=twin: setattr(key, "value", twin))
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name in CALL_SWAPS:
+                new = CALL_SWAPS[name]
+                self._offer(qual, "call", f"{ast.unparse(f)}(...) -> {new}(...)", node,
+                            lambda: setattr(f, "attr", new) if isinstance(f, ast.Attribute) else setattr(f, "id", new))
+            args = node.args
+            for i in range(len(args) - 1):
+                a, b = args[i], args[i + 1]
+                if isinstance(a, ast.Starred) or isinstance(b, ast.Starred) or ast.unparse(a) == ast.unparse(b):
+                    continue
+                self._offer(qual, "swap", f"{ast.unparse(f)}(..{ast.unparse(a)}, {ast.unparse(b)}..) swapped", node,
+                            lambda i=i: args.__setitem__(slice(i, i + 2), [args[i + 1], args[i]]))
+        # children
+        for cfield, value in ast.iter_fields(node):
+            if cfield in ("ctx", "op", "ops", "annotation", "returns"):
+                continue
+            if isinstance(value, ast.expr):
+                self._expr(value, qual, node, cfield)
+            elif isinstance(value, list):
+                for i in range(len(value)):
+                    if isinstance(value[i], ast.expr):
+                        self._expr(value[i], qual, value, i)
+                    elif isinstance(value[i], ast.keyword):
+                        self._expr(value[i].value, qual, value[i], "value")
+                    elif isinstance(value[i], ast.comprehension):
+                        self._expr(value[i].iter, qual, value[i], "iter")
+                        for j in range(len(value[i].ifs)):
+                            self._expr(value[i].ifs[j], qual, value[i].ifs, j)
+
+
+def _new_number(v: int | float) -> int | float:
+    if isinstance(v, int):
+        return 1 if v == 0 else v + 1 if v != 1 else 0
+    if v == 0.0 or v != v or v in (float("inf"), float("-inf")):
+        return 1.0 if v == 0.0 else 0.0
+    return v / 2
+
+
+def mutation_sites(source: str) -> list[Site]:
+    """Every AST mutant of ``source``, in a fixed order (the index is the mutant's number)."""
+    return _Walker(ast.parse(source)).run()
+
+
+def mutate(source: str, index: int) -> str:
+    """``source`` with mutant ``index`` applied (comments and formatting are not kept; the code is the same)."""
+    tree = ast.parse(source)
+    walker = _Walker(tree, apply=index)
+    walker.run()
+    if not walker.done:
+        raise IndexError(f"no mutant {index}")
+    return ast.unparse(tree)
+
+
+@dataclass
+class Mutant:
+    module: str
+    id: str
+    desc: str
+    line: int
+    source: str | int  # the whole mutated file, or the AST site's number (mutated on demand)
+
+
+def mutants_of(module: str) -> list[Mutant]:
+    """The module's AST mutants (ids ``qualname/kind/n``, ``n`` counting that pair) and its hand-written ones."""
+    path, _ = MODULES[module]
+    source = (REPO / path).read_text()
+    out, seen = [], {}
+    for i, site in enumerate(mutation_sites(source)):
+        key = f"{site.qualname}/{site.kind}"
+        seen[key] = seen.get(key, -1) + 1
+        out.append(Mutant(module, f"{key}/{seen[key]}", site.desc, site.line, i))
+    for mid, old, new in EXTRA_MUTANTS.get(module, []):
+        if source.count(old) != 1:
+            raise ValueError(f"error: hand-written mutant {module}:{mid}: its text occurs {source.count(old)} times")
+        out.append(Mutant(module, f"hand/{mid}", f"{old!r} -> {new!r}", source[:source.index(old)].count("\n") + 1,
+                          source.replace(old, new)))
+    return out
+
+
+def mutant_source(m: Mutant) -> str:
+    if isinstance(m.source, int):
+        return mutate((REPO / MODULES[m.module][0]).read_text(), m.source)
+    return m.source
+
+
+def digest(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update((REPO / p).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def make_copy(root: Path) -> Path:
+    """A private copy of the tracked files (and untracked, not ignored ones) of the repository under ``root``."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    dest = root / "repo"
+    for f in files:
+        if not f or f.startswith("benchmarks/results/") or not (REPO / f).is_file():
+            continue
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    return dest
+
+
+def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
+    """``(status, seconds, tail of output)`` of the test files in the copy: passed / failed / timeout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(copy_root), "PYTHONDONTWRITEBYTECODE": "1"}
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", *tests, "-x", "-q", "-p", "no:cacheprovider",
+                               "-p", "no:randomly"], cwd=copy_root, env=env, capture_output=True, text=True,
+                              timeout=timeout, start_new_session=True)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return "timeout", time.monotonic() - t0, out[-500:]
+    status = "passed" if proc.returncode == 0 else "failed"
+    return status, time.monotonic() - t0, (proc.stdout + proc.stderr)[-800:]
+
+
+def load_results() -> dict:
+    if RESULTS.exists():
+        return json.loads(RESULTS.read_text())
+    return {"modules": {}, "runs": []}
+
+
+def save_results(results: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    os.replace(tmp, RESULTS)
+
+
+def score(module: str, records: dict) -> dict:
+    """Killed (timeouts included) over non-equivalent, compiled mutants; the survivors' ids and descriptions."""
+    counted = {k: r for k, r in records.items() if (module, k) not in EQUIVALENT and r["status"] != "error"}
+    killed = sum(r["status"] in ("killed", "timeout") for r in counted.values())
+    survivors = {k: r["desc"] for k, r in counted.items() if r["status"] == "survived"}
+    return {"mutants": len(counted), "killed": killed, "score": killed / len(counted) if counted else None,
+            "survivors": survivors,
+            "equivalent": {k: EQUIVALENT[(module, k)] for k in records if (module, k) in EQUIVALENT}}
+
+
+def select(mutants: list[Mutant], max_mutants: int | None) -> list[Mutant]:
+    """At most ``max_mutants`` of them: a fixed random subset (seed 0), the same on every rerun."""
+    if max_mutants is None or len(mutants) <= max_mutants:
+        return mutants
+    keep = set(random.Random(0).sample(range(len(mutants)), max_mutants))
+    return [m for i, m in enumerate(mutants) if i in keep]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--modules", nargs="+", default=list(MODULES), help=f"short names: {' '.join(MODULES)}")
+    p.add_argument("--max-mutants", type=int, default=None, help="per module (a fixed random subset)")
+    p.add_argument("--jobs", type=int, default=1, help="mutants tested in parallel (one repository copy each)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per mutant (default: 3x the unmutated test time + 30)")
+    p.add_argument("--fresh", action="store_true", help="ignore earlier results of these modules")
+    p.add_argument("--list", action="store_true", help="list modules, tests and mutant counts; run nothing")
+    p.add_argument("--show", action="store_true", help="print the selected mutants; run nothing")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        p.error(f"unknown module(s) {unknown}; known: {list(MODULES)}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+
+    if args.list or args.show:
+        for name in args.modules:
+            path, tests = MODULES[name]
+            ms = select(mutants_of(name), args.max_mutants)
+            print(f"{name:13s} {path:38s} {len(ms):4d} mutants  tests: {' '.join(tests)}")
+            if args.show:
+                for m in ms:
+                    print(f"    {m.id:55s} L{m.line:<4d} {m.desc}")
+        return 0
+
+    results = load_results()
+    lock = Lock()
+    with tempfile.TemporaryDirectory(prefix="mutation_") as tmp:
+        copies = [make_copy(Path(tmp) / f"job{j}") for j in range(args.jobs)]
+        free = list(copies)
+        for name in args.modules:
+            path, tests = MODULES[name]
+            src_hash, test_hash = digest([path]), digest(tests)
+            mod = results["modules"].setdefault(name, {"mutants": {}})
+            if args.fresh:
+                mod["mutants"] = {}
+            old = mod["mutants"]
+            todo = []
+            for m in select(mutants_of(name), args.max_mutants):
+                r = old.get(m.id)
+                if r and r["src"] == src_hash and r["desc"] == m.desc and (r["status"] in ("killed", "timeout")
+                                                                            or r["tests"] == test_hash):
+                    continue
+                todo.append(m)
+            print(f"== {name}: {path}; {len(todo)} mutant(s) to run; tests {' '.join(tests)}", flush=True)
+            if not todo:
+                continue
+            timeout = args.timeout
+            if timeout is None:
+                status, secs, out = run_tests(copies[0], tests, 1800)
+                if status != "passed":
+                    print(f"error: the unmutated tests of {name} do not pass:\n{out}", file=sys.stderr)
+                    return 1
+                timeout = 3 * secs + 30
+                print(f"   unmutated tests: {secs:.1f} s; timeout per mutant {timeout:.0f} s", flush=True)
+
+            def one(m: Mutant) -> tuple[Mutant, dict]:
+                with lock:
+                    root = free.pop()
+                target = root / path
+                original = target.read_text()
+                try:
+                    try:
+                        new = mutant_source(m)
+                        compile(new, path, "exec")
+                    except (SyntaxError, ValueError) as e:
+                        return m, {"status": "error", "seconds": 0.0, "output": str(e)}
+                    target.write_text(new)
+                    status, secs, out = run_tests(root, tests, timeout)
+                    return m, {"status": {"failed": "killed", "passed": "survived"}.get(status, status),
+                               "seconds": round(secs, 1), "output": out[-300:] if status == "failed" else ""}
+                finally:
+                    target.write_text(original)
+                    with lock:
+                        free.append(root)
+
+            with ThreadPoolExecutor(args.jobs) as pool:
+                for fut in as_completed([pool.submit(one, m) for m in todo]):
+                    m, rec = fut.result()
+                    rec.update({"desc": m.desc, "line": m.line, "src": src_hash, "tests": test_hash})
+                    with lock:
+                        old[m.id] = rec
+                        save_results(results)
+                    flag = "" if rec["status"] in ("killed", "timeout") else "  <--"
+                    print(f"   {rec['status']:8s} {rec['seconds']:6.1f}s  {m.id}  L{m.line}: {m.desc}{flag}",
+                          flush=True)
+
+    summary = {}
+    print("\nmodule         killed / mutants   score")
+    for name in args.modules:
+        s = score(name, results["modules"].get(name, {}).get("mutants", {}))
+        summary[name] = {k: s[k] for k in ("mutants", "killed", "score")}
+        results["modules"][name]["score"] = s
+        pct = f"{100 * s['score']:.0f}%" if s["score"] is not None else "-"
+        print(f"{name:14s} {s['killed']:6d} / {s['mutants']:<7d}  {pct}")
+        for k, desc in sorted(s["survivors"].items()):
+            print(f"    survived: {k}: {desc}")
+        for k, why in sorted(s["equivalent"].items()):
+            print(f"    equivalent: {k}: {why}")
+    results["runs"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "max_mutants": args.max_mutants, "scores": summary})
+    save_results(results)
+    print(f"wrote {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

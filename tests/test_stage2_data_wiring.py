@@ -1,0 +1,91 @@
+"""Stage 2's data wiring, seen from inside a real run (``robopretrain.train.run``): in PTR's target adaptation the
+batches are 90% ``data.path`` (the prior tasks) and 10% ``data.mix`` (the target), row for row, and the pipeline
+sets it up that way round; the returns-to-go of the training data use the algorithm's discount and reward transform
+(here 0.9 and x10 - 5, by hand)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from _stages import collect_sim, stage2_config
+from robopretrain import build
+from robopretrain.agent import Agent
+from robopretrain.data.keys import TASK_ID
+from sim_envs.tasks import TASK_IDS
+
+pytestmark = pytest.mark.slow
+
+CLEAN = {"kinds": {"clean": {"fraction": 1.0, "noise": 0.0, "stop": None},
+                   "noisy": {"fraction": 0.0, "noise": 0.0, "stop": None},
+                   "failing": {"fraction": 0.0, "noise": 0.0, "stop": None}}, "valid_fraction": 0.0}
+PRIOR, TARGET = "Reach", "PressButton"
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory):
+    """Two updates of Cal-QL (discount 0.9, batch 20) on Reach demos with 10% PressButton demos mixed in; the
+    datasets the run loaded and the batches it trained on."""
+    from robopretrain.train import run
+
+    tmp = tmp_path_factory.mktemp("mix")
+    prior = collect_sim(tmp / "prior.hdf5", [PRIOR], episodes=2, **CLEAN)
+    target = collect_sim(tmp / "target.hdf5", [TARGET], episodes=1, **CLEAN)
+    loaded, batches = [], []
+    real_load, real_update = build.load_data, Agent.update
+
+    def load_data(path, *args, **kwargs):
+        data = real_load(path, *args, **kwargs)
+        loaded.append((str(path), data))
+        return data
+
+    def update(self, batch, *args, **kwargs):
+        batches.append(batch)
+        return real_update(self, batch, *args, **kwargs)
+
+    cfg = stage2_config(prior, tmp / "run", algo="calql", steps=2,
+                        algo_cfg={"discount": 0.9, "batch_size": 20},
+                        data_cfg={"mix": {"path": str(target), "fraction": 0.1}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(build, "load_data", load_data)
+        mp.setattr(Agent, "update", update)
+        run(cfg)
+    return {"prior": str(prior), "target": str(target), "loaded": loaded, "batches": batches}
+
+
+def test_batches_are_ninety_percent_prior_and_ten_percent_target(adapted):
+    assert [p for p, _ in adapted["loaded"]] == [adapted["prior"], adapted["target"]]
+    assert len(adapted["batches"]) == 2
+    for batch in adapted["batches"]:
+        ids = np.asarray(batch["observations"][TASK_ID]).reshape(-1)
+        assert len(ids) == 20
+        assert (ids == TASK_IDS[PRIOR]).sum() == 18 and (ids == TASK_IDS[TARGET]).sum() == 2
+
+
+def test_returns_to_go_use_the_algorithms_discount(adapted):
+    for _, data in adapted["loaded"]:
+        rows = data.get(np.arange(len(data)))
+        r, d, mc = (np.asarray(torch.as_tensor(rows[k])) for k in ("rewards", "dones", "mc_returns"))
+        assert set(np.unique(r)) == {-5.0, 5.0}  # sparse {0, 1} x10 - 5
+        expected, g = np.empty_like(r), 0.0
+        for t in range(len(r) - 1, -1, -1):  # clean demos: every episode ends at its success (done = 1)
+            g = r[t] + 0.9 * (1.0 - d[t]) * g
+            expected[t] = g
+        assert d[-1] == 1.0 and d.sum() >= 1
+        np.testing.assert_allclose(mc, expected, rtol=1e-5)
+
+
+def test_the_pipeline_puts_the_prior_in_data_path_and_the_target_in_mix(tmp_path):
+    from robopretrain.envs.target import Target
+    from robopretrain.pipeline import adapt_config, data_paths
+
+    cfg = OmegaConf.load(build.CONFIG_DIR / "pipeline.yaml")
+    cfg.pop("hydra")
+    cfg.encoder.mode = "scratch"  # no stage-1 encoder in this folder
+    assert cfg.adapt.prior_fraction == 0.9  # PTR: 90% prior / 10% target
+    out = adapt_config(cfg, tmp_path, Target(TARGET))
+    assert out.init == str(tmp_path / "stage2")
+    assert out.data.path == str(data_paths(tmp_path)["prior"])
+    assert out.data.mix.path == str(data_paths(tmp_path)["target"]) and list(out.data.mix.tasks) == [TARGET]
+    assert out.data.mix.fraction == pytest.approx(0.1)
