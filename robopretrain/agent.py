@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from robopretrain.algos import AGENT_NAMES, make_agent, make_config
-from robopretrain.algos.cql import make_adam, metrics_to_floats, soft_update_
+from robopretrain.algos.base import make_adam, metrics_to_floats, soft_update_
 from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS
 from robopretrain.data.spec import ObsSpec
 from robopretrain.nets.encoder_io import load_encoder

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robopretrain.algos.base import OfflineAlgorithm, make_adam
+from robopretrain.algos.base import OfflineAlgorithm
 from robopretrain.algos.cql import bellman_loss, td_target
 from robopretrain.nets.actor import GaussianActor
 from robopretrain.nets.critic import EnsembleCritic
@@ -114,14 +114,7 @@ class AWAC(OfflineAlgorithm):
         self.target_critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, cfg.num_critics, **kw).to(self.device)
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
-        self.optimizer = make_adam(
-            [
-                {"params": list(self.actor.parameters()), "lr": cfg.policy_lr},
-                {"params": list(self.critic.parameters()), "lr": cfg.qf_lr},
-            ]
-        )
-        self.num_updates = 0
-        self._loss_fn = self.compute_losses
+        self._init_optimizer([(self.actor, cfg.policy_lr), (self.critic, cfg.qf_lr)])
 
     def compute_losses(
         self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True

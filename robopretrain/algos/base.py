@@ -83,6 +83,13 @@ class OfflineAlgorithm:
         if not cls.name and cls.algo_name is OfflineAlgorithm.algo_name:
             raise TypeError(f"{cls.__name__}: a learner sets its registry name (class attribute name)")
 
+    def _init_optimizer(self, groups: list[tuple[Any, float]]) -> None:
+        """``self.optimizer``: one Adam (:func:`make_adam`) over ``(module or parameters, learning rate)`` groups in
+        the given order; the update count starts at 0."""
+        self.optimizer = make_adam([{"params": list(p.parameters()) if isinstance(p, nn.Module) else list(p), "lr": lr}
+                                    for p, lr in groups])
+        self.num_updates = 0
+
     def algo_name(self) -> str:
         """The registry name stored in checkpoints (``"bc"``, ``"iql"``, ``"cql"``, ``"calql"``, ...)."""
         return self.name

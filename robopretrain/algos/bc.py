@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robopretrain.algos.base import OfflineAlgorithm, make_adam
+from robopretrain.algos.base import OfflineAlgorithm
 from robopretrain.nets.actor import GaussianActor
 
 
@@ -47,8 +47,7 @@ class BC(OfflineAlgorithm):
         self.actor = GaussianActor(
             obs_dim, act_dim, cfg.actor_hidden, activation=cfg.activation, orthogonal_init=cfg.orthogonal_init
         ).to(self.device)
-        self.optimizer = make_adam([{"params": list(self.actor.parameters()), "lr": cfg.lr}])
-        self.num_updates = 0
+        self._init_optimizer([(self.actor, cfg.lr)])
 
     def compute_losses(
         self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robopretrain.algos.base import OfflineAlgorithm, make_adam, soft_update_
+from robopretrain.algos.base import OfflineAlgorithm, soft_update_
 from robopretrain.algos.cql import bellman_loss, td_target
 from robopretrain.nets.critic import EnsembleCritic
 from robopretrain.nets.mlp import build_mlp
@@ -163,13 +163,7 @@ class BCQ(OfflineAlgorithm):
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
         self.vae = ConditionalVAE(obs_dim, act_dim, cfg.vae_hidden, 2 * act_dim, **kw).to(self.device)
-        self.optimizer = make_adam([
-            {"params": list(self.actor.parameters()), "lr": cfg.policy_lr},
-            {"params": list(self.critic.parameters()), "lr": cfg.qf_lr},
-            {"params": list(self.vae.parameters()), "lr": cfg.vae_lr},
-        ])
-        self.num_updates = 0
-        self._loss_fn = self.compute_losses
+        self._init_optimizer([(self.actor, cfg.policy_lr), (self.critic, cfg.qf_lr), (self.vae, cfg.vae_lr)])
 
     def compute_losses(
         self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True

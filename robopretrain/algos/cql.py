@@ -46,13 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robopretrain.algos.base import (  # noqa: F401  (metrics_to_floats, soft_update_ re-exported: they lived here)
-    OfflineAlgorithm,
-    make_adam,
-    metrics_to_floats,
-    require_keys,
-    soft_update_,
-)
+from robopretrain.algos.base import OfflineAlgorithm, require_keys
 from robopretrain.nets.actor import TanhGaussianActor, squashed_gaussian_sample
 from robopretrain.nets.critic import EnsembleCritic
 
@@ -252,16 +246,9 @@ class CQL(OfflineAlgorithm):
         self.log_alpha_prime = nn.Parameter(torch.tensor(cfg.log_alpha_prime_init, device=self.device))
         self.log_alpha.requires_grad_(cfg.use_automatic_entropy_tuning)
         self.log_alpha_prime.requires_grad_(cfg.cql_lagrange)
-        self.optimizer = make_adam(
-            [
-                {"params": list(self.actor.parameters()), "lr": cfg.policy_lr},
-                {"params": list(self.critic.parameters()), "lr": cfg.qf_lr},
-                {"params": [self.log_alpha], "lr": cfg.alpha_lr or cfg.policy_lr},
-                {"params": [self.log_alpha_prime], "lr": cfg.alpha_prime_lr or cfg.qf_lr},
-            ]
-        )
-        self.num_updates = 0
-        self._loss_fn = self.compute_losses
+        self._init_optimizer([(self.actor, cfg.policy_lr), (self.critic, cfg.qf_lr),
+                              ([self.log_alpha], cfg.alpha_lr or cfg.policy_lr),
+                              ([self.log_alpha_prime], cfg.alpha_prime_lr or cfg.qf_lr)])
 
     # ------------------------------------------------------------------ losses
 

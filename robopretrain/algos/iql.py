@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robopretrain.algos.base import OfflineAlgorithm, make_adam
+from robopretrain.algos.base import OfflineAlgorithm
 from robopretrain.nets.actor import GaussianActor
 from robopretrain.nets.critic import EnsembleCritic
 from robopretrain.nets.mlp import build_mlp
@@ -100,15 +100,7 @@ class IQL(OfflineAlgorithm):
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
         self.value = build_mlp(obs_dim, 1, cfg.value_hidden, **kw).to(self.device)
-        self.optimizer = make_adam(
-            [
-                {"params": list(self.actor.parameters()), "lr": cfg.actor_lr},
-                {"params": list(self.critic.parameters()), "lr": cfg.qf_lr},
-                {"params": list(self.value.parameters()), "lr": cfg.vf_lr},
-            ]
-        )
-        self.num_updates = 0
-        self._loss_fn = self.compute_losses
+        self._init_optimizer([(self.actor, cfg.actor_lr), (self.critic, cfg.qf_lr), (self.value, cfg.vf_lr)])
 
     def compute_losses(
         self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robopretrain.algos.base import OfflineAlgorithm, make_adam, soft_update_
+from robopretrain.algos.base import OfflineAlgorithm, soft_update_
 from robopretrain.algos.iql import expectile_loss
 from robopretrain.nets.actor import GaussianActor
 from robopretrain.nets.mlp import build_mlp
@@ -206,13 +206,7 @@ class POR(OfflineAlgorithm):
                                     log_std_max=cfg.log_std_max, **kw).to(self.device)
         self.actor = GaussianActor(2 * obs_dim, act_dim, cfg.actor_hidden, log_std_min=cfg.log_std_min,
                                    log_std_max=cfg.log_std_max, **kw).to(self.device)
-        self.optimizer = make_adam([
-            {"params": list(self.value.parameters()), "lr": cfg.vf_lr},
-            {"params": list(self.guide.parameters()), "lr": cfg.guide_lr},
-            {"params": list(self.actor.parameters()), "lr": cfg.actor_lr},
-        ])
-        self.num_updates = 0
-        self._loss_fn = self.compute_losses
+        self._init_optimizer([(self.value, cfg.vf_lr), (self.guide, cfg.guide_lr), (self.actor, cfg.actor_lr)])
 
     def compute_losses(
         self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robopretrain.algos.base import OfflineAlgorithm, make_adam, soft_update_
+from robopretrain.algos.base import OfflineAlgorithm, soft_update_
 from robopretrain.algos.cql import bellman_loss, td_target
 from robopretrain.nets.actor import DeterministicActor
 from robopretrain.nets.critic import EnsembleCritic
@@ -138,14 +138,7 @@ class TD3BC(OfflineAlgorithm):
         self.target_critic = self._make_critic().to(self.device)
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
-        self.optimizer = make_adam(
-            [
-                {"params": list(self.actor.parameters()), "lr": cfg.policy_lr},
-                {"params": list(self.critic.parameters()), "lr": cfg.qf_lr},
-            ]
-        )
-        self.num_updates = 0
-        self._loss_fn = self.compute_losses
+        self._init_optimizer([(self.actor, cfg.policy_lr), (self.critic, cfg.qf_lr)])
 
     @classmethod
     def config_class(cls) -> type:
