@@ -112,3 +112,26 @@ def test_gaussian_actor_density_by_hand_is_finite_at_the_action_bounds():
     actions, _ = actor.sample(obs, deterministic=True)  # the deterministic action is the mean
     torch.testing.assert_close(actions, mean)
     assert bc_loss(logp).item() == pytest.approx(-expected, abs=1e-12)
+
+
+def test_bc_uses_the_config_it_is_given():
+    """A BC built with a config trains with that config (sizes, learning rate), not the defaults (a mutant
+    ``cfg and BCConfig()`` survived every test before; benchmarks/mutation.py)."""
+    from robopretrain.algos.bc import BC, BCConfig
+
+    agent = BC(5, 2, BCConfig(actor_hidden=(7,), lr=0.0123, batch_size=4))
+    assert agent.cfg.actor_hidden == (7,)
+    assert agent.optimizer.param_groups[0]["lr"] == 0.0123
+    assert any(tuple(p.shape) == (7, 5) for p in agent.actor.parameters())
+
+
+def test_bc_defaults_and_metrics_by_default():
+    """BC's defaults (no orthogonal init, as CORL's BC) and ``compute_losses`` reporting its loss unless told not to."""
+    from robopretrain.algos.bc import BC, BCConfig
+
+    assert BCConfig().orthogonal_init is False
+    agent = BC(5, 2, BCConfig(batch_size=4))
+    batch = {"observations": torch.randn(4, 5), "actions": torch.rand(4, 2) * 1.8 - 0.9}
+    losses, metrics = agent.compute_losses(batch)
+    assert set(metrics) == {"bc_loss"} and torch.equal(metrics["bc_loss"], losses[next(iter(losses))].detach())
+    assert agent.compute_losses(batch, with_metrics=False)[1] == {}

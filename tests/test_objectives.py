@@ -333,3 +333,40 @@ def _train_chain_icvf() -> torch.Tensor:
     with torch.no_grad():
         goal = eye[n - 1].expand(n - 1, n)
         return heads(eye[: n - 1], goal, goal).mean(0)
+
+
+def test_vip_objective_wires_each_role_and_the_value_step_by_hand():
+    """VIPObjective on a flatten encoder: each role's frame goes where the loss expects it (initial, goal, obs, next),
+    the TD step is V(o_t+1) - V(o_t), and gamma / weights come from the constructor; by hand in float64 (a swapped
+    role, a dropped - V(o_t) or an ignored setting changes the value). Found by benchmarks/mutation.py."""
+    import math
+
+    from video_pretrain.objectives.vip import VIPObjective
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(5, 4, 1, 1, 3, generator=g, dtype=torch.float64)  # (B, roles, C, H, W): embedding = pixels
+    reward = torch.tensor([0.0, -1.0, -1.0, 0.0, -1.0], dtype=torch.float64)
+    gamma, w1, w2 = 0.9, 0.01, 0.02
+    objective = VIPObjective(torch.nn.Flatten(), gamma=gamma, l1_weight=w1, l2_weight=w2)
+    loss, _ = objective.compute_loss(images, {"reward": reward})
+    e = images.reshape(5, 4, 3)
+    e0, eg, et, en = e[:, 0], e[:, 1], e[:, 2], e[:, 3]
+    v = lambda a: -((a - eg) ** 2).sum(-1).sqrt()  # noqa: E731
+    contrast = -(reward + gamma * v(en) - v(et))
+    expected = (1 - gamma) * -v(e0).mean() + torch.log(torch.exp(contrast).mean())
+    everything = torch.cat([e0, eg, et, en])
+    expected = expected + w1 * everything.abs().sum(-1).mean() + w2 * (everything ** 2).sum(-1).sqrt().mean()
+    assert math.isclose(float(loss), float(expected), rel_tol=1e-12)
+
+
+def test_vip_defaults_and_step_gain_metric():
+    """VIP's published defaults (Ma et al. 2022, REFERENCE.md: gamma 0.98, L1 and L2 weights 1e-3) and the logged per-step value
+    gain V(o_t+1) - V(o_t)."""
+    from video_pretrain.objectives.vip import VIPObjective, vip_loss
+
+    objective = VIPObjective(torch.nn.Flatten())
+    assert (objective.gamma, objective.l1_weight, objective.l2_weight) == (0.98, 1e-3, 1e-3)
+    e = torch.randn(4, 4, 3, generator=torch.Generator().manual_seed(0))
+    _, info = vip_loss(e[:, 0], e[:, 1], e[:, 2], e[:, 3], -1.0)
+    gain = (-(e[:, 3] - e[:, 1]).norm(dim=-1) + (e[:, 2] - e[:, 1]).norm(dim=-1)).mean()
+    assert torch.allclose(info["v_step_gain"], gain)
