@@ -360,8 +360,8 @@ def test_vip_objective_wires_each_role_and_the_value_step_by_hand():
 
 
 def test_vip_defaults_and_step_gain_metric():
-    """VIP's published defaults (Ma et al. 2022, REFERENCE.md: gamma 0.98, L1 and L2 weights 1e-3) and the logged per-step value
-    gain V(o_t+1) - V(o_t)."""
+    """VIP's published defaults (Ma et al. 2022, REFERENCE.md: gamma 0.98, L1 and L2 weights 1e-3) and the logged
+    per-step value gain V(o_t+1) - V(o_t)."""
     from video_pretrain.objectives.vip import VIPObjective, vip_loss
 
     objective = VIPObjective(torch.nn.Flatten())
