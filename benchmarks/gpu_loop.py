@@ -43,8 +43,8 @@ def train(data: Path, out: Path, algo: str, steps: int, device: str, graph: bool
     cmd = [sys.executable, "-m", "robopretrain.train", f"algo={algo}", f"data.path={data}", "seed=0",
            f"output_dir={out}", f"hydra.run.dir={out}/hydra", f"device={device}", f"train.steps={steps}",
            "train.eval_targets=[]", f"train.checkpoint_every={steps}", "train.progress=false",
-           "train.tensorboard=false", f"train.log_every={max(steps // 10, 1)}", f"train.cuda_graph={str(graph).lower()}",
-           "obs.low_dim=[proprio,object]"]
+           "train.tensorboard=false", f"train.log_every={max(steps // 10, 1)}",
+           f"train.cuda_graph={str(graph).lower()}", "obs.low_dim=[proprio,object]"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - start
