@@ -60,9 +60,9 @@ DEFAULT_TARGET = "drawer-open-v3"
 PROPRIO_SLICE = slice(0, 4)    # hand xyz (3), gripper opening (1)
 OBJECT_SLICE = slice(4, 18)    # object 1 xyz + quat, object 2 xyz + quat (zeros when one object)
 GOAL_SLICE = slice(36, 39)     # goal xyz ([18:36] is the previous frame's [0:18], dropped)
-PROPRIO_DIM = 4
-OBJECT_DIM = 17
-ACTION_DIM = 4
+PROPRIO_DIM = PROPRIO_SLICE.stop - PROPRIO_SLICE.start                                        # 4
+OBJECT_DIM = OBJECT_SLICE.stop - OBJECT_SLICE.start + GOAL_SLICE.stop - GOAL_SLICE.start      # 17: objects + goal
+ACTION_DIM = 4  # the Sawyer's (dx, dy, dz, grip); MetaWorldEnv checks it against Meta-World's own action space
 MAX_PATH_LENGTH = 500          # Meta-World's time limit for every v3 task
 
 # Meta-World's cameras; every one can be asked for, these two get our sim's names.
@@ -224,6 +224,9 @@ class MetaWorldEnv(gym.Env):
         mw._freeze_rand_vec = False
         mw.seeded_rand_vec = True
         mw.max_path_length = np.iinfo(np.int64).max  # our own step count truncates, past 500 too
+        if mw.action_space.shape != (ACTION_DIM,):
+            raise ValueError(f"Meta-World's {self.task} has actions of shape {mw.action_space.shape}; this adapter "
+                             f"expects ({ACTION_DIM},) (metaworld 3.1)")
         self._mw = mw
         self._renderer: Any = None
         self._upside_down: dict[str, bool] = {}
