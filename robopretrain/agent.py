@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from robopretrain.algos import AGENT_NAMES, make_agent, make_config
-from robopretrain.algos.base import make_adam, metrics_to_floats, soft_update_
+from robopretrain.algos.base import make_adam, metrics_to_floats
 from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS
 from robopretrain.data.spec import ObsSpec
 from robopretrain.nets.encoder_io import load_encoder
@@ -330,11 +330,7 @@ class Agent:
         sum(losses.values()).backward()
         for opt in optimizers:
             opt.step()
-        target = getattr(self.core, "target_critic", None)
-        if hasattr(self.core, "update_targets"):  # the algorithm moves its own targets (e.g. TD3's delayed ones)
-            self.core.update_targets()
-        elif target is not None:
-            soft_update_(target, self.core.critic, self.core.cfg.tau)
+        self.core.update_targets()  # every learner moves its own targets (Polyak by default; TD3's delayed ones)
         return metrics
 
     def _update_sequences(self, batch: Mapping[str, Any], with_metrics: bool) -> dict[str, float]:
