@@ -114,6 +114,16 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                   "specified",
     ("evaluation", "evaluate/boolop/0"): "video_path is not None and frames -> or: frames is a non-empty list exactly "
                                          "when video_path is given (else None), so both conditions agree",
+    ("tcn", "tcn_logits/swap/0"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (the broadcast (B, B) matrix keeps its layout)",
+    ("tcn", "tcn_logits/swap/2"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments",
+    ("tcn", "tcn_loss/swap/10"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (a metric of aligned frames)",
+    ("tcn", "tcn_loss/swap/11"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (a metric of aligned frames)",
+    ("tcn", "tcn_loss/swap/12"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (a metric of aligned frames)",
+    ("tcn", "TCNObjective.compute_loss/const/4"): "batch['video'][:, 0] -> [:, 1]: the three frames of a sample come "
+                                                  "from one video (TCNSampler), so every column holds the same id",
+    ("online_loop", "run_online/const/1"): "replay seed seed + 1 -> seed + 0: the buffer's sampling stream only has "
+                                           "to be fixed and checkpointed (it is); no value is specified",
+    ("online_loop", "run_online.eval_row/const/1"): "progress bar set_postfix(refresh=False -> True): display only",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
 }

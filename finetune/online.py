@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,12 @@ class OnlineSettings:
         return cls(**d)
 
 
+def training_regret(successes: Sequence[float]) -> float | None:
+    """Cumulative regret of online training, ``mean(1 - success)`` over the finished training episodes
+    (successes 0/1, in order; the Cal-QL paper's and CORL's measure), in [0, 1]; None before the first one ends."""
+    return float(np.mean(1.0 - np.asarray(successes, dtype=np.float64))) if len(successes) else None
+
+
 def online_buffer(agent: Any, reward: RewardSettings, capacity: int, seed: int) -> ReplayBuffer:
     """An empty replay buffer for what the agent stores (its prepared observation parts)."""
     neg = sparse_negative_reward(reward.scale, reward.bias) if reward.sparse else None
@@ -148,19 +154,15 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
                            logger=config.get("logger") if config is not None else None, config=config)
     logger.truncate_after(env_steps)
 
-    def regret() -> float | None:
-        """mean(1 - success) over the finished training episodes; None before the first one ends."""
-        return float(np.mean(1.0 - np.asarray(successes))) if successes else None
-
     def eval_row(step: int) -> None:
-        row: dict[str, Any] = {"env_steps": step, "episodes": len(successes), "train/cumulative_regret": regret(),
+        row: dict[str, Any] = {"env_steps": step, "episodes": len(successes), "train/cumulative_regret": training_regret(successes),
                                "train/episode_success": float(np.mean(successes[-10:])) if successes else None}
         row.update({f"eval/{k}": v for k, v in evaluate(agent, target, settings.eval_episodes,
                                                          randomization=eval_rand).items()})
         row.update({f"calib/offline_{k}": v for k, v in calibration(agent, calib_offline).items()})
         if len(buffer):
-            newest = (buffer.ptr - 1 - np.arange(min(settings.calibration_batch, len(buffer)))) % buffer.capacity
-            row.update({f"calib/online_{k}": v for k, v in calibration(agent, buffer.get(newest)).items()})
+            newest = buffer.get(buffer.newest_indices(settings.calibration_batch))
+            row.update({f"calib/online_{k}": v for k, v in calibration(agent, newest).items()})
         history.append(row)
         logger.log(step, row)
         bar.set_postfix(success=f"{row['eval/success']:.2f}", episodes=len(successes), refresh=False)
@@ -242,4 +244,4 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
     return history
 
 
-__all__ = ["OnlineSettings", "online_buffer", "run_online"]
+__all__ = ["OnlineSettings", "online_buffer", "run_online", "training_regret"]

@@ -305,3 +305,17 @@ def test_every_encoder_mode_fine_tunes_online(robosuite_demos, tmp_path, mode):
         assert tuple(stored["agentview_image"].shape[1:]) == (16, 16, 3)
     loaded, _ = load_agent(tmp_path / "run")
     assert loaded.mode == mode and loaded.algo == "calql"
+
+
+def test_training_regret_and_online_settings_by_hand():
+    from finetune.online import OnlineSettings, training_regret
+
+    assert training_regret([]) is None  # before the first training episode ends
+    assert training_regret([1.0, 0.0, 1.0, 1.0]) == pytest.approx(0.25)
+    assert training_regret([0.0, 0.0]) == 1.0 and training_regret([1.0]) == 0.0
+    assert OnlineSettings(num_envs=1, utd=1).num_envs == 1  # 1 is the smallest valid count
+    for key in ("num_envs", "utd", "eval_episodes", "calibration_batch"):
+        with pytest.raises(ValueError, match=f"online.{key}=0"):
+            OnlineSettings(**{key: 0})
+    with pytest.raises(ValueError, match="online.utd=True"):
+        OnlineSettings(utd=True)

@@ -278,6 +278,22 @@ def test_tcn_masks_other_samples_of_the_same_video():
     assert torch.isfinite(loss)
 
 
+def test_tcn_objective_feeds_the_encoded_frames_in_time_order():
+    """Wiring: role k of ``images`` (B, 3, ...) is s_k, each encoded alone; the batch's video ids mask
+    same-video negatives; the default temperature is 1."""
+    torch.manual_seed(0)
+    enc = TinyEncoder().double()
+    images = torch.rand(4, 3, 3, 8, 8, dtype=torch.float64)  # B=4 != 3 roles: a transposed view shows
+    video = torch.tensor([0, 0, 1, 2])[:, None].expand(4, 3)  # samples 0 and 1 share a video
+    loss, _ = make_objective("tcn", enc).compute_loss(images, {"video": video})
+    e0, e1, e2 = (enc(images[:, k]) for k in range(3))
+    expected, _ = tcn_loss(e0, e1, e2, video[:, 0], 1.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    for wrong in (tcn_loss(e0, e2, e1, video[:, 0])[0], tcn_loss(e1, e0, e2, video[:, 0])[0],
+                  tcn_loss(e0, e1, e2, None)[0], tcn_loss(e0, e1, e2, video[:, 0], 0.5)[0]):
+        assert abs(wrong.item() - expected.item()) > 1e-6  # each wiring slip would show
+
+
 # ------------------------------------------------------------------------------------------------ factory
 def test_make_objective_builds_each_objective_and_rejects_typos():
     for name, roles in (("icvf", 4), ("vip", 4), ("tcn", 3)):

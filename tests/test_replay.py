@@ -63,6 +63,18 @@ def test_ring_buffer_overwrites_oldest():
     assert sorted(buf.get(np.arange(5))["observations"].view(-1).tolist()) == [3, 4, 5, 6, 7]
 
 
+def test_newest_indices_follow_the_ring_newest_first():
+    buf = ReplayBuffer(5, 1, 1, gamma=0.9)
+    assert buf.newest_indices(3).tolist() == []  # empty buffer
+    buf.add_episode(np.arange(3.0)[:, None], np.zeros((3, 1)), np.ones(3), np.arange(3.0)[:, None], np.zeros(3))
+    assert buf.newest_indices(2).tolist() == [2, 1] and buf.newest_indices(10).tolist() == [2, 1, 0]
+    buf.add_episode(np.arange(3.0, 7.0)[:, None], np.zeros((4, 1)), np.ones(4), np.arange(3.0, 7.0)[:, None],
+                    np.zeros(4))  # wraps: rows 5, 6 overwrite slots 0, 1
+    idx = buf.newest_indices(4)
+    assert idx.tolist() == [1, 0, 4, 3]
+    assert buf.get(idx)["observations"].view(-1).tolist() == [6.0, 5.0, 4.0, 3.0]
+
+
 def test_mixed_sampler_exact_counts_and_ratio_over_many_batches():
     off = _offline(n=40)
     on = ReplayBuffer(100, 3, 2, gamma=0.99)

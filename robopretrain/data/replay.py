@@ -29,7 +29,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from robopretrain.data.keys import BATCH_KEYS, NEXT_ACTIONS, OBS_FIELDS
+from robopretrain.data.keys import NEXT_ACTIONS, OBS_FIELDS
 from robopretrain.data.returns import episode_returns_to_go, episode_starts, next_actions_of
 
 Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
@@ -295,6 +295,11 @@ class ReplayBuffer:
 
     def get(self, idx: np.ndarray) -> Batch:
         return {k: _to_torch(_tree_map(lambda a: a[idx], v), self.device) for k, v in self._fields.items()}
+
+    def newest_indices(self, n: int) -> np.ndarray:
+        """Storage indices of the ``min(n, len(self))`` most recently stored rows, newest first (int64)."""
+        count = min(int(n), len(self))
+        return (self.ptr - 1 - np.arange(count)) % self.capacity
 
     def sample(self, batch_size: int) -> Batch:
         if self.size == 0:
