@@ -24,11 +24,16 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
 - :func:`check_resume` ``(saved, now, where, fresh=...)``: raises :class:`ResumeMismatchError` with one line
   (where, what changed, how to start fresh); a checkpoint written before fingerprints existed (``saved`` is
   ``None``) resumes with a warning.
+- :func:`added_off_keys` ``(saved, now)``: settings the checkpoint does not have whose value now is off
+  (``false``, ``null``, ``"none"``, empty): options a toolkit upgrade added since the checkpoint was written, left
+  off, so the run computes what it did before. They do not block a resume (:func:`check_resume` warns, naming
+  them); an added setting that is on (``train.cuda_graph: (unset) -> true``) is a difference like any other.
 
 ``ignore`` entries without a dot match a key's last part anywhere (``progress`` matches ``train.progress``);
 dotted entries match that key and everything under it (``data.max_cache_mb``, ``hydra``).
 :data:`HARMLESS_KEYS` are the settings that do not change what is computed: logging, progress, where
-outputs go, workers and threads, the device, resume itself. A stage adds its own (stage 1: the step count,
+outputs go, workers and threads, the device and whether updates replay a CUDA graph (the same update, measured
+equal to eager), resume itself. A stage adds its own (stage 1: the step count,
 which a resumed run may raise).
 """
 from __future__ import annotations
@@ -45,7 +50,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 HARMLESS_KEYS: tuple[str, ...] = ("progress", "tensorboard", "wandb", "logger", "log_every", "eval_every",
                                   "checkpoint_every", "num_workers", "num_threads", "device", "resume", "output_dir",
-                                  "output", "hydra", "cache_dir")
+                                  "output", "hydra", "cache_dir", "cuda_graph")
 FULL_HASH_BYTES = 16 * 2**20  # files up to this size are hashed whole, larger ones by their first and last MiB
 SAMPLE_BYTES = 2**20
 SMALL_FILE_BYTES = 2**20  # top-level files of a folder hashed by content (manifests, info files)
@@ -171,15 +176,26 @@ def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, A
     return out
 
 
+def _is_off(value: Any) -> bool:
+    return value is None or value is False or value in ("none", "None", "") or value == [] or value == {}
+
+
+def added_off_keys(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """Config keys of ``now`` absent from ``saved`` whose value is off (false, null, "none", empty), sorted."""
+    old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
+    return sorted(k for k, v in new_cfg.items() if k not in old_cfg and _is_off(v))
+
+
 def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """What differs between two fingerprints, as short phrases (inputs first, then config keys)."""
+    """What differs between two fingerprints, as short phrases (inputs first, then config keys); settings added
+    since ``saved`` and off (:func:`added_off_keys`) are not differences."""
     out: list[str] = []
     saved_inputs, now_inputs = saved.get("inputs", {}), now.get("inputs", {})
     for name in list(dict.fromkeys([*saved_inputs, *now_inputs])):
         out += _input_changes(name, saved_inputs.get(name), now_inputs.get(name))
     old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
     missing = object()
-    for key in sorted(set(old_cfg) | set(new_cfg)):
+    for key in sorted((set(old_cfg) | set(new_cfg)) - set(added_off_keys(saved, now))):
         a, b = old_cfg.get(key, missing), new_cfg.get(key, missing)
         if a != b:
             out.append(f"{key}: {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}")
@@ -195,6 +211,10 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
         log.warning("%s: written before run fingerprints existed; cannot check that its data and settings are "
                     "this run's", where)
         return
+    added = added_off_keys(saved, now)
+    if added:
+        log.warning("%s: resuming; settings added since it was written are off here: %s", where,
+                    ", ".join(f"{k}={json.dumps(now['config'][k])}" for k in added))
     diffs = differences(saved, now)
     if diffs:
         listed = "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({len(diffs) - MAX_LISTED} more)" if len(diffs) > MAX_LISTED

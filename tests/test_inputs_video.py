@@ -280,3 +280,22 @@ def test_fingerprint_of_files_and_folders(tmp_path):
     changes = run_fingerprint.differences(a, run_fingerprint.fingerprint(cfg, {"data": tmp_path}))
     assert changes[0].endswith("new.mp4 added") and "1 files" in changes[1]
     run_fingerprint.check_resume(None, a, "old.pt")  # a checkpoint older than fingerprints: warns only
+
+
+def test_settings_added_by_an_upgrade_resume_only_when_off(caplog):
+    """A checkpoint written before an option existed resumes when the option is off (the run computes what it
+    did), and is refused when it is on; execution-only settings (cuda_graph) never block."""
+    saved = run_fingerprint.fingerprint({"train": {"lr": 1e-3}}, {})
+    for off in (False, None, "none", []):
+        now = run_fingerprint.fingerprint({"train": {"lr": 1e-3, "normalize": off}}, {})
+        assert run_fingerprint.added_off_keys(saved, now) == ["train.normalize"]
+        with caplog.at_level("WARNING"):
+            run_fingerprint.check_resume(saved, now, "ckpt.pt")
+        assert "train.normalize" in caplog.text
+    on = run_fingerprint.fingerprint({"train": {"lr": 1e-3, "normalize": True}}, {})
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"train.normalize: \(unset\) -> true"):
+        run_fingerprint.check_resume(saved, on, "ckpt.pt")
+    removed = run_fingerprint.fingerprint({}, {})  # a key the rerun lacks is still a difference
+    assert run_fingerprint.differences(saved, removed) == ["train.lr: 0.001 -> (unset)"]
+    graphed = run_fingerprint.fingerprint({"train": {"lr": 1e-3, "cuda_graph": True}}, {})
+    run_fingerprint.check_resume(saved, graphed, "ckpt.pt")
