@@ -246,6 +246,9 @@ def test_tcn_logits_and_probabilities_by_hand():
             + math.log(math.exp(-1) / (math.exp(-9) + math.exp(-1) + math.exp(-2.5)))) / 2
     assert loss.item() == pytest.approx(0.5 * (ce0 + ce2), rel=1e-12)
     assert info["accuracy"].item() == 1.0  # the positive has the largest logit in every row
+    assert info["aligned"].item() == 1.0  # each end is closer to s1 than to the other end
+    far_middle = t([[0.5], [30.0]])  # sample 0 still aligned; sample 1's s1 is farther from s2 than s0 is
+    assert tcn_loss(e0, far_middle, e2, video)[1]["aligned"].item() == 0.5
 
     # the two terms mirror each other: reversing time (s0 <-> s2) gives the same loss
     swapped, _ = tcn_loss(e2, e1, e0, video)
