@@ -147,8 +147,15 @@ def _ours(algo: str, batch_size: int = BATCH, device: str = "cpu", mode: str = "
         graphed = CUDAGraphUpdate(agent)  # the worker's warm-up calls are its eager warm-up, then the capture
         return lambda: graphed(batch, with_metrics=False)
     if mode != "eager":
+        eager = {k: v.detach().clone() for k, v in core.compute_losses(batch, False)[0].items()}
         core.compile(**({"mode": "reduce-overhead"} if mode == "cudagraphs" else {}))
+        compiled = core._losses(batch, False)[0]  # compiles here; same weights and batch as the eager losses
+        COMPILE_AGREEMENT["max_abs_loss_diff"] = max(float((compiled[k].detach() - v).abs().max()) for k, v in
+                                                     eager.items())
     return lambda: agent.update(batch, with_metrics=False)
+
+
+COMPILE_AGREEMENT: dict[str, float] = {}  # compiled vs eager losses at the worker's start (same weights and batch)
 
 
 IMAGE_SIZE, IMAGE_BATCH = 64, 64
@@ -421,7 +428,7 @@ def run_worker(args: argparse.Namespace) -> None:
         sync()
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     result = {"updates_per_s": args.iters / wall, "cpu_ms_per_update": 1000.0 * cpu / args.iters,
-              "setup_and_warmup_s": round(setup_s, 1)}
+              "setup_and_warmup_s": round(setup_s, 1), **COMPILE_AGREEMENT}
     if args.worker == "robopretrain":
         from robopretrain.nets.kernels import choices_made, forced_path
 
@@ -439,6 +446,8 @@ def _spawn(impl: str, algo: str, threads: int, args: argparse.Namespace, env_ext
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl.split("[")[0], "--algo", algo,
            "--threads", str(threads), "--iters", str(iters), "--warmup", str(args.warmup),
            "--batches", str({"image": IMAGE_BATCH, "dt": DT_BATCH}.get(algo, BATCH))]
+    if impl.endswith("[compile]"):
+        cmd += ["--mode", "compile"]
     if impl == "corl":
         cmd += ["--corl", args.corl]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
@@ -455,6 +464,8 @@ def _variants(args: argparse.Namespace) -> dict[str, dict]:
     out: dict[str, dict] = {"robopretrain": {}}
     for kernel in args.kernels:
         out[f"robopretrain[{kernel}]"] = {"ROBOPRETRAIN_KERNEL": kernel}
+    if args.compile:
+        out["robopretrain[compile]"] = {}  # torch.compile (inductor's C++ kernels) of the loss: train.compile=true
     if args.corl:
         out["corl"] = {}
     if args.d3rlpy_python:
@@ -484,6 +495,7 @@ def time_rounds(algo: str, threads: int, variants: dict[str, dict], args: argpar
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     ratios: dict[str, dict[str, list[float]]] = {v: {"corl": [], "d3rlpy": []} for v in variants}
     kernels: dict[str, dict] = {}
+    agreement: dict[str, float] = {}  # compiled variants: max |compiled - eager| of the losses over the rounds
     for r in range(args.rounds):
         row = {}
         for name, env_extra in variants.items():
@@ -493,6 +505,8 @@ def time_rounds(algo: str, threads: int, variants: dict[str, dict], args: argpar
             cpu[name].append(res["cpu_ms_per_update"])
             if "kernels" in res:
                 kernels[name] = {"choices": res["kernels"], "override": res["kernel_override"]}
+            if "max_abs_loss_diff" in res:
+                agreement[name] = max(agreement.get(name, 0.0), res["max_abs_loss_diff"])
         for name in variants:
             for peer in ("corl", "d3rlpy"):
                 if peer in row:
@@ -503,6 +517,8 @@ def time_rounds(algo: str, threads: int, variants: dict[str, dict], args: argpar
     results = {n: _summary(rates[n], cpu[n], ratios[n], flops) for n in variants}
     for name, info in kernels.items():
         results[name]["kernel_path"] = info
+    for name, diff in agreement.items():
+        results[name]["compiled_vs_eager_max_abs_loss_diff"] = diff
     return {"nominal_gflop_per_update": round(flops / 1e9, 3) if flops else None, "results": results}
 
 
@@ -730,6 +746,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setup-d3rlpy", metavar="DIR", help="create a d3rlpy venv at DIR, then exit")
     parser.add_argument("--kernels", nargs="*", default=[], choices=["mm", "mm_par", "bmm", "onednn"],
                         help="also time robopretrain with ROBOPRETRAIN_KERNEL forced to these paths")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time robopretrain with torch.compile of the loss (train.compile=true); CPU and GPU")
     parser.add_argument("--contention", action="store_true",
                         help="also run the Cal-QL rounds (ours, CORL) beside a CPU-bound process")
     parser.add_argument("--contention-threads", type=int, nargs="+", default=[2])
@@ -803,7 +821,8 @@ def main(argv: list[str] | None = None) -> None:
             elif algo in FAMILY:  # CORL only (d3rlpy is timed for Cal-QL and IQL); no forced kernels
                 chosen = {k: v for k, v in variants.items() if k in ("robopretrain", "corl")}
             else:
-                chosen = variants if algo == "calql" else {k: v for k, v in variants.items() if "[" not in k}
+                chosen = variants if algo == "calql" else {k: v for k, v in variants.items()
+                                                           if "[" not in k or k.endswith("[compile]")}
             load = os.getloadavg()[0]
             block = time_rounds(algo, threads, chosen, args, "quiet")
             block.update(algo=algo, threads=threads, load_average_1min_before_after=[round(load, 2),

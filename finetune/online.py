@@ -76,6 +76,7 @@ class OnlineSettings:
     progress: bool = True
     tensorboard: bool = True
     cuda_graph: bool = False  # each update replays one captured CUDA graph (robopretrain.algos.cuda_graph); GPU only
+    compile: bool = False  # torch.compile of the losses (OfflineAlgorithm.compile); pays off in long runs (README)
 
     def __post_init__(self) -> None:
         for key in ("num_envs", "utd", "eval_every", "eval_episodes", "log_every", "checkpoint_every",
@@ -210,6 +211,10 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         successes.append(float(ep.success))
 
     agent_update = agent.update
+    if settings.compile:
+        if settings.cuda_graph:
+            raise ValueError("online.compile=true and online.cuda_graph=true are alternatives; choose one")
+        agent.compile()
     if settings.cuda_graph:
         from robopretrain.algos.cuda_graph import CUDAGraphUpdate
 

@@ -265,6 +265,14 @@ class Agent:
                 mods.append(getattr(self.core, name))
         return mods
 
+    def compile(self, **kwargs: Any) -> None:
+        """The learner computes its losses with ``torch.compile`` (:meth:`OfflineAlgorithm.compile`: same math,
+        eager fallback with a warning if compiling fails); the encoders stay eager. Raises ValueError for the
+        decision transformer (its sequence update has no compiled path)."""
+        if not hasattr(self.core, "compile"):
+            raise ValueError(f"compile=true: the {self.algo} learner has no compiled path; set compile=false")
+        self.core.compile(**kwargs)
+
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimiser an update steps."""
         return [self.core.optimizer] + ([self.encoder_optimizer] if self.encoder_optimizer is not None else [])

@@ -210,7 +210,8 @@ def stage2_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
         "train": {"steps": int(s.steps), "eval_every": int(s.eval_every) or int(s.steps),
                   "eval_episodes": max(1, episodes), "eval_targets": None if episodes > 0 else [],
                   "checkpoint_every": int(s.checkpoint_every), "progress": bool(cfg.progress),
-                  "cuda_graph": bool(cfg.cuda_graph)}})
+                  "cuda_graph": bool(cfg.cuda_graph),
+                  "compile": bool(cfg.compile)}})
 
 
 def stage_stage2(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -230,7 +231,8 @@ def adapt_config(cfg: DictConfig, run_dir: Path, target: Target) -> DictConfig:
         "encoder": encoder_group(cfg, run_dir),
         "train": {"steps": int(a.steps), "eval_every": int(a.steps), "eval_episodes": int(cfg.stage3.eval_episodes),
                   "eval_targets": [target.to_dict()], "checkpoint_every": int(a.checkpoint_every),
-                  "progress": bool(cfg.progress), "cuda_graph": bool(cfg.cuda_graph)}}
+                  "progress": bool(cfg.progress), "cuda_graph": bool(cfg.cuda_graph),
+                  "compile": bool(cfg.compile)}}
     if bool(cfg.stage2.enabled):
         overrides["init"] = str(run_dir / "stage2")
         overrides["data"] = {"path": str(data_paths(run_dir)["prior"]),
@@ -263,7 +265,8 @@ def stage3_config(cfg: DictConfig, run_dir: Path, target: Target) -> DictConfig:
         **common(cfg, run_dir, f"stage3/{target.name}"), "algo": plain(cfg.algo_overrides),
         "checkpoint": str(run_dir / "adapt" / target.name), "target": target.to_dict(),
         "data": target_data(cfg, run_dir, target), "dr": plain(s.randomization),
-        "online": {**plain(online), "progress": bool(cfg.progress), "cuda_graph": bool(cfg.cuda_graph)}})
+        "online": {**plain(online), "progress": bool(cfg.progress), "cuda_graph": bool(cfg.cuda_graph),
+                  "compile": bool(cfg.compile)}})
 
 
 def stage_stage3(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -32,8 +32,8 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
 ``ignore`` entries without a dot match a key's last part anywhere (``progress`` matches ``train.progress``);
 dotted entries match that key and everything under it (``data.max_cache_mb``, ``hydra``).
 :data:`HARMLESS_KEYS` are the settings that do not change what is computed: logging, progress, where
-outputs go, workers and threads, the device and whether updates replay a CUDA graph (the same update, measured
-equal to eager), resume itself. A stage adds its own (stage 1: the step count,
+outputs go, workers and threads, the device, whether updates replay a CUDA graph or compile their losses (the
+same update, measured equal to eager), resume itself. A stage adds its own (stage 1: the step count,
 which a resumed run may raise).
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 HARMLESS_KEYS: tuple[str, ...] = ("progress", "tensorboard", "wandb", "logger", "log_every", "eval_every",
                                   "checkpoint_every", "num_workers", "num_threads", "device", "resume", "output_dir",
-                                  "output", "hydra", "cache_dir", "cuda_graph")
+                                  "output", "hydra", "cache_dir", "cuda_graph", "compile")
 FULL_HASH_BYTES = 16 * 2**20  # files up to this size are hashed whole, larger ones by their first and last MiB
 SAMPLE_BYTES = 2**20
 SMALL_FILE_BYTES = 2**20  # top-level files of a folder hashed by content (manifests, info files)

@@ -15,6 +15,7 @@ same for every learner and for :class:`robopretrain.agent.Agent`, which runs the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any, ClassVar
@@ -22,6 +23,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def make_adam(groups: list[dict[str, Any]]) -> torch.optim.Adam:
@@ -130,9 +133,30 @@ class OfflineAlgorithm:
         if target is not None:
             soft_update_(target, self.critic, self.cfg.tau)
 
-    def compile(self, **kwargs: Any) -> None:
-        """Use ``torch.compile(**kwargs)`` for the loss computation (same math)."""
-        self._loss_fn = torch.compile(self.compute_losses, **kwargs)
+    def compile(self, fallback: bool = True, **kwargs: Any) -> None:
+        """Compute the losses with ``torch.compile(compute_losses, **kwargs)`` (TorchInductor: fused C++ kernels on
+        a CPU, Triton on a GPU; the backward is compiled with it). The same math: measured equal to eager to 0.0
+        for IQL on CPU (``benchmarks/peers.py --compile``); learners that draw random numbers inside the loss (CQL's
+        sampled actions) draw other ones. Compiling takes tens of seconds at the first update (and again at the
+        first one with the other ``with_metrics``); inductor's cache makes later runs faster.
+
+        ``fallback``: if compiling fails at the first call (no C++ compiler on the machine, an op inductor cannot
+        compile), log a warning and compute the losses eagerly from then on; ``False`` raises instead."""
+        compiled = torch.compile(self.compute_losses, **kwargs)
+        if not fallback:
+            self._loss_fn = compiled
+            return
+
+        def losses(batch: Mapping[str, torch.Tensor], with_metrics: bool):
+            try:
+                return compiled(batch, with_metrics)
+            except Exception as exc:  # noqa: BLE001 - any compile failure: the eager losses are the same math
+                log.warning("%s: torch.compile failed (%s: %s); computing the losses eagerly", self.algo_name(),
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                self._loss_fn = self.compute_losses
+                return self.compute_losses(batch, with_metrics)
+
+        self._loss_fn = losses
 
     @torch.no_grad()
     def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:

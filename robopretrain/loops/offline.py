@@ -56,6 +56,7 @@ class OfflineSettings:
     progress: bool = True
     tensorboard: bool = True
     cuda_graph: bool = False  # each update replays one captured CUDA graph (robopretrain.algos.cuda_graph); GPU only
+    compile: bool = False  # torch.compile of the losses (OfflineAlgorithm.compile); pays off in long runs (README)
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> OfflineSettings:
@@ -146,6 +147,10 @@ def train_offline(
     total, bs = int(settings.steps), int(agent.batch_size)
     last: Path | None = None
     update = agent.update
+    if settings.compile:
+        if settings.cuda_graph:
+            raise ValueError("train.compile=true and train.cuda_graph=true are alternatives; choose one")
+        agent.compile()
     if settings.cuda_graph:
         if dinfo.enabled:
             raise ValueError("train.cuda_graph=true does not run under torchrun (the gradient all-reduce is not "
