@@ -84,8 +84,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "sampling": ("video_pretrain/sampling.py", ["tests/test_sampling.py"]),
     "evaluation": ("robopretrain/evaluation.py", ["tests/test_evaluation.py", "tests/test_wiring.py",
                                                  "tests/test_evaluate.py"]),
-    "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_train_offline.py", "tests/test_wiring.py"]),
-    "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py"]),
+    "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_train_offline.py", "tests/test_wiring.py",
+                                                       "tests/test_compile.py"]),
+    "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py", "tests/test_transfer.py"]),
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
@@ -124,6 +125,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("online_loop", "run_online/const/1"): "replay seed seed + 1 -> seed + 0: the buffer's sampling stream only has "
                                            "to be fixed and checkpointed (it is); no value is specified",
     ("online_loop", "run_online.eval_row/const/1"): "progress bar set_postfix(refresh=False -> True): display only",
+    ("online_loop", "run_online/not/0"): "tqdm(disable=not settings.progress) -> disable=settings.progress: whether "
+                                         "a progress bar is drawn, nothing the run computes",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
 }

@@ -91,6 +91,7 @@ def test_the_offline_loop_reads_train_compile(monkeypatch, tmp_path):
     train_offline(agent, data, OfflineSettings(steps=3, progress=False, tensorboard=False, compile=True,
                                                eval_targets=[]), tmp_path / "run", save=lambda step, state: tmp_path)
     assert agent.core.num_updates == 3 and counting.calls == 3  # every update through the compiled losses
+    assert not OfflineSettings().compile and not OfflineSettings().cuda_graph  # both off unless asked
     agent = Agent(ObsSpec(low_dim=(("proprio", 5),)), 2, "iql", {"batch_size": 8}, EncoderSettings(mode="scratch"))
     compiled_before = len(counting.compiled)
     with pytest.raises(ValueError, match="alternatives"):

@@ -314,8 +314,21 @@ def test_training_regret_and_online_settings_by_hand():
     assert training_regret([1.0, 0.0, 1.0, 1.0]) == pytest.approx(0.25)
     assert training_regret([0.0, 0.0]) == 1.0 and training_regret([1.0]) == 0.0
     assert OnlineSettings(num_envs=1, utd=1).num_envs == 1  # 1 is the smallest valid count
+    defaults = OnlineSettings()
+    assert not defaults.cuda_graph and not defaults.compile  # a CPU user's direct call must not need a GPU
     for key in ("num_envs", "utd", "eval_episodes", "calibration_batch"):
         with pytest.raises(ValueError, match=f"online.{key}=0"):
             OnlineSettings(**{key: 0})
     with pytest.raises(ValueError, match="online.utd=True"):
         OnlineSettings(utd=True)
+
+
+def test_a_rerun_with_other_settings_is_refused_before_any_step(finetuned, reach_hdf5, stage2_state):
+    """The online loop compares the run folder's fingerprint with the rerun's (saved -> now, in that order)."""
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    out, _ = finetuned
+    rows = read_jsonl(out / "metrics.jsonl")
+    with pytest.raises(ResumeMismatchError, match=r"online\.utd: 1 -> 2"):
+        finetune(state_cfg(stage2_state, reach_hdf5, out, online={"utd": 2}))
+    assert read_jsonl(out / "metrics.jsonl") == rows  # nothing trained, nothing logged
