@@ -306,3 +306,46 @@ def test_bcq_wires_vae_samples_target_networks_and_discount():
     torch.testing.assert_close(losses["vae"], (recon - a).square().mean() + 0.5 * kl)
     acts = agent.act(s.numpy())
     assert acts.shape == (B, A) and np.all(np.abs(acts) <= 1.0)
+
+
+# --------------------------------------------------------------------------- construction and published defaults
+
+
+def small_sizes(algo: str) -> dict:
+    return {"actor_hidden": [8], "critic_hidden": [8], **({"vae_hidden": [8]} if algo == "bcq" else {})}
+
+
+@pytest.mark.parametrize("algo", [*ALGOS, "bcq"])
+def test_target_networks_start_as_copies_of_the_online_ones(algo):
+    """Each target network is its own module holding the online network's initial weights (TD3 / BCQ / AWAC
+    initialise their targets by copying), and takes no gradient."""
+    torch.manual_seed(0)
+    agent = make_agent(algo, S, A, small_sizes(algo))
+    pairs = [(n, n.removeprefix("target_")) for n in ("target_actor", "target_critic") if hasattr(agent, n)]
+    assert ("target_critic", "critic") in pairs
+    for target, online in pairs:
+        t, o = getattr(agent, target), getattr(agent, online)
+        assert t is not o
+        for (name, pt), po in zip(t.named_parameters(), o.parameters()):
+            assert torch.equal(pt, po) and pt.data_ptr() != po.data_ptr(), (target, name)
+            assert not pt.requires_grad
+
+
+PUBLISHED_DEFAULTS = {  # the authors' / CORL's defaults (REFERENCE.md); rewards x10 - 5 is the toolkit's transform
+    "td3_bc": {"discount": 0.99, "tau": 5e-3, "policy_noise": 0.2, "noise_clip": 0.5, "policy_freq": 2, "alpha": 2.5,
+               "expl_noise": 0.1, "policy_lr": 3e-4, "qf_lr": 3e-4, "batch_size": 256},
+    "awac": {"discount": 0.99, "tau": 5e-3, "awac_lambda": 1.0, "max_weight": 100.0, "log_std_min": -20.0,
+             "log_std_max": 2.0, "policy_lr": 3e-4, "qf_lr": 3e-4, "batch_size": 256},
+    "rebrac": {"discount": 0.99, "tau": 5e-3, "policy_noise": 0.2, "noise_clip": 0.5, "policy_freq": 2,
+               "actor_bc_coef": 1.0, "critic_bc_coef": 1.0, "normalize_q": True, "critic_layer_norm": True,
+               "policy_lr": 1e-3, "qf_lr": 1e-3, "batch_size": 1024},
+    "bcq": {"discount": 0.99, "tau": 5e-3, "phi": 0.05, "lmbda": 0.75, "n_target_samples": 10, "n_act_samples": 100,
+            "kl_weight": 0.5, "policy_lr": 1e-3, "qf_lr": 1e-3, "vae_lr": 1e-3, "batch_size": 100},
+}
+
+
+@pytest.mark.parametrize("algo", sorted(PUBLISHED_DEFAULTS))
+def test_defaults_are_the_published_ones(algo):
+    cfg = make_agent(algo, S, A, small_sizes(algo)).cfg
+    assert {k: getattr(cfg, k) for k in PUBLISHED_DEFAULTS[algo]} == PUBLISHED_DEFAULTS[algo]
+    assert (cfg.reward_scale, cfg.reward_bias, cfg.sparse_reward) == (10.0, -5.0, True)  # the Cal-QL transform
