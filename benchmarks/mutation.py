@@ -127,6 +127,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("online_loop", "run_online.eval_row/const/1"): "progress bar set_postfix(refresh=False -> True): display only",
     ("online_loop", "run_online/not/0"): "tqdm(disable=not settings.progress) -> disable=settings.progress: whether "
                                          "a progress bar is drawn, nothing the run computes",
+    ("td3_bc", "TD3BC/const/1"): "next_obs_needs_grad False -> True: the image agent keeps autograd on the s' "
+                                 "features, which TD3+BC reads only inside torch.no_grad (target actor and critics); "
+                                 "same losses and gradients",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
 }

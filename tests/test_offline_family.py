@@ -349,3 +349,13 @@ def test_defaults_are_the_published_ones(algo):
     cfg = make_agent(algo, S, A, small_sizes(algo)).cfg
     assert {k: getattr(cfg, k) for k in PUBLISHED_DEFAULTS[algo]} == PUBLISHED_DEFAULTS[algo]
     assert (cfg.reward_scale, cfg.reward_bias, cfg.sparse_reward) == (10.0, -5.0, True)  # the Cal-QL transform
+
+
+@pytest.mark.parametrize("algo", ["td3_bc", "rebrac"])
+def test_the_actor_trains_on_every_policy_freq_th_update(algo):
+    agent = make_agent(algo, S, A, {**small_sizes(algo), "policy_freq": 3})
+    steps = []
+    for n in range(9):
+        agent.num_updates = n  # the coming update is number n + 1
+        steps.append(agent.actor_step())
+    assert [n + 1 for n, s in enumerate(steps) if s] == [3, 6, 9]
