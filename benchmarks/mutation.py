@@ -63,10 +63,15 @@ from threading import Lock
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
 
-# short name -> (module file, test files run against its mutants)
+# the learners' declared next-state needs checked against what their losses read (every learner's flags)
+FLAGS_TEST = "tests/test_offline_family.py::test_declared_next_state_needs_match_what_the_losses_read"
+
+# short name -> (module file, test files (or file::test node ids) run against its mutants)
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "iql": ("robopretrain/algos/iql.py", ["tests/test_iql_update.py", "tests/test_iql_bc.py", "tests/test_wiring.py"]),
-    "cql": ("robopretrain/algos/cql.py", ["tests/test_cql_options.py", "tests/test_cql.py", "tests/test_wiring.py"]),
+    "iql": ("robopretrain/algos/iql.py", ["tests/test_iql_update.py", "tests/test_iql_bc.py", "tests/test_wiring.py",
+                                          FLAGS_TEST]),
+    "cql": ("robopretrain/algos/cql.py", ["tests/test_cql_options.py", "tests/test_cql.py", "tests/test_wiring.py",
+                                          FLAGS_TEST]),
     "bc": ("robopretrain/algos/bc.py", ["tests/test_iql_bc.py"]),
     "td3_bc": ("robopretrain/algos/td3_bc.py", ["tests/test_offline_family.py"]),
     "awac": ("robopretrain/algos/awac.py", ["tests/test_offline_family.py"]),
@@ -91,11 +96,6 @@ MODULES: dict[str, tuple[str, list[str]]] = {
 
 # (module, mutant id) -> why no test can tell the mutant from the original
 EQUIVALENT: dict[tuple[str, str], str] = {
-    ("iql", "IQL/const/0"): "actor_reads_next_obs False -> True: the image agent then also encodes s' for the actor, "
-                            "a feature IQL's losses never read (AWR looks at s only); same losses and gradients, only "
-                            "wasted work (and the next update's augmentation draws shift, the same way in every run)",
-    ("iql", "IQL/const/1"): "next_obs_needs_grad False -> True: the image agent keeps autograd on the s' features, "
-                            "which IQL only reads inside torch.no_grad (V(s')); same losses and gradients",
     ("cql", "CQL.compute_losses/name/2"): "b = obs.shape[0] -> next_obs.shape[0]: a batch has as many s' as s",
     ("cql", "CQL.compute_losses/drop/0"): "max(1 + n, n + n_target) -> max(1, n + n_target): n_target >= 1, so "
                                           "n + n_target >= 1 + n and both give the same number of samples",
@@ -127,9 +127,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("online_loop", "run_online.eval_row/const/1"): "progress bar set_postfix(refresh=False -> True): display only",
     ("online_loop", "run_online/not/0"): "tqdm(disable=not settings.progress) -> disable=settings.progress: whether "
                                          "a progress bar is drawn, nothing the run computes",
-    ("td3_bc", "TD3BC/const/1"): "next_obs_needs_grad False -> True: the image agent keeps autograd on the s' "
-                                 "features, which TD3+BC reads only inside torch.no_grad (target actor and critics); "
-                                 "same losses and gradients",
+    ("td3_bc", "TD3BC.compute_losses/swap/3"): "td_target(r, d, next_q, discount) -> (r, d, discount, next_q): the "
+                                               "target is r + (1 - d) * discount * next_q, a product of the two",
+    ("awac", "awac_critic_loss/swap/0"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2 per critic, "
+                                         "summed; same loss and gradient (shape (1, E) instead of (E,) before the sum)",
+    ("awac", "AWAC.compute_losses/const/0"): "the default with_metrics=True -> False: every caller passes it",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
 }
@@ -439,7 +441,7 @@ def mutant_source(m: Mutant) -> str:
 def digest(paths: list[str]) -> str:
     h = hashlib.sha256()
     for p in paths:
-        h.update((REPO / p).read_bytes())
+        h.update((REPO / p.split("::")[0]).read_bytes())  # a file, or a file::test node id
     return h.hexdigest()[:16]
 
 

@@ -90,7 +90,8 @@ S, A, B, DISCOUNT = 5, 2, 6, 0.5
 
 def tiny_agent(algo: str):
     torch.manual_seed(0)
-    cfg = {"actor_hidden": [8], "critic_hidden": [8], "discount": DISCOUNT, "tau": 0.25}
+    cfg = {"actor_hidden": [8], "critic_hidden": [8], "discount": DISCOUNT, "tau": 0.25,
+           **({"awac_lambda": 0.3, "max_weight": 2.0} if algo == "awac" else {})}  # both bind: a swap shows
     agent = make_agent(algo, S, A, cfg)
     with torch.no_grad():  # targets away from the online networks: using the wrong one changes every number
         for name in ("target_actor", "target_critic"):
@@ -130,6 +131,14 @@ def test_each_agent_wires_target_networks_batch_keys_and_discount(algo):
         y = b["rewards"] + DISCOUNT * (1 - b["dones"]) * v2
         expected = (agent.critic(s, a) - y).square().mean(dim=1).sum()
     torch.testing.assert_close(losses["critic"], expected)
+    if algo == "awac":  # weights from the online critics at (s, a) and (s, a ~ pi), the second draw after a'
+        torch.manual_seed(3)
+        with torch.no_grad():
+            a2_draw, _ = agent.actor.sample(s2)
+            pi_a, _ = agent.actor.sample(s)
+            adv = agent.critic(s, a).min(dim=0).values - agent.critic(s, pi_a).min(dim=0).values
+            w = torch.exp(adv / agent.cfg.awac_lambda).clamp(max=agent.cfg.max_weight)
+        torch.testing.assert_close(losses["actor"], -(w * agent.actor.log_prob(s, a)).mean())
     if algo != "awac":
         with torch.no_grad():
             pi = agent.actor(s)
@@ -359,3 +368,40 @@ def test_the_actor_trains_on_every_policy_freq_th_update(algo):
         agent.num_updates = n  # the coming update is number n + 1
         steps.append(agent.actor_step())
     assert [n + 1 for n, s in enumerate(steps) if s] == [3, 6, 9]
+
+
+FLAG_ALGOS = ["iql", "cql", "calql", "td3_bc", "awac", "rebrac", "bcq", "por"]
+
+
+def _flag_batch(grad: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    b = {**tiny_batch(), "mc_returns": torch.randn(B, generator=g),
+         "actor_observations": torch.randn(B, S, generator=g), "actor_next_observations": torch.randn(B, S, generator=g)}
+    b["next_observations"] = b["next_observations"].clone().requires_grad_(grad)
+    return b
+
+
+@pytest.mark.parametrize("algo", FLAG_ALGOS)
+def test_declared_next_state_needs_match_what_the_losses_read(algo):
+    """The flags an image agent builds its batch from (``robopretrain.agent``) are true of the losses: a learner that
+    says its actor reads s' must change its losses when the actor's s' features change, one that says it does not
+    must not (else an image agent silently feeds the critic encoder's features to the actor, or encodes for
+    nothing); ``next_obs_needs_grad`` must say whether the losses have a gradient at the critic's s' features."""
+    sizes = {"actor_hidden": [8], "guide_hidden": [8], "value_hidden": [8]} if algo == "por" else small_sizes(algo)
+    agent = make_agent(algo, S, A, sizes)
+    agent.num_updates = 1  # TD3 family: an actor update
+    base = _flag_batch()
+    torch.manual_seed(3)
+    full, _ = agent.compute_losses(base, with_metrics=False)
+    torch.manual_seed(3)
+    without, _ = agent.compute_losses({k: v for k, v in base.items() if k != "actor_next_observations"},
+                                      with_metrics=False)
+    reads = any(not torch.equal(full[k], without[k]) for k in full)
+    assert reads == agent.actor_reads_next_obs
+    b = _flag_batch(grad=True)
+    torch.manual_seed(3)
+    losses, _ = agent.compute_losses(b, with_metrics=False)
+    total = sum(losses.values())
+    grad = torch.autograd.grad(total, b["next_observations"], allow_unused=True)[0]
+    has_grad = grad is not None and bool(grad.abs().sum() > 0)
+    assert has_grad == bool(agent.next_obs_needs_grad)
