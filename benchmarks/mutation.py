@@ -63,15 +63,16 @@ from threading import Lock
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
 
-# the learners' declared next-state needs checked against what their losses read (every learner's flags)
-FLAGS_TEST = "tests/test_offline_family.py::test_declared_next_state_needs_match_what_the_losses_read"
+# every learner's declared next-state needs against what its losses read, and each loss's gradient owner
+LEARNER_TESTS = ["tests/test_offline_family.py::test_declared_next_state_needs_match_what_the_losses_read",
+                 "tests/test_offline_family.py::test_each_loss_moves_its_own_network_and_no_other"]
 
 # short name -> (module file, test files (or file::test node ids) run against its mutants)
 MODULES: dict[str, tuple[str, list[str]]] = {
     "iql": ("robopretrain/algos/iql.py", ["tests/test_iql_update.py", "tests/test_iql_bc.py", "tests/test_wiring.py",
-                                          FLAGS_TEST]),
+                                          *LEARNER_TESTS]),
     "cql": ("robopretrain/algos/cql.py", ["tests/test_cql_options.py", "tests/test_cql.py", "tests/test_wiring.py",
-                                          FLAGS_TEST]),
+                                          *LEARNER_TESTS]),
     "bc": ("robopretrain/algos/bc.py", ["tests/test_iql_bc.py"]),
     "td3_bc": ("robopretrain/algos/td3_bc.py", ["tests/test_offline_family.py"]),
     "awac": ("robopretrain/algos/awac.py", ["tests/test_offline_family.py"]),

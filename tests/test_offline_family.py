@@ -405,3 +405,26 @@ def test_declared_next_state_needs_match_what_the_losses_read(algo):
     grad = torch.autograd.grad(total, b["next_observations"], allow_unused=True)[0]
     has_grad = grad is not None and bool(grad.abs().sum() > 0)
     assert has_grad == bool(agent.next_obs_needs_grad)
+
+
+@pytest.mark.parametrize("algo", FLAG_ALGOS)
+def test_each_loss_moves_its_own_network_and_no_other(algo):
+    """One backward pass of the summed losses is right only if each loss has a gradient for its own network
+    (a swapped or detached argument leaves the network unchanged at the same loss value) and none for the
+    others (the actor loss must not train the critic through Q(s, pi(s)))."""
+    sizes = {"actor_hidden": [8], "guide_hidden": [8], "value_hidden": [8]} if algo == "por" else small_sizes(algo)
+    agent = make_agent(algo, S, A, sizes)
+    agent.num_updates = 1  # TD3 family: an actor update
+    torch.manual_seed(3)
+    losses, _ = agent.compute_losses(_flag_batch(), with_metrics=False)
+    owners = {k: getattr(agent, k) for k in losses if isinstance(getattr(agent, k, None), torch.nn.Module)}
+    assert {"critic", "actor"} <= set(owners) or algo == "por"
+    assert len(owners) >= 2
+    for name, loss in losses.items():
+        if name not in owners:
+            continue
+        for other, module in owners.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            moved = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+            assert moved == (other == name), (name, other)
