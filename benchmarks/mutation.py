@@ -133,6 +133,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("awac", "awac_critic_loss/swap/0"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2 per critic, "
                                          "summed; same loss and gradient (shape (1, E) instead of (E,) before the sum)",
     ("awac", "AWAC.compute_losses/const/0"): "the default with_metrics=True -> False: every caller passes it",
+    ("rebrac", "rebrac_target/swap/0"): "bc_penalty(a', a'_data) -> (a'_data, a'): a squared distance, symmetric",
+    ("rebrac", "ReBRAC.compute_losses/swap/10"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, "
+                                                 "y without gradient; same loss and gradient",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
 }

@@ -358,6 +358,7 @@ def test_defaults_are_the_published_ones(algo):
     cfg = make_agent(algo, S, A, small_sizes(algo)).cfg
     assert {k: getattr(cfg, k) for k in PUBLISHED_DEFAULTS[algo]} == PUBLISHED_DEFAULTS[algo]
     assert (cfg.reward_scale, cfg.reward_bias, cfg.sparse_reward) == (10.0, -5.0, True)  # the Cal-QL transform
+    assert (cfg.orthogonal_init, cfg.activation, cfg.num_critics) == (False, "relu", 2)  # PyTorch's init, 2 critics
 
 
 @pytest.mark.parametrize("algo", ["td3_bc", "rebrac"])
@@ -428,3 +429,27 @@ def test_each_loss_moves_its_own_network_and_no_other(algo):
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             moved = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
             assert moved == (other == name), (name, other)
+
+
+def test_rebrac_critic_is_linear_relu_layernorm_with_flax_epsilon_by_hand():
+    """ReBRAC's critic (CORL's JAX code): Dense -> ReLU -> LayerNorm(eps 1e-6) per hidden layer, then the head;
+    inputs scaled up so that the epsilon shows, LayerNorm's affine parameters moved off (1, 0)."""
+    torch.manual_seed(0)
+    agent = make_agent("rebrac", S, A, small_sizes("rebrac"))
+    critic = agent.critic
+    with torch.no_grad():
+        for norm in critic.norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+        s, a = 1e-3 * torch.randn(B, S), 1e-3 * (torch.rand(B, A) * 2 - 1)  # tiny pre-activations: eps matters
+        q = critic(s, a)
+        x = torch.cat([s, a], -1)
+        for e in range(2):
+            h = x
+            for layer, norm in zip(critic.hidden, critic.norms):
+                h = torch.relu(h @ layer.weight[e] + layer.bias[e])
+                mu, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
+                h = (h - mu) / torch.sqrt(var + 1e-6) * norm.weight[e] + norm.bias[e]
+            expected = (h @ critic.head.weight[e] + critic.head.bias[e]).squeeze(-1)
+            torch.testing.assert_close(q[e], expected, rtol=1e-5, atol=1e-6)
+    assert not agent.cfg.orthogonal_init  # PyTorch's default initialisation, like every learner here
