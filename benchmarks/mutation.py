@@ -63,9 +63,10 @@ from threading import Lock
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
 
-# every learner's declared next-state needs against what its losses read, and each loss's gradient owner
+# every learner's declared next-state needs against what its losses read, each loss's gradient owner, the targets' Polyak
 LEARNER_TESTS = ["tests/test_offline_family.py::test_declared_next_state_needs_match_what_the_losses_read",
-                 "tests/test_offline_family.py::test_each_loss_moves_its_own_network_and_no_other"]
+                 "tests/test_offline_family.py::test_each_loss_moves_its_own_network_and_no_other",
+                 "tests/test_offline_family.py::test_every_target_network_moves_by_polyak_toward_its_online_twin"]
 
 # short name -> (module file, test files (or file::test node ids) run against its mutants)
 MODULES: dict[str, tuple[str, list[str]]] = {
@@ -136,6 +137,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("rebrac", "rebrac_target/swap/0"): "bc_penalty(a', a'_data) -> (a'_data, a'): a squared distance, symmetric",
     ("rebrac", "ReBRAC.compute_losses/swap/10"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, "
                                                  "y without gradient; same loss and gradient",
+    ("bcq", "BCQ.compute_losses/swap/2"): "vae_loss(recon, actions, ...) -> (actions, recon, ...): the reconstruction "
+                                          "term is a squared error, symmetric; same loss and gradient",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
 }

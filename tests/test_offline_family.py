@@ -453,3 +453,23 @@ def test_rebrac_critic_is_linear_relu_layernorm_with_flax_epsilon_by_hand():
             expected = (h @ critic.head.weight[e] + critic.head.bias[e]).squeeze(-1)
             torch.testing.assert_close(q[e], expected, rtol=1e-5, atol=1e-6)
     assert not agent.cfg.orthogonal_init  # PyTorch's default initialisation, like every learner here
+
+
+@pytest.mark.parametrize("algo", FLAG_ALGOS)
+def test_every_target_network_moves_by_polyak_toward_its_online_twin(algo):
+    """After an update (an actor update for the TD3 family), each ``target_X`` equals ``(1 - tau) * before + tau *
+    X`` (X after its step), with tau = 0.25, and X itself moved."""
+    sizes = {"actor_hidden": [8], "guide_hidden": [8], "value_hidden": [8]} if algo == "por" else small_sizes(algo)
+    agent = make_agent(algo, S, A, {**sizes, "tau": 0.25})
+    agent.num_updates = 1  # the TD3 family moves its targets on actor updates (every second one)
+    names = [n for n in ("target_actor", "target_critic", "target_value") if hasattr(agent, n)]
+    assert names
+    before = {n: [p.detach().clone() for p in getattr(agent, n).parameters()] for n in names}
+    online_before = {n: [p.detach().clone() for p in getattr(agent, n.removeprefix("target_")).parameters()]
+                     for n in names}
+    agent.update(_flag_batch())
+    for n in names:
+        online = list(getattr(agent, n.removeprefix("target_")).parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(online_before[n], online)), n
+        for old, new, src in zip(before[n], getattr(agent, n).parameters(), online):
+            torch.testing.assert_close(new, 0.75 * old + 0.25 * src)
