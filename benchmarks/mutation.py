@@ -86,6 +86,12 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                                  "tests/test_evaluate.py"]),
     "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_train_offline.py", "tests/test_wiring.py"]),
     "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py"]),
+    "por": ("robopretrain/algos/por.py", ["tests/test_por.py"]),
+    "dt": ("robopretrain/algos/dt.py", ["tests/test_dt.py"]),
+    "reward_model": ("robopretrain/reward_model.py", ["tests/test_reward_model.py"]),
+    "epopt": ("finetune/transfer/epopt.py", ["tests/test_transfer.py"]),
+    "darc": ("finetune/transfer/darc.py", ["tests/test_transfer.py"]),
+    "dann": ("finetune/transfer/dann.py", ["tests/test_transfer.py"]),
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
