@@ -138,6 +138,12 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("dt", "DecisionTransformer.reset_episode/const/0"): "the default batch=1 -> 0: act() restarts the episode "
                                                          "whenever its batch differs from the history's, so a 0-row "
                                                          "start is replaced by the same 1-row one at the first act()",
+    ("reward_model", "relabel/const/1"): "chunks of 4096 -> 4097 rows: the reward nets treat rows independently (no "
+                                         "batch statistics), so the chunking does not change any reward",
+    ("reward_model", "run/const/8"): "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets "
+                                     "relabel.enabled, so the fallback is never read",
+    ("darc", "DarcClassifier.forward/binop/1"): "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, "
+                                                "so both are the same Gaussian input noise",
 }
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site
