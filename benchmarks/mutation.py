@@ -94,6 +94,12 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_train_offline.py", "tests/test_wiring.py",
                                                        "tests/test_compile.py"]),
     "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py", "tests/test_transfer.py"]),
+    "por": ("robopretrain/algos/por.py", ["tests/test_por.py", "tests/test_configs.py", *LEARNER_TESTS]),
+    "dt": ("robopretrain/algos/dt.py", ["tests/test_dt.py", "tests/test_configs.py"]),
+    "reward_model": ("robopretrain/reward_model.py", ["tests/test_reward_model.py"]),
+    "epopt": ("finetune/transfer/epopt.py", ["tests/test_transfer.py"]),
+    "darc": ("finetune/transfer/darc.py", ["tests/test_transfer.py"]),
+    "dann": ("finetune/transfer/dann.py", ["tests/test_transfer.py"]),
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
@@ -141,6 +147,25 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                           "term is a squared error, symmetric; same loss and gradient",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
+    # issues 15 and 16 modules
+    ("por", "NextStateGuide.__init__/const/0"): "the default orthogonal_init=False -> True: the one caller (POR) "
+                                                "passes cfg.orthogonal_init",
+    ("por", "NextStateGuide.sample/binop/0"): "mean + std * eps -> mean - std * eps: eps ~ N(0, 1) is symmetric, so "
+                                              "both are draws of N(mean, std^2)",
+    ("por", "POR.act/cmp/0"): "single = x.dim() == 1 -> != 1: POR.act's own unsqueeze is redundant, the guide and "
+                              "GaussianActor.act take (S,), (B, S) and (1, B, S) alike and give (A,), (B, A), "
+                              "(1, B, A) -> [0]: the same actions either way",
+    ("dt", "DecisionTransformer.warmup_factor/swap/1"): "max(warmup_steps, 1) -> max(1, warmup_steps): max is "
+                                                        "symmetric",
+    ("dt", "DecisionTransformer.reset_episode/const/0"): "the default batch=1 -> 0: act() restarts the episode "
+                                                         "whenever its batch differs from the history's, so a 0-row "
+                                                         "start is replaced by the same 1-row one at the first act()",
+    ("reward_model", "relabel/const/1"): "chunks of 4096 -> 4097 rows: the reward nets treat rows independently (no "
+                                         "batch statistics), so the chunking does not change any reward",
+    ("reward_model", "run/const/8"): "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets "
+                                     "relabel.enabled, so the fallback is never read",
+    ("darc", "DarcClassifier.forward/binop/1"): "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, "
+                                                "so both are the same Gaussian input noise",
 }
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site

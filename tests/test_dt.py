@@ -13,7 +13,8 @@ import torch
 
 from _stages import collect_sim, stage2_config, stage3_config
 from robopretrain.agent import Agent
-from robopretrain.algos.dt import DecisionTransformer, DTConfig, DTNetwork, dt_action_loss, dt_attention_mask
+from robopretrain.algos.dt import (DecisionTransformer, DTConfig, DTNetwork, _Block, dt_action_loss,
+                                  dt_attention_mask)
 from robopretrain.checkpoint import CheckpointError, load_agent, load_latest
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.sequences import MASK, RETURNS_TO_GO, TIMESTEPS, SequenceSampler
@@ -91,6 +92,77 @@ def test_action_loss_by_hand():
     assert float(dt_action_loss(pred, act, mask)) == pytest.approx((2.0 + 0.25) / 2)
     with pytest.raises(ValueError):
         dt_action_loss(pred, act, torch.zeros(1, 3))
+
+
+def test_forward_is_the_documented_token_sequence():
+    """(R_t + e_t, s_t + e_t, a_t + e_t) tokens with the timestep embedding on all three, LayerNorm, the blocks under
+    the padded causal mask, the final norm, and max_action * tanh of the head at the state tokens (module
+    docstring), rebuilt here from the network's own layers."""
+    model = net(max_action=2.0)
+    s, a, r, t, m = inputs()
+    t = t + torch.tensor([[0], [3]])  # the second window starts at step 3
+    m[0, 0] = 0.0
+    with torch.no_grad():
+        e = model.timestep_emb(t)
+        tokens = torch.stack([model.return_emb(r[..., None]) + e, model.state_emb(s) + e, model.action_emb(a) + e],
+                             dim=2).reshape(2, 3 * K, -1)
+        h = model.emb_norm(tokens)
+        allowed = dt_attention_mask((m > 0).repeat_interleave(3, dim=1))
+        for block in model.blocks:
+            h = block(h, allowed)
+        expected = 2.0 * torch.tanh(model.action_head(model.out_norm(h)[:, 1::3]))
+        torch.testing.assert_close(model(s, a, r, t, m), expected)
+
+
+def test_timesteps_move_the_prediction_and_clamp_at_the_last_embedding():
+    model = net(max_ep_len=6)
+    s, a, r, t, m = inputs()
+    with torch.no_grad():
+        base = model(s, a, r, t, m)
+        assert not torch.allclose(model(s, a, r, t + 1, m), base)
+        # steps past the table (t >= 6) use its last row, step 5
+        torch.testing.assert_close(model(s, a, r, t + 10, m), model(s, a, r, torch.full_like(t, 5), m), rtol=0,
+                                   atol=0)
+
+
+def test_residual_dropout_acts_on_the_mlp_output():
+    """GPT / CORL block: ``Linear, GELU, Linear, Dropout``: in training about half the MLP's outputs are exactly 0
+    at p = 0.5 (a dropout before the last layer would leave its bias: no zeros)."""
+    torch.manual_seed(0)
+    block = _Block(8, 2, 0.0, 0.5).train()
+    out = block.mlp(torch.randn(64, 8))
+    assert 0.4 < float((out == 0).float().mean()) < 0.6
+    assert not (block.eval().mlp(torch.randn(64, 8)) == 0).any()
+
+
+def test_bad_context_or_head_count_is_refused():
+    with pytest.raises(ValueError, match="context_len"):
+        DecisionTransformer(S, A, DTConfig(context_len=0, embed_dim=8))
+    with pytest.raises(ValueError, match="divisible"):
+        DecisionTransformer(S, A, DTConfig(context_len=1, embed_dim=8, num_heads=3))
+    DecisionTransformer(S, A, DTConfig(context_len=1, embed_dim=8, num_heads=2))  # the smallest valid window
+
+
+def sequence_batch(B: int = 3, seed: int = 2) -> dict[str, torch.Tensor]:
+    s, a, r, t, m = inputs(B, seed)
+    return {"observations": s, "actions": a, RETURNS_TO_GO: r, TIMESTEPS: t, MASK: m}
+
+
+@pytest.mark.parametrize("clip", [0.1, 1e6, 0.0])
+def test_update_clips_the_gradient_norm(clip):
+    """After an update the stored gradient has norm min(norm, clip) (``grad_norm``: the norm before clipping);
+    ``clip_grad = 0`` turns clipping off."""
+    torch.manual_seed(0)
+    core = DecisionTransformer(S, A, DTConfig(context_len=K, embed_dim=8, num_layers=1, clip_grad=clip, **NO_DROPOUT))
+    for p in core.actor.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.3)  # a gradient norm far above 0.1
+    metrics = core.update(sequence_batch())
+    norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in core.actor.parameters()])))
+    if clip == 0.0:
+        assert "grad_norm" not in metrics and norm > 0.5
+    else:
+        assert metrics["grad_norm"] > 0.5
+        assert norm == pytest.approx(min(metrics["grad_norm"], clip), rel=1e-4)
 
 
 class Recorder(DTNetwork):

@@ -41,6 +41,8 @@ def test_value_loss_is_the_expectile_of_target_minus_value_averaged_over_the_twi
 def test_guide_weights_clip_and_the_weighted_likelihoods_by_hand():
     w = por_guide_weights(T([1.0, 10.0, 0.0]), T([0.0, 0.0, 1.0]), alpha=0.5, max_weight=10.0)
     torch.testing.assert_close(w, T([math.exp(0.5), 10.0, math.exp(-0.5)]))
+    # the authors' cap of 100 by default: exp(10) = 22026 is clipped, exp(4) = 54.6 is not
+    torch.testing.assert_close(por_guide_weights(T([10.0, 4.0]), T([0.0, 0.0]), alpha=1.0), T([100.0, math.exp(4)]))
     logp = T([-1.0, -2.0, -3.0], requires_grad=True)
     loss = por_guide_loss(logp, w)
     assert loss.item() == pytest.approx((math.exp(0.5) * 1 + 10 * 2 + math.exp(-0.5) * 3) / 3)
@@ -61,6 +63,11 @@ def test_guide_density_over_next_states_and_its_log_std_clamp():
     expected = -1.0 - math.log(2.0) - 2 * LOG_SQRT_2PI
     torch.testing.assert_close(guide.log_prob(s, nxt), torch.full((3,), expected))
     torch.testing.assert_close(guide.sample(s, deterministic=True), T([[5.0, -7.0]]).expand(3, 2))
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    draws = guide.sample(torch.randn(20000, 2, generator=g))  # N(mean, std^2), std (2, 1): not 1 or 1 / std
+    torch.testing.assert_close(draws.mean(0), T([5.0, -7.0]), rtol=0, atol=0.05)
+    torch.testing.assert_close(draws.std(0), T([2.0, 1.0]), rtol=0.02, atol=0)
     with torch.no_grad():
         guide.log_std.fill_(9.0)
     assert torch.all(guide(s)[1] == 2.0)  # clamped to log_std_max

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -14,8 +17,11 @@ import pytest
 import torch
 
 from robopretrain.build import compose
-from robopretrain.reward_model import (PreferenceLabel, bradley_terry_loss, load_reward_model, noisy_labels,
-                                       read_labels, relabel, run, sample_pairs, teacher_label, write_labels)
+from robopretrain.data.hdf5 import load_transitions
+from robopretrain.data.spec import ObsSpec
+from robopretrain.reward_model import (PreferenceLabel, SegmentData, agreement, bradley_terry_loss, load_reward_model,
+                                       noisy_labels, read_labels, relabel, run, sample_pairs, teacher_label,
+                                       write_labels)
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
 
 
@@ -82,6 +88,56 @@ def write_toy(path: Path, episodes: int = 40, steps: int = 12, seed: int = 0) ->
     return path
 
 
+def write_walks(path: Path, walks: list[list[float]]) -> Path:
+    """One demo per walk: observation x = the walk, reward = x, zero actions."""
+    with RobomimicWriter(path, make_env_args("Toy", "1", {}), action_dim=2, valid_fraction=0.0,
+                         compression=None) as w:
+        for walk in walks:
+            x = np.asarray(walk, np.float32)[:, None]
+            w.add_episode(task="toy", task_id=0, obs={"x": x}, next_obs={"x": x}, actions=np.zeros((len(x), 2),
+                          np.float32), rewards=x[:, 0].copy(), dones=np.zeros(len(x), np.uint8),
+                          ep_meta={"success": False})
+    return path
+
+
+WALKS = [[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]]
+SPEC = ObsSpec(low_dim=(("x", 1),))
+
+
+def two_members(obs, actions, member=None):
+    """A stand-in ensemble (E = 2) with rewards x and x + 2: the ensemble mean is x + 1."""
+    x = obs["x"][:, 0]
+    return torch.stack([x, x + 2.0])
+
+
+def test_agreement_and_held_out_loss_by_hand(tmp_path):
+    data = SegmentData(load_transitions(write_walks(tmp_path / "w.hdf5", WALKS), ["x"]), SPEC)
+    # mean returns over 2 steps (sum x + 2): a - b = 2.1 - 3.9 = -1.8 (label a: wrong), 3.5 - 2.9 = 0.6 (a: right),
+    # 2.5 - 3.1 = -0.6 (label b: right), a tie (not counted in the agreement, in the loss with target 0.5)
+    labels = [PreferenceLabel("demo_0", 0, "demo_1", 0, 2, 1.0), PreferenceLabel("demo_1", 2, "demo_0", 4, 2, 1.0),
+              PreferenceLabel("demo_0", 2, "demo_1", 4, 2, 0.0), PreferenceLabel("demo_0", 0, "demo_0", 1, 2, 0.5)]
+    out = agreement(two_members, data, labels)
+    assert out["agreement"] == pytest.approx(2 / 3) and out["non_tie"] == 3 and out["pairs"] == 4
+    log_sig = lambda d: -math.log1p(math.exp(-d))  # noqa: E731
+    by_hand = [-log_sig(-1.8), -log_sig(0.6), -log_sig(0.6), -(0.5 * log_sig(-0.2) + 0.5 * log_sig(0.2))]
+    assert out["bt_loss"] == pytest.approx(sum(by_hand) / 4, rel=1e-5)
+
+
+@pytest.mark.parametrize("normalize", ["none", "standard", "minmax"])
+def test_relabel_writes_the_ensemble_mean_normalised_over_the_file(tmp_path, normalize):
+    src = write_walks(tmp_path / "w.hdf5", WALKS)
+    x = np.concatenate(WALKS)
+    expected = {"none": x + 1.0, "standard": (x - x.mean()) / x.std(), "minmax": x}[normalize]
+    out = relabel(src, tmp_path / "r.hdf5", two_members, SPEC, normalize)
+    with h5py.File(out) as f:
+        got = np.concatenate([f[f"data/demo_{i}/rewards"][()] for i in range(2)])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    # a constant learned reward normalises to zeros, not NaN (the 1e-8 guards)
+    flat = relabel(src, tmp_path / "c.hdf5", lambda obs, actions: torch.zeros(2, len(actions)), SPEC, normalize)
+    with h5py.File(flat) as f:
+        assert np.array_equal(f["data/demo_1/rewards"][()], np.zeros(6, np.float32))
+
+
 def config(data: Path, out: Path, **overrides):
     base = {"seed": 0, "num_threads": 1, "output_dir": str(out), "data": {"path": str(data)},
             "obs": {"low_dim": ["x"]},
@@ -122,6 +178,7 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
         assert abs(flat.mean()) < 1e-4 and abs(flat.std() - 1) < 1e-3  # normalize=standard over the file
 
     model, spec = load_reward_model(tmp_path / "run" / "reward_model.pt")  # the saved ensemble relabels the same
+    torch.testing.assert_close(model.encoder.mean, torch.tensor([np.concatenate(progress).mean()]))  # obs.normalize
     again_path = relabel(data, tmp_path / "again.hdf5", model, spec, "standard")
     with h5py.File(out) as b, h5py.File(again_path) as c:
         assert np.allclose(b["data/demo_3/rewards"][()], c["data/demo_3/rewards"][()], atol=1e-6)
@@ -129,9 +186,24 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
     # human labels in the documented format train the same way; a segment outside its demo is named
     labels = read_labels(tmp_path / "run" / "labels.csv")
     write_labels(tmp_path / "human.csv", labels[:200])
-    again = run(config(data, tmp_path / "h", labels={"path": str(tmp_path / "human.csv")},
-                       model={"steps": 5}, relabel={"enabled": False}), tmp_path / "h")
+    nested = tmp_path / "runs" / "h"  # the run folder's parents are made too
+    again = run(config(data, nested, labels={"path": str(tmp_path / "human.csv")}, obs={"normalize": False},
+                       model={"steps": 5}, relabel={"enabled": False}), nested)
     assert again["num_labels"] == 200 and "relabelled" not in again and "teacher" not in again
+    raw, _ = load_reward_model(nested / "reward_model.pt")
+    assert raw.encoder.mean.tolist() == [0.0] and raw.encoder.std.tolist() == [1.0]  # obs.normalize=false
     write_labels(tmp_path / "bad.csv", [PreferenceLabel("demo_0", 10, "demo_1", 0, 4, 1.0)])
     with pytest.raises(ValueError, match="runs past"):
         run(config(data, tmp_path / "b", labels={"path": str(tmp_path / "bad.csv")}), tmp_path / "b")
+
+
+def test_command_line_runs_the_reward_model_and_answers_in_one_line(tmp_path):
+    """``python -m robopretrain.reward_model`` reaches :func:`run` (a missing data file is reported from there) with
+    the one-line error of the other entry points."""
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "robopretrain.reward_model", f"data.path={tmp_path / 'none.hdf5'}",
+                           f"hydra.run.dir={tmp_path / 'h'}"], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: data.path={tmp_path / 'none.hdf5'}: file not found")

@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from _compare import Killed, assert_same, die_after_first_checkpoint
 from _stages import collect_sim, stage2_config, stage3_config
 from finetune.train import run as finetune
-from finetune.transfer.dann import DANNSettings, DomainAdversary, DomainClassifier, domain_adversarial_loss
-from finetune.transfer.darc import DARCSettings, RewardCorrection, delta_reward
+from finetune.transfer.dann import (DANNSettings, DomainAdversary, DomainClassifier, domain_adversarial_loss,
+                                    reverse_gradient)
+from finetune.transfer.darc import DARCSettings, DarcClassifier, RewardCorrection, classifier_loss, delta_reward
 from finetune.transfer.epopt import EPOptFilter, EPOptSettings, cvar, cvar_select
 from finetune.transfer.gap import Gap
 from finetune.transfer.options import TransferSettings, build_transfer
@@ -26,6 +27,7 @@ from robopretrain.build import compose
 from robopretrain.checkpoint import load_latest
 from robopretrain.data.spec import ObsSpec
 from robopretrain.metrics import read_jsonl
+from robopretrain.nets.augment import random_shifts, shift_frames
 from sim_envs.randomization import DomainRandomizer, RandomizationConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -51,6 +53,20 @@ def test_cvar_selection_on_hand_made_returns():
     decided = [d for i, r in enumerate([5, 1, 3, 2, 9, 0, 4, 8]) for d in filt.add(i, r)]
     assert [kept for _, kept in decided] == [True] * 4 + [False, True, True, False]
     assert filt.add(8, 1.0) == [] and filt.flush() == [(8, True)]  # a flushed partial batch keeps its worst
+
+
+def test_epopt_settings_refuse_bad_values():
+    for bad in ({"epsilon": 1.5}, {"epsilon": 0.0}, {"batch_episodes": 0}, {"batch_episodes": True},
+                {"batch_episodes": 2.0}, {"warmup_batches": -1}):
+        key = next(iter(bad))
+        with pytest.raises(ValueError, match=f"transfer.epopt.{key}="):
+            EPOptSettings(**bad)
+    assert EPOptSettings(batch_episodes=1, warmup_batches=0, epsilon=1.0).warmup_batches == 0  # the smallest valid
+    assert EPOptSettings.from_mapping(None) == EPOptSettings()
+    with pytest.raises(ValueError, match=r"unknown transfer.epopt key\(s\) \['epsilom'\]"):
+        EPOptSettings.from_mapping({"epsilom": 0.1})
+    # at least one episode is kept however small epsilon is (ceil(1e-12 * 2) - 1e-9 rounds to 0)
+    assert cvar_select([3.0, 1.0], 1e-12).tolist() == [1]
 
 
 # --------------------------------------------------------------------------- DANN
@@ -127,6 +143,54 @@ def test_dann_at_zero_coefficient_leaves_the_agent_update_unchanged_and_on_moves
         DomainAdversary(Agent(ObsSpec(low_dim=(("proprio", 3),)), 4, "calql"), frames, DANNSettings(), seed=0)
 
 
+def test_dann_settings_refuse_bad_values_and_reversal_defaults_to_one():
+    for bad, key in (({"coef": -0.1}, "coef"), ({"lr": 0.0}, "lr"), ({"target_batch": -1}, "target_batch")):
+        with pytest.raises(ValueError, match=f"transfer.dann.{key}="):
+            DANNSettings(**bad)
+    assert DANNSettings(coef=0.0, target_batch=0).coef == 0.0  # the edges are valid
+    assert DANNSettings.from_mapping(None) == DANNSettings()
+    with pytest.raises(ValueError, match=r"unknown transfer.dann key\(s\) \['cof'\]"):
+        DANNSettings.from_mapping({"cof": 1.0})
+    x = torch.ones(3, requires_grad=True)
+    reverse_gradient(x).sum().backward()
+    assert x.grad.tolist() == [-1.0, -1.0, -1.0]  # R_1 by default
+    frozen = SimpleNamespace(trains_encoder=False, spec=ObsSpec(rgb=(("agentview_image", (16, 16, 3)),)),
+                             mode="frozen")  # cameras, but an encoder that does not train
+    with pytest.raises(ValueError, match="image encoder trains"):
+        DomainAdversary(frozen, {"agentview_image": np.zeros((2, 16, 16, 3), np.uint8)}, DANNSettings(), seed=0)
+
+
+def test_dann_loss_reads_every_cameras_features_and_augmented_target_frames():
+    """Two cameras, batch 5 (not the feature size 8): the source rows are each camera's image features of the batch
+    (the first 2 x 8 columns of the critic features), the target rows the same encoder's features of 3 target frames
+    per camera drawn with the adversary's generator and random-shifted like the source; label 0 source, 1 target."""
+    spec = ObsSpec(low_dim=(("proprio", 3),), rgb=(("agentview_image", (16, 16, 3)), ("eye_in_hand_image",
+                                                                                        (16, 16, 3))))
+    torch.manual_seed(0)
+    agent = Agent(spec, 4, "calql", {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "batch_size": 5},
+                  EncoderSettings(mode="scratch", augment_pad=2, kwargs={"channels": 4, "out_dim": 8}),
+                  stats={"proprio": {"mean": [0.0] * 3, "std": [1.0] * 3}}, seed=0)
+    rng = np.random.default_rng(3)
+    cams = ["agentview_image", "eye_in_hand_image"]
+    frames = {k: rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8) for k in cams}
+    adv = DomainAdversary(agent, frames, DANNSettings(enabled=True, coef=0.5, target_batch=3), seed=1)
+    obs = {k: torch.from_numpy(rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)) for k in cams}
+    obs["proprio"] = torch.randn(5, 3)
+    enc = agent.critic_encoder
+    with torch.no_grad():
+        feats = enc(obs)
+    g = torch.Generator().set_state(adv.generator.get_state())
+    losses, metrics = adv(agent, {"observations": feats}, True)
+    with torch.no_grad():
+        source = torch.cat([enc.image_features(obs[k]) for k in cams])
+        rows = torch.randint(0, 4, (3,), generator=g)
+        target_frames = torch.cat([torch.from_numpy(frames[k])[rows] for k in cams])
+        target = enc.image_features(shift_frames(target_frames, random_shifts(6, 2, g)))
+        expected, accuracy = domain_adversarial_loss(adv.classifier, source, target, 0.5)
+    torch.testing.assert_close(losses["loss_dann"].detach(), expected)
+    assert float(metrics["dann/accuracy"]) == float(accuracy)
+
+
 # --------------------------------------------------------------------------- DARC
 
 
@@ -160,6 +224,87 @@ def test_reward_correction_adds_the_scaled_delta_after_its_warmup():
                                            batch["next_observations"]["proprio"]))
     torch.testing.assert_close(second["rewards"], batch["rewards"] + 4.0 * 0.5 * dr)
     assert metrics["darc/applied"] == 1.0 and 0.0 <= metrics["darc/sas_accuracy"] <= 1.0
+    assert metrics["darc/delta_r_std"] == pytest.approx(float(dr.std(correction=0)), rel=1e-5)  # over the batch
+
+
+def hand_darc() -> DarcClassifier:
+    """1-D state and action, one hidden unit per head: sa logits (0, 2 relu(s - a) - 1), residual (0, relu(s - s')
+    - 0.5)."""
+    clf = DarcClassifier(1, 1, hidden=1).double()
+    with torch.no_grad():
+        for head, w1 in ((clf.sa, [[1.0, -1.0]]), (clf.residual, [[1.0, 0.0, -1.0]])):
+            head[0].weight.copy_(torch.tensor(w1))
+            head[0].bias.zero_()
+        clf.sa[2].weight.copy_(torch.tensor([[0.0], [2.0]]))
+        clf.sa[2].bias.copy_(torch.tensor([0.0, -1.0]))
+        clf.residual[2].weight.copy_(torch.tensor([[0.0], [1.0]]))
+        clf.residual[2].bias.copy_(torch.tensor([0.0, -0.5]))
+    return clf
+
+
+def test_darc_classifier_by_hand_and_its_input_noise():
+    """The authors' structure: Linear, ReLU, Linear on (s, a); the (s, a, s') logits are the (s, a) ones plus a
+    residual Linear, ReLU, Linear on (s, a, s'); Gaussian noise of std ``noise`` on each input, drawn separately."""
+    clf = hand_darc()
+    col = lambda *v: torch.tensor(v, dtype=torch.float64)[:, None]  # noqa: E731
+    s, a, s2 = col(1.0, 2.0), col(3.0, -1.0), col(3.0, 0.5)
+    sa, sas = clf(s, a, s2)
+    # row 0: relu(1 - 3) = 0 -> sa (0, -1), residual relu(1 - 3) = 0 -> (0, -0.5); row 1: relu(3) -> (0, 5), relu(1.5)
+    torch.testing.assert_close(sa, torch.tensor([[0.0, -1.0], [0.0, 5.0]], dtype=torch.float64))
+    torch.testing.assert_close(sas, torch.tensor([[0.0, -1.5], [0.0, 6.0]], dtype=torch.float64))
+    # far inside the ReLUs (s = 100) the noise passes linearly: sa's logit 1 moves by 2 (n_s - n_a), std 2 sqrt(2)
+    # sigma; the residual by n_s' - n_s'' of its own draws, std sqrt(2) sigma
+    n, sigma = 4000, 0.5
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        zeros = torch.zeros(n, 1, dtype=torch.float64)
+        noisy_sa, noisy_sas = clf(zeros + 100.0, zeros, zeros, noise=sigma, generator=g)
+    residual = noisy_sas[:, 1] - noisy_sa[:, 1]
+    assert float(noisy_sa[:, 1].std()) == pytest.approx(2 * math.sqrt(2) * sigma, rel=0.05)
+    assert float(residual.std()) == pytest.approx(math.sqrt(2) * sigma, rel=0.05)
+    assert float(noisy_sa[:, 1].mean()) == pytest.approx(199.0, abs=0.1)
+    assert float(residual.mean()) == pytest.approx(99.5, abs=0.1)
+
+
+def test_darc_classifier_loss_is_the_sum_of_both_cross_entropies():
+    sa = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])  # q(tgt|s,a) = 3/4: right, then wrong
+    sas = torch.tensor([[math.log(4.0), 0.0], [0.0, math.log(9.0)]])  # q(tgt|s,a,s') = 1/5, 9/10: both wrong
+    loss, metrics = classifier_loss(sa, sas, torch.tensor([1, 0]))
+    ce_sa, ce_sas = -(math.log(0.75) + math.log(0.25)) / 2, -(math.log(0.2) + math.log(0.1)) / 2
+    assert float(loss) == pytest.approx(ce_sa + ce_sas, rel=1e-6)
+    assert float(metrics["darc/sa_loss"]) == pytest.approx(ce_sa, rel=1e-6)
+    assert float(metrics["darc/sa_accuracy"]) == 0.5 and float(metrics["darc/sas_accuracy"]) == 0.0
+
+
+def test_darc_learns_to_charge_for_source_only_transitions():
+    """Source dynamics s' = s + a, target s' = s - a (the same states and actions): after training, delta_r is
+    negative on source transitions and positive on target ones (log p_target / p_source)."""
+    enc = SimpleNamespace(mean=torch.tensor([1.0, -2.0, 0.0]), std=torch.tensor([2.0, 0.5, 1.0]))
+    agent = SimpleNamespace(spec=ObsSpec(low_dim=(("proprio", 2), ("object", 1))), critic_encoder=enc,
+                            device=torch.device("cpu"), act_dim=3)
+    rng = np.random.default_rng(0)
+
+    def transitions(n: int, sign: float) -> dict:
+        s, a = rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32)
+        nxt = s + sign * a
+        return {"observations": {"proprio": torch.from_numpy(s[:, :2]), "object": torch.from_numpy(s[:, 2:])},
+                "next_observations": {"proprio": torch.from_numpy(nxt[:, :2]), "object": torch.from_numpy(nxt[:, 2:])},
+                "actions": torch.from_numpy(a), "rewards": torch.zeros(n)}
+
+    target = transitions(256, -1.0)
+    corr = RewardCorrection(agent, target, DARCSettings(enabled=True, lr=1e-2, input_noise=0.1), reward_scale=1.0,
+                            seed=0)
+    # the classifiers read both parts, normalised by the agent's statistics
+    obs = target["observations"]
+    torch.testing.assert_close(corr.states(obs), (torch.cat([obs["proprio"], obs["object"]], -1) - enc.mean) / enc.std)
+    for _ in range(200):
+        corr(transitions(64, 1.0))
+    source_test, target_test = transitions(500, 1.0), transitions(500, -1.0)
+    assert float(corr(source_test)[0]["rewards"].mean()) < -1.0
+    with torch.no_grad():
+        dr = delta_reward(*corr.classifier(corr.states(target_test["observations"]), target_test["actions"],
+                                           corr.states(target_test["next_observations"])))
+    assert float(dr.mean()) > 1.0
 
 
 # --------------------------------------------------------------------------- gap
