@@ -145,6 +145,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                  "y without gradient; same loss and gradient",
     ("bcq", "BCQ.compute_losses/swap/2"): "vae_loss(recon, actions, ...) -> (actions, recon, ...): the reconstruction "
                                           "term is a squared error, symmetric; same loss and gradient",
+    ("replay", "ReplayBuffer.newest_indices/swap/0"): "min(n, len) -> min(len, n): min is symmetric",
+    ("replay", "OfflineDataset.map_observations/const/1"): "the derived sampling seed rng.integers(2**31) -> 2**32: "
+                                                           "any seed drawn from the parent's stream is valid; no "
+                                                           "value is specified",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules

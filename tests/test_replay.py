@@ -159,3 +159,52 @@ def test_state_dicts_round_trip_with_weights_only():
         torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
     on2.add_step(np.zeros(3), np.zeros(2), 0.5, np.ones(3), terminated=True, truncated=False)
     assert len(on2) == 6
+
+
+def test_offline_dataset_finds_episode_ends_from_observation_continuity():
+    """Without ``next_actions`` the dataset derives them: ``actions[t + 1]`` where row t + 1 continues row t
+    (``observations[t + 1] == next_observations[t]``), the own action at an episode's last row."""
+    obs = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]], dtype=np.float32)
+    nxt = obs + 1.0  # row 2 ends an episode by truncation: row 3 starts at 10, not at 3
+    actions = np.array([[0.1], [0.2], [0.3], [0.4], [0.5]], dtype=np.float32)
+    ds = OfflineDataset(obs, actions, np.zeros(5), nxt, np.zeros(5))
+    got = ds.get(np.arange(5))["next_actions"].view(-1).tolist()
+    assert got == pytest.approx([0.2, 0.3, 0.3, 0.5, 0.5])
+
+
+def test_replay_stores_next_observations_and_resumes_a_half_finished_episode():
+    buf = ReplayBuffer(10, 1, 1, gamma=0.9, seed=3)
+    t = np.arange(3, dtype=np.float32)[:, None]
+    buf.add_episode(t, 0.1 * t, np.ones(3), t + 100.0, np.array([0.0, 0.0, 1.0]))
+    assert buf.get(np.arange(3))["next_observations"].view(-1).tolist() == [100.0, 101.0, 102.0]
+    assert buf.num_episodes == 1
+    for i in range(2):  # two steps of an unfinished episode: not sampleable, but part of the state
+        buf.add_step(np.array([50.0 + i]), [0.5], 0.0, np.array([150.0 + i]), terminated=False, truncated=False)
+    state = buf.state_dict()
+    resumed = ReplayBuffer(10, 1, 1, gamma=0.9)
+    resumed.load_state_dict(_roundtrip(state))
+    for b in (buf, resumed):
+        b.add_step(np.array([52.0]), [0.5], 1.0, np.array([152.0]), terminated=True, truncated=False)
+    a, b = buf.get(np.arange(6)), resumed.get(np.arange(6))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    assert b["next_observations"].view(-1).tolist()[3:] == [150.0, 151.0, 152.0]
+    assert resumed.num_episodes == buf.num_episodes == 2
+    old = _roundtrip(state)  # a state written before next actions were stored: their own actions stand in
+    del old["data"]["next_actions"]
+    legacy = ReplayBuffer(10, 1, 1, gamma=0.9)
+    legacy.load_state_dict(old)
+    torch.testing.assert_close(legacy.get(np.arange(3))["next_actions"], legacy.get(np.arange(3))["actions"])
+
+
+def test_replay_capacity_and_dict_observation_keys_are_checked():
+    ReplayBuffer(1, 1, 1, gamma=0.9)  # the smallest buffer
+    with pytest.raises(ValueError, match="capacity must be positive"):
+        ReplayBuffer(0, 1, 1, gamma=0.9)
+    spec = {"proprio": ((2,), np.float32), "rgb": ((4, 4, 3), np.uint8)}
+    buf = ReplayBuffer(5, spec, 1, gamma=0.9)
+    obs = {"proprio": np.zeros((2, 2), np.float32), "rgb": np.zeros((2, 4, 4, 3), np.uint8)}
+    with pytest.raises(ValueError, match="must be a dict with keys"):
+        buf.add_episode({"proprio": obs["proprio"]}, np.zeros((2, 1)), np.zeros(2), obs, np.zeros(2))
+    with pytest.raises(ValueError, match="must be a dict with keys"):
+        buf.add_episode(obs["proprio"], np.zeros((2, 1)), np.zeros(2), obs, np.zeros(2))
