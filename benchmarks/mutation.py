@@ -84,7 +84,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "replay": ("robopretrain/data/replay.py", ["tests/test_replay.py", "tests/test_stage2_data_wiring.py",
                                                "tests/test_wiring.py"]),
     "dataset": ("robopretrain/data/dataset.py", ["tests/test_dataset.py", "tests/test_stage2_data_wiring.py",
-                                                 "tests/test_wiring.py"]),
+                                                 "tests/test_wiring.py", "tests/test_disk_dataset.py"]),
     "icvf": ("video_pretrain/objectives/icvf.py", ["tests/test_objectives.py"]),
     "vip": ("video_pretrain/objectives/vip.py", ["tests/test_objectives.py"]),
     "tcn": ("video_pretrain/objectives/tcn.py", ["tests/test_objectives.py"]),
@@ -149,6 +149,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("replay", "OfflineDataset.map_observations/const/1"): "the derived sampling seed rng.integers(2**31) -> 2**32: "
                                                            "any seed drawn from the parent's stream is valid; no "
                                                            "value is specified",
+    ("dataset", "default_num_tasks/swap/2"): "max(len(TASKS), largest) -> max(largest, len(TASKS)): symmetric",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules

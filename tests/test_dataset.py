@@ -118,3 +118,24 @@ def test_stage2_trains_on_zero_rewards_when_told_or_when_it_needs_no_reward(tmp_
     assert load_latest(tmp_path / "run" / "checkpoints").path == ckpt
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["algo"] == algo and meta["num_transitions"] > 0
+
+
+def test_reward_settings_of_an_algorithm_config_and_of_bc():
+    assert RewardSettings.of_algo({}) == RewardSettings(discount=0.99, scale=1.0, bias=0.0, sparse=True)  # BC
+    cfg = {"discount": 0.9, "reward_scale": 10.0, "reward_bias": -5.0, "sparse_reward": False}
+    assert RewardSettings.of_algo(cfg) == RewardSettings(discount=0.9, scale=10.0, bias=-5.0, sparse=False)
+
+
+def test_constant_positive_rewards_are_a_reward_signal_not_a_missing_one(tmp_path):
+    """The zero-reward check fires only when no reward is positive: a file whose every step is rewarded 1 (a
+    dense 'alive' reward) with successful episodes loads as it is."""
+    path = tmp_path / "ones.hdf5"
+    with RobomimicWriter(path, make_env_args("Toy", "0", {}), valid_fraction=0.0) as w:
+        for i in range(2):
+            x = np.arange(3 * i, 3 * i + 3, dtype=np.float32)[:, None]
+            w.add_episode(task="a", task_id=0, obs={"proprio": x}, next_obs={"proprio": x + 1},
+                          actions=np.zeros((3, 4), np.float32), rewards=np.ones(3, np.float32),
+                          dones=np.array([0, 0, 1], np.uint8), ep_meta={"success": True})
+    spec = spec_of_data(path, ["proprio"], [], None)
+    arrays = load_offline_dataset(path, spec, CAL_QL).arrays()
+    np.testing.assert_allclose(arrays["rewards"], np.full(6, 5.0))
