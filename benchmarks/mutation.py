@@ -88,7 +88,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "icvf": ("video_pretrain/objectives/icvf.py", ["tests/test_objectives.py"]),
     "vip": ("video_pretrain/objectives/vip.py", ["tests/test_objectives.py"]),
     "tcn": ("video_pretrain/objectives/tcn.py", ["tests/test_objectives.py"]),
-    "sampling": ("video_pretrain/sampling.py", ["tests/test_sampling.py"]),
+    "sampling": ("video_pretrain/sampling.py", ["tests/test_sampling.py", "tests/test_inputs_video.py::"
+                                                "test_clips_too_short_for_the_objective_are_named_or_skipped_and_counted"]),
     "evaluation": ("robopretrain/evaluation.py", ["tests/test_evaluation.py", "tests/test_wiring.py",
                                                  "tests/test_evaluate.py"]),
     "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_train_offline.py", "tests/test_wiring.py",
@@ -150,6 +151,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                            "any seed drawn from the parent's stream is valid; no "
                                                            "value is specified",
     ("dataset", "default_num_tasks/swap/2"): "max(len(TASKS), largest) -> max(largest, len(TASKS)): symmetric",
+    ("sampling", "long_enough/const/2"): "getattr(..., 'stride', 1) -> 0 for a source without a stride: it only "
+                                         "words the message (', counted after the frame stride' when > 1): no text "
+                                         "either way",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules
