@@ -154,6 +154,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("sampling", "long_enough/const/2"): "getattr(..., 'stride', 1) -> 0 for a source without a stride: it only "
                                          "words the message (', counted after the frame stride' when > 1): no text "
                                          "either way",
+    ("sampling", "FrameBatchStream.batch/swap/1"): "batch_rng(seed, k) -> batch_rng(k, seed): the batch is still a "
+                                                   "fixed, injective function of (seed, batch number), which is the "
+                                                   "contract (resume exactness, disjoint ranks); no stream is specified",
+    ("sampling", "FrameBatchStream.__init__/const/0"): "the default seed=0 -> 1: stage 1 passes the run's seed; a "
+                                                       "default seed has no specified value",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules

@@ -146,7 +146,7 @@ def test_icvf_objective_loss_equals_the_papers_target_with_distinct_target_netwo
     with torch.no_grad():  # targets unlike the online nets; online values well away from 0 (they start near 1e-6)
         for p in [*obj.target_encoder.parameters(), *obj.target_heads.parameters(), *obj.heads.parameters()]:
             p.add_(0.3 * torch.randn_like(p))
-    n = 8
+    n = 32
     images = torch.rand(n, 4, 3, 8, 8)
     g = torch.Generator().manual_seed(1)
     batch = {"reward": -(torch.rand(n, generator=g) < 0.7).float(), "mask": (torch.rand(n, generator=g) < 0.7).float(),
@@ -166,6 +166,9 @@ def test_icvf_objective_loss_equals_the_papers_target_with_distinct_target_netwo
     w = torch.where(adv >= 0, 0.9, 0.1)
     expected = (w * (q - v) ** 2).mean(1).sum()
     assert 0 < (adv >= 0).float().mean() < 1  # both weights occur
+    # the test can tell which target values make the advantage: swapping s' for s in V(., z, z) flips some signs
+    swapped = batch["intent_reward"] + 0.99 * batch["intent_mask"] * v_zz.min(0).values - v_zz.mean(0)
+    assert ((swapped >= 0) != (adv >= 0)).any()
     assert v.abs().mean() > 0.05
     assert info["adv_positive"].item() == pytest.approx((adv >= 0).float().mean().item())
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -216,6 +219,8 @@ def test_vip_loss_on_2d_embeddings_by_hand():
     expected = value_term + contrast + 1e-3 * (l1 + l2)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert info["vip_loss"].item() == pytest.approx(value_term + contrast, rel=1e-12)
+    # the defaults are the paper's: reward -1 per step, gamma 0.98, L1 and L2 penalties 1e-3
+    assert vip_loss(e0, eg, es, es1)[0].item() == pytest.approx(expected, rel=1e-12)
     assert torch.allclose(vip_value(es, eg), t([-3.0, -1.0]))
 
 

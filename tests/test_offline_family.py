@@ -473,3 +473,22 @@ def test_every_target_network_moves_by_polyak_toward_its_online_twin(algo):
         assert any(not torch.equal(a, b) for a, b in zip(online_before[n], online)), n
         for old, new, src in zip(before[n], getattr(agent, n).parameters(), online):
             torch.testing.assert_close(new, 0.75 * old + 0.25 * src)
+
+
+def test_bcq_perturbation_moves_an_action_by_at_most_phi_and_stays_in_range():
+    """BCQ's actor: ``clip(a + phi * tanh(MLP(s, a)), -1, 1)``; with a saturated MLP the step is exactly +-phi."""
+    torch.manual_seed(0)
+    agent = make_agent("bcq", S, A, small_sizes("bcq"))
+    actor = agent.actor
+    with torch.no_grad():
+        for p in actor.parameters():
+            p.mul_(200.0)  # tanh saturates at +-1
+        s = torch.randn(64, S)
+        a = torch.rand(64, A) * 1.8 - 0.9
+        out = actor(s, a)
+        step = out - a
+        inside = (a.abs() < 1 - 0.05)  # away from the bounds: the clip does not bind
+        assert torch.allclose(step[inside].abs(), torch.full_like(step[inside], 0.05), atol=1e-4)
+        assert out.min() >= -1.0 and out.max() <= 1.0 and not torch.allclose(out, torch.full_like(out, -1.0))
+        edge = actor(s, torch.full((64, A), 0.99))
+        assert edge.max() <= 1.0 and edge.min() >= 0.99 - 0.05 - 1e-6
