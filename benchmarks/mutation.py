@@ -159,6 +159,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                    "contract (resume exactness, disjoint ranks); no stream is specified",
     ("sampling", "FrameBatchStream.__init__/const/0"): "the default seed=0 -> 1: stage 1 passes the run's seed; a "
                                                        "default seed has no specified value",
+    ("cql", "CQL.compute_losses/swap/22"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, y "
+                                           "without gradient; same loss and gradient",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules
