@@ -93,7 +93,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "evaluation": ("robopretrain/evaluation.py", ["tests/test_evaluation.py", "tests/test_wiring.py",
                                                  "tests/test_evaluate.py"]),
     "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_train_offline.py", "tests/test_wiring.py",
-                                                       "tests/test_compile.py"]),
+                                                       "tests/test_compile.py", "tests/test_cuda_graph.py::"
+                                                       "test_stage_loops_read_the_option_and_refuse_it_on_cpu"]),
     "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py", "tests/test_transfer.py"]),
     "por": ("robopretrain/algos/por.py", ["tests/test_por.py", "tests/test_configs.py", *LEARNER_TESTS]),
     "dt": ("robopretrain/algos/dt.py", ["tests/test_dt.py", "tests/test_configs.py"]),
@@ -161,6 +162,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                        "default seed has no specified value",
     ("cql", "CQL.compute_losses/swap/22"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, y "
                                            "without gradient; same loss and gradient",
+    ("offline_loop", "train_offline.checkpoint/const/0"): "if diff != 0.0 -> != 1.0 under torchrun: whether a "
+                                                          "warning about differing replicas is logged (the "
+                                                          "difference itself is logged either way)",
+    ("offline_loop", "train_offline/const/1"): "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
+    ("offline_loop", "train_offline/const/10"): "bar.set_postfix(refresh=False -> True): display only",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules
