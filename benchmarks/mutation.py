@@ -167,6 +167,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                           "difference itself is logged either way)",
     ("offline_loop", "train_offline/const/1"): "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
     ("offline_loop", "train_offline/const/10"): "bar.set_postfix(refresh=False -> True): display only",
+    ("replay", "ReplayBuffer.__init__/const/0"): "the default seed=0 -> 1: the online loop passes its seed; a default "
+                                                 "seed has no specified value",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules
