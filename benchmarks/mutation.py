@@ -169,6 +169,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("offline_loop", "train_offline/const/10"): "bar.set_postfix(refresh=False -> True): display only",
     ("replay", "ReplayBuffer.__init__/const/0"): "the default seed=0 -> 1: the online loop passes its seed; a default "
                                                  "seed has no specified value",
+    ("offline_loop", "train_offline.checkpoint/if/2"): "if diff != 0.0: -> if not: under torchrun, whether the "
+                                                       "replica-difference warning is logged (a warning only; the "
+                                                       "driver does not mutate log calls themselves)",
+    ("offline_loop", "train_offline.checkpoint/cmp/0"): "diff != 0.0 -> == 0.0: as checkpoint/if/2, the condition "
+                                                        "of a warning only",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules

@@ -21,6 +21,7 @@ from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.target import as_target
 from robopretrain.loops.offline import OfflineSettings, train_offline
+from robopretrain.metrics import read_jsonl
 
 
 def _batch(n: int = 8, obs: int = 5, act: int = 2) -> dict[str, torch.Tensor]:
@@ -91,6 +92,8 @@ def test_the_offline_loop_reads_train_compile(monkeypatch, tmp_path):
     train_offline(agent, data, OfflineSettings(steps=3, progress=False, tensorboard=False, compile=True,
                                                eval_targets=[]), tmp_path / "run", save=lambda step, state: tmp_path)
     assert agent.core.num_updates == 3 and counting.calls == 3  # every update through the compiled losses
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl") if (tmp_path / "run" / "metrics.jsonl").exists() else []
+    assert all(set(r) - {"step"} for r in rows)  # no evaluation and no calibration here: no empty rows either
     assert not OfflineSettings().compile and not OfflineSettings().cuda_graph  # both off unless asked
     agent = Agent(ObsSpec(low_dim=(("proprio", 5),)), 2, "iql", {"batch_size": 8}, EncoderSettings(mode="scratch"))
     compiled_before = len(counting.compiled)

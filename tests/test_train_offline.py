@@ -250,6 +250,7 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
     with caplog.at_level(logging.INFO, logger="robopretrain"):
         run(stage2_config(tiny_hdf5, out, **cfg))
     assert "(step 2)" in caplog.text and "resumed from" in caplog.text
+    assert "written by a run with" not in caplog.text  # same process count: no data-stream warning
     assert [row["step"] for row in read_jsonl(out / "metrics.jsonl")] == uninterrupted
     assert any("calib/offline_q_data" in row for row in read_jsonl(out / "metrics.jsonl") if row["step"] == 0)
 
@@ -324,3 +325,22 @@ def test_the_datas_own_target_that_does_not_fit_is_skipped_and_a_named_one_is_re
     assert not [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval/success" in r]
     with pytest.raises(ValueError, match="low_dim part 'proprio'.*size 7, the agent has 9"):
         run(stage2_config(data, tmp_path / "named", steps=4, obs=STATE_OBS, train={"eval_targets": ["Reach"]}))
+
+
+def test_the_nan_guard_stops_every_rank_when_one_ranks_loss_is_not_finite(monkeypatch):
+    """Under torchrun a rank whose own losses are finite must stop too when another rank's are not (else the
+    ranks' collectives hang); a rank with its own NaN names its own loss."""
+    from robopretrain.distributed import DistInfo
+    from robopretrain.guards import NonFiniteLossError
+    from robopretrain.loops import offline
+
+    dinfo = DistInfo(rank=1, world_size=2)
+    monkeypatch.setattr(offline, "any_rank", lambda flag, d: True)  # another rank saw a NaN
+    with pytest.raises(NonFiniteLossError, match="on another rank"):
+        offline._guard(5, {"critic_loss": 1.0, "q": 2.0}, dinfo)
+    monkeypatch.setattr(offline, "any_rank", lambda flag, d: flag)  # only this rank's own values
+    out = offline._guard(5, {"critic_loss": 1.0, "q": float("nan")}, dinfo)  # a NaN outside the losses: goes on
+    assert out["critic_loss"] == 1.0 and np.isnan(out["q"])
+    with pytest.raises(NonFiniteLossError, match="critic_loss") as err:
+        offline._guard(5, {"critic_loss": float("nan")}, dinfo)
+    assert "another rank" not in str(err.value)
