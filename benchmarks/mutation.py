@@ -174,6 +174,12 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                        "driver does not mutate log calls themselves)",
     ("offline_loop", "train_offline.checkpoint/cmp/0"): "diff != 0.0 -> == 0.0: as checkpoint/if/2, the condition "
                                                         "of a warning only",
+    ("online_loop", "run_online/drop/0"): "replay seed seed + 1 -> seed: as run_online/const/1, the buffer's "
+                                          "sampling stream only has to be fixed and checkpointed",
+    ("online_loop", "run_online.add_to_buffer/swap/4"): "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): "
+                                                        "rewards * scale is a product, the same either way",
+    ("online_loop", "run_online/call/0"): "tqdm(initial=min(env_steps, total) -> max(...)): where the progress bar "
+                                          "starts drawing, nothing the run computes",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules

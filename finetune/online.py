@@ -130,6 +130,7 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
     sampler = MixedSampler(offline, buffer, settings.offline_ratio)
     ckpt_root = run_dir / "checkpoints"
     ckpt_meta = {"stage": "online", "task": target.name, "target": target.to_dict(), "randomization": randomization,
+                 "eval_randomization": eval_rand,
                  "fingerprint": dict(fingerprint) if fingerprint is not None else None, **dict(meta or {})}
     env_steps, started, successes, history = 0, 0, [], []
     epopt_done = 0

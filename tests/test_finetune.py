@@ -81,6 +81,7 @@ def test_online_loop_logs_calibration_and_regret(finetuned, stage2_state):
     assert (meta["algo"], meta["pretrained_algo"], meta["task"]) == ("calql", "cql", "Reach")
     assert meta["algo_cfg"]["use_calql"] and meta["algo_cfg"]["critic_hidden"] == [32]  # Cal-QL on CQL's networks
     assert meta["randomization"]["level"] == "train"
+    assert meta["eval_randomization"] == meta["randomization"]  # no eval_randomization given: judged as trained
 
 
 def test_online_buffer_returns_match_hand_computation(finetuned):

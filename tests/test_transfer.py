@@ -403,6 +403,8 @@ def test_darc_changes_the_loop_only_when_it_corrects(stage2_state, tmp_path):
     assert losses(on) != losses(base) and on[-1]["train/darc/applied"] == 1.0
     with np.load(tmp_path / "on" / "transfer" / "darc_target.npz") as z:
         assert len(z["actions"]) == 20
+    saved = load_latest(tmp_path / "on" / "checkpoints").state["transfer"]  # DARC alone (no EPOpt) is checkpointed
+    assert set(saved) == {"epopt_batches", "darc"} and saved["epopt_batches"] == 0
 
 
 def test_build_transfer_wires_dann_into_the_agent_with_cached_target_frames(tmp_path):
