@@ -54,7 +54,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -609,9 +608,12 @@ def main(argv: list[str] | None = None) -> int:
             mod = results["modules"].setdefault(name, {"mutants": {}})
             if args.fresh:
                 mod["mutants"] = {}
-            old = mod["mutants"]
+            selected = select(mutants_of(name), args.max_mutants)
+            # the score is over this selection only: a mutant of an earlier version of the source (another subset
+            # after the module changed) is dropped, its outcome kept in the earlier runs' summaries
+            old = mod["mutants"] = {k: v for k, v in mod["mutants"].items() if k in {m.id for m in selected}}
             todo = []
-            for m in select(mutants_of(name), args.max_mutants):
+            for m in selected:
                 r = old.get(m.id)
                 if r and r["src"] == src_hash and r["desc"] == m.desc and (r["status"] in ("killed", "timeout")
                                                                             or r["tests"] == test_hash):
