@@ -179,6 +179,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                         "rewards * scale is a product, the same either way",
     ("online_loop", "run_online/call/0"): "tqdm(initial=min(env_steps, total) -> max(...)): where the progress bar "
                                           "starts drawing, nothing the run computes",
+    ("offline_loop", "resume/boolop/0"): "dinfo or DistInfo() -> dinfo and DistInfo(): the one caller "
+                                         "(robopretrain.train) passes its DistInfo",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules
