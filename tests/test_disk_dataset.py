@@ -158,6 +158,8 @@ def test_auto_storage_follows_the_size_threshold_and_unknown_values_are_refused(
     assert type(load_offline_dataset(path, spec, CAL_QL, storage="auto")).__name__ == "OfflineDataset"
     monkeypatch.setattr(dataset_mod, "MEMORY_LIMIT_BYTES", 2 * 18 * 6 * 6 * 3 - 1)  # one byte less than the frames
     assert type(load_offline_dataset(path, spec, CAL_QL, storage="auto")).__name__ == "DiskDataset"
+    monkeypatch.setattr(dataset_mod, "MEMORY_LIMIT_BYTES", 2 * 18 * 6 * 6 * 3)  # obs and next_obs frames exactly fit
+    assert type(load_offline_dataset(path, spec, CAL_QL, storage="auto")).__name__ == "OfflineDataset"
     with pytest.raises(ValueError, match=r"data.storage='mmap'; expected one of \('auto', 'memory', 'disk'\)"):
         load_offline_dataset(path, spec, CAL_QL, storage="mmap")
 
