@@ -50,7 +50,7 @@ from robopretrain.data.replay import MixedSampler, OfflineDataset, ReplayBuffer
 from robopretrain.data.returns import scale_rewards, sparse_negative_reward
 from robopretrain.envs.target import Target, env_factory
 from robopretrain.evaluation import calibration, evaluate
-from robopretrain.loops.offline import calibration_rows, rng_states, set_rng_states
+from robopretrain.loops.offline import calibration_rows, rng_states, set_rng_states, update_function
 from robopretrain.metrics import MetricsLogger
 
 log = logging.getLogger(__name__)
@@ -211,15 +211,7 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
             decided(epopt.add(ep, ep.env_return))
         successes.append(float(ep.success))
 
-    agent_update = agent.update
-    if settings.compile:
-        if settings.cuda_graph:
-            raise ValueError("online.compile=true and online.cuda_graph=true are alternatives; choose one")
-        agent.compile()
-    if settings.cuda_graph:
-        from robopretrain.algos.cuda_graph import CUDAGraphUpdate
-
-        agent_update = CUDAGraphUpdate(agent)  # raises ValueError on a CPU agent or a learner that cannot be captured
+    agent_update = update_function(agent, compile=settings.compile, cuda_graph=settings.cuda_graph, section="online")
 
     def update(with_metrics: bool) -> Mapping[str, Any]:
         batch = sampler.sample(agent.batch_size)

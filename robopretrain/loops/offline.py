@@ -117,6 +117,27 @@ def _guard(step: int, metrics: Mapping[str, float], dinfo: DistInfo) -> Mapping[
     return finite_metrics_hook(step, metrics)
 
 
+def update_function(agent: Any, *, compile: bool, cuda_graph: bool, section: str,
+                    distributed: bool = False) -> Callable[..., Mapping[str, Any]]:
+    """The update a training loop calls: ``agent.update``, with its losses compiled (``compile``,
+    :meth:`robopretrain.agent.Agent.compile`), or replayed as one captured CUDA graph (``cuda_graph``,
+    :class:`robopretrain.algos.cuda_graph.CUDAGraphUpdate`). ``section`` names the config block in errors
+    (``train`` / ``online``). Raises ValueError for both options at once, a graph under torchrun (the gradient
+    all-reduce is not captured), a graph on a CPU agent or a learner that cannot be captured."""
+    if compile:
+        if cuda_graph:
+            raise ValueError(f"{section}.compile=true and {section}.cuda_graph=true are alternatives; choose one")
+        agent.compile()
+    if not cuda_graph:
+        return agent.update
+    if distributed:
+        raise ValueError(f"{section}.cuda_graph=true does not run under torchrun (the gradient all-reduce is not "
+                         f"captured); use one process, or {section}.cuda_graph=false")
+    from robopretrain.algos.cuda_graph import CUDAGraphUpdate
+
+    return CUDAGraphUpdate(agent)
+
+
 def train_offline(
     agent: Any,
     sampler: Any,
@@ -146,18 +167,8 @@ def train_offline(
         logger.truncate_after(start)
     total, bs = int(settings.steps), int(agent.batch_size)
     last: Path | None = None
-    update = agent.update
-    if settings.compile:
-        if settings.cuda_graph:
-            raise ValueError("train.compile=true and train.cuda_graph=true are alternatives; choose one")
-        agent.compile()
-    if settings.cuda_graph:
-        if dinfo.enabled:
-            raise ValueError("train.cuda_graph=true does not run under torchrun (the gradient all-reduce is not "
-                             "captured); use one process, or train.cuda_graph=false")
-        from robopretrain.algos.cuda_graph import CUDAGraphUpdate
-
-        update = CUDAGraphUpdate(agent)  # raises ValueError on a CPU agent or a learner that cannot be captured
+    update = update_function(agent, compile=settings.compile, cuda_graph=settings.cuda_graph, section="train",
+                             distributed=dinfo.enabled)
 
     def evaluate_and_log(step: int) -> dict[str, float]:
         row: dict[str, float] = {}
@@ -224,4 +235,5 @@ def calibration_rows(size: int, n: int, seed: int = 12345) -> np.ndarray:
     return np.random.default_rng(seed).choice(size, size=min(n, size), replace=False)
 
 
-__all__ = ["OfflineSettings", "calibration_rows", "resume", "rng_states", "set_rng_states", "train_offline"]
+__all__ = ["OfflineSettings", "calibration_rows", "resume", "rng_states", "set_rng_states", "train_offline",
+           "update_function"]
