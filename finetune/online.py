@@ -211,7 +211,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
             decided(epopt.add(ep, ep.env_return))
         successes.append(float(ep.success))
 
-    agent_update = update_function(agent, compile=settings.compile, cuda_graph=settings.cuda_graph, section="online")
+    agent_update = update_function(agent, compile=settings.compile, cuda_graph=settings.cuda_graph, section="online",
+                                   distributed=False)  # stage 3 runs in one process
 
     def update(with_metrics: bool) -> Mapping[str, Any]:
         batch = sampler.sample(agent.batch_size)

@@ -118,7 +118,7 @@ def _guard(step: int, metrics: Mapping[str, float], dinfo: DistInfo) -> Mapping[
 
 
 def update_function(agent: Any, *, compile: bool, cuda_graph: bool, section: str,
-                    distributed: bool = False) -> Callable[..., Mapping[str, Any]]:
+                    distributed: bool) -> Callable[..., Mapping[str, Any]]:
     """The update a training loop calls: ``agent.update``, with its losses compiled (``compile``,
     :meth:`robopretrain.agent.Agent.compile`), or replayed as one captured CUDA graph (``cuda_graph``,
     :class:`robopretrain.algos.cuda_graph.CUDAGraphUpdate`). ``section`` names the config block in errors
