@@ -181,6 +181,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                           "starts drawing, nothing the run computes",
     ("offline_loop", "resume/boolop/0"): "dinfo or DistInfo() -> dinfo and DistInfo(): the one caller "
                                          "(robopretrain.train) passes its DistInfo",
+    ("online_loop", "run_online/const/8"): "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
     # issues 15 and 16 modules
