@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_recipe"))
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra robopretrain.train overrides for every run (e.g. obs.min_std=0.05); they are part of "
+                        "the learner's label in the JSON and the table, and of its run folder")
     p.add_argument("--summarize-only", action="store_true")
     p.add_argument("--evaluate-only", action="store_true",
                    help="no training: evaluate the budgets whose checkpoints exist (a run still going or cut short)")
@@ -74,14 +77,20 @@ def collect_data(task: str, demos: int, work: Path) -> Path:
     return Path(collect(cfg, progress=False))
 
 
-def train_run(data: Path, out: Path, algo: str, seed: int, steps: int) -> float:
-    """Stage 2 as a subprocess (resumes when killed); returns its wall time (0 when it had already finished)."""
+def label(algo: str, overrides: list[str]) -> str:
+    """The learner's name in the results: ``bc``, or ``bc [obs.min_std=0.05]`` with extra overrides."""
+    return f"{algo} [{','.join(overrides)}]" if overrides else algo
+
+
+def train_run(data: Path, out: Path, algo: str, seed: int, steps: int, overrides: list[str] = ()) -> float:
+    """Stage 2 as a subprocess (resumes when killed); returns its wall time (0 when it had already finished).
+    ``overrides``: extra ``KEY=VALUE`` arguments (``+KEY=VALUE`` for a key the config does not have)."""
     if (out / "checkpoints" / f"ckpt_{steps:08d}").is_dir():
         return 0.0
     cmd = [sys.executable, "-m", "robopretrain.train", f"algo={algo}", f"data.path={data}", f"seed={seed}",
            f"output_dir={out}", f"hydra.run.dir={out}/hydra", "num_threads=1", f"train.steps={steps}",
            "train.eval_targets=[]", "train.checkpoint_every=500", "train.keep_checkpoints=100", "train.progress=false",
-           "train.tensorboard=false"]
+           "train.tensorboard=false", *overrides]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
@@ -118,14 +127,15 @@ def bootstrap_ci(per_seed: list[list[bool]], resamples: int = 2000, seed: int = 
 
 
 def one(args: argparse.Namespace, results: dict[str, Any], task: str, algo: str, seed: int) -> None:
-    key = f"{task}/{algo}/seed{seed}"
-    entry = results.setdefault(key, {"task": task, "algo": algo, "seed": seed, "success": {}})
+    name = label(algo, args.set)
+    key = f"{task}/{name}/seed{seed}"
+    entry = results.setdefault(key, {"task": task, "algo": name, "seed": seed, "success": {}})
     if all(str(u) in entry["success"] for u in args.updates):
         return
     data = collect_data(task, args.demos, args.work_dir)
-    out = args.work_dir / "runs" / task / algo / f"seed{seed}"
+    out = args.work_dir / "runs" / task / name.replace(" ", "_") / f"seed{seed}"
     if not args.evaluate_only:
-        seconds = train_run(data, out, algo, seed, max(args.updates))
+        seconds = train_run(data, out, algo, seed, max(args.updates), args.set)
         if seconds:
             entry["train_seconds"] = seconds
     for u in args.updates:

@@ -185,9 +185,11 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
 def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset | DiskDataset,
               device: torch.device) -> Agent:
     """A fresh agent of the config's ``algo`` and ``encoder`` for ``spec``, normalising low-dim parts by the
-    dataset's statistics when ``obs.normalize`` (the default)."""
-    normalize = bool((cfg.get("obs") or {}).get("normalize", True))
-    stats = normalization_stats(dataset.arrays()["observations"], spec) if normalize and spec.low_dim else None
+    dataset's statistics when ``obs.normalize`` (the default), with each dimension's std at least ``obs.min_std``."""
+    obs_cfg = cfg.get("obs") or {}
+    normalize = bool(obs_cfg.get("normalize", True))
+    stats = normalization_stats(dataset.arrays()["observations"], spec, min_std=float(obs_cfg.get("min_std") or 0.0)
+                                ) if normalize and spec.low_dim else None
     settings = EncoderSettings.from_mapping(plain(cfg.get("encoder")) or {})
     agent = Agent(spec, act_dim, str(cfg.algo.name), algo_overrides(cfg.algo), settings, stats=stats, device=device,
                   seed=int(cfg.seed))

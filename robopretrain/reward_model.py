@@ -379,8 +379,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
                          "evaluation; choose a fraction that leaves some for training and some held out")
     held, train = order[:n_held], order[n_held:]
     settings = TrainSettings(**{k: (tuple(v) if k == "hidden" else v) for k, v in build.plain(cfg.model).items()})
-    stats = normalization_stats({k: trans.obs[k] for k in spec.low_dim_keys}, spec) if cfg.obs.get(
-        "normalize", True) else None
+    stats = normalization_stats({k: trans.obs[k] for k in spec.low_dim_keys}, spec,
+                                min_std=float(cfg.obs.get("min_std") or 0.0)) if cfg.obs.get("normalize", True) else None
     model = RewardEnsemble(spec, info.action_dim, ensemble=settings.ensemble, hidden=settings.hidden, stats=stats)
     history = train_ensemble(model, data, [labels[i] for i in train], settings, seed=int(cfg.seed))
     report: dict[str, Any] = {"data": str(path), "labels": source, "num_labels": len(labels), "held_out": n_held,

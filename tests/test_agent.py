@@ -63,6 +63,40 @@ def test_normalization_stats_are_the_data_mean_and_std_plus_eps():
     assert STD_EPS == 1e-3 and stats["features"] == {"mean": [0.0] * 3, "std": [1.0] * 3}
 
 
+def test_min_std_floors_only_the_dimensions_that_barely_vary():
+    spec = ObsSpec(low_dim=(("x", 3),))
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(0.0, 0.2, 400), rng.normal(0.0, 1e-4, 400), np.full(400, 0.12)], 1)
+    plain_std = np.asarray(normalization_stats({"x": x}, spec)["x"]["std"])
+    floored = normalization_stats({"x": x}, spec, min_std=0.05)["x"]
+    np.testing.assert_allclose(floored["std"], [plain_std[0], 0.05 + STD_EPS, 0.05 + STD_EPS], rtol=1e-12)
+    np.testing.assert_allclose(floored["mean"], x.mean(0), rtol=1e-12)
+    assert plain_std[1] < 2e-3  # without the floor a 0.05 change there is a > 25-sigma input
+    with pytest.raises(ValueError, match="min_std=-0.1"):
+        normalization_stats({"x": x}, spec, min_std=-0.1)
+
+
+def test_a_new_agent_takes_obs_min_std_from_its_config():
+    from omegaconf import OmegaConf
+
+    from robopretrain.build import new_agent
+
+    spec = ObsSpec(low_dim=(("x", 2),))
+    x = np.stack([np.linspace(-1.0, 1.0, 64), np.zeros(64)], 1).astype(np.float32)
+
+    class Rows:  # the one method new_agent reads of a dataset
+        def arrays(self):
+            return {"observations": {"x": x}}
+
+    def std_of(obs: dict) -> torch.Tensor:
+        cfg = OmegaConf.create({"algo": {"name": "bc"}, "encoder": {}, "seed": 0, "obs": obs})
+        return new_agent(cfg, spec, 2, Rows(), torch.device("cpu")).critic_encoder.std
+
+    torch.testing.assert_close(std_of({"min_std": 0.5})[1], torch.tensor(0.5 + STD_EPS))
+    torch.testing.assert_close(std_of({})[1], torch.tensor(STD_EPS))  # default: the data's std, CORL's eps
+    torch.testing.assert_close(std_of({"normalize": False, "min_std": 0.5}), torch.ones(2))
+
+
 def test_camera_features_come_first_one_encoder_pass_for_every_camera():
     img = make_encoder("small_conv", SIZE, channels=4, out_dim=8)
     spec = ObsSpec(low_dim=(("proprio", 2),), rgb=(CAM, HAND), num_tasks=2)
