@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -133,7 +134,7 @@ def one(args: argparse.Namespace, results: dict[str, Any], task: str, algo: str,
     if all(str(u) in entry["success"] for u in args.updates):
         return
     data = collect_data(task, args.demos, args.work_dir)
-    out = args.work_dir / "runs" / task / name.replace(" ", "_") / f"seed{seed}"
+    out = args.work_dir / "runs" / task / re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") / f"seed{seed}"
     if not args.evaluate_only:
         seconds = train_run(data, out, algo, seed, max(args.updates), args.set)
         if seconds:
