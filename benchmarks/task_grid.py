@@ -59,7 +59,9 @@ ROWS = (
 
 
 def advance_expert(env: gym.Env, obs: dict[str, Any], seed: int) -> None:
-    """Run the clean expert until it has approached the object (a few steps past its first phase)."""
+    """Run the clean expert until it has approached the object: a few steps past its first phase, or, for the
+    memory-free experts (no phases), past the first step with the gripper within 5 cm (horizontally) of the main
+    object."""
     expert = make_expert(env, noise=0.0, rng=np.random.default_rng(seed))
     limit = REACH_STEPS if env.unwrapped.task.name == "Reach" else MAX_STEPS
     extra = None
@@ -67,7 +69,8 @@ def advance_expert(env: gym.Env, obs: dict[str, Any], seed: int) -> None:
         obs, _, terminated, truncated, _ = env.step(expert.act(obs))
         if terminated or truncated:
             return
-        if extra is None and expert.phase >= 1:
+        near = np.linalg.norm(obs["proprio"][:2] - obs["object"][:2]) < 0.05 and np.any(obs["object"][:3])
+        if extra is None and (expert.phase >= 1 or near):
             extra = EXTRA_STEPS
         if extra is not None:
             extra -= 1

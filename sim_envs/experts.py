@@ -1,5 +1,10 @@
 """Scripted experts for every task: closed-loop waypoint controllers on the privileged simulator state.
 
+The pick experts (Lift, PickPlace, PlaceInBowl) are memory-free: their action is a function of the current state,
+which a learner that sees the state can imitate. The others are phase machines (what they do also depends on
+which waypoints they already reached); their tasks are imitated from the state at >= 0.9 except PushBlock
+(README, "Measured: do the learners learn what clean data teaches?").
+
 ``make_expert(env, noise, rng)`` returns a policy ``act(obs) -> action``. ``noise`` is the standard deviation
 of Gaussian noise added to every action (then clipped to [-1, 1]); 0 is the clean expert. The same
 experts drive the human hand (it shares the gripper's interface), which is how the videos are made.
@@ -61,6 +66,11 @@ class ReachExpert(Expert):
         return move_toward(self.env, self.env.goal, OPEN)
 
 
+def ramp(x: float, lo: float, hi: float) -> float:
+    """0 below ``lo``, 1 above ``hi``, linear between: the experts' soft switches."""
+    return float(np.clip((x - lo) / (hi - lo), 0.0, 1.0))
+
+
 class PushExpert(Expert):
     """Get behind the object (relative to the goal), lower a closed fist, and push it along the line."""
 
@@ -108,58 +118,50 @@ class PushExpert(Expert):
 
 
 class PickExpert(Expert):
-    """Grasp the object from above, lift it, carry it above the place and lower it there (or just lift)."""
+    """Grasp the object from above, lift it, carry it above the place and lower it there (or just lift).
+
+    Memory-free (unlike the phase machines of the other experts): whether the object is held is read from the state (fingers closed on
+    something, the object between them), the descent onto the object and onto the place are funnels (the
+    target height falls as the horizontal error shrinks), and the carry moves sideways only as fast as the lift
+    allows. Exploratory check (a plain MSE regressor on 100 clean episodes, state, 5000 updates, ``obs.min_std``
+    0.05, 20 episodes): the earlier phase machine (a fixed 8-step wait to close, switches that depended on the
+    history) was imitated in 0.75 (Lift) and 0.40 (PickPlace) of the episodes, this one in 1.00 and 0.90; the
+    toolkit's BC on the nine prior tasks is in the README ("Measured: do the learners learn what clean data
+    teaches?").
+    """
 
     def __init__(self, env: TabletopEnv, body: str, grasp_z: float, place: bool, **kw: Any) -> None:
         self.body, self.grasp_z, self.place = body, grasp_z, place
         super().__init__(env, **kw)
 
+    def held(self) -> bool:
+        """The fingers are closed on something (not shut, not open) and the object sits between them."""
+        env = self.env
+        obj, grip = env.body_pos(self.body), env.grip_pos()
+        return bool(0.02 < env.finger_opening() < 0.08 and np.linalg.norm(grip[:2] - obj[:2]) < 0.015
+                    and abs(grip[2] - obj[2]) < 0.02)
+
     def policy(self) -> np.ndarray:
         env = self.env
-        obj = env.body_pos(self.body)
-        grip = env.grip_pos()
-        if self.phase == 0:  # above the object, open
-            target = np.array([obj[0], obj[1], 0.1])
-            if np.linalg.norm(grip[:2] - obj[:2]) < 0.008:
-                self.next_phase()
-            return move_toward(env, target, OPEN)
-        if self.phase == 1:  # descend around it
-            target = np.array([obj[0], obj[1], self.grasp_z])
-            if grip[2] < self.grasp_z + 0.006:
-                self.next_phase()
-            return move_toward(env, target, OPEN)
-        if self.phase == 2:  # close
-            if self.counter > 8:
-                self.next_phase()
-            return move_toward(env, np.array([obj[0], obj[1], self.grasp_z]), CLOSE)
-        if self.phase == 3:  # lift
-            target = np.array([grip[0], grip[1], 0.15])
-            if obj[2] < self.grasp_z - 0.015 and self.counter > 5:  # dropped it: start again
-                self.phase = 0
-                return move_toward(env, target, OPEN)
-            if grip[2] > 0.13:
-                self.next_phase()
-            return move_toward(env, target, CLOSE)
+        obj, grip, gz = env.body_pos(self.body), env.grip_pos(), self.grasp_z
+        if not self.held():
+            if self.place and np.linalg.norm(obj[:2] - env.goal[:2]) < 0.015 and obj[2] < env.goal[2] + gz + 0.02:
+                return move_toward(env, np.array([grip[0], grip[1], 0.15]), OPEN)  # let go on the place: retreat
+            xy_err = float(np.linalg.norm(grip[:2] - obj[:2]))
+            if xy_err < 0.01 and grip[2] < obj[2] - 0.02 + gz + 0.008:  # around it, low enough: close
+                return move_toward(env, np.array([obj[0], obj[1], gz]), CLOSE)
+            # above it, open, coming down as the horizontal error shrinks
+            return move_toward(env, np.array([obj[0], obj[1], gz + (0.1 - gz) * ramp(xy_err, 0.006, 0.02)]), OPEN)
         if not self.place:
             return move_toward(env, np.array([grip[0], grip[1], 0.16]), CLOSE)
         goal = env.goal
-        if self.phase == 4:  # carry above the place
-            target = np.array([goal[0], goal[1], 0.15])
-            if obj[2] < 0.05:  # dropped on the way
-                self.phase = 0
-            elif np.linalg.norm(grip[:2] - goal[:2]) < 0.01:
-                self.next_phase()
-            return move_toward(env, target, CLOSE)
-        if self.phase == 5:  # lower
-            release_z = goal[2] + self.grasp_z + 0.012
-            if grip[2] < release_z + 0.006:
-                self.next_phase()
-            return move_toward(env, np.array([goal[0], goal[1], release_z]), CLOSE)
-        if self.phase == 6:  # release
-            if self.counter > 6:
-                self.next_phase()
+        release_z = goal[2] + gz + 0.012
+        goal_err = float(np.linalg.norm(obj[:2] - goal[:2]))
+        if goal_err < 0.015 and grip[2] < release_z + 0.008:  # over the place, low: let go
             return move_toward(env, grip, OPEN)
-        return move_toward(env, np.array([grip[0], grip[1], 0.15]), OPEN)  # retreat upward
+        lifted = ramp(grip[2], gz + 0.03, gz + 0.09)  # sideways only once lifted
+        height = release_z + (0.15 - release_z) * ramp(goal_err, 0.008, 0.04)  # down as it nears the place
+        return move_toward(env, np.array([*(grip[:2] + lifted * (goal[:2] - grip[:2])), height]), CLOSE)
 
 
 def drawer_out(env: TabletopEnv) -> np.ndarray:

@@ -306,3 +306,24 @@ def test_truncation_at_the_time_limit_is_not_termination(task: str) -> None:
         _, reward, terminated, truncated, info = env.step(np.zeros(4, np.float32))
         assert not terminated and reward == 0.0 and not info["success"]
         assert truncated == (step == limit - 1), f"truncated={truncated} at step {step + 1} of {limit}"
+
+
+@pytest.mark.parametrize("task", ["PickPlace", "Lift", "PlaceInBowl"])
+def test_pick_experts_act_on_the_state_alone(task: str) -> None:
+    """A policy of the state can imitate these experts only if they are one: a fresh expert dropped into the middle
+    of an episode acts exactly as the one that has run since the start (the earlier phase machine did not)."""
+    env = make(task, render_images=False)
+    obs, _ = env.reset(seed=5)
+    expert = make_expert(env, rng=np.random.default_rng(0))
+    checked = 0
+    for step in range(env.spec.max_episode_steps):
+        action = expert.act(obs)
+        if step % 3 == 0:
+            np.testing.assert_array_equal(make_expert(env, rng=np.random.default_rng(1)).act(obs), action,
+                                          err_msg=f"{task}: step {step}")
+            checked += 1
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            break
+    env.close()
+    assert info["success"] and checked >= 6, f"{task}: the episode ended after {step + 1} steps without success"
