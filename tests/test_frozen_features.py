@@ -135,3 +135,15 @@ def test_normalize_features_false_leaves_the_frozen_features_as_the_encoder_give
     torch.testing.assert_close(actor_inputs(plain, obs)[:, :8], torch.as_tensor(obs["features"]), rtol=0, atol=0)
     with pytest.raises(ValueError, match="feature normalisation needs a frozen encoder"):
         plain.set_feature_normalization(np.zeros(8), np.ones(8))
+
+
+def test_a_run_is_not_resumed_across_a_change_of_normalize_features(tmp_path, reach, agents):
+    from robopretrain.checkpoint import CheckpointError, check_agent_fits
+
+    data, encoder = reach
+    meta = agents["frozen"][0].describe()
+    plain, _ = stage2_parts(data, encoder, "frozen", normalize_features=False)
+    check_agent_fits(meta, agents["frozen"][0])
+    with pytest.raises(CheckpointError, match="encoder.normalize_features: checkpoint has True, this config needs "
+                                              "False"):
+        check_agent_fits(meta, plain)
