@@ -4,7 +4,7 @@ For an :class:`~robopretrain.data.spec.ObsSpec` with cameras ``rgb``, low-dim pa
 size ``num_tasks``::
 
     features = image_encoder(shift(image_1)) ++ ... ++ image_encoder(shift(image_k))      (rgb, in spec order)
-               [- feature_mean) / feature_std, when feature_norm: frozen encoders]
+               (then - feature_mean, / feature_std over those concatenated features when feature_norm)
                ++ (concat(low_dim parts) - mean) / std                                     (low_dim, in spec order)
                ++ one_hot(task_id, num_tasks)                                               (PTR task conditioning)
 
@@ -20,8 +20,8 @@ cameras has no parameters, only those buffers.
 ``feature_std`` ``(cameras * F,)`` and standardises the concatenated image features with them, as the low-dim parts
 are: a frozen encoder's features can vary across a dataset by far less than their own scale (a random
 spatial-softmax encoder's by 5e-4 per dimension, docs/pipeline.md), which the policy's MLP cannot use beside
-unit-scale proprioception. The statistics are set from the data (:meth:`set_feature_stats`, called by
-:meth:`robopretrain.agent.Agent.fit_feature_normalization`); until then they are mean 0, std 1.
+unit-scale proprioception. The statistics are set from the data (:meth:`set_feature_stats`, called through
+:func:`robopretrain.build.fit_feature_normalization`); until then they are mean 0, std 1.
 
 ``forward`` shapes: ``obs[key]`` is uint8 ``(B, H, W, 3)`` for rgb parts, float ``(B, d)`` for low-dim parts and an
 integer ``(B,)`` for ``task_id``; the output is float32 ``(B, out_dim)``. A missing part raises ``KeyError`` naming it.
