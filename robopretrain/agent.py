@@ -49,7 +49,11 @@ policy's s' samples), and ``update_targets()`` moves its target networks after e
 
 Observation statistics for low-dim normalisation are computed from the offline data by the caller
 (:func:`robopretrain.nets.obs_encoder.normalization_stats`) and stored inside the encoders, so every stage that
-loads the agent applies the same normalisation.
+loads the agent applies the same normalisation. A frozen encoder's features are standardised the same way
+(``normalize_features``, the default): :meth:`Agent.set_feature_normalization` with the statistics of
+:meth:`Agent.frozen_features` over the data (:func:`robopretrain.build.fit_feature_normalization`), kept in the
+encoder's buffers (``frozen``: ``feature_mean`` / ``feature_std``; ``frozen_cached``: the ``features`` part's low-dim
+statistics), so both modes give the policy the same input.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ class EncoderSettings:
     lr: float = 3e-4  # encoder learning rate (finetune / scratch)
     feature_batch: int = 512  # frames per forward pass when caching features (frozen_cached)
     precision: str = "float32"  # image encoder compute: float32 | bfloat16 | float16 (autocast; changes the numbers)
+    normalize_features: bool = True  # frozen / frozen_cached: standardise the features by the data's mean and std
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -212,8 +217,9 @@ class Agent:
         else:
             self.train_spec = spec
         pad = self.settings.augment_pad if self.trains_encoder else 0
-        self.critic_encoder = ObsEncoder(self.train_spec, img, stats=stats, augment_pad=pad,
-                                         precision=precision).to(self.device)
+        self.critic_encoder = ObsEncoder(self.train_spec, img, stats=stats, augment_pad=pad, precision=precision,
+                                         feature_norm=self.mode == "frozen" and self.settings.normalize_features
+                                         ).to(self.device)
         separate = self.trains_encoder and not self.settings.shared and algo not in ("bc", "dt")
         self.actor_encoder = copy.deepcopy(self.critic_encoder) if separate else self.critic_encoder
         if self.mode == "frozen":
@@ -302,6 +308,47 @@ class Agent:
         out = {k: v for k, v in arrays.items() if k not in self.spec.rgb_keys}
         out[FEATURES] = feats
         return out
+
+    @property
+    def normalizes_features(self) -> bool:
+        """Whether a frozen encoder's features are standardised (``frozen`` / ``frozen_cached`` with
+        ``normalize_features``)."""
+        return self.mode in ("frozen", "frozen_cached") and bool(self.settings.normalize_features)
+
+    @torch.no_grad()
+    def frozen_features(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """The frozen encoder's raw features ``(B, cameras * F)`` (before any feature normalisation) of a batch of
+        stored observations (:meth:`prepare`'s form): the ``features`` part for ``frozen_cached``, the cameras
+        through the encoder (in spec order, no augmentation) for ``frozen``. Raises ValueError for other modes."""
+        if self.mode == "frozen_cached":
+            return torch.as_tensor(np.asarray(obs[FEATURES]) if not torch.is_tensor(obs[FEATURES]) else obs[FEATURES],
+                                   dtype=torch.float32, device=self.device)
+        if self.mode != "frozen":
+            raise ValueError(f"agent: frozen features need encoder.mode frozen or frozen_cached, not {self.mode!r}")
+        enc = self.critic_encoder
+        parts = _to_tensors({k: obs[k] for k in self.spec.rgb_keys}, self.device)
+        frames = torch.cat([parts[k] for k in self.spec.rgb_keys])
+        return torch.cat(enc.image_features(frames).chunk(len(self.spec.rgb), dim=0), dim=-1)
+
+    @torch.no_grad()
+    def set_feature_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Standardise the frozen features by ``mean`` and ``std`` ``(cameras * F,)`` (std including
+        :data:`~robopretrain.nets.obs_encoder.STD_EPS`): the ``frozen`` encoder's feature buffers, or the
+        ``features`` part's low-dim statistics for ``frozen_cached`` (its first low-dim part). Raises ValueError
+        when the agent does not normalise features or the size differs."""
+        if not self.normalizes_features:
+            raise ValueError(f"agent: feature normalisation needs a frozen encoder and encoder.normalize_features "
+                             f"(mode {self.mode!r}, normalize_features={self.settings.normalize_features})")
+        if self.mode == "frozen":
+            self.critic_encoder.set_feature_stats(mean, std)
+            return
+        dim = dict(self.train_spec.low_dim)[FEATURES]
+        mean_t, std_t = (torch.as_tensor(np.asarray(v), dtype=torch.float32).reshape(-1) for v in (mean, std))
+        if mean_t.numel() != dim or std_t.numel() != dim:
+            raise ValueError(f"agent: feature statistics of size {mean_t.numel()} / {std_t.numel()}; the cached "
+                             f"features have {dim}")
+        self.critic_encoder.mean[:dim] = mean_t.to(self.critic_encoder.mean.device)
+        self.critic_encoder.std[:dim] = std_t.to(self.critic_encoder.std.device)
 
     def stored_spec(self) -> ObsSpec:
         """The spec of what :meth:`prepare` returns (what buffers hold)."""
@@ -485,6 +532,8 @@ class Agent:
         """
         spec = ObsSpec.from_dict(meta["obs_spec"])
         settings = EncoderSettings.from_mapping(meta.get("encoder_settings"))
+        if "normalize_features" not in dict(meta.get("encoder_settings") or {}):
+            settings.normalize_features = False  # written before the option existed: no feature buffers
         if meta.get("encoder_mode") not in (None, NO_CAMERA_MODE):
             settings.mode = str(meta["encoder_mode"])
         img = None

@@ -21,10 +21,11 @@ from robopretrain.agent import Agent, EncoderSettings
 from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.hdf5 import DatasetInfo
+from robopretrain.data.keys import OBS
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.target import Target, as_target, target_of_data
-from robopretrain.nets.obs_encoder import normalization_stats
+from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,34 @@ def prepared(agent: Agent, dataset: OfflineDataset | DiskDataset, seed: int) -> 
     if agent.feature_encoder is None:
         return dataset
     return dataset.map_observations(agent.prepare, seed=seed)
+
+
+FEATURE_STATS_ROWS = 20_000  # most dataset rows whose frozen features give the feature statistics
+
+
+def feature_stat_rows(size: int, limit: int = FEATURE_STATS_ROWS) -> np.ndarray:
+    """The rows whose features give the statistics: all of them, or ``limit`` evenly spaced ones (no RNG)."""
+    if size <= limit:
+        return np.arange(size)
+    return np.linspace(0, size - 1, limit).round().astype(np.int64)
+
+
+def fit_feature_normalization(agent: Agent, dataset: OfflineDataset | DiskDataset) -> bool:
+    """Standardise a frozen encoder's features by their mean and std (+ ``STD_EPS``) over the dataset's observations
+    (at most :data:`FEATURE_STATS_ROWS` rows, :func:`feature_stat_rows`), as ``normalization_stats`` does for the
+    low-dim parts; ``dataset`` in the form the agent trains on (:func:`prepared`). Returns False (and changes nothing)
+    when the agent does not normalise features (not frozen, or ``encoder.normalize_features=false``)."""
+    if not agent.normalizes_features:
+        return False
+    rows = feature_stat_rows(len(dataset))
+    step = int(agent.settings.feature_batch)
+    feats = torch.cat([agent.frozen_features(dataset.get(rows[lo: lo + step])[OBS]).double().cpu()
+                       for lo in range(0, len(rows), step)])
+    mean, std = feats.mean(0), feats.std(0, unbiased=False) + STD_EPS
+    agent.set_feature_normalization(mean.numpy(), std.numpy())
+    log.info("frozen features standardised over %d rows: per-dimension std median %.3g (min %.3g, max %.3g)",
+             len(rows), float((std - STD_EPS).median()), float((std - STD_EPS).min()), float((std - STD_EPS).max()))
+    return True
 
 
 def training_sampler(agent: Agent, dataset: OfflineDataset, seed: int) -> Any:

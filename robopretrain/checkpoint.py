@@ -264,6 +264,11 @@ def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> No
     for key in ("algo", "act_dim", "encoder_mode"):
         if meta.get(key) != mine[key]:
             problems.append(f"{key}: checkpoint has {meta.get(key)!r}, this config needs {mine[key]!r}")
+    if mine["encoder_mode"] in ("frozen", "frozen_cached"):  # feature statistics are in one checkpoint, not the other
+        theirs = bool(dict(meta.get("encoder_settings") or {}).get("normalize_features", False))
+        needed = bool(mine["encoder_settings"].get("normalize_features", False))
+        if theirs != needed:
+            problems.append(f"encoder.normalize_features: checkpoint has {theirs}, this config needs {needed}")
     if "obs_spec" not in meta:
         problems.append("obs_spec: missing from the checkpoint (written by an older robopretrain?)")
     else:

@@ -116,6 +116,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         raise CheckpointError(f"{init.path}: the agent has {agent.act_dim}-D actions, the data {data_path} "
                               f"{info.action_dim}-D")
     dataset = build.prepared(agent, dataset, seed)
+    if init is None:  # frozen features standardised by this data (an init checkpoint brings its own statistics)
+        build.fit_feature_normalization(agent, dataset)
     sampler: Any = build.training_sampler(agent, dataset, seed)
     mix = cfg.data.get("mix")
     if mix is not None and mix.get("path"):

@@ -4,6 +4,7 @@ For an :class:`~robopretrain.data.spec.ObsSpec` with cameras ``rgb``, low-dim pa
 size ``num_tasks``::
 
     features = image_encoder(shift(image_1)) ++ ... ++ image_encoder(shift(image_k))      (rgb, in spec order)
+               (then - feature_mean, / feature_std over those concatenated features when feature_norm)
                ++ (concat(low_dim parts) - mean) / std                                     (low_dim, in spec order)
                ++ one_hot(task_id, num_tasks)                                               (PTR task conditioning)
 
@@ -14,6 +15,13 @@ CORL's ``compute_mean_std`` and robomimic's normalisation use ``std + 1e-3``, i.
 every checkpoint, evaluation and fine-tuning run: the one place observation statistics are applied. Without
 statistics (``normalize=False`` or none given) the parts pass unchanged (mean 0, std 1). An encoder without
 cameras has no parameters, only those buffers.
+
+``feature_norm=True`` (frozen image encoders, ``encoder.normalize_features``) adds the buffers ``feature_mean`` and
+``feature_std`` ``(cameras * F,)`` and standardises the concatenated image features with them, as the low-dim parts
+are: a frozen encoder's features can vary across a dataset by far less than their own scale (a random
+spatial-softmax encoder's by 5e-4 per dimension, docs/pipeline.md), which the policy's MLP cannot use beside
+unit-scale proprioception. The statistics are set from the data (:meth:`set_feature_stats`, called through
+:func:`robopretrain.build.fit_feature_normalization`); until then they are mean 0, std 1.
 
 ``forward`` shapes: ``obs[key]`` is uint8 ``(B, H, W, 3)`` for rgb parts, float ``(B, d)`` for low-dim parts and an
 integer ``(B,)`` for ``task_id``; the output is float32 ``(B, out_dim)``. A missing part raises ``KeyError`` naming it.
@@ -91,7 +99,7 @@ class ObsEncoder(nn.Module):
 
     def __init__(self, spec: ObsSpec, image_encoder: nn.Module | None = None, *,
                  stats: Mapping[str, Mapping[str, list[float]]] | None = None, augment_pad: int = 0,
-                 precision: str = "float32") -> None:
+                 precision: str = "float32", feature_norm: bool = False) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"observation encoder: precision={precision!r}; expected one of {list(PRECISIONS)}")
@@ -117,7 +125,12 @@ class ObsEncoder(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         feat = int(getattr(image_encoder, "out_dim", 0))
-        self.out_dim = feat * len(spec.rgb) + spec.low_dim_size + spec.num_tasks
+        self.image_dim = feat * len(spec.rgb)
+        self.feature_norm = bool(feature_norm) and self.image_dim > 0
+        if self.feature_norm:
+            self.register_buffer("feature_mean", torch.zeros(self.image_dim))
+            self.register_buffer("feature_std", torch.ones(self.image_dim))
+        self.out_dim = self.image_dim + spec.low_dim_size + spec.num_tasks
 
     @property
     def has_parameters(self) -> bool:
@@ -139,7 +152,11 @@ class ObsEncoder(nn.Module):
             if augment and self.augment_pad > 0:  # on the stored uint8 frames, before the float conversion
                 frames = shift_frames(frames, random_shifts(frames.shape[0], self.augment_pad, generator, device),
                                       self.augment_pad)
-            parts.extend(self.image_features(frames).chunk(len(self.spec.rgb), dim=0))
+            cams = self.image_features(frames).chunk(len(self.spec.rgb), dim=0)
+            if self.feature_norm:
+                parts.append((torch.cat(cams, dim=-1) - self.feature_mean) / self.feature_std)
+            else:
+                parts.extend(cams)
         if self.spec.low_dim:
             low = torch.cat([obs[k].to(device, torch.float32) for k in self.spec.low_dim_keys], dim=-1)
             parts.append((low - self.mean) / self.std)
@@ -147,6 +164,19 @@ class ObsEncoder(nn.Module):
             ids = obs[TASK_ID].to(device).long().reshape(-1)
             parts.append(nn.functional.one_hot(ids, self.spec.num_tasks).to(torch.float32))
         return torch.cat(parts, dim=-1)
+
+    @torch.no_grad()
+    def set_feature_stats(self, mean: torch.Tensor | np.ndarray, std: torch.Tensor | np.ndarray) -> None:
+        """Set ``feature_mean`` / ``feature_std`` ``(cameras * F,)`` (``std`` already including :data:`STD_EPS`).
+        Raises ValueError when the encoder has no feature normalisation or the sizes differ."""
+        if not self.feature_norm:
+            raise ValueError("observation encoder: feature statistics need feature_norm=True and cameras")
+        mean, std = (torch.as_tensor(np.asarray(v), dtype=torch.float32).reshape(-1) for v in (mean, std))
+        if mean.numel() != self.image_dim or std.numel() != self.image_dim:
+            raise ValueError(f"observation encoder: feature statistics of size {mean.numel()} / {std.numel()}; the "
+                             f"image features have {self.image_dim}")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
 
     def image_features(self, frames: torch.Tensor) -> torch.Tensor:
         """The image encoder's float32 features ``(N, F)`` of uint8 frames ``(N, H, W, C)``: the same function as
