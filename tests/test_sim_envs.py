@@ -327,3 +327,14 @@ def test_pick_experts_act_on_the_state_alone(task: str) -> None:
             break
     env.close()
     assert info["success"] and checked >= 6, f"{task}: the episode ended after {step + 1} steps without success"
+
+
+def test_reach_never_starts_solved() -> None:
+    """A goal sampled at the gripper's start made 1.8% of Reach episodes one step long (stage 2 refuses those)."""
+    from sim_envs.tasks import REACH_TOL
+
+    env = make("Reach", render_images=False)
+    gaps = [np.linalg.norm(env.unwrapped.grip_pos() - env.unwrapped.goal) for seed in range(400)
+            if env.reset(seed=seed)]
+    env.close()
+    assert min(gaps) >= 2 * REACH_TOL, f"a Reach episode starts {min(gaps):.3f} m from its goal"
