@@ -374,7 +374,7 @@ class Agent:
                     flat[NEXT_OBS] = self.critic_encoder(batch[NEXT_OBS])
             return self.core.step_tensors(flat, with_metrics)
         flat = self._encoded_batch(batch)
-        losses, metrics = getattr(self.core, "_loss_fn", self.core.compute_losses)(flat, with_metrics)
+        losses, metrics = self.core._losses(flat, with_metrics)  # the learner's (compiled) losses, per-update phase set
         optimizers = self.optimizers()
         for extra in self.auxiliary:  # e.g. finetune.transfer.dann: a loss on the critic features, its own optimiser
             extra_losses, extra_metrics = extra(self, flat, with_metrics)

@@ -339,3 +339,19 @@ def test_bc_loss_trains_its_one_encoder():
     assert agent.actor_encoder is agent.critic_encoder and agent.trains_encoder
     losses, _ = agent.core.compute_losses(agent._encoded_batch(raw_batch(agent.spec)), with_metrics=False)
     assert grads(losses["actor"], list(agent.critic_encoder.parameters()))
+
+
+@pytest.mark.parametrize("mode", ["scratch", None])
+def test_an_agent_ends_cqls_bc_warm_start_after_bc_steps_updates(mode):
+    """The image agent computes the learner's losses itself: it must go through the learner's per-update phase (else
+    the warm start never ends, or never starts)."""
+    spec = SPECS["1cam"] if mode else SPECS["low_dim"]
+    settings = EncoderSettings(mode=mode, augment_pad=2, kwargs={"channels": 4, "out_dim": 8})
+    torch.manual_seed(0)
+    agent = Agent(spec, 4, "cql", {**ALGO["cql"], "bc_steps": 1}, settings, seed=0)
+    batch = raw_batch(spec)
+    phases = []
+    for _ in range(3):
+        agent.update(batch)
+        phases.append(agent.core.bc_phase)
+    assert phases == [True, False, False] and agent.core.num_updates == 3

@@ -193,3 +193,40 @@ def test_at_least_one_sampled_action():
     assert CQL(3, A, CQLConfig(actor_hidden=(8,), critic_hidden=(8,), n_actions=1)).cfg.n_actions == 1
     with pytest.raises(ValueError, match="n_actions must be >= 1"):
         CQL(3, A, CQLConfig(actor_hidden=(8,), critic_hidden=(8,), n_actions=0))
+
+
+def test_bc_warm_start_imitates_the_data_for_bc_steps_updates_then_follows_the_critic():
+    """CORL cql.py ``_policy_loss``: while ``total_it <= bc_steps`` (its first bc_steps updates) the actor loss is
+    ``mean(alpha * log pi(a~pi|s) - log pi(a_data|s))``, after that the SAC loss on the critic."""
+    from robopretrain.nets.actor import squashed_gaussian_sample
+
+    agent, batch = _agent(bc_steps=2), _batch()
+    assert agent.eager_updates() == 2 and _agent().eager_updates() == 0
+
+    def actor_loss_and_grad() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(5)
+        losses, _ = agent._losses(batch, False)
+        grads = torch.autograd.grad(losses["actor"], list(agent.actor.parameters()))
+        return losses["actor"].detach(), grads
+
+    for update in range(2):
+        loss, grads = actor_loss_and_grad()
+        torch.manual_seed(5)  # the same draw: the actor pass on [s; s'] samples max(1 + N, 2N) actions per state
+        mean, log_std = agent.actor(torch.cat([batch["observations"], batch["next_observations"]]))
+        _, logp = squashed_gaussian_sample(mean, log_std, max(1 + N, 2 * N))
+        expected = (agent.alpha().detach() * logp[:B, 0] - agent.actor.log_prob(batch["observations"],
+                                                                              batch["actions"])).mean()
+        torch.testing.assert_close(loss, expected)
+        with torch.no_grad():  # the critic plays no part in the warm-start actor loss
+            for p in agent.critic.parameters():
+                p.mul_(3.0)
+        torch.testing.assert_close(actor_loss_and_grad()[1], grads)
+        agent.update(batch)
+    assert agent.num_updates == 2
+    _, grads = actor_loss_and_grad()
+    with torch.no_grad():
+        for p in agent.critic.parameters():
+            p.mul_(3.0)
+    assert any(not torch.allclose(a, b) for a, b in zip(actor_loss_and_grad()[1], grads))  # now the critic steers it
+    with pytest.raises(ValueError, match="bc_steps must be >= 0"):
+        _agent(bc_steps=-1)

@@ -122,6 +122,11 @@ class OfflineAlgorithm:
         CUDA-graphed update (:mod:`robopretrain.algos.cuda_graph`) captures one graph per phase."""
         return 1
 
+    def eager_updates(self) -> int:
+        """How many first updates run other kernels than the rest (CQL's BC warm start): a CUDA-graphed update runs
+        them eagerly and captures after them. 0 for most learners."""
+        return 0
+
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimiser an update steps."""
         return [self.optimizer]

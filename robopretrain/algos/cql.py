@@ -14,7 +14,10 @@ networks and the optimiser and wires the functions together. It follows REFERENC
   (``log alpha'`` initialised to 1.0, target action gap);
 * max-target backup: ``N`` actions sampled at ``s'``, min over the 2 target critics, then max over the
   samples; no entropy term in the backup by default;
-* SAC actor ``E[alpha log pi - min_e Q_e]`` with automatic entropy tuning to target ``-|A|``;
+* SAC actor ``E[alpha log pi - min_e Q_e]`` with automatic entropy tuning to target ``-|A|``; during the first
+  ``bc_steps`` updates (0 by default) the actor instead imitates the data, ``E[alpha log pi - log pi(a_data|s)]``
+  (CORL ``cql.py``'s ``bc_steps``, the original CQL code's ``policy_eval_start``, a warm start the CQL paper used
+  on AntMaze); the critic and the temperature train as usual meanwhile;
 * DR3: ``c * mean_b sum_k phi(s, a)_k phi(s', a')_k`` over penultimate critic features (off by default);
 * soft target update with ``tau = 5e-3``; official defaults in :class:`CQLConfig`.
 
@@ -47,7 +50,7 @@ import torch
 from torch import nn
 
 from robopretrain.algos.base import OfflineAlgorithm, require_keys
-from robopretrain.nets.actor import TanhGaussianActor, squashed_gaussian_sample
+from robopretrain.nets.actor import TanhGaussianActor, squashed_gaussian_log_prob, squashed_gaussian_sample
 from robopretrain.nets.critic import EnsembleCritic
 
 # --------------------------------------------------------------------------- loss functions
@@ -137,6 +140,13 @@ def sac_actor_loss(q_pi: torch.Tensor, logp_pi: torch.Tensor, alpha: torch.Tenso
     return (alpha * logp_pi - q).mean()
 
 
+def bc_warm_start_actor_loss(logp_pi: torch.Tensor, logp_data: torch.Tensor, alpha: torch.Tensor | float
+                              ) -> torch.Tensor:
+    """``mean(alpha * log pi(a~pi|s) - log pi(a_data|s))``: the actor loss of CQL's BC warm start (CORL ``cql.py``
+    ``_policy_loss`` while ``total_it <= bc_steps``). ``logp_pi``, ``logp_data`` ``(B,)``."""
+    return (alpha * logp_pi - logp_data).mean()
+
+
 def entropy_temperature_loss(log_alpha: torch.Tensor, logp_pi: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """Automatic entropy tuning: ``-mean(log_alpha * (log pi + target_entropy))`` (log-probs detached)."""
     return -(log_alpha * (logp_pi.detach() + target_entropy)).mean()
@@ -200,6 +210,7 @@ class CQLConfig:
     reward_scale: float = 10.0
     reward_bias: float = -5.0
     sparse_reward: bool = True
+    bc_steps: int = 0  # the first bc_steps updates train the actor by BC on the data's actions (CORL's bc_steps)
 
 
 class CQL(OfflineAlgorithm):
@@ -215,6 +226,9 @@ class CQL(OfflineAlgorithm):
         self.cfg = cfg = cfg or CQLConfig()
         if cfg.n_actions < 1:
             raise ValueError(f"n_actions must be >= 1, got {cfg.n_actions}")
+        if int(cfg.bc_steps) < 0:
+            raise ValueError(f"bc_steps must be >= 0, got {cfg.bc_steps}")
+        self.bc_phase = int(cfg.bc_steps) > 0  # whether the coming update is a BC warm-start one (set per update)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device)
         self.target_entropy = -float(act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
@@ -288,8 +302,12 @@ class CQL(OfflineAlgorithm):
         alpha_loss = zero
         if cfg.use_automatic_entropy_tuning:
             alpha_loss = entropy_temperature_loss(self.log_alpha, pi_logp, self.target_entropy)
-        q_pi = self.critic(obs.detach(), pi_action, detach_params=True)
-        policy_loss = sac_actor_loss(q_pi, pi_logp, alpha.detach())
+        if self.bc_phase:  # BC warm start: the data's actions, scored by the same actor pass
+            policy_loss = bc_warm_start_actor_loss(
+                pi_logp, squashed_gaussian_log_prob(mean[:b], log_std[:b], actions), alpha.detach())
+        else:
+            q_pi = self.critic(obs.detach(), pi_action, detach_params=True)
+            policy_loss = sac_actor_loss(q_pi, pi_logp, alpha.detach())
 
         with torch.no_grad():
             target_q = self.target_critic(next_obs, tgt_actions)
@@ -363,6 +381,16 @@ class CQL(OfflineAlgorithm):
                 metrics["bound_rate_next"] = (q_next < mc).float().mean()
             metrics = {k: v.detach() for k, v in metrics.items()}
         return losses, metrics
+
+    def _losses(self, batch: Mapping[str, torch.Tensor], with_metrics: bool):
+        # the phase is a bool read by compute_losses (a compiled compute_losses then specialises on two values, not
+        # on every update count)
+        self.bc_phase = self.num_updates < int(self.cfg.bc_steps)
+        return super()._losses(batch, with_metrics)
+
+    def eager_updates(self) -> int:
+        """Updates before which a CUDA-graphed update must not capture (the BC warm start runs other kernels)."""
+        return int(self.cfg.bc_steps)
 
     # ------------------------------------------------------------------ checkpoint
 

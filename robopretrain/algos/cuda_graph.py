@@ -114,7 +114,7 @@ class CUDAGraphUpdate:
         self.core.num_updates = start  # the capture recorded kernels without running them: nothing was trained
 
     def __call__(self, batch: Mapping[str, Any], with_metrics: bool = True) -> dict[str, float]:
-        if self.warmup_left > 0:
+        if self.warmup_left > 0 or self.core.num_updates < self.core.eager_updates():
             return self._eager(batch, with_metrics)
         if not self.captured:
             self._capture(batch)

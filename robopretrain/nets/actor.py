@@ -64,6 +64,18 @@ def squashed_gaussian_sample(
     return torch.tanh(u), log_prob
 
 
+def squashed_gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor,
+                               clip_eps: float = 1e-4) -> torch.Tensor:
+    """Log-density of given actions under ``tanh(N(mean, exp(log_std)^2))``: ``(B,)`` for actions ``(B, A)``,
+    ``(B, n)`` for ``(B, n, A)`` (``mean`` / ``log_std`` ``(B, A)``). Actions are clipped to
+    ``[-1 + clip_eps, 1 - clip_eps]`` before ``atanh`` so data actions at the bounds stay finite."""
+    if actions.dim() == mean.dim() + 1:
+        mean, log_std = mean.unsqueeze(-2), log_std.unsqueeze(-2)
+    u = torch.atanh(actions.clamp(-1.0 + clip_eps, 1.0 - clip_eps))
+    z = (u - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI - tanh_log_det_jacobian(u)).sum(-1)
+
+
 class _StochasticPolicy(nn.Module):
     """Sizes, the log-std bounds and ``act`` shared by the policies; subclasses define ``sample``."""
 
@@ -135,11 +147,7 @@ class TanhGaussianActor(_StochasticPolicy):
         """Log-density of given actions ``(B, A)`` or ``(B, n, A)``; actions are clipped to
         ``[-1 + clip_eps, 1 - clip_eps]`` before ``atanh`` so data actions at the bounds stay finite."""
         mean, log_std = self(obs)
-        if actions.dim() == mean.dim() + 1:
-            mean, log_std = mean.unsqueeze(-2), log_std.unsqueeze(-2)
-        u = torch.atanh(actions.clamp(-1.0 + clip_eps, 1.0 - clip_eps))
-        z = (u - mean) * torch.exp(-log_std)
-        return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI - tanh_log_det_jacobian(u)).sum(-1)
+        return squashed_gaussian_log_prob(mean, log_std, actions, clip_eps)
 
 
 
