@@ -125,7 +125,7 @@ def plot_learning_curve(
                 ax.plot(xs, ys, marker=".", label=label)
         ax.set_title(name)
         ax.set_xlabel(x_key)
-        if len(keys) > 1:
+        if len(keys) > 1 and ax.get_legend_handles_labels()[0]:  # a BC run has no Q curves: no empty legend
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
