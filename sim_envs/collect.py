@@ -135,8 +135,10 @@ def validate_config(cfg: DictConfig) -> None:
     if int(cfg.num_workers) < 1:
         raise ValueError(f"collect config: num_workers={cfg.num_workers}; expected >= 1")
     missing = [k for k in KINDS if k not in cfg.kinds]
-    if missing:
-        raise ValueError(f"collect config: kinds is missing {missing}; expected entries {list(KINDS)}")
+    if missing:  # e.g. ``~kinds.noisy`` on the command line: a kind is switched off by its fraction, not deleted
+        zero = " ".join(f"kinds.{k}.fraction=0" for k in missing)
+        raise ValueError(f"collect config: kinds is missing {missing} (every kind in {list(KINDS)} needs an entry); "
+                         f"to collect none of a kind set {zero} instead, with the other fractions summing to 1")
     extra = [k for k in cfg.kinds if k not in KINDS]
     if extra:
         raise ValueError(f"collect config: kinds has unknown entries {extra}; expected {list(KINDS)}")
