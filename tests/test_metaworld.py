@@ -214,7 +214,8 @@ def test_the_adapters_action_space_is_the_wrapped_envs(monkeypatch):
 
     import robopretrain.envs.metaworld as mw
 
-    monkeypatch.setattr(mw, "_import_metaworld", lambda: SimpleNamespace(ALL_V3_ENVIRONMENTS={"reach-v3": SixDofSawyer}))
+    fake_metaworld = SimpleNamespace(ALL_V3_ENVIRONMENTS={"reach-v3": SixDofSawyer})
+    monkeypatch.setattr(mw, "_import_metaworld", lambda: fake_metaworld)
     monkeypatch.setattr(SixDofSawyer, "action_space", gym.spaces.Box(-2.0, 2.0, (6,), np.float64))
     env = MetaWorldEnv("reach-v3", render_images=False)
     assert env.action_space == gym.spaces.Box(-2.0, 2.0, (6,), np.float32)
