@@ -116,8 +116,10 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         raise CheckpointError(f"{init.path}: the agent has {agent.act_dim}-D actions, the data {data_path} "
                               f"{info.action_dim}-D")
     dataset = build.prepared(agent, dataset, seed)
-    if init is None:  # frozen features standardised by this data (an init checkpoint brings its own statistics)
-        build.fit_feature_normalization(agent, dataset)
+    ckpt_root = run_dir / "checkpoints"
+    latest = load_latest(ckpt_root, with_state=False) if cfg.get("resume", True) else None
+    if init is None and latest is None:  # frozen features standardised by this data (an init checkpoint, or the
+        build.fit_feature_normalization(agent, dataset)  # checkpoint resumed below, brings its own statistics)
     sampler: Any = build.training_sampler(agent, dataset, seed)
     mix = cfg.data.get("mix")
     if mix is not None and mix.get("path"):
@@ -152,17 +154,14 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         if dinfo.rank:  # the model is built from the shared seed; each rank's own randomness differs from here on
             torch.manual_seed(seed)
             agent.generator.manual_seed(seed)
-    ckpt_root = run_dir / "checkpoints"
     adversary = stage2_adversary(cfg, agent, tasks, run_dir, dinfo)
     start = 0
-    if cfg.get("resume", True):
-        latest = load_latest(ckpt_root, with_state=False)
-        if latest is not None:
-            check_agent_fits(latest.meta, agent, where=str(latest.path))
-            run_fingerprint.check_resume(latest.meta.get("fingerprint"), fingerprint, where=latest.path)
-            start, resumed = resume(agent, sampler, ckpt_root, dinfo)
-            if adversary is not None and resumed is not None and resumed.state is not None:
-                adversary.load_state_dict(resumed.state["transfer"]["dann"])
+    if latest is not None:
+        check_agent_fits(latest.meta, agent, where=str(latest.path))
+        run_fingerprint.check_resume(latest.meta.get("fingerprint"), fingerprint, where=latest.path)
+        start, resumed = resume(agent, sampler, ckpt_root, dinfo)
+        if adversary is not None and resumed is not None and resumed.state is not None:
+            adversary.load_state_dict(resumed.state["transfer"]["dann"])
     calib = dataset.get(calibration_rows(len(dataset), settings.calibration_batch))
 
     def evaluate_all() -> dict[str, float]:

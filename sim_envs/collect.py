@@ -135,8 +135,10 @@ def validate_config(cfg: DictConfig) -> None:
     if int(cfg.num_workers) < 1:
         raise ValueError(f"collect config: num_workers={cfg.num_workers}; expected >= 1")
     missing = [k for k in KINDS if k not in cfg.kinds]
-    if missing:
-        raise ValueError(f"collect config: kinds is missing {missing}; expected entries {list(KINDS)}")
+    if missing:  # e.g. ``~kinds.noisy`` on the command line: a kind is switched off by its fraction, not deleted
+        zero = " ".join(f"kinds.{k}.fraction=0" for k in missing)
+        raise ValueError(f"collect config: kinds is missing {missing} (every kind in {list(KINDS)} needs an entry); "
+                         f"to collect none of a kind set {zero} instead, with the other fractions summing to 1")
     extra = [k for k in cfg.kinds if k not in KINDS]
     if extra:
         raise ValueError(f"collect config: kinds has unknown entries {extra}; expected {list(KINDS)}")
@@ -210,11 +212,13 @@ def _stored(obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(obs[k]) for k in STORED_OBS_KEYS if k in obs}
 
 
-def give_up_action(grip: float, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """What a stopped expert does: no motion, the last grip command, plus the episode's action noise."""
-    action = np.array([0.0, 0.0, 0.0, grip])
+def give_up_action(grip: float, noise: float, rng: np.random.Generator, action_dim: int = 4) -> np.ndarray:
+    """What a stopped expert does: ``(action_dim,)`` float32, no motion (zeros), the last grip command as the last
+    component (the gripper's place in sim_envs' and Meta-World's actions), plus the episode's action noise."""
+    action = np.zeros(int(action_dim))
+    action[-1] = grip
     if noise > 0:
-        action = action + rng.normal(0.0, noise, size=4)
+        action = action + rng.normal(0.0, noise, size=action.shape)
     return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
@@ -232,14 +236,15 @@ def roll_out(env: gym.Env, plan: EpisodePlan, obs: Mapping[str, Any], expert: An
     frames = [stored(obs)]
     actions, rewards, dones = [], [], []
     grip = -1.0
+    action_dim = int(np.prod(env.action_space.shape))
     terminated = truncated = False
     info: dict[str, Any] = {}
     while not (terminated or truncated):
         if plan.stop_step is not None and len(actions) >= plan.stop_step:
-            action = give_up_action(grip, plan.noise, rng)
+            action = give_up_action(grip, plan.noise, rng, action_dim)
         else:
             action = expert.act(obs)
-            grip = float(action[3])
+            grip = float(action[-1])
         obs, reward, terminated, truncated, info = env.step(action)
         frames.append(stored(obs))
         actions.append(action)

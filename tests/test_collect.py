@@ -239,3 +239,12 @@ def test_every_target_task_collects(tmp_path):
             assert demo.attrs["task_id"] == TASK_IDS[demo.attrs["task"]]
             assert json.loads(demo.attrs["ep_meta"])["success"], demo.attrs["task"]
             assert demo["obs/agentview_image"].shape[1:] == (16, 16, 3) and demo["obs/object"].shape[1:] == (18,)
+
+
+def test_a_deleted_kind_is_refused_with_the_fraction_that_switches_it_off(tmp_path):
+    """``python -m sim_envs.collect ~kinds.noisy`` deletes the entry: the error says to set its fraction to 0."""
+    cfg = tiny_config(output=str(tmp_path / "d.hdf5"))
+    del cfg.kinds["noisy"]
+    with pytest.raises(ValueError, match=r"kinds is missing \['noisy'\].*set kinds\.noisy\.fraction=0 instead"):
+        collect(cfg, progress=False)
+    assert list(tmp_path.iterdir()) == []

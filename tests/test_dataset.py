@@ -139,3 +139,40 @@ def test_constant_positive_rewards_are_a_reward_signal_not_a_missing_one(tmp_pat
     spec = spec_of_data(path, ["proprio"], [], None)
     arrays = load_offline_dataset(path, spec, CAL_QL).arrays()
     np.testing.assert_allclose(arrays["rewards"], np.full(6, 5.0))
+
+
+# --------------------------------------------------------------------------- transitions held in memory
+
+
+def test_from_transitions_builds_what_the_file_loader_builds_and_warns_on_unrewarded_successes(tmp_path):
+    """``OfflineDataset.from_transitions`` (case 07's call: transitions already in memory) gives the arrays
+    ``load_offline_dataset`` gives for the same demos (rewards x10 - 5, returns-to-go, next actions, task ids), checks
+    the parts and task ids it is given, and warns when the rewards carry no success that ep_meta records."""
+    from robopretrain.data.hdf5 import load_transitions
+    from robopretrain.data.replay import OfflineDataset
+
+    path = write_file(tmp_path / "toy.hdf5")
+    want = load_offline_dataset(path, spec_of_data(path, ["proprio"], [], None), CAL_QL).arrays()
+    trans = load_transitions(path, ["proprio"])
+    got = OfflineDataset.from_transitions(trans, gamma=0.5, reward_scale=10.0, reward_bias=-5.0, sparse_reward=True,
+                                          flat_obs_keys=["proprio"], num_tasks=2).arrays()
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if isinstance(value, dict):
+            assert set(got[key]) == set(value) == {"proprio", "task_id"}
+            for part in value:
+                np.testing.assert_array_equal(got[key][part], value[part])
+                assert got[key][part].dtype == value[part].dtype
+        else:
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+    np.testing.assert_allclose(got["mc_returns"], [-6.25, -2.5, 5, -10, -10, -10])  # by hand, as above
+    with pytest.raises(ValueError, match=r"task ids \[0, 1\] do not fit a task one-hot of size num_tasks=1"):
+        OfflineDataset.from_transitions(trans, gamma=0.5, num_tasks=1)
+    with pytest.raises(KeyError, match=r"no observation part\(s\) \['object'\]"):
+        OfflineDataset.from_transitions(trans, gamma=0.5, flat_obs_keys=["object"])
+    zero = load_transitions(write_file(tmp_path / "zero.hdf5", zero_rewards=True), ["proprio"])
+    with pytest.warns(UserWarning, match=r"zero.hdf5: no positive reward in the transitions although 1 of 2 "
+                                         r"episodes are marked successful"):
+        ds = OfflineDataset.from_transitions(zero, gamma=0.5, reward_scale=10.0, reward_bias=-5.0)
+    np.testing.assert_allclose(ds.arrays()["mc_returns"], np.full(6, -10.0))  # the all-failure value everywhere
+    assert set(ds.arrays()["observations"]) == {"proprio"}  # every part, no task id without num_tasks

@@ -147,3 +147,40 @@ def test_a_run_is_not_resumed_across_a_change_of_normalize_features(tmp_path, re
     with pytest.raises(CheckpointError, match="encoder.normalize_features: checkpoint has True, this config needs "
                                               "False"):
         check_agent_fits(meta, plain)
+
+
+def test_a_resumed_run_takes_the_feature_statistics_from_its_checkpoint_without_a_pass_over_the_data(
+        tmp_path, reach, monkeypatch):
+    """``robopretrain.train`` fits the frozen features' statistics on a fresh run only: a rerun that resumes gets them
+    from the checkpoint (the pass over the data would be overwritten anyway)."""
+    from robopretrain.checkpoint import load_latest
+    from robopretrain.train import run
+
+    data, encoder = reach
+    fitted = []
+    fit = build.fit_feature_normalization
+    monkeypatch.setattr(build, "fit_feature_normalization", lambda agent, ds: fitted.append(1) or fit(agent, ds))
+
+    def train(steps: int) -> None:
+        run(build.compose("robopretrain", {"algo": "bc"}, {
+            "seed": 0, "num_threads": 1, "data": {"path": str(data)}, "algo": {"actor_hidden": [16], "batch_size": 8},
+            "obs": {"rgb": ["agentview_image"], "low_dim": ["proprio"]},
+            "encoder": {"mode": "frozen", "checkpoint": str(encoder)},
+            "train": {"steps": steps, "checkpoint_every": 2, "log_every": 2, "eval_targets": [], "progress": False,
+                      "tensorboard": False, "calibration_batch": 8}}), tmp_path)
+
+    def stats(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = load_agent(path)[0].critic_encoder
+        return enc.feature_mean, enc.feature_std
+
+    train(2)
+    first = load_latest(tmp_path / "checkpoints", with_state=False)
+    assert len(fitted) == 1 and first.step == 2
+    mean, std = stats(first.path)
+    assert not torch.equal(std, torch.ones_like(std))  # fitted, not the buffers' initial values
+    train(4)
+    assert len(fitted) == 1  # the resumed run made no pass over the data
+    last = load_latest(tmp_path / "checkpoints", with_state=False)
+    assert last.step == 4
+    for resumed, saved in zip(stats(last.path), (mean, std)):
+        torch.testing.assert_close(resumed, saved, rtol=0, atol=0)

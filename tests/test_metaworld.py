@@ -196,6 +196,87 @@ TASKS = ["reach-v3", "drawer-open-v3"]
 OBS_KEYS = ("agentview_image", "proprio", "object")
 
 
+class SixDofSawyer:
+    """What :class:`MetaWorldEnv` reads of a Meta-World env when it is built, with another action space."""
+
+    action_space: object = None
+
+    def __init__(self) -> None:
+        self.sawyer_observation_space = None
+
+
+def test_the_adapters_action_space_is_the_wrapped_envs(monkeypatch):
+    """Not a fixed 4: a Meta-World env with a 6-D Box in [-2, 2] gives a 6-D adapter (actions checked against it); a
+    discrete action space is refused by name."""
+    from types import SimpleNamespace
+
+    import gymnasium as gym
+
+    import robopretrain.envs.metaworld as mw
+
+    fake_metaworld = SimpleNamespace(ALL_V3_ENVIRONMENTS={"reach-v3": SixDofSawyer})
+    monkeypatch.setattr(mw, "_import_metaworld", lambda: fake_metaworld)
+    monkeypatch.setattr(SixDofSawyer, "action_space", gym.spaces.Box(-2.0, 2.0, (6,), np.float64))
+    env = MetaWorldEnv("reach-v3", render_images=False)
+    assert env.action_space == gym.spaces.Box(-2.0, 2.0, (6,), np.float32)
+    with pytest.raises(ValueError, match=r"action must have shape \(6,\), got \(4,\)"):
+        env.step(np.zeros(4))
+    monkeypatch.setattr(SixDofSawyer, "action_space", gym.spaces.Discrete(3))
+    with pytest.raises(ValueError, match=r"reach-v3 has the action space Discrete\(3\); .* needs a 1-D Box"):
+        MetaWorldEnv("reach-v3", render_images=False)
+
+
+class SixDofEnv:
+    """A stand-in for :class:`MetaWorldEnv` whose actions are 6-D: 4 steps, never a success."""
+
+    def __init__(self, task: str, **kwargs) -> None:
+        import gymnasium as gym
+
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
+        self.steps = 0
+
+    def obs(self) -> dict:
+        return {"proprio": np.full(PROPRIO_DIM, self.steps, np.float32), "object": np.zeros(OBJECT_DIM, np.float32),
+                "task_id": TASK_IDS["reach-v3"]}
+
+    def reset(self, seed=None):
+        self.steps = 0
+        return self.obs(), {}
+
+    def step(self, action):
+        assert np.shape(action) == (6,)
+        self.steps += 1
+        return self.obs(), 0.0, False, self.steps >= 4, {"success": False}
+
+    def close(self) -> None:
+        pass
+
+
+class SixDofPolicy:
+    def get_action(self, state: np.ndarray) -> np.ndarray:
+        return np.full(6, 0.5)
+
+
+@needs_metaworld
+def test_collecting_from_an_env_with_other_actions_writes_its_action_size(tmp_path, monkeypatch):
+    """The collector takes the action size from the env: expert noise, the give-up action of failing episodes and the
+    file's actions are 6-D for a 6-D env."""
+    import robopretrain.envs.metaworld_collect as mwc
+    from metaworld.policies import ENV_POLICY_MAP
+
+    monkeypatch.setattr(mwc, "MetaWorldEnv", SixDofEnv)
+    monkeypatch.setitem(ENV_POLICY_MAP, "reach-v3", SixDofPolicy)
+    kinds = {"clean": {"fraction": 0.4, "noise": 0.0}, "noisy": {"fraction": 0.3, "noise": 0.1},
+             "failing": {"fraction": 0.3, "noise": 0.1, "stop": [0.0, 0.0]}}
+    path = mwc.collect({"tasks": "reach-v3", "episodes_per_task": 3, "render_images": False, "kinds": kinds,
+                        "valid_fraction": 0.0, "output": str(tmp_path / "six.hdf5")}, progress=False)
+    with h5py.File(path) as f:
+        actions = [f[f"data/demo_{i}/actions"][()] for i in range(3)]
+    assert [a.shape for a in actions] == [(4, 6)] * 3
+    assert np.all(actions[0] == 0.5) and not np.all(actions[1] == 0.5)  # clean, then noisy
+    assert np.all(np.abs(actions[2][:, :5]) < 0.5) and np.all(actions[2][:, 5] < -0.5)  # gave up at once: grip -1
+
+
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     from robopretrain.envs.metaworld_collect import collect

@@ -191,6 +191,31 @@ def test_dann_loss_reads_every_cameras_features_and_augmented_target_frames():
     assert float(metrics["dann/accuracy"]) == float(accuracy)
 
 
+def test_dann_shifts_its_target_frames_with_the_encoders_pad_as_the_encoder_does(monkeypatch):
+    """DANN's target frames go through ``shift_frames`` with the same ``pad`` the encoder passes for its source frames
+    (without it ``shift_frames`` reads ``max |dx|`` back from the device every update: the same pixels, a sync)."""
+    import robopretrain.nets.augment as augment
+    import robopretrain.nets.obs_encoder as obs_encoder
+
+    calls = []
+
+    def spy(frames, offsets, pad=None):
+        calls.append(pad)
+        return shift_frames(frames, offsets, pad)
+
+    monkeypatch.setattr(augment, "shift_frames", spy)
+    monkeypatch.setattr(obs_encoder, "shift_frames", spy)
+    agent = camera_agent()
+    frames = {"agentview_image": np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)}
+    adv = DomainAdversary(agent, frames, DANNSettings(enabled=True, target_batch=3), seed=1)
+    obs = camera_batch(0, 5)["observations"]
+    enc = agent.critic_encoder
+    with torch.no_grad():
+        feats = enc({k: torch.as_tensor(v) for k, v in obs.items()}, augment=True)
+        adv(agent, {"observations": feats}, False)
+    assert calls == [enc.augment_pad, enc.augment_pad] and enc.augment_pad == 2
+
+
 # --------------------------------------------------------------------------- DARC
 
 

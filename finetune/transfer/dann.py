@@ -159,9 +159,9 @@ class DomainAdversary:
         m = int(self.settings.target_batch) or batch
         rows = torch.randint(0, self.num_frames, (m,), generator=self.generator)
         frames = torch.cat([self.frames[k][rows] for k in self.cameras]).to(agent.device)
-        if enc.augment_pad > 0:
+        if enc.augment_pad > 0:  # as the encoder augments its source frames (ObsEncoder.forward), pad included
             frames = shift_frames(frames, random_shifts(frames.shape[0], enc.augment_pad, self.generator,
-                                                        frames.device))
+                                                        frames.device), enc.augment_pad)
         target = enc.image_features(frames)
         loss, accuracy = domain_adversarial_loss(self.classifier, source, target, self.settings.coef)
         metrics = {"dann/loss": loss.detach(), "dann/accuracy": accuracy} if with_metrics else {}

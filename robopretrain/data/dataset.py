@@ -46,6 +46,7 @@ from robopretrain.data.returns import (
     returns_to_go,
     scale_rewards,
     sparse_negative_reward,
+    unrewarded_successes,
 )
 from robopretrain.data.spec import ObsSpec, spec_from_shapes
 
@@ -163,7 +164,7 @@ def load_offline_dataset(
                            f"{spec.num_tasks} (set obs.num_tasks, or the target's task_id)")
     rewards, dones = trans.rewards, trans.dones
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
-    if rewards_needed and not np.any(rewards > 0) and np.all(rewards == rewards[0]) and any(success):
+    if rewards_needed and unrewarded_successes(rewards, trans.ep_meta):
         if not rewards_from_success:
             raise DatasetError(
                 f"{info.path}: no positive reward in the selected data although {sum(success)} of {len(success)} "

@@ -10,7 +10,8 @@ Follows REFERENCE.md, Stage 3 (Cal-QL online fine-tuning):
   still empty the whole batch is offline. Python's ``round`` is used (ties go to the even number).
 
 Rewards are stored as given: the caller applies the algorithm's reward scale/bias first (see
-:mod:`robopretrain.data.returns`; :func:`robopretrain.data.dataset.load_offline_dataset` does it for files).
+:mod:`robopretrain.data.returns`; :func:`robopretrain.data.dataset.load_offline_dataset` does it for files,
+:meth:`OfflineDataset.from_transitions` for transitions held in memory).
 Observations are dicts of named parts (:mod:`robopretrain.data.spec`: low-dim float32, images uint8, the int64
 ``task_id``) or plain arrays.
 
@@ -23,14 +24,19 @@ only tensors, ints and strings, so it can be saved with ``torch.save`` and loade
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 
-from robopretrain.data.keys import NEXT_ACTIONS, OBS_FIELDS
-from robopretrain.data.returns import episode_returns_to_go, episode_starts, next_actions_of
+from robopretrain.data.keys import NEXT_ACTIONS, OBS_FIELDS, TASK_ID
+from robopretrain.data.returns import (episode_returns_to_go, episode_starts, next_actions_of, returns_to_go,
+                                       scale_rewards, sparse_negative_reward, unrewarded_successes)
+
+if TYPE_CHECKING:
+    from robopretrain.data.hdf5 import Transitions
 
 Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
 TensorTree = Union[torch.Tensor, dict[str, torch.Tensor]]
@@ -135,6 +141,67 @@ class OfflineDataset:
         self.size = n
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_transitions(
+        cls,
+        transitions: Transitions,
+        *,
+        gamma: float,
+        reward_scale: float = 1.0,
+        reward_bias: float = 0.0,
+        sparse_reward: bool = True,
+        flat_obs_keys: Sequence[str] | None = None,
+        num_tasks: int | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> OfflineDataset:
+        """A dataset of transitions held in memory (:class:`~robopretrain.data.hdf5.Transitions`, e.g. from
+        :func:`~robopretrain.data.hdf5.load_transitions`), prepared as
+        :func:`~robopretrain.data.dataset.load_offline_dataset` prepares a file's demos.
+
+        Rewards become ``r * reward_scale + reward_bias`` (Cal-QL: x10 - 5); ``mc_returns`` are the Monte-Carlo
+        returns-to-go with discount ``gamma`` (episodes from ``episode_ids`` and ``obs[t + 1] != next_obs[t]``; with
+        ``sparse_reward`` an episode that never succeeds gets ``(0 * scale + bias) / (1 - gamma)`` at every step);
+        ``next_actions`` the data's next action within an episode. Observations are dicts of the parts
+        ``flat_obs_keys`` (None: every part of ``transitions.obs``), the low-dim vectors an agent's observation encoder
+        normalises and concatenates, plus, with ``num_tasks``, the int64 part ``task_id`` from
+        ``transitions.task_ids`` (the agent's one-hot). Warns (``UserWarning``) when the rewards carry no success
+        signal although ``ep_meta`` marks successes (a file with such rewards is refused by the file loader unless
+        ``rewards_from_success``). Raises KeyError for a part ``transitions`` lacks, ValueError for task ids outside
+        ``[0, num_tasks)``.
+        """
+        keys = list(transitions.obs) if flat_obs_keys is None else [str(k) for k in flat_obs_keys]
+        missing = [k for k in keys if k not in transitions.obs or k not in transitions.next_obs]
+        if missing:
+            raise KeyError(f"from_transitions: the transitions have no observation part(s) {missing}; they have "
+                           f"{sorted(transitions.obs)}")
+        n_success = unrewarded_successes(transitions.rewards, transitions.ep_meta)
+        if n_success:
+            warnings.warn(f"{transitions.path}: no positive reward in the transitions although {n_success} of "
+                          f"{len(transitions.ep_meta)} episodes are marked successful in ep_meta (a recorder that "
+                          "never wrote the success reward?); sparse-reward RL sees no success at all: every "
+                          "return-to-go is the all-failure value", UserWarning, stacklevel=2)
+
+        def parts(obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            out = {k: obs[k] for k in keys}
+            if num_tasks is not None:
+                out[TASK_ID] = np.asarray(transitions.task_ids, dtype=np.int64)
+            return out
+
+        ids = np.asarray(transitions.task_ids)
+        if num_tasks is not None and len(ids) and (ids.min() < 0 or ids.max() >= int(num_tasks)):
+            raise ValueError(f"from_transitions: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of "
+                             f"size num_tasks={num_tasks}")
+        rewards = scale_rewards(transitions.rewards, reward_scale, reward_bias)
+        dones = np.asarray(transitions.dones, dtype=np.float32)
+        mc = returns_to_go(rewards, dones, gamma, episode_ids=transitions.episode_ids, obs=transitions.obs,
+                           next_obs=transitions.next_obs,
+                           sparse_negative_reward=sparse_negative_reward(reward_scale, reward_bias)
+                           if sparse_reward else None)
+        starts = episode_starts(len(rewards), episode_ids=transitions.episode_ids, terminals=dones)
+        return cls(parts(transitions.obs), transitions.actions, rewards, parts(transitions.next_obs), dones, mc,
+                   next_actions=next_actions_of(transitions.actions, starts), device=device, seed=seed)
 
     def __len__(self) -> int:
         return self.size

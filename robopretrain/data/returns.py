@@ -17,7 +17,8 @@ negative reward passed as ``sparse_negative_reward`` is then ``0 * 10 - 5 = -5``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,16 @@ def scale_rewards(rewards: np.ndarray, scale: float, bias: float) -> np.ndarray:
 def sparse_negative_reward(scale: float, bias: float, raw_negative: float = 0.0) -> float:
     """The transformed reward of a failing step for sparse rewards (raw 0 by default): ``raw * scale + bias``."""
     return float(raw_negative * scale + bias)
+
+
+def unrewarded_successes(rewards: np.ndarray, ep_meta: Sequence[Mapping[str, Any]]) -> int:
+    """How many episodes ``ep_meta`` marks successful (``"success": true``) when the raw ``rewards`` ``(N,)`` carry no
+    success signal at all (one constant, never positive: a recorder that never wrote the success reward); 0 when the
+    rewards carry a signal (OGBench's -1/0 rewards do) or no episode is marked successful."""
+    r = np.asarray(rewards)
+    if r.size == 0 or np.any(r > 0) or not np.all(r == r.flat[0]):
+        return 0
+    return sum(bool(m.get("success", False)) for m in ep_meta)
 
 
 def _obs_mismatch(obs: ObsLike, next_obs: ObsLike, atol: float) -> np.ndarray:

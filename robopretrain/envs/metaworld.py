@@ -3,7 +3,8 @@
 ``MetaWorldEnv(task="drawer-open-v3", ...)`` (also ``gym.make("robopretrain/MetaWorld-drawer-open-v3")``)
 wraps one Meta-World task (needs the optional extra: ``pip install -e '.[metaworld]'``):
 
-- action: Box [-1, 1]^4 = (dx, dy, dz, grip), Meta-World's own (the hand moves by at most 1 cm per step);
+- action: Meta-World's own action space, read from the task's env (a 1-D Box; metaworld 3.1's Sawyer: [-1, 1]^4 =
+  (dx, dy, dz, grip), the hand moving by at most 1 cm per step), actions clipped to its bounds;
 - observation (dict): ``proprio`` float32 (4,) = state[0:4] (hand xyz, gripper opening in [0, 1]);
   ``object`` float32 (17,) = state[4:18] (up to two objects, each position (3) + quaternion (4), zero padded)
   + state[36:39] (goal position); ``task_id`` int (``TASK_IDS``); one uint8 (H, W, 3) image per camera,
@@ -62,7 +63,6 @@ OBJECT_SLICE = slice(4, 18)    # object 1 xyz + quat, object 2 xyz + quat (zeros
 GOAL_SLICE = slice(36, 39)     # goal xyz ([18:36] is the previous frame's [0:18], dropped)
 PROPRIO_DIM = PROPRIO_SLICE.stop - PROPRIO_SLICE.start                                        # 4
 OBJECT_DIM = OBJECT_SLICE.stop - OBJECT_SLICE.start + GOAL_SLICE.stop - GOAL_SLICE.start      # 17: objects + goal
-ACTION_DIM = 4  # the Sawyer's (dx, dy, dz, grip); MetaWorldEnv checks it against Meta-World's own action space
 MAX_PATH_LENGTH = 500          # Meta-World's time limit for every v3 task
 
 # Meta-World's cameras; every one can be asked for, these two get our sim's names.
@@ -168,6 +168,15 @@ def simplify_render_meshes(model: Any, cell: float, min_faces: int = 500) -> tup
     return before, after
 
 
+def box_action_space(space: Any, where: str) -> spaces.Box:
+    """``space`` as a float32 :class:`gymnasium.spaces.Box` of the same shape and bounds: the action space an adapter
+    exposes, its size read from the wrapped env. Raises ValueError naming ``where`` when ``space`` is not a 1-D Box
+    (a discrete or dict action space has no continuous action vector for the toolkit's policies)."""
+    if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"{where} has the action space {space}; the toolkit needs a 1-D Box (continuous actions)")
+    return spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), space.shape, np.float32)
+
+
 def _import_metaworld() -> Any:
     try:
         import metaworld.env_dict  # noqa: F401  (heavy: loads all 50 env classes)
@@ -224,9 +233,7 @@ class MetaWorldEnv(gym.Env):
         mw._freeze_rand_vec = False
         mw.seeded_rand_vec = True
         mw.max_path_length = np.iinfo(np.int64).max  # our own step count truncates, past 500 too
-        if mw.action_space.shape != (ACTION_DIM,):
-            raise ValueError(f"Meta-World's {self.task} has actions of shape {mw.action_space.shape}; this adapter "
-                             f"expects ({ACTION_DIM},) (metaworld 3.1)")
+        self.action_space = box_action_space(mw.action_space, f"Meta-World's {self.task}")
         self._mw = mw
         self._renderer: Any = None
         self._upside_down: dict[str, bool] = {}
@@ -242,7 +249,6 @@ class MetaWorldEnv(gym.Env):
             for key in self.cameras.values():
                 obs_spaces[key] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
-        self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
     @staticmethod
     def _camera_map(cameras: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
@@ -268,12 +274,12 @@ class MetaWorldEnv(gym.Env):
 
     def step(self, action):
         a = np.asarray(action, dtype=np.float64)
-        if a.shape != (ACTION_DIM,):
-            raise ValueError(f"action must have shape ({ACTION_DIM},), got {np.shape(action)}")
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got {np.shape(action)}")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action contains NaN or inf: {action}")
         bad_before = self._instability_count()
-        state, dense, _, _, mw_info = self._mw.step(np.clip(a, -1.0, 1.0))
+        state, dense, _, _, mw_info = self._mw.step(np.clip(a, self.action_space.low, self.action_space.high))
         self._steps += 1
         self._state = np.asarray(state, np.float64)
         truncated = self._steps >= self.max_episode_steps

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 from robopretrain.cli import friendly_errors, run_hydra
-from robopretrain.envs.metaworld import (ACTION_DIM, ENTRY_POINT, ENV_ID_PREFIX, MESH_CELL, MT10_TASKS, TASK_IDS,
+from robopretrain.envs.metaworld import (ENTRY_POINT, ENV_ID_PREFIX, MESH_CELL, MT10_TASKS, TASK_IDS,
                                          MetaWorldEnv, env_id, metaworld_state, mt10_split, task_name)
 from sim_envs.collect import (KINDS, Episode, EpisodePlan, TaskSummary, collection_info, format_summary,
                               kind_counts, roll_out, validate_config)
@@ -145,7 +145,7 @@ class ScriptedExpert:
             warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
             action = np.asarray(self.policy.get_action(metaworld_state(obs)), np.float64)
         if self.noise > 0:
-            action = action + self.rng.normal(0.0, self.noise, size=ACTION_DIM)
+            action = action + self.rng.normal(0.0, self.noise, size=action.shape)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
@@ -245,13 +245,15 @@ def collect(cfg: DictConfig | Mapping[str, Any], output_dir: str | Path | None =
         raise ValueError(f"{CONFIG_NAME} config: output is not set and no output folder was given; "
                          "set output=/path/to/file.hdf5")
     env_kwargs = env_kwargs_from_config(cfg)
-    MetaWorldEnv(task=tasks[0], **env_kwargs).close()  # bad settings or no Meta-World: fail before any work
+    probe = MetaWorldEnv(task=tasks[0], **env_kwargs)  # bad settings or no Meta-World: fail before any work
+    action_dim = int(probe.action_space.shape[0])  # the env's own size (the writer refuses an episode that differs)
+    probe.close()
     plans = plan_episodes(cfg, tasks)
     info = collection_info(cfg, tasks)
     info["versions"]["metaworld"] = _version("metaworld")
     summaries = {t: TaskSummary() for t in tasks}
     start = time.perf_counter()
-    writer = RobomimicWriter(path, build_env_args(tasks, env_kwargs), action_dim=ACTION_DIM,
+    writer = RobomimicWriter(path, build_env_args(tasks, env_kwargs), action_dim=action_dim,
                              valid_fraction=float(cfg.valid_fraction), split_seed=int(cfg.seed),
                              compression=cfg.compression, compression_level=int(cfg.compression_level),
                              chunk_frames=int(cfg.chunk_frames), overwrite=bool(cfg.overwrite), info=info)
