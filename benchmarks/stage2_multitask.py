@@ -46,6 +46,24 @@ RUNS: dict[str, tuple[str, str, list[str]]] = {  # name -> (data, algo, override
     "mtc_cql64_bc3k": ("clean", "cql", [*SMALL, "algo.bc_steps=3000"]),
     "mtc_cql64_plr3e4": ("clean", "cql", [*SMALL, "algo.policy_lr=3e-4"]),
     "mtc_cql64_a1": ("clean", "cql", [*SMALL, "algo.cql_alpha=1.0"]),
+    # PTR's discount (0.96) and its {+10, -1} rewards
+    "mtc_cql64_g96": ("clean", "cql", [*SMALL, "algo.discount=0.96"]),
+    "mtc_cql64_g96r11": ("clean", "cql", [*SMALL, "algo.discount=0.96", "algo.reward_scale=11", "algo.reward_bias=-1"]),
+    # BC at the CQL actor's optimiser budget (batch 64, lr 1e-4): what the actor could reach on its own
+    "mtc_bc64_lr1e4": ("clean", "bc", ["algo.batch_size=64", "algo.lr=1e-4"]),
+    # the actor's BC term (algo.actor_bc_weight, TD3+BC's normalisation; 0.4 is TD3+BC's alpha 2.5)
+    "mtc_cql64_abc01": ("clean", "cql", [*SMALL, "algo.actor_bc_weight=0.1"]),
+    "mtc_cql64_abc04": ("clean", "cql", [*SMALL, "algo.actor_bc_weight=0.4"]),
+    "mtc_cql64_abc4": ("clean", "cql", [*SMALL, "algo.actor_bc_weight=4"]),
+    "mtc_cql64_abc40": ("clean", "cql", [*SMALL, "algo.actor_bc_weight=40"]),
+    "mtc_cql64_abc40_plr3e4": ("clean", "cql", [*SMALL, "algo.actor_bc_weight=40", "algo.policy_lr=3e-4"]),
+    "mtn_cql64_abc4_plr3e4": ("mixed", "cql", [*SMALL, "algo.actor_bc_weight=4", "algo.policy_lr=3e-4"]),
+    "mtn_cql64_abc40_plr3e4": ("mixed", "cql", [*SMALL, "algo.actor_bc_weight=40", "algo.policy_lr=3e-4"]),
+    # ... on successful episodes only (algo.actor_bc_filter=success: filtered BC)
+    "mtn_cql64_abc4f_plr3e4": ("mixed", "cql", [*SMALL, "algo.actor_bc_weight=4", "algo.policy_lr=3e-4",
+                                                "algo.actor_bc_filter=success"]),
+    "mtn_cql64_abc40f_plr3e4": ("mixed", "cql", [*SMALL, "algo.actor_bc_weight=40", "algo.policy_lr=3e-4",
+                                                 "algo.actor_bc_filter=success"]),
 }
 
 

@@ -112,6 +112,14 @@ def common(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
     return {**out, "logger": logger} if logger is not None else out
 
 
+def stage_algo(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """The ``algo`` overrides of one RL stage (``stage2`` | ``adapt`` | ``stage3``): the pipeline's
+    ``algo_overrides``, then the stage's own ``<stage>.algo_overrides`` over them (e.g. a BC term in the offline
+    stages only)."""
+    own = cfg[stage].get("algo_overrides") if cfg.get(stage) is not None else None
+    return {**(plain(cfg.algo_overrides) or {}), **(plain(own) or {})}
+
+
 def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt = encoder_checkpoint(run_dir)
     mode = str(cfg.encoder.mode)
@@ -205,7 +213,7 @@ def stage2_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     s = cfg.stage2
     episodes = int(s.eval_episodes)
     return compose("robopretrain", {"algo": str(s.algo)}, {
-        **common(cfg, run_dir, "stage2"), "algo": plain(cfg.algo_overrides), "obs": plain(cfg.obs),
+        **common(cfg, run_dir, "stage2"), "algo": stage_algo(cfg, "stage2"), "obs": plain(cfg.obs),
         "encoder": encoder_group(cfg, run_dir), "data": {"path": str(data_paths(run_dir)["prior"])},
         "train": {"steps": int(s.steps), "eval_every": int(s.eval_every) or int(s.steps),
                   "eval_episodes": max(1, episodes), "eval_targets": None if episodes > 0 else [],
@@ -227,7 +235,7 @@ def adapt_config(cfg: DictConfig, run_dir: Path, target: Target) -> DictConfig:
     a = cfg.adapt
     data = target_data(cfg, run_dir, target)
     overrides: dict[str, Any] = {
-        **common(cfg, run_dir, f"adapt/{target.name}"), "algo": plain(cfg.algo_overrides), "obs": plain(cfg.obs),
+        **common(cfg, run_dir, f"adapt/{target.name}"), "algo": stage_algo(cfg, "adapt"), "obs": plain(cfg.obs),
         "encoder": encoder_group(cfg, run_dir),
         "train": {"steps": int(a.steps), "eval_every": int(a.steps), "eval_episodes": int(cfg.stage3.eval_episodes),
                   "eval_targets": [target.to_dict()], "checkpoint_every": int(a.checkpoint_every),
@@ -262,7 +270,7 @@ def stage3_config(cfg: DictConfig, run_dir: Path, target: Target) -> DictConfig:
     online = {k: s[k] for k in ("env_steps", "num_envs", "asynchronous", "utd", "offline_ratio", "buffer_capacity",
                                 "eval_every", "eval_episodes", "checkpoint_every")}
     return compose("finetune", {"algo": str(s.algo)}, {
-        **common(cfg, run_dir, f"stage3/{target.name}"), "algo": plain(cfg.algo_overrides),
+        **common(cfg, run_dir, f"stage3/{target.name}"), "algo": stage_algo(cfg, "stage3"),
         "checkpoint": str(run_dir / "adapt" / target.name), "target": target.to_dict(),
         "data": target_data(cfg, run_dir, target), "dr": plain(s.randomization),
         "online": {**plain(online), "progress": bool(cfg.progress), "cuda_graph": bool(cfg.cuda_graph),

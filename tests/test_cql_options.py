@@ -230,3 +230,58 @@ def test_bc_warm_start_imitates_the_data_for_bc_steps_updates_then_follows_the_c
     assert any(not torch.allclose(a, b) for a, b in zip(actor_loss_and_grad()[1], grads))  # now the critic steers it
     with pytest.raises(ValueError, match="bc_steps must be >= 0"):
         _agent(bc_steps=-1)
+
+
+def test_actor_bc_weight_gives_the_td3_bc_normalised_actor_loss_on_this_batch():
+    """``actor_bc_weight`` w: ``mean(alpha log pi - min Q) / mean|min Q| + w * mean((tanh(mu(s)) - a_data)^2)``
+    (TD3+BC's lambda = 1 / mean|Q| on the SAC actor), with ``mu`` the actor's mean at the batch's own states (not
+    s'), the Q-values those of the actor's first draw, and the plain SAC loss when w = 0."""
+    from robopretrain.algos.cql import bc_regularized_actor_loss
+    from robopretrain.nets.actor import squashed_gaussian_sample
+
+    batch = _batch()
+    for weight in (0.0, 0.4):
+        agent = _agent(head_scale=5.0, actor_bc_weight=weight)
+        torch.manual_seed(5)
+        loss = agent._losses(batch, False)[0]["actor"]
+        torch.manual_seed(5)
+        obs = torch.cat([batch["observations"], batch["next_observations"]])
+        mean, log_std = agent.actor(obs)
+        actions, logp = squashed_gaussian_sample(mean, log_std, max(1 + N, 2 * N))
+        q = agent.critic(batch["observations"], actions[:B, 0]).min(dim=0).values
+        sac = (agent.alpha().detach() * logp[:B, 0] - q).mean()
+        bc = (torch.tanh(mean[:B]) - batch["actions"]).square().mean()
+        expected = sac / q.abs().mean() + weight * bc if weight else sac
+        torch.testing.assert_close(loss, expected)
+    # the Q part is free of the reward scale: Q and alpha x 10 leave the loss unchanged
+    q, logp, mu, a = torch.randn(2, B), torch.randn(B), torch.rand(B, A), torch.rand(B, A)
+    torch.testing.assert_close(bc_regularized_actor_loss(10 * q, logp, 10.0, mu, a, 0.4),
+                               bc_regularized_actor_loss(q, logp, 1.0, mu, a, 0.4))
+    with pytest.raises(ValueError, match="actor_bc_weight must be >= 0"):
+        _agent(actor_bc_weight=-0.1)
+
+
+def test_actor_bc_filter_keeps_the_bc_term_to_successful_episodes():
+    """``actor_bc_filter='success'``: the BC term is the mean over rows whose Monte-Carlo return beats the
+    never-succeeds value ``reward_bias / (1 - discount)`` (-500 at the defaults); other rows add nothing."""
+    from robopretrain.algos.cql import successful_episode_mask
+    from robopretrain.nets.actor import squashed_gaussian_sample
+
+    mc = torch.tensor([-500.0, -499.99, -300.0, 5.0])
+    assert successful_episode_mask(mc, -500.0).tolist() == [0.0, 0.0, 1.0, 1.0]
+    batch = {**_batch(), "mc_returns": torch.tensor([-500.0, -120.0, -500.0, -20.0])}
+    agent = _agent(head_scale=5.0, actor_bc_weight=0.4, actor_bc_filter="success")
+    assert agent.never_succeeds_return == pytest.approx(-500.0)
+    torch.manual_seed(5)
+    loss = agent._losses(batch, False)[0]["actor"]
+    torch.manual_seed(5)
+    mean, log_std = agent.actor(torch.cat([batch["observations"], batch["next_observations"]]))
+    actions, logp = squashed_gaussian_sample(mean, log_std, max(1 + N, 2 * N))
+    q = agent.critic(batch["observations"], actions[:B, 0]).min(dim=0).values
+    kept = torch.tensor([1, 3])
+    bc = (torch.tanh(mean[kept]) - batch["actions"][kept]).square().mean()
+    torch.testing.assert_close(loss, (agent.alpha().detach() * logp[:B, 0] - q).mean() / q.abs().mean() + 0.4 * bc)
+    with pytest.raises(ValueError, match="actor_bc_filter must be"):
+        _agent(actor_bc_filter="succes")
+    with pytest.raises(ValueError, match="needs sparse_reward"):
+        _agent(actor_bc_filter="success", sparse_reward=False)

@@ -82,3 +82,24 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     second = run_pipeline(cfg)
     assert second["stages"] == {s: "skipped" for s in STAGES}
     assert {s: (run / s / "done.json").stat().st_mtime_ns for s in STAGES} == mtimes
+
+
+def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_path):
+    """``<stage>.algo_overrides`` reach that stage only; ``algo_overrides`` reach all three (a BC term in stage 2
+    must not leak into the online stage)."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+    from robopretrain.envs.target import as_target
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["encoder.mode=scratch", "algo_overrides.batch_size=16",
+                                             "+stage2.algo_overrides.actor_bc_weight=4.0",
+                                             "+adapt.algo_overrides.batch_size=8"])
+    target = as_target(cfg.targets[0])
+    s2 = pipeline.stage2_config(cfg, tmp_path).algo
+    ad = pipeline.adapt_config(cfg, tmp_path, target).algo
+    s3 = pipeline.stage3_config(cfg, tmp_path, target).algo
+    assert (s2.actor_bc_weight, s2.batch_size) == (4.0, 16)
+    assert (ad.actor_bc_weight, ad.batch_size) == (0.0, 8)
+    assert (s3.actor_bc_weight, s3.batch_size, s3.name) == (0.0, 16, "calql")

@@ -18,6 +18,12 @@ networks and the optimiser and wires the functions together. It follows REFERENC
   ``bc_steps`` updates (0 by default) the actor instead imitates the data, ``E[alpha log pi - log pi(a_data|s)]``
   (CORL ``cql.py``'s ``bc_steps``, the original CQL code's ``policy_eval_start``, a warm start the CQL paper used
   on AntMaze); the critic and the temperature train as usual meanwhile;
+* optional BC term in the actor after the warm start (``actor_bc_weight`` w, 0 by default, so off):
+  ``E[alpha log pi - min_e Q_e] / mean|Q| + w * mean_d (tanh(mu(s)) - a_data)^2``, TD3+BC's form (Fujimoto & Gu
+  2021: the Q term divided by the batch's mean ``|Q|``, detached, so w does not depend on the reward scale;
+  w = 1 / 2.5 is TD3+BC's alpha 2.5) on the SAC actor; ``actor_bc_filter="success"`` keeps the BC term to
+  transitions of successful episodes (their Monte-Carlo return beats the never-succeeds value: filtered BC). Not in CQL / PTR / Cal-QL: a deviation for narrow
+  demonstration data at small update budgets (README, "Why stage 2 does not learn its prior tasks");
 * DR3: ``c * mean_b sum_k phi(s, a)_k phi(s', a')_k`` over penultimate critic features (off by default);
 * soft target update with ``tau = 5e-3``; official defaults in :class:`CQLConfig`.
 
@@ -147,6 +153,37 @@ def bc_warm_start_actor_loss(logp_pi: torch.Tensor, logp_data: torch.Tensor, alp
     return (alpha * logp_pi - logp_data).mean()
 
 
+def bc_regularized_actor_loss(q_pi: torch.Tensor, logp_pi: torch.Tensor, alpha: torch.Tensor | float,
+                              mean_action: torch.Tensor, data_actions: torch.Tensor, bc_weight: float,
+                              bc_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SAC actor loss with TD3+BC's normalisation and behaviour-cloning term:
+    ``mean(alpha * log pi - min_e Q_e) / mean|min_e Q_e|.detach() + bc_weight * mean((mean_action - a_data)^2)``.
+
+    TD3+BC (Fujimoto & Gu 2021, ``lambda = alpha / mean|Q|``; CORL ``td3_bc.py``) with its deterministic action
+    replaced by the SAC actor's: the Q part is divided by its batch mean magnitude, so ``bc_weight`` is free of the
+    reward scale (``1 / 2.5`` is TD3+BC's ``alpha = 2.5``). ``q_pi`` ``(E, B)`` or ``(B,)``; ``logp_pi`` ``(B,)``;
+    ``mean_action`` (the squashed mean, ``tanh(mu)``) and ``data_actions`` ``(B, A)`` in ``[-1, 1]``. ``bc_mask``
+    ``(B,)`` of 0 / 1 (optional): the BC term is the mean over the rows it keeps only (filtered BC, Chen et al. 2021;
+    0 when it keeps none).
+    """
+    q = q_pi.min(dim=0).values if q_pi.dim() == 2 else q_pi
+    scale = q.abs().mean().detach().clamp_min(1e-6)
+    per_row = (mean_action - data_actions).square().mean(dim=-1)
+    if bc_mask is None:
+        bc = per_row.mean()
+    else:
+        bc = (per_row * bc_mask).sum() / bc_mask.sum().clamp_min(1.0)
+    return (alpha * logp_pi - q).mean() / scale + bc_weight * bc
+
+
+def successful_episode_mask(mc_returns: torch.Tensor, never_succeeds_return: float) -> torch.Tensor:
+    """``(B,)`` float 0 / 1: 1 where a transition's Monte-Carlo return-to-go exceeds the value every step of an
+    episode that never succeeds gets under the sparse-reward rule (REFERENCE.md, Stage 3: ``r_neg / (1 - gamma)``),
+    i.e. the transition belongs to a successful episode. The margin is 1e-4 of that value's magnitude."""
+    margin = 1e-4 * max(abs(never_succeeds_return), 1.0)
+    return (mc_returns > never_succeeds_return + margin).to(mc_returns.dtype)
+
+
 def entropy_temperature_loss(log_alpha: torch.Tensor, logp_pi: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """Automatic entropy tuning: ``-mean(log_alpha * (log pi + target_entropy))`` (log-probs detached)."""
     return -(log_alpha * (logp_pi.detach() + target_entropy)).mean()
@@ -211,6 +248,8 @@ class CQLConfig:
     reward_bias: float = -5.0
     sparse_reward: bool = True
     bc_steps: int = 0  # the first bc_steps updates train the actor by BC on the data's actions (CORL's bc_steps)
+    actor_bc_weight: float = 0.0  # w > 0: TD3+BC-normalised actor loss + w * MSE to the data's actions (0: plain SAC)
+    actor_bc_filter: str = "none"  # "success": the BC term on transitions of successful episodes only (sparse rewards)
 
 
 class CQL(OfflineAlgorithm):
@@ -228,6 +267,15 @@ class CQL(OfflineAlgorithm):
             raise ValueError(f"n_actions must be >= 1, got {cfg.n_actions}")
         if int(cfg.bc_steps) < 0:
             raise ValueError(f"bc_steps must be >= 0, got {cfg.bc_steps}")
+        if not float(cfg.actor_bc_weight) >= 0.0:
+            raise ValueError(f"actor_bc_weight must be >= 0, got {cfg.actor_bc_weight}")
+        if cfg.actor_bc_filter not in ("none", "success"):
+            raise ValueError(f"actor_bc_filter must be 'none' or 'success', got {cfg.actor_bc_filter!r}")
+        if cfg.actor_bc_filter == "success" and not cfg.sparse_reward:
+            raise ValueError("actor_bc_filter='success' needs sparse_reward=true (success is read from the "
+                             "Monte-Carlo return of the sparse {0, 1} reward)")
+        # every step's return-to-go in an episode that never succeeds (sparse rule): (0 * scale + bias) / (1 - gamma)
+        self.never_succeeds_return = float(cfg.reward_bias) / (1.0 - float(cfg.discount))
         self.bc_phase = int(cfg.bc_steps) > 0  # whether the coming update is a BC warm-start one (set per update)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device)
@@ -307,7 +355,15 @@ class CQL(OfflineAlgorithm):
                 pi_logp, squashed_gaussian_log_prob(mean[:b], log_std[:b], actions), alpha.detach())
         else:
             q_pi = self.critic(obs.detach(), pi_action, detach_params=True)
-            policy_loss = sac_actor_loss(q_pi, pi_logp, alpha.detach())
+            if cfg.actor_bc_weight > 0:
+                mask = None
+                if cfg.actor_bc_filter == "success":
+                    require_keys(batch, ["mc_returns"], "actor_bc_filter='success'")
+                    mask = successful_episode_mask(batch["mc_returns"], self.never_succeeds_return)
+                policy_loss = bc_regularized_actor_loss(q_pi, pi_logp, alpha.detach(), torch.tanh(mean[:b]), actions,
+                                                        float(cfg.actor_bc_weight), mask)
+            else:
+                policy_loss = sac_actor_loss(q_pi, pi_logp, alpha.detach())
 
         with torch.no_grad():
             target_q = self.target_critic(next_obs, tgt_actions)
