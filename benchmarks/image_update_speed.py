@@ -16,6 +16,11 @@ update) on the same batch:
                    channels-last float tensor into the convolutions (no copy); losses and gradients equal the
                    reference's up to float32 rounding (channels-last convolutions sum in another order).
 ``agent-bf16``     ``EncoderSettings(precision="bfloat16")``: the image encoders under bfloat16 autocast.
+``agent-shared``   ``EncoderSettings(shared=True)``: one encoder, trained by the critic loss, whose detached features
+                   the actor reads (DrQ / DrQ-v2's scheme; "encode each frame once per update"): two encoder passes
+                   and one backward instead of four and two. Another computation than ``reference`` (the actor no
+                   longer trains an encoder of its own), so its ratio is a speed of the *option*, not of the path.
+``agent-shared-bf16`` both.
 ``bound:features-only`` the same Cal-QL update on precomputed 256-d features + proprio (no image encoder; what
                    ``frozen_cached`` trains on): the cost of everything but the encoders, so reference / bound is the
                    most any encode path could gain.
@@ -145,7 +150,8 @@ def make_batch(batch_size: int = BATCH, seed: int = 0, image_size: int = IMAGE_S
 
 # --------------------------------------------------------------------------- timing
 
-VARIANTS = ("reference", "reference+nograd", "agent", "agent-bf16", "bound:features-only")
+VARIANTS = ("reference", "reference+nograd", "agent", "agent-bf16", "agent-shared", "agent-shared-bf16",
+            "bound:features-only")
 BC_VARIANTS = ("bc-reference", "bc-agent", "bc-agent-bf16")
 # the recipe's best variant so far (benchmarks/results/pixel_recipe.json, protocol A): spatial-softmax small_conv,
 # agentview + wrist camera through the one encoder
@@ -177,7 +183,7 @@ def build_variant(name: str) -> tuple[Agent, dict[str, Any]]:
         for key in (OBS, NEXT_OBS):
             batch[key] = {"features": torch.randn(BATCH, 256).tanh(), "proprio": batch[key]["proprio"]}
         return agent, batch
-    agent = make_agent("bfloat16" if name == "agent-bf16" else "float32")
+    agent = make_agent("bfloat16" if name.endswith("-bf16") else "float32", shared=name.startswith("agent-shared"))
     if name.startswith("reference"):
         use_reference_path(agent, nograd_next=name == "reference+nograd")
     return agent, make_batch()
