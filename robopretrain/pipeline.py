@@ -128,7 +128,8 @@ def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                          "stage 1 (stage1.enabled=true) or use encoder.mode=scratch")
     return {"mode": mode, "checkpoint": str(ckpt) if ckpt else None, "name": str(cfg.stage1.encoder),
             "kwargs": plain(cfg.stage1.encoder_kwargs) or {}, "shared": bool(cfg.encoder.shared),
-            "augment_pad": int(cfg.encoder.augment_pad), "lr": float(cfg.encoder.lr)}
+            "augment_pad": int(cfg.encoder.augment_pad), "lr": float(cfg.encoder.lr),
+            "precision": str(cfg.encoder.get("precision", "float32"))}
 
 
 def target_data(cfg: DictConfig, run_dir: Path, target: Target) -> dict[str, Any]:

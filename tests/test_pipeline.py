@@ -95,7 +95,7 @@ def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_pat
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
         cfg = compose("pipeline", overrides=["encoder.mode=scratch", "algo_overrides.batch_size=16",
                                              "+stage2.algo_overrides.actor_bc_weight=4.0",
-                                             "+adapt.algo_overrides.batch_size=8"])
+                                             "+adapt.algo_overrides.batch_size=8", "encoder.precision=bfloat16"])
     target = as_target(cfg.targets[0])
     s2 = pipeline.stage2_config(cfg, tmp_path).algo
     ad = pipeline.adapt_config(cfg, tmp_path, target).algo
@@ -103,3 +103,6 @@ def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_pat
     assert (s2.actor_bc_weight, s2.batch_size) == (4.0, 16)
     assert (ad.actor_bc_weight, ad.batch_size) == (0.0, 8)
     assert (s3.actor_bc_weight, s3.batch_size, s3.name) == (0.0, 16, "calql")
+    # the pipeline's encoder precision reaches the offline stages (stage 3 takes it from the adapted checkpoint)
+    assert pipeline.stage2_config(cfg, tmp_path).encoder.precision == "bfloat16"
+    assert pipeline.adapt_config(cfg, tmp_path, target).encoder.precision == "bfloat16"
