@@ -85,8 +85,8 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
 
 
 def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_path):
-    """``<stage>.algo_overrides`` reach that stage only; ``algo_overrides`` reach all three (a BC term in stage 2
-    must not leak into the online stage)."""
+    """``<stage>.algo_overrides`` reach that stage only, over ``algo_overrides``, which reach all three (e.g. the
+    actor's BC term switched off in the online stage alone)."""
     from hydra import compose, initialize_config_dir
 
     from robopretrain import pipeline
@@ -94,14 +94,15 @@ def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_pat
 
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
         cfg = compose("pipeline", overrides=["encoder.mode=scratch", "algo_overrides.batch_size=16",
-                                             "+stage2.algo_overrides.actor_bc_weight=4.0",
+                                             "+stage2.algo_overrides.actor_bc_weight=2.0",
+                                             "+stage3.algo_overrides.actor_bc_weight=0.0",
                                              "+adapt.algo_overrides.batch_size=8", "encoder.precision=bfloat16"])
     target = as_target(cfg.targets[0])
     s2 = pipeline.stage2_config(cfg, tmp_path).algo
     ad = pipeline.adapt_config(cfg, tmp_path, target).algo
     s3 = pipeline.stage3_config(cfg, tmp_path, target).algo
-    assert (s2.actor_bc_weight, s2.batch_size) == (4.0, 16)
-    assert (ad.actor_bc_weight, ad.batch_size) == (0.0, 8)
+    assert (s2.actor_bc_weight, s2.batch_size) == (2.0, 16)
+    assert (ad.actor_bc_weight, ad.batch_size, ad.actor_bc_filter) == (4.0, 8, "success")  # the pipeline's default
     assert (s3.actor_bc_weight, s3.batch_size, s3.name) == (0.0, 16, "calql")
     # the pipeline's encoder precision reaches the offline stages (stage 3 takes it from the adapted checkpoint)
     assert pipeline.stage2_config(cfg, tmp_path).encoder.precision == "bfloat16"
