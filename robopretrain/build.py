@@ -89,8 +89,14 @@ def algo_overrides(algo_cfg: Any) -> dict[str, Any]:
 
 def reward_settings(algo_cfg: Any, target: Target | None = None) -> RewardSettings:
     """The algorithm's reward transform and discount; a target that declares a dense reward turns the sparse
-    all-failure rule off (and says so)."""
-    r = RewardSettings.of_algo(algo_overrides(algo_cfg))
+    all-failure rule off (and says so). Raises ValueError for a dense-reward target with
+    ``actor_bc_filter=success`` (success is read from sparse returns-to-go)."""
+    overrides = algo_overrides(algo_cfg)
+    r = RewardSettings.of_algo(overrides)
+    if target is not None and not target.sparse and overrides.get("actor_bc_filter", "none") == "success":
+        raise ValueError(f"target {target.name} declares a dense reward, but algo.actor_bc_filter=success reads "
+                         "success from sparse-reward returns-to-go: set algo.actor_bc_filter=none (or "
+                         "+stage3.algo_overrides.actor_bc_filter=none in the pipeline)")
     if target is not None and not target.sparse and r.sparse:
         log.info("target %s declares a dense reward: returns-to-go without the sparse all-failure rule", target.name)
         r = RewardSettings(discount=r.discount, scale=r.scale, bias=r.bias, sparse=False)

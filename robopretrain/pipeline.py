@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robopretrain.build import compose, plain
+from robopretrain.build import compose, plain, reward_settings
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 
@@ -361,7 +361,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
-    targets_of(cfg)  # fail early on a bad target entry
+    for target in targets_of(cfg):  # fail early on a bad target entry, or one stage 3's algorithm cannot train on
+        reward_settings(stage_algo(cfg, "stage3"), target)
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),
         "stage1": lambda: stage_stage1(cfg, run_dir),

@@ -176,3 +176,16 @@ def test_from_transitions_builds_what_the_file_loader_builds_and_warns_on_unrewa
         ds = OfflineDataset.from_transitions(zero, gamma=0.5, reward_scale=10.0, reward_bias=-5.0)
     np.testing.assert_allclose(ds.arrays()["mc_returns"], np.full(6, -10.0))  # the all-failure value everywhere
     assert set(ds.arrays()["observations"]) == {"proprio"}  # every part, no task id without num_tasks
+
+
+def test_a_dense_reward_target_refuses_the_success_filter_of_the_actor_bc_term():
+    """``actor_bc_filter=success`` reads success from sparse returns-to-go; a target declaring a dense reward (its
+    returns carry no never-succeeds value) is refused with the fix, and accepted without the filter."""
+    from robopretrain import build
+    from robopretrain.envs.target import Target
+
+    dense = Target(name="Dense", env_id="sim_envs:TabletopEnv", reward="dense")
+    with pytest.raises(ValueError, match="actor_bc_filter=none"):
+        build.reward_settings({"name": "calql", "actor_bc_filter": "success"}, dense)
+    assert build.reward_settings({"name": "calql", "actor_bc_filter": "none"}, dense).sparse is False
+    assert build.reward_settings({"name": "calql", "actor_bc_filter": "success"}).sparse is True

@@ -107,3 +107,18 @@ def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_pat
     # the pipeline's encoder precision reaches the offline stages (stage 3 takes it from the adapted checkpoint)
     assert pipeline.stage2_config(cfg, tmp_path).encoder.precision == "bfloat16"
     assert pipeline.adapt_config(cfg, tmp_path, target).encoder.precision == "bfloat16"
+
+
+def test_a_dense_reward_target_with_the_success_filter_stops_before_any_stage(tmp_path):
+    """The pipeline's default offline recipe filters its BC term by sparse success; a target declaring a dense
+    reward is refused before the data stage, with the override that fixes it."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    dense = "targets=[{name: Dense, env_id: 'sim_envs:TabletopEnv', reward: dense, task_id: 0}]"
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[dense, "encoder.mode=scratch"])
+    with pytest.raises(ValueError, match="actor_bc_filter=none"):
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "data").exists()
