@@ -114,10 +114,16 @@ def common(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
 
 def stage_algo(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """The ``algo`` overrides of one RL stage (``stage2`` | ``adapt`` | ``stage3``): the pipeline's
-    ``algo_overrides``, then the stage's own ``<stage>.algo_overrides`` over them (e.g. a BC term in the offline
-    stages only)."""
-    own = cfg[stage].get("algo_overrides") if cfg.get(stage) is not None else None
-    return {**(plain(cfg.algo_overrides) or {}), **(plain(own) or {})}
+    ``algo_overrides`` that the stage's algorithm has (``configs/algo/<stage.algo>.yaml``: e.g. CQL's ``n_actions``
+    and its actor's BC term are dropped for ``stage2.algo=iql``), then the stage's own ``<stage>.algo_overrides``
+    over them, all of them (an unknown key there is an error of the algorithm's config)."""
+    section = cfg.get(stage)
+    own = section.get("algo_overrides") if section is not None else None
+    common = plain(cfg.algo_overrides) or {}
+    if section is not None and section.get("algo"):
+        known = set(OmegaConf.load(CONFIG_DIR / "algo" / f"{section.algo}.yaml"))
+        common = {k: v for k, v in common.items() if k in known}
+    return {**common, **(plain(own) or {})}
 
 
 def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

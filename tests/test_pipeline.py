@@ -122,3 +122,18 @@ def test_a_dense_reward_target_with_the_success_filter_stops_before_any_stage(tm
     with pytest.raises(ValueError, match="actor_bc_filter=none"):
         pipeline.run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "data").exists()
+
+
+def test_common_algo_overrides_reach_only_the_algorithms_that_have_them(tmp_path):
+    """``algo_overrides`` holds CQL keys (``n_actions``, the actor's BC term); a stage running IQL or BC gets only
+    the keys its config has, so ``stage2.algo=iql`` builds an agent instead of failing on ``n_actions``."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+    from robopretrain.algos import make_config
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["stage2.algo=iql", "encoder.mode=scratch"])
+    algo = pipeline.stage2_config(cfg, tmp_path).algo
+    assert algo.name == "iql" and algo.batch_size == 32 and "n_actions" not in algo and "actor_bc_weight" not in algo
+    make_config("iql", {k: v for k, v in algo.items() if k != "name"})  # raises on an unknown key
