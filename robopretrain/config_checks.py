@@ -32,7 +32,8 @@ ALGO_CHECKS: dict[str, tuple[Check, str]] = {
     "policy_freq": AT_LEAST_1, "policy_noise": NON_NEGATIVE, "noise_clip": NON_NEGATIVE, "alpha": NON_NEGATIVE,
     "expl_noise": NON_NEGATIVE, "awac_lambda": POSITIVE, "actor_bc_coef": NON_NEGATIVE, "critic_bc_coef": NON_NEGATIVE,
     "phi": NON_NEGATIVE, "lmbda": UNIT_CLOSED, "n_target_samples": AT_LEAST_1, "n_act_samples": AT_LEAST_1,
-    "guide_lr": POSITIVE, "num_values": AT_LEAST_1,
+    "guide_lr": POSITIVE, "num_values": AT_LEAST_1, "actor_bc_weight": NON_NEGATIVE, "bc_steps": AT_LEAST_0,
+    "actor_bc_filter": (lambda v: v in ("none", "success"), "none or success"),
 }
 TRAIN_CHECKS: dict[str, tuple[Check, str]] = {
     "steps": AT_LEAST_0, "log_every": AT_LEAST_1, "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1,

@@ -271,7 +271,8 @@ class CQL(OfflineAlgorithm):
             raise ValueError(f"actor_bc_weight must be >= 0, got {cfg.actor_bc_weight}")
         if cfg.actor_bc_filter not in ("none", "success"):
             raise ValueError(f"actor_bc_filter must be 'none' or 'success', got {cfg.actor_bc_filter!r}")
-        if cfg.actor_bc_filter == "success" and not cfg.sparse_reward:
+        if cfg.actor_bc_filter == "success" and not cfg.sparse_reward and float(cfg.actor_bc_weight) > 0:
+            # the filter acts only on the BC term: with actor_bc_weight 0 it does nothing, and is not refused
             raise ValueError("actor_bc_filter='success' needs sparse_reward=true (success is read from the "
                              "Monte-Carlo return of the sparse {0, 1} reward)")
         # every step's return-to-go in an episode that never succeeds (sparse rule): (0 * scale + bias) / (1 - gamma)

@@ -1,0 +1,95 @@
+"""The offline actor's BC term as a user sets it (``algo.actor_bc_weight``, ``algo.actor_bc_filter``): bad values named
+at start, the success filter refused only where it acts, and a filter that keeps no transition said out loud."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _stage(name: str, *overrides: str):
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algo.actor_bc_weight=-1", "algo.actor_bc_weight=-1; expected a number >= 0"),
+    ("algo.actor_bc_weight=abc", "algo.actor_bc_weight='abc'; expected a number >= 0"),
+    ("algo.actor_bc_weight=inf", "algo.actor_bc_weight=inf; expected a number >= 0"),
+    ("algo.actor_bc_filter=sucess", "algo.actor_bc_filter='sucess'; expected none or success"),
+    ("algo.bc_steps=-5", "algo.bc_steps=-5; expected an integer >= 0"),
+])
+def test_bad_bc_term_values_are_named_before_any_data_is_read(override, message):
+    from robopretrain.config_checks import validate_offline_config, validate_online_config
+
+    with pytest.raises(ValueError) as err:
+        validate_offline_config(_stage("robopretrain", "algo=cql", override))
+    assert message in str(err.value)
+    with pytest.raises(ValueError) as err:
+        validate_online_config(_stage("finetune", override))
+    assert message in str(err.value)
+    validate_offline_config(_stage("robopretrain", "algo=cql", "algo.actor_bc_weight=4", "algo.actor_bc_filter=success"))
+
+
+def test_the_success_filter_is_refused_for_dense_rewards_only_where_the_bc_term_is_on():
+    """``+stage3.algo_overrides.actor_bc_weight=0`` (the docs' plain Cal-QL actor) leaves the pipeline's common
+    ``actor_bc_filter: success`` in place: with a dense-reward target that must not be refused (nothing is filtered)."""
+    from robopretrain.algos.cql import CQL, CQLConfig
+    from robopretrain.build import reward_settings
+    from robopretrain.envs.target import as_target
+
+    dense = as_target({"name": "Reach", "reward": "dense"})
+    off = {"actor_bc_weight": 0.0, "actor_bc_filter": "success", "discount": 0.99}
+    assert reward_settings(off, dense).sparse is False
+    with pytest.raises(ValueError, match="actor_bc_filter=none"):
+        reward_settings({**off, "actor_bc_weight": 4.0}, dense)
+    CQL(3, 2, CQLConfig(actor_bc_weight=0.0, actor_bc_filter="success", sparse_reward=False,
+                        actor_hidden=(8,), critic_hidden=(8,)))
+    with pytest.raises(ValueError, match="sparse_reward=true"):
+        CQL(3, 2, CQLConfig(actor_bc_weight=4.0, actor_bc_filter="success", sparse_reward=False,
+                            actor_hidden=(8,), critic_hidden=(8,)))
+
+
+class _Data:
+    def __init__(self, mc: np.ndarray) -> None:
+        self.mc = mc
+
+    def arrays(self):
+        return {"mc_returns": self.mc}
+
+
+def _returns(successes: list[bool], length: int = 5, scale: float = 10.0, bias: float = -5.0) -> np.ndarray:
+    from robopretrain.data.returns import returns_to_go, sparse_negative_reward
+
+    rewards, dones, ids = [], [], []
+    for i, ok in enumerate(successes):
+        r = np.zeros(length)
+        r[-1] = float(ok)
+        rewards.append(r * scale + bias)
+        dones.append(np.eye(length)[-1] * float(ok))
+        ids.append(np.full(length, i))
+    return returns_to_go(np.concatenate(rewards), np.concatenate(dones), 0.99, episode_ids=np.concatenate(ids),
+                         sparse_negative_reward=sparse_negative_reward(scale, bias))
+
+
+def test_a_success_filter_that_keeps_no_transition_warns(caplog):
+    from robopretrain.build import report_success_filter
+
+    algo = {"name": "cql", "actor_bc_weight": 4.0, "actor_bc_filter": "success", "reward_scale": 10.0,
+            "reward_bias": -5.0, "discount": 0.99}
+    with caplog.at_level(logging.INFO, logger="robopretrain.build"):
+        assert report_success_filter(algo, _Data(_returns([False, False])), "fail.hdf5") == 0.0
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "fail.hdf5" in warned[0].getMessage() and "BC term is 0" in warned[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="robopretrain.build"):
+        assert report_success_filter(algo, _Data(_returns([True, False, False, True])), "mix.hdf5") == 0.5
+        assert report_success_filter({**algo, "actor_bc_weight": 0.0}, _Data(_returns([False])), "x") is None
+        assert report_success_filter({**algo, "actor_bc_filter": "none"}, _Data(_returns([False])), "x") is None
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
