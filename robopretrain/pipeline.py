@@ -126,6 +126,41 @@ def stage_algo(cfg: DictConfig, stage: str) -> dict[str, Any]:
     return {**common, **(plain(own) or {})}
 
 
+RL_STAGES = ("stage2", "adapt", "stage3")
+
+
+def check_algo_overrides(cfg: DictConfig) -> None:
+    """Refuse at start, before any stage runs, what :func:`stage_algo` would otherwise pass on silently or leave to
+    fail minutes later: a key of ``<stage>.algo_overrides`` that the stage's algorithm does not have, a key of the
+    common ``algo_overrides`` that no algorithm has (a typo there was dropped by every stage), and a value out of
+    range (:data:`robopretrain.config_checks.ALGO_CHECKS`)."""
+    from robopretrain.config_checks import ALGO_CHECKS, _check_section
+
+    algos = {stage: str(cfg[stage].algo) for stage in RL_STAGES if cfg.get(stage) is not None and cfg[stage].get("algo")}
+    options = sorted(p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml"))
+    for stage, algo in algos.items():
+        if algo not in options:
+            raise ValueError(f"{stage}.algo={algo}: no such algorithm (configs/algo/: {', '.join(options)})")
+    known = {stage: set(OmegaConf.load(CONFIG_DIR / "algo" / f"{algo}.yaml")) - {"name"}
+             for stage, algo in algos.items()}
+    for stage, keys in known.items():
+        own = plain(cfg[stage].get("algo_overrides")) or {}
+        unknown = sorted(set(own) - keys)
+        if unknown:
+            raise ValueError(f"{stage}.algo_overrides: {', '.join(unknown)} is not a setting of {stage}.algo="
+                             f"{algos[stage]} (configs/algo/{algos[stage]}.yaml; its settings: "
+                             f"{', '.join(sorted(keys))})")
+    common = plain(cfg.algo_overrides) or {}
+    anywhere = set().union(*(set(OmegaConf.load(p)) for p in (CONFIG_DIR / "algo").glob("*.yaml")))
+    unknown = sorted(set(common) - anywhere)
+    if unknown:
+        raise ValueError(f"algo_overrides: {', '.join(unknown)} is a setting of no algorithm (configs/algo/*.yaml); "
+                         f"the stages run {', '.join(f'{stage}.algo={algo}' for stage, algo in algos.items())}")
+    _check_section(cfg, "algo_overrides", ALGO_CHECKS, "pipeline")
+    for stage in known:
+        _check_section(cfg, f"{stage}.algo_overrides", ALGO_CHECKS, "pipeline")
+
+
 def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt = encoder_checkpoint(run_dir)
     mode = str(cfg.encoder.mode)
@@ -367,6 +402,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
+    check_algo_overrides(cfg)
     for target in targets_of(cfg):  # fail early on a bad target entry, or one stage 3's algorithm cannot train on
         reward_settings(stage_algo(cfg, "stage3"), target)
     steps: dict[str, Callable[[], Any]] = {

@@ -93,3 +93,35 @@ def test_a_success_filter_that_keeps_no_transition_warns(caplog):
         assert report_success_filter({**algo, "actor_bc_weight": 0.0}, _Data(_returns([False])), "x") is None
         assert report_success_filter({**algo, "actor_bc_filter": "none"}, _Data(_returns([False])), "x") is None
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+stage2.algo_overrides.actr_bc_weight=0"], "stage2.algo_overrides: actr_bc_weight is not a setting of "
+                                                  "stage2.algo=cql"),
+    (["stage2.algo=iql", "+stage2.algo_overrides.actor_bc_weight=4"], "actor_bc_weight is not a setting of "
+                                                                      "stage2.algo=iql"),
+    (["+algo_overrides.actr_bc_weight=0"], "algo_overrides: actr_bc_weight is a setting of no algorithm"),
+    (["+stage3.algo_overrides.actor_bc_weight=-1"], "stage3.algo_overrides.actor_bc_weight=-1; expected a number"),
+    (["algo_overrides.actor_bc_filter=sucess"], "algo_overrides.actor_bc_filter='sucess'; expected none or success"),
+    (["stage2.algo=cq"], "stage2.algo=cq: no such algorithm"),
+])
+def test_the_pipeline_refuses_a_bad_algo_override_before_any_stage(tmp_path, overrides, message):
+    """A typo in a stage's own overrides used to fail only when that stage built its agent (after data and stage 1);
+    one in the common overrides was dropped by every stage without a word."""
+    from robopretrain import pipeline
+
+    cfg = _stage("pipeline", "encoder.mode=scratch", *overrides)
+    with pytest.raises(ValueError) as err:
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert message in str(err.value)
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_the_pipeline_accepts_its_per_stage_recipes():
+    """The common CQL keys stay legal when no stage runs CQL (they reach none), and a stage's own keys of its
+    algorithm pass."""
+    from robopretrain import pipeline
+
+    for overrides in ([], ["stage2.algo=bc", "adapt.algo=iql", "stage3.algo=iql", "+stage3.algo_overrides.beta=2"],
+                      ["+stage3.algo_overrides.actor_bc_weight=0", "+adapt.algo_overrides.actor_bc_filter=none"]):
+        pipeline.check_algo_overrides(_stage("pipeline", *overrides))
