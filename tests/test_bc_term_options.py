@@ -125,3 +125,16 @@ def test_the_pipeline_accepts_its_per_stage_recipes():
     for overrides in ([], ["stage2.algo=bc", "adapt.algo=iql", "stage3.algo=iql", "+stage3.algo_overrides.beta=2"],
                       ["+stage3.algo_overrides.actor_bc_weight=0", "+adapt.algo_overrides.actor_bc_filter=none"]):
         pipeline.check_algo_overrides(_stage("pipeline", *overrides))
+
+
+def test_an_algo_setting_the_chosen_algorithm_lacks_is_named_with_the_ones_that_have_it():
+    """``algo=iql algo.actor_bc_weight=4``: Hydra's own message says to append with ``+``, which then fails on IQL's
+    config; the one line names the algorithm and those that have the setting instead."""
+    from robopretrain.cli import group_key_problem
+
+    msg = group_key_problem("robopretrain", ["algo=iql", "algo.actor_bc_weight=4"])
+    assert msg == ("algo=iql has no setting 'actor_bc_weight' (algo/iql.yaml); the algo options that have it: "
+                   "calql, cql")
+    assert group_key_problem("finetune", ["algo.actor_bc_wieght=4"]).startswith("algo=calql has no setting")
+    assert group_key_problem("robopretrain", ["algo=cql", "algo.actor_bc_weight=4"]) is None
+    assert group_key_problem("robopretrain", ["+algo.actor_bc_weight=4", "data.nope=1"]) is None  # Hydra's own
