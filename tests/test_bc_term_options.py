@@ -138,3 +138,24 @@ def test_an_algo_setting_the_chosen_algorithm_lacks_is_named_with_the_ones_that_
     assert group_key_problem("finetune", ["algo.actor_bc_wieght=4"]).startswith("algo=calql has no setting")
     assert group_key_problem("robopretrain", ["algo=cql", "algo.actor_bc_weight=4"]) is None
     assert group_key_problem("robopretrain", ["+algo.actor_bc_weight=4", "data.nope=1"]) is None  # Hydra's own
+
+
+def test_the_bc_term_logs_the_share_of_rows_it_keeps_and_their_error():
+    """With the success filter a user sees per update how much of the batch the BC term covers (0: no success in
+    the batch, the term is 0)."""
+    import torch
+
+    from robopretrain.algos.cql import CQL, CQLConfig
+
+    torch.manual_seed(0)
+    agent = CQL(3, 2, CQLConfig(actor_bc_weight=4.0, actor_bc_filter="success", n_actions=2,
+                                actor_hidden=(8,), critic_hidden=(8,)))
+    batch = {"observations": torch.randn(4, 3), "actions": torch.rand(4, 2) * 2 - 1, "rewards": torch.zeros(4),
+             "next_observations": torch.randn(4, 3), "dones": torch.zeros(4),
+             "mc_returns": torch.tensor([-500.0, -120.0, -500.0, -500.0])}
+    _, metrics = agent.compute_losses(batch)
+    assert metrics["actor_bc_rows"].item() == 0.25
+    mean, _ = agent.actor(batch["observations"][1:2])
+    torch.testing.assert_close(metrics["actor_bc_mse"], (torch.tanh(mean) - batch["actions"][1:2]).square().mean())
+    plain = CQL(3, 2, CQLConfig(n_actions=2, actor_hidden=(8,), critic_hidden=(8,)))
+    assert "actor_bc_rows" not in plain.compute_losses(batch)[1]

@@ -348,6 +348,7 @@ class CQL(OfflineAlgorithm):
 
         alpha = self.alpha()
         zero = torch.zeros((), device=obs.device)
+        bc_metrics: dict[str, torch.Tensor] = {}
         alpha_loss = zero
         if cfg.use_automatic_entropy_tuning:
             alpha_loss = entropy_temperature_loss(self.log_alpha, pi_logp, self.target_entropy)
@@ -363,6 +364,11 @@ class CQL(OfflineAlgorithm):
                     mask = successful_episode_mask(batch["mc_returns"], self.never_succeeds_return)
                 policy_loss = bc_regularized_actor_loss(q_pi, pi_logp, alpha.detach(), torch.tanh(mean[:b]), actions,
                                                         float(cfg.actor_bc_weight), mask)
+                if with_metrics:  # what the BC term sees: its rows' share of the batch (the filter) and their MSE
+                    keep = torch.ones(b, device=obs.device) if mask is None else mask
+                    row_mse = (torch.tanh(mean[:b]) - actions).square().mean(dim=-1)
+                    bc_metrics = {"actor_bc_rows": keep.mean(),
+                                  "actor_bc_mse": (row_mse * keep).sum() / keep.sum().clamp_min(1.0)}
             else:
                 policy_loss = sac_actor_loss(q_pi, pi_logp, alpha.detach())
 
@@ -430,6 +436,7 @@ class CQL(OfflineAlgorithm):
                 "alpha_loss": alpha_loss,
                 "alpha_prime": self.log_alpha_prime.exp(),
                 "dr3": dr3,
+                **bc_metrics,
             }
             if "mc_returns" in batch:
                 mc = batch["mc_returns"].view(1, -1, 1)
