@@ -161,6 +161,17 @@ def check_algo_overrides(cfg: DictConfig) -> None:
         _check_section(cfg, f"{stage}.algo_overrides", ALGO_CHECKS, "pipeline")
 
 
+def check_encoder(cfg: DictConfig) -> None:
+    """Refuse at start an ``encoder.mode`` or ``encoder.precision`` the offline stages would refuse only once data
+    and stage 1 have run."""
+    from robopretrain.agent import ENCODER_MODES, EncoderSettings
+
+    mode = str(cfg.encoder.mode)
+    if mode not in ENCODER_MODES:
+        raise ValueError(f"encoder.mode={mode!r}; expected one of {list(ENCODER_MODES)}")
+    EncoderSettings(precision=str(cfg.encoder.get("precision", "float32")))
+
+
 def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt = encoder_checkpoint(run_dir)
     mode = str(cfg.encoder.mode)
@@ -403,6 +414,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     check_algo_overrides(cfg)
+    check_encoder(cfg)
     for target in targets_of(cfg):  # fail early on a bad target entry, or one stage 3's algorithm cannot train on
         reward_settings(stage_algo(cfg, "stage3"), target)
     steps: dict[str, Callable[[], Any]] = {

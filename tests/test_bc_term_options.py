@@ -159,3 +159,16 @@ def test_the_bc_term_logs_the_share_of_rows_it_keeps_and_their_error():
     torch.testing.assert_close(metrics["actor_bc_mse"], (torch.tanh(mean) - batch["actions"][1:2]).square().mean())
     plain = CQL(3, 2, CQLConfig(n_actions=2, actor_hidden=(8,), critic_hidden=(8,)))
     assert "actor_bc_rows" not in plain.compute_losses(batch)[1]
+
+
+@pytest.mark.parametrize("override, message", [("encoder.precision=fp16", "encoder.precision='fp16'; expected one of"),
+                                               ("encoder.mode=finetuned", "encoder.mode='finetuned'; expected one of")])
+def test_the_pipeline_refuses_a_bad_encoder_setting_before_any_stage(tmp_path, override, message):
+    """``encoder.precision`` (new in the pipeline) was checked only when stage 2 built its agent, after the data and
+    stage 1 had run."""
+    from robopretrain import pipeline
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        pipeline.run_pipeline(_stage("pipeline", override), tmp_path / "run")
+    assert not (tmp_path / "run" / "data").exists()
+    pipeline.check_encoder(_stage("pipeline", "encoder.precision=bfloat16", "encoder.mode=frozen_cached"))
