@@ -161,6 +161,17 @@ def check_algo_overrides(cfg: DictConfig) -> None:
         _check_section(cfg, f"{stage}.algo_overrides", ALGO_CHECKS, "pipeline")
 
 
+def log_stage_algos(cfg: DictConfig) -> None:
+    """Log what each RL stage's algorithm gets from the overrides, and which common keys it lacks and so does not
+    get (``--cfg job`` shows only the pipeline's own config)."""
+    common_keys = set(plain(cfg.algo_overrides) or {})
+    for stage in RL_STAGES:
+        algo = stage_algo(cfg, stage)
+        dropped = sorted(common_keys - set(algo))
+        log.info("%s (algo=%s): algo overrides %s%s", stage, cfg[stage].algo, algo,
+                 f"; not its settings, so not passed: {', '.join(dropped)}" if dropped else "")
+
+
 def check_encoder(cfg: DictConfig) -> None:
     """Refuse at start an ``encoder.mode`` or ``encoder.precision`` the offline stages would refuse only once data
     and stage 1 have run."""
@@ -415,6 +426,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         torch.set_num_threads(int(cfg.num_threads))
     check_algo_overrides(cfg)
     check_encoder(cfg)
+    log_stage_algos(cfg)
     for target in targets_of(cfg):  # fail early on a bad target entry, or one stage 3's algorithm cannot train on
         reward_settings(stage_algo(cfg, "stage3"), target)
     steps: dict[str, Callable[[], Any]] = {

@@ -172,3 +172,15 @@ def test_the_pipeline_refuses_a_bad_encoder_setting_before_any_stage(tmp_path, o
         pipeline.run_pipeline(_stage("pipeline", override), tmp_path / "run")
     assert not (tmp_path / "run" / "data").exists()
     pipeline.check_encoder(_stage("pipeline", "encoder.precision=bfloat16", "encoder.mode=frozen_cached"))
+
+
+def test_the_pipeline_logs_what_each_stage_algorithm_gets_and_what_it_drops(caplog):
+    from robopretrain import pipeline
+
+    with caplog.at_level(logging.INFO, logger="robopretrain.pipeline"):
+        pipeline.log_stage_algos(_stage("pipeline", "stage2.algo=iql", "+stage3.algo_overrides.actor_bc_weight=0"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == ("stage2 (algo=iql): algo overrides {'batch_size': 32}; not its settings, so not passed: "
+                        "actor_bc_filter, actor_bc_weight, n_actions, policy_lr")
+    assert lines[2].startswith("stage3 (algo=calql)") and "'actor_bc_weight': 0" in lines[2]
+    assert "not passed" not in lines[1] + lines[2]
