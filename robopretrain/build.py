@@ -127,7 +127,7 @@ def report_success_filter(algo_cfg: Any, dataset: Any, where: str, *, online: bo
     kept = float(successful_episode_mask(torch.as_tensor(np.asarray(mc, dtype=np.float32)), never).mean()) \
         if len(mc) else 0.0
     if kept == 0.0:
-        later = " until the agent's own episodes succeed" if online else ""
+        later = " (online, it imitates only the agent's own successful episodes, once there are some)" if online else ""
         log.warning("algo.actor_bc_filter=success: no transition of %s belongs to a successful episode (every "
                     "return-to-go is the never-succeeds value %.4g), so the actor's BC term is 0 on it%s; check that "
                     "the data's rewards mark its successes (data.rewards_from_success=true rebuilds them from "
