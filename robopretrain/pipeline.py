@@ -161,6 +161,16 @@ def check_algo_overrides(cfg: DictConfig) -> None:
         _check_section(cfg, f"{stage}.algo_overrides", ALGO_CHECKS, "pipeline")
 
 
+def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
+    """How an RL stage's algorithm and overrides now differ from those its ``done.json`` recorded
+    (``key: old -> new``, ``; ``-joined); empty when they agree, for other stages and for records without them."""
+    if stage not in RL_STAGES or not isinstance(done.get("algo"), dict):
+        return ""
+    old, new = done["algo"], {"name": str(cfg[stage].algo), **stage_algo(cfg, stage)}
+    return "; ".join(f"{k}: {old.get(k, '(default)')} -> {new.get(k, '(default)')}"
+                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
 def log_stage_algos(cfg: DictConfig) -> None:
     """Log what each RL stage's algorithm gets from the overrides, and which common keys it lacks and so does not
     get (``--cfg job`` shows only the pipeline's own config)."""
@@ -441,6 +451,11 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     for stage in STAGES:
         if is_done(run_dir / stage):
             log.info("stage %s: already done (%s), skipped", stage, run_dir / stage / DONE)
+            changed = changed_algo(cfg, stage, read_json(run_dir / stage / DONE))
+            if changed:
+                log.warning("stage %s: already done with other algorithm settings (%s), so these take no effect; "
+                            "to run it again with them, delete %s (and the later stages' folders) or choose another "
+                            "run_dir", stage, changed, run_dir / stage)
             ran[stage] = "skipped"
             continue
         torch.manual_seed(int(cfg.seed) + STAGES.index(stage))
@@ -449,8 +464,9 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         log.info("stage %s: running", stage)
         result = steps[stage]()
         seconds = time.perf_counter() - start
+        algo = {"algo": {"name": str(cfg[stage].algo), **stage_algo(cfg, stage)}} if stage in RL_STAGES else {}
         write_json(run_dir / stage / DONE, {"stage": stage, "seconds": seconds, "result": result,
-                                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+                                            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **algo})
         ran[stage] = seconds
         print(f"[pipeline] {stage} done in {seconds:.1f} s", flush=True)
     report = write_report(cfg, run_dir)

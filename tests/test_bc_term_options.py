@@ -184,3 +184,18 @@ def test_the_pipeline_logs_what_each_stage_algorithm_gets_and_what_it_drops(capl
                         "actor_bc_filter, actor_bc_weight, n_actions, policy_lr")
     assert lines[2].startswith("stage3 (algo=calql)") and "'actor_bc_weight': 0" in lines[2]
     assert "not passed" not in lines[1] + lines[2]
+
+
+def test_a_done_stage_rerun_with_other_algo_settings_says_they_take_no_effect():
+    """Rerunning the pipeline with ``+stage3.algo_overrides.actor_bc_weight=0`` after stage 3 finished skipped it
+    without a word; done.json now records each RL stage's algorithm settings and the difference is named."""
+    from robopretrain import pipeline
+
+    before = _stage("pipeline")
+    done = {"stage": "stage3", "algo": {"name": "calql", **pipeline.stage_algo(before, "stage3")}}
+    assert pipeline.changed_algo(before, "stage3", done) == ""
+    after = _stage("pipeline", "+stage3.algo_overrides.actor_bc_weight=0")
+    assert pipeline.changed_algo(after, "stage3", done) == "actor_bc_weight: 4.0 -> 0"
+    assert pipeline.changed_algo(after, "stage2", {**done, "stage": "stage2"}) == "name: calql -> cql"
+    assert pipeline.changed_algo(after, "stage3", {"stage": "stage3"}) == ""  # a done.json of before this record
+    assert pipeline.changed_algo(after, "data", done) == ""
