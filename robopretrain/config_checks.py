@@ -78,6 +78,11 @@ def _check_common(cfg: DictConfig, where: str) -> None:
     _check_section(cfg, "obs", {"num_tasks": AT_LEAST_0}, where)
     _check_section(cfg, None, {"seed": AT_LEAST_0}, where)
     _check_section(cfg, "algo", ALGO_CHECKS, where)
+    algo = cfg.get("algo")
+    if algo is not None and algo.get("actor_bc_filter") == "success" and float(algo.get("actor_bc_weight") or 0) > 0 \
+            and algo.get("sparse_reward") is False:
+        raise ValueError(f"{where} config: algo.actor_bc_filter=success with algo.sparse_reward=false; the filter "
+                         "reads success from the sparse {0, 1} reward's returns-to-go: set algo.actor_bc_filter=none")
 
 
 def validate_offline_config(cfg: DictConfig) -> None:

@@ -37,6 +37,15 @@ def test_bad_bc_term_values_are_named_before_any_data_is_read(override, message)
     validate_offline_config(_stage("robopretrain", "algo=cql", "algo.actor_bc_weight=4", "algo.actor_bc_filter=success"))
 
 
+def test_the_success_filter_with_dense_rewards_is_named_at_start():
+    from robopretrain.config_checks import validate_offline_config
+
+    dense = ("algo=cql", "algo.actor_bc_filter=success", "algo.sparse_reward=false")
+    with pytest.raises(ValueError, match="algo.actor_bc_filter=success with algo.sparse_reward=false"):
+        validate_offline_config(_stage("robopretrain", *dense, "algo.actor_bc_weight=4"))
+    validate_offline_config(_stage("robopretrain", *dense))  # no BC term: the filter filters nothing
+
+
 def test_the_success_filter_is_refused_for_dense_rewards_only_where_the_bc_term_is_on():
     """``+stage3.algo_overrides.actor_bc_weight=0`` (the docs' plain Cal-QL actor) leaves the pipeline's common
     ``actor_bc_filter: success`` in place: with a dense-reward target that must not be refused (nothing is filtered)."""
