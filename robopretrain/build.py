@@ -110,11 +110,13 @@ def reward_settings(algo_cfg: Any, target: Target | None = None) -> RewardSettin
     return r
 
 
-def report_success_filter(algo_cfg: Any, dataset: Any, where: str, *, online: bool = False) -> float | None:
+def report_success_filter(algo_cfg: Any, dataset: Any, where: str, *, online: bool = False,
+                          tasks: Mapping[str, int] | None = None) -> float | None:
     """With the actor's BC term on successful episodes (:func:`success_filtered_bc`), the share of ``dataset``'s
     transitions it keeps (logged), and a warning when it keeps none: the BC term is then 0 on that data, which the
-    run would not otherwise show. ``online``: stage 3, where the agent's own successful episodes join later.
-    ``None`` when the filter is off or the data has no returns-to-go."""
+    run would not otherwise show; likewise for each task of several (``tasks``: name -> task id, read from the
+    observations' ``task_id``) none of whose episodes succeeds. ``online``: stage 3, where the agent's own
+    successful episodes join later. ``None`` when the filter is off or the data has no returns-to-go."""
     if not success_filtered_bc(algo_cfg):
         return None
     mc = dataset.arrays().get("mc_returns")
@@ -124,8 +126,15 @@ def report_success_filter(algo_cfg: Any, dataset: Any, where: str, *, online: bo
 
     overrides = algo_overrides(algo_cfg)
     never = float(overrides.get("reward_bias", 0.0)) / (1.0 - float(overrides.get("discount", 0.99)))
-    kept = float(successful_episode_mask(torch.as_tensor(np.asarray(mc, dtype=np.float32)), never).mean()) \
-        if len(mc) else 0.0
+    mask = successful_episode_mask(torch.as_tensor(np.asarray(mc, dtype=np.float32)), never).numpy()
+    kept = float(mask.mean()) if len(mask) else 0.0
+    ids = (dataset.arrays().get("observations") or {}).get("task_id")
+    if kept > 0.0 and tasks and ids is not None and len(set(tasks.values())) > 1:
+        ids = np.asarray(ids).reshape(len(mask), -1)[:, 0].round().astype(int)
+        none = sorted(name for name, tid in tasks.items() if (ids == tid).any() and not mask[ids == tid].any())
+        if none:
+            log.warning("algo.actor_bc_filter=success: no episode of %s in %s succeeds, so the actor's BC term never "
+                        "imitates %s", ", ".join(none), where, "it" if len(none) == 1 else "them")
     if kept == 0.0:
         later = " (online, it imitates only the agent's own successful episodes, once there are some)" if online else ""
         log.warning("algo.actor_bc_filter=success: no transition of %s belongs to a successful episode (every "

@@ -111,7 +111,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size)
     if dinfo.is_main:
-        build.report_success_filter(cfg.algo, dataset, str(data_path))
+        build.report_success_filter(cfg.algo, dataset, str(data_path), tasks=info.tasks)
     if init is None:
         agent = build.new_agent(cfg, spec, info.action_dim, dataset, device)
     elif info.action_dim != agent.act_dim:

@@ -66,11 +66,11 @@ def test_the_success_filter_is_refused_for_dense_rewards_only_where_the_bc_term_
 
 
 class _Data:
-    def __init__(self, mc: np.ndarray) -> None:
-        self.mc = mc
+    def __init__(self, mc: np.ndarray, task_ids: np.ndarray | None = None) -> None:
+        self.mc, self.task_ids = mc, task_ids
 
     def arrays(self):
-        return {"mc_returns": self.mc}
+        return {"mc_returns": self.mc, "observations": {} if self.task_ids is None else {"task_id": self.task_ids}}
 
 
 def _returns(successes: list[bool], length: int = 5, scale: float = 10.0, bias: float = -5.0) -> np.ndarray:
@@ -208,3 +208,18 @@ def test_a_done_stage_rerun_with_other_algo_settings_says_they_take_no_effect():
     assert pipeline.changed_algo(after, "stage2", {**done, "stage": "stage2"}) == "name: calql -> cql"
     assert pipeline.changed_algo(after, "stage3", {"stage": "stage3"}) == ""  # a done.json of before this record
     assert pipeline.changed_algo(after, "data", done) == ""
+
+
+def test_a_task_none_of_whose_episodes_succeeds_is_named(caplog):
+    """Multi-task data: the filter keeps the other tasks' successes, but never imitates a task whose demos all fail."""
+    from robopretrain.build import report_success_filter
+
+    algo = {"actor_bc_weight": 4.0, "actor_bc_filter": "success", "reward_bias": -5.0, "discount": 0.99}
+    mc = _returns([True, False, False, True, False])  # 5 transitions per episode; tasks 3, 3, 7, 5, 5
+    ids = np.repeat([3.0, 3.0, 7.0, 5.0, 5.0], 5)
+    with caplog.at_level(logging.INFO, logger="robopretrain.build"):
+        assert report_success_filter(algo, _Data(mc, ids), "prior.hdf5",
+                                     tasks={"Reach": 3, "Lift": 7, "Push": 5, "Unused": 9}) == pytest.approx(0.4)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["algo.actor_bc_filter=success: no episode of Lift in prior.hdf5 succeeds, so the actor's BC "
+                      "term never imitates it"]
