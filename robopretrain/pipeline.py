@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robopretrain.build import compose, plain, reward_settings
+from robopretrain.build import compose, plain, reward_settings, success_filtered_bc
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 
@@ -169,6 +169,18 @@ def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
     old, new = done["algo"], {"name": str(cfg[stage].algo), **stage_algo(cfg, stage)}
     return "; ".join(f"{k}: {old.get(k, '(default)')} -> {new.get(k, '(default)')}"
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Fail early on a bad target entry, or one stage 3's algorithm cannot train on (a dense reward with the BC term
+    kept to successful episodes); warn where the adaptation's success filter meets a dense-reward target's demos."""
+    for target in targets_of(cfg):
+        reward_settings(stage_algo(cfg, "stage3"), target)
+        if not target.sparse and success_filtered_bc(stage_algo(cfg, "adapt")):
+            log.warning("adapt: target %s declares a dense reward, but the adaptation's BC term is kept to successful "
+                        "episodes (actor_bc_filter: success, read from sparse-reward returns-to-go): of its demos it "
+                        "keeps every episode whose rewards are not all 0; +adapt.algo_overrides.actor_bc_filter=none "
+                        "imitates all the data (the prior data's failures too)", target.name)
 
 
 def log_stage_algos(cfg: DictConfig) -> None:
@@ -437,8 +449,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     check_algo_overrides(cfg)
     check_encoder(cfg)
     log_stage_algos(cfg)
-    for target in targets_of(cfg):  # fail early on a bad target entry, or one stage 3's algorithm cannot train on
-        reward_settings(stage_algo(cfg, "stage3"), target)
+    check_targets(cfg)
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),
         "stage1": lambda: stage_stage1(cfg, run_dir),

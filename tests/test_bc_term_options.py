@@ -223,3 +223,23 @@ def test_a_task_none_of_whose_episodes_succeeds_is_named(caplog):
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == ["algo.actor_bc_filter=success: no episode of Lift in prior.hdf5 succeeds, so the actor's BC "
                       "term never imitates it"]
+
+
+def test_a_dense_target_with_the_filter_off_in_stage3_only_warns_about_the_adaptation(caplog):
+    """The refusal's advice (``+stage3.algo_overrides.actor_bc_filter=none``, or the weight 0 there) lets the run
+    start; the adaptation, whose batches hold the target's dense-reward demos, still filters: said, not refused."""
+    from robopretrain import pipeline
+
+    dense = "targets=[{name: Dense, env_id: 'sim_envs:TabletopEnv', reward: dense, task_id: 0}]"
+    for fix in ("+stage3.algo_overrides.actor_bc_filter=none", "+stage3.algo_overrides.actor_bc_weight=0"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
+            pipeline.check_targets(_stage("pipeline", dense, fix))
+        assert [r.getMessage()[:43] for r in caplog.records] == ["adapt: target Dense declares a dense reward"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
+        pipeline.check_targets(_stage("pipeline", dense, "algo_overrides.actor_bc_filter=none"))
+        pipeline.check_targets(_stage("pipeline"))
+    assert not caplog.records
+    with pytest.raises(ValueError, match="declares a dense reward"):
+        pipeline.check_targets(_stage("pipeline", dense))
