@@ -178,9 +178,10 @@ def check_targets(cfg: DictConfig) -> None:
         reward_settings(stage_algo(cfg, "stage3"), target)
         if not target.sparse and success_filtered_bc(stage_algo(cfg, "adapt")):
             log.warning("adapt: target %s declares a dense reward, but the adaptation's BC term is kept to successful "
-                        "episodes (actor_bc_filter: success, read from sparse-reward returns-to-go): of its demos it "
-                        "keeps every episode whose rewards are not all 0; +adapt.algo_overrides.actor_bc_filter=none "
-                        "imitates all the data (the prior data's failures too)", target.name)
+                        "episodes (actor_bc_filter: success, read from sparse-reward returns-to-go): on its demos, whose "
+                        "dense returns do not mark success, what it keeps is not their successes; "
+                        "+adapt.algo_overrides.actor_bc_filter=none imitates all the data (the prior data's failures "
+                        "too)", target.name)
 
 
 def log_stage_algos(cfg: DictConfig) -> None:
