@@ -125,6 +125,8 @@ def report_success_filter(algo_cfg: Any, dataset: Any, where: str, *, online: bo
     from robopretrain.algos.cql import successful_episode_mask
 
     overrides = algo_overrides(algo_cfg)
+    if float(overrides.get("discount", 0.99)) >= 1.0:  # no never-succeeds value: the agent refuses the filter
+        return None
     never = float(overrides.get("reward_bias", 0.0)) / (1.0 - float(overrides.get("discount", 0.99)))
     mask = successful_episode_mask(torch.as_tensor(np.asarray(mc, dtype=np.float32)), never).numpy()
     kept = float(mask.mean()) if len(mask) else 0.0

@@ -79,10 +79,15 @@ def _check_common(cfg: DictConfig, where: str) -> None:
     _check_section(cfg, None, {"seed": AT_LEAST_0}, where)
     _check_section(cfg, "algo", ALGO_CHECKS, where)
     algo = cfg.get("algo")
-    if algo is not None and algo.get("actor_bc_filter") == "success" and float(algo.get("actor_bc_weight") or 0) > 0 \
-            and algo.get("sparse_reward") is False:
-        raise ValueError(f"{where} config: algo.actor_bc_filter=success with algo.sparse_reward=false; the filter "
-                         "reads success from the sparse {0, 1} reward's returns-to-go: set algo.actor_bc_filter=none")
+    if algo is not None and algo.get("actor_bc_filter") == "success" and float(algo.get("actor_bc_weight") or 0) > 0:
+        if algo.get("sparse_reward") is False:
+            raise ValueError(f"{where} config: algo.actor_bc_filter=success with algo.sparse_reward=false; the filter "
+                             "reads success from the sparse {0, 1} reward's returns-to-go: set "
+                             "algo.actor_bc_filter=none")
+        if algo.get("discount") is not None and float(algo.discount) >= 1:
+            raise ValueError(f"{where} config: algo.actor_bc_filter=success with algo.discount={algo.discount}; the "
+                             "filter compares returns-to-go with the never-succeeds value reward_bias / (1 - "
+                             "discount): set a discount < 1 or algo.actor_bc_filter=none")
 
 
 def validate_offline_config(cfg: DictConfig) -> None:

@@ -243,3 +243,19 @@ def test_a_dense_target_with_the_filter_off_in_stage3_only_warns_about_the_adapt
     assert not caplog.records
     with pytest.raises(ValueError, match="declares a dense reward"):
         pipeline.check_targets(_stage("pipeline", dense))
+
+
+def test_discount_one_builds_cql_and_refuses_only_the_success_filter():
+    """The never-succeeds value ``reward_bias / (1 - discount)`` was computed for every CQL agent: ``algo=cql
+    algo.discount=1`` on data whose episodes all succeed ended in a ZeroDivisionError traceback."""
+    from robopretrain.algos.cql import CQL, CQLConfig
+    from robopretrain.config_checks import validate_offline_config
+
+    small = {"actor_hidden": (8,), "critic_hidden": (8,)}
+    CQL(3, 2, CQLConfig(discount=1.0, **small))
+    CQL(3, 2, CQLConfig(discount=1.0, actor_bc_weight=4.0, **small))
+    with pytest.raises(ValueError, match="needs discount < 1"):
+        CQL(3, 2, CQLConfig(discount=1.0, actor_bc_weight=4.0, actor_bc_filter="success", **small))
+    with pytest.raises(ValueError, match="algo.actor_bc_filter=success with algo.discount=1"):
+        validate_offline_config(_stage("robopretrain", "algo=cql", "algo.discount=1", "algo.actor_bc_weight=4",
+                                       "algo.actor_bc_filter=success"))

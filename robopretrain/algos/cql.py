@@ -275,8 +275,13 @@ class CQL(OfflineAlgorithm):
             # the filter acts only on the BC term: with actor_bc_weight 0 it does nothing, and is not refused
             raise ValueError("actor_bc_filter='success' needs sparse_reward=true (success is read from the "
                              "Monte-Carlo return of the sparse {0, 1} reward)")
-        # every step's return-to-go in an episode that never succeeds (sparse rule): (0 * scale + bias) / (1 - gamma)
-        self.never_succeeds_return = float(cfg.reward_bias) / (1.0 - float(cfg.discount))
+        # every step's return-to-go in an episode that never succeeds (sparse rule): (0 * scale + bias) / (1 - gamma);
+        # undefined at discount 1 (the filter is refused there; without it the value is unused)
+        if float(cfg.discount) >= 1.0 and cfg.actor_bc_filter == "success" and float(cfg.actor_bc_weight) > 0:
+            raise ValueError(f"actor_bc_filter='success' needs discount < 1 (the never-succeeds return "
+                             f"reward_bias / (1 - discount)), got discount={cfg.discount}")
+        self.never_succeeds_return = (float(cfg.reward_bias) / (1.0 - float(cfg.discount))
+                                      if float(cfg.discount) < 1.0 else -math.inf)
         self.bc_phase = int(cfg.bc_steps) > 0  # whether the coming update is a BC warm-start one (set per update)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device)
