@@ -136,7 +136,8 @@ def check_algo_overrides(cfg: DictConfig) -> None:
     range (:data:`robopretrain.config_checks.ALGO_CHECKS`)."""
     from robopretrain.config_checks import ALGO_CHECKS, _check_section
 
-    algos = {stage: str(cfg[stage].algo) for stage in RL_STAGES if cfg.get(stage) is not None and cfg[stage].get("algo")}
+    algos = {stage: str(cfg[stage].algo) for stage in RL_STAGES
+             if cfg.get(stage) is not None and cfg[stage].get("algo")}
     options = sorted(p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml"))
     for stage, algo in algos.items():
         if algo not in options:
@@ -178,8 +179,8 @@ def check_targets(cfg: DictConfig) -> None:
         reward_settings(stage_algo(cfg, "stage3"), target)
         if not target.sparse and success_filtered_bc(stage_algo(cfg, "adapt")):
             log.warning("adapt: target %s declares a dense reward, but the adaptation's BC term is kept to successful "
-                        "episodes (actor_bc_filter: success, read from sparse-reward returns-to-go): on its demos, whose "
-                        "dense returns do not mark success, what it keeps is not their successes; "
+                        "episodes (actor_bc_filter: success, read from sparse-reward returns-to-go): on its demos, "
+                        "whose dense returns do not mark success, what it keeps is not their successes; "
                         "+adapt.algo_overrides.actor_bc_filter=none imitates all the data (the prior data's failures "
                         "too)", target.name)
 

@@ -34,7 +34,8 @@ def test_bad_bc_term_values_are_named_before_any_data_is_read(override, message)
     with pytest.raises(ValueError) as err:
         validate_online_config(_stage("finetune", override))
     assert message in str(err.value)
-    validate_offline_config(_stage("robopretrain", "algo=cql", "algo.actor_bc_weight=4", "algo.actor_bc_filter=success"))
+    validate_offline_config(_stage("robopretrain", "algo=cql", "algo.actor_bc_weight=4",
+                                   "algo.actor_bc_filter=success"))
 
 
 def test_the_success_filter_with_dense_rewards_is_named_at_start():
