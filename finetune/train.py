@@ -125,6 +125,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,
                               seed=int(cfg.seed) + 2, device=device, tasks=tasks,
                               task_id=target.resolved_task_id() if agent.spec.num_tasks else None)
+    build.report_success_filter(cfg.algo, offline, str(data_path), online=True)
     offline = build.prepared(agent, offline, int(cfg.seed) + 2)
     meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"), "data_path": str(data_path),
             "task_names": [target.name], "reward": reward.__dict__}

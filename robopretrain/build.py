@@ -87,13 +87,20 @@ def algo_overrides(algo_cfg: Any) -> dict[str, Any]:
     return out
 
 
+def success_filtered_bc(algo_cfg: Any) -> bool:
+    """Whether the actor has a BC term kept to successful episodes (CQL / Cal-QL: ``actor_bc_filter=success`` with
+    ``actor_bc_weight > 0``; the filter does nothing without the term)."""
+    overrides = algo_overrides(algo_cfg)
+    return overrides.get("actor_bc_filter", "none") == "success" and float(overrides.get("actor_bc_weight") or 0) > 0
+
+
 def reward_settings(algo_cfg: Any, target: Target | None = None) -> RewardSettings:
     """The algorithm's reward transform and discount; a target that declares a dense reward turns the sparse
     all-failure rule off (and says so). Raises ValueError for a dense-reward target with
-    ``actor_bc_filter=success`` (success is read from sparse returns-to-go)."""
+    ``actor_bc_filter=success`` and ``actor_bc_weight > 0`` (success is read from sparse returns-to-go)."""
     overrides = algo_overrides(algo_cfg)
     r = RewardSettings.of_algo(overrides)
-    if target is not None and not target.sparse and overrides.get("actor_bc_filter", "none") == "success":
+    if target is not None and not target.sparse and success_filtered_bc(overrides):
         raise ValueError(f"target {target.name} declares a dense reward, but algo.actor_bc_filter=success reads "
                          "success from sparse-reward returns-to-go: set algo.actor_bc_filter=none (or "
                          "+stage3.algo_overrides.actor_bc_filter=none in the pipeline)")
@@ -101,6 +108,45 @@ def reward_settings(algo_cfg: Any, target: Target | None = None) -> RewardSettin
         log.info("target %s declares a dense reward: returns-to-go without the sparse all-failure rule", target.name)
         r = RewardSettings(discount=r.discount, scale=r.scale, bias=r.bias, sparse=False)
     return r
+
+
+def report_success_filter(algo_cfg: Any, dataset: Any, where: str, *, online: bool = False,
+                          tasks: Mapping[str, int] | None = None) -> float | None:
+    """With the actor's BC term on successful episodes (:func:`success_filtered_bc`), the share of ``dataset``'s
+    transitions it keeps (logged), and a warning when it keeps none: the BC term is then 0 on that data, which the
+    run would not otherwise show; likewise for each task of several (``tasks``: name -> task id, read from the
+    observations' ``task_id``) none of whose episodes succeeds. ``online``: stage 3, where the agent's own
+    successful episodes join later. ``None`` when the filter is off or the data has no returns-to-go."""
+    if not success_filtered_bc(algo_cfg):
+        return None
+    mc = dataset.arrays().get("mc_returns")
+    if mc is None:
+        return None
+    from robopretrain.algos.cql import successful_episode_mask
+
+    overrides = algo_overrides(algo_cfg)
+    if float(overrides.get("discount", 0.99)) >= 1.0:  # no never-succeeds value: the agent refuses the filter
+        return None
+    never = float(overrides.get("reward_bias", 0.0)) / (1.0 - float(overrides.get("discount", 0.99)))
+    mask = successful_episode_mask(torch.as_tensor(np.asarray(mc, dtype=np.float32)), never).numpy()
+    kept = float(mask.mean()) if len(mask) else 0.0
+    ids = (dataset.arrays().get("observations") or {}).get("task_id")
+    if kept > 0.0 and tasks and ids is not None and len(set(tasks.values())) > 1:
+        ids = np.asarray(ids).reshape(len(mask), -1)[:, 0].round().astype(int)
+        none = sorted(name for name, tid in tasks.items() if (ids == tid).any() and not mask[ids == tid].any())
+        if none:
+            log.warning("algo.actor_bc_filter=success: no episode of %s in %s succeeds, so the actor's BC term never "
+                        "imitates %s", ", ".join(none), where, "it" if len(none) == 1 else "them")
+    if kept == 0.0:
+        later = " (online, it imitates only the agent's own successful episodes, once there are some)" if online else ""
+        log.warning("algo.actor_bc_filter=success: no transition of %s belongs to a successful episode (every "
+                    "return-to-go is the never-succeeds value %.4g), so the actor's BC term is 0 on it%s; check that "
+                    "the data's rewards mark its successes (data.rewards_from_success=true rebuilds them from "
+                    "ep_meta), or set algo.actor_bc_filter=none", where, never, later)
+    else:
+        log.info("algo.actor_bc_filter=success: the actor's BC term on %.0f%% of the transitions of %s (those of "
+                 "successful episodes)", 100 * kept, where)
+    return kept
 
 
 def randomization(node: Any) -> Any:
@@ -336,6 +382,7 @@ def target_config(node: Any) -> Target:
 
 __all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "env_fits_or_log",
            "eval_targets", "converted", "load_data",
-           "new_agent", "plain", "prepared", "randomization", "resolve_data_path", "reward_settings", "setup_torch",
+           "new_agent", "plain", "prepared", "randomization", "report_success_filter", "resolve_data_path",
+           "reward_settings", "setup_torch", "success_filtered_bc",
            "training_sampler",
            "target_config", "targets_of_data"]

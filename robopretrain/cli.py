@@ -160,13 +160,50 @@ def validate_overrides(config_name: str, overrides: list[str], config_dir: Path 
     except (HydraException, OmegaConfBaseException) as exc:
         if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
             raise
-        report_and_exit(exc, prefix="error: config")
+        report_and_exit(ValueError(group_key_problem(config_name, overrides, config_dir) or str(exc)),
+                        prefix="error: config")
     finally:
         GlobalHydra.instance().clear()
     problem = group_replaced_by_value(OmegaConf.to_container(default, resolve=False),
                                       OmegaConf.to_container(given, resolve=False))
     if problem:
         report_and_exit(ValueError(problem), prefix="error: config")
+
+
+# config groups whose options hold every setting there is (each mirrors a dataclass): ``+<group>.<key>`` never helps
+CLOSED_GROUPS = ("algo",)
+
+
+def group_key_problem(config_name: str, overrides: list[str], config_dir: Path = CONFIG_DIR) -> str | None:
+    """The first override ``<group>.<key>=...`` of a :data:`CLOSED_GROUPS` group whose key the chosen option does
+    not have, as one line naming the option and the options that have the key (e.g. ``algo=iql
+    algo.actor_bc_weight=4``: Hydra itself says "use +algo.actor_bc_weight", which then fails on IQL's config);
+    ``None`` when there is none."""
+    from omegaconf import OmegaConf
+
+    try:
+        defaults = OmegaConf.load(config_dir / f"{config_name}.yaml").get("defaults") or []
+    except (OSError, ValueError):
+        return None
+    choices = {str(k): str(v) for entry in defaults if OmegaConf.is_dict(entry) for k, v in entry.items()}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in choices:
+            choices[key] = value
+    for override in overrides:
+        key = override.partition("=")[0]
+        if key.startswith(("+", "~")) or "." not in key:
+            continue
+        group, name = key.split(".")[:2]
+        if group not in CLOSED_GROUPS:
+            continue
+        path = config_dir / group / f"{choices.get(group)}.yaml"
+        if group not in choices or not path.is_file() or name in OmegaConf.load(path):
+            continue
+        having = sorted(p.stem for p in (config_dir / group).glob("*.yaml") if name in OmegaConf.load(p))
+        return (f"{group}={choices[group]} has no setting {name!r} ({group}/{choices[group]}.yaml)"
+                + (f"; the {group} options that have it: {', '.join(having)}" if having else ""))
+    return None
 
 
 def quoted_override(override: str) -> str:

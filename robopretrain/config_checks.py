@@ -32,7 +32,8 @@ ALGO_CHECKS: dict[str, tuple[Check, str]] = {
     "policy_freq": AT_LEAST_1, "policy_noise": NON_NEGATIVE, "noise_clip": NON_NEGATIVE, "alpha": NON_NEGATIVE,
     "expl_noise": NON_NEGATIVE, "awac_lambda": POSITIVE, "actor_bc_coef": NON_NEGATIVE, "critic_bc_coef": NON_NEGATIVE,
     "phi": NON_NEGATIVE, "lmbda": UNIT_CLOSED, "n_target_samples": AT_LEAST_1, "n_act_samples": AT_LEAST_1,
-    "guide_lr": POSITIVE, "num_values": AT_LEAST_1,
+    "guide_lr": POSITIVE, "num_values": AT_LEAST_1, "actor_bc_weight": NON_NEGATIVE, "bc_steps": AT_LEAST_0,
+    "actor_bc_filter": (lambda v: v in ("none", "success"), "none or success"),
 }
 TRAIN_CHECKS: dict[str, tuple[Check, str]] = {
     "steps": AT_LEAST_0, "log_every": AT_LEAST_1, "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1,
@@ -77,6 +78,16 @@ def _check_common(cfg: DictConfig, where: str) -> None:
     _check_section(cfg, "obs", {"num_tasks": AT_LEAST_0}, where)
     _check_section(cfg, None, {"seed": AT_LEAST_0}, where)
     _check_section(cfg, "algo", ALGO_CHECKS, where)
+    algo = cfg.get("algo")
+    if algo is not None and algo.get("actor_bc_filter") == "success" and float(algo.get("actor_bc_weight") or 0) > 0:
+        if algo.get("sparse_reward") is False:
+            raise ValueError(f"{where} config: algo.actor_bc_filter=success with algo.sparse_reward=false; the filter "
+                             "reads success from the sparse {0, 1} reward's returns-to-go: set "
+                             "algo.actor_bc_filter=none")
+        if algo.get("discount") is not None and float(algo.discount) >= 1:
+            raise ValueError(f"{where} config: algo.actor_bc_filter=success with algo.discount={algo.discount}; the "
+                             "filter compares returns-to-go with the never-succeeds value reward_bias / (1 - "
+                             "discount): set a discount < 1 or algo.actor_bc_filter=none")
 
 
 def validate_offline_config(cfg: DictConfig) -> None:

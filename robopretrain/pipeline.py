@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robopretrain.build import compose, plain, reward_settings
+from robopretrain.build import compose, plain, reward_settings, success_filtered_bc
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 
@@ -124,6 +124,87 @@ def stage_algo(cfg: DictConfig, stage: str) -> dict[str, Any]:
         known = set(OmegaConf.load(CONFIG_DIR / "algo" / f"{section.algo}.yaml"))
         common = {k: v for k, v in common.items() if k in known}
     return {**common, **(plain(own) or {})}
+
+
+RL_STAGES = ("stage2", "adapt", "stage3")
+
+
+def check_algo_overrides(cfg: DictConfig) -> None:
+    """Refuse at start, before any stage runs, what :func:`stage_algo` would otherwise pass on silently or leave to
+    fail minutes later: a key of ``<stage>.algo_overrides`` that the stage's algorithm does not have, a key of the
+    common ``algo_overrides`` that no algorithm has (a typo there was dropped by every stage), and a value out of
+    range (:data:`robopretrain.config_checks.ALGO_CHECKS`)."""
+    from robopretrain.config_checks import ALGO_CHECKS, _check_section
+
+    algos = {stage: str(cfg[stage].algo) for stage in RL_STAGES
+             if cfg.get(stage) is not None and cfg[stage].get("algo")}
+    options = sorted(p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml"))
+    for stage, algo in algos.items():
+        if algo not in options:
+            raise ValueError(f"{stage}.algo={algo}: no such algorithm (configs/algo/: {', '.join(options)})")
+    known = {stage: set(OmegaConf.load(CONFIG_DIR / "algo" / f"{algo}.yaml")) - {"name"}
+             for stage, algo in algos.items()}
+    for stage, keys in known.items():
+        own = plain(cfg[stage].get("algo_overrides")) or {}
+        unknown = sorted(set(own) - keys)
+        if unknown:
+            raise ValueError(f"{stage}.algo_overrides: {', '.join(unknown)} is not a setting of {stage}.algo="
+                             f"{algos[stage]} (configs/algo/{algos[stage]}.yaml; its settings: "
+                             f"{', '.join(sorted(keys))})")
+    common = plain(cfg.algo_overrides) or {}
+    anywhere = set().union(*(set(OmegaConf.load(p)) for p in (CONFIG_DIR / "algo").glob("*.yaml")))
+    unknown = sorted(set(common) - anywhere)
+    if unknown:
+        raise ValueError(f"algo_overrides: {', '.join(unknown)} is a setting of no algorithm (configs/algo/*.yaml); "
+                         f"the stages run {', '.join(f'{stage}.algo={algo}' for stage, algo in algos.items())}")
+    _check_section(cfg, "algo_overrides", ALGO_CHECKS, "pipeline")
+    for stage in known:
+        _check_section(cfg, f"{stage}.algo_overrides", ALGO_CHECKS, "pipeline")
+
+
+def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
+    """How an RL stage's algorithm and overrides now differ from those its ``done.json`` recorded
+    (``key: old -> new``, ``; ``-joined); empty when they agree, for other stages and for records without them."""
+    if stage not in RL_STAGES or not isinstance(done.get("algo"), dict):
+        return ""
+    old, new = done["algo"], {"name": str(cfg[stage].algo), **stage_algo(cfg, stage)}
+    return "; ".join(f"{k}: {old.get(k, '(default)')} -> {new.get(k, '(default)')}"
+                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Fail early on a bad target entry, or one stage 3's algorithm cannot train on (a dense reward with the BC term
+    kept to successful episodes); warn where the adaptation's success filter meets a dense-reward target's demos."""
+    for target in targets_of(cfg):
+        reward_settings(stage_algo(cfg, "stage3"), target)
+        if not target.sparse and success_filtered_bc(stage_algo(cfg, "adapt")):
+            log.warning("adapt: target %s declares a dense reward, but the adaptation's BC term is kept to successful "
+                        "episodes (actor_bc_filter: success, read from sparse-reward returns-to-go): on its demos, "
+                        "whose dense returns do not mark success, what it keeps is not their successes; "
+                        "+adapt.algo_overrides.actor_bc_filter=none imitates all the data (the prior data's failures "
+                        "too)", target.name)
+
+
+def log_stage_algos(cfg: DictConfig) -> None:
+    """Log what each RL stage's algorithm gets from the overrides, and which common keys it lacks and so does not
+    get (``--cfg job`` shows only the pipeline's own config)."""
+    common_keys = set(plain(cfg.algo_overrides) or {})
+    for stage in RL_STAGES:
+        algo = stage_algo(cfg, stage)
+        dropped = sorted(common_keys - set(algo))
+        log.info("%s (algo=%s): algo overrides %s%s", stage, cfg[stage].algo, algo,
+                 f"; not its settings, so not passed: {', '.join(dropped)}" if dropped else "")
+
+
+def check_encoder(cfg: DictConfig) -> None:
+    """Refuse at start an ``encoder.mode`` or ``encoder.precision`` the offline stages would refuse only once data
+    and stage 1 have run."""
+    from robopretrain.agent import ENCODER_MODES, EncoderSettings
+
+    mode = str(cfg.encoder.mode)
+    if mode not in ENCODER_MODES:
+        raise ValueError(f"encoder.mode={mode!r}; expected one of {list(ENCODER_MODES)}")
+    EncoderSettings(precision=str(cfg.encoder.get("precision", "float32")))
 
 
 def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -367,8 +448,10 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
-    for target in targets_of(cfg):  # fail early on a bad target entry, or one stage 3's algorithm cannot train on
-        reward_settings(stage_algo(cfg, "stage3"), target)
+    check_algo_overrides(cfg)
+    check_encoder(cfg)
+    log_stage_algos(cfg)
+    check_targets(cfg)
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),
         "stage1": lambda: stage_stage1(cfg, run_dir),
@@ -381,6 +464,11 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     for stage in STAGES:
         if is_done(run_dir / stage):
             log.info("stage %s: already done (%s), skipped", stage, run_dir / stage / DONE)
+            changed = changed_algo(cfg, stage, read_json(run_dir / stage / DONE))
+            if changed:
+                log.warning("stage %s: already done with other algorithm settings (%s), so these take no effect; "
+                            "to run it again with them, delete %s (and the later stages' folders) or choose another "
+                            "run_dir", stage, changed, run_dir / stage)
             ran[stage] = "skipped"
             continue
         torch.manual_seed(int(cfg.seed) + STAGES.index(stage))
@@ -389,8 +477,9 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         log.info("stage %s: running", stage)
         result = steps[stage]()
         seconds = time.perf_counter() - start
+        algo = {"algo": {"name": str(cfg[stage].algo), **stage_algo(cfg, stage)}} if stage in RL_STAGES else {}
         write_json(run_dir / stage / DONE, {"stage": stage, "seconds": seconds, "result": result,
-                                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+                                            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **algo})
         ran[stage] = seconds
         print(f"[pipeline] {stage} done in {seconds:.1f} s", flush=True)
     report = write_report(cfg, run_dir)

@@ -110,6 +110,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size)
+    if dinfo.is_main:
+        build.report_success_filter(cfg.algo, dataset, str(data_path), tasks=info.tasks)
     if init is None:
         agent = build.new_agent(cfg, spec, info.action_dim, dataset, device)
     elif info.action_dim != agent.act_dim:
@@ -126,6 +128,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         with dist_utils.main_first(dinfo):
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size)
+        if dinfo.is_main:
+            build.report_success_filter(cfg.algo, mix_data, str(mix.path))
         sampler = MixedSampler(sampler, build.training_sampler(agent, build.prepared(agent, mix_data, seed + 1),
                                                                seed + 1), 1.0 - float(mix.fraction))
         log.info("batches: %.0f%% from %s, %.0f%% from %s", 100 * (1 - float(mix.fraction)), data_path,

@@ -284,4 +284,5 @@ def test_actor_bc_filter_keeps_the_bc_term_to_successful_episodes():
     with pytest.raises(ValueError, match="actor_bc_filter must be"):
         _agent(actor_bc_filter="succes")
     with pytest.raises(ValueError, match="needs sparse_reward"):
-        _agent(actor_bc_filter="success", sparse_reward=False)
+        _agent(actor_bc_weight=0.4, actor_bc_filter="success", sparse_reward=False)
+    _agent(actor_bc_filter="success", sparse_reward=False)  # without the BC term the filter acts on nothing

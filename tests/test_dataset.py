@@ -186,6 +186,6 @@ def test_a_dense_reward_target_refuses_the_success_filter_of_the_actor_bc_term()
 
     dense = Target(name="Dense", env_id="sim_envs:TabletopEnv", reward="dense")
     with pytest.raises(ValueError, match="actor_bc_filter=none"):
-        build.reward_settings({"name": "calql", "actor_bc_filter": "success"}, dense)
+        build.reward_settings({"name": "calql", "actor_bc_filter": "success", "actor_bc_weight": 4.0}, dense)
     assert build.reward_settings({"name": "calql", "actor_bc_filter": "none"}, dense).sparse is False
     assert build.reward_settings({"name": "calql", "actor_bc_filter": "success"}).sparse is True

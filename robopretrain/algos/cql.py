@@ -271,11 +271,17 @@ class CQL(OfflineAlgorithm):
             raise ValueError(f"actor_bc_weight must be >= 0, got {cfg.actor_bc_weight}")
         if cfg.actor_bc_filter not in ("none", "success"):
             raise ValueError(f"actor_bc_filter must be 'none' or 'success', got {cfg.actor_bc_filter!r}")
-        if cfg.actor_bc_filter == "success" and not cfg.sparse_reward:
+        if cfg.actor_bc_filter == "success" and not cfg.sparse_reward and float(cfg.actor_bc_weight) > 0:
+            # the filter acts only on the BC term: with actor_bc_weight 0 it does nothing, and is not refused
             raise ValueError("actor_bc_filter='success' needs sparse_reward=true (success is read from the "
                              "Monte-Carlo return of the sparse {0, 1} reward)")
-        # every step's return-to-go in an episode that never succeeds (sparse rule): (0 * scale + bias) / (1 - gamma)
-        self.never_succeeds_return = float(cfg.reward_bias) / (1.0 - float(cfg.discount))
+        # every step's return-to-go in an episode that never succeeds (sparse rule): (0 * scale + bias) / (1 - gamma);
+        # undefined at discount 1 (the filter is refused there; without it the value is unused)
+        if float(cfg.discount) >= 1.0 and cfg.actor_bc_filter == "success" and float(cfg.actor_bc_weight) > 0:
+            raise ValueError(f"actor_bc_filter='success' needs discount < 1 (the never-succeeds return "
+                             f"reward_bias / (1 - discount)), got discount={cfg.discount}")
+        self.never_succeeds_return = (float(cfg.reward_bias) / (1.0 - float(cfg.discount))
+                                      if float(cfg.discount) < 1.0 else -math.inf)
         self.bc_phase = int(cfg.bc_steps) > 0  # whether the coming update is a BC warm-start one (set per update)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device)
@@ -347,6 +353,7 @@ class CQL(OfflineAlgorithm):
 
         alpha = self.alpha()
         zero = torch.zeros((), device=obs.device)
+        bc_metrics: dict[str, torch.Tensor] = {}
         alpha_loss = zero
         if cfg.use_automatic_entropy_tuning:
             alpha_loss = entropy_temperature_loss(self.log_alpha, pi_logp, self.target_entropy)
@@ -362,6 +369,11 @@ class CQL(OfflineAlgorithm):
                     mask = successful_episode_mask(batch["mc_returns"], self.never_succeeds_return)
                 policy_loss = bc_regularized_actor_loss(q_pi, pi_logp, alpha.detach(), torch.tanh(mean[:b]), actions,
                                                         float(cfg.actor_bc_weight), mask)
+                if with_metrics:  # what the BC term sees: its rows' share of the batch (the filter) and their MSE
+                    keep = torch.ones(b, device=obs.device) if mask is None else mask
+                    row_mse = (torch.tanh(mean[:b]) - actions).square().mean(dim=-1)
+                    bc_metrics = {"actor_bc_rows": keep.mean(),
+                                  "actor_bc_mse": (row_mse * keep).sum() / keep.sum().clamp_min(1.0)}
             else:
                 policy_loss = sac_actor_loss(q_pi, pi_logp, alpha.detach())
 
@@ -429,6 +441,7 @@ class CQL(OfflineAlgorithm):
                 "alpha_loss": alpha_loss,
                 "alpha_prime": self.log_alpha_prime.exp(),
                 "dr3": dr3,
+                **bc_metrics,
             }
             if "mc_returns" in batch:
                 mc = batch["mc_returns"].view(1, -1, 1)

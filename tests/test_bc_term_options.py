@@ -1,0 +1,262 @@
+"""The offline actor's BC term as a user sets it (``algo.actor_bc_weight``, ``algo.actor_bc_filter``): bad values named
+at start, the success filter refused only where it acts, and a filter that keeps no transition said out loud."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _stage(name: str, *overrides: str):
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algo.actor_bc_weight=-1", "algo.actor_bc_weight=-1; expected a number >= 0"),
+    ("algo.actor_bc_weight=abc", "algo.actor_bc_weight='abc'; expected a number >= 0"),
+    ("algo.actor_bc_weight=inf", "algo.actor_bc_weight=inf; expected a number >= 0"),
+    ("algo.actor_bc_filter=sucess", "algo.actor_bc_filter='sucess'; expected none or success"),
+    ("algo.bc_steps=-5", "algo.bc_steps=-5; expected an integer >= 0"),
+])
+def test_bad_bc_term_values_are_named_before_any_data_is_read(override, message):
+    from robopretrain.config_checks import validate_offline_config, validate_online_config
+
+    with pytest.raises(ValueError) as err:
+        validate_offline_config(_stage("robopretrain", "algo=cql", override))
+    assert message in str(err.value)
+    with pytest.raises(ValueError) as err:
+        validate_online_config(_stage("finetune", override))
+    assert message in str(err.value)
+    validate_offline_config(_stage("robopretrain", "algo=cql", "algo.actor_bc_weight=4",
+                                   "algo.actor_bc_filter=success"))
+
+
+def test_the_success_filter_with_dense_rewards_is_named_at_start():
+    from robopretrain.config_checks import validate_offline_config
+
+    dense = ("algo=cql", "algo.actor_bc_filter=success", "algo.sparse_reward=false")
+    with pytest.raises(ValueError, match="algo.actor_bc_filter=success with algo.sparse_reward=false"):
+        validate_offline_config(_stage("robopretrain", *dense, "algo.actor_bc_weight=4"))
+    validate_offline_config(_stage("robopretrain", *dense))  # no BC term: the filter filters nothing
+
+
+def test_the_success_filter_is_refused_for_dense_rewards_only_where_the_bc_term_is_on():
+    """``+stage3.algo_overrides.actor_bc_weight=0`` (the docs' plain Cal-QL actor) leaves the pipeline's common
+    ``actor_bc_filter: success`` in place: with a dense-reward target that must not be refused (nothing is filtered)."""
+    from robopretrain.algos.cql import CQL, CQLConfig
+    from robopretrain.build import reward_settings
+    from robopretrain.envs.target import as_target
+
+    dense = as_target({"name": "Reach", "reward": "dense"})
+    off = {"actor_bc_weight": 0.0, "actor_bc_filter": "success", "discount": 0.99}
+    assert reward_settings(off, dense).sparse is False
+    with pytest.raises(ValueError, match="actor_bc_filter=none"):
+        reward_settings({**off, "actor_bc_weight": 4.0}, dense)
+    CQL(3, 2, CQLConfig(actor_bc_weight=0.0, actor_bc_filter="success", sparse_reward=False,
+                        actor_hidden=(8,), critic_hidden=(8,)))
+    with pytest.raises(ValueError, match="sparse_reward=true"):
+        CQL(3, 2, CQLConfig(actor_bc_weight=4.0, actor_bc_filter="success", sparse_reward=False,
+                            actor_hidden=(8,), critic_hidden=(8,)))
+
+
+class _Data:
+    def __init__(self, mc: np.ndarray, task_ids: np.ndarray | None = None) -> None:
+        self.mc, self.task_ids = mc, task_ids
+
+    def arrays(self):
+        return {"mc_returns": self.mc, "observations": {} if self.task_ids is None else {"task_id": self.task_ids}}
+
+
+def _returns(successes: list[bool], length: int = 5, scale: float = 10.0, bias: float = -5.0) -> np.ndarray:
+    from robopretrain.data.returns import returns_to_go, sparse_negative_reward
+
+    rewards, dones, ids = [], [], []
+    for i, ok in enumerate(successes):
+        r = np.zeros(length)
+        r[-1] = float(ok)
+        rewards.append(r * scale + bias)
+        dones.append(np.eye(length)[-1] * float(ok))
+        ids.append(np.full(length, i))
+    return returns_to_go(np.concatenate(rewards), np.concatenate(dones), 0.99, episode_ids=np.concatenate(ids),
+                         sparse_negative_reward=sparse_negative_reward(scale, bias))
+
+
+def test_a_success_filter_that_keeps_no_transition_warns(caplog):
+    from robopretrain.build import report_success_filter
+
+    algo = {"name": "cql", "actor_bc_weight": 4.0, "actor_bc_filter": "success", "reward_scale": 10.0,
+            "reward_bias": -5.0, "discount": 0.99}
+    with caplog.at_level(logging.INFO, logger="robopretrain.build"):
+        assert report_success_filter(algo, _Data(_returns([False, False])), "fail.hdf5") == 0.0
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "fail.hdf5" in warned[0].getMessage() and "BC term is 0" in warned[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="robopretrain.build"):
+        assert report_success_filter(algo, _Data(_returns([True, False, False, True])), "mix.hdf5") == 0.5
+        assert report_success_filter({**algo, "actor_bc_weight": 0.0}, _Data(_returns([False])), "x") is None
+        assert report_success_filter({**algo, "actor_bc_filter": "none"}, _Data(_returns([False])), "x") is None
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+stage2.algo_overrides.actr_bc_weight=0"], "stage2.algo_overrides: actr_bc_weight is not a setting of "
+                                                  "stage2.algo=cql"),
+    (["stage2.algo=iql", "+stage2.algo_overrides.actor_bc_weight=4"], "actor_bc_weight is not a setting of "
+                                                                      "stage2.algo=iql"),
+    (["+algo_overrides.actr_bc_weight=0"], "algo_overrides: actr_bc_weight is a setting of no algorithm"),
+    (["+stage3.algo_overrides.actor_bc_weight=-1"], "stage3.algo_overrides.actor_bc_weight=-1; expected a number"),
+    (["algo_overrides.actor_bc_filter=sucess"], "algo_overrides.actor_bc_filter='sucess'; expected none or success"),
+    (["stage2.algo=cq"], "stage2.algo=cq: no such algorithm"),
+])
+def test_the_pipeline_refuses_a_bad_algo_override_before_any_stage(tmp_path, overrides, message):
+    """A typo in a stage's own overrides used to fail only when that stage built its agent (after data and stage 1);
+    one in the common overrides was dropped by every stage without a word."""
+    from robopretrain import pipeline
+
+    cfg = _stage("pipeline", "encoder.mode=scratch", *overrides)
+    with pytest.raises(ValueError) as err:
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert message in str(err.value)
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_the_pipeline_accepts_its_per_stage_recipes():
+    """The common CQL keys stay legal when no stage runs CQL (they reach none), and a stage's own keys of its
+    algorithm pass."""
+    from robopretrain import pipeline
+
+    for overrides in ([], ["stage2.algo=bc", "adapt.algo=iql", "stage3.algo=iql", "+stage3.algo_overrides.beta=2"],
+                      ["+stage3.algo_overrides.actor_bc_weight=0", "+adapt.algo_overrides.actor_bc_filter=none"]):
+        pipeline.check_algo_overrides(_stage("pipeline", *overrides))
+
+
+def test_an_algo_setting_the_chosen_algorithm_lacks_is_named_with_the_ones_that_have_it():
+    """``algo=iql algo.actor_bc_weight=4``: Hydra's own message says to append with ``+``, which then fails on IQL's
+    config; the one line names the algorithm and those that have the setting instead."""
+    from robopretrain.cli import group_key_problem
+
+    msg = group_key_problem("robopretrain", ["algo=iql", "algo.actor_bc_weight=4"])
+    assert msg == ("algo=iql has no setting 'actor_bc_weight' (algo/iql.yaml); the algo options that have it: "
+                   "calql, cql")
+    assert group_key_problem("finetune", ["algo.actor_bc_wieght=4"]).startswith("algo=calql has no setting")
+    assert group_key_problem("robopretrain", ["algo=cql", "algo.actor_bc_weight=4"]) is None
+    assert group_key_problem("robopretrain", ["+algo.actor_bc_weight=4", "data.nope=1"]) is None  # Hydra's own
+
+
+def test_the_bc_term_logs_the_share_of_rows_it_keeps_and_their_error():
+    """With the success filter a user sees per update how much of the batch the BC term covers (0: no success in
+    the batch, the term is 0)."""
+    import torch
+
+    from robopretrain.algos.cql import CQL, CQLConfig
+
+    torch.manual_seed(0)
+    agent = CQL(3, 2, CQLConfig(actor_bc_weight=4.0, actor_bc_filter="success", n_actions=2,
+                                actor_hidden=(8,), critic_hidden=(8,)))
+    batch = {"observations": torch.randn(4, 3), "actions": torch.rand(4, 2) * 2 - 1, "rewards": torch.zeros(4),
+             "next_observations": torch.randn(4, 3), "dones": torch.zeros(4),
+             "mc_returns": torch.tensor([-500.0, -120.0, -500.0, -500.0])}
+    _, metrics = agent.compute_losses(batch)
+    assert metrics["actor_bc_rows"].item() == 0.25
+    mean, _ = agent.actor(batch["observations"][1:2])
+    torch.testing.assert_close(metrics["actor_bc_mse"], (torch.tanh(mean) - batch["actions"][1:2]).square().mean())
+    plain = CQL(3, 2, CQLConfig(n_actions=2, actor_hidden=(8,), critic_hidden=(8,)))
+    assert "actor_bc_rows" not in plain.compute_losses(batch)[1]
+
+
+@pytest.mark.parametrize("override, message", [("encoder.precision=fp16", "encoder.precision='fp16'; expected one of"),
+                                               ("encoder.mode=finetuned", "encoder.mode='finetuned'; expected one of")])
+def test_the_pipeline_refuses_a_bad_encoder_setting_before_any_stage(tmp_path, override, message):
+    """``encoder.precision`` (new in the pipeline) was checked only when stage 2 built its agent, after the data and
+    stage 1 had run."""
+    from robopretrain import pipeline
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        pipeline.run_pipeline(_stage("pipeline", override), tmp_path / "run")
+    assert not (tmp_path / "run" / "data").exists()
+    pipeline.check_encoder(_stage("pipeline", "encoder.precision=bfloat16", "encoder.mode=frozen_cached"))
+
+
+def test_the_pipeline_logs_what_each_stage_algorithm_gets_and_what_it_drops(caplog):
+    from robopretrain import pipeline
+
+    with caplog.at_level(logging.INFO, logger="robopretrain.pipeline"):
+        pipeline.log_stage_algos(_stage("pipeline", "stage2.algo=iql", "+stage3.algo_overrides.actor_bc_weight=0"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == ("stage2 (algo=iql): algo overrides {'batch_size': 32}; not its settings, so not passed: "
+                        "actor_bc_filter, actor_bc_weight, n_actions, policy_lr")
+    assert lines[2].startswith("stage3 (algo=calql)") and "'actor_bc_weight': 0" in lines[2]
+    assert "not passed" not in lines[1] + lines[2]
+
+
+def test_a_done_stage_rerun_with_other_algo_settings_says_they_take_no_effect():
+    """Rerunning the pipeline with ``+stage3.algo_overrides.actor_bc_weight=0`` after stage 3 finished skipped it
+    without a word; done.json now records each RL stage's algorithm settings and the difference is named."""
+    from robopretrain import pipeline
+
+    before = _stage("pipeline")
+    done = {"stage": "stage3", "algo": {"name": "calql", **pipeline.stage_algo(before, "stage3")}}
+    assert pipeline.changed_algo(before, "stage3", done) == ""
+    after = _stage("pipeline", "+stage3.algo_overrides.actor_bc_weight=0")
+    assert pipeline.changed_algo(after, "stage3", done) == "actor_bc_weight: 4.0 -> 0"
+    assert pipeline.changed_algo(after, "stage2", {**done, "stage": "stage2"}) == "name: calql -> cql"
+    assert pipeline.changed_algo(after, "stage3", {"stage": "stage3"}) == ""  # a done.json of before this record
+    assert pipeline.changed_algo(after, "data", done) == ""
+
+
+def test_a_task_none_of_whose_episodes_succeeds_is_named(caplog):
+    """Multi-task data: the filter keeps the other tasks' successes, but never imitates a task whose demos all fail."""
+    from robopretrain.build import report_success_filter
+
+    algo = {"actor_bc_weight": 4.0, "actor_bc_filter": "success", "reward_bias": -5.0, "discount": 0.99}
+    mc = _returns([True, False, False, True, False])  # 5 transitions per episode; tasks 3, 3, 7, 5, 5
+    ids = np.repeat([3.0, 3.0, 7.0, 5.0, 5.0], 5)
+    with caplog.at_level(logging.INFO, logger="robopretrain.build"):
+        assert report_success_filter(algo, _Data(mc, ids), "prior.hdf5",
+                                     tasks={"Reach": 3, "Lift": 7, "Push": 5, "Unused": 9}) == pytest.approx(0.4)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["algo.actor_bc_filter=success: no episode of Lift in prior.hdf5 succeeds, so the actor's BC "
+                      "term never imitates it"]
+
+
+def test_a_dense_target_with_the_filter_off_in_stage3_only_warns_about_the_adaptation(caplog):
+    """The refusal's advice (``+stage3.algo_overrides.actor_bc_filter=none``, or the weight 0 there) lets the run
+    start; the adaptation, whose batches hold the target's dense-reward demos, still filters: said, not refused."""
+    from robopretrain import pipeline
+
+    dense = "targets=[{name: Dense, env_id: 'sim_envs:TabletopEnv', reward: dense, task_id: 0}]"
+    for fix in ("+stage3.algo_overrides.actor_bc_filter=none", "+stage3.algo_overrides.actor_bc_weight=0"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
+            pipeline.check_targets(_stage("pipeline", dense, fix))
+        assert [r.getMessage()[:43] for r in caplog.records] == ["adapt: target Dense declares a dense reward"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
+        pipeline.check_targets(_stage("pipeline", dense, "algo_overrides.actor_bc_filter=none"))
+        pipeline.check_targets(_stage("pipeline"))
+    assert not caplog.records
+    with pytest.raises(ValueError, match="declares a dense reward"):
+        pipeline.check_targets(_stage("pipeline", dense))
+
+
+def test_discount_one_builds_cql_and_refuses_only_the_success_filter():
+    """The never-succeeds value ``reward_bias / (1 - discount)`` was computed for every CQL agent: ``algo=cql
+    algo.discount=1`` on data whose episodes all succeed ended in a ZeroDivisionError traceback."""
+    from robopretrain.algos.cql import CQL, CQLConfig
+    from robopretrain.config_checks import validate_offline_config
+
+    small = {"actor_hidden": (8,), "critic_hidden": (8,)}
+    CQL(3, 2, CQLConfig(discount=1.0, **small))
+    CQL(3, 2, CQLConfig(discount=1.0, actor_bc_weight=4.0, **small))
+    with pytest.raises(ValueError, match="needs discount < 1"):
+        CQL(3, 2, CQLConfig(discount=1.0, actor_bc_weight=4.0, actor_bc_filter="success", **small))
+    with pytest.raises(ValueError, match="algo.actor_bc_filter=success with algo.discount=1"):
+        validate_offline_config(_stage("robopretrain", "algo=cql", "algo.discount=1", "algo.actor_bc_weight=4",
+                                       "algo.actor_bc_filter=success"))
