@@ -64,6 +64,9 @@ RUNS: dict[str, tuple[str, str, list[str]]] = {  # name -> (data, algo, override
                                                 "algo.actor_bc_filter=success"]),
     "mtn_cql64_abc40f_plr3e4": ("mixed", "cql", [*SMALL, "algo.actor_bc_weight=40", "algo.policy_lr=3e-4",
                                                  "algo.actor_bc_filter=success"]),
+    # IQL's AWR temperature: beta 1 at the x10 reward scale is AntMaze's 10 on unit rewards; 0.3 / 0.1 are 3 / 1
+    "mtn_iql_b03": ("mixed", "iql", ["algo.beta=0.3"]),
+    "mtn_iql_b01": ("mixed", "iql", ["algo.beta=0.1"]),
 }
 
 
