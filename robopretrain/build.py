@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain.agent import Agent, EncoderSettings
 from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
+from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.hdf5 import DatasetInfo
 from robopretrain.data.keys import OBS
@@ -127,7 +128,8 @@ def report_success_filter(algo_cfg: Any, dataset: Any, where: str, *, online: bo
     overrides = algo_overrides(algo_cfg)
     if float(overrides.get("discount", 0.99)) >= 1.0:  # no never-succeeds value: the agent refuses the filter
         return None
-    never = float(overrides.get("reward_bias", 0.0)) / (1.0 - float(overrides.get("discount", 0.99)))
+    never = never_succeeds_return(float(overrides.get("reward_scale", 1.0)), float(overrides.get("reward_bias", 0.0)),
+                                  float(overrides.get("discount", 0.99)))
     mask = successful_episode_mask(torch.as_tensor(np.asarray(mc, dtype=np.float32)), never).numpy()
     kept = float(mask.mean()) if len(mask) else 0.0
     ids = (dataset.arrays().get("observations") or {}).get("task_id")

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from robopretrain.algos.base import OfflineAlgorithm, require_keys
+from robopretrain.data.returns import never_succeeds_return
 from robopretrain.nets.actor import TanhGaussianActor, squashed_gaussian_log_prob, squashed_gaussian_sample
 from robopretrain.nets.critic import EnsembleCritic
 
@@ -280,8 +281,8 @@ class CQL(OfflineAlgorithm):
         if float(cfg.discount) >= 1.0 and cfg.actor_bc_filter == "success" and float(cfg.actor_bc_weight) > 0:
             raise ValueError(f"actor_bc_filter='success' needs discount < 1 (the never-succeeds return "
                              f"reward_bias / (1 - discount)), got discount={cfg.discount}")
-        self.never_succeeds_return = (float(cfg.reward_bias) / (1.0 - float(cfg.discount))
-                                      if float(cfg.discount) < 1.0 else -math.inf)
+        self.never_succeeds_return = never_succeeds_return(float(cfg.reward_scale), float(cfg.reward_bias),
+                                                           float(cfg.discount))
         self.bc_phase = int(cfg.bc_steps) > 0  # whether the coming update is a BC warm-start one (set per update)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device)

@@ -35,6 +35,14 @@ def sparse_negative_reward(scale: float, bias: float, raw_negative: float = 0.0)
     return float(raw_negative * scale + bias)
 
 
+def never_succeeds_return(scale: float, bias: float, discount: float) -> float:
+    """Every step's return-to-go in a sparse-reward episode that never succeeds (the all-failure rule):
+    ``sparse_negative_reward(scale, bias) / (1 - discount)``; ``-inf`` at ``discount >= 1`` (no such value)."""
+    if discount >= 1.0:
+        return -float("inf")
+    return sparse_negative_reward(scale, bias) / (1.0 - discount)
+
+
 def unrewarded_successes(rewards: np.ndarray, ep_meta: Sequence[Mapping[str, Any]]) -> int:
     """How many episodes ``ep_meta`` marks successful (``"success": true``) when the raw ``rewards`` ``(N,)`` carry no
     success signal at all (one constant, never positive: a recorder that never wrote the success reward); 0 when the
