@@ -23,6 +23,11 @@ Peers, never copied into this repository:
   ``impl.update(TorchMiniBatch)`` (the batch already in torch, as for the others). Its Cal-QL has
   ``max_q_backup=True``, 10 action samples, conservative weight 5; its Lagrange alpha is updated as d3rlpy does.
 
+**Subnormal flushing.** Each worker sets it before its first torch op: ours on (what the toolkit's entry points do,
+``flush_denormal: true``; :mod:`robopretrain.cpu_settings`), the peers off (as their scripts run).
+``--ftz-variants`` adds ``robopretrain[no-ftz]`` and ``corl[ftz]`` to the Cal-QL block, so the gain of the setting
+and the ratio against a CORL run with the same setting are both in the JSON (``vs_corl[ftz]_...``).
+
 Also: ``--contention`` repeats the 2-thread Cal-QL rounds (ours and CORL) while a CPU-bound process (a busy
 Python loop) runs beside them; ``--peak`` measures the fp32 matmul peak (2048^3 ``torch.mm``) per thread count,
 and the JSON reports each implementation's achieved FLOP/s on the nominal dense FLOPs of the update
@@ -76,6 +81,7 @@ ALGOS = ("calql", "iql", "image", *FAMILY)
 FAMILY_NAMES = {"td3bc": "td3_bc", "awac": "awac", "dt": "dt", "bc": "bc"}  # -> robopretrain.algos registry names
 DT_BATCH, DT_CONTEXT, DT_EPISODE_LEN = 64, 20, 1000  # CORL dt.py defaults (ours are the same: configs/algo/dt.yaml)
 D3RLPY_PIN = "d3rlpy==2.8.1"
+ENV_FTZ = "PEERS_FLUSH_DENORMAL"  # "1" / "0": a worker's subnormal flushing (default: ours on, the peers off)
 
 
 # --------------------------------------------------------------------------- the work (nominal dense FLOPs)
@@ -403,6 +409,10 @@ def run_worker(args: argparse.Namespace) -> None:
     """Build one implementation, warm up, time ``args.iters`` updates; print one ``RESULT {json}`` line."""
     import torch
 
+    # subnormal flushing as the toolkit's entry points set it (on for ours, off for the peers as their scripts run),
+    # or as ENV_FTZ says; before the first torch op, so torch's threads inherit it (robopretrain.cpu_settings)
+    flush = os.environ.get(ENV_FTZ, "1" if args.worker == "robopretrain" else "0") == "1"
+    torch.set_flush_denormal(flush)
     torch.set_num_threads(args.threads[0])
     torch.manual_seed(0)
     device, batch_size = args.device, args.batches[0]
@@ -448,7 +458,7 @@ def _spawn(impl: str, algo: str, threads: int, args: argparse.Namespace, env_ext
            "--batches", str({"image": IMAGE_BATCH, "dt": DT_BATCH}.get(algo, BATCH))]
     if impl.endswith("[compile]"):
         cmd += ["--mode", "compile"]
-    if impl == "corl":
+    if impl.startswith("corl"):
         cmd += ["--corl", args.corl]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     env.update(env_extra or {})
@@ -466,8 +476,12 @@ def _variants(args: argparse.Namespace) -> dict[str, dict]:
         out[f"robopretrain[{kernel}]"] = {"ROBOPRETRAIN_KERNEL": kernel}
     if args.compile:
         out["robopretrain[compile]"] = {}  # torch.compile (inductor's C++ kernels) of the loss: train.compile=true
+    if args.ftz_variants:  # the subnormal-flushing setting (robopretrain.cpu_settings) both ways, on both sides
+        out["robopretrain[no-ftz]"] = {ENV_FTZ: "0"}
     if args.corl:
         out["corl"] = {}
+        if args.ftz_variants:
+            out["corl[ftz]"] = {ENV_FTZ: "1"}
     if args.d3rlpy_python:
         out["d3rlpy"] = {}
     return out
@@ -493,7 +507,8 @@ def _summary(rates: list[float], cpu: list[float], ratios: dict[str, list[float]
 def time_rounds(algo: str, threads: int, variants: dict[str, dict], args: argparse.Namespace, tag: str) -> dict:
     rates: dict[str, list[float]] = {v: [] for v in variants}
     cpu: dict[str, list[float]] = {v: [] for v in variants}
-    ratios: dict[str, dict[str, list[float]]] = {v: {"corl": [], "d3rlpy": []} for v in variants}
+    peers = [v for v in variants if not v.startswith("robopretrain")]
+    ratios: dict[str, dict[str, list[float]]] = {v: {p: [] for p in peers} for v in variants}
     kernels: dict[str, dict] = {}
     agreement: dict[str, float] = {}  # compiled variants: max |compiled - eager| of the losses over the rounds
     for r in range(args.rounds):
@@ -508,9 +523,8 @@ def time_rounds(algo: str, threads: int, variants: dict[str, dict], args: argpar
             if "max_abs_loss_diff" in res:
                 agreement[name] = max(agreement.get(name, 0.0), res["max_abs_loss_diff"])
         for name in variants:
-            for peer in ("corl", "d3rlpy"):
-                if peer in row:
-                    ratios[name][peer].append(row[name] / row[peer])
+            for peer in peers:
+                ratios[name][peer].append(row[name] / row[peer])
         print(f"[{tag} {algo} {threads}t] round {r + 1}/{args.rounds}: "
               + ", ".join(f"{n} {v:.2f}/s" for n, v in row.items()), flush=True)
     flops = update_flops(algo)
@@ -705,8 +719,8 @@ def _busy_loop() -> subprocess.Popen:
 
 
 def _table(report: dict) -> str:
-    lines = ["| update | threads | implementation | updates/s median [min-max] | vs CORL | vs d3rlpy | GFLOP/s |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = ["| update | threads | implementation | updates/s median [min-max] | vs CORL | vs CORL + flushing | "
+             "vs d3rlpy | GFLOP/s |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for key, block in report["runs"].items():
         algo, threads = block["algo"], block["threads"]
         for name, res in block["results"].items():
@@ -715,6 +729,7 @@ def _table(report: dict) -> str:
                 f"| {algo}{' (beside a busy process)' if block.get('contention') else ''} | {threads} | {name} | "
                 f"{res['updates_per_s_median']:.2f} [{lo:.2f}-{hi:.2f}] | "
                 f"{res.get('vs_corl_median_of_round_ratios', float('nan')):.2f}x | "
+                f"{res.get('vs_corl[ftz]_median_of_round_ratios', float('nan')):.2f}x | "
                 f"{res.get('vs_d3rlpy_median_of_round_ratios', float('nan')):.2f}x | "
                 f"{res['achieved_gflop_per_s_median'] or float('nan'):.0f} |")
     return "\n".join(lines)
@@ -748,6 +763,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="also time robopretrain with ROBOPRETRAIN_KERNEL forced to these paths")
     parser.add_argument("--compile", action="store_true",
                         help="also time robopretrain with torch.compile of the loss (train.compile=true); CPU and GPU")
+    parser.add_argument("--ftz-variants", action="store_true",
+                        help="also time ours without subnormal flushing and CORL with it (Cal-QL: "
+                             "robopretrain.cpu_settings; ours flush by default, the peers do not)")
     parser.add_argument("--contention", action="store_true",
                         help="also run the Cal-QL rounds (ours, CORL) beside a CPU-bound process")
     parser.add_argument("--contention-threads", type=int, nargs="+", default=[2])

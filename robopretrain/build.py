@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from robopretrain import cpu_settings
 from robopretrain.agent import Agent, EncoderSettings
 from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
@@ -73,9 +74,9 @@ def compose(config_name: str, groups: Mapping[str, str] | None = None,
 
 
 def setup_torch(cfg: Any) -> torch.device:
-    """Threads, seeds and the device of a run (``num_threads``, ``seed``, ``device``)."""
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
+    """Threads, subnormal flushing, seeds and the device of a run (``num_threads``, ``flush_denormal``, ``seed``,
+    ``device``; :mod:`robopretrain.cpu_settings`)."""
+    cpu_settings.apply_from_config(cfg)
     torch.manual_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed) % 2**32)
     return torch.device(str(cfg.get("device", "cpu")))

@@ -189,9 +189,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(spec: PolicySpec) -> None:
-    import torch
+    from robopretrain.cpu_settings import apply_cpu_settings
 
-    torch.set_num_threads(1)
+    apply_cpu_settings(num_threads=1)
     _WORKER.clear()
     _WORKER.update(policy=load_policy(spec), target=as_target(spec.target), envs={})
 

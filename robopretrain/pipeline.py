@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from robopretrain import cpu_settings
 from robopretrain.build import compose, plain, reward_settings, success_filtered_bc
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
@@ -107,7 +108,7 @@ def stage_logger(cfg: DictConfig, label: str) -> dict[str, Any] | None:
 def common(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
     """Keys every stage config takes from the pipeline config, for the stage folder ``run_dir / label``."""
     out = {"seed": int(cfg.seed), "device": str(cfg.device), "num_threads": cfg.get("num_threads"),
-           "output_dir": str(run_dir / label), "resume": True}
+           "flush_denormal": cfg.get("flush_denormal", True), "output_dir": str(run_dir / label), "resume": True}
     logger = stage_logger(cfg, label)
     return {**out, "logger": logger} if logger is not None else out
 
@@ -277,7 +278,7 @@ def stage1_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
         "encoder": {"name": str(cfg.stage1.encoder), "kwargs": plain(cfg.stage1.encoder_kwargs) or {}},
         "image_size": int(cfg.image_size), "steps": int(cfg.stage1.steps), "batch_size": int(cfg.stage1.batch_size),
         "lr": float(cfg.stage1.lr), "device": str(cfg.device), "seed": int(cfg.seed), "progress": bool(cfg.progress),
-        "num_threads": cfg.get("num_threads"),
+        "num_threads": cfg.get("num_threads"), "flush_denormal": cfg.get("flush_denormal", True),
         "output_dir": str(run_dir / "stage1"), "output": str(run_dir / "stage1" / "encoder"),
         "eval_every": max(1, int(cfg.stage1.steps) // 3), "checkpoint_every": max(1, int(cfg.stage1.steps) // 3),
     })
@@ -446,8 +447,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
 
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
+    cpu_settings.apply_from_config(cfg)
     check_algo_overrides(cfg)
     check_encoder(cfg)
     log_stage_algos(cfg)

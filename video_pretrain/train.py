@@ -50,6 +50,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from robopretrain import cpu_settings
 from robopretrain import distributed as dist_utils
 from robopretrain import run_fingerprint
 from robopretrain.checkpoint import kill_after_checkpoint
@@ -411,8 +412,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     paths = RunPaths.from_config(cfg, run_dir)
     if dinfo.is_main:
         paths.run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
+    cpu_settings.apply_from_config(cfg)
     torch.manual_seed(int(cfg.seed))
     encoder = make_encoder(str(cfg.encoder.name), int(cfg.image_size),
                            **OmegaConf.to_container(cfg.encoder.kwargs, resolve=True))

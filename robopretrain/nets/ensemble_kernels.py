@@ -268,6 +268,13 @@ def _member_pool() -> ThreadPoolExecutor:
     return _pool
 
 
+def set_member_thread_flush(on: bool) -> None:
+    """Flush subnormal floats to zero (or not) on the member thread too, if it already runs (a thread started
+    later copies its creator's setting): :mod:`robopretrain.cpu_settings`."""
+    if _pool is not None and _pool_pid == os.getpid():
+        _pool.submit(torch.set_flush_denormal, on).result()
+
+
 def _members_without_grad(fn: Callable[[int], None], members: range) -> None:
     with torch.no_grad():  # grad mode is per thread; the kernels write into buffers and never record a graph
         for e in members:
