@@ -834,8 +834,8 @@ def main(argv: list[str] | None = None) -> None:
         report = previous
     for threads in [] if args.skip_quiet else args.threads:
         for algo in args.algos:
-            if algo == "image":
-                chosen = {"robopretrain": {}}
+            if algo == "image":  # ours only (no peer has this update), with and without flushing if asked
+                chosen = {k: v for k, v in variants.items() if k in ("robopretrain", "robopretrain[no-ftz]")}
             elif algo in FAMILY:  # CORL only (d3rlpy is timed for Cal-QL and IQL); no forced kernels
                 chosen = {k: v for k, v in variants.items() if k in ("robopretrain", "corl")}
             else:
