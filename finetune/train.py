@@ -91,6 +91,27 @@ def refuse_decision_transformer(algo: str, checkpoint: Any) -> None:
                               "cql / calql / iql checkpoint")
 
 
+def warn_dropped_bc_term(ckpt_meta: dict[str, Any], algo_cfg: Any) -> str | None:
+    """Warn (and return the message) when the checkpoint's actor was trained with the actor's BC term
+    (``actor_bc_weight > 0``, CQL / Cal-QL) but this fine-tuning runs without it: the testbed measured a plain
+    Cal-QL actor unlearning a target its BC-term offline phase had solved (1.00 -> 0.45, README "Why stage 2 does not
+    learn its prior tasks"). The pipeline carries the term into stage 3 itself; a direct ``finetune.train`` run
+    takes ``configs/algo/calql.yaml``, where it is off."""
+    saved = dict(ckpt_meta.get("algo_cfg") or {})
+    before = float(saved.get("actor_bc_weight") or 0.0)
+    now = float(getattr(algo_cfg, "actor_bc_weight", 0.0) or 0.0)
+    if before <= 0.0 or now > 0.0:
+        return None
+    keep = f"algo.actor_bc_weight={before:g}"
+    if saved.get("actor_bc_filter", "none") != "none":
+        keep += f" algo.actor_bc_filter={saved['actor_bc_filter']}"
+    message = (f"the checkpoint's actor was trained with a BC term (actor_bc_weight={before:g}, actor_bc_filter="
+               f"{saved.get('actor_bc_filter', 'none')}) and this fine-tuning runs without it; a plain Cal-QL actor "
+               f"can unlearn what that term taught (the testbed: 1.00 -> 0.45). To keep it, pass {keep}")
+    log.warning(message)
+    return message
+
+
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage-2 checkpoint -> online fine-tuning on ``cfg.target``; returns the history and where things are."""
     validate_online_config(cfg)
@@ -103,6 +124,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     refuse_decision_transformer(algo, cfg.checkpoint)
     agent, ckpt = load_agent(str(cfg.checkpoint), device=device, with_optimizer=settings.keep_optimizer, algo=algo,
                              algo_cfg=build.algo_overrides(cfg.algo), seed=int(cfg.seed))
+    warn_dropped_bc_term(ckpt.meta, getattr(agent, "algo_cfg", None))
     gap = Gap.from_mapping(build.plain(cfg.get("gap")))
     transfer_settings = TransferSettings.from_mapping(build.plain(cfg.get("transfer")))
     if gap.enabled and not target.randomizable:

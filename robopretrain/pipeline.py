@@ -445,13 +445,13 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     """Run every unfinished stage in order; returns ``{stage: "skipped" | seconds}`` and the report path."""
     from robopretrain.report import log_report, write_report
 
-    run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "run_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
     cpu_settings.apply_from_config(cfg)
-    check_algo_overrides(cfg)
+    check_algo_overrides(cfg)  # every start-up check before the run folder exists: a refused config leaves none
     check_encoder(cfg)
     log_stage_algos(cfg)
     check_targets(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),
         "stage1": lambda: stage_stage1(cfg, run_dir),

@@ -124,7 +124,7 @@ def test_the_pipeline_refuses_a_bad_algo_override_before_any_stage(tmp_path, ove
     with pytest.raises(ValueError) as err:
         pipeline.run_pipeline(cfg, tmp_path / "run")
     assert message in str(err.value)
-    assert not (tmp_path / "run" / "data").exists()
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 def test_the_pipeline_accepts_its_per_stage_recipes():
@@ -260,3 +260,21 @@ def test_discount_one_builds_cql_and_refuses_only_the_success_filter():
     with pytest.raises(ValueError, match="algo.actor_bc_filter=success with algo.discount=1"):
         validate_offline_config(_stage("robopretrain", "algo=cql", "algo.discount=1", "algo.actor_bc_weight=4",
                                        "algo.actor_bc_filter=success"))
+
+
+def test_finetune_warns_when_the_checkpoints_bc_term_is_dropped(caplog):
+    """A direct finetune.train run from a stage-2 checkpoint trained with the BC term takes calql.yaml's plain actor;
+    it must say so and name the overrides that keep the term (not when it keeps it, or there was none)."""
+    from types import SimpleNamespace
+
+    from finetune.train import warn_dropped_bc_term
+
+    meta = {"algo_cfg": {"actor_bc_weight": 4.0, "actor_bc_filter": "success"}}
+    with caplog.at_level("WARNING"):
+        message = warn_dropped_bc_term(meta, SimpleNamespace(actor_bc_weight=0.0))
+    assert message and "algo.actor_bc_weight=4 algo.actor_bc_filter=success" in message
+    assert message in caplog.text
+    assert warn_dropped_bc_term(meta, SimpleNamespace(actor_bc_weight=4.0)) is None
+    assert warn_dropped_bc_term({"algo_cfg": {"actor_bc_weight": 0.0}}, SimpleNamespace(actor_bc_weight=0.0)) is None
+    plain = warn_dropped_bc_term({"algo_cfg": {"actor_bc_weight": 2.5}}, SimpleNamespace(actor_bc_weight=0.0))
+    assert plain and plain.endswith("pass algo.actor_bc_weight=2.5")
