@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 VERSION = 1
 HARMLESS_KEYS: tuple[str, ...] = ("progress", "tensorboard", "wandb", "logger", "log_every", "eval_every",
-                                  "checkpoint_every", "num_workers", "num_threads", "flush_denormal", "device", "resume", "output_dir",
-                                  "output", "hydra", "cache_dir", "cuda_graph", "compile")
+                                  "checkpoint_every", "num_workers", "num_threads", "flush_denormal", "device",
+                                  "resume", "output_dir", "output", "hydra", "cache_dir", "cuda_graph", "compile")
 FULL_HASH_BYTES = 16 * 2**20  # files up to this size are hashed whole, larger ones by their first and last MiB
 SAMPLE_BYTES = 2**20
 SMALL_FILE_BYTES = 2**20  # top-level files of a folder hashed by content (manifests, info files)
