@@ -183,18 +183,24 @@ def build_variant(name: str) -> tuple[Agent, dict[str, Any]]:
         for key in (OBS, NEXT_OBS):
             batch[key] = {"features": torch.randn(BATCH, 256).tanh(), "proprio": batch[key]["proprio"]}
         return agent, batch
+    name = name.removesuffix("+ftz")  # the same agent, timed with subnormals flushed (time_updates)
     agent = make_agent("bfloat16" if name.endswith("-bf16") else "float32", shared=name.startswith("agent-shared"))
     if name.startswith("reference"):
         use_reference_path(agent, nograd_next=name == "reference+nograd")
     return agent, make_batch()
 
 
-def time_updates(agent: Agent, batch: Mapping[str, Any], n: int) -> tuple[float, float]:
-    """Wall-clock updates/s and process CPU seconds per update over ``n`` updates."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(n):
-        agent.update(batch, with_metrics=False)
-    return n / (time.perf_counter() - wall), (time.process_time() - cpu) / n
+def time_updates(agent: Agent, batch: Mapping[str, Any], n: int, flush: bool = False) -> tuple[float, float]:
+    """Wall-clock updates/s and process CPU seconds per update over ``n`` updates (``flush``: with subnormals
+    flushed to zero on this thread, as the entry points set it: robopretrain.cpu_settings)."""
+    torch.set_flush_denormal(flush)
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            agent.update(batch, with_metrics=False)
+        return n / (time.perf_counter() - wall), (time.process_time() - cpu) / n
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def median(values: list[float]) -> float:
@@ -206,15 +212,14 @@ def run_block(names: tuple[str, ...], threads: int, rounds: int, updates: int, w
     """Interleaved rounds of ``names`` at ``threads``; ratios to ``names[0]`` within each round."""
     torch.set_num_threads(threads)
     agents = {n: build_variant(n) for n in names}
-    for agent, batch in agents.values():  # kernel probes, allocator warm-up
-        for _ in range(warmup):
-            agent.update(batch, with_metrics=False)
+    for n, (agent, batch) in agents.items():  # kernel probes, allocator warm-up
+        time_updates(agent, batch, warmup, flush=n.endswith("+ftz"))
     load_before = os.getloadavg()
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for i in range(rounds):
         for n in names:
-            r, c = time_updates(*agents[n], updates)
+            r, c = time_updates(*agents[n], updates, flush=n.endswith("+ftz"))
             rates[n].append(r)
             cpu[n].append(c)
         print(f"   round {i + 1}/{rounds}: " + ", ".join(f"{n} {rates[n][-1]:.2f}/s" for n in names), flush=True)
@@ -274,6 +279,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bc-updates", type=int, default=10, help="timed BC updates per variant per round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip-bc", action="store_true")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="Cal-QL variants to time (default: all of VARIANTS); the first is the ratios' reference; "
+                             "a name ending in +ftz is that variant with subnormals flushed to zero (the toolkit's "
+                             "default since stop 25; with 2 threads only on the main thread: torch's worker thread "
+                             "keeps the setting it started with, off)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "image_update_speed.json"))
     args = parser.parse_args(argv)
     result: dict[str, Any] = {
@@ -294,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["bf16_vs_float32_one_update"] = bf16_deviation()
     for threads in args.threads:
         print(f"== Cal-QL image update, {threads} thread(s)", flush=True)
-        block = run_block(VARIANTS, threads, args.rounds, args.updates, args.warmup)
+        block = run_block(tuple(args.variants or VARIANTS), threads, args.rounds, args.updates, args.warmup)
         result["blocks"].append({"update": "calql", **block})
         print_block(block)
         out.write_text(json.dumps(result, indent=1))  # every finished block is kept
