@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from robopretrain.nets import ensemble_kernels
+
 _flush_denormal: bool | None = None  # the last setting applied by this module (None: never applied)
 
 
@@ -42,8 +44,6 @@ def apply_cpu_settings(num_threads: int | None = None, flush_denormal: bool = Tr
     global _flush_denormal
     supported = torch.set_flush_denormal(bool(flush_denormal))
     _flush_denormal = bool(flush_denormal) and supported
-    from robopretrain.nets import ensemble_kernels  # noqa: PLC0415  (nets imports nothing of this module)
-
     ensemble_kernels.set_member_thread_flush(bool(flush_denormal))
     if num_threads:
         torch.set_num_threads(int(num_threads))
