@@ -163,6 +163,51 @@ def check_algo_overrides(cfg: DictConfig) -> None:
         _check_section(cfg, f"{stage}.algo_overrides", ALGO_CHECKS, "pipeline")
 
 
+# The pipeline keys each stage reads (besides its algorithm settings, which changed_algo compares): a done stage rerun
+# with other values is skipped, so the difference is named. Keys that cannot change a stage's result (process counts,
+# checkpoint spacing, progress bars) are left out.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "data": ("seed", "image_size", "obs.rgb", "prior_tasks", "targets", "data"),
+    "stage1": ("seed", "image_size", "data.videos", "stage1"),
+    "stage2": ("seed", "obs", "prior_tasks", "encoder", "stage2"),
+    "adapt": ("seed", "obs", "targets", "encoder", "adapt"),
+    "stage3": ("seed", "obs", "targets", "encoder", "stage3"),
+    "evaluate": ("seed", "targets", "evaluate"),
+}
+_NO_EFFECT = ("num_workers", "workers", "checkpoint_every", "progress", "algo_overrides")  # algo_overrides: changed_algo
+
+
+def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """The values of :data:`STAGE_INPUTS` ``[stage]`` in ``cfg`` as ``{dotted key: value}`` (mappings flattened, lists
+    kept whole), for ``done.json``; keys absent from ``cfg`` are left out."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if prefix.rsplit(".", 1)[-1] in _NO_EFFECT:
+            return
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        else:
+            flat[prefix] = value
+
+    for key in STAGE_INPUTS.get(stage, ()):
+        node = OmegaConf.select(cfg, key, default=None)
+        if node is not None:
+            walk(key, plain(node))
+    return flat
+
+
+def changed_settings(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
+    """How the pipeline keys a stage reads (:func:`stage_settings`) now differ from those its ``done.json``
+    recorded (``key: old -> new``, ``; ``-joined); empty when they agree and for records without them."""
+    if not isinstance(done.get("settings"), dict):
+        return ""
+    old, new = done["settings"], stage_settings(cfg, stage)
+    return "; ".join(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
+                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+
+
 def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
     """How an RL stage's algorithm and overrides now differ from those its ``done.json`` recorded
     (``key: old -> new``, ``; ``-joined); empty when they agree, for other stages and for records without them."""
@@ -464,9 +509,10 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     for stage in STAGES:
         if is_done(run_dir / stage):
             log.info("stage %s: already done (%s), skipped", stage, run_dir / stage / DONE)
-            changed = changed_algo(cfg, stage, read_json(run_dir / stage / DONE))
+            done = read_json(run_dir / stage / DONE)
+            changed = "; ".join(c for c in (changed_algo(cfg, stage, done), changed_settings(cfg, stage, done)) if c)
             if changed:
-                log.warning("stage %s: already done with other algorithm settings (%s), so these take no effect; "
+                log.warning("stage %s: already done with other settings (%s), so these take no effect; "
                             "to run it again with them, delete %s (and the later stages' folders) or choose another "
                             "run_dir", stage, changed, run_dir / stage)
             ran[stage] = "skipped"
@@ -479,7 +525,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         seconds = time.perf_counter() - start
         algo = {"algo": {"name": str(cfg[stage].algo), **stage_algo(cfg, stage)}} if stage in RL_STAGES else {}
         write_json(run_dir / stage / DONE, {"stage": stage, "seconds": seconds, "result": result,
-                                            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **algo})
+                                            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **algo,
+                                            "settings": stage_settings(cfg, stage)})
         ran[stage] = seconds
         print(f"[pipeline] {stage} done in {seconds:.1f} s", flush=True)
     report = write_report(cfg, run_dir)

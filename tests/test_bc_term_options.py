@@ -278,3 +278,22 @@ def test_finetune_warns_when_the_checkpoints_bc_term_is_dropped(caplog):
     assert warn_dropped_bc_term({"algo_cfg": {"actor_bc_weight": 0.0}}, SimpleNamespace(actor_bc_weight=0.0)) is None
     plain = warn_dropped_bc_term({"algo_cfg": {"actor_bc_weight": 2.5}}, SimpleNamespace(actor_bc_weight=0.0))
     assert plain and plain.endswith("pass algo.actor_bc_weight=2.5")
+
+
+def test_a_done_stage_rerun_with_other_stage_settings_names_them():
+    """Rerunning a finished run folder with ``data.target_demos=100`` skipped the data stage without a word (the run
+    went on with 10 demos); done.json now records the keys each stage reads and a rerun names what differs."""
+    from robopretrain import pipeline
+
+    before = _stage("pipeline")
+    done = {stage: {"stage": stage, "settings": pipeline.stage_settings(before, stage)} for stage in pipeline.STAGES}
+    assert all(pipeline.changed_settings(before, stage, done[stage]) == "" for stage in pipeline.STAGES)
+    after = _stage("pipeline", "data.target_demos=100", "stage2.steps=9", "data.num_workers=1",
+                   "stage3.checkpoint_every=7", "+stage3.algo_overrides.actor_bc_weight=0")
+    assert pipeline.changed_settings(after, "data", done["data"]) == "data.target_demos: 10 -> 100"
+    assert pipeline.changed_settings(after, "stage2", done["stage2"]) == "stage2.steps: 500 -> 9"
+    # what no stage result depends on, what another stage reads, and the algorithm settings (changed_algo's) are quiet
+    for stage in ("stage1", "adapt", "stage3", "evaluate"):
+        assert pipeline.changed_settings(after, stage, done[stage]) == "", stage
+    assert pipeline.changed_settings(after, "data", {"stage": "data"}) == ""  # a done.json of before this record
+    assert pipeline.changed_settings(_stage("pipeline", "seed=3"), "evaluate", done["evaluate"]) == "seed: 0 -> 3"

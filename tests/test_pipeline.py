@@ -8,6 +8,7 @@ a robomimic file whose keys differ from ours (``obs_map``) and a free slot in th
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def tiny_pipeline_config(run_dir: Path, demos: Path):
     return cfg
 
 
-def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
+def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     from robopretrain.checkpoint import load_agent
     from robopretrain.pipeline import STAGES, run_pipeline
 
@@ -79,9 +80,18 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert (run / "evaluate" / "rollout_Arm.gif").stat().st_size > 0
     mtimes = {s: (run / s / "done.json").stat().st_mtime_ns for s in STAGES}
 
-    second = run_pipeline(cfg)
+    with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
+        second = run_pipeline(cfg)
     assert second["stages"] == {s: "skipped" for s in STAGES}
     assert {s: (run / s / "done.json").stat().st_mtime_ns for s in STAGES} == mtimes
+    assert not [r for r in caplog.records if "already done with other settings" in r.getMessage()]
+    # a rerun with another budget skips the finished stage, and says the new value takes no effect
+    cfg.stage2.steps = 8
+    with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
+        third = run_pipeline(cfg)
+    assert third["stages"] == {s: "skipped" for s in STAGES}
+    warned = [r.getMessage() for r in caplog.records if "already done with other settings" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("stage stage2:") and "stage2.steps: 4 -> 8" in warned[0]
 
 
 def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_path):
