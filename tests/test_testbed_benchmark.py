@@ -91,6 +91,10 @@ def test_criteria_fail_where_the_protocol_says(testbed, tmp_path):
     assert rows["4 blind (other_episode)"]["met"] is True  # 0.05
     assert rows["5 stage-2 prior tasks (mean)"]["met"] is False  # 0.4
     assert rows["6 minutes per pixel run"]["met"] is False  # 66.7 min
+    lines = {line.split(" | ")[1]: line for line in testbed.table(list(rows.values())).splitlines()[2:]}
+    assert lines["4 blind (other_episode)"].endswith("| yes (1 of 3 seeds) |")  # one seed of three: the table says so
+    assert lines["3 sighted pixel"].endswith("| **no** (1 of 3 seeds) |")
+    assert lines["1 expert"].endswith("| **no** |") and lines["2 oracle (state)"].endswith("|  |")  # no seeds; not run
 
 
 def test_oracle_variant_and_preset_compose(testbed, tmp_path):
