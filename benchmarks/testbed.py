@@ -39,9 +39,8 @@ BLIND = ("black", "other_episode")
 THRESHOLDS = {"expert": 0.95, "oracle": 0.8, "sighted": 0.6, "blind": 0.1, "blind_margin": 0.5, "prior": 0.5,
               "minutes": 60.0}
 EXPERT_SEED = 2_000_000
-
-
 PROTOCOL_SEEDS = 3  # criteria are met by the mean over seeds 0, 1, 2 (benchmarks/protocols/testbed.md)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
