@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,3 +77,21 @@ def outcomes(successes: int, episodes: int) -> list[float]:
     if not 0 <= successes <= episodes:
         raise ValueError(f"outcomes: {successes} successes out of {episodes} episodes")
     return [1.0] * successes + [0.0] * (episodes - successes)
+
+
+def git_commit(root: Path) -> str:
+    """The checked-out commit of the repository at ``root`` ('' outside a git checkout)."""
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return proc.stdout.strip()
+
+
+def run_logged(cmd: Sequence[str], folder: Path, cwd: Path) -> dict[str, Any]:
+    """Run ``cmd`` with one OpenMP thread, appending its output to ``folder/benchmark.log``; returns the command
+    (without the interpreter), its return code, the wall seconds of this call and the load averages around it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    load_before, start = load_average(), time.perf_counter()
+    with open(folder / "benchmark.log", "a") as log:
+        proc = subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return {"command": " ".join(cmd[1:]), "returncode": proc.returncode, "call_seconds": time.perf_counter() - start,
+            "load_before": load_before, "load_after": load_average()}

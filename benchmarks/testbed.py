@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,14 @@ from typing import Any
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import cpu_model, load_average, outcomes, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from bench_utils import (  # noqa: E402
+    cpu_model,
+    git_commit,
+    outcomes,
+    run_logged,
+    seeds_then_episodes_ci,
+    write_json_atomic,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "testbed.json"
@@ -95,15 +99,7 @@ def pipeline_command(args: argparse.Namespace, variant: str, target: str, seed: 
 
 def run_pipeline(args: argparse.Namespace, variant: str, target: str, seed: int) -> dict[str, Any]:
     """Run (or resume) one pipeline run; returns the command, wall seconds of this call and load averages."""
-    cmd = pipeline_command(args, variant, target, seed)
-    folder = run_dir(args.work_dir, variant, target, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    load_before, start = load_average(), time.perf_counter()
-    with open(folder / "benchmark.log", "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return {"command": " ".join(cmd[1:]), "returncode": proc.returncode, "call_seconds": time.perf_counter() - start,
-            "load_before": load_before, "load_after": load_average()}
+    return run_logged(pipeline_command(args, variant, target, seed), run_dir(args.work_dir, variant, target, seed), ROOT)
 
 
 def read_run(folder: Path, target: str) -> dict[str, Any]:
@@ -226,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                 info["measured"] = read_run(folder, target)
             except FileNotFoundError as e:
                 info["error"] = f"unfinished: {e}"
-            info["commit"] = _git_commit()
+            info["commit"] = git_commit(ROOT)
             results["runs"][key] = info
             write_json_atomic(args.out, results)
             print(f"{key}: {info.get('measured', {}).get('nominal', info.get('error'))}", flush=True)
@@ -236,11 +232,6 @@ def main(argv: list[str] | None = None) -> None:
     results["summary"] = summarize(results, args.targets)
     write_json_atomic(args.out, results)
     print(table(results["summary"]))
-
-
-def _git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return proc.stdout.strip()
 
 
 if __name__ == "__main__":

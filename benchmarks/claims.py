@@ -1,0 +1,341 @@
+"""The lecture's claims measured on the valid testbed (issue 12), one sub-command per protocol.
+
+    python benchmarks/claims.py pretraining --targets PressLitButton --variants full target_only_short --jobs 2
+    python benchmarks/claims.py pretraining --summarize-only           # table and plot from the saved JSON
+
+``pretraining`` (claims 2 and 3, protocol ``benchmarks/protocols/claims_pretraining.md``): the full pipeline of the
+``testbed`` preset against the same pipeline without video pretraining (``scratch``, ``vip``) and without multi-task
+pretraining (``target_only``, ``target_only_short``). Each run is ``python -m robopretrain.pipeline
+--config-name testbed targets=[T] seed=S run_dir=... <overrides>`` as a subprocess (one torch thread); a rerun
+resumes unfinished runs and skips finished ones. The ``full`` runs live where ``benchmarks/testbed.py`` puts its
+``pixel`` runs (``<work>/pixel/<T>/seed<S>``), so a work folder shared with the testbed reuses them. Every finished
+run is then evaluated by ``claims.py measure`` (a subprocess: its own renderer): the final stage-3 agent and the
+adapted agent on the same 50 nominal episodes, and the stage-3 evaluations' mean regret.
+
+Output: ``benchmarks/results/claims_pretraining.json`` (every run, its command, commit and metrics; the table rows)
+and ``docs/claims_pretraining.png``; the markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
+from bench_utils import cpu_model, git_commit, outcomes, run_logged, write_json_atomic  # noqa: E402
+from claims_metrics import cumulative_regret, difference_ci  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "claims_pretraining.json"
+PLOT = ROOT / "docs" / "claims_pretraining.png"
+PROTOCOL = "benchmarks/protocols/claims_pretraining.md"
+PRESET = "testbed"
+EPISODES = 50  # per evaluation of a run's final and adapted agent (the protocol's minimum for final success)
+MEASURE_FILE = "claims_measure.json"
+FULL = "full"
+# variant -> (pipeline overrides, the claim it answers, whether its stage 1 is the full run's)
+VARIANTS: dict[str, tuple[list[str], int, bool]] = {
+    FULL: ([], 0, True),
+    "target_only_short": (["stage2.enabled=false"], 3, True),
+    "target_only": (["stage2.enabled=false", "adapt.steps=11000"], 3, True),  # testbed v4: 10,000 + 1,000 updates
+    "scratch": (["stage1.enabled=false", "encoder.mode=scratch"], 2, False),
+    "vip": (["stage1.objective=vip"], 2, False),
+}
+CLAIMS = {2: "video pretraining helps the target (V-PTR)", 3: "multi-task pretraining helps the target (PTR)"}
+RUN_FOLDER = {FULL: "pixel"}  # benchmarks/testbed.py's name for the same runs
+
+
+def run_dir(work: Path, variant: str, target: str, seed: int) -> Path:
+    """``<work>/<variant>/<target>/seed<seed>``; the full pipeline's runs under the testbed's name ``pixel``."""
+    return work / RUN_FOLDER.get(variant, variant) / target / f"seed{seed}"
+
+
+def pipeline_command(variant: str, target: str, seed: int, work: Path, extra: Sequence[str] = ()) -> list[str]:
+    """The pipeline command of one run: the preset, the target, the seed, one thread, the variant's overrides."""
+    return [sys.executable, "-m", "robopretrain.pipeline", f"--config-name={PRESET}", f"targets=[{target}]",
+            f"seed={seed}", f"run_dir={run_dir(work, variant, target, seed)}", "num_threads=1", "progress=false",
+            *VARIANTS[variant][0], *extra]
+
+
+def share_stages(work: Path, variant: str, target: str, seed: int) -> list[str]:
+    """Copy the same seed's finished ``full`` stages a variant would recompute identically: ``data`` always (without
+    the frame cache, which is rebuilt on demand), ``stage1`` where the variant's stage 1 is the full run's. A stage
+    already in the variant's folder is left as it is. Returns the stages copied."""
+    if variant == FULL:
+        return []
+    src, dst = run_dir(work, FULL, target, seed), run_dir(work, variant, target, seed)
+    stages = ["data"] + (["stage1"] if VARIANTS[variant][2] else [])
+    copied = []
+    for stage in stages:
+        if (src / stage / "done.json").is_file() and not (dst / stage).exists():
+            shutil.copytree(src / stage, dst / stage, ignore=shutil.ignore_patterns("*.frames", "*.tmp"))
+            copied.append(stage)
+    return copied
+
+
+# --------------------------------------------------------------------------- measuring one run
+
+
+def planned_regret(rows: Sequence[dict[str, Any]], eval_every: int) -> dict[str, float]:
+    """Mean regret of stage 3's evaluation rows (``env_steps``, ``eval/success``), each placed at its planned step
+    ``round(env_steps / eval_every) * eval_every`` (a vectorised env step can land an evaluation one step late).
+    Raises ValueError when two rows round to the same planned step or the planned steps are not equally spaced."""
+    steps = [round(r["env_steps"] / eval_every) * eval_every for r in rows]
+    return cumulative_regret(steps, [float(r["eval/success"]) for r in rows])
+
+
+def stage3_eval_rows(metrics: Path) -> list[dict[str, Any]]:
+    """The evaluation rows of a stage-3 ``metrics.jsonl`` (the last row per env step, after a resume's rewrite)."""
+    rows: dict[int, dict[str, Any]] = {}
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("eval/success") is not None and "env_steps" in row:
+            rows[int(row["env_steps"])] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def measure(folder: Path, target: str, episodes: int, eval_every: int) -> dict[str, Any]:
+    """Final (stage 3) and offline (adapted) success on the same ``episodes`` nominal episodes (the target as the
+    stage-3 checkpoint records it), and stage 3's regret. Raises FileNotFoundError for an unfinished run and
+    ValueError when the checkpoint's target is not ``target``."""
+    from robopretrain.checkpoint import load_agent
+    from robopretrain.evaluate import default_target
+    from robopretrain.evaluation import evaluate
+
+    out: dict[str, Any] = {"episodes": episodes}
+    for stage in ("stage3", "adapt"):
+        if not (folder / stage / target / "done.json").is_file():
+            raise FileNotFoundError(f"{folder / stage / target}: stage not finished")
+    final_agent, final_ckpt = load_agent(folder / "stage3" / target)
+    task = default_target(final_ckpt)
+    if task.name != target:
+        raise ValueError(f"{folder / 'stage3' / target}: the checkpoint's target is {task.name!r}, not {target!r}")
+    for key, stage in (("final", "stage3"), ("offline", "adapt")):
+        agent, ckpt = (final_agent, final_ckpt) if stage == "stage3" else load_agent(folder / stage / target)
+        r = evaluate(agent, task, episodes)
+        out[key] = {"success": r["success"], "successes": r["successes"], "episodes": r["episodes"],
+                    "checkpoint": str(ckpt.path)}
+    rows = stage3_eval_rows(folder / "stage3" / target / "metrics.jsonl")
+    out["regret"] = planned_regret(rows, eval_every)
+    out["curve"] = [(int(r["env_steps"]), float(r["eval/success"])) for r in rows]
+    return out
+
+
+def measure_cli(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="claims.py measure")
+    p.add_argument("--folder", type=Path, required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--episodes", type=int, default=EPISODES)
+    p.add_argument("--eval-every", type=int, required=True)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    write_json_atomic(a.folder / MEASURE_FILE, measure(a.folder, a.target, a.episodes, a.eval_every))
+
+
+def stage3_eval_every(overrides: Sequence[str]) -> int:
+    """``stage3.eval_every`` of the preset with ``overrides`` (read from the composed preset: the run folders of
+    older commits record no config)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return int(compose(config_name=PRESET, overrides=list(overrides)).stage3.eval_every)
+
+
+def finished_stages(folder: Path) -> set[str]:
+    """The stages of a pipeline run folder with a ``done.json`` (per-target stages as ``stage/target``)."""
+    return {str(p.parent.relative_to(folder)) for p in folder.glob("**/done.json")}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _per_seed(runs: dict[str, Any], variant: str, target: str, key: str) -> dict[int, list[float]]:
+    """``{seed: per-episode outcomes}`` of a metric (``final``, ``offline``) or ``{seed: [mean regret]}``."""
+    out = {}
+    for name, run in runs.items():
+        v, t, s = name.split("/")
+        m = run.get("measured")
+        if v != variant or t != target or m is None:
+            continue
+        seed = int(s.removeprefix("seed"))
+        out[seed] = [m["regret"]["mean_regret"]] if key == "regret" else outcomes(m[key]["successes"],
+                                                                                     m[key]["episodes"])
+    return dict(sorted(out.items()))
+
+
+def verdict(low: float, high: float) -> str:
+    """The protocol's reading of a ``full - variant`` interval of final success."""
+    if low > 0:
+        return "reproduced"
+    if high < 0:
+        return "reversed"
+    return "not shown"
+
+
+def summarize(runs: dict[str, Any], targets: Sequence[str], seed: int = 0) -> list[dict[str, Any]]:
+    """One row per (target, variant other than full) with both sides measured on at least one seed: the means and
+    per-seed values of final and offline success and of mean regret, ``full - variant`` (regret: ``variant -
+    full``) with its interval, and the verdict on final success."""
+    rows = []
+    for target in targets:
+        full = {k: _per_seed(runs, FULL, target, k) for k in ("final", "offline", "regret")}
+        if not full["final"]:
+            continue
+        for variant, (_, claim, _) in VARIANTS.items():
+            if variant == FULL:
+                continue
+            other = {k: _per_seed(runs, variant, target, k) for k in ("final", "offline", "regret")}
+            if not other["final"]:
+                continue
+            row: dict[str, Any] = {"claim": claim, "target": target, "variant": variant,
+                                   "seeds": {FULL: list(full["final"]), variant: list(other["final"])}}
+            for key in ("final", "offline", "regret"):
+                a, b = list(full[key].values()), list(other[key].values())
+                better, worse = (b, a) if key == "regret" else (a, b)
+                diff, low, high = difference_ci(better, worse, seed=seed)
+                row[key] = {FULL: float(np.mean([np.mean(x) for x in a])), variant: float(np.mean([np.mean(x) for x in b])),
+                            "per_seed": {FULL: [float(np.mean(x)) for x in a], variant: [float(np.mean(x)) for x in b]},
+                            "difference": diff, "interval": [low, high]}
+            row["verdict"] = verdict(*row["final"]["interval"])
+            rows.append(row)
+    return rows
+
+
+def table(rows: Sequence[dict[str, Any]], episodes: int = EPISODES) -> str:
+    def cell(r: dict[str, Any], key: str) -> str:
+        m, v = r[key], r["variant"]
+        low, high = m["interval"]
+        return f"{m[FULL]:.2f} vs {m[v]:.2f}: {m['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+    lines = [f"| claim | target | full vs | seeds | final success ({episodes} ep.) | offline success ({episodes} ep.) | "
+             "mean regret (variant - full) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        seeds = f"{len(r['seeds'][FULL])} / {len(r['seeds'][r['variant']])}"
+        lines.append(f"| {r['claim']} | {r['target']} | {r['variant']} | {seeds} | {cell(r, 'final')} | "
+                     f"{cell(r, 'offline')} | {cell(r, 'regret')} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, Any], targets: Sequence[str], path: Path) -> Path | None:
+    """Final and offline success per variant and target: the mean over seeds as a bar, each seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [t for t in targets if _per_seed(runs, FULL, t, "final")]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.2), squeeze=False)
+    for ax, target in zip(axes[0], present):
+        names = [v for v in VARIANTS if _per_seed(runs, v, target, "final")]
+        for j, key in enumerate(("offline", "final")):
+            for i, v in enumerate(names):
+                vals = [float(np.mean(x)) for x in _per_seed(runs, v, target, key).values()]
+                x = i + (j - 0.5) * 0.38
+                ax.bar(x, np.mean(vals), 0.36, color=("#9ecae1", "#3182bd")[j], label=key if i == 0 else None)
+                ax.plot([x] * len(vals), vals, "k.", ms=4)
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{target}: success on nominal episodes", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="claims.py pretraining", description="claims 2 and 3 (" + PROTOCOL + ")")
+    p.add_argument("--targets", nargs="+", default=["PressLitButton"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--episodes", type=int, default=EPISODES)
+    p.add_argument("--jobs", type=int, default=1, help="pipeline runs at a time (one torch thread each)")
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_testbed"),
+                   help="run folders; shared with benchmarks/testbed.py's --work-dir, its pixel runs are 'full'")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--plot", type=Path, default=PLOT)
+    p.add_argument("--override", nargs="*", default=[], help="extra pipeline overrides for every run (recorded)")
+    p.add_argument("--summarize-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results.setdefault("runs", {})
+    results.update({"protocol": PROTOCOL, "preset": PRESET, "cpu": cpu_model()})
+    if not args.summarize_only:
+        # the full runs first (the others copy their data and stage 1), then variant by variant
+        order = [v for v in VARIANTS if v in args.variants]
+        jobs = [(v, t, s) for v in order for t in args.targets for s in args.seeds]
+
+        def work(job: tuple[str, str, int]) -> None:
+            variant, target, seed = job
+            key = f"{variant}/{target}/seed{seed}"
+            if "measured" in results["runs"].get(key, {}):
+                return
+            folder = run_dir(args.work_dir, variant, target, seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            info: dict[str, Any] = {"copied_stages": share_stages(args.work_dir, variant, target, seed)}
+            before = finished_stages(folder)
+            info.update(run_logged(pipeline_command(variant, target, seed, args.work_dir, args.override), folder, ROOT))
+            # a reused run (the testbed's, an earlier call's) shows [] here: its stages ran at another commit
+            info["stages_run"] = sorted(finished_stages(folder) - before)
+            info["commit"] = git_commit(ROOT)
+            eval_every = stage3_eval_every([*VARIANTS[variant][0], *args.override])
+            measured = run_logged([sys.executable, str(Path(__file__).resolve()), "measure", "--folder", str(folder),
+                                   "--target", target, "--episodes", str(args.episodes), "--eval-every",
+                                   str(eval_every)], folder, ROOT)
+            if measured["returncode"] == 0:
+                info["measured"] = json.loads((folder / MEASURE_FILE).read_text())
+                info["measure_seconds"] = measured["call_seconds"]
+            else:
+                info["error"] = f"unfinished or failed (see {folder / 'benchmark.log'})"
+            results["runs"][key] = info
+            write_json_atomic(args.out, results)
+            m = info.get("measured")
+            print(f"{key}: " + (f"final {m['final']['success']:.2f}, offline {m['offline']['success']:.2f}, "
+                                f"mean regret {m['regret']['mean_regret']:.2f}" if m else info["error"]), flush=True)
+
+        # full runs before the variants that copy from them
+        fulls = [j for j in jobs if j[0] == FULL]
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            list(pool.map(work, fulls))
+            list(pool.map(work, [j for j in jobs if j[0] != FULL]))
+    results["rows"] = summarize(results["runs"], args.targets)
+    write_json_atomic(args.out, results)
+    drawn = plot(results["runs"], args.targets, args.plot)
+    print(table(results["rows"], args.episodes))
+    if drawn is not None:
+        print(f"plot: {drawn}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("pretraining", "measure"):
+        sys.exit("usage: claims.py {pretraining,measure} [options]  (claims.py pretraining --help)")
+    if argv[0] == "measure":
+        measure_cli(argv[1:])
+    else:
+        pretraining(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
