@@ -22,6 +22,7 @@ import argparse
 import json
 import shutil
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,15 +30,20 @@ from typing import Any
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+# this checkout's packages, also when another checkout is installed (editable): the measure subprocess, run as
+# ``python benchmarks/claims.py``, would otherwise evaluate with the installed checkout's code while the pipeline
+# (``python -m``, cwd ROOT) trains with this one's (as benchmarks/pipeline_ablation.py does)
+sys.path.insert(0, str(ROOT))
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
 from bench_utils import cpu_model, git_commit, outcomes, run_logged, write_json_atomic  # noqa: E402
 from claims_metrics import cumulative_regret, difference_ci  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "claims_pretraining.json"
 PLOT = ROOT / "docs" / "claims_pretraining.png"
 PROTOCOL = "benchmarks/protocols/claims_pretraining.md"
 PRESET = "testbed"
+PROTOCOL_SEEDS = 3  # seeds 0, 1, 2 (the protocol's); a verdict on fewer says so
 EPISODES = 50  # per evaluation of a run's final and adapted agent (the protocol's minimum for final success)
 MEASURE_FILE = "claims_measure.json"
 FULL = "full"
@@ -104,16 +110,22 @@ def stage3_eval_rows(metrics: Path) -> list[dict[str, Any]]:
 
 def measure(folder: Path, target: str, episodes: int, eval_every: int) -> dict[str, Any]:
     """Final (stage 3) and offline (adapted) success on the same ``episodes`` nominal episodes (the target as the
-    stage-3 checkpoint records it), and stage 3's regret. Raises FileNotFoundError for an unfinished run and
-    ValueError when the checkpoint's target is not ``target``."""
+    stage-3 checkpoint records it), and stage 3's regret. Raises FileNotFoundError for an unfinished run,
+    ValueError when stage 3 logged no evaluation or the checkpoint's target is not ``target``."""
+    for stage in ("stage3", "adapt"):
+        if not (folder / stage / target / "done.json").is_file():
+            raise FileNotFoundError(f"{folder / stage / target}: stage not finished")
+    # the regret first: cheap, and a run it cannot be read from fails before the 2 x episodes evaluations
+    rows = stage3_eval_rows(folder / "stage3" / target / "metrics.jsonl")
+    if not rows:
+        raise ValueError(f"{folder / 'stage3' / target / 'metrics.jsonl'}: no stage-3 evaluation rows")
+    out: dict[str, Any] = {"episodes": episodes, "regret": planned_regret(rows, eval_every),
+                           "curve": [(int(r["env_steps"]), float(r["eval/success"])) for r in rows]}
+
     from robopretrain.checkpoint import load_agent
     from robopretrain.evaluate import default_target
     from robopretrain.evaluation import evaluate
 
-    out: dict[str, Any] = {"episodes": episodes}
-    for stage in ("stage3", "adapt"):
-        if not (folder / stage / target / "done.json").is_file():
-            raise FileNotFoundError(f"{folder / stage / target}: stage not finished")
     final_agent, final_ckpt = load_agent(folder / "stage3" / target)
     task = default_target(final_ckpt)
     if task.name != target:
@@ -123,9 +135,6 @@ def measure(folder: Path, target: str, episodes: int, eval_every: int) -> dict[s
         r = evaluate(agent, task, episodes)
         out[key] = {"success": r["success"], "successes": r["successes"], "episodes": r["episodes"],
                     "checkpoint": str(ckpt.path)}
-    rows = stage3_eval_rows(folder / "stage3" / target / "metrics.jsonl")
-    out["regret"] = planned_regret(rows, eval_every)
-    out["curve"] = [(int(r["env_steps"]), float(r["eval/success"])) for r in rows]
     return out
 
 
@@ -136,10 +145,18 @@ def measure_cli(argv: list[str]) -> None:
     p.add_argument("--episodes", type=int, default=EPISODES)
     p.add_argument("--eval-every", type=int, required=True)
     a = p.parse_args(argv)
+    if a.episodes < 1 or a.eval_every < 1:
+        p.error(f"--episodes {a.episodes} and --eval-every {a.eval_every} must be >= 1")
     import torch
 
+    from robopretrain.checkpoint import CheckpointError
+
     torch.set_num_threads(1)
-    write_json_atomic(a.folder / MEASURE_FILE, measure(a.folder, a.target, a.episodes, a.eval_every))
+    try:
+        measured = measure(a.folder, a.target, a.episodes, a.eval_every)
+    except (OSError, ValueError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
+    write_json_atomic(a.folder / MEASURE_FILE, measured)
 
 
 def stage3_eval_every(overrides: Sequence[str]) -> int:
@@ -207,6 +224,9 @@ def summarize(runs: dict[str, Any], targets: Sequence[str], seed: int = 0) -> li
                             "per_seed": {FULL: [float(np.mean(x)) for x in a], variant: [float(np.mean(x)) for x in b]},
                             "difference": diff, "interval": [low, high]}
             row["verdict"] = verdict(*row["final"]["interval"])
+            n = min(len(full["final"]), len(other["final"]))
+            if n < PROTOCOL_SEEDS:  # the protocol's verdict is over its three seeds (a one-seed interval has none)
+                row["verdict"] += f" ({n} of {PROTOCOL_SEEDS} seeds)"
             rows.append(row)
     return rows
 
@@ -277,10 +297,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.summarize_only and not args.out.is_file():
+        sys.exit(f"error: {args.out}: no results to summarize (run without --summarize-only first)")
+    try:
+        results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    except json.JSONDecodeError as e:
+        sys.exit(f"error: {args.out}: not JSON ({e})")
+    if not isinstance(results, dict) or results.get("protocol", PROTOCOL) != PROTOCOL:
+        sys.exit(f"error: {args.out}: not this benchmark's results (protocol "
+                 f"{results.get('protocol') if isinstance(results, dict) else None!r}, expected {PROTOCOL!r})")
     results.setdefault("runs", {})
-    results.update({"protocol": PROTOCOL, "preset": PRESET, "cpu": cpu_model()})
+    results.update({"protocol": PROTOCOL, "preset": PRESET})
     if not args.summarize_only:
+        results["cpu"] = cpu_model()  # the machine of the runs, not of a later --summarize-only
+        lock = threading.Lock()  # the worker threads share ``results`` and its file
+        eval_every: dict[str, int] = {}
+        for v in args.variants:  # composed here, once: hydra's global state is not thread-safe
+            try:
+                eval_every[v] = stage3_eval_every([*VARIANTS[v][0], *args.override])
+            except Exception as e:  # hydra's composition errors: a bad --override
+                sys.exit(f"error: the preset {PRESET!r} with {[*VARIANTS[v][0], *args.override]}: {e}")
         # the full runs first (the others copy their data and stage 1), then variant by variant
         order = [v for v in VARIANTS if v in args.variants]
         jobs = [(v, t, s) for v in order for t in args.targets for s in args.seeds]
@@ -288,8 +324,9 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
         def work(job: tuple[str, str, int]) -> None:
             variant, target, seed = job
             key = f"{variant}/{target}/seed{seed}"
-            if "measured" in results["runs"].get(key, {}):
-                return
+            with lock:
+                if "measured" in results["runs"].get(key, {}):
+                    return
             folder = run_dir(args.work_dir, variant, target, seed)
             folder.mkdir(parents=True, exist_ok=True)
             info: dict[str, Any] = {"copied_stages": share_stages(args.work_dir, variant, target, seed)}
@@ -298,17 +335,17 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
             # a reused run (the testbed's, an earlier call's) shows [] here: its stages ran at another commit
             info["stages_run"] = sorted(finished_stages(folder) - before)
             info["commit"] = git_commit(ROOT)
-            eval_every = stage3_eval_every([*VARIANTS[variant][0], *args.override])
             measured = run_logged([sys.executable, str(Path(__file__).resolve()), "measure", "--folder", str(folder),
                                    "--target", target, "--episodes", str(args.episodes), "--eval-every",
-                                   str(eval_every)], folder, ROOT)
+                                   str(eval_every[variant])], folder, ROOT)
             if measured["returncode"] == 0:
                 info["measured"] = json.loads((folder / MEASURE_FILE).read_text())
                 info["measure_seconds"] = measured["call_seconds"]
             else:
                 info["error"] = f"unfinished or failed (see {folder / 'benchmark.log'})"
-            results["runs"][key] = info
-            write_json_atomic(args.out, results)
+            with lock:
+                results["runs"][key] = info
+                write_json_atomic(args.out, results)
             m = info.get("measured")
             print(f"{key}: " + (f"final {m['final']['success']:.2f}, offline {m['offline']['success']:.2f}, "
                                 f"mean regret {m['regret']['mean_regret']:.2f}" if m else info["error"]), flush=True)
@@ -319,6 +356,8 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
             list(pool.map(work, fulls))
             list(pool.map(work, [j for j in jobs if j[0] != FULL]))
     results["rows"] = summarize(results["runs"], args.targets)
+    for target in sorted(set(args.targets) - {r["target"] for r in results["rows"]}):
+        print(f"note: {target}: no measured full run and variant in {args.out}", file=sys.stderr)
     write_json_atomic(args.out, results)
     drawn = plot(results["runs"], args.targets, args.plot)
     print(table(results["rows"], args.episodes))
@@ -329,6 +368,9 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: claims.py {pretraining,measure} [options]  (claims.py pretraining --help)")
+        return
     if not argv or argv[0] not in ("pretraining", "measure"):
         sys.exit("usage: claims.py {pretraining,measure} [options]  (claims.py pretraining --help)")
     if argv[0] == "measure":

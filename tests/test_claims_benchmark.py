@@ -193,3 +193,80 @@ def test_measure_a_finished_tiny_pipeline_run(claims, tmp_path):
         claims.measure(run, "Other", 1, 6)
     with pytest.raises(FileNotFoundError):
         claims.measure(tmp_path / "nothing", "Arm", 1, 6)
+
+
+def test_a_verdict_is_read_from_final_success_and_says_when_seeds_are_missing(claims):
+    """The verdict reads final success, not offline success; on fewer seeds than the protocol's it says how many."""
+    runs = {f"full/U/seed{s}": _run(40, 40, 0.2) for s in range(3)}
+    runs |= {f"target_only/U/seed{s}": _run(40, 5, 0.2) for s in range(3)}  # offline clearly worse, final the same
+    (row,) = claims.summarize(runs, ["U"])
+    assert row["offline"]["interval"][0] > 0 and row["verdict"] == "not shown"
+    one = {"full/U/seed0": _run(45, 40, 0.2), "scratch/U/seed0": _run(5, 5, 0.9)}
+    (row,) = claims.summarize(one, ["U"])
+    assert row["verdict"] == "reproduced (1 of 3 seeds)"
+    assert row["regret"]["interval"] == pytest.approx([0.7, 0.7])  # one value per side: no spread to bootstrap
+
+
+def test_measure_reads_the_regret_before_evaluating_and_errors_in_one_line(claims, tmp_path):
+    """A stage 3 that logged no evaluation fails before the 2 x 50 episodes (no checkpoint is loaded here), and the
+    measure sub-command reports a user's mistake as one ``error:`` line."""
+    run = tmp_path / "run"
+    _stage(run / "adapt" / "T")
+    _stage(run / "stage3" / "T", files={"metrics.jsonl": json.dumps({"step": 1, "train/critic_loss": 1.0})})
+    with pytest.raises(ValueError, match="no stage-3 evaluation rows"):
+        claims.measure(run, "T", 50, 500)
+    for folder, target in ((run, "T"), (tmp_path / "nothing", "T")):
+        with pytest.raises(SystemExit, match="^error: .*(no stage-3 evaluation|stage not finished)"):
+            claims.main(["measure", "--folder", str(folder), "--target", target, "--eval-every", "500"])
+    assert not (run / claims.MEASURE_FILE).exists()
+
+
+def test_pretraining_runs_fulls_first_skips_measured_runs_and_retries_unfinished_ones(claims, tmp_path, monkeypatch):
+    """The driver with the pipeline and the measurement replaced: full runs before the variants, a rerun runs only
+    the unmeasured run, the preset is composed once in the main thread (hydra's global state is not thread-safe)."""
+    import threading
+
+    calls, unfinished = [], {"target_only_short/T/seed1"}
+
+    def fake_run_logged(cmd, folder, cwd):
+        key = "/".join(Path(folder).parts[-3:]).replace("pixel/", "full/")
+        calls.append(("measure" if "measure" in cmd else "pipeline", key))
+        ok = "measure" not in cmd or key not in unfinished
+        if "measure" in cmd and ok:
+            m = _run(40, 30, 0.2)["measured"]
+            m["final"]["success"], m["offline"]["success"] = 0.8, 0.6
+            (Path(folder) / claims.MEASURE_FILE).write_text(json.dumps(m))
+        return {"command": " ".join(cmd[1:]), "returncode": 0 if ok else 1, "call_seconds": 0.0}
+
+    def eval_every(overrides):
+        assert threading.current_thread() is threading.main_thread()
+        return 500
+
+    monkeypatch.setattr(claims, "run_logged", fake_run_logged)
+    monkeypatch.setattr(claims, "stage3_eval_every", eval_every)
+    monkeypatch.setattr(claims, "plot", lambda *a: None)
+    out = tmp_path / "claims.json"
+    argv = ["--targets", "T", "--seeds", "0", "1", "--variants", "target_only_short", "full", "--jobs", "2",
+            "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    claims.pretraining(argv)
+    pipelines = [k for kind, k in calls if kind == "pipeline"]
+    assert sorted(pipelines[:2]) == ["full/T/seed0", "full/T/seed1"] and len(pipelines) == 4
+    runs = json.loads(out.read_text())["runs"]
+    assert "error" in runs["target_only_short/T/seed1"] and "measured" not in runs["target_only_short/T/seed1"]
+    assert all("measured" in runs[k] for k in ("full/T/seed0", "full/T/seed1", "target_only_short/T/seed0"))
+    calls.clear()
+    unfinished.clear()
+    claims.pretraining(argv)
+    assert calls == [("pipeline", "target_only_short/T/seed1"), ("measure", "target_only_short/T/seed1")]
+    assert "measured" in json.loads(out.read_text())["runs"]["target_only_short/T/seed1"]
+
+
+def test_summarize_only_refuses_a_missing_or_foreign_json(claims, tmp_path):
+    with pytest.raises(SystemExit, match="^error: .*no results"):
+        claims.pretraining(["--summarize-only", "--out", str(tmp_path / "none.json")])
+    assert not (tmp_path / "none.json").exists()
+    foreign = tmp_path / "testbed.json"
+    foreign.write_text(json.dumps({"protocol": "benchmarks/protocols/testbed.md", "runs": {}}))
+    with pytest.raises(SystemExit, match="^error: .*not this benchmark's results"):
+        claims.pretraining(["--summarize-only", "--out", str(foreign)])
+    assert json.loads(foreign.read_text()) == {"protocol": "benchmarks/protocols/testbed.md", "runs": {}}
