@@ -357,7 +357,7 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
             list(pool.map(work, [j for j in jobs if j[0] != FULL]))
     results["rows"] = summarize(results["runs"], args.targets)
     for target in sorted(set(args.targets) - {r["target"] for r in results["rows"]}):
-        print(f"note: {target}: no measured full run and variant in {args.out}", file=sys.stderr)
+        print(f"note: {target}: no row (it needs a measured full run and variant in {args.out})", file=sys.stderr)
     write_json_atomic(args.out, results)
     drawn = plot(results["runs"], args.targets, args.plot)
     print(table(results["rows"], args.episodes))
