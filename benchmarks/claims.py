@@ -320,6 +320,11 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
         # the full runs first (the others copy their data and stage 1), then variant by variant
         order = [v for v in VARIANTS if v in args.variants]
         jobs = [(v, t, s) for v in order for t in args.targets for s in args.seeds]
+        for v, t, s in jobs:  # a run measured with other overrides is another experiment: not skipped, not redone
+            done = results["runs"].get(f"{v}/{t}/seed{s}", {})
+            if "measured" in done and done.get("overrides", []) != list(args.override):
+                sys.exit(f"error: {v}/{t}/seed{s} in {args.out} was measured with overrides "
+                         f"{done.get('overrides', [])}, not {list(args.override)}; use another --out and --work-dir")
 
         def work(job: tuple[str, str, int]) -> None:
             variant, target, seed = job
@@ -329,7 +334,8 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
                     return
             folder = run_dir(args.work_dir, variant, target, seed)
             folder.mkdir(parents=True, exist_ok=True)
-            info: dict[str, Any] = {"copied_stages": share_stages(args.work_dir, variant, target, seed)}
+            info: dict[str, Any] = {"overrides": list(args.override),
+                                    "copied_stages": share_stages(args.work_dir, variant, target, seed)}
             before = finished_stages(folder)
             info.update(run_logged(pipeline_command(variant, target, seed, args.work_dir, args.override), folder, ROOT))
             # a reused run (the testbed's, an earlier call's) shows [] here: its stages ran at another commit

@@ -151,6 +151,9 @@ def test_table_rows_difference_signs_and_verdicts(claims):
     assert vip["seeds"] == {"full": [0, 1, 2], "vip": [0, 1, 2]}
     table = claims.table(claims.summarize(runs, ["T"]))
     assert "| 3 | T | target_only_short | 3 / 3 | 0.90 vs 0.20: +0.70" in table
+    # the cells in the header's order: final, offline, regret
+    line = next(x for x in table.splitlines() if "target_only_short" in x)
+    assert line.index("0.90 vs 0.20") < line.index("0.60 vs 0.10") < line.index("0.20 vs 0.70")
     assert claims.summarize(runs, ["Missing"]) == []
 
 
@@ -259,6 +262,11 @@ def test_pretraining_runs_fulls_first_skips_measured_runs_and_retries_unfinished
     claims.pretraining(argv)
     assert calls == [("pipeline", "target_only_short/T/seed1"), ("measure", "target_only_short/T/seed1")]
     assert "measured" in json.loads(out.read_text())["runs"]["target_only_short/T/seed1"]
+    # the same runs asked with other overrides are another experiment: refused before anything runs
+    calls.clear()
+    with pytest.raises(SystemExit, match="^error: full/T/seed0 .* measured with overrides \\[\\], not "):
+        claims.pretraining([*argv, "--override", "stage3.env_steps=10"])
+    assert calls == []
 
 
 def test_summarize_only_refuses_a_missing_or_foreign_json(claims, tmp_path):
