@@ -57,28 +57,51 @@ VARIANTS: dict[str, tuple[list[str], int, bool]] = {
 }
 CLAIMS = {2: "video pretraining helps the target (V-PTR)", 3: "multi-task pretraining helps the target (PTR)"}
 RUN_FOLDER = {FULL: "pixel"}  # benchmarks/testbed.py's name for the same runs
+DEMOS_TAG = "_demos"  # a run label "<variant>_demos<N>": the variant with the first N of the target's demos
 
 
-def run_dir(work: Path, variant: str, target: str, seed: int) -> Path:
-    """``<work>/<variant>/<target>/seed<seed>``; the full pipeline's runs under the testbed's name ``pixel``."""
-    return work / RUN_FOLDER.get(variant, variant) / target / f"seed{seed}"
+def label(variant: str, target_demos: int | None) -> str:
+    """The run label of ``variant`` with ``target_demos`` target demos (None: the preset's count, the bare name)."""
+    return variant if target_demos is None else f"{variant}{DEMOS_TAG}{int(target_demos)}"
 
 
-def pipeline_command(variant: str, target: str, seed: int, work: Path, extra: Sequence[str] = ()) -> list[str]:
-    """The pipeline command of one run: the preset, the target, the seed, one thread, the variant's overrides."""
+def split_label(run_label: str) -> tuple[str, int | None]:
+    """``(variant, target demos or None)`` of a run label; raises ValueError for an unknown variant."""
+    variant, tag, n = run_label.partition(DEMOS_TAG)
+    if variant not in VARIANTS or (tag and not n.isdigit()):
+        raise ValueError(f"run label {run_label!r}: expected one of {list(VARIANTS)}, optionally + '{DEMOS_TAG}<N>'")
+    return variant, (int(n) if tag else None)
+
+
+def run_overrides(run_label: str) -> list[str]:
+    """The pipeline overrides of a run label: its variant's, and ``data.target_demos`` when it names a count."""
+    variant, demos = split_label(run_label)
+    return [*VARIANTS[variant][0], *([f"data.target_demos={demos}"] if demos is not None else [])]
+
+
+def run_dir(work: Path, run_label: str, target: str, seed: int) -> Path:
+    """``<work>/<label>/<target>/seed<seed>``; the full pipeline's runs under the testbed's name ``pixel``."""
+    return work / RUN_FOLDER.get(run_label, run_label) / target / f"seed{seed}"
+
+
+def pipeline_command(run_label: str, target: str, seed: int, work: Path, extra: Sequence[str] = ()) -> list[str]:
+    """The pipeline command of one run: the preset, the target, the seed, one thread, the label's overrides."""
     return [sys.executable, "-m", "robopretrain.pipeline", f"--config-name={PRESET}", f"targets=[{target}]",
-            f"seed={seed}", f"run_dir={run_dir(work, variant, target, seed)}", "num_threads=1", "progress=false",
-            *VARIANTS[variant][0], *extra]
+            f"seed={seed}", f"run_dir={run_dir(work, run_label, target, seed)}", "num_threads=1", "progress=false",
+            *run_overrides(run_label), *extra]
 
 
-def share_stages(work: Path, variant: str, target: str, seed: int) -> list[str]:
-    """Copy the same seed's finished ``full`` stages a variant would recompute identically: ``data`` always (without
-    the frame cache, which is rebuilt on demand), ``stage1`` where the variant's stage 1 is the full run's. A stage
-    already in the variant's folder is left as it is. Returns the stages copied."""
-    if variant == FULL:
+def share_stages(work: Path, run_label: str, target: str, seed: int) -> list[str]:
+    """Copy the same seed's finished ``full`` stages a run would recompute identically: ``data`` always (without
+    the frame cache, which is rebuilt on demand), ``stage1`` where the variant's stage 1 is the full run's, and
+    ``stage2`` for the full pipeline with another target-demo count (stage 2 reads no target data; the adaptation
+    takes the first N of the same collected demos). A stage already in the run's folder is left as it is. Returns
+    the stages copied."""
+    if run_label == FULL:
         return []
-    src, dst = run_dir(work, FULL, target, seed), run_dir(work, variant, target, seed)
-    stages = ["data"] + (["stage1"] if VARIANTS[variant][2] else [])
+    variant, _ = split_label(run_label)
+    src, dst = run_dir(work, FULL, target, seed), run_dir(work, run_label, target, seed)
+    stages = ["data"] + (["stage1"] if VARIANTS[variant][2] else []) + (["stage2"] if variant == FULL else [])
     copied = []
     for stage in stages:
         if (src / stage / "done.json").is_file() and not (dst / stage).exists():
@@ -200,35 +223,48 @@ def verdict(low: float, high: float) -> str:
 
 
 def summarize(runs: dict[str, Any], targets: Sequence[str], seed: int = 0) -> list[dict[str, Any]]:
-    """One row per (target, variant other than full) with both sides measured on at least one seed: the means and
-    per-seed values of final and offline success and of mean regret, ``full - variant`` (regret: ``variant -
-    full``) with its interval, and the verdict on final success."""
+    """One row per (target, target-demo count, variant other than full) with both sides measured on at least one
+    seed: the means and per-seed values of final and offline success and of mean regret, ``full - variant``
+    (regret: ``variant - full``) with its interval, and the verdict on final success. A variant is compared with
+    the full pipeline of its own target-demo count (``target_demos`` None: the preset's)."""
     rows = []
+    counts = sorted({split_label(k.split("/")[0])[1] for k in runs}, key=lambda n: (n is not None, n or 0))
     for target in targets:
-        full = {k: _per_seed(runs, FULL, target, k) for k in ("final", "offline", "regret")}
-        if not full["final"]:
-            continue
-        for variant, (_, claim, _) in VARIANTS.items():
-            if variant == FULL:
+        for demos in counts:
+            full_label = label(FULL, demos)
+            full = {k: _per_seed(runs, full_label, target, k) for k in ("final", "offline", "regret")}
+            if not full["final"]:
                 continue
-            other = {k: _per_seed(runs, variant, target, k) for k in ("final", "offline", "regret")}
-            if not other["final"]:
-                continue
-            row: dict[str, Any] = {"claim": claim, "target": target, "variant": variant,
-                                   "seeds": {FULL: list(full["final"]), variant: list(other["final"])}}
-            for key in ("final", "offline", "regret"):
-                a, b = list(full[key].values()), list(other[key].values())
-                better, worse = (b, a) if key == "regret" else (a, b)
-                diff, low, high = difference_ci(better, worse, seed=seed)
-                row[key] = {FULL: float(np.mean([np.mean(x) for x in a])), variant: float(np.mean([np.mean(x) for x in b])),
-                            "per_seed": {FULL: [float(np.mean(x)) for x in a], variant: [float(np.mean(x)) for x in b]},
-                            "difference": diff, "interval": [low, high]}
-            row["verdict"] = verdict(*row["final"]["interval"])
-            n = min(len(full["final"]), len(other["final"]))
-            if n < PROTOCOL_SEEDS:  # the protocol's verdict is over its three seeds (a one-seed interval has none)
-                row["verdict"] += f" ({n} of {PROTOCOL_SEEDS} seeds)"
-            rows.append(row)
+            for variant, (_, claim, _) in VARIANTS.items():
+                if variant == FULL:
+                    continue
+                row = _row(runs, target, demos, full, variant, claim, seed)
+                if row is not None:
+                    rows.append(row)
     return rows
+
+
+def _row(runs: dict[str, Any], target: str, demos: int | None, full: dict[str, dict[int, list[float]]], variant: str,
+         claim: int, seed: int) -> dict[str, Any] | None:
+    """The table row of ``variant`` against ``full`` (per-seed outcomes of the same target-demo count); None when the
+    variant has no measured run."""
+    other = {k: _per_seed(runs, label(variant, demos), target, k) for k in ("final", "offline", "regret")}
+    if not other["final"]:
+        return None
+    row: dict[str, Any] = {"claim": claim, "target": target, "variant": variant, "target_demos": demos,
+                           "seeds": {FULL: list(full["final"]), variant: list(other["final"])}}
+    for key in ("final", "offline", "regret"):
+        a, b = list(full[key].values()), list(other[key].values())
+        better, worse = (b, a) if key == "regret" else (a, b)
+        diff, low, high = difference_ci(better, worse, seed=seed)
+        row[key] = {FULL: float(np.mean([np.mean(x) for x in a])), variant: float(np.mean([np.mean(x) for x in b])),
+                    "per_seed": {FULL: [float(np.mean(x)) for x in a], variant: [float(np.mean(x)) for x in b]},
+                    "difference": diff, "interval": [low, high]}
+    row["verdict"] = verdict(*row["final"]["interval"])
+    n = min(len(full["final"]), len(other["final"]))
+    if n < PROTOCOL_SEEDS:  # the protocol's verdict is over its three seeds (a one-seed interval has none)
+        row["verdict"] += f" ({n} of {PROTOCOL_SEEDS} seeds)"
+    return row
 
 
 def table(rows: Sequence[dict[str, Any]], episodes: int = EPISODES) -> str:
@@ -237,17 +273,19 @@ def table(rows: Sequence[dict[str, Any]], episodes: int = EPISODES) -> str:
         low, high = m["interval"]
         return f"{m[FULL]:.2f} vs {m[v]:.2f}: {m['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
 
-    lines = [f"| claim | target | full vs | seeds | final success ({episodes} ep.) | offline success ({episodes} ep.) | "
-             "mean regret (variant - full) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| claim | target | target demos | full vs | seeds | final success ({episodes} ep.) | offline success "
+             f"({episodes} ep.) | mean regret (variant - full) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         seeds = f"{len(r['seeds'][FULL])} / {len(r['seeds'][r['variant']])}"
-        lines.append(f"| {r['claim']} | {r['target']} | {r['variant']} | {seeds} | {cell(r, 'final')} | "
+        demos = "preset" if r.get("target_demos") is None else str(r["target_demos"])
+        lines.append(f"| {r['claim']} | {r['target']} | {demos} | {r['variant']} | {seeds} | {cell(r, 'final')} | "
                      f"{cell(r, 'offline')} | {cell(r, 'regret')} | {r['verdict']} |")
     return "\n".join(lines)
 
 
 def plot(runs: dict[str, Any], targets: Sequence[str], path: Path) -> Path | None:
-    """Final and offline success per variant and target: the mean over seeds as a bar, each seed as a dot."""
+    """Final and offline success per run label (variant, target-demo count) and target: the mean over seeds as a bar,
+    each seed as a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,7 +296,9 @@ def plot(runs: dict[str, Any], targets: Sequence[str], path: Path) -> Path | Non
         return None
     fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.2), squeeze=False)
     for ax, target in zip(axes[0], present):
-        names = [v for v in VARIANTS if _per_seed(runs, v, target, "final")]
+        labels = sorted({k.split("/")[0] for k in runs}, key=lambda x: (split_label(x)[1] or 0, list(VARIANTS).index(
+            split_label(x)[0])))
+        names = [v for v in labels if _per_seed(runs, v, target, "final")]
         for j, key in enumerate(("offline", "final")):
             for i, v in enumerate(names):
                 vals = [float(np.mean(x)) for x in _per_seed(runs, v, target, key).values()]
@@ -284,6 +324,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", nargs="+", default=["PressLitButton"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--target-demos", type=int, default=None,
+                   help="the first N of each target's demos for every run (default: the preset's count); runs are "
+                        "labelled <variant>_demos<N> and compared with the full pipeline of the same N")
     p.add_argument("--episodes", type=int, default=EPISODES)
     p.add_argument("--jobs", type=int, default=1, help="pipeline runs at a time (one torch thread each)")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_testbed"),
@@ -311,15 +354,17 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.summarize_only:
         results["cpu"] = cpu_model()  # the machine of the runs, not of a later --summarize-only
         lock = threading.Lock()  # the worker threads share ``results`` and its file
+        if args.target_demos is not None and args.target_demos < 1:
+            sys.exit(f"error: --target-demos {args.target_demos}: expected >= 1")
+        labels = [label(v, args.target_demos) for v in VARIANTS if v in args.variants]
         eval_every: dict[str, int] = {}
-        for v in args.variants:  # composed here, once: hydra's global state is not thread-safe
+        for v in labels:  # composed here, once: hydra's global state is not thread-safe
             try:
-                eval_every[v] = stage3_eval_every([*VARIANTS[v][0], *args.override])
+                eval_every[v] = stage3_eval_every([*run_overrides(v), *args.override])
             except Exception as e:  # hydra's composition errors: a bad --override
-                sys.exit(f"error: the preset {PRESET!r} with {[*VARIANTS[v][0], *args.override]}: {e}")
+                sys.exit(f"error: the preset {PRESET!r} with {[*run_overrides(v), *args.override]}: {e}")
         # the full runs first (the others copy their data and stage 1), then variant by variant
-        order = [v for v in VARIANTS if v in args.variants]
-        jobs = [(v, t, s) for v in order for t in args.targets for s in args.seeds]
+        jobs = [(v, t, s) for v in labels for t in args.targets for s in args.seeds]
         for v, t, s in jobs:  # a run measured with other overrides is another experiment: not skipped, not redone
             done = results["runs"].get(f"{v}/{t}/seed{s}", {})
             if "measured" in done and done.get("overrides", []) != list(args.override):
@@ -357,10 +402,10 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
                                 f"mean regret {m['regret']['mean_regret']:.2f}" if m else info["error"]), flush=True)
 
         # full runs before the variants that copy from them
-        fulls = [j for j in jobs if j[0] == FULL]
+        fulls = [j for j in jobs if split_label(j[0])[0] == FULL]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             list(pool.map(work, fulls))
-            list(pool.map(work, [j for j in jobs if j[0] != FULL]))
+            list(pool.map(work, [j for j in jobs if j not in fulls]))
     results["rows"] = summarize(results["runs"], args.targets)
     for target in sorted(set(args.targets) - {r["target"] for r in results["rows"]}):
         print(f"note: {target}: no row (it needs a measured full run and variant in {args.out})", file=sys.stderr)

@@ -104,6 +104,36 @@ def test_variants_copy_the_full_runs_data_and_only_the_stage1_they_share(claims,
     assert claims.share_stages(tmp_path, "full", "T", 0) == []
 
 
+def test_a_target_demo_count_labels_the_runs_and_reuses_the_full_runs_stage2(claims, tmp_path):
+    assert claims.label("full", None) == "full" and claims.label("target_only_short", 5) == "target_only_short_demos5"
+    assert claims.split_label("target_only_short_demos5") == ("target_only_short", 5)
+    assert claims.split_label("full") == ("full", None) and claims.split_label("full_demos10") == ("full", 10)
+    for bad in ("fullish", "full_demosX", "nope_demos5"):
+        with pytest.raises(ValueError):
+            claims.split_label(bad)
+    assert claims.run_overrides("target_only_short_demos5") == ["stage2.enabled=false", "data.target_demos=5"]
+    assert claims.run_overrides("full_demos5") == ["data.target_demos=5"] and claims.run_overrides("full") == []
+    # its own folder, not the testbed's pixel runs
+    assert claims.run_dir(tmp_path, "full_demos5", "T", 0) == tmp_path / "full_demos5" / "T" / "seed0"
+    full = claims.run_dir(tmp_path, "full", "T", 0)
+    for stage in ("data", "stage1", "stage2", "adapt"):
+        _stage(full / stage)
+    # the full pipeline with N demos: stage 2 reads no target data, so it is the full run's; adapt is redone
+    assert claims.share_stages(tmp_path, "full_demos5", "T", 0) == ["data", "stage1", "stage2"]
+    assert claims.share_stages(tmp_path, "target_only_short_demos5", "T", 0) == ["data", "stage1"]
+    assert claims.share_stages(tmp_path, "scratch_demos5", "T", 0) == ["data"]
+    # a variant is compared with the full pipeline of its own count
+    runs = {f"full/T/seed{s}": _run(45, 40, 0.1) for s in range(3)}
+    runs |= {f"full_demos5/T/seed{s}": _run(20, 10, 0.6) for s in range(3)}
+    runs |= {f"target_only_short_demos5/T/seed{s}": _run(10, 0, 0.8) for s in range(3)}
+    runs |= {f"target_only_short/T/seed{s}": _run(45, 45, 0.1) for s in range(3)}
+    rows = claims.summarize(runs, ["T"])
+    assert [(r["variant"], r["target_demos"]) for r in rows] == [("target_only_short", None), ("target_only_short", 5)]
+    assert rows[1]["final"]["difference"] == pytest.approx(0.2) and rows[1]["offline"]["difference"] == pytest.approx(0.2)
+    assert rows[0]["final"]["difference"] == pytest.approx(0.0)
+    assert "| 3 | T | 5 | target_only_short | 3 / 3 | 0.40 vs 0.20: +0.20" in claims.table(rows)
+
+
 def test_regret_places_each_evaluation_at_its_planned_step(claims, tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"step": 0, "env_steps": 0, "eval/success": 0.2}, {"step": 100, "train/critic_loss": 1.0},
@@ -150,7 +180,7 @@ def test_table_rows_difference_signs_and_verdicts(claims):
     assert vip["final"]["per_seed"]["vip"] == pytest.approx([0.8, 1.0, 0.9])
     assert vip["seeds"] == {"full": [0, 1, 2], "vip": [0, 1, 2]}
     table = claims.table(claims.summarize(runs, ["T"]))
-    assert "| 3 | T | target_only_short | 3 / 3 | 0.90 vs 0.20: +0.70" in table
+    assert "| 3 | T | preset | target_only_short | 3 / 3 | 0.90 vs 0.20: +0.70" in table
     # the cells in the header's order: final, offline, regret
     line = next(x for x in table.splitlines() if "target_only_short" in x)
     assert line.index("0.90 vs 0.20") < line.index("0.60 vs 0.10") < line.index("0.20 vs 0.70")
