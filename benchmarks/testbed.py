@@ -44,6 +44,9 @@ THRESHOLDS = {"expert": 0.95, "oracle": 0.8, "sighted": 0.6, "blind": 0.1, "blin
               "minutes": 60.0}
 EXPERT_SEED = 2_000_000
 PROTOCOL_SEEDS = 3  # criteria are met by the mean over seeds 0, 1, 2 (benchmarks/protocols/testbed.md)
+DEFAULT_PRESET = "testbed"
+# targets run with their own preset (version 5 of the protocol: a combination target gets more target data)
+TARGET_PRESETS = {"CloseDrawerPressButton": "testbed_combination"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", nargs="+", default=list(TARGETS))
     p.add_argument("--seeds", nargs="+", type=int, default=list(range(PROTOCOL_SEEDS)))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--preset", default="testbed", help="the pipeline config name (configs/<preset>.yaml)")
+    p.add_argument("--preset", default=None,
+                   help="the pipeline config name (configs/<preset>.yaml) for every target; default: "
+                        f"{DEFAULT_PRESET!r}, or the target's own preset ({TARGET_PRESETS})")
     p.add_argument("--override", nargs="*", default=[], help="extra pipeline overrides for every run (recorded)")
     p.add_argument("--expert-episodes", type=int, default=100)
     p.add_argument("--jobs", type=int, default=1, help="pipeline runs at a time (one torch thread each)")
@@ -91,8 +96,14 @@ def run_dir(work: Path, variant: str, target: str, seed: int) -> Path:
     return work / variant / target / f"seed{seed}"
 
 
+def preset_for(args: argparse.Namespace, target: str) -> str:
+    """The pipeline preset a target's runs use: ``--preset`` if given, else the target's own or the default."""
+    return args.preset or TARGET_PRESETS.get(target, DEFAULT_PRESET)
+
+
 def pipeline_command(args: argparse.Namespace, variant: str, target: str, seed: int) -> list[str]:
-    return [sys.executable, "-m", "robopretrain.pipeline", f"--config-name={args.preset}", f"targets=[{target}]",
+    return [sys.executable, "-m", "robopretrain.pipeline", f"--config-name={preset_for(args, target)}",
+            f"targets=[{target}]",
             f"seed={seed}", f"run_dir={run_dir(args.work_dir, variant, target, seed)}", "num_threads=1",
             "progress=false", *VARIANTS[variant], *args.override]
 
@@ -203,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.setdefault("runs", {})
     results.setdefault("expert", {})
-    results.update({"protocol": "benchmarks/protocols/testbed.md", "cpu": cpu_model(), "preset": args.preset})
+    presets = results.get("preset") if isinstance(results.get("preset"), dict) else {}
+    results.update({"protocol": "benchmarks/protocols/testbed.md", "cpu": cpu_model(),
+                    "preset": {**presets, **{t: preset_for(args, t) for t in args.targets}}})
     if not args.summarize_only:
         for target in args.targets:
             if target not in results["expert"]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from robopretrain import pipeline
 from robopretrain.envs.target import as_target
@@ -115,3 +116,22 @@ def test_oracle_variant_and_preset_compose(testbed, tmp_path):
     cmd = testbed.pipeline_command(testbed.parse_args(["--work-dir", str(tmp_path)]), "oracle", "PlaceInBowl", 2)
     assert "--config-name=testbed" in cmd and "seed=2" in cmd and "obs.rgb=[]" in cmd
     assert f"run_dir={tmp_path / 'oracle' / 'PlaceInBowl' / 'seed2'}" in cmd
+
+
+def test_combination_target_runs_with_its_own_preset(testbed, tmp_path):
+    """Version 5: CloseDrawerPressButton's runs compose testbed_combination (100 demos, half-target batches, 3000
+    adaptation updates) and nothing else changes; --preset still forces one preset for every target."""
+    args = testbed.parse_args(["--work-dir", str(tmp_path)])
+    assert "--config-name=testbed_combination" in testbed.pipeline_command(args, "pixel", "CloseDrawerPressButton", 0)
+    assert "--config-name=testbed" in testbed.pipeline_command(args, "pixel", "PressLitButton", 0)
+    forced = testbed.parse_args(["--work-dir", str(tmp_path), "--preset", "testbed"])
+    assert "--config-name=testbed" in testbed.pipeline_command(forced, "oracle", "CloseDrawerPressButton", 0)
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        combo = compose("testbed_combination")
+        base = compose("testbed")
+    assert combo.data.target_demos == 100 and combo.adapt.prior_fraction == 0.5 and combo.adapt.steps == 3000
+    assert list(combo.targets) == ["CloseDrawerPressButton"]
+    combo, base = (OmegaConf.to_container(c) for c in (combo, base))
+    for c in (combo, base):
+        del c["data"]["target_demos"], c["adapt"]["prior_fraction"], c["adapt"]["steps"], c["targets"], c["name"]
+    assert combo == base  # every other setting is the testbed preset's
