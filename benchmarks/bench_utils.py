@@ -17,6 +17,11 @@ from typing import Any
 import numpy as np
 
 
+# benchmarks/testbed.py's presets: the target's own where it has one (testbed protocol, version 5), else "testbed"
+DEFAULT_PRESET = "testbed"
+TARGET_PRESETS = {"CloseDrawerPressButton": "testbed_combination"}
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
     try:

@@ -36,13 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # (``python -m``, cwd ROOT) trains with this one's (as benchmarks/pipeline_ablation.py does)
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import cpu_model, git_commit, outcomes, run_logged, write_json_atomic  # noqa: E402
+from bench_utils import (  # noqa: E402
+    DEFAULT_PRESET,
+    TARGET_PRESETS,
+    cpu_model,
+    git_commit,
+    outcomes,
+    run_logged,
+    write_json_atomic,
+)
 from claims_metrics import cumulative_regret, difference_ci  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims_pretraining.json"
 PLOT = ROOT / "docs" / "claims_pretraining.png"
 PROTOCOL = "benchmarks/protocols/claims_pretraining.md"
-PRESET = "testbed"
+PRESET = DEFAULT_PRESET  # the variants' budgets below are this preset's
 PROTOCOL_SEEDS = 3  # seeds 0, 1, 2 (the protocol's); a verdict on fewer says so
 EPISODES = 50  # per evaluation of a run's final and adapted agent (the protocol's minimum for final success)
 MEASURE_FILE = "claims_measure.json"
@@ -354,6 +362,10 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.summarize_only:
         results["cpu"] = cpu_model()  # the machine of the runs, not of a later --summarize-only
         lock = threading.Lock()  # the worker threads share ``results`` and its file
+        own = sorted(t for t in args.targets if TARGET_PRESETS.get(t, PRESET) != PRESET)
+        if own:  # their full runs use another preset: the variants' budgets here are the testbed preset's
+            sys.exit(f"error: {own} run with their own testbed preset ({[TARGET_PRESETS[t] for t in own]}); this "
+                     f"protocol's variants are set for the {PRESET!r} preset (amend it before measuring them)")
         if args.target_demos is not None and args.target_demos < 1:
             sys.exit(f"error: --target-demos {args.target_demos}: expected >= 1")
         labels = [label(v, args.target_demos) for v in VARIANTS if v in args.variants]

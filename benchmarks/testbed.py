@@ -23,6 +23,8 @@ import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
 from bench_utils import (  # noqa: E402
+    DEFAULT_PRESET,
+    TARGET_PRESETS,
     cpu_model,
     git_commit,
     outcomes,
@@ -44,9 +46,6 @@ THRESHOLDS = {"expert": 0.95, "oracle": 0.8, "sighted": 0.6, "blind": 0.1, "blin
               "minutes": 60.0}
 EXPERT_SEED = 2_000_000
 PROTOCOL_SEEDS = 3  # criteria are met by the mean over seeds 0, 1, 2 (benchmarks/protocols/testbed.md)
-DEFAULT_PRESET = "testbed"
-# targets run with their own preset (version 5 of the protocol: a combination target gets more target data)
-TARGET_PRESETS = {"CloseDrawerPressButton": "testbed_combination"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

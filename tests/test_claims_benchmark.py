@@ -308,3 +308,12 @@ def test_summarize_only_refuses_a_missing_or_foreign_json(claims, tmp_path):
     with pytest.raises(SystemExit, match="^error: .*not this benchmark's results"):
         claims.pretraining(["--summarize-only", "--out", str(foreign)])
     assert json.loads(foreign.read_text()) == {"protocol": "benchmarks/protocols/testbed.md", "runs": {}}
+
+
+def test_a_target_with_its_own_testbed_preset_is_refused(claims, tmp_path):
+    """The variants' budgets (target_only's 11,000 adaptation updates, the adaptation's mix) are the testbed
+    preset's: CloseDrawerPressButton's full runs use testbed_combination, so comparing them would mix presets."""
+    out = tmp_path / "c.json"
+    with pytest.raises(SystemExit, match="^error: \\['CloseDrawerPressButton'\\] run with their own testbed preset"):
+        claims.pretraining(["--targets", "CloseDrawerPressButton", "--work-dir", str(tmp_path), "--out", str(out)])
+    assert not out.exists()
