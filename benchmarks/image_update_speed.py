@@ -249,6 +249,106 @@ def bf16_deviation() -> dict[str, float]:
     return out
 
 
+def conv_flops(net: nn.Module, batch: int, channels: int, size: int) -> list[dict[str, Any]]:
+    """Per ``nn.Conv2d`` of ``net`` (in order) on ``(batch, channels, size, size)`` input: its shapes and the
+    floating-point operations of its forward pass, ``2 * B * H_out * W_out * C_out * C_in / groups * k_h * k_w``
+    (one multiply and one add per weight and output; bias and activations not counted). Raises ValueError for a net
+    without convolutions."""
+    layers: list[dict[str, Any]] = []
+
+    def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        b, c_out, h, w = out.shape
+        k_h, k_w = m.kernel_size
+        layers.append({"in": list(inputs[0].shape[1:]), "out": [c_out, h, w], "stride": list(m.stride),
+                       "flops": 2 * b * h * w * c_out * (m.in_channels // m.groups) * k_h * k_w})
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(batch, channels, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    if not layers:
+        raise ValueError("conv_flops: the net has no nn.Conv2d")
+    return layers
+
+
+def _median_seconds(fn: Any, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return median(times)
+
+
+def roofline(repeats: int = 7) -> dict[str, Any]:
+    """How close the float32 encoder runs to this CPU's float32 rate, and the fastest float32 update the same
+    computation could reach (one thread, subnormals flushed, as the entry points run).
+
+    The encoder's convolutions (``small_conv``, batch ``BATCH``, channels-last input as the agent feeds them):
+    forward FLOPs ``F`` (:func:`conv_flops`), backward FLOPs ``F`` (weight gradients) plus the input gradients of
+    every convolution but the first (its input is the image), timed over the trunk (convolutions and ReLUs).
+    The CPU's rate: a 1024 x 1024 x 1024 matrix product (``torch.mm``) in float32 and in bfloat16. The floor of one
+    update of the ``agent`` variant: its convolution FLOPs (two passes with backward, critic s and actor s; two
+    without, s' for the target and for the policy's next actions) at the fastest float32 rate measured here (the
+    matrix product's or the convolutions' own, whichever is higher), plus the
+    ``bound:features-only`` update (everything but the encoders), against the ``reference`` update measured here."""
+    torch.set_flush_denormal(True)
+    try:
+        agent, batch = build_variant("agent")
+        net = agent.critic_encoder.image_encoder.net
+        trunk = net.convs
+        layers = conv_flops(trunk, BATCH, 3, IMAGE_SIZE)
+        fwd = float(sum(layer["flops"] for layer in layers))
+        bwd = fwd + float(sum(layer["flops"] for layer in layers[1:]))
+        x = torch.rand(BATCH, IMAGE_SIZE, IMAGE_SIZE, 3).permute(0, 3, 1, 2)  # channels-last, as the agent's input
+
+        def forward_backward() -> None:
+            trunk(x).sum().backward()
+
+        with torch.no_grad():
+            t_fwd = _median_seconds(lambda: trunk(x), repeats)
+        t_fb = _median_seconds(forward_backward, repeats)
+        rates = {}
+        for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            a, b = torch.rand(1024, 1024, dtype=dtype), torch.rand(1024, 1024, dtype=dtype)
+            rates[name] = 2 * 1024 ** 3 / _median_seconds(lambda: torch.mm(a, b), repeats) / 1e9
+        bound_agent, bound_batch = build_variant("bound:features-only")
+        ref_agent, ref_batch = build_variant("reference")
+        t_rest = _median_seconds(lambda: bound_agent.update(bound_batch, with_metrics=False), repeats)
+        t_ref = _median_seconds(lambda: ref_agent.update(ref_batch, with_metrics=False), 3)
+        t_agent = _median_seconds(lambda: agent.update(batch, with_metrics=False), 3)
+        update_flops = 2 * (fwd + bwd) + 2 * fwd
+        best = max(rates["float32"], fwd / t_fwd / 1e9, (fwd + bwd) / t_fb / 1e9)  # the fastest float32 rate seen
+        floor = update_flops / (best * 1e9) + t_rest
+    finally:
+        torch.set_flush_denormal(False)
+    return {"threads": torch.get_num_threads(), "conv_layers": layers,
+            "trunk_forward": {"gflop": fwd / 1e9, "ms": 1e3 * t_fwd, "gflop_per_s": fwd / t_fwd / 1e9},
+            "trunk_forward_backward": {"gflop": (fwd + bwd) / 1e9, "ms": 1e3 * t_fb,
+                                       "gflop_per_s": (fwd + bwd) / t_fb / 1e9},
+            "matmul_gflop_per_s": rates,
+            "update": {"conv_gflop": update_flops / 1e9, "rest_ms (bound:features-only)": 1e3 * t_rest,
+                       "floor_ms_float32": 1e3 * floor, "agent_ms": 1e3 * t_agent, "reference_ms": 1e3 * t_ref,
+                       "agent_ratio": t_ref / t_agent, "max_ratio_float32_same_computation": t_ref / floor}}
+
+
+def print_roofline(r: Mapping[str, Any]) -> None:
+    u = r["update"]
+    print(f"   encoder convolutions (batch {BATCH}): forward {r['trunk_forward']['gflop_per_s']:.0f} GFLOP/s, "
+          f"forward+backward {r['trunk_forward_backward']['gflop_per_s']:.0f} GFLOP/s; matrix product "
+          f"{r['matmul_gflop_per_s']['float32']:.0f} GFLOP/s float32, {r['matmul_gflop_per_s']['bfloat16']:.0f} "
+          f"bfloat16")
+    print(f"   update: reference {u['reference_ms']:.0f} ms, agent {u['agent_ms']:.0f} ms ({u['agent_ratio']:.2f}x), "
+          f"float32 floor {u['floor_ms_float32']:.0f} ms ({u['conv_gflop']:.1f} GFLOP of convolutions at the "
+          f"fastest float32 rate + {u['rest_ms (bound:features-only)']:.0f} ms without encoders): at most "
+          f"{u['max_ratio_float32_same_computation']:.2f}x with the same float32 computation", flush=True)
+
+
 def cpu_description() -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "torch": torch.__version__,
                             "logical_cpus": os.cpu_count(), "mkldnn_available": bool(torch.backends.mkldnn.is_available())}
@@ -284,6 +384,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "a name ending in +ftz is that variant with subnormals flushed to zero (the toolkit's "
                              "default since stop 25; with 2 threads only on the main thread: torch's worker thread "
                              "keeps the setting it started with, off)")
+    parser.add_argument("--roofline-only", action="store_true",
+                        help="only the roofline (convolution GFLOP/s against the CPU's matrix-product rate, and the "
+                             "float32 update floor), at the first --threads value")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "image_update_speed.json"))
     args = parser.parse_args(argv)
     result: dict[str, Any] = {
@@ -301,6 +404,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads[0])
+    print(f"== roofline, {args.threads[0]} thread(s)", flush=True)
+    result["roofline"] = roofline()
+    print_roofline(result["roofline"])
+    if args.roofline_only:
+        out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {out}")
+        return result
     result["bf16_vs_float32_one_update"] = bf16_deviation()
     for threads in args.threads:
         print(f"== Cal-QL image update, {threads} thread(s)", flush=True)

@@ -157,3 +157,16 @@ def test_bfloat16_precision_changes_the_encoder_compute_and_is_validated() -> No
         ObsEncoder(spec, img, precision="half")
     with pytest.raises(ValueError, match="encoder.precision='half'"):
         EncoderSettings.from_mapping({"precision": "half"})
+
+
+def test_conv_flops_counts_each_convolution_by_hand() -> None:
+    """The roofline's FLOP count: 2 * B * H_out * W_out * C_out * C_in / groups * k * k per convolution, in order,
+    from the shapes the net really produces (stride and padding included); non-convolutions add nothing."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 6, (1, 3), padding=0, groups=2), torch.nn.Flatten())
+    layers = bench.conv_flops(net, batch=5, channels=3, size=8)
+    assert [layer["out"] for layer in layers] == [[4, 4, 4], [6, 4, 2]]
+    assert layers[0]["flops"] == 2 * 5 * 4 * 4 * 4 * 3 * 3 * 3
+    assert layers[1]["flops"] == 2 * 5 * 4 * 2 * 6 * 2 * 1 * 3
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        bench.conv_flops(torch.nn.Flatten(), batch=1, channels=1, size=2)
