@@ -60,10 +60,14 @@ VARIANTS: dict[str, tuple[list[str], int, bool]] = {
     FULL: ([], 0, True),
     "target_only_short": (["stage2.enabled=false"], 3, True),
     "target_only": (["stage2.enabled=false", "adapt.steps=11000"], 3, True),  # testbed v4: 10,000 + 1,000 updates
+    # stop 28's amendment: the full pipeline's stage 2 with another adaptation mix (prior share of each batch)
+    "full_prior0": (["adapt.prior_fraction=0.0"], 3, True),
+    "full_prior50": (["adapt.prior_fraction=0.5"], 3, True),
     "scratch": (["stage1.enabled=false", "encoder.mode=scratch"], 2, False),
     "vip": (["stage1.objective=vip"], 2, False),
 }
 CLAIMS = {2: "video pretraining helps the target (V-PTR)", 3: "multi-task pretraining helps the target (PTR)"}
+STAGE2_FROM_FULL = {FULL, "full_prior0", "full_prior50"}  # variants whose stage 2 is the full run's
 RUN_FOLDER = {FULL: "pixel"}  # benchmarks/testbed.py's name for the same runs
 DEMOS_TAG = "_demos"  # a run label "<variant>_demos<N>": the variant with the first N of the target's demos
 
@@ -102,14 +106,15 @@ def pipeline_command(run_label: str, target: str, seed: int, work: Path, extra: 
 def share_stages(work: Path, run_label: str, target: str, seed: int) -> list[str]:
     """Copy the same seed's finished ``full`` stages a run would recompute identically: ``data`` always (without
     the frame cache, which is rebuilt on demand), ``stage1`` where the variant's stage 1 is the full run's, and
-    ``stage2`` for the full pipeline with another target-demo count (stage 2 reads no target data; the adaptation
-    takes the first N of the same collected demos). A stage already in the run's folder is left as it is. Returns
+    ``stage2`` for the full pipeline with another target-demo count or adaptation mix (stage 2 reads no target
+    data; the adaptation takes the first N of the same collected demos). A stage already in the run's folder is left as it is. Returns
     the stages copied."""
     if run_label == FULL:
         return []
     variant, _ = split_label(run_label)
     src, dst = run_dir(work, FULL, target, seed), run_dir(work, run_label, target, seed)
-    stages = ["data"] + (["stage1"] if VARIANTS[variant][2] else []) + (["stage2"] if variant == FULL else [])
+    stages = ["data"] + (["stage1"] if VARIANTS[variant][2] else []) + (["stage2"] if variant in STAGE2_FROM_FULL
+                                                                       else [])
     copied = []
     for stage in stages:
         if (src / stage / "done.json").is_file() and not (dst / stage).exists():

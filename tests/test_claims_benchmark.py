@@ -317,3 +317,20 @@ def test_a_target_with_its_own_testbed_preset_is_refused(claims, tmp_path):
     with pytest.raises(SystemExit, match="^error: \\['CloseDrawerPressButton'\\] run with their own testbed preset"):
         claims.pretraining(["--targets", "CloseDrawerPressButton", "--work-dir", str(tmp_path), "--out", str(out)])
     assert not out.exists()
+
+
+def test_the_adaptation_mix_variants_reuse_the_full_runs_stage2_and_change_only_the_mix(claims, tmp_path):
+    """full_prior0 / full_prior50 (stop 28's amendment): the full pipeline's stage 1 and stage 2, the adaptation with
+    0% / 50% prior batches instead of 90%; nothing else differs from the full pipeline."""
+    full = claims.run_dir(tmp_path, "full", "T", 0)
+    for stage in ("data", "stage1", "stage2", "adapt"):
+        _stage(full / stage)
+    assert claims.share_stages(tmp_path, "full_prior0", "T", 0) == ["data", "stage1", "stage2"]
+    assert claims.share_stages(tmp_path, "full_prior50_demos5", "T", 0) == ["data", "stage1", "stage2"]
+    assert claims.split_label("full_prior0_demos5") == ("full_prior0", 5)
+    preset = compose_with([])
+    for name, fraction in (("full_prior0", 0.0), ("full_prior50", 0.5)):
+        v = compose_with(claims.VARIANTS[name][0])
+        assert v.adapt.prior_fraction == fraction != preset.adapt.prior_fraction
+        v.adapt.prior_fraction = preset.adapt.prior_fraction
+        assert v == preset
