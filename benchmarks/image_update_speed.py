@@ -296,7 +296,8 @@ def roofline(repeats: int = 7) -> dict[str, Any]:
     update of the ``agent`` variant: its convolution FLOPs (two passes with backward, critic s and actor s; two
     without, s' for the target and for the policy's next actions) at the fastest float32 rate measured here (the
     matrix product's or the convolutions' own, whichever is higher), plus the
-    ``bound:features-only`` update (everything but the encoders), against the ``reference`` update measured here."""
+    ``bound:features-only`` update (everything but the encoders), against the ``reference`` update measured here;
+    and the same with the convolutions at the bfloat16 matrix-product rate (what bfloat16 encoders could reach)."""
     torch.set_flush_denormal(True)
     try:
         agent, batch = build_variant("agent")
@@ -325,6 +326,7 @@ def roofline(repeats: int = 7) -> dict[str, Any]:
         update_flops = 2 * (fwd + bwd) + 2 * fwd
         best = max(rates["float32"], fwd / t_fwd / 1e9, (fwd + bwd) / t_fb / 1e9)  # the fastest float32 rate seen
         floor = update_flops / (best * 1e9) + t_rest
+        floor_bf16 = update_flops / (rates["bfloat16"] * 1e9) + t_rest  # bfloat16 encoders at the bf16 product rate
     finally:
         torch.set_flush_denormal(False)
     return {"threads": torch.get_num_threads(), "conv_layers": layers,
@@ -334,7 +336,8 @@ def roofline(repeats: int = 7) -> dict[str, Any]:
             "matmul_gflop_per_s": rates,
             "update": {"conv_gflop": update_flops / 1e9, "rest_ms (bound:features-only)": 1e3 * t_rest,
                        "floor_ms_float32": 1e3 * floor, "agent_ms": 1e3 * t_agent, "reference_ms": 1e3 * t_ref,
-                       "agent_ratio": t_ref / t_agent, "max_ratio_float32_same_computation": t_ref / floor}}
+                       "agent_ratio": t_ref / t_agent, "max_ratio_float32_same_computation": t_ref / floor,
+                       "floor_ms_bfloat16_encoders": 1e3 * floor_bf16, "max_ratio_bfloat16_encoders": t_ref / floor_bf16}}
 
 
 def print_roofline(r: Mapping[str, Any]) -> None:
@@ -346,7 +349,8 @@ def print_roofline(r: Mapping[str, Any]) -> None:
     print(f"   update: reference {u['reference_ms']:.0f} ms, agent {u['agent_ms']:.0f} ms ({u['agent_ratio']:.2f}x), "
           f"float32 floor {u['floor_ms_float32']:.0f} ms ({u['conv_gflop']:.1f} GFLOP of convolutions at the "
           f"fastest float32 rate + {u['rest_ms (bound:features-only)']:.0f} ms without encoders): at most "
-          f"{u['max_ratio_float32_same_computation']:.2f}x with the same float32 computation", flush=True)
+          f"{u['max_ratio_float32_same_computation']:.2f}x with the same float32 computation; "
+          f"{u['max_ratio_bfloat16_encoders']:.2f}x if bfloat16 encoders ran at the bfloat16 product rate", flush=True)
 
 
 def cpu_description() -> dict[str, Any]:
