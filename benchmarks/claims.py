@@ -107,14 +107,14 @@ def share_stages(work: Path, run_label: str, target: str, seed: int) -> list[str
     """Copy the same seed's finished ``full`` stages a run would recompute identically: ``data`` always (without
     the frame cache, which is rebuilt on demand), ``stage1`` where the variant's stage 1 is the full run's, and
     ``stage2`` for the full pipeline with another target-demo count or adaptation mix (stage 2 reads no target
-    data; the adaptation takes the first N of the same collected demos). A stage already in the run's folder is left as it is. Returns
-    the stages copied."""
+    data; the adaptation takes the first N of the same collected demos). A stage already in the run's folder is
+    left as it is. Returns the stages copied."""
     if run_label == FULL:
         return []
     variant, _ = split_label(run_label)
     src, dst = run_dir(work, FULL, target, seed), run_dir(work, run_label, target, seed)
-    stages = ["data"] + (["stage1"] if VARIANTS[variant][2] else []) + (["stage2"] if variant in STAGE2_FROM_FULL
-                                                                       else [])
+    stages = ["data"] + (["stage1"] if VARIANTS[variant][2] else [])
+    stages += ["stage2"] if variant in STAGE2_FROM_FULL else []
     copied = []
     for stage in stages:
         if (src / stage / "done.json").is_file() and not (dst / stage).exists():

@@ -287,7 +287,7 @@ def _median_seconds(fn: Any, repeats: int, warmup: int = 2) -> float:
 
 def roofline(repeats: int = 7) -> dict[str, Any]:
     """How close the float32 encoder runs to this CPU's float32 rate, and the fastest float32 update the same
-    computation could reach (one thread, subnormals flushed, as the entry points run).
+    computation could reach (at torch's current thread count, subnormals flushed, as the entry points run).
 
     The encoder's convolutions (``small_conv``, batch ``BATCH``, channels-last input as the agent feeds them):
     forward FLOPs ``F`` (:func:`conv_flops`), backward FLOPs ``F`` (weight gradients) plus the input gradients of
