@@ -28,6 +28,8 @@ a markdown table on stdout.
     python benchmarks/transfer.py                                         # the protocol's runs (3 seeds)
     python benchmarks/transfer.py --smoke                                 # minutes: tiny budgets, end to end
     python benchmarks/transfer.py --summarize-only                        # table and figure from the JSON
+    python benchmarks/transfer.py --seeds 1 --results r1.json &           # seeds in parallel processes, then
+    python benchmarks/transfer.py --merge r0.json r1.json r2.json         # one JSON (--results) from their runs
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=None)
     p.add_argument("--figure", type=Path, default=None)
     p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--merge", nargs="*", type=Path, default=[],
+                   help="results JSONs of separate processes (e.g. one per seed): their runs summarized into --results")
     args = p.parse_args(argv)
     if args.smoke:
         args.config_name, args.target = "pipeline", args.target if args.target != "PressLitButton" else "PressButton"
@@ -339,9 +343,45 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
+    """One result from the runs of several results JSONs (one per process): runs ordered by seed, then by the
+    order of :data:`METHODS`. Raises ``ValueError`` when two files hold the same (seed, method) run or were made
+    with other settings (preset, target, episodes, overrides, data sizes): they would not be one experiment."""
+    runs: dict[tuple[int, str], dict[str, Any]] = {}
+    first: dict[str, Any] | None = None
+    same = ("config_name", "target", "episodes", "overrides", "target_frames", "target_transitions")
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        if result.get("smoke") != bool(args.smoke):
+            raise ValueError(f"{path}: smoke={result.get('smoke')} cannot be merged into a smoke={args.smoke} result")
+        if first is None:
+            first = result["config"]
+        elif any(result["config"].get(k) != first.get(k) for k in same):
+            diff = {k: (first.get(k), result["config"].get(k)) for k in same if result["config"].get(k) != first.get(k)}
+            raise ValueError(f"{path}: made with other settings than {paths[0]} (first, this): {diff}")
+        for r in result["runs"]:
+            key = (int(r["seed"]), str(r["method"]))
+            if key in runs:
+                raise ValueError(f"{path}: seed {key[0]} method {key[1]} is also in an earlier file")
+            runs[key] = r
+    if first is None:
+        raise ValueError("--merge needs at least one results JSON")
+    order = list(METHODS)
+    merged = [runs[k] for k in sorted(runs, key=lambda k: (k[0], order.index(k[1])))]
+    args.config_name, args.target, args.episodes = first["config_name"], first["target"], first["episodes"]
+    args.overrides, args.target_frames = first["overrides"], first["target_frames"]
+    args.target_transitions = first["target_transitions"]
+    args.seeds = sorted({k[0] for k in runs})
+    args.methods = [m for m in order if any(k[1] == m for k in runs)]
+    return summarize(args, merged)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.summarize_only:
+    if args.merge:
+        result = merge(args, args.merge)
+        write_json_atomic(args.results, result)
+    elif args.summarize_only:
         result = json.loads(args.results.read_text())
     else:
         result = run(args)

@@ -1,0 +1,89 @@
+"""benchmarks/transfer.py's summary and the merge of per-process results JSONs, on hand-made runs.
+
+The runs are written by hand in the benchmark's run format (per gap, per condition, the 0/1 outcome of each
+episode), so a summary that averages episodes across seeds instead of per seed, reads another method's or gap's
+outcomes, or a merge that drops, duplicates or silently mixes runs of other settings fails.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def transfer():
+    # loaded from its file (benchmarks/ on sys.path would shadow the video_pretrain package)
+    spec = importlib.util.spec_from_file_location("transfer_benchmark", ROOT / "benchmarks" / "transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(seed: int, method: str, gaps: dict[str, dict[str, list[float]]]) -> dict:
+    return {"seed": seed, "method": method, "gap": "none", "final": {"eval/success": 0.5},
+            "seconds": 1.0, "classifiers": {}, "epopt": None, "checkpoint": "x", "evaluations": gaps}
+
+
+def _args(transfer, tmp_path: Path, **kw) -> argparse.Namespace:
+    return transfer.parse_args(["--work-dir", str(tmp_path), "--results", str(tmp_path / "r.json"), *kw.get("argv", [])])
+
+
+def _write(transfer, tmp_path: Path, name: str, runs: list[dict], **config) -> Path:
+    args = _args(transfer, tmp_path)
+    for k, v in config.items():
+        setattr(args, k, v)
+    path = tmp_path / name
+    path.write_text(json.dumps(transfer.summarize(args, runs)))
+    return path
+
+
+def test_summary_is_a_mean_over_seeds_of_per_seed_means(transfer, tmp_path):
+    # seed 0: 1 of 2 episodes at target; seed 1: 4 of 4 -> per seed 0.5, 1.0; mean 0.75 (pooled episodes: 0.83)
+    runs = [_run(0, "dr", {"visual_textures": {"nominal": [1, 1], "target": [1, 0]}}),
+            _run(1, "dr", {"visual_textures": {"nominal": [1, 1], "target": [1, 1, 1, 1]}}),
+            _run(0, "darc_on", {"friction_low": {"target": [0, 0, 0, 1]}})]
+    out = transfer.summarize(_args(transfer, tmp_path), runs)
+    entry = out["summary"]["dr"]["success"]["visual_textures/target"]
+    assert entry["per_seed"] == [0.5, 1.0]
+    assert entry["mean"] == pytest.approx(0.75)
+    assert entry["ci_low"] <= 0.75 <= entry["ci_high"]
+    assert out["summary"]["dr"]["success"]["visual_textures/nominal"]["mean"] == 1.0
+    assert "friction_low/target" not in out["summary"]["dr"]["success"]
+    assert out["summary"]["darc_on"]["success"]["friction_low/target"]["per_seed"] == [0.25]
+
+
+def test_merge_combines_processes_and_refuses_mixed_or_repeated_runs(transfer, tmp_path):
+    a = _write(transfer, tmp_path, "a.json", [_run(1, "epopt", {"physics_heldout": {"target": [0, 1]}}),
+                                              _run(1, "dr", {"physics_heldout": {"target": [0, 0]}})], seeds=[1])
+    b = _write(transfer, tmp_path, "b.json", [_run(0, "dr", {"physics_heldout": {"target": [1, 1]}})], seeds=[0])
+    args = _args(transfer, tmp_path)
+    out = transfer.merge(args, [a, b])
+    assert [(r["seed"], r["method"]) for r in out["runs"]] == [(0, "dr"), (1, "dr"), (1, "epopt")]
+    assert out["config"]["seeds"] == [0, 1] and out["config"]["methods"] == ["dr", "epopt"]
+    assert out["summary"]["dr"]["success"]["physics_heldout/target"]["per_seed"] == [1.0, 0.0]
+    assert out["summary"]["epopt"]["success"]["physics_heldout/target"]["per_seed"] == [0.5]
+
+    with pytest.raises(ValueError, match="seed 1 method epopt is also"):
+        transfer.merge(_args(transfer, tmp_path), [a, a])
+    c = _write(transfer, tmp_path, "c.json", [_run(2, "dr", {"physics_heldout": {"target": [1]}})], seeds=[2],
+               episodes=20)
+    with pytest.raises(ValueError, match="other settings"):
+        transfer.merge(_args(transfer, tmp_path), [a, c])
+
+
+def test_merge_through_the_command_line_writes_results(transfer, tmp_path, capsys):
+    a = _write(transfer, tmp_path, "a.json", [_run(0, "dr", {"visual_textures": {"target": [1, 0, 0, 0]}})])
+    b = _write(transfer, tmp_path, "b.json", [_run(1, "dr", {"visual_textures": {"target": [1, 1, 0, 0]}})])
+    out_path = tmp_path / "merged.json"
+    transfer.main(["--merge", str(a), str(b), "--results", str(out_path), "--figure", str(tmp_path / "f.png")])
+    merged = json.loads(out_path.read_text())
+    assert merged["summary"]["dr"]["success"]["visual_textures/target"]["mean"] == pytest.approx(np.mean([.25, .5]))
+    assert "| dr | visual_textures/target | 0.38 |" in capsys.readouterr().out
+    assert (tmp_path / "f.png").is_file()
