@@ -6,6 +6,8 @@ diagnosed on robot trajectories of the target tasks the encoders never saw.
     python benchmarks/video_pretrain.py --icvf-budgets 6000 9000 12000   # + ICVF trained longer (~20 min more)
     python benchmarks/video_pretrain.py --steps 20000 --batch-size 64 --clips 450 --device cuda --work /data/vptr
     python benchmarks/video_pretrain.py --only tcn           # re-measure the TCN rows only, keep the others
+    python benchmarks/video_pretrain.py --objectives icvf --train-overrides objective.options.expectile=0.7 \
+        --work outputs/vp_expectile07 --json outputs/vp_expectile07.json   # one knob changed, ICVF (+ pixels) only
 
 1. collects human-hand videos of the 9 pretraining tasks (``sim_envs.collect_videos``: other embodiment,
    other camera viewpoints, randomized lighting/colours/textures) and clean robot demonstrations of the two
@@ -26,6 +28,11 @@ diagnosed on robot trajectories of the target tasks the encoders never saw.
    along the way;
 6. with ``--icvf-budgets``: the ICVF run continued (resumed, same data stream) to each larger step count,
    every budget diagnosed like the 3000-step encoder (the end-to-end version of 5; slow on a CPU).
+
+``--objectives`` trains and diagnoses only some objectives (the raw-pixel row always comes along);
+``--train-overrides`` adds ``key=value`` settings to every ``video_pretrain.train`` call (e.g. ICVF's expectile or
+goal mix) and ``--video-overrides`` to the hand-video collection (e.g. ``randomization=none``); both are recorded in
+the JSON's ``setup``, and data already in ``--work`` that were collected with other video settings are refused.
 
 ``--only`` re-measures some objectives' rows after a change to them (e.g. a loss fix): it trains and diagnoses
 only those objectives (plus the raw-pixel baseline, which must come out as stored: the check that the data
@@ -59,6 +66,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sim_envs.tasks import TARGET_TASKS  # noqa: E402
 from video_pretrain import diagnose as diag  # noqa: E402
 
 OBJECTIVES = ("icvf", "vip", "tcn", "none")
@@ -68,17 +76,25 @@ PIXEL_LABEL = "raw pixels"
 TRAIN_CLIPS_CHECKED = 20  # training task clips in the in-domain check
 
 
-def collect_data(work: Path, clips: int, episodes: int, seed: int) -> tuple[Path, Path]:
-    """Hand videos of the pretraining tasks and clean robot episodes of the target tasks (reused if present)."""
+def collect_data(work: Path, clips: int, episodes: int, seed: int,
+                 video_overrides: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Hand videos of the pretraining tasks and clean robot episodes of the target tasks (reused if present).
+
+    ``video_overrides``: ``key=value`` settings of ``configs/collect_videos.yaml`` applied last. Raises
+    ``SystemExit`` when the videos already in ``work`` were collected with another clip count, seed or other values
+    of those keys."""
     from sim_envs.collect import collect
     from sim_envs.collect_videos import collect_videos
 
     videos = work / "hand_videos"
+    extra = OmegaConf.from_dotlist(list(video_overrides))
     if not (videos / "manifest.csv").is_file():
         cfg = OmegaConf.load(REPO / "configs" / "collect_videos.yaml")
         cfg.merge_with({"tasks": "pretrain", "num_clips": clips, "image_size": 64, "seed": seed,
                         "output": str(videos), "overwrite": True})
+        cfg.merge_with(extra)
         collect_videos(cfg)
+    check_video_settings(videos, OmegaConf.merge({"num_clips": clips, "seed": seed}, extra))
     robot = work / "robot_target.hdf5"
     if not robot.is_file():
         cfg = OmegaConf.load(REPO / "configs" / "collect.yaml")
@@ -89,13 +105,36 @@ def collect_data(work: Path, clips: int, episodes: int, seed: int) -> tuple[Path
     return videos, robot
 
 
+def check_video_settings(videos: Path, extra: Any) -> None:
+    """Refuse (``SystemExit``) hand videos whose recorded collection config (``info.json``) differs from ``extra``
+    (an OmegaConf mapping: the clip count, the seed and the ``--video-overrides`` values)."""
+    info = videos / "info.json"
+    if not info.is_file():
+        return
+    recorded = OmegaConf.create(json.loads(info.read_text()).get("config", {}))
+    wanted = OmegaConf.to_container(extra, resolve=True)
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+            return
+        have = OmegaConf.select(recorded, prefix, default="(unset)")
+        have = OmegaConf.to_container(have, resolve=True) if OmegaConf.is_config(have) else have
+        if have != value:
+            raise SystemExit(f"{videos} was collected with {prefix}={have!r}, not {value!r}; use another --work or "
+                             "--fresh")
+
+    walk("", wanted)
+
+
 def train_objective(objective: str, videos: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Train (or reuse) one encoder with ``python -m video_pretrain.train``; returns its facts."""
     run = work / "runs" / objective
     overrides = [f"objective={objective}", f"data.path={videos}", f"steps={args.steps}",
                  f"batch_size={args.batch_size}", f"lr={args.lr}", f"seed={args.seed}", f"device={args.device}",
                  f"num_workers={args.num_workers}", f"output_dir={run}", f"hydra.run.dir={run / 'hydra'}",
-                 "progress=false", "eval_every=100"]
+                 "progress=false", "eval_every=100", *args.train_overrides]
     command = [sys.executable, "-m", "video_pretrain.train", *overrides]
     start = time.perf_counter()
     done = (run / "metrics.json").is_file() and json.loads((run / "metrics.json").read_text()).get("steps") == (
@@ -162,7 +201,8 @@ def continue_icvf(videos: Path, work: Path, args: argparse.Namespace) -> dict[in
                 shutil.copy2(base, chain / "checkpoints" / "last.pt")
             overrides = [f"objective=icvf", f"data.path={videos}", f"steps={budget}", f"batch_size={args.batch_size}",
                          f"lr={args.lr}", f"seed={args.seed}", f"device={args.device}", f"num_workers={args.num_workers}",
-                         f"output_dir={chain}", f"hydra.run.dir={chain / 'hydra'}", "progress=false", "eval_every=100"]
+                         f"output_dir={chain}", f"hydra.run.dir={chain / 'hydra'}", "progress=false", "eval_every=100",
+                         *args.train_overrides]
             print(f"[video_pretrain benchmark] ICVF continued to {budget} steps", flush=True)
             proc = subprocess.run([sys.executable, "-m", "video_pretrain.train", *overrides], cwd=REPO,
                                   env={**os.environ, "PYTHONPATH": str(REPO)}, text=True, capture_output=True)
@@ -358,7 +398,10 @@ def setup_of(args: argparse.Namespace) -> dict[str, Any]:
     return {"clips": args.clips, "episodes_per_target_task": args.episodes, "steps": args.steps,
             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "encoder": "small_conv",
             "image_size": 64, "pretraining_data": "human-hand videos of the 9 pretraining tasks",
-            "evaluation_data": "clean robot episodes of the target tasks (PlaceInBowl, OpenDoorRight)"}
+            "evaluation_data": f"clean robot episodes of the target tasks ({', '.join(TARGET_TASKS)})",
+            # recorded only when set, so a default run's setup equals that of a JSON written before they existed
+            **{k: list(v) for k, v in (("train_overrides", args.train_overrides),
+                                       ("video_overrides", args.video_overrides)) if v}}
 
 
 def remeasure(args: argparse.Namespace, work: Path, videos: Path, robot: Path) -> None:
@@ -404,7 +447,7 @@ def remeasure(args: argparse.Namespace, work: Path, videos: Path, robot: Path) -
           f"({PIXEL_LABEL} re-measured unchanged; figure not redrawn)")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=90, help="human-hand clips (10 per pretraining task)")
     p.add_argument("--episodes", type=int, default=25, help="clean robot episodes per target task")
@@ -422,23 +465,33 @@ def main() -> None:
                    help="also continue the ICVF run to these step counts and diagnose each (e.g. 6000 9000 12000)")
     p.add_argument("--only", nargs="+", choices=[o for o in OBJECTIVES], default=None,
                    help="re-measure only these objectives' rows and replace them in --json (see above)")
+    p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=list(OBJECTIVES),
+                   help="objectives to train and diagnose (the raw-pixel row always comes along)")
+    p.add_argument("--train-overrides", nargs="*", default=[],
+                   help="extra key=value settings of every video_pretrain.train call, e.g. objective.options.expectile=0.7")
+    p.add_argument("--video-overrides", nargs="*", default=[],
+                   help="extra key=value settings of the hand-video collection, e.g. randomization=none")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "video_pretrain.json"))
     p.add_argument("--png", default=str(REPO / "docs" / "video_pretrain_values.png"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.objectives = [o for o in OBJECTIVES if o in args.objectives]  # the table's order
+    if (args.heads_only_steps or args.icvf_budgets) and "icvf" not in args.objectives:
+        p.error("--heads-only-steps and --icvf-budgets need icvf among --objectives")
 
     work = Path(args.work)
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    videos, robot = collect_data(work, args.clips, args.episodes, args.seed)
+    videos, robot = collect_data(work, args.clips, args.episodes, args.seed, args.video_overrides)
     t_data = time.perf_counter() - t0
     if args.only:
         remeasure(args, work, videos, robot)
         return
-    training, report, entries, device, in_domain = train_and_diagnose(OBJECTIVES, videos, robot, work / "diagnose",
-                                                                      work, args)
-    goal_kinds = values_by_goal_kind(entries[0], videos, held_out_clip_ids(videos), device, seed=args.seed)
+    training, report, entries, device, in_domain = train_and_diagnose(args.objectives, videos, robot,
+                                                                      work / "diagnose", work, args)
+    goal_kinds = (values_by_goal_kind(entries[0], videos, held_out_clip_ids(videos), device, seed=args.seed)
+                  if args.objectives[0] == "icvf" else {})
     probes: dict[str, Any] = {}
     if args.heads_only_steps:
         robot_trajs = diag.load_trajectories(robot, diag.select_trajectories(robot), 64)
@@ -489,8 +542,9 @@ def main() -> None:
     print(diag.format_task_table(report["encoders"]))
     print()
     print(format_in_domain_table(in_domain))
-    print()
-    print(format_goal_kind_table(goal_kinds))
+    if goal_kinds:
+        print()
+        print(format_goal_kind_table(goal_kinds))
     if probes:
         print()
         print(format_heads_only_table(probes))
