@@ -468,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=list(OBJECTIVES),
                    help="objectives to train and diagnose (the raw-pixel row always comes along)")
     p.add_argument("--train-overrides", nargs="*", default=[],
-                   help="extra key=value settings of every video_pretrain.train call, e.g. objective.options.expectile=0.7")
+                   help="extra key=value settings of every video_pretrain.train call, "
+                        "e.g. objective.options.expectile=0.7")
     p.add_argument("--video-overrides", nargs="*", default=[],
                    help="extra key=value settings of the hand-video collection, e.g. randomization=none")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "video_pretrain.json"))

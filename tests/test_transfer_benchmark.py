@@ -32,7 +32,8 @@ def _run(seed: int, method: str, gaps: dict[str, dict[str, list[float]]]) -> dic
 
 
 def _args(transfer, tmp_path: Path, **kw) -> argparse.Namespace:
-    return transfer.parse_args(["--work-dir", str(tmp_path), "--results", str(tmp_path / "r.json"), *kw.get("argv", [])])
+    return transfer.parse_args(["--work-dir", str(tmp_path), "--results", str(tmp_path / "r.json"),
+                                *kw.get("argv", [])])
 
 
 def _write(transfer, tmp_path: Path, name: str, runs: list[dict], **config) -> Path:
