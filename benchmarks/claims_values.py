@@ -71,26 +71,26 @@ def command(run: str, work: Path) -> list[str]:
 
 def link_shared_data(run: str, work: Path) -> list[str]:
     """Link the seed-0 base run's data into ``run``'s work folder where the protocol shares them (before it starts);
-    returns the names linked. Raises ``FileNotFoundError`` when the base run has not collected them yet."""
+    returns the names linked. Data the base folder does not hold (a work folder on another machine, where only the
+    results JSON came along) are not linked: the run then collects them itself, from the same seed."""
     share = RUNS[run][2]
     names = {"all": ["hand_videos", "robot_target.hdf5"], "robot": ["robot_target.hdf5"]}.get(share or "", [])
     linked = []
     for name in names:
         src, dst = work / BASE0 / name, work / run / name
-        if not src.exists():
-            raise FileNotFoundError(f"{run} shares {src}, which {BASE0} has not collected")
-        if not dst.exists():
+        if src.exists() and not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.symlink_to(src)
             linked.append(name)
     return linked
 
 
-def execute(run: str, work: Path) -> dict[str, Any]:
-    """Run ``run`` unless its JSON exists; returns how (skipped, seconds, command, log)."""
+def execute(run: str, work: Path, measured: Sequence[str] = ()) -> dict[str, Any]:
+    """Run ``run`` unless its JSON exists or it is among ``measured`` (runs already in the results JSON); returns
+    how (skipped, seconds)."""
     out = work / f"{run}.json"
     cmd = command(run, work)
-    if out.is_file():
+    if out.is_file() or run in measured:
         return {"run": run, "skipped": True}
     link_shared_data(run, work)
     log = work / f"{run}.log"
@@ -270,22 +270,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.summarize_only:
         work.mkdir(parents=True, exist_ok=True)
     executed: list[dict[str, Any]] = []
+    # runs measured earlier (perhaps on another machine, whose work folder is gone) are kept and not run again
+    stored = json.loads(args.out.read_text())["runs"] if args.out.is_file() else {}
     if not args.summarize_only:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # each run one thread, --jobs runs at a time
         base = [r for r in args.runs if r.startswith("base_seed")]
         rest = [r for r in args.runs if r not in base]
-        if rest and BASE0 not in base and not (work / f"{BASE0}.json").is_file():
+        if rest and BASE0 not in base and not (work / f"{BASE0}.json").is_file() and BASE0 not in stored:
             base.insert(0, BASE0)  # every sweep shares the seed-0 base run's data or folder
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            executed += list(pool.map(lambda r: execute(r, work), base))
+            executed += list(pool.map(lambda r: execute(r, work, list(stored)), base))
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            executed += list(pool.map(lambda r: execute(r, work), rest))
+            executed += list(pool.map(lambda r: execute(r, work, list(stored)), rest))
     if args.summarize_only:
         out = json.loads(args.out.read_text())
         out["summary"] = summarize(out["runs"])
     else:
-        runs = {r: run_record(r, json.loads((work / f"{r}.json").read_text()), work)
-                for r in RUNS if (work / f"{r}.json").is_file()}
+        fresh = {r: run_record(r, json.loads((work / f"{r}.json").read_text()), work)
+                 for r in RUNS if (work / f"{r}.json").is_file()}
+        runs = {r: fresh.get(r, stored.get(r)) for r in RUNS if r in fresh or r in stored}
         out = {"benchmark": "claims values (claim 1)", "protocol": PROTOCOL, "commit": git_commit(ROOT),
                "cpu": cpu_model(), "work_dir": str(work), "summary": summarize(runs), "runs": runs,
                "executed_this_call": executed}

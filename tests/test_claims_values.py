@@ -95,8 +95,7 @@ def test_each_sweep_run_gets_its_one_change_and_its_data(cv, tmp_path):
         if not run.startswith("base"):
             assert a[a.index("--objectives") + 1] == "icvf" and cv.RUNS[run][0] == 0
 
-    with pytest.raises(FileNotFoundError, match="base_seed0"):
-        cv.link_shared_data("lr_1e-3", tmp_path)
+    assert cv.link_shared_data("lr_1e-3", tmp_path) == []  # nothing to share yet: the run collects its own
     (tmp_path / "base_seed0" / "hand_videos").mkdir(parents=True)
     (tmp_path / "base_seed0" / "robot_target.hdf5").write_text("x")
     assert cv.link_shared_data("lr_1e-3", tmp_path) == ["hand_videos", "robot_target.hdf5"]
@@ -158,3 +157,22 @@ def test_claims_dispatches_values(cv, tmp_path, capsys):
     assert (tmp_path / "p.png").is_file() and not (tmp_path / "w").exists()
     assert np.isfinite(json.loads(out.read_text())["runs"]["base_seed0"]["robot"]["ICVF"]["spearman"][0])
     assert sys.modules.get("claims_values") is not None
+
+
+def test_runs_in_the_results_json_are_kept_and_not_run_again(cv, tmp_path, monkeypatch):
+    # a results JSON from an earlier machine holds base_seed0; the work folder is empty: nothing may run again
+    out = tmp_path / "claims_values.json"
+    out.write_text(json.dumps({"runs": {"base_seed0": _record({"ICVF": [0.1, 0.3], "raw pixels": [0.9, 0.7]})}}))
+    started, real_run = [], subprocess.run
+
+    def run(cmd, **kw):  # git (the commit) runs; a video_pretrain.py run is recorded, not started
+        if any(str(c).endswith("video_pretrain.py") for c in cmd):
+            started.append(cmd)
+            return subprocess.CompletedProcess(cmd, 0)
+        return real_run(cmd, **kw)
+
+    monkeypatch.setattr(cv.subprocess, "run", run)
+    res = cv.main(["--runs", "base_seed0", "--work-dir", str(tmp_path / "w"), "--out", str(out), "--plot",
+                   str(tmp_path / "p.png")])
+    assert started == [] and res["executed_this_call"] == [{"run": "base_seed0", "skipped": True}]
+    assert json.loads(out.read_text())["runs"]["base_seed0"]["robot"]["ICVF"]["spearman"] == [0.1, 0.3]
