@@ -3,6 +3,7 @@
     python benchmarks/claims.py pretraining --targets PressLitButton --variants full target_only_short --jobs 2
     python benchmarks/claims.py pretraining --summarize-only           # table and plot from the saved JSON
     python benchmarks/claims.py values --jobs 2                        # claim 1 (benchmarks/claims_values.py)
+    python benchmarks/claims.py robustness --jobs 2                    # claim 5 (benchmarks/claims_robustness.py)
 
 ``pretraining`` (claims 2 and 3, protocol ``benchmarks/protocols/claims_pretraining.md``): the full pipeline of the
 ``testbed`` preset against the same pipeline without video pretraining (``scratch``, ``vip``) and without multi-task
@@ -437,11 +438,11 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    usage = "usage: claims.py {pretraining,values,measure} [options]  (claims.py pretraining --help)"
+    usage = "usage: claims.py {pretraining,values,robustness,measure} [options]  (claims.py <sub-command> --help)"
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
         return
-    if not argv or argv[0] not in ("pretraining", "values", "measure"):
+    if not argv or argv[0] not in ("pretraining", "values", "robustness", "measure"):
         sys.exit(usage)
     if argv[0] == "measure":
         measure_cli(argv[1:])
@@ -449,6 +450,10 @@ def main(argv: list[str] | None = None) -> None:
         import claims_values  # claim 1: its own module (stage-1 runs, no pipeline)
 
         claims_values.main(argv[1:])
+    elif argv[0] == "robustness":
+        import claims_robustness  # claim 5: stage-3 variants on the transfer benchmark's base runs
+
+        claims_robustness.main(argv[1:])
     else:
         pretraining(argv[1:])
 

@@ -1,0 +1,278 @@
+"""Claim 5 of issue 12 (transfer lecture, EPOpt): does domain randomization give robustness to held-out shifts, and
+does randomizing some physics factors give robustness to one left out?
+
+    python benchmarks/claims.py robustness --jobs 2               # every run of the protocol (resumable)
+    python benchmarks/claims.py robustness --seeds 0 --variants none dr_no_friction
+    python benchmarks/claims.py robustness --summarize-only       # table and plot from the saved JSON
+
+Protocol: ``benchmarks/protocols/claims_robustness.md``. The work folder is the transfer benchmark's
+(``benchmarks/transfer.py``; default ``outputs/transfer``): per seed the same base stages (``<work>/seed<S>/base``,
+made here with the transfer benchmark's own functions when absent) and the same ``dr`` stage-3 run
+(``<work>/seed<S>/dr``), which this claim's ``dr`` variant is. Each other variant's stage 3 goes to
+``<work>/seed<S>/<variant>/stage3`` and every variant's factor evaluation to ``<work>/seed<S>/<variant>/eval_factors``.
+Every (seed, variant) runs in a fresh worker process (``--jobs`` at a time, one torch thread each); the base stages of
+each seed run first. A finished stage 3 or evaluation is reused on a rerun.
+
+Output: ``benchmarks/results/claims_robustness.json`` and ``docs/claims_robustness.png``; markdown tables on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, transfer; appended so benchmarks/ shadows nothing
+from bench_utils import cpu_model, git_commit, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from claims_metrics import difference_ci  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "claims_robustness.json"
+PLOT = ROOT / "docs" / "claims_robustness.png"
+PROTOCOL = "benchmarks/protocols/claims_robustness.md"
+PHYSICS = ("friction", "mass", "damping", "gripper_force")
+VISUAL = ("lighting", "colors", "textures", "camera")
+FACTORS = (*PHYSICS, "lighting", "colors_textures", "camera")  # robopretrain.evaluate's factor names
+LEVELS = ("train", "eval_easy", "eval_hard")
+BASE_OVERRIDES = ["num_threads=1", "progress=false"]  # the transfer benchmark's runs (its protocol, amendment 1)
+
+
+def _factors_without(left_out: str) -> str:
+    return "stage3.randomization.factors=[" + ",".join(f for f in (*PHYSICS, *VISUAL) if f != left_out) + "]"
+
+
+# variant -> pipeline overrides of its stage 3 (``dr``: none, the preset's randomization)
+VARIANTS: dict[str, list[str]] = {
+    "dr": [],
+    "none": ["stage3.randomization.level=none"],
+    **{f"dr_no_{f}": [_factors_without(f)] for f in PHYSICS},
+}
+
+
+def _transfer_module() -> Any:
+    import transfer  # benchmarks/transfer.py: the base stages, the stage-3 run and its config
+
+    return transfer
+
+
+def transfer_args(work: Path, episodes: int, extra: Sequence[str] = ()) -> argparse.Namespace:
+    """The transfer benchmark's arguments for the testbed preset, PressLitButton, this work folder."""
+    return _transfer_module().parse_args(["--work-dir", str(work), "--episodes", str(episodes), "--workers", "0",
+                                          "--overrides", *BASE_OVERRIDES, *extra])
+
+
+def variant_config(work: Path, seed: int, variant: str, episodes: int) -> tuple[argparse.Namespace, Any]:
+    """The pipeline config of ``variant`` at ``seed`` (the transfer benchmark's with the variant's overrides)."""
+    args = transfer_args(work, episodes, VARIANTS[variant])
+    return args, _transfer_module().pipeline_config(args, seed)
+
+
+def run_base(work: Path, seed: int, episodes: int) -> str:
+    """The seed's data, stage-1, stage-2 and adaptation stages (skipped when done)."""
+    args, cfg = variant_config(work, seed, "dr", episodes)
+    _transfer_module().run_base(cfg, args.work_dir / f"seed{seed}" / "base")
+    return f"seed{seed}"
+
+
+def evaluate_factors(folder: Path, cfg: Any, episodes: int) -> dict[str, Any]:
+    """``robopretrain.evaluate`` of ``folder/stage3`` over :data:`FACTORS` x :data:`LEVELS` and nominal (reused when
+    done with these episodes)."""
+    from robopretrain import pipeline as P
+    from robopretrain.build import compose
+    from robopretrain.evaluate import evaluate_robustness
+
+    out = folder / "eval_factors"
+    path = out / "eval_info.json"
+    if path.is_file():
+        info = json.loads(path.read_text())
+        if info["episodes_per_condition"] == episodes:
+            return info
+    ev = compose("evaluate", None, {
+        "checkpoint": str(folder / "stage3"), "target": P.targets_of(cfg)[0].to_dict(), "episodes": episodes,
+        "workers": 0, "output_dir": str(out), "select": list(FACTORS), "video": {"enabled": False}, "plot": False,
+        "progress": False, "device": str(cfg.device)})
+    return evaluate_robustness(ev)
+
+
+def condition_outcomes(info: dict[str, Any]) -> dict[str, list[float]]:
+    """Per condition (``nominal`` or ``<factor>/<level>``): the 0/1 success of each episode."""
+    out: dict[str, list[float]] = {}
+    for ep in info["episodes"]:
+        key = "nominal" if ep["factor"] == "nominal" else f"{ep['factor']}/{ep['level']}"
+        out.setdefault(key, []).append(float(ep["success"]))
+    return out
+
+
+def run_variant(work: Path, seed: int, variant: str, episodes: int) -> dict[str, Any]:
+    """One (seed, variant): its stage 3 (the transfer benchmark's ``dr`` folder for ``dr``) and evaluation."""
+    t = _transfer_module()
+    args, cfg = variant_config(work, seed, variant, episodes)
+    base = args.work_dir / f"seed{seed}" / "base"
+    folder = args.work_dir / f"seed{seed}" / variant
+    stage3 = t.run_stage3(args, cfg, base, "dr", folder)  # method "dr": no gap, no transfer option
+    info = evaluate_factors(folder, cfg, episodes)
+    return {"seed": seed, "variant": variant, "overrides": VARIANTS[variant], "final": stage3["final"],
+            "seconds": stage3["seconds"], "outcomes": condition_outcomes(info)}
+
+
+def _call(job: tuple[Any, tuple]) -> Any:
+    fn, task = job
+    return fn(*task)
+
+
+def _pooled(fn: Any, tasks: Sequence[tuple], jobs: int) -> Iterator[Any]:
+    """``fn(*task)`` for each task, yielded as each finishes, in fresh spawned processes (``jobs`` at a time; stage 3
+    sets torch's global seed and thread count, so runs may not share a process); in this process when ``jobs`` <= 1."""
+    if jobs <= 1:
+        yield from (fn(*t) for t in tasks)
+        return
+    with mp.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+        yield from pool.imap_unordered(_call, [(fn, t) for t in tasks])
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def verdict(low: float, high: float) -> str:
+    return "reproduced" if low > 0 else "reversed" if high < 0 else "not shown"
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Success per (variant, condition) over seeds; claim 5a (``dr - none`` per held-out condition) and 5b
+    (``dr_no_<f> - none`` and ``dr - dr_no_<f>`` at f's ``eval_hard``)."""
+    by: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for r in runs:
+        by.setdefault(r["variant"], {})[int(r["seed"])] = r["outcomes"]
+    success: dict[str, dict[str, Any]] = {}
+    for variant, seeds in by.items():
+        success[variant] = {}
+        for cond in dict.fromkeys(c for o in seeds.values() for c in o):
+            per_seed = [seeds[s][cond] for s in sorted(seeds) if cond in seeds[s]]
+            lo, hi = seeds_then_episodes_ci(per_seed)
+            success[variant][cond] = {"mean": float(np.mean([np.mean(x) for x in per_seed])), "ci": [lo, hi],
+                                      "per_seed": [float(np.mean(x)) for x in per_seed],
+                                      "seeds": [s for s in sorted(seeds) if cond in seeds[s]]}
+
+    def diff(a: str, b: str, cond: str) -> dict[str, Any] | None:
+        xa = [o[cond] for _, o in sorted(by.get(a, {}).items()) if cond in o]
+        xb = [o[cond] for _, o in sorted(by.get(b, {}).items()) if cond in o]
+        if not xa or not xb:
+            return None
+        d, lo, hi = difference_ci(xa, xb)
+        return {"difference": d, "ci": [lo, hi], "verdict": verdict(lo, hi), "seeds": [len(xa), len(xb)]}
+
+    claim_a = {f"{f}/{lv}": diff("dr", "none", f"{f}/{lv}") for f in FACTORS for lv in ("eval_easy", "eval_hard")}
+    claim_b = {f: {"dr_no_f - none": diff(f"dr_no_{f}", "none", f"{f}/eval_hard"),
+                   "dr - dr_no_f": diff("dr", f"dr_no_{f}", f"{f}/eval_hard")} for f in PHYSICS}
+    return {"success": success, "claim_5a": {k: v for k, v in claim_a.items() if v},
+            "claim_5b": {f: {k: v for k, v in d.items() if v} for f, d in claim_b.items() if any(d.values())}}
+
+
+def table(summary: dict[str, Any]) -> str:
+    variants = [v for v in VARIANTS if v in summary["success"]]
+    conds = ["nominal", *[f"{f}/{lv}" for f in FACTORS for lv in LEVELS]]
+    conds = [c for c in conds if any(c in summary["success"][v] for v in variants)]
+    lines = ["| condition | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    for c in conds:
+        cells = []
+        for v in variants:
+            s = summary["success"][v].get(c)
+            cells.append(f"{s['mean']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]" if s else "")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    fmt = lambda d: f"{d['difference']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] {d['verdict']}"  # noqa: E731
+    if summary["claim_5a"]:
+        lines += ["", "Claim 5a: dr - none on held-out ranges", "", "| condition | dr - none |", "|---|---|"]
+        lines += [f"| {c} | {fmt(d)} |" for c, d in summary["claim_5a"].items()]
+    if summary["claim_5b"]:
+        lines += ["", "Claim 5b: one physics factor left out, at its eval_hard range", "",
+                  "| factor f | dr_no_f - none | dr - dr_no_f |", "|---|---|---|"]
+        for f, d in summary["claim_5b"].items():
+            lines.append(f"| {f} | {fmt(d['dr_no_f - none']) if 'dr_no_f - none' in d else ''} | "
+                         f"{fmt(d['dr - dr_no_f']) if 'dr - dr_no_f' in d else ''} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> Path | None:
+    variants = [v for v in VARIANTS if v in summary["success"]]
+    if not variants:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(FACTORS), figsize=(2.6 * len(FACTORS), 3.4), sharey=True)
+    width = 0.8 / len(variants)
+    for ax, f in zip(axes, FACTORS):
+        for i, v in enumerate(variants):
+            rows = [summary["success"][v].get("nominal" if lv == "nominal" else f"{f}/{lv}")
+                    for lv in ("nominal", *LEVELS)]
+            y = [r["mean"] if r else np.nan for r in rows]
+            err = np.array([[r["mean"] - r["ci"][0], r["ci"][1] - r["mean"]] if r else [0, 0] for r in rows]).T
+            ax.bar(np.arange(4) + i * width, y, width, yerr=err, capsize=1.5, label=v)
+        ax.set_xticks(np.arange(4) + width * (len(variants) - 1) / 2, ["nom.", "train", "easy", "hard"], fontsize=7)
+        ax.set_title(f, fontsize=9)
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("success (mean over seeds, 95% CI)")
+    axes[-1].legend(fontsize=6)
+    fig.suptitle("claim 5: stage-3 randomization vs none, and one physics factor left out (PressLitButton)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="claims.py robustness", description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per condition")
+    p.add_argument("--jobs", type=int, default=2, help="(seed, variant) runs at a time, each its own process")
+    p.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "transfer",
+                   help="the transfer benchmark's work folder (shared base stages and dr runs)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--plot", type=Path, default=PLOT)
+    p.add_argument("--summarize-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def result(runs: dict[tuple[int, str], dict[str, Any]], episodes: int) -> dict[str, Any]:
+    ordered = [runs[k] for k in sorted(runs, key=lambda k: (k[0], list(VARIANTS).index(k[1])))]
+    return {"benchmark": "claims robustness (claim 5)", "protocol": PROTOCOL, "commit": git_commit(ROOT),
+            "cpu": cpu_model(), "episodes": episodes, "summary": summarize(ordered), "runs": ordered}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    stored = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    if stored["runs"] and stored.get("episodes") != args.episodes:
+        raise SystemExit(f"{args.out} holds runs evaluated on {stored.get('episodes')} episodes per condition, not "
+                         f"{args.episodes}; use another --out")
+    runs = {(int(r["seed"]), r["variant"]): r for r in stored["runs"]}  # measured earlier: kept, not run again
+    if not args.summarize_only:
+        work = args.work_dir.resolve()
+        todo = [(s, v) for s in args.seeds for v in args.variants if (s, v) not in runs]
+        list(_pooled(run_base, [(work, s, args.episodes) for s in dict.fromkeys(s for s, _ in todo)], args.jobs))
+        for r in _pooled(run_variant, [(work, s, v, args.episodes) for s, v in todo], args.jobs):
+            runs[(r["seed"], r["variant"])] = r
+            write_json_atomic(args.out, result(runs, args.episodes))  # after every run: a stop keeps what finished
+            print(f"[claims robustness] seed {r['seed']} {r['variant']}: nominal "
+                  f"{np.mean(r['outcomes']['nominal']):.2f}", flush=True)
+    out = result(runs, args.episodes)
+    if not args.summarize_only:
+        write_json_atomic(args.out, out)
+    summary = out["summary"]
+    print(table(summary))
+    figure = plot(summary, args.plot)
+    print(f"results: {args.out}" + (f"; figure: {figure}" if figure else ""))
+    return out
