@@ -47,7 +47,7 @@ from bench_utils import (  # noqa: E402
     run_logged,
     write_json_atomic,
 )
-from claims_metrics import cumulative_regret, difference_ci  # noqa: E402
+from claims_metrics import cumulative_regret, difference_ci, verdict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims_pretraining.json"
 PLOT = ROOT / "docs" / "claims_pretraining.png"
@@ -226,15 +226,6 @@ def _per_seed(runs: dict[str, Any], variant: str, target: str, key: str) -> dict
         out[seed] = [m["regret"]["mean_regret"]] if key == "regret" else outcomes(m[key]["successes"],
                                                                                      m[key]["episodes"])
     return dict(sorted(out.items()))
-
-
-def verdict(low: float, high: float) -> str:
-    """The protocol's reading of a ``full - variant`` interval of final success."""
-    if low > 0:
-        return "reproduced"
-    if high < 0:
-        return "reversed"
-    return "not shown"
 
 
 def summarize(runs: dict[str, Any], targets: Sequence[str], seed: int = 0) -> list[dict[str, Any]]:

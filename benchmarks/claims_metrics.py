@@ -96,3 +96,13 @@ def cumulative_regret(env_steps: Sequence[float], success: Sequence[float]) -> d
     regret = float(np.sum(1.0 - succ))
     return {"regret": regret, "mean_regret": regret / succ.size, "evaluations": int(succ.size),
             "spacing": float(gaps[0]) if gaps.size else 0.0}
+
+
+def verdict(low: float, high: float) -> str:
+    """The claims protocols' reading of a 95% interval ``[low, high]`` of a difference ``claimed - baseline``:
+    "reproduced" when it lies above 0, "reversed" when below 0, otherwise "not shown"."""
+    if low > 0:
+        return "reproduced"
+    if high < 0:
+        return "reversed"
+    return "not shown"

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, transfer; appended so benchmarks/ shadows nothing
 from bench_utils import cpu_model, git_commit, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
-from claims_metrics import difference_ci  # noqa: E402
+from claims_metrics import difference_ci, verdict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims_robustness.json"
 PLOT = ROOT / "docs" / "claims_robustness.png"
@@ -137,10 +137,6 @@ def _pooled(fn: Any, tasks: Sequence[tuple], jobs: int) -> Iterator[Any]:
 
 
 # --------------------------------------------------------------------------- summary
-
-
-def verdict(low: float, high: float) -> str:
-    return "reproduced" if low > 0 else "reversed" if high < 0 else "not shown"
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

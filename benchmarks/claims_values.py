@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
 from bench_utils import cpu_model, git_commit, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
-from claims_metrics import difference_ci  # noqa: E402
+from claims_metrics import difference_ci, verdict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims_values.json"
 PLOT = ROOT / "docs" / "claims_values.png"
@@ -122,11 +122,6 @@ def hand_rho(result: dict[str, Any]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- summary
-
-
-def verdict(low: float, high: float) -> str:
-    """The protocol's reading of an ``ICVF - baseline`` interval of mean rho."""
-    return "reproduced" if low > 0 else "reversed" if high < 0 else "not shown"
 
 
 def run_record(run: str, result: dict[str, Any], work: Path) -> dict[str, Any]:

@@ -70,12 +70,6 @@ def test_summary_means_per_seed_and_verdict_against_the_stronger_untrained_row(c
     assert "| ICVF | 0.250 |" in text and "**reversed**" in text and "| lr_1e-3 | ICVF | 0.800 |" in text
 
 
-def test_verdict_reads_the_interval(cv):
-    assert cv.verdict(0.01, 0.2) == "reproduced"
-    assert cv.verdict(-0.3, -0.01) == "reversed"
-    assert cv.verdict(-0.1, 0.1) == "not shown"
-
-
 def test_each_sweep_run_gets_its_one_change_and_its_data(cv, tmp_path):
     def args_of(run):
         return cv.command(run, tmp_path)[2:]
