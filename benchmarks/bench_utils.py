@@ -100,3 +100,14 @@ def run_logged(cmd: Sequence[str], folder: Path, cwd: Path) -> dict[str, Any]:
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     return {"command": " ".join(cmd[1:]), "returncode": proc.returncode, "call_seconds": time.perf_counter() - start,
             "load_before": load_before, "load_after": load_average()}
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` (folders made) and close it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

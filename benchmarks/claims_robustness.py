@@ -30,7 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, transfer; appended so benchmarks/ shadows nothing
-from bench_utils import cpu_model, git_commit, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from bench_utils import cpu_model, git_commit, save_figure, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
 from claims_metrics import difference_ci, verdict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims_robustness.json"
@@ -218,11 +218,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path | None:
     axes[0].set_ylabel("success (mean over seeds, 95% CI)")
     axes[-1].legend(fontsize=6)
     fig.suptitle("claim 5: stage-3 randomization vs none, and one physics factor left out (PressLitButton)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- command line

@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import cpu_model, git_commit, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from bench_utils import cpu_model, git_commit, save_figure, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
 from claims_metrics import difference_ci, verdict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims_values.json"
@@ -238,11 +238,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path | None:
         b.set_ylim(-0.2, 1.0)
         b.set_title("ICVF value head: sweeps (seed 0)")
     fig.suptitle("claim 1: does ICVF's value rise toward the goal on unseen robot trajectories?")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- command line

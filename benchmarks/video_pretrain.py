@@ -199,7 +199,7 @@ def continue_icvf(videos: Path, work: Path, args: argparse.Namespace) -> dict[in
             if not (chain / "checkpoints" / "last.pt").is_file():
                 (chain / "checkpoints").mkdir(parents=True, exist_ok=True)
                 shutil.copy2(base, chain / "checkpoints" / "last.pt")
-            overrides = [f"objective=icvf", f"data.path={videos}", f"steps={budget}", f"batch_size={args.batch_size}",
+            overrides = ["objective=icvf", f"data.path={videos}", f"steps={budget}", f"batch_size={args.batch_size}",
                          f"lr={args.lr}", f"seed={args.seed}", f"device={args.device}", f"num_workers={args.num_workers}",
                          f"output_dir={chain}", f"hydra.run.dir={chain / 'hydra'}", "progress=false", "eval_every=100",
                          *args.train_overrides]

@@ -6,25 +6,18 @@ summary whose differences take the wrong sides or the wrong level; runs already 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _benchmarks import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def cr():
-    # loaded from its file (benchmarks/ on sys.path would shadow the video_pretrain package); it appends its own
-    # folder to sys.path for bench_utils and transfer
-    spec = importlib.util.spec_from_file_location("claims_robustness", ROOT / "benchmarks" / "claims_robustness.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["claims_robustness"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("claims_robustness", "claims_robustness.py", register=True)
 
 
 def test_variants_change_only_stage3_randomization(cr, tmp_path):

@@ -8,7 +8,6 @@ JSON written before the options existed (``--only`` would refuse every old resul
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,25 +18,19 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from _benchmarks import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str, file: str):
-    # loaded from its file (benchmarks/ on sys.path would shadow the video_pretrain package)
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def cv():
-    return _load("claims_values_benchmark", "claims_values.py")
+    return load_benchmark("claims_values_benchmark", "claims_values.py")
 
 
 @pytest.fixture(scope="module")
 def vp():
-    return _load("video_pretrain_benchmark", "video_pretrain.py")
+    return load_benchmark("video_pretrain_benchmark", "video_pretrain.py")
 
 
 def _record(rhos: dict[str, list[float]], hand: float = 0.5) -> dict:
@@ -141,7 +134,7 @@ def test_default_setup_matches_results_written_before_the_options(vp):
 
 
 def test_claims_dispatches_values(cv, tmp_path, capsys):
-    claims = _load("claims_benchmark_dispatch", "claims.py")
+    claims = load_benchmark("claims_benchmark_dispatch", "claims.py")
     out = tmp_path / "claims_values.json"
     out.write_text(json.dumps({"runs": {"base_seed0": _record({"ICVF": [0.1, 0.3], "raw pixels": [0.9, 0.7]})}}))
     claims.main(["values", "--summarize-only", "--out", str(out), "--plot", str(tmp_path / "p.png"),

@@ -7,23 +7,19 @@ outcomes, or a merge that drops, duplicates or silently mixes runs of other sett
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _benchmarks import load_benchmark
+
 
 
 @pytest.fixture(scope="module")
 def transfer():
-    # loaded from its file (benchmarks/ on sys.path would shadow the video_pretrain package)
-    spec = importlib.util.spec_from_file_location("transfer_benchmark", ROOT / "benchmarks" / "transfer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("transfer_benchmark", "transfer.py")
 
 
 def _run(seed: int, method: str, gaps: dict[str, dict[str, list[float]]]) -> dict:
