@@ -7,7 +7,6 @@ summary whose differences take the wrong sides or the wrong level; runs already 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
