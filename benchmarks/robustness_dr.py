@@ -38,6 +38,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# this checkout's packages first: this script's folder (sys.path[0] when run as a script) holds video_pretrain.py,
+# which would otherwise shadow the video_pretrain package that stage 1 imports in this process
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "robustness_dr.json"
 FIGURE = ROOT / "docs" / "robustness_dr.png"
 VARIANTS = {"dr": "train", "nodr": "none"}  # variant -> stage3.randomization.level

@@ -44,7 +44,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # this checkout
+# this checkout's packages first: this script's folder (sys.path[0] when run as a script) holds video_pretrain.py, which
+# would otherwise shadow the video_pretrain package that stage 1 imports in this process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, also when imported from another folder
 from bench_utils import cpu_model, load_average, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

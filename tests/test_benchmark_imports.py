@@ -1,0 +1,34 @@
+"""Benchmark scripts that run pipeline stages in their own process must import this checkout's packages, not the
+same-named scripts beside them: ``benchmarks/video_pretrain.py`` shadows the ``video_pretrain`` package when the
+benchmarks folder comes first on ``sys.path``, and stage 1 (``from video_pretrain.train import train``) then fails.
+
+Each script's top level is run as ``python benchmarks/<script>`` would run it (its folder first on ``sys.path``,
+``__name__`` not ``__main__``), then stage 1's import is made. (transfer.py put its folder first until stop 29; its
+base runs had copied stage 1, so no run had reached the import.)
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = """
+import runpy, sys
+bench = sys.argv[1]
+sys.path.insert(0, bench)  # what `python benchmarks/<script>` puts first
+runpy.run_path(bench + "/" + sys.argv[2], run_name="imported")
+from video_pretrain.train import train  # stage 1, as robopretrain.pipeline.stage_stage1 imports it
+import video_pretrain
+print(video_pretrain.__file__)
+"""
+
+
+@pytest.mark.parametrize("script", ["transfer.py", "claims_robustness.py", "robustness_dr.py", "claims.py"])
+def test_stage1_imports_the_package_after_the_script_loads(script):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT / "benchmarks"), script], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Path(proc.stdout.strip().splitlines()[-1]) == ROOT / "video_pretrain" / "__init__.py"
