@@ -49,11 +49,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, also when imported from another folder
 from bench_utils import cpu_model, load_average, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from claims_metrics import difference_ci, verdict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "transfer.json"
 FIGURE = ROOT / "docs" / "transfer.png"
 BASE_STAGES = ("data", "stage1", "stage2", "adapt")
+# the method each one is compared with (the protocol: a method helps where it keeps more success at the gap's target)
+BASELINE = {"epopt": "dr", "dann": "dr", "darc_on": "darc_off"}
 # method -> (gap of its stage-3 run, transfer overrides, gaps it is judged on)
 METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "dr": ("none", {}, ("visual_textures", "physics_heldout")),
@@ -289,6 +292,17 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
             values = [r["final"].get(key) for r in mine if r["final"].get(key) is not None]
             entry[key] = float(np.mean(values)) if values else None
         summary[method] = entry
+    for method, base in BASELINE.items():
+        if method not in summary or base not in summary:
+            continue
+        summary[method]["versus"] = {}
+        for gap in METHODS[method][2]:
+            mine = [r["evaluations"][gap]["target"] for r in runs if r["method"] == method and gap in r["evaluations"]]
+            theirs = [r["evaluations"][gap]["target"] for r in runs if r["method"] == base and gap in r["evaluations"]]
+            if mine and theirs:
+                d, lo, hi = difference_ci(mine, theirs)
+                summary[method]["versus"][f"{gap}/target"] = {"baseline": base, "difference": d, "ci": [lo, hi],
+                                                              "verdict": verdict(lo, hi)}
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     return {"benchmark": "transfer", "smoke": bool(args.smoke), "protocol": "benchmarks/protocols/transfer.md",
             "commit": commit.strip(), "cpu": cpu_model(), "load_average": load_average(),
@@ -308,6 +322,12 @@ def markdown(result: dict[str, Any]) -> str:
             seeds = ", ".join(f"{v:.2f}" for v in s["per_seed"])
             lines.append(f"| {method} | {cond} | {s['mean']:.2f} | [{s['ci_low']:.2f}, {s['ci_high']:.2f}] | "
                          f"{seeds} |")
+    versus = [(m, c, v) for m, e in result["summary"].items() for c, v in e.get("versus", {}).items()]
+    if versus:
+        lines += ["", "| method | condition | method - baseline [95% interval] | helps? |", "|---|---|---|---|"]
+        lines += [f"| {m} | {c} | {v['difference']:+.2f} vs {v['baseline']} [{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}] | "
+                  f"{ {'reproduced': 'yes', 'reversed': 'worse'}.get(v['verdict'], 'not shown') } |"
+                  for m, c, v in versus]
     lines += ["", "| method | Q - MC return, offline (data / policy) | online (data / policy) |", "|---|---|---|"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     for method, e in result["summary"].items():

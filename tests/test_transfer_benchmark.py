@@ -54,6 +54,23 @@ def test_summary_is_a_mean_over_seeds_of_per_seed_means(transfer, tmp_path):
     assert out["summary"]["dr"]["success"]["visual_textures/nominal"]["mean"] == 1.0
     assert "friction_low/target" not in out["summary"]["dr"]["success"]
     assert out["summary"]["darc_on"]["success"]["friction_low/target"]["per_seed"] == [0.25]
+    assert "versus" not in out["summary"]["darc_on"]  # its baseline darc_off has no run here
+
+
+def test_methods_are_compared_with_their_baseline_at_the_gaps_target(transfer, tmp_path):
+    runs = [_run(0, "dr", {"visual_textures": {"target": [0, 0, 0, 0]}, "physics_heldout": {"target": [1, 1]}}),
+            _run(0, "dann", {"visual_textures": {"target": [1, 1, 1, 0]}, "physics_heldout": {"target": [1, 0]}}),
+            _run(0, "darc_off", {"friction_low": {"target": [1, 1]}}),
+            _run(0, "darc_on", {"friction_low": {"target": [0, 1]}})]
+    out = transfer.summarize(_args(transfer, tmp_path), runs)
+    v = out["summary"]["dann"]["versus"]
+    assert v["visual_textures/target"]["difference"] == pytest.approx(0.75)
+    assert v["visual_textures/target"]["baseline"] == "dr"
+    assert v["physics_heldout/target"]["difference"] == pytest.approx(-0.5)
+    assert out["summary"]["darc_on"]["versus"]["friction_low/target"]["baseline"] == "darc_off"
+    assert out["summary"]["darc_on"]["versus"]["friction_low/target"]["difference"] == pytest.approx(-0.5)
+    assert "versus" not in out["summary"]["dr"]
+    assert "| dann | visual_textures/target | +0.75 vs dr" in transfer.markdown(out)
 
 
 def test_merge_combines_processes_and_refuses_mixed_or_repeated_runs(transfer, tmp_path):
