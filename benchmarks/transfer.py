@@ -371,6 +371,7 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     order of :data:`METHODS`. Raises ``ValueError`` when two files hold the same (seed, method) run or were made
     with other settings (preset, target, episodes, overrides, data sizes): they would not be one experiment."""
     runs: dict[tuple[int, str], dict[str, Any]] = {}
+    sources: list[dict[str, Any]] = []
     first: dict[str, Any] | None = None
     same = ("config_name", "target", "episodes", "overrides", "target_frames", "target_transitions")
     for path in paths:
@@ -382,6 +383,9 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
         elif any(result["config"].get(k) != first.get(k) for k in same):
             diff = {k: (first.get(k), result["config"].get(k)) for k in same if result["config"].get(k) != first.get(k)}
             raise ValueError(f"{path}: made with other settings than {paths[0]} (first, this): {diff}")
+        sources.append({"file": Path(path).name, "commit": result.get("commit"), "cpu": result.get("cpu"),
+                        "load_average": result.get("load_average"),
+                        "runs": [f"seed{r['seed']}/{r['method']}" for r in result["runs"]]})
         for r in result["runs"]:
             key = (int(r["seed"]), str(r["method"]))
             if key in runs:
@@ -396,7 +400,7 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     args.target_transitions = first["target_transitions"]
     args.seeds = sorted({k[0] for k in runs})
     args.methods = [m for m in order if any(k[1] == m for k in runs)]
-    return summarize(args, merged)
+    return {**summarize(args, merged), "merged_from": sources}  # "commit" is the merging checkout's; each file's here
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,6 +81,7 @@ def test_merge_combines_processes_and_refuses_mixed_or_repeated_runs(transfer, t
     out = transfer.merge(args, [a, b])
     assert [(r["seed"], r["method"]) for r in out["runs"]] == [(0, "dr"), (1, "dr"), (1, "epopt")]
     assert out["config"]["seeds"] == [0, 1] and out["config"]["methods"] == ["dr", "epopt"]
+    assert [m["runs"] for m in out["merged_from"]] == [["seed1/epopt", "seed1/dr"], ["seed0/dr"]]
     assert out["summary"]["dr"]["success"]["physics_heldout/target"]["per_seed"] == [1.0, 0.0]
     assert out["summary"]["epopt"]["success"]["physics_heldout/target"]["per_seed"] == [0.5]
 
