@@ -237,6 +237,9 @@ def plot(summary: dict[str, Any], path: Path) -> Path | None:
             b.legend(fontsize=8)
         b.set_ylim(-0.2, 1.0)
         b.set_title("ICVF value head: sweeps (seed 0)")
+    else:
+        b.axis("off")
+        b.text(0.5, 0.5, "sweeps (seed 0): not run yet", ha="center", va="center", transform=b.transAxes)
     fig.suptitle("claim 1: does ICVF's value rise toward the goal on unseen robot trajectories?")
     return save_figure(fig, path)
 
