@@ -208,7 +208,7 @@ def run_stage3(args: argparse.Namespace, cfg: Any, base: Path, method: str, fold
         start = time.perf_counter()
         res = run(stage3_config(args, cfg, base, method, out))
         P.write_json(out / P.DONE, {"final": res["history"][-1], "seconds": time.perf_counter() - start})
-        print(f"[transfer] {folder.parent.name}/{method}: stage 3 in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"[transfer] {folder.parent.name}/{folder.name}: stage 3 in {time.perf_counter() - start:.0f} s", flush=True)
     done = P.read_json(out / P.DONE)
     last: dict[str, float] = {}
     for row in read_jsonl(out / "metrics.jsonl"):
