@@ -127,7 +127,8 @@ def hand_rho(result: dict[str, Any]) -> dict[str, float]:
 def run_record(run: str, result: dict[str, Any], work: Path) -> dict[str, Any]:
     """What the results JSON keeps of one run's ``video_pretrain.py`` JSON (enough to summarize it again)."""
     cmd = command(run, work)
-    return {"command": " ".join(["python", "benchmarks/video_pretrain.py", *cmd[2:]]), "setup": result.get("setup"),
+    return {"command": " ".join(["python", "benchmarks/video_pretrain.py", *cmd[2:]]), "commit": result.get("commit"),
+            "setup": result.get("setup"),
             "training": result.get("training"), "robot": robot_rows(result), "hand_held_out": hand_rho(result),
             "icvf_budgets": result.get("icvf_budgets") or None, "seconds": result.get("total_seconds")}
 

@@ -523,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = {
         "benchmark": "video_pretrain",
         "command": "python benchmarks/video_pretrain.py " + " ".join(sys.argv[1:]),
+        "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip() or None,
         "setup": setup_of(args),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
