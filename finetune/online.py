@@ -117,8 +117,9 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
     ``config`` is saved as each checkpoint's ``config.yaml``; ``meta`` is added to its ``meta.json``; ``fingerprint``
     (:mod:`robopretrain.run_fingerprint`) is stored there too and a checkpoint with another one is not resumed.
     ``transfer``: a :class:`finetune.transfer.options.TransferParts` (None or empty: none applies): EPOpt decides
-    which finished episodes enter the buffer (per batch, a batch also ends at every checkpoint) and writes one row per
-    episode (return, success, physics parameters, kept) to ``<run_dir>/epopt_episodes.jsonl``; DARC corrects each
+    which finished episodes enter the buffer (per batch of ``batch_episodes``; the batch being filled is saved in each
+    checkpoint) and writes one row per decided episode (batch, return, success, physics parameters, kept) to
+    ``<run_dir>/epopt_episodes.jsonl``; DARC corrects each
     sampled batch's rewards; the DANN adversary is already the agent's auxiliary loss; their states are checkpointed.
     """
     from finetune.transfer.epopt import EPOptFilter
@@ -133,7 +134,7 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
                  "eval_randomization": eval_rand,
                  "fingerprint": dict(fingerprint) if fingerprint is not None else None, **dict(meta or {})}
     env_steps, started, successes, history = 0, 0, [], []
-    epopt_done = 0
+    epopt_done, epopt_pending = 0, []
     latest = load_latest(ckpt_root) if resume else None
     if latest is not None and latest.state is not None and "online" in latest.state:
         check_agent_fits(latest.meta, agent, where=str(latest.path))
@@ -149,7 +150,9 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         successes, history = json.loads(counters["successes"]), json.loads(counters["history"])
         for name, part in transfer.modules.items():
             part.load_state_dict(latest.state["transfer"][name])
-        epopt_done = int(latest.state.get("transfer", {}).get("epopt_batches", 0))
+        saved_transfer = latest.state.get("transfer", {})
+        epopt_done = int(saved_transfer.get("epopt_batches", 0))
+        epopt_pending = [(Episode.from_state_dict(ep), float(r)) for ep, r in saved_transfer.get("epopt_pending", [])]
         log.info("online %s: resumed from %s at env step %d", target.name, latest.path, env_steps)
     calib_offline = offline.get(calibration_rows(len(offline), settings.calibration_batch))
     logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard,
@@ -170,10 +173,10 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         bar.set_postfix(success=f"{row['eval/success']:.2f}", episodes=len(successes), refresh=False)
 
     episode_log = run_dir / "epopt_episodes.jsonl"
-    epopt = EPOptFilter(transfer.epopt, epopt_done) if transfer.epopt is not None else None
-    if epopt is not None and episode_log.is_file():  # a resumed run: the rows of episodes begun after the checkpoint go
+    epopt = EPOptFilter(transfer.epopt, epopt_done, epopt_pending) if transfer.epopt is not None else None
+    if epopt is not None and episode_log.is_file():  # a resumed run: the rows of batches decided after the checkpoint go
         rows = [json.loads(line) for line in episode_log.read_text().splitlines() if line.strip()]
-        episode_log.write_text("".join(json.dumps(r) + "\n" for r in rows if r["episode"] < started))
+        episode_log.write_text("".join(json.dumps(r) + "\n" for r in rows if r["batch"] < epopt_done))
 
     def add_to_buffer(ep: Episode) -> None:
         buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, reward.scale, reward.bias),
@@ -191,8 +194,6 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
                                     "physics": ep.physics}) + "\n")
 
     def checkpoint(step: int, begun: int) -> None:
-        if epopt is not None:
-            decided(epopt.flush())  # nothing pending in a saved state
         sampler_state = sampler.state_dict()
         sampler_state["online"]["pending"] = None  # episodes are stored whole; nothing is half-written
         state = {"rng": rng_states(agent), "sampler": sampler_state,
@@ -200,6 +201,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
                             "history": json.dumps(history)}}
         if epopt is not None or transfer.modules:
             state["transfer"] = {"epopt_batches": epopt.batches_done if epopt is not None else 0,
+                                 "epopt_pending": [(ep.state_dict(), r) for ep, r in epopt.pending]
+                                 if epopt is not None else [],
                                  **{name: part.state_dict() for name, part in transfer.modules.items()}}
         save_agent(ckpt_root, step, config if config is not None else {}, agent, ckpt_meta, state,
                    keep=settings.keep_checkpoints)

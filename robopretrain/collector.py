@@ -104,6 +104,33 @@ class Episode:
     def env_return(self) -> float:
         return float(np.sum(self.rewards))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The episode as tensors, numbers and strings (what ``torch.load(weights_only=True)`` reads back), for a
+        checkpoint that holds finished episodes not yet stored (EPOpt's pending batch); :meth:`from_state_dict`
+        rebuilds it with the same arrays (dtypes and shapes kept)."""
+        import torch
+
+        def tensors(obs: Obs) -> Any:
+            if isinstance(obs, Mapping):
+                return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obs.items()}
+            return torch.from_numpy(np.ascontiguousarray(obs))
+
+        return {"index": int(self.index), "env": int(self.env), "observations": tensors(self.observations),
+                "actions": tensors(self.actions), "rewards": tensors(self.rewards),
+                "next_observations": tensors(self.next_observations), "terminals": tensors(self.terminals),
+                "success": bool(self.success), "physics": {k: float(v) for k, v in self.physics.items()}}
+
+    @classmethod
+    def from_state_dict(cls, d: Mapping[str, Any]) -> Episode:
+        """The episode :meth:`state_dict` wrote."""
+        def arrays(obs: Any) -> Any:
+            return {k: v.numpy() for k, v in obs.items()} if isinstance(obs, Mapping) else obs.numpy()
+
+        return cls(index=int(d["index"]), env=int(d["env"]), observations=arrays(d["observations"]),
+                   actions=d["actions"].numpy(), rewards=d["rewards"].numpy(),
+                   next_observations=arrays(d["next_observations"]), terminals=d["terminals"].numpy(),
+                   success=bool(d["success"]), physics=dict(d["physics"]))
+
 
 @dataclass
 class CollectStep:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from _fake_envs import CountEnv  # a light module: spawned workers import it, not this one
-from robopretrain.collector import VectorCollector, collect_and_update, crossed, episode_seed
+from robopretrain.collector import Episode, VectorCollector, collect_and_update, crossed, episode_seed
 from robopretrain.evaluation import train_episode_seed
 
 SEED = 3
@@ -153,3 +153,28 @@ def test_worker_processes_give_the_same_run_and_a_resumed_run_continues_it():
     resumed, end = run_loop(2, asynchronous=False, resume=(step, started))
     assert end[0] == 40
     assert killed + resumed == sync_calls
+
+
+@pytest.mark.parametrize("image_obs", [False, True])
+def test_an_episode_survives_a_checkpoint_file(tmp_path, image_obs):
+    import torch
+
+    rng = np.random.default_rng(0)
+    obs = ({"agentview_image": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+            "proprio": rng.normal(size=(4, 3)).astype(np.float32)} if image_obs
+           else rng.normal(size=(4, 5)).astype(np.float32))
+    nxt = {k: v[::-1].copy() for k, v in obs.items()} if image_obs else obs[::-1]  # a non-contiguous view
+    ep = Episode(index=7, env=1, observations=obs, actions=rng.normal(size=(4, 2)).astype(np.float32),
+                 rewards=np.array([0, 0, 0, 1], np.float32), next_observations=nxt,
+                 terminals=np.array([0, 0, 0, 1], np.float32), success=True, physics={"friction": 0.8})
+    torch.save(ep.state_dict(), tmp_path / "ep.pt")
+    back = Episode.from_state_dict(torch.load(tmp_path / "ep.pt", weights_only=True))
+    assert (back.index, back.env, back.success, back.physics, back.env_return) == (7, 1, True, {"friction": 0.8}, 1.0)
+    for name in ("observations", "next_observations"):
+        a, b = getattr(ep, name), getattr(back, name)
+        pairs = [(a[k], b[k]) for k in a] if image_obs else [(a, b)]
+        assert (set(a) == set(b)) if image_obs else True
+        for x, y in pairs:
+            assert y.dtype == x.dtype and np.array_equal(x, y)
+    for name in ("actions", "rewards", "terminals"):
+        assert np.array_equal(getattr(ep, name), getattr(back, name))

@@ -52,7 +52,13 @@ def test_cvar_selection_on_hand_made_returns():
     filt = EPOptFilter(EPOptSettings(enabled=True, epsilon=0.5, batch_episodes=4, warmup_batches=1))
     decided = [d for i, r in enumerate([5, 1, 3, 2, 9, 0, 4, 8]) for d in filt.add(i, r)]
     assert [kept for _, kept in decided] == [True] * 4 + [False, True, True, False]
-    assert filt.add(8, 1.0) == [] and filt.flush() == [(8, True)]  # a flushed partial batch keeps its worst
+    # a batch being filled is state: a filter rebuilt from (batches_done, pending) decides as the original does
+    assert filt.add(8, 1.0) == [] and filt.add(9, 3.0) == [] and filt.pending == [(8, 1.0), (9, 3.0)]
+    rebuilt = EPOptFilter(filt.settings, filt.batches_done, filt.pending)
+    assert rebuilt.add(10, 0.0) == filt.add(10, 0.0) == []
+    assert rebuilt.add(11, 2.0) == filt.add(11, 2.0) == [(8, True), (9, False), (10, True), (11, False)]
+    with pytest.raises(ValueError, match="4 pending episodes"):
+        EPOptFilter(filt.settings, 0, [(i, 0.0) for i in range(4)])
 
 
 def test_epopt_settings_refuse_bad_values():
@@ -391,9 +397,9 @@ def stage2(cfg):
     return run(cfg)
 
 
-def stage3_cfg(stage2_state, out: Path, dr: str = "train", checkpoint_every: int = 40, **top):
+def stage3_cfg(stage2_state, out: Path, dr: str = "train", checkpoint_every: int = 40, env_steps: int = 40, **top):
     data, ckpt = stage2_state
-    return stage3_config(ckpt, out, REACH, env_steps=40, data_cfg={"path": str(data)}, dr=dr,
+    return stage3_config(ckpt, out, REACH, env_steps=env_steps, data_cfg={"path": str(data)}, dr=dr,
                          online={"log_every": 10, "checkpoint_every": checkpoint_every}, **top)
 
 
@@ -429,7 +435,7 @@ def test_darc_changes_the_loop_only_when_it_corrects(stage2_state, tmp_path):
     with np.load(tmp_path / "on" / "transfer" / "darc_target.npz") as z:
         assert len(z["actions"]) == 20
     saved = load_latest(tmp_path / "on" / "checkpoints").state["transfer"]  # DARC alone (no EPOpt) is checkpointed
-    assert set(saved) == {"epopt_batches", "darc"} and saved["epopt_batches"] == 0
+    assert set(saved) == {"epopt_batches", "epopt_pending", "darc"} and saved["epopt_batches"] == 0
 
 
 def test_build_transfer_wires_dann_into_the_agent_with_cached_target_frames(tmp_path):
@@ -478,16 +484,25 @@ def test_a_killed_run_with_epopt_and_darc_resumes_to_the_same_weights(stage2_sta
                    "target_transitions": 20},
            "transfer": {"darc": {"enabled": True},
                         "epopt": {"enabled": True, "epsilon": 0.5, "batch_episodes": 3, "warmup_batches": 1}}}
-    clean = finetune(stage3_cfg(stage2_state, tmp_path / "clean", checkpoint_every=20, **top))
+    # 10-step episodes, checkpoints every 2 episodes, batches of 3: every batch spans a checkpoint
+    clean = finetune(stage3_cfg(stage2_state, tmp_path / "clean", checkpoint_every=20, env_steps=60, **top))
     real_update = die_after_first_checkpoint(monkeypatch, Agent, tmp_path / "killed" / "checkpoints", updates=3)
     with pytest.raises(Killed):
-        finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, **top))
+        finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, env_steps=60, **top))
+    first = load_latest(tmp_path / "killed" / "checkpoints")
+    assert first.step == 20 and first.state["transfer"]["epopt_batches"] == 0
+    assert [ep["index"] for ep, _ in first.state["transfer"]["epopt_pending"]] == [0, 1]  # saved, not decided
     monkeypatch.setattr(Agent, "update", real_update)
-    resumed = finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, **top))
+    resumed = finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, env_steps=60, **top))
     a, b = load_latest(tmp_path / "killed" / "checkpoints"), load_latest(tmp_path / "clean" / "checkpoints")
-    assert a.step == b.step == 40
+    assert a.step == b.step == 60
     assert_same(a.weights, b.weights)
     assert_same(a.state["transfer"], b.state["transfer"], "transfer")
     assert resumed["history"] == clean["history"]
     logs = [(tmp_path / run / "epopt_episodes.jsonl").read_text() for run in ("killed", "clean")]
-    assert logs[0] == logs[1] and "false" in logs[1]  # the same decisions, each episode once, one dropped
+    assert logs[0] == logs[1]  # the same decisions, each episode once
+    rows = [json.loads(line) for line in logs[1].splitlines()]
+    assert [(r["episode"], r["batch"]) for r in rows] == [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]
+    assert [r["kept"] for r in rows[:3]] == [True] * 3 and sum(r["kept"] for r in rows[3:]) == 2  # ceil(0.5 * 3)
+    kept_steps = sum(r["length"] for r in rows if r["kept"])
+    assert int(a.state["sampler"]["online"]["size"]) == kept_steps == 50

@@ -80,22 +80,30 @@ def cvar(returns: Sequence[float], epsilon: float) -> float:
 class EPOptFilter:
     """Holds finished episodes until a batch is full, then says which enter the replay buffer.
 
-    ``add(item, episode_return)`` queues one; once ``batch_episodes`` are queued (or :meth:`flush` is called, at
-    every stage-3 checkpoint so nothing is pending in a saved state) the batch is decided: warm-up batches keep
-    everything, later ones :func:`cvar_select`. Returns ``[(item, kept)]`` in arrival order for every item decided.
+    ``add(item, episode_return)`` queues one; once ``batch_episodes`` are queued the batch is decided: warm-up
+    batches keep everything, later ones :func:`cvar_select`. Returns ``[(item, kept)]`` in arrival order for every
+    item decided (empty while the batch fills). A batch may span stage-3 checkpoints: :attr:`pending` is saved with
+    :attr:`batches_done`, and a filter built from both decides as the uninterrupted one would. Episodes still
+    pending when the run ends are never decided (no update would follow them).
     """
 
-    def __init__(self, settings: EPOptSettings, batches_done: int = 0) -> None:
+    def __init__(self, settings: EPOptSettings, batches_done: int = 0,
+                 pending: Sequence[tuple[Any, float]] = ()) -> None:
         self.settings = settings
         self.batches_done = int(batches_done)
-        self._pending: list[tuple[Any, float]] = []
+        self._pending: list[tuple[Any, float]] = [(item, float(r)) for item, r in pending]
+        if len(self._pending) >= settings.batch_episodes:
+            raise ValueError(f"EPOptFilter: {len(self._pending)} pending episodes; a batch holds fewer than "
+                             f"batch_episodes={settings.batch_episodes} until it is decided")
+
+    @property
+    def pending(self) -> list[tuple[Any, float]]:
+        """The queued ``(item, return)`` pairs of the batch being filled, in arrival order."""
+        return list(self._pending)
 
     def add(self, item: Any, episode_return: float) -> list[tuple[Any, bool]]:
         self._pending.append((item, float(episode_return)))
-        return self.flush() if len(self._pending) >= self.settings.batch_episodes else []
-
-    def flush(self) -> list[tuple[Any, bool]]:
-        if not self._pending:
+        if len(self._pending) < self.settings.batch_episodes:
             return []
         batch, self._pending = self._pending, []
         if self.batches_done < self.settings.warmup_batches:
