@@ -10,13 +10,13 @@ settings and seed, changing only:
 ``epopt``      the same, with ``transfer.epopt`` (worst epsilon = 0.1 of each batch of 10 episodes into the buffer);
 ``dann``       the same randomization as the source of ``gap=visual_textures``, with ``transfer.dann`` on that
                gap's unlabeled target frames;
-``darc_off``   ``gap=friction_low``: training in the nominal sim, no correction;
-``darc_on``    ``gap=friction_low`` with ``transfer.darc`` on that gap's target transitions.
+``darc_off``   ``gap=<--darc-gap>`` (default ``friction_low``): training in the nominal sim, no correction;
+``darc_on``    the same gap with ``transfer.darc`` on that gap's target transitions.
 
 Every stage-3 run evaluates in training on nominal episodes (``eval_randomization=none``) so the runs differ only in
 the method. Each final policy is then judged by :func:`robopretrain.evaluate.evaluate_robustness` with
 ``gap=<name>`` (conditions nominal, ``gap/source``, ``gap/target``; same episode seeds for every method):
-``dr`` / ``epopt`` / ``dann`` on ``visual_textures`` and ``physics_heldout``, ``darc_*`` on ``friction_low``.
+``dr`` / ``epopt`` / ``dann`` on ``visual_textures`` and ``physics_heldout``, ``darc_*`` on their gap.
 Success per method and condition: mean over seeds with a seeds-then-episodes bootstrap interval; Q calibration
 (the final ``calib/offline_gap_*`` and ``calib/online_gap_*`` of stage 3) per method, the lecture's check that
 invariance does not erase what the value depends on; the classifiers' last logged accuracies.
@@ -27,6 +27,8 @@ a markdown table on stdout.
 
     python benchmarks/transfer.py                                         # the protocol's runs (3 seeds)
     python benchmarks/transfer.py --smoke                                 # minutes: tiny budgets, end to end
+    python benchmarks/transfer.py --config-name testbed_combination --target CloseDrawerPressButton \
+        --darc-gap physics_hard --work-dir outputs/transfer_cdpb --results benchmarks/results/transfer_cdpb.json
     python benchmarks/transfer.py --summarize-only                        # table and figure from the JSON
     python benchmarks/transfer.py --seeds 1 --results r1.json &           # seeds in parallel processes, then
     python benchmarks/transfer.py --merge r0.json r1.json r2.json         # one JSON (--results) from their runs
@@ -65,6 +67,7 @@ METHODS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "darc_off": ("friction_low", {}, ("friction_low",)),
     "darc_on": ("friction_low", {"darc": {"enabled": True}}, ("friction_low",)),
 }
+DARC_METHODS = ("darc_off", "darc_on")  # their gap is --darc-gap (friction_low above is the default)
 # --smoke: the CPU default pipeline at toy budgets (minutes); shows the script end to end, measures nothing
 SMOKE_OVERRIDES = [
     "image_size=32", "prior_tasks=[Reach]", "data.prior_episodes_per_task=2", "data.target_demos=2",
@@ -86,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="evaluation worker processes")
     p.add_argument("--target-frames", type=int, default=None, help="override the gaps' target_frames")
     p.add_argument("--target-transitions", type=int, default=None, help="override the gaps' target_transitions")
+    p.add_argument("--darc-gap", default="friction_low",
+                   help="the dynamics gap of darc_off / darc_on (configs/gap/<name>.yaml: kind physics, source the "
+                        "nominal sim, target transitions > 0)")
     p.add_argument("--overrides", nargs="*", default=[], help="pipeline config overrides, a=b")
     p.add_argument("--smoke", action="store_true", help="toy budgets (minutes): shows the script works, no result")
     p.add_argument("--work-dir", type=Path, default=None)
@@ -95,6 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="*", type=Path, default=[],
                    help="results JSONs of separate processes (e.g. one per seed): their runs summarized into --results")
     args = p.parse_args(argv)
+    check_darc_gap(args.darc_gap)
     if args.smoke:
         args.config_name, args.target = "pipeline", args.target if args.target != "PressLitButton" else "PressButton"
         args.overrides = [*SMOKE_OVERRIDES, *args.overrides]
@@ -126,6 +133,29 @@ def pipeline_config(args: argparse.Namespace, seed: int) -> Any:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     cfg.pop("hydra", None)
     return cfg
+
+
+def check_darc_gap(name: str) -> None:
+    """Raises ``ValueError`` unless ``configs/gap/<name>.yaml`` is a dynamics gap DARC can use: kind physics,
+    trained in the nominal sim (source ``none``) with target transitions to train its classifiers on."""
+    from omegaconf import OmegaConf
+
+    path = ROOT / "configs" / "gap" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(f.stem for f in path.parent.glob("*.yaml"))
+        raise ValueError(f"--darc-gap {name!r}: no {path}; known gaps: {known}")
+    gap = OmegaConf.to_container(OmegaConf.load(path))
+    if gap.get("kind") != "physics" or gap.get("source") != "none" or not gap.get("target_transitions"):
+        raise ValueError(f"--darc-gap {name!r}: DARC needs a physics gap trained in the nominal sim (source: none) "
+                         f"with target_transitions > 0; {path} has kind={gap.get('kind')!r}, "
+                         f"source={gap.get('source')!r}, target_transitions={gap.get('target_transitions')!r}")
+
+
+def method_gaps(args: argparse.Namespace, method: str) -> tuple[str, tuple[str, ...]]:
+    """The gap of ``method``'s stage-3 run and the gaps it is judged on (:data:`METHODS`, DARC's from --darc-gap)."""
+    if method in DARC_METHODS:
+        return args.darc_gap, (args.darc_gap,)
+    return METHODS[method][0], METHODS[method][2]
 
 
 def gap_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -161,7 +191,7 @@ def stage3_config(args: argparse.Namespace, cfg: Any, base: Path, method: str, o
     c = P.stage3_config(cfg, base, target)
     c.output_dir = str(out)
     c.eval_randomization = "none"
-    c.gap = OmegaConf.create(gap_config(args, METHODS[method][0]))
+    c.gap = OmegaConf.create(gap_config(args, method_gaps(args, method)[0]))
     c.merge_with({"transfer": transfer_overrides(args, method)})
     return c
 
@@ -261,9 +291,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         run_base(cfg, base)
         for method in args.methods:
             folder = seed_dir / method
-            row = {"seed": seed, "method": method, "gap": METHODS[method][0],
+            row = {"seed": seed, "method": method, "gap": method_gaps(args, method)[0],
                    **run_stage3(args, cfg, base, method, folder), "evaluations": {}}
-            for gap in METHODS[method][2]:
+            for gap in method_gaps(args, method)[1]:
                 info = evaluate_run(args, cfg, folder, gap)
                 row["evaluations"][gap] = condition_outcomes(info)
             runs.append(row)
@@ -278,7 +308,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
     for method in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == method]
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine], "success": {}}
-        for gap in METHODS[method][2]:
+        for gap in method_gaps(args, method)[1]:
             for cond in ("nominal", "source", "target"):
                 per_seed = [r["evaluations"][gap][cond] for r in mine if cond in r["evaluations"].get(gap, {})]
                 if not per_seed:
@@ -296,7 +326,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
         if method not in summary or base not in summary:
             continue
         summary[method]["versus"] = {}
-        for gap in METHODS[method][2]:
+        for gap in method_gaps(args, method)[1]:
             mine = [r["evaluations"][gap]["target"] for r in runs if r["method"] == method and gap in r["evaluations"]]
             theirs = [r["evaluations"][gap]["target"] for r in runs if r["method"] == base and gap in r["evaluations"]]
             if mine and theirs:
@@ -308,7 +338,8 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
             "commit": commit.strip(), "cpu": cpu_model(), "load_average": load_average(),
             "config": {"config_name": args.config_name, "target": args.target, "seeds": args.seeds,
                        "methods": args.methods, "episodes": args.episodes, "overrides": args.overrides,
-                       "target_frames": args.target_frames, "target_transitions": args.target_transitions},
+                       "target_frames": args.target_frames, "target_transitions": args.target_transitions,
+                       "darc_gap": args.darc_gap},
             "summary": summary, "runs": runs}
 
 
@@ -373,11 +404,12 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     runs: dict[tuple[int, str], dict[str, Any]] = {}
     sources: list[dict[str, Any]] = []
     first: dict[str, Any] | None = None
-    same = ("config_name", "target", "episodes", "overrides", "target_frames", "target_transitions")
+    same = ("config_name", "target", "episodes", "overrides", "target_frames", "target_transitions", "darc_gap")
     for path in paths:
         result = json.loads(Path(path).read_text())
         if result.get("smoke") != bool(args.smoke):
             raise ValueError(f"{path}: smoke={result.get('smoke')} cannot be merged into a smoke={args.smoke} result")
+        result["config"].setdefault("darc_gap", "friction_low")  # results made before --darc-gap existed
         if first is None:
             first = result["config"]
         elif any(result["config"].get(k) != first.get(k) for k in same):
@@ -397,7 +429,7 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     merged = [runs[k] for k in sorted(runs, key=lambda k: (k[0], order.index(k[1])))]
     args.config_name, args.target, args.episodes = first["config_name"], first["target"], first["episodes"]
     args.overrides, args.target_frames = first["overrides"], first["target_frames"]
-    args.target_transitions = first["target_transitions"]
+    args.target_transitions, args.darc_gap = first["target_transitions"], first["darc_gap"]
     args.seeds = sorted({k[0] for k in runs})
     args.methods = [m for m in order if any(k[1] == m for k in runs)]
     return {**summarize(args, merged), "merged_from": sources}  # "commit" is the merging checkout's; each file's here

@@ -102,3 +102,51 @@ def test_merge_through_the_command_line_writes_results(transfer, tmp_path, capsy
     assert merged["summary"]["dr"]["success"]["visual_textures/target"]["mean"] == pytest.approx(np.mean([.25, .5]))
     assert "| dr | visual_textures/target | 0.38 |" in capsys.readouterr().out
     assert (tmp_path / "f.png").is_file()
+
+
+def test_darc_gap_moves_darc_runs_and_their_judgement_to_that_gap(transfer, tmp_path):
+    args = _args(transfer, tmp_path, argv=["--darc-gap", "physics_hard"])
+    assert transfer.method_gaps(args, "darc_on") == ("physics_hard", ("physics_hard",))
+    assert transfer.method_gaps(args, "darc_off") == ("physics_hard", ("physics_hard",))
+    assert transfer.method_gaps(args, "dr") == ("none", ("visual_textures", "physics_heldout"))  # untouched
+    assert transfer.gap_config(args, "physics_hard")["target"]["factors"] == ["friction", "mass", "damping",
+                                                                             "gripper_force"]
+    runs = [_run(0, "darc_off", {"physics_hard": {"target": [1, 1, 1, 1]}}),
+            _run(0, "darc_on", {"physics_hard": {"target": [1, 0, 1, 0]}})]
+    out = transfer.summarize(args, runs)
+    assert out["config"]["darc_gap"] == "physics_hard"
+    assert out["summary"]["darc_on"]["versus"]["physics_hard/target"]["difference"] == pytest.approx(-0.5)
+    assert out["summary"]["darc_off"]["success"]["physics_hard/target"]["per_seed"] == [1.0]
+
+
+def test_darc_gap_refuses_gaps_darc_cannot_use(transfer, tmp_path):
+    for bad, why in (("visual_textures", "kind='visual'"), ("physics_heldout", "source="), ("nope", "known gaps")):
+        with pytest.raises(ValueError, match=why):
+            _args(transfer, tmp_path, argv=["--darc-gap", bad])
+
+
+def test_merge_refuses_runs_of_another_darc_gap_and_reads_old_results_as_friction_low(transfer, tmp_path):
+    a = _write(transfer, tmp_path, "a.json", [_run(0, "darc_off", {"friction_low": {"target": [1]}})])
+    old = json.loads(a.read_text())
+    del old["config"]["darc_gap"]  # a result made before --darc-gap
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    b = _write(transfer, tmp_path, "b.json", [_run(1, "darc_off", {"physics_hard": {"target": [0]}})],
+               darc_gap="physics_hard")
+    with pytest.raises(ValueError, match="darc_gap"):
+        transfer.merge(_args(transfer, tmp_path), [a, b])
+    merged = transfer.merge(_args(transfer, tmp_path), [tmp_path / "old.json"])
+    assert merged["config"]["darc_gap"] == "friction_low"
+    assert merged["summary"]["darc_off"]["success"]["friction_low/target"]["per_seed"] == [1.0]
+
+
+def test_stage3_configs_carry_each_methods_gap_and_options(transfer, tmp_path):
+    args = _args(transfer, tmp_path, argv=["--smoke", "--darc-gap", "physics_hard"])
+    cfg = transfer.pipeline_config(args, 0)
+    base = tmp_path / "base"
+    c = {m: transfer.stage3_config(args, cfg, base, m, tmp_path / m) for m in ("dr", "dann", "darc_on", "darc_off")}
+    assert c["darc_on"].gap.name == c["darc_off"].gap.name == "physics_hard"
+    assert c["darc_on"].gap.target_transitions == 20  # the smoke's data size reaches the gap
+    assert c["darc_on"].transfer.darc.enabled and not c["darc_off"].transfer.darc.enabled
+    assert c["dann"].gap.name == "visual_textures" and c["dann"].transfer.dann.enabled
+    assert c["dr"].gap.name == "none" and c["dr"].checkpoint == str(base / "adapt" / "PressButton")
+    assert all(v.eval_randomization == "none" and v.output_dir == str(tmp_path / m) for m, v in c.items())
