@@ -2,7 +2,8 @@
 
 For each target task (``sim_envs.TARGET_TASKS``): 50 demonstrations, noisy with failures mixed in
 (``configs/data/target_noisy.yaml``: clean 0.2 / noisy std 0.4 / failing 0.3, state-only), offline pretraining,
-then online fine-tuning with physics randomization at level ``train`` (``configs/dr/train.yaml``). Every
+then online fine-tuning with physics randomization at level ``train`` (``configs/dr/train.yaml``; ``--dr none``: the
+same sim as the data). Every
 method gets the same budget (offline updates, online env steps at UTD 1, batch 256) and 3 seeds. Each run is
 stage 2 (:func:`robopretrain.train.run`, into ``<run>/offline``) then stage 3 (:func:`finetune.train.run`) on its
 checkpoint, two processes in parallel with one torch thread each; a rerun resumes finished/partial runs from their
@@ -59,9 +60,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--offline-steps", type=int, default=2000)
+    p.add_argument("--offline-eval-every", type=int, default=None,
+                   help="offline evaluation (success, Q vs returns-to-go) and checkpoint spacing in updates; "
+                        "default: once, at the end")
     p.add_argument("--online-steps", type=int, default=2500)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--dr", default="train", help="stage-3 randomization (configs/dr/<name>.yaml): train (default), none")
+    p.add_argument("--online-checkpoint-every", type=int, default=None,
+                   help="stage-3 checkpoint spacing in env steps (a killed run resumes from the last); default: the end")
     p.add_argument("--n-actions", type=int, default=4, help="CQL/Cal-QL sampled actions per state (PTR used 4)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
@@ -76,7 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="offline updates at which --diagnose measures Q and returns-to-go")
     p.add_argument("--diagnose-variants", nargs="+", default=list(DIAGNOSE_VARIANTS), help="names from DIAGNOSE_VARIANTS")
     p.add_argument("--diagnose-results", type=Path, default=DIAGNOSE_RESULTS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for key in ("offline_eval_every", "online_checkpoint_every"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            p.error(f"--{key.replace('_', '-')} {value}: expected >= 1")
+    return args
 
 
 def data_path(args: argparse.Namespace, task: str) -> Path:
@@ -107,18 +119,20 @@ def stage_configs(args: argparse.Namespace, task: str, method: str, seed: int) -
     algo = {"batch_size": args.batch_size, **({"n_actions": args.n_actions} if method in ("cql", "calql") else {}),
             **extra_algo}
     common = {"seed": seed, "num_threads": 1, **extra}
+    offline_every = args.offline_eval_every or args.offline_steps
     offline = compose("robopretrain", {"algo": method, "data": "target_noisy"}, {
         **common, "algo": algo, "output_dir": str(run_dir / "offline"),
         "data": {"path": str(data_path(args, task)), "collect": {"tasks": [task]}},
-        "train": {"steps": args.offline_steps, "checkpoint_every": args.offline_steps,
-                  "eval_every": args.offline_steps, "eval_episodes": args.eval_episodes, "progress": False}})
-    online = compose("finetune", {"algo": method, "dr": "train"}, {
+        "train": {"steps": args.offline_steps, "checkpoint_every": offline_every,
+                  "eval_every": offline_every, "eval_episodes": args.eval_episodes, "progress": False}})
+    online = compose("finetune", {"algo": method, "dr": args.dr}, {
         **common, "algo": algo, "output_dir": str(run_dir), "checkpoint": str(run_dir / "offline"), "target": task,
         "data": {"path": str(data_path(args, task))},
         # one env, in the learner's process: the loop the README's table was measured with (the stage-3 default
         # is 2 worker envs, which changes the episode order and so the numbers, not the method)
         "online": {"num_envs": 1, "env_steps": args.online_steps, "eval_every": args.eval_every,
-                   "eval_episodes": args.eval_episodes, "checkpoint_every": args.online_steps, "progress": False}})
+                   "eval_episodes": args.eval_episodes, "checkpoint_every": args.online_checkpoint_every
+                   or args.online_steps, "progress": False}})
     return offline, online
 
 
@@ -210,7 +224,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict[str, Any]], path: Path) -> None:
+def plot(runs: list[dict[str, Any]], path: Path, dr: str = "train") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,7 +242,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
             y = np.array([[h["eval/success"] for h in r["history"][:n]] for r in group])
             ax.plot(x, y.mean(0), marker="o", label=f"{method} (n={len(group)})")
             ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
-        ax.set_title(f"{task}: offline -> online (physics DR train)")
+        ax.set_title(f"{task}: offline -> online (stage-3 dr={dr})")
         ax.set_xlabel("online env steps (0 = end of offline pretraining)")
         ax.set_ylabel("eval success rate")
         ax.set_ylim(-0.05, 1.05)
@@ -413,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
                 save_results(args, runs)  # partial results survive an interrupted experiment
         print(f"all {len(runs)} runs in {time.perf_counter() - start:.0f} s", flush=True)
     summary = save_results(args, runs)
-    plot(runs, args.figure)
+    plot(runs, args.figure, args.dr)
     print(markdown_table(summary))
     print(f"\nresults: {args.results}\nfigure: {args.figure}")
 
