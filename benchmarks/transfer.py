@@ -30,7 +30,8 @@ a markdown table on stdout.
     python benchmarks/transfer.py --config-name testbed_combination --target CloseDrawerPressButton \
         --darc-gap physics_hard --work-dir outputs/transfer_cdpb --results benchmarks/results/transfer_cdpb.json
     python benchmarks/transfer.py --summarize-only                        # table and figure from the JSON
-    python benchmarks/transfer.py --seeds 1 --results r1.json &           # seeds in parallel processes, then
+    python benchmarks/transfer.py --jobs 2                                # seeds in parallel processes, merged
+    python benchmarks/transfer.py --seeds 1 --results r1.json &           # or by hand: one process per seed, then
     python benchmarks/transfer.py --merge r0.json r1.json r2.json         # one JSON (--results) from their runs
 """
 
@@ -98,9 +99,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=None)
     p.add_argument("--figure", type=Path, default=None)
     p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="seeds run at a time, each in its own process (its log <work>/seed<S>.log, its results "
+                        "<work>/results_seed<S>.json), merged into --results at the end")
     p.add_argument("--merge", nargs="*", type=Path, default=[],
                    help="results JSONs of separate processes (e.g. one per seed): their runs summarized into --results")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: expected >= 1")
     check_darc_gap(args.darc_gap)
     if args.smoke:
         args.config_name, args.target = "pipeline", args.target if args.target != "PressLitButton" else "PressButton"
@@ -435,9 +441,39 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     return {**summarize(args, merged), "merged_from": sources}  # "commit" is the merging checkout's; each file's here
 
 
+def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Each seed in its own ``python benchmarks/transfer.py`` process (``args.jobs`` at a time; the command line
+    ``argv`` with that seed, its own results file and one job), then their results merged (:func:`merge`). Raises
+    ``RuntimeError`` naming the logs of seeds whose process failed (the others' results are kept on disk)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+
+    def one(seed: int) -> tuple[int, Path, int]:
+        results, log = args.work_dir / f"results_seed{seed}.json", args.work_dir / f"seed{seed}.log"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--seeds", str(seed), "--results", str(results),
+               "--figure", str(args.work_dir / f"transfer_seed{seed}.png"), "--jobs", "1"]
+        print(f"[transfer] seed {seed}: {' '.join(cmd[1:])} > {log}", flush=True)
+        with open(log, "a") as f:
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+        return seed, results, code
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = list(pool.map(one, args.seeds))
+    failed = [seed for seed, _, code in done if code != 0]
+    if failed:
+        raise RuntimeError("transfer: seed(s) " + ", ".join(map(str, failed)) + " failed; see " +
+                           ", ".join(str(args.work_dir / f"seed{s}.log") for s in failed))
+    return merge(args, [results for _, results, _ in done])
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.merge:
+    if args.jobs > 1 and len(args.seeds) > 1 and not (args.merge or args.summarize_only):
+        result = run_parallel(args, argv)
+        write_json_atomic(args.results, result)
+    elif args.merge:
         result = merge(args, args.merge)
         write_json_atomic(args.results, result)
     elif args.summarize_only:

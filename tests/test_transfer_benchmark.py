@@ -150,3 +150,39 @@ def test_stage3_configs_carry_each_methods_gap_and_options(transfer, tmp_path):
     assert c["dann"].gap.name == "visual_textures" and c["dann"].transfer.dann.enabled
     assert c["dr"].gap.name == "none" and c["dr"].checkpoint == str(base / "adapt" / "PressButton")
     assert all(v.eval_randomization == "none" and v.output_dir == str(tmp_path / m) for m, v in c.items())
+
+
+def test_jobs_runs_each_seed_in_its_own_process_and_merges_them(transfer, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    class Done:
+        def __init__(self, code):
+            self.returncode = code
+
+    real_run = transfer.subprocess.run
+
+    def fake_run(cmd, stdout=None, stderr=None, cwd=None, **kw):
+        if cmd[0] == "git":  # the summary's commit
+            return real_run(cmd, stdout=stdout, stderr=stderr, cwd=cwd, **kw)
+        child = transfer.parse_args(cmd[2:])
+        calls.append((child.seeds, child.jobs, child.darc_gap, child.results))
+        if child.seeds == [2] and fail:
+            return Done(1)
+        outcome = [1, 0] if child.seeds == [0] else [1, 1]
+        child.results.write_text(json.dumps(transfer.summarize(child, [
+            _run(child.seeds[0], "darc_off", {"physics_hard": {"target": outcome}})])))
+        return Done(0)
+
+    monkeypatch.setattr(transfer.subprocess, "run", fake_run)
+    argv = ["--work-dir", str(tmp_path), "--results", str(tmp_path / "all.json"), "--figure", str(tmp_path / "f.png"),
+            "--seeds", "0", "1", "--jobs", "2", "--darc-gap", "physics_hard", "--methods", "darc_off"]
+    fail = False
+    transfer.main(argv)
+    assert sorted(c[0] for c in calls) == [[0], [1]] and all(c[1:3] == (1, "physics_hard") for c in calls)
+    assert {c[3] for c in calls} == {tmp_path / "results_seed0.json", tmp_path / "results_seed1.json"}
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged["summary"]["darc_off"]["success"]["physics_hard/target"]["per_seed"] == [0.5, 1.0]
+    assert [m["file"] for m in merged["merged_from"]] == ["results_seed0.json", "results_seed1.json"]
+    fail = True
+    with pytest.raises(RuntimeError, match=r"seed\(s\) 2 failed; see .*seed2.log"):
+        transfer.main([*argv, "--seeds", "1", "2"])
