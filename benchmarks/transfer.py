@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="evaluation worker processes")
     p.add_argument("--target-frames", type=int, default=None, help="override the gaps' target_frames")
     p.add_argument("--target-transitions", type=int, default=None, help="override the gaps' target_transitions")
+    p.add_argument("--epopt-warmup-batches", type=int, default=None,
+                   help="EPOpt's warm-up batches (default: transfer.epopt's, 2); amendment 3: 1 on targets whose "
+                        "long episodes leave no batch after a warm-up of 2")
     p.add_argument("--darc-gap", default="friction_low",
                    help="the dynamics gap of darc_off / darc_on (configs/gap/<name>.yaml: kind physics, source the "
                         "nominal sim, target transitions > 0)")
@@ -107,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: expected >= 1")
+    if args.epopt_warmup_batches is not None and args.epopt_warmup_batches < 0:
+        p.error(f"--epopt-warmup-batches {args.epopt_warmup_batches}: expected >= 0")
     check_darc_gap(args.darc_gap)
     if args.smoke:
         args.config_name, args.target = "pipeline", args.target if args.target != "PressLitButton" else "PressButton"
@@ -184,6 +189,8 @@ def transfer_overrides(args: argparse.Namespace, method: str) -> dict[str, Any]:
         for key, extra in SMOKE_TRANSFER.items():
             if key in out:
                 out[key].update(extra)
+    if "epopt" in out and args.epopt_warmup_batches is not None:
+        out["epopt"]["warmup_batches"] = int(args.epopt_warmup_batches)
     return out
 
 
@@ -229,6 +236,27 @@ def run_base(cfg: Any, base: Path) -> None:
         print(f"[transfer] {base.parent.name}/base/{stage} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def check_finished_run(out: Path, wanted: Any) -> None:
+    """Raises ``ValueError`` when ``out`` holds a finished stage-3 run made with another gap or other transfer
+    options than ``wanted`` (it would be reused silently: a finished run is skipped). Nothing to check when the
+    run is not finished."""
+    from omegaconf import OmegaConf
+
+    from robopretrain import pipeline as P
+    from robopretrain.checkpoint import load_latest
+
+    if not P.is_done(out):
+        return
+    latest = load_latest(out / "checkpoints", with_state=False)
+    saved = OmegaConf.load(latest.path / "config.yaml") if latest is not None else None
+    for key in ("gap", "transfer"):
+        have = OmegaConf.to_container(saved[key]) if saved is not None and key in saved else None
+        want = OmegaConf.to_container(wanted[key])
+        if have != want:
+            raise ValueError(f"{out}: a finished run made with {key}={have}, not {want}; use another --work-dir "
+                             "or move that run away")
+
+
 def run_stage3(args: argparse.Namespace, cfg: Any, base: Path, method: str, folder: Path) -> dict[str, Any]:
     """One method's stage-3 run (skipped when ``done.json`` exists); its final row and last classifier metrics."""
     import torch
@@ -238,6 +266,7 @@ def run_stage3(args: argparse.Namespace, cfg: Any, base: Path, method: str, fold
     from robopretrain.metrics import read_jsonl
 
     out = folder / "stage3"
+    check_finished_run(out, stage3_config(args, cfg, base, method, out))
     if not P.is_done(out):
         torch.manual_seed(int(cfg.seed) + P.STAGES.index("stage3"))
         np.random.seed(int(cfg.seed) + P.STAGES.index("stage3"))
@@ -345,7 +374,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
             "config": {"config_name": args.config_name, "target": args.target, "seeds": args.seeds,
                        "methods": args.methods, "episodes": args.episodes, "overrides": args.overrides,
                        "target_frames": args.target_frames, "target_transitions": args.target_transitions,
-                       "darc_gap": args.darc_gap},
+                       "darc_gap": args.darc_gap, "epopt_warmup_batches": args.epopt_warmup_batches},
             "summary": summary, "runs": runs}
 
 
@@ -410,12 +439,14 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     runs: dict[tuple[int, str], dict[str, Any]] = {}
     sources: list[dict[str, Any]] = []
     first: dict[str, Any] | None = None
-    same = ("config_name", "target", "episodes", "overrides", "target_frames", "target_transitions", "darc_gap")
+    same = ("config_name", "target", "episodes", "overrides", "target_frames", "target_transitions", "darc_gap",
+            "epopt_warmup_batches")
     for path in paths:
         result = json.loads(Path(path).read_text())
         if result.get("smoke") != bool(args.smoke):
             raise ValueError(f"{path}: smoke={result.get('smoke')} cannot be merged into a smoke={args.smoke} result")
         result["config"].setdefault("darc_gap", "friction_low")  # results made before --darc-gap existed
+        result["config"].setdefault("epopt_warmup_batches", None)  # and before --epopt-warmup-batches
         if first is None:
             first = result["config"]
         elif any(result["config"].get(k) != first.get(k) for k in same):
@@ -436,6 +467,7 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     args.config_name, args.target, args.episodes = first["config_name"], first["target"], first["episodes"]
     args.overrides, args.target_frames = first["overrides"], first["target_frames"]
     args.target_transitions, args.darc_gap = first["target_transitions"], first["darc_gap"]
+    args.epopt_warmup_batches = first["epopt_warmup_batches"]
     args.seeds = sorted({k[0] for k in runs})
     args.methods = [m for m in order if any(k[1] == m for k in runs)]
     return {**summarize(args, merged), "merged_from": sources}  # "commit" is the merging checkout's; each file's here

@@ -186,3 +186,25 @@ def test_jobs_runs_each_seed_in_its_own_process_and_merges_them(transfer, tmp_pa
     fail = True
     with pytest.raises(RuntimeError, match=r"seed\(s\) 2 failed; see .*seed2.log"):
         transfer.main([*argv, "--seeds", "1", "2"])
+
+
+def test_epopt_warmup_option_reaches_only_epopt_and_a_finished_run_of_other_options_is_refused(transfer, tmp_path):
+    import torch
+
+    from robopretrain.checkpoint import save_checkpoint
+
+    args = _args(transfer, tmp_path, argv=["--smoke", "--epopt-warmup-batches", "0"])
+    assert transfer.transfer_overrides(args, "epopt")["epopt"]["warmup_batches"] == 0  # the option beats the smoke's 1
+    assert "epopt" not in transfer.transfer_overrides(args, "dann")
+    cfg = transfer.pipeline_config(args, 0)
+    out = tmp_path / "seed0" / "epopt" / "stage3"
+    made = transfer.stage3_config(args, cfg, tmp_path / "base", "epopt", out)
+    transfer.check_finished_run(out, made)  # nothing there yet: nothing to check
+    save_checkpoint(out / "checkpoints", 10, made, {"w": torch.zeros(1)}, {})
+    (out / "done.json").write_text("{}")
+    transfer.check_finished_run(out, made)  # the same options: reused
+    other = transfer.stage3_config(_args(transfer, tmp_path, argv=["--smoke"]), cfg, tmp_path / "base", "epopt", out)
+    with pytest.raises(ValueError, match="a finished run made with transfer="):
+        transfer.check_finished_run(out, other)
+    with pytest.raises(ValueError, match="a finished run made with gap="):
+        transfer.check_finished_run(out, transfer.stage3_config(args, cfg, tmp_path / "base", "dann", out))
