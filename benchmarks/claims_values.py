@@ -158,10 +158,8 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             if untrained:
                 strongest = max(untrained, key=lambda lab: summary["rows"][lab]["spearman"])
                 summary["verdict"] = {"against": strongest, **summary["differences"][strongest]}
-    for run, record in runs.items():
-        if run.startswith("base_seed"):
-            continue
-        rows = record["robot"]
+    def trajectory_rows(rows: dict[str, Any]) -> dict[str, Any]:
+        """ICVF, its features and raw pixels of one run, intervals over its trajectories only."""
         entry: dict[str, Any] = {}
         for lab in (ICVF, "ICVF:features", PIXELS):
             if lab in rows:
@@ -169,6 +167,20 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 entry[lab] = {"spearman": float(np.mean(rows[lab]["spearman"])), "ci": [lo, hi],
                               "increasing": float(np.mean(rows[lab]["increasing"])),
                               "value_range": float(np.mean(rows[lab]["value_range"]))}
+        return entry
+
+    # the protocol's reference for the sweeps: the seed-0 base run, read the same way (trajectories only)
+    reference = trajectory_rows(runs[BASE0]["robot"]).get(ICVF) if BASE0 in runs else None
+    if reference is not None:
+        summary["sweep_reference"] = {"run": BASE0, **reference}
+    for run, record in runs.items():
+        if run.startswith("base_seed"):
+            continue
+        entry = trajectory_rows(record["robot"])
+        if reference is not None and ICVF in entry:  # "moves" only where the intervals do not overlap
+            lo, hi = entry[ICVF]["ci"]
+            entry[ICVF]["moves"] = ("up" if lo > reference["ci"][1] else "down" if hi < reference["ci"][0]
+                                    else "no")
         for steps, b in (record.get("icvf_budgets") or {}).items():
             entry[f"{ICVF} @ {steps} steps"] = {"spearman": b["robot"]["value"]["spearman"], "ci": None,
                                                 "increasing": b["robot"]["value"]["increasing"],
@@ -194,13 +206,18 @@ def table(summary: dict[str, Any]) -> str:
         lines += ["", f"Claim 1 verdict (ICVF value vs {v['against']}, the stronger untrained baseline): "
                       f"**{v['verdict']}** ({v['difference']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}])"]
     if summary["sweeps"]:
-        lines += ["", "Sweeps (seed 0, one change each; interval over trajectories only)", "",
-                  "| run | row | rho | 95% interval | frac. increasing | value range |", "|---|---|---|---|---|---|"]
+        lines += ["", "Sweeps (seed 0, one change each; interval over trajectories only; 'moves': the ICVF interval "
+                      "does not overlap the seed-0 base run's)", "",
+                  "| run | row | rho | 95% interval | frac. increasing | value range | moves |", "|---|---|---|---|---|---|---|"]
+        ref = summary.get("sweep_reference")
+        if ref:
+            lines.append(f"| {ref['run']} (reference) | {ICVF} | {ref['spearman']:.3f} | [{ref['ci'][0]:.3f}, "
+                         f"{ref['ci'][1]:.3f}] | {ref['increasing']:.3f} | {ref['value_range']:.3g} | |")
         for run, entry in summary["sweeps"].items():
             for lab, r in entry.items():
                 ci = f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" if r["ci"] else "n/a"
                 lines.append(f"| {run} | {lab} | {r['spearman']:.3f} | {ci} | {r['increasing']:.3f} | "
-                             f"{r['value_range']:.3g} |")
+                             f"{r['value_range']:.3g} | {r.get('moves', '')} |")
     return "\n".join(lines)
 
 

@@ -59,8 +59,14 @@ def test_summary_means_per_seed_and_verdict_against_the_stronger_untrained_row(c
     sweep = s["sweeps"]["lr_1e-3"]["ICVF"]
     assert sweep["spearman"] == pytest.approx(0.8) and sweep["ci"][0] <= 0.8 <= sweep["ci"][1]
     assert "base_seed0" not in s["sweeps"]
+    assert s["sweep_reference"]["run"] == "base_seed0" and s["sweep_reference"]["spearman"] == pytest.approx(0.2)
+    assert sweep["moves"] == "up" and "moves" not in s["sweeps"]["lr_1e-3"]["raw pixels"]  # [0.7, 0.9] vs [0, 0.4]
     text = cv.table(s)
     assert "| ICVF | 0.250 |" in text and "**reversed**" in text and "| lr_1e-3 | ICVF | 0.800 |" in text
+    assert "| base_seed0 (reference) | ICVF | 0.200 |" in text and text.count("| up |") == 1
+    for rhos, moves in (([0.1, 0.3], "no"), ([-0.5, -0.6, -0.7], "down")):
+        runs["lr_1e-4"] = _record({"ICVF": rhos})
+        assert cv.summarize(runs)["sweeps"]["lr_1e-4"]["ICVF"]["moves"] == moves
 
 
 def test_each_sweep_run_gets_its_one_change_and_its_data(cv, tmp_path):
