@@ -16,6 +16,7 @@ critic converged; per task the differences of the protocol with their intervals 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -216,8 +217,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import json
-
     args = parse_args(argv)
     if not args.summarize_only:
         import offline_to_online  # benchmarks/offline_to_online.py: the runs themselves

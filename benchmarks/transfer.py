@@ -266,12 +266,13 @@ def run_stage3(args: argparse.Namespace, cfg: Any, base: Path, method: str, fold
     from robopretrain.metrics import read_jsonl
 
     out = folder / "stage3"
-    check_finished_run(out, stage3_config(args, cfg, base, method, out))
+    config = stage3_config(args, cfg, base, method, out)
+    check_finished_run(out, config)
     if not P.is_done(out):
         torch.manual_seed(int(cfg.seed) + P.STAGES.index("stage3"))
         np.random.seed(int(cfg.seed) + P.STAGES.index("stage3"))
         start = time.perf_counter()
-        res = run(stage3_config(args, cfg, base, method, out))
+        res = run(config)
         P.write_json(out / P.DONE, {"final": res["history"][-1], "seconds": time.perf_counter() - start})
         print(f"[transfer] {folder.parent.name}/{folder.name}: stage 3 in {time.perf_counter() - start:.0f} s", flush=True)
     done = P.read_json(out / P.DONE)
