@@ -308,3 +308,22 @@ def test_calql_requires_returns_to_go_but_cql_does_not():
     with pytest.raises(KeyError, match="mc_returns"):
         make_agent("calql", 3, 2, small).update(batch)
     assert math.isfinite(make_agent("cql", 3, 2, small).update(batch)["critic_loss"])
+
+
+def test_q_outside_returns_counts_data_q_beyond_what_any_sparse_episode_can_return():
+    """Q(s, a_data) below (r_lo / (1 - gamma)) or above (r_hi / (1 - gamma)) is extrapolation: the metric is the
+    share of (critic, sample) values outside [-500, 500] at Cal-QL's reward transform; with a dense reward no range."""
+    agent = CQL(3, 2, CQLConfig(actor_hidden=(16,), critic_hidden=(16,), n_actions=2, use_calql=True))
+    assert agent.return_range == pytest.approx((-500.0, 500.0))
+    with torch.no_grad():
+        agent.critic.head.weight.zero_()
+        agent.critic.head.bias.fill_(-600.0)
+        agent.critic.head.bias[0] = -100.0  # member 0 inside, member 1 outside
+    metrics = agent.update(_batch(), with_metrics=True)
+    assert metrics["q_outside_returns"] == pytest.approx(0.5)
+    assert metrics["q_data_min"] == pytest.approx(-600.0)
+    with torch.no_grad():
+        agent.critic.head.weight.zero_()
+        agent.critic.head.bias.fill_(501.0)
+    assert agent.update(_batch(), with_metrics=True)["q_outside_returns"] == pytest.approx(1.0)
+    assert CQL(3, 2, CQLConfig(actor_hidden=(16,), critic_hidden=(16,), sparse_reward=False)).return_range is None

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from robopretrain.data.returns import (
+    sparse_return_range,
     episode_returns_to_go,
     episode_starts,
     returns_to_go,
@@ -143,3 +144,14 @@ def test_obs_dict_against_an_array_is_refused():
         episode_starts(2, obs=obs, next_obs=np.zeros((2, 1)))
     with pytest.raises(ValueError, match="both be arrays or dicts with the same keys"):
         episode_starts(2, obs=obs, next_obs={"b": np.zeros((2, 1))})
+
+
+def test_sparse_return_range_bounds_every_episode_the_transform_allows():
+    # Cal-QL's r * 10 - 5 at 0.99: failing forever gives -500, succeeding forever (no terminal) +500
+    assert sparse_return_range(10.0, -5.0, 0.99) == pytest.approx((-500.0, 500.0))
+    # rewards in {0, 1} untransformed: [0, 100]; all-negative {-1, 0} (OGBench): [-100, 0]
+    assert sparse_return_range(1.0, 0.0, 0.99) == pytest.approx((0.0, 100.0))
+    assert sparse_return_range(1.0, -1.0, 0.9) == pytest.approx((-10.0, 0.0))
+    # a negative scale swaps the ends; no bound at discount 1
+    assert sparse_return_range(-2.0, 0.0, 0.5) == pytest.approx((-4.0, 0.0))
+    assert sparse_return_range(10.0, -5.0, 1.0) == (-float("inf"), float("inf"))

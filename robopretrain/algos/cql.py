@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from robopretrain.algos.base import OfflineAlgorithm, require_keys
-from robopretrain.data.returns import never_succeeds_return
+from robopretrain.data.returns import never_succeeds_return, sparse_return_range
 from robopretrain.nets.actor import TanhGaussianActor, squashed_gaussian_log_prob, squashed_gaussian_sample
 from robopretrain.nets.critic import EnsembleCritic
 
@@ -283,6 +283,9 @@ class CQL(OfflineAlgorithm):
                              f"reward_bias / (1 - discount)), got discount={cfg.discount}")
         self.never_succeeds_return = never_succeeds_return(float(cfg.reward_scale), float(cfg.reward_bias),
                                                            float(cfg.discount))
+        # the returns a sparse-reward episode can have: Q(s, a) outside them is logged (q_outside_returns)
+        self.return_range = (sparse_return_range(float(cfg.reward_scale), float(cfg.reward_bias), float(cfg.discount))
+                             if cfg.sparse_reward else None)
         self.bc_phase = int(cfg.bc_steps) > 0  # whether the coming update is a BC warm-start one (set per update)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device)
@@ -449,6 +452,10 @@ class CQL(OfflineAlgorithm):
                 metrics["mc_return"] = batch["mc_returns"].mean()
                 metrics["bound_rate_cur"] = (q_cur < mc).float().mean()
                 metrics["bound_rate_next"] = (q_next < mc).float().mean()
+            if self.return_range is not None:  # extrapolated values: the share of Q(s, a_data) no return can have
+                low, high = self.return_range
+                metrics["q_data_min"] = q_data.min()
+                metrics["q_outside_returns"] = ((q_data < low) | (q_data > high)).float().mean()
             metrics = {k: v.detach() for k, v in metrics.items()}
         return losses, metrics
 

@@ -43,6 +43,17 @@ def never_succeeds_return(scale: float, bias: float, discount: float) -> float:
     return sparse_negative_reward(scale, bias) / (1.0 - discount)
 
 
+def sparse_return_range(scale: float, bias: float, discount: float) -> tuple[float, float]:
+    """The discounted returns any sparse {0, 1}-reward episode can have after the transform ``r * scale + bias``:
+    every step's reward lies in ``[r_lo, r_hi]`` (the transformed 0 and 1), so a return lies in
+    ``[min(0, r_lo) / (1 - discount), max(0, r_hi) / (1 - discount)]`` (Cal-QL's ``r * 10 - 5`` at discount 0.99:
+    [-500, 500]). A Q-value outside it is extrapolation, not value. ``(-inf, inf)`` at ``discount >= 1``."""
+    if discount >= 1.0:
+        return -float("inf"), float("inf")
+    lo, hi = sorted((sparse_negative_reward(scale, bias), sparse_negative_reward(scale, bias, 1.0)))
+    return min(0.0, lo) / (1.0 - discount), max(0.0, hi) / (1.0 - discount)
+
+
 def unrewarded_successes(rewards: np.ndarray, ep_meta: Sequence[Mapping[str, Any]]) -> int:
     """How many episodes ``ep_meta`` marks successful (``"success": true``) when the raw ``rewards`` ``(N,)`` carry no
     success signal at all (one constant, never positive: a recorder that never wrote the success reward); 0 when the
