@@ -1,6 +1,5 @@
 """CQL / Cal-QL losses against hand-computed values, the fused update, checkpoints and a tiny bandit."""
 
-import io
 import math
 
 import numpy as np
