@@ -243,6 +243,7 @@ def main(cfg: DictConfig) -> None:
 def cli_main() -> None:
     """``python -m robopretrain.train`` and its console script: one-line config errors, then Hydra."""
     run_hydra(main, "robopretrain")
+    dist_utils.exit_finished_worker()  # a torchrun worker whose run returned: exit 0 now (see its docstring)
 
 
 if __name__ == "__main__":

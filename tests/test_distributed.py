@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from _compare import write_sliding_square_videos
@@ -127,6 +128,7 @@ def test_stage2_two_gloo_ranks_stay_identical_and_resume_exactly(tmp_path):
 
 AVERAGING_SCRIPT = r'''
 import json, os, sys
+import pytest
 import torch
 from robopretrain.agent_parallel import agent_replica_max_abs_diff, average_gradients
 from robopretrain.algos import make_agent
@@ -206,3 +208,23 @@ def test_gradient_averaging_equals_one_process_on_the_whole_batch(tmp_path):
     for name in ("bc", "iql", "bc_camera"):
         assert out[name]["replica_diff"] == 0.0, name
         assert out[name]["vs_full_batch"] < 1e-5, (name, out[name])
+
+
+EXIT_SCRIPT = r'''
+import atexit, os, sys
+from robopretrain.distributed import exit_finished_worker
+atexit.register(lambda: os._exit(3))  # stands for a teardown that aborts (gloo's threads at interpreter exit)
+sys.stdout.write("written before the exit")  # no newline: only an explicit flush gets it out
+exit_finished_worker()
+'''
+
+
+@pytest.mark.parametrize("world, code", [("2", 0), ("1", 3)])
+def test_a_finished_torchrun_worker_exits_0_before_teardown_with_its_output_flushed(world, code):
+    """Under torchrun the CLIs end a worker whose run returned without the interpreter's teardown (where gloo can
+    abort it after the work is done); without torchrun the process exits normally (here: the aborting handler)."""
+    env = {**os.environ, "WORLD_SIZE": world}
+    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert proc.stdout == "written before the exit"

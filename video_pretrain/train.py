@@ -537,6 +537,7 @@ def main(cfg: DictConfig) -> None:
 def cli_main() -> None:
     """``python -m video_pretrain.train`` and its console script: one-line config errors, then Hydra."""
     run_hydra(main, "video_pretrain")
+    dist_utils.exit_finished_worker()  # a torchrun worker whose run returned: exit 0 now (see its docstring)
 
 
 if __name__ == "__main__":
