@@ -3,6 +3,8 @@
     python benchmarks/claims.py calibration --jobs 2          # every run of the protocol (resumable)
     python benchmarks/claims.py calibration --tasks OpenDoorRight --seeds 0
     python benchmarks/claims.py calibration --summarize-only  # tables and plot from the saved JSONs
+    python benchmarks/claims.py calibration --critic-layer-norm --tasks CloseDrawerPressButton --methods calql
+    #   amendment 1: Cal-QL with LayerNorm critics, its own JSONs, compared with the plain runs
 
 Protocol: ``benchmarks/protocols/claims_calibration.md``. The runs are ``benchmarks/offline_to_online.py``'s (stage 2
 on a task's noisy state data, then stage 3 with the same algorithm), with the protocol's budgets (:data:`SETTINGS`);
@@ -34,6 +36,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "claims_calibration.json"
 RUNS = ROOT / "benchmarks" / "results" / "claims_calibration_runs.json"
 PLOT = ROOT / "docs" / "claims_calibration.png"
 PROTOCOL = "benchmarks/protocols/claims_calibration.md"
+# amendment 1: Cal-QL with LayerNorm critics, compared with the plain runs above
+LN_RUNS = ROOT / "benchmarks" / "results" / "claims_calibration_ln_runs.json"
+LN_RESULTS = ROOT / "benchmarks" / "results" / "claims_calibration_ln.json"
+LN_EXTRA = ("algo.critic_layer_norm=true",)
 TASKS = ("OpenDoorRight", "CloseDrawerPressButton")
 METHODS = ("cql", "calql", "iql")
 SEEDS = (0, 1, 2)
@@ -48,13 +54,37 @@ COMPARISONS = (("cql", "calql", "dip"), ("cql", "calql", "regret"), ("iql", "cal
 
 
 def runs_argv(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int], jobs: int, work: Path,
-              runs_json: Path, figure: Path) -> list[str]:
-    """The ``benchmarks/offline_to_online.py`` command line of the protocol's runs."""
+              runs_json: Path, figure: Path, extra: Sequence[str] = ()) -> list[str]:
+    """The ``benchmarks/offline_to_online.py`` command line of the protocol's runs (``extra``: Hydra overrides of
+    every run, amendment 1's LayerNorm arm)."""
     argv = ["--tasks", *tasks, "--methods", *methods, "--seeds", *map(str, seeds), "--workers", str(jobs),
             "--work-dir", str(work), "--results", str(runs_json), "--figure", str(figure)]
     for key, value in SETTINGS.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
+    if extra:
+        argv += ["--extra", *extra]
     return argv
+
+
+def against_plain(variant: dict[str, Any], plain: dict[str, Any]) -> list[dict[str, Any]]:
+    """Amendment 1: per task and method of the ``variant`` summary (:func:`summarize` of its runs), the dip and the
+    regret of the variant - the plain runs' (:func:`summarize` of the protocol's runs), difference of means over
+    seeds with its 95% bootstrap interval; "helps" when the regret difference's interval lies below 0."""
+    out = []
+    for task, entry in variant.items():
+        for method, mine in entry["methods"].items():
+            base = plain.get(task, {}).get("methods", {}).get(method)
+            if base is None:
+                continue
+            row: dict[str, Any] = {"task": task, "method": method, "seeds": mine["seeds"], "plain_seeds": base["seeds"]}
+            for metric in ("dip", "regret"):
+                a = [[mine["per_seed"][s][metric]] for s in mine["seeds"]]
+                b = [[base["per_seed"][s][metric]] for s in base["seeds"]]
+                d, lo, hi = difference_ci(a, b)
+                row[metric] = {"difference": d, "ci": [lo, hi]}
+            row["helps"] = bool(row["regret"]["ci"][1] < 0)
+            out.append(row)
+    return out
 
 
 def merge_runs(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -205,14 +235,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each one torch thread)")
-    p.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "claims_calibration")
-    p.add_argument("--runs-json", type=Path, default=RUNS)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--plot", type=Path, default=PLOT)
+    p.add_argument("--critic-layer-norm", action="store_true",
+                   help="amendment 1's arm: the runs with LayerNorm critics (their own work dir and JSONs), "
+                        "compared with the plain runs of --plain-runs-json")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="default outputs/claims_calibration (outputs/claims_calibration_ln with --critic-layer-norm)")
+    p.add_argument("--runs-json", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--plain-runs-json", type=Path, default=RUNS, help="the plain runs (with --critic-layer-norm)")
     p.add_argument("--summarize-only", action="store_true")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: expected >= 1")
+    ln = args.critic_layer_norm
+    args.work_dir = args.work_dir or ROOT / "outputs" / ("claims_calibration_ln" if ln else "claims_calibration")
+    args.runs_json = args.runs_json or (LN_RUNS if ln else RUNS)
+    args.out = args.out or (LN_RESULTS if ln else RESULTS)
+    args.plot = args.plot or (args.work_dir / "claims_calibration_ln.png" if ln else PLOT)
     return args
 
 
@@ -223,14 +263,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         latest = args.work_dir / "offline_to_online.json"  # this invocation's runs (a finished run returns at once)
         offline_to_online.main(runs_argv(args.tasks, args.methods, args.seeds, args.jobs, args.work_dir, latest,
-                                         args.work_dir / "offline_to_online.png"))
+                                         args.work_dir / "offline_to_online.png",
+                                         LN_EXTRA if args.critic_layer_norm else ()))
         old = json.loads(args.runs_json.read_text())["runs"] if args.runs_json.is_file() else []
         write_json_atomic(args.runs_json, {"protocol": PROTOCOL, "settings": SETTINGS,
+                                           "extra": list(LN_EXTRA) if args.critic_layer_norm else [],
                                            "runs": merge_runs(old, json.loads(latest.read_text())["runs"])})
     runs = json.loads(args.runs_json.read_text())["runs"]
     summary = summarize(runs)
     result = {"claim": 4, "protocol": PROTOCOL, "commit": git_commit(ROOT), "cpu": cpu_model(), "settings": SETTINGS,
               "dip_window": DIP_WINDOW, "runs_json": str(args.runs_json), "summary": summary}
+    if args.critic_layer_norm:
+        result["extra"] = list(LN_EXTRA)
+        result["against_plain"] = against_plain(summary, summarize(json.loads(args.plain_runs_json.read_text())["runs"]))
+        for row in result["against_plain"]:
+            print(f"{row['task']} {row['method']} + LayerNorm - plain ({len(row['seeds'])} / {len(row['plain_seeds'])}"
+                  f" seeds): dip {row['dip']['difference']:+.2f} [{row['dip']['ci'][0]:+.2f}, "
+                  f"{row['dip']['ci'][1]:+.2f}], regret {row['regret']['difference']:+.2f} [{row['regret']['ci'][0]:+.2f},"
+                  f" {row['regret']['ci'][1]:+.2f}]{' (helps)' if row['helps'] else ''}")
     write_json_atomic(args.out, result)
     print(table(summary))
     drawn = plot(summary, args.plot)

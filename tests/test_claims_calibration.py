@@ -114,3 +114,27 @@ def test_runs_of_earlier_invocations_are_kept_and_finished_runs_keep_their_first
     assert "--dr" in calls[0] and calls[0][calls[0].index("--dr") + 1] == "none"
     resumed = dict(_run("OpenDoorRight", "cql", 0, [0.5, 0.7]), wall_s=7.0)
     assert cc.merge_runs(runs, [resumed])[0]["wall_s"] == 7.0  # other evaluations: the new run replaces it
+
+
+def test_the_layer_norm_arm_reaches_both_stages_and_is_compared_with_the_plain_runs(cc, o2o, tmp_path, monkeypatch):
+    """Amendment 1: --critic-layer-norm runs with LayerNorm critics in stages 2 and 3, into its own JSONs, and its
+    dip / regret are differences against the plain runs (variant - plain), per seed of each."""
+    args = cc.parse_args(["--critic-layer-norm"])
+    assert args.runs_json == cc.LN_RUNS and args.out == cc.LN_RESULTS and args.work_dir.name == "claims_calibration_ln"
+    assert cc.parse_args([]).runs_json == cc.RUNS
+    argv = cc.runs_argv(["CloseDrawerPressButton"], ["calql"], [0], 1, tmp_path, tmp_path / "r.json",
+                        tmp_path / "f.png", cc.LN_EXTRA)
+    offline, online = o2o.stage_configs(o2o.parse_args(argv), "CloseDrawerPressButton", "calql", 0)
+    assert offline.algo.critic_layer_norm is True and online.algo.critic_layer_norm is True
+    plain_args = o2o.parse_args(cc.runs_argv(["CloseDrawerPressButton"], ["calql"], [0], 1, tmp_path,
+                                             tmp_path / "r.json", tmp_path / "f.png"))
+    assert o2o.stage_configs(plain_args, "CloseDrawerPressButton", "calql", 0)[0].algo.critic_layer_norm is False
+
+    monkeypatch.setattr(cc, "DIP_WINDOW", 1000)
+    plain = [_run("CloseDrawerPressButton", "calql", s, [0.6, 0.1, 0.2, 0.3, 0.4]) for s in (0, 1, 2)]  # dip 0.5
+    ln = [_run("CloseDrawerPressButton", "calql", s, [0.6, 0.5, 0.6, 0.7, 0.8]) for s in (0, 1)]  # dip 0.1
+    rows = cc.against_plain(cc.summarize(ln, online_steps=2000), cc.summarize(plain, online_steps=2000))
+    assert len(rows) == 1 and rows[0]["seeds"] == [0, 1] and rows[0]["plain_seeds"] == [0, 1, 2]
+    assert rows[0]["dip"]["difference"] == pytest.approx(0.1 - 0.5)
+    assert rows[0]["regret"]["difference"] == pytest.approx((1 - 3.2 / 5) - (1 - 1.6 / 5))
+    assert rows[0]["helps"] is True
