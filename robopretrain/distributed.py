@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -94,8 +95,6 @@ def exit_finished_worker() -> None:
     process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch PR 179291 describes it), which
     torchrun reports as a failed job after the work succeeded. Seen on the 2-core CPUs here about once in tens of runs.
     Without torchrun this returns and the process exits normally."""
-    import sys
-
     if env_world()[1] <= 1:
         return
     for stream in (sys.stdout, sys.stderr):

@@ -128,7 +128,6 @@ def test_stage2_two_gloo_ranks_stay_identical_and_resume_exactly(tmp_path):
 
 AVERAGING_SCRIPT = r'''
 import json, os, sys
-import pytest
 import torch
 from robopretrain.agent_parallel import agent_replica_max_abs_diff, average_gradients
 from robopretrain.algos import make_agent

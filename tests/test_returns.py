@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from robopretrain.data.returns import (
-    sparse_return_range,
     episode_returns_to_go,
     episode_starts,
     returns_to_go,
     scale_rewards,
     sparse_negative_reward,
+    sparse_return_range,
 )
 
 
