@@ -81,7 +81,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "returns": ("robopretrain/data/returns.py", ["tests/test_returns.py", "tests/test_stage2_data_wiring.py",
                                                  "tests/test_wiring.py"]),
     "replay": ("robopretrain/data/replay.py", ["tests/test_replay.py", "tests/test_stage2_data_wiring.py",
-                                               "tests/test_wiring.py"]),
+                                               "tests/test_wiring.py", "tests/test_dataset.py::"
+                                               "test_from_transitions_builds_what_the_file_loader_builds_and_warns_"
+                                               "on_unrewarded_successes"]),
     "dataset": ("robopretrain/data/dataset.py", ["tests/test_dataset.py", "tests/test_stage2_data_wiring.py",
                                                  "tests/test_wiring.py", "tests/test_disk_dataset.py"]),
     "icvf": ("video_pretrain/objectives/icvf.py", ["tests/test_objectives.py"]),
@@ -108,7 +110,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("cql", "CQL.compute_losses/name/2"): "b = obs.shape[0] -> next_obs.shape[0]: a batch has as many s' as s",
     ("cql", "CQL.compute_losses/drop/0"): "max(1 + n, n + n_target) -> max(1, n + n_target): n_target >= 1, so "
                                           "n + n_target >= 1 + n and both give the same number of samples",
-    ("cql", "CQL.compute_losses/swap/9"): "sac_actor_loss(q_pi, pi_logp, alpha) -> (q_pi, alpha, pi_logp): the loss "
+    ("cql", "CQL.compute_losses/swap/22"): "sac_actor_loss(q_pi, pi_logp, alpha) -> (q_pi, alpha, pi_logp): the loss "
                                           "is alpha * log pi - Q, a product of the two (alpha detached either way)",
     ("cql", "td_target/const/0"): "the default alpha=0.0 -> 1.0: every caller passes alpha",
     ("cql", "dr3_penalty/const/0"): "the default coef=1.0 -> 0.5: every caller passes cfg.dr3_coef",
@@ -117,6 +119,13 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("returns", "_obs_mismatch/const/1"): "atol < 1 -> atol < 0 picks the float path for integer arrays too: with "
                                           "integers any difference is >= 1 > atol, so both paths give the same "
                                           "answer (the exact path only saves float64 copies)",
+    ("returns", "sparse_return_range/swap/1"): "the transformed 1 as sparse_negative_reward(bias, scale, 1.0): "
+                                               "1 * scale + bias = 1 * bias + scale",
+    ("returns", "sparse_return_range/swap/4"): "max(0.0, hi) -> max(hi, 0.0): max is symmetric",
+    ("returns", "next_actions_of/const/0"): "len(a) > 1 -> > 0: with one action the shifted slices are empty, so "
+                                            "the copy is returned either way",
+    ("dataset", "load_offline_dataset/swap/12"): "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): "
+                                                 "rewards * scale in float64 either way (a product commutes)",
     ("offline_loop", "train_offline/const/0"): "the default start=0 -> 1: the one caller (robopretrain.train) "
                                                "passes start",
     ("offline_loop", "calibration_rows/const/0"): "seed 12345 -> 12346: the calibration rows only have to be fixed "
@@ -159,7 +168,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                    "contract (resume exactness, disjoint ranks); no stream is specified",
     ("sampling", "FrameBatchStream.__init__/const/0"): "the default seed=0 -> 1: stage 1 passes the run's seed; a "
                                                        "default seed has no specified value",
-    ("cql", "CQL.compute_losses/swap/22"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, y "
+    ("cql", "CQL.compute_losses/swap/35"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, y "
                                            "without gradient; same loss and gradient",
     ("offline_loop", "train_offline.checkpoint/const/0"): "if diff != 0.0 -> != 1.0 under torchrun: whether a "
                                                           "warning about differing replicas is logged (the "
@@ -197,9 +206,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("dt", "DecisionTransformer.reset_episode/const/0"): "the default batch=1 -> 0: act() restarts the episode "
                                                          "whenever its batch differs from the history's, so a 0-row "
                                                          "start is replaced by the same 1-row one at the first act()",
+    ("reward_model", "main/if/0"): "if 'relabelled' in report -> if not: whether the command line prints the "
+                                   "relabelled file's path (report.json records it either way)",
     ("reward_model", "relabel/const/1"): "chunks of 4096 -> 4097 rows: the reward nets treat rows independently (no "
                                          "batch statistics), so the chunking does not change any reward",
-    ("reward_model", "run/const/8"): "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets "
+    ("reward_model", "run/const/6"): "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets "
                                      "relabel.enabled, so the fallback is never read",
     ("darc", "DarcClassifier.forward/binop/1"): "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, "
                                                 "so both are the same Gaussian input noise",

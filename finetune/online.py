@@ -107,6 +107,18 @@ def online_buffer(agent: Any, reward: RewardSettings, capacity: int, seed: int) 
                         sparse_negative_reward=neg, seed=seed)
 
 
+def keep_decided_epopt_rows(log: Path, batches_done: int) -> int:
+    """On a resume: keep the rows of ``log`` (``epopt_episodes.jsonl``, one JSON object per decided episode, with its
+    ``batch`` number) of the ``batches_done`` batches the checkpoint had decided, and drop those decided after it
+    (they are decided again, so each episode is logged once). Returns the rows kept; a missing log keeps 0."""
+    if not log.is_file():
+        return 0
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if r["batch"] < batches_done]
+    log.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return len(kept)
+
+
 def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: OnlineSettings, run_dir: Path, *,
                reward: RewardSettings, seed: int, randomization: Any = "none", eval_randomization: Any = None,
                config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True,
@@ -174,9 +186,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
 
     episode_log = run_dir / "epopt_episodes.jsonl"
     epopt = EPOptFilter(transfer.epopt, epopt_done, epopt_pending) if transfer.epopt is not None else None
-    if epopt is not None and episode_log.is_file():  # a resumed run: the rows of batches decided after the checkpoint go
-        rows = [json.loads(line) for line in episode_log.read_text().splitlines() if line.strip()]
-        episode_log.write_text("".join(json.dumps(r) + "\n" for r in rows if r["batch"] < epopt_done))
+    if epopt is not None:
+        keep_decided_epopt_rows(episode_log, epopt_done)
 
     def add_to_buffer(ep: Episode) -> None:
         buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, reward.scale, reward.bias),

@@ -170,6 +170,16 @@ def noisy_labels(clean: np.ndarray, noise: float, rng: np.random.Generator) -> n
     return np.where(flip, 1.0 - clean, clean)
 
 
+def observed_flip_rate(clean: np.ndarray, labels: Sequence[float]) -> float:
+    """The share of the teacher's non-tie labels ``clean`` ``(N,)`` that ``labels`` ``(N,)`` (the noisy ones) flipped;
+    0.0 when every clean label is a tie (0.5: nothing to flip)."""
+    clean = np.asarray(clean, dtype=np.float64)
+    decided = clean != 0.5
+    if not decided.any():
+        return 0.0
+    return float(np.mean(np.abs(clean - np.asarray(labels, dtype=np.float64))[decided]))
+
+
 # --------------------------------------------------------------------------- the loss and the model
 
 
@@ -388,8 +398,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
                               "held_out_agreement": agreement(model, data, [labels[i] for i in held])}
     if clean is not None:
         report["teacher"] = build.plain(teacher)
-        report["observed_flip_rate"] = float(np.mean(np.abs(clean - np.array([lab.label for lab in labels]))[
-            clean != 0.5])) if (clean != 0.5).any() else 0.0
+        report["observed_flip_rate"] = observed_flip_rate(clean, [lab.label for lab in labels])
         clean_held = [dataclasses.replace(labels[i], label=float(clean[i])) for i in held]
         report["held_out_agreement_clean_teacher"] = agreement(model, data, clean_held)
     log.info("held-out agreement %.3f on %d non-tie pairs", report["held_out_agreement"]["agreement"],
@@ -414,8 +423,8 @@ def main(cfg: DictConfig) -> None:
 
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
-           "bradley_terry_loss", "load_reward_model", "noisy_labels", "read_labels", "relabel", "sample_pairs",
-           "cli_main", "teacher_label", "train_ensemble", "write_labels"]
+           "bradley_terry_loss", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
+           "sample_pairs", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
 
 def cli_main() -> None:
     """``python -m robopretrain.reward_model``: one-line config errors, then Hydra."""

@@ -100,6 +100,9 @@ def test_actor_temperature_lagrange_and_dr3_by_hand():
     log_ap = _t(0.0).requires_grad_()
     lagrange_alpha_prime_loss(log_ap, _t([2.0, 0.0]), 5.0, 0.8).backward()
     assert log_ap.grad.item() == pytest.approx(-5.0 * ((2 - 0.8) + (0 - 0.8)) / 2)
+    # alpha' is clamped at 1e6 as in the authors' code (a runaway log alpha' does not blow the critic loss up)
+    huge = lagrange_alpha_prime_loss(_t(float(np.log(1e7))), _t([2.0, 0.0]), 1.0, 0.0)
+    assert huge.item() == pytest.approx(-1e6 * (2.0 + 0.0) / 2)
     phi, phi_next = _t([[[1.0, 2.0], [0.0, 1.0]]]), _t([[[3.0, 1.0], [2.0, -1.0]]])
     assert dr3_penalty(phi, phi_next, 0.5).tolist() == pytest.approx([0.5 * (5.0 + -1.0) / 2])
 

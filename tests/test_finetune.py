@@ -76,6 +76,8 @@ def test_online_loop_logs_calibration_and_regret(finetuned, stage2_state):
     rows = read_jsonl(out / "metrics.jsonl")
     assert any("train/critic_loss" in r for r in rows)
     assert (out / "learning_curve.png").stat().st_size > 0
+    saved = load_latest(out / "checkpoints").config  # the run's own config, written with each checkpoint
+    assert saved.online.env_steps == 120 and saved.checkpoint == str(stage2_state)
     meta = load_latest(out / "checkpoints").meta
     assert meta["pretrained_from"] == str(stage2_state) and result["pretrained_from"] == str(stage2_state)
     assert (meta["algo"], meta["pretrained_algo"], meta["task"]) == ("calql", "cql", "Reach")

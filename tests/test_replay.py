@@ -37,6 +37,14 @@ def test_offline_sample_shapes_dtypes():
     torch.testing.assert_close(batch["next_observations"], batch["observations"] + 1)
 
 
+def test_offline_sampling_draws_every_transition_including_the_first():
+    one = _offline(n=1)
+    torch.testing.assert_close(one.sample(4)["actions"], one.get(np.zeros(4, dtype=np.int64))["actions"])
+    two = _offline(n=2, seed=1)
+    firsts = (two.sample(200)["observations"][:, 0] == two.get(np.array([0]))["observations"][0, 0]).sum().item()
+    assert 50 < firsts < 150  # index 0 and index 1 both drawn, about evenly
+
+
 def test_online_buffer_computes_returns_when_episode_ends():
     buf = ReplayBuffer(10, 2, 1, gamma=0.5, sparse_negative_reward=-1.0)
     for t in range(3):  # a success: -1, -1, +1 then terminal
@@ -189,6 +197,7 @@ def test_replay_stores_next_observations_and_resumes_a_half_finished_episode():
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
     assert b["next_observations"].view(-1).tolist()[3:] == [150.0, 151.0, 152.0]
+    assert b["observations"].view(-1).tolist()[3:] == [50.0, 51.0, 52.0]  # add_step keeps s apart from s'
     assert resumed.num_episodes == buf.num_episodes == 2
     old = _roundtrip(state)  # a state written before next actions were stored: their own actions stand in
     del old["data"]["next_actions"]

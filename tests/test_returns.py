@@ -6,6 +6,7 @@ import pytest
 from robopretrain.data.returns import (
     episode_returns_to_go,
     episode_starts,
+    never_succeeds_return,
     returns_to_go,
     scale_rewards,
     sparse_negative_reward,
@@ -124,6 +125,8 @@ def test_soft_target_propagation_model():
 
 def test_one_step_episodes_and_empty_data():
     assert episode_starts(1).tolist() == [True] and episode_starts(0).tolist() == []
+    one = np.zeros((1, 3), dtype=np.float32)  # one step: nothing to compare across steps
+    assert episode_starts(1, obs=one, next_obs=one + 1).tolist() == [True]
     np.testing.assert_allclose(episode_returns_to_go(np.array([2.0]), np.array([1]), gamma=0.9), [2.0])
     assert episode_returns_to_go(np.zeros(0), np.zeros(0), gamma=0.9).shape == (0,)
 
@@ -144,6 +147,12 @@ def test_obs_dict_against_an_array_is_refused():
         episode_starts(2, obs=obs, next_obs=np.zeros((2, 1)))
     with pytest.raises(ValueError, match="both be arrays or dicts with the same keys"):
         episode_starts(2, obs=obs, next_obs={"b": np.zeros((2, 1))})
+
+
+def test_never_succeeds_return_is_the_discounted_value_of_failing_forever():
+    assert never_succeeds_return(10.0, -5.0, 0.99) == pytest.approx(-500.0)  # Cal-QL's -5 / (1 - 0.99)
+    assert never_succeeds_return(1.0, -1.0, 0.5) == pytest.approx(-2.0)
+    assert never_succeeds_return(10.0, -5.0, 1.0) == -float("inf")
 
 
 def test_sparse_return_range_bounds_every_episode_the_transform_allows():

@@ -20,7 +20,7 @@ from robopretrain.build import compose
 from robopretrain.data.hdf5 import load_transitions
 from robopretrain.data.spec import ObsSpec
 from robopretrain.reward_model import (PreferenceLabel, SegmentData, agreement, bradley_terry_loss, load_reward_model,
-                                       noisy_labels, read_labels, relabel, run, sample_pairs, teacher_label,
+                                       noisy_labels, observed_flip_rate, read_labels, relabel, run, sample_pairs, teacher_label,
                                        write_labels)
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
 
@@ -49,6 +49,9 @@ def test_scripted_teacher_labels_ties_and_noise_rate():
     assert abs(flipped - 0.2) < 0.015  # 15000 non-tie labels: sd of the rate 0.0033
     assert set(np.unique(noisy[decided])) <= {0.0, 1.0}
     assert np.array_equal(noisy_labels(clean, 0.0, rng), clean)
+    assert observed_flip_rate(clean, noisy) == pytest.approx(flipped)  # the report's figure, over non-ties only
+    assert observed_flip_rate([1.0, 0.0], [0.0, 0.0]) == 0.5  # no tie at all
+    assert observed_flip_rate([0.5, 0.5], [0.5, 0.5]) == 0.0  # only ties: nothing could flip
 
 
 def test_pairs_stay_inside_demos_long_enough():

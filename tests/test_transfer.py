@@ -479,6 +479,18 @@ def test_stage2_trains_the_encoder_against_a_domain_classifier(tmp_path):
     assert "dann" in load_latest(Path(ckpt).parent).state["transfer"]
 
 
+def test_a_resume_keeps_the_epopt_rows_of_the_batches_its_checkpoint_decided(tmp_path):
+    from finetune.online import keep_decided_epopt_rows
+
+    log = tmp_path / "epopt_episodes.jsonl"
+    assert keep_decided_epopt_rows(log, 1) == 0 and not log.exists()  # nothing logged yet
+    rows = [{"episode": i, "batch": i // 2, "kept": i % 2 == 0} for i in range(5)]  # batches 0, 0, 1, 1, 2
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    assert keep_decided_epopt_rows(log, 2) == 4  # the checkpoint had decided batches 0 and 1
+    assert [json.loads(line) for line in log.read_text().splitlines()] == rows[:4]
+    assert keep_decided_epopt_rows(log, 0) == 0 and log.read_text() == ""
+
+
 def test_a_killed_run_with_epopt_and_darc_resumes_to_the_same_weights(stage2_state, tmp_path, monkeypatch):
     top = {"gap": {**FRICTION_LOW, "source": {"level": "train", "factors": ["friction", "mass"]},
                    "target_transitions": 20},
