@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,126 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                      "relabel.enabled, so the fallback is never read",
     ("darc", "DarcClassifier.forward/binop/1"): "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, "
                                                 "so both are the same Gaussian input noise",
+}
+
+# the mutant each EQUIVALENT explanation was written for: its description @ the source line it mutates (stripped).
+# An edit that renumbers a module's mutants (ids count per function and kind) moves an id onto another mutant;
+# stale_equivalents() names the entries whose id no longer points at this text (tests/test_mutation_driver.py).
+EQUIVALENT_AT: dict[tuple[str, str], str] = {
+    ('cql', 'CQL.compute_losses/name/2'):
+        'obs -> next_obs @ b = obs.shape[0]',
+    ('cql', 'CQL.compute_losses/drop/0'):
+        '1 + n -> 1 @ sampled, logp = squashed_gaussian_sample(mean, log_std, max(1 + n, n + n_target))',
+    ('cql', 'CQL.compute_losses/swap/22'):
+        'sac_actor_loss(..pi_logp, alpha.detach()..) swapped @ policy_loss = sac_actor_loss(q_pi, pi_logp, alpha.detach())',
+    ('cql', 'td_target/const/0'):
+        '0.0 -> 1.0 @ alpha: torch.Tensor | float = 0.0,',
+    ('cql', 'dr3_penalty/const/0'):
+        '1.0 -> 0.5 @ def dr3_penalty(phi: torch.Tensor, phi_next: torch.Tensor, coef: float = 1.0) -> torch.Tensor:',
+    ('icvf', 'ICVFObjective.export_config/name/0'):
+        'self.heads -> self.target_heads @ return {**self.heads.config, "gamma": self.gamma, "expectile": self.expectile,',
+    ('returns', '_obs_mismatch/const/1'):
+        '1 -> 0 @ if o.dtype.kind in "biu" and no.dtype.kind in "biu" and atol < 1:  # images: exact, without float64 copies (8x)',
+    ('returns', 'sparse_return_range/swap/1'):
+        'sparse_negative_reward(..scale, bias..) swapped @ lo, hi = sorted((sparse_negative_reward(scale, bias), sparse_negative_reward(scale, bias, 1.0)))',
+    ('returns', 'sparse_return_range/swap/4'):
+        'max(..0.0, hi..) swapped @ return min(0.0, lo) / (1.0 - discount), max(0.0, hi) / (1.0 - discount)',
+    ('returns', 'next_actions_of/const/0'):
+        '1 -> 0 @ if len(a) > 1:',
+    ('dataset', 'load_offline_dataset/swap/12'):
+        'scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, reward.bias)',
+    ('offline_loop', 'train_offline/const/0'):
+        '0 -> 1 @ start: int = 0,',
+    ('offline_loop', 'calibration_rows/const/0'):
+        '12345 -> 12346 @ def calibration_rows(size: int, n: int, seed: int = 12345) -> np.ndarray:',
+    ('evaluation', 'evaluate/boolop/0'):
+        'video_path is not None and frames: -> Or @ if video_path is not None and frames:',
+    ('tcn', 'tcn_logits/swap/0'):
+        'neg_l2_similarity(..anchor[:, None, :], positive[None, :, :]..) swapped @ cross = neg_l2_similarity(anchor[:, None, :], positive[None, :, :])',
+    ('tcn', 'tcn_logits/swap/2'):
+        'neg_l2_similarity(..anchor, in_video_negative..) swapped @ own = neg_l2_similarity(anchor, in_video_negative)[:, None]',
+    ('tcn', 'tcn_loss/swap/10'):
+        'neg_l2_similarity(..e2, e0..) swapped @ sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))',
+    ('tcn', 'tcn_loss/swap/11'):
+        'neg_l2_similarity(..e2, e1..) swapped @ sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))',
+    ('tcn', 'tcn_loss/swap/12'):
+        'neg_l2_similarity(..e1, e0..) swapped @ sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))',
+    ('tcn', 'TCNObjective.compute_loss/const/4'):
+        '0 -> 1 @ video = batch["video"][:, 0] if "video" in batch else None',
+    ('online_loop', 'run_online/const/1'):
+        '1 -> 0 @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)',
+    ('online_loop', 'run_online.eval_row/const/1'):
+        'False -> True @ bar.set_postfix(success=f"{row[\'eval/success\']:.2f}", episodes=len(successes), refresh=False)',
+    ('online_loop', 'run_online/not/0'):
+        'not settings.progress -> settings.progress @ desc=f"online {agent.algo} {target.name} x{settings.num_envs} envs", disable=not settings.progress)',
+    ('td3_bc', 'TD3BC.compute_losses/swap/3'):
+        'td_target(..next_q, cfg.discount..) swapped @ target = td_target(batch["rewards"], batch["dones"], next_q, cfg.discount)',
+    ('awac', 'awac_critic_loss/swap/0'):
+        'bellman_loss(..q_data, target.detach()..) swapped @ return bellman_loss(q_data, target.detach()).sum()',
+    ('awac', 'AWAC.compute_losses/const/0'):
+        'True -> False @ self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True',
+    ('rebrac', 'rebrac_target/swap/0'):
+        'bc_penalty(..next_action, next_data_action..) swapped @ value = next_q - beta * bc_penalty(next_action, next_data_action)',
+    ('rebrac', 'ReBRAC.compute_losses/swap/10'):
+        'bellman_loss(..q_data, target..) swapped @ critic_loss = bellman_loss(q_data, target).sum()',
+    ('bcq', 'BCQ.compute_losses/swap/2'):
+        'vae_loss(..recon, actions..) swapped @ loss_vae = vae_loss(recon, actions, mean, std, cfg.kl_weight)',
+    ('replay', 'ReplayBuffer.newest_indices/swap/0'):
+        'min(..int(n), len(self)..) swapped @ count = min(int(n), len(self))',
+    ('replay', 'OfflineDataset.map_observations/const/1'):
+        '31 -> 32 @ seed=int(self.rng.integers(2**31)) if seed is None else seed)',
+    ('dataset', 'default_num_tasks/swap/2'):
+        'max(..len(sim_envs.TASKS), largest..) swapped @ return max(len(sim_envs.TASKS), largest)',
+    ('sampling', 'long_enough/const/2'):
+        '1 -> 0 @ after = f", counted after the frame stride {stride}" if stride > 1 else ""',
+    ('sampling', 'FrameBatchStream.batch/swap/1'):
+        'batch_rng(..self.seed, batch_number..) swapped @ idx = self.sampler(batch_rng(self.seed, batch_number), self.batch_size)',
+    ('sampling', 'FrameBatchStream.__init__/const/0'):
+        '0 -> 1 @ def __init__(self, source: FrameSource, objective: str, batch_size: int, seed: int = 0,',
+    ('cql', 'CQL.compute_losses/swap/35'):
+        'bellman_loss(..q_data, target..) swapped @ td_loss = bellman_loss(q_data, target)',
+    ('offline_loop', 'train_offline.checkpoint/const/0'):
+        '0.0 -> 1.0 @ if diff != 0.0:',
+    ('offline_loop', 'train_offline/const/1'):
+        'True -> False @ bar = tqdm(total=total, initial=start, desc=desc, unit="upd", dynamic_ncols=True,',
+    ('offline_loop', 'train_offline/const/10'):
+        'False -> True @ bar.set_postfix(success=f"{row[\'eval/success\']:.2f}", refresh=False)',
+    ('replay', 'ReplayBuffer.__init__/const/0'):
+        '0 -> 1 @ seed: int = 0,',
+    ('offline_loop', 'train_offline.checkpoint/if/2'):
+        'if diff != 0.0: -> if not ... @ if diff != 0.0:',
+    ('offline_loop', 'train_offline.checkpoint/cmp/0'):
+        'diff != 0.0: NotEq -> Eq @ if diff != 0.0:',
+    ('online_loop', 'run_online/drop/0'):
+        'seed + 1 -> seed @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)',
+    ('online_loop', 'run_online.add_to_buffer/swap/4'):
+        'scale_rewards(..ep.rewards, reward.scale..) swapped @ buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, reward.scale, reward.bias),',
+    ('online_loop', 'run_online/call/0'):
+        'min(...) -> max(...) @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,',
+    ('offline_loop', 'resume/boolop/0'):
+        'dinfo or DistInfo(): -> And @ dinfo = dinfo or DistInfo()',
+    ('online_loop', 'run_online/const/8'):
+        'True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,',
+    ('evaluation', 'write_gif/const/5'):
+        '1000 -> 1001 @ images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)',
+    ('por', 'NextStateGuide.__init__/const/0'):
+        'False -> True @ def __init__(self, obs_dim: int, hidden: Sequence[int], *, activation: str = "relu", orthogonal_init: bool = False,',
+    ('por', 'NextStateGuide.sample/binop/0'):
+        'mean + log_std.exp() * torch.randn_like(mean): Add -> Sub @ return mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)',
+    ('por', 'POR.act/cmp/0'):
+        'x.dim() == 1: Eq -> NotEq @ single = x.dim() == 1',
+    ('dt', 'DecisionTransformer.warmup_factor/swap/1'):
+        'max(..int(self.cfg.warmup_steps), 1..) swapped @ return min((self.num_updates + 1) / max(int(self.cfg.warmup_steps), 1), 1.0)',
+    ('dt', 'DecisionTransformer.reset_episode/const/0'):
+        '1 -> 0 @ def reset_episode(self, batch: int = 1) -> None:',
+    ('reward_model', 'main/if/0'):
+        'if \'relabelled\' in report: -> if not ... @ if "relabelled" in report:',
+    ('reward_model', 'relabel/const/1'):
+        '4096 -> 4097 @ data.actions[lo: lo + 4096]).mean(0).numpy()',
+    ('reward_model', 'run/const/6'):
+        'True -> False @ if cfg.relabel.get("enabled", True):',
+    ('darc', 'DarcClassifier.forward/binop/1'):
+        'sas + noise * torch.randn(sas.shape, generator=generator).to(sas): Add -> Sub @ sas = sas + noise * torch.randn(sas.shape, generator=generator).to(sas)',
 }
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site
@@ -512,6 +633,20 @@ def mutants_of(module: str) -> list[Mutant]:
     return out
 
 
+def stale_equivalents(modules: Sequence[str] | None = None) -> list[str]:
+    """The EQUIVALENT entries (of ``modules``; None: all) whose id no longer names the mutant its explanation was
+    written for (:data:`EQUIVALENT_AT`: description @ source line), or names none: each as ``module:id: now ...``.
+    An empty list means every explanation still describes the mutant it excludes from the score."""
+    wanted = set(MODULES if modules is None else modules)
+    now: dict[tuple[str, str], str] = {}
+    for module in sorted({m for m, _ in EQUIVALENT} & wanted):
+        lines = (REPO / MODULES[module][0]).read_text().splitlines()
+        now.update({(module, m.id): f"{m.desc} @ {lines[m.line - 1].strip()}" for m in mutants_of(module)})
+    found = {key: now.get(key, "no such mutant") for key in EQUIVALENT if key[0] in wanted}
+    return [f"{m}:{k}: now {text!r}, written for {EQUIVALENT_AT.get((m, k))!r}"
+            for (m, k), text in found.items() if text != EQUIVALENT_AT.get((m, k))]
+
+
 def mutant_source(m: Mutant) -> str:
     if isinstance(m.source, int):
         return mutate((REPO / MODULES[m.module][0]).read_text(), m.source)
@@ -600,6 +735,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown module(s) {unknown}; known: {list(MODULES)}")
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
+    stale = stale_equivalents(args.modules)
+    if stale:  # an explanation that no longer fits its mutant would hide a real survivor from the score
+        p.error("EQUIVALENT entries that no longer name the mutant they explain (re-key them, and EQUIVALENT_AT):\n  "
+                + "\n  ".join(stale))
 
     if args.list or args.show:
         for name in args.modules:
