@@ -45,6 +45,7 @@ def test_cvar_selection_on_hand_made_returns():
     assert cvar_select(returns, 0.25).tolist() == [1, 3, 4]  # ceil(2.5) = 3 episodes, not floor
     assert cvar_select(returns, 0.1).tolist() == [1]  # a tie at the cut: the earlier episode
     assert cvar_select(returns, 1.0).tolist() == list(range(10))
+    assert cvar_select([2.0], 0.1).tolist() == [0]  # a batch of one episode: that episode
     assert cvar(returns, 0.3) == pytest.approx(-2.0 / 3.0)
     with pytest.raises(ValueError, match="epsilon"):
         cvar_select(returns, 0.0)
