@@ -191,6 +191,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                           "starts drawing, nothing the run computes",
     ("offline_loop", "resume/boolop/0"): "dinfo or DistInfo() -> dinfo and DistInfo(): the one caller "
                                          "(robopretrain.train) passes its DistInfo",
+    ("online_loop", "run_online/const/6"): "saved_transfer.get('epopt_batches', 0) -> 1: every checkpoint of a run "
+                                           "with EPOpt stores the count, a checkpoint with other transfer settings "
+                                           "is not resumed (its fingerprint differs), and without EPOpt it is never read",
     ("online_loop", "run_online/const/8"): "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
     ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
                                          "same 5 cs at the only fps used (20)",
@@ -313,6 +316,8 @@ EQUIVALENT_AT: dict[tuple[str, str], str] = {
         'min(...) -> max(...) @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,',
     ('offline_loop', 'resume/boolop/0'):
         'dinfo or DistInfo(): -> And @ dinfo = dinfo or DistInfo()',
+    ('online_loop', 'run_online/const/6'):
+        '0 -> 1 @ epopt_done = int(saved_transfer.get("epopt_batches", 0))',
     ('online_loop', 'run_online/const/8'):
         'True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,',
     ('evaluation', 'write_gif/const/5'):

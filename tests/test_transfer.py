@@ -414,8 +414,12 @@ def losses(rows: list[dict]) -> list[float]:
 
 
 def test_epopt_keeps_only_the_worst_episodes_in_the_buffer_and_logs_their_physics(stage2_state, tmp_path):
-    run_stage3(stage2_state, tmp_path / "on", transfer={"epopt": {"enabled": True, "epsilon": 0.5,
-                                                                  "batch_episodes": 2, "warmup_batches": 1}})
+    data, ckpt = stage2_state
+    finetune(stage3_config(ckpt, tmp_path / "on", REACH, env_steps=40, data_cfg={"path": str(data)}, dr="train",
+                           online={"log_every": 10, "checkpoint_every": 40, "tensorboard": True},
+                           logger={"name": "none"}, transfer={"epopt": {"enabled": True, "epsilon": 0.5,
+                                                                         "batch_episodes": 2, "warmup_batches": 1}}))
+    assert not (tmp_path / "on" / "tb").exists()  # the run's logger=none reaches stage 3 (TensorBoard otherwise)
     rows = [json.loads(line) for line in (tmp_path / "on" / "epopt_episodes.jsonl").read_text().splitlines()]
     assert [r["episode"] for r in rows] == [0, 1, 2, 3]  # 4 episodes of 10 steps
     assert [r["kept"] for r in rows[:2]] == [True, True] and sum(r["kept"] for r in rows[2:]) == 1
@@ -497,25 +501,28 @@ def test_a_killed_run_with_epopt_and_darc_resumes_to_the_same_weights(stage2_sta
                    "target_transitions": 20},
            "transfer": {"darc": {"enabled": True},
                         "epopt": {"enabled": True, "epsilon": 0.5, "batch_episodes": 3, "warmup_batches": 1}}}
-    # 10-step episodes, checkpoints every 2 episodes, batches of 3: every batch spans a checkpoint
-    clean = finetune(stage3_cfg(stage2_state, tmp_path / "clean", checkpoint_every=20, env_steps=60, **top))
-    real_update = die_after_first_checkpoint(monkeypatch, Agent, tmp_path / "killed" / "checkpoints", updates=3)
+    # 10-step episodes, checkpoints every 4 episodes, batches of 3: the batch being filled spans each checkpoint, and
+    # the run dies after batch 1 was decided (episode 5, step 60) but before its next checkpoint (step 80)
+    clean = finetune(stage3_cfg(stage2_state, tmp_path / "clean", checkpoint_every=40, env_steps=80, **top))
+    real_update = die_after_first_checkpoint(monkeypatch, Agent, tmp_path / "killed" / "checkpoints", updates=25)
     with pytest.raises(Killed):
-        finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, env_steps=60, **top))
+        finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=40, env_steps=80, **top))
     first = load_latest(tmp_path / "killed" / "checkpoints")
-    assert first.step == 20 and first.state["transfer"]["epopt_batches"] == 0
-    assert [ep["index"] for ep, _ in first.state["transfer"]["epopt_pending"]] == [0, 1]  # saved, not decided
+    assert first.step == 40 and first.state["transfer"]["epopt_batches"] == 1
+    assert [ep["index"] for ep, _ in first.state["transfer"]["epopt_pending"]] == [3]  # saved, not decided
+    at_kill = [json.loads(line)["batch"] for line in (tmp_path / "killed" / "epopt_episodes.jsonl").open()]
+    assert at_kill == [0, 0, 0, 1, 1, 1]  # batch 1's rows were logged after the checkpoint: the resume drops them
     monkeypatch.setattr(Agent, "update", real_update)
-    resumed = finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=20, env_steps=60, **top))
+    resumed = finetune(stage3_cfg(stage2_state, tmp_path / "killed", checkpoint_every=40, env_steps=80, **top))
     a, b = load_latest(tmp_path / "killed" / "checkpoints"), load_latest(tmp_path / "clean" / "checkpoints")
-    assert a.step == b.step == 60
+    assert a.step == b.step == 80
     assert_same(a.weights, b.weights)
     assert_same(a.state["transfer"], b.state["transfer"], "transfer")
     assert resumed["history"] == clean["history"]
     logs = [(tmp_path / run / "epopt_episodes.jsonl").read_text() for run in ("killed", "clean")]
     assert logs[0] == logs[1]  # the same decisions, each episode once
     rows = [json.loads(line) for line in logs[1].splitlines()]
-    assert [(r["episode"], r["batch"]) for r in rows] == [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]
+    assert [(r["episode"], r["batch"]) for r in rows] == [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 1)]  # 6, 7 pending
     assert [r["kept"] for r in rows[:3]] == [True] * 3 and sum(r["kept"] for r in rows[3:]) == 2  # ceil(0.5 * 3)
     kept_steps = sum(r["length"] for r in rows if r["kept"])
     assert int(a.state["sampler"]["online"]["size"]) == kept_steps == 50
