@@ -212,8 +212,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                                          "start is replaced by the same 1-row one at the first act()",
     ("reward_model", "main/if/0"): "if 'relabelled' in report -> if not: whether the command line prints the "
                                    "relabelled file's path (report.json records it either way)",
-    ("reward_model", "relabel/const/1"): "chunks of 4096 -> 4097 rows: the reward nets treat rows independently (no "
-                                         "batch statistics), so the chunking does not change any reward",
+    ("reward_model", "relabel/swap/6"): "max(r.max() - r.min(), 1e-8) -> max(1e-8, r.max() - r.min()): max is "
+                                        "symmetric",
     ("reward_model", "run/const/6"): "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets "
                                      "relabel.enabled, so the fallback is never read",
     ("darc", "DarcClassifier.forward/binop/1"): "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, "
@@ -334,8 +334,8 @@ EQUIVALENT_AT: dict[tuple[str, str], str] = {
         '1 -> 0 @ def reset_episode(self, batch: int = 1) -> None:',
     ('reward_model', 'main/if/0'):
         'if \'relabelled\' in report: -> if not ... @ if "relabelled" in report:',
-    ('reward_model', 'relabel/const/1'):
-        '4096 -> 4097 @ data.actions[lo: lo + 4096]).mean(0).numpy()',
+    ('reward_model', 'relabel/swap/6'):
+        'max(..r.max() - r.min(), 1e-08..) swapped @ r = (r - r.min()) / max(r.max() - r.min(), 1e-8)',
     ('reward_model', 'run/const/6'):
         'True -> False @ if cfg.relabel.get("enabled", True):',
     ('darc', 'DarcClassifier.forward/binop/1'):

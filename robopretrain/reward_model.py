@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("demo_a", "start_a", "demo_b", "start_b", "length", "label")
 NORMALIZE = ("none", "standard", "minmax")
+RELABEL_CHUNK = 4096  # transitions per forward pass when relabelling a file (memory only: rows are independent)
 
 
 # --------------------------------------------------------------------------- labels
@@ -313,9 +314,9 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
         raise ValueError(f"relabel.output={dst} is the input file; give another path")
     trans = load_transitions(src, list(spec.low_dim_keys))
     data = SegmentData(trans, spec)
-    r = np.concatenate([model({k: v[lo: lo + 4096] for k, v in data.obs.items()},
-                              data.actions[lo: lo + 4096]).mean(0).numpy()
-                        for lo in range(0, len(data.actions), 4096)]).astype(np.float64)
+    chunks = [slice(lo, lo + RELABEL_CHUNK) for lo in range(0, len(data.actions), RELABEL_CHUNK)]
+    r = np.concatenate([model({k: v[c] for k, v in data.obs.items()}, data.actions[c]).mean(0).numpy()
+                        for c in chunks]).astype(np.float64)
     if normalize == "standard":
         r = (r - r.mean()) / (r.std() + 1e-8)
     elif normalize == "minmax":
