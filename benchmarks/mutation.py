@@ -214,7 +214,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                    "relabelled file's path (report.json records it either way)",
     ("reward_model", "relabel/swap/6"): "max(r.max() - r.min(), 1e-8) -> max(1e-8, r.max() - r.min()): max is "
                                         "symmetric",
-    ("reward_model", "run/const/6"): "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets "
+    ("reward_model", "load_reward_model/const/0"): "torch.load(weights_only=True -> False): a file the toolkit wrote "
+                                                   "loads the same tensors either way; True only refuses pickled "
+                                                   "code",
+    ("reward_model", "run/const/5"): "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets "
                                      "relabel.enabled, so the fallback is never read",
     ("darc", "DarcClassifier.forward/binop/1"): "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, "
                                                 "so both are the same Gaussian input noise",
@@ -336,8 +339,10 @@ EQUIVALENT_AT: dict[tuple[str, str], str] = {
         'if \'relabelled\' in report: -> if not ... @ if "relabelled" in report:',
     ('reward_model', 'relabel/swap/6'):
         'max(..r.max() - r.min(), 1e-08..) swapped @ r = (r - r.min()) / max(r.max() - r.min(), 1e-8)',
-    ('reward_model', 'run/const/6'):
+    ('reward_model', 'run/const/5'):
         'True -> False @ if cfg.relabel.get("enabled", True):',
+    ('reward_model', 'load_reward_model/const/0'):
+        'True -> False @ saved = torch.load(Path(path), map_location="cpu", weights_only=True)',
     ('darc', 'DarcClassifier.forward/binop/1'):
         'sas + noise * torch.randn(sas.shape, generator=generator).to(sas): Add -> Sub @ sas = sas + noise * torch.randn(sas.shape, generator=generator).to(sas)',
 }

@@ -265,6 +265,14 @@ class TrainSettings:
     steps: int = 1000
 
 
+def segment_reward_sums(data: SegmentData, segments: Sequence[tuple[str, int]], length: int
+                        ) -> dict[tuple[str, int], float]:
+    """The true reward summed over each segment ``(demo, start)`` of ``length`` steps (what the scripted teacher
+    compares), keyed by the segment."""
+    cum = np.concatenate([[0.0], np.cumsum(data.rewards)])
+    return {(d, s): float(cum[data.offset[d] + s + length] - cum[data.offset[d] + s]) for d, s in segments}
+
+
 def train_ensemble(model: RewardEnsemble, data: SegmentData, labels: Sequence[PreferenceLabel],
                    settings: TrainSettings, seed: int = 0) -> list[float]:
     """Adam on the summed Bradley-Terry losses of the members, each member on its own random batches of pairs;
@@ -376,9 +384,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     else:
         L = int(teacher.segment_length)
         pairs = sample_pairs(data.lengths, L, int(teacher.num_pairs), rng)
-        cum = np.concatenate([[0.0], np.cumsum(data.rewards)])
-        ret = {(d, s): cum[data.offset[d] + s + L] - cum[data.offset[d] + s] for a, sa, b, sb in pairs
-               for d, s in ((a, sa), (b, sb))}
+        ret = segment_reward_sums(data, [seg for a, sa, b, sb in pairs for seg in ((a, sa), (b, sb))], L)
         clean = np.array([teacher_label(ret[a, sa], ret[b, sb], float(teacher.tie_margin)) for a, sa, b, sb in pairs])
         noisy = noisy_labels(clean, float(teacher.noise), rng)
         labels = [PreferenceLabel(a, sa, b, sb, L, float(y)) for (a, sa, b, sb), y in zip(pairs, noisy)]
@@ -425,7 +431,7 @@ def main(cfg: DictConfig) -> None:
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
            "bradley_terry_loss", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
-           "sample_pairs", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
+           "sample_pairs", "segment_reward_sums", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
 
 def cli_main() -> None:
     """``python -m robopretrain.reward_model``: one-line config errors, then Hydra."""

@@ -23,7 +23,8 @@ from robopretrain.data.hdf5 import load_transitions
 from robopretrain.data.spec import ObsSpec
 from robopretrain.reward_model import (PreferenceLabel, RewardEnsemble, SegmentData, TrainSettings, agreement,
                                        bradley_terry_loss, load_reward_model, noisy_labels, observed_flip_rate,
-                                       read_labels, relabel, run, sample_pairs, teacher_label, write_labels)
+                                       read_labels, relabel, run, sample_pairs, segment_reward_sums,
+                                       teacher_label, write_labels)
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +129,11 @@ def test_agreement_and_held_out_loss_by_hand(tmp_path):
     log_sig = lambda d: -math.log1p(math.exp(-d))  # noqa: E731
     by_hand = [-log_sig(-1.8), -log_sig(0.6), -log_sig(0.6), -(0.5 * log_sig(-0.2) + 0.5 * log_sig(0.2))]
     assert out["bt_loss"] == pytest.approx(sum(by_hand) / 4, rel=1e-5)
+    # a soft label below 0.5 prefers b: 2.5 < 3.1, so the ensemble agrees
+    assert agreement(two_members, data, [PreferenceLabel("demo_0", 2, "demo_1", 4, 2, 0.3)])["agreement"] == 1.0
+    # the scripted teacher's sums of the true reward (here x), the file's first row included
+    assert segment_reward_sums(data, [("demo_0", 0), ("demo_1", 0), ("demo_1", 4)], 2) == pytest.approx(
+        {("demo_0", 0): 0.1, ("demo_1", 0): 1.9, ("demo_1", 4): 1.1})
 
 
 def test_training_batches_and_loss_history_and_the_published_defaults(tmp_path, monkeypatch):
@@ -136,13 +142,15 @@ def test_training_batches_and_loss_history_and_the_published_defaults(tmp_path, 
     import robopretrain.reward_model as rm
 
     data = SegmentData(load_transitions(write_walks(tmp_path / "w.hdf5", WALKS), ["x"]), SPEC)
-    labels = [PreferenceLabel("demo_0", i, "demo_1", i, 2, 1.0) for i in range(3)]
-    sizes = []
+    labels = [PreferenceLabel("demo_0", i, "demo_1", i, 2, y) for i, y in enumerate((1.0, 0.0, 0.5))]
+    sizes, seen = [], set()
     real = rm.bradley_terry_loss
-    monkeypatch.setattr(rm, "bradley_terry_loss", lambda a, b, y: sizes.append(len(y)) or real(a, b, y))
+    monkeypatch.setattr(rm, "bradley_terry_loss",
+                        lambda a, b, y: sizes.append(len(y)) or seen.update(y.tolist()) or real(a, b, y))
     model = RewardEnsemble(SPEC, 2, ensemble=2, hidden=(8,))
     history = rm.train_ensemble(model, data, labels, TrainSettings(ensemble=2, hidden=(8,), batch_size=64, steps=202))
-    assert set(sizes) == {3} and len(sizes) == 2 * 202  # 3 labels < 64: every pair once per member and step
+    assert set(sizes) == {3} and len(sizes) == 2 * 202  # 3 labels < 64: 3 pairs per member and step
+    assert seen == {1.0, 0.0, 0.5}  # drawn from every label, the first included
     assert len(history) == 4  # steps 0, 100, 200 and the last, 201
     yaml = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "reward_model.yaml"))["model"]
     assert {**asdict(TrainSettings()), "hidden": list(TrainSettings().hidden)} == yaml
