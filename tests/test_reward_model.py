@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from robopretrain.build import compose
 from robopretrain.data.hdf5 import load_transitions
 from robopretrain.data.spec import ObsSpec
+from robopretrain.nets.obs_encoder import STD_EPS
 from robopretrain.reward_model import (PreferenceLabel, RewardEnsemble, SegmentData, TrainSettings, agreement,
                                        bradley_terry_loss, load_reward_model, noisy_labels, observed_flip_rate,
                                        read_labels, relabel, run, sample_pairs, segment_reward_sums,
@@ -189,6 +190,10 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
     assert held["agreement"] > 0.85  # noisy labels (10% flipped) bound what can be agreed with
     assert report["held_out_agreement_clean_teacher"]["agreement"] > 0.9
     assert abs(report["observed_flip_rate"] - 0.1) < 0.05
+    # the inputs are normalised by the data's own std (configs/reward_model.yaml: obs.min_std 0, no floor)
+    model, _ = load_reward_model(tmp_path / "run" / "reward_model.pt")
+    x = load_transitions(data, ["x"]).obs["x"]
+    np.testing.assert_allclose(model.encoder.std.numpy(), x.std(0) + STD_EPS, rtol=1e-5)
 
     out = Path(report["relabelled"])
     with h5py.File(data) as a, h5py.File(out) as b:
