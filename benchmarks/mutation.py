@@ -104,6 +104,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "epopt": ("finetune/transfer/epopt.py", ["tests/test_transfer.py"]),
     "darc": ("finetune/transfer/darc.py", ["tests/test_transfer.py"]),
     "dann": ("finetune/transfer/dann.py", ["tests/test_transfer.py"]),
+    # the observation path every agent shares (normalisation, image preprocessing, the task one-hot), and the
+    # statistics every claim's verdict rests on
+    "obs_encoder": ("robopretrain/nets/obs_encoder.py", ["tests/test_agent.py", "tests/test_frozen_features.py"]),
+    "claims_metrics": ("benchmarks/claims_metrics.py", ["tests/test_claims_metrics.py"]),
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
