@@ -66,7 +66,8 @@ def performance_dip(env_steps: Sequence[float], values: Sequence[float], window:
     if window <= 0:
         raise ValueError(f"performance_dip: window={window}; expected > 0 env steps")
     steps, vals = _curve(env_steps, values, "performance_dip")
-    inside = (steps - steps[0] > 0) & (steps - steps[0] <= window)
+    since_switch = steps - steps[0]
+    inside = (since_switch > 0) & (since_switch <= window)
     if not inside.any():
         return 0.0
     return float(max(0.0, vals[0] - vals[inside].min()))

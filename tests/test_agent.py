@@ -114,6 +114,32 @@ def test_camera_features_come_first_one_encoder_pass_for_every_camera():
     assert enc.out_dim == 8 + 8 + 2 + 2 and torch.equal(out[:, 16:18], torch.ones(3, 2))
 
 
+def test_random_shifts_only_when_asked_and_any_image_network_is_accepted():
+    """augment=False gives the unshifted features even with a pad (evaluation, targets); an image network that is not
+    one of ours (a user's module with ``out_dim``) is called on float images in [0, 1], channels first."""
+    from robopretrain.nets.encoders import to_float_images
+
+    img = make_encoder("small_conv", SIZE, channels=4, out_dim=8)
+    spec = ObsSpec(rgb=(CAM,))
+    frames = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8))
+    with torch.no_grad():
+        plain = img(to_float_images(frames))
+        padded = ObsEncoder(spec, img, augment_pad=4)
+        torch.testing.assert_close(padded({CAM[0]: frames}), plain)
+        g = torch.Generator().manual_seed(0)
+        assert not torch.allclose(padded({CAM[0]: frames}, augment=True, generator=g), plain)  # shifted when asked
+
+    class UserNet(torch.nn.Module):  # e.g. a timm backbone behind a linear head
+        out_dim = 3
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([x.mean(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3)), x[:, 0].mean(dim=(1, 2))], dim=-1)
+
+    with torch.no_grad():
+        got = ObsEncoder(spec, UserNet())({CAM[0]: frames})
+        torch.testing.assert_close(got, UserNet()(to_float_images(frames)))
+
+
 def test_spec_errors_name_the_key_and_sizes():
     with pytest.raises(ValueError, match="keys must be distinct"):
         ObsSpec(low_dim=(("a", 1),), rgb=(("a", (8, 8, 3)),))

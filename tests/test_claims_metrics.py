@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,20 @@ def test_interval_of_identical_methods_is_a_point_and_narrows_with_confidence(cm
     assert lo95 < lo50 < hi50 < hi95
 
 
+def test_interval_is_the_central_percentiles_of_the_bootstrap_differences(cm):
+    """Outcomes with many distinct resampled means (returns), so that each percentile is its own number: the interval
+    is the 2.5 / 97.5 (at 95%) or 25 / 75 (at 50%) percentile of the bootstrap differences, drawn a then b."""
+    bench_utils = sys.modules["bench_utils"]  # loaded by claims_metrics
+    a, b = [[0.1, 0.7, 0.3, 0.9], [0.2, 0.8], [0.5, 0.6, 0.4]], [[0.3, 0.1], [0.6, 0.2, 0.0]]
+    for confidence, percentiles in ((0.95, [2.5, 97.5]), (0.5, [25.0, 75.0])):
+        _, lo, hi = cm.difference_ci(a, b, resamples=500, confidence=confidence, seed=3)
+        rng = np.random.default_rng(3)
+        diffs = (bench_utils.seeds_then_episodes_means(bench_utils.seed_arrays(a), 500, rng)
+                 - bench_utils.seeds_then_episodes_means(bench_utils.seed_arrays(b), 500, rng))
+        assert [lo, hi] == pytest.approx(np.percentile(diffs, percentiles).tolist(), rel=1e-9, abs=1e-12)
+        assert np.percentile(diffs, 0.5 * percentiles[0]) < lo  # not a wider tail
+
+
 def test_difference_refuses_empty_input(cm):
     with pytest.raises(ValueError, match=r"difference_ci \(b\): need at least one seed"):
         cm.difference_ci([[1.0]], [[1.0], []])
@@ -70,6 +85,8 @@ def test_dip_is_the_largest_fall_below_the_switch_value_within_the_window(cm):
     assert cm.performance_dip([0, 10, 20], [0.2, 0.4, 0.9], window=20) == 0.0  # never below the switch value
     with pytest.raises(ValueError, match="increase"):
         cm.performance_dip([0, 10, 10], [0.2, 0.4, 0.9], window=20)
+    # evaluations one env step apart, a window of one step: the next evaluation is inside it
+    assert cm.performance_dip([0, 1, 2], [0.6, 0.1, 0.0], window=1) == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------------------------- regret
@@ -81,3 +98,7 @@ def test_regret_sums_one_minus_success_and_states_the_spacing(cm):
         cm.cumulative_regret([0, 5000, 15000], [0.5, 1.0, 0.25])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         cm.cumulative_regret([0, 5000], [0.5, 25.0])  # a percentage passed as a rate
+    with pytest.raises(ValueError, match="not equally spaced"):
+        cm.cumulative_regret([0, 10, 21], [0.5, 1.0, 0.25])  # an evaluation one env step late
+    assert cm.cumulative_regret([0], [0.25]) == {"regret": 0.75, "mean_regret": 0.75, "evaluations": 1,
+                                                  "spacing": 0.0}  # the switch alone
