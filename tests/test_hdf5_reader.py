@@ -109,6 +109,42 @@ def test_wrong_dtype_and_shape(tmp_path):
     _expect(write_dataset(tmp_path / "b.hdf5", mutate=big_actions), r"outside \[-1, 1\]")
 
 
+def test_image_keys_are_told_by_suffix_or_by_shape(tmp_path):
+    """A camera is an ``*_image`` key or any (N, H, W, C) array (a user's ``front_rgb``): images=False leaves every
+    camera out and keeps the low-dim parts; an ``*_image`` key that is not (N, H, W, 3) uint8 is refused."""
+    def own_camera(f):
+        for d, n in (("demo_0", 3), ("demo_1", 4), ("demo_10", 2)):
+            for part in ("obs", "next_obs"):
+                f[f"data/{d}/{part}/front_rgb"] = np.zeros((n, 4, 4, 3), dtype=np.uint8)
+
+    path = write_dataset(tmp_path / "cam.hdf5", mutate=own_camera)
+    tr = load_transitions(path, ["proprio", "front_rgb", "agentview_image"], images=False)
+    assert set(tr.obs) == set(tr.next_obs) == {"proprio"}
+    assert load_transitions(path, ["front_rgb"]).obs["front_rgb"].shape == (9, 4, 4, 3)
+
+    def flat_image(f):
+        for d, n in (("demo_0", 3), ("demo_1", 4), ("demo_10", 2)):
+            for part in ("obs", "next_obs"):
+                del f[f"data/{d}/{part}/agentview_image"]
+                f[f"data/{d}/{part}/agentview_image"] = np.zeros((n, 8), dtype=np.uint8)
+
+    _expect(write_dataset(tmp_path / "flat.hdf5", mutate=flat_image), r"expected an image array uint8 \(N, H, W, 3\)",
+            keys=["agentview_image"])
+
+
+@pytest.mark.parametrize("group", ["data", "data/demo_0/obs"])
+def test_a_missing_or_non_group_data_or_obs_is_named(tmp_path, group):
+    def as_dataset(f):
+        del f[group]
+        f[group] = np.zeros(3)
+
+    for name, mutate in (("gone", lambda f: f.__delitem__(group)), ("dataset", as_dataset)):
+        path = write_dataset(tmp_path / f"{name}.hdf5", mutate=mutate)
+        with pytest.raises(DatasetError, match="missing group") as exc:
+            read_info(path)
+        assert group in str(exc.value)
+
+
 def test_truncated_file(tmp_path):
     path = write_dataset(tmp_path / "t.hdf5")
     raw = path.read_bytes()
