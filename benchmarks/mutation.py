@@ -109,6 +109,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "obs_encoder": ("robopretrain/nets/obs_encoder.py", ["tests/test_agent.py", "tests/test_frozen_features.py"]),
     "claims_metrics": ("benchmarks/claims_metrics.py", ["tests/test_claims_metrics.py"]),
     "hdf5": ("robopretrain/data/hdf5.py", ["tests/test_hdf5_reader.py", "tests/test_dataset.py"]),  # the user's data
+    "spec": ("robopretrain/data/spec.py", ["tests/test_agent.py", "tests/test_checkpoint.py"]),  # any robot's obs spec
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original

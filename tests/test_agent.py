@@ -147,6 +147,15 @@ def test_spec_errors_name_the_key_and_sizes():
         ObsSpec(low_dim=(("task_id", 1),))
     with pytest.raises(ValueError, match=r"rgb part 'cam' has shape \(8, 8\); expected \(H, W, 3\)"):
         ObsSpec(rgb=(("cam", (8, 8)),))
+    with pytest.raises(ValueError, match=r"rgb part 'cam' has shape \(0, 8, 3\)"):
+        ObsSpec(rgb=(("cam", (0, 8, 3)),))
+    with pytest.raises(ValueError, match=r"low_dim part 'a' has size 0; expected >= 1"):
+        ObsSpec(low_dim=(("a", 0),))
+    with pytest.raises(ValueError, match="no observation parts"):
+        ObsSpec()
+    assert ObsSpec(num_tasks=1).num_tasks == 1  # the task one-hot alone is an input (a blind, task-only policy)
+    assert ObsSpec(rgb=(("cam", (1, 1, 3)),)).image_size == 1 and ObsSpec(low_dim=(("a", 1),)).low_dim_size == 1
+    assert ObsSpec.from_dict({"low_dim": [["a", 2]]}) == ObsSpec(low_dim=(("a", 2),))  # no task one-hot unless saved
     shapes = {"proprio": ((9,), np.float32), "agentview_image": ((16, 16, 3), np.uint8)}
     with pytest.raises(ValueError, match=r"f.hdf5: observation key 'robot0_eef_pos' \(low_dim part 'eef'\) not found"):
         spec_from_shapes(shapes, ["eef"], [], 0, where="f.hdf5", key_map={"eef": "robot0_eef_pos"})
