@@ -110,6 +110,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "claims_metrics": ("benchmarks/claims_metrics.py", ["tests/test_claims_metrics.py"]),
     "hdf5": ("robopretrain/data/hdf5.py", ["tests/test_hdf5_reader.py", "tests/test_dataset.py"]),  # the user's data
     "spec": ("robopretrain/data/spec.py", ["tests/test_agent.py", "tests/test_checkpoint.py"]),  # any robot's obs spec
+    "agent": ("robopretrain/agent.py", ["tests/test_agent.py", "tests/test_checkpoint.py", "tests/test_network_keys.py",
+                                         "tests/test_wiring.py", "tests/test_frozen_features.py", "tests/test_dt.py",
+                                         "tests/test_evaluate.py"]),  # encoders, networks and learner behind one API
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
@@ -234,6 +237,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("claims_metrics", "cumulative_regret/swap/2"): "np.allclose(gaps, gaps[0]) -> (gaps[0], gaps) at rtol 1e-9, "
                                                     "atol 0: the tolerance moves by 1e-9 of the gaps' difference, "
                                                     "below float64 resolution",
+    ("agent", "Agent.from_description/const/0"): "the default seed=0 -> 1: a default seed has no specified value "
+                                                 "(callers pass their run's seed)",
 }
 
 # the mutant each EQUIVALENT explanation was written for: its description @ the source line it mutates (stripped).
@@ -362,6 +367,8 @@ EQUIVALENT_AT: dict[tuple[str, str], str] = {
         'self.autocast_dtype or torch.bfloat16: -> And @ with torch.autocast(frames.device.type, dtype=self.autocast_dtype or torch.bfloat16,',
     ('claims_metrics', 'cumulative_regret/swap/2'):
         'np.allclose(..gaps, gaps[0]..) swapped @ if gaps.size and not np.allclose(gaps, gaps[0], rtol=1e-9, atol=0.0):',
+    ('agent', 'Agent.from_description/const/0'):
+        '0 -> 1 @ device: str | torch.device = "cpu", seed: int = 0) -> Agent:',
 }
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site

@@ -255,6 +255,22 @@ def test_scratch_has_the_architecture_but_not_the_weights(stage1_encoder):
         make_agent(SPECS["1cam"], mode="frozen")
 
 
+def test_a_frozen_encoder_is_never_shifted_or_put_in_training_mode_and_the_description_keeps_the_mode(
+        stage1_encoder):
+    """Random shifts and train mode only for encoders the agent trains; every network a replica must share is listed;
+    an agent rebuilt from its description has the mode it ran in (auto mode resolved: finetune from a checkpoint)."""
+    path, _ = stage1_encoder
+    frozen, auto = make_agent(SPECS["1cam"], mode="frozen", path=path), make_agent(SPECS["1cam"], path=path)
+    assert [e.augment_pad for e in frozen.encoders()] == [0] and {e.augment_pad for e in auto.encoders()} == {2}
+    frozen.train_mode(True)
+    auto.train_mode(True)
+    assert not any(e.training for e in frozen.encoders()) and all(e.training for e in auto.encoders())
+    mods = frozen.modules()
+    for name in ("actor", "critic", "target_critic"):
+        assert any(m is getattr(frozen.core, name) for m in mods), name
+    assert auto.mode == "finetune" and Agent.from_description(auto.describe()).mode == "finetune"
+
+
 def test_frozen_keeps_the_encoder_fixed_while_finetune_trains_separate_ones(stage1_encoder):
     path, expected = stage1_encoder
     data = raw_batch(SPECS["1cam"])
