@@ -269,6 +269,10 @@ def test_a_frozen_encoder_is_never_shifted_or_put_in_training_mode_and_the_descr
     for name in ("actor", "critic", "target_critic"):
         assert any(m is getattr(frozen.core, name) for m in mods), name
     assert auto.mode == "finetune" and Agent.from_description(auto.describe()).mode == "finetune"
+    # auto mode without a checkpoint resolves to scratch; its recorded settings alone would rebuild as finetune
+    blank = make_agent(SPECS["1cam"])
+    assert blank.settings.mode is None and blank.mode == "scratch"
+    assert Agent.from_description(blank.describe()).describe()["encoder_mode"] == "scratch"
 
 
 def test_frozen_keeps_the_encoder_fixed_while_finetune_trains_separate_ones(stage1_encoder):
