@@ -113,6 +113,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "agent": ("robopretrain/agent.py", ["tests/test_agent.py", "tests/test_checkpoint.py", "tests/test_network_keys.py",
                                          "tests/test_wiring.py", "tests/test_frozen_features.py", "tests/test_dt.py",
                                          "tests/test_evaluate.py"]),  # encoders, networks and learner behind one API
+    "gap": ("finetune/transfer/gap.py", ["tests/test_transfer.py"]),  # the sim-to-"real" gap every transfer tool reads
+    "randomization": ("sim_envs/randomization.py", ["tests/test_randomization.py", "tests/test_sim_envs.py",
+                                                     "tests/test_transfer.py"]),  # physics and visual shifts
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
