@@ -150,7 +150,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     build.report_success_filter(cfg.algo, offline, str(data_path), online=True)
     offline = build.prepared(agent, offline, int(cfg.seed) + 2)
     meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"), "data_path": str(data_path),
-            "task_names": [target.name], "reward": reward.__dict__}
+            "task_names": [target.name], "reward": reward.__dict__, "gap": gap.to_dict()}
     fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path},
                                               ignore=RESUMABLE_CHANGES)
     transfer = build_transfer(transfer_settings, gap, agent, target, rand, run_dir, reward_scale=reward.scale,

@@ -62,6 +62,8 @@ FRICTION_JOINTS = ("puck_x", "puck_y", "puck_yaw")
 # Where distractors may stand: the part of the table the agentview camera sees.
 DISTRACTOR_X = (-0.26, 0.26)
 DISTRACTOR_Y = (-0.16, 0.28)
+# Distance (m, on the table) a distractor keeps from the task's objects and goals, so the task stays possible.
+KEEPOUT_RADIUS = 0.09
 
 
 def sample_interval_union(rng: np.random.Generator, intervals: Sequence[Interval]) -> float:
@@ -196,7 +198,7 @@ class DomainRandomizer:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, rng: np.random.Generator, keepout: np.ndarray | None = None,
-               keepout_radius: float = 0.09) -> dict[str, Any]:
+               keepout_radius: float = KEEPOUT_RADIUS) -> dict[str, Any]:
         """Draw one episode's parameters. ``keepout``: (n, 2) table points distractors must stay away from.
 
         The environment samples distractors separately (``sample_distractors``) once the task has placed
@@ -255,7 +257,7 @@ class DomainRandomizer:
         return {"pos": list(mag * _unit(rng.normal(size=3))), "target": list(tmag * _unit(rng.normal(size=3)))}
 
     def sample_distractors(self, rng: np.random.Generator, keepout: np.ndarray | None = None,
-                           radius: float = 0.09) -> list[dict[str, Any]]:
+                           radius: float = KEEPOUT_RADIUS) -> list[dict[str, Any]]:
         """Count, shapes, sizes, colours and table positions of this episode's distractors."""
         level = self.levels["distractors"]
         if self.config.num_distractors is not None:

@@ -10,7 +10,7 @@ collisions off; unknown levels and factors are refused with an error naming them
 from __future__ import annotations
 
 import colorsys
-import inspect
+from pathlib import Path
 from typing import Any, Sequence
 
 import mujoco
@@ -19,15 +19,13 @@ import pytest
 
 import sim_envs
 from sim_envs.env import TabletopEnv
-from sim_envs.randomization import (DISTRACTOR_X, DISTRACTOR_Y, FACTOR_RANGES, FACTORS, LEVELS, TEXTURES,
-                                    DomainRandomizer, RandomizationConfig)
+from sim_envs.randomization import (DISTRACTOR_X, DISTRACTOR_Y, FACTOR_RANGES, FACTORS, KEEPOUT_RADIUS, LEVELS,
+                                    TEXTURES, DomainRandomizer, RandomizationConfig)
 from sim_envs.scene import MAX_DISTRACTORS
 
 RANDOM_LEVELS = ("train", "eval_easy", "eval_hard")
 EVAL_LEVELS = ("eval_easy", "eval_hard")
 TASK_NAMES = list(sim_envs.TASKS)
-# Keep-out radius the env uses when it places distractors (the default of ``sample_distractors``).
-KEEPOUT_RADIUS = inspect.signature(DomainRandomizer.sample_distractors).parameters["radius"].default
 TOL = 1e-9
 # The model fields each factor may change, and nothing else (see DomainRandomizer.apply / place_distractors).
 FACTOR_FIELDS: dict[str, set[str]] = {
@@ -393,3 +391,90 @@ def test_factor_levels_override_the_level_of_single_factors() -> None:
     config = RandomizationConfig(level="train", factors=["friction", "colors"], factor_levels={"friction": "eval_hard"})
     levels = config.levels()
     assert levels["friction"] == "eval_hard" and levels["colors"] == "train" and levels["mass"] == "none"
+
+
+# ----------------------------------------------------------------------------- what apply writes, factor by factor
+def test_mass_scales_free_objects_as_well_as_fixtures() -> None:
+    """A free-jointed object (Lift's block: one joint) is as movable as a drawer: its mass and inertia scale."""
+    env = physics_env("Lift")
+    nominal = model_arrays(env.model)
+    randomizer = single_factor_randomizer(env, "mass", "eval_hard")
+    block = env.model.body("block").id
+    p = randomizer.sample(np.random.default_rng(4))
+    randomizer.apply(p)
+    np.testing.assert_allclose(env.model.body_mass[block], nominal["body_mass"][block] * p["mass"])
+    np.testing.assert_allclose(env.model.body_inertia[block], nominal["body_inertia"][block] * p["mass"])
+    randomizer.restore_nominal()
+
+
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+def test_light_colour_and_headlight_follow_intensity_and_tint(level: str) -> None:
+    """Each light's diffuse colour is nominal x intensity x (1 - tint), the headlight nominal x intensity, in [0, 1]."""
+    env = physics_env("PushBlock")
+    randomizer = single_factor_randomizer(env, "lighting", level)
+    nominal, head = env.model.light_diffuse.copy(), headlight(env.model).copy()
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        p = randomizer.sample(rng)
+        randomizer.apply(p)
+        light = p["lighting"]
+        for i in range(env.model.nlight):
+            want = np.clip(nominal[i] * light["intensity"] * (1.0 - np.array(light["tint"][i])), 0.0, 1.0)
+            np.testing.assert_allclose(env.model.light_diffuse[i], want, rtol=1e-6)
+        np.testing.assert_allclose(headlight(env.model), np.clip(head * light["intensity"], 0.0, 1.0), rtol=1e-6)
+    assert np.all(nominal > 0), "the check needs lit lights"
+    randomizer.restore_nominal()
+
+
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+def test_camera_looks_at_the_nominal_target_shifted_by_the_sampled_target_jitter(level: str) -> None:
+    """The moved camera's view axis points at the nominal look-at point (0.6 m along the nominal axis) + the jitter."""
+    env = physics_env("PushBlock")
+    randomizer = single_factor_randomizer(env, "camera", level)
+    cam = env.model.camera("agentview").id
+    mat = np.zeros(9)
+    mujoco.mju_quat2Mat(mat, env.model.cam_quat[cam])
+    target = env.model.cam_pos[cam] + 0.6 * -mat.reshape(3, 3)[:, 2]
+    rng = np.random.default_rng(6)
+    for _ in range(10):
+        p = randomizer.sample(rng)
+        randomizer.apply(p)
+        shift = np.array(p["camera"][0]["target"])
+        assert np.linalg.norm(shift) > 0
+        mujoco.mju_quat2Mat(mat, env.model.cam_quat[cam])
+        forward = -mat.reshape(3, 3)[:, 2]
+        want = target + shift - env.model.cam_pos[cam]
+        np.testing.assert_allclose(forward, want / np.linalg.norm(want), atol=1e-6)
+    randomizer.restore_nominal()
+
+
+def test_sample_with_a_keepout_places_distractors_clear_of_it() -> None:
+    """``sample(rng, keepout)`` draws the distractors too, each farther than the default radius from every point."""
+    env = physics_env("Lift")
+    randomizer = single_factor_randomizer(env, "distractors", "eval_hard")
+    xs, ys = np.meshgrid(np.linspace(*DISTRACTOR_X, 5), np.linspace(*DISTRACTOR_Y, 3))
+    keepout = np.stack([xs.ravel(), ys.ravel()], axis=1)[::2]  # a sparse grid: some room is left
+    rng = np.random.default_rng(7)
+    placed = 0
+    for _ in range(20):
+        for d in randomizer.sample(rng, keepout)["distractors"]:
+            placed += 1
+            assert np.min(np.linalg.norm(keepout - np.array(d["xy"]), axis=1)) > KEEPOUT_RADIUS, d["xy"]
+    assert placed > 0
+    assert "distractors" not in randomizer.sample(rng)  # no keepout: the env samples them after the task's layout
+
+
+def test_the_documented_ranges_are_the_ranges() -> None:
+    """docs/robustness.md's table of ranges and keep-out radius: what a user reads is what the randomizer draws."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "robustness.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`") and cells[0].strip("`") in FACTOR_RANGES:
+            rows[cells[0].strip("`")] = cells[2:]
+    assert set(rows) == set(FACTOR_RANGES), sorted(set(FACTOR_RANGES) ^ set(rows))
+    for name, cells in rows.items():
+        for level, cell in zip(RANDOM_LEVELS, cells):
+            documented = [tuple(float(x) for x in iv.strip().strip("[)").split(",")) for iv in cell.split("∪")]
+            assert documented == [tuple(map(float, iv)) for iv in FACTOR_RANGES[name][level]], (name, level, cell)
+    assert f"Distractors keep {KEEPOUT_RADIUS:g} m" in " ".join(text.split()), "keep-out radius not documented"

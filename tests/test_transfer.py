@@ -354,6 +354,11 @@ def test_gap_presets_and_one_sided_ranges():
         Gap(name="x", kind="acoustic")
     with pytest.raises(ValueError, match="not a physics factor"):
         Gap(name="x", target={"level": "train", "ranges": {"lighting": [[0.1, 0.2]]}})
+    for key, bad in (("target_frames", -1), ("target_transitions", True), ("target_transitions", "20")):
+        with pytest.raises(ValueError, match=f"{key}="):
+            Gap(name="x", **{key: bad})
+    # to_dict is what a run records: it rebuilds the same gap
+    assert Gap.from_mapping(gap.to_dict()) == gap and gap.to_dict()["target_transitions"] == gap.target_transitions
     # the target's friction comes only from its range, below the training range
     import mujoco
 
@@ -439,8 +444,10 @@ def test_darc_changes_the_loop_only_when_it_corrects(stage2_state, tmp_path):
     assert losses(on) != losses(base) and on[-1]["train/darc/applied"] == 1.0
     with np.load(tmp_path / "on" / "transfer" / "darc_target.npz") as z:
         assert len(z["actions"]) == 20
-    saved = load_latest(tmp_path / "on" / "checkpoints").state["transfer"]  # DARC alone (no EPOpt) is checkpointed
+    latest = load_latest(tmp_path / "on" / "checkpoints")
+    saved = latest.state["transfer"]  # DARC alone (no EPOpt) is checkpointed
     assert set(saved) == {"epopt_batches", "epopt_pending", "darc"} and saved["epopt_batches"] == 0
+    assert latest.meta["gap"] == Gap.from_mapping(gap).to_dict()  # the checkpoint says which gap it crossed
 
 
 def test_build_transfer_wires_dann_into_the_agent_with_cached_target_frames(tmp_path):
