@@ -478,3 +478,42 @@ def test_the_documented_ranges_are_the_ranges() -> None:
             documented = [tuple(float(x) for x in iv.strip().strip("[)").split(",")) for iv in cell.split("∪")]
             assert documented == [tuple(map(float, iv)) for iv in FACTOR_RANGES[name][level]], (name, level, cell)
     assert f"Distractors keep {KEEPOUT_RADIUS:g} m" in " ".join(text.split()), "keep-out radius not documented"
+
+
+@pytest.mark.parametrize("ranges,match", [
+    ({"friction": []}, "0 < lo < hi"),
+    ({"friction": [[0.5]]}, "0 < lo < hi"),
+    ({"friction": [[0.6, 0.5]]}, "0 < lo < hi"),
+    ({"friction": [[0.0, 0.5]]}, "0 < lo < hi"),
+    ({"mass": [[0.4, 0.5]]}, "is given a range but is not randomized"),
+    ({"lighting": [[0.4, 0.5]]}, "not a physics factor"),
+])
+def test_bad_physics_ranges_are_refused(ranges: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RandomizationConfig(level="train", factors=["friction"], ranges=ranges).levels()
+
+
+def test_custom_range_replaces_the_level_range() -> None:
+    config = RandomizationConfig(level="train", factors=["friction"], ranges={"friction": [[0.4, 0.45], [2.0, 2.1]]})
+    assert config.factor_range("friction", "train") == ((0.4, 0.45), (2.0, 2.1))
+    assert config.factor_range("friction", "eval_hard") == ((0.4, 0.45), (2.0, 2.1))
+    assert config.factor_range("mass", "train") == FACTOR_RANGES["mass"]["train"]
+
+
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+def test_object_colours_turn_by_the_sampled_hue_shift_keeping_saturation_and_value(level: str) -> None:
+    env = physics_env("OpenDrawer")
+    randomizer = single_factor_randomizer(env, "colors", level)
+    nominal = env.model.geom_rgba.copy()
+    coloured = [g for g in randomizer.object_visual_geoms
+                if colorsys.rgb_to_hsv(*map(float, nominal[g, :3]))[1] > 0.2]
+    assert len(coloured) >= 2, "OpenDrawer's cabinet and drawer are coloured"
+    p = randomizer.sample(np.random.default_rng(8))
+    randomizer.apply(p)
+    shifts = dict(zip(randomizer.object_visual_geoms, p["colors"]["object_hue_shift"]))
+    for g in coloured:
+        h0, s0, v0 = colorsys.rgb_to_hsv(*map(float, nominal[g, :3]))
+        h1, s1, v1 = colorsys.rgb_to_hsv(*map(float, env.model.geom_rgba[g, :3]))
+        turn = (h1 - h0 - shifts[g] + 0.5) % 1.0 - 0.5  # 0 up to float32 rounding, modulo a full turn
+        assert abs(turn) < 1e-4 and abs(s1 - s0) < 1e-4 and abs(v1 - v0) < 1e-4, (geom_name(env.model, g), turn)
+    randomizer.restore_nominal()
