@@ -116,6 +116,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "gap": ("finetune/transfer/gap.py", ["tests/test_transfer.py"]),  # the sim-to-"real" gap every transfer tool reads
     "randomization": ("sim_envs/randomization.py", ["tests/test_randomization.py", "tests/test_sim_envs.py",
                                                      "tests/test_transfer.py"]),  # physics and visual shifts
+    "video_data": ("video_pretrain/data.py", ["tests/test_video_sources.py", "tests/test_inputs_video.py",
+                                              "tests/test_sampling.py"]),  # stage 1's clip readers (any video)
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
