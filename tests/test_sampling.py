@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from video_pretrain.data import SkippedVideoError
 from video_pretrain.sampling import (GOAL_CURRENT, GOAL_FUTURE, GOAL_RANDOM, FrameBatchStream, GoalMix, ICVFSampler,
-                                     TCNSampler, VIPSampler, augment, load_frames, make_sampler)
+                                     TCNSampler, VIPSampler, augment, batch_loader, load_frames, make_sampler)
 
 LENGTHS = [5, 50, 200, 30, 1]
 N = 20_000
@@ -171,8 +171,11 @@ def test_load_frames_puts_every_frame_where_its_index_says_and_reads_each_video_
 def test_stream_is_the_same_with_and_without_workers_and_resumes_exactly():
     source = CodedSource(LENGTHS)
     stream = FrameBatchStream(source, "icvf", batch_size=8, seed=3, num_batches=6)
-    serial = list(DataLoader(stream, batch_size=None, num_workers=0))
-    parallel = list(DataLoader(stream, batch_size=None, num_workers=2))
+    serial = list(batch_loader(stream, 0))
+    loader = batch_loader(stream, 2)
+    # workers start from a clean process: a forked one can inherit a decoder's thread pool and hang (batch_loader)
+    assert loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
+    parallel = list(loader)
     assert len(serial) == len(parallel) == 6
     for a, b in zip(serial, parallel):
         assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["reward"], b["reward"])

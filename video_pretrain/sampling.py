@@ -28,12 +28,13 @@ model inputs and applies the same random crop (``random_shift``) to all frames o
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from video_pretrain.data import FrameSource, SkippedVideoError
 
@@ -345,10 +346,11 @@ class FrameBatchStream(IterableDataset):
     """An endless (or ``num_batches`` long) stream of whole batches of uint8 frames for ``objective``.
 
     Each item is a dict: ``frames`` uint8 (B, K, H, W, 3), ``video`` and ``frame`` int64 (B, K) (ids of
-    ``source``), and the sampler's scalars as float32 (B,). Use it with ``DataLoader(stream,
-    batch_size=None, num_workers=n)``: worker ``w`` of ``n`` makes batches ``start + w, start + w + n, ...``
-    and the DataLoader hands them out in round-robin order, so the stream is identical for any number of
-    workers (0 included). ``sampling`` holds the sampler options (see :func:`make_sampler`).
+    ``source``), and the sampler's scalars as float32 (B,). Read it with :func:`batch_loader` (a
+    ``DataLoader(stream, batch_size=None, num_workers=n)`` whose workers are not forked): worker ``w`` of
+    ``n`` makes batches ``start + w, start + w + n, ...`` and the DataLoader hands them out in round-robin
+    order, so the stream is identical for any number of workers (0 included). ``sampling`` holds the sampler
+    options (see :func:`make_sampler`).
 
     Clips shorter than the objective needs (:func:`long_enough`: ICVF 2 frames, VIP and TCN 3) are never
     sampled; they are logged once with their count and listed in ``short_videos``, and a source with no
@@ -405,6 +407,29 @@ class FrameBatchStream(IterableDataset):
         while end is None or k < end:
             yield self.batch(k)
             k += workers
+
+
+def worker_start_method() -> str:
+    """How :func:`batch_loader` starts its workers: ``forkserver`` where the platform has it, else ``spawn``."""
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def batch_loader(stream: FrameBatchStream, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """The DataLoader stage 1 reads ``stream`` through: whole batches (``batch_size=None``), ``num_workers``
+    processes (0: the main process).
+
+    Workers start from a clean process (:func:`worker_start_method`), never forked from this one. A process
+    that has decoded video (PyAV's scaler keeps a pool of slice threads) or started a logger thread can leave a
+    forked child blocked forever on a lock or condition variable whose threads do not exist in the child: seen
+    in this repository's tests, a worker hung in ``sws_freeContext`` -> ``pthread_cond_destroy`` when the garbage
+    collector freed a decoded frame inherited from the parent. Sources are picklable and open their files in
+    each worker (:mod:`video_pretrain.data`), so a fresh worker needs nothing the parent holds.
+    """
+    if num_workers < 0:
+        raise ValueError(f"batch_loader: num_workers={num_workers}; expected >= 0")
+    context = mp.get_context(worker_start_method()) if num_workers > 0 else None
+    return DataLoader(stream, batch_size=None, num_workers=int(num_workers), pin_memory=pin_memory,
+                      multiprocessing_context=context)
 
 
 # --------------------------------------------------------------------------------------------- augmentation

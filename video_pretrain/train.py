@@ -18,7 +18,8 @@ trains the encoder named by ``encoder.name`` with the objective's loss on frames
     metrics.json          loss history, validation history, timing, data facts
     videos/               generated human-hand videos (data.generate with no data.path)
 
-Batches come from :class:`video_pretrain.sampling.FrameBatchStream` through a DataLoader (``num_workers``);
+Batches come from :class:`video_pretrain.sampling.FrameBatchStream` through a DataLoader (``num_workers``, started
+from a clean process: :func:`video_pretrain.sampling.batch_loader`);
 batch ``k`` and the random shift of step ``k`` depend only on (seed, k), so a resumed run continues the
 same data stream. The validation loss is computed on fixed batches of held-out videos (split by video)
 without augmentation. ``objective=none`` trains nothing and saves the seeded random initialisation.
@@ -47,7 +48,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from robopretrain import cpu_settings
@@ -62,7 +62,7 @@ from robopretrain.nets.encoder_io import load_encoder, save_encoder
 from robopretrain.nets.encoders import make_encoder
 from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, open_frame_source, split_by_video
 from video_pretrain.objectives import OBJECTIVES, ICVFHeads, make_objective
-from video_pretrain.sampling import FrameBatchStream, augment
+from video_pretrain.sampling import FrameBatchStream, augment, batch_loader
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     sampling = OmegaConf.to_container(cfg.objective.sampling, resolve=True)
     stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=data_seed, sampling=sampling,
                               start_batch=start, num_batches=max(steps - start, 0))
-    loader = DataLoader(stream, batch_size=None, num_workers=int(cfg.num_workers), pin_memory=device.type == "cuda")
+    loader = batch_loader(stream, int(cfg.num_workers), pin_memory=device.type == "cuda")
     valid_batches, valid_stream = [], None
     if dinfo.is_main and valid_source is not None and int(cfg.valid_batches) > 0:
         valid_stream = FrameBatchStream(valid_source, name, int(cfg.batch_size), seed=int(cfg.seed) + VALID_SEED_OFFSET,
