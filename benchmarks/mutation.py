@@ -247,6 +247,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("randomization", "DomainRandomizer.place_distractors/const/9"):
         "unused slots parked 0.05 m apart instead of 0.1 m: they collide with nothing (contype 0, tested) and stay "
         "out of every camera's view either way (agentview and eye-in-hand renders identical with the slots 50 m away)",
+    ("video_data", "ManifestSource.__init__/const/5"): "the clip-checking progress bar's leave=False -> True: whether "
+                                                       "the finished bar stays on the terminal (display only)",
+    ("video_data", "split_by_video/swap/0"): "max(1, k) -> max(k, 1): max is symmetric",
 }
 
 # the mutant each EQUIVALENT explanation was written for: its description @ the source line it mutates (stripped).
@@ -379,6 +382,11 @@ EQUIVALENT_AT: dict[tuple[str, str], str] = {
         '0 -> 1 @ device: str | torch.device = "cpu", seed: int = 0) -> Agent:',
     ('randomization', 'DomainRandomizer.place_distractors/const/9'):
         '0.1 -> 0.05 @ data.qpos[qadr:qadr + 7] = [*(PARK_POS + np.array([0.1 * k, 0.0, 0.0])), 1.0, 0.0, 0.0, 0.0]',
+    ('video_data', 'ManifestSource.__init__/const/5'):
+        'False -> True @ leave=False):',
+    ('video_data', 'split_by_video/swap/0'):
+        'max(..1, int(round(valid_fraction * n))..) swapped @ n_valid = 0 if valid_fraction == 0 else max(1, '
+        'int(round(valid_fraction * n)))',
 }
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site

@@ -17,7 +17,7 @@ from robopretrain.data.hdf5 import DatasetError
 from robopretrain.data.video import VideoDatasetError
 from sim_envs.video_writer import write_mp4
 from video_pretrain.data import (ClipCache, HDF5ImageSource, ManifestSource, SkippedVideoError, SubsetSource,
-                                 open_frame_source, resize_frames, split_by_video)
+                                 _read_rows, open_frame_source, resize_frames, split_by_video)
 
 
 def smooth_frames(n: int, h: int, w: int, phase: float = 0.0) -> np.ndarray:
@@ -69,6 +69,13 @@ def test_manifest_with_mp4_and_frame_folder(video_dir: tuple[Path, np.ndarray, n
     stretched = resize_frames(mp4, 16, center_crop=False).astype(np.int16)
     assert np.abs(video.astype(np.int16) - expected).mean() < np.abs(video.astype(np.int16) - stretched).mean()
     assert np.array_equal(src.frames(1, [9, 2, 2]), resize_frames(folder, 16)[[9, 2, 2]])  # png is lossless
+
+
+def test_resizing_keeps_black_black_and_white_white() -> None:
+    for value in (0, 255):
+        frames = np.full((2, 30, 40, 3), value, np.uint8)
+        out = resize_frames(frames, 16)
+        assert out.shape == (2, 16, 16, 3) and out.dtype == np.uint8 and np.all(out == value)
 
 
 def test_stride_and_resize(video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
@@ -134,6 +141,9 @@ def test_clip_cache_is_lru_and_bounded_by_bytes() -> None:
     assert cache.get(4) is None and cache.hits == 1 and cache.misses == 1
     copy = pickle.loads(pickle.dumps(cache))
     assert copy.max_bytes == 250 and len(copy) == 0 and copy.nbytes == 0
+    cache.clear()  # empties the byte count too: a clip of the whole budget fits again, and is counted once
+    assert len(cache) == 0 and cache.nbytes == 0
+    assert cache.put(5, np.zeros(250, np.uint8)) and cache.nbytes == 250
 
 
 def test_source_cache_bound_respected_and_clips_served_from_it(tmp_path: Path) -> None:
@@ -235,6 +245,44 @@ def test_hdf5_source_one_video_per_demo(tmp_path: Path) -> None:
     assert np.array_equal(strided.frames(1, [0, 2]), resize_frames(videos["demo_1"][[0, 6]], 12))
     by_task = HDF5ImageSource(path, image_size=12, tasks=["OpenDrawer"])
     assert by_task.demo_names == ["demo_1", "demo_3"]
+    # unevenly spaced obs rows (a point selection) and the final next_obs frame in one read
+    assert np.array_equal(uncached.frames(0, [0, 1, 5, 7]), videos["demo_1"][[0, 1, 5, 7]])
+
+
+class _RecordingRows:
+    """An array that records the keys it is indexed with (stands in for an h5py dataset)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.keys = array, []
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        return self.array[key]
+
+
+def test_rows_are_read_as_one_slice_when_evenly_spaced_else_by_point_selection() -> None:
+    """h5py's point selection is slow: evenly spaced rows (a clip's frames at a stride) are one strided slice."""
+    ds = _RecordingRows(np.arange(20) * 10)
+    for rows, key in (([4], slice(4, 5, 1)), ([1, 3, 5], slice(1, 6, 2)), ([0, 1, 5], [0, 1, 5])):
+        got = _read_rows(ds, np.array(rows))
+        assert np.array_equal(got, ds.array[rows]) and ds.keys[-1] == key, (rows, ds.keys[-1])
+
+
+def test_a_bad_final_frame_is_reported_and_left_out_a_missing_one_silently(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "demos.hdf5"
+    write_robomimic(path, [5, 6, 4])
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.data"):
+        assert HDF5ImageSource(path, image_size=12).lengths.tolist() == [6, 7, 5]
+    assert not caplog.records  # a clean file: no warning
+    with h5py.File(path, "a") as f:
+        del f["data/demo_0/next_obs/agentview_image"]
+        f["data/demo_0/next_obs/agentview_image"] = np.zeros((5, 24, 24, 3), np.float32)
+        del f["data/demo_1/next_obs/agentview_image"]
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.data"):
+        assert HDF5ImageSource(path, image_size=12).lengths.tolist() == [5, 6, 5]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "demo_0/next_obs/agentview_image" in messages[0] and "obs frames only" in messages[0]
 
 
 def test_hdf5_source_errors_and_bad_demo(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -271,6 +319,13 @@ def test_sources_pickle_with_an_empty_cache(tmp_path: Path, video_dir: tuple[Pat
     assert np.array_equal(h5_copy.frames(1, [6, 0]), videos["demo_1"][[6, 0]])
     h5.close()
     h5_copy.close()
+    # a forked copy holds the parent's handle object: closing it there must leave the parent's file open
+    h5.frames(0, [2])
+    inherited = h5._file
+    h5._file_pid = -1  # as a child process sees it
+    h5.close()
+    assert inherited.id.valid and h5._file is None
+    inherited.close()
 
 
 class _FramesDataset(torch.utils.data.Dataset):
