@@ -1,0 +1,83 @@
+"""benchmarks/bench_utils.py: the seeds-then-episodes bootstrap interval every benchmark's success interval comes from,
+atomic JSON, the logged subprocess runs of the claims scripts, figures and load averages."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from _benchmarks import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bu():
+    return load_benchmark("bench_utils", "bench_utils.py")
+
+
+def test_interval_is_the_2_5_and_97_5_percentiles_of_the_seeds_then_episodes_means(bu):
+    """Continuous outcomes (0/1 data cannot tell a 2.5% tail from nearby ones): the defaults are a 95% interval from
+    2000 resamples of generator seed 0, and ``confidence`` sets the tails."""
+    rng = np.random.default_rng(3)
+    per_seed = [rng.normal(loc, 1.0, size=n) for loc, n in ((0.0, 15), (0.5, 20), (1.0, 10))]
+    means = bu.seeds_then_episodes_means(bu.seed_arrays(per_seed), 2000, np.random.default_rng(0))
+    # (1 - 0.95) is not exactly 0.05 in floating point: equal to 1e-12
+    np.testing.assert_allclose(bu.seeds_then_episodes_ci(per_seed), np.percentile(means, [2.5, 97.5]), rtol=1e-12)
+    means = bu.seeds_then_episodes_means(bu.seed_arrays(per_seed), 300, np.random.default_rng(5))
+    lo, hi = bu.seeds_then_episodes_ci(per_seed, resamples=300, confidence=0.8, seed=5)
+    np.testing.assert_allclose([lo, hi], np.percentile(means, [10, 90]), rtol=1e-12)
+
+
+def test_write_json_atomic_leaves_the_old_file_when_killed_before_the_rename(bu, tmp_path, monkeypatch):
+    path = tmp_path / "new" / "folder" / "results.json"
+    bu.write_json_atomic(path, {"a": np.float32(0.5)})  # folders made; numpy scalars written as floats
+    assert json.loads(path.read_text()) == {"a": 0.5}
+    bu.write_json_atomic(path, {"a": 1})  # the folder exists now
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bu.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bu.write_json_atomic(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 1}
+
+
+def test_run_logged_appends_output_with_one_thread_and_reports_the_command(bu, tmp_path):
+    folder = tmp_path / "runs" / "seed0"  # made, parents too
+    code = "import os; print('threads', os.environ['OMP_NUM_THREADS'])"
+    for _ in range(2):
+        out = bu.run_logged([sys.executable, "-c", code], folder, tmp_path)
+    assert (folder / "benchmark.log").read_text().splitlines() == ["threads 1", "threads 1"]
+    assert out["command"] == f"-c {code}" and out["returncode"] == 0 and out["call_seconds"] > 0
+    failed = bu.run_logged([sys.executable, "-c", "raise SystemExit(3)"], folder, tmp_path)
+    assert failed["returncode"] == 3
+
+
+def test_load_average_rounds_to_hundredths(bu, monkeypatch):
+    monkeypatch.setattr(bu.os, "getloadavg", lambda: (0.123456, 1.5, 2.0049))
+    assert bu.load_average() == [0.12, 1.5, 2.0]
+
+    def none():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(bu.os, "getloadavg", none)
+    assert bu.load_average() == []
+
+
+def test_save_figure_makes_folders_overwrites_and_closes(bu, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "plots" / "a" / "curve.png"
+    for _ in range(2):  # the folder exists the second time
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, 1])
+        assert bu.save_figure(fig, path) == path
+        assert not plt.fignum_exists(fig.number)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(path) > 1000
