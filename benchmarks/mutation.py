@@ -121,6 +121,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "bench_utils": ("benchmarks/bench_utils.py", ["tests/test_bench_utils.py", "tests/test_claims_metrics.py",
                                                   "tests/test_claims_benchmark.py", "tests/test_offline_suite.py",
                                                   "tests/test_testbed_benchmark.py"]),
+    "build": ("robopretrain/build.py", ["tests/test_stage2_data_wiring.py", "tests/test_train_offline.py",
+                                        "tests/test_bc_term_options.py", "tests/test_cpu_settings.py",
+                                        "tests/test_frozen_features.py", "tests/test_transfer.py"]),  # stages' wiring
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
