@@ -121,9 +121,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "bench_utils": ("benchmarks/bench_utils.py", ["tests/test_bench_utils.py", "tests/test_claims_metrics.py",
                                                   "tests/test_claims_benchmark.py", "tests/test_offline_suite.py",
                                                   "tests/test_testbed_benchmark.py"]),
-    "build": ("robopretrain/build.py", ["tests/test_stage2_data_wiring.py", "tests/test_train_offline.py",
-                                        "tests/test_bc_term_options.py", "tests/test_cpu_settings.py",
-                                        "tests/test_frozen_features.py", "tests/test_transfer.py"]),  # stages' wiring
+    "build": ("robopretrain/build.py", ["tests/test_build.py", "tests/test_stage2_data_wiring.py",
+                                        "tests/test_train_offline.py", "tests/test_bc_term_options.py",
+                                        "tests/test_cpu_settings.py", "tests/test_frozen_features.py",
+                                        "tests/test_transfer.py"]),  # the stages' shared wiring
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
@@ -256,6 +257,8 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("video_data", "ManifestSource.__init__/const/5"): "the clip-checking progress bar's leave=False -> True: whether "
                                                        "the finished bar stays on the terminal (display only)",
     ("video_data", "split_by_video/swap/0"): "max(1, k) -> max(k, 1): max is symmetric",
+    ("build", "new_agent/if/0"): "if spec.rgb -> if not spec.rgb around the agent's log line only (logging: which "
+                                 "agents print their encoder summary)",
 }
 
 # the mutant each EQUIVALENT explanation was written for: its description @ the source line it mutates (stripped).
@@ -393,6 +396,8 @@ EQUIVALENT_AT: dict[tuple[str, str], str] = {
     ('video_data', 'split_by_video/swap/0'):
         'max(..1, int(round(valid_fraction * n))..) swapped @ n_valid = 0 if valid_fraction == 0 else max(1, '
         'int(round(valid_fraction * n)))',
+    ('build', 'new_agent/if/0'):
+        'if spec.rgb: -> if not ... @ if spec.rgb:',
 }
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site
