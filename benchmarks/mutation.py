@@ -125,6 +125,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "tests/test_train_offline.py", "tests/test_bc_term_options.py",
                                         "tests/test_cpu_settings.py", "tests/test_frozen_features.py",
                                         "tests/test_transfer.py"]),  # the stages' shared wiring
+    "pipeline": ("robopretrain/pipeline.py", ["tests/test_pipeline.py", "tests/test_paper_preset.py",
+                                              "tests/test_claims_benchmark.py", "tests/test_testbed_benchmark.py",
+                                              "tests/test_stage2_data_wiring.py", "tests/test_bc_term_options.py"]),
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
