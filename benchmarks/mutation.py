@@ -127,7 +127,11 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "tests/test_transfer.py"]),  # the stages' shared wiring
     "pipeline": ("robopretrain/pipeline.py", ["tests/test_pipeline.py", "tests/test_paper_preset.py",
                                               "tests/test_claims_benchmark.py", "tests/test_testbed_benchmark.py",
-                                              "tests/test_stage2_data_wiring.py", "tests/test_bc_term_options.py"]),
+                                              "tests/test_stage2_data_wiring.py", "tests/test_bc_term_options.py",
+                                              "tests/test_loggers.py::test_pipeline_names_each_stage_run_and_logs_"
+                                              "the_report",
+                                              "tests/test_evaluate.py::test_pipeline_evaluate_stage_runs_the_sweep_of_each_"
+                                              "sim_target_into_its_folder"]),
 }
 
 # (module, mutant id) -> why no test can tell the mutant from the original
@@ -260,6 +264,7 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ("video_data", "ManifestSource.__init__/const/5"): "the clip-checking progress bar's leave=False -> True: whether "
                                                        "the finished bar stays on the terminal (display only)",
     ("video_data", "split_by_video/swap/0"): "max(1, k) -> max(k, 1): max is symmetric",
+    ("pipeline", "stage1_config/swap/3"): "max(1, k) -> max(k, 1): max is symmetric",
     ("build", "new_agent/if/0"): "if spec.rgb -> if not spec.rgb around the agent's log line only (logging: which "
                                  "agents print their encoder summary)",
 }
@@ -399,6 +404,9 @@ EQUIVALENT_AT: dict[tuple[str, str], str] = {
     ('video_data', 'split_by_video/swap/0'):
         'max(..1, int(round(valid_fraction * n))..) swapped @ n_valid = 0 if valid_fraction == 0 else max(1, '
         'int(round(valid_fraction * n)))',
+    ('pipeline', 'stage1_config/swap/3'):
+        'max(..1, int(cfg.stage1.steps) // 3..) swapped @ "eval_every": max(1, int(cfg.stage1.steps) // 3), '
+        '"checkpoint_every": max(1, int(cfg.stage1.steps) // 3),',
     ('build', 'new_agent/if/0'):
         'if spec.rgb: -> if not ... @ if spec.rgb:',
 }

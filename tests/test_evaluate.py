@@ -236,3 +236,27 @@ def test_pipeline_robustness_sweep_and_report(tiny_camera_checkpoint, tmp_path):
     cfg.evaluate.robustness.levels = {"wind": ["eval_hard"]}
     with pytest.raises(ValueError, match=r"evaluate.robustness.levels: unknown factor\(s\) \['wind'\]"):
         pipeline.robustness_config(cfg, tiny_camera_checkpoint, as_target("Reach"), tmp_path / "x")
+
+
+def test_pipeline_evaluate_stage_runs_the_sweep_of_each_sim_target_into_its_folder(tiny_camera_checkpoint, tmp_path):
+    """stage_evaluate: the nominal setting, then the robustness sweep of <run>/stage3/<target> written under
+    <run>/evaluate/robustness/<target>, listed in evaluate/robustness.json."""
+    import shutil
+
+    from robopretrain import pipeline
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_camera_checkpoint, run / "stage3" / "Reach")
+    cfg = OmegaConf.load(ROOT / "configs" / "pipeline.yaml")
+    cfg.pop("hydra")
+    cfg.merge_with({"targets": ["Reach"], "progress": False, "device": "cpu",
+                    "evaluate": {"episodes": 1, "video": False, "blind": [],
+                                 "robustness": {"episodes": 1, "workers": 0}}})
+    cfg.evaluate.settings = {"nominal": "none"}  # replace the preset's entries (merge_with would keep them)
+    cfg.evaluate.robustness.levels = {"distractors": [2]}
+    results = pipeline.stage_evaluate(cfg, run)
+    assert set(results["Reach"]) == {"nominal"}
+    saved = json.loads((run / "evaluate" / "robustness.json").read_text())
+    folder = run / "evaluate" / "robustness" / "Reach"
+    assert saved["Reach"]["eval_info"] == str(folder / "eval_info.json") and (folder / "eval_info.json").is_file()
+    assert [(r["factor"], r["level"]) for r in saved["Reach"]["rows"]] == [("nominal", "none"), ("distractors", "2")]

@@ -164,3 +164,21 @@ def test_every_rl_stage_of_the_presets_gets_the_success_filtered_bc_term(tmp_pat
     for algo in (pipeline.stage2_config(cfg, tmp_path).algo, pipeline.adapt_config(cfg, tmp_path, target).algo,
                  pipeline.stage3_config(cfg, tmp_path, target).algo):
         assert (algo.actor_bc_weight, algo.actor_bc_filter, algo.policy_lr) == (4.0, "success", 3e-4), algo.name
+
+
+def test_stage_configs_evaluate_and_checkpoint_where_the_pipeline_says(tmp_path):
+    """Stage 1 evaluates and checkpoints three times per run (at least every step); stage 2 evaluates its prior tasks
+    with ``eval_episodes`` episodes, even one, and not at all with zero."""
+    from robopretrain.pipeline import stage1_config, stage2_config
+
+    cfg = tiny_pipeline_config(tmp_path / "run", tmp_path / "demos.hdf5")
+    cfg.stage1.steps = 10
+    s1 = stage1_config(cfg, tmp_path / "run")
+    assert (s1.eval_every, s1.checkpoint_every) == (3, 3)
+    cfg.stage1.steps = 2
+    assert stage1_config(cfg, tmp_path / "run").checkpoint_every == 1
+    cfg.encoder.mode = "scratch"  # no stage-1 encoder in this folder
+    for episodes, targets in ((1, None), (0, [])):
+        cfg.stage2.eval_episodes = episodes
+        train = stage2_config(cfg, tmp_path / "run").train
+        assert train.eval_targets == targets and train.eval_episodes == 1, (episodes, train.eval_targets)
