@@ -423,7 +423,8 @@ def batch_loader(stream: FrameBatchStream, num_workers: int = 0, pin_memory: boo
     forked child blocked forever on a lock or condition variable whose threads do not exist in the child: seen
     in this repository's tests, a worker hung in ``sws_freeContext`` -> ``pthread_cond_destroy`` when the garbage
     collector freed a decoded frame inherited from the parent. Sources are picklable and open their files in
-    each worker (:mod:`video_pretrain.data`), so a fresh worker needs nothing the parent holds.
+    each worker (:mod:`video_pretrain.data`), so a fresh worker needs nothing the parent holds; a frame source of
+    your own must pickle too (with workers). Raises ``ValueError`` for ``num_workers < 0``.
     """
     if num_workers < 0:
         raise ValueError(f"batch_loader: num_workers={num_workers}; expected >= 0")
