@@ -175,6 +175,8 @@ def test_stream_is_the_same_with_and_without_workers_and_resumes_exactly():
     loader = batch_loader(stream, 2)
     # workers start from a clean process: a forked one can inherit a decoder's thread pool and hang (batch_loader)
     assert loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
+    with pytest.raises(ValueError, match="num_workers=-1"):
+        batch_loader(stream, -1)
     parallel = list(loader)
     assert len(serial) == len(parallel) == 6
     for a, b in zip(serial, parallel):
