@@ -59,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Lock
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
@@ -134,281 +135,282 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                               "sim_target_into_its_folder"]),
 }
 
-# (module, mutant id) -> why no test can tell the mutant from the original
-EQUIVALENT: dict[tuple[str, str], str] = {
-    ("cql", "CQL.compute_losses/name/2"): "b = obs.shape[0] -> next_obs.shape[0]: a batch has as many s' as s",
-    ("cql", "CQL.compute_losses/drop/0"): "max(1 + n, n + n_target) -> max(1, n + n_target): n_target >= 1, so "
-                                          "n + n_target >= 1 + n and both give the same number of samples",
-    ("cql", "CQL.compute_losses/swap/22"): "sac_actor_loss(q_pi, pi_logp, alpha) -> (q_pi, alpha, pi_logp): the loss "
-                                          "is alpha * log pi - Q, a product of the two (alpha detached either way)",
-    ("cql", "td_target/const/0"): "the default alpha=0.0 -> 1.0: every caller passes alpha",
-    ("cql", "dr3_penalty/const/0"): "the default coef=1.0 -> 0.5: every caller passes cfg.dr3_coef",
-    ("icvf", "ICVFObjective.export_config/name/0"): "self.heads.config -> self.target_heads.config: the target heads "
-                                                    "are a deepcopy of the heads, config included",
-    ("returns", "_obs_mismatch/const/1"): "atol < 1 -> atol < 0 picks the float path for integer arrays too: with "
-                                          "integers any difference is >= 1 > atol, so both paths give the same "
-                                          "answer (the exact path only saves float64 copies)",
-    ("returns", "sparse_return_range/swap/1"): "the transformed 1 as sparse_negative_reward(bias, scale, 1.0): "
-                                               "1 * scale + bias = 1 * bias + scale",
-    ("returns", "sparse_return_range/swap/4"): "max(0.0, hi) -> max(hi, 0.0): max is symmetric",
-    ("returns", "next_actions_of/const/0"): "len(a) > 1 -> > 0: with one action the shifted slices are empty, so "
-                                            "the copy is returned either way",
-    ("dataset", "load_offline_dataset/swap/12"): "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): "
-                                                 "rewards * scale in float64 either way (a product commutes)",
-    ("offline_loop", "train_offline/const/0"): "the default start=0 -> 1: the one caller (robopretrain.train) "
-                                               "passes start",
-    ("offline_loop", "calibration_rows/const/0"): "seed 12345 -> 12346: the calibration rows only have to be fixed "
-                                                  "(the same rows at every step and after a resume); no value is "
-                                                  "specified",
-    ("evaluation", "evaluate/boolop/0"): "video_path is not None and frames -> or: frames is a non-empty list exactly "
-                                         "when video_path is given (else None), so both conditions agree",
-    ("tcn", "tcn_logits/swap/0"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (the broadcast (B, B) matrix keeps its layout)",
-    ("tcn", "tcn_logits/swap/2"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments",
-    ("tcn", "tcn_loss/swap/10"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (a metric of aligned frames)",
-    ("tcn", "tcn_loss/swap/11"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (a metric of aligned frames)",
-    ("tcn", "tcn_loss/swap/12"): "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (a metric of aligned frames)",
-    ("tcn", "TCNObjective.compute_loss/const/4"): "batch['video'][:, 0] -> [:, 1]: the three frames of a sample come "
-                                                  "from one video (TCNSampler), so every column holds the same id",
-    ("online_loop", "run_online/const/1"): "replay seed seed + 1 -> seed + 0: the buffer's sampling stream only has "
-                                           "to be fixed and checkpointed (it is); no value is specified",
-    ("online_loop", "run_online.eval_row/const/1"): "progress bar set_postfix(refresh=False -> True): display only",
-    ("online_loop", "run_online/not/0"): "tqdm(disable=not settings.progress) -> disable=settings.progress: whether "
-                                         "a progress bar is drawn, nothing the run computes",
-    ("td3_bc", "TD3BC.compute_losses/swap/3"): "td_target(r, d, next_q, discount) -> (r, d, discount, next_q): the "
-                                               "target is r + (1 - d) * discount * next_q, a product of the two",
-    ("awac", "awac_critic_loss/swap/0"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2 per critic, "
-                                         "summed; same loss and gradient (shape (1, E) instead of (E,) before the sum)",
-    ("awac", "AWAC.compute_losses/const/0"): "the default with_metrics=True -> False: every caller passes it",
-    ("rebrac", "rebrac_target/swap/0"): "bc_penalty(a', a'_data) -> (a'_data, a'): a squared distance, symmetric",
-    ("rebrac", "ReBRAC.compute_losses/swap/10"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, "
-                                                 "y without gradient; same loss and gradient",
-    ("bcq", "BCQ.compute_losses/swap/2"): "vae_loss(recon, actions, ...) -> (actions, recon, ...): the reconstruction "
-                                          "term is a squared error, symmetric; same loss and gradient",
-    ("replay", "ReplayBuffer.newest_indices/swap/0"): "min(n, len) -> min(len, n): min is symmetric",
-    ("replay", "OfflineDataset.map_observations/const/1"): "the derived sampling seed rng.integers(2**31) -> 2**32: "
-                                                           "any seed drawn from the parent's stream is valid; no "
-                                                           "value is specified",
-    ("dataset", "default_num_tasks/swap/2"): "max(len(TASKS), largest) -> max(largest, len(TASKS)): symmetric",
-    ("sampling", "long_enough/const/2"): "getattr(..., 'stride', 1) -> 0 for a source without a stride: it only "
-                                         "words the message (', counted after the frame stride' when > 1): no text "
-                                         "either way",
-    ("sampling", "FrameBatchStream.batch/swap/1"): "batch_rng(seed, k) -> batch_rng(k, seed): the batch is still a "
-                                                   "fixed, injective function of (seed, batch number), which is the "
-                                                   "contract (resume exactness, disjoint ranks); no stream is specified",
-    ("sampling", "FrameBatchStream.__init__/const/0"): "the default seed=0 -> 1: stage 1 passes the run's seed; a "
-                                                       "default seed has no specified value",
-    ("cql", "CQL.compute_losses/swap/35"): "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, y "
-                                           "without gradient; same loss and gradient",
-    ("offline_loop", "train_offline.checkpoint/const/0"): "if diff != 0.0 -> != 1.0 under torchrun: whether a "
-                                                          "warning about differing replicas is logged (the "
-                                                          "difference itself is logged either way)",
-    ("offline_loop", "train_offline/const/1"): "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
-    ("offline_loop", "train_offline/const/10"): "bar.set_postfix(refresh=False -> True): display only",
-    ("replay", "ReplayBuffer.__init__/const/0"): "the default seed=0 -> 1: the online loop passes its seed; a default "
-                                                 "seed has no specified value",
-    ("offline_loop", "train_offline.checkpoint/if/2"): "if diff != 0.0: -> if not: under torchrun, whether the "
-                                                       "replica-difference warning is logged (a warning only; the "
-                                                       "driver does not mutate log calls themselves)",
-    ("offline_loop", "train_offline.checkpoint/cmp/0"): "diff != 0.0 -> == 0.0: as checkpoint/if/2, the condition "
-                                                        "of a warning only",
-    ("online_loop", "run_online/drop/0"): "replay seed seed + 1 -> seed: as run_online/const/1, the buffer's "
-                                          "sampling stream only has to be fixed and checkpointed",
-    ("online_loop", "run_online.add_to_buffer/swap/4"): "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): "
-                                                        "rewards * scale is a product, the same either way",
-    ("online_loop", "run_online/call/0"): "tqdm(initial=min(env_steps, total) -> max(...)): where the progress bar "
-                                          "starts drawing, nothing the run computes",
-    ("offline_loop", "resume/boolop/0"): "dinfo or DistInfo() -> dinfo and DistInfo(): the one caller "
-                                         "(robopretrain.train) passes its DistInfo",
-    ("online_loop", "run_online/const/6"): "saved_transfer.get('epopt_batches', 0) -> 1: every checkpoint of a run "
-                                           "with EPOpt stores the count, a checkpoint with other transfer settings "
-                                           "is not resumed (its fingerprint differs), and without EPOpt it is never read",
-    ("online_loop", "run_online/const/8"): "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
-    ("evaluation", "write_gif/const/5"): "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the "
-                                         "same 5 cs at the only fps used (20)",
-    # issues 15 and 16 modules
-    ("por", "NextStateGuide.__init__/const/0"): "the default orthogonal_init=False -> True: the one caller (POR) "
-                                                "passes cfg.orthogonal_init",
-    ("por", "NextStateGuide.sample/binop/0"): "mean + std * eps -> mean - std * eps: eps ~ N(0, 1) is symmetric, so "
-                                              "both are draws of N(mean, std^2)",
-    ("por", "POR.act/cmp/0"): "single = x.dim() == 1 -> != 1: POR.act's own unsqueeze is redundant, the guide and "
-                              "GaussianActor.act take (S,), (B, S) and (1, B, S) alike and give (A,), (B, A), "
-                              "(1, B, A) -> [0]: the same actions either way",
-    ("dt", "DecisionTransformer.warmup_factor/swap/1"): "max(warmup_steps, 1) -> max(1, warmup_steps): max is "
-                                                        "symmetric",
-    ("dt", "DecisionTransformer.reset_episode/const/0"): "the default batch=1 -> 0: act() restarts the episode "
-                                                         "whenever its batch differs from the history's, so a 0-row "
-                                                         "start is replaced by the same 1-row one at the first act()",
-    ("reward_model", "main/if/0"): "if 'relabelled' in report -> if not: whether the command line prints the "
-                                   "relabelled file's path (report.json records it either way)",
-    ("reward_model", "relabel/swap/6"): "max(r.max() - r.min(), 1e-8) -> max(1e-8, r.max() - r.min()): max is "
-                                        "symmetric",
-    ("reward_model", "load_reward_model/const/0"): "torch.load(weights_only=True -> False): a file the toolkit wrote "
-                                                   "loads the same tensors either way; True only refuses pickled "
-                                                   "code",
-    ("reward_model", "run/const/5"): "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets "
-                                     "relabel.enabled, so the fallback is never read",
-    ("darc", "DarcClassifier.forward/binop/1"): "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, "
-                                                "so both are the same Gaussian input noise",
-    ("obs_encoder", "ObsEncoder.image_features/boolop/1"): "self.autocast_dtype or torch.bfloat16 -> and: the dtype "
-                                                           "matters only when autocast is enabled, which is exactly "
-                                                           "when autocast_dtype is set (then both give it); disabled, "
-                                                           "torch.autocast ignores its dtype",
-    ("claims_metrics", "cumulative_regret/swap/2"): "np.allclose(gaps, gaps[0]) -> (gaps[0], gaps) at rtol 1e-9, "
-                                                    "atol 0: the tolerance moves by 1e-9 of the gaps' difference, "
-                                                    "below float64 resolution",
-    ("agent", "Agent.from_description/const/0"): "the default seed=0 -> 1: a default seed has no specified value "
-                                                 "(callers pass their run's seed)",
-    ("randomization", "DomainRandomizer.place_distractors/const/9"):
+
+class Equivalent(NamedTuple):
+    """A mutant no test can tell from the original: ``why``, and the mutant the explanation was written for (``at``:
+    its description @ the source line it mutates, stripped). An edit that renumbers a module's mutants (ids count per
+    function and kind) moves an id onto another mutant; :func:`stale_equivalents` names the entries whose id no
+    longer points at ``at`` (tests/test_mutation_driver.py)."""
+
+    why: str
+    at: str
+
+
+# (module, mutant id) -> why it is equivalent, and which mutant that is
+EQUIVALENT: dict[tuple[str, str], Equivalent] = {
+    ("cql", "CQL.compute_losses/name/2"): Equivalent(
+        "b = obs.shape[0] -> next_obs.shape[0]: a batch has as many s' as s",
+        "obs -> next_obs @ b = obs.shape[0]"),
+    ("cql", "CQL.compute_losses/drop/0"): Equivalent(
+        "max(1 + n, n + n_target) -> max(1, n + n_target): n_target >= 1, so n + n_target >= 1 + n and both give the "
+        "same number of samples",
+        "1 + n -> 1 @ sampled, logp = squashed_gaussian_sample(mean, log_std, max(1 + n, n + n_target))"),
+    ("cql", "CQL.compute_losses/swap/22"): Equivalent(
+        "sac_actor_loss(q_pi, pi_logp, alpha) -> (q_pi, alpha, pi_logp): the loss is alpha * log pi - Q, a product of "
+        "the two (alpha detached either way)",
+        "sac_actor_loss(..pi_logp, alpha.detach()..) swapped @ policy_loss = sac_actor_loss(q_pi, pi_logp, "
+        "alpha.detach())"),
+    ("cql", "td_target/const/0"): Equivalent(
+        "the default alpha=0.0 -> 1.0: every caller passes alpha",
+        "0.0 -> 1.0 @ alpha: torch.Tensor | float = 0.0,"),
+    ("cql", "dr3_penalty/const/0"): Equivalent(
+        "the default coef=1.0 -> 0.5: every caller passes cfg.dr3_coef",
+        "1.0 -> 0.5 @ def dr3_penalty(phi: torch.Tensor, phi_next: torch.Tensor, coef: float = 1.0) -> torch.Tensor:"),
+    ("icvf", "ICVFObjective.export_config/name/0"): Equivalent(
+        "self.heads.config -> self.target_heads.config: the target heads are a deepcopy of the heads, config included",
+        "self.heads -> self.target_heads @ return {**self.heads.config, \"gamma\": self.gamma, \"expectile\": "
+        "self.expectile,"),
+    ("returns", "_obs_mismatch/const/1"): Equivalent(
+        "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
+        "atol, so both paths give the same answer (the exact path only saves float64 copies)",
+        "1 -> 0 @ if o.dtype.kind in \"biu\" and no.dtype.kind in \"biu\" and atol < 1:  # images: exact, without "
+        "float64 copies (8x)"),
+    ("returns", "sparse_return_range/swap/1"): Equivalent(
+        "the transformed 1 as sparse_negative_reward(bias, scale, 1.0): 1 * scale + bias = 1 * bias + scale",
+        "sparse_negative_reward(..scale, bias..) swapped @ lo, hi = sorted((sparse_negative_reward(scale, bias), "
+        "sparse_negative_reward(scale, bias, 1.0)))"),
+    ("returns", "sparse_return_range/swap/4"): Equivalent(
+        "max(0.0, hi) -> max(hi, 0.0): max is symmetric",
+        "max(..0.0, hi..) swapped @ return min(0.0, lo) / (1.0 - discount), max(0.0, hi) / (1.0 - discount)"),
+    ("returns", "next_actions_of/const/0"): Equivalent(
+        "len(a) > 1 -> > 0: with one action the shifted slices are empty, so the copy is returned either way",
+        "1 -> 0 @ if len(a) > 1:"),
+    ("dataset", "load_offline_dataset/swap/12"): Equivalent(
+        "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): rewards * scale in float64 either way (a "
+        "product commutes)",
+        "scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, "
+        "reward.bias)"),
+    ("offline_loop", "train_offline/const/0"): Equivalent(
+        "the default start=0 -> 1: the one caller (robopretrain.train) passes start",
+        "0 -> 1 @ start: int = 0,"),
+    ("offline_loop", "calibration_rows/const/0"): Equivalent(
+        "seed 12345 -> 12346: the calibration rows only have to be fixed (the same rows at every step and after a "
+        "resume); no value is specified",
+        "12345 -> 12346 @ def calibration_rows(size: int, n: int, seed: int = 12345) -> np.ndarray:"),
+    ("evaluation", "evaluate/boolop/0"): Equivalent(
+        "video_path is not None and frames -> or: frames is a non-empty list exactly when video_path is given (else "
+        "None), so both conditions agree",
+        "video_path is not None and frames: -> Or @ if video_path is not None and frames:"),
+    ("tcn", "tcn_logits/swap/0"): Equivalent(
+        "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (the broadcast (B, B) matrix keeps its "
+        "layout)",
+        "neg_l2_similarity(..anchor[:, None, :], positive[None, :, :]..) swapped @ cross = "
+        "neg_l2_similarity(anchor[:, None, :], positive[None, :, :])"),
+    ("tcn", "tcn_logits/swap/2"): Equivalent(
+        "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments",
+        "neg_l2_similarity(..anchor, in_video_negative..) swapped @ own = neg_l2_similarity(anchor, "
+        "in_video_negative)[:, None]"),
+    ("tcn", "tcn_loss/swap/10"): Equivalent(
+        "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (a metric of aligned frames)",
+        "neg_l2_similarity(..e2, e0..) swapped @ sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), "
+        "neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))"),
+    ("tcn", "tcn_loss/swap/11"): Equivalent(
+        "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (a metric of aligned frames)",
+        "neg_l2_similarity(..e2, e1..) swapped @ sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), "
+        "neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))"),
+    ("tcn", "tcn_loss/swap/12"): Equivalent(
+        "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (a metric of aligned frames)",
+        "neg_l2_similarity(..e1, e0..) swapped @ sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), "
+        "neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))"),
+    ("tcn", "TCNObjective.compute_loss/const/4"): Equivalent(
+        "batch['video'][:, 0] -> [:, 1]: the three frames of a sample come from one video (TCNSampler), so every "
+        "column holds the same id",
+        "0 -> 1 @ video = batch[\"video\"][:, 0] if \"video\" in batch else None"),
+    ("online_loop", "run_online/const/1"): Equivalent(
+        "replay seed seed + 1 -> seed + 0: the buffer's sampling stream only has to be fixed and checkpointed (it "
+        "is); no value is specified",
+        "1 -> 0 @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)"),
+    ("online_loop", "run_online.eval_row/const/1"): Equivalent(
+        "progress bar set_postfix(refresh=False -> True): display only",
+        "False -> True @ bar.set_postfix(success=f\"{row['eval/success']:.2f}\", episodes=len(successes), "
+        "refresh=False)"),
+    ("online_loop", "run_online/not/0"): Equivalent(
+        "tqdm(disable=not settings.progress) -> disable=settings.progress: whether a progress bar is drawn, nothing "
+        "the run computes",
+        "not settings.progress -> settings.progress @ desc=f\"online {agent.algo} {target.name} x{settings.num_envs} "
+        "envs\", disable=not settings.progress)"),
+    ("td3_bc", "TD3BC.compute_losses/swap/3"): Equivalent(
+        "td_target(r, d, next_q, discount) -> (r, d, discount, next_q): the target is r + (1 - d) * discount * "
+        "next_q, a product of the two",
+        "td_target(..next_q, cfg.discount..) swapped @ target = td_target(batch[\"rewards\"], batch[\"dones\"], "
+        "next_q, cfg.discount)"),
+    ("awac", "awac_critic_loss/swap/0"): Equivalent(
+        "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2 per critic, summed; same loss and gradient "
+        "(shape (1, E) instead of (E,) before the sum)",
+        "bellman_loss(..q_data, target.detach()..) swapped @ return bellman_loss(q_data, target.detach()).sum()"),
+    ("awac", "AWAC.compute_losses/const/0"): Equivalent(
+        "the default with_metrics=True -> False: every caller passes it",
+        "True -> False @ self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True"),
+    ("rebrac", "rebrac_target/swap/0"): Equivalent(
+        "bc_penalty(a', a'_data) -> (a'_data, a'): a squared distance, symmetric",
+        "bc_penalty(..next_action, next_data_action..) swapped @ value = next_q - beta * bc_penalty(next_action, "
+        "next_data_action)"),
+    ("rebrac", "ReBRAC.compute_losses/swap/10"): Equivalent(
+        "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, y without gradient; same loss and gradient",
+        "bellman_loss(..q_data, target..) swapped @ critic_loss = bellman_loss(q_data, target).sum()"),
+    ("bcq", "BCQ.compute_losses/swap/2"): Equivalent(
+        "vae_loss(recon, actions, ...) -> (actions, recon, ...): the reconstruction term is a squared error, "
+        "symmetric; same loss and gradient",
+        "vae_loss(..recon, actions..) swapped @ loss_vae = vae_loss(recon, actions, mean, std, cfg.kl_weight)"),
+    ("replay", "ReplayBuffer.newest_indices/swap/0"): Equivalent(
+        "min(n, len) -> min(len, n): min is symmetric",
+        "min(..int(n), len(self)..) swapped @ count = min(int(n), len(self))"),
+    ("replay", "OfflineDataset.map_observations/const/1"): Equivalent(
+        "the derived sampling seed rng.integers(2**31) -> 2**32: any seed drawn from the parent's stream is valid; no "
+        "value is specified",
+        "31 -> 32 @ seed=int(self.rng.integers(2**31)) if seed is None else seed)"),
+    ("dataset", "default_num_tasks/swap/2"): Equivalent(
+        "max(len(TASKS), largest) -> max(largest, len(TASKS)): symmetric",
+        "max(..len(sim_envs.TASKS), largest..) swapped @ return max(len(sim_envs.TASKS), largest)"),
+    ("sampling", "long_enough/const/2"): Equivalent(
+        "getattr(..., 'stride', 1) -> 0 for a source without a stride: it only words the message (', counted after "
+        "the frame stride' when > 1): no text either way",
+        "1 -> 0 @ after = f\", counted after the frame stride {stride}\" if stride > 1 else \"\""),
+    ("sampling", "FrameBatchStream.batch/swap/1"): Equivalent(
+        "batch_rng(seed, k) -> batch_rng(k, seed): the batch is still a fixed, injective function of (seed, batch "
+        "number), which is the contract (resume exactness, disjoint ranks); no stream is specified",
+        "batch_rng(..self.seed, batch_number..) swapped @ idx = self.sampler(batch_rng(self.seed, batch_number), "
+        "self.batch_size)"),
+    ("sampling", "FrameBatchStream.__init__/const/0"): Equivalent(
+        "the default seed=0 -> 1: stage 1 passes the run's seed; a default seed has no specified value",
+        "0 -> 1 @ def __init__(self, source: FrameSource, objective: str, batch_size: int, seed: int = 0,"),
+    ("cql", "CQL.compute_losses/swap/35"): Equivalent(
+        "bellman_loss(q_data, y) -> (y, q_data): (y - Q)^2 = (Q - y)^2, y without gradient; same loss and gradient",
+        "bellman_loss(..q_data, target..) swapped @ td_loss = bellman_loss(q_data, target)"),
+    ("offline_loop", "train_offline.checkpoint/const/0"): Equivalent(
+        "if diff != 0.0 -> != 1.0 under torchrun: whether a warning about differing replicas is logged (the "
+        "difference itself is logged either way)",
+        "0.0 -> 1.0 @ if diff != 0.0:"),
+    ("offline_loop", "train_offline/const/1"): Equivalent(
+        "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
+        "True -> False @ bar = tqdm(total=total, initial=start, desc=desc, unit=\"upd\", dynamic_ncols=True,"),
+    ("offline_loop", "train_offline/const/10"): Equivalent(
+        "bar.set_postfix(refresh=False -> True): display only",
+        "False -> True @ bar.set_postfix(success=f\"{row['eval/success']:.2f}\", refresh=False)"),
+    ("replay", "ReplayBuffer.__init__/const/0"): Equivalent(
+        "the default seed=0 -> 1: the online loop passes its seed; a default seed has no specified value",
+        "0 -> 1 @ seed: int = 0,"),
+    ("offline_loop", "train_offline.checkpoint/if/2"): Equivalent(
+        "if diff != 0.0: -> if not: under torchrun, whether the replica-difference warning is logged (a warning only; "
+        "the driver does not mutate log calls themselves)",
+        "if diff != 0.0: -> if not ... @ if diff != 0.0:"),
+    ("offline_loop", "train_offline.checkpoint/cmp/0"): Equivalent(
+        "diff != 0.0 -> == 0.0: as checkpoint/if/2, the condition of a warning only",
+        "diff != 0.0: NotEq -> Eq @ if diff != 0.0:"),
+    ("online_loop", "run_online/drop/0"): Equivalent(
+        "replay seed seed + 1 -> seed: as run_online/const/1, the buffer's sampling stream only has to be fixed and "
+        "checkpointed",
+        "seed + 1 -> seed @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)"),
+    ("online_loop", "run_online.add_to_buffer/swap/4"): Equivalent(
+        "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): rewards * scale is a product, the same either "
+        "way",
+        "scale_rewards(..ep.rewards, reward.scale..) swapped @ buffer.add_episode(ep.observations, ep.actions, "
+        "scale_rewards(ep.rewards, reward.scale, reward.bias),"),
+    ("online_loop", "run_online/call/0"): Equivalent(
+        "tqdm(initial=min(env_steps, total) -> max(...)): where the progress bar starts drawing, nothing the run "
+        "computes",
+        "min(...) -> max(...) @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "
+        "unit=\"step\", dynamic_ncols=True,"),
+    ("offline_loop", "resume/boolop/0"): Equivalent(
+        "dinfo or DistInfo() -> dinfo and DistInfo(): the one caller (robopretrain.train) passes its DistInfo",
+        "dinfo or DistInfo(): -> And @ dinfo = dinfo or DistInfo()"),
+    ("online_loop", "run_online/const/6"): Equivalent(
+        "saved_transfer.get('epopt_batches', 0) -> 1: every checkpoint of a run with EPOpt stores the count, a "
+        "checkpoint with other transfer settings is not resumed (its fingerprint differs), and without EPOpt it is "
+        "never read",
+        "0 -> 1 @ epopt_done = int(saved_transfer.get(\"epopt_batches\", 0))"),
+    ("online_loop", "run_online/const/8"): Equivalent(
+        "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
+        "True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "
+        "unit=\"step\", dynamic_ncols=True,"),
+    ("evaluation", "write_gif/const/5"): Equivalent(
+        "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the same 5 cs at the only fps used "
+        "(20)",
+        "1000 -> 1001 @ images[0].save(tmp, format=\"GIF\", save_all=True, append_images=images[1:], "
+        "duration=int(1000 / fps), loop=0)"),
+    ("por", "NextStateGuide.__init__/const/0"): Equivalent(
+        "the default orthogonal_init=False -> True: the one caller (POR) passes cfg.orthogonal_init",
+        "False -> True @ def __init__(self, obs_dim: int, hidden: Sequence[int], *, activation: str = \"relu\", "
+        "orthogonal_init: bool = False,"),
+    ("por", "NextStateGuide.sample/binop/0"): Equivalent(
+        "mean + std * eps -> mean - std * eps: eps ~ N(0, 1) is symmetric, so both are draws of N(mean, std^2)",
+        "mean + log_std.exp() * torch.randn_like(mean): Add -> Sub @ return mean if deterministic else mean + "
+        "log_std.exp() * torch.randn_like(mean)"),
+    ("por", "POR.act/cmp/0"): Equivalent(
+        "single = x.dim() == 1 -> != 1: POR.act's own unsqueeze is redundant, the guide and GaussianActor.act take "
+        "(S,), (B, S) and (1, B, S) alike and give (A,), (B, A), (1, B, A) -> [0]: the same actions either way",
+        "x.dim() == 1: Eq -> NotEq @ single = x.dim() == 1"),
+    ("dt", "DecisionTransformer.warmup_factor/swap/1"): Equivalent(
+        "max(warmup_steps, 1) -> max(1, warmup_steps): max is symmetric",
+        "max(..int(self.cfg.warmup_steps), 1..) swapped @ return min((self.num_updates + 1) / "
+        "max(int(self.cfg.warmup_steps), 1), 1.0)"),
+    ("dt", "DecisionTransformer.reset_episode/const/0"): Equivalent(
+        "the default batch=1 -> 0: act() restarts the episode whenever its batch differs from the history's, so a "
+        "0-row start is replaced by the same 1-row one at the first act()",
+        "1 -> 0 @ def reset_episode(self, batch: int = 1) -> None:"),
+    ("reward_model", "main/if/0"): Equivalent(
+        "if 'relabelled' in report -> if not: whether the command line prints the relabelled file's path (report.json "
+        "records it either way)",
+        "if 'relabelled' in report: -> if not ... @ if \"relabelled\" in report:"),
+    ("reward_model", "relabel/swap/6"): Equivalent(
+        "max(r.max() - r.min(), 1e-8) -> max(1e-8, r.max() - r.min()): max is symmetric",
+        "max(..r.max() - r.min(), 1e-08..) swapped @ r = (r - r.min()) / max(r.max() - r.min(), 1e-8)"),
+    ("reward_model", "load_reward_model/const/0"): Equivalent(
+        "torch.load(weights_only=True -> False): a file the toolkit wrote loads the same tensors either way; True "
+        "only refuses pickled code",
+        "True -> False @ saved = torch.load(Path(path), map_location=\"cpu\", weights_only=True)"),
+    ("reward_model", "run/const/5"): Equivalent(
+        "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets relabel.enabled, so the "
+        "fallback is never read",
+        "True -> False @ if cfg.relabel.get(\"enabled\", True):"),
+    ("darc", "DarcClassifier.forward/binop/1"): Equivalent(
+        "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, so both are the same Gaussian input "
+        "noise",
+        "sas + noise * torch.randn(sas.shape, generator=generator).to(sas): Add -> Sub @ sas = sas + noise * "
+        "torch.randn(sas.shape, generator=generator).to(sas)"),
+    ("obs_encoder", "ObsEncoder.image_features/boolop/1"): Equivalent(
+        "self.autocast_dtype or torch.bfloat16 -> and: the dtype matters only when autocast is enabled, which is "
+        "exactly when autocast_dtype is set (then both give it); disabled, torch.autocast ignores its dtype",
+        "self.autocast_dtype or torch.bfloat16: -> And @ with torch.autocast(frames.device.type, "
+        "dtype=self.autocast_dtype or torch.bfloat16,"),
+    ("claims_metrics", "cumulative_regret/swap/2"): Equivalent(
+        "np.allclose(gaps, gaps[0]) -> (gaps[0], gaps) at rtol 1e-9, atol 0: the tolerance moves by 1e-9 of the gaps' "
+        "difference, below float64 resolution",
+        "np.allclose(..gaps, gaps[0]..) swapped @ if gaps.size and not np.allclose(gaps, gaps[0], rtol=1e-9, "
+        "atol=0.0):"),
+    ("agent", "Agent.from_description/const/0"): Equivalent(
+        "the default seed=0 -> 1: a default seed has no specified value (callers pass their run's seed)",
+        "0 -> 1 @ device: str | torch.device = \"cpu\", seed: int = 0) -> Agent:"),
+    ("randomization", "DomainRandomizer.place_distractors/const/9"): Equivalent(
         "unused slots parked 0.05 m apart instead of 0.1 m: they collide with nothing (contype 0, tested) and stay "
         "out of every camera's view either way (agentview and eye-in-hand renders identical with the slots 50 m away)",
-    ("video_data", "ManifestSource.__init__/const/5"): "the clip-checking progress bar's leave=False -> True: whether "
-                                                       "the finished bar stays on the terminal (display only)",
-    ("video_data", "split_by_video/swap/0"): "max(1, k) -> max(k, 1): max is symmetric",
-    ("pipeline", "stage1_config/swap/3"): "max(1, k) -> max(k, 1): max is symmetric",
-    ("build", "new_agent/if/0"): "if spec.rgb -> if not spec.rgb around the agent's log line only (logging: which "
-                                 "agents print their encoder summary)",
-}
-
-# the mutant each EQUIVALENT explanation was written for: its description @ the source line it mutates (stripped).
-# An edit that renumbers a module's mutants (ids count per function and kind) moves an id onto another mutant;
-# stale_equivalents() names the entries whose id no longer points at this text (tests/test_mutation_driver.py).
-EQUIVALENT_AT: dict[tuple[str, str], str] = {
-    ('cql', 'CQL.compute_losses/name/2'):
-        'obs -> next_obs @ b = obs.shape[0]',
-    ('cql', 'CQL.compute_losses/drop/0'):
-        '1 + n -> 1 @ sampled, logp = squashed_gaussian_sample(mean, log_std, max(1 + n, n + n_target))',
-    ('cql', 'CQL.compute_losses/swap/22'):
-        'sac_actor_loss(..pi_logp, alpha.detach()..) swapped @ policy_loss = sac_actor_loss(q_pi, pi_logp, alpha.detach())',
-    ('cql', 'td_target/const/0'):
-        '0.0 -> 1.0 @ alpha: torch.Tensor | float = 0.0,',
-    ('cql', 'dr3_penalty/const/0'):
-        '1.0 -> 0.5 @ def dr3_penalty(phi: torch.Tensor, phi_next: torch.Tensor, coef: float = 1.0) -> torch.Tensor:',
-    ('icvf', 'ICVFObjective.export_config/name/0'):
-        'self.heads -> self.target_heads @ return {**self.heads.config, "gamma": self.gamma, "expectile": self.expectile,',
-    ('returns', '_obs_mismatch/const/1'):
-        '1 -> 0 @ if o.dtype.kind in "biu" and no.dtype.kind in "biu" and atol < 1:  # images: exact, without float64 copies (8x)',
-    ('returns', 'sparse_return_range/swap/1'):
-        'sparse_negative_reward(..scale, bias..) swapped @ lo, hi = sorted((sparse_negative_reward(scale, bias), sparse_negative_reward(scale, bias, 1.0)))',
-    ('returns', 'sparse_return_range/swap/4'):
-        'max(..0.0, hi..) swapped @ return min(0.0, lo) / (1.0 - discount), max(0.0, hi) / (1.0 - discount)',
-    ('returns', 'next_actions_of/const/0'):
-        '1 -> 0 @ if len(a) > 1:',
-    ('dataset', 'load_offline_dataset/swap/12'):
-        'scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, reward.bias)',
-    ('offline_loop', 'train_offline/const/0'):
-        '0 -> 1 @ start: int = 0,',
-    ('offline_loop', 'calibration_rows/const/0'):
-        '12345 -> 12346 @ def calibration_rows(size: int, n: int, seed: int = 12345) -> np.ndarray:',
-    ('evaluation', 'evaluate/boolop/0'):
-        'video_path is not None and frames: -> Or @ if video_path is not None and frames:',
-    ('tcn', 'tcn_logits/swap/0'):
-        'neg_l2_similarity(..anchor[:, None, :], positive[None, :, :]..) swapped @ cross = neg_l2_similarity(anchor[:, None, :], positive[None, :, :])',
-    ('tcn', 'tcn_logits/swap/2'):
-        'neg_l2_similarity(..anchor, in_video_negative..) swapped @ own = neg_l2_similarity(anchor, in_video_negative)[:, None]',
-    ('tcn', 'tcn_loss/swap/10'):
-        'neg_l2_similarity(..e2, e0..) swapped @ sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))',
-    ('tcn', 'tcn_loss/swap/11'):
-        'neg_l2_similarity(..e2, e1..) swapped @ sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))',
-    ('tcn', 'tcn_loss/swap/12'):
-        'neg_l2_similarity(..e1, e0..) swapped @ sim_02, sim_12, sim_01 = (neg_l2_similarity(e2, e0), neg_l2_similarity(e2, e1), neg_l2_similarity(e1, e0))',
-    ('tcn', 'TCNObjective.compute_loss/const/4'):
-        '0 -> 1 @ video = batch["video"][:, 0] if "video" in batch else None',
-    ('online_loop', 'run_online/const/1'):
-        '1 -> 0 @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)',
-    ('online_loop', 'run_online.eval_row/const/1'):
-        'False -> True @ bar.set_postfix(success=f"{row[\'eval/success\']:.2f}", episodes=len(successes), refresh=False)',
-    ('online_loop', 'run_online/not/0'):
-        'not settings.progress -> settings.progress @ desc=f"online {agent.algo} {target.name} x{settings.num_envs} envs", disable=not settings.progress)',
-    ('td3_bc', 'TD3BC.compute_losses/swap/3'):
-        'td_target(..next_q, cfg.discount..) swapped @ target = td_target(batch["rewards"], batch["dones"], next_q, cfg.discount)',
-    ('awac', 'awac_critic_loss/swap/0'):
-        'bellman_loss(..q_data, target.detach()..) swapped @ return bellman_loss(q_data, target.detach()).sum()',
-    ('awac', 'AWAC.compute_losses/const/0'):
-        'True -> False @ self, batch: Mapping[str, torch.Tensor], with_metrics: bool = True',
-    ('rebrac', 'rebrac_target/swap/0'):
-        'bc_penalty(..next_action, next_data_action..) swapped @ value = next_q - beta * bc_penalty(next_action, next_data_action)',
-    ('rebrac', 'ReBRAC.compute_losses/swap/10'):
-        'bellman_loss(..q_data, target..) swapped @ critic_loss = bellman_loss(q_data, target).sum()',
-    ('bcq', 'BCQ.compute_losses/swap/2'):
-        'vae_loss(..recon, actions..) swapped @ loss_vae = vae_loss(recon, actions, mean, std, cfg.kl_weight)',
-    ('replay', 'ReplayBuffer.newest_indices/swap/0'):
-        'min(..int(n), len(self)..) swapped @ count = min(int(n), len(self))',
-    ('replay', 'OfflineDataset.map_observations/const/1'):
-        '31 -> 32 @ seed=int(self.rng.integers(2**31)) if seed is None else seed)',
-    ('dataset', 'default_num_tasks/swap/2'):
-        'max(..len(sim_envs.TASKS), largest..) swapped @ return max(len(sim_envs.TASKS), largest)',
-    ('sampling', 'long_enough/const/2'):
-        '1 -> 0 @ after = f", counted after the frame stride {stride}" if stride > 1 else ""',
-    ('sampling', 'FrameBatchStream.batch/swap/1'):
-        'batch_rng(..self.seed, batch_number..) swapped @ idx = self.sampler(batch_rng(self.seed, batch_number), self.batch_size)',
-    ('sampling', 'FrameBatchStream.__init__/const/0'):
-        '0 -> 1 @ def __init__(self, source: FrameSource, objective: str, batch_size: int, seed: int = 0,',
-    ('cql', 'CQL.compute_losses/swap/35'):
-        'bellman_loss(..q_data, target..) swapped @ td_loss = bellman_loss(q_data, target)',
-    ('offline_loop', 'train_offline.checkpoint/const/0'):
-        '0.0 -> 1.0 @ if diff != 0.0:',
-    ('offline_loop', 'train_offline/const/1'):
-        'True -> False @ bar = tqdm(total=total, initial=start, desc=desc, unit="upd", dynamic_ncols=True,',
-    ('offline_loop', 'train_offline/const/10'):
-        'False -> True @ bar.set_postfix(success=f"{row[\'eval/success\']:.2f}", refresh=False)',
-    ('replay', 'ReplayBuffer.__init__/const/0'):
-        '0 -> 1 @ seed: int = 0,',
-    ('offline_loop', 'train_offline.checkpoint/if/2'):
-        'if diff != 0.0: -> if not ... @ if diff != 0.0:',
-    ('offline_loop', 'train_offline.checkpoint/cmp/0'):
-        'diff != 0.0: NotEq -> Eq @ if diff != 0.0:',
-    ('online_loop', 'run_online/drop/0'):
-        'seed + 1 -> seed @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)',
-    ('online_loop', 'run_online.add_to_buffer/swap/4'):
-        'scale_rewards(..ep.rewards, reward.scale..) swapped @ buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, reward.scale, reward.bias),',
-    ('online_loop', 'run_online/call/0'):
-        'min(...) -> max(...) @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,',
-    ('offline_loop', 'resume/boolop/0'):
-        'dinfo or DistInfo(): -> And @ dinfo = dinfo or DistInfo()',
-    ('online_loop', 'run_online/const/6'):
-        '0 -> 1 @ epopt_done = int(saved_transfer.get("epopt_batches", 0))',
-    ('online_loop', 'run_online/const/8'):
-        'True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,',
-    ('evaluation', 'write_gif/const/5'):
-        '1000 -> 1001 @ images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)',
-    ('por', 'NextStateGuide.__init__/const/0'):
-        'False -> True @ def __init__(self, obs_dim: int, hidden: Sequence[int], *, activation: str = "relu", orthogonal_init: bool = False,',
-    ('por', 'NextStateGuide.sample/binop/0'):
-        'mean + log_std.exp() * torch.randn_like(mean): Add -> Sub @ return mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)',
-    ('por', 'POR.act/cmp/0'):
-        'x.dim() == 1: Eq -> NotEq @ single = x.dim() == 1',
-    ('dt', 'DecisionTransformer.warmup_factor/swap/1'):
-        'max(..int(self.cfg.warmup_steps), 1..) swapped @ return min((self.num_updates + 1) / max(int(self.cfg.warmup_steps), 1), 1.0)',
-    ('dt', 'DecisionTransformer.reset_episode/const/0'):
-        '1 -> 0 @ def reset_episode(self, batch: int = 1) -> None:',
-    ('reward_model', 'main/if/0'):
-        'if \'relabelled\' in report: -> if not ... @ if "relabelled" in report:',
-    ('reward_model', 'relabel/swap/6'):
-        'max(..r.max() - r.min(), 1e-08..) swapped @ r = (r - r.min()) / max(r.max() - r.min(), 1e-8)',
-    ('reward_model', 'run/const/5'):
-        'True -> False @ if cfg.relabel.get("enabled", True):',
-    ('reward_model', 'load_reward_model/const/0'):
-        'True -> False @ saved = torch.load(Path(path), map_location="cpu", weights_only=True)',
-    ('darc', 'DarcClassifier.forward/binop/1'):
-        'sas + noise * torch.randn(sas.shape, generator=generator).to(sas): Add -> Sub @ sas = sas + noise * torch.randn(sas.shape, generator=generator).to(sas)',
-    ('obs_encoder', 'ObsEncoder.image_features/boolop/1'):
-        'self.autocast_dtype or torch.bfloat16: -> And @ with torch.autocast(frames.device.type, dtype=self.autocast_dtype or torch.bfloat16,',
-    ('claims_metrics', 'cumulative_regret/swap/2'):
-        'np.allclose(..gaps, gaps[0]..) swapped @ if gaps.size and not np.allclose(gaps, gaps[0], rtol=1e-9, atol=0.0):',
-    ('agent', 'Agent.from_description/const/0'):
-        '0 -> 1 @ device: str | torch.device = "cpu", seed: int = 0) -> Agent:',
-    ('randomization', 'DomainRandomizer.place_distractors/const/9'):
-        '0.1 -> 0.05 @ data.qpos[qadr:qadr + 7] = [*(PARK_POS + np.array([0.1 * k, 0.0, 0.0])), 1.0, 0.0, 0.0, 0.0]',
-    ('video_data', 'ManifestSource.__init__/const/5'):
-        'False -> True @ leave=False):',
-    ('video_data', 'split_by_video/swap/0'):
-        'max(..1, int(round(valid_fraction * n))..) swapped @ n_valid = 0 if valid_fraction == 0 else max(1, '
-        'int(round(valid_fraction * n)))',
-    ('pipeline', 'stage1_config/swap/3'):
-        'max(..1, int(cfg.stage1.steps) // 3..) swapped @ "eval_every": max(1, int(cfg.stage1.steps) // 3), '
-        '"checkpoint_every": max(1, int(cfg.stage1.steps) // 3),',
-    ('build', 'new_agent/if/0'):
-        'if spec.rgb: -> if not ... @ if spec.rgb:',
+        "0.1 -> 0.05 @ data.qpos[qadr:qadr + 7] = [*(PARK_POS + np.array([0.1 * k, 0.0, 0.0])), 1.0, 0.0, 0.0, 0.0]"),
+    ("video_data", "ManifestSource.__init__/const/5"): Equivalent(
+        "the clip-checking progress bar's leave=False -> True: whether the finished bar stays on the terminal "
+        "(display only)",
+        "False -> True @ leave=False):"),
+    ("video_data", "split_by_video/swap/0"): Equivalent(
+        "max(1, k) -> max(k, 1): max is symmetric",
+        "max(..1, int(round(valid_fraction * n))..) swapped @ n_valid = 0 if valid_fraction == 0 else max(1, "
+        "int(round(valid_fraction * n)))"),
+    ("pipeline", "stage1_config/swap/3"): Equivalent(
+        "max(1, k) -> max(k, 1): max is symmetric",
+        "max(..1, int(cfg.stage1.steps) // 3..) swapped @ \"eval_every\": max(1, int(cfg.stage1.steps) // 3), "
+        "\"checkpoint_every\": max(1, int(cfg.stage1.steps) // 3),"),
+    ("build", "new_agent/if/0"): Equivalent(
+        "if spec.rgb -> if not spec.rgb around the agent's log line only (logging: which agents print their encoder "
+        "summary)",
+        "if spec.rgb: -> if not ... @ if spec.rgb:"),
 }
 
 # module -> [(id, old text, new text)]: hand-written mutants where AST mutation has no meaningful site
@@ -709,7 +711,7 @@ def mutants_of(module: str) -> list[Mutant]:
 
 def stale_equivalents(modules: Sequence[str] | None = None) -> list[str]:
     """The EQUIVALENT entries (of ``modules``; None: all) whose id no longer names the mutant its explanation was
-    written for (:data:`EQUIVALENT_AT`: description @ source line), or names none: each as ``module:id: now ...``.
+    written for (``Equivalent.at``: description @ source line), or names none: each as ``module:id: now ...``.
     An empty list means every explanation still describes the mutant it excludes from the score."""
     wanted = set(MODULES if modules is None else modules)
     now: dict[tuple[str, str], str] = {}
@@ -717,8 +719,8 @@ def stale_equivalents(modules: Sequence[str] | None = None) -> list[str]:
         lines = (REPO / MODULES[module][0]).read_text().splitlines()
         now.update({(module, m.id): f"{m.desc} @ {lines[m.line - 1].strip()}" for m in mutants_of(module)})
     found = {key: now.get(key, "no such mutant") for key in EQUIVALENT if key[0] in wanted}
-    return [f"{m}:{k}: now {text!r}, written for {EQUIVALENT_AT.get((m, k))!r}"
-            for (m, k), text in found.items() if text != EQUIVALENT_AT.get((m, k))]
+    return [f"{m}:{k}: now {text!r}, written for {EQUIVALENT[(m, k)].at!r}"
+            for (m, k), text in found.items() if text != EQUIVALENT[(m, k)].at]
 
 
 def mutant_source(m: Mutant) -> str:
@@ -782,7 +784,7 @@ def score(module: str, records: dict) -> dict:
     survivors = {k: r["desc"] for k, r in counted.items() if r["status"] == "survived"}
     return {"mutants": len(counted), "killed": killed, "score": killed / len(counted) if counted else None,
             "survivors": survivors,
-            "equivalent": {k: EQUIVALENT[(module, k)] for k in records if (module, k) in EQUIVALENT}}
+            "equivalent": {k: EQUIVALENT[(module, k)].why for k in records if (module, k) in EQUIVALENT}}
 
 
 def select(mutants: list[Mutant], max_mutants: int | None) -> list[Mutant]:
@@ -811,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
     stale = stale_equivalents(args.modules)
     if stale:  # an explanation that no longer fits its mutant would hide a real survivor from the score
-        p.error("EQUIVALENT entries that no longer name the mutant they explain (re-key them, and EQUIVALENT_AT):\n  "
+        p.error("EQUIVALENT entries that no longer name the mutant they explain (re-key them and their `at`):\n  "
                 + "\n  ".join(stale))
 
     if args.list or args.show:

@@ -63,8 +63,8 @@ def test_every_equivalent_mutant_explanation_still_names_the_mutant_it_was_writt
     would then hide (stop 32 found CQL's two swap entries pointing at other calls); the driver refuses to run then."""
     assert mutation.stale_equivalents() == []
     key = ("cql", "td_target/const/0")
-    monkeypatch.setitem(mutation.EQUIVALENT_AT, key, "0.0 -> 1.0 @ some other line")
+    monkeypatch.setitem(mutation.EQUIVALENT, key, mutation.Equivalent("why", "0.0 -> 1.0 @ some other line"))
     assert [s.split(": now")[0] for s in mutation.stale_equivalents(["cql", "returns"])] == ["cql:td_target/const/0"]
     assert mutation.stale_equivalents(["returns"]) == []  # only the modules asked for
-    monkeypatch.setitem(mutation.EQUIVALENT, ("cql", "td_target/const/999"), "no such mutant")
+    monkeypatch.setitem(mutation.EQUIVALENT, ("cql", "td_target/const/999"), mutation.Equivalent("why", "x @ y"))
     assert any("td_target/const/999: now 'no such mutant'" in s for s in mutation.stale_equivalents(["cql"]))
