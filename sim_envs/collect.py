@@ -35,7 +35,7 @@ from tqdm import tqdm
 import sim_envs
 from sim_envs.experts import make_expert
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
-from sim_envs.rendering import exit_on_render_error
+from sim_envs.rendering import check_display, exit_on_render_error
 from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASK_IDS, TASKS
 
 KINDS = ("clean", "noisy", "failing")
@@ -297,7 +297,11 @@ def _worker_run(plan: EpisodePlan) -> Episode:
 
 def _parallel_episodes(plans: Sequence[EpisodePlan], env_kwargs: Mapping[str, Any],
                        num_workers: int) -> Iterator[Episode]:
-    """Episodes from ``num_workers`` processes (spawned: each builds its own env), in plan order."""
+    """Episodes from ``num_workers`` processes (spawned: each builds its own env), in plan order. A machine that
+    cannot render (``MUJOCO_GL=glfw`` without a display) fails here, before any worker starts: a worker failing while
+    others still start up could leave their tracebacks after the one-line error."""
+    if env_kwargs.get("render_images"):
+        check_display()
     per_task = len(plans) / len({p.task for p in plans})
     chunk = max(1, int(np.ceil(per_task / num_workers)))  # consecutive episodes of a task share a worker's env
     with mp.get_context("spawn").Pool(num_workers, initializer=_worker_init, initargs=(dict(env_kwargs),)) as pool:

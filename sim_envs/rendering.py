@@ -45,6 +45,14 @@ def display_problem() -> str | None:
     return None
 
 
+def check_display() -> None:
+    """Raise :class:`RenderingUnavailableError` when :func:`display_problem` knows rendering cannot work here: in a
+    process about to start renderers elsewhere (e.g. collection workers), so it fails once, before they start."""
+    problem = display_problem()
+    if problem is not None:
+        raise RenderingUnavailableError(f"cannot render camera images: {problem}")
+
+
 def exit_on_render_error(func: F) -> F:
     """Decorate a CLI's main: :class:`RenderingUnavailableError` becomes ``error: <message>`` on stderr and exit
     code 2, no traceback (``ROBOPRETRAIN_TRACEBACK=1`` re-raises it)."""
@@ -147,9 +155,7 @@ class CameraRenderer:
         self._mujoco = mujoco
         preload_llvm_libraries()
         self._renderer = None
-        problem = display_problem()
-        if problem is not None:
-            raise RenderingUnavailableError(f"cannot render camera images: {problem}")
+        check_display()
         failure = None
         hook = sys.unraisablehook
         sys.unraisablehook = _ignore_half_made_renderer

@@ -248,3 +248,22 @@ def test_a_deleted_kind_is_refused_with_the_fraction_that_switches_it_off(tmp_pa
     with pytest.raises(ValueError, match=r"kinds is missing \['noisy'\].*set kinds\.noisy\.fraction=0 instead"):
         collect(cfg, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parallel_collection_that_cannot_render_fails_before_starting_workers(monkeypatch):
+    """MUJOCO_GL=glfw without a display: one error from the parent, no worker started (a worker failing while others
+    start could print their tracebacks after the one-line error)."""
+    import sim_envs.collect as collect_module
+    from sim_envs.rendering import RenderingUnavailableError
+
+    monkeypatch.setenv("MUJOCO_GL", "glfw")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("a worker pool was started")
+
+    monkeypatch.setattr(collect_module.mp, "get_context", no_workers)
+    plans = [collect_module.EpisodePlan("Reach", i, "expert", 0.0, i, i, None) for i in range(2)]
+    with pytest.raises(RenderingUnavailableError, match="no display"):
+        list(collect_module.iter_episodes(plans, {"render_images": True}, num_workers=2))
