@@ -5,6 +5,7 @@
     python benchmarks/claims.py values --jobs 2                        # claim 1 (benchmarks/claims_values.py)
     python benchmarks/claims.py robustness --jobs 2                    # claim 5 (benchmarks/claims_robustness.py)
     python benchmarks/claims.py calibration --jobs 2                   # claim 4 (benchmarks/claims_calibration.py)
+    python benchmarks/claims.py shifts --work-dir W --jobs 2           # claim 2b (benchmarks/claims_encoder_shifts.py)
 
 ``pretraining`` (claims 2 and 3, protocol ``benchmarks/protocols/claims_pretraining.md``): the full pipeline of the
 ``testbed`` preset against the same pipeline without video pretraining (``scratch``, ``vip``) and without multi-task
@@ -430,12 +431,12 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    usage = ("usage: claims.py {pretraining,values,robustness,calibration,measure} [options]  "
+    usage = ("usage: claims.py {pretraining,values,robustness,calibration,shifts,measure} [options]  "
              "(claims.py <sub-command> --help)")
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
         return
-    if not argv or argv[0] not in ("pretraining", "values", "robustness", "calibration", "measure"):
+    if not argv or argv[0] not in ("pretraining", "values", "robustness", "calibration", "shifts", "measure"):
         sys.exit(usage)
     if argv[0] == "measure":
         measure_cli(argv[1:])
@@ -451,6 +452,10 @@ def main(argv: list[str] | None = None) -> None:
         import claims_calibration  # claim 4: offline -> online runs on state (benchmarks/offline_to_online.py)
 
         claims_calibration.main(argv[1:])
+    elif argv[0] == "shifts":
+        import claims_encoder_shifts  # claim 2b: claim 2's agents evaluated under visual shifts
+
+        claims_encoder_shifts.main(argv[1:])
     else:
         pretraining(argv[1:])
 

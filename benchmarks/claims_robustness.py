@@ -81,23 +81,23 @@ def run_base(work: Path, seed: int, episodes: int) -> str:
     return f"seed{seed}"
 
 
-def evaluate_factors(folder: Path, cfg: Any, episodes: int) -> dict[str, Any]:
-    """``robopretrain.evaluate`` of ``folder/stage3`` over :data:`FACTORS` x :data:`LEVELS` and nominal (reused when
-    done with these episodes)."""
-    from robopretrain import pipeline as P
+def evaluate_factors(checkpoint: Path, out: Path, episodes: int, target: dict[str, Any] | None = None,
+                     device: str = "cpu") -> dict[str, Any]:
+    """``robopretrain.evaluate`` of ``checkpoint`` (a checkpoint or run folder) over :data:`FACTORS` x :data:`LEVELS`
+    and nominal, written to ``out`` (reused when done with these episodes). ``target``: a target mapping, or None
+    for the one the checkpoint records."""
     from robopretrain.build import compose
     from robopretrain.evaluate import evaluate_robustness
 
-    out = folder / "eval_factors"
     path = out / "eval_info.json"
     if path.is_file():
         info = json.loads(path.read_text())
         if info["episodes_per_condition"] == episodes:
             return info
     ev = compose("evaluate", None, {
-        "checkpoint": str(folder / "stage3"), "target": P.targets_of(cfg)[0].to_dict(), "episodes": episodes,
+        "checkpoint": str(checkpoint), **({"target": target} if target is not None else {}), "episodes": episodes,
         "workers": 0, "output_dir": str(out), "select": list(FACTORS), "video": {"enabled": False}, "plot": False,
-        "progress": False, "device": str(cfg.device)})
+        "progress": False, "device": device})
     return evaluate_robustness(ev)
 
 
@@ -117,7 +117,10 @@ def run_variant(work: Path, seed: int, variant: str, episodes: int) -> dict[str,
     base = args.work_dir / f"seed{seed}" / "base"
     folder = args.work_dir / f"seed{seed}" / variant
     stage3 = t.run_stage3(args, cfg, base, "dr", folder)  # method "dr": no gap, no transfer option
-    info = evaluate_factors(folder, cfg, episodes)
+    from robopretrain import pipeline as P
+
+    info = evaluate_factors(folder / "stage3", folder / "eval_factors", episodes, P.targets_of(cfg)[0].to_dict(),
+                            str(cfg.device))
     return {"seed": seed, "variant": variant, "overrides": VARIANTS[variant], "final": stage3["final"],
             "seconds": stage3["seconds"], "outcomes": condition_outcomes(info)}
 

@@ -44,11 +44,18 @@ def test_dr_variant_is_the_transfer_benchmarks_dr_run(cr, tmp_path, monkeypatch)
         return {"final": {"eval/success": 1.0}, "seconds": 1.0}
 
     monkeypatch.setattr(transfer, "run_stage3", fake_stage3)
-    monkeypatch.setattr(cr, "evaluate_factors", lambda folder, cfg, episodes: {
-        "episodes": [{"factor": "nominal", "level": "none", "success": True},
-                     {"factor": "friction", "level": "eval_hard", "success": False}]})
+    evaluated = []
+
+    def fake_evaluate(checkpoint, out, episodes, target, device):
+        evaluated.append((checkpoint, out, episodes, target["name"]))
+        return {"episodes": [{"factor": "nominal", "level": "none", "success": True},
+                             {"factor": "friction", "level": "eval_hard", "success": False}]}
+
+    monkeypatch.setattr(cr, "evaluate_factors", fake_evaluate)
     r = cr.run_variant(tmp_path, 2, "dr", 50)
     assert calls[-1][:3] == ("dr", tmp_path / "seed2" / "dr", tmp_path / "seed2" / "base")
+    folder = tmp_path / "seed2" / "dr"  # the variant's own stage 3 is evaluated, into its own folder
+    assert evaluated[-1] == (folder / "stage3", folder / "eval_factors", 50, "PressLitButton")
     assert r["outcomes"] == {"nominal": [1.0], "friction/eval_hard": [0.0]}
     cr.run_variant(tmp_path, 2, "none", 50)
     assert calls[-1] == ("dr", tmp_path / "seed2" / "none", tmp_path / "seed2" / "base", "none")

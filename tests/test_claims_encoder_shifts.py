@@ -1,0 +1,123 @@
+"""Claim 2b's harness (benchmarks/claims_encoder_shifts.py) on hand-made outcomes and a faked evaluation.
+
+Which bugs these catch: the primary pool taking a training-range or nominal condition (or missing a held-out one);
+a comparison with its sides swapped; the confirmatory group mixing in exploratory seeds; the full variant's agent
+looked for outside the testbed's ``pixel`` folder, or another stage's checkpoint evaluated; an unfinished or
+wrong-target run evaluated as if finished; agents already in the results evaluated again; a results file of another
+episode count extended.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _benchmarks import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def cs():
+    load_benchmark("claims_robustness", "claims_robustness.py", register=True)
+    return load_benchmark("claims_encoder_shifts", "claims_encoder_shifts.py", register=True)
+
+
+def _outcomes(cs, held_out: float, train: float, nominal: float = 1.0, n: int = 4) -> dict[str, list[float]]:
+    """Every condition of the evaluation: held-out visual ones at ``held_out``, training-range visual ones at
+    ``train``, nominal and physics ones at ``nominal`` (success rates, as ``n`` 0/1 episodes)."""
+    ep = lambda p: [1.0] * round(p * n) + [0.0] * (n - round(p * n))  # noqa: E731
+    out = {"nominal": ep(nominal)}
+    for f in cs.FACTORS:
+        for lv in cs.LEVELS:
+            visual = f in cs.VISUAL
+            out[f"{f}/{lv}"] = ep(train if visual and lv == "train" else held_out if visual else nominal)
+    return out
+
+
+def _run(cs, variant, seed, **kw):
+    return {"variant": variant, "seed": seed, "outcomes": _outcomes(cs, **kw)}
+
+
+def test_pools_are_the_protocols_conditions(cs):
+    assert set(cs.HELD_OUT_VISUAL) == {f"{f}/{lv}" for f in ("lighting", "colors_textures", "camera")
+                                       for lv in ("eval_easy", "eval_hard")}
+    assert set(cs.TRAIN_VISUAL) == {"lighting/train", "colors_textures/train", "camera/train"}
+    assert cs.PRIMARY == ("full", "scratch") and cs.GROUPS == {"exploratory": (0, 1, 2), "confirmatory": (3, 4, 5)}
+    with pytest.raises(KeyError, match="camera/eval_hard"):
+        cs.pooled({"lighting/eval_easy": [1.0]}, cs.HELD_OUT_VISUAL)
+
+
+def test_summary_sides_pools_and_groups(cs):
+    runs = [_run(cs, "full", s, held_out=0.5, train=0.25) for s in (0, 1, 2)]
+    runs += [_run(cs, "scratch", s, held_out=0.25, train=0.75, nominal=0.75) for s in (0, 1, 2)]
+    runs += [_run(cs, "full", 3, held_out=1.0, train=0.0), _run(cs, "scratch", 3, held_out=0.0, train=0.0)]
+    s = cs.summarize(runs)
+    expl = s["comparisons"]["exploratory"]
+    assert expl["held_out_visual"]["full - scratch"]["difference"] == pytest.approx(0.25)
+    assert expl["held_out_visual"]["full - scratch"]["seeds"] == [3, 3]
+    assert expl["train_visual"]["full - scratch"]["difference"] == pytest.approx(-0.5)
+    conf = s["comparisons"]["confirmatory"]["held_out_visual"]["full - scratch"]
+    assert conf["difference"] == pytest.approx(1.0) and conf["seeds"] == [1, 1] and conf["verdict"] == "reproduced"
+    every = s["comparisons"]["all"]["held_out_visual"]["full - scratch"]
+    assert every["difference"] == pytest.approx((3 * 0.5 + 1.0) / 4 - 0.25 * 3 / 4)
+    assert "vip - scratch" not in expl["held_out_visual"]  # no vip agent: no comparison
+    assert s["verdict"]["confirmatory"] == "reproduced"
+    full = s["success"]["full"]
+    assert full["held_out_visual"]["per_seed"] == [0.5, 0.5, 0.5, 1.0]
+    assert full["held_out_visual"]["seeds"] == [0, 1, 2, 3]
+    scratch_nominal = (0.75 * 3 + 1.0) / 4  # seed 3's scratch agent at the default nominal 1.0
+    assert s["success"]["scratch"]["drop_held_out_visual"] == pytest.approx(scratch_nominal - 0.25 * 3 / 4)
+    assert s["full - scratch per condition"]["nominal"]["difference"] == pytest.approx(1.0 - scratch_nominal)
+    text = cs.table(s)
+    assert "| exploratory | held_out_visual | full - scratch | +0.25" in text
+    assert "| nominal | 1.00" in text
+
+
+def test_evaluate_agent_reads_the_claim2_run_folders(cs, tmp_path, monkeypatch):
+    calls = []
+
+    def fake(checkpoint, out, episodes, target=None, device="cpu"):
+        calls.append((checkpoint, out, episodes))
+        return {"checkpoint": str(checkpoint / "checkpoints" / "ckpt_00002000"), "step": 2000,
+                "target": {"name": "PressLitButton"}, "wall_seconds": {"episodes": 1.0},
+                "episodes": [{"factor": "nominal", "level": "none", "success": True},
+                             {"factor": "camera", "level": "eval_hard", "success": False}]}
+
+    monkeypatch.setattr(cs, "evaluate_factors", fake)
+    with pytest.raises(FileNotFoundError, match="stage 3 not finished"):
+        cs.evaluate_agent(tmp_path, "full", "PressLitButton", 1, 50)
+    for folder in ("pixel", "scratch"):
+        stage3 = tmp_path / folder / "PressLitButton" / "seed1" / "stage3" / "PressLitButton"
+        stage3.mkdir(parents=True)
+        (stage3 / "done.json").write_text("{}")
+    r = cs.evaluate_agent(tmp_path, "full", "PressLitButton", 1, 50)
+    run = tmp_path / "pixel" / "PressLitButton" / "seed1"  # the testbed's folder name of the full runs
+    assert calls[-1] == (run / "stage3" / "PressLitButton", run / "eval_shifts", 50)
+    assert r["outcomes"] == {"nominal": [1.0], "camera/eval_hard": [0.0]} and r["step"] == 2000
+    cs.evaluate_agent(tmp_path, "scratch", "PressLitButton", 1, 50)
+    assert calls[-1][0] == tmp_path / "scratch" / "PressLitButton" / "seed1" / "stage3" / "PressLitButton"
+    (tmp_path / "pixel" / "OpenDoorRight" / "seed1" / "stage3" / "OpenDoorRight").mkdir(parents=True)
+    (tmp_path / "pixel" / "OpenDoorRight" / "seed1" / "stage3" / "OpenDoorRight" / "done.json").write_text("{}")
+    with pytest.raises(ValueError, match="not 'OpenDoorRight'"):
+        cs.evaluate_agent(tmp_path, "full", "OpenDoorRight", 1, 50)
+
+
+def test_main_keeps_earlier_agents_and_refuses_other_episode_counts(cs, tmp_path, monkeypatch, capsys):
+    evaluated = []
+
+    def fake(work, variant, target, seed, episodes):
+        evaluated.append((variant, seed))
+        return {"variant": variant, "seed": seed, **_run(cs, variant, seed, held_out=0.5, train=0.5)}
+
+    monkeypatch.setattr(cs, "_try_evaluate", fake)
+    out, fig = tmp_path / "r.json", tmp_path / "r.png"
+    args = ["--work-dir", str(tmp_path), "--jobs", "1", "--out", str(out), "--plot", str(fig)]
+    cs.main([*args, "--seeds", "0", "--variants", "full", "scratch"])
+    assert evaluated == [("full", 0), ("scratch", 0)] and fig.is_file()
+    cs.main([*args, "--seeds", "0", "1", "--variants", "full", "scratch"])
+    assert evaluated[2:] == [("full", 1), ("scratch", 1)]  # seed 0's agents kept, not evaluated again
+    stored = json.loads(out.read_text())
+    assert [(r["variant"], r["seed"]) for r in stored["runs"]] == [("full", 0), ("scratch", 0), ("full", 1),
+                                                                   ("scratch", 1)]
+    assert stored["episodes"] == 50 and stored["protocol"] == cs.PROTOCOL
+    with pytest.raises(SystemExit, match="on 50 episodes per condition, not PressLitButton on 10"):
+        cs.main([*args, "--episodes", "10"])
