@@ -230,7 +230,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sys.exit(f"error: --episodes {args.episodes}: expected >= 1")
     if args.summarize_only and not args.out.is_file():
         sys.exit(f"error: {args.out}: no results to summarize (run without --summarize-only first)")
-    stored = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    try:
+        stored = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": [], "protocol": PROTOCOL}
+    except json.JSONDecodeError as e:
+        sys.exit(f"error: {args.out}: not JSON ({e})")
+    if not isinstance(stored, dict) or stored.get("protocol") != PROTOCOL:
+        sys.exit(f"error: {args.out}: not this benchmark's results (protocol "
+                 f"{stored.get('protocol') if isinstance(stored, dict) else None!r}, expected {PROTOCOL!r})")
     if stored["runs"] and (stored.get("episodes"), stored.get("target")) != (args.episodes, args.target):
         sys.exit(f"error: {args.out} holds {stored.get('target')} agents evaluated on {stored.get('episodes')} "
                  f"episodes per condition, not {args.target} on {args.episodes}; use another --out")

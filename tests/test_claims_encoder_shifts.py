@@ -121,3 +121,8 @@ def test_main_keeps_earlier_agents_and_refuses_other_episode_counts(cs, tmp_path
     assert stored["episodes"] == 50 and stored["protocol"] == cs.PROTOCOL
     with pytest.raises(SystemExit, match="on 50 episodes per condition, not PressLitButton on 10"):
         cs.main([*args, "--episodes", "10"])
+    other = tmp_path / "claims_robustness.json"  # another claim's results: refused, not extended
+    other.write_text(json.dumps({"protocol": "benchmarks/protocols/claims_robustness.md", "runs": []}))
+    with pytest.raises(SystemExit, match="not this benchmark's results"):
+        cs.main([*args[:-4], "--out", str(other), "--plot", str(fig)])
+    assert len(evaluated) == 4
