@@ -84,20 +84,24 @@ def run_base(work: Path, seed: int, episodes: int) -> str:
 def evaluate_factors(checkpoint: Path, out: Path, episodes: int, target: dict[str, Any] | None = None,
                      device: str = "cpu") -> dict[str, Any]:
     """``robopretrain.evaluate`` of ``checkpoint`` (a checkpoint or run folder) over :data:`FACTORS` x :data:`LEVELS`
-    and nominal, written to ``out`` (reused when done with these episodes). ``target``: a target mapping, or None
-    for the one the checkpoint records."""
+    and nominal, written to ``out``. ``target``: a target mapping, or None for the one the checkpoint records. An
+    evaluation already in ``out`` is reused only when it is of the checkpoint's current step, with these episodes and
+    reset seeds, over every condition; otherwise it is made again (and replaced)."""
     from robopretrain.build import compose
-    from robopretrain.evaluate import evaluate_robustness
+    from robopretrain.evaluate import evaluate_robustness, open_checkpoint
 
-    path = out / "eval_info.json"
-    if path.is_file():
-        info = json.loads(path.read_text())
-        if info["episodes_per_condition"] == episodes:
-            return info
     ev = compose("evaluate", None, {
         "checkpoint": str(checkpoint), **({"target": target} if target is not None else {}), "episodes": episodes,
         "workers": 0, "output_dir": str(out), "select": list(FACTORS), "video": {"enabled": False}, "plot": False,
         "progress": False, "device": device})
+    path = out / "eval_info.json"
+    if path.is_file():
+        info = json.loads(path.read_text())
+        done = {(e.get("factor"), e.get("level")) for e in info.get("episodes", [])}
+        wanted = {("nominal", "none"), *((f, lv) for f in FACTORS for lv in LEVELS)}
+        if (info.get("episodes_per_condition") == episodes and info.get("eval_seed") == ev.eval_seed
+                and info.get("step") == open_checkpoint(checkpoint).step and wanted <= done):
+            return info
     return evaluate_robustness(ev)
 
 

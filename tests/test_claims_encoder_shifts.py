@@ -51,24 +51,33 @@ def test_summary_sides_pools_and_groups(cs):
     runs += [_run(cs, "scratch", s, held_out=0.25, train=0.75, nominal=0.75) for s in (0, 1, 2)]
     runs += [_run(cs, "full", 3, held_out=1.0, train=0.0), _run(cs, "scratch", 3, held_out=0.0, train=0.0)]
     s = cs.summarize(runs)
+    # one confirmatory seed of three: its numbers, but no verdict yet (amendment 1)
+    conf = s["comparisons"]["confirmatory"]["held_out_visual"]["full - scratch"]
+    assert conf["difference"] == pytest.approx(1.0) and conf["verdict"] == "partial (1 of 3 seeds)"
+    assert s["verdict"]["confirmatory"] == "partial (1 of 3 seeds)"
+    runs += [_run(cs, v, seed, held_out=1.0 if v == "full" else 0.0, train=0.0)
+             for seed in (4, 5) for v in ("full", "scratch")]
+    s = cs.summarize(runs)
     expl = s["comparisons"]["exploratory"]
     assert expl["held_out_visual"]["full - scratch"]["difference"] == pytest.approx(0.25)
     assert expl["held_out_visual"]["full - scratch"]["seeds"] == [3, 3]
     assert expl["train_visual"]["full - scratch"]["difference"] == pytest.approx(-0.5)
     conf = s["comparisons"]["confirmatory"]["held_out_visual"]["full - scratch"]
-    assert conf["difference"] == pytest.approx(1.0) and conf["seeds"] == [1, 1] and conf["verdict"] == "reproduced"
-    every = s["comparisons"]["all"]["held_out_visual"]["full - scratch"]
-    assert every["difference"] == pytest.approx((3 * 0.5 + 1.0) / 4 - 0.25 * 3 / 4)
+    assert conf["difference"] == pytest.approx(1.0) and conf["seeds"] == [3, 3] and conf["verdict"] == "reproduced"
+    assert expl["held_out_visual"]["full - scratch"]["verdict"] == "reproduced"  # all three seeds: a verdict
+    every = s["comparisons"][cs.POOLED]["held_out_visual"]["full - scratch"]
+    assert every["difference"] == pytest.approx((3 * 0.5 + 3 * 1.0) / 6 - 0.25 * 3 / 6) and every["verdict"] is None
     assert "vip - scratch" not in expl["held_out_visual"]  # no vip agent: no comparison
     assert s["verdict"]["confirmatory"] == "reproduced"
     full = s["success"]["full"]
-    assert full["held_out_visual"]["per_seed"] == [0.5, 0.5, 0.5, 1.0]
-    assert full["held_out_visual"]["seeds"] == [0, 1, 2, 3]
-    scratch_nominal = (0.75 * 3 + 1.0) / 4  # seed 3's scratch agent at the default nominal 1.0
-    assert s["success"]["scratch"]["drop_held_out_visual"] == pytest.approx(scratch_nominal - 0.25 * 3 / 4)
+    assert full["held_out_visual"]["per_seed"] == [0.5, 0.5, 0.5, 1.0, 1.0, 1.0]
+    assert full["held_out_visual"]["seeds"] == [0, 1, 2, 3, 4, 5]
+    scratch_nominal = (0.75 * 3 + 3 * 1.0) / 6  # seeds 3-5's scratch agents at the default nominal 1.0
+    assert s["success"]["scratch"]["drop_held_out_visual"] == pytest.approx(scratch_nominal - 0.25 * 3 / 6)
     assert s["full - scratch per condition"]["nominal"]["difference"] == pytest.approx(1.0 - scratch_nominal)
     text = cs.table(s)
-    assert "| exploratory | held_out_visual | full - scratch | +0.25" in text
+    assert "| confirmatory (3, 4, 5) | held_out_visual | full - scratch | 3 / 3 | +1.00 [+1.00, +1.00] reproduced |" \
+        in text
     assert "| nominal | 1.00" in text
 
 
@@ -93,12 +102,22 @@ def test_evaluate_agent_reads_the_claim2_run_folders(cs, tmp_path, monkeypatch):
     run = tmp_path / "pixel" / "PressLitButton" / "seed1"  # the testbed's folder name of the full runs
     assert calls[-1] == (run / "stage3" / "PressLitButton", run / "eval_shifts", 50)
     assert r["outcomes"] == {"nominal": [1.0], "camera/eval_hard": [0.0]} and r["step"] == 2000
-    cs.evaluate_agent(tmp_path, "scratch", "PressLitButton", 1, 50)
-    assert calls[-1][0] == tmp_path / "scratch" / "PressLitButton" / "seed1" / "stage3" / "PressLitButton"
+    cs.evaluate_agent(tmp_path, "scratch", "PressLitButton", 1, 2)
+    scratch = tmp_path / "scratch" / "PressLitButton" / "seed1"
+    # a short trial gets its own folder: the protocol's 50-episode evaluation is never replaced by it
+    assert calls[-1] == (scratch / "stage3" / "PressLitButton", scratch / "eval_shifts_2ep", 2)
+
     (tmp_path / "pixel" / "OpenDoorRight" / "seed1" / "stage3" / "OpenDoorRight").mkdir(parents=True)
     (tmp_path / "pixel" / "OpenDoorRight" / "seed1" / "stage3" / "OpenDoorRight" / "done.json").write_text("{}")
     with pytest.raises(ValueError, match="not 'OpenDoorRight'"):
         cs.evaluate_agent(tmp_path, "full", "OpenDoorRight", 1, 50)
+
+    def broken(*a, **k):
+        raise cs.CheckpointError("no checkpoint")
+
+    monkeypatch.setattr(cs, "evaluate_factors", broken)
+    assert cs._try_evaluate(tmp_path, "scratch", "PressLitButton", 1, 50) == {
+        "variant": "scratch", "seed": 1, "error": "no checkpoint"}  # reported; the other agents go on
 
 
 def test_main_keeps_earlier_agents_and_refuses_other_episode_counts(cs, tmp_path, monkeypatch, capsys):
@@ -121,6 +140,13 @@ def test_main_keeps_earlier_agents_and_refuses_other_episode_counts(cs, tmp_path
     assert stored["episodes"] == 50 and stored["protocol"] == cs.PROTOCOL
     with pytest.raises(SystemExit, match="on 50 episodes per condition, not PressLitButton on 10"):
         cs.main([*args, "--episodes", "10"])
+    summary = cs.main([*args, "--summarize-only"])  # the file's episode count, whatever the default
+    assert len(summary["runs"]) == 4 and len(evaluated) == 4
+    with pytest.raises(SystemExit, match="must be file paths"):  # refused before any evaluation
+        cs.main([*args[:-4], "--out", str(tmp_path), "--plot", str(fig)])
+    with pytest.raises(SystemExit, match="no such folder"):
+        cs.main(["--work-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "new.json"), "--plot", str(fig)])
+    assert len(evaluated) == 4
     other = tmp_path / "claims_robustness.json"  # another claim's results: refused, not extended
     other.write_text(json.dumps({"protocol": "benchmarks/protocols/claims_robustness.md", "runs": []}))
     with pytest.raises(SystemExit, match="not this benchmark's results"):

@@ -2,11 +2,13 @@
 
 Which bugs these catch: a leave-one-out variant that leaves out another factor (or a visual one too); ``none`` still
 randomizing; the ``dr`` variant not being the transfer benchmark's ``dr`` run (its own folder, another config); a
-summary whose differences take the wrong sides or the wrong level; runs already in the results JSON run again.
+summary whose differences take the wrong sides or the wrong level; runs already in the results JSON run again; a stored
+evaluation of another checkpoint step, episode count or reset seed, or missing a condition, reused.
 """
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -101,3 +103,30 @@ def test_measured_runs_are_kept_and_not_run_again(cr, tmp_path, monkeypatch):
     assert json.loads(out.read_text())["summary"]["success"]["none"]["nominal"]["mean"] == 0.5
     with pytest.raises(SystemExit, match="20"):
         cr.main(["--episodes", "20", "--out", str(out), "--summarize-only"])
+
+
+def test_stored_evaluation_reused_only_when_of_this_checkpoint_and_complete(cr, tmp_path, monkeypatch):
+    import robopretrain.evaluate as E
+
+    made = []
+    monkeypatch.setattr(E, "evaluate_robustness", lambda ev: made.append(ev) or {"made": True})
+    monkeypatch.setattr(E, "open_checkpoint", lambda path: SimpleNamespace(step=2000))
+    out = tmp_path / "eval"
+    out.mkdir()
+    every = [{"factor": "nominal", "level": "none"}]
+    every += [{"factor": f, "level": lv} for f in cr.FACTORS for lv in cr.LEVELS]
+
+    def store(**changed):
+        info = {"episodes_per_condition": 50, "eval_seed": 1000000, "step": 2000, "episodes": every, **changed}
+        (out / "eval_info.json").write_text(json.dumps(info))
+        return info
+
+    info = store()
+    assert cr.evaluate_factors(tmp_path / "ckpt", out, 50) == info and not made
+    # another step of the checkpoint, episode count, reset seed, or a condition missing: evaluated again
+    for stale in ({"step": 1500}, {"episodes_per_condition": 10}, {"eval_seed": 7}, {"episodes": every[:-1]}):
+        store(**stale)
+        assert cr.evaluate_factors(tmp_path / "ckpt", out, 50) == {"made": True}
+    assert len(made) == 4
+    assert made[-1].checkpoint == str(tmp_path / "ckpt") and made[-1].output_dir == str(out)
+    assert made[-1].episodes == 50 and list(made[-1].select) == list(cr.FACTORS)
