@@ -126,6 +126,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "tests/test_train_offline.py", "tests/test_bc_term_options.py",
                                         "tests/test_cpu_settings.py", "tests/test_frozen_features.py",
                                         "tests/test_transfer.py"]),  # the stages' shared wiring
+    # claim 2b's summary (its pools, seed groups, sides and partial verdicts) and evaluation reuse
+    "claims_encoder_shifts": ("benchmarks/claims_encoder_shifts.py", ["tests/test_claims_encoder_shifts.py"]),
     "pipeline": ("robopretrain/pipeline.py", ["tests/test_pipeline.py", "tests/test_paper_preset.py",
                                               "tests/test_claims_benchmark.py", "tests/test_testbed_benchmark.py",
                                               "tests/test_stage2_data_wiring.py", "tests/test_bc_term_options.py",
