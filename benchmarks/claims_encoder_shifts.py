@@ -204,15 +204,13 @@ def plot(summary: Mapping[str, Any], path: Path, target: str) -> Path | None:
     fig, ax = plt.subplots(figsize=(11, 3.6))
     width = 0.8 / len(variants)
     for i, v in enumerate(variants):
-        rows = [summary["success"][v].get(c) for c in conds]
+        rows = [summary["success"][v][c] for c in conds]  # summarize() gives every variant all of them
         x = np.arange(len(conds)) + i * width
-        y = [r["mean"] if r else np.nan for r in rows]
-        err = np.array([[r["mean"] - r["ci"][0], r["ci"][1] - r["mean"]] if r else [0, 0] for r in rows]).T
-        ax.bar(x, y, width, yerr=err, capsize=1.5, ecolor="0.4", label=v)
-        for xi, r in zip(x, rows):
-            if r:  # each seed a dot beside its bar's error bar
-                ax.plot([xi + width * 0.25] * len(r["per_seed"]), r["per_seed"], "o", ms=2.5, mfc="k", mec="w",
-                        mew=0.4, zorder=3)
+        err = np.array([[r["mean"] - r["ci"][0], r["ci"][1] - r["mean"]] for r in rows]).T
+        ax.bar(x, [r["mean"] for r in rows], width, yerr=err, capsize=1.5, ecolor="0.4", label=v)
+        for xi, r in zip(x, rows):  # each seed a dot beside its bar's error bar
+            ax.plot([xi + width * 0.25] * len(r["per_seed"]), r["per_seed"], "o", ms=2.5, mfc="k", mec="w", mew=0.4,
+                    zorder=3)
     ax.set_xticks(np.arange(len(conds)) + width * (len(variants) - 1) / 2,
                   [c.replace("colors_textures", "col+tex").replace("/", "\n") for c in conds], fontsize=7)
     ax.set_ylim(0, 1.05)

@@ -68,6 +68,11 @@ def test_summary_sides_pools_and_groups(cs):
     every = s["comparisons"][cs.POOLED]["held_out_visual"]["full - scratch"]
     assert every["difference"] == pytest.approx((3 * 0.5 + 3 * 1.0) / 6 - 0.25 * 3 / 6) and every["verdict"] is None
     assert "vip - scratch" not in expl["held_out_visual"]  # no vip agent: no comparison
+    with_vip = cs.summarize([*runs, _run(cs, "vip", 0, held_out=0.5, train=0.5)])
+    # one side complete, the other one seed of three: partial, whichever side is short
+    vip = with_vip["comparisons"]["exploratory"]["held_out_visual"]
+    assert vip["vip - scratch"]["seeds"] == [1, 3] and vip["vip - scratch"]["verdict"] == "partial (1 of 3 seeds)"
+    assert vip["full - vip"]["verdict"] == "partial (1 of 3 seeds)"
     assert s["verdict"]["confirmatory"] == "reproduced"
     full = s["success"]["full"]
     assert full["held_out_visual"]["per_seed"] == [0.5, 0.5, 0.5, 1.0, 1.0, 1.0]
@@ -152,3 +157,27 @@ def test_main_keeps_earlier_agents_and_refuses_other_episode_counts(cs, tmp_path
     with pytest.raises(SystemExit, match="not this benchmark's results"):
         cs.main([*args[:-4], "--out", str(other), "--plot", str(fig)])
     assert len(evaluated) == 4
+
+
+def test_plot_draws_each_variants_means_intervals_and_seeds(cs, tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(cs, "save_figure", lambda fig, path: figures.append(fig) or path)
+    runs = [_run(cs, "full", 0, held_out=0.5, train=0.25), _run(cs, "full", 1, held_out=0.75, train=0.5)]
+    runs += [_run(cs, "scratch", 0, held_out=0.25, train=0.75, nominal=0.75)]
+    s = cs.summarize(runs)
+    assert cs.plot(s, tmp_path / "p.png", "OpenDoorRight") == tmp_path / "p.png"
+    ax = figures[0].axes[0]
+    conds = ["nominal", *(f"{f}/{lv}" for f in cs.VISUAL for lv in cs.LEVELS), "held_out_visual"]
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    from matplotlib.container import BarContainer
+
+    bar_sets = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bar_sets) == 2 and len(dots) == 2 * len(conds)
+    for variant, bars, seed_dots in zip(("full", "scratch"), bar_sets, (dots[:len(conds)], dots[len(conds):])):
+        want = [s["success"][variant][c] for c in conds]
+        assert [b.get_height() for b in bars] == pytest.approx([w["mean"] for w in want])
+        segments = bars.errorbar.lines[2][0].get_segments()  # each from the interval's low end to its high end
+        ends = [end for seg in segments for end in (seg[0][1], seg[1][1])]
+        assert ends == pytest.approx([end for w in want for end in w["ci"]])
+        assert [list(d.get_ydata()) for d in seed_dots] == [w["per_seed"] for w in want]
+    assert "OpenDoorRight; seeds 0, 1" in ax.get_title()
