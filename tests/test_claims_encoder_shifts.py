@@ -133,6 +133,7 @@ def test_main_keeps_earlier_agents_and_refuses_other_episode_counts(cs, tmp_path
         return {"variant": variant, "seed": seed, **_run(cs, variant, seed, held_out=0.5, train=0.5)}
 
     monkeypatch.setattr(cs, "_try_evaluate", fake)
+    monkeypatch.setattr(cs, "cpu_model", lambda: "the machine of the runs")
     out, fig = tmp_path / "r.json", tmp_path / "r.png"
     args = ["--work-dir", str(tmp_path), "--jobs", "1", "--out", str(out), "--plot", str(fig)]
     cs.main([*args, "--seeds", "0", "--variants", "full", "scratch"])
@@ -145,8 +146,10 @@ def test_main_keeps_earlier_agents_and_refuses_other_episode_counts(cs, tmp_path
     assert stored["episodes"] == 50 and stored["protocol"] == cs.PROTOCOL
     with pytest.raises(SystemExit, match="on 50 episodes per condition, not PressLitButton on 10"):
         cs.main([*args, "--episodes", "10"])
+    monkeypatch.setattr(cs, "cpu_model", lambda: "a later machine")
     summary = cs.main([*args, "--summarize-only"])  # the file's episode count, whatever the default
     assert len(summary["runs"]) == 4 and len(evaluated) == 4
+    assert json.loads(out.read_text())["cpu"] == "the machine of the runs"  # a summary names where the runs ran
     with pytest.raises(SystemExit, match="must be file paths"):  # refused before any evaluation
         cs.main([*args[:-4], "--out", str(tmp_path), "--plot", str(fig)])
     with pytest.raises(SystemExit, match="no such folder"):
@@ -180,4 +183,8 @@ def test_plot_draws_each_variants_means_intervals_and_seeds(cs, tmp_path, monkey
         ends = [end for seg in segments for end in (seg[0][1], seg[1][1])]
         assert ends == pytest.approx([end for w in want for end in w["ci"]])
         assert [list(d.get_ydata()) for d in seed_dots] == [w["per_seed"] for w in want]
+        # each seed's dots sit inside their own bar, right of its centre (clear of the error bar)
+        assert [d.get_xdata()[0] for d in seed_dots] == pytest.approx([b.get_x() + 0.75 * b.get_width() for b in bars])
+    centres = [(a.get_x() + b.get_x() + b.get_width()) / 2 for a, b in zip(*bar_sets)]  # a tick under each pair
+    assert list(ax.get_xticks()) == pytest.approx(centres) and ax.get_ylim() == pytest.approx((0, 1.05))
     assert "OpenDoorRight; seeds 0, 1" in ax.get_title()
