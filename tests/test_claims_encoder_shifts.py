@@ -166,7 +166,7 @@ def test_plot_draws_each_variants_means_intervals_and_seeds(cs, tmp_path, monkey
     figures = []
     monkeypatch.setattr(cs, "save_figure", lambda fig, path: figures.append(fig) or path)
     runs = [_run(cs, "full", 0, held_out=0.5, train=0.25), _run(cs, "full", 1, held_out=0.75, train=0.5)]
-    runs += [_run(cs, "scratch", 0, held_out=0.25, train=0.75, nominal=0.75)]
+    runs += [_run(cs, "scratch", 0, held_out=0.25, train=0.75, nominal=0.75), _run(cs, "vip", 2, held_out=1, train=1)]
     s = cs.summarize(runs)
     assert cs.plot(s, tmp_path / "p.png", "OpenDoorRight") == tmp_path / "p.png"
     ax = figures[0].axes[0]
@@ -175,8 +175,9 @@ def test_plot_draws_each_variants_means_intervals_and_seeds(cs, tmp_path, monkey
     from matplotlib.container import BarContainer
 
     bar_sets = [c for c in ax.containers if isinstance(c, BarContainer)]
-    assert len(bar_sets) == 2 and len(dots) == 2 * len(conds)
-    for variant, bars, seed_dots in zip(("full", "scratch"), bar_sets, (dots[:len(conds)], dots[len(conds):])):
+    n = len(conds)
+    assert len(bar_sets) == 3 and len(dots) == 3 * n
+    for variant, bars, seed_dots in zip(cs.VARIANTS, bar_sets, (dots[:n], dots[n:2 * n], dots[2 * n:])):
         want = [s["success"][variant][c] for c in conds]
         assert [b.get_height() for b in bars] == pytest.approx([w["mean"] for w in want])
         segments = bars.errorbar.lines[2][0].get_segments()  # each from the interval's low end to its high end
@@ -185,6 +186,6 @@ def test_plot_draws_each_variants_means_intervals_and_seeds(cs, tmp_path, monkey
         assert [list(d.get_ydata()) for d in seed_dots] == [w["per_seed"] for w in want]
         # each seed's dots sit inside their own bar, right of its centre (clear of the error bar)
         assert [d.get_xdata()[0] for d in seed_dots] == pytest.approx([b.get_x() + 0.75 * b.get_width() for b in bars])
-    centres = [(a.get_x() + b.get_x() + b.get_width()) / 2 for a, b in zip(*bar_sets)]  # a tick under each pair
+    centres = [(a.get_x() + c.get_x() + c.get_width()) / 2 for a, _, c in zip(*bar_sets)]  # a tick under each group
     assert list(ax.get_xticks()) == pytest.approx(centres) and ax.get_ylim() == pytest.approx((0, 1.05))
-    assert "OpenDoorRight; seeds 0, 1" in ax.get_title()
+    assert "OpenDoorRight; seeds 0, 1, 2" in ax.get_title()
