@@ -409,6 +409,11 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "max(1, k) -> max(k, 1): max is symmetric",
         "max(..1, int(cfg.stage1.steps) // 3..) swapped @ \"eval_every\": max(1, int(cfg.stage1.steps) // 3), "
         "\"checkpoint_every\": max(1, int(cfg.stage1.steps) // 3),"),
+    ("claims_encoder_shifts", "plot/const/10"): Equivalent(
+        "the tick labels' font size 7 -> 8 (appearance only: the bars, intervals, dots and ticks are where they were)",
+        "7 -> 8 @ [c.replace(\"colors_textures\", \"col+tex\").replace(\"/\", \"\\n\") for c in conds], fontsize=7)"),
+    ("claims_encoder_shifts", "plot/const/13"): Equivalent(
+        "the legend's font size 7 -> 8 (appearance only)", "7 -> 8 @ ax.legend(fontsize=7)"),
     ("build", "new_agent/if/0"): Equivalent(
         "if spec.rgb -> if not spec.rgb around the agent's log line only (logging: which agents print their encoder "
         "summary)",

@@ -160,6 +160,19 @@ def test_main_keeps_earlier_agents_and_refuses_other_episode_counts(cs, tmp_path
     with pytest.raises(SystemExit, match="not this benchmark's results"):
         cs.main([*args[:-4], "--out", str(other), "--plot", str(fig)])
     assert len(evaluated) == 4
+    short = tmp_path / "short.json"  # a trial at 3 episodes: summarized without repeating --episodes
+    cs.main(["--work-dir", str(tmp_path), "--jobs", "1", "--out", str(short), "--plot", str(fig), "--seeds", "0",
+             "--episodes", "3"])
+    assert cs.main(["--out", str(short), "--plot", str(fig), "--summarize-only"])["episodes"] == 3
+
+
+def test_main_with_no_finished_agent_says_so_and_writes_nothing(cs, tmp_path, monkeypatch):
+    monkeypatch.setattr(cs, "_try_evaluate", lambda work, variant, target, seed, episodes: {
+        "variant": variant, "seed": seed, "error": "stage 3 not finished"})
+    with pytest.raises(SystemExit, match=r"no agent evaluated \(6 not finished\)"):
+        cs.main(["--work-dir", str(tmp_path), "--jobs", "1", "--out", str(tmp_path / "r.json"), "--plot",
+                 str(tmp_path / "r.png"), "--variants", "full", "scratch"])
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_plot_draws_each_variants_means_intervals_and_seeds(cs, tmp_path, monkeypatch):
