@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -140,7 +141,9 @@ def _pooled(fn: Any, tasks: Sequence[tuple], jobs: int) -> Iterator[Any]:
     if jobs <= 1:
         yield from (fn(*t) for t in tasks)
         return
-    with mp.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+    # workers ignore Ctrl-C: the parent alone handles it, stopping the pool (no traceback per worker)
+    with mp.get_context("spawn").Pool(jobs, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN),
+                                      maxtasksperchild=1) as pool:
         yield from pool.imap_unordered(_call, [(fn, t) for t in tasks])
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from multiprocessing import get_context
@@ -421,7 +422,9 @@ def main(argv: list[str] | None = None) -> None:
         jobs = [(t, m, s, args) for m in order for s in args.seeds for t in tasks]
         runs = []
         start = time.perf_counter()
-        with get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+        # workers ignore Ctrl-C: the parent alone handles it, stopping the pool (no traceback per worker)
+        with get_context("spawn").Pool(args.workers, initializer=signal.signal,
+                                       initargs=(signal.SIGINT, signal.SIG_IGN), maxtasksperchild=1) as pool:
             for run in pool.imap_unordered(run_one, jobs):
                 runs.append(run)
                 save_results(args, runs)  # partial results survive an interrupted experiment

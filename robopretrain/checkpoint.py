@@ -211,8 +211,11 @@ def _torch_load(file: Path) -> dict[str, Any]:
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """``path`` itself when it is a checkpoint folder, else the newest readable one under it (``latest``)."""
+    """``path`` itself when it is a checkpoint folder, else the newest readable one under it (``latest``); the
+    ``latest`` pointer file itself stands for its folder (what a shell's tab completion often gives)."""
     path = Path(path)
+    if path.name == LATEST_FILE and path.is_file():
+        path = path.parent
     if (path / META_FILE).is_file():
         return path
     for candidate in (path, path / "checkpoints"):

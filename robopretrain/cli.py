@@ -23,7 +23,9 @@ Use it in an entry point as::
 * :func:`friendly_errors` turns the toolkit's known error classes (bad datasets, video manifests, encoder and
   training checkpoints, a non-finite loss, config validation, rendering unavailable with this ``MUJOCO_GL``)
   into ``error: <message>`` on stderr and exit code 2, with no traceback. Anything else is a bug and keeps
-  its traceback. ``ROBOPRETRAIN_TRACEBACK=1`` re-raises known errors too.
+  its traceback. Ctrl-C (``KeyboardInterrupt``) prints ``interrupted`` and exits with :data:`EXIT_INTERRUPTED`
+  (130, the shell's code for SIGINT), no traceback: the entry points' worker processes ignore SIGINT, so the
+  parent alone stops them. ``ROBOPRETRAIN_TRACEBACK=1`` re-raises known errors and the interrupt too.
 
 ``python -m robopretrain.cli <entry point module> [overrides]`` runs any of the toolkit's Hydra entry points
 (:data:`ENTRY_POINTS`) this way, e.g. ``python -m robopretrain.cli robopretrain.train data.path=x.hdf5``; for
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
 # Hydra entry point module -> its primary config in configs/
 ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": "robopretrain",
                 "finetune.train": "finetune", "robopretrain.evaluate": "evaluate", "robopretrain.pipeline": "pipeline",
@@ -87,7 +90,8 @@ def report_and_exit(exc: BaseException, prefix: str = "error") -> None:
 
 
 def friendly_errors(func: F) -> F:
-    """Decorate a Hydra task function: known bad-input errors become one line on stderr and exit code 2."""
+    """Decorate a Hydra task function: known bad-input errors become one line on stderr and exit code 2; Ctrl-C
+    becomes ``interrupted`` and exit code 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -97,6 +101,13 @@ def friendly_errors(func: F) -> F:
             if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
                 raise
             report_and_exit(exc)
+        except KeyboardInterrupt:
+            if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+                raise
+            sys.stdout.flush()
+            print("interrupted (Ctrl-C); what a rerun of the same command resumes: README, 'Resuming and scaling'",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -27,6 +27,9 @@ Used by stage 3's online loop (:func:`finetune.online.run_online`). The design i
 
 from __future__ import annotations
 
+import functools
+import multiprocessing as mp
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -52,9 +55,18 @@ def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: 
         raise ValueError(f"num_envs={num_envs}; expected an integer >= 1")
     mode = gym.vector.AutoresetMode.DISABLED
     if asynchronous and num_envs > 1:
-        return gym.vector.AsyncVectorEnv([env_fn] * num_envs, context="spawn", autoreset_mode=mode,
+        worker_fn = functools.partial(_ignoring_interrupts, env_fn)
+        return gym.vector.AsyncVectorEnv([worker_fn] * num_envs, context="spawn", autoreset_mode=mode,
                                          shared_memory=False)
     return gym.vector.SyncVectorEnv([env_fn] * num_envs, autoreset_mode=mode)
+
+
+def _ignoring_interrupts(env_fn: Callable[[], gym.Env]) -> gym.Env:
+    """``env_fn()``; in a worker process (not in the parent, where gymnasium builds one env to read its spaces) Ctrl-C
+    is ignored first: the parent handles it and closes the workers, which would otherwise each print a traceback."""
+    if mp.parent_process() is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return env_fn()
 
 
 # --------------------------------------------------------------------------- array trees (array or dict)

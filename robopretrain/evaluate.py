@@ -29,6 +29,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -191,6 +192,8 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(spec: PolicySpec) -> None:
     from robopretrain.cpu_settings import apply_cpu_settings
 
+    if mp.parent_process() is not None:  # a pool worker: Ctrl-C is the parent's to handle (it stops the pool)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     apply_cpu_settings(num_threads=1)
     _WORKER.clear()
     _WORKER.update(policy=load_policy(spec), target=as_target(spec.target), envs={})

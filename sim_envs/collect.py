@@ -19,6 +19,7 @@ the output folder.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -284,6 +285,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(env_kwargs: Mapping[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it stops the pool)
     _WORKER.update(env_kwargs=dict(env_kwargs), env=None, task=None)
 
 

@@ -138,3 +138,23 @@ def write_robosuite_demos(path, episodes: int = 3, *, tasks=(("reach", 0),), max
                               actions=np.stack([s[1] for s in steps]), rewards=rewards, dones=dones,
                               ep_meta={"success": success, "seed": seed * 1000 + 100 * task_id + ep})
     return path
+
+
+def sigint_ignored() -> bool:
+    """Whether this process ignores Ctrl-C (SIGINT)."""
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def sigint_ignored_after(initializer, *args) -> bool:
+    """Run a pool initializer, then say whether this process ignores Ctrl-C (run in a spawned worker)."""
+    initializer(*args)
+    return sigint_ignored()
+
+
+class SigintProbeEnv(CountEnv):
+    """CountEnv whose observation ``x[0]`` is 1 where the process that built it ignores Ctrl-C, else 0."""
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"x": np.array([float(sigint_ignored()), self.t], np.float32)}

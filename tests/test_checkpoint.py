@@ -18,6 +18,7 @@ from robopretrain.checkpoint import (
     load_agent,
     load_checkpoint,
     load_latest,
+    resolve_checkpoint_dir,
     save_agent,
     save_checkpoint,
     split_agent_state,
@@ -133,6 +134,19 @@ def test_write_is_atomic_and_keeps_previous(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
     assert (tmp_path / "latest").read_text().strip() == "ckpt_00000001"
     assert load_latest(tmp_path).step == 1
+
+
+def test_a_run_folder_its_checkpoints_folder_and_the_latest_file_name_the_latest_checkpoint(tmp_path):
+    agent = tiny_agent()
+    first = save_agent(tmp_path / "checkpoints", 1, CONFIG, agent, {})
+    newest = save_agent(tmp_path / "checkpoints", 2, CONFIG, agent, {})
+    for given in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / "latest", newest):
+        assert resolve_checkpoint_dir(given) == newest
+    assert resolve_checkpoint_dir(first) == first
+    (tmp_path / "checkpoints" / "latest").write_text(first.name)  # latest names what it names, not the newest step
+    assert resolve_checkpoint_dir(tmp_path / "checkpoints" / "latest") == first
+    with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
+        resolve_checkpoint_dir(tmp_path / "checkpoints" / "ckpt_00000001" / "meta.json")
 
 
 def test_keeps_newest_two(tmp_path):

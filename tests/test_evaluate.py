@@ -5,6 +5,7 @@ the same observation path as in training; targets outside sim_envs run nominal o
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,18 @@ def test_pipeline_evaluate_stage_runs_the_sweep_of_each_sim_target_into_its_fold
     folder = run / "evaluate" / "robustness" / "Reach"
     assert saved["Reach"]["eval_info"] == str(folder / "eval_info.json") and (folder / "eval_info.json").is_file()
     assert [(r["factor"], r["level"]) for r in saved["Reach"]["rows"]] == [("nominal", "none"), ("distractors", "2")]
+
+
+def test_pool_workers_ignore_ctrl_c_and_the_serial_run_keeps_it(tiny_checkpoint):
+    """Ctrl-C stops an evaluation through its parent alone (one line, exit 130, tests/test_interrupts.py): the pool's
+    workers ignore SIGINT, while ``workers=0`` (the initializer run in this process) leaves the handler alone."""
+    import signal
+
+    from robopretrain.evaluate import PolicySpec, _init_worker, default_target, open_checkpoint
+
+    ckpt = open_checkpoint(tiny_checkpoint)
+    spec = PolicySpec(str(ckpt.path), default_target(ckpt).to_dict(), "cpu")
+    with mp.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(fake.sigint_ignored_after, (_init_worker, spec))
+    _init_worker(spec)
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler

@@ -18,6 +18,7 @@ Settings are :class:`MetaWorldCollectConfig` (Hydra, ``key=value`` overrides; ``
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -166,6 +167,8 @@ _ENV: dict[str, Any] = {"env": None, "task": None, "kwargs": {}}
 
 
 def _init_env_cache(env_kwargs: Mapping[str, Any]) -> None:
+    if mp.parent_process() is not None:  # a pool worker: Ctrl-C is the parent's to handle (it stops the pool)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _ENV.update(env=None, task=None, kwargs=dict(env_kwargs))
 
 
