@@ -101,10 +101,11 @@ def training_regret(successes: Sequence[float]) -> float | None:
 
 
 def online_buffer(agent: Any, reward: RewardSettings, capacity: int, seed: int) -> ReplayBuffer:
-    """An empty replay buffer for what the agent stores (its prepared observation parts)."""
+    """An empty replay buffer for what the agent stores (its prepared observation parts), its batches on the agent's
+    device (the offline half is there too: :class:`robopretrain.data.replay.MixedSampler` joins them)."""
     neg = sparse_negative_reward(reward.scale, reward.bias) if reward.sparse else None
     return ReplayBuffer(capacity, agent.stored_spec().storage(), agent.act_dim, gamma=reward.discount,
-                        sparse_negative_reward=neg, seed=seed)
+                        sparse_negative_reward=neg, device=agent.device, seed=seed)
 
 
 def keep_decided_epopt_rows(log: Path, batches_done: int) -> int:

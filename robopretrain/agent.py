@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from robopretrain.algos import AGENT_NAMES, make_agent, make_config
-from robopretrain.algos.base import make_adam, metrics_to_floats
+from robopretrain.algos.base import load_optimizer_state, make_adam, metrics_to_floats
 from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS
 from robopretrain.data.spec import ObsSpec
 from robopretrain.nets.encoder_io import load_encoder
@@ -508,7 +508,7 @@ class Agent:
                 raise KeyError("feature_encoder (the checkpoint was not written by a frozen_cached agent)")
             self.feature_encoder.load_state_dict(state["feature_encoder"])
         if with_optimizer and self.encoder_optimizer is not None and "encoder_optimizer" in state:
-            self.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
+            load_optimizer_state(self.encoder_optimizer, state["encoder_optimizer"])
 
     def describe(self) -> dict[str, Any]:
         """What rebuilds this agent (``meta.json``): algorithm and config, spec, action size, encoder."""

@@ -42,11 +42,28 @@ Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
 # ``train_episode_seed`` is in robopretrain.evaluation (which imports torch); the same formula here keeps the
 # worker-side imports of this module light. tests/test_collector.py checks that both agree.
 _SEED_STRIDE = 100_000
+# Evaluation episodes are reset with seeds in [EVAL_SEEDS_START, EVAL_SEEDS_END) (robopretrain.evaluation.EVAL_SEED
+# + i, configs/evaluate.yaml's eval_seed + i); training seeds never fall there.
+EVAL_SEEDS_START, EVAL_SEEDS_END = 1_000_000, 2_000_000
+_SEED_LIMIT = 2**32  # what every seeding API takes (numpy's legacy seeding and MuJoCo's need < 2**32)
 
 
 def episode_seed(seed: int, episode: int) -> int:
-    """Reset seed of training episode ``episode`` (as :func:`robopretrain.evaluation.train_episode_seed`)."""
-    return int(seed) * _SEED_STRIDE + int(episode)
+    """Reset seed of training episode ``episode`` (>= 0) of a run with seed ``seed`` (>= 0), as
+    :func:`robopretrain.evaluation.train_episode_seed`; never in ``[EVAL_SEEDS_START, EVAL_SEEDS_END)``, the
+    evaluation seeds.
+
+    ``seed * 100_000 + episode`` for seeds 0-9 and episodes below 100_000 (every run this toolkit has published);
+    otherwise a hash of ``(seed, episode)`` (``numpy.random.SeedSequence``) placed in ``[EVAL_SEEDS_END, 2**32)``.
+    The plain formula alone put seed 10's episodes on the evaluation seeds ``1_000_000 + k``.
+    Raises ValueError for a negative seed or episode."""
+    seed, episode = int(seed), int(episode)
+    if seed < 0 or episode < 0:
+        raise ValueError(f"episode_seed: seed and episode must be >= 0, got seed={seed}, episode={episode}")
+    if seed * _SEED_STRIDE + episode < EVAL_SEEDS_START and episode < _SEED_STRIDE:
+        return seed * _SEED_STRIDE + episode
+    word = int(np.random.SeedSequence([seed, episode]).generate_state(1, np.uint64)[0])
+    return EVAL_SEEDS_END + word % (_SEED_LIMIT - EVAL_SEEDS_END)
 
 
 def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: bool = True) -> gym.vector.VectorEnv:

@@ -21,11 +21,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from robopretrain.collector import episode_seed
+from robopretrain.collector import EVAL_SEEDS_START, episode_seed
 from robopretrain.data.keys import ACTIONS, MC_RETURNS, OBS
 from robopretrain.envs.target import SIM_ENVS, Target, make_env
 
-EVAL_SEED = 1_000_000  # evaluation episodes use seeds EVAL_SEED + i; training seeds stay far below it
+EVAL_SEED = EVAL_SEEDS_START  # evaluation episodes use seeds EVAL_SEED + i; training seeds avoid [1e6, 2e6)
 
 
 def train_episode_seed(seed: int, episode: int) -> int:

@@ -13,6 +13,7 @@ import torch
 from robopretrain.agent import Agent, EncoderSettings
 from robopretrain.checkpoint import (
     CheckpointError,
+    agent_from_checkpoint,
     check_agent_fits,
     list_checkpoints,
     load_agent,
@@ -147,6 +148,26 @@ def test_a_run_folder_its_checkpoints_folder_and_the_latest_file_name_the_latest
     assert resolve_checkpoint_dir(tmp_path / "checkpoints" / "latest") == first
     with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
         resolve_checkpoint_dir(tmp_path / "checkpoints" / "ckpt_00000001" / "meta.json")
+
+
+def test_a_kept_optimizer_trains_at_the_configured_learning_rates_with_the_saved_moments(tmp_path):
+    """Stage 3 with online.keep_optimizer: Adam's moments come from the checkpoint, the learning rates from the new
+    config (torch's load_state_dict alone would bring back the checkpoint's rates)."""
+    agent = tiny_agent()
+    train_a_bit(agent)
+    path = save_agent(tmp_path, 3, CONFIG, agent, {}, state={"step": 3})  # state: the optimisers are saved
+    saved = agent.core.optimizer.state_dict()
+    new_cfg = {**agent.core.cfg.__dict__, "policy_lr": 1e-5, "qf_lr": 2e-5, "alpha_lr": 3e-5, "alpha_prime_lr": 4e-5}
+    kept = agent_from_checkpoint(load_checkpoint(path, with_state=True), with_optimizer=True, algo="calql",
+                                 algo_cfg=new_cfg)
+    assert [g["lr"] for g in kept.core.optimizer.param_groups] == [1e-5, 2e-5, 3e-5, 4e-5]
+    assert kept.core.cfg.policy_lr == 1e-5
+    moments = kept.core.optimizer.state_dict()["state"]
+    assert len(moments) == len(saved["state"]) > 0
+    for mine, theirs in zip(moments.values(), saved["state"].values()):
+        assert torch.equal(mine["exp_avg"], theirs["exp_avg"]) and torch.equal(mine["step"], theirs["step"])
+    same = agent_from_checkpoint(load_checkpoint(path, with_state=True), with_optimizer=True)  # a resume: the saved rates
+    assert [g["lr"] for g in same.core.optimizer.param_groups] == [g["lr"] for g in saved["param_groups"]]
 
 
 def test_keeps_newest_two(tmp_path):

@@ -33,6 +33,22 @@ def test_episode_seed_is_the_evaluation_modules_formula():
         assert episode_seed(seed, k) == train_episode_seed(seed, k)
 
 
+def test_training_seeds_never_are_evaluation_seeds_and_published_runs_keep_theirs():
+    from robopretrain.collector import EVAL_SEEDS_END, EVAL_SEEDS_START
+    from robopretrain.evaluation import EVAL_SEED
+
+    assert EVAL_SEEDS_START <= EVAL_SEED < EVAL_SEEDS_END
+    assert [episode_seed(s, k) for s, k in [(0, 0), (3, 17), (9, 99_999)]] == [0, 300_017, 999_999]  # seeds 0-9
+    episodes = [*range(300), 99_999, 100_000, 1_000_000, 5_000_000]
+    for seed in [*range(25), 10_000, 2**31]:
+        seeds = [episode_seed(seed, k) for k in episodes]
+        assert all(0 <= x < 2**32 and not EVAL_SEEDS_START <= x < EVAL_SEEDS_END for x in seeds), seed
+        assert len(set(seeds)) == len(seeds), seed  # a run's episodes start differently
+    assert episode_seed(10, 0) != episode_seed(11, 0) != episode_seed(10, 1)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        episode_seed(-1, 0)
+
+
 def test_crossed_counts_multiples_in_a_chunk():
     assert crossed(58, 60, 20) and crossed(59, 61, 20) and not crossed(60, 62, 20) and not crossed(61, 79, 20)
 

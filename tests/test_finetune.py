@@ -335,3 +335,22 @@ def test_a_rerun_with_other_settings_is_refused_before_any_step(finetuned, reach
     with pytest.raises(ResumeMismatchError, match=r"online\.utd: 1 -> 2"):
         finetune(state_cfg(stage2_state, reach_hdf5, out, online={"utd": 2}))
     assert read_jsonl(out / "metrics.jsonl") == rows  # nothing trained, nothing logged
+
+
+def test_online_batches_are_on_the_agents_device():
+    """The online buffer's batches join the offline half (on the agent's device) in one tensor: on a GPU a buffer
+    left on the CPU fails at the first mixed batch ('meta' stands in for 'cuda' here)."""
+    import torch
+
+    from finetune.online import online_buffer
+    from robopretrain.data.dataset import RewardSettings
+    from robopretrain.data.spec import ObsSpec
+
+    spec = ObsSpec(low_dim=(("proprio", 3),))
+    agent = type("FakeAgent", (), {"device": torch.device("meta"), "act_dim": 2, "stored_spec": lambda self: spec})()
+    buffer = online_buffer(agent, RewardSettings(), capacity=10, seed=0)
+    obs = {"proprio": np.zeros(3, np.float32)}
+    buffer.add_step(obs, np.zeros(2), 1.0, obs, True, False)
+    batch = buffer.sample(2)
+    tensors = [t for v in batch.values() for t in (v.values() if isinstance(v, dict) else [v])]
+    assert len(tensors) >= 7 and {t.device.type for t in tensors} == {"meta"}

@@ -35,6 +35,19 @@ def make_adam(groups: list[dict[str, Any]]) -> torch.optim.Adam:
         return torch.optim.Adam(groups)  # torch picks foreach kernels where available
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load a saved optimizer state (Adam's moments and step counts) into ``optimizer`` while keeping its param
+    groups' hyperparameters (learning rate, betas, fused, ...): the agent's config sets them, not the checkpoint's.
+    ``torch.optim.Optimizer.load_state_dict`` alone restores the saved groups' learning rates, so stage 3 keeping
+    stage 2's optimizer (``online.keep_optimizer``) trained at stage 2's rates while its config and meta.json
+    named its own. An exact resume (the same config) is unchanged; a resume given another learning rate trains at
+    the given one."""
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, hyper in zip(optimizer.param_groups, configured):
+        group.update(hyper)
+
+
 @torch.no_grad()
 def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging ``target <- (1 - tau) * target + tau * source`` in one foreach op."""
@@ -196,5 +209,5 @@ class OfflineAlgorithm:
         with torch.no_grad():
             for name in self.STATE_TENSORS:
                 getattr(self, name).copy_(state[name])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.num_updates = int(state["num_updates"])
