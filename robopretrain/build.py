@@ -8,6 +8,7 @@ statistics, the agent, the evaluation targets and the randomization setting.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
 from robopretrain.agent import Agent, EncoderSettings
-from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
+from robopretrain.data.dataset import RewardSettings, load_offline_dataset, selected_demos, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.hdf5 import DatasetInfo
@@ -308,24 +309,52 @@ def training_sampler(agent: Agent, dataset: OfflineDataset, seed: int) -> Any:
 # --------------------------------------------------------------------------- targets
 
 
-def targets_of_data(info: DatasetInfo, tasks: Sequence[str]) -> list[Target]:
-    """Evaluation targets for the data's own tasks when its ``env_args`` name a known env family (logged if not)."""
+def data_task_ids(info: DatasetInfo, data_cfg: Any) -> dict[str, int]:
+    """The tasks a data setting (``data`` or ``data.mix``) trains on, as :func:`load_data` selects its demos
+    (``tasks``, ``mask``, ``max_demos``), each with the slot of the task one-hot its transitions carry: ``task_id``
+    when the setting overrides it, else the file's id of the task."""
+    demos = selected_demos(info, tasks=list(data_cfg.tasks) if data_cfg.get("tasks") else None,
+                           mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"))
+    override = data_cfg.get("task_id")
+    return {task: int(override) if override is not None else int(info.tasks[task])
+            for task in sorted({info.demo(d).task for d in demos})}
+
+
+def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[str, int], second_path: str) -> None:
+    """Refuse two datasets that give one slot of the task one-hot to different tasks (e.g. a converted file that
+    numbers its tasks from 0, mixed with a prior file whose task 0 is another): the agent could not tell them apart.
+    ``first`` / ``second``: task name -> slot (:func:`data_task_ids`)."""
+    by_slot = {slot: task for task, slot in first.items()}
+    clashes = [(slot, by_slot[slot], task) for task, slot in second.items() if by_slot.get(slot, task) != task]
+    if clashes:
+        free = max([*first.values(), *second.values()]) + 1
+        slot, theirs, mine = clashes[0]
+        raise ValueError(f"task one-hot slot {slot} is task {theirs!r} in {first_path} and task {mine!r} in "
+                         f"{second_path}: they would be one task to the agent; give the mixed data its own slot with "
+                         f"data.mix.task_id (e.g. {free}, with obs.num_tasks > {free})")
+
+
+def targets_of_data(info: DatasetInfo, task_ids: Mapping[str, int]) -> list[Target]:
+    """Evaluation targets for the data's own tasks when its ``env_args`` name a known env family (logged if not),
+    each evaluated in the one-hot slot its transitions carry (``task_ids``: task name -> slot, :func:`data_task_ids`;
+    a ``data.task_id`` override included)."""
     out = []
-    for task in tasks:
-        target = target_of_data(info.env_args, task, info.tasks[task])
+    for task, slot in task_ids.items():
+        target = target_of_data(info.env_args, task, int(info.tasks[task]))
         if target is None:
             log.info("no evaluation in sim for task %r: the data's env_args (%s) name no known env family; set "
                      "train.eval_targets to evaluate", task, info.env_args.get("env_name"))
             continue
-        out.append(target)
+        out.append(target if target.resolved_task_id() == slot else dataclasses.replace(target, task_id=int(slot)))
     return out
 
 
-def eval_targets(setting: Any, info: DatasetInfo, tasks: Sequence[str]) -> list[Target]:
-    """``train.eval_targets``: None -> the data's own tasks (where evaluable), [] -> none, else the listed targets."""
+def eval_targets(setting: Any, info: DatasetInfo, task_ids: Mapping[str, int]) -> list[Target]:
+    """``train.eval_targets``: None -> the data's own tasks (where evaluable; ``task_ids`` as in
+    :func:`targets_of_data`), [] -> none, else the listed targets."""
     value = plain(setting)
     if value is None:
-        return targets_of_data(info, tasks)
+        return targets_of_data(info, task_ids)
     if isinstance(value, (str, Mapping)):
         value = [value]
     return [as_target(v) for v in value]

@@ -3,9 +3,12 @@
 A run keeps its checkpoints in one folder::
 
     <root>/ckpt_00001000/   config.yaml   the full resolved config
-                            weights.pt    state dicts of the model (torch.save; loaded with weights_only=True)
-                            meta.json     obs keys and shapes, action dim, task names, normalisation stats,
-                                          algorithm, step, versions of torch / mujoco / robopretrain
+                            weights.pt    state dicts of the model (torch.save; loaded with weights_only=True),
+                                          the observation normalisation statistics among them (the encoders'
+                                          ``mean`` / ``std`` buffers, so they cannot drift from the weights)
+                            meta.json     obs keys and shapes, action dim, task names and one-hot slots, whether
+                                          observations are normalised (encoder settings), algorithm, step,
+                                          versions of torch / mujoco / robopretrain
                             state.pt      (resumable runs) optimiser, RNG states, replay/sampler state, counters
     <root>/latest           text file naming the newest complete checkpoint (written atomically)
 

@@ -25,6 +25,7 @@ refused with one line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -161,13 +162,16 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def default_target(ckpt: Checkpoint) -> Target:
-    """The checkpoint's own target (stage 3), else the first task the stage-2 agent was trained on."""
+    """The checkpoint's own target (stage 3), else the first task the stage-2 agent was trained on, in the slot of
+    the task one-hot it was trained in (meta's ``task_ids``: a ``data.task_id`` override moves it)."""
     if ckpt.meta.get("target"):
         return as_target(ckpt.meta["target"])
     names = ckpt.meta.get("task_names") or []
     if not names:
         raise CheckpointError(f"{ckpt.path / 'meta.json'}: names no task; pass target=<name or mapping>")
-    return as_target(str(names[0]))
+    slot = dict(ckpt.meta.get("task_ids") or {}).get(str(names[0]))
+    target = as_target(str(names[0]))
+    return target if slot is None else dataclasses.replace(target, task_id=int(slot))
 
 
 def load_policy(spec: PolicySpec) -> Any:

@@ -47,7 +47,7 @@ from robopretrain.agent_parallel import average_gradients, broadcast_agent, gath
 from robopretrain.checkpoint import CheckpointError, check_agent_fits, load_agent, load_latest, save_agent
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_offline_config
-from robopretrain.data.hdf5 import read_info, select_demos
+from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
 from robopretrain.evaluation import calibration, evaluate
@@ -110,8 +110,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size)
+    task_ids = build.data_task_ids(info, cfg.data)  # task name -> its slot of the task one-hot, as trained
     if dinfo.is_main:
-        build.report_success_filter(cfg.algo, dataset, str(data_path), tasks=info.tasks)
+        build.report_success_filter(cfg.algo, dataset, str(data_path), tasks=task_ids)
     if init is None:
         agent = build.new_agent(cfg, spec, info.action_dim, dataset, device)
     elif info.action_dim != agent.act_dim:
@@ -125,6 +126,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     sampler: Any = build.training_sampler(agent, dataset, seed)
     mix = cfg.data.get("mix")
     if mix is not None and mix.get("path"):
+        build.check_task_slots(task_ids, str(data_path), build.data_task_ids(read_info(Path(str(mix.path))), mix),
+                               str(mix.path))
         with dist_utils.main_first(dinfo):
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size)
@@ -134,10 +137,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                                                                seed + 1), 1.0 - float(mix.fraction))
         log.info("batches: %.0f%% from %s, %.0f%% from %s", 100 * (1 - float(mix.fraction)), data_path,
                  100 * float(mix.fraction), mix.path)
-    tasks = sorted({info.demo(d).task for d in select_demos(info, mask=cfg.data.get("mask"),
-                                                            tasks=list(cfg.data.tasks) if cfg.data.get("tasks") else None)})
+    tasks = sorted(task_ids)
     dr = build.randomization(cfg.get("dr"))
-    targets = build.eval_targets(settings.eval_targets, info, tasks)
+    targets = build.eval_targets(settings.eval_targets, info, task_ids)
     if settings.eval_targets is None:  # the data's own tasks: evaluated where the env fits the agent, else skipped
         targets = [t for t in targets if build.env_fits_or_log(agent, t, dr if t.randomizable else "none")]
     else:  # targets the config names must fit
@@ -146,7 +148,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     fingerprint = run_fingerprint.fingerprint(
         cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
               "init": init.path if init is not None else None}, ignore=RESUMABLE_CHANGES)
-    meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": str(data_path), "task_names": tasks, "task_ids": dict(info.tasks),
+    meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": str(data_path), "task_names": tasks, "task_ids": task_ids,
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,
             "parallel": {"world_size": dinfo.world_size, "batch_size_per_process": agent.batch_size,
                          "effective_batch_size": agent.batch_size * dinfo.world_size}}

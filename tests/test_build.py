@@ -90,3 +90,59 @@ def test_training_sampler_windows_the_data_for_the_decision_transformer_only():
     sampler = build.training_sampler(dt, data, seed=7)
     assert isinstance(sampler, SequenceSampler) and sampler.dataset is data and sampler.K == 3
     torch.testing.assert_close(sampler.sample(4), SequenceSampler(data, 3, seed=7).sample(4))  # seeded by the stage
+
+
+def demo_file(path: Path, tasks: list[str]) -> Path:
+    """One 3-step successful state episode per entry of ``tasks`` (in that order), the tasks' sim_envs ids."""
+    from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
+    from sim_envs.tasks import TASK_IDS
+
+    with RobomimicWriter(path, make_env_args("sim_envs/TabletopEnv", "0", {}), valid_fraction=0.0) as writer:
+        for task in tasks:
+            x = np.arange(4, dtype=np.float32)[:, None]
+            writer.add_episode(task=task, task_id=TASK_IDS[task], obs={"proprio": x[:3]}, next_obs={"proprio": x[1:]},
+                               actions=np.zeros((3, 4), np.float32), rewards=np.array([0, 0, 1], np.float32),
+                               dones=np.array([0, 0, 1], np.uint8), ep_meta={"success": True})
+    return path
+
+
+def test_the_tasks_trained_and_evaluated_are_those_loaded_in_the_slots_loaded(tmp_path):
+    """data.max_demos cuts tasks out of training, so out of evaluation; data.task_id moves the slot the transitions
+    carry, so the evaluation env must give the agent that slot too."""
+    from robopretrain.data.hdf5 import read_info
+    from sim_envs.tasks import TASK_IDS
+
+    path = demo_file(tmp_path / "d.hdf5", ["Reach", "Reach", "PressButton"])
+    info = read_info(path)
+    spec = ObsSpec(low_dim=(("proprio", 1),), num_tasks=12)
+    for data, expected in [({}, {"PressButton": TASK_IDS["PressButton"], "Reach": TASK_IDS["Reach"]}),
+                           ({"max_demos": 2}, {"Reach": TASK_IDS["Reach"]}),
+                           ({"tasks": ["PressButton"]}, {"PressButton": TASK_IDS["PressButton"]}),
+                           ({"task_id": 5, "tasks": ["Reach"]}, {"Reach": 5})]:
+        cfg = OmegaConf.create(data)
+        ids = build.data_task_ids(info, cfg)
+        assert ids == expected, data
+        loaded = build.load_data(path, spec, cfg, RewardSettings(), algo="bc", act_dim=None, seed=0,
+                                 device=torch.device("cpu"))
+        assert set(loaded.arrays()["observations"]["task_id"].tolist()) == set(ids.values()), data
+        targets = build.eval_targets(None, info, ids)
+        assert [(t.name, t.resolved_task_id()) for t in targets] == list(ids.items()), data
+
+
+def test_mixed_data_that_gives_one_slot_to_two_tasks_is_refused():
+    build.check_task_slots({"Reach": 0, "Lift": 1}, "prior.hdf5", {"Lift": 1, "Door": 7}, "target.hdf5")  # agree
+    with pytest.raises(ValueError, match=r"slot 0 is task 'Reach' in prior.hdf5 and task 'stack_cups' in "
+                                         r"mine.hdf5.*data.mix.task_id \(e.g. 2, with obs.num_tasks > 2\)"):
+        build.check_task_slots({"Reach": 0, "Lift": 1}, "prior.hdf5", {"stack_cups": 0}, "mine.hdf5")
+
+
+def test_an_agent_trained_in_a_moved_slot_is_evaluated_there_by_default(tmp_path):
+    from types import SimpleNamespace
+
+    from robopretrain.evaluate import default_target
+    from sim_envs.tasks import TASK_IDS
+
+    moved = SimpleNamespace(path=tmp_path, meta={"task_names": ["Reach"], "task_ids": {"Reach": 5}})
+    assert default_target(moved).resolved_task_id() == 5
+    plain_ckpt = SimpleNamespace(path=tmp_path, meta={"task_names": ["Reach"]})  # an older meta.json: the name's id
+    assert default_target(plain_ckpt).resolved_task_id() == TASK_IDS["Reach"]

@@ -89,3 +89,21 @@ def test_the_pipeline_puts_the_prior_in_data_path_and_the_target_in_mix(tmp_path
     assert out.data.path == str(data_paths(tmp_path)["prior"])
     assert out.data.mix.path == str(data_paths(tmp_path)["target"]) and list(out.data.mix.tasks) == [TARGET]
     assert out.data.mix.fraction == pytest.approx(0.1)
+
+
+def test_a_run_records_and_evaluates_the_slots_it_trained_and_refuses_a_clashing_mix(tmp_path, monkeypatch):
+    """data.task_id moves the slot: the run's meta and its default evaluation targets carry it (not the file's id);
+    a mix whose task would share a slot with another prior task stops the run before any update."""
+    from robopretrain import train
+
+    prior = collect_sim(tmp_path / "prior.hdf5", [PRIOR], episodes=1, **CLEAN)
+    seen = []
+    monkeypatch.setattr(train.build, "eval_targets", lambda setting, info, ids: seen.append(dict(ids)) or [])
+    last = train.run(stage2_config(prior, tmp_path / "moved", steps=1, obs={"num_tasks": 12},
+                                   data_cfg={"task_id": 5}))
+    meta = OmegaConf.load(last / "meta.json")
+    assert seen == [{PRIOR: 5}] and dict(meta.task_ids) == {PRIOR: 5} and list(meta.task_names) == [PRIOR]
+    target = collect_sim(tmp_path / "target.hdf5", [TARGET], episodes=1, **CLEAN)
+    clash = {"mix": {"path": str(target), "fraction": 0.5, "task_id": TASK_IDS[PRIOR]}}
+    with pytest.raises(ValueError, match=f"slot {TASK_IDS[PRIOR]} is task '{PRIOR}'"):
+        train.run(stage2_config(prior, tmp_path / "clash", steps=1, data_cfg=clash))

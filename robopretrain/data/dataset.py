@@ -112,6 +112,14 @@ def _rewards_from_success(rewards: np.ndarray, dones: np.ndarray, episode_ids: n
     return rewards, dones
 
 
+def selected_demos(info: DatasetInfo, *, tasks: Sequence[str] | None = None, mask: str | None = None,
+                   max_demos: int | None = None) -> list[str]:
+    """The demos :func:`load_offline_dataset` reads with these settings: ``select_demos``'s (mask AND tasks, numeric
+    order), the first ``max_demos`` of them."""
+    demos = select_demos(info, mask=mask, tasks=tasks)
+    return demos if max_demos is None else demos[: int(max_demos)]
+
+
 def load_offline_dataset(
     path: str | os.PathLike,
     spec: ObsSpec,
@@ -145,9 +153,7 @@ def load_offline_dataset(
     key_map = dict(obs_map or {})
     if act_dim is not None and info.action_dim != int(act_dim):
         raise DatasetError(f"{info.path}: actions have {info.action_dim} dims; the agent has {act_dim}")
-    demos = select_demos(info, mask=mask, tasks=tasks)
-    if max_demos is not None:
-        demos = demos[: int(max_demos)]
+    demos = selected_demos(info, tasks=tasks, mask=mask, max_demos=max_demos)
     ours = [*spec.rgb_keys, *spec.low_dim_keys]
     file_keys = [key_map.get(k, k) for k in ours]
     if storage == "auto":
