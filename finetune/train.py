@@ -54,7 +54,8 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes
 
 def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any]) -> Path:
     """The offline data: the target's demos, ``data.path`` (collected first when ``data.generate``), or the
-    checkpoint's own data file."""
+    checkpoint's own data file when it holds demos of the target (else ValueError: every demo would be taken as the
+    target's)."""
     if target.demos:
         path = Path(str(target.demos)).expanduser()
         if not path.is_file():
@@ -72,7 +73,13 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
     if cfg.data.get("path"):
         return build.resolve_data_path(cfg.data, run_dir)
     if ckpt_meta.get("data_path") and Path(ckpt_meta["data_path"]).is_file():
-        return Path(ckpt_meta["data_path"])
+        path = Path(ckpt_meta["data_path"])
+        if target.name not in read_info(path).tasks:  # its demos would all be labelled as the target's
+            raise ValueError(f"data.path is not set and the checkpoint's data file {path} has no demos of target "
+                             f"{target.name!r} (its tasks: {', '.join(sorted(read_info(path).tasks))}); give the "
+                             "target's demos (data.path=/path/to/target_demos.hdf5, or target.demos) or "
+                             "data.generate=true")
+        return path
     raise ValueError("config key data.path is not set and the checkpoint's data file is not available; give the "
                      "target demos (data.path=/path/to/target_demos.hdf5) or data.generate=true")
 

@@ -354,3 +354,16 @@ def test_online_batches_are_on_the_agents_device():
     batch = buffer.sample(2)
     tensors = [t for v in batch.values() for t in (v.values() if isinstance(v, dict) else [v])]
     assert len(tensors) >= 7 and {t.device.type for t in tensors} == {"meta"}
+
+
+def test_the_checkpoints_data_file_stands_in_only_when_it_has_the_targets_demos(reach_hdf5, stage2_state, tmp_path):
+    """Without data.path the checkpoint's own data file is the offline data: for a task it holds (Reach) its
+    demos of that task; for one it lacks, a refusal (its prior demos would all carry the target's one-hot)."""
+    from finetune.train import offline_data_path
+    from robopretrain.envs.target import as_target
+
+    meta = load_agent(stage2_state)[1].meta
+    cfg = stage3_config(stage2_state, tmp_path / "x", "Reach", data_cfg={})
+    assert offline_data_path(cfg, tmp_path, as_target("Reach"), None, meta) == reach_hdf5
+    with pytest.raises(ValueError, match="has no demos of target 'OpenDrawer' \\(its tasks: PressButton, Reach\\)"):
+        offline_data_path(cfg, tmp_path, as_target("OpenDrawer"), None, meta)
