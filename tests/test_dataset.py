@@ -21,16 +21,34 @@ from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
 CAL_QL = RewardSettings(discount=0.5, scale=10.0, bias=-5.0, sparse=True)
 
 
-def write_file(path: Path, zero_rewards: bool = False, env_args: dict | None = None) -> Path:
-    """Two 3-step episodes of a 1-D ``proprio``: task a (id 0) succeeds on its last step, task b (id 1) fails."""
+def write_file(path: Path, zero_rewards: bool = False, env_args: dict | None = None, done_at_ends: bool = False) -> Path:
+    """Two 3-step episodes of a 1-D ``proprio``: task a (id 0) succeeds on its last step, task b (id 1) fails;
+    ``done_at_ends``: both end on done=1 (robomimic's done_mode 2)."""
     with RobomimicWriter(path, env_args or make_env_args("Toy", "0", {}), valid_fraction=0.0) as w:
         for i, (task, success) in enumerate([("a", True), ("b", False)]):
             x = np.arange(3 * i, 3 * i + 3, dtype=np.float32)[:, None]
             rewards = np.array([0, 0, float(success and not zero_rewards)], np.float32)
             w.add_episode(task=task, task_id=i, obs={"proprio": x}, next_obs={"proprio": x + 1},
                           actions=np.full((3, 4), 0.1 * (i + 1), np.float32), rewards=rewards,
-                          dones=(rewards > 0).astype(np.uint8), ep_meta={"success": success})
+                          dones=np.array([0, 0, 1], np.uint8) if done_at_ends else (rewards > 0).astype(np.uint8),
+                          ep_meta={"success": success})
     return path
+
+
+def test_failed_episodes_ending_on_done_are_reported(tmp_path, caplog):
+    from robopretrain.data.dataset import warn_failed_terminals
+
+    path = write_file(tmp_path / "mode2.hdf5", done_at_ends=True)
+    spec = spec_of_data(path, ["proprio"], [], None)
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(path, spec, CAL_QL)
+        load_offline_dataset(write_file(tmp_path / "ours.hdf5"), spec, CAL_QL)
+    assert caplog.text.count("episodes end on done=1") == 1
+    assert "mode2.hdf5: 1 of 2 episodes end on done=1 without success" in caplog.text
+    ids, dones = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 1.0])
+    assert warn_failed_terminals("x", np.array([0, 0, 0, 0, 1.0]), dones, ids, [False, False, False]) == 2  # 2: r > 0
+    assert warn_failed_terminals("x", np.zeros(5), dones, ids, [True, False, True]) == 1  # flagged successes
+    assert warn_failed_terminals("x", np.zeros(5), np.zeros(5), ids, [False] * 3) == 0
 
 
 def test_rewards_are_scaled_and_returns_computed_by_hand(tmp_path):

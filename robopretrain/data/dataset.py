@@ -112,6 +112,27 @@ def _rewards_from_success(rewards: np.ndarray, dones: np.ndarray, episode_ids: n
     return rewards, dones
 
 
+def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, episode_ids: np.ndarray,
+                          success: Sequence[bool]) -> int:
+    """Warn when episodes that did not succeed end on ``done = 1``: a terminal there means no bootstrap from the
+    last state, right for a true failure terminal but wrong for a time-limit end, which robomimic's
+    ``dataset_states_to_obs.py --done_mode 2`` (its recommended mode) also marks done. Our collectors write
+    ``done = 1`` only where the env terminated (success). ``success``: ep_meta's flag per episode (in order of first
+    appearance in ``episode_ids``); an episode counts as failed when unflagged and its last reward is <= 0.
+    Returns the number of such episodes."""
+    if not len(dones):
+        return 0
+    last = np.flatnonzero(np.r_[episode_ids[1:] != episode_ids[:-1], True])
+    flagged = np.asarray(list(success), dtype=bool) if len(success) == len(last) else np.zeros(len(last), bool)
+    failed_done = (dones[last] > 0) & (rewards[last] <= 0) & ~flagged
+    count = int(failed_done.sum())
+    if count:
+        log.warning("%s: %d of %d episodes end on done=1 without success. done=1 stops the TD backup there (a "
+                    "terminal); if these ends are time limits (robomimic's done_mode 2 marks every episode end), "
+                    "rewrite dones to 1 only where the task succeeded (docs/targets.md, 'Your data')", where, count, len(last))
+    return count
+
+
 def selected_demos(info: DatasetInfo, *, tasks: Sequence[str] | None = None, mask: str | None = None,
                    max_demos: int | None = None) -> list[str]:
     """The demos :func:`load_offline_dataset` reads with these settings: ``select_demos``'s (mask AND tasks, numeric
@@ -179,6 +200,7 @@ def load_offline_dataset(
                 "reward from ep_meta, or fix the file")
         rewards, dones = _rewards_from_success(rewards, dones, trans.episode_ids, success)
         log.warning("%s: rewards rebuilt from ep_meta success (%d successful episodes)", info.path, sum(success))
+    warn_failed_terminals(str(info.path), rewards, dones, trans.episode_ids, success)
 
     memory_keys = [k for k in ours if not (on_disk and k in spec.rgb_keys)]
 
