@@ -162,11 +162,12 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def default_target(ckpt: Checkpoint) -> Target:
-    """The checkpoint's own target (stage 3), else the first task the stage-2 agent was trained on, in the slot of
-    the task one-hot it was trained in (meta's ``task_ids``: a ``data.task_id`` override moves it)."""
+    """The checkpoint's own target (stage 3), else the task a stage-2 run adapted to (the first of its ``data.mix``
+    tasks, PTR's target adaptation), else the first task the stage-2 agent was trained on; in the slot of the task
+    one-hot it was trained in (meta's ``task_ids``: a ``data.task_id`` override moves it)."""
     if ckpt.meta.get("target"):
         return as_target(ckpt.meta["target"])
-    names = ckpt.meta.get("task_names") or []
+    names = ckpt.meta.get("mix_task_names") or ckpt.meta.get("task_names") or []
     if not names:
         raise CheckpointError(f"{ckpt.path / 'meta.json'}: names no task; pass target=<name or mapping>")
     slot = dict(ckpt.meta.get("task_ids") or {}).get(str(names[0]))

@@ -125,9 +125,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         build.fit_feature_normalization(agent, dataset)  # checkpoint resumed below, brings its own statistics)
     sampler: Any = build.training_sampler(agent, dataset, seed)
     mix = cfg.data.get("mix")
+    mix_ids: dict[str, int] = {}  # the mixed-in data's tasks (PTR's target adaptation: the target)
     if mix is not None and mix.get("path"):
-        build.check_task_slots(task_ids, str(data_path), build.data_task_ids(read_info(Path(str(mix.path))), mix),
-                               str(mix.path))
+        mix_info = read_info(Path(str(mix.path)))
+        mix_ids = build.data_task_ids(mix_info, mix)
+        build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path))
         with dist_utils.main_first(dinfo):
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size)
@@ -137,9 +139,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                                                                seed + 1), 1.0 - float(mix.fraction))
         log.info("batches: %.0f%% from %s, %.0f%% from %s", 100 * (1 - float(mix.fraction)), data_path,
                  100 * float(mix.fraction), mix.path)
-    tasks = sorted(task_ids)
+    tasks = sorted({**task_ids, **mix_ids})
     dr = build.randomization(cfg.get("dr"))
     targets = build.eval_targets(settings.eval_targets, info, task_ids)
+    if settings.eval_targets is None and mix_ids:  # and the mixed-in data's own tasks
+        targets += [t for t in build.targets_of_data(mix_info, mix_ids) if t.name not in task_ids]
     if settings.eval_targets is None:  # the data's own tasks: evaluated where the env fits the agent, else skipped
         targets = [t for t in targets if build.env_fits_or_log(agent, t, dr if t.randomizable else "none")]
     else:  # targets the config names must fit
@@ -148,7 +152,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     fingerprint = run_fingerprint.fingerprint(
         cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
               "init": init.path if init is not None else None}, ignore=RESUMABLE_CHANGES)
-    meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": str(data_path), "task_names": tasks, "task_ids": task_ids,
+    meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": str(data_path), "task_names": tasks, "task_ids": {**task_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,
             "parallel": {"world_size": dinfo.world_size, "batch_size_per_process": agent.batch_size,
                          "effective_batch_size": agent.batch_size * dinfo.world_size}}

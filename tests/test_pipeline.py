@@ -65,7 +65,8 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
         agent, ckpt = load_agent(folder)
         assert ckpt.meta["obs_spec"]["num_tasks"] == 12 and agent.mode == "finetune"
     adapt = load_agent(run / "adapt" / "Arm")[1].meta
-    assert adapt["init"].startswith(str(run / "stage2")) and adapt["task_names"] == ["Reach"]
+    assert adapt["init"].startswith(str(run / "stage2")) and adapt["task_names"] == ["Arm", "Reach"]
+    assert adapt["mix_task_names"] == ["Arm"]  # the target's demos, mixed into the prior data
     results = json.loads((run / "evaluate" / "results.json").read_text())
     assert set(results) == {"Arm"}
     # no randomization outside sim_envs: nominal, plus the blind-camera rows on the same nominal episodes

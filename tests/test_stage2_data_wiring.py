@@ -107,3 +107,21 @@ def test_a_run_records_and_evaluates_the_slots_it_trained_and_refuses_a_clashing
     clash = {"mix": {"path": str(target), "fraction": 0.5, "task_id": TASK_IDS[PRIOR]}}
     with pytest.raises(ValueError, match=f"slot {TASK_IDS[PRIOR]} is task '{PRIOR}'"):
         train.run(stage2_config(prior, tmp_path / "clash", steps=1, data_cfg=clash))
+
+
+def test_an_adaptation_run_names_evaluates_and_defaults_to_its_mixed_in_target(tmp_path, monkeypatch):
+    from robopretrain import train
+    from robopretrain.checkpoint import load_checkpoint
+    from robopretrain.evaluate import default_target
+
+    prior = collect_sim(tmp_path / "prior.hdf5", [PRIOR], episodes=1, **CLEAN)
+    target = collect_sim(tmp_path / "target.hdf5", [TARGET], episodes=1, **CLEAN)
+    considered = []
+    monkeypatch.setattr(train.build, "env_fits_or_log", lambda agent, t, rand: considered.append(t.name) and False)
+    last = train.run(stage2_config(prior, tmp_path / "adapt", steps=1, train={"eval_targets": None},
+                                   data_cfg={"mix": {"path": str(target), "fraction": 0.5}}))
+    ckpt = load_checkpoint(last)
+    assert considered == [PRIOR, TARGET]  # the default evaluation: the prior data's tasks and the mixed-in ones
+    assert ckpt.meta["task_names"] == sorted([PRIOR, TARGET]) and ckpt.meta["mix_task_names"] == [TARGET]
+    assert ckpt.meta["task_ids"] == {PRIOR: TASK_IDS[PRIOR], TARGET: TASK_IDS[TARGET]}
+    assert default_target(ckpt).name == TARGET
