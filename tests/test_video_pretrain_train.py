@@ -272,3 +272,16 @@ def test_diagnose_end_to_end(videos, robot_hdf5, tmp_path):
     assert len(icvf["per_trajectory"]) == 5 and icvf["per_trajectory"][0]["length"] == 11  # 11 obs frames are states, the final next_obs is the goal
     assert -1.0 <= icvf["mean"]["spearman"] <= 1.0 and "r2" in icvf["probe"]
     assert report["encoders"]["random"]["steps"] == 0
+    assert icvf["gamma"] == saved["gamma"] == 0.99  # V*'s discount: the one the value heads were trained with
+
+
+def test_diagnose_compares_icvf_values_with_the_discount_they_were_trained_with():
+    def entry(label: str, gamma: float | None) -> diag.EncoderEntry:
+        return diag.EncoderEntry(label, None, None, {} if gamma is None else {"gamma": gamma})
+
+    assert diag.discount_for([entry("a", 0.9), entry("random", None)], None) == 0.9  # the encoder's own
+    assert diag.discount_for([entry("random", None)], None) == 0.99
+    with pytest.raises(ValueError, match="different discounts"):
+        diag.discount_for([entry("a", 0.9), entry("b", 0.98)], None)
+    with pytest.warns(UserWarning, match="'a' was trained with gamma 0.9"):
+        assert diag.discount_for([entry("a", 0.9)], 0.99) == 0.99

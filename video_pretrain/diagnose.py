@@ -32,6 +32,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -310,6 +311,9 @@ def load_entries(specs: Sequence[str], labels: Sequence[str] | None, device: tor
         pre = load_pretrained(spec, map_location=device)
         extra = pre.meta.get("extra", {})
         info = {"path": str(spec), "objective": pre.objective, "steps": extra.get("steps"), "encoder": pre.meta["encoder"]}
+        trained_gamma = ((extra.get("value_heads") or {}).get("config") or {}).get("gamma")
+        if pre.heads is not None and trained_gamma is not None:
+            info["gamma"] = float(trained_gamma)  # the discount its ICVF value heads were trained with
         entries.append(EncoderEntry(label, pre.encoder, pre.heads, info))
     if len({e.label for e in entries}) != len(entries):
         raise ValueError(f"encoder labels must differ, got {[e.label for e in entries]}; pass --labels")
@@ -452,10 +456,27 @@ def write_json(obj: Any, path: Path) -> Path:
     return path
 
 
+def discount_for(entries: Sequence[EncoderEntry], given: float | None) -> float:
+    """The discount of V*: ``given`` (``--gamma``), else the one the ICVF value heads were trained with (they must
+    agree), else 0.99. A given discount other than an ICVF encoder's own is allowed with a warning: its MSE and R2
+    against V* then compare values of another discount (the rank metrics do not depend on it)."""
+    trained = {e.label: e.info["gamma"] for e in entries if "gamma" in e.info}
+    if given is None:
+        if len(set(trained.values())) > 1:
+            raise ValueError(f"the ICVF encoders were trained with different discounts {trained}; pass --gamma")
+        return next(iter(trained.values()), 0.99)
+    for label, gamma in trained.items():
+        if gamma != given:
+            warnings.warn(f"--gamma {given}: encoder {label!r} was trained with gamma {gamma}; its MSE and R2 against "
+                          "V* compare values of another discount", stacklevel=2)
+    return float(given)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole diagnostic from parsed arguments; writes JSON and PNG into ``args.out``."""
     device = resolve_device(args.device)
     entries = load_entries(args.encoders, args.labels, device, args.random_encoder, args.image_size, args.seed)
+    args.gamma = discount_for(entries, args.gamma)
     demos = select_trajectories(args.data, args.mask, args.tasks, clean_only=not args.all_episodes,
                                 successful_only=not args.all_episodes, max_trajectories=args.max_trajectories)
     by_size = {size: load_trajectories(args.data, demos, size, args.key) for size in {e.image_size for e in entries}}
@@ -484,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=None, help="task names to use, default every task")
     p.add_argument("--all-episodes", action="store_true", help="also noisy/failing episodes (default: clean successes)")
     p.add_argument("--max-trajectories", type=int, default=None, help="at most this many trajectories (spread over tasks)")
-    p.add_argument("--gamma", type=float, default=0.99, help="discount of V* = -(1 - gamma^d) / (1 - gamma)")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="discount of V* = -(1 - gamma^d) / (1 - gamma) (default: the ICVF encoders' own, else 0.99)")
     p.add_argument("--random-encoder", default="small_conv", help="encoder name for 'random'")
     p.add_argument("--image-size", type=int, default=64, help="image size for 'random' and 'pixels'")
     p.add_argument("--probe-test-fraction", type=float, default=0.3, help="share of trajectories the probe is tested on")
