@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's packages before this folder's same-named scripts
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, claims, claims_robustness
 from bench_utils import cpu_model, git_commit, save_figure, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
-from claims_metrics import difference_ci, verdict  # noqa: E402
+from claims_metrics import difference_ci, seed_level_verdict, verdict, welch_ci  # noqa: E402
 from claims_robustness import FACTORS, LEVELS, _pooled, condition_outcomes, evaluate_factors  # noqa: E402
 
 from robopretrain.checkpoint import CheckpointError  # noqa: E402
@@ -140,7 +140,12 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not xa or not xb:
             return None
         d, lo, hi = difference_ci(xa, xb)
-        return {"difference": d, "ci": [lo, hi], "verdict": verdict(lo, hi), "seeds": [len(xa), len(xb)]}
+        out = {"difference": d, "ci": [lo, hi], "verdict": verdict(lo, hi), "seeds": [len(xa), len(xb)]}
+        if min(len(xa), len(xb)) >= 2:  # amendment 2: Welch's t on seed means beside it; a verdict needs both
+            _, wlo, whi, p = welch_ci(xa, xb)
+            out.update(welch_ci=[wlo, whi], welch_p=p, verdict_bootstrap_only=out["verdict"],
+                       verdict=seed_level_verdict((lo, hi), (wlo, whi)))
+        return out
 
     comparisons: dict[str, dict[str, dict[str, Any]]] = {}
     for group, seeds in (*GROUPS.items(), (POOLED, None)):
@@ -167,6 +172,13 @@ def _fmt(d: Mapping[str, Any]) -> str:
     return f"{text} {d['verdict']}" if d.get("verdict") else text
 
 
+def _welch(d: Mapping[str, Any]) -> str:
+    if "welch_ci" not in d:
+        return ""
+    text = f"[{d['welch_ci'][0]:+.2f}, {d['welch_ci'][1]:+.2f}], p = {d['welch_p']:.2f}"
+    return f"{text} (bootstrap alone: {d['verdict_bootstrap_only']})" if d.get("verdict") else text
+
+
 def table(summary: Mapping[str, Any]) -> str:
     variants = [v for v in VARIANTS if v in summary["success"]]
     rows = ["nominal", *POOLS, *(f"{f}/{lv}" for f in FACTORS for lv in LEVELS)]
@@ -178,14 +190,15 @@ def table(summary: Mapping[str, Any]) -> str:
         d = per_condition.get(c) or summary["comparisons"].get(POOLED, {}).get(c, {}).get("full - scratch")
         lines.append(f"| {c} | " + " | ".join(cell(summary["success"][v].get(c)) for v in variants)
                      + f" | {_fmt({**d, 'verdict': None}) if d else ''} |")  # over every seed: no verdict
-    lines += ["", "| seeds | pool | comparison | seeds per side | difference [95% CI] |", "|---|---|---|---|---|"]
+    lines += ["", "| seeds | pool | comparison | seeds per side | difference [95% bootstrap CI] verdict (both "
+              "intervals) | Welch's t on seed means [95% CI] |", "|---|---|---|---|---|---|"]
     for group, pools in summary["comparisons"].items():
         label = f"{group} ({', '.join(map(str, GROUPS[group]))})" if group in GROUPS else group
         for pool, comps in pools.items():
-            lines += [f"| {label} | {pool} | {name} | {d['seeds'][0]} / {d['seeds'][1]} | {_fmt(d)} |"
+            lines += [f"| {label} | {pool} | {name} | {d['seeds'][0]} / {d['seeds'][1]} | {_fmt(d)} | {_welch(d)} |"
                       for name, d in comps.items()]
     if not summary["comparisons"]:
-        lines.append("| (none: a comparison needs agents of both its variants) | | | | |")
+        lines.append("| (none: a comparison needs agents of both its variants) | | | | | |")
     return "\n".join(lines)
 
 

@@ -43,6 +43,42 @@ def difference_ci(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], re
     return diff, float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))
 
 
+def welch_ci(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
+             confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """Welch's t interval of ``mean(a) - mean(b)`` on the per-seed means (each seed's episode mean is one
+    observation): a seed-level check of :func:`difference_ci`, whose percentile bootstrap over as few as 3 seeds per
+    side is anti-conservative (claims_encoder_shifts protocol, amendment 2). Degrees of freedom by
+    Welch-Satterthwaite, quantiles from ``scipy.stats.t`` (equal to ``scipy.stats.ttest_ind(equal_var=False)``).
+
+    ``a``, ``b``: per seed, its per-episode outcomes (as :func:`difference_ci`). Returns ``(difference, low, high,
+    p)``, two-sided p; when both sides' seed means are constant the interval is the difference itself (p 0 or 1).
+    Raises ValueError when a side has fewer than 2 seeds (no between-seed variance) or a seed has no episode.
+    """
+    from scipy import stats
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"welch_ci: confidence={confidence}; expected in (0, 1)")
+    ma = np.array([x.mean() for x in seed_arrays(a, "welch_ci (a)")])
+    mb = np.array([x.mean() for x in seed_arrays(b, "welch_ci (b)")])
+    if len(ma) < 2 or len(mb) < 2:
+        raise ValueError(f"welch_ci: {len(ma)} and {len(mb)} seeds; needs at least 2 per side")
+    diff = float(ma.mean() - mb.mean())
+    va, vb = ma.var(ddof=1) / len(ma), mb.var(ddof=1) / len(mb)  # squared standard errors of the two means
+    if va + vb <= 1e-24:  # no between-seed spread on either side: no t statistic, the difference is exact
+        return diff, diff, diff, float(diff == 0)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(ma) - 1) + vb ** 2 / (len(mb) - 1))  # Welch-Satterthwaite
+    se = float(np.sqrt(va + vb))
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
+    return diff, diff - half, diff + half, float(2 * stats.t.sf(abs(diff) / se, dof))
+
+
+def seed_level_verdict(ci: Sequence[float], welch: Sequence[float]) -> str:
+    """The verdict when both the bootstrap interval ``ci`` and the Welch interval ``welch`` must exclude 0 on the
+    same side (claims_encoder_shifts protocol, amendment 2): "reproduced", "reversed" or "not shown"."""
+    first, second = verdict(*ci), verdict(*welch)
+    return first if first == second else "not shown"
+
+
 def _curve(env_steps: Sequence[float], values: Sequence[float], who: str) -> tuple[np.ndarray, np.ndarray]:
     steps, vals = np.asarray(env_steps, dtype=float), np.asarray(values, dtype=float)
     if steps.ndim != 1 or steps.shape != vals.shape or steps.size == 0:

@@ -208,3 +208,15 @@ def test_plot_draws_each_variants_means_intervals_and_seeds(cs, tmp_path, monkey
     centres = [(a.get_x() + c.get_x() + c.get_width()) / 2 for a, _, c in zip(*bar_sets)]  # a tick under each group
     assert list(ax.get_xticks()) == pytest.approx(centres) and ax.get_ylim() == pytest.approx((0, 1.05))
     assert "OpenDoorRight; seeds 0, 1, 2" in ax.get_title()
+
+
+def test_a_group_verdict_needs_the_seed_level_test_too(cs):
+    """Amendment 2: one lucky seed lifts the bootstrap interval above 0 (every resample keeps full ahead), but
+    Welch's t on the three seed means does not exclude 0: not shown, with both intervals in the table."""
+    runs = [_run(cs, "full", s, held_out=h, train=0.0, n=20) for s, h in zip((0, 1, 2), (0.9, 0.5, 0.5))]
+    runs += [_run(cs, "scratch", s, held_out=0.4, train=0.0, n=20) for s in (0, 1, 2)]
+    d = cs.summarize(runs)["comparisons"]["exploratory"]["held_out_visual"]["full - scratch"]
+    assert d["ci"][0] > 0 and d["verdict_bootstrap_only"] == "reproduced"
+    assert d["welch_ci"][0] < 0 < d["welch_ci"][1] and d["verdict"] == "not shown"
+    assert "not shown | [" in cs.table(cs.summarize(runs)) and "(bootstrap alone: reproduced)" in cs.table(
+        cs.summarize(runs))

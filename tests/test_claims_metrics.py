@@ -102,3 +102,24 @@ def test_regret_sums_one_minus_success_and_states_the_spacing(cm):
         cm.cumulative_regret([0, 10, 21], [0.5, 1.0, 0.25])  # an evaluation one env step late
     assert cm.cumulative_regret([0], [0.25]) == {"regret": 0.75, "mean_regret": 0.75, "evaluations": 1,
                                                   "spacing": 0.0}  # the switch alone
+
+
+# ------------------------------------------------------------------------------- Welch's t on seed means
+def test_welch_interval_by_hand_and_the_verdict_needing_both(cm):
+    a = [[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]  # seed means 0.5, 0.75, 0.25
+    b = [[0.0, 0.0], [1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]  # 0, 0.5, 0.25
+    diff, lo, hi, p = cm.welch_ci(a, b)
+    va, vb = np.var([0.5, 0.75, 0.25], ddof=1) / 3, np.var([0.0, 0.5, 0.25], ddof=1) / 3
+    se, dof = np.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)  # Welch-Satterthwaite: here 4.0
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, dof) * se
+    assert diff == pytest.approx(0.25) and (lo, hi) == pytest.approx((0.25 - half, 0.25 + half))
+    assert p == pytest.approx(2 * stats.t.sf(0.25 / se, dof))
+    assert cm.welch_ci([[1.0], [1.0]], [[0.0], [0.0, 0.0]])[1:] == (1.0, 1.0, 0.0)  # no spread: a point
+    with pytest.raises(ValueError, match="at least 2 per side"):
+        cm.welch_ci([[1.0]], b)
+    assert cm.seed_level_verdict((0.01, 0.2), (0.02, 0.3)) == "reproduced"
+    assert cm.seed_level_verdict((0.01, 0.2), (-0.1, 0.3)) == "not shown"  # the bootstrap alone is not enough
+    assert cm.seed_level_verdict((-0.2, -0.01), (-0.3, -0.02)) == "reversed"
+    assert cm.seed_level_verdict((-0.2, 0.1), (0.02, 0.3)) == "not shown"
