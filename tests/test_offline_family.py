@@ -475,6 +475,20 @@ def test_every_target_network_moves_by_polyak_toward_its_online_twin(algo):
             torch.testing.assert_close(new, 0.75 * old + 0.25 * src)
 
 
+def test_bcq_greedy_action_is_a_function_of_the_state_and_sampling_is_not():
+    """act(deterministic=True): the same action on every call, alone or in any batch (evaluations repeat exactly);
+    act(deterministic=False): BCQ's fresh latent draws."""
+    torch.manual_seed(0)
+    agent = make_agent("bcq", S, A, small_sizes("bcq"))
+    states = np.random.default_rng(0).normal(size=(3, S)).astype(np.float32)
+    first = agent.act(states[1], deterministic=True)
+    torch.manual_seed(123)  # the global RNG's state does not matter to the greedy policy
+    np.testing.assert_array_equal(agent.act(states[1], deterministic=True), first)
+    np.testing.assert_array_equal(agent.act(states, deterministic=True)[1], first)
+    sampled = [agent.act(states, deterministic=False) for _ in range(2)]
+    assert not np.array_equal(*sampled)
+
+
 def test_bcq_perturbation_moves_an_action_by_at_most_phi_and_stays_in_range():
     """BCQ's actor: ``clip(a + phi * tanh(MLP(s, a)), -1, 1)``; with a saturated MLP the step is exactly +-phi."""
     torch.manual_seed(0)

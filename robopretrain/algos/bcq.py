@@ -200,18 +200,32 @@ class BCQ(OfflineAlgorithm):
         soft_update_(self.target_critic, self.critic, self.cfg.tau)
         soft_update_(self.target_actor, self.actor, self.cfg.tau)
 
+    def _greedy_latents(self, n: int) -> torch.Tensor:
+        """``(n, latent_dim)`` clipped ``N(0, 1)`` latents drawn once with seed 0 (the deterministic policy's)."""
+        cached = getattr(self, "_greedy_z", None)
+        if cached is None or cached.shape[0] != n or cached.device != self.device:
+            gen = torch.Generator().manual_seed(0)
+            cached = torch.randn(n, self.vae.latent_dim, generator=gen).clamp(-0.5, 0.5).to(self.device)
+            self._greedy_z = cached
+        return cached
+
     @torch.no_grad()
     def act(self, obs: np.ndarray | torch.Tensor, deterministic: bool = True) -> np.ndarray:
         """Per state, the perturbed VAE sample (of ``n_act_samples``) with the largest ``Q_1``; ``(A,)`` or ``(B, A)``.
 
         The critic scores the same features the actor reads (an image agent acts on its actor encoder's features).
+        The candidates' latents are BCQ's clipped ``N(0, 1)`` draws: fresh from torch's RNG when ``deterministic`` is
+        False (the authors' ``select_action``), else one fixed set of ``n_act_samples`` latents (seed 0) shared by
+        every state and call, so the greedy policy is a function of the state (evaluations repeat exactly, whatever
+        the batch or the worker).
         """
         x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         single = x.dim() == 1
         x = x.unsqueeze(0) if single else x
         n = int(self.cfg.n_act_samples)
         rep = x.repeat_interleave(n, dim=0)
-        cand = self.actor(rep, self.vae.decode(rep)).view(x.shape[0], n, self.act_dim)
+        z = self._greedy_latents(n).repeat(x.shape[0], 1) if deterministic else None
+        cand = self.actor(rep, self.vae.decode(rep, z)).view(x.shape[0], n, self.act_dim)
         q1 = self.critic(x, cand)[0]  # (B, n)
         best = cand[torch.arange(x.shape[0]), q1.argmax(dim=-1)]
         out = best[0] if single else best
