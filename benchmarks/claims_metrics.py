@@ -112,12 +112,14 @@ def performance_dip(env_steps: Sequence[float], values: Sequence[float], window:
 def cumulative_regret(env_steps: Sequence[float], success: Sequence[float]) -> dict[str, float]:
     """Cumulative regret ``sum_k (1 - success_k)`` over the evaluations of a fine-tuning run, and their spacing.
 
-    The fine-tuning regret of the Cal-QL paper (Nakamoto et al. 2023; lower is better, an agent at success 1 from
-    the start has regret 0; its tables give the average over fine-tuning, ``mean_regret`` here). A sum over
-    evaluations depends on how often one evaluates, so the evaluations must be equally spaced and the spacing is
-    returned with it: ``regret * spacing`` approximates
-    ``integral (1 - success) d(env steps)`` (a left Riemann sum when the first evaluation is the one at the switch),
-    and ``mean_regret = regret / evaluations`` is the average of ``1 - success`` over the run.
+    Evaluation-based, after the Cal-QL paper's fine-tuning regret (Nakamoto et al. 2023; lower is better, an agent
+    at success 1 from the start has regret 0; ``mean_regret`` is the average over the evaluations). The paper and
+    CORL average ``1 - success`` over the *training* episodes (``finetune.online.training_regret``); this one
+    averages the periodic evaluations, including the one at the switch (the offline policy, before any online
+    step), which weighs ``1 / evaluations``. A sum over evaluations depends on how often one evaluates, so the
+    evaluations must be equally spaced and the spacing is returned with it: with evaluations at both ends of a run
+    of length T = (K - 1) * spacing, ``regret * spacing`` is a Riemann sum over K points, not the integral
+    ``integral_0^T (1 - success) d(env steps)`` (at success 0 throughout it gives K * spacing, the integral T).
 
     ``env_steps`` (K,) strictly increasing and equally spaced (to 1e-9 relative), ``success`` (K,) success rates in
     [0, 1]. Returns ``{"regret", "mean_regret", "evaluations", "spacing"}`` (spacing in env steps; 0 for K = 1).
