@@ -33,11 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's packages before this folder's same-named scripts (video_pretrain.py)
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, transfer; appended so benchmarks/ shadows nothing
 from bench_utils import cpu_model, git_commit, save_figure, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
-from claims_metrics import difference_ci, verdict  # noqa: E402
+from claims_metrics import difference_ci, seed_level_verdict, verdict, welch_ci  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims_robustness.json"
 PLOT = ROOT / "docs" / "claims_robustness.png"
 PROTOCOL = "benchmarks/protocols/claims_robustness.md"
+PROTOCOL_SEEDS = 3  # seeds per variant (benchmarks/protocols/claims_robustness.md): verdicts wait for all of them
 PHYSICS = ("friction", "mass", "damping", "gripper_force")
 VISUAL = ("lighting", "colors", "textures", "camera")
 FACTORS = (*PHYSICS, "lighting", "colors_textures", "camera")  # robopretrain.evaluate's factor names
@@ -165,6 +166,10 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             success[variant][cond] = {"mean": float(np.mean([np.mean(x) for x in per_seed])), "ci": [lo, hi],
                                       "per_seed": [float(np.mean(x)) for x in per_seed],
                                       "seeds": [s for s in sorted(seeds) if cond in seeds[s]]}
+        nominal = success[variant].get("nominal")
+        for cond, row in success[variant].items():  # each variant's drop from its own nominal success
+            if nominal is not None and cond != "nominal":
+                row["drop_vs_nominal"] = nominal["mean"] - row["mean"]
 
     def diff(a: str, b: str, cond: str) -> dict[str, Any] | None:
         xa = [o[cond] for _, o in sorted(by.get(a, {}).items()) if cond in o]
@@ -172,7 +177,13 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not xa or not xb:
             return None
         d, lo, hi = difference_ci(xa, xb)
-        return {"difference": d, "ci": [lo, hi], "verdict": verdict(lo, hi), "seeds": [len(xa), len(xb)]}
+        out = {"difference": d, "ci": [lo, hi], "verdict": verdict(lo, hi), "seeds": [len(xa), len(xb)]}
+        if min(len(xa), len(xb)) >= 2:  # protocol amendment 1: Welch's t on seed means too; a verdict needs both
+            _, wlo, whi, p = welch_ci(xa, xb)
+            out.update(welch_ci=[wlo, whi], welch_p=p, verdict=seed_level_verdict((lo, hi), (wlo, whi)))
+        if min(len(xa), len(xb)) < PROTOCOL_SEEDS:  # a verdict waits for every seed of both sides
+            out["verdict"] = f"partial ({min(len(xa), len(xb))} of {PROTOCOL_SEEDS} seeds)"
+        return out
 
     claim_a = {f"{f}/{lv}": diff("dr", "none", f"{f}/{lv}") for f in FACTORS for lv in ("eval_easy", "eval_hard")}
     claim_b = {f: {"dr_no_f - none": diff(f"dr_no_{f}", "none", f"{f}/eval_hard"),

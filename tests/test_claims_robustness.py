@@ -87,6 +87,22 @@ def test_summary_sides_and_levels(cr):
     assert "mass" not in s["claim_5b"]
     text = cr.table(s)
     assert "| friction/eval_hard | +0.75" in text and "| friction | +0.50" in text
+    # each variant's drop from its own nominal; verdicts wait for three seeds per side (protocol amendment 1)
+    assert s["success"]["dr"]["lighting/eval_hard"]["drop_vs_nominal"] == pytest.approx(1.0 - 0.25)
+    assert "drop_vs_nominal" not in s["success"]["dr"]["nominal"]
+    assert s["claim_5a"]["friction/eval_hard"]["verdict"] == "partial (2 of 3 seeds)"
+    assert b["dr_no_f - none"]["verdict"] == "partial (1 of 3 seeds)"
+
+
+def test_a_verdict_needs_three_seeds_and_both_intervals(cr):
+    """One seed far ahead lifts the bootstrap interval above 0; Welch's t on three seed means does not follow."""
+    ep = lambda p, n=120: [1] * round(p * n) + [0] * (n - round(p * n))  # noqa: E731
+    runs = [_run(s, "dr", {"friction/eval_hard": ep(p)}) for s, p in zip((0, 1, 2), (0.9, 0.5, 0.5))]
+    runs += [_run(s, "none", {"friction/eval_hard": ep(0.4)}) for s in (0, 1, 2)]
+    d = cr.summarize(runs)["claim_5a"]["friction/eval_hard"]
+    assert d["ci"][0] > 0 and d["welch_ci"][0] < 0 and d["verdict"] == "not shown"
+    runs = [_run(s, "dr", {"friction/eval_hard": ep(p)}) for s, p in zip((0, 1, 2), (0.9, 0.85, 0.9))] + runs[3:]
+    assert cr.summarize(runs)["claim_5a"]["friction/eval_hard"]["verdict"] == "reproduced"
 
 
 def test_measured_runs_are_kept_and_not_run_again(cr, tmp_path, monkeypatch):
