@@ -14,8 +14,10 @@ refused with one line.
   :mod:`sim_envs.randomization` (disjoint from training); ``all`` shifts every factor at once.
 * Episode ``i`` of every condition is reset with seed ``eval_seed + i``, so conditions share their initial
   states and two runs of the same checkpoint give identical numbers, whatever the number of workers.
-* Per condition: success rate, its percentile-bootstrap confidence interval (``bootstrap.confidence``,
-  fixed resampling seed), the drop relative to nominal, mean return and length.
+* Per condition: success rate, its confidence interval (``bootstrap.confidence``; ``bootstrap.method``: ``wilson``,
+  the Wilson score interval of a binomial proportion, by default, or ``percentile``, a bootstrap over episodes with a
+  fixed resampling seed, which collapses to a point at 0/n and n/n), the drop relative to nominal, mean return and
+  length.
 * Output folder (``output_dir`` or the Hydra run folder): ``eval_info.json`` (per episode and aggregated),
   ``success_per_factor.png`` and ``videos/<factor>.mp4`` (the factor's last level, episode 0, agentview).
 * ``gap=<name>`` (``configs/gap/``, :mod:`finetune.transfer.gap`) adds the conditions ``gap/source`` and
@@ -29,12 +31,14 @@ import dataclasses
 import json
 import logging
 import multiprocessing as mp
+import math
 import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import hydra
@@ -264,6 +268,22 @@ def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes
 # --------------------------------------------------------------------------- statistics
 
 
+def wilson_ci(successes: int, episodes: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a success rate ``successes / episodes`` (Wilson 1927; recommended over the normal and
+    bootstrap intervals for small n by Brown, Cai & DasGupta 2001). Unlike a percentile bootstrap it does not collapse
+    at 0/n or n/n (20/20 gives [0.84, 1]). Raises ValueError when ``episodes`` < 1, ``successes`` is outside
+    [0, episodes] or ``confidence`` is not in (0, 1)."""
+    if episodes < 1 or not 0 <= successes <= episodes:
+        raise ValueError(f"wilson_ci: {successes} successes of {episodes} episodes")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p, n = successes / episodes, float(episodes)
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
 def bootstrap_ci(values: Sequence[float], resamples: int = 2000, confidence: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (fixed resampling seed: reproducible)."""
@@ -293,7 +313,10 @@ def aggregate(conditions: Sequence[Condition], episodes: Sequence[Mapping[str, A
     for c, cond in enumerate(conditions):
         eps = by_cond.get(c, [])
         succ = [float(e["success"]) for e in eps]
-        lo, hi = bootstrap_ci(succ, int(boot["resamples"]), float(boot["confidence"]), int(boot["seed"]))
+        if str(boot.get("method", "wilson")) == "wilson":
+            lo, hi = wilson_ci(int(sum(s > 0 for s in succ)), len(succ), float(boot["confidence"]))
+        else:
+            lo, hi = bootstrap_ci(succ, int(boot["resamples"]), float(boot["confidence"]), int(boot["seed"]))
         row = {"success": float(np.mean(succ)), "ci_low": lo, "ci_high": hi, "episodes": len(eps),
                "mean_return": float(np.mean([e["return"] for e in eps])),
                "mean_length": float(np.mean([e["length"] for e in eps])),
@@ -406,6 +429,8 @@ def validate_config(cfg: DictConfig) -> None:
         fail("episodes", "an integer >= 1")
     if int(cfg.workers) < 0:
         fail("workers", "an integer >= 0 (0: run in this process)")
+    if str(cfg.bootstrap.get("method", "wilson")) not in ("wilson", "percentile"):
+        fail("bootstrap.method", "wilson or percentile")
     if int(cfg.bootstrap.resamples) < 1:
         fail("bootstrap.resamples", "an integer >= 1")
     if not 0.0 < float(cfg.bootstrap.confidence) < 1.0:

@@ -276,3 +276,20 @@ def test_pool_workers_ignore_ctrl_c_and_the_serial_run_keeps_it(tiny_checkpoint)
         assert pool.apply(fake.sigint_ignored_after, (_init_worker, spec))
     _init_worker(spec)
     assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+
+
+def test_success_intervals_are_wilson_score_intervals_by_default(parallel_run):
+    from scipy import stats
+
+    from robopretrain.evaluate import wilson_ci
+
+    for k, n in [(0, 4), (3, 3), (30, 50), (20, 20), (7, 10)]:
+        ref = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert wilson_ci(k, n) == pytest.approx((ref.low, ref.high))
+    assert wilson_ci(20, 20)[0] == pytest.approx(0.8389, abs=1e-4)  # the bootstrap gave [1, 1] here
+    with pytest.raises(ValueError, match="5 successes of 4"):
+        wilson_ci(5, 4)
+    rows = [parallel_run["nominal"]] + [r for lv in parallel_run["factors"].values() for r in lv.values()]
+    for row in rows:  # the sweep's rows: 3 episodes each
+        k = round(row["success"] * row["episodes"])
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson_ci(k, row["episodes"]))
