@@ -109,8 +109,10 @@ def test_cli_trains_a_loadable_encoder_and_resumes_from_its_step(videos, tmp_pat
     assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".stage", ".old"))]
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(videos, tmp_path):
-    common = (f"data.path={videos}", "objective=vip", "tensorboard=false", *TINY)
+@pytest.mark.parametrize("objective", ["vip", "icvf"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(videos, tmp_path, objective):
+    """ICVF too: its target network, value heads and goal/intent sampling continue where the checkpoint left them."""
+    common = (f"data.path={videos}", f"objective={objective}", "tensorboard=false", *TINY)
     train(compose_cfg(*common, "steps=4", f"output_dir={tmp_path / 'straight'}"), tmp_path)
     train(compose_cfg(*common, "steps=2", f"output_dir={tmp_path / 'split'}"), tmp_path)
     train(compose_cfg(*common, "steps=4", f"output_dir={tmp_path / 'split'}"), tmp_path)
@@ -118,6 +120,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(videos, tmp_path):
     b = load_encoder(tmp_path / "split" / "encoder")[0].state_dict()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+    if objective == "icvf":
+        ha = load_pretrained(tmp_path / "straight" / "encoder").heads.state_dict()
+        hb = load_pretrained(tmp_path / "split" / "encoder").heads.state_dict()
+        assert ha and all(torch.allclose(ha[k], hb[k], atol=1e-6) for k in ha)
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(videos, tmp_path):
