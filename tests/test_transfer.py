@@ -533,3 +533,34 @@ def test_a_killed_run_with_epopt_and_darc_resumes_to_the_same_weights(stage2_sta
     assert [r["kept"] for r in rows[:3]] == [True] * 3 and sum(r["kept"] for r in rows[3:]) == 2  # ceil(0.5 * 3)
     kept_steps = sum(r["length"] for r in rows if r["kept"])
     assert int(a.state["sampler"]["online"]["size"]) == kept_steps == 50
+
+
+def test_cached_target_data_is_reused_only_for_the_same_request(tmp_path, monkeypatch):
+    """A rerun in the same folder with another count or gap collects again (it silently got the old data)."""
+    import finetune.transfer.target_data as td
+
+    calls = []
+
+    def fake_collect(agent, target, randomization, count, *, seed):
+        calls.append((randomization, count))
+        return {"actions": np.full((count, 2), float(count)), "rewards": np.zeros(count),
+                "observations": {"proprio": np.zeros((count, 3))}, "next_observations": {"proprio": np.zeros((count, 3))}}
+
+    monkeypatch.setattr(td, "collect_transitions", fake_collect)
+    path = tmp_path / "darc_target.npz"
+    first = td.cached_target_data(path, None, None, "friction_low", 5, seed=1)
+    again = td.cached_target_data(path, None, None, "friction_low", 5, seed=1)
+    assert calls == [("friction_low", 5)] and np.array_equal(first["actions"], again["actions"])
+    assert set(again) == {"actions", "rewards", "observations", "next_observations"}  # the request is not data
+    other = td.cached_target_data(path, None, None, "friction_low", 8, seed=1)
+    assert calls[-1] == ("friction_low", 8) and len(other["actions"]) == 8
+    td.cached_target_data(path, None, None, "physics_hard", 8, seed=1)
+    assert calls[-1] == ("physics_hard", 8) and len(calls) == 3
+
+
+def test_darc_refuses_frozen_cached_features():
+    agent = SimpleNamespace(mode="frozen_cached", algo="calql", spec=SimpleNamespace(low_dim_keys=("proprio",)))
+    gap = Gap.from_mapping(OmegaConf.to_container(OmegaConf.load(CONFIGS / "gap" / "friction_low.yaml")))
+    with pytest.raises(ValueError, match="does not support encoder.mode=frozen_cached"):
+        build_transfer(TransferSettings.from_mapping({"darc": {"enabled": True}}), gap, agent, None, gap.source,
+                       Path("/nonexistent"), reward_scale=1.0, seed=0)

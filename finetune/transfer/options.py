@@ -13,6 +13,7 @@ online loop runs exactly as without this module (same losses on the same seed: `
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from finetune.transfer.darc import DARCSettings, RewardCorrection
 from finetune.transfer.epopt import EPOptSettings
 from finetune.transfer.gap import Gap
 from finetune.transfer.target_data import cached_target_data
+
+log = logging.getLogger(__name__)
 from sim_envs.randomization import PHYSICS_FACTORS
 
 
@@ -96,6 +99,12 @@ def build_transfer(settings: TransferSettings, gap: Gap, agent: Any, target: Any
         if not agent.spec.low_dim_keys:
             raise ValueError("transfer.darc needs low-dim observation parts (obs.low_dim) for its classifiers; this "
                              "agent has cameras only")
+        if agent.mode == "frozen_cached":  # its encoder's statistics start with the cached features' block
+            raise ValueError("transfer.darc does not support encoder.mode=frozen_cached (its classifiers would "
+                             "normalise the low-dim parts with the cached features' statistics); use frozen")
+        if getattr(agent, "algo", None) == "calql":
+            log.warning("transfer.darc with Cal-QL: the returns-to-go of its lower bound are the uncorrected "
+                        "rewards', so the bound can sit above the corrected values where DARC charges (docs/transfer.md)")
         data = cached_target_data(run_dir / "transfer" / "darc_target.npz", agent, target, gap.target,
                                   gap.target_transitions, seed=seed + 1)
         parts.correction = RewardCorrection(agent, data, settings.darc, reward_scale=reward_scale, seed=seed + 13)

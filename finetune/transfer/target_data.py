@@ -5,6 +5,7 @@ cached in the run folder, so a resumed run uses the same data."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from robopretrain.envs.target import Target, env_factory
 
 log = logging.getLogger(__name__)
 
+REQUEST_KEY = "request"  # in a cached .npz: the JSON of what it was collected for
 TARGET_SEED_OFFSET = 7_919_000  # target-domain episodes use seeds apart from the training episodes' (collector seed)
 
 
@@ -57,19 +59,32 @@ def tree_stack_cat(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarra
 
 def cached_target_data(path: Path, agent: Any, target: Target, randomization: Any, count: int, *,
                        seed: int) -> dict[str, Any]:
-    """:func:`collect_transitions`, read from ``path`` (``.npz``) when a previous attempt of the run saved it there."""
+    """:func:`collect_transitions`, read from ``path`` (``.npz``) when a previous attempt of the run saved it there
+    for the same request (target, randomization, count, seed: stored in the file); collected again otherwise (a
+    rerun in the same folder with another gap or count got the old data). A file written before the request was
+    stored is reused with a warning."""
+    request = json.dumps({"target": getattr(target, "name", None), "randomization": randomization, "count": int(count),
+                          "seed": int(seed)}, sort_keys=True, default=str)
+    flat: dict[str, Any] | None = None
     if path.is_file():
         with np.load(path) as z:
             flat = {k: z[k] for k in z.files}
-        log.info("target data: %d transitions from %s", len(flat[ACTIONS]), path)
-    else:
+        saved = str(flat.pop(REQUEST_KEY)) if REQUEST_KEY in flat else None
+        if saved is None:
+            log.warning("target data: %s does not say what it was collected for; reused as is", path)
+        elif saved != request:
+            log.warning("target data: %s was collected for %s, not %s: collecting again", path, saved, request)
+            flat = None
+        if flat is not None:
+            log.info("target data: %d transitions from %s", len(flat[ACTIONS]), path)
+    if flat is None:
         data = collect_transitions(agent, target, randomization, count, seed=seed)
         flat = {ACTIONS: data[ACTIONS], REWARDS: data[REWARDS],
                 **{f"{OBS}/{k}": v for k, v in data[OBS].items()},
                 **{f"{NEXT_OBS}/{k}": v for k, v in data[NEXT_OBS].items()}}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **flat)
+        np.savez(tmp, **flat, **{REQUEST_KEY: np.array(request)})
         tmp.replace(path)
         log.info("target data: collected %d transitions under %s into %s", count, randomization, path)
     out: dict[str, Any] = {ACTIONS: flat[ACTIONS], REWARDS: flat[REWARDS], OBS: {}, NEXT_OBS: {}}
