@@ -127,12 +127,12 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     mix = cfg.data.get("mix")
     mix_ids: dict[str, int] = {}  # the mixed-in data's tasks (PTR's target adaptation: the target)
     if mix is not None and mix.get("path"):
-        mix_info = read_info(Path(str(mix.path)))
-        mix_ids = build.data_task_ids(mix_info, mix)
-        build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path))
         with dist_utils.main_first(dinfo):
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size)
+        mix_info = read_info(build.converted(Path(str(mix.path)), mix))  # another format: its cached conversion
+        mix_ids = build.data_task_ids(mix_info, mix)
+        build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path))
         if dinfo.is_main:
             build.report_success_filter(cfg.algo, mix_data, str(mix.path))
         sampler = MixedSampler(sampler, build.training_sampler(agent, build.prepared(agent, mix_data, seed + 1),

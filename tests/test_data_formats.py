@@ -228,3 +228,17 @@ def test_stage2_trains_on_each_format_given_as_data_path(tmp_path, fmt):
     assert [k for k, _ in saved.meta["obs_spec"]["low_dim"]] == obs["low_dim"]
     assert [k for k, *_ in saved.meta["obs_spec"]["rgb"]] == obs.get("rgb", [])
     assert Path(saved.meta["data_path"]).parent == tmp_path / "cache"
+
+
+def test_a_mix_in_another_format_is_converted_like_data_path(tmp_path):
+    """data.mix.path goes through the same conversion as data.path (its task slots are read from the conversion)."""
+    prior = F.write_d4rl(tmp_path / "prior.hdf5", lengths=(12, 14))
+    mix = F.write_d4rl(tmp_path / "mix.hdf5", lengths=(10, 11))
+    ckpt = run(stage2_config(prior, tmp_path / "run", algo="iql", steps=2, obs={"low_dim": ["observations"],
+                                                                               "num_tasks": 2},
+                             data_cfg={"cache_dir": str(tmp_path / "cache"),
+                                       "mix": {"path": str(mix), "fraction": 0.5, "task_id": 1,
+                                               "cache_dir": str(tmp_path / "cache")}},
+                             train={"eval_targets": []}))
+    _, saved = load_agent(ckpt)
+    assert saved.step == 2 and sorted(saved.meta["task_ids"].values()) == [0, 1]
