@@ -61,7 +61,7 @@ def write_ogbench(path: Path, trajectories: int = 2, length: int = 5, masks: boo
         m = np.ones(n, np.float32)
         m[2] = 0.0
         arrays["masks"] = m
-        arrays["rewards"] = m - 1.0
+        arrays["rewards"] = -m  # OGBench's relabelling: success - 1 (0 where done, else -1)
     np.savez(path, **arrays)
     return path
 

@@ -80,7 +80,8 @@ def test_ogbench_compact_rows_and_masks(tmp_path):
     assert all(x["meta"]["truncated"] and "success" not in x["meta"] for x in d)
     m = demos(convert(F.write_ogbench(tmp_path / "single.npz", masks=True), tmp_path / "b.hdf5"))
     assert [x["dones"].tolist() for x in m] == [[0, 0, 1, 0], [0, 0, 0, 0]]  # 1 - masks, not split
-    np.testing.assert_array_equal(m[0]["rewards"], [0, 0, -1, 0])
+    np.testing.assert_array_equal(m[0]["rewards"], [0, 0, 1, 0])  # the sparse success contract, not OGBench's -1/0
+    np.testing.assert_array_equal(m[1]["rewards"], [0, 0, 0, 0])
     assert [x["meta"]["success"] for x in m] == [True, False]
 
 

@@ -10,9 +10,11 @@ OGBench (Park et al. 2024, ``ogbench.utils.load_dataset``) ships each dataset as
   is a transition, ``terminals = 1`` on the last transition of each trajectory (again a truncation).
 * optional ``rewards`` and ``masks`` (single-task datasets relabelled with a task's reward; ``masks = 0`` where the
   task is done, OGBench's convention): ``dones = 1 - masks`` per step as given (OGBench's trajectories go on after
-  the task is done; the returns-to-go restart after each such step), ``success`` = the trajectory has such a step.
-  Without ``masks`` no step terminates and ``success`` is not recorded;
-  without ``rewards`` the rewards are 0 (goal-conditioned data: use behaviour cloning, or relabel).
+  the task is done; the returns-to-go restart after each such step), ``success`` = the trajectory has such a step,
+  and the reward is the contract's sparse success ``1 - masks`` ({0, 1}; OGBench's own relabelled ``rewards`` are
+  ``success - 1``, {-1, 0}, which under Cal-QL's x10 - 5 would make every step of a failure -15, not -5).
+  Without ``masks`` no step terminates, ``success`` is not recorded and ``rewards`` are kept as given;
+  without either the rewards are 0 (goal-conditioned data: use behaviour cloning, or relabel).
 
 Other arrays of the file (``qpos``, ``qvel``, ``button_states``, ...) are not observations and are not carried.
 Observations keep the key ``observations`` (OGBench's visual datasets: uint8 (N, 64, 64, 3), kept as images).
@@ -59,8 +61,10 @@ def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
             raise ConversionError(f"{p}: {k} has {len(z[k])} rows, expected {n} like actions")
     obs, actions = z["observations"], z["actions"]
     ends = z["terminals"].reshape(n).astype(bool)
-    rewards = z["rewards"].reshape(n).astype(np.float32) if "rewards" in z else np.zeros(n, np.float32)
     done = (1.0 - z["masks"].reshape(n).astype(np.float32)) > 0.5 if "masks" in z else np.zeros(n, bool)
+    # OGBench's relabelled rewards are success - 1 ({-1, 0}); the contract's sparse reward is success itself ({0, 1})
+    rewards = (done.astype(np.float32) if "masks" in z
+               else z["rewards"].reshape(n).astype(np.float32) if "rewards" in z else np.zeros(n, np.float32))
     compact = "next_observations" not in z
     if compact:
         keep = ~ends  # transitions; a trajectory's last row is only its final observation
