@@ -167,6 +167,23 @@ def test_success_gives_reward_one_and_terminates():
 
 
 @needs_metaworld
+def test_a_metaworld_targets_reward_termination_and_time_limit_reach_the_env():
+    """A dense target gets Meta-World's shaped reward, terminate_on_success=false keeps the episode going after
+    success, and a time limit above the adapter's 500-step default is the one that ends the episode."""
+    from robopretrain.envs.target import Target, make_env
+
+    env = make_env(Target(name="drawer-open-v3", family="metaworld", reward="dense", terminate_on_success=False,
+                          max_episode_steps=600))
+    inner = env.unwrapped
+    assert inner.reward_type == "dense" and inner.terminate_on_success is False and inner.max_episode_steps == 600
+    rewards, terminated, _, info = expert_rollout(env, "drawer-open-v3", seed=0)
+    assert len(set(rewards)) > 2 and rewards[-1] == info["dense_reward"]  # shaped, not float(success)
+    assert not terminated and info["success"] and len(rewards) == 600  # went on after success, to its own limit
+    sparse = make_env(Target(name="drawer-open-v3", family="metaworld"))
+    assert sparse.unwrapped.reward_type == "sparse" and sparse.unwrapped.terminate_on_success is True
+
+
+@needs_metaworld
 @pytest.mark.parametrize("task", ["drawer-open-v3", "reach-v3"])
 def test_scripted_expert_succeeds(task):
     e = MetaWorldEnv(task, render_images=False, max_episode_steps=200)

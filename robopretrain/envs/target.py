@@ -184,7 +184,12 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         env = gym.make(sim_envs.env_id(target.name), **kwargs)
         return env if target.task_id is None and not target.obs_map else TargetEnv(env, target, cameras)
     if target.family == METAWORLD:
-        kwargs = {"task": target.name, "render_images": bool(cameras), **target.env_kwargs}
+        # the target's reward, termination and time limit are the adapter's own settings (a TimeLimit outside it
+        # could not lift its 500-step default, and its sparse reward would stand in for a dense target's)
+        kwargs = {"task": target.name, "render_images": bool(cameras), "reward": target.reward,
+                  "terminate_on_success": target.terminate_on_success, **target.env_kwargs}
+        if target.max_episode_steps:
+            kwargs["max_episode_steps"] = int(target.max_episode_steps)
         if cameras and "cameras" not in kwargs:  # render the agent's cameras (corner -> agentview_image, ...)
             module = importlib.import_module(METAWORLD_ENTRY.partition(":")[0])
             by_key = {module.camera_key(c): c for c in module.CAMERAS}
@@ -193,8 +198,8 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         if image_size:
             kwargs["image_size"] = int(image_size)
         env = _construct(METAWORLD_ENTRY, kwargs)
-    else:
-        env = _construct(str(target.env_id), target.env_kwargs)
+        return TargetEnv(env, target, cameras)
+    env = _construct(str(target.env_id), target.env_kwargs)
     if target.max_episode_steps:
         env = gym.wrappers.TimeLimit(env, int(target.max_episode_steps))
     return TargetEnv(env, target, cameras)
