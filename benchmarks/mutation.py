@@ -409,6 +409,13 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "max(1, k) -> max(k, 1): max is symmetric",
         "max(..1, int(cfg.stage1.steps) // 3..) swapped @ \"eval_every\": max(1, int(cfg.stage1.steps) // 3), "
         "\"checkpoint_every\": max(1, int(cfg.stage1.steps) // 3),"),
+    ("claims_encoder_shifts", "summarize.diff/swap/6"): Equivalent(
+        "min(len(xa), len(xb)) -> min(len(xb), len(xa)): symmetric",
+        "min(..len(xa), len(xb)..) swapped @ if min(len(xa), len(xb)) >= 2:  # amendment 2: Welch's t on seed "
+        "means beside it; a verdict needs both"),
+    ("claims_encoder_shifts", "plot/const/7"): Equivalent(
+        "the seed dots' zorder 3 -> 4: drawn above the bars and error bars either way (appearance only)",
+        "3 -> 4 @ zorder=3)"),
     ("claims_encoder_shifts", "plot/const/10"): Equivalent(
         "the tick labels' font size 7 -> 8 (appearance only: the bars, intervals, dots and ticks are where they were)",
         "7 -> 8 @ [c.replace(\"colors_textures\", \"col+tex\").replace(\"/\", \"\\n\") for c in conds], fontsize=7)"),

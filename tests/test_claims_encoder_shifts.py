@@ -89,6 +89,10 @@ def test_summary_sides_pools_and_groups(cs):
     text = cs.table(s)
     assert "| confirmatory (3, 4, 5) | held_out_visual | full - scratch | 3 / 3 | +1.00 [+1.00, +1.00] reproduced |" \
         in text
+    lines = text.splitlines()
+    for header, rule in zip(lines, lines[1:]):  # every markdown table: its rule has one cell per header cell
+        if rule.startswith("|---"):
+            assert rule.count("|") == header.count("|"), (header, rule)
     assert "| nominal | 1.00" in text
 
 
@@ -140,10 +144,14 @@ def test_main_keeps_earlier_agents_and_refuses_other_episode_counts(cs, tmp_path
 
     monkeypatch.setattr(cs, "_try_evaluate", fake)
     monkeypatch.setattr(cs, "cpu_model", lambda: "the machine of the runs")
+    written, real_write = [], cs.write_json_atomic
+    monkeypatch.setattr(cs, "write_json_atomic", lambda path, obj: written.append(obj) or real_write(path, obj))
     out, fig = tmp_path / "r.json", tmp_path / "r.png"
     args = ["--work-dir", str(tmp_path), "--jobs", "1", "--out", str(out), "--plot", str(fig)]
     cs.main([*args, "--seeds", "0", "--variants", "full", "scratch"])
     assert evaluated == [("full", 0), ("scratch", 0)] and fig.is_file()
+    # the file written after each agent (what an interrupted run keeps) names the target and episode count too
+    assert len(written) >= 2 and all((w["target"], w["episodes"]) == ("PressLitButton", 50) for w in written)
     cs.main([*args, "--seeds", "0", "1", "--variants", "full", "scratch"])
     assert evaluated[2:] == [("full", 1), ("scratch", 1)]  # seed 0's agents kept, not evaluated again
     stored = json.loads(out.read_text())
@@ -205,6 +213,7 @@ def test_plot_draws_each_variants_means_intervals_and_seeds(cs, tmp_path, monkey
         assert [list(d.get_ydata()) for d in seed_dots] == [w["per_seed"] for w in want]
         # each seed's dots sit inside their own bar, right of its centre (clear of the error bar)
         assert [d.get_xdata()[0] for d in seed_dots] == pytest.approx([b.get_x() + 0.75 * b.get_width() for b in bars])
+    assert all(b.get_width() == pytest.approx(0.8 / 3) for bars in bar_sets for b in bars)  # a group: 0.8 of a slot
     centres = [(a.get_x() + c.get_x() + c.get_width()) / 2 for a, _, c in zip(*bar_sets)]  # a tick under each group
     assert list(ax.get_xticks()) == pytest.approx(centres) and ax.get_ylim() == pytest.approx((0, 1.05))
     assert "OpenDoorRight; seeds 0, 1, 2" in ax.get_title()

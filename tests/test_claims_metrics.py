@@ -90,6 +90,13 @@ def test_dip_is_the_largest_fall_below_the_switch_value_within_the_window(cm):
 
 
 # ------------------------------------------------------------------------------------------------------- regret
+def test_regret_accepts_spacing_equal_to_the_documented_1e9_relative_tolerance(cm):
+    """Evaluation steps logged as floats: gaps within 1e-9 (relative) count as equal, 2e-9 apart do not."""
+    assert cm.cumulative_regret([0.0, 1e6, 2e6 + 7e-4], [0.0, 0.5, 1.0])["evaluations"] == 3  # 7e-10 relative
+    with pytest.raises(ValueError, match="not equally spaced"):
+        cm.cumulative_regret([0.0, 1e6, 2e6 + 2e-3], [0.0, 0.5, 1.0])  # 2e-9 relative
+
+
 def test_regret_sums_one_minus_success_and_states_the_spacing(cm):
     out = cm.cumulative_regret([0, 5000, 10000], [0.5, 1.0, 0.25])
     assert out == {"regret": 1.25, "mean_regret": pytest.approx(1.25 / 3), "evaluations": 3, "spacing": 5000.0}
