@@ -274,8 +274,12 @@ def test_pool_workers_ignore_ctrl_c_and_the_serial_run_keeps_it(tiny_checkpoint)
     spec = PolicySpec(str(ckpt.path), default_target(ckpt).to_dict(), "cpu")
     with mp.get_context("spawn").Pool(1) as pool:
         assert pool.apply(fake.sigint_ignored_after, (_init_worker, spec))
-    _init_worker(spec)
-    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background run inherits SIGINT ignored
+    try:
+        _init_worker(spec)
+        assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_success_intervals_are_wilson_score_intervals_by_default(parallel_run):
