@@ -74,9 +74,10 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
         return build.resolve_data_path(cfg.data, run_dir)
     if ckpt_meta.get("data_path") and Path(ckpt_meta["data_path"]).is_file():
         path = Path(ckpt_meta["data_path"])
-        if target.name not in read_info(path).tasks:  # its demos would all be labelled as the target's
+        tasks = read_info(path).tasks
+        if target.name not in tasks:  # its demos would all be labelled as the target's
             raise ValueError(f"data.path is not set and the checkpoint's data file {path} has no demos of target "
-                             f"{target.name!r} (its tasks: {', '.join(sorted(read_info(path).tasks))}); give the "
+                             f"{target.name!r} (its tasks: {', '.join(sorted(tasks))}); give the "
                              "target's demos (data.path=/path/to/target_demos.hdf5, or target.demos) or "
                              "data.generate=true")
         return path
