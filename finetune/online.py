@@ -48,8 +48,8 @@ from robopretrain.collector import Episode, VectorCollector, collect_and_update
 from robopretrain.data.dataset import RewardSettings
 from robopretrain.data.replay import MixedSampler, OfflineDataset, ReplayBuffer
 from robopretrain.data.returns import scale_rewards, sparse_negative_reward
-from robopretrain.envs.target import Target, env_factory
-from robopretrain.evaluation import calibration, evaluate
+from robopretrain.envs.target import Target
+from robopretrain.evaluation import agent_env_factory, calibration, evaluate
 from robopretrain.loops.offline import calibration_rows, rng_states, set_rng_states, update_function
 from robopretrain.metrics import MetricsLogger
 
@@ -236,7 +236,7 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         batch, extra = transfer.correction(batch, with_metrics)
         return {**agent_update(batch, with_metrics=with_metrics), **extra}
 
-    collector = VectorCollector(env_factory(target, agent.spec.rgb_keys, agent.spec.image_size, randomization),
+    collector = VectorCollector(agent_env_factory(agent, target, randomization),
                                 settings.num_envs, convert=agent.prepare, seed=seed,
                                 asynchronous=settings.asynchronous)
     bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), unit="step", dynamic_ncols=True,

@@ -53,14 +53,16 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes
 
 
 def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any]) -> Path:
-    """The offline data: the target's demos, ``data.path`` (collected first when ``data.generate``), or the
+    """The offline data: the target's demos (another format converted first, by ``data.format`` / ``data.cache_dir`` /
+    ``data.actions``), ``data.path`` (collected first when ``data.generate``), or the
     checkpoint's own data file when it holds demos of the target (else ValueError: every demo would be taken as the
     target's)."""
     if target.demos:
         path = Path(str(target.demos)).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"target {target.name!r}: demos={path} not found; expected a robomimic HDF5")
-        return path
+        if not path.exists():
+            raise FileNotFoundError(f"target {target.name!r}: demos={path} not found; expected a robomimic HDF5 (or a "
+                                    "LeRobot v3 / Minari folder, a D4RL-style HDF5 or an OGBench .npz)")
+        return build.converted(path, cfg.data)  # another format: converted like data.path
     if cfg.data.get("generate", False):
         if target.family != SIM_ENVS:
             raise ValueError(f"target {target.name!r} ({target.family}): data.generate collects sim_envs demos only; "
@@ -83,6 +85,14 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
         return path
     raise ValueError("config key data.path is not set and the checkpoint's data file is not available; give the "
                      "target demos (data.path=/path/to/target_demos.hdf5) or data.generate=true")
+
+
+def demo_obs_map(target: Target, info: Any) -> dict[str, str]:
+    """The target's ``obs_map`` entries that apply to its demo file: those whose env key the file has and whose part
+    name it lacks (a file recorded in the env has the env's keys; a converted one, e.g. D4RL's ``observations`` for a
+    gym env's unnamed ``observation``, may already have the agent's names)."""
+    keys = set(info.obs_specs)
+    return {ours: theirs for ours, theirs in target.obs_map.items() if theirs in keys and ours not in keys}
 
 
 def refuse_decision_transformer(algo: str, checkpoint: Any) -> None:
@@ -150,11 +160,12 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     reward = build.reward_settings(cfg.algo, target)
     tasks = cfg.data.get("tasks") or ([target.name] if target.name in info.tasks else None)
     data_cfg = cfg.data
-    if not data_cfg.get("obs_map") and target.obs_map:
-        data_cfg = OmegaConf.create({**build.plain(cfg.data), "obs_map": dict(target.obs_map)})
+    if not data_cfg.get("obs_map") and demo_obs_map(target, info):
+        data_cfg = OmegaConf.create({**build.plain(cfg.data), "obs_map": demo_obs_map(target, info)})
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,
                               seed=int(cfg.seed) + 2, device=device, tasks=tasks,
-                              task_id=target.resolved_task_id() if agent.spec.num_tasks else None)
+                              task_id=target.resolved_task_id() if agent.spec.num_tasks else None,
+                              action_units=agent.action_normalization)
     build.report_success_filter(cfg.algo, offline, str(data_path), online=True)
     offline = build.prepared(agent, offline, int(cfg.seed) + 2)
     meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"), "data_path": str(data_path),

@@ -72,6 +72,7 @@ from robopretrain.algos import AGENT_NAMES, make_agent, make_config
 from robopretrain.algos.base import load_optimizer_state, make_adam, metrics_to_floats
 from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS
 from robopretrain.data.spec import ObsSpec
+from robopretrain.envs.action_units import ActionNormalization
 from robopretrain.nets.encoder_io import load_encoder
 from robopretrain.nets.encoders import make_encoder
 from robopretrain.nets.mlp import retain_freed_memory_once
@@ -184,6 +185,9 @@ class Agent:
         if int(act_dim) < 1:
             raise ValueError(f"act_dim must be >= 1, got {act_dim}")
         self.spec, self.act_dim, self.algo = spec, int(act_dim), algo
+        # the env units of the agent's [-1, 1] actions (None: the env's own), fixed by the data it first trained on
+        # and applied by every env it acts in (robopretrain.envs.action_units; evaluation.agent_target)
+        self.action_normalization: ActionNormalization | None = None
         self.algo_cfg = make_config(algo, algo_cfg)
         self.settings = encoder or EncoderSettings()
         self.device = torch.device(device)
@@ -520,7 +524,9 @@ class Agent:
         return {"algo": self.algo, "algo_cfg": _jsonable(asdict(self.algo_cfg)), "act_dim": self.act_dim,
                 "obs_spec": self.spec.to_dict(), "encoder_mode": self.mode,
                 "encoder_settings": _jsonable(asdict(self.settings)), "image_encoder": _jsonable(img),
-                "encoder_source": _jsonable(self.encoder_source)}
+                "encoder_source": _jsonable(self.encoder_source),
+                "action_normalization": None if self.action_normalization is None else
+                self.action_normalization.to_dict()}
 
     @classmethod
     def from_description(cls, meta: Mapping[str, Any], *, algo: str | None = None, algo_cfg: Any = None,
@@ -553,8 +559,10 @@ class Agent:
         valid = set(make_config(name).__dataclass_fields__)
         cfg = {k: v for k, v in cfg.items() if k in valid}
         stats = None  # the buffers come with the weights
-        return cls(spec, int(meta["act_dim"]), name, cfg, settings, stats=stats, device=device, seed=seed,
-                   image_encoder=img)
+        agent = cls(spec, int(meta["act_dim"]), name, cfg, settings, stats=stats, device=device, seed=seed,
+                    image_encoder=img)
+        agent.action_normalization = ActionNormalization.from_mapping(meta.get("action_normalization"))
+        return agent
 
 
 # keys of an algorithm config that fix network shapes: a rebuilt agent keeps the checkpoint's

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
 from robopretrain.agent import Agent, EncoderSettings
-from robopretrain.data.dataset import RewardSettings, load_offline_dataset, selected_demos, spec_of_data
+from robopretrain.data.dataset import FILE_UNITS, RewardSettings, load_offline_dataset, selected_demos, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.hdf5 import DatasetInfo
@@ -221,10 +221,11 @@ def converted(path: Path, data_cfg: Any) -> Path:
 
 def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, *, algo: str, act_dim: int | None,
               seed: int, device: torch.device, tasks: Sequence[str] | None = None,
-              task_id: int | None = None, rank: int = 0, world_size: int = 1) -> OfflineDataset | DiskDataset:
+              task_id: int | None = None, rank: int = 0, world_size: int = 1,
+              action_units: Any = FILE_UNITS) -> OfflineDataset | DiskDataset:
     """:func:`robopretrain.data.dataset.load_offline_dataset` with the ``data`` group's selection keys and storage
     (``data.storage``: auto | memory | disk, ``data.workers``: prefetch threads of the disk-backed dataset; ``rank`` /
-    ``world_size``: its DDP shard)."""
+    ``world_size``: its DDP shard; ``action_units``: the agent's, the file's actions re-expressed in them)."""
     tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
     tid = task_id if task_id is not None else data_cfg.get("task_id")
     path = converted(Path(path), data_cfg)
@@ -233,7 +234,7 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
         mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"), task_id=None if tid is None else int(tid),
         rewards_needed=algo != "bc", rewards_from_success=bool(data_cfg.get("rewards_from_success", False)),
         act_dim=act_dim, seed=seed, device=device, storage=str(data_cfg.get("storage") or "auto"),
-        workers=int(data_cfg.get("workers") or 0), rank=rank, world_size=world_size)
+        workers=int(data_cfg.get("workers") or 0), rank=rank, world_size=world_size, action_units=action_units)
 
 
 # --------------------------------------------------------------------------- agents

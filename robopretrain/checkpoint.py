@@ -262,8 +262,12 @@ def load_latest(root: str | os.PathLike, with_state: bool = True) -> Checkpoint 
 
 def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> None:
     """Raise :class:`CheckpointError` when a checkpoint (its ``meta``) is not of ``agent``'s kind: another
-    algorithm, action size, encoder mode or observation spec (each difference named, with both values)."""
+    algorithm, action size, action units, encoder mode or observation spec (each difference named, with both
+    values)."""
     from robopretrain.data.spec import ObsSpec, SpecMismatchError
+    from robopretrain.envs.action_units import ActionNormalization
+    from robopretrain.envs.action_units import describe as describe_units
+    from robopretrain.envs.action_units import same_units
 
     problems = []
     mine = agent.describe()
@@ -275,6 +279,11 @@ def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> No
         needed = bool(mine["encoder_settings"].get("normalize_features", False))
         if theirs != needed:
             problems.append(f"encoder.normalize_features: checkpoint has {theirs}, this config needs {needed}")
+    theirs_units = ActionNormalization.from_mapping(meta.get("action_normalization"))
+    mine_units = getattr(agent, "action_normalization", None)
+    if not same_units(theirs_units, mine_units):
+        problems.append(f"action units: checkpoint has {describe_units(theirs_units)}, this config's data "
+                        f"{describe_units(mine_units)}")
     if "obs_spec" not in meta:
         problems.append("obs_spec: missing from the checkpoint (written by an older robopretrain?)")
     else:

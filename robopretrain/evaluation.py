@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,9 @@ import torch
 
 from robopretrain.collector import EVAL_SEEDS_START, episode_seed
 from robopretrain.data.keys import ACTIONS, MC_RETURNS, OBS
-from robopretrain.envs.target import SIM_ENVS, Target, make_env
+from robopretrain.envs.action_units import describe as describe_units
+from robopretrain.envs.action_units import same_units
+from robopretrain.envs.target import SIM_ENVS, Target, env_factory, make_env
 
 EVAL_SEED = EVAL_SEEDS_START  # evaluation episodes use seeds EVAL_SEED + i; training seeds avoid [1e6, 2e6)
 
@@ -33,9 +36,33 @@ def train_episode_seed(seed: int, episode: int) -> int:
     return episode_seed(seed, episode)
 
 
+def agent_target(agent: Any, target: Target) -> Target:
+    """``target`` taking the agent's actions in the agent's units: its ``action_normalization`` set from the agent's
+    when the agent has one (from the data it trained on). A target's own setting stands for an agent without one
+    (data rescaled outside the toolkit); both set and different is a ``ValueError`` naming both."""
+    mine = getattr(agent, "action_normalization", None)
+    if mine is None:
+        return target
+    theirs = target.action_units
+    if theirs is None:
+        return dataclasses.replace(target, action_normalization=mine.to_dict())
+    if not same_units(theirs, mine):
+        raise ValueError(f"target {target.name!r}: action_normalization {describe_units(theirs)} differs from the "
+                         f"agent's {describe_units(mine)} (from the data it was trained on); drop the target's "
+                         "setting to use the agent's")
+    return target
+
+
 def agent_env(agent: Any, target: Target, randomization: Any = "none", **sim_kwargs: Any) -> gym.Env:
-    """The env of ``target`` rendering exactly the cameras the agent sees, at their size."""
-    return make_env(target, agent.spec.rgb_keys, agent.spec.image_size, randomization, **sim_kwargs)
+    """The env of ``target`` rendering exactly the cameras the agent sees, at their size, taking actions in the
+    agent's units (:func:`agent_target`)."""
+    return make_env(agent_target(agent, target), agent.spec.rgb_keys, agent.spec.image_size, randomization,
+                    **sim_kwargs)
+
+
+def agent_env_factory(agent: Any, target: Target, randomization: Any = "none") -> Any:
+    """A picklable zero-argument factory of :func:`agent_env` (what a vector collector's workers call)."""
+    return env_factory(agent_target(agent, target), agent.spec.rgb_keys, agent.spec.image_size, randomization)
 
 
 def run_episodes(agent: Any, env: gym.Env, num_episodes: int, *, eval_seed: int = EVAL_SEED,
@@ -151,5 +178,6 @@ def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
             "gap_data": float((q_data - mc).mean()), "gap_policy": float((q_pi - mc).mean())}
 
 
-__all__ = ["EVAL_SEED", "agent_env", "calibration", "evaluate", "run_episodes", "train_episode_seed", "video_frame",
+__all__ = ["EVAL_SEED", "agent_env", "agent_env_factory", "agent_target", "calibration", "evaluate", "run_episodes",
+           "train_episode_seed", "video_frame",
            "write_gif"]

@@ -50,6 +50,7 @@ from robopretrain.config_checks import validate_offline_config
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
+from robopretrain.envs.action_units import of_env_args
 from robopretrain.evaluation import calibration, evaluate
 from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume, train_offline
 
@@ -107,14 +108,18 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     else:
         spec = build.data_spec(cfg.obs, data_path, obs_map=obs_map, info=info)
     reward = build.reward_settings(cfg.algo)
+    # the agent's action units: the init checkpoint's, else this data's (a converted file's rescaled actions)
+    action_units = agent.action_normalization if init is not None else of_env_args(info.env_args)
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
-                                  device=device, rank=dinfo.rank, world_size=dinfo.world_size)
+                                  device=device, rank=dinfo.rank, world_size=dinfo.world_size,
+                                  action_units=action_units)
     task_ids = build.data_task_ids(info, cfg.data)  # task name -> its slot of the task one-hot, as trained
     if dinfo.is_main:
         build.report_success_filter(cfg.algo, dataset, str(data_path), tasks=task_ids)
     if init is None:
         agent = build.new_agent(cfg, spec, info.action_dim, dataset, device)
+        agent.action_normalization = action_units
     elif info.action_dim != agent.act_dim:
         raise CheckpointError(f"{init.path}: the agent has {agent.act_dim}-D actions, the data {data_path} "
                               f"{info.action_dim}-D")
@@ -129,7 +134,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     if mix is not None and mix.get("path"):
         with dist_utils.main_first(dinfo):
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
-                                       seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size)
+                                       seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
+                                       action_units=agent.action_normalization)
         mix_info = read_info(build.converted(Path(str(mix.path)), mix))  # another format: its cached conversion
         mix_ids = build.data_task_ids(mix_info, mix)
         build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path))

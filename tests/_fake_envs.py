@@ -158,3 +158,73 @@ class SigintProbeEnv(CountEnv):
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"x": np.array([float(sigint_ignored()), self.t], np.float32)}
+
+
+# --------------------------------------------------------------------------- a robot with its own action units
+
+class UnitsReachEnv(gym.Env):
+    """A point to move to a goal with actions in the robot's own units, not ``[-1, 1]``: ``a`` in ``[0, 8]^2``, rest
+    at 4, velocity ``0.05 (a - 4)`` per step. Observation (a plain vector): position (2), goal (2); success within
+    0.1 of the goal; dense reward ``-distance``, never terminates by itself. Every action it receives is appended to
+    ``UnitsReachEnv.received`` as ``(reset seed, action)`` (in-process runs only)."""
+
+    received: list[tuple[int, np.ndarray]] = []
+    REST, GAIN = 4.0, 0.05
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+        self.action_space = gym.spaces.Box(0.0, 8.0, (2,), np.float32)
+        self.pos, self.goal, self.seed_ = np.zeros(2), np.zeros(2), -1
+
+    def _obs(self) -> np.ndarray:
+        return np.concatenate([self.pos, self.goal]).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options=None):
+        super().reset(seed=seed)
+        self.seed_ = -1 if seed is None else int(seed)
+        self.pos = self.np_random.uniform(-1, 1, 2)
+        self.goal = self.np_random.uniform(-1, 1, 2)
+        while np.linalg.norm(self.goal - self.pos) < 0.5:
+            self.goal = self.np_random.uniform(-1, 1, 2)
+        return self._obs(), {"success": False}
+
+    def step(self, action):
+        a = np.asarray(action, np.float64)
+        UnitsReachEnv.received.append((self.seed_, a.copy()))
+        self.pos = self.pos + self.GAIN * (np.clip(a, 0.0, 8.0) - self.REST)
+        dist = float(np.linalg.norm(self.goal - self.pos))
+        return self._obs(), -dist, False, False, {"success": dist < 0.1}
+
+
+def units_expert(obs: np.ndarray) -> np.ndarray:
+    """Straight to the goal in :class:`UnitsReachEnv`'s units (saturating at 0 and 8)."""
+    obs = np.asarray(obs, np.float64)
+    return np.clip(UnitsReachEnv.REST + 10.0 * (obs[2:4] - obs[:2]), 0.0, 8.0).astype(np.float32)
+
+
+def write_units_d4rl(path, episodes: int = 30, max_steps: int = 40, seed: int = 0):
+    """A D4RL-style HDF5 (``observations``, ``actions``, ``rewards``, ``terminals``, ``timeouts``, ``infos/success``)
+    of :func:`units_expert` in :class:`UnitsReachEnv`: actions in ``[0, 8]``, sparse reward 1 and a terminal on the
+    success step."""
+    import h5py
+
+    rows: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "success")}
+    env = UnitsReachEnv()
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed * 1000 + ep)
+        for t in range(max_steps):
+            action = units_expert(obs)
+            nxt, _, _, _, info = env.step(action)
+            done = bool(info["success"])
+            for k, v in (("observations", obs), ("actions", action), ("rewards", float(done)), ("terminals", done),
+                         ("timeouts", not done and t == max_steps - 1), ("success", done)):
+                rows[k].append(v)
+            obs = nxt
+            if done:
+                break
+    UnitsReachEnv.received.clear()
+    with h5py.File(path, "w") as f:
+        for k in ("observations", "actions", "rewards", "terminals", "timeouts"):
+            f[k] = np.asarray(rows[k])
+        f["infos/success"] = np.asarray(rows["success"])
+    return path

@@ -16,7 +16,8 @@ import torch
 
 from robopretrain.collector import VectorCollector
 from robopretrain.data.keys import ACTIONS, NEXT_OBS, OBS, REWARDS
-from robopretrain.envs.target import Target, env_factory
+from robopretrain.envs.target import Target
+from robopretrain.evaluation import agent_env_factory
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def collect_transitions(agent: Any, target: Target, randomization: Any, count: i
     ``count < 1``."""
     if int(count) < 1:
         raise ValueError(f"target data: count={count}; expected >= 1 (the gap's target_frames / target_transitions)")
-    collector = VectorCollector(env_factory(target, agent.spec.rgb_keys, agent.spec.image_size, randomization), 1,
+    collector = VectorCollector(agent_env_factory(agent, target, randomization), 1,
                                 convert=agent.prepare, seed=int(seed) + TARGET_SEED_OFFSET, asynchronous=False)
     episodes, total, stack = [], 0, contextlib.ExitStack()
     try:  # the policy's samples from a forked torch RNG: the run's own random draws stay as without target data

@@ -14,7 +14,9 @@ with rewards transformed and Monte-Carlo returns-to-go computed (REFERENCE.md, S
   also terminates); behaviour cloning ignores rewards;
 * ``obs_map`` maps our part names to the file's keys (robosuite's ``robot0_eef_pos``, ...); ``task_id`` gives every
   transition one task id (a foreign file), else each demo's ``task_id`` attribute is used; ids must be below
-  the spec's one-hot size.
+  the spec's one-hot size;
+* actions: in the file's units, or with ``action_units`` re-expressed in the agent's (a file converted with
+  rescaled actions records them in ``env_args["action_normalization"]``; :mod:`robopretrain.envs.action_units`).
 
 Storage (``storage``): ``memory`` reads every selected frame into the dataset (twice: ``obs`` and ``next_obs``);
 ``disk`` returns a :class:`~robopretrain.data.disk.DiskDataset` that keeps everything but the images in memory and
@@ -49,10 +51,12 @@ from robopretrain.data.returns import (
     unrewarded_successes,
 )
 from robopretrain.data.spec import ObsSpec, spec_from_shapes
+from robopretrain.envs.action_units import ActionNormalization, of_env_args, reexpress
 
 log = logging.getLogger(__name__)
 
 STORAGES = ("auto", "memory", "disk")
+FILE_UNITS = "file"  # load_offline_dataset: keep the file's action units
 MEMORY_LIMIT_BYTES = 2 * 2**30  # auto: frames (obs + next_obs) above 2 GiB are read from disk
 
 
@@ -160,13 +164,16 @@ def load_offline_dataset(
     workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    action_units: ActionNormalization | None | str = FILE_UNITS,
 ) -> OfflineDataset | DiskDataset:
     """The selected demos of ``path`` as an offline dataset of observation dicts (see the module docstring).
 
     ``max_demos`` keeps the first demos of the selection. ``act_dim`` (when given) must equal the file's action
-    size. ``storage``: ``auto`` | ``memory`` | ``disk``; ``workers`` (disk): prefetch threads; ``rank`` /
-    ``world_size`` (disk): this process samples its shard only. Raises :class:`DatasetError` naming the file and key
-    for every contract violation.
+    size. ``action_units``: the agent's action units, the actions re-expressed in them from the file's
+    (``env_args["action_normalization"]``; :func:`robopretrain.envs.action_units.reexpress`); ``"file"`` (the
+    default) keeps the file's. ``storage``: ``auto`` | ``memory`` | ``disk``; ``workers`` (disk): prefetch threads;
+    ``rank`` / ``world_size`` (disk): this process samples its shard only. Raises :class:`DatasetError` naming the
+    file and key for every contract violation.
     """
     if storage not in STORAGES:
         raise ValueError(f"data.storage={storage!r}; expected one of {STORAGES}")
@@ -189,6 +196,8 @@ def load_offline_dataset(
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
                            f"{spec.num_tasks} (set obs.num_tasks, or the target's task_id)")
+    if action_units != FILE_UNITS:
+        trans.actions = reexpress(trans.actions, of_env_args(info.env_args), action_units, str(info.path))
     rewards, dones = trans.rewards, trans.dones
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
     if rewards_needed and unrewarded_successes(rewards, trans.ep_meta):

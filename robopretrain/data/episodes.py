@@ -22,8 +22,9 @@ What is carried over exactly:
 * **Actions** must lie in ``[-1, 1]`` for the toolkit's tanh policies. With ``actions="auto"`` (the default) a
   source whose actions leave that range is rescaled per dimension to ``[-1, 1]`` by its min/max over the whole
   dataset, ``a' = 2 (a - low) / (high - low) - 1`` (a constant dimension becomes 0), and ``low``/``high`` are
-  stored in ``env_args["action_normalization"]`` so a deployment can map ``a = low + (a' + 1) (high - low) / 2``
-  back; ``actions="keep"`` writes them unchanged (the reader then refuses values outside ``[-1, 1]``).
+  stored in ``env_args["action_normalization"]``; an agent trained on the file records them and every env it acts
+  in maps its actions back, ``a = low + (a' + 1) (high - low) / 2`` (:mod:`robopretrain.envs.action_units`); other
+  files are re-expressed in the agent's units when it trains on them; ``actions="keep"`` writes them unchanged (the reader then refuses values outside ``[-1, 1]``).
 
 Episodes with fewer than 2 steps are skipped (the contract needs 2; each skip is counted and logged).
 """
@@ -39,6 +40,9 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from robopretrain.envs.action_units import ENV_ARGS_KEY as ACTION_UNITS_KEY
+from robopretrain.envs.action_units import ActionNormalization
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +211,9 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                                         "env_kwargs": {}, **dict(extra_env_args or {})}
             outside = bool(np.any(low < -1.0 - 1e-6) or np.any(high > 1.0 + 1e-6))
             if outside and actions == "auto":
-                _rescale_actions(data, written, low, high)
-                env_args["action_normalization"] = {
-                    "low": low.tolist(), "high": high.tolist(),
-                    "formula": "a_file = 2 * (a - low) / (high - low) - 1 (0 where high == low)"}
+                units = ActionNormalization(tuple(low.tolist()), tuple(high.tolist()))
+                _rescale_actions(data, written, units)
+                env_args[ACTION_UNITS_KEY] = units.to_dict()
                 log.warning("%s: actions outside [-1, 1] (min %s, max %s) rescaled per dimension to [-1, 1]; "
                             "low/high are in env_args['action_normalization']", source,
                             np.round(low, 4).tolist(), np.round(high, 4).tolist())
@@ -231,13 +234,10 @@ def _describe(shapes: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> str:
     return ", ".join(f"{k} {tuple(s)} {np.dtype(d).name}" for k, (s, d) in shapes.items())
 
 
-def _rescale_actions(data: h5py.Group, n: int, low: np.ndarray, high: np.ndarray) -> None:
-    span = high - low
-    safe = np.where(span > 0, span, 1.0)
+def _rescale_actions(data: h5py.Group, n: int, units: ActionNormalization) -> None:
     for i in range(n):
         ds = data[f"demo_{i}/actions"]
-        a = ds[()]
-        ds[...] = np.where(span > 0, 2.0 * (a - low) / safe - 1.0, 0.0).clip(-1.0, 1.0).astype(np.float32)
+        ds[...] = units.to_agent(ds[()]).clip(-1.0, 1.0)
 
 
 def split_by_ends(ends: np.ndarray) -> list[tuple[int, int]]:

@@ -16,7 +16,12 @@ A :class:`Target` is a task of a *family*:
 * ``info["success"]`` every step, read from ``info[success_key]``;
 * reward ``float(success)`` when ``reward: sparse`` (the default: the data contract's sparse success reward), or
   the env's own reward when the target declares ``reward: dense`` (then Cal-QL's sparse all-failure rule is off);
-* termination on success when ``terminate_on_success``; truncation at ``max_episode_steps`` (a ``TimeLimit``).
+* termination on success when ``terminate_on_success``; truncation at ``max_episode_steps`` (a ``TimeLimit``);
+* actions in the agent's units: with ``action_normalization`` (``{"low": [...], "high": [...]}``, what a converted
+  dataset records when it rescaled its actions, see :mod:`robopretrain.envs.action_units`) the env takes actions in
+  ``[-1, 1]`` and maps them to its own units, ``a = low + (a' + 1) (high - low) / 2``, before each step.
+  :func:`robopretrain.evaluation.agent_target` sets it from the agent, so an agent trained on rescaled data acts
+  in the env's units without the user doing anything.
 
 The module imports neither torch nor the simulators at import time, so ``functools.partial(make_env, ...)`` is a
 cheap picklable factory for spawned worker processes.
@@ -31,6 +36,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from robopretrain.envs.action_units import ActionNormalization
 
 SIM_ENVS, METAWORLD, GYM = "sim_envs", "metaworld", "gym"
 FAMILIES = (SIM_ENVS, METAWORLD, GYM)
@@ -51,12 +58,13 @@ class Target:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     obs_map: dict[str, str] = field(default_factory=dict)  # our part name -> the env's (and its demo file's) key
     task_id: int | None = None  # slot in the task one-hot; None: the family's own id (sim_envs, metaworld)
-    demos: str | None = None  # robomimic HDF5 of this target's demonstrations
+    demos: str | None = None  # this target's demonstrations: robomimic HDF5, or another format (converted on use)
     max_episode_steps: int | None = None  # TimeLimit (None: the env's own)
     reward: str = "sparse"  # sparse: float(success) | dense: the env's own reward
     success_key: str = "success"  # the info key that says the task is done
     terminate_on_success: bool = True
     flip_images: bool = False  # the env's images are upside down
+    action_normalization: dict[str, Any] | None = None  # {low, high}: the env's units of the agent's [-1, 1] actions
 
     def __post_init__(self) -> None:
         if self.family is None:
@@ -75,6 +83,17 @@ class Target:
                                  "family/env_id for another env")
         self.env_kwargs = dict(self.env_kwargs or {})
         self.obs_map = {str(k): str(v) for k, v in dict(self.obs_map or {}).items()}
+        if self.action_normalization is not None:
+            try:
+                units = ActionNormalization.from_mapping(_plain(self.action_normalization))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"target {self.name!r}: {exc}") from None
+            self.action_normalization = {"low": list(units.low), "high": list(units.high)}
+
+    @property
+    def action_units(self) -> ActionNormalization | None:
+        """The map between the agent's ``[-1, 1]`` actions and the env's (None: the env takes them as they are)."""
+        return ActionNormalization.from_mapping(self.action_normalization)
 
     @property
     def randomizable(self) -> bool:
@@ -182,7 +201,8 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         if target.max_episode_steps:
             kwargs["max_episode_steps"] = int(target.max_episode_steps)
         env = gym.make(sim_envs.env_id(target.name), **kwargs)
-        return env if target.task_id is None and not target.obs_map else TargetEnv(env, target, cameras)
+        wrapped = env if target.task_id is None and not target.obs_map else TargetEnv(env, target, cameras)
+        return _in_agent_units(wrapped, target)
     if target.family == METAWORLD:
         # the target's reward, termination and time limit are the adapter's own settings (a TimeLimit outside it
         # could not lift its 500-step default, and its sparse reward would stand in for a dense target's)
@@ -198,11 +218,33 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         if image_size:
             kwargs["image_size"] = int(image_size)
         env = _construct(METAWORLD_ENTRY, kwargs)
-        return TargetEnv(env, target, cameras)
+        return _in_agent_units(TargetEnv(env, target, cameras), target)
     env = _construct(str(target.env_id), target.env_kwargs)
     if target.max_episode_steps:
         env = gym.wrappers.TimeLimit(env, int(target.max_episode_steps))
-    return TargetEnv(env, target, cameras)
+    return _in_agent_units(TargetEnv(env, target, cameras), target)
+
+
+class AgentActionUnits(gym.ActionWrapper):
+    """Takes actions in ``[-1, 1]`` and gives the env ``units.to_env(action)`` (the target's ``action_normalization``;
+    module docstring)."""
+
+    def __init__(self, env: gym.Env, units: ActionNormalization, where: str) -> None:
+        super().__init__(env)
+        shape = tuple(env.action_space.shape or ())
+        if shape != (units.dim,):
+            raise ValueError(f"{where}: action_normalization has {units.dim} dims, the env takes actions of shape "
+                             f"{shape}")
+        self.units = units
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (units.dim,), np.float32)
+
+    def action(self, action: Any) -> np.ndarray:
+        return self.units.to_env(np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0))
+
+
+def _in_agent_units(env: gym.Env, target: Target) -> gym.Env:
+    units = target.action_units
+    return env if units is None else AgentActionUnits(env, units, f"target {target.name!r}")
 
 
 class TargetEnv(gym.Wrapper):
@@ -285,5 +327,5 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
     return functools.partial(make_env, target, tuple(cameras), image_size, _plain(randomization))
 
 
-__all__ = ["FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target", "TargetEnv", "as_target", "env_factory",
-           "make_env", "target_of_data"]
+__all__ = ["AgentActionUnits", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target", "TargetEnv",
+           "as_target", "env_factory", "make_env", "target_of_data"]

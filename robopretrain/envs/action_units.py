@@ -1,0 +1,134 @@
+"""The units of an agent's actions: the env's own, or rescaled per dimension to ``[-1, 1]``.
+
+The toolkit's policies act in ``[-1, 1]`` (tanh). A converted dataset whose source actions leave that range is
+rescaled per dimension by its min/max (:func:`robopretrain.data.episodes.write_robomimic`) and says so in
+``env_args["action_normalization"] = {"low": [...], "high": [...]}``. An agent trained on such data acts in the
+rescaled units (the agent records them in its checkpoint), so every env it acts in maps them back
+(:class:`robopretrain.envs.target.AgentActionUnits`, from the target's ``action_normalization``, which
+:func:`robopretrain.evaluation.agent_target` sets from the agent), and every dataset it trains on is re-expressed in
+its units when loaded (:func:`reexpress`: stage 2's mixed-in data, stage 3's target demos).
+
+The two maps, per dimension ``i`` (``high_i == low_i`` is a constant dimension: the file holds 0, the env gets
+``low_i``)::
+
+    to the file / agent:  a'_i = 2 (a_i - low_i) / (high_i - low_i) - 1
+    to the env:           a_i  = low_i + (a'_i + 1) (high_i - low_i) / 2
+
+Torch-free (imported by env factories in spawned workers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENV_ARGS_KEY = "action_normalization"
+FORMULA = "a_file = 2 * (a - low) / (high - low) - 1 (0 where high == low)"
+
+
+@dataclass(frozen=True)
+class ActionNormalization:
+    """Per-dimension bounds ``low``, ``high`` (env units) of the map between env actions and ``[-1, 1]``.
+
+    Raises ``ValueError`` when the two differ in length, are empty, are not finite, or ``high < low`` anywhere.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        low, high = np.asarray(self.low, dtype=np.float64), np.asarray(self.high, dtype=np.float64)
+        if low.ndim != 1 or low.shape != high.shape or low.size == 0:
+            raise ValueError(f"action_normalization: low and high must be equal-length lists, got {len(self.low)} "
+                             f"and {len(self.high)} values")
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise ValueError("action_normalization: low and high must be finite")
+        if np.any(high < low):
+            raise ValueError(f"action_normalization: high < low in dimension(s) {np.flatnonzero(high < low).tolist()}")
+        object.__setattr__(self, "low", tuple(float(v) for v in low))
+        object.__setattr__(self, "high", tuple(float(v) for v in high))
+
+    @property
+    def dim(self) -> int:
+        return len(self.low)
+
+    def to_env(self, action: np.ndarray) -> np.ndarray:
+        """``(..., dim)`` actions in ``[-1, 1]`` -> env units (float32)."""
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        return (low + (np.asarray(action, dtype=np.float64) + 1.0) * (high - low) / 2.0).astype(np.float32)
+
+    def to_agent(self, action: np.ndarray) -> np.ndarray:
+        """``(..., dim)`` env actions -> ``[-1, 1]`` (0 in constant dimensions; float32)."""
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        span = high - low
+        scaled = 2.0 * (np.asarray(action, dtype=np.float64) - low) / np.where(span > 0, span, 1.0) - 1.0
+        return np.where(span > 0, scaled, 0.0).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``env_args`` / checkpoint form: ``{"low": [...], "high": [...], "formula": ...}``."""
+        return {"low": list(self.low), "high": list(self.high), "formula": FORMULA}
+
+    @classmethod
+    def from_mapping(cls, value: Mapping[str, Any] | ActionNormalization | None) -> ActionNormalization | None:
+        """None for None; a mapping with ``low`` and ``high`` (other keys ignored) as an ActionNormalization."""
+        if value is None or isinstance(value, ActionNormalization):
+            return value
+        if not isinstance(value, Mapping) or "low" not in value or "high" not in value:
+            raise ValueError(f"action_normalization must be a mapping with low and high lists, got {value!r}")
+        return cls(tuple(value["low"]), tuple(value["high"]))
+
+    def same(self, other: ActionNormalization | None) -> bool:
+        """Equal bounds (to float32 precision)."""
+        return other is not None and other.dim == self.dim and bool(
+            np.allclose(self.low, other.low, rtol=1e-6, atol=1e-6)
+            and np.allclose(self.high, other.high, rtol=1e-6, atol=1e-6))
+
+
+def of_env_args(env_args: Mapping[str, Any]) -> ActionNormalization | None:
+    """The normalization a data file's ``env_args`` record (None: its actions are in the env's units)."""
+    return ActionNormalization.from_mapping(env_args.get(ENV_ARGS_KEY))
+
+
+def same_units(first: ActionNormalization | None, second: ActionNormalization | None) -> bool:
+    """Whether actions in ``first`` and in ``second`` mean the same env actions (both None, or equal bounds)."""
+    return (first is None and second is None) or (first is not None and first.same(second))
+
+
+def describe(norm: ActionNormalization | None) -> str:
+    return "env units (no normalization)" if norm is None else f"[-1, 1] from low={list(norm.low)}, high={list(norm.high)}"
+
+
+def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent_units: ActionNormalization | None,
+              where: str) -> np.ndarray:
+    """``(N, dim)`` actions of a file in ``file_units`` re-expressed in the agent's ``agent_units`` (float32).
+
+    Through env units: ``a_env = file.to_env(a)`` (or ``a`` itself when the file has no normalization), then
+    ``agent.to_agent(a_env)``. Unchanged when both are the same. Values the agent's ``[-1, 1]`` cannot hold (the file
+    covers a wider range than the data that fixed the agent's units) are clipped to ``[-1, 1]``, with a warning that
+    gives the clipped fraction. Raises ``ValueError`` when a normalization's size is not the actions'.
+    """
+    actions = np.asarray(actions, dtype=np.float32)
+    for units, whose in ((file_units, where), (agent_units, "the agent")):
+        if units is not None and actions.ndim == 2 and units.dim != actions.shape[1]:
+            raise ValueError(f"{whose}: action_normalization has {units.dim} dims, the actions {actions.shape[1]}")
+    if same_units(file_units, agent_units):
+        return actions
+    env = actions if file_units is None else file_units.to_env(actions)
+    out = env if agent_units is None else agent_units.to_agent(env)
+    outside = np.abs(out) > 1.0 + 1e-5
+    if outside.any():
+        log.warning("%s: %.2f%% of the action values lie outside the agent's [-1, 1] once re-expressed in its units "
+                    "(%s; the file's: %s) and are clipped", where, 100.0 * outside.mean(), describe(agent_units),
+                    describe(file_units))
+    log.info("%s: actions re-expressed from %s to the agent's %s", where, describe(file_units),
+                 describe(agent_units))
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+__all__ = ["ENV_ARGS_KEY", "FORMULA", "ActionNormalization", "describe", "of_env_args", "reexpress", "same_units"]

@@ -1,0 +1,183 @@
+"""Action units: an agent trained on a converted file whose actions were rescaled to [-1, 1] acts in the env's units
+(the env maps them back), other files are re-expressed in the agent's units, and the units travel in checkpoints.
+
+The end-to-end test is a robot whose actions live in [0, 8] (``_fake_envs.UnitsReachEnv``): BC on its converted
+expert demos reaches the expert's success only when every env it acts in maps its actions back."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _fake_envs as fake
+from _stages import stage2_config, stage3_config
+from finetune.train import run as finetune
+from robopretrain.agent import Agent
+from robopretrain.checkpoint import CheckpointError, check_agent_fits, load_agent, load_latest
+from robopretrain.data.convert import convert
+from robopretrain.data.dataset import RewardSettings, load_offline_dataset
+from robopretrain.data.spec import ObsSpec
+from robopretrain.envs.action_units import ActionNormalization, reexpress
+from robopretrain.envs.target import Target, make_env
+from robopretrain.evaluation import agent_env, agent_env_factory, agent_target
+from robopretrain.metrics import read_jsonl
+from robopretrain.train import run as stage2
+
+UNITS = ActionNormalization((0.0, -2.0, 1.0), (8.0, 2.0, 1.0))  # the last dimension constant
+TARGET = {"name": "units_reach", "env_id": "_fake_envs:UnitsReachEnv", "task_id": 0, "max_episode_steps": 40,
+          "obs_map": {"observations": "observation"}}
+
+
+def test_the_two_maps_by_hand() -> None:
+    np.testing.assert_allclose(UNITS.to_env(np.array([-1.0, 0.0, 0.3])), [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(UNITS.to_env(np.array([[1.0, 0.5, -1.0]])), [[8.0, 1.0, 1.0]])
+    np.testing.assert_allclose(UNITS.to_agent(np.array([2.0, 1.0, 1.0])), [-0.5, 0.5, 0.0])  # constant dim -> 0
+    a = np.random.default_rng(0).uniform(-1, 1, (5, 3))
+    a[:, 2] = 0.0
+    np.testing.assert_allclose(UNITS.to_agent(UNITS.to_env(a)), a, atol=1e-6)
+    for low, high in (((0.0,), (1.0, 2.0)), ((1.0,), (0.0,)), ((), ()), ((np.nan,), (1.0,))):
+        with pytest.raises(ValueError):
+            ActionNormalization(low, high)
+    assert ActionNormalization.from_mapping(UNITS.to_dict()) == UNITS and ActionNormalization.from_mapping(None) is None
+
+
+def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(caplog) -> None:
+    other = ActionNormalization((2.0, -1.0, 1.0), (6.0, 1.0, 1.0))
+    file_actions = np.array([[-1.0, 1.0, 0.0], [1.0, -1.0, 0.0]], np.float32)  # env: (2, 1, 1), (6, -1, 1)
+    np.testing.assert_allclose(reexpress(file_actions, other, UNITS, "f"), [[-0.5, 0.5, 0.0], [0.5, -0.5, 0.0]])
+    env_units = np.array([[4.0, 0.0, 1.0]], np.float32)  # a file in env units (no normalization) into the agent's
+    np.testing.assert_allclose(reexpress(env_units, None, UNITS, "f"), [[0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(reexpress(file_actions, UNITS, None, "f"), np.clip(UNITS.to_env(file_actions), -1, 1))
+    same = reexpress(file_actions, UNITS, ActionNormalization(UNITS.low, UNITS.high), "f")
+    np.testing.assert_array_equal(same, file_actions)
+    with caplog.at_level(logging.WARNING):
+        out = reexpress(np.array([[10.0, 0.0, 1.0]], np.float32), None, UNITS, "wide.hdf5")
+    assert out[0, 0] == 1.0 and "wide.hdf5" in caplog.text and "33.33%" in caplog.text
+    with pytest.raises(ValueError, match="3 dims, the actions 2"):
+        reexpress(np.zeros((1, 2), np.float32), None, UNITS, "f")
+
+
+def test_the_env_takes_actions_in_the_agents_units() -> None:
+    """make_env maps [-1, 1] to the target's action_normalization, for any family; a wrong size is refused."""
+    fake.UnitsReachEnv.received.clear()
+    units = {"low": [0.0, 0.0], "high": [8.0, 8.0]}
+    env = make_env(Target(**TARGET, action_normalization=units))
+    env.reset(seed=3)
+    env.step(np.array([-1.0, 0.5], np.float32))
+    env.step(np.array([2.0, 0.0], np.float32))  # outside [-1, 1]: clipped first
+    assert env.action_space.low.tolist() == [-1.0, -1.0] and env.action_space.high.tolist() == [1.0, 1.0]
+    np.testing.assert_allclose([a for _, a in fake.UnitsReachEnv.received], [[0.0, 6.0], [8.0, 4.0]])
+    with pytest.raises(ValueError, match="3 dims"):
+        make_env(Target(**TARGET, action_normalization=UNITS.to_dict()))
+    with pytest.raises(ValueError, match="high < low"):
+        Target(**TARGET, action_normalization={"low": [1.0, 1.0], "high": [0.0, 2.0]})
+    sim = make_env(Target("Reach", action_normalization={"low": [-2.0] * 4, "high": [2.0] * 4}))
+    assert sim.action_space.high.tolist() == [1.0] * 4  # a sim_envs target is wrapped too
+
+
+def _agent(units: ActionNormalization | None) -> Agent:
+    agent = Agent(ObsSpec(low_dim=(("observations", 4),)), 2, "bc", {"actor_hidden": [8]})
+    agent.action_normalization = units
+    return agent
+
+
+def test_agent_target_uses_the_agents_units_and_refuses_a_conflict() -> None:
+    units = ActionNormalization((0.0, 0.0), (8.0, 8.0))
+    plain = Target(**TARGET)
+    assert agent_target(_agent(None), plain) is plain
+    assert agent_target(_agent(units), plain).action_units == units
+    declared = Target(**TARGET, action_normalization={"low": [1.0, 1.0], "high": [2.0, 2.0]})
+    assert agent_target(_agent(None), declared) is declared  # data rescaled outside the toolkit: the user says
+    with pytest.raises(ValueError, match="differs from the agent's"):
+        agent_target(_agent(units), declared)
+    fake.UnitsReachEnv.received.clear()
+    for env in (agent_env(_agent(units), plain), agent_env_factory(_agent(units), plain)()):
+        env.reset(seed=0)
+        env.step(np.array([0.0, 1.0], np.float32))
+    np.testing.assert_allclose([a for _, a in fake.UnitsReachEnv.received], [[4.0, 8.0]] * 2)
+
+
+def test_the_units_travel_in_the_checkpoint_and_a_resume_with_others_is_refused() -> None:
+    units = ActionNormalization((0.0, 0.0), (8.0, 8.0))
+    agent = _agent(units)
+    rebuilt = Agent.from_description(agent.describe())
+    assert rebuilt.action_normalization == units
+    assert Agent.from_description({**agent.describe(), "action_normalization": None}).action_normalization is None
+    check_agent_fits(agent.describe(), rebuilt)
+    with pytest.raises(CheckpointError, match="action units"):
+        check_agent_fits(agent.describe(), _agent(None))
+    with pytest.raises(CheckpointError, match="action units"):
+        check_agent_fits(_agent(ActionNormalization((0.0, 0.0), (4.0, 8.0))).describe(), rebuilt)
+
+
+def test_the_loader_re_expresses_a_files_actions_in_the_agents_units(tmp_path) -> None:
+    data = convert(fake.write_units_d4rl(tmp_path / "u.hdf5", episodes=4), tmp_path / "u_conv.hdf5")
+    spec = ObsSpec(low_dim=(("observations", 4),))
+    as_file = load_offline_dataset(data, spec, RewardSettings()).arrays()["actions"]
+    assert as_file.min() == -1.0 and as_file.max() == 1.0  # the converted file's [-1, 1]
+    agent_units = ActionNormalization((-4.0, 0.0), (12.0, 8.0))
+    mine = load_offline_dataset(data, spec, RewardSettings(), action_units=agent_units).arrays()["actions"]
+    np.testing.assert_allclose(mine, agent_units.to_agent((as_file + 1.0) * 4.0), atol=1e-6)
+    raw = load_offline_dataset(data, spec, RewardSettings(), action_units=None).arrays()["actions"]
+    np.testing.assert_allclose(raw, np.clip((as_file + 1.0) * 4.0, -1.0, 1.0), atol=1e-6)  # env units, clipped
+
+
+@pytest.fixture(scope="module")
+def units_bc(tmp_path_factory) -> tuple[Path, Path]:
+    """Stage 2 BC (800 updates) on 30 converted expert episodes of UnitsReachEnv, evaluated there over 20 episodes."""
+    tmp = tmp_path_factory.mktemp("units")
+    src = fake.write_units_d4rl(tmp / "expert.hdf5", episodes=30)
+    cfg = stage2_config(src, tmp / "s2", algo="bc", steps=800, width=64, obs={"low_dim": ["observations"]},
+                        data_cfg={"cache_dir": str(tmp / "cache")}, algo_cfg={"batch_size": 64},
+                        train={"eval_targets": [TARGET], "eval_episodes": 20, "eval_every": 800, "log_every": 400})
+    return src, Path(stage2(cfg))
+
+
+def test_bc_on_rescaled_demos_reaches_the_experts_success_in_the_robots_units(units_bc) -> None:
+    """The converted file holds [0, 8] actions as [-1, 1]; the agent records the bounds and stage 2's evaluation env
+    maps its actions back. Without that the robot drifts toward (0, 0) units (velocity -0.2 .. -0.1) and fails."""
+    _, ckpt = units_bc
+    agent, saved = load_agent(ckpt)
+    assert saved.meta["action_normalization"]["low"] == [0.0, 0.0]
+    assert saved.meta["action_normalization"]["high"] == [8.0, 8.0]
+    evals = [r for r in read_jsonl(Path(ckpt).parents[1] / "metrics.jsonl") if "eval/success" in r]
+    assert evals[-1]["eval/success"] >= 0.9, evals[-1]
+
+
+def test_stage3_acts_and_stores_in_the_agents_units(units_bc, tmp_path, monkeypatch) -> None:
+    """Fine-tuning from a checkpoint of a units agent (CQL, 4 updates): the online env receives env-unit actions, the replay buffer keeps the
+    agent's [-1, 1] ones, and target demos converted with other bounds are re-expressed in the agent's units."""
+    import h5py
+
+    from robopretrain import build
+
+    src, _ = units_bc
+    ckpt = stage2(stage2_config(src, tmp_path / "s2", algo="cql", steps=4, obs={"low_dim": ["observations"]},
+                                data_cfg={"cache_dir": str(tmp_path / "cache")}))
+    narrow = tmp_path / "narrow.hdf5"  # the same demos with actions squeezed into [2, 6]: other bounds when converted
+    with h5py.File(src, "r") as f, h5py.File(narrow, "w") as g:
+        for k in ("observations", "rewards", "terminals", "timeouts", "infos/success"):
+            g[k] = f[k][()]
+        g["actions"] = 4.0 + 0.5 * (f["actions"][()] - 4.0)
+    loaded = []
+    real_load = build.load_data
+
+    def load_data(*args, **kwargs):
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(build, "load_data", load_data)
+    fake.UnitsReachEnv.received.clear()
+    out = tmp_path / "s3"
+    finetune(stage3_config(ckpt, out, {**TARGET, "demos": str(narrow)}, algo="calql", env_steps=48,
+                           data_cfg={"cache_dir": str(tmp_path / "cache")}))
+    online = np.array([a for seed, a in fake.UnitsReachEnv.received if seed < 1_000_000])  # training episodes
+    assert len(online) == 48 and online.min() >= 0.0 and online.max() <= 8.0 and np.abs(online).max() > 1.0
+    stored = np.asarray(load_latest(out / "checkpoints").state["sampler"]["online"]["data"]["actions"])
+    assert len(stored) == 40  # the one finished episode (episodes are stored whole)
+    np.testing.assert_allclose((stored + 1.0) * 4.0, online[:40], atol=1e-5)  # stored in the agent's units
+    (offline,) = loaded
+    actions = np.asarray(offline.arrays()["actions"])
+    assert np.abs(actions).max() == pytest.approx(0.5, abs=1e-5)  # [2, 6] in the agent's [0, 8] units: [-0.5, 0.5]
