@@ -87,18 +87,20 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                                "test_from_transitions_builds_what_the_file_loader_builds_and_warns_"
                                                "on_unrewarded_successes"]),
     "dataset": ("robopretrain/data/dataset.py", ["tests/test_dataset.py", "tests/test_stage2_data_wiring.py",
-                                                 "tests/test_wiring.py", "tests/test_disk_dataset.py"]),
+                                                 "tests/test_wiring.py", "tests/test_disk_dataset.py",
+                                                 "tests/test_action_units.py"]),
     "icvf": ("video_pretrain/objectives/icvf.py", ["tests/test_objectives.py"]),
     "vip": ("video_pretrain/objectives/vip.py", ["tests/test_objectives.py"]),
     "tcn": ("video_pretrain/objectives/tcn.py", ["tests/test_objectives.py"]),
     "sampling": ("video_pretrain/sampling.py", ["tests/test_sampling.py", "tests/test_inputs_video.py::"
                                                 "test_clips_too_short_for_the_objective_are_named_or_skipped_and_counted"]),
     "evaluation": ("robopretrain/evaluation.py", ["tests/test_evaluation.py", "tests/test_wiring.py",
-                                                 "tests/test_evaluate.py"]),
+                                                 "tests/test_evaluate.py", "tests/test_action_units.py"]),
     "offline_loop": ("robopretrain/loops/offline.py", ["tests/test_train_offline.py", "tests/test_wiring.py",
                                                        "tests/test_compile.py", "tests/test_cuda_graph.py::"
                                                        "test_stage_loops_read_the_option_and_refuse_it_on_cpu"]),
-    "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py", "tests/test_transfer.py"]),
+    "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py", "tests/test_transfer.py",
+                                           "tests/test_action_units.py"]),
     "por": ("robopretrain/algos/por.py", ["tests/test_por.py", "tests/test_configs.py", *LEARNER_TESTS]),
     "dt": ("robopretrain/algos/dt.py", ["tests/test_dt.py", "tests/test_configs.py"]),
     "reward_model": ("robopretrain/reward_model.py", ["tests/test_reward_model.py"]),
@@ -113,7 +115,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "spec": ("robopretrain/data/spec.py", ["tests/test_agent.py", "tests/test_checkpoint.py"]),  # any robot's obs spec
     "agent": ("robopretrain/agent.py", ["tests/test_agent.py", "tests/test_checkpoint.py", "tests/test_network_keys.py",
                                          "tests/test_wiring.py", "tests/test_frozen_features.py", "tests/test_dt.py",
-                                         "tests/test_evaluate.py"]),  # encoders, networks and learner behind one API
+                                         "tests/test_evaluate.py", "tests/test_action_units.py"]),  # one API: encoders,
+    # networks and learner
+    "action_units": ("robopretrain/envs/action_units.py", ["tests/test_action_units.py"]),  # the robot's action units
     "gap": ("finetune/transfer/gap.py", ["tests/test_transfer.py"]),  # the sim-to-"real" gap every transfer tool reads
     "randomization": ("sim_envs/randomization.py", ["tests/test_randomization.py", "tests/test_sim_envs.py",
                                                      "tests/test_transfer.py"]),  # physics and visual shifts
