@@ -20,8 +20,9 @@ def obs_rows(n: int, d: int, start: int) -> np.ndarray:
 
 
 def write_d4rl(path: Path, lengths=(4, 5, 3), ends=("terminal", "timeout", None), next_obs: bool = False,
-               success: bool = False) -> Path:
-    """Episodes laid end to end; episode ``e`` ends with ``ends[e]`` (None: the file just stops)."""
+               success: bool = False, success_key: str = "success") -> Path:
+    """Episodes laid end to end; episode ``e`` ends with ``ends[e]`` (None: the file just stops); with ``success``
+    the first episode succeeds on its last row (``infos/<success_key>``)."""
     n = sum(lengths)
     term, tout = np.zeros(n, bool), np.zeros(n, bool)
     pos = 0
@@ -43,7 +44,7 @@ def write_d4rl(path: Path, lengths=(4, 5, 3), ends=("terminal", "timeout", None)
         if success:
             s = np.zeros(n, bool)
             s[lengths[0] - 1] = True
-            f["infos/success"] = s
+            f[f"infos/{success_key}"] = s
     return path
 
 
@@ -66,9 +67,10 @@ def write_ogbench(path: Path, trajectories: int = 2, length: int = 5, masks: boo
     return path
 
 
-def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_id: str = "test/reach-v0") -> Path:
-    """A Minari dataset with Dict observations (``observation`` 3-D, ``desired_goal`` 2-D) written by minari;
-    returns the dataset folder ``root/<dataset_id>``."""
+def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_id: str = "test/reach-v0",
+                 success_key: str = "success") -> Path:
+    """A Minari dataset with Dict observations (``observation`` 3-D, ``desired_goal`` 2-D) written by minari, success
+    logged as ``infos[success_key]`` on the terminal step; returns the dataset folder ``root/<dataset_id>``."""
     import gymnasium as gym
     import minari
     from minari.data_collector import EpisodeBuffer
@@ -82,7 +84,7 @@ def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_i
         obs = {"observation": obs_rows(n + 1, 3, 100 * e), "desired_goal": np.full((n + 1, 2), e, np.float32)}
         buffers.append(EpisodeBuffer(id=e, observations=obs, actions=np.full((n, 2), 0.5, np.float32),
                                      rewards=np.arange(n, dtype=np.float64) + 10 * e, terminations=t, truncations=tr,
-                                     infos={"success": np.r_[np.zeros(n, bool), term]}))
+                                     infos={success_key: np.r_[np.zeros(n, bool), term]}))
     import warnings
 
     before = os.environ.get("MINARI_DATASETS_PATH")

@@ -66,6 +66,8 @@ def test_d4rl_next_observations_and_success_from_the_file(tmp_path):
     assert [len(x["actions"]) for x in d] == [4, 5, 3]  # every row kept: the file has the next observations
     np.testing.assert_array_equal(d[1]["next"]["observations"][:, 0], np.arange(4, 9) + 1000)
     assert [x["meta"]["success"] for x in d] == [True, False, False]
+    other = convert(F.write_d4rl(tmp_path / "g.hdf5", success=True, success_key="is_success"), tmp_path / "g2.hdf5")
+    assert [x["meta"]["success"] for x in demos(other)] == [True, False, False]  # gymnasium-robotics' key
 
 
 # --------------------------------------------------------------------------- OGBench
@@ -100,6 +102,8 @@ def test_minari_written_by_minari_round_trips(tmp_path):
     assert [x["dones"][-1] for x in d] == [1, 0]
     assert [(x["meta"]["truncated"], x["meta"]["success"]) for x in d] == [(False, True), (True, False)]
     assert d[0]["task"] == "test/reach-v0" and env_args(tmp_path / "m.hdf5")["env_name"] == "minari/test/reach-v0"
+    fetch = F.write_minari(tmp_path / "minari2", success_key="is_success", dataset_id="test/fetch-v0")
+    assert [x["meta"]["success"] for x in demos(convert(fetch, tmp_path / "f.hdf5"))] == [True, False]
 
 
 # --------------------------------------------------------------------------- LeRobot v3

@@ -47,6 +47,9 @@ from robopretrain.envs.action_units import ActionNormalization
 log = logging.getLogger(__name__)
 
 ACTION_MODES = ("auto", "keep")
+# info keys that record task success, in order of preference: ``success`` (D4RL, robosuite, our envs) and
+# ``is_success`` (gymnasium-robotics' Fetch / Shadow Hand, Stable-Baselines' HER convention)
+SUCCESS_INFO_KEYS = ("success", "is_success")
 
 
 class ConversionError(ValueError):
@@ -250,5 +253,5 @@ def split_by_ends(ends: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-__all__ = ["ACTION_MODES", "ConversionError", "Episode", "as_part", "flatten_obs", "is_image", "split_by_ends",
+__all__ = ["ACTION_MODES", "SUCCESS_INFO_KEYS", "ConversionError", "Episode", "as_part", "flatten_obs", "is_image", "split_by_ends",
            "to_uint8_hwc", "write_robomimic"]

@@ -4,7 +4,7 @@ The layout D4RL publishes (``d4rl.qlearning_dataset`` reads the same keys), one 
 end::
 
     observations (N, ...)   actions (N, A)   rewards (N,)   terminals (N,)   timeouts (N,) (optional)
-    next_observations (N, ...) (optional)    infos/<name> (N, ...) (optional; infos/success is used)
+    next_observations (N, ...) (optional)    infos/<name> (N, ...) (optional; infos/success or is_success is used)
 
 * An episode ends on a row with ``terminals`` or ``timeouts`` set (or at the end of the file).
 * ``terminals`` is the true-termination flag, carried as ``dones``; ``timeouts`` is a truncation.
@@ -12,7 +12,8 @@ end::
   row of an episode has none in the file: after a termination it is not needed (``dones = 1``: no bootstrap) and
   the row's own observation stands in; after a time-out (or at the end of the file) the row is dropped, as
   ``d4rl.qlearning_dataset`` drops it (``terminate_on_end=False``).
-* ``success`` (``ep_meta``): any ``infos/success`` of the episode when the file has that key, else not recorded.
+* ``success`` (``ep_meta``): any ``infos/success`` (else ``infos/is_success``) of the episode when the file has that
+  key, else not recorded.
 
 Observations keep the file's key ``observations`` (images become uint8 HWC, see :mod:`.episodes`).
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from robopretrain.data.episodes import ConversionError, Episode, split_by_ends
+from robopretrain.data.episodes import SUCCESS_INFO_KEYS, ConversionError, Episode, split_by_ends
 
 REQUIRED = ("observations", "actions", "rewards", "terminals")
 
@@ -51,7 +52,8 @@ def read_d4rl(path: str | os.PathLike) -> Iterator[Episode]:
             raise ConversionError(f"{p}: missing dataset(s) {missing} (D4RL layout: {', '.join(REQUIRED)}, "
                                   "optional timeouts, next_observations)")
         n = len(f["actions"])
-        for k in (*REQUIRED, "timeouts", "next_observations", "infos/success"):
+        success_key = next((f"infos/{k}" for k in SUCCESS_INFO_KEYS if f"infos/{k}" in f), None)
+        for k in (*REQUIRED, "timeouts", "next_observations", *([success_key] if success_key else [])):
             if k in f and len(f[k]) != n:
                 raise ConversionError(f"{p}: {k} has {len(f[k])} rows, expected {n} like actions")
         obs = f["observations"][()]
@@ -60,7 +62,7 @@ def read_d4rl(path: str | os.PathLike) -> Iterator[Episode]:
         rewards = f["rewards"][()].reshape(n).astype(np.float32)
         terminals = f["terminals"][()].reshape(n).astype(bool)
         timeouts = f["timeouts"][()].reshape(n).astype(bool) if "timeouts" in f else np.zeros(n, bool)
-        success = f["infos/success"][()].reshape(n).astype(bool) if "infos/success" in f else None
+        success = f[success_key][()].reshape(n).astype(bool) if success_key else None
     for i, (a, b) in enumerate(split_by_ends(terminals | timeouts)):
         terminated = bool(terminals[b - 1])
         if nxt is not None:

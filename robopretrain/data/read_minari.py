@@ -8,7 +8,8 @@ group of such arrays), ``actions``, ``rewards``, ``terminations``, ``truncations
 
 * ``obs[t] = observations[t]``, ``next_obs[t] = observations[t + 1]`` (exact, no row dropped).
 * ``dones = terminations`` per step; ``truncations`` on the last step marks a truncated episode.
-* ``success`` (``ep_meta``): any ``infos["success"]`` of the episode when the dataset logs it, else not recorded.
+* ``success`` (``ep_meta``): any ``infos["success"]`` (else ``infos["is_success"]``, gymnasium-robotics' key) of the
+  episode when the dataset logs it, else not recorded.
 * a Box observation keeps the name ``observations``; a Dict space gives one part per key (nested keys joined
   with ``.``, e.g. ``observation``, ``desired_goal``).
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from robopretrain.data.episodes import ConversionError, Episode, flatten_obs
+from robopretrain.data.episodes import SUCCESS_INFO_KEYS, ConversionError, Episode, flatten_obs
 
 METADATA = "metadata.json"
 
@@ -97,7 +98,8 @@ def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
                 raise ConversionError(f"{where}: observations {k!r} have fewer than {n + 1} rows (N + 1 expected)")
         term = np.asarray(ep.terminations).reshape(n).astype(bool)
         trunc = np.asarray(ep.truncations).reshape(n).astype(bool)
-        success = ep.infos.get("success") if isinstance(ep.infos, dict) else None
+        infos = ep.infos if isinstance(ep.infos, dict) else {}
+        success = next((infos[k] for k in SUCCESS_INFO_KEYS if k in infos), None)
         yield Episode(obs=obs, next_obs=nxt, actions=actions.reshape(n, -1), rewards=np.asarray(ep.rewards,
                       np.float32).reshape(n), terminations=term.astype(np.uint8),
                       truncated=bool(trunc[-1]) if n else False, task=task,
