@@ -391,8 +391,25 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
         if act_shape != (agent.act_dim,):
             raise ValueError(f"{where}: the env takes actions of shape {act_shape}, the agent gives "
                              f"({agent.act_dim},)")
+        warn_action_range(env.action_space, where)
     finally:
         env.close()
+
+
+def warn_action_range(space: Any, where: str) -> bool:
+    """Warn (and return True) when an env takes actions in a finite box other than ``[-1, 1]`` while the agent's
+    actions reach it unmapped: a tanh policy covers ``[-1, 1]`` only, so part of the robot's range is out of reach
+    or the units differ (data rescaled outside the toolkit: declare the target's ``action_normalization``)."""
+    low, high = (np.asarray(getattr(space, k, np.nan), dtype=np.float64) for k in ("low", "high"))
+    if low.shape != high.shape or not (np.isfinite(low).all() and np.isfinite(high).all()):
+        return False
+    if np.allclose(low, -1.0, atol=1e-6) and np.allclose(high, 1.0, atol=1e-6):
+        return False
+    log.warning("%s: the env takes actions from low %s to high %s; the agent's reach it unmapped, in [-1, 1] (its data recorded "
+                "no action normalization): part of the range is out of reach, or, if the data was rescaled outside "
+                "the toolkit, set the target's action_normalization {low, high}", where,
+                np.round(low, 4).tolist(), np.round(high, 4).tolist())
+    return True
 
 
 def env_fits_or_log(agent: Agent, target: Target, randomization: Any = "none") -> bool:
@@ -413,7 +430,8 @@ def target_config(node: Any) -> Target:
     return as_target(value)
 
 
-__all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec", "env_fits_or_log",
+__all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec",
+           "env_fits_or_log", "warn_action_range",
            "eval_targets", "converted", "load_data",
            "new_agent", "plain", "prepared", "randomization", "report_success_filter", "resolve_data_path",
            "reward_settings", "setup_torch", "success_filtered_bc",

@@ -99,6 +99,19 @@ def test_agent_target_uses_the_agents_units_and_refuses_a_conflict() -> None:
     np.testing.assert_allclose([a for _, a in fake.UnitsReachEnv.received], [[4.0, 8.0]] * 2)
 
 
+def test_an_env_whose_range_the_agent_cannot_reach_is_named_at_start(caplog) -> None:
+    from robopretrain.build import check_env_fits
+
+    with caplog.at_level(logging.WARNING):
+        check_env_fits(_agent(None), Target(**TARGET))  # [0, 8] actions, agent unmapped: warned
+    assert "units_reach" in caplog.text and "low [0.0, 0.0] to high [8.0, 8.0]" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_env_fits(_agent(ActionNormalization((0.0, 0.0), (8.0, 8.0))), Target(**TARGET))  # mapped: quiet
+        check_env_fits(Agent(ObsSpec(low_dim=(("proprio", 7), ("object", 18))), 4, "bc"), Target("Reach"))
+    assert "action_normalization" not in caplog.text
+
+
 def test_the_units_travel_in_the_checkpoint_and_a_resume_with_others_is_refused() -> None:
     units = ActionNormalization((0.0, 0.0), (8.0, 8.0))
     agent = _agent(units)
