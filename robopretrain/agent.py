@@ -59,6 +59,8 @@ statistics), so both modes give the policy the same input.
 from __future__ import annotations
 
 import copy
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,10 +75,13 @@ from robopretrain.algos.base import load_optimizer_state, make_adam, metrics_to_
 from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization
+from robopretrain.envs.action_units import describe as describe_units
 from robopretrain.nets.encoder_io import load_encoder
 from robopretrain.nets.encoders import make_encoder
 from robopretrain.nets.mlp import retain_freed_memory_once
 from robopretrain.nets.obs_encoder import PRECISIONS, ObsEncoder
+
+log = logging.getLogger(__name__)
 
 ENCODER_MODES = ("finetune", "frozen", "frozen_cached", "scratch")
 NO_CAMERA_MODE = "none"
@@ -561,8 +566,32 @@ class Agent:
         stats = None  # the buffers come with the weights
         agent = cls(spec, int(meta["act_dim"]), name, cfg, settings, stats=stats, device=device, seed=seed,
                     image_encoder=img)
-        agent.action_normalization = ActionNormalization.from_mapping(meta.get("action_normalization"))
+        agent.action_normalization = recorded_action_units(meta)
         return agent
+
+
+def recorded_action_units(meta: Mapping[str, Any]) -> ActionNormalization | None:
+    """The action units a checkpoint's ``meta`` records (None: the env's own). A checkpoint written before they were
+    recorded takes those of its data file (``meta["data_path"]``) when that file is readable, so a stage-2 agent
+    trained on rescaled actions acts in the robot's units and its run resumes; otherwise the env's own."""
+    if "action_normalization" in meta:
+        return ActionNormalization.from_mapping(meta["action_normalization"])
+    path = meta.get("data_path")
+    if not path or not os.path.isfile(str(path)):
+        return None
+    from robopretrain.data.dataset import file_action_units
+    from robopretrain.data.hdf5 import DatasetError, read_info
+
+    try:
+        units = file_action_units(read_info(str(path)))
+    except (DatasetError, OSError) as exc:
+        log.warning("checkpoint without recorded action units: its data file %s is unreadable (%s); the env's own "
+                    "units assumed", path, exc)
+        return None
+    if units is not None:
+        log.info("checkpoint without recorded action units: those of its data file %s (%s)", path,
+                 describe_units(units))
+    return units
 
 
 # keys of an algorithm config that fix network shapes: a rebuilt agent keeps the checkpoint's

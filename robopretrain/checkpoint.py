@@ -265,7 +265,7 @@ def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> No
     algorithm, action size, action units, encoder mode or observation spec (each difference named, with both
     values)."""
     from robopretrain.data.spec import ObsSpec, SpecMismatchError
-    from robopretrain.envs.action_units import ActionNormalization
+    from robopretrain.agent import recorded_action_units
     from robopretrain.envs.action_units import describe as describe_units
     from robopretrain.envs.action_units import same_units
 
@@ -279,7 +279,7 @@ def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> No
         needed = bool(mine["encoder_settings"].get("normalize_features", False))
         if theirs != needed:
             problems.append(f"encoder.normalize_features: checkpoint has {theirs}, this config needs {needed}")
-    theirs_units = ActionNormalization.from_mapping(meta.get("action_normalization"))
+    theirs_units = recorded_action_units(meta)
     mine_units = getattr(agent, "action_normalization", None)
     if not same_units(theirs_units, mine_units):
         problems.append(f"action units: checkpoint has {describe_units(theirs_units)}, this config's data "

@@ -47,10 +47,10 @@ from robopretrain.agent_parallel import average_gradients, broadcast_agent, gath
 from robopretrain.checkpoint import CheckpointError, check_agent_fits, load_agent, load_latest, save_agent
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_offline_config
+from robopretrain.data.dataset import file_action_units
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
-from robopretrain.envs.action_units import of_env_args
 from robopretrain.evaluation import calibration, evaluate
 from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume, train_offline
 
@@ -109,7 +109,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         spec = build.data_spec(cfg.obs, data_path, obs_map=obs_map, info=info)
     reward = build.reward_settings(cfg.algo)
     # the agent's action units: the init checkpoint's, else this data's (a converted file's rescaled actions)
-    action_units = agent.action_normalization if init is not None else of_env_args(info.env_args)
+    action_units = agent.action_normalization if init is not None else file_action_units(info)
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size,

@@ -5,9 +5,12 @@ The end-to-end test is a robot whose actions live in [0, 8] (``_fake_envs.UnitsR
 expert demos reaches the expert's success only when every env it acts in maps its actions back."""
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -18,6 +21,7 @@ from robopretrain.agent import Agent
 from robopretrain.checkpoint import CheckpointError, check_agent_fits, load_agent, load_latest
 from robopretrain.data.convert import convert
 from robopretrain.data.dataset import RewardSettings, load_offline_dataset
+from robopretrain.data.hdf5 import DatasetError
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization, reexpress
 from robopretrain.envs.target import Target, make_env
@@ -57,9 +61,17 @@ def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(c
     assert out[0, 0] == 1.0 and "wide.hdf5" in caplog.text and "33.33%" in caplog.text
     with pytest.raises(ValueError, match="3 dims, the actions 2"):
         reexpress(np.zeros((1, 2), np.float32), None, UNITS, "f")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the agent's constant last dimension (1) cannot hold this file's 0.5
+        out = reexpress(np.array([[4.0, 0.0, 1.0], [4.0, 0.0, 0.5]], np.float32), None, UNITS, "gripper.hdf5")
+    assert out[:, 2].tolist() == [0.0, 0.0] and "dimension(s) [2]" in caplog.text and "gripper.hdf5" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        reexpress(np.array([[4.0, 0.0, 1.0]], np.float32), None, UNITS, "f")
+    assert "dimension(s)" not in caplog.text
 
 
-def test_the_env_takes_actions_in_the_agents_units() -> None:
+def test_the_env_takes_actions_in_the_agents_units(caplog) -> None:
     """make_env maps [-1, 1] to the target's action_normalization, for any family; a wrong size is refused."""
     fake.UnitsReachEnv.received.clear()
     units = {"low": [0.0, 0.0], "high": [8.0, 8.0]}
@@ -73,8 +85,14 @@ def test_the_env_takes_actions_in_the_agents_units() -> None:
         make_env(Target(**TARGET, action_normalization=UNITS.to_dict()))
     with pytest.raises(ValueError, match="high < low"):
         Target(**TARGET, action_normalization={"low": [1.0, 1.0], "high": [0.0, 2.0]})
-    sim = make_env(Target("Reach", action_normalization={"low": [-2.0] * 4, "high": [2.0] * 4}))
+    with caplog.at_level(logging.WARNING):
+        sim = make_env(Target("Reach", action_normalization={"low": [-2.0] * 4, "high": [2.0] * 4}))
     assert sim.action_space.high.tolist() == [1.0] * 4  # a sim_envs target is wrapped too
+    assert "beyond the env's own action range in dimension(s) [0, 1, 2, 3]" in caplog.text  # [-2, 2] vs its [-1, 1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        make_env(Target(**TARGET, action_normalization=units))
+    assert "beyond" not in caplog.text
 
 
 def _agent(units: ActionNormalization | None) -> Agent:
@@ -135,6 +153,12 @@ def test_the_loader_re_expresses_a_files_actions_in_the_agents_units(tmp_path) -
     np.testing.assert_allclose(mine, agent_units.to_agent((as_file + 1.0) * 4.0), atol=1e-6)
     raw = load_offline_dataset(data, spec, RewardSettings(), action_units=None).arrays()["actions"]
     np.testing.assert_allclose(raw, np.clip((as_file + 1.0) * 4.0, -1.0, 1.0), atol=1e-6)  # env units, clipped
+    for bad in ({"low": 1.0, "high": 2.0}, {"low": [0.0], "high": [8.0]}):  # malformed; another size
+        with h5py.File(data, "r+") as f:
+            env_args = {**json.loads(f["data"].attrs["env_args"]), "action_normalization": bad}
+            f["data"].attrs["env_args"] = json.dumps(env_args)
+        with pytest.raises(DatasetError, match="u_conv.hdf5: env_args"):
+            load_offline_dataset(data, spec, RewardSettings(), action_units=agent_units)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +181,22 @@ def test_bc_on_rescaled_demos_reaches_the_experts_success_in_the_robots_units(un
     assert saved.meta["action_normalization"]["high"] == [8.0, 8.0]
     evals = [r for r in read_jsonl(Path(ckpt).parents[1] / "metrics.jsonl") if "eval/success" in r]
     assert evals[-1]["eval/success"] >= 0.9, evals[-1]
+
+
+def test_a_checkpoint_written_before_units_were_recorded_takes_its_data_files(units_bc, tmp_path) -> None:
+    """meta.json without action_normalization (older robopretrain): the units of its data file when readable, so the
+    agent still acts in the robot's units and its run resumes; no readable data file: the env's own."""
+    _, ckpt = units_bc
+    old = tmp_path / "old_ckpt"
+    shutil.copytree(ckpt, old)
+    meta = json.loads((old / "meta.json").read_text())
+    units = ActionNormalization.from_mapping(meta.pop("action_normalization"))
+    (old / "meta.json").write_text(json.dumps(meta))
+    agent, _ = load_agent(old)
+    assert agent.action_normalization == units
+    check_agent_fits(meta, agent)  # a resume of that run is not refused
+    (old / "meta.json").write_text(json.dumps({**meta, "data_path": str(tmp_path / "gone.hdf5")}))
+    assert load_agent(old)[0].action_normalization is None
 
 
 def test_stage3_acts_and_stores_in_the_agents_units(units_bc, tmp_path, monkeypatch) -> None:

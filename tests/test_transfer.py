@@ -556,6 +556,13 @@ def test_cached_target_data_is_reused_only_for_the_same_request(tmp_path, monkey
     assert calls[-1] == ("friction_low", 8) and len(other["actions"]) == 8
     td.cached_target_data(path, None, None, "physics_hard", 8, seed=1)
     assert calls[-1] == ("physics_hard", 8) and len(calls) == 3
+    from robopretrain.envs.action_units import ActionNormalization
+
+    in_units = SimpleNamespace(action_normalization=ActionNormalization((0.0, 0.0), (8.0, 8.0)))
+    td.cached_target_data(path, in_units, None, "physics_hard", 8, seed=1)  # the agent acts in other units
+    assert len(calls) == 4
+    td.cached_target_data(path, in_units, None, "physics_hard", 8, seed=1)
+    assert len(calls) == 4
 
 
 def test_darc_refuses_frozen_cached_features():

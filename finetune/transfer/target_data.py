@@ -64,8 +64,10 @@ def cached_target_data(path: Path, agent: Any, target: Target, randomization: An
     for the same request (target, randomization, count, seed: stored in the file); collected again otherwise (a
     rerun in the same folder with another gap or count got the old data). A file written before the request was
     stored is reused with a warning."""
+    units = getattr(agent, "action_normalization", None)  # transitions collected in other units are other data
     request = json.dumps({"target": getattr(target, "name", None), "randomization": randomization, "count": int(count),
-                          "seed": int(seed)}, sort_keys=True, default=str)
+                          "seed": int(seed), **({"action_units": units.to_dict()} if units is not None else {})},
+                         sort_keys=True, default=str)
     flat: dict[str, Any] | None = None
     if path.is_file():
         with np.load(path) as z:

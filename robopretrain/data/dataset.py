@@ -145,6 +145,19 @@ def selected_demos(info: DatasetInfo, *, tasks: Sequence[str] | None = None, mas
     return demos if max_demos is None else demos[: int(max_demos)]
 
 
+def file_action_units(info: DatasetInfo) -> ActionNormalization | None:
+    """The action units a file records (``env_args["action_normalization"]``; None: the env's own). Raises
+    :class:`DatasetError` naming the file when the record is malformed or its size is not the actions'."""
+    try:
+        units = of_env_args(info.env_args)
+    except ValueError as exc:
+        raise DatasetError(f"{info.path}: env_args: {exc}") from None
+    if units is not None and units.dim != info.action_dim:
+        raise DatasetError(f"{info.path}: env_args action_normalization has {units.dim} dims, the actions "
+                           f"{info.action_dim}")
+    return units
+
+
 def load_offline_dataset(
     path: str | os.PathLike,
     spec: ObsSpec,
@@ -197,7 +210,7 @@ def load_offline_dataset(
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
                            f"{spec.num_tasks} (set obs.num_tasks, or the target's task_id)")
     if action_units != FILE_UNITS:
-        trans.actions = reexpress(trans.actions, of_env_args(info.env_args), action_units, str(info.path))
+        trans.actions = reexpress(trans.actions, file_action_units(info), action_units, str(info.path))
     rewards, dones = trans.rewards, trans.dones
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
     if rewards_needed and unrewarded_successes(rewards, trans.ep_meta):

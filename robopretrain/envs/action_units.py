@@ -81,7 +81,11 @@ class ActionNormalization:
             return value
         if not isinstance(value, Mapping) or "low" not in value or "high" not in value:
             raise ValueError(f"action_normalization must be a mapping with low and high lists, got {value!r}")
-        return cls(tuple(value["low"]), tuple(value["high"]))
+        try:
+            return cls(tuple(value["low"]), tuple(value["high"]))
+        except TypeError:
+            raise ValueError(f"action_normalization: low and high must be lists of numbers, got low={value['low']!r}, "
+                             f"high={value['high']!r}") from None
 
     def same(self, other: ActionNormalization | None) -> bool:
         """Equal bounds (to float32 precision)."""
@@ -111,7 +115,8 @@ def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent
     Through env units: ``a_env = file.to_env(a)`` (or ``a`` itself when the file has no normalization), then
     ``agent.to_agent(a_env)``. Unchanged when both are the same. Values the agent's ``[-1, 1]`` cannot hold (the file
     covers a wider range than the data that fixed the agent's units) are clipped to ``[-1, 1]``, with a warning that
-    gives the clipped fraction. Raises ``ValueError`` when a normalization's size is not the actions'.
+    gives the clipped fraction; a dimension constant in the agent's units (0 whatever the file holds) is warned
+    about when the file's values there differ. Raises ``ValueError`` when a normalization's size is not the actions'.
     """
     actions = np.asarray(actions, dtype=np.float32)
     for units, whose in ((file_units, where), (agent_units, "the agent")):
@@ -121,6 +126,13 @@ def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent
         return actions
     env = actions if file_units is None else file_units.to_env(actions)
     out = env if agent_units is None else agent_units.to_agent(env)
+    if agent_units is not None:
+        fixed = np.asarray(agent_units.high) <= np.asarray(agent_units.low)  # the data that set the units never moved
+        lost = fixed & np.any(np.abs(env - np.asarray(agent_units.low)) > 1e-5, axis=tuple(range(env.ndim - 1)))
+        if lost.any():
+            log.warning("%s: action dimension(s) %s vary here but are constant in the agent's units (the data that "
+                        "set them never moved them; the env always gets %s there): those values are lost",
+                        where, np.flatnonzero(lost).tolist(), [agent_units.low[i] for i in np.flatnonzero(lost)])
     outside = np.abs(out) > 1.0 + 1e-5
     if outside.any():
         log.warning("%s: %.2f%% of the action values lie outside the agent's [-1, 1] once re-expressed in its units "

@@ -30,6 +30,7 @@ cheap picklable factory for spawned worker processes.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,6 +39,8 @@ import gymnasium as gym
 import numpy as np
 
 from robopretrain.envs.action_units import ActionNormalization
+
+log = logging.getLogger(__name__)
 
 SIM_ENVS, METAWORLD, GYM = "sim_envs", "metaworld", "gym"
 FAMILIES = (SIM_ENVS, METAWORLD, GYM)
@@ -237,6 +240,14 @@ class AgentActionUnits(gym.ActionWrapper):
                              f"{shape}")
         self.units = units
         self.action_space = gym.spaces.Box(-1.0, 1.0, (units.dim,), np.float32)
+        own_low = np.asarray(getattr(env.action_space, "low", -np.inf), dtype=np.float64)
+        own_high = np.asarray(getattr(env.action_space, "high", np.inf), dtype=np.float64)
+        beyond = (np.asarray(units.low) < own_low - 1e-6) | (np.asarray(units.high) > own_high + 1e-6)
+        if beyond.any():
+            log.warning("%s: action_normalization reaches beyond the env's own action range in dimension(s) %s "
+                        "(low %s, high %s; the env's %s, %s): the env clips there (data of another robot?)", where,
+                        np.flatnonzero(beyond).tolist(), list(units.low), list(units.high),
+                        np.round(own_low, 4).tolist(), np.round(own_high, 4).tolist())
 
     def action(self, action: Any) -> np.ndarray:
         return self.units.to_env(np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0))
