@@ -59,9 +59,11 @@ from torch.nn import functional as F
 
 from robopretrain import build
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
+from robopretrain.data.dataset import FILE_UNITS, file_action_units
 from robopretrain.data.hdf5 import Transitions, load_transitions, read_info, select_demos
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
+from robopretrain.envs.action_units import ActionNormalization, reexpress
 from robopretrain.nets.mlp import build_mlp
 from robopretrain.nets.obs_encoder import ObsEncoder, normalization_stats
 
@@ -202,6 +204,9 @@ class RewardEnsemble(nn.Module):
             raise ValueError(f"model.ensemble must be >= 1, got {ensemble}")
         self.encoder = ObsEncoder(spec, stats=stats)
         self.nets = nn.ModuleList(build_mlp(self.encoder.out_dim + act_dim, 1, tuple(hidden)) for _ in range(ensemble))
+        # the units of the actions it was trained on (a converted file's rescaled [-1, 1], None: the env's own);
+        # "file": unknown (a model saved before they were recorded), other files' actions are taken as they are
+        self.action_units: ActionNormalization | None | str = FILE_UNITS
 
     def forward(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor,
                 member: int | None = None) -> torch.Tensor:
@@ -312,15 +317,21 @@ def agreement(model: RewardEnsemble, data: SegmentData, labels: Sequence[Prefere
 
 @torch.no_grad()
 def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsemble, spec: ObsSpec,
-            normalize: str = "none") -> Path:
+            normalize: str = "none", action_units: Any = None) -> Path:
     """Copy ``src`` to ``dst`` with every demo's ``rewards`` replaced by the ensemble mean (normalised over the file
-    as ``normalize`` says); every other dataset and attribute is unchanged."""
+    as ``normalize`` says); every other dataset and attribute is unchanged. The model scores ``src``'s actions
+    re-expressed in the units it was trained in (``action_units``, by default the model's ``action_units``;
+    :func:`robopretrain.envs.action_units.reexpress`), so a file converted with other action bounds is scored
+    right."""
     if normalize not in NORMALIZE:
         raise ValueError(f"relabel.normalize={normalize!r}; expected one of {list(NORMALIZE)}")
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError(f"relabel.output={dst} is the input file; give another path")
     trans = load_transitions(src, list(spec.low_dim_keys))
+    units = getattr(model, "action_units", FILE_UNITS) if action_units is None else action_units
+    if units != FILE_UNITS:
+        trans.actions = reexpress(trans.actions, file_action_units(read_info(src)), units, str(src))
     data = SegmentData(trans, spec)
     chunks = [slice(lo, lo + RELABEL_CHUNK) for lo in range(0, len(data.actions), RELABEL_CHUNK)]
     r = np.concatenate([model({k: v[c] for k, v in data.obs.items()}, data.actions[c]).mean(0).numpy()
@@ -354,6 +365,8 @@ def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]
     model = RewardEnsemble(spec, int(saved["act_dim"]), ensemble=int(settings["ensemble"]),
                            hidden=tuple(settings["hidden"]))
     model.load_state_dict(saved["state_dict"])
+    if "action_normalization" in saved:
+        model.action_units = ActionNormalization.from_mapping(saved["action_normalization"])
     return model.eval(), spec
 
 
@@ -399,6 +412,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     stats = normalization_stats({k: trans.obs[k] for k in spec.low_dim_keys}, spec,
                                 min_std=float(cfg.obs.get("min_std") or 0.0)) if cfg.obs.get("normalize", True) else None
     model = RewardEnsemble(spec, info.action_dim, ensemble=settings.ensemble, hidden=settings.hidden, stats=stats)
+    model.action_units = file_action_units(info)
     history = train_ensemble(model, data, [labels[i] for i in train], settings, seed=int(cfg.seed))
     report: dict[str, Any] = {"data": str(path), "labels": source, "num_labels": len(labels), "held_out": n_held,
                               "settings": asdict(settings), "train_loss": history,
@@ -410,8 +424,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         report["held_out_agreement_clean_teacher"] = agreement(model, data, clean_held)
     log.info("held-out agreement %.3f on %d non-tie pairs", report["held_out_agreement"]["agreement"],
              report["held_out_agreement"]["non_tie"])
+    units = model.action_units
     torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": info.action_dim,
-                "settings": asdict(settings)}, run_dir / "reward_model.pt")
+                "settings": asdict(settings), "action_normalization": None if units is None else units.to_dict()},
+               run_dir / "reward_model.pt")
     if cfg.relabel.get("enabled", True):
         out = Path(str(cfg.relabel.output)) if cfg.relabel.get("output") else run_dir / "relabelled.hdf5"
         report["relabelled"] = str(relabel(path, out, model, spec, str(cfg.relabel.normalize)))

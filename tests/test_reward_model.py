@@ -172,6 +172,31 @@ def test_relabel_writes_the_ensemble_mean_normalised_over_the_file(tmp_path, nor
         assert np.array_equal(f["data/demo_1/rewards"][()], np.zeros(6, np.float32))
 
 
+def test_relabel_scores_another_files_actions_in_the_models_units(tmp_path):
+    """A model trained on actions converted from [0, 8] scores a file converted from [2, 6] after re-expressing its
+    actions in [0, 8]'s units: reward = the first action component as the model sees it."""
+    import _fake_envs as fake
+    from robopretrain.data.convert import convert
+    from robopretrain.envs.action_units import ActionNormalization
+
+    src = fake.write_units_d4rl(tmp_path / "a.hdf5", episodes=3)
+    with h5py.File(src, "r") as f, h5py.File(tmp_path / "narrow.hdf5", "w") as g:
+        for k in ("observations", "rewards", "terminals", "timeouts", "infos/success"):
+            g[k] = f[k][()]
+        g["actions"] = 4.0 + 0.5 * (f["actions"][()] - 4.0)  # env units in [2, 6]
+        env_actions = g["actions"][()]
+    narrow = convert(tmp_path / "narrow.hdf5", tmp_path / "narrow_conv.hdf5")
+    spec = ObsSpec(low_dim=(("observations", 4),))
+
+    def first_action(obs, actions):
+        return torch.stack([actions[:, 0], actions[:, 0]])
+
+    first_action.action_units = ActionNormalization((0.0, 0.0), (8.0, 8.0))
+    with h5py.File(relabel(narrow, tmp_path / "r.hdf5", first_action, spec)) as f:
+        got = np.concatenate([f[f"data/demo_{i}/rewards"][()] for i in range(len(f["data"]))])
+    np.testing.assert_allclose(got, env_actions[:, 0] / 4.0 - 1.0, atol=1e-5)  # [0, 8] units, not the file's own
+
+
 def config(data: Path, out: Path, **overrides):
     base = {"seed": 0, "num_threads": 1, "output_dir": str(out), "data": {"path": str(data)},
             "obs": {"low_dim": ["x"]},
@@ -217,6 +242,7 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
 
     model, spec = load_reward_model(tmp_path / "run" / "reward_model.pt")  # the saved ensemble relabels the same
     torch.testing.assert_close(model.encoder.mean, torch.tensor([np.concatenate(progress).mean()]))  # obs.normalize
+    assert model.action_units is None  # the toy file's actions are in the env's units (recorded as such)
     again_path = relabel(data, tmp_path / "again.hdf5", model, spec, "standard")
     with h5py.File(out) as b, h5py.File(again_path) as c:
         assert np.allclose(b["data/demo_3/rewards"][()], c["data/demo_3/rewards"][()], atol=1e-6)
