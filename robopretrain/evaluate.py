@@ -465,6 +465,10 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                          f"distractors; factors {shifted} apply to sim_envs targets only: use select=[nominal]")
     task = target.name
     spec = PolicySpec(str(ckpt.path), target.to_dict(), str(cfg.device))
+    from robopretrain.build import check_env_fits
+    from robopretrain.evaluation import NothingToFilm
+
+    check_env_fits(load_policy(spec), target)  # one line naming the part and both sizes, before any episode
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -489,8 +493,12 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         for cond in conditions:
             last[cond.factor] = cond  # each factor's last (hardest) level
         for factor, cond in tqdm(last.items(), desc="videos", disable=not cfg.progress):
-            path = record_video(spec, cond, int(cfg.eval_seed), out_dir / "videos" / f"{factor}.mp4",
-                                int(cfg.video.size), int(cfg.video.max_frames), float(cfg.video.fps))
+            try:
+                path = record_video(spec, cond, int(cfg.eval_seed), out_dir / "videos" / f"{factor}.mp4",
+                                    int(cfg.video.size), int(cfg.video.max_frames), float(cfg.video.fps))
+            except NothingToFilm as exc:  # a state-only agent on a gym env without render_mode
+                log.warning("no video of %s: %s", factor, exc)
+                break
             info["videos"][factor] = {"path": str(path), "level": cond.level, "episode": 0}
         info["wall_seconds"]["videos"] = time.perf_counter() - start - episode_seconds
     write_text_atomic(out_dir / "eval_info.json", json.dumps(info, indent=2))

@@ -132,16 +132,24 @@ def evaluate(agent: Any, target: Target, num_episodes: int, *, randomization: An
     return result
 
 
+class NothingToFilm(ValueError):
+    """The agent has no camera and the env renders nothing: no video can be made."""
+
+
 def video_frame(env: gym.Env, obs: Mapping[str, Any], target: Target, cameras: Sequence[str]) -> np.ndarray:
-    """A 128 px agentview frame for sim_envs targets, else the agent's first camera (or the env's render)."""
+    """A 128 px agentview frame for sim_envs targets, else the agent's first camera (or the env's render); raises
+    :class:`NothingToFilm` when there is none."""
     render = getattr(env.unwrapped, "render_camera", None)
     if target.family == SIM_ENVS and render is not None:
         return np.asarray(render("agentview", size=128), dtype=np.uint8)
     if cameras:
         return np.asarray(obs[cameras[0]], dtype=np.uint8)
-    frame = env.render()
+    try:
+        frame = env.render()
+    except NotImplementedError:  # gymnasium's default for an env without rendering
+        frame = None
     if frame is None:
-        raise ValueError(f"target {target.name!r}: no camera to film (the agent has none and env.render() gives "
+        raise NothingToFilm(f"target {target.name!r}: no camera to film (the agent has none and env.render() gives "
                          "nothing); disable the video")
     return np.asarray(frame, dtype=np.uint8)
 
@@ -178,6 +186,6 @@ def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
             "gap_data": float((q_data - mc).mean()), "gap_policy": float((q_pi - mc).mean())}
 
 
-__all__ = ["EVAL_SEED", "agent_env", "agent_env_factory", "agent_target", "calibration", "evaluate", "run_episodes",
+__all__ = ["EVAL_SEED", "NothingToFilm", "agent_env", "agent_env_factory", "agent_target", "calibration", "evaluate", "run_episodes",
            "train_episode_seed", "video_frame",
            "write_gif"]

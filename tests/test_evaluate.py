@@ -203,6 +203,15 @@ def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     assert info["target"]["env_id"] == "_fake_envs:RobosuiteLikeEnv" and not info["factors"]
     assert info["nominal"]["episodes"] == 3 and info["nominal"]["mean_length"] <= 8
     assert Path(info["videos"]["nominal"]["path"]).stat().st_size > 0
+    wider = target.replace("max_episode_steps: 8", "max_episode_steps: 8, env_kwargs: {eef_dim: 4}")
+    with pytest.raises(ValueError, match="low_dim part 'robot0_eef_pos'.*size 4, the agent has 3"):  # before episodes
+        evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "w", target=wider, select="[nominal]", workers=0))
+    # a state-only agent on an env that renders nothing: the episodes are kept, the video skipped with a warning
+    run(stage2_config(demos, tmp_path / "s2s", steps=2, obs={"low_dim": [fake.EEF]}))
+    blind = evaluate_robustness(eval_config(tmp_path / "s2s", tmp_path / "b", target=target, select="[nominal]",
+                                            workers=0))
+    assert blind["nominal"]["episodes"] == 3 and blind["videos"] == {}
+    assert json.loads((tmp_path / "b" / "eval_info.json").read_text())["nominal"]["episodes"] == 3
 
 
 def test_pipeline_robustness_sweep_and_report(tiny_camera_checkpoint, tmp_path):
