@@ -71,6 +71,19 @@ def test_the_env_speaks_our_names_and_reward_convention():
         rollout(make_env(robot(success_key="done_ok")))
 
 
+@pytest.mark.parametrize("limit", [50, 300])
+def test_a_registered_envs_time_limit_is_replaced_in_both_directions(limit):
+    """Pendulum-v1 registers 200 steps: the target's max_episode_steps lowers and raises it (an outer TimeLimit
+    could only lower it)."""
+    env = make_env(Target(name="pendulum", env_id="Pendulum-v1", task_id=0, reward="dense", max_episode_steps=limit))
+    env.reset(seed=0)
+    steps, done = 0, False
+    while not done:
+        *_, terminated, truncated, _ = env.step(np.zeros(1, np.float32))
+        steps, done = steps + 1, terminated or truncated
+    assert steps == limit
+
+
 def test_images_are_flipped_when_the_env_renders_upside_down_and_randomization_is_ours_only():
     up, down = make_env(robot()), make_env(robot(flip_images=True))
     a, b = up.reset(seed=3)[0], down.reset(seed=3)[0]

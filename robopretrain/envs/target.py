@@ -166,14 +166,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _construct(env_id: str, kwargs: Mapping[str, Any]) -> gym.Env:
+def _construct(env_id: str, kwargs: Mapping[str, Any], max_episode_steps: int | None = None) -> gym.Env:
+    """The env of a registered id (``gym.make``, whose own time limit ``max_episode_steps`` replaces) or of a
+    ``"module:Class"`` entry point (wrapped in a ``TimeLimit`` of ``max_episode_steps`` when given)."""
     module_name, _, attr = str(env_id).partition(":")
     if attr:
         obj = getattr(importlib.import_module(module_name), attr, None)
         if obj is None:
             raise ValueError(f"env {env_id!r}: {module_name} has no {attr!r}")
-        return obj(**dict(kwargs))
-    return gym.make(str(env_id), **dict(kwargs))
+        env = obj(**dict(kwargs))
+        return gym.wrappers.TimeLimit(env, int(max_episode_steps)) if max_episode_steps else env
+    limit = {"max_episode_steps": int(max_episode_steps)} if max_episode_steps else {}
+    return gym.make(str(env_id), **dict(kwargs), **limit)
 
 
 def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None = None,
@@ -222,9 +226,8 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
             kwargs["image_size"] = int(image_size)
         env = _construct(METAWORLD_ENTRY, kwargs)
         return _in_agent_units(TargetEnv(env, target, cameras), target)
-    env = _construct(str(target.env_id), target.env_kwargs)
-    if target.max_episode_steps:
-        env = gym.wrappers.TimeLimit(env, int(target.max_episode_steps))
+    # a registered env's own TimeLimit is replaced, not nested (an outer limit could not lift a shorter inner one)
+    env = _construct(str(target.env_id), target.env_kwargs, target.max_episode_steps)
     return _in_agent_units(TargetEnv(env, target, cameras), target)
 
 
