@@ -199,3 +199,33 @@ def test_bad_demo_name_and_total(tmp_path):
         f["data/demo_0"].attrs["ep_meta"] = "{not json"
 
     assert "data/demo_0" in _expect(write_dataset(tmp_path / "meta.hdf5", mutate=bad_meta), "not valid JSON")
+
+
+def test_a_robomimic_dataset_without_task_attributes_is_one_task(tmp_path):
+    """robomimic's own datasets carry no per-demo task / task_id: one task named by env_args' env_name (else the
+    file's stem) in slot 0; a demo with only one of the two attributes is named."""
+
+    def drop(names):
+        def mutate(f):
+            for n in names:
+                for attr in ("task", "task_id"):
+                    del f[f"data/{n}"].attrs[attr]
+        return mutate
+
+    stock = write_dataset(tmp_path / "lift_ph.hdf5", tasks=("lift",) * 3, mutate=drop(["demo_0", "demo_1", "demo_10"]))
+    info = read_info(stock)
+    assert info.tasks == {"Lift": 0} and [d.task for d in info.demos] == ["Lift"] * 3
+    assert load_transitions(stock, ["proprio"]).task_ids.tolist() == [0] * 9
+
+    def no_env_name(f):
+        drop(["demo_0", "demo_1", "demo_10"])(f)
+        f["data"].attrs["env_args"] = json.dumps({"env_kwargs": {}})
+
+    assert read_info(write_dataset(tmp_path / "my_arm.hdf5", tasks=("lift",) * 3, mutate=no_env_name)).tasks == {
+        "my_arm": 0}
+
+    def half(f):
+        del f["data/demo_1"].attrs["task_id"]
+
+    with pytest.raises(DatasetError, match=r"data/demo_1: missing attribute 'task_id' \(give both"):
+        read_info(write_dataset(tmp_path / "half.hdf5", mutate=half))

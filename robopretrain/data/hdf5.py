@@ -4,6 +4,8 @@ Implements the "Robot dataset: robomimic HDF5" contract of ARCHITECTURE.md::
 
     data/            attrs: total (int), env_args (JSON)
       demo_<i>/      attrs: num_samples (int), task (str), task_id (int), ep_meta (JSON, optional)
+                     (a file without task / task_id, as robomimic's own datasets: one task named by env_args'
+                     env_name, else the file's stem, in slot 0)
         obs/<key>, next_obs/<key>   (N, ...)  images uint8 (N, H, W, 3), low-dim float (N, d)
         actions (N, A) float in [-1, 1];  rewards (N,);  dones (N,) in {0, 1}
     mask/<name>      demo names as bytes: train, valid, one per task
@@ -231,7 +233,8 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         names = _demo_names(p, data)
         if not names:
             raise _err(p, "data", "contains no demos")
-        demos = [_demo_info(p, data[n], n) for n in names]
+        default_task = str(env_args.get("env_name") or os.path.splitext(os.path.basename(p))[0])
+        demos = [_demo_info(p, data[n], n, default_task) for n in names]
         counted = sum(d.num_samples for d in demos)
         if counted != total:
             raise _err(p, "data", f"attribute 'total' is {total} but the demos' num_samples sum to {counted}")
@@ -244,13 +247,19 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
     return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim)
 
 
-def _demo_info(path: str, demo: h5py.Group, name: str) -> DemoInfo:
+def _demo_info(path: str, demo: h5py.Group, name: str, default_task: str) -> DemoInfo:
+    """One demo's attributes; ``task`` / ``task_id`` default to ``default_task`` / 0 when the demo has neither (a
+    robomimic dataset); one without the other is an error."""
     key = f"data/{name}"
+    has_task, has_id = "task" in demo.attrs, "task_id" in demo.attrs
+    if has_task != has_id:
+        missing = "task_id" if has_task else "task"
+        raise _err(path, key, f"missing attribute {missing!r} (give both task and task_id, or neither: one task)")
     return DemoInfo(
         name=name,
         num_samples=_attr(path, demo, key, "num_samples", int),
-        task=_attr(path, demo, key, "task", str),
-        task_id=_attr(path, demo, key, "task_id", int),
+        task=_attr(path, demo, key, "task", str) if has_task else default_task,
+        task_id=_attr(path, demo, key, "task_id", int) if has_id else 0,
         ep_meta=_json_attr(path, demo, key, "ep_meta", required=False),
     )
 
