@@ -159,6 +159,29 @@ def test_constant_positive_rewards_are_a_reward_signal_not_a_missing_one(tmp_pat
     np.testing.assert_allclose(arrays["rewards"], np.full(6, 5.0))
 
 
+def test_dense_rewards_under_sparse_settings_are_named(tmp_path, caplog):
+    """Pendulum-like rewards in [-16, 0] under Cal-QL's sparse x10 - 5: one warning naming the file, the range and
+    the settings to change; sparse files, sparse_reward=false and BC stay quiet."""
+    path = tmp_path / "dense.hdf5"
+    with RobomimicWriter(path, make_env_args("Toy", "0", {}), valid_fraction=0.0) as w:
+        x = np.arange(4, dtype=np.float32)[:, None]
+        w.add_episode(task="a", task_id=0, obs={"proprio": x}, next_obs={"proprio": x + 1},
+                      actions=np.zeros((4, 4), np.float32), rewards=np.array([-16.0, -9.5, -2.0, 0.0], np.float32),
+                      dones=np.zeros(4, np.uint8), ep_meta={})
+    spec = spec_of_data(path, ["proprio"], [], None)
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(path, spec, CAL_QL)
+    assert "dense.hdf5: rewards are not sparse {0, 1} (4 distinct values in [-16, 0])" in caplog.text
+    assert "algo.sparse_reward=false" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(path, spec, RewardSettings(0.99, 1.0, 0.0, sparse=False))
+        load_offline_dataset(path, spec, CAL_QL, rewards_needed=False)
+        load_offline_dataset(write_file(tmp_path / "toy.hdf5"), spec_of_data(tmp_path / "toy.hdf5", ["proprio"], [],
+                                                                             None), CAL_QL)
+    assert "not sparse" not in caplog.text
+
+
 # --------------------------------------------------------------------------- transitions held in memory
 
 

@@ -158,6 +158,19 @@ def file_action_units(info: DatasetInfo) -> ActionNormalization | None:
     return units
 
 
+def warn_dense_rewards(where: str, rewards: np.ndarray, reward: RewardSettings) -> bool:
+    """Warn (and return True) when rewards are not the sparse {0, 1} success rewards the settings assume
+    (``sparse``): the sparse transform (e.g. Cal-QL's x10 - 5) and the all-failure rule would then distort them."""
+    values = np.unique(np.asarray(rewards))
+    if not reward.sparse or np.isin(values, (0.0, 1.0)).all():
+        return False
+    log.warning("%s: rewards are not sparse {0, 1} (%d distinct values in [%.4g, %.4g]) but the algorithm's reward "
+                "settings assume so (x %g %+g, the all-failure rule); for a dense reward set algo.sparse_reward=false "
+                "and algo.reward_scale / algo.reward_bias (e.g. 1 and 0)", where, len(values), float(values.min()),
+                float(values.max()), reward.scale, reward.bias)
+    return True
+
+
 def load_offline_dataset(
     path: str | os.PathLike,
     spec: ObsSpec,
@@ -223,6 +236,8 @@ def load_offline_dataset(
         rewards, dones = _rewards_from_success(rewards, dones, trans.episode_ids, success)
         log.warning("%s: rewards rebuilt from ep_meta success (%d successful episodes)", info.path, sum(success))
     warn_failed_terminals(str(info.path), rewards, dones, trans.episode_ids, success)
+    if rewards_needed:
+        warn_dense_rewards(str(info.path), rewards, reward)
 
     memory_keys = [k for k in ours if not (on_disk and k in spec.rgb_keys)]
 
