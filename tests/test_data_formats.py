@@ -135,6 +135,27 @@ def test_lerobot_video_frames_actions_and_tasks(tmp_path):
     assert "action_normalization" not in env_args(keep) and demos(keep)[1]["actions"].max() > 1
 
 
+def test_auto_rescaling_maps_only_the_dimensions_outside_minus_one_one(tmp_path, caplog):
+    """Pendulum-like torque in [-2, 2] beside a 'gripper' that is always 0.5 and a joint in [0.1, 0.3]: only the
+    torque is rescaled; the others keep their values (bounds -1, 1), so no dimension is frozen or narrowed. A
+    dimension constant outside [-1, 1] is warned about."""
+    n = 6
+    torque = np.linspace(-2, 2, n)
+    acts = np.stack([torque, np.full(n, 0.5), np.linspace(0.1, 0.3, n), np.full(n, 5.0)], 1).astype(np.float32)
+    with h5py.File(tmp_path / "p.hdf5", "w") as f:
+        f["observations"] = np.arange(3 * n, dtype=np.float32).reshape(n, 3)
+        f["actions"], f["rewards"] = acts, np.zeros(n, np.float32)
+        f["terminals"], f["timeouts"] = np.r_[np.zeros(n - 1, bool), True], np.zeros(n, bool)
+    with caplog.at_level("WARNING"):
+        out = convert(tmp_path / "p.hdf5", tmp_path / "p_conv.hdf5")
+    norm = env_args(out)["action_normalization"]
+    assert norm["low"] == [-2.0, -1.0, -1.0, 5.0] and norm["high"] == [2.0, 1.0, 1.0, 5.0]
+    a = demos(out)[0]["actions"]
+    np.testing.assert_allclose(a[:, 0], torque / 2, atol=1e-6)
+    np.testing.assert_allclose(a[:, 1:3], acts[:, 1:3], atol=1e-6)  # unchanged
+    assert "dimension(s) [3] are constant outside [-1, 1] ([5.0])" in caplog.text
+
+
 def test_lerobot_image_features_and_other_versions(tmp_path):
     src = F.write_lerobot(tmp_path / "lr", camera="image")
     d = demos(convert(src, tmp_path / "l.hdf5"))

@@ -43,7 +43,7 @@ from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success
 FORMATS = ("robomimic", "lerobot", "minari", "d4rl", "ogbench")
 READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
     "lerobot": read_lerobot, "minari": read_minari, "d4rl": read_d4rl, "ogbench": read_ogbench}

@@ -20,8 +20,9 @@ What is carried over exactly:
   ``infos/success``, OGBench: the episode ends in a true termination); absent when it does not.
 * **Images** become uint8 ``(N, H, W, 3)`` (:func:`to_uint8_hwc`); low-dim parts float32 ``(N, d)``.
 * **Actions** must lie in ``[-1, 1]`` for the toolkit's tanh policies. With ``actions="auto"`` (the default) a
-  source whose actions leave that range is rescaled per dimension to ``[-1, 1]`` by its min/max over the whole
-  dataset, ``a' = 2 (a - low) / (high - low) - 1`` (a constant dimension becomes 0), and ``low``/``high`` are
+  source whose actions leave that range is rescaled per dimension to ``[-1, 1]``: a dimension that leaves it by its
+  min/max over the whole dataset, ``a' = 2 (a - low) / (high - low) - 1`` (a constant one becomes 0, with a
+  warning), a dimension already inside it with ``low = -1, high = 1`` (unchanged), and ``low``/``high`` are
   stored in ``env_args["action_normalization"]``; an agent trained on the file records them and every env it acts
   in maps its actions back, ``a = low + (a' + 1) (high - low) / 2`` (:mod:`robopretrain.envs.action_units`); other
   files are re-expressed in the agent's units when it trains on them; ``actions="keep"`` writes them unchanged (the reader then refuses values outside ``[-1, 1]``).
@@ -214,6 +215,14 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                                         "env_kwargs": {}, **dict(extra_env_args or {})}
             outside = bool(np.any(low < -1.0 - 1e-6) or np.any(high > 1.0 + 1e-6))
             if outside and actions == "auto":
+                # a dimension already inside [-1, 1] keeps its values (bounds -1, 1: not narrowed to the range this
+                # data happened to cover); the others are mapped from their min / max
+                inside = (low >= -1.0 - 1e-6) & (high <= 1.0 + 1e-6)
+                low, high = np.where(inside, -1.0, low), np.where(inside, 1.0, high)
+                if np.any(high <= low):
+                    log.warning("%s: action dimension(s) %s are constant outside [-1, 1] (%s): an agent trained on "
+                                "this file always gives that value there", source, np.flatnonzero(high <= low).tolist(),
+                                np.round(low[high <= low], 4).tolist())
                 units = ActionNormalization(tuple(low.tolist()), tuple(high.tolist()))
                 _rescale_actions(data, written, units)
                 env_args[ACTION_UNITS_KEY] = units.to_dict()
