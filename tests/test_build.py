@@ -134,6 +134,8 @@ def test_mixed_data_that_gives_one_slot_to_two_tasks_is_refused():
     with pytest.raises(ValueError, match=r"slot 0 is task 'Reach' in prior.hdf5 and task 'stack_cups' in "
                                          r"mine.hdf5.*data.mix.task_id \(e.g. 2, with obs.num_tasks > 2\)"):
         build.check_task_slots({"Reach": 0, "Lift": 1}, "prior.hdf5", {"stack_cups": 0}, "mine.hdf5")
+    # the user set data.mix.task_id to the slot: one task under two names (two converted files of one task)
+    build.check_task_slots({"pendulum_a": 0}, "a.hdf5", {"pendulum_b": 0}, "b.hdf5", explicit=True)
 
 
 def test_an_agent_trained_in_a_moved_slot_is_evaluated_there_by_default(tmp_path):

@@ -268,3 +268,10 @@ def test_a_mix_in_another_format_is_converted_like_data_path(tmp_path):
                              train={"eval_targets": []}))
     _, saved = load_agent(ckpt)
     assert saved.step == 2 and sorted(saved.meta["task_ids"].values()) == [0, 1]
+    # two converted files of one task (each named after its file stem) share slot 0 when the mix's slot is given
+    same = run(stage2_config(prior, tmp_path / "same", algo="iql", steps=2, obs={"low_dim": ["observations"]},
+                             data_cfg={"cache_dir": str(tmp_path / "cache"),
+                                       "mix": {"path": str(mix), "fraction": 0.5, "task_id": 0,
+                                               "cache_dir": str(tmp_path / "cache")}},
+                             train={"eval_targets": []}))
+    assert load_agent(same)[1].meta["task_ids"] == {"prior": 0, "mix": 0}
