@@ -47,7 +47,7 @@ from robopretrain.agent_parallel import average_gradients, broadcast_agent, gath
 from robopretrain.checkpoint import CheckpointError, check_agent_fits, load_agent, load_latest, save_agent
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_offline_config
-from robopretrain.data.dataset import file_action_units
+from robopretrain.data.dataset import data_action_units
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
@@ -108,8 +108,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     else:
         spec = build.data_spec(cfg.obs, data_path, obs_map=obs_map, info=info)
     reward = build.reward_settings(cfg.algo)
-    # the agent's action units: the init checkpoint's, else this data's (a converted file's rescaled actions)
-    action_units = agent.action_normalization if init is not None else file_action_units(info)
+    # the agent's action units: the init checkpoint's, else this data's (recorded, or its bounds if outside [-1, 1])
+    action_units = (agent.action_normalization if init is not None
+                    else data_action_units(data_path, info, str(cfg.data.get("actions") or "auto")))
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size,

@@ -199,6 +199,24 @@ def test_a_checkpoint_written_before_units_were_recorded_takes_its_data_files(un
     assert load_agent(old)[0].action_normalization is None
 
 
+def test_a_robomimic_file_in_the_robots_own_units_is_rescaled_when_loaded(units_bc, tmp_path) -> None:
+    """The same expert demos kept in [0, 8] in robomimic format (no record): stage 2 takes per-dimension bounds from
+    the data, records them, and BC reaches the expert's success as on the converted file; data.actions=keep refuses
+    the file with one line."""
+    src, _ = units_bc
+    raw = convert(src, tmp_path / "raw.hdf5", actions="keep")  # robomimic layout, actions as the robot takes them
+    cfg = stage2_config(raw, tmp_path / "s2", algo="bc", steps=800, width=64, obs={"low_dim": ["observations"]},
+                        algo_cfg={"batch_size": 64},
+                        train={"eval_targets": [TARGET], "eval_episodes": 20, "eval_every": 800, "log_every": 400})
+    ckpt = Path(stage2(cfg))
+    assert load_agent(ckpt)[1].meta["action_normalization"]["high"] == [8.0, 8.0]
+    evals = [r for r in read_jsonl(ckpt.parents[1] / "metrics.jsonl") if "eval/success" in r]
+    assert evals[-1]["eval/success"] >= 0.9, evals[-1]
+    cfg.data.actions, cfg.output_dir = "keep", str(tmp_path / "keep")
+    with pytest.raises(DatasetError, match=r"raw.hdf5: data/demo_0/actions: values outside \[-1, 1\]"):
+        stage2(cfg)
+
+
 def test_stage3_acts_and_stores_in_the_agents_units(units_bc, tmp_path, monkeypatch) -> None:
     """Fine-tuning from a checkpoint of a units agent (CQL, 4 updates): the online env receives env-unit actions, the replay buffer keeps the
     agent's [-1, 1] ones, and target demos converted with other bounds are re-expressed in the agent's units."""

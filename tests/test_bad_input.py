@@ -159,7 +159,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         "truncated_dataset": (s2(f"data.path={tmp / 'truncated.hdf5'}", out), "truncated.hdf5"),
         "missing_obs_key": (s2(f"data.path={good}", "obs.low_dim=[proprio,gripper_cam]", out),
                             "observation key 'gripper_cam' (low_dim part 'gripper_cam') not found"),
-        "actions_outside_range": (s2(f"data.path={actions}", out), "values outside [-1, 1]"),
+        "actions_outside_range": (s2(f"data.path={actions}", "data.actions=keep", out), "values outside [-1, 1]"),
         "one_step_episode": (s2(f"data.path={one_step}", out), "empty or one-step episode"),
         "nan_in_data": (s2(f"data.path={nan}", out), "contains NaN or inf"),
         "incompatible_checkpoint_stage2": (s2(f"data.path={good}", "obs.low_dim=[proprio]", f"output_dir={run}"),

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from robopretrain.data.hdf5 import (DatasetError, DatasetInfo, Transitions, load_transitions, read_info,
-                                    select_demos)
+from robopretrain.data.hdf5 import (DatasetError, DatasetInfo, Transitions, action_bounds, load_transitions,
+                                    read_info, select_demos)
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.frames import open_index
 from robopretrain.data.keys import NEXT_ACTIONS, TASK_ID
@@ -51,7 +51,8 @@ from robopretrain.data.returns import (
     unrewarded_successes,
 )
 from robopretrain.data.spec import ObsSpec, spec_from_shapes
-from robopretrain.envs.action_units import ActionNormalization, of_env_args, reexpress
+from robopretrain.envs.action_units import (ActionNormalization, auto_bounds, of_env_args, reexpress,
+                                            warn_constant_dimensions)
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,26 @@ def warn_dense_rewards(where: str, rewards: np.ndarray, reward: RewardSettings) 
     return True
 
 
+def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "auto") -> ActionNormalization | None:
+    """The action units of a fresh agent trained on ``path``: those the file records; else, with ``mode="auto"``,
+    per-dimension bounds from its actions when they leave ``[-1, 1]``
+    (:func:`robopretrain.envs.action_units.auto_bounds`: a robomimic file in the robot's own units, rescaled when
+    loaded and mapped back by every env the agent acts in); None (the env's own) otherwise. ``mode="keep"``: the
+    record only (actions outside ``[-1, 1]`` are then refused when loaded)."""
+    if mode not in ("auto", "keep"):
+        raise ValueError(f"data.actions={mode!r}; expected auto or keep")
+    recorded = file_action_units(info)
+    if recorded is not None or mode == "keep":
+        return recorded
+    units = auto_bounds(*action_bounds(path, info))
+    if units is not None:
+        warn_constant_dimensions(units, str(info.path))
+        log.warning("%s: actions leave [-1, 1] (low %s, high %s): rescaled per dimension when loaded; the agent "
+                    "records these units and every env it acts in maps its actions back (data.actions=keep refuses "
+                    "them instead)", info.path, list(units.low), list(units.high))
+    return units
+
+
 def load_offline_dataset(
     path: str | os.PathLike,
     spec: ObsSpec,
@@ -217,13 +238,19 @@ def load_offline_dataset(
         index = open_index(path, [key_map.get(k, k) for k in spec.rgb_keys], info=info)
         trans = index.transitions(info, demos, [key_map.get(k, k) for k in spec.low_dim_keys])
     else:
-        trans = load_transitions(path, file_keys, demos=demos)
+        trans = load_transitions(path, file_keys, demos=demos, action_range=False)
     ids = np.full(len(trans), int(task_id), dtype=np.int64) if task_id is not None else trans.task_ids
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
                            f"{spec.num_tasks} (set obs.num_tasks, or the target's task_id)")
     if action_units != FILE_UNITS:
         trans.actions = reexpress(trans.actions, file_action_units(info), action_units, str(info.path))
+    if trans.actions.size and np.abs(trans.actions).max() > 1.0 + 1e-6:
+        row = int(np.flatnonzero(np.abs(trans.actions).max(1) > 1.0 + 1e-6)[0])
+        raise DatasetError(f"{info.path}: data/{trans.demo_names[trans.episode_ids[row]]}/actions: values outside "
+                           f"[-1, 1] (max |a| = {np.abs(trans.actions).max():.4g}); the toolkit's policies act in "
+                           "[-1, 1]: with data.actions=auto (the default) stage 2 rescales such actions per dimension "
+                           "and every env maps them back")
     rewards, dones = trans.rewards, trans.dones
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
     if rewards_needed and unrewarded_successes(rewards, trans.ep_meta):

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from robopretrain.envs.action_units import ENV_ARGS_KEY as ACTION_UNITS_KEY
-from robopretrain.envs.action_units import ActionNormalization
+from robopretrain.envs.action_units import ActionNormalization, auto_bounds, warn_constant_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -213,17 +213,9 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
             env_args: dict[str, Any] = {"env_name": env_name or f"{fmt}/{Path(source).stem}", "type": fmt,
                                         "source": str(source), "num_tasks": len(tasks),
                                         "env_kwargs": {}, **dict(extra_env_args or {})}
-            outside = bool(np.any(low < -1.0 - 1e-6) or np.any(high > 1.0 + 1e-6))
-            if outside and actions == "auto":
-                # a dimension already inside [-1, 1] keeps its values (bounds -1, 1: not narrowed to the range this
-                # data happened to cover); the others are mapped from their min / max
-                inside = (low >= -1.0 - 1e-6) & (high <= 1.0 + 1e-6)
-                low, high = np.where(inside, -1.0, low), np.where(inside, 1.0, high)
-                if np.any(high <= low):
-                    log.warning("%s: action dimension(s) %s are constant outside [-1, 1] (%s): an agent trained on "
-                                "this file always gives that value there", source, np.flatnonzero(high <= low).tolist(),
-                                np.round(low[high <= low], 4).tolist())
-                units = ActionNormalization(tuple(low.tolist()), tuple(high.tolist()))
+            units = auto_bounds(low, high) if actions == "auto" else None
+            if units is not None:
+                warn_constant_dimensions(units, source)
                 _rescale_actions(data, written, units)
                 env_args[ACTION_UNITS_KEY] = units.to_dict()
                 log.warning("%s: actions outside [-1, 1] (min %s, max %s) rescaled per dimension to [-1, 1]; "

@@ -160,7 +160,8 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     meta: dict[str, Any] = {"version": INDEX_VERSION, "source": _source_stamp(source), "demos": demos,
                             "demo_starts": starts.tolist(), "num_transitions": n, "keys": {}}
     log.info("indexing the frames of %s (%d transitions, cameras %s) into %s", source, n, list(keys), folder)
-    trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False)
+    # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range
+    trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False, action_range=False)
     (tmp / "transitions").mkdir()
     for name, arr in [("actions", trans.actions), ("rewards", trans.rewards), ("dones", trans.dones),
                       *[(f"obs.{k}", v) for k, v in trans.obs.items()],

@@ -221,6 +221,18 @@ def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[
     return int(acts.shape[1])
 
 
+def action_bounds(path: str | os.PathLike, info: DatasetInfo | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension min and max of every demo's actions, ``(A,)`` each (reads only the action arrays)."""
+    info = info or read_info(path)
+    low = high = None
+    with _open(os.fspath(path)) as f:
+        for d in info.demos:
+            a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64).reshape(d.num_samples, -1)
+            low = a.min(0) if low is None else np.minimum(low, a.min(0))
+            high = a.max(0) if high is None else np.maximum(high, a.max(0))
+    return low, high
+
+
 def read_info(path: str | os.PathLike) -> DatasetInfo:
     """Read and validate the file's metadata (attributes, masks, obs keys and shapes), no array data."""
     p = os.fspath(path)
@@ -345,13 +357,15 @@ def load_transitions(
     tasks: Sequence[str] | None = None,
     demos: Sequence[str] | None = None,
     images: bool = True,
+    action_range: bool = True,
 ) -> Transitions:
     """Load ``obs_keys`` (and next_obs, actions, rewards, dones) of the selected demos into flat arrays.
 
     Low-dim observations, actions, rewards and dones are returned as float32, images as uint8. With
     ``images=False`` image keys are validated (shapes, dtypes) but not read and left out of ``obs`` / ``next_obs``
-    (the disk-backed dataset, :mod:`robopretrain.data.disk`, reads them on demand). Raises :class:`DatasetError`
-    on any contract violation (see the module docstring).
+    (the disk-backed dataset, :mod:`robopretrain.data.disk`, reads them on demand). ``action_range=False`` reads
+    actions outside ``[-1, 1]`` as they are (a caller that rescales them, :mod:`robopretrain.data.dataset`). Raises
+    :class:`DatasetError` on any contract violation (see the module docstring).
     """
     info = read_info(path)
     p = info.path
@@ -380,7 +394,8 @@ def load_transitions(
         lo = 0
         for i, d in enumerate(chosen):
             hi = lo + d.num_samples
-            _read_demo(p, f["data"][d.name], d.name, read_keys, obs, next_obs, actions, rewards, dones, lo, hi)
+            _read_demo(p, f["data"][d.name], d.name, read_keys, obs, next_obs, actions, rewards, dones, lo, hi,
+                       action_range)
             episode_ids[lo:hi] = i
             task_ids[lo:hi] = d.task_id
             lo = hi
@@ -426,13 +441,14 @@ def _read_demo(
     dones: np.ndarray,
     lo: int,
     hi: int,
+    action_range: bool = True,
 ) -> None:
     base = f"data/{name}"
     for k in obs_keys:
         _read_into(path, demo[f"obs/{k}"], f"{base}/obs/{k}", obs[k], lo, hi)
         _read_into(path, demo[f"next_obs/{k}"], f"{base}/next_obs/{k}", next_obs[k], lo, hi)
     _read_into(path, demo["actions"], f"{base}/actions", actions, lo, hi)
-    if np.abs(actions[lo:hi]).max() > 1.0 + 1e-6:
+    if action_range and np.abs(actions[lo:hi]).max() > 1.0 + 1e-6:
         raise _err(path, f"{base}/actions", f"values outside [-1, 1] (max |a| = {np.abs(actions[lo:hi]).max():.4g})")
     _read_into(path, demo["rewards"], f"{base}/rewards", rewards, lo, hi)
     _read_into(path, demo["dones"], f"{base}/dones", dones, lo, hi)

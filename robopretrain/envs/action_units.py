@@ -94,6 +94,27 @@ class ActionNormalization:
             and np.allclose(self.high, other.high, rtol=1e-6, atol=1e-6))
 
 
+def auto_bounds(low: np.ndarray, high: np.ndarray) -> ActionNormalization | None:
+    """The units to rescale actions whose per-dimension min / max over a dataset are ``low`` / ``high``: a dimension
+    that leaves ``[-1, 1]`` maps from its min / max, one inside keeps its values (bounds -1, 1: not narrowed to the
+    range the data happened to cover, a constant one not frozen). None when every dimension is inside."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    inside = (low >= -1.0 - 1e-6) & (high <= 1.0 + 1e-6)
+    if inside.all():
+        return None
+    return ActionNormalization(tuple(np.where(inside, -1.0, low).tolist()), tuple(np.where(inside, 1.0, high).tolist()))
+
+
+def warn_constant_dimensions(units: ActionNormalization, where: str) -> bool:
+    """Warn (and return True) when ``units`` fix a dimension (``low == high``, a value constant outside [-1, 1]): an
+    agent in these units always gives that value there."""
+    fixed = np.flatnonzero(np.asarray(units.high) <= np.asarray(units.low))
+    if fixed.size:
+        log.warning("%s: action dimension(s) %s are constant outside [-1, 1] (%s): an agent trained on this data "
+                    "always gives that value there", where, fixed.tolist(), [units.low[i] for i in fixed])
+    return bool(fixed.size)
+
+
 def of_env_args(env_args: Mapping[str, Any]) -> ActionNormalization | None:
     """The normalization a data file's ``env_args`` record (None: its actions are in the env's units)."""
     return ActionNormalization.from_mapping(env_args.get(ENV_ARGS_KEY))
@@ -143,4 +164,4 @@ def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
-__all__ = ["ENV_ARGS_KEY", "FORMULA", "ActionNormalization", "describe", "of_env_args", "reexpress", "same_units"]
+__all__ = ["ENV_ARGS_KEY", "FORMULA", "ActionNormalization", "auto_bounds", "warn_constant_dimensions", "describe", "of_env_args", "reexpress", "same_units"]
