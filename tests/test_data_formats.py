@@ -66,6 +66,12 @@ def test_d4rl_next_observations_and_success_from_the_file(tmp_path):
     assert [len(x["actions"]) for x in d] == [4, 5, 3]  # every row kept: the file has the next observations
     np.testing.assert_array_equal(d[1]["next"]["observations"][:, 0], np.arange(4, 9) + 1000)
     assert [x["meta"]["success"] for x in d] == [True, False, False]
+    with h5py.File(F.write_d4rl(tmp_path / "flat.hdf5"), "r+") as f:  # a 1-D action space stored as (N,)
+        first = f["actions"][()][:, 0]
+        del f["actions"]
+        f["actions"] = first
+    flat = demos(convert(tmp_path / "flat.hdf5", tmp_path / "flat_conv.hdf5"))
+    assert flat[0]["actions"].shape == (4, 1) and np.allclose(flat[0]["actions"][:, 0], first[:4], atol=1e-6)
     other = convert(F.write_d4rl(tmp_path / "g.hdf5", success=True, success_key="is_success"), tmp_path / "g2.hdf5")
     assert [x["meta"]["success"] for x in demos(other)] == [True, False, False]  # gymnasium-robotics' key
 

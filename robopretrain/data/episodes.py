@@ -63,7 +63,8 @@ class Episode:
 
     ``terminations[t]`` is 1 where the step ended the episode by a true terminal state (no bootstrap);
     ``truncated`` says the episode was cut (time limit) rather than terminated. ``success`` is None when the
-    source does not record it.
+    source does not record it. 1-D ``actions`` ``(N,)`` (a one-dimensional action space stored flat) become
+    ``(N, 1)``.
     """
 
     obs: dict[str, np.ndarray]
@@ -75,6 +76,11 @@ class Episode:
     task: str
     success: bool | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.actions = np.asarray(self.actions)
+        if self.actions.ndim == 1:
+            self.actions = self.actions.reshape(-1, 1)
 
     def __len__(self) -> int:
         return len(self.actions)
