@@ -325,23 +325,23 @@ def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[
                      *, explicit: bool = False) -> None:
     """Refuse two datasets that give one slot of the task one-hot to different tasks (e.g. a converted file that
     numbers its tasks from 0, mixed with a prior file whose task 0 is another): the agent could not tell them apart.
-    ``first`` / ``second``: task name -> slot (:func:`data_task_ids`). ``explicit``: the second file's slot was set
-    by the user (``data.mix.task_id``): a shared slot is then taken as one task under two names (two converted files
-    of one task, each named after its file) and logged, not refused."""
+    ``first`` / ``second``: task name -> slot (:func:`data_task_ids`). ``explicit``: the user put both files in this
+    slot (``data.task_id`` = ``data.mix.task_id``): a shared slot is then taken as one task under two names (two
+    converted files of one task, each named after its file) and logged, not refused."""
     by_slot = {slot: task for task, slot in first.items()}
     clashes = [(slot, by_slot[slot], task) for task, slot in second.items() if by_slot.get(slot, task) != task]
     if clashes and explicit:
         for slot, theirs, mine in clashes:
             log.info("task one-hot slot %d: task %r of %s and task %r of %s are one task to the agent "
-                     "(data.mix.task_id=%d)", slot, theirs, first_path, mine, second_path, slot)
+                     "(data.task_id = data.mix.task_id = %d)", slot, theirs, first_path, mine, second_path, slot)
         return
     if clashes:
         free = max([*first.values(), *second.values()]) + 1
         slot, theirs, mine = clashes[0]
         raise ValueError(f"task one-hot slot {slot} is task {theirs!r} in {first_path} and task {mine!r} in "
                          f"{second_path}: they would be one task to the agent; give the mixed data its own slot with "
-                         f"data.mix.task_id (e.g. {free}, with obs.num_tasks > {free}), or data.mix.task_id={slot} "
-                         "if they are the same task")
+                         f"data.mix.task_id (e.g. {free}, with obs.num_tasks > {free}), or data.task_id={slot} "
+                         f"data.mix.task_id={slot} if they are the same task")
 
 
 def targets_of_data(info: DatasetInfo, task_ids: Mapping[str, int]) -> list[Target]:

@@ -139,8 +139,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                                        action_units=agent.action_normalization)
         mix_info = read_info(build.converted(Path(str(mix.path)), mix))  # another format: its cached conversion
         mix_ids = build.data_task_ids(mix_info, mix)
-        build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path),
-                               explicit=mix.get("task_id") is not None)
+        same_slot = mix.get("task_id") is not None and cfg.data.get("task_id") is not None and int(
+            mix.task_id) == int(cfg.data.task_id)  # both files' tasks put in one slot by the user: one task
+        build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path), explicit=same_slot)
         if dinfo.is_main:
             build.report_success_filter(cfg.algo, mix_data, str(mix.path))
         sampler = MixedSampler(sampler, build.training_sampler(agent, build.prepared(agent, mix_data, seed + 1),

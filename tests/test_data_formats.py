@@ -274,9 +274,9 @@ def test_a_mix_in_another_format_is_converted_like_data_path(tmp_path):
                              train={"eval_targets": []}))
     _, saved = load_agent(ckpt)
     assert saved.step == 2 and sorted(saved.meta["task_ids"].values()) == [0, 1]
-    # two converted files of one task (each named after its file stem) share slot 0 when the mix's slot is given
+    # two converted files of one task (each named after its file stem) share slot 0 when both are put there
     same = run(stage2_config(prior, tmp_path / "same", algo="iql", steps=2, obs={"low_dim": ["observations"]},
-                             data_cfg={"cache_dir": str(tmp_path / "cache"),
+                             data_cfg={"cache_dir": str(tmp_path / "cache"), "task_id": 0,
                                        "mix": {"path": str(mix), "fraction": 0.5, "task_id": 0,
                                                "cache_dir": str(tmp_path / "cache")}},
                              train={"eval_targets": []}))
