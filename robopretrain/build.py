@@ -414,9 +414,9 @@ def warn_action_range(space: Any, where: str) -> bool:
         return False
     if np.allclose(low, -1.0, atol=1e-6) and np.allclose(high, 1.0, atol=1e-6):
         return False
-    log.warning("%s: the env takes actions from low %s to high %s; the agent's reach it unmapped, in [-1, 1] (its data recorded "
-                "no action normalization): part of the range is out of reach, or, if the data was rescaled outside "
-                "the toolkit, set the target's action_normalization {low, high}", where,
+    log.warning("%s: the env takes actions from low %s to high %s; the agent's reach it unmapped, in [-1, 1] (its "
+                "data recorded no action normalization): part of the range is out of reach, or, if the data was "
+                "rescaled outside the toolkit, set the target's action_normalization {low, high}", where,
                 np.round(low, 4).tolist(), np.round(high, 4).tolist())
     return True
 

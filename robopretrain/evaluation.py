@@ -186,6 +186,5 @@ def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
             "gap_data": float((q_data - mc).mean()), "gap_policy": float((q_pi - mc).mean())}
 
 
-__all__ = ["EVAL_SEED", "NothingToFilm", "agent_env", "agent_env_factory", "agent_target", "calibration", "evaluate", "run_episodes",
-           "train_episode_seed", "video_frame",
-           "write_gif"]
+__all__ = ["EVAL_SEED", "NothingToFilm", "agent_env", "agent_env_factory", "agent_target", "calibration", "evaluate",
+           "run_episodes", "train_episode_seed", "video_frame", "write_gif"]

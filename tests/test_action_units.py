@@ -218,8 +218,8 @@ def test_a_robomimic_file_in_the_robots_own_units_is_rescaled_when_loaded(units_
 
 
 def test_stage3_acts_and_stores_in_the_agents_units(units_bc, tmp_path, monkeypatch) -> None:
-    """Fine-tuning from a checkpoint of a units agent (CQL, 4 updates): the online env receives env-unit actions, the replay buffer keeps the
-    agent's [-1, 1] ones, and target demos converted with other bounds are re-expressed in the agent's units."""
+    """Fine-tuning from a checkpoint of a units agent (CQL, 4 updates): the online env receives env-unit actions, the
+    replay buffer keeps the agent's [-1, 1] ones, and target demos converted with other bounds are re-expressed in the agent's units."""
     import h5py
 
     from robopretrain import build

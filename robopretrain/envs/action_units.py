@@ -102,7 +102,8 @@ def auto_bounds(low: np.ndarray, high: np.ndarray) -> ActionNormalization | None
     inside = (low >= -1.0 - 1e-6) & (high <= 1.0 + 1e-6)
     if inside.all():
         return None
-    return ActionNormalization(tuple(np.where(inside, -1.0, low).tolist()), tuple(np.where(inside, 1.0, high).tolist()))
+    return ActionNormalization(tuple(np.where(inside, -1.0, low).tolist()),
+                               tuple(np.where(inside, 1.0, high).tolist()))
 
 
 def warn_constant_dimensions(units: ActionNormalization, where: str) -> bool:
@@ -126,7 +127,10 @@ def same_units(first: ActionNormalization | None, second: ActionNormalization | 
 
 
 def describe(norm: ActionNormalization | None) -> str:
-    return "env units (no normalization)" if norm is None else f"[-1, 1] from low={list(norm.low)}, high={list(norm.high)}"
+    """One phrase for messages: the env's units, or the bounds of the rescaling."""
+    if norm is None:
+        return "env units (no normalization)"
+    return f"[-1, 1] from low={list(norm.low)}, high={list(norm.high)}"
 
 
 def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent_units: ActionNormalization | None,
@@ -159,9 +163,9 @@ def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent
         log.warning("%s: %.2f%% of the action values lie outside the agent's [-1, 1] once re-expressed in its units "
                     "(%s; the file's: %s) and are clipped", where, 100.0 * outside.mean(), describe(agent_units),
                     describe(file_units))
-    log.info("%s: actions re-expressed from %s to the agent's %s", where, describe(file_units),
-                 describe(agent_units))
+    log.info("%s: actions re-expressed from %s to the agent's %s", where, describe(file_units), describe(agent_units))
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
-__all__ = ["ENV_ARGS_KEY", "FORMULA", "ActionNormalization", "auto_bounds", "warn_constant_dimensions", "describe", "of_env_args", "reexpress", "same_units"]
+__all__ = ["ENV_ARGS_KEY", "FORMULA", "ActionNormalization", "auto_bounds", "describe", "of_env_args", "reexpress",
+           "same_units", "warn_constant_dimensions"]
