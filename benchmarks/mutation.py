@@ -278,6 +278,23 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("dataset", "default_num_tasks/swap/2"): Equivalent(
         "max(len(TASKS), largest) -> max(largest, len(TASKS)): symmetric",
         "max(..len(sim_envs.TASKS), largest..) swapped @ return max(len(sim_envs.TASKS), largest)"),
+    ("dataset", "default_num_tasks/swap/3"): Equivalent(
+        "max(len(TASK_IDS), largest) -> max(largest, len(TASK_IDS)): symmetric (Meta-World's branch)",
+        "max(..len(TASK_IDS), largest..) swapped @ return max(len(TASK_IDS), largest)"),
+    ("hdf5", "load_transitions/const/2"): Equivalent(
+        "(0,) + shape -> (1,) + shape in the image-key test: only the number of dimensions is read there",
+        "0 -> 1 @ read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0])]"),
+    ("action_units", "ActionNormalization.same/swap/0"): Equivalent(
+        "np.allclose(a, b) -> (b, a) on the low bounds: |a - b| <= 1e-6 + 1e-6 |b| differs from the swap only by "
+        "1e-6 of a bound's size in the tolerance; both mean 'equal to float32 precision'",
+        "np.allclose(..self.low, other.low..) swapped @ np.allclose(self.low, other.low, rtol=1e-6, atol=1e-6)"),
+    ("action_units", "ActionNormalization.same/swap/1"): Equivalent(
+        "as ActionNormalization.same/swap/0, on the high bounds",
+        "np.allclose(..self.high, other.high..) swapped @ and np.allclose(self.high, other.high, rtol=1e-6, "
+        "atol=1e-6))"),
+    ("action_units", "reexpress/swap/0"): Equivalent(
+        "same_units(a, b) -> same_units(b, a): symmetric (both None, or both set with equal bounds)",
+        "same_units(..file_units, agent_units..) swapped @ if same_units(file_units, agent_units):"),
     ("sampling", "long_enough/const/2"): Equivalent(
         "getattr(..., 'stride', 1) -> 0 for a source without a stride: it only words the message (', counted after "
         "the frame stride' when > 1): no text either way",

@@ -47,6 +47,21 @@ def test_the_two_maps_by_hand() -> None:
     assert ActionNormalization.from_mapping(UNITS.to_dict()) == UNITS and ActionNormalization.from_mapping(None) is None
 
 
+def test_auto_bounds_rescale_only_dimensions_outside_and_name_constant_ones(caplog) -> None:
+    """auto_bounds by hand at the edges: [-0.9, 0.95] and exactly [-1, 1] are inside (kept), [-1, 1.2] and a
+    constant 5 are outside; all inside is None. The constant dimension is warned about, the others are not."""
+    from robopretrain.envs.action_units import auto_bounds, warn_constant_dimensions
+
+    units = auto_bounds(np.array([-0.9, -1.0, -1.0, 5.0]), np.array([0.95, 1.0, 1.2, 5.0]))
+    assert units.low == (-1.0, -1.0, -1.0, 5.0) and units.high == (1.0, 1.0, 1.2, 5.0)
+    assert auto_bounds(np.array([-0.9, -1.0]), np.array([0.95, 1.0])) is None
+    with caplog.at_level(logging.WARNING):
+        assert warn_constant_dimensions(units, "arm.hdf5") and "dimension(s) [3]" in caplog.text
+        caplog.clear()
+        assert not warn_constant_dimensions(ActionNormalization((0.0,), (8.0,)), "arm.hdf5")
+    assert caplog.text == ""
+
+
 def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(caplog) -> None:
     other = ActionNormalization((2.0, -1.0, 1.0), (6.0, 1.0, 1.0))
     file_actions = np.array([[-1.0, 1.0, 0.0], [1.0, -1.0, 0.0]], np.float32)  # env: (2, 1, 1), (6, -1, 1)
@@ -56,6 +71,11 @@ def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(c
     np.testing.assert_allclose(reexpress(file_actions, UNITS, None, "f"), np.clip(UNITS.to_env(file_actions), -1, 1))
     same = reexpress(file_actions, UNITS, ActionNormalization(UNITS.low, UNITS.high), "f")
     np.testing.assert_array_equal(same, file_actions)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # 0.8 in the agent's units is inside its [-1, 1]: no clipping warning
+        np.testing.assert_allclose(reexpress(np.array([[7.2, 1.6, 1.0]], np.float32), None, UNITS, "f"),
+                                   [[0.8, 0.8, 0.0]], atol=1e-6)
+    assert "outside" not in caplog.text
     with caplog.at_level(logging.WARNING):
         out = reexpress(np.array([[10.0, 0.0, 1.0]], np.float32), None, UNITS, "wide.hdf5")
     assert out[0, 0] == 1.0 and "wide.hdf5" in caplog.text and "33.33%" in caplog.text

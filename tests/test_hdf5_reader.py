@@ -229,3 +229,28 @@ def test_a_robomimic_dataset_without_task_attributes_is_one_task(tmp_path):
 
     with pytest.raises(DatasetError, match=r"data/demo_1: missing attribute 'task_id' \(give both"):
         read_info(write_dataset(tmp_path / "half.hdf5", mutate=half))
+
+
+def test_action_bounds_span_every_demo_and_env_args_is_required(tmp_path):
+    """Per-dimension min / max over all demos (each demo holds another extreme); a file without data/env_args is
+    named (the contract needs it: targets and action units come from it)."""
+
+    def spread(f):
+        for i, name in enumerate(["demo_0", "demo_1", "demo_10"]):
+            n = f[f"data/{name}/actions"].shape[0]
+            del f[f"data/{name}/actions"]
+            a = np.zeros((n, 2), np.float32)
+            a[0] = [(-3.0, 0.5), (0.2, 4.0), (1.0, -2.0)][i]
+            f[f"data/{name}/actions"] = a
+
+    from robopretrain.data.hdf5 import action_bounds
+
+    low, high = action_bounds(write_dataset(tmp_path / "wide.hdf5", mutate=spread))
+    np.testing.assert_allclose(low, [-3.0, -2.0])
+    np.testing.assert_allclose(high, [1.0, 4.0])
+
+    def no_env_args(f):
+        del f["data"].attrs["env_args"]
+
+    with pytest.raises(DatasetError, match="missing attribute 'env_args'"):
+        read_info(write_dataset(tmp_path / "bare.hdf5", mutate=no_env_args))
