@@ -292,6 +292,9 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "as ActionNormalization.same/swap/0, on the high bounds",
         "np.allclose(..self.high, other.high..) swapped @ and np.allclose(self.high, other.high, rtol=1e-6, "
         "atol=1e-6))"),
+    ("evaluation", "agent_target/swap/2"): Equivalent(
+        "same_units(theirs, mine) -> same_units(mine, theirs): symmetric (here both are set)",
+        "same_units(..theirs, mine..) swapped @ if not same_units(theirs, mine):"),
     ("action_units", "reexpress/swap/0"): Equivalent(
         "same_units(a, b) -> same_units(b, a): symmetric (both None, or both set with equal bounds)",
         "same_units(..file_units, agent_units..) swapped @ if same_units(file_units, agent_units):"),

@@ -230,3 +230,17 @@ def test_a_dense_reward_target_refuses_the_success_filter_of_the_actor_bc_term()
         build.reward_settings({"name": "calql", "actor_bc_filter": "success", "actor_bc_weight": 4.0}, dense)
     assert build.reward_settings({"name": "calql", "actor_bc_filter": "none"}, dense).sparse is False
     assert build.reward_settings({"name": "calql", "actor_bc_filter": "success"}).sparse is True
+
+
+def test_the_action_range_check_names_the_offending_demo_and_allows_rounding(tmp_path):
+    """Actions at exactly 1 and one float32 step above it (rescaling's rounding) load; 1.5 in the second demo is
+    refused naming that demo, not the first demo's 1.0."""
+    path = write_file(tmp_path / "edge.hdf5")
+    spec = spec_of_data(path, ["proprio"], [], None)
+    with h5py.File(path, "r+") as f:
+        f["data/demo_0/actions"][0] = [1.0, -1.0, np.nextafter(np.float32(1), np.float32(2)), 0.0]
+    assert np.abs(load_offline_dataset(path, spec, CAL_QL).arrays()["actions"]).max() > 1.0
+    with h5py.File(path, "r+") as f:
+        f["data/demo_1/actions"][1] = [1.5, 0.0, 0.0, 0.0]
+    with pytest.raises(DatasetError, match=r"edge.hdf5: data/demo_1/actions: values outside \[-1, 1\]"):
+        load_offline_dataset(path, spec, CAL_QL)
