@@ -160,8 +160,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     reward = build.reward_settings(cfg.algo, target)
     tasks = cfg.data.get("tasks") or ([target.name] if target.name in info.tasks else None)
     data_cfg = cfg.data
-    if not data_cfg.get("obs_map") and demo_obs_map(target, info):
-        data_cfg = OmegaConf.create({**build.plain(cfg.data), "obs_map": demo_obs_map(target, info)})
+    mapped = demo_obs_map(target, info)
+    if not data_cfg.get("obs_map") and mapped:
+        data_cfg = OmegaConf.create({**build.plain(cfg.data), "obs_map": mapped})
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,
                               seed=int(cfg.seed) + 2, device=device, tasks=tasks,
                               task_id=target.resolved_task_id() if agent.spec.num_tasks else None,
