@@ -23,7 +23,10 @@ import json
 import multiprocessing as mp
 import signal
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from multiprocessing.pool import RemoteTraceback
 from pathlib import Path
 from typing import Any
 
@@ -131,21 +134,65 @@ def run_variant(work: Path, seed: int, variant: str, episodes: int) -> dict[str,
             "seconds": stage3["seconds"], "outcomes": condition_outcomes(info)}
 
 
-def _call(job: tuple[Any, tuple]) -> Any:
-    fn, task = job
-    return fn(*task)
+def _child(fn: Any, task: tuple, conn: Any) -> None:
+    """A worker's body: ``fn(*task)`` with Ctrl-C ignored (the parent alone handles it); its result, or its exception
+    and traceback, sent back through ``conn``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        conn.send((True, fn(*task)))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent, which re-raises it
+        text = traceback.format_exc()
+        try:
+            conn.send((False, (exc, text)))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as its text
+            conn.send((False, (RuntimeError(f"{type(exc).__name__}: {exc}"), text)))
+    finally:
+        conn.close()
+
+
+def _in_fresh_process(fn: Any, task: tuple, live: set) -> Any:
+    """``fn(*task)`` in a fresh spawned process that is not a daemon, so ``fn`` may start pools of its own (data
+    collection does); its exception is re-raised here, the worker's traceback as its cause. ``live`` holds the running
+    processes, for the caller to stop."""
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(fn, task, send))
+    proc.start()
+    live.add(proc)
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        ok, value = None, None
+    finally:
+        receive.close()
+        proc.join()
+        live.discard(proc)
+    if ok is None:
+        raise RuntimeError(f"the worker running {getattr(fn, '__name__', fn)}{task} died (exit code {proc.exitcode})")
+    if not ok:
+        exc, text = value
+        raise exc from RemoteTraceback(text)
+    return value
 
 
 def _pooled(fn: Any, tasks: Sequence[tuple], jobs: int) -> Iterator[Any]:
-    """``fn(*task)`` for each task, yielded as each finishes, in fresh spawned processes (``jobs`` at a time; stage 3
-    sets torch's global seed and thread count, so runs may not share a process); in this process when ``jobs`` <= 1."""
+    """``fn(*task)`` for each task, yielded as each finishes, each in a fresh spawned process (``jobs`` at a time;
+    stage 3 sets torch's global seed and thread count, so runs may not share a process); in this process when ``jobs``
+    <= 1. Workers ignore Ctrl-C; on Ctrl-C or a failure the parent stops the running ones and the rest never start."""
     if jobs <= 1:
         yield from (fn(*t) for t in tasks)
         return
-    # workers ignore Ctrl-C: the parent alone handles it, stopping the pool (no traceback per worker)
-    with mp.get_context("spawn").Pool(jobs, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN),
-                                      maxtasksperchild=1) as pool:
-        yield from pool.imap_unordered(_call, [(fn, t) for t in tasks])
+    live: set = set()
+    threads = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = [threads.submit(_in_fresh_process, fn, t, live) for t in tasks]
+        for done in as_completed(futures):
+            yield done.result()
+    finally:
+        threads.shutdown(wait=False, cancel_futures=True)
+        for proc in list(live):
+            proc.terminate()
 
 
 # --------------------------------------------------------------------------- summary

@@ -153,6 +153,20 @@ def sigint_ignored_after(initializer, *args) -> bool:
     return sigint_ignored()
 
 
+def pool_inside(x: int) -> tuple[int, int, bool]:
+    """Start a spawned pool of this process's own (data collection does), and say whether Ctrl-C is ignored here:
+    ``(x, |-x| computed in the pool, ignored)``. Run in a benchmark's worker process."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return x, pool.apply(abs, (-x,)), sigint_ignored()
+
+
+def raise_value_error(message: str) -> None:
+    """Fail as a benchmark run can (run in a worker process)."""
+    raise ValueError(message)
+
+
 class SigintProbeEnv(CountEnv):
     """CountEnv whose observation ``x[0]`` is 1 where the process that built it ignores Ctrl-C, else 0."""
 

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -78,27 +77,19 @@ def test_collection_pool_workers_ignore_ctrl_c(parent_handler):
     assert signal.getsignal(signal.SIGINT) == parent_handler
 
 
-def test_benchmark_pools_start_workers_that_ignore_ctrl_c(monkeypatch):
+def test_benchmark_workers_ignore_ctrl_c_may_start_pools_and_report_failures(parent_handler):
+    """claims_robustness._pooled's workers: fresh non-daemon processes (a run's data collection starts a pool of its
+    own, which a daemonic pool worker may not), Ctrl-C ignored there and not here, a worker's exception re-raised
+    here with its traceback."""
+    from multiprocessing.pool import RemoteTraceback
+
     import claims_robustness
+    from _fake_envs import pool_inside, raise_value_error
 
-    seen = {}
-
-    class FakePool:  # records how _pooled starts its pool, then runs the initializer as a worker would
-        def __init__(self, jobs, initializer=None, initargs=(), maxtasksperchild=None):
-            seen.update(jobs=jobs, initializer=initializer, initargs=initargs)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def imap_unordered(self, fn, jobs):
-            return map(fn, jobs)
-
-    class Context:
-        Pool = FakePool
-
-    monkeypatch.setattr(claims_robustness, "mp", SimpleNamespace(get_context=lambda method: Context()))
-    assert list(claims_robustness._pooled(max, [(1, 2)], jobs=2)) == [2]
-    assert in_spawned_worker(seen["initializer"], *seen["initargs"])
+    got = sorted(claims_robustness._pooled(pool_inside, [(1,), (2,), (3,)], jobs=2))
+    assert got == [(1, 1, True), (2, 2, True), (3, 3, True)]
+    assert signal.getsignal(signal.SIGINT) == parent_handler
+    assert list(claims_robustness._pooled(pool_inside, [(4,)], jobs=1)) == [(4, 4, False)]  # jobs=1: in this process
+    with pytest.raises(ValueError, match="stage 3 failed") as exc:
+        list(claims_robustness._pooled(raise_value_error, [("stage 3 failed",)], jobs=2))
+    assert isinstance(exc.value.__cause__, RemoteTraceback) and "raise_value_error" in str(exc.value.__cause__)
