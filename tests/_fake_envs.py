@@ -44,17 +44,20 @@ class RobosuiteLikeEnv(gym.Env):
     is) and ``robot0_eye_in_hand_image`` (its height and the gripper opening as colours), ``image_size`` px;
     actions ``act_dim`` (7: xyz delta, 3 unused rotation deltas, gripper). Like robosuite it gives a dense reward
     (``-distance``), never terminates by itself and reports ``info["success"]``: the target's conventions (sparse
-    reward from success, termination on success, a time limit) are the toolkit's job."""
+    reward from success, termination on success, a time limit) are the toolkit's job. ``channels_first``: cameras
+    as ``(3, H, W)``, as pixel envs written for PyTorch give them."""
 
     def __init__(self, goal=(0.0, 0.0, 0.0), image_size: int = 16, cameras: bool = True, eef_dim: int = 3,
-                 act_dim: int = ROBOSUITE_ACT_DIM) -> None:
+                 act_dim: int = ROBOSUITE_ACT_DIM, channels_first: bool = False) -> None:
         self.goal = np.asarray(goal, np.float32)[:3]
         self.size, self.cameras, self.eef_dim = int(image_size), bool(cameras), int(eef_dim)
+        self.channels_first = bool(channels_first)
         spaces = {EEF: gym.spaces.Box(-np.inf, np.inf, (self.eef_dim,), np.float32),
                   GRIPPER: gym.spaces.Box(-1.0, 1.0, (2,), np.float32)}
         if self.cameras:
             for key in (AGENTVIEW, EYE_IN_HAND):
-                spaces[key] = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
+                shape = (3, self.size, self.size) if self.channels_first else (self.size, self.size, 3)
+                spaces[key] = gym.spaces.Box(0, 255, shape, np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (int(act_dim),), np.float32)
         self.eef = np.zeros(self.eef_dim, np.float32)
@@ -70,6 +73,8 @@ class RobosuiteLikeEnv(gym.Env):
             hand = np.zeros((s, s, 3), np.uint8)
             hand[..., 0] = int(np.clip(128 + 100 * self.eef[2], 0, 255))
             hand[..., 1] = int(np.clip(128 + 100 * self.grip[0], 0, 255))
+            if self.channels_first:
+                view, hand = view.transpose(2, 0, 1).copy(), hand.transpose(2, 0, 1).copy()
             obs[AGENTVIEW], obs[EYE_IN_HAND] = view, hand
         return obs
 

@@ -12,7 +12,9 @@ A :class:`Target` is a task of a *family*:
 
 * observations are dicts of named parts in our names (``obs_map`` maps our part name -> the env's key; a
   non-dict observation becomes the part ``observation``), camera images upright uint8 ``(H, W, 3)`` (``flip_images``
-  for envs that render upside down), plus ``task_id`` (the target's slot in the task one-hot);
+  for envs that render upside down), plus ``task_id`` (the target's slot in the task one-hot); a gym env's camera
+  frames are also made channels-last RGB and resized to the agent's image size
+  (:mod:`robopretrain.envs.camera_frames`: ``(C, H, W)``, grey and RGBA frames, any size);
 * ``info["success"]`` every step, read from ``info[success_key]``;
 * reward ``float(success)`` when ``reward: sparse`` (the default: the data contract's sparse success reward), or
   the env's own reward when the target declares ``reward: dense`` (then Cal-QL's sparse all-failure rule is off);
@@ -39,6 +41,7 @@ import gymnasium as gym
 import numpy as np
 
 from robopretrain.envs.action_units import ActionNormalization
+from robopretrain.envs.camera_frames import agent_frame_shape, is_camera, to_agent_frame
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +231,7 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         return _in_agent_units(TargetEnv(env, target, cameras), target)
     # a registered env's own TimeLimit is replaced, not nested (an outer limit could not lift a shorter inner one)
     env = _construct(str(target.env_id), target.env_kwargs, target.max_episode_steps)
-    return _in_agent_units(TargetEnv(env, target, cameras), target)
+    return _in_agent_units(TargetEnv(env, target, cameras, image_size), target)
 
 
 class AgentActionUnits(gym.ActionWrapper):
@@ -264,10 +267,12 @@ def _in_agent_units(env: gym.Env, target: Target) -> gym.Env:
 class TargetEnv(gym.Wrapper):
     """Renames observation parts, adds ``task_id``, flips images, derives success, reward and termination."""
 
-    def __init__(self, env: gym.Env, target: Target, cameras: Sequence[str] = ()) -> None:
+    def __init__(self, env: gym.Env, target: Target, cameras: Sequence[str] = (),
+                 image_size: int | None = None) -> None:
         super().__init__(env)
         self.target = target
         self.cameras = tuple(cameras)
+        self.image_size = int(image_size) if image_size else None  # camera frames resized to it (None: kept)
         self._task_id = target.resolved_task_id()
         self._reverse = {v: k for k, v in target.obs_map.items()}
         self.observation_space = self._space(env.observation_space)
@@ -282,6 +287,8 @@ class TargetEnv(gym.Wrapper):
                 continue
             if isinstance(sub, gym.spaces.Box) and sub.dtype != np.uint8:
                 sub = gym.spaces.Box(sub.low.astype(np.float32), sub.high.astype(np.float32), dtype=np.float32)
+            elif isinstance(sub, gym.spaces.Box) and len(sub.shape) == 3:  # a camera: as _obs returns it
+                sub = gym.spaces.Box(0, 255, agent_frame_shape(sub.shape, self.image_size), dtype=np.uint8)
             out[self._reverse.get(key, key)] = sub
         known = int(getattr(items.get("task_id"), "n", 0))
         out["task_id"] = gym.spaces.Discrete(max(known, self._task_id + 1))
@@ -294,9 +301,11 @@ class TargetEnv(gym.Wrapper):
         for key, value in obs.items():
             ours = self._reverse.get(key, key)
             arr = np.asarray(value)
-            if arr.dtype == np.uint8 and arr.ndim == 3:
-                if self.target.flip_images:
-                    arr = np.ascontiguousarray(arr[::-1])
+            if is_camera(arr):
+                try:
+                    arr = to_agent_frame(arr, self.image_size, self.target.flip_images)
+                except ValueError as exc:
+                    raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
             elif np.issubdtype(arr.dtype, np.floating) or arr.ndim == 1:
                 arr = arr.astype(np.float32, copy=False)
             out[ours] = arr

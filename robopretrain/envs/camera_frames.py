@@ -1,0 +1,69 @@
+"""A gym env's camera frames in the toolkit's image contract: upright uint8 ``(H, W, 3)`` at the agent's size.
+
+Envs render in many layouts. :func:`to_agent_frame` takes one frame, a uint8 array of 3 dimensions, and returns
+it as the agent sees images in its data:
+
+* channels last: ``(C, H, W)`` with ``C`` in {1, 3, 4} and a last dimension not in {1, 3, 4} is transposed
+  (pixel-based envs written for PyTorch often return channels first);
+* three channels: grey ``C = 1`` is repeated, RGBA ``C = 4`` loses its alpha channel;
+* upright: flipped vertically when the target says its env renders upside down (OpenGL's origin);
+* the agent's size: resized to ``(size, size)`` when its height or width differ, with Pillow's box filter when
+  shrinking (the area average, no aliasing) and its bilinear filter when enlarging. A non-square frame is resized
+  to a square one (its aspect ratio changes; crop in the env if that matters for the task).
+
+:func:`agent_frame_shape` gives the shape of the result, for the observation space. Torch-free.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
+
+
+def is_camera(arr: np.ndarray) -> bool:
+    """Whether an observation part is a camera frame: uint8 with 3 dimensions (the data contract's images)."""
+    return arr.dtype == np.uint8 and arr.ndim == 3
+
+
+def _channels_first(shape: tuple[int, ...]) -> bool:
+    return shape[0] in CHANNELS and shape[-1] not in CHANNELS
+
+
+def agent_frame_shape(shape: tuple[int, ...], size: int | None = None) -> tuple[int, int, int]:
+    """The ``(H, W, 3)`` shape :func:`to_agent_frame` returns for a frame of ``shape`` (``size``: the agent's image
+    size, or None to keep the env's). Raises ``ValueError`` when ``shape`` has no channel dimension in {1, 3, 4}."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3:
+        raise ValueError(f"a camera frame has 3 dimensions, got shape {shape}")
+    h, w, c = (shape[1], shape[2], shape[0]) if _channels_first(shape) else shape
+    if c not in CHANNELS:
+        raise ValueError(f"camera frame of shape {shape}: expected (H, W, C) or (C, H, W) with C in {list(CHANNELS)}")
+    return (int(size), int(size), 3) if size else (h, w, 3)
+
+
+def to_agent_frame(frame: np.ndarray, size: int | None = None, flip: bool = False) -> np.ndarray:
+    """``frame`` (uint8, ``(H, W, C)`` or ``(C, H, W)``, C in {1, 3, 4}) as a contiguous upright uint8
+    ``(size, size, 3)`` array (``(H, W, 3)`` when ``size`` is None). See the module docstring for each step.
+    Raises ``ValueError`` for another shape."""
+    arr = np.asarray(frame)
+    out_shape = agent_frame_shape(arr.shape, size)
+    if _channels_first(arr.shape):
+        arr = arr.transpose(1, 2, 0)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if flip:
+        arr = arr[::-1]
+    if arr.shape[:2] != out_shape[:2]:
+        from PIL import Image
+
+        h, w = out_shape[:2]
+        shrink = h <= arr.shape[0] and w <= arr.shape[1]
+        image = Image.fromarray(np.ascontiguousarray(arr))
+        arr = np.asarray(image.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR))
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+__all__ = ["agent_frame_shape", "is_camera", "to_agent_frame"]
