@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,17 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
                      "target demos (data.path=/path/to/target_demos.hdf5) or data.generate=true")
 
 
-def demo_obs_map(target: Target, info: Any) -> dict[str, str]:
-    """The target's ``obs_map`` entries that apply to its demo file: those whose env key the file has and whose part
-    name it lacks (a file recorded in the env has the env's keys; a converted one, e.g. D4RL's ``observations`` for a
-    gym env's unnamed ``observation``, may already have the agent's names)."""
+def demo_obs_map(target: Target, info: Any, pretrained: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``obs_map`` for stage 3's offline file when ``data.obs_map`` is not set: the entries of stage 2's
+    ``data.obs_map`` (``pretrained``, recorded in the checkpoint) and of the target's ``obs_map`` (which wins where
+    both name a part) that apply to the file: those whose source key the file has and whose part name it lacks (a file
+    recorded in the env has the env's keys; a converted one, e.g. D4RL's ``observations`` for a gym env's unnamed
+    ``observation``, may already have the agent's names)."""
     keys = set(info.obs_specs)
-    return {ours: theirs for ours, theirs in target.obs_map.items() if theirs in keys and ours not in keys}
+    out: dict[str, str] = {}
+    for mapping in (pretrained or {}, target.obs_map):
+        out.update({ours: theirs for ours, theirs in mapping.items() if theirs in keys and ours not in keys})
+    return out
 
 
 def refuse_decision_transformer(algo: str, checkpoint: Any) -> None:
@@ -160,7 +166,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     reward = build.reward_settings(cfg.algo, target)
     tasks = cfg.data.get("tasks") or ([target.name] if target.name in info.tasks else None)
     data_cfg = cfg.data
-    mapped = demo_obs_map(target, info)
+    mapped = demo_obs_map(target, info, ckpt.meta.get("obs_map"))
     if not data_cfg.get("obs_map") and mapped:
         data_cfg = OmegaConf.create({**build.plain(cfg.data), "obs_map": mapped})
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,

@@ -289,6 +289,27 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
     assert resumed["history"] == clean["history"]
 
 
+def test_stage_twos_obs_map_reads_its_data_file_again_in_stage_3(robosuite_demos, tmp_path):
+    """A data file recorded under other keys than the env's (stage 2 mapped them with data.obs_map): stage 3 falls back
+    to the checkpoint's data file for the target's demos and maps it the way stage 2 did, without being told again
+    (the target's obs_map names the env's keys, which the file lacks)."""
+    import shutil
+
+    import h5py
+
+    demos = Path(shutil.copy(robosuite_demos, tmp_path / "recorded.hdf5"))
+    with h5py.File(demos, "r+") as f:
+        for demo in f["data"].values():
+            for group in ("obs", "next_obs"):
+                demo[group].move(fake.EEF, "eef_recorded")
+    ckpt = stage2(stage2_config(demos, tmp_path / "s2", algo="cql", steps=2,
+                                data_cfg={"obs_map": {**OBS_MAP, "eef_pos": "eef_recorded"}},
+                                obs={"low_dim": ["eef_pos", "gripper_qpos"], "rgb": ["agentview_image"]}))
+    assert load_checkpoint(ckpt).meta["obs_map"]["eef_pos"] == "eef_recorded"
+    out = finetune(stage3_config(ckpt, tmp_path / "run", ROBOSUITE_TARGET, env_steps=12))
+    assert out["history"][-1]["env_steps"] == 12
+
+
 @pytest.mark.parametrize("mode", ["frozen_cached", "frozen", "finetune"])
 def test_every_encoder_mode_fine_tunes_online(robosuite_demos, tmp_path, mode):
     """Pretrained-encoder modes rebuild from the checkpoint; frozen_cached stores encoder features online."""
