@@ -13,7 +13,9 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
 3. **The ensemble**: ``model.ensemble`` MLPs ``r_e(s, a) = tanh(MLP_e(features(s) ++ a))`` (PEBBLE, Lee et al.
    2021: bounded outputs, an ensemble of independently initialised members, each drawing its own batches) over the
    same observation features as the agents (:class:`~robopretrain.nets.obs_encoder.ObsEncoder`: low-dim parts
-   normalised by the data's statistics, the task one-hot). Loss per member (Christiano et al. 2017, eq. 1; ties as
+   normalised by the data's statistics, the task one-hot) and the actions in ``[-1, 1]`` (a file in the robot's own
+   units is rescaled per dimension as stage 2 does, ``data.actions=auto``, and the model records those units).
+   Loss per member (Christiano et al. 2017, eq. 1; ties as
    0.5 targets)::
 
        P[a > b] = exp(sum_t r(a_t)) / (exp(sum_t r(a_t)) + exp(sum_t r(b_t))) = sigmoid(R_a - R_b)
@@ -59,7 +61,7 @@ from torch.nn import functional as F
 
 from robopretrain import build
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
-from robopretrain.data.dataset import FILE_UNITS, file_action_units
+from robopretrain.data.dataset import FILE_UNITS, check_action_range, data_action_units, file_action_units
 from robopretrain.data.hdf5 import Transitions, load_transitions, read_info, select_demos
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
@@ -328,10 +330,11 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError(f"relabel.output={dst} is the input file; give another path")
-    trans = load_transitions(src, list(spec.low_dim_keys))
+    trans = load_transitions(src, list(spec.low_dim_keys), action_range=False)
     units = getattr(model, "action_units", FILE_UNITS) if action_units is None else action_units
     if units != FILE_UNITS:
         trans.actions = reexpress(trans.actions, file_action_units(read_info(src)), units, str(src))
+    check_action_range(trans, str(src))
     data = SegmentData(trans, spec)
     chunks = [slice(lo, lo + RELABEL_CHUNK) for lo in range(0, len(data.actions), RELABEL_CHUNK)]
     r = np.concatenate([model({k: v[c] for k, v in data.obs.items()}, data.actions[c]).mean(0).numpy()
@@ -385,7 +388,12 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     if spec.rgb:
         raise ValueError("reward_model: cameras are not supported; use low-dim parts (obs.rgb=[])")
     demos = select_demos(info, mask=cfg.data.get("mask"), tasks=list(cfg.data.tasks) if cfg.data.get("tasks") else None)
-    trans = load_transitions(path, list(spec.low_dim_keys), demos=demos)
+    # the model's action units: the file's record, else (data.actions=auto) per-dimension bounds of actions outside
+    # [-1, 1], as stage 2 gives an agent (robopretrain.data.dataset.data_action_units)
+    units = data_action_units(path, info, str(cfg.data.get("actions") or "auto"))
+    trans = load_transitions(path, list(spec.low_dim_keys), demos=demos, action_range=False)
+    trans.actions = reexpress(trans.actions, file_action_units(info), units, str(path))
+    check_action_range(trans, str(path))
     data = SegmentData(trans, spec)
     rng = np.random.default_rng(int(cfg.seed))
     teacher = cfg.teacher
@@ -412,7 +420,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     stats = normalization_stats({k: trans.obs[k] for k in spec.low_dim_keys}, spec,
                                 min_std=float(cfg.obs.get("min_std") or 0.0)) if cfg.obs.get("normalize", True) else None
     model = RewardEnsemble(spec, info.action_dim, ensemble=settings.ensemble, hidden=settings.hidden, stats=stats)
-    model.action_units = file_action_units(info)
+    model.action_units = units
     history = train_ensemble(model, data, [labels[i] for i in train], settings, seed=int(cfg.seed))
     report: dict[str, Any] = {"data": str(path), "labels": source, "num_labels": len(labels), "held_out": n_held,
                               "settings": asdict(settings), "train_loss": history,
@@ -424,7 +432,6 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         report["held_out_agreement_clean_teacher"] = agreement(model, data, clean_held)
     log.info("held-out agreement %.3f on %d non-tie pairs", report["held_out_agreement"]["agreement"],
              report["held_out_agreement"]["non_tie"])
-    units = model.action_units
     torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": info.action_dim,
                 "settings": asdict(settings), "action_normalization": None if units is None else units.to_dict()},
                run_dir / "reward_model.pt")

@@ -261,6 +261,28 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
         run(config(data, tmp_path / "b", labels={"path": str(tmp_path / "bad.csv")}), tmp_path / "b")
 
 
+def test_a_file_in_the_robots_own_action_units_is_rescaled_as_stage_2_does(tmp_path):
+    """A robomimic file whose actions leave [-1, 1] (a robot's own units): the model trains on them rescaled per
+    dimension (data.actions=auto), records those units and relabels the file; data.actions=keep refuses it."""
+    from robopretrain.data.hdf5 import DatasetError
+
+    data = write_toy(tmp_path / "robot.hdf5", episodes=12)
+    with h5py.File(data, "r+") as f:  # the first action dimension in [0, 8], as a recorder outside the toolkit wrote it
+        for demo in f["data"].values():
+            demo["actions"][:, 0] = 4.0 * (demo["actions"][:, 0] + 1.0)
+    env_actions = load_transitions(data, ["x"], action_range=False).actions
+    report = run(config(data, tmp_path / "run", model={"steps": 5}), tmp_path / "run")
+    model, _ = load_reward_model(tmp_path / "run" / "reward_model.pt")
+    np.testing.assert_allclose(model.action_units.low, [env_actions[:, 0].min(), -1.0], rtol=1e-6)
+    np.testing.assert_allclose(model.action_units.high, [env_actions[:, 0].max(), 1.0], rtol=1e-6)
+    with h5py.File(report["relabelled"]) as f:
+        assert f["data/demo_0/rewards"].shape == (12,)
+    with pytest.raises(DatasetError, match=r"values outside \[-1, 1\]"):
+        keep = config(data, tmp_path / "keep", relabel={"enabled": False})
+        keep.data.actions = "keep"
+        run(keep, tmp_path / "keep")
+
+
 def test_command_line_runs_the_reward_model_and_answers_in_one_line(tmp_path):
     """``python -m robopretrain.reward_model`` reaches :func:`run` (a missing data file is reported from there) with
     the one-line error of the other entry points."""

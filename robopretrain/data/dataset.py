@@ -192,6 +192,18 @@ def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "a
     return units
 
 
+def check_action_range(trans: Transitions, where: str) -> None:
+    """Raise :class:`DatasetError` naming the first demo whose actions leave ``[-1, 1]`` (tolerance 1e-6): the
+    toolkit's policies and models act in ``[-1, 1]``; call it after the actions are re-expressed in the agent's
+    units."""
+    if trans.actions.size and np.abs(trans.actions).max() > 1.0 + 1e-6:
+        row = int(np.flatnonzero(np.abs(trans.actions).max(1) > 1.0 + 1e-6)[0])
+        raise DatasetError(f"{where}: data/{trans.demo_names[trans.episode_ids[row]]}/actions: values outside "
+                           f"[-1, 1] (max |a| = {np.abs(trans.actions).max():.4g}); the toolkit's policies act in "
+                           "[-1, 1]: with data.actions=auto (the default) such actions are rescaled per dimension "
+                           "and every env maps them back")
+
+
 def load_offline_dataset(
     path: str | os.PathLike,
     spec: ObsSpec,
@@ -245,12 +257,7 @@ def load_offline_dataset(
                            f"{spec.num_tasks} (set obs.num_tasks, or the target's task_id)")
     if action_units != FILE_UNITS:
         trans.actions = reexpress(trans.actions, file_action_units(info), action_units, str(info.path))
-    if trans.actions.size and np.abs(trans.actions).max() > 1.0 + 1e-6:
-        row = int(np.flatnonzero(np.abs(trans.actions).max(1) > 1.0 + 1e-6)[0])
-        raise DatasetError(f"{info.path}: data/{trans.demo_names[trans.episode_ids[row]]}/actions: values outside "
-                           f"[-1, 1] (max |a| = {np.abs(trans.actions).max():.4g}); the toolkit's policies act in "
-                           "[-1, 1]: with data.actions=auto (the default) stage 2 rescales such actions per dimension "
-                           "and every env maps them back")
+    check_action_range(trans, str(info.path))
     rewards, dones = trans.rewards, trans.dones
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
     if rewards_needed and unrewarded_successes(rewards, trans.ep_meta):
