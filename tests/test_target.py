@@ -124,3 +124,39 @@ def test_a_vector_env_and_a_spawned_factory_build_the_same_env():
         assert batch["eye_in_hand_image"].shape == (2, 16, 16, 3) and reward.tolist() == [0.0, 0.0]
     finally:
         venv.close()
+
+
+def test_an_env_with_no_time_limit_is_capped_with_a_warning_once(monkeypatch, caplog):
+    """An evaluation episode of an env that never ends would never return: a gym env with no time limit the toolkit
+    can see is truncated at UNLIMITED_EPISODE_CAP steps (warned once per target); a target's max_episode_steps, a
+    registered limit or the base env's own max_episode_steps leave it alone."""
+    import logging
+
+    import robopretrain.envs.target as target_module
+
+    monkeypatch.setattr(target_module, "UNLIMITED_EPISODE_CAP", 7)
+    monkeypatch.setattr(target_module, "_warned_unlimited", set())
+
+    def length(env) -> int:
+        env.reset(seed=0)
+        steps, done = 0, False
+        while not done and steps < 500:  # without the cap: 500, not a hang
+            *_, terminated, truncated, _ = env.step(np.zeros(env.action_space.shape, np.float32))
+            steps, done = steps + 1, terminated or truncated
+        return steps
+
+    far = {"goal": (5.0, 5.0, 5.0)}  # never reached: RobosuiteLikeEnv never ends by itself
+    with caplog.at_level(logging.WARNING):
+        assert length(make_env(robot(env_kwargs=far))) == 7
+        assert length(make_env(robot(env_kwargs=far))) == 7
+    assert caplog.text.count("no time limit the toolkit can see") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert length(make_env(robot(env_kwargs=far, max_episode_steps=11))) == 11
+        assert length(make_env(Target(name="pendulum", env_id="Pendulum-v1", task_id=0, reward="dense"))) == 200
+        fake.RobosuiteLikeEnv.max_episode_steps = 3  # a base env that says its own limit (it ends there itself)
+        try:
+            assert not isinstance(make_env(robot(env_kwargs=far)).env, gym.wrappers.TimeLimit)  # inside TargetEnv
+        finally:
+            del fake.RobosuiteLikeEnv.max_episode_steps
+    assert "no time limit" not in caplog.text

@@ -18,7 +18,8 @@ A :class:`Target` is a task of a *family*:
 * ``info["success"]`` every step, read from ``info[success_key]``;
 * reward ``float(success)`` when ``reward: sparse`` (the default: the data contract's sparse success reward), or
   the env's own reward when the target declares ``reward: dense`` (then Cal-QL's sparse all-failure rule is off);
-* termination on success when ``terminate_on_success``; truncation at ``max_episode_steps`` (a ``TimeLimit``);
+* termination on success when ``terminate_on_success``; truncation at ``max_episode_steps`` (a ``TimeLimit``; a
+  gym env with no time limit the toolkit can see is truncated at :data:`UNLIMITED_EPISODE_CAP` steps, with a warning);
 * actions in the agent's units: with ``action_normalization`` (``{"low": [...], "high": [...]}``, what a converted
   dataset records when it rescaled its actions, see :mod:`robopretrain.envs.action_units`) the env takes actions in
   ``[-1, 1]`` and maps them to its own units, ``a = low + (a' + 1) (high - low) / 2``, before each step.
@@ -183,6 +184,36 @@ def _construct(env_id: str, kwargs: Mapping[str, Any], max_episode_steps: int | 
     return gym.make(str(env_id), **dict(kwargs), **limit)
 
 
+UNLIMITED_EPISODE_CAP = 1000  # steps: a gym env with no time limit the toolkit can see is truncated here
+_warned_unlimited: set[str] = set()
+
+
+def has_time_limit(env: gym.Env) -> bool:
+    """Whether ``env`` ends its episodes by a limit the toolkit can see: a ``TimeLimit`` wrapper, a registered
+    ``max_episode_steps``, or a ``max_episode_steps`` attribute of the base env (sim_envs, the Meta-World adapter)."""
+    e: Any = env
+    while isinstance(e, gym.Wrapper):
+        if isinstance(e, gym.wrappers.TimeLimit):
+            return True
+        e = e.env
+    spec = getattr(env, "spec", None)
+    return bool(getattr(spec, "max_episode_steps", None) or getattr(env.unwrapped, "max_episode_steps", None))
+
+
+def _capped(env: gym.Env, target: Target) -> gym.Env:
+    """``env``, or, when it has no time limit the toolkit can see (:func:`has_time_limit`) and the target sets none,
+    ``env`` truncated at :data:`UNLIMITED_EPISODE_CAP` steps with a warning (once per target and process): an
+    evaluation episode of an env that never ends would otherwise never return."""
+    if target.max_episode_steps or has_time_limit(env):
+        return env
+    if target.name not in _warned_unlimited:
+        _warned_unlimited.add(target.name)
+        log.warning("target %r: the env has no time limit the toolkit can see; its episodes are truncated at %d "
+                    "steps. Set the target's max_episode_steps (its episodes' length) to choose the limit",
+                    target.name, UNLIMITED_EPISODE_CAP)
+    return gym.wrappers.TimeLimit(env, UNLIMITED_EPISODE_CAP)
+
+
 def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None = None,
              randomization: Any = "none", **sim_kwargs: Any) -> gym.Env:
     """The env of ``target`` in the toolkit's conventions (module docstring), rendering ``cameras`` at ``image_size``.
@@ -230,7 +261,7 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         env = _construct(METAWORLD_ENTRY, kwargs)
         return _in_agent_units(TargetEnv(env, target, cameras), target)
     # a registered env's own TimeLimit is replaced, not nested (an outer limit could not lift a shorter inner one)
-    env = _construct(str(target.env_id), target.env_kwargs, target.max_episode_steps)
+    env = _capped(_construct(str(target.env_id), target.env_kwargs, target.max_episode_steps), target)
     return _in_agent_units(TargetEnv(env, target, cameras, image_size), target)
 
 
