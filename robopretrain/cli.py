@@ -85,7 +85,14 @@ def one_line(message: str) -> str:
 def report_and_exit(exc: BaseException, prefix: str = "error") -> None:
     """Print ``<prefix>: <message>`` as the last line on stderr and exit with :data:`EXIT_BAD_INPUT`."""
     sys.stdout.flush()
-    print(f"{prefix}: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr, flush=True)
+    message = one_line(str(exc)) or type(exc).__name__
+    try:  # an error about a converted copy also names the user's own file
+        from robopretrain.data.convert import name_sources
+
+        message = name_sources(message)
+    except ImportError:
+        pass
+    print(f"{prefix}: {message}", file=sys.stderr, flush=True)
     raise SystemExit(EXIT_BAD_INPUT)
 
 

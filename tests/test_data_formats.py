@@ -229,6 +229,26 @@ def test_convert_cli_and_errors(tmp_path, capsys):
         detect_format(tmp_path / "junk.txt")
 
 
+def test_an_error_about_a_converted_copy_names_the_users_file(tmp_path, capsys, monkeypatch):
+    """Stage 2 reads the cached copy; its one-line error also names the source the copy was converted from."""
+    from robopretrain.cli import friendly_errors
+    from robopretrain.data.convert import name_sources
+
+    src = F.write_d4rl(tmp_path / "walker.hdf5")
+    cfg = stage2_config(src, tmp_path / "run", algo="iql", steps=2, obs={"low_dim": ["proprio"], "num_tasks": None},
+                        data_cfg={"cache_dir": str(tmp_path / "cache")}, train={"eval_targets": []})
+    monkeypatch.delenv("ROBOPRETRAIN_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit):
+        friendly_errors(run)(cfg)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    copy = next((tmp_path / "cache").glob("walker.d4rl.*.hdf5"))
+    assert str(copy) in err and "'proprio'" in err  # the reader's own message, about the copy
+    assert err.endswith(f"[{copy.name} is {src} (d4rl) converted; each demo's ep_meta source_episode names its "
+                        "episode in the source]")
+    assert name_sources(f"{tmp_path}/gone.d4rl.0123456789abcdef.hdf5: bad") == \
+        f"{tmp_path}/gone.d4rl.0123456789abcdef.hdf5: bad"  # a copy that cannot be read: the message as it was
+
+
 def test_inspect_reads_a_foreign_format(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBOPRETRAIN_CACHE_DIR", str(tmp_path / "cache"))
     text, png = inspect(F.write_lerobot(tmp_path / "lr"), tmp_path / "sheet.png", frames=2, per_task=1)

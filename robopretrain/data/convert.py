@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -48,6 +49,25 @@ FORMATS = ("robomimic", "lerobot", "minari", "d4rl", "ogbench")
 READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
     "lerobot": read_lerobot, "minari": read_minari, "d4rl": read_d4rl, "ogbench": read_ogbench}
 ENV_CACHE_DIR = "ROBOPRETRAIN_CACHE_DIR"
+
+
+COPY_NAME = re.compile(r"[^\s'\"(),;]+\.(?:" + "|".join(READERS) + r")\.[0-9a-f]{16}\.hdf5")  # cache_path's names
+
+
+def name_sources(message: str) -> str:
+    """``message`` with each converted copy it names (a :func:`cache_path` file) followed by the source it was
+    converted from, as its ``env_args`` record: an error about the copy then says which of the user's files is meant.
+    A copy that cannot be read is left as it is."""
+    notes = []
+    for copy in dict.fromkeys(m.group(0) for m in COPY_NAME.finditer(message)):
+        try:
+            with h5py.File(copy, "r") as f:
+                env_args = json.loads(f["data"].attrs["env_args"])
+            notes.append(f"{Path(copy).name} is {env_args['source']} ({env_args['type']}) converted; each demo's "
+                         "ep_meta source_episode names its episode in the source")
+        except (OSError, KeyError, ValueError, TypeError):
+            continue
+    return message + "".join(f" [{n}]" for n in notes)
 
 
 def is_robomimic(path: str | os.PathLike) -> bool:
