@@ -191,7 +191,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("returns", "next_actions_of/const/0"): Equivalent(
         "len(a) > 1 -> > 0: with one action the shifted slices are empty, so the copy is returned either way",
         "1 -> 0 @ if len(a) > 1:"),
-    ("dataset", "load_offline_dataset/swap/21"): Equivalent(
+    ("dataset", "load_offline_dataset/swap/22"): Equivalent(
         "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): rewards * scale in float64 either way (a "
         "product commutes)",
         "scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, "
@@ -388,14 +388,14 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "if 'relabelled' in report -> if not: whether the command line prints the relabelled file's path (report.json "
         "records it either way)",
         "if 'relabelled' in report: -> if not ... @ if \"relabelled\" in report:"),
-    ("reward_model", "relabel/swap/11"): Equivalent(
+    ("reward_model", "relabel/swap/12"): Equivalent(
         "max(r.max() - r.min(), 1e-8) -> max(1e-8, r.max() - r.min()): max is symmetric",
         "max(..r.max() - r.min(), 1e-08..) swapped @ r = (r - r.min()) / max(r.max() - r.min(), 1e-8)"),
     ("reward_model", "load_reward_model/const/0"): Equivalent(
         "torch.load(weights_only=True -> False): a file the toolkit wrote loads the same tensors either way; True "
         "only refuses pickled code",
         "True -> False @ saved = torch.load(Path(path), map_location=\"cpu\", weights_only=True)"),
-    ("reward_model", "run/const/5"): Equivalent(
+    ("reward_model", "run/const/6"): Equivalent(
         "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets relabel.enabled, so the "
         "fallback is never read",
         "True -> False @ if cfg.relabel.get(\"enabled\", True):"),
