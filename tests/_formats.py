@@ -113,9 +113,10 @@ def frame_level(i: int) -> int:
 
 
 def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int = 32, action_scale: float = 5.0,
-                  camera: str = "video") -> Path:
+                  camera: str = "video", success_last: tuple | str | None = "same") -> Path:
     """A LeRobot v3 folder: ``observation.state`` (4), ``action`` (2, up to ``action_scale``: outside [-1, 1]),
-    ``next.reward``, ``next.done`` (set on the last frame of episode e when ``done_last[e]``), ``next.success``,
+    ``next.reward``, ``next.done`` (set on the last frame of episode e when ``done_last[e]``), ``next.success`` (set
+    on the last frame of episode e when ``success_last[e]``; ``"same"``: as ``next.done``; None: no such column),
     camera ``observation.images.top`` (``size`` px, flat grey :func:`frame_level` of its global frame index) in one
     mp4 for all episodes (``camera="image"``: PNG bytes in the parquet instead, LeRobot's ``image`` dtype), 2 tasks."""
     import io
@@ -132,8 +133,11 @@ def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int
             frames.append({"observation.state": (np.arange(4, dtype=np.float32) + g).tolist(),
                            "action": [action_scale * (g / n), -action_scale * (g / n)],
                            "next.reward": float(g), "next.done": bool(done_last[e] and t == ln - 1),
-                           "next.success": bool(done_last[e] and t == ln - 1), "timestamp": t / FPS,
-                           "frame_index": t, "episode_index": e, "index": g, "task_index": e % 2})
+                           "timestamp": t / FPS, "frame_index": t, "episode_index": e, "index": g,
+                           "task_index": e % 2})
+            if success_last is not None:
+                last = done_last if success_last == "same" else success_last
+                frames[-1]["next.success"] = bool(last[e] and t == ln - 1)
             if camera == "image":
                 png = io.BytesIO()
                 Image.fromarray(np.full((size, size, 3), frame_level(g), np.uint8)).save(png, format="PNG")
@@ -182,7 +186,8 @@ def _write_lerobot_meta(root: Path, frames: list, episodes: list, lengths, size:
                 LEROBOT_CAM: {"dtype": camera, "shape": [size, size, 3], "names": ["height", "width", "channels"]},
                 "next.reward": {"dtype": "float32", "shape": [1], "names": None},
                 "next.done": {"dtype": "bool", "shape": [1], "names": None},
-                "next.success": {"dtype": "bool", "shape": [1], "names": None},
+                **({"next.success": {"dtype": "bool", "shape": [1], "names": None}} if "next.success" in frames[0]
+                   else {}),
                 **{k: {"dtype": "int64", "shape": [1], "names": None}
                    for k in ("frame_index", "episode_index", "index", "task_index")},
                 "timestamp": {"dtype": "float32", "shape": [1], "names": None}}

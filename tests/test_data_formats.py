@@ -141,6 +141,21 @@ def test_lerobot_video_frames_actions_and_tasks(tmp_path):
     assert "action_normalization" not in env_args(keep) and demos(keep)[1]["actions"].max() > 1
 
 
+def test_lerobot_next_done_on_every_last_frame_terminates_only_a_success(tmp_path):
+    """LeRobot sets next.done on the last frame of every episode (time limits too): with next.success recorded, a
+    failed episode is a truncation (last frame dropped, no terminal), a successful one terminates; without
+    next.success, next.done is all there is and terminates."""
+    src = F.write_lerobot(tmp_path / "lr", done_last=(True, True), success_last=(True, False))
+    d = demos(convert(src, tmp_path / "l.hdf5"))
+    assert [len(x["actions"]) for x in d] == [6, 4]
+    assert d[0]["dones"].tolist() == [0] * 5 + [1] and d[1]["dones"].tolist() == [0] * 4
+    assert [x["meta"]["success"] for x in d] == [True, False]
+    bare = F.write_lerobot(tmp_path / "bare", done_last=(True, False), success_last=None)
+    d = demos(convert(bare, tmp_path / "b.hdf5"))
+    assert [len(x["actions"]) for x in d] == [6, 4] and d[0]["dones"].tolist() == [0] * 5 + [1]
+    assert d[1]["dones"].tolist() == [0] * 4 and "success" not in d[0]["meta"]
+
+
 def test_auto_rescaling_maps_only_the_dimensions_outside_minus_one_one(tmp_path, caplog):
     """Pendulum-like torque in [-2, 2] beside a 'gripper' that is always 0.5 and a joint in [0.1, 0.3]: only the
     torque is rescaled; the others keep their values (bounds -1, 1), so no dimension is frozen or narrowed. A

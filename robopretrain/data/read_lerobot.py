@@ -20,11 +20,19 @@ Conversion (a frame ``t`` holds the observation at ``t`` and the action taken th
   ``observation.images.<cam>``, ...), names kept. ``video`` features are decoded from the mp4 with PyAV at
   ``from_timestamp + timestamp`` (nearest frame; more than half a frame period away is an error), ``image``
   features from their PNG/JPEG bytes, both to uint8 (H, W, 3).
-* ``next_obs[t] = obs[t + 1]`` of the same episode. The last frame has no next frame: when ``next.done`` is set on
-  it (a true termination) it is kept with its own observation standing in (``dones = 1``: never bootstrapped);
-  otherwise (a recording that just stopped: truncation) it is dropped.
-* ``rewards = next.reward`` (0 when the dataset has none), ``dones = next.done`` per frame (0 when absent),
-  ``success`` = any ``next.success`` of the episode when present, else not recorded.
+* ``next_obs[t] = obs[t + 1]`` of the same episode. The last frame has no next frame: when it terminates the episode
+  it is kept with its own observation standing in (``dones = 1``: never bootstrapped); otherwise (a recording that
+  just stopped, or a time limit: truncation) it is dropped.
+* Which last frames terminate: LeRobot's own converters and recorders set ``next.done`` on the last frame of *every*
+  episode, whether the task ended or time ran out (``done[-1] = True`` in its pusht, xarm and aloha converters;
+  ``terminated or truncated`` in its gym recorder), so ``next.done`` alone cannot tell a termination from a time
+  limit. When the dataset records ``next.success``, a last frame terminates only when it is a success (the
+  absorbing goal state of a sparse task); a ``next.done`` last frame that is not a success is a truncation.
+  Without ``next.success``, ``next.done`` on the last frame is read as a termination (nothing else says otherwise;
+  a dataset whose episodes end by a time limit should record ``next.success`` or leave ``next.done`` unset).
+* ``rewards = next.reward`` (0 when the dataset has none), ``dones = next.done`` per frame before the last (0 when
+  absent), the last frame's as above; ``success`` = any ``next.success`` of the episode when present, else not
+  recorded.
 * ``task`` = the task string of the episode's first frame (``task_index`` in ``meta/tasks.parquet``).
 
 Only v3.x is read; a v2.x dataset is refused with the command that upgrades it (LeRobot's own converter).
@@ -254,8 +262,12 @@ def _episode(root: Path, info: dict[str, Any], features: dict[str, dict[str, Any
     has = data.names.__contains__
     rewards = data.numeric("next.reward", idx).reshape(n) if has("next.reward") else np.zeros(n, np.float32)
     done = data.numeric("next.done", idx).reshape(n) > 0 if has("next.done") else np.zeros(n, bool)
-    success = bool(data.numeric("next.success", idx).any()) if has("next.success") else None
-    terminated = bool(done[-1])
+    succeeded = data.numeric("next.success", idx).reshape(n) > 0 if has("next.success") else None
+    success = bool(succeeded.any()) if succeeded is not None else None
+    # next.done marks the end of every LeRobot episode (time limits too): with next.success recorded, only a
+    # successful last frame terminates (module docstring)
+    terminated = bool(done[-1]) and (succeeded is None or bool(succeeded[-1]))
+    done[-1] = terminated
     stop = n if terminated else n - 1  # the last frame has no next frame: kept only when it terminates
     take = np.r_[np.arange(1, n), n - 1]
     task_index = int(data.numeric("task_index", idx[:1])[0, 0]) if has("task_index") else 0
