@@ -93,6 +93,20 @@ def test_ogbench_compact_rows_and_masks(tmp_path):
     assert [x["meta"]["success"] for x in m] == [True, False]
 
 
+def test_ogbench_compact_file_cut_mid_trajectory_has_no_self_loop(tmp_path, caplog):
+    """A compact file sliced before its last terminals row: the last row is the final observation of an
+    unfinished trajectory, not a transition whose next observation is itself."""
+    src = F.write_ogbench(tmp_path / "cube.npz")
+    z = dict(np.load(src))
+    np.savez(tmp_path / "cut.npz", **{k: v[:8] for k, v in z.items()})  # trajectory 1 cut after 3 of its 5 rows
+    with caplog.at_level("WARNING"):
+        d = demos(convert(tmp_path / "cut.npz", tmp_path / "c.hdf5"))
+    assert [len(x["actions"]) for x in d] == [4, 2] and "cut mid-trajectory" in caplog.text
+    np.testing.assert_array_equal(d[1]["obs"]["observations"][:, 0], [5, 6])
+    np.testing.assert_array_equal(d[1]["next"]["observations"][:, 0], [6, 7])
+    assert d[1]["meta"]["truncated"] and d[1]["dones"].tolist() == [0, 0]
+
+
 # --------------------------------------------------------------------------- Minari
 
 

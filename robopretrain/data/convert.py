@@ -45,7 +45,8 @@ from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
 log = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 3  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success;
-# 3: a LeRobot next.done last frame that is not a success (next.success recorded) is a truncation
+# 3: a LeRobot next.done last frame that is not a success (next.success recorded) is a truncation; an OGBench
+# compact file cut mid-trajectory has no self-loop
 FORMATS = ("robomimic", "lerobot", "minari", "d4rl", "ogbench")
 READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
     "lerobot": read_lerobot, "minari": read_minari, "d4rl": read_d4rl, "ogbench": read_ogbench}

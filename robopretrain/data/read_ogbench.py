@@ -6,6 +6,8 @@ OGBench (Park et al. 2024, ``ogbench.utils.load_dataset``) ships each dataset as
   ``terminals = 1`` marks the *last row of each trajectory*. That row is only the final observation: OGBench's
   loader keeps rows with ``terminals = 0`` as transitions and takes each one's next observation from the row after
   it. The trajectory end is a time limit (OGBench's data are fixed-length), so it is a truncation here.
+  A compact file whose last row is not marked (cut mid-trajectory) has no next observation for that row: it ends the
+  last trajectory as its final observation (with a warning), never as a transition onto itself.
 * **regular** (``next_observations`` present, e.g. saved after ``load_dataset(compact_dataset=False)``): every row
   is a transition, ``terminals = 1`` on the last transition of each trajectory (again a truncation).
 * optional ``rewards`` and ``masks`` (single-task datasets relabelled with a task's reward; ``masks = 0`` where the
@@ -21,6 +23,7 @@ Observations keep the key ``observations`` (OGBench's visual datasets: uint8 (N,
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from robopretrain.data.episodes import ConversionError, Episode, split_by_ends
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("observations", "actions", "terminals")
 
@@ -68,7 +73,11 @@ def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
     compact = "next_observations" not in z
     if compact:
         keep = ~ends  # transitions; a trajectory's last row is only its final observation
-        nxt = np.concatenate([obs[1:], obs[-1:]])
+        if not ends[-1]:  # a file cut mid-trajectory: its last row has no next row, so it is no transition
+            keep[-1] = False
+            log.warning("%s: the last row is not marked by terminals (a file cut mid-trajectory?); it is read as "
+                        "the final observation of an unfinished trajectory", p)
+        nxt = np.concatenate([obs[1:], obs[-1:]])  # the padding row is never kept
     else:
         keep = np.ones(n, bool)
         nxt = z["next_observations"]
