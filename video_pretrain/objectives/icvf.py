@@ -124,7 +124,14 @@ class ICVFHeads(nn.Module):
 
 
 class ICVFObjective(nn.Module):
-    """ICVF on an image encoder: roles ``obs, next_obs, goal, intent`` (see :class:`~video_pretrain.sampling.ICVFSampler`)."""
+    """ICVF on an image encoder: roles ``obs, next_obs, goal, intent`` (see :class:`~video_pretrain.sampling.ICVFSampler`).
+
+    The target encoder and heads run in the module's mode: during training a backbone with BatchNorm (a ``timm:``
+    encoder; the built-in ones use LayerNorm / GroupNorm, which have no batch statistics) normalises the target's
+    batch of 4B images by that batch's statistics, as BYOL's target network does, and its running statistics are
+    replaced by the online network's at every :meth:`after_step` (buffers are copied, parameters averaged). The
+    authors' encoders (IMPALA, ResNet with GroupNorm) have no BatchNorm, so they make no choice here to follow.
+    """
 
     name = "icvf"
     roles = ("obs", "next_obs", "goal", "intent")
