@@ -96,7 +96,13 @@ class OnlineSettings:
 
 def training_regret(successes: Sequence[float]) -> float | None:
     """Cumulative regret of online training, ``mean(1 - success)`` over the finished training episodes
-    (successes 0/1, in order; the Cal-QL paper's and CORL's measure), in [0, 1]; None before the first one ends."""
+    (successes 0/1, in order; the Cal-QL paper's and CORL's measure), in [0, 1]; None before the first one ends.
+
+    Like theirs, it counts episodes, not env steps, and only finished ones: where successes end an episode early,
+    successful episodes are shorter and more numerous per env step than failures, and the episodes still running at
+    the budget's end (more often failures) are left out, so it reads lower than the failure rate per env step.
+    Comparisons between runs of one target and budget are fair; the claims' regret is evaluation-based
+    (``benchmarks/claims_metrics.cumulative_regret``) and has neither bias."""
     return float(np.mean(1.0 - np.asarray(successes, dtype=np.float64))) if len(successes) else None
 
 
