@@ -417,6 +417,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("agent", "Agent.from_description/const/0"): Equivalent(
         "the default seed=0 -> 1: a default seed has no specified value (callers pass their run's seed)",
         "0 -> 1 @ device: str | torch.device = \"cpu\", seed: int = 0) -> Agent:"),
+    ("agent", "Agent._encoded_batch/const/2"): Equivalent(
+        "getattr(core, 'actor_reads_next_obs', True -> False) with separate encoders: the default is never read, "
+        "every algorithm that reaches this branch (CQL, IQL, TD3+BC, ReBRAC, AWAC, BCQ, POR) declares the attribute",
+        "True -> False @ if getattr(self.core, \"actor_reads_next_obs\", True):  # IQL's AWR only looks at s"),
     ("randomization", "DomainRandomizer.place_distractors/const/9"): Equivalent(
         "unused slots parked 0.05 m apart instead of 0.1 m: they collide with nothing (contype 0, tested) and stay "
         "out of every camera's view either way (agentview and eye-in-hand renders identical with the slots 50 m away)",

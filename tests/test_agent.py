@@ -389,6 +389,44 @@ def test_each_loss_trains_only_its_own_encoder(stage1_encoder, algo):
     assert grads(losses["actor"], actor_params) and not grads(losses["actor"], critic_params)
 
 
+@pytest.mark.parametrize("algo", ["cql", "td3_bc", "awac", "bcq", "iql", "por"])
+def test_a_separate_actor_encoder_gives_the_policy_its_own_features_of_s_and_s_prime(algo):
+    """The policy's s and s' features come from the actor encoder (the losses fall back to the critic's features
+    when a key is missing, so a dropped key would train silently on the wrong features); s' only where the
+    algorithm's policy reads it. Draws replayed in the documented order: critic s, critic s', actor s, actor s'."""
+    agent = make_agent(SPECS["2cams"], algo)
+    assert agent.actor_encoder is not agent.critic_encoder
+    batch = raw_batch(agent.spec)
+    state = agent.generator.get_state()
+    flat = agent._encoded_batch(batch)
+    agent.generator.set_state(state)
+    with torch.no_grad():
+        for key in ("observations", "next_observations"):
+            agent._encode(agent.critic_encoder, batch[key])
+        actor_s = agent._encode(agent.actor_encoder, batch["observations"])
+        actor_next = agent._encode(agent.actor_encoder, batch["next_observations"])
+    torch.testing.assert_close(flat["actor_observations"], actor_s, rtol=0, atol=0)
+    if algo in ("iql", "por"):  # their policies read s only
+        assert "actor_next_observations" not in flat
+    else:
+        torch.testing.assert_close(flat["actor_next_observations"], actor_next, rtol=0, atol=0)
+
+
+def test_load_state_dict_restores_the_optimizers_unless_told_not_to():
+    """The default restores Adam's moments and step counts (what a resume needs); with_optimizer=False keeps the
+    receiving agent's own."""
+    trained = make_agent(SPECS["low_dim"], "iql")
+    trained.update(raw_batch(trained.spec), with_metrics=False)
+    saved = trained.core.optimizer.state_dict()["state"]
+    fresh = make_agent(SPECS["low_dim"], "iql", seed=1)
+    fresh.load_state_dict(trained.state_dict())
+    loaded = fresh.core.optimizer.state_dict()["state"]
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[i]["exp_avg"], saved[i]["exp_avg"]) for i in saved)
+    other = make_agent(SPECS["low_dim"], "iql", seed=1)
+    other.load_state_dict(trained.state_dict(), with_optimizer=False)
+    assert other.core.optimizer.state_dict()["state"] == {}
+
+
 def test_bc_loss_trains_its_one_encoder():
     agent = make_agent(SPECS["2cams"], "bc")
     assert agent.actor_encoder is agent.critic_encoder and agent.trains_encoder
