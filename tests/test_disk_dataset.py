@@ -132,6 +132,9 @@ def test_ddp_ranks_sample_disjoint_shards_that_cover_the_data(toy):
     n = sum(e[0] for e in EPISODES)
     assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
     assert set().union(*seen) == set(range(n))
+    whole = load_offline_dataset(path, spec, CAL_QL, seed=0, storage="disk")  # the default: one process, all data
+    assert whole.shard == (0, n)
+    whole.close()
 
 
 def test_a_corrupt_or_truncated_frame_file_is_named_in_one_line(toy):

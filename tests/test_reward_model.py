@@ -207,6 +207,17 @@ def config(data: Path, out: Path, **overrides):
     return compose("reward_model", overrides=base)
 
 
+def test_held_out_fraction_must_leave_labels_on_both_sides(tmp_path):
+    """One held-out label is enough to measure on; none (or none left to train on) is refused by name."""
+    data = write_toy(tmp_path / "toy.hdf5")
+    small = {"teacher": {"num_pairs": 20}, "model": {"steps": 5}, "relabel": {"enabled": False}}
+    report = run(config(data, tmp_path / "one", labels={"held_out": 0.05}, **small), tmp_path / "one")
+    assert report["held_out_agreement"]["pairs"] == 1
+    for frac in (0.01, 1.0):  # 0 held out, 0 left to train on
+        with pytest.raises(ValueError, match="labels.held_out"):
+            run(config(data, tmp_path / f"r{frac}", labels={"held_out": frac}, **small), tmp_path / f"r{frac}")
+
+
 def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_rest(tmp_path):
     data = write_toy(tmp_path / "toy.hdf5")
     report = run(config(data, tmp_path / "run", relabel={"normalize": "standard"}), tmp_path / "run")
