@@ -150,19 +150,6 @@ def test_an_env_whose_range_the_agent_cannot_reach_is_named_at_start(caplog) -> 
     assert "action_normalization" not in caplog.text
 
 
-def test_warn_action_range_only_for_finite_boxes_other_than_minus_one_one() -> None:
-    """Unbounded or non-box spaces say nothing about units; a box off [-1, 1] on either side is warned."""
-    import gymnasium as gym
-
-    from robopretrain.build import warn_action_range
-
-    box = lambda lo, hi: gym.spaces.Box(np.float32(lo), np.float32(hi), (2,), np.float32)  # noqa: E731
-    assert not warn_action_range(box(-1, 1), "t") and not warn_action_range(box(-np.inf, np.inf), "t")
-    assert not warn_action_range(gym.spaces.Discrete(3), "t")
-    assert warn_action_range(box(-1, 2), "t") and warn_action_range(box(-2, 1), "t")
-    assert warn_action_range(box(0, 8), "t")
-
-
 def test_the_units_travel_in_the_checkpoint_and_a_resume_with_others_is_refused() -> None:
     units = ActionNormalization((0.0, 0.0), (8.0, 8.0))
     agent = _agent(units)

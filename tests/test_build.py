@@ -148,3 +148,14 @@ def test_an_agent_trained_in_a_moved_slot_is_evaluated_there_by_default(tmp_path
     assert default_target(moved).resolved_task_id() == 5
     plain_ckpt = SimpleNamespace(path=tmp_path, meta={"task_names": ["Reach"]})  # an older meta.json: the name's id
     assert default_target(plain_ckpt).resolved_task_id() == TASK_IDS["Reach"]
+
+
+def test_warn_action_range_only_for_finite_boxes_other_than_minus_one_one() -> None:
+    """Unbounded or non-box spaces say nothing about units; a box off [-1, 1] on either side is warned."""
+    import gymnasium as gym
+
+    box = lambda lo, hi: gym.spaces.Box(np.float32(lo), np.float32(hi), (2,), np.float32)  # noqa: E731
+    assert not build.warn_action_range(box(-1, 1), "t") and not build.warn_action_range(box(-np.inf, np.inf), "t")
+    assert not build.warn_action_range(gym.spaces.Discrete(3), "t")
+    assert build.warn_action_range(box(-1, 2), "t") and build.warn_action_range(box(-2, 1), "t")
+    assert build.warn_action_range(box(0, 8), "t")
