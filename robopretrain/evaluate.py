@@ -281,7 +281,8 @@ def wilson_ci(successes: int, episodes: int, confidence: float = 0.95) -> tuple[
     p, n = successes / episodes, float(episodes)
     center = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    # the interval contains p exactly; clamped so rounding cannot leave 0/n or n/n outside it (2.8e-17 > 0 at 0/10)
+    return min(p, max(0.0, center - half)), max(p, min(1.0, center + half))
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int = 2000, confidence: float = 0.95,
@@ -348,7 +349,8 @@ def plot_success(stats: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Pat
         levels = ["nominal"] + ([] if factor == NOMINAL else list(stats[factor]))
         rows_ = [nominal] + ([] if factor == NOMINAL else [stats[factor][lv] for lv in stats[factor]])
         y = np.array([r["success"] for r in rows_])
-        err = np.array([[r["success"] - r["ci_low"] for r in rows_], [r["ci_high"] - r["success"] for r in rows_]])
+        err = np.clip([[r["success"] - r["ci_low"] for r in rows_], [r["ci_high"] - r["success"] for r in rows_]],
+                      0.0, None)  # matplotlib refuses a negative error bar
         x = np.arange(len(levels))
         ax.bar(x, y, yerr=err, capsize=3, color=["0.6"] + ["tab:blue"] * (len(levels) - 1))
         ax.set_xticks(x, levels, rotation=30, ha="right", fontsize=8)

@@ -291,6 +291,20 @@ def test_pool_workers_ignore_ctrl_c_and_the_serial_run_keeps_it(tiny_checkpoint)
         signal.signal(signal.SIGINT, before)
 
 
+def test_wilson_intervals_contain_every_rate_and_all_fail_or_all_succeed_rows_plot(tmp_path):
+    """At 0/n and n/n rounding put the Wilson bound 1e-17 on the wrong side of the rate for 103 values of n <= 200,
+    and the figure then refused the negative error bar after every episode had run."""
+    from robopretrain.evaluate import plot_success, wilson_ci
+
+    for n in range(1, 201):
+        for k in {0, 1, n - 1, n}:
+            lo, hi = wilson_ci(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n)
+    row = lambda k, n: {"success": k / n, "ci_low": wilson_ci(k, n)[0], "ci_high": wilson_ci(k, n)[1]}  # noqa: E731
+    stats = {"nominal": {"none": row(0, 10)}, "friction": {"eval_hard": row(13, 13)}}
+    assert plot_success(stats, tmp_path / "s.png", "t").is_file()
+
+
 def test_success_intervals_are_wilson_score_intervals_by_default(parallel_run):
     from scipy import stats
 
