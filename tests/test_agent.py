@@ -76,6 +76,19 @@ def test_min_std_floors_only_the_dimensions_that_barely_vary():
         normalization_stats({"x": x}, spec, min_std=-0.1)
 
 
+def test_dimensions_that_barely_vary_are_named_unless_floored(caplog):
+    spec = ObsSpec(low_dim=(("x", 3),))
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(0.0, 0.2, 400), rng.normal(0.0, 1e-4, 400), np.full(400, 0.12)], 1)
+    with caplog.at_level("WARNING", logger="robopretrain.nets.obs_encoder"):
+        normalization_stats({"x": x}, spec)
+    assert "x dimension(s) [1, 2] barely vary" in caplog.text and "obs.min_std" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robopretrain.nets.obs_encoder"):
+        normalization_stats({"x": x}, spec, min_std=0.05)
+    assert "barely vary" not in caplog.text
+
+
 def test_a_new_agent_takes_obs_min_std_from_its_config():
     from omegaconf import OmegaConf
 

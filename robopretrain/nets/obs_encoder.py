@@ -34,6 +34,7 @@ gets a channels-last float tensor (no transposing copy; oneDNN's fastest convolu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -45,6 +46,9 @@ from robopretrain.data.spec import ObsSpec
 from robopretrain.nets.augment import random_shifts, shift_frames
 from robopretrain.nets.encoders import ImageEncoder, to_float_images
 
+log = logging.getLogger(__name__)
+
+FLAT_STD = 1e-3  # a floored data std below this is named in a warning (normalization_stats)
 STD_EPS = 1e-3  # added to the data's standard deviation (CORL compute_mean_std, robomimic)
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # image encoder compute precision -> autocast dtype
 
@@ -60,6 +64,11 @@ def normalization_stats(parts: Mapping[str, np.ndarray], spec: ObsSpec, skip: tu
     earlier phase-machine expert, 3 seeds, ``benchmarks/results/recipe_prior9.json``): 0.46 with ``min_std=0``,
     0.85 with 0.05 (README, "BC on all nine prior tasks"). Parts in ``skip`` (e.g. frozen features) get mean 0,
     std 1. Raises ValueError for a negative ``min_std``.
+
+    A dimension whose floored std is below :data:`FLAT_STD` (constant in the data: a gripper that never moves in the
+    demos, a fixed joint) is named in one warning per part with the ``obs.min_std`` that bounds its scale: online
+    (stage 3) or at evaluation such a dimension moves, and its ~1000x scaled input can wreck a policy that imitated
+    the data perfectly (a new user's gripper reading: stage-3 IQL from 1.0 to 0.0 in 300 steps; 0.4-0.9 with 0.05).
     """
     if not min_std >= 0.0:
         raise ValueError(f"normalisation: min_std={min_std!r}; expected a number >= 0 (in the data's units)")
@@ -69,7 +78,15 @@ def normalization_stats(parts: Mapping[str, np.ndarray], spec: ObsSpec, skip: tu
             out[key] = {"mean": [0.0] * size, "std": [1.0] * size}
             continue
         x = np.asarray(parts[key], dtype=np.float64).reshape(-1, size)
-        out[key] = {"mean": x.mean(0).tolist(), "std": (np.maximum(x.std(0), min_std) + STD_EPS).tolist()}
+        std = np.maximum(x.std(0), min_std)
+        flat = np.flatnonzero(std < FLAT_STD)
+        if flat.size:
+            log.warning("normalisation: %s dimension(s) %s barely vary in the data (std %s < %g): each is scaled by "
+                        "up to 1 / (std + %g) = %.0fx, so a change the data never showed (online, at evaluation) "
+                        "reaches the networks as a huge input; set obs.min_std (e.g. 0.05, in the data's units) to "
+                        "bound it", key, flat.tolist(), np.round(std[flat], 6).tolist(), FLAT_STD, STD_EPS,
+                        1.0 / (float(std[flat].min()) + STD_EPS))
+        out[key] = {"mean": x.mean(0).tolist(), "std": (std + STD_EPS).tolist()}
     return out
 
 
