@@ -172,6 +172,15 @@ def test_nan_and_inf(tmp_path):
 
     assert "data/demo_0/rewards" in _expect(write_dataset(tmp_path / "i.hdf5", mutate=inf), "NaN or inf")
 
+    def nan_action(f):
+        f["data/demo_1/actions"][1, 0] = np.nan
+
+    from robopretrain.data.hdf5 import action_bounds
+
+    with pytest.raises(DatasetError, match="NaN or inf") as exc:  # the bounds of data.actions=auto read it first
+        action_bounds(write_dataset(tmp_path / "a.hdf5", mutate=nan_action))
+    assert "data/demo_1/actions" in str(exc.value) and "row 1" in str(exc.value)
+
 
 def test_one_step_episode(tmp_path):
     path = write_dataset(tmp_path / "o.hdf5", lengths=(3, 1, 2))

@@ -228,6 +228,10 @@ def action_bounds(path: str | os.PathLike, info: DatasetInfo | None = None) -> t
     with _open(os.fspath(path)) as f:
         for d in info.demos:
             a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64).reshape(d.num_samples, -1)
+            if not np.isfinite(a).all():  # named here: the bounds would otherwise fail as "low and high must be finite"
+                bad = int(np.argwhere(~np.isfinite(a))[0, 0])
+                raise _err(os.fspath(path), f"data/{d.name}/actions",
+                           f"contains NaN or inf (first at row {bad}); expected finite values")
             low = a.min(0) if low is None else np.minimum(low, a.min(0))
             high = a.max(0) if high is None else np.maximum(high, a.max(0))
     return low, high
