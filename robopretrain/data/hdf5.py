@@ -205,7 +205,8 @@ def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[
     n = info.num_samples
     base = f"data/{info.name}"
     if n < 2:
-        raise _err(path, base, f"episode has {n} step(s); expected at least 2 (empty or one-step episode)")
+        raise _err(path, base, f"episode has {n} step(s); expected at least 2 (empty or one-step episode): leave it "
+                               "out with a mask of the other demos (mask/<name> in the file, data.mask=<name>)")
     for sub in ("obs", "next_obs"):
         for k in obs_keys:
             _check_obs_dataset(path, f"{base}/{sub}/{k}", _dataset(path, demo, base, f"{sub}/{k}"), k, n)
