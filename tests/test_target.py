@@ -71,6 +71,26 @@ def test_the_env_speaks_our_names_and_reward_convention():
         rollout(make_env(robot(success_key="done_ok")))
 
 
+def test_gymnasium_module_id_form_and_unknown_ids_or_modules_are_named(tmp_path, monkeypatch):
+    """gymnasium's "module:Namespace/Id-v0" imports the user's module (which registers the id) and makes the id; an
+    id nobody registered and a module that does not exist are one-line ValueErrors naming what to write."""
+    (tmp_path / "user_robot_env.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('userrobot/Pend-v0', entry_point='gymnasium.envs.classic_control:PendulumEnv', "
+        "max_episode_steps=200)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = make_env(Target(name="pend", env_id="user_robot_env:userrobot/Pend-v0", task_id=0, reward="dense",
+                          max_episode_steps=7))
+    env.reset(seed=0)
+    assert sum(1 for _ in iter(lambda: any(env.step(np.zeros(1, np.float32))[2:4]), True)) == 6  # 7th step ends
+    with pytest.raises(ValueError, match="not registered with gymnasium.*your_module:nobody/Nothing-v0"):
+        make_env(Target(name="x", env_id="nobody/Nothing-v0", task_id=0, reward="dense"))
+    with pytest.raises(ValueError, match="cannot import 'no_such_user_module'.*PYTHONPATH"):
+        make_env(Target(name="x", env_id="no_such_user_module:Env", task_id=0, reward="dense"))
+    with pytest.raises(ValueError, match="has no 'Missing-v0'"):
+        make_env(Target(name="x", env_id="user_robot_env:Missing-v0", task_id=0, reward="dense"))
+
+
 @pytest.mark.parametrize("limit", [50, 300])
 def test_a_registered_envs_time_limit_is_replaced_in_both_directions(limit):
     """Pendulum-v1 registers 200 steps: the target's max_episode_steps lowers and raises it (an outer TimeLimit

@@ -171,17 +171,32 @@ def _plain(value: Any) -> Any:
 
 
 def _construct(env_id: str, kwargs: Mapping[str, Any], max_episode_steps: int | None = None) -> gym.Env:
-    """The env of a registered id (``gym.make``, whose own time limit ``max_episode_steps`` replaces) or of a
-    ``"module:Class"`` entry point (wrapped in a ``TimeLimit`` of ``max_episode_steps`` when given)."""
+    """The env of a registered id (``gym.make``, whose own time limit ``max_episode_steps`` replaces), of a
+    ``"module:Class"`` entry point (wrapped in a ``TimeLimit`` of ``max_episode_steps`` when given) or of gymnasium's
+    ``"module:Id-v0"`` (the module imported so that it registers the id, then ``gym.make``). Raises ValueError naming
+    the id when the module cannot be imported, has no such attribute or registered id, or the id is not registered."""
     module_name, _, attr = str(env_id).partition(":")
+    limit = {"max_episode_steps": int(max_episode_steps)} if max_episode_steps else {}
     if attr:
-        obj = getattr(importlib.import_module(module_name), attr, None)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"env {env_id!r}: cannot import {module_name!r} ({exc}); is its folder on "
+                             "PYTHONPATH?") from None
+        obj = getattr(module, attr, None)
         if obj is None:
-            raise ValueError(f"env {env_id!r}: {module_name} has no {attr!r}")
+            if attr in gym.registry:  # gymnasium's "module:Id": importing the module registered the id
+                return gym.make(attr, **dict(kwargs), **limit)
+            raise ValueError(f"env {env_id!r}: {module_name} has no {attr!r} (neither a class or function of the "
+                             "module nor an id it registers with gymnasium)")
         env = obj(**dict(kwargs))
         return gym.wrappers.TimeLimit(env, int(max_episode_steps)) if max_episode_steps else env
-    limit = {"max_episode_steps": int(max_episode_steps)} if max_episode_steps else {}
-    return gym.make(str(env_id), **dict(kwargs), **limit)
+    try:
+        return gym.make(str(env_id), **dict(kwargs), **limit)
+    except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound) as exc:
+        raise ValueError(f"env {env_id!r}: not registered with gymnasium ({exc}); if your own module registers it, "
+                         f"write 'your_module:{env_id}' so that it is imported first, or give 'your_module:YourEnv'"
+                         ) from None
 
 
 UNLIMITED_EPISODE_CAP = 1000  # steps: a gym env with no time limit the toolkit can see is truncated here
