@@ -74,7 +74,9 @@ class ObsSpec:
             return None
         if len(shapes) != 1 or next(iter(shapes))[0] != next(iter(shapes))[1]:
             raise ValueError(f"observation spec: cameras {list(self.rgb_keys)} must be square and of one size, "
-                             f"got {sorted(shapes)}")
+                             f"got {sorted(shapes)}: the data's frames are used as stored (an env's frames are "
+                             "resized to the agent's size, robopretrain.envs.camera_frames); resize or centre-crop "
+                             "the file's frames to one square size (e.g. 64 x 64) before training")
         return int(next(iter(shapes))[0])
 
     def storage(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
