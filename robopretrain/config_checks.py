@@ -8,6 +8,7 @@ config does not have are skipped, so the checks follow the configs as they grow.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -70,7 +71,41 @@ def _check_section(cfg: DictConfig, section: str | None, checks: dict[str, tuple
             raise ValueError(f"{where} config: {name}={value!r}; expected {expected}")
 
 
+@functools.lru_cache(maxsize=None)
+def known_keys(section: str) -> frozenset[str]:
+    """Every key any shipped config defines under ``section`` (``data``: also the top-level keys of each
+    ``configs/data/*.yaml`` group), the keys a stage reads there."""
+    import yaml
+
+    from robopretrain.cli import CONFIG_DIR
+
+    keys: set[str] = set()
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        doc = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(doc, dict):
+            continue
+        if path.parent.name == section:
+            keys |= set(doc) - {"defaults"}
+        if isinstance(doc.get(section), dict):
+            keys |= set(doc[section])
+    return frozenset(keys)
+
+
+def _check_known_keys(cfg: DictConfig, section: str, where: str) -> None:
+    """Refuse keys a user added under ``section`` (``+obs.normalise=false``) that no config defines and no stage
+    reads: silently ignored, they would leave the user believing a setting took effect."""
+    node = cfg.get(section)
+    if not isinstance(node, DictConfig):
+        return
+    unknown = sorted(set(node) - known_keys(section))
+    if unknown:
+        raise ValueError(f"{where} config: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; valid keys: "
+                         f"{', '.join(sorted(known_keys(section)))}")
+
+
 def _check_common(cfg: DictConfig, where: str) -> None:
+    for section in ("obs", "data"):
+        _check_known_keys(cfg, section, where)
     obs = cfg.get("obs")
     if obs is not None and not (obs.get("low_dim") or obs.get("rgb")):
         raise ValueError(f"{where} config: obs.low_dim={obs.get('low_dim')!r} and obs.rgb={obs.get('rgb')!r}; "

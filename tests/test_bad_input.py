@@ -325,6 +325,11 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("finetune", "online.offline_ratio=2", "finetune config: online.offline_ratio=2; expected a number in [0, 1]"),
     ("finetune", "online.utd=0", "online.utd=0; expected an integer >= 1"),
     ("finetune", "algo.qf_lr=-1", "algo.qf_lr=-1; expected a positive number"),
+    # keys added with + that no config defines and no stage reads (a new user's +obs.normalise=false trained on)
+    ("robopretrain", "+obs.normalise=false", "robopretrain config: unknown key(s) obs.normalise; valid keys: "
+                                             "low_dim, min_std, normalize, num_tasks, rgb"),
+    ("robopretrain", "+data.obsmap={a: b}", "robopretrain config: unknown key(s) data.obsmap; valid keys: actions"),
+    ("finetune", "+data.maks=train", "finetune config: unknown key(s) data.maks"),
 ])
 def test_out_of_range_values_are_named(stage, override, message):
     from robopretrain.config_checks import validate_offline_config, validate_online_config
