@@ -28,7 +28,10 @@ def test_layouts_become_upright_rgb_channels_last() -> None:
     assert out.flags.c_contiguous and out.dtype == np.uint8
     with pytest.raises(ValueError, match=r"C in \[1, 3, 4\]"):
         to_agent_frame(np.zeros((5, 6, 2), np.uint8))
-    assert is_camera(hwc) and not is_camera(hwc.astype(np.float32)) and not is_camera(hwc[..., 0])
+    assert is_camera(hwc) and not is_camera(hwc.astype(np.float32)) and not is_camera(hwc[None])
+    np.testing.assert_array_equal(to_agent_frame(grey[..., 0]), np.repeat(grey, 3, axis=2))  # (H, W) grey
+    with pytest.raises(ValueError, match="expected uint8"):  # a float frame's scale is unknown: not cast to 0/1
+        to_agent_frame(hwc.astype(np.float32) / 255)
 
 
 def test_frames_are_resized_to_the_agents_size_by_area_when_shrinking() -> None:
@@ -64,3 +67,32 @@ def test_a_gym_camera_in_another_layout_and_size_reaches_the_agent_at_its_size()
     native = make_env(Target(**{**target.to_dict(), "env_kwargs": {"image_size": 16}}), ("agentview_image",), 16)
     np.testing.assert_array_equal(native.reset(seed=0)[0]["agentview_image"],
                                   native.unwrapped._obs()[fake.AGENTVIEW])  # same size: the frame untouched
+
+
+def test_only_the_agents_cameras_are_converted_other_uint8_parts_pass_as_given() -> None:
+    """A frame stack (84, 84, 12) beside the camera made env construction fail, and a small uint8 grid was resized
+    as if it were a camera; a grey (H, W) camera reaches the agent as RGB."""
+    import gymnasium as gym
+
+    class Extra(gym.ObservationWrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            self.observation_space = gym.spaces.Dict({**env.observation_space.spaces,
+                                                      "stack": gym.spaces.Box(0, 255, (84, 84, 12), np.uint8),
+                                                      "grid": gym.spaces.Box(0, 255, (4, 4, 3), np.uint8),
+                                                      "grey": gym.spaces.Box(0, 255, (32, 32), np.uint8)})
+
+        def observation(self, obs):
+            return {**obs, "stack": np.ones((84, 84, 12), np.uint8), "grid": np.arange(48, dtype=np.uint8).reshape(4, 4, 3),
+                    "grey": np.full((32, 32), 9, np.uint8)}
+
+    from robopretrain.envs.target import TargetEnv
+
+    target = Target(name="reach", env_id="_fake_envs:RobosuiteLikeEnv", task_id=7, obs_map={"eef_pos": fake.EEF},
+                    env_kwargs={"image_size": 32})
+    env = TargetEnv(Extra(fake.RobosuiteLikeEnv(image_size=32)), target, cameras=("grey",), image_size=16)
+    obs, _ = env.reset(seed=0)
+    assert obs["stack"].shape == (84, 84, 12) and env.observation_space["stack"].shape == (84, 84, 12)
+    np.testing.assert_array_equal(obs["grid"], np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+    assert obs["grey"].shape == (16, 16, 3) and (obs["grey"] == 9).all()
+    assert env.observation_space.contains({k: np.asarray(v) for k, v in obs.items()})

@@ -1,11 +1,13 @@
 """A gym env's camera frames in the toolkit's image contract: upright uint8 ``(H, W, 3)`` at the agent's size.
 
-Envs render in many layouts. :func:`to_agent_frame` takes one frame, a uint8 array of 3 dimensions, and returns
-it as the agent sees images in its data:
+Envs render in many layouts. :func:`to_agent_frame` takes one frame, a uint8 array of 2 or 3 dimensions, and
+returns it as the agent sees images in its data:
 
 * channels last: ``(C, H, W)`` with ``C`` in {1, 3, 4} and a last dimension not in {1, 3, 4} is transposed
   (pixel-based envs written for PyTorch often return channels first);
-* three channels: grey ``C = 1`` is repeated, RGBA ``C = 4`` loses its alpha channel;
+* three channels: grey ``(H, W)`` (gymnasium's ``GrayscaleObservation``) or ``C = 1`` is repeated, RGBA ``C = 4``
+  loses its alpha channel. The layout is read from the shape alone: a stack of four grey frames ``(4, H, W)`` or
+  ``(H, W, 4)`` is taken for RGBA (its last frame dropped), so give the agent one frame per camera part;
 * upright: flipped vertically when the target says its env renders upside down (OpenGL's origin);
 * the agent's size: resized to ``(size, size)`` when its height or width differ, with Pillow's box filter when
   shrinking (the area average, no aliasing) and its bilinear filter when enlarging. A non-square frame is resized
@@ -22,8 +24,8 @@ CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
 
 
 def is_camera(arr: np.ndarray) -> bool:
-    """Whether an observation part is a camera frame: uint8 with 3 dimensions (the data contract's images)."""
-    return arr.dtype == np.uint8 and arr.ndim == 3
+    """Whether an array can be a camera frame: uint8 with 2 (grey) or 3 dimensions."""
+    return arr.dtype == np.uint8 and arr.ndim in (2, 3)
 
 
 def _channels_first(shape: tuple[int, ...]) -> bool:
@@ -34,8 +36,10 @@ def agent_frame_shape(shape: tuple[int, ...], size: int | None = None) -> tuple[
     """The ``(H, W, 3)`` shape :func:`to_agent_frame` returns for a frame of ``shape`` (``size``: the agent's image
     size, or None to keep the env's). Raises ``ValueError`` when ``shape`` has no channel dimension in {1, 3, 4}."""
     shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:  # grey without a channel dimension
+        shape = (*shape, 1)
     if len(shape) != 3:
-        raise ValueError(f"a camera frame has 3 dimensions, got shape {shape}")
+        raise ValueError(f"a camera frame has 2 or 3 dimensions, got shape {shape}")
     h, w, c = (shape[1], shape[2], shape[0]) if _channels_first(shape) else shape
     if c not in CHANNELS:
         raise ValueError(f"camera frame of shape {shape}: expected (H, W, C) or (C, H, W) with C in {list(CHANNELS)}")
@@ -43,10 +47,14 @@ def agent_frame_shape(shape: tuple[int, ...], size: int | None = None) -> tuple[
 
 
 def to_agent_frame(frame: np.ndarray, size: int | None = None, flip: bool = False) -> np.ndarray:
-    """``frame`` (uint8, ``(H, W, C)`` or ``(C, H, W)``, C in {1, 3, 4}) as a contiguous upright uint8
+    """``frame`` (uint8, ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``, C in {1, 3, 4}) as a contiguous upright uint8
     ``(size, size, 3)`` array (``(H, W, 3)`` when ``size`` is None). See the module docstring for each step.
-    Raises ``ValueError`` for another shape."""
+    Raises ``ValueError`` for another shape or a dtype other than uint8 (a float frame's scale is unknown)."""
     arr = np.asarray(frame)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"camera frame of dtype {arr.dtype}: expected uint8 (0-255)")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
     out_shape = agent_frame_shape(arr.shape, size)
     if _channels_first(arr.shape):
         arr = arr.transpose(1, 2, 0)

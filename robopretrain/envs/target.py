@@ -11,10 +11,11 @@ A :class:`Target` is a task of a *family*:
 :func:`make_env` returns a gymnasium env that follows the toolkit's contract whatever the family:
 
 * observations are dicts of named parts in our names (``obs_map`` maps our part name -> the env's key; a
-  non-dict observation becomes the part ``observation``), camera images upright uint8 ``(H, W, 3)`` (``flip_images``
-  for envs that render upside down), plus ``task_id`` (the target's slot in the task one-hot); a gym env's camera
-  frames are also made channels-last RGB and resized to the agent's image size
-  (:mod:`robopretrain.envs.camera_frames`: ``(C, H, W)``, grey and RGBA frames, any size);
+  non-dict observation becomes the part ``observation``), the agent's camera images upright uint8 ``(H, W, 3)``
+  (``flip_images`` for envs that render upside down), plus ``task_id`` (the target's slot in the task one-hot); a gym
+  env's camera frames are also made channels-last RGB and resized to the agent's image size
+  (:mod:`robopretrain.envs.camera_frames`: ``(C, H, W)``, grey ``(H, W)`` / ``(H, W, 1)`` and RGBA frames, any size);
+  uint8 parts that are not the agent's cameras (a frame stack, a grid) pass as the env gives them;
 * ``info["success"]`` every step, read from ``info[success_key]``;
 * reward ``float(success)`` when ``reward: sparse`` (the default: the data contract's sparse success reward), or
   the env's own reward when the target declares ``reward: dense`` (then Cal-QL's sparse all-failure rule is off);
@@ -333,12 +334,18 @@ class TargetEnv(gym.Wrapper):
                 continue
             if isinstance(sub, gym.spaces.Box) and sub.dtype != np.uint8:
                 sub = gym.spaces.Box(sub.low.astype(np.float32), sub.high.astype(np.float32), dtype=np.float32)
-            elif isinstance(sub, gym.spaces.Box) and len(sub.shape) == 3:  # a camera: as _obs returns it
-                sub = gym.spaces.Box(0, 255, agent_frame_shape(sub.shape, self.image_size), dtype=np.uint8)
+            elif isinstance(sub, gym.spaces.Box) and self._reverse.get(key, key) in self.cameras:  # as _obs gives it
+                sub = gym.spaces.Box(0, 255, self._frame_shape(key, sub.shape), dtype=np.uint8)
             out[self._reverse.get(key, key)] = sub
         known = int(getattr(items.get("task_id"), "n", 0))
         out["task_id"] = gym.spaces.Discrete(max(known, self._task_id + 1))
         return gym.spaces.Dict(out)
+
+    def _frame_shape(self, key: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        try:
+            return agent_frame_shape(shape, self.image_size)
+        except ValueError as exc:
+            raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
 
     def _obs(self, obs: Any) -> dict[str, Any]:
         if not isinstance(obs, Mapping):
@@ -347,7 +354,7 @@ class TargetEnv(gym.Wrapper):
         for key, value in obs.items():
             ours = self._reverse.get(key, key)
             arr = np.asarray(value)
-            if is_camera(arr):
+            if ours in self.cameras and is_camera(arr):  # only the agent's cameras: other uint8 parts pass as given
                 try:
                     arr = to_agent_frame(arr, self.image_size, self.target.flip_images)
                 except ValueError as exc:
