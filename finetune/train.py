@@ -88,14 +88,25 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
                      "target demos (data.path=/path/to/target_demos.hdf5) or data.generate=true")
 
 
-def demo_obs_map(target: Target, info: Any, pretrained: Mapping[str, str] | None = None) -> dict[str, str]:
+def demo_obs_map(target: Target, info: Any, pretrained: Mapping[str, str] | None = None,
+                 stage2_file: bool = False) -> dict[str, str]:
     """The ``obs_map`` for stage 3's offline file when ``data.obs_map`` is not set: the entries of stage 2's
     ``data.obs_map`` (``pretrained``, recorded in the checkpoint) and of the target's ``obs_map`` (which wins where
     both name a part) that apply to the file: those whose source key the file has and whose part name it lacks (a file
     recorded in the env has the env's keys; a converted one, e.g. D4RL's ``observations`` for a gym env's unnamed
-    ``observation``, may already have the agent's names)."""
+    ``observation``, may already have the agent's names).
+
+    ``stage2_file``: the file is the one stage 2 trained on; then stage 2's entries whose source key the file has
+    apply as they did there, even where the file also has the part's own name (``{eef_pos: eef_filtered}`` on a file
+    with both: the agent learned from ``eef_filtered``), and the target's entries fill only the parts stage 2 left
+    unmapped."""
     keys = set(info.obs_specs)
     out: dict[str, str] = {}
+    if stage2_file:
+        out = {ours: theirs for ours, theirs in (pretrained or {}).items() if theirs in keys}
+        out.update({ours: theirs for ours, theirs in target.obs_map.items()
+                    if theirs in keys and ours not in keys and ours not in out})
+        return out
     for mapping in (pretrained or {}, target.obs_map):
         out.update({ours: theirs for ours, theirs in mapping.items() if theirs in keys and ours not in keys})
     return out
@@ -166,7 +177,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     reward = build.reward_settings(cfg.algo, target)
     tasks = cfg.data.get("tasks") or ([target.name] if target.name in info.tasks else None)
     data_cfg = cfg.data
-    mapped = demo_obs_map(target, info, ckpt.meta.get("obs_map"))
+    stage2_path = ckpt.meta.get("data_path")
+    same_file = bool(stage2_path) and os.path.realpath(str(stage2_path)) == os.path.realpath(str(data_path))
+    mapped = demo_obs_map(target, info, ckpt.meta.get("obs_map"), stage2_file=same_file)
     if not data_cfg.get("obs_map") and mapped:
         data_cfg = OmegaConf.create({**build.plain(cfg.data), "obs_map": mapped})
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,

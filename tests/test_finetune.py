@@ -310,6 +310,23 @@ def test_stage_twos_obs_map_reads_its_data_file_again_in_stage_3(robosuite_demos
     assert out["history"][-1]["env_steps"] == 12
 
 
+def test_stage_twos_obs_map_applies_to_its_own_file_even_where_the_file_has_the_parts_name():
+    """Stage 2 read eef_pos from eef_filtered on a file holding both: stage 3 on that file must too (it read the raw
+    eef_pos, silently); on another file the part's own column wins as before; the target fills unmapped parts."""
+    from types import SimpleNamespace
+
+    from finetune.train import demo_obs_map
+    from robopretrain.envs.target import Target
+
+    info = SimpleNamespace(obs_specs={"eef_pos": None, "eef_filtered": None, "gripper_qpos": None, "cam": None})
+    target = Target(name="reach", env_id="_fake_envs:RobosuiteLikeEnv", task_id=0,
+                    obs_map={"eef_pos": "eef_raw", "agentview_image": "cam"})
+    stage2 = {"eef_pos": "eef_filtered"}
+    assert demo_obs_map(target, info, stage2, stage2_file=True) == {"eef_pos": "eef_filtered",
+                                                                    "agentview_image": "cam"}
+    assert demo_obs_map(target, info, stage2) == {"agentview_image": "cam"}
+
+
 @pytest.mark.parametrize("mode", ["frozen_cached", "frozen", "finetune"])
 def test_every_encoder_mode_fine_tunes_online(robosuite_demos, tmp_path, mode):
     """Pretrained-encoder modes rebuild from the checkpoint; frozen_cached stores encoder features online."""
