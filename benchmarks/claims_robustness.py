@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import pickle
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -135,30 +137,71 @@ def run_variant(work: Path, seed: int, variant: str, episodes: int) -> dict[str,
 
 
 def _child(fn: Any, task: tuple, conn: Any) -> None:
-    """A worker's body: ``fn(*task)`` with Ctrl-C ignored (the parent alone handles it); its result, or its exception
-    and traceback, sent back through ``conn``."""
+    """A worker's body: ``fn(*task)`` with Ctrl-C ignored (the parent alone handles it) and SIGTERM raising
+    ``SystemExit`` (so pools ``fn`` started shut their own workers down when the parent stops this one); its result,
+    or its exception and traceback, sent back through ``conn``. An exception the parent could not unpickle (one whose
+    constructor takes other arguments than its message, e.g. ``NonFiniteLossError``) goes back as a RuntimeError
+    with its text."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         conn.send((True, fn(*task)))
+    except SystemExit:  # stopped by the parent (SIGTERM): nobody is listening
+        raise
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent, which re-raises it
         text = traceback.format_exc()
         try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # noqa: BLE001 - does not survive the pipe: its text does
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        try:
             conn.send((False, (exc, text)))
-        except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as its text
+        except Exception:  # noqa: BLE001
             conn.send((False, (RuntimeError(f"{type(exc).__name__}: {exc}"), text)))
     finally:
         conn.close()
 
 
-def _in_fresh_process(fn: Any, task: tuple, live: set) -> Any:
+class _Workers:
+    """The running worker processes of one :func:`_pooled` call and whether it is stopping: a process starts only
+    while not stopping (checked under the lock that :meth:`stop` takes), so none starts after a failure."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.live: set = set()
+        self.stopping = False
+
+    def start(self, proc: Any) -> bool:
+        with self.lock:
+            if self.stopping:
+                return False
+            proc.start()
+            self.live.add(proc)
+            return True
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for proc in list(self.live):
+                proc.terminate()
+
+
+class _NotStarted(Exception):
+    """A task skipped because its :func:`_pooled` call was stopping."""
+
+
+def _in_fresh_process(fn: Any, task: tuple, workers: _Workers) -> Any:
     """``fn(*task)`` in a fresh spawned process that is not a daemon, so ``fn`` may start pools of its own (data
-    collection does); its exception is re-raised here, the worker's traceback as its cause. ``live`` holds the running
-    processes, for the caller to stop."""
+    collection does); its exception is re-raised here, the worker's traceback as its cause, after telling
+    ``workers`` to stop (before this thread can take another task). Raises :class:`_NotStarted` when ``workers`` is
+    already stopping."""
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(fn, task, send))
-    proc.start()
-    live.add(proc)
+    if not workers.start(proc):
+        receive.close()
+        send.close()
+        raise _NotStarted
     send.close()
     try:
         ok, value = receive.recv()
@@ -167,10 +210,13 @@ def _in_fresh_process(fn: Any, task: tuple, live: set) -> Any:
     finally:
         receive.close()
         proc.join()
-        live.discard(proc)
+        with workers.lock:
+            workers.live.discard(proc)
     if ok is None:
+        workers.stop()
         raise RuntimeError(f"the worker running {getattr(fn, '__name__', fn)}{task} died (exit code {proc.exitcode})")
     if not ok:
+        workers.stop()
         exc, text = value
         raise exc from RemoteTraceback(text)
     return value
@@ -179,20 +225,21 @@ def _in_fresh_process(fn: Any, task: tuple, live: set) -> Any:
 def _pooled(fn: Any, tasks: Sequence[tuple], jobs: int) -> Iterator[Any]:
     """``fn(*task)`` for each task, yielded as each finishes, each in a fresh spawned process (``jobs`` at a time;
     stage 3 sets torch's global seed and thread count, so runs may not share a process); in this process when ``jobs``
-    <= 1. Workers ignore Ctrl-C; on Ctrl-C or a failure the parent stops the running ones and the rest never start."""
+    <= 1. Workers ignore Ctrl-C; on Ctrl-C or a failure the parent stops the running ones (SIGTERM: their own pools
+    shut down) and the rest never start."""
     if jobs <= 1:
         yield from (fn(*t) for t in tasks)
         return
-    live: set = set()
+    workers = _Workers()
     threads = ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures = [threads.submit(_in_fresh_process, fn, t, live) for t in tasks]
+        futures = [threads.submit(_in_fresh_process, fn, t, workers) for t in tasks]
         for done in as_completed(futures):
-            yield done.result()
+            if not (done.cancelled() or isinstance(done.exception(), _NotStarted)):
+                yield done.result()
     finally:
+        workers.stop()
         threads.shutdown(wait=False, cancel_futures=True)
-        for proc in list(live):
-            proc.terminate()
 
 
 # --------------------------------------------------------------------------- summary

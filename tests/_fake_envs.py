@@ -172,6 +172,29 @@ def raise_value_error(message: str) -> None:
     raise ValueError(message)
 
 
+def raise_non_finite() -> None:
+    """Fail as a diverging run does: an exception whose constructor takes more than its message."""
+    from robopretrain.guards import NonFiniteLossError
+
+    raise NonFiniteLossError("critic", float("nan"), 17)
+
+
+def fail_or_sleep(kind: str, folder: str, name: str) -> str:
+    """A benchmark task that leaves ``<folder>/<name>.started`` and then fails at once (``kind="fail"``, after the
+    other first task has started) or sleeps 30 s and leaves ``<name>.finished``."""
+    import time
+    from pathlib import Path
+
+    (Path(folder) / f"{name}.started").touch()
+    if kind == "fail":
+        while len(list(Path(folder).glob("*.started"))) < 2:
+            time.sleep(0.05)
+        raise ValueError(f"{name} failed")
+    time.sleep(30)
+    (Path(folder) / f"{name}.finished").touch()
+    return name
+
+
 class SigintProbeEnv(CountEnv):
     """CountEnv whose observation ``x[0]`` is 1 where the process that built it ignores Ctrl-C, else 0."""
 
@@ -247,3 +270,16 @@ def write_units_d4rl(path, episodes: int = 30, max_steps: int = 40, seed: int = 
             f[k] = np.asarray(rows[k])
         f["infos/success"] = np.asarray(rows["success"])
     return path
+
+
+def sleepy_pool(pid_file: str) -> None:
+    """A worker's run that starts a pool of its own, writes the pool worker's pid to ``pid_file`` and waits on it
+    (for a check that stopping the run stops its pool too)."""
+    import multiprocessing as mp
+    import os
+    import time
+    from pathlib import Path
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        Path(pid_file).write_text(str(pool.apply(os.getpid)))
+        pool.apply(time.sleep, (30,))

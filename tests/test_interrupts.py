@@ -93,3 +93,62 @@ def test_benchmark_workers_ignore_ctrl_c_may_start_pools_and_report_failures(par
     with pytest.raises(ValueError, match="stage 3 failed") as exc:
         list(claims_robustness._pooled(raise_value_error, [("stage 3 failed",)], jobs=2))
     assert isinstance(exc.value.__cause__, RemoteTraceback) and "raise_value_error" in str(exc.value.__cause__)
+
+
+def test_a_benchmark_failure_starts_no_further_run_stops_the_running_one_and_keeps_its_message(tmp_path):
+    """After one run fails, the queued runs never start (a freed thread took the next one before the parent could
+    cancel it, and the parent then waited for it to finish) and the running one is stopped; an exception that does not
+    unpickle (NonFiniteLossError) arrives as its text, not as a TypeError from the pipe."""
+    import claims_robustness
+    from _fake_envs import fail_or_sleep, raise_non_finite
+
+    tasks = [("fail", str(tmp_path), "a"), *[("sleep", str(tmp_path), n) for n in "bcd"]]
+    with pytest.raises(ValueError, match="a failed"):
+        list(claims_robustness._pooled(fail_or_sleep, tasks, jobs=2))
+    assert sorted(p.name for p in tmp_path.glob("*.started")) == ["a.started", "b.started"]
+    assert not list(tmp_path.glob("*.finished"))  # b was stopped, not waited for
+    with pytest.raises(RuntimeError, match="NonFiniteLossError: loss 'critic' is nan at step 17"):
+        list(claims_robustness._pooled(raise_non_finite, [()], jobs=2))
+    # the thread whose task failed has already stopped the call when it could take the next task: none starts
+    from _fake_envs import pool_inside, raise_value_error
+
+    workers = claims_robustness._Workers()
+    with pytest.raises(ValueError, match="x"):
+        claims_robustness._in_fresh_process(raise_value_error, ("x",), workers)
+    assert workers.stopping
+    with pytest.raises(claims_robustness._NotStarted):
+        claims_robustness._in_fresh_process(pool_inside, (1,), workers)
+
+
+def test_stopping_a_benchmark_run_stops_the_pool_it_started(tmp_path):
+    """A stopped run's data-collection pool went on (orphaned, holding a core and the terminal) until its task ended."""
+    import multiprocessing as mp
+    import os
+    import time
+
+    import claims_robustness
+    from _fake_envs import sleepy_pool
+
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    pid_file = tmp_path / "pool_worker.pid"
+    proc = ctx.Process(target=claims_robustness._child, args=(sleepy_pool, (str(pid_file),), send))
+    workers = claims_robustness._Workers()
+    assert workers.start(proc)
+    for _ in range(600):  # the run is up when its pool worker has written its pid (bounded: 60 s)
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    pool_pid = int(pid_file.read_text())
+    workers.stop()
+    proc.join(30)
+    receive.close()
+    for _ in range(100):  # the pool worker goes with it (bounded: 10 s)
+        try:
+            os.kill(pool_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pool_pid, 9)
+        pytest.fail("the stopped run's pool worker is still running")
