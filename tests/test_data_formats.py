@@ -276,6 +276,8 @@ def test_an_error_about_a_converted_copy_names_the_users_file(tmp_path, capsys, 
                         "episode in the source]")
     assert name_sources(f"{tmp_path}/gone.d4rl.0123456789abcdef.hdf5: bad") == \
         f"{tmp_path}/gone.d4rl.0123456789abcdef.hdf5: bad"  # a copy that cannot be read: the message as it was
+    note = f" [{copy.name} is {src} (d4rl) converted"
+    assert note in name_sources(f"data.path={copy} is bad") and note in name_sources(f"files [{copy}] differ")
 
 
 def test_inspect_reads_a_foreign_format(tmp_path, monkeypatch):

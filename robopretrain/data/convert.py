@@ -53,7 +53,9 @@ READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
 ENV_CACHE_DIR = "ROBOPRETRAIN_CACHE_DIR"
 
 
-COPY_NAME = re.compile(r"[^\s'\"(),;]+\.(?:" + "|".join(READERS) + r")\.[0-9a-f]{16}\.hdf5")  # cache_path's names
+# cache_path's names as messages quote them (after "data.path=" or inside brackets too; a folder with spaces is not
+# found, and the message is then left as it is)
+COPY_NAME = re.compile(r"[^\s'\"(),;=\[\]]+\.(?:" + "|".join(READERS) + r")\.[0-9a-f]{16}\.hdf5")
 
 
 def name_sources(message: str) -> str:
