@@ -334,7 +334,8 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
     units = getattr(model, "action_units", FILE_UNITS) if action_units is None else action_units
     if units != FILE_UNITS:
         trans.actions = reexpress(trans.actions, file_action_units(read_info(src)), units, str(src))
-    check_action_range(trans, str(src))
+    check_action_range(trans, str(src), "give relabel the units the model was trained in (action_units=, an "
+                                        "ActionNormalization of the robot's low / high), or convert the file first")
     data = SegmentData(trans, spec)
     chunks = [slice(lo, lo + RELABEL_CHUNK) for lo in range(0, len(data.actions), RELABEL_CHUNK)]
     r = np.concatenate([model({k: v[c] for k, v in data.obs.items()}, data.actions[c]).mean(0).numpy()

@@ -192,16 +192,19 @@ def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "a
     return units
 
 
-def check_action_range(trans: Transitions, where: str) -> None:
-    """Raise :class:`DatasetError` naming the first demo whose actions leave ``[-1, 1]`` (tolerance 1e-6): the
-    toolkit's policies and models act in ``[-1, 1]``; call it after the actions are re-expressed in the agent's
-    units."""
+ACTION_RANGE_HINT = ("with data.actions=auto (the default) such actions are rescaled per dimension and every env "
+                     "maps them back")
+
+
+def check_action_range(trans: Transitions, where: str, hint: str = ACTION_RANGE_HINT) -> None:
+    """Raise :class:`DatasetError` naming the first demo whose actions leave ``[-1, 1]`` (tolerance 1e-6) and
+    ``hint`` (what the caller's user can do): the toolkit's policies and models act in ``[-1, 1]``; call it after the
+    actions are re-expressed in the agent's units."""
     if trans.actions.size and np.abs(trans.actions).max() > 1.0 + 1e-6:
         row = int(np.flatnonzero(np.abs(trans.actions).max(1) > 1.0 + 1e-6)[0])
         raise DatasetError(f"{where}: data/{trans.demo_names[trans.episode_ids[row]]}/actions: values outside "
                            f"[-1, 1] (max |a| = {np.abs(trans.actions).max():.4g}); the toolkit's policies act in "
-                           "[-1, 1]: with data.actions=auto (the default) such actions are rescaled per dimension "
-                           "and every env maps them back")
+                           f"[-1, 1]: {hint}")
 
 
 def load_offline_dataset(
