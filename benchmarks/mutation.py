@@ -388,7 +388,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "if 'relabelled' in report -> if not: whether the command line prints the relabelled file's path (report.json "
         "records it either way)",
         "if 'relabelled' in report: -> if not ... @ if \"relabelled\" in report:"),
-    ("reward_model", "relabel/swap/12"): Equivalent(
+    ("reward_model", "relabel/swap/13"): Equivalent(
         "max(r.max() - r.min(), 1e-8) -> max(1e-8, r.max() - r.min()): max is symmetric",
         "max(..r.max() - r.min(), 1e-08..) swapped @ r = (r - r.min()) / max(r.max() - r.min(), 1e-8)"),
     ("reward_model", "load_reward_model/const/0"): Equivalent(
