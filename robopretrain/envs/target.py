@@ -20,7 +20,8 @@ A :class:`Target` is a task of a *family*:
 * reward ``float(success)`` when ``reward: sparse`` (the default: the data contract's sparse success reward), or
   the env's own reward when the target declares ``reward: dense`` (then Cal-QL's sparse all-failure rule is off);
 * termination on success when ``terminate_on_success``; truncation at ``max_episode_steps`` (a ``TimeLimit``; a
-  gym env with no time limit the toolkit can see is truncated at :data:`UNLIMITED_EPISODE_CAP` steps, with a warning);
+  gym env with no gymnasium time limit is truncated at its base env's ``max_episode_steps`` attribute when it states
+  one, else at :data:`UNLIMITED_EPISODE_CAP` steps, with a warning);
 * actions in the agent's units: with ``action_normalization`` (``{"low": [...], "high": [...]}``, what a converted
   dataset records when it rescaled its actions, see :mod:`robopretrain.envs.action_units`) the env takes actions in
   ``[-1, 1]`` and maps them to its own units, ``a = low + (a' + 1) (high - low) / 2``, before each step.
@@ -205,23 +206,28 @@ _warned_unlimited: set[str] = set()
 
 
 def has_time_limit(env: gym.Env) -> bool:
-    """Whether ``env`` ends its episodes by a limit the toolkit can see: a ``TimeLimit`` wrapper, a registered
-    ``max_episode_steps``, or a ``max_episode_steps`` attribute of the base env (sim_envs, the Meta-World adapter)."""
+    """Whether ``env`` ends its episodes by a limit gymnasium enforces: a ``TimeLimit`` wrapper or a registered
+    ``max_episode_steps`` (which ``gym.make`` enforces)."""
     e: Any = env
     while isinstance(e, gym.Wrapper):
         if isinstance(e, gym.wrappers.TimeLimit):
             return True
         e = e.env
     spec = getattr(env, "spec", None)
-    return bool(getattr(spec, "max_episode_steps", None) or getattr(env.unwrapped, "max_episode_steps", None))
+    return bool(getattr(spec, "max_episode_steps", None))
 
 
 def _capped(env: gym.Env, target: Target) -> gym.Env:
-    """``env``, or, when it has no time limit the toolkit can see (:func:`has_time_limit`) and the target sets none,
-    ``env`` truncated at :data:`UNLIMITED_EPISODE_CAP` steps with a warning (once per target and process): an
-    evaluation episode of an env that never ends would otherwise never return."""
+    """``env`` when it or the target has a time limit (:func:`has_time_limit`); else, when its base env states one
+    (a ``max_episode_steps`` attribute, as sim_envs and robosuite-style envs do), ``env`` truncated there (harmless
+    when the env enforces it itself, and it may not); else ``env`` truncated at :data:`UNLIMITED_EPISODE_CAP` steps
+    with a warning (once per target and process): an evaluation episode of an env that never ends would otherwise
+    never return."""
     if target.max_episode_steps or has_time_limit(env):
         return env
+    stated = getattr(env.unwrapped, "max_episode_steps", None)
+    if isinstance(stated, (int, np.integer)) and not isinstance(stated, bool) and stated > 0:
+        return gym.wrappers.TimeLimit(env, int(stated))
     if target.name not in _warned_unlimited:
         _warned_unlimited.add(target.name)
         log.warning("target %r: the env has no time limit the toolkit can see; its episodes are truncated at %d "
