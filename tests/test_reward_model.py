@@ -286,8 +286,15 @@ def test_a_file_in_the_robots_own_action_units_is_rescaled_as_stage_2_does(tmp_p
     model, _ = load_reward_model(tmp_path / "run" / "reward_model.pt")
     np.testing.assert_allclose(model.action_units.low, [env_actions[:, 0].min(), -1.0], rtol=1e-6)
     np.testing.assert_allclose(model.action_units.high, [env_actions[:, 0].max(), 1.0], rtol=1e-6)
-    with h5py.File(report["relabelled"]) as f:
-        assert f["data/demo_0/rewards"].shape == (12,)
+    with h5py.File(report["relabelled"]) as f, h5py.File(data) as src:
+        got = f["data/demo_0/rewards"][()]
+        obs, acts = src["data/demo_0/obs/x"][()], src["data/demo_0/actions"][()]
+        task = int(src["data/demo_0"].attrs["task_id"])
+    parts = {"x": torch.from_numpy(obs.astype(np.float32)), "task_id": torch.full((len(obs),), task)}
+    with torch.no_grad():  # the model scores the file's actions in the units it trained in, not clipped env units
+        want = model(parts,
+                     torch.from_numpy(model.action_units.to_agent(acts).astype(np.float32))).mean(0).numpy()
+    assert got.shape == (12,) and np.allclose(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(DatasetError, match=r"values outside \[-1, 1\]"):
         keep = config(data, tmp_path / "keep", relabel={"enabled": False})
         keep.data.actions = "keep"
