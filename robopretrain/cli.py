@@ -63,13 +63,14 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from robopretrain.checkpoint import CheckpointError
     from robopretrain.data.hdf5 import DatasetError
     from robopretrain.data.video import VideoDatasetError
+    from robopretrain.envs.target import EnvContractError
     from robopretrain.guards import NonFiniteLossError
     from robopretrain.nets.encoder_io import EncoderCheckpointError
 
     # rendering is unavailable (e.g. MUJOCO_GL=glfw without a display): only possible once sim_envs renders
     rendering = sys.modules.get("sim_envs.rendering")
     render_errors = (rendering.RenderingUnavailableError,) if rendering is not None else ()
-    return (DatasetError, VideoDatasetError, EncoderCheckpointError, CheckpointError, NonFiniteLossError,
+    return (DatasetError, VideoDatasetError, EncoderCheckpointError, CheckpointError, NonFiniteLossError, EnvContractError,
             ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, *render_errors)
 
 

@@ -67,8 +67,14 @@ def test_the_env_speaks_our_names_and_reward_convention():
     steps = rollout(dense)
     assert len(steps) == 13 and steps[-1][3] and not any(s[2] for s in steps)  # truncated by the time limit
     assert steps[1][1] < 0 and all(r <= 0 for _, r, *_ in steps[1:])  # the env's own -distance, declared dense
-    with pytest.raises(KeyError, match="info has no 'done_ok'"):
+    with pytest.raises(KeyError, match="info has no 'done_ok'") as exc:
         rollout(make_env(robot(success_key="done_ok")))
+    from robopretrain.cli import known_errors
+    from robopretrain.envs.target import EnvContractError
+
+    # bad input, reported in one line by the entry points (a new user got a KeyError traceback), without quotes
+    assert isinstance(exc.value, known_errors()) and type(exc.value) is EnvContractError
+    assert str(exc.value).startswith("target 'reach': info has no 'done_ok'")
 
 
 def test_gymnasium_module_id_form_and_unknown_ids_or_modules_are_named(tmp_path, monkeypatch):

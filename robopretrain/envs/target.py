@@ -205,6 +205,14 @@ UNLIMITED_EPISODE_CAP = 1000  # steps: a gym env with no time limit the toolkit 
 _warned_unlimited: set[str] = set()
 
 
+class EnvContractError(KeyError):
+    """The env does not give what its target promises (a camera, the success key): bad input, reported in one line
+    by the entry points; a ``KeyError`` (the part or key is missing) whose message reads without KeyError's quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def has_time_limit(env: gym.Env) -> bool:
     """Whether ``env`` ends its episodes by a limit gymnasium enforces: a ``TimeLimit`` wrapper or a registered
     ``max_episode_steps`` (which ``gym.make`` enforces)."""
@@ -370,8 +378,8 @@ class TargetEnv(gym.Wrapper):
             out[ours] = arr
         missing = [c for c in self.cameras if c not in out]
         if missing:
-            raise KeyError(f"target {self.target.name!r}: the env gives no camera {missing} (keys: {sorted(out)}); "
-                           "map it with obs_map")
+            raise EnvContractError(f"target {self.target.name!r}: the env gives no camera {missing} (keys: "
+                                   f"{sorted(out)}); map it with obs_map")
         out["task_id"] = self._task_id
         return out
 
@@ -379,8 +387,8 @@ class TargetEnv(gym.Wrapper):
         key = self.target.success_key
         if key not in info:
             if self.target.sparse:
-                raise KeyError(f"target {self.target.name!r}: info has no {key!r} (keys: {sorted(info)}); set the "
-                               "target's success_key, or declare reward: dense")
+                raise EnvContractError(f"target {self.target.name!r}: info has no {key!r} (keys: {sorted(info)}); "
+                                       "set the target's success_key, or declare reward: dense")
             return False
         return bool(np.asarray(info[key]).any())
 
@@ -409,5 +417,5 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
     return functools.partial(make_env, target, tuple(cameras), image_size, _plain(randomization))
 
 
-__all__ = ["AgentActionUnits", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target", "TargetEnv",
+__all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target", "TargetEnv",
            "as_target", "env_factory", "make_env", "target_of_data"]
