@@ -44,6 +44,7 @@ def test_frames_are_resized_to_the_agents_size_by_area_when_shrinking() -> None:
     np.testing.assert_array_equal(to_agent_frame(stripes, size=4), np.full((4, 4, 3), 100, np.uint8))
     up = to_agent_frame(frame[:2, :2], size=6)  # enlarged: a constant patch stays constant
     assert up.shape == (6, 6, 3) and (up[..., 0] == 10).all()
+    assert up.flags.writeable and to_agent_frame(frame, size=2).flags.writeable  # torch.from_numpy warned on each
     assert to_agent_frame(np.zeros((3, 12, 16), np.uint8), size=8).shape == (8, 8, 3)  # non-square: squared
     assert agent_frame_shape((3, 12, 16)) == (12, 16, 3) and agent_frame_shape((12, 16, 1), 8) == (8, 8, 3)
 

@@ -70,7 +70,8 @@ def to_agent_frame(frame: np.ndarray, size: int | None = None, flip: bool = Fals
         h, w = out_shape[:2]
         shrink = h <= arr.shape[0] and w <= arr.shape[1]
         image = Image.fromarray(np.ascontiguousarray(arr))
-        arr = np.asarray(image.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR))
+        # np.array copies: np.asarray of a Pillow image is read-only, and torch.from_numpy warns on every frame
+        arr = np.array(image.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR))
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
