@@ -272,7 +272,7 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
         run(config(data, tmp_path / "b", labels={"path": str(tmp_path / "bad.csv")}), tmp_path / "b")
 
 
-def test_a_file_in_the_robots_own_action_units_is_rescaled_as_stage_2_does(tmp_path):
+def test_a_file_in_the_robots_own_action_units_is_rescaled_as_stage_2_does(tmp_path, caplog):
     """A robomimic file whose actions leave [-1, 1] (a robot's own units): the model trains on them rescaled per
     dimension (data.actions=auto), records those units and relabels the file; data.actions=keep refuses it."""
     from robopretrain.data.hdf5 import DatasetError
@@ -282,7 +282,9 @@ def test_a_file_in_the_robots_own_action_units_is_rescaled_as_stage_2_does(tmp_p
         for demo in f["data"].values():
             demo["actions"][:, 0] = 4.0 * (demo["actions"][:, 0] + 1.0)
     env_actions = load_transitions(data, ["x"], action_range=False).actions
-    report = run(config(data, tmp_path / "run", model={"steps": 5}), tmp_path / "run")
+    with caplog.at_level("WARNING"):
+        report = run(config(data, tmp_path / "run", model={"steps": 5}), tmp_path / "run")
+    assert "are clipped" not in caplog.text  # the training actions mapped into [-1, 1], not saturated at its ends
     model, _ = load_reward_model(tmp_path / "run" / "reward_model.pt")
     np.testing.assert_allclose(model.action_units.low, [env_actions[:, 0].min(), -1.0], rtol=1e-6)
     np.testing.assert_allclose(model.action_units.high, [env_actions[:, 0].max(), 1.0], rtol=1e-6)
