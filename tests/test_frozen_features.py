@@ -119,6 +119,15 @@ def test_the_evaluation_env_gives_the_input_of_the_data_row_for_the_same_state(r
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_feature_statistics_of_another_size_are_refused(agents, mode):
+    """Either the mean or the std of the wrong size is named (both modes' checks)."""
+    agent, _ = agents[mode]
+    for mean, std in ((np.zeros(8), np.ones(7)), (np.zeros(7), np.ones(8))):
+        with pytest.raises(ValueError, match=f"of size {mean.size} / {std.size}"):
+            agent.set_feature_normalization(mean, std)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_feature_statistics_travel_with_the_checkpoint(tmp_path, agents, mode):
     agent, ds = agents[mode]
     obs = ds.get(np.arange(6))[OBS]

@@ -108,6 +108,13 @@ def test_wrong_dtype_and_shape(tmp_path):
 
     _expect(write_dataset(tmp_path / "b.hdf5", mutate=big_actions), r"outside \[-1, 1\]")
 
+    def wider_proprio(f):  # a later demo's part of another size than the first demo's
+        del f["data/demo_1/next_obs/proprio"]
+        f["data/demo_1/next_obs/proprio"] = np.zeros((4, 5), dtype=np.float32)
+
+    msg = _expect(write_dataset(tmp_path / "c.hdf5", mutate=wider_proprio), "as in the first demo")
+    assert "data/demo_1/next_obs/proprio" in msg and "(5,)" in msg
+
 
 def test_image_keys_are_told_by_suffix_or_by_shape(tmp_path):
     """A camera is an ``*_image`` key or any (N, H, W, C) array (a user's ``front_rgb``): images=False leaves every
