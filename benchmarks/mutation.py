@@ -429,9 +429,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "the default workers=0 -> 1: disk storage then reads ahead on one thread, and the batches are the same "
         "(indices drawn in order from the one RNG: robopretrain/data/disk.py); memory storage ignores it",
         "0 -> 1 @ workers: int = 0,"),
-    ("hdf5", "load_transitions/const/2"): Equivalent(
-        "(0,) + shape -> (1,) + shape in the image-key test: only the number of dimensions is read there",
-        "0 -> 1 @ read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0])]"),
     ("randomization", "DomainRandomizer.place_distractors/const/9"): Equivalent(
         "unused slots parked 0.05 m apart instead of 0.1 m: they collide with nothing (contype 0, tested) and stay "
         "out of every camera's view either way (agentview and eye-in-hand renders identical with the slots 50 m away)",
