@@ -229,10 +229,8 @@ def action_bounds(path: str | os.PathLike, info: DatasetInfo | None = None) -> t
     with _open(os.fspath(path)) as f:
         for d in info.demos:
             a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64).reshape(d.num_samples, -1)
-            if not np.isfinite(a).all():  # named here: the bounds would otherwise fail as "low and high must be finite"
-                bad = int(np.argwhere(~np.isfinite(a))[0, 0])
-                raise _err(os.fspath(path), f"data/{d.name}/actions",
-                           f"contains NaN or inf (first at row {bad}); expected finite values")
+            # named here: the bounds would otherwise fail as "low and high must be finite"
+            _reject_non_finite(os.fspath(path), f"data/{d.name}/actions", a)
             low = a.min(0) if low is None else np.minimum(low, a.min(0))
             high = a.max(0) if high is None else np.maximum(high, a.max(0))
     return low, high
@@ -341,8 +339,14 @@ def _read_into(path: str, ds: h5py.Dataset, key: str, out: np.ndarray, lo: int, 
     except (OSError, TypeError, ValueError) as e:
         raise _err(path, key, f"cannot be read as {out.dtype} (truncated or corrupt file?): {e}") from None
     part = out[lo:hi]
-    if part.dtype.kind == "f" and not np.isfinite(part).all():
-        bad = int(np.argwhere(~np.isfinite(part.reshape(hi - lo, -1)))[0, 0])
+    if part.dtype.kind == "f":
+        _reject_non_finite(path, key, part)
+
+
+def _reject_non_finite(path: str, key: str, rows: np.ndarray) -> None:
+    """Raise :class:`DatasetError` naming the first row of ``rows`` (N, ...) holding a NaN or inf."""
+    if not np.isfinite(rows).all():
+        bad = int(np.argwhere(~np.isfinite(rows.reshape(len(rows), -1)))[0, 0])
         raise _err(path, key, f"contains NaN or inf (first at row {bad}); expected finite values")
 
 

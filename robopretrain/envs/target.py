@@ -417,5 +417,5 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
     return functools.partial(make_env, target, tuple(cameras), image_size, _plain(randomization))
 
 
-__all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target", "TargetEnv",
-           "as_target", "env_factory", "make_env", "target_of_data"]
+__all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
+           "TargetEnv", "as_target", "env_factory", "make_env", "target_of_data"]
