@@ -429,6 +429,11 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "the default workers=0 -> 1: disk storage then reads ahead on one thread, and the batches are the same "
         "(indices drawn in order from the one RNG: robopretrain/data/disk.py); memory storage ignores it",
         "0 -> 1 @ workers: int = 0,"),
+    ("hdf5", "_read_into/cmp/0"): Equivalent(
+        "ds.dtype == out.dtype -> !=: only which read path is taken; h5py's read_direct converts to the buffer's dtype "
+        "and the assignment out[lo:hi] = ds[()] casts the same way, so the values read are the same (the in-place "
+        "path saves a copy)",
+        "ds.dtype == out.dtype: Eq -> NotEq @ if ds.dtype == out.dtype:"),
     ("randomization", "DomainRandomizer.place_distractors/const/9"): Equivalent(
         "unused slots parked 0.05 m apart instead of 0.1 m: they collide with nothing (contype 0, tested) and stay "
         "out of every camera's view either way (agentview and eye-in-hand renders identical with the slots 50 m away)",
