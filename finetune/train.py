@@ -63,7 +63,8 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
         if not path.exists():
             raise FileNotFoundError(f"target {target.name!r}: demos={path} not found; expected a robomimic HDF5 (or a "
                                     "LeRobot v3 / Minari folder, a D4RL-style HDF5 or an OGBench .npz)")
-        return build.converted(path, cfg.data)  # another format: converted like data.path
+        # another format: converted like data.path, its cameras at the agent's size unless data.image_size says
+        return build.converted(path, cfg.data, agent.spec.image_size)
     if cfg.data.get("generate", False):
         if target.family != SIM_ENVS:
             raise ValueError(f"target {target.name!r} ({target.family}): data.generate collects sim_envs demos only; "

@@ -210,25 +210,34 @@ def data_spec(obs_cfg: Any, path: Path, *, obs_map: Mapping[str, str] | None = N
     return spec_of_data(path, low_dim, rgb, None if n is None else int(n), obs_map=obs_map, info=info)
 
 
-def converted(path: Path, data_cfg: Any) -> Path:
+def converted(path: Path, data_cfg: Any, default_image_size: int | None = None) -> Path:
     """``path`` as robomimic HDF5: itself, or its cached conversion from another format
-    (:func:`robopretrain.data.convert.as_robomimic`; ``data.format``, ``data.cache_dir``, ``data.actions``)."""
-    from robopretrain.data.convert import as_robomimic
+    (:func:`robopretrain.data.convert.as_robomimic`; ``data.format``, ``data.cache_dir``, ``data.actions``,
+    ``data.image_size``). ``default_image_size`` (an agent's image size, for data that must match it: stage 3's
+    target demos, a mixed-in file) resizes another format's cameras when ``data.image_size`` is unset; a robomimic
+    file is then used as stored (the agent's own checks name a camera of another size)."""
+    from robopretrain.data.convert import as_robomimic, detect_format
 
-    return as_robomimic(path, fmt=data_cfg.get("format"), cache_dir=data_cfg.get("cache_dir"),
-                        actions=str(data_cfg.get("actions") or "auto"))
+    size = data_cfg.get("image_size")
+    fmt = data_cfg.get("format")
+    if size is None and default_image_size is not None and path.exists() and (
+            fmt if fmt not in (None, "", "auto") else detect_format(path)) != "robomimic":
+        size = default_image_size
+    return as_robomimic(path, fmt=fmt, cache_dir=data_cfg.get("cache_dir"),
+                        actions=str(data_cfg.get("actions") or "auto"), image_size=size)
 
 
 def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, *, algo: str, act_dim: int | None,
               seed: int, device: torch.device, tasks: Sequence[str] | None = None,
               task_id: int | None = None, rank: int = 0, world_size: int = 1,
-              action_units: Any = FILE_UNITS) -> OfflineDataset | DiskDataset:
+              action_units: Any = FILE_UNITS, default_image_size: int | None = None) -> OfflineDataset | DiskDataset:
     """:func:`robopretrain.data.dataset.load_offline_dataset` with the ``data`` group's selection keys and storage
     (``data.storage``: auto | memory | disk, ``data.workers``: prefetch threads of the disk-backed dataset; ``rank`` /
-    ``world_size``: its DDP shard; ``action_units``: the agent's, the file's actions re-expressed in them)."""
+    ``world_size``: its DDP shard; ``action_units``: the agent's, the file's actions re-expressed in them;
+    ``default_image_size``: as :func:`converted`'s)."""
     tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
     tid = task_id if task_id is not None else data_cfg.get("task_id")
-    path = converted(Path(path), data_cfg)
+    path = converted(Path(path), data_cfg, default_image_size)
     return load_offline_dataset(
         path, spec, reward, obs_map=plain(data_cfg.get("obs_map")) or None, tasks=tasks,
         mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"), task_id=None if tid is None else int(tid),

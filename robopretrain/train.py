@@ -136,8 +136,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         with dist_utils.main_first(dinfo):
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
-                                       action_units=agent.action_normalization)
-        mix_info = read_info(build.converted(Path(str(mix.path)), mix))  # another format: its cached conversion
+                                       action_units=agent.action_normalization, default_image_size=spec.image_size)
+        # another format: its cached conversion, cameras at the agent's size
+        mix_info = read_info(build.converted(Path(str(mix.path)), mix, spec.image_size))
         mix_ids = build.data_task_ids(mix_info, mix)
         same_slot = mix.get("task_id") is not None and cfg.data.get("task_id") is not None and int(
             mix.task_id) == int(cfg.data.task_id)  # both files' tasks put in one slot by the user: one task

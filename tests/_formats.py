@@ -113,11 +113,12 @@ def frame_level(i: int) -> int:
 
 
 def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int = 32, action_scale: float = 5.0,
-                  camera: str = "video", success_last: tuple | str | None = "same") -> Path:
+                  camera: str = "video", success_last: tuple | str | None = "same", width: int | None = None) -> Path:
     """A LeRobot v3 folder: ``observation.state`` (4), ``action`` (2, up to ``action_scale``: outside [-1, 1]),
     ``next.reward``, ``next.done`` (set on the last frame of episode e when ``done_last[e]``), ``next.success`` (set
     on the last frame of episode e when ``success_last[e]``; ``"same"``: as ``next.done``; None: no such column),
-    camera ``observation.images.top`` (``size`` px, flat grey :func:`frame_level` of its global frame index) in one
+    camera ``observation.images.top`` (``size`` px high, ``width`` (default ``size``) wide, flat grey
+    :func:`frame_level` of its global frame index) in one
     mp4 for all episodes (``camera="image"``: PNG bytes in the parquet instead, LeRobot's ``image`` dtype), 2 tasks."""
     import io
 
@@ -140,7 +141,7 @@ def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int
                 frames[-1]["next.success"] = bool(last[e] and t == ln - 1)
             if camera == "image":
                 png = io.BytesIO()
-                Image.fromarray(np.full((size, size, 3), frame_level(g), np.uint8)).save(png, format="PNG")
+                Image.fromarray(np.full((size, width or size, 3), frame_level(g), np.uint8)).save(png, format="PNG")
                 frames[-1][LEROBOT_CAM] = {"bytes": png.getvalue(), "path": None}
             g += 1
         episodes.append({"episode_index": e, "length": ln, "tasks": [f"task {e % 2}"], "data/chunk_index": 0,
@@ -149,30 +150,31 @@ def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int
                          f"videos/{LEROBOT_CAM}/from_timestamp": start / FPS,
                          f"videos/{LEROBOT_CAM}/to_timestamp": g / FPS})
     if camera == "video":
-        write_video(root / f"videos/{LEROBOT_CAM}/chunk-000/file-000.mp4", n, size)
+        write_video(root / f"videos/{LEROBOT_CAM}/chunk-000/file-000.mp4", n, size, width)
     else:
         for ep in episodes:
             for k in [k for k in ep if k.startswith("videos/")]:
                 del ep[k]
-    _write_lerobot_meta(root, frames, episodes, lengths, size, camera)
+    _write_lerobot_meta(root, frames, episodes, lengths, (size, width or size), camera)
     return root
 
 
-def write_video(path: Path, n: int, size: int) -> None:
-    """``n`` flat grey frames (:func:`frame_level`) at ``FPS``, libx264."""
+def write_video(path: Path, n: int, size: int, width: int | None = None) -> None:
+    """``n`` flat grey frames (:func:`frame_level`) at ``FPS``, ``size`` high and ``width`` (default ``size``) wide,
+    libx264."""
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=FPS)
-        s.width = s.height = size
+        s.height, s.width = size, width or size
         s.pix_fmt = "yuv420p"
         for i in range(n):
-            img = np.full((size, size, 3), frame_level(i), np.uint8)
+            img = np.full((size, width or size, 3), frame_level(i), np.uint8)
             for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 c.mux(pkt)
         for pkt in s.encode():
             c.mux(pkt)
 
 
-def _write_lerobot_meta(root: Path, frames: list, episodes: list, lengths, size: int, camera: str) -> None:
+def _write_lerobot_meta(root: Path, frames: list, episodes: list, lengths, size: tuple[int, int], camera: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -183,7 +185,7 @@ def _write_lerobot_meta(root: Path, frames: list, episodes: list, lengths, size:
                    root / "meta/tasks.parquet")
     features = {"observation.state": {"dtype": "float32", "shape": [4], "names": None},
                 "action": {"dtype": "float32", "shape": [2], "names": None},
-                LEROBOT_CAM: {"dtype": camera, "shape": [size, size, 3], "names": ["height", "width", "channels"]},
+                LEROBOT_CAM: {"dtype": camera, "shape": [*size, 3], "names": ["height", "width", "channels"]},
                 "next.reward": {"dtype": "float32", "shape": [1], "names": None},
                 "next.done": {"dtype": "bool", "shape": [1], "names": None},
                 **({"next.success": {"dtype": "bool", "shape": [1], "names": None}} if "next.success" in frames[0]

@@ -228,6 +228,93 @@ def test_images_become_uint8_hwc():
         to_uint8_hwc(np.zeros((2, 8, 8, 5)), "x")
 
 
+def test_image_size_resizes_every_camera_as_an_envs_frames_are(tmp_path):
+    """write_robomimic(image_size=S): each camera frame (obs and next_obs) equals what the env path gives the agent
+    (camera_frames.to_agent_frame), low-dim parts untouched, the source sizes recorded; without it frames are kept."""
+    from robopretrain.data.episodes import Episode, write_robomimic
+    from robopretrain.envs.camera_frames import to_agent_frame
+
+    rng = np.random.default_rng(0)
+    cam = rng.integers(0, 256, (4, 20, 30, 3), dtype=np.uint8)  # non-square, textured (a stretch shows)
+    grey = rng.integers(0, 256, (4, 1, 12, 12), dtype=np.uint8)  # channels-first grey, smaller than S: enlarged
+    state = rng.normal(size=(4, 3)).astype(np.float32)
+    ep = Episode(obs={"cam": cam[:3], "grey": grey[:3], "state": state[:3]},
+                 next_obs={"cam": cam[1:], "grey": grey[1:], "state": state[1:]},
+                 actions=np.zeros((3, 2)), rewards=np.zeros(3), terminations=np.array([0, 0, 1]), truncated=False,
+                 task="t")
+    out = write_robomimic(tmp_path / "r.hdf5", [ep], source="src", fmt="test", image_size=16)
+    d = demos(out)[0]
+    for t in range(3):
+        np.testing.assert_array_equal(d["obs"]["cam"][t], to_agent_frame(cam[t], 16))
+        np.testing.assert_array_equal(d["next"]["cam"][t], to_agent_frame(cam[t + 1], 16))
+        np.testing.assert_array_equal(d["obs"]["grey"][t], to_agent_frame(grey[t], 16))
+    assert d["obs"]["cam"].shape == (3, 16, 16, 3) and d["obs"]["grey"].shape == (3, 16, 16, 3)
+    np.testing.assert_array_equal(d["obs"]["state"], state[:3])
+    assert env_args(out)["image_size"] == 16
+    assert env_args(out)["source_image_sizes"] == {"cam": [20, 30], "grey": [12, 12]}
+    kept = demos(write_robomimic(tmp_path / "k.hdf5", [ep], source="src", fmt="test"))[0]
+    np.testing.assert_array_equal(kept["obs"]["cam"], cam[:3])
+    for bad in (4, True, 16.0):
+        with pytest.raises(ConversionError, match="image_size"):
+            write_robomimic(tmp_path / "b.hdf5", [ep], source="src", fmt="test", image_size=bad)
+
+
+def test_non_square_lerobot_camera_trains_once_resized(tmp_path, capsys):
+    """A 32 x 48 LeRobot camera: refused at training as stored (the message says data.image_size), resized by
+    data.image_size / --image-size (a separate cached copy), and trained on; a robomimic file of another size is
+    refused under data.image_size rather than silently trained at its own size."""
+    from robopretrain.build import converted
+
+    src = F.write_lerobot(tmp_path / "lr", lengths=(10, 9), width=48)
+    cache = tmp_path / "cache"
+    obs = {"low_dim": ["observation.state"], "rgb": [F.LEROBOT_CAM], "num_tasks": None}
+    with pytest.raises(ValueError, match="data.image_size=S"):
+        run(stage2_config(src, tmp_path / "raw", algo="iql", steps=2, obs=obs, data_cfg={"cache_dir": str(cache)}))
+    as_stored = next(cache.glob("*.hdf5"))
+    assert demos(as_stored)[0]["obs"][F.LEROBOT_CAM].shape[1:] == (32, 48, 3)
+    ckpt = run(stage2_config(src, tmp_path / "run", algo="iql", steps=2, obs=obs,
+                             data_cfg={"cache_dir": str(cache), "image_size": 16}))
+    _, saved = load_agent(ckpt)
+    assert dict((k, tuple(s)) for k, s in saved.meta["obs_spec"]["rgb"]) == {F.LEROBOT_CAM: (16, 16, 3)}
+    small = Path(saved.meta["data_path"])
+    assert small.parent == cache and small != as_stored  # its own copy: the key holds the image size
+    img = demos(small)[1]["obs"][F.LEROBOT_CAM]
+    assert img.shape == (8, 16, 16, 3)
+    np.testing.assert_allclose(img.mean((1, 2, 3)), [F.frame_level(10 + t) for t in range(8)], atol=4)
+    assert convert_main([str(src), str(tmp_path / "c.hdf5"), "--image-size", "16"]) == 0
+    assert f"{F.LEROBOT_CAM} (16, 16, 3)" in capsys.readouterr().out
+    # an agent's size as the default (stage 3's target demos, a mixed-in file): another format resized to it ...
+    plain = {"cache_dir": str(cache)}
+    assert converted(src, plain, default_image_size=16) == small
+    # ... a robomimic file used as stored; data.image_size set explicitly: its cameras must be that size
+    assert converted(as_stored, plain, default_image_size=16) == as_stored
+    assert converted(small, {"image_size": 16}) == small
+    with pytest.raises(ConversionError, match=f"{F.LEROBOT_CAM} 32x48"):
+        converted(as_stored, {"image_size": 16})
+
+
+def test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size(tmp_path):
+    """Wiring: stage 3's target demos and stage 2's mixed-in file in another format get the agent's image size
+    (their 32 x 48 cameras would not fit a 16 px agent)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from finetune.train import offline_data_path
+
+    src = F.write_lerobot(tmp_path / "lr", lengths=(10, 9), width=48)
+    cache = str(tmp_path / "cache")
+    agent = SimpleNamespace(spec=SimpleNamespace(image_size=16))
+    path = offline_data_path(OmegaConf.create({"data": {"cache_dir": cache}}), tmp_path, SimpleNamespace(
+        name="t", demos=str(src), family="gym"), agent, {})
+    assert demos(path)[0]["obs"][F.LEROBOT_CAM].shape[1:] == (16, 16, 3)
+    obs = {"low_dim": ["observation.state"], "rgb": [F.LEROBOT_CAM], "num_tasks": 2}
+    ckpt = run(stage2_config(src, tmp_path / "run", algo="iql", steps=2, obs=obs, data_cfg={
+        "cache_dir": cache, "image_size": 16, "task_id": 0,
+        "mix": {"path": str(src), "fraction": 0.5, "task_id": 1, "cache_dir": cache}}))
+    assert load_agent(ckpt)[1].step == 2  # the mix at 32 x 48 would not load beside 16 px data
+
+
 # --------------------------------------------------------------------------- cache, CLI, inspect
 
 
@@ -323,8 +410,7 @@ def test_a_mix_in_another_format_is_converted_like_data_path(tmp_path):
                                        "mix": {"path": str(mix), "fraction": 0.5, "task_id": 1,
                                                "cache_dir": str(tmp_path / "cache")}},
                              train={"eval_targets": []}))
-    _, saved = load_agent(ckpt)
-    assert saved.step == 2 and sorted(saved.meta["task_ids"].values()) == [0, 1]
+    assert load_agent(ckpt)[1].step == 2  # the mix at 32 x 48 would not load beside 16 px data
     # two converted files of one task (each named after its file stem) share slot 0 when both are put there
     same = run(stage2_config(prior, tmp_path / "same", algo="iql", steps=2, obs={"low_dim": ["observations"]},
                              data_cfg={"cache_dir": str(tmp_path / "cache"), "task_id": 0,

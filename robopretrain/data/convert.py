@@ -1,6 +1,7 @@
 """Convert datasets of other formats to the toolkit's robomimic HDF5, once, and find the converted copy again.
 
-``python -m robopretrain.data.convert SRC DST [--format auto|lerobot|minari|d4rl|ogbench] [--actions auto|keep]``
+``python -m robopretrain.data.convert SRC DST [--format auto|lerobot|minari|d4rl|ogbench] [--actions auto|keep]
+[--image-size S]``
 
 Formats (detected from the path, ``--format`` overrides; each reader's module documents its layout and what it
 carries over):
@@ -19,8 +20,14 @@ Direct use: ``data.path=SRC`` in any stage (and ``robopretrain.data.inspect SRC`
 which converts ``SRC`` on first use into the cache folder ``data.cache_dir``, else
 ``$ROBOPRETRAIN_CACHE_DIR/datasets``, else ``~/.cache/robopretrain/datasets``, as
 ``<name>.<format>.<key>.hdf5``; ``key`` hashes the source's absolute path, the size and modification time of each of
-its files, the format, the action mode and :data:`CONVERTER_VERSION`, so an edited source (or a newer converter) is
-converted again and an unchanged one is reused. A robomimic file is used where it is.
+its files, the format, the action mode, the image size and :data:`CONVERTER_VERSION`, so an edited source (or a newer
+converter) is converted again and an unchanged one is reused. A robomimic file is used where it is.
+
+Cameras that are not square (LeRobot and Minari recordings are often 480 x 640) or larger than the agent should see:
+``--image-size S`` (stages: ``data.image_size=S``) resizes every camera frame to ``S x S`` while converting, with
+the same function that resizes an env's frames for the agent (:func:`robopretrain.data.episodes.resize_frames`), so
+training and acting see one view. A robomimic file is not rewritten: with ``image_size`` set, its cameras must
+already be ``S x S`` (:class:`ConversionError` otherwise).
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from pathlib import Path
 
 import h5py
 
-from robopretrain.data.episodes import ACTION_MODES, ConversionError, Episode, write_robomimic
+from robopretrain.data.episodes import ACTION_MODES, ConversionError, Episode, check_image_size, write_robomimic
 from robopretrain.data.read_d4rl import is_d4rl, read_d4rl
 from robopretrain.data.read_lerobot import is_lerobot, read_lerobot
 from robopretrain.data.read_minari import dataset_id, is_minari, read_minari
@@ -112,8 +119,9 @@ def _env_name(src: Path, fmt: str) -> str:
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None = None, actions: str = "auto",
-            overwrite: bool = False) -> Path:
-    """Convert ``src`` (``fmt`` or detected) to robomimic HDF5 at ``dst``; returns ``dst``.
+            overwrite: bool = False, image_size: int | None = None) -> Path:
+    """Convert ``src`` (``fmt`` or detected) to robomimic HDF5 at ``dst``; returns ``dst``. ``image_size``: the
+    square side every camera frame is resized to (None: the source's size).
 
     Raises :class:`ConversionError` when ``dst`` exists (unless ``overwrite``), for a robomimic source (nothing to
     convert: use it as it is) and for every problem of the source (naming the file and what was expected).
@@ -127,7 +135,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
     if dst.resolve() == src.resolve():
         raise ConversionError(f"{dst}: the output would replace the source")
     return write_robomimic(dst, READERS[fmt](src), source=str(src), fmt=fmt, env_name=_env_name(src, fmt),
-                           actions=actions)
+                           actions=actions, image_size=check_image_size(image_size))
 
 
 def default_cache_dir() -> Path:
@@ -136,11 +144,13 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "robopretrain") / "datasets"
 
 
-def source_key(src: Path, fmt: str, actions: str) -> str:
-    """A 16-hex-digit key of the source's files (path, size, mtime), the format, action mode and converter."""
+def source_key(src: Path, fmt: str, actions: str, image_size: int | None = None) -> str:
+    """A 16-hex-digit key of the source's files (path, size, mtime), the format, action mode, image size (when set)
+    and converter."""
     src = src.resolve()
     files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
-    h = hashlib.sha256(json.dumps([str(src), fmt, actions, CONVERTER_VERSION]).encode())
+    size = [] if image_size is None else [int(image_size)]  # unset: the key of copies made before the option
+    h = hashlib.sha256(json.dumps([str(src), fmt, actions, CONVERTER_VERSION, *size]).encode())
     for p in files:
         st = p.stat()
         h.update(f"{p.relative_to(src) if src.is_dir() else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -148,21 +158,44 @@ def source_key(src: Path, fmt: str, actions: str) -> str:
 
 
 def cache_path(src: str | os.PathLike, fmt: str, *, actions: str = "auto",
-               cache_dir: str | os.PathLike | None = None) -> Path:
+               cache_dir: str | os.PathLike | None = None, image_size: int | None = None) -> Path:
     """Where :func:`as_robomimic` keeps the converted copy of ``src``."""
     src = Path(src)
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     stem = src.name[: -len(src.suffix)] if src.is_file() and src.suffix else src.name
-    return folder / f"{stem}.{fmt}.{source_key(src, fmt, actions)}.hdf5"
+    return folder / f"{stem}.{fmt}.{source_key(src, fmt, actions, image_size)}.hdf5"
+
+
+def camera_sizes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """``{key: (H, W)}`` of the uint8 image parts of a robomimic file's first demo."""
+    with h5py.File(path, "r") as f:
+        demos = sorted(f["data"], key=lambda k: (len(k), k))
+        if not demos:
+            return {}
+        obs = f[f"data/{demos[0]}/obs"]
+        return {k: (int(v.shape[1]), int(v.shape[2])) for k, v in obs.items()
+                if isinstance(v, h5py.Dataset) and v.ndim == 4 and v.dtype == "uint8"}
+
+
+def _check_robomimic_size(src: Path, image_size: int) -> None:
+    wrong = {k: s for k, s in camera_sizes(src).items() if s != (image_size, image_size)}
+    if wrong:
+        sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in wrong.items())
+        raise ConversionError(
+            f"{src}: data.image_size={image_size} but its cameras are {sizes}: a robomimic file is used as stored "
+            "(only other formats are resized while converting); write the file at that size, or leave "
+            "data.image_size unset to train at the file's size")
 
 
 def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: str | os.PathLike | None = None,
-                 actions: str = "auto") -> Path:
+                 actions: str = "auto", image_size: int | None = None) -> Path:
     """A robomimic HDF5 path for ``src``: ``src`` itself when it is one (or a file of no recognised format, which the
     robomimic reader then refuses with its own message), else its cached conversion (made now when missing or
-    stale, see the module docstring). Raises :class:`ConversionError`."""
+    stale, see the module docstring), its cameras resized to ``image_size`` when given. Raises
+    :class:`ConversionError` (also for a robomimic file whose cameras are not ``image_size`` square)."""
     src = Path(src).expanduser()
     fmt = _check_format(fmt)
+    image_size = check_image_size(image_size)
     if fmt is None:
         try:
             fmt = detect_format(src)
@@ -171,15 +204,17 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
                 return src  # unreadable or foreign: the robomimic reader names what is wrong with it
             raise
     if fmt == "robomimic":
+        if image_size is not None:
+            _check_robomimic_size(src, image_size)
         return src
     if actions not in ACTION_MODES:
         raise ConversionError(f"actions={actions!r}: expected one of {ACTION_MODES}")
-    dst = cache_path(src, fmt, actions=actions, cache_dir=cache_dir)
+    dst = cache_path(src, fmt, actions=actions, cache_dir=cache_dir, image_size=image_size)
     if dst.is_file():
         log.info("%s (%s): using the converted copy %s", src, fmt, dst)
         return dst
     log.info("%s (%s): converting to %s (once; reused while the source is unchanged)", src, fmt, dst)
-    return convert(src, dst, fmt=fmt, actions=actions, overwrite=True)
+    return convert(src, dst, fmt=fmt, actions=actions, overwrite=True, image_size=image_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actions", default="auto", choices=ACTION_MODES,
                    help="auto: rescale actions outside [-1, 1] per dimension by their min/max (stored in env_args); "
                         "keep: write them unchanged")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="resize every camera frame to S x S (as an env's frames are resized for the agent; "
+                        "non-square frames are stretched); default: the source's size")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return p
 
@@ -200,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        out = convert(args.src, args.dst, fmt=args.format, actions=args.actions, overwrite=args.overwrite)
+        out = convert(args.src, args.dst, fmt=args.format, actions=args.actions, overwrite=args.overwrite,
+                      image_size=args.image_size)
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,12 @@ What is carried over exactly:
   last step.
 * **Success**: ``ep_meta["success"]`` when the source records it (LeRobot ``next.success``, Minari/D4RL
   ``infos/success``, OGBench: the episode ends in a true termination); absent when it does not.
-* **Images** become uint8 ``(N, H, W, 3)`` (:func:`to_uint8_hwc`); low-dim parts float32 ``(N, d)``.
+* **Images** become uint8 ``(N, H, W, 3)`` (:func:`to_uint8_hwc`); low-dim parts float32 ``(N, d)``. With
+  ``image_size=S`` every camera frame whose height or width is not ``S`` is resized to ``(S, S)`` by
+  :func:`robopretrain.envs.camera_frames.to_agent_frame`, the function that gives an env's frames to the agent (area
+  average when shrinking; a non-square frame is stretched, its aspect ratio changed): a policy trained on the file
+  then sees an env's camera as it saw the data's. ``env_args`` records ``image_size`` and each camera's source size.
+  Without it images keep the source's size (the agent trains at the data's size, which must be square).
 * **Actions** must lie in ``[-1, 1]`` for the toolkit's tanh policies. With ``actions="auto"`` (the default) a
   source whose actions leave that range is rescaled per dimension to ``[-1, 1]``: a dimension that leaves it by its
   min/max over the whole dataset, ``a' = 2 (a - low) / (high - low) - 1`` (a constant one becomes 0, with a
@@ -44,6 +49,7 @@ import numpy as np
 
 from robopretrain.envs.action_units import ENV_ARGS_KEY as ACTION_UNITS_KEY
 from robopretrain.envs.action_units import ActionNormalization, auto_bounds, warn_constant_dimensions
+from robopretrain.envs.camera_frames import to_agent_frame
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +113,26 @@ def to_uint8_hwc(frames: np.ndarray, where: str) -> np.ndarray:
     return np.ascontiguousarray(a[..., :3])
 
 
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 frames ``(N, H, W, 3)`` as ``(N, size, size, 3)``, each by
+    :func:`robopretrain.envs.camera_frames.to_agent_frame` (the env frames' resize); unchanged when already that size."""
+    if frames.shape[1:3] == (size, size):
+        return frames
+    return np.stack([to_agent_frame(f, size) for f in frames]) if len(frames) else \
+        np.zeros((0, size, size, 3), np.uint8)
+
+
+def check_image_size(image_size: int | None) -> int | None:
+    """``image_size`` as an int >= 8 (the smallest side :func:`is_image` calls a picture), or None; raises
+    :class:`ConversionError` otherwise."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 8:
+        raise ConversionError(f"image_size={image_size!r}: expected an integer >= 8 (the side of the square frames "
+                              "to write) or null to keep the source's size")
+    return int(image_size)
+
+
 def is_image(array: np.ndarray) -> bool:
     """A per-step array that is a picture: (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4 and H, W >= 8."""
     s = array.shape
@@ -162,15 +188,17 @@ def _check_episode(ep: Episode, where: str) -> None:
 
 def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, source: str, fmt: str,
                     env_name: str | None = None, actions: str = "auto", extra_env_args: Mapping[str, Any] | None = None,
-                    ) -> Path:
+                    image_size: int | None = None) -> Path:
     """Write ``episodes`` to ``path`` in the robomimic HDF5 contract (module docstring); returns ``path``.
 
     Written to ``<path>.<pid>.tmp`` and renamed at the end, so an interrupted conversion leaves no half file.
-    ``actions``: ``auto`` (rescale to [-1, 1] by the data's min/max when outside) or ``keep``.
+    ``actions``: ``auto`` (rescale to [-1, 1] by the data's min/max when outside) or ``keep``. ``image_size``:
+    resize every camera frame to that square side (module docstring), or None to keep the source's size.
     Raises :class:`ConversionError` when no episode of 2 or more steps remains, or shapes disagree.
     """
     if actions not in ACTION_MODES:
         raise ConversionError(f"actions={actions!r}: expected one of {ACTION_MODES}")
+    image_size = check_image_size(image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks converting at once do not collide
@@ -178,6 +206,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
     total = skipped = written = 0
     low = high = None
     keys: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
+    source_sizes: dict[str, list[int]] = {}  # each camera's frame size in the source (the first episode's)
     try:
         with h5py.File(tmp, "w") as f:
             data = f.create_group("data")
@@ -189,6 +218,11 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                 _check_episode(ep, where)
                 obs = {k: as_part(v, f"{where} obs {k!r}") for k, v in ep.obs.items()}
                 nxt = {k: as_part(v, f"{where} next obs {k!r}") for k, v in ep.next_obs.items()}
+                if image_size is not None:
+                    for k in [k for k, v in obs.items() if v.ndim == 4]:
+                        source_sizes.setdefault(k, [int(s) for s in obs[k].shape[1:3]])
+                        obs[k] = resize_frames(obs[k], image_size)
+                        nxt[k] = resize_frames(nxt[k], image_size)
                 shapes = {k: (v.shape[1:], v.dtype) for k, v in obs.items()}
                 if keys is None:
                     keys = shapes
@@ -219,6 +253,8 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
             env_args: dict[str, Any] = {"env_name": env_name or f"{fmt}/{Path(source).stem}", "type": fmt,
                                         "source": str(source), "num_tasks": len(tasks),
                                         "env_kwargs": {}, **dict(extra_env_args or {})}
+            if image_size is not None:
+                env_args.update(image_size=image_size, source_image_sizes=source_sizes)
             units = auto_bounds(low, high) if actions == "auto" else None
             if units is not None:
                 warn_constant_dimensions(units, source)
@@ -260,5 +296,5 @@ def split_by_ends(ends: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-__all__ = ["ACTION_MODES", "SUCCESS_INFO_KEYS", "ConversionError", "Episode", "as_part", "flatten_obs", "is_image", "split_by_ends",
-           "to_uint8_hwc", "write_robomimic"]
+__all__ = ["ACTION_MODES", "SUCCESS_INFO_KEYS", "ConversionError", "Episode", "as_part", "flatten_obs", "is_image",
+           "resize_frames", "split_by_ends", "to_uint8_hwc", "write_robomimic"]

@@ -75,8 +75,9 @@ class ObsSpec:
         if len(shapes) != 1 or next(iter(shapes))[0] != next(iter(shapes))[1]:
             raise ValueError(f"observation spec: cameras {list(self.rgb_keys)} must be square and of one size, "
                              f"got {sorted(shapes)}: the data's frames are used as stored (an env's frames are "
-                             "resized to the agent's size, robopretrain.envs.camera_frames); resize or centre-crop "
-                             "the file's frames to one square size (e.g. 64 x 64) before training")
+                             "resized to the agent's size, robopretrain.envs.camera_frames); a LeRobot, Minari, D4RL "
+                             "or OGBench source is resized while converting with data.image_size=S (convert: "
+                             "--image-size S), a robomimic file must be written at one square size (e.g. 64 x 64)")
         return int(next(iter(shapes))[0])
 
     def storage(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
