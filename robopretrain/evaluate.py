@@ -4,7 +4,8 @@
 :func:`evaluate_robustness` from Python. Any agent checkpoint of stage 2, stage 3 or the pipeline is accepted: the
 agent is rebuilt from the folder alone (:func:`robopretrain.checkpoint.load_agent`) and its env renders exactly its
 cameras at their size (:func:`robopretrain.evaluation.agent_env`); episodes run the deterministic policy on the
-``target`` (default: the checkpoint's own target, else its first training task). Targets outside sim_envs (Meta-World,
+``target`` (default: the checkpoint's own target, else its first training task; a stage-2 run on another env's data:
+the evaluation target of that name, or its only one, :func:`default_target`). Targets outside sim_envs (Meta-World,
 any gymnasium env) have no randomization or distractors: only ``select=[nominal]`` runs there, other factors are
 refused with one line.
 
@@ -168,14 +169,29 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 def default_target(ckpt: Checkpoint) -> Target:
     """The checkpoint's own target (stage 3), else the task a stage-2 run adapted to (the first of its ``data.mix``
     tasks, PTR's target adaptation), else the first task the stage-2 agent was trained on; in the slot of the task
-    one-hot it was trained in (meta's ``task_ids``: a ``data.task_id`` override moves it)."""
+    one-hot it was trained in (meta's ``task_ids``: a ``data.task_id`` override moves it). A task that is not a
+    sim_envs task is the stage-2 run's evaluation target of that name (``train.eval_targets``, recorded in meta's
+    ``eval_targets``), else its only evaluation target. Raises :class:`CheckpointError` when none fits."""
     if ckpt.meta.get("target"):
         return as_target(ckpt.meta["target"])
     names = ckpt.meta.get("mix_task_names") or ckpt.meta.get("task_names") or []
     if not names:
         raise CheckpointError(f"{ckpt.path / 'meta.json'}: names no task; pass target=<name or mapping>")
-    slot = dict(ckpt.meta.get("task_ids") or {}).get(str(names[0]))
-    target = as_target(str(names[0]))
+    name = str(names[0])
+    slot = dict(ckpt.meta.get("task_ids") or {}).get(name)
+    evaluated = [dict(t) for t in ckpt.meta.get("eval_targets") or []]
+    import sim_envs.tasks as tasks  # torch-free
+
+    if name in tasks.TASKS:
+        target = as_target(name)
+    else:
+        named = [t for t in evaluated if t.get("name") == name]
+        if not named and len(evaluated) != 1:
+            raise CheckpointError(
+                f"{ckpt.path / 'meta.json'}: its task {name!r} is not a sim_envs task and the run recorded "
+                f"{len(evaluated)} evaluation targets (train.eval_targets), none named so; pass target=<mapping>, e.g. "
+                "'target={name: mytask, family: gym, env_id: MyEnv-v0}'")
+        return as_target((named or evaluated)[0])  # its own task_id as the run evaluated it
     return target if slot is None else dataclasses.replace(target, task_id=int(slot))
 
 

@@ -163,7 +163,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
               "init": init.path if init is not None else None}, ignore=RESUMABLE_CHANGES)
     meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": str(data_path), "obs_map": obs_map,
-            "task_names": tasks,
+            "task_names": tasks, "eval_targets": [t.to_dict() for t in targets],  # robopretrain.evaluate's default
             "task_ids": {**task_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,
             "parallel": {"world_size": dinfo.world_size, "batch_size_per_process": agent.batch_size,

@@ -150,6 +150,28 @@ def test_an_agent_trained_in_a_moved_slot_is_evaluated_there_by_default(tmp_path
     assert default_target(plain_ckpt).resolved_task_id() == TASK_IDS["Reach"]
 
 
+def test_a_stage2_agent_of_another_env_defaults_to_the_target_it_was_evaluated_on(tmp_path):
+    """Not a sim_envs task: the evaluation target of its name, else the run's only one; else a CheckpointError
+    saying to pass target= (formerly: "'pendulum' is not a sim_envs task")."""
+    from types import SimpleNamespace
+
+    from robopretrain.checkpoint import CheckpointError
+    from robopretrain.evaluate import default_target
+
+    gym_a = {"name": "pendulum", "env_id": "Pendulum-v1", "task_id": 3}
+    gym_b = {"name": "other", "env_id": "MountainCarContinuous-v0", "task_id": 0}
+    named = SimpleNamespace(path=tmp_path, meta={"task_names": ["pendulum"], "eval_targets": [gym_b, gym_a]})
+    assert default_target(named).env_id == "Pendulum-v1" and default_target(named).task_id == 3
+    only = SimpleNamespace(path=tmp_path, meta={"task_names": ["hopper-medium"], "eval_targets": [gym_b]})
+    assert default_target(only).name == "other"
+    for evaluated in ([], [gym_a, gym_b]):
+        ckpt = SimpleNamespace(path=tmp_path, meta={"task_names": ["hopper-medium"], "eval_targets": evaluated})
+        with pytest.raises(CheckpointError, match="'hopper-medium' is not a sim_envs task.*pass target="):
+            default_target(ckpt)
+    sim = SimpleNamespace(path=tmp_path, meta={"task_names": ["Reach"], "eval_targets": [gym_b]})
+    assert default_target(sim).name == "Reach"  # a sim_envs task stays itself
+
+
 def test_warn_action_range_only_for_finite_boxes_other_than_minus_one_one() -> None:
     """Unbounded or non-box spaces say nothing about units; a box off [-1, 1] on either side is warned."""
     import gymnasium as gym

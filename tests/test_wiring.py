@@ -21,7 +21,9 @@ import torch
 
 import _fake_envs as fake
 from _stages import stage2_config, stage3_config
-from robopretrain.checkpoint import load_agent, load_latest
+from robopretrain.checkpoint import load_agent, load_checkpoint, load_latest
+from robopretrain.envs.target import as_target
+from robopretrain.evaluate import default_target
 from robopretrain.evaluation import agent_env
 from robopretrain.metrics import read_jsonl
 
@@ -61,8 +63,6 @@ class Captured:
 
 def env_observations(agent, tgt: dict, n: int = 3) -> dict[str, np.ndarray]:
     """A batch of ``n`` start observations from the target's env, as evaluation sees them."""
-    from robopretrain.envs.target import as_target
-
     env = agent_env(agent, as_target(tgt))
     try:
         rows = [env.reset(seed=100 + i)[0] for i in range(n)]
@@ -94,6 +94,8 @@ def test_stage2_then_stage3_on_a_robosuite_like_robot(demos, tmp_path, monkeypat
     assert meta["obs_spec"] == {"low_dim": [["eef_pos", 3], ["gripper_qpos", 2]],
                                 "rgb": [[k, [16, 16, 3]] for k in CAMERAS[cams]], "num_tasks": NUM_TASKS}
     assert meta["task_names"] == ["reach_a", "reach_b"]
+    # robopretrain.evaluate without target=: the gym target the run evaluated, not "reach_a is not a sim_envs task"
+    assert default_target(load_checkpoint(ckpt2)) == as_target(tgt)
     evals = [r for r in read_jsonl(tmp_path / "s2" / "metrics.jsonl") if "eval/success" in r]
     assert [r["step"] for r in evals] == [4] and evals[0]["eval/length"] >= 1  # evaluated on the gym target
     rebuilt2, _ = load_agent(ckpt2)
