@@ -82,6 +82,28 @@ def test_hdf5_without_images_skips_the_sheet(tmp_path: Path, capsys: pytest.Capt
     assert not (tmp_path / "sheet.png").exists()
 
 
+def test_summary_flags_what_training_would_refuse(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Cameras the contract does not read as they are (channels first, grey, non-square, float) and NaN / inf in
+    low-dim parts and actions, each named with its first demo and row; a clean file says none of it."""
+    from robopretrain.data.inspect import format_hdf5_summary, layout_note
+
+    path = write_tiny_hdf5(tmp_path / "bad.hdf5")
+    with h5py.File(path, "a") as f:
+        f["data/demo_0/obs/front"] = np.zeros((6, 3, 16, 16), np.uint8)
+        f["data/demo_0/obs/wide"] = np.zeros((6, 16, 24, 3), np.uint8)
+        f["data/demo_2/obs/proprio"][3, 2] = np.inf
+        f["data/demo_1/actions"][2, 0] = np.nan
+    text = format_hdf5_summary(summarize_hdf5(path))
+    assert "obs/front" in text and "channels first?" in text and "not square" in text
+    assert "warning: obs/proprio holds NaN or inf (first at demo_2 row 3)" in text
+    assert "warning: actions holds NaN or inf (first at demo_1 row 2)" in text
+    clean = format_hdf5_summary(summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")))
+    assert "warning" not in clean and "channels first" not in clean and "not square" not in clean
+    assert layout_note((16, 16, 1), "uint8").startswith("1 channel") and "dtype float32" in layout_note(
+        (16, 16, 3), "float32")
+    assert layout_note((16, 16, 3), "uint8") == layout_note((7,), "float32") == layout_note((3, 4, 5), "uint8") == ""
+
+
 def test_summary_counts_success_from_ep_meta(tmp_path: Path) -> None:
     s = summarize_hdf5(write_tiny_hdf5(tmp_path / "d.hdf5"))
     assert s.tasks["PushBlock"].successes == [True, False]

@@ -91,6 +91,8 @@ class Hdf5Summary:
     total_attr: int | None
     env_name: str | None
     inconsistent_obs: list[str]
+    # "obs/<key>" or "actions" -> where its first NaN or inf is ("demo_3 row 4"), low-dim parts and actions only
+    non_finite: dict[str, str] = field(default_factory=dict)
 
     @property
     def transitions(self) -> int:
@@ -137,7 +139,8 @@ def open_hdf5(path: Path) -> h5py.File:
 
 
 def summarize_hdf5(path: str | os.PathLike) -> Hdf5Summary:
-    """Per-task counts, success rates and lengths, observation keys, masks (attributes and shapes only)."""
+    """Per-task counts, success rates and lengths, observation keys, masks (attributes and shapes; of the data only
+    the low-dim parts and actions are read, for NaN / inf)."""
     path = Path(path)
     with open_hdf5(path) as f:
         try:
@@ -154,6 +157,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     tasks: dict[str, TaskStats] = {}
     obs: dict[str, tuple[tuple[int, ...], str]] = {}
     inconsistent: set[str] = set()
+    non_finite: dict[str, str] = {}
     actions = None
     for name in demos:
         demo = data[name]
@@ -176,8 +180,11 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                 if key in obs and obs[key] != spec:
                     inconsistent.add(key)
                 obs.setdefault(key, spec)
+                _find_non_finite(ds, f"obs/{key}", name, non_finite)
         if actions is None and "actions" in demo:
             actions = (tuple(demo["actions"].shape[1:]), str(demo["actions"].dtype))
+        if "actions" in demo:
+            _find_non_finite(demo["actions"], "actions", name, non_finite)
     masks = {}
     if "mask" in f:
         masks = {name: int(ds.shape[0]) for name, ds in f["mask"].items() if isinstance(ds, h5py.Dataset)}
@@ -188,7 +195,39 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
             env_name = json.loads(_as_str(data.attrs["env_args"])).get("env_name")
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
-    return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent))
+    return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite)
+
+
+def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str]) -> None:
+    """Record in ``found[key]`` the first row of a float dataset of 1 or 2 dimensions (low-dim parts, actions;
+    frames are not read) holding a NaN or inf."""
+    if key in found or ds.dtype.kind != "f" or ds.ndim > 2:
+        return
+    rows = ds[()].reshape(ds.shape[0], -1) if ds.ndim else ds[()].reshape(1, 1)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if bad.size:
+        found[key] = f"{demo} row {int(bad[0])}"
+
+
+def layout_note(shape: tuple[int, ...], dtype: str) -> str:
+    """What the toolkit's camera contract (uint8 ``(H, W, 3)``, square) says of a per-step shape that looks like a
+    picture (:func:`robopretrain.data.episodes.is_image`'s rule), or "" when nothing."""
+    if len(shape) != 3:
+        return ""
+    channels_last = shape[-1] in (1, 3, 4) and min(shape[0], shape[1]) >= 8
+    channels_first = shape[0] in (1, 3, 4) and min(shape[1], shape[2]) >= 8 and not channels_last
+    if not (channels_last or channels_first):
+        return ""
+    if dtype != "uint8":
+        return "an image of dtype {}: cameras are read as uint8 (0-255)".format(dtype)
+    if channels_first:
+        return "channels first? cameras are read as (H, W, 3): write the frames channels last"
+    h, w, c = shape
+    if c != 3:
+        return f"{c} channel(s): cameras are read as (H, W, 3) RGB"
+    if h != w:
+        return "not square: training needs square frames (another format: data.image_size=S while converting)"
+    return ""
 
 
 def format_hdf5_summary(s: Hdf5Summary) -> str:
@@ -215,10 +254,13 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
     lines.append("")
     lines.append("observations (per step):")
     for key, (shape, dtype) in s.obs.items():
-        note = "  (differs between demos)" if key in s.inconsistent_obs else ""
-        lines.append(f"  obs/{key:<22}{str(shape):<16}{dtype}{note}")
+        notes = [n for n in ("differs between demos" if key in s.inconsistent_obs else "", layout_note(shape, dtype))
+                 if n]
+        lines.append(f"  obs/{key:<22}{str(shape):<16}{dtype}" + "".join(f"  ({n})" for n in notes))
     if s.actions is not None:
         lines.append(f"  {'actions':<26}{str(s.actions[0]):<16}{s.actions[1]}")
+    for key, where in s.non_finite.items():
+        lines.append(f"warning: {key} holds NaN or inf (first at {where}): training refuses the file")
     lines.append("masks: " + (", ".join(f"{k} ({v})" for k, v in s.masks.items()) if s.masks else "none"))
     return "\n".join(lines)
 
