@@ -30,8 +30,8 @@ def write_dataset(path, lengths=(3, 4, 2), tasks=("lift", "push", "lift"), mutat
             g["obs/agentview_image"] = np.full((n, 4, 4, 3), i, dtype=np.uint8)
             g["next_obs/agentview_image"] = np.full((n, 4, 4, 3), i, dtype=np.uint8)
             g["actions"] = np.linspace(-1, 1, n * 2, dtype=np.float32).reshape(n, 2)
-            g["rewards"] = np.eye(n, dtype=np.float32)[-1]
-            g["dones"] = np.eye(n, dtype=np.int64)[-1]
+            g["rewards"] = (np.arange(n) == n - 1).astype(np.float32)  # 1 on the last step
+            g["dones"] = (np.arange(n) == n - 1).astype(np.int64)
         mask = f.create_group("mask")
         mask["train"] = np.array([names[0], names[-1]], dtype="S")
         mask["valid"] = np.array(names[1:2], dtype="S")
@@ -184,15 +184,40 @@ def test_nan_and_inf(tmp_path):
 
     from robopretrain.data.hdf5 import action_bounds
 
-    with pytest.raises(DatasetError, match="NaN or inf") as exc:  # the bounds of data.actions=auto read it first
-        action_bounds(write_dataset(tmp_path / "a.hdf5", mutate=nan_action))
-    assert "data/demo_1/actions" in str(exc.value) and "row 1" in str(exc.value)
+    bad = write_dataset(tmp_path / "a.hdf5", mutate=nan_action)
+    low, high = action_bounds(bad)  # the file's units: its finite actions (the selection's reader names the NaN)
+    clean_low, clean_high = action_bounds(write_dataset(tmp_path / "clean.hdf5"))  # the NaN'd value is no extreme
+    np.testing.assert_array_equal(low, clean_low) and np.testing.assert_array_equal(high, clean_high)
+    for storage in STORAGES:
+        with pytest.raises(DatasetError, match="NaN or inf") as exc:
+            _load(bad, storage)
+        assert "data/demo_1/actions" in str(exc.value) and "row 1" in str(exc.value), (storage, exc.value)
+        assert len(_load(bad, storage, mask="train")) == 3 + 2  # left out by a mask: not in the way
+
+
+STORAGES = ("memory", "disk")
+
+
+def _load(path, storage, **kw):
+    """load_offline_dataset of proprio and the camera with ``storage`` (disk: the frame index beside the file)."""
+    from robopretrain.data.dataset import RewardSettings, load_offline_dataset
+    from robopretrain.data.spec import ObsSpec
+
+    spec = ObsSpec(low_dim=(("proprio", 3),), rgb=(("agentview_image", (4, 4, 3)),))
+    return load_offline_dataset(path, spec, RewardSettings(), storage=storage, **kw)
 
 
 def test_one_step_episode(tmp_path):
     path = write_dataset(tmp_path / "o.hdf5", lengths=(3, 1, 2))
     msg = _expect(path, "one-step episode")
     assert "data/demo_1" in msg
+    for storage in STORAGES:  # the message's advice, a mask of the other demos, works in both storages
+        with pytest.raises(DatasetError, match="data/demo_1: episode has 1 step"):
+            _load(path, storage)
+        assert len(_load(path, storage, mask="train")) == 3 + 2
+    empty = write_dataset(tmp_path / "e.hdf5", lengths=(3, 0, 2))  # an empty demo: the same message, not a reshape
+    with pytest.raises(DatasetError, match="data/demo_1: episode has 0 step"):
+        _load(empty, "memory")
 
 
 def test_unknown_task_and_mask(tmp_path):

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from robopretrain.data.hdf5 import (DatasetError, DatasetInfo, Transitions, action_bounds, load_transitions,
-                                    read_info, select_demos)
+from robopretrain.data.hdf5 import (DatasetError, DatasetInfo, Transitions, action_bounds, check_finite_transitions,
+                                    check_lengths, load_transitions, read_info, select_demos)
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.frames import open_index
 from robopretrain.data.keys import NEXT_ACTIONS, TASK_ID
@@ -250,8 +250,10 @@ def load_offline_dataset(
         storage = choose_storage(info, demos, [key_map.get(k, k) for k in spec.rgb_keys])
     on_disk = storage == "disk" and bool(spec.rgb_keys)
     if on_disk:  # the index holds the non-image data too: no per-demo HDF5 reads
+        check_lengths(str(info.path), [info.demo(d) for d in demos])
         index = open_index(path, [key_map.get(k, k) for k in spec.rgb_keys], info=info)
         trans = index.transitions(info, demos, [key_map.get(k, k) for k in spec.low_dim_keys])
+        check_finite_transitions(trans)
     else:
         trans = load_transitions(path, file_keys, demos=demos, action_range=False)
     ids = np.full(len(trans), int(task_id), dtype=np.int64) if task_id is not None else trans.task_ids

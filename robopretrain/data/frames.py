@@ -153,15 +153,18 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     except OSError as e:
         raise DatasetError(f"{source}: cannot write its frame index beside it ({e}); copy the file to a writable "
                            "folder or set data.storage=memory") from None
-    demos = [d.name for d in info.demos]
-    lengths = [d.num_samples for d in info.demos]
+    # every demo a selection can hold (a shorter one is refused before any index is read), NaN / inf left as they
+    # are: a selection that holds one is refused by robopretrain.data.hdf5.check_finite_transitions
+    demos = [d.name for d in info.demos if d.num_samples >= 2]
+    lengths = [info.demo(d).num_samples for d in demos]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     n = int(sum(lengths))
     meta: dict[str, Any] = {"version": INDEX_VERSION, "source": _source_stamp(source), "demos": demos,
                             "demo_starts": starts.tolist(), "num_transitions": n, "keys": {}}
     log.info("indexing the frames of %s (%d transitions, cameras %s) into %s", source, n, list(keys), folder)
     # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range
-    trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False, action_range=False)
+    trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False, action_range=False,
+                             check_finite=False)
     (tmp / "transitions").mkdir()
     for name, arr in [("actions", trans.actions), ("rewards", trans.rewards), ("dones", trans.dones),
                       *[(f"obs.{k}", v) for k, v in trans.obs.items()],

@@ -200,13 +200,21 @@ def _dataset(path: str, demo: h5py.Group, base: str, rel: str) -> h5py.Dataset:
     return obj
 
 
+def check_lengths(path: str, demos: Sequence[DemoInfo]) -> None:
+    """Raise :class:`DatasetError` for the first demo of fewer than 2 steps (the contract's minimum), saying how to
+    leave it out."""
+    for d in demos:
+        if d.num_samples < 2:
+            raise _err(path, f"data/{d.name}", f"episode has {d.num_samples} step(s); expected at least 2 (empty or "
+                       "one-step episode): leave it out with a mask of the other demos (mask/<name> in the file, "
+                       "data.mask=<name>)")
+
+
 def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[str], act_dim: int | None) -> int:
     """Validate shapes/dtypes of one demo without reading its data; returns its action dim."""
     n = info.num_samples
     base = f"data/{info.name}"
-    if n < 2:
-        raise _err(path, base, f"episode has {n} step(s); expected at least 2 (empty or one-step episode): leave it "
-                               "out with a mask of the other demos (mask/<name> in the file, data.mask=<name>)")
+    check_lengths(path, [info])
     for sub in ("obs", "next_obs"):
         for k in obs_keys:
             _check_obs_dataset(path, f"{base}/{sub}/{k}", _dataset(path, demo, base, f"{sub}/{k}"), k, n)
@@ -223,16 +231,24 @@ def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[
 
 
 def action_bounds(path: str | os.PathLike, info: DatasetInfo | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension min and max of every demo's actions, ``(A,)`` each (reads only the action arrays)."""
+    """Per-dimension min and max of every demo's finite actions, ``(A,)`` each (reads only the action arrays): the
+    file's units, the same whichever demos a run selects. Empty demos and NaN / inf values are skipped (the reader
+    refuses them where a run selects them, naming demo and row); a dimension with no finite value is a
+    :class:`DatasetError`."""
     info = info or read_info(path)
     low = high = None
     with _open(os.fspath(path)) as f:
         for d in info.demos:
-            a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64).reshape(d.num_samples, -1)
-            # named here: the bounds would otherwise fail as "low and high must be finite"
-            _reject_non_finite(os.fspath(path), f"data/{d.name}/actions", a)
-            low = a.min(0) if low is None else np.minimum(low, a.min(0))
-            high = a.max(0) if high is None else np.maximum(high, a.max(0))
+            a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64)
+            if not a.size:
+                continue
+            a = a.reshape(len(a), -1)
+            finite = np.isfinite(a)
+            lo, hi = np.where(finite, a, np.inf).min(0), np.where(finite, a, -np.inf).max(0)
+            low = lo if low is None else np.minimum(low, lo)
+            high = hi if high is None else np.maximum(high, hi)
+    if low is None or not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise DatasetError(f"{info.path}: actions: some dimension has no finite value in any demo")
     return low, high
 
 
@@ -329,8 +345,9 @@ def select_demos(
     return selected
 
 
-def _read_into(path: str, ds: h5py.Dataset, key: str, out: np.ndarray, lo: int, hi: int) -> None:
-    """Read ``ds`` into ``out[lo:hi]`` (in place when dtypes match) and reject NaN/inf."""
+def _read_into(path: str, ds: h5py.Dataset, key: str, out: np.ndarray, lo: int, hi: int, finite: bool = True
+               ) -> None:
+    """Read ``ds`` into ``out[lo:hi]`` (in place when dtypes match) and reject NaN/inf (unless not ``finite``)."""
     try:
         if ds.dtype == out.dtype:
             ds.read_direct(out, dest_sel=np.s_[lo:hi])
@@ -339,7 +356,7 @@ def _read_into(path: str, ds: h5py.Dataset, key: str, out: np.ndarray, lo: int, 
     except (OSError, TypeError, ValueError) as e:
         raise _err(path, key, f"cannot be read as {out.dtype} (truncated or corrupt file?): {e}") from None
     part = out[lo:hi]
-    if part.dtype.kind == "f":
+    if finite and part.dtype.kind == "f":
         _reject_non_finite(path, key, part)
 
 
@@ -348,6 +365,22 @@ def _reject_non_finite(path: str, key: str, rows: np.ndarray) -> None:
     if not np.isfinite(rows).all():
         bad = int(np.argwhere(~np.isfinite(rows.reshape(len(rows), -1)))[0, 0])
         raise _err(path, key, f"contains NaN or inf (first at row {bad}); expected finite values")
+
+
+def check_finite_transitions(trans: Transitions) -> None:
+    """:func:`load_transitions`' NaN / inf refusal for arrays read another way (the frame index): raise
+    :class:`DatasetError` naming the first demo, key and row (within the demo) that holds one."""
+    parts = [*((f"obs/{k}", v) for k, v in trans.obs.items()),
+             *((f"next_obs/{k}", v) for k, v in trans.next_obs.items()),
+             ("actions", trans.actions), ("rewards", trans.rewards), ("dones", trans.dones)]
+    for key, arr in parts:
+        if arr.dtype.kind != "f" or np.isfinite(arr).all():
+            continue
+        row = int(np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))[0])
+        episode = int(trans.episode_ids[row])
+        start = int(np.flatnonzero(trans.episode_ids == episode)[0])
+        raise _err(trans.path, f"data/{trans.demo_names[episode]}/{key}",
+                   f"contains NaN or inf (first at row {row - start}); expected finite values")
 
 
 def _allocate(specs: dict[str, tuple[tuple[int, ...], np.dtype]], keys: Sequence[str], n: int) -> dict[str, np.ndarray]:
@@ -367,14 +400,17 @@ def load_transitions(
     demos: Sequence[str] | None = None,
     images: bool = True,
     action_range: bool = True,
+    check_finite: bool = True,
 ) -> Transitions:
     """Load ``obs_keys`` (and next_obs, actions, rewards, dones) of the selected demos into flat arrays.
 
     Low-dim observations, actions, rewards and dones are returned as float32, images as uint8. With
     ``images=False`` image keys are validated (shapes, dtypes) but not read and left out of ``obs`` / ``next_obs``
     (the disk-backed dataset, :mod:`robopretrain.data.disk`, reads them on demand). ``action_range=False`` reads
-    actions outside ``[-1, 1]`` as they are (a caller that rescales them, :mod:`robopretrain.data.dataset`). Raises
-    :class:`DatasetError` on any contract violation (see the module docstring).
+    actions outside ``[-1, 1]`` as they are (a caller that rescales them, :mod:`robopretrain.data.dataset`);
+    ``check_finite=False`` leaves NaN / inf in place (the frame index, which stores every demo and is checked per
+    selection by :func:`check_finite_transitions`). Raises :class:`DatasetError` on any contract violation (see the
+    module docstring).
     """
     info = read_info(path)
     p = info.path
@@ -404,7 +440,7 @@ def load_transitions(
         for i, d in enumerate(chosen):
             hi = lo + d.num_samples
             _read_demo(p, f["data"][d.name], d.name, read_keys, obs, next_obs, actions, rewards, dones, lo, hi,
-                       action_range)
+                       action_range, check_finite)
             episode_ids[lo:hi] = i
             task_ids[lo:hi] = d.task_id
             lo = hi
@@ -451,15 +487,16 @@ def _read_demo(
     lo: int,
     hi: int,
     action_range: bool = True,
+    finite: bool = True,
 ) -> None:
     base = f"data/{name}"
     for k in obs_keys:
-        _read_into(path, demo[f"obs/{k}"], f"{base}/obs/{k}", obs[k], lo, hi)
-        _read_into(path, demo[f"next_obs/{k}"], f"{base}/next_obs/{k}", next_obs[k], lo, hi)
-    _read_into(path, demo["actions"], f"{base}/actions", actions, lo, hi)
+        _read_into(path, demo[f"obs/{k}"], f"{base}/obs/{k}", obs[k], lo, hi, finite)
+        _read_into(path, demo[f"next_obs/{k}"], f"{base}/next_obs/{k}", next_obs[k], lo, hi, finite)
+    _read_into(path, demo["actions"], f"{base}/actions", actions, lo, hi, finite)
     if action_range and np.abs(actions[lo:hi]).max() > 1.0 + 1e-6:
         raise _err(path, f"{base}/actions", f"values outside [-1, 1] (max |a| = {np.abs(actions[lo:hi]).max():.4g})")
-    _read_into(path, demo["rewards"], f"{base}/rewards", rewards, lo, hi)
-    _read_into(path, demo["dones"], f"{base}/dones", dones, lo, hi)
+    _read_into(path, demo["rewards"], f"{base}/rewards", rewards, lo, hi, finite)
+    _read_into(path, demo["dones"], f"{base}/dones", dones, lo, hi, finite)
     if not np.isin(dones[lo:hi], (0.0, 1.0)).all():
         raise _err(path, f"{base}/dones", "expected values in {0, 1}")
