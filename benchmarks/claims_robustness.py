@@ -186,8 +186,12 @@ class _Workers:
                 proc.terminate()
 
 
+LINGER_S = 120  # how long a worker may take to exit after sending its answer before it is terminated
+
+
 class _NotStarted(Exception):
-    """A task skipped because its :func:`_pooled` call was stopping."""
+    """A task skipped, or its process terminated, because its :func:`_pooled` call was stopping (the failure that
+    stopped it is the one to report)."""
 
 
 def _in_fresh_process(fn: Any, task: tuple, workers: _Workers) -> Any:
@@ -203,20 +207,27 @@ def _in_fresh_process(fn: Any, task: tuple, workers: _Workers) -> Any:
         send.close()
         raise _NotStarted
     send.close()
+    ok, value = None, None
     try:
         ok, value = receive.recv()
     except EOFError:
-        ok, value = None, None
+        pass
     finally:
         receive.close()
-        proc.join()
+        stopped_before = workers.stopping
+        if not ok:  # failed or died: nothing starts from here on, while this thread waits for its child to exit
+            workers.stop()
+        proc.join(LINGER_S)
+        if proc.is_alive():  # a child that does not exit after its answer (a stray non-daemon thread)
+            proc.terminate()
+            proc.join()
         with workers.lock:
             workers.live.discard(proc)
     if ok is None:
-        workers.stop()
+        if stopped_before:  # terminated by another task's failure
+            raise _NotStarted
         raise RuntimeError(f"the worker running {getattr(fn, '__name__', fn)}{task} died (exit code {proc.exitcode})")
     if not ok:
-        workers.stop()
         exc, text = value
         raise exc from RemoteTraceback(text)
     return value

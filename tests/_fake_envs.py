@@ -179,17 +179,25 @@ def raise_non_finite() -> None:
     raise NonFiniteLossError("critic", float("nan"), 17)
 
 
-def fail_or_sleep(kind: str, folder: str, name: str) -> str:
+def fail_or_sleep(kind: str, folder: str, name: str, first: int = 2) -> str:
     """A benchmark task that leaves ``<folder>/<name>.started`` and then fails at once (``kind="fail"``, after the
-    other first task has started) or sleeps 30 s and leaves ``<name>.finished``."""
+    ``first`` tasks have started; ``"fail_slow_exit"``: its process then takes 3 s to exit, as torch's teardown or a
+    joined pool can), finishes after 1 s (``"quick"``) or sleeps 30 s, leaving ``<name>.finished``."""
+    import atexit
     import time
     from pathlib import Path
 
     (Path(folder) / f"{name}.started").touch()
-    if kind == "fail":
-        while len(list(Path(folder).glob("*.started"))) < 2:
+    if kind in ("fail", "fail_slow_exit"):
+        while len(list(Path(folder).glob("*.started"))) < first:
             time.sleep(0.05)
+        if kind == "fail_slow_exit":
+            atexit.register(time.sleep, 3)
         raise ValueError(f"{name} failed")
+    if kind == "quick":
+        time.sleep(1)
+        (Path(folder) / f"{name}.finished").touch()
+        return name
     time.sleep(30)
     (Path(folder) / f"{name}.finished").touch()
     return name

@@ -107,6 +107,13 @@ def test_a_benchmark_failure_starts_no_further_run_stops_the_running_one_and_kee
         list(claims_robustness._pooled(fail_or_sleep, tasks, jobs=2))
     assert sorted(p.name for p in tmp_path.glob("*.started")) == ["a.started", "b.started"]
     assert not list(tmp_path.glob("*.finished"))  # b was stopped, not waited for
+    # the failed run's process is slow to exit: a thread freed meanwhile (b done after 1 s) must not start d
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    tasks = [("fail_slow_exit", str(slow), "a", 3), ("quick", str(slow), "b"), *[("sleep", str(slow), n) for n in "cd"]]
+    with pytest.raises(ValueError, match="a failed"):
+        list(claims_robustness._pooled(fail_or_sleep, tasks, jobs=3))
+    assert sorted(p.name for p in slow.glob("*.started")) == ["a.started", "b.started", "c.started"]
     with pytest.raises(RuntimeError, match="NonFiniteLossError: loss 'critic' is nan at step 17"):
         list(claims_robustness._pooled(raise_non_finite, [()], jobs=2))
     # the thread whose task failed has already stopped the call when it could take the next task: none starts
