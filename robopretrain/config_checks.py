@@ -71,36 +71,74 @@ def _check_section(cfg: DictConfig, section: str | None, checks: dict[str, tuple
             raise ValueError(f"{where} config: {name}={value!r}; expected {expected}")
 
 
-@functools.lru_cache(maxsize=None)
-def known_keys(section: str) -> frozenset[str]:
-    """Every key any shipped config defines under ``section`` (``data``: also the top-level keys of each
-    ``configs/data/*.yaml`` group), the keys a stage reads there."""
+OPEN_SECTIONS = frozenset({"collect", "obs_map", "env_kwargs", "kwargs"})  # free-form mappings: any key is valid
+
+
+def _yaml(path: Any) -> dict[str, Any]:
     import yaml
 
+    doc = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+@functools.lru_cache(maxsize=None)
+def stage_section(config: str, section: str) -> dict[str, Any] | None:
+    """The keys stage ``config`` (``configs/<config>.yaml``) defines under ``section``, with their defaults: its
+    default group option (``defaults: [data: demos]`` -> ``configs/data/demos.yaml``) merged with the section in the
+    file itself. None when the stage has no such section (stage 3 has no ``obs``: the checkpoint's)."""
     from robopretrain.cli import CONFIG_DIR
 
-    keys: set[str] = set()
-    for path in CONFIG_DIR.rglob("*.yaml"):
-        doc = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(doc, dict):
-            continue
-        if path.parent.name == section:
-            keys |= set(doc) - {"defaults"}
-        if isinstance(doc.get(section), dict):
-            keys |= set(doc[section])
-    return frozenset(keys)
+    doc = _yaml(CONFIG_DIR / f"{config}.yaml")
+    tree: dict[str, Any] | None = None
+    for entry in doc.get("defaults") or []:
+        if isinstance(entry, dict) and isinstance(entry.get(section), str):
+            tree = {k: v for k, v in _yaml(CONFIG_DIR / section / f"{entry[section]}.yaml").items() if k != "defaults"}
+    if isinstance(doc.get(section), dict):
+        tree = _merge(tree or {}, doc[section])
+    return tree
+
+
+def _unknown(node: DictConfig, tree: dict[str, Any], prefix: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Keys of ``node`` that ``tree`` does not define (dotted, from ``prefix``), recursing into defined groups of
+    settings (``data.mix``) but not into free-form mappings; with the valid keys of each level that had one."""
+    unknown: list[str] = []
+    valid: dict[str, list[str]] = {}
+    for key in node:
+        name = f"{prefix}.{key}"
+        if key not in tree:
+            unknown.append(name)
+            valid.setdefault(prefix, sorted(tree))
+        elif isinstance(tree[key], dict) and tree[key] and key not in OPEN_SECTIONS and isinstance(node[key], DictConfig):
+            more, levels = _unknown(node[key], tree[key], name)
+            unknown += more
+            valid.update(levels)
+    return unknown, valid
 
 
 def _check_known_keys(cfg: DictConfig, section: str, where: str) -> None:
-    """Refuse keys a user added under ``section`` (``+obs.normalise=false``) that no config defines and no stage
-    reads: silently ignored, they would leave the user believing a setting took effect."""
+    """Refuse keys a user added under ``section`` (``+obs.normalise=false``, ``+data.mix.fracton=0.5``) that this
+    stage's config does not define: silently ignored, they would leave the user believing a setting took effect."""
     node = cfg.get(section)
     if not isinstance(node, DictConfig):
         return
-    unknown = sorted(set(node) - known_keys(section))
+    tree = stage_section(where, section)
+    if tree is None:
+        raise ValueError(f"{where} config: {', '.join(f'{section}.{k}' for k in node)}: this stage has no {section} "
+                         f"settings" + (" (its observation settings are the checkpoint's, from stage 2)"
+                                        if section == "obs" else "") + "; remove them")
+    unknown, valid = _unknown(node, tree, section)
     if unknown:
-        raise ValueError(f"{where} config: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; valid keys: "
-                         f"{', '.join(sorted(known_keys(section)))}")
+        raise ValueError(f"{where} config: unknown key(s) {', '.join(unknown)}; valid keys: "
+                         + "; ".join(f"{level}: {', '.join(keys)}" for level, keys in valid.items()))
 
 
 def _check_common(cfg: DictConfig, where: str) -> None:

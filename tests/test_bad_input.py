@@ -327,9 +327,16 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("finetune", "algo.qf_lr=-1", "algo.qf_lr=-1; expected a positive number"),
     # keys added with + that no config defines and no stage reads (a new user's +obs.normalise=false trained on)
     ("robopretrain", "+obs.normalise=false", "robopretrain config: unknown key(s) obs.normalise; valid keys: "
-                                             "low_dim, min_std, normalize, num_tasks, rgb"),
-    ("robopretrain", "+data.obsmap={a: b}", "robopretrain config: unknown key(s) data.obsmap; valid keys: actions"),
+                                             "obs: low_dim, min_std, normalize, num_tasks, rgb"),
+    ("robopretrain", "+data.obsmap={a: b}", "robopretrain config: unknown key(s) data.obsmap; valid keys: data: actions"),
     ("finetune", "+data.maks=train", "finetune config: unknown key(s) data.maks"),
+    # each stage's own keys (a review: any config's key passed anywhere), nested groups too
+    ("robopretrain", "+data.mix.fracton=0.5", "unknown key(s) data.mix.fracton; valid keys: data.mix: actions, "
+                                              "cache_dir, format, fraction, mask,"),
+    ("finetune", "+data.mix={path: x.hdf5}", "finetune config: unknown key(s) data.mix"),
+    ("robopretrain", "+data.stride=3", "robopretrain config: unknown key(s) data.stride"),
+    ("finetune", "+obs.min_std=0.05", "finetune config: obs.min_std: this stage has no obs settings (its observation "
+                                      "settings are the checkpoint's, from stage 2); remove them"),
 ])
 def test_out_of_range_values_are_named(stage, override, message):
     from robopretrain.config_checks import validate_offline_config, validate_online_config
