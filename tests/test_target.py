@@ -95,6 +95,13 @@ def test_gymnasium_module_id_form_and_unknown_ids_or_modules_are_named(tmp_path,
         make_env(Target(name="x", env_id="no_such_user_module:Env", task_id=0, reward="dense"))
     with pytest.raises(ValueError, match="has no 'Missing-v0'"):
         make_env(Target(name="x", env_id="user_robot_env:Missing-v0", task_id=0, reward="dense"))
+    # without its version, as gymnasium itself accepts it (the latest version)
+    unversioned = make_env(Target(name="p", env_id="user_robot_env:userrobot/Pend", task_id=0, reward="dense"))
+    assert unversioned.unwrapped.spec.id == "userrobot/Pend-v0" and unversioned.reset(seed=0)[0]
+    # the module is found but a dependency of it is not installed: say that, not "is its folder on PYTHONPATH?"
+    (tmp_path / "user_env_dep.py").write_text("import not_installed_sim_dependency\n")
+    with pytest.raises(ValueError, match="'user_env_dep' was found but imports 'not_installed_sim_dependency'"):
+        make_env(Target(name="x", env_id="user_env_dep:Env", task_id=0, reward="dense"))
 
 
 @pytest.mark.parametrize("limit", [50, 300])

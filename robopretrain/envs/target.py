@@ -183,14 +183,19 @@ def _construct(env_id: str, kwargs: Mapping[str, Any], max_episode_steps: int | 
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            raise ValueError(f"env {env_id!r}: cannot import {module_name!r} ({exc}); is its folder on "
-                             "PYTHONPATH?") from None
+            parts = module_name.split(".")
+            if exc.name in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}:  # the module itself not found
+                raise ValueError(f"env {env_id!r}: cannot import {module_name!r} ({exc}); is its folder on "
+                                 "PYTHONPATH?") from None
+            raise ValueError(f"env {env_id!r}: {module_name!r} was found but imports {exc.name!r}, which is not "
+                             f"installed ({exc}); install it in this environment") from None
         obj = getattr(module, attr, None)
         if obj is None:
-            if attr in gym.registry:  # gymnasium's "module:Id": importing the module registered the id
+            try:  # gymnasium's "module:Id" (the module registers the id on import; a missing version: the latest)
                 return gym.make(attr, **dict(kwargs), **limit)
-            raise ValueError(f"env {env_id!r}: {module_name} has no {attr!r} (neither a class or function of the "
-                             "module nor an id it registers with gymnasium)")
+            except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound):
+                raise ValueError(f"env {env_id!r}: {module_name} has no {attr!r} (neither a class or function of "
+                                 "the module nor an id it registers with gymnasium)") from None
         env = obj(**dict(kwargs))
         return gym.wrappers.TimeLimit(env, int(max_episode_steps)) if max_episode_steps else env
     try:
