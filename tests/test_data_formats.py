@@ -105,6 +105,9 @@ def test_ogbench_compact_file_cut_mid_trajectory_has_no_self_loop(tmp_path, capl
     np.testing.assert_array_equal(d[1]["obs"]["observations"][:, 0], [5, 6])
     np.testing.assert_array_equal(d[1]["next"]["observations"][:, 0], [6, 7])
     assert d[1]["meta"]["truncated"] and d[1]["dones"].tolist() == [0, 0]
+    np.savez(tmp_path / "empty.npz", **{k: v[:0] for k, v in z.items()})  # no rows: the format's error, not IndexError
+    with pytest.raises(ConversionError, match="no episode with at least 2 steps"):
+        convert(tmp_path / "empty.npz", tmp_path / "e.hdf5")
 
 
 # --------------------------------------------------------------------------- Minari
@@ -365,6 +368,11 @@ def test_an_error_about_a_converted_copy_names_the_users_file(tmp_path, capsys, 
         f"{tmp_path}/gone.d4rl.0123456789abcdef.hdf5: bad"  # a copy that cannot be read: the message as it was
     note = f" [{copy.name} is {src} (d4rl) converted"
     assert note in name_sources(f"data.path={copy} is bad") and note in name_sources(f"files [{copy}] differ")
+    hydra_dir = tmp_path / "multirun" / "algo=iql,seed=1" / "cache"  # a Hydra multirun folder holds = and ,
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / copy.name).write_bytes(copy.read_bytes())
+    assert note in name_sources(f"data.path={hydra_dir / copy.name}: bad") and note in name_sources(
+        f"files ({hydra_dir / copy.name}, x)")
 
 
 def test_inspect_reads_a_foreign_format(tmp_path, monkeypatch):

@@ -60,9 +60,19 @@ READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
 ENV_CACHE_DIR = "ROBOPRETRAIN_CACHE_DIR"
 
 
-# cache_path's names as messages quote them (after "data.path=" or inside brackets too; a folder with spaces is not
-# found, and the message is then left as it is)
-COPY_NAME = re.compile(r"[^\s'\"(),;=\[\]]+\.(?:" + "|".join(READERS) + r")\.[0-9a-f]{16}\.hdf5")
+# cache_path's names as messages quote them: the longest run without spaces or quotes, then (see _copy_file) the
+# first of its tails after "=", "[", "," or "(" that is a file, so "data.path=/runs/algo=iql,seed=1/c.d4rl.<key>.hdf5"
+# finds the whole path (a folder with spaces is not found, and the message is then left as it is)
+COPY_NAME = re.compile(r"[^\s'\"]+\.(?:" + "|".join(READERS) + r")\.[0-9a-f]{16}\.hdf5")
+SEPARATORS = "=[,("
+
+
+def _copy_file(match: str) -> str | None:
+    """The file a :data:`COPY_NAME` match names: the match itself or its first tail after a separator that exists."""
+    for start in [0, *(i + 1 for i, ch in enumerate(match) if ch in SEPARATORS)]:
+        if Path(match[start:]).is_file():
+            return match[start:]
+    return None
 
 
 def name_sources(message: str) -> str:
@@ -70,7 +80,7 @@ def name_sources(message: str) -> str:
     converted from, as its ``env_args`` record: an error about the copy then says which of the user's files is meant.
     A copy that cannot be read is left as it is."""
     notes = []
-    for copy in dict.fromkeys(m.group(0) for m in COPY_NAME.finditer(message)):
+    for copy in dict.fromkeys(filter(None, (_copy_file(m.group(0)) for m in COPY_NAME.finditer(message)))):
         try:
             with h5py.File(copy, "r") as f:
                 env_args = json.loads(f["data"].attrs["env_args"])

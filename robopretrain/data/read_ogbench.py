@@ -73,7 +73,7 @@ def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
     compact = "next_observations" not in z
     if compact:
         keep = ~ends  # transitions; a trajectory's last row is only its final observation
-        if not ends[-1]:  # a file cut mid-trajectory: its last row has no next row, so it is no transition
+        if n and not ends[-1]:  # a file cut mid-trajectory: its last row has no next row, so it is no transition
             keep[-1] = False
             log.warning("%s: the last row is not marked by terminals (a file cut mid-trajectory?); it is read as "
                         "the final observation of an unfinished trajectory", p)
