@@ -191,7 +191,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("returns", "next_actions_of/const/0"): Equivalent(
         "len(a) > 1 -> > 0: with one action the shifted slices are empty, so the copy is returned either way",
         "1 -> 0 @ if len(a) > 1:"),
-    ("dataset", "load_offline_dataset/swap/22"): Equivalent(
+    ("dataset", "load_offline_dataset/swap/23"): Equivalent(
         "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): rewards * scale in float64 either way (a "
         "product commutes)",
         "scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, "
@@ -281,7 +281,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("dataset", "default_num_tasks/swap/3"): Equivalent(
         "max(len(TASK_IDS), largest) -> max(largest, len(TASK_IDS)): symmetric (Meta-World's branch)",
         "max(..len(TASK_IDS), largest..) swapped @ return max(len(TASK_IDS), largest)"),
-    ("hdf5", "load_transitions/const/2"): Equivalent(
+    ("hdf5", "load_transitions/const/3"): Equivalent(
         "(0,) + shape -> (1,) + shape in the image-key test: only the number of dimensions is read there",
         "0 -> 1 @ read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0])]"),
     ("action_units", "ActionNormalization.same/swap/0"): Equivalent(

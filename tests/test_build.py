@@ -65,7 +65,7 @@ def test_generated_data_is_collected_into_the_run_folder_once_and_reused(tmp_pat
 def test_load_data_passes_the_selection_the_stage_asked_for(tmp_path, monkeypatch):
     """An explicit ``task_id`` / ``tasks`` (stage 3's target) wins over the data group's; BC needs no rewards."""
     seen = []
-    monkeypatch.setattr(build, "converted", lambda path, cfg: path)
+    monkeypatch.setattr(build, "converted", lambda path, cfg, default_image_size=None: path)
     monkeypatch.setattr(build, "load_offline_dataset", lambda path, spec, reward, **kw: seen.append(kw))
     spec, reward = ObsSpec(low_dim=(("x", 1),)), RewardSettings()
     data = OmegaConf.create({"tasks": ["A"], "task_id": 4})

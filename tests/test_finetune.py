@@ -289,25 +289,38 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
     assert resumed["history"] == clean["history"]
 
 
-def test_stage_twos_obs_map_reads_its_data_file_again_in_stage_3(robosuite_demos, tmp_path):
+@pytest.mark.parametrize("keep_env_key", [False, True], ids=["moved", "both_columns"])
+def test_stage_twos_obs_map_reads_its_data_file_again_in_stage_3(robosuite_demos, tmp_path, monkeypatch,
+                                                                  keep_env_key):
     """A data file recorded under other keys than the env's (stage 2 mapped them with data.obs_map): stage 3 falls back
     to the checkpoint's data file for the target's demos and maps it the way stage 2 did, without being told again
-    (the target's obs_map names the env's keys, which the file lacks)."""
+    (the target's obs_map names the env's keys, which the file lacks); also where the file holds the env's key too
+    (stage 2 learned from eef_recorded, so stage 3's offline data must be read from it as well)."""
     import shutil
 
     import h5py
+
+    import finetune.train as stage3
 
     demos = Path(shutil.copy(robosuite_demos, tmp_path / "recorded.hdf5"))
     with h5py.File(demos, "r+") as f:
         for demo in f["data"].values():
             for group in ("obs", "next_obs"):
-                demo[group].move(fake.EEF, "eef_recorded")
+                if keep_env_key:
+                    demo[group].copy(fake.EEF, "eef_recorded")
+                else:
+                    demo[group].move(fake.EEF, "eef_recorded")
     ckpt = stage2(stage2_config(demos, tmp_path / "s2", algo="cql", steps=2,
                                 data_cfg={"obs_map": {**OBS_MAP, "eef_pos": "eef_recorded"}},
                                 obs={"low_dim": ["eef_pos", "gripper_qpos"], "rgb": ["agentview_image"]}))
     assert load_checkpoint(ckpt).meta["obs_map"]["eef_pos"] == "eef_recorded"
+    read_with = []
+    real = stage3.build.load_data
+    monkeypatch.setattr(stage3.build, "load_data", lambda path, spec, data_cfg, *a, **kw: (
+        read_with.append(dict(data_cfg.get("obs_map") or {})), real(path, spec, data_cfg, *a, **kw))[1])
     out = finetune(stage3_config(ckpt, tmp_path / "run", ROBOSUITE_TARGET, env_steps=12))
     assert out["history"][-1]["env_steps"] == 12
+    assert read_with and read_with[0]["eef_pos"] == "eef_recorded"
 
 
 def test_stage_twos_obs_map_applies_to_its_own_file_even_where_the_file_has_the_parts_name():
