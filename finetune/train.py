@@ -74,8 +74,8 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
         if agent.spec.image_size:
             collect["image_size"] = int(agent.spec.image_size)
         return build.resolve_data_path(cfg.data, run_dir, default_name="target_demos.hdf5", collect=collect)
-    if cfg.data.get("path"):
-        return build.resolve_data_path(cfg.data, run_dir)
+    if cfg.data.get("path"):  # another format converted with its cameras at the agent's size, as target.demos
+        return build.resolve_data_path(cfg.data, run_dir, default_image_size=agent.spec.image_size)
     if ckpt_meta.get("data_path") and Path(ckpt_meta["data_path"]).is_file():
         path = Path(ckpt_meta["data_path"])
         tasks = read_info(path).tasks
@@ -183,6 +183,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     mapped = demo_obs_map(target, info, ckpt.meta.get("obs_map"), stage2_file=same_file)
     if not data_cfg.get("obs_map") and mapped:
         data_cfg = OmegaConf.create({**build.plain(cfg.data), "obs_map": mapped})
+    build.check_data_fits(agent.spec, data_path, build.plain(data_cfg.get("obs_map")) or None, "the offline data")
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,
                               seed=int(cfg.seed) + 2, device=device, tasks=tasks,
                               task_id=target.resolved_task_id() if agent.spec.num_tasks else None,

@@ -170,7 +170,7 @@ def randomization(node: Any) -> Any:
 
 
 def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robot_demos.hdf5",
-                      collect: Mapping[str, Any] | None = None) -> Path:
+                      collect: Mapping[str, Any] | None = None, default_image_size: int | None = None) -> Path:
     """The HDF5 path: ``data.path``, collecting it first with :func:`sim_envs.collect.collect` when ``data.generate``
     (``data.collect`` and ``collect`` override ``configs/collect.yaml``; an existing file is reused unless
     ``data.regenerate``)."""
@@ -182,7 +182,7 @@ def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robo
             raise FileNotFoundError(f"data.path={path}: file not found; expected a robomimic HDF5 "
                                     "(python -m sim_envs.collect writes one), or a LeRobot v3 / Minari folder, a "
                                     "D4RL-style HDF5 or an OGBench .npz (converted on first use)")
-        return converted(path, data_cfg)
+        return converted(path, data_cfg, default_image_size)
     path = path or run_dir / default_name
     if path.is_file() and not data_cfg.get("regenerate", False):
         log.info("using the existing dataset %s (data.generate: not collected again; data.regenerate=true collects "
@@ -208,6 +208,14 @@ def data_spec(obs_cfg: Any, path: Path, *, obs_map: Mapping[str, str] | None = N
                          "e.g. obs.low_dim=[proprio,object] or obs.rgb=[agentview_image] obs.low_dim=[proprio]")
     n = obs_cfg.get("num_tasks")
     return spec_of_data(path, low_dim, rgb, None if n is None else int(n), obs_map=obs_map, info=info)
+
+
+def check_data_fits(spec: ObsSpec, path: Path, obs_map: Mapping[str, str] | None, what: str) -> None:
+    """Refuse, before any training, a data file whose parts (read through ``obs_map``) differ from the agent's
+    ``spec`` in presence or size: :class:`robopretrain.data.spec.SpecMismatchError` naming ``what``, the file and each
+    part (a mixed-in file or stage 3's offline data; without it the first update fails deep in the encoder)."""
+    data_spec({"low_dim": list(spec.low_dim_keys), "rgb": list(spec.rgb_keys), "num_tasks": spec.num_tasks}, path,
+              obs_map=obs_map).check_fits(spec, mine=f"{what} {path}", theirs="the agent")
 
 
 def converted(path: Path, data_cfg: Any, default_image_size: int | None = None) -> Path:

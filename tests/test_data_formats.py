@@ -311,11 +311,29 @@ def test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size(tmp_path)
     path = offline_data_path(OmegaConf.create({"data": {"cache_dir": cache}}), tmp_path, SimpleNamespace(
         name="t", demos=str(src), family="gym"), agent, {})
     assert demos(path)[0]["obs"][F.LEROBOT_CAM].shape[1:] == (16, 16, 3)
+    given = offline_data_path(OmegaConf.create({"data": {"cache_dir": cache, "path": str(src)}}), tmp_path,
+                              SimpleNamespace(name="t", demos=None, family="gym"), agent, {})  # data.path: the same
+    assert given == path
     obs = {"low_dim": ["observation.state"], "rgb": [F.LEROBOT_CAM], "num_tasks": 2}
     ckpt = run(stage2_config(src, tmp_path / "run", algo="iql", steps=2, obs=obs, data_cfg={
         "cache_dir": cache, "image_size": 16, "task_id": 0,
         "mix": {"path": str(src), "fraction": 0.5, "task_id": 1, "cache_dir": cache}}))
     assert load_agent(ckpt)[1].step == 2  # the mix at 32 x 48 would not load beside 16 px data
+    # a mix (or stage 3's offline data) that does not fit the agent: refused before training, naming file and part
+    from robopretrain.build import check_data_fits
+    from robopretrain.data.spec import ObsSpec, SpecMismatchError
+
+    spec = ObsSpec(low_dim=(("observation.state", 4),), rgb=((F.LEROBOT_CAM, (16, 16, 3)),))
+    check_data_fits(spec, path, None, "the offline data")
+    wide = ObsSpec(low_dim=(("observation.state", 5),), rgb=((F.LEROBOT_CAM, (20, 20, 3)),))
+    with pytest.raises(SpecMismatchError, match=r"the offline data .*hdf5 does not fit the agent: low_dim part "
+                                                r"'observation.state': .* has size 4, the agent has 5; rgb part"):
+        check_data_fits(wide, path, None, "the offline data")
+    with pytest.raises(SpecMismatchError, match=r"the mixed-in data \(data.mix.path\) .* rgb part .* has size "
+                                                r"\(32, 48, 3\), the agent has \(16, 16, 3\)"):
+        run(stage2_config(src, tmp_path / "misfit", algo="iql", steps=2, obs=obs, data_cfg={
+            "cache_dir": cache, "image_size": 16, "task_id": 0,
+            "mix": {"path": str(as_robomimic(src, cache_dir=cache)), "fraction": 0.5, "task_id": 1}}))
 
 
 # --------------------------------------------------------------------------- cache, CLI, inspect
@@ -418,7 +436,8 @@ def test_a_mix_in_another_format_is_converted_like_data_path(tmp_path):
                                        "mix": {"path": str(mix), "fraction": 0.5, "task_id": 1,
                                                "cache_dir": str(tmp_path / "cache")}},
                              train={"eval_targets": []}))
-    assert load_agent(ckpt)[1].step == 2  # the mix at 32 x 48 would not load beside 16 px data
+    _, saved = load_agent(ckpt)
+    assert saved.step == 2 and sorted(saved.meta["task_ids"].values()) == [0, 1]
     # two converted files of one task (each named after its file stem) share slot 0 when both are put there
     same = run(stage2_config(prior, tmp_path / "same", algo="iql", steps=2, obs={"low_dim": ["observations"]},
                              data_cfg={"cache_dir": str(tmp_path / "cache"), "task_id": 0,

@@ -58,6 +58,29 @@ def finetuned(reach_hdf5, stage2_state, tmp_path_factory):
     return out, finetune(state_cfg(stage2_state, reach_hdf5, out))
 
 
+def test_offline_data_that_does_not_fit_the_agent_is_refused_before_any_online_step(reach_hdf5, stage2_state,
+                                                                                      tmp_path):
+    """A file whose proprio is one dimension shorter than the agent's: one SpecMismatchError naming the file and the
+    part, before the env runs (it failed at the first update, deep in the encoder)."""
+    import shutil
+
+    import h5py
+
+    from robopretrain.data.spec import SpecMismatchError
+
+    short = Path(shutil.copy(reach_hdf5, tmp_path / "short.hdf5"))
+    with h5py.File(short, "r+") as f:
+        for demo in f["data"].values():
+            for group in ("obs", "next_obs"):
+                cut = demo[group]["proprio"][:, :-1]
+                del demo[group]["proprio"]
+                demo[group]["proprio"] = cut
+    with pytest.raises(SpecMismatchError, match=r"the offline data .*short.hdf5 does not fit the agent: low_dim part "
+                                                r"'proprio'"):
+        finetune(state_cfg(stage2_state, short, tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_online_loop_logs_calibration_and_regret(finetuned, stage2_state):
     out, result = finetuned
     hist = result["history"]
