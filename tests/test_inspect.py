@@ -93,10 +93,32 @@ def test_summary_flags_what_training_would_refuse(tmp_path: Path, capsys: pytest
         f["data/demo_0/obs/wide"] = np.zeros((6, 16, 24, 3), np.uint8)
         f["data/demo_2/obs/proprio"][3, 2] = np.inf
         f["data/demo_1/actions"][2, 0] = np.nan
+        f["data/demo_0/next_obs/proprio"] = np.where(np.arange(6)[:, None] == 1, np.nan, 0.0) * np.ones((1, 7))
+        f["data/demo_1/rewards"][0] = np.inf
+        f["data/demo_0/obs/depth"] = np.zeros((6, 16, 16), np.uint8)
     text = format_hdf5_summary(summarize_hdf5(path))
     assert "obs/front" in text and "channels first?" in text and "not square" in text
     assert "warning: obs/proprio holds NaN or inf (first at demo_2 row 3)" in text
     assert "warning: actions holds NaN or inf (first at demo_1 row 2)" in text
+    assert "warning: next_obs/proprio holds NaN or inf (first at demo_0 row 1)" in text
+    assert "warning: rewards holds NaN or inf (first at demo_1 row 0)" in text
+    assert "grey frames without a channel?" in text
+    # the sheet of a channels-first camera is drawn as the agent would see it (it crashed in imshow)
+    chw = write_tiny_hdf5(tmp_path / "chw.hdf5")
+    with h5py.File(chw, "a") as f:
+        for i in range(len(DEMOS)):
+            img = f[f"data/demo_{i}/obs/agentview_image"][()]
+            del f[f"data/demo_{i}/obs/agentview_image"]
+            f[f"data/demo_{i}/obs/agentview_image"] = img.transpose(0, 3, 1, 2)
+    assert main([str(chw), "--frames", "2"]) == 0 and (tmp_path / "chw_contact_sheet.png").is_file()
+    capsys.readouterr()
+    from robopretrain.data.inspect import hdf5_sheet_rows
+
+    rows, key = hdf5_sheet_rows(chw, 2, 1)
+    with h5py.File(chw, "r") as f:
+        first = f["data/demo_0/obs/agentview_image"][0].transpose(1, 2, 0)  # (16, 16, 3)
+    assert key == "agentview_image" and rows[0][1].shape == (2, 16, 16, 3)
+    np.testing.assert_array_equal(rows[0][1][0], first)
     clean = format_hdf5_summary(summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")))
     assert "warning" not in clean and "channels first" not in clean and "not square" not in clean
     assert layout_note((16, 16, 1), "uint8").startswith("1 channel") and "dtype float32" in layout_note(

@@ -180,11 +180,14 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                 if key in obs and obs[key] != spec:
                     inconsistent.add(key)
                 obs.setdefault(key, spec)
-                _find_non_finite(ds, f"obs/{key}", name, non_finite)
         if actions is None and "actions" in demo:
             actions = (tuple(demo["actions"].shape[1:]), str(demo["actions"].dtype))
-        if "actions" in demo:
-            _find_non_finite(demo["actions"], "actions", name, non_finite)
+        for group in ("obs", "next_obs"):
+            for key, ds in (demo[group].items() if isinstance(demo.get(group), h5py.Group) else []):
+                _find_non_finite(ds, f"{group}/{key}", name, non_finite)
+        for key in ("actions", "rewards"):
+            if isinstance(demo.get(key), h5py.Dataset):
+                _find_non_finite(demo[key], key, name, non_finite)
     masks = {}
     if "mask" in f:
         masks = {name: int(ds.shape[0]) for name, ds in f["mask"].items() if isinstance(ds, h5py.Dataset)}
@@ -199,8 +202,8 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
 
 
 def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str]) -> None:
-    """Record in ``found[key]`` the first row of a float dataset of 1 or 2 dimensions (low-dim parts, actions;
-    frames are not read) holding a NaN or inf."""
+    """Record in ``found[key]`` the first row of a float dataset of 1 or 2 dimensions (low-dim parts, actions,
+    rewards; frames are not read) holding a NaN or inf."""
     if key in found or ds.dtype.kind != "f" or ds.ndim > 2:
         return
     rows = ds[()].reshape(ds.shape[0], -1) if ds.ndim else ds[()].reshape(1, 1)
@@ -212,6 +215,8 @@ def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str
 def layout_note(shape: tuple[int, ...], dtype: str) -> str:
     """What the toolkit's camera contract (uint8 ``(H, W, 3)``, square) says of a per-step shape that looks like a
     picture (:func:`robopretrain.data.episodes.is_image`'s rule), or "" when nothing."""
+    if len(shape) == 2 and dtype == "uint8" and min(shape) >= 8:
+        return "grey frames without a channel? cameras are read as (H, W, 3): write them (H, W, 3)"
     if len(shape) != 3:
         return ""
     channels_last = shape[-1] in (1, 3, 4) and min(shape[0], shape[1]) >= 8
@@ -281,19 +286,35 @@ def hdf5_sheet_rows(path: str | os.PathLike, frames: int, per_task: int,
                     image_key: str | None = None) -> tuple[list[tuple[str, np.ndarray]], str | None]:
     """Rows of the contact sheet: (label, (frames, H, W, 3) images) for ``per_task`` demos of each task.
 
-    Demos are spread over each task's list; the image key is ``image_key``, else ``agentview_image``,
-    else the first ``*_image`` key, else the first uint8 (H, W, 3) key (LeRobot's ``observation.images.<cam>``). Returns no rows (and None) when the file has no image observations.
+    Demos are spread over each task's list; the image key is ``image_key``, else ``agentview_image``, else the first
+    ``*_image`` key, else the first uint8 (H, W, 3) key (LeRobot's ``observation.images.<cam>``), else the first other
+    uint8 picture (channels first, grey). Frames are shown as the env path gives them to the agent
+    (:func:`robopretrain.envs.camera_frames.to_agent_frame`: channels last, grey repeated, alpha dropped). Returns no
+    rows (and None) when the file has no uint8 image observations.
     """
+    from robopretrain.envs.camera_frames import agent_frame_shape, to_agent_frame
+
+    def picture(shape: tuple[int, ...], dtype: str) -> bool:
+        try:
+            return dtype == "uint8" and min(agent_frame_shape(shape)[:2]) >= 8
+        except ValueError:
+            return False
+
     path = Path(path)
     summary = summarize_hdf5(path)
-    key = image_key or (DEFAULT_IMAGE_KEY if DEFAULT_IMAGE_KEY in summary.obs
-                        else next((k for k in summary.obs if k.endswith("_image")), None)
+    uint8 = {k for k, (_, dtype) in summary.obs.items() if dtype == "uint8"}
+    key = image_key or (DEFAULT_IMAGE_KEY if DEFAULT_IMAGE_KEY in uint8
+                        else next((k for k in summary.obs if k.endswith("_image") and k in uint8), None)
                         or next((k for k, (shape, dtype) in summary.obs.items()
-                                 if len(shape) == 3 and shape[-1] == 3 and dtype == "uint8"), None))
+                                 if len(shape) == 3 and shape[-1] == 3 and dtype == "uint8"), None)
+                        or next((k for k, (shape, dtype) in summary.obs.items() if picture(shape, dtype)), None))
     if key is None:
         return [], None
     if key not in summary.obs:
         raise InspectError(f"{path}: no observation key obs/{key}; the file has {', '.join(summary.obs)}")
+    if not picture(*summary.obs[key]):
+        raise InspectError(f"{path}: obs/{key} is {summary.obs[key][1]} {summary.obs[key][0]}, not a uint8 camera "
+                           "frame (H, W, C), (C, H, W) or (H, W) to draw")
     rows = []
     with open_hdf5(path) as f:
         for task, stats in summary.tasks.items():
@@ -301,7 +322,10 @@ def hdf5_sheet_rows(path: str | os.PathLike, frames: int, per_task: int,
             for i in picks:
                 name = stats.demos[i]
                 ds = f["data"][name]["obs"][key]
-                images = _read_hdf5_frames(ds, _evenly_spaced(ds.shape[0], frames))
+                picks_t = _evenly_spaced(ds.shape[0], frames)
+                if not picks_t:  # an empty demo: nothing to draw
+                    continue
+                images = np.stack([to_agent_frame(f) for f in _read_hdf5_frames(ds, picks_t)])
                 outcome = {True: "success", False: "failure", None: "?"}[stats.successes[i]]
                 rows.append((f"{task}\n{name} ({outcome}, {stats.lengths[i]} steps)", images))
     return rows, key
