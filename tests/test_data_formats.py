@@ -240,9 +240,10 @@ def test_image_size_resizes_every_camera_as_an_envs_frames_are(tmp_path):
     rng = np.random.default_rng(0)
     cam = rng.integers(0, 256, (4, 20, 30, 3), dtype=np.uint8)  # non-square, textured (a stretch shows)
     grey = rng.integers(0, 256, (4, 1, 12, 12), dtype=np.uint8)  # channels-first grey, smaller than S: enlarged
+    flat = rng.integers(0, 256, (4, 24, 24), dtype=np.uint8)  # grey without a channel (GrayscaleObservation)
     state = rng.normal(size=(4, 3)).astype(np.float32)
-    ep = Episode(obs={"cam": cam[:3], "grey": grey[:3], "state": state[:3]},
-                 next_obs={"cam": cam[1:], "grey": grey[1:], "state": state[1:]},
+    ep = Episode(obs={"cam": cam[:3], "grey": grey[:3], "flat": flat[:3], "state": state[:3]},
+                 next_obs={"cam": cam[1:], "grey": grey[1:], "flat": flat[1:], "state": state[1:]},
                  actions=np.zeros((3, 2)), rewards=np.zeros(3), terminations=np.array([0, 0, 1]), truncated=False,
                  task="t")
     out = write_robomimic(tmp_path / "r.hdf5", [ep], source="src", fmt="test", image_size=16)
@@ -251,12 +252,14 @@ def test_image_size_resizes_every_camera_as_an_envs_frames_are(tmp_path):
         np.testing.assert_array_equal(d["obs"]["cam"][t], to_agent_frame(cam[t], 16))
         np.testing.assert_array_equal(d["next"]["cam"][t], to_agent_frame(cam[t + 1], 16))
         np.testing.assert_array_equal(d["obs"]["grey"][t], to_agent_frame(grey[t], 16))
+        np.testing.assert_array_equal(d["next"]["flat"][t], to_agent_frame(flat[t + 1], 16))
     assert d["obs"]["cam"].shape == (3, 16, 16, 3) and d["obs"]["grey"].shape == (3, 16, 16, 3)
     np.testing.assert_array_equal(d["obs"]["state"], state[:3])
     assert env_args(out)["image_size"] == 16
-    assert env_args(out)["source_image_sizes"] == {"cam": [20, 30], "grey": [12, 12]}
+    assert env_args(out)["source_image_sizes"] == {"cam": [20, 30], "grey": [12, 12], "flat": [24, 24]}
     kept = demos(write_robomimic(tmp_path / "k.hdf5", [ep], source="src", fmt="test"))[0]
     np.testing.assert_array_equal(kept["obs"]["cam"], cam[:3])
+    np.testing.assert_array_equal(kept["obs"]["flat"], np.repeat(flat[:3, :, :, None], 3, axis=3))  # a camera
     for bad in (4, True, 16.0):
         with pytest.raises(ConversionError, match="image_size"):
             write_robomimic(tmp_path / "b.hdf5", [ep], source="src", fmt="test", image_size=bad)

@@ -18,7 +18,8 @@ What is carried over exactly:
   last step.
 * **Success**: ``ep_meta["success"]`` when the source records it (LeRobot ``next.success``, Minari/D4RL
   ``infos/success``, OGBench: the episode ends in a true termination); absent when it does not.
-* **Images** become uint8 ``(N, H, W, 3)`` (:func:`to_uint8_hwc`); low-dim parts float32 ``(N, d)``. With
+* **Images** (channels last or first, grey with or without a channel) become uint8 ``(N, H, W, 3)``
+  (:func:`to_uint8_hwc`); low-dim parts float32 ``(N, d)``. With
   ``image_size=S`` every camera frame whose height or width is not ``S`` is resized to ``(S, S)`` by
   :func:`robopretrain.envs.camera_frames.to_agent_frame`, the function that gives an env's frames to the agent (area
   average when shrinking; a non-square frame is stretched, its aspect ratio changed): a policy trained on the file
@@ -93,10 +94,12 @@ class Episode:
 
 
 def to_uint8_hwc(frames: np.ndarray, where: str) -> np.ndarray:
-    """Images ``(N, H, W, C)`` or ``(N, C, H, W)`` (C in 1, 3, 4; uint8, or float in [0, 1] or [0, 255]) as uint8
-    ``(N, H, W, 3)``: channels-first is moved last, grey is repeated to 3 channels, alpha dropped, float in [0, 1]
-    scaled by 255. Raises :class:`ConversionError` for any other shape."""
+    """Images ``(N, H, W, C)`` or ``(N, C, H, W)`` (C in 1, 3, 4; uint8, or float in [0, 1] or [0, 255]) or grey
+    uint8 ``(N, H, W)`` as uint8 ``(N, H, W, 3)``: channels-first is moved last, grey is repeated to 3 channels,
+    alpha dropped, float in [0, 1] scaled by 255. Raises :class:`ConversionError` for any other shape."""
     a = np.asarray(frames)
+    if a.ndim == 3 and a.dtype == np.uint8:  # grey frames without a channel (gymnasium's GrayscaleObservation)
+        a = a[..., None]
     if a.ndim != 4:
         raise ConversionError(f"{where}: expected images (N, H, W, C) or (N, C, H, W), got shape {a.shape}")
     if a.shape[-1] not in (1, 3, 4) and a.shape[1] in (1, 3, 4):
@@ -134,8 +137,12 @@ def check_image_size(image_size: int | None) -> int | None:
 
 
 def is_image(array: np.ndarray) -> bool:
-    """A per-step array that is a picture: (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4 and H, W >= 8."""
+    """A per-step array that is a picture: (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4 and H, W >= 8, or uint8
+    grey frames (N, H, W) with H, W >= 8 (gymnasium's ``GrayscaleObservation``; a uint8 grid of that size is read as
+    a picture too)."""
     s = array.shape
+    if array.ndim == 3:
+        return array.dtype == np.uint8 and min(s[1], s[2]) >= 8
     return array.ndim == 4 and ((s[-1] in (1, 3, 4) and min(s[1], s[2]) >= 8)
                                 or (s[1] in (1, 3, 4) and min(s[2], s[3]) >= 8))
 
