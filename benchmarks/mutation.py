@@ -434,6 +434,9 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "and the assignment out[lo:hi] = ds[()] casts the same way, so the values read are the same (the in-place "
         "path saves a copy)",
         "ds.dtype == out.dtype: Eq -> NotEq @ if ds.dtype == out.dtype:"),
+    ("hdf5", "_read_into/if/0"): Equivalent(
+        "if ds.dtype == out.dtype -> if not: the same read-path swap as _read_into/cmp/0 (values read are the same)",
+        "if ds.dtype == out.dtype: -> if not ... @ if ds.dtype == out.dtype:"),
     ("randomization", "DomainRandomizer.place_distractors/const/9"): Equivalent(
         "unused slots parked 0.05 m apart instead of 0.1 m: they collide with nothing (contype 0, tested) and stay "
         "out of every camera's view either way (agentview and eye-in-hand renders identical with the slots 50 m away)",

@@ -105,6 +105,15 @@ def test_zero_rewards_with_successful_episodes_are_refused_rebuilt_on_request_an
         np.testing.assert_array_equal(rebuilt[key], fine[key])
     bc = load_offline_dataset(path, spec, RewardSettings(), rewards_needed=False).arrays()
     np.testing.assert_array_equal(bc["rewards"], np.zeros(6))  # BC never looks at rewards
+    ended = write_file(tmp_path / "failed_terminal.hdf5", zero_rewards=True)  # the failed episode ends done = 1
+    with h5py.File(ended, "r+") as f:
+        failed = [d for d in f["data"].values() if not json.loads(d.attrs["ep_meta"]).get("success")]
+        failed[0]["dones"][-1] = 1
+        meta = json.loads(failed[0].attrs["ep_meta"])  # and says nothing of success: not a success either
+        failed[0].attrs["ep_meta"] = json.dumps({k: v for k, v in meta.items() if k != "success"})
+    with caplog.at_level(logging.WARNING):
+        kept = load_offline_dataset(ended, spec, CAL_QL, rewards_from_success=True).arrays()
+    assert (kept["rewards"] > 0).sum() == 1 and kept["dones"].sum() == 2  # its own terminal kept, no reward for it
 
 
 def test_inspect_says_the_rewards_disagree_with_ep_meta(tmp_path, capsys):

@@ -188,6 +188,13 @@ def test_nan_and_inf(tmp_path):
     low, high = action_bounds(bad)  # the file's units: its finite actions (the selection's reader names the NaN)
     clean_low, clean_high = action_bounds(write_dataset(tmp_path / "clean.hdf5"))  # the NaN'd value is no extreme
     np.testing.assert_array_equal(low, clean_low) and np.testing.assert_array_equal(high, clean_high)
+
+    def nan_dimension(f):
+        for demo in f["data"].values():
+            demo["actions"][:, 1] = np.nan
+
+    with pytest.raises(DatasetError, match="some dimension has no finite value"):
+        action_bounds(write_dataset(tmp_path / "all_nan.hdf5", mutate=nan_dimension))
     for storage in STORAGES:
         with pytest.raises(DatasetError, match="NaN or inf") as exc:
             _load(bad, storage)

@@ -247,7 +247,7 @@ def action_bounds(path: str | os.PathLike, info: DatasetInfo | None = None) -> t
             lo, hi = np.where(finite, a, np.inf).min(0), np.where(finite, a, -np.inf).max(0)
             low = lo if low is None else np.minimum(low, lo)
             high = hi if high is None else np.maximum(high, hi)
-    if low is None or not (np.isfinite(low).all() and np.isfinite(high).all()):
+    if low is None or not np.isfinite(low).all():  # a dimension's low is finite exactly when its high is
         raise DatasetError(f"{info.path}: actions: some dimension has no finite value in any demo")
     return low, high
 
