@@ -129,7 +129,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "build": ("robopretrain/build.py", ["tests/test_build.py", "tests/test_stage2_data_wiring.py",
                                         "tests/test_train_offline.py", "tests/test_bc_term_options.py",
                                         "tests/test_cpu_settings.py", "tests/test_frozen_features.py",
-                                        "tests/test_transfer.py"]),  # the stages' shared wiring
+                                        "tests/test_transfer.py",  # the stages' shared wiring; data vs agent:
+                                        "tests/test_data_formats.py::"
+                                        "test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size"]),
     # claim 2b's summary (its pools, seed groups, sides and partial verdicts) and evaluation reuse
     "claims_encoder_shifts": ("benchmarks/claims_encoder_shifts.py", ["tests/test_claims_encoder_shifts.py"]),
     "pipeline": ("robopretrain/pipeline.py", ["tests/test_pipeline.py", "tests/test_paper_preset.py",

@@ -76,6 +76,24 @@ def test_load_data_passes_the_selection_the_stage_asked_for(tmp_path, monkeypatc
     assert seen[0]["storage"] == "auto" and seen[0]["workers"] == 0
 
 
+def test_converted_gives_another_format_the_agents_image_size_unless_the_config_says(tmp_path, monkeypatch):
+    """``default_image_size`` (stage 3's target demos, a mix) applies to another format when data.image_size is unset;
+    a robomimic file is used as stored; data.image_size wins."""
+    import _formats as F
+    import robopretrain.data.convert as convert
+
+    asked = []
+    monkeypatch.setattr(convert, "as_robomimic", lambda path, **kw: asked.append(kw["image_size"]) or path)
+    foreign = F.write_d4rl(tmp_path / "walker.hdf5")
+    native = convert.convert(foreign, tmp_path / "native.hdf5")
+    build.converted(foreign, {}, 16)
+    build.converted(native, {}, 16)
+    build.converted(foreign, {"image_size": 8}, 16)
+    build.converted(foreign, {})
+    build.converted(foreign, {"format": "d4rl"}, 16)
+    assert asked == [16, None, 8, None, 16]
+
+
 def tiny_dataset(n: int = 6) -> OfflineDataset:
     x = np.arange(n, dtype=np.float32)[:, None]
     dones = np.zeros(n, np.float32)
