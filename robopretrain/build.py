@@ -218,6 +218,19 @@ def check_data_fits(spec: ObsSpec, path: Path, obs_map: Mapping[str, str] | None
               obs_map=obs_map).check_fits(spec, mine=f"{what} {path}", theirs="the agent")
 
 
+def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
+    """Refuse a ``data.image_size`` the cameras the agent trains on do not have (a robomimic file is used as stored;
+    another format was resized to it while converting): ``ValueError`` naming them. Nothing without cameras."""
+    if image_size is None or not spec.rgb:
+        return
+    wrong = {k: tuple(s[:2]) for k, s in spec.rgb if tuple(s[:2]) != (int(image_size), int(image_size))}
+    if wrong:
+        cams = ", ".join(f"{k} {h}x{w}" for k, (h, w) in wrong.items())
+        raise ValueError(f"data.image_size={image_size} but {path} holds {cams}: a robomimic file is used as stored "
+                         "(other formats are resized while converting); write its frames at that size, or leave "
+                         "data.image_size unset to train at the file's size")
+
+
 def converted(path: Path, data_cfg: Any, default_image_size: int | None = None) -> Path:
     """``path`` as robomimic HDF5: itself, or its cached conversion from another format
     (:func:`robopretrain.data.convert.as_robomimic`; ``data.format``, ``data.cache_dir``, ``data.actions``,

@@ -107,6 +107,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             spec, mine=f"the data {data_path}", theirs=f"the init checkpoint {init.path}")
     else:
         spec = build.data_spec(cfg.obs, data_path, obs_map=obs_map, info=info)
+    build.check_image_size(spec, cfg.data.get("image_size"), data_path)
     reward = build.reward_settings(cfg.algo)
     # the agent's action units: the init checkpoint's, else this data's (recorded, or its bounds if outside [-1, 1])
     action_units = (agent.action_normalization if init is not None

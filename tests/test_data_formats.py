@@ -294,9 +294,15 @@ def test_non_square_lerobot_camera_trains_once_resized(tmp_path, capsys):
     assert converted(src, plain, default_image_size=16) == small
     # ... a robomimic file used as stored; data.image_size set explicitly: its cameras must be that size
     assert converted(as_stored, plain, default_image_size=16) == as_stored
-    assert converted(small, {"image_size": 16}) == small
-    with pytest.raises(ConversionError, match=f"{F.LEROBOT_CAM} 32x48"):
-        converted(as_stored, {"image_size": 16})
+    assert converted(small, {"image_size": 16}) == small and converted(as_stored, {"image_size": 16}) == as_stored
+    # stage 2 on a robomimic file: data.image_size checks the cameras it trains on, and only those
+    with pytest.raises(ValueError, match=f"data.image_size=16 but .* holds {F.LEROBOT_CAM} 32x48"):
+        run(stage2_config(as_stored, tmp_path / "stored", algo="iql", steps=2, obs=obs, data_cfg={"image_size": 16}))
+    state_only = {**obs, "rgb": []}
+    assert load_agent(run(stage2_config(as_stored, tmp_path / "state", algo="iql", steps=2, obs=state_only,
+                                        data_cfg={"image_size": 16})))[1].step == 2
+    assert convert_main([str(as_stored), str(tmp_path / "again.hdf5"), "--image-size", "16"]) == 2
+    assert "a robomimic file is not rewritten" in capsys.readouterr().err
 
 
 def test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size(tmp_path):

@@ -26,8 +26,8 @@ converter) is converted again and an unchanged one is reused. A robomimic file i
 Cameras that are not square (LeRobot and Minari recordings are often 480 x 640) or larger than the agent should see:
 ``--image-size S`` (stages: ``data.image_size=S``) resizes every camera frame to ``S x S`` while converting, with
 the same function that resizes an env's frames for the agent (:func:`robopretrain.data.episodes.resize_frames`), so
-training and acting see one view. A robomimic file is not rewritten: with ``image_size`` set, its cameras must
-already be ``S x S`` (:class:`ConversionError` otherwise).
+training and acting see one view. A robomimic file is not rewritten (stage 2 checks that the cameras it trains on are
+``S x S`` when ``data.image_size`` is set).
 """
 from __future__ import annotations
 
@@ -139,7 +139,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
     src, dst = Path(src), Path(dst)
     fmt = _check_format(fmt) or detect_format(src)
     if fmt == "robomimic":
-        raise ConversionError(f"{src}: already a robomimic HDF5 file; use it as it is")
+        raise ConversionError(f"{src}: already a robomimic HDF5 file; use it as it is" + (
+            " (--image-size resizes other formats while converting; a robomimic file is not rewritten: write its "
+            "frames at that size yourself)" if image_size is not None else ""))
     if dst.exists() and not overwrite:
         raise ConversionError(f"{dst}: exists (pass --overwrite to replace it)")
     if dst.resolve() == src.resolve():
@@ -176,33 +178,12 @@ def cache_path(src: str | os.PathLike, fmt: str, *, actions: str = "auto",
     return folder / f"{stem}.{fmt}.{source_key(src, fmt, actions, image_size)}.hdf5"
 
 
-def camera_sizes(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
-    """``{key: (H, W)}`` of the uint8 image parts of a robomimic file's first demo."""
-    with h5py.File(path, "r") as f:
-        demos = sorted(f["data"], key=lambda k: (len(k), k))
-        if not demos:
-            return {}
-        obs = f[f"data/{demos[0]}/obs"]
-        return {k: (int(v.shape[1]), int(v.shape[2])) for k, v in obs.items()
-                if isinstance(v, h5py.Dataset) and v.ndim == 4 and v.dtype == "uint8"}
-
-
-def _check_robomimic_size(src: Path, image_size: int) -> None:
-    wrong = {k: s for k, s in camera_sizes(src).items() if s != (image_size, image_size)}
-    if wrong:
-        sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in wrong.items())
-        raise ConversionError(
-            f"{src}: data.image_size={image_size} but its cameras are {sizes}: a robomimic file is used as stored "
-            "(only other formats are resized while converting); write the file at that size, or leave "
-            "data.image_size unset to train at the file's size")
-
-
 def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: str | os.PathLike | None = None,
                  actions: str = "auto", image_size: int | None = None) -> Path:
     """A robomimic HDF5 path for ``src``: ``src`` itself when it is one (or a file of no recognised format, which the
     robomimic reader then refuses with its own message), else its cached conversion (made now when missing or
-    stale, see the module docstring), its cameras resized to ``image_size`` when given. Raises
-    :class:`ConversionError` (also for a robomimic file whose cameras are not ``image_size`` square)."""
+    stale, see the module docstring), its cameras resized to ``image_size`` when given (a robomimic file is used as
+    stored). Raises :class:`ConversionError`."""
     src = Path(src).expanduser()
     fmt = _check_format(fmt)
     image_size = check_image_size(image_size)
@@ -214,8 +195,6 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
                 return src  # unreadable or foreign: the robomimic reader names what is wrong with it
             raise
     if fmt == "robomimic":
-        if image_size is not None:
-            _check_robomimic_size(src, image_size)
         return src
     if actions not in ACTION_MODES:
         raise ConversionError(f"actions={actions!r}: expected one of {ACTION_MODES}")
