@@ -190,7 +190,8 @@ def default_target(ckpt: Checkpoint) -> Target:
             raise CheckpointError(
                 f"{ckpt.path / 'meta.json'}: its task {name!r} is not a sim_envs task and the run recorded "
                 f"{len(evaluated)} evaluation targets (train.eval_targets), none named so; pass target=<mapping>, e.g. "
-                "'target={name: mytask, family: gym, env_id: MyEnv-v0}'")
+                "'target={name: mytask, env_id: MyEnv-v0, task_id: 0}' (task_id: its slot in the agent's task "
+                "one-hot; 0 without one)")
         return as_target((named or evaluated)[0])  # its own task_id as the run evaluated it
     return target if slot is None else dataclasses.replace(target, task_id=int(slot))
 
@@ -477,6 +478,10 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     target = as_target(OmegaConf.to_container(cfg.target, resolve=True) if OmegaConf.is_config(cfg.get("target"))
                        else cfg.target) if cfg.get("target") else default_target(ckpt)
     conditions = build_conditions(cfg)
+    if not target.randomizable and cfg.get("select") is None:
+        conditions = [c for c in conditions if c.factor == NOMINAL]  # every factor of a target that has none
+        log.info("target %r (%s) has no randomization or distractors: nominal episodes only", target.name,
+                 target.family)
     if not target.randomizable and len(conditions) > 1:
         shifted = sorted({c.factor for c in conditions if c.factor != NOMINAL})
         raise ValueError(f"evaluate config: target {target.name!r} ({target.family}) has no randomization or "

@@ -189,7 +189,7 @@ def test_camera_checkpoint_evaluates_identically_twice(tiny_camera_checkpoint, t
 
 def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     """A custom gymnasium target: nominal episodes and a video from the agent's own camera; factors that shift our
-    sim are refused with one line naming them."""
+    sim are refused with one line naming them when selected, left out when select is unset."""
     from robopretrain.train import run
 
     demos = fake.write_robosuite_demos(tmp_path / "demos.hdf5", 2)
@@ -203,6 +203,9 @@ def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     assert info["target"]["env_id"] == "_fake_envs:RobosuiteLikeEnv" and not info["factors"]
     assert info["nominal"]["episodes"] == 3 and info["nominal"]["mean_length"] <= 8
     assert Path(info["videos"]["nominal"]["path"]).stat().st_size > 0
+    every = evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "all", target=target, select="null",
+                                            workers=0, **{"video.enabled": "false"}))  # select unset: nominal only
+    assert every["nominal"]["episodes"] == 3 and not every["factors"]
     wider = target.replace("max_episode_steps: 8", "max_episode_steps: 8, env_kwargs: {eef_dim: 4}")
     with pytest.raises(ValueError, match="low_dim part 'robot0_eef_pos'.*size 4, the agent has 3"):  # before episodes
         evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "w", target=wider, select="[nominal]", workers=0))
