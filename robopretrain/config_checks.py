@@ -166,7 +166,7 @@ def _check_common(cfg: DictConfig, where: str) -> None:
 def validate_offline_config(cfg: DictConfig) -> None:
     """Stage 2 (``configs/robopretrain.yaml``): raise ``ValueError`` naming the first key out of range."""
     _check_common(cfg, "robopretrain")
-    _check_section(cfg, "train", TRAIN_CHECKS, "robopretrain")
+    _check_section(cfg, "train", {**TRAIN_CHECKS, "steps": AT_LEAST_1}, "robopretrain")  # 0 steps: no checkpoint
     _check_section(cfg, "encoder", ENCODER_CHECKS, "robopretrain")
 
 

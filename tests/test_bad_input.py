@@ -318,6 +318,7 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
 
 @pytest.mark.parametrize("stage, override, message", [
     ("robopretrain", "train.eval_every=0", "robopretrain config: train.eval_every=0; expected an integer >= 1"),
+    ("robopretrain", "train.steps=0", "robopretrain config: train.steps=0; expected an integer >= 1"),
     ("robopretrain", "algo.batch_size=0", "algo.batch_size=0; expected an integer >= 1"),
     ("robopretrain", "algo.discount=1.5", "algo.discount=1.5; expected a number in (0, 1]"),
     ("robopretrain", "obs.low_dim=[]", "obs.low_dim=[] and obs.rgb=[]; expected at least one observation part"),

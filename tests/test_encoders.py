@@ -92,7 +92,7 @@ def test_to_float_images_converts_uint8_bhwc_and_bthwc() -> None:
 def test_encoder_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="unknown encoder 'resnet50'.*small_conv"):
         make_encoder("resnet50", 64)
-    with pytest.raises(TypeError, match="'small_conv'.*unknown argument.*'width'"):
+    with pytest.raises(ValueError, match="'small_conv'.*unknown argument.*'width'"):
         make_encoder("small_conv", 64, width=3)
     with pytest.raises(ValueError, match="timm:no_such_net"):
         make_encoder("timm:no_such_net", 64)

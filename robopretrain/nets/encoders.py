@@ -417,7 +417,7 @@ def _check_kwargs(name: str, builder: Callable[..., Any], kwargs: dict[str, Any]
     accepted = [p for p in params if p not in ("image_size", "in_channels")]
     unknown = [k for k in kwargs if k not in params]
     if unknown:
-        raise TypeError(f"encoder {name!r}: unknown argument(s) {unknown}; accepted: {accepted + ['mean', 'std']}")
+        raise ValueError(f"encoder {name!r}: unknown argument(s) {unknown}; accepted: {accepted + ['mean', 'std']}")
 
 
 def _plain(value: Any) -> Any:
@@ -431,7 +431,7 @@ def make_encoder(name: str, image_size: int, in_channels: int = 3, **kwargs: Any
     """Build the encoder ``name`` (see the module docstring) for square images of side ``image_size``.
 
     ``mean``/``std`` set the normalization; the other kwargs go to the encoder's builder (for
-    ``timm:<model_name>``, to ``timm.create_model``). Raises ``ValueError`` for an unknown name.
+    ``timm:<model_name>``, to ``timm.create_model``). Raises ``ValueError`` for an unknown name or argument.
     """
     if int(image_size) < 8 or int(in_channels) < 1:
         raise ValueError(f"encoder {name!r}: need image_size >= 8 and in_channels >= 1, got {image_size}, {in_channels}")
