@@ -289,8 +289,8 @@ def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> No
     else:
         try:
             ObsSpec.from_dict(meta["obs_spec"]).check_fits(agent.spec, mine="the checkpoint", theirs="this config")
-        except SpecMismatchError as exc:
-            problems.append(str(exc))
+        except SpecMismatchError as exc:  # its parts, without the sentence this message already says
+            problems.append(str(exc).removeprefix("the checkpoint does not fit this config: "))
     if problems:
         where = f"{where}: " if where else ""
         raise CheckpointError(f"{where}checkpoint does not fit this config ({'; '.join(problems)}). Use another "
