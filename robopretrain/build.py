@@ -23,7 +23,7 @@ from robopretrain.agent import Agent, EncoderSettings
 from robopretrain.data.dataset import FILE_UNITS, RewardSettings, load_offline_dataset, selected_demos, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
-from robopretrain.data.hdf5 import DatasetInfo
+from robopretrain.data.hdf5 import DatasetError, DatasetInfo
 from robopretrain.data.keys import OBS
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
@@ -214,8 +214,14 @@ def check_data_fits(spec: ObsSpec, path: Path, obs_map: Mapping[str, str] | None
     """Refuse, before any training, a data file whose parts (read through ``obs_map``) differ from the agent's
     ``spec`` in presence or size: :class:`robopretrain.data.spec.SpecMismatchError` naming ``what``, the file and each
     part (a mixed-in file or stage 3's offline data; without it the first update fails deep in the encoder)."""
-    data_spec({"low_dim": list(spec.low_dim_keys), "rgb": list(spec.rgb_keys), "num_tasks": spec.num_tasks}, path,
-              obs_map=obs_map).check_fits(spec, mine=f"{what} {path}", theirs="the agent")
+    try:
+        theirs = data_spec({"low_dim": list(spec.low_dim_keys), "rgb": list(spec.rgb_keys),
+                            "num_tasks": spec.num_tasks}, path, obs_map=obs_map)
+    except DatasetError:
+        raise
+    except ValueError as exc:  # a part the file lacks: a data error, as the loader would say
+        raise DatasetError(f"{what}: {exc}") from None
+    theirs.check_fits(spec, mine=f"{what} {path}", theirs="the agent")
 
 
 def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:

@@ -71,7 +71,9 @@ def _check_section(cfg: DictConfig, section: str | None, checks: dict[str, tuple
             raise ValueError(f"{where} config: {name}={value!r}; expected {expected}")
 
 
-OPEN_SECTIONS = frozenset({"collect", "obs_map", "env_kwargs", "kwargs"})  # free-form mappings: any key is valid
+# free-form mappings (any key is valid): a collect config's overrides, key maps, constructor arguments, evaluate's
+# factors (a user's own factor names)
+OPEN_SECTIONS = frozenset({"collect", "obs_map", "env_kwargs", "kwargs", "factors"})
 
 
 def _yaml(path: Any) -> dict[str, Any]:
@@ -141,9 +143,35 @@ def _check_known_keys(cfg: DictConfig, section: str, where: str) -> None:
                          + "; ".join(f"{level}: {', '.join(keys)}" for level, keys in valid.items()))
 
 
+def check_top_level_keys(cfg: DictConfig, config: str) -> None:
+    """Refuse top-level keys that ``configs/<config>.yaml`` neither defines nor takes as a config group
+    (``+checkpoint=...`` in stage 2, ``+encoder.mode=frozen`` in stage 3: silently ignored otherwise), and unknown
+    keys inside the file's own groups of settings (``online``, ``train``, ``video``; groups chosen from
+    ``configs/<group>/`` such as ``algo`` and ``dr`` are checked by their own readers). ``ValueError`` naming them."""
+    from robopretrain.cli import CONFIG_DIR
+
+    doc = _yaml(CONFIG_DIR / f"{config}.yaml")
+    groups = {str(k) for e in doc.get("defaults") or [] if isinstance(e, dict) for k in e}
+    known = (set(doc) - {"defaults"}) | groups | {"hydra"}
+    unknown = sorted(str(k) for k in cfg if k not in known)
+    if unknown:
+        raise ValueError(f"{config} config: unknown key(s) {', '.join(unknown)} (this stage does not read them); "
+                         f"valid keys: {', '.join(sorted(known - {'hydra'}))}")
+    for section, default in doc.items():
+        node = cfg.get(section)
+        if section in groups or section in OPEN_SECTIONS or not isinstance(default, dict) or not default \
+                or not isinstance(node, DictConfig):
+            continue
+        bad, valid = _unknown(node, default, section)
+        if bad:
+            raise ValueError(f"{config} config: unknown key(s) {', '.join(bad)}; valid keys: "
+                             + "; ".join(f"{level}: {', '.join(keys)}" for level, keys in valid.items()))
+
+
 def _check_common(cfg: DictConfig, where: str) -> None:
-    for section in ("obs", "data"):
+    for section in ("obs", "data"):  # first: their messages say more (stage 3 has no obs settings)
         _check_known_keys(cfg, section, where)
+    check_top_level_keys(cfg, where)
     obs = cfg.get("obs")
     if obs is not None and not (obs.get("low_dim") or obs.get("rgb")):
         raise ValueError(f"{where} config: obs.low_dim={obs.get('low_dim')!r} and obs.rgb={obs.get('rgb')!r}; "

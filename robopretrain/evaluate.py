@@ -56,6 +56,7 @@ from robopretrain.checkpoint import (
     write_text_atomic,
 )
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
+from robopretrain.config_checks import check_top_level_keys
 from robopretrain.envs.target import Target, as_target
 
 log = logging.getLogger(__name__)
@@ -443,6 +444,8 @@ def validate_config(cfg: DictConfig) -> None:
     """Range checks of the evaluate config; errors name the key and what was expected."""
     def fail(key: str, expected: str) -> None:
         raise ValueError(f"evaluate config: {key}={OmegaConf.select(cfg, key)!r}; expected {expected}")
+
+    check_top_level_keys(cfg, "evaluate")
 
     if int(cfg.episodes) < 1:
         fail("episodes", "an integer >= 1")

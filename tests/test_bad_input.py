@@ -338,11 +338,22 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("robopretrain", "+data.stride=3", "robopretrain config: unknown key(s) data.stride"),
     ("finetune", "+obs.min_std=0.05", "finetune config: obs.min_std: this stage has no obs settings (its observation "
                                       "settings are the checkpoint's, from stage 2); remove them"),
+    # top-level keys a stage does not read, and unknown keys in its own groups of settings
+    ("robopretrain", "+checkpoint=runs/x", "robopretrain config: unknown key(s) checkpoint (this stage does not read "
+                                           "them); valid keys: algo, data,"),
+    ("finetune", "+encoder.mode=frozen", "finetune config: unknown key(s) encoder (this stage does not read them)"),
+    ("finetune", "+train.steps=5", "finetune config: unknown key(s) train"),
+    ("finetune", "+online.stpes=5", "finetune config: unknown key(s) online.stpes; valid keys: online: asynchronous,"),
+    ("evaluate", "+episods=5", "evaluate config: unknown key(s) episods"),
+    ("evaluate", "+video.bogus=1", "evaluate config: unknown key(s) video.bogus; valid keys: video:"),
 ])
 def test_out_of_range_values_are_named(stage, override, message):
     from robopretrain.config_checks import validate_offline_config, validate_online_config
 
-    check = validate_offline_config if stage == "robopretrain" else validate_online_config
+    from robopretrain.evaluate import validate_config
+
+    check = {"robopretrain": validate_offline_config, "finetune": validate_online_config,
+             "evaluate": validate_config}[stage]
     with pytest.raises(ValueError) as err:
         check(compose_stage(stage, override))
     assert message in str(err.value)
