@@ -448,7 +448,7 @@ def warn_action_range(space: Any, where: str) -> bool:
     low, high = (np.asarray(getattr(space, k, np.nan), dtype=np.float64) for k in ("low", "high"))
     if low.shape != high.shape or not (np.isfinite(low).all() and np.isfinite(high).all()):
         return False
-    if np.allclose(low, -1.0, atol=1e-6) and np.allclose(high, 1.0, atol=1e-6):
+    if np.allclose(low, -1.0, rtol=0.0, atol=1e-6) and np.allclose(high, 1.0, rtol=0.0, atol=1e-6):
         return False
     log.warning("%s: the env takes actions from low %s to high %s; the agent's reach it unmapped, in [-1, 1] (its "
                 "data recorded no action normalization): part of the range is out of reach, or, if the data was "

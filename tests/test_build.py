@@ -74,6 +74,7 @@ def test_load_data_passes_the_selection_the_stage_asked_for(tmp_path, monkeypatc
                     device=torch.device("cpu"), tasks=["B"], task_id=1)
     assert [(kw["tasks"], kw["task_id"], kw["rewards_needed"]) for kw in seen] == [(["A"], 4, False), (["B"], 1, True)]
     assert seen[0]["storage"] == "auto" and seen[0]["workers"] == 0
+    assert (seen[0]["rank"], seen[0]["world_size"]) == (0, 1)  # one process by default: the whole data, unsharded
 
 
 def test_converted_gives_another_format_the_agents_image_size_unless_the_config_says(tmp_path, monkeypatch):
@@ -199,3 +200,6 @@ def test_warn_action_range_only_for_finite_boxes_other_than_minus_one_one() -> N
     assert not build.warn_action_range(gym.spaces.Discrete(3), "t")
     assert build.warn_action_range(box(-1, 2), "t") and build.warn_action_range(box(-2, 1), "t")
     assert build.warn_action_range(box(0, 8), "t")
+    noisy = gym.spaces.Box(np.float64(-1 - 8e-7), np.float64(1 + 8e-7), (2,), np.float64)  # a converter's rounding
+    assert not build.warn_action_range(noisy, "t")
+    assert build.warn_action_range(gym.spaces.Box(np.float64(-1 - 2e-6), np.float64(1.0), (2,), np.float64), "t")
