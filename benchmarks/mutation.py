@@ -436,6 +436,18 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "and the assignment out[lo:hi] = ds[()] casts the same way, so the values read are the same (the in-place "
         "path saves a copy)",
         "ds.dtype == out.dtype: Eq -> NotEq @ if ds.dtype == out.dtype:"),
+    ("build", "warn_action_range/swap/2"): Equivalent(
+        "np.allclose(low, -1.0) -> np.allclose(-1.0, low): with rtol=0 the test |a - b| <= atol is symmetric",
+        "np.allclose(..low, -1.0..) swapped @ if np.allclose(low, -1.0, rtol=0.0, atol=1e-6) and np.allclose(high, 1.0, "
+        "rtol=0.0, atol=1e-6):"),
+    ("build", "warn_action_range/swap/3"): Equivalent(
+        "np.allclose(high, 1.0) -> np.allclose(1.0, high): with rtol=0 the test |a - b| <= atol is symmetric",
+        "np.allclose(..high, 1.0..) swapped @ if np.allclose(low, -1.0, rtol=0.0, atol=1e-6) and np.allclose(high, 1.0, "
+        "rtol=0.0, atol=1e-6):"),
+    ("build", "report_success_filter/const/8"): Equivalent(
+        "len(set(tasks.values())) > 1 -> > 0: with one task slot and kept > 0 that slot holds the successes, so the "
+        "per-task list of tasks without a success is empty and nothing more is logged",
+        "1 -> 0 @ if kept > 0.0 and tasks and ids is not None and len(set(tasks.values())) > 1:"),
     ("hdf5", "_read_into/if/0"): Equivalent(
         "if ds.dtype == out.dtype -> if not: the same read-path swap as _read_into/cmp/0 (values read are the same)",
         "if ds.dtype == out.dtype: -> if not ... @ if ds.dtype == out.dtype:"),

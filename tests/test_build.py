@@ -75,6 +75,7 @@ def test_load_data_passes_the_selection_the_stage_asked_for(tmp_path, monkeypatc
     assert [(kw["tasks"], kw["task_id"], kw["rewards_needed"]) for kw in seen] == [(["A"], 4, False), (["B"], 1, True)]
     assert seen[0]["storage"] == "auto" and seen[0]["workers"] == 0
     assert (seen[0]["rank"], seen[0]["world_size"]) == (0, 1)  # one process by default: the whole data, unsharded
+    assert seen[0]["rewards_from_success"] is False  # unset in the data group: the file's own rewards
 
 
 def test_converted_gives_another_format_the_agents_image_size_unless_the_config_says(tmp_path, monkeypatch):
@@ -93,6 +94,22 @@ def test_converted_gives_another_format_the_agents_image_size_unless_the_config_
     build.converted(foreign, {})
     build.converted(foreign, {"format": "d4rl"}, 16)
     assert asked == [16, None, 8, None, 16]
+
+
+def test_check_image_size_names_the_agents_cameras_of_another_size_only(tmp_path):
+    cams = ObsSpec(low_dim=(("x", 1),), rgb=(("front", (16, 16, 3)), ("wrist", (16, 16, 3))))
+    build.check_image_size(cams, 16, tmp_path / "d.hdf5")  # the size asked for
+    build.check_image_size(cams, None, tmp_path / "d.hdf5")  # not asked
+    build.check_image_size(ObsSpec(low_dim=(("x", 1),)), 8, tmp_path / "d.hdf5")  # no cameras: nothing to check
+    with pytest.raises(ValueError, match=r"data.image_size=8 but .*d.hdf5 holds front 16x16, wrist 16x16: a robomimic"):
+        build.check_image_size(cams, 8, tmp_path / "d.hdf5")
+
+
+def test_feature_statistics_rows_are_every_row_or_evenly_spaced_ones_inside_the_data():
+    np.testing.assert_array_equal(build.feature_stat_rows(5, limit=10), np.arange(5))
+    rows = build.feature_stat_rows(25_000)
+    assert len(rows) == build.FEATURE_STATS_ROWS and rows[0] == 0 and rows[-1] == 24_999
+    assert (np.diff(rows) > 0).all()
 
 
 def tiny_dataset(n: int = 6) -> OfflineDataset:
