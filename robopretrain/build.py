@@ -243,13 +243,17 @@ def converted(path: Path, data_cfg: Any, default_image_size: int | None = None) 
     ``data.image_size``). ``default_image_size`` (an agent's image size, for data that must match it: stage 3's
     target demos, a mixed-in file) resizes another format's cameras when ``data.image_size`` is unset; a robomimic
     file is then used as stored (the agent's own checks name a camera of another size)."""
-    from robopretrain.data.convert import as_robomimic, detect_format
+    from robopretrain.data.convert import ConversionError, as_robomimic, detect_format
 
+    path = Path(path).expanduser()
     size = data_cfg.get("image_size")
     fmt = data_cfg.get("format")
-    if size is None and default_image_size is not None and path.exists() and (
-            fmt if fmt not in (None, "", "auto") else detect_format(path)) != "robomimic":
-        size = default_image_size
+    if size is None and default_image_size is not None and path.exists():
+        try:
+            detected = fmt if fmt not in (None, "", "auto") else detect_format(path)
+        except ConversionError:  # no recognised format: the robomimic reader says what is wrong with the file
+            detected = "robomimic"
+        size = default_image_size if detected != "robomimic" else None
     return as_robomimic(path, fmt=fmt, cache_dir=data_cfg.get("cache_dir"),
                         actions=str(data_cfg.get("actions") or "auto"), image_size=size)
 

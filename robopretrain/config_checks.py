@@ -139,7 +139,8 @@ def _check_known_keys(cfg: DictConfig, section: str, where: str) -> None:
                                         if section == "obs" else "") + "; remove them")
     unknown, valid = _unknown(node, tree, section)
     if unknown:
-        raise ValueError(f"{where} config: unknown key(s) {', '.join(unknown)}; valid keys: "
+        raise ValueError(f"{where} config: unknown key(s) {', '.join(unknown)} (this stage does not read them with its "
+                         f"default {section} settings); valid keys: "
                          + "; ".join(f"{level}: {', '.join(keys)}" for level, keys in valid.items()))
 
 
@@ -152,7 +153,7 @@ def check_top_level_keys(cfg: DictConfig, config: str) -> None:
 
     doc = _yaml(CONFIG_DIR / f"{config}.yaml")
     groups = {str(k) for e in doc.get("defaults") or [] if isinstance(e, dict) for k in e}
-    known = (set(doc) - {"defaults"}) | groups | {"hydra"}
+    known = set(doc) | groups | {"hydra"}  # ``defaults`` too: a config loaded with OmegaConf.load keeps it
     unknown = sorted(str(k) for k in cfg if k not in known)
     if unknown:
         raise ValueError(f"{config} config: unknown key(s) {', '.join(unknown)} (this stage does not read them); "

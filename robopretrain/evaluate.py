@@ -481,8 +481,8 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     target = as_target(OmegaConf.to_container(cfg.target, resolve=True) if OmegaConf.is_config(cfg.get("target"))
                        else cfg.target) if cfg.get("target") else default_target(ckpt)
     conditions = build_conditions(cfg)
-    if not target.randomizable and cfg.get("select") is None:
-        conditions = [c for c in conditions if c.factor == NOMINAL]  # every factor of a target that has none
+    if not target.randomizable and cfg.get("select") is None:  # every factor of a target that has none (a gap
+        conditions = [c for c in conditions if c.factor not in cfg.factors]  # asked for is still refused below)
         log.info("target %r (%s) has no randomization or distractors: nominal episodes only", target.name,
                  target.family)
     if not target.randomizable and len(conditions) > 1:

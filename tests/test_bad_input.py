@@ -359,6 +359,18 @@ def test_out_of_range_values_are_named(stage, override, message):
     assert message in str(err.value)
 
 
+def test_a_config_loaded_from_its_yaml_keeps_defaults_and_passes():
+    """benchmarks/robustness_dr.py loads configs/evaluate.yaml with OmegaConf.load (its defaults list stays)."""
+    from omegaconf import OmegaConf
+
+    from robopretrain.evaluate import validate_config
+
+    cfg = OmegaConf.load(REPO / "configs" / "evaluate.yaml")
+    cfg.pop("hydra", None)
+    cfg.merge_with({"checkpoint": "x", "episodes": 5})
+    validate_config(cfg)
+
+
 def test_group_replaced_by_value_finds_the_first_shape_change():
     from robopretrain.cli import group_replaced_by_value
 

@@ -93,7 +93,12 @@ def test_converted_gives_another_format_the_agents_image_size_unless_the_config_
     build.converted(foreign, {"image_size": 8}, 16)
     build.converted(foreign, {})
     build.converted(foreign, {"format": "d4rl"}, 16)
-    assert asked == [16, None, 8, None, 16]
+    truncated = tmp_path / "cut.hdf5"
+    truncated.write_bytes(native.read_bytes()[:2000])  # no recognised format: left to the robomimic reader's message
+    build.converted(truncated, {}, 16)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    build.converted(Path("~/walker.hdf5"), {}, 16)  # a mix path with ~ (bash leaves it in key=~/x)
+    assert asked == [16, None, 8, None, 16, None, 16]
 
 
 def test_check_image_size_names_the_agents_cameras_of_another_size_only(tmp_path):

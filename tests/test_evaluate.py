@@ -206,6 +206,9 @@ def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     every = evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "all", target=target, select="null",
                                             workers=0, **{"video.enabled": "false"}))  # select unset: nominal only
     assert every["nominal"]["episodes"] == 3 and not every["factors"]
+    with pytest.raises(ValueError, match=r"factors \['gap'\] apply to sim_envs targets only"):  # asked for: refused
+        evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "gap", target=target, select="null",
+                                        workers=0, gap="friction_low"))
     wider = target.replace("max_episode_steps: 8", "max_episode_steps: 8, env_kwargs: {eef_dim: 4}")
     with pytest.raises(ValueError, match="low_dim part 'robot0_eef_pos'.*size 4, the agent has 3"):  # before episodes
         evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "w", target=wider, select="[nominal]", workers=0))

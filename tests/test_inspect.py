@@ -126,6 +126,17 @@ def test_summary_flags_what_training_would_refuse(tmp_path: Path, capsys: pytest
     assert layout_note((16, 16, 3), "uint8") == layout_note((7,), "float32") == layout_note((3, 4, 5), "uint8") == ""
 
 
+def test_a_file_with_an_empty_demo_is_summarized(tmp_path: Path) -> None:
+    """The files people inspect after the reader refused them: an empty demo (its rows are not scanned)."""
+    from robopretrain.data.inspect import format_hdf5_summary
+
+    path = write_tiny_hdf5(tmp_path / "e.hdf5")
+    with h5py.File(path, "a") as f:
+        for group in ("obs", "next_obs"):
+            f.create_dataset(f"data/demo_1/{group}/empty", data=np.zeros((0, 3), np.float32))
+    assert "obs/empty" in format_hdf5_summary(summarize_hdf5(path))
+
+
 def test_summary_counts_success_from_ep_meta(tmp_path: Path) -> None:
     s = summarize_hdf5(write_tiny_hdf5(tmp_path / "d.hdf5"))
     assert s.tasks["PushBlock"].successes == [True, False]

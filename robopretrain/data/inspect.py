@@ -204,8 +204,8 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
 def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str]) -> None:
     """Record in ``found[key]`` the first row of a float dataset of 1 or 2 dimensions (low-dim parts, actions,
     rewards; frames are not read) holding a NaN or inf."""
-    if key in found or ds.dtype.kind != "f" or ds.ndim > 2:
-        return
+    if key in found or ds.dtype.kind != "f" or ds.ndim > 2 or (ds.ndim and ds.shape[0] == 0):
+        return  # frames, other types, or an empty demo's rows
     rows = ds[()].reshape(ds.shape[0], -1) if ds.ndim else ds[()].reshape(1, 1)
     bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
     if bad.size:
@@ -265,7 +265,8 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
     if s.actions is not None:
         lines.append(f"  {'actions':<26}{str(s.actions[0]):<16}{s.actions[1]}")
     for key, where in s.non_finite.items():
-        lines.append(f"warning: {key} holds NaN or inf (first at {where}): training refuses the file")
+        lines.append(f"warning: {key} holds NaN or inf (first at {where}): training refuses a selection holding "
+                     "that demo (leave it out with a mask)")
     lines.append("masks: " + (", ".join(f"{k} ({v})" for k, v in s.masks.items()) if s.masks else "none"))
     return "\n".join(lines)
 
