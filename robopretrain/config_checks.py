@@ -139,9 +139,14 @@ def _check_known_keys(cfg: DictConfig, section: str, where: str) -> None:
                                         if section == "obs" else "") + "; remove them")
     unknown, valid = _unknown(node, tree, section)
     if unknown:
-        raise ValueError(f"{where} config: unknown key(s) {', '.join(unknown)} (this stage does not read them with its "
-                         f"default {section} settings); valid keys: "
-                         + "; ".join(f"{level}: {', '.join(keys)}" for level, keys in valid.items()))
+        from robopretrain.cli import CONFIG_DIR
+
+        option = next((e[section] for e in _yaml(CONFIG_DIR / f"{where}.yaml").get("defaults") or []
+                       if isinstance(e, dict) and isinstance(e.get(section), str)), None)
+        raise ValueError(f"{where} config: unknown key(s) {', '.join(unknown)}; valid keys: "
+                         + "; ".join(f"{level}: {', '.join(keys)}" for level, keys in valid.items())
+                         + (f" (those of this stage's default {section} option, configs/{section}/{option}.yaml)"
+                            if option else ""))
 
 
 def check_top_level_keys(cfg: DictConfig, config: str) -> None:
