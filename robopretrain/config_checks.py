@@ -93,17 +93,33 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
+def _stage_doc(config: str) -> dict[str, Any]:
+    """``configs/<config>.yaml`` as a mapping (read once; not to be mutated)."""
+    from robopretrain.cli import CONFIG_DIR
+
+    return _yaml(CONFIG_DIR / f"{config}.yaml")
+
+
+def _default_options(config: str) -> dict[str, Any]:
+    """The stage's config groups and their default options (``defaults: [data: demos]`` -> ``{"data": "demos"}``)."""
+    return {str(k): v for e in _stage_doc(config).get("defaults") or [] if isinstance(e, dict) for k, v in e.items()}
+
+
+def _valid_text(valid: dict[str, list[str]]) -> str:
+    return "; ".join(f"{level}: {', '.join(keys)}" for level, keys in valid.items())
+
+
+@functools.lru_cache(maxsize=None)
 def stage_section(config: str, section: str) -> dict[str, Any] | None:
     """The keys stage ``config`` (``configs/<config>.yaml``) defines under ``section``, with their defaults: its
     default group option (``defaults: [data: demos]`` -> ``configs/data/demos.yaml``) merged with the section in the
     file itself. None when the stage has no such section (stage 3 has no ``obs``: the checkpoint's)."""
     from robopretrain.cli import CONFIG_DIR
 
-    doc = _yaml(CONFIG_DIR / f"{config}.yaml")
+    doc, option = _stage_doc(config), _default_options(config).get(section)
     tree: dict[str, Any] | None = None
-    for entry in doc.get("defaults") or []:
-        if isinstance(entry, dict) and isinstance(entry.get(section), str):
-            tree = {k: v for k, v in _yaml(CONFIG_DIR / section / f"{entry[section]}.yaml").items() if k != "defaults"}
+    if isinstance(option, str):
+        tree = {k: v for k, v in _yaml(CONFIG_DIR / section / f"{option}.yaml").items() if k != "defaults"}
     if isinstance(doc.get(section), dict):
         tree = _merge(tree or {}, doc[section])
     return tree
@@ -139,14 +155,10 @@ def _check_known_keys(cfg: DictConfig, section: str, where: str) -> None:
                                         if section == "obs" else "") + "; remove them")
     unknown, valid = _unknown(node, tree, section)
     if unknown:
-        from robopretrain.cli import CONFIG_DIR
-
-        option = next((e[section] for e in _yaml(CONFIG_DIR / f"{where}.yaml").get("defaults") or []
-                       if isinstance(e, dict) and isinstance(e.get(section), str)), None)
-        raise ValueError(f"{where} config: unknown key(s) {', '.join(unknown)}; valid keys: "
-                         + "; ".join(f"{level}: {', '.join(keys)}" for level, keys in valid.items())
+        option = _default_options(where).get(section)
+        raise ValueError(f"{where} config: unknown key(s) {', '.join(unknown)}; valid keys: {_valid_text(valid)}"
                          + (f" (those of this stage's default {section} option, configs/{section}/{option}.yaml)"
-                            if option else ""))
+                            if isinstance(option, str) else ""))
 
 
 def check_top_level_keys(cfg: DictConfig, config: str) -> None:
@@ -154,10 +166,7 @@ def check_top_level_keys(cfg: DictConfig, config: str) -> None:
     (``+checkpoint=...`` in stage 2, ``+encoder.mode=frozen`` in stage 3: silently ignored otherwise), and unknown
     keys inside the file's own groups of settings (``online``, ``train``, ``video``; groups chosen from
     ``configs/<group>/`` such as ``algo`` and ``dr`` are checked by their own readers). ``ValueError`` naming them."""
-    from robopretrain.cli import CONFIG_DIR
-
-    doc = _yaml(CONFIG_DIR / f"{config}.yaml")
-    groups = {str(k) for e in doc.get("defaults") or [] if isinstance(e, dict) for k in e}
+    doc, groups = _stage_doc(config), set(_default_options(config))
     known = set(doc) | groups | {"hydra"}  # ``defaults`` too: a config loaded with OmegaConf.load keeps it
     unknown = sorted(str(k) for k in cfg if k not in known)
     if unknown:
@@ -170,8 +179,7 @@ def check_top_level_keys(cfg: DictConfig, config: str) -> None:
             continue
         bad, valid = _unknown(node, default, section)
         if bad:
-            raise ValueError(f"{config} config: unknown key(s) {', '.join(bad)}; valid keys: "
-                             + "; ".join(f"{level}: {', '.join(keys)}" for level, keys in valid.items()))
+            raise ValueError(f"{config} config: unknown key(s) {', '.join(bad)}; valid keys: {_valid_text(valid)}")
 
 
 def _check_common(cfg: DictConfig, where: str) -> None:
