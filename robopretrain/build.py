@@ -154,16 +154,25 @@ def report_success_filter(algo_cfg: Any, dataset: Any, where: str, *, online: bo
 
 
 def randomization(node: Any) -> Any:
-    """The env's ``randomization`` argument from a ``dr`` group entry or a level name (``none`` when unset)."""
+    """The env's ``randomization`` argument from a ``dr`` group entry or a level name (``none`` when unset or when
+    the entry randomizes nothing). The entry is checked here, before any env is built (its keys are
+    :class:`sim_envs.randomization.RandomizationConfig`'s fields; its levels, factors and ranges known): raises
+    ``ValueError`` naming ``dr`` otherwise (a misspelt key was dropped, or failed inside the env)."""
+    from sim_envs.env import as_randomization
+
     value = plain(node)
     if value is None:
         return "none"
-    if isinstance(value, str):
-        return value
-    value = dict(value)
-    if value.get("level", "none") == "none" and not value.get("num_distractors"):
+    if isinstance(value, Mapping):
+        value = {k: v for k, v in dict(value).items() if v is not None}
+    try:
+        config = as_randomization(value)
+        levels = config.levels()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"dr={value!r}: {e}") from None
+    if all(level == "none" for level in levels.values()) and not config.num_distractors:
         return "none"
-    return {k: v for k, v in value.items() if v is not None}
+    return value
 
 
 # --------------------------------------------------------------------------- data

@@ -35,13 +35,18 @@ PROPRIO_DIM = 7
 
 
 def as_randomization(value: str | Mapping[str, Any] | RandomizationConfig | None) -> RandomizationConfig:
-    """Accept a level name, a dict of ``RandomizationConfig`` fields, or a config."""
+    """Accept a level name, a dict of ``RandomizationConfig`` fields, or a config. Raises ``ValueError`` for a key
+    that is not a field (its values are checked by :meth:`RandomizationConfig.levels`)."""
     if value is None:
         return RandomizationConfig()
     if isinstance(value, RandomizationConfig):
         return value
     if isinstance(value, str):
         return RandomizationConfig(level=value)
+    fields = sorted(RandomizationConfig.__dataclass_fields__)
+    unknown = sorted(set(dict(value)) - set(fields))
+    if unknown:
+        raise ValueError(f"randomization: unknown key(s) {unknown}; valid keys: {fields}")
     return RandomizationConfig(**dict(value))
 
 

@@ -36,9 +36,24 @@ def test_setup_torch_seeds_torch_and_numpy_with_any_integer_seed():
     ({"level": "none", "num_distractors": 0}, "none"),
     ({"level": "none", "num_distractors": 3}, {"level": "none", "num_distractors": 3}),  # distractors alone
     ({"level": "train", "factors": None, "num_distractors": None}, {"level": "train"}),
+    # one factor randomized by factor_levels on a level-none entry: not "none" (it was dropped)
+    ({"level": "none", "factor_levels": {"friction": "train"}}, {"level": "none", "factor_levels": {"friction": "train"}}),
+    ({"level": "train", "factors": []}, "none"),  # no factor chosen: nothing randomized
 ])
 def test_randomization_argument_from_a_dr_entry(node, expected):
     assert build.randomization(OmegaConf.create(node) if isinstance(node, dict) else node) == expected
+
+
+@pytest.mark.parametrize("node,match", [
+    ({"level": "none", "bogus": 1}, r"unknown key\(s\) \['bogus'\]"),  # was ignored on a level-none entry
+    ({"level": "train", "factors": ["friction"], "levle": "x"}, r"unknown key\(s\) \['levle'\]"),  # TypeError in the env
+    ("trian", "unknown randomization level 'trian'"),
+    ({"level": "train", "factors": ["fricton"]}, "unknown randomization factor 'fricton'"),
+    ({"level": "none", "ranges": {"friction": [[0.4, 0.5]]}}, "is given a range but is not randomized"),
+])
+def test_randomization_entry_is_checked_before_an_env_is_built(node, match):
+    with pytest.raises(ValueError, match=match):
+        build.randomization(OmegaConf.create(node) if isinstance(node, dict) else node)
 
 
 def test_generated_data_is_collected_into_the_run_folder_once_and_reused(tmp_path, monkeypatch):
