@@ -362,6 +362,27 @@ def test_cache_converts_once_and_again_when_the_source_changes(tmp_path):
     assert as_robomimic(second) == second  # a robomimic file is used where it is
 
 
+def test_a_new_conversion_removes_the_copies_that_cannot_be_reused(tmp_path):
+    cache = tmp_path / "cache"
+    src = F.write_ogbench(tmp_path / "o.npz")
+    (tmp_path / "elsewhere").mkdir()
+    other = as_robomimic(F.write_ogbench(tmp_path / "elsewhere" / "o.npz"), cache_dir=cache)  # same name
+    old = [as_robomimic(src, cache_dir=cache), as_robomimic(src, cache_dir=cache, actions="keep"),
+           as_robomimic(src, cache_dir=cache, image_size=8)]
+    assert len({other, *old}) == 4
+    again = as_robomimic(src, cache_dir=cache, actions="keep")  # reused: nothing is removed
+    assert again == old[1] and all(p.is_file() for p in [other, *old])
+    F.write_ogbench(src, trajectories=3)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    new = as_robomimic(src, cache_dir=cache, image_size=8)
+    # every copy of the old source is gone (each mode and size); another source's copy of the same name stays
+    assert sorted(cache.iterdir()) == sorted([other, new]) and len(demos(new)) == 3
+    with h5py.File(other, "a") as f:  # a copy from another converter version (its key no longer the source's)
+        f["data"].attrs["env_args"] = json.dumps({**json.loads(f["data"].attrs["env_args"]), "source": str(src)})
+    stale = other.rename(cache / f"o.ogbench.{'0' * 16}.hdf5")
+    assert as_robomimic(src, cache_dir=cache) != new and not stale.exists() and new.is_file()
+
+
 def test_convert_cli_and_errors(tmp_path, capsys):
     src = F.write_d4rl(tmp_path / "walker.hdf5")
     assert convert_main([str(src), str(tmp_path / "w.hdf5")]) == 0

@@ -21,7 +21,10 @@ which converts ``SRC`` on first use into the cache folder ``data.cache_dir``, el
 ``$ROBOPRETRAIN_CACHE_DIR/datasets``, else ``~/.cache/robopretrain/datasets``, as
 ``<name>.<format>.<key>.hdf5``; ``key`` hashes the source's absolute path, the size and modification time of each of
 its files, the format, the action mode, the image size and :data:`CONVERTER_VERSION`, so an edited source (or a newer
-converter) is converted again and an unchanged one is reused. A robomimic file is used where it is.
+converter) is converted again and an unchanged one is reused. A new conversion removes the copies of the same source
+path and format that can no longer be reused (made before the source was edited, or by an older converter: their key
+is no longer the source's at their action mode and image size), so the cache does not grow with each edit; copies
+of other sources, and reusable ones at other image sizes or action modes, stay. A robomimic file is used where it is.
 
 Cameras that are not square (LeRobot and Minari recordings are often 480 x 640) or larger than the agent should see:
 ``--image-size S`` (stages: ``data.image_size=S``) resizes every camera frame to ``S x S`` while converting, with
@@ -32,6 +35,7 @@ training and acting see one view. A robomimic file is not rewritten (stage 2 che
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import logging
@@ -203,7 +207,39 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
         log.info("%s (%s): using the converted copy %s", src, fmt, dst)
         return dst
     log.info("%s (%s): converting to %s (once; reused while the source is unchanged)", src, fmt, dst)
-    return convert(src, dst, fmt=fmt, actions=actions, overwrite=True, image_size=image_size)
+    out = convert(src, dst, fmt=fmt, actions=actions, overwrite=True, image_size=image_size)
+    for stale in stale_copies(src, fmt, out):
+        try:
+            stale.unlink()  # a process still reading it keeps its open file (POSIX)
+            log.info("%s: removed the converted copy it replaces, %s", src, stale)
+        except OSError as e:  # another process removed it first, or a read-only cache: keep going
+            log.warning("%s: could not remove the stale converted copy %s (%s)", src, stale, e)
+    return out
+
+
+def stale_copies(src: str | os.PathLike, fmt: str, current: Path) -> list[Path]:
+    """The copies in ``current``'s folder that can no longer be reused: named ``<stem>.<fmt>.<key>.hdf5`` like
+    ``current``, converted from the same source path (their ``env_args['source']``), whose ``key`` is neither action
+    mode's key of the source as it is now at their image size (see the module docstring). Unreadable files are
+    left."""
+    src = Path(src).expanduser().resolve()
+    stem = current.name[: -len(".hdf5")].rsplit(".", 1)[0]  # "<stem>.<fmt>"
+    out = []
+    for path in sorted(current.parent.glob(f"{glob.escape(stem)}.*.hdf5")):
+        if path == current or path.name.count(".") != current.name.count("."):
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                env_args = json.loads(f["data"].attrs["env_args"])
+        except (OSError, KeyError, ValueError, TypeError):
+            continue  # not one of ours, or being written
+        source, size = env_args.get("source"), env_args.get("image_size")
+        if not isinstance(source, str) or Path(source).expanduser().resolve() != src:
+            continue
+        key = path.name[: -len(".hdf5")].rsplit(".", 1)[1]
+        if key not in {source_key(src, fmt, mode, size) for mode in ACTION_MODES}:
+            out.append(path)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
