@@ -215,5 +215,4 @@ def validate_offline_config(cfg: DictConfig) -> None:
 def validate_online_config(cfg: DictConfig) -> None:
     """Stage 3 (``configs/finetune.yaml``): raise ``ValueError`` naming the first key out of range."""
     _check_common(cfg, "finetune")
-    _check_section(cfg, "offline", TRAIN_CHECKS, "finetune")
     _check_section(cfg, "online", ONLINE_CHECKS, "finetune")

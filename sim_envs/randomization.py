@@ -13,7 +13,9 @@ Factors (each usable on its own or combined):
 Levels: ``none`` (nominal values, restored exactly), ``train``, ``eval_easy``, ``eval_hard``. Every
 evaluation range is disjoint from the training range of the same factor: eval scales lie outside the
 training interval, eval palettes use other hues, eval textures other patterns, eval camera/light jitter
-larger magnitudes. ``FACTOR_RANGES`` is the single table of all ranges.
+larger magnitudes. ``eval_hard`` is harder than ``eval_easy`` in every scale, angle, jitter and count, but
+shares its texture set and distractor hue band (so ``textures`` and distractor colours are not graded; measured
+results depend on that, see docs/claims.md). ``FACTOR_RANGES`` is the single table of all ranges.
 """
 from __future__ import annotations
 
