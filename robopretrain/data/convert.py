@@ -224,7 +224,7 @@ def stale_copies(src: str | os.PathLike, fmt: str, current: Path) -> list[Path]:
     left."""
     src = Path(src).expanduser().resolve()
     stem = current.name[: -len(".hdf5")].rsplit(".", 1)[0]  # "<stem>.<fmt>"
-    out = []
+    out, valid = [], {}  # image size -> the source's keys at it (hashing a folder's files once per size)
     for path in sorted(current.parent.glob(f"{glob.escape(stem)}.*.hdf5")):
         if path == current or path.name.count(".") != current.name.count("."):
             continue
@@ -234,10 +234,13 @@ def stale_copies(src: str | os.PathLike, fmt: str, current: Path) -> list[Path]:
         except (OSError, KeyError, ValueError, TypeError):
             continue  # not one of ours, or being written
         source, size = env_args.get("source"), env_args.get("image_size")
-        if not isinstance(source, str) or Path(source).expanduser().resolve() != src:
+        if (not isinstance(source, str) or Path(source).expanduser().resolve() != src
+                or not (size is None or isinstance(size, int))):
             continue
         key = path.name[: -len(".hdf5")].rsplit(".", 1)[1]
-        if key not in {source_key(src, fmt, mode, size) for mode in ACTION_MODES}:
+        if size not in valid:
+            valid[size] = {source_key(src, fmt, mode, size) for mode in ACTION_MODES}
+        if key not in valid[size]:
             out.append(path)
     return out
 
