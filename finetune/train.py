@@ -85,8 +85,11 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
                              "target's demos (data.path=/path/to/target_demos.hdf5, or target.demos) or "
                              "data.generate=true")
         return path
-    raise ValueError("config key data.path is not set and the checkpoint's data file is not available; give the "
-                     "target demos (data.path=/path/to/target_demos.hdf5) or data.generate=true")
+    recorded = ckpt_meta.get("data_path")
+    raise ValueError("config key data.path is not set and the checkpoint's data file is not available"
+                     + (f" (no file at {recorded}; a converted copy is removed when its source changes)" if recorded
+                        else "") + "; give the target demos (data.path=/path/to/target_demos.hdf5) or "
+                     "data.generate=true")
 
 
 def demo_obs_map(target: Target, info: Any, pretrained: Mapping[str, str] | None = None,
@@ -151,6 +154,8 @@ def warn_dropped_bc_term(ckpt_meta: dict[str, Any], algo_cfg: Any) -> str | None
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage-2 checkpoint -> online fine-tuning on ``cfg.target``; returns the history and where things are."""
     validate_online_config(cfg)
+    for key in ("dr", "eval_randomization"):  # checked before any env is built (a target's probe included)
+        build.randomization(cfg.get(key), where=key)
     settings = OnlineSettings.from_mapping(build.plain(cfg.online))
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +173,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
                          f"{target.name!r} is {target.family}")
     rand = build.randomization(cfg.get("dr")) if target.randomizable else "none"
     eval_rand = cfg.get("eval_randomization")
-    eval_rand = None if eval_rand is None else (build.randomization(eval_rand) if target.randomizable else "none")
+    eval_rand = None if eval_rand is None else (build.randomization(eval_rand, where="eval_randomization")
+                                                if target.randomizable else "none")
     if gap.enabled:  # the gap's source replaces dr; its target judges, unless eval_randomization says otherwise
         rand = gap.source
         eval_rand = gap.target if eval_rand is None else eval_rand

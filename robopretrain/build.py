@@ -153,23 +153,24 @@ def report_success_filter(algo_cfg: Any, dataset: Any, where: str, *, online: bo
     return kept
 
 
-def randomization(node: Any) -> Any:
+def randomization(node: Any, where: str = "dr") -> Any:
     """The env's ``randomization`` argument from a ``dr`` group entry or a level name (``none`` when unset or when
     the entry randomizes nothing). The entry is checked here, before any env is built (its keys are
-    :class:`sim_envs.randomization.RandomizationConfig`'s fields; its levels, factors and ranges known): raises
-    ``ValueError`` naming ``dr`` otherwise (a misspelt key was dropped, or failed inside the env)."""
+    :class:`sim_envs.randomization.RandomizationConfig`'s fields, null-valued ones included; its levels, factors and
+    ranges known): raises ``ValueError`` naming ``where`` (the config key the entry came from) otherwise (a misspelt
+    key was dropped, or failed inside the env)."""
     from sim_envs.env import as_randomization
 
     value = plain(node)
     if value is None:
         return "none"
-    if isinstance(value, Mapping):
-        value = {k: v for k, v in dict(value).items() if v is not None}
     try:
-        config = as_randomization(value)
+        config = as_randomization(value)  # unknown keys refused, null-valued ones too
+        if isinstance(value, Mapping):
+            value = {k: v for k, v in dict(value).items() if v is not None}  # null: the field's default
         levels = config.levels()
     except (TypeError, ValueError) as e:
-        raise ValueError(f"dr={value!r}: {e}") from None
+        raise ValueError(f"{where}={value!r}: {e}") from None
     if all(level == "none" for level in levels.values()) and not config.num_distractors:
         return "none"
     return value

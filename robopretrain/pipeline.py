@@ -36,7 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
-from robopretrain.build import compose, plain, reward_settings, success_filtered_bc
+from robopretrain.build import compose, plain, randomization, reward_settings, success_filtered_bc
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 
@@ -251,6 +251,14 @@ def check_encoder(cfg: DictConfig) -> None:
     if mode not in ENCODER_MODES:
         raise ValueError(f"encoder.mode={mode!r}; expected one of {list(ENCODER_MODES)}")
     EncoderSettings(precision=str(cfg.encoder.get("precision", "float32")))
+
+
+def check_randomizations(cfg: DictConfig) -> None:
+    """Refuse at start a malformed ``stage3.randomization`` or ``evaluate.settings`` entry (unknown key, level,
+    factor or range), which stage 3 and the evaluation would refuse only after the earlier stages have run."""
+    randomization(cfg.stage3.get("randomization"), where="stage3.randomization")
+    for name, entry in dict(plain(cfg.evaluate.get("settings")) or {}).items():
+        randomization(entry, where=f"evaluate.settings.{name}")
 
 
 def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -493,6 +501,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     cpu_settings.apply_from_config(cfg)
     check_algo_overrides(cfg)  # every start-up check before the run folder exists: a refused config leaves none
     check_encoder(cfg)
+    check_randomizations(cfg)
     log_stage_algos(cfg)
     check_targets(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "run_dir")

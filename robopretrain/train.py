@@ -79,6 +79,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Path:
     Under torchrun (``WORLD_SIZE`` > 1) it trains data-parallel (NCCL on GPUs, gloo on CPU); rank 0 writes.
     """
     validate_offline_config(cfg)
+    build.randomization(cfg.get("dr"))  # the evaluation envs' entry, checked before data collection builds any env
     if (cfg.get("obs") or {}).get("rgb") and not cfg.get("init"):  # the encoder settings, before any data is read
         EncoderSettings.from_mapping(build.plain(cfg.get("encoder")) or {}).resolved_mode()
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")

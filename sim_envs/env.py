@@ -35,8 +35,9 @@ PROPRIO_DIM = 7
 
 
 def as_randomization(value: str | Mapping[str, Any] | RandomizationConfig | None) -> RandomizationConfig:
-    """Accept a level name, a dict of ``RandomizationConfig`` fields, or a config. Raises ``ValueError`` for a key
-    that is not a field (its values are checked by :meth:`RandomizationConfig.levels`)."""
+    """Accept a level name, a dict of ``RandomizationConfig`` fields (a null value keeps the field's default), or a
+    config. Raises ``ValueError`` for a key that is not a field, null-valued or not (its values are checked by
+    :meth:`RandomizationConfig.levels`)."""
     if value is None:
         return RandomizationConfig()
     if isinstance(value, RandomizationConfig):
@@ -47,7 +48,7 @@ def as_randomization(value: str | Mapping[str, Any] | RandomizationConfig | None
     unknown = sorted(set(dict(value)) - set(fields))
     if unknown:
         raise ValueError(f"randomization: unknown key(s) {unknown}; valid keys: {fields}")
-    return RandomizationConfig(**dict(value))
+    return RandomizationConfig(**{k: v for k, v in dict(value).items() if v is not None})
 
 
 class TabletopEnv(gym.Env):

@@ -20,6 +20,7 @@ results depend on that, see docs/claims.md). ``FACTOR_RANGES`` is the single tab
 from __future__ import annotations
 
 import colorsys
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -108,6 +109,12 @@ class RandomizationConfig:
     def levels(self) -> dict[str, str]:
         if self.level not in LEVELS:
             raise ValueError(f"unknown randomization level {self.level!r}; expected one of {LEVELS}")
+        if isinstance(self.factors, str):  # iterating it would name its letters as factors
+            raise ValueError(f"randomization factors={self.factors!r}: expected a list of factor names, e.g. "
+                             f"[{self.factors}]")
+        if self.num_distractors is not None and (isinstance(self.num_distractors, bool) or not isinstance(
+                self.num_distractors, numbers.Integral) or self.num_distractors < 0):
+            raise ValueError(f"randomization num_distractors={self.num_distractors!r}: expected an integer >= 0")
         chosen = FACTORS if self.factors is None else tuple(self.factors)
         for name in chosen:
             if name not in FACTORS:

@@ -50,10 +50,21 @@ def test_randomization_argument_from_a_dr_entry(node, expected):
     ("trian", "unknown randomization level 'trian'"),
     ({"level": "train", "factors": ["fricton"]}, "unknown randomization factor 'fricton'"),
     ({"level": "none", "ranges": {"friction": [[0.4, 0.5]]}}, "is given a range but is not randomized"),
+    ({"level": "train", "bogus": None}, r"unknown key\(s\) \['bogus'\]"),  # a null value hid the misspelt key
+    ({"level": "train", "factors": "friction"}, r"factors='friction': expected a list"),  # was "factor 'f'"
+    ({"level": "train", "num_distractors": -2}, r"num_distractors=-2: expected an integer >= 0"),
+    ({"level": "train", "num_distractors": "3"}, r"num_distractors='3': expected an integer >= 0"),
 ])
 def test_randomization_entry_is_checked_before_an_env_is_built(node, match):
     with pytest.raises(ValueError, match=match):
         build.randomization(OmegaConf.create(node) if isinstance(node, dict) else node)
+
+
+def test_a_randomization_error_names_the_key_the_entry_came_from():
+    with pytest.raises(ValueError, match=r"^eval_randomization=\{'level': 'eval_hard', 'factor'"):
+        build.randomization(OmegaConf.create({"level": "eval_hard", "factor": ["friction"]}), where="eval_randomization")
+    with pytest.raises(ValueError, match=r"^dr="):
+        build.randomization("trian")
 
 
 def test_generated_data_is_collected_into_the_run_folder_once_and_reused(tmp_path, monkeypatch):

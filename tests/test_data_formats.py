@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from _stages import stage2_config
 from robopretrain.checkpoint import load_agent
 from robopretrain.data.convert import as_robomimic, convert, detect_format, main as convert_main
 from robopretrain.data.episodes import ConversionError, to_uint8_hwc
+from robopretrain.data.frames import index_dir
 from robopretrain.data.inspect import inspect
 from robopretrain.train import run
 
@@ -370,17 +372,45 @@ def test_a_new_conversion_removes_the_copies_that_cannot_be_reused(tmp_path):
     old = [as_robomimic(src, cache_dir=cache), as_robomimic(src, cache_dir=cache, actions="keep"),
            as_robomimic(src, cache_dir=cache, image_size=8)]
     assert len({other, *old}) == 4
-    again = as_robomimic(src, cache_dir=cache, actions="keep")  # reused: nothing is removed
-    assert again == old[1] and all(p.is_file() for p in [other, *old])
+    assert all(p.is_file() for p in [other, *old])  # the second and third conversions removed no valid copy
+    for copy in (other, old[0]):  # frame indexes (data.storage=disk) beside two copies
+        index_dir(copy).mkdir()
+        (index_dir(copy) / "agentview_image.u8").write_bytes(b"x")
     F.write_ogbench(src, trajectories=3)
     os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
     new = as_robomimic(src, cache_dir=cache, image_size=8)
-    # every copy of the old source is gone (each mode and size); another source's copy of the same name stays
-    assert sorted(cache.iterdir()) == sorted([other, new]) and len(demos(new)) == 3
+    # every copy of the old source is gone (each mode and size), with its frame index; another source's copy of the
+    # same name stays, with its index
+    assert sorted(cache.iterdir()) == sorted([other, index_dir(other), new]) and len(demos(new)) == 3
+    shutil.rmtree(index_dir(other))
     with h5py.File(other, "a") as f:  # a copy from another converter version (its key no longer the source's)
         f["data"].attrs["env_args"] = json.dumps({**json.loads(f["data"].attrs["env_args"]), "source": str(src)})
     stale = other.rename(cache / f"o.ogbench.{'0' * 16}.hdf5")
     assert as_robomimic(src, cache_dir=cache) != new and not stale.exists() and new.is_file()
+
+
+def test_a_relative_source_path_prunes_only_its_own_copies(tmp_path, monkeypatch):
+    """Two projects' ``data.path=o.npz`` name two files: each copy records its absolute source, so converting one
+    never removes the other's (the cache folder is shared by every project)."""
+    cache = tmp_path / "cache"
+    copies = []
+    for project, n in (("a", 2), ("b", 3)):
+        (tmp_path / project).mkdir()
+        F.write_ogbench(tmp_path / project / "o.npz", trajectories=n)
+        monkeypatch.chdir(tmp_path / project)
+        copies.append(as_robomimic("o.npz", cache_dir=cache))
+        with h5py.File(copies[-1], "r") as f:
+            assert json.loads(f["data"].attrs["env_args"])["source"] == str(tmp_path / project / "o.npz")
+    assert copies[0] != copies[1] and all(c.is_file() for c in copies)
+    assert [len(demos(c)) for c in copies] == [2, 3]
+    # a copy recording a relative source (written before paths were absolute) is left: which file it named is unknown
+    with h5py.File(copies[0], "a") as f:
+        f["data"].attrs["env_args"] = json.dumps({**json.loads(f["data"].attrs["env_args"]), "source": "o.npz"})
+    legacy = copies[0].rename(cache / f"o.ogbench.{'0' * 16}.hdf5")
+    F.write_ogbench(tmp_path / "b" / "o.npz", trajectories=4)
+    os.utime(tmp_path / "b" / "o.npz", ns=(time.time_ns(), time.time_ns() + 10**9))
+    newer = as_robomimic("o.npz", cache_dir=cache)
+    assert sorted(cache.iterdir()) == sorted([legacy, newer])  # b's old copy removed, the legacy one left
 
 
 def test_convert_cli_and_errors(tmp_path, capsys):

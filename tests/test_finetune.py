@@ -132,6 +132,18 @@ def test_a_checkpoint_of_another_algorithm_family_is_refused(reach_hdf5, stage2_
     assert not (tmp_path / "iql" / "checkpoints").exists()
 
 
+def test_a_malformed_eval_randomization_is_refused_before_the_checkpoint_or_an_env(tmp_path, monkeypatch):
+    from finetune import train as stage3
+
+    def load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before eval_randomization was checked")
+
+    monkeypatch.setattr(stage3, "load_agent", load)
+    cfg = stage3_config(tmp_path / "ckpt", tmp_path / "run", "Reach", eval_randomization={"level": "eval_hrad"})
+    with pytest.raises(ValueError, match=r"^eval_randomization=.*unknown randomization level 'eval_hrad'"):
+        finetune(cfg)
+
+
 def parallel_cfg(data: Path, checkpoint: Path, out: Path, asynchronous: bool):
     return state_cfg(checkpoint, data, out, dr="none", online={
         "num_envs": 2, "utd": 2, "asynchronous": asynchronous, "eval_every": 100000, "checkpoint_every": 40,

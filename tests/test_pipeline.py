@@ -135,6 +135,23 @@ def test_a_dense_reward_target_with_the_success_filter_stops_before_any_stage(tm
     assert not (tmp_path / "run" / "data").exists()
 
 
+@pytest.mark.parametrize("override,where", [
+    ("+stage3.randomization.factor=[friction]", "stage3.randomization"),  # misspelt 'factors'
+    ("+evaluate.settings.hard={level: eval_hrad}", "evaluate.settings.hard"),
+])
+def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp_path, override, where):
+    """Stage 3's and the evaluation's entries are read hours into a run: refused at start, naming the key."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[override, "encoder.mode=scratch"])
+    with pytest.raises(ValueError, match=rf"^{where}="):
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_common_algo_overrides_reach_only_the_algorithms_that_have_them(tmp_path):
     """``algo_overrides`` holds CQL keys (``n_actions``, the actor's BC term); a stage running IQL or BC gets only
     the keys its config has, so ``stage2.algo=iql`` builds an agent instead of failing on ``n_actions``."""

@@ -205,6 +205,19 @@ def test_bad_configs_name_the_problem(image_hdf5, tiny_hdf5, tmp_path):
     assert issubclass(DatasetError, ValueError)
 
 
+def test_a_malformed_dr_entry_is_refused_before_data_collection_builds_an_env(tmp_path, monkeypatch):
+    from robopretrain import build
+
+    def collect(*args, **kwargs):
+        raise AssertionError("data collection started before dr was checked")
+
+    monkeypatch.setattr(build, "resolve_data_path", collect)
+    cfg = stage2_config(tmp_path / "demos.hdf5", tmp_path / "run", data_cfg={"generate": True},
+                        dr={"level": "train", "factor": ["friction"]})  # misspelt 'factors'
+    with pytest.raises(ValueError, match=r"^dr=.*unknown key\(s\) \['factor'\]"):
+        run(cfg)
+
+
 def test_nan_loss_stops_before_the_checkpoint_is_written(tiny_hdf5, tmp_path):
     """A reward scale of 1e38 makes the Cal-QL critic loss inf: the run stops at the first metrics step (log_every 2)
     before any checkpoint exists."""

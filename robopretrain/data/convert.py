@@ -23,8 +23,10 @@ which converts ``SRC`` on first use into the cache folder ``data.cache_dir``, el
 its files, the format, the action mode, the image size and :data:`CONVERTER_VERSION`, so an edited source (or a newer
 converter) is converted again and an unchanged one is reused. A new conversion removes the copies of the same source
 path and format that can no longer be reused (made before the source was edited, or by an older converter: their key
-is no longer the source's at their action mode and image size), so the cache does not grow with each edit; copies
-of other sources, and reusable ones at other image sizes or action modes, stay. A robomimic file is used where it is.
+is no longer the source's at their action mode and image size), with their frame index (``data.storage=disk``),
+so the cache does not grow with each edit; copies of other sources, and reusable ones at other image sizes or action
+modes, stay. A stage-2 checkpoint records the copy it trained on: stage 3 without ``data.path`` then asks for the
+data once that copy is gone. A robomimic file is used where it is.
 
 Cameras that are not square (LeRobot and Minari recordings are often 480 x 640) or larger than the agent should see:
 ``--image-size S`` (stages: ``data.image_size=S``) resizes every camera frame to ``S x S`` while converting, with
@@ -41,6 +43,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -48,6 +51,7 @@ from pathlib import Path
 import h5py
 
 from robopretrain.data.episodes import ACTION_MODES, ConversionError, Episode, check_image_size, write_robomimic
+from robopretrain.data.frames import index_dir
 from robopretrain.data.read_d4rl import is_d4rl, read_d4rl
 from robopretrain.data.read_lerobot import is_lerobot, read_lerobot
 from robopretrain.data.read_minari import dataset_id, is_minari, read_minari
@@ -150,7 +154,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
         raise ConversionError(f"{dst}: exists (pass --overwrite to replace it)")
     if dst.resolve() == src.resolve():
         raise ConversionError(f"{dst}: the output would replace the source")
-    return write_robomimic(dst, READERS[fmt](src), source=str(src), fmt=fmt, env_name=_env_name(src, fmt),
+    # the source's absolute path: a cached copy names (and is pruned by) the file itself, not a path relative to
+    # whichever folder the run started in
+    return write_robomimic(dst, READERS[fmt](src), source=str(src.expanduser().resolve()), fmt=fmt,
+                           env_name=_env_name(src, fmt),
                            actions=actions, image_size=check_image_size(image_size))
 
 
@@ -211,6 +218,7 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
     for stale in stale_copies(src, fmt, out):
         try:
             stale.unlink()  # a process still reading it keeps its open file (POSIX)
+            shutil.rmtree(index_dir(stale), ignore_errors=True)  # its frame index (data.storage=disk), often larger
             log.info("%s: removed the converted copy it replaces, %s", src, stale)
         except OSError as e:  # another process removed it first, or a read-only cache: keep going
             log.warning("%s: could not remove the stale converted copy %s (%s)", src, stale, e)
@@ -219,9 +227,10 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
 
 def stale_copies(src: str | os.PathLike, fmt: str, current: Path) -> list[Path]:
     """The copies in ``current``'s folder that can no longer be reused: named ``<stem>.<fmt>.<key>.hdf5`` like
-    ``current``, converted from the same source path (their ``env_args['source']``), whose ``key`` is neither action
-    mode's key of the source as it is now at their image size (see the module docstring). Unreadable files are
-    left."""
+    ``current``, converted from the same source file (their ``env_args['source']``, an absolute path), whose ``key``
+    is neither action mode's key of the source as it is now at their image size (see the module docstring).
+    Unreadable files are left, and so are copies recording a relative source path (written before the path was
+    made absolute: which file it named depends on the folder it was converted from)."""
     src = Path(src).expanduser().resolve()
     stem = current.name[: -len(".hdf5")].rsplit(".", 1)[0]  # "<stem>.<fmt>"
     out, valid = [], {}  # image size -> the source's keys at it (hashing a folder's files once per size)
@@ -234,7 +243,7 @@ def stale_copies(src: str | os.PathLike, fmt: str, current: Path) -> list[Path]:
         except (OSError, KeyError, ValueError, TypeError):
             continue  # not one of ours, or being written
         source, size = env_args.get("source"), env_args.get("image_size")
-        if (not isinstance(source, str) or Path(source).expanduser().resolve() != src
+        if (not isinstance(source, str) or not Path(source).is_absolute() or Path(source).resolve() != src
                 or not (size is None or isinstance(size, int))):
             continue
         key = path.name[: -len(".hdf5")].rsplit(".", 1)[1]
