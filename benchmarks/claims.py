@@ -302,10 +302,11 @@ def plot(runs: dict[str, Any], targets: Sequence[str], path: Path) -> Path | Non
     present = [t for t in targets if _per_seed(runs, FULL, t, "final")]
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.2), squeeze=False)
+    labels = sorted({k.split("/")[0] for k in runs}, key=lambda x: (split_label(x)[1] or 0, list(VARIANTS).index(
+        split_label(x)[0])))
+    width = max(4.5, 0.6 * len(labels) + 1.0)  # room for each label: they overlapped at nine
+    fig, axes = plt.subplots(1, len(present), figsize=(width * len(present), 3.8), squeeze=False)
     for ax, target in zip(axes[0], present):
-        labels = sorted({k.split("/")[0] for k in runs}, key=lambda x: (split_label(x)[1] or 0, list(VARIANTS).index(
-            split_label(x)[0])))
         names = [v for v in labels if _per_seed(runs, v, target, "final")]
         for j, key in enumerate(("offline", "final")):
             for i, v in enumerate(names):
@@ -313,7 +314,7 @@ def plot(runs: dict[str, Any], targets: Sequence[str], path: Path) -> Path | Non
                 x = i + (j - 0.5) * 0.38
                 ax.bar(x, np.mean(vals), 0.36, color=("#9ecae1", "#3182bd")[j], label=key if i == 0 else None)
                 ax.plot([x] * len(vals), vals, "k.", ms=4)
-        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{target}: success on nominal episodes", fontsize=9)
         ax.legend(fontsize=7)
