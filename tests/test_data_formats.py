@@ -18,7 +18,7 @@ import _formats as F
 from _stages import stage2_config
 from robopretrain.checkpoint import load_agent
 from robopretrain.data.convert import as_robomimic, convert, detect_format, main as convert_main
-from robopretrain.data.episodes import ConversionError, to_uint8_hwc
+from robopretrain.data.episodes import ConversionError, image_layout, is_image, to_uint8_hwc
 from robopretrain.data.frames import index_dir
 from robopretrain.data.inspect import inspect
 from robopretrain.train import run
@@ -411,6 +411,19 @@ def test_a_relative_source_path_prunes_only_its_own_copies(tmp_path, monkeypatch
     os.utime(tmp_path / "b" / "o.npz", ns=(time.time_ns(), time.time_ns() + 10**9))
     newer = as_robomimic("o.npz", cache_dir=cache)
     assert sorted(cache.iterdir()) == sorted([legacy, newer])  # b's old copy removed, the legacy one left
+
+
+@pytest.mark.parametrize("shape,dtype,layout", [
+    ((8, 8, 3), "uint8", "channels_last"), ((16, 16, 4), "float32", "channels_last"),
+    ((3, 8, 8), "uint8", "channels_first"), ((1, 16, 12), "float32", "channels_first"),
+    ((3, 8, 3), "uint8", None), ((7, 7, 3), "uint8", None), ((3, 3, 3), "uint8", None),  # sides under 8
+    ((8, 8), "uint8", "grey"), ((8, 8), "float32", None), ((7, 9), "uint8", None), ((8,), "uint8", None),
+    ((4, 8, 8, 3), "uint8", None),
+])
+def test_one_rule_says_which_arrays_are_cameras(shape, dtype, layout):
+    """The converters and inspect read cameras by one rule: a per-step shape's layout, and is_image on (N, ...)."""
+    assert image_layout(shape, dtype) == layout
+    assert is_image(np.zeros((2, *shape), dtype)) == (layout is not None)
 
 
 def test_convert_cli_and_errors(tmp_path, capsys):

@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,15 +136,30 @@ def check_image_size(image_size: int | None) -> int | None:
     return int(image_size)
 
 
+def image_layout(step_shape: Sequence[int], dtype: Any) -> str | None:
+    """How a per-step array of ``step_shape`` and ``dtype`` is a picture: ``"channels_last"`` (H, W, C) or
+    ``"channels_first"`` (C, H, W) with C in 1, 3, 4 and H, W >= 8 (channels last wins when both fit), ``"grey"``
+    for uint8 (H, W) with H, W >= 8 (gymnasium's ``GrayscaleObservation``; a uint8 grid of that size is read as a
+    picture too), else None. The one rule the converters (:func:`is_image`) and ``inspect`` read cameras by."""
+    s = tuple(int(n) for n in step_shape)
+    if len(s) == 2:
+        try:
+            grey = np.dtype(dtype) == np.uint8
+        except TypeError:  # a dtype name numpy does not know: not a picture
+            grey = False
+        return "grey" if grey and min(s) >= 8 else None
+    if len(s) != 3:
+        return None
+    if s[-1] in (1, 3, 4) and min(s[0], s[1]) >= 8:
+        return "channels_last"
+    if s[0] in (1, 3, 4) and min(s[1], s[2]) >= 8:
+        return "channels_first"
+    return None
+
+
 def is_image(array: np.ndarray) -> bool:
-    """A per-step array that is a picture: (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4 and H, W >= 8, or uint8
-    grey frames (N, H, W) with H, W >= 8 (gymnasium's ``GrayscaleObservation``; a uint8 grid of that size is read as
-    a picture too)."""
-    s = array.shape
-    if array.ndim == 3:
-        return array.dtype == np.uint8 and min(s[1], s[2]) >= 8
-    return array.ndim == 4 and ((s[-1] in (1, 3, 4) and min(s[1], s[2]) >= 8)
-                                or (s[1] in (1, 3, 4) and min(s[2], s[3]) >= 8))
+    """A per-step array (N, ...) that is a picture by :func:`image_layout`."""
+    return array.ndim in (3, 4) and image_layout(array.shape[1:], array.dtype) is not None
 
 
 def as_part(array: np.ndarray, where: str) -> np.ndarray:

@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from robopretrain.data.convert import as_robomimic, detect_format
-from robopretrain.data.episodes import ConversionError
+from robopretrain.data.episodes import ConversionError, image_layout
 from robopretrain.data.video import (MANIFEST_NAME, VideoDatasetError, VideoEntry, read_frames,
                                      read_manifest, count_frames)
 
@@ -214,18 +214,15 @@ def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str
 
 def layout_note(shape: tuple[int, ...], dtype: str) -> str:
     """What the toolkit's camera contract (uint8 ``(H, W, 3)``, square) says of a per-step shape that looks like a
-    picture (:func:`robopretrain.data.episodes.is_image`'s rule), or "" when nothing."""
-    if len(shape) == 2 and dtype == "uint8" and min(shape) >= 8:
+    picture (:func:`robopretrain.data.episodes.image_layout`'s rule), or "" when nothing."""
+    layout = image_layout(shape, dtype)
+    if layout is None:
+        return ""
+    if layout == "grey":
         return "grey frames without a channel? cameras are read as (H, W, 3): write them (H, W, 3)"
-    if len(shape) != 3:
-        return ""
-    channels_last = shape[-1] in (1, 3, 4) and min(shape[0], shape[1]) >= 8
-    channels_first = shape[0] in (1, 3, 4) and min(shape[1], shape[2]) >= 8 and not channels_last
-    if not (channels_last or channels_first):
-        return ""
     if dtype != "uint8":
         return "an image of dtype {}: cameras are read as uint8 (0-255)".format(dtype)
-    if channels_first:
+    if layout == "channels_first":
         return "channels first? cameras are read as (H, W, 3): write the frames channels last"
     h, w, c = shape
     if c != 3:
