@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import time
 from collections.abc import Sequence
@@ -23,14 +22,11 @@ TARGET_PRESETS = {"CloseDrawerPressButton": "testbed_combination"}
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name with the vector instruction set torch runs with, e.g. ``AMD EPYC (AVX2)``: the model name
+    alone does not say which machine computed a number (two "AMD EPYC" sessions ran AVX-512 and AVX2)."""
+    from robopretrain.nets.kernels import cpu_capability, cpu_model as model
+
+    return f"{model()} ({cpu_capability()})"
 
 
 def load_average() -> list[float]:

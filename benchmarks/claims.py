@@ -399,6 +399,7 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
             # a reused run (the testbed's, an earlier call's) shows [] here: its stages ran at another commit
             info["stages_run"] = sorted(finished_stages(folder) - before)
             info["commit"] = git_commit(ROOT)
+            info["cpu"] = cpu_model()  # per run: one file holds runs of several machines
             measured = run_logged([sys.executable, str(Path(__file__).resolve()), "measure", "--folder", str(folder),
                                    "--target", target, "--episodes", str(args.episodes), "--eval-every",
                                    str(eval_every[variant])], folder, ROOT)

@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             except FileNotFoundError as e:
                 info["error"] = f"unfinished: {e}"
             info["commit"] = git_commit(ROOT)
+            info["cpu"] = cpu_model()  # per run: one file holds runs of several machines
             results["runs"][key] = info
             write_json_atomic(args.out, results)
             print(f"{key}: {info.get('measured', {}).get('nominal', info.get('error'))}", flush=True)

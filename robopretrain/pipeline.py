@@ -39,6 +39,7 @@ from robopretrain import cpu_settings
 from robopretrain.build import compose, plain, randomization, reward_settings, success_filtered_bc
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
+from robopretrain.nets.kernels import machine_record
 
 log = logging.getLogger(__name__)
 
@@ -535,7 +536,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         algo = {"algo": {"name": str(cfg[stage].algo), **stage_algo(cfg, stage)}} if stage in RL_STAGES else {}
         write_json(run_dir / stage / DONE, {"stage": stage, "seconds": seconds, "result": result,
                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **algo,
-                                            "settings": stage_settings(cfg, stage)})
+                                            "settings": stage_settings(cfg, stage), "machine": machine_record()})
         ran[stage] = seconds
         print(f"[pipeline] {stage} done in {seconds:.1f} s", flush=True)
     report = write_report(cfg, run_dir)

@@ -120,6 +120,8 @@ def test_choice_is_probed_once_cached_per_machine_and_reused():
     data = json.loads(kernels.cache_path().read_text())
     (machine,) = data
     assert kernels.cpu_model() in machine and torch.__version__ in machine
+    assert f"({kernels.cpu_capability()})" in machine  # a model name hides whether AVX-512 is there
+    assert kernels.machine_record()["kernels"]["toy"] == "fast"
     assert f"{torch.get_num_threads()} threads" in machine
     entry = data[machine]["toy"]
     assert entry["choice"] == "fast" and set(entry["ms"]) == {"slow", "fast"}

@@ -74,6 +74,11 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     assert all(0.0 <= r["success"] <= 1.0 for r in results["Arm"].values())
     s3 = json.loads((run / "stage3" / "Arm" / "done.json").read_text())
     assert 0.0 <= s3["final_success"] <= 1.0
+    from robopretrain.nets import kernels
+
+    machine = json.loads((run / "stage3" / "done.json").read_text())["machine"]  # where the numbers were computed
+    assert machine["cpu_capability"] == kernels.cpu_capability() and machine["cpu"] == kernels.cpu_model()
+    assert isinstance(machine["kernels"], dict)
     rows = [json.loads(x) for x in (run / "stage3" / "Arm" / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows if "eval/success" in r] == [0, 6, 12]
     report = (run / "report.md").read_text()

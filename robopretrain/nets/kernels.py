@@ -8,7 +8,7 @@ least 4 rounds, up to 50 for cheap passes within about half a second; a private 
 random stream is untouched), the fastest (minimum over the passes, which discards passes slowed by other
 processes) is used, and the result is cached in
 ``~/.cache/robopretrain/kernels.json`` (``ROBOPRETRAIN_CACHE_DIR`` moves it) under the key
-``"<CPU model> | torch <version> | <n> threads"``, so later runs on the machine skip the probe. A probe costs
+``"<CPU model> (<torch's vector instruction set>) | torch <version> | <n> threads"``, so later runs on the machine skip the probe. A probe costs
 0.5-2 s per pass shape (a handful per agent); passes below :data:`PROBE_MIN_FLOPS` are not probed. The choice
 costs one dict lookup per call after that.
 
@@ -65,9 +65,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+@functools.cache
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels use here (``torch.backends.cpu.get_cpu_capability()``:
+    ``DEFAULT``, ``AVX2``, ``AVX512``, ...). Machines of one model name differ in it (a hypervisor may hide AVX-512:
+    two "AMD EPYC" sessions of this project ran AVX-512 and AVX2), and it changes speed and the rounding of results."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
 def machine_key() -> str:
-    """Cache key of the machine: CPU model, torch version, torch thread count."""
-    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    """Cache key of the machine: CPU model with torch's vector instruction set, torch version, torch thread count."""
+    return f"{cpu_model()} ({cpu_capability()}) | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def machine_record() -> dict[str, object]:
+    """Where a run's numbers were computed, for its records: CPU model, torch's vector instruction set, torch
+    version, thread count, and the kernel path this process chose for each product shape so far. Two runs agree to
+    the bit only where all of these do (the paths compute the same functions, with different rounding)."""
+    return {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "kernels": {k.split(" || ", 1)[1]: v["choice"] for k, v in choices_made().items()}}
 
 
 def cache_path() -> Path:
@@ -268,10 +288,12 @@ __all__ = [
     "cache_path",
     "choices_made",
     "choose",
+    "cpu_capability",
     "cpu_model",
     "critic_kernel",
     "forced_path",
     "linear_kernel",
     "machine_key",
+    "machine_record",
     "time_candidates",
 ]
