@@ -172,6 +172,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         raise ValueError(f"gap={gap.name}: a gap is a randomization setting of sim_envs targets; target "
                          f"{target.name!r} is {target.family}")
     rand = build.randomization(cfg.get("dr")) if target.randomizable else "none"
+    if not target.randomizable and (build.randomization(cfg.get("dr")) != "none" or build.randomization(
+            cfg.get("eval_randomization"), where="eval_randomization") != "none"):
+        log.warning("target %r (%s): physics / visual randomization and distractors exist for sim_envs targets only; "
+                    "dr and eval_randomization are not applied, every episode is nominal (dr=none says so quietly)",
+                    target.name, target.family)
     eval_rand = cfg.get("eval_randomization")
     eval_rand = None if eval_rand is None else (build.randomization(eval_rand, where="eval_randomization")
                                                 if target.randomizable else "none")

@@ -7,6 +7,7 @@ Every stage-2 checkpoint here is written by stage 2 itself (``robopretrain.train
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +323,21 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
     assert_same(a.weights, b.weights)
     assert_same(a.state["online"], b.state["online"], "online counters")
     assert resumed["history"] == clean["history"]
+
+
+def test_randomization_on_a_target_that_has_none_is_said_not_applied(robosuite_demos, tmp_path, caplog):
+    """The default dr (train_all) on a gym target: nominal episodes, and the run says so (it was silent)."""
+    ckpt = robosuite_stage2(robosuite_demos, tmp_path / "s2")
+    with caplog.at_level(logging.WARNING, logger="finetune.train"):
+        finetune(stage3_config(ckpt, tmp_path / "run", {**ROBOSUITE_TARGET, "demos": str(robosuite_demos)},
+                               env_steps=4, dr="train_all"))
+    warned = [r.getMessage() for r in caplog.records if "sim_envs targets only" in r.getMessage()]
+    assert len(warned) == 1 and "'reach' (gym)" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="finetune.train"):
+        finetune(stage3_config(ckpt, tmp_path / "quiet", {**ROBOSUITE_TARGET, "demos": str(robosuite_demos)},
+                               env_steps=4, dr="none"))
+    assert not [r for r in caplog.records if "sim_envs targets only" in r.getMessage()]
 
 
 @pytest.mark.parametrize("keep_env_key", [False, True], ids=["moved", "both_columns"])

@@ -503,3 +503,27 @@ def test_a_metaworld_target_renders_the_agents_cameras():
         env.close()
     assert obs["agentview_image"].shape == obs["eye_in_hand_image"].shape == (32, 32, 3)
     assert not np.array_equal(obs["agentview_image"], obs["eye_in_hand_image"])
+
+
+def test_a_metaworld_target_refuses_a_camera_it_does_not_have_flipped_frames_and_a_misspelt_task():
+    """An obs_map naming no Meta-World camera was left out and the corner camera filmed in its place; flip_images
+    turned the adapter's upright frames upside down; a misspelt task surfaced only when its env was built."""
+    from robopretrain.envs.target import Target, make_env
+
+    for wrong in ("frontview_image", "topview"):
+        with pytest.raises(ValueError, match=rf"no Meta-World camera gives \['{wrong}'\].*topview_image \(topview\)"):
+            make_env(Target(name="reach", family="metaworld", obs_map={"agentview_image": wrong}),
+                     ("agentview_image",), 32)
+    top = make_env(Target(name="reach", family="metaworld", obs_map={"agentview_image": "topview_image"}),
+                   ("agentview_image",), 32)
+    corner = make_env(Target(name="reach", family="metaworld"), ("agentview_image",), 32)
+    try:
+        a, b = top.reset(seed=0)[0]["agentview_image"], corner.reset(seed=0)[0]["agentview_image"]
+    finally:
+        top.close()
+        corner.close()
+    assert a.shape == b.shape == (32, 32, 3) and not np.array_equal(a, b)  # the top view, not the corner's
+    with pytest.raises(ValueError, match="flip_images=true on a Meta-World target"):
+        Target(name="reach", family="metaworld", flip_images=True)
+    with pytest.raises(ValueError, match="unknown Meta-World task 'button-pres-v3'"):
+        Target(name="button-pres-v3", family="metaworld")

@@ -3,6 +3,7 @@
 limit, upright images), usable in a vector env and from a picklable factory."""
 from __future__ import annotations
 
+import logging
 import pickle
 
 import gymnasium as gym
@@ -75,6 +76,21 @@ def test_the_env_speaks_our_names_and_reward_convention():
     # bad input, reported in one line by the entry points (a new user got a KeyError traceback), without quotes
     assert isinstance(exc.value, known_errors()) and type(exc.value) is EnvContractError
     assert str(exc.value).startswith("target 'reach': info has no 'done_ok'")
+    # a named success_key the env lacks is refused under a dense reward too (declaring dense was the message's way
+    # out, and success then silently read 0)
+    with pytest.raises(EnvContractError, match="info has no 'done_ok'"):
+        rollout(make_env(robot(reward="dense", success_key="done_ok", terminate_on_success=False,
+                               max_episode_steps=3)))
+
+
+def test_a_dense_target_without_a_success_signal_says_so_once(caplog):
+    env = make_env(Target(name="pend", env_id="Pendulum-v1", task_id=0, reward="dense", max_episode_steps=5))
+    env.reset(seed=0)
+    with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):
+        infos = [env.step(np.zeros(1, np.float32))[-1] for _ in range(3)]
+    assert not any(i["success"] for i in infos)
+    warned = [r.getMessage() for r in caplog.records if "no episode counts as a success" in r.getMessage()]
+    assert len(warned) == 1 and "info has no 'success'" in warned[0]
 
 
 def test_gymnasium_module_id_form_and_unknown_ids_or_modules_are_named(tmp_path, monkeypatch):
@@ -194,3 +210,11 @@ def test_an_env_with_no_time_limit_is_capped_with_a_warning_once(monkeypatch, ca
         finally:
             del fake.RobosuiteLikeEnv.max_episode_steps
     assert "no time limit" not in caplog.text
+
+
+def test_an_env_kwarg_the_env_does_not_take_is_one_line_naming_env_kwargs():
+    """A keyword the env's constructor does not take was a TypeError traceback from inside it."""
+    with pytest.raises(ValueError, match=r"unexpected keyword argument 'imag_size'.*it takes .*image_size"):
+        make_env(Target(name="arm", env_id="_fake_envs:RobosuiteLikeEnv", task_id=0, env_kwargs={"imag_size": 9}))
+    with pytest.raises(ValueError, match=r"'gravty'.*check the target's env_kwargs"):
+        make_env(Target(name="p", env_id="Pendulum-v1", task_id=0, reward="dense", env_kwargs={"gravty": 9.0}))

@@ -35,8 +35,9 @@ cheap picklable factory for spawned worker processes.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ SIM_ENVS, METAWORLD, GYM = "sim_envs", "metaworld", "gym"
 FAMILIES = (SIM_ENVS, METAWORLD, GYM)
 REWARDS = ("sparse", "dense")
 OBSERVATION = "observation"  # the part name of a non-dict observation
+DEFAULT_SUCCESS_KEY = "success"  # a target's success_key unless it names another
 METAWORLD_ENTRY = "robopretrain.envs.metaworld:MetaWorldEnv"
 # MetaWorldEnv keywords a demo file's env_args carry over to its targets (cameras and image size come from the agent)
 METAWORLD_SETTINGS = ("max_episode_steps", "reward", "terminate_on_success", "mesh_cell")
@@ -70,7 +72,7 @@ class Target:
     demos: str | None = None  # this target's demonstrations: robomimic HDF5, or another format (converted on use)
     max_episode_steps: int | None = None  # TimeLimit (None: the env's own)
     reward: str = "sparse"  # sparse: float(success) | dense: the env's own reward
-    success_key: str = "success"  # the info key that says the task is done
+    success_key: str = DEFAULT_SUCCESS_KEY  # the info key that says the task is done
     terminate_on_success: bool = True
     flip_images: bool = False  # the env's images are upside down
     action_normalization: dict[str, Any] | None = None  # {low, high}: the env's units of the agent's [-1, 1] actions
@@ -89,7 +91,16 @@ class Target:
 
             if self.name not in tasks.TASKS:
                 raise ValueError(f"target {self.name!r} is not a sim_envs task ({sorted(tasks.TASKS)}); give "
-                                 "family/env_id for another env")
+                                 "family/env_id for another env (family: metaworld for a Meta-World task)")
+        if self.family == METAWORLD:
+            from robopretrain.envs.metaworld import task_name  # no Meta-World install needed for the names
+
+            task_name(self.name)  # a misspelt task is refused here, before any stage runs
+            if self.flip_images:
+                raise ValueError(f"target {self.name!r}: flip_images=true on a Meta-World target; the adapter's "
+                                 "frames are upright already (flipping them shows the agent an upside-down scene). "
+                                 "Demos recorded with Meta-World's own renderer are upside down: rotate their "
+                                 "frames by 180 degrees when writing the file")
         self.env_kwargs = dict(self.env_kwargs or {})
         self.obs_map = {str(k): str(v) for k, v in dict(self.obs_map or {}).items()}
         if self.action_normalization is not None:
@@ -196,14 +207,35 @@ def _construct(env_id: str, kwargs: Mapping[str, Any], max_episode_steps: int | 
             except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound):
                 raise ValueError(f"env {env_id!r}: {module_name} has no {attr!r} (neither a class or function of "
                                  "the module nor an id it registers with gymnasium)") from None
+        _check_keywords(obj, kwargs, env_id)
         env = obj(**dict(kwargs))
         return gym.wrappers.TimeLimit(env, int(max_episode_steps)) if max_episode_steps else env
     try:
         return gym.make(str(env_id), **dict(kwargs), **limit)
+    except TypeError as exc:  # a keyword the env's constructor does not take reaches it through gym.make
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ValueError(f"env {env_id!r}: {exc}; check the target's env_kwargs ({sorted(kwargs)})") from None
     except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound) as exc:
         raise ValueError(f"env {env_id!r}: not registered with gymnasium ({exc}); if your own module registers it, "
                          f"write 'your_module:{env_id}' so that it is imported first, or give 'your_module:YourEnv'"
                          ) from None
+
+
+def _check_keywords(ctor: Callable[..., Any], kwargs: Mapping[str, Any], env_id: str) -> None:
+    """Raise ValueError naming the target's ``env_kwargs`` when ``ctor`` cannot take ``kwargs`` (a misspelt or
+    foreign keyword was a TypeError traceback from inside the constructor); a constructor without a readable
+    signature is left to fail on its own."""
+    try:
+        signature = inspect.signature(ctor)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind_partial(**dict(kwargs))
+    except TypeError as exc:
+        params = [n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        raise ValueError(f"env {env_id!r}: {exc} (keywords given, the target's env_kwargs among them: "
+                         f"{sorted(kwargs)}; it takes {', '.join(params) or 'no keywords'})") from None
 
 
 UNLIMITED_EPISODE_CAP = 1000  # steps: a gym env with no time limit the toolkit can see is truncated here
@@ -289,8 +321,12 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         if cameras and "cameras" not in kwargs:  # render the agent's cameras (corner -> agentview_image, ...)
             module = importlib.import_module(METAWORLD_ENTRY.partition(":")[0])
             by_key = {module.camera_key(c): c for c in module.CAMERAS}
-            wanted = [by_key[k] for k in (target.obs_map.get(c, c) for c in cameras) if k in by_key]
-            kwargs["cameras"] = wanted or list(module.DEFAULT_CAMERAS)
+            unknown = {c: target.obs_map.get(c, c) for c in cameras if target.obs_map.get(c, c) not in by_key}
+            if unknown:  # was: left out, and the corner camera filmed in its place
+                raise ValueError(f"target {target.name!r}: no Meta-World camera gives {sorted(set(unknown.values()))} "
+                                 f"(the agent's {sorted(unknown)}, through obs_map); its cameras' keys: "
+                                 + ", ".join(f"{k} ({c})" for k, c in by_key.items()))
+            kwargs["cameras"] = [by_key[target.obs_map.get(c, c)] for c in cameras]
         if image_size:
             kwargs["image_size"] = int(image_size)
         env = _construct(METAWORLD_ENTRY, kwargs)
@@ -341,6 +377,7 @@ class TargetEnv(gym.Wrapper):
         self.image_size = int(image_size) if image_size else None  # camera frames resized to it (None: kept)
         self._task_id = target.resolved_task_id()
         self._reverse = {v: k for k, v in target.obs_map.items()}
+        self._warned_no_success = False
         self.observation_space = self._space(env.observation_space)
 
     def _space(self, space: gym.Space) -> gym.spaces.Dict:
@@ -391,9 +428,19 @@ class TargetEnv(gym.Wrapper):
     def _success(self, info: Mapping[str, Any]) -> bool:
         key = self.target.success_key
         if key not in info:
-            if self.target.sparse:
-                raise EnvContractError(f"target {self.target.name!r}: info has no {key!r} (keys: {sorted(info)}); "
-                                       "set the target's success_key, or declare reward: dense")
+            # a success_key the user named, or a sparse reward (success is the reward), must be there; only a dense
+            # target left at the default key may have no success signal (success then counts 0, said once)
+            if self.target.sparse or key != DEFAULT_SUCCESS_KEY:
+                raise EnvContractError(
+                    f"target {self.target.name!r}: info has no {key!r} (keys: {sorted(info)}); set the target's "
+                    "success_key to the info key that says the task is done" + (
+                        "" if key != DEFAULT_SUCCESS_KEY else
+                        " (an env with no success signal at all: reward: dense, and success counts 0)"))
+            if not self._warned_no_success:
+                self._warned_no_success = True
+                log.warning("target %r: info has no %r (keys: %s), so no episode counts as a success (success "
+                            "rates read 0); set the target's success_key if one of these says the task is done",
+                            self.target.name, key, sorted(info))
             return False
         return bool(np.asarray(info[key]).any())
 
