@@ -42,7 +42,7 @@ from robopretrain.checkpoint import META_FILE, CheckpointError, load_agent, reso
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.hdf5 import read_info
-from robopretrain.envs.target import SIM_ENVS, Target
+from robopretrain.envs.target import METAWORLD, SIM_ENVS, Target, time_limit_note
 from robopretrain.metrics import plot_learning_curve
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,9 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
     if cfg.data.get("generate", False):
         if target.family != SIM_ENVS:
             raise ValueError(f"target {target.name!r} ({target.family}): data.generate collects sim_envs demos only; "
-                             "give the target's demos (target.demos or data.path)")
+                             "give the target's demos (target.demos or data.path" + (
+                                 "; python -m robopretrain.envs.metaworld_collect writes Meta-World demos)"
+                                 if target.family == METAWORLD else ")"))
         collect = {"tasks": [target.name], "render_images": bool(agent.spec.rgb),
                    "eye_in_hand": "eye_in_hand_image" in agent.spec.rgb_keys}
         if agent.spec.image_size:
@@ -186,6 +188,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     build.check_env_fits(agent, target, rand)
     data_path = offline_data_path(cfg, run_dir, target, agent, ckpt.meta)
     info = read_info(data_path)
+    note = time_limit_note(target, info.env_args)
+    if note:
+        log.warning(note)
     reward = build.reward_settings(cfg.algo, target)
     tasks = cfg.data.get("tasks") or ([target.name] if target.name in info.tasks else None)
     data_cfg = cfg.data

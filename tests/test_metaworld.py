@@ -527,3 +527,18 @@ def test_a_metaworld_target_refuses_a_camera_it_does_not_have_flipped_frames_and
         Target(name="reach", family="metaworld", flip_images=True)
     with pytest.raises(ValueError, match="unknown Meta-World task 'button-pres-v3'"):
         Target(name="button-pres-v3", family="metaworld")
+
+
+def test_a_short_task_name_is_the_v3_name_and_a_demo_files_time_limit_is_named():
+    """``button-press`` (documented as valid) is the task demo files record as ``button-press-v3``; a target setting
+    no time limit runs Meta-World's 500 steps, which stage 3 names when the demos were recorded with another."""
+    from robopretrain.envs.target import Target, time_limit_note
+
+    assert Target(name="button-press", family="metaworld").name == "button-press-v3"
+    recorded = {"family": "metaworld", "env_kwargs": {"max_episode_steps": 200}}
+    note = time_limit_note(Target(name="reach", family="metaworld"), recorded)
+    assert note is not None and "500" in note and "max_episode_steps: 200" in note
+    assert time_limit_note(Target(name="reach", family="metaworld", max_episode_steps=200), recorded) is None
+    assert time_limit_note(Target(name="reach", family="metaworld"), {"family": "metaworld",
+                                                                       "env_kwargs": {"max_episode_steps": 500}}) is None
+    assert time_limit_note(Target(name="Reach"), recorded) is None  # a sim_envs target: its own limit

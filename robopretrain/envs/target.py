@@ -95,7 +95,7 @@ class Target:
         if self.family == METAWORLD:
             from robopretrain.envs.metaworld import task_name  # no Meta-World install needed for the names
 
-            task_name(self.name)  # a misspelt task is refused here, before any stage runs
+            self.name = task_name(self.name)  # the v3 name demo files record; a misspelt task is refused here
             if self.flip_images:
                 raise ValueError(f"target {self.name!r}: flip_images=true on a Meta-World target; the adapter's "
                                  "frames are upright already (flipping them shows the agent an upside-down scene). "
@@ -170,6 +170,26 @@ def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Targ
         keep = {k: v for k, v in kwargs.items() if k in METAWORLD_SETTINGS}
         return Target(name=task, family=METAWORLD, env_kwargs=keep, task_id=int(task_id))
     return None
+
+
+def time_limit_note(target: Target, env_args: Mapping[str, Any]) -> str | None:
+    """A warning when a Meta-World ``target`` that sets no time limit (Meta-World's own, 500 steps, then applies)
+    acts on a task whose demo file (its ``env_args``) was recorded with another limit: its episodes would then be
+    longer than the data's and than stage 2's evaluations of the same task (the file's own target keeps the file's
+    limit). None otherwise."""
+    if target.family != METAWORLD or target.max_episode_steps or "max_episode_steps" in target.env_kwargs:
+        return None
+    env_name = str(env_args.get("env_name", ""))
+    if not (env_args.get("family") == METAWORLD or env_name.startswith("robopretrain/MetaWorld")):
+        return None
+    from robopretrain.envs.metaworld import MAX_PATH_LENGTH
+
+    recorded = (env_args.get("env_kwargs") or {}).get("max_episode_steps")
+    if recorded is None or int(recorded) == MAX_PATH_LENGTH:
+        return None
+    return (f"target {target.name!r} sets no max_episode_steps, so its episodes run to Meta-World's {MAX_PATH_LENGTH} "
+            f"steps; its demos were recorded with {int(recorded)} (and stage 2 evaluated the task with that limit): "
+            f"set the target's max_episode_steps: {int(recorded)} to act under the data's limit")
 
 
 # --------------------------------------------------------------------------- the env
@@ -470,4 +490,5 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
 
 
 __all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
-           "TargetEnv", "as_target", "env_factory", "make_env", "target_of_data"]
+           "TargetEnv", "as_target", "env_factory", "make_env", "target_of_data",
+           "time_limit_note"]
