@@ -220,10 +220,17 @@ def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
 
 
 def check_targets(cfg: DictConfig) -> None:
-    """Fail early on a bad target entry, or one stage 3's algorithm cannot train on (a dense reward with the BC term
-    kept to successful episodes); warn where the adaptation's success filter meets a dense-reward target's demos."""
+    """Fail early on a bad target entry (its demos missing), or one stage 3's algorithm cannot train on (a dense
+    reward with the BC term kept to successful episodes); warn where the adaptation's success filter meets a dense-reward target's demos."""
     for target in targets_of(cfg):
         reward_settings(stage_algo(cfg, "stage3"), target)
+        # before the data stage collects the prior demos (minutes): the target's own demos must be there
+        if target.demos and not Path(target.demos).expanduser().exists():
+            raise FileNotFoundError(f"target {target.name!r}: demos={target.demos} not found (a robomimic HDF5, or "
+                                    "a LeRobot / Minari folder, D4RL HDF5 or OGBench .npz)")
+        if target.family != SIM_ENVS and not target.demos:
+            raise ValueError(f"target {target.name!r} ({target.family}): give its demos (target.demos: a robomimic "
+                             "HDF5 or another format); the data stage collects demos of sim_envs targets only")
         if not target.sparse and success_filtered_bc(stage_algo(cfg, "adapt")):
             log.warning("adapt: target %s declares a dense reward, but the adaptation's BC term is kept to successful "
                         "episodes (actor_bc_filter: success, read from sparse-reward returns-to-go): on its demos, "
@@ -314,11 +321,6 @@ def stage_data(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         c.merge_with({**(plain(cfg.data.videos) or {}), "image_size": int(cfg.image_size),
                       "output": str(paths["videos"]), "overwrite": True, "seed": int(cfg.seed)})
         collect_videos(c, progress=bool(cfg.progress))
-    for target in targets_of(cfg):
-        if target.demos and not Path(target.demos).is_file():
-            raise FileNotFoundError(f"target {target.name!r}: demos={target.demos} not found (a robomimic HDF5)")
-        if target.family != SIM_ENVS and not target.demos:
-            raise ValueError(f"target {target.name!r} ({target.family}): give its demos (a robomimic HDF5)")
     return {k: str(v) for k, v in paths.items() if v.exists()}
 
 

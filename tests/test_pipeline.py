@@ -157,6 +157,24 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("target,error", [
+    ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11}", r"\(gym\): give its demos"),
+    ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: /no/such/demos.hdf5}",
+     r"demos=/no/such/demos.hdf5 not found"),
+])
+def test_a_target_without_its_demos_stops_the_pipeline_before_the_data_stage(tmp_path, target, error):
+    """Found only after the prior demos were collected (minutes); now before any stage."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[f"targets=[{target}]", "encoder.mode=scratch"])
+    with pytest.raises((ValueError, FileNotFoundError), match=error):
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_common_algo_overrides_reach_only_the_algorithms_that_have_them(tmp_path):
     """``algo_overrides`` holds CQL keys (``n_actions``, the actor's BC term); a stage running IQL or BC gets only
     the keys its config has, so ``stage2.algo=iql`` builds an agent instead of failing on ``n_actions``."""
