@@ -41,6 +41,7 @@ from robopretrain import build, run_fingerprint
 from robopretrain.checkpoint import META_FILE, CheckpointError, load_agent, resolve_checkpoint_dir
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
+from robopretrain.data.dataset import warn_sparse_data_for_dense_target
 from robopretrain.data.hdf5 import read_info
 from robopretrain.envs.target import METAWORLD, SIM_ENVS, Target, time_limit_note
 from robopretrain.metrics import plot_learning_curve
@@ -205,6 +206,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
                               task_id=target.resolved_task_id() if agent.spec.num_tasks else None,
                               action_units=agent.action_normalization)
     build.report_success_filter(cfg.algo, offline, str(data_path), online=True)
+    if not target.sparse:
+        warn_sparse_data_for_dense_target(str(data_path), offline.arrays()["rewards"], reward, target.name)
     offline = build.prepared(agent, offline, int(cfg.seed) + 2)
     meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"), "data_path": str(data_path),
             "task_names": [target.name], "reward": reward.__dict__, "gap": gap.to_dict()}

@@ -13,7 +13,8 @@ import pytest
 
 import _fake_envs as fake
 from _stages import stage2_config
-from robopretrain.data.dataset import RewardSettings, default_num_tasks, load_offline_dataset, spec_of_data
+from robopretrain.data.dataset import (RewardSettings, default_num_tasks, load_offline_dataset, spec_of_data,
+                                       warn_sparse_data_for_dense_target)
 from robopretrain.data.hdf5 import DatasetError, read_info
 from robopretrain.data.spec import ObsSpec
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
@@ -253,3 +254,16 @@ def test_the_action_range_check_names_the_offending_demo_and_allows_rounding(tmp
         f["data/demo_1/actions"][1] = [1.5, 0.0, 0.0, 0.0]
     with pytest.raises(DatasetError, match=r"edge.hdf5: data/demo_1/actions: values outside \[-1, 1\]"):
         load_offline_dataset(path, spec, CAL_QL)
+
+
+def test_sparse_demos_under_a_dense_target_are_named(caplog):
+    """Stage 3 with a dense-reward target mixes the env's own reward with the demos' stored rewards: 0/1 success
+    rewards there (stored as scale * r + bias) are named; dense rewards, or sparse settings, are not."""
+    dense = RewardSettings(discount=0.99, scale=10.0, bias=-5.0, sparse=False)
+    with caplog.at_level(logging.WARNING):
+        assert warn_sparse_data_for_dense_target("d.hdf5", np.array([-5.0, -5.0, 5.0]), dense, "reach-v3")
+    assert "target reach-v3 declares a dense reward" in caplog.text
+    assert not warn_sparse_data_for_dense_target("d.hdf5", np.array([-5.0, 0.3, 5.0]), dense, "t")  # dense data
+    assert not warn_sparse_data_for_dense_target("d.hdf5", np.array([-5.0, -5.0]), dense, "t")  # no success at all
+    sparse = RewardSettings(discount=0.99, scale=10.0, bias=-5.0, sparse=True)
+    assert not warn_sparse_data_for_dense_target("d.hdf5", np.array([-5.0, 5.0]), sparse, "t")

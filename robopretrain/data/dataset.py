@@ -172,6 +172,22 @@ def warn_dense_rewards(where: str, rewards: np.ndarray, reward: RewardSettings) 
     return True
 
 
+def warn_sparse_data_for_dense_target(where: str, scaled_rewards: np.ndarray, reward: RewardSettings,
+                                      target: str) -> bool:
+    """Warn (and return True) when a dense-reward ``target``'s offline data carries sparse {0, 1} success rewards
+    (``scaled_rewards``: as stored, ``scale * r + bias``): stage 3's replay would mix the env's own dense reward with
+    the demos' 0/1 on one scale, and no update could tell them apart."""
+    raw = (np.asarray(scaled_rewards, np.float64) - reward.bias) / (reward.scale or 1.0)
+    values = np.unique(np.round(raw, 6))
+    if reward.sparse or not len(values) or not np.isin(values, (0.0, 1.0)).all() or 1.0 not in values:
+        return False
+    log.warning("%s: rewards are sparse {0, 1} success rewards, but target %s declares a dense reward: its online "
+                "episodes give the env's own reward, so the replay mixes two reward kinds on one scale (x %g %+g); "
+                "relabel the demos with the env's reward, or declare the target's reward: sparse", where, target,
+                reward.scale, reward.bias)
+    return True
+
+
 def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "auto") -> ActionNormalization | None:
     """The action units of a fresh agent trained on ``path``: those the file records; else, with ``mode="auto"``,
     per-dimension bounds from its actions when they leave ``[-1, 1]``
