@@ -222,8 +222,16 @@ def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
 def check_targets(cfg: DictConfig) -> None:
     """Fail early on a bad target entry (its demos missing), or one stage 3's algorithm cannot train on (a dense
     reward with the BC term kept to successful episodes); warn where the adaptation's success filter meets a dense-reward target's demos."""
+    import sim_envs.tasks as sim_tasks
+
+    prior_slots = {sim_tasks.TASK_IDS[n]: n for n in prior_task_names(cfg) if n in sim_tasks.TASK_IDS}
     for target in targets_of(cfg):
         reward_settings(stage_algo(cfg, "stage3"), target)
+        slot = target.resolved_task_id() if target.family != SIM_ENVS or target.task_id is not None else None
+        if slot in prior_slots and prior_slots[slot] != target.name:  # found at the adaptation, after stage 2
+            raise ValueError(f"target {target.name!r} ({target.family}) takes task slot {slot} of the agent's one-hot, "
+                             f"which prior task {prior_slots[slot]!r} holds; give the target a free slot (its "
+                             f"task_id: {len(sim_tasks.TASKS)} or above, with obs.num_tasks above it)")
         # before the data stage collects the prior demos (minutes): the target's own demos must be there
         if target.demos and not Path(target.demos).expanduser().exists():
             raise FileNotFoundError(f"target {target.name!r}: demos={target.demos} not found (a robomimic HDF5, or "

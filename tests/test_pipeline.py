@@ -161,15 +161,17 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
     ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11}", r"\(gym\): give its demos"),
     ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: /no/such/demos.hdf5}",
      r"demos=/no/such/demos.hdf5 not found"),
+    ("{name: reach-v3, family: metaworld}", r"takes task slot 0 of the agent's one-hot, which prior task 'Reach'"),
 ])
 def test_a_target_without_its_demos_stops_the_pipeline_before_the_data_stage(tmp_path, target, error):
-    """Found only after the prior demos were collected (minutes); now before any stage."""
+    """Found only after the prior demos were collected (minutes), or after stage 2 (a Meta-World target's default
+    task slot is a prior task's); now before any stage."""
     from hydra import compose, initialize_config_dir
 
     from robopretrain import pipeline
 
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
-        cfg = compose("pipeline", overrides=[f"targets=[{target}]", "encoder.mode=scratch"])
+        cfg = compose("pipeline", overrides=[f"targets=[{target}]", "encoder.mode=scratch", "prior_tasks=[Reach]"])
     with pytest.raises((ValueError, FileNotFoundError), match=error):
         pipeline.run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
