@@ -228,7 +228,8 @@ def check_targets(cfg: DictConfig) -> None:
     for target in targets_of(cfg):
         reward_settings(stage_algo(cfg, "stage3"), target)
         slot = target.resolved_task_id() if target.family != SIM_ENVS or target.task_id is not None else None
-        if slot in prior_slots and prior_slots[slot] != target.name:  # found at the adaptation, after stage 2
+        if (bool(cfg.stage2.enabled) and slot in prior_slots  # the adaptation mixes prior data only after stage 2
+                and prior_slots[slot] != target.name):  # found at the adaptation, after stage 2
             raise ValueError(f"target {target.name!r} ({target.family}) takes task slot {slot} of the agent's one-hot, "
                              f"which prior task {prior_slots[slot]!r} holds; give the target a free slot (its "
                              f"task_id: {len(sim_tasks.TASKS)} or above, with obs.num_tasks above it)")

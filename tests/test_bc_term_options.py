@@ -226,12 +226,14 @@ def test_a_task_none_of_whose_episodes_succeeds_is_named(caplog):
                       "term never imitates it"]
 
 
-def test_a_dense_target_with_the_filter_off_in_stage3_only_warns_about_the_adaptation(caplog):
+def test_a_dense_target_with_the_filter_off_in_stage3_only_warns_about_the_adaptation(caplog, tmp_path):
     """The refusal's advice (``+stage3.algo_overrides.actor_bc_filter=none``, or the weight 0 there) lets the run
     start; the adaptation, whose batches hold the target's dense-reward demos, still filters: said, not refused."""
     from robopretrain import pipeline
 
-    dense = "targets=[{name: Dense, env_id: 'sim_envs:TabletopEnv', reward: dense, task_id: 0}]"
+    (tmp_path / "dense_demos.hdf5").write_bytes(b"")  # the start checks need the target's demos to exist
+    dense = (f"targets=[{{name: Dense, env_id: 'sim_envs:TabletopEnv', reward: dense, task_id: 13, "
+             f"demos: {tmp_path / 'dense_demos.hdf5'}}}]")
     for fix in ("+stage3.algo_overrides.actor_bc_filter=none", "+stage3.algo_overrides.actor_bc_weight=0"):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):

@@ -373,6 +373,8 @@ def test_a_new_conversion_removes_the_copies_that_cannot_be_reused(tmp_path):
            as_robomimic(src, cache_dir=cache, image_size=8)]
     assert len({other, *old}) == 4
     assert all(p.is_file() for p in [other, *old])  # the second and third conversions removed no valid copy
+    assert as_robomimic(src, cache_dir=cache, actions="keep") == old[1]  # an unchanged source's copy is reused
+    assert all(p.is_file() for p in [other, *old])
     for copy in (other, old[0]):  # frame indexes (data.storage=disk) beside two copies
         index_dir(copy).mkdir()
         (index_dir(copy) / "agentview_image.u8").write_bytes(b"x")
@@ -400,7 +402,7 @@ def test_a_relative_source_path_prunes_only_its_own_copies(tmp_path, monkeypatch
         monkeypatch.chdir(tmp_path / project)
         copies.append(as_robomimic("o.npz", cache_dir=cache))
         with h5py.File(copies[-1], "r") as f:
-            assert json.loads(f["data"].attrs["env_args"])["source"] == str(tmp_path / project / "o.npz")
+            assert json.loads(f["data"].attrs["env_args"])["source"] == str((tmp_path / project / "o.npz").resolve())
     assert copies[0] != copies[1] and all(c.is_file() for c in copies)
     assert [len(demos(c)) for c in copies] == [2, 3]
     # a copy recording a relative source (written before paths were absolute) is left: which file it named is unknown

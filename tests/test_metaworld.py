@@ -542,3 +542,14 @@ def test_a_short_task_name_is_the_v3_name_and_a_demo_files_time_limit_is_named()
     assert time_limit_note(Target(name="reach", family="metaworld"), {"family": "metaworld",
                                                                        "env_kwargs": {"max_episode_steps": 500}}) is None
     assert time_limit_note(Target(name="Reach"), recorded) is None  # a sim_envs target: its own limit
+
+
+def test_a_metaworld_file_whose_task_is_its_env_name_or_no_metaworld_task_gets_a_target_or_none():
+    """A file without task names names its task by env_name (robopretrain/MetaWorld-<task>): that task's target;
+    a task name that is no Meta-World task: no target (stage 2 then skips its evaluation, as before)."""
+    from robopretrain.envs.target import target_of_data
+
+    args = {"env_name": "robopretrain/MetaWorld-reach-v3", "env_kwargs": {"max_episode_steps": 200}}
+    target = target_of_data(args, "robopretrain/MetaWorld-reach-v3", 0)
+    assert target is not None and target.name == "reach-v3" and target.env_kwargs == {"max_episode_steps": 200}
+    assert target_of_data(args, "reach-v3-noisy", 0) is None

@@ -177,6 +177,24 @@ def test_a_target_without_its_demos_stops_the_pipeline_before_the_data_stage(tmp
     assert not (tmp_path / "run").exists()
 
 
+def test_a_metaworld_targets_default_slot_is_free_without_stage_2(tmp_path):
+    """Without stage 2 the adaptation trains on the target's demos alone: no prior task shares its slot. A demos
+    folder is accepted at start."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    (tmp_path / "mw_lerobot").mkdir()  # demos in a folder format (LeRobot, Minari): found (is_file refused it)
+    target = f"targets=[{{name: reach-v3, family: metaworld, demos: {tmp_path / 'mw_lerobot'}}}]"
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]",
+                                             "stage2.enabled=false"])
+    pipeline.check_targets(cfg)  # no refusal
+    cfg.stage2.enabled = True
+    with pytest.raises(ValueError, match="takes task slot 0"):
+        pipeline.check_targets(cfg)
+
+
 def test_common_algo_overrides_reach_only_the_algorithms_that_have_them(tmp_path):
     """``algo_overrides`` holds CQL keys (``n_actions``, the actor's BC term); a stage running IQL or BC gets only
     the keys its config has, so ``stage2.algo=iql`` builds an agent instead of failing on ``n_actions``."""

@@ -78,19 +78,53 @@ def test_the_env_speaks_our_names_and_reward_convention():
     assert str(exc.value).startswith("target 'reach': info has no 'done_ok'")
     # a named success_key the env lacks is refused under a dense reward too (declaring dense was the message's way
     # out, and success then silently read 0)
-    with pytest.raises(EnvContractError, match="info has no 'done_ok'"):
+    with pytest.raises(EnvContractError, match="no step of an episode had 'done_ok'"):
         rollout(make_env(robot(reward="dense", success_key="done_ok", terminate_on_success=False,
                                max_episode_steps=3)))
 
 
-def test_a_dense_target_without_a_success_signal_says_so_once(caplog):
-    env = make_env(Target(name="pend", env_id="Pendulum-v1", task_id=0, reward="dense", max_episode_steps=5))
-    env.reset(seed=0)
+class LateSuccessKey(gym.Env):
+    """A dense-reward env whose info carries ``key`` only from its second step (some envs add it on some steps)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, key: str = "is_success", never: bool = False) -> None:
+        self.key, self.never, self.t = key, never, 0
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        info = {} if self.never or self.t == 1 else {self.key: self.t >= 3}
+        return np.zeros(2, np.float32), -1.0, False, self.t >= 4, info
+
+
+def test_a_dense_targets_success_key_is_checked_over_the_episode(caplog, monkeypatch):
+    """A key that comes only on later steps is read where it is (a step without it is no success); a named key no
+    step of an episode gives is refused at the episode's end; the default key never given is said once."""
+    import robopretrain.envs.target as target_module
+
+    def run(env):
+        env.reset(seed=0)
+        return [env.step(np.zeros(1, np.float32))[-1]["success"] for _ in range(4)]
+
+    late = make_env(Target(name="late", env_id=f"{__name__}:LateSuccessKey", task_id=0, reward="dense",
+                           success_key="is_success", terminate_on_success=False))
+    assert run(late) == [False, False, True, True]
+    never = make_env(Target(name="never", env_id=f"{__name__}:LateSuccessKey", task_id=0, reward="dense",
+                            success_key="is_success", env_kwargs={"never": True}))
+    with pytest.raises(target_module.EnvContractError, match="no step of an episode had 'is_success'"):
+        run(never)
+    monkeypatch.setattr(target_module, "_warned_no_success", set())
+    quiet = make_env(Target(name="quiet", env_id=f"{__name__}:LateSuccessKey", task_id=0, reward="dense",
+                            env_kwargs={"never": True}))
     with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):
-        infos = [env.step(np.zeros(1, np.float32))[-1] for _ in range(3)]
-    assert not any(i["success"] for i in infos)
-    warned = [r.getMessage() for r in caplog.records if "no episode counts as a success" in r.getMessage()]
-    assert len(warned) == 1 and "info has no 'success'" in warned[0]
+        assert run(quiet) == [False] * 4 and run(quiet) == [False] * 4
+    warned = [r.getMessage() for r in caplog.records if "count no success" in r.getMessage()]
+    assert len(warned) == 1 and "no step of an episode had 'success'" in warned[0]
 
 
 def test_gymnasium_module_id_form_and_unknown_ids_or_modules_are_named(tmp_path, monkeypatch):
@@ -218,3 +252,13 @@ def test_an_env_kwarg_the_env_does_not_take_is_one_line_naming_env_kwargs():
         make_env(Target(name="arm", env_id="_fake_envs:RobosuiteLikeEnv", task_id=0, env_kwargs={"imag_size": 9}))
     with pytest.raises(ValueError, match=r"'gravty'.*check the target's env_kwargs"):
         make_env(Target(name="p", env_id="Pendulum-v1", task_id=0, reward="dense", env_kwargs={"gravty": 9.0}))
+    # the env's own bug (a keyword inside its constructor, not one of env_kwargs) keeps its TypeError and traceback
+    gym.register("BuggyTargetEnv-v0", entry_point=f"{__name__}:BuggyEnv")
+    with pytest.raises(TypeError, match="dtyp"):
+        make_env(Target(name="b", env_id="BuggyTargetEnv-v0", task_id=0, reward="dense"))
+
+
+class BuggyEnv(LateSuccessKey):
+    def __init__(self) -> None:
+        super().__init__()
+        np.zeros(3, dtyp=np.float32)

@@ -99,8 +99,8 @@ class Target:
             if self.flip_images:
                 raise ValueError(f"target {self.name!r}: flip_images=true on a Meta-World target; the adapter's "
                                  "frames are upright already (flipping them shows the agent an upside-down scene). "
-                                 "Demos recorded with Meta-World's own renderer are upside down: rotate their "
-                                 "frames by 180 degrees when writing the file")
+                                 "Demos recorded from Meta-World's corner cameras with its own renderer are upside "
+                                 "down: rotate those frames by 180 degrees when writing the file")
         self.env_kwargs = dict(self.env_kwargs or {})
         self.obs_map = {str(k): str(v) for k, v in dict(self.obs_map or {}).items()}
         if self.action_normalization is not None:
@@ -168,7 +168,12 @@ def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Targ
         return Target(name=task) if task in tasks.TASKS else None
     if env_args.get("family") == METAWORLD or env_name.startswith("robopretrain/MetaWorld"):
         keep = {k: v for k, v in kwargs.items() if k in METAWORLD_SETTINGS}
-        return Target(name=task, family=METAWORLD, env_kwargs=keep, task_id=int(task_id))
+        name = task.removeprefix("robopretrain/MetaWorld-")  # a file without task names: its env_name
+        try:
+            return Target(name=name, family=METAWORLD, env_kwargs=keep, task_id=int(task_id))
+        except ValueError:  # a task name that is no Meta-World task (renamed in the file): no env to act in
+            log.info("task %r of a Meta-World file names no Meta-World task: no env for it", task)
+            return None
     return None
 
 
@@ -232,10 +237,10 @@ def _construct(env_id: str, kwargs: Mapping[str, Any], max_episode_steps: int | 
         return gym.wrappers.TimeLimit(env, int(max_episode_steps)) if max_episode_steps else env
     try:
         return gym.make(str(env_id), **dict(kwargs), **limit)
-    except TypeError as exc:  # a keyword the env's constructor does not take reaches it through gym.make
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        raise ValueError(f"env {env_id!r}: {exc}; check the target's env_kwargs ({sorted(kwargs)})") from None
+    except TypeError as exc:  # a keyword of env_kwargs the env's constructor does not take reaches it via gym.make
+        if "unexpected keyword argument" not in str(exc) or not any(f"'{k}'" in str(exc) for k in kwargs):
+            raise  # the env's own bug: its traceback as it is
+        raise ValueError(f"env {env_id!r}: {exc}; check the target's env_kwargs ({sorted(kwargs)})") from exc
     except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound) as exc:
         raise ValueError(f"env {env_id!r}: not registered with gymnasium ({exc}); if your own module registers it, "
                          f"write 'your_module:{env_id}' so that it is imported first, or give 'your_module:YourEnv'"
@@ -258,6 +263,7 @@ def _check_keywords(ctor: Callable[..., Any], kwargs: Mapping[str, Any], env_id:
                          f"{sorted(kwargs)}; it takes {', '.join(params) or 'no keywords'})") from None
 
 
+_warned_no_success: set[str] = set()  # dense targets whose env gives no success key: said once per process
 UNLIMITED_EPISODE_CAP = 1000  # steps: a gym env with no time limit the toolkit can see is truncated here
 _warned_unlimited: set[str] = set()
 
@@ -397,7 +403,7 @@ class TargetEnv(gym.Wrapper):
         self.image_size = int(image_size) if image_size else None  # camera frames resized to it (None: kept)
         self._task_id = target.resolved_task_id()
         self._reverse = {v: k for k, v in target.obs_map.items()}
-        self._warned_no_success = False
+        self._key_seen = False  # whether this episode's infos have had the success key
         self.observation_space = self._space(env.observation_space)
 
     def _space(self, space: gym.Space) -> gym.spaces.Dict:
@@ -447,26 +453,35 @@ class TargetEnv(gym.Wrapper):
 
     def _success(self, info: Mapping[str, Any]) -> bool:
         key = self.target.success_key
-        if key not in info:
-            # a success_key the user named, or a sparse reward (success is the reward), must be there; only a dense
-            # target left at the default key may have no success signal (success then counts 0, said once)
-            if self.target.sparse or key != DEFAULT_SUCCESS_KEY:
-                raise EnvContractError(
-                    f"target {self.target.name!r}: info has no {key!r} (keys: {sorted(info)}); set the target's "
-                    "success_key to the info key that says the task is done" + (
-                        "" if key != DEFAULT_SUCCESS_KEY else
-                        " (an env with no success signal at all: reward: dense, and success counts 0)"))
-            if not self._warned_no_success:
-                self._warned_no_success = True
-                log.warning("target %r: info has no %r (keys: %s), so no episode counts as a success (success "
-                            "rates read 0); set the target's success_key if one of these says the task is done",
-                            self.target.name, key, sorted(info))
-            return False
-        return bool(np.asarray(info[key]).any())
+        if key in info:
+            self._key_seen = True
+            return bool(np.asarray(info[key]).any())
+        if self.target.sparse:  # success is the reward: every step must say it
+            raise EnvContractError(f"target {self.target.name!r}: info has no {key!r} (keys: {sorted(info)}); set "
+                                   "the target's success_key to the info key that says the task is done (an env "
+                                   "with no success signal at all: reward: dense, and success counts 0)")
+        return False  # a dense target: the key may come on later steps (checked at the episode's end)
+
+    def _check_success_key(self, info: Mapping[str, Any]) -> None:
+        """At a dense target's episode end: a success_key the user named that no step of the episode gave is refused
+        (success read 0 silently); the default key absent throughout is said once per target."""
+        if self.target.sparse or self._key_seen:
+            return
+        key = self.target.success_key
+        if key != DEFAULT_SUCCESS_KEY:
+            raise EnvContractError(f"target {self.target.name!r}: no step of an episode had {key!r} in its info (keys: "
+                                   f"{sorted(info)}); set the target's success_key to the info key that says the "
+                                   "task is done")
+        if self.target.name not in _warned_no_success:
+            _warned_no_success.add(self.target.name)
+            log.warning("target %r: no step of an episode had %r in its info (keys: %s), so its episodes count no "
+                        "success (success rates read 0); set the target's success_key if one of these says the task "
+                        "is done", self.target.name, key, sorted(info))
 
     def reset(self, **kwargs: Any):
         obs, info = self.env.reset(**kwargs)
         info = dict(info)
+        self._key_seen = self.target.success_key in info
         info["success"] = bool(np.asarray(info.get(self.target.success_key, False)).any())
         return self._obs(obs), info
 
@@ -478,6 +493,8 @@ class TargetEnv(gym.Wrapper):
         if self.target.sparse:
             reward = float(success)
         terminated = bool(terminated) or (success and self.target.terminate_on_success)
+        if terminated or truncated:
+            self._check_success_key(info)
         return self._obs(obs), float(reward), terminated, bool(truncated), info
 
 
