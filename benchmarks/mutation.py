@@ -423,7 +423,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "getattr(core, 'actor_reads_next_obs', True -> False) with separate encoders: the default is never read, "
         "every algorithm that reaches this branch (CQL, IQL, TD3+BC, ReBRAC, AWAC, BCQ, POR) declares the attribute",
         "True -> False @ if getattr(self.core, \"actor_reads_next_obs\", True):  # IQL's AWR only looks at s"),
-    ("agent", "recorded_action_units/if/2"): Equivalent(
+    ("agent", "recorded_action_units/if/3"): Equivalent(
         "if units is not None -> if not: only whether an info log line names the data file's units (describe_units "
         "takes None); the returned units are the same",
         "if units is not None: -> if not ... @ if units is not None:"),

@@ -580,9 +580,9 @@ def recorded_action_units(meta: Mapping[str, Any]) -> ActionNormalization | None
     if not path:
         return None
     if not os.path.isfile(str(path)):
-        log.warning("checkpoint without recorded action units: no file at its data path %s (a converted copy is removed "
-                    "when its source changes); the env's own units assumed, which is wrong if that file's actions "
-                    "were rescaled", path)
+        log.warning("checkpoint without recorded action units: no file at its data path %s (a converted copy is "
+                    "removed when its source changes); the env's own units assumed, which is wrong if that file's "
+                    "actions were rescaled", path)
         return None
     from robopretrain.data.dataset import file_action_units
     from robopretrain.data.hdf5 import DatasetError, read_info

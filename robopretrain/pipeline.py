@@ -221,7 +221,8 @@ def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
 
 def check_targets(cfg: DictConfig) -> None:
     """Fail early on a bad target entry (its demos missing), or one stage 3's algorithm cannot train on (a dense
-    reward with the BC term kept to successful episodes); warn where the adaptation's success filter meets a dense-reward target's demos."""
+    reward with the BC term kept to successful episodes); warn where the adaptation's success filter meets a
+    dense-reward target's demos."""
     import sim_envs.tasks as sim_tasks
 
     prior_slots = {sim_tasks.TASK_IDS[n]: n for n in prior_task_names(cfg) if n in sim_tasks.TASK_IDS}

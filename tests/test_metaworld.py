@@ -539,8 +539,8 @@ def test_a_short_task_name_is_the_v3_name_and_a_demo_files_time_limit_is_named()
     note = time_limit_note(Target(name="reach", family="metaworld"), recorded)
     assert note is not None and "500" in note and "max_episode_steps: 200" in note
     assert time_limit_note(Target(name="reach", family="metaworld", max_episode_steps=200), recorded) is None
-    assert time_limit_note(Target(name="reach", family="metaworld"), {"family": "metaworld",
-                                                                       "env_kwargs": {"max_episode_steps": 500}}) is None
+    full_limit = {"family": "metaworld", "env_kwargs": {"max_episode_steps": 500}}
+    assert time_limit_note(Target(name="reach", family="metaworld"), full_limit) is None
     assert time_limit_note(Target(name="Reach"), recorded) is None  # a sim_envs target: its own limit
 
 

@@ -8,7 +8,8 @@ least 4 rounds, up to 50 for cheap passes within about half a second; a private 
 random stream is untouched), the fastest (minimum over the passes, which discards passes slowed by other
 processes) is used, and the result is cached in
 ``~/.cache/robopretrain/kernels.json`` (``ROBOPRETRAIN_CACHE_DIR`` moves it) under the key
-``"<CPU model> (<torch's vector instruction set>) | torch <version> | <n> threads"``, so later runs on the machine skip the probe. A probe costs
+``"<CPU model> (<torch's vector instruction set>) | torch <version> | <n> threads"``, so later runs on the
+machine skip the probe. A probe costs
 0.5-2 s per pass shape (a handful per agent); passes below :data:`PROBE_MIN_FLOPS` are not probed. The choice
 costs one dict lookup per call after that.
 
