@@ -24,9 +24,9 @@ TARGET_PRESETS = {"CloseDrawerPressButton": "testbed_combination"}
 def cpu_model() -> str:
     """The CPU's model name with the vector instruction set torch runs with, e.g. ``AMD EPYC (AVX2)``: the model name
     alone does not say which machine computed a number (two "AMD EPYC" sessions ran AVX-512 and AVX2)."""
-    from robopretrain.nets.kernels import cpu_capability, cpu_model as model
+    from robopretrain.nets.kernels import cpu_label
 
-    return f"{model()} ({cpu_capability()})"
+    return cpu_label()
 
 
 def load_average() -> list[float]:

@@ -440,9 +440,9 @@ def run_worker(args: argparse.Namespace) -> None:
     result = {"updates_per_s": args.iters / wall, "cpu_ms_per_update": 1000.0 * cpu / args.iters,
               "setup_and_warmup_s": round(setup_s, 1), **COMPILE_AGREEMENT}
     if args.worker == "robopretrain":
-        from robopretrain.nets.kernels import choices_made, forced_path
+        from robopretrain.nets.kernels import forced_path, machine_record
 
-        result["kernels"] = {k.split(" || ", 1)[1]: v["choice"] for k, v in choices_made().items()}
+        result["kernels"] = machine_record()["kernels"]
         result["kernel_override"] = forced_path()
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -157,8 +157,10 @@ def warn_dropped_bc_term(ckpt_meta: dict[str, Any], algo_cfg: Any) -> str | None
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage-2 checkpoint -> online fine-tuning on ``cfg.target``; returns the history and where things are."""
     validate_online_config(cfg)
-    for key in ("dr", "eval_randomization"):  # checked before any env is built (a target's probe included)
-        build.randomization(cfg.get(key), where=key)
+    # both entries checked once, before any env is built (a target's probe included)
+    dr_rand = build.randomization(cfg.get("dr"))
+    eval_spec = cfg.get("eval_randomization")  # None: as training
+    eval_checked = None if eval_spec is None else build.randomization(eval_spec, where="eval_randomization")
     settings = OnlineSettings.from_mapping(build.plain(cfg.online))
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,15 +176,12 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     if gap.enabled and not target.randomizable:
         raise ValueError(f"gap={gap.name}: a gap is a randomization setting of sim_envs targets; target "
                          f"{target.name!r} is {target.family}")
-    rand = build.randomization(cfg.get("dr")) if target.randomizable else "none"
-    if not target.randomizable and (build.randomization(cfg.get("dr")) != "none" or build.randomization(
-            cfg.get("eval_randomization"), where="eval_randomization") != "none"):
+    rand = dr_rand if target.randomizable else "none"
+    if not target.randomizable and (dr_rand != "none" or eval_checked not in (None, "none")):
         log.warning("target %r (%s): physics / visual randomization and distractors exist for sim_envs targets only; "
                     "dr and eval_randomization are not applied, every episode is nominal (dr=none says so quietly)",
                     target.name, target.family)
-    eval_rand = cfg.get("eval_randomization")
-    eval_rand = None if eval_rand is None else (build.randomization(eval_rand, where="eval_randomization")
-                                                if target.randomizable else "none")
+    eval_rand = None if eval_checked is None else (eval_checked if target.randomizable else "none")
     if gap.enabled:  # the gap's source replaces dr; its target judges, unless eval_randomization says otherwise
         rand = gap.source
         eval_rand = gap.target if eval_rand is None else eval_rand

@@ -158,6 +158,11 @@ def as_target(entry: str | Mapping[str, Any] | Target) -> Target:
     return Target(**d)
 
 
+def _is_metaworld_file(env_args: Mapping[str, Any]) -> bool:
+    """Whether a demo file's ``env_args`` name a Meta-World env (``robopretrain.envs.metaworld_collect`` writes them)."""
+    return env_args.get("family") == METAWORLD or str(env_args.get("env_name", "")).startswith("robopretrain/MetaWorld")
+
+
 def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Target | None:
     """The target a demo file's ``env_args`` describe for one of its tasks (None when it names no known family)."""
     env_name = str(env_args.get("env_name", ""))
@@ -166,7 +171,7 @@ def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Targ
         import sim_envs.tasks as tasks
 
         return Target(name=task) if task in tasks.TASKS else None
-    if env_args.get("family") == METAWORLD or env_name.startswith("robopretrain/MetaWorld"):
+    if _is_metaworld_file(env_args):
         keep = {k: v for k, v in kwargs.items() if k in METAWORLD_SETTINGS}
         name = task.removeprefix("robopretrain/MetaWorld-")  # a file without task names: its env_name
         try:
@@ -182,10 +187,8 @@ def time_limit_note(target: Target, env_args: Mapping[str, Any]) -> str | None:
     acts on a task whose demo file (its ``env_args``) was recorded with another limit: its episodes would then be
     longer than the data's and than stage 2's evaluations of the same task (the file's own target keeps the file's
     limit). None otherwise."""
-    if target.family != METAWORLD or target.max_episode_steps or "max_episode_steps" in target.env_kwargs:
-        return None
-    env_name = str(env_args.get("env_name", ""))
-    if not (env_args.get("family") == METAWORLD or env_name.startswith("robopretrain/MetaWorld")):
+    if (target.family != METAWORLD or target.max_episode_steps or "max_episode_steps" in target.env_kwargs
+            or not _is_metaworld_file(env_args)):
         return None
     from robopretrain.envs.metaworld import MAX_PATH_LENGTH
 

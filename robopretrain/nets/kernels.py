@@ -77,9 +77,15 @@ def cpu_capability() -> str:
         return "unknown"
 
 
+def cpu_label() -> str:
+    """The CPU model with torch's vector instruction set, e.g. ``AMD EPYC (AVX2)``: what says which machine
+    computed a number (the model name alone does not)."""
+    return f"{cpu_model()} ({cpu_capability()})"
+
+
 def machine_key() -> str:
-    """Cache key of the machine: CPU model with torch's vector instruction set, torch version, torch thread count."""
-    return f"{cpu_model()} ({cpu_capability()}) | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    """Cache key of the machine: :func:`cpu_label`, torch version, torch thread count."""
+    return f"{cpu_label()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
 def machine_record() -> dict[str, object]:
@@ -290,6 +296,7 @@ __all__ = [
     "choices_made",
     "choose",
     "cpu_capability",
+    "cpu_label",
     "cpu_model",
     "critic_kernel",
     "forced_path",
