@@ -106,6 +106,22 @@ def robustness_lines(run_dir: Path) -> list[str]:
     return lines
 
 
+def prior_task_success(row: Mapping[str, Any], cfg: DictConfig) -> dict[str, float]:
+    """``{prior task: success}`` from one stage-2 evaluation row of ``metrics.jsonl``.
+
+    Stage 2 logs ``eval/<task>/success`` per task only when it evaluates several (``robopretrain.train.summarize``);
+    with a single prior task the row holds ``eval/success`` alone, which belongs to that task."""
+    per = {k[len("eval/"):-len("/success")]: float(v) for k, v in row.items()
+           if k.startswith("eval/") and k.endswith("/success") and k != "eval/success"}
+    if not per and "eval/success" in row:
+        from robopretrain.pipeline import prior_task_names
+
+        names = prior_task_names(cfg)
+        if len(names) == 1:
+            per = {names[0]: float(row["eval/success"])}
+    return per
+
+
 def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     """``<run>/report.md`` (see the module docstring)."""
     out_dir = run_dir / "evaluate"
@@ -126,8 +142,7 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     s2 = eval_rows(run_dir / "stage2")
     if s2:
         ev = s2[-1]
-        per = {k[len("eval/"):-len("/success")]: v for k, v in ev.items()
-               if k.startswith("eval/") and k.endswith("/success") and k != "eval/success"}
+        per = prior_task_success(ev, cfg)
         lines += ["## Stage 2: multi-task offline RL, success per prior task", "", "| task | success |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in per.items()]
         lines += [f"| **mean** | **{ev['eval/success']:.2f}** |", ""]

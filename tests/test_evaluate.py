@@ -254,6 +254,20 @@ def test_pipeline_robustness_sweep_and_report(tiny_camera_checkpoint, tmp_path):
         pipeline.robustness_config(cfg, tiny_camera_checkpoint, as_target("Reach"), tmp_path / "x")
 
 
+def test_report_names_the_single_prior_task_of_stage_2():
+    """With one prior task stage 2 logs ``eval/success`` without a task key; the report's per-task table still has
+    its row (it was empty), and several tasks keep their own rows without the mean."""
+    from robopretrain import report
+
+    cfg = OmegaConf.create({"prior_tasks": ["PressButton"]})
+    row = {"step": 4, "eval/success": 0.25, "eval/return": 1.0}
+    assert report.prior_task_success(row, cfg) == {"PressButton": 0.25}
+    cfg = OmegaConf.create({"prior_tasks": ["Reach", "PressButton"]})
+    row = {"eval/Reach/success": 1.0, "eval/PressButton/success": 0.5, "eval/success": 0.75}
+    assert report.prior_task_success(row, cfg) == {"Reach": 1.0, "PressButton": 0.5}
+    assert report.prior_task_success({"eval/success": 0.75}, cfg) == {}  # which task is unknown: no row
+
+
 def test_pipeline_evaluate_stage_runs_the_sweep_of_each_sim_target_into_its_folder(tiny_camera_checkpoint, tmp_path):
     """stage_evaluate: the nominal setting, then the robustness sweep of <run>/stage3/<target> written under
     <run>/evaluate/robustness/<target>, listed in evaluate/robustness.json."""
