@@ -219,6 +219,23 @@ def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 
+def target_task_names(cfg: DictConfig, target: Target) -> list[str]:
+    """The task names the adaptation mixes in for ``target``: those of the demos it selects from the target's own
+    robomimic HDF5 (:func:`robopretrain.build.data_task_ids`, as ``robopretrain.train`` reads the mix), else the
+    target's name (the data stage collects sim_envs demos under it; other formats are named at their conversion)."""
+    path = Path(target.demos).expanduser() if target.demos else None
+    if path is None or not path.is_file() or path.suffix.lower() not in (".hdf5", ".h5"):
+        return [target.name]
+    from robopretrain.build import data_task_ids
+    from robopretrain.data.hdf5 import DatasetError, read_info
+
+    try:
+        info = read_info(path)
+    except (DatasetError, OSError):  # not a robomimic file (e.g. D4RL's HDF5): named at its conversion, as the target
+        return [target.name]
+    return list(data_task_ids(info, target_data(cfg, Path("."), target)))
+
+
 def check_targets(cfg: DictConfig) -> None:
     """Fail early on a bad target entry (its demos missing), or one stage 3's algorithm cannot train on (a dense
     reward with the BC term kept to successful episodes); warn where the adaptation's success filter meets a
@@ -228,16 +245,18 @@ def check_targets(cfg: DictConfig) -> None:
     prior_slots = {sim_tasks.TASK_IDS[n]: n for n in prior_task_names(cfg) if n in sim_tasks.TASK_IDS}
     for target in targets_of(cfg):
         reward_settings(stage_algo(cfg, "stage3"), target)
-        slot = target.resolved_task_id() if target.family != SIM_ENVS or target.task_id is not None else None
-        if (bool(cfg.stage2.enabled) and slot in prior_slots  # the adaptation mixes prior data only after stage 2
-                and prior_slots[slot] != target.name):  # found at the adaptation, after stage 2
-            raise ValueError(f"target {target.name!r} ({target.family}) takes task slot {slot} of the agent's one-hot, "
-                             f"which prior task {prior_slots[slot]!r} holds; give the target a free slot (its "
-                             f"task_id: {len(sim_tasks.TASKS)} or above, with obs.num_tasks above it)")
         # before the data stage collects the prior demos (minutes): the target's own demos must be there
         if target.demos and not Path(target.demos).expanduser().exists():
             raise FileNotFoundError(f"target {target.name!r}: demos={target.demos} not found (a robomimic HDF5, or "
                                     "a LeRobot / Minari folder, D4RL HDF5 or OGBench .npz)")
+        slot = target.resolved_task_id() if target.family != SIM_ENVS or target.task_id is not None else None
+        if bool(cfg.stage2.enabled) and slot in prior_slots:  # the adaptation mixes prior data only after stage 2
+            other = [n for n in target_task_names(cfg, target) if n != prior_slots[slot]]
+            if other:  # the adaptation's check (build.check_task_slots) would refuse it, after stage 2
+                raise ValueError(
+                    f"target {target.name!r} ({target.family}) takes task slot {slot} of the agent's one-hot, which "
+                    f"prior task {prior_slots[slot]!r} holds (the target's demos are task {other[0]!r}); give the "
+                    f"target a free slot (its task_id: {len(sim_tasks.TASKS)} or above, with obs.num_tasks above it)")
         if target.family != SIM_ENVS and not target.demos:
             raise ValueError(f"target {target.name!r} ({target.family}): give its demos (target.demos: a robomimic "
                              "HDF5 or another format); the data stage collects demos of sim_envs targets only")

@@ -195,6 +195,29 @@ def test_a_metaworld_targets_default_slot_is_free_without_stage_2(tmp_path):
         pipeline.check_targets(cfg)
 
 
+@pytest.mark.parametrize("name,file_task,refused", [("Reach", "Arm", True), ("MyReach", "Reach", False)])
+def test_the_slot_check_reads_the_task_names_of_the_targets_demos(tmp_path, name, file_task, refused):
+    """The adaptation refuses a slot whose prior task and mixed-in task have different names in their files
+    (build.check_task_slots); the start-up check compares the same names: a target called Reach whose demos are
+    another task is refused before any stage (it passed, and failed after stage 2), and a target with another name
+    whose demos are Reach's is accepted (it was refused, though the adaptation takes it)."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    demos = fake.write_robosuite_demos(tmp_path / "d.hdf5", 2, tasks=((file_task, 0),), image_size=SIZE)
+    target = f"targets=[{{name: {name}, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 0, demos: {demos}}}]"
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]"])
+    assert pipeline.target_task_names(cfg, pipeline.targets_of(cfg)[0]) == [file_task]
+    if refused:
+        with pytest.raises(ValueError, match=r"takes task slot 0 .* prior task 'Reach' holds \(the target's demos "
+                                             r"are task 'Arm'\)"):
+            pipeline.check_targets(cfg)
+    else:
+        pipeline.check_targets(cfg)
+
+
 def test_common_algo_overrides_reach_only_the_algorithms_that_have_them(tmp_path):
     """``algo_overrides`` holds CQL keys (``n_actions``, the actor's BC term); a stage running IQL or BC gets only
     the keys its config has, so ``stage2.algo=iql`` builds an agent instead of failing on ``n_actions``."""
