@@ -50,7 +50,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages
 # bench_utils, claims_metrics; appended so that benchmarks/video_pretrain.py does not shadow the video_pretrain package
 sys.path.append(str(Path(__file__).resolve().parent))
-from bench_utils import cpu_model, load_average, outcomes, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from bench_utils import (cpu_model, git_commit, load_average, outcomes, seeds_then_episodes_ci,  # noqa: E402
+                         write_json_atomic)
 from claims_metrics import cumulative_regret, difference_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,6 +322,7 @@ def one(job: Job, args: argparse.Namespace, results: dict[str, Any], lock: threa
     else:
         run_offline(job, args, entry, data)
     entry["load_average"] = load_average()
+    entry["commit"], entry["cpu"] = git_commit(ROOT), cpu_model()  # the code and machine that finished the run
     print(f"[{time.strftime('%H:%M:%S')}] {job.key}: {brief(entry)} ({time.perf_counter() - start:.0f} s)",
           flush=True)
 

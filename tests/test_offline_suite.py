@@ -55,6 +55,22 @@ def test_pending_skips_finished_runs_and_adds_the_states_run_a_later_part_needs(
     assert suite.pending([online], results, b) == []
 
 
+def test_each_finished_run_records_the_commit_and_cpu_that_finished_it(suite, monkeypatch, tmp_path):
+    """Runs of one results file span sessions, commits and machines (rounding differs between instruction sets):
+    each run says which code and CPU finished it."""
+    import threading
+    from argparse import Namespace
+
+    monkeypatch.setattr(suite, "collect_data", lambda *a: tmp_path / "data.hdf5")
+    monkeypatch.setattr(suite, "run_offline", lambda job, args, entry, data: entry["success"].update({"20": [True]}))
+    results: dict = {}
+    suite.one(suite.Job("states", "Reach", "clean", "bc", 0), Namespace(work_dir=tmp_path, budgets=suite.Budgets()),
+              results, threading.Lock())
+    entry = results["states/Reach/clean/bc/seed0"]
+    assert entry["commit"] == suite.git_commit(ROOT) and len(entry["commit"]) == 40
+    assert entry["cpu"] == suite.cpu_model() and entry["success"] == {"20": [True]}
+
+
 def test_a_preferences_run_is_complete_at_the_final_budget_only(suite):
     b = suite.Budgets(state_updates=(10, 20))
     assert suite.is_complete({"success": {"20": [True]}}, "preferences", b)
