@@ -9,7 +9,8 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
    (B-Pref, Lee et al. 2021) labels the pairs by the segments' true returns (the sum of the stored rewards: the env's
    success signal, or its progress where the data's reward is dense): 1 when segment a's return exceeds b's by more
    than ``tie_margin``, 0 when b's exceeds a's, else a tie (0.5); each non-tie label is flipped with probability
-   ``noise`` (the "mistake" teacher). The labels are written to ``<run>/labels.csv`` in the human format.
+   ``noise`` (the "mistake" teacher). The labels are written to ``<run>/labels.csv`` in the human format. A
+   reward-free file (demos without ``rewards``) needs human labels; its relabelled copy (5.) has rewards.
 3. **The ensemble**: ``model.ensemble`` MLPs ``r_e(s, a) = tanh(MLP_e(features(s) ++ a))`` (PEBBLE, Lee et al.
    2021: bounded outputs, an ensemble of independently initialised members, each drawing its own batches) over the
    same observation features as the agents (:class:`~robopretrain.nets.obs_encoder.ObsEncoder`: low-dim parts
@@ -33,7 +34,8 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
 
 Human label file (``labels.path``): CSV with the header ``demo_a,start_a,demo_b,start_b,length,label`` or JSON (a list
 of objects with those keys). ``demo_*`` are the file's demo names (``demo_3``), ``start_*`` the first step of the
-segment inside the demo (0-based), ``length`` the segment length (the same for both), ``label`` the probability
+segment inside the demo (0-based), ``length`` the segment length (the same for both segments and for every row of a
+file), ``label`` the probability
 that segment a is preferred: 1 (a better), 0 (b better), 0.5 (equally good; ties). Every problem is a
 ``ValueError`` naming the file and the row.
 """
@@ -96,7 +98,7 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels.path={path}: file not found")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheets' "CSV UTF-8") is dropped
     if path.suffix.lower() == ".json":
         try:
             rows = json.loads(text)
@@ -112,18 +114,34 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
     out = []
     for i, row in enumerate(rows):
         try:
-            lab = PreferenceLabel(str(row["demo_a"]), int(row["start_a"]), str(row["demo_b"]), int(row["start_b"]),
-                                  int(row["length"]), float(row["label"]))
+            lab = PreferenceLabel(str(row["demo_a"]), _whole(row["start_a"]), str(row["demo_b"]),
+                                  _whole(row["start_b"]), _whole(row["length"]), float(row["label"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: row {i + 1}: {type(exc).__name__}: {exc}; expected keys {list(LABEL_COLUMNS)}"
                              ) from None
         if not 0.0 <= lab.label <= 1.0 or lab.length < 1 or min(lab.start_a, lab.start_b) < 0:
             raise ValueError(f"{path}: row {i + 1}: label must be in [0, 1] (1: a preferred, 0: b, 0.5: tie), "
                              f"length >= 1 and starts >= 0; got {row}")
+        if (lab.demo_a, lab.start_a) == (lab.demo_b, lab.start_b) and lab.label != 0.5:
+            raise ValueError(f"{path}: row {i + 1}: segment a and segment b are the same steps "
+                             f"({lab.demo_a}[{lab.start_a}:{lab.start_a + lab.length}]) but the label prefers one "
+                             f"({lab.label:g}); a segment can only tie with itself (0.5)")
+        if out and lab.length != out[0].length:
+            raise ValueError(f"{path}: row {i + 1}: length {lab.length}, but row 1 has {out[0].length}; every pair of "
+                             "a label file must have one segment length (the ensemble compares summed rewards of "
+                             "equally long segments)")
         out.append(lab)
     if not out:
         raise ValueError(f"{path}: no labels")
     return out
+
+
+def _whole(value: Any) -> int:
+    """An integer field of a label row: ``3``, ``"3"`` or ``3.0``; ``2.7`` or ``"x"`` raise ``ValueError``."""
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(number)
 
 
 def write_labels(path: str | os.PathLike, labels: Sequence[PreferenceLabel]) -> Path:
@@ -145,6 +163,9 @@ def sample_pairs(lengths: Mapping[str, int], segment_length: int, num_pairs: int
                  rng: np.random.Generator) -> list[tuple[str, int, str, int]]:
     """``num_pairs`` pairs ``(demo_a, start_a, demo_b, start_b)`` of segments drawn uniformly over all segment
     positions of the demos at least ``segment_length`` long. Raises ``ValueError`` when no demo is long enough."""
+    if int(segment_length) < 1 or int(num_pairs) < 1:
+        raise ValueError(f"teacher.segment_length={segment_length} and teacher.num_pairs={num_pairs}: both must be "
+                         ">= 1")
     demos = [d for d, n in lengths.items() if n >= segment_length]
     if not demos:
         raise ValueError(f"no demo has {segment_length} steps (the longest has {max(lengths.values())}); lower "
@@ -306,14 +327,15 @@ def train_ensemble(model: RewardEnsemble, data: SegmentData, labels: Sequence[Pr
 @torch.no_grad()
 def agreement(model: RewardEnsemble, data: SegmentData, labels: Sequence[PreferenceLabel]) -> dict[str, float]:
     """On ``labels``: the fraction of non-tie labels whose preferred segment has the larger ensemble-mean return
-    (``agreement``), the Bradley-Terry loss of the ensemble mean, and the label counts."""
+    (``agreement``; None when every label is a tie), the Bradley-Terry loss of the ensemble mean, and the label
+    counts."""
     ia, ib = data.indices(labels)
     ra, rb = data.segment_returns(model, ia).mean(0), data.segment_returns(model, ib).mean(0)
     y = torch.tensor([lab.label for lab in labels], dtype=torch.float32)
     decided = y != 0.5
     right = ((ra > rb) == (y > 0.5)) & decided
     n = int(decided.sum())
-    return {"agreement": float(right.sum()) / n if n else float("nan"), "pairs": len(labels), "non_tie": n,
+    return {"agreement": float(right.sum()) / n if n else None, "pairs": len(labels), "non_tie": n,
             "bt_loss": float(bradley_terry_loss(ra, rb, y))}
 
 
@@ -349,10 +371,11 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
     shutil.copyfile(src, tmp)
     with h5py.File(tmp, "r+") as f:
         for name, lo in data.offset.items():
-            old = f[f"data/{name}/rewards"]
-            attrs, dtype = dict(old.attrs), old.dtype
+            old = f[f"data/{name}"].get("rewards")  # None: a reward-free demo gets its first rewards
+            attrs, dtype = (dict(old.attrs), old.dtype) if old is not None else ({}, np.dtype(np.float32))
             new = r[lo: lo + data.lengths[name]].astype(dtype)
-            del f[f"data/{name}/rewards"]
+            if old is not None:
+                del f[f"data/{name}/rewards"]
             ds = f.create_dataset(f"data/{name}/rewards", data=new)
             for k, v in attrs.items():
                 ds.attrs[k] = v
@@ -404,6 +427,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         data.indices(labels, where=str(cfg.labels.path))  # every segment must be in the selected data
         source = str(cfg.labels.path)
     else:
+        unrewarded = info.unrewarded(demos)
+        if unrewarded:
+            raise ValueError(f"{path}: {len(unrewarded)} of {len(demos)} selected demos have no rewards dataset "
+                             f"({', '.join(unrewarded[:3])}{', ...' if len(unrewarded) > 3 else ''}); the scripted "
+                             "teacher labels pairs by their stored rewards: give human labels (labels.path)")
         L = int(teacher.segment_length)
         pairs = sample_pairs(data.lengths, L, int(teacher.num_pairs), rng)
         ret = segment_reward_sums(data, [seg for a, sa, b, sb in pairs for seg in ((a, sa), (b, sb))], L)
@@ -417,7 +445,15 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         raise ValueError(f"labels.held_out={cfg.labels.held_out} leaves {n_held} of {len(labels)} labels for "
                          "evaluation; choose a fraction that leaves some for training and some held out")
     held, train = order[:n_held], order[n_held:]
+    if all(labels[i].label == 0.5 for i in train):
+        raise ValueError(f"{source}: every one of the {len(train)} training labels is a tie (0.5): the Bradley-Terry "
+                         "loss has nothing to learn from (with the scripted teacher: segments whose true rewards "
+                         "never differ; try longer segments or data with successes and failures)")
     settings = TrainSettings(**{k: (tuple(v) if k == "hidden" else v) for k, v in build.plain(cfg.model).items()})
+    bad = [f"model.{k}={getattr(settings, k)}" for k in ("ensemble", "steps", "batch_size")
+           if int(getattr(settings, k)) < 1] + ([f"model.lr={settings.lr}"] if not float(settings.lr) > 0 else [])
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: ensemble, steps and batch_size must be >= 1 and lr > 0")
     stats = normalization_stats({k: trans.obs[k] for k in spec.low_dim_keys}, spec,
                                 min_std=float(cfg.obs.get("min_std") or 0.0)) if cfg.obs.get("normalize", True) else None
     model = RewardEnsemble(spec, info.action_dim, ensemble=settings.ensemble, hidden=settings.hidden, stats=stats)
@@ -431,8 +467,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         report["observed_flip_rate"] = observed_flip_rate(clean, [lab.label for lab in labels])
         clean_held = [dataclasses.replace(labels[i], label=float(clean[i])) for i in held]
         report["held_out_agreement_clean_teacher"] = agreement(model, data, clean_held)
-    log.info("held-out agreement %.3f on %d non-tie pairs", report["held_out_agreement"]["agreement"],
-             report["held_out_agreement"]["non_tie"])
+    held_out = report["held_out_agreement"]
+    if held_out["agreement"] is None:
+        log.warning("every held-out label is a tie: no agreement to measure (labels.held_out=%s)", cfg.labels.held_out)
+    else:
+        log.info("held-out agreement %.3f on %d non-tie pairs", held_out["agreement"], held_out["non_tie"])
     torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": info.action_dim,
                 "settings": asdict(settings), "action_normalization": None if units is None else units.to_dict()},
                run_dir / "reward_model.pt")
@@ -448,7 +487,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     a = report["held_out_agreement"]
-    print(f"held-out agreement {a['agreement']:.3f} on {a['non_tie']} non-tie pairs (BT loss {a['bt_loss']:.3f})")
+    share = "n/a (every held-out label a tie)" if a["agreement"] is None else f"{a['agreement']:.3f}"
+    print(f"held-out agreement {share} on {a['non_tie']} non-tie pairs (BT loss {a['bt_loss']:.3f})")
     if "relabelled" in report:
         print(f"relabelled: {report['relabelled']}")
 

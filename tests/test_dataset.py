@@ -117,6 +117,33 @@ def test_zero_rewards_with_successful_episodes_are_refused_rebuilt_on_request_an
     assert (kept["rewards"] > 0).sum() == 1 and kept["dones"].sum() == 2  # its own terminal kept, no reward for it
 
 
+def test_a_file_without_rewards_datasets_trains_bc_and_is_refused_or_rebuilt_for_rl(tmp_path, caplog):
+    """A recording that never wrote ``rewards`` (the contract's reward-free case): read as zeros for BC; a learner
+    that needs rewards is told what to do; ``rewards_from_success`` rebuilds them from ep_meta, exactly as for the
+    file whose recorder wrote them (it was 'data/demo_0/rewards: missing' for all three)."""
+    path = write_file(tmp_path / "free.hdf5")
+    with h5py.File(path, "r+") as f:
+        for demo in f["data"].values():
+            del demo["rewards"]
+    assert read_info(path).unrewarded() == ["demo_0", "demo_1"]
+    spec = spec_of_data(path, ["proprio"], [], None)
+    bc = load_offline_dataset(path, spec, RewardSettings(), rewards_needed=False).arrays()
+    np.testing.assert_array_equal(bc["rewards"], np.zeros(6))
+    with pytest.raises(DatasetError, match=r"free.hdf5: 2 of 2 selected demos have no rewards dataset \(demo_0, "
+                                           r"demo_1\); this learner needs rewards: set data.rewards_from_success"):
+        load_offline_dataset(path, spec, CAL_QL)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = load_offline_dataset(path, spec, CAL_QL, rewards_from_success=True).arrays()
+    assert "2 of 2 episodes have no rewards; rebuilt from ep_meta success (1 successful episodes)" in caplog.text
+    fine = load_offline_dataset(write_file(tmp_path / "fine.hdf5"), spec, CAL_QL).arrays()
+    for key in ("rewards", "dones", "mc_returns"):
+        np.testing.assert_array_equal(rebuilt[key], fine[key])
+    with h5py.File(path, "r+") as f:  # an episode without a success flag: nothing to rebuild its reward from
+        f["data/demo_1"].attrs["ep_meta"] = json.dumps({})
+    with pytest.raises(DatasetError, match=r"needs every selected episode's ep_meta 'success' flag; 1 of 2 have none"):
+        load_offline_dataset(path, spec, CAL_QL, rewards_from_success=True)
+
+
 def test_inspect_says_the_rewards_disagree_with_ep_meta(tmp_path, capsys):
     from robopretrain.data.inspect import main
 

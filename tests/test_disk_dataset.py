@@ -68,6 +68,23 @@ def transition_ids(batch) -> np.ndarray:
     return np.rint(batch["actions"][:, 0].numpy() * 100).astype(int)
 
 
+def test_a_file_without_rewards_reads_the_same_from_disk_as_from_memory(toy):
+    """The frame index stores the zeros a reward-free demo is read as, and the refusal and the rebuild from ep_meta
+    come from the file's metadata, so both storages give the same data."""
+    import h5py
+
+    path, _, spec = toy
+    with h5py.File(path, "r+") as f:
+        for demo in f["data"].values():
+            del demo["rewards"]
+    with pytest.raises(DatasetError, match=r"4 of 4 selected demos have no rewards dataset"):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk")
+    memory = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="memory", rewards_from_success=True)
+    disk = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="disk", rewards_from_success=True)
+    assert_same(memory.sample(8), disk.sample(8))
+    assert int((disk.arrays()["rewards"] > 0).sum()) == 2  # the two successful episodes, rebuilt
+
+
 def test_disk_and_memory_give_identical_batches_also_with_prefetch_and_frozen_features(toy):
     path, _, spec = toy
     memory = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="memory")

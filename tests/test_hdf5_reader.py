@@ -78,8 +78,13 @@ def test_missing_key(tmp_path):
     path = write_dataset(tmp_path / "m.hdf5", mutate=lambda f: f["data/demo_1/next_obs"].__delitem__("proprio"))
     msg = _expect(path, "missing")
     assert "data/demo_1/next_obs/proprio" in msg
-    path = write_dataset(tmp_path / "m2.hdf5", mutate=lambda f: f["data/demo_0"].__delitem__("rewards"))
-    assert "data/demo_0/rewards" in _expect(path, "missing")
+    path = write_dataset(tmp_path / "m2.hdf5", mutate=lambda f: f["data/demo_0"].__delitem__("dones"))
+    assert "data/demo_0/dones" in _expect(path, "missing")
+    # rewards are optional (a reward-free recording): read as zeros, listed for the loaders that need them
+    path = write_dataset(tmp_path / "m4.hdf5", mutate=lambda f: f["data/demo_0"].__delitem__("rewards"))
+    assert read_info(path).unrewarded() == ["demo_0"]
+    trans = load_transitions(path, ["proprio"])
+    assert not trans.rewards[trans.episode_ids == 0].any()
     _expect(write_dataset(tmp_path / "m3.hdf5"), "object", keys=["object"])
 
 

@@ -83,6 +83,29 @@ def test_human_label_files_round_trip_and_bad_rows_are_named(tmp_path):
         read_labels(tmp_path / "bad.csv")
 
 
+def test_label_files_from_spreadsheets_and_ill_formed_rows(tmp_path):
+    """A byte-order mark (spreadsheets' CSV UTF-8) is read; a fractional start, a row of another segment length and a
+    non-tie pair of one segment with itself are refused naming the row; a tie of a segment with itself is kept."""
+    header = "demo_a,start_a,demo_b,start_b,length,label\n"
+    (tmp_path / "bom.csv").write_text("\ufeff" + header + "demo_0,0,demo_1,2.0,5,1\n", encoding="utf-8")
+    assert read_labels(tmp_path / "bom.csv") == [PreferenceLabel("demo_0", 0, "demo_1", 2, 5, 1.0)]
+    (tmp_path / "frac.json").write_text(json.dumps([{"demo_a": "demo_0", "start_a": 2.7, "demo_b": "demo_1",
+                                                     "start_b": 0, "length": 5, "label": 1}]))
+    with pytest.raises(ValueError, match=r"row 1: ValueError: 2.7 is not a whole number"):
+        read_labels(tmp_path / "frac.json")
+    (tmp_path / "len.csv").write_text(header + "demo_0,0,demo_1,0,5,1\ndemo_0,0,demo_1,0,5,0\ndemo_0,0,demo_1,0,4,1\n")
+    with pytest.raises(ValueError, match=r"row 3: length 4, but row 1 has 5"):
+        read_labels(tmp_path / "len.csv")
+    (tmp_path / "self.csv").write_text(header + "demo_0,3,demo_0,3,5,0.5\ndemo_0,3,demo_0,3,5,1\n")
+    with pytest.raises(ValueError, match=r"row 2: segment a and segment b are the same steps"):
+        read_labels(tmp_path / "self.csv")
+    (tmp_path / "self_tie.csv").write_text(header + "demo_0,3,demo_0,3,5,0.5\n")
+    assert read_labels(tmp_path / "self_tie.csv")[0].label == 0.5
+    for length in (0, -3):
+        with pytest.raises(ValueError, match=f"teacher.segment_length={length}"):
+            sample_pairs({"demo_0": 12}, length, 10, np.random.default_rng(0))
+
+
 def write_toy(path: Path, episodes: int = 40, steps: int = 12, seed: int = 0) -> Path:
     """1-D walks x_t in [0, 1] with a dense reward r = x (the true progress), 2-D actions, one task."""
     rng = np.random.default_rng(seed)
@@ -132,6 +155,7 @@ def test_agreement_and_held_out_loss_by_hand(tmp_path):
     assert out["bt_loss"] == pytest.approx(sum(by_hand) / 4, rel=1e-5)
     # a soft label below 0.5 prefers b: 2.5 < 3.1, so the ensemble agrees
     assert agreement(two_members, data, [PreferenceLabel("demo_0", 2, "demo_1", 4, 2, 0.3)])["agreement"] == 1.0
+    assert agreement(two_members, data, labels[3:])["agreement"] is None  # only ties: nothing to agree with (not NaN)
     # the scripted teacher's sums of the true reward (here x), the file's first row included
     assert segment_reward_sums(data, [("demo_0", 0), ("demo_1", 0), ("demo_1", 4)], 2) == pytest.approx(
         {("demo_0", 0): 0.1, ("demo_1", 0): 1.9, ("demo_1", 4): 1.1})
@@ -216,6 +240,42 @@ def test_held_out_fraction_must_leave_labels_on_both_sides(tmp_path):
     for frac in (0.01, 1.0):  # 0 held out, 0 left to train on
         with pytest.raises(ValueError, match="labels.held_out"):
             run(config(data, tmp_path / f"r{frac}", labels={"held_out": frac}, **small), tmp_path / f"r{frac}")
+
+
+def test_degenerate_label_sets_and_settings_are_refused_before_training(tmp_path):
+    """Only ties to train on (the loss has nothing to learn), model.steps=0 (untrained nets would relabel the file):
+    refused by name. Ties held out: the report stays strict JSON."""
+    data = write_toy(tmp_path / "toy.hdf5")
+    ties = [PreferenceLabel("demo_0", 0, f"demo_{i}", 0, 4, 0.5) for i in range(1, 11)]
+    write_labels(tmp_path / "ties.csv", ties)
+    with pytest.raises(ValueError, match="every one of the 8 training labels is a tie"):
+        run(config(data, tmp_path / "t", labels={"path": str(tmp_path / "ties.csv")}), tmp_path / "t")
+    with pytest.raises(ValueError, match=r"model.steps=0: ensemble, steps and batch_size must be >= 1"):
+        run(config(data, tmp_path / "s", model={"steps": 0}), tmp_path / "s")
+    decided = [PreferenceLabel("demo_0", 0, f"demo_{i}", 0, 4, 1.0) for i in range(1, 9)]
+    write_labels(tmp_path / "mixed.csv", decided + ties[:2])
+    cfg = config(data, tmp_path / "m", labels={"path": str(tmp_path / "mixed.csv"), "held_out": 0.2},
+                 model={"steps": 5}, relabel={"enabled": False})
+    run(cfg, tmp_path / "m")
+    json.loads((tmp_path / "m" / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+
+
+def test_a_reward_free_file_is_labelled_by_humans_and_its_copy_has_rewards(tmp_path):
+    """A recording without ``rewards`` datasets: the scripted teacher (which reads stored rewards) refuses it; human
+    labels train the model and the relabelled copy has a rewards dataset in every demo."""
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    with h5py.File(data, "r+") as f:
+        for name in list(f["data"]):
+            del f[f"data/{name}/rewards"]
+    with pytest.raises(ValueError, match=r"12 of 12 selected demos have no rewards dataset .* give human labels"):
+        run(config(data, tmp_path / "s"), tmp_path / "s")
+    labels = [PreferenceLabel(f"demo_{i}", 0, f"demo_{i + 1}", 2, 4, float(i % 2)) for i in range(10)]
+    write_labels(tmp_path / "human.csv", labels)
+    report = run(config(data, tmp_path / "h", labels={"path": str(tmp_path / "human.csv")}, model={"steps": 5}),
+                 tmp_path / "h")
+    with h5py.File(report["relabelled"]) as f:
+        assert all(f[f"data/{n}/rewards"].shape == (12,) for n in f["data"])
+        assert f["data/demo_0/rewards"].dtype == np.float32
 
 
 def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_rest(tmp_path):

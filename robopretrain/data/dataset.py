@@ -106,6 +106,24 @@ def spec_of_data(path: str | os.PathLike, low_dim: Sequence[str], rgb: Sequence[
     return spec_from_shapes(info.obs_specs, low_dim, rgb, n, where=str(info.path), key_map=obs_map)
 
 
+def check_reward_free(where: str, unrewarded: Sequence[str], selected: int, ep_meta: Sequence[Mapping[str, Any]],
+                      rewards_from_success: bool) -> None:
+    """Refuse demos stored without ``rewards`` (``unrewarded``, of ``selected`` demos) for a learner that needs them,
+    unless ``data.rewards_from_success`` rebuilds them from ``ep_meta`` success flags, which then must be there.
+    Raises :class:`DatasetError` saying what to do (BC needs no reward; a reward can be learned from preferences)."""
+    head = (f"{where}: {len(unrewarded)} of {selected} selected demos have no rewards dataset "
+            f"({', '.join(unrewarded[:3])}{', ...' if len(unrewarded) > 3 else ''})")
+    if not rewards_from_success:
+        raise DatasetError(f"{head}; this learner needs rewards: set data.rewards_from_success=true (sparse rewards "
+                           "from each episode's ep_meta success flag), write a reward learned from preference "
+                           "labels (python -m robopretrain.reward_model, which saves a rewarded copy), or train "
+                           "algo=bc")
+    flagged = sum("success" in m for m in ep_meta)
+    if flagged < len(ep_meta):
+        raise DatasetError(f"{head}, and data.rewards_from_success=true needs every selected episode's ep_meta "
+                           f"'success' flag; {len(ep_meta) - flagged} of {len(ep_meta)} have none")
+
+
 def _rewards_from_success(rewards: np.ndarray, dones: np.ndarray, episode_ids: np.ndarray,
                           success: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
     """Sparse rewards rebuilt from episode success: 1 (and done) on the last step of each successful episode."""
@@ -281,7 +299,13 @@ def load_offline_dataset(
     check_action_range(trans, str(info.path))
     rewards, dones = trans.rewards, trans.dones
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
-    if rewards_needed and unrewarded_successes(rewards, trans.ep_meta):
+    unrewarded = info.unrewarded(demos)
+    if rewards_needed and unrewarded:  # stored without rewards: read as zeros
+        check_reward_free(str(info.path), unrewarded, len(demos), trans.ep_meta, rewards_from_success)
+        rewards, dones = _rewards_from_success(rewards, dones, trans.episode_ids, success)
+        log.warning("%s: %d of %d episodes have no rewards; rebuilt from ep_meta success (%d successful episodes)",
+                    info.path, len(unrewarded), len(demos), sum(success))
+    elif rewards_needed and unrewarded_successes(rewards, trans.ep_meta):
         if not rewards_from_success:
             raise DatasetError(
                 f"{info.path}: no positive reward in the selected data although {sum(success)} of {len(success)} "

@@ -7,7 +7,7 @@ Implements the "Robot dataset: robomimic HDF5" contract of ARCHITECTURE.md::
                      (a file without task / task_id, as robomimic's own datasets: one task named by env_args'
                      env_name, else the file's stem, in slot 0)
         obs/<key>, next_obs/<key>   (N, ...)  images uint8 (N, H, W, 3), low-dim float (N, d)
-        actions (N, A) float in [-1, 1];  rewards (N,);  dones (N,) in {0, 1}
+        actions (N, A) float in [-1, 1];  rewards (N,), optional (see below);  dones (N,) in {0, 1}
     mask/<name>      demo names as bytes: train, valid, one per task
 
 :func:`read_info` reads only attributes and dataset shapes (no array data). :func:`load_transitions` reads
@@ -15,6 +15,11 @@ the chosen observation keys of the chosen demos (a mask name, a list of task nam
 names) into flat, preallocated numpy arrays with an episode id and task id per transition; keys not asked
 for are never read. Every problem raises :class:`DatasetError` naming the file, the HDF5 key and what
 was expected. Demos are sorted numerically (``demo_2`` before ``demo_10``).
+
+A demo without ``rewards`` (a recording that never wrote them: human teleoperation, a reward-free dataset) is read
+with zero rewards and listed by :meth:`DatasetInfo.unrewarded`; what needs rewards refuses it there
+(:func:`robopretrain.data.dataset.load_offline_dataset`: BC does not, ``data.rewards_from_success`` rebuilds them, the
+preference reward model writes them).
 
 Returns-to-go (REFERENCE.md Stage 3) are not computed here; see :mod:`robopretrain.data.returns`.
 """
@@ -48,6 +53,7 @@ class DemoInfo:
     task: str
     task_id: int
     ep_meta: dict[str, Any] = field(default_factory=dict)
+    has_rewards: bool = True  # False: no ``rewards`` dataset (read as zeros)
 
 
 @dataclass
@@ -68,6 +74,11 @@ class DatasetInfo:
             if d.name == name:
                 return d
         raise DatasetError(f"{self.path}: no demo named {name!r} under data/")
+
+    def unrewarded(self, names: Sequence[str] | None = None) -> list[str]:
+        """The demos (of ``names``; all when None) stored without a ``rewards`` dataset."""
+        chosen = self.demos if names is None else [self.demo(n) for n in names]
+        return [d.name for d in chosen if not d.has_rewards]
 
 
 @dataclass
@@ -224,6 +235,8 @@ def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[
     if act_dim is not None and acts.shape[1] != act_dim:
         raise _err(path, f"{base}/actions", f"action dim {acts.shape[1]} differs from {act_dim} in earlier demos")
     for name in ("rewards", "dones"):
+        if name == "rewards" and name not in demo:  # optional: read as zeros, refused where rewards are needed
+            continue
         ds = _dataset(path, demo, base, name)
         if ds.shape != (n,) or ds.dtype.kind not in "fiub":
             raise _err(path, f"{base}/{name}", f"expected a numeric array of shape ({n},), got {ds.dtype} {ds.shape}")
@@ -292,6 +305,7 @@ def _demo_info(path: str, demo: h5py.Group, name: str, default_task: str) -> Dem
         task=_attr(path, demo, key, "task", str) if has_task else default_task,
         task_id=_attr(path, demo, key, "task_id", int) if has_id else 0,
         ep_meta=_json_attr(path, demo, key, "ep_meta", required=False),
+        has_rewards="rewards" in demo,
     )
 
 
@@ -496,7 +510,10 @@ def _read_demo(
     _read_into(path, demo["actions"], f"{base}/actions", actions, lo, hi, finite)
     if action_range and np.abs(actions[lo:hi]).max() > 1.0 + 1e-6:
         raise _err(path, f"{base}/actions", f"values outside [-1, 1] (max |a| = {np.abs(actions[lo:hi]).max():.4g})")
-    _read_into(path, demo["rewards"], f"{base}/rewards", rewards, lo, hi, finite)
+    if "rewards" in demo:
+        _read_into(path, demo["rewards"], f"{base}/rewards", rewards, lo, hi, finite)
+    else:
+        rewards[lo:hi] = 0.0
     _read_into(path, demo["dones"], f"{base}/dones", dones, lo, hi, finite)
     if not np.isin(dones[lo:hi], (0.0, 1.0)).all():
         raise _err(path, f"{base}/dones", "expected values in {0, 1}")
