@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 import multiprocessing as mp
+import multiprocessing.util
 import math
 import os
 import signal
@@ -224,6 +225,18 @@ def _init_worker(spec: PolicySpec) -> None:
     apply_cpu_settings(num_threads=1)
     _WORKER.clear()
     _WORKER.update(policy=load_policy(spec), target=as_target(spec.target), envs={})
+    if mp.parent_process() is not None:  # a pool worker: its envs are closed when it exits (after pool.close)
+        multiprocessing.util.Finalize(None, _close_worker_envs, exitpriority=10)
+
+
+def _close_worker_envs() -> None:
+    """Close every env this process built (a user's env may hold a robot connection or a simulator process)."""
+    for env in _WORKER.get("envs", {}).values():
+        try:
+            env.close()
+        except Exception as exc:  # one env failing to close does not keep the others open
+            log.warning("closing the evaluation env failed: %s", exc)
+    _WORKER.get("envs", {}).clear()
 
 
 def _env_for(randomization: Mapping[str, Any]) -> Any:
@@ -274,8 +287,11 @@ def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes
                 for res in pool.imap(run_episode, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers) or 1))):
                     results.append(res)
                     bar.update(1)
+                pool.close()  # the workers exit on their own, closing their envs (leaving the block terminates)
+                pool.join()
     finally:
         bar.close()
+        _close_worker_envs()
         _WORKER.clear()
     for res, (c, _, seed) in zip(results, jobs):
         res["episode"] = seed - eval_seed

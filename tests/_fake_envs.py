@@ -97,6 +97,43 @@ class RobosuiteLikeEnv(gym.Env):
         return self._obs(), -self._distance(), False, False, {"success": success}
 
 
+class FaultyRobosuiteLikeEnv(RobosuiteLikeEnv):
+    """:class:`RobosuiteLikeEnv` whose ``robot0_eef_pos`` goes wrong from step ``at`` on: ``fault="nan"`` (a sensor
+    dropping out) or ``"shape"`` (one value short); it records the actions it was sent in ``self.actions``."""
+
+    def __init__(self, fault: str = "nan", at: int = 2, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fault, self.at, self.t, self.actions = fault, int(at), 0, []
+
+    def reset(self, *, seed: int | None = None, options=None):
+        self.t = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.actions.append(np.asarray(action, np.float32).copy())
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.t += 1
+        if self.t >= self.at:
+            obs[EEF] = np.full_like(obs[EEF], np.nan) if self.fault == "nan" else obs[EEF][:-1]
+        return obs, reward, terminated, truncated, info
+
+
+class ClosingRobosuiteLikeEnv(RobosuiteLikeEnv):
+    """:class:`RobosuiteLikeEnv` that appends ``open`` / ``close`` lines to the file ``log`` (a user's env holding a
+    robot connection or a simulator process must be closed)."""
+
+    def __init__(self, log: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log = str(log)
+        with open(self.log, "a") as f:
+            f.write("open\n")
+
+    def close(self) -> None:
+        with open(self.log, "a") as f:
+            f.write("close\n")
+        super().close()
+
+
 def robosuite_expert(obs, rng: np.random.Generator, noise: float = 0.0,
                      act_dim: int = ROBOSUITE_ACT_DIM) -> np.ndarray:
     """Toward ``goal`` = 0 (the env's default) at full speed, gripper closing; Gaussian noise, clipped."""

@@ -216,6 +216,15 @@ def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     wider = target.replace("max_episode_steps: 8", "max_episode_steps: 8, env_kwargs: {eef_dim: 4}")
     with pytest.raises(ValueError, match="low_dim part 'robot0_eef_pos'.*size 4, the agent has 3"):  # before episodes
         evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "w", target=wider, select="[nominal]", workers=0))
+    # every env the evaluation opens is closed again, serial and in worker processes (the workers' were never)
+    for workers in (0, 2):
+        log = tmp_path / f"envs{workers}.log"
+        closing = target.replace("_fake_envs:RobosuiteLikeEnv", "_fake_envs:ClosingRobosuiteLikeEnv").replace(
+            "max_episode_steps: 8", f"max_episode_steps: 8, env_kwargs: {{log: '{log}'}}")
+        evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / f"c{workers}", target=closing,
+                                        select="[nominal]", workers=workers, **{"video.enabled": "false"}))
+        lines = log.read_text().split()
+        assert lines.count("open") >= 2 and lines.count("open") == lines.count("close"), (workers, lines)
     # a state-only agent on an env that renders nothing: the episodes are kept, the video skipped with a warning
     run(stage2_config(demos, tmp_path / "s2s", steps=2, obs={"low_dim": [fake.EEF]}))
     blind = evaluate_robustness(eval_config(tmp_path / "s2s", tmp_path / "b", target=target, select="[nominal]",

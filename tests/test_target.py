@@ -83,6 +83,28 @@ def test_the_env_speaks_our_names_and_reward_convention():
                                max_episode_steps=3)))
 
 
+@pytest.mark.parametrize("fault,error", [
+    ("nan", r"target 'reach': observation part 'robot0_eef_pos' holds NaN or inf at step 2 of the episode"),
+    ("shape", r"target 'reach': observation part 'robot0_eef_pos' has shape \(2,\) at step 2 of the episode, "
+              r"\(3,\) at its reset")])
+def test_an_env_whose_observation_goes_bad_mid_episode_is_named(fault, error):
+    """A sensor turning NaN reached the policy, whose NaN actions went back to the env with no word (stage 3 later
+    blamed the data); a part changing size was a tensor-size traceback. Both stop at the step, naming the part,
+    before any action is computed from it; a new episode starts clean."""
+    from robopretrain.cli import known_errors
+
+    env = make_env(as_target({"name": "reach", "env_id": "_fake_envs:FaultyRobosuiteLikeEnv", "task_id": 7,
+                              "env_kwargs": {"fault": fault, "at": 2}}))
+    env.reset(seed=0)
+    env.step(np.zeros(7, np.float32))
+    with pytest.raises(known_errors(), match=error):
+        env.step(np.zeros(7, np.float32))
+    assert len(env.unwrapped.actions) == 2 and np.isfinite(env.unwrapped.actions).all()
+    obs, _ = env.reset(seed=1)  # shapes and the step count start over
+    assert np.isfinite(obs["robot0_eef_pos"]).all() and obs["robot0_eef_pos"].shape == (3,)
+    env.step(np.zeros(7, np.float32))
+
+
 class LateSuccessKey(gym.Env):
     """A dense-reward env whose info carries ``key`` only from its second step (some envs add it on some steps)."""
 

@@ -407,6 +407,8 @@ class TargetEnv(gym.Wrapper):
         self._task_id = target.resolved_task_id()
         self._reverse = {v: k for k, v in target.obs_map.items()}
         self._key_seen = False  # whether this episode's infos have had the success key
+        self._shapes: dict[str, tuple[int, ...]] = {}  # each vector part's shape at the episode's reset
+        self._steps = 0  # steps since the reset (for the errors of _check_part)
         self.observation_space = self._space(env.observation_space)
 
     def _space(self, space: gym.Space) -> gym.spaces.Dict:
@@ -446,6 +448,7 @@ class TargetEnv(gym.Wrapper):
                     raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
             elif np.issubdtype(arr.dtype, np.floating) or arr.ndim == 1:
                 arr = arr.astype(np.float32, copy=False)
+                self._check_part(key, arr)
             out[ours] = arr
         missing = [c for c in self.cameras if c not in out]
         if missing:
@@ -453,6 +456,18 @@ class TargetEnv(gym.Wrapper):
                                    f"{sorted(out)}); map it with obs_map")
         out["task_id"] = self._task_id
         return out
+
+    def _check_part(self, key: str, arr: np.ndarray) -> None:
+        """A vector part that turns NaN / inf, or changes shape within an episode, is the env's fault: refused naming
+        it (it reached the networks as NaN actions sent back to the env, or as a tensor-size error)."""
+        first = self._shapes.setdefault(key, arr.shape)
+        if arr.shape != first:
+            raise EnvContractError(f"target {self.target.name!r}: observation part {key!r} has shape {arr.shape} at "
+                                   f"step {self._steps} of the episode, {first} at its reset")
+        if not np.isfinite(arr).all():
+            raise EnvContractError(f"target {self.target.name!r}: observation part {key!r} holds NaN or inf at step "
+                                   f"{self._steps} of the episode ({arr.tolist() if arr.size <= 16 else arr.shape}); "
+                                   "a sensor or simulation failure in the env (the policy would act on it)")
 
     def _success(self, info: Mapping[str, Any]) -> bool:
         key = self.target.success_key
@@ -484,12 +499,14 @@ class TargetEnv(gym.Wrapper):
     def reset(self, **kwargs: Any):
         obs, info = self.env.reset(**kwargs)
         info = dict(info)
+        self._shapes, self._steps = {}, 0
         self._key_seen = self.target.success_key in info
         info["success"] = bool(np.asarray(info.get(self.target.success_key, False)).any())
         return self._obs(obs), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self._steps += 1
         info = dict(info)
         success = self._success(info)
         info["success"] = success
