@@ -279,6 +279,8 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
     tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
     tid = task_id if task_id is not None else data_cfg.get("task_id")
     path = converted(Path(path), data_cfg, default_image_size)
+    if algo == "dt":  # returns-to-go of the rewards as given: no sparse transform, no all-failure rule to warn about
+        reward = dataclasses.replace(reward, sparse=False)
     return load_offline_dataset(
         path, spec, reward, obs_map=plain(data_cfg.get("obs_map")) or None, tasks=tasks,
         mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"), task_id=None if tid is None else int(tid),
@@ -354,7 +356,26 @@ def training_sampler(agent: Agent, dataset: OfflineDataset, seed: int) -> Any:
         raise ValueError("algo=dt samples K-step windows from data held in memory; set data.storage=memory "
                          f"(this data is a {type(dataset).__name__})")
 
-    return SequenceSampler(dataset, int(agent.algo_cfg.context_len), seed=seed)
+    sampler = SequenceSampler(dataset, int(agent.algo_cfg.context_len), seed=seed)
+    warn_target_return(agent.algo_cfg, sampler.episode_returns)
+    return sampler
+
+
+def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray) -> bool:
+    """Warn (and return True) when DT's evaluation return ``target_return * reward_scale`` lies outside the data's
+    episode returns ``(E,)`` (in the same scaled units): the policy is asked for a return no demo showed (e.g. the
+    default 1, a sparse success, on dense rewards that sum to -30 ... 0)."""
+    asked = float(dt_cfg.target_return) * float(dt_cfg.reward_scale)
+    low, high = float(np.min(episode_returns)), float(np.max(episode_returns))
+    tol = 1e-6 * max(1.0, abs(low), abs(high))
+    if low - tol <= asked <= high + tol:
+        return False
+    scale = float(dt_cfg.reward_scale) or 1.0
+    log.warning("algo.target_return=%g (x reward_scale %g = %g) lies outside the data's episode returns [%.4g, %.4g]: "
+                "the Decision Transformer is asked for a return no demo reached; set algo.target_return to the "
+                "return to ask for, in the data's reward units (its best episode: %.4g)", float(dt_cfg.target_return),
+                float(dt_cfg.reward_scale), asked, low, high, high / scale)
+    return True
 
 
 # --------------------------------------------------------------------------- targets

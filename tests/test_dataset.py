@@ -144,6 +144,27 @@ def test_a_file_without_rewards_datasets_trains_bc_and_is_refused_or_rebuilt_for
         load_offline_dataset(path, spec, CAL_QL, rewards_from_success=True)
 
 
+def test_dense_rewards_warn_the_learners_that_transform_them_not_dt(tmp_path, caplog):
+    """The dense-reward warning's advice (algo.sparse_reward=false) is for learners with the sparse transform; DT
+    sums the rewards as given and has no such setting, so it is not warned."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from robopretrain.build import load_data
+
+    path = write_file(tmp_path / "dense.hdf5")
+    with h5py.File(path, "r+") as f:
+        for demo in f["data"].values():
+            demo["rewards"][...] = np.array([0.3, -0.2, 0.5], np.float32)
+    spec = spec_of_data(path, ["proprio"], [], None)
+    for algo, warned in (("iql", True), ("dt", False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            load_data(path, spec, OmegaConf.create({}), CAL_QL, algo=algo, act_dim=None, seed=0,
+                      device=torch.device("cpu"))
+        assert ("rewards are not sparse {0, 1}" in caplog.text) is warned, algo
+
+
 def test_inspect_says_the_rewards_disagree_with_ep_meta(tmp_path, capsys):
     from robopretrain.data.inspect import main
 

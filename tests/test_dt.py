@@ -246,6 +246,26 @@ def test_windows_stay_inside_their_episode_and_pad_at_the_start():
     assert first["observations"]["x"].shape == (4, 3, 1)
 
 
+def test_a_target_return_outside_the_datas_episode_returns_is_warned(caplog):
+    """DT is asked at evaluation for ``target_return * reward_scale``; on dense data whose returns are far below the
+    default 1 it would be asked for a return no demo showed (the sparse-reward advice it got instead named a setting
+    DT does not have)."""
+    import logging
+
+    from robopretrain.build import warn_target_return
+
+    sampler = SequenceSampler(toy_dataset(), 3, seed=0)
+    np.testing.assert_array_equal(sampler.episode_returns, [1, 2, 5])  # each episode's first return-to-go
+    with caplog.at_level(logging.WARNING):
+        assert not warn_target_return(DTConfig(target_return=5.0), sampler.episode_returns)
+        assert not warn_target_return(DTConfig(target_return=0.5, reward_scale=2.0), sampler.episode_returns)
+        assert not caplog.records
+        assert warn_target_return(DTConfig(target_return=3.0, reward_scale=2.0), sampler.episode_returns)
+        assert warn_target_return(DTConfig(target_return=0.0), sampler.episode_returns)
+    assert "algo.target_return=3 (x reward_scale 2 = 6) lies outside the data's episode returns [1, 5]" in caplog.text
+    assert "its best episode: 2.5" in caplog.text
+
+
 def test_agent_encodes_every_step_and_warms_up_the_learning_rate():
     spec = ObsSpec(low_dim=(("x", 1),), num_tasks=3)
     stats = {"x": {"mean": [3.0], "std": [2.0]}}

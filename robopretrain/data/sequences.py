@@ -54,6 +54,7 @@ class SequenceSampler:
         self.timesteps = np.arange(n) - self.episode_start
         self.rtg = returns_to_go(f[REWARDS], f[DONES], 1.0, obs=f[OBS], next_obs=f[NEXT_OBS])
         self.num_episodes = len(first)
+        self.episode_returns = self.rtg[first]  # (E,) each episode's undiscounted return (its first step's R)
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
