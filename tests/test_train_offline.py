@@ -267,6 +267,11 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
     assert "written by a run with" not in caplog.text  # same process count: no data-stream warning
     assert [row["step"] for row in read_jsonl(out / "metrics.jsonl")] == uninterrupted
     assert any("calib/offline_q_data" in row for row in read_jsonl(out / "metrics.jsonl") if row["step"] == 0)
+    caplog.clear()  # a rerun asking for fewer updates than the run has: its checkpoint is the result, said aloud
+    with caplog.at_level(logging.WARNING, logger="robopretrain"):
+        final = run(stage2_config(tiny_hdf5, out, **{**cfg, "steps": 3}))
+    assert final.name == checkpoint_name(4)
+    assert "last checkpoint is at update 4, past train.steps=3: nothing to train" in caplog.text
 
 
 @pytest.mark.parametrize("progress", [False, True])

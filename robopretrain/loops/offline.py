@@ -166,6 +166,10 @@ def train_offline(
     if logger is not None:
         logger.truncate_after(start)
     total, bs = int(settings.steps), int(agent.batch_size)
+    if start > total and dinfo.is_main:
+        log.warning("%s: its last checkpoint is at update %d, past train.steps=%d: nothing to train, and that "
+                    "checkpoint (not one at %d) is the result; a fresh output_dir trains to %d", run_dir, start, total,
+                    total, total)
     last: Path | None = None
     update = update_function(agent, compile=settings.compile, cuda_graph=settings.cuda_graph, section="train",
                              distributed=dinfo.enabled)
