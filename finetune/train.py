@@ -38,6 +38,7 @@ from finetune.online import OnlineSettings, run_online
 from finetune.transfer.gap import Gap
 from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
+from robopretrain.algos import AGENT_NAMES
 from robopretrain.checkpoint import META_FILE, CheckpointError, load_agent, resolve_checkpoint_dir
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
@@ -130,7 +131,7 @@ def refuse_decision_transformer(algo: str, checkpoint: Any) -> None:
     if "dt" in (algo, saved):
         raise CheckpointError(f"{checkpoint}: online fine-tuning of the Decision Transformer (algo=dt) is not "
                               "available; evaluate a DT checkpoint with robopretrain.evaluate, or fine-tune a "
-                              "cql / calql / iql checkpoint")
+                              f"checkpoint of another learner ({' / '.join(n for n in AGENT_NAMES if n != 'dt')})")
 
 
 def warn_dropped_bc_term(ckpt_meta: dict[str, Any], algo_cfg: Any) -> str | None:
