@@ -156,6 +156,7 @@ class PolicySpec:
     checkpoint: str
     target: dict[str, Any]
     device: str
+    target_return: float | None = None  # a Decision Transformer's evaluation return (None: the checkpoint's)
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -202,6 +203,11 @@ def load_policy(spec: PolicySpec) -> Any:
     """The agent of the checkpoint, its weights loaded, in eval mode, ready for ``act(obs, deterministic=True)``."""
     agent, _ = load_agent(spec.checkpoint, device=spec.device)
     agent.train_mode(False)
+    if spec.target_return is not None:  # the return asked for, in the env's reward units (DT conditions on it)
+        if agent.algo != "dt":
+            raise ValueError(f"evaluate config: target_return={spec.target_return} conditions a Decision Transformer; "
+                             f"{spec.checkpoint} is a {agent.algo} checkpoint (leave target_return null)")
+        agent.algo_cfg.target_return = float(spec.target_return)
     return agent
 
 
@@ -487,6 +493,10 @@ def validate_config(cfg: DictConfig) -> None:
         fail("bootstrap.resamples", "an integer >= 1")
     if not 0.0 < float(cfg.bootstrap.confidence) < 1.0:
         fail("bootstrap.confidence", "a number in (0, 1)")
+    given = cfg.get("target_return")
+    if given is not None and (isinstance(given, bool) or not isinstance(given, (int, float))
+                              or not np.isfinite(float(given))):
+        fail("target_return", "a finite number (a Decision Transformer's return to ask for) or null")
     if cfg.video.enabled:
         if not 16 <= int(cfg.video.size) <= 512:
             fail("video.size", "an integer in [16, 512]")
@@ -520,7 +530,9 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"evaluate config: target {target.name!r} ({target.family}) has no randomization or "
                          f"distractors; factors {shifted} apply to sim_envs targets only: use select=[nominal]")
     task = target.name
-    spec = PolicySpec(str(ckpt.path), target.to_dict(), str(cfg.device))
+    given = cfg.get("target_return")
+    spec = PolicySpec(str(ckpt.path), target.to_dict(), str(cfg.device),
+                      None if given is None else float(given))
     from robopretrain.build import check_env_fits
     from robopretrain.evaluation import NothingToFilm
 
@@ -534,6 +546,7 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     stats = aggregate(conditions, episodes, cfg.bootstrap)
     info: dict[str, Any] = {
         "checkpoint": str(ckpt.path), "step": ckpt.step, "algo": ckpt.meta["algo"], "stage": ckpt.meta.get("stage"),
+        "target_return": spec.target_return,
         "cameras": [k for k, _ in ckpt.meta["obs_spec"].get("rgb", [])], "target": target.to_dict(),
         "task": task, "episodes_per_condition": int(cfg.episodes), "eval_seed": int(cfg.eval_seed),
         "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),

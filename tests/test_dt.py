@@ -332,3 +332,28 @@ def test_online_fine_tuning_of_dt_is_refused_in_one_line(reach_data, tmp_path):
         with pytest.raises(CheckpointError, match=r"Decision Transformer .* checkpoint of another learner \(cql / "
                                                   r"calql / iql / bc / td3_bc / awac / rebrac / bcq / por\)"):
             finetune(stage3_config(ckpt, tmp_path / algo, "Reach", algo=algo))
+
+
+def test_evaluate_asks_a_dt_checkpoint_for_another_return_without_retraining(reach_data, tmp_path):
+    """``robopretrain.evaluate target_return=...`` conditions the loaded DT on that return (a return sweep needed a
+    retrained checkpoint: the key was refused as unknown); another learner's checkpoint or a non-number is refused."""
+    from omegaconf import OmegaConf
+
+    from robopretrain.evaluate import PolicySpec, load_policy, validate_config
+
+    ckpt = run(stage2_config(reach_data["states"], tmp_path / "s2", steps=1, algo="dt", obs=OBS["states"]))
+    agent = load_policy(PolicySpec(str(ckpt), Target("Reach").to_dict(), "cpu", 0.25))
+    agent.reset_episode()
+    assert agent.core._history["rtg"].tolist() == [[0.25 * agent.algo_cfg.reward_scale]]
+    default = load_policy(PolicySpec(str(ckpt), Target("Reach").to_dict(), "cpu"))
+    default.reset_episode()
+    assert default.core._history["rtg"].tolist() == [[1.0]]  # the checkpoint's own target_return
+    iql = run(stage2_config(reach_data["states"], tmp_path / "iql", steps=1, algo="iql", obs=OBS["states"]))
+    with pytest.raises(ValueError, match="target_return=0.25 conditions a Decision Transformer; .* is a iql"):
+        load_policy(PolicySpec(str(iql), Target("Reach").to_dict(), "cpu", 0.25))
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "evaluate.yaml")
+    cfg.pop("defaults")
+    cfg.pop("hydra")
+    cfg.target_return = "high"
+    with pytest.raises(ValueError, match="evaluate config: target_return='high'; expected a finite number"):
+        validate_config(cfg)
