@@ -169,11 +169,27 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return ckpt
 
 
+def _foreign_task(ckpt: Checkpoint, name: str) -> bool:
+    """Whether the stage-2 task ``name`` comes from a data file whose ``env_args`` name another env family than
+    sim_envs (robosuite's ``Lift`` is not our ``Lift``); False when the file cannot be read (moved, deleted)."""
+    from robopretrain.data.hdf5 import DatasetError, read_info
+    from robopretrain.envs.target import target_of_data
+
+    if name in (ckpt.meta.get("mix_task_names") or []) or not ckpt.meta.get("data_path"):
+        return False
+    try:
+        info = read_info(ckpt.meta["data_path"])
+    except (DatasetError, OSError):
+        return False
+    return name in info.tasks and target_of_data(info.env_args, name, int(info.tasks[name])) is None
+
+
 def default_target(ckpt: Checkpoint) -> Target:
     """The checkpoint's own target (stage 3), else the task a stage-2 run adapted to (the first of its ``data.mix``
     tasks, PTR's target adaptation), else the first task the stage-2 agent was trained on; in the slot of the task
     one-hot it was trained in (meta's ``task_ids``: a ``data.task_id`` override moves it). A task that is not a
-    sim_envs task is the stage-2 run's evaluation target of that name (``train.eval_targets``, recorded in meta's
+    sim_envs task (or has a sim_envs task's name in a file of another env family) is the stage-2 run's evaluation
+    target of that name (``train.eval_targets``, recorded in meta's
     ``eval_targets``), else its only evaluation target. Raises :class:`CheckpointError` when none fits."""
     if ckpt.meta.get("target"):
         return as_target(ckpt.meta["target"])
@@ -185,13 +201,15 @@ def default_target(ckpt: Checkpoint) -> Target:
     evaluated = [dict(t) for t in ckpt.meta.get("eval_targets") or []]
     import sim_envs.tasks as tasks  # torch-free
 
-    if name in tasks.TASKS:
+    if name in tasks.TASKS and not _foreign_task(ckpt, name):
         target = as_target(name)
     else:
         named = [t for t in evaluated if t.get("name") == name]
         if not named and len(evaluated) != 1:
             raise CheckpointError(
-                f"{ckpt.path / 'meta.json'}: its task {name!r} is not a sim_envs task and the run recorded "
+                f"{ckpt.path / 'meta.json'}: its task {name!r} is not a sim_envs task"
+                f"{' (a file of another env family uses its name)' if name in tasks.TASKS else ''} and the run "
+                "recorded "
                 f"{len(evaluated)} evaluation targets (train.eval_targets), none named so; pass target=<mapping>, e.g. "
                 "'target={name: mytask, env_id: MyEnv-v0, task_id: 0}' (task_id: its slot in the agent's task "
                 "one-hot; 0 without one)")

@@ -187,6 +187,21 @@ def test_camera_checkpoint_evaluates_identically_twice(tiny_camera_checkpoint, t
     assert all(Path(v["path"]).stat().st_size > 0 for v in info["videos"].values())
 
 
+def test_a_foreign_task_named_like_a_sim_envs_task_is_not_evaluated_in_sim_envs(tmp_path, tiny_checkpoint):
+    """robosuite's ``Lift`` is not our ``Lift``: a stage-2 checkpoint of such a file without a recorded target asks
+    for one (it built our Lift and failed on the missing observation key); a sim_envs file's task still defaults."""
+    from robopretrain.checkpoint import CheckpointError
+    from robopretrain.evaluate import default_target, open_checkpoint
+    from robopretrain.train import run
+
+    demos = fake.write_robosuite_demos(tmp_path / "lift.hdf5", 2, tasks=(("Lift", 0),))
+    run(stage2_config(demos, tmp_path / "s2", steps=1, obs={"low_dim": [fake.EEF]}))
+    with pytest.raises(CheckpointError, match=r"its task 'Lift' is not a sim_envs task \(a file of another env "
+                                              r"family uses its name\) and the run recorded 0 evaluation targets"):
+        default_target(open_checkpoint(tmp_path / "s2"))
+    assert default_target(open_checkpoint(tiny_checkpoint)).name == "Reach"  # a sim_envs file's task
+
+
 def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     """A custom gymnasium target: nominal episodes and a video from the agent's own camera; factors that shift our
     sim are refused with one line naming them when selected, left out when select is unset."""
