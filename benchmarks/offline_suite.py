@@ -563,7 +563,7 @@ def preferences_table(rows: list[dict[str, Any]]) -> str:
              "| task | learner | seeds | learned reward | true reward | learned - true [95% CI] | held-out agreement |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        agree = [a for a in r["agreement"] if a is not None and np.isfinite(a)]  # NaN: no non-tie held-out pair
+        agree = [a for a in r["agreement"] if a is not None and np.isfinite(a)]  # None or NaN: no non-tie
         true = f"{r['true']:.2f}" if "true" in r else "-"
         diff = _ci(r, "difference", "difference_ci95") if "difference" in r else "-"
         lines.append(f"| {r['task']} | {LABELS[r['algo']]} | {len(r['seeds'])} | {_ci(r, 'learned', 'learned_ci95')} | "

@@ -36,6 +36,7 @@ import multiprocessing.util
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -239,6 +240,7 @@ def make_env(agent: Any, target: Target, randomization: Mapping[str, Any]) -> An
 # --------------------------------------------------------------------------- episodes (run in workers)
 
 _WORKER: dict[str, Any] = {}
+CLOSE_TIMEOUT_S = 60  # how long the worker processes may take to close their envs and exit
 
 
 def _init_worker(spec: PolicySpec) -> None:
@@ -312,7 +314,12 @@ def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes
                     results.append(res)
                     bar.update(1)
                 pool.close()  # the workers exit on their own, closing their envs (leaving the block terminates)
-                pool.join()
+                joiner = threading.Thread(target=pool.join, daemon=True)
+                joiner.start()
+                joiner.join(timeout=CLOSE_TIMEOUT_S)
+                if joiner.is_alive():  # an env whose close() blocks (a robot that does not answer): not a hang
+                    log.warning("evaluation workers did not exit within %d s of the last episode (an env's close() "
+                                "blocking?); terminating them", CLOSE_TIMEOUT_S)
     finally:
         bar.close()
         _close_worker_envs()

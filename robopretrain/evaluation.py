@@ -57,12 +57,13 @@ def agent_env(agent: Any, target: Target, randomization: Any = "none", **sim_kwa
     """The env of ``target`` rendering exactly the cameras the agent sees, at their size, taking actions in the
     agent's units (:func:`agent_target`)."""
     return make_env(agent_target(agent, target), agent.spec.rgb_keys, agent.spec.image_size, randomization,
-                    **sim_kwargs)
+                    checked=agent.spec.low_dim_keys, **sim_kwargs)
 
 
 def agent_env_factory(agent: Any, target: Target, randomization: Any = "none") -> Any:
     """A picklable zero-argument factory of :func:`agent_env` (what a vector collector's workers call)."""
-    return env_factory(agent_target(agent, target), agent.spec.rgb_keys, agent.spec.image_size, randomization)
+    return env_factory(agent_target(agent, target), agent.spec.rgb_keys, agent.spec.image_size, randomization,
+                       checked=agent.spec.low_dim_keys)
 
 
 def run_episodes(agent: Any, env: gym.Env, num_episodes: int, *, eval_seed: int = EVAL_SEED,

@@ -236,6 +236,22 @@ def target_task_names(cfg: DictConfig, target: Target) -> list[str]:
     return list(data_task_ids(info, target_data(cfg, Path("."), target)))
 
 
+def reward_free_demos(cfg: DictConfig, target: Target) -> list[str]:
+    """The demos of ``target``'s own robomimic file that the adaptation selects and that have no ``rewards`` dataset
+    (:meth:`robopretrain.data.hdf5.DatasetInfo.unrewarded`); empty for other formats and collected demos."""
+    path = Path(target.demos).expanduser() if target.demos else None
+    if path is None or not path.is_file() or path.suffix.lower() not in (".hdf5", ".h5"):
+        return []
+    from robopretrain.build import selected_demos
+    from robopretrain.data.hdf5 import DatasetError, read_info
+
+    try:
+        info = read_info(path)
+    except (DatasetError, OSError):
+        return []
+    return info.unrewarded(selected_demos(info, max_demos=int(cfg.data.target_demos)))
+
+
 def check_targets(cfg: DictConfig) -> None:
     """Fail early on a bad target entry (its demos missing), or one stage 3's algorithm cannot train on (a dense
     reward with the BC term kept to successful episodes); warn where the adaptation's success filter meets a
@@ -249,7 +265,9 @@ def check_targets(cfg: DictConfig) -> None:
         if target.demos and not Path(target.demos).expanduser().exists():
             raise FileNotFoundError(f"target {target.name!r}: demos={target.demos} not found (a robomimic HDF5, or "
                                     "a LeRobot / Minari folder, D4RL HDF5 or OGBench .npz)")
-        slot = target.resolved_task_id() if target.family != SIM_ENVS or target.task_id is not None else None
+        # a sim_envs target's collected demos carry its own name; its own demos go in its slot (target_data)
+        own_slot = target.family != SIM_ENVS or target.task_id is not None or bool(target.demos)
+        slot = target.resolved_task_id() if own_slot else None
         if bool(cfg.stage2.enabled) and slot in prior_slots:  # the adaptation mixes prior data only after stage 2
             other = [n for n in target_task_names(cfg, target) if n != prior_slots[slot]]
             if other:  # the adaptation's check (build.check_task_slots) would refuse it, after stage 2
@@ -257,6 +275,13 @@ def check_targets(cfg: DictConfig) -> None:
                     f"target {target.name!r} ({target.family}) takes task slot {slot} of the agent's one-hot, which "
                     f"prior task {prior_slots[slot]!r} holds (the target's demos are task {other[0]!r}); give the "
                     f"target a free slot (its task_id: {len(sim_tasks.TASKS)} or above, with obs.num_tasks above it)")
+        free = reward_free_demos(cfg, target)
+        if free and any(str(a) != "bc" for a in (cfg.adapt.algo, cfg.stage3.algo)):  # BC needs no reward
+            raise ValueError(f"target {target.name!r}: {len(free)} of its demos ({', '.join(free[:3])}"
+                             f"{', ...' if len(free) > 3 else ''}) have no rewards dataset, which the adaptation "
+                             f"({cfg.adapt.algo}) and stage 3 ({cfg.stage3.algo}) need; write rewards into a copy "
+                             "first (python -m robopretrain.reward_model data.path=... labels.path=<your preference "
+                             "labels>, or rewards from ep_meta success) and give that copy as the target's demos")
         if target.family != SIM_ENVS and not target.demos:
             raise ValueError(f"target {target.name!r} ({target.family}): give its demos (target.demos: a robomimic "
                              "HDF5 or another format); the data stage collects demos of sim_envs targets only")

@@ -117,7 +117,7 @@ def test_zero_rewards_with_successful_episodes_are_refused_rebuilt_on_request_an
     assert (kept["rewards"] > 0).sum() == 1 and kept["dones"].sum() == 2  # its own terminal kept, no reward for it
 
 
-def test_a_file_without_rewards_datasets_trains_bc_and_is_refused_or_rebuilt_for_rl(tmp_path, caplog):
+def test_a_file_without_rewards_datasets_trains_bc_and_is_refused_or_rebuilt_for_rl(tmp_path, caplog, capsys):
     """A recording that never wrote ``rewards`` (the contract's reward-free case): read as zeros for BC; a learner
     that needs rewards is told what to do; ``rewards_from_success`` rebuilds them from ep_meta, exactly as for the
     file whose recorder wrote them (it was 'data/demo_0/rewards: missing' for all three)."""
@@ -126,6 +126,10 @@ def test_a_file_without_rewards_datasets_trains_bc_and_is_refused_or_rebuilt_for
         for demo in f["data"].values():
             del demo["rewards"]
     assert read_info(path).unrewarded() == ["demo_0", "demo_1"]
+    from robopretrain.data.inspect import main
+
+    assert main([str(path)]) == 0
+    assert "note: 2 of 2 demos have no rewards dataset (read as zeros)" in capsys.readouterr().out
     spec = spec_of_data(path, ["proprio"], [], None)
     bc = load_offline_dataset(path, spec, RewardSettings(), rewards_needed=False).arrays()
     np.testing.assert_array_equal(bc["rewards"], np.zeros(6))
@@ -134,7 +138,8 @@ def test_a_file_without_rewards_datasets_trains_bc_and_is_refused_or_rebuilt_for
         load_offline_dataset(path, spec, CAL_QL)
     with caplog.at_level(logging.WARNING):
         rebuilt = load_offline_dataset(path, spec, CAL_QL, rewards_from_success=True).arrays()
-    assert "2 of 2 episodes have no rewards; rebuilt from ep_meta success (1 successful episodes)" in caplog.text
+    assert "2 of 2 episodes have no rewards; every episode's rewards rebuilt from ep_meta success (1 successful " \
+           "episodes; 0 stored reward sequences replaced)" in caplog.text
     fine = load_offline_dataset(write_file(tmp_path / "fine.hdf5"), spec, CAL_QL).arrays()
     for key in ("rewards", "dones", "mc_returns"):
         np.testing.assert_array_equal(rebuilt[key], fine[key])

@@ -231,6 +231,16 @@ def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     wider = target.replace("max_episode_steps: 8", "max_episode_steps: 8, env_kwargs: {eef_dim: 4}")
     with pytest.raises(ValueError, match="low_dim part 'robot0_eef_pos'.*size 4, the agent has 3"):  # before episodes
         evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "w", target=wider, select="[nominal]", workers=0))
+    from robopretrain.checkpoint import load_agent
+    from robopretrain.envs.target import TargetEnv, as_target
+    from robopretrain.evaluation import agent_env, agent_env_factory
+
+    agent = load_agent(tmp_path / "s2")[0]
+    reach = as_target(OmegaConf.to_container(OmegaConf.create(target)))
+    for env in (agent_env(agent, reach), agent_env_factory(agent, reach)()):
+        while not isinstance(env, TargetEnv):  # the agent's vector parts are the ones checked at every step
+            env = env.env
+        assert env.checked == {fake.EEF}
     # every env the evaluation opens is closed again, serial and in worker processes (the workers' were never)
     for workers in (0, 2):
         log = tmp_path / f"envs{workers}.log"

@@ -67,7 +67,7 @@ def test_each_finished_run_records_the_commit_and_cpu_that_finished_it(suite, mo
     suite.one(suite.Job("states", "Reach", "clean", "bc", 0), Namespace(work_dir=tmp_path, budgets=suite.Budgets()),
               results, threading.Lock())
     entry = results["states/Reach/clean/bc/seed0"]
-    assert entry["commit"] == suite.git_commit(ROOT) and len(entry["commit"]) == 40
+    assert entry["commit"] == suite.git_commit(ROOT)  # "" outside a git checkout
     assert entry["cpu"] == suite.cpu_model() and entry["success"] == {"20": [True]}
 
 

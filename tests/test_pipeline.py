@@ -218,6 +218,36 @@ def test_the_slot_check_reads_the_task_names_of_the_targets_demos(tmp_path, name
         pipeline.check_targets(cfg)
 
 
+def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_at_start(tmp_path):
+    """A sim_envs target with its own demos file goes in its task's slot (the adaptation puts it there): a file of
+    another task in a prior task's slot was refused only after stage 2. A target demos file without rewards, which
+    the adaptation's CQL and stage 3's Cal-QL need, was refused after stage 2 with advice (data.rewards_from_success)
+    the pipeline has no key for."""
+    import h5py
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    other = fake.write_robosuite_demos(tmp_path / "arm.hdf5", 2, tasks=(("Arm", 0),), image_size=SIZE)
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[f"targets=[{{name: Reach, demos: {other}}}]", "encoder.mode=scratch",
+                                             "prior_tasks=[Reach]"])
+    with pytest.raises(ValueError, match=r"target 'Reach' \(sim_envs\) takes task slot 0 .* demos are task 'Arm'"):
+        pipeline.check_targets(cfg)
+    free = fake.write_robosuite_demos(tmp_path / "free.hdf5", 2, tasks=(("Arm", 11),), image_size=SIZE)
+    with h5py.File(free, "r+") as f:
+        del f["data/demo_1/rewards"]
+    target = f"targets=[{{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: {free}}}]"
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]",
+                                             "obs.num_tasks=12"])
+    with pytest.raises(ValueError, match=r"target 'Arm': 1 of its demos \(demo_1\) have no rewards dataset, which "
+                                         r"the adaptation \(cql\) and stage 3 \(calql\) need"):
+        pipeline.check_targets(cfg)
+    cfg.data.target_demos = 1  # the adaptation selects demo_0 only: rewarded
+    pipeline.check_targets(cfg)
+
+
 def test_common_algo_overrides_reach_only_the_algorithms_that_have_them(tmp_path):
     """``algo_overrides`` holds CQL keys (``n_actions``, the actor's BC term); a stage running IQL or BC gets only
     the keys its config has, so ``stage2.algo=iql`` builds an agent instead of failing on ``n_actions``."""

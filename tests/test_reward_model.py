@@ -253,10 +253,12 @@ def test_degenerate_label_sets_and_settings_are_refused_before_training(tmp_path
     with pytest.raises(ValueError, match=r"model.steps=0: ensemble, steps and batch_size must be >= 1"):
         run(config(data, tmp_path / "s", model={"steps": 0}), tmp_path / "s")
     decided = [PreferenceLabel("demo_0", 0, f"demo_{i}", 0, 4, 1.0) for i in range(1, 9)]
-    write_labels(tmp_path / "mixed.csv", decided + ties[:2])
+    mixed = decided[:4] + [ties[0]] + decided[4:5] + [ties[1]] + decided[5:]  # seed 0 holds out rows 4 and 6
+    write_labels(tmp_path / "mixed.csv", mixed)
     cfg = config(data, tmp_path / "m", labels={"path": str(tmp_path / "mixed.csv"), "held_out": 0.2},
                  model={"steps": 5}, relabel={"enabled": False})
-    run(cfg, tmp_path / "m")
+    report = run(cfg, tmp_path / "m")
+    assert report["held_out_agreement"]["non_tie"] == 0 and report["held_out_agreement"]["agreement"] is None
     json.loads((tmp_path / "m" / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
 
 

@@ -88,13 +88,19 @@ def test_the_env_speaks_our_names_and_reward_convention():
     ("shape", r"target 'reach': observation part 'robot0_eef_pos' has shape \(2,\) at step 2 of the episode, "
               r"\(3,\) at its reset")])
 def test_an_env_whose_observation_goes_bad_mid_episode_is_named(fault, error):
-    """A sensor turning NaN reached the policy, whose NaN actions went back to the env with no word (stage 3 later
-    blamed the data); a part changing size was a tensor-size traceback. Both stop at the step, naming the part,
-    before any action is computed from it; a new episode starts clean."""
+    """A sensor the agent reads turning NaN reached the policy, whose NaN actions went back to the env with no word
+    (stage 3 later blamed the data); a part changing size was a tensor-size traceback. Both stop at the step, naming
+    the part, before any action is computed from it; a new episode starts clean; parts the agent does not read are
+    not checked."""
     from robopretrain.cli import known_errors
 
-    env = make_env(as_target({"name": "reach", "env_id": "_fake_envs:FaultyRobosuiteLikeEnv", "task_id": 7,
-                              "env_kwargs": {"fault": fault, "at": 2}}))
+    target = as_target({"name": "reach", "env_id": "_fake_envs:FaultyRobosuiteLikeEnv", "task_id": 7,
+                        "env_kwargs": {"fault": fault, "at": 2}})
+    unread = make_env(target, checked=[fake.GRIPPER])  # a part the agent does not read may be anything
+    unread.reset(seed=0)
+    for _ in range(3):
+        unread.step(np.zeros(7, np.float32))
+    env = make_env(target, checked=[fake.EEF, fake.GRIPPER])
     env.reset(seed=0)
     env.step(np.zeros(7, np.float32))
     with pytest.raises(known_errors(), match=error):

@@ -303,8 +303,9 @@ def load_offline_dataset(
     if rewards_needed and unrewarded:  # stored without rewards: read as zeros
         check_reward_free(str(info.path), unrewarded, len(demos), trans.ep_meta, rewards_from_success)
         rewards, dones = _rewards_from_success(rewards, dones, trans.episode_ids, success)
-        log.warning("%s: %d of %d episodes have no rewards; rebuilt from ep_meta success (%d successful episodes)",
-                    info.path, len(unrewarded), len(demos), sum(success))
+        log.warning("%s: %d of %d episodes have no rewards; every episode's rewards rebuilt from ep_meta success "
+                    "(%d successful episodes; %d stored reward sequences replaced)", info.path, len(unrewarded),
+                    len(demos), sum(success), len(demos) - len(unrewarded))
     elif rewards_needed and unrewarded_successes(rewards, trans.ep_meta):
         if not rewards_from_success:
             raise DatasetError(

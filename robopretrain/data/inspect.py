@@ -251,6 +251,11 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append(f"warning: the rewards disagree with ep_meta: {unrewarded} of {marked} episodes marked successful "
                      "have no positive reward (sparse-reward RL would see no success; stage 2 refuses the file "
                      "for CQL/Cal-QL/IQL unless data.rewards_from_success=true)")
+    reward_free = sum(1 for t in s.tasks.values() for r in t.rewarded if r is None)
+    if reward_free:
+        lines.append(f"note: {reward_free} of {n_demos} demos have no rewards dataset (read as zeros): BC trains on "
+                     "them; other learners need data.rewards_from_success=true (ep_meta success flags) or a reward "
+                     "written by python -m robopretrain.reward_model from preference labels")
     if s.total_attr is not None and s.total_attr != s.transitions:
         lines.append(f"warning: data.attrs['total'] = {s.total_attr} but the demos hold {s.transitions} transitions")
     lines.append("")

@@ -311,12 +311,13 @@ def _capped(env: gym.Env, target: Target) -> gym.Env:
 
 
 def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None = None,
-             randomization: Any = "none", **sim_kwargs: Any) -> gym.Env:
+             randomization: Any = "none", *, checked: Sequence[str] = (), **sim_kwargs: Any) -> gym.Env:
     """The env of ``target`` in the toolkit's conventions (module docstring), rendering ``cameras`` at ``image_size``.
 
     ``randomization`` (a level name or a mapping, see :mod:`sim_envs.randomization`) applies to sim_envs targets
     only; any other family refuses a setting other than ``none`` with a ``ValueError`` naming the target.
-    ``sim_kwargs`` go to the sim_envs env (e.g. ``video_cameras``).
+    ``sim_kwargs`` go to the sim_envs env (e.g. ``video_cameras``). ``checked``: the vector parts the agent reads
+    (our names), refused at the step where they turn NaN / inf or change shape (:class:`TargetEnv`).
     """
     randomization = _plain(randomization)
     nominal = randomization in (None, "none") or (isinstance(randomization, Mapping)
@@ -338,7 +339,8 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         if target.max_episode_steps:
             kwargs["max_episode_steps"] = int(target.max_episode_steps)
         env = gym.make(sim_envs.env_id(target.name), **kwargs)
-        wrapped = env if target.task_id is None and not target.obs_map else TargetEnv(env, target, cameras)
+        plain = target.task_id is None and not target.obs_map  # our own env, in our conventions already
+        wrapped = env if plain else TargetEnv(env, target, cameras, checked=checked)
         return _in_agent_units(wrapped, target)
     if target.family == METAWORLD:
         # the target's reward, termination and time limit are the adapter's own settings (a TimeLimit outside it
@@ -359,10 +361,10 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         if image_size:
             kwargs["image_size"] = int(image_size)
         env = _construct(METAWORLD_ENTRY, kwargs)
-        return _in_agent_units(TargetEnv(env, target, cameras), target)
+        return _in_agent_units(TargetEnv(env, target, cameras, checked=checked), target)
     # a registered env's own TimeLimit is replaced, not nested (an outer limit could not lift a shorter inner one)
     env = _capped(_construct(str(target.env_id), target.env_kwargs, target.max_episode_steps), target)
-    return _in_agent_units(TargetEnv(env, target, cameras, image_size), target)
+    return _in_agent_units(TargetEnv(env, target, cameras, image_size, checked=checked), target)
 
 
 class AgentActionUnits(gym.ActionWrapper):
@@ -399,10 +401,11 @@ class TargetEnv(gym.Wrapper):
     """Renames observation parts, adds ``task_id``, flips images, derives success, reward and termination."""
 
     def __init__(self, env: gym.Env, target: Target, cameras: Sequence[str] = (),
-                 image_size: int | None = None) -> None:
+                 image_size: int | None = None, *, checked: Sequence[str] = ()) -> None:
         super().__init__(env)
         self.target = target
         self.cameras = tuple(cameras)
+        self.checked = frozenset(checked)  # the agent's vector parts (our names): finite and one shape per episode
         self.image_size = int(image_size) if image_size else None  # camera frames resized to it (None: kept)
         self._task_id = target.resolved_task_id()
         self._reverse = {v: k for k, v in target.obs_map.items()}
@@ -448,7 +451,8 @@ class TargetEnv(gym.Wrapper):
                     raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
             elif np.issubdtype(arr.dtype, np.floating) or arr.ndim == 1:
                 arr = arr.astype(np.float32, copy=False)
-                self._check_part(key, arr)
+                if ours in self.checked:
+                    self._check_part(key, arr)
             out[ours] = arr
         missing = [c for c in self.cameras if c not in out]
         if missing:
@@ -458,8 +462,9 @@ class TargetEnv(gym.Wrapper):
         return out
 
     def _check_part(self, key: str, arr: np.ndarray) -> None:
-        """A vector part that turns NaN / inf, or changes shape within an episode, is the env's fault: refused naming
-        it (it reached the networks as NaN actions sent back to the env, or as a tensor-size error)."""
+        """A vector part the agent reads that turns NaN / inf, or changes shape within an episode, is the env's fault:
+        refused naming it (it reached the networks, and NaN actions went back to the env, or a tensor-size error).
+        Parts the agent does not read (a depth map with inf for "no return", a variable-length list) are left alone."""
         first = self._shapes.setdefault(key, arr.shape)
         if arr.shape != first:
             raise EnvContractError(f"target {self.target.name!r}: observation part {key!r} has shape {arr.shape} at "
@@ -519,11 +524,12 @@ class TargetEnv(gym.Wrapper):
 
 
 def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | None = None,
-                randomization: Any = "none") -> Any:
+                randomization: Any = "none", *, checked: Sequence[str] = ()) -> Any:
     """A picklable zero-argument factory of :func:`make_env` (what a spawned worker calls)."""
     import functools
 
-    return functools.partial(make_env, target, tuple(cameras), image_size, _plain(randomization))
+    return functools.partial(make_env, target, tuple(cameras), image_size, _plain(randomization),
+                             checked=tuple(checked))
 
 
 __all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
