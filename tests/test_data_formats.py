@@ -20,6 +20,7 @@ from robopretrain.checkpoint import load_agent
 from robopretrain.data.convert import as_robomimic, convert, detect_format, main as convert_main
 from robopretrain.data.episodes import ConversionError, image_layout, is_image, to_uint8_hwc
 from robopretrain.data.frames import index_dir
+from robopretrain.data.hdf5 import read_info
 from robopretrain.data.inspect import inspect
 from robopretrain.train import run
 
@@ -32,7 +33,8 @@ def demos(path: Path) -> list[dict]:
             g = f[f"data/demo_{i}"]
             out.append({"obs": {k: g["obs"][k][()] for k in g["obs"]},
                         "next": {k: g["next_obs"][k][()] for k in g["obs"]},
-                        "actions": g["actions"][()], "rewards": g["rewards"][()], "dones": g["dones"][()],
+                        "actions": g["actions"][()], "dones": g["dones"][()],
+                        "rewards": g["rewards"][()] if "rewards" in g else None,  # None: a reward-free source
                         "task": g.attrs["task"], "task_id": int(g.attrs["task_id"]),
                         "meta": json.loads(g.attrs["ep_meta"])})
     return out
@@ -88,7 +90,10 @@ def test_ogbench_compact_rows_and_masks(tmp_path):
     np.testing.assert_array_equal(d[1]["next"]["observations"][:, 0], [6, 7, 8, 9])
     assert list(d[0]["obs"]) == ["observations"]  # qpos is not an observation
     assert all(x["meta"]["truncated"] and "success" not in x["meta"] for x in d)
+    # no rewards, no masks (goal-conditioned data): written reward-free, not as zeros RL would take for failures
+    assert read_info(tmp_path / "a.hdf5").unrewarded() == ["demo_0", "demo_1"]
     m = demos(convert(F.write_ogbench(tmp_path / "single.npz", masks=True), tmp_path / "b.hdf5"))
+    assert read_info(tmp_path / "b.hdf5").unrewarded() == []
     assert [x["dones"].tolist() for x in m] == [[0, 0, 1, 0], [0, 0, 0, 0]]  # 1 - masks, not split
     np.testing.assert_array_equal(m[0]["rewards"], [0, 0, 1, 0])  # the sparse success contract, not OGBench's -1/0
     np.testing.assert_array_equal(m[1]["rewards"], [0, 0, 0, 0])

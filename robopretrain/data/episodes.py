@@ -77,7 +77,7 @@ class Episode:
     obs: dict[str, np.ndarray]
     next_obs: dict[str, np.ndarray]
     actions: np.ndarray
-    rewards: np.ndarray
+    rewards: np.ndarray | None  # None: the source records no reward (written without a rewards dataset)
     terminations: np.ndarray
     truncated: bool
     task: str
@@ -198,7 +198,7 @@ def _check_episode(ep: Episode, where: str) -> None:
     if ep.actions.ndim != 2:
         raise ConversionError(f"{where}: expected actions (N, A), got shape {ep.actions.shape}")
     for name, arr in (("rewards", ep.rewards), ("terminations", ep.terminations)):
-        if arr.shape != (n,):
+        if arr is not None and arr.shape != (n,):
             raise ConversionError(f"{where}: {name} has shape {arr.shape}, expected ({n},) like the actions")
     for part in ("obs", "next_obs"):
         for k, v in getattr(ep, part).items():
@@ -259,7 +259,8 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                     demo.create_dataset(f"obs/{k}", data=obs[k])
                     demo.create_dataset(f"next_obs/{k}", data=nxt[k])
                 demo.create_dataset("actions", data=a)
-                demo.create_dataset("rewards", data=ep.rewards.astype(np.float32))
+                if ep.rewards is not None:  # a reward-free source stays reward-free (hdf5.py: read as zeros)
+                    demo.create_dataset("rewards", data=ep.rewards.astype(np.float32))
                 dones = (np.asarray(ep.terminations) > 0).astype(np.uint8)
                 demo.create_dataset("dones", data=dones)
                 task_id = tasks.setdefault(ep.task, len(tasks))

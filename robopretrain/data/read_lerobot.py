@@ -30,8 +30,8 @@ Conversion (a frame ``t`` holds the observation at ``t`` and the action taken th
   absorbing goal state of a sparse task); a ``next.done`` last frame that is not a success is a truncation.
   Without ``next.success``, ``next.done`` on the last frame is read as a termination (nothing else says otherwise;
   a dataset whose episodes end by a time limit should record ``next.success`` or leave ``next.done`` unset).
-* ``rewards = next.reward`` (0 when the dataset has none), ``dones = next.done`` per frame before the last (0 when
-  absent), the last frame's as above; ``success`` = any ``next.success`` of the episode when present, else not
+* ``rewards = next.reward`` (none written when the dataset has none: a reward-free recording), ``dones =
+  next.done`` per frame before the last (0 when absent), the last frame's as above; ``success`` = any ``next.success`` of the episode when present, else not
   recorded.
 * ``task`` = the task string of the episode's first frame (``task_index`` in ``meta/tasks.parquet``).
 
@@ -260,7 +260,7 @@ def _episode(root: Path, info: dict[str, Any], features: dict[str, dict[str, Any
             obs[k] = data.numeric(k, idx)
     actions = data.numeric("action", idx)
     has = data.names.__contains__
-    rewards = data.numeric("next.reward", idx).reshape(n) if has("next.reward") else np.zeros(n, np.float32)
+    rewards = data.numeric("next.reward", idx).reshape(n) if has("next.reward") else None  # a reward-free recording
     done = data.numeric("next.done", idx).reshape(n) > 0 if has("next.done") else np.zeros(n, bool)
     succeeded = data.numeric("next.success", idx).reshape(n) > 0 if has("next.success") else None
     success = bool(succeeded.any()) if succeeded is not None else None
@@ -272,7 +272,8 @@ def _episode(root: Path, info: dict[str, Any], features: dict[str, dict[str, Any
     take = np.r_[np.arange(1, n), n - 1]
     task_index = int(data.numeric("task_index", idx[:1])[0, 0]) if has("task_index") else 0
     return Episode(obs={k: v[:stop] for k, v in obs.items()}, next_obs={k: v[take][:stop] for k, v in obs.items()},
-                   actions=actions[:stop], rewards=rewards[:stop], terminations=done[:stop].astype(np.uint8),
+                   actions=actions[:stop], rewards=None if rewards is None else rewards[:stop],
+                   terminations=done[:stop].astype(np.uint8),
                    truncated=not terminated, task=tasks.get(task_index, str(task_index)), success=success,
                    meta={"source_episode": int(ep["episode_index"]), "fps": fps})
 

@@ -16,7 +16,8 @@ OGBench (Park et al. 2024, ``ogbench.utils.load_dataset``) ships each dataset as
   and the reward is the contract's sparse success ``1 - masks`` ({0, 1}; OGBench's own relabelled ``rewards`` are
   ``success - 1``, {-1, 0}, which under Cal-QL's x10 - 5 would make every step of a failure -15, not -5).
   Without ``masks`` no step terminates, ``success`` is not recorded and ``rewards`` are kept as given;
-  without either the rewards are 0 (goal-conditioned data: use behaviour cloning, or relabel).
+  without either the demos have no rewards (written without a ``rewards`` dataset: behaviour cloning trains on
+  them; other learners refuse them until a reward is written, e.g. by ``robopretrain.reward_model``).
 
 Other arrays of the file (``qpos``, ``qvel``, ``button_states``, ...) are not observations and are not carried.
 Observations keep the key ``observations`` (OGBench's visual datasets: uint8 (N, 64, 64, 3), kept as images).
@@ -69,7 +70,7 @@ def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
     done = (1.0 - z["masks"].reshape(n).astype(np.float32)) > 0.5 if "masks" in z else np.zeros(n, bool)
     # OGBench's relabelled rewards are success - 1 ({-1, 0}); the contract's sparse reward is success itself ({0, 1})
     rewards = (done.astype(np.float32) if "masks" in z
-               else z["rewards"].reshape(n).astype(np.float32) if "rewards" in z else np.zeros(n, np.float32))
+               else z["rewards"].reshape(n).astype(np.float32) if "rewards" in z else None)
     compact = "next_observations" not in z
     if compact:
         keep = ~ends  # transitions; a trajectory's last row is only its final observation
@@ -89,7 +90,8 @@ def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
         r = rows[a:b]
         terminated = bool(done[r[-1]])
         yield Episode(obs={"observations": obs[r]}, next_obs={"observations": nxt[r]}, actions=actions[r],
-                      rewards=rewards[r], terminations=done[r].astype(np.uint8), truncated=not terminated,
+                      rewards=None if rewards is None else rewards[r], terminations=done[r].astype(np.uint8),
+                      truncated=not terminated,
                       task=p.stem, success=bool(done[r].any()) if "masks" in z else None,
                       meta={"source_episode": i, "source_rows": [int(r[0]), int(r[-1]) + 1]})
         i += 1
