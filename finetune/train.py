@@ -39,7 +39,7 @@ from finetune.transfer.gap import Gap
 from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
 from robopretrain.algos import AGENT_NAMES
-from robopretrain.checkpoint import META_FILE, CheckpointError, load_agent, resolve_checkpoint_dir
+from robopretrain.checkpoint import META_FILE, CheckpointError, clear_previous_run, load_agent, resolve_checkpoint_dir
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_sparse_data_for_dense_target
@@ -165,6 +165,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     settings = OnlineSettings.from_mapping(build.plain(cfg.online))
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not bool(cfg.get("resume", True)):  # a fresh run in a used folder: the old run's files go first
+        clear_previous_run(run_dir)
     device = build.setup_torch(cfg)
     target = build.target_config(cfg.target)
     algo = str(cfg.algo.name)

@@ -240,6 +240,27 @@ def _latest_candidates(root: Path) -> list[Path]:
     return ordered
 
 
+PREVIOUS_RUN = ("checkpoints", "transfer", "epopt_episodes.jsonl", "metrics.jsonl", "tb")  # what a run writes
+
+
+def clear_previous_run(run_dir: str | os.PathLike) -> list[str]:
+    """``resume=false``: remove what an earlier run left in ``run_dir`` (its checkpoints, transfer caches, EPOpt
+    episode log, metrics and TensorBoard files; the config Hydra just wrote and generated data stay), so the fresh
+    run's files are not mixed with the old ones (keeping the two newest checkpoints by update count pruned the fresh
+    run's own, and a cache collected by another agent was reused). Returns the names removed."""
+    import logging
+
+    run_dir = Path(run_dir)
+    removed = [name for name in PREVIOUS_RUN if (run_dir / name).exists()]
+    for name in removed:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if removed:
+        logging.getLogger(__name__).warning("resume=false: removed the previous run's %s from %s",
+                                            ", ".join(removed), run_dir)
+    return removed
+
+
 def load_latest(root: str | os.PathLike, with_state: bool = True) -> Checkpoint | None:
     """The newest readable checkpoint under ``root``; ``None`` when there is none.
 

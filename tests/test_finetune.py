@@ -59,6 +59,34 @@ def finetuned(reach_hdf5, stage2_state, tmp_path_factory):
     return out, finetune(state_cfg(stage2_state, reach_hdf5, out))
 
 
+def test_resume_false_in_a_used_folder_starts_a_really_fresh_run(reach_hdf5, stage2_state, tmp_path, caplog):
+    """resume=false says the folder is overwritten; it kept the old run's checkpoints, and keeping the two newest
+    by env step pruned the fresh run's own (its latest file then named a deleted folder). Stage 2 alike."""
+    import logging
+
+    from robopretrain.checkpoint import checkpoint_name, load_latest
+    from robopretrain.train import run as train
+
+    out = tmp_path / "s3"
+    finetune(state_cfg(stage2_state, reach_hdf5, out, online={"checkpoint_every": 30}))  # ckpts at 90 and 120
+    (out / "transfer").mkdir()  # a cache another agent collected
+    with caplog.at_level(logging.WARNING, logger="robopretrain"):
+        finetune(state_cfg(stage2_state, reach_hdf5, out, resume=False,
+                           online={"checkpoint_every": 30, "eval_every": 60, "env_steps": 60}))
+    assert "resume=false: removed the previous run's checkpoints, transfer, metrics.jsonl" in caplog.text
+    steps = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("ckpt_*"))
+    assert steps[-1] == 60 and len(steps) == 2 and not (out / "transfer").exists()  # the fresh run's only
+    assert load_latest(out / "checkpoints").step == 60
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("env_steps", r.get("step", 0)) for r in rows) == 60  # no row of the old run's 120 steps
+
+    s2 = tmp_path / "s2"
+    train(stage2_config(reach_hdf5, s2, algo="cql", steps=4, obs=STATE_OBS, width=32, train={"checkpoint_every": 2}))
+    train(stage2_config(reach_hdf5, s2, algo="cql", steps=2, obs=STATE_OBS, width=32, train={"checkpoint_every": 2},
+                        resume=False))
+    assert sorted(p.name for p in (s2 / "checkpoints").glob("ckpt_*")) == [checkpoint_name(2)]
+
+
 def test_offline_data_that_does_not_fit_the_agent_is_refused_before_any_online_step(reach_hdf5, stage2_state,
                                                                                       tmp_path):
     """A file whose proprio is one dimension shorter than the agent's: one SpecMismatchError naming the file and the
