@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -73,7 +73,7 @@ def _check_section(cfg: DictConfig, section: str | None, checks: dict[str, tuple
 
 # free-form mappings (any key is valid): a collect config's overrides, key maps, constructor arguments, evaluate's
 # factors (a user's own factor names)
-OPEN_SECTIONS = frozenset({"collect", "obs_map", "env_kwargs", "kwargs", "factors"})
+OPEN_SECTIONS = frozenset({"collect", "obs_map", "env_kwargs", "kwargs", "factors", "algo_overrides"})
 
 
 def _yaml(path: Any) -> dict[str, Any]:
@@ -161,12 +161,25 @@ def _check_known_keys(cfg: DictConfig, section: str, where: str) -> None:
                             if isinstance(option, str) else ""))
 
 
-def check_top_level_keys(cfg: DictConfig, config: str) -> None:
+def check_top_level_keys(cfg: DictConfig, config: str, free: Mapping[str, Sequence[str]] | None = None) -> None:
     """Refuse top-level keys that ``configs/<config>.yaml`` neither defines nor takes as a config group
     (``+checkpoint=...`` in stage 2, ``+encoder.mode=frozen`` in stage 3: silently ignored otherwise), and unknown
     keys inside the file's own groups of settings (``online``, ``train``, ``video``; groups chosen from
-    ``configs/<group>/`` such as ``algo`` and ``dr`` are checked by their own readers). ``ValueError`` naming them."""
+    ``configs/<group>/`` such as ``algo`` and ``dr`` are checked by their own readers). ``free``: section -> keys
+    (dotted below it) that are free-form mappings, added or not in the file (the pipeline's
+    ``<stage>.algo_overrides``, randomization entries its own checks read). ``ValueError`` naming them."""
     doc, groups = _stage_doc(config), set(_default_options(config))
+    if free:
+        import copy
+
+        doc = copy.deepcopy(doc)
+        for section, paths in free.items():
+            for path in paths:  # dotted within the section: "robustness.levels"
+                *parents, last = path.split(".")
+                node = doc.setdefault(section, {})
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[last] = {}  # an empty default: not recursed into (free-form)
     known = set(doc) | groups | {"hydra"}  # ``defaults`` too: a config loaded with OmegaConf.load keeps it
     unknown = sorted(str(k) for k in cfg if k not in known)
     if unknown:

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from robopretrain import cpu_settings
 from robopretrain.build import compose, plain, randomization, reward_settings, success_filtered_bc
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
+from robopretrain.config_checks import check_top_level_keys
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 from robopretrain.nets.kernels import machine_record
 
@@ -129,6 +130,10 @@ def stage_algo(cfg: DictConfig, stage: str) -> dict[str, Any]:
 
 
 RL_STAGES = ("stage2", "adapt", "stage3")
+# free-form parts of the pipeline config (their own readers check them): collect_videos overrides, each RL stage's
+# algorithm overrides, randomization entries, the robustness sweep's levels per factor
+PIPELINE_FREE_KEYS = {"data": ("videos",), "stage2": ("algo_overrides",), "adapt": ("algo_overrides",),
+                      "stage3": ("algo_overrides", "randomization"), "evaluate": ("settings", "robustness.levels")}
 
 
 def check_algo_overrides(cfg: DictConfig) -> None:
@@ -556,6 +561,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     from robopretrain.report import log_report, write_report
 
     cpu_settings.apply_from_config(cfg)
+    # keys no stage reads (+stage3.transfer..., +gap=..., a typo) were dropped silently and shown in the report
+    check_top_level_keys(cfg, "pipeline", free=PIPELINE_FREE_KEYS)
     check_algo_overrides(cfg)  # every start-up check before the run folder exists: a refused config leaves none
     check_encoder(cfg)
     check_randomizations(cfg)

@@ -140,6 +140,29 @@ def test_a_dense_reward_target_with_the_success_filter_stops_before_any_stage(tm
     assert not (tmp_path / "run" / "data").exists()
 
 
+@pytest.mark.parametrize("override,unknown", [
+    ("+stage3.transfer.epopt.enabled=true", "stage3.transfer"),  # stage 3's transfer options: not the pipeline's
+    ("+gap=friction_low", "gap"),
+    ("+stage3.env_stepz=1", "stage3.env_stepz"),  # a typo
+])
+def test_keys_no_stage_reads_stop_the_pipeline_before_any_stage(tmp_path, override, unknown):
+    """They ran silently without effect, and the report's config dump showed them as if used; the free-form parts
+    (each stage's algo_overrides, randomization entries, collect_videos overrides) stay open."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+    from robopretrain.config_checks import check_top_level_keys
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[override, "encoder.mode=scratch"])
+        fine = compose("pipeline", overrides=["+stage2.algo_overrides.actor_bc_weight=2.0", "+data.videos.fps=5",
+                                              "+evaluate.settings.hard={level: eval_hard}"])
+    with pytest.raises(ValueError, match=rf"pipeline config: unknown key\(s\) {unknown}[;( ]"):
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    check_top_level_keys(fine, "pipeline", free=pipeline.PIPELINE_FREE_KEYS)
+
+
 @pytest.mark.parametrize("override,where", [
     ("+stage3.randomization.factor=[friction]", "stage3.randomization"),  # misspelt 'factors'
     ("+evaluate.settings.hard={level: eval_hrad}", "evaluate.settings.hard"),
