@@ -151,9 +151,17 @@ def test_dann_at_zero_coefficient_leaves_the_agent_update_unchanged_and_on_moves
 
 
 def test_dann_settings_refuse_bad_values_and_reversal_defaults_to_one():
-    for bad, key in (({"coef": -0.1}, "coef"), ({"lr": 0.0}, "lr"), ({"target_batch": -1}, "target_batch")):
+    for bad, key in (({"coef": -0.1}, "coef"), ({"lr": 0.0}, "lr"), ({"target_batch": -1}, "target_batch"),
+                     ({"coef": float("inf")}, "coef"), ({"hidden": [0]}, "hidden"), ({"hidden": [64, -1]}, "hidden"),
+                     ({"hidden": []}, "hidden"), ({"hidden": ["x"]}, "hidden")):
         with pytest.raises(ValueError, match=f"transfer.dann.{key}="):
             DANNSettings(**bad)
+    assert DANNSettings(hidden=64).hidden == [64] and DANNSettings(hidden=[32, 16]).hidden == [32, 16]
+    # DARC's hidden is one width (a DANN-style list was a TypeError traceback); an infinite scale is refused
+    for bad, key in (({"hidden": [64]}, "hidden"), ({"hidden": "abc"}, "hidden"), ({"scale": float("nan")}, "scale")):
+        with pytest.raises(ValueError, match=f"transfer.darc.{key}="):
+            DARCSettings(**bad)
+    assert DARCSettings(hidden=16).hidden == 16
     assert DANNSettings(coef=0.0, target_batch=0).coef == 0.0  # the edges are valid
     assert DANNSettings.from_mapping(None) == DANNSettings()
     with pytest.raises(ValueError, match=r"unknown transfer.dann key\(s\) \['cof'\]"):

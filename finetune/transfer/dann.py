@@ -41,13 +41,21 @@ class DANNSettings:
     target_batch: int = 0  # target frames per update (0: the source batch size)
 
     def __post_init__(self) -> None:
-        if not float(self.coef) >= 0.0:
-            raise ValueError(f"finetune config: transfer.dann.coef={self.coef!r}; expected a number >= 0")
+        if not 0.0 <= float(self.coef) < float("inf"):
+            raise ValueError(f"finetune config: transfer.dann.coef={self.coef!r}; expected a finite number >= 0")
         if not float(self.lr) > 0.0:
             raise ValueError(f"finetune config: transfer.dann.lr={self.lr!r}; expected a number > 0")
         if int(self.target_batch) < 0:
             raise ValueError(f"finetune config: transfer.dann.target_batch={self.target_batch!r}; expected >= 0")
-        self.hidden = [int(h) for h in self.hidden]
+        widths = [self.hidden] if isinstance(self.hidden, (int, str)) else list(self.hidden)
+        try:
+            self.hidden = [int(h) for h in widths]
+        except (TypeError, ValueError):
+            self.hidden = []
+        if not self.hidden or min(self.hidden) < 1 or any(isinstance(h, bool) for h in widths):
+            raise ValueError(f"finetune config: transfer.dann.hidden={widths!r}; expected a list of layer widths "
+                             ">= 1, e.g. [64] (a width of 0 gives a classifier that outputs 0.5 whatever it sees: "
+                             "perfect-looking invariance)")
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> DANNSettings:
