@@ -88,7 +88,7 @@ class Condition:
 def build_conditions(cfg: DictConfig) -> list[Condition]:
     """Nominal first, then each selected factor at each of its levels; errors name the bad key."""
     factors = OmegaConf.to_container(cfg.factors, resolve=True)
-    selected = list(cfg.select) if cfg.get("select") else list(factors)
+    selected = list(cfg.select) if cfg.get("select") is not None else list(factors)  # []: nominal only
     unknown = [name for name in selected if name not in factors and name != NOMINAL]
     if unknown:
         raise ValueError(f"evaluate config: select={selected} names unknown factor(s) {unknown}; "

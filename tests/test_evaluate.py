@@ -102,6 +102,9 @@ def test_bad_factor_configs_are_named(tiny_checkpoint, tmp_path):
     cfg.factors.distractors.levels = [9]
     with pytest.raises(ValueError, match="0..6"):
         build_conditions(cfg)
+    # an empty selection is nominal only (it ran every factor, like select=null; the pipeline's sweep with no
+    # levels left passes [])
+    assert [c.factor for c in build_conditions(eval_config(tiny_checkpoint, tmp_path, select="[]"))] == ["nominal"]
 
 
 # --------------------------------------------------------------------------- camera agents
