@@ -261,6 +261,11 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         bar.close()
         collector.close()
         logger.close()
+    if epopt is not None and epopt.batches_done == 0:
+        log.warning("online %s: EPOpt decided no batch (%d episodes pending of transfer.epopt.batch_episodes=%d): no "
+                    "online episode entered the buffer, so stage 3 trained on the offline data only; lower "
+                    "batch_episodes or run more env steps", target.name, len(epopt.pending),
+                    int(transfer.epopt.batch_episodes))
     return history
 
 

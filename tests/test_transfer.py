@@ -442,6 +442,17 @@ def test_epopt_keeps_only_the_worst_episodes_in_the_buffer_and_logs_their_physic
     assert int(state["sampler"]["online"]["size"]) == sum(r["length"] for r in rows if r["kept"]) == 30
 
 
+def test_epopt_that_decides_no_batch_in_the_run_says_stage_3_was_offline_only(stage2_state, tmp_path, caplog):
+    """A batch longer than the run's episodes: none is ever decided, the buffer stays empty; it was silent."""
+    import logging
+
+    data, ckpt = stage2_state
+    with caplog.at_level(logging.WARNING, logger="finetune"):
+        finetune(stage3_config(ckpt, tmp_path / "big", REACH, env_steps=20, data_cfg={"path": str(data)}, dr="train",
+                               logger={"name": "none"}, transfer={"epopt": {"enabled": True, "batch_episodes": 5}}))
+    assert "EPOpt decided no batch (2 episodes pending of transfer.epopt.batch_episodes=5)" in caplog.text
+
+
 def test_darc_changes_the_loop_only_when_it_corrects(stage2_state, tmp_path):
     base = run_stage3(stage2_state, tmp_path / "default", dr="none")
     gap = {**FRICTION_LOW, "target_transitions": 20}
