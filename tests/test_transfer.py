@@ -360,6 +360,12 @@ def test_gap_presets_and_one_sided_ranges():
         Gap.from_mapping({"name": "x", "targte": "none"})
     with pytest.raises(ValueError, match="kind="):
         Gap(name="x", kind="acoustic")
+    # settings under name none were dropped silently (gap=friction_low gap.name=none ran without a gap)
+    with pytest.raises(ValueError, match=r"gap config: name=none \(no gap\) but kind='physics', target="):
+        Gap.from_mapping({**FRICTION_LOW, "name": "none"})
+    with pytest.raises(ValueError, match=r"but source='train'"):
+        Gap(source="train")
+    assert not Gap().enabled
     with pytest.raises(ValueError, match="not a physics factor"):
         Gap(name="x", target={"level": "train", "ranges": {"lighting": [[0.1, 0.2]]}})
     for key, bad in (("target_frames", -1), ("target_transitions", True), ("target_transitions", "20")):

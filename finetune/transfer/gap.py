@@ -59,6 +59,13 @@ class Gap:
                 raise ValueError(f"gap config: {key}={value!r}; expected an integer >= 0")
         self.source = _randomization(self.source, "source")
         self.target = _randomization(self.target, "target")
+        if not self.enabled:  # the name switches a gap on; settings under name none would be dropped silently
+            set_ = [f"{k}={getattr(self, k)!r}" for k in ("kind", "source", "target", "target_frames",
+                                                           "target_transitions")
+                    if getattr(self, k) not in ("none", 0)]
+            if set_:
+                raise ValueError(f"gap config: name=none (no gap) but {', '.join(set_)}; a gap needs a name (e.g. "
+                                 "gap=friction_low, or gap.name=my_gap), or leave gap=none with nothing set")
 
     @property
     def enabled(self) -> bool:
