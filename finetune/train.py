@@ -39,7 +39,8 @@ from finetune.transfer.gap import Gap
 from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
 from robopretrain.algos import AGENT_NAMES
-from robopretrain.checkpoint import META_FILE, CheckpointError, clear_previous_run, load_agent, resolve_checkpoint_dir
+from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, clear_previous_run, load_agent,
+                                     refuse_source_in_run, resolve_checkpoint_dir)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_sparse_data_for_dense_target
@@ -165,8 +166,6 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     settings = OnlineSettings.from_mapping(build.plain(cfg.online))
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not bool(cfg.get("resume", True)):  # a fresh run in a used folder: the old run's files go first
-        clear_previous_run(run_dir)
     device = build.setup_torch(cfg)
     target = build.target_config(cfg.target)
     algo = str(cfg.algo.name)
@@ -215,8 +214,14 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
             "task_names": [target.name], "reward": reward.__dict__, "gap": gap.to_dict()}
     fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path},
                                               ignore=RESUMABLE_CHANGES)
+    fresh = not bool(cfg.get("resume", True))  # a fresh run in a used folder, after every check: its transfer caches
+    if fresh:  # first (another agent collected them), the rest once the transfer options are accepted too
+        refuse_source_in_run(str(cfg.checkpoint), run_dir, "checkpoint")
+        clear_previous_run(run_dir, ("transfer",))
     transfer = build_transfer(transfer_settings, gap, agent, target, rand, run_dir, reward_scale=reward.scale,
                               seed=int(cfg.seed))
+    if fresh:
+        clear_previous_run(run_dir, tuple(p for p in PREVIOUS_RUN if p != "transfer"))
     history = run_online(agent, offline, target, settings, run_dir, reward=reward, seed=int(cfg.seed),
                          randomization=rand, eval_randomization=eval_rand, config=cfg, meta=meta,
                          resume=bool(cfg.get("resume", True)), fingerprint=fingerprint, transfer=transfer)

@@ -240,18 +240,21 @@ def _latest_candidates(root: Path) -> list[Path]:
     return ordered
 
 
-PREVIOUS_RUN = ("checkpoints", "transfer", "epopt_episodes.jsonl", "metrics.jsonl", "tb")  # what a run writes
+# what a run writes in its folder (wandb_run_id: a fresh run would log into the old wandb run)
+PREVIOUS_RUN = ("checkpoints", "transfer", "epopt_episodes.jsonl", "metrics.jsonl", "tb", "wandb_run_id")
 
 
-def clear_previous_run(run_dir: str | os.PathLike) -> list[str]:
-    """``resume=false``: remove what an earlier run left in ``run_dir`` (its checkpoints, transfer caches, EPOpt
-    episode log, metrics and TensorBoard files; the config Hydra just wrote and generated data stay), so the fresh
-    run's files are not mixed with the old ones (keeping the two newest checkpoints by update count pruned the fresh
-    run's own, and a cache collected by another agent was reused). Returns the names removed."""
+def clear_previous_run(run_dir: str | os.PathLike, parts: tuple[str, ...] = PREVIOUS_RUN) -> list[str]:
+    """``resume=false``: remove what an earlier run left in ``run_dir`` (``parts`` of :data:`PREVIOUS_RUN`: its
+    checkpoints, transfer caches, EPOpt episode log, metrics, TensorBoard files and wandb run id; the config Hydra just
+    wrote and generated data stay), so the fresh run's files are not mixed with the old ones (keeping the two newest
+    checkpoints by update count pruned the fresh run's own, and a cache collected by another agent was reused).
+    Callers clear after their start-up checks (a refused config leaves the old run in place). Returns the names
+    removed."""
     import logging
 
     run_dir = Path(run_dir)
-    removed = [name for name in PREVIOUS_RUN if (run_dir / name).exists()]
+    removed = [name for name in parts if (run_dir / name).exists()]
     for name in removed:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -259,6 +262,16 @@ def clear_previous_run(run_dir: str | os.PathLike) -> list[str]:
         logging.getLogger(__name__).warning("resume=false: removed the previous run's %s from %s",
                                             ", ".join(removed), run_dir)
     return removed
+
+
+def refuse_source_in_run(source: str | os.PathLike, run_dir: str | os.PathLike, key: str) -> None:
+    """``resume=false`` clears ``run_dir``'s checkpoints: refuse a ``source`` checkpoint (``init``, ``checkpoint``)
+    that lies among them (``ValueError`` naming ``key``)."""
+    ckpts = Path(run_dir).resolve() / "checkpoints"
+    src = Path(source).resolve()
+    if src == ckpts.parent or src == ckpts or ckpts in src.parents:
+        raise ValueError(f"{key}={source} lies in this run folder ({run_dir}), whose checkpoints resume=false "
+                         f"removes; write the new run to another output_dir")
 
 
 def load_latest(root: str | os.PathLike, with_state: bool = True) -> Checkpoint | None:

@@ -45,7 +45,7 @@ from robopretrain import distributed as dist_utils
 from robopretrain.agent import EncoderSettings
 from robopretrain.agent_parallel import average_gradients, broadcast_agent, gather_objects
 from robopretrain.checkpoint import (CheckpointError, check_agent_fits, clear_previous_run, load_agent, load_latest,
-                                     save_agent)
+                                     refuse_source_in_run, save_agent)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_offline_config
 from robopretrain.data.dataset import data_action_units
@@ -84,8 +84,6 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Path:
     if (cfg.get("obs") or {}).get("rgb") and not cfg.get("init"):  # the encoder settings, before any data is read
         EncoderSettings.from_mapping(build.plain(cfg.get("encoder")) or {}).resolved_mode()
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
-    if not cfg.get("resume", True) and os.environ.get("RANK", "0") == "0":  # a fresh run in a used folder: the old
-        clear_previous_run(run_dir)  # run's files go first (under torchrun only rank 0 writes, so it clears)
     return dist_utils.run_on_ranks(lambda dinfo, device: _run(cfg, run_dir, dinfo, device),
                                    torch.device(str(cfg.get("device", "cpu"))))
 
@@ -183,6 +181,12 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         if dinfo.rank:  # the model is built from the shared seed; each rank's own randomness differs from here on
             torch.manual_seed(seed)
             agent.generator.manual_seed(seed)
+    if not cfg.get("resume", True):  # a fresh run in a used folder, after every check (a refusal keeps the old run)
+        if cfg.get("init"):
+            refuse_source_in_run(str(cfg.init), run_dir, "init")
+        if dinfo.is_main:
+            clear_previous_run(run_dir)
+        dist_utils.barrier(dinfo)
     adversary = stage2_adversary(cfg, agent, tasks, run_dir, dinfo)
     start = 0
     if latest is not None:

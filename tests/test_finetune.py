@@ -73,7 +73,8 @@ def test_resume_false_in_a_used_folder_starts_a_really_fresh_run(reach_hdf5, sta
     with caplog.at_level(logging.WARNING, logger="robopretrain"):
         finetune(state_cfg(stage2_state, reach_hdf5, out, resume=False,
                            online={"checkpoint_every": 30, "eval_every": 60, "env_steps": 60}))
-    assert "resume=false: removed the previous run's checkpoints, transfer, metrics.jsonl" in caplog.text
+    assert "resume=false: removed the previous run's transfer" in caplog.text  # before the caches are collected
+    assert "resume=false: removed the previous run's checkpoints, metrics.jsonl" in caplog.text
     steps = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("ckpt_*"))
     assert steps[-1] == 60 and len(steps) == 2 and not (out / "transfer").exists()  # the fresh run's only
     assert load_latest(out / "checkpoints").step == 60
@@ -84,6 +85,15 @@ def test_resume_false_in_a_used_folder_starts_a_really_fresh_run(reach_hdf5, sta
     train(stage2_config(reach_hdf5, s2, algo="cql", steps=4, obs=STATE_OBS, width=32, train={"checkpoint_every": 2}))
     train(stage2_config(reach_hdf5, s2, algo="cql", steps=2, obs=STATE_OBS, width=32, train={"checkpoint_every": 2},
                         resume=False))
+    assert sorted(p.name for p in (s2 / "checkpoints").glob("ckpt_*")) == [checkpoint_name(2)]
+    # cleared only after the start-up checks: a refused fresh run leaves the old one in place
+    with pytest.raises(ValueError, match="unknown key"):
+        train(stage2_config(reach_hdf5, s2, algo="cql", steps=2, obs=STATE_OBS, width=32, resume=False,
+                            train={"checkpoint_every": 2, "eval_targets": [{"name": "Reach", "typo": 1}]}))
+    assert sorted(p.name for p in (s2 / "checkpoints").glob("ckpt_*")) == [checkpoint_name(2)]
+    # a source checkpoint inside the folder a fresh run clears is refused, not deleted before it is read
+    with pytest.raises(ValueError, match=r"checkpoint=.* lies in this run folder .* resume=false removes"):
+        finetune(state_cfg(s2, reach_hdf5, s2, resume=False))
     assert sorted(p.name for p in (s2 / "checkpoints").glob("ckpt_*")) == [checkpoint_name(2)]
 
 
