@@ -113,13 +113,15 @@ def frame_level(i: int) -> int:
 
 
 def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int = 32, action_scale: float = 5.0,
-                  camera: str = "video", success_last: tuple | str | None = "same", width: int | None = None) -> Path:
+                  camera: str = "video", success_last: tuple | str | None = "same", width: int | None = None,
+                  rewards: bool = True) -> Path:
     """A LeRobot v3 folder: ``observation.state`` (4), ``action`` (2, up to ``action_scale``: outside [-1, 1]),
     ``next.reward``, ``next.done`` (set on the last frame of episode e when ``done_last[e]``), ``next.success`` (set
     on the last frame of episode e when ``success_last[e]``; ``"same"``: as ``next.done``; None: no such column),
     camera ``observation.images.top`` (``size`` px high, ``width`` (default ``size``) wide, flat grey
     :func:`frame_level` of its global frame index) in one
-    mp4 for all episodes (``camera="image"``: PNG bytes in the parquet instead, LeRobot's ``image`` dtype), 2 tasks."""
+    mp4 for all episodes (``camera="image"``: PNG bytes in the parquet instead, LeRobot's ``image`` dtype), 2 tasks.
+    ``rewards=False``: no ``next.reward`` column (a teleoperation recording)."""
     import io
 
     from PIL import Image
@@ -136,6 +138,8 @@ def write_lerobot(root: Path, lengths=(6, 5), done_last=(True, False), size: int
                            "next.reward": float(g), "next.done": bool(done_last[e] and t == ln - 1),
                            "timestamp": t / FPS, "frame_index": t, "episode_index": e, "index": g,
                            "task_index": e % 2})
+            if not rewards:
+                del frames[-1]["next.reward"]
             if success_last is not None:
                 last = done_last if success_last == "same" else success_last
                 frames[-1]["next.success"] = bool(last[e] and t == ln - 1)
@@ -186,7 +190,8 @@ def _write_lerobot_meta(root: Path, frames: list, episodes: list, lengths, size:
     features = {"observation.state": {"dtype": "float32", "shape": [4], "names": None},
                 "action": {"dtype": "float32", "shape": [2], "names": None},
                 LEROBOT_CAM: {"dtype": camera, "shape": [*size, 3], "names": ["height", "width", "channels"]},
-                "next.reward": {"dtype": "float32", "shape": [1], "names": None},
+                **({"next.reward": {"dtype": "float32", "shape": [1], "names": None}} if "next.reward" in frames[0]
+                   else {}),
                 "next.done": {"dtype": "bool", "shape": [1], "names": None},
                 **({"next.success": {"dtype": "bool", "shape": [1], "names": None}} if "next.success" in frames[0]
                    else {}),

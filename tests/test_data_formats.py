@@ -201,6 +201,15 @@ def test_auto_rescaling_maps_only_the_dimensions_outside_minus_one_one(tmp_path,
     assert "dimension(s) [3] are constant outside [-1, 1] ([5.0])" in caplog.text
 
 
+def test_a_lerobot_recording_without_rewards_converts_reward_free(tmp_path):
+    """No next.reward column (teleoperation): written without rewards datasets (they were zeros, which RL read as
+    failures); with the column, every demo has its rewards."""
+    free = convert(F.write_lerobot(tmp_path / "free", rewards=False), tmp_path / "free.hdf5")
+    assert read_info(free).unrewarded() == ["demo_0", "demo_1"]
+    assert all(x["rewards"] is None for x in demos(free))
+    assert read_info(convert(F.write_lerobot(tmp_path / "with"), tmp_path / "with.hdf5")).unrewarded() == []
+
+
 def test_lerobot_image_features_and_other_versions(tmp_path):
     src = F.write_lerobot(tmp_path / "lr", camera="image")
     d = demos(convert(src, tmp_path / "l.hdf5"))
