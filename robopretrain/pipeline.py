@@ -563,6 +563,12 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     cpu_settings.apply_from_config(cfg)
     # keys no stage reads (+stage3.transfer..., +gap=..., a typo) were dropped silently and shown in the report
     check_top_level_keys(cfg, "pipeline", free=PIPELINE_FREE_KEYS)
+    videos = set(plain(cfg.data.get("videos")) or {})  # overrides of configs/collect_videos.yaml: its keys only
+    known = set(OmegaConf.load(CONFIG_DIR / "collect_videos.yaml")) - {"defaults", "hydra"}
+    if videos - known:
+        bad = ", ".join(f"data.videos.{k}" for k in sorted(videos - known))
+        raise ValueError(f"pipeline config: unknown key(s) {bad}; valid keys: {', '.join(sorted(known))} "
+                         "(configs/collect_videos.yaml)")
     check_algo_overrides(cfg)  # every start-up check before the run folder exists: a refused config leaves none
     check_encoder(cfg)
     check_randomizations(cfg)
