@@ -193,7 +193,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("returns", "next_actions_of/const/0"): Equivalent(
         "len(a) > 1 -> > 0: with one action the shifted slices are empty, so the copy is returned either way",
         "1 -> 0 @ if len(a) > 1:"),
-    ("dataset", "load_offline_dataset/swap/23"): Equivalent(
+    ("dataset", "load_offline_dataset/swap/30"): Equivalent(
         "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): rewards * scale in float64 either way (a "
         "product commutes)",
         "scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, "
@@ -397,7 +397,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "torch.load(weights_only=True -> False): a file the toolkit wrote loads the same tensors either way; True "
         "only refuses pickled code",
         "True -> False @ saved = torch.load(Path(path), map_location=\"cpu\", weights_only=True)"),
-    ("reward_model", "run/const/6"): Equivalent(
+    ("reward_model", "run/const/9"): Equivalent(
         "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets relabel.enabled, so the "
         "fallback is never read",
         "True -> False @ if cfg.relabel.get(\"enabled\", True):"),

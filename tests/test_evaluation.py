@@ -20,7 +20,7 @@ EPISODES = 3
 class ExpertAgent:
     """The clean scripted expert behind the agent interface (it reads the simulator state of the env it is bound to)."""
 
-    spec = SimpleNamespace(rgb_keys=(), image_size=None, rgb=False)
+    spec = SimpleNamespace(rgb_keys=(), low_dim_keys=("proprio", "object"), image_size=None, rgb=False)
 
     def __init__(self) -> None:
         self.expert, self.env, self.resets = None, None, 0
@@ -40,7 +40,7 @@ class ExpertAgent:
 class StillAgent:
     """Never moves (and keeps the gripper as it is); records the train/eval mode it acts in."""
 
-    spec = SimpleNamespace(rgb_keys=(), image_size=None, rgb=False)
+    spec = SimpleNamespace(rgb_keys=(), low_dim_keys=("proprio", "object"), image_size=None, rgb=False)
 
     def __init__(self) -> None:
         self.training, self.modes_seen = True, set()
