@@ -600,15 +600,22 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         final = max(r["updates"] for r in rows)
         chosen = [r for r in rows if r["updates"] == final]
         algos = [a for a in ALGOS if any(r["algo"] == a for r in chosen)]
-        for i, a in enumerate(algos):
-            vals = [r for r in chosen if r["algo"] == a]
-            for j, r in enumerate(vals):
-                ax.errorbar(i + 0.12 * (j - len(vals) / 2), r["mean"], fmt="o", ms=3,
-                            yerr=[[r["mean"] - r["ci95"][0]], [r["ci95"][1] - r["mean"]]], alpha=0.7)
+        settings = sorted({(r["task"], r["dataset"]) for r in chosen})  # one colour and offset per task x dataset
+        colours = plt.get_cmap("tab10")
+        for k, (task, dataset) in enumerate(settings):
+            offset = 0.6 * (k - (len(settings) - 1) / 2) / max(1, len(settings))
+            for i, a in enumerate(algos):
+                for r in (r for r in chosen if r["algo"] == a and (r["task"], r["dataset"]) == (task, dataset)):
+                    ax.errorbar(i + offset, r["mean"], fmt="o", ms=3, color=colours(k % 10), alpha=0.8,
+                                yerr=[[r["mean"] - r["ci95"][0]], [r["ci95"][1] - r["mean"]]],
+                                label=f"{task} {dataset}" if i == algos.index(r["algo"]) else None)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="center right")
         ax.set_xticks(range(len(algos)), [LABELS[a] for a in algos], rotation=45, fontsize=8)
         ax.set_ylim(-0.05, 1.05)
         ax.set_ylabel("success")
-        ax.set_title(f"{part}, {final} updates (dots: task x dataset)", fontsize=9)
+        ax.set_title(f"{part}, {final} updates (mean of seeds, 95% CI)", fontsize=9)
     if online:
         ax = axes[0][-1]
         for i, r in enumerate(online):
