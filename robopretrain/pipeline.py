@@ -224,37 +224,37 @@ def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 
+def target_demo_info(target: Target) -> Any:
+    """The :class:`~robopretrain.data.hdf5.DatasetInfo` of ``target``'s own robomimic HDF5 demos; None for collected
+    demos and other formats (named and checked at their conversion; D4RL's HDF5 is not robomimic)."""
+    path = Path(target.demos).expanduser() if target.demos else None
+    if path is None or not path.is_file() or path.suffix.lower() not in (".hdf5", ".h5"):
+        return None
+    from robopretrain.data.hdf5 import DatasetError, read_info
+
+    try:
+        return read_info(path)
+    except (DatasetError, OSError):
+        return None
+
+
 def target_task_names(cfg: DictConfig, target: Target) -> list[str]:
     """The task names the adaptation mixes in for ``target``: those of the demos it selects from the target's own
     robomimic HDF5 (:func:`robopretrain.build.data_task_ids`, as ``robopretrain.train`` reads the mix), else the
     target's name (the data stage collects sim_envs demos under it; other formats are named at their conversion)."""
-    path = Path(target.demos).expanduser() if target.demos else None
-    if path is None or not path.is_file() or path.suffix.lower() not in (".hdf5", ".h5"):
-        return [target.name]
     from robopretrain.build import data_task_ids
-    from robopretrain.data.hdf5 import DatasetError, read_info
 
-    try:
-        info = read_info(path)
-    except (DatasetError, OSError):  # not a robomimic file (e.g. D4RL's HDF5): named at its conversion, as the target
-        return [target.name]
-    return list(data_task_ids(info, target_data(cfg, Path("."), target)))
+    info = target_demo_info(target)
+    return [target.name] if info is None else list(data_task_ids(info, target_data(cfg, Path("."), target)))
 
 
 def reward_free_demos(cfg: DictConfig, target: Target) -> list[str]:
     """The demos of ``target``'s own robomimic file that the adaptation selects and that have no ``rewards`` dataset
     (:meth:`robopretrain.data.hdf5.DatasetInfo.unrewarded`); empty for other formats and collected demos."""
-    path = Path(target.demos).expanduser() if target.demos else None
-    if path is None or not path.is_file() or path.suffix.lower() not in (".hdf5", ".h5"):
-        return []
     from robopretrain.build import selected_demos
-    from robopretrain.data.hdf5 import DatasetError, read_info
 
-    try:
-        info = read_info(path)
-    except (DatasetError, OSError):
-        return []
-    return info.unrewarded(selected_demos(info, max_demos=int(cfg.data.target_demos)))
+    info = target_demo_info(target)
+    return [] if info is None else info.unrewarded(selected_demos(info, max_demos=int(cfg.data.target_demos)))
 
 
 def check_targets(cfg: DictConfig) -> None:
