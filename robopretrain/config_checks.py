@@ -24,6 +24,10 @@ NON_NEGATIVE: tuple[Check, str] = (lambda v: _is_number(v) and v >= 0, "a number
 UNIT_OPEN_CLOSED: tuple[Check, str] = (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
 UNIT_CLOSED: tuple[Check, str] = (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 UNIT_OPEN: tuple[Check, str] = (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
+FLAG: tuple[Check, str] = (lambda v: isinstance(v, bool), "true or false")
+WIDTHS: tuple[Check, str] = (lambda v: _is_int(v) and v >= 1 or (OmegaConf.is_list(v) or isinstance(v, (list, tuple)))
+                             and len(v) > 0 and all(_is_int(h) and h >= 1 for h in v),
+                             "a list of layer widths (integers >= 1), e.g. [64]")
 
 ALGO_CHECKS: dict[str, tuple[Check, str]] = {
     "batch_size": AT_LEAST_1, "discount": UNIT_OPEN_CLOSED, "tau": UNIT_OPEN_CLOSED, "n_actions": AT_LEAST_1,
@@ -46,7 +50,18 @@ ENCODER_CHECKS: dict[str, tuple[Check, str]] = {
 ONLINE_CHECKS: dict[str, tuple[Check, str]] = {
     "env_steps": AT_LEAST_0, "utd": AT_LEAST_1, "offline_ratio": UNIT_CLOSED, "buffer_capacity": AT_LEAST_1,
     "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1, "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1,
-    "keep_checkpoints": AT_LEAST_1, "calibration_batch": AT_LEAST_1,
+    "keep_checkpoints": AT_LEAST_1, "calibration_batch": AT_LEAST_1, "asynchronous": FLAG, "keep_optimizer": FLAG,
+    "progress": FLAG, "tensorboard": FLAG, "cuda_graph": FLAG, "compile": FLAG,
+}
+# stage 3's transfer options and gap (finetune/transfer/): a float where an integer belongs was truncated, a flag's
+# ``true`` read as the number 1, a negative DARC scale rewarded what only the source dynamics allow
+TRANSFER_CHECKS: dict[str, dict[str, tuple[Check, str]]] = {
+    "transfer.epopt": {"enabled": FLAG, "epsilon": UNIT_OPEN_CLOSED, "batch_episodes": AT_LEAST_1,
+                       "warmup_batches": AT_LEAST_0},
+    "transfer.dann": {"enabled": FLAG, "coef": NON_NEGATIVE, "hidden": WIDTHS, "lr": POSITIVE, "target_batch": AT_LEAST_0},
+    "transfer.darc": {"enabled": FLAG, "hidden": AT_LEAST_1, "lr": POSITIVE, "input_noise": NON_NEGATIVE,
+                      "scale": NON_NEGATIVE, "warmup_updates": AT_LEAST_0},
+    "gap": {"target_frames": AT_LEAST_0, "target_transitions": AT_LEAST_0},
 }
 
 
@@ -229,3 +244,5 @@ def validate_online_config(cfg: DictConfig) -> None:
     """Stage 3 (``configs/finetune.yaml``): raise ``ValueError`` naming the first key out of range."""
     _check_common(cfg, "finetune")
     _check_section(cfg, "online", ONLINE_CHECKS, "finetune")
+    for section, checks in TRANSFER_CHECKS.items():
+        _check_section(cfg, section, checks, "finetune")

@@ -344,6 +344,18 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("finetune", "+encoder.mode=frozen", "finetune config: unknown key(s) encoder (this stage does not read them)"),
     ("finetune", "+train.steps=5", "finetune config: unknown key(s) train"),
     ("finetune", "+online.stpes=5", "finetune config: unknown key(s) online.stpes; valid keys: online: asynchronous,"),
+    # stage 3's transfer options and gap (a new user's epsilon=true ran as 1.0, target_batch=1.5 as 1, darc.scale=-1
+    # rewarded the source-only transitions, dann.hidden=64.5 was a traceback)
+    ("finetune", "transfer.epopt.epsilon=true", "finetune config: transfer.epopt.epsilon=True; expected a number in "
+                                                "(0, 1]"),
+    ("finetune", "transfer.epopt.enabled=1", "transfer.epopt.enabled=1; expected true or false"),
+    ("finetune", "transfer.dann.target_batch=1.5", "transfer.dann.target_batch=1.5; expected an integer >= 0"),
+    ("finetune", "transfer.dann.hidden=64.5", "transfer.dann.hidden=64.5; expected a list of layer widths"),
+    ("finetune", "transfer.dann.hidden=[64,0]", "transfer.dann.hidden=[64, 0]; expected a list of layer widths"),
+    ("finetune", "transfer.darc.scale=-1", "transfer.darc.scale=-1; expected a number >= 0"),
+    ("finetune", "transfer.darc.hidden=[32]", "transfer.darc.hidden=[32]; expected an integer >= 1"),
+    ("finetune", ("gap=friction_low", "gap.target_transitions=2.5"), "gap.target_transitions=2.5; expected an integer"),
+    ("finetune", "online.progress=3", "online.progress=3; expected true or false"),
     ("evaluate", "+episods=5", "evaluate config: unknown key(s) episods"),
     ("evaluate", "+video.bogus=1", "evaluate config: unknown key(s) video.bogus; valid keys: video:"),
 ])
@@ -355,7 +367,7 @@ def test_out_of_range_values_are_named(stage, override, message):
     check = {"robopretrain": validate_offline_config, "finetune": validate_online_config,
              "evaluate": validate_config}[stage]
     with pytest.raises(ValueError) as err:
-        check(compose_stage(stage, override))
+        check(compose_stage(stage, *([override] if isinstance(override, str) else override)))
     assert message in str(err.value)
 
 

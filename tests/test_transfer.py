@@ -64,7 +64,7 @@ def test_cvar_selection_on_hand_made_returns():
 
 def test_epopt_settings_refuse_bad_values():
     for bad in ({"epsilon": 1.5}, {"epsilon": 0.0}, {"batch_episodes": 0}, {"batch_episodes": True},
-                {"batch_episodes": 2.0}, {"warmup_batches": -1}):
+                {"batch_episodes": 2.0}, {"warmup_batches": -1}, {"epsilon": True}):
         key = next(iter(bad))
         with pytest.raises(ValueError, match=f"transfer.epopt.{key}="):
             EPOptSettings(**bad)
@@ -153,12 +153,14 @@ def test_dann_at_zero_coefficient_leaves_the_agent_update_unchanged_and_on_moves
 def test_dann_settings_refuse_bad_values_and_reversal_defaults_to_one():
     for bad, key in (({"coef": -0.1}, "coef"), ({"lr": 0.0}, "lr"), ({"target_batch": -1}, "target_batch"),
                      ({"coef": float("inf")}, "coef"), ({"hidden": [0]}, "hidden"), ({"hidden": [64, -1]}, "hidden"),
-                     ({"hidden": []}, "hidden"), ({"hidden": ["x"]}, "hidden")):
+                     ({"hidden": []}, "hidden"), ({"hidden": ["x"]}, "hidden"), ({"hidden": 64.5}, "hidden"),
+                     ({"target_batch": 1.5}, "target_batch")):
         with pytest.raises(ValueError, match=f"transfer.dann.{key}="):
             DANNSettings(**bad)
     assert DANNSettings(hidden=64).hidden == [64] and DANNSettings(hidden=[32, 16]).hidden == [32, 16]
     # DARC's hidden is one width (a DANN-style list was a TypeError traceback); an infinite scale is refused
-    for bad, key in (({"hidden": [64]}, "hidden"), ({"hidden": "abc"}, "hidden"), ({"scale": float("nan")}, "scale")):
+    for bad, key in (({"hidden": [64]}, "hidden"), ({"hidden": "abc"}, "hidden"), ({"scale": float("nan")}, "scale"),
+                     ({"scale": -1.0}, "scale")):
         with pytest.raises(ValueError, match=f"transfer.darc.{key}="):
             DARCSettings(**bad)
     assert DARCSettings(hidden=16).hidden == 16
@@ -588,6 +590,14 @@ def test_cached_target_data_is_reused_only_for_the_same_request(tmp_path, monkey
     assert len(calls) == 4
     td.cached_target_data(path, in_units, None, "physics_hard", 8, seed=1)
     assert len(calls) == 4
+    from robopretrain.data.spec import ObsSpec
+
+    wider = SimpleNamespace(action_normalization=in_units.action_normalization, spec=ObsSpec(low_dim=(("proprio", 4),)))
+    td.cached_target_data(path, wider, None, "physics_hard", 8, seed=1)  # observations of another layout
+    assert len(calls) == 5
+    path.write_bytes(path.read_bytes()[:40])  # cut short (a run killed while the file was copied by hand)
+    assert len(td.cached_target_data(path, wider, None, "physics_hard", 8, seed=1)["actions"]) == 8
+    assert len(calls) == 6
 
 
 def test_darc_refuses_frozen_cached_features():

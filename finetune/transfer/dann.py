@@ -45,14 +45,17 @@ class DANNSettings:
             raise ValueError(f"finetune config: transfer.dann.coef={self.coef!r}; expected a finite number >= 0")
         if not float(self.lr) > 0.0:
             raise ValueError(f"finetune config: transfer.dann.lr={self.lr!r}; expected a number > 0")
-        if int(self.target_batch) < 0:
-            raise ValueError(f"finetune config: transfer.dann.target_batch={self.target_batch!r}; expected >= 0")
-        widths = [self.hidden] if isinstance(self.hidden, (int, str)) else list(self.hidden)
+        if not isinstance(self.target_batch, int) or isinstance(self.target_batch, bool) or self.target_batch < 0:
+            raise ValueError(f"finetune config: transfer.dann.target_batch={self.target_batch!r}; expected an integer "
+                             ">= 0 (0: the source batch size)")
+        widths = self.hidden
         try:
+            widths = [self.hidden] if isinstance(self.hidden, (int, float, str)) else list(self.hidden)
             self.hidden = [int(h) for h in widths]
         except (TypeError, ValueError):
             self.hidden = []
-        if not self.hidden or min(self.hidden) < 1 or any(isinstance(h, bool) for h in widths):
+        if (not self.hidden or min(self.hidden) < 1 or any(isinstance(h, bool) for h in widths)
+                or any(isinstance(h, float) and h != int(h) for h in widths)):
             raise ValueError(f"finetune config: transfer.dann.hidden={widths!r}; expected a list of layer widths "
                              ">= 1, e.g. [64] (a width of 0 gives a classifier that outputs 0.5 whatever it sees: "
                              "perfect-looking invariance)")

@@ -57,8 +57,9 @@ class DARCSettings:
         if isinstance(self.hidden, (list, tuple)) or not str(self.hidden).lstrip("-").isdigit():
             raise ValueError(f"finetune config: transfer.darc.hidden={self.hidden!r}; expected one integer >= 1, the "
                              "hidden units of each classifier's single layer (not a list, unlike transfer.dann.hidden)")
-        if not np.isfinite(float(self.scale)):
-            raise ValueError(f"finetune config: transfer.darc.scale={self.scale!r}; expected a finite number")
+        if not np.isfinite(float(self.scale)) or float(self.scale) < 0:
+            raise ValueError(f"finetune config: transfer.darc.scale={self.scale!r}; expected a finite number >= 0 (a "
+                             "negative scale rewards the transitions only the source dynamics allow)")
         if (int(self.hidden) < 1 or not float(self.lr) > 0 or float(self.input_noise) < 0
                 or int(self.warmup_updates) < 0):
             raise ValueError(f"finetune config: transfer.darc={self}; expected hidden >= 1, lr > 0, input_noise >= 0, "

@@ -35,7 +35,7 @@ class EPOptSettings:
     warmup_batches: int = 2  # first batches stored whole (the paper: all episodes in the first iterations)
 
     def __post_init__(self) -> None:
-        if not 0.0 < float(self.epsilon) <= 1.0:
+        if isinstance(self.epsilon, bool) or not 0.0 < float(self.epsilon) <= 1.0:
             raise ValueError(f"finetune config: transfer.epopt.epsilon={self.epsilon!r}; expected a number in (0, 1]")
         for key in ("batch_episodes", "warmup_batches"):
             value = getattr(self, key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,15 +64,23 @@ def cached_target_data(path: Path, agent: Any, target: Target, randomization: An
     """:func:`collect_transitions`, read from ``path`` (``.npz``) when a previous attempt of the run saved it there
     for the same request (target, randomization, count, seed: stored in the file); collected again otherwise (a
     rerun in the same folder with another gap or count got the old data). A file written before the request was
-    stored is reused with a warning."""
+    stored is reused with a warning; an unreadable one is collected again. The request includes the agent's action
+    units and observation layout (parts and shapes)."""
     units = getattr(agent, "action_normalization", None)  # transitions collected in other units are other data
+    spec = getattr(agent, "spec", None)  # and observations of other parts or shapes too
+    layout = {"low_dim": [list(p) for p in spec.low_dim], "rgb": [[k, list(v)] for k, v in spec.rgb]} if spec else {}
     request = json.dumps({"target": getattr(target, "name", None), "randomization": randomization, "count": int(count),
-                          "seed": int(seed), **({"action_units": units.to_dict()} if units is not None else {})},
+                          "seed": int(seed), **({"action_units": units.to_dict()} if units is not None else {}),
+                          **({"observations": layout} if layout else {})},
                          sort_keys=True, default=str)
     flat: dict[str, Any] | None = None
     if path.is_file():
-        with np.load(path) as z:
-            flat = {k: z[k] for k in z.files}
+        try:
+            with np.load(path) as z:
+                flat = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # cut short or overwritten by hand
+            log.warning("target data: %s cannot be read (%s): collecting again", path, err)
+    if flat is not None:
         saved = str(flat.pop(REQUEST_KEY)) if REQUEST_KEY in flat else None
         if saved is None:
             log.warning("target data: %s does not say what it was collected for; reused as is", path)
