@@ -135,6 +135,26 @@ def test_resume_refuses_a_checkpoint_of_other_settings(videos, tmp_path):
     assert load_encoder(tmp_path / "encoder")[0].out_dim == 64
 
 
+def test_resume_false_removes_the_previous_runs_files(videos, tmp_path, monkeypatch):
+    """A fresh run in an old run's folder: the old TensorBoard events, metrics and encoder do not outlive it (a fresh
+    run stopped early left the old encoder in place, read as this run's)."""
+    import video_pretrain.train as vt
+
+    common = (f"data.path={videos}", "tensorboard=true", f"output_dir={tmp_path}", "objective=tcn", *TINY)
+    train(compose_cfg(*common, "steps=2"), tmp_path)
+    old_events = set((tmp_path / "tb").rglob("events*"))
+    assert old_events and (tmp_path / "encoder").is_dir() and (tmp_path / "metrics.json").is_file()
+
+    def stop(*args, **kwargs):  # the fresh run is stopped before it writes anything
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vt, "FrameBatchStream", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_cfg(*common, "steps=2", "resume=false"), tmp_path)
+    assert not any(p.exists() for p in (tmp_path / "encoder", tmp_path / "metrics.json", tmp_path / "checkpoints"))
+    assert not old_events & set((tmp_path / "tb").rglob("events*"))
+
+
 def test_robot_hdf5_source_with_workers_and_the_none_objective(robot_hdf5, tmp_path):
     cfg = compose_cfg(f"data.path={robot_hdf5}", "data.key=agentview_image", "objective=tcn", "num_workers=2",
                       "steps=2", "tensorboard=false", f"output_dir={tmp_path / 'tcn'}", *TINY)

@@ -13,7 +13,8 @@ trains the encoder named by ``encoder.name`` with the objective's loss on frames
                           listing and manifest hash, the config minus harmless keys); written atomically. A
                           rerun with resume=true continues from it only when its fingerprint is the same
                           (``steps`` may grow); otherwise it stops with one line naming what changed
-                          (start fresh with resume=false, or another output_dir)
+                          (start fresh with resume=false, or another output_dir; resume=false first removes
+                          the previous run's checkpoints/, tb/, metrics.json and default encoder/)
     tb/                   TensorBoard scalars: train loss and diagnostics, validation loss, steps/s
     metrics.json          loss history, validation history, timing, data facts
     videos/               generated human-hand videos (data.generate with no data.path)
@@ -53,11 +54,11 @@ from tqdm import tqdm
 from robopretrain import cpu_settings
 from robopretrain import distributed as dist_utils
 from robopretrain import run_fingerprint
-from robopretrain.checkpoint import kill_after_checkpoint
+from robopretrain.checkpoint import clear_previous_run, kill_after_checkpoint
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.distributed import DistInfo
 from robopretrain.guards import NonFiniteLossError, check_finite
-from robopretrain.loggers import make_logger, plain_config
+from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
 from robopretrain.nets.encoder_io import load_encoder, save_encoder
 from robopretrain.nets.encoders import make_encoder
 from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, open_frame_source, split_by_video
@@ -447,8 +448,11 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     if cfg.resume and paths.checkpoint.is_file():
         start, history = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device, run_print)
         log.info("resumed from %s at step %d", paths.checkpoint, start)
-    elif paths.checkpoint.is_file():
-        log.info("resume=false: starting fresh; %s will be replaced by this run's checkpoints", paths.checkpoint)
+    elif not cfg.resume and dinfo.is_main:  # a fresh run: the old run's files are not mixed with this one's
+        previous = ["checkpoints", paths.tensorboard.name, paths.metrics.name, WANDB_ID_FILE]
+        if paths.encoder.parent == paths.run_dir:  # the default encoder folder (an ``output`` elsewhere is replaced
+            previous.append(paths.encoder.name)   # at the end, as before)
+        clear_previous_run(paths.run_dir, tuple(previous))
     data_seed = dist_utils.rank_seed(int(cfg.seed), dinfo)
     sampling = OmegaConf.to_container(cfg.objective.sampling, resolve=True)
     stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=data_seed, sampling=sampling,
