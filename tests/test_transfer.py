@@ -362,6 +362,12 @@ def test_gap_presets_and_one_sided_ranges():
         Gap.from_mapping({"name": "x", "targte": "none"})
     with pytest.raises(ValueError, match="kind="):
         Gap(name="x", kind="acoustic")
+    # the kind label must be what the target changes (a physics gap labelled visual was accepted)
+    with pytest.raises(ValueError, match=r"kind=visual but the target draws no visual factor .* draws \['friction'\]"):
+        Gap.from_mapping({**FRICTION_LOW, "kind": "visual"})
+    with pytest.raises(ValueError, match="kind=physics but the target draws no physics factor"):
+        Gap(name="x", kind="physics", target={"level": "eval_hard", "factors": ["colors"]})
+    assert Gap(name="x", kind="none", target={"level": "eval_hard", "factors": ["colors"]}).kind == "none"
     # settings under name none were dropped silently (gap=friction_low gap.name=none ran without a gap)
     with pytest.raises(ValueError, match=r"gap config: name=none \(no gap\) but kind='physics', target="):
         Gap.from_mapping({**FRICTION_LOW, "name": "none"})

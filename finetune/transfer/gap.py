@@ -44,7 +44,7 @@ class Gap:
     """
 
     name: str = NO_GAP
-    kind: str = "none"  # physics | visual | none: which part of the world differs
+    kind: str = "none"  # physics | visual | none: which part of the world differs (the target draws a factor of it)
     source: Any = "none"
     target: Any = "none"
     target_frames: int = 0
@@ -59,6 +59,17 @@ class Gap:
                 raise ValueError(f"gap config: {key}={value!r}; expected an integer >= 0")
         self.source = _randomization(self.source, "source")
         self.target = _randomization(self.target, "target")
+        if self.enabled and self.kind != "none":  # a label only, but one that reports and readers trust
+            from sim_envs.env import as_randomization
+            from sim_envs.randomization import PHYSICS_FACTORS, VISUAL_FACTORS
+
+            levels = as_randomization(self.target).levels()
+            factors = PHYSICS_FACTORS if self.kind == "physics" else VISUAL_FACTORS
+            if not any(levels.get(f, "none") != "none" for f in factors):
+                drawn = sorted(f for f, level in levels.items() if level != "none")
+                raise ValueError(f"gap config: kind={self.kind} but the target draws no {self.kind} factor "
+                                 f"({', '.join(factors)}); it draws {drawn or 'nothing'}: set kind to what the target "
+                                 "changes (physics, visual or none)")
         if not self.enabled:  # the name switches a gap on; settings under name none would be dropped silently
             set_ = [f"{k}={getattr(self, k)!r}" for k in ("kind", "source", "target", "target_frames",
                                                            "target_transitions")
