@@ -128,6 +128,8 @@ def condition_randomization(name: str, randomize: Sequence[str], level: Any) -> 
     from sim_envs.randomization import FACTORS
 
     bad = [f for f in randomize if f not in FACTORS]
+    if not randomize:  # the level's factors: none would run nominal episodes under the factor's name
+        raise ValueError(f"evaluate config: factors.{name}.randomize is empty; expected some of {FACTORS}")
     if bad:
         raise ValueError(f"evaluate config: factors.{name}.randomize has unknown factor(s) {bad}; expected some of {FACTORS}")
     if isinstance(level, bool) or not isinstance(level, (int, str)):
@@ -552,8 +554,9 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                  target.family)
     if not target.randomizable and len(conditions) > 1:
         shifted = sorted({c.factor for c in conditions if c.factor != NOMINAL})
+        fix = "remove the gap (gap=none)" if shifted == [GAP] else "use select=[nominal]"
         raise ValueError(f"evaluate config: target {target.name!r} ({target.family}) has no randomization or "
-                         f"distractors; factors {shifted} apply to sim_envs targets only: use select=[nominal]")
+                         f"distractors; factors {shifted} apply to sim_envs targets only: {fix}")
     task = target.name
     given = cfg.get("target_return")
     spec = PolicySpec(str(ckpt.path), target.to_dict(), str(cfg.device),

@@ -102,6 +102,10 @@ def test_bad_factor_configs_are_named(tiny_checkpoint, tmp_path):
     cfg.factors.distractors.levels = [9]
     with pytest.raises(ValueError, match="0..6"):
         build_conditions(cfg)
+    cfg = eval_config(tiny_checkpoint, tmp_path)
+    cfg.factors.friction.randomize = []  # ran nominal episodes reported as friction's
+    with pytest.raises(ValueError, match=r"factors.friction.randomize is empty"):
+        build_conditions(cfg)
     # an empty selection is nominal only (it ran every factor, like select=null; the pipeline's sweep with no
     # levels left passes [])
     assert [c.factor for c in build_conditions(eval_config(tiny_checkpoint, tmp_path, select="[]"))] == ["nominal"]
@@ -228,7 +232,7 @@ def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     every = evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "all", target=target, select="null",
                                             workers=0, **{"video.enabled": "false"}))  # select unset: nominal only
     assert every["nominal"]["episodes"] == 3 and not every["factors"]
-    with pytest.raises(ValueError, match=r"factors \['gap'\] apply to sim_envs targets only"):  # asked for: refused
+    with pytest.raises(ValueError, match=r"factors \['gap'\] apply to sim_envs targets only: remove the gap"):
         evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "gap", target=target, select="null",
                                         workers=0, gap="friction_low"))
     wider = target.replace("max_episode_steps: 8", "max_episode_steps: 8, env_kwargs: {eef_dim: 4}")
