@@ -287,6 +287,15 @@ def check_targets(cfg: DictConfig) -> None:
                              f"({cfg.adapt.algo}) and stage 3 ({cfg.stage3.algo}) need; write rewards into a copy "
                              "first (python -m robopretrain.reward_model data.path=... labels.path=<your preference "
                              "labels>, or rewards from ep_meta success) and give that copy as the target's demos")
+        if target.demos and any(str(a) != "bc" for a in (cfg.adapt.algo, cfg.stage3.algo)):
+            from robopretrain.data.convert import source_has_rewards
+
+            if source_has_rewards(Path(target.demos).expanduser()) is False:  # converted after stage 2 (hours)
+                raise ValueError(f"target {target.name!r}: its demos {target.demos} record no rewards (a LeRobot "
+                                 "dataset without next.reward, an OGBench file without rewards or masks), which the "
+                                 f"adaptation ({cfg.adapt.algo}) and stage 3 ({cfg.stage3.algo}) need; convert it "
+                                 "(python -m robopretrain.data.convert), write rewards into the copy (python -m "
+                                 "robopretrain.reward_model, or rewards from ep_meta success) and give that copy")
         if target.family != SIM_ENVS and not target.demos:
             raise ValueError(f"target {target.name!r} ({target.family}): give its demos (target.demos: a robomimic "
                              "HDF5 or another format); the data stage collects demos of sim_envs targets only")

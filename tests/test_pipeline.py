@@ -270,6 +270,23 @@ def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_
         pipeline.check_targets(cfg)
     cfg.data.target_demos = 1  # the adaptation selects demo_0 only: rewarded
     pipeline.check_targets(cfg)
+    # another format without rewards (converted only after stage 2, where it was refused hours in)
+    from _formats import write_lerobot, write_ogbench
+
+    for name, src in (("ogbench", write_ogbench(tmp_path / "free.npz")),
+                      ("lerobot", write_lerobot(tmp_path / "free_lerobot", rewards=False)),
+                      (None, write_ogbench(tmp_path / "rewarded.npz", masks=True))):
+        with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+            cfg = compose("pipeline", overrides=[target.replace(str(free), str(src)), "encoder.mode=scratch",
+                                                 "prior_tasks=[Reach]", "obs.num_tasks=12"])
+        if name is None:
+            pipeline.check_targets(cfg)
+            continue
+        with pytest.raises(ValueError, match=rf"target 'Arm': its demos {src} record no rewards .* the adaptation "
+                                             r"\(cql\) and stage 3 \(calql\) need"):
+            pipeline.check_targets(cfg)
+        cfg.adapt.algo = cfg.stage3.algo = "bc"  # behaviour cloning needs none
+        pipeline.check_targets(cfg)
 
 
 def test_common_algo_overrides_reach_only_the_algorithms_that_have_them(tmp_path):

@@ -49,11 +49,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from robopretrain.data.episodes import ACTION_MODES, ConversionError, Episode, check_image_size, write_robomimic
 from robopretrain.data.frames import index_dir
 from robopretrain.data.read_d4rl import is_d4rl, read_d4rl
 from robopretrain.data.read_lerobot import is_lerobot, read_lerobot
+from robopretrain.data.read_lerobot import read_info as read_lerobot_info
 from robopretrain.data.read_minari import dataset_id, is_minari, read_minari
 from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
 
@@ -123,6 +125,26 @@ def detect_format(path: str | os.PathLike) -> str:
             return name
     raise ConversionError(f"{p}: format not recognised (expected a robomimic or D4RL-style HDF5 file, an OGBench "
                           ".npz, a LeRobot v3 folder with meta/info.json, or a Minari folder with data/metadata.json)")
+
+
+def source_has_rewards(path: str | os.PathLike) -> bool | None:
+    """Whether a non-robomimic source records rewards, read from its listing only (no episode is decoded): a LeRobot
+    dataset's ``next.reward`` feature, an OGBench file's ``rewards`` or ``masks``; D4RL and Minari always have them.
+    None for a robomimic file (per demo: :meth:`robopretrain.data.hdf5.DatasetInfo.unrewarded`) or a source of no
+    recognised format (its reader says why)."""
+    try:
+        fmt = detect_format(path)
+    except ConversionError:
+        return None
+    if fmt == "lerobot":
+        try:
+            return "next.reward" in read_lerobot_info(path)["features"]
+        except ConversionError:
+            return None
+    if fmt == "ogbench":
+        with np.load(Path(path), allow_pickle=False) as z:
+            return "rewards" in z.files or "masks" in z.files
+    return None if fmt == "robomimic" else True
 
 
 def _check_format(fmt: str | None) -> str | None:
