@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import cpu_model  # noqa: E402
+from bench_utils import cpu_model, seeds_then_episodes_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "recipe.json"
@@ -116,17 +116,6 @@ def evaluate_checkpoint(ckpt: Path, task: str, episodes: int) -> list[bool]:
         env.close()
 
 
-def bootstrap_ci(per_seed: list[list[bool]], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean success, resampling seeds, then episodes within each seed."""
-    rng = np.random.default_rng(seed)
-    arrays = [np.asarray(s, dtype=float) for s in per_seed]
-    means = []
-    for _ in range(resamples):
-        picked = rng.integers(0, len(arrays), len(arrays))
-        means.append(np.mean([rng.choice(arrays[i], len(arrays[i])).mean() for i in picked]))
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def one(args: argparse.Namespace, results: dict[str, Any], task: str, algo: str, seed: int) -> None:
     name = label(algo, args.set)
     key = f"{task}/{name}/seed{seed}"
@@ -155,7 +144,7 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     summary = []
     for (task, algo, u), per in sorted(rows.items()):
         per.sort()
-        lo, hi = bootstrap_ci([o for _, o in per])
+        lo, hi = seeds_then_episodes_ci([o for _, o in per])
         summary.append({"task": task, "algo": algo, "updates": u, "mean": float(np.mean([np.mean(o) for _, o in per])),
                         "per_seed": {s: float(np.mean(o)) for s, o in per}, "ci95": [lo, hi],
                         "episodes": len(per[0][1])})
