@@ -69,6 +69,34 @@ def test_rewards_are_scaled_and_returns_computed_by_hand(tmp_path):
     np.testing.assert_allclose(dense["mc_returns"][3:], [-5 - 2.5 - 1.25, -5 - 2.5, -5])  # truncated, no rule
 
 
+def test_next_obs_logged_apart_from_the_next_obs_does_not_split_demos(tmp_path, caplog):
+    """A robot that logs next_obs separately (1e-3 sensor noise): every step's next_obs differs from the next obs.
+    Each demo was cut into one-step episodes, so a successful demo's steps got the never-succeeds return (-10 here)
+    and ReBRAC's next actions and DT's windows stopped at every step."""
+    from robopretrain.data.sequences import SequenceSampler
+
+    clean = write_file(tmp_path / "clean.hdf5")
+    noisy = tmp_path / "noisy.hdf5"
+    noisy.write_bytes(clean.read_bytes())
+    with h5py.File(noisy, "r+") as f:
+        for i, demo in enumerate(("demo_0", "demo_1")):
+            f[f"data/{demo}/next_obs/proprio"][...] += np.float32(1e-3) * (1 + np.arange(3, dtype=np.float32))[:, None]
+            f[f"data/{demo}/actions"][...] = np.arange(4 * i, 4 * i + 3, dtype=np.float32)[:, None] / 10
+    spec = spec_of_data(clean, ["proprio"], [], None)
+    with caplog.at_level(logging.WARNING):
+        data = load_offline_dataset(noisy, spec, CAL_QL)
+    arrays = data.arrays()
+    np.testing.assert_allclose(arrays["mc_returns"], [-6.25, -2.5, 5, -10, -10, -10])  # as the clean file's
+    np.testing.assert_allclose(arrays["next_actions"][:, 0], [0.1, 0.2, 0.2, 0.5, 0.6, 0.6])  # within each demo
+    assert "noisy.hdf5: at 4 steps inside a demo the next_obs of ['proprio'] is not the next step's obs" in caplog.text
+    sampler = SequenceSampler(data, 3)
+    assert sampler.num_episodes == 2 and sampler.timesteps.tolist() == [0, 1, 2, 0, 1, 2]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(clean, spec, CAL_QL)
+    assert "inside a demo" not in caplog.text
+
+
 def test_key_maps_task_ids_and_sizes_are_checked(tmp_path):
     path = write_file(tmp_path / "toy.hdf5")
     spec = spec_of_data(path, ["state"], [], 4, obs_map={"state": "proprio"})

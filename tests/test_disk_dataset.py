@@ -120,10 +120,12 @@ def test_next_obs_is_stored_once_and_exact_at_episode_ends_truncations_and_break
     assert disk.stores[CAM].shape[0] == n + len(EPISODES) + sum(e[2] is not None for e in EPISODES)
     rows = disk.rows[CAM]
     assert rows[1, 0] == rows[0, 1]  # shared within an episode
-    # the break (only in the frames) ends a segment for the returns-to-go, as on the in-memory path: episode 3's
-    # steps 0-2 never succeed (-5 / (1 - 0.9) each), steps 3-5 do (-5 + 0.9 * (-5 + 0.9 * 5) at step 3)
+    # the break (only in the frames) does not split the demo (episodes are the demos; a split made steps 0-2 a
+    # never-succeeding episode, -50 each): the returns run through it, as on the in-memory path
     mc = disk.arrays()["mc_returns"][9:15]
-    np.testing.assert_allclose(mc, [-50, -50, -50, -5.45, -0.5, 5], rtol=1e-6)
+    np.testing.assert_allclose(mc, [-17.52305, -13.9145, -9.905, -5.45, -0.5, 5], rtol=1e-6)  # G = -5 + 0.9 G
+    memory = load_offline_dataset(path, spec, CAL_QL, storage="memory")
+    np.testing.assert_array_equal(memory.arrays()["mc_returns"], disk.arrays()["mc_returns"])
 
 
 def test_resume_mid_stream_gives_the_batches_of_an_uninterrupted_run(toy, tmp_path):

@@ -43,6 +43,7 @@ from robopretrain.data.frames import open_index
 from robopretrain.data.keys import NEXT_ACTIONS, TASK_ID
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.returns import (
+    breaks_inside_episodes,
     episode_starts,
     next_actions_of,
     returns_to_go,
@@ -330,21 +331,22 @@ def load_offline_dataset(
     scaled = scale_rewards(rewards, reward.scale, reward.bias)
     r_neg = sparse_negative_reward(reward.scale, reward.bias) if reward.sparse else None
     # the data's action at s' (ReBRAC's critic penalty): the next row's action inside an episode, else its own
-    next_actions = next_actions_of(trans.actions, episode_starts(len(trans), episode_ids=trans.episode_ids,
-                                                                 terminals=dones))
+    # episodes are the demos (and terminals): returns-to-go and ReBRAC's next actions stay inside them
+    starts = episode_starts(len(trans), episode_ids=trans.episode_ids, terminals=dones)
+    low_dim = [k for k in spec.low_dim_keys if k in trans.obs and k in trans.next_obs]
+    breaks = breaks_inside_episodes({k: trans.obs[k] for k in low_dim}, {k: trans.next_obs[k] for k in low_dim},
+                                    trans.episode_ids) if low_dim else 0
+    if breaks:
+        log.warning("%s: at %d steps inside a demo the next_obs of %s is not the next step's obs (> 1e-6 apart: "
+                    "logged separately, noise, or several episodes in one demo); episodes are the demos, so returns-"
+                    "to-go run through them; split a demo that holds several episodes", info.path, breaks, low_dim)
+    next_actions = next_actions_of(trans.actions, starts)
+    mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, sparse_negative_reward=r_neg)
     if not on_disk:
-        mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, obs=trans.obs,
-                           next_obs=trans.next_obs, sparse_negative_reward=r_neg)
         return OfflineDataset(parts(trans.obs), trans.actions, scaled, parts(trans.next_obs), dones, mc,
-                              next_actions=next_actions, device=device, seed=seed)
+                              next_actions=next_actions, episode_starts=starts, device=device, seed=seed)
     sel = _selected_transitions(index.demo_starts(), info, trans)
     rows = {k: index.rows[key_map.get(k, k)][:, sel] for k in spec.rgb_keys}
-    # frames differ exactly where their rows differ (equal frames share a row): the same episode boundaries as the
-    # in-memory path, which compares next_obs[t] with obs[t + 1] over every part
-    obs_rows = {**trans.obs, **{f"rows/{k}": r[0] for k, r in rows.items()}}
-    next_rows = {**trans.next_obs, **{f"rows/{k}": r[1] for k, r in rows.items()}}
-    mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, obs=obs_rows,
-                       next_obs=next_rows, sparse_negative_reward=r_neg)
     fields = {"observations": parts(trans.obs), "actions": trans.actions, "rewards": scaled,
               "next_observations": parts(trans.next_obs), "dones": dones, "mc_returns": mc,
               NEXT_ACTIONS: next_actions}

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from robopretrain.data.keys import NEXT_ACTIONS, OBS_FIELDS, TASK_ID
-from robopretrain.data.returns import (episode_returns_to_go, episode_starts, next_actions_of, returns_to_go,
-                                       scale_rewards, sparse_negative_reward, unrewarded_successes)
+from robopretrain.data.returns import (episode_returns_to_go, next_actions_of, returns_to_go, scale_rewards,
+                                       sparse_negative_reward, unrewarded_successes)
+from robopretrain.data.returns import episode_starts as find_episode_starts
 
 if TYPE_CHECKING:
     from robopretrain.data.hdf5 import Transitions
@@ -108,12 +109,14 @@ class OfflineDataset:
         mc_returns: np.ndarray | None = None,
         *,
         next_actions: np.ndarray | None = None,
+        episode_starts: np.ndarray | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
-        """``next_actions``: the data's action at ``s'`` (None: from the rows' order, a step continuing the previous
-        one where ``observations[t + 1] == next_observations[t]`` and it is not terminal;
-        :func:`~robopretrain.data.returns.next_actions_of`)."""
+        """``episode_starts``: bool ``(N,)``, True at each episode's first row (a file's demos; None: from the rows'
+        order, a step continuing the previous one where ``observations[t + 1] == next_observations[t]`` and it is not
+        terminal; :func:`~robopretrain.data.returns.episode_starts`). ``next_actions``: the data's action at ``s'``
+        (None: from ``episode_starts``; :func:`~robopretrain.data.returns.next_actions_of`)."""
         n = len(actions)
         fields = {
             "observations": _tree_map(_as_storage, observations),
@@ -129,10 +132,16 @@ class OfflineDataset:
                 raise ValueError(f"{k} has {_tree_len(fields[k])} rows but actions have {n}")
         if n == 0:
             raise ValueError("an offline dataset needs at least one transition")
+        if episode_starts is None:
+            episode_starts = find_episode_starts(n, terminals=fields["dones"], obs=fields["observations"],
+                                                 next_obs=fields["next_observations"])
+        episode_starts = np.asarray(episode_starts, dtype=bool).reshape(-1)
+        if episode_starts.shape != (n,) or not episode_starts[0]:
+            raise ValueError(f"episode_starts must be a bool ({n},) array starting with True, got "
+                             f"{episode_starts.shape}")
+        self.episode_starts = episode_starts
         if next_actions is None:
-            starts = episode_starts(n, terminals=fields["dones"], obs=fields["observations"],
-                                    next_obs=fields["next_observations"])
-            next_actions = next_actions_of(fields["actions"], starts)
+            next_actions = next_actions_of(fields["actions"], episode_starts)
         if np.shape(next_actions) != np.shape(fields["actions"]):
             raise ValueError(f"next_actions {np.shape(next_actions)} must have the shape of actions "
                              f"{np.shape(fields['actions'])}")
@@ -199,9 +208,10 @@ class OfflineDataset:
                            next_obs=transitions.next_obs,
                            sparse_negative_reward=sparse_negative_reward(reward_scale, reward_bias)
                            if sparse_reward else None)
-        starts = episode_starts(len(rewards), episode_ids=transitions.episode_ids, terminals=dones)
+        starts = find_episode_starts(len(rewards), episode_ids=transitions.episode_ids, terminals=dones)
         return cls(parts(transitions.obs), transitions.actions, rewards, parts(transitions.next_obs), dones, mc,
-                   next_actions=next_actions_of(transitions.actions, starts), device=device, seed=seed)
+                   next_actions=next_actions_of(transitions.actions, starts), episode_starts=starts, device=device,
+                   seed=seed)
 
     def __len__(self) -> int:
         return self.size
@@ -222,7 +232,8 @@ class OfflineDataset:
         :meth:`~robopretrain.agent.Agent.prepare`: frozen features in place of images); a new sampling RNG."""
         f = self._fields
         return OfflineDataset(fn(f["observations"]), f["actions"], f["rewards"], fn(f["next_observations"]),
-                              f["dones"], f.get("mc_returns"), next_actions=f[NEXT_ACTIONS], device=self.device,
+                              f["dones"], f.get("mc_returns"), next_actions=f[NEXT_ACTIONS],
+                              episode_starts=self.episode_starts, device=self.device,
                               seed=int(self.rng.integers(2**31)) if seed is None else seed)
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,8 +6,11 @@ Follows REFERENCE.md, Stage 3 ("Returns-to-go per episode") and Cal-QL's ``calc_
 * an episode that ends by truncation contributes 0 after its last step (no bootstrap);
 * sparse all-failure rule: if every reward of an episode equals the negative reward ``r_neg`` (the episode
   never succeeded), every step gets ``r_neg / (1 - gamma)``, the value of failing forever;
-* episode boundaries come from an episode-id array, from terminals, and also from
-  ``obs[t + 1] != next_obs[t]`` (a transition that does not continue the previous one starts a new episode).
+* episode boundaries come from an episode-id array (a file's demos) and from terminals; only data without episode
+  ids (a flat D4RL-style array, as Cal-QL's ``calc_return_to_go`` reads it) also splits where
+  ``obs[t + 1] != next_obs[t]`` (a transition that does not continue the previous one starts a new episode). With ids
+  the observations are not compared: a robot that logs ``next_obs`` apart from the next ``obs`` (sensor noise) would
+  otherwise cut every demo into one-step episodes, each a failure forever under the sparse rule.
 
 Reward scale and bias are applied by the caller, per algorithm config, *before* calling these functions;
 :func:`scale_rewards` does it. Cal-QL's default for sparse {0, 1} rewards is ``reward * 10 - 5``, so the
@@ -64,6 +67,16 @@ def unrewarded_successes(rewards: np.ndarray, ep_meta: Sequence[Mapping[str, Any
     return sum(bool(m.get("success", False)) for m in ep_meta)
 
 
+def breaks_inside_episodes(obs: ObsLike, next_obs: ObsLike, episode_ids: np.ndarray, atol: float = 1e-6) -> int:
+    """How many steps ``t`` of the same episode (``episode_ids[t] == episode_ids[t + 1]``) have ``obs[t + 1]`` apart
+    from ``next_obs[t]`` by more than ``atol``: 0 for demos whose ``next_obs`` is the next ``obs`` shifted. Such breaks
+    do not split an episode (module docstring); a caller reports them."""
+    ids = np.asarray(episode_ids).reshape(-1)
+    if len(ids) < 2:
+        return 0
+    return int(np.count_nonzero(_obs_mismatch(obs, next_obs, atol) & (ids[1:] == ids[:-1])))
+
+
 def _obs_mismatch(obs: ObsLike, next_obs: ObsLike, atol: float) -> np.ndarray:
     """Boolean ``(N - 1,)``: True where ``obs[t + 1]`` differs from ``next_obs[t]``."""
     if isinstance(obs, Mapping):
@@ -94,8 +107,8 @@ def episode_starts(
     """Boolean ``(n,)`` marking the first step of each episode.
 
     A step ``t + 1`` starts a new episode when the episode id changes, when step ``t`` is terminal, or
-    (when ``obs`` and ``next_obs`` are given) when ``obs[t + 1]`` differs from ``next_obs[t]`` by more
-    than ``atol``.
+    (when ``obs`` and ``next_obs`` are given and ``episode_ids`` is not) when ``obs[t + 1]`` differs from
+    ``next_obs[t]`` by more than ``atol`` (module docstring).
     """
     starts = np.zeros(n, dtype=bool)
     if n == 0:
@@ -108,7 +121,7 @@ def episode_starts(
         starts[1:] |= ids[1:] != ids[:-1]
     if terminals is not None:
         starts[1:] |= np.asarray(terminals).reshape(n)[:-1] > 0
-    if obs is not None and next_obs is not None and n > 1:
+    if obs is not None and next_obs is not None and n > 1 and episode_ids is None:
         starts[1:] |= _obs_mismatch(obs, next_obs, atol)
     return starts
 

@@ -1,7 +1,8 @@
 """Windows of K consecutive steps of one episode from an offline dataset, for sequence models (Decision Transformer).
 
 :class:`SequenceSampler` wraps an :class:`~robopretrain.data.replay.OfflineDataset` (the same files and transforms as
-every other algorithm). Episodes are delimited as for the Monte-Carlo returns (:func:`robopretrain.data.returns.
+every other algorithm). Episodes are the dataset's own (:attr:`OfflineDataset.episode_starts`: a file's demos, split
+at terminals); for rows without them, as for the Monte-Carlo returns (:func:`robopretrain.data.returns.
 episode_starts`): a terminal ends one, and so does a transition whose successor does not continue it
 (``obs[t + 1] != next_obs[t]``: a time-out or the next demo).
 
@@ -48,11 +49,13 @@ class SequenceSampler:
         self.dataset, self.K = dataset, int(context_len)
         f = dataset.arrays()
         n = len(dataset)
-        starts = episode_starts(n, terminals=f[DONES], obs=f[OBS], next_obs=f[NEXT_OBS])
+        starts = getattr(dataset, "episode_starts", None)  # a file's demos; else from the rows' order
+        if starts is None:
+            starts = episode_starts(n, terminals=f[DONES], obs=f[OBS], next_obs=f[NEXT_OBS])
         first = np.flatnonzero(starts)
         self.episode_start = first[np.cumsum(starts) - 1]  # (N,) index of each step's episode start
         self.timesteps = np.arange(n) - self.episode_start
-        self.rtg = returns_to_go(f[REWARDS], f[DONES], 1.0, obs=f[OBS], next_obs=f[NEXT_OBS])
+        self.rtg = returns_to_go(f[REWARDS], f[DONES], 1.0, episode_ids=np.cumsum(starts))
         self.num_episodes = len(first)
         self.episode_returns = self.rtg[first]  # (E,) each episode's undiscounted return (its first step's R)
         self.rng = np.random.default_rng(seed)
