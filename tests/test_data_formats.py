@@ -5,6 +5,7 @@ format given as ``data.path`` with sizes and keys from the file."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -245,6 +246,46 @@ def test_images_become_uint8_hwc():
     assert out.shape == (2, 8, 8, 3) and out.dtype == np.uint8 and out[1].min() == 255 and out[0].max() == 0
     with pytest.raises(ConversionError, match="image channels"):
         to_uint8_hwc(np.zeros((2, 8, 8, 5)), "x")
+    # one pixel overshooting 1 (a resize) keeps its episode on the [0, 1] scale (it came out black: 0.8 read as 0.8/255)
+    unit = np.full((1, 8, 8, 3), 0.8, np.float32)
+    unit[0, 0, 0, 0] = 1.02
+    assert to_uint8_hwc(unit, "x")[0, 1, 1, 0] == 204 and to_uint8_hwc(unit, "x")[0, 0, 0, 0] == 255
+    assert to_uint8_hwc(np.full((1, 8, 8, 3), 200.0), "x").max() == 200  # the [0, 255] scale
+    assert to_uint8_hwc(np.full((1, 8, 8, 3), 200, np.uint16), "x").max() == 200  # 16-bit storage of 8-bit values
+    # not 8-bit colour: clipped into a saturated or black camera before
+    for bad, what in ((np.full((1, 8, 8, 1), 3000, np.uint16), r"uint16 frames with values in \[3000, 3000\]"),
+                      (np.full((1, 8, 8, 1), 2.5, np.float32), r"float32 frames with values in \[2.5, 2.5\]"),
+                      (np.full((1, 8, 8, 3), -1.5, np.float32), "normalised or mean-subtracted"),
+                      (np.full((1, 8, 8, 3), 300.0), r"values in \[300, 300\]"),
+                      (np.full((1, 8, 8, 3), np.nan, np.float32), "NaN or inf")):
+        with pytest.raises(ConversionError, match=what):
+            to_uint8_hwc(bad, "x")
+
+
+def test_a_camera_that_is_not_8bit_colour_is_left_out_not_clipped(tmp_path, caplog):
+    """A depth camera in millimetres (uint16) beside state and colour: it was clipped into a white camera silently;
+    now it is left out with a warning and listed in env_args, while the rest converts."""
+    from robopretrain.data.episodes import Episode, write_robomimic
+
+    rng = np.random.default_rng(0)
+    depth = rng.integers(300, 3000, (4, 16, 16, 1)).astype(np.uint16)
+    cam = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    state = rng.normal(size=(4, 3)).astype(np.float32)
+
+    def episode(d):
+        return Episode(obs={"depth": d[:3], "cam": cam[:3], "state": state[:3]},
+                       next_obs={"depth": d[1:], "cam": cam[1:], "state": state[1:]}, actions=np.zeros((3, 2)),
+                       rewards=np.zeros(3), terminations=np.array([0, 0, 1]), truncated=False, task="t")
+
+    with caplog.at_level(logging.WARNING):
+        out = write_robomimic(tmp_path / "r.hdf5", [episode(depth), episode(depth)], source="src", fmt="test")
+    d = demos(out)
+    assert sorted(d[1]["obs"]) == ["cam", "state"] and env_args(out)["dropped_parts"] == ["depth"]
+    np.testing.assert_array_equal(d[1]["obs"]["cam"], cam[:3])
+    assert "part 'depth' is not written" in caplog.text
+    # 8-bit values in a uint16 array first, then a frame out of range: the file's parts would differ
+    with pytest.raises(ConversionError, match=r"episode 1 obs 'depth': uint16 frames with values in \[300"):
+        write_robomimic(tmp_path / "s.hdf5", [episode(depth // 20), episode(depth)], source="src", fmt="test")
 
 
 def test_image_size_resizes_every_camera_as_an_envs_frames_are(tmp_path):

@@ -61,10 +61,12 @@ from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 5  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success;
+CONVERTER_VERSION = 6  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success;
 # 3: a LeRobot next.done last frame that is not a success (next.success recorded) is a truncation; an OGBench
 # compact file cut mid-trajectory has no self-loop; 4: grey (N, H, W) uint8 frames are cameras, not low-dim parts;
-# 5: a source without rewards (LeRobot without next.reward, OGBench without rewards / masks) is written without them
+# 5: a source without rewards (LeRobot without next.reward, OGBench without rewards / masks) is written without them;
+# 6: float frames overshooting 1 stay on the [0, 1] scale; a camera that is not 8-bit colour (depth, 16-bit) is left
+# out instead of clipped
 FORMATS = ("robomimic", "lerobot", "minari", "d4rl", "ogbench")
 READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
     "lerobot": read_lerobot, "minari": read_minari, "d4rl": read_d4rl, "ogbench": read_ogbench}

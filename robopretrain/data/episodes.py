@@ -96,7 +96,8 @@ class Episode:
 def to_uint8_hwc(frames: np.ndarray, where: str) -> np.ndarray:
     """Images ``(N, H, W, C)`` or ``(N, C, H, W)`` (C in 1, 3, 4; uint8, or float in [0, 1] or [0, 255]) or grey
     uint8 ``(N, H, W)`` as uint8 ``(N, H, W, 3)``: channels-first is moved last, grey is repeated to 3 channels,
-    alpha dropped, float in [0, 1] scaled by 255. Raises :class:`ConversionError` for any other shape."""
+    alpha dropped, float in [0, 1] scaled by 255 (:func:`_colour_to_uint8`). Raises :class:`ConversionError` for any
+    other shape, or for values that are not 8-bit colour (16-bit, depth, normalised frames)."""
     a = np.asarray(frames)
     if a.ndim == 3 and a.dtype == np.uint8:  # grey frames without a channel (gymnasium's GrayscaleObservation)
         a = a[..., None]
@@ -107,13 +108,47 @@ def to_uint8_hwc(frames: np.ndarray, where: str) -> np.ndarray:
     if a.shape[-1] not in (1, 3, 4):
         raise ConversionError(f"{where}: expected 1, 3 or 4 image channels, got shape {a.shape}")
     if a.dtype != np.uint8:
-        f = a.astype(np.float32)
-        if f.size and float(np.nanmax(f)) <= 1.0:
-            f = f * 255.0
-        a = np.clip(np.round(f), 0, 255).astype(np.uint8)
+        a = _colour_to_uint8(a, where)
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
     return np.ascontiguousarray(a[..., :3])
+
+
+class NotColourError(ConversionError):
+    """A camera part whose values are not 8-bit colour (:func:`_colour_to_uint8`)."""
+
+
+UNIT_SCALE_MAX = 2.0  # float frames up to this are on the [0, 1] scale (a resize or colour jitter overshoots 1)
+DARK_SCALE_MAX = 16.0  # float frames whose largest value lies in (UNIT_SCALE_MAX, this) are on neither colour scale
+
+
+def _colour_to_uint8(a: np.ndarray, where: str) -> np.ndarray:
+    """Non-uint8 colour frames as uint8. Integers must lie in [0, 255]; floats on the [0, 1] scale (largest value
+    <= :data:`UNIT_SCALE_MAX`: scaled by 255, overshoot clipped) or the [0, 255] one (largest >= :data:`DARK_SCALE_MAX`).
+    Anything else is not an 8-bit colour picture (a 16-bit camera, a depth map in mm or m, normalised frames) and
+    raises :class:`ConversionError`: clipping it to uint8 made a saturated or black camera silently. The scale is
+    read per episode; with these bounds two episodes of one camera cannot be read on different scales unless one of
+    them is black."""
+    if a.size == 0:
+        return a.astype(np.uint8)
+    if a.dtype.kind in "iub":
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            raise NotColourError(f"{where}: {a.dtype} frames with values in [{lo}, {hi}], outside the 8-bit colour "
+                                  "range [0, 255] (a 16-bit camera or a depth map?); the contract's cameras are uint8 "
+                                  "colour: convert them first (16-bit colour: frames >> 8)")
+        return a.astype(np.uint8)
+    f = a.astype(np.float32)
+    if not np.all(np.isfinite(f)):
+        raise NotColourError(f"{where}: {a.dtype} frames hold NaN or inf values")
+    lo, hi = float(f.min()), float(f.max())
+    if lo < -0.05 or hi > 255.0 or UNIT_SCALE_MAX < hi < DARK_SCALE_MAX:
+        raise NotColourError(f"{where}: {a.dtype} frames with values in [{lo:.4g}, {hi:.4g}]: neither colour on "
+                              "[0, 1] nor on [0, 255] (a depth map, normalised or mean-subtracted frames?); the "
+                              "contract's cameras are uint8 colour: convert them first")
+    if hi <= UNIT_SCALE_MAX:
+        f = f * 255.0
+    return np.clip(np.round(f), 0, 255).astype(np.uint8)
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -216,6 +251,8 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
     Written to ``<path>.<pid>.tmp`` and renamed at the end, so an interrupted conversion leaves no half file.
     ``actions``: ``auto`` (rescale to [-1, 1] by the data's min/max when outside) or ``keep``. ``image_size``:
     resize every camera frame to that square side (module docstring), or None to keep the source's size.
+    A camera part whose first episode is not 8-bit colour (a depth map, a 16-bit camera) is left out with a warning
+    and listed in ``env_args["dropped_parts"]``; one that turns so in a later episode raises.
     Raises :class:`ConversionError` when no episode of 2 or more steps remains, or shapes disagree.
     """
     if actions not in ACTION_MODES:
@@ -229,6 +266,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
     low = high = None
     keys: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
     source_sizes: dict[str, list[int]] = {}  # each camera's frame size in the source (the first episode's)
+    dropped: list[str] = []  # parts left out: cameras whose first episode is not 8-bit colour
     try:
         with h5py.File(tmp, "w") as f:
             data = f.create_group("data")
@@ -238,8 +276,20 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                     skipped += 1
                     continue
                 _check_episode(ep, where)
-                obs = {k: as_part(v, f"{where} obs {k!r}") for k, v in ep.obs.items()}
-                nxt = {k: as_part(v, f"{where} next obs {k!r}") for k, v in ep.next_obs.items()}
+                obs = {}
+                for k, v in ep.obs.items():
+                    if k in dropped:
+                        continue
+                    try:
+                        obs[k] = as_part(v, f"{where} obs {k!r}")
+                    except NotColourError as err:
+                        if keys is not None:  # written in earlier episodes: the file's parts would differ
+                            raise
+                        dropped.append(k)  # not 8-bit colour in the first episode: left out of the file
+                        if len(dropped) == len(ep.obs):
+                            raise ConversionError(f"{err}; no observation part is left to write") from None
+                        log.warning("%s; part %r is not written (a camera part must be 8-bit colour)", err, k)
+                nxt = {k: as_part(v, f"{where} next obs {k!r}") for k, v in ep.next_obs.items() if k not in dropped}
                 if image_size is not None:
                     for k in [k for k, v in obs.items() if v.ndim == 4]:
                         source_sizes.setdefault(k, [int(s) for s in obs[k].shape[1:3]])
@@ -278,6 +328,8 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                                         "env_kwargs": {}, **dict(extra_env_args or {})}
             if image_size is not None:
                 env_args.update(image_size=image_size, source_image_sizes=source_sizes)
+            if dropped:
+                env_args["dropped_parts"] = dropped
             units = auto_bounds(low, high) if actions == "auto" else None
             if units is not None:
                 warn_constant_dimensions(units, source)
@@ -320,4 +372,4 @@ def split_by_ends(ends: np.ndarray) -> list[tuple[int, int]]:
 
 
 __all__ = ["ACTION_MODES", "SUCCESS_INFO_KEYS", "ConversionError", "Episode", "as_part", "flatten_obs", "is_image",
-           "resize_frames", "split_by_ends", "to_uint8_hwc", "write_robomimic"]
+           "resize_frames", "split_by_ends", "to_uint8_hwc", "write_robomimic", "NotColourError"]
