@@ -239,6 +239,28 @@ def test_unknown_task_and_mask(tmp_path):
     assert "mask/test" in _expect(path, "unknown mask", mask="test")
 
 
+def test_a_mask_naming_a_deleted_demo_is_refused_only_when_used(tmp_path, capsys):
+    """Deleting one bad demo left mask/train naming it: the whole file was refused, even for data.mask=valid or no
+    mask, while inspect called it fine."""
+    from robopretrain.data.inspect import main as inspect_main
+
+    path = write_dataset(tmp_path / "m.hdf5", mutate=lambda f: f["data"].pop("demo_10"))
+    with h5py.File(path, "r+") as f:
+        f["data"].attrs["total"] = 7
+        for group in ("obs", "next_obs"):  # 8 px frames: inspect draws its contact sheet from them
+            for demo, value in (("demo_0", 0), ("demo_1", 1)):
+                n = f[f"data/{demo}/{group}/agentview_image"].shape[0]
+                del f[f"data/{demo}/{group}/agentview_image"]
+                f[f"data/{demo}/{group}/agentview_image"] = np.full((n, 8, 8, 3), value, np.uint8)
+    assert len(load_transitions(path, ["proprio"], mask="valid")) == 4  # the mask in use is whole
+    assert len(load_transitions(path, ["proprio"])) == 7
+    msg = _expect(path, r"mask/train: lists demos that are not under data/: \['demo_10'\]", mask="train")
+    assert "rewrite the mask" in msg
+    inspect_main([str(path), "--out", str(tmp_path / "sheet.png")])
+    assert "mask/train lists 1 demo(s) not under data/ (demo_10): training with data.mask=train is refused" in \
+        capsys.readouterr().out
+
+
 def test_bad_demo_name_and_total(tmp_path):
     path = write_dataset(tmp_path / "d.hdf5", mutate=lambda f: f["data"].move("demo_1", "demo_x"))
     assert "data/demo_x" in _expect(path, "demo_<int>")

@@ -68,6 +68,7 @@ class DatasetInfo:
     tasks: dict[str, int]
     obs_specs: dict[str, tuple[tuple[int, ...], np.dtype]]
     action_dim: int
+    stale_masks: dict[str, list[str]] = field(default_factory=dict)  # mask -> names it lists that no demo has
 
     def demo(self, name: str) -> DemoInfo:
         for d in self.demos:
@@ -167,10 +168,13 @@ def _demo_names(path: str, data: h5py.Group) -> list[str]:
     return sorted(names, key=lambda n: int(DEMO_RE.match(n).group(1)))
 
 
-def _read_masks(path: str, f: h5py.File, demo_set: set[str]) -> dict[str, list[str]]:
+def _read_masks(path: str, f: h5py.File, demo_set: set[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The masks' demo names, and per mask the names no demo has (a demo deleted from the file: refused only when that
+    mask is used, by :func:`select_demos`)."""
     masks: dict[str, list[str]] = {}
+    stale: dict[str, list[str]] = {}
     if "mask" not in f:
-        return masks
+        return masks, stale
     for name, ds in f["mask"].items():
         key = f"mask/{name}"
         if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind not in "SOU":
@@ -181,9 +185,9 @@ def _read_masks(path: str, f: h5py.File, demo_set: set[str]) -> dict[str, list[s
             raise _err(path, key, f"cannot be read (truncated file?): {e}") from None
         unknown = [e for e in entries if e not in demo_set]
         if unknown:
-            raise _err(path, key, f"lists demos that are not under data/: {unknown[:5]}")
+            stale[name] = unknown
         masks[name] = entries
-    return masks
+    return masks, stale
 
 
 def _is_image_key(key: str, shape: tuple[int, ...]) -> bool:
@@ -283,12 +287,12 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         if counted != total:
             raise _err(p, "data", f"attribute 'total' is {total} but the demos' num_samples sum to {counted}")
         tasks = _task_ids(p, demos)
-        masks = _read_masks(p, f, set(names))
+        masks, stale = _read_masks(p, f, set(names))
         first = data[names[0]]
         obs_specs = _obs_specs(p, first, f"data/{names[0]}/obs")
         acts = _dataset(p, first, f"data/{names[0]}", "actions")
         action_dim = int(acts.shape[1]) if acts.ndim == 2 else -1
-    return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim)
+    return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale)
 
 
 def _demo_info(path: str, demo: h5py.Group, name: str, default_task: str) -> DemoInfo:
@@ -337,6 +341,9 @@ def select_demos(
     if mask is not None:
         if mask not in info.masks:
             raise _err(info.path, f"mask/{mask}", f"unknown mask; available masks: {sorted(info.masks)}")
+        if info.stale_masks.get(mask):
+            raise _err(info.path, f"mask/{mask}", f"lists demos that are not under data/: {info.stale_masks[mask][:5]} "
+                                                  "(deleted from the file?); rewrite the mask without them")
         keep = set(info.masks[mask])
         selected = [n for n in selected if n in keep]
     if tasks is not None:

@@ -93,6 +93,7 @@ class Hdf5Summary:
     inconsistent_obs: list[str]
     # "obs/<key>" or "actions" -> where its first NaN or inf is ("demo_3 row 4"), low-dim parts and actions only
     non_finite: dict[str, str] = field(default_factory=dict)
+    stale_masks: dict[str, list[str]] = field(default_factory=dict)  # mask -> demo names it lists that data/ lacks
 
     @property
     def transitions(self) -> int:
@@ -188,9 +189,14 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         for key in ("actions", "rewards"):
             if isinstance(demo.get(key), h5py.Dataset):
                 _find_non_finite(demo[key], key, name, non_finite)
-    masks = {}
+    masks, stale = {}, {}
     if "mask" in f:
         masks = {name: int(ds.shape[0]) for name, ds in f["mask"].items() if isinstance(ds, h5py.Dataset)}
+        for name, ds in f["mask"].items():
+            if isinstance(ds, h5py.Dataset) and ds.ndim == 1:
+                gone = sorted({_as_str(x) for x in ds[()]} - set(data.keys()))
+                if gone:
+                    stale[name] = gone
     total = int(data.attrs["total"]) if "total" in data.attrs else None
     env_name = None
     if "env_args" in data.attrs:
@@ -198,7 +204,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
             env_name = json.loads(_as_str(data.attrs["env_args"])).get("env_name")
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
-    return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite)
+    return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale)
 
 
 def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str]) -> None:
@@ -270,6 +276,10 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append(f"warning: {key} holds NaN or inf (first at {where}): training refuses a selection holding "
                      "that demo (leave it out with a mask)")
     lines.append("masks: " + (", ".join(f"{k} ({v})" for k, v in s.masks.items()) if s.masks else "none"))
+    for name, gone in s.stale_masks.items():
+        lines.append(f"  mask/{name} lists {len(gone)} demo(s) not under data/ ({', '.join(gone[:3])}"
+                     f"{', ...' if len(gone) > 3 else ''}): training with data.mask={name} is refused until it is "
+                     "rewritten")
     return "\n".join(lines)
 
 
