@@ -489,6 +489,9 @@ def test_convert_cli_and_errors(tmp_path, capsys):
     assert "3 episodes, 10 transitions, 3-D actions" in capsys.readouterr().out
     assert convert_main([str(src), str(tmp_path / "w.hdf5")]) == 2
     assert "exists (pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "outdir").mkdir()  # a folder was an IsADirectoryError traceback after the whole conversion
+    assert convert_main([str(src), str(tmp_path / "outdir"), "--overwrite"]) == 2
+    assert "outdir: is a folder; give the .hdf5 file to write" in capsys.readouterr().err
     assert convert_main([str(src), str(tmp_path / "x.hdf5"), "--format", "ogbench"]) == 2
     assert "not a readable .npz" in capsys.readouterr().err
     (tmp_path / "junk.txt").write_text("x")

@@ -175,6 +175,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
         raise ConversionError(f"{src}: already a robomimic HDF5 file; use it as it is" + (
             " (--image-size resizes other formats while converting; a robomimic file is not rewritten: write its "
             "frames at that size yourself)" if image_size is not None else ""))
+    if dst.is_dir():  # --overwrite replaces a file, never a folder (found after the whole conversion)
+        raise ConversionError(f"{dst}: is a folder; give the .hdf5 file to write (e.g. {dst / (src.stem + '.hdf5')})")
     if dst.exists() and not overwrite:
         raise ConversionError(f"{dst}: exists (pass --overwrite to replace it)")
     if dst.resolve() == src.resolve():
