@@ -68,9 +68,10 @@ def write_ogbench(path: Path, trajectories: int = 2, length: int = 5, masks: boo
 
 
 def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_id: str = "test/reach-v0",
-                 success_key: str = "success") -> Path:
+                 success_key: str = "success", action_bound: float = 1.0, action: float = 0.5) -> Path:
     """A Minari dataset with Dict observations (``observation`` 3-D, ``desired_goal`` 2-D) written by minari, success
-    logged as ``infos[success_key]`` on the terminal step; returns the dataset folder ``root/<dataset_id>``."""
+    logged as ``infos[success_key]`` on the terminal step, actions ``action`` in a Box(-action_bound, action_bound)
+    space; returns the dataset folder ``root/<dataset_id>``."""
     import gymnasium as gym
     import minari
     from minari.data_collector import EpisodeBuffer
@@ -82,7 +83,7 @@ def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_i
         t, tr = np.zeros(n, bool), np.zeros(n, bool)
         (t if term else tr)[-1] = True
         obs = {"observation": obs_rows(n + 1, 3, 100 * e), "desired_goal": np.full((n + 1, 2), e, np.float32)}
-        buffers.append(EpisodeBuffer(id=e, observations=obs, actions=np.full((n, 2), 0.5, np.float32),
+        buffers.append(EpisodeBuffer(id=e, observations=obs, actions=np.full((n, 2), action, np.float32),
                                      rewards=np.arange(n, dtype=np.float64) + 10 * e, terminations=t, truncations=tr,
                                      infos={success_key: np.r_[np.zeros(n, bool), term]}))
     import warnings
@@ -93,7 +94,8 @@ def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             minari.create_dataset_from_buffers(dataset_id, buffers, observation_space=space,
-                                               action_space=gym.spaces.Box(-1, 1, (2,), np.float32),
+                                               action_space=gym.spaces.Box(-action_bound, action_bound, (2,),
+                                                                           np.float32),
                                                data_format="hdf5")
     finally:
         if before is None:

@@ -135,6 +135,22 @@ def test_minari_written_by_minari_round_trips(tmp_path):
     assert d[0]["task"] == "test/reach-v0" and env_args(tmp_path / "m.hdf5")["env_name"] == "minari/test/reach-v0"
     fetch = F.write_minari(tmp_path / "minari2", success_key="is_success", dataset_id="test/fetch-v0")
     assert [x["meta"]["success"] for x in demos(convert(fetch, tmp_path / "f.hdf5"))] == [True, False]
+    assert "action_normalization" not in env_args(tmp_path / "f.hdf5")  # Box(-1, 1): kept as they are
+
+
+def test_minari_actions_are_rescaled_from_the_declared_action_space(tmp_path, caplog):
+    """Box(-2, 2) with demos at 1.5: the data's min / max made 1.5 the agent's largest action (stage 3 could never
+    command more); the declared space keeps the whole range. Data outside it fall back to the data's range."""
+    wide = F.write_minari(tmp_path / "wide", action_bound=2.0, action=1.5)
+    out = convert(wide, tmp_path / "w.hdf5")
+    np.testing.assert_allclose(demos(out)[0]["actions"], 0.75)
+    units = env_args(out)["action_normalization"]
+    assert (units["low"], units["high"]) == ([-2.0, -2.0], [2.0, 2.0])
+    over = F.write_minari(tmp_path / "over", action_bound=1.0, action=1.5, dataset_id="test/over-v0")
+    with caplog.at_level(logging.WARNING):
+        out = convert(over, tmp_path / "o.hdf5")
+    assert "leave the declared action space" in caplog.text
+    assert env_args(out)["action_normalization"]["high"] == [1.5, 1.5]
 
 
 # --------------------------------------------------------------------------- LeRobot v3

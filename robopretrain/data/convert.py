@@ -56,7 +56,7 @@ from robopretrain.data.frames import index_dir
 from robopretrain.data.read_d4rl import is_d4rl, read_d4rl
 from robopretrain.data.read_lerobot import is_lerobot, read_lerobot
 from robopretrain.data.read_lerobot import read_info as read_lerobot_info
-from robopretrain.data.read_minari import dataset_id, is_minari, read_minari
+from robopretrain.data.read_minari import dataset_id, declared_action_bounds, is_minari, read_minari
 from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ CONVERTER_VERSION = 6  # 2: per-dimension action rescaling (in-range dimensions 
 # compact file cut mid-trajectory has no self-loop; 4: grey (N, H, W) uint8 frames are cameras, not low-dim parts;
 # 5: a source without rewards (LeRobot without next.reward, OGBench without rewards / masks) is written without them;
 # 6: float frames overshooting 1 stay on the [0, 1] scale; a camera that is not 8-bit colour (depth, 16-bit) is left
-# out instead of clipped
+# out instead of clipped; Minari actions are rescaled from the declared action space
 FORMATS = ("robomimic", "lerobot", "minari", "d4rl", "ogbench")
 READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
     "lerobot": read_lerobot, "minari": read_minari, "d4rl": read_d4rl, "ogbench": read_ogbench}
@@ -183,9 +183,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
         raise ConversionError(f"{dst}: the output would replace the source")
     # the source's absolute path: a cached copy names (and is pruned by) the file itself, not a path relative to
     # whichever folder the run started in
+    bounds = declared_action_bounds(src) if fmt == "minari" else None  # the other formats declare no space
     return write_robomimic(dst, READERS[fmt](src), source=str(src.expanduser().resolve()), fmt=fmt,
-                           env_name=_env_name(src, fmt),
-                           actions=actions, image_size=check_image_size(image_size))
+                           env_name=_env_name(src, fmt), actions=actions, image_size=check_image_size(image_size),
+                           action_bounds=bounds)
 
 
 def default_cache_dir() -> Path:

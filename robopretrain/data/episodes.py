@@ -243,13 +243,36 @@ def _check_episode(ep: Episode, where: str) -> None:
         raise ConversionError(f"{where}: actions contain NaN or inf")
 
 
+def _action_units(low: np.ndarray, high: np.ndarray, bounds: tuple[Sequence[float], Sequence[float]] | None,
+                  source: str) -> Any:
+    """``auto`` action units: the source's declared bounds (an action space) when finite, not all [-1, 1] and holding
+    the data, else the data's per-dimension min / max (:func:`auto_bounds`). The declared ones keep the agent's
+    reach over the whole space: the data's min / max capped stage 3's actions at what the demos happened to use."""
+    if bounds is not None:
+        b_low, b_high = (np.asarray(b, dtype=np.float64).reshape(-1) for b in bounds)
+        if b_low.shape == low.shape == b_high.shape and np.all(np.isfinite(b_low)) and np.all(np.isfinite(b_high)) \
+                and np.all(b_high > b_low):
+            if np.all(low >= b_low - 1e-6) and np.all(high <= b_high + 1e-6):
+                one = np.isclose(b_low, -1.0) & np.isclose(b_high, 1.0)
+                if one.all():
+                    return auto_bounds(low, high)  # [-1, 1] declared: the data's values are the agent's already
+                return ActionNormalization(tuple(np.where(one, -1.0, b_low).tolist()),
+                                           tuple(np.where(one, 1.0, b_high).tolist()))
+            log.warning("%s: actions (min %s, max %s) leave the declared action space [%s, %s]; rescaled by the "
+                        "data's min / max instead", source, np.round(low, 4).tolist(), np.round(high, 4).tolist(),
+                        b_low.tolist(), b_high.tolist())
+    return auto_bounds(low, high)
+
+
 def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, source: str, fmt: str,
                     env_name: str | None = None, actions: str = "auto", extra_env_args: Mapping[str, Any] | None = None,
-                    image_size: int | None = None) -> Path:
+                    image_size: int | None = None,
+                    action_bounds: tuple[Sequence[float], Sequence[float]] | None = None) -> Path:
     """Write ``episodes`` to ``path`` in the robomimic HDF5 contract (module docstring); returns ``path``.
 
     Written to ``<path>.<pid>.tmp`` and renamed at the end, so an interrupted conversion leaves no half file.
-    ``actions``: ``auto`` (rescale to [-1, 1] by the data's min/max when outside) or ``keep``. ``image_size``:
+    ``actions``: ``auto`` (rescale to [-1, 1] by the data's min/max when outside, or by ``action_bounds``, the
+    source's declared ``(low, high)``, when given: :func:`_action_units`) or ``keep``. ``image_size``:
     resize every camera frame to that square side (module docstring), or None to keep the source's size.
     A camera part whose first episode is not 8-bit colour (a depth map, a 16-bit camera) is left out with a warning
     and listed in ``env_args["dropped_parts"]``; one that turns so in a later episode raises.
@@ -330,14 +353,15 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                 env_args.update(image_size=image_size, source_image_sizes=source_sizes)
             if dropped:
                 env_args["dropped_parts"] = dropped
-            units = auto_bounds(low, high) if actions == "auto" else None
+            units = _action_units(low, high, action_bounds, source) if actions == "auto" else None
             if units is not None:
                 warn_constant_dimensions(units, source)
                 _rescale_actions(data, written, units)
                 env_args[ACTION_UNITS_KEY] = units.to_dict()
-                log.warning("%s: actions outside [-1, 1] (min %s, max %s) rescaled per dimension to [-1, 1]; "
+                log.warning("%s: actions (min %s, max %s) rescaled per dimension to [-1, 1] from low %s, high %s (%s); "
                             "low/high are in env_args['action_normalization']", source,
-                            np.round(low, 4).tolist(), np.round(high, 4).tolist())
+                            np.round(low, 4).tolist(), np.round(high, 4).tolist(), list(units.low), list(units.high),
+                            "the declared action space" if units != auto_bounds(low, high) else "the data's range")
             data.attrs["total"] = total
             data.attrs["env_args"] = _json(env_args)
             f.create_dataset("mask/train", data=np.array([f"demo_{i}".encode() for i in range(written)]))

@@ -6,6 +6,7 @@ A Minari dataset (Farama; the maintained successor of D4RL) is a folder ``<root>
 group of such arrays), ``actions``, ``rewards``, ``terminations``, ``truncations`` (``N`` rows) and ``infos``.
 :class:`minari.MinariDataset` reads either storage; it is installed with ``pip install 'robopretrain[datasets]'``.
 
+* actions outside [-1, 1] are rescaled from the declared Box action space (``actions=auto``), not the data's range.
 * ``obs[t] = observations[t]``, ``next_obs[t] = observations[t + 1]`` (exact, no row dropped).
 * ``dones = terminations`` per step; ``truncations`` on the last step marks a truncated episode.
 * ``success`` (``ep_meta``): any ``infos["success"]`` (else ``infos["is_success"]``, gymnasium-robotics' key) of the
@@ -81,6 +82,16 @@ def _rows(x: Any, lo: int, hi: int) -> Any:
     return np.asarray(x)[lo:hi]
 
 
+def declared_action_bounds(path: str | os.PathLike) -> tuple[list[float], list[float]] | None:
+    """The dataset's declared Box action space as ``(low, high)`` (the rescaling of ``actions=auto`` uses it: see
+    :func:`robopretrain.data.episodes.write_robomimic`); None for another space."""
+    space = getattr(_open(path), "action_space", None)
+    low, high = getattr(space, "low", None), getattr(space, "high", None)
+    if low is None or high is None:
+        return None
+    return np.asarray(low, np.float64).reshape(-1).tolist(), np.asarray(high, np.float64).reshape(-1).tolist()
+
+
 def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
     """The episodes of a Minari dataset (module docstring). Raises :class:`ConversionError`."""
     ds = _open(path)
@@ -107,4 +118,4 @@ def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
                       meta={"source_episode": int(ep.id)})
 
 
-__all__ = ["data_dir", "dataset_id", "is_minari", "read_minari"]
+__all__ = ["data_dir", "dataset_id", "declared_action_bounds", "is_minari", "read_minari"]
