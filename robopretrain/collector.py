@@ -66,24 +66,47 @@ def episode_seed(seed: int, episode: int) -> int:
     return EVAL_SEEDS_END + word % (_SEED_LIMIT - EVAL_SEEDS_END)
 
 
+COLLECTED_INFO = ("success", "dr_params")  # the info keys the collector reads; the vector env batches only these
+
+
+class CollectedInfo(gym.Wrapper):
+    """Keeps only :data:`COLLECTED_INFO` in ``reset`` / ``step`` info. A vector env stacks every info key across its
+    envs: a user's env whose info holds an array of varying length (contact points) broke the stacking, which hung
+    an asynchronous vector env for good and was a broadcast error naming no key in a synchronous one."""
+
+    @staticmethod
+    def _kept(info: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: info[k] for k in COLLECTED_INFO if k in info}
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return obs, self._kept(info)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, self._kept(info)
+
+
 def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: bool = True) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of ``env_fn()`` with autoreset off. Async: spawned workers, each building its env lazily."""
+    """``num_envs`` copies of ``env_fn()`` with autoreset off and their info cut to :data:`COLLECTED_INFO`
+    (:class:`CollectedInfo`). Async: spawned workers, each building its env lazily."""
     if num_envs < 1:
         raise ValueError(f"num_envs={num_envs}; expected an integer >= 1")
     mode = gym.vector.AutoresetMode.DISABLED
+    worker_fn = functools.partial(_collector_env, env_fn)
     if asynchronous and num_envs > 1:
-        worker_fn = functools.partial(_ignoring_interrupts, env_fn)
         return gym.vector.AsyncVectorEnv([worker_fn] * num_envs, context="spawn", autoreset_mode=mode,
                                          shared_memory=False)
-    return gym.vector.SyncVectorEnv([env_fn] * num_envs, autoreset_mode=mode)
+    return gym.vector.SyncVectorEnv([worker_fn] * num_envs, autoreset_mode=mode)
 
 
-def _ignoring_interrupts(env_fn: Callable[[], gym.Env]) -> gym.Env:
-    """``env_fn()``; in a worker process (not in the parent, where gymnasium builds one env to read its spaces) Ctrl-C
-    is ignored first: the parent handles it and closes the workers, which would otherwise each print a traceback."""
+def _collector_env(env_fn: Callable[[], gym.Env]) -> gym.Env:
+    """``env_fn()`` wrapped in :class:`CollectedInfo`; in a worker process (not in the parent, where gymnasium builds
+    one env to read its spaces) Ctrl-C is ignored first: the parent handles it and closes the workers, which would
+    otherwise each print a traceback."""
     if mp.parent_process() is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return env_fn()
+    return CollectedInfo(env_fn())
 
 
 # --------------------------------------------------------------------------- array trees (array or dict)

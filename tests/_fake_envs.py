@@ -9,7 +9,8 @@ class CountEnv(gym.Env):
     """Observation = (reset seed, step t). Episode length 2 + seed % 4; it succeeds (reward 1, terminated) when the
     seed is even, else it is truncated."""
 
-    def __init__(self) -> None:
+    def __init__(self, contacts: bool = False) -> None:
+        self.contacts = contacts  # info["contacts"]: (t % 3, 3), an array whose length varies (a user's env)
         self.observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)})
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.ep_seed, self.t = -1, 0
@@ -27,7 +28,8 @@ class CountEnv(gym.Env):
         self.t += 1
         end = self.t >= 2 + self.ep_seed % 4
         success = end and self.ep_seed % 2 == 0
-        return self._obs(), float(success), success, end and not success, {"success": success}
+        info = {"success": success, **({"contacts": np.zeros((self.t % 3, 3))} if self.contacts else {})}
+        return self._obs(), float(success), success, end and not success, info
 
 
 # --------------------------------------------------------------------------- a robot that is not ours

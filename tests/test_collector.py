@@ -49,6 +49,23 @@ def test_training_seeds_never_are_evaluation_seeds_and_published_runs_keep_their
         episode_seed(-1, 0)
 
 
+def test_an_info_array_of_varying_length_does_not_reach_the_vector_env():
+    """A user's env with info["contacts"] of shape (k, 3), k varying: the vector env stacked it (a broadcast error
+    naming no key in-process; worker envs hung for good). The collector keeps only the info keys it reads."""
+    import functools
+
+    c = VectorCollector(functools.partial(CountEnv, contacts=True), 2, convert=identity, seed=SEED,
+                        asynchronous=False)
+    c.start(0)
+    try:
+        episodes = []
+        while len(episodes) < 4:
+            episodes += c.step(zero_policy, budget=4).episodes
+    finally:
+        c.close()
+    assert [e.success for e in episodes[:4]] == [episode_seed(SEED, e.index) % 2 == 0 for e in episodes[:4]]
+
+
 def test_crossed_counts_multiples_in_a_chunk():
     assert crossed(58, 60, 20) and crossed(59, 61, 20) and not crossed(60, 62, 20) and not crossed(61, 79, 20)
 
