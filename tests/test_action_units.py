@@ -112,7 +112,15 @@ def test_the_env_takes_actions_in_the_agents_units(caplog) -> None:
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         make_env(Target(**TARGET, action_normalization=units))
-    assert "beyond" not in caplog.text
+    assert "beyond" not in caplog.text and "reach only" not in caplog.text  # the env's whole [0, 8]
+    # units narrower than the env's range (the demos' min / max in one dimension): the agent could never leave
+    # them, silently; said once per process
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            make_env(Target(**TARGET, action_normalization={"low": [2.0, 0.0], "high": [6.0, 8.0]})).close()
+    assert caplog.text.count("the agent's actions reach only low [2.0], high [6.0] of the env's [0.0], [8.0] in "
+                             "dimension(s) [0]") == 1
 
 
 def _agent(units: ActionNormalization | None) -> Agent:

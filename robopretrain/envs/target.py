@@ -367,6 +367,9 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
     return _in_agent_units(TargetEnv(env, target, cameras, image_size, checked=checked), target)
 
 
+_NARROW_WARNED: set[str] = set()  # the narrow-range warnings already given in this process
+
+
 class AgentActionUnits(gym.ActionWrapper):
     """Takes actions in ``[-1, 1]`` and gives the env ``units.to_env(action)`` (the target's ``action_normalization``;
     module docstring)."""
@@ -381,12 +384,25 @@ class AgentActionUnits(gym.ActionWrapper):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (units.dim,), np.float32)
         own_low = np.asarray(getattr(env.action_space, "low", -np.inf), dtype=np.float64)
         own_high = np.asarray(getattr(env.action_space, "high", np.inf), dtype=np.float64)
-        beyond = (np.asarray(units.low) < own_low - 1e-6) | (np.asarray(units.high) > own_high + 1e-6)
+        low, high = np.asarray(units.low, dtype=np.float64), np.asarray(units.high, dtype=np.float64)
+        beyond = (low < own_low - 1e-6) | (high > own_high + 1e-6)
         if beyond.any():
             log.warning("%s: action_normalization reaches beyond the env's own action range in dimension(s) %s "
                         "(low %s, high %s; the env's %s, %s): the env clips there (data of another robot?)", where,
                         np.flatnonzero(beyond).tolist(), list(units.low), list(units.high),
                         np.round(own_low, 4).tolist(), np.round(own_high, 4).tolist())
+        finite = np.isfinite(own_low) & np.isfinite(own_high)
+        margin = 0.01 * np.where(finite, own_high - own_low, 0.0)
+        narrow = finite & ~beyond & ((low > own_low + margin) | (high < own_high - margin))
+        message = (f"{where}: the agent's actions reach only low {np.round(low[narrow], 4).tolist()}, high "
+                   f"{np.round(high[narrow], 4).tolist()} of the env's {np.round(own_low[narrow], 4).tolist()}, "
+                   f"{np.round(own_high[narrow], 4).tolist()} in dimension(s) {np.flatnonzero(narrow).tolist()} (the "
+                   "range the demos covered, or [-1, 1] where they stayed inside it): exploration and the policy "
+                   "never leave it; to reach the env's whole range, set the target's action_normalization "
+                   "{low, high} to it before stage 2")
+        if narrow.any() and message not in _NARROW_WARNED:  # once per process: every env built says the same
+            _NARROW_WARNED.add(message)
+            log.warning(message)
 
     def action(self, action: Any) -> np.ndarray:
         return self.units.to_env(np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0))
