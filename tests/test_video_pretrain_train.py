@@ -155,6 +155,62 @@ def test_resume_false_removes_the_previous_runs_files(videos, tmp_path, monkeypa
     assert not old_events & set((tmp_path / "tb").rglob("events*"))
 
 
+def test_short_clips_stay_out_of_validation_and_one_video_trains(tmp_path, caplog):
+    """A 1-frame clip beside one usable clip: the split drew it into validation (or left train without a usable
+    clip) and the run stopped, "every clip is shorter"; one video failed the default 10% split. Short clips are left
+    out before the split; with one usable clip nothing is held out (said once)."""
+    import logging
+
+    root = tmp_path / "v"
+    root.mkdir()
+    write_mp4(root / "long.mp4", moving_square(12, 0, 1, (200, 60, 60)), fps=20)
+    write_mp4(root / "one.mp4", moving_square(1, 0, 1, (200, 60, 60)), fps=20)
+    (root / "manifest.csv").write_text("path,num_frames,text\nlong.mp4,12,a\none.mp4,1,b\n")
+    with caplog.at_level(logging.WARNING):
+        train(compose_cfg(f"data.path={root}", "tensorboard=false", f"output_dir={tmp_path / 'r'}", "steps=2",
+                          "data.valid_fraction=0.5", *TINY), tmp_path)
+    facts = json.loads((tmp_path / "r" / "metrics.json").read_text())["data"]
+    assert (facts["train_videos"], facts["valid_videos"]) == (1, 0)
+    assert "one.mp4 (1 frame)" in caplog.text and "too few to hold one out for validation" in caplog.text
+
+
+def test_clips_that_fail_only_when_decoded(tmp_path, caplog):
+    """Frame folders with a truncated JPEG list fine and fail when decoded: every training clip so was a RuntimeError
+    traceback (now the one-line data error), and a bad validation clip stopped a run whose training clips were fine
+    (now: trained without validation)."""
+    import logging
+
+    from PIL import Image
+
+    from robopretrain.data.video import VideoDatasetError
+
+    def folder(name: str, bad: set[int]) -> Path:
+        root = tmp_path / name
+        for c in range(3):
+            d = root / f"clip{c}"
+            d.mkdir(parents=True)
+            for t in range(8):
+                if c in bad and t == 5:
+                    (d / f"{t:06d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+                else:
+                    Image.fromarray(moving_square(8, c, 1, (200, 90, 60))[t]).save(d / f"{t:06d}.jpg")
+        (root / "manifest.csv").write_text("path,num_frames,text\n" + "".join(f"clip{c},8,x\n" for c in range(3)))
+        return root
+
+    from video_pretrain.data import ManifestSource, split_by_video
+
+    common = ("tensorboard=false", "steps=2", *TINY)
+    with pytest.raises(VideoDatasetError, match="every clip of this split is unreadable"):
+        train(compose_cfg(f"data.path={folder('all', {0, 1, 2})}", f"output_dir={tmp_path / 'a'}",
+                          "data.valid_fraction=0", *common), tmp_path)
+    mixed = folder("one", {0})  # clip0 bad: a split seed that holds it out for validation
+    seed = next(k for k in range(20) if split_by_video(ManifestSource(mixed, SIZE), 0.34, k)[1].tolist() == [0])
+    with caplog.at_level(logging.WARNING):
+        train(compose_cfg(f"data.path={mixed}", f"output_dir={tmp_path / 'm'}", "data.valid_fraction=0.34",
+                          f"data.split_seed={seed}", *common), tmp_path)
+    assert "training without validation" in caplog.text and (tmp_path / "m" / "encoder").is_dir()
+
+
 def test_robot_hdf5_source_with_workers_and_the_none_objective(robot_hdf5, tmp_path):
     cfg = compose_cfg(f"data.path={robot_hdf5}", "data.key=agentview_image", "objective=tcn", "num_workers=2",
                       "steps=2", "tensorboard=false", f"output_dir={tmp_path / 'tcn'}", *TINY)

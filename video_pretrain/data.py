@@ -498,8 +498,8 @@ def split_by_video(source: FrameSource, valid_fraction: float, seed: int) -> tup
     n = source.num_videos
     n_valid = 0 if valid_fraction == 0 else max(1, int(round(valid_fraction * n)))
     if n_valid > n - 1:
-        raise ValueError(f"split_by_video: {n} video(s) cannot be split with valid_fraction={valid_fraction} "
-                         f"(need at least one video in train and one in valid)")
+        raise ValueError(f"{n} video(s) cannot be split with data.valid_fraction={valid_fraction} (at least one "
+                         f"video must stay in train and one go to validation): lower it, or set it to 0")
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[n_valid:]).astype(np.int64), np.sort(order[:n_valid]).astype(np.int64)
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from robopretrain.data.video import VideoDatasetError
 from video_pretrain.data import FrameSource, SkippedVideoError
 
 logger = logging.getLogger(__name__)
@@ -380,7 +381,8 @@ class FrameBatchStream(IterableDataset):
     def _drop(self, video: int, reason: Exception) -> None:
         self.active = self.active[self.active != video]
         if self.active.size == 0:
-            raise RuntimeError(f"FrameBatchStream: every video of the source is unreadable (last: {reason})") from reason
+            raise VideoDatasetError(f"every clip of this split is unreadable (last: {reason}); check the clips with "
+                                    "python -m robopretrain.data.inspect") from reason
         logger.warning("FrameBatchStream: no longer sampling unreadable video %d (%s)", video, reason)
         self.sampler = make_sampler(self.objective, self.lengths[self.active], self.sampling)
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -56,6 +57,7 @@ from robopretrain import distributed as dist_utils
 from robopretrain import run_fingerprint
 from robopretrain.checkpoint import clear_previous_run, kill_after_checkpoint
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
+from robopretrain.data.video import VideoDatasetError
 from robopretrain.distributed import DistInfo
 from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
@@ -63,7 +65,7 @@ from robopretrain.nets.encoder_io import load_encoder, save_encoder
 from robopretrain.nets.encoders import make_encoder
 from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, open_frame_source, split_by_video
 from video_pretrain.objectives import OBJECTIVES, ICVFHeads, make_objective
-from video_pretrain.sampling import FrameBatchStream, augment, batch_loader
+from video_pretrain.sampling import FrameBatchStream, augment, batch_loader, long_enough
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +198,21 @@ def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str
     source = open_frame_source(path, int(cfg.image_size), stride=int(cfg.data.stride), **kwargs)
     facts: dict[str, Any] = {"path": str(path), "videos": source.num_videos, "bad_videos": list(source.bad_videos),
                              "frames": int(sum(source.video_length(i) for i in range(source.num_videos)))}
-    if float(cfg.data.valid_fraction) == 0:
-        facts.update(train_videos=source.num_videos, valid_videos=0)
-        return source, None, facts
-    train_ids, valid_ids = split_by_video(source, float(cfg.data.valid_fraction), int(cfg.data.split_seed))
+    # clips too short for the objective are left out before the split (one warning), so none lands in validation
+    # (a 1-frame clip drawn there stopped the run with "every clip is shorter")
+    lengths = np.array([source.video_length(i) for i in range(source.num_videos)], dtype=np.int64)
+    usable = long_enough(source, str(cfg.objective.name), lengths)
+    fraction = float(cfg.data.valid_fraction)
+    if fraction > 0 and len(usable) < 2:
+        log.warning("data: %d usable video(s): too few to hold one out for validation, so none is (data."
+                    "valid_fraction=%g ignored; set data.valid_fraction=0 to silence this)", len(usable), fraction)
+        fraction = 0.0
+    if fraction == 0:
+        facts.update(train_videos=len(usable), valid_videos=0)
+        return SubsetSource(source, usable), None, facts
+    train_ids, valid_ids = split_by_video(SubsetSource(source, usable), fraction, int(cfg.data.split_seed))
     facts.update(train_videos=len(train_ids), valid_videos=len(valid_ids))
-    return SubsetSource(source, train_ids), SubsetSource(source, valid_ids), facts
+    return SubsetSource(source, usable[train_ids]), SubsetSource(source, usable[valid_ids]), facts
 
 
 # --------------------------------------------------------------------------------------------- saving
@@ -462,7 +473,12 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     if dinfo.is_main and valid_source is not None and int(cfg.valid_batches) > 0:
         valid_stream = FrameBatchStream(valid_source, name, int(cfg.batch_size), seed=int(cfg.seed) + VALID_SEED_OFFSET,
                                         sampling=sampling)
-        valid_batches = [_to_device(valid_stream.batch(k), device) for k in range(int(cfg.valid_batches))]
+        try:
+            valid_batches = [_to_device(valid_stream.batch(k), device) for k in range(int(cfg.valid_batches))]
+        except VideoDatasetError as err:  # training clips may still be fine: train without validation
+            log.warning("validation clips: %s; training without validation (another data.split_seed draws other "
+                        "clips)", err)
+            valid_batches, valid_stream = [], None
 
     writer = None
     if dinfo.is_main:  # the logger group (TensorBoard by default, robopretrain.loggers); tensorboard=false: none
