@@ -156,6 +156,11 @@ def test_video_folder_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.C
         assert im.format == "PNG"
     assert main([str(folder)]) == 0  # default path: next to the folder
     assert (tmp_path / "videos_contact_sheet.png").is_file()
+    # a corrupt clip, which stage 1 skips: listed, the rest summarised and drawn (inspect stopped with an error)
+    (folder / "clip_00001.mp4").write_bytes(b"not a video")
+    assert main([str(folder), "--out", str(out_png), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "clip_00001.mp4: unreadable" in out and "unreadable clips (left out of the sheet" in out
 
 
 def _error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -192,9 +197,10 @@ def test_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "empty_folder" in err and "manifest.csv" in err
 
     folder = write_tiny_video_folder(tmp_path / "vids")
-    (folder / "clip_00001.mp4").write_bytes(b"garbage" * 50)
+    for clip in ("clip_00000.mp4", "clip_00001.mp4"):  # one corrupt clip is listed (above); all: an error
+        (folder / clip).write_bytes(b"garbage" * 50)
     err = _error_line(capsys, [str(folder)])
-    assert "clip_00001.mp4" in err and "corrupt" in err
+    assert "no clip drawn for the contact sheet can be decoded" in err and "corrupt" in err and "1 more" in err
 
 
 def test_cli_error_has_no_traceback(tmp_path: Path) -> None:

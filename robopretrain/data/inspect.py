@@ -366,7 +366,11 @@ def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSu
     mismatches = []
     if verify:
         for e in entries:
-            actual = count_frames(e.path)
+            try:
+                actual = count_frames(e.path)
+            except VideoDatasetError as err:  # listed, as stage 1 skips it; the rest is still summarised
+                mismatches.append(f"{e.relpath}: unreadable ({err})")
+                continue
             if actual != e.num_frames:
                 mismatches.append(f"{e.relpath}: {actual} frames, manifest says {e.num_frames}")
     return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches)
@@ -391,13 +395,20 @@ def format_video_summary(s: VideoSummary, verified: bool = False, top: int = 15)
     return "\n".join(lines)
 
 
-def video_sheet_rows(summary: VideoSummary, frames: int, clips: int) -> list[tuple[str, np.ndarray]]:
-    """Rows of the contact sheet: ``clips`` clips spread over the manifest, ``frames`` frames each."""
+def video_sheet_rows(summary: VideoSummary, frames: int, clips: int,
+                     unreadable: list[str] | None = None) -> list[tuple[str, np.ndarray]]:
+    """Rows of the contact sheet: ``clips`` clips spread over the manifest, ``frames`` frames each. A clip that
+    cannot be decoded is left out (stage 1 skips it too) and its message appended to ``unreadable``."""
     picks = sorted(set(_evenly_spaced(len(summary.entries), min(clips, len(summary.entries)))))
     rows = []
     for i in picks:
         e = summary.entries[i]
-        images = read_frames(e, _evenly_spaced(e.num_frames, frames))
+        try:
+            images = read_frames(e, _evenly_spaced(e.num_frames, frames))
+        except VideoDatasetError as err:
+            if unreadable is not None:
+                unreadable.append(str(err))
+            continue
         rows.append((f"{e.relpath} ({e.num_frames} frames)\n{e.text}", images))
     return rows
 
@@ -484,7 +495,13 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
                                f"{MANIFEST_NAME}, columns path,num_frames,text)")
         summary = summarize_videos(path, verify=verify)
         text = format_video_summary(summary, verified=verify)
-        rows = video_sheet_rows(summary, frames, clips)
+        unreadable: list[str] = []
+        rows = video_sheet_rows(summary, frames, clips, unreadable)
+        if unreadable and not rows:
+            raise InspectError(f"{path}: no clip drawn for the contact sheet can be decoded: {unreadable[0]}"
+                               + (f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""))
+        if unreadable:  # of the clips drawn for the sheet; --verify reads every clip
+            text += "\nunreadable clips (left out of the sheet; stage 1 skips them):\n  " + "\n  ".join(unreadable)
         title = f"{path.name}: {len(rows)} of {len(summary.entries)} clips, {frames} frames each"
     else:
         summary_h5 = summarize_hdf5(path)
