@@ -95,7 +95,8 @@ class EncoderSettings:
 
     mode: str | None = None  # finetune | frozen | frozen_cached | scratch; None: finetune with a checkpoint, else scratch
     checkpoint: str | None = None  # a stage-1 encoder folder (python -m video_pretrain.train writes <run>/encoder)
-    name: str = "small_conv"  # scratch without a checkpoint: make_encoder(name, <image size>, **kwargs)
+    name: str = "small_conv"  # scratch without a checkpoint: make_encoder(name, <image size>, **kwargs) (with one:
+    # the checkpoint's architecture; a name or kwargs that differ are warned and ignored)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra make_encoder arguments
     shared: bool = False  # one encoder for actor and critic, trained by the critic loss only
     augment_pad: int = 4  # DrQ random shift (pixels) where the encoder trains
@@ -133,6 +134,11 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
     mode = settings.resolved_mode()
     if settings.checkpoint:
         encoder, meta = load_encoder(settings.checkpoint)
+        asked = {**({"name": settings.name} if settings.name not in (EncoderSettings.name, meta["encoder"]) else {}),
+                 **({"kwargs": settings.kwargs} if settings.kwargs and settings.kwargs != meta["kwargs"] else {})}
+        if asked:  # the checkpoint's architecture wins: say so rather than train another net than asked for
+            log.warning("encoder.checkpoint=%s sets the architecture (%s, %s): encoder %s ignored", settings.checkpoint,
+                        meta["encoder"], meta["kwargs"], ", ".join(f"{k}={v}" for k, v in asked.items()))
         if mode == "scratch":
             encoder = make_encoder(meta["encoder"], meta["image_size"], meta["in_channels"], **meta["kwargs"])
             source = {"source": "scratch", "architecture_from": str(settings.checkpoint)}

@@ -256,6 +256,24 @@ def test_pretrained_modes_load_the_stage1_weights(stage1_encoder, mode):
         assert agent.critic_encoder.image_encoder is None
 
 
+def test_an_encoder_name_or_kwargs_beside_a_checkpoint_are_named_as_ignored(stage1_encoder, caplog):
+    """encoder.name=resnet18 with encoder.checkpoint trained the checkpoint's small_conv without a word."""
+    import logging
+
+    from robopretrain.agent import EncoderSettings, build_image_encoder
+
+    path, _ = stage1_encoder
+    with caplog.at_level(logging.WARNING):
+        build_image_encoder(EncoderSettings(checkpoint=str(path)), SIZE)  # the defaults: nothing asked
+        build_image_encoder(EncoderSettings(checkpoint=str(path), name="small_conv",
+                                            kwargs={"channels": 4, "out_dim": 8}), SIZE)  # the checkpoint's own
+        assert "ignored" not in caplog.text
+        encoder, _ = build_image_encoder(EncoderSettings(checkpoint=str(path), name="resnet18",
+                                                         kwargs={"channels": 8}), SIZE)
+    assert "sets the architecture (small_conv" in caplog.text and "name=resnet18, kwargs={'channels': 8}" in caplog.text
+    assert encoder.out_dim == 8
+
+
 def test_scratch_has_the_architecture_but_not_the_weights(stage1_encoder):
     path, expected = stage1_encoder
     agent = make_agent(SPECS["1cam"], mode="scratch", path=path)
