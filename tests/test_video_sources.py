@@ -71,6 +71,28 @@ def test_manifest_with_mp4_and_frame_folder(video_dir: tuple[Path, np.ndarray, n
     assert np.array_equal(src.frames(1, [9, 2, 2]), resize_frames(folder, 16)[[9, 2, 2]])  # png is lossless
 
 
+def test_the_crop_of_non_square_clips_is_said_once_and_can_be_a_stretch(video_dir, caplog, tmp_path) -> None:
+    """Stage 1 cropped non-square clips while stages 2-3 stretch a non-square camera, silently: said once per source;
+    data.center_crop=false stretches here too (through video_pretrain.train's config)."""
+    import logging
+
+    from video_pretrain.train import open_sources
+    from omegaconf import OmegaConf
+
+    root, mp4, _ = video_dir
+    with caplog.at_level(logging.WARNING):
+        src = ManifestSource(root, image_size=16)
+        src.frames(0, np.arange(3))
+        src.frames(0, np.arange(3, 6))
+        src.frames(1, np.arange(3))  # square: nothing to say
+    assert caplog.text.count("32x48 frames are centre-cropped to square") == 1
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "video_pretrain.yaml")
+    cfg.data.valid_fraction, cfg.image_size, cfg.objective = 0, 16, {"name": "icvf"}
+    cfg.data.center_crop = False
+    stretched = open_sources(cfg, root)[0].frames(0, np.arange(12)).astype(np.int16)
+    assert np.abs(stretched - resize_frames(mp4, 16, center_crop=False)).mean() < 3.0  # 9 from the crop
+
+
 def test_resizing_keeps_black_black_and_white_white() -> None:
     for value in (0, 255):
         frames = np.full((2, 30, 40, 3), value, np.uint8)

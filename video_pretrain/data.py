@@ -175,6 +175,7 @@ class ClipSource(ABC):
         self.stride = int(stride)
         self.strict = bool(strict)
         self.center_crop = bool(center_crop)
+        self._crop_said = False  # whether the crop of non-square frames was warned
         self.cache = ClipCache(max_cache_bytes)
         self.bad_videos: list[str] = []
         self._names: list[str] = []
@@ -241,14 +242,20 @@ class ClipSource(ABC):
                              f"(got {int(idx.min())} .. {int(idx.max())}; stride {self.stride})")
         return idx
 
-    def _decode_whole(self, i: int) -> np.ndarray:
-        raw = self._read_raw(i, np.arange(0, self._raw_lengths[i], self.stride))
+    def _resize(self, i: int, raw: np.ndarray) -> np.ndarray:
+        if self.center_crop and raw.shape[1] != raw.shape[2] and not self._crop_said:
+            self._crop_said = True  # once per source (per worker process)
+            logger.warning("%s: %dx%d frames are centre-cropped to square (data.center_crop=true), while stages 2 "
+                           "and 3 stretch a non-square env camera to square; data.center_crop=false stretches here "
+                           "too", self._describe(i), raw.shape[1], raw.shape[2])
         return resize_frames(raw, self.image_size, self.center_crop)
+
+    def _decode_whole(self, i: int) -> np.ndarray:
+        return self._resize(i, self._read_raw(i, np.arange(0, self._raw_lengths[i], self.stride)))
 
     def _decode_some(self, i: int, idx: np.ndarray) -> np.ndarray:
         wanted, inverse = np.unique(idx, return_inverse=True)
-        raw = self._read_raw(i, wanted * self.stride)
-        return resize_frames(raw, self.image_size, self.center_crop)[inverse.reshape(-1)]
+        return self._resize(i, self._read_raw(i, wanted * self.stride))[inverse.reshape(-1)]
 
     def _skip(self, i: int, exc: Exception) -> None:
         """A clip failed to decode: raise under strict, else report it once and skip it from now on."""
