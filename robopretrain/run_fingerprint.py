@@ -211,13 +211,13 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
         log.warning("%s: written before run fingerprints existed; cannot check that its data and settings are "
                     "this run's", where)
         return
-    added = added_off_keys(saved, now)
-    if added:
-        log.warning("%s: resuming; settings added since it was written are off here: %s", where,
-                    ", ".join(f"{k}={json.dumps(now['config'][k])}" for k in added))
     diffs = differences(saved, now)
     if diffs:
         listed = "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({len(diffs) - MAX_LISTED} more)" if len(diffs) > MAX_LISTED
                                                   else "")
         raise ResumeMismatchError(f"{where}: cannot resume, it was written by a run with other settings or data "
                                   f"({listed}); {fresh}")
+    added = added_off_keys(saved, now)  # said after the refusal check: a refused run is not "resuming"
+    if added:
+        log.warning("%s: resuming; settings added since it was written are off here: %s", where,
+                    ", ".join(f"{k}={json.dumps(now['config'][k])}" for k in added))

@@ -73,7 +73,7 @@ def test_manifest_with_mp4_and_frame_folder(video_dir: tuple[Path, np.ndarray, n
 
 def test_the_crop_of_non_square_clips_is_said_once_and_can_be_a_stretch(video_dir, caplog, tmp_path) -> None:
     """Stage 1 cropped non-square clips while stages 2-3 stretch a non-square camera, silently: said once per source;
-    data.center_crop=false stretches here too (through video_pretrain.train's config)."""
+    data.stretch=true stretches here too (through video_pretrain.train's config)."""
     import logging
 
     from video_pretrain.train import open_sources
@@ -88,7 +88,7 @@ def test_the_crop_of_non_square_clips_is_said_once_and_can_be_a_stretch(video_di
     assert caplog.text.count("32x48 frames are centre-cropped to square") == 1
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "video_pretrain.yaml")
     cfg.data.valid_fraction, cfg.image_size, cfg.objective = 0, 16, {"name": "icvf"}
-    cfg.data.center_crop = False
+    cfg.data.stretch = True
     stretched = open_sources(cfg, root)[0].frames(0, np.arange(12)).astype(np.int16)
     assert np.abs(stretched - resize_frames(mp4, 16, center_crop=False)).mean() < 3.0  # 9 from the crop
 

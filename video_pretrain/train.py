@@ -192,7 +192,7 @@ def resolve_data_path(cfg: DictConfig, run_dir: Path) -> Path:
 def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str, Any]]:
     """(train source, valid source or None, facts) for the data at ``path``, split by video."""
     kwargs: dict[str, Any] = {"max_cache_bytes": int(float(cfg.data.max_cache_mb) * 2**20), "strict": bool(cfg.data.strict),
-                              "center_crop": bool(cfg.data.get("center_crop", True))}
+                              "center_crop": not bool(cfg.data.get("stretch", False))}
     if path.suffix.lower() in HDF5_SUFFIXES:
         kwargs.update(key=str(cfg.data.key), mask=cfg.data.mask,
                       tasks=list(cfg.data.tasks) if cfg.data.tasks is not None else None)
