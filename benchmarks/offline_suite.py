@@ -294,7 +294,14 @@ def run_online(job: Job, args: argparse.Namespace, entry: dict[str, Any], data: 
     from robopretrain.report import eval_rows
 
     b: Budgets = args.budgets
-    source = checkpoint(args.work_dir / "runs" / job._replace(part="states").key, b.state_updates[-1])
+    states = job._replace(part="states")
+    source = checkpoint(args.work_dir / "runs" / states.key, b.state_updates[-1])
+    if not source.is_dir():
+        # the states run is recorded in the JSON but its checkpoints are gone (another work dir, a fresh machine):
+        # the same command again (same data file, seed and budget), said in the entry since its weights need not be
+        # bit-identical to those the states figures were measured on (another CPU or torch build)
+        seconds = _run(train_command(states, data, source.parents[1], b.state_updates[-1], b, args.smoke))
+        entry["source_retrained"] = {"commit": git_commit(ROOT), "cpu": cpu_model(), "seconds": seconds}
     out = args.work_dir / "runs" / job.key
     rows = eval_rows(out)
     if not rows or rows[-1].get("env_steps", 0) < b.online_steps:

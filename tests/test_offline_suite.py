@@ -71,6 +71,43 @@ def test_each_finished_run_records_the_commit_and_cpu_that_finished_it(suite, mo
     assert entry["cpu"] == suite.cpu_model() and entry["success"] == {"20": [True]}
 
 
+def test_an_online_run_whose_states_checkpoint_is_gone_retrains_it_with_the_states_command(suite, monkeypatch,
+                                                                                          tmp_path):
+    """The JSON can hold a finished states run whose checkpoints stayed on another machine: the online run re-trains
+    its source with the states run's own command (and says so) instead of failing on a missing folder; a source
+    that is there is used as is."""
+    from argparse import Namespace
+
+    import robopretrain.report
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        if "robopretrain.train" in cmd:
+            (tmp_path / "runs" / "states/Reach/mixed/iql/seed0" / "checkpoints" / "ckpt_00000020").mkdir(parents=True)
+        return 1.5
+
+    monkeypatch.setattr(suite, "_run", fake_run)
+    monkeypatch.setattr(robopretrain.report, "eval_rows", lambda out: [{"env_steps": 100}] if any(
+        "finetune.train" in c for c in calls) else [])
+    b = suite.Budgets(state_updates=(10, 20), online_steps=100)
+    args = Namespace(work_dir=tmp_path, budgets=b, smoke=False)
+    job = suite.Job("online", "Reach", "mixed", "iql", 0)
+    entry: dict = {"success": {}}
+    suite.run_online(job, args, entry, tmp_path / "data.hdf5")
+    states = suite.Job("states", "Reach", "mixed", "iql", 0)
+    assert calls[0] == suite.train_command(states, tmp_path / "data.hdf5", tmp_path / "runs" / states.key, 20, b,
+                                           False)
+    assert "finetune.train" in calls[1] and f"checkpoint={tmp_path / 'runs' / states.key / 'checkpoints'}" \
+        "/ckpt_00000020" in calls[1]
+    assert entry["source_retrained"]["seconds"] == 1.5
+    calls.clear()
+    again: dict = {"success": {}}
+    suite.run_online(job, args, again, tmp_path / "data.hdf5")
+    assert [c for c in calls if "robopretrain.train" in c] == [] and "source_retrained" not in again
+
+
 def test_a_preferences_run_is_complete_at_the_final_budget_only(suite):
     b = suite.Budgets(state_updates=(10, 20))
     assert suite.is_complete({"success": {"20": [True]}}, "preferences", b)
