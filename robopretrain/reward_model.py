@@ -22,11 +22,12 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
        P[a > b] = exp(sum_t r(a_t)) / (exp(sum_t r(a_t)) + exp(sum_t r(b_t))) = sigmoid(R_a - R_b)
        loss     = -mean( y log P[a > b] + (1 - y) log(1 - P[a > b]) )             (:func:`bradley_terry_loss`)
 
-4. **Agreement** with held-out labels (``labels.held_out`` of the pairs, never trained on): the fraction of non-tie
+4. **Agreement** with held-out labels (``labels.held_out`` of the distinct pairs, every row of a held-out pair out
+   of training: :func:`held_out_split`; 0 holds none out and measures nothing): the fraction of non-tie
    held-out labels whose preferred segment has the larger ensemble-mean return, the held-out Bradley-Terry loss,
    and for the scripted teacher the same agreement with its noise-free labels. Written to ``<run>/report.json``.
 5. **Relabelling**: a copy of the whole file (``relabel.output``, default ``<run>/relabelled.hdf5``) in which every
-   demo's ``rewards`` are the ensemble mean ``mean_e r_e(s, a)``, optionally normalised over the file
+   demo's (of 2 or more steps: no stage reads a shorter one) ``rewards`` are the ensemble mean ``mean_e r_e(s, a)``, optionally normalised over the file
    (``relabel.normalize``: ``none``, ``standard`` = zero mean and unit std, ``minmax`` = [0, 1]); everything else is
    byte-for-byte the same. Train on it with any offline algorithm through ``data.path``; the learned reward is
    dense, so turn the sparse-reward transform off, e.g. ``algo=iql algo.reward_scale=1 algo.reward_bias=0
@@ -154,6 +155,42 @@ def write_labels(path: str | os.PathLike, labels: Sequence[PreferenceLabel]) -> 
         for lab in labels:
             w.writerow([lab.demo_a, lab.start_a, lab.demo_b, lab.start_b, lab.length, lab.label])
     return path
+
+
+def held_out_split(labels: Sequence[PreferenceLabel], fraction: float, rng: np.random.Generator,
+                   where: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(held, train)``: ``round(fraction * P)`` of the ``P`` distinct pairs (a pair is its two
+    segments in either order) drawn by ``rng.permutation(P)``, each with every row that labels it, so that no
+    held-out pair is also trained on (a file listing a pair three times leaked two of them into training). With
+    every pair labelled once this is ``rng.permutation(len(labels))``'s first rows. ``fraction`` 0: nothing held
+    out (no agreement is measured). Pairs labelled more than once with different preferences (several annotators)
+    are kept and warned about. Raises ``ValueError`` when the fraction leaves no pair to train on, or a positive
+    fraction rounds to none held out."""
+    groups: dict[frozenset, list[int]] = {}
+    prefers_first: dict[frozenset, set[float]] = {}
+    for i, lab in enumerate(labels):
+        a, b = (lab.demo_a, lab.start_a), (lab.demo_b, lab.start_b)
+        key = frozenset((a, b))
+        groups.setdefault(key, []).append(i)
+        first = min(a, b)  # the label as P[first segment preferred], whichever order the row wrote them in
+        prefers_first.setdefault(key, set()).add(lab.label if a == first else 1.0 - lab.label)
+    pairs = list(groups.values())
+    n_held = int(round(fraction * len(pairs)))
+    if fraction < 0 or n_held >= len(pairs) or (fraction > 0 and n_held == 0):
+        raise ValueError(f"labels.held_out={fraction:g} holds out {n_held} of {len(pairs)} distinct pairs; choose a "
+                         "fraction that leaves some for training and some held out (0: none held out)")
+    repeated = sum(len(g) > 1 for g in pairs)
+    disagree = sum(len(v) > 1 for v in prefers_first.values())
+    if disagree:
+        log.warning("%s: %d of %d pairs are labelled more than once with different preferences; all rows are kept "
+                    "(the Bradley-Terry loss fits their average)", where, disagree, len(pairs))
+    elif repeated:
+        log.info("%s: %d of %d pairs are labelled more than once (held out or trained on together)", where,
+                 repeated, len(pairs))
+    order = rng.permutation(len(pairs))
+    held = np.array([i for g in order[:n_held] for i in pairs[g]], dtype=np.int64)
+    train = np.array([i for g in order[n_held:] for i in pairs[g]], dtype=np.int64)
+    return held, train
 
 
 # --------------------------------------------------------------------------- segments and the scripted teacher
@@ -328,7 +365,9 @@ def train_ensemble(model: RewardEnsemble, data: SegmentData, labels: Sequence[Pr
 def agreement(model: RewardEnsemble, data: SegmentData, labels: Sequence[PreferenceLabel]) -> dict[str, float]:
     """On ``labels``: the fraction of non-tie labels whose preferred segment has the larger ensemble-mean return
     (``agreement``; None when every label is a tie), the Bradley-Terry loss of the ensemble mean, and the label
-    counts."""
+    counts. No labels (nothing held out): ``agreement`` and ``bt_loss`` are None."""
+    if not labels:
+        return {"agreement": None, "pairs": 0, "non_tie": 0, "bt_loss": None}
     ia, ib = data.indices(labels)
     ra, rb = data.segment_returns(model, ia).mean(0), data.segment_returns(model, ib).mean(0)
     y = torch.tensor([lab.label for lab in labels], dtype=torch.float32)
@@ -343,7 +382,8 @@ def agreement(model: RewardEnsemble, data: SegmentData, labels: Sequence[Prefere
 def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsemble, spec: ObsSpec,
             normalize: str = "none", action_units: Any = None) -> Path:
     """Copy ``src`` to ``dst`` with every demo's ``rewards`` replaced by the ensemble mean (normalised over the file
-    as ``normalize`` says); every other dataset and attribute is unchanged. The model scores ``src``'s actions
+    as ``normalize`` says); every other dataset and attribute is unchanged. Demos of fewer than 2 steps, which no
+    stage reads (a mask leaves them out), are copied as they are, with a warning. The model scores ``src``'s actions
     re-expressed in the units it was trained in (``action_units``, by default the model's ``action_units``;
     :func:`robopretrain.envs.action_units.reexpress`), so a file converted with other action bounds is scored
     right."""
@@ -352,10 +392,16 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ValueError(f"relabel.output={dst} is the input file; give another path")
-    trans = load_transitions(src, list(spec.low_dim_keys), action_range=False)
+    info = read_info(src)
+    short = [d.name for d in info.demos if d.num_samples < 2]
+    if short:  # no stage reads them (the contract's minimum is 2 steps), so their stored rewards can never be used
+        log.warning("%s: %d demo(s) of fewer than 2 steps left as they are in the relabelled copy (%s%s): no stage "
+                    "reads such a demo", src, len(short), ", ".join(short[:3]), ", ..." if len(short) > 3 else "")
+    trans = load_transitions(src, list(spec.low_dim_keys), demos=[d.name for d in info.demos if d.num_samples >= 2],
+                             action_range=False)
     units = getattr(model, "action_units", FILE_UNITS) if action_units is None else action_units
     if units != FILE_UNITS:
-        trans.actions = reexpress(trans.actions, file_action_units(read_info(src)), units, str(src))
+        trans.actions = reexpress(trans.actions, file_action_units(info), units, str(src))
     check_action_range(trans, str(src), "give relabel the units the model was trained in (action_units=, an "
                                         "ActionNormalization of the robot's low / high), or convert the file first")
     data = SegmentData(trans, spec)
@@ -439,12 +485,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         noisy = noisy_labels(clean, float(teacher.noise), rng)
         labels = [PreferenceLabel(a, sa, b, sb, L, float(y)) for (a, sa, b, sb), y in zip(pairs, noisy)]
         source = str(write_labels(run_dir / "labels.csv", labels))
-    order = rng.permutation(len(labels))
-    n_held = int(round(float(cfg.labels.held_out) * len(labels)))
-    if not 0 < n_held < len(labels):
-        raise ValueError(f"labels.held_out={cfg.labels.held_out} leaves {n_held} of {len(labels)} labels for "
-                         "evaluation; choose a fraction that leaves some for training and some held out")
-    held, train = order[:n_held], order[n_held:]
+    held, train = held_out_split(labels, float(cfg.labels.held_out), rng, source)
+    n_held = len(held)
     if all(labels[i].label == 0.5 for i in train):
         raise ValueError(f"{source}: every one of the {len(train)} training labels is a tie (0.5): the Bradley-Terry "
                          "loss has nothing to learn from (with the scripted teacher: segments whose true rewards "
@@ -468,7 +510,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         clean_held = [dataclasses.replace(labels[i], label=float(clean[i])) for i in held]
         report["held_out_agreement_clean_teacher"] = agreement(model, data, clean_held)
     held_out = report["held_out_agreement"]
-    if held_out["agreement"] is None:
+    if not n_held:
+        log.info("no labels held out (labels.held_out=0): no agreement measured")
+    elif held_out["agreement"] is None:
         log.warning("every held-out label is a tie: no agreement to measure (labels.held_out=%s)", cfg.labels.held_out)
     else:
         log.info("held-out agreement %.3f on %d non-tie pairs", held_out["agreement"], held_out["non_tie"])
@@ -487,14 +531,17 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     a = report["held_out_agreement"]
-    share = "n/a (every held-out label a tie)" if a["agreement"] is None else f"{a['agreement']:.3f}"
-    print(f"held-out agreement {share} on {a['non_tie']} non-tie pairs (BT loss {a['bt_loss']:.3f})")
+    if not a["pairs"]:
+        print("no labels held out: no agreement measured (labels.held_out=0)")
+    else:
+        share = "n/a (every held-out label a tie)" if a["agreement"] is None else f"{a['agreement']:.3f}"
+        print(f"held-out agreement {share} on {a['non_tie']} non-tie pairs (BT loss {a['bt_loss']:.3f})")
     if "relabelled" in report:
         print(f"relabelled: {report['relabelled']}")
 
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
-           "bradley_terry_loss", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
+           "bradley_terry_loss", "held_out_split", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
            "sample_pairs", "segment_reward_sums", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
 
 def cli_main() -> None:

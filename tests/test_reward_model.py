@@ -4,6 +4,7 @@ a model trained on a toy dataset that agrees with held-out labels."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -242,6 +243,79 @@ def test_held_out_fraction_must_leave_labels_on_both_sides(tmp_path):
             run(config(data, tmp_path / f"r{frac}", labels={"held_out": frac}, **small), tmp_path / f"r{frac}")
 
 
+def test_held_out_pairs_keep_every_row_that_labels_them_out_of_training(caplog):
+    """A pair listed several times (either segment order) is held out or trained on as a whole: held-out agreement
+    was measured on rows whose copies were trained on. All pairs distinct: rng.permutation's first rows, as
+    before. Contradicting copies are warned about and kept; 0 holds nothing out; too few pairs are refused."""
+    import logging
+
+    from robopretrain.reward_model import held_out_split
+
+    distinct = [PreferenceLabel("demo_0", 0, f"demo_{i}", 0, 4, 1.0) for i in range(1, 11)]
+    held, train = held_out_split(distinct, 0.2, np.random.default_rng(0))
+    assert held.tolist() == np.random.default_rng(0).permutation(10)[:2].tolist()
+    assert sorted([*held, *train]) == list(range(10))
+    # five pairs, each three times (once with the segments swapped and the label mirrored): 15 rows
+    rows = []
+    for lab in distinct[:5]:
+        rows += [lab, lab, PreferenceLabel(lab.demo_b, lab.start_b, lab.demo_a, lab.start_a, 4, 0.0)]
+    with caplog.at_level(logging.WARNING):
+        held, train = held_out_split(rows, 0.4, np.random.default_rng(1))
+    assert "different preferences" not in caplog.text  # the mirrored copy says the same
+    pair = [frozenset({(r.demo_a, r.start_a), (r.demo_b, r.start_b)}) for r in rows]
+    assert len(held) == 6 and len(train) == 9
+    assert not {pair[i] for i in held} & {pair[i] for i in train}
+    rows[1] = dataclasses.replace(rows[1], label=0.0)  # a second annotator disagrees on the first pair
+    with caplog.at_level(logging.WARNING):
+        held_out_split(rows, 0.4, np.random.default_rng(1))
+    assert "1 of 5 pairs are labelled more than once with different preferences" in caplog.text
+    held, train = held_out_split(rows, 0.0, np.random.default_rng(1))
+    assert held.size == 0 and sorted(train) == list(range(15))
+    for frac in (0.05, 1.0, -0.2):  # rounds to no pair held out; none left to train on; negative
+        with pytest.raises(ValueError, match="labels.held_out"):
+            held_out_split(rows, frac, np.random.default_rng(1))
+
+
+def test_nothing_held_out_trains_on_every_label_and_reports_no_agreement(tmp_path):
+    data = write_toy(tmp_path / "toy.hdf5")
+    small = {"teacher": {"num_pairs": 20}, "model": {"steps": 5}, "relabel": {"enabled": False}}
+    report = run(config(data, tmp_path / "zero", labels={"held_out": 0.0}, **small), tmp_path / "zero")
+    assert report["held_out"] == 0 and report["held_out_agreement"] == {"agreement": None, "pairs": 0,
+                                                                       "non_tie": 0, "bt_loss": None}
+    assert report["held_out_agreement_clean_teacher"]["pairs"] == 0
+
+
+def test_relabelling_leaves_a_one_step_demo_that_the_run_masked_out_as_it_is(tmp_path, caplog):
+    """A 1-step demo (which no stage reads) left out with data.mask as the reader advises: the ensemble trains and
+    the copy is written (relabelling read every demo and stopped on it), with the short demo untouched."""
+    import logging
+
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    with h5py.File(data, "r+") as f:
+        demo = f["data/demo_11"]
+        for name in ("actions", "rewards", "dones"):
+            stored = demo[name][:1]
+            del demo[name]
+            demo.create_dataset(name, data=stored)
+        for part in ("obs", "next_obs"):
+            for key in list(demo[part]):
+                stored = demo[f"{part}/{key}"][:1]
+                del demo[f"{part}/{key}"]
+                demo.create_dataset(f"{part}/{key}", data=stored)
+        demo.attrs["num_samples"] = 1
+        f["data"].attrs["total"] = int(f["data"].attrs["total"]) - 11
+        f.create_dataset("mask/good", data=np.array([f"demo_{i}".encode() for i in range(11)]))
+        before = f["data/demo_11/rewards"][:]
+    with caplog.at_level(logging.WARNING):
+        cfg = config(data, tmp_path / "m", teacher={"num_pairs": 20}, model={"steps": 5})
+        cfg.data.mask = "good"
+        report = run(cfg, tmp_path / "m")
+    assert "1 demo(s) of fewer than 2 steps left as they are" in caplog.text
+    with h5py.File(report["relabelled"]) as f, h5py.File(data) as g:
+        np.testing.assert_array_equal(f["data/demo_11/rewards"][:], before)
+        assert not np.array_equal(f["data/demo_0/rewards"][:], g["data/demo_0/rewards"][:])
+
+
 def test_degenerate_label_sets_and_settings_are_refused_before_training(tmp_path):
     """Only ties to train on (the loss has nothing to learn), model.steps=0 (untrained nets would relabel the file):
     refused by name. Ties held out: the report stays strict JSON."""
@@ -252,7 +326,7 @@ def test_degenerate_label_sets_and_settings_are_refused_before_training(tmp_path
         run(config(data, tmp_path / "t", labels={"path": str(tmp_path / "ties.csv")}), tmp_path / "t")
     with pytest.raises(ValueError, match=r"model.steps=0: ensemble, steps and batch_size must be >= 1"):
         run(config(data, tmp_path / "s", model={"steps": 0}), tmp_path / "s")
-    decided = [PreferenceLabel("demo_0", 0, f"demo_{i}", 0, 4, 1.0) for i in range(1, 9)]
+    decided = [PreferenceLabel("demo_0", 0, f"demo_{i}", 0, 4, 1.0) for i in range(11, 19)]
     mixed = decided[:4] + [ties[0]] + decided[4:5] + [ties[1]] + decided[5:]  # seed 0 holds out rows 4 and 6
     write_labels(tmp_path / "mixed.csv", mixed)
     cfg = config(data, tmp_path / "m", labels={"path": str(tmp_path / "mixed.csv"), "held_out": 0.2},
