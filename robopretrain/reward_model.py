@@ -38,7 +38,7 @@ of objects with those keys). ``demo_*`` are the file's demo names (``demo_3``), 
 segment inside the demo (0-based), ``length`` the segment length (the same for both segments and for every row of a
 file), ``label`` the probability
 that segment a is preferred: 1 (a better), 0 (b better), 0.5 (equally good; ties). Every problem is a
-``ValueError`` naming the file and the row.
+``ValueError`` naming the file and the CSV line (the header is line 1) or JSON item (from 1).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,43 +92,54 @@ class PreferenceLabel:
     start_b: int
     length: int
     label: float
+    origin: str = field(default="", compare=False, repr=False)  # where a label file wrote it ("line 4"), for errors
 
 
 def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
-    """Labels from a CSV or JSON file (module docstring); raises ``ValueError`` naming the file and the row."""
+    """Labels from a CSV or JSON file (module docstring); raises ``ValueError`` naming the file and the CSV line or
+    JSON item."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels.path={path}: file not found")
     text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheets' "CSV UTF-8") is dropped
     if path.suffix.lower() == ".json":
         try:
-            rows = json.loads(text)
+            items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON: {exc}") from None
-        if not isinstance(rows, list):
+        if not isinstance(items, list):
             raise ValueError(f"{path}: expected a JSON list of objects with keys {list(LABEL_COLUMNS)}")
+        rows = [(f"item {i + 1}", row) for i, row in enumerate(items)]
     else:
         reader = csv.DictReader(text.splitlines())
         if reader.fieldnames is None or set(LABEL_COLUMNS) - set(reader.fieldnames):
             raise ValueError(f"{path}: expected a CSV header with {','.join(LABEL_COLUMNS)}, got {reader.fieldnames}")
-        rows = list(reader)
-    out = []
-    for i, row in enumerate(rows):
+        rows = [(f"line {reader.line_num}", row) for row in reader]  # the header is line 1
+    out: list[PreferenceLabel] = []
+    for where, row in rows:
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{path}: {where}: expected an object with keys {list(LABEL_COLUMNS)}, got "
+                             f"{type(row).__name__} {row!r:.80}")
         try:
+            missing = [k for k in LABEL_COLUMNS if row.get(k) in (None, "")]
+            if missing:
+                raise ValueError(f"no value for {', '.join(missing)}")
+            flags = [k for k in LABEL_COLUMNS if isinstance(row[k], bool)]
+            if flags:  # JSON true / false: not a number a person meant (true would read as 1)
+                raise ValueError(f"{', '.join(flags)} is true / false; expected numbers")
             lab = PreferenceLabel(str(row["demo_a"]), _whole(row["start_a"]), str(row["demo_b"]),
-                                  _whole(row["start_b"]), _whole(row["length"]), float(row["label"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: row {i + 1}: {type(exc).__name__}: {exc}; expected keys {list(LABEL_COLUMNS)}"
-                             ) from None
+                                  _whole(row["start_b"]), _whole(row["length"]), float(row["label"]), where)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {where}: {exc}; expected keys {list(LABEL_COLUMNS)}") from None
         if not 0.0 <= lab.label <= 1.0 or lab.length < 1 or min(lab.start_a, lab.start_b) < 0:
-            raise ValueError(f"{path}: row {i + 1}: label must be in [0, 1] (1: a preferred, 0: b, 0.5: tie), "
+            raise ValueError(f"{path}: {where}: label must be in [0, 1] (1: a preferred, 0: b, 0.5: tie), "
                              f"length >= 1 and starts >= 0; got {row}")
         if (lab.demo_a, lab.start_a) == (lab.demo_b, lab.start_b) and lab.label != 0.5:
-            raise ValueError(f"{path}: row {i + 1}: segment a and segment b are the same steps "
+            raise ValueError(f"{path}: {where}: segment a and segment b are the same steps "
                              f"({lab.demo_a}[{lab.start_a}:{lab.start_a + lab.length}]) but the label prefers one "
                              f"({lab.label:g}); a segment can only tie with itself (0.5)")
         if out and lab.length != out[0].length:
-            raise ValueError(f"{path}: row {i + 1}: length {lab.length}, but row 1 has {out[0].length}; every pair of "
+            raise ValueError(f"{path}: {where}: length {lab.length}, but the first row has {out[0].length}; every pair of "
                              "a label file must have one segment length (the ensemble compares summed rewards of "
                              "equally long segments)")
         out.append(lab)
@@ -297,10 +308,11 @@ class SegmentData:
         ia, ib = [], []
         for i, lab in enumerate(labels):
             for demo, start in ((lab.demo_a, lab.start_a), (lab.demo_b, lab.start_b)):
+                row = lab.origin or f"label {i + 1}"
                 if demo not in self.lengths:
-                    raise ValueError(f"{where}: row {i + 1}: demo {demo!r} is not in the selected data")
+                    raise ValueError(f"{where}: {row}: demo {demo!r} is not in the selected data")
                 if start + lab.length > self.lengths[demo]:
-                    raise ValueError(f"{where}: row {i + 1}: segment {demo}[{start}:{start + lab.length}] runs past "
+                    raise ValueError(f"{where}: {row}: segment {demo}[{start}:{start + lab.length}] runs past "
                                      f"the demo's {self.lengths[demo]} steps")
             steps = np.arange(lab.length)
             ia.append(self.offset[lab.demo_a] + lab.start_a + steps)

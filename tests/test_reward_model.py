@@ -80,7 +80,7 @@ def test_human_label_files_round_trip_and_bad_rows_are_named(tmp_path):
                                                   "length": 5, "label": 1}]))
     assert read_labels(tmp_path / "l.json") == labels[:1]
     (tmp_path / "bad.csv").write_text("demo_a,start_a,demo_b,start_b,length,label\ndemo_0,0,demo_1,0,5,2\n")
-    with pytest.raises(ValueError, match="row 1"):
+    with pytest.raises(ValueError, match="bad.csv: line 2: label must be in"):  # the header is line 1
         read_labels(tmp_path / "bad.csv")
 
 
@@ -92,14 +92,25 @@ def test_label_files_from_spreadsheets_and_ill_formed_rows(tmp_path):
     assert read_labels(tmp_path / "bom.csv") == [PreferenceLabel("demo_0", 0, "demo_1", 2, 5, 1.0)]
     (tmp_path / "frac.json").write_text(json.dumps([{"demo_a": "demo_0", "start_a": 2.7, "demo_b": "demo_1",
                                                      "start_b": 0, "length": 5, "label": 1}]))
-    with pytest.raises(ValueError, match=r"row 1: ValueError: 2.7 is not a whole number"):
+    with pytest.raises(ValueError, match=r"frac.json: item 1: 2.7 is not a whole number"):
         read_labels(tmp_path / "frac.json")
     (tmp_path / "len.csv").write_text(header + "demo_0,0,demo_1,0,5,1\ndemo_0,0,demo_1,0,5,0\ndemo_0,0,demo_1,0,4,1\n")
-    with pytest.raises(ValueError, match=r"row 3: length 4, but row 1 has 5"):
+    with pytest.raises(ValueError, match=r"line 4: length 4, but the first row has 5"):
         read_labels(tmp_path / "len.csv")
     (tmp_path / "self.csv").write_text(header + "demo_0,3,demo_0,3,5,0.5\ndemo_0,3,demo_0,3,5,1\n")
-    with pytest.raises(ValueError, match=r"row 2: segment a and segment b are the same steps"):
+    with pytest.raises(ValueError, match=r"line 3: segment a and segment b are the same steps"):
         read_labels(tmp_path / "self.csv")
+    # a JSON item that is not an object, true / false for numbers, an empty CSV cell: said in words, by item / line
+    good = {"demo_a": "demo_0", "start_a": 0, "demo_b": "demo_1", "start_b": 0, "length": 5, "label": 1}
+    for name, items, said in [("lists.json", [good, ["demo_0", 0, "demo_1", 0, 5, 1]], "item 2: expected an object"),
+                              ("flag.json", [{**good, "start_a": True}], "item 1: start_a is true / false"),
+                              ("none.json", [{**good, "label": None}], "item 1: no value for label")]:
+        (tmp_path / name).write_text(json.dumps(items))
+        with pytest.raises(ValueError, match=said):
+            read_labels(tmp_path / name)
+    (tmp_path / "gap.csv").write_text(header + "demo_0,0,demo_1,0,5,1\ndemo_0,0,demo_1,,5,1\n")
+    with pytest.raises(ValueError, match="line 3: no value for start_b"):
+        read_labels(tmp_path / "gap.csv")
     (tmp_path / "self_tie.csv").write_text(header + "demo_0,3,demo_0,3,5,0.5\n")
     assert read_labels(tmp_path / "self_tie.csv")[0].label == 0.5
     for length in (0, -3):
@@ -403,8 +414,9 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
     assert again["num_labels"] == 200 and "relabelled" not in again and "teacher" not in again
     raw, _ = load_reward_model(nested / "reward_model.pt")
     assert raw.encoder.mean.tolist() == [0.0] and raw.encoder.std.tolist() == [1.0]  # obs.normalize=false
-    write_labels(tmp_path / "bad.csv", [PreferenceLabel("demo_0", 10, "demo_1", 0, 4, 1.0)])
-    with pytest.raises(ValueError, match="runs past"):
+    write_labels(tmp_path / "bad.csv", [PreferenceLabel("demo_0", 0, "demo_1", 0, 4, 1.0),
+                                        PreferenceLabel("demo_0", 10, "demo_1", 0, 4, 1.0)])
+    with pytest.raises(ValueError, match=r"bad.csv: line 3: segment demo_0\[10:14\] runs past"):
         run(config(data, tmp_path / "b", labels={"path": str(tmp_path / "bad.csv")}), tmp_path / "b")
 
 
