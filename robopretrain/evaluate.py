@@ -562,9 +562,10 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     spec = PolicySpec(str(ckpt.path), target.to_dict(), str(cfg.device),
                       None if given is None else float(given))
     from robopretrain.build import check_env_fits
-    from robopretrain.evaluation import NothingToFilm
+    from robopretrain.evaluation import NothingToFilm, agent_target
 
-    check_env_fits(load_policy(spec), target)  # one line naming the part and both sizes, before any episode
+    policy = load_policy(spec)
+    check_env_fits(policy, target)  # one line naming the part and both sizes, before any episode
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -575,7 +576,8 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {
         "checkpoint": str(ckpt.path), "step": ckpt.step, "algo": ckpt.meta["algo"], "stage": ckpt.meta.get("stage"),
         "target_return": spec.target_return,
-        "cameras": [k for k, _ in ckpt.meta["obs_spec"].get("rgb", [])], "target": target.to_dict(),
+        "cameras": [k for k, _ in ckpt.meta["obs_spec"].get("rgb", [])],
+        "target": agent_target(policy, target).to_dict(),  # with the action units the episodes acted through
         "task": task, "episodes_per_condition": int(cfg.episodes), "eval_seed": int(cfg.eval_seed),
         "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
         "nominal": stats[NOMINAL]["none"], "factors": {k: v for k, v in stats.items() if k != NOMINAL},

@@ -91,8 +91,11 @@ def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(c
     assert "dimension(s)" not in caplog.text
 
 
-def test_the_env_takes_actions_in_the_agents_units(caplog) -> None:
+def test_the_env_takes_actions_in_the_agents_units(caplog, monkeypatch) -> None:
     """make_env maps [-1, 1] to the target's action_normalization, for any family; a wrong size is refused."""
+    import robopretrain.envs.target as target_module
+
+    monkeypatch.setattr(target_module, "_NARROW_WARNED", set())  # warnings given earlier in this process
     fake.UnitsReachEnv.received.clear()
     units = {"low": [0.0, 0.0], "high": [8.0, 8.0]}
     env = make_env(Target(**TARGET, action_normalization=units))
@@ -101,14 +104,16 @@ def test_the_env_takes_actions_in_the_agents_units(caplog) -> None:
     env.step(np.array([2.0, 0.0], np.float32))  # outside [-1, 1]: clipped first
     assert env.action_space.low.tolist() == [-1.0, -1.0] and env.action_space.high.tolist() == [1.0, 1.0]
     np.testing.assert_allclose([a for _, a in fake.UnitsReachEnv.received], [[0.0, 6.0], [8.0, 4.0]])
-    with pytest.raises(ValueError, match="3 dims"):
+    with pytest.raises(ValueError, match=r"the env takes actions of shape \(2,\), the agent gives \(3,\)"):
         make_env(Target(**TARGET, action_normalization=UNITS.to_dict()))
     with pytest.raises(ValueError, match="high < low"):
         Target(**TARGET, action_normalization={"low": [1.0, 1.0], "high": [0.0, 2.0]})
     with caplog.at_level(logging.WARNING):
-        sim = make_env(Target("Reach", action_normalization={"low": [-2.0] * 4, "high": [2.0] * 4}))
+        for _ in range(2):  # said once per process (stage 3 and evaluate build an env per worker)
+            sim = make_env(Target("Reach", action_normalization={"low": [-2.0] * 4, "high": [2.0] * 4}))
     assert sim.action_space.high.tolist() == [1.0] * 4  # a sim_envs target is wrapped too
-    assert "beyond the env's own action range in dimension(s) [0, 1, 2, 3]" in caplog.text  # [-2, 2] vs its [-1, 1]
+    assert caplog.text.count("beyond the env's own action range in dimension(s) [0, 1, 2, 3]") == 1  # vs [-1, 1]
+    assert "taken as already normalised (data.actions=auto)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         make_env(Target(**TARGET, action_normalization=units))
@@ -209,6 +214,23 @@ def test_bc_on_rescaled_demos_reaches_the_experts_success_in_the_robots_units(un
     assert saved.meta["action_normalization"]["high"] == [8.0, 8.0]
     evals = [r for r in read_jsonl(Path(ckpt).parents[1] / "metrics.jsonl") if "eval/success" in r]
     assert evals[-1]["eval/success"] >= 0.9, evals[-1]
+
+
+def test_evaluate_records_the_units_its_episodes_acted_through(units_bc, tmp_path) -> None:
+    """eval_info's target is the one the episodes ran: with the agent's action units (it said null while the agent's
+    [0, 8] units were applied)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from robopretrain.evaluate import evaluate_robustness
+
+    _, ckpt = units_bc
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"checkpoint={ckpt}", f"output_dir={tmp_path / 'ev'}", "episodes=2",
+                                             "workers=0", "progress=false", "plot=false", "video.enabled=false"])
+    cfg.target = OmegaConf.create(TARGET)
+    info = evaluate_robustness(cfg)
+    assert info["target"]["action_normalization"] == {"low": [0.0, 0.0], "high": [8.0, 8.0]}
 
 
 def test_a_checkpoint_written_before_units_were_recorded_takes_its_data_files(units_bc, tmp_path) -> None:

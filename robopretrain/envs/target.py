@@ -367,7 +367,7 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
     return _in_agent_units(TargetEnv(env, target, cameras, image_size, checked=checked), target)
 
 
-_NARROW_WARNED: set[str] = set()  # the narrow-range warnings already given in this process
+_NARROW_WARNED: set[str] = set()  # the range warnings (narrow, beyond) already given in this process
 
 
 class AgentActionUnits(gym.ActionWrapper):
@@ -378,19 +378,24 @@ class AgentActionUnits(gym.ActionWrapper):
         super().__init__(env)
         shape = tuple(env.action_space.shape or ())
         if shape != (units.dim,):
-            raise ValueError(f"{where}: action_normalization has {units.dim} dims, the env takes actions of shape "
-                             f"{shape}")
+            raise ValueError(f"{where}: the env takes actions of shape {shape}, the agent gives ({units.dim},) (the "
+                             f"action_normalization it acts through, from the data it trained on or the target's, has "
+                             f"{units.dim} dims): an agent of another robot?")
         self.units = units
         self.action_space = gym.spaces.Box(-1.0, 1.0, (units.dim,), np.float32)
         own_low = np.asarray(getattr(env.action_space, "low", -np.inf), dtype=np.float64)
         own_high = np.asarray(getattr(env.action_space, "high", np.inf), dtype=np.float64)
         low, high = np.asarray(units.low, dtype=np.float64), np.asarray(units.high, dtype=np.float64)
         beyond = (low < own_low - 1e-6) | (high > own_high + 1e-6)
-        if beyond.any():
-            log.warning("%s: action_normalization reaches beyond the env's own action range in dimension(s) %s "
-                        "(low %s, high %s; the env's %s, %s): the env clips there (data of another robot?)", where,
-                        np.flatnonzero(beyond).tolist(), list(units.low), list(units.high),
-                        np.round(own_low, 4).tolist(), np.round(own_high, 4).tolist())
+        wide = (f"{where}: the agent's actions reach beyond the env's own action range in dimension(s) "
+                f"{np.flatnonzero(beyond).tolist()} (low {list(units.low)}, high {list(units.high)}; the env's "
+                f"{np.round(own_low, 4).tolist()}, {np.round(own_high, 4).tolist()}): the env clips there. Where the "
+                "data's actions stayed inside [-1, 1] they were taken as already normalised (data.actions=auto); if "
+                "they are in this env's own units, set the target's action_normalization {low, high} to the env's "
+                "range before stage 2 (else: data of another robot?)")
+        if beyond.any() and wide not in _NARROW_WARNED:  # once per process, as below
+            _NARROW_WARNED.add(wide)
+            log.warning(wide)
         finite = np.isfinite(own_low) & np.isfinite(own_high)
         margin = 0.01 * np.where(finite, own_high - own_low, 0.0)
         narrow = finite & ~beyond & ((low > own_low + margin) | (high < own_high - margin))
