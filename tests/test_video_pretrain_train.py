@@ -172,6 +172,13 @@ def test_short_clips_stay_out_of_validation_and_one_video_trains(tmp_path, caplo
     facts = json.loads((tmp_path / "r" / "metrics.json").read_text())["data"]
     assert (facts["train_videos"], facts["valid_videos"]) == (1, 0)
     assert "one.mp4 (1 frame)" in caplog.text and "too few to hold one out for validation" in caplog.text
+    # the short clip listed first: the split's indices are into the usable clips, not the manifest's rows
+    write_mp4(root / "long2.mp4", moving_square(12, 1, 1, (60, 200, 60)), fps=20)
+    (root / "manifest.csv").write_text("path,num_frames,text\none.mp4,1,b\nlong.mp4,12,a\nlong2.mp4,12,c\n")
+    train(compose_cfg(f"data.path={root}", "tensorboard=false", f"output_dir={tmp_path / 'r2'}", "steps=2",
+                      "data.valid_fraction=0.5", *TINY), tmp_path)
+    facts = json.loads((tmp_path / "r2" / "metrics.json").read_text())["data"]
+    assert (facts["train_videos"], facts["valid_videos"]) == (1, 1)
 
 
 def test_clips_that_fail_only_when_decoded(tmp_path, caplog):
@@ -209,6 +216,9 @@ def test_clips_that_fail_only_when_decoded(tmp_path, caplog):
         train(compose_cfg(f"data.path={mixed}", f"output_dir={tmp_path / 'm'}", "data.valid_fraction=0.34",
                           f"data.split_seed={seed}", *common), tmp_path)
     assert "training without validation" in caplog.text and (tmp_path / "m" / "encoder").is_dir()
+    with pytest.raises(VideoDatasetError, match="clip0"):  # data.strict=true: an error, in validation too
+        train(compose_cfg(f"data.path={mixed}", f"output_dir={tmp_path / 's'}", "data.valid_fraction=0.34",
+                          f"data.split_seed={seed}", "data.strict=true", *common), tmp_path)
 
 
 def test_robot_hdf5_source_with_workers_and_the_none_objective(robot_hdf5, tmp_path):

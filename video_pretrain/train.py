@@ -477,6 +477,8 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         try:
             valid_batches = [_to_device(valid_stream.batch(k), device) for k in range(int(cfg.valid_batches))]
         except VideoDatasetError as err:  # training clips may still be fine: train without validation
+            if bool(cfg.data.strict):  # data.strict: a corrupt clip is an error, in validation too
+                raise
             log.warning("validation clips: %s; training without validation (another data.split_seed draws other "
                         "clips)", err)
             valid_batches, valid_stream = [], None
