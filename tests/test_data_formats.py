@@ -273,7 +273,10 @@ def test_images_become_uint8_hwc():
                       (np.full((1, 8, 8, 1), 2.5, np.float32), r"float32 frames with values in \[2.5, 2.5\]"),
                       (np.full((1, 8, 8, 3), -1.5, np.float32), "normalised or mean-subtracted"),
                       (np.full((1, 8, 8, 3), 300.0), r"values in \[300, 300\]"),
-                      (np.full((1, 8, 8, 3), np.nan, np.float32), "NaN or inf")):
+                      (np.full((1, 8, 8, 3), np.nan, np.float32), "NaN or inf"),
+                      # a depth map in metres within 2 m: read as [0, 1] colour, 58% of it white, before
+                      (np.random.default_rng(0).uniform(0.3, 1.8, (1, 8, 8, 1)).astype(np.float32),
+                       r"% of them above 1: not colour on \[0, 1\] \(a depth map in metres\?\)")):
         with pytest.raises(ConversionError, match=what):
             to_uint8_hwc(bad, "x")
 

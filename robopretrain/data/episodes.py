@@ -119,12 +119,14 @@ class NotColourError(ConversionError):
 
 
 UNIT_SCALE_MAX = 2.0  # float frames up to this are on the [0, 1] scale (a resize or colour jitter overshoots 1)
+OVERSHOOT_SHARE = 0.01  # ... if at most this share of their values lies above 1.05: a depth map in metres (0.3-1.8 m)
 DARK_SCALE_MAX = 16.0  # float frames whose largest value lies in (UNIT_SCALE_MAX, this) are on neither colour scale
 
 
 def _colour_to_uint8(a: np.ndarray, where: str) -> np.ndarray:
     """Non-uint8 colour frames as uint8. Integers must lie in [0, 255]; floats on the [0, 1] scale (largest value
-    <= :data:`UNIT_SCALE_MAX`: scaled by 255, overshoot clipped) or the [0, 255] one (largest >= :data:`DARK_SCALE_MAX`).
+    <= :data:`UNIT_SCALE_MAX` with at most :data:`OVERSHOOT_SHARE` of the values above 1.05: scaled by 255, overshoot
+    clipped) or the [0, 255] one (largest >= :data:`DARK_SCALE_MAX`).
     Anything else is not an 8-bit colour picture (a 16-bit camera, a depth map in mm or m, normalised frames) and
     raises :class:`ConversionError`: clipping it to uint8 made a saturated or black camera silently. The scale is
     read per episode; with these bounds two episodes of one camera cannot be read on different scales unless one of
@@ -147,6 +149,11 @@ def _colour_to_uint8(a: np.ndarray, where: str) -> np.ndarray:
                               "[0, 1] nor on [0, 255] (a depth map, normalised or mean-subtracted frames?); the "
                               "contract's cameras are uint8 colour: convert them first")
     if hi <= UNIT_SCALE_MAX:
+        over = float(np.mean(f > 1.05))
+        if over > OVERSHOOT_SHARE:  # overshoot is a few edge pixels; a depth map in metres is above 1 in large parts
+            raise NotColourError(f"{where}: {a.dtype} frames with values in [{lo:.4g}, {hi:.4g}], {over:.0%} of them "
+                                  "above 1: not colour on [0, 1] (a depth map in metres?); the contract's cameras are "
+                                  "uint8 colour: convert them first")
         f = f * 255.0
     return np.clip(np.round(f), 0, 255).astype(np.uint8)
 
