@@ -135,7 +135,8 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
     if settings.checkpoint:
         encoder, meta = load_encoder(settings.checkpoint)
         asked = {**({"name": settings.name} if settings.name not in (EncoderSettings.name, meta["encoder"]) else {}),
-                 **({"kwargs": settings.kwargs} if settings.kwargs and settings.kwargs != meta["kwargs"] else {})}
+                 **({"kwargs": settings.kwargs} if any(k not in meta["kwargs"] or meta["kwargs"][k] != v
+                                                      for k, v in settings.kwargs.items()) else {})}
         if asked:  # the checkpoint's architecture wins: say so rather than train another net than asked for
             log.warning("encoder.checkpoint=%s sets the architecture (%s, %s): encoder %s ignored", settings.checkpoint,
                         meta["encoder"], meta["kwargs"], ", ".join(f"{k}={v}" for k, v in asked.items()))

@@ -267,6 +267,7 @@ def test_an_encoder_name_or_kwargs_beside_a_checkpoint_are_named_as_ignored(stag
         build_image_encoder(EncoderSettings(checkpoint=str(path)), SIZE)  # the defaults: nothing asked
         build_image_encoder(EncoderSettings(checkpoint=str(path), name="small_conv",
                                             kwargs={"channels": 4, "out_dim": 8}), SIZE)  # the checkpoint's own
+        build_image_encoder(EncoderSettings(checkpoint=str(path), kwargs={"out_dim": 8}), SIZE)  # part of them
         assert "ignored" not in caplog.text
         encoder, _ = build_image_encoder(EncoderSettings(checkpoint=str(path), name="resnet18",
                                                          kwargs={"channels": 8}), SIZE)
