@@ -368,6 +368,7 @@ def test_gap_presets_and_one_sided_ranges():
     with pytest.raises(ValueError, match="kind=physics but the target draws no physics factor"):
         Gap(name="x", kind="physics", target={"level": "eval_hard", "factors": ["colors"]})
     assert Gap(name="x", kind="none", target={"level": "eval_hard", "factors": ["colors"]}).kind == "none"
+    assert Gap(name="x", kind="visual", target={"level": "eval_hard", "factors": ["distractors"]}).enabled  # refused
     # settings under name none were dropped silently (gap=friction_low gap.name=none ran without a gap)
     with pytest.raises(ValueError, match=r"gap config: name=none \(no gap\) but kind='physics', target="):
         Gap.from_mapping({**FRICTION_LOW, "name": "none"})

@@ -44,7 +44,7 @@ class Gap:
     """
 
     name: str = NO_GAP
-    kind: str = "none"  # physics | visual | none: which part of the world differs (the target draws a factor of it)
+    kind: str = "none"  # physics | visual (distractors count) | none: what differs (the target draws a factor of it)
     source: Any = "none"
     target: Any = "none"
     target_frames: int = 0
@@ -64,7 +64,8 @@ class Gap:
             from sim_envs.randomization import PHYSICS_FACTORS, VISUAL_FACTORS
 
             levels = as_randomization(self.target).levels()
-            factors = PHYSICS_FACTORS if self.kind == "physics" else VISUAL_FACTORS
+            # distractors change what the camera sees (extra objects): a visual gap
+            factors = PHYSICS_FACTORS if self.kind == "physics" else (*VISUAL_FACTORS, "distractors")
             if not any(levels.get(f, "none") != "none" for f in factors):
                 drawn = sorted(f for f, level in levels.items() if level != "none")
                 raise ValueError(f"gap config: kind={self.kind} but the target draws no {self.kind} factor "
