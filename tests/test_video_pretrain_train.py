@@ -347,6 +347,22 @@ def test_clip_trajectories_of_a_video_folder(videos):
         diag.load_clip_trajectories(videos, SIZE, [0])
 
 
+def test_clip_trajectories_crop_or_stretch_as_the_encoder_was_trained(tmp_path):
+    """A 2:1 clip whose left quarter is red: the centre crop drops the red, the stretch (data.stretch=true runs)
+    keeps it; the diagnostic always cropped."""
+    root = tmp_path / "wide"
+    root.mkdir()
+    frames = np.zeros((4, 32, 64, 3), np.uint8)
+    frames[..., 2] = 220
+    frames[:, :, :16] = (220, 0, 0)
+    for name in ("a.mp4", "b.mp4"):
+        write_mp4(root / name, frames, fps=10)
+    (root / "manifest.csv").write_text("path,num_frames,text\na.mp4,4,x\nb.mp4,4,y\n")
+    cropped = diag.load_clip_trajectories(root, 16)[0].frames
+    stretched = diag.load_clip_trajectories(root, 16, center_crop=False)[0].frames
+    assert cropped[0, :, :4, 0].mean() < 60 and stretched[0, :, :3, 0].mean() > 160
+
+
 # ------------------------------------------------------------------------------------------------ diagnose CLI
 def test_diagnose_end_to_end(videos, robot_hdf5, tmp_path):
     enc = train(compose_cfg(f"data.path={videos}", "steps=2", "tensorboard=false", f"output_dir={tmp_path / 'icvf'}",

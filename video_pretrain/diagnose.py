@@ -245,12 +245,13 @@ def load_trajectories(path: str | os.PathLike, demos: Sequence[str], image_size:
 
 
 def load_clip_trajectories(path: str | os.PathLike, image_size: int,
-                           video_ids: Sequence[int] | None = None) -> list[Trajectory]:
+                           video_ids: Sequence[int] | None = None, center_crop: bool = True) -> list[Trajectory]:
     """Clips of a video folder (``manifest.csv``) as trajectories, the last frame being the goal; ``task`` is
-    the clip's text. ``video_ids`` picks clips by their id in the folder (default: every clip)."""
+    the clip's text. ``video_ids`` picks clips by their id in the folder (default: every clip). ``center_crop``:
+    how non-square clips become square, as the encoder's stage-1 run read them (``data.stretch=true``: False)."""
     from video_pretrain.data import ManifestSource
 
-    source = ManifestSource(path, image_size, max_cache_bytes=0, strict=True)
+    source = ManifestSource(path, image_size, max_cache_bytes=0, strict=True, center_crop=center_crop)
     ids = range(source.num_videos) if video_ids is None else [int(i) for i in video_ids]
     out = []
     for i in ids:
