@@ -180,6 +180,30 @@ def test_offline_dataset_finds_episode_ends_from_observation_continuity():
     assert got == pytest.approx([0.2, 0.3, 0.3, 0.5, 0.5])
 
 
+def test_a_files_demos_stay_the_episodes_through_from_transitions_and_map_observations():
+    """Noisy next_obs (a real robot's log) inside two demos: from_transitions keeps the demos as the episodes (its
+    next_actions and episode_starts), and map_observations (DT on frozen features) keeps them too; before, each
+    rebuilt the boundaries from the observations and cut every row into its own episode. A starts array that does
+    not start with True is refused."""
+    from robopretrain.data.hdf5 import Transitions
+    from robopretrain.data.sequences import SequenceSampler
+
+    obs = np.arange(6, dtype=np.float32).reshape(6, 1)
+    trans = Transitions("log.hdf5", {"x": obs}, {"x": obs + 1.3}, np.arange(6, dtype=np.float32).reshape(6, 1) / 10,
+                        np.array([0, 0, 1, 0, 0, 1], np.float32), np.zeros(6, np.float32),
+                        np.array([0, 0, 0, 1, 1, 1]), np.zeros(6, np.int64), ["demo_0", "demo_1"], ["t", "t"],
+                        [{}, {}])
+    ds = OfflineDataset.from_transitions(trans, gamma=1.0, reward_scale=1.0, reward_bias=0.0)
+    assert ds.episode_starts.tolist() == [True, False, False, True, False, False]
+    assert ds.get(np.arange(6))["next_actions"].view(-1).tolist() == pytest.approx([0.1, 0.2, 0.2, 0.4, 0.5, 0.5])
+    mapped = ds.map_observations(lambda o: {"f": o["x"] * 2})
+    assert mapped.episode_starts.tolist() == ds.episode_starts.tolist()
+    window = SequenceSampler(mapped, 3, seed=0)  # DT's windows and returns-to-go over the demos
+    assert window.num_episodes == 2 and window.timesteps.tolist() == [0, 1, 2, 0, 1, 2]
+    with pytest.raises(ValueError, match="starting with True"):
+        OfflineDataset(obs, obs, np.zeros(6), obs, np.zeros(6), episode_starts=np.zeros(6, bool))
+
+
 def test_replay_stores_next_observations_and_resumes_a_half_finished_episode():
     buf = ReplayBuffer(10, 1, 1, gamma=0.9, seed=3)
     t = np.arange(3, dtype=np.float32)[:, None]

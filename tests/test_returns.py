@@ -61,6 +61,20 @@ def test_boundaries_from_episode_ids():
     np.testing.assert_allclose(g, [3, 2, 1, 2, 1])
 
 
+def test_ids_decide_the_episodes_and_a_noisy_next_obs_inside_one_does_not_split_it():
+    """Real-robot logs: next_obs[t] != obs[t + 1] inside a demo (sensor noise). With episode ids the demo stays one
+    episode (its early steps see the success reward); only without ids do observations mark the boundaries."""
+    obs = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])
+    next_obs = obs + 0.5  # never equal to the next row's obs
+    ids = np.array([0, 0, 0, 1, 1])
+    g = returns_to_go(np.array([0.0, 0.0, 1.0, 0.0, 1.0]), np.zeros(5), gamma=1.0, episode_ids=ids, obs=obs,
+                      next_obs=next_obs)
+    np.testing.assert_allclose(g, [1, 1, 1, 1, 1])
+    assert episode_starts(5, episode_ids=ids, obs={"x": obs}, next_obs={"x": next_obs}).tolist() == \
+        [True, False, False, True, False]
+    assert episode_starts(5, obs={"x": obs}, next_obs={"x": next_obs}).all()  # no ids: every row its own
+
+
 def test_boundary_detected_by_obs_mismatch_without_ids():
     obs = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])
     next_obs = np.array([[1.0], [2.0], [3.0], [11.0], [12.0]])  # obs[3] != next_obs[2]: a new episode

@@ -170,7 +170,8 @@ class OfflineDataset:
         :func:`~robopretrain.data.dataset.load_offline_dataset` prepares a file's demos.
 
         Rewards become ``r * reward_scale + reward_bias`` (Cal-QL: x10 - 5); ``mc_returns`` are the Monte-Carlo
-        returns-to-go with discount ``gamma`` (episodes from ``episode_ids`` and ``obs[t + 1] != next_obs[t]``; with
+        returns-to-go with discount ``gamma`` (episodes are ``episode_ids``' runs, cut at terminals: a ``next_obs[t]``
+        that differs from ``obs[t + 1]`` inside an episode does not split it; with
         ``sparse_reward`` an episode that never succeeds gets ``(0 * scale + bias) / (1 - gamma)`` at every step);
         ``next_actions`` the data's next action within an episode. Observations are dicts of the parts
         ``flat_obs_keys`` (None: every part of ``transitions.obs``), the low-dim vectors an agent's observation encoder
