@@ -270,10 +270,13 @@ def save_results(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[s
 # --------------------------------------------------------------------------- diagnosis (offline calibration)
 
 
-def rtg_recursion_residual(arrays: dict[str, Any], gamma: float, r_neg: float) -> dict[str, float]:
+def rtg_recursion_residual(arrays: dict[str, Any], gamma: float, r_neg: float,
+                           episode_starts: np.ndarray | None = None) -> dict[str, float]:
     """Check the stored returns-to-go against the rewards the Q-targets use, independently of returns.py.
 
-    Inside an episode (``next_obs[t] == obs[t + 1]``) ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` must
+    Episodes: ``episode_starts`` (bool ``(N,)``, the dataset's: a file's demos, cut at terminals) when given, else
+    the rows' continuity ``next_obs[t] == obs[t + 1]`` (flat data without demo ids). Inside an episode
+    ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` must
     hold, also for all-failure episodes (``r_neg / (1 - gamma)`` is that recursion's fixed point); at an
     episode's last step ``G_T = r_T`` (termination, or truncation without bootstrap) unless the episode
     never succeeded. Returns the largest residuals and the reward values seen.
@@ -285,7 +288,10 @@ def rtg_recursion_residual(arrays: dict[str, Any], gamma: float, r_neg: float) -
 
     obs, nobs = flat(arrays["observations"]), flat(arrays["next_observations"])
     r, d, g = (np.asarray(arrays[k], dtype=np.float64) for k in ("rewards", "dones", "mc_returns"))
-    cont = np.all(np.isclose(nobs[:-1], obs[1:], atol=1e-6), axis=1) & (d[:-1] == 0)
+    if episode_starts is not None:  # a noisy next_obs inside a demo does not end it (robopretrain.data.returns)
+        cont = ~np.asarray(episode_starts, dtype=bool)[1:] & (d[:-1] == 0)
+    else:
+        cont = np.all(np.isclose(nobs[:-1], obs[1:], atol=1e-6), axis=1) & (d[:-1] == 0)
     inner = g[:-1] - (r[:-1] + gamma * g[1:])
     last = np.append(~cont, True)
     fail_value = r_neg / (1.0 - gamma)
@@ -375,7 +381,8 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
                                                                         float(cfg.algo.reward_bias))
         if "data_check" not in report:
             report["data_check"] = {"gamma": gamma, "num_transitions": len(dataset),
-                                    **rtg_recursion_residual(arrays, gamma, r_neg)}
+                                    **rtg_recursion_residual(arrays, gamma, r_neg,
+                                                             getattr(dataset, "episode_starts", None))}
         everything = dataset.get(np.arange(len(dataset)))
         failed = np.isclose(np.asarray(arrays["mc_returns"]), r_neg / (1.0 - gamma))
         rows = [{"step": 0, **calibration_by_outcome(agent, everything, failed)}]

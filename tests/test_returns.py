@@ -126,6 +126,13 @@ def test_diagnosis_rtg_check_accepts_returns_py_and_flags_a_wrong_gamma():
     wrong = dict(arrays, mc_returns=returns_to_go(rewards, dones, 0.5, obs=obs, next_obs=next_obs,
                                                   sparse_negative_reward=-5.0))
     assert bench.rtg_recursion_residual(wrong, 0.9, -5.0)["max_abs_residual_inside_episodes"] > 1.0
+    # a noisy next_obs inside the demos (a real robot's log): the dataset's episode starts decide, as returns.py does
+    noisy = dict(arrays, next_observations=next_obs + 0.3,
+                 mc_returns=returns_to_go(rewards, dones, 0.9, episode_ids=np.array([0, 0, 0, 1, 1]),
+                                          sparse_negative_reward=-5.0))
+    starts = np.array([True, False, False, True, False])
+    check = bench.rtg_recursion_residual(noisy, 0.9, -5.0, starts)
+    assert check["episodes"] == 2 and check["max_abs_residual_inside_episodes"] < 1e-5
 
 
 def test_soft_target_propagation_model():
