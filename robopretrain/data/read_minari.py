@@ -6,7 +6,9 @@ A Minari dataset (Farama; the maintained successor of D4RL) is a folder ``<root>
 group of such arrays), ``actions``, ``rewards``, ``terminations``, ``truncations`` (``N`` rows) and ``infos``.
 :class:`minari.MinariDataset` reads either storage; it is installed with ``pip install 'robopretrain[datasets]'``.
 
-* actions outside [-1, 1] are rescaled from the declared Box action space (``actions=auto``), not the data's range.
+* actions are rescaled from the declared Box action space (``actions=auto``) whenever it is finite, not [-1, 1] and
+  holds the data, even where the data themselves stay inside [-1, 1] (a Box(-2, 2) action of 0.5 is stored as 0.25):
+  the agent then reaches the whole declared range; otherwise by the data's range, as the other readers do.
 * ``obs[t] = observations[t]``, ``next_obs[t] = observations[t + 1]`` (exact, no row dropped).
 * ``dones = terminations`` per step; ``truncations`` on the last step marks a truncated episode.
 * ``success`` (``ep_meta``): any ``infos["success"]`` (else ``infos["is_success"]``, gymnasium-robotics' key) of the
