@@ -66,6 +66,34 @@ def test_an_info_array_of_varying_length_does_not_reach_the_vector_env():
     assert [e.success for e in episodes[:4]] == [episode_seed(SEED, e.index) % 2 == 0 for e in episodes[:4]]
 
 
+def test_worker_envs_are_built_with_their_info_cut_too(monkeypatch):
+    """The asynchronous path (where a varying-length info array hung the workers) builds each worker's env through
+    the same info-cutting factory: captured from AsyncVectorEnv's arguments, without starting workers."""
+    import functools
+
+    import gymnasium as gym
+
+    from robopretrain.collector import CollectedInfo, make_vector_env
+
+    seen = {}
+
+    def capture(env_fns, **kwargs):
+        seen["fns"], seen["kwargs"] = env_fns, kwargs
+        return "async"
+
+    monkeypatch.setattr(gym.vector, "AsyncVectorEnv", capture)
+    assert make_vector_env(functools.partial(CountEnv, contacts=True), 2, asynchronous=True) == "async"
+    assert len(seen["fns"]) == 2 and seen["kwargs"]["context"] == "spawn"
+    env = seen["fns"][0]()
+    try:
+        assert isinstance(env, CollectedInfo)
+        env.reset(seed=0)
+        info = env.step(np.zeros(env.action_space.shape, np.float32))[-1]
+        assert "contacts" not in info
+    finally:
+        env.close()
+
+
 def test_crossed_counts_multiples_in_a_chunk():
     assert crossed(58, 60, 20) and crossed(59, 61, 20) and not crossed(60, 62, 20) and not crossed(61, 79, 20)
 
