@@ -265,6 +265,14 @@ def test_a_robomimic_file_in_the_robots_own_units_is_rescaled_when_loaded(units_
     cfg.data.actions, cfg.output_dir = "keep", str(tmp_path / "keep")
     with pytest.raises(DatasetError, match=r"raw.hdf5: data/demo_0/actions: values outside \[-1, 1\]"):
         stage2(cfg)
+    # from Python: the refusal names the call that rescales, and that call does what data.actions=auto does
+    from robopretrain.data import data_action_units, read_info
+
+    spec = ObsSpec(low_dim=(("observations", 4),))
+    with pytest.raises(DatasetError, match=r"action_units=data_action_units\(path, read_info\(path\)\)"):
+        load_offline_dataset(raw, spec, RewardSettings())
+    ds = load_offline_dataset(raw, spec, RewardSettings(), action_units=data_action_units(raw, read_info(raw)))
+    assert np.abs(ds.arrays()["actions"]).max() <= 1.0
 
 
 def test_stage3_acts_and_stores_in_the_agents_units(units_bc, tmp_path, monkeypatch) -> None:

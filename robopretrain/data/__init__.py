@@ -4,7 +4,7 @@
 Minari, D4RL-style HDF5, OGBench npz) converted to robomimic HDF5 by :mod:`.convert` (readers :mod:`.read_lerobot`,
 :mod:`.read_minari`, :mod:`.read_d4rl`, :mod:`.read_ogbench`; writer :mod:`.episodes`)."""
 
-from robopretrain.data.dataset import RewardSettings, load_offline_dataset, spec_of_data
+from robopretrain.data.dataset import RewardSettings, data_action_units, load_offline_dataset, spec_of_data
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.hdf5 import DatasetError, DatasetInfo, Transitions, load_transitions, read_info, select_demos
 from robopretrain.data.keys import BATCH_KEYS
@@ -24,6 +24,7 @@ __all__ = [
     "RewardSettings",
     "SpecMismatchError",
     "Transitions",
+    "data_action_units",
     "episode_returns_to_go",
     "load_offline_dataset",
     "load_transitions",

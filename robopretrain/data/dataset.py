@@ -227,8 +227,9 @@ def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "a
     return units
 
 
-ACTION_RANGE_HINT = ("with data.actions=auto (the default) such actions are rescaled per dimension and every env "
-                     "maps them back")
+ACTION_RANGE_HINT = ("with data.actions=auto (the stage scripts' default) such actions are rescaled per dimension and "
+                     "every env maps them back; from Python, load_offline_dataset(path, ..., action_units="
+                     "data_action_units(path, read_info(path))) does the same")
 
 
 def check_action_range(trans: Transitions, where: str, hint: str = ACTION_RANGE_HINT) -> None:
