@@ -358,7 +358,23 @@ def training_sampler(agent: Agent, dataset: OfflineDataset, seed: int) -> Any:
 
     sampler = SequenceSampler(dataset, int(agent.algo_cfg.context_len), seed=seed)
     warn_target_return(agent.algo_cfg, sampler.episode_returns)
+    warn_episode_length(agent.algo_cfg, sampler.timesteps)
     return sampler
+
+
+def warn_episode_length(dt_cfg: Any, timesteps: np.ndarray) -> bool:
+    """Warn (and return True) when the data's episodes run past DT's ``max_ep_len`` timestep embeddings
+    (``timesteps``: each step's index inside its episode, ``(N,)``): the later steps all share the last embedding, so
+    the model cannot tell them apart by time."""
+    longest = int(np.max(timesteps)) + 1 if len(timesteps) else 0
+    limit = int(dt_cfg.max_ep_len)
+    if longest <= limit:
+        return False
+    share = float(np.mean(np.asarray(timesteps) >= limit - 1))
+    log.warning("the data's longest episode has %d steps, algo.max_ep_len=%d: steps from %d on (%.0f%% of the data) "
+                "share one timestep embedding; set algo.max_ep_len >= %d (or the env's time limit)", longest, limit,
+                limit - 1, 100 * share, longest)
+    return True
 
 
 def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray) -> bool:

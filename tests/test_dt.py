@@ -266,6 +266,21 @@ def test_a_target_return_outside_the_datas_episode_returns_is_warned(caplog):
     assert "its best episode: 2.5" in caplog.text
 
 
+def test_episodes_longer_than_max_ep_len_are_warned(caplog):
+    """Steps past max_ep_len - 1 share the last timestep embedding (clamped silently: a 300-step log with
+    max_ep_len=50 trained without a word)."""
+    import logging
+
+    from robopretrain.build import warn_episode_length
+
+    timesteps = np.r_[np.arange(4), np.arange(6)]  # episodes of 4 and 6 steps
+    with caplog.at_level(logging.WARNING):
+        assert not warn_episode_length(DTConfig(max_ep_len=6), timesteps)
+        assert not caplog.records
+        assert warn_episode_length(DTConfig(max_ep_len=4), timesteps)
+    assert "longest episode has 6 steps, algo.max_ep_len=4: steps from 3 on (40% of the data)" in caplog.text
+
+
 def test_agent_encodes_every_step_and_warms_up_the_learning_rate():
     spec = ObsSpec(low_dim=(("x", 1),), num_tasks=3)
     stats = {"x": {"mean": [3.0], "std": [2.0]}}
