@@ -304,8 +304,10 @@ def _capped(env: gym.Env, target: Target) -> gym.Env:
         return gym.wrappers.TimeLimit(env, int(stated))
     if target.name not in _warned_unlimited:
         _warned_unlimited.add(target.name)
-        log.warning("target %r: the env has no time limit the toolkit can see; its episodes are truncated at %d "
-                    "steps. Set the target's max_episode_steps (its episodes' length) to choose the limit",
+        log.warning("target %r: the env has no time limit the toolkit can see (no TimeLimit wrapper, "
+                    "spec.max_episode_steps or max_episode_steps attribute); an episode the env does not end itself "
+                    "is truncated at %d steps. Set the target's max_episode_steps (its episodes' length) to choose "
+                    "the limit (an env that ends its own episodes earlier needs nothing)",
                     target.name, UNLIMITED_EPISODE_CAP)
     return gym.wrappers.TimeLimit(env, UNLIMITED_EPISODE_CAP)
 
