@@ -34,8 +34,8 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
    algo.sparse_reward=false``.
 
 Human label file (``labels.path``): CSV with the header ``demo_a,start_a,demo_b,start_b,length,label`` or JSON (a list
-of objects with those keys). ``demo_*`` are the file's demo names (``demo_3``), ``start_*`` the first step of the
-segment inside the demo (0-based), ``length`` the segment length (the same for both segments and for every row of a
+of objects with those keys). ``demo_*`` are the file's demo names (``demo_3``; ``python -m robopretrain.data.inspect FILE --demos``
+lists them with their lengths), ``start_*`` the first step of the segment inside the demo (0-based), ``length`` the segment length (the same for both segments and for every row of a
 file), ``label`` the probability
 that segment a is preferred: 1 (a better), 0 (b better), 0.5 (equally good; ties). Every problem is a
 ``ValueError`` naming the file and the CSV line (the header is line 1) or JSON item (from 1).

@@ -75,6 +75,21 @@ def test_hdf5_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFi
         assert im.format == "PNG" and im.width > 300 and im.height > 200
 
 
+def test_demos_flag_lists_every_demo_in_file_order(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Writing preference labels or a mask needs each demo's name and length: --demos lists them (name, task,
+    steps, success, reward signal), in numeric order (demo_10 after demo_2), grouped by nothing."""
+    path = write_tiny_hdf5(tmp_path / "demos.hdf5", with_images=False)
+    with h5py.File(path, "r+") as f:  # demo_10, whose name sorts before demo_2 as text
+        f.copy("data/demo_1", "data/demo_10")
+        del f["data/demo_10/rewards"]
+        f["data"].attrs["total"] = int(f["data"].attrs["total"]) + 4
+    assert main([str(path), "--demos"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("demo_")]
+    assert rows == [["demo_0", "PushBlock", "6", "yes", "yes"], ["demo_1", "PushBlock", "4", "no", "no"],
+                    ["demo_2", "Lift", "5", "yes", "yes"], ["demo_10", "PushBlock", "4", "no", "-"]]
+    assert main([str(path)]) == 0 and "demo_10  " not in capsys.readouterr().out  # off by default
+
+
 def test_hdf5_without_images_skips_the_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = write_tiny_hdf5(tmp_path / "state.hdf5", with_images=False)
     assert main([str(path), "--out", str(tmp_path / "sheet.png")]) == 0

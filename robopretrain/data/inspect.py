@@ -238,6 +238,21 @@ def layout_note(shape: tuple[int, ...], dtype: str) -> str:
     return ""
 
 
+def format_demo_table(s: Hdf5Summary) -> str:
+    """One line per demo, in the file's order: name, task, steps, success (ep_meta; ``-`` not recorded) and whether
+    its rewards carry a success signal (``-``: no rewards stored): what a label file (``robopretrain.reward_model``)
+    or a mask needs to name demos and segments."""
+    rows = [(name, task, n, ok, rw) for task, st in s.tasks.items()
+            for name, n, ok, rw in zip(st.demos, st.lengths, st.successes, st.rewarded)]
+    rows.sort(key=lambda r: int(DEMO_RE.match(r[0]).group(1)))
+    flag = {True: "yes", False: "no", None: "-"}
+    width = max(len("demo"), *(len(r[0]) for r in rows))
+    twidth = max(len("task"), *(len(r[1]) for r in rows))
+    lines = [f"{'demo':<{width}}  {'task':<{twidth}}  {'steps':>5}  success  reward signal"]
+    lines += [f"{name:<{width}}  {task:<{twidth}}  {n:>5}  {flag[ok]:<7}  {flag[rw]}" for name, task, n, ok, rw in rows]
+    return "\n".join(lines)
+
+
 def format_hdf5_summary(s: Hdf5Summary) -> str:
     """The summary as printable tables."""
     header = f"{'task':<16}{'episodes':>9}{'success':>9}{'len_mean':>10}{'len_min':>9}{'len_max':>9}{'transitions':>13}"
@@ -470,8 +485,10 @@ def default_sheet_path(path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- CLI
 def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frames: int = 8, per_task: int = 2,
-            clips: int = 8, verify: bool = False, image_key: str | None = None) -> tuple[str, Path | None]:
-    """Summarize the dataset at ``path`` and write its contact sheet; returns (summary text, PNG path or None)."""
+            clips: int = 8, verify: bool = False, image_key: str | None = None,
+            demos: bool = False) -> tuple[str, Path | None]:
+    """Summarize the dataset at ``path`` and write its contact sheet; returns (summary text, PNG path or None).
+    ``demos``: a robot file's summary ends with one line per demo (:func:`format_demo_table`)."""
     path = Path(path)
     if not path.exists():
         raise InspectError(f"{path}: no such file or folder (expected a robomimic HDF5 file or a video folder "
@@ -506,6 +523,8 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
     else:
         summary_h5 = summarize_hdf5(path)
         text = note + format_hdf5_summary(summary_h5)
+        if demos:
+            text += "\n\n" + format_demo_table(summary_h5)
         try:
             rows, key = hdf5_sheet_rows(path, frames, per_task, image_key)
         except (OSError, KeyError) as exc:
@@ -528,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=8, help="videos: clips shown (default 8)")
     p.add_argument("--image-key", default=None, help="HDF5: obs key to show (default agentview_image)")
     p.add_argument("--verify", action="store_true", help="videos: count every clip's frames against the manifest")
+    p.add_argument("--demos", action="store_true", help="HDF5: also one line per demo (name, task, steps, success, "
+                                                        "reward signal), e.g. to write preference labels")
     return p
 
 
@@ -539,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         text, png = inspect(args.path, args.out, frames=args.frames, per_task=args.per_task, clips=args.clips,
-                            verify=args.verify, image_key=args.image_key)
+                            verify=args.verify, image_key=args.image_key, demos=args.demos)
     except (InspectError, VideoDatasetError, ConversionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
