@@ -601,8 +601,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     panels = [(p, summary[p]) for p in ("states", "pixels") if summary.get(p)]
     online = summary.get("online") or []
-    fig, axes = plt.subplots(1, len(panels) + bool(online), figsize=(5 * (len(panels) + bool(online)), 3.4),
-                             squeeze=False)
+    prefs = [r for r in summary.get("preferences") or [] if "true" in r]
+    count = len(panels) + bool(online) + bool(prefs)
+    fig, axes = plt.subplots(1, count, figsize=(5 * count, 3.4), squeeze=False)
     for ax, (part, rows) in zip(axes[0], panels):
         final = max(r["updates"] for r in rows)
         chosen = [r for r in rows if r["updates"] == final]
@@ -624,13 +625,26 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("success")
         ax.set_title(f"{part}, {final} updates (mean of seeds, 95% CI)", fontsize=9)
     if online:
-        ax = axes[0][-1]
+        ax = axes[0][len(panels)]
         for i, r in enumerate(online):
             ax.plot([i - 0.15, i + 0.15], [r["before"], r["after"]], "-o", ms=3)
         ax.set_xticks(range(len(online)), [f"{LABELS[r['algo']]}\n{r['task']}" for r in online], rotation=45,
                       fontsize=7)
         ax.set_ylim(-0.05, 1.05)
         ax.set_title("offline -> online (mixed data)", fontsize=9)
+    if prefs:  # the learner on a preference-learned reward beside the same learner and seeds on the true reward
+        ax = axes[0][-1]
+        for i, r in enumerate(prefs):
+            ax.errorbar(i - 0.1, r["learned"], fmt="o", ms=4, color="tab:purple",
+                        yerr=[[r["learned"] - r["learned_ci95"][0]], [r["learned_ci95"][1] - r["learned"]]],
+                        label="learned reward" if i == 0 else None)
+            ax.plot(i + 0.1, r["true"], "s", ms=4, color="tab:gray", label="true reward" if i == 0 else None)
+        ax.set_xticks(range(len(prefs)), [f"{LABELS[r['algo']]}\n{r['task']} {r['dataset']}" for r in prefs],
+                      fontsize=7)
+        ax.set_xlim(-0.6, len(prefs) - 0.4)
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize=7)
+        ax.set_title("preference-learned vs true reward", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

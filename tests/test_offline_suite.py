@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,3 +165,35 @@ def test_online_summary_before_after_dip_and_regrets(suite):
     # mean of 1 - success over the evaluations: seed 0 (0.5 + 0.75 + 0) / 3, seed 1 (1 + 0.5 + 0.5) / 3
     assert row["eval_regret"] == pytest.approx((1.25 / 3 + 2 / 3) / 2)
     assert suite.episode_outcomes({"eval/success": 0.75, "eval/successes": 3, "eval/episodes": 4}) == [1, 1, 1, 0]
+
+
+def test_the_figure_has_a_panel_per_part_and_puts_each_result_in_its_own(suite, tmp_path, monkeypatch):
+    """states, online and preferences each get a panel; the preference panel shows the learned-reward mean beside
+    the true-reward mean of the same learner (the figure showed no preference result)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = {}
+    real = plt.subplots
+
+    def spy(*args, **kwargs):
+        made["fig"], made["axes"] = real(*args, **kwargs)
+        monkeypatch.setattr(made["fig"], "savefig", lambda path, **kw: Path(path).write_bytes(b"png"))
+        return made["fig"], made["axes"]
+
+    monkeypatch.setattr(plt, "subplots", spy)
+    summary = {"states": [{"task": "Reach", "dataset": "mixed", "algo": "iql", "updates": 20, "mean": 0.7,
+                           "ci95": [0.6, 0.8]}],
+               "online": [{"task": "Reach", "algo": "iql", "before": 0.5, "after": 0.6}],
+               "preferences": [{"task": "Reach", "dataset": "mixed", "algo": "cql", "learned": 0.45,
+                                "learned_ci95": [0.37, 0.54], "true": 0.27}]}
+    suite.plot(summary, tmp_path / "f.png")
+    axes = made["axes"][0]
+    assert len(axes) == 3 and (tmp_path / "f.png").is_file()
+    assert [tuple(line.get_ydata()) for line in axes[1].get_lines()] == [(0.5, 0.6)]
+    prefs = axes[2]
+    assert "preference" in prefs.get_title()
+    points = sorted(float(np.ravel(line.get_ydata())[0]) for line in prefs.get_lines() if len(line.get_ydata()) == 1)
+    assert points == pytest.approx([0.27, 0.45])
