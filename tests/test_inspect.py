@@ -176,6 +176,22 @@ def test_video_folder_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.C
     assert main([str(folder), "--out", str(out_png), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "clip_00001.mp4: unreadable" in out and "unreadable clips (left out of the sheet" in out
+    assert "clips under" not in out
+
+
+def test_video_folder_summary_names_clips_too_short_for_stage_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A 1-frame clip: stage 1 skips it, so the summary names it (it said only "min 1")."""
+    from robopretrain.data.inspect import STAGE1_MIN_FRAMES
+    from video_pretrain.sampling import SAMPLERS
+
+    assert STAGE1_MIN_FRAMES == max(cls.min_length for cls in SAMPLERS.values())  # kept in step with stage 1
+    folder = write_tiny_video_folder(tmp_path / "videos")
+    write_mp4(folder / "still.mp4", [np.full((16, 16, 3), 90, np.uint8)], fps=10)
+    with (folder / "manifest.csv").open("a") as f:
+        f.write("still.mp4,1,a still\n")
+    assert main([str(folder), "--out", str(tmp_path / "s.png")]) == 0
+    assert "clips under 3 frames (stage 1's VIP and TCN skip them; ICVF uses those of 2): 1: still.mp4 (1)" in \
+        capsys.readouterr().out
 
 
 def _error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:

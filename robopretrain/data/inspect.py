@@ -391,13 +391,22 @@ def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSu
     return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches)
 
 
+STAGE1_MIN_FRAMES = 3  # the longest of stage 1's samplers' minimum clip lengths (video_pretrain/sampling.py)
+
+
 def format_video_summary(s: VideoSummary, verified: bool = False, top: int = 15) -> str:
     n = s.frame_counts
     kinds = Counter("frame folder" if e.is_frame_folder else e.path.suffix.lower() for e in s.entries)
     lines = [f"video dataset {s.folder}",
              f"clips: {len(s.entries)} ({', '.join(f'{v} {k}' for k, v in kinds.items())})",
-             f"frames per clip: mean {n.mean():.1f}, min {n.min()}, max {n.max()}; total {n.sum()}",
-             f"texts: {len(s.texts)} distinct"]
+             f"frames per clip: mean {n.mean():.1f}, min {n.min()}, max {n.max()}; total {n.sum()}"]
+    short = [e for e in s.entries if e.num_frames < STAGE1_MIN_FRAMES]
+    if short:  # stage 1 leaves them out (video_pretrain/sampling.py: ICVF needs 2 frames, VIP and TCN 3)
+        named = ", ".join(f"{e.path.name} ({e.num_frames})" for e in short[:5]) + (
+            f", ... ({len(short) - 5} more)" if len(short) > 5 else "")
+        lines.append(f"clips under {STAGE1_MIN_FRAMES} frames (stage 1's VIP and TCN skip them; ICVF uses those of 2): "
+                     f"{len(short)}: {named}")
+    lines.append(f"texts: {len(s.texts)} distinct")
     width = min(max(len(t) for t in s.texts), 70)
     for text, count in s.texts.most_common(top):
         shown = text if len(text) <= width else text[:width - 3] + "..."
