@@ -386,7 +386,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "the default batch=1 -> 0: act() restarts the episode whenever its batch differs from the history's, so a "
         "0-row start is replaced by the same 1-row one at the first act()",
         "1 -> 0 @ def reset_episode(self, batch: int = 1) -> None:"),
-    ("reward_model", "main/if/0"): Equivalent(
+    ("reward_model", "main/if/1"): Equivalent(
         "if 'relabelled' in report -> if not: whether the command line prints the relabelled file's path (report.json "
         "records it either way)",
         "if 'relabelled' in report: -> if not ... @ if \"relabelled\" in report:"),
@@ -397,7 +397,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "torch.load(weights_only=True -> False): a file the toolkit wrote loads the same tensors either way; True "
         "only refuses pickled code",
         "True -> False @ saved = torch.load(Path(path), map_location=\"cpu\", weights_only=True)"),
-    ("reward_model", "run/const/9"): Equivalent(
+    ("reward_model", "run/const/8"): Equivalent(
         "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets relabel.enabled, so the "
         "fallback is never read",
         "True -> False @ if cfg.relabel.get(\"enabled\", True):"),
