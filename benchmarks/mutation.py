@@ -357,7 +357,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "checkpoint with other transfer settings is not resumed (its fingerprint differs), and without EPOpt it is "
         "never read",
         "0 -> 1 @ epopt_done = int(saved_transfer.get(\"epopt_batches\", 0))"),
-    ("online_loop", "run_online/const/8"): Equivalent(
+    ("online_loop", "run_online/const/9"): Equivalent(
         "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
         "True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "
         "unit=\"step\", dynamic_ncols=True,"),

@@ -155,6 +155,7 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
     env_steps, started, successes, history = 0, 0, [], []
     epopt_done, epopt_pending = 0, []
     latest = load_latest(ckpt_root) if resume else None
+    started_from: Path | None = None
     if latest is not None and latest.state is not None and "online" in latest.state:
         check_agent_fits(latest.meta, agent, where=str(latest.path))
         if fingerprint is not None:
@@ -173,10 +174,13 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         epopt_done = int(saved_transfer.get("epopt_batches", 0))
         epopt_pending = [(Episode.from_state_dict(ep), float(r)) for ep, r in saved_transfer.get("epopt_pending", [])]
         log.info("online %s: resumed from %s at env step %d", target.name, latest.path, env_steps)
+        started_from = latest.path
     calib_offline = offline.get(calibration_rows(len(offline), settings.calibration_batch))
     logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard,
                            logger=config.get("logger") if config is not None else None, config=config)
-    logger.truncate_after(env_steps)
+    # a resumed run redoes the rows after its checkpoint; a run killed before its first checkpoint starts over,
+    # including the step-0 evaluation it had logged (kept, it was there twice)
+    logger.truncate_after(env_steps if started_from is not None else -1)
 
     def eval_row(step: int) -> None:
         row: dict[str, Any] = {"env_steps": step, "episodes": len(successes), "train/cumulative_regret": training_regret(successes),

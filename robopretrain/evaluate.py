@@ -187,6 +187,24 @@ def _foreign_task(ckpt: Checkpoint, name: str) -> bool:
     return name in info.tasks and target_of_data(info.env_args, name, int(info.tasks[name])) is None
 
 
+def _data_target(ckpt: Checkpoint, name: str, slot: int | None) -> Target | None:
+    """The target the stage-2 data file's ``env_args`` describe for its task ``name`` (a Meta-World file: the task,
+    with the limit and reward its demos were recorded with), in the one-hot ``slot``; None when the file is gone,
+    lacks the task or names no env family we can build."""
+    from robopretrain.data.hdf5 import DatasetError, read_info
+    from robopretrain.envs.target import target_of_data
+
+    if not ckpt.meta.get("data_path"):
+        return None
+    try:
+        info = read_info(ckpt.meta["data_path"])
+    except (DatasetError, OSError):
+        return None
+    if name not in info.tasks:
+        return None
+    return target_of_data(info.env_args, name, int(info.tasks[name]) if slot is None else int(slot))
+
+
 def default_target(ckpt: Checkpoint) -> Target:
     """The checkpoint's own target (stage 3), else the task a stage-2 run adapted to (the first of its ``data.mix``
     tasks, PTR's target adaptation), else the first task the stage-2 agent was trained on; in the slot of the task
@@ -208,7 +226,17 @@ def default_target(ckpt: Checkpoint) -> Target:
         target = as_target(name)
     else:
         named = [t for t in evaluated if t.get("name") == name]
+        from_data = _data_target(ckpt, name, slot) if not named and len(evaluated) != 1 else None
+        if from_data is not None:  # stage 2 evaluated nothing (eval_targets=[]); its data file names the env
+            return from_data
         if not named and len(evaluated) != 1:
+            if name.endswith(("-v1", "-v2", "-v3")):  # a Meta-World task whose data file is gone
+                raise CheckpointError(
+                    f"{ckpt.path / 'meta.json'}: its task {name!r} is not a sim_envs task and the run recorded no "
+                    f"evaluation target of it (train.eval_targets) and its data file {ckpt.meta.get('data_path')} "
+                    "cannot be read; for a Meta-World task pass "
+                    f"'target={{name: {name}, family: metaworld, max_episode_steps: <the demos\' limit>"
+                    f"{'' if slot is None else f', task_id: {slot}'}}}'")
             raise CheckpointError(
                 f"{ckpt.path / 'meta.json'}: its task {name!r} is not a sim_envs task"
                 f"{' (a file of another env family uses its name)' if name in tasks.TASKS else ''} and the run "
@@ -218,6 +246,25 @@ def default_target(ckpt: Checkpoint) -> Target:
                 "one-hot; 0 without one)")
         return as_target((named or evaluated)[0])  # its own task_id as the run evaluated it
     return target if slot is None else dataclasses.replace(target, task_id=int(slot))
+
+
+def limit_change_note(target: Target, ckpt: Checkpoint) -> str | None:
+    """A warning when a ``target=`` given for the checkpoint's own task (same name and env family) runs episodes under
+    another time limit than the run's (:func:`default_target`), e.g. Meta-World's 500 steps for a policy trained and
+    evaluated under 120: its success is then not comparable with the run's evaluations. None otherwise."""
+    from robopretrain.envs.target import episode_limit
+
+    try:
+        own = default_target(ckpt)
+    except CheckpointError:
+        return None
+    if (own.name, own.family) != (target.name, target.family) or episode_limit(own) == episode_limit(target):
+        return None
+    said = lambda t: "the env's own limit" if episode_limit(t) is None else f"{episode_limit(t)} steps"  # noqa: E731
+    fix = (f"set target.max_episode_steps={episode_limit(own)}" if episode_limit(own) is not None
+           else "leave max_episode_steps unset")
+    return (f"target {target.name!r}: episodes run to {said(target)} here, the checkpoint's run used {said(own)}; "
+            f"success is not comparable with its evaluations: {fix} to evaluate as it did")
 
 
 def load_policy(spec: PolicySpec) -> Any:
@@ -547,6 +594,9 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     ckpt = open_checkpoint(str(cfg.checkpoint))
     target = as_target(OmegaConf.to_container(cfg.target, resolve=True) if OmegaConf.is_config(cfg.get("target"))
                        else cfg.target) if cfg.get("target") else default_target(ckpt)
+    note = limit_change_note(target, ckpt) if cfg.get("target") else None
+    if note:
+        log.warning(note)
     conditions = build_conditions(cfg)
     if not target.randomizable and cfg.get("select") is None:  # every factor of a target that has none (a gap
         conditions = [c for c in conditions if c.factor not in cfg.factors]  # asked for is still refused below)

@@ -40,7 +40,9 @@ from robopretrain.build import compose, plain, randomization, reward_settings, s
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
+from robopretrain.metrics import read_jsonl
 from robopretrain.nets.kernels import machine_record
+from robopretrain.run_fingerprint import ResumeMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +259,31 @@ def reward_free_demos(cfg: DictConfig, target: Target) -> list[str]:
     return [] if info is None else info.unrewarded(selected_demos(info, max_demos=int(cfg.data.target_demos)))
 
 
+def check_target_sizes(cfg: DictConfig, target: Target) -> None:
+    """Refuse a target whose own robomimic demos give an ``obs.low_dim`` part another size than the prior data's
+    (sim_envs: ``proprio`` 7, ``object`` 18), e.g. a Meta-World target's 4-D ``proprio``: the agent stage 2 trains on
+    the prior data cannot read them, which the adaptation found only after stage 2 (hours in)."""
+    from sim_envs.env import PROPRIO_DIM
+    from sim_envs.tasks import OBJECT_DIM
+
+    info = target_demo_info(target)
+    if info is None:
+        return
+    prior = {"proprio": PROPRIO_DIM, "object": OBJECT_DIM}
+    wrong = []
+    for part in list(cfg.obs.low_dim):
+        key = str(dict(target.obs_map).get(part, part))
+        if part in prior and key in info.obs_specs:
+            size = int(np.prod(info.obs_specs[key][0]))
+            if size != prior[part]:
+                wrong.append(f"{part!r} has size {size} in its demos ({key}), {prior[part]} in the prior (sim_envs) data")
+    if wrong:
+        raise ValueError(f"target {target.name!r} ({target.family}): low-dim part {'; '.join(wrong)}; one agent "
+                         "cannot read both: leave the part out (obs.low_dim without it, e.g. obs.low_dim=[] to act "
+                         "from the cameras), or pretrain on data of the target's robot (python -m robopretrain.train "
+                         "on its files, then python -m finetune.train)")
+
+
 def check_targets(cfg: DictConfig) -> None:
     """Fail early on a bad target entry (its demos missing), or one stage 3's algorithm cannot train on (a dense
     reward with the BC term kept to successful episodes); warn where the adaptation's success filter meets a
@@ -280,6 +307,8 @@ def check_targets(cfg: DictConfig) -> None:
                     f"target {target.name!r} ({target.family}) takes task slot {slot} of the agent's one-hot, which "
                     f"prior task {prior_slots[slot]!r} holds (the target's demos are task {other[0]!r}); give the "
                     f"target a free slot (its task_id: {len(sim_tasks.TASKS)} or above, with obs.num_tasks above it)")
+        if bool(cfg.stage2.enabled):
+            check_target_sizes(cfg, target)
         free = reward_free_demos(cfg, target)
         if free and any(str(a) != "bc" for a in (cfg.adapt.algo, cfg.stage3.algo)):  # BC needs no reward
             raise ValueError(f"target {target.name!r}: {len(free)} of its demos ({', '.join(free[:3])}"
@@ -555,14 +584,42 @@ def stage_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             from robopretrain.report import robustness_rows
 
             info = evaluate_robustness(robustness_config(cfg, folder, target, out_dir / "robustness" / target.name))
-            robustness[target.name] = {"eval_info": str(out_dir / "robustness" / target.name / "eval_info.json"),
-                                       "plot": info["plot"], "rows": robustness_rows(info)}
+            plot = Path(info["plot"]).resolve() if info.get("plot") else None  # paths relative to the run folder:
+            robustness[target.name] = {  # a moved run folder still reports and resumes
+                "eval_info": (Path("evaluate") / "robustness" / target.name / "eval_info.json").as_posix(),
+                "plot": plot.relative_to(run_dir.resolve()).as_posix() if plot is not None else None,
+                "rows": robustness_rows(info)}
     write_json(out_dir / "results.json", results)
     write_json(out_dir / "robustness.json", robustness)
     return results
 
 
 # --------------------------------------------------------------------------- driver
+
+
+SESSIONS = "sessions.jsonl"
+
+
+def record_session(folder: Path) -> list[dict[str, Any]]:
+    """Append this start of a stage to ``<folder>/sessions.jsonl``; returns every start recorded (oldest first). A
+    stage killed and rerun resumes from its checkpoints: ``done.json`` then counts its sessions, because its
+    ``seconds`` are the last session's alone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / SESSIONS, "a") as f:
+        f.write(json.dumps({"started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+    return read_jsonl(folder / SESSIONS)
+
+
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Delete the half-written ``.<name>.<...>.tmp`` files a killed session left under ``folder`` (a demo file's
+    writer, a JSON record: both write a hidden temporary and rename it when complete); returns them."""
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("%s: removed %d partial file(s) of an interrupted session: %s", folder, len(stale),
+                 ", ".join(p.name for p in stale[:3]) + (", ..." if len(stale) > 3 else ""))
+    return stale
 
 
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -608,12 +665,22 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         torch.manual_seed(int(cfg.seed) + STAGES.index(stage))
         np.random.seed(int(cfg.seed) + STAGES.index(stage))
         start = time.perf_counter()
-        log.info("stage %s: running", stage)
-        result = steps[stage]()
+        sessions = record_session(run_dir / stage)
+        if len(sessions) > 1:
+            remove_partial_files(run_dir / stage)
+        log.info("stage %s: running%s", stage, f" (session {len(sessions)}: resumes where the last one stopped)"
+                 if len(sessions) > 1 else "")
+        try:
+            result = steps[stage]()
+        except ResumeMismatchError as err:  # the stage's advice (resume=false, output_dir) is not the pipeline's
+            raise err.advising(f"the pipeline resumes every stage it finds begun: to run {stage} afresh with these "
+                               f"settings, delete {run_dir / stage} (and the later stages' folders), or choose "
+                               "another run_dir") from None
         seconds = time.perf_counter() - start
         algo = {"algo": {"name": str(cfg[stage].algo), **stage_algo(cfg, stage)}} if stage in RL_STAGES else {}
         write_json(run_dir / stage / DONE, {"stage": stage, "seconds": seconds, "result": result,
                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **algo,
+                                            "sessions": len(sessions), "first_started": sessions[0]["started"],
                                             "settings": stage_settings(cfg, stage), "machine": machine_record()})
         ran[stage] = seconds
         print(f"[pipeline] {stage} done in {seconds:.1f} s", flush=True)

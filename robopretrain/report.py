@@ -83,6 +83,25 @@ def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
+def run_path(run_dir: Path, recorded: str) -> Path:
+    """A path the run's JSON records, as it is now: relative ones are under ``run_dir``; an absolute one (written
+    before paths were recorded relative, in a folder since moved) is re-rooted at ``run_dir`` by its part under
+    ``evaluate/``."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return run_dir / path
+    if path.is_file() or "evaluate" not in path.parts:
+        return path
+    return run_dir.joinpath(*path.parts[len(path.parts) - path.parts[::-1].index("evaluate") - 1:])
+
+
+def interval_name(info: Mapping[str, Any]) -> str:
+    """``"95% Wilson"`` / ``"95% percentile-bootstrap"``: the interval an ``eval_info``'s ``bootstrap`` section used."""
+    boot = info.get("bootstrap") or {}
+    method = "Wilson" if str(boot.get("method", "wilson")) == "wilson" else "percentile-bootstrap"
+    return f"{100 * float(boot.get('confidence', 0.95)):g}% {method}"
+
+
 def robustness_lines(run_dir: Path) -> list[str]:
     """The report's robustness section: per sim_envs target, success per factor and level of the short sweep."""
     path = run_dir / "evaluate" / "robustness.json"
@@ -92,16 +111,19 @@ def robustness_lines(run_dir: Path) -> list[str]:
     lines = ["", "## Robustness (short sweep of `python -m robopretrain.evaluate`)", "",
              "Stage-3 checkpoint of each target under shifted conditions (`evaluate.robustness`; eval_hard and "
              "eval_easy draw from held-out ranges disjoint from the training randomization). Few episodes: the "
-             "95% bootstrap intervals are wide; for the full sweep run "
+             "intervals are wide; for the full sweep run "
              "`python -m robopretrain.evaluate checkpoint=<run>/stage3/<target>` (50 episodes per condition, every "
              "factor and level).", ""]
     for name, entry in sweep.items():
-        lines += [f"**{name}** (`{Path(entry['eval_info']).relative_to(run_dir)}`)", "",
-                  "| factor | level | success | 95% CI | drop vs nominal | episodes |", "|---|---|---|---|---|---|"]
+        info_path = run_path(run_dir, entry["eval_info"])
+        ci = interval_name(_read(info_path)) if info_path.is_file() else "95%"
+        lines += [f"**{name}** (`{info_path.relative_to(run_dir) if info_path.is_relative_to(run_dir) else info_path}`)",
+                  "", f"| factor | level | success | {ci} CI | drop vs nominal | episodes |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['factor']} | {r['level']} | {r['success']:.2f} | [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
                   f"{r['drop_vs_nominal']:+.2f} | {r['episodes']} |" for r in entry["rows"]]
         if entry.get("plot"):
-            lines += ["", f"![robustness {name}]({Path(entry['plot']).relative_to(run_dir)})"]
+            plot = run_path(run_dir, entry["plot"])
+            lines += ["", f"![robustness {name}]({plot.relative_to(run_dir) if plot.is_relative_to(run_dir) else plot})"]
         lines.append("")
     return lines
 
@@ -122,23 +144,53 @@ def prior_task_success(row: Mapping[str, Any], cfg: DictConfig) -> dict[str, flo
     return per
 
 
+def recorded_setting(done: Mapping[str, Mapping[str, Any]], cfg: DictConfig, key: str) -> Any:
+    """The value of the pipeline key ``key`` that the finished stages ran with (their ``done.json`` ``settings``, the
+    first stage that records it), else this invocation's ``cfg`` value: a rerun with other settings skips the done
+    stages, so their results are the recorded settings', not ``cfg``'s."""
+    for record in done.values():
+        settings = record.get("settings")
+        if isinstance(settings, Mapping) and key in settings:
+            return settings[key]
+    return OmegaConf.select(cfg, key, default=None)
+
+
 def write_report(cfg: DictConfig, run_dir: Path) -> Path:
-    """``<run>/report.md`` (see the module docstring)."""
+    """``<run>/report.md`` (see the module docstring). Every figure is read from the run folder; where this
+    invocation's ``cfg`` differs from what the finished stages ran with, the report says so."""
+    from robopretrain.pipeline import changed_algo, changed_settings
+
     out_dir = run_dir / "evaluate"
     plots = plot_curves(run_dir, out_dir)
+    done = {stage: _read(run_dir / stage / DONE) for stage in STAGES if (run_dir / stage / DONE).is_file()}
+
+    def get(key: str) -> Any:
+        return recorded_setting(done, cfg, key)
+
+    objective = get("stage1.objective") if get("stage1.enabled") else "none"
     lines = ["# robopretrain pipeline report", "",
-             f"Run folder `{run_dir}`; encoder mode `{cfg.encoder.mode}`, stage-1 objective "
-             f"`{cfg.stage1.objective if cfg.stage1.enabled else 'none'}`, encoder `{cfg.stage1.encoder}` at "
-             f"{cfg.image_size} px, cameras {list(cfg.obs.rgb)}, low-dim parts {list(cfg.obs.low_dim)}.", "",
-             "## Stages", "", "| stage | wall time (s) | finished at |", "|---|---|---|"]
+             f"Run folder `{run_dir}`; encoder mode `{get('encoder.mode')}`, stage-1 objective `{objective}`, encoder "
+             f"`{get('stage1.encoder')}` at {get('image_size')} px, cameras {list(get('obs.rgb') or [])}, low-dim "
+             f"parts {list(get('obs.low_dim') or [])}.", "",
+             "## Stages", "", "Wall time of the session that finished each stage (a stage resumed after an interruption "
+             "also ran in the sessions before it: `sessions` counts them).", "",
+             "| stage | wall time (s) | sessions | finished at |", "|---|---|---|---|"]
     total = 0.0
-    for stage in STAGES:
-        marker = run_dir / stage / DONE
-        if marker.is_file():
-            d = _read(marker)
-            total += float(d["seconds"])
-            lines.append(f"| {stage} | {d['seconds']:.1f} | {d['finished']} |")
-    lines += [f"| **total** | **{total:.1f}** | |", ""]
+    for stage, d in done.items():
+        total += float(d["seconds"])
+        lines.append(f"| {stage} | {d['seconds']:.1f} | {d.get('sessions', 1)} | {d['finished']} |")
+    lines += [f"| **total** | **{total:.1f}** | | |", ""]
+    ignored = [(stage, c) for stage, d in done.items()
+               for c in [("; ".join(x for x in (changed_algo(cfg, stage, d), changed_settings(cfg, stage, d)) if x))]
+               if c]
+    if ignored:
+        lines += ["## Settings of this invocation that took no effect", "",
+                  "These stages had finished with other settings and were skipped; the figures below are the recorded "
+                  "settings' (`<stage>/done.json`). To run a stage with the new ones, delete its folder and the later "
+                  "stages' folders, or choose another run_dir.", "", "| stage | recorded -> this invocation |",
+                  "|---|---|"]
+        lines += [f"| {stage} | {c} |" for stage, c in ignored]
+        lines.append("")
     s2 = eval_rows(run_dir / "stage2")
     if s2:
         ev = s2[-1]
@@ -147,7 +199,7 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         lines += [f"| {k} | {v:.2f} |" for k, v in per.items()]
         lines += [f"| **mean** | **{ev['eval/success']:.2f}** |", ""]
     results = _read(out_dir / "results.json") if (out_dir / "results.json").is_file() else {}
-    settings = list(next(iter(results.values()), {}).keys())
+    settings = list(dict.fromkeys(k for per in results.values() for k in per))  # a non-sim target has fewer
     lines += ["## Target tasks", "",
               "Final evaluation: the stage-3 policy on fixed episodes; `blind_*` rows replace its camera frames (black, "
               "or a frame of another episode) on the same nominal episodes: a policy that uses vision should lose "
@@ -158,7 +210,8 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     for name, per in results.items():
         adapt = eval_rows(run_dir / "adapt" / name)
         s3 = _read(run_dir / "stage3" / name / DONE)
-        cells = " | ".join(f"{v['success']:.2f} ({cfg.evaluate.episodes} ep)" for v in per.values())
+        cells = " | ".join(f"{per[k]['success']:.2f} ({per[k].get('episodes', '?')} ep)" if k in per else "-"
+                           for k in settings)
         regret = "n/a" if s3.get("cumulative_regret") is None else f"{s3['cumulative_regret']:.2f}"
         adapt_s = f"{adapt[-1]['eval/success']:.2f}" if adapt else "n/a"
         lines.append(f"| {name} | {adapt_s} | {s3['final_success']:.2f} | {regret} | {cells} |")
@@ -166,7 +219,8 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     lines += ["", "## Plots", ""] + [f"![{p.stem}](evaluate/{p.name})" for p in plots] + ["", "## Rollouts", ""]
     for gif in sorted(out_dir.glob("rollout_*.gif")):
         lines.append(f"![{gif.stem}](evaluate/{gif.name})")
-    lines += ["", "Config:", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
+    lines += ["", "Config of this invocation (each stage's own settings are in its `done.json`):", "", "```yaml",
+              OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
     path = run_dir / "report.md"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines))

@@ -20,7 +20,11 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
   every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``. Reading a folder of many clips costs one
   ``stat`` per file, no decoding.
 - :func:`differences` ``(saved, now)``: what changed, as short phrases (``"lr: 0.0003 -> 0.001"``,
-  ``"data: manifest.csv content changed"``); empty when the run may resume.
+  ``"data: manifest.csv content changed"``); empty when the run may resume. A file's content decides, not its
+  modification time (a copy, or a rewrite of the same bytes, resumes; a file over 16 MiB whose time changed but whose
+  size and sampled bytes did not resumes with a warning). A run folder moved or copied elsewhere resumes
+  (:func:`relocation`): a fingerprint built with ``home=`` (the output folder) maps the paths under the old place,
+  in inputs and in config values, to the new one; inputs outside it must stay where they were.
 - :func:`check_resume` ``(saved, now, where, fresh=...)``: raises :class:`ResumeMismatchError` with one line
   (where, what changed, how to start fresh); a checkpoint written before fingerprints existed (``saved`` is
   ``None``) resumes with a warning.
@@ -58,15 +62,29 @@ MAX_LISTED = 6  # differences named in one message
 
 
 class ResumeMismatchError(ValueError):
-    """A run folder's checkpoint was written with other inputs or settings than the rerun's."""
+    """A run folder's checkpoint was written with other inputs or settings than the rerun's: ``where`` (the
+    checkpoint), ``changes`` (what changed, as one phrase) and ``fresh`` (how to start fresh); a caller that starts
+    runs its own way (the pipeline) restates the advice with :meth:`advising`."""
+
+    def __init__(self, where: str | os.PathLike, changes: str, fresh: str) -> None:
+        self.where, self.changes, self.fresh = str(where), changes, fresh
+        super().__init__(f"{where}: cannot resume, it was written by a run with other settings or data ({changes}); "
+                         f"{fresh}")
+
+    def advising(self, fresh: str) -> "ResumeMismatchError":
+        """The same refusal with another way to start fresh."""
+        return ResumeMismatchError(self.where, self.changes, fresh)
 
 
 # --------------------------------------------------------------------------------------------- building
 def fingerprint(config: Any, inputs: Mapping[str, str | os.PathLike | None],
-                ignore: Iterable[str] = HARMLESS_KEYS) -> dict[str, Any]:
-    """The fingerprint of a run: its config (dotted keys, minus ``ignore``) and each input path's fingerprint."""
-    return {"version": VERSION, "config": flat_config(config, ignore),
-            "inputs": {name: input_fingerprint(p) if p is not None else None for name, p in inputs.items()}}
+                ignore: Iterable[str] = HARMLESS_KEYS, home: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The fingerprint of a run: its config (dotted keys, minus ``ignore``), each input path's fingerprint and
+    ``home``, the run's output folder (absolute), from which a later comparison tells a moved run folder
+    (:func:`relocation`)."""
+    out = {"version": VERSION, "config": flat_config(config, ignore),
+           "inputs": {name: input_fingerprint(p) if p is not None else None for name, p in inputs.items()}}
+    return {**out, "home": str(Path(home).expanduser().resolve())} if home is not None else out
 
 
 def flat_config(config: Any, ignore: Iterable[str] = HARMLESS_KEYS) -> dict[str, Any]:
@@ -142,26 +160,51 @@ def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- comparing
+def relocation(saved_home: str | None, now_home: str | None) -> tuple[str, str] | None:
+    """``(old root, new root)`` when a run folder was moved: the output folders ``saved_home`` (where the checkpoint
+    was written) and ``now_home`` (where it is read now) stripped of their common trailing parts, e.g.
+    ``/a/run/stage2`` and ``/b/moved/stage2`` give ``("/a/run", "/b/moved")`` (a pipeline run folder moved whole), and
+    ``/a/run1`` and ``/a/run2`` give themselves; None when they are the same or unknown. A checkpoint is only ever
+    found in the folder it was written to or in a moved or copied one, so a new home is always such a move."""
+    if not saved_home or not now_home or saved_home == now_home:
+        return None
+    old, new = Path(saved_home).parts, Path(now_home).parts
+    common = 0
+    while common < min(len(old), len(new)) - 1 and old[-1 - common] == new[-1 - common]:
+        common += 1
+    return str(Path(*old[:len(old) - common])), str(Path(*new[:len(new) - common]))
+
+
+def _same_place(old: Any, new: Any, moved: tuple[str, str] | None) -> bool:
+    """``old == new``, or both are paths and ``new`` is ``old`` under the moved run folder's new root."""
+    if old == new:
+        return True
+    if moved is None or not isinstance(old, str) or not isinstance(new, str):
+        return False
+    root, to = moved
+    return (old == root and new == to) or (old.startswith(root + os.sep) and new == to + old[len(root):])
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[str]:
+def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None,
+                   moved: tuple[str, str] | None = None) -> list[str]:
     if old == new:
         return []
     if old is None or new is None:
         return [f"{name}: {'none' if old is None else old.get('path')} -> {'none' if new is None else new.get('path')}"]
-    if old.get("path") != new.get("path"):
+    if not _same_place(old.get("path"), new.get("path"), moved):
         return [f"{name}: {old.get('path')} -> {new.get('path')}"]
     where = f"{name} {new.get('path')}"
     if old.get("kind") != new.get("kind"):
         return [f"{where}: was a {old.get('kind')}, now a {new.get('kind')}"]
-    if new.get("kind") == "file":
+    if new.get("kind") == "file":  # a new modification time alone (a copy, a rewrite of the same bytes) is no change
         parts = [f"size {old['size']} -> {new['size']} bytes"] if old["size"] != new["size"] else []
         parts += ["content changed"] if old["sha256"] != new["sha256"] else []
-        parts += ["modified"] if not parts and old["mtime_ns"] != new["mtime_ns"] else []
-        return [f"{where}: {', '.join(parts)}"]
+        return [f"{where}: {', '.join(parts)}"] if parts else []
     out = []
     old_small, new_small = old.get("small_files_sha256", {}), new.get("small_files_sha256", {})
     for file in sorted(set(old_small) | set(new_small)):
@@ -190,14 +233,15 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """What differs between two fingerprints, as short phrases (inputs first, then config keys); settings added
     since ``saved`` and off (:func:`added_off_keys`) are not differences."""
     out: list[str] = []
+    moved = relocation(saved.get("home"), now.get("home"))
     saved_inputs, now_inputs = saved.get("inputs", {}), now.get("inputs", {})
     for name in list(dict.fromkeys([*saved_inputs, *now_inputs])):
-        out += _input_changes(name, saved_inputs.get(name), now_inputs.get(name))
+        out += _input_changes(name, saved_inputs.get(name), now_inputs.get(name), moved)
     old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
     missing = object()
     for key in sorted((set(old_cfg) | set(new_cfg)) - set(added_off_keys(saved, now))):
         a, b = old_cfg.get(key, missing), new_cfg.get(key, missing)
-        if a != b:
+        if not _same_place(a, b, moved):
             out.append(f"{key}: {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}")
     return out
 
@@ -215,8 +259,18 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
     if diffs:
         listed = "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({len(diffs) - MAX_LISTED} more)" if len(diffs) > MAX_LISTED
                                                   else "")
-        raise ResumeMismatchError(f"{where}: cannot resume, it was written by a run with other settings or data "
-                                  f"({listed}); {fresh}")
+        raise ResumeMismatchError(where, listed, fresh)
+    moved = relocation(saved.get("home"), now.get("home"))
+    if moved is not None:
+        log.info("%s: resuming a run folder moved from %s to %s (its paths are read under the new place)", where,
+                 *moved)
+    sampled = [f"{name} {fp['path']}" for name, fp in now.get("inputs", {}).items()
+               if fp is not None and fp.get("kind") == "file" and fp.get("hashed") != "all"
+               and (saved.get("inputs", {}).get(name) or {}).get("mtime_ns") != fp.get("mtime_ns")]
+    if sampled:
+        log.warning("%s: resuming; %s modified since the checkpoint, with the same size and the same first and last "
+                    "MiB (only those are compared in files over %d MiB)", where, ", ".join(sampled),
+                    FULL_HASH_BYTES // 2**20)
     added = added_off_keys(saved, now)  # said after the refusal check: a refused run is not "resuming"
     if added:
         log.warning("%s: resuming; settings added since it was written are off here: %s", where,

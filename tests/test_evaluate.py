@@ -293,6 +293,12 @@ def test_pipeline_robustness_sweep_and_report(tiny_camera_checkpoint, tmp_path):
     assert "**Reach** (`evaluate/robustness/Reach/eval_info.json`)" in lines
     assert f"| lighting | eval_hard | {s:.2f} |" in lines
     assert "](evaluate/robustness/Reach/success_per_factor.png)" in lines
+    assert "| factor | level | success | 95% Wilson CI |" in lines  # the interval evaluate computed, named
+    import shutil  # a run folder moved after an older pipeline wrote absolute paths: re-rooted at the new place
+
+    shutil.move(tmp_path / "evaluate", tmp_path / "moved" / "evaluate")
+    moved = "\n".join(report.robustness_lines(tmp_path / "moved"))
+    assert "**Reach** (`evaluate/robustness/Reach/eval_info.json`)" in moved and "95% Wilson CI" in moved
 
     cfg.evaluate.robustness.levels = {"wind": ["eval_hard"]}
     with pytest.raises(ValueError, match=r"evaluate.robustness.levels: unknown factor\(s\) \['wind'\]"):
@@ -333,8 +339,15 @@ def test_pipeline_evaluate_stage_runs_the_sweep_of_each_sim_target_into_its_fold
     assert set(results["Reach"]) == {"nominal"}
     saved = json.loads((run / "evaluate" / "robustness.json").read_text())
     folder = run / "evaluate" / "robustness" / "Reach"
-    assert saved["Reach"]["eval_info"] == str(folder / "eval_info.json") and (folder / "eval_info.json").is_file()
+    assert saved["Reach"]["eval_info"] == "evaluate/robustness/Reach/eval_info.json"  # relative: the folder can move
+    assert (folder / "eval_info.json").is_file()
+    assert saved["Reach"]["plot"] == "evaluate/robustness/Reach/success_per_factor.png"
     assert [(r["factor"], r["level"]) for r in saved["Reach"]["rows"]] == [("nominal", "none"), ("distractors", "2")]
+    from robopretrain import report
+
+    shutil.move(run, tmp_path / "moved")  # the report of the moved folder (it raised ValueError: not under run_dir)
+    lines = "\n".join(report.robustness_lines(tmp_path / "moved"))
+    assert "(`evaluate/robustness/Reach/eval_info.json`)" in lines and "| distractors | 2 |" in lines
 
 
 def test_pool_workers_ignore_ctrl_c_and_the_serial_run_keeps_it(tiny_checkpoint):

@@ -349,7 +349,17 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
                                                                    "eval_every": 24, "log_every": 8})
 
     clean = finetune(cfg(tmp_path / "clean"))
-    real_update = die_after_first_checkpoint(monkeypatch, Agent, tmp_path / "killed" / "checkpoints", updates=5)
+
+    def die_at_once(self, batch, with_metrics=True):
+        raise Killed
+
+    real_update = Agent.update
+    monkeypatch.setattr(Agent, "update", die_at_once)  # killed before its first checkpoint, after the step-0 eval
+    with pytest.raises(Killed):
+        finetune(cfg(tmp_path / "killed"))
+    assert load_latest(tmp_path / "killed" / "checkpoints") is None
+    monkeypatch.setattr(Agent, "update", real_update)
+    die_after_first_checkpoint(monkeypatch, Agent, tmp_path / "killed" / "checkpoints", updates=5)
     with pytest.raises(Killed):
         finetune(cfg(tmp_path / "killed"))
     assert 12 <= load_latest(tmp_path / "killed" / "checkpoints").step < 48
@@ -361,6 +371,11 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
     assert_same(a.weights, b.weights)
     assert_same(a.state["online"], b.state["online"], "online counters")
     assert resumed["history"] == clean["history"]
+    def logged(run):  # the metrics file: each evaluation once (the killed run's step-0 row was there twice)
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["env_steps"] for r in rows if "eval/success" in r]
+
+    assert logged(tmp_path / "killed") == logged(tmp_path / "clean") == [0, 24, 48]
 
 
 def test_randomization_on_a_target_that_has_none_is_said_not_applied(robosuite_demos, tmp_path, caplog):

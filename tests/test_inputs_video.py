@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mujoco
@@ -280,6 +281,67 @@ def test_fingerprint_of_files_and_folders(tmp_path):
     changes = run_fingerprint.differences(a, run_fingerprint.fingerprint(cfg, {"data": tmp_path}))
     assert changes[0].endswith("new.mp4 added") and "1 files" in changes[1]
     run_fingerprint.check_resume(None, a, "old.pt")  # a checkpoint older than fingerprints: warns only
+
+
+def test_a_new_modification_time_alone_resumes_and_a_sampled_big_file_warns(tmp_path, monkeypatch, caplog):
+    """Byte-identical data rewritten (a copy, a regenerated file) has a new mtime: that alone blocked a resume."""
+    f = tmp_path / "demos.hdf5"
+    f.write_bytes(b"x" * 1000)
+    saved = run_fingerprint.fingerprint({}, {"data": f})
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
+    now = run_fingerprint.fingerprint({}, {"data": f})
+    assert now["inputs"]["data"]["mtime_ns"] != saved["inputs"]["data"]["mtime_ns"]
+    assert run_fingerprint.differences(saved, now) == []
+    with caplog.at_level("WARNING"):
+        run_fingerprint.check_resume(saved, now, "ckpt.pt")
+    assert "modified" not in caplog.text  # hashed whole: nothing to warn about
+    monkeypatch.setattr(run_fingerprint, "FULL_HASH_BYTES", 100)  # a "big" file: only its ends are hashed
+    monkeypatch.setattr(run_fingerprint, "SAMPLE_BYTES", 10)
+    saved = run_fingerprint.fingerprint({}, {"data": f})
+    os.utime(f, ns=(time.time_ns(), time.time_ns() + 3 * 10**9))
+    with caplog.at_level("WARNING"):
+        run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({}, {"data": f}), "ckpt.pt")
+    assert "data" in caplog.text and "modified since the checkpoint" in caplog.text
+    f.write_bytes(b"x" * 999 + b"y")  # the last bytes differ: refused
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match="content changed"):
+        run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({}, {"data": f}), "ckpt.pt")
+
+
+def test_a_moved_run_folder_resumes_and_paths_outside_it_still_count(tmp_path):
+    """A pipeline run folder moved whole: its stage's data (inside it) and config paths into it moved with it."""
+    assert run_fingerprint.relocation("/a/run/stage2", "/b/moved/stage2") == ("/a/run", "/b/moved")
+    assert run_fingerprint.relocation("/a/run1", "/a/run2") == ("/a/run1", "/a/run2")
+    assert run_fingerprint.relocation("/a/run", "/a/run") is None and run_fingerprint.relocation(None, "/a") is None
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "demos.hdf5").write_bytes(b"d" * 100)
+    outside = tmp_path / "encoder.pt"
+    outside.write_bytes(b"e")
+
+    def fp(root: Path, encoder: Path = outside) -> dict:
+        cfg = {"data": {"path": str(root / "data" / "demos.hdf5")}, "encoder": str(encoder), "lr": 1e-3}
+        return run_fingerprint.fingerprint(cfg, {"data": root / "data" / "demos.hdf5"}, home=root / "stage2")
+
+    saved = fp(run)
+    run.rename(tmp_path / "moved")
+    assert run_fingerprint.differences(saved, fp(tmp_path / "moved")) == []
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"e")
+    changed = run_fingerprint.differences(saved, fp(tmp_path / "moved", other))
+    assert len(changed) == 1 and changed[0].startswith("encoder: ")  # a path outside the moved folder: changed
+    (tmp_path / "moved" / "data" / "demos.hdf5").write_bytes(b"D" * 100)
+    assert run_fingerprint.differences(saved, fp(tmp_path / "moved")) == [
+        f"data {tmp_path / 'moved' / 'data' / 'demos.hdf5'}: content changed"]
+    no_home = {k: v for k, v in saved.items() if k != "home"}  # a checkpoint from before homes: no relocation
+    assert run_fingerprint.differences(no_home, fp(tmp_path / "moved"))[0].startswith("data: ")
+
+
+def test_the_refusal_can_be_restated_with_a_callers_advice():
+    err = run_fingerprint.ResumeMismatchError("ck.pt", "lr: 1 -> 2", "set resume=false")
+    assert str(err) == "ck.pt: cannot resume, it was written by a run with other settings or data (lr: 1 -> 2); " \
+                       "set resume=false"
+    again = err.advising("delete the stage folder")
+    assert str(again).endswith("(lr: 1 -> 2); delete the stage folder") and again.where == "ck.pt"
 
 
 def test_settings_added_by_an_upgrade_resume_only_when_off(caplog):

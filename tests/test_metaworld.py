@@ -42,6 +42,8 @@ def test_task_ids_names_and_split():
     assert task_name("drawer-open") == "drawer-open-v3" == task_name("drawer-open-v3")
     with pytest.raises(ValueError, match="unknown Meta-World task 'drawer-opn'"):
         task_name("drawer-opn")
+    with pytest.raises(ValueError, match="v3 tasks only; use 'drawer-open-v3'"):  # a paper's v2 name: its v3 one
+        task_name("drawer-open-v2")
     split = mt10_split()
     assert split.target == "drawer-open-v3" and len(split.prior) == 9 and split.target not in split.prior
     assert mt10_split("door-close").prior == MT10_TASKS
@@ -387,6 +389,45 @@ def test_the_files_own_target_is_an_env_stage2_can_evaluate_in(collected):
         env.close()
 
 
+@needs_metaworld
+def test_a_stage2_checkpoint_that_evaluated_nothing_is_evaluated_in_its_files_meta_world_task(collected, tmp_path):
+    """``eval_targets=[]`` recorded no target; evaluate asked for a gym mapping (``env_id``, ``task_id: 0``) where the
+    data file names the Meta-World task and its 120-step limit. Without the file: the Meta-World mapping to pass."""
+    from omegaconf import OmegaConf
+
+    from robopretrain.checkpoint import Checkpoint, CheckpointError
+    from robopretrain.envs.target import METAWORLD
+    from robopretrain.evaluate import default_target
+
+    meta = {"task_names": ["drawer-open-v3"], "eval_targets": [], "data_path": str(collected),
+            "task_ids": {"drawer-open-v3": 3}}
+    target = default_target(Checkpoint(tmp_path, OmegaConf.create({}), meta, {}, None))
+    assert target.family == METAWORLD and target.name == "drawer-open-v3" and target.task_id == 3
+    assert target.env_kwargs["max_episode_steps"] == 120  # the demos' limit, not Meta-World's 500
+    meta["data_path"] = str(tmp_path / "gone.hdf5")
+    with pytest.raises(CheckpointError, match=r"target=\{name: drawer-open-v3, family: metaworld, "
+                                              r"max_episode_steps: <the demos' limit>, task_id: 3\}"):
+        default_target(Checkpoint(tmp_path, OmegaConf.create({}), meta, {}, None))
+
+
+def test_evaluating_the_checkpoints_task_under_another_time_limit_is_named(tmp_path):
+    """``target={name: drawer-open-v3, family: metaworld}`` on a checkpoint trained under 120 steps ran 500-step
+    episodes silently; the same limit, or another task, says nothing."""
+    from omegaconf import OmegaConf
+
+    from robopretrain.checkpoint import Checkpoint
+    from robopretrain.envs.target import Target
+    from robopretrain.evaluate import limit_change_note
+
+    ckpt = Checkpoint(tmp_path, OmegaConf.create({}), {"target": {"name": "drawer-open-v3", "family": "metaworld",
+                                                                  "max_episode_steps": 120}}, {}, None)
+    assert limit_change_note(Target(name="drawer-open", family="metaworld"), ckpt) == (
+        "target 'drawer-open-v3': episodes run to 500 steps here, the checkpoint's run used 120 steps; success is not "
+        "comparable with its evaluations: set target.max_episode_steps=120 to evaluate as it did")
+    assert limit_change_note(Target(name="drawer-open", family="metaworld", max_episode_steps=120), ckpt) is None
+    assert limit_change_note(Target(name="reach", family="metaworld"), ckpt) is None
+
+
 def test_a_metaworld_target_without_task_id_takes_the_fixed_one():
     """``target={name: drawer-open-v3, family: metaworld}`` (as configs/finetune.yaml shows it) needs no task_id."""
     from robopretrain.envs.target import Target
@@ -542,6 +583,27 @@ def test_a_short_task_name_is_the_v3_name_and_a_demo_files_time_limit_is_named()
     full_limit = {"family": "metaworld", "env_kwargs": {"max_episode_steps": 500}}
     assert time_limit_note(Target(name="reach", family="metaworld"), full_limit) is None
     assert time_limit_note(Target(name="Reach"), recorded) is None  # a sim_envs target: its own limit
+    assert "if it ran any" in note  # stage 2 may have evaluated nothing (eval_targets=[]): not claimed
+
+
+def test_a_time_limit_shorter_than_most_successful_demos_is_named():
+    """A limit under the demos' length: episodes cannot finish as the demos did (120 steps for 150-step demos)."""
+    from robopretrain.data.hdf5 import DemoInfo
+    from robopretrain.envs.target import Target, episode_limit, time_limit_note
+
+    recorded = {"family": "metaworld", "env_kwargs": {"max_episode_steps": 200}}
+    demos = [DemoInfo(f"demo_{i}", n, "reach-v3", 0, {"success": ok}) for i, (n, ok) in
+             enumerate([(150, True), (160, True), (90, True), (200, False), (30, True)])]
+    demos.append(DemoInfo("demo_9", 300, "push-v3", 1, {"success": True}))  # another task's: not counted
+    short = Target(name="reach", family="metaworld", max_episode_steps=120)
+    assert episode_limit(short) == 120 and episode_limit(Target(name="reach", family="metaworld")) == 500
+    assert episode_limit(Target(name="reach", family="metaworld", env_kwargs={"max_episode_steps": 80})) == 80
+    assert time_limit_note(short, recorded, demos) is None  # 2 of its 4 successful demos are longer: not most
+    assert time_limit_note(Target(name="reach", family="metaworld", max_episode_steps=80), recorded, demos) == (
+        "target 'reach-v3': episodes stop at 80 steps (max_episode_steps), but 3 of its 4 successful demos are "
+        "longer (median 150, longest 160 steps): the policy cannot finish as they did in time; raise the target's "
+        "max_episode_steps")
+    assert time_limit_note(Target(name="Reach"), {}, demos) is None  # the env's own limit: nothing to compare
 
 
 def test_a_metaworld_file_whose_task_is_its_env_name_or_no_metaworld_task_gets_a_target_or_none():

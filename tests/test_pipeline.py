@@ -98,6 +98,41 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     assert third["stages"] == {s: "skipped" for s in STAGES}
     warned = [r.getMessage() for r in caplog.records if "already done with other settings" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("stage stage2:") and "stage2.steps: 4 -> 8" in warned[0]
+    # ... and so does the report, whose figures are the recorded settings' (it printed "(5 ep)" for 2 episodes)
+    cfg.evaluate.episodes = 5
+    run_pipeline(cfg)
+    report = (run / "report.md").read_text()
+    assert "(2 ep)" in report and "(5 ep)" not in report
+    assert "| evaluate | evaluate.episodes: 2 -> 5 |" in report and "stage2.steps: 4 -> 8" in report
+
+    # the run folder moved whole; stage 3 killed before it finished: it resumes from its checkpoint at the new place
+    # (its fingerprint's paths into the old folder refused the resume)
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    for marker in (moved / "stage3" / "done.json", moved / "stage3" / "Arm" / "done.json",
+                   moved / "evaluate" / "done.json"):
+        marker.unlink()
+    cfg.run_dir = str(moved)
+    cfg.evaluate.episodes, cfg.stage2.steps = 2, 4
+    with caplog.at_level(logging.INFO):
+        fourth = run_pipeline(cfg)
+    assert [s for s, v in fourth["stages"].items() if v != "skipped"] == ["stage3", "evaluate"]
+    assert "resuming a run folder moved from" in caplog.text
+    assert json.loads((moved / "stage3" / "done.json").read_text())["sessions"] == 2
+    assert "| stage3 |" in (moved / "report.md").read_text()
+    # a resume the stage refuses names the pipeline's way to start it afresh, not the stage's resume=false
+    for marker in (moved / "stage3" / "done.json", moved / "stage3" / "Arm" / "done.json",
+                   moved / "evaluate" / "done.json"):
+        marker.unlink()
+    cfg.stage3.algo_overrides = {"policy_lr": 0.001}
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    with pytest.raises(ResumeMismatchError, match=r"policy_lr.*to run stage3 afresh with these settings, delete "
+                                                  + str(moved / "stage3")) as err:
+        run_pipeline(cfg)
+    assert "resume=false" not in str(err.value)
 
 
 def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_path):
@@ -199,6 +234,27 @@ def test_a_target_without_its_demos_stops_the_pipeline_before_the_data_stage(tmp
     with pytest.raises((ValueError, FileNotFoundError), match=error):
         pipeline.run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_target_whose_demos_give_a_part_another_size_stops_before_the_data_stage(tmp_path):
+    """A 4-D proprio (Meta-World's hand and gripper) beside sim_envs's 7-D: refused at start, naming both sizes and
+    the way out; it was found by the adaptation, after stage 2. Leaving the part out is accepted."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    demos = fake.write_robosuite_demos(tmp_path / "arm.hdf5", 2, tasks=(("Arm", 11),), act_dim=4, eef_dim=4)
+    target = (f"targets=[{{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: {demos}, "
+              f"obs_map: {{proprio: {fake.EEF}}}}}]")
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]", "obs.num_tasks=12",
+                                             "obs.low_dim=[proprio]"])
+    with pytest.raises(ValueError, match=r"target 'Arm' \(gym\): low-dim part 'proprio' has size 4 in its demos "
+                                         rf"\({fake.EEF}\), 7 in the prior \(sim_envs\) data; .*obs.low_dim=\[\]"):
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    cfg.obs.low_dim = []
+    pipeline.check_targets(cfg)  # without the part: nothing to refuse
 
 
 def test_a_metaworld_targets_default_slot_is_free_without_stage_2(tmp_path):
@@ -337,3 +393,19 @@ def test_stage_configs_evaluate_and_checkpoint_where_the_pipeline_says(tmp_path)
         cfg.stage2.eval_episodes = episodes
         train = stage2_config(cfg, tmp_path / "run").train
         assert train.eval_targets == targets and train.eval_episodes == 1, (episodes, train.eval_targets)
+
+
+def test_a_rerun_removes_the_partial_files_a_killed_session_left(tmp_path):
+    """A data stage killed mid-write left ``.prior_demos.hdf5.<random>.tmp`` beside the run's files for good."""
+    from robopretrain.pipeline import remove_partial_files
+
+    data = tmp_path / "data"
+    (data / "videos").mkdir(parents=True)
+    keep = [data / "prior_demos.hdf5", data / "videos" / "manifest.csv", data / "notes.tmp"]
+    for path in keep:
+        path.write_text("x")
+    stale = [data / ".prior_demos.hdf5.ab12cd.tmp", data / "videos" / ".manifest.csv.77.tmp"]
+    for path in stale:
+        path.write_text("half")
+    assert sorted(remove_partial_files(data)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)

@@ -290,3 +290,21 @@ class BuggyEnv(LateSuccessKey):
     def __init__(self) -> None:
         super().__init__()
         np.zeros(3, dtyp=np.float32)
+
+
+def test_a_sim_targets_own_image_size_is_replaced_by_the_agents_with_a_warning_once(caplog):
+    """``env_kwargs.image_size`` of a sim_envs target was replaced silently by the agent's size."""
+    target = Target(name="Reach", env_kwargs={"image_size": 32})
+    for _ in range(2):
+        with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):
+            env = make_env(target, ("agentview_image",), 24)
+        try:
+            obs, _ = env.reset(seed=0)
+        finally:
+            env.close()
+        assert obs["agentview_image"].shape == (24, 24, 3)
+    said = [r.getMessage() for r in caplog.records if "env_kwargs.image_size=32" in r.getMessage()]
+    assert len(said) == 1 and "agent's image size 24" in said[0]
+    caplog.clear()
+    make_env(Target(name="Reach", env_kwargs={"image_size": 24}), ("agentview_image",), 24).close()
+    assert "image_size" not in caplog.text  # the same size: nothing to say

@@ -150,9 +150,10 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "valid_batches", "
                      "data.path")
 
 
-def fingerprint(cfg: DictConfig, data_path: Path) -> dict[str, Any]:
-    """The run's fingerprint: the data at ``data_path`` and the config minus :data:`RESUMABLE_CHANGES`."""
-    return run_fingerprint.fingerprint(cfg, {"data": data_path}, ignore=RESUMABLE_CHANGES)
+def fingerprint(cfg: DictConfig, data_path: Path, home: Path | None = None) -> dict[str, Any]:
+    """The run's fingerprint: the data at ``data_path`` and the config minus :data:`RESUMABLE_CHANGES`; ``home``: the
+    run folder (a moved one resumes, :func:`robopretrain.run_fingerprint.relocation`)."""
+    return run_fingerprint.fingerprint(cfg, {"data": data_path}, ignore=RESUMABLE_CHANGES, home=home)
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
@@ -456,7 +457,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         log.info("data-parallel over %d processes (%s): effective batch size %d = %d x %d", dinfo.world_size,
                  dinfo.backend, effective_batch, int(cfg.batch_size), dinfo.world_size)
     start, history = 0, {"train": [], "valid": []}
-    run_print = fingerprint(cfg, data_path)
+    run_print = fingerprint(cfg, data_path, paths.run_dir)
     if cfg.resume and paths.checkpoint.is_file():
         start, history = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device, run_print)
         log.info("resumed from %s at step %d", paths.checkpoint, start)

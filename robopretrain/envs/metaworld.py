@@ -82,6 +82,10 @@ def task_name(name: str) -> str:
     """The Meta-World v3 task name of ``name`` (``drawer-open`` and ``drawer-open-v3`` both work)."""
     full = name if name.endswith("-v3") else f"{name}-v3"
     if full not in TASK_IDS:
+        v3 = f"{name[:-3]}-v3" if name.endswith(("-v1", "-v2")) else None
+        if v3 in TASK_IDS:
+            raise ValueError(f"Meta-World task {name!r}: metaworld 3 serves the v3 tasks only; use {v3!r} (the same "
+                             "task, v3 physics and rewards)")
         raise ValueError(f"unknown Meta-World task {name!r}; expected one of the v3 tasks: {', '.join(ALL_TASKS)}")
     return full
 

@@ -182,22 +182,45 @@ def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Targ
     return None
 
 
-def time_limit_note(target: Target, env_args: Mapping[str, Any]) -> str | None:
-    """A warning when a Meta-World ``target`` that sets no time limit (Meta-World's own, 500 steps, then applies)
-    acts on a task whose demo file (its ``env_args``) was recorded with another limit: its episodes would then be
-    longer than the data's and than stage 2's evaluations of the same task (the file's own target keeps the file's
-    limit). None otherwise."""
-    if (target.family != METAWORLD or target.max_episode_steps or "max_episode_steps" in target.env_kwargs
-            or not _is_metaworld_file(env_args)):
-        return None
+def episode_limit(target: Target) -> int | None:
+    """The time limit ``target``'s episodes run under, when the config says it: ``max_episode_steps``, else a
+    Meta-World target's ``env_kwargs.max_episode_steps``, else Meta-World's own 500; None for an env's own limit."""
+    if target.max_episode_steps:
+        return int(target.max_episode_steps)
+    if target.family == METAWORLD:
+        from robopretrain.envs.metaworld import MAX_PATH_LENGTH
+
+        return int(target.env_kwargs.get("max_episode_steps") or MAX_PATH_LENGTH)
+    return None
+
+
+def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence[Any] = ()) -> str | None:
+    """A warning when ``target``'s time limit does not fit its demo file: a Meta-World target that sets no limit
+    (Meta-World's own, 500 steps, then applies) acting on a task whose file (its ``env_args``) was recorded with
+    another one (its episodes would be longer than the data's and than any stage-2 evaluation of the file's task,
+    which keeps the file's limit); or a limit shorter than most of the successful demos of the target's task
+    (``demos``: the file's :class:`~robopretrain.data.hdf5.DemoInfo`; those of another task, or failed, aside; all of
+    them when none is the target's), which episodes then cannot finish as the demos did. None otherwise."""
     from robopretrain.envs.metaworld import MAX_PATH_LENGTH
 
     recorded = (env_args.get("env_kwargs") or {}).get("max_episode_steps")
-    if recorded is None or int(recorded) == MAX_PATH_LENGTH:
+    if (target.family == METAWORLD and not target.max_episode_steps and "max_episode_steps" not in target.env_kwargs
+            and _is_metaworld_file(env_args) and recorded is not None and int(recorded) != MAX_PATH_LENGTH):
+        return (f"target {target.name!r} sets no max_episode_steps, so its episodes run to Meta-World's "
+                f"{MAX_PATH_LENGTH} steps; its demos were recorded with {int(recorded)} (stage 2's evaluations of the "
+                f"task, if it ran any, used that limit): set the target's max_episode_steps: {int(recorded)} to act "
+                "under the data's limit")
+    limit = episode_limit(target)
+    own = [d for d in demos if d.task == target.name] or list(demos)
+    lengths = sorted(int(d.num_samples) for d in own if d.ep_meta.get("success", True))
+    if limit is None or not lengths:
         return None
-    return (f"target {target.name!r} sets no max_episode_steps, so its episodes run to Meta-World's {MAX_PATH_LENGTH} "
-            f"steps; its demos were recorded with {int(recorded)} (and stage 2 evaluated the task with that limit): "
-            f"set the target's max_episode_steps: {int(recorded)} to act under the data's limit")
+    longer = sum(n > limit for n in lengths)
+    if 2 * longer <= len(lengths):
+        return None
+    return (f"target {target.name!r}: episodes stop at {limit} steps (max_episode_steps), but {longer} of its "
+            f"{len(lengths)} successful demos are longer (median {lengths[len(lengths) // 2]}, longest {lengths[-1]} "
+            "steps): the policy cannot finish as they did in time; raise the target's max_episode_steps")
 
 
 # --------------------------------------------------------------------------- the env
@@ -312,6 +335,24 @@ def _capped(env: gym.Env, target: Target) -> gym.Env:
     return gym.wrappers.TimeLimit(env, UNLIMITED_EPISODE_CAP)
 
 
+_warned_image_size: set[tuple[str, int, int]] = set()  # said once per process
+
+
+def _agent_image_size(target: Target, kwargs: dict[str, Any], image_size: int | None) -> None:
+    """Render a sim_envs / Meta-World target at the agent's ``image_size`` (set in ``kwargs``); a different
+    ``env_kwargs.image_size`` is replaced (the agent reads frames of its own size), which is said once."""
+    if not image_size:
+        return
+    given = target.env_kwargs.get("image_size")
+    if given is not None and int(given) != int(image_size) and (target.name, int(given), int(image_size)) \
+            not in _warned_image_size:
+        _warned_image_size.add((target.name, int(given), int(image_size)))
+        log.warning("target %r: env_kwargs.image_size=%s is replaced by the agent's image size %d (its frames render "
+                    "at the size the agent reads; set image_size in the stage's config to change it)", target.name,
+                    given, int(image_size))
+    kwargs["image_size"] = int(image_size)
+
+
 def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None = None,
              randomization: Any = "none", *, checked: Sequence[str] = (), **sim_kwargs: Any) -> gym.Env:
     """The env of ``target`` in the toolkit's conventions (module docstring), rendering ``cameras`` at ``image_size``.
@@ -336,8 +377,7 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
                                   "randomization": randomization if randomization is not None else "none",
                                   "terminate_on_success": target.terminate_on_success, **target.env_kwargs,
                                   **sim_kwargs}
-        if image_size:
-            kwargs["image_size"] = int(image_size)
+        _agent_image_size(target, kwargs, image_size)
         if target.max_episode_steps:
             kwargs["max_episode_steps"] = int(target.max_episode_steps)
         env = gym.make(sim_envs.env_id(target.name), **kwargs)
@@ -360,8 +400,7 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
                                  f"(the agent's {sorted(unknown)}, through obs_map); its cameras' keys: "
                                  + ", ".join(f"{k} ({c})" for k, c in by_key.items()))
             kwargs["cameras"] = [by_key[target.obs_map.get(c, c)] for c in cameras]
-        if image_size:
-            kwargs["image_size"] = int(image_size)
+        _agent_image_size(target, kwargs, image_size)
         env = _construct(METAWORLD_ENTRY, kwargs)
         return _in_agent_units(TargetEnv(env, target, cameras, checked=checked), target)
     # a registered env's own TimeLimit is replaced, not nested (an outer limit could not lift a shorter inner one)
@@ -557,4 +596,4 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
 
 __all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
            "TargetEnv", "as_target", "env_factory", "make_env", "target_of_data",
-           "time_limit_note"]
+           "episode_limit", "time_limit_note"]
