@@ -213,7 +213,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"), "data_path": str(data_path),
             "task_names": [target.name], "reward": reward.__dict__, "gap": gap.to_dict()}
     fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path},
-                                              ignore=RESUMABLE_CHANGES, home=run_dir)
+                                              ignore=RESUMABLE_CHANGES,
+                                              home=run_fingerprint.run_home(cfg, run_dir))
     fresh = not bool(cfg.get("resume", True))  # a fresh run in a used folder, after every check: its transfer caches
     if fresh:  # first (another agent collected them), the rest once the transfer options are accepted too
         refuse_source_in_run(str(cfg.checkpoint), run_dir, "checkpoint")

@@ -49,6 +49,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the current configuration."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint a rerun would resume is of another kind of agent (:func:`check_agent_fits`): ``where``,
+    ``changes`` (what differs) and ``fresh`` (how to start fresh), restated by a caller that starts runs its own way
+    (the pipeline) with :meth:`advising`."""
+
+    def __init__(self, where: str, changes: str, fresh: str) -> None:
+        self.where, self.changes, self.fresh = where, changes, fresh
+        super().__init__(f"{where}: checkpoint does not fit this config ({changes}). {fresh}")
+
+    def advising(self, fresh: str) -> "CheckpointMismatchError":
+        """The same refusal with another way to start fresh."""
+        return CheckpointMismatchError(self.where, self.changes, fresh[:1].upper() + fresh[1:] + ".")
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: its folder, config, meta data, weights and (optional) training state."""
@@ -326,9 +340,8 @@ def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> No
         except SpecMismatchError as exc:  # its parts, without the sentence this message already says
             problems.append(str(exc).removeprefix("the checkpoint does not fit this config: "))
     if problems:
-        where = f"{where}: " if where else ""
-        raise CheckpointError(f"{where}checkpoint does not fit this config ({'; '.join(problems)}). Use another "
-                              "output_dir, or resume=false to start a fresh run.")
+        raise CheckpointMismatchError(where or "the run folder", "; ".join(problems),
+                                      "Use another output_dir, or resume=false to start a fresh run.")
 
 
 def rng_state() -> dict[str, Any]:

@@ -256,8 +256,8 @@ def limit_change_note(target: Target, ckpt: Checkpoint) -> str | None:
 
     try:
         own = default_target(ckpt)
-    except CheckpointError:
-        return None
+    except (CheckpointError, ValueError, TypeError):  # no target of its own, or one that no longer parses: the
+        return None                                  # given target= is the way around it, not to be refused
     if (own.name, own.family) != (target.name, target.family) or episode_limit(own) == episode_limit(target):
         return None
     said = lambda t: "the env's own limit" if episode_limit(t) is None else f"{episode_limit(t)} steps"  # noqa: E731

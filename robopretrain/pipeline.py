@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
 from robopretrain.build import compose, plain, randomization, reward_settings, success_filtered_bc
+from robopretrain.checkpoint import CheckpointMismatchError
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
@@ -112,7 +114,8 @@ def stage_logger(cfg: DictConfig, label: str) -> dict[str, Any] | None:
 def common(cfg: DictConfig, run_dir: Path, label: str) -> dict[str, Any]:
     """Keys every stage config takes from the pipeline config, for the stage folder ``run_dir / label``."""
     out = {"seed": int(cfg.seed), "device": str(cfg.device), "num_threads": cfg.get("num_threads"),
-           "flush_denormal": cfg.get("flush_denormal", True), "output_dir": str(run_dir / label), "resume": True}
+           "flush_denormal": cfg.get("flush_denormal", True), "output_dir": str(run_dir / label), "resume": True,
+           "run_root": str(run_dir)}
     logger = stage_logger(cfg, label)
     return {**out, "logger": logger} if logger is not None else out
 
@@ -432,7 +435,7 @@ def stage1_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
         "image_size": int(cfg.image_size), "steps": int(cfg.stage1.steps), "batch_size": int(cfg.stage1.batch_size),
         "lr": float(cfg.stage1.lr), "device": str(cfg.device), "seed": int(cfg.seed), "progress": bool(cfg.progress),
         "num_threads": cfg.get("num_threads"), "flush_denormal": cfg.get("flush_denormal", True),
-        "output_dir": str(run_dir / "stage1"), "output": str(run_dir / "stage1" / "encoder"),
+        "output_dir": str(run_dir / "stage1"), "output": str(run_dir / "stage1" / "encoder"), "run_root": str(run_dir),
         "eval_every": max(1, int(cfg.stage1.steps) // 3), "checkpoint_every": max(1, int(cfg.stage1.steps) // 3),
     })
     logger = stage_logger(cfg, "stage1")
@@ -610,12 +613,28 @@ def record_session(folder: Path) -> list[dict[str, Any]]:
     return read_jsonl(folder / SESSIONS)
 
 
+def refused_folder(run_dir: Path, stage: str, where: str) -> Path:
+    """The folder of the run that refused to resume: ``<run>/<stage>``, or ``<run>/<stage>/<target>`` for the
+    per-target stages (the checkpoint ``where`` lies under it), so that the other targets' finished runs are kept."""
+    folder = run_dir / stage
+    try:
+        parts = Path(where).resolve().relative_to(folder.resolve()).parts
+    except ValueError:
+        return folder
+    return folder / parts[0] if stage in ("adapt", "stage3") and len(parts) > 1 else folder
+
+
 def remove_partial_files(folder: Path) -> list[Path]:
-    """Delete the half-written ``.<name>.<...>.tmp`` files a killed session left under ``folder`` (a demo file's
-    writer, a JSON record: both write a hidden temporary and rename it when complete); returns them."""
-    stale = [p for p in folder.rglob(".*.tmp") if p.is_file()]
+    """Delete the half-written ``.<name>.<...>.tmp`` files and folders a killed session left under ``folder`` (a demo
+    file's writer, a JSON record, a checkpoint folder: each writes a hidden temporary and renames it when complete);
+    returns them. Only the pipeline's own stage runs in its folder meanwhile (one pipeline per run folder)."""
+    stale = sorted(folder.rglob(".*.tmp"))
+    stale = [p for p in stale if not any(q in p.parents for q in stale)]  # a partial folder's own contents aside
     for path in stale:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     if stale:
         log.info("%s: removed %d partial file(s) of an interrupted session: %s", folder, len(stale),
                  ", ".join(p.name for p in stale[:3]) + (", ..." if len(stale) > 3 else ""))
@@ -641,7 +660,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     log_stage_algos(cfg)
     check_targets(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "run_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(os.path.abspath(run_dir))  # the stages' configs name paths under it: absolute, so a moved
+    run_dir.mkdir(parents=True, exist_ok=True)  # folder maps them (run_fingerprint.relocation)
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),
         "stage1": lambda: stage_stage1(cfg, run_dir),
@@ -672,10 +692,11 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
                  if len(sessions) > 1 else "")
         try:
             result = steps[stage]()
-        except ResumeMismatchError as err:  # the stage's advice (resume=false, output_dir) is not the pipeline's
-            raise err.advising(f"the pipeline resumes every stage it finds begun: to run {stage} afresh with these "
-                               f"settings, delete {run_dir / stage} (and the later stages' folders), or choose "
-                               "another run_dir") from None
+        except (ResumeMismatchError, CheckpointMismatchError) as err:  # the stage's advice (resume=false,
+            folder = refused_folder(run_dir, stage, err.where)         # output_dir) is not the pipeline's
+            raise err.advising(f"the pipeline resumes every stage it finds begun: to run {folder.relative_to(run_dir)}"
+                               f" afresh with these settings, delete {folder} (and the later stages' folders), or "
+                               "choose another run_dir") from None
         seconds = time.perf_counter() - start
         algo = {"algo": {"name": str(cfg[stage].algo), **stage_algo(cfg, stage)}} if stage in RL_STAGES else {}
         write_json(run_dir / stage / DONE, {"stage": stage, "seconds": seconds, "result": result,

@@ -85,14 +85,15 @@ def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
 
 def run_path(run_dir: Path, recorded: str) -> Path:
     """A path the run's JSON records, as it is now: relative ones are under ``run_dir``; an absolute one (written
-    before paths were recorded relative, in a folder since moved) is re-rooted at ``run_dir`` by its part under
-    ``evaluate/``."""
+    before paths were recorded relative) is re-rooted at ``run_dir`` by its part from ``evaluate/`` on when that
+    exists (a moved or copied folder), else kept."""
     path = Path(recorded)
     if not path.is_absolute():
         return run_dir / path
-    if path.is_file() or "evaluate" not in path.parts:
+    if "evaluate" not in path.parts:
         return path
-    return run_dir.joinpath(*path.parts[len(path.parts) - path.parts[::-1].index("evaluate") - 1:])
+    here = run_dir.joinpath(*path.parts[len(path.parts) - path.parts[::-1].index("evaluate") - 1:])
+    return here if here.exists() or not path.exists() else path  # a copied folder: its own files, not the original's
 
 
 def interval_name(info: Mapping[str, Any]) -> str:
@@ -144,15 +145,25 @@ def prior_task_success(row: Mapping[str, Any], cfg: DictConfig) -> dict[str, flo
     return per
 
 
-def recorded_setting(done: Mapping[str, Mapping[str, Any]], cfg: DictConfig, key: str) -> Any:
-    """The value of the pipeline key ``key`` that the finished stages ran with (their ``done.json`` ``settings``, the
-    first stage that records it), else this invocation's ``cfg`` value: a rerun with other settings skips the done
-    stages, so their results are the recorded settings', not ``cfg``'s."""
-    for record in done.values():
+def recorded_setting(done: Mapping[str, Mapping[str, Any]], cfg: DictConfig, key: str) -> str:
+    """The value of the pipeline key ``key`` that the finished stages ran with (their ``done.json`` ``settings``), as
+    text: one value, or each value with the stages that ran with it when they differ (``frozen (stage2); finetune
+    (adapt, stage3)``, after a rerun of the later stages only); this invocation's ``cfg`` value when no finished
+    stage records the key. A rerun with other settings skips the done stages, so the results are the recorded
+    settings', not ``cfg``'s."""
+    by_value: dict[str, list[str]] = {}
+    for stage, record in done.items():
         settings = record.get("settings")
         if isinstance(settings, Mapping) and key in settings:
-            return settings[key]
-    return OmegaConf.select(cfg, key, default=None)
+            by_value.setdefault(json.dumps(settings[key]) if not isinstance(settings[key], str) else settings[key],
+                                []).append(stage)
+    if not by_value:
+        value = OmegaConf.select(cfg, key, default=None)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        return value if isinstance(value, str) else json.dumps(value)
+    if len(by_value) == 1:
+        return next(iter(by_value))
+    return "; ".join(f"{value} ({', '.join(stages)})" for value, stages in by_value.items())
 
 
 def write_report(cfg: DictConfig, run_dir: Path) -> Path:
@@ -164,14 +175,14 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     plots = plot_curves(run_dir, out_dir)
     done = {stage: _read(run_dir / stage / DONE) for stage in STAGES if (run_dir / stage / DONE).is_file()}
 
-    def get(key: str) -> Any:
+    def get(key: str) -> str:
         return recorded_setting(done, cfg, key)
 
-    objective = get("stage1.objective") if get("stage1.enabled") else "none"
+    objective = get("stage1.objective") if get("stage1.enabled") == "true" else "none"
     lines = ["# robopretrain pipeline report", "",
              f"Run folder `{run_dir}`; encoder mode `{get('encoder.mode')}`, stage-1 objective `{objective}`, encoder "
-             f"`{get('stage1.encoder')}` at {get('image_size')} px, cameras {list(get('obs.rgb') or [])}, low-dim "
-             f"parts {list(get('obs.low_dim') or [])}.", "",
+             f"`{get('stage1.encoder')}` at {get('image_size')} px, cameras {get('obs.rgb')}, low-dim parts "
+             f"{get('obs.low_dim')}.", "",
              "## Stages", "", "Wall time of the session that finished each stage (a stage resumed after an interruption "
              "also ran in the sessions before it: `sessions` counts them).", "",
              "| stage | wall time (s) | sessions | finished at |", "|---|---|---|---|"]

@@ -17,14 +17,16 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
 - :func:`input_fingerprint` ``(path)``: a file: size, modification time and a SHA-256 of its content (all of it
   up to 16 MiB, else its first and last MiB); a folder: file count, total size, a SHA-256 of the listing (each
   file's relative path, size and modification time, hidden files aside) and the SHA-256 of the content of
-  every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``. Reading a folder of many clips costs one
-  ``stat`` per file, no decoding.
+  every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``; a folder of at most 64 MiB and 2000 files (a
+  checkpoint) also a SHA-256 of every file's content, which then decides instead of the listing's times. Reading a
+  folder of many clips costs one ``stat`` per file, no decoding.
 - :func:`differences` ``(saved, now)``: what changed, as short phrases (``"lr: 0.0003 -> 0.001"``,
   ``"data: manifest.csv content changed"``); empty when the run may resume. A file's content decides, not its
   modification time (a copy, or a rewrite of the same bytes, resumes; a file over 16 MiB whose time changed but whose
   size and sampled bytes did not resumes with a warning). A run folder moved or copied elsewhere resumes
-  (:func:`relocation`): a fingerprint built with ``home=`` (the output folder) maps the paths under the old place,
-  in inputs and in config values, to the new one; inputs outside it must stay where they were.
+  (:func:`relocation`): a fingerprint built with ``home=`` (the output folder, or the pipeline run folder holding
+  it: :func:`run_home`) maps the paths under the old home, in inputs and in config values, to the new one; inputs
+  outside it must stay where they were.
 - :func:`check_resume` ``(saved, now, where, fresh=...)``: raises :class:`ResumeMismatchError` with one line
   (where, what changed, how to start fresh); a checkpoint written before fingerprints existed (``saved`` is
   ``None``) resumes with a warning.
@@ -47,17 +49,20 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
 HARMLESS_KEYS: tuple[str, ...] = ("progress", "tensorboard", "wandb", "logger", "log_every", "eval_every",
                                   "checkpoint_every", "num_workers", "num_threads", "flush_denormal", "device",
-                                  "resume", "output_dir", "output", "hydra", "cache_dir", "cuda_graph", "compile")
+                                  "resume", "output_dir", "output", "run_root", "hydra", "cache_dir", "cuda_graph",
+                                  "compile")
 FULL_HASH_BYTES = 16 * 2**20  # files up to this size are hashed whole, larger ones by their first and last MiB
 SAMPLE_BYTES = 2**20
 SMALL_FILE_BYTES = 2**20  # top-level files of a folder hashed by content (manifests, info files)
+FOLDER_CONTENT_BYTES = 64 * 2**20  # folders up to this size and file count (checkpoints) are hashed by content
+FOLDER_CONTENT_FILES = 2000
 MAX_LISTED = 6  # differences named in one message
 
 
@@ -80,11 +85,21 @@ class ResumeMismatchError(ValueError):
 def fingerprint(config: Any, inputs: Mapping[str, str | os.PathLike | None],
                 ignore: Iterable[str] = HARMLESS_KEYS, home: str | os.PathLike | None = None) -> dict[str, Any]:
     """The fingerprint of a run: its config (dotted keys, minus ``ignore``), each input path's fingerprint and
-    ``home``, the run's output folder (absolute), from which a later comparison tells a moved run folder
-    (:func:`relocation`)."""
+    ``home``, the folder the run lives in (its output folder, or the pipeline run folder holding it), absolute as
+    given and with symlinks resolved, from which a later comparison tells a moved run folder (:func:`relocation`)."""
     out = {"version": VERSION, "config": flat_config(config, ignore),
            "inputs": {name: input_fingerprint(p) if p is not None else None for name, p in inputs.items()}}
-    return {**out, "home": str(Path(home).expanduser().resolve())} if home is not None else out
+    if home is None:
+        return out
+    given = Path(home).expanduser()
+    return {**out, "home": os.path.abspath(given), "home_resolved": str(given.resolve())}
+
+
+def run_home(config: Any, output_dir: str | os.PathLike) -> Path:
+    """The ``home`` of a stage run's fingerprint: the config's ``run_root`` (the pipeline run folder holding it),
+    else its own ``output_dir``."""
+    root = config.get("run_root") if isinstance(config, Mapping) or hasattr(config, "get") else None
+    return Path(root) if root else Path(output_dir)
 
 
 def flat_config(config: Any, ignore: Iterable[str] = HARMLESS_KEYS) -> dict[str, Any]:
@@ -140,6 +155,7 @@ def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
         listing = hashlib.sha256()
         files = total = 0
         small: dict[str, str] = {}
+        found: list[tuple[str, Path, int]] = []
         for root, dirs, names in os.walk(p):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(n for n in names if not n.startswith(".")):
@@ -152,37 +168,46 @@ def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
                 listing.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
                 files += 1
                 total += st.st_size
+                found.append((rel, f, st.st_size))
                 if Path(root) == p and st.st_size <= SMALL_FILE_BYTES:
                     small[rel] = _sha256_of_file(f, st.st_size)[0]
-        return {"path": str(p), "kind": "folder", "files": files, "bytes": total,
-                "listing_sha256": listing.hexdigest(), "small_files_sha256": small}
+        out = {"path": str(p), "kind": "folder", "files": files, "bytes": total,
+               "listing_sha256": listing.hexdigest(), "small_files_sha256": small}
+        if total <= FOLDER_CONTENT_BYTES and files <= FOLDER_CONTENT_FILES:  # a checkpoint folder: by content
+            content = hashlib.sha256()
+            for rel, f, size in found:
+                content.update(f"{rel}\t{_sha256_of_file(f, size)[0]}\n".encode())
+            out["content_sha256"] = content.hexdigest()
+        return out
     return {"path": str(p), "kind": "missing"}
 
 
 # --------------------------------------------------------------------------------------------- comparing
-def relocation(saved_home: str | None, now_home: str | None) -> tuple[str, str] | None:
-    """``(old root, new root)`` when a run folder was moved: the output folders ``saved_home`` (where the checkpoint
-    was written) and ``now_home`` (where it is read now) stripped of their common trailing parts, e.g.
-    ``/a/run/stage2`` and ``/b/moved/stage2`` give ``("/a/run", "/b/moved")`` (a pipeline run folder moved whole), and
-    ``/a/run1`` and ``/a/run2`` give themselves; None when they are the same or unknown. A checkpoint is only ever
-    found in the folder it was written to or in a moved or copied one, so a new home is always such a move."""
-    if not saved_home or not now_home or saved_home == now_home:
-        return None
-    old, new = Path(saved_home).parts, Path(now_home).parts
-    common = 0
-    while common < min(len(old), len(new)) - 1 and old[-1 - common] == new[-1 - common]:
-        common += 1
-    return str(Path(*old[:len(old) - common])), str(Path(*new[:len(new) - common]))
+def relocation(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``[(old root, new root), ...]`` when the run folder moved: the fingerprints' homes, as given and resolved
+    (config values hold the first form, inputs the second), where they differ; empty when they are the same or one
+    has none (written before homes existed). A checkpoint is only ever found in the folder it was written to, or
+    in a moved or copied one, so another home is always such a move."""
+    pairs = []
+    for key in ("home", "home_resolved"):
+        old, new = saved.get(key), now.get(key)
+        if old and new and old != new:
+            pairs.append((str(old), str(new)))
+    return pairs
 
 
-def _same_place(old: Any, new: Any, moved: tuple[str, str] | None) -> bool:
+def _same_place(old: Any, new: Any, moved: Sequence[tuple[str, str]] = ()) -> bool:
     """``old == new``, or both are paths and ``new`` is ``old`` under the moved run folder's new root."""
     if old == new:
         return True
-    if moved is None or not isinstance(old, str) or not isinstance(new, str):
+    if not isinstance(old, str) or not isinstance(new, str):
         return False
-    root, to = moved
-    return (old == root and new == to) or (old.startswith(root + os.sep) and new == to + old[len(root):])
+    for root, to in moved:
+        prefix = root.rstrip(os.sep) + os.sep
+        if (old == root and new == to) or (old.startswith(prefix) and new == to.rstrip(os.sep) + os.sep
+                                           + old[len(prefix):]):
+            return True
+    return False
 
 
 def _short(value: Any) -> str:
@@ -191,7 +216,7 @@ def _short(value: Any) -> str:
 
 
 def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None,
-                   moved: tuple[str, str] | None = None) -> list[str]:
+                   moved: Sequence[tuple[str, str]] = ()) -> list[str]:
     if old == new:
         return []
     if old is None or new is None:
@@ -214,6 +239,9 @@ def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, A
     if old.get("files") != new.get("files") or old.get("bytes") != new.get("bytes"):
         out.append(f"{where}: {old.get('files')} files / {old.get('bytes')} bytes -> {new.get('files')} files / "
                    f"{new.get('bytes')} bytes")
+    elif "content_sha256" in old and "content_sha256" in new:  # small folders: their content decides, not mtimes
+        if old["content_sha256"] != new["content_sha256"] and not out:
+            out.append(f"{where}: files' content changed (same count and total size)")
     elif old.get("listing_sha256") != new.get("listing_sha256") and not out:
         out.append(f"{where}: files replaced or modified (same count and total size)")
     return out
@@ -233,7 +261,7 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """What differs between two fingerprints, as short phrases (inputs first, then config keys); settings added
     since ``saved`` and off (:func:`added_off_keys`) are not differences."""
     out: list[str] = []
-    moved = relocation(saved.get("home"), now.get("home"))
+    moved = relocation(saved, now)
     saved_inputs, now_inputs = saved.get("inputs", {}), now.get("inputs", {})
     for name in list(dict.fromkeys([*saved_inputs, *now_inputs])):
         out += _input_changes(name, saved_inputs.get(name), now_inputs.get(name), moved)
@@ -260,10 +288,10 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
         listed = "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({len(diffs) - MAX_LISTED} more)" if len(diffs) > MAX_LISTED
                                                   else "")
         raise ResumeMismatchError(where, listed, fresh)
-    moved = relocation(saved.get("home"), now.get("home"))
-    if moved is not None:
+    moved = relocation(saved, now)
+    if moved:
         log.info("%s: resuming a run folder moved from %s to %s (its paths are read under the new place)", where,
-                 *moved)
+                 *moved[0])
     sampled = [f"{name} {fp['path']}" for name, fp in now.get("inputs", {}).items()
                if fp is not None and fp.get("kind") == "file" and fp.get("hashed") != "all"
                and (saved.get("inputs", {}).get(name) or {}).get("mtime_ns") != fp.get("mtime_ns")]

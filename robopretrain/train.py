@@ -166,7 +166,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             build.check_env_fits(agent, target, dr if target.randomizable else "none")
     fingerprint = run_fingerprint.fingerprint(
         cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
-              "init": init.path if init is not None else None}, ignore=RESUMABLE_CHANGES, home=run_dir)
+              "init": init.path if init is not None else None}, ignore=RESUMABLE_CHANGES,
+        home=run_fingerprint.run_home(cfg, run_dir))
     meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": str(data_path), "obs_map": obs_map,
             "task_names": tasks, "eval_targets": [t.to_dict() for t in targets],  # robopretrain.evaluate's default
             "task_ids": {**task_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),

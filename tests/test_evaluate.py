@@ -305,6 +305,19 @@ def test_pipeline_robustness_sweep_and_report(tiny_camera_checkpoint, tmp_path):
         pipeline.robustness_config(cfg, tiny_camera_checkpoint, as_target("Reach"), tmp_path / "x")
 
 
+def test_the_reports_settings_are_those_the_stages_ran_with():
+    """After a rerun of the later stages with another encoder mode the header said the first stage's alone."""
+    from robopretrain.report import recorded_setting
+
+    cfg = OmegaConf.create({"encoder": {"mode": "scratch"}, "obs": {"rgb": ["agentview_image"]}})
+    done = {"stage2": {"settings": {"encoder.mode": "frozen"}}, "adapt": {"settings": {"encoder.mode": "finetune"}},
+            "stage3": {"settings": {"encoder.mode": "finetune"}}}
+    assert recorded_setting(done, cfg, "encoder.mode") == "frozen (stage2); finetune (adapt, stage3)"
+    assert recorded_setting({"stage2": done["stage2"]}, cfg, "encoder.mode") == "frozen"  # not this invocation's
+    assert recorded_setting({}, cfg, "encoder.mode") == "scratch"  # nothing recorded yet
+    assert recorded_setting({}, cfg, "obs.rgb") == '["agentview_image"]'
+
+
 def test_report_names_the_single_prior_task_of_stage_2():
     """With one prior task stage 2 logs ``eval/success`` without a task key; the report's per-task table still has
     its row (it was empty), and several tasks keep their own rows without the mean."""

@@ -308,32 +308,46 @@ def test_a_new_modification_time_alone_resumes_and_a_sampled_big_file_warns(tmp_
 
 
 def test_a_moved_run_folder_resumes_and_paths_outside_it_still_count(tmp_path):
-    """A pipeline run folder moved whole: its stage's data (inside it) and config paths into it moved with it."""
-    assert run_fingerprint.relocation("/a/run/stage2", "/b/moved/stage2") == ("/a/run", "/b/moved")
-    assert run_fingerprint.relocation("/a/run1", "/a/run2") == ("/a/run1", "/a/run2")
-    assert run_fingerprint.relocation("/a/run", "/a/run") is None and run_fingerprint.relocation(None, "/a") is None
-    run = tmp_path / "run"
+    """A pipeline run folder moved whole (its home: the run folder): its stage's data inside it and config paths into
+    it moved with it; a path outside it is the run's input and must not change, whatever its name; a run folder
+    reached through a symlink or copied (new modification times) resumes too."""
+    run = tmp_path / "a" / "run"
     (run / "data").mkdir(parents=True)
     (run / "data" / "demos.hdf5").write_bytes(b"d" * 100)
-    outside = tmp_path / "encoder.pt"
-    outside.write_bytes(b"e")
+    (run / "adapt" / "ckpt" / "step_4").mkdir(parents=True)  # below the top level: no small-file hash of its own
+    (run / "adapt" / "ckpt" / "step_4" / "weights.pt").write_bytes(b"w" * 50)
+    (tmp_path / "a" / "encoder.pt").write_bytes(b"e")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "encoder.pt").write_bytes(b"E")  # the same name beside the moved folder: another file
 
-    def fp(root: Path, encoder: Path = outside) -> dict:
-        cfg = {"data": {"path": str(root / "data" / "demos.hdf5")}, "encoder": str(encoder), "lr": 1e-3}
-        return run_fingerprint.fingerprint(cfg, {"data": root / "data" / "demos.hdf5"}, home=root / "stage2")
+    def fp(root: Path, encoder: Path | None = None) -> dict:
+        cfg = {"data": {"path": str(root / "data" / "demos.hdf5")}, "lr": 1e-3,
+               "encoder": str(encoder or root.parent / "encoder.pt")}
+        return run_fingerprint.fingerprint(cfg, {"data": root / "data" / "demos.hdf5", "init": root / "adapt" / "ckpt"},
+                                           home=root)
 
     saved = fp(run)
-    run.rename(tmp_path / "moved")
-    assert run_fingerprint.differences(saved, fp(tmp_path / "moved")) == []
-    other = tmp_path / "other.pt"
-    other.write_bytes(b"e")
-    changed = run_fingerprint.differences(saved, fp(tmp_path / "moved", other))
-    assert len(changed) == 1 and changed[0].startswith("encoder: ")  # a path outside the moved folder: changed
-    (tmp_path / "moved" / "data" / "demos.hdf5").write_bytes(b"D" * 100)
-    assert run_fingerprint.differences(saved, fp(tmp_path / "moved")) == [
-        f"data {tmp_path / 'moved' / 'data' / 'demos.hdf5'}: content changed"]
-    no_home = {k: v for k, v in saved.items() if k != "home"}  # a checkpoint from before homes: no relocation
-    assert run_fingerprint.differences(no_home, fp(tmp_path / "moved"))[0].startswith("data: ")
+    assert run_fingerprint.relocation(saved, saved) == []
+    run.rename(tmp_path / "b" / "run")
+    moved = tmp_path / "b" / "run"
+    assert run_fingerprint.differences(saved, fp(moved, tmp_path / "a" / "encoder.pt")) == []
+    changed = run_fingerprint.differences(saved, fp(moved))  # b/encoder.pt for a/encoder.pt: not under the run
+    assert len(changed) == 1 and changed[0].startswith("encoder: ")
+    (tmp_path / "link").symlink_to(moved)  # the moved folder named through a symlink: paths as given differ
+    assert run_fingerprint.differences(saved, fp(tmp_path / "link", tmp_path / "a" / "encoder.pt")) == []
+    shutil.copytree(moved, tmp_path / "copy")  # cp -r: new times; the checkpoint folder is compared by content
+    os.utime(tmp_path / "copy" / "adapt" / "ckpt" / "step_4" / "weights.pt", ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert run_fingerprint.differences(saved, fp(tmp_path / "copy", tmp_path / "a" / "encoder.pt")) == []
+    (tmp_path / "copy" / "adapt" / "ckpt" / "step_4" / "weights.pt").write_bytes(b"W" * 50)
+    assert run_fingerprint.differences(saved, fp(tmp_path / "copy", tmp_path / "a" / "encoder.pt")) == [
+        f"init {tmp_path / 'copy' / 'adapt' / 'ckpt'}: files' content changed (same count and total size)"]
+    (moved / "data" / "demos.hdf5").write_bytes(b"D" * 100)
+    assert run_fingerprint.differences(saved, fp(moved, tmp_path / "a" / "encoder.pt")) == [
+        f"data {moved / 'data' / 'demos.hdf5'}: content changed"]
+    no_home = {k: v for k, v in saved.items() if not k.startswith("home")}  # from before homes: no relocation
+    assert run_fingerprint.differences(no_home, fp(moved))[0].startswith("data: ")
+    assert run_fingerprint.run_home({"run_root": "/r"}, "/r/stage2") == Path("/r")
+    assert run_fingerprint.run_home({"run_root": None}, "/out") == Path("/out")
 
 
 def test_the_refusal_can_be_restated_with_a_callers_advice():

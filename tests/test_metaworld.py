@@ -426,6 +426,9 @@ def test_evaluating_the_checkpoints_task_under_another_time_limit_is_named(tmp_p
         "comparable with its evaluations: set target.max_episode_steps=120 to evaluate as it did")
     assert limit_change_note(Target(name="drawer-open", family="metaworld", max_episode_steps=120), ckpt) is None
     assert limit_change_note(Target(name="reach", family="metaworld"), ckpt) is None
+    stale = Checkpoint(tmp_path, OmegaConf.create({}), {"target": {"name": "drawer-open-v2", "family": "metaworld"}},
+                       {}, None)  # a recorded target that no longer parses: the given target= is the way around it
+    assert limit_change_note(Target(name="drawer-open", family="metaworld"), stale) is None
 
 
 def test_a_metaworld_target_without_task_id_takes_the_fixed_one():
@@ -604,6 +607,10 @@ def test_a_time_limit_shorter_than_most_successful_demos_is_named():
         "longer (median 150, longest 160 steps): the policy cannot finish as they did in time; raise the target's "
         "max_episode_steps")
     assert time_limit_note(Target(name="Reach"), {}, demos) is None  # the env's own limit: nothing to compare
+    eighty = Target(name="reach", family="metaworld", max_episode_steps=80)
+    renamed = [DemoInfo(d.name, d.num_samples, "my-task", 0, d.ep_meta) for d in demos[:5]]
+    assert "3 of its 4" in time_limit_note(eighty, recorded, renamed)  # a one-task file under another name
+    assert time_limit_note(eighty, recorded, [*renamed, demos[5]]) is None  # several tasks, none the target's
 
 
 def test_a_metaworld_file_whose_task_is_its_env_name_or_no_metaworld_task_gets_a_target_or_none():

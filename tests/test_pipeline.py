@@ -129,10 +129,17 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     cfg.stage3.algo_overrides = {"policy_lr": 0.001}
     from robopretrain.run_fingerprint import ResumeMismatchError
 
-    with pytest.raises(ResumeMismatchError, match=r"policy_lr.*to run stage3 afresh with these settings, delete "
-                                                  + str(moved / "stage3")) as err:
-        run_pipeline(cfg)
+    with pytest.raises(ResumeMismatchError, match=r"policy_lr.*to run stage3/Arm afresh with these settings, delete "
+                                                  + str(moved / "stage3" / "Arm") + " ") as err:
+        run_pipeline(cfg)  # the target's folder: the other targets' finished runs are kept
     assert "resume=false" not in str(err.value)
+    cfg.stage3.algo_overrides = {}
+    cfg.stage3.algo = "cql"  # another kind of agent: refused by the agent check, with the same advice
+    from robopretrain.checkpoint import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match=r"algo: checkpoint has 'calql'.*delete " + str(moved)) as err:
+        run_pipeline(cfg)
+    assert "resume=false" not in str(err.value) and "output_dir" not in str(err.value)
 
 
 def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_path):
@@ -407,5 +414,8 @@ def test_a_rerun_removes_the_partial_files_a_killed_session_left(tmp_path):
     stale = [data / ".prior_demos.hdf5.ab12cd.tmp", data / "videos" / ".manifest.csv.77.tmp"]
     for path in stale:
         path.write_text("half")
+    (data / ".ckpt_00000004.x1.tmp").mkdir()  # a half-written checkpoint folder, with its files
+    (data / ".ckpt_00000004.x1.tmp" / ".weights.pt.y.tmp").write_text("half")
+    stale.append(data / ".ckpt_00000004.x1.tmp")
     assert sorted(remove_partial_files(data)) == sorted(stale)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)

@@ -457,7 +457,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         log.info("data-parallel over %d processes (%s): effective batch size %d = %d x %d", dinfo.world_size,
                  dinfo.backend, effective_batch, int(cfg.batch_size), dinfo.world_size)
     start, history = 0, {"train": [], "valid": []}
-    run_print = fingerprint(cfg, data_path, paths.run_dir)
+    run_print = fingerprint(cfg, data_path, run_fingerprint.run_home(cfg, paths.run_dir))
     if cfg.resume and paths.checkpoint.is_file():
         start, history = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device, run_print)
         log.info("resumed from %s at step %d", paths.checkpoint, start)

@@ -200,7 +200,8 @@ def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence
     another one (its episodes would be longer than the data's and than any stage-2 evaluation of the file's task,
     which keeps the file's limit); or a limit shorter than most of the successful demos of the target's task
     (``demos``: the file's :class:`~robopretrain.data.hdf5.DemoInfo`; those of another task, or failed, aside; all of
-    them when none is the target's), which episodes then cannot finish as the demos did. None otherwise."""
+    a one-task file's when none has the target's name; demos without a success flag count as successful), which
+    episodes then cannot finish as the demos did. None otherwise."""
     from robopretrain.envs.metaworld import MAX_PATH_LENGTH
 
     recorded = (env_args.get("env_kwargs") or {}).get("max_episode_steps")
@@ -211,7 +212,9 @@ def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence
                 f"task, if it ran any, used that limit): set the target's max_episode_steps: {int(recorded)} to act "
                 "under the data's limit")
     limit = episode_limit(target)
-    own = [d for d in demos if d.task == target.name] or list(demos)
+    own = [d for d in demos if d.task == target.name]
+    if not own and len({d.task for d in demos}) == 1:  # a one-task file under another name: its demos are the target's
+        own = list(demos)
     lengths = sorted(int(d.num_samples) for d in own if d.ep_meta.get("success", True))
     if limit is None or not lengths:
         return None
