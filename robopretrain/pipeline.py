@@ -209,12 +209,17 @@ def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
     return flat
 
 
-def changed_settings(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
+def changed_settings(cfg: DictConfig, stage: str, done: dict[str, Any], run_dir: Path | None = None) -> str:
     """How the pipeline keys a stage reads (:func:`stage_settings`) now differ from those its ``done.json``
-    recorded (``key: old -> new``, ``; ``-joined); empty when they agree and for records without them."""
+    recorded (``key: old -> new``, ``; ``-joined); empty when they agree and for records without them. Paths under
+    the run folder the record was written in (its ``run_dir``) count as moved with it to ``run_dir``."""
     if not isinstance(done.get("settings"), dict):
         return ""
     old, new = done["settings"], stage_settings(cfg, stage)
+    if run_dir is not None and done.get("run_dir") and done["run_dir"] != str(run_dir):
+        from robopretrain.run_fingerprint import relocated
+
+        old = relocated(old, [(str(done["run_dir"]), str(run_dir))])
     return "; ".join(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
@@ -675,7 +680,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         if is_done(run_dir / stage):
             log.info("stage %s: already done (%s), skipped", stage, run_dir / stage / DONE)
             done = read_json(run_dir / stage / DONE)
-            changed = "; ".join(c for c in (changed_algo(cfg, stage, done), changed_settings(cfg, stage, done)) if c)
+            changed = "; ".join(c for c in (changed_algo(cfg, stage, done), changed_settings(cfg, stage, done, run_dir))
+                                if c)
             if changed:
                 log.warning("stage %s: already done with other settings (%s), so these take no effect; "
                             "to run it again with them, delete %s (and the later stages' folders) or choose another "
@@ -702,7 +708,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         write_json(run_dir / stage / DONE, {"stage": stage, "seconds": seconds, "result": result,
                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **algo,
                                             "sessions": len(sessions), "first_started": sessions[0]["started"],
-                                            "settings": stage_settings(cfg, stage), "machine": machine_record()})
+                                            "settings": stage_settings(cfg, stage), "machine": machine_record(),
+                                            "run_dir": str(run_dir)})
         ran[stage] = seconds
         print(f"[pipeline] {stage} done in {seconds:.1f} s", flush=True)
     report = write_report(cfg, run_dir)

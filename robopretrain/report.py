@@ -192,7 +192,8 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         lines.append(f"| {stage} | {d['seconds']:.1f} | {d.get('sessions', 1)} | {d['finished']} |")
     lines += [f"| **total** | **{total:.1f}** | | |", ""]
     ignored = [(stage, c) for stage, d in done.items()
-               for c in [("; ".join(x for x in (changed_algo(cfg, stage, d), changed_settings(cfg, stage, d)) if x))]
+               for c in ["; ".join(x for x in (changed_algo(cfg, stage, d), changed_settings(cfg, stage, d, run_dir))
+                                   if x)]
                if c]
     if ignored:
         lines += ["## Settings of this invocation that took no effect", "",

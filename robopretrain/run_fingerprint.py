@@ -119,10 +119,22 @@ def flat_config(config: Any, ignore: Iterable[str] = HARMLESS_KEYS) -> dict[str,
             for key, value in node.items():
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
         elif not _ignored(prefix, ignore):
-            out[prefix] = json.loads(json.dumps(node, default=str))
+            out[prefix] = _absolute_paths(json.loads(json.dumps(node, default=str)))
 
     walk(config, "")
     return dict(sorted(out.items()))
+
+
+def _absolute_paths(value: Any) -> Any:
+    """``value`` with each relative path string that names an existing file or folder (it has a ``/`` or a suffix)
+    made absolute: the same file named from another working folder (``demos.hdf5`` / ``../demos.hdf5``) is one
+    setting, and a file inside a moved run folder maps with it (:func:`relocation`)."""
+    if isinstance(value, list):
+        return [_absolute_paths(v) for v in value]
+    if (isinstance(value, str) and value and not os.path.isabs(value) and (os.sep in value or Path(value).suffix)
+            and os.path.exists(value)):
+        return os.path.abspath(value)
+    return value
 
 
 def _ignored(key: str, ignore: tuple[str, ...]) -> bool:
@@ -196,12 +208,33 @@ def relocation(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[s
     return pairs
 
 
+def relocated(value: Any, moved: Sequence[tuple[str, str]]) -> Any:
+    """``value`` (a string, or lists and mappings of them) with each path under an old root of ``moved``
+    (:func:`relocation`'s pairs) re-rooted at its new root; anything else unchanged."""
+    if isinstance(value, list):
+        return [relocated(v, moved) for v in value]
+    if isinstance(value, Mapping):
+        return {k: relocated(v, moved) for k, v in value.items()}
+    if isinstance(value, str):
+        for root, to in moved:
+            prefix = root.rstrip(os.sep) + os.sep
+            if value == root:
+                return to
+            if value.startswith(prefix):
+                return to.rstrip(os.sep) + os.sep + value[len(prefix):]
+    return value
+
+
 def _same_place(old: Any, new: Any, moved: Sequence[tuple[str, str]] = ()) -> bool:
     """``old == new``, or both are paths and ``new`` is ``old`` under the moved run folder's new root."""
     if old == new:
         return True
     if not isinstance(old, str) or not isinstance(new, str):
         return False
+    if not os.path.isabs(old) and os.path.isabs(new) and os.path.exists(old):  # written before paths were made
+        old = os.path.abspath(old)                                             # absolute, rerun from its folder
+        if old == new:
+            return True
     for root, to in moved:
         prefix = root.rstrip(os.sep) + os.sep
         if (old == root and new == to) or (old.startswith(prefix) and new == to.rstrip(os.sep) + os.sep

@@ -350,6 +350,29 @@ def test_a_moved_run_folder_resumes_and_paths_outside_it_still_count(tmp_path):
     assert run_fingerprint.run_home({"run_root": None}, "/out") == Path("/out")
 
 
+def test_a_relative_data_path_is_the_file_it_names(tmp_path, monkeypatch):
+    """``data.path=demos.hdf5`` then ``../demos.hdf5`` from a subfolder, or ``run/demos.hdf5`` inside a run folder then
+    moved: the path text differed and the resume was refused."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "demos.hdf5").write_bytes(b"d")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    def fp(path: str, home: str = "run") -> dict:
+        return run_fingerprint.fingerprint({"data": {"path": path}, "algo": "cql"}, {"data": path}, home=home)
+
+    saved = fp("run/demos.hdf5")
+    assert saved["config"]["data.path"] == str(tmp_path / "run" / "demos.hdf5") and saved["config"]["algo"] == "cql"
+    monkeypatch.chdir(tmp_path / "sub")
+    assert run_fingerprint.differences(saved, fp("../run/demos.hdf5", "../run")) == []
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").rename(tmp_path / "moved")
+    assert run_fingerprint.differences(saved, fp("moved/demos.hdf5", "moved")) == []
+    legacy = {**saved, "config": {**saved["config"], "data.path": "moved/demos.hdf5"}}  # from before: relative text
+    assert run_fingerprint.differences({k: v for k, v in legacy.items() if not k.startswith("home")},
+                                       fp("moved/demos.hdf5", "moved"))[0].startswith("data: ")  # the input moved
+
+
 def test_the_refusal_can_be_restated_with_a_callers_advice():
     err = run_fingerprint.ResumeMismatchError("ck.pt", "lr: 1 -> 2", "set resume=false")
     assert str(err) == "ck.pt: cannot resume, it was written by a run with other settings or data (lr: 1 -> 2); " \

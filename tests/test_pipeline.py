@@ -419,3 +419,17 @@ def test_a_rerun_removes_the_partial_files_a_killed_session_left(tmp_path):
     stale.append(data / ".ckpt_00000004.x1.tmp")
     assert sorted(remove_partial_files(data)) == sorted(stale)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+def test_a_moved_run_folders_paths_are_not_settings_that_changed(tmp_path):
+    """Demos kept inside the run folder: after ``mv`` the rerun listed the targets' demo paths as settings of the
+    adaptation that took no effect (report and log), though only the folder's place had changed."""
+    from robopretrain.pipeline import changed_settings, stage_settings
+
+    old, new = tmp_path / "run", tmp_path / "moved"
+    done = {"settings": stage_settings(tiny_pipeline_config(old, old / "arm.hdf5"), "adapt"), "run_dir": str(old)}
+    cfg = tiny_pipeline_config(new, new / "arm.hdf5")
+    assert changed_settings(cfg, "adapt", done, new) == ""
+    assert "arm.hdf5" in changed_settings(cfg, "adapt", done)  # without the new place: a path that changed
+    cfg.adapt.steps = 8
+    assert changed_settings(cfg, "adapt", done, new) == "adapt.steps: 4 -> 8"
