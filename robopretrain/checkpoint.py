@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from robopretrain.run_fingerprint import ResumeRefusal
+
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "meta.json"
@@ -49,18 +51,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the current configuration."""
 
 
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint a rerun would resume is of another kind of agent (:func:`check_agent_fits`): ``where``,
-    ``changes`` (what differs) and ``fresh`` (how to start fresh), restated by a caller that starts runs its own way
-    (the pipeline) with :meth:`advising`."""
+class CheckpointMismatchError(ResumeRefusal, CheckpointError):
+    """The checkpoint a rerun would resume is of another kind of agent (:func:`check_agent_fits`)."""
 
-    def __init__(self, where: str, changes: str, fresh: str) -> None:
-        self.where, self.changes, self.fresh = where, changes, fresh
-        super().__init__(f"{where}: checkpoint does not fit this config ({changes}). {fresh}")
-
-    def advising(self, fresh: str) -> "CheckpointMismatchError":
-        """The same refusal with another way to start fresh."""
-        return CheckpointMismatchError(self.where, self.changes, fresh[:1].upper() + fresh[1:] + ".")
+    def text(self) -> str:
+        return f"{self.where}: checkpoint does not fit this config ({self.changes}). {self.fresh[:1].upper()}" \
+               f"{self.fresh[1:].rstrip('.')}."
 
 
 @dataclass
@@ -341,7 +337,7 @@ def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> No
             problems.append(str(exc).removeprefix("the checkpoint does not fit this config: "))
     if problems:
         raise CheckpointMismatchError(where or "the run folder", "; ".join(problems),
-                                      "Use another output_dir, or resume=false to start a fresh run.")
+                                      "use another output_dir, or resume=false to start a fresh run")
 
 
 def rng_state() -> dict[str, Any]:

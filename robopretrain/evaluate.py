@@ -172,35 +172,36 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return ckpt
 
 
+def _data_info(ckpt: Checkpoint) -> Any:
+    """The :class:`~robopretrain.data.hdf5.DatasetInfo` of the stage-2 run's data file; None when the checkpoint
+    names none or it cannot be read (moved, deleted)."""
+    from robopretrain.data.hdf5 import DatasetError, read_info
+
+    if not ckpt.meta.get("data_path"):
+        return None
+    try:
+        return read_info(ckpt.meta["data_path"])
+    except (DatasetError, OSError):
+        return None
+
+
 def _foreign_task(ckpt: Checkpoint, name: str) -> bool:
     """Whether the stage-2 task ``name`` comes from a data file whose ``env_args`` name another env family than
     sim_envs (robosuite's ``Lift`` is not our ``Lift``); False when the file cannot be read (moved, deleted)."""
-    from robopretrain.data.hdf5 import DatasetError, read_info
     from robopretrain.envs.target import target_of_data
 
-    if name in (ckpt.meta.get("mix_task_names") or []) or not ckpt.meta.get("data_path"):
-        return False
-    try:
-        info = read_info(ckpt.meta["data_path"])
-    except (DatasetError, OSError):
-        return False
-    return name in info.tasks and target_of_data(info.env_args, name, int(info.tasks[name])) is None
+    info = None if name in (ckpt.meta.get("mix_task_names") or []) else _data_info(ckpt)
+    return info is not None and name in info.tasks and target_of_data(info.env_args, name, int(info.tasks[name])) is None
 
 
 def _data_target(ckpt: Checkpoint, name: str, slot: int | None) -> Target | None:
     """The target the stage-2 data file's ``env_args`` describe for its task ``name`` (a Meta-World file: the task,
     with the limit and reward its demos were recorded with), in the one-hot ``slot``; None when the file is gone,
     lacks the task or names no env family we can build."""
-    from robopretrain.data.hdf5 import DatasetError, read_info
     from robopretrain.envs.target import target_of_data
 
-    if not ckpt.meta.get("data_path"):
-        return None
-    try:
-        info = read_info(ckpt.meta["data_path"])
-    except (DatasetError, OSError):
-        return None
-    if name not in info.tasks:
+    info = _data_info(ckpt)
+    if info is None or name not in info.tasks:
         return None
     return target_of_data(info.env_args, name, int(info.tasks[name]) if slot is None else int(slot))
 

@@ -38,13 +38,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
 from robopretrain.build import compose, plain, randomization, reward_settings, success_filtered_bc
-from robopretrain.checkpoint import CheckpointMismatchError
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 from robopretrain.metrics import read_jsonl
 from robopretrain.nets.kernels import machine_record
-from robopretrain.run_fingerprint import ResumeMismatchError
+from robopretrain.run_fingerprint import ResumeRefusal
 
 log = logging.getLogger(__name__)
 
@@ -698,8 +697,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
                  if len(sessions) > 1 else "")
         try:
             result = steps[stage]()
-        except (ResumeMismatchError, CheckpointMismatchError) as err:  # the stage's advice (resume=false,
-            folder = refused_folder(run_dir, stage, err.where)         # output_dir) is not the pipeline's
+        except ResumeRefusal as err:  # the stage's advice (resume=false, output_dir) is not the pipeline's
+            folder = refused_folder(run_dir, stage, err.where)
             raise err.advising(f"the pipeline resumes every stage it finds begun: to run {folder.relative_to(run_dir)}"
                                f" afresh with these settings, delete {folder} (and the later stages' folders), or "
                                "choose another run_dir") from None

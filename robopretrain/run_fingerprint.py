@@ -66,19 +66,30 @@ FOLDER_CONTENT_FILES = 2000
 MAX_LISTED = 6  # differences named in one message
 
 
-class ResumeMismatchError(ValueError):
-    """A run folder's checkpoint was written with other inputs or settings than the rerun's: ``where`` (the
-    checkpoint), ``changes`` (what changed, as one phrase) and ``fresh`` (how to start fresh); a caller that starts
-    runs its own way (the pipeline) restates the advice with :meth:`advising`."""
+class ResumeRefusal(Exception):
+    """A rerun's refusal to resume a run folder's checkpoint: ``where`` (the checkpoint), ``changes`` (what differs,
+    as one phrase) and ``fresh`` (how to start fresh); a caller that starts runs its own way (the pipeline) restates
+    the advice with :meth:`advising`. Mixed into :class:`ResumeMismatchError` and
+    :class:`robopretrain.checkpoint.CheckpointMismatchError`, which word the message (:meth:`text`)."""
 
     def __init__(self, where: str | os.PathLike, changes: str, fresh: str) -> None:
         self.where, self.changes, self.fresh = str(where), changes, fresh
-        super().__init__(f"{where}: cannot resume, it was written by a run with other settings or data ({changes}); "
-                         f"{fresh}")
+        super().__init__(self.text())
 
-    def advising(self, fresh: str) -> "ResumeMismatchError":
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def advising(self, fresh: str) -> "ResumeRefusal":
         """The same refusal with another way to start fresh."""
-        return ResumeMismatchError(self.where, self.changes, fresh)
+        return type(self)(self.where, self.changes, fresh)
+
+
+class ResumeMismatchError(ResumeRefusal, ValueError):
+    """A run folder's checkpoint was written with other inputs or settings than the rerun's."""
+
+    def text(self) -> str:
+        return (f"{self.where}: cannot resume, it was written by a run with other settings or data ({self.changes}); "
+                f"{self.fresh}")
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -227,20 +238,10 @@ def relocated(value: Any, moved: Sequence[tuple[str, str]]) -> Any:
 
 def _same_place(old: Any, new: Any, moved: Sequence[tuple[str, str]] = ()) -> bool:
     """``old == new``, or both are paths and ``new`` is ``old`` under the moved run folder's new root."""
-    if old == new:
-        return True
-    if not isinstance(old, str) or not isinstance(new, str):
-        return False
-    if not os.path.isabs(old) and os.path.isabs(new) and os.path.exists(old):  # written before paths were made
-        old = os.path.abspath(old)                                             # absolute, rerun from its folder
-        if old == new:
-            return True
-    for root, to in moved:
-        prefix = root.rstrip(os.sep) + os.sep
-        if (old == root and new == to) or (old.startswith(prefix) and new == to.rstrip(os.sep) + os.sep
-                                           + old[len(prefix):]):
-            return True
-    return False
+    if isinstance(old, str) and isinstance(new, str) and not os.path.isabs(old) and os.path.isabs(new) \
+            and os.path.exists(old):  # written before paths were made absolute, rerun from its folder
+        old = os.path.abspath(old)
+    return old == new or any(relocated(old, [pair]) == new for pair in moved)  # each form of the home alone
 
 
 def _short(value: Any) -> str:
