@@ -400,9 +400,10 @@ def agent_from_checkpoint(ckpt: Checkpoint, *, device: str | Any = "cpu", with_o
     saved = ckpt.meta.get("algo")
     families = ({"cql", "calql"}, {"iql"}, {"bc"}, {"td3_bc"}, {"awac"}, {"rebrac"}, {"bcq"}, {"por"}, {"dt"})
     if algo is not None and saved is not None and not any(algo in f and saved in f for f in families):
-        raise CheckpointError(f"{ckpt.path}: a {saved} checkpoint cannot continue as {algo} (different networks); "
-                              f"use algo={saved}" + (" (CQL and Cal-QL share networks)" if saved in ("cql", "calql")
-                                                     else ""))
+        article = "an" if saved[0] in "aeiou" else "a"
+        raise CheckpointError(f"{ckpt.path}: {article} {saved} checkpoint cannot continue as {algo} (different "
+                              f"networks); use algo={saved}"
+                              + (" (CQL and Cal-QL share networks)" if saved in ("cql", "calql") else ""))
     try:
         agent = Agent.from_description(ckpt.meta, algo=algo, algo_cfg=algo_cfg, device=device, seed=seed)
     except (KeyError, TypeError, ValueError) as exc:

@@ -217,6 +217,9 @@ def test_a_checkpoint_that_is_not_an_agent_or_continues_as_another_algorithm_is_
     save_agent(tmp_path / "cql", 1, CONFIG, tiny_agent(algo="cql"), {})
     with pytest.raises(CheckpointError, match="a cql checkpoint cannot continue as iql"):
         load_agent(tmp_path / "cql", algo="iql")
+    save_agent(tmp_path / "iql", 1, CONFIG, tiny_agent(algo="iql"), {})
+    with pytest.raises(CheckpointError, match="an iql checkpoint cannot continue as calql .*; use algo=iql$"):
+        load_agent(tmp_path / "iql", algo="calql")
     # CQL -> Cal-QL keeps the checkpoint's networks even when the new algo config asks for other sizes
     agent, _ = load_agent(tmp_path / "cql", algo="calql", algo_cfg={"critic_hidden": [64], "cql_alpha": 1.0})
     assert agent.algo == "calql" and agent.algo_cfg.use_calql and agent.algo_cfg.critic_hidden == (16, 16)
