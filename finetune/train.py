@@ -158,6 +158,9 @@ def warn_dropped_bc_term(ckpt_meta: dict[str, Any], algo_cfg: Any) -> str | None
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage-2 checkpoint -> online fine-tuning on ``cfg.target``; returns the history and where things are."""
+    if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.get("checkpoint"):
+        raise ValueError("finetune config: checkpoint is not set; give checkpoint=<a stage-2 run folder or checkpoint> "
+                         "(python -m robopretrain.train writes one)")
     validate_online_config(cfg)
     # both entries checked once, before any env is built (a target's probe included)
     dr_rand = build.randomization(cfg.get("dr"))
@@ -210,7 +213,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     if not target.sparse:
         warn_sparse_data_for_dense_target(str(data_path), offline.arrays()["rewards"], reward, target.name)
     offline = build.prepared(agent, offline, int(cfg.seed) + 2)
-    meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"), "data_path": str(data_path),
+    meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"),
+            "data_path": os.path.abspath(data_path),
             "task_names": [target.name], "reward": reward.__dict__, "gap": gap.to_dict()}
     fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path},
                                               ignore=RESUMABLE_CHANGES,

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
 from robopretrain.agent import Agent, EncoderSettings
+from robopretrain.config_checks import resolve_device
 from robopretrain.data.dataset import FILE_UNITS, RewardSettings, load_offline_dataset, selected_demos, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
@@ -80,7 +81,7 @@ def setup_torch(cfg: Any) -> torch.device:
     cpu_settings.apply_from_config(cfg)
     torch.manual_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed) % 2**32)
-    return torch.device(str(cfg.get("device", "cpu")))
+    return torch.device(resolve_device(cfg.get("device", "cpu"), "run"))
 
 
 def algo_overrides(algo_cfg: Any) -> dict[str, Any]:
@@ -187,7 +188,8 @@ def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robo
     path = Path(str(data_cfg.path)).expanduser() if data_cfg.get("path") else None
     if not data_cfg.get("generate", False):
         if path is None:
-            raise ValueError("config key data.path is not set; give an HDF5 file or set data.generate=true")
+            raise ValueError("config key data.path is not set; give an HDF5 file"
+                             + (" or set data.generate=true" if "generate" in data_cfg else ""))
         if not path.exists():
             raise FileNotFoundError(f"data.path={path}: file not found; expected a robomimic HDF5 "
                                     "(python -m sim_envs.collect writes one), or a LeRobot v3 / Minari folder, a "

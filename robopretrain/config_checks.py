@@ -210,10 +210,56 @@ def check_top_level_keys(cfg: DictConfig, config: str, free: Mapping[str, Sequen
             raise ValueError(f"{config} config: unknown key(s) {', '.join(bad)}; valid keys: {_valid_text(valid)}")
 
 
+# settings that hold a list of names: one name given alone (obs.low_dim=joint_pos) is that list of one
+NAME_LISTS = ("obs.low_dim", "obs.rgb", "data.tasks", "select", "targets")
+
+
+def one_name_as_list(cfg: DictConfig, keys: Sequence[str] = NAME_LISTS) -> None:
+    """Replace, in place, each of ``keys`` that holds one name (a string) by the list of that name, so that
+    ``obs.low_dim=joint_pos`` means ``obs.low_dim=[joint_pos]`` (``list("joint_pos")`` would read its letters)."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and value:
+            OmegaConf.update(cfg, key, [value], merge=False, force_add=False)
+
+
+def resolve_device(name: Any, where: str) -> str:
+    """The device ``name`` (a config's ``device``) names on this machine: ``auto`` -> ``cuda`` when CUDA is available,
+    else ``cpu``; ``cpu``, ``cuda``, ``cuda:<index>``, ``mps`` as given. Raises ``ValueError`` (``<where> config:
+    device=...``) for a name torch does not know (``gpu``) or a device this machine lacks, before any work starts."""
+    import torch
+
+    text = str(name).strip()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"{where} config: device={text!r} is not a device name; expected cpu, cuda, cuda:<index>, "
+                         "mps or auto") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{where} config: device={text!r} but CUDA is not available on this machine; use "
+                             "device=cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{where} config: device={text!r} but this machine has {count} CUDA device(s) "
+                             f"(cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{where} config: device={text!r} but MPS is not available on this machine; use device=cpu "
+                         "(or auto)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{where} config: device={text!r}: only cpu, cuda, mps and auto are supported")
+    return text
+
+
 def _check_common(cfg: DictConfig, where: str) -> None:
+    one_name_as_list(cfg)
     for section in ("obs", "data"):  # first: their messages say more (stage 3 has no obs settings)
         _check_known_keys(cfg, section, where)
     check_top_level_keys(cfg, where)
+    if cfg.get("device") is not None:
+        resolve_device(cfg.device, where)
     obs = cfg.get("obs")
     if obs is not None and not (obs.get("low_dim") or obs.get("rgb")):
         raise ValueError(f"{where} config: obs.low_dim={obs.get('low_dim')!r} and obs.rgb={obs.get('rgb')!r}; "
@@ -238,6 +284,10 @@ def validate_offline_config(cfg: DictConfig) -> None:
     _check_common(cfg, "robopretrain")
     _check_section(cfg, "train", {**TRAIN_CHECKS, "steps": AT_LEAST_1}, "robopretrain")  # 0 steps: no checkpoint
     _check_section(cfg, "encoder", ENCODER_CHECKS, "robopretrain")
+    fraction = OmegaConf.select(cfg, "data.mix.fraction", default=None)
+    if fraction is not None and not (_is_number(fraction) and 0.0 <= float(fraction) <= 1.0):
+        raise ValueError(f"robopretrain config: data.mix.fraction={fraction!r}; expected a number in [0, 1] (the "
+                         "share of each batch drawn from data.mix.path)")
 
 
 def validate_online_config(cfg: DictConfig) -> None:

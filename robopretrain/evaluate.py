@@ -58,7 +58,7 @@ from robopretrain.checkpoint import (
     write_text_atomic,
 )
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
-from robopretrain.config_checks import check_top_level_keys
+from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import Target, as_target
 
 log = logging.getLogger(__name__)
@@ -557,7 +557,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"evaluate config: {key}={OmegaConf.select(cfg, key)!r}; expected {expected}")
 
     check_top_level_keys(cfg, "evaluate")
-
+    one_name_as_list(cfg)
+    resolve_device(cfg.device, "evaluate")
     if int(cfg.episodes) < 1:
         fail("episodes", "an integer >= 1")
     if int(cfg.workers) < 0:
@@ -610,7 +611,7 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                          f"distractors; factors {shifted} apply to sim_envs targets only: {fix}")
     task = target.name
     given = cfg.get("target_return")
-    spec = PolicySpec(str(ckpt.path), target.to_dict(), str(cfg.device),
+    spec = PolicySpec(str(ckpt.path), target.to_dict(), resolve_device(cfg.device, "evaluate"),
                       None if given is None else float(given))
     from robopretrain.build import check_env_fits
     from robopretrain.evaluation import NothingToFilm, agent_target

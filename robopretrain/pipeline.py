@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from robopretrain import cpu_settings
 from robopretrain.build import compose, plain, randomization, reward_settings, success_filtered_bc
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
-from robopretrain.config_checks import check_top_level_keys
+from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 from robopretrain.metrics import read_jsonl
 from robopretrain.nets.kernels import machine_record
@@ -652,6 +652,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     cpu_settings.apply_from_config(cfg)
     # keys no stage reads (+stage3.transfer..., +gap=..., a typo) were dropped silently and shown in the report
     check_top_level_keys(cfg, "pipeline", free=PIPELINE_FREE_KEYS)
+    one_name_as_list(cfg)
+    resolve_device(cfg.device, "pipeline")  # before the data stage (the paper preset's is hours of collection)
     videos = set(plain(cfg.data.get("videos")) or {})  # overrides of configs/collect_videos.yaml: its keys only
     known = set(OmegaConf.load(CONFIG_DIR / "collect_videos.yaml")) - {"defaults", "hydra"}
     if videos - known:

@@ -31,7 +31,8 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
    (``relabel.normalize``: ``none``, ``standard`` = zero mean and unit std, ``minmax`` = [0, 1]); everything else is
    byte-for-byte the same. Train on it with any offline algorithm through ``data.path``; the learned reward is
    dense, so turn the sparse-reward transform off, e.g. ``algo=iql algo.reward_scale=1 algo.reward_bias=0
-   algo.sparse_reward=false``.
+   algo.sparse_reward=false`` (the keys of CQL / Cal-QL / IQL / TD3+BC / AWAC / ReBRAC / BCQ / POR; the Decision
+   Transformer reads the rewards as given and has no such keys; BC ignores rewards).
 
 Human label file (``labels.path``): CSV with the header ``demo_a,start_a,demo_b,start_b,length,label`` or JSON (a list
 of objects with those keys). ``demo_*`` are the file's demo names (``demo_3``; ``python -m robopretrain.data.inspect FILE --demos``
@@ -64,6 +65,7 @@ from torch.nn import functional as F
 
 from robopretrain import build
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
+from robopretrain.config_checks import one_name_as_list
 from robopretrain.data.dataset import FILE_UNITS, check_action_range, data_action_units, file_action_units
 from robopretrain.data.hdf5 import Transitions, load_transitions, read_info, select_demos
 from robopretrain.data.keys import TASK_ID
@@ -111,7 +113,7 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
             raise ValueError(f"{path}: expected a JSON list of objects with keys {list(LABEL_COLUMNS)}")
         rows = [(f"item {i + 1}", row) for i, row in enumerate(items)]
     else:
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(text.splitlines(), skipinitialspace=True)  # "a, b" as well as "a,b"
         if reader.fieldnames is None or set(LABEL_COLUMNS) - set(reader.fieldnames):
             raise ValueError(f"{path}: expected a CSV header with {','.join(LABEL_COLUMNS)}, got {reader.fieldnames}")
         rows = [(f"line {reader.line_num}", row) for row in reader]  # the header is line 1
@@ -461,6 +463,7 @@ def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Labels -> ensemble -> agreement -> relabelled copy, as ``cfg`` says; returns the report (also in
     ``<run>/report.json``)."""
+    one_name_as_list(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     build.setup_torch(cfg)

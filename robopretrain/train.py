@@ -104,6 +104,12 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         agent, init = load_agent(str(cfg.init), algo=algo, algo_cfg=build.algo_overrides(cfg.algo), device=device,
                                  seed=int(cfg.seed))
         spec = agent.spec
+        asked = {part: [str(k) for k in ((cfg.get("obs") or {}).get(part) or [])] for part in ("low_dim", "rgb")}
+        have = {"low_dim": list(spec.low_dim_keys), "rgb": list(spec.rgb_keys)}
+        ignored = [f"obs.{p}={asked[p]} (the checkpoint's: {have[p]})" for p in asked if asked[p] != have[p]]
+        if ignored:
+            log.warning("init=%s: the agent's observation parts come from the checkpoint, so %s take(s) no effect; "
+                        "to train on other parts, start without init", init.path, ", ".join(ignored))
         build.data_spec({"low_dim": spec.low_dim_keys, "rgb": spec.rgb_keys, "num_tasks": spec.num_tasks},
                         data_path, obs_map=obs_map, info=info).check_fits(
             spec, mine=f"the data {data_path}", theirs=f"the init checkpoint {init.path}")
@@ -168,7 +174,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
               "init": init.path if init is not None else None}, ignore=RESUMABLE_CHANGES,
         home=run_fingerprint.run_home(cfg, run_dir))
-    meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": str(data_path), "obs_map": obs_map,
+    meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": os.path.abspath(data_path),  # any cwd
+            "obs_map": obs_map,
             "task_names": tasks, "eval_targets": [t.to_dict() for t in targets],  # robopretrain.evaluate's default
             "task_ids": {**task_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,

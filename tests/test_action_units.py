@@ -273,6 +273,10 @@ def test_a_robomimic_file_in_the_robots_own_units_is_rescaled_when_loaded(units_
         load_offline_dataset(raw, spec, RewardSettings())
     ds = load_offline_dataset(raw, spec, RewardSettings(), action_units=data_action_units(raw, read_info(raw)))
     assert np.abs(ds.arrays()["actions"]).max() <= 1.0
+    # read for an agent in env units (its first data lay in [-1, 1]): auto cannot rescale it, and the advice says so
+    with pytest.raises(DatasetError, match=r"records no action units.*the agent acts in env units") as err:
+        load_offline_dataset(raw, spec, RewardSettings(), action_units=None)
+    assert "data.actions=auto" not in str(err.value)
 
 
 def test_stage3_acts_and_stores_in_the_agents_units(units_bc, tmp_path, monkeypatch) -> None:

@@ -110,6 +110,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
     one_step = rewrite_demos(good, tmp / "one_step.hdf5", shrink_to_one_step)
     with h5py.File(one_step, "r+") as f:
         f["data"].attrs["total"] = len(f["data"])
+    no_next_obs = rewrite_demos(good, tmp / "no_next_obs.hdf5", lambda d: d.__delitem__("next_obs"))
     actions7 = rewrite_demos(good, tmp / "actions7.hdf5", lambda d: replace(
         d, "actions", np.concatenate([d["actions"][()], np.zeros((len(d["actions"]), 3), np.float32)], 1)))
     zero_rewards = rewrite_demos(good, tmp / "zero_rewards.hdf5", lambda d: (
@@ -208,6 +209,20 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         "evaluate_out_of_range_value": (ev(f"checkpoint={run}", "episodes=0"), "episodes=0; expected an integer >= 1"),
         "config_group_given_a_value": (ev(f"checkpoint={run}", "video=false"),
                                        "video: is a group of settings (enabled, size, max_frames, fps), not a single value"),
+        # a new user's mistakes (stop 47): a device this machine lacks, before any work starts, in every stage
+        "device_not_a_device_stage2": (s2(f"data.path={good}", "device=gpu", out),
+                                       "robopretrain config: device='gpu' is not a device name"),
+        "device_unavailable_stage3": (s3(f"checkpoint={run}", "target=Reach", "device=cuda:7"), "finetune config: "
+                                      "device='cuda:7' but " + ("this machine has" if torch.cuda.is_available()
+                                                                else "CUDA is not available")),
+        "device_unavailable_evaluate": (ev(f"checkpoint={run}", "device=cuda:7"), "evaluate config: device='cuda:7'"),
+        "finetune_without_checkpoint": (s3("target=Reach"), "finetune config: checkpoint is not set"),
+        "negative_max_demos": (s2(f"data.path={good}", "data.max_demos=-1", out),
+                               "data.max_demos=-1; expected an integer >= 1"),
+        "mix_fraction_out_of_range": (s2(f"data.path={good}", f"data.mix.path={good}", "data.mix.fraction=1.5", out),
+                                      "data.mix.fraction=1.5; expected a number in [0, 1]"),
+        "missing_next_obs": (s2(f"data.path={no_next_obs}", out),
+                             "next_obs/proprio: missing (each demo needs next_obs"),
     }
 
 
@@ -239,7 +254,9 @@ CASE_NAMES = ["non_hdf5_dataset", "truncated_dataset", "missing_obs_key", "actio
               "image_keys_not_in_data_stage2", "encoder_mode_without_checkpoint_stage2", "image_wrong_dtype", "image_wrong_shape", "manifest_missing_file",
               "manifest_outside_folder", "out_of_range_value_stage1", "unknown_config_key_stage1",
               "incompatible_checkpoint_stage1", "evaluate_not_a_checkpoint", "evaluate_out_of_range_value",
-              "config_group_given_a_value"]
+              "config_group_given_a_value", "device_not_a_device_stage2", "device_unavailable_stage3",
+              "device_unavailable_evaluate", "finetune_without_checkpoint", "negative_max_demos",
+              "mix_fraction_out_of_range", "missing_next_obs"]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

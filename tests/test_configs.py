@@ -30,3 +30,26 @@ def test_algo_yaml_equals_the_dataclass_defaults(name: str) -> None:
     assert set(yaml) == fields, f"{name}.yaml keys differ from the dataclass fields: {set(yaml) ^ fields}"
     differ = {k: (v, getattr(defaults, k)) for k, v in yaml.items() if not _same(v, getattr(defaults, k))}
     assert not differ, f"{name}.yaml differs from the dataclass defaults: {differ}"
+
+
+def test_one_name_given_alone_is_a_list_of_one_and_devices_are_checked() -> None:
+    """obs.low_dim=joint_pos means [joint_pos] (list() of the string would read its letters: 'observation key
+    'j' not found'); a device name torch does not know, or one this machine lacks, is one ValueError."""
+    import torch
+
+    from robopretrain.config_checks import one_name_as_list, resolve_device
+
+    cfg = OmegaConf.create({"obs": {"low_dim": "joint_pos", "rgb": []}, "select": "nominal", "targets": ["A"],
+                            "data": {"tasks": None}})
+    OmegaConf.set_struct(cfg, True)
+    one_name_as_list(cfg)
+    assert cfg.obs.low_dim == ["joint_pos"] and cfg.select == ["nominal"] and cfg.targets == ["A"]
+    assert cfg.obs.rgb == [] and cfg.data.tasks is None
+    assert resolve_device("cpu", "x") == "cpu"
+    assert resolve_device("auto", "x") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match=r"x config: device='gpu' is not a device name"):
+        resolve_device("gpu", "x")
+    with pytest.raises(ValueError, match=r"x config: device='cuda:99' but"):
+        resolve_device("cuda:99", "x")
+    with pytest.raises(ValueError, match=r"only cpu, cuda, mps and auto"):
+        resolve_device("meta", "x")

@@ -363,3 +363,19 @@ def test_the_nan_guard_stops_every_rank_when_one_ranks_loss_is_not_finite(monkey
     with pytest.raises(NonFiniteLossError, match="critic_loss") as err:
         offline._guard(5, {"critic_loss": float("nan")}, dinfo)
     assert "another rank" not in str(err.value)
+
+
+def test_a_relative_data_path_is_recorded_absolute_and_init_names_the_obs_it_ignores(tiny_hdf5, tmp_path, caplog,
+                                                                                     monkeypatch):
+    """Stage 3 reads the checkpoint's data from any folder (a relative data.path was stored as typed); an init run
+    says that its obs.low_dim / obs.rgb take no effect (the checkpoint's parts are trained, silently before)."""
+    monkeypatch.chdir(tiny_hdf5.parent)
+    first = Path(run(stage2_config(Path(tiny_hdf5.name), tmp_path / "first", steps=2, obs=STATE_OBS)))
+    meta = load_agent(first)[1].meta
+    assert meta["data_path"] == str(tiny_hdf5.resolve())
+    caplog.set_level("WARNING")
+    run(stage2_config(tiny_hdf5, tmp_path / "init", steps=2, obs={"low_dim": ["proprio"], "rgb": []},
+                      init=str(first)))
+    warned = [r.getMessage() for r in caplog.records if "take(s) no effect" in r.getMessage()]
+    assert len(warned) == 1 and "obs.low_dim=['proprio'] (the checkpoint's: ['proprio', 'object'])" in warned[0]
+    assert "obs.rgb" not in warned[0]

@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from robopretrain import cpu_settings
+from robopretrain import config_checks, cpu_settings
 from robopretrain import distributed as dist_utils
 from robopretrain import run_fingerprint
 from robopretrain.checkpoint import clear_previous_run, kill_after_checkpoint
@@ -135,13 +135,9 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else as given (an unavailable cuda is an error)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"video_pretrain config: device={name!r} but CUDA is not available; use device=cpu or auto")
-    return device
+    """``auto`` -> cuda when available, else cpu; anything else as given (an unavailable device is an error:
+    :func:`robopretrain.config_checks.resolve_device`)."""
+    return torch.device(config_checks.resolve_device(name, "video_pretrain"))
 
 
 # what a resumed run may change: besides logging, devices and where outputs go, the step count (to train

@@ -52,8 +52,9 @@ from robopretrain.data.returns import (
     unrewarded_successes,
 )
 from robopretrain.data.spec import ObsSpec, spec_from_shapes
-from robopretrain.envs.action_units import (ActionNormalization, auto_bounds, of_env_args, reexpress,
-                                            warn_constant_dimensions)
+from robopretrain.envs.action_units import ActionNormalization, auto_bounds, of_env_args, reexpress
+from robopretrain.envs.action_units import describe as describe_units
+from robopretrain.envs.action_units import warn_constant_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,10 @@ def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, ep
 def selected_demos(info: DatasetInfo, *, tasks: Sequence[str] | None = None, mask: str | None = None,
                    max_demos: int | None = None) -> list[str]:
     """The demos :func:`load_offline_dataset` reads with these settings: ``select_demos``'s (mask AND tasks, numeric
-    order), the first ``max_demos`` of them."""
+    order), the first ``max_demos`` of them. Raises ``ValueError`` for a ``max_demos`` below 1 (a negative slice
+    would drop demos from the end)."""
+    if max_demos is not None and (isinstance(max_demos, bool) or int(max_demos) != max_demos or int(max_demos) < 1):
+        raise ValueError(f"data.max_demos={max_demos!r}; expected an integer >= 1 (the first demos kept) or null (all)")
     demos = select_demos(info, mask=mask, tasks=tasks)
     return demos if max_demos is None else demos[: int(max_demos)]
 
@@ -296,9 +300,17 @@ def load_offline_dataset(
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
                            f"{spec.num_tasks} (set obs.num_tasks, or the target's task_id)")
+    hint = ACTION_RANGE_HINT
     if action_units != FILE_UNITS:
-        trans.actions = reexpress(trans.actions, file_action_units(info), action_units, str(info.path))
-    check_action_range(trans, str(info.path))
+        file_units = file_action_units(info)
+        trans.actions = reexpress(trans.actions, file_units, action_units, str(info.path))
+        if file_units is None:  # read for an agent whose units are set: data.actions=auto cannot rescale it
+            hint = (f"this file records no action units, so its actions are read as the env's own; the agent acts "
+                    f"in {describe_units(action_units)}, fixed by the data it was first trained on. If this file is "
+                    "in the robot's own units and that data was rescaled to [-1, 1], record the rescaling in the "
+                    "rescaled file (env_args['action_normalization'] = {'low': [...], 'high': [...]}, README 'Bring "
+                    "your data'), so each is mapped through the env's units; files of another robot cannot be mixed")
+    check_action_range(trans, str(info.path), hint)
     rewards, dones = trans.rewards, trans.dones
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
     unrewarded = info.unrewarded(demos)

@@ -205,11 +205,20 @@ def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: i
         raise _err(path, key, f"expected {n} rows (num_samples), got {shape[0]}")
 
 
+# what to write when a demo lacks one of the datasets every transition needs (docs/targets.md, "Your data")
+MISSING_HINTS = {
+    "next_obs": " (each demo needs next_obs/<key> beside obs/<key>: the observation after each action; for a "
+                "recording of consecutive frames, obs[1:] followed by the last frame again)",
+    "dones": " (each demo needs dones (N,): 1 where the episode ends by success or failure, else 0; a recording "
+             "cut by a time limit keeps 0 at its last step)",
+}
+
+
 def _dataset(path: str, demo: h5py.Group, base: str, rel: str) -> h5py.Dataset:
     """The dataset ``rel`` inside the group at ``base``, or a DatasetError naming ``base/rel``."""
     obj = demo.get(rel)
     if obj is None:
-        raise _err(path, f"{base}/{rel}", "missing")
+        raise _err(path, f"{base}/{rel}", "missing" + MISSING_HINTS.get(rel.split("/")[0], ""))
     if not isinstance(obj, h5py.Dataset):
         raise _err(path, f"{base}/{rel}", "expected a dataset, found a group")
     return obj
