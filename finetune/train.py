@@ -208,7 +208,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,
                               seed=int(cfg.seed) + 2, device=device, tasks=tasks,
                               task_id=target.resolved_task_id() if agent.spec.num_tasks else None,
-                              action_units=agent.action_normalization)
+                              action_units=agent.action_normalization, units_fixed=True)
     build.report_success_filter(cfg.algo, offline, str(data_path), online=True)
     if not target.sparse:
         warn_sparse_data_for_dense_target(str(data_path), offline.arrays()["rewards"], reward, target.name)

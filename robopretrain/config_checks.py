@@ -211,7 +211,7 @@ def check_top_level_keys(cfg: DictConfig, config: str, free: Mapping[str, Sequen
 
 
 # settings that hold a list of names: one name given alone (obs.low_dim=joint_pos) is that list of one
-NAME_LISTS = ("obs.low_dim", "obs.rgb", "data.tasks", "select", "targets")
+NAME_LISTS = ("obs.low_dim", "obs.rgb", "data.tasks", "data.mix.tasks", "select", "targets")
 
 
 def one_name_as_list(cfg: DictConfig, keys: Sequence[str] = NAME_LISTS) -> None:
@@ -279,11 +279,21 @@ def _check_common(cfg: DictConfig, where: str) -> None:
                              "discount): set a discount < 1 or algo.actor_bc_filter=none")
 
 
+def check_max_demos(cfg: DictConfig, keys: Sequence[str], where: str) -> None:
+    """Each of ``keys`` (how many demos to keep) is null or an integer >= 1: a negative one sliced demos off the end."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not (_is_int(value) and int(value) >= 1):
+            raise ValueError(f"{where} config: {key}={value!r}; expected an integer >= 1 (the first demos kept) or "
+                             "null (all)")
+
+
 def validate_offline_config(cfg: DictConfig) -> None:
     """Stage 2 (``configs/robopretrain.yaml``): raise ``ValueError`` naming the first key out of range."""
     _check_common(cfg, "robopretrain")
     _check_section(cfg, "train", {**TRAIN_CHECKS, "steps": AT_LEAST_1}, "robopretrain")  # 0 steps: no checkpoint
     _check_section(cfg, "encoder", ENCODER_CHECKS, "robopretrain")
+    check_max_demos(cfg, ("data.max_demos", "data.mix.max_demos"), "robopretrain")
     fraction = OmegaConf.select(cfg, "data.mix.fraction", default=None)
     if fraction is not None and not (_is_number(fraction) and 0.0 <= float(fraction) <= 1.0):
         raise ValueError(f"robopretrain config: data.mix.fraction={fraction!r}; expected a number in [0, 1] (the "
@@ -294,5 +304,6 @@ def validate_online_config(cfg: DictConfig) -> None:
     """Stage 3 (``configs/finetune.yaml``): raise ``ValueError`` naming the first key out of range."""
     _check_common(cfg, "finetune")
     _check_section(cfg, "online", ONLINE_CHECKS, "finetune")
+    check_max_demos(cfg, ("data.max_demos",), "finetune")
     for section, checks in TRANSFER_CHECKS.items():
         _check_section(cfg, section, checks, "finetune")

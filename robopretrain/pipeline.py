@@ -645,6 +645,28 @@ def remove_partial_files(folder: Path) -> list[Path]:
     return stale
 
 
+def prepare_config(cfg: DictConfig) -> None:
+    """In place, before the data stage (the paper preset's is hours of collection): one name given alone where a
+    list is expected becomes a list of it (``targets=Reach``), ``device`` the device it names on this machine
+    (``auto`` -> cpu or cuda: every stage gets that), and the amounts later stages read are checked."""
+    one_name_as_list(cfg)
+    cfg.device = resolve_device(cfg.device, "pipeline")
+    check_amounts(cfg)
+
+
+def check_amounts(cfg: DictConfig) -> None:
+    """``data.target_demos`` (an integer >= 1) and ``adapt.prior_fraction`` (in [0, 1]) at start: the stages that
+    read them (the target's collection, the adaptation) come after the prior data and stage 2."""
+    demos = cfg.data.get("target_demos")
+    if isinstance(demos, bool) or not isinstance(demos, int) or demos < 1:
+        raise ValueError(f"pipeline config: data.target_demos={demos!r}; expected an integer >= 1 (the target's "
+                         "demos for the adaptation)")
+    fraction = cfg.adapt.get("prior_fraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"pipeline config: adapt.prior_fraction={fraction!r}; expected a number in [0, 1] (the share "
+                         "of each adaptation batch from the prior data)")
+
+
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run every unfinished stage in order; returns ``{stage: "skipped" | seconds}`` and the report path."""
     from robopretrain.report import log_report, write_report
@@ -652,8 +674,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     cpu_settings.apply_from_config(cfg)
     # keys no stage reads (+stage3.transfer..., +gap=..., a typo) were dropped silently and shown in the report
     check_top_level_keys(cfg, "pipeline", free=PIPELINE_FREE_KEYS)
-    one_name_as_list(cfg)
-    resolve_device(cfg.device, "pipeline")  # before the data stage (the paper preset's is hours of collection)
+    prepare_config(cfg)
     videos = set(plain(cfg.data.get("videos")) or {})  # overrides of configs/collect_videos.yaml: its keys only
     known = set(OmegaConf.load(CONFIG_DIR / "collect_videos.yaml")) - {"defaults", "hydra"}
     if videos - known:

@@ -113,10 +113,13 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
             raise ValueError(f"{path}: expected a JSON list of objects with keys {list(LABEL_COLUMNS)}")
         rows = [(f"item {i + 1}", row) for i, row in enumerate(items)]
     else:
-        reader = csv.DictReader(text.splitlines(), skipinitialspace=True)  # "a, b" as well as "a,b"
-        if reader.fieldnames is None or set(LABEL_COLUMNS) - set(reader.fieldnames):
+        reader = csv.DictReader(text.splitlines())
+        names = [str(n).strip() for n in reader.fieldnames or []]  # "a, b " as well as "a,b"
+        if set(LABEL_COLUMNS) - set(names):
             raise ValueError(f"{path}: expected a CSV header with {','.join(LABEL_COLUMNS)}, got {reader.fieldnames}")
-        rows = [(f"line {reader.line_num}", row) for row in reader]  # the header is line 1
+        reader.fieldnames = names
+        rows = [(f"line {reader.line_num}", {k: v.strip() if isinstance(v, str) else v for k, v in row.items()})
+                for row in reader]  # the header is line 1
     out: list[PreferenceLabel] = []
     for where, row in rows:
         if not isinstance(row, Mapping):

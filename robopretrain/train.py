@@ -38,7 +38,7 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import build, run_fingerprint
 from robopretrain import distributed as dist_utils
@@ -47,7 +47,7 @@ from robopretrain.agent_parallel import average_gradients, broadcast_agent, gath
 from robopretrain.checkpoint import (CheckpointError, check_agent_fits, clear_previous_run, load_agent, load_latest,
                                      refuse_source_in_run, save_agent)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
-from robopretrain.config_checks import validate_offline_config
+from robopretrain.config_checks import resolve_device, validate_offline_config
 from robopretrain.data.dataset import data_action_units
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
@@ -85,7 +85,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Path:
         EncoderSettings.from_mapping(build.plain(cfg.get("encoder")) or {}).resolved_mode()
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
     return dist_utils.run_on_ranks(lambda dinfo, device: _run(cfg, run_dir, dinfo, device),
-                                   torch.device(str(cfg.get("device", "cpu"))))
+                                   torch.device(resolve_device(cfg.get("device", "cpu"), "robopretrain")))
 
 
 def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) -> Path:
@@ -106,7 +106,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         spec = agent.spec
         asked = {part: [str(k) for k in ((cfg.get("obs") or {}).get(part) or [])] for part in ("low_dim", "rgb")}
         have = {"low_dim": list(spec.low_dim_keys), "rgb": list(spec.rgb_keys)}
-        ignored = [f"obs.{p}={asked[p]} (the checkpoint's: {have[p]})" for p in asked if asked[p] != have[p]]
+        defaults = OmegaConf.load(CONFIG_DIR / "robopretrain.yaml").obs  # not set by the user: nothing to say
+        ignored = [f"obs.{p}={asked[p]} (the checkpoint's: {have[p]})" for p in asked
+                   if asked[p] != have[p] and asked[p] != list(defaults[p])]
         if ignored:
             log.warning("init=%s: the agent's observation parts come from the checkpoint, so %s take(s) no effect; "
                         "to train on other parts, start without init", init.path, ", ".join(ignored))
@@ -123,7 +125,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size,
-                                  action_units=action_units)
+                                  action_units=action_units, units_fixed=init is not None)
     task_ids = build.data_task_ids(info, cfg.data)  # task name -> its slot of the task one-hot, as trained
     if dinfo.is_main:
         build.report_success_filter(cfg.algo, dataset, str(data_path), tasks=task_ids)
@@ -147,7 +149,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                                   build.plain(mix.get("obs_map")) or None, "the mixed-in data (data.mix.path)")
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
-                                       action_units=agent.action_normalization, default_image_size=spec.image_size)
+                                       action_units=agent.action_normalization, default_image_size=spec.image_size,
+                                       units_fixed=True)
         # another format: its cached conversion, cameras at the agent's size
         mix_info = read_info(build.converted(Path(str(mix.path)), mix, spec.image_size))
         mix_ids = build.data_task_ids(mix_info, mix)

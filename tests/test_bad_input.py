@@ -218,7 +218,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         "device_unavailable_evaluate": (ev(f"checkpoint={run}", "device=cuda:7"), "evaluate config: device='cuda:7'"),
         "finetune_without_checkpoint": (s3("target=Reach"), "finetune config: checkpoint is not set"),
         "negative_max_demos": (s2(f"data.path={good}", "data.max_demos=-1", out),
-                               "data.max_demos=-1; expected an integer >= 1"),
+                               "robopretrain config: data.max_demos=-1; expected an integer >= 1"),
         "mix_fraction_out_of_range": (s2(f"data.path={good}", f"data.mix.path={good}", "data.mix.fraction=1.5", out),
                                       "data.mix.fraction=1.5; expected a number in [0, 1]"),
         "missing_next_obs": (s2(f"data.path={no_next_obs}", out),

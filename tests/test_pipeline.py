@@ -223,6 +223,41 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override,error", [
+    ("device=gpu", r"pipeline config: device='gpu' is not a device name"),  # the paper preset collected for minutes
+    ("data.target_demos=0", r"pipeline config: data.target_demos=0; expected an integer >= 1"),
+    ("adapt.prior_fraction=1.2", r"pipeline config: adapt.prior_fraction=1.2; expected a number in \[0, 1\]"),
+])
+def test_a_bad_device_or_amount_stops_the_pipeline_before_the_data_stage(tmp_path, override, error):
+    """Each was found by the stage that reads it (stage 1 for the device, the adaptation for the amounts): after
+    minutes to hours of data collection and stage 2."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[override, "encoder.mode=scratch"])
+    with pytest.raises(ValueError, match=error):
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_device_auto_and_one_target_alone_reach_every_stage_as_names():
+    """device=auto is resolved once (each stage got the literal 'auto', which torch refuses); targets=Reach is a list
+    of one target (targets_of iterated the string's letters)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["device=auto", "targets=Reach", "encoder.mode=scratch"])
+    pipeline.prepare_config(cfg)
+    assert cfg.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert [t.name for t in pipeline.targets_of(cfg)] == ["Reach"]
+    assert pipeline.stage1_config(cfg, Path("/tmp/r"))["device"] == cfg.device
+
+
 @pytest.mark.parametrize("target,error", [
     ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11}", r"\(gym\): give its demos"),
     ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: /no/such/demos.hdf5}",

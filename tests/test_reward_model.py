@@ -90,7 +90,7 @@ def test_label_files_from_spreadsheets_and_ill_formed_rows(tmp_path):
     header = "demo_a,start_a,demo_b,start_b,length,label\n"
     (tmp_path / "bom.csv").write_text("\ufeff" + header + "demo_0,0,demo_1,2.0,5,1\n", encoding="utf-8")
     assert read_labels(tmp_path / "bom.csv") == [PreferenceLabel("demo_0", 0, "demo_1", 2, 5, 1.0)]
-    (tmp_path / "spaced.csv").write_text(header.replace(",", ", ") + "demo_0, 0, demo_1, 2, 5, 1\n")  # ", " apart
+    (tmp_path / "spaced.csv").write_text(header.replace(",", " , ") + "demo_0 , 0, demo_1, 2 ,5, 1\n")  # spaced
     assert read_labels(tmp_path / "spaced.csv") == [PreferenceLabel("demo_0", 0, "demo_1", 2, 5, 1.0)]
     (tmp_path / "frac.json").write_text(json.dumps([{"demo_a": "demo_0", "start_a": 2.7, "demo_b": "demo_1",
                                                      "start_b": 0, "length": 5, "label": 1}]))

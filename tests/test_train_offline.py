@@ -365,17 +365,24 @@ def test_the_nan_guard_stops_every_rank_when_one_ranks_loss_is_not_finite(monkey
     assert "another rank" not in str(err.value)
 
 
-def test_a_relative_data_path_is_recorded_absolute_and_init_names_the_obs_it_ignores(tiny_hdf5, tmp_path, caplog,
+def test_a_relative_data_path_is_recorded_absolute_and_init_names_the_obs_it_ignores(image_hdf5, tmp_path, caplog,
                                                                                      monkeypatch):
-    """Stage 3 reads the checkpoint's data from any folder (a relative data.path was stored as typed); an init run
-    says that its obs.low_dim / obs.rgb take no effect (the checkpoint's parts are trained, silently before)."""
-    monkeypatch.chdir(tiny_hdf5.parent)
-    first = Path(run(stage2_config(Path(tiny_hdf5.name), tmp_path / "first", steps=2, obs=STATE_OBS)))
-    meta = load_agent(first)[1].meta
-    assert meta["data_path"] == str(tiny_hdf5.resolve())
+    """Stage 3 reads the checkpoint's data from any folder (a relative data.path was stored as typed); device=auto is
+    this machine's device; one name alone is a list of it. An init run says that the obs.low_dim / obs.rgb it was
+    given take no effect (the checkpoint's parts are trained, silently before), and says nothing of the defaults."""
+    monkeypatch.chdir(image_hdf5.parent)
+    first = Path(run(stage2_config(Path(image_hdf5.name), tmp_path / "first", steps=2, device="auto",
+                                   obs={"low_dim": "proprio", "rgb": "agentview_image"}, data_cfg={"tasks": "Reach"})))
+    agent, ckpt = load_agent(first)
+    assert ckpt.meta["data_path"] == str(image_hdf5.resolve())
+    assert agent.spec.low_dim_keys == ("proprio",) and agent.spec.rgb_keys == ("agentview_image",)
+    assert ckpt.meta["task_names"] == ["Reach"]
     caplog.set_level("WARNING")
-    run(stage2_config(tiny_hdf5, tmp_path / "init", steps=2, obs={"low_dim": ["proprio"], "rgb": []},
+    run(stage2_config(image_hdf5, tmp_path / "init", steps=2, obs={"low_dim": ["object"], "rgb": []},
                       init=str(first)))
     warned = [r.getMessage() for r in caplog.records if "take(s) no effect" in r.getMessage()]
-    assert len(warned) == 1 and "obs.low_dim=['proprio'] (the checkpoint's: ['proprio', 'object'])" in warned[0]
-    assert "obs.rgb" not in warned[0]
+    assert len(warned) == 1 and "obs.low_dim=['object'] (the checkpoint's: ['proprio'])" in warned[0]
+    assert "obs.rgb" not in warned[0]  # [] is the config file's default: the user set nothing
+    caplog.clear()
+    run(stage2_config(image_hdf5, tmp_path / "init_defaults", steps=2, init=str(first)))
+    assert not [r for r in caplog.records if "take(s) no effect" in r.getMessage()]

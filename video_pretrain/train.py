@@ -110,6 +110,7 @@ def validate_config(cfg: DictConfig) -> None:
     def fail(key: str, value: Any, expected: str) -> None:
         raise ValueError(f"video_pretrain config: {key}={value!r}; expected {expected}")
 
+    config_checks.one_name_as_list(cfg, ("data.tasks",))
     if cfg.objective.name not in OBJECTIVES:
         fail("objective.name", cfg.objective.name, f"one of {', '.join(OBJECTIVES)} (pick with objective=<name>)")
     for key in ("steps", "valid_batches", "num_workers", "augment_pad"):

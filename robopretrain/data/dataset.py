@@ -164,7 +164,7 @@ def selected_demos(info: DatasetInfo, *, tasks: Sequence[str] | None = None, mas
     order), the first ``max_demos`` of them. Raises ``ValueError`` for a ``max_demos`` below 1 (a negative slice
     would drop demos from the end)."""
     if max_demos is not None and (isinstance(max_demos, bool) or int(max_demos) != max_demos or int(max_demos) < 1):
-        raise ValueError(f"data.max_demos={max_demos!r}; expected an integer >= 1 (the first demos kept) or null (all)")
+        raise ValueError(f"max_demos={max_demos!r}; expected an integer >= 1 (the first demos kept) or null (all)")
     demos = select_demos(info, mask=mask, tasks=tasks)
     return demos if max_demos is None else demos[: int(max_demos)]
 
@@ -267,14 +267,17 @@ def load_offline_dataset(
     rank: int = 0,
     world_size: int = 1,
     action_units: ActionNormalization | None | str = FILE_UNITS,
+    units_fixed: bool = False,
 ) -> OfflineDataset | DiskDataset:
     """The selected demos of ``path`` as an offline dataset of observation dicts (see the module docstring).
 
     ``max_demos`` keeps the first demos of the selection. ``act_dim`` (when given) must equal the file's action
     size. ``action_units``: the agent's action units, the actions re-expressed in them from the file's
     (``env_args["action_normalization"]``; :func:`robopretrain.envs.action_units.reexpress`); ``"file"`` (the
-    default) keeps the file's. ``storage``: ``auto`` | ``memory`` | ``disk``; ``workers`` (disk): prefetch threads;
-    ``rank`` / ``world_size`` (disk): this process samples its shard only. Raises :class:`DatasetError` naming the
+    default) keeps the file's; ``units_fixed``: those units were fixed before this file (by other data or a
+    checkpoint), so a file without a record whose actions leave them is refused saying to record them (else the
+    advice is ``data.actions=auto``). ``storage``: ``auto`` | ``memory`` | ``disk``; ``workers`` (disk): prefetch
+    threads; ``rank`` / ``world_size`` (disk): this process samples its shard only. Raises :class:`DatasetError` naming the
     file and key for every contract violation.
     """
     if storage not in STORAGES:
@@ -304,7 +307,7 @@ def load_offline_dataset(
     if action_units != FILE_UNITS:
         file_units = file_action_units(info)
         trans.actions = reexpress(trans.actions, file_units, action_units, str(info.path))
-        if file_units is None:  # read for an agent whose units are set: data.actions=auto cannot rescale it
+        if file_units is None and units_fixed:  # the agent's units came first: data.actions=auto cannot rescale it
             hint = (f"this file records no action units, so its actions are read as the env's own; the agent acts "
                     f"in {describe_units(action_units)}, fixed by the data it was first trained on. If this file is "
                     "in the robot's own units and that data was rescaled to [-1, 1], record the rescaling in the "
