@@ -373,10 +373,28 @@ def check_randomizations(cfg: DictConfig) -> None:
         randomization(entry, where=f"evaluate.settings.{name}")
 
 
+def check_stage1_encoder(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse at start an ``encoder.mode`` that needs the stage-1 encoder when the run has none and will not train one:
+    ``stage1.enabled=false``, or a stage 1 that finished disabled (stage 2 refused it only after the data stage, and
+    the data stage skipped the videos)."""
+    mode = str(cfg.encoder.mode)
+    if mode == "scratch" or not list(cfg.obs.rgb) or encoder_checkpoint(run_dir):
+        return
+    if not bool(cfg.stage1.enabled):
+        raise ValueError(f"pipeline config: encoder.mode={mode} starts from the stage-1 encoder, which "
+                         "stage1.enabled=false does not train; use encoder.mode=scratch (an encoder trained from "
+                         "random weights on the robot data) or stage1.enabled=true")
+    if is_done(run_dir / "stage1") and not all(is_done(run_dir / s) for s in ("stage2", "adapt", "stage3")):
+        raise ValueError(f"pipeline config: encoder.mode={mode} starts from the stage-1 encoder, but this run's stage 1"
+                         f" finished without one (stage1.enabled=false then); delete {run_dir / 'stage1'} and the "
+                         "later stages' folders to train it now (the videos are collected then), or use "
+                         "encoder.mode=scratch")
+
+
 def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt = encoder_checkpoint(run_dir)
     mode = str(cfg.encoder.mode)
-    if ckpt is None and mode != "scratch":
+    if ckpt is None and mode != "scratch" and list(cfg.obs.rgb):
         raise ValueError(f"encoder.mode={mode} needs the stage-1 encoder at {run_dir / 'stage1' / 'encoder'}; run "
                          "stage 1 (stage1.enabled=true) or use encoder.mode=scratch")
     return {"mode": mode, "checkpoint": str(ckpt) if ckpt else None, "name": str(cfg.stage1.encoder),
@@ -399,7 +417,6 @@ def target_data(cfg: DictConfig, run_dir: Path, target: Target) -> dict[str, Any
 def stage_data(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Robot demos of the prior tasks, a handful of demos per sim_envs target, human-hand videos."""
     from sim_envs.collect import collect
-    from sim_envs.collect_videos import collect_videos
 
     paths = data_paths(run_dir)
     rgb = list(cfg.obs.rgb)
@@ -420,12 +437,23 @@ def stage_data(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                     "noisy": {"fraction": 0.0, "noise": 0.0, "stop": None},
                                     "failing": {"fraction": 0.0, "noise": 0.0, "stop": None}})
         collect(c, progress=bool(cfg.progress))
-    if bool(cfg.stage1.enabled) and not (paths["videos"] / "manifest.csv").is_file():
-        c = OmegaConf.load(CONFIG_DIR / "collect_videos.yaml")
-        c.merge_with({**(plain(cfg.data.videos) or {}), "image_size": int(cfg.image_size),
-                      "output": str(paths["videos"]), "overwrite": True, "seed": int(cfg.seed)})
-        collect_videos(c, progress=bool(cfg.progress))
+    if bool(cfg.stage1.enabled):
+        collect_human_videos(cfg, run_dir)
     return {k: str(v) for k, v in paths.items() if v.exists()}
+
+
+def collect_human_videos(cfg: DictConfig, run_dir: Path) -> None:
+    """The human-hand videos for stage 1 into ``<run>/data/videos`` unless their manifest is there: the data stage
+    collects them, and stage 1 does when the data stage ran with stage 1 disabled (enabled later in the same run)."""
+    from sim_envs.collect_videos import collect_videos
+
+    videos = data_paths(run_dir)["videos"]
+    if (videos / "manifest.csv").is_file():
+        return
+    c = OmegaConf.load(CONFIG_DIR / "collect_videos.yaml")
+    c.merge_with({**(plain(cfg.data.videos) or {}), "image_size": int(cfg.image_size),
+                  "output": str(videos), "overwrite": True, "seed": int(cfg.seed)})
+    collect_videos(c, progress=bool(cfg.progress))
 
 
 def stage1_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -452,6 +480,7 @@ def stage_stage1(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Video pretraining of the encoder (skipped, with nothing saved, when ``stage1.enabled`` is false)."""
     if not bool(cfg.stage1.enabled):
         return {"encoder": None}
+    collect_human_videos(cfg, run_dir)
     from video_pretrain.train import train
 
     path = train(stage1_config(cfg, run_dir), run_dir / "stage1")
@@ -688,6 +717,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     check_targets(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "run_dir")
     run_dir = Path(os.path.abspath(run_dir))  # the stages' configs name paths under it: absolute, so a moved
+    check_stage1_encoder(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # folder maps them (run_fingerprint.relocation)
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),

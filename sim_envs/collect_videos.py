@@ -239,6 +239,11 @@ def prepare_output_dir(out: Path, overwrite: bool) -> None:
     if (out / MANIFEST_NAME).exists() and not overwrite:
         raise ValueError(f"collect_videos: {out / MANIFEST_NAME} already exists; pass overwrite=true to replace "
                          "that dataset or choose another output")
+    clips = sorted(p.name for p in out.iterdir() if CLIP_RE.match(p.name)) if out.is_dir() else []
+    if clips and not overwrite:  # a user's own clips, or an interrupted collection: the new clips take their names
+        raise ValueError(f"collect_videos: {out} already holds {len(clips)} clip file(s) ({clips[0]}, ...) without a "
+                         f"{MANIFEST_NAME}; the new clips would replace them: pass overwrite=true to replace them or "
+                         "choose another output")
     out.mkdir(parents=True, exist_ok=True)
 
 

@@ -242,6 +242,63 @@ def test_a_bad_device_or_amount_stops_the_pipeline_before_the_data_stage(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_an_encoder_mode_without_a_stage1_encoder_stops_before_the_data_stage(tmp_path):
+    """stage1.enabled=false with the default encoder.mode=finetune failed in stage 2, after the data stage (which then
+    skipped the videos, so enabling stage 1 later failed too); a state-only run (no camera) needs no encoder."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["stage1.enabled=false", "image_size=32", "prior_tasks=[Reach]",
+                                             "data.prior_episodes_per_task=1", "data.target_demos=1"])  # if it ran
+    with pytest.raises(ValueError, match=r"encoder.mode=finetune starts from the stage-1 encoder, which "
+                                         r"stage1.enabled=false does not train; use encoder.mode=scratch"):
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    run = tmp_path / "run"
+    pipeline.check_stage1_encoder(OmegaConf.merge(cfg, {"obs": {"rgb": []}}), run)
+    pipeline.check_stage1_encoder(OmegaConf.merge(cfg, {"encoder": {"mode": "scratch"}}), run)
+    enabled = OmegaConf.merge(cfg, {"stage1": {"enabled": True}})
+    pipeline.check_stage1_encoder(enabled, run)  # stage 1 will train it
+    pipeline.write_json(run / "stage1" / pipeline.DONE, {"stage": "stage1", "result": {"encoder": None}})
+    with pytest.raises(ValueError, match=r"this run's stage 1 finished without one.*delete .*stage1 and the later"):
+        pipeline.check_stage1_encoder(enabled, run)
+    for stage in ("stage2", "adapt", "stage3"):  # nothing left that reads an encoder
+        pipeline.write_json(run / stage / pipeline.DONE, {"stage": stage})
+    pipeline.check_stage1_encoder(enabled, run)
+
+
+def test_stage1_collects_the_videos_the_data_stage_skipped(tmp_path, monkeypatch):
+    """A run whose data stage ran with stage 1 disabled has no videos: stage 1, enabled later, collects them into
+    <run>/data/videos before training on them (it trained on a missing folder)."""
+    from hydra import compose, initialize_config_dir
+
+    import sim_envs.collect_videos
+    import video_pretrain.train
+    from robopretrain import pipeline
+
+    calls = []
+
+    def collect(c, progress=True):
+        calls.append(("collect", c.output))
+        (Path(c.output) / "manifest.csv").parent.mkdir(parents=True)
+        (Path(c.output) / "manifest.csv").write_text("path,num_frames,text\n")
+
+    def train(c, run_dir):
+        calls.append(("train", c.data.path))
+        return run_dir / "encoder"
+
+    monkeypatch.setattr(sim_envs.collect_videos, "collect_videos", collect)
+    monkeypatch.setattr(video_pretrain.train, "train", train)
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline")
+    videos = str(tmp_path / "data" / "videos")
+    pipeline.stage_stage1(cfg, tmp_path)
+    pipeline.stage_stage1(cfg, tmp_path)  # the manifest is there: not collected again
+    assert calls == [("collect", videos), ("train", videos), ("train", videos)]
+
+
 def test_device_auto_and_one_target_alone_reach_every_stage_as_names():
     """device=auto is resolved once (each stage got the literal 'auto', which torch refuses); targets=Reach is a list
     of one target (targets_of iterated the string's letters)."""

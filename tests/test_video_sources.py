@@ -398,3 +398,34 @@ def test_open_frame_source_picks_the_type(tmp_path: Path, video_dir: tuple[Path,
     write_robomimic(path, [4, 4])
     h5 = open_frame_source(path, 16, key="agentview_image", mask="valid")
     assert isinstance(h5, HDF5ImageSource) and h5.demo_names == ["demo_1"]
+
+
+def test_stage1_reads_datasets_of_other_formats_through_their_conversion(tmp_path: Path) -> None:
+    """A D4RL-style HDF5 and an OGBench .npz of camera frames as data.path: stage 1 reads their robomimic conversion
+    (the HDF5 was refused as "not a robomimic file", the .npz read as a CSV manifest), the frames as stored."""
+    from omegaconf import OmegaConf
+
+    from video_pretrain.train import open_sources, resolve_data_path
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
+    ends = np.zeros(12, bool)
+    ends[[5, 11]] = True
+    with h5py.File(tmp_path / "d4rl.hdf5", "w") as f:
+        f["observations"], f["actions"] = frames, np.zeros((12, 2), np.float32)
+        f["rewards"], f["terminals"] = np.zeros(12, np.float32), ends
+    np.savez(tmp_path / "og.npz", observations=frames, actions=np.zeros((12, 2), np.float32), terminals=ends)
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "video_pretrain.yaml")
+    cfg.data.valid_fraction, cfg.image_size, cfg.objective = 0, 16, {"name": "icvf"}
+    cfg.data.key, cfg.data.cache_dir = "observations", str(tmp_path / "cache")
+    for name in ("d4rl.hdf5", "og.npz"):
+        cfg.data.path = str(tmp_path / name)
+        path = resolve_data_path(cfg, tmp_path / "run")
+        assert path.parent == tmp_path / "cache" and path.suffix == ".hdf5"
+        source = open_sources(cfg, path)[0]
+        assert source.num_videos == 2
+        got = np.concatenate([source.frames(i, np.arange(source.video_length(i))) for i in range(2)])
+        # OGBench has each episode's frames; D4RL has no next observation after a terminal step, so its converted
+        # episode repeats the last frame as that step's next observation (robopretrain.data.read_d4rl)
+        expected = frames if name == "og.npz" else frames[[0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 11, 11]]
+        assert np.array_equal(got, expected)

@@ -214,3 +214,9 @@ def test_collect_videos_writes_a_readable_dataset(tmp_path: Path, capsys: pytest
     with pytest.raises(ValueError, match="already exists.*overwrite"):
         collect_videos(cfg, progress=False)
     assert read_manifest(out)[0].path.name == "clip_00000.mp4"
+    # a folder of the user's own clips without a manifest: refused before a frame is rendered, the clip untouched
+    (out / "manifest.csv").unlink()
+    before = (out / "clip_00001.mp4").read_bytes()
+    with pytest.raises(ValueError, match="holds 3 clip file.*without a manifest.csv.*overwrite=true"):
+        collect_videos(cfg, progress=False)
+    assert (out / "clip_00001.mp4").read_bytes() == before

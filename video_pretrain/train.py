@@ -168,9 +168,10 @@ def resolve_data_path(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.data.path:
         path = Path(str(cfg.data.path)).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"data.path={path}: not found; expected a video folder with manifest.csv or a "
-                                    f"robomimic HDF5 file ({', '.join(HDF5_SUFFIXES)})")
-        return path
+            raise FileNotFoundError(f"data.path={path}: not found; expected a video folder with manifest.csv, a "
+                                    f"robomimic HDF5 file ({', '.join(HDF5_SUFFIXES)}) or a dataset of another "
+                                    "format robopretrain.data.convert reads")
+        return frames_path(path, cfg)
     if not cfg.data.generate:
         raise ValueError("video_pretrain config: data.path is not set and data.generate=false; give a video folder "
                          "(manifest.csv), a robomimic HDF5 file, or set data.generate=true")
@@ -185,6 +186,24 @@ def resolve_data_path(cfg: DictConfig, run_dir: Path) -> Path:
     collect_cfg.output = str(out)
     collect_cfg.overwrite = True
     return Path(collect_videos(collect_cfg, progress=bool(cfg.progress)))
+
+
+def frames_path(path: Path, cfg: DictConfig) -> Path:
+    """``path`` itself for a video manifest (folder or .csv) or a robomimic HDF5 file (or anything of no recognised
+    format: its reader names the problem), else the cached robomimic conversion of a D4RL / OGBench / LeRobot / Minari
+    dataset (:func:`robopretrain.data.convert.as_robomimic`, cameras resized to ``image_size`` while converting; the
+    same copy stages 2 and 3 read; ``+data.cache_dir`` as theirs), whose image key keeps the dataset's own name."""
+    from robopretrain.data.convert import ConversionError, as_robomimic, detect_format
+
+    if (path / "manifest.csv").is_file() or path.suffix.lower() == ".csv":
+        return path
+    try:
+        fmt = detect_format(path)
+    except ConversionError:
+        return path
+    if fmt == "robomimic":
+        return path
+    return as_robomimic(path, fmt=fmt, cache_dir=cfg.data.get("cache_dir"), image_size=int(cfg.image_size))
 
 
 def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str, Any]]:
