@@ -53,7 +53,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,6 +65,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from robopretrain.files import write_text_atomic  # noqa: E402
 from sim_envs.tasks import TARGET_TASKS  # noqa: E402
 from video_pretrain import diagnose as diag  # noqa: E402
 
@@ -324,7 +324,7 @@ def _heads_only_probe(encoder_dir: str, videos: Path, robot_trajs: list, held_ou
             history.append(row)
     result = {"settings": settings, "history": history}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(cache, json.dumps(result, indent=1))
+    write_text_atomic(cache, json.dumps(result, indent=1))
     return result
 
 
@@ -369,14 +369,6 @@ def format_in_domain_table(in_domain: dict[str, Any]) -> str:
             cells.append(f"{m['spearman']:.3f} / {m['increasing']:.3f} / {m['value_range']:.3g}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def train_and_diagnose(objectives: Sequence[str], videos: Path, robot: Path, out: Path, work: Path,
@@ -436,7 +428,7 @@ def remeasure(args: argparse.Namespace, work: Path, videos: Path, robot: Path) -
          "command": "python benchmarks/video_pretrain.py " + " ".join(sys.argv[1:]),
          "date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - t0, "figure_redrawn": False,
          "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}})
-    atomic_write(stored_path, json.dumps(stored, indent=1))
+    write_text_atomic(stored_path, json.dumps(stored, indent=1))
     print()
     print(diag.format_table(stored["diagnostics"]["encoders"]))
     print()
@@ -538,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "figure": str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png),
         "total_seconds": time.perf_counter() - t0,
     }
-    atomic_write(Path(args.json), json.dumps(result, indent=1))
+    write_text_atomic(Path(args.json), json.dumps(result, indent=1))
     print()
     print(diag.format_table(report["encoders"]))
     print()

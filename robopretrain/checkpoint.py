@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from robopretrain.files import replace_folder, temp_folder, write_text_atomic
 from robopretrain.run_fingerprint import ResumeRefusal
 
 CONFIG_FILE = "config.yaml"
@@ -98,21 +98,6 @@ def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{int(step):08d}"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _to_yaml(config: DictConfig | Mapping[str, Any]) -> str:
     if isinstance(config, DictConfig):
         return OmegaConf.to_yaml(config, resolve=True)
@@ -136,7 +121,7 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = temp_folder(final)
     try:
         (tmp / CONFIG_FILE).write_text(_to_yaml(config))
         full_meta = {**dict(meta), "step": int(step), "versions": library_versions()}
@@ -144,13 +129,7 @@ def save_checkpoint(
         torch.save(dict(weights), tmp / WEIGHTS_FILE)
         if state is not None:
             torch.save(dict(state), tmp / STATE_FILE)
-        if final.exists():  # a fresh run re-reaching a step: move the old one aside, then drop it
-            old = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".old"))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_folder(tmp, final, kind="a checkpoint")  # a fresh run re-reaching a step replaces the old one
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -55,11 +55,11 @@ from robopretrain.checkpoint import (
     load_agent,
     load_checkpoint,
     resolve_checkpoint_dir,
-    write_text_atomic,
 )
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import Target, as_target
+from robopretrain.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -653,7 +653,6 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             info["videos"][factor] = {"path": str(path), "level": cond.level, "episode": 0}
         info["wall_seconds"]["videos"] = time.perf_counter() - start - episode_seconds
     write_text_atomic(out_dir / "eval_info.json", json.dumps(info, indent=2))
-    os.chmod(out_dir / "eval_info.json", 0o644)
     info["output_dir"] = str(out_dir)
     log.info("robustness of %s on %s: nominal success %.2f; results in %s", ckpt.path, task,
              info["nominal"]["success"], out_dir)

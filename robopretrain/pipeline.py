@@ -348,6 +348,8 @@ def log_stage_algos(cfg: DictConfig) -> None:
     get (``--cfg job`` shows only the pipeline's own config)."""
     common_keys = set(plain(cfg.algo_overrides) or {})
     for stage in RL_STAGES:
+        if not bool(cfg[stage].get("enabled", True)):  # stage2.enabled=false: it runs no algorithm
+            continue
         algo = stage_algo(cfg, stage)
         dropped = sorted(common_keys - set(algo))
         log.info("%s (algo=%s): algo overrides %s%s", stage, cfg[stage].algo, algo,
@@ -367,10 +369,13 @@ def check_encoder(cfg: DictConfig) -> None:
 
 def check_randomizations(cfg: DictConfig) -> None:
     """Refuse at start a malformed ``stage3.randomization`` or ``evaluate.settings`` entry (unknown key, level,
-    factor or range), which stage 3 and the evaluation would refuse only after the earlier stages have run."""
+    factor or range) or robustness sweep factor, which stage 3 and the evaluation would refuse only after the earlier
+    stages have run."""
     randomization(cfg.stage3.get("randomization"), where="stage3.randomization")
     for name, entry in dict(plain(cfg.evaluate.get("settings")) or {}).items():
         randomization(entry, where=f"evaluate.settings.{name}")
+    if bool(cfg.evaluate.robustness.enabled):
+        robustness_levels(cfg, compose("evaluate").factors)
 
 
 def check_stage1_encoder(cfg: DictConfig, run_dir: Path) -> None:
@@ -479,7 +484,7 @@ def stage1_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
 def stage_stage1(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Video pretraining of the encoder (skipped, with nothing saved, when ``stage1.enabled`` is false)."""
     if not bool(cfg.stage1.enabled):
-        return {"encoder": None}
+        return {"encoder": None, "skipped": "stage1.enabled=false (no video pretraining)"}
     collect_human_videos(cfg, run_dir)
     from video_pretrain.train import train
 
@@ -573,17 +578,32 @@ def stage_stage3(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def robustness_levels(cfg: DictConfig, factors: Any) -> dict[str, list]:
+    """``evaluate.robustness.levels`` narrowed to ``evaluate.robustness.select`` (when set): ``{factor: [level,
+    ...]}``; :class:`ValueError` for a factor outside ``factors`` (configs/evaluate.yaml's) or ``levels``."""
+    rob = cfg.evaluate.robustness
+    levels = dict(plain(rob.levels) or {})
+    unknown = [f for f in levels if f not in factors]
+    if not levels or unknown:
+        raise ValueError(f"evaluate.robustness.levels: {'unknown factor(s) ' + str(unknown) if unknown else 'empty'}; "
+                         f"expected a mapping of some of {list(factors)} to their levels")
+    select = plain(rob.get("select"))
+    if select is not None:
+        select = [select] if isinstance(select, str) else list(select)
+        if not select or any(f not in levels for f in select):
+            raise ValueError(f"evaluate.robustness.select={select}; expected some of the factors of "
+                             f"evaluate.robustness.levels: {list(levels)}")
+        levels = {f: levels[f] for f in select}
+    return {f: list(lv) if isinstance(lv, (list, tuple)) else [lv] for f, lv in levels.items()}
+
+
 def robustness_config(cfg: DictConfig, checkpoint: Path, target: Target, out_dir: Path) -> DictConfig:
     """The ``configs/evaluate.yaml`` run of ``evaluate.robustness``: its factors at its levels, its episodes."""
     rob = cfg.evaluate.robustness
     c = compose("evaluate")
-    levels = dict(plain(rob.levels) or {})
-    unknown = [f for f in levels if f not in c.factors]
-    if not levels or unknown:
-        raise ValueError(f"evaluate.robustness.levels: {'unknown factor(s) ' + str(unknown) if unknown else 'empty'}; "
-                         f"expected a mapping of some of {list(c.factors)} to their levels")
+    levels = robustness_levels(cfg, c.factors)
     for factor, lv in levels.items():
-        c.factors[factor].levels = list(lv) if isinstance(lv, (list, tuple)) else [lv]
+        c.factors[factor].levels = lv
     c.merge_with({"checkpoint": str(checkpoint), "target": target.to_dict(), "output_dir": str(out_dir),
                   "episodes": int(rob.episodes), "workers": int(rob.workers), "device": str(cfg.device),
                   "progress": bool(cfg.progress), "select": list(levels), "video": {"enabled": bool(rob.video)}})

@@ -189,7 +189,10 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     total = 0.0
     for stage, d in done.items():
         total += float(d["seconds"])
-        lines.append(f"| {stage} | {d['seconds']:.1f} | {d.get('sessions', 1)} | {d['finished']} |")
+        result = d.get("result")
+        skipped = result.get("skipped") if isinstance(result, dict) else None  # a stage its config disabled
+        name = f"{stage} (skipped: {skipped})" if skipped else stage
+        lines.append(f"| {name} | {d['seconds']:.1f} | {d.get('sessions', 1)} | {d['finished']} |")
     lines += [f"| **total** | **{total:.1f}** | | |", ""]
     ignored = [(stage, c) for stage, d in done.items()
                for c in ["; ".join(x for x in (changed_algo(cfg, stage, d), changed_settings(cfg, stage, d, run_dir))
@@ -228,9 +231,10 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         adapt_s = f"{adapt[-1]['eval/success']:.2f}" if adapt else "n/a"
         lines.append(f"| {name} | {adapt_s} | {s3['final_success']:.2f} | {regret} | {cells} |")
     lines += robustness_lines(run_dir)
-    lines += ["", "## Plots", ""] + [f"![{p.stem}](evaluate/{p.name})" for p in plots] + ["", "## Rollouts", ""]
-    for gif in sorted(out_dir.glob("rollout_*.gif")):
-        lines.append(f"![{gif.stem}](evaluate/{gif.name})")
+    lines += ["", "## Plots", ""] + [f"![{p.stem}](evaluate/{p.name})" for p in plots]
+    gifs = sorted(out_dir.glob("rollout_*.gif"))
+    if gifs:  # evaluate.video=false films none
+        lines += ["", "## Rollouts", ""] + [f"![{gif.stem}](evaluate/{gif.name})" for gif in gifs]
     lines += ["", "Config of this invocation (each stage's own settings are in its `done.json`):", "", "```yaml",
               OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
     path = run_dir / "report.md"

@@ -18,7 +18,6 @@ import csv
 import io
 import os
 import shutil
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -148,7 +147,9 @@ def write_frame_folder(folder: str | os.PathLike, frames: Iterable[np.ndarray]) 
     The folder is filled under a temporary name and renamed at the end (an existing folder is replaced)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")  # mkdir's usual mode (tempfile.mkdtemp's is 0700)
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed writer's leftover of this process id
+    tmp.mkdir()
     try:
         count = 0
         for count, frame in enumerate(frames, start=1):

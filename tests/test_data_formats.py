@@ -511,9 +511,12 @@ def test_convert_cli_and_errors(tmp_path, capsys):
     (tmp_path / "outdir").mkdir()  # a folder was an IsADirectoryError traceback after the whole conversion
     assert convert_main([str(src), str(tmp_path / "outdir"), "--overwrite"]) == 2
     assert "outdir: is a folder; give the .hdf5 file to write" in capsys.readouterr().err
+    # a format other than the detected one: said so (it was the other reader's complaint, or a traceback)
     assert convert_main([str(src), str(tmp_path / "x.hdf5"), "--format", "ogbench"]) == 2
-    assert "not a readable .npz" in capsys.readouterr().err
+    assert "walker.hdf5: detected format d4rl, not ogbench; leave the format unset" in capsys.readouterr().err
     (tmp_path / "junk.txt").write_text("x")
+    assert convert_main([str(tmp_path / "junk.txt"), str(tmp_path / "x.hdf5"), "--format", "d4rl"]) == 2
+    assert "junk.txt: not an HDF5 file" in capsys.readouterr().err
     with pytest.raises(ConversionError, match="format not recognised"):
         detect_format(tmp_path / "junk.txt")
 

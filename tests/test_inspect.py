@@ -152,6 +152,21 @@ def test_a_file_with_an_empty_demo_is_summarized(tmp_path: Path) -> None:
     assert "obs/empty" in format_hdf5_summary(summarize_hdf5(path))
 
 
+def test_long_observation_keys_keep_the_shape_column_aligned(tmp_path: Path) -> None:
+    """LeRobot's keys (observation.images.front) ran into the shape column."""
+    from robopretrain.data.inspect import format_hdf5_summary
+
+    path = write_tiny_hdf5(tmp_path / "e.hdf5")
+    with h5py.File(path, "a") as f:
+        for demo in f["data"]:
+            n = f[f"data/{demo}/actions"].shape[0]
+            for group in ("obs", "next_obs"):
+                f.create_dataset(f"data/{demo}/{group}/observation.images.front_camera", data=np.zeros((n, 5)))
+    text = format_hdf5_summary(summarize_hdf5(path))
+    rows = [line for line in text.splitlines() if line.startswith(("  obs/", "  actions"))]
+    assert len(rows) >= 3 and len({line.index("(") for line in rows}) == 1, rows
+
+
 def test_summary_counts_success_from_ep_meta(tmp_path: Path) -> None:
     s = summarize_hdf5(write_tiny_hdf5(tmp_path / "d.hdf5"))
     assert s.tasks["PushBlock"].successes == [True, False]
@@ -177,6 +192,18 @@ def test_video_folder_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.C
     out = capsys.readouterr().out
     assert "clip_00001.mp4: unreadable" in out and "unreadable clips (left out of the sheet" in out
     assert "clips under" not in out
+
+
+def test_a_manifest_overstating_frame_counts_is_listed_under_verify(tmp_path: Path, capsys) -> None:
+    """Stage 1 uses such clips with their counted frames (a warning); inspect --verify stopped on one decode error
+    (the sheet drew frames past the end) with no mismatch list, and without --verify did not say to verify."""
+    folder = write_tiny_video_folder(tmp_path / "videos")
+    (folder / "manifest.csv").write_text("path,num_frames,text\nclip_00000.mp4,50,a\nclip_00001.mp4,90,b\n")
+    assert main([str(folder), "--out", str(tmp_path / "s.png"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "clip_00000.mp4: 5 frames, manifest says 50" in out and "clip_00001.mp4: 9 frames, manifest says 90" in out
+    assert "mean 7.0, min 5, max 9; total 14" in out  # the counted frames, as stage 1 uses them
+    assert "--verify counts every clip's frames" in _error_line(capsys, [str(folder), "--out", str(tmp_path / "t.png")])
 
 
 def test_video_folder_summary_names_clips_too_short_for_stage_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

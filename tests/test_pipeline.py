@@ -209,6 +209,8 @@ def test_keys_no_stage_reads_stop_the_pipeline_before_any_stage(tmp_path, overri
 @pytest.mark.parametrize("override,where", [
     ("+stage3.randomization.factor=[friction]", "stage3.randomization"),  # misspelt 'factors'
     ("+evaluate.settings.hard={level: eval_hrad}", "evaluate.settings.hard"),
+    ("evaluate.robustness.select=[frction]", "evaluate.robustness.select"),
+    ("+evaluate.robustness.levels.wind=[eval_hard]", "evaluate.robustness.levels"),
 ])
 def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp_path, override, where):
     """Stage 3's and the evaluation's entries are read hours into a run: refused at start, naming the key."""
@@ -218,7 +220,7 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
 
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
         cfg = compose("pipeline", overrides=[override, "encoder.mode=scratch"])
-    with pytest.raises(ValueError, match=rf"^{where}="):
+    with pytest.raises(ValueError, match=rf"^{where}[=:]"):
         pipeline.run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -297,6 +299,56 @@ def test_stage1_collects_the_videos_the_data_stage_skipped(tmp_path, monkeypatch
     pipeline.stage_stage1(cfg, tmp_path)
     pipeline.stage_stage1(cfg, tmp_path)  # the manifest is there: not collected again
     assert calls == [("collect", videos), ("train", videos), ("train", videos)]
+
+
+def test_the_report_marks_a_disabled_stage_and_has_no_empty_rollouts_section(tmp_path):
+    """report.md listed a stage its config disabled as run (0.0 s), and a "## Rollouts" heading with nothing under it
+    when evaluate.video=false."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+    from robopretrain.report import write_report
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["stage1.enabled=false", "encoder.mode=scratch"])
+    pipeline.write_json(tmp_path / "stage1" / pipeline.DONE, {"stage": "stage1", "seconds": 0.0, "finished": "now",
+                                                             "result": pipeline.stage_stage1(cfg, tmp_path)})
+    pipeline.write_json(tmp_path / "data" / pipeline.DONE, {"stage": "data", "seconds": 3.0, "finished": "now",
+                                                           "result": {"prior": "p.hdf5"}})
+    report = write_report(cfg, tmp_path).read_text()
+    assert "| stage1 (skipped: stage1.enabled=false (no video pretraining)) | 0.0 |" in report
+    assert "| data | 3.0 |" in report and "## Rollouts" not in report
+    (tmp_path / "evaluate" / "rollout_Reach.gif").write_bytes(b"GIF89a")
+    assert "## Rollouts\n\n![rollout_Reach](evaluate/rollout_Reach.gif)" in write_report(cfg, tmp_path).read_text()
+
+
+def test_a_disabled_stage_2_logs_no_algorithm_overrides(caplog):
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["stage2.enabled=false"])
+    with caplog.at_level(logging.INFO, logger="robopretrain.pipeline"):
+        pipeline.log_stage_algos(cfg)
+    logged = [r.getMessage().split(" ")[0] for r in caplog.records if "algo overrides" in r.getMessage()]
+    assert logged == ["adapt", "stage3"]
+
+
+def test_the_robustness_sweep_runs_the_selected_factors_only():
+    """A levels={friction: [...]} override merges into the default mapping (Hydra), so a shorter sweep had no way:
+    evaluate.robustness.select names the factors."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["evaluate.robustness.select=[friction,camera]",
+                                             "evaluate.robustness.levels.camera=[eval_easy,eval_hard]"])
+        c = pipeline.robustness_config(cfg, Path("ckpt"), pipeline.as_target("Reach"), Path("out"))
+    assert list(c.select) == ["friction", "camera"] and list(c.factors.camera.levels) == ["eval_easy", "eval_hard"]
+    assert pipeline.robustness_levels(OmegaConf.merge(cfg, {"evaluate": {"robustness": {"select": "mass"}}}),
+                                      c.factors) == {"mass": ["eval_hard"]}
 
 
 def test_device_auto_and_one_target_alone_reach_every_stage_as_names():

@@ -383,6 +383,19 @@ def test_diagnose_end_to_end(videos, robot_hdf5, tmp_path):
     assert icvf["gamma"] == saved["gamma"] == 0.99  # V*'s discount: the one the value heads were trained with
 
 
+def test_diagnose_answers_bad_input_in_one_line(robot_hdf5, tmp_path, capsys):
+    """It answered with tracebacks (exit 1): too few clean trajectories without naming --all-episodes, a missing
+    file."""
+    args = ["--encoders", "pixels", "--image-size", str(SIZE), "--out", str(tmp_path / "d"), "--no-progress"]
+    for data, extra, error in ((robot_hdf5, ["--max-trajectories", "1"], "1 clean successful trajectory(ies) selected, "
+                                "at least 2 are needed; --all-episodes also uses the noisy and failing ones"),
+                               (tmp_path / "missing.hdf5", [], "missing.hdf5: no such file or folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            diag.main(["--data", str(data), *extra, *args])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and error in err, err
+
+
 def test_diagnose_compares_icvf_values_with_the_discount_they_were_trained_with():
     def entry(label: str, gamma: float | None) -> diag.EncoderEntry:
         return diag.EncoderEntry(label, None, None, {} if gamma is None else {"gamma": gamma})

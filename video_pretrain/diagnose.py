@@ -28,10 +28,8 @@ Rank correlations are implemented here (scipy is not a dependency): :func:`rankd
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from robopretrain.cli import friendly_errors
+from robopretrain.data.convert import as_robomimic
 from robopretrain.data.hdf5 import read_info
+from robopretrain.files import atomic_file, write_json_atomic
 from robopretrain.nets.encoders import make_encoder, to_float_images
 from video_pretrain.data import HDF5ImageSource
 from video_pretrain.train import load_pretrained, resolve_device
@@ -434,27 +435,15 @@ def plot_values(results: dict[str, Any], path: Path, num_curves: int = 4, gamma:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path, suffix=".png") as tmp:  # savefig picks the format from the suffix
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
 def _minmax(v: np.ndarray) -> np.ndarray:
     lo, hi = float(np.min(v)), float(np.max(v))
     return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
-
-
-def write_json(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-    return path
 
 
 def discount_for(entries: Sequence[EncoderEntry], given: float | None) -> float:
@@ -476,17 +465,21 @@ def discount_for(entries: Sequence[EncoderEntry], given: float | None) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole diagnostic from parsed arguments; writes JSON and PNG into ``args.out``."""
     device = resolve_device(args.device)
+    args.data = str(as_robomimic(args.data))  # a LeRobot / Minari / D4RL / OGBench dataset: its converted copy
     entries = load_entries(args.encoders, args.labels, device, args.random_encoder, args.image_size, args.seed)
     args.gamma = discount_for(entries, args.gamma)
     demos = select_trajectories(args.data, args.mask, args.tasks, clean_only=not args.all_episodes,
                                 successful_only=not args.all_episodes, max_trajectories=args.max_trajectories)
+    if len(demos) < 2 and not args.all_episodes:
+        raise ValueError(f"{args.data}: {len(demos)} clean successful trajectory(ies) selected, at least 2 are needed;"
+                         " --all-episodes also uses the noisy and failing ones")
     by_size = {size: load_trajectories(args.data, demos, size, args.key) for size in {e.image_size for e in entries}}
     results = diagnose(entries, by_size, args.gamma, device, args.probe_test_fraction, args.seed, not args.no_progress)
     out = Path(args.out)
     report = {"data": str(args.data), "key": args.key, "mask": args.mask, "tasks": args.tasks, "gamma": args.gamma,
               "trajectories": [{"name": t.name, "task": t.task, "frames": len(t.frames)} for t in next(iter(by_size.values()))],
               "encoders": results}
-    write_json(report, out / "diagnostics.json")
+    write_json_atomic(out / "diagnostics.json", report, indent=1)
     plot_values(results, out / "values.png", args.plot_trajectories, args.gamma)
     print(format_table(results))
     print()
@@ -497,7 +490,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m video_pretrain.diagnose", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="robomimic HDF5 file of robot trajectories (e.g. the target tasks)")
+    p.add_argument("--data", required=True, help="robomimic HDF5 file of robot trajectories (e.g. the target tasks), "
+                   "or a LeRobot / Minari / D4RL / OGBench dataset (read through its converted copy)")
     p.add_argument("--encoders", nargs="+", required=True,
                    help="encoder checkpoint folders, 'random' (random init) or 'pixels' (raw-pixel distance)")
     p.add_argument("--labels", nargs="+", default=None, help="one label per encoder (default: the run folder name)")
@@ -519,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@friendly_errors
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command line: bad input (a missing file, too few trajectories) is one ``error:`` line and exit code 2."""
     run(build_parser().parse_args(argv))
 
 

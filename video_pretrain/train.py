@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +58,7 @@ from robopretrain.checkpoint import clear_previous_run, kill_after_checkpoint
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.data.video import VideoDatasetError
 from robopretrain.distributed import DistInfo
+from robopretrain.files import atomic_file, replace_folder, temp_folder, write_json_atomic
 from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
 from robopretrain.nets.encoder_io import load_encoder, save_encoder
@@ -234,19 +234,6 @@ def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str
 
 
 # --------------------------------------------------------------------------------------------- saving
-def _replace_dir(staged: Path, final: Path) -> None:
-    """Move the complete folder ``staged`` to ``final``, replacing an older encoder checkpoint there."""
-    if not final.exists():
-        os.replace(staged, final)
-        return
-    if not final.is_dir() or (any(final.iterdir()) and not (final / "meta.json").is_file()):
-        raise FileExistsError(f"{final}: exists and is not an encoder checkpoint; refusing to replace it")
-    aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
-    os.replace(final, aside / final.name)
-    os.replace(staged, final)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 def save_pretrained(path: Path, encoder: nn.Module, objective: nn.Module | None, cfg: DictConfig,
                     steps: int, extra: Mapping[str, Any] | None = None) -> Path:
     """Save the encoder (``save_encoder``) plus, for ICVF, its value heads, as one folder, atomically."""
@@ -257,13 +244,12 @@ def save_pretrained(path: Path, encoder: nn.Module, objective: nn.Module | None,
     modules = objective.export_modules() if objective is not None else {}
     if "heads" in modules:
         info["value_heads"] = {"file": HEADS_FILE, "config": objective.export_config()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".stage"))
+    staging = temp_folder(path, suffix=".stage")
     try:
         staged = save_encoder(staging / path.name, encoder, str(cfg.encoder.name), cfg, extra=info)
         if "heads" in modules:
             torch.save({k: v.detach().cpu() for k, v in modules["heads"].state_dict().items()}, staged / HEADS_FILE)
-        _replace_dir(staged, path)
+        replace_folder(staged, path, lambda f: (f / "meta.json").is_file(), kind="an encoder checkpoint")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
@@ -288,23 +274,8 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(path: Path, step: int, objective: nn.Module, optimizer: torch.optim.Optimizer,
@@ -451,7 +422,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         if not dinfo.is_main:
             return paths.encoder
         path = save_pretrained(paths.encoder, encoder, None, cfg, steps=0)
-        _atomic_json({"objective": "none", "steps": 0, "encoder_path": str(path)}, paths.metrics)
+        write_json_atomic(paths.metrics, {"objective": "none", "steps": 0, "encoder_path": str(path)})
         log.info("objective=none: saved the random initialisation to %s", path)
         return path
 
@@ -559,7 +530,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
                "fingerprint": run_print,
                "parallel": parallel, "history": history,
                "final_valid_loss": history["valid"][-1]["loss"] if history["valid"] else None}
-    _atomic_json(summary, paths.metrics)
+    write_json_atomic(paths.metrics, summary)
     rate = f"{trained / elapsed:.2f} steps/s" if trained else "nothing left to train"
     log.info("trained %s for %d steps this run (%s, %.1f s, effective batch size %d); encoder saved to %s", name,
              trained, rate, elapsed, effective_batch, path)

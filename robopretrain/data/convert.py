@@ -170,7 +170,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
     convert: use it as it is) and for every problem of the source (naming the file and what was expected).
     """
     src, dst = Path(src), Path(dst)
-    fmt = _check_format(fmt) or detect_format(src)
+    given = _check_format(fmt)
+    fmt = given or detect_format(src)
+    if given is not None:
+        try:
+            detected = detect_format(src)
+        except ConversionError:  # not recognised: the named format's reader says what it lacks
+            detected = given
+        if detected != given:
+            raise ConversionError(f"{src}: detected format {detected}, not {given}; leave the format unset (auto) "
+                                  "or name its own")
     if fmt == "robomimic":
         raise ConversionError(f"{src}: already a robomimic HDF5 file; use it as it is" + (
             " (--image-size resizes other formats while converting; a robomimic file is not rewritten: write its "

@@ -23,6 +23,7 @@ HDF5 files are read with h5py directly (attributes and shapes, then only the fra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -281,12 +282,13 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append(f"warning: data.attrs['total'] = {s.total_attr} but the demos hold {s.transitions} transitions")
     lines.append("")
     lines.append("observations (per step):")
+    width = max([26] + [len(f"obs/{key}") + 1 for key in s.obs])  # long keys (LeRobot's) keep the columns aligned
     for key, (shape, dtype) in s.obs.items():
         notes = [n for n in ("differs between demos" if key in s.inconsistent_obs else "", layout_note(shape, dtype))
                  if n]
-        lines.append(f"  obs/{key:<22}{str(shape):<16}{dtype}" + "".join(f"  ({n})" for n in notes))
+        lines.append(f"  {'obs/' + key:<{width}}{str(shape):<16}{dtype}" + "".join(f"  ({n})" for n in notes))
     if s.actions is not None:
-        lines.append(f"  {'actions':<26}{str(s.actions[0]):<16}{s.actions[1]}")
+        lines.append(f"  {'actions':<{width}}{str(s.actions[0]):<16}{s.actions[1]}")
     for key, where in s.non_finite.items():
         lines.append(f"warning: {key} holds NaN or inf (first at {where}): training refuses a selection holding "
                      "that demo (leave it out with a mask)")
@@ -375,12 +377,13 @@ class VideoSummary:
 
 
 def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSummary:
-    """Clip count, frame counts and texts of a video folder; with ``verify``, frame counts checked."""
+    """Clip count, frame counts and texts of a video folder; with ``verify``, frame counts checked, and a clip whose
+    count differs from the manifest's summarised (and drawn) with its counted frames, as stage 1 uses it."""
     folder = Path(folder)
     entries = read_manifest(folder)
     mismatches = []
     if verify:
-        for e in entries:
+        for i, e in enumerate(entries):
             try:
                 actual = count_frames(e.path)
             except VideoDatasetError as err:  # listed, as stage 1 skips it; the rest is still summarised
@@ -388,6 +391,7 @@ def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSu
                 continue
             if actual != e.num_frames:
                 mismatches.append(f"{e.relpath}: {actual} frames, manifest says {e.num_frames}")
+                entries[i] = dataclasses.replace(e, num_frames=actual)
     return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches)
 
 
@@ -524,8 +528,10 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
         unreadable: list[str] = []
         rows = video_sheet_rows(summary, frames, clips, unreadable)
         if unreadable and not rows:
+            hint = "" if verify or "out of range" not in unreadable[0] else (
+                "; the manifest's num_frames may overstate the clips: --verify counts every clip's frames")
             raise InspectError(f"{path}: no clip drawn for the contact sheet can be decoded: {unreadable[0]}"
-                               + (f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""))
+                               + (f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else "") + hint)
         if unreadable:  # of the clips drawn for the sheet; --verify reads every clip
             text += "\nunreadable clips (left out of the sheet; stage 1 skips them):\n  " + "\n  ".join(unreadable)
         title = f"{path.name}: {len(rows)} of {len(summary.entries)} clips, {frames} frames each"

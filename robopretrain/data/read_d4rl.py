@@ -46,6 +46,8 @@ def is_d4rl(path: str | os.PathLike) -> bool:
 def read_d4rl(path: str | os.PathLike) -> Iterator[Episode]:
     """The episodes of a D4RL-style file (module docstring). Raises :class:`ConversionError` naming the key."""
     p = Path(path)
+    if not h5py.is_hdf5(p):
+        raise ConversionError(f"{p}: not an HDF5 file (a D4RL-style dataset is one HDF5 file)")
     with h5py.File(p, "r") as f:
         missing = [k for k in REQUIRED if not isinstance(f.get(k), h5py.Dataset)]
         if missing:

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from robopretrain.files import replace_folder, temp_folder
 from robopretrain.nets.encoders import make_encoder, num_parameters
 
 WEIGHTS_FILE = "encoder.pt"
@@ -107,15 +107,10 @@ def _is_encoder_checkpoint(path: Path) -> bool:
 
 def _move_into_place(tmp: Path, final: Path) -> None:
     """Rename the complete ``tmp`` folder to ``final``, replacing an older encoder checkpoint there."""
-    if not final.exists():
-        os.replace(tmp, final)
-        return
-    if not final.is_dir() or (any(final.iterdir()) and not _is_encoder_checkpoint(final)):
-        raise EncoderCheckpointError(f"{final}: exists and is not an encoder checkpoint; refusing to replace it")
-    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
-    os.replace(final, old / final.name)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        replace_folder(tmp, final, _is_encoder_checkpoint, kind="an encoder checkpoint")
+    except FileExistsError as e:
+        raise EncoderCheckpointError(str(e)) from None
 
 
 def save_encoder(dir_path: str | os.PathLike, encoder: nn.Module, name: str,
@@ -129,8 +124,7 @@ def save_encoder(dir_path: str | os.PathLike, encoder: nn.Module, name: str,
     meta_text = _json_text(encoder_meta(encoder, name, extra), "meta (extra)")
     config_text = _config_yaml(config)
     state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = temp_folder(final)
     try:
         torch.save(state, tmp / WEIGHTS_FILE)
         (tmp / META_FILE).write_text(meta_text)

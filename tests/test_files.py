@@ -1,0 +1,75 @@
+"""Atomic writes keep the usual file modes (a shared runs folder's other users can read checkpoints) and leave no
+partial file behind."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robopretrain import files
+
+
+@pytest.fixture()
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_current_umask_reads_the_process_umask(umask_022) -> None:
+    assert files.current_umask() == 0o022
+    os.umask(0o027)
+    assert files.current_umask() == 0o027
+
+
+def test_checkpoints_encoders_and_records_get_the_usual_modes(tmp_path: Path, umask_022) -> None:
+    """tempfile made them 0600 / 0700, kept by the rename into place."""
+    from robopretrain.checkpoint import save_checkpoint
+    from robopretrain.nets.encoder_io import save_encoder
+    from robopretrain.nets.encoders import make_encoder
+    from sim_envs.video_writer import write_frame_folder
+
+    ckpt = save_checkpoint(tmp_path / "ckpts", 5, {"a": 1}, {"w": torch.zeros(2)}, {"m": 1})
+    assert mode(ckpt) == 0o755 and {mode(p) for p in ckpt.iterdir()} == {0o644}
+    assert mode(tmp_path / "ckpts" / "latest") == 0o644
+    enc = save_encoder(tmp_path / "encoder", make_encoder("small_conv", image_size=16, channels=4, out_dim=8),
+                       "small_conv", {"x": 1})
+    assert mode(enc) == 0o755 and {mode(p) for p in enc.iterdir()} == {0o644}
+    files.write_json_atomic(tmp_path / "r.json", {"a": 1})
+    assert mode(tmp_path / "r.json") == 0o644
+    write_frame_folder(tmp_path / "clip", [np.zeros((4, 4, 3), np.uint8)])
+    assert mode(tmp_path / "clip") == 0o755
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    files.write_text_atomic(path, "old")
+    with pytest.raises(RuntimeError):
+        with files.atomic_file(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_replace_folder_replaces_only_what_it_may(tmp_path: Path) -> None:
+    final = tmp_path / "enc"
+    for text in ("one", "two"):
+        staged = files.temp_folder(final)
+        (staged / "meta.json").write_text(text)
+        files.replace_folder(staged, final, lambda f: (f / "meta.json").is_file())
+    assert (final / "meta.json").read_text() == "two" and sorted(p.name for p in tmp_path.iterdir()) == ["enc"]
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    staged = files.temp_folder(other)
+    with pytest.raises(FileExistsError, match="exists and is not an encoder checkpoint"):
+        files.replace_folder(staged, other, lambda f: (f / "meta.json").is_file(), kind="an encoder checkpoint")
+    assert (other / "notes.txt").read_text() == "keep"
