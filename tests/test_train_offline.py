@@ -147,11 +147,13 @@ def test_resumed_run_matches_uninterrupted_run(tiny_hdf5, image_hdf5, stage1_enc
 
 
 @pytest.mark.parametrize("algo, mode", [("iql", "frozen_cached"), ("bc", "frozen"), ("calql", "frozen")])
-def test_frozen_encoder_runs_keep_the_stage1_weights(image_hdf5, stage1_encoder, tmp_path, algo, mode):
+def test_frozen_encoder_runs_keep_the_stage1_weights(image_hdf5, stage1_encoder, tmp_path, algo, mode, caplog):
     enc_path, weights = stage1_encoder
-    path = run(stage2_config(image_hdf5, tmp_path / "run", algo=algo, steps=2, obs=CAMERAS["1cam"],
-                             encoder={"checkpoint": str(enc_path), "mode": mode},
-                             train={"eval_targets": ["Reach"]}))
+    with caplog.at_level(logging.INFO, logger="robopretrain.loops.offline"):
+        path = run(stage2_config(image_hdf5, tmp_path / "run", algo=algo, steps=2, obs=CAMERAS["1cam"],
+                                 encoder={"checkpoint": str(enc_path), "mode": mode},
+                                 train={"eval_targets": ["Reach"]}))
+    assert "step 2: evaluation success " in caplog.text  # on the console, not only in metrics.jsonl
     agent, ckpt = load_agent(path)
     assert ckpt.meta["algo"] == algo and ckpt.meta["encoder_mode"] == mode and agent.core.num_updates == 2
     enc = agent.feature_encoder if mode == "frozen_cached" else agent.critic_encoder

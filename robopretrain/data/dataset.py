@@ -332,6 +332,10 @@ def load_offline_dataset(
                 "reward from ep_meta, or fix the file")
         rewards, dones = _rewards_from_success(rewards, dones, trans.episode_ids, success)
         log.warning("%s: rewards rebuilt from ep_meta success (%d successful episodes)", info.path, sum(success))
+    elif rewards_needed and rewards_from_success:  # a rescue for missing or all-zero rewards, not a reward choice
+        log.warning("%s: data.rewards_from_success=true takes no effect: the file stores rewards that mark its "
+                    "successes, and they are used (the option rebuilds rewards only where they are missing or never "
+                    "positive)", info.path)
     warn_failed_terminals(str(info.path), rewards, dones, trans.episode_ids, success)
     if rewards_needed:
         warn_dense_rewards(str(info.path), rewards, reward)

@@ -185,6 +185,9 @@ def train_offline(
             row.update({f"calib/offline_{k}": v for k, v in calibrate().items()})
         if logger is not None and row:
             logger.log(step, row)
+        if "eval/success" in row and dinfo.is_main:  # on the console too (it went to metrics.jsonl only)
+            log.info("step %d: evaluation success %.2f%s", step, row["eval/success"],
+                     f", return {row['eval/return']:.2f}" if "eval/return" in row else "")
         return row
 
     def checkpoint(step: int) -> Path:
