@@ -385,15 +385,17 @@ def check_stage1_encoder(cfg: DictConfig, run_dir: Path) -> None:
     mode = str(cfg.encoder.mode)
     if mode == "scratch" or not list(cfg.obs.rgb) or encoder_checkpoint(run_dir):
         return
+    if all(is_done(run_dir / s) for s in ("stage2", "adapt", "stage3")):
+        return  # nothing left to run reads an encoder
+    if is_done(run_dir / "stage1"):
+        raise ValueError(f"pipeline config: encoder.mode={mode} starts from the stage-1 encoder, but this run's stage 1"
+                         f" finished without one (stage1.enabled=false then); delete {run_dir / 'stage1'} and the "
+                         "later stages' folders and run with stage1.enabled=true to train it now (the videos are "
+                         "collected then), or use encoder.mode=scratch")
     if not bool(cfg.stage1.enabled):
         raise ValueError(f"pipeline config: encoder.mode={mode} starts from the stage-1 encoder, which "
                          "stage1.enabled=false does not train; use encoder.mode=scratch (an encoder trained from "
                          "random weights on the robot data) or stage1.enabled=true")
-    if is_done(run_dir / "stage1") and not all(is_done(run_dir / s) for s in ("stage2", "adapt", "stage3")):
-        raise ValueError(f"pipeline config: encoder.mode={mode} starts from the stage-1 encoder, but this run's stage 1"
-                         f" finished without one (stage1.enabled=false then); delete {run_dir / 'stage1'} and the "
-                         "later stages' folders to train it now (the videos are collected then), or use "
-                         "encoder.mode=scratch")
 
 
 def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -191,6 +191,8 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         total += float(d["seconds"])
         result = d.get("result")
         skipped = result.get("skipped") if isinstance(result, dict) else None  # a stage its config disabled
+        if stage == "stage1" and result == {"encoder": None}:  # recorded so before stages said why
+            skipped = "stage1.enabled=false"
         name = f"{stage} (skipped: {skipped})" if skipped else stage
         lines.append(f"| {name} | {d['seconds']:.1f} | {d.get('sessions', 1)} | {d['finished']} |")
     lines += [f"| **total** | **{total:.1f}** | | |", ""]

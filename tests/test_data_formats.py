@@ -517,6 +517,8 @@ def test_convert_cli_and_errors(tmp_path, capsys):
     (tmp_path / "junk.txt").write_text("x")
     assert convert_main([str(tmp_path / "junk.txt"), str(tmp_path / "x.hdf5"), "--format", "d4rl"]) == 2
     assert "junk.txt: not an HDF5 file" in capsys.readouterr().err
+    assert convert_main([str(tmp_path / "gone.hdf5"), str(tmp_path / "x.hdf5"), "--format", "d4rl"]) == 2
+    assert "gone.hdf5: no such file or folder" in capsys.readouterr().err
     with pytest.raises(ConversionError, match="format not recognised"):
         detect_format(tmp_path / "junk.txt")
 

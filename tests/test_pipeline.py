@@ -259,16 +259,25 @@ def test_an_encoder_mode_without_a_stage1_encoder_stops_before_the_data_stage(tm
         pipeline.run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     run = tmp_path / "run"
-    pipeline.check_stage1_encoder(OmegaConf.merge(cfg, {"obs": {"rgb": []}}), run)
+    states = OmegaConf.merge(cfg, {"obs": {"rgb": []}})
+    pipeline.check_stage1_encoder(states, run)
+    assert pipeline.stage2_config(states, run).encoder.checkpoint is None  # stage 2 builds without an encoder
     pipeline.check_stage1_encoder(OmegaConf.merge(cfg, {"encoder": {"mode": "scratch"}}), run)
     enabled = OmegaConf.merge(cfg, {"stage1": {"enabled": True}})
     pipeline.check_stage1_encoder(enabled, run)  # stage 1 will train it
     pipeline.write_json(run / "stage1" / pipeline.DONE, {"stage": "stage1", "result": {"encoder": None}})
-    with pytest.raises(ValueError, match=r"this run's stage 1 finished without one.*delete .*stage1 and the later"):
-        pipeline.check_stage1_encoder(enabled, run)
+    for config in (enabled, cfg):  # refused the same way whichever stage1.enabled the rerun has
+        with pytest.raises(ValueError, match=r"this run's stage 1 finished without one.*delete .*stage1 and the "
+                                             r"later stages' folders and run with stage1.enabled=true"):
+            pipeline.check_stage1_encoder(config, run)
+    (run / "stage1" / "encoder").mkdir()  # a rerun of a run whose stage 1 trained the encoder
+    (run / "stage1" / "encoder" / "meta.json").write_text("{}")
+    pipeline.check_stage1_encoder(cfg, run)
+    (run / "stage1" / "encoder" / "meta.json").unlink()
     for stage in ("stage2", "adapt", "stage3"):  # nothing left that reads an encoder
         pipeline.write_json(run / stage / pipeline.DONE, {"stage": stage})
     pipeline.check_stage1_encoder(enabled, run)
+    pipeline.check_stage1_encoder(cfg, run)
 
 
 def test_stage1_collects_the_videos_the_data_stage_skipped(tmp_path, monkeypatch):
@@ -349,6 +358,10 @@ def test_the_robustness_sweep_runs_the_selected_factors_only():
     assert list(c.select) == ["friction", "camera"] and list(c.factors.camera.levels) == ["eval_easy", "eval_hard"]
     assert pipeline.robustness_levels(OmegaConf.merge(cfg, {"evaluate": {"robustness": {"select": "mass"}}}),
                                       c.factors) == {"mass": ["eval_hard"]}
+    off = OmegaConf.merge(cfg, {"evaluate": {"robustness": {"enabled": False, "select": ["wind"]}}})
+    pipeline.check_randomizations(off)  # a sweep that does not run is not checked
+    with pytest.raises(ValueError, match="evaluate.robustness.select"):
+        pipeline.check_randomizations(OmegaConf.merge(off, {"evaluate": {"robustness": {"enabled": True}}}))
 
 
 def test_device_auto_and_one_target_alone_reach_every_stage_as_names():

@@ -387,8 +387,11 @@ def test_diagnose_answers_bad_input_in_one_line(robot_hdf5, tmp_path, capsys):
     """It answered with tracebacks (exit 1): too few clean trajectories without naming --all-episodes, a missing
     file."""
     args = ["--encoders", "pixels", "--image-size", str(SIZE), "--out", str(tmp_path / "d"), "--no-progress"]
-    for data, extra, error in ((robot_hdf5, ["--max-trajectories", "1"], "1 clean successful trajectory(ies) selected, "
-                                "at least 2 are needed; --all-episodes also uses the noisy and failing ones"),
+    for data, extra, error in ((robot_hdf5, ["--max-trajectories", "1"], "1 trajectory(ies) selected, at least 2 are "
+                                "needed (--max-trajectories narrow the selection); --all-episodes also uses the noisy"),
+                               (robot_hdf5, ["--max-trajectories", "1", "--all-episodes"],
+                                "1 trajectory(ies) selected, at least 2 are needed (--max-trajectories narrow the "
+                                "selection)"),
                                (tmp_path / "missing.hdf5", [], "missing.hdf5: no such file or folder")):
         with pytest.raises(SystemExit) as exit_info:
             diag.main(["--data", str(data), *extra, *args])

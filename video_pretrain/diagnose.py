@@ -470,9 +470,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.gamma = discount_for(entries, args.gamma)
     demos = select_trajectories(args.data, args.mask, args.tasks, clean_only=not args.all_episodes,
                                 successful_only=not args.all_episodes, max_trajectories=args.max_trajectories)
-    if len(demos) < 2 and not args.all_episodes:
-        raise ValueError(f"{args.data}: {len(demos)} clean successful trajectory(ies) selected, at least 2 are needed;"
-                         " --all-episodes also uses the noisy and failing ones")
+    if len(demos) < 2:
+        narrowed = [f"--{k.replace('_', '-')}" for k in ("mask", "tasks", "max_trajectories") if getattr(args, k)]
+        raise ValueError(f"{args.data}: {len(demos)} trajectory(ies) selected, at least 2 are needed" + (
+            f" ({', '.join(narrowed)} narrow the selection)" if narrowed else "") + (
+            "; --all-episodes also uses the noisy and failing ones (default: clean successes only)"
+            if not args.all_episodes else ""))
     by_size = {size: load_trajectories(args.data, demos, size, args.key) for size in {e.image_size for e in entries}}
     results = diagnose(entries, by_size, args.gamma, device, args.probe_test_fraction, args.seed, not args.no_progress)
     out = Path(args.out)

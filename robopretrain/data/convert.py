@@ -3,8 +3,8 @@
 ``python -m robopretrain.data.convert SRC DST [--format auto|lerobot|minari|d4rl|ogbench] [--actions auto|keep]
 [--image-size S]``
 
-Formats (detected from the path, ``--format`` overrides; each reader's module documents its layout and what it
-carries over):
+Formats (detected from the path; ``--format`` names one where detection fails, and a source detected as another
+format is refused; each reader's module documents its layout and what it carries over):
 
 ============  ==============================================================  ==========================
 format        what ``SRC`` is                                                 reader
@@ -170,6 +170,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
     convert: use it as it is) and for every problem of the source (naming the file and what was expected).
     """
     src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise ConversionError(f"{src}: no such file or folder")
     given = _check_format(fmt)
     fmt = given or detect_format(src)
     if given is not None:
