@@ -287,7 +287,8 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
         reward = dataclasses.replace(reward, sparse=False)
     return load_offline_dataset(
         path, spec, reward, obs_map=plain(data_cfg.get("obs_map")) or None, tasks=tasks,
-        mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"), task_id=None if tid is None else int(tid),
+        mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"),
+        skip_short=bool(data_cfg.get("skip_short_demos", False)), task_id=None if tid is None else int(tid),
         rewards_needed=algo != "bc", rewards_from_success=bool(data_cfg.get("rewards_from_success", False)),
         act_dim=act_dim, seed=seed, device=device, storage=str(data_cfg.get("storage") or "auto"),
         workers=int(data_cfg.get("workers") or 0), rank=rank, world_size=world_size, action_units=action_units,
@@ -407,7 +408,8 @@ def data_task_ids(info: DatasetInfo, data_cfg: Any) -> dict[str, int]:
     (``tasks``, ``mask``, ``max_demos``), each with the slot of the task one-hot its transitions carry: ``task_id``
     when the setting overrides it, else the file's id of the task."""
     demos = selected_demos(info, tasks=list(data_cfg.tasks) if data_cfg.get("tasks") else None,
-                           mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"))
+                           mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"),
+                           skip_short=bool(data_cfg.get("skip_short_demos", False)))
     override = data_cfg.get("task_id")
     return {task: int(override) if override is not None else int(info.tasks[task])
             for task in sorted({info.demo(d).task for d in demos})}

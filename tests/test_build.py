@@ -102,6 +102,10 @@ def test_load_data_passes_the_selection_the_stage_asked_for(tmp_path, monkeypatc
     assert seen[0]["storage"] == "auto" and seen[0]["workers"] == 0
     assert (seen[0]["rank"], seen[0]["world_size"]) == (0, 1)  # one process by default: the whole data, unsharded
     assert seen[0]["rewards_from_success"] is False  # unset in the data group: the file's own rewards
+    assert seen[0]["skip_short"] is False
+    build.load_data(tmp_path / "d.hdf5", spec, OmegaConf.merge(data, {"skip_short_demos": True}), reward, algo="bc",
+                    act_dim=2, seed=0, device=torch.device("cpu"))
+    assert seen[-1]["skip_short"] is True
 
 
 def test_converted_gives_another_format_the_agents_image_size_unless_the_config_says(tmp_path, monkeypatch):

@@ -223,10 +223,15 @@ def test_one_step_episode(tmp_path):
     path = write_dataset(tmp_path / "o.hdf5", lengths=(3, 1, 2))
     msg = _expect(path, "one-step episode")
     assert "data/demo_1" in msg
-    for storage in STORAGES:  # the message's advice, a mask of the other demos, works in both storages
+    assert "data.skip_short_demos=true" in msg
+    for storage in STORAGES:  # the message's advice, skip_short or a mask of the other demos, works in both storages
         with pytest.raises(DatasetError, match="data/demo_1: episode has 1 step"):
             _load(path, storage)
         assert len(_load(path, storage, mask="train")) == 3 + 2
+        skipped = _load(path, storage, skip_short=True, max_demos=2)  # max_demos counts the demos kept
+        assert len(skipped) == 3 + 2  # demo_0 and demo_2: the short one left out before the first 2 are kept
+    with pytest.raises(DatasetError, match="every selected demo has fewer than 2 steps"):
+        _load(write_dataset(tmp_path / "all_short.hdf5", lengths=(1, 0)), "memory", skip_short=True)
     empty = write_dataset(tmp_path / "e.hdf5", lengths=(3, 0, 2))  # an empty demo: the same message, not a reshape
     with pytest.raises(DatasetError, match="data/demo_1: episode has 0 step"):
         _load(empty, "memory")

@@ -159,13 +159,22 @@ def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, ep
 
 
 def selected_demos(info: DatasetInfo, *, tasks: Sequence[str] | None = None, mask: str | None = None,
-                   max_demos: int | None = None) -> list[str]:
+                   max_demos: int | None = None, skip_short: bool = False) -> list[str]:
     """The demos :func:`load_offline_dataset` reads with these settings: ``select_demos``'s (mask AND tasks, numeric
-    order), the first ``max_demos`` of them. Raises ``ValueError`` for a ``max_demos`` below 1 (a negative slice
-    would drop demos from the end)."""
+    order), without those of fewer than 2 steps when ``skip_short`` (logged; else the reader refuses them, the data
+    contract's minimum), the first ``max_demos`` of them. Raises ``ValueError`` for a ``max_demos`` below 1 (a
+    negative slice would drop demos from the end), :class:`DatasetError` when ``skip_short`` leaves none."""
     if max_demos is not None and (isinstance(max_demos, bool) or int(max_demos) != max_demos or int(max_demos) < 1):
         raise ValueError(f"max_demos={max_demos!r}; expected an integer >= 1 (the first demos kept) or null (all)")
     demos = select_demos(info, mask=mask, tasks=tasks)
+    if skip_short:
+        short = [d for d in demos if info.demo(d).num_samples < 2]
+        if short:
+            demos = [d for d in demos if d not in set(short)]
+            log.warning("%s: %d demo(s) of fewer than 2 steps left out (data.skip_short_demos=true): %s", info.path,
+                        len(short), ", ".join(short[:5]) + (", ..." if len(short) > 5 else ""))
+        if not demos:
+            raise DatasetError(f"{info.path}: every selected demo has fewer than 2 steps")
     return demos if max_demos is None else demos[: int(max_demos)]
 
 
@@ -256,6 +265,7 @@ def load_offline_dataset(
     tasks: Sequence[str] | None = None,
     mask: str | None = None,
     max_demos: int | None = None,
+    skip_short: bool = False,
     task_id: int | None = None,
     rewards_needed: bool = True,
     rewards_from_success: bool = False,
@@ -271,7 +281,8 @@ def load_offline_dataset(
 ) -> OfflineDataset | DiskDataset:
     """The selected demos of ``path`` as an offline dataset of observation dicts (see the module docstring).
 
-    ``max_demos`` keeps the first demos of the selection. ``act_dim`` (when given) must equal the file's action
+    ``max_demos`` keeps the first demos of the selection; ``skip_short`` leaves out demos of fewer than 2 steps
+    (:func:`selected_demos`). ``act_dim`` (when given) must equal the file's action
     size. ``action_units``: the agent's action units, the actions re-expressed in them from the file's
     (``env_args["action_normalization"]``; :func:`robopretrain.envs.action_units.reexpress`); ``"file"`` (the
     default) keeps the file's; ``units_fixed``: those units were fixed before this file (by other data or a
@@ -286,7 +297,7 @@ def load_offline_dataset(
     key_map = dict(obs_map or {})
     if act_dim is not None and info.action_dim != int(act_dim):
         raise DatasetError(f"{info.path}: actions have {info.action_dim} dims; the agent has {act_dim}")
-    demos = selected_demos(info, tasks=tasks, mask=mask, max_demos=max_demos)
+    demos = selected_demos(info, tasks=tasks, mask=mask, max_demos=max_demos, skip_short=skip_short)
     ours = [*spec.rgb_keys, *spec.low_dim_keys]
     file_keys = [key_map.get(k, k) for k in ours]
     if storage == "auto":
