@@ -427,7 +427,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "if units is not None -> if not: only whether an info log line names the data file's units (describe_units "
         "takes None); the returned units are the same",
         "if units is not None: -> if not ... @ if units is not None:"),
-    ("dataset", "load_offline_dataset/const/3"): Equivalent(
+    ("dataset", "load_offline_dataset/const/4"): Equivalent(
         "the default workers=0 -> 1: disk storage then reads ahead on one thread, and the batches are the same "
         "(indices drawn in order from the one RNG: robopretrain/data/disk.py); memory storage ignores it",
         "0 -> 1 @ workers: int = 0,"),
