@@ -739,8 +739,9 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     check_targets(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "run_dir")
     run_dir = Path(os.path.abspath(run_dir))  # the stages' configs name paths under it: absolute, so a moved
-    check_stage1_encoder(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)  # folder maps them (run_fingerprint.relocation)
+    #                                             folder maps them (run_fingerprint.relocation)
+    check_stage1_encoder(cfg, run_dir)  # reads what the run folder holds, so only now; still before it is made
+    run_dir.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),
         "stage1": lambda: stage_stage1(cfg, run_dir),
