@@ -59,7 +59,7 @@ from robopretrain.checkpoint import (
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import Target, as_target
-from robopretrain.files import write_text_atomic
+from robopretrain.files import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -477,13 +477,11 @@ def plot_success(stats: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Pat
         ax.set_ylabel("success")
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

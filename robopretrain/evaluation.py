@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from robopretrain.data.keys import ACTIONS, MC_RETURNS, OBS
 from robopretrain.envs.action_units import describe as describe_units
 from robopretrain.envs.action_units import same_units
 from robopretrain.envs.target import SIM_ENVS, Target, env_factory, make_env
+from robopretrain.files import atomic_file
 
 EVAL_SEED = EVAL_SEEDS_START  # evaluation episodes use seeds EVAL_SEED + i; training seeds avoid [1e6, 2e6)
 
@@ -160,11 +160,9 @@ def write_gif(path: Path, frames: Sequence[np.ndarray], fps: float = 20.0) -> Pa
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return path
 
 

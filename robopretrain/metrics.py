@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from robopretrain.files import atomic_file, write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -63,9 +65,7 @@ class MetricsLogger:
         if not self.jsonl_path.exists():
             return
         rows = [r for r in read_jsonl(self.jsonl_path) if r.get("step", 0) <= step]
-        tmp = self.jsonl_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, self.jsonl_path)
+        write_text_atomic(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def close(self) -> None:
         if self._writer is not None:
@@ -131,8 +131,7 @@ def plot_learning_curve(
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path, suffix=path.suffix) as tmp:  # savefig picks the format from the suffix
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

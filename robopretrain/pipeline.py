@@ -41,6 +41,7 @@ from robopretrain.build import compose, plain, randomization, reward_settings, s
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
+from robopretrain.files import write_text_atomic
 from robopretrain.metrics import read_jsonl
 from robopretrain.nets.kernels import machine_record
 from robopretrain.run_fingerprint import ResumeRefusal
@@ -55,10 +56,7 @@ DONE = "done.json"
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, default=float))
 
 
 def read_json(path: Path) -> Any:

@@ -9,13 +9,13 @@ ablation), robustness tables, plots and rollouts; everything read back from the 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from robopretrain.files import write_text_atomic
 from robopretrain.metrics import read_jsonl
 
 DONE = "done.json"
@@ -240,9 +240,7 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     lines += ["", "Config of this invocation (each stage's own settings are in its `done.json`):", "", "```yaml",
               OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
     path = run_dir / "report.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 

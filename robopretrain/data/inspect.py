@@ -40,6 +40,7 @@ from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
 from robopretrain.data.video import (MANIFEST_NAME, VideoDatasetError, VideoEntry, read_frames,
                                      read_manifest, count_frames)
+from robopretrain.files import atomic_file
 
 DEMO_RE = re.compile(r"^demo_(\d+)$")
 DEFAULT_IMAGE_KEY = "agentview_image"
@@ -466,14 +467,8 @@ def save_contact_sheet(rows: Sequence[tuple[str, np.ndarray]], out: str | os.Pat
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(title, fontsize=9, y=1 - 0.12 / height, va="top")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 

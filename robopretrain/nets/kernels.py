@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from robopretrain.files import write_text_atomic
 from robopretrain.nets import ensemble_kernels as ek
 from robopretrain.nets.mlp import DenseFn, onednn_allowed
 
@@ -125,10 +126,7 @@ def _write_cache(machine: str, key: str, entry: dict) -> None:
     try:
         data = _read_cache()
         data.setdefault(machine, {})[key] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     except OSError:
         pass  # a read-only home only costs a probe per process
 
