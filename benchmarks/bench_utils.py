@@ -5,7 +5,6 @@ Scripts run as ``python benchmarks/<name>.py`` import this module from their own
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -38,11 +37,10 @@ def load_average() -> list[float]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to a temporary name, then rename (a killed run leaves the old file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+    """Write ``obj`` as indented JSON atomically (a killed run leaves the old file; numpy numbers as floats)."""
+    from robopretrain.files import write_json_atomic as write
+
+    write(path, obj, indent=1, default=float)
 
 
 def seed_arrays(per_seed: Sequence[Sequence[float]], who: str = "seeds_then_episodes_ci") -> list[np.ndarray]:

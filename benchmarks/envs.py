@@ -29,7 +29,6 @@ expert success >= 95% on every task, blind replay <= 0.1 on every target.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -47,7 +46,7 @@ import sim_envs  # noqa: E402  (first: it picks the headless GL backend before m
 import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 from sim_envs.experts import blind_replay, make_expert  # noqa: E402
-from bench_utils import cpu_model  # noqa: E402  (this script's own folder is on sys.path)
+from bench_utils import cpu_model, write_json_atomic  # noqa: E402  (this script's own folder is on sys.path)
 
 TARGETS = {"physics_steps_per_s": 2000.0, "render_64_steps_per_s": 500.0, "expert_success": 0.95,
            "target_blind_replay_success": 0.1}
@@ -249,13 +248,6 @@ def markdown_tables(result: dict[str, Any]) -> str:
         lines.append(f"| {task} | {sim_envs.tasks.TASK_IDS[task]} | {kind} | {r['max_steps']} | {r['success']:.0%} "
                      f"| {r['mean_length']:.0f} | {blind_cells} | {hand_cells} |")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

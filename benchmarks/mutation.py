@@ -361,7 +361,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
         "True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "
         "unit=\"step\", dynamic_ncols=True,"),
-    ("evaluation", "write_gif/const/5"): Equivalent(
+    ("evaluation", "write_gif/const/3"): Equivalent(
         "duration int(1000 / fps) -> int(1001 / fps): GIF stores centiseconds, the same 5 cs at the only fps used "
         "(20)",
         "1000 -> 1001 @ images[0].save(tmp, format=\"GIF\", save_all=True, append_images=images[1:], "

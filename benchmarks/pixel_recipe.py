@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import cpu_model  # noqa: E402
+from bench_utils import cpu_model, write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pixel_recipe.json"
@@ -338,10 +338,7 @@ def save(args: argparse.Namespace, results: dict[str, Any], timing: dict[str, An
            "commands": sorted(set(old.get("commands", [])) | {" ".join(sys.argv)}),
            "variant_grammar": VARIANT_GRAMMAR, "encoders": ENCODERS, "runs": results,
            "summary": summarize(results), "timing": timing}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, out)
     return out
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import cpu_model, seeds_then_episodes_ci  # noqa: E402
+from bench_utils import cpu_model, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "recipe.json"
@@ -195,10 +195,7 @@ def main(argv: list[str] | None = None) -> None:
 def save(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     out = {"protocol": "benchmarks/protocols/recipe.md", "command": " ".join(sys.argv), "cpu": cpu_model(),
            "runs": results, **summarize(results, args)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, out)
     return out
 
 

@@ -63,9 +63,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             os.fsync(f.fileno())
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically; returns ``path``."""
-    write_text_atomic(path, json.dumps(obj, indent=indent))
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2,
+                      default: Callable[[Any], Any] | None = None) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (``default``: as :func:`json.dumps`'s); returns ``path``."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, default=default))
     return Path(path)
 
 
