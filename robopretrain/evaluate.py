@@ -4,7 +4,7 @@
 :func:`evaluate_robustness` from Python. Any agent checkpoint of stage 2, stage 3 or the pipeline is accepted: the
 agent is rebuilt from the folder alone (:func:`robopretrain.checkpoint.load_agent`) and its env renders exactly its
 cameras at their size (:func:`robopretrain.evaluation.agent_env`); episodes run the deterministic policy on the
-``target`` (default: the checkpoint's own target, else its first training task; a stage-2 run on another env's data:
+``target`` (default: the checkpoint's own target, else the task its stage-2 run adapted to or first evaluated; a stage-2 run on another env's data:
 the evaluation target of that name, or its only one, :func:`default_target`). Targets outside sim_envs (Meta-World,
 any gymnasium env) have no randomization or distractors: only ``select=[nominal]`` runs there, other factors are
 refused with one line.
@@ -172,15 +172,23 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return ckpt
 
 
-def _data_info(ckpt: Checkpoint) -> Any:
-    """The :class:`~robopretrain.data.hdf5.DatasetInfo` of the stage-2 run's data file; None when the checkpoint
-    names none or it cannot be read (moved, deleted)."""
+def _task_file(ckpt: Checkpoint, name: str) -> str | None:
+    """The stage-2 run's file holding its task ``name``: the ``data.mix`` file for a mix task (meta's ``mix_path``;
+    older checkpoints did not record it), else the data file."""
+    mixed = name in (ckpt.meta.get("mix_task_names") or [])
+    return ckpt.meta.get("mix_path") if mixed else ckpt.meta.get("data_path")
+
+
+def _data_info(ckpt: Checkpoint, name: str) -> Any:
+    """The :class:`~robopretrain.data.hdf5.DatasetInfo` of the stage-2 run's file holding task ``name``
+    (:func:`_task_file`); None when the checkpoint names none or it cannot be read (moved, deleted)."""
     from robopretrain.data.hdf5 import DatasetError, read_info
 
-    if not ckpt.meta.get("data_path"):
+    path = _task_file(ckpt, name)
+    if not path:
         return None
     try:
-        return read_info(ckpt.meta["data_path"])
+        return read_info(path)
     except (DatasetError, OSError):
         return None
 
@@ -190,7 +198,7 @@ def _foreign_task(ckpt: Checkpoint, name: str) -> bool:
     sim_envs (robosuite's ``Lift`` is not our ``Lift``); False when the file cannot be read (moved, deleted)."""
     from robopretrain.envs.target import target_of_data
 
-    info = None if name in (ckpt.meta.get("mix_task_names") or []) else _data_info(ckpt)
+    info = _data_info(ckpt, name)
     return info is not None and name in info.tasks and target_of_data(info.env_args, name, int(info.tasks[name])) is None
 
 
@@ -200,7 +208,7 @@ def _data_target(ckpt: Checkpoint, name: str, slot: int | None) -> Target | None
     lacks the task or names no env family we can build."""
     from robopretrain.envs.target import target_of_data
 
-    info = _data_info(ckpt)
+    info = _data_info(ckpt, name)
     if info is None or name not in info.tasks:
         return None
     return target_of_data(info.env_args, name, int(info.tasks[name]) if slot is None else int(slot))
@@ -208,14 +216,17 @@ def _data_target(ckpt: Checkpoint, name: str, slot: int | None) -> Target | None
 
 def default_target(ckpt: Checkpoint) -> Target:
     """The checkpoint's own target (stage 3), else the task a stage-2 run adapted to (the first of its ``data.mix``
-    tasks, PTR's target adaptation), else the first task the stage-2 agent was trained on; in the slot of the task
+    tasks, PTR's target adaptation), else the first trained task the stage-2 run evaluated (``train.eval_targets`` in
+    its order: the data file's task order by default), else its first trained task by name; in the slot of the task
     one-hot it was trained in (meta's ``task_ids``: a ``data.task_id`` override moves it). A task that is not a
     sim_envs task (or has a sim_envs task's name in a file of another env family) is the stage-2 run's evaluation
     target of that name (``train.eval_targets``, recorded in meta's
     ``eval_targets``), else its only evaluation target. Raises :class:`CheckpointError` when none fits."""
     if ckpt.meta.get("target"):
         return as_target(ckpt.meta["target"])
-    names = ckpt.meta.get("mix_task_names") or ckpt.meta.get("task_names") or []
+    trained = list(ckpt.meta.get("task_names") or [])
+    evaluated_tasks = [str(t.get("name")) for t in ckpt.meta.get("eval_targets") or [] if t.get("name") in trained]
+    names = ckpt.meta.get("mix_task_names") or evaluated_tasks or trained
     if not names:
         raise CheckpointError(f"{ckpt.path / 'meta.json'}: names no task; pass target=<name or mapping>")
     name = str(names[0])
@@ -234,7 +245,7 @@ def default_target(ckpt: Checkpoint) -> Target:
             if name.endswith(("-v1", "-v2", "-v3")):  # a Meta-World task whose data file is gone
                 raise CheckpointError(
                     f"{ckpt.path / 'meta.json'}: its task {name!r} is not a sim_envs task and the run recorded no "
-                    f"evaluation target of it (train.eval_targets) and its data file {ckpt.meta.get('data_path')} "
+                    f"evaluation target of it (train.eval_targets) and its data file {_task_file(ckpt, name)} "
                     "cannot be read; for a Meta-World task pass "
                     f"'target={{name: {name}, family: metaworld, max_episode_steps: <the demos\' limit>"
                     f"{'' if slot is None else f', task_id: {slot}'}}}'")

@@ -784,7 +784,8 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
                                             "settings": stage_settings(cfg, stage), "machine": machine_record(),
                                             "run_dir": str(run_dir)})
         ran[stage] = seconds
-        print(f"[pipeline] {stage} done in {seconds:.1f} s", flush=True)
+        skipped = result.get("skipped") if isinstance(result, dict) else None
+        print(f"[pipeline] {stage} " + (f"skipped: {skipped}" if skipped else f"done in {seconds:.1f} s"), flush=True)
     report = write_report(cfg, run_dir)
     log_report(cfg, run_dir, stage_logger(cfg, "report"))
     return {"stages": ran, "report": str(report), "run_dir": str(run_dir)}

@@ -562,6 +562,7 @@ __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", 
            "bradley_terry_loss", "held_out_split", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
            "sample_pairs", "segment_reward_sums", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
 
+
 def cli_main() -> None:
     """``python -m robopretrain.reward_model``: one-line config errors, then Hydra."""
     run_hydra(main, "reward_model")

@@ -181,6 +181,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             "obs_map": obs_map,
             "task_names": tasks, "eval_targets": [t.to_dict() for t in targets],  # robopretrain.evaluate's default
             "task_ids": {**task_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
+            "mix_path": os.path.abspath(mix_info.path) if mix_ids else None,  # (converted) file of the mix tasks
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,
             "parallel": {"world_size": dinfo.world_size, "batch_size_per_process": agent.batch_size,
                          "effective_batch_size": agent.batch_size * dinfo.world_size}}

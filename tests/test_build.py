@@ -219,6 +219,12 @@ def test_an_agent_trained_in_a_moved_slot_is_evaluated_there_by_default(tmp_path
     assert default_target(moved).resolved_task_id() == 5
     plain_ckpt = SimpleNamespace(path=tmp_path, meta={"task_names": ["Reach"]})  # an older meta.json: the name's id
     assert default_target(plain_ckpt).resolved_task_id() == TASK_IDS["Reach"]
+    # a multi-task run: the first task it evaluated (it was the first by name, CloseDrawer, not the Reach it reported)
+    multi = SimpleNamespace(path=tmp_path, meta={"task_names": ["CloseDrawer", "Reach"],
+                                                 "eval_targets": [{"name": "Reach"}, {"name": "CloseDrawer"}]})
+    assert default_target(multi).name == "Reach"
+    multi.meta["eval_targets"] = []
+    assert default_target(multi).name == "CloseDrawer"
 
 
 def test_a_stage2_agent_of_another_env_defaults_to_the_target_it_was_evaluated_on(tmp_path):

@@ -36,10 +36,11 @@ SCRIPTS = {
     "robopretrain-train": "robopretrain.train",
     "robopretrain-finetune": "finetune.train",
     "robopretrain-evaluate": "robopretrain.evaluate",
+    "robopretrain-reward-model": "robopretrain.reward_model",
     "robopretrain-metaworld-collect": "robopretrain.envs.metaworld_collect",
 }
 HYDRA_SCRIPTS = ["robopretrain-pipeline", "robopretrain-collect", "robopretrain-collect-videos", "robopretrain-video",
-                 "robopretrain-train", "robopretrain-finetune", "robopretrain-evaluate",
+                 "robopretrain-train", "robopretrain-finetune", "robopretrain-evaluate", "robopretrain-reward-model",
                  "robopretrain-metaworld-collect"]
 BAD_PATH = "data.path=/a/b=c.hdf5"
 # the same check (robopretrain.cli.run_hydra) for all; stages 1 and 2 and the evaluation: tests/test_bad_input.py

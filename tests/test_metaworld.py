@@ -404,6 +404,10 @@ def test_a_stage2_checkpoint_that_evaluated_nothing_is_evaluated_in_its_files_me
     target = default_target(Checkpoint(tmp_path, OmegaConf.create({}), meta, {}, None))
     assert target.family == METAWORLD and target.name == "drawer-open-v3" and target.task_id == 3
     assert target.env_kwargs["max_episode_steps"] == 120  # the demos' limit, not Meta-World's 500
+    # the task in the data.mix file (README's Meta-World stage 2): that file names it (the data file was read)
+    mixed = {**meta, "data_path": str(tmp_path / "prior.hdf5"), "mix_task_names": ["drawer-open-v3"],
+             "mix_path": str(collected)}
+    assert default_target(Checkpoint(tmp_path, OmegaConf.create({}), mixed, {}, None)).family == METAWORLD
     meta["data_path"] = str(tmp_path / "gone.hdf5")
     with pytest.raises(CheckpointError, match=r"target=\{name: drawer-open-v3, family: metaworld, "
                                               r"max_episode_steps: <the demos' limit>, task_id: 3\}"):

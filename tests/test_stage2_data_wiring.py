@@ -123,5 +123,6 @@ def test_an_adaptation_run_names_evaluates_and_defaults_to_its_mixed_in_target(t
     ckpt = load_checkpoint(last)
     assert considered == [PRIOR, TARGET]  # the default evaluation: the prior data's tasks and the mixed-in ones
     assert ckpt.meta["task_names"] == sorted([PRIOR, TARGET]) and ckpt.meta["mix_task_names"] == [TARGET]
+    assert ckpt.meta["mix_path"] == str(target) and ckpt.meta["data_path"] == str(prior)  # where evaluate looks
     assert ckpt.meta["task_ids"] == {PRIOR: TASK_IDS[PRIOR], TARGET: TASK_IDS[TARGET]}
     assert default_target(ckpt).name == TARGET

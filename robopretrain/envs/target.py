@@ -550,21 +550,22 @@ class TargetEnv(gym.Wrapper):
                                    "with no success signal at all: reward: dense, and success counts 0)")
         return False  # a dense target: the key may come on later steps (checked at the episode's end)
 
-    def _check_success_key(self, info: Mapping[str, Any]) -> None:
-        """At a dense target's episode end: a success_key the user named that no step of the episode gave is refused
-        (success read 0 silently); the default key absent throughout is said once per target."""
+    def _check_success_key(self, env_keys: Sequence[str]) -> None:
+        """At a dense target's episode end (``env_keys``: the env's own info keys of the last step): a success_key the
+        user named that no step of the episode gave is refused (success read 0 silently); the default key absent
+        throughout is said once per target and process."""
         if self.target.sparse or self._key_seen:
             return
         key = self.target.success_key
         if key != DEFAULT_SUCCESS_KEY:
             raise EnvContractError(f"target {self.target.name!r}: no step of an episode had {key!r} in its info (keys: "
-                                   f"{sorted(info)}); set the target's success_key to the info key that says the "
+                                   f"{sorted(env_keys)}); set the target's success_key to the info key that says the "
                                    "task is done")
         if self.target.name not in _warned_no_success:
             _warned_no_success.add(self.target.name)
             log.warning("target %r: no step of an episode had %r in its info (keys: %s), so its episodes count no "
                         "success (success rates read 0); set the target's success_key if one of these says the task "
-                        "is done", self.target.name, key, sorted(info))
+                        "is done", self.target.name, key, sorted(env_keys))
 
     def reset(self, **kwargs: Any):
         obs, info = self.env.reset(**kwargs)
@@ -578,13 +579,14 @@ class TargetEnv(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._steps += 1
         info = dict(info)
+        env_keys = list(info)  # before our own "success" joins them (the warning listed it as the env's)
         success = self._success(info)
         info["success"] = success
         if self.target.sparse:
             reward = float(success)
         terminated = bool(terminated) or (success and self.target.terminate_on_success)
         if terminated or truncated:
-            self._check_success_key(info)
+            self._check_success_key(env_keys)
         return self._obs(obs), float(reward), terminated, bool(truncated), info
 
 
