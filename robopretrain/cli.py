@@ -179,7 +179,8 @@ def validate_overrides(config_name: str, overrides: list[str], config_dir: Path 
     except (HydraException, OmegaConfBaseException) as exc:
         if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
             raise
-        report_and_exit(ValueError(group_key_problem(config_name, overrides, config_dir) or str(exc)),
+        message = str(exc).split("\nConfig search path:")[0]  # Hydra's own paths: no help to the user
+        report_and_exit(ValueError(group_key_problem(config_name, overrides, config_dir) or message),
                         prefix="error: config")
     finally:
         GlobalHydra.instance().clear()

@@ -167,3 +167,14 @@ def test_messages_name_the_override():
     assert "an override is key=value" in override_problem("x", ValueError("missing EQUAL"))
     comma = sweep_problem("data.path=/a,b")
     assert "needs -m" in comma and """'data.path="/a,b"'""" in comma and "data.path=[/a,b]" in comma
+
+
+def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(capsys):
+    """``algo=foo`` printed Hydra's config search path (its own package and file URLs) after the options."""
+    from robopretrain.cli import validate_overrides
+
+    with pytest.raises(SystemExit) as exit_info:
+        validate_overrides("robopretrain", ["algo=foo"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "Could not find 'algo/foo'" in err and "calql" in err and "search path" not in err
