@@ -74,8 +74,9 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
                              "give the target's demos (target.demos or data.path" + (
                                  "; python -m robopretrain.envs.metaworld_collect writes Meta-World demos)"
                                  if target.family == METAWORLD else ")"))
+        sim_cameras = {target.obs_map.get(k, k) for k in agent.spec.rgb_keys}  # the agent may name them its way
         collect = {"tasks": [target.name], "render_images": bool(agent.spec.rgb),
-                   "eye_in_hand": "eye_in_hand_image" in agent.spec.rgb_keys}
+                   "eye_in_hand": "eye_in_hand_image" in sim_cameras}
         if agent.spec.image_size:
             collect["image_size"] = int(agent.spec.image_size)
         return build.resolve_data_path(cfg.data, run_dir, default_name="target_demos.hdf5", collect=collect)

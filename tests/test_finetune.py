@@ -522,3 +522,22 @@ def test_the_checkpoints_data_file_stands_in_only_when_it_has_the_targets_demos(
     assert offline_data_path(cfg, tmp_path, as_target("Reach"), None, meta) == reach_hdf5
     with pytest.raises(ValueError, match="has no demos of target 'OpenDrawer' \\(its tasks: PressButton, Reach\\)"):
         offline_data_path(cfg, tmp_path, as_target("OpenDrawer"), None, meta)
+
+
+def test_generated_target_demos_render_the_cameras_the_agent_maps_to_the_sim(tmp_path, monkeypatch):
+    """data.generate with agent cameras named front_cam / wrist_cam (obs_map -> the sim's): the collector was asked
+    for no wrist camera (it tested the agent's names), and the offline data then lacked it."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    import finetune.train as ft
+    from robopretrain.envs.target import Target
+
+    asked = []
+    monkeypatch.setattr(ft.build, "resolve_data_path", lambda data, run_dir, **kw: asked.append(kw["collect"]))
+    agent = SimpleNamespace(spec=SimpleNamespace(rgb=(("front_cam", (32, 32, 3)), ("wrist_cam", (32, 32, 3))),
+                                                 rgb_keys=["front_cam", "wrist_cam"], image_size=32))
+    target = Target(name="Reach", task_id=0, obs_map={"front_cam": "agentview_image", "wrist_cam": "eye_in_hand_image"})
+    ft.offline_data_path(OmegaConf.create({"data": {"generate": True}}), tmp_path, target, agent, {})
+    assert asked == [{"tasks": ["Reach"], "render_images": True, "eye_in_hand": True, "image_size": 32}]

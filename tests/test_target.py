@@ -309,3 +309,16 @@ def test_a_sim_targets_own_image_size_is_replaced_by_the_agents_with_a_warning_o
     caplog.clear()
     make_env(Target(name="Reach", env_kwargs={"image_size": 24}), ("agentview_image",), 24).close()
     assert "image_size" not in caplog.text  # the same size: nothing to say
+
+
+def test_a_sim_envs_target_renders_the_cameras_the_agent_names_its_own_way():
+    """Agent cameras front_cam / wrist_cam mapped by obs_map to the sim's agentview / eye-in-hand: the env rendered
+    neither (it tested the agent's names) and refused the cameras it had been told how to map."""
+    target = Target(name="Reach", task_id=0, obs_map={"front_cam": "agentview_image", "wrist_cam": "eye_in_hand_image"})
+    env = make_env(target, ("front_cam", "wrist_cam"), 32)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["front_cam"].shape == obs["wrist_cam"].shape == (32, 32, 3)
+        assert not np.array_equal(obs["front_cam"], obs["wrist_cam"])  # two cameras, not one twice
+    finally:
+        env.close()

@@ -375,8 +375,9 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
     if target.family == SIM_ENVS:
         import sim_envs
 
-        kwargs: dict[str, Any] = {"render_images": "agentview_image" in cameras,
-                                  "eye_in_hand": "eye_in_hand_image" in cameras,
+        env_cameras = {target.obs_map.get(c, c) for c in cameras}  # the sim's keys (the agent may name them its way)
+        kwargs: dict[str, Any] = {"render_images": "agentview_image" in env_cameras,
+                                  "eye_in_hand": "eye_in_hand_image" in env_cameras,
                                   "randomization": randomization if randomization is not None else "none",
                                   "terminate_on_success": target.terminate_on_success, **target.env_kwargs,
                                   **sim_kwargs}
