@@ -392,7 +392,12 @@ def build_timm(model_name: str, image_size: int, in_channels: int, **kwargs: Any
         net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_channels, **kwargs)
     except RuntimeError as exc:  # timm's "Unknown model"
         raise ValueError(f"timm:{model_name}: {exc}") from exc
-    shape = _feature_shape(net, in_channels, image_size)
+    try:
+        shape = _feature_shape(net, in_channels, image_size)
+    except (AssertionError, RuntimeError) as exc:  # a ViT built for 224 px: "Input height (48) doesn't match model"
+        hint = "" if "img_size" in kwargs else (f"; a model built for one input size (a ViT) takes "
+                                                 f"+encoder.kwargs.img_size={image_size}")
+        raise ValueError(f"timm:{model_name} does not take {image_size} px images: {exc}{hint}") from None
     if len(shape) != 1:
         raise ValueError(f"timm:{model_name}: expected pooled features (B, D) with num_classes=0, got (B, *{shape})")
     return net, shape[0]
