@@ -244,9 +244,11 @@ def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
     wrong = {k: tuple(s[:2]) for k, s in spec.rgb if tuple(s[:2]) != (int(image_size), int(image_size))}
     if wrong:
         cams = ", ".join(f"{k} {h}x{w}" for k, (h, w) in wrong.items())
+        one_size = len({tuple(s[:2]) for _, s in spec.rgb}) == 1 and spec.rgb[0][1][0] == spec.rgb[0][1][1]
         raise ValueError(f"data.image_size={image_size} but {path} holds {cams}: a robomimic file is used as stored "
-                         "(other formats are resized while converting); write its frames at that size, or leave "
-                         "data.image_size unset to train at the file's size")
+                         "(other formats are resized while converting); write its frames at that size" + (
+                             ", or leave data.image_size unset to train at the file's size" if one_size else
+                             " (the agent's cameras must all have one square size)"))
 
 
 def converted(path: Path, data_cfg: Any, default_image_size: int | None = None) -> Path:

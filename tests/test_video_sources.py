@@ -305,6 +305,18 @@ def test_a_bad_final_frame_is_reported_and_left_out_a_missing_one_silently(tmp_p
         assert HDF5ImageSource(path, image_size=12).lengths.tolist() == [5, 6, 5]
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "demo_0/next_obs/agentview_image" in messages[0] and "obs frames only" in messages[0]
+    # next_obs frames of another size than obs (a clip of both): left out with a warning (numpy's concatenate
+    # error, naming no file, stopped stage 1), the resize to image_size said once at INFO
+    with h5py.File(path, "a") as f:
+        del f["data/demo_2/next_obs/agentview_image"]
+        f["data/demo_2/next_obs/agentview_image"] = np.zeros((4, 32, 32, 3), np.uint8)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="video_pretrain.data"):
+        src = HDF5ImageSource(path, image_size=12)
+        assert src.lengths.tolist() == [5, 6, 4] and src.frames(2, np.arange(4)).shape == (4, 12, 12, 3)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("demo_2/next_obs/agentview_image: frames of 32x32, obs/agentview_image's 24x24" in m for m in messages)
+    assert sum("frames are 24x24, resized to image_size=12" in m for m in messages) == 1
 
 
 def test_hdf5_source_errors_and_bad_demo(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

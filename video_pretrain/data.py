@@ -384,6 +384,10 @@ class HDF5ImageSource(ClipSource):
         if dtype != np.uint8 or len(shape) != 3 or shape[-1] != 3:
             raise DatasetError(f"{self.path}: data/*/obs/{self.key}: expected uint8 images (N, H, W, 3), "
                                f"got {dtype} (N, {', '.join(map(str, shape))})")
+        if tuple(shape[:2]) != (self.image_size, self.image_size):  # said: stage 2 takes the encoder at one size
+            logger.info("%s: obs/%s frames are %dx%d, resized to image_size=%d; an encoder trained on them takes "
+                        "%d px cameras in stage 2 (image_size=%d trains at the file's size)", self.path, self.key,
+                        shape[0], shape[1], self.image_size, self.image_size, shape[0])
 
     def _dataset_problem(self, f: h5py.File, where: str, n: int) -> str | None:
         ds = f.get(where)
@@ -406,6 +410,9 @@ class HDF5ImageSource(ClipSource):
     def _final_frame_ok(self, f: h5py.File, name: str, n: int) -> bool:
         where = f"data/{name}/next_obs/{self.key}"
         problem = self._dataset_problem(f, where, n)
+        frames = f[f"data/{name}/obs/{self.key}"].shape[1:3]
+        if problem is None and f[where].shape[1:3] != frames:  # its last frame joins the obs frames of one clip
+            problem = f"frames of {f[where].shape[1]}x{f[where].shape[2]}, obs/{self.key}'s {frames[0]}x{frames[1]}"
         if problem is not None and problem != "missing":
             logger.warning("%s: %s: %s; using obs frames only", self.path, where, problem)
         return problem is None
