@@ -233,6 +233,11 @@ class Agent:
         else:
             self.train_spec = spec
         pad = self.settings.augment_pad if self.trains_encoder else 0
+        if pad < 0:
+            raise ValueError(f"encoder.augment_pad={pad}; expected a shift in pixels >= 0 (0: none)")
+        if spec.image_size and pad > spec.image_size // 4:
+            log.warning("encoder.augment_pad=%d on %d px frames: shifts up to %d%% of the frame, mostly border pixels "
+                        "(DrQ shifts 4 px at 84 px)", pad, spec.image_size, round(100 * pad / spec.image_size))
         self.critic_encoder = ObsEncoder(self.train_spec, img, stats=stats, augment_pad=pad, precision=precision,
                                          feature_norm=self.mode == "frozen" and self.settings.normalize_features
                                          ).to(self.device)

@@ -480,3 +480,18 @@ def test_an_agent_ends_cqls_bc_warm_start_after_bc_steps_updates(mode):
         agent.update(batch)
         phases.append(agent.core.bc_phase)
     assert phases == [True, False, False] and agent.core.num_updates == 3
+
+
+def test_an_augmentation_shift_past_a_quarter_of_the_frame_is_warned_and_a_negative_one_refused(caplog):
+    """encoder.augment_pad=100 on 48 px frames was accepted silently (the shifted frame is mostly border)."""
+    import logging
+
+    spec = SPECS["1cam"]
+    for pad, warned in ((spec.image_size // 4, False), (spec.image_size // 4 + 1, True)):
+        caplog.clear()
+        settings = EncoderSettings(mode="scratch", augment_pad=pad, kwargs={"channels": 4, "out_dim": 8})
+        with caplog.at_level(logging.WARNING, logger="robopretrain.agent"):
+            Agent(spec, 4, "bc", ALGO["bc"], settings, seed=0)
+        assert ("mostly border pixels" in caplog.text) == warned, pad
+    with pytest.raises(ValueError, match=r"encoder.augment_pad=-1; expected a shift in pixels >= 0"):
+        Agent(spec, 4, "bc", ALGO["bc"], EncoderSettings(mode="scratch", augment_pad=-1), seed=0)

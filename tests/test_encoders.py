@@ -94,6 +94,8 @@ def test_encoder_errors_are_clear() -> None:
         make_encoder("resnet50", 64)
     with pytest.raises(ValueError, match="'small_conv'.*unknown argument.*'width'"):
         make_encoder("small_conv", 64, width=3)
+    with pytest.raises(ValueError, match=r"encoder 'resnet18' with \{'groups': 3\} at 64 px: .*divisible"):
+        make_encoder("resnet18", 64, groups=3)  # torch's message named neither
     with pytest.raises(ValueError, match="timm:no_such_net"):
         make_encoder("timm:no_such_net", 64)
     with pytest.raises(ValueError, match="pretrained"):
@@ -235,6 +237,9 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         load_encoder(folder)
     with pytest.raises(EncoderCheckpointError, match="no such encoder checkpoint folder"):
         load_encoder(tmp_path / "nowhere")
+    (tmp_path / "stage2_run" / "checkpoints").mkdir(parents=True)  # a stage-2 run given as the encoder
+    with pytest.raises(EncoderCheckpointError, match=r"meta.json: missing.*this is an agent run: init=<folder>"):
+        load_encoder(tmp_path / "stage2_run")
 
 
 # ----------------------------------------------------------------------------- small_conv: keypoints, coordinates

@@ -523,7 +523,9 @@ class TargetEnv(gym.Wrapper):
         missing = [c for c in self.cameras if c not in out]
         if missing:
             raise EnvContractError(f"target {self.target.name!r}: the env gives no camera {missing} (keys: "
-                                   f"{sorted(out)}); map it with obs_map")
+                                   f"{sorted(out)}); map it with obs_map to the observation key that holds it (a "
+                                   "camera must be in the observation dict: frames of env.render() only film "
+                                   "evaluation videos; a wrapper can put them in the observation)")
         out["task_id"] = self._task_id
         return out
 

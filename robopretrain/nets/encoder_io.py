@@ -143,7 +143,10 @@ def read_encoder_meta(dir_path: str | os.PathLike) -> dict[str, Any]:
         raise EncoderCheckpointError(f"{folder}: no such encoder checkpoint folder")
     path = folder / META_FILE
     if not path.is_file():
-        raise EncoderCheckpointError(f"{path}: missing; expected an encoder checkpoint folder written by save_encoder")
+        agent_run = (folder / "checkpoints").is_dir() or (folder / "latest").is_file()
+        raise EncoderCheckpointError(f"{path}: missing; expected an encoder checkpoint folder written by save_encoder"
+                                     + (" (stage 1's <run>/encoder); this is an agent run: init=<folder> starts "
+                                        "stage 2 from its agent, encoders included" if agent_run else ""))
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -449,7 +449,10 @@ def make_encoder(name: str, image_size: int, in_channels: int = 3, **kwargs: Any
         net, out_dim = build_timm(name[len(TIMM_PREFIX):], image_size, in_channels, **kwargs)
     elif name in BUILDERS:
         _check_kwargs(name, BUILDERS[name], kwargs)
-        net, out_dim = BUILDERS[name](image_size, in_channels, **kwargs)
+        try:
+            net, out_dim = BUILDERS[name](image_size, in_channels, **kwargs)
+        except ValueError as exc:  # torch's own ("num_channels (64) must be divisible by num_groups (3)")
+            raise ValueError(f"encoder {name!r} with {kwargs or 'its defaults'} at {image_size} px: {exc}") from None
     else:
         raise ValueError(f"unknown encoder {name!r}; expected one of {encoder_names()}")
     return ImageEncoder(net, out_dim, image_size, in_channels, mean, std, build_args)
