@@ -312,9 +312,11 @@ def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset | D
     agent = Agent(spec, act_dim, str(cfg.algo.name), algo_overrides(cfg.algo), settings, stats=stats, device=device,
                   seed=int(cfg.seed))
     if spec.rgb:
-        log.info("agent: %s encoder (%s), %d features; cameras %s, low-dim %s, %d tasks", agent.mode,
-                 agent.encoder_source.get("source"), agent.feature_dim, list(spec.rgb_keys), list(spec.low_dim_keys),
-                 spec.num_tasks)
+        shared = "one encoder for actor and critic" if agent.actor_encoder is agent.critic_encoder else \
+            "separate actor and critic encoders"
+        log.info("agent: %s encoder (%s, %s), %d features; cameras %s, low-dim %s, %s", agent.mode,
+                 agent.encoder_source.get("source"), shared, agent.feature_dim, list(spec.rgb_keys),
+                 list(spec.low_dim_keys), f"a task one-hot of {spec.num_tasks}" if spec.num_tasks else "no task one-hot")
     return agent
 
 
