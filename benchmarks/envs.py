@@ -29,6 +29,7 @@ expert success >= 95% on every task, blind replay <= 0.1 on every target.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -46,7 +47,8 @@ import sim_envs  # noqa: E402  (first: it picks the headless GL backend before m
 import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 from sim_envs.experts import blind_replay, make_expert  # noqa: E402
-from bench_utils import cpu_model, write_json_atomic  # noqa: E402  (this script's own folder is on sys.path)
+from bench_utils import cpu_model  # noqa: E402  (this script's own folder is on sys.path)
+from robopretrain.files import write_text_atomic  # noqa: E402
 
 TARGETS = {"physics_steps_per_s": 2000.0, "render_64_steps_per_s": 500.0, "expert_success": 0.95,
            "target_blind_replay_success": 0.1}
@@ -269,6 +271,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--episodes, --physics-steps and --render-steps must be >= 1, --hand-episodes and "
                      "--blind-episodes >= 0")
     return args
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """``payload`` as JSON written atomically, indented by 2 with a final newline (the committed results' format)."""
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

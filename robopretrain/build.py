@@ -413,7 +413,7 @@ def data_task_ids(info: DatasetInfo, data_cfg: Any) -> dict[str, int]:
     when the setting overrides it, else the file's id of the task."""
     demos = selected_demos(info, tasks=list(data_cfg.tasks) if data_cfg.get("tasks") else None,
                            mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"),
-                           skip_short=bool(data_cfg.get("skip_short_demos", False)))
+                           skip_short=bool(data_cfg.get("skip_short_demos", False)), quiet=True)
     override = data_cfg.get("task_id")
     return {task: int(override) if override is not None else int(info.tasks[task])
             for task in sorted({info.demo(d).task for d in demos})}

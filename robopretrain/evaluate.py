@@ -217,7 +217,7 @@ def _data_target(ckpt: Checkpoint, name: str, slot: int | None) -> Target | None
 def default_target(ckpt: Checkpoint) -> Target:
     """The checkpoint's own target (stage 3), else the task a stage-2 run adapted to (the first of its ``data.mix``
     tasks, PTR's target adaptation), else the first trained task the stage-2 run evaluated (``train.eval_targets`` in
-    its order: the data file's task order by default), else its first trained task by name; in the slot of the task
+    its order; by default the data's tasks by name), else its first trained task by name; in the slot of the task
     one-hot it was trained in (meta's ``task_ids``: a ``data.task_id`` override moves it). A task that is not a
     sim_envs task (or has a sim_envs task's name in a file of another env family) is the stage-2 run's evaluation
     target of that name (``train.eval_targets``, recorded in meta's
@@ -245,8 +245,9 @@ def default_target(ckpt: Checkpoint) -> Target:
             if name.endswith(("-v1", "-v2", "-v3")):  # a Meta-World task whose data file is gone
                 raise CheckpointError(
                     f"{ckpt.path / 'meta.json'}: its task {name!r} is not a sim_envs task and the run recorded no "
-                    f"evaluation target of it (train.eval_targets) and its data file {_task_file(ckpt, name)} "
-                    "cannot be read; for a Meta-World task pass "
+                    "evaluation target of it (train.eval_targets) and " + (
+                        f"its data file {_task_file(ckpt, name)} cannot be read" if _task_file(ckpt, name) else
+                        "it records no data file of it (a data.mix task of a run older than mix_path)") + "; for a Meta-World task pass "
                     f"'target={{name: {name}, family: metaworld, max_episode_steps: <the demos\' limit>"
                     f"{'' if slot is None else f', task_id: {slot}'}}}'")
             raise CheckpointError(

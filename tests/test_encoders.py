@@ -104,6 +104,8 @@ def test_encoder_errors_are_clear() -> None:
     with pytest.raises(ValueError, match=r"does not take 48 px images.*\+encoder.kwargs.img_size=48"):
         make_encoder("timm:vit_tiny_patch16_224", 48, depth=1)
     assert make_encoder("timm:vit_tiny_patch16_224", 48, depth=1, img_size=48)(images(2, 48)).shape == (2, 192)
+    with pytest.raises(ValueError, match=r"timm:resnet10t: .*img_size"):  # a keyword the model lacks: was a traceback
+        make_encoder("timm:resnet10t", 32, img_size=32)
     enc = make_encoder("small_conv", 32)
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 32, 32\), got \(2, 3, 64, 64\)"):
         enc(images(2, 64))

@@ -1,6 +1,7 @@
 """robomimic HDF5 reader: loading the right keys/demos, and clear errors on broken files."""
 
 import json
+import logging
 
 import h5py
 import numpy as np
@@ -219,7 +220,7 @@ def _load(path, storage, **kw):
     return load_offline_dataset(path, spec, RewardSettings(), storage=storage, **kw)
 
 
-def test_one_step_episode(tmp_path):
+def test_one_step_episode(tmp_path, caplog):
     path = write_dataset(tmp_path / "o.hdf5", lengths=(3, 1, 2))
     msg = _expect(path, "one-step episode")
     assert "data/demo_1" in msg
@@ -230,6 +231,13 @@ def test_one_step_episode(tmp_path):
         assert len(_load(path, storage, mask="train")) == 3 + 2
         skipped = _load(path, storage, skip_short=True, max_demos=2)  # max_demos counts the demos kept
         assert len(skipped) == 3 + 2  # demo_0 and demo_2: the short one left out before the first 2 are kept
+    from robopretrain.build import data_task_ids
+    from omegaconf import OmegaConf
+
+    caplog.clear()  # the tasks' slots are read from the same selection without saying it a second time
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.dataset"):
+        assert data_task_ids(read_info(path), OmegaConf.create({"skip_short_demos": True})) == {"lift": 0}
+    assert "fewer than 2 steps left out" not in caplog.text
     with pytest.raises(DatasetError, match="every selected demo has fewer than 2 steps"):
         _load(write_dataset(tmp_path / "all_short.hdf5", lengths=(1, 0)), "memory", skip_short=True)
     empty = write_dataset(tmp_path / "e.hdf5", lengths=(3, 0, 2))  # an empty demo: the same message, not a reshape

@@ -159,11 +159,12 @@ def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, ep
 
 
 def selected_demos(info: DatasetInfo, *, tasks: Sequence[str] | None = None, mask: str | None = None,
-                   max_demos: int | None = None, skip_short: bool = False) -> list[str]:
+                   max_demos: int | None = None, skip_short: bool = False, quiet: bool = False) -> list[str]:
     """The demos :func:`load_offline_dataset` reads with these settings: ``select_demos``'s (mask AND tasks, numeric
-    order), without those of fewer than 2 steps when ``skip_short`` (logged; else the reader refuses them, the data
-    contract's minimum), the first ``max_demos`` of them. Raises ``ValueError`` for a ``max_demos`` below 1 (a
-    negative slice would drop demos from the end), :class:`DatasetError` when ``skip_short`` leaves none."""
+    order), without those of fewer than 2 steps when ``skip_short`` (logged unless ``quiet``; else the reader
+    refuses them, the data contract's minimum), the first ``max_demos`` of them. Raises ``ValueError`` for a
+    ``max_demos`` below 1 (a negative slice would drop demos from the end), :class:`DatasetError` when
+    ``skip_short`` leaves none."""
     if max_demos is not None and (isinstance(max_demos, bool) or int(max_demos) != max_demos or int(max_demos) < 1):
         raise ValueError(f"max_demos={max_demos!r}; expected an integer >= 1 (the first demos kept) or null (all)")
     demos = select_demos(info, mask=mask, tasks=tasks)
@@ -171,8 +172,9 @@ def selected_demos(info: DatasetInfo, *, tasks: Sequence[str] | None = None, mas
         short = [d for d in demos if info.demo(d).num_samples < 2]
         if short:
             demos = [d for d in demos if d not in set(short)]
-            log.warning("%s: %d demo(s) of fewer than 2 steps left out (data.skip_short_demos=true): %s", info.path,
-                        len(short), ", ".join(short[:5]) + (", ..." if len(short) > 5 else ""))
+            if not quiet:  # said once per file, by the loader
+                log.warning("%s: %d demo(s) of fewer than 2 steps left out (data.skip_short_demos=true): %s", info.path,
+                            len(short), ", ".join(short[:5]) + (", ..." if len(short) > 5 else ""))
         if not demos:
             raise DatasetError(f"{info.path}: every selected demo has fewer than 2 steps")
     return demos if max_demos is None else demos[: int(max_demos)]

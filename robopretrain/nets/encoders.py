@@ -390,13 +390,13 @@ def build_timm(model_name: str, image_size: int, in_channels: int, **kwargs: Any
     kwargs.pop("num_classes", None)
     try:
         net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_channels, **kwargs)
-    except RuntimeError as exc:  # timm's "Unknown model"
-        raise ValueError(f"timm:{model_name}: {exc}") from exc
+    except (RuntimeError, TypeError) as exc:  # timm's "Unknown model"; a keyword the model does not take
+        raise ValueError(f"timm:{model_name}: {exc}") from None
     try:
         shape = _feature_shape(net, in_channels, image_size)
     except (AssertionError, RuntimeError) as exc:  # a ViT built for 224 px: "Input height (48) doesn't match model"
-        hint = "" if "img_size" in kwargs else (f"; a model built for one input size (a ViT) takes "
-                                                 f"+encoder.kwargs.img_size={image_size}")
+        hint = "" if "img_size" in kwargs or "match model" not in str(exc) else (
+            f"; a model built for one input size (a ViT) takes +encoder.kwargs.img_size={image_size}")
         raise ValueError(f"timm:{model_name} does not take {image_size} px images: {exc}{hint}") from None
     if len(shape) != 1:
         raise ValueError(f"timm:{model_name}: expected pooled features (B, D) with num_classes=0, got (B, *{shape})")
@@ -452,6 +452,8 @@ def make_encoder(name: str, image_size: int, in_channels: int = 3, **kwargs: Any
         try:
             net, out_dim = BUILDERS[name](image_size, in_channels, **kwargs)
         except ValueError as exc:  # torch's own ("num_channels (64) must be divisible by num_groups (3)")
+            if str(exc).startswith(name):  # the builder's own message names it already
+                raise
             raise ValueError(f"encoder {name!r} with {kwargs or 'its defaults'} at {image_size} px: {exc}") from None
     else:
         raise ValueError(f"unknown encoder {name!r}; expected one of {encoder_names()}")
