@@ -158,9 +158,24 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
         src, shape, dtype = lookup(key, "rgb")
         if len(shape) != 3 or shape[2] != 3 or np.dtype(dtype) != np.uint8:
             raise ValueError(f"{where}: rgb part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected uint8 images "
-                             "(H, W, 3)")
+                             f"(H, W, 3){image_layout_hint(tuple(shape), np.dtype(dtype))}")
         cams.append((key, tuple(int(s) for s in shape)))
     return ObsSpec(low_dim=tuple(low), rgb=tuple(cams), num_tasks=int(num_tasks))
 
 
-__all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "spec_from_shapes"]
+def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype) -> str:
+    """How to rewrite a stored camera of another layout as uint8 ``(H, W, 3)`` (the data is used as stored; an env's
+    frames of these layouts are converted, robopretrain.envs.camera_frames): a hint starting with ``"; "``, or ``""``."""
+    fixes: list[str] = []
+    if len(shape) not in (2, 3):  # not an image at all (a vector listed as a camera)
+        return ""
+    if len(shape) == 3 and shape[0] in (1, 3) and shape[2] not in (1, 3):
+        fixes.append("channels first: write frames.transpose(0, 2, 3, 1)")
+    elif len(shape) == 2 or (len(shape) == 3 and shape[2] == 1):
+        fixes.append("grey: repeat it to 3 channels")
+    if np.issubdtype(dtype, np.floating):
+        fixes.append("float: write (frames * 255).round().astype(np.uint8) for frames in [0, 1]")
+    return f"; {', '.join(fixes)}" if fixes else ""
+
+
+__all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "image_layout_hint", "spec_from_shapes"]
