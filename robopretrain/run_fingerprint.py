@@ -77,7 +77,8 @@ class ResumeRefusal(Exception):
         super().__init__(self.text())
 
     def text(self) -> str:
-        raise NotImplementedError
+        """The message (the subclasses word it for their kind of checkpoint)."""
+        return f"{self.where}: cannot resume ({self.changes}); {self.fresh}"
 
     def advising(self, fresh: str) -> "ResumeRefusal":
         """The same refusal with another way to start fresh."""
