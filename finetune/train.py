@@ -40,7 +40,7 @@ from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
 from robopretrain.algos import AGENT_NAMES
 from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, clear_previous_run, load_agent,
-                                     refuse_source_in_run, resolve_checkpoint_dir)
+                                     recorded_file, refuse_source_in_run, resolve_checkpoint_dir)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_sparse_data_for_dense_target
@@ -192,7 +192,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         rand = gap.source
         eval_rand = gap.target if eval_rand is None else eval_rand
     build.check_env_fits(agent, target, rand)
-    data_path = offline_data_path(cfg, run_dir, target, agent, ckpt.meta)
+    stage2_path = recorded_file(ckpt, "data_path")  # at a moved run folder's new place when it moved with the run
+    data_path = offline_data_path(cfg, run_dir, target, agent, {**ckpt.meta, "data_path": stage2_path})
     info = read_info(data_path)
     note = time_limit_note(target, info.env_args, info.demos)
     if note:
@@ -200,7 +201,6 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     reward = build.reward_settings(cfg.algo, target)
     tasks = cfg.data.get("tasks") or ([target.name] if target.name in info.tasks else None)
     data_cfg = cfg.data
-    stage2_path = ckpt.meta.get("data_path")
     same_file = bool(stage2_path) and os.path.realpath(str(stage2_path)) == os.path.realpath(str(data_path))
     mapped = demo_obs_map(target, info, ckpt.meta.get("obs_map"), stage2_file=same_file)
     if not data_cfg.get("obs_map") and mapped:

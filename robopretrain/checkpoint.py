@@ -23,6 +23,7 @@ action dim, algorithm, encoder mode) into a :class:`CheckpointError` that names 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -36,7 +37,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robopretrain.files import replace_folder, temp_folder, write_text_atomic
-from robopretrain.run_fingerprint import ResumeRefusal
+from robopretrain.run_fingerprint import ResumeRefusal, moved_file
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.pt"
@@ -195,6 +198,21 @@ def load_checkpoint(path: str | os.PathLike, with_state: bool = True) -> Checkpo
     return Checkpoint(path=path, config=config, meta=meta, weights=weights, state=state)
 
 
+def recorded_file(ckpt: Checkpoint, key: str) -> str | None:
+    """The file a checkpoint's meta names under ``key`` (``data_path``, ``mix_path``), or, when no file is there and
+    the run folder holding it moved with the checkpoint (a copied runs folder, a renamed run), the same file under
+    its new place (:func:`robopretrain.run_fingerprint.moved_file`: same place relative to the run folder, same size
+    and content hash as recorded); None when meta names none. A file found so is logged."""
+    path = ckpt.meta.get(key)
+    if not path or os.path.exists(str(path)):
+        return path
+    moved = moved_file(str(path), ckpt.meta.get("fingerprint"), ckpt.path)
+    if moved is None:
+        return str(path)
+    log.info("%s: its %s %s is not there; read at the run folder's new place, %s", ckpt.path, key, path, moved)
+    return moved
+
+
 def _torch_load(file: Path) -> dict[str, Any]:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
@@ -240,16 +258,13 @@ def clear_previous_run(run_dir: str | os.PathLike, parts: tuple[str, ...] = PREV
     checkpoints by update count pruned the fresh run's own, and a cache collected by another agent was reused).
     Callers clear after their start-up checks (a refused config leaves the old run in place). Returns the names
     removed."""
-    import logging
-
     run_dir = Path(run_dir)
     removed = [name for name in parts if (run_dir / name).exists()]
     for name in removed:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if removed:
-        logging.getLogger(__name__).warning("resume=false: removed the previous run's %s from %s",
-                                            ", ".join(removed), run_dir)
+        log.warning("resume=false: removed the previous run's %s from %s", ", ".join(removed), run_dir)
     return removed
 
 

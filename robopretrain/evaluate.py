@@ -54,6 +54,7 @@ from robopretrain.checkpoint import (
     CheckpointError,
     load_agent,
     load_checkpoint,
+    recorded_file,
     resolve_checkpoint_dir,
 )
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
@@ -174,9 +175,10 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def _task_file(ckpt: Checkpoint, name: str) -> str | None:
     """The stage-2 run's file holding its task ``name``: the ``data.mix`` file for a mix task (meta's ``mix_path``;
-    older checkpoints did not record it), else the data file."""
+    older checkpoints did not record it), else the data file; under a moved run folder's new place when it moved
+    with the run (:func:`robopretrain.checkpoint.recorded_file`)."""
     mixed = name in (ckpt.meta.get("mix_task_names") or [])
-    return ckpt.meta.get("mix_path") if mixed else ckpt.meta.get("data_path")
+    return recorded_file(ckpt, "mix_path" if mixed else "data_path")
 
 
 def _data_info(ckpt: Checkpoint, name: str) -> Any:

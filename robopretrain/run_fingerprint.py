@@ -220,6 +220,36 @@ def relocation(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[s
     return pairs
 
 
+def moved_file(recorded: str | os.PathLike, fp: Mapping[str, Any] | None, place: str | os.PathLike) -> str | None:
+    """Where the file ``recorded`` (a path a run recorded, e.g. a checkpoint's ``data_path``) lies now that the run
+    folder holding it moved: the file at its place relative to the run's old home (``fp``, the run's fingerprint),
+    under the nearest folder above ``place`` (where a file of the run lies now: its checkpoint) that holds one. When
+    ``fp`` records the file among its inputs, the candidate must have the recorded size and content hash. None when
+    ``fp`` has no home, ``recorded`` was not under it or no such file is found."""
+    fp = fp or {}
+    recorded = os.path.abspath(os.fspath(recorded))
+    rel = None
+    for key in ("home", "home_resolved"):
+        home = fp.get(key)
+        if home and recorded.startswith(str(home).rstrip(os.sep) + os.sep):
+            rel = recorded[len(str(home).rstrip(os.sep)) + 1:]
+            break
+    if rel is None:
+        return None
+    homes = [str(fp[k]).rstrip(os.sep) + os.sep for k in ("home", "home_resolved") if fp.get(k)]
+    known = [i for i in (fp.get("inputs") or {}).values() if isinstance(i, Mapping) and i.get("kind") == "file"
+             and any(str(i.get("path", "")) == h + rel for h in homes)]
+    for folder in Path(os.path.abspath(place)).parents:
+        candidate = folder / rel
+        if not candidate.is_file():
+            continue
+        size = candidate.stat().st_size
+        if not known or any(i.get("size") == size and i.get("sha256") == _sha256_of_file(candidate, size)[0]
+                            for i in known):
+            return str(candidate)
+    return None
+
+
 def relocated(value: Any, moved: Sequence[tuple[str, str]]) -> Any:
     """``value`` (a string, or lists and mappings of them) with each path under an old root of ``moved``
     (:func:`relocation`'s pairs) re-rooted at its new root; anything else unchanged."""

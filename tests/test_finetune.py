@@ -427,6 +427,22 @@ def test_stage_twos_obs_map_reads_its_data_file_again_in_stage_3(robosuite_demos
     assert read_with and read_with[0]["eef_pos"] == "eef_recorded"
 
 
+def test_stage_3_reads_the_data_file_of_a_moved_stage_2_run_at_its_new_place(robosuite_demos, tmp_path):
+    """A stage-2 run folder holding its data file (data.generate writes it there), moved: stage 3 without data.path
+    said "the checkpoint's data file is not available (no file at <old path>)"."""
+    import shutil
+
+    old = tmp_path / "old"
+    old.mkdir()
+    demos = Path(shutil.copy(robosuite_demos, old / "demos.hdf5"))
+    stage2(stage2_config(demos, old, algo="cql", steps=2, data_cfg={"obs_map": OBS_MAP},
+                         obs={"low_dim": ["eef_pos", "gripper_qpos"], "rgb": ["agentview_image"]}))
+    old.rename(tmp_path / "moved")
+    out = finetune(stage3_config(tmp_path / "moved", tmp_path / "run", ROBOSUITE_TARGET, env_steps=12))
+    assert out["history"][-1]["env_steps"] == 12
+    assert load_latest(tmp_path / "run" / "checkpoints").meta["data_path"] == str(tmp_path / "moved" / "demos.hdf5")
+
+
 def test_stage_twos_obs_map_applies_to_its_own_file_even_where_the_file_has_the_parts_name():
     """Stage 2 read eef_pos from eef_filtered on a file holding both: stage 3 on that file must too (it read the raw
     eef_pos, silently); on another file the part's own column wins as before; the target fills unmapped parts."""

@@ -350,6 +350,39 @@ def test_a_moved_run_folder_resumes_and_paths_outside_it_still_count(tmp_path):
     assert run_fingerprint.run_home({"run_root": None}, "/out") == Path("/out")
 
 
+def test_a_moved_runs_recorded_data_file_is_found_at_its_new_place(tmp_path):
+    """``evaluate`` / stage 3 of a checkpoint whose run folder moved read its data file at the old path (gone): the
+    file at the same place under the moved folder, with the recorded content, is read; another file there, a path
+    that was outside the run folder or a fingerprint without a home is not relocated."""
+    from omegaconf import OmegaConf
+
+    from robopretrain.checkpoint import Checkpoint, recorded_file
+
+    run = tmp_path / "old" / "run"
+    (run / "stage2" / "checkpoints" / "ckpt_4").mkdir(parents=True)
+    data = run / "data" / "demos.hdf5"
+    data.parent.mkdir()
+    data.write_bytes(b"d" * 100)
+    outside = tmp_path / "old" / "other.hdf5"
+    outside.write_bytes(b"o")
+    fp = run_fingerprint.fingerprint({}, {"data": data, "mix": outside}, home=run)
+    meta = {"data_path": str(data), "mix_path": str(outside), "fingerprint": fp}
+    run.rename(tmp_path / "run")
+    place = tmp_path / "run" / "stage2" / "checkpoints" / "ckpt_4"
+    ckpt = Checkpoint(place, OmegaConf.create({}), meta, {}, None)
+    assert recorded_file(ckpt, "data_path") == str(tmp_path / "run" / "data" / "demos.hdf5")
+    assert recorded_file(ckpt, "mix_path") == str(outside)  # there: as recorded
+    assert recorded_file(ckpt, "nothing") is None
+    outside.unlink()  # outside the run folder: not looked for elsewhere
+    (tmp_path / "other.hdf5").write_bytes(b"o")
+    assert recorded_file(ckpt, "mix_path") == str(outside)
+    assert run_fingerprint.moved_file(data, {k: v for k, v in fp.items() if not k.startswith("home")}, place) is None
+    (tmp_path / "run" / "data" / "demos.hdf5").write_bytes(b"x" * 100)  # same size, other content: not it
+    assert recorded_file(ckpt, "data_path") == str(data)
+    unrecorded = {**fp, "inputs": {}}  # a file the fingerprint does not hash (meta's mix_path of a run without mix)
+    assert run_fingerprint.moved_file(data, unrecorded, place) == str(tmp_path / "run" / "data" / "demos.hdf5")
+
+
 def test_a_relative_data_path_is_the_file_it_names(tmp_path, monkeypatch):
     """``data.path=demos.hdf5`` then ``../demos.hdf5`` from a subfolder, or ``run/demos.hdf5`` inside a run folder then
     moved: the path text differed and the resume was refused."""

@@ -412,6 +412,17 @@ def test_a_stage2_checkpoint_that_evaluated_nothing_is_evaluated_in_its_files_me
     with pytest.raises(CheckpointError, match=r"target=\{name: drawer-open-v3, family: metaworld, "
                                               r"max_episode_steps: <the demos' limit>, task_id: 3\}"):
         default_target(Checkpoint(tmp_path, OmegaConf.create({}), meta, {}, None))
+    import shutil  # its run folder moved with the data file in it: the file is read at the new place
+
+    from robopretrain import run_fingerprint
+
+    (tmp_path / "old" / "run" / "stage2").mkdir(parents=True)
+    shutil.copy(collected, tmp_path / "old" / "run" / "demos.hdf5")
+    meta["data_path"] = str(tmp_path / "old" / "run" / "demos.hdf5")
+    meta["fingerprint"] = run_fingerprint.fingerprint({}, {"data": meta["data_path"]}, home=tmp_path / "old" / "run")
+    (tmp_path / "old" / "run").rename(tmp_path / "run")
+    moved = Checkpoint(tmp_path / "run" / "stage2", OmegaConf.create({}), meta, {}, None)
+    assert default_target(moved).family == METAWORLD
 
 
 def test_evaluating_the_checkpoints_task_under_another_time_limit_is_named(tmp_path):
