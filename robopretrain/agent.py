@@ -16,7 +16,7 @@ Encoder transfer modes (``EncoderSettings.mode``; only meaningful with cameras),
 ``frozen_cached``  as ``frozen``, but the features are computed once per stored frame (:meth:`Agent.prepare`):
                    a dataset transform that replaces the cameras by a low-dim part ``features``, after which RL
                    runs on vectors (the fast CPU path);
-``scratch``        the same architecture, randomly initialised, trained (PTR).
+``scratch``        the same architecture, randomly initialised (built for the cameras' image size), trained (PTR).
 
 Where an encoder trains, images get DrQ random-shift augmentation (``augment_pad``). Actor and critic have separate
 encoders (PTR) unless ``shared``; a shared encoder is trained by the critic loss only and the actor sees its
@@ -140,8 +140,11 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
         if asked:  # the checkpoint's architecture wins: say so rather than train another net than asked for
             log.warning("encoder.checkpoint=%s sets the architecture (%s, %s): encoder %s ignored", settings.checkpoint,
                         meta["encoder"], meta["kwargs"], ", ".join(f"{k}={v}" for k, v in asked.items()))
-        if mode == "scratch":
-            encoder = make_encoder(meta["encoder"], meta["image_size"], meta["in_channels"], **meta["kwargs"])
+        if mode == "scratch":  # the architecture, built for the cameras' size (no weights are borrowed)
+            if int(meta["image_size"]) != int(image_size):
+                log.info("encoder.mode=scratch: %s's architecture (%s) built for the cameras' %d px (it was trained "
+                         "at %d px)", settings.checkpoint, meta["encoder"], int(image_size), int(meta["image_size"]))
+            encoder = make_encoder(meta["encoder"], int(image_size), meta["in_channels"], **meta["kwargs"])
             source = {"source": "scratch", "architecture_from": str(settings.checkpoint)}
         else:
             source = {"source": str(Path(settings.checkpoint).resolve()), "meta_extra": meta.get("extra", {})}
@@ -151,7 +154,8 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
     have = int(encoder.input_spec["image_size"])
     if have != int(image_size):
         raise ValueError(f"encoder.checkpoint={settings.checkpoint} takes {have} px images but the cameras give "
-                         f"{image_size} px; collect the data at that size or pretrain the encoder at the data's size")
+                         f"{image_size} px; collect the data at that size or pretrain the encoder at the data's size "
+                         "(encoder.mode=scratch trains its architecture from scratch at the cameras' size)")
     return encoder, source
 
 

@@ -293,6 +293,27 @@ def test_scratch_has_the_architecture_but_not_the_weights(stage1_encoder):
         make_agent(SPECS["1cam"], mode="frozen")
 
 
+def test_scratch_builds_the_checkpoints_architecture_at_the_cameras_size(stage1_encoder, caplog):
+    """encoder.mode=scratch borrows only the architecture: a checkpoint trained at another image size was refused
+    (its weights are not used); the modes that load its weights still refuse, naming scratch."""
+    import logging
+
+    from robopretrain.agent import EncoderSettings, build_image_encoder
+
+    path, _ = stage1_encoder
+    with caplog.at_level(logging.INFO):
+        encoder, source = build_image_encoder(EncoderSettings(mode="scratch", checkpoint=str(path)), 2 * SIZE)
+    assert encoder.input_spec["image_size"] == 2 * SIZE and source["architecture_from"] == str(path)
+    assert encoder.build_args["kwargs"] == {"channels": 4, "out_dim": 8} and encoder.out_dim == 8
+    assert f"built for the cameras' {2 * SIZE} px (it was trained at {SIZE} px)" in caplog.text
+    with torch.no_grad():
+        assert encoder(torch.zeros(2, 3, 2 * SIZE, 2 * SIZE)).shape == (2, 8)
+    for mode in ("finetune", "frozen"):
+        with pytest.raises(ValueError, match=f"takes {SIZE} px images but the cameras give {2 * SIZE} px.*"
+                                             "encoder.mode=scratch"):
+            build_image_encoder(EncoderSettings(mode=mode, checkpoint=str(path)), 2 * SIZE)
+
+
 def test_a_frozen_encoder_is_never_shifted_or_put_in_training_mode_and_the_description_keeps_the_mode(
         stage1_encoder):
     """Random shifts and train mode only for encoders the agent trains; every network a replica must share is listed;
