@@ -72,7 +72,7 @@ from torch import nn
 
 from robopretrain.algos import AGENT_NAMES, make_agent, make_config
 from robopretrain.algos.base import load_optimizer_state, make_adam, metrics_to_floats
-from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS
+from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS, TASK_ID
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization
 from robopretrain.envs.action_units import describe as describe_units
@@ -160,15 +160,48 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
 
 
 def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
-    """The parts of ``spec`` in ``obs`` with a batch dimension (numpy or torch), and whether one was added."""
-    parts = {k: obs[k] for k in spec.storage_keys() if k in obs}
-    missing = [k for k in spec.storage_keys() if k not in parts]
+    """The parts of ``spec`` in ``obs`` (arrays, tensors or nested lists) with a batch dimension, and whether one was
+    added. Each part must have its spec's shape per observation (``(B, *shape)`` for a batch of ``B``): cameras
+    ``(H, W, C)`` uint8 as rendered, low-dim parts ``(D,)``, ``task_id`` an integer in ``[0, num_tasks)``. Raises
+    ``KeyError`` for a missing part and ``ValueError`` for a part of another shape, dtype or range, naming it and the
+    fix (parts of the wrong sizes whose total matched were concatenated silently)."""
+    if not isinstance(obs, Mapping):
+        raise TypeError(f"agent: expected an observation dict {{part: array}}, got {type(obs).__name__}")
+    storage = spec.storage()
+    missing = [k for k in storage if k not in obs]
     if missing:
-        raise KeyError(f"agent: observation is missing {missing}; it has {sorted(obs)}")
-    key, (shape, _) = next(iter(spec.storage().items()))
-    single = len(parts[key].shape) == len(shape)
+        hint = (f"; task_id is the task's slot in the agent's {spec.num_tasks}-way task one-hot, an integer in "
+                f"[0, {spec.num_tasks}) (a checkpoint's meta['task_ids'] maps task names to slots)"
+                if TASK_ID in missing else "")
+        raise KeyError(f"agent: observation is missing {missing}; it has {sorted(obs)}{hint}")
+    parts = {k: obs[k] if torch.is_tensor(obs[k]) else np.asarray(obs[k]) for k in storage}
+    key, (shape, _) = next(iter(storage.items()))
+    single = len(parts[key].shape) == len(shape)  # else a batch of the first part's leading size
+    lead = () if single or len(parts[key].shape) != len(shape) + 1 else (int(parts[key].shape[0]),)
+    for k, (want, dtype) in storage.items():
+        have = tuple(int(d) for d in parts[k].shape)
+        if have != (want if single else (*lead, *want)) or not (single or lead):
+            hint = (f"; the frames are channels first: pass np.moveaxis({k}, -3, -1)"
+                    if len(want) == 3 and have[-3:] == (want[2], want[0], want[1]) else "")
+            batched = "(B, " + ", ".join(str(d) for d in want) + ")"
+            raise ValueError(f"agent: observation part {k!r} has shape {have}; the agent expects {want} per "
+                             f"observation ({batched} for a batch"
+                             f"{f' of B = {lead[0]}, as {key!r} gives' if lead and k != key else ''}){hint}")
+        if dtype == np.uint8 and parts[k].dtype not in (np.uint8, torch.uint8):
+            raise ValueError(f"agent: camera {k!r} is {parts[k].dtype}; the agent takes uint8 frames in [0, 255] as "
+                             f"rendered (from floats in [0, 1]: (frame * 255).round().astype(np.uint8))")
+    if TASK_ID in storage:
+        ids = parts[TASK_ID]  # stored batches hold whole-number floats
+        count = ids.numel() if torch.is_tensor(ids) else ids.size
+        fraction = bool(count) and bool((ids != (ids.round() if torch.is_tensor(ids) else np.round(ids))).any())
+        low, high = (float(ids.min()), float(ids.max())) if count else (0.0, 0.0)
+        if fraction or low < 0 or high >= spec.num_tasks:
+            given = "not whole numbers" if fraction else f"{low:g}" if low == high else f"values {low:g}..{high:g}"
+            raise ValueError(f"agent: task_id {given}; "
+                             f"expected integers in [0, {spec.num_tasks}), the slots of the agent's task one-hot "
+                             "(a checkpoint's meta['task_ids'] maps task names to slots)")
     if single:
-        parts = {k: (v.unsqueeze(0) if torch.is_tensor(v) else np.asarray(v)[None]) for k, v in parts.items()}
+        parts = {k: (v.unsqueeze(0) if torch.is_tensor(v) else v[None]) for k, v in parts.items()}
     return parts, single
 
 
@@ -482,15 +515,24 @@ class Agent:
     # ------------------------------------------------------------------ acting
 
     @torch.no_grad()
-    def act(self, obs: ObsBatch, deterministic: bool = True) -> np.ndarray:
+    def act(self, obs: ObsBatch, deterministic: bool = True, env_units: bool = False) -> np.ndarray:
         """Action(s) ``(A,)`` or ``(B, A)`` for one observation dict or a batch, raw (as the env gives it) or
-        stored (as :meth:`prepare` returns it)."""
+        stored (as :meth:`prepare` returns it); each part checked against the agent's spec (``ValueError`` /
+        ``KeyError`` naming it).
+
+        The actions are in the agent's units: ``[-1, 1]`` per dimension when the data's actions were rescaled
+        (:attr:`action_normalization`, recorded in the checkpoint; the envs the toolkit builds map them back).
+        ``env_units=True`` returns them in the robot's units (``action_normalization.to_env``; unchanged when the
+        agent acts in the env's own units). A Decision Transformer acts on the episode so far: call
+        :meth:`reset_episode` at each episode's start and :meth:`observe_reward` after each step."""
         if self.feature_encoder is not None and FEATURES not in obs:
             parts, single = _as_batch(obs, self.spec)
             parts = self.prepare({k: (v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in parts.items()})
         else:
             parts, single = _as_batch(obs, self.train_spec)
         actions = self.core.act(self.actor_encoder(_to_tensors(parts, self.device)), deterministic)
+        if env_units and self.action_normalization is not None:
+            actions = self.action_normalization.to_env(actions)
         return actions[0] if single else actions
 
     @torch.no_grad()

@@ -522,3 +522,50 @@ def test_an_augmentation_shift_past_a_quarter_of_the_frame_is_warned_and_a_negat
         assert ("mostly border pixels" in caplog.text) == warned, pad
     with pytest.raises(ValueError, match=r"encoder.augment_pad=-1; expected a shift in pixels >= 0"):
         Agent(spec, 4, "bc", ALGO["bc"], EncoderSettings(mode="scratch", augment_pad=-1), seed=0)
+
+
+def test_act_checks_each_part_of_the_observation_against_the_spec():
+    """Parts of the wrong sizes whose total matched were concatenated silently (a wrong action); a channels-first
+    frame, float frames, an out-of-range or float task id or a list failed deep in torch or not at all."""
+    spec = ObsSpec(low_dim=(("joint_state", 12), ("ee_pos", 3)), rgb=(CAM,), num_tasks=2)
+    agent = make_agent(spec, "bc")
+    frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+    good = {"joint_state": np.zeros(12), "ee_pos": [0.1, 0.2, 0.3], "agentview_image": frame, "task_id": 1}
+    assert agent.act(good).shape == (4,)  # a list for a low-dim part is taken as an array
+    batch = {"joint_state": np.zeros((3, 12)), "ee_pos": np.zeros((3, 3)), "agentview_image": np.stack([frame] * 3),
+             "task_id": np.array([0, 1, 1])}
+    assert agent.act(batch).shape == (3, 4)
+    assert agent.act({**good, "task_id": 1.0}).shape == (4,)  # stored batches hold whole-number floats
+    cases = {
+        "swapped sizes": ({**good, "joint_state": np.zeros(3), "ee_pos": np.zeros(12)},
+                          r"'joint_state' has shape \(3,\); the agent expects \(12,\) per observation"),
+        "batch sizes differ": ({**batch, "ee_pos": np.zeros((2, 3))}, r"'ee_pos' has shape \(2, 3\).*of B = 3"),
+        "channels first": ({**good, "agentview_image": np.zeros((3, SIZE, SIZE), np.uint8)},
+                           r"channels first: pass np.moveaxis\(agentview_image, -3, -1\)"),
+        "float frames": ({**good, "agentview_image": frame.astype(np.float32)}, r"is float32; .* uint8 frames"),
+        "task id too large": ({**good, "task_id": 2}, r"task_id 2; expected integers in \[0, 2\)"),
+        "negative task id": ({**batch, "task_id": np.array([0, -1, 1])}, r"task_id values -1..1"),
+        "fractional task id": ({**good, "task_id": 0.5}, r"task_id not whole numbers"),
+    }
+    for name, (obs, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            agent.act(obs)
+    with pytest.raises(KeyError, match=r"missing \['task_id'\].*an integer in \[0, 2\)"):
+        agent.act({k: v for k, v in good.items() if k != "task_id"})
+    with pytest.raises(TypeError, match="expected an observation dict"):
+        agent.act([good])
+
+
+def test_act_in_env_units_maps_the_agents_actions_back_to_the_robots():
+    """An agent trained on rescaled actions acts in [-1, 1]; ``env_units=True`` gives the robot's units."""
+    from robopretrain.envs.action_units import ActionNormalization
+
+    spec = ObsSpec(low_dim=(("proprio", 7),))
+    agent = make_agent(spec, "bc")
+    obs = {"proprio": np.linspace(-1, 1, 7)}
+    assert np.array_equal(agent.act(obs, env_units=True), agent.act(obs))  # the env's own units: unchanged
+    agent.action_normalization = ActionNormalization(low=(-2.0, 0.0, 0.0, -1.0), high=(4.0, 1.0, 0.5, 1.0))
+    raw = agent.act(obs)
+    assert np.allclose(agent.act(obs, env_units=True), [-2 + (raw[0] + 1) * 3, (raw[1] + 1) / 2,
+                                                        (raw[2] + 1) / 4, raw[3]], atol=1e-6)
+    assert agent.act({"proprio": np.zeros((2, 7))}, env_units=True).shape == (2, 4)
