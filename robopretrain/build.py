@@ -46,7 +46,9 @@ def compose(config_name: str, groups: Mapping[str, str] | None = None,
     """``configs/<config_name>.yaml`` as Hydra would compose it without command-line flags: each ``group: option`` of
     its defaults list loaded from ``configs/<group>/<option>.yaml`` (``groups`` picks other options), the primary
     config on top, then ``overrides`` merged (a mapping, may replace a group's content wholesale). Used by the
-    pipeline to call each stage's public ``run`` with a full config."""
+    pipeline to call each stage's public ``run`` with a full config. Raises ``FileNotFoundError`` for an unknown
+    option, ``ValueError`` for an unknown group or a group given a string in ``overrides`` (``{"algo": "iql"}``, the
+    command line's spelling: ``groups`` picks options)."""
     primary = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
     defaults = list(primary.pop("defaults", []) or [])
     if "_self_" not in defaults:  # Hydra's default: the primary config comes last
@@ -67,7 +69,13 @@ def compose(config_name: str, groups: Mapping[str, str] | None = None,
         out[group] = OmegaConf.load(path)
     if chosen:
         raise ValueError(f"{config_name} config has no config group(s) {sorted(chosen)}")
+    group_names = {next(iter(dict(e))) for e in defaults if e != "_self_"}
     for key, value in dict(overrides or {}).items():
+        if key in group_names - {"dr"} and isinstance(value, str):  # algo=iql, the command line's pick (a dr entry
+            # may be a level name: build.randomization)
+            raise ValueError(f"compose({config_name!r}): overrides {{{key!r}: {value!r}}} would replace config group "
+                             f"{key!r} by a string; pick its option with groups={{{key!r}: {value!r}}} (overrides "
+                             "merge values into the chosen option)")
         if isinstance(value, Mapping) and key in out and OmegaConf.is_dict(out[key]):
             out[key] = OmegaConf.merge(out[key], OmegaConf.create(dict(value)))
         else:

@@ -266,3 +266,15 @@ def test_warn_action_range_only_for_finite_boxes_other_than_minus_one_one() -> N
     noisy = gym.spaces.Box(np.float64(-1 - 8e-7), np.float64(1 + 8e-7), (2,), np.float64)  # a converter's rounding
     assert not build.warn_action_range(noisy, "t")
     assert build.warn_action_range(gym.spaces.Box(np.float64(-1 - 2e-6), np.float64(1.0), (2,), np.float64), "t")
+
+
+def test_compose_refuses_a_group_given_as_a_string_in_overrides():
+    """``overrides={"algo": "iql"}`` (the command line's spelling) replaced the algo group by the string "iql" and
+    training failed with an AttributeError deep inside; ``groups`` picks the option. A dr entry may be a level name."""
+    from robopretrain.build import compose
+
+    with pytest.raises(ValueError, match=r"would replace config group 'algo' by a string; pick its option with "
+                                         r"groups=\{'algo': 'iql'\}"):
+        compose("robopretrain", overrides={"algo": "iql"})
+    assert compose("robopretrain", {"algo": "iql"}).algo.name == "iql"
+    assert compose("finetune", overrides={"dr": "train"}).dr == "train"
