@@ -372,6 +372,7 @@ def collect_and_update(
         return env_steps, started
     collector.start(started)
     started, last_ckpt = collector.next_episode, env_steps
+    checked = env_steps  # the last env step whose update losses were checked finite (or this session's start)
     while env_steps < total:
         # drain from the round that can reach checkpoint_every: with one env, "checkpoint at the first episode end
         # at or after checkpoint_every env steps"
@@ -387,7 +388,8 @@ def collect_and_update(
         for u in range(n_updates):
             metrics = update((log_now or ckpt_now) and u == n_updates - 1)
         if log_now or ckpt_now:
-            finite_metrics_hook(env_steps, metrics)
+            finite_metrics_hook(env_steps, metrics, since=checked)
+            checked = env_steps
         if log_now:
             on_log(env_steps, metrics)
         if progress is not None:

@@ -16,10 +16,13 @@ from typing import Any
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or inf; names the loss and the training step."""
 
-    def __init__(self, name: str, value: float, step: int, hint: str = "") -> None:
+    def __init__(self, name: str, value: float, step: int, hint: str = "", since: int | None = None) -> None:
         self.name, self.value, self.step = name, value, int(step)
-        msg = (f"loss {name!r} is {value} at step {step}; the run stopped and its last good checkpoint is kept "
-               f"(lower the learning rate, set gradient clipping, or check the data for extreme values)")
+        when = (f" (losses are checked only at logged and checkpointed steps: it went bad after step {since}, "
+                "where they were last finite)" if since is not None and int(since) < int(step) - 1 else "")
+        msg = (f"loss {name!r} is {value} at step {step}{when}; the run stopped before checkpointing it, so a rerun "
+               "resumes from the newest checkpoint if the run wrote one (lower the learning rate, set gradient "
+               "clipping, or check the data for extreme values)")
         super().__init__(msg + (f"; {hint}" if hint else ""))
 
 
@@ -32,22 +35,24 @@ def _as_float(value: Any) -> float:
     return float(value)
 
 
-def check_finite(losses: Mapping[str, Any], step: int, hint: str = "") -> None:
+def check_finite(losses: Mapping[str, Any], step: int, hint: str = "", since: int | None = None) -> None:
     """Raise :class:`NonFiniteLossError` for the first loss in ``losses`` that is NaN or inf.
 
-    ``losses`` maps names to floats or tensors (scalars, or arrays checked elementwise via their sum).
+    ``losses`` maps names to floats or tensors (scalars, or arrays checked elementwise via their sum); ``since``:
+    the last step whose losses were checked finite (named in the error when steps between went unchecked).
     """
     for name, value in losses.items():
         v = _as_float(value)
         if not math.isfinite(v):
-            raise NonFiniteLossError(str(name), v, step, hint)
+            raise NonFiniteLossError(str(name), v, step, hint, since)
 
 
-def finite_metrics_hook(step: int, metrics: Mapping[str, Any]) -> Mapping[str, Any]:
+def finite_metrics_hook(step: int, metrics: Mapping[str, Any], since: int | None = None) -> Mapping[str, Any]:
     """The stage-2/3 hook: check the ``*loss*`` entries of an agent's update metrics, return them unchanged.
 
     Call it on the metrics ``agent.update`` returns (``metrics = finite_metrics_hook(step, agent.update(...))``).
-    Updates without metrics (``with_metrics=False``) return an empty dict and are not checked.
+    Updates without metrics (``with_metrics=False``) return an empty dict and are not checked; ``since`` as
+    :func:`check_finite`'s.
     """
-    check_finite({k: v for k, v in metrics.items() if "loss" in k}, step)
+    check_finite({k: v for k, v in metrics.items() if "loss" in k}, step, since=since)
     return metrics

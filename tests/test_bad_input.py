@@ -189,7 +189,8 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         "out_of_range_value_stage2": (s2(f"data.path={good}", "train.eval_every=0", out),
                                       "robopretrain config: train.eval_every=0; expected an integer >= 1"),
         "nan_loss_stage2": (s2(f"data.path={good}", "algo.reward_scale=1e38", f"output_dir={tmp}/nan"),
-                            "at step 2; the run stopped and its last good checkpoint is kept"),
+                            "at step 2 (losses are checked only at logged and checkpointed steps: it went bad after "
+                            "step 0, where they were last finite); the run stopped before checkpointing it"),
         "image_keys_not_in_data_stage2": (
             s2(f"data.path={good}", "obs.rgb=[agentview_image]", "obs.low_dim=[proprio]", out),
             "observation key 'agentview_image' (rgb part 'agentview_image') not found"),
@@ -282,6 +283,17 @@ def test_check_finite_names_the_loss_and_step():
     with pytest.raises(NonFiniteLossError, match=r"'q' is inf at step 2"):
         check_finite({"q": torch.tensor([1.0, float("inf")])}, step=2)
     assert issubclass(NonFiniteLossError, FloatingPointError)
+    # checked every log_every steps: "at step 100" read as the step it went bad, "its last good checkpoint is kept"
+    # where no checkpoint was written
+    with pytest.raises(NonFiniteLossError, match=r"at step 100 \(losses are checked only at logged and "
+                                                 r"checkpointed steps: it went bad after step 0, where they were last "
+                                                 r"finite\); the run stopped before checkpointing it, so a rerun "
+                                                 r"resumes from the newest checkpoint if the run wrote one") as err:
+        check_finite({"value_loss": float("nan")}, step=100, since=0)
+    assert "last good checkpoint is kept" not in str(err.value)
+    with pytest.raises(NonFiniteLossError) as err:  # the step before was checked: nothing unchecked to name
+        check_finite({"value_loss": float("nan")}, step=100, since=99)
+    assert "went bad after" not in str(err.value)
 
 
 def test_stage23_hook_checks_only_losses():

@@ -108,13 +108,15 @@ def resume(agent: Any, sampler: Any, ckpt_root: Path, dinfo: DistInfo | None = N
     return ckpt.step, ckpt
 
 
-def _guard(step: int, metrics: Mapping[str, float], dinfo: DistInfo) -> Mapping[str, float]:
-    """:func:`finite_metrics_hook` on this rank's metrics; under DDP every rank stops when one rank's are bad."""
+def _guard(step: int, metrics: Mapping[str, float], dinfo: DistInfo, since: int | None = None) -> Mapping[str, float]:
+    """:func:`finite_metrics_hook` on this rank's metrics (``since``: the last step checked finite); under DDP every
+    rank stops when one rank's are bad."""
     losses = {k: v for k, v in metrics.items() if "loss" in k}
     bad_here = not all(np.isfinite(v) for v in losses.values())
     if any_rank(bad_here, dinfo) and not bad_here:
-        raise NonFiniteLossError(next(iter(losses), "loss"), float("nan"), step, "the non-finite value was on another rank")
-    return finite_metrics_hook(step, metrics)
+        raise NonFiniteLossError(next(iter(losses), "loss"), float("nan"), step, "the non-finite value was on another rank",
+                                 since)
+    return finite_metrics_hook(step, metrics, since)
 
 
 def update_function(agent: Any, *, compile: bool, cuda_graph: bool, section: str,
@@ -211,6 +213,7 @@ def train_offline(
     try:
         if start == 0 and settings.eval_at_start:
             evaluate_and_log(0)
+        checked = start  # the last step whose losses were checked finite (or where this session started)
         for step in range(start + 1, total + 1):
             log_now = step % int(settings.log_every) == 0
             eval_now = step % int(settings.eval_every) == 0 or step == total
@@ -218,7 +221,8 @@ def train_offline(
             with_metrics = log_now or eval_now or ckpt_now  # a NaN is caught before the checkpoint is written
             metrics = update(sampler.sample(bs), with_metrics=with_metrics)
             if with_metrics:
-                metrics = _guard(step, metrics, dinfo)
+                metrics = _guard(step, metrics, dinfo, checked)
+                checked = step
             bar.update(1)
             if log_now:
                 means = dist_utils.mean_over_ranks(metrics, dinfo)
