@@ -334,6 +334,8 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     missing = object()
     for key in sorted((set(old_cfg) | set(new_cfg)) - set(added_off_keys(saved, now))):
         a, b = old_cfg.get(key, missing), new_cfg.get(key, missing)
+        if key.endswith("obs_map") and a in (None, {}) and b in (None, {}):  # both "no mapping" (the default was {})
+            continue
         if not _same_place(a, b, moved):
             out.append(f"{key}: {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}")
     return out

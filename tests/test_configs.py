@@ -53,3 +53,26 @@ def test_one_name_given_alone_is_a_list_of_one_and_devices_are_checked() -> None
         resolve_device("cuda:99", "x")
     with pytest.raises(ValueError, match=r"only cpu, cuda, mps and auto"):
         resolve_device("meta", "x")
+
+
+@pytest.mark.parametrize("config_name, keys", [("robopretrain", ["data.obs_map", "data.mix.obs_map"]),
+                                               ("finetune", ["data.obs_map"])])
+def test_an_obs_map_is_given_on_the_command_line_as_its_config_comment_shows(config_name, keys) -> None:
+    """``data.obs_map={proprio: ee_pos}`` failed ("Could not override 'data.obs_map'", Hydra's struct mode refuses new
+    keys in an empty mapping): the default is null, so the plain and the ``+`` forms both set it; a run fingerprinted
+    with the old default {} resumes."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import run_fingerprint
+
+    with initialize_config_dir(str(CONFIGS.parent), version_base="1.3"):
+        for form in ("", "+"):
+            cfg = compose(config_name, overrides=[f"{form}{k}={{proprio: ee_pos}}" for k in keys])
+            for key in keys:
+                assert OmegaConf.select(cfg, key) == {"proprio": "ee_pos"}, (form, key)
+        default = compose(config_name)
+    assert all(OmegaConf.select(default, k) is None for k in keys)
+    now = run_fingerprint.fingerprint(default, {})
+    before = {**now, "config": {**now["config"], **{k: {} for k in keys}}}
+    assert run_fingerprint.differences(before, now) == []
+    assert run_fingerprint.differences({**now, "config": {**now["config"], keys[0]: {"proprio": "x"}}}, now) != []
