@@ -342,3 +342,22 @@ def test_action_bounds_span_every_demo_and_env_args_is_required(tmp_path):
 
     with pytest.raises(DatasetError, match="missing attribute 'env_args'"):
         read_info(write_dataset(tmp_path / "bare.hdf5", mutate=no_env_args))
+
+def test_a_demo_of_another_action_size_gets_one_message_whatever_data_actions(tmp_path):
+    """One demo with 3-D actions among 2-D ones: data.actions=auto (action_bounds reads every demo) names the file and
+    the demo as the reader does with data.actions=keep, not a bare numpy broadcast error."""
+    from robopretrain.data.dataset import data_action_units
+    from robopretrain.data.hdf5 import action_bounds
+
+    def wide_actions(f):
+        del f["data/demo_1/actions"]
+        f["data/demo_1/actions"] = np.full((4, 3), 2.0, dtype=np.float32)  # outside [-1, 1]: auto rescales
+
+    path = write_dataset(tmp_path / "mix.hdf5", mutate=wide_actions)
+    expected = f"{path}: data/demo_1/actions: action dim 3 differs from 2 in earlier demos"
+    for call in (lambda: action_bounds(path), lambda: data_action_units(path, read_info(path), "auto"),
+                 lambda: load_transitions(path, ["proprio"])):
+        with pytest.raises(DatasetError) as exc:
+            call()
+        assert str(exc.value).startswith(expected) and "\n" not in str(exc.value)
+

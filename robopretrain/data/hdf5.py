@@ -242,33 +242,45 @@ def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[
     for sub in ("obs", "next_obs"):
         for k in obs_keys:
             _check_obs_dataset(path, f"{base}/{sub}/{k}", _dataset(path, demo, base, f"{sub}/{k}"), k, n)
-    acts = _dataset(path, demo, base, "actions")
-    if acts.dtype.kind != "f" or acts.ndim != 2 or acts.shape[0] != n:
-        raise _err(path, f"{base}/actions", f"expected float actions ({n}, A), got {acts.dtype} {acts.shape}")
-    if act_dim is not None and acts.shape[1] != act_dim:
-        raise _err(path, f"{base}/actions", f"action dim {acts.shape[1]} differs from {act_dim} in earlier demos")
+    act_dim = _check_actions(path, demo, info, act_dim)
     for name in ("rewards", "dones"):
         if name == "rewards" and name not in demo:  # optional: read as zeros, refused where rewards are needed
             continue
         ds = _dataset(path, demo, base, name)
         if ds.shape != (n,) or ds.dtype.kind not in "fiub":
             raise _err(path, f"{base}/{name}", f"expected a numeric array of shape ({n},), got {ds.dtype} {ds.shape}")
+    return act_dim
+
+
+def _check_actions(path: str, demo: h5py.Group, info: DemoInfo, act_dim: int | None) -> int:
+    """Validate one demo's ``actions`` (float ``(num_samples, A)``, ``A`` equal to ``act_dim``, the earlier demos',
+    when given) without reading them; returns ``A``. Raises :class:`DatasetError` naming the file and
+    ``data/<demo>/actions``."""
+    n, key = info.num_samples, f"data/{info.name}/actions"
+    acts = _dataset(path, demo, f"data/{info.name}", "actions")
+    if acts.dtype.kind != "f" or acts.ndim != 2 or acts.shape[0] != n:
+        raise _err(path, key, f"expected float actions ({n}, A), got {acts.dtype} {acts.shape}")
+    if act_dim is not None and acts.shape[1] != act_dim:
+        raise _err(path, key, f"action dim {acts.shape[1]} differs from {act_dim} in earlier demos; every demo's "
+                              "actions must have one size: rewrite this demo's actions or delete the demo")
     return int(acts.shape[1])
 
 
 def action_bounds(path: str | os.PathLike, info: DatasetInfo | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension min and max of every demo's finite actions, ``(A,)`` each (reads only the action arrays): the
     file's units, the same whichever demos a run selects. Empty demos and NaN / inf values are skipped (the reader
-    refuses them where a run selects them, naming demo and row); a dimension with no finite value is a
-    :class:`DatasetError`."""
+    refuses them where a run selects them, naming demo and row). Raises :class:`DatasetError` for a dimension with
+    no finite value, and, as :func:`load_transitions` does, for a demo whose actions are missing, not float
+    ``(num_samples, A)``, or of another size ``A`` than the earlier demos' (every demo counts here)."""
     info = info or read_info(path)
     low = high = None
+    act_dim: int | None = None
     with _open(os.fspath(path)) as f:
         for d in info.demos:
-            a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64)
-            if not a.size:
+            if d.num_samples == 0:
                 continue
-            a = a.reshape(len(a), -1)
+            act_dim = _check_actions(info.path, f["data"][d.name], d, act_dim)
+            a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64)
             finite = np.isfinite(a)
             lo, hi = np.where(finite, a, np.inf).min(0), np.where(finite, a, -np.inf).max(0)
             low = lo if low is None else np.minimum(low, lo)
