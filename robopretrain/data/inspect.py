@@ -5,7 +5,8 @@
 - robomimic HDF5 (the "Robot dataset" contract): per task the episode count, success rate (``ep_meta``
   JSON ``success``; a warning when episodes marked successful have no positive reward), mean/min/max length and
   transitions; the observation keys with their per-step shapes
-  and dtypes; the masks with their sizes. Contact sheet: ``--per-task`` episodes per task as rows (labelled
+  and dtypes, and the actions' (a warning naming the demos whose action size differs from the first demo's: training
+  refuses such a file); the masks with their sizes. Contact sheet: ``--per-task`` episodes per task as rows (labelled
   task / demo / outcome), ``--frames`` frames evenly spaced in time as columns.
 - LeRobot v3 folders, Minari folders, D4RL-style HDF5 and OGBench ``.npz``: summarized (and sheeted) through
   the converted copy :func:`robopretrain.data.convert.as_robomimic` makes (the same one training reads), with a
@@ -96,6 +97,8 @@ class Hdf5Summary:
     # "obs/<key>" or "actions" -> where its first NaN or inf is ("demo_3 row 4"), low-dim parts and actions only
     non_finite: dict[str, str] = field(default_factory=dict)
     stale_masks: dict[str, list[str]] = field(default_factory=dict)  # mask -> demo names it lists that data/ lacks
+    # demo -> its per-step action shape, for the demos whose actions differ in shape from the first demo's (``actions``)
+    odd_actions: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def transitions(self) -> int:
@@ -161,6 +164,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     obs: dict[str, tuple[tuple[int, ...], str]] = {}
     inconsistent: set[str] = set()
     non_finite: dict[str, str] = {}
+    odd_actions: dict[str, tuple[int, ...]] = {}
     actions = None
     for name in demos:
         demo = data[name]
@@ -183,8 +187,12 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                 if key in obs and obs[key] != spec:
                     inconsistent.add(key)
                 obs.setdefault(key, spec)
-        if actions is None and "actions" in demo:
-            actions = (tuple(demo["actions"].shape[1:]), str(demo["actions"].dtype))
+        if isinstance(demo.get("actions"), h5py.Dataset):
+            shape = tuple(demo["actions"].shape[1:])
+            if actions is None:
+                actions = (shape, str(demo["actions"].dtype))
+            elif shape != actions[0]:
+                odd_actions[name] = shape
         for group in ("obs", "next_obs"):
             for key, ds in (demo[group].items() if isinstance(demo.get(group), h5py.Group) else []):
                 _find_non_finite(ds, f"{group}/{key}", name, non_finite)
@@ -206,7 +214,8 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
             env_name = json.loads(_as_str(data.attrs["env_args"])).get("env_name")
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
-    return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale)
+    return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale,
+                       odd_actions)
 
 
 def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str]) -> None:
@@ -289,7 +298,13 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                  if n]
         lines.append(f"  {'obs/' + key:<{width}}{str(shape):<16}{dtype}" + "".join(f"  ({n})" for n in notes))
     if s.actions is not None:
-        lines.append(f"  {'actions':<{width}}{str(s.actions[0]):<16}{s.actions[1]}")
+        lines.append(f"  {'actions':<{width}}{str(s.actions[0]):<16}{s.actions[1]}"
+                     + ("  (differs between demos)" if s.odd_actions else ""))
+    if s.odd_actions:
+        odd = list(s.odd_actions.items())
+        lines.append(f"warning: actions of {len(odd)} demo(s) differ in size from the first demo's {s.actions[0]} "
+                     f"({', '.join(f'{d} {shape}' for d, shape in odd[:3])}{', ...' if len(odd) > 3 else ''}): "
+                     "training refuses the file; rewrite those demos' actions or delete the demos")
     for key, where in s.non_finite.items():
         lines.append(f"warning: {key} holds NaN or inf (first at {where}): training refuses a selection holding "
                      "that demo (leave it out with a mask)")
