@@ -159,6 +159,25 @@ def test_a_demo_of_another_action_size_is_listed(tmp_path: Path) -> None:
     assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).odd_actions == {}
 
 
+def test_a_done_before_the_last_step_is_listed(tmp_path: Path) -> None:
+    """dones=1 inside an episode (read as a terminal there): named with demo and step; not for an OGBench conversion,
+    whose task-done steps are marked so by design."""
+    from robopretrain.data.inspect import format_hdf5_summary
+
+    path = write_tiny_hdf5(tmp_path / "mid.hdf5", with_images=False)
+    with h5py.File(path, "a") as f:
+        f["data/demo_1/dones"][1] = 1
+        f["data/demo_2/dones"][0] = 1
+    s = summarize_hdf5(path)
+    assert s.inner_dones == {"demo_1": [1], "demo_2": [0]}  # demo_0's done on its last step is the contract's
+    assert "warning: dones=1 before the last step in 2 demo(s) (demo_1 step 1; demo_2 step 0): training reads each " \
+           "as a terminal" in format_hdf5_summary(s)
+    assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).inner_dones == {}
+    with h5py.File(path, "a") as f:
+        f["data"].attrs["env_args"] = json.dumps({"env_name": "ogbench/cube", "type": "ogbench"})
+    assert summarize_hdf5(path).inner_dones == {}
+
+
 def test_a_file_with_an_empty_demo_is_summarized(tmp_path: Path) -> None:
     """The files people inspect after the reader refused them: an empty demo (its rows are not scanned)."""
     from robopretrain.data.inspect import format_hdf5_summary
