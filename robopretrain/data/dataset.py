@@ -345,7 +345,8 @@ def load_offline_dataset(
         trans = index.transitions(info, demos, [key_map.get(k, k) for k in spec.low_dim_keys])
         check_finite_transitions(trans)
     else:
-        trans = load_transitions(path, file_keys, demos=demos, action_range=False)
+        trans = load_transitions(path, file_keys, demos=demos, action_range=False,
+                                 low_dim=[key_map.get(k, k) for k in spec.low_dim_keys])
     ids = np.full(len(trans), int(task_id), dtype=np.int64) if task_id is not None else trans.task_ids
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
