@@ -415,7 +415,7 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
         log.warning("%s: %d demo(s) of fewer than 2 steps left as they are in the relabelled copy (%s%s): no stage "
                     "reads such a demo", src, len(short), ", ".join(short[:3]), ", ..." if len(short) > 3 else "")
     trans = load_transitions(src, list(spec.low_dim_keys), demos=[d.name for d in info.demos if d.num_samples >= 2],
-                             action_range=False)
+                             action_range=False, low_dim=list(spec.low_dim_keys))
     units = getattr(model, "action_units", FILE_UNITS) if action_units is None else action_units
     if units != FILE_UNITS:
         trans.actions = reexpress(trans.actions, file_action_units(info), units, str(src))
@@ -479,7 +479,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     # the model's action units: the file's record, else (data.actions=auto) per-dimension bounds of actions outside
     # [-1, 1], as stage 2 gives an agent (robopretrain.data.dataset.data_action_units)
     units = data_action_units(path, info, str(cfg.data.get("actions") or "auto"))
-    trans = load_transitions(path, list(spec.low_dim_keys), demos=demos, action_range=False)
+    trans = load_transitions(path, list(spec.low_dim_keys), demos=demos, action_range=False,
+                             low_dim=list(spec.low_dim_keys))
     trans.actions = reexpress(trans.actions, file_action_units(info), units, str(path))
     check_action_range(trans, str(path))
     data = SegmentData(trans, spec)

@@ -52,6 +52,37 @@ def test_failed_episodes_ending_on_done_are_reported(tmp_path, caplog):
     assert warn_failed_terminals("x", np.zeros(5), np.zeros(5), ids, [False] * 3) == 0
 
 
+def test_a_done_inside_an_episode_is_reported_with_its_demo_and_step(tmp_path, caplog):
+    """dones=1 before a demo's last step (a success marker, or a broken file): kept as a terminal (the TD backup stops,
+    returns-to-go restart after it), with a warning naming the demo and the step; none for a clean file, nor for an
+    OGBench conversion (its task-done steps are marked so by design)."""
+    from robopretrain.data.dataset import warn_inner_terminals
+
+    def mid_done(path):
+        with h5py.File(path, "r+") as f:
+            f["data/demo_1/dones"][1] = 1
+        return path
+
+    path = mid_done(write_file(tmp_path / "mid.hdf5"))
+    spec = spec_of_data(path, ["proprio"], [], None)
+    with caplog.at_level(logging.WARNING):
+        arrays = load_offline_dataset(path, spec, CAL_QL).arrays()
+    assert f"{path}: dones=1 before the last step at 1 step(s) of 1 demo(s) (data/demo_1 step 1 of 3)" in caplog.text
+    assert "read as a terminal" in caplog.text and "rewrite those dones to 0" in caplog.text
+    np.testing.assert_array_equal(arrays["dones"], [0, 0, 1, 0, 1, 0])
+    np.testing.assert_allclose(arrays["mc_returns"][3:], [-10, -10, -10])  # two all-failure segments
+    caplog.clear()
+    ogbench = mid_done(write_file(tmp_path / "og.hdf5", env_args={**make_env_args("Toy", "0", {}), "type": "ogbench"}))
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(write_file(tmp_path / "clean.hdf5"), spec, CAL_QL)
+        load_offline_dataset(ogbench, spec, CAL_QL)
+    assert "before the last step" not in caplog.text
+    ids = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    assert warn_inner_terminals("x", np.array([1, 0, 1, 1, 1, 1, 1, 1.0]), ids, ["demo_0", "demo_7"]) == 5
+    assert "data/demo_0 step 0 of 3; data/demo_7 steps 0, 1, 2, ... of 5" in caplog.text
+    assert warn_inner_terminals("x", np.array([0, 0, 1, 0, 0, 0, 0, 1.0]), ids, ["demo_0", "demo_7"]) == 0
+
+
 def test_rewards_are_scaled_and_returns_computed_by_hand(tmp_path):
     path = write_file(tmp_path / "toy.hdf5")
     spec = spec_of_data(path, ["proprio"], [], None)

@@ -145,6 +145,36 @@ def test_image_keys_are_told_by_suffix_or_by_shape(tmp_path):
             keys=["agentview_image"])
 
 
+def test_a_low_dim_key_named_image_is_read_when_listed_as_low_dim(tmp_path):
+    """A 5-D float ``goal_image``: listed as low-dim (obs.low_dim; load_transitions' low_dim) it is read as one in both
+    storages (the disk path's frame index reads every key); not listed, the name rule refuses it as a malformed camera,
+    saying the rule and what to write."""
+    from robopretrain.data.dataset import RewardSettings, load_offline_dataset
+    from robopretrain.data.spec import ObsSpec
+
+    def goal(f):
+        for d, n in (("demo_0", 3), ("demo_1", 4), ("demo_10", 2)):
+            for part in ("obs", "next_obs"):
+                f[f"data/{d}/{part}/goal_image"] = np.full((n, 5), 0.5, dtype=np.float32)
+
+    path = write_dataset(tmp_path / "goal.hdf5", mutate=goal)
+    msg = _expect(path, r"expected an image array uint8 \(N, H, W, 3\), got float32 \(3, 5\) \(a key named \*_image "
+                        r"is read as a camera unless listed as a low-dim part: obs.low_dim=\[..., goal_image\]",
+                  keys=["proprio", "goal_image"])
+    assert "\n" not in msg
+    tr = load_transitions(path, ["proprio", "goal_image"], low_dim=["proprio", "goal_image"])
+    assert tr.obs["goal_image"].shape == tr.next_obs["goal_image"].shape == (9, 5)
+    tr = load_transitions(path, ["goal_image", "agentview_image"], images=False, low_dim=["goal_image"])
+    assert set(tr.obs) == {"goal_image"}
+    spec = ObsSpec(low_dim=(("proprio", 3), ("goal_image", 5)), rgb=(("agentview_image", (4, 4, 3)),))
+    for storage in STORAGES:
+        arrays = load_offline_dataset(path, spec, RewardSettings(), storage=storage).arrays()
+        np.testing.assert_array_equal(arrays["observations"]["goal_image"], np.full((9, 5), 0.5, np.float32))
+    renamed = ObsSpec(low_dim=(("goal", 5),))  # the obs_map route gives the same
+    arrays = load_offline_dataset(path, renamed, RewardSettings(), obs_map={"goal": "goal_image"}).arrays()
+    assert arrays["observations"]["goal"].shape == (9, 5)
+
+
 @pytest.mark.parametrize("group", ["data", "data/demo_0/obs"])
 def test_a_missing_or_non_group_data_or_obs_is_named(tmp_path, group):
     def as_dataset(f):
@@ -342,3 +372,22 @@ def test_action_bounds_span_every_demo_and_env_args_is_required(tmp_path):
 
     with pytest.raises(DatasetError, match="missing attribute 'env_args'"):
         read_info(write_dataset(tmp_path / "bare.hdf5", mutate=no_env_args))
+
+def test_a_demo_of_another_action_size_gets_one_message_whatever_data_actions(tmp_path):
+    """One demo with 3-D actions among 2-D ones: data.actions=auto (action_bounds reads every demo) names the file and
+    the demo as the reader does with data.actions=keep, not a bare numpy broadcast error."""
+    from robopretrain.data.dataset import data_action_units
+    from robopretrain.data.hdf5 import action_bounds
+
+    def wide_actions(f):
+        del f["data/demo_1/actions"]
+        f["data/demo_1/actions"] = np.full((4, 3), 2.0, dtype=np.float32)  # outside [-1, 1]: auto rescales
+
+    path = write_dataset(tmp_path / "mix.hdf5", mutate=wide_actions)
+    expected = f"{path}: data/demo_1/actions: action dim 3 differs from 2 in earlier demos"
+    for call in (lambda: action_bounds(path), lambda: data_action_units(path, read_info(path), "auto"),
+                 lambda: load_transitions(path, ["proprio"])):
+        with pytest.raises(DatasetError) as exc:
+            call()
+        assert str(exc.value).startswith(expected) and "\n" not in str(exc.value)
+

@@ -141,6 +141,43 @@ def test_summary_flags_what_training_would_refuse(tmp_path: Path, capsys: pytest
     assert layout_note((16, 16, 3), "uint8") == layout_note((7,), "float32") == layout_note((3, 4, 5), "uint8") == ""
 
 
+def test_a_demo_of_another_action_size_is_listed(tmp_path: Path) -> None:
+    """One demo's actions of another size (training refuses the file, naming it): the summary says so, not just the
+    first demo's size."""
+    from robopretrain.data.inspect import format_hdf5_summary
+
+    path = write_tiny_hdf5(tmp_path / "mix.hdf5", with_images=False)
+    with h5py.File(path, "a") as f:
+        del f["data/demo_1/actions"]
+        f["data/demo_1/actions"] = np.zeros((4, 3), np.float32)
+    s = summarize_hdf5(path)
+    assert s.actions == ((4,), "float32") and s.odd_actions == {"demo_1": (3,)}
+    text = format_hdf5_summary(s)
+    assert "(differs between demos)" in text
+    assert "warning: actions of 1 demo(s) differ in size from the first demo's (4,) (demo_1 (3,)): training " \
+           "refuses the file" in text
+    assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).odd_actions == {}
+
+
+def test_a_done_before_the_last_step_is_listed(tmp_path: Path) -> None:
+    """dones=1 inside an episode (read as a terminal there): named with demo and step; not for an OGBench conversion,
+    whose task-done steps are marked so by design."""
+    from robopretrain.data.inspect import format_hdf5_summary
+
+    path = write_tiny_hdf5(tmp_path / "mid.hdf5", with_images=False)
+    with h5py.File(path, "a") as f:
+        f["data/demo_1/dones"][1] = 1
+        f["data/demo_2/dones"][0] = 1
+    s = summarize_hdf5(path)
+    assert s.inner_dones == {"demo_1": [1], "demo_2": [0]}  # demo_0's done on its last step is the contract's
+    assert "warning: dones=1 before the last step in 2 demo(s) (demo_1 step 1; demo_2 step 0): training reads each " \
+           "as a terminal" in format_hdf5_summary(s)
+    assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).inner_dones == {}
+    with h5py.File(path, "a") as f:
+        f["data"].attrs["env_args"] = json.dumps({"env_name": "ogbench/cube", "type": "ogbench"})
+    assert summarize_hdf5(path).inner_dones == {}
+
+
 def test_a_file_with_an_empty_demo_is_summarized(tmp_path: Path) -> None:
     """The files people inspect after the reader refused them: an empty demo (its rows are not scanned)."""
     from robopretrain.data.inspect import format_hdf5_summary

@@ -12,6 +12,9 @@ with rewards transformed and Monte-Carlo returns-to-go computed (REFERENCE.md, S
   :class:`~robopretrain.data.hdf5.DatasetError` for reward-based learning, unless
   ``rewards_from_success`` rebuilds the sparse reward (1 on the last step of each successful episode, which then
   also terminates); behaviour cloning ignores rewards;
+* ``dones``: as stored, each 1 a terminal; a 1 before a demo's last step (the contract has 1 only where the episode
+  truly ended) is kept, with a warning naming the demos and steps (:func:`warn_inner_terminals`; not for an OGBench
+  conversion, whose task-done steps are marked so by design);
 * ``obs_map`` maps our part names to the file's keys (robosuite's ``robot0_eef_pos``, ...); ``task_id`` gives every
   transition one task id (a foreign file), else each demo's ``task_id`` attribute is used; ids must be below
   the spec's one-hot size;
@@ -156,6 +159,37 @@ def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, ep
                     "terminal); if these ends are time limits (robomimic's done_mode 2 marks every episode end), "
                     "rewrite dones to 1 only where the task succeeded (docs/targets.md, 'Your data')", where, count, len(last))
     return count
+
+
+def warn_inner_terminals(where: str, dones: np.ndarray, episode_ids: np.ndarray, demo_names: Sequence[str]) -> int:
+    """Warn when ``dones`` ``(N,)`` is 1 before the last step of a demo (``episode_ids`` ``(N,)`` index
+    ``demo_names``), naming the first demos and steps: the loader reads each such step as a terminal (the TD backup
+    stops there, no bootstrap from its ``next_obs``; returns-to-go and next actions restart after it, as if a new
+    episode began), right only where the episode truly ended (ARCHITECTURE.md: 1 only on a true terminal). A
+    converter that marks success steps of an episode that goes on (robomimic's ``--done_mode 0`` / ``2`` mark every
+    success step) writes such dones. Returns the number of such steps."""
+    if not len(dones):
+        return 0
+    ids = np.asarray(episode_ids)
+    last = np.r_[ids[1:] != ids[:-1], True]
+    inner = np.flatnonzero((np.asarray(dones) > 0) & ~last)
+    if not inner.size:
+        return 0
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    lengths = np.diff(np.r_[starts, len(ids)])
+    by_demo: dict[int, list[int]] = {}
+    for row in inner.tolist():
+        e = int(np.searchsorted(starts, row, side="right") - 1)
+        by_demo.setdefault(e, []).append(row - int(starts[e]))
+    named = [f"data/{demo_names[int(ids[starts[e]])]} step{'s' if len(steps) > 1 else ''} "
+             f"{', '.join(map(str, steps[:3]))}{', ...' if len(steps) > 3 else ''} of {int(lengths[e])}"
+             for e, steps in list(by_demo.items())[:3]]
+    log.warning("%s: dones=1 before the last step at %d step(s) of %d demo(s) (%s%s): each is read as a terminal "
+                "(the TD backup stops there and returns-to-go restart after it, as if a new episode began); if those "
+                "episodes went on, rewrite those dones to 0 (dones is 1 only where the episode truly ended; docs/"
+                "targets.md, 'Your data')", where, inner.size, len(by_demo), "; ".join(named),
+                "; ..." if len(by_demo) > 3 else "")
+    return int(inner.size)
 
 
 def selected_demos(info: DatasetInfo, *, tasks: Sequence[str] | None = None, mask: str | None = None,
@@ -311,7 +345,8 @@ def load_offline_dataset(
         trans = index.transitions(info, demos, [key_map.get(k, k) for k in spec.low_dim_keys])
         check_finite_transitions(trans)
     else:
-        trans = load_transitions(path, file_keys, demos=demos, action_range=False)
+        trans = load_transitions(path, file_keys, demos=demos, action_range=False,
+                                 low_dim=[key_map.get(k, k) for k in spec.low_dim_keys])
     ids = np.full(len(trans), int(task_id), dtype=np.int64) if task_id is not None else trans.task_ids
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
@@ -328,6 +363,8 @@ def load_offline_dataset(
                     "your data'), so each is mapped through the env's units; files of another robot cannot be mixed")
     check_action_range(trans, str(info.path), hint)
     rewards, dones = trans.rewards, trans.dones
+    if info.env_args.get("type") != "ogbench":  # its converter marks the task-done steps so, by design (read_ogbench)
+        warn_inner_terminals(str(info.path), dones, trans.episode_ids, trans.demo_names)
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
     unrewarded = info.unrewarded(demos)
     if rewards_needed and unrewarded:  # stored without rewards: read as zeros

@@ -162,9 +162,12 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     meta: dict[str, Any] = {"version": INDEX_VERSION, "source": _source_stamp(source), "demos": demos,
                             "demo_starts": starts.tolist(), "num_transitions": n, "keys": {}}
     log.info("indexing the frames of %s (%d transitions, cameras %s) into %s", source, n, list(keys), folder)
-    # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range
+    # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range; the
+    # other keys of float (d,) steps are low-dim parts whatever their name (a 12-D goal_image), as obs.low_dim reads them
+    low_dim = [k for k, (shape, dtype) in info.obs_specs.items() if k not in keys and len(shape) == 1
+               and np.dtype(dtype).kind == "f"]
     trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False, action_range=False,
-                             check_finite=False)
+                             check_finite=False, low_dim=low_dim)
     (tmp / "transitions").mkdir()
     for name, arr in [("actions", trans.actions), ("rewards", trans.rewards), ("dones", trans.dones),
                       *[(f"obs.{k}", v) for k, v in trans.obs.items()],

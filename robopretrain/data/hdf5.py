@@ -6,7 +6,9 @@ Implements the "Robot dataset: robomimic HDF5" contract of ARCHITECTURE.md::
       demo_<i>/      attrs: num_samples (int), task (str), task_id (int), ep_meta (JSON, optional)
                      (a file without task / task_id, as robomimic's own datasets: one task named by env_args'
                      env_name, else the file's stem, in slot 0)
-        obs/<key>, next_obs/<key>   (N, ...)  images uint8 (N, H, W, 3), low-dim float (N, d)
+        obs/<key>, next_obs/<key>   (N, ...)  images uint8 (N, H, W, 3), low-dim float (N, d); a key is read as a
+                                    camera when it is named *_image or of shape (N, H, W, C), unless the caller
+                                    lists it as low-dim (obs.low_dim; load_transitions' low_dim)
         actions (N, A) float in [-1, 1];  rewards (N,), optional (see below);  dones (N,) in {0, 1}
     mask/<name>      demo names as bytes: train, valid, one per task
 
@@ -190,15 +192,21 @@ def _read_masks(path: str, f: h5py.File, demo_set: set[str]) -> tuple[dict[str, 
     return masks, stale
 
 
-def _is_image_key(key: str, shape: tuple[int, ...]) -> bool:
-    return key.endswith(IMAGE_SUFFIX) or len(shape) == 4
+def _is_image_key(key: str, shape: tuple[int, ...], low_dim: Sequence[str] = ()) -> bool:
+    """Whether ``key`` (stored shape ``(N, ...)``) is a camera: not listed in ``low_dim``, and named ``*_image`` or
+    of shape ``(N, H, W, C)`` (module docstring)."""
+    return key not in low_dim and (key.endswith(IMAGE_SUFFIX) or len(shape) == 4)
 
 
-def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: int) -> None:
+def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: int,
+                       low_dim: Sequence[str] = ()) -> None:
     shape = ds.shape
-    if _is_image_key(obs_key, shape):
+    if _is_image_key(obs_key, shape, low_dim):
         if ds.dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
-            raise _err(path, key, f"expected an image array uint8 (N, H, W, 3), got {ds.dtype} {shape}")
+            hint = (f" (a key named *{IMAGE_SUFFIX} is read as a camera unless listed as a low-dim part: "
+                    f"obs.low_dim=[..., {obs_key}], or load_transitions(..., low_dim=[{obs_key!r}]))"
+                    if len(shape) == 2 and ds.dtype.kind == "f" else "")
+            raise _err(path, key, f"expected an image array uint8 (N, H, W, 3), got {ds.dtype} {shape}{hint}")
     elif ds.dtype.kind != "f" or len(shape) != 2:
         raise _err(path, key, f"expected a low-dim float array (N, d), got {ds.dtype} {shape}")
     if shape[0] != n:
@@ -234,41 +242,55 @@ def check_lengths(path: str, demos: Sequence[DemoInfo]) -> None:
                        "data.mask=<name>), or in stages 2 and 3 with data.skip_short_demos=true")
 
 
-def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[str], act_dim: int | None) -> int:
-    """Validate shapes/dtypes of one demo without reading its data; returns its action dim."""
+def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[str], act_dim: int | None,
+                low_dim: Sequence[str] = ()) -> int:
+    """Validate shapes/dtypes of one demo without reading its data (``low_dim``: keys checked as low-dim whatever
+    their name); returns its action dim."""
     n = info.num_samples
     base = f"data/{info.name}"
     check_lengths(path, [info])
     for sub in ("obs", "next_obs"):
         for k in obs_keys:
-            _check_obs_dataset(path, f"{base}/{sub}/{k}", _dataset(path, demo, base, f"{sub}/{k}"), k, n)
-    acts = _dataset(path, demo, base, "actions")
-    if acts.dtype.kind != "f" or acts.ndim != 2 or acts.shape[0] != n:
-        raise _err(path, f"{base}/actions", f"expected float actions ({n}, A), got {acts.dtype} {acts.shape}")
-    if act_dim is not None and acts.shape[1] != act_dim:
-        raise _err(path, f"{base}/actions", f"action dim {acts.shape[1]} differs from {act_dim} in earlier demos")
+            _check_obs_dataset(path, f"{base}/{sub}/{k}", _dataset(path, demo, base, f"{sub}/{k}"), k, n, low_dim)
+    act_dim = _check_actions(path, demo, info, act_dim)
     for name in ("rewards", "dones"):
         if name == "rewards" and name not in demo:  # optional: read as zeros, refused where rewards are needed
             continue
         ds = _dataset(path, demo, base, name)
         if ds.shape != (n,) or ds.dtype.kind not in "fiub":
             raise _err(path, f"{base}/{name}", f"expected a numeric array of shape ({n},), got {ds.dtype} {ds.shape}")
+    return act_dim
+
+
+def _check_actions(path: str, demo: h5py.Group, info: DemoInfo, act_dim: int | None) -> int:
+    """Validate one demo's ``actions`` (float ``(num_samples, A)``, ``A`` equal to ``act_dim``, the earlier demos',
+    when given) without reading them; returns ``A``. Raises :class:`DatasetError` naming the file and
+    ``data/<demo>/actions``."""
+    n, key = info.num_samples, f"data/{info.name}/actions"
+    acts = _dataset(path, demo, f"data/{info.name}", "actions")
+    if acts.dtype.kind != "f" or acts.ndim != 2 or acts.shape[0] != n:
+        raise _err(path, key, f"expected float actions ({n}, A), got {acts.dtype} {acts.shape}")
+    if act_dim is not None and acts.shape[1] != act_dim:
+        raise _err(path, key, f"action dim {acts.shape[1]} differs from {act_dim} in earlier demos; every demo's "
+                              "actions must have one size: rewrite this demo's actions or delete the demo")
     return int(acts.shape[1])
 
 
 def action_bounds(path: str | os.PathLike, info: DatasetInfo | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension min and max of every demo's finite actions, ``(A,)`` each (reads only the action arrays): the
     file's units, the same whichever demos a run selects. Empty demos and NaN / inf values are skipped (the reader
-    refuses them where a run selects them, naming demo and row); a dimension with no finite value is a
-    :class:`DatasetError`."""
+    refuses them where a run selects them, naming demo and row). Raises :class:`DatasetError` for a dimension with
+    no finite value, and, as :func:`load_transitions` does, for a demo whose actions are missing, not float
+    ``(num_samples, A)``, or of another size ``A`` than the earlier demos' (every demo counts here)."""
     info = info or read_info(path)
     low = high = None
+    act_dim: int | None = None
     with _open(os.fspath(path)) as f:
         for d in info.demos:
-            a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64)
-            if not a.size:
+            if d.num_samples == 0:
                 continue
-            a = a.reshape(len(a), -1)
+            act_dim = _check_actions(info.path, f["data"][d.name], d, act_dim)
+            a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64)
             finite = np.isfinite(a)
             lo, hi = np.where(finite, a, np.inf).min(0), np.where(finite, a, -np.inf).max(0)
             low = lo if low is None else np.minimum(low, lo)
@@ -431,6 +453,7 @@ def load_transitions(
     images: bool = True,
     action_range: bool = True,
     check_finite: bool = True,
+    low_dim: Sequence[str] = (),
 ) -> Transitions:
     """Load ``obs_keys`` (and next_obs, actions, rewards, dones) of the selected demos into flat arrays.
 
@@ -439,7 +462,9 @@ def load_transitions(
     (the disk-backed dataset, :mod:`robopretrain.data.disk`, reads them on demand). ``action_range=False`` reads
     actions outside ``[-1, 1]`` as they are (a caller that rescales them, :mod:`robopretrain.data.dataset`);
     ``check_finite=False`` leaves NaN / inf in place (the frame index, which stores every demo and is checked per
-    selection by :func:`check_finite_transitions`). Raises :class:`DatasetError` on any contract violation (see the
+    selection by :func:`check_finite_transitions`). ``low_dim``: keys (of ``obs_keys``) that are low-dim parts
+    whatever their name: checked and read as float ``(N, d)`` even when named ``*_image`` (the name rule, module
+    docstring, decides only for keys not listed). Raises :class:`DatasetError` on any contract violation (see the
     module docstring).
     """
     info = read_info(path)
@@ -455,10 +480,10 @@ def load_transitions(
     with _open(p) as f:
         act_dim: int | None = None
         for d in chosen:
-            act_dim = _check_demo(p, f["data"][d.name], d, obs_keys, act_dim)
+            act_dim = _check_demo(p, f["data"][d.name], d, obs_keys, act_dim, low_dim)
             _check_consistent_obs(p, f["data"][d.name], d.name, obs_keys, info.obs_specs)
         n_total = sum(d.num_samples for d in chosen)
-        read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0])]
+        read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0], low_dim)]
         obs = _allocate(info.obs_specs, read_keys, n_total)
         next_obs = _allocate(info.obs_specs, read_keys, n_total)
         actions = np.empty((n_total, act_dim), dtype=np.float32)

@@ -5,7 +5,9 @@
 - robomimic HDF5 (the "Robot dataset" contract): per task the episode count, success rate (``ep_meta``
   JSON ``success``; a warning when episodes marked successful have no positive reward), mean/min/max length and
   transitions; the observation keys with their per-step shapes
-  and dtypes; the masks with their sizes. Contact sheet: ``--per-task`` episodes per task as rows (labelled
+  and dtypes, and the actions' (a warning naming the demos whose action size differs from the first demo's: training
+  refuses such a file); a warning naming the demos and steps where ``dones`` is 1 before the last step (training
+  reads each as a terminal); the masks with their sizes. Contact sheet: ``--per-task`` episodes per task as rows (labelled
   task / demo / outcome), ``--frames`` frames evenly spaced in time as columns.
 - LeRobot v3 folders, Minari folders, D4RL-style HDF5 and OGBench ``.npz``: summarized (and sheeted) through
   the converted copy :func:`robopretrain.data.convert.as_robomimic` makes (the same one training reads), with a
@@ -96,6 +98,10 @@ class Hdf5Summary:
     # "obs/<key>" or "actions" -> where its first NaN or inf is ("demo_3 row 4"), low-dim parts and actions only
     non_finite: dict[str, str] = field(default_factory=dict)
     stale_masks: dict[str, list[str]] = field(default_factory=dict)  # mask -> demo names it lists that data/ lacks
+    # demo -> its per-step action shape, for the demos whose actions differ in shape from the first demo's (``actions``)
+    odd_actions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # demo -> the steps before its last where dones is 1 (the contract: 1 only where the episode truly ended)
+    inner_dones: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def transitions(self) -> int:
@@ -161,6 +167,8 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     obs: dict[str, tuple[tuple[int, ...], str]] = {}
     inconsistent: set[str] = set()
     non_finite: dict[str, str] = {}
+    odd_actions: dict[str, tuple[int, ...]] = {}
+    inner_dones: dict[str, list[int]] = {}
     actions = None
     for name in demos:
         demo = data[name]
@@ -183,14 +191,23 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                 if key in obs and obs[key] != spec:
                     inconsistent.add(key)
                 obs.setdefault(key, spec)
-        if actions is None and "actions" in demo:
-            actions = (tuple(demo["actions"].shape[1:]), str(demo["actions"].dtype))
+        if isinstance(demo.get("actions"), h5py.Dataset):
+            shape = tuple(demo["actions"].shape[1:])
+            if actions is None:
+                actions = (shape, str(demo["actions"].dtype))
+            elif shape != actions[0]:
+                odd_actions[name] = shape
         for group in ("obs", "next_obs"):
             for key, ds in (demo[group].items() if isinstance(demo.get(group), h5py.Group) else []):
                 _find_non_finite(ds, f"{group}/{key}", name, non_finite)
         for key in ("actions", "rewards"):
             if isinstance(demo.get(key), h5py.Dataset):
                 _find_non_finite(demo[key], key, name, non_finite)
+        dones = demo.get("dones")
+        if isinstance(dones, h5py.Dataset) and dones.ndim == 1 and dones.dtype.kind in "fiub":
+            inner = np.flatnonzero(np.asarray(dones[()])[:-1] == 1)
+            if inner.size:
+                inner_dones[name] = inner.tolist()
     masks, stale = {}, {}
     if "mask" in f:
         masks = {name: int(ds.shape[0]) for name, ds in f["mask"].items() if isinstance(ds, h5py.Dataset)}
@@ -203,10 +220,14 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     env_name = None
     if "env_args" in data.attrs:
         try:
-            env_name = json.loads(_as_str(data.attrs["env_args"])).get("env_name")
+            env_args = json.loads(_as_str(data.attrs["env_args"]))
+            env_name = env_args.get("env_name")
+            if env_args.get("type") == "ogbench":  # task-done steps marked by design (read_ogbench), not a defect
+                inner_dones = {}
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
-    return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale)
+    return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale,
+                       odd_actions, inner_dones)
 
 
 def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str]) -> None:
@@ -289,10 +310,23 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                  if n]
         lines.append(f"  {'obs/' + key:<{width}}{str(shape):<16}{dtype}" + "".join(f"  ({n})" for n in notes))
     if s.actions is not None:
-        lines.append(f"  {'actions':<{width}}{str(s.actions[0]):<16}{s.actions[1]}")
+        lines.append(f"  {'actions':<{width}}{str(s.actions[0]):<16}{s.actions[1]}"
+                     + ("  (differs between demos)" if s.odd_actions else ""))
+    if s.odd_actions:
+        odd = list(s.odd_actions.items())
+        lines.append(f"warning: actions of {len(odd)} demo(s) differ in size from the first demo's {s.actions[0]} "
+                     f"({', '.join(f'{d} {shape}' for d, shape in odd[:3])}{', ...' if len(odd) > 3 else ''}): "
+                     "training refuses the file; rewrite those demos' actions or delete the demos")
     for key, where in s.non_finite.items():
         lines.append(f"warning: {key} holds NaN or inf (first at {where}): training refuses a selection holding "
                      "that demo (leave it out with a mask)")
+    if s.inner_dones:
+        named = [f"{d} step{'s' if len(t) > 1 else ''} {', '.join(map(str, t[:3]))}{', ...' if len(t) > 3 else ''}"
+                 for d, t in list(s.inner_dones.items())[:3]]
+        lines.append(f"warning: dones=1 before the last step in {len(s.inner_dones)} demo(s) ({'; '.join(named)}"
+                     f"{'; ...' if len(s.inner_dones) > 3 else ''}): training reads each as a terminal (the TD backup "
+                     "stops there, returns-to-go restart after it); if those episodes went on, rewrite those dones "
+                     "to 0")
     lines.append("masks: " + (", ".join(f"{k} ({v})" for k, v in s.masks.items()) if s.masks else "none"))
     for name, gone in s.stale_masks.items():
         lines.append(f"  mask/{name} lists {len(gone)} demo(s) not under data/ ({', '.join(gone[:3])}"
