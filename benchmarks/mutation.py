@@ -193,7 +193,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("returns", "next_actions_of/const/0"): Equivalent(
         "len(a) > 1 -> > 0: with one action the shifted slices are empty, so the copy is returned either way",
         "1 -> 0 @ if len(a) > 1:"),
-    ("dataset", "load_offline_dataset/swap/31"): Equivalent(
+    ("dataset", "load_offline_dataset/swap/34"): Equivalent(
         "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): rewards * scale in float64 either way (a "
         "product commutes)",
         "scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, "
@@ -285,7 +285,8 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "max(..len(TASK_IDS), largest..) swapped @ return max(len(TASK_IDS), largest)"),
     ("hdf5", "load_transitions/const/3"): Equivalent(
         "(0,) + shape -> (1,) + shape in the image-key test: only the number of dimensions is read there",
-        "0 -> 1 @ read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0])]"),
+        "0 -> 1 @ read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0], "
+        "low_dim)]"),
     ("action_units", "ActionNormalization.same/swap/0"): Equivalent(
         "np.allclose(a, b) -> (b, a) on the low bounds: |a - b| <= 1e-6 + 1e-6 |b| differs from the swap only by "
         "1e-6 of a bound's size in the tolerance; both mean 'equal to float32 precision'",
