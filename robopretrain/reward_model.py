@@ -65,7 +65,7 @@ from torch.nn import functional as F
 
 from robopretrain import build
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
-from robopretrain.config_checks import one_name_as_list
+from robopretrain.config_checks import validate_reward_model_config
 from robopretrain.data.dataset import FILE_UNITS, check_action_range, data_action_units, file_action_units
 from robopretrain.data.hdf5 import Transitions, load_transitions, read_info, select_demos
 from robopretrain.data.keys import TASK_ID
@@ -465,8 +465,9 @@ def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Labels -> ensemble -> agreement -> relabelled copy, as ``cfg`` says; returns the report (also in
-    ``<run>/report.json``)."""
-    one_name_as_list(cfg)
+    ``<run>/report.json``). A key ``configs/reward_model.yaml`` does not define is refused before any work
+    (:func:`robopretrain.config_checks.validate_reward_model_config`)."""
+    validate_reward_model_config(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     build.setup_torch(cfg)

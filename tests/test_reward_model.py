@@ -463,3 +463,33 @@ def test_command_line_runs_the_reward_model_and_answers_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: data.path={tmp_path / 'none.hdf5'}: file not found")
+
+
+def test_keys_the_config_does_not_define_are_refused_before_any_work(tmp_path):
+    """``+relabel.normalise=standard``, ``+labels.heldout=0.5``, ``+algo=iql`` were accepted and ignored and
+    ``+model.stpes=5`` ended in a TypeError traceback: each is refused by name, as stage 2 refuses its unknown keys."""
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    for section, extra, name in (("relabel", {"normalise": "standard"}, "relabel.normalise"),
+                                 ("labels", {"heldout": 0.5}, "labels.heldout"), ("model", {"stpes": 5}, "model.stpes"),
+                                 ("teacher", {"segment_lenght": 5}, "teacher.segment_lenght"),
+                                 ("obs", {"normalise": False}, "obs.normalise"), ("algo", {"name": "iql"}, "algo")):
+        with pytest.raises(ValueError, match=rf"reward_model config: unknown key\(s\) {name}\b"):
+            run(config(data, tmp_path / "r", **{section: extra}), tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+def test_command_line_refuses_an_unknown_key_in_one_line_and_help_lists_no_config_groups(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-m", "robopretrain.reward_model", f"data.path={data}", "obs.low_dim=[x]",
+                           "+model.stpes=5", f"output_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'h'}"],
+                          cwd=repo, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: reward_model config: unknown key(s) model.stpes; valid keys: "
+                                                   "model: batch_size, ensemble, hidden, lr, steps"), lines
+    shown = subprocess.run([sys.executable, "-m", "robopretrain.reward_model", "--help"], cwd=repo,
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert shown.returncode == 0 and "teacher:" in shown.stdout and "segment_length" in shown.stdout
+    assert "Configuration groups" not in shown.stdout and "algo:" not in shown.stdout, shown.stdout
