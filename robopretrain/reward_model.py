@@ -463,6 +463,24 @@ def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]
 # --------------------------------------------------------------------------- the entry point
 
 
+def relabel_output(cfg: DictConfig, run_dir: Path, data_path: str | os.PathLike) -> Path | None:
+    """Where the relabelled copy goes (``relabel.output``, default ``<run>/relabelled.hdf5``); None when
+    ``relabel.enabled=false``. Raises ``ValueError`` for an unknown ``relabel.normalize``, an output that is the input
+    file ``data_path`` or a folder: checked at start-up, before the ensemble is trained."""
+    if not cfg.relabel.get("enabled", True):
+        return None
+    normalize = str(cfg.relabel.get("normalize") or "none")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"relabel.normalize={normalize!r}; expected one of {list(NORMALIZE)}")
+    out = Path(str(cfg.relabel.output)).expanduser() if cfg.relabel.get("output") else run_dir / "relabelled.hdf5"
+    if out.resolve() == Path(data_path).resolve():
+        raise ValueError(f"relabel.output={out} is the input file (data.path); give another path (the relabelled copy "
+                         "never replaces its source)")
+    if out.is_dir():
+        raise ValueError(f"relabel.output={out} is a folder; give a file path, e.g. {out / 'relabelled.hdf5'}")
+    return out
+
+
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Labels -> ensemble -> agreement -> relabelled copy, as ``cfg`` says; returns the report (also in
     ``<run>/report.json``). A key ``configs/reward_model.yaml`` does not define is refused before any work
@@ -472,6 +490,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     run_dir.mkdir(parents=True, exist_ok=True)
     build.setup_torch(cfg)
     path = build.resolve_data_path(cfg.data, run_dir)
+    relabel_to = relabel_output(cfg, run_dir, path)  # before any work: a refusal after training threw it away
     info = read_info(path)
     spec = build.data_spec(cfg.obs, path, info=info)
     if spec.rgb:
@@ -538,9 +557,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": info.action_dim,
                 "settings": asdict(settings), "action_normalization": None if units is None else units.to_dict()},
                run_dir / "reward_model.pt")
-    if cfg.relabel.get("enabled", True):
-        out = Path(str(cfg.relabel.output)) if cfg.relabel.get("output") else run_dir / "relabelled.hdf5"
-        report["relabelled"] = str(relabel(path, out, model, spec, str(cfg.relabel.normalize)))
+    if relabel_to is not None:
+        report["relabelled"] = str(relabel(path, relabel_to, model, spec, str(cfg.relabel.normalize)))
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -561,6 +579,7 @@ def main(cfg: DictConfig) -> None:
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
            "bradley_terry_loss", "held_out_split", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
+           "relabel_output",
            "sample_pairs", "segment_reward_sums", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
 
 

@@ -493,3 +493,23 @@ def test_command_line_refuses_an_unknown_key_in_one_line_and_help_lists_no_confi
                            capture_output=True, text=True, timeout=120, env=env)
     assert shown.returncode == 0 and "teacher:" in shown.stdout and "segment_length" in shown.stdout
     assert "Configuration groups" not in shown.stdout and "algo:" not in shown.stdout, shown.stdout
+
+
+def test_a_relabelled_copy_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    """relabel.output = the input file (and an unknown relabel.normalize, an output folder) was refused only after
+    the ensemble had been trained, throwing the work away: now at start-up."""
+    import robopretrain.reward_model as rm
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the ensemble was trained before the relabelling settings were checked")
+
+    monkeypatch.setattr(rm, "train_ensemble", trained)
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    (tmp_path / "folder").mkdir()
+    for relabel_cfg, message in (({"output": str(data)}, r"relabel.output=.*toy.hdf5 is the input file \(data.path\)"),
+                                 ({"output": str(tmp_path / "folder")}, r"relabel.output=.*folder is a folder"),
+                                 ({"normalize": "zscore"}, r"relabel.normalize='zscore'; expected one of")):
+        with pytest.raises(ValueError, match=message):
+            run(config(data, tmp_path / "r", relabel=relabel_cfg), tmp_path / "r")
+    with h5py.File(data) as f:  # the input is untouched
+        assert "rewards" in f["data/demo_0"]
