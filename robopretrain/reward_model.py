@@ -4,7 +4,9 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
 ``python -m robopretrain.reward_model data.path=demos.hdf5`` (Hydra, ``configs/reward_model.yaml``), or :func:`run`:
 
 1. **Pairs of segments** of ``teacher.segment_length`` consecutive steps of the file's demos (the ``data`` group's
-   ``mask`` / ``tasks`` selection; demos shorter than a segment are not used), drawn uniformly.
+   ``mask`` / ``tasks`` selection), which the scripted teacher draws uniformly from the demos at least a segment
+   long (a shorter demo still counts in the observation statistics and is relabelled). A selected demo of fewer than 2 steps (the data contract's minimum) is refused, as in stages 2 and
+   3; ``data.skip_short_demos=true`` leaves such demos out (logged) and the relabelled copy keeps them as they are.
 2. **Labels**: ``labels.path`` names a file of human labels (format below); without one, the **scripted teacher**
    (B-Pref, Lee et al. 2021) labels the pairs by the segments' true returns (the sum of the stored rewards: the env's
    success signal, or its progress where the data's reward is dense): 1 when segment a's return exceeds b's by more
@@ -26,8 +28,9 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
    of training: :func:`held_out_split`; 0 holds none out and measures nothing): the fraction of non-tie
    held-out labels whose preferred segment has the larger ensemble-mean return, the held-out Bradley-Terry loss,
    and for the scripted teacher the same agreement with its noise-free labels. Written to ``<run>/report.json``.
-5. **Relabelling**: a copy of the whole file (``relabel.output``, default ``<run>/relabelled.hdf5``) in which every
-   demo's (of 2 or more steps: no stage reads a shorter one) ``rewards`` are the ensemble mean ``mean_e r_e(s, a)``, optionally normalised over the file
+5. **Relabelling**: a copy of the whole file (``relabel.output``, default ``<run>/relabelled.hdf5``; checked at
+   start-up: not the input file) in which every demo's (of 2 or more steps: no stage reads a shorter one; such a
+   demo keeps its stored content) ``rewards`` are the ensemble mean ``mean_e r_e(s, a)``, optionally normalised over the file
    (``relabel.normalize``: ``none``, ``standard`` = zero mean and unit std, ``minmax`` = [0, 1]); everything else is
    byte-for-byte the same. Train on it with any offline algorithm through ``data.path``; the learned reward is
    dense, so turn the sparse-reward transform off, e.g. ``algo=iql algo.reward_scale=1 algo.reward_bias=0
@@ -66,8 +69,9 @@ from torch.nn import functional as F
 from robopretrain import build
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_reward_model_config
-from robopretrain.data.dataset import FILE_UNITS, check_action_range, data_action_units, file_action_units
-from robopretrain.data.hdf5 import Transitions, load_transitions, read_info, select_demos
+from robopretrain.data.dataset import (FILE_UNITS, check_action_range, data_action_units, file_action_units,
+                                      selected_demos)
+from robopretrain.data.hdf5 import Transitions, load_transitions, read_info
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization, reexpress
@@ -413,7 +417,8 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
     short = [d.name for d in info.demos if d.num_samples < 2]
     if short:  # no stage reads them (the contract's minimum is 2 steps), so their stored rewards can never be used
         log.warning("%s: %d demo(s) of fewer than 2 steps left as they are in the relabelled copy (%s%s): no stage "
-                    "reads such a demo", src, len(short), ", ".join(short[:3]), ", ..." if len(short) > 3 else "")
+                    "reads such a demo (read the copy with data.skip_short_demos=true or a mask of the others)", src,
+                    len(short), ", ".join(short[:3]), ", ..." if len(short) > 3 else "")
     trans = load_transitions(src, list(spec.low_dim_keys), demos=[d.name for d in info.demos if d.num_samples >= 2],
                              action_range=False)
     units = getattr(model, "action_units", FILE_UNITS) if action_units is None else action_units
@@ -495,7 +500,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     spec = build.data_spec(cfg.obs, path, info=info)
     if spec.rgb:
         raise ValueError("reward_model: cameras are not supported; use low-dim parts (obs.rgb=[])")
-    demos = select_demos(info, mask=cfg.data.get("mask"), tasks=list(cfg.data.tasks) if cfg.data.get("tasks") else None)
+    # demos of fewer than 2 steps: refused by the reader, or left out (logged) with data.skip_short_demos=true
+    demos = selected_demos(info, mask=cfg.data.get("mask"), tasks=list(cfg.data.tasks) if cfg.data.get("tasks") else None,
+                           skip_short=bool(cfg.data.get("skip_short_demos", False)))
     # the model's action units: the file's record, else (data.actions=auto) per-dimension bounds of actions outside
     # [-1, 1], as stage 2 gives an agent (robopretrain.data.dataset.data_action_units)
     units = data_action_units(path, info, str(cfg.data.get("actions") or "auto"))

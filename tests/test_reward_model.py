@@ -298,14 +298,11 @@ def test_nothing_held_out_trains_on_every_label_and_reports_no_agreement(tmp_pat
     assert report["held_out_agreement_clean_teacher"]["pairs"] == 0
 
 
-def test_relabelling_leaves_a_one_step_demo_that_the_run_masked_out_as_it_is(tmp_path, caplog):
-    """A 1-step demo (which no stage reads) left out with data.mask as the reader advises: the ensemble trains and
-    the copy is written (relabelling read every demo and stopped on it), with the short demo untouched."""
-    import logging
-
-    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+def one_step_last_demo(data: Path, demo_name: str = "demo_11") -> Path:
+    """``data`` with ``demo_name`` cut to its first step (a 1-step demo, below the data contract's minimum of 2)."""
     with h5py.File(data, "r+") as f:
-        demo = f["data/demo_11"]
+        demo = f[f"data/{demo_name}"]
+        removed = int(demo.attrs["num_samples"]) - 1
         for name in ("actions", "rewards", "dones"):
             stored = demo[name][:1]
             del demo[name]
@@ -316,7 +313,17 @@ def test_relabelling_leaves_a_one_step_demo_that_the_run_masked_out_as_it_is(tmp
                 del demo[f"{part}/{key}"]
                 demo.create_dataset(f"{part}/{key}", data=stored)
         demo.attrs["num_samples"] = 1
-        f["data"].attrs["total"] = int(f["data"].attrs["total"]) - 11
+        f["data"].attrs["total"] = int(f["data"].attrs["total"]) - removed
+    return data
+
+
+def test_relabelling_leaves_a_one_step_demo_that_the_run_masked_out_as_it_is(tmp_path, caplog):
+    """A 1-step demo (which no stage reads) left out with data.mask as the reader advises: the ensemble trains and
+    the copy is written (relabelling read every demo and stopped on it), with the short demo untouched."""
+    import logging
+
+    data = one_step_last_demo(write_toy(tmp_path / "toy.hdf5", episodes=12))
+    with h5py.File(data, "r+") as f:
         f.create_dataset("mask/good", data=np.array([f"demo_{i}".encode() for i in range(11)]))
         before = f["data/demo_11/rewards"][:]
     with caplog.at_level(logging.WARNING):
@@ -513,3 +520,36 @@ def test_a_relabelled_copy_that_cannot_be_written_is_refused_before_training(tmp
             run(config(data, tmp_path / "r", relabel=relabel_cfg), tmp_path / "r")
     with h5py.File(data) as f:  # the input is untouched
         assert "rewards" in f["data/demo_0"]
+
+
+def test_skip_short_demos_leaves_a_one_step_demo_out_as_stage_2_does(tmp_path, caplog):
+    """A file with a 1-step demo was refused with advice (data.skip_short_demos=true) that the reward model ignored.
+    Now the setting leaves the demo out of labels and training (logged) and the relabelled copy keeps it as stored;
+    without it the file is refused, the message naming the setting."""
+    import logging
+
+    from robopretrain.data.hdf5 import DatasetError
+
+    data = one_step_last_demo(write_toy(tmp_path / "toy.hdf5", episodes=12))
+    with h5py.File(data) as f:
+        before = {k: f[f"data/demo_11/{k}"][:] for k in ("rewards", "actions", "obs/x")}
+    with pytest.raises(DatasetError, match=r"demo_11: episode has 1 step.*data.skip_short_demos=true \(stages 2 and 3, "
+                                           r"robopretrain.reward_model\)"):
+        run(config(data, tmp_path / "refused", model={"steps": 5}), tmp_path / "refused")
+    with caplog.at_level(logging.WARNING):
+        cfg = config(data, tmp_path / "s", teacher={"num_pairs": 40}, model={"steps": 5})
+        cfg.data.skip_short_demos = True
+        report = run(cfg, tmp_path / "s")
+    assert "1 demo(s) of fewer than 2 steps left out (data.skip_short_demos=true): demo_11" in caplog.text
+    assert "demo_11" not in (tmp_path / "s" / "labels.csv").read_text()
+    with h5py.File(report["relabelled"]) as f, h5py.File(data) as g:
+        for key, stored in before.items():  # the skipped demo keeps its original content
+            np.testing.assert_array_equal(f[f"data/demo_11/{key}"][:], stored)
+        assert not np.array_equal(f["data/demo_0/rewards"][:], g["data/demo_0/rewards"][:])
+    write_labels(tmp_path / "human.csv", [PreferenceLabel("demo_0", 0, "demo_11", 0, 1, 1.0),
+                                          *[PreferenceLabel(f"demo_{i}", 0, f"demo_{i + 1}", 0, 1, 1.0)
+                                            for i in range(10)]])
+    cfg = config(data, tmp_path / "h", labels={"path": str(tmp_path / "human.csv")})
+    cfg.data.skip_short_demos = True
+    with pytest.raises(ValueError, match=r"human.csv: line 2: demo 'demo_11' is not in the selected data"):
+        run(cfg, tmp_path / "h")
