@@ -82,6 +82,7 @@ log = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("demo_a", "start_a", "demo_b", "start_b", "length", "label")
 NORMALIZE = ("none", "standard", "minmax")
+TIES_WARNED = 0.5  # a label set with more than this share of ties is warned about (all training labels ties: refused)
 RELABEL_CHUNK = 4096  # transitions per forward pass when relabelling a file (memory only: rows are independent)
 
 
@@ -468,6 +469,26 @@ def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]
 # --------------------------------------------------------------------------- the entry point
 
 
+def tie_advice(data: SegmentData, teacher: Mapping[str, Any] | None) -> str:
+    """What to do about labels that are mostly ties, for a message: with the scripted teacher (``teacher``, its
+    settings) what makes it decide more pairs, from how it labels them (:func:`teacher_label`: summed stored rewards
+    within ``tie_margin`` tie) and how sparse the selected steps' rewards are; with human labels (None) more
+    decided labels."""
+    if teacher is None:
+        return "label more pairs with a preference (1 or 0): a tie says neither segment is better"
+    length, margin = int(teacher["segment_length"]), float(teacher["tie_margin"])
+    rewarded, steps = int(np.count_nonzero(data.rewards)), len(data.rewards)
+    demo_steps = sorted(data.lengths.values())
+    why = (f"only {rewarded} of the {steps} selected steps have a non-zero reward (a sparse success signal), so most "
+           f"{length}-step segments sum to the same" if rewarded < steps / 2 else
+           f"many {length}-step segments' sums are that close")
+    return (f"the scripted teacher ties two segments whose summed stored rewards differ by at most "
+            f"teacher.tie_margin={margin:g} and {why}: use longer segments (teacher.segment_length; the selected demos' "
+            f"median length is {demo_steps[len(demo_steps) // 2]} steps)" + (", a smaller teacher.tie_margin" if margin > 0 else "")
+            + ", data whose rewards carry progress (a dense reward) or human labels (labels.path); more pairs "
+            "(teacher.num_pairs) also give more decided ones")
+
+
 def relabel_output(cfg: DictConfig, run_dir: Path, data_path: str | os.PathLike) -> Path | None:
     """Where the relabelled copy goes (``relabel.output``, default ``<run>/relabelled.hdf5``); None when
     ``relabel.enabled=false``. Raises ``ValueError`` for an unknown ``relabel.normalize``, an output that is the input
@@ -534,8 +555,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     n_held = len(held)
     if all(labels[i].label == 0.5 for i in train):
         raise ValueError(f"{source}: every one of the {len(train)} training labels is a tie (0.5): the Bradley-Terry "
-                         "loss has nothing to learn from (with the scripted teacher: segments whose true rewards "
-                         "never differ; try longer segments or data with successes and failures)")
+                         f"loss has nothing to learn from; {tie_advice(data, None if clean is None else teacher)}")
+    ties = sum(lab.label == 0.5 for lab in labels)
+    if ties > TIES_WARNED * len(labels):  # learnable, but from few pairs: say why and what decides more
+        log.warning("%s: %d of %d labels are ties (0.5); the Bradley-Terry loss learns only from the %d others; %s",
+                    source, ties, len(labels), len(labels) - ties, tie_advice(data, None if clean is None else teacher))
     settings = TrainSettings(**{k: (tuple(v) if k == "hidden" else v) for k, v in build.plain(cfg.model).items()})
     bad = [f"model.{k}={getattr(settings, k)}" for k in ("ensemble", "steps", "batch_size")
            if int(getattr(settings, k)) < 1] + ([f"model.lr={settings.lr}"] if not float(settings.lr) > 0 else [])
@@ -546,7 +570,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     model = RewardEnsemble(spec, info.action_dim, ensemble=settings.ensemble, hidden=settings.hidden, stats=stats)
     model.action_units = units
     history = train_ensemble(model, data, [labels[i] for i in train], settings, seed=int(cfg.seed))
-    report: dict[str, Any] = {"data": str(path), "labels": source, "num_labels": len(labels), "held_out": n_held,
+    report: dict[str, Any] = {"data": str(path), "labels": source, "num_labels": len(labels), "ties": ties,
+                              "held_out": n_held,
                               "settings": asdict(settings), "train_loss": history,
                               "held_out_agreement": agreement(model, data, [labels[i] for i in held])}
     if clean is not None:
@@ -586,7 +611,7 @@ def main(cfg: DictConfig) -> None:
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
            "bradley_terry_loss", "held_out_split", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
-           "relabel_output",
+           "relabel_output", "tie_advice",
            "sample_pairs", "segment_reward_sums", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
 
 

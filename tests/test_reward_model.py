@@ -553,3 +553,44 @@ def test_skip_short_demos_leaves_a_one_step_demo_out_as_stage_2_does(tmp_path, c
     cfg.data.skip_short_demos = True
     with pytest.raises(ValueError, match=r"human.csv: line 2: demo 'demo_11' is not in the selected data"):
         run(cfg, tmp_path / "h")
+
+
+def test_labels_that_are_mostly_ties_are_warned_about_with_what_decides_more(tmp_path, caplog):
+    """The scripted teacher on sparse-success data (a reward only at a success's last step) made ~90% ties with no
+    word (all ties is refused): now a warning with the counts and, from how the teacher labels pairs, what to change.
+    Human labels that are mostly ties are warned about too; dense rewards with few ties are not."""
+    import logging
+
+    from robopretrain.reward_model import teacher_label
+
+    sparse = write_toy(tmp_path / "sparse.hdf5", episodes=12)
+    with h5py.File(sparse, "r+") as f:
+        for i in range(12):
+            r = np.zeros(12)
+            r[-1] = float(i % 2 == 0)  # successes end with reward 1, failures never get one
+            f[f"data/demo_{i}/rewards"][:] = r
+    small = {"model": {"steps": 5}, "relabel": {"enabled": False}}
+    with caplog.at_level(logging.WARNING):
+        report = run(config(sparse, tmp_path / "t", teacher={"num_pairs": 200}, **small), tmp_path / "t")
+    ties = report["ties"]
+    assert ties > 100 and ties == sum(lab.label == 0.5 for lab in read_labels(tmp_path / "t" / "labels.csv"))
+    warned = [r.getMessage() for r in caplog.records if "are ties" in r.getMessage()]
+    assert len(warned) == 1 and f"{ties} of 200 labels are ties (0.5)" in warned[0]
+    assert "only 6 of the 144 selected steps have a non-zero reward" in warned[0]
+    for advice in ("teacher.segment_length", "median length is 12 steps", "dense reward", "labels.path"):
+        assert advice in warned[0], advice
+    assert teacher_label(0.0, 0.0) == 0.5  # (the rule the advice describes: equal sums tie)
+
+    caplog.clear()
+    human = [PreferenceLabel(f"demo_{i}", 0, f"demo_{i + 1}", 0, 4, 0.5 if i < 7 else 1.0) for i in range(10)]
+    write_labels(tmp_path / "human.csv", human)
+    with caplog.at_level(logging.WARNING):
+        run(config(sparse, tmp_path / "h", labels={"path": str(tmp_path / "human.csv"), "held_out": 0.0}, **small),
+            tmp_path / "h")
+    assert "human.csv: 7 of 10 labels are ties (0.5)" in caplog.text and "label more pairs" in caplog.text
+
+    caplog.clear()
+    dense = write_toy(tmp_path / "dense.hdf5", episodes=12)
+    with caplog.at_level(logging.WARNING):
+        report = run(config(dense, tmp_path / "d", teacher={"num_pairs": 200}, **small), tmp_path / "d")
+    assert report["ties"] < 20 and "are ties" not in caplog.text
