@@ -37,6 +37,14 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
    algo.sparse_reward=false`` (the keys of CQL / Cal-QL / IQL / TD3+BC / AWAC / ReBRAC / BCQ / POR; the Decision
    Transformer reads the rewards as given and has no such keys; BC ignores rewards).
 
+The run folder (``output_dir``, default ``outputs/reward_model/seed<seed>``, which does not depend on the data) holds
+one run's ``labels.csv`` (scripted teacher), ``reward_model.pt``, ``relabelled.hdf5`` and ``report.json``, whose
+``fingerprint`` (:mod:`robopretrain.run_fingerprint`: the data and label files' content, every setting but where
+outputs go and the thread count) says which run. A folder holding a finished run with other data, labels or
+settings is refused at start-up with one line naming what changed, as stage 2 refuses to resume another run's
+checkpoint (``resume=false`` starts fresh there, removing the earlier run's files; or choose another
+``output_dir``); the same run again replaces its files (nothing is resumed: the ensemble trains in one go).
+
 Human label file (``labels.path``): CSV with the header ``demo_a,start_a,demo_b,start_b,length,label`` or JSON (a list
 of objects with those keys). ``demo_*`` are the file's demo names (``demo_3``; ``python -m robopretrain.data.inspect FILE --demos``
 lists them with their lengths), ``start_*`` the first step of the segment inside the demo (0-based), ``length`` the segment length (the same for both segments and for every row of a
@@ -66,7 +74,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
-from robopretrain import build
+from robopretrain import build, run_fingerprint
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_reward_model_config
 from robopretrain.data.dataset import (FILE_UNITS, check_action_range, data_action_units, file_action_units,
@@ -82,6 +90,11 @@ log = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("demo_a", "start_a", "demo_b", "start_b", "length", "label")
 NORMALIZE = ("none", "standard", "minmax")
+# the files of a run folder, replaced together by the next run there (robopretrain.run_fingerprint decides whether
+# it may: a finished run with other data, labels or settings is refused unless resume=false)
+RUN_FILES = ("labels.csv", "reward_model.pt", "relabelled.hdf5", "report.json")
+# settings a rerun into the same folder may change: they do not change the labels, the model or the copy's rewards
+RERUN_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "relabel.enabled")
 TIES_WARNED = 0.5  # a label set with more than this share of ties is warned about (all training labels ties: refused)
 RELABEL_CHUNK = 4096  # transitions per forward pass when relabelling a file (memory only: rows are independent)
 
@@ -489,6 +502,51 @@ def tie_advice(data: SegmentData, teacher: Mapping[str, Any] | None) -> str:
             "(teacher.num_pairs) also give more decided ones")
 
 
+def earlier_run(run_dir: Path, fingerprint: Mapping[str, Any], fresh: bool = False,
+                inputs: Mapping[str, Any] | None = None) -> list[str]:
+    """The files (:data:`RUN_FILES`) an earlier run left in ``run_dir``, which this run replaces. Raises
+    ``ValueError`` (one line, naming what changed: :func:`robopretrain.run_fingerprint.differences`) when they are
+    a finished run's (its ``report.json``) whose fingerprint differs from ``fingerprint`` (other data, labels or
+    settings, the ``teacher`` group aside where either run read human labels: the folder would mix two runs), unless ``fresh`` (``resume=false``); a report written before
+    fingerprints existed is replaced with a warning, an unfinished run's files (no report) are replaced. Also
+    refuses an input (``inputs``: setting -> path, e.g. ``labels.path`` = ``<run>/labels.csv``) that is one of them."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    for key, value in (inputs or {}).items():
+        if value and Path(str(value)).expanduser().resolve() in {(run_dir / n).resolve() for n in found}:
+            raise ValueError(f"{key}={value} is a file of the earlier run in this run folder ({run_dir}), which this "
+                             "run replaces; copy it elsewhere or write the new run to another output_dir")
+    if "report.json" not in found or fresh:
+        return found
+    try:
+        saved = json.loads((run_dir / "report.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved is None:
+        log.warning("%s: holds a run written before run fingerprints existed (or an unreadable report.json); cannot "
+                    "check that its data and settings are this run's: its files are replaced", run_dir)
+        return found
+    diffs = run_fingerprint.differences(saved, fingerprint)
+    if any((fp.get("inputs") or {}).get("labels") for fp in (saved, fingerprint)):  # human labels: the teacher's
+        diffs = [d for d in diffs if not d.startswith("teacher.")]  # settings were not read (labels: is listed)
+    if diffs:
+        shown = run_fingerprint.MAX_LISTED
+        listed = "; ".join(diffs[:shown]) + (f"; ... ({len(diffs) - shown} more)" if len(diffs) > shown else "")
+        raise ValueError(f"{run_dir}: holds a finished run with other settings or data ({listed}); to start fresh, set "
+                         "resume=false (the earlier run's files are then removed) or choose another output_dir")
+    return found
+
+
+def remove_earlier_run(run_dir: Path, names: Sequence[str]) -> None:
+    """Remove the files ``names`` of ``run_dir`` that :func:`earlier_run` found, logged, so that the folder holds
+    this run's files only (a human-label run left the teacher's ``labels.csv`` of the earlier run beside its
+    report)."""
+    removed = [name for name in names if (run_dir / name).exists()]
+    for name in removed:
+        (run_dir / name).unlink()
+    if removed:
+        log.warning("%s: removed the earlier run's %s (this run replaces them)", run_dir, ", ".join(removed))
+
+
 def relabel_output(cfg: DictConfig, run_dir: Path, data_path: str | os.PathLike) -> Path | None:
     """Where the relabelled copy goes (``relabel.output``, default ``<run>/relabelled.hdf5``); None when
     ``relabel.enabled=false``. Raises ``ValueError`` for an unknown ``relabel.normalize``, an output that is the input
@@ -517,6 +575,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     build.setup_torch(cfg)
     path = build.resolve_data_path(cfg.data, run_dir)
     relabel_to = relabel_output(cfg, run_dir, path)  # before any work: a refusal after training threw it away
+    fingerprint = run_fingerprint.fingerprint(cfg, {"data": path, "labels": cfg.labels.get("path") or None},
+                                              ignore=RERUN_CHANGES, home=run_fingerprint.run_home(cfg, run_dir))
+    earlier = earlier_run(run_dir, fingerprint, fresh=not cfg.get("resume", True),
+                          inputs={"data.path": path, "labels.path": cfg.labels.get("path")})
     info = read_info(path)
     spec = build.data_spec(cfg.obs, path, info=info)
     if spec.rgb:
@@ -550,7 +612,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         clean = np.array([teacher_label(ret[a, sa], ret[b, sb], float(teacher.tie_margin)) for a, sa, b, sb in pairs])
         noisy = noisy_labels(clean, float(teacher.noise), rng)
         labels = [PreferenceLabel(a, sa, b, sb, L, float(y)) for (a, sa, b, sb), y in zip(pairs, noisy)]
-        source = str(write_labels(run_dir / "labels.csv", labels))
+        source = str(run_dir / "labels.csv")
+    remove_earlier_run(run_dir, earlier)  # after the start-up checks (a refused run leaves the earlier one in place)
+    if clean is not None:
+        write_labels(source, labels)
     held, train = held_out_split(labels, float(cfg.labels.held_out), rng, source)
     n_held = len(held)
     if all(labels[i].label == 0.5 for i in train):
@@ -571,7 +636,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     model.action_units = units
     history = train_ensemble(model, data, [labels[i] for i in train], settings, seed=int(cfg.seed))
     report: dict[str, Any] = {"data": str(path), "labels": source, "num_labels": len(labels), "ties": ties,
-                              "held_out": n_held,
+                              "held_out": n_held, "fingerprint": fingerprint,
                               "settings": asdict(settings), "train_loss": history,
                               "held_out_agreement": agreement(model, data, [labels[i] for i in held])}
     if clean is not None:
@@ -611,7 +676,7 @@ def main(cfg: DictConfig) -> None:
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
            "bradley_terry_loss", "held_out_split", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
-           "relabel_output", "tie_advice",
+           "relabel_output", "tie_advice", "earlier_run", "remove_earlier_run", "RUN_FILES",
            "sample_pairs", "segment_reward_sums", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
 
 

@@ -23,7 +23,7 @@ from robopretrain.build import compose
 from robopretrain.data.hdf5 import load_transitions
 from robopretrain.data.spec import ObsSpec
 from robopretrain.nets.obs_encoder import STD_EPS
-from robopretrain.reward_model import (PreferenceLabel, RewardEnsemble, SegmentData, TrainSettings, agreement,
+from robopretrain.reward_model import (RUN_FILES, PreferenceLabel, RewardEnsemble, SegmentData, TrainSettings, agreement,
                                        bradley_terry_loss, load_reward_model, noisy_labels, observed_flip_rate,
                                        read_labels, relabel, run, sample_pairs, segment_reward_sums,
                                        teacher_label, write_labels)
@@ -594,3 +594,54 @@ def test_labels_that_are_mostly_ties_are_warned_about_with_what_decides_more(tmp
     with caplog.at_level(logging.WARNING):
         report = run(config(dense, tmp_path / "d", teacher={"num_pairs": 200}, **small), tmp_path / "d")
     assert report["ties"] < 20 and "are ties" not in caplog.text
+
+
+def test_a_run_folder_holding_a_finished_run_with_other_data_or_labels_is_refused(tmp_path, caplog):
+    """The default run folder does not depend on the data: a second run on another file silently replaced the
+    first's relabelled copy, model and report and left its teacher labels.csv beside a report naming a human label
+    file. Now a finished run with other data, labels or settings is refused (one line naming what changed, as
+    stage 2 refuses to resume); resume=false starts fresh and removes the earlier run's files; the same run again
+    replaces its own; an input that is one of the files to be replaced is refused."""
+    import logging
+
+    first_data = write_toy(tmp_path / "first.hdf5", episodes=12)
+    second_data = write_toy(tmp_path / "second.hdf5", episodes=12, seed=1)
+    folder = tmp_path / "run"
+    small = {"model": {"steps": 5}}
+    run(config(first_data, folder, teacher={"num_pairs": 40}, **small), folder)
+    before = {name: (folder / name).read_bytes() for name in RUN_FILES}
+    write_labels(tmp_path / "human.csv", [PreferenceLabel(f"demo_{i}", 0, f"demo_{i + 1}", 2, 4, float(i % 2))
+                                          for i in range(10)])
+    human = config(second_data, folder, labels={"path": str(tmp_path / "human.csv")}, **small)
+    with pytest.raises(ValueError) as refused:
+        run(human, folder)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{folder}: holds a finished run with other settings or data (")
+    assert f"data: {first_data} -> {second_data}" in message and f"labels: none -> {tmp_path / 'human.csv'}" in message
+    assert "teacher." not in message  # human labels: the teacher's settings are not read, not a difference
+    assert message.endswith("to start fresh, set resume=false (the earlier run's files are then removed) or choose "
+                            "another output_dir")
+    assert {name: (folder / name).read_bytes() for name in RUN_FILES} == before  # the earlier run is untouched
+    with pytest.raises(ValueError, match=r"\(relabel.normalize: none -> minmax\)"):  # settings count too
+        run(config(first_data, folder, teacher={"num_pairs": 40}, relabel={"normalize": "minmax"}, **small), folder)
+
+    human.resume = False
+    with caplog.at_level(logging.WARNING):
+        report = run(human, folder)
+    assert "removed the earlier run's labels.csv, reward_model.pt, relabelled.hdf5, report.json" in caplog.text
+    assert not (folder / "labels.csv").exists()  # the teacher's labels of the first run are gone
+    assert report["labels"] == str(tmp_path / "human.csv") and report["data"] == str(second_data)
+    assert json.loads((folder / "report.json").read_text())["data"] == str(second_data)
+    human.resume = True
+    run(human, folder)  # the same run again: replaces its own files
+    human.relabel.enabled = False
+    run(human, folder)  # not relabelling: no other run (the model is the same); its copy is removed with the rest
+    assert not (folder / "relabelled.hdf5").exists() and (folder / "report.json").exists()
+
+    (folder / "report.json").unlink()  # an unfinished run's files (no report): replaced, whatever its settings
+    run(config(first_data, folder, teacher={"num_pairs": 40}, relabel={"enabled": False}, **small), folder)
+    teacher_labels = config(first_data, folder, labels={"path": str(folder / "labels.csv")}, **small)
+    teacher_labels.resume = False  # its own labels.csv as the next run's human labels: removed by resume=false
+    with pytest.raises(ValueError, match=r"labels.path=.*labels.csv is a file of the earlier run in this run folder"):
+        run(teacher_labels, folder)
+    assert (folder / "labels.csv").exists()
