@@ -1,7 +1,8 @@
 """Range checks of the stage-2 and stage-3 configs, so a bad value fails at start with a message naming the key.
 
-:func:`validate_offline_config` checks ``configs/robopretrain.yaml`` (and the ``algo`` group) and
-:func:`validate_online_config` checks ``configs/finetune.yaml``. Both raise ``ValueError`` with
+:func:`validate_offline_config` checks ``configs/robopretrain.yaml`` (and the ``algo`` group),
+:func:`validate_online_config` checks ``configs/finetune.yaml`` and :func:`validate_reward_model_config` the keys
+of ``configs/reward_model.yaml``. Both raise ``ValueError`` with
 ``<config>: <key>=<value>; expected <what>``, which :mod:`robopretrain.cli` reports on one line. Keys that a
 config does not have are skipped, so the checks follow the configs as they grow.
 """
@@ -307,3 +308,11 @@ def validate_online_config(cfg: DictConfig) -> None:
     check_max_demos(cfg, ("data.max_demos",), "finetune")
     for section, checks in TRANSFER_CHECKS.items():
         _check_section(cfg, section, checks, "finetune")
+
+
+def validate_reward_model_config(cfg: DictConfig) -> None:
+    """:mod:`robopretrain.reward_model` (``configs/reward_model.yaml``): raise ``ValueError`` naming keys the config
+    does not define (``+model.stpes=5``, ``+relabel.normalise=standard``, ``+algo=iql``: ignored, they would leave
+    the user believing a setting took effect) and the first shared key out of range (its own settings' ranges are
+    checked by :func:`robopretrain.reward_model.run`)."""
+    _check_common(cfg, "reward_model")

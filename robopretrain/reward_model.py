@@ -4,7 +4,9 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
 ``python -m robopretrain.reward_model data.path=demos.hdf5`` (Hydra, ``configs/reward_model.yaml``), or :func:`run`:
 
 1. **Pairs of segments** of ``teacher.segment_length`` consecutive steps of the file's demos (the ``data`` group's
-   ``mask`` / ``tasks`` selection; demos shorter than a segment are not used), drawn uniformly.
+   ``mask`` / ``tasks`` selection), which the scripted teacher draws uniformly from the demos at least a segment
+   long (a shorter demo still counts in the observation statistics and is relabelled). A selected demo of fewer than 2 steps (the data contract's minimum) is refused, as in stages 2 and
+   3; ``data.skip_short_demos=true`` leaves such demos out (logged) and the relabelled copy keeps them as they are.
 2. **Labels**: ``labels.path`` names a file of human labels (format below); without one, the **scripted teacher**
    (B-Pref, Lee et al. 2021) labels the pairs by the segments' true returns (the sum of the stored rewards: the env's
    success signal, or its progress where the data's reward is dense): 1 when segment a's return exceeds b's by more
@@ -26,13 +28,22 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
    of training: :func:`held_out_split`; 0 holds none out and measures nothing): the fraction of non-tie
    held-out labels whose preferred segment has the larger ensemble-mean return, the held-out Bradley-Terry loss,
    and for the scripted teacher the same agreement with its noise-free labels. Written to ``<run>/report.json``.
-5. **Relabelling**: a copy of the whole file (``relabel.output``, default ``<run>/relabelled.hdf5``) in which every
-   demo's (of 2 or more steps: no stage reads a shorter one) ``rewards`` are the ensemble mean ``mean_e r_e(s, a)``, optionally normalised over the file
+5. **Relabelling**: a copy of the whole file (``relabel.output``, default ``<run>/relabelled.hdf5``; checked at
+   start-up: not the input file) in which every demo's (of 2 or more steps: no stage reads a shorter one; such a
+   demo keeps its stored content) ``rewards`` are the ensemble mean ``mean_e r_e(s, a)``, optionally normalised over the file
    (``relabel.normalize``: ``none``, ``standard`` = zero mean and unit std, ``minmax`` = [0, 1]); everything else is
    byte-for-byte the same. Train on it with any offline algorithm through ``data.path``; the learned reward is
    dense, so turn the sparse-reward transform off, e.g. ``algo=iql algo.reward_scale=1 algo.reward_bias=0
    algo.sparse_reward=false`` (the keys of CQL / Cal-QL / IQL / TD3+BC / AWAC / ReBRAC / BCQ / POR; the Decision
    Transformer reads the rewards as given and has no such keys; BC ignores rewards).
+
+The run folder (``output_dir``, default ``outputs/reward_model/seed<seed>``, which does not depend on the data) holds
+one run's ``labels.csv`` (scripted teacher), ``reward_model.pt``, ``relabelled.hdf5`` and ``report.json``, whose
+``fingerprint`` (:mod:`robopretrain.run_fingerprint`: the data and label files' content, every setting but where
+outputs go and the thread count) says which run. A folder holding a finished run with other data, labels or
+settings is refused at start-up with one line naming what changed, as stage 2 refuses to resume another run's
+checkpoint (``resume=false`` starts fresh there, removing the earlier run's files; or choose another
+``output_dir``); the same run again replaces its files (nothing is resumed: the ensemble trains in one go).
 
 Human label file (``labels.path``): CSV with the header ``demo_a,start_a,demo_b,start_b,length,label`` or JSON (a list
 of objects with those keys). ``demo_*`` are the file's demo names (``demo_3``; ``python -m robopretrain.data.inspect FILE --demos``
@@ -63,11 +74,12 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
-from robopretrain import build
+from robopretrain import build, run_fingerprint
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
-from robopretrain.config_checks import one_name_as_list
-from robopretrain.data.dataset import FILE_UNITS, check_action_range, data_action_units, file_action_units
-from robopretrain.data.hdf5 import Transitions, load_transitions, read_info, select_demos
+from robopretrain.config_checks import validate_reward_model_config
+from robopretrain.data.dataset import (FILE_UNITS, check_action_range, data_action_units, file_action_units,
+                                      selected_demos)
+from robopretrain.data.hdf5 import Transitions, load_transitions, read_info
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization, reexpress
@@ -78,6 +90,12 @@ log = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("demo_a", "start_a", "demo_b", "start_b", "length", "label")
 NORMALIZE = ("none", "standard", "minmax")
+# the files of a run folder, replaced together by the next run there (robopretrain.run_fingerprint decides whether
+# it may: a finished run with other data, labels or settings is refused unless resume=false)
+RUN_FILES = ("labels.csv", "reward_model.pt", "relabelled.hdf5", "report.json")
+# settings a rerun into the same folder may change: they do not change the labels, the model or the copy's rewards
+RERUN_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "relabel.enabled")
+TIES_WARNED = 0.5  # a label set with more than this share of ties is warned about (all training labels ties: refused)
 RELABEL_CHUNK = 4096  # transitions per forward pass when relabelling a file (memory only: rows are independent)
 
 
@@ -413,7 +431,8 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
     short = [d.name for d in info.demos if d.num_samples < 2]
     if short:  # no stage reads them (the contract's minimum is 2 steps), so their stored rewards can never be used
         log.warning("%s: %d demo(s) of fewer than 2 steps left as they are in the relabelled copy (%s%s): no stage "
-                    "reads such a demo", src, len(short), ", ".join(short[:3]), ", ..." if len(short) > 3 else "")
+                    "reads such a demo (read the copy with data.skip_short_demos=true or a mask of the others)", src,
+                    len(short), ", ".join(short[:3]), ", ..." if len(short) > 3 else "")
     trans = load_transitions(src, list(spec.low_dim_keys), demos=[d.name for d in info.demos if d.num_samples >= 2],
                              action_range=False, low_dim=list(spec.low_dim_keys))
     units = getattr(model, "action_units", FILE_UNITS) if action_units is None else action_units
@@ -463,19 +482,110 @@ def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]
 # --------------------------------------------------------------------------- the entry point
 
 
+def tie_advice(data: SegmentData, teacher: Mapping[str, Any] | None) -> str:
+    """What to do about labels that are mostly ties, for a message: with the scripted teacher (``teacher``, its
+    settings) what makes it decide more pairs, from how it labels them (:func:`teacher_label`: summed stored rewards
+    within ``tie_margin`` tie) and how sparse the selected steps' rewards are; with human labels (None) more
+    decided labels."""
+    if teacher is None:
+        return "label more pairs with a preference (1 or 0): a tie says neither segment is better"
+    length, margin = int(teacher["segment_length"]), float(teacher["tie_margin"])
+    rewarded, steps = int(np.count_nonzero(data.rewards)), len(data.rewards)
+    demo_steps = sorted(data.lengths.values())
+    why = (f"only {rewarded} of the {steps} selected steps have a non-zero reward (a sparse success signal), so most "
+           f"{length}-step segments sum to the same" if rewarded < steps / 2 else
+           f"many {length}-step segments' sums are that close")
+    return (f"the scripted teacher ties two segments whose summed stored rewards differ by at most "
+            f"teacher.tie_margin={margin:g} and {why}: use longer segments (teacher.segment_length; the selected demos' "
+            f"median length is {demo_steps[len(demo_steps) // 2]} steps)" + (", a smaller teacher.tie_margin" if margin > 0 else "")
+            + ", data whose rewards carry progress (a dense reward) or human labels (labels.path); more pairs "
+            "(teacher.num_pairs) also give more decided ones")
+
+
+def earlier_run(run_dir: Path, fingerprint: Mapping[str, Any], fresh: bool = False,
+                inputs: Mapping[str, Any] | None = None) -> list[str]:
+    """The files (:data:`RUN_FILES`) an earlier run left in ``run_dir``, which this run replaces. Raises
+    ``ValueError`` (one line, naming what changed: :func:`robopretrain.run_fingerprint.differences`) when they are
+    a finished run's (its ``report.json``) whose fingerprint differs from ``fingerprint`` (other data, labels or
+    settings, the ``teacher`` group aside where either run read human labels: the folder would mix two runs), unless ``fresh`` (``resume=false``); a report written before
+    fingerprints existed is replaced with a warning, an unfinished run's files (no report) are replaced. Also
+    refuses an input (``inputs``: setting -> path, e.g. ``labels.path`` = ``<run>/labels.csv``) that is one of them."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    for key, value in (inputs or {}).items():
+        if value and Path(str(value)).expanduser().resolve() in {(run_dir / n).resolve() for n in found}:
+            raise ValueError(f"{key}={value} is a file of the earlier run in this run folder ({run_dir}), which this "
+                             "run replaces; copy it elsewhere or write the new run to another output_dir")
+    if "report.json" not in found or fresh:
+        return found
+    try:
+        saved = json.loads((run_dir / "report.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved is None:
+        log.warning("%s: holds a run written before run fingerprints existed (or an unreadable report.json); cannot "
+                    "check that its data and settings are this run's: its files are replaced", run_dir)
+        return found
+    diffs = run_fingerprint.differences(saved, fingerprint)
+    if any((fp.get("inputs") or {}).get("labels") for fp in (saved, fingerprint)):  # human labels: the teacher's
+        diffs = [d for d in diffs if not d.startswith("teacher.")]  # settings were not read (labels: is listed)
+    if diffs:
+        shown = run_fingerprint.MAX_LISTED
+        listed = "; ".join(diffs[:shown]) + (f"; ... ({len(diffs) - shown} more)" if len(diffs) > shown else "")
+        raise ValueError(f"{run_dir}: holds a finished run with other settings or data ({listed}); to start fresh, set "
+                         "resume=false (the earlier run's files are then removed) or choose another output_dir")
+    return found
+
+
+def remove_earlier_run(run_dir: Path, names: Sequence[str]) -> None:
+    """Remove the files ``names`` of ``run_dir`` that :func:`earlier_run` found, logged, so that the folder holds
+    this run's files only (a human-label run left the teacher's ``labels.csv`` of the earlier run beside its
+    report)."""
+    removed = [name for name in names if (run_dir / name).exists()]
+    for name in removed:
+        (run_dir / name).unlink()
+    if removed:
+        log.warning("%s: removed the earlier run's %s (this run replaces them)", run_dir, ", ".join(removed))
+
+
+def relabel_output(cfg: DictConfig, run_dir: Path, data_path: str | os.PathLike) -> Path | None:
+    """Where the relabelled copy goes (``relabel.output``, default ``<run>/relabelled.hdf5``); None when
+    ``relabel.enabled=false``. Raises ``ValueError`` for an unknown ``relabel.normalize``, an output that is the input
+    file ``data_path`` or a folder: checked at start-up, before the ensemble is trained."""
+    if not cfg.relabel.get("enabled", True):
+        return None
+    normalize = str(cfg.relabel.get("normalize") or "none")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"relabel.normalize={normalize!r}; expected one of {list(NORMALIZE)}")
+    out = Path(str(cfg.relabel.output)).expanduser() if cfg.relabel.get("output") else run_dir / "relabelled.hdf5"
+    if out.resolve() == Path(data_path).resolve():
+        raise ValueError(f"relabel.output={out} is the input file (data.path); give another path (the relabelled copy "
+                         "never replaces its source)")
+    if out.is_dir():
+        raise ValueError(f"relabel.output={out} is a folder; give a file path, e.g. {out / 'relabelled.hdf5'}")
+    return out
+
+
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Labels -> ensemble -> agreement -> relabelled copy, as ``cfg`` says; returns the report (also in
-    ``<run>/report.json``)."""
-    one_name_as_list(cfg)
+    ``<run>/report.json``). A key ``configs/reward_model.yaml`` does not define is refused before any work
+    (:func:`robopretrain.config_checks.validate_reward_model_config`)."""
+    validate_reward_model_config(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     build.setup_torch(cfg)
     path = build.resolve_data_path(cfg.data, run_dir)
+    relabel_to = relabel_output(cfg, run_dir, path)  # before any work: a refusal after training threw it away
+    fingerprint = run_fingerprint.fingerprint(cfg, {"data": path, "labels": cfg.labels.get("path") or None},
+                                              ignore=RERUN_CHANGES, home=run_fingerprint.run_home(cfg, run_dir))
+    earlier = earlier_run(run_dir, fingerprint, fresh=not cfg.get("resume", True),
+                          inputs={"data.path": path, "labels.path": cfg.labels.get("path")})
     info = read_info(path)
     spec = build.data_spec(cfg.obs, path, info=info)
     if spec.rgb:
         raise ValueError("reward_model: cameras are not supported; use low-dim parts (obs.rgb=[])")
-    demos = select_demos(info, mask=cfg.data.get("mask"), tasks=list(cfg.data.tasks) if cfg.data.get("tasks") else None)
+    # demos of fewer than 2 steps: refused by the reader, or left out (logged) with data.skip_short_demos=true
+    demos = selected_demos(info, mask=cfg.data.get("mask"), tasks=list(cfg.data.tasks) if cfg.data.get("tasks") else None,
+                           skip_short=bool(cfg.data.get("skip_short_demos", False)))
     # the model's action units: the file's record, else (data.actions=auto) per-dimension bounds of actions outside
     # [-1, 1], as stage 2 gives an agent (robopretrain.data.dataset.data_action_units)
     units = data_action_units(path, info, str(cfg.data.get("actions") or "auto"))
@@ -503,13 +613,19 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         clean = np.array([teacher_label(ret[a, sa], ret[b, sb], float(teacher.tie_margin)) for a, sa, b, sb in pairs])
         noisy = noisy_labels(clean, float(teacher.noise), rng)
         labels = [PreferenceLabel(a, sa, b, sb, L, float(y)) for (a, sa, b, sb), y in zip(pairs, noisy)]
-        source = str(write_labels(run_dir / "labels.csv", labels))
+        source = str(run_dir / "labels.csv")
+    remove_earlier_run(run_dir, earlier)  # after the start-up checks (a refused run leaves the earlier one in place)
+    if clean is not None:
+        write_labels(source, labels)
     held, train = held_out_split(labels, float(cfg.labels.held_out), rng, source)
     n_held = len(held)
     if all(labels[i].label == 0.5 for i in train):
         raise ValueError(f"{source}: every one of the {len(train)} training labels is a tie (0.5): the Bradley-Terry "
-                         "loss has nothing to learn from (with the scripted teacher: segments whose true rewards "
-                         "never differ; try longer segments or data with successes and failures)")
+                         f"loss has nothing to learn from; {tie_advice(data, None if clean is None else teacher)}")
+    ties = sum(lab.label == 0.5 for lab in labels)
+    if ties > TIES_WARNED * len(labels):  # learnable, but from few pairs: say why and what decides more
+        log.warning("%s: %d of %d labels are ties (0.5); the Bradley-Terry loss learns only from the %d others; %s",
+                    source, ties, len(labels), len(labels) - ties, tie_advice(data, None if clean is None else teacher))
     settings = TrainSettings(**{k: (tuple(v) if k == "hidden" else v) for k, v in build.plain(cfg.model).items()})
     bad = [f"model.{k}={getattr(settings, k)}" for k in ("ensemble", "steps", "batch_size")
            if int(getattr(settings, k)) < 1] + ([f"model.lr={settings.lr}"] if not float(settings.lr) > 0 else [])
@@ -520,7 +636,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     model = RewardEnsemble(spec, info.action_dim, ensemble=settings.ensemble, hidden=settings.hidden, stats=stats)
     model.action_units = units
     history = train_ensemble(model, data, [labels[i] for i in train], settings, seed=int(cfg.seed))
-    report: dict[str, Any] = {"data": str(path), "labels": source, "num_labels": len(labels), "held_out": n_held,
+    report: dict[str, Any] = {"data": str(path), "labels": source, "num_labels": len(labels), "ties": ties,
+                              "held_out": n_held, "fingerprint": fingerprint,
                               "settings": asdict(settings), "train_loss": history,
                               "held_out_agreement": agreement(model, data, [labels[i] for i in held])}
     if clean is not None:
@@ -538,9 +655,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": info.action_dim,
                 "settings": asdict(settings), "action_normalization": None if units is None else units.to_dict()},
                run_dir / "reward_model.pt")
-    if cfg.relabel.get("enabled", True):
-        out = Path(str(cfg.relabel.output)) if cfg.relabel.get("output") else run_dir / "relabelled.hdf5"
-        report["relabelled"] = str(relabel(path, out, model, spec, str(cfg.relabel.normalize)))
+    if relabel_to is not None:
+        report["relabelled"] = str(relabel(path, relabel_to, model, spec, str(cfg.relabel.normalize)))
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -561,6 +677,7 @@ def main(cfg: DictConfig) -> None:
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
            "bradley_terry_loss", "held_out_split", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
+           "relabel_output", "tie_advice", "earlier_run", "remove_earlier_run", "RUN_FILES",
            "sample_pairs", "segment_reward_sums", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
 
 

@@ -23,7 +23,7 @@ from robopretrain.build import compose
 from robopretrain.data.hdf5 import load_transitions
 from robopretrain.data.spec import ObsSpec
 from robopretrain.nets.obs_encoder import STD_EPS
-from robopretrain.reward_model import (PreferenceLabel, RewardEnsemble, SegmentData, TrainSettings, agreement,
+from robopretrain.reward_model import (RUN_FILES, PreferenceLabel, RewardEnsemble, SegmentData, TrainSettings, agreement,
                                        bradley_terry_loss, load_reward_model, noisy_labels, observed_flip_rate,
                                        read_labels, relabel, run, sample_pairs, segment_reward_sums,
                                        teacher_label, write_labels)
@@ -298,14 +298,11 @@ def test_nothing_held_out_trains_on_every_label_and_reports_no_agreement(tmp_pat
     assert report["held_out_agreement_clean_teacher"]["pairs"] == 0
 
 
-def test_relabelling_leaves_a_one_step_demo_that_the_run_masked_out_as_it_is(tmp_path, caplog):
-    """A 1-step demo (which no stage reads) left out with data.mask as the reader advises: the ensemble trains and
-    the copy is written (relabelling read every demo and stopped on it), with the short demo untouched."""
-    import logging
-
-    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+def one_step_last_demo(data: Path, demo_name: str = "demo_11") -> Path:
+    """``data`` with ``demo_name`` cut to its first step (a 1-step demo, below the data contract's minimum of 2)."""
     with h5py.File(data, "r+") as f:
-        demo = f["data/demo_11"]
+        demo = f[f"data/{demo_name}"]
+        removed = int(demo.attrs["num_samples"]) - 1
         for name in ("actions", "rewards", "dones"):
             stored = demo[name][:1]
             del demo[name]
@@ -316,7 +313,17 @@ def test_relabelling_leaves_a_one_step_demo_that_the_run_masked_out_as_it_is(tmp
                 del demo[f"{part}/{key}"]
                 demo.create_dataset(f"{part}/{key}", data=stored)
         demo.attrs["num_samples"] = 1
-        f["data"].attrs["total"] = int(f["data"].attrs["total"]) - 11
+        f["data"].attrs["total"] = int(f["data"].attrs["total"]) - removed
+    return data
+
+
+def test_relabelling_leaves_a_one_step_demo_that_the_run_masked_out_as_it_is(tmp_path, caplog):
+    """A 1-step demo (which no stage reads) left out with data.mask as the reader advises: the ensemble trains and
+    the copy is written (relabelling read every demo and stopped on it), with the short demo untouched."""
+    import logging
+
+    data = one_step_last_demo(write_toy(tmp_path / "toy.hdf5", episodes=12))
+    with h5py.File(data, "r+") as f:
         f.create_dataset("mask/good", data=np.array([f"demo_{i}".encode() for i in range(11)]))
         before = f["data/demo_11/rewards"][:]
     with caplog.at_level(logging.WARNING):
@@ -463,3 +470,178 @@ def test_command_line_runs_the_reward_model_and_answers_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: data.path={tmp_path / 'none.hdf5'}: file not found")
+
+
+def test_keys_the_config_does_not_define_are_refused_before_any_work(tmp_path):
+    """``+relabel.normalise=standard``, ``+labels.heldout=0.5``, ``+algo=iql`` were accepted and ignored and
+    ``+model.stpes=5`` ended in a TypeError traceback: each is refused by name, as stage 2 refuses its unknown keys."""
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    for section, extra, name in (("relabel", {"normalise": "standard"}, "relabel.normalise"),
+                                 ("labels", {"heldout": 0.5}, "labels.heldout"), ("model", {"stpes": 5}, "model.stpes"),
+                                 ("teacher", {"segment_lenght": 5}, "teacher.segment_lenght"),
+                                 ("obs", {"normalise": False}, "obs.normalise"), ("algo", {"name": "iql"}, "algo")):
+        with pytest.raises(ValueError, match=rf"reward_model config: unknown key\(s\) {name}\b"):
+            run(config(data, tmp_path / "r", **{section: extra}), tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+def test_command_line_refuses_an_unknown_key_in_one_line_and_help_lists_no_config_groups(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-m", "robopretrain.reward_model", f"data.path={data}", "obs.low_dim=[x]",
+                           "+model.stpes=5", f"output_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'h'}"],
+                          cwd=repo, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: reward_model config: unknown key(s) model.stpes; valid keys: "
+                                                   "model: batch_size, ensemble, hidden, lr, steps"), lines
+    shown = subprocess.run([sys.executable, "-m", "robopretrain.reward_model", "--help"], cwd=repo,
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert shown.returncode == 0 and "teacher:" in shown.stdout and "segment_length" in shown.stdout
+    assert "Configuration groups" not in shown.stdout and "algo:" not in shown.stdout, shown.stdout
+
+
+def test_a_relabelled_copy_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    """relabel.output = the input file (and an unknown relabel.normalize, an output folder) was refused only after
+    the ensemble had been trained, throwing the work away: now at start-up."""
+    import robopretrain.reward_model as rm
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the ensemble was trained before the relabelling settings were checked")
+
+    monkeypatch.setattr(rm, "train_ensemble", trained)
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    (tmp_path / "folder").mkdir()
+    for relabel_cfg, message in (({"output": str(data)}, r"relabel.output=.*toy.hdf5 is the input file \(data.path\)"),
+                                 ({"output": str(tmp_path / "folder")}, r"relabel.output=.*folder is a folder"),
+                                 ({"normalize": "zscore"}, r"relabel.normalize='zscore'; expected one of")):
+        with pytest.raises(ValueError, match=message):
+            run(config(data, tmp_path / "r", relabel=relabel_cfg), tmp_path / "r")
+    with h5py.File(data) as f:  # the input is untouched
+        assert "rewards" in f["data/demo_0"]
+
+
+def test_skip_short_demos_leaves_a_one_step_demo_out_as_stage_2_does(tmp_path, caplog):
+    """A file with a 1-step demo was refused with advice (data.skip_short_demos=true) that the reward model ignored.
+    Now the setting leaves the demo out of labels and training (logged) and the relabelled copy keeps it as stored;
+    without it the file is refused, the message naming the setting."""
+    import logging
+
+    from robopretrain.data.hdf5 import DatasetError
+
+    data = one_step_last_demo(write_toy(tmp_path / "toy.hdf5", episodes=12))
+    with h5py.File(data) as f:
+        before = {k: f[f"data/demo_11/{k}"][:] for k in ("rewards", "actions", "obs/x")}
+    with pytest.raises(DatasetError, match=r"demo_11: episode has 1 step.*data.skip_short_demos=true \(stages 2 and 3, "
+                                           r"robopretrain.reward_model\)"):
+        run(config(data, tmp_path / "refused", model={"steps": 5}), tmp_path / "refused")
+    with caplog.at_level(logging.WARNING):
+        cfg = config(data, tmp_path / "s", teacher={"num_pairs": 40}, model={"steps": 5})
+        cfg.data.skip_short_demos = True
+        report = run(cfg, tmp_path / "s")
+    assert "1 demo(s) of fewer than 2 steps left out (data.skip_short_demos=true): demo_11" in caplog.text
+    assert "demo_11" not in (tmp_path / "s" / "labels.csv").read_text()
+    with h5py.File(report["relabelled"]) as f, h5py.File(data) as g:
+        for key, stored in before.items():  # the skipped demo keeps its original content
+            np.testing.assert_array_equal(f[f"data/demo_11/{key}"][:], stored)
+        assert not np.array_equal(f["data/demo_0/rewards"][:], g["data/demo_0/rewards"][:])
+    write_labels(tmp_path / "human.csv", [PreferenceLabel("demo_0", 0, "demo_11", 0, 1, 1.0),
+                                          *[PreferenceLabel(f"demo_{i}", 0, f"demo_{i + 1}", 0, 1, 1.0)
+                                            for i in range(10)]])
+    cfg = config(data, tmp_path / "h", labels={"path": str(tmp_path / "human.csv")})
+    cfg.data.skip_short_demos = True
+    with pytest.raises(ValueError, match=r"human.csv: line 2: demo 'demo_11' is not in the selected data"):
+        run(cfg, tmp_path / "h")
+
+
+def test_labels_that_are_mostly_ties_are_warned_about_with_what_decides_more(tmp_path, caplog):
+    """The scripted teacher on sparse-success data (a reward only at a success's last step) made ~90% ties with no
+    word (all ties is refused): now a warning with the counts and, from how the teacher labels pairs, what to change.
+    Human labels that are mostly ties are warned about too; dense rewards with few ties are not."""
+    import logging
+
+    from robopretrain.reward_model import teacher_label
+
+    sparse = write_toy(tmp_path / "sparse.hdf5", episodes=12)
+    with h5py.File(sparse, "r+") as f:
+        for i in range(12):
+            r = np.zeros(12)
+            r[-1] = float(i % 2 == 0)  # successes end with reward 1, failures never get one
+            f[f"data/demo_{i}/rewards"][:] = r
+    small = {"model": {"steps": 5}, "relabel": {"enabled": False}}
+    with caplog.at_level(logging.WARNING):
+        report = run(config(sparse, tmp_path / "t", teacher={"num_pairs": 200}, **small), tmp_path / "t")
+    ties = report["ties"]
+    assert ties > 100 and ties == sum(lab.label == 0.5 for lab in read_labels(tmp_path / "t" / "labels.csv"))
+    warned = [r.getMessage() for r in caplog.records if "are ties" in r.getMessage()]
+    assert len(warned) == 1 and f"{ties} of 200 labels are ties (0.5)" in warned[0]
+    assert "only 6 of the 144 selected steps have a non-zero reward" in warned[0]
+    for advice in ("teacher.segment_length", "median length is 12 steps", "dense reward", "labels.path"):
+        assert advice in warned[0], advice
+    assert teacher_label(0.0, 0.0) == 0.5  # (the rule the advice describes: equal sums tie)
+
+    caplog.clear()
+    human = [PreferenceLabel(f"demo_{i}", 0, f"demo_{i + 1}", 0, 4, 0.5 if i < 7 else 1.0) for i in range(10)]
+    write_labels(tmp_path / "human.csv", human)
+    with caplog.at_level(logging.WARNING):
+        run(config(sparse, tmp_path / "h", labels={"path": str(tmp_path / "human.csv"), "held_out": 0.0}, **small),
+            tmp_path / "h")
+    assert "human.csv: 7 of 10 labels are ties (0.5)" in caplog.text and "label more pairs" in caplog.text
+
+    caplog.clear()
+    dense = write_toy(tmp_path / "dense.hdf5", episodes=12)
+    with caplog.at_level(logging.WARNING):
+        report = run(config(dense, tmp_path / "d", teacher={"num_pairs": 200}, **small), tmp_path / "d")
+    assert report["ties"] < 20 and "are ties" not in caplog.text
+
+
+def test_a_run_folder_holding_a_finished_run_with_other_data_or_labels_is_refused(tmp_path, caplog):
+    """The default run folder does not depend on the data: a second run on another file silently replaced the
+    first's relabelled copy, model and report and left its teacher labels.csv beside a report naming a human label
+    file. Now a finished run with other data, labels or settings is refused (one line naming what changed, as
+    stage 2 refuses to resume); resume=false starts fresh and removes the earlier run's files; the same run again
+    replaces its own; an input that is one of the files to be replaced is refused."""
+    import logging
+
+    first_data = write_toy(tmp_path / "first.hdf5", episodes=12)
+    second_data = write_toy(tmp_path / "second.hdf5", episodes=12, seed=1)
+    folder = tmp_path / "run"
+    small = {"model": {"steps": 5}}
+    run(config(first_data, folder, teacher={"num_pairs": 40}, **small), folder)
+    before = {name: (folder / name).read_bytes() for name in RUN_FILES}
+    write_labels(tmp_path / "human.csv", [PreferenceLabel(f"demo_{i}", 0, f"demo_{i + 1}", 2, 4, float(i % 2))
+                                          for i in range(10)])
+    human = config(second_data, folder, labels={"path": str(tmp_path / "human.csv")}, **small)
+    with pytest.raises(ValueError) as refused:
+        run(human, folder)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{folder}: holds a finished run with other settings or data (")
+    assert f"data: {first_data} -> {second_data}" in message and f"labels: none -> {tmp_path / 'human.csv'}" in message
+    assert "teacher." not in message  # human labels: the teacher's settings are not read, not a difference
+    assert message.endswith("to start fresh, set resume=false (the earlier run's files are then removed) or choose "
+                            "another output_dir")
+    assert {name: (folder / name).read_bytes() for name in RUN_FILES} == before  # the earlier run is untouched
+    with pytest.raises(ValueError, match=r"\(relabel.normalize: none -> minmax\)"):  # settings count too
+        run(config(first_data, folder, teacher={"num_pairs": 40}, relabel={"normalize": "minmax"}, **small), folder)
+
+    human.resume = False
+    with caplog.at_level(logging.WARNING):
+        report = run(human, folder)
+    assert "removed the earlier run's labels.csv, reward_model.pt, relabelled.hdf5, report.json" in caplog.text
+    assert not (folder / "labels.csv").exists()  # the teacher's labels of the first run are gone
+    assert report["labels"] == str(tmp_path / "human.csv") and report["data"] == str(second_data)
+    assert json.loads((folder / "report.json").read_text())["data"] == str(second_data)
+    human.resume = True
+    run(human, folder)  # the same run again: replaces its own files
+    human.relabel.enabled = False
+    run(human, folder)  # not relabelling: no other run (the model is the same); its copy is removed with the rest
+    assert not (folder / "relabelled.hdf5").exists() and (folder / "report.json").exists()
+
+    (folder / "report.json").unlink()  # an unfinished run's files (no report): replaced, whatever its settings
+    run(config(first_data, folder, teacher={"num_pairs": 40}, relabel={"enabled": False}, **small), folder)
+    teacher_labels = config(first_data, folder, labels={"path": str(folder / "labels.csv")}, **small)
+    teacher_labels.resume = False  # its own labels.csv as the next run's human labels: removed by resume=false
+    with pytest.raises(ValueError, match=r"labels.path=.*labels.csv is a file of the earlier run in this run folder"):
+        run(teacher_labels, folder)
+    assert (folder / "labels.csv").exists()

@@ -239,7 +239,7 @@ def check_lengths(path: str, demos: Sequence[DemoInfo]) -> None:
         if d.num_samples < 2:
             raise _err(path, f"data/{d.name}", f"episode has {d.num_samples} step(s); expected at least 2 (empty or "
                        "one-step episode): leave such demos out with a mask of the other demos (mask/<name> in the file, "
-                       "data.mask=<name>), or in stages 2 and 3 with data.skip_short_demos=true")
+                       "data.mask=<name>), or with data.skip_short_demos=true (stages 2 and 3, robopretrain.reward_model)")
 
 
 def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[str], act_dim: int | None,
