@@ -2,7 +2,7 @@
 
 :func:`validate_offline_config` checks ``configs/robopretrain.yaml`` (and the ``algo`` group),
 :func:`validate_online_config` checks ``configs/finetune.yaml`` and :func:`validate_reward_model_config` the keys
-of ``configs/reward_model.yaml``. Both raise ``ValueError`` with
+of ``configs/reward_model.yaml``. Each raises ``ValueError`` with
 ``<config>: <key>=<value>; expected <what>``, which :mod:`robopretrain.cli` reports on one line. Keys that a
 config does not have are skipped, so the checks follow the configs as they grow.
 """
