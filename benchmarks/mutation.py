@@ -398,10 +398,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "torch.load(weights_only=True -> False): a file the toolkit wrote loads the same tensors either way; True "
         "only refuses pickled code",
         "True -> False @ saved = torch.load(Path(path), map_location=\"cpu\", weights_only=True)"),
-    ("reward_model", "run/const/8"): Equivalent(
+    ("reward_model", "relabel_output/const/0"): Equivalent(
         "relabel.get('enabled', True) -> False: configs/reward_model.yaml always sets relabel.enabled, so the "
         "fallback is never read",
-        "True -> False @ if cfg.relabel.get(\"enabled\", True):"),
+        "True -> False @ if not cfg.relabel.get(\"enabled\", True):"),
     ("darc", "DarcClassifier.forward/binop/1"): Equivalent(
         "sas + noise * eps -> sas - noise * eps: eps ~ N(0, 1) is symmetric, so both are the same Gaussian input "
         "noise",
