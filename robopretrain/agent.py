@@ -171,7 +171,8 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
     missing = [k for k in storage if k not in obs]
     if missing:
         hint = (f"; task_id is the task's slot in the agent's {spec.num_tasks}-way task one-hot, an integer in "
-                f"[0, {spec.num_tasks}) (a checkpoint's meta['task_ids'] maps task names to slots)"
+                f"[0, {spec.num_tasks}) (robopretrain.evaluate.default_target(ckpt).resolved_task_id() is the "
+                "checkpoint's own task's; a stage-2 checkpoint's meta['task_ids'] maps its task names to slots)"
                 if TASK_ID in missing else "")
         raise KeyError(f"agent: observation is missing {missing}; it has {sorted(obs)}{hint}")
     parts = {k: obs[k] if torch.is_tensor(obs[k]) else np.asarray(obs[k]) for k in storage}
@@ -183,7 +184,7 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
         if have != (want if single else (*lead, *want)) or not (single or lead):
             hint = (f"; the frames are channels first: pass np.moveaxis({k}, -3, -1)"
                     if len(want) == 3 and have[-3:] == (want[2], want[0], want[1]) else "")
-            batched = "(B, " + ", ".join(str(d) for d in want) + ")"
+            batched = "(B, " + ", ".join(str(d) for d in want) + ")" if want else "(B,)"
             raise ValueError(f"agent: observation part {k!r} has shape {have}; the agent expects {want} per "
                              f"observation ({batched} for a batch"
                              f"{f' of B = {lead[0]}, as {key!r} gives' if lead and k != key else ''}){hint}")
@@ -199,7 +200,7 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
             given = "not whole numbers" if fraction else f"{low:g}" if low == high else f"values {low:g}..{high:g}"
             raise ValueError(f"agent: task_id {given}; "
                              f"expected integers in [0, {spec.num_tasks}), the slots of the agent's task one-hot "
-                             "(a checkpoint's meta['task_ids'] maps task names to slots)")
+                             "(a stage-2 checkpoint's meta['task_ids'] maps its task names to slots)")
     if single:
         parts = {k: (v.unsqueeze(0) if torch.is_tensor(v) else v[None]) for k, v in parts.items()}
     return parts, single

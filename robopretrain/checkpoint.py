@@ -398,8 +398,10 @@ def agent_from_checkpoint(ckpt: Checkpoint, *, device: str | Any = "cpu", with_o
         raise CheckpointError(f"{ckpt.path}: {article} {saved} checkpoint cannot continue as {algo} (different "
                               f"networks); use algo={saved}"
                               + (" (CQL and Cal-QL share networks)" if saved in ("cql", "calql") else ""))
+    meta = ckpt.meta if "action_normalization" in ckpt.meta else {  # older: units from the data file, wherever now
+        **ckpt.meta, "data_path": recorded_file(ckpt, "data_path")}
     try:
-        agent = Agent.from_description(ckpt.meta, algo=algo, algo_cfg=algo_cfg, device=device, seed=seed)
+        agent = Agent.from_description(meta, algo=algo, algo_cfg=algo_cfg, device=device, seed=seed)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{ckpt.path / META_FILE}: cannot rebuild the agent: {exc}") from None
     same_algo = algo is None or algo == ckpt.meta.get("algo")

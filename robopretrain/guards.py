@@ -1,8 +1,10 @@
 """Guards that stop a training run cleanly when its numbers go bad.
 
-:func:`check_finite` is called by the training loops with the step's losses. A NaN or inf raises
-:class:`NonFiniteLossError` naming the loss and the step *before* the optimiser applies the step and before
-the next checkpoint, so the newest checkpoint on disk stays the last good one and a rerun resumes from it.
+:func:`check_finite` is called by the training loops with the step's losses: stage 1 every step, *before* the
+optimiser applies it; stages 2 and 3 after the update of every logged, evaluated or checkpointed step (the only ones
+that compute metrics), before the checkpoint is written. A NaN or inf raises :class:`NonFiniteLossError` naming the
+loss and the step (and the last step checked finite), so the newest checkpoint on disk stays the last good one and a
+rerun resumes from it.
 The entry points report the error on one line (:mod:`robopretrain.cli`).
 """
 
@@ -18,8 +20,9 @@ class NonFiniteLossError(FloatingPointError):
 
     def __init__(self, name: str, value: float, step: int, hint: str = "", since: int | None = None) -> None:
         self.name, self.value, self.step = name, value, int(step)
-        when = (f" (losses are checked only at logged and checkpointed steps: it went bad after step {since}, "
-                "where they were last finite)" if since is not None and int(since) < int(step) - 1 else "")
+        after = "the start" if since is not None and int(since) == 0 else f"step {since}, where they were last finite"
+        when = (f" (losses are checked only at logged, evaluated and checkpointed steps: it went bad after {after})"
+                if since is not None and int(since) < int(step) - 1 else "")
         msg = (f"loss {name!r} is {value} at step {step}{when}; the run stopped before checkpointing it, so a rerun "
                "resumes from the newest checkpoint if the run wrote one (lower the learning rate, set gradient "
                "clipping, or check the data for extreme values)")

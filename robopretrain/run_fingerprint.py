@@ -225,7 +225,7 @@ def moved_file(recorded: str | os.PathLike, fp: Mapping[str, Any] | None, place:
     folder holding it moved: the file at its place relative to the run's old home (``fp``, the run's fingerprint),
     under the nearest folder above ``place`` (where a file of the run lies now: its checkpoint) that holds one. When
     ``fp`` records the file among its inputs, the candidate must have the recorded size and content hash. None when
-    ``fp`` has no home, ``recorded`` was not under it or no such file is found."""
+    ``fp`` has no home, ``recorded`` was not under it, ``place`` still is (nothing moved) or no such file is found."""
     fp = fp or {}
     recorded = os.path.abspath(os.fspath(recorded))
     rel = None
@@ -237,6 +237,9 @@ def moved_file(recorded: str | os.PathLike, fp: Mapping[str, Any] | None, place:
     if rel is None:
         return None
     homes = [str(fp[k]).rstrip(os.sep) + os.sep for k in ("home", "home_resolved") if fp.get(k)]
+    here = os.path.abspath(place).rstrip(os.sep) + os.sep
+    if any(here.startswith(h) for h in homes):  # the run folder did not move: the file is gone, not elsewhere
+        return None
     known = [i for i in (fp.get("inputs") or {}).values() if isinstance(i, Mapping) and i.get("kind") == "file"
              and any(str(i.get("path", "")) == h + rel for h in homes)]
     for folder in Path(os.path.abspath(place)).parents:

@@ -247,6 +247,16 @@ def test_a_checkpoint_written_before_units_were_recorded_takes_its_data_files(un
     check_agent_fits(meta, agent)  # a resume of that run is not refused
     (old / "meta.json").write_text(json.dumps({**meta, "data_path": str(tmp_path / "gone.hdf5")}))
     assert load_agent(old)[0].action_normalization is None
+    from robopretrain import run_fingerprint  # its run folder, data file inside, moved: the file at its new place
+
+    run = tmp_path / "run"
+    shutil.copytree(old, run / "checkpoints" / "ckpt_1")
+    shutil.copy(meta["data_path"], run / "demos.hdf5")
+    moved_meta = {**meta, "data_path": str(run / "demos.hdf5"),
+                  "fingerprint": run_fingerprint.fingerprint({}, {"data": run / "demos.hdf5"}, home=run)}
+    (run / "checkpoints" / "ckpt_1" / "meta.json").write_text(json.dumps(moved_meta))
+    run.rename(tmp_path / "moved")
+    assert load_agent(tmp_path / "moved")[0].action_normalization == units
 
 
 def test_a_robomimic_file_in_the_robots_own_units_is_rescaled_when_loaded(units_bc, tmp_path) -> None:

@@ -189,8 +189,8 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         "out_of_range_value_stage2": (s2(f"data.path={good}", "train.eval_every=0", out),
                                       "robopretrain config: train.eval_every=0; expected an integer >= 1"),
         "nan_loss_stage2": (s2(f"data.path={good}", "algo.reward_scale=1e38", f"output_dir={tmp}/nan"),
-                            "at step 2 (losses are checked only at logged and checkpointed steps: it went bad after "
-                            "step 0, where they were last finite); the run stopped before checkpointing it"),
+                            "at step 2 (losses are checked only at logged, evaluated and checkpointed steps: it went "
+                            "bad after the start); the run stopped before checkpointing it"),
         "image_keys_not_in_data_stage2": (
             s2(f"data.path={good}", "obs.rgb=[agentview_image]", "obs.low_dim=[proprio]", out),
             "observation key 'agentview_image' (rgb part 'agentview_image') not found"),
@@ -285,11 +285,11 @@ def test_check_finite_names_the_loss_and_step():
     assert issubclass(NonFiniteLossError, FloatingPointError)
     # checked every log_every steps: "at step 100" read as the step it went bad, "its last good checkpoint is kept"
     # where no checkpoint was written
-    with pytest.raises(NonFiniteLossError, match=r"at step 100 \(losses are checked only at logged and "
-                                                 r"checkpointed steps: it went bad after step 0, where they were last "
+    with pytest.raises(NonFiniteLossError, match=r"at step 300 \(losses are checked only at logged, evaluated and "
+                                                 r"checkpointed steps: it went bad after step 200, where they were last "
                                                  r"finite\); the run stopped before checkpointing it, so a rerun "
                                                  r"resumes from the newest checkpoint if the run wrote one") as err:
-        check_finite({"value_loss": float("nan")}, step=100, since=0)
+        check_finite({"value_loss": float("nan")}, step=300, since=200)
     assert "last good checkpoint is kept" not in str(err.value)
     with pytest.raises(NonFiniteLossError) as err:  # the step before was checked: nothing unchecked to name
         check_finite({"value_loss": float("nan")}, step=100, since=99)

@@ -367,6 +367,7 @@ def test_a_moved_runs_recorded_data_file_is_found_at_its_new_place(tmp_path):
     outside.write_bytes(b"o")
     fp = run_fingerprint.fingerprint({}, {"data": data, "mix": outside}, home=run)
     meta = {"data_path": str(data), "mix_path": str(outside), "fingerprint": fp}
+    assert run_fingerprint.moved_file(data, fp, run / "stage2" / "checkpoints" / "ckpt_4") is None  # not moved
     run.rename(tmp_path / "run")
     place = tmp_path / "run" / "stage2" / "checkpoints" / "ckpt_4"
     ckpt = Checkpoint(place, OmegaConf.create({}), meta, {}, None)

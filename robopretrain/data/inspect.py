@@ -205,7 +205,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                 _find_non_finite(demo[key], key, name, non_finite)
         dones = demo.get("dones")
         if isinstance(dones, h5py.Dataset) and dones.ndim == 1 and dones.dtype.kind in "fiub":
-            inner = np.flatnonzero(np.asarray(dones[()])[:-1] == 1)
+            inner = np.flatnonzero(np.asarray(dones[()])[:-1] > 0)  # as the loader reads them (warn_inner_terminals)
             if inner.size:
                 inner_dones[name] = inner.tolist()
     masks, stale = {}, {}
