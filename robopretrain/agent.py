@@ -162,23 +162,29 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
 def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
     """The parts of ``spec`` in ``obs`` (arrays, tensors or nested lists) with a batch dimension, and whether one was
     added. Each part must have its spec's shape per observation (``(B, *shape)`` for a batch of ``B``): cameras
-    ``(H, W, C)`` uint8 as rendered, low-dim parts ``(D,)``, ``task_id`` an integer in ``[0, num_tasks)``. Raises
+    ``(H, W, C)`` uint8 as rendered, low-dim parts ``(D,)``, ``task_id`` an integer in ``[0, num_tasks)`` (one for
+    a whole batch may be a scalar; an agent of one task takes 0 when it is left out). Raises
     ``KeyError`` for a missing part and ``ValueError`` for a part of another shape, dtype or range, naming it and the
     fix (parts of the wrong sizes whose total matched were concatenated silently)."""
     if not isinstance(obs, Mapping):
         raise TypeError(f"agent: expected an observation dict {{part: array}}, got {type(obs).__name__}")
     storage = spec.storage()
+    if TASK_ID in storage and TASK_ID not in obs and spec.num_tasks == 1:  # one task: its slot is 0
+        obs = {**obs, TASK_ID: 0}
     missing = [k for k in storage if k not in obs]
     if missing:
         hint = (f"; task_id is the task's slot in the agent's {spec.num_tasks}-way task one-hot, an integer in "
-                f"[0, {spec.num_tasks}) (robopretrain.evaluate.default_target(ckpt).resolved_task_id() is the "
-                "checkpoint's own task's; a stage-2 checkpoint's meta['task_ids'] maps its task names to slots)"
+                f"[0, {spec.num_tasks}): a stage-2 checkpoint's meta['task_ids'] maps its task names to slots, a "
+                "stage-3 checkpoint's is robopretrain.evaluate.default_target(ckpt).resolved_task_id()"
                 if TASK_ID in missing else "")
         raise KeyError(f"agent: observation is missing {missing}; it has {sorted(obs)}{hint}")
     parts = {k: obs[k] if torch.is_tensor(obs[k]) else np.asarray(obs[k]) for k in storage}
     key, (shape, _) = next(iter(storage.items()))
     single = len(parts[key].shape) == len(shape)  # else a batch of the first part's leading size
     lead = () if single or len(parts[key].shape) != len(shape) + 1 else (int(parts[key].shape[0]),)
+    if lead and TASK_ID in parts and len(parts[TASK_ID].shape) == 0:  # one task id for the whole batch
+        ids = parts[TASK_ID]
+        parts[TASK_ID] = ids.expand(lead[0]) if torch.is_tensor(ids) else np.broadcast_to(ids, lead)
     for k, (want, dtype) in storage.items():
         have = tuple(int(d) for d in parts[k].shape)
         if have != (want if single else (*lead, *want)) or not (single or lead):

@@ -78,7 +78,7 @@ from robopretrain import build, run_fingerprint
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_reward_model_config
 from robopretrain.data.dataset import (FILE_UNITS, check_action_range, data_action_units, file_action_units,
-                                      selected_demos)
+                                      selected_demos, warn_inner_terminals)
 from robopretrain.data.hdf5 import Transitions, load_transitions, read_info
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
@@ -593,6 +593,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
                              low_dim=list(spec.low_dim_keys))
     trans.actions = reexpress(trans.actions, file_action_units(info), units, str(path))
     check_action_range(trans, str(path))
+    if info.env_args.get("type") != "ogbench":  # as stage 2 says it of the same file (its converter marks them so)
+        warn_inner_terminals(str(path), trans.dones, trans.episode_ids, trans.demo_names)
     data = SegmentData(trans, spec)
     rng = np.random.default_rng(int(cfg.seed))
     teacher = cfg.teacher

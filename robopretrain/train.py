@@ -118,6 +118,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     else:
         spec = build.data_spec(cfg.obs, data_path, obs_map=obs_map, info=info)
     build.check_image_size(spec, cfg.data.get("image_size"), data_path)
+    unused = sorted(set(obs_map or {}) - set(spec.low_dim_keys) - set(spec.rgb_keys))
+    if unused:  # a mapping under a name no part has (a typo, or a part left out of obs.low_dim / obs.rgb)
+        log.warning("data.obs_map names part(s) %s that the agent does not observe (its parts: %s); those entries take "
+                    "no effect: list the part in obs.low_dim / obs.rgb, or map the name it has", unused,
+                    [*spec.low_dim_keys, *spec.rgb_keys])
     reward = build.reward_settings(cfg.algo)
     # the agent's action units: the init checkpoint's, else this data's (recorded, or its bounds if outside [-1, 1])
     action_units = (agent.action_normalization if init is not None

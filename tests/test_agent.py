@@ -550,8 +550,14 @@ def test_act_checks_each_part_of_the_observation_against_the_spec():
     for name, (obs, message) in cases.items():
         with pytest.raises(ValueError, match=message):
             agent.act(obs)
-    with pytest.raises(KeyError, match=r"missing \['task_id'\].*an integer in \[0, 2\)"):
+    with pytest.raises(KeyError, match=r"missing \['task_id'\].*an integer in \[0, 2\): a stage-2 checkpoint's"):
         agent.act({k: v for k, v in good.items() if k != "task_id"})
+    scalar = agent.act({**batch, "task_id": 1})  # one id for the whole batch
+    assert np.array_equal(scalar, agent.act({**batch, "task_id": np.ones(3, int)}))
+    one_task = make_agent(ObsSpec(low_dim=(("joint_state", 12),), num_tasks=1), "bc")  # a file without task ids
+    assert np.array_equal(one_task.act({"joint_state": np.ones(12)}),
+                          one_task.act({"joint_state": np.ones(12), "task_id": 0}))
+    assert one_task.act({"joint_state": np.ones((2, 12))}).shape == (2, 4)
     with pytest.raises(TypeError, match="expected an observation dict"):
         agent.act([good])
 

@@ -557,3 +557,19 @@ def test_generated_target_demos_render_the_cameras_the_agent_maps_to_the_sim(tmp
     target = Target(name="Reach", task_id=0, obs_map={"front_cam": "agentview_image", "wrist_cam": "eye_in_hand_image"})
     ft.offline_data_path(OmegaConf.create({"data": {"generate": True}}), tmp_path, target, agent, {})
     assert asked == [{"tasks": ["Reach"], "render_images": True, "eye_in_hand": True, "image_size": 32}]
+
+
+def test_an_obs_map_entry_for_a_part_the_agent_does_not_observe_is_named(tmp_path, caplog):
+    """data.obs_map={joints: proprio} with obs.low_dim=[proprio, object] (the part is named proprio): the entry
+    took no effect without a word."""
+    data = collect_sim(tmp_path / "d.hdf5", ["Reach"])
+    cfg = stage2_config(data, tmp_path / "s2", algo="bc", steps=2, obs={"low_dim": ["proprio", "object"]},
+                        data_cfg={"obs_map": {"joints": "proprio"}})
+    with caplog.at_level(logging.WARNING):
+        stage2(cfg)
+    assert "data.obs_map names part(s) ['joints'] that the agent does not observe" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        stage2(stage2_config(data, tmp_path / "ok", algo="bc", steps=2, obs={"low_dim": ["joints", "object"]},
+                             data_cfg={"obs_map": {"joints": "proprio"}}))
+    assert "does not observe" not in caplog.text

@@ -645,3 +645,15 @@ def test_a_run_folder_holding_a_finished_run_with_other_data_or_labels_is_refuse
     with pytest.raises(ValueError, match=r"labels.path=.*labels.csv is a file of the earlier run in this run folder"):
         run(teacher_labels, folder)
     assert (folder / "labels.csv").exists()
+
+
+def test_a_done_inside_a_demo_is_warned_about_as_stage_2_does(tmp_path, caplog):
+    """dones=1 before a demo's last step: stage 2 warned, the reward model said nothing about the same file."""
+    import logging
+
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    with h5py.File(data, "r+") as f:
+        f["data/demo_3/dones"][4] = 1
+    with caplog.at_level(logging.WARNING):
+        run(config(data, tmp_path / "r", teacher={"num_pairs": 40}, model={"steps": 5}), tmp_path / "r")
+    assert "dones=1 before the last step at 1 step(s) of 1 demo(s) (data/demo_3 step 4 of" in caplog.text
