@@ -529,9 +529,8 @@ def earlier_run(run_dir: Path, fingerprint: Mapping[str, Any], fresh: bool = Fal
     if any((fp.get("inputs") or {}).get("labels") for fp in (saved, fingerprint)):  # human labels: the teacher's
         diffs = [d for d in diffs if not d.startswith("teacher.")]  # settings were not read (labels: is listed)
     if diffs:
-        shown = run_fingerprint.MAX_LISTED
-        listed = "; ".join(diffs[:shown]) + (f"; ... ({len(diffs) - shown} more)" if len(diffs) > shown else "")
-        raise ValueError(f"{run_dir}: holds a finished run with other settings or data ({listed}); to start fresh, set "
+        raise ValueError(f"{run_dir}: holds a finished run with other settings or data "
+                         f"({run_fingerprint.listed(diffs)}); to start fresh, set "
                          "resume=false (the earlier run's files are then removed) or choose another output_dir")
     return found
 
@@ -593,8 +592,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
                              low_dim=list(spec.low_dim_keys))
     trans.actions = reexpress(trans.actions, file_action_units(info), units, str(path))
     check_action_range(trans, str(path))
-    if info.env_args.get("type") != "ogbench":  # as stage 2 says it of the same file (its converter marks them so)
-        warn_inner_terminals(str(path), trans.dones, trans.episode_ids, trans.demo_names)
+    warn_inner_terminals(str(path), trans.dones, trans.episode_ids, trans.demo_names, info.env_args)  # as stage 2
     data = SegmentData(trans, spec)
     rng = np.random.default_rng(int(cfg.seed))
     teacher = cfg.teacher

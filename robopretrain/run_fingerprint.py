@@ -344,6 +344,12 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def listed(diffs: Sequence[str]) -> str:
+    """:func:`differences`' phrases as one message part: the first :data:`MAX_LISTED`, then how many more."""
+    more = len(diffs) - MAX_LISTED
+    return "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({more} more)" if more > 0 else "")
+
+
 def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where: str | os.PathLike,
                  fresh: str = "to start fresh, set resume=false (this run folder is then overwritten) or choose "
                               "another output_dir") -> None:
@@ -355,9 +361,7 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
         return
     diffs = differences(saved, now)
     if diffs:
-        listed = "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({len(diffs) - MAX_LISTED} more)" if len(diffs) > MAX_LISTED
-                                                  else "")
-        raise ResumeMismatchError(where, listed, fresh)
+        raise ResumeMismatchError(where, listed(diffs), fresh)
     moved = relocation(saved, now)
     if moved:
         log.info("%s: resuming a run folder moved from %s to %s (its paths are read under the new place)", where,

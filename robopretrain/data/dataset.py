@@ -161,14 +161,17 @@ def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, ep
     return count
 
 
-def warn_inner_terminals(where: str, dones: np.ndarray, episode_ids: np.ndarray, demo_names: Sequence[str]) -> int:
+def warn_inner_terminals(where: str, dones: np.ndarray, episode_ids: np.ndarray, demo_names: Sequence[str],
+                         env_args: Mapping[str, Any] | None = None) -> int:
     """Warn when ``dones`` ``(N,)`` is 1 before the last step of a demo (``episode_ids`` ``(N,)`` index
     ``demo_names``), naming the first demos and steps: the loader reads each such step as a terminal (the TD backup
     stops there, no bootstrap from its ``next_obs``; returns-to-go and next actions restart after it, as if a new
     episode began), right only where the episode truly ended (ARCHITECTURE.md: 1 only on a true terminal). A
     converter that marks success steps of an episode that goes on (robomimic's ``--done_mode 0`` / ``2`` mark every
-    success step) writes such dones. Returns the number of such steps."""
-    if not len(dones):
+    success step) writes such dones. Nothing is said of an OGBench conversion (``env_args`` of type ``ogbench``), whose
+    converter marks the task-done steps so by design (:mod:`robopretrain.data.read_ogbench`). Returns the number of
+    such steps (0 when not warned)."""
+    if not len(dones) or (env_args or {}).get("type") == "ogbench":
         return 0
     ids = np.asarray(episode_ids)
     last = np.r_[ids[1:] != ids[:-1], True]
@@ -363,8 +366,7 @@ def load_offline_dataset(
                     "your data'), so each is mapped through the env's units; files of another robot cannot be mixed")
     check_action_range(trans, str(info.path), hint)
     rewards, dones = trans.rewards, trans.dones
-    if info.env_args.get("type") != "ogbench":  # its converter marks the task-done steps so, by design (read_ogbench)
-        warn_inner_terminals(str(info.path), dones, trans.episode_ids, trans.demo_names)
+    warn_inner_terminals(str(info.path), dones, trans.episode_ids, trans.demo_names, info.env_args)
     success = [bool(m.get("success", False)) for m in trans.ep_meta]
     unrewarded = info.unrewarded(demos)
     if rewards_needed and unrewarded:  # stored without rewards: read as zeros
