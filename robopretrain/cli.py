@@ -180,7 +180,8 @@ def validate_overrides(config_name: str, overrides: list[str], config_dir: Path 
         if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
             raise
         message = str(exc).split("\nConfig search path:")[0]  # Hydra's own paths: no help to the user
-        report_and_exit(ValueError(group_key_problem(config_name, overrides, config_dir) or message),
+        report_and_exit(ValueError(group_key_problem(config_name, overrides, config_dir)
+                                   or missing_group_problem(config_name, message, config_dir) or message),
                         prefix="error: config")
     finally:
         GlobalHydra.instance().clear()
@@ -224,6 +225,36 @@ def group_key_problem(config_name: str, overrides: list[str], config_dir: Path =
         return (f"{group}={choices[group]} has no setting {name!r} ({group}/{choices[group]}.yaml)"
                 + (f"; the {group} options that have it: {', '.join(having)}" if having else ""))
     return None
+
+
+def missing_group_problem(config_name: str, message: str, config_dir: Path = CONFIG_DIR) -> str | None:
+    """One line for Hydra's "Could not override 'X'. ... To append to your ... use +X=..." when ``X`` is no setting of
+    ``config_name`` at all (``reward_model algo=iql``, a misspelt ``algoo=iql``): Hydra's ``+X`` hint adds a key or
+    group the entry point never reads. Names the close matches, else the config's option groups and sections;
+    ``None`` for any other message."""
+    import difflib
+    import re
+
+    from omegaconf import OmegaConf
+
+    found = re.search(r"Could not override '([^'.]+)'\.", message)
+    if not found:
+        return None
+    try:
+        cfg = OmegaConf.load(config_dir / f"{config_name}.yaml")
+    except (OSError, ValueError):
+        return None
+    key, plain = found.group(1), OmegaConf.to_container(cfg, resolve=False)  # "???" values stay as they are
+    assert isinstance(plain, dict)
+    groups = [str(k) for entry in plain.get("defaults") or [] if isinstance(entry, dict) for k in entry]
+    keys = [str(k) for k in plain if k not in ("defaults", "hydra")]
+    sections = [k for k in keys if isinstance(plain[k], dict) and k not in groups]
+    close = difflib.get_close_matches(key, groups + keys, n=3)
+    where = f"{key!r} is not a setting of {config_name} (configs/{config_name}.yaml)"
+    if close:
+        return f"{where}; did you mean {' or '.join(repr(c) for c in close)}?"
+    return (f"{where}: " + (f"its option groups are {', '.join(groups)}; " if groups else "it has no option groups; ")
+            + f"its sections {', '.join(sections)} (Hydra's '+' would add a setting nothing reads)")
 
 
 def quoted_override(override: str) -> str:

@@ -178,3 +178,21 @@ def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(ca
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert "Could not find 'algo/foo'" in err and "calql" in err and "search path" not in err
+
+
+@pytest.mark.parametrize("config_name, override, expected", [
+    ("reward_model", "algo=iql", "'algo' is not a setting of reward_model (configs/reward_model.yaml): it has no "
+                                 "option groups; its sections data, obs, labels, teacher, model, relabel"),
+    ("finetune", "algoo=iql", "'algoo' is not a setting of finetune (configs/finetune.yaml); did you mean 'algo'?"),
+])
+def test_a_key_the_config_lacks_is_not_answered_with_hydras_plus_hint(capsys, config_name, override, expected):
+    """``reward_model algo=iql`` told the user to append ``+algo=iql`` (Hydra's hint), which adds a group the reward
+    model never reads; the line says the key is no setting there and what the config has instead."""
+    from robopretrain.cli import missing_group_problem, validate_overrides
+
+    with pytest.raises(SystemExit) as exit_info:
+        validate_overrides(config_name, [override])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert expected in err and "+algo" not in err
+    assert missing_group_problem("robopretrain", "Could not find 'algo/foo'") is None  # other messages: Hydra's
