@@ -164,8 +164,9 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
     added. Each part must have its spec's shape per observation (``(B, *shape)`` for a batch of ``B``): cameras
     ``(H, W, C)`` uint8 as rendered, low-dim parts ``(D,)``, ``task_id`` an integer in ``[0, num_tasks)`` (one for
     a whole batch may be a scalar; an agent of one task takes 0 when it is left out). Raises
-    ``KeyError`` for a missing part and ``ValueError`` for a part of another shape, dtype or range, naming it and the
-    fix (parts of the wrong sizes whose total matched were concatenated silently)."""
+    ``KeyError`` for a missing part and ``ValueError`` for a part of another shape, dtype or range, or holding NaN
+    or inf, naming it and the fix (parts of the wrong sizes whose total matched were concatenated silently; a NaN
+    part gave a NaN action silently)."""
     if not isinstance(obs, Mapping):
         raise TypeError(f"agent: expected an observation dict {{part: array}}, got {type(obs).__name__}")
     storage = spec.storage()
@@ -197,6 +198,13 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
         if dtype == np.uint8 and parts[k].dtype not in (np.uint8, torch.uint8):
             raise ValueError(f"agent: camera {k!r} is {parts[k].dtype}; the agent takes uint8 frames in [0, 255] as "
                              f"rendered (from floats in [0, 1]: (frame * 255).round().astype(np.uint8))")
+        if dtype != np.uint8 and k != TASK_ID:
+            finite = torch.isfinite(parts[k]) if torch.is_tensor(parts[k]) else np.isfinite(parts[k])
+            if not bool(finite.all()):
+                where = np.argwhere(~(finite.cpu().numpy() if torch.is_tensor(finite) else finite))[:3].tolist()
+                raise ValueError(f"agent: observation part {k!r} holds NaN or inf (at index {where}"
+                                 f"{', ...' if int((~finite).sum()) > 3 else ''}); the agent's action would be NaN "
+                                 "(a simulator that diverged, or a sensor without a reading)")
     if TASK_ID in storage:
         ids = parts[TASK_ID]  # stored batches hold whole-number floats
         count = ids.numel() if torch.is_tensor(ids) else ids.size

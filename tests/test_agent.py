@@ -546,6 +546,10 @@ def test_act_checks_each_part_of_the_observation_against_the_spec():
         "task id too large": ({**good, "task_id": 2}, r"task_id 2; expected integers in \[0, 2\)"),
         "negative task id": ({**batch, "task_id": np.array([0, -1, 1])}, r"task_id values -1..1"),
         "fractional task id": ({**good, "task_id": 0.5}, r"task_id not whole numbers"),
+        "NaN reading": ({**good, "ee_pos": [0.1, np.nan, 0.3]}, r"'ee_pos' holds NaN or inf \(at index \[\[1\]\]\)"),
+        "inf in a batch": ({**batch, "joint_state": np.full((3, 12), np.inf)},
+                           r"'joint_state' holds NaN or inf \(at index \[\[0, 0\], \[0, 1\], \[0, 2\]\], \.\.\.\)"),
+        "NaN tensor": ({**good, "joint_state": torch.full((12,), float("nan"))}, r"'joint_state' holds NaN"),
     }
     for name, (obs, message) in cases.items():
         with pytest.raises(ValueError, match=message):
