@@ -28,6 +28,7 @@ Used by stage 3's online loop (:func:`finetune.online.run_online`). The design i
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing as mp
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -93,19 +94,23 @@ def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: 
     if num_envs < 1:
         raise ValueError(f"num_envs={num_envs}; expected an integer >= 1")
     mode = gym.vector.AutoresetMode.DISABLED
-    worker_fn = functools.partial(_collector_env, env_fn)
+    worker_fns = [functools.partial(_collector_env, env_fn, i) for i in range(num_envs)]
     if asynchronous and num_envs > 1:
-        return gym.vector.AsyncVectorEnv([worker_fn] * num_envs, context="spawn", autoreset_mode=mode,
-                                         shared_memory=False)
-    return gym.vector.SyncVectorEnv([worker_fn] * num_envs, autoreset_mode=mode)
+        return gym.vector.AsyncVectorEnv(worker_fns, context="spawn", autoreset_mode=mode, shared_memory=False)
+    return gym.vector.SyncVectorEnv(worker_fns, autoreset_mode=mode)
 
 
-def _collector_env(env_fn: Callable[[], gym.Env]) -> gym.Env:
-    """``env_fn()`` wrapped in :class:`CollectedInfo`; in a worker process (not in the parent, where gymnasium builds
+def _collector_env(env_fn: Callable[[], gym.Env], index: int = 0) -> gym.Env:
+    """``env_fn()`` wrapped in :class:`CollectedInfo`. In a worker process (not in the parent, where gymnasium builds
     one env to read its spaces) Ctrl-C is ignored first: the parent handles it and closes the workers, which would
-    otherwise each print a traceback."""
+    otherwise each print a traceback. Workers after the first (``index`` > 0) say only errors of the toolkit's own
+    loggers: every worker builds the same env, so its once-per-process warnings (a missing success key, an episode
+    cap) were printed once per worker."""
     if mp.parent_process() is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if index > 0:
+            for name in ("robopretrain", "sim_envs", "finetune"):
+                logging.getLogger(name).setLevel(logging.ERROR)
     return CollectedInfo(env_fn())
 
 

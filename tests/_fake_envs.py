@@ -249,6 +249,18 @@ class SigintProbeEnv(CountEnv):
         return {"x": np.array([float(sigint_ignored()), self.t], np.float32)}
 
 
+class WarningEnv(CountEnv):
+    """CountEnv that logs one warning on the toolkit's env logger when built (as a target's once-per-process
+    warnings do) and one error."""
+
+    def __init__(self, **kwargs) -> None:
+        import logging
+
+        super().__init__(**kwargs)
+        logging.getLogger("robopretrain.envs.target").warning("built-warning")
+        logging.getLogger("robopretrain.envs.target").error("built-error")
+
+
 # --------------------------------------------------------------------------- a robot with its own action units
 
 class UnitsReachEnv(gym.Env):

@@ -67,6 +67,20 @@ def test_vector_env_workers_ignore_ctrl_c_and_the_parent_keeps_it(parent_handler
     sync.close()
 
 
+def test_only_the_first_vector_env_worker_says_the_envs_warnings(capfd):
+    """Every worker builds the same env, so its once-per-process warnings were printed once per worker (3 times with
+    3 workers); errors still come from every worker."""
+    from _fake_envs import WarningEnv
+
+    venv = make_vector_env(WarningEnv, 3, asynchronous=True)
+    try:
+        venv.reset(seed=[0, 1, 2])
+    finally:
+        venv.close()
+    err = capfd.readouterr().err
+    assert err.count("built-warning") == 1 and err.count("built-error") == 3, err
+
+
 def test_collection_pool_workers_ignore_ctrl_c(parent_handler):
     from robopretrain.envs.metaworld_collect import _init_env_cache
     from sim_envs.collect import _worker_init
