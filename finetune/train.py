@@ -203,6 +203,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     data_cfg = cfg.data
     same_file = bool(stage2_path) and os.path.realpath(str(stage2_path)) == os.path.realpath(str(data_path))
     mapped = demo_obs_map(target, info, ckpt.meta.get("obs_map"), stage2_file=same_file)
+    build.warn_unused_obs_map(build.plain(cfg.data.get("obs_map")) or None, agent.spec)  # the user's own entries
     if not data_cfg.get("obs_map") and mapped:
         data_cfg = OmegaConf.create({**build.plain(cfg.data), "obs_map": mapped})
     build.check_data_fits(agent.spec, data_path, build.plain(data_cfg.get("obs_map")) or None, "the offline data")

@@ -244,6 +244,16 @@ def check_data_fits(spec: ObsSpec, path: Path, obs_map: Mapping[str, str] | None
     theirs.check_fits(spec, mine=f"{what} {path}", theirs="the agent")
 
 
+def warn_unused_obs_map(obs_map: Mapping[str, str] | None, spec: ObsSpec, key: str = "data.obs_map") -> None:
+    """Warn (once per call) about entries of the user's ``obs_map`` (setting ``key``) under names no part of the
+    agent's ``spec`` has: a typo, or a part left out of ``obs.low_dim`` / ``obs.rgb``; they take no effect."""
+    unused = sorted(set(obs_map or {}) - set(spec.low_dim_keys) - set(spec.rgb_keys))
+    if unused:
+        log.warning("%s names part(s) %s that the agent does not observe (its parts: %s); those entries take no "
+                    "effect: list the part in obs.low_dim / obs.rgb, or map the name it has", key, unused,
+                    [*spec.low_dim_keys, *spec.rgb_keys])
+
+
 def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
     """Refuse a ``data.image_size`` the cameras the agent trains on do not have (a robomimic file is used as stored;
     another format was resized to it while converting): ``ValueError`` naming them. Nothing without cameras."""

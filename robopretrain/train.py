@@ -118,11 +118,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     else:
         spec = build.data_spec(cfg.obs, data_path, obs_map=obs_map, info=info)
     build.check_image_size(spec, cfg.data.get("image_size"), data_path)
-    unused = sorted(set(obs_map or {}) - set(spec.low_dim_keys) - set(spec.rgb_keys))
-    if unused:  # a mapping under a name no part has (a typo, or a part left out of obs.low_dim / obs.rgb)
-        log.warning("data.obs_map names part(s) %s that the agent does not observe (its parts: %s); those entries take "
-                    "no effect: list the part in obs.low_dim / obs.rgb, or map the name it has", unused,
-                    [*spec.low_dim_keys, *spec.rgb_keys])
+    build.warn_unused_obs_map(obs_map, spec)
     reward = build.reward_settings(cfg.algo)
     # the agent's action units: the init checkpoint's, else this data's (recorded, or its bounds if outside [-1, 1])
     action_units = (agent.action_normalization if init is not None
@@ -150,6 +146,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     mix_ids: dict[str, int] = {}  # the mixed-in data's tasks (PTR's target adaptation: the target)
     if mix is not None and mix.get("path"):
         with dist_utils.main_first(dinfo):  # rank 0 converts the mix (another format) once, the others reuse it
+            build.warn_unused_obs_map(build.plain(mix.get("obs_map")) or None, spec, "data.mix.obs_map")
             build.check_data_fits(spec, build.converted(Path(str(mix.path)), mix, spec.image_size),
                                   build.plain(mix.get("obs_map")) or None, "the mixed-in data (data.mix.path)")
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,

@@ -443,6 +443,21 @@ def test_stage_3_reads_the_data_file_of_a_moved_stage_2_run_at_its_new_place(rob
     assert load_latest(tmp_path / "run" / "checkpoints").meta["data_path"] == str(tmp_path / "moved" / "demos.hdf5")
 
 
+def test_stage_3_names_an_obs_map_entry_for_a_part_the_agent_does_not_observe(robosuite_demos, tmp_path, caplog):
+    """Stage 2 warned about data.obs_map entries under names no part has (a typo); stage 3 took them silently."""
+    obs = {"low_dim": ["eef_pos", "gripper_qpos"], "rgb": ["agentview_image"]}
+    ckpt = stage2(stage2_config(robosuite_demos, tmp_path / "s2", algo="cql", steps=2, data_cfg={"obs_map": OBS_MAP},
+                                obs=obs))
+    with caplog.at_level(logging.WARNING):
+        finetune(stage3_config(ckpt, tmp_path / "run", ROBOSUITE_TARGET, env_steps=4,
+                               data_cfg={"obs_map": {**OBS_MAP, "eef_poss": fake.EEF}}))
+    assert "data.obs_map names part(s) ['eef_poss'] that the agent does not observe" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        finetune(stage3_config(ckpt, tmp_path / "ok", ROBOSUITE_TARGET, env_steps=4, data_cfg={"obs_map": OBS_MAP}))
+    assert "does not observe" not in caplog.text
+
+
 def test_stage_twos_obs_map_applies_to_its_own_file_even_where_the_file_has_the_parts_name():
     """Stage 2 read eef_pos from eef_filtered on a file holding both: stage 3 on that file must too (it read the raw
     eef_pos, silently); on another file the part's own column wins as before; the target fills unmapped parts."""
