@@ -203,7 +203,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         "manifest_outside_folder": (s1(f"data.path={outside}", f"output_dir={tmp}/s1d"), "leaves the manifest's folder"),
         "out_of_range_value_stage1": (s1(f"data.path={clips}", "batch_size=0", f"output_dir={tmp}/s1e"),
                                       "batch_size=0; expected an integer >= 1"),
-        "unknown_config_key_stage1": (s1(f"data.path={clips}", "lr_schedule=cosine"), "Could not override 'lr_schedule'"),
+        "unknown_config_key_stage1": (s1(f"data.path={clips}", "lr_schedule=cosine"), "'lr_schedule' is not a setting of video_pretrain"),
         "incompatible_checkpoint_stage1": (s1(f"data.path={clips}", f"output_dir={s1_other}", "data.valid_fraction=0"),
                                            "was written by a run with other settings"),
         "evaluate_not_a_checkpoint": (ev(f"checkpoint={empty}"), "neither a checkpoint folder"),

@@ -139,7 +139,7 @@ def test_unknown_key_is_one_line(script, results):
     r = results[f"{script}-key"]
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("error: config: Could not override 'no_such_key'")
+    assert r.stderr.strip().splitlines()[-1].startswith("error: config: 'no_such_key' is not a setting of ")
 
 
 @pytest.mark.parametrize("script", sorted(BAD_VALUE))
