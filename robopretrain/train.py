@@ -146,9 +146,10 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     mix_ids: dict[str, int] = {}  # the mixed-in data's tasks (PTR's target adaptation: the target)
     if mix is not None and mix.get("path"):
         with dist_utils.main_first(dinfo):  # rank 0 converts the mix (another format) once, the others reuse it
-            build.warn_unused_obs_map(build.plain(mix.get("obs_map")) or None, spec, "data.mix.obs_map")
-            build.check_data_fits(spec, build.converted(Path(str(mix.path)), mix, spec.image_size),
-                                  build.plain(mix.get("obs_map")) or None, "the mixed-in data (data.mix.path)")
+            mix_map = build.plain(mix.get("obs_map")) or None
+            build.warn_unused_obs_map(mix_map, spec, "data.mix.obs_map")
+            build.check_data_fits(spec, build.converted(Path(str(mix.path)), mix, spec.image_size), mix_map,
+                                  "the mixed-in data (data.mix.path)")
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
                                        action_units=agent.action_normalization, default_image_size=spec.image_size,
