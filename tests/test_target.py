@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import _fake_envs as fake
-from robopretrain.envs.target import GYM, OBSERVATION, SIM_ENVS, Target, as_target, env_factory, make_env
+from robopretrain.envs.target import (GYM, OBSERVATION, SIM_ENVS, Target, as_target, env_factory, make_env,
+                                      target_of_data)
 
 ENTRY = "_fake_envs:RobosuiteLikeEnv"
 OBS_MAP = {"eef_pos": fake.EEF, "eye_in_hand_image": fake.EYE_IN_HAND}
@@ -322,3 +323,55 @@ def test_a_sim_envs_target_renders_the_cameras_the_agent_names_its_own_way():
         assert not np.array_equal(obs["front_cam"], obs["wrist_cam"])  # two cameras, not one twice
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("kwargs, said", [
+    ({"randomization": "eval_hard"}, r"env_kwargs.randomization is not a target's to set: each run sets it"),
+    ({"terminate_on_success": False}, r"env_kwargs.terminate_on_success .*target's own terminate_on_success"),
+    ({"render_images": False}, r"env_kwargs.render_images .*the agent's cameras"),
+    ({"num_distractors": 4}, r"\['num_distractors'\] are settings of the randomization .*\+dr.num_distractors=4"),
+    ({"factor_levels": {"friction": "eval_hard"}}, r"\['factor_levels'\] are settings of the randomization"),
+    ({"max_distractor": 2}, r"\['max_distractor'\] are no keywords of a sim_envs env \(did you mean "
+                            r"\['max_distractors'\]\?\)"),
+])
+def test_a_sim_envs_targets_env_kwargs_cannot_fix_what_each_run_sets(kwargs, said):
+    """A sim_envs target's ``env_kwargs.randomization`` replaced every evaluation condition's (make_env spread
+    env_kwargs last): "nominal" ran under eval_hard and eval_info.json said none. Randomization settings given there
+    (README's num_distractors) reached gym.make as unknown keywords (a traceback)."""
+    with pytest.raises(ValueError, match=said):
+        Target(name="Reach", env_kwargs=kwargs)
+    with pytest.raises(ValueError, match=said):  # the config's path too
+        as_target({"name": "Reach", "env_kwargs": kwargs})
+
+
+def test_a_sim_envs_targets_allowed_env_kwargs_are_the_envs_keywords_it_does_not_get_elsewhere():
+    """SIM_ENVS_KWARGS drifts from TabletopEnv's signature: a new keyword would be refused, a removed one let
+    through to a TypeError."""
+    import inspect
+
+    from robopretrain.envs.target import SIM_ENVS_KWARGS, SIM_ENVS_OWNED
+    from sim_envs.env import TabletopEnv
+
+    params = set(inspect.signature(TabletopEnv.__init__).parameters) - {"self"}
+    assert set(SIM_ENVS_KWARGS) | (set(SIM_ENVS_OWNED) - {"max_episode_steps"}) == params
+    assert not set(SIM_ENVS_KWARGS) & set(SIM_ENVS_OWNED)
+    env = make_env(Target(name="Reach", env_kwargs={"max_distractors": 2, "camera": "agentview"}), (), None,
+                   {"level": "none", "num_distractors": 2})
+    try:
+        env.reset(seed=0)
+        assert env.unwrapped.randomizer.config.num_distractors == 2  # the run's randomization reached the env
+    finally:
+        env.close()
+
+
+def test_a_meta_world_targets_env_kwargs_cannot_contradict_its_fields():
+    """``{reward: dense, env_kwargs: {reward: sparse}}`` ran sparse (env_kwargs spread last) while the target said
+    dense; a demo file's recorded reward / termination now become the target's fields."""
+    with pytest.raises(ValueError, match=r"env_kwargs.reward='sparse' contradicts the target's reward='dense'"):
+        Target(name="reach", family="metaworld", reward="dense", env_kwargs={"reward": "sparse"})
+    Target(name="reach", family="metaworld", reward="dense", env_kwargs={"reward": "dense"})  # agreeing: fine
+    recorded = {"family": "metaworld", "env_kwargs": {"reward": "dense", "terminate_on_success": False,
+                                                      "max_episode_steps": 90}}
+    target = target_of_data(recorded, "reach-v3", 0)
+    assert target.reward == "dense" and target.terminate_on_success is False
+    assert target.env_kwargs == {"max_episode_steps": 90}

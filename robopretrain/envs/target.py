@@ -57,6 +57,19 @@ DEFAULT_SUCCESS_KEY = "success"  # a target's success_key unless it names anothe
 METAWORLD_ENTRY = "robopretrain.envs.metaworld:MetaWorldEnv"
 # MetaWorldEnv keywords a demo file's env_args carry over to its targets (cameras and image size come from the agent)
 METAWORLD_SETTINGS = ("max_episode_steps", "reward", "terminate_on_success", "mesh_cell")
+# TabletopEnv keywords a sim_envs target's env_kwargs may set (a test holds this to its signature); the others are
+# set by each run or by the target's own fields, and a target's env_kwargs refuses them (why, for each: the value)
+SIM_ENVS_KWARGS = ("image_size", "embodiment", "max_distractors", "camera", "video_cameras", "render_mode")
+SIM_ENVS_OWNED = {
+    "randomization": "each run sets it: `dr` in stages 2 and 3, the factors and levels in evaluate (fixed in a "
+                     "target it would replace every evaluation condition, nominal included)",
+    "terminate_on_success": "set the target's own terminate_on_success",
+    "max_episode_steps": "set the target's own max_episode_steps",
+    "render_images": "the agent's cameras decide it",
+    "eye_in_hand": "the agent's cameras decide it",
+    "task": "the target's name is its task",
+}
+RANDOMIZATION_KEYS = ("level", "factors", "factor_levels", "num_distractors", "ranges")  # RandomizationConfig's
 
 
 @dataclass
@@ -102,6 +115,7 @@ class Target:
                                  "Demos recorded from Meta-World's corner cameras with its own renderer are upside "
                                  "down: rotate those frames by 180 degrees when writing the file")
         self.env_kwargs = dict(self.env_kwargs or {})
+        self._check_env_kwargs()
         self.obs_map = {str(k): str(v) for k, v in dict(self.obs_map or {}).items()}
         if self.action_normalization is not None:
             try:
@@ -109,6 +123,36 @@ class Target:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"target {self.name!r}: {exc}") from None
             self.action_normalization = {"low": list(units.low), "high": list(units.high)}
+
+    def _check_env_kwargs(self) -> None:
+        """Refuse ``env_kwargs`` that would silently replace a setting the toolkit owns (a sim_envs target's
+        randomization, fixed there, replaced every evaluation condition's: "nominal" ran under it) or contradict
+        one of the target's own fields (a Meta-World target's reward / termination)."""
+        given = set(self.env_kwargs)
+        if self.family == SIM_ENVS:
+            for key in sorted(given & set(SIM_ENVS_OWNED)):
+                raise ValueError(f"target {self.name!r}: env_kwargs.{key} is not a target's to set: "
+                                 f"{SIM_ENVS_OWNED[key]}")
+            randomization = sorted(given & set(RANDOMIZATION_KEYS))
+            if randomization:
+                raise ValueError(f"target {self.name!r}: env_kwargs {randomization} are settings of the randomization "
+                                 "(sim_envs.randomization), which each run sets, not the target: `dr` in stages 2 "
+                                 "and 3 (e.g. dr=train_all, or +dr.num_distractors=4), the factors and levels in "
+                                 "evaluate")
+            unknown = sorted(given - set(SIM_ENVS_KWARGS))
+            if unknown:
+                import difflib
+
+                hints = [m for k in unknown for m in difflib.get_close_matches(k, SIM_ENVS_KWARGS, n=1)]
+                raise ValueError(f"target {self.name!r}: env_kwargs {unknown} are no keywords of a sim_envs env"
+                                 + (f" (did you mean {hints}?)" if hints else "")
+                                 + f"; it takes {list(SIM_ENVS_KWARGS)} from a target")
+        if self.family == METAWORLD:
+            fields = {"reward": self.reward, "terminate_on_success": self.terminate_on_success}
+            for key, value in fields.items():
+                if key in given and self.env_kwargs[key] != value:
+                    raise ValueError(f"target {self.name!r}: env_kwargs.{key}={self.env_kwargs[key]!r} contradicts "
+                                     f"the target's {key}={value!r}; set the target's {key} only")
 
     @property
     def action_units(self) -> ActionNormalization | None:
@@ -173,9 +217,10 @@ def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Targ
         return Target(name=task) if task in tasks.TASKS else None
     if _is_metaworld_file(env_args):
         keep = {k: v for k, v in kwargs.items() if k in METAWORLD_SETTINGS}
+        fields = {k: keep.pop(k) for k in ("reward", "terminate_on_success") if k in keep}  # the target's own fields
         name = task.removeprefix("robopretrain/MetaWorld-")  # a file without task names: its env_name
         try:
-            return Target(name=name, family=METAWORLD, env_kwargs=keep, task_id=int(task_id))
+            return Target(name=name, family=METAWORLD, env_kwargs=keep, task_id=int(task_id), **fields)
         except ValueError:  # a task name that is no Meta-World task (renamed in the file): no env to act in
             log.info("task %r of a Meta-World file names no Meta-World task: no env for it", task)
             return None
