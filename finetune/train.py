@@ -45,7 +45,7 @@ from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hyd
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_sparse_data_for_dense_target
 from robopretrain.data.hdf5 import read_info
-from robopretrain.envs.target import METAWORLD, SIM_ENVS, Target, time_limit_note
+from robopretrain.envs.target import METAWORLD, SIM_ENVS, Target, time_limit_note, with_task_slot
 from robopretrain.metrics import plot_learning_curve
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     agent, ckpt = load_agent(str(cfg.checkpoint), device=device, with_optimizer=settings.keep_optimizer, algo=algo,
                              algo_cfg=build.algo_overrides(cfg.algo), seed=int(cfg.seed))
     warn_dropped_bc_term(ckpt.meta, getattr(agent, "algo_cfg", None))
+    target = with_task_slot(target, ckpt.meta.get("task_ids") or {}, agent.spec.num_tasks)
     gap = Gap.from_mapping(build.plain(cfg.get("gap")))
     transfer_settings = TransferSettings.from_mapping(build.plain(cfg.get("transfer")))
     if gap.enabled and not target.randomizable:
@@ -217,7 +218,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     offline = build.prepared(agent, offline, int(cfg.seed) + 2)
     meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"),
             "data_path": os.path.abspath(data_path),
-            "task_names": [target.name], "reward": reward.__dict__, "gap": gap.to_dict()}
+            "task_names": [target.name], "reward": reward.__dict__, "gap": gap.to_dict(),
+            # every task the agent was trained on and its slot: stage 2's, then this target's (evaluate's warning)
+            "task_ids": {**dict(ckpt.meta.get("task_ids") or {}),
+                         **({target.name: target.resolved_task_id()} if agent.spec.num_tasks else {})}}
     fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path},
                                               ignore=RESUMABLE_CHANGES,
                                               home=run_fingerprint.run_home(cfg, run_dir))

@@ -28,7 +28,7 @@ from robopretrain.data.hdf5 import DatasetError, DatasetInfo
 from robopretrain.data.keys import OBS
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
-from robopretrain.envs.target import Target, as_target, target_of_data
+from robopretrain.envs.target import Target, as_target, target_of_data, with_task_slot
 from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
@@ -475,15 +475,18 @@ def targets_of_data(info: DatasetInfo, task_ids: Mapping[str, int]) -> list[Targ
     return out
 
 
-def eval_targets(setting: Any, info: DatasetInfo, task_ids: Mapping[str, int]) -> list[Target]:
+def eval_targets(setting: Any, info: DatasetInfo, task_ids: Mapping[str, int], num_tasks: int = 0,
+                 trained: Mapping[str, int] | None = None) -> list[Target]:
     """``train.eval_targets``: None -> the data's own tasks (where evaluable; ``task_ids`` as in
-    :func:`targets_of_data`), [] -> none, else the listed targets."""
+    :func:`targets_of_data`), [] -> none, else the listed targets, a gym target without task_id in the slot
+    :func:`~robopretrain.envs.target.with_task_slot` gives it (``trained``: every trained task's slot, mixed-in data's
+    too; default ``task_ids``; ``num_tasks``: the agent's one-hot size)."""
     value = plain(setting)
     if value is None:
         return targets_of_data(info, task_ids)
     if isinstance(value, (str, Mapping)):
         value = [value]
-    return [as_target(v) for v in value]
+    return [with_task_slot(as_target(v), task_ids if trained is None else trained, num_tasks) for v in value]
 
 
 def check_target_fits(agent: Agent, target: Target) -> None:

@@ -59,7 +59,7 @@ from robopretrain.checkpoint import (
 )
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
-from robopretrain.envs.target import Target, as_target
+from robopretrain.envs.target import Target, as_target, with_task_slot
 from robopretrain.files import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,13 @@ def _data_target(ckpt: Checkpoint, name: str, slot: int | None) -> Target | None
     if info is None or name not in info.tasks:
         return None
     return target_of_data(info.env_args, name, int(info.tasks[name]) if slot is None else int(slot))
+
+
+def trained_slots(ckpt: Checkpoint) -> dict[str, int]:
+    """Task name -> slot of the task one-hot of every task ``ckpt`` was trained on (meta's ``task_ids``: a stage-2
+    run's; a stage-3 run's holds stage 2's and its target's). Empty when the meta records none (stage-3 checkpoints
+    written before it did)."""
+    return {str(k): int(v) for k, v in dict(ckpt.meta.get("task_ids") or {}).items()}
 
 
 def default_target(ckpt: Checkpoint) -> Target:
@@ -575,6 +582,9 @@ def validate_config(cfg: DictConfig) -> None:
         fail("episodes", "an integer >= 1")
     if int(cfg.workers) < 0:
         fail("workers", "an integer >= 0 (0: run in this process)")
+    if isinstance(cfg.eval_seed, bool) or not isinstance(cfg.eval_seed, int) or not (
+            0 <= cfg.eval_seed and cfg.eval_seed + int(cfg.episodes) <= 2 ** 32):  # env seeds: numpy's [0, 2**32)
+        fail("eval_seed", "an integer in [0, 2**32 - episodes] (episode i is reset with seed eval_seed + i)")
     if str(cfg.bootstrap.get("method", "wilson")) not in ("wilson", "percentile"):
         fail("bootstrap.method", "wilson or percentile")
     if int(cfg.bootstrap.resamples) < 1:
@@ -611,6 +621,14 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     note = limit_change_note(target, ckpt) if cfg.get("target") else None
     if note:
         log.warning(note)
+    num_tasks = int(ckpt.meta["obs_spec"].get("num_tasks") or 0)
+    trained = trained_slots(ckpt)
+    target = with_task_slot(target, trained, num_tasks)
+    slot = target.resolved_task_id() if num_tasks else None
+    if slot is not None and trained and slot not in trained.values():
+        log.warning("target %r acts in slot %d of the task one-hot, which no task of this checkpoint was trained in "
+                    "(its tasks' slots: %s): the agent's behaviour there is untrained; set the target's task_id",
+                    target.name, slot, trained)
     conditions = build_conditions(cfg)
     if not target.randomizable and cfg.get("select") is None:  # every factor of a target that has none (a gap
         conditions = [c for c in conditions if c.factor not in cfg.factors]  # asked for is still refused below)
@@ -642,7 +660,7 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         "target_return": spec.target_return,
         "cameras": [k for k, _ in ckpt.meta["obs_spec"].get("rgb", [])],
         "target": agent_target(policy, target).to_dict(),  # with the action units the episodes acted through
-        "task": task, "episodes_per_condition": int(cfg.episodes), "eval_seed": int(cfg.eval_seed),
+        "task": task, "task_slot": slot, "episodes_per_condition": int(cfg.episodes), "eval_seed": int(cfg.eval_seed),
         "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
         "nominal": stats[NOMINAL]["none"], "factors": {k: v for k, v in stats.items() if k != NOMINAL},
         "episodes": episodes, "plot": None, "videos": {},

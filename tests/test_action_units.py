@@ -126,6 +126,9 @@ def test_the_env_takes_actions_in_the_agents_units(caplog, monkeypatch) -> None:
             make_env(Target(**TARGET, action_normalization={"low": [2.0, 0.0], "high": [6.0, 8.0]})).close()
     assert caplog.text.count("the agent's actions reach only low [2.0], high [6.0] of the env's [0.0], [8.0] in "
                              "dimension(s) [0]") == 1
+    # what to do names where the units come from (it said "set the target's action_normalization before stage 2":
+    # a target's units that contradict the agent's are refused)
+    assert "fixed by its stage-2 data" in caplog.text and "target's action_normalization" not in caplog.text
 
 
 def _agent(units: ActionNormalization | None) -> Agent:

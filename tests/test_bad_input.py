@@ -386,6 +386,10 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("finetune", ("gap=friction_low", "gap.target_transitions=2.5"), "gap.target_transitions=2.5; expected an integer"),
     ("finetune", "online.progress=3", "online.progress=3; expected true or false"),
     ("evaluate", "+episods=5", "evaluate config: unknown key(s) episods"),
+    # a negative seed reached gymnasium's reset (a traceback); one past 2**32 numpy's
+    ("evaluate", "eval_seed=-5", "evaluate config: eval_seed=-5; expected an integer in [0, 2**32 - episodes]"),
+    ("evaluate", "eval_seed=4294967290", "eval_seed=4294967290; expected an integer in [0, 2**32 - episodes]"),
+    ("evaluate", "eval_seed=1.5", "eval_seed=1.5; expected an integer"),
     ("evaluate", "+video.bogus=1", "evaluate config: unknown key(s) video.bogus; valid keys: video:"),
 ])
 def test_out_of_range_values_are_named(stage, override, message):

@@ -203,6 +203,15 @@ def test_the_tasks_trained_and_evaluated_are_those_loaded_in_the_slots_loaded(tm
         assert set(loaded.arrays()["observations"]["task_id"].tolist()) == set(ids.values()), data
         targets = build.eval_targets(None, info, ids)
         assert [(t.name, t.resolved_task_id()) for t in targets] == list(ids.items()), data
+    # listed gym targets without task_id: the slot of the trained task of their name (the mix's among them), else
+    # refused before training when the agent has several tasks
+    listed = [{"name": "Reach", "env_id": "_fake_envs:RobosuiteLikeEnv"},
+              {"name": "Door", "env_id": "_fake_envs:RobosuiteLikeEnv"}]
+    ids = {"Reach": 0, "PressButton": 3}
+    got = build.eval_targets(listed, info, ids, 12, {**ids, "Door": 7})
+    assert [t.task_id for t in got] == [0, 7]
+    with pytest.raises(ValueError, match="target 'Door': a gym target of a multi-task agent needs task_id"):
+        build.eval_targets(listed, info, ids, 12)
 
 
 def test_mixed_data_that_gives_one_slot_to_two_tasks_is_refused():

@@ -209,6 +209,25 @@ def test_a_foreign_task_named_like_a_sim_envs_task_is_not_evaluated_in_sim_envs(
     assert default_target(open_checkpoint(tiny_checkpoint)).name == "Reach"  # a sim_envs file's task
 
 
+def test_a_target_in_a_slot_no_task_was_trained_in_is_warned_and_the_slot_recorded(tiny_checkpoint, tmp_path,
+                                                                                   caplog):
+    """Evaluating Reach in slot 5 of an agent trained on Reach in slot 0 ran silently with an untrained task code,
+    and eval_info said task_id null (the sim task's own id was not recorded)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="robopretrain.evaluate"):
+        own = evaluate_robustness(eval_config(tiny_checkpoint, tmp_path / "own", select="[nominal]", episodes=1,
+                                              workers=0, **{"video.enabled": "false"}))
+    assert own["task_slot"] == 0 and "no task of this checkpoint was trained in" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="robopretrain.evaluate"):
+        other = evaluate_robustness(eval_config(tiny_checkpoint, tmp_path / "other", select="[nominal]", episodes=1,
+                                                workers=0, target="{name: Reach, task_id: 5}",
+                                                **{"video.enabled": "false"}))
+    assert other["task_slot"] == 5
+    assert "acts in slot 5 of the task one-hot, which no task of this checkpoint was trained in" in caplog.text
+    assert "'Reach': 0" in caplog.text
+
+
 def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     """A custom gymnasium target: nominal episodes and a video from the agent's own camera; factors that shift our
     sim are refused with one line naming them when selected, left out when select is unset."""
@@ -224,6 +243,11 @@ def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
                                            workers=0))
     assert info["target"]["env_id"] == "_fake_envs:RobosuiteLikeEnv" and not info["factors"]
     assert info["nominal"]["episodes"] == 3 and info["nominal"]["mean_length"] <= 8
+    # a gym target without task_id acts in the one slot the agent was trained in (was: "task_id is required")
+    unnamed = evaluate_robustness(eval_config(tmp_path / "s2", tmp_path / "slot", target=target.replace(
+        "task_id: 0, ", ""), select="[nominal]", workers=0, **{"video.enabled": "false"}))
+    assert unnamed["target"]["task_id"] == 0 and unnamed["task_slot"] == 0
+    assert [e["success"] for e in unnamed["episodes"]] == [e["success"] for e in info["episodes"]]
     import av
 
     with av.open(info["videos"]["nominal"]["path"]) as video:  # the 16 px camera filmed at video.size=64

@@ -344,11 +344,12 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
     ckpt = robosuite_stage2(robosuite_demos, tmp_path / "s2")
     tgt = {**ROBOSUITE_TARGET, "demos": str(robosuite_demos)}
 
-    def cfg(out):
-        return stage3_config(ckpt, out, tgt, env_steps=48, online={"num_envs": 2, "checkpoint_every": 12,
-                                                                   "eval_every": 24, "log_every": 8})
+    def cfg(out, target=tgt):
+        return stage3_config(ckpt, out, target, env_steps=48, online={"num_envs": 2, "checkpoint_every": 12,
+                                                                      "eval_every": 24, "log_every": 8})
 
-    clean = finetune(cfg(tmp_path / "clean"))
+    # the uninterrupted run's target names no task_id: it takes the one slot stage 2 trained (was: refused)
+    clean = finetune(cfg(tmp_path / "clean", {k: v for k, v in tgt.items() if k != "task_id"}))
 
     def die_at_once(self, batch, with_metrics=True):
         raise Killed
@@ -368,6 +369,8 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
 
     a, b = load_latest(tmp_path / "killed" / "checkpoints"), load_latest(tmp_path / "clean" / "checkpoints")
     assert a.step == b.step == 48 and a.meta["target"]["env_id"] == "_fake_envs:RobosuiteLikeEnv"
+    assert b.meta["target"]["task_id"] == 0
+    assert b.meta["task_ids"] == {**load_checkpoint(ckpt).meta["task_ids"], "reach": 0}
     assert_same(a.weights, b.weights)
     assert_same(a.state["online"], b.state["online"], "online counters")
     assert resumed["history"] == clean["history"]

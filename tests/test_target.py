@@ -375,3 +375,20 @@ def test_a_meta_world_targets_env_kwargs_cannot_contradict_its_fields():
     target = target_of_data(recorded, "reach-v3", 0)
     assert target.reward == "dense" and target.terminate_on_success is False
     assert target.env_kwargs == {"max_episode_steps": 90}
+
+
+def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in():
+    """A one-task agent's gym target needed ``task_id: 0`` (README: an agent of one task takes 0); stage 2 failed
+    after loading its data. The slot comes from the trained task of the target's name, else the agent's only task,
+    else 0 for a one-slot agent; a multi-task agent's target must say it."""
+    from robopretrain.envs.target import with_task_slot
+
+    gym_target = Target(name="push", env_id=ENTRY)
+    assert with_task_slot(gym_target, {"reach": 2, "push": 4}, 12).task_id == 4  # its name's slot
+    assert with_task_slot(gym_target, {"reach": 3}, 12).task_id == 3  # the only trained task's
+    assert with_task_slot(gym_target, {}, 1).task_id == 0 and with_task_slot(gym_target, {}, 0).task_id == 0
+    with pytest.raises(ValueError, match=r"target 'push': a gym target of a multi-task agent needs task_id.*size 12 "
+                                         r"\(the trained tasks' slots: \{'reach': 2, 'lift': 5\}\)"):
+        with_task_slot(gym_target, {"reach": 2, "lift": 5}, 12)
+    assert with_task_slot(robot(), {"reach": 2}, 12).task_id == 7  # a given task_id stays
+    assert with_task_slot(Target(name="Reach"), {"Reach": 5}, 13).task_id is None  # sim_envs: its own id

@@ -38,7 +38,7 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import gymnasium as gym
@@ -200,6 +200,28 @@ def as_target(entry: str | Mapping[str, Any] | Target) -> Target:
     if "name" not in d:
         raise ValueError(f"target {d}: needs a name")
     return Target(**d)
+
+
+def with_task_slot(target: Target, task_ids: Mapping[str, int], num_tasks: int) -> Target:
+    """``target`` with its slot of the task one-hot filled in when it names none and its family has no ids of its own
+    (a gym target): the slot of the trained task of its name, else the one slot every trained task shares, else 0
+    for an agent with at most one slot (logged). ``task_ids``: trained task name -> slot (a checkpoint's meta or the
+    data's); ``num_tasks``: the agent's one-hot size (0: none). Raises ValueError naming the trained tasks' slots
+    when none of these applies (a multi-task agent: which task the env is must be said)."""
+    if target.task_id is not None or target.family != GYM:
+        return target
+    slots = {str(k): int(v) for k, v in dict(task_ids).items()}
+    if target.name in slots:
+        slot, why = slots[target.name], "the slot of the trained task of its name"
+    elif len(set(slots.values())) == 1:
+        slot, why = next(iter(slots.values())), f"the slot of the agent's only task {sorted(slots)}"
+    elif num_tasks <= 1:
+        slot, why = 0, "the agent has one task slot"
+    else:
+        raise ValueError(f"target {target.name!r}: a gym target of a multi-task agent needs task_id, its slot in the "
+                         f"task one-hot of size {num_tasks} (the trained tasks' slots: {slots or 'none recorded'})")
+    log.info("target %r: task_id %d (%s)", target.name, slot, why)
+    return replace(target, task_id=slot)
 
 
 def _is_metaworld_file(env_args: Mapping[str, Any]) -> bool:
@@ -457,6 +479,11 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
     return _in_agent_units(TargetEnv(env, target, cameras, image_size, checked=checked), target)
 
 
+# what a user can do about an agent's action units, which its stage-2 data fixed (a target's may not contradict them)
+UNITS_FIXED_HINT = ("the agent's units were fixed by its stage-2 data (the file's env_args action_normalization, else "
+                    "the range its demos' actions covered) and no later stage changes them: rescale the data's actions "
+                    "to [-1, 1] by the env's range, record that range as the file's env_args action_normalization "
+                    "{low, high}, and train stage 2 again")
 _NARROW_WARNED: set[str] = set()  # the range warnings (narrow, beyond) already given in this process
 
 
@@ -481,8 +508,7 @@ class AgentActionUnits(gym.ActionWrapper):
                 f"{np.flatnonzero(beyond).tolist()} (low {list(units.low)}, high {list(units.high)}; the env's "
                 f"{np.round(own_low, 4).tolist()}, {np.round(own_high, 4).tolist()}): the env clips there. Where the "
                 "data's actions stayed inside [-1, 1] they were taken as already normalised (data.actions=auto); if "
-                "they are in this env's own units, set the target's action_normalization {low, high} to the env's "
-                "range before stage 2 (else: data of another robot?)")
+                "they are in this env's own units, " + UNITS_FIXED_HINT + " (else: data of another robot?)")
         if beyond.any() and wide not in _NARROW_WARNED:  # once per process, as below
             _NARROW_WARNED.add(wide)
             log.warning(wide)
@@ -493,8 +519,7 @@ class AgentActionUnits(gym.ActionWrapper):
                    f"{np.round(high[narrow], 4).tolist()} of the env's {np.round(own_low[narrow], 4).tolist()}, "
                    f"{np.round(own_high[narrow], 4).tolist()} in dimension(s) {np.flatnonzero(narrow).tolist()} (the "
                    "range the demos covered, or [-1, 1] where they stayed inside it): exploration and the policy "
-                   "never leave it; to reach the env's whole range, set the target's action_normalization "
-                   "{low, high} to it before stage 2")
+                   "never leave it; to reach the env's whole range, " + UNITS_FIXED_HINT)
         if narrow.any() and message not in _NARROW_WARNED:  # once per process: every env built says the same
             _NARROW_WARNED.add(message)
             log.warning(message)
