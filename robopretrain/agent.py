@@ -62,7 +62,7 @@ import copy
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -76,7 +76,7 @@ from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS, TASK_ID
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization
 from robopretrain.envs.action_units import describe as describe_units
-from robopretrain.nets.encoder_io import load_encoder
+from robopretrain.nets.encoder_io import load_encoder, resolve_encoder_dir
 from robopretrain.nets.encoders import make_encoder
 from robopretrain.nets.mlp import retain_freed_memory_once
 from robopretrain.nets.obs_encoder import PRECISIONS, ObsEncoder
@@ -133,6 +133,7 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
     """The image encoder the settings ask for (random for scratch) and where its weights came from."""
     mode = settings.resolved_mode()
     if settings.checkpoint:
+        settings = replace(settings, checkpoint=str(resolve_encoder_dir(settings.checkpoint)))
         encoder, meta = load_encoder(settings.checkpoint)
         asked = {**({"name": settings.name} if settings.name not in (EncoderSettings.name, meta["encoder"]) else {}),
                  **({"kwargs": settings.kwargs} if any(k not in meta["kwargs"] or meta["kwargs"][k] != v

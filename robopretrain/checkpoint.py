@@ -180,6 +180,7 @@ def load_checkpoint(path: str | os.PathLike, with_state: bool = True) -> Checkpo
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint folder does not exist")
+    _refuse_encoder_folder(path)
     for name in (CONFIG_FILE, META_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name}: missing; expected a complete checkpoint folder")
@@ -232,7 +233,21 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
         found = _latest_candidates(candidate)
         if found:
             return found[0]
+    _refuse_encoder_folder(path)
     raise CheckpointError(f"{path}: neither a checkpoint folder nor a folder holding ckpt_* checkpoints")
+
+
+ENCODER_FILE = "encoder.pt"  # robopretrain.nets.encoder_io's weights file (a stage-1 encoder folder holds it)
+
+
+def _refuse_encoder_folder(path: Path) -> None:
+    """Raise :class:`CheckpointError` saying what ``path`` is when it is a stage-1 encoder folder or a stage-1 run
+    folder (its ``encoder`` inside): an image encoder, not an agent (it read as a corrupt agent checkpoint)."""
+    for folder in (path, path / "encoder"):
+        if (folder / ENCODER_FILE).is_file() and not (folder / WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"{path}: a stage-1 (video pretraining) image encoder, not an agent: an agent's "
+                                  "checkpoint is a stage-2 or stage-3 run folder; the encoder starts stage 2 as "
+                                  f"encoder.checkpoint={folder}")
 
 
 def _latest_candidates(root: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import robopretrain.nets.encoder_io as encoder_io
 import robopretrain.nets.encoders as encoders
 from robopretrain.nets.augment import random_shift, random_shifts
-from robopretrain.nets.encoder_io import EncoderCheckpointError, load_encoder, save_encoder
+from robopretrain.nets.encoder_io import EncoderCheckpointError, load_encoder, read_encoder_meta, save_encoder
 from robopretrain.nets.encoders import make_encoder, num_parameters, to_float_images
 
 # out_dim of each encoder with default kwargs, as documented in robopretrain/nets/encoders.py
@@ -344,3 +344,25 @@ def test_spatial_softmax_encoder_round_trip(tmp_path: Path) -> None:
     assert meta["kwargs"] == kwargs
     x = images(2, 32)
     assert torch.equal(loaded(x), enc.eval()(x))
+
+
+def test_a_stage1_run_folder_names_its_encoder_and_is_no_agent(tmp_path: Path) -> None:
+    """``encoder.checkpoint=<stage-1 run folder>`` was told it was an agent run (its checkpoints/ folder) and to use
+    init=; ``evaluate checkpoint=<stage-1 run>/encoder`` read as a corrupt agent checkpoint (weights.pt missing)."""
+    from robopretrain.agent import EncoderSettings, build_image_encoder
+    from robopretrain.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_dir
+
+    enc = make_encoder("small_conv", 16, out_dim=8)
+    folder = save_encoder(tmp_path / "s1" / "encoder", enc, "small_conv", {})
+    (tmp_path / "s1" / "checkpoints").mkdir()
+    (tmp_path / "s1" / "checkpoints" / "last.pt").write_bytes(b"stage 1's training state")
+    loaded, meta = load_encoder(tmp_path / "s1")  # the run folder: its encoder
+    assert meta["out_dim"] == 8 and read_encoder_meta(tmp_path / "s1") == meta
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(loaded(x), load_encoder(folder)[0](x))
+    _, source = build_image_encoder(EncoderSettings(mode="frozen", checkpoint=str(tmp_path / "s1")), 16)
+    assert source["source"] == str(folder.resolve())  # the agent records the encoder folder itself
+    for given in (folder, tmp_path / "s1"):
+        with pytest.raises(CheckpointError, match=r"a stage-1 \(video pretraining\) image encoder, not an agent.*"
+                                                  rf"encoder.checkpoint={folder}$"):
+            load_checkpoint(resolve_checkpoint_dir(given))

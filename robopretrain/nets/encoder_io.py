@@ -18,6 +18,7 @@ raises :class:`EncoderCheckpointError` naming the file and what was expected.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -31,6 +32,8 @@ from torch import nn
 
 from robopretrain.files import replace_folder, temp_folder
 from robopretrain.nets.encoders import make_encoder, num_parameters
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "encoder.pt"
 META_FILE = "meta.json"
@@ -136,9 +139,24 @@ def save_encoder(dir_path: str | os.PathLike, encoder: nn.Module, name: str,
     return final
 
 
-def read_encoder_meta(dir_path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check meta.json of an encoder checkpoint folder (no weights are read)."""
+RUN_SUBFOLDER = "encoder"  # where stage 1 saves its encoder inside its run folder
+
+
+def resolve_encoder_dir(dir_path: str | os.PathLike) -> Path:
+    """The encoder checkpoint folder ``dir_path`` names: itself, or, for a stage-1 run folder (no meta.json of its
+    own, one in ``<run>/encoder``), its ``encoder`` folder (logged)."""
     folder = Path(dir_path)
+    inner = folder / RUN_SUBFOLDER
+    if not (folder / META_FILE).is_file() and (inner / META_FILE).is_file():
+        log.info("%s: a stage-1 run folder; its encoder is %s", folder, inner)
+        return inner
+    return folder
+
+
+def read_encoder_meta(dir_path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check meta.json of an encoder checkpoint folder or a stage-1 run folder (:func:`resolve_encoder_dir`;
+    no weights are read)."""
+    folder = resolve_encoder_dir(dir_path)
     if not folder.is_dir():
         raise EncoderCheckpointError(f"{folder}: no such encoder checkpoint folder")
     path = folder / META_FILE
@@ -193,12 +211,13 @@ def _check_state_dict(state: Any, expected: dict[str, torch.Tensor], path: Path)
 
 
 def load_encoder(dir_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the encoder saved in ``dir_path`` and load its weights; returns (encoder, meta).
+    """Rebuild the encoder saved in ``dir_path`` (an encoder folder or a stage-1 run folder,
+    :func:`resolve_encoder_dir`) and load its weights; returns (encoder, meta).
 
     The encoder is returned in eval mode (call ``.train()`` to fine-tune it). ``meta`` is meta.json's
     content; the run's config is in ``dir_path / "config.yaml"``.
     """
-    folder = Path(dir_path)
+    folder = resolve_encoder_dir(dir_path)
     meta = read_encoder_meta(folder)
     encoder = _rebuild(meta, folder / META_FILE)
     weights_path = folder / WEIGHTS_FILE
