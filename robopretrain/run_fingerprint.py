@@ -26,7 +26,9 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
   size and sampled bytes did not resumes with a warning). A run folder moved or copied elsewhere resumes
   (:func:`relocation`): a fingerprint built with ``home=`` (the output folder, or the pipeline run folder holding
   it: :func:`run_home`) maps the paths under the old home, in inputs and in config values, to the new one; inputs
-  outside it must stay where they were.
+  outside it must stay where they were, unless the folder above the home moved with it (``runs/a/s3 ->
+  runs/b/s3``, :func:`moved_along`) and the input is there with its content unchanged (a stage-2 run moved with
+  the stage-3 run it started), which also holds for the config value naming it.
 - :func:`check_resume` ``(saved, now, where, fresh=...)``: raises :class:`ResumeMismatchError` with one line
   (where, what changed, how to start fresh); a checkpoint written before fingerprints existed (``saved`` is
   ``None``) resumes with a warning.
@@ -220,6 +222,27 @@ def relocation(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[s
     return pairs
 
 
+def moved_along(moved: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The folders above each moved home that moved with it (``/x/a/s3 -> /y/b/s3``: ``/x/a -> /y/b``), the deepest
+    whose rest of the path is the same; none for a renamed folder (the last names differ). An input under one (a
+    stage-2 run beside its stage-3 run, both moved) is at the same place when its content is unchanged."""
+    out = []
+    for old, new in moved:
+        a, b = Path(old).parts, Path(new).parts
+        same = 0
+        while same < min(len(a), len(b)) - 1 and a[-1 - same] == b[-1 - same]:
+            same += 1
+        pair = (str(Path(*a[:len(a) - same])), str(Path(*b[:len(b) - same])))
+        if same and pair not in out:
+            out.append(pair)
+    return out
+
+
+def _names(value: Any, path: str) -> bool:
+    """Whether config value ``value`` is ``path`` or a folder above it."""
+    return isinstance(value, str) and (value == path or path.startswith(value.rstrip(os.sep) + os.sep))
+
+
 def moved_file(recorded: str | os.PathLike, fp: Mapping[str, Any] | None, place: str | os.PathLike) -> str | None:
     """Where the file ``recorded`` (a path a run recorded, e.g. a checkpoint's ``data_path``) lies now that the run
     folder holding it moved: the file at its place relative to the run's old home (``fp``, the run's fingerprint),
@@ -330,15 +353,22 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     since ``saved`` and off (:func:`added_off_keys`) are not differences."""
     out: list[str] = []
     moved = relocation(saved, now)
+    along = moved_along(moved)
     saved_inputs, now_inputs = saved.get("inputs", {}), now.get("inputs", {})
+    unchanged = []  # paths of inputs found the same (content included) at a place a moved folder took them to
     for name in list(dict.fromkeys([*saved_inputs, *now_inputs])):
-        out += _input_changes(name, saved_inputs.get(name), now_inputs.get(name), moved)
+        changes = _input_changes(name, saved_inputs.get(name), now_inputs.get(name), moved + along)
+        out += changes
+        if not changes and now_inputs.get(name):
+            unchanged.append(str(now_inputs[name].get("path")))
     old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
     missing = object()
     for key in sorted((set(old_cfg) | set(new_cfg)) - set(added_off_keys(saved, now))):
         a, b = old_cfg.get(key, missing), new_cfg.get(key, missing)
         if key.endswith("obs_map") and a in (None, {}) and b in (None, {}):  # both "no mapping" (the default was {})
             continue
+        if _same_place(a, b, along) and any(_names(b, path) for path in unchanged):
+            continue  # a path to an input that moved along with the run folder, its content unchanged
         if not _same_place(a, b, moved):
             out.append(f"{key}: {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}")
     return out

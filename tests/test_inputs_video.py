@@ -350,6 +350,36 @@ def test_a_moved_run_folder_resumes_and_paths_outside_it_still_count(tmp_path):
     assert run_fingerprint.run_home({"run_root": None}, "/out") == Path("/out")
 
 
+def test_a_stage3_run_moved_with_its_stage2_run_resumes_and_another_stage2_is_refused(tmp_path):
+    """runs/a/{s2,s3} moved to runs/b: stage 3's fingerprint names the stage-2 checkpoint (an input outside its home)
+    and the config's checkpoint path; both moved along and were refused. A stage-2 run of other content at the new
+    place, a renamed stage-3 folder, or a config path to no input still count."""
+    def place(root: Path, weights: bytes = b"w" * 50) -> None:
+        (root / "s2" / "ckpt_4").mkdir(parents=True, exist_ok=True)
+        (root / "s2" / "ckpt_4" / "weights.pt").write_bytes(weights)
+        (root / "s3").mkdir(exist_ok=True)
+
+    def fp(root: Path, s3: str = "s3", other: Path | None = None) -> dict:
+        cfg = {"checkpoint": str(root / "s2"), "lr": 1e-3, "encoder": str(other or root / "enc.pt")}
+        return run_fingerprint.fingerprint(cfg, {"checkpoint": root / "s2" / "ckpt_4"}, home=root / s3)
+
+    place(tmp_path / "a")
+    saved = fp(tmp_path / "a", other=tmp_path / "a" / "enc.pt")
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert run_fingerprint.moved_along(run_fingerprint.relocation(saved, fp(tmp_path / "b"))) == [
+        (str(tmp_path / "a"), str(tmp_path / "b"))]
+    assert run_fingerprint.differences(saved, fp(tmp_path / "b", other=tmp_path / "a" / "enc.pt")) == []
+    # a config path that names no input is not taken along (b/enc.pt may be another file)
+    changed = run_fingerprint.differences(saved, fp(tmp_path / "b"))
+    assert len(changed) == 1 and changed[0].startswith("encoder: ")
+    place(tmp_path / "c", b"W" * 50)  # another stage-2 run at the same relative place
+    changed = run_fingerprint.differences(saved, fp(tmp_path / "c", other=tmp_path / "a" / "enc.pt"))
+    assert changed[0] == f"checkpoint {tmp_path / 'c' / 's2' / 'ckpt_4'}: weights.pt content changed"
+    assert len(changed) == 2 and changed[1].startswith("checkpoint: ")
+    (tmp_path / "b" / "s3").rename(tmp_path / "b" / "s3_renamed")  # a renamed folder: nothing above moved along
+    assert run_fingerprint.moved_along([(str(tmp_path / "a" / "s3"), str(tmp_path / "b" / "s3_renamed"))]) == []
+
+
 def test_a_moved_runs_recorded_data_file_is_found_at_its_new_place(tmp_path):
     """``evaluate`` / stage 3 of a checkpoint whose run folder moved read its data file at the old path (gone): the
     file at the same place under the moved folder, with the recorded content, is read; another file there, a path
