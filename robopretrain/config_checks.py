@@ -1,8 +1,9 @@
-"""Range checks of the stage-2 and stage-3 configs, so a bad value fails at start with a message naming the key.
+"""Range checks of the stages' configs, so a bad value fails at start with a message naming the key.
 
 :func:`validate_offline_config` checks ``configs/robopretrain.yaml`` (and the ``algo`` group),
-:func:`validate_online_config` checks ``configs/finetune.yaml`` and :func:`validate_reward_model_config` the keys
-of ``configs/reward_model.yaml``. Each raises ``ValueError`` with
+:func:`validate_online_config` checks ``configs/finetune.yaml``, :func:`validate_reward_model_config` the keys
+of ``configs/reward_model.yaml`` and :func:`validate_objective_options` stage 1's ``objective.options`` (its other
+keys: :func:`video_pretrain.train.validate_config`). Each raises ``ValueError`` with
 ``<config>: <key>=<value>; expected <what>``, which :mod:`robopretrain.cli` reports on one line. Keys that a
 config does not have are skipped, so the checks follow the configs as they grow.
 """
@@ -63,6 +64,16 @@ TRANSFER_CHECKS: dict[str, dict[str, tuple[Check, str]]] = {
     "transfer.darc": {"enabled": FLAG, "hidden": AT_LEAST_1, "lr": POSITIVE, "input_noise": NON_NEGATIVE,
                       "scale": NON_NEGATIVE, "warmup_updates": AT_LEAST_0},
     "gap": {"target_frames": AT_LEAST_0, "target_transitions": AT_LEAST_0},
+}
+
+
+# stage 1's objective options (configs/objective/*.yaml), by objective: a discount of 1 (or more) is no discounted
+# value (ICVF's and VIP's values sum -1 per step, so theirs would grow without bound); checked before any data loads
+OBJECTIVE_CHECKS: dict[str, dict[str, tuple[Check, str]]] = {
+    "icvf": {"gamma": (UNIT_OPEN[0], "a discount in (0, 1)"), "expectile": UNIT_OPEN,
+             "target_update_rate": UNIT_OPEN_CLOSED, "num_heads": AT_LEAST_1, "hidden": WIDTHS},
+    "vip": {"gamma": (UNIT_OPEN[0], "a discount in (0, 1)"), "l1_weight": NON_NEGATIVE, "l2_weight": NON_NEGATIVE},
+    "tcn": {"temperature": POSITIVE},
 }
 
 
@@ -308,6 +319,14 @@ def validate_online_config(cfg: DictConfig) -> None:
     check_max_demos(cfg, ("data.max_demos",), "finetune")
     for section, checks in TRANSFER_CHECKS.items():
         _check_section(cfg, section, checks, "finetune")
+
+
+def validate_objective_options(cfg: DictConfig, where: str = "video_pretrain") -> None:
+    """Stage 1 (``configs/video_pretrain.yaml``): raise ``ValueError`` naming the first ``objective.options`` key of
+    the chosen objective out of range (:data:`OBJECTIVE_CHECKS`; e.g. ``objective.options.gamma=1.0``)."""
+    checks = OBJECTIVE_CHECKS.get(str(OmegaConf.select(cfg, "objective.name", default="")))
+    if checks:
+        _check_section(cfg, "objective.options", checks, where)
 
 
 def validate_reward_model_config(cfg: DictConfig) -> None:

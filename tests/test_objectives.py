@@ -314,6 +314,8 @@ def test_make_objective_builds_each_objective_and_rejects_typos():
         assert loss.dim() == 0 and torch.isfinite(loss)
     with pytest.raises(ValueError, match="expectile"):
         make_objective("icvf", TinyEncoder(), {"expectile": 1.5})
+    with pytest.raises(ValueError, match=r"ICVFObjective: gamma=1.0; expected a discount in \(0, 1\)"):
+        make_objective("icvf", TinyEncoder(), {"gamma": 1.0})  # was accepted: a value summing -1 forever
     with pytest.raises(ValueError, match="do not apply to vip"):
         make_objective("vip", TinyEncoder(), {"expectile": 0.9})
     with pytest.raises(ValueError, match="unknown objective"):

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from robopretrain.nets.encoder_io import load_encoder
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
 from sim_envs.video_writer import write_mp4
+import video_pretrain.train as vp
 from video_pretrain import diagnose as diag
 from video_pretrain.train import CONFIG_DIR, load_pretrained, train
 
@@ -242,6 +243,24 @@ def test_config_errors_name_the_key(videos, tmp_path):
         train(compose_cfg(f"data.path={tmp_path / 'nope'}", f"output_dir={tmp_path}"), tmp_path)
     with pytest.raises(ValueError, match="data.generate=false"):
         train(compose_cfg("data.generate=false", f"output_dir={tmp_path}"), tmp_path)
+
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("augment_pad=100", "image_size=64"), r"augment_pad=100; expected a shift smaller than half the 64 px frame "
+                                           r"\(image_size\), i.e. at most 31 px"),
+    (("augment_pad=8", "image_size=16"), r"augment_pad=8; expected .* at most 7 px"),
+    (("objective.options.gamma=1.0",), r"objective.options.gamma=1.0; expected a discount in \(0, 1\)"),
+    (("objective=vip", "objective.options.gamma=0"), r"objective.options.gamma=0; expected a discount in \(0, 1\)"),
+    (("objective.options.expectile=1.5",), r"objective.options.expectile=1.5; expected a number in \(0, 1\)"),
+    (("objective=tcn", "objective.options.temperature=0"), r"objective.options.temperature=0; expected a positive")])
+def test_settings_that_make_no_sense_are_refused_before_any_data_loads(tmp_path, monkeypatch, overrides, message):
+    """augment_pad=100 at 64 px (every shifted frame mostly repeated border) and ICVF gamma=1.0 (no discounted
+    value) trained silently; VIP's gamma was refused only after the videos had loaded."""
+    monkeypatch.setattr(vp, "resolve_data_path", lambda *a: pytest.fail("data were read before the config check"))
+    with pytest.raises(ValueError, match=rf"^video_pretrain config: {message}"):
+        train(compose_cfg(*overrides, f"output_dir={tmp_path}"), tmp_path)
+    vp.validate_config(compose_cfg("augment_pad=7", "image_size=16", "objective.options.gamma=0.5"))  # the bounds
 
 
 # ------------------------------------------------------------------------------------------------ statistics

@@ -106,7 +106,8 @@ class Pretrained:
 
 # --------------------------------------------------------------------------------------------- config
 def validate_config(cfg: DictConfig) -> None:
-    """Check the config; errors name the key and what was expected."""
+    """Check the config before any data loads; ``ValueError`` naming the key and what was expected (``augment_pad``
+    below half of ``image_size``; ``objective.options``: :func:`robopretrain.config_checks.validate_objective_options`)."""
     def fail(key: str, value: Any, expected: str) -> None:
         raise ValueError(f"video_pretrain config: {key}={value!r}; expected {expected}")
 
@@ -119,6 +120,11 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("batch_size", "log_every", "eval_every", "checkpoint_every", "image_size"):
         if int(cfg[key]) < 1:
             fail(key, cfg[key], "an integer >= 1")
+    pad, size = int(cfg.augment_pad), int(cfg.image_size)
+    if 2 * pad >= size and cfg.objective.name != "none":  # a shift by half the frame or more: the rest is border
+        fail("augment_pad", cfg.augment_pad, f"a shift smaller than half the {size} px frame (image_size), i.e. at most "
+             f"{(size - 1) // 2} px (DrQ shifts 4 px at 84 px; 0: off)")
+    config_checks.validate_objective_options(cfg, "video_pretrain")
     if cfg.objective.name == "tcn" and int(cfg.batch_size) < 2:
         fail("batch_size", cfg.batch_size, ">= 2 for tcn (other samples are the negatives)")
     if not float(cfg.lr) > 0:

@@ -139,6 +139,8 @@ class ICVFObjective(nn.Module):
     def __init__(self, encoder: nn.Module, hidden: Sequence[int] = DEFAULT_HIDDEN, num_heads: int = 2,
                  gamma: float = 0.99, expectile: float = 0.9, target_update_rate: float = 0.005):
         super().__init__()
+        if not 0.0 < gamma < 1.0:
+            raise ValueError(f"ICVFObjective: gamma={gamma}; expected a discount in (0, 1)")
         if not 0.0 < expectile < 1.0:
             raise ValueError(f"ICVFObjective: expectile={expectile}; expected a number in (0, 1)")
         if not 0.0 < target_update_rate <= 1.0:
