@@ -178,8 +178,12 @@ def test_short_clips_stay_out_of_validation_and_one_video_trains(tmp_path, caplo
     (root / "manifest.csv").write_text("path,num_frames,text\none.mp4,1,b\nlong.mp4,12,a\nlong2.mp4,12,c\n")
     train(compose_cfg(f"data.path={root}", "tensorboard=false", f"output_dir={tmp_path / 'r2'}", "steps=2",
                       "data.valid_fraction=0.5", *TINY), tmp_path)
-    facts = json.loads((tmp_path / "r2" / "metrics.json").read_text())["data"]
+    metrics = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+    facts = metrics["data"]
     assert (facts["train_videos"], facts["valid_videos"]) == (1, 1)
+    # the counts are of the clips used, and the clip left out is named (videos said 3 and the list was empty)
+    assert (facts["videos"], facts["frames"], facts["short_videos"]) == (2, 24, ["one.mp4"])
+    assert metrics["short_videos_skipped"] == ["one.mp4"]
 
 
 def test_clips_that_fail_only_when_decoded(tmp_path, caplog):

@@ -16,7 +16,8 @@ trains the encoder named by ``encoder.name`` with the objective's loss on frames
                           (start fresh with resume=false, or another output_dir; resume=false first removes
                           the previous run's checkpoints/, tb/, metrics.json and default encoder/)
     tb/                   TensorBoard scalars: train loss and diagnostics, validation loss, steps/s
-    metrics.json          loss history, validation history, timing, data facts
+    metrics.json          loss history, validation history, timing, data facts (``data.videos`` / ``frames``: the
+                          clips used; ``bad_videos``, ``short_videos_skipped``: the clips left out, by name)
     videos/               generated human-hand videos (data.generate with no data.path)
 
 Batches come from :class:`video_pretrain.sampling.FrameBatchStream` through a DataLoader (``num_workers``, started
@@ -213,19 +214,23 @@ def frames_path(path: Path, cfg: DictConfig) -> Path:
 
 
 def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str, Any]]:
-    """(train source, valid source or None, facts) for the data at ``path``, split by video."""
+    """(train source, valid source or None, facts) for the data at ``path``, split by video. ``facts``: ``videos``
+    and ``frames`` count the clips used (train and valid); ``bad_videos`` (unreadable) and ``short_videos`` (too short
+    for the objective, :func:`video_pretrain.sampling.long_enough`) name the clips left out."""
     kwargs: dict[str, Any] = {"max_cache_bytes": int(float(cfg.data.max_cache_mb) * 2**20), "strict": bool(cfg.data.strict),
                               "center_crop": not bool(cfg.data.get("stretch", False))}
     if path.suffix.lower() in HDF5_SUFFIXES:
         kwargs.update(key=str(cfg.data.key), mask=cfg.data.mask,
                       tasks=list(cfg.data.tasks) if cfg.data.tasks is not None else None)
     source = open_frame_source(path, int(cfg.image_size), stride=int(cfg.data.stride), **kwargs)
-    facts: dict[str, Any] = {"path": str(path), "videos": source.num_videos, "bad_videos": list(source.bad_videos),
-                             "frames": int(sum(source.video_length(i) for i in range(source.num_videos)))}
     # clips too short for the objective are left out before the split (one warning), so none lands in validation
     # (a 1-frame clip drawn there stopped the run with "every clip is shorter")
     lengths = np.array([source.video_length(i) for i in range(source.num_videos)], dtype=np.int64)
     usable = long_enough(source, str(cfg.objective.name), lengths)
+    short = np.setdiff1d(np.arange(source.num_videos), usable)
+    facts: dict[str, Any] = {"path": str(path), "videos": len(usable), "frames": int(lengths[usable].sum()),
+                             "bad_videos": list(source.bad_videos),
+                             "short_videos": [source.video_name(int(i)) for i in short]}
     fraction = float(cfg.data.valid_fraction)
     if fraction > 0 and len(usable) < 2:
         log.warning("data: %d usable video(s): too few to hold one out for validation, so none is (data."
@@ -435,8 +440,11 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     with dist_utils.main_first(dinfo):  # rank 0 generates the videos, the others then reuse them
         data_path = resolve_data_path(cfg, paths.run_dir)
     train_source, valid_source, facts = open_sources(cfg, data_path)
-    log.info("data %s: %d videos (%d train, %d valid), %d frames", data_path, facts["videos"], facts["train_videos"],
-             facts["valid_videos"], facts["frames"])
+    left_out = [f"{len(facts[k])} {what}" for k, what in (("bad_videos", "unreadable"), ("short_videos", "too short"))
+                if facts[k]]
+    log.info("data %s: %d videos used (%d train, %d valid), %d frames%s", data_path, facts["videos"],
+             facts["train_videos"], facts["valid_videos"], facts["frames"],
+             f"; left out: {', '.join(left_out)} (metrics.json lists them)" if left_out else "")
     objective = make_objective(name, encoder, OmegaConf.to_container(cfg.objective.options, resolve=True)).to(device)
     model = dist_utils.wrap_ddp(LossModule(objective), dinfo, device) if dinfo.enabled else None
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -531,8 +539,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     summary = {"objective": name, "steps": step, "trained_steps_this_run": trained, "seconds_this_run": elapsed,
                "steps_per_second": trained / elapsed if trained and elapsed > 0 else None,
                "encoder_path": str(path), "data": facts, "bad_videos": list(getattr(train_source, "bad_videos", [])),
-               "short_videos_skipped": {"train": stream.short_videos,
-                                        "valid": valid_stream.short_videos if valid_stream is not None else []},
+               "short_videos_skipped": facts["short_videos"],
                "fingerprint": run_print,
                "parallel": parallel, "history": history,
                "final_valid_loss": history["valid"][-1]["loss"] if history["valid"] else None}
