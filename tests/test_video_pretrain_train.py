@@ -186,6 +186,19 @@ def test_short_clips_stay_out_of_validation_and_one_video_trains(tmp_path, caplo
     assert metrics["short_videos_skipped"] == ["one.mp4"]
 
 
+def test_one_video_file_or_a_folder_of_videos_without_a_manifest_trains(videos, tmp_path):
+    """data.path=<one .mp4> failed as "not a readable UTF-8 CSV manifest", a folder of mp4s without manifest.csv as
+    "no such manifest"."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("clip_00000.mp4", "clip_00001.mp4"):
+        (bare / name).write_bytes((videos / name).read_bytes())
+    for path, used in ((videos / "clip_00000.mp4", 1), (bare, 2)):
+        out = tmp_path / f"r_{path.name}"
+        train(compose_cfg(f"data.path={path}", "tensorboard=false", f"output_dir={out}", "steps=1", *TINY), tmp_path)
+        assert json.loads((out / "metrics.json").read_text())["data"]["videos"] == used
+
+
 def test_clips_that_fail_only_when_decoded(tmp_path, caplog):
     """Frame folders with a truncated JPEG list fine and fail when decoded: every training clip so was a RuntimeError
     traceback (now the one-line data error), and a bad validation clip stopped a run whose training clips were fine

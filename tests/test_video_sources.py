@@ -71,6 +71,35 @@ def test_manifest_with_mp4_and_frame_folder(video_dir: tuple[Path, np.ndarray, n
     assert np.array_equal(src.frames(1, [9, 2, 2]), resize_frames(folder, 16)[[9, 2, 2]])  # png is lossless
 
 
+def test_a_video_file_or_a_folder_without_a_manifest_is_read_directly(video_dir, tmp_path: Path) -> None:
+    """data.path=<one .mp4> was read as a CSV manifest ("not a readable UTF-8 CSV manifest ('utf-8' codec can't
+    decode ...)") and a folder of clips without manifest.csv was refused: now one clip, and the folder's clips."""
+    root, mp4, folder = video_dir
+    one = ManifestSource(root / "clip.mp4", image_size=16)
+    assert one.num_videos == 1 and one.video_name(0) == "clip.mp4" and one.lengths.tolist() == [12]
+    assert one.video_text(0) == ""
+    (root / "manifest.csv").unlink()
+    write_mp4(root / "another.mp4", mp4[:5], fps=10)
+    (root / "notes.txt").write_text("not a clip")
+    (root / "empty").mkdir()
+    for check in (True, False):  # clips no manifest lists are counted either way
+        src = ManifestSource(root, image_size=16, check_clips=check)
+        assert [src.video_name(i) for i in range(src.num_videos)] == ["another.mp4", "clip.mp4", "episode_0"]
+        assert src.lengths.tolist() == [5, 12, 10]
+    assert np.array_equal(src.frames(2, [3]), resize_frames(folder, 16)[[3]])
+    frames_only = ManifestSource(root / "episode_0", image_size=16)  # a frame folder given itself: one clip
+    assert frames_only.num_videos == 1 and frames_only.lengths.tolist() == [10]
+    with pytest.raises(VideoDatasetError, match=r"empty: no manifest.csv, no video files .* write .*manifest.csv "
+                                                r"\(header path,num_frames,text.*sim_envs.collect_videos writes one"):
+        ManifestSource(root / "empty", image_size=16)
+    with pytest.raises(VideoDatasetError, match=r"notes.txt: neither a video file .* nor a manifest"):
+        ManifestSource(root / "notes.txt", image_size=16)
+    write_folder(tmp_path / "both", mp4[:3])
+    write_mp4(tmp_path / "both" / "x.mp4", mp4[:3], fps=10)
+    with pytest.raises(VideoDatasetError, match=r"both: holds both numbered frames and other clips"):
+        ManifestSource(tmp_path / "both", image_size=16)
+
+
 def test_the_crop_of_non_square_clips_is_said_once_and_can_be_a_stretch(video_dir, caplog, tmp_path) -> None:
     """Stage 1 cropped non-square clips while stages 2-3 stretch a non-square camera, silently: said once per source;
     data.stretch=true stretches here too (through video_pretrain.train's config)."""

@@ -6,7 +6,9 @@ as uint8 (T, image_size, image_size, 3) RGB. Indices are in the strided space: w
 ``k`` is raw frame ``k * s`` and a clip of ``n`` raw frames has ``ceil(n / s)`` frames.
 
 - :class:`ManifestSource`: a video folder with ``manifest.csv`` (mp4 files or frame folders, see
-  :mod:`robopretrain.data.video`), e.g. the human-hand videos of ``sim_envs.collect_videos``.
+  :mod:`robopretrain.data.video`), e.g. the human-hand videos of ``sim_envs.collect_videos``; also a single video
+  file (one clip) or a folder without a manifest (its video files and frame folders,
+  :func:`robopretrain.data.video.clip_entries`).
 - :class:`HDF5ImageSource`: robot trajectories of a robomimic HDF5 file used as action-free video, one
   video per demo: the image key's ``obs`` frames plus, by default, the last ``next_obs`` frame (the state
   the final action reached, e.g. the success). Demos are chosen by mask, task and/or demo names.
@@ -47,7 +49,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from robopretrain.data.hdf5 import DatasetError, read_info, select_demos
-from robopretrain.data.video import VideoDatasetError, VideoEntry, count_frames, read_frames, read_manifest
+from robopretrain.data.video import VideoDatasetError, VideoEntry, clip_entries, count_frames, read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -284,10 +286,12 @@ class ClipSource(ABC):
 class ManifestSource(ClipSource):
     """Videos listed in a ``manifest.csv`` (mp4 files or frame folders), see :mod:`robopretrain.data.video`.
 
-    ``path`` is the manifest or its folder. Manifest problems (bad columns, a listed path that does not
-    exist) raise :class:`VideoDatasetError`. With ``check_clips`` (default) every clip's frames are
-    counted at construction (demuxing only) and the count found is used when it differs from the
-    manifest's ``num_frames`` (logged); without it the manifest's counts are trusted.
+    ``path`` is the manifest or its folder, or a single video file, or a folder without a manifest (its video files
+    and frame folders: :func:`robopretrain.data.video.clip_entries`). Manifest problems (bad columns, a listed path
+    that does not exist) and a path holding no clips raise :class:`VideoDatasetError`. With ``check_clips``
+    (default) every clip's frames are counted at construction (demuxing only) and the count found is used when it
+    differs from the manifest's ``num_frames`` (logged); without it the manifest's counts are trusted (clips it does
+    not list are counted).
     """
 
     def __init__(self, path: str | os.PathLike, image_size: int, stride: int = 1,
@@ -296,10 +300,13 @@ class ManifestSource(ClipSource):
         super().__init__(image_size, stride, max_cache_bytes, strict, center_crop)
         self.path = Path(path)
         self.entries: list[VideoEntry] = []
-        listed = read_manifest(self.path)
+        listed = clip_entries(self.path)
         for entry in tqdm(listed, desc="checking clips", unit="clip", disable=not check_clips or len(listed) < 64,
                           leave=False):
-            length = self._checked_length(entry) if check_clips else entry.num_frames
+            if check_clips or entry.num_frames is None:  # a clip found without a manifest is counted
+                length = self._checked_length(entry)
+            else:
+                length = entry.num_frames
             if length is not None:
                 self.entries.append(entry)
                 self._names.append(entry.relpath)
@@ -316,7 +323,7 @@ class ManifestSource(ClipSource):
         if n < 1:
             self._reject(entry.relpath, f"{entry.path}: no frames")
             return None
-        if n != entry.num_frames:
+        if entry.num_frames is not None and n != entry.num_frames:
             logger.warning("%s: has %d frames but the manifest says %d; using %d", entry.path, n, entry.num_frames, n)
         return n
 

@@ -2,7 +2,8 @@
 
 ``python -m video_pretrain.train`` (Hydra, ``configs/video_pretrain.yaml``; ``objective=icvf|vip|tcn|none``)
 trains the encoder named by ``encoder.name`` with the objective's loss on frames of a video source (a
-``manifest.csv`` folder, or robot HDF5 image keys), and saves it with
+``manifest.csv`` folder, a folder of video files and frame folders, one video file, or robot HDF5 image keys), and
+saves it with
 :func:`robopretrain.nets.encoder_io.save_encoder` for stages 2 and 3 to load by path. The run folder
 (``output_dir``, by default the Hydra run folder) holds::
 
@@ -175,13 +176,15 @@ def resolve_data_path(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.data.path:
         path = Path(str(cfg.data.path)).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"data.path={path}: not found; expected a video folder with manifest.csv, a "
-                                    f"robomimic HDF5 file ({', '.join(HDF5_SUFFIXES)}) or a dataset of another "
-                                    "format robopretrain.data.convert reads")
+            raise FileNotFoundError(f"data.path={path}: not found; expected a video folder (with manifest.csv, or "
+                                    "video files and frame folders), a video file, a robomimic HDF5 file "
+                                    f"({', '.join(HDF5_SUFFIXES)}) or a dataset of another format "
+                                    "robopretrain.data.convert reads")
         return frames_path(path, cfg)
     if not cfg.data.generate:
         raise ValueError("video_pretrain config: data.path is not set and data.generate=false; give a video folder "
-                         "(manifest.csv), a robomimic HDF5 file, or set data.generate=true")
+                         "(manifest.csv, or video files), a video file, a robomimic HDF5 file, or set "
+                         "data.generate=true")
     out = run_dir / "videos"
     if (out / "manifest.csv").is_file():
         log.info("reusing generated videos %s", out)
@@ -196,8 +199,8 @@ def resolve_data_path(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def frames_path(path: Path, cfg: DictConfig) -> Path:
-    """``path`` itself for a video manifest (folder or .csv) or a robomimic HDF5 file (or anything of no recognised
-    format: its reader names the problem), else the cached robomimic conversion of a D4RL / OGBench / LeRobot / Minari
+    """``path`` itself for a video manifest (folder or .csv), a video file or folder, or a robomimic HDF5 file (or
+    anything of no recognised format: its reader names the problem), else the cached robomimic conversion of a D4RL / OGBench / LeRobot / Minari
     dataset (:func:`robopretrain.data.convert.as_robomimic`, cameras resized to ``image_size`` while converting; the
     same copy stages 2 and 3 read; ``+data.cache_dir`` as theirs), whose image key keeps the dataset's own name."""
     from robopretrain.data.convert import ConversionError, as_robomimic, detect_format

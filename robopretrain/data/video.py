@@ -10,6 +10,11 @@ Implements the "Video dataset" contract of ARCHITECTURE.md, the layout R3M/VIP/E
 ``path`` is relative to the manifest's folder and may not leave it (no absolute paths, no ``..``). The manifest
 is UTF-8, with or without a byte-order mark (as Excel and other Windows tools save it), LF or CRLF line ends.
 
+Without a manifest (:func:`clip_entries`), a single video file is a source of one clip, and a folder without
+``manifest.csv`` is read directly: its video files and frame folders (sub-folders of numbered frames), in name order,
+with no text; or, when it holds numbered frames itself, the folder is one clip. A manifest chooses the clips, their
+order and their texts (``sim_envs.collect_videos`` writes one).
+
 Frames come out as they are meant to be seen:
 
 - **Display rotation.** A video whose container carries a display matrix (phone videos: pixels stored
@@ -20,7 +25,8 @@ Frames come out as they are meant to be seen:
   values up to 4095), ``v8 = round(v * 255 / (2**b - 1))``, one scale for every frame of the clip (so its
   frames stay comparable), logged once per clip. Grayscale becomes 3 equal channels, alpha is dropped.
 
-API: :func:`read_manifest` parses and validates a manifest into :class:`VideoEntry` rows;
+API: :func:`read_manifest` parses and validates a manifest into :class:`VideoEntry` rows; :func:`clip_entries`
+lists the clips of a manifest, a video file or a folder without a manifest;
 :func:`read_frames` decodes a clip (all frames, or only chosen indices) to a uint8 (T, H, W, 3) array;
 :func:`count_frames` counts a clip's frames without decoding pixels. Every problem raises
 :class:`VideoDatasetError` naming the file (and manifest line) and what was expected.
@@ -53,11 +59,12 @@ class VideoDatasetError(ValueError):
 
 @dataclass(frozen=True)
 class VideoEntry:
-    """One row of a manifest: ``path`` (absolute), ``relpath`` (as written), ``num_frames``, ``text``."""
+    """One row of a manifest: ``path`` (absolute), ``relpath`` (as written), ``num_frames``, ``text``. A clip found
+    without a manifest (:func:`clip_entries`) has ``num_frames`` None (not listed: count it) and an empty text."""
 
     path: Path
     relpath: str
-    num_frames: int
+    num_frames: int | None
     text: str
 
     @property
@@ -107,6 +114,40 @@ def read_manifest(path: str | os.PathLike, check_counts: bool = False) -> list[V
     return entries
 
 
+def clip_entries(path: str | os.PathLike) -> list[VideoEntry]:
+    """The clips at ``path``: the rows of its manifest (``manifest.csv``, or a folder holding one, as
+    :func:`read_manifest`); else a video file (``.mp4``, ...) as one clip; else, for a folder without a manifest,
+    its video files and frame folders (sub-folders holding numbered frames) in name order, or the folder itself as
+    one clip when it holds numbered frames. Clips found without a manifest have ``num_frames`` None and no text.
+
+    Raises :class:`VideoDatasetError` for a file that is neither a manifest nor a video, and for a folder without a
+    manifest that holds no clips, or both numbered frames and other clips (saying how to write a manifest)."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+        return [VideoEntry(path=p, relpath=p.name, num_frames=None, text="")]
+    if not p.is_dir() or (p / MANIFEST_NAME).is_file():
+        if p.is_file() and p.suffix.lower() != ".csv":
+            raise VideoDatasetError(f"{p}: neither a video file ({', '.join(VIDEO_SUFFIXES)}) nor a manifest (.csv); "
+                                    f"give a video file, a folder of clips, or a {MANIFEST_NAME}")
+        return read_manifest(p)
+    clips = sorted(c for c in p.iterdir() if (c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES)
+                   or (c.is_dir() and _numbered_frames(c)))
+    frames_here = bool(_numbered_frames(p))
+    how = (f"write {p / MANIFEST_NAME} (header {','.join(MANIFEST_COLUMNS)}, one row per clip: a video file or a "
+           "folder of frames 000000.png, ..., relative to it; sim_envs.collect_videos writes one)")
+    if frames_here and clips:
+        raise VideoDatasetError(f"{p}: holds both numbered frames and other clips ({clips[0].name}, ...), and no "
+                                f"{MANIFEST_NAME} says which are the clips; {how}")
+    if frames_here:
+        return [VideoEntry(path=p, relpath=p.name, num_frames=None, text="")]
+    if not clips:
+        raise VideoDatasetError(f"{p}: no {MANIFEST_NAME}, no video files ({', '.join(VIDEO_SUFFIXES)}) and no folders "
+                                f"of numbered frames; {how}")
+    logger.info("%s: no %s; reading its %d video file(s) and frame folder(s) as clips, in name order, without texts "
+                "(a manifest chooses the clips, their order and texts)", p, MANIFEST_NAME, len(clips))
+    return [VideoEntry(path=c, relpath=c.name, num_frames=None, text="") for c in clips]
+
+
 def _parse_row(mpath: Path, root: Path, line: int, row: dict[str, str | None]) -> VideoEntry:
     where = f"{mpath}, line {line}"
     rel = (row.get("path") or "").strip()
@@ -143,13 +184,18 @@ def _as_path(clip: VideoEntry | str | os.PathLike) -> Path:
     return clip.path if isinstance(clip, VideoEntry) else Path(clip)
 
 
+def _numbered_frames(folder: Path) -> list[tuple[int, Path]]:
+    """(number, file) of the frame images of ``folder`` (``000000.jpg|png`` ...), in numeric order."""
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := FRAME_FILE_RE.match(p.name)))
+
+
 def frame_files(folder: str | os.PathLike) -> list[Path]:
     """The frame images of a frame folder (``000000.jpg|png`` ...), in numeric order."""
     folder = Path(folder)
-    files = [(int(m.group(1)), p) for p in folder.iterdir() if (m := FRAME_FILE_RE.match(p.name))]
+    files = _numbered_frames(folder)
     if not files:
         raise VideoDatasetError(f"{folder}: a frame folder without frames (expected 000000.jpg|png, ...)")
-    return [p for _, p in sorted(files)]
+    return [p for _, p in files]
 
 
 def count_frames(clip: VideoEntry | str | os.PathLike) -> int:
