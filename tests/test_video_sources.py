@@ -100,6 +100,24 @@ def test_a_video_file_or_a_folder_without_a_manifest_is_read_directly(video_dir,
         ManifestSource(tmp_path / "both", image_size=16)
 
 
+def test_frame_numbering_gaps_are_warned_once_per_clip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Frames 000000, 000001, 000002, 000005 were read as four consecutive steps without a word."""
+    frames = smooth_frames(6, 16, 16)
+    gappy, whole = tmp_path / "gappy", tmp_path / "whole"
+    gappy.mkdir()
+    for t, number in enumerate([0, 1, 2, 5, 9, 10]):
+        Image.fromarray(frames[t]).save(gappy / f"{number:06d}.png")
+    write_folder(whole, frames)
+    write_manifest(tmp_path, [("gappy", 6), ("whole", 6)])
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.video"):
+        src = ManifestSource(tmp_path, image_size=16)
+        ManifestSource(tmp_path, image_size=16)
+    assert src.lengths.tolist() == [6, 6]
+    warned = [r.getMessage() for r in caplog.records if "frame numbers jump" in r.getMessage()]
+    assert len(warned) == 1 and str(gappy) in warned[0], warned
+    assert "jump from 2 to 5 (1 more gap), 5 number(s) missing" in warned[0] and "consecutive steps" in warned[0]
+
+
 def test_the_crop_of_non_square_clips_is_said_once_and_can_be_a_stretch(video_dir, caplog, tmp_path) -> None:
     """Stage 1 cropped non-square clips while stages 2-3 stretch a non-square camera, silently: said once per source;
     data.stretch=true stretches here too (through video_pretrain.train's config)."""

@@ -15,6 +15,9 @@ Without a manifest (:func:`clip_entries`), a single video file is a source of on
 with no text; or, when it holds numbered frames itself, the folder is one clip. A manifest chooses the clips, their
 order and their texts (``sim_envs.collect_videos`` writes one).
 
+Frame folders are read in the order of their numbers, as consecutive steps: numbering with gaps (000002 then 000005,
+frames left out when the clip was saved) is warned once per clip, naming it and the gap.
+
 Frames come out as they are meant to be seen:
 
 - **Display rotation.** A video whose container carries a display matrix (phone videos: pixels stored
@@ -198,11 +201,32 @@ def frame_files(folder: str | os.PathLike) -> list[Path]:
     return [p for _, p in files]
 
 
+_GAPS_LOGGED: set[str] = set()
+
+
+def _warn_numbering_gaps(folder: Path, numbers: Sequence[int]) -> None:
+    """Warn once per folder when its frame numbers skip some (its frames are still read as consecutive steps)."""
+    steps = np.diff(np.asarray(numbers, dtype=np.int64))
+    gaps = np.flatnonzero(steps > 1)
+    if gaps.size == 0 or str(folder) in _GAPS_LOGGED:
+        return
+    _GAPS_LOGGED.add(str(folder))
+    first = int(gaps[0])
+    more = f" ({gaps.size - 1} more gap{'s' if gaps.size > 2 else ''})" if gaps.size > 1 else ""
+    logger.warning("%s: frame numbers jump from %d to %d%s, %d number(s) missing in all: its %d frames are read as "
+                   "consecutive steps (time-contrastive and value objectives take them as such); renumber the frames "
+                   "without gaps, or split the clip at the gaps", folder, numbers[first], numbers[first + 1], more,
+                   int((steps[gaps] - 1).sum()), len(numbers))
+
+
 def count_frames(clip: VideoEntry | str | os.PathLike) -> int:
-    """Number of frames of a clip: frame files in a folder, or video packets of a video (no pixel decoding)."""
+    """Number of frames of a clip: frame files in a folder, or video packets of a video (no pixel decoding). A frame
+    folder whose numbering has gaps is warned about, once per folder."""
     path = _as_path(clip)
     if path.is_dir():
-        return len(frame_files(path))
+        files = frame_files(path)
+        _warn_numbering_gaps(path, [int(FRAME_FILE_RE.match(f.name).group(1)) for f in files])
+        return len(files)
     container = _open_video(path)
     try:
         stream = container.streams.video[0]
