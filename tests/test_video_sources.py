@@ -118,6 +118,21 @@ def test_frame_numbering_gaps_are_warned_once_per_clip(tmp_path: Path, caplog: p
     assert "jump from 2 to 5 (1 more gap), 5 number(s) missing" in warned[0] and "consecutive steps" in warned[0]
 
 
+def test_the_resize_of_video_frames_is_logged_once(video_dir, caplog: pytest.LogCaptureFixture) -> None:
+    """Stage 1 said the source size -> model size only for HDF5 image keys: now for video and frame sources too."""
+    root, _, _ = video_dir
+    with caplog.at_level(logging.INFO, logger="video_pretrain.data"):
+        ManifestSource(root, image_size=16)
+    said = [r.getMessage() for r in caplog.records if "resized to image_size" in r.getMessage()]
+    assert said == [f"{root}: frames of 32x48 (1 clip), 40x40 (1 clip), resized to image_size=16 (the central square "
+                    "of non-square ones); an encoder trained on them takes 16 px cameras in stage 2 (image_size=32 "
+                    "trains at the most common clips' size)"], said
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="video_pretrain.data"):
+        ManifestSource(root / "episode_0", image_size=40)  # already the model's size: nothing to say
+    assert "resized to image_size" not in caplog.text
+
+
 def test_the_crop_of_non_square_clips_is_said_once_and_can_be_a_stretch(video_dir, caplog, tmp_path) -> None:
     """Stage 1 cropped non-square clips while stages 2-3 stretch a non-square camera, silently: said once per source;
     data.stretch=true stretches here too (through video_pretrain.train's config)."""

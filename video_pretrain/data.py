@@ -16,7 +16,8 @@ as uint8 (T, image_size, image_size, 3) RGB. Indices are in the strided space: w
   source type from the path).
 
 Frames are resized to ``image_size`` with antialiased bilinear interpolation (torch), after cropping the
-central square when a clip is not square (``center_crop=True``; ``False`` stretches instead).
+central square when a clip is not square (``center_crop=True``; ``False`` stretches instead). Each source logs, once
+at construction, the frame sizes it resizes from (one info line).
 
 **Cache.** Each source keeps an LRU cache (:class:`ClipCache`) of whole decoded clips (strided and
 resized), bounded by ``max_cache_bytes``. A clip that fits is decoded whole on first use; one that does not
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from robopretrain.data.hdf5 import DatasetError, read_info, select_demos
-from robopretrain.data.video import VideoDatasetError, VideoEntry, clip_entries, count_frames, read_frames
+from robopretrain.data.video import VideoDatasetError, VideoEntry, clip_entries, count_frames, frame_size, read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -290,8 +291,9 @@ class ManifestSource(ClipSource):
     and frame folders: :func:`robopretrain.data.video.clip_entries`). Manifest problems (bad columns, a listed path
     that does not exist) and a path holding no clips raise :class:`VideoDatasetError`. With ``check_clips``
     (default) every clip's frames are counted at construction (demuxing only) and the count found is used when it
-    differs from the manifest's ``num_frames`` (logged); without it the manifest's counts are trusted (clips it does
-    not list are counted).
+    differs from the manifest's ``num_frames`` (logged), and the frame sizes read from the clips' headers are logged
+    (one info line, when they differ from ``image_size``); without it the manifest's counts are trusted (clips it
+    does not list are counted).
     """
 
     def __init__(self, path: str | os.PathLike, image_size: int, stride: int = 1,
@@ -301,20 +303,26 @@ class ManifestSource(ClipSource):
         self.path = Path(path)
         self.entries: list[VideoEntry] = []
         listed = clip_entries(self.path)
+        sizes: dict[tuple[int, int], int] = {}
         for entry in tqdm(listed, desc="checking clips", unit="clip", disable=not check_clips or len(listed) < 64,
                           leave=False):
             if check_clips or entry.num_frames is None:  # a clip found without a manifest is counted
-                length = self._checked_length(entry)
+                checked = self._checked_clip(entry)
+                length = None if checked is None else checked[0]
             else:
-                length = entry.num_frames
+                checked, length = None, entry.num_frames
             if length is not None:
                 self.entries.append(entry)
                 self._names.append(entry.relpath)
                 self._raw_lengths.append(length)
+                if checked is not None and checked[1] is not None:
+                    sizes[checked[1]] = sizes.get(checked[1], 0) + 1
         if not self.entries:
             raise VideoDatasetError(f"{self.path}: no readable clips (bad: {self.bad_videos})")
+        self._log_sizes(sizes)
 
-    def _checked_length(self, entry: VideoEntry) -> int | None:
+    def _checked_clip(self, entry: VideoEntry) -> tuple[int, tuple[int, int] | None] | None:
+        """(frames, (height, width) or None when the header does not say) of a readable clip, else None (rejected)."""
         try:
             n = count_frames(entry)
         except VideoDatasetError as exc:
@@ -325,7 +333,25 @@ class ManifestSource(ClipSource):
             return None
         if entry.num_frames is not None and n != entry.num_frames:
             logger.warning("%s: has %d frames but the manifest says %d; using %d", entry.path, n, entry.num_frames, n)
-        return n
+        try:
+            size: tuple[int, int] | None = frame_size(entry)
+        except VideoDatasetError:  # decoding says what is wrong, if anything
+            size = None
+        return n, size
+
+    def _log_sizes(self, sizes: dict[tuple[int, int], int]) -> None:
+        """One info line: the clips' frame sizes (most common first) and the size they are resized to, as
+        :class:`HDF5ImageSource` says it for its image key; nothing when every clip already has that size."""
+        if not sizes or set(sizes) == {(self.image_size, self.image_size)}:
+            return
+        ranked = sorted(sizes.items(), key=lambda kv: -kv[1])
+        listed = ", ".join(f"{h}x{w} ({n} clip{'s' if n > 1 else ''})" for (h, w), n in ranked[:4])
+        more = f", {len(ranked) - 4} other sizes" if len(ranked) > 4 else ""
+        crop = self.center_crop and any(h != w for h, w in sizes)
+        logger.info("%s: frames of %s%s, resized to image_size=%d%s; an encoder trained on them takes %d px cameras in "
+                    "stage 2 (image_size=%d trains at %s size)", self.path, listed, more, self.image_size,
+                    " (the central square of non-square ones)" if crop else "", self.image_size, min(ranked[0][0]),
+                    "their" if len(ranked) == 1 else "the most common clips'")
 
     def video_text(self, i: int) -> str:
         """The manifest's ``text`` of video ``i``."""

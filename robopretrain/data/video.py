@@ -31,7 +31,8 @@ Frames come out as they are meant to be seen:
 API: :func:`read_manifest` parses and validates a manifest into :class:`VideoEntry` rows; :func:`clip_entries`
 lists the clips of a manifest, a video file or a folder without a manifest;
 :func:`read_frames` decodes a clip (all frames, or only chosen indices) to a uint8 (T, H, W, 3) array;
-:func:`count_frames` counts a clip's frames without decoding pixels. Every problem raises
+:func:`count_frames` counts a clip's frames without decoding pixels; :func:`frame_size` reads a clip's frame size
+from its header. Every problem raises
 :class:`VideoDatasetError` naming the file (and manifest line) and what was expected.
 """
 from __future__ import annotations
@@ -233,6 +234,25 @@ def count_frames(clip: VideoEntry | str | os.PathLike) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
     except av.FFmpegError as exc:
         raise VideoDatasetError(f"{path}: corrupt or unreadable video ({exc})") from exc
+    finally:
+        container.close()
+
+
+def frame_size(clip: VideoEntry | str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of a clip's frames, from its header only: a frame folder's first image, a video's stream (as
+    stored: a display rotation of 90 degrees swaps them when read). :class:`VideoDatasetError` when unreadable."""
+    path = _as_path(clip)
+    if path.is_dir():
+        first = frame_files(path)[0]
+        try:
+            with Image.open(first) as im:
+                return int(im.height), int(im.width)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise VideoDatasetError(f"{first}: corrupt or unreadable image ({exc})") from exc
+    container = _open_video(path)
+    try:
+        context = container.streams.video[0].codec_context
+        return int(context.height), int(context.width)
     finally:
         container.close()
 
