@@ -20,6 +20,8 @@ Use it in an entry point as::
   (``'data.path="/a/b=c.hdf5"'``), and a sweep (``a,b``) without ``-m`` likewise. Without ``-m``, it then
   composes the config with the overrides, so an unknown key or a group replaced by a value is reported as
   ``error: config: ...`` on one line (Hydra itself prints a multi-line message).
+* ``--help`` (:func:`entry_point_help`) lists only the config groups the entry point's config reads (Hydra's own
+  lists every folder of ``configs/``: stage 2's ``algo`` under stage 1), then the composed config.
 * :func:`friendly_errors` turns the toolkit's known error classes (bad datasets, video manifests, encoder and
   training checkpoints, a non-finite loss, config validation, rendering unavailable with this ``MUJOCO_GL``)
   into ``error: <message>`` on stderr and exit code 2, with no traceback. Anything else is a bug and keeps
@@ -321,10 +323,73 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
             report_and_exit(ValueError(sweep_problem(override)), prefix="error: config")
 
 
+def config_groups(config_name: str, config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
+    """The config groups ``configs/<config_name>.yaml`` reads (those its ``defaults`` list chooses from), each with
+    its options (the ``.yaml`` files of ``configs/<group>/``), by name."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(config_dir / f"{config_name}.yaml")).get("defaults") or []
+    groups = sorted(str(k) for entry in defaults if isinstance(entry, dict) for k in entry
+                    if not str(k).startswith(("hydra", "override ")))
+    return {g: sorted(p.stem for p in (config_dir / g).glob("*.yaml")) for g in groups}
+
+
+def _job_name(main: Callable[[], Any]) -> str:
+    """The name Hydra gives the job of the entry point ``main`` (its file's or module's last name)."""
+    module = str(getattr(main, "__module__", "") or "")
+    if module == "__main__":
+        file = getattr(sys.modules.get("__main__"), "__file__", None)
+        return Path(file).stem if file else "app"
+    return module.rsplit(".", 1)[-1] or "app"
+
+
+def entry_point_help(config_name: str, overrides: list[str] | None = None, job_name: str = "app",
+                     config_dir: Path = CONFIG_DIR) -> str:
+    """What ``--help`` prints for the entry point of ``configs/<config_name>.yaml``: Hydra's help (the config's
+    ``hydra.help`` header, template and footer, the config composed with ``overrides``), except that the
+    configuration groups listed are only those this config reads (:func:`config_groups`); Hydra's own ``--help``
+    lists every folder of ``configs/`` (stage 2's ``algo``, ``dr``, ``gap`` under stage 1), which the entry point
+    would refuse or ignore. Raises Hydra's errors for overrides it cannot compose."""
+    import copy
+    import string
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    try:
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=[*(overrides or []), f"hydra.job.name={job_name}"],
+                          return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    groups = config_groups(config_name, config_dir)
+    listed = "\n".join(f"{group}: {', '.join(options)}" for group, options in groups.items())
+    shown = copy.deepcopy(cfg)
+    with open_dict(shown):
+        del shown["hydra"]
+    return string.Template(str(cfg.hydra.help.template)).safe_substitute(
+        APP_CONFIG_GROUPS=listed or "(none: this command reads no config group)",
+        CONFIG=OmegaConf.to_yaml(shown, resolve=False))
+
+
 def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:
-    """Check the command line (see the module docstring), then run the Hydra ``main``."""
+    """Check the command line (see the module docstring), then run the Hydra ``main``. ``--help`` prints
+    :func:`entry_point_help` (the config groups this entry point reads, not every folder of ``configs/``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     ns = hydra_command_line(args)
+    if ns is not None and ns.help and not (ns.hydra_help or ns.config_path or ns.config_dir) \
+            and (CONFIG_DIR / f"{ns.config_name or config_name}.yaml").is_file():
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            text = entry_point_help(ns.config_name or config_name, list(ns.overrides), _job_name(main))
+        except (HydraException, OmegaConfBaseException):  # an override that does not compose: one line on it
+            validate_overrides(ns.config_name or config_name, list(ns.overrides))
+            return main()  # (what validate_overrides let pass: Hydra says what is wrong)
+        print(text)
+        return None
     if ns is not None and not (ns.help or ns.hydra_help or ns.info or ns.shell_completion):
         check_overrides(list(ns.overrides), multirun=bool(ns.multirun))
         if ns.overrides and not (ns.multirun or ns.config_path or ns.config_dir or ns.experimental_rerun):

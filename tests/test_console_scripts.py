@@ -196,3 +196,24 @@ def test_a_key_the_config_lacks_is_not_answered_with_hydras_plus_hint(capsys, co
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert expected in err and "+algo" not in err
     assert missing_group_problem("robopretrain", "Could not find 'algo/foo'") is None  # other messages: Hydra's
+
+
+@pytest.mark.parametrize("config_name, override, reads", [
+    ("video_pretrain", "seed=3", ["logger", "objective"]),
+    ("evaluate", "eval_seed=3", ["gap"]),
+    ("robopretrain", "seed=3", ["algo", "data", "dr", "gap", "logger"]),
+    ("reward_model", "seed=3", []),  # its own template lists no groups at all
+])
+def test_help_lists_only_the_config_groups_the_entry_point_reads(capsys, config_name, override, reads):
+    """``video_pretrain.train --help`` listed stage 2's algo, data, dr and gap, ``robopretrain.evaluate --help`` also
+    objective and logger: Hydra lists every folder of configs/, groups these entry points refuse or never read."""
+    from robopretrain.cli import run_hydra
+
+    def main() -> None:
+        raise AssertionError("--help ran the entry point")
+
+    run_hydra(main, config_name, ["--help", override])
+    out = capsys.readouterr().out
+    assert "is powered by Hydra" in out and override.replace("=", ": ") in out  # the header, the config as overridden
+    groups = out.split("== Config ==")[0].split("== Configuration groups ==")[-1]
+    assert [line.split(":")[0] for line in groups.splitlines() if ": " in line] == reads, out
