@@ -118,6 +118,24 @@ def test_frame_numbering_gaps_are_warned_once_per_clip(tmp_path: Path, caplog: p
     assert "jump from 2 to 5 (1 more gap), 5 number(s) missing" in warned[0] and "consecutive steps" in warned[0]
 
 
+def test_frames_named_with_a_prefix_are_read_and_two_sequences_in_one_folder_refused(tmp_path: Path) -> None:
+    """frame_0001.png ... (a common export naming) read as a folder without frames; a folder holding two cameras'
+    sequences (left_N, right_N) must not be read interleaved."""
+    from robopretrain.data.video import VideoDatasetError, count_frames, frame_files
+
+    frames = smooth_frames(12, 16, 16)
+    named = tmp_path / "named"
+    named.mkdir()
+    for t in (10, 9, 1, 0, 2):  # numbers, not names, order them: frame_10 after frame_9
+        Image.fromarray(frames[t]).save(named / f"frame_{t}.png")
+    assert [p.name for p in frame_files(named)] == ["frame_0.png", "frame_1.png", "frame_2.png", "frame_9.png",
+                                                     "frame_10.png"]
+    assert count_frames(named) == 5
+    (named / "left_0.png").write_bytes((named / "frame_0.png").read_bytes())
+    with pytest.raises(VideoDatasetError, match=r"numbered images of 2 sequences \('frame_N', 'left_N'\)"):
+        frame_files(named)
+
+
 def test_the_resize_of_video_frames_is_logged_once(video_dir, caplog: pytest.LogCaptureFixture) -> None:
     """Stage 1 said the source size -> model size only for HDF5 image keys: now for video and frame sources too."""
     root, _, _ = video_dir

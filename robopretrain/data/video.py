@@ -5,7 +5,7 @@ Implements the "Video dataset" contract of ARCHITECTURE.md, the layout R3M/VIP/E
     videos/
       manifest.csv        columns path,num_frames,text (extra columns are ignored)
       clip_00000.mp4      a video file (.mp4; .webm/.mkv/.mov/.avi are decoded the same way)
-      episode_7/          or a folder of frames 000000.jpg|png, 000001.jpg|png, ...
+      episode_7/          or a folder of frames 000000.jpg|png, 000001.jpg|png, ... (or frame_0000.png, ...)
 
 ``path`` is relative to the manifest's folder and may not leave it (no absolute paths, no ``..``). The manifest
 is UTF-8, with or without a byte-order mark (as Excel and other Windows tools save it), LF or CRLF line ends.
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "num_frames", "text")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
-FRAME_FILE_RE = re.compile(r"^(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
+FRAME_FILE_RE = re.compile(r"^(.*?)(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)  # prefix, number (000012, frame_0012)
 
 
 class VideoDatasetError(ValueError):
@@ -189,16 +189,26 @@ def _as_path(clip: VideoEntry | str | os.PathLike) -> Path:
 
 
 def _numbered_frames(folder: Path) -> list[tuple[int, Path]]:
-    """(number, file) of the frame images of ``folder`` (``000000.jpg|png`` ...), in numeric order."""
-    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := FRAME_FILE_RE.match(p.name)))
+    """(number, file) of the frame images of ``folder`` (``000000.jpg|png``, or with one prefix before the number,
+    ``frame_0000.png`` ...), in numeric order. Raises :class:`VideoDatasetError` when its numbered images have
+    several prefixes (two cameras' frames in one folder would be read interleaved)."""
+    found = [(m.group(1), int(m.group(2)), p) for p in folder.iterdir() if (m := FRAME_FILE_RE.match(p.name))]
+    prefixes = sorted({prefix for prefix, _, _ in found})
+    if len(prefixes) > 1:
+        names = ", ".join(repr(x + "N") for x in prefixes[:4]) + (", ..." if len(prefixes) > 4 else "")
+        raise VideoDatasetError(f"{folder}: numbered images of {len(prefixes)} sequences ({names}); a frame folder is "
+                                "one clip: put each sequence (camera) in a folder of its own")
+    return sorted((number, p) for _, number, p in found)
 
 
 def frame_files(folder: str | os.PathLike) -> list[Path]:
-    """The frame images of a frame folder (``000000.jpg|png`` ...), in numeric order."""
+    """The frame images of a frame folder (``000000.jpg|png`` or ``frame_0000.png`` ..., :func:`_numbered_frames`),
+    in numeric order."""
     folder = Path(folder)
     files = _numbered_frames(folder)
     if not files:
-        raise VideoDatasetError(f"{folder}: a frame folder without frames (expected 000000.jpg|png, ...)")
+        raise VideoDatasetError(f"{folder}: a frame folder without frames (expected 000000.jpg|png, ... or "
+                                "frame_0000.png, ...: numbered, one prefix)")
     return [p for _, p in files]
 
 
@@ -226,7 +236,7 @@ def count_frames(clip: VideoEntry | str | os.PathLike) -> int:
     path = _as_path(clip)
     if path.is_dir():
         files = frame_files(path)
-        _warn_numbering_gaps(path, [int(FRAME_FILE_RE.match(f.name).group(1)) for f in files])
+        _warn_numbering_gaps(path, [int(FRAME_FILE_RE.match(f.name).group(2)) for f in files])
         return len(files)
     container = _open_video(path)
     try:
