@@ -304,3 +304,22 @@ def test_cli_error_has_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "missing" in proc.stderr
+
+
+def test_a_folder_of_videos_without_a_manifest_and_one_video_file_are_summarised(tmp_path: Path, capsys) -> None:
+    """Stage 1 reads a folder of clips without manifest.csv and a single video file; inspect refused both (a folder
+    without manifest.csv; the video file read as an HDF5 file)."""
+    folder = write_tiny_video_folder(tmp_path / "videos")
+    (folder / "manifest.csv").unlink()
+    assert main([str(folder), "--out", str(tmp_path / "s.png"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "clips: 2 (2 .mp4)" in out and "mean 7.0, min 5, max 9; total 14" in out  # counted, as in the manifest
+    assert "no manifest.csv: the clips stage 1 reads" in out and "all match the manifest" not in out
+    assert main([str(folder / "clip_00001.mp4"), "--out", str(tmp_path / "one.png")]) == 0
+    out = capsys.readouterr().out
+    assert "clips: 1 (1 .mp4)" in out and "total 9" in out
+    assert (tmp_path / "one.png").is_file()
+    (folder / "clip_00000.mp4").write_bytes(b"not a video")  # unreadable: named, the other summarised
+    assert main([str(folder), "--out", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "clips: 1 (1 .mp4)" in out and "clip_00000.mp4: unreadable" in out

@@ -12,8 +12,9 @@
 - LeRobot v3 folders, Minari folders, D4RL-style HDF5 and OGBench ``.npz``: summarized (and sheeted) through
   the converted copy :func:`robopretrain.data.convert.as_robomimic` makes (the same one training reads), with a
   first line naming the format and that copy.
-- video folder with ``manifest.csv`` (the "Video dataset" contract): clip count, frames per clip, the texts
-  and how often each occurs; ``--verify`` also counts every clip's frames against the manifest. Contact
+- video folder with ``manifest.csv`` (the "Video dataset" contract), a folder of clips without one or a single
+  video file (as stage 1 reads them, frames counted): clip count, frames per clip, the texts and how often each
+  occurs; ``--verify`` also counts every clip's frames against the manifest. Contact
   sheet: ``--clips`` clips spread over the manifest as rows, labelled with their text.
 
 The PNG goes to ``--out`` or next to the input as ``<name>_contact_sheet.png`` (written atomically).
@@ -40,8 +41,8 @@ import numpy as np
 
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
-from robopretrain.data.video import (MANIFEST_NAME, VideoDatasetError, VideoEntry, read_frames,
-                                     read_manifest, count_frames)
+from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
+                                     count_frames, read_frames)
 from robopretrain.files import atomic_file
 
 DEMO_RE = re.compile(r"^demo_(\d+)$")
@@ -405,6 +406,7 @@ class VideoSummary:
     entries: list[VideoEntry]
     texts: Counter
     mismatches: list[str]
+    manifest: bool = True  # the clips are a manifest's rows (else found as stage 1 finds them, frames counted)
 
     @property
     def frame_counts(self) -> np.ndarray:
@@ -412,12 +414,24 @@ class VideoSummary:
 
 
 def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSummary:
-    """Clip count, frame counts and texts of a video folder; with ``verify``, frame counts checked, and a clip whose
-    count differs from the manifest's summarised (and drawn) with its counted frames, as stage 1 uses it."""
+    """Clip count, frame counts and texts of a video folder (with ``manifest.csv``, or without: its clips as stage 1
+    finds them, :func:`~robopretrain.data.video.clip_entries`, their frames counted) or of one video file; with
+    ``verify``, a manifest's frame counts checked, and a clip whose count differs from the manifest's summarised
+    (and drawn) with its counted frames, as stage 1 uses it."""
     folder = Path(folder)
-    entries = read_manifest(folder)
+    entries = clip_entries(folder)
+    listed = all(e.num_frames is not None for e in entries)  # a manifest's rows, with their frame counts
     mismatches = []
-    if verify:
+    for i, e in enumerate(entries):
+        if e.num_frames is None:  # a clip found without a manifest: counted, as stage 1 counts it
+            try:
+                entries[i] = dataclasses.replace(e, num_frames=count_frames(e.path))
+            except VideoDatasetError as err:
+                mismatches.append(f"{e.relpath}: unreadable ({err})")
+    entries = [e for e in entries if e.num_frames is not None]
+    if not entries:
+        raise VideoDatasetError(f"{folder}: no readable clip ({mismatches[0]})")
+    if verify and listed:
         for i, e in enumerate(entries):
             try:
                 actual = count_frames(e.path)
@@ -427,7 +441,7 @@ def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSu
             if actual != e.num_frames:
                 mismatches.append(f"{e.relpath}: {actual} frames, manifest says {e.num_frames}")
                 entries[i] = dataclasses.replace(e, num_frames=actual)
-    return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches)
+    return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches, manifest=listed)
 
 
 STAGE1_MIN_FRAMES = 3  # the longest of stage 1's samplers' minimum clip lengths (video_pretrain/sampling.py)
@@ -452,9 +466,11 @@ def format_video_summary(s: VideoSummary, verified: bool = False, top: int = 15)
         lines.append(f"  {count:>5}  {shown or '(empty)'}")
     if len(s.texts) > top:
         lines.append(f"  ... and {len(s.texts) - top} more")
-    if verified:
+    if not s.manifest:
+        lines.append(f"no {MANIFEST_NAME}: the clips stage 1 reads, in name order, frames counted, without texts")
+    if (verified and s.manifest) or s.mismatches:
         lines.append("frame counts: all match the manifest" if not s.mismatches else
-                     "frame count mismatches:\n  " + "\n  ".join(s.mismatches))
+                     "frame count mismatches and unreadable clips:\n  " + "\n  ".join(s.mismatches))
     return "\n".join(lines)
 
 
@@ -533,13 +549,14 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
     ``demos``: a robot file's summary ends with one line per demo (:func:`format_demo_table`)."""
     path = Path(path)
     if not path.exists():
-        raise InspectError(f"{path}: no such file or folder (expected a robomimic HDF5 file or a video folder "
-                           f"with {MANIFEST_NAME})")
+        raise InspectError(f"{path}: no such file or folder (expected a robomimic HDF5 file, a video folder or a "
+                           "video file)")
     if path.is_file() and path.name == MANIFEST_NAME:
         path = path.parent
     out_path = Path(out) if out is not None else default_sheet_path(path)
     note = ""
-    if not (path.is_dir() and (path / MANIFEST_NAME).is_file()):
+    videos = path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()
+    if not videos and not (path.is_dir() and (path / MANIFEST_NAME).is_file()):
         try:
             fmt = detect_format(path)
         except ConversionError:
@@ -548,10 +565,7 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
             converted = as_robomimic(path, fmt=fmt)
             note = f"format: {fmt} (read through its converted copy {converted})\n"
             path = converted
-    if path.is_dir():
-        if not (path / MANIFEST_NAME).is_file():
-            raise InspectError(f"{path}: a folder without {MANIFEST_NAME} (expected a video dataset folder with "
-                               f"{MANIFEST_NAME}, columns path,num_frames,text)")
+    if path.is_dir() or videos:  # a video folder (with or without manifest.csv, as stage 1 reads it) or one video
         summary = summarize_videos(path, verify=verify)
         text = format_video_summary(summary, verified=verify)
         unreadable: list[str] = []
@@ -581,10 +595,10 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m robopretrain.data.inspect",
-                                description="Summarize a robomimic HDF5 file or a video folder (manifest.csv) "
+                                description="Summarize a robomimic HDF5 file or a video folder or file "
                                             "and write a contact-sheet PNG.")
-    p.add_argument("path", help="robomimic .hdf5 file, a video folder holding manifest.csv, or a LeRobot v3 / "
-                                "Minari folder, D4RL-style .hdf5 or OGBench .npz")
+    p.add_argument("path", help="robomimic .hdf5 file, a video folder (with manifest.csv or not) or video file, "
+                                "a LeRobot v3 / Minari folder, D4RL-style .hdf5 or OGBench .npz")
     p.add_argument("--out", default=None, help="contact sheet PNG (default: <name>_contact_sheet.png next to the input)")
     p.add_argument("--frames", type=int, default=8, help="frames per row, evenly spaced in time (default 8)")
     p.add_argument("--per-task", type=int, default=2, help="HDF5: episodes shown per task (default 2)")
