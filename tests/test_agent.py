@@ -3,6 +3,8 @@ encoder transfer modes from a stage-1 checkpoint, which loss trains which encode
 observation spec (no cameras, 1, 2)."""
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from pathlib import Path
 
@@ -522,6 +524,13 @@ def test_an_augmentation_shift_past_a_quarter_of_the_frame_is_warned_and_a_negat
         assert ("mostly border pixels" in caplog.text) == warned, pad
     with pytest.raises(ValueError, match=r"encoder.augment_pad=-1; expected a shift in pixels >= 0"):
         Agent(spec, 4, "bc", ALGO["bc"], EncoderSettings(mode="scratch", augment_pad=-1), seed=0)
+    # half the frame or more: refused, as stage 1 refuses it (stage 2 only warned)
+    half = EncoderSettings(mode="scratch", augment_pad=spec.image_size // 2, kwargs={"channels": 4, "out_dim": 8})
+    with pytest.raises(ValueError, match=rf"augment_pad={spec.image_size // 2} on {spec.image_size} px frames; "
+                                         rf"expected a shift smaller than half the frame, at most "
+                                         rf"{(spec.image_size - 1) // 2} px"):
+        Agent(spec, 4, "bc", ALGO["bc"], half, seed=0)
+    Agent(spec, 4, "bc", ALGO["bc"], dataclasses.replace(half, augment_pad=(spec.image_size - 1) // 2), seed=0)
 
 
 def test_act_checks_each_part_of_the_observation_against_the_spec():
