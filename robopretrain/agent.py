@@ -288,10 +288,6 @@ class Agent:
         pad = self.settings.augment_pad if self.trains_encoder else 0
         if pad < 0:
             raise ValueError(f"encoder.augment_pad={pad}; expected a shift in pixels >= 0 (0: none)")
-        if spec.image_size and 2 * pad >= spec.image_size:  # the rest of the frame is border (stage 1's rule too)
-            raise ValueError(f"encoder.augment_pad={pad} on {spec.image_size} px frames; expected a shift smaller than "
-                             f"half the frame, at most {(spec.image_size - 1) // 2} px (DrQ shifts 4 px at 84 px; "
-                             "0: off)")
         if spec.image_size and pad > spec.image_size // 4:
             log.warning("encoder.augment_pad=%d on %d px frames: shifts up to %d%% of the frame, mostly border pixels "
                         "(DrQ shifts 4 px at 84 px)", pad, spec.image_size, round(100 * pad / spec.image_size))

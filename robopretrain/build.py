@@ -329,6 +329,11 @@ def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset | D
     settings = EncoderSettings.from_mapping(plain(cfg.get("encoder")) or {})
     agent = Agent(spec, act_dim, str(cfg.algo.name), algo_overrides(cfg.algo), settings, stats=stats, device=device,
                   seed=int(cfg.seed))
+    pad = settings.augment_pad if agent.trains_encoder else 0
+    if spec.image_size and 2 * pad >= spec.image_size:  # the rest of the frame is border (stage 1's rule too); a
+        # saved agent with such a shift (warned before) still loads: the shift only acts in training
+        raise ValueError(f"encoder.augment_pad={pad} on {spec.image_size} px frames; expected a shift smaller than "
+                         f"half the frame, at most {(spec.image_size - 1) // 2} px (DrQ shifts 4 px at 84 px; 0: off)")
     if spec.rgb:
         shared = "one encoder for actor and critic" if agent.actor_encoder is agent.critic_encoder else \
             "separate actor and critic encoders"

@@ -3,10 +3,10 @@ encoder transfer modes from a stage-1 checkpoint, which loss trains which encode
 observation spec (no cameras, 1, 2)."""
 from __future__ import annotations
 
-import dataclasses
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -524,13 +524,24 @@ def test_an_augmentation_shift_past_a_quarter_of_the_frame_is_warned_and_a_negat
         assert ("mostly border pixels" in caplog.text) == warned, pad
     with pytest.raises(ValueError, match=r"encoder.augment_pad=-1; expected a shift in pixels >= 0"):
         Agent(spec, 4, "bc", ALGO["bc"], EncoderSettings(mode="scratch", augment_pad=-1), seed=0)
-    # half the frame or more: refused, as stage 1 refuses it (stage 2 only warned)
-    half = EncoderSettings(mode="scratch", augment_pad=spec.image_size // 2, kwargs={"channels": 4, "out_dim": 8})
+    # half the frame or more: a new stage-2 agent is refused, as stage 1 refuses it (stage 2 only warned); a saved
+    # agent with such a shift still rebuilds (evaluate, stage 3)
+    from omegaconf import OmegaConf
+
+    from robopretrain.build import new_agent
+
+    half = {"mode": "scratch", "augment_pad": spec.image_size // 2, "kwargs": {"channels": 4, "out_dim": 8}}
+    cfg = OmegaConf.create({"algo": {"name": "bc", **ALGO["bc"]}, "encoder": half, "seed": 0,
+                            "obs": {"normalize": False}})
+    data = SimpleNamespace(arrays=lambda: {"observations": {}})
     with pytest.raises(ValueError, match=rf"augment_pad={spec.image_size // 2} on {spec.image_size} px frames; "
                                          rf"expected a shift smaller than half the frame, at most "
                                          rf"{(spec.image_size - 1) // 2} px"):
-        Agent(spec, 4, "bc", ALGO["bc"], half, seed=0)
-    Agent(spec, 4, "bc", ALGO["bc"], dataclasses.replace(half, augment_pad=(spec.image_size - 1) // 2), seed=0)
+        new_agent(cfg, spec, 4, data, torch.device("cpu"))
+    cfg.encoder.augment_pad = (spec.image_size - 1) // 2
+    new_agent(cfg, spec, 4, data, torch.device("cpu"))
+    saved = Agent(spec, 4, "bc", ALGO["bc"], EncoderSettings(**half), seed=0)
+    assert Agent.from_description(saved.describe()).settings.augment_pad == spec.image_size // 2
 
 
 def test_act_checks_each_part_of_the_observation_against_the_spec():
