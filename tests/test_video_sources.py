@@ -131,9 +131,19 @@ def test_frames_named_with_a_prefix_are_read_and_two_sequences_in_one_folder_ref
     assert [p.name for p in frame_files(named)] == ["frame_0.png", "frame_1.png", "frame_2.png", "frame_9.png",
                                                      "frame_10.png"]
     assert count_frames(named) == 5
+    (named / "._frame_1.png").write_bytes(b"a macOS copy's AppleDouble file")  # hidden: not a frame
+    assert len(frame_files(named)) == 5
     (named / "left_0.png").write_bytes((named / "frame_0.png").read_bytes())
     with pytest.raises(VideoDatasetError, match=r"numbered images of 2 sequences \('frame_N', 'left_N'\)"):
         frame_files(named)
+    bare = tmp_path / "bare"  # 000000.png ... beside mask_000000.png ...: the bare numbers are the frames (as before)
+    write_folder(bare, frames[:4])
+    for t in range(4):
+        (bare / f"mask_{t:06d}.png").write_bytes((bare / f"{t:06d}.png").read_bytes())
+    assert [p.name for p in frame_files(bare)] == [f"{t:06d}.png" for t in range(4)]
+    from robopretrain.data.video import clip_entries
+
+    assert [e.relpath for e in clip_entries(tmp_path)] == ["bare"]  # named is ambiguous: not a clip (warned)
 
 
 def test_the_resize_of_video_frames_is_logged_once(video_dir, caplog: pytest.LogCaptureFixture) -> None:

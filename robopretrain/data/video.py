@@ -134,8 +134,8 @@ def clip_entries(path: str | os.PathLike) -> list[VideoEntry]:
             raise VideoDatasetError(f"{p}: neither a video file ({', '.join(VIDEO_SUFFIXES)}) nor a manifest (.csv); "
                                     f"give a video file, a folder of clips, or a {MANIFEST_NAME}")
         return read_manifest(p)
-    clips = sorted(c for c in p.iterdir() if (c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES)
-                   or (c.is_dir() and _numbered_frames(c)))
+    clips = sorted(c for c in p.iterdir() if not c.name.startswith(".") and (
+        (c.is_file() and c.suffix.lower() in VIDEO_SUFFIXES) or (c.is_dir() and _frame_folder(c))))
     frames_here = bool(_numbered_frames(p))
     how = (f"write {p / MANIFEST_NAME} (header {','.join(MANIFEST_COLUMNS)}, one row per clip: a video file or a "
            "folder of frames 000000.png, ..., relative to it; sim_envs.collect_videos writes one)")
@@ -188,12 +188,27 @@ def _as_path(clip: VideoEntry | str | os.PathLike) -> Path:
     return clip.path if isinstance(clip, VideoEntry) else Path(clip)
 
 
+def _frame_folder(folder: Path) -> bool:
+    """Whether a sub-folder of a clip folder without manifest is a clip (holds numbered frames); one whose numbered
+    images are ambiguous (:func:`_numbered_frames` refuses them) is not, said in a warning."""
+    try:
+        return bool(_numbered_frames(folder))
+    except VideoDatasetError as exc:
+        logger.warning("%s; not read as a clip", exc)
+        return False
+
+
 def _numbered_frames(folder: Path) -> list[tuple[int, Path]]:
     """(number, file) of the frame images of ``folder`` (``000000.jpg|png``, or with one prefix before the number,
-    ``frame_0000.png`` ...), in numeric order. Raises :class:`VideoDatasetError` when its numbered images have
-    several prefixes (two cameras' frames in one folder would be read interleaved)."""
-    found = [(m.group(1), int(m.group(2)), p) for p in folder.iterdir() if (m := FRAME_FILE_RE.match(p.name))]
+    ``frame_0000.png`` ...), in numeric order; hidden files (``._000000.png`` of a macOS copy) aside, and, where
+    bare numbers are among them, only those (``mask_000000.png`` beside ``000000.png`` are not frames). Raises
+    :class:`VideoDatasetError` when the numbered images have several prefixes and none is bare (two cameras' frames
+    in one folder would be read interleaved)."""
+    found = [(m.group(1), int(m.group(2)), p) for p in folder.iterdir()
+             if not p.name.startswith(".") and (m := FRAME_FILE_RE.match(p.name))]
     prefixes = sorted({prefix for prefix, _, _ in found})
+    if "" in prefixes:
+        found, prefixes = [f for f in found if not f[0]], [""]
     if len(prefixes) > 1:
         names = ", ".join(repr(x + "N") for x in prefixes[:4]) + (", ..." if len(prefixes) > 4 else "")
         raise VideoDatasetError(f"{folder}: numbered images of {len(prefixes)} sequences ({names}); a frame folder is "
