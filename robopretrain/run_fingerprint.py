@@ -223,8 +223,9 @@ def relocation(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[s
 
 
 def moved_along(moved: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The folders above each moved home that moved with it (``/x/a/s3 -> /y/b/s3``: ``/x/a -> /y/b``), the deepest
-    whose rest of the path is the same; none for a renamed folder (the last names differ). An input under one (a
+    """The folders above each moved home that moved with it (``/x/a/s3 -> /y/b/s3``: ``/x/a -> /y/b``; ``/x/a/s3 ->
+    /y/a/s3``: ``/x -> /y``), where the paths part once the same rest of the path is taken off; none for a renamed
+    folder (the last names differ). An input under one (a
     stage-2 run beside its stage-3 run, both moved) is at the same place when its content is unchanged."""
     out = []
     for old, new in moved:
@@ -239,8 +240,10 @@ def moved_along(moved: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _names(value: Any, path: str) -> bool:
-    """Whether config value ``value`` is ``path`` or a folder above it."""
-    return isinstance(value, str) and (value == path or path.startswith(value.rstrip(os.sep) + os.sep))
+    """Whether config value ``value`` (as given) is ``path`` (an input's, symlinks resolved) or a folder above it."""
+    if not isinstance(value, str):
+        return False
+    return any(v == path or path.startswith(v.rstrip(os.sep) + os.sep) for v in (value, os.path.realpath(value)))
 
 
 def moved_file(recorded: str | os.PathLike, fp: Mapping[str, Any] | None, place: str | os.PathLike) -> str | None:

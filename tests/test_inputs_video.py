@@ -376,6 +376,8 @@ def test_a_stage3_run_moved_with_its_stage2_run_resumes_and_another_stage2_is_re
     changed = run_fingerprint.differences(saved, fp(tmp_path / "c", other=tmp_path / "a" / "enc.pt"))
     assert changed[0] == f"checkpoint {tmp_path / 'c' / 's2' / 'ckpt_4'}: weights.pt content changed"
     assert len(changed) == 2 and changed[1].startswith("checkpoint: ")
+    (tmp_path / "link").symlink_to(tmp_path / "b")  # the moved runs reached through a symlink: inputs are resolved
+    assert run_fingerprint.differences(saved, fp(tmp_path / "link", other=tmp_path / "a" / "enc.pt")) == []
     (tmp_path / "b" / "s3").rename(tmp_path / "b" / "s3_renamed")  # a renamed folder: nothing above moved along
     assert run_fingerprint.moved_along([(str(tmp_path / "a" / "s3"), str(tmp_path / "b" / "s3_renamed"))]) == []
 
