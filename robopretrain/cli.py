@@ -44,7 +44,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -323,14 +323,11 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
             report_and_exit(ValueError(sweep_problem(override)), prefix="error: config")
 
 
-def config_groups(config_name: str, config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
-    """The config groups ``configs/<config_name>.yaml`` reads (those its ``defaults`` list chooses from), each with
-    its options (the ``.yaml`` files of ``configs/<group>/``), by name."""
-    from omegaconf import OmegaConf
-
-    defaults = OmegaConf.to_container(OmegaConf.load(config_dir / f"{config_name}.yaml")).get("defaults") or []
-    groups = sorted(str(k) for entry in defaults if isinstance(entry, dict) for k in entry
-                    if not str(k).startswith(("hydra", "override ")))
+def config_groups(choices: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
+    """The config groups a composed config reads (``choices``: its ``hydra.runtime.choices``, inherited configs'
+    groups included, e.g. the ``paper`` preset's ``logger`` through ``pipeline``), each with its options (the
+    ``.yaml`` files of ``configs/<group>/``), by name; Hydra's own groups (``hydra/...``) aside."""
+    groups = sorted(str(g) for g in choices if not str(g).startswith("hydra/"))
     return {g: sorted(p.stem for p in (config_dir / g).glob("*.yaml")) for g in groups}
 
 
@@ -363,7 +360,7 @@ def entry_point_help(config_name: str, overrides: list[str] | None = None, job_n
                           return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
-    groups = config_groups(config_name, config_dir)
+    groups = config_groups(cfg.hydra.runtime.choices, config_dir)
     listed = "\n".join(f"{group}: {', '.join(options)}" for group, options in groups.items())
     shown = copy.deepcopy(cfg)
     with open_dict(shown):

@@ -203,6 +203,7 @@ def test_a_key_the_config_lacks_is_not_answered_with_hydras_plus_hint(capsys, co
     ("evaluate", "eval_seed=3", ["gap"]),
     ("robopretrain", "seed=3", ["algo", "data", "dr", "gap", "logger"]),
     ("reward_model", "seed=3", []),  # its own template lists no groups at all
+    ("paper", "seed=3", ["logger"]),  # a preset's groups come through the config it extends (it listed none)
 ])
 def test_help_lists_only_the_config_groups_the_entry_point_reads(capsys, config_name, override, reads):
     """``video_pretrain.train --help`` listed stage 2's algo, data, dr and gap, ``robopretrain.evaluate --help`` also
