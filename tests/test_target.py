@@ -377,7 +377,7 @@ def test_a_meta_world_targets_env_kwargs_cannot_contradict_its_fields():
     assert target.env_kwargs == {"max_episode_steps": 90}
 
 
-def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in():
+def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in(caplog):
     """A one-task agent's gym target needed ``task_id: 0`` (README: an agent of one task takes 0); stage 2 failed
     after loading its data. The slot comes from the trained task of the target's name, else the agent's only task,
     else 0 for a one-slot agent; a multi-task agent's target must say it."""
@@ -391,4 +391,7 @@ def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in():
                                          r"\(the trained tasks' slots: \{'reach': 2, 'lift': 5\}\)"):
         with_task_slot(gym_target, {"reach": 2, "lift": 5}, 12)
     assert with_task_slot(robot(), {"reach": 2}, 12).task_id == 7  # a given task_id stays
+    with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):  # a sim_envs task's name: maybe not
+        assert with_task_slot(Target(name="Lift", env_id=ENTRY), {"Lift": 3, "Reach": 0}, 13).task_id == 3
+    assert "also a sim_envs task's name" in caplog.text
     assert with_task_slot(Target(name="Reach"), {"Reach": 5}, 13).task_id is None  # sim_envs: its own id

@@ -220,7 +220,14 @@ def with_task_slot(target: Target, task_ids: Mapping[str, int], num_tasks: int) 
     else:
         raise ValueError(f"target {target.name!r}: a gym target of a multi-task agent needs task_id, its slot in the "
                          f"task one-hot of size {num_tasks} (the trained tasks' slots: {slots or 'none recorded'})")
-    log.info("target %r: task_id %d (%s)", target.name, slot, why)
+    import sim_envs.tasks as tasks  # torch-free
+
+    if target.name in slots and target.name in tasks.TASKS:  # maybe our sim's task of that name: another env
+        log.warning("target %r (gym): task_id %d, the slot of the trained task %r, which is also a sim_envs task's "
+                    "name; if the agent learnt sim_envs' %s there, this env is another task: set its task_id",
+                    target.name, slot, target.name, target.name)
+    else:
+        log.info("target %r: task_id %d (%s)", target.name, slot, why)
     return replace(target, task_id=slot)
 
 
