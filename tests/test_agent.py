@@ -174,14 +174,17 @@ def test_spec_errors_name_the_key_and_sizes():
     shapes = {"proprio": ((9,), np.float32), "agentview_image": ((16, 16, 3), np.uint8)}
     with pytest.raises(ValueError, match=r"f.hdf5: observation key 'robot0_eef_pos' \(low_dim part 'eef'\) not found"):
         spec_from_shapes(shapes, ["eef"], [], 0, where="f.hdf5", key_map={"eef": "robot0_eef_pos"})
-    with pytest.raises(ValueError, match=r"rgb part 'proprio' is float32 \(9,\); expected uint8 images \(H, W, 3\)$"):
+    with pytest.raises(ValueError, match=r"rgb part 'proprio' is float32 \(9,\); expected uint8 images \(H, W, 3\) or "
+                                         r"grey \(H, W, 1\) / \(H, W\)$"):
         spec_from_shapes(shapes, [], ["proprio"], 0, where="f.hdf5")
-    # cameras stored in another layout: the refusal says how to rewrite them (the env side converts such frames)
+    # cameras stored in another layout: the refusal says how to rewrite them (the env side converts such frames);
+    # grey ones are read as RGB (robopretrain.data.spec.as_rgb)
     for shape, dtype, hint in (((3, 16, 16), np.uint8, r"channels first: write frames.transpose\(0, 2, 3, 1\)"),
-                               ((16, 16, 1), np.uint8, "grey: repeat it to 3 channels"),
                                ((16, 16, 3), np.float32, r"float: write \(frames \* 255\)")):
-        with pytest.raises(ValueError, match=r"rgb part 'cam' is .*expected uint8 images \(H, W, 3\); " + hint):
+        with pytest.raises(ValueError, match=r"rgb part 'cam' is .*expected uint8 images \(H, W, 3\) .*; " + hint):
             spec_from_shapes({"cam": (shape, dtype)}, [], ["cam"], 0, where="f.hdf5")
+    for grey in ((16, 16, 1), (16, 16)):
+        assert spec_from_shapes({"cam": (grey, np.uint8)}, [], ["cam"], 0, where="f.hdf5").rgb == (("cam", (16, 16, 3)),)
     with pytest.raises(ValueError, match=r"low_dim part 'agentview_image' is uint8 \(16, 16, 3\); expected a float"):
         spec_from_shapes(shapes, ["agentview_image"], [], 0, where="f.hdf5")
     data = spec_from_shapes(shapes, ["proprio"], ["agentview_image"], 11, where="f.hdf5")

@@ -158,8 +158,9 @@ def test_a_low_dim_key_named_image_is_read_when_listed_as_low_dim(tmp_path):
                 f[f"data/{d}/{part}/goal_image"] = np.full((n, 5), 0.5, dtype=np.float32)
 
     path = write_dataset(tmp_path / "goal.hdf5", mutate=goal)
-    msg = _expect(path, r"expected an image array uint8 \(N, H, W, 3\), got float32 \(3, 5\) \(a key named \*_image "
-                        r"is read as a camera unless listed as a low-dim part: obs.low_dim=\[..., goal_image\]",
+    msg = _expect(path, r"expected an image array uint8 \(N, H, W, 3\), or grey \(N, H, W, 1\) / \(N, H, W\), got "
+                        r"float32 \(3, 5\) \(a key named \*_image is read as a camera unless listed as a low-dim "
+                        r"part: obs.low_dim=\[..., goal_image\]",
                   keys=["proprio", "goal_image"])
     assert "\n" not in msg
     tr = load_transitions(path, ["proprio", "goal_image"], low_dim=["proprio", "goal_image"])
@@ -391,3 +392,37 @@ def test_a_demo_of_another_action_size_gets_one_message_whatever_data_actions(tm
             call()
         assert str(exc.value).startswith(expected) and "\n" not in str(exc.value)
 
+
+
+@pytest.mark.parametrize("grey_shape", [(4, 4, 1), (4, 4)])
+def test_a_grey_camera_is_read_as_rgb_in_memory_and_from_disk(tmp_path, grey_shape):
+    """A lab's grey camera (N, H, W, 1) or (N, H, W) was refused by stage 2 ("repeat it to 3 channels") while stages 1
+    and 3 took grey frames: it is read as the RGB frames with the grey in each channel, in both storages, and its
+    spec is (H, W, 3)."""
+    from robopretrain.data.dataset import spec_of_data
+
+    def greyed(f):  # each frame's grey level: demo i, step t -> 10 i + t (distinct rows)
+        for d, n, i in (("demo_0", 3, 0), ("demo_1", 4, 1), ("demo_10", 2, 2)):
+            for part, shift in (("obs", 0), ("next_obs", 1)):
+                del f[f"data/{d}/{part}/agentview_image"]
+                levels = (10 * i + shift + np.arange(n)).astype(np.uint8)
+                f[f"data/{d}/{part}/agentview_image"] = np.broadcast_to(
+                    levels.reshape(n, *([1] * len(grey_shape))), (n, *grey_shape)).copy()
+
+    path = write_dataset(tmp_path / "grey.hdf5", mutate=greyed)
+    assert spec_of_data(path, ["proprio"], ["agentview_image"], 0).rgb == (("agentview_image", (4, 4, 3)),)
+    for storage in ("memory", "disk"):
+        data = _load(path, storage)
+        batch = data.get(np.arange(len(data)))
+        for side, shift in (("observations", 0), ("next_observations", 1)):
+            frames = np.asarray(batch[side]["agentview_image"])
+            assert frames.shape == (9, 4, 4, 3), (storage, side)
+            expected = np.array([0, 1, 2, 10, 11, 12, 13, 20, 21]) + shift
+            assert (frames == expected[:, None, None, None]).all(), (storage, side)
+    with pytest.raises(DatasetError, match=r"expected an image array uint8 \(N, H, W, 3\), or grey"):
+        def two_channels(f):
+            for d, n in (("demo_0", 3), ("demo_1", 4), ("demo_10", 2)):
+                for part in ("obs", "next_obs"):
+                    del f[f"data/{d}/{part}/agentview_image"]
+                    f[f"data/{d}/{part}/agentview_image"] = np.zeros((n, 4, 4, 2), dtype=np.uint8)
+        load_transitions(write_dataset(tmp_path / "two.hdf5", mutate=two_channels), ["agentview_image"])

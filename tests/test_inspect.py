@@ -117,7 +117,7 @@ def test_summary_flags_what_training_would_refuse(tmp_path: Path, capsys: pytest
     assert "warning: actions holds NaN or inf (first at demo_1 row 2)" in text
     assert "warning: next_obs/proprio holds NaN or inf (first at demo_0 row 1)" in text
     assert "warning: rewards holds NaN or inf (first at demo_1 row 0)" in text
-    assert "grey frames without a channel?" in text
+    assert "grey frames: a camera of the stages, read as RGB" in text  # (H, W) uint8: accepted now
     # the sheet of a channels-first camera is drawn as the agent would see it (it crashed in imshow)
     chw = write_tiny_hdf5(tmp_path / "chw.hdf5")
     with h5py.File(chw, "a") as f:
@@ -136,7 +136,7 @@ def test_summary_flags_what_training_would_refuse(tmp_path: Path, capsys: pytest
     np.testing.assert_array_equal(rows[0][1][0], first)
     clean = format_hdf5_summary(summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")))
     assert "warning" not in clean and "channels first" not in clean and "not square" not in clean
-    assert layout_note((16, 16, 1), "uint8").startswith("1 channel") and "dtype float32" in layout_note(
+    assert layout_note((16, 16, 4), "uint8").startswith("4 channel") and "dtype float32" in layout_note(
         (16, 16, 3), "float32")
     assert layout_note((16, 16, 3), "uint8") == layout_note((7,), "float32") == layout_note((3, 4, 5), "uint8") == ""
 

@@ -54,7 +54,7 @@ from robopretrain.data.returns import (
     sparse_negative_reward,
     unrewarded_successes,
 )
-from robopretrain.data.spec import ObsSpec, spec_from_shapes
+from robopretrain.data.spec import ObsSpec, as_rgb, spec_from_shapes
 from robopretrain.envs.action_units import ActionNormalization, auto_bounds, of_env_args, reexpress
 from robopretrain.envs.action_units import describe as describe_units
 from robopretrain.envs.action_units import warn_constant_dimensions
@@ -350,6 +350,11 @@ def load_offline_dataset(
     else:
         trans = load_transitions(path, file_keys, demos=demos, action_range=False,
                                  low_dim=[key_map.get(k, k) for k in spec.low_dim_keys])
+        for src in {key_map.get(k, k) for k in spec.rgb_keys}:  # grey cameras read as RGB (spec_from_shapes)
+            stored = info.obs_specs[src][0]
+            trans.obs[src] = as_rgb(trans.obs[src], stored)
+            if src in trans.next_obs:
+                trans.next_obs[src] = as_rgb(trans.next_obs[src], stored)
     ids = np.full(len(trans), int(task_id), dtype=np.int64) if task_id is not None else trans.task_ids
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
@@ -433,7 +438,7 @@ def load_offline_dataset(
 def frame_bytes(info: DatasetInfo, demos: Sequence[str], camera_keys: Sequence[str]) -> int:
     """Bytes the selected demos' frames take in memory on the in-memory path (``obs`` and ``next_obs``)."""
     n = sum(info.demo(d).num_samples for d in demos)
-    per_step = sum(int(np.prod(info.obs_specs[k][0])) for k in camera_keys if k in info.obs_specs)
+    per_step = sum(int(np.prod(info.obs_specs[k][0][:2])) * 3 for k in camera_keys if k in info.obs_specs)  # RGB
     return 2 * n * per_step
 
 

@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 
 from robopretrain.data.hdf5 import DatasetError, DatasetInfo, Transitions, load_transitions, read_info
+from robopretrain.data.spec import as_rgb, stored_camera_shape
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +207,10 @@ def _index_key(f: h5py.File, path: str, key: str, demos: Sequence[str], starts: 
                 raise DatasetError(f"{path}: {base}/obs/{key}: missing") from None
             except OSError as e:
                 raise DatasetError(f"{path}: {base}/obs/{key}: cannot be read (truncated or corrupt?): {e}") from None
-            if obs.dtype != np.uint8 or obs.ndim != 4 or nxt.shape != obs.shape:
-                raise DatasetError(f"{path}: {base}/obs/{key}: expected uint8 (N, H, W, 3) frames in obs and next_obs,"
-                                   f" got {obs.dtype} {obs.shape} and {nxt.dtype} {nxt.shape}")
+            if stored_camera_shape(obs.shape[1:], obs.dtype) is None or nxt.shape != obs.shape:
+                raise DatasetError(f"{path}: {base}/obs/{key}: expected uint8 (N, H, W, 3) frames (or grey (N, H, W, "
+                                   f"1) / (N, H, W)) in obs and next_obs, got {obs.dtype} {obs.shape} and {nxt.dtype} "
+                                   f"{nxt.shape}")
             if shape is None:
                 shape = tuple(obs.shape[1:])
             elif tuple(obs.shape[1:]) != shape:
@@ -266,6 +268,9 @@ class FrameStore:
         self.demos = list(demos)
         self.demo_rows = np.asarray(demo_rows, dtype=np.int64)
         self.key = key
+        # a grey camera's frames (uint8 (H, W) or (H, W, 1)) are read as RGB, as the in-memory path reads them
+        self.grey = stored_camera_shape(self.shape[1:], self.dtype) is not None and (
+            len(self.shape) == 3 or self.shape[3] == 1)
         try:
             self.crc = np.load(crc_path)
         except (OSError, ValueError) as e:
@@ -300,8 +305,9 @@ class FrameStore:
         return f"demo {self.demos[i]} key {self.key} (frame row {row})"
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """The rows ``rows`` (int ``(B,)``) as an array ``(B, *shape[1:])``; DatasetError on a short read or a
-        checksum mismatch (one line: file, demo, key)."""
+        """The rows ``rows`` (int ``(B,)``) as an array ``(B, *shape[1:])`` (a grey camera's as ``(B, H, W, 3)``,
+        :func:`~robopretrain.data.spec.as_rgb`); DatasetError on a short read or a checksum mismatch (one line:
+        file, demo, key)."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         flat = out.reshape(len(rows), -1).view(np.uint8)
@@ -315,7 +321,7 @@ class FrameStore:
                 raise DatasetError(f"{self.path}: {self._where(r)}: checksum mismatch (corrupt chunk); delete the "
                                    "folder to index again, or check the disk")
             flat[i] = np.frombuffer(buf, dtype=np.uint8)
-        return out
+        return as_rgb(out, self.shape[1:]) if self.grey else out
 
 
 __all__ = ["FrameIndex", "FrameStore", "INDEX_SUFFIX", "build_index", "index_dir", "open_index", "write_rows"]

@@ -6,8 +6,9 @@ Implements the "Robot dataset: robomimic HDF5" contract of ARCHITECTURE.md::
       demo_<i>/      attrs: num_samples (int), task (str), task_id (int), ep_meta (JSON, optional)
                      (a file without task / task_id, as robomimic's own datasets: one task named by env_args'
                      env_name, else the file's stem, in slot 0)
-        obs/<key>, next_obs/<key>   (N, ...)  images uint8 (N, H, W, 3), low-dim float (N, d); a key is read as a
-                                    camera when it is named *_image or of shape (N, H, W, C), unless the caller
+        obs/<key>, next_obs/<key>   (N, ...)  images uint8 (N, H, W, 3) (grey (N, H, W, 1) or (N, H, W): read
+                                    as RGB by the stages), low-dim float (N, d); a key is read as a camera when it
+                                    is named *_image, of shape (N, H, W, C) or uint8 (N, H, W), unless the caller
                                     lists it as low-dim (obs.low_dim; load_transitions' low_dim)
         actions (N, A) float in [-1, 1];  rewards (N,), optional (see below);  dones (N,) in {0, 1}
     mask/<name>      demo names as bytes: train, valid, one per task
@@ -192,21 +193,23 @@ def _read_masks(path: str, f: h5py.File, demo_set: set[str]) -> tuple[dict[str, 
     return masks, stale
 
 
-def _is_image_key(key: str, shape: tuple[int, ...], low_dim: Sequence[str] = ()) -> bool:
-    """Whether ``key`` (stored shape ``(N, ...)``) is a camera: not listed in ``low_dim``, and named ``*_image`` or
-    of shape ``(N, H, W, C)`` (module docstring)."""
-    return key not in low_dim and (key.endswith(IMAGE_SUFFIX) or len(shape) == 4)
+def _is_image_key(key: str, shape: tuple[int, ...], low_dim: Sequence[str] = (), dtype: Any = None) -> bool:
+    """Whether ``key`` (stored shape ``(N, ...)``, ``dtype`` when known) is a camera: not listed in ``low_dim``, and
+    named ``*_image``, of shape ``(N, H, W, C)``, or uint8 ``(N, H, W)`` (grey; module docstring)."""
+    grey = dtype is not None and np.dtype(dtype) == np.uint8 and len(shape) == 3
+    return key not in low_dim and (key.endswith(IMAGE_SUFFIX) or len(shape) == 4 or grey)
 
 
 def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: int,
                        low_dim: Sequence[str] = ()) -> None:
     shape = ds.shape
-    if _is_image_key(obs_key, shape, low_dim):
-        if ds.dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+    if _is_image_key(obs_key, shape, low_dim, ds.dtype):
+        if ds.dtype != np.uint8 or not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))):
             hint = (f" (a key named *{IMAGE_SUFFIX} is read as a camera unless listed as a low-dim part: "
                     f"obs.low_dim=[..., {obs_key}], or load_transitions(..., low_dim=[{obs_key!r}]))"
                     if len(shape) == 2 and ds.dtype.kind == "f" else "")
-            raise _err(path, key, f"expected an image array uint8 (N, H, W, 3), got {ds.dtype} {shape}{hint}")
+            raise _err(path, key, f"expected an image array uint8 (N, H, W, 3), or grey (N, H, W, 1) / (N, H, W), got "
+                                  f"{ds.dtype} {shape}{hint}")
     elif ds.dtype.kind != "f" or len(shape) != 2:
         raise _err(path, key, f"expected a low-dim float array (N, d), got {ds.dtype} {shape}")
     if shape[0] != n:
@@ -483,7 +486,8 @@ def load_transitions(
             act_dim = _check_demo(p, f["data"][d.name], d, obs_keys, act_dim, low_dim)
             _check_consistent_obs(p, f["data"][d.name], d.name, obs_keys, info.obs_specs)
         n_total = sum(d.num_samples for d in chosen)
-        read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0], low_dim)]
+        read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0], low_dim,
+                                                                         info.obs_specs[k][1])]
         obs = _allocate(info.obs_specs, read_keys, n_total)
         next_obs = _allocate(info.obs_specs, read_keys, n_total)
         actions = np.empty((n_total, act_dim), dtype=np.float32)

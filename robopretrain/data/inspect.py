@@ -249,14 +249,16 @@ def layout_note(shape: tuple[int, ...], dtype: str) -> str:
     if layout is None:
         return ""
     if layout == "grey":
-        return "grey frames without a channel? cameras are read as (H, W, 3): write them (H, W, 3)"
+        return "grey frames: a camera of the stages, read as RGB (grey in each channel)"
     if dtype != "uint8":
         return "an image of dtype {}: cameras are read as uint8 (0-255)".format(dtype)
     if layout == "channels_first":
         return "channels first? cameras are read as (H, W, 3): write the frames channels last"
     h, w, c = shape
+    if c == 1:
+        return "grey frames: a camera of the stages, read as RGB (grey in each channel)"
     if c != 3:
-        return f"{c} channel(s): cameras are read as (H, W, 3) RGB"
+        return f"{c} channel(s): cameras are read as (H, W, 3) RGB; write them RGB"
     if h != w:
         return "not square: training needs square frames (another format: data.image_size=S while converting)"
     return ""

@@ -156,11 +156,33 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
         low.append((key, int(shape[0])))
     for key in rgb:
         src, shape, dtype = lookup(key, "rgb")
-        if len(shape) != 3 or shape[2] != 3 or np.dtype(dtype) != np.uint8:
+        read_as = stored_camera_shape(tuple(shape), dtype)
+        if read_as is None:
             raise ValueError(f"{where}: rgb part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected uint8 images "
-                             f"(H, W, 3){image_layout_hint(tuple(shape), np.dtype(dtype))}")
-        cams.append((key, tuple(int(s) for s in shape)))
+                             f"(H, W, 3) or grey (H, W, 1) / (H, W){image_layout_hint(tuple(shape), np.dtype(dtype))}")
+        cams.append((key, read_as))
     return ObsSpec(low_dim=tuple(low), rgb=tuple(cams), num_tasks=int(num_tasks))
+
+
+def stored_camera_shape(shape: Sequence[int], dtype: Any) -> tuple[int, int, int] | None:
+    """The ``(H, W, 3)`` frames a stored camera of per-step ``shape`` and ``dtype`` are read as: uint8 RGB as they
+    are, uint8 grey ``(H, W)`` or ``(H, W, 1)`` with the grey repeated in three channels (:func:`as_rgb`; an env's
+    grey frames are converted the same way, :mod:`robopretrain.envs.camera_frames`); None for any other layout
+    (channels first, float, RGBA: :func:`image_layout_hint` says how to rewrite them)."""
+    shape = tuple(int(s) for s in shape)
+    if np.dtype(dtype) != np.uint8 or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+        return None
+    return shape[0], shape[1], 3
+
+
+def as_rgb(frames: np.ndarray, stored: Sequence[int]) -> np.ndarray:
+    """``frames`` (``(..., *stored)``, a camera stored with per-step shape ``stored``) as ``(..., H, W, 3)``: grey
+    ``(H, W)`` / ``(H, W, 1)`` repeated in three channels, RGB unchanged (the same array)."""
+    stored = tuple(int(s) for s in stored)
+    if len(stored) == 3 and stored[2] == 3:
+        return frames
+    grey = frames if len(stored) == 2 else frames[..., 0]
+    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype) -> str:
@@ -171,11 +193,10 @@ def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype) -> str:
         return ""
     if len(shape) == 3 and shape[0] in (1, 3) and shape[2] not in (1, 3):
         fixes.append("channels first: write frames.transpose(0, 2, 3, 1)")
-    elif len(shape) == 2 or (len(shape) == 3 and shape[2] == 1):
-        fixes.append("grey: repeat it to 3 channels")
     if np.issubdtype(dtype, np.floating):
         fixes.append("float: write (frames * 255).round().astype(np.uint8) for frames in [0, 1]")
     return f"; {', '.join(fixes)}" if fixes else ""
 
 
-__all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "image_layout_hint", "spec_from_shapes"]
+__all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "as_rgb", "image_layout_hint", "spec_from_shapes",
+           "stored_camera_shape"]
