@@ -426,3 +426,26 @@ def test_a_grey_camera_is_read_as_rgb_in_memory_and_from_disk(tmp_path, grey_sha
                     del f[f"data/{d}/{part}/agentview_image"]
                     f[f"data/{d}/{part}/agentview_image"] = np.zeros((n, 4, 4, 2), dtype=np.uint8)
         load_transitions(write_dataset(tmp_path / "two.hdf5", mutate=two_channels), ["agentview_image"])
+
+
+def test_a_success_flag_written_as_a_word_is_read_as_what_it_says(tmp_path):
+    """ep_meta {"success": "False"} (a recorder's str(flag)) was read with bool(): every failed episode counted as a
+    success (inspect's rate, the success filter, rewards rebuilt from success)."""
+    from robopretrain.data.inspect import InspectError, summarize_hdf5
+
+    def worded(value_of):
+        def mutate(f):
+            for i, d in enumerate(("demo_0", "demo_1", "demo_10")):
+                f[f"data/{d}"].attrs["ep_meta"] = json.dumps({"success": value_of(i)})
+        return mutate
+
+    for word in (lambda i: ["True", "false", "FALSE"][i], lambda i: ["1", "0", "no"][i], lambda i: [1, 0, 0.0][i]):
+        path = write_dataset(tmp_path / "w.hdf5", mutate=worded(word))
+        assert [d.ep_meta["success"] for d in read_info(path).demos] == [True, False, False]
+        assert load_transitions(path, ["proprio"]).ep_meta[1]["success"] is False
+        assert summarize_hdf5(path).tasks["lift"].successes == [True, False]
+    bad = write_dataset(tmp_path / "bad.hdf5", mutate=worded(lambda i: ["maybe", "yes", "no"][i]))
+    with pytest.raises(DatasetError, match=r"demo_0: ep_meta success='maybe'; expected true or false"):
+        read_info(bad)
+    with pytest.raises(InspectError, match=r"ep_meta success='maybe'"):
+        summarize_hdf5(bad)

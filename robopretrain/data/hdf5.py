@@ -329,6 +329,22 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
     return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale)
 
 
+SUCCESS_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def success_flag(value: Any, where: str) -> bool | None:
+    """An ``ep_meta`` ``success`` value as a bool: JSON true / false, 0 / 1, or the words true / false / yes / no /
+    1 / 0 (any case: a recorder that wrote ``str(flag)``; ``bool("False")`` read such a failure as a success);
+    None when absent. Raises :class:`DatasetError` naming ``where`` for anything else."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in SUCCESS_WORDS:
+        return SUCCESS_WORDS[value.strip().lower()]
+    raise DatasetError(f"{where}: ep_meta success={value!r}; expected true or false (or 1 / 0)")
+
+
 def _demo_info(path: str, demo: h5py.Group, name: str, default_task: str) -> DemoInfo:
     """One demo's attributes; ``task`` / ``task_id`` default to ``default_task`` / 0 when the demo has neither (a
     robomimic dataset); one without the other is an error."""
@@ -337,12 +353,15 @@ def _demo_info(path: str, demo: h5py.Group, name: str, default_task: str) -> Dem
     if has_task != has_id:
         missing = "task_id" if has_task else "task"
         raise _err(path, key, f"missing attribute {missing!r} (give both task and task_id, or neither: one task)")
+    ep_meta = _json_attr(path, demo, key, "ep_meta", required=False)
+    if "success" in ep_meta:  # one reading of the flag for every consumer (all of them test it with bool())
+        ep_meta["success"] = success_flag(ep_meta["success"], f"{path}: {key}")
     return DemoInfo(
         name=name,
         num_samples=_attr(path, demo, key, "num_samples", int),
         task=_attr(path, demo, key, "task", str) if has_task else default_task,
         task_id=_attr(path, demo, key, "task_id", int) if has_id else 0,
-        ep_meta=_json_attr(path, demo, key, "ep_meta", required=False),
+        ep_meta=ep_meta,
         has_rewards="rewards" in demo,
     )
 

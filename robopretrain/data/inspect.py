@@ -41,6 +41,7 @@ import numpy as np
 
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
+from robopretrain.data.hdf5 import DatasetError, success_flag
 from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
                                      count_frames, read_frames)
 from robopretrain.files import atomic_file
@@ -129,8 +130,10 @@ def _success(demo: h5py.Group, path: Path) -> bool | None:
         meta = json.loads(_as_str(raw))
     except json.JSONDecodeError as exc:
         raise InspectError(f"{path}: {demo.name} attribute ep_meta is not JSON ({exc})") from exc
-    value = meta.get("success") if isinstance(meta, dict) else None
-    return None if value is None else bool(value)
+    try:
+        return success_flag(meta.get("success") if isinstance(meta, dict) else None, f"{path}: {demo.name}")
+    except DatasetError as exc:
+        raise InspectError(str(exc)) from None
 
 
 def open_hdf5(path: Path) -> h5py.File:
