@@ -99,6 +99,20 @@ class RobosuiteLikeEnv(gym.Env):
         return self._obs(), -self._distance(), False, False, {"success": success}
 
 
+class LanguageRobosuiteLikeEnv(RobosuiteLikeEnv):
+    """:class:`RobosuiteLikeEnv` whose observation also holds a language instruction (a ``Text`` part) and a nested
+    ``Dict`` part: no arrays an agent reads (stage 3's vector collector crashed or hung on them)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.observation_space = gym.spaces.Dict({
+            **self.observation_space.spaces, "instruction": gym.spaces.Text(32),
+            "extra": gym.spaces.Dict({"a": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)})})
+
+    def _obs(self) -> dict:
+        return {**super()._obs(), "instruction": "reach the goal", "extra": {"a": np.zeros(2, np.float32)}}
+
+
 class FaultyRobosuiteLikeEnv(RobosuiteLikeEnv):
     """:class:`RobosuiteLikeEnv` whose ``robot0_eef_pos`` goes wrong from step ``at`` on: ``fault="nan"`` (a sensor
     dropping out) or ``"shape"`` (one value short); it records the actions it was sent in ``self.actions``."""

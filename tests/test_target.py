@@ -395,3 +395,30 @@ def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in(ca
         assert with_task_slot(Target(name="Lift", env_id=ENTRY), {"Lift": 3, "Reach": 0}, 13).task_id == 3
     assert "also a sim_envs task's name" in caplog.text
     assert with_task_slot(Target(name="Reach"), {"Reach": 5}, 13).task_id is None  # sim_envs: its own id
+
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_observation_parts_that_are_no_arrays_are_left_out_for_the_vector_collector(asynchronous):
+    """A language instruction (Text) and a nested Dict in a gym env's observation: stage 3's collector crashed
+    (tree_rows on strings; an IndexError on the nested dict) or, with worker processes, hung silently."""
+    from robopretrain.collector import VectorCollector
+
+    target = Target(name="reach", env_id="_fake_envs:LanguageRobosuiteLikeEnv", task_id=0, max_episode_steps=4,
+                    obs_map=OBS_MAP)
+    env = make_env(target, ("agentview_image",), 16)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert "instruction" not in obs and "extra" not in obs and set(env.observation_space.spaces) == set(obs)
+    finally:
+        env.close()
+    c = VectorCollector(env_factory(target, ("agentview_image",), 16), 2, convert=lambda o: np.asarray(
+        o["eef_pos"], np.float32), seed=1, asynchronous=asynchronous)
+    c.start(next_episode=0)
+    try:
+        episodes = []
+        for _ in range(6):
+            episodes += c.step(lambda x: np.zeros((len(x), fake.ROBOSUITE_ACT_DIM), np.float32), budget=100).episodes
+    finally:
+        c.close()
+    assert episodes and all(ep.observations.shape[1] == 3 for ep in episodes)

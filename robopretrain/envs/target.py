@@ -540,8 +540,13 @@ def _in_agent_units(env: gym.Env, target: Target) -> gym.Env:
     return env if units is None else AgentActionUnits(env, units, f"target {target.name!r}")
 
 
+_DROPPED_SAID: set[str] = set()  # targets whose non-array observation parts were said to be left out
+
+
 class TargetEnv(gym.Wrapper):
-    """Renames observation parts, adds ``task_id``, flips images, derives success, reward and termination."""
+    """Renames observation parts, adds ``task_id``, flips images, derives success, reward and termination; parts
+    that are no arrays (a language instruction's ``Text``, a nested ``Dict``) are left out (an agent reads arrays
+    only, and a vector env could not batch them)."""
 
     def __init__(self, env: gym.Env, target: Target, cameras: Sequence[str] = (),
                  image_size: int | None = None, *, checked: Sequence[str] = ()) -> None:
@@ -555,6 +560,7 @@ class TargetEnv(gym.Wrapper):
         self._key_seen = False  # whether this episode's infos have had the success key
         self._shapes: dict[str, tuple[int, ...]] = {}  # each vector part's shape at the episode's reset
         self._steps = 0  # steps since the reset (for the errors of _check_part)
+        self._dropped: set[str] = set()  # the env's parts that are no arrays (text, nested dicts): left out
         self.observation_space = self._space(env.observation_space)
 
     def _space(self, space: gym.Space) -> gym.spaces.Dict:
@@ -565,6 +571,10 @@ class TargetEnv(gym.Wrapper):
         for key, sub in items.items():
             if key == "task_id":
                 continue
+            if not isinstance(sub, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiBinary,
+                                    gym.spaces.MultiDiscrete)):  # text, nested dicts, tuples: no part of an agent
+                self._dropped.add(key)  # (and a vector env's batches could not hold them: stage 3 hung)
+                continue
             if isinstance(sub, gym.spaces.Box) and sub.dtype != np.uint8:
                 sub = gym.spaces.Box(sub.low.astype(np.float32), sub.high.astype(np.float32), dtype=np.float32)
             elif isinstance(sub, gym.spaces.Box) and self._reverse.get(key, key) in self.cameras:  # as _obs gives it
@@ -572,6 +582,11 @@ class TargetEnv(gym.Wrapper):
             out[self._reverse.get(key, key)] = sub
         known = int(getattr(items.get("task_id"), "n", 0))
         out["task_id"] = gym.spaces.Discrete(max(known, self._task_id + 1))
+        if self._dropped and self.target.name not in _DROPPED_SAID:
+            _DROPPED_SAID.add(self.target.name)
+            log.info("target %r: observation part(s) %s are no arrays (%s): left out of the agent's observations",
+                     self.target.name, sorted(self._dropped),
+                     ", ".join(sorted({type(items[k]).__name__ for k in self._dropped})))
         return gym.spaces.Dict(out)
 
     def _frame_shape(self, key: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -585,6 +600,8 @@ class TargetEnv(gym.Wrapper):
             obs = {OBSERVATION: obs}
         out: dict[str, Any] = {}
         for key, value in obs.items():
+            if key in self._dropped:
+                continue
             ours = self._reverse.get(key, key)
             arr = np.asarray(value)
             if ours in self.cameras and is_camera(arr):  # only the agent's cameras: other uint8 parts pass as given
