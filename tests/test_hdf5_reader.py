@@ -103,6 +103,13 @@ def test_wrong_dtype_and_shape(tmp_path):
 
     assert "data/demo_10/actions" in _expect(write_dataset(tmp_path / "a.hdf5", mutate=int_actions), "float actions")
 
+    def wrong_count(f):  # num_samples disagrees with the arrays: it blamed the (float) actions' type
+        f["data/demo_1"].attrs["num_samples"] = 2
+        f["data"].attrs["total"] = 7
+
+    _expect(write_dataset(tmp_path / "n.hdf5", mutate=wrong_count), r"data/demo_1/obs/proprio: 4 rows, but the demo's "
+            r"num_samples attribute says 2: every array of a demo has num_samples rows")
+
     def wide_actions(f):
         del f["data/demo_1/actions"]
         f["data/demo_1/actions"] = np.zeros((4, 3), dtype=np.float32)

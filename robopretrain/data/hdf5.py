@@ -213,7 +213,7 @@ def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: i
     elif ds.dtype.kind != "f" or len(shape) != 2:
         raise _err(path, key, f"expected a low-dim float array (N, d), got {ds.dtype} {shape}")
     if shape[0] != n:
-        raise _err(path, key, f"expected {n} rows (num_samples), got {shape[0]}")
+        raise _err(path, key, _rows_problem(shape[0], n))
 
 
 # what to write when a demo lacks one of the datasets every transition needs (docs/targets.md, "Your data")
@@ -265,13 +265,20 @@ def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[
     return act_dim
 
 
+def _rows_problem(rows: int, num_samples: int) -> str:
+    return (f"{rows} rows, but the demo's num_samples attribute says {num_samples}: every array of a demo has "
+            "num_samples rows (set the attribute to the demo's length, and data's total to their sum)")
+
+
 def _check_actions(path: str, demo: h5py.Group, info: DemoInfo, act_dim: int | None) -> int:
     """Validate one demo's ``actions`` (float ``(num_samples, A)``, ``A`` equal to ``act_dim``, the earlier demos',
     when given) without reading them; returns ``A``. Raises :class:`DatasetError` naming the file and
     ``data/<demo>/actions``."""
     n, key = info.num_samples, f"data/{info.name}/actions"
     acts = _dataset(path, demo, f"data/{info.name}", "actions")
-    if acts.dtype.kind != "f" or acts.ndim != 2 or acts.shape[0] != n:
+    if acts.dtype.kind == "f" and acts.ndim == 2 and acts.shape[0] != n:  # the rows or the attribute is wrong
+        raise _err(path, key, _rows_problem(acts.shape[0], n))
+    if acts.dtype.kind != "f" or acts.ndim != 2:
         raise _err(path, key, f"expected float actions ({n}, A), got {acts.dtype} {acts.shape}")
     if act_dim is not None and acts.shape[1] != act_dim:
         raise _err(path, key, f"action dim {acts.shape[1]} differs from {act_dim} in earlier demos; every demo's "
