@@ -134,7 +134,8 @@ def test_key_maps_task_ids_and_sizes_are_checked(tmp_path):
     ds = load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, task_id=3, tasks=["b"])
     assert len(ds) == 3 and set(ds.arrays()["observations"]) == {"state", "task_id"}
     np.testing.assert_array_equal(ds.arrays()["observations"]["task_id"], [3, 3, 3])  # one id for a foreign file
-    with pytest.raises(DatasetError, match=r"toy.hdf5: task ids \[5\] do not fit a task one-hot of size 4"):
+    with pytest.raises(DatasetError, match=r"toy.hdf5: task ids \[5\] do not fit a task one-hot of size 4 \(the slot "
+                                          r"given for the data: data.task_id in stage 2"):  # (it named a target)
         load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, task_id=5)
     with pytest.raises(DatasetError, match=r"toy.hdf5: actions have 4 dims; the agent has 7"):
         load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, act_dim=7)

@@ -358,7 +358,10 @@ def load_offline_dataset(
     ids = np.full(len(trans), int(task_id), dtype=np.int64) if task_id is not None else trans.task_ids
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
         raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
-                           f"{spec.num_tasks} (set obs.num_tasks, or the target's task_id)")
+                           f"{spec.num_tasks} (" + ("the slot given for the data: data.task_id in stage 2, the "
+                           "target's task_id in stage 3; or a larger obs.num_tasks in stage 2)" if task_id is not None
+                           else "the file's task_id attributes: set obs.num_tasks above them in stage 2, or "
+                           "data.task_id to put the data in one slot)"))
     hint = ACTION_RANGE_HINT
     if action_units != FILE_UNITS:
         file_units = file_action_units(info)
