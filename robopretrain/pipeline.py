@@ -265,28 +265,49 @@ def reward_free_demos(cfg: DictConfig, target: Target) -> list[str]:
 
 
 def check_target_sizes(cfg: DictConfig, target: Target) -> None:
-    """Refuse a target whose own robomimic demos give an ``obs.low_dim`` part another size than the prior data's
-    (sim_envs: ``proprio`` 7, ``object`` 18), e.g. a Meta-World target's 4-D ``proprio``: the agent stage 2 trains on
-    the prior data cannot read them, which the adaptation found only after stage 2 (hours in)."""
+    """Refuse, before any stage runs, a target the agent stage 2 trains on the prior (sim_envs) data cannot act on,
+    which the adaptation found only after stage 2 (hours in): its slot outside the task one-hot (``obs.num_tasks``,
+    else every sim_envs task); an ``obs.low_dim`` part the prior data lacks (it gives ``proprio`` and ``object``);
+    and, for its own robomimic demos, a part they lack, a low-dim part of another size than the prior data's
+    (``proprio`` 7, ``object`` 18: a Meta-World target's 4-D ``proprio``) or a camera of another size than
+    ``image_size``."""
+    import sim_envs.tasks as sim_tasks
     from sim_envs.env import PROPRIO_DIM
     from sim_envs.tasks import OBJECT_DIM
 
-    info = target_demo_info(target)
-    if info is None:
-        return
     prior = {"proprio": PROPRIO_DIM, "object": OBJECT_DIM}
-    wrong = []
-    for part in list(cfg.obs.low_dim):
-        key = str(dict(target.obs_map).get(part, part))
-        if part in prior and key in info.obs_specs:
-            size = int(np.prod(info.obs_specs[key][0]))
-            if size != prior[part]:
-                wrong.append(f"{part!r} has size {size} in its demos ({key}), {prior[part]} in the prior (sim_envs) data")
+    wrong = [f"{part!r} is not in the prior (sim_envs) data, which has {sorted(prior)}"
+             for part in list(cfg.obs.low_dim) if part not in prior]
+    own_slot = target.family != SIM_ENVS or target.task_id is not None or bool(target.demos)
+    slots = int(cfg.obs.num_tasks) if cfg.obs.get("num_tasks") else len(sim_tasks.TASKS)
+    if own_slot and not 0 <= target.resolved_task_id() < slots:
+        raise ValueError(f"target {target.name!r} ({target.family}): task slot {target.resolved_task_id()} is outside "
+                         f"the agent's task one-hot of {slots} (obs.num_tasks, else every sim_envs task): set "
+                         f"obs.num_tasks above {target.resolved_task_id()}")
+    info = target_demo_info(target)
+    if info is not None:
+        for part in list(cfg.obs.low_dim):
+            key = str(dict(target.obs_map).get(part, part))
+            if key not in info.obs_specs:
+                wrong.append(f"{part!r} is not in its demos ({key}; they have {sorted(info.obs_specs)})")
+            elif part in prior and int(np.prod(info.obs_specs[key][0])) != prior[part]:
+                wrong.append(f"{part!r} has size {int(np.prod(info.obs_specs[key][0]))} in its demos ({key}), "
+                             f"{prior[part]} in the prior (sim_envs) data")
     if wrong:
         raise ValueError(f"target {target.name!r} ({target.family}): low-dim part {'; '.join(wrong)}; one agent "
                          "cannot read both: leave the part out (obs.low_dim without it, e.g. obs.low_dim=[] to act "
                          "from the cameras), or pretrain on data of the target's robot (python -m robopretrain.train "
                          "on its files, then python -m finetune.train)")
+    size = int(cfg.image_size)
+    for part in list(cfg.obs.rgb) if info is not None else []:
+        key = str(dict(target.obs_map).get(part, part))
+        shape = tuple(info.obs_specs[key][0]) if key in info.obs_specs else None
+        if shape is None or tuple(shape[:2]) != (size, size):
+            raise ValueError(f"target {target.name!r}: camera {part!r} is "
+                             + (f"not in its demos ({key}; they have {sorted(info.obs_specs)})" if shape is None else
+                                f"{shape[0]}x{shape[1]} in its demos ({key}), the agent's image_size is {size}")
+                             + ": give demos with the agent's cameras at that size (python -m robopretrain.data."
+                             "convert --image-size resizes other formats), or set image_size to theirs")
 
 
 def check_targets(cfg: DictConfig) -> None:

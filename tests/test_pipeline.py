@@ -417,8 +417,23 @@ def test_a_target_whose_demos_give_a_part_another_size_stops_before_the_data_sta
                                          rf"\({fake.EEF}\), 7 in the prior \(sim_envs\) data; .*obs.low_dim=\[\]"):
         pipeline.run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    # what else the adaptation found only after stage 2: a part its demos or the prior data lack, a camera of
+    # another size, a slot outside the one-hot
+    for low_dim, said in ((["object"], rf"'object' is not in its demos \(object; they have \['agentview_image', "),
+                          (["goal"], r"'goal' is not in the prior \(sim_envs\) data, which has \['object', 'proprio'\]")):
+        cfg.obs.low_dim = low_dim
+        with pytest.raises(ValueError, match=said):
+            pipeline.check_targets(cfg)
     cfg.obs.low_dim = []
-    pipeline.check_targets(cfg)  # without the part: nothing to refuse
+    with pytest.raises(ValueError, match=r"camera 'agentview_image' is 16x16 in its demos \(agentview_image\), the "
+                                         r"agent's image_size is 64"):
+        pipeline.check_targets(cfg)
+    cfg.image_size = 16
+    pipeline.check_targets(cfg)  # without the part, at the demos' size: nothing to refuse
+    cfg.obs.num_tasks = 11
+    with pytest.raises(ValueError, match=r"task slot 11 is outside the agent's task one-hot of 11 .*set obs.num_tasks "
+                                         r"above 11"):
+        pipeline.check_targets(cfg)
 
 
 def test_a_metaworld_targets_default_slot_is_free_without_stage_2(tmp_path):
@@ -452,7 +467,8 @@ def test_the_slot_check_reads_the_task_names_of_the_targets_demos(tmp_path, name
     demos = fake.write_robosuite_demos(tmp_path / "d.hdf5", 2, tasks=((file_task, 0),), image_size=SIZE)
     target = f"targets=[{{name: {name}, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 0, demos: {demos}}}]"
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
-        cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]"])
+        cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]",
+                                             "obs.low_dim=[]", f"image_size={SIZE}"])  # what its demos give
     assert pipeline.target_task_names(cfg, pipeline.targets_of(cfg)[0]) == [file_task]
     if refused:
         with pytest.raises(ValueError, match=r"takes task slot 0 .* prior task 'Reach' holds \(the target's demos "
@@ -484,7 +500,7 @@ def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_
     target = f"targets=[{{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: {free}}}]"
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
         cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]",
-                                             "obs.num_tasks=12"])
+                                             "obs.num_tasks=12", "obs.low_dim=[]", f"image_size={SIZE}"])
     with pytest.raises(ValueError, match=r"target 'Arm': 1 of its demos \(demo_1\) have no rewards dataset, which "
                                          r"the adaptation \(cql\) and stage 3 \(calql\) need"):
         pipeline.check_targets(cfg)
@@ -498,7 +514,8 @@ def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_
                       (None, write_ogbench(tmp_path / "rewarded.npz", masks=True))):
         with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
             cfg = compose("pipeline", overrides=[target.replace(str(free), str(src)), "encoder.mode=scratch",
-                                                 "prior_tasks=[Reach]", "obs.num_tasks=12"])
+                                                 "prior_tasks=[Reach]", "obs.num_tasks=12", "obs.low_dim=[]",
+                                                 f"image_size={SIZE}"])
         if name is None:
             pipeline.check_targets(cfg)
             continue
