@@ -602,3 +602,29 @@ def test_a_mix_in_another_format_is_converted_like_data_path(tmp_path):
                                                "cache_dir": str(tmp_path / "cache")}},
                              train={"eval_targets": []}))
     assert load_agent(same)[1].meta["task_ids"] == {"prior": 0, "mix": 0}
+
+
+def test_stage1_says_a_converted_datasets_frames_are_stretched_whatever_data_stretch_says(tmp_path, caplog):
+    """data.stretch=false (centre crop) was ignored silently for LeRobot and other converted sources: their copy's
+    frames are stretched to square while converting (bit-identical encoders for false and true)."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from video_pretrain.train import frames_path
+
+    src = F.write_lerobot(tmp_path / "lr", lengths=(10, 9), width=48)
+    for stretch, warned in ((False, True), (True, False)):
+        cfg = OmegaConf.create({"image_size": 16, "data": {"stretch": stretch, "cache_dir": str(tmp_path / "c")}})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="video_pretrain.train"):
+            copy = frames_path(src, cfg)
+        assert copy.suffix == ".hdf5"
+        assert ("data.stretch=false (crop non-square clips to their central square) does not apply to this lerobot "
+                f"dataset: its frames ({F.LEROBOT_CAM} 32x48) were stretched to 16 x 16" in caplog.text) == warned
+    square = F.write_lerobot(tmp_path / "sq", lengths=(10, 9))  # square already: nothing to say
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.train"):
+        frames_path(square, OmegaConf.create({"image_size": 16, "data": {"stretch": False,
+                                                                          "cache_dir": str(tmp_path / "c")}}))
+    assert "does not apply" not in caplog.text

@@ -213,7 +213,19 @@ def frames_path(path: Path, cfg: DictConfig) -> Path:
         return path
     if fmt == "robomimic":
         return path
-    return as_robomimic(path, fmt=fmt, cache_dir=cfg.data.get("cache_dir"), image_size=int(cfg.image_size))
+    copy = as_robomimic(path, fmt=fmt, cache_dir=cfg.data.get("cache_dir"), image_size=int(cfg.image_size))
+    if not bool(cfg.data.get("stretch", False)):
+        from robopretrain.data.hdf5 import read_info
+
+        sizes = dict(read_info(copy).env_args.get("source_image_sizes") or {})
+        wide = {k: f"{h}x{w}" for k, (h, w) in sizes.items() if h != w}
+        if wide:  # the crop cannot apply: the copy's frames are square already
+            log.warning("data.stretch=false (crop non-square clips to their central square) does not apply to this "
+                        "%s dataset: its frames (%s) were stretched to %d x %d while converting, the copy stages 2 "
+                        "and 3 read too; data.stretch=true says so quietly", fmt,
+                        ", ".join(f"{k} {v}" for k, v in sorted(wide.items())), int(cfg.image_size),
+                        int(cfg.image_size))
+    return copy
 
 
 def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str, Any]]:
