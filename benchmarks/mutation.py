@@ -193,7 +193,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("returns", "next_actions_of/const/0"): Equivalent(
         "len(a) > 1 -> > 0: with one action the shifted slices are empty, so the copy is returned either way",
         "1 -> 0 @ if len(a) > 1:"),
-    ("dataset", "load_offline_dataset/swap/35"): Equivalent(
+    ("dataset", "load_offline_dataset/swap/37"): Equivalent(
         "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): rewards * scale in float64 either way (a "
         "product commutes)",
         "scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, "
@@ -284,9 +284,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "max(len(TASK_IDS), largest) -> max(largest, len(TASK_IDS)): symmetric (Meta-World's branch)",
         "max(..len(TASK_IDS), largest..) swapped @ return max(len(TASK_IDS), largest)"),
     ("hdf5", "load_transitions/const/3"): Equivalent(
-        "(0,) + shape -> (1,) + shape in the image-key test: only the number of dimensions is read there",
+        "(0,) + shape -> (1,) + shape in the image-key test: only the number of dimensions (and the dtype) is "
+        "read there",
         "0 -> 1 @ read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0], "
-        "low_dim)]"),
+        "low_dim,"),
     ("action_units", "ActionNormalization.same/swap/0"): Equivalent(
         "np.allclose(a, b) -> (b, a) on the low bounds: |a - b| <= 1e-6 + 1e-6 |b| differs from the swap only by "
         "1e-6 of a bound's size in the tolerance; both mean 'equal to float32 precision'",
@@ -480,7 +481,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "7 -> 8 @ [c.replace(\"colors_textures\", \"col+tex\").replace(\"/\", \"\\n\") for c in conds], fontsize=7)"),
     ("claims_encoder_shifts", "plot/const/13"): Equivalent(
         "the legend's font size 7 -> 8 (appearance only)", "7 -> 8 @ ax.legend(fontsize=7)"),
-    ("build", "new_agent/if/0"): Equivalent(
+    ("build", "new_agent/if/1"): Equivalent(
         "if spec.rgb -> if not spec.rgb around the agent's log line only (logging: which agents print their encoder "
         "summary)",
         "if spec.rgb: -> if not ... @ if spec.rgb:"),
