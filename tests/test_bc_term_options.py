@@ -234,18 +234,19 @@ def test_a_dense_target_with_the_filter_off_in_stage3_only_warns_about_the_adapt
     (tmp_path / "dense_demos.hdf5").write_bytes(b"")  # the start checks need the target's demos to exist
     dense = (f"targets=[{{name: Dense, env_id: 'sim_envs:TabletopEnv', reward: dense, task_id: 13, "
              f"demos: {tmp_path / 'dense_demos.hdf5'}}}]")
+    slots = "obs.num_tasks=14"  # slot 13 inside the one-hot (the start checks refuse it outside)
     for fix in ("+stage3.algo_overrides.actor_bc_filter=none", "+stage3.algo_overrides.actor_bc_weight=0"):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
-            pipeline.check_targets(_stage("pipeline", dense, fix))
+            pipeline.check_targets(_stage("pipeline", dense, slots, fix))
         assert [r.getMessage()[:43] for r in caplog.records] == ["adapt: target Dense declares a dense reward"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
-        pipeline.check_targets(_stage("pipeline", dense, "algo_overrides.actor_bc_filter=none"))
+        pipeline.check_targets(_stage("pipeline", dense, slots, "algo_overrides.actor_bc_filter=none"))
         pipeline.check_targets(_stage("pipeline"))
     assert not caplog.records
     with pytest.raises(ValueError, match="declares a dense reward"):
-        pipeline.check_targets(_stage("pipeline", dense))
+        pipeline.check_targets(_stage("pipeline", dense, slots))
 
 
 def test_discount_one_builds_cql_and_refuses_only_the_success_filter():

@@ -98,11 +98,16 @@ def test_a_run_records_and_evaluates_the_slots_it_trained_and_refuses_a_clashing
 
     prior = collect_sim(tmp_path / "prior.hdf5", [PRIOR], episodes=1, **CLEAN)
     seen = []
-    monkeypatch.setattr(train.build, "eval_targets", lambda setting, info, ids: seen.append(dict(ids)) or [])
+    def eval_targets(setting, info, ids, num_tasks, trained):
+        seen.append((dict(ids), num_tasks, trained))
+        return []
+
+    monkeypatch.setattr(train.build, "eval_targets", eval_targets)
     last = train.run(stage2_config(prior, tmp_path / "moved", steps=1, obs={"num_tasks": 12},
                                    data_cfg={"task_id": 5}))
     meta = OmegaConf.load(last / "meta.json")
-    assert seen == [{PRIOR: 5}] and dict(meta.task_ids) == {PRIOR: 5} and list(meta.task_names) == [PRIOR]
+    assert seen == [({PRIOR: 5}, 12, {PRIOR: 5})] and dict(meta.task_ids) == {PRIOR: 5}  # the agent's one-hot too
+    assert list(meta.task_names) == [PRIOR]
     target = collect_sim(tmp_path / "target.hdf5", [TARGET], episodes=1, **CLEAN)
     clash = {"mix": {"path": str(target), "fraction": 0.5, "task_id": TASK_IDS[PRIOR]}}
     with pytest.raises(ValueError, match=f"slot {TASK_IDS[PRIOR]} is task '{PRIOR}'"):
