@@ -419,8 +419,9 @@ def test_a_target_whose_demos_give_a_part_another_size_stops_before_the_data_sta
     assert not (tmp_path / "run").exists()
     # what else the adaptation found only after stage 2: a part its demos or the prior data lack, a camera of
     # another size, a slot outside the one-hot
-    for low_dim, said in ((["object"], rf"'object' is not in its demos \(object; they have \['agentview_image', "),
-                          (["goal"], r"'goal' is not in the prior \(sim_envs\) data, which has \['object', 'proprio'\]")):
+    for low_dim, said in ((["object"], r"'object' is not in its demos \(object; they have \['agentview_image', "),
+                          (["goal"], r"'goal' is not in the prior \(sim_envs\) data, which has \['object', "
+                                     r"'proprio'\]")):
         cfg.obs.low_dim = low_dim
         with pytest.raises(ValueError, match=said):
             pipeline.check_targets(cfg)
