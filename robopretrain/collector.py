@@ -100,6 +100,18 @@ def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: 
     return gym.vector.SyncVectorEnv(worker_fns, autoreset_mode=mode)
 
 
+CLOSE_TIMEOUT_S = 5.0  # seconds a closing vector env waits for a pending step or reset before terminating workers
+
+
+def close_vector_env(venv: gym.vector.VectorEnv) -> None:
+    """``venv.close`` that cannot block forever. When the parent fails after reading the workers' answers (its
+    stacking of observations whose shapes differ, an info it cannot batch), gymnasium's ``AsyncVectorEnv`` still
+    believes a step is pending and its plain ``close()`` waits for answers that never come; with a timeout it waits
+    :data:`CLOSE_TIMEOUT_S` and terminates the workers instead. A pending step that is really running (Ctrl-C during
+    a step) is waited for and closed normally."""
+    venv.close(timeout=CLOSE_TIMEOUT_S)
+
+
 def _collector_env(env_fn: Callable[[], gym.Env], index: int = 0) -> gym.Env:
     """``env_fn()`` wrapped in :class:`CollectedInfo`. In a worker process (not in the parent, where gymnasium builds
     one env to read its spaces) Ctrl-C is ignored first: the parent handles it and closes the workers, which would
@@ -243,8 +255,10 @@ class VectorCollector:
         return not self.active.any()
 
     def close(self) -> None:
+        """Close the envs and their worker processes. Workers still owing an answer get :data:`CLOSE_TIMEOUT_S`
+        to give it, then are terminated (:func:`close_vector_env`)."""
         if self.venv is not None:
-            self.venv.close()
+            close_vector_env(self.venv)
             self.venv = None
 
     # ------------------------------------------------------------------ stepping
@@ -411,4 +425,4 @@ def collect_and_update(
 
 
 __all__ = ["CollectStep", "Episode", "VectorCollector", "collect_and_update", "crossed", "episode_seed",
-           "make_vector_env", "reset_physics", "tree_rows", "tree_stack"]
+           "close_vector_env", "make_vector_env", "reset_physics", "tree_rows", "tree_stack"]

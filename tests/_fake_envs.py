@@ -32,6 +32,15 @@ class CountEnv(gym.Env):
         return self._obs(), float(success), success, end and not success, info
 
 
+class ShapeShiftEnv(CountEnv):
+    """CountEnv whose observation grows by one entry at every step after an odd reset seed: with two envs the
+    vector env's stacking fails in the parent process, after the workers have answered."""
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        grow = self.t if self.ep_seed % 2 else 0
+        return {"x": np.zeros(2 + grow, np.float32)}
+
+
 # --------------------------------------------------------------------------- a robot that is not ours
 
 EEF, GRIPPER = "robot0_eef_pos", "robot0_gripper_qpos"

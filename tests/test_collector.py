@@ -239,3 +239,33 @@ def test_an_episode_survives_a_checkpoint_file(tmp_path, image_obs):
             assert y.dtype == x.dtype and np.array_equal(x, y)
     for name in ("actions", "rewards", "terminals"):
         assert np.array_equal(getattr(ep, name), getattr(back, name))
+
+
+def test_close_after_the_parent_failed_to_stack_a_step_returns():
+    """An error in the parent while it stacks the workers' answers (observations whose shapes differ) left gymnasium's
+    AsyncVectorEnv waiting for a step it had already read: ``close`` then blocked forever, and stage 3 hung instead
+    of showing the error. Run in a child process so that the old hang fails the test instead of stalling the suite."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import numpy as np\n"
+        "from _fake_envs import ShapeShiftEnv\n"
+        "from robopretrain.collector import VectorCollector\n"
+        "c = VectorCollector(ShapeShiftEnv, 2, convert=lambda o: o['x'], seed=0, asynchronous=True)\n"
+        "c.start(0)\n"
+        "try:\n"
+        "    c.step(lambda o: np.zeros((2, 4), np.float32), budget=10)\n"
+        "except ValueError as e:\n"
+        "    print('raised', e, flush=True)\n"
+        "c.close()\n"
+        "print('closed', c.venv is None, flush=True)\n")
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])}
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    except subprocess.TimeoutExpired:
+        pytest.fail("VectorCollector.close hung after a failed step")
+    assert "raised" in out and "closed True" in out, out
