@@ -8,6 +8,8 @@ a value out of range, an env whose sizes differ from the agent's) ends with one 
 * ``checkpoint``: the agent is rebuilt from the checkpoint alone (cameras and encoder, observation parts and their
   normalisation, task one-hot, network sizes) and trained with ``algo``'s settings (Cal-QL by default; a CQL
   checkpoint continues as Cal-QL; the optimiser state is kept for the same algorithm when ``online.keep_optimizer``).
+  ``algo=dt`` is refused (no online Decision Transformer here); ``algo=bc`` runs with a warning, since behaviour
+  cloning has no online version and clones every online episode, failed ones included.
 * ``target``: a sim_envs task name, or any env as a mapping of :class:`robopretrain.envs.target.Target` fields
   (a Meta-World task, a gymnasium id or ``"module:Class"``, with its observation key map, task id, success signal
   and reward convention). Its env is built once at start and its observation sizes and action size are checked
@@ -136,6 +138,19 @@ def refuse_decision_transformer(algo: str, checkpoint: Any) -> None:
                               f"checkpoint of another learner ({' / '.join(n for n in AGENT_NAMES if n != 'dt')})")
 
 
+def warn_online_behaviour_cloning(algo: str) -> str | None:
+    """Warn (and return the message) for ``algo=bc`` in stage 3: behaviour cloning has no online version; stage 3
+    trains it on batches that mix the offline data with every online episode, its own failed ones included
+    (``online.offline_ratio``), so it imitates its failures as much as its successes."""
+    if algo != "bc":
+        return None
+    message = ("algo=bc: behaviour cloning has no online version; stage 3 clones batches that mix the offline data "
+               "with every online episode, failed ones included, so it imitates its own failures too. To improve "
+               "online, fine-tune the BC checkpoint with an RL learner (algo=calql, iql, awac, td3_bc or rebrac)")
+    log.warning(message)
+    return message
+
+
 def warn_dropped_bc_term(ckpt_meta: dict[str, Any], algo_cfg: Any) -> str | None:
     """Warn (and return the message) when the checkpoint's actor was trained with the actor's BC term
     (``actor_bc_weight > 0``, CQL / Cal-QL) but this fine-tuning runs without it: the testbed measured a plain
@@ -174,6 +189,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     target = build.target_config(cfg.target)
     algo = str(cfg.algo.name)
     refuse_decision_transformer(algo, cfg.checkpoint)
+    warn_online_behaviour_cloning(algo)
     agent, ckpt = load_agent(str(cfg.checkpoint), device=device, with_optimizer=settings.keep_optimizer, algo=algo,
                              algo_cfg=build.algo_overrides(cfg.algo), seed=int(cfg.seed))
     warn_dropped_bc_term(ckpt.meta, getattr(agent, "algo_cfg", None))

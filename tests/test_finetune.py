@@ -591,3 +591,20 @@ def test_an_obs_map_entry_for_a_part_the_agent_does_not_observe_is_named(tmp_pat
         stage2(stage2_config(data, tmp_path / "ok", algo="bc", steps=2, obs={"low_dim": ["joints", "object"]},
                              data_cfg={"obs_map": {"joints": "proprio"}}))
     assert "does not observe" not in caplog.text
+
+
+@pytest.mark.parametrize("algo, warned", [("bc", True), ("calql", False), ("iql", False)])
+def test_stage3_says_that_online_bc_clones_its_own_failures(tmp_path, monkeypatch, caplog, algo, warned):
+    """Stage 3 with algo=bc clones every online episode, failed ones included: said before the agent loads."""
+    import finetune.train as ft
+
+    class Loaded(Exception):
+        pass
+
+    def load_agent(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(ft, "load_agent", load_agent)
+    with caplog.at_level(logging.WARNING, logger="finetune.train"), pytest.raises(Loaded):
+        ft.run(stage3_config(tmp_path / "s2", tmp_path / "run", "Reach", algo=algo))
+    assert ("imitates its own failures" in caplog.text) is warned, caplog.text
