@@ -255,16 +255,17 @@ def warn_unused_obs_map(obs_map: Mapping[str, str] | None, spec: ObsSpec, key: s
 
 
 def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
-    """Refuse a ``data.image_size`` the cameras the agent trains on do not have (a robomimic file is used as stored;
-    another format was resized to it while converting): ``ValueError`` naming them. Nothing without cameras."""
+    """Refuse a ``data.image_size`` the cameras the agent trains on do not have (every format, a robomimic file
+    included, was resized to it by :func:`converted`; this catches a camera the resize could not reach):
+    ``ValueError`` naming them. Nothing without cameras."""
     if image_size is None or not spec.rgb:
         return
     wrong = {k: tuple(s[:2]) for k, s in spec.rgb if tuple(s[:2]) != (int(image_size), int(image_size))}
     if wrong:
         cams = ", ".join(f"{k} {h}x{w}" for k, (h, w) in wrong.items())
         one_size = len({tuple(s[:2]) for _, s in spec.rgb}) == 1 and spec.rgb[0][1][0] == spec.rgb[0][1][1]
-        raise ValueError(f"data.image_size={image_size} but {path} holds {cams}: a robomimic file is used as stored "
-                         "(other formats are resized while converting); write its frames at that size" + (
+        raise ValueError(f"data.image_size={image_size} but {path} holds {cams}: these cameras were not resized "
+                         "(their frames are of a layout the resize does not read as pictures)" + (
                              ", or leave data.image_size unset to train at the file's size" if one_size else
                              " (the agent's cameras must all have one square size)"))
 
@@ -272,9 +273,10 @@ def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
 def converted(path: Path, data_cfg: Any, default_image_size: int | None = None) -> Path:
     """``path`` as robomimic HDF5: itself, or its cached conversion from another format
     (:func:`robopretrain.data.convert.as_robomimic`; ``data.format``, ``data.cache_dir``, ``data.actions``,
-    ``data.image_size``). ``default_image_size`` (an agent's image size, for data that must match it: stage 3's
-    target demos, a mixed-in file) resizes another format's cameras when ``data.image_size`` is unset; a robomimic
-    file is then used as stored (the agent's own checks name a camera of another size)."""
+    ``data.image_size``: a robomimic file whose cameras are of another size gets a resized copy too).
+    ``default_image_size`` (an agent's image size, for data that must match it: stage 3's target demos, a mixed-in
+    file) resizes another format's cameras when ``data.image_size`` is unset; a robomimic file is then used as stored
+    (the agent's own checks name a camera of another size)."""
     from robopretrain.data.convert import ConversionError, as_robomimic, detect_format
 
     path = Path(path).expanduser()

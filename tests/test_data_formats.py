@@ -343,8 +343,8 @@ def test_image_size_resizes_every_camera_as_an_envs_frames_are(tmp_path):
 
 def test_non_square_lerobot_camera_trains_once_resized(tmp_path, capsys):
     """A 32 x 48 LeRobot camera: refused at training as stored (the message says data.image_size), resized by
-    data.image_size / --image-size (a separate cached copy), and trained on; a robomimic file of another size is
-    refused under data.image_size rather than silently trained at its own size."""
+    data.image_size / --image-size (a separate cached copy), and trained on; a robomimic file of another size (the
+    LeRobot file's copy as stored) is resized by data.image_size too, into a copy of its own, to the same frames."""
     from robopretrain.build import converted
 
     src = F.write_lerobot(tmp_path / "lr", lengths=(10, 9), width=48)
@@ -368,17 +368,20 @@ def test_non_square_lerobot_camera_trains_once_resized(tmp_path, capsys):
     # an agent's size as the default (stage 3's target demos, a mixed-in file): another format resized to it ...
     plain = {"cache_dir": str(cache)}
     assert converted(src, plain, default_image_size=16) == small
-    # ... a robomimic file used as stored; data.image_size set explicitly: its cameras must be that size
+    # ... a robomimic file used as stored; data.image_size set explicitly: a robomimic file of that size is used
+    # where it is, one of another size gets its own resized copy (robopretrain.data.resize_robomimic)
     assert converted(as_stored, plain, default_image_size=16) == as_stored
-    assert converted(small, {"image_size": 16}) == small and converted(as_stored, {"image_size": 16}) == as_stored
-    # stage 2 on a robomimic file: data.image_size checks the cameras it trains on, and only those
-    with pytest.raises(ValueError, match=f"data.image_size=16 but .* holds {F.LEROBOT_CAM} 32x48"):
-        run(stage2_config(as_stored, tmp_path / "stored", algo="iql", steps=2, obs=obs, data_cfg={"image_size": 16}))
-    state_only = {**obs, "rgb": []}
-    assert load_agent(run(stage2_config(as_stored, tmp_path / "state", algo="iql", steps=2, obs=state_only,
-                                        data_cfg={"image_size": 16})))[1].step == 2
-    assert convert_main([str(as_stored), str(tmp_path / "again.hdf5"), "--image-size", "16"]) == 2
-    assert "a robomimic file is not rewritten" in capsys.readouterr().err
+    assert converted(small, {"image_size": 16}) == small
+    resized = converted(as_stored, {"image_size": 16, "cache_dir": str(cache)})
+    assert resized.parent == cache and resized not in (as_stored, small)
+    # stage 2 on the robomimic file of another size with data.image_size: trains on that copy, at that size
+    _, on_copy = load_agent(run(stage2_config(as_stored, tmp_path / "stored", algo="iql", steps=2, obs=obs,
+                                              data_cfg={"image_size": 16, "cache_dir": str(cache)})))
+    assert Path(on_copy.meta["data_path"]) == resized
+    assert dict((k, tuple(s)) for k, s in on_copy.meta["obs_spec"]["rgb"]) == {F.LEROBOT_CAM: (16, 16, 3)}
+    np.testing.assert_array_equal(demos(resized)[1]["obs"][F.LEROBOT_CAM], img)  # the same resize as LeRobot's
+    assert convert_main([str(as_stored), str(tmp_path / "again.hdf5"), "--image-size", "16"]) == 0
+    np.testing.assert_array_equal(demos(tmp_path / "again.hdf5")[1]["obs"][F.LEROBOT_CAM], img)
 
 
 def test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size(tmp_path):

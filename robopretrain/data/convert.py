@@ -13,7 +13,7 @@ format        what ``SRC`` is                                                 re
 ``minari``    a Minari dataset folder (``data/metadata.json``)                :mod:`.read_minari`
 ``d4rl``      an HDF5 file with top-level ``observations``, ``actions``, ...  :mod:`.read_d4rl`
 ``ogbench``   an OGBench ``.npz`` (``observations``, ``actions``, ...)        :mod:`.read_ogbench`
-``robomimic`` an HDF5 file with ``data/demo_<i>`` (already the contract)     :mod:`.hdf5`
+``robomimic`` an HDF5 file with ``data/demo_<i>`` (already the contract)     :mod:`.resize_robomimic`
 ============  ==============================================================  ==========================
 
 Direct use: ``data.path=SRC`` in any stage (and ``robopretrain.data.inspect SRC``) calls :func:`as_robomimic`,
@@ -26,13 +26,15 @@ path and format that can no longer be reused (made before the source was edited,
 is no longer the source's at their action mode and image size), with their frame index (``data.storage=disk``),
 so the cache does not grow with each edit; copies of other sources, and reusable ones at other image sizes or action
 modes, stay. A stage-2 checkpoint records the copy it trained on: stage 3 without ``data.path`` then asks for the
-data once that copy is gone. A robomimic file is used where it is.
+data once that copy is gone. A robomimic file is used where it is, unless its cameras need resizing (below).
 
 Cameras that are not square (LeRobot and Minari recordings are often 480 x 640) or larger than the agent should see:
 ``--image-size S`` (stages: ``data.image_size=S``) resizes every camera frame to ``S x S`` while converting, with
 the same function that resizes an env's frames for the agent (:func:`robopretrain.data.episodes.resize_frames`), so
-training and acting see one view. A robomimic file is not rewritten (stage 2 checks that the cameras it trains on are
-``S x S`` when ``data.image_size`` is set).
+training and acting see one view. A robomimic file whose cameras are not all uint8 ``S x S x 3`` gets a cached copy
+with its cameras resized the same way and every other dataset, attribute and mask as stored
+(:mod:`robopretrain.data.resize_robomimic`; its actions are kept as stored whatever ``--actions`` says); one whose
+cameras already are is used where it is.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ from robopretrain.data.read_lerobot import is_lerobot, read_lerobot
 from robopretrain.data.read_lerobot import read_info as read_lerobot_info
 from robopretrain.data.read_minari import dataset_id, declared_action_bounds, is_minari, read_minari
 from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
+from robopretrain.data.resize_robomimic import needs_resize, write_resized
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +169,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
     """Convert ``src`` (``fmt`` or detected) to robomimic HDF5 at ``dst``; returns ``dst``. ``image_size``: the
     square side every camera frame is resized to (None: the source's size).
 
-    Raises :class:`ConversionError` when ``dst`` exists (unless ``overwrite``), for a robomimic source (nothing to
-    convert: use it as it is) and for every problem of the source (naming the file and what was expected).
+    A robomimic source is copied with its cameras resized (:mod:`robopretrain.data.resize_robomimic`; ``actions`` does
+    not apply). Raises :class:`ConversionError` when ``dst`` exists (unless ``overwrite``), for a robomimic source
+    without ``image_size`` (nothing to convert: use it as it is) and for every problem of the source (naming the file
+    and what was expected).
     """
     src, dst = Path(src), Path(dst)
     if not src.exists():
@@ -182,10 +187,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
         if detected != given:
             raise ConversionError(f"{src}: detected format {detected}, not {given}; leave the format unset (auto) "
                                   "or name its own")
-    if fmt == "robomimic":
-        raise ConversionError(f"{src}: already a robomimic HDF5 file; use it as it is" + (
-            " (--image-size resizes other formats while converting; a robomimic file is not rewritten: write its "
-            "frames at that size yourself)" if image_size is not None else ""))
+    if fmt == "robomimic" and image_size is None:
+        raise ConversionError(f"{src}: already a robomimic HDF5 file; use it as it is (--image-size S writes a copy "
+                              "with its cameras at S x S)")
     if dst.is_dir():  # --overwrite replaces a file, never a folder (found after the whole conversion)
         raise ConversionError(f"{dst}: is a folder; give the .hdf5 file to write (e.g. {dst / (src.stem + '.hdf5')})")
     if dst.exists() and not overwrite:
@@ -194,6 +198,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
         raise ConversionError(f"{dst}: the output would replace the source")
     # the source's absolute path: a cached copy names (and is pruned by) the file itself, not a path relative to
     # whichever folder the run started in
+    if fmt == "robomimic":  # its cameras at image_size x image_size, everything else copied as stored
+        return write_resized(src, dst, check_image_size(image_size))
     bounds = declared_action_bounds(src) if fmt == "minari" else None  # the other formats declare no space
     return write_robomimic(dst, READERS[fmt](src), source=str(src.expanduser().resolve()), fmt=fmt,
                            env_name=_env_name(src, fmt), actions=actions, image_size=check_image_size(image_size),
@@ -233,7 +239,8 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
     """A robomimic HDF5 path for ``src``: ``src`` itself when it is one (or a file of no recognised format, which the
     robomimic reader then refuses with its own message), else its cached conversion (made now when missing or
     stale, see the module docstring), its cameras resized to ``image_size`` when given (a robomimic file is used as
-    stored). Raises :class:`ConversionError`."""
+    stored unless some camera is not ``image_size`` square uint8 RGB: then its cached copy with the cameras resized).
+    Raises :class:`ConversionError`."""
     src = Path(src).expanduser()
     fmt = _check_format(fmt)
     image_size = check_image_size(image_size)
@@ -245,14 +252,20 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
                 return src  # unreadable or foreign: the robomimic reader names what is wrong with it
             raise
     if fmt == "robomimic":
-        return src
+        if image_size is None or not needs_resize(src, image_size):
+            return src  # used where it is
+        actions = "keep"  # a robomimic file's actions are copied as stored; the stages read their units from it
     if actions not in ACTION_MODES:
         raise ConversionError(f"actions={actions!r}: expected one of {ACTION_MODES}")
     dst = cache_path(src, fmt, actions=actions, cache_dir=cache_dir, image_size=image_size)
     if dst.is_file():
         log.info("%s (%s): using the converted copy %s", src, fmt, dst)
         return dst
-    log.info("%s (%s): converting to %s (once; reused while the source is unchanged)", src, fmt, dst)
+    if fmt == "robomimic":
+        log.info("%s: cameras resized to %dx%d in a copy %s (once; reused while the source is unchanged)", src,
+                 image_size, image_size, dst)
+    else:
+        log.info("%s (%s): converting to %s (once; reused while the source is unchanged)", src, fmt, dst)
     out = convert(src, dst, fmt=fmt, actions=actions, overwrite=True, image_size=image_size)
     for stale in stale_copies(src, fmt, out):
         try:

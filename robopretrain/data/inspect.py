@@ -256,14 +256,14 @@ def layout_note(shape: tuple[int, ...], dtype: str) -> str:
     if dtype != "uint8":
         return "an image of dtype {}: cameras are read as uint8 (0-255)".format(dtype)
     if layout == "channels_first":
-        return "channels first? cameras are read as (H, W, 3): write the frames channels last"
+        return "channels first? cameras are read as (H, W, 3): write the frames channels last, or data.image_size=S"
     h, w, c = shape
     if c == 1:
         return "grey frames: a camera of the stages, read as RGB (grey in each channel)"
     if c != 3:
         return f"{c} channel(s): cameras are read as (H, W, 3) RGB; write them RGB"
     if h != w:
-        return "not square: training needs square frames (another format: data.image_size=S while converting)"
+        return "not square: training needs square frames (data.image_size=S resizes them, in a cached copy)"
     return ""
 
 

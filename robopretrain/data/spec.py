@@ -75,9 +75,9 @@ class ObsSpec:
         if len(shapes) != 1 or next(iter(shapes))[0] != next(iter(shapes))[1]:
             raise ValueError(f"observation spec: cameras {list(self.rgb_keys)} must be square and of one size, "
                              f"got {sorted(shapes)}: the data's frames are used as stored (an env's frames are "
-                             "resized to the agent's size, robopretrain.envs.camera_frames); a LeRobot, Minari, D4RL "
-                             "or OGBench source is resized while converting with data.image_size=S (convert: "
-                             "--image-size S), a robomimic file must be written at one square size (e.g. 64 x 64)")
+                             "resized to the agent's size, robopretrain.envs.camera_frames); set data.image_size=S "
+                             "(convert: --image-size S): another format is resized while converting, a robomimic "
+                             "file gets a cached copy with its cameras at S x S")
         return int(next(iter(shapes))[0])
 
     def storage(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -195,7 +195,10 @@ def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype) -> str:
         fixes.append("channels first: write frames.transpose(0, 2, 3, 1)")
     if np.issubdtype(dtype, np.floating):
         fixes.append("float: write (frames * 255).round().astype(np.uint8) for frames in [0, 1]")
-    return f"; {', '.join(fixes)}" if fixes else ""
+    if not fixes:
+        return ""
+    return (f"; {', '.join(fixes)}; or set data.image_size=S: the stages then read a cached copy of the file with "
+            "these frames as uint8 (S, S, 3) (robopretrain.data.resize_robomimic)")
 
 
 __all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "as_rgb", "image_layout_hint", "spec_from_shapes",

@@ -1,0 +1,151 @@
+"""A robomimic file whose cameras are not the agent's square size: the resized copy keeps everything else bit for bit,
+its cameras are the env frames' resize of the stored frames, and as_robomimic makes it once and only when needed."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from robopretrain.data.convert import as_robomimic, main as convert_main
+from robopretrain.data.episodes import ConversionError, resize_frames, to_uint8_hwc
+from robopretrain.data.hdf5 import load_transitions, read_info
+from robopretrain.data.resize_robomimic import needs_resize, write_resized
+
+LENGTHS = (5, 4)
+
+
+def write_foreign(path: Path, *, front: tuple[int, int] = (20, 30), wrist: int = 12, seed: int = 0) -> Path:
+    """A robomimic file as another robot's recorder writes it: a non-square RGB camera, a channels-first float camera
+    in [0, 1], a grey uint8 camera, a low-dim part, states, rewards, dones, masks and attributes of its own."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f.attrs["recorder"] = "lab-rig-2"
+        data = f.create_group("data")
+        data.attrs["total"] = sum(LENGTHS)
+        data.attrs["env_args"] = json.dumps({"env_name": "RealCan", "type": 1, "env_kwargs": {"control_freq": 20}})
+        for i, n in enumerate(LENGTHS):
+            demo = data.create_group(f"demo_{i}")
+            demo.attrs["num_samples"] = n
+            demo.attrs["ep_meta"] = json.dumps({"success": bool(i == 0), "operator": "ab"})
+            for group in ("obs", "next_obs"):
+                g = demo.create_group(group)
+                g.create_dataset("agentview_image", data=rng.integers(0, 256, (n, *front, 3), dtype=np.uint8),
+                                 chunks=(1, *front, 3), compression="gzip", compression_opts=4)
+                g.create_dataset("wrist", data=rng.random((n, 3, wrist, wrist), dtype=np.float32))
+                g.create_dataset("side_grey", data=rng.integers(0, 256, (n, 10, 14), dtype=np.uint8))
+                g.create_dataset("proprio", data=rng.normal(size=(n, 4)).astype(np.float32))
+                g["proprio"].attrs["units"] = "m"
+            demo.create_dataset("actions", data=rng.uniform(-1, 1, (n, 3)).astype(np.float32))
+            demo.create_dataset("rewards", data=np.eye(n, dtype=np.float32)[-1] * (i == 0))
+            demo.create_dataset("dones", data=(np.arange(n) == n - 1).astype(np.uint8))
+            demo.create_dataset("states", data=rng.normal(size=(n, 7)))
+        f.create_dataset("mask/train", data=np.array([b"demo_0"]))
+        f.create_dataset("mask/valid", data=np.array([b"demo_1"]))
+    return path
+
+
+def items(f: h5py.File) -> dict[str, h5py.HLObject]:
+    out: dict[str, h5py.HLObject] = {}
+    f.visititems(lambda name, obj: out.setdefault(name, obj))
+    return out
+
+
+CAMERAS = ("agentview_image", "wrist", "side_grey")
+
+
+def test_the_copy_resizes_each_camera_as_env_frames_are_and_keeps_the_rest_bit_for_bit(tmp_path):
+    src = write_foreign(tmp_path / "rig.hdf5")
+    out = write_resized(src, tmp_path / "rig16.hdf5", 16)
+    with h5py.File(src, "r") as a, h5py.File(out, "r") as b:
+        old, new = items(a), items(b)
+        assert set(old) == set(new)
+        assert dict(a.attrs) == dict(b.attrs)
+        for name, obj in old.items():
+            assert dict(obj.attrs) == dict(new[name].attrs) or name == "data", name
+            if not isinstance(obj, h5py.Dataset):
+                continue
+            if name.rsplit("/", 1)[-1] in CAMERAS:
+                want = resize_frames(to_uint8_hwc(obj[()], name), 16)
+                assert new[name].dtype == np.uint8 and new[name].shape == (len(obj), 16, 16, 3), name
+                np.testing.assert_array_equal(new[name][()], want)
+            else:
+                assert new[name].dtype == obj.dtype, name
+                np.testing.assert_array_equal(new[name][()], obj[()])
+        assert b["data/demo_0/obs/agentview_image"].compression == "gzip"  # the source's storage, at the new size
+        env_args = json.loads(b["data"].attrs["env_args"])
+        assert env_args == {"env_name": "RealCan", "type": 1, "env_kwargs": {"control_freq": 20},
+                            "source": str(src.resolve()), "image_size": 16,
+                            "source_image_sizes": {"agentview_image": [20, 30], "wrist": [12, 12],
+                                                   "side_grey": [10, 14]}}
+        assert b["data"].attrs["total"] == sum(LENGTHS)
+    info = read_info(out)
+    assert [d.num_samples for d in info.demos] == list(LENGTHS)
+    trans = load_transitions(out, ["agentview_image", "proprio"], mask="train")
+    assert trans.obs["agentview_image"].shape == (LENGTHS[0], 16, 16, 3)
+
+
+def test_a_camera_that_is_not_colour_is_refused_and_no_file_is_left(tmp_path):
+    src = write_foreign(tmp_path / "rig.hdf5")
+    with h5py.File(src, "a") as f:
+        del f["data/demo_1/obs/wrist"]
+        f["data/demo_1/obs/wrist"] = np.full((LENGTHS[1], 3, 12, 12), 300.0, np.float32)  # a depth map in mm?
+    with pytest.raises(ConversionError, match="demo_1/obs/wrist"):
+        write_resized(src, tmp_path / "out.hdf5", 16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rig.hdf5"]
+
+
+def test_as_robomimic_copies_only_when_a_camera_differs_and_once(tmp_path):
+    cache = tmp_path / "cache"
+    src = write_foreign(tmp_path / "rig.hdf5")
+    assert as_robomimic(src, cache_dir=cache) == src  # no image size asked: used where it is
+    assert needs_resize(src, 16)
+    copy = as_robomimic(src, cache_dir=cache, image_size=16)
+    assert copy.parent == cache and copy.name.startswith("rig.robomimic.")
+    stamp = copy.stat().st_mtime_ns
+    assert as_robomimic(src, cache_dir=cache, image_size=16) == copy and copy.stat().st_mtime_ns == stamp  # reused
+    assert not needs_resize(copy, 16) and as_robomimic(copy, cache_dir=cache, image_size=16) == copy
+    assert needs_resize(copy, 8)
+    square = write_resized(src, tmp_path / "square.hdf5", 16)
+    assert as_robomimic(square, cache_dir=cache, image_size=16) == square  # already the size: no copy
+    # an edited source: a new copy, the one it replaces removed
+    with h5py.File(src, "a") as f:
+        f["data/demo_0/obs/proprio"][0, 0] = 9.0
+    os.utime(src, ns=(stamp + 10**9, stamp + 10**9))
+    again = as_robomimic(src, cache_dir=cache, image_size=16)
+    assert again != copy and not copy.exists() and again.is_file()
+    assert h5py.File(again, "r")["data/demo_0/obs/proprio"][0, 0] == 9.0
+
+
+def test_convert_cli_writes_the_resized_copy_and_refuses_a_copy_without_a_size(tmp_path, capsys):
+    src = write_foreign(tmp_path / "rig.hdf5")
+    assert convert_main([str(src), str(tmp_path / "rig24.hdf5"), "--image-size", "24"]) == 0
+    with h5py.File(tmp_path / "rig24.hdf5", "r") as f:
+        assert {k: f[f"data/demo_1/next_obs/{k}"].shape for k in CAMERAS} == {k: (LENGTHS[1], 24, 24, 3) for k in CAMERAS}
+    capsys.readouterr()
+    assert convert_main([str(src), str(tmp_path / "same.hdf5")]) == 2
+    assert "already a robomimic HDF5 file" in capsys.readouterr().err
+
+
+def test_stage2_trains_on_the_foreign_file_only_through_data_image_size(tmp_path):
+    """Wiring: stage 2 refuses the channels-first float camera as stored, naming data.image_size=S; with it, the agent
+    trains on the cached copy (recorded as its data) with every camera at S x S."""
+    from _stages import stage2_config
+    from robopretrain.checkpoint import load_agent
+    from robopretrain.train import run
+
+    src = write_foreign(tmp_path / "rig.hdf5")
+    cache = tmp_path / "cache"
+    obs = {"low_dim": ["proprio"], "rgb": list(CAMERAS), "num_tasks": None}
+    with pytest.raises(ValueError, match=r"rgb part 'wrist' is float32 \(3, 12, 12\).*data.image_size=S"):
+        run(stage2_config(src, tmp_path / "raw", algo="bc", steps=2, obs=obs, data_cfg={"cache_dir": str(cache)}))
+    ckpt = run(stage2_config(src, tmp_path / "run", algo="bc", steps=2, obs=obs,
+                             data_cfg={"cache_dir": str(cache), "image_size": 16}))
+    _, saved = load_agent(ckpt)
+    copy = Path(saved.meta["data_path"])
+    assert copy.parent == cache and json.loads(h5py.File(copy, "r")["data"].attrs["env_args"])["source"] == str(
+        src.resolve())
+    assert {k: tuple(s) for k, s in saved.meta["obs_spec"]["rgb"]} == {k: (16, 16, 3) for k in CAMERAS}
