@@ -88,14 +88,30 @@ def test_the_copy_resizes_each_camera_as_env_frames_are_and_keeps_the_rest_bit_f
     assert trans.obs["agentview_image"].shape == (LENGTHS[0], 16, 16, 3)
 
 
-def test_a_camera_that_is_not_colour_is_refused_and_no_file_is_left(tmp_path):
+def test_a_depth_camera_is_copied_as_stored_unless_an_earlier_demo_was_colour(tmp_path, caplog):
+    """A float camera that is not colour (depth in millimetres) and a 16-bit one: copied as stored, said once, listed
+    in env_args; the colour cameras beside them are still resized. A camera colour in one demo and not in a later
+    one is refused (the copy's demos would disagree) and no file is left."""
     src = write_foreign(tmp_path / "rig.hdf5")
     with h5py.File(src, "a") as f:
-        del f["data/demo_1/obs/wrist"]
-        f["data/demo_1/obs/wrist"] = np.full((LENGTHS[1], 3, 12, 12), 300.0, np.float32)  # a depth map in mm?
-    with pytest.raises(ConversionError, match="demo_1/obs/wrist"):
-        write_resized(src, tmp_path / "out.hdf5", 16)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rig.hdf5"]
+        for i, n in enumerate(LENGTHS):
+            for group in ("obs", "next_obs"):
+                f[f"data/demo_{i}/{group}/depth"] = np.full((n, 12, 12, 1), 300.0 + i, np.float32)
+                f[f"data/demo_{i}/{group}/ir"] = np.full((n, 12, 12), 1000 + i, np.uint16)
+    out = write_resized(src, tmp_path / "out.hdf5", 16)
+    assert caplog.text.count("camera 'depth' is copied as stored") == 1
+    with h5py.File(src, "r") as a, h5py.File(out, "r") as b:
+        for key in ("depth", "ir"):
+            np.testing.assert_array_equal(b[f"data/demo_1/next_obs/{key}"][()], a[f"data/demo_1/next_obs/{key}"][()])
+        assert b["data/demo_1/obs/agentview_image"].shape == (LENGTHS[1], 16, 16, 3)
+        assert json.loads(b["data"].attrs["env_args"])["kept_as_stored"] == ["depth"]
+    with h5py.File(src, "a") as f:
+        for group in ("obs", "next_obs"):
+            del f[f"data/demo_0/{group}/depth"]
+            f[f"data/demo_0/{group}/depth"] = np.full((LENGTHS[0], 12, 12, 1), 0.5, np.float32)  # colour in [0, 1]
+    with pytest.raises(ConversionError, match="demo_1/next_obs/depth"):
+        write_resized(src, tmp_path / "bad.hdf5", 16)
+    assert not (tmp_path / "bad.hdf5").exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_as_robomimic_copies_only_when_a_camera_differs_and_once(tmp_path):

@@ -15,7 +15,9 @@ the keys a converted copy of another format carries.
 
 A per-step array is a camera here when :func:`robopretrain.data.episodes.image_layout` reads it as a picture
 (``(H, W, C)`` or ``(C, H, W)`` with C in 1, 3, 4 and sides >= 8, or uint8 ``(H, W)``), the rule the other
-formats' converters use.
+formats' converters use, and is uint8 or float (16-bit and other integer frames are no colour camera). A float
+camera whose values are not colour in [0, 1] or [0, 255] (a depth map in metres) is copied as stored, warned once
+and listed in ``env_args["kept_as_stored"]``: the stages read it only if ``obs.rgb`` names it, and then refuse it.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from robopretrain.data.episodes import ConversionError, image_layout, resize_frames, to_uint8_hwc
+from robopretrain.data.episodes import ConversionError, NotColourError, image_layout, resize_frames, to_uint8_hwc
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,10 @@ def _demos(data: h5py.Group) -> Iterator[tuple[str, h5py.Group]]:
 
 
 def is_camera(ds: h5py.Dataset) -> bool:
-    """Whether an ``(N, ...)`` dataset of an ``obs`` group is a picture per step (module docstring)."""
-    return ds.ndim >= 3 and image_layout(ds.shape[1:], ds.dtype) is not None
+    """Whether an ``(N, ...)`` dataset of an ``obs`` group is a colour picture per step to resize (module
+    docstring)."""
+    colour = ds.dtype == np.uint8 or np.issubdtype(ds.dtype, np.floating)
+    return colour and ds.ndim >= 3 and image_layout(ds.shape[1:], ds.dtype) is not None
 
 
 def needs_resize(path: str | os.PathLike, image_size: int) -> bool:
@@ -87,12 +91,13 @@ def _resized_camera(ds: h5py.Dataset, out: h5py.Group, key: str, image_size: int
 def write_resized(src: str | os.PathLike, dst: str | os.PathLike, image_size: int) -> Path:
     """Copy the robomimic file ``src`` to ``dst`` with every camera at ``image_size x image_size`` (module docstring).
     Written to ``<dst>.<pid>.tmp`` and renamed at the end. Returns ``dst``. Raises :class:`ConversionError` for a file
-    without ``data`` or whose cameras are not 8-bit colour (a depth map, 16-bit frames)."""
+    without ``data``; a camera that turns out not to be colour is copied as stored (module docstring)."""
     src, dst = Path(src).expanduser(), Path(dst)
     size = int(image_size)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
     source_sizes: dict[str, list[int]] = {}
+    kept: list[str] = []  # float cameras that are not colour (depth): copied as stored
     try:
         with h5py.File(src, "r") as fin, h5py.File(tmp, "w") as fout:
             data = fin.get("data")
@@ -117,11 +122,19 @@ def write_resized(src: str | os.PathLike, dst: str | os.PathLike, image_size: in
                     group = demo.create_group(child_name)
                     _copy_attrs(child, group)
                     for key, ds in child.items():
-                        if isinstance(ds, h5py.Dataset) and is_camera(ds):
-                            hw = _resized_camera(ds, group, key, size, f"{src}: data/{name}/{child_name}/{key}")
-                            source_sizes.setdefault(key, list(hw))
-                        else:
-                            child.copy(ds, group, name=key)
+                        where = f"{src}: data/{name}/{child_name}/{key}"
+                        if isinstance(ds, h5py.Dataset) and is_camera(ds) and key not in kept:
+                            try:
+                                hw = _resized_camera(ds, group, key, size, where)
+                                source_sizes.setdefault(key, list(hw))
+                                continue
+                            except NotColourError as err:
+                                if key in source_sizes:  # resized in an earlier demo: the demos would disagree
+                                    raise
+                                kept.append(key)
+                                log.warning("%s; camera %r is copied as stored (not resized): not 8-bit colour",
+                                            err, key)
+                        child.copy(ds, group, name=key)
             env_args: dict[str, Any] = {}
             raw = data.attrs.get("env_args")
             if raw is not None:
@@ -131,6 +144,8 @@ def write_resized(src: str | os.PathLike, dst: str | os.PathLike, image_size: in
                     env_args = {}
             if isinstance(env_args, dict):
                 env_args.update(source=str(src.resolve()), image_size=size, source_image_sizes=source_sizes)
+                if kept:
+                    env_args["kept_as_stored"] = kept
                 out_data.attrs["env_args"] = json.dumps(env_args)
         os.replace(tmp, dst)
     finally:
