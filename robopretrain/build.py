@@ -275,19 +275,15 @@ def converted(path: Path, data_cfg: Any, default_image_size: int | None = None) 
     (:func:`robopretrain.data.convert.as_robomimic`; ``data.format``, ``data.cache_dir``, ``data.actions``,
     ``data.image_size``: a robomimic file whose cameras are of another size gets a resized copy too).
     ``default_image_size`` (an agent's image size, for data that must match it: stage 3's target demos, a mixed-in
-    file) resizes another format's cameras when ``data.image_size`` is unset; a robomimic file is then used as stored
-    (the agent's own checks name a camera of another size)."""
-    from robopretrain.data.convert import ConversionError, as_robomimic, detect_format
+    file) stands in for ``data.image_size`` when that is unset: another format is converted at it, a robomimic file
+    whose cameras are of another size is read through its resized copy (one at that size is used where it is)."""
+    from robopretrain.data.convert import as_robomimic
 
     path = Path(path).expanduser()
     size = data_cfg.get("image_size")
+    if size is None:
+        size = default_image_size
     fmt = data_cfg.get("format")
-    if size is None and default_image_size is not None and path.exists():
-        try:
-            detected = fmt if fmt not in (None, "", "auto") else detect_format(path)
-        except ConversionError:  # no recognised format: the robomimic reader says what is wrong with the file
-            detected = "robomimic"
-        size = default_image_size if detected != "robomimic" else None
     return as_robomimic(path, fmt=fmt, cache_dir=data_cfg.get("cache_dir"),
                         actions=str(data_cfg.get("actions") or "auto"), image_size=size)
 

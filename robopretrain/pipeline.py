@@ -268,9 +268,9 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
     """Refuse, before any stage runs, a target the agent stage 2 trains on the prior (sim_envs) data cannot act on,
     which the adaptation found only after stage 2 (hours in): its slot outside the task one-hot (``obs.num_tasks``,
     else every sim_envs task); an ``obs.low_dim`` part the prior data lacks (it gives ``proprio`` and ``object``);
-    and, for its own robomimic demos, a part they lack, a low-dim part of another size than the prior data's
-    (``proprio`` 7, ``object`` 18: a Meta-World target's 4-D ``proprio``) or a camera of another size than
-    ``image_size``."""
+    and, for its own robomimic demos, a part they lack or a low-dim part of another size than the prior data's
+    (``proprio`` 7, ``object`` 18: a Meta-World target's 4-D ``proprio``). Their cameras may be of any size: the
+    adaptation and stage 3 read them resized to ``image_size`` (:func:`robopretrain.build.converted`)."""
     import sim_envs.tasks as sim_tasks
     from sim_envs.env import PROPRIO_DIM
     from sim_envs.tasks import OBJECT_DIM
@@ -298,16 +298,12 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
                          "cannot read both: leave the part out (obs.low_dim without it, e.g. obs.low_dim=[] to act "
                          "from the cameras), or pretrain on data of the target's robot (python -m robopretrain.train "
                          "on its files, then python -m finetune.train)")
-    size = int(cfg.image_size)
     for part in list(cfg.obs.rgb) if info is not None else []:
         key = str(dict(target.obs_map).get(part, part))
-        shape = tuple(info.obs_specs[key][0]) if key in info.obs_specs else None
-        if shape is None or tuple(shape[:2]) != (size, size):
-            raise ValueError(f"target {target.name!r}: camera {part!r} is "
-                             + (f"not in its demos ({key}; they have {sorted(info.obs_specs)})" if shape is None else
-                                f"{shape[0]}x{shape[1]} in its demos ({key}), the agent's image_size is {size}")
-                             + ": give demos with the agent's cameras at that size (python -m robopretrain.data."
-                             "convert --image-size resizes other formats), or set image_size to theirs")
+        if key not in info.obs_specs:
+            raise ValueError(f"target {target.name!r}: camera {part!r} is not in its demos ({key}; they have "
+                             f"{sorted(info.obs_specs)}): give demos with the agent's cameras, or map the part to "
+                             "theirs (the target's obs_map)")
 
 
 def check_targets(cfg: DictConfig) -> None:

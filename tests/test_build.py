@@ -108,9 +108,9 @@ def test_load_data_passes_the_selection_the_stage_asked_for(tmp_path, monkeypatc
     assert seen[-1]["skip_short"] is True
 
 
-def test_converted_gives_another_format_the_agents_image_size_unless_the_config_says(tmp_path, monkeypatch):
-    """``default_image_size`` (stage 3's target demos, a mix) applies to another format when data.image_size is unset;
-    a robomimic file is used as stored; data.image_size wins."""
+def test_converted_gives_the_data_the_agents_image_size_unless_the_config_says(tmp_path, monkeypatch):
+    """``default_image_size`` (stage 3's target demos, a mix) applies when data.image_size is unset, to a robomimic
+    file too (as_robomimic copies it only where a camera differs); data.image_size wins."""
     import _formats as F
     import robopretrain.data.convert as convert
 
@@ -128,7 +128,7 @@ def test_converted_gives_another_format_the_agents_image_size_unless_the_config_
     build.converted(truncated, {}, 16)
     monkeypatch.setenv("HOME", str(tmp_path))
     build.converted(Path("~/walker.hdf5"), {}, 16)  # a mix path with ~ (bash leaves it in key=~/x)
-    assert asked == [16, None, 8, None, 16, None, 16]
+    assert asked == [16, 16, 8, None, 16, 16, 16]
 
 
 def test_check_image_size_names_the_agents_cameras_of_another_size_only(tmp_path):

@@ -368,12 +368,12 @@ def test_non_square_lerobot_camera_trains_once_resized(tmp_path, capsys):
     # an agent's size as the default (stage 3's target demos, a mixed-in file): another format resized to it ...
     plain = {"cache_dir": str(cache)}
     assert converted(src, plain, default_image_size=16) == small
-    # ... a robomimic file used as stored; data.image_size set explicitly: a robomimic file of that size is used
-    # where it is, one of another size gets its own resized copy (robopretrain.data.resize_robomimic)
-    assert converted(as_stored, plain, default_image_size=16) == as_stored
-    assert converted(small, {"image_size": 16}) == small
+    # ... and a robomimic file: one of that size used where it is, one of another size through its own resized copy
+    # (robopretrain.data.resize_robomimic), the same whether the agent's size or data.image_size asks
+    assert converted(small, {"image_size": 16}) == small and converted(small, plain, default_image_size=16) == small
     resized = converted(as_stored, {"image_size": 16, "cache_dir": str(cache)})
     assert resized.parent == cache and resized not in (as_stored, small)
+    assert converted(as_stored, plain, default_image_size=16) == resized
     # stage 2 on the robomimic file of another size with data.image_size: trains on that copy, at that size
     _, on_copy = load_agent(run(stage2_config(as_stored, tmp_path / "stored", algo="iql", steps=2, obs=obs,
                                               data_cfg={"image_size": 16, "cache_dir": str(cache)})))
@@ -385,8 +385,8 @@ def test_non_square_lerobot_camera_trains_once_resized(tmp_path, capsys):
 
 
 def test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size(tmp_path):
-    """Wiring: stage 3's target demos and stage 2's mixed-in file in another format get the agent's image size
-    (their 32 x 48 cameras would not fit a 16 px agent)."""
+    """Wiring: stage 3's target demos and stage 2's mixed-in file, in another format or robomimic, get the agent's
+    image size (their 32 x 48 cameras would not fit a 16 px agent)."""
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
@@ -402,6 +402,11 @@ def test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size(tmp_path)
     given = offline_data_path(OmegaConf.create({"data": {"cache_dir": cache, "path": str(src)}}), tmp_path,
                               SimpleNamespace(name="t", demos=None, family="gym"), agent, {})  # data.path: the same
     assert given == path
+    stored = as_robomimic(src, cache_dir=cache)  # the same demos as a robomimic file at 32 x 48: a resized copy
+    robomimic_demos = offline_data_path(OmegaConf.create({"data": {"cache_dir": cache}}), tmp_path, SimpleNamespace(
+        name="t", demos=str(stored), family="gym"), agent, {})
+    assert robomimic_demos not in (stored, path) and demos(robomimic_demos)[0]["obs"][F.LEROBOT_CAM].shape[1:] == (
+        16, 16, 3)
     obs = {"low_dim": ["observation.state"], "rgb": [F.LEROBOT_CAM], "num_tasks": 2}
     ckpt = run(stage2_config(src, tmp_path / "run", algo="iql", steps=2, obs=obs, data_cfg={
         "cache_dir": cache, "image_size": 16, "task_id": 0,
@@ -417,11 +422,24 @@ def test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size(tmp_path)
     with pytest.raises(SpecMismatchError, match=r"the offline data .*hdf5 does not fit the agent: low_dim part "
                                                 r"'observation.state': .* has size 4, the agent has 5; rgb part"):
         check_data_fits(wide, path, None, "the offline data")
-    with pytest.raises(SpecMismatchError, match=r"the mixed-in data \(data.mix.path\) .* rgb part .* has size "
-                                                r"\(32, 48, 3\), the agent has \(16, 16, 3\)"):
+    # a robomimic mix at 32 x 48 is read resized to the agent's 16 px too; one whose state is wider is refused
+    native = as_robomimic(src, cache_dir=cache)
+    assert load_agent(run(stage2_config(src, tmp_path / "native_mix", algo="iql", steps=2, obs=obs, data_cfg={
+        "cache_dir": cache, "image_size": 16, "task_id": 0,
+        "mix": {"path": str(native), "fraction": 0.5, "task_id": 1, "cache_dir": cache}})))[1].step == 2
+    wider = tmp_path / "wider.hdf5"
+    shutil.copy(native, wider)
+    with h5py.File(wider, "a") as f:
+        for demo in f["data"].values():
+            for group in ("obs", "next_obs"):
+                state = demo[f"{group}/observation.state"][()]
+                del demo[f"{group}/observation.state"]
+                demo[f"{group}/observation.state"] = np.concatenate([state, state[:, :1]], axis=1)
+    with pytest.raises(SpecMismatchError, match=r"the mixed-in data \(data.mix.path\) .* low_dim part "
+                                                r"'observation.state': .* has size 5, the agent has 4"):
         run(stage2_config(src, tmp_path / "misfit", algo="iql", steps=2, obs=obs, data_cfg={
             "cache_dir": cache, "image_size": 16, "task_id": 0,
-            "mix": {"path": str(as_robomimic(src, cache_dir=cache)), "fraction": 0.5, "task_id": 1}}))
+            "mix": {"path": str(wider), "fraction": 0.5, "task_id": 1, "cache_dir": cache}}))
 
 
 # --------------------------------------------------------------------------- cache, CLI, inspect

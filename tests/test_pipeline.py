@@ -417,8 +417,8 @@ def test_a_target_whose_demos_give_a_part_another_size_stops_before_the_data_sta
                                          rf"\({fake.EEF}\), 7 in the prior \(sim_envs\) data; .*obs.low_dim=\[\]"):
         pipeline.run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
-    # what else the adaptation found only after stage 2: a part its demos or the prior data lack, a camera of
-    # another size, a slot outside the one-hot
+    # what else the adaptation found only after stage 2: a part its demos or the prior data lack, a camera they lack,
+    # a slot outside the one-hot
     for low_dim, said in ((["object"], r"'object' is not in its demos \(object; they have \['agentview_image', "),
                           (["goal"], r"'goal' is not in the prior \(sim_envs\) data, which has \['object', "
                                      r"'proprio'\]")):
@@ -426,11 +426,11 @@ def test_a_target_whose_demos_give_a_part_another_size_stops_before_the_data_sta
         with pytest.raises(ValueError, match=said):
             pipeline.check_targets(cfg)
     cfg.obs.low_dim = []
-    with pytest.raises(ValueError, match=r"camera 'agentview_image' is 16x16 in its demos \(agentview_image\), the "
-                                         r"agent's image_size is 64"):
+    pipeline.check_targets(cfg)  # without the part: nothing to refuse (16 px demos are read resized to 64)
+    cfg.obs.rgb = ["wrist_image"]
+    with pytest.raises(ValueError, match=r"camera 'wrist_image' is not in its demos \(wrist_image; they have "):
         pipeline.check_targets(cfg)
-    cfg.image_size = 16
-    pipeline.check_targets(cfg)  # without the part, at the demos' size: nothing to refuse
+    cfg.obs.rgb = ["agentview_image"]
     cfg.obs.num_tasks = 11
     with pytest.raises(ValueError, match=r"task slot 11 is outside the agent's task one-hot of 11 .*set obs.num_tasks "
                                          r"above 11"):
