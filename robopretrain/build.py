@@ -264,8 +264,8 @@ def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
     if wrong:
         cams = ", ".join(f"{k} {h}x{w}" for k, (h, w) in wrong.items())
         one_size = len({tuple(s[:2]) for _, s in spec.rgb}) == 1 and spec.rgb[0][1][0] == spec.rgb[0][1][1]
-        raise ValueError(f"data.image_size={image_size} but {path} holds {cams}: these cameras were not resized "
-                         "(their frames are of a layout the resize does not read as pictures)" + (
+        raise ValueError(f"data.image_size={image_size} but {path} holds {cams}: the resize did not reach these "
+                         "cameras (frames smaller than 8 px, or float frames of a key not named *_image)" + (
                              ", or leave data.image_size unset to train at the file's size" if one_size else
                              " (the agent's cameras must all have one square size)"))
 

@@ -136,8 +136,8 @@ def test_check_image_size_names_the_agents_cameras_of_another_size_only(tmp_path
     build.check_image_size(cams, 16, tmp_path / "d.hdf5")  # the size asked for
     build.check_image_size(cams, None, tmp_path / "d.hdf5")  # not asked
     build.check_image_size(ObsSpec(low_dim=(("x", 1),)), 8, tmp_path / "d.hdf5")  # no cameras: nothing to check
-    with pytest.raises(ValueError, match=r"data.image_size=8 but .*d.hdf5 holds front 16x16, wrist 16x16: these "
-                                         r"cameras were not resized.*or leave data.image_size unset"):
+    with pytest.raises(ValueError, match=r"data.image_size=8 but .*d.hdf5 holds front 16x16, wrist 16x16: the "
+                                         r"resize did not reach these cameras.*or leave data.image_size unset"):
         build.check_image_size(cams, 8, tmp_path / "d.hdf5")
     mixed = ObsSpec(low_dim=(("x", 1),), rgb=(("front", (8, 8, 3)), ("wrist", (16, 16, 3))))  # unset fails too
     with pytest.raises(ValueError, match=r"holds wrist 16x16.*must all have one square size") as err:

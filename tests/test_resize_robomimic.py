@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from robopretrain.data.convert import as_robomimic, main as convert_main
-from robopretrain.data.episodes import ConversionError, resize_frames, to_uint8_hwc
+from robopretrain.data.episodes import resize_frames, to_uint8_hwc
 from robopretrain.data.hdf5 import load_transitions, read_info
 from robopretrain.data.resize_robomimic import needs_resize, write_resized
 
@@ -35,8 +35,9 @@ def write_foreign(path: Path, *, front: tuple[int, int] = (20, 30), wrist: int =
                 g = demo.create_group(group)
                 g.create_dataset("agentview_image", data=rng.integers(0, 256, (n, *front, 3), dtype=np.uint8),
                                  chunks=(1, *front, 3), compression="gzip", compression_opts=4)
-                g.create_dataset("wrist", data=rng.random((n, 3, wrist, wrist), dtype=np.float32))
+                g.create_dataset("wrist_image", data=rng.random((n, 3, wrist, wrist), dtype=np.float32))
                 g.create_dataset("side_grey", data=rng.integers(0, 256, (n, 10, 14), dtype=np.uint8))
+                g.create_dataset("features", data=rng.random((n, 8, 8, 3), dtype=np.float32))  # not a camera
                 g.create_dataset("proprio", data=rng.normal(size=(n, 4)).astype(np.float32))
                 g["proprio"].attrs["units"] = "m"
             demo.create_dataset("actions", data=rng.uniform(-1, 1, (n, 3)).astype(np.float32))
@@ -54,7 +55,7 @@ def items(f: h5py.File) -> dict[str, h5py.HLObject]:
     return out
 
 
-CAMERAS = ("agentview_image", "wrist", "side_grey")
+CAMERAS = ("agentview_image", "wrist_image", "side_grey")
 
 
 def test_the_copy_resizes_each_camera_as_env_frames_are_and_keeps_the_rest_bit_for_bit(tmp_path):
@@ -79,7 +80,7 @@ def test_the_copy_resizes_each_camera_as_env_frames_are_and_keeps_the_rest_bit_f
         env_args = json.loads(b["data"].attrs["env_args"])
         assert env_args == {"env_name": "RealCan", "type": 1, "env_kwargs": {"control_freq": 20},
                             "source": str(src.resolve()), "image_size": 16,
-                            "source_image_sizes": {"agentview_image": [20, 30], "wrist": [12, 12],
+                            "source_image_sizes": {"agentview_image": [20, 30], "wrist_image": [12, 12],
                                                    "side_grey": [10, 14]}}
         assert b["data"].attrs["total"] == sum(LENGTHS)
     info = read_info(out)
@@ -88,30 +89,39 @@ def test_the_copy_resizes_each_camera_as_env_frames_are_and_keeps_the_rest_bit_f
     assert trans.obs["agentview_image"].shape == (LENGTHS[0], 16, 16, 3)
 
 
-def test_a_depth_camera_is_copied_as_stored_unless_an_earlier_demo_was_colour(tmp_path, caplog):
-    """A float camera that is not colour (depth in millimetres) and a 16-bit one: copied as stored, said once, listed
-    in env_args; the colour cameras beside them are still resized. A camera colour in one demo and not in a later
-    one is refused (the copy's demos would disagree) and no file is left."""
+@pytest.mark.parametrize("colour_first", [False, True])
+def test_a_depth_camera_is_copied_as_stored_whichever_demo_shows_it(tmp_path, caplog, colour_first):
+    """A float camera that is not colour (depth in millimetres) and a 16-bit one: copied as stored in every demo, said
+    once, listed in env_args; the colour cameras beside them are still resized. The same when the depth camera's first
+    demo happens to hold values in [0, 1] (the copy is written again without resizing it), and a copy so made asks
+    for no copy of itself."""
     src = write_foreign(tmp_path / "rig.hdf5")
     with h5py.File(src, "a") as f:
         for i, n in enumerate(LENGTHS):
+            depth = 0.5 if colour_first and i == 0 else 300.0 + i
             for group in ("obs", "next_obs"):
-                f[f"data/demo_{i}/{group}/depth"] = np.full((n, 12, 12, 1), 300.0 + i, np.float32)
+                f[f"data/demo_{i}/{group}/depth_image"] = np.full((n, 12, 12, 1), depth, np.float32)
                 f[f"data/demo_{i}/{group}/ir"] = np.full((n, 12, 12), 1000 + i, np.uint16)
     out = write_resized(src, tmp_path / "out.hdf5", 16)
-    assert caplog.text.count("camera 'depth' is copied as stored") == 1
+    assert caplog.text.count("camera 'depth_image' is copied as stored") == 1
     with h5py.File(src, "r") as a, h5py.File(out, "r") as b:
-        for key in ("depth", "ir"):
-            np.testing.assert_array_equal(b[f"data/demo_1/next_obs/{key}"][()], a[f"data/demo_1/next_obs/{key}"][()])
-        assert b["data/demo_1/obs/agentview_image"].shape == (LENGTHS[1], 16, 16, 3)
-        assert json.loads(b["data"].attrs["env_args"])["kept_as_stored"] == ["depth"]
+        for demo in ("demo_0", "demo_1"):
+            for key in ("depth_image", "ir", "features"):
+                np.testing.assert_array_equal(b[f"data/{demo}/next_obs/{key}"][()], a[f"data/{demo}/next_obs/{key}"][()])
+            assert b[f"data/{demo}/obs/agentview_image"].shape[1:] == (16, 16, 3)
+        assert json.loads(b["data"].attrs["env_args"])["kept_as_stored"] == ["depth_image"]
+    assert not list(tmp_path.glob("*.tmp"))
+    assert needs_resize(src, 16) and not needs_resize(out, 16) and needs_resize(out, 24)
+
+
+def test_the_source_size_recorded_is_the_obs_frames(tmp_path):
+    src = write_foreign(tmp_path / "rig.hdf5")
     with h5py.File(src, "a") as f:
-        for group in ("obs", "next_obs"):
-            del f[f"data/demo_0/{group}/depth"]
-            f[f"data/demo_0/{group}/depth"] = np.full((LENGTHS[0], 12, 12, 1), 0.5, np.float32)  # colour in [0, 1]
-    with pytest.raises(ConversionError, match="demo_1/next_obs/depth"):
-        write_resized(src, tmp_path / "bad.hdf5", 16)
-    assert not (tmp_path / "bad.hdf5").exists() and not list(tmp_path.glob("*.tmp"))
+        for i, n in enumerate(LENGTHS):
+            del f[f"data/demo_{i}/next_obs/agentview_image"]
+            f[f"data/demo_{i}/next_obs/agentview_image"] = np.zeros((n, 30, 40, 3), np.uint8)
+    with h5py.File(write_resized(src, tmp_path / "out.hdf5", 16), "r") as f:
+        assert json.loads(f["data"].attrs["env_args"])["source_image_sizes"]["agentview_image"] == [20, 30]
 
 
 def test_as_robomimic_copies_only_when_a_camera_differs_and_once(tmp_path):
@@ -156,7 +166,7 @@ def test_stage2_trains_on_the_foreign_file_only_through_data_image_size(tmp_path
     src = write_foreign(tmp_path / "rig.hdf5")
     cache = tmp_path / "cache"
     obs = {"low_dim": ["proprio"], "rgb": list(CAMERAS), "num_tasks": None}
-    with pytest.raises(ValueError, match=r"rgb part 'wrist' is float32 \(3, 12, 12\).*data.image_size=S"):
+    with pytest.raises(ValueError, match=r"rgb part 'wrist_image' is float32 \(3, 12, 12\).*data.image_size=S"):
         run(stage2_config(src, tmp_path / "raw", algo="bc", steps=2, obs=obs, data_cfg={"cache_dir": str(cache)}))
     ckpt = run(stage2_config(src, tmp_path / "run", algo="bc", steps=2, obs=obs,
                              data_cfg={"cache_dir": str(cache), "image_size": 16}))

@@ -15,9 +15,11 @@ the keys a converted copy of another format carries.
 
 A per-step array is a camera here when :func:`robopretrain.data.episodes.image_layout` reads it as a picture
 (``(H, W, C)`` or ``(C, H, W)`` with C in 1, 3, 4 and sides >= 8, or uint8 ``(H, W)``), the rule the other
-formats' converters use, and is uint8 or float (16-bit and other integer frames are no colour camera). A float
-camera whose values are not colour in [0, 1] or [0, 255] (a depth map in metres) is copied as stored, warned once
-and listed in ``env_args["kept_as_stored"]``: the stages read it only if ``obs.rgb`` names it, and then refuse it.
+formats' converters use, and is uint8, or float under a key named ``*_image`` (a float array of another name, e.g.
+``(8, 8, 3)`` features, and 16-bit frames are copied as stored). A float camera whose values are not colour in
+[0, 1] or [0, 255] in some demo (a depth map in metres) is copied as stored in every demo, warned once and listed in
+``env_args["kept_as_stored"]``: the stages read it only if ``obs.rgb`` names it, and then refuse it. A copy written
+here at size S asks for no further copy at S (:func:`needs_resize`).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import h5py
 import numpy as np
 
 from robopretrain.data.episodes import ConversionError, NotColourError, image_layout, resize_frames, to_uint8_hwc
+from robopretrain.data.hdf5 import IMAGE_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +48,46 @@ def _demos(data: h5py.Group) -> Iterator[tuple[str, h5py.Group]]:
             yield name, item
 
 
-def is_camera(ds: h5py.Dataset) -> bool:
-    """Whether an ``(N, ...)`` dataset of an ``obs`` group is a colour picture per step to resize (module
-    docstring)."""
-    colour = ds.dtype == np.uint8 or np.issubdtype(ds.dtype, np.floating)
-    return colour and ds.ndim >= 3 and image_layout(ds.shape[1:], ds.dtype) is not None
+def is_camera(key: str, ds: h5py.Dataset) -> bool:
+    """Whether the ``(N, ...)`` dataset ``key`` of an ``obs`` group is a colour picture per step to resize (module
+    docstring): uint8 frames of a picture's layout, or float ones of a key named ``*_image`` (a float array of
+    another name, e.g. (8, 8, 3) features, is left as stored)."""
+    if ds.ndim < 3 or image_layout(ds.shape[1:], ds.dtype) is None:
+        return False
+    return ds.dtype == np.uint8 or (np.issubdtype(ds.dtype, np.floating) and key.endswith(IMAGE_SUFFIX))
+
+
+def _env_args(data: h5py.Group) -> dict[str, Any] | None:
+    """``data``'s ``env_args`` as a dict, or None when missing or not a JSON object."""
+    raw = data.attrs.get("env_args")
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def needs_resize(path: str | os.PathLike, image_size: int) -> bool:
-    """Whether some camera of ``path`` is not already uint8 ``(image_size, image_size, 3)`` in some demo."""
+    """Whether some camera of ``path`` is not already uint8 ``(image_size, image_size, 3)`` in some demo. A copy this
+    module wrote at ``image_size`` never does (its cameras kept as stored, a depth map, would otherwise ask for a
+    copy of the copy)."""
     size = int(image_size)
     with h5py.File(path, "r") as f:
         data = f.get("data")
         if not isinstance(data, h5py.Group):
+            return False
+        env_args = _env_args(data) or {}
+        if env_args.get("image_size") == size and "source_image_sizes" in env_args:
             return False
         for _, demo in _demos(data):
             for group in OBS_GROUPS:
                 obs = demo.get(group)
                 if not isinstance(obs, h5py.Group):
                     continue
-                for ds in obs.values():
-                    if isinstance(ds, h5py.Dataset) and is_camera(ds) and (
+                for key, ds in obs.items():
+                    if isinstance(ds, h5py.Dataset) and is_camera(key, ds) and (
                             ds.dtype != np.uint8 or tuple(ds.shape[1:]) != (size, size, 3)):
                         return True
     return False
@@ -91,69 +113,77 @@ def _resized_camera(ds: h5py.Dataset, out: h5py.Group, key: str, image_size: int
 def write_resized(src: str | os.PathLike, dst: str | os.PathLike, image_size: int) -> Path:
     """Copy the robomimic file ``src`` to ``dst`` with every camera at ``image_size x image_size`` (module docstring).
     Written to ``<dst>.<pid>.tmp`` and renamed at the end. Returns ``dst``. Raises :class:`ConversionError` for a file
-    without ``data``; a camera that turns out not to be colour is copied as stored (module docstring)."""
+    without ``data``. A camera that is not colour in some demo (a depth map) is copied as stored in every demo,
+    whichever demo shows it (the copy is written again without resizing it when an earlier demo looked like colour)."""
     src, dst = Path(src).expanduser(), Path(dst)
     size = int(image_size)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
-    source_sizes: dict[str, list[int]] = {}
-    kept: list[str] = []  # float cameras that are not colour (depth): copied as stored
+    kept: list[str] = []  # cameras that are not colour (depth): copied as stored
     try:
-        with h5py.File(src, "r") as fin, h5py.File(tmp, "w") as fout:
-            data = fin.get("data")
-            if not isinstance(data, h5py.Group):
-                raise ConversionError(f"{src}: no 'data' group; not a robomimic HDF5 file")
-            _copy_attrs(fin, fout)
-            for name, item in fin.items():
-                if name != "data":
-                    fin.copy(item, fout, name=name)
-            out_data = fout.create_group("data")
-            _copy_attrs(data, out_data)
-            for name, item in data.items():
-                if not isinstance(item, h5py.Group):
-                    data.copy(item, out_data, name=name)
-                    continue
-                demo = out_data.create_group(name)
-                _copy_attrs(item, demo)
-                for child_name, child in item.items():
-                    if child_name not in OBS_GROUPS or not isinstance(child, h5py.Group):
-                        item.copy(child, demo, name=child_name)
-                        continue
-                    group = demo.create_group(child_name)
-                    _copy_attrs(child, group)
-                    for key, ds in child.items():
-                        where = f"{src}: data/{name}/{child_name}/{key}"
-                        if isinstance(ds, h5py.Dataset) and is_camera(ds) and key not in kept:
-                            try:
-                                hw = _resized_camera(ds, group, key, size, where)
-                                source_sizes.setdefault(key, list(hw))
-                                continue
-                            except NotColourError as err:
-                                if key in source_sizes:  # resized in an earlier demo: the demos would disagree
-                                    raise
-                                kept.append(key)
-                                log.warning("%s; camera %r is copied as stored (not resized): not 8-bit colour",
-                                            err, key)
-                        child.copy(ds, group, name=key)
-            env_args: dict[str, Any] = {}
-            raw = data.attrs.get("env_args")
-            if raw is not None:
-                try:
-                    env_args = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-                except ValueError:
-                    env_args = {}
-            if isinstance(env_args, dict):
-                env_args.update(source=str(src.resolve()), image_size=size, source_image_sizes=source_sizes)
-                if kept:
-                    env_args["kept_as_stored"] = kept
-                out_data.attrs["env_args"] = json.dumps(env_args)
+        while True:
+            late = _write_once(src, tmp, size, kept)
+            if late is None:
+                break
+            kept.append(late)  # colour in an earlier demo only: again, with it as stored everywhere
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
             tmp.unlink()
-    sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in source_sizes.items())
-    log.info("%s -> %s: cameras (%s) resized to %dx%d; everything else copied", src, dst, sizes or "none", size, size)
+    log.info("%s -> %s: cameras resized to %dx%d%s; everything else copied", src, dst, size, size,
+             f" (kept as stored, not colour: {', '.join(kept)})" if kept else "")
     return dst
+
+
+def _write_once(src: Path, tmp: Path, size: int, kept: list[str]) -> str | None:
+    """One pass of :func:`write_resized` into ``tmp``; returns the camera to keep as stored and start again for (one
+    resized in an earlier demo that turns out not to be colour), else None when ``tmp`` is complete. Appends the
+    cameras found not colour in their first demo to ``kept``."""
+    source_sizes: dict[str, list[int]] = {}
+    with h5py.File(src, "r") as fin, h5py.File(tmp, "w") as fout:
+        data = fin.get("data")
+        if not isinstance(data, h5py.Group):
+            raise ConversionError(f"{src}: no 'data' group; not a robomimic HDF5 file")
+        _copy_attrs(fin, fout)
+        for name, item in fin.items():
+            if name != "data":
+                fin.copy(item, fout, name=name)
+        out_data = fout.create_group("data")
+        _copy_attrs(data, out_data)
+        for name, item in data.items():
+            if not isinstance(item, h5py.Group):
+                data.copy(item, out_data, name=name)
+                continue
+            demo = out_data.create_group(name)
+            _copy_attrs(item, demo)
+            for child_name, child in item.items():
+                if child_name not in OBS_GROUPS or not isinstance(child, h5py.Group):
+                    item.copy(child, demo, name=child_name)
+                    continue
+                group = demo.create_group(child_name)
+                _copy_attrs(child, group)
+                for key, ds in child.items():
+                    if isinstance(ds, h5py.Dataset) and is_camera(key, ds) and key not in kept:
+                        try:
+                            hw = _resized_camera(ds, group, key, size, f"{src}: data/{name}/{child_name}/{key}")
+                        except NotColourError as err:
+                            log.warning("%s; camera %r is copied as stored (not resized, in every demo): not 8-bit "
+                                        "colour", err, key)
+                            if key in source_sizes:  # resized in an earlier demo: start again
+                                return key
+                            kept.append(key)
+                        else:
+                            if child_name == "obs" or key not in source_sizes:  # the obs frames' size wins
+                                source_sizes[key] = list(hw)
+                            continue
+                    child.copy(ds, group, name=key)
+        env_args = _env_args(data)
+        if env_args is not None:
+            env_args.update(source=str(src.resolve()), image_size=size, source_image_sizes=source_sizes)
+            if kept:
+                env_args["kept_as_stored"] = list(kept)
+            out_data.attrs["env_args"] = json.dumps(env_args)
+    return None
 
 
 __all__ = ["is_camera", "needs_resize", "write_resized"]

@@ -197,8 +197,9 @@ def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype) -> str:
         fixes.append("float: write (frames * 255).round().astype(np.uint8) for frames in [0, 1]")
     if not fixes:
         return ""
-    return (f"; {', '.join(fixes)}; or set data.image_size=S: the stages then read a cached copy of the file with "
-            "these frames as uint8 (S, S, 3) (robopretrain.data.resize_robomimic)")
+    return (f"; {', '.join(fixes)}; or set data.image_size=S: the stages then read a cached copy of the file whose "
+            "uint8 frames, and float colour frames in [0, 1] of keys named *_image, are uint8 (S, S, 3) "
+            "(robopretrain.data.resize_robomimic; a depth map is no colour camera)")
 
 
 __all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "as_rgb", "image_layout_hint", "spec_from_shapes",
