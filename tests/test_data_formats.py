@@ -4,6 +4,7 @@ converted copy cached and reused; ``python -m robopretrain.data.convert`` and ``
 format given as ``data.path`` with sizes and keys from the file."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ import pytest
 import _formats as F
 from _stages import stage2_config
 from robopretrain.checkpoint import load_agent
-from robopretrain.data.convert import as_robomimic, convert, detect_format, main as convert_main
+from robopretrain.data.convert import as_robomimic, convert, detect_format, main as convert_main, source_record_path
+from robopretrain.data.hdf5 import DatasetError
 from robopretrain.data.episodes import ConversionError, image_layout, is_image, to_uint8_hwc
 from robopretrain.data.frames import index_dir
 from robopretrain.data.hdf5 import read_info
@@ -422,6 +424,10 @@ def test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size(tmp_path)
     with pytest.raises(SpecMismatchError, match=r"the offline data .*hdf5 does not fit the agent: low_dim part "
                                                 r"'observation.state': .* has size 4, the agent has 5; rgb part"):
         check_data_fits(wide, path, None, "the offline data")
+    renamed = ObsSpec(low_dim=(("eef", 4),), rgb=((F.LEROBOT_CAM, (16, 16, 3)),))  # a part the file names otherwise
+    with pytest.raises(DatasetError, match=r"^the mixed-in data: .*\(low_dim part 'eef'\) not found; .*; map the part "
+                                           r"to a key there with data.mix.obs_map=\{eef: observation.state\}$"):
+        check_data_fits(renamed, path, None, "the mixed-in data", map_setting="data.mix.obs_map")
     # a robomimic mix at 32 x 48 is read resized to the agent's 16 px too; one whose state is wider is refused
     native = as_robomimic(src, cache_dir=cache)
     assert load_agent(run(stage2_config(src, tmp_path / "native_mix", algo="iql", steps=2, obs=obs, data_cfg={
@@ -478,12 +484,54 @@ def test_a_new_conversion_removes_the_copies_that_cannot_be_reused(tmp_path):
     new = as_robomimic(src, cache_dir=cache, image_size=8)
     # every copy of the old source is gone (each mode and size), with its frame index; another source's copy of the
     # same name stays, with its index
-    assert sorted(cache.iterdir()) == sorted([other, index_dir(other), new]) and len(demos(new)) == 3
+    assert sorted(cache.iterdir()) == sorted([other, index_dir(other), source_record_path(other), new,
+                                              source_record_path(new)]) and len(demos(new)) == 3
     shutil.rmtree(index_dir(other))
     with h5py.File(other, "a") as f:  # a copy from another converter version (its key no longer the source's)
         f["data"].attrs["env_args"] = json.dumps({**json.loads(f["data"].attrs["env_args"]), "source": str(src)})
     stale = other.rename(cache / f"o.ogbench.{'0' * 16}.hdf5")
     assert as_robomimic(src, cache_dir=cache) != new and not stale.exists() and new.is_file()
+
+
+def test_a_source_rewritten_with_the_same_bytes_keeps_its_copy_so_its_run_resumes(tmp_path, monkeypatch):
+    """The key hashes modification times; a source touched or written again unchanged is found by its content (the
+    copy's record), so the copy and its path stay and a run on it resumes. A source edited is converted again."""
+    from robopretrain.data import convert as conv
+    cache, src = tmp_path / "cache", F.write_ogbench(tmp_path / "o.npz")
+    first = as_robomimic(src, cache_dir=cache)
+    record = json.loads(source_record_path(first).read_text())
+    assert record["files"]["o.npz"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    stamp = first.stat().st_mtime_ns
+    src.write_bytes(src.read_bytes())  # the same bytes written again: a new modification time
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert as_robomimic(src, cache_dir=cache) == first and first.stat().st_mtime_ns == stamp
+    assert sorted(cache.iterdir()) == [first, source_record_path(first)]
+    # the record took the new time: the next lookup reads no content
+    monkeypatch.setattr(conv, "_sha256", lambda path: pytest.fail(f"hashed {path} again"))
+    assert as_robomimic(src, cache_dir=cache) == first
+    monkeypatch.undo()
+    # another image size is its own copy; converting it keeps the reused copy (its content is the source's now)
+    small = as_robomimic(src, cache_dir=cache, image_size=8)
+    assert small != first and first.is_file()
+    # an edit (same file name, new content and time) is converted again and both old copies go, with their records
+    F.write_ogbench(src, trajectories=3)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    edited = as_robomimic(src, cache_dir=cache)
+    assert edited not in (first, small) and len(demos(edited)) == 3
+    assert sorted(cache.iterdir()) == [edited, source_record_path(edited)]
+
+
+def test_a_copy_is_reused_by_content_only_with_the_settings_it_was_made_with(tmp_path):
+    """Same content, other action mode: not that copy (nor a copy whose record is unreadable)."""
+    cache, src = tmp_path / "cache", F.write_ogbench(tmp_path / "o.npz")
+    auto = as_robomimic(src, cache_dir=cache)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    keep = as_robomimic(src, cache_dir=cache, actions="keep")
+    assert keep != auto and auto.is_file()  # auto's copy kept: same content
+    source_record_path(auto).write_text("{not json")
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    again = as_robomimic(src, cache_dir=cache)
+    assert again != auto and not auto.exists() and not source_record_path(auto).exists() and keep.is_file()
 
 
 def test_a_relative_source_path_prunes_only_its_own_copies(tmp_path, monkeypatch):
@@ -503,11 +551,13 @@ def test_a_relative_source_path_prunes_only_its_own_copies(tmp_path, monkeypatch
     # a copy recording a relative source (written before paths were absolute) is left: which file it named is unknown
     with h5py.File(copies[0], "a") as f:
         f["data"].attrs["env_args"] = json.dumps({**json.loads(f["data"].attrs["env_args"]), "source": "o.npz"})
+    source_record_path(copies[0]).unlink()  # and without a record (written before records existed)
     legacy = copies[0].rename(cache / f"o.ogbench.{'0' * 16}.hdf5")
     F.write_ogbench(tmp_path / "b" / "o.npz", trajectories=4)
     os.utime(tmp_path / "b" / "o.npz", ns=(time.time_ns(), time.time_ns() + 10**9))
     newer = as_robomimic("o.npz", cache_dir=cache)
-    assert sorted(cache.iterdir()) == sorted([legacy, newer])  # b's old copy removed, the legacy one left
+    # b's old copy removed with its record, the legacy one left
+    assert sorted(cache.iterdir()) == sorted([legacy, newer, source_record_path(newer)])
 
 
 @pytest.mark.parametrize("shape,dtype,layout", [
@@ -558,6 +608,8 @@ def test_an_error_about_a_converted_copy_names_the_users_file(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     copy = next((tmp_path / "cache").glob("walker.d4rl.*.hdf5"))
     assert str(copy) in err and "'proprio'" in err  # the reader's own message, about the copy
+    assert "map the part to a key there with data.obs_map={proprio: observations}, or use those keys as the parts: " \
+        "obs.low_dim=[observations] [" in err
     assert err.endswith(f"[{copy.name} is {src} (d4rl) converted; each demo's ep_meta source_episode names its "
                         "episode in the source]")
     assert name_sources(f"{tmp_path}/gone.d4rl.0123456789abcdef.hdf5: bad") == \

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from robopretrain.data.convert import as_robomimic, main as convert_main
+from robopretrain.data.convert import as_robomimic, main as convert_main, name_sources
 from robopretrain.data.episodes import resize_frames, to_uint8_hwc
 from robopretrain.data.hdf5 import load_transitions, read_info
 from robopretrain.data.resize_robomimic import needs_resize, write_resized
@@ -134,6 +134,9 @@ def test_as_robomimic_copies_only_when_a_camera_differs_and_once(tmp_path):
     stamp = copy.stat().st_mtime_ns
     assert as_robomimic(src, cache_dir=cache, image_size=16) == copy and copy.stat().st_mtime_ns == stamp  # reused
     assert not needs_resize(copy, 16) and as_robomimic(copy, cache_dir=cache, image_size=16) == copy
+    # a message about the copy names the user's file
+    assert name_sources(f"data.path={copy}: bad") == (f"data.path={copy}: bad [{copy.name} is {src.resolve()} with "
+                                                      "its cameras resized to 16x16; its demos keep their names]")
     assert needs_resize(copy, 8)
     square = write_resized(src, tmp_path / "square.hdf5", 16)
     assert as_robomimic(square, cache_dir=cache, image_size=16) == square  # already the size: no copy

@@ -21,12 +21,17 @@ which converts ``SRC`` on first use into the cache folder ``data.cache_dir``, el
 ``$ROBOPRETRAIN_CACHE_DIR/datasets``, else ``~/.cache/robopretrain/datasets``, as
 ``<name>.<format>.<key>.hdf5``; ``key`` hashes the source's absolute path, the size and modification time of each of
 its files, the format, the action mode, the image size and :data:`CONVERTER_VERSION`, so an edited source (or a newer
-converter) is converted again and an unchanged one is reused. A new conversion removes the copies of the same source
+converter) is converted again and an unchanged one is reused. Beside each copy, ``<copy>.source.json`` records the
+settings it was made with and its source's files (size, modification time, SHA-256 of the whole file, taken before
+converting): a source whose times changed but not its bytes (touched, written again unchanged) keeps its copy, found by
+content, so the copy's path stays and a run on it resumes (its record then takes the new times; hashing the source
+costs one read of it, far less than converting it again). A new conversion removes the copies of the same source
 path and format that can no longer be reused (made before the source was edited, or by an older converter: their key
-is no longer the source's at their action mode and image size), with their frame index (``data.storage=disk``),
-so the cache does not grow with each edit; copies of other sources, and reusable ones at other image sizes or action
-modes, stay. A stage-2 checkpoint records the copy it trained on: stage 3 without ``data.path`` then asks for the
-data once that copy is gone. A robomimic file is used where it is, unless its cameras need resizing (below).
+is no longer the source's at their action mode and image size, and their record shows other content), with their
+frame index (``data.storage=disk``) and record, so the cache does not grow with each edit; copies of other sources,
+and reusable ones at other image sizes or action modes, stay. A stage-2 checkpoint records the copy it trained on:
+stage 3 without ``data.path`` then asks for the data once that copy is gone. A robomimic file is used where it is,
+unless its cameras need resizing (below).
 
 Cameras that are not square (LeRobot and Minari recordings are often 480 x 640) or larger than the agent should see:
 ``--image-size S`` (stages: ``data.image_size=S``) resizes every camera frame to ``S x S`` while converting, with
@@ -47,8 +52,9 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -61,6 +67,7 @@ from robopretrain.data.read_lerobot import read_info as read_lerobot_info
 from robopretrain.data.read_minari import dataset_id, declared_action_bounds, is_minari, read_minari
 from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
 from robopretrain.data.resize_robomimic import needs_resize, write_resized
+from robopretrain.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +81,13 @@ FORMATS = ("robomimic", "lerobot", "minari", "d4rl", "ogbench")
 READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
     "lerobot": read_lerobot, "minari": read_minari, "d4rl": read_d4rl, "ogbench": read_ogbench}
 ENV_CACHE_DIR = "ROBOPRETRAIN_CACHE_DIR"
+SOURCE_RECORD_SUFFIX = ".source.json"
 
 
 # cache_path's names as messages quote them: the longest run without spaces or quotes, then (see _copy_file) the
 # first of its tails after "=", "[", "," or "(" that is a file, so "data.path=/runs/algo=iql,seed=1/c.d4rl.<key>.hdf5"
 # finds the whole path (a folder with spaces is not found, and the message is then left as it is)
-COPY_NAME = re.compile(r"[^\s'\"]+\.(?:" + "|".join(READERS) + r")\.[0-9a-f]{16}\.hdf5")
+COPY_NAME = re.compile(r"[^\s'\"]+\.(?:" + "|".join(FORMATS) + r")\.[0-9a-f]{16}\.hdf5")
 SEPARATORS = "=[,("
 
 
@@ -91,19 +99,32 @@ def _copy_file(match: str) -> str | None:
     return None
 
 
+def _copy_note(copy: Path) -> str | None:
+    """What a cached copy is made from, for a message about it: its source and what was done; None if unknown."""
+    try:
+        with h5py.File(copy, "r") as f:
+            env_args = json.loads(f["data"].attrs["env_args"])
+    except (OSError, KeyError, ValueError, TypeError):
+        env_args = {}
+    env_args = env_args if isinstance(env_args, dict) else {}
+    settings = (_read_record(copy) or {}).get("settings")
+    settings = settings if isinstance(settings, dict) else {}
+    source = settings.get("source") or env_args.get("source")
+    if not isinstance(source, str):
+        return None
+    if copy.name.split(".")[-3] == "robomimic":  # <stem>.<format>.<key>.hdf5
+        size = settings.get("image_size") or env_args.get("image_size")
+        return f"{copy.name} is {source} with its cameras resized to {size}x{size}; its demos keep their names"
+    return (f"{copy.name} is {source} ({settings.get('format') or env_args.get('type')}) converted; each demo's "
+            "ep_meta source_episode names its episode in the source")
+
+
 def name_sources(message: str) -> str:
     """``message`` with each converted copy it names (a :func:`cache_path` file) followed by the source it was
-    converted from, as its ``env_args`` record: an error about the copy then says which of the user's files is meant.
-    A copy that cannot be read is left as it is."""
-    notes = []
-    for copy in dict.fromkeys(filter(None, (_copy_file(m.group(0)) for m in COPY_NAME.finditer(message)))):
-        try:
-            with h5py.File(copy, "r") as f:
-                env_args = json.loads(f["data"].attrs["env_args"])
-            notes.append(f"{Path(copy).name} is {env_args['source']} ({env_args['type']}) converted; each demo's "
-                         "ep_meta source_episode names its episode in the source")
-        except (OSError, KeyError, ValueError, TypeError):
-            continue
+    converted from (as its record, else its ``env_args``, says): an error about the copy then says which of the
+    user's files is meant. A copy that cannot be read is left as it is."""
+    copies = dict.fromkeys(filter(None, (_copy_file(m.group(0)) for m in COPY_NAME.finditer(message))))
+    notes = [note for note in (_copy_note(Path(c)) for c in copies) if note]
     return message + "".join(f" [{n}]" for n in notes)
 
 
@@ -212,17 +233,116 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "robopretrain") / "datasets"
 
 
+def _source_files(src: Path) -> list[tuple[str, Path]]:
+    """``[(name in the source, file), ...]`` of ``src`` (resolved): the file itself, or a folder's files, sorted."""
+    src = src.resolve()
+    if not src.is_dir():
+        return [(src.name, src)]
+    return [(str(p.relative_to(src)), p) for p in sorted(q for q in src.rglob("*") if q.is_file())]
+
+
 def source_key(src: Path, fmt: str, actions: str, image_size: int | None = None) -> str:
     """A 16-hex-digit key of the source's files (path, size, mtime), the format, action mode, image size (when set)
     and converter."""
     src = src.resolve()
-    files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
     size = [] if image_size is None else [int(image_size)]  # unset: the key of copies made before the option
     h = hashlib.sha256(json.dumps([str(src), fmt, actions, CONVERTER_VERSION, *size]).encode())
-    for p in files:
+    for name, p in _source_files(src):
         st = p.stat()
-        h.update(f"{p.relative_to(src) if src.is_dir() else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def source_record_path(copy: str | os.PathLike) -> Path:
+    """The record beside a cached copy (``<copy>.source.json``): the settings it was made with and its source's
+    files (size, modification time, SHA-256 of the whole file) as they were, see :func:`as_robomimic`."""
+    copy = Path(copy)
+    return copy.with_name(copy.name + SOURCE_RECORD_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(4 * 2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Source:
+    """A source's files as they are now: sizes and modification times at once, SHA-256s when first asked for."""
+
+    def __init__(self, src: Path, fmt: str, actions: str, image_size: int | None) -> None:
+        self.settings = {"source": str(src.resolve()), "format": fmt, "actions": actions, "image_size": image_size,
+                         "converter": CONVERTER_VERSION}
+        self.files = _source_files(src)
+        self.stats = {name: [st.st_size, st.st_mtime_ns] for name, p in self.files for st in (p.stat(),)}
+        self._hashes: dict[str, str] | None = None
+
+    def hashes(self) -> dict[str, str]:
+        if self._hashes is None:
+            self._hashes = {name: _sha256(p) for name, p in self.files}
+        return self._hashes
+
+    def record(self) -> dict[str, Any]:
+        hashes = self.hashes()
+        return {"settings": self.settings, "files": {name: {"size": size, "mtime_ns": mtime, "sha256": hashes[name]}
+                                                     for name, (size, mtime) in self.stats.items()}}
+
+    def same_content(self, record: Mapping[str, Any] | None) -> bool:
+        """Whether ``record``'s files (any settings) are these files: names, sizes and SHA-256s (hashed only when
+        the names and sizes agree)."""
+        theirs = _content(record)
+        if theirs is None or {n: size for n, (size, _) in theirs.items()} != {n: s[0] for n, s in self.stats.items()}:
+            return False
+        return theirs == {n: (self.stats[n][0], h) for n, h in self.hashes().items()}
+
+
+def _content(record: Mapping[str, Any] | None) -> dict[str, tuple[Any, Any]] | None:
+    """A record's files as ``{name: (size, SHA-256)}``; None for a missing or malformed record."""
+    files = record.get("files") if isinstance(record, Mapping) else None
+    if not isinstance(files, Mapping) or not all(isinstance(v, Mapping) for v in files.values()):
+        return None
+    return {name: (v.get("size"), v.get("sha256")) for name, v in files.items()}
+
+
+def _read_record(copy: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(source_record_path(copy).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _copies_beside(dst: Path) -> list[Path]:
+    """The cached copies in ``dst``'s folder named like it (``<stem>.<format>.<key>.hdf5``), ``dst`` left out."""
+    stem = dst.name[: -len(".hdf5")].rsplit(".", 1)[0]  # "<stem>.<fmt>"
+    return [p for p in sorted(dst.parent.glob(f"{glob.escape(stem)}.*.hdf5"))
+            if p != dst and p.name.count(".") == dst.name.count(".")]
+
+
+def _reusable_copy(source: _Source, dst: Path) -> Path | None:
+    """A copy beside ``dst`` (the source's copy under its key now, missing) made with the same settings from the
+    same content: its record's files have the source's names, sizes and SHA-256s though not its modification times
+    (the key hashes those). A source touched, or written again with the same bytes (copied over itself without
+    ``-p``, downloaded again), keeps its copy and the copy's path, so a run on it resumes; the record then takes
+    the new times, and the next lookup needs no hashing. None when there is none (a source of other content is
+    converted again)."""
+    for copy in _copies_beside(dst):
+        record = _read_record(copy)
+        if record is None or record.get("settings") != source.settings:
+            continue
+        files = record.get("files")
+        if not isinstance(files, Mapping) or set(files) != set(source.stats) or not all(
+                isinstance(v, Mapping) for v in files.values()):
+            continue
+        if all([files[n].get("size"), files[n].get("mtime_ns")] == source.stats[n] for n in files):
+            return copy  # verified before at these times
+        if source.same_content(record):
+            write_json_atomic(source_record_path(copy), source.record())
+            log.info("%s: modified since its converted copy %s, but its content is the same; using that copy",
+                     source.settings["source"], copy)
+            return copy
+    return None
 
 
 def cache_path(src: str | os.PathLike, fmt: str, *, actions: str = "auto",
@@ -261,16 +381,23 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
     if dst.is_file():
         log.info("%s (%s): using the converted copy %s", src, fmt, dst)
         return dst
+    source = _Source(src, fmt, actions, image_size)
+    same = _reusable_copy(source, dst)
+    if same is not None:
+        return same
     if fmt == "robomimic":
         log.info("%s: cameras resized to %dx%d in a copy %s (once; reused while the source is unchanged)", src,
                  image_size, image_size, dst)
     else:
         log.info("%s (%s): converting to %s (once; reused while the source is unchanged)", src, fmt, dst)
+    record = source.record()  # the content converted (hashed before reading it, so an edit meanwhile shows later)
     out = convert(src, dst, fmt=fmt, actions=actions, overwrite=True, image_size=image_size)
+    write_json_atomic(source_record_path(out), record)
     for stale in stale_copies(src, fmt, out):
         try:
             stale.unlink()  # a process still reading it keeps its open file (POSIX)
             shutil.rmtree(index_dir(stale), ignore_errors=True)  # its frame index (data.storage=disk), often larger
+            source_record_path(stale).unlink(missing_ok=True)
             log.info("%s: removed the converted copy it replaces, %s", src, stale)
         except OSError as e:  # another process removed it first, or a read-only cache: keep going
             log.warning("%s: could not remove the stale converted copy %s (%s)", src, stale, e)
@@ -280,15 +407,15 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
 def stale_copies(src: str | os.PathLike, fmt: str, current: Path) -> list[Path]:
     """The copies in ``current``'s folder that can no longer be reused: named ``<stem>.<fmt>.<key>.hdf5`` like
     ``current``, converted from the same source file (their ``env_args['source']``, an absolute path), whose ``key``
-    is neither action mode's key of the source as it is now at their image size (see the module docstring).
-    Unreadable files are left, and so are copies recording a relative source path (written before the path was
-    made absolute: which file it named depends on the folder it was converted from)."""
+    is neither action mode's key of the source as it is now at their image size (see the module docstring) and
+    whose record (:func:`source_record_path`) does not show the content ``current`` was converted from
+    (:func:`as_robomimic` reuses those). Unreadable files are left, and so are copies recording a relative source
+    path (written before the path was made absolute: which file it named depends on the folder it was converted
+    from)."""
     src = Path(src).expanduser().resolve()
-    stem = current.name[: -len(".hdf5")].rsplit(".", 1)[0]  # "<stem>.<fmt>"
+    content = _content(_read_record(current))  # the source's content now: the one just converted
     out, valid = [], {}  # image size -> the source's keys at it (hashing a folder's files once per size)
-    for path in sorted(current.parent.glob(f"{glob.escape(stem)}.*.hdf5")):
-        if path == current or path.name.count(".") != current.name.count("."):
-            continue
+    for path in _copies_beside(current):
         try:
             with h5py.File(path, "r") as f:
                 env_args = json.loads(f["data"].attrs["env_args"])
@@ -301,8 +428,15 @@ def stale_copies(src: str | os.PathLike, fmt: str, current: Path) -> list[Path]:
         key = path.name[: -len(".hdf5")].rsplit(".", 1)[1]
         if size not in valid:
             valid[size] = {source_key(src, fmt, mode, size) for mode in ACTION_MODES}
-        if key not in valid[size]:
-            out.append(path)
+        if key in valid[size]:
+            continue
+        record = _read_record(path)
+        settings = (record or {}).get("settings")
+        settings = settings if isinstance(settings, dict) else {}
+        if (settings.get("converter") == CONVERTER_VERSION and settings.get("format") == fmt
+                and content is not None and _content(record) == content):
+            continue  # reused for a source whose times changed, not its content
+        out.append(path)
     return out
 
 
