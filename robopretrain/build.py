@@ -219,24 +219,31 @@ def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robo
 
 
 def data_spec(obs_cfg: Any, path: Path, *, obs_map: Mapping[str, str] | None = None,
-              info: DatasetInfo | None = None) -> ObsSpec:
-    """The observation spec of the ``obs`` group (``low_dim``, ``rgb``, ``num_tasks``) read from the data file."""
+              info: DatasetInfo | None = None, map_setting: str | None = "data.obs_map",
+              parts_settable: bool = True) -> ObsSpec:
+    """The observation spec of the ``obs`` group (``low_dim``, ``rgb``, ``num_tasks``) read from the data file; a
+    part the file lacks is refused with a ``ValueError`` naming the file's keys and how to use them: through
+    ``map_setting`` (None: the entry point has no map) and, when ``parts_settable``, as the ``obs`` parts."""
     low_dim = [str(k) for k in (obs_cfg.get("low_dim") or [])]
     rgb = [str(k) for k in (obs_cfg.get("rgb") or [])]
     if not low_dim and not rgb:
         raise ValueError("obs config: obs.low_dim and obs.rgb are both empty; name the observation parts to use, "
                          "e.g. obs.low_dim=[proprio,object] or obs.rgb=[agentview_image] obs.low_dim=[proprio]")
     n = obs_cfg.get("num_tasks")
-    return spec_of_data(path, low_dim, rgb, None if n is None else int(n), obs_map=obs_map, info=info)
+    return spec_of_data(path, low_dim, rgb, None if n is None else int(n), obs_map=obs_map, info=info,
+                        map_setting=map_setting, parts_settable=parts_settable)
 
 
-def check_data_fits(spec: ObsSpec, path: Path, obs_map: Mapping[str, str] | None, what: str) -> None:
-    """Refuse, before any training, a data file whose parts (read through ``obs_map``) differ from the agent's
-    ``spec`` in presence or size: :class:`robopretrain.data.spec.SpecMismatchError` naming ``what``, the file and each
-    part (a mixed-in file or stage 3's offline data; without it the first update fails deep in the encoder)."""
+def check_data_fits(spec: ObsSpec, path: Path, obs_map: Mapping[str, str] | None, what: str,
+                    map_setting: str = "data.obs_map") -> None:
+    """Refuse, before any training, a data file whose parts (read through ``obs_map``, the setting ``map_setting``)
+    differ from the agent's ``spec`` in presence or size: :class:`robopretrain.data.spec.SpecMismatchError` naming
+    ``what``, the file and each part (a mixed-in file or stage 3's offline data; without it the first update fails
+    deep in the encoder); a missing part a :class:`DatasetError` saying how to map it."""
     try:
         theirs = data_spec({"low_dim": list(spec.low_dim_keys), "rgb": list(spec.rgb_keys),
-                            "num_tasks": spec.num_tasks}, path, obs_map=obs_map)
+                            "num_tasks": spec.num_tasks}, path, obs_map=obs_map, map_setting=map_setting,
+                           parts_settable=False)
     except DatasetError:
         raise
     except ValueError as exc:  # a part the file lacks: a data error, as the loader would say
@@ -514,7 +521,7 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
         where = f"target {target.name!r}"
         try:
             spec = spec_from_shapes(shapes, agent.spec.low_dim_keys, agent.spec.rgb_keys, agent.spec.num_tasks,
-                                    where=where)
+                                    where=where, map_setting="target.obs_map")
             spec.check_fits(agent.spec, mine=f"the env of {where}", theirs="the agent")
         except SpecMismatchError as exc:
             raise ValueError(str(exc)) from None

@@ -579,7 +579,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     earlier = earlier_run(run_dir, fingerprint, fresh=not cfg.get("resume", True),
                           inputs={"data.path": path, "labels.path": cfg.labels.get("path")})
     info = read_info(path)
-    spec = build.data_spec(cfg.obs, path, info=info)
+    spec = build.data_spec(cfg.obs, path, info=info, map_setting=None)
     if spec.rgb:
         raise ValueError("reward_model: cameras are not supported; use low-dim parts (obs.rgb=[])")
     # demos of fewer than 2 steps: refused by the reader, or left out (logged) with data.skip_short_demos=true

@@ -113,7 +113,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             log.warning("init=%s: the agent's observation parts come from the checkpoint, so %s take(s) no effect; "
                         "to train on other parts, start without init", init.path, ", ".join(ignored))
         build.data_spec({"low_dim": spec.low_dim_keys, "rgb": spec.rgb_keys, "num_tasks": spec.num_tasks},
-                        data_path, obs_map=obs_map, info=info).check_fits(
+                        data_path, obs_map=obs_map, info=info, parts_settable=False).check_fits(
             spec, mine=f"the data {data_path}", theirs=f"the init checkpoint {init.path}")
     else:
         spec = build.data_spec(cfg.obs, data_path, obs_map=obs_map, info=info)
@@ -149,7 +149,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             mix_map = build.plain(mix.get("obs_map")) or None
             build.warn_unused_obs_map(mix_map, spec, "data.mix.obs_map")
             build.check_data_fits(spec, build.converted(Path(str(mix.path)), mix, spec.image_size), mix_map,
-                                  "the mixed-in data (data.mix.path)")
+                                  "the mixed-in data (data.mix.path)", map_setting="data.mix.obs_map")
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
                                        action_units=agent.action_normalization, default_image_size=spec.image_size,

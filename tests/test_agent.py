@@ -174,6 +174,18 @@ def test_spec_errors_name_the_key_and_sizes():
     shapes = {"proprio": ((9,), np.float32), "agentview_image": ((16, 16, 3), np.uint8)}
     with pytest.raises(ValueError, match=r"f.hdf5: observation key 'robot0_eef_pos' \(low_dim part 'eef'\) not found"):
         spec_from_shapes(shapes, ["eef"], [], 0, where="f.hdf5", key_map={"eef": "robot0_eef_pos"})
+    # a missing part's message says how to use the keys there of its kind (no hint without a setting to name)
+    with pytest.raises(ValueError, match=r"available: \['agentview_image', 'proprio'\]$"):
+        spec_from_shapes(shapes, ["eef"], [], 0, where="f.hdf5")
+    with pytest.raises(ValueError, match=r"not found; available: \['agentview_image', 'proprio'\]; map the part to a "
+                                         r"key there with data.obs_map=\{eef: proprio\}, or use those keys as the "
+                                         r"parts: obs.low_dim=\[proprio\]$"):
+        spec_from_shapes(shapes, ["eef"], [], 0, where="f.hdf5", map_setting="data.obs_map", parts_settable=True)
+    two_cams = {**shapes, "wrist": ((16, 16), np.uint8)}
+    with pytest.raises(ValueError, match=r"\(rgb part 'front'\) not found; .*; map the part to a key there with "
+                                         r"target.obs_map=\{front: KEY\} \(rgb candidates: \['agentview_image', "
+                                         r"'wrist'\]\)$"):
+        spec_from_shapes(two_cams, [], ["front"], 0, where="env", map_setting="target.obs_map")
     with pytest.raises(ValueError, match=r"rgb part 'proprio' is float32 \(9,\); expected uint8 images \(H, W, 3\) or "
                                          r"grey \(H, W, 1\) / \(H, W\)$"):
         spec_from_shapes(shapes, [], ["proprio"], 0, where="f.hdf5")

@@ -104,11 +104,15 @@ def default_num_tasks(info: DatasetInfo) -> int:
 
 
 def spec_of_data(path: str | os.PathLike, low_dim: Sequence[str], rgb: Sequence[str], num_tasks: int | None, *,
-                 obs_map: Mapping[str, str] | None = None, info: DatasetInfo | None = None) -> ObsSpec:
-    """The observation spec of ``low_dim`` and ``rgb`` parts of the file (``num_tasks`` None: from the file)."""
+                 obs_map: Mapping[str, str] | None = None, info: DatasetInfo | None = None,
+                 map_setting: str | None = None, parts_settable: bool = False) -> ObsSpec:
+    """The observation spec of ``low_dim`` and ``rgb`` parts of the file (``num_tasks`` None: from the file); a
+    missing part's ``ValueError`` hints at ``map_setting`` (and the obs parts when ``parts_settable``), see
+    :func:`robopretrain.data.spec.spec_from_shapes`."""
     info = info or read_info(path)
     n = default_num_tasks(info) if num_tasks is None else int(num_tasks)
-    return spec_from_shapes(info.obs_specs, low_dim, rgb, n, where=str(info.path), key_map=obs_map)
+    return spec_from_shapes(info.obs_specs, low_dim, rgb, n, where=str(info.path), key_map=obs_map,
+                            map_setting=map_setting, parts_settable=parts_settable)
 
 
 def check_reward_free(where: str, unrewarded: Sequence[str], selected: int, ep_meta: Sequence[Mapping[str, Any]],

@@ -132,11 +132,14 @@ class ObsSpec:
 
 
 def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: Sequence[str], rgb: Sequence[str],
-                     num_tasks: int, *, where: str, key_map: Mapping[str, str] | None = None) -> ObsSpec:
+                     num_tasks: int, *, where: str, key_map: Mapping[str, str] | None = None,
+                     map_setting: str | None = None, parts_settable: bool = False) -> ObsSpec:
     """The spec of parts ``low_dim`` and ``rgb`` given ``{source key: (shape, dtype)}`` (a data file's or an env's).
 
     ``key_map`` maps our part names to the source's keys. Raises ``ValueError`` naming ``where``, the key, its
-    shape and dtype, and what is available, when a part is missing or of the wrong kind.
+    shape and dtype, and what is available, when a part is missing or of the wrong kind; a missing part's message
+    says how to name the source's key for it with ``map_setting`` (e.g. ``"data.obs_map"``) and, when
+    ``parts_settable``, how to list the source's own keys as the parts (``obs.low_dim`` / ``obs.rgb``).
     """
     key_map = dict(key_map or {})
     low, cams = [], []
@@ -145,7 +148,7 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
         src = key_map.get(key, key)
         if src not in shapes:
             raise ValueError(f"{where}: observation key {src!r} ({kind} part {key!r}) not found; available: "
-                             f"{sorted(shapes)}")
+                             f"{sorted(shapes)}{_missing_part_hint(shapes, key, kind, map_setting, parts_settable)}")
         return (src, *shapes[src])
 
     for key in low_dim:
@@ -162,6 +165,26 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
                              f"(H, W, 3) or grey (H, W, 1) / (H, W){image_layout_hint(tuple(shape), np.dtype(dtype))}")
         cams.append((key, read_as))
     return ObsSpec(low_dim=tuple(low), rgb=tuple(cams), num_tasks=int(num_tasks))
+
+
+def _missing_part_hint(shapes: Mapping[str, tuple[Sequence[int], Any]], key: str, kind: str,
+                       map_setting: str | None, parts_settable: bool) -> str:
+    """How to use the source's keys of ``kind`` for a missing part ``key``: ``""`` without a setting to name, else a
+    hint starting with ``"; "`` that names the candidate keys (a float vector for ``low_dim``, a camera for ``rgb``)."""
+    if kind == LOW_DIM:
+        fits = [k for k, (shape, dtype) in shapes.items() if len(shape) == 1 and np.dtype(dtype) != np.uint8]
+    else:
+        fits = [k for k, (shape, dtype) in shapes.items() if len(shape) in (2, 3)]
+    if not fits or (map_setting is None and not parts_settable):
+        return ""
+    fits = sorted(fits)
+    ways = []
+    if map_setting is not None:
+        ways.append(f"map the part to a key there with {map_setting}={{{key}: "
+                    f"{fits[0] if len(fits) == 1 else 'KEY'}}}")
+    if parts_settable:
+        ways.append(f"use those keys as the parts: obs.{kind}=[{', '.join(fits)}]")
+    return "; " + ", or ".join(ways) + ("" if len(fits) == 1 else f" ({kind} candidates: {fits})")
 
 
 def stored_camera_shape(shape: Sequence[int], dtype: Any) -> tuple[int, int, int] | None:

@@ -162,7 +162,7 @@ class DnnReluEnsembleMLP(torch.autograd.Function):
         flat_acts, params = rest[: num * depth], rest[num * depth :]
         acts = [flat_acts[e * depth : (e + 1) * depth] for e in range(num)]
         weights = params[0::2]
-        (batch, n, act_dim), obs_dim = actions.shape, obs.shape[-1]
+        (batch, n), obs_dim = actions.shape[:2], obs.shape[-1]
         grad_q = grad_q.contiguous()
         grads: list[list[torch.Tensor]] = [[] for _ in params]
         grad_x = None
