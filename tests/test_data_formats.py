@@ -463,6 +463,9 @@ def test_cache_converts_once_and_again_when_the_source_changes(tmp_path):
     second = as_robomimic(src, cache_dir=cache)
     assert second != first and len(demos(second)) == 3
     assert as_robomimic(second) == second  # a robomimic file is used where it is
+    with pytest.raises(ConversionError, match=r"o.npz: cannot make the cache folder .*o.npz/cache for its converted "
+                                              r"copy \(Not a directory\); choose a writable folder with data.cache_dir"):
+        as_robomimic(src, cache_dir=src / "cache")  # a file on the way
 
 
 def test_a_new_conversion_removes_the_copies_that_cannot_be_reused(tmp_path):

@@ -157,6 +157,13 @@ def test_convert_cli_writes_the_resized_copy_and_refuses_a_copy_without_a_size(t
     capsys.readouterr()
     assert convert_main([str(src), str(tmp_path / "same.hdf5")]) == 2
     assert "already a robomimic HDF5 file" in capsys.readouterr().err
+    # the source as the output: that refusal first (not "exists", whose --overwrite would then be refused too)
+    assert convert_main([str(src), str(src), "--image-size", "24"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {src}: the output would replace the source"
+    with pytest.raises(SystemExit):  # a side under 8 in the CLI's own terms (no "null")
+        convert_main([str(src), str(tmp_path / "tiny.hdf5"), "--image-size", "4"])
+    assert "--image-size 4: expected an integer >= 8 (the side of the square frames to write); leave it out to keep " \
+        "the source's size" in capsys.readouterr().err and not (tmp_path / "tiny.hdf5").exists()
 
 
 def test_stage2_trains_on_the_foreign_file_only_through_data_image_size(tmp_path):

@@ -213,10 +213,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
                               "with its cameras at S x S)")
     if dst.is_dir():  # --overwrite replaces a file, never a folder (found after the whole conversion)
         raise ConversionError(f"{dst}: is a folder; give the .hdf5 file to write (e.g. {dst / (src.stem + '.hdf5')})")
-    if dst.exists() and not overwrite:
-        raise ConversionError(f"{dst}: exists (pass --overwrite to replace it)")
     if dst.resolve() == src.resolve():
         raise ConversionError(f"{dst}: the output would replace the source")
+    if dst.exists() and not overwrite:
+        raise ConversionError(f"{dst}: exists (pass --overwrite to replace it)")
     # the source's absolute path: a cached copy names (and is pruned by) the file itself, not a path relative to
     # whichever folder the run started in
     if fmt == "robomimic":  # its cameras at image_size x image_size, everything else copied as stored
@@ -385,6 +385,12 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
     same = _reusable_copy(source, dst)
     if same is not None:
         return same
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, no permission: say which folder and what chooses it
+        raise ConversionError(f"{src}: cannot make the cache folder {dst.parent} for its converted copy "
+                              f"({exc.strerror}); choose a writable folder with data.cache_dir (or "
+                              f"${ENV_CACHE_DIR})") from None
     if fmt == "robomimic":
         log.info("%s: cameras resized to %dx%d in a copy %s (once; reused while the source is unchanged)", src,
                  image_size, image_size, dst)
@@ -458,7 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.image_size is not None and args.image_size < 8:
+        parser.error(f"--image-size {args.image_size}: expected an integer >= 8 (the side of the square frames to "
+                     "write); leave it out to keep the source's size")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         out = convert(args.src, args.dst, fmt=args.format, actions=args.actions, overwrite=args.overwrite,
