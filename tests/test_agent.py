@@ -191,10 +191,21 @@ def test_spec_errors_name_the_key_and_sizes():
         spec_from_shapes(shapes, [], ["proprio"], 0, where="f.hdf5")
     # cameras stored in another layout: the refusal says how to rewrite them (the env side converts such frames);
     # grey ones are read as RGB (robopretrain.data.spec.as_rgb)
-    for shape, dtype, hint in (((3, 16, 16), np.uint8, r"channels first: write frames.transpose\(0, 2, 3, 1\)"),
-                               ((16, 16, 3), np.float32, r"float: write \(frames \* 255\)")):
-        with pytest.raises(ValueError, match=r"rgb part 'cam' is .*expected uint8 images \(H, W, 3\) .*; " + hint):
-            spec_from_shapes({"cam": (shape, dtype)}, [], ["cam"], 0, where="f.hdf5")
+    # (a float one-channel array, a depth map, is no colour camera: no colour rewrite is suggested for it, and the
+    # cached copy of data.image_size is suggested only for the arrays it converts: uint8, float keys named *_image)
+    size_hint = r"; or set data.image_size=S: .*"
+    for key, shape, dtype, hint in (
+            ("cam", (3, 16, 16), np.uint8, r"channels first: write frames.transpose\(0, 2, 3, 1\)" + size_hint),
+            ("cam", (16, 16, 3), np.float32, r"float: write \(frames \* 255\)[^;]* \(data.image_size converts float "
+                                             r"frames only of keys named \*_image\)$"),
+            ("cam_image", (16, 16, 3), np.float32, r"float: write \(frames \* 255\)[^;]*" + size_hint),
+            ("depth_image", (16, 16, 1), np.float32, r"a float array of one channel \(a depth map\?\) is no colour "
+                                                     r"camera: .* leave it out of obs.rgb [^;]*$"),
+            ("depth", (1, 16, 16), np.float32, r"a float array of one channel \(a depth map\?\)[^;]*$"),
+            ("depth", (16, 16), np.float64, r"a float array of one channel \(a depth map\?\)[^;]*$")):
+        with pytest.raises(ValueError, match=rf"rgb part '{key}' is .*expected uint8 images \(H, W, 3\) .*/ \(H, W\); "
+                                             + hint):
+            spec_from_shapes({key: (shape, dtype)}, [], [key], 0, where="f.hdf5")
     for grey in ((16, 16, 1), (16, 16)):
         assert spec_from_shapes({"cam": (grey, np.uint8)}, [], ["cam"], 0, where="f.hdf5").rgb == (("cam", (16, 16, 3)),)
     with pytest.raises(ValueError, match=r"low_dim part 'agentview_image' is uint8 \(16, 16, 3\); expected a float"):

@@ -245,16 +245,23 @@ def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str
         found[key] = f"{demo} row {int(bad[0])}"
 
 
-def layout_note(shape: tuple[int, ...], dtype: str) -> str:
+def layout_note(shape: tuple[int, ...], dtype: str, key: str = "") -> str:
     """What the toolkit's camera contract (uint8 ``(H, W, 3)``, square) says of a per-step shape that looks like a
-    picture (:func:`robopretrain.data.episodes.image_layout`'s rule), or "" when nothing."""
+    picture (:func:`robopretrain.data.episodes.image_layout`'s rule) stored under ``key``, or "" when nothing."""
     layout = image_layout(shape, dtype)
     if layout is None:
         return ""
     if layout == "grey":
         return "grey frames: a camera of the stages, read as RGB (grey in each channel)"
     if dtype != "uint8":
-        return "an image of dtype {}: cameras are read as uint8 (0-255)".format(dtype)
+        channels = shape[0] if layout == "channels_first" else shape[2]
+        if channels == 1:
+            return f"{dtype} frames of one channel (a depth map?): no colour camera; leave it out of obs.rgb"
+        if key.endswith("_image"):
+            return (f"an image of dtype {dtype}: cameras are read as uint8 (0-255); data.image_size=S reads a cached "
+                    "copy with it as uint8 (float colour in [0, 1])")
+        return (f"an image of dtype {dtype}: cameras are read as uint8 (0-255); write it uint8 (data.image_size "
+                "converts float frames only of keys named *_image)")
     if layout == "channels_first":
         return "channels first? cameras are read as (H, W, 3): write the frames channels last, or data.image_size=S"
     h, w, c = shape
@@ -312,8 +319,8 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
     lines.append("observations (per step):")
     width = max([26] + [len(f"obs/{key}") + 1 for key in s.obs])  # long keys (LeRobot's) keep the columns aligned
     for key, (shape, dtype) in s.obs.items():
-        notes = [n for n in ("differs between demos" if key in s.inconsistent_obs else "", layout_note(shape, dtype))
-                 if n]
+        notes = [n for n in ("differs between demos" if key in s.inconsistent_obs else "",
+                             layout_note(shape, dtype, key)) if n]
         lines.append(f"  {'obs/' + key:<{width}}{str(shape):<16}{dtype}" + "".join(f"  ({n})" for n in notes))
     if s.actions is not None:
         lines.append(f"  {'actions':<{width}}{str(s.actions[0]):<16}{s.actions[1]}"

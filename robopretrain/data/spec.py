@@ -161,8 +161,9 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
         src, shape, dtype = lookup(key, "rgb")
         read_as = stored_camera_shape(tuple(shape), dtype)
         if read_as is None:
+            hint = image_layout_hint(tuple(shape), np.dtype(dtype), src)
             raise ValueError(f"{where}: rgb part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected uint8 images "
-                             f"(H, W, 3) or grey (H, W, 1) / (H, W){image_layout_hint(tuple(shape), np.dtype(dtype))}")
+                             f"(H, W, 3) or grey (H, W, 1) / (H, W){hint}")
         cams.append((key, read_as))
     return ObsSpec(low_dim=tuple(low), rgb=tuple(cams), num_tasks=int(num_tasks))
 
@@ -208,21 +209,32 @@ def as_rgb(frames: np.ndarray, stored: Sequence[int]) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype) -> str:
-    """How to rewrite a stored camera of another layout as uint8 ``(H, W, 3)`` (the data is used as stored; an env's
-    frames of these layouts are converted, robopretrain.envs.camera_frames): a hint starting with ``"; "``, or ``""``."""
-    fixes: list[str] = []
+def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype, key: str | None = None) -> str:
+    """How to rewrite a stored camera ``key`` of another layout as uint8 ``(H, W, 3)`` (the data is used as stored;
+    an env's frames of these layouts are converted, robopretrain.envs.camera_frames): a hint starting with ``"; "``,
+    or ``""``. A float array of one channel (a depth map, most likely) is no colour camera, and the cached copy
+    ``data.image_size`` makes converts float frames only of keys named ``*_image``
+    (:func:`robopretrain.data.resize_robomimic.is_camera`): neither is suggested where it does not apply."""
     if len(shape) not in (2, 3):  # not an image at all (a vector listed as a camera)
         return ""
-    if len(shape) == 3 and shape[0] in (1, 3) and shape[2] not in (1, 3):
+    first = len(shape) == 3 and shape[0] in (1, 3) and shape[2] not in (1, 3)
+    channels = shape[0] if first else (shape[2] if len(shape) == 3 else 1)
+    floating = bool(np.issubdtype(dtype, np.floating))
+    if floating and channels == 1:
+        return ("; a float array of one channel (a depth map?) is no colour camera: the cameras (obs.rgb) take uint8 "
+                "colour or grey frames, so leave it out of obs.rgb (data.image_size keeps it as stored)")
+    fixes: list[str] = []
+    if first:
         fixes.append("channels first: write frames.transpose(0, 2, 3, 1)")
-    if np.issubdtype(dtype, np.floating):
+    if floating:
         fixes.append("float: write (frames * 255).round().astype(np.uint8) for frames in [0, 1]")
     if not fixes:
         return ""
+    if floating and key is not None and not key.endswith("_image"):
+        return f"; {', '.join(fixes)} (data.image_size converts float frames only of keys named *_image)"
     return (f"; {', '.join(fixes)}; or set data.image_size=S: the stages then read a cached copy of the file whose "
             "uint8 frames, and float colour frames in [0, 1] of keys named *_image, are uint8 (S, S, 3) "
-            "(robopretrain.data.resize_robomimic; a depth map is no colour camera)")
+            "(robopretrain.data.resize_robomimic)")
 
 
 __all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "as_rgb", "image_layout_hint", "spec_from_shapes",
