@@ -420,5 +420,9 @@ def main(cfg: DictConfig) -> None:
     collect(cfg, output_dir=HydraConfig.get().runtime.output_dir)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # through the toolkit's command line: one-line config errors, --help of this config
+    import sys
+
+    from robopretrain.cli import launch
+
+    launch("sim_envs.collect", sys.argv[1:])

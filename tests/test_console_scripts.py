@@ -50,6 +50,9 @@ BAD_VALUE = {"robopretrain-pipeline": ("targets=[OpenDoorRight,OpenDoorRight] ru
              "robopretrain-collect": ("tasks=Nope", "unknown task(s) ['Nope']")}
 
 
+SIM_ENVS_SCRIPTS = [s for s in BAD_VALUE if SCRIPTS[s].startswith("sim_envs.")]
+
+
 def entry_points() -> dict[str, str]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
@@ -72,6 +75,9 @@ def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     for script, (arg, _) in BAD_VALUE.items():
         spec.append({"name": f"{script}-value", "script": script, "entry": entry_points()[script],
                      "args": [*arg.format(cwd=cwd).split(), f"hydra.run.dir={cwd / 'h'}"]})
+        if script in SIM_ENVS_SCRIPTS:  # python -m of the module too: the same command line as the script
+            for name, args in (("help", ["--help"]), ("value", [*arg.split(), f"hydra.run.dir={cwd / 'h'}"])):
+                spec.append({"name": f"{script}-m-{name}", "module": SCRIPTS[script], "args": args})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CLI_RUNNER_PRELOAD": ",".join(sorted(set(SCRIPTS.values())))}
     runner = subprocess.run([sys.executable, str(REPO / "tests" / "_cli_runner.py"), str(outdir), "2"], cwd=cwd,
                             env=env, input=json.dumps(spec), capture_output=True, text=True, timeout=300)
@@ -149,6 +155,16 @@ def test_bad_value_is_one_line(script, results):
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and BAD_VALUE[script][1] in last
+
+
+@pytest.mark.parametrize("script", SIM_ENVS_SCRIPTS)
+def test_python_m_of_a_collector_is_the_scripts_command_line(script, results):
+    """``python -m sim_envs.collect`` (the README's command) gives the script's one-line errors and a ``--help`` of
+    the groups it reads (none), not every folder of configs/ and a traceback."""
+    helped, refused = results[f"{script}-m-help"], results[f"{script}-m-value"]
+    assert helped.returncode == 0 and "(none: this command reads no config group)" in helped.stdout, helped.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == results[f"{script}-value"].stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("value", ["/a/b=c.hdf5", "/data/x,y.hdf5", "/d/it's [1] {2} (3).h5", 'say "hi" = a,b'])
