@@ -38,6 +38,8 @@ from typing import Any, Union
 import gymnasium as gym
 import numpy as np
 
+from robopretrain.workers import sigint_blocked_for_workers
+
 Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 # ``train_episode_seed`` is in robopretrain.evaluation (which imports torch); the same formula here keeps the
@@ -96,7 +98,8 @@ def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: 
     mode = gym.vector.AutoresetMode.DISABLED
     worker_fns = [functools.partial(_collector_env, env_fn, i) for i in range(num_envs)]
     if asynchronous and num_envs > 1:
-        return gym.vector.AsyncVectorEnv(worker_fns, context="spawn", autoreset_mode=mode, shared_memory=False)
+        with sigint_blocked_for_workers():  # a Ctrl-C while the workers import is the parent's alone
+            return gym.vector.AsyncVectorEnv(worker_fns, context="spawn", autoreset_mode=mode, shared_memory=False)
     return gym.vector.SyncVectorEnv(worker_fns, autoreset_mode=mode)
 
 

@@ -61,6 +61,7 @@ from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hyd
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import Target, as_target, with_task_slot
 from robopretrain.files import atomic_file, write_text_atomic
+from robopretrain.workers import sigint_blocked_for_workers
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +381,9 @@ def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes
                 bar.update(1)
         else:
             ctx = mp.get_context("spawn")  # fresh interpreters: no forked MuJoCo/EGL or torch thread state
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(spec,)) as pool:
+            with sigint_blocked_for_workers():  # a Ctrl-C while the workers import is the parent's alone
+                pool = ctx.Pool(workers, initializer=_init_worker, initargs=(spec,))
+            with pool:
                 for res in pool.imap(run_episode, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers) or 1))):
                     results.append(res)
                     bar.update(1)

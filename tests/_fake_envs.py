@@ -214,6 +214,14 @@ def sigint_ignored() -> bool:
     return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
+def sigint_blocked() -> bool:
+    """Whether this thread holds Ctrl-C (SIGINT) blocked (a worker started under
+    :func:`robopretrain.workers.sigint_blocked_for_workers` does for its whole life)."""
+    import signal
+
+    return signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 def sigint_ignored_after(initializer, *args) -> bool:
     """Run a pool initializer, then say whether this process ignores Ctrl-C (run in a spawned worker)."""
     initializer(*args)

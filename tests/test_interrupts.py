@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,9 +51,52 @@ def test_an_interrupted_entry_point_prints_one_line_and_exits_130(capsys, monkey
         task()
 
 
+def blocks_sigint(pid: int) -> bool:
+    """Whether process ``pid`` holds SIGINT blocked (its main thread's mask, /proc/<pid>/status ``SigBlk``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    raise AssertionError(f"no SigBlk in /proc/{pid}/status")
+
+
+def test_workers_started_under_the_block_never_take_ctrl_c_and_the_parent_still_does(parent_handler):
+    """A spawned worker imports for seconds before its own code ignores Ctrl-C; started under the block it holds
+    SIGINT blocked from its first instruction (the mask is inherited through fork and exec). The parent's mask is
+    restored after the block, and a Ctrl-C sent to it meanwhile still interrupts it."""
+    from _fake_envs import sigint_blocked
+    from robopretrain.workers import sigint_blocked_for_workers
+
+    # in a fresh interpreter: its first spawn starts multiprocessing's resource tracker, whose start unblocks SIGINT
+    script = ("import multiprocessing as mp\n"
+              "from _fake_envs import sigint_blocked\n"
+              "from robopretrain.workers import sigint_blocked_for_workers\n"
+              "if __name__ == '__main__':\n"
+              "    ctx = mp.get_context('spawn')\n"
+              "    with sigint_blocked_for_workers():\n"
+              "        pool = ctx.Pool(1)\n"
+              "    with pool:\n"
+              "        inside = pool.apply(sigint_blocked)\n"
+              "    with ctx.Pool(1) as pool:\n"
+              "        outside = pool.apply(sigint_blocked)\n"
+              "    print(inside, outside, sigint_blocked())\n")
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.split() == ["True", "False", "False"], out.stderr[-2000:]  # the parent's mask restored
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_blocked_for_workers():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):  # delivered here through another thread, or else when the block ends
+                sum(range(1000))
+    assert not sigint_blocked()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_vector_env_workers_ignore_ctrl_c_and_the_parent_keeps_it(parent_handler):
     venv = make_vector_env(SigintProbeEnv, 2, asynchronous=True)  # builds one env here for its spaces
     try:
+        assert all(blocks_sigint(proc.pid) for proc in venv.processes)  # from their start, while importing
+        assert not blocks_sigint(os.getpid())
         obs, _ = venv.reset(seed=[0, 1])
         np.testing.assert_array_equal(obs["x"][:, 0], [1.0, 1.0])
         for proc in venv.processes:  # a real Ctrl-C reaches every worker; they go on
