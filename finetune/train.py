@@ -146,7 +146,8 @@ def warn_online_behaviour_cloning(algo: str) -> str | None:
         return None
     message = ("algo=bc: behaviour cloning has no online version; stage 3 clones batches that mix the offline data "
                "with every online episode, failed ones included, so it imitates its own failures too. To improve "
-               "online, fine-tune the BC checkpoint with an RL learner (algo=calql, iql, awac, td3_bc or rebrac)")
+               "online, train stage 2 with a learner that has an online version (algo=calql, iql, awac, td3_bc or "
+               "rebrac) and fine-tune that checkpoint: a BC checkpoint holds no critic, so only algo=bc continues it")
     log.warning(message)
     return message
 

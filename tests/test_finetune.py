@@ -608,3 +608,6 @@ def test_stage3_says_that_online_bc_clones_its_own_failures(tmp_path, monkeypatc
     with caplog.at_level(logging.WARNING, logger="finetune.train"), pytest.raises(Loaded):
         ft.run(stage3_config(tmp_path / "s2", tmp_path / "run", "Reach", algo=algo))
     assert ("imitates its own failures" in caplog.text) is warned, caplog.text
+    if warned:  # its advice is one that works: a BC checkpoint is continued by no RL learner (checkpoint families)
+        assert "train stage 2 with a learner that has an online version" in caplog.text
+        assert "so only algo=bc continues it" in caplog.text and "fine-tune the BC checkpoint with" not in caplog.text
