@@ -138,6 +138,20 @@ def refuse_decision_transformer(algo: str, checkpoint: Any) -> None:
                               f"checkpoint of another learner ({' / '.join(n for n in AGENT_NAMES if n != 'dt')})")
 
 
+def refuse_default_target_outside(cfg: DictConfig, target: Target, num_tasks: int, trained: list[str]) -> None:
+    """Refuse, naming the setting, a run left at the config's default target (a sim_envs task) when that task has
+    no slot in the agent's task one-hot: the user (an agent of their own robot, a one-task agent) never chose it,
+    and the general refusal ("set the target's task_id") would lead them to fine-tune on the wrong env."""
+    default = OmegaConf.load(CONFIG_DIR / "finetune.yaml").get("target")
+    if build.plain(cfg.get("target")) != default or not num_tasks or 0 <= target.resolved_task_id() < num_tasks:
+        return
+    raise ValueError(f"target is not set, so it is the default {default!r} (configs/finetune.yaml), a sim_envs task "
+                     f"outside this agent's task one-hot of size {num_tasks}"
+                     + (f" (trained on {', '.join(map(str, trained))})" if trained else "")
+                     + "; name the env to fine-tune on: target=<a task name> or 'target={name: MyTask, env_id: "
+                       "\"my_pkg.envs:MyEnv\"}' (docs/targets.md)")
+
+
 def warn_online_behaviour_cloning(algo: str) -> str | None:
     """Warn (and return the message) for ``algo=bc`` in stage 3: behaviour cloning has no online version; stage 3
     trains it on batches that mix the offline data with every online episode, its own failed ones included
@@ -195,6 +209,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
                              algo_cfg=build.algo_overrides(cfg.algo), seed=int(cfg.seed))
     warn_dropped_bc_term(ckpt.meta, getattr(agent, "algo_cfg", None))
     target = with_task_slot(target, ckpt.meta.get("task_ids") or {}, agent.spec.num_tasks)
+    refuse_default_target_outside(cfg, target, agent.spec.num_tasks, ckpt.meta.get("task_names") or [])
     gap = Gap.from_mapping(build.plain(cfg.get("gap")))
     transfer_settings = TransferSettings.from_mapping(build.plain(cfg.get("transfer")))
     if gap.enabled and not target.randomizable:

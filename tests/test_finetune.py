@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 import _fake_envs as fake
 from _compare import Killed, assert_same, die_after_first_checkpoint, returns_by_hand
@@ -611,3 +612,20 @@ def test_stage3_says_that_online_bc_clones_its_own_failures(tmp_path, monkeypatc
     if warned:  # its advice is one that works: a BC checkpoint is continued by no RL learner (checkpoint families)
         assert "train stage 2 with a learner that has an online version" in caplog.text
         assert "so only algo=bc continues it" in caplog.text and "fine-tune the BC checkpoint with" not in caplog.text
+
+
+def test_a_run_left_at_the_default_target_outside_the_agents_tasks_says_target_is_not_set():
+    """A one-task agent of the user's robot, no target= given: the default sim_envs task has no slot; the refusal
+    says the target was not set (the general one said to set a task_id, which leads to the wrong env)."""
+    from finetune.train import refuse_default_target_outside
+    from robopretrain.envs.target import as_target
+
+    default = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml").target
+    cfg = OmegaConf.create({"target": default})
+    with pytest.raises(ValueError, match=rf"^target is not set, so it is the default '{default}' \(configs/finetune"
+                                         r"\.yaml\), .* one-hot of size 1 \(trained on PointReach\); name the env"):
+        refuse_default_target_outside(cfg, as_target(default), 1, ["PointReach"])
+    refuse_default_target_outside(cfg, as_target(default), 13, ["Reach"])  # the testbed's held-out target: fits
+    refuse_default_target_outside(cfg, as_target(default), 0, [])  # no task one-hot
+    other = OmegaConf.create({"target": "Reach"})  # chosen by the user: the general check speaks
+    refuse_default_target_outside(other, as_target("Reach"), 1, ["PointReach"])
