@@ -85,6 +85,11 @@ def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(c
     with caplog.at_level(logging.WARNING):  # the agent's constant last dimension (1) cannot hold this file's 0.5
         out = reexpress(np.array([[4.0, 0.0, 1.0], [4.0, 0.0, 0.5]], np.float32), None, UNITS, "gripper.hdf5")
     assert out[:, 2].tolist() == [0.0, 0.0] and "dimension(s) [2]" in caplog.text and "gripper.hdf5" in caplog.text
+    assert "hold other values here (2: varies)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # another constant (0, not 1): said as such, not "varies"
+        reexpress(np.array([[4.0, 0.0, 0.0], [4.0, 0.5, 0.0]], np.float32), None, UNITS, "wide.hdf5")
+    assert "the env always gets [1.0] there) and hold other values here (2: is 0)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         reexpress(np.array([[4.0, 0.0, 1.0]], np.float32), None, UNITS, "f")

@@ -155,9 +155,13 @@ def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent
         fixed = np.asarray(agent_units.high) <= np.asarray(agent_units.low)  # the data that set the units never moved
         lost = fixed & np.any(np.abs(env - np.asarray(agent_units.low)) > 1e-5, axis=tuple(range(env.ndim - 1)))
         if lost.any():
-            log.warning("%s: action dimension(s) %s vary here but are constant in the agent's units (the data that "
-                        "set them never moved them; the env always gets %s there): those values are lost",
-                        where, np.flatnonzero(lost).tolist(), [agent_units.low[i] for i in np.flatnonzero(lost)])
+            dims = np.flatnonzero(lost)
+            varies = [bool(np.ptp(env[..., i]) > 1e-5) for i in dims]
+            held = [f"{i}: {'varies' if v else f'is {float(env.reshape(-1, env.shape[-1])[0, i]):g}'}"
+                    for i, v in zip(dims.tolist(), varies)]
+            log.warning("%s: action dimension(s) %s are constant in the agent's units (the data that set them never "
+                        "moved them; the env always gets %s there) and hold other values here (%s): those values "
+                        "are lost", where, dims.tolist(), [agent_units.low[i] for i in dims], ", ".join(held))
     outside = np.abs(out) > 1.0 + 1e-5
     if outside.any():
         log.warning("%s: %.2f%% of the action values lie outside the agent's [-1, 1] once re-expressed in its units "
