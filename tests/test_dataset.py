@@ -120,12 +120,22 @@ def test_next_obs_logged_apart_from_the_next_obs_does_not_split_demos(tmp_path, 
     np.testing.assert_allclose(arrays["mc_returns"], [-6.25, -2.5, 5, -10, -10, -10])  # as the clean file's
     np.testing.assert_allclose(arrays["next_actions"][:, 0], [0.1, 0.2, 0.2, 0.5, 0.6, 0.6])  # within each demo
     assert "noisy.hdf5: at 4 steps inside a demo the next_obs of ['proprio'] is not the next step's obs" in caplog.text
+    assert "off by one" not in caplog.text  # noise, not a copy of obs
     sampler = SequenceSampler(data, 3)
     assert sampler.num_episodes == 2 and sampler.timesteps.tolist() == [0, 1, 2, 0, 1, 2]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         load_offline_dataset(clean, spec, CAL_QL)
     assert "inside a demo" not in caplog.text
+    copied = tmp_path / "copied.hdf5"  # next_obs written from the same step (a common off-by-one)
+    copied.write_bytes(clean.read_bytes())
+    with h5py.File(copied, "r+") as f:
+        for demo in ("demo_0", "demo_1"):
+            f[f"data/{demo}/next_obs/proprio"][...] = f[f"data/{demo}/obs/proprio"][()]
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(copied, spec, CAL_QL)
+    assert "next_obs equals obs itself at 6 of 6 steps: written from the same step, not the next one (off by " \
+        "one)?" in caplog.text
 
 
 def test_key_maps_task_ids_and_sizes_are_checked(tmp_path):

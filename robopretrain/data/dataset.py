@@ -47,6 +47,7 @@ from robopretrain.data.keys import NEXT_ACTIONS, TASK_ID
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.returns import (
     breaks_inside_episodes,
+    copies_of_obs,
     episode_starts,
     next_actions_of,
     returns_to_go,
@@ -421,9 +422,13 @@ def load_offline_dataset(
     breaks = breaks_inside_episodes({k: trans.obs[k] for k in low_dim}, {k: trans.next_obs[k] for k in low_dim},
                                     trans.episode_ids) if low_dim else 0
     if breaks:
+        same = copies_of_obs({k: trans.obs[k] for k in low_dim}, {k: trans.next_obs[k] for k in low_dim})
+        copied = (f"; next_obs equals obs itself at {same} of {len(trans)} steps: written from the same step, not the "
+                  "next one (off by one)?" if same * 2 >= len(trans) else "")
         log.warning("%s: at %d steps inside a demo the next_obs of %s is not the next step's obs (> 1e-6 apart: "
                     "logged separately, noise, or several episodes in one demo); episodes are the demos, so returns-"
-                    "to-go run through them; split a demo that holds several episodes", info.path, breaks, low_dim)
+                    "to-go run through them; split a demo that holds several episodes%s", info.path, breaks, low_dim,
+                    copied)
     next_actions = next_actions_of(trans.actions, starts)
     mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, sparse_negative_reward=r_neg)
     if not on_disk:

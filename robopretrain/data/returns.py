@@ -77,6 +77,22 @@ def breaks_inside_episodes(obs: ObsLike, next_obs: ObsLike, episode_ids: np.ndar
     return int(np.count_nonzero(_obs_mismatch(obs, next_obs, atol) & (ids[1:] == ids[:-1])))
 
 
+def copies_of_obs(obs: ObsLike, next_obs: ObsLike, atol: float = 1e-6) -> int:
+    """How many rows ``t`` have ``next_obs[t]`` within ``atol`` of ``obs[t]`` itself (every part): a file whose
+    ``next_obs`` was written from the same step instead of the next one has (nearly) all of them."""
+    if isinstance(obs, Mapping):
+        if not isinstance(next_obs, Mapping) or set(obs) != set(next_obs) or not obs:
+            raise ValueError("obs and next_obs must both be arrays or dicts with the same keys")
+        rows = [_same_rows(obs[k], next_obs[k], atol) for k in sorted(obs)]
+        return int(np.count_nonzero(np.logical_and.reduce(rows)))
+    return int(np.count_nonzero(_same_rows(obs, next_obs, atol)))
+
+
+def _same_rows(a: Any, b: Any, atol: float) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.all(np.abs(a - b).reshape(len(a), -1) <= atol, axis=1)
+
+
 def _obs_mismatch(obs: ObsLike, next_obs: ObsLike, atol: float) -> np.ndarray:
     """Boolean ``(N - 1,)``: True where ``obs[t + 1]`` differs from ``next_obs[t]``."""
     if isinstance(obs, Mapping):
