@@ -150,8 +150,9 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
             flags = [k for k in LABEL_COLUMNS if isinstance(row[k], bool)]
             if flags:  # JSON true / false: not a number a person meant (true would read as 1)
                 raise ValueError(f"{', '.join(flags)} is true / false; expected numbers")
-            lab = PreferenceLabel(str(row["demo_a"]), _whole(row["start_a"]), str(row["demo_b"]),
-                                  _whole(row["start_b"]), _whole(row["length"]), float(row["label"]), where)
+            lab = PreferenceLabel(str(row["demo_a"]), _column(row, "start_a", _whole), str(row["demo_b"]),
+                                  _column(row, "start_b", _whole), _column(row, "length", _whole),
+                                  _column(row, "label", float), where)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: {where}: {exc}; expected keys {list(LABEL_COLUMNS)}") from None
         if not 0.0 <= lab.label <= 1.0 or lab.length < 1 or min(lab.start_a, lab.start_b) < 0:
@@ -169,6 +170,14 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
     if not out:
         raise ValueError(f"{path}: no labels")
     return out
+
+
+def _column(row: Mapping[str, Any], key: str, parse: Any) -> Any:
+    """``parse(row[key])``; its ``ValueError`` / ``TypeError`` names the column (``start_a: could not convert ...``)."""
+    try:
+        return parse(row[key])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{key}: {exc}") from None
 
 
 def _whole(value: Any) -> int:
@@ -313,6 +322,10 @@ class RewardEnsemble(nn.Module):
 # --------------------------------------------------------------------------- data
 
 
+def _listed(names: Sequence[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
 class SegmentData:
     """The selected demos' steps (``obs`` parts, actions, rewards) and where each demo starts in the flat arrays."""
 
@@ -333,7 +346,10 @@ class SegmentData:
             for demo, start in ((lab.demo_a, lab.start_a), (lab.demo_b, lab.start_b)):
                 row = lab.origin or f"label {i + 1}"
                 if demo not in self.lengths:
-                    raise ValueError(f"{where}: {row}: demo {demo!r} is not in the selected data")
+                    named = f"demo_{demo}" if str(demo).isdigit() else None
+                    hint = (f" (demos are named like {next(iter(self.lengths))!r}: did you mean {named!r}?)"
+                            if named in self.lengths else f" (its demos: {_listed(list(self.lengths))})")
+                    raise ValueError(f"{where}: {row}: demo {demo!r} is not in the selected data{hint}")
                 if start + lab.length > self.lengths[demo]:
                     raise ValueError(f"{where}: {row}: segment {demo}[{start}:{start + lab.length}] runs past "
                                      f"the demo's {self.lengths[demo]} steps")

@@ -94,8 +94,11 @@ def test_label_files_from_spreadsheets_and_ill_formed_rows(tmp_path):
     assert read_labels(tmp_path / "spaced.csv") == [PreferenceLabel("demo_0", 0, "demo_1", 2, 5, 1.0)]
     (tmp_path / "frac.json").write_text(json.dumps([{"demo_a": "demo_0", "start_a": 2.7, "demo_b": "demo_1",
                                                      "start_b": 0, "length": 5, "label": 1}]))
-    with pytest.raises(ValueError, match=r"frac.json: item 1: 2.7 is not a whole number"):
+    with pytest.raises(ValueError, match=r"frac.json: item 1: start_a: 2.7 is not a whole number"):
         read_labels(tmp_path / "frac.json")
+    (tmp_path / "word.csv").write_text(header + "demo_0,0,demo_1,0,5,one\n")  # the column is named
+    with pytest.raises(ValueError, match=r"word.csv: line 2: label: could not convert string to float: 'one'"):
+        read_labels(tmp_path / "word.csv")
     (tmp_path / "len.csv").write_text(header + "demo_0,0,demo_1,0,5,1\ndemo_0,0,demo_1,0,5,0\ndemo_0,0,demo_1,0,4,1\n")
     with pytest.raises(ValueError, match=r"line 4: length 4, but the first row has 5"):
         read_labels(tmp_path / "len.csv")
@@ -551,8 +554,16 @@ def test_skip_short_demos_leaves_a_one_step_demo_out_as_stage_2_does(tmp_path, c
                                             for i in range(10)]])
     cfg = config(data, tmp_path / "h", labels={"path": str(tmp_path / "human.csv")})
     cfg.data.skip_short_demos = True
-    with pytest.raises(ValueError, match=r"human.csv: line 2: demo 'demo_11' is not in the selected data"):
+    with pytest.raises(ValueError, match=r"human.csv: line 2: demo 'demo_11' is not in the selected data \(its "
+                                         r"demos: demo_0, demo_1, .*, \.\.\. \(\d+ in all\)\)$"):
         run(cfg, tmp_path / "h")
+    # a demo given by its number: the name it means is suggested
+    write_labels(tmp_path / "numbers.csv", [PreferenceLabel("3", 0, "demo_4", 0, 1, 1.0)])
+    cfg = config(data, tmp_path / "n", labels={"path": str(tmp_path / "numbers.csv")})
+    cfg.data.skip_short_demos = True
+    with pytest.raises(ValueError, match=r"demo '3' is not in the selected data \(demos are named like 'demo_0': did "
+                                         r"you mean 'demo_3'\?\)$"):
+        run(cfg, tmp_path / "n")
 
 
 def test_labels_that_are_mostly_ties_are_warned_about_with_what_decides_more(tmp_path, caplog):
