@@ -456,3 +456,14 @@ def test_a_success_flag_written_as_a_word_is_read_as_what_it_says(tmp_path):
         read_info(bad)
     with pytest.raises(InspectError, match=r"ep_meta success='maybe'"):
         summarize_hdf5(bad)
+
+
+def test_actions_outside_the_range_say_how_the_api_reads_them(tmp_path):
+    def wide(f):
+        f["data/demo_1/actions"][0, 0] = 2.0
+
+    path = write_dataset(tmp_path / "wide.hdf5", mutate=wide)
+    msg = _expect(path, r"data/demo_1/actions.*values outside \[-1, 1\] \(max \|a\| = 2; load_transitions\(\.\.\., "
+                        r"action_range=False\) reads them as stored")
+    assert "demo_1" in msg
+    assert load_transitions(path, ["proprio"], action_range=False).actions.max() == 2.0

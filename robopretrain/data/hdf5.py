@@ -580,7 +580,8 @@ def _read_demo(
         _read_into(path, demo[f"next_obs/{k}"], f"{base}/next_obs/{k}", next_obs[k], lo, hi, finite)
     _read_into(path, demo["actions"], f"{base}/actions", actions, lo, hi, finite)
     if action_range and np.abs(actions[lo:hi]).max() > 1.0 + 1e-6:
-        raise _err(path, f"{base}/actions", f"values outside [-1, 1] (max |a| = {np.abs(actions[lo:hi]).max():.4g})")
+        raise _err(path, f"{base}/actions", f"values outside [-1, 1] (max |a| = {np.abs(actions[lo:hi]).max():.4g}; "
+                   "load_transitions(..., action_range=False) reads them as stored; the stages rescale them)")
     if "rewards" in demo:
         _read_into(path, demo["rewards"], f"{base}/rewards", rewards, lo, hi, finite)
     else:
