@@ -24,7 +24,7 @@ from robopretrain.config_checks import resolve_device
 from robopretrain.data.dataset import FILE_UNITS, RewardSettings, load_offline_dataset, selected_demos, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
-from robopretrain.data.hdf5 import DatasetError, DatasetInfo
+from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, DatasetError, DatasetInfo
 from robopretrain.data.keys import OBS
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
@@ -415,6 +415,23 @@ def warn_episode_length(dt_cfg: Any, timesteps: np.ndarray) -> bool:
     return True
 
 
+def warn_learned_reward(algo: str, info: DatasetInfo) -> bool:
+    """Warn (and return True) when the Decision Transformer trains on a file whose rewards a learned reward wrote
+    (``env_args['learned_reward']``, :func:`robopretrain.reward_model.relabel`): it learns to reach returns of that
+    reward, while its evaluation asks for ``algo.target_return`` and counts it down with the env's own reward
+    (:mod:`robopretrain.algos.dt`), another scale, so no target return means the same in both."""
+    learned = (info.env_args or {}).get(LEARNED_REWARD_KEY)
+    if algo != "dt" or not learned:
+        return False
+    source = learned.get("source") if isinstance(learned, Mapping) else None
+    log.warning("%s: its rewards were written by a learned reward (robopretrain.reward_model%s): the Decision "
+                "Transformer learns to reach returns of that reward, but its evaluation asks for algo.target_return "
+                "and counts it down with the env's own reward, another scale, so its evaluation success need not "
+                "follow the return asked for; the value-based learners (e.g. algo=iql) use the learned reward alone",
+                info.path, f", from {source}" if source else "")
+    return True
+
+
 def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray) -> bool:
     """Warn (and return True) when DT's evaluation return ``target_return * reward_scale`` lies outside the data's
     episode returns ``(E,)`` (in the same scaled units): the policy is asked for a return no demo showed (e.g. the
@@ -427,7 +444,8 @@ def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray) -> bool:
     scale = float(dt_cfg.reward_scale) or 1.0
     log.warning("algo.target_return=%g (x reward_scale %g = %g) lies outside the data's episode returns [%.4g, %.4g]: "
                 "the Decision Transformer is asked for a return no demo reached; set algo.target_return to the "
-                "return to ask for, in the data's reward units (its best episode: %.4g)", float(dt_cfg.target_return),
+                "return to ask for, in the env's reward units, which the data's rewards share (its best episode: "
+                "%.4g)", float(dt_cfg.target_return),
                 float(dt_cfg.reward_scale), asked, low, high, high / scale)
     return True
 

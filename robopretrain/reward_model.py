@@ -79,7 +79,7 @@ from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hyd
 from robopretrain.config_checks import validate_reward_model_config
 from robopretrain.data.dataset import (FILE_UNITS, check_action_range, data_action_units, file_action_units,
                                       selected_demos, warn_inner_terminals)
-from robopretrain.data.hdf5 import Transitions, load_transitions, read_info
+from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, Transitions, load_transitions, read_info
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization, reexpress
@@ -468,6 +468,10 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     shutil.copyfile(src, tmp)
     with h5py.File(tmp, "r+") as f:
+        # recorded for the stages (robopretrain.build.warn_learned_reward): rewards in a learned reward's units
+        env_args = dict(info.env_args or {})
+        env_args[LEARNED_REWARD_KEY] = {"source": str(Path(src).resolve()), "normalize": normalize}
+        f["data"].attrs["env_args"] = json.dumps(env_args)
         for name, lo in data.offset.items():
             old = f[f"data/{name}"].get("rewards")  # None: a reward-free demo gets its first rewards
             attrs, dtype = (dict(old.attrs), old.dtype) if old is not None else ({}, np.dtype(np.float32))

@@ -120,6 +120,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     build.check_image_size(spec, cfg.data.get("image_size"), data_path)
     build.warn_unused_obs_map(obs_map, spec)
     reward = build.reward_settings(cfg.algo)
+    build.warn_learned_reward(algo, info)
     # the agent's action units: the init checkpoint's, else this data's (recorded, or its bounds if outside [-1, 1])
     action_units = (agent.action_normalization if init is not None
                     else data_action_units(data_path, info, str(cfg.data.get("actions") or "auto")))

@@ -211,6 +211,15 @@ def test_relabel_writes_the_ensemble_mean_normalised_over_the_file(tmp_path, nor
     flat = relabel(src, tmp_path / "c.hdf5", lambda obs, actions: torch.zeros(2, len(actions)), SPEC, normalize)
     with h5py.File(flat) as f:
         assert np.array_equal(f["data/demo_1/rewards"][()], np.zeros(6, np.float32))
+    # the copy says its rewards are learned, with the rest of its env_args; the DT is warned, other learners not
+    from robopretrain.build import warn_learned_reward
+    from robopretrain.data.hdf5 import read_info
+
+    info = read_info(out)
+    assert info.env_args["learned_reward"] == {"source": str(src.resolve()), "normalize": normalize}
+    assert {k: v for k, v in info.env_args.items() if k != "learned_reward"} == read_info(src).env_args
+    assert warn_learned_reward("dt", info) and not warn_learned_reward("iql", info)
+    assert not warn_learned_reward("dt", read_info(src))
 
 
 def test_relabel_scores_another_files_actions_in_the_models_units(tmp_path):
@@ -405,7 +414,11 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
                 progress.append(a[n.replace("rewards", "obs/x")][()][:, 0])
             else:
                 assert np.array_equal(a[n][()], b[n][()]), n
-        assert dict(a["data"].attrs) == dict(b["data"].attrs)
+        relabelled_env_args = json.loads(b["data"].attrs["env_args"])  # the rewards' origin recorded, nothing else
+        assert relabelled_env_args.pop("learned_reward")["normalize"] == "standard"
+        assert relabelled_env_args == json.loads(a["data"].attrs["env_args"])
+        assert {k: v for k, v in a["data"].attrs.items() if k != "env_args"} == {
+            k: v for k, v in b["data"].attrs.items() if k != "env_args"}
         flat = np.concatenate(rewards)
         assert np.corrcoef(flat, np.concatenate(progress))[0, 1] > 0.9  # each demo's steps got their own reward
         assert abs(flat.mean()) < 1e-4 and abs(flat.std() - 1) < 1e-3  # normalize=standard over the file

@@ -41,6 +41,9 @@ import numpy as np
 
 DEMO_RE = re.compile(r"^demo_(\d+)$")
 IMAGE_SUFFIX = "_image"
+# env_args entry of a file whose rewards a learned reward wrote (robopretrain.reward_model.relabel): its source file
+# and normalisation; the stages warn where a method reads rewards in the env's units too (the Decision Transformer)
+LEARNED_REWARD_KEY = "learned_reward"
 
 
 class DatasetError(ValueError):
