@@ -165,6 +165,23 @@ def test_a_demo_of_another_action_size_is_listed(tmp_path: Path) -> None:
     assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).odd_actions == {}
 
 
+def test_a_demo_with_task_but_no_task_id_is_listed_as_training_refuses_it(tmp_path: Path) -> None:
+    from robopretrain.data.hdf5 import DatasetError, read_info
+    from robopretrain.data.inspect import format_hdf5_summary
+
+    path = write_tiny_hdf5(tmp_path / "half.hdf5", with_images=False)
+    with h5py.File(path, "a") as f:
+        del f["data/demo_1"].attrs["task_id"]
+        del f["data/demo_2"].attrs["task"]
+    s = summarize_hdf5(path)
+    assert s.half_task == {"demo_1": "task_id", "demo_2": "task"}
+    assert "warning: 2 demo(s) lack the attribute 'task' / 'task_id' but hold the other (demo_1, demo_2): training " \
+           "refuses them" in format_hdf5_summary(s)
+    with pytest.raises(DatasetError, match="data/demo_1: missing attribute 'task_id'"):  # as said
+        read_info(path)
+    assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).half_task == {}
+
+
 def test_a_done_before_the_last_step_is_listed(tmp_path: Path) -> None:
     """dones=1 inside an episode (read as a terminal there): named with demo and step; not for an OGBench conversion,
     whose task-done steps are marked so by design."""

@@ -104,6 +104,8 @@ class Hdf5Summary:
     odd_actions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # demo -> the steps before its last where dones is 1 (the contract: 1 only where the episode truly ended)
     inner_dones: dict[str, list[int]] = field(default_factory=dict)
+    # demo -> the one of task / task_id it lacks, for demos that hold the other (training refuses them)
+    half_task: dict[str, str] = field(default_factory=dict)
 
     @property
     def transitions(self) -> int:
@@ -173,9 +175,12 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     non_finite: dict[str, str] = {}
     odd_actions: dict[str, tuple[int, ...]] = {}
     inner_dones: dict[str, list[int]] = {}
+    half_task: dict[str, str] = {}
     actions = None
     for name in demos:
         demo = data[name]
+        if ("task" in demo.attrs) != ("task_id" in demo.attrs):  # as the reader refuses it (hdf5._demo_info)
+            half_task[name] = "task_id" if "task" in demo.attrs else "task"
         task = _as_str(demo.attrs["task"]) if "task" in demo.attrs else "(no task attr)"
         stats = tasks.setdefault(task, TaskStats())
         stats.demos.append(name)
@@ -231,7 +236,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
     return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale,
-                       odd_actions, inner_dones)
+                       odd_actions, inner_dones, half_task)
 
 
 def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str]) -> None:
@@ -333,6 +338,12 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
     for key, where in s.non_finite.items():
         lines.append(f"warning: {key} holds NaN or inf (first at {where}): training refuses a selection holding "
                      "that demo (leave it out with a mask)")
+    if s.half_task:
+        lacking = sorted(set(s.half_task.values()))
+        lines.append(f"warning: {len(s.half_task)} demo(s) lack the attribute {' / '.join(map(repr, lacking))} but "
+                     f"hold the other ({', '.join(list(s.half_task)[:3])}{', ...' if len(s.half_task) > 3 else ''}): "
+                     "training refuses them; give each demo both task (its name) and task_id (its slot in the task "
+                     "one-hot), or neither (one task)")
     if s.inner_dones:
         named = [f"{d} step{'s' if len(t) > 1 else ''} {', '.join(map(str, t[:3]))}{', ...' if len(t) > 3 else ''}"
                  for d, t in list(s.inner_dones.items())[:3]]

@@ -154,8 +154,9 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
     for key in low_dim:
         src, shape, dtype = lookup(key, "low_dim")
         if len(shape) != 1 or np.dtype(dtype) == np.uint8:
+            scalar = "; a scalar per step: store it as (N, 1), values[:, None]" if len(shape) == 0 else ""
             raise ValueError(f"{where}: low_dim part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected a float "
-                             "vector (d,) (images go in the rgb list)")
+                             f"vector (d,) (images go in the rgb list){scalar}")
         low.append((key, int(shape[0])))
     for key in rgb:
         src, shape, dtype = lookup(key, "rgb")
