@@ -28,7 +28,7 @@ import os
 import shutil
 import signal
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,10 +313,11 @@ def load_latest(root: str | os.PathLike, with_state: bool = True) -> Checkpoint 
     return None
 
 
-def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> None:
+def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "", also: Sequence[str] = ()) -> None:
     """Raise :class:`CheckpointError` when a checkpoint (its ``meta``) is not of ``agent``'s kind: another
     algorithm, action size, action units, encoder mode or observation spec (each difference named, with both
-    values)."""
+    values), followed by ``also`` (what else differs, e.g. the run fingerprint's differences: another data file
+    shows here only as other action units)."""
     from robopretrain.data.spec import ObsSpec, SpecMismatchError
     from robopretrain.agent import recorded_action_units
     from robopretrain.envs.action_units import describe as describe_units
@@ -345,6 +346,8 @@ def check_agent_fits(meta: Mapping[str, Any], agent: Any, where: str = "") -> No
         except SpecMismatchError as exc:  # its parts, without the sentence this message already says
             problems.append(str(exc).removeprefix("the checkpoint does not fit this config: "))
     if problems:
+        if also:
+            problems.append(f"the run that wrote it also differs in: {'; '.join(also)}")
         raise CheckpointMismatchError(where or "the run folder", "; ".join(problems),
                                       "use another output_dir, or resume=false to start a fresh run")
 

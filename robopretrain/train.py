@@ -206,7 +206,10 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     adversary = stage2_adversary(cfg, agent, tasks, run_dir, dinfo)
     start = 0
     if latest is not None:
-        check_agent_fits(latest.meta, agent, where=str(latest.path))
+        saved = latest.meta.get("fingerprint")  # what else changed: another data file shows only as other units
+        diffs = run_fingerprint.differences(saved, fingerprint) if saved else []
+        check_agent_fits(latest.meta, agent, where=str(latest.path),
+                         also=[run_fingerprint.listed(diffs)] if diffs else [])
         run_fingerprint.check_resume(latest.meta.get("fingerprint"), fingerprint, where=latest.path)
         start, resumed = resume(agent, sampler, ckpt_root, dinfo)
         if adversary is not None and resumed is not None and resumed.state is not None:

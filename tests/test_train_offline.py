@@ -182,6 +182,7 @@ def test_resume_with_other_parts_or_another_encoder_mode_is_a_clear_error(tiny_h
                                               r"checkpoint but not in this config") as err:
         run(stage2_config(tiny_hdf5, tmp_path / "s", steps=4, obs={"low_dim": ["proprio"]}))
     assert str(err.value).count("does not fit this config") == 1  # said once, not nested
+    assert '; the run that wrote it also differs in: obs.low_dim: ["proprio", "object"] -> ["proprio"]' in str(err.value)
     run(stage2_config(image_hdf5, tmp_path / "i", steps=2, obs=CAMERAS["1cam"]))
     with pytest.raises(CheckpointError, match=r"encoder_mode: checkpoint has 'scratch', this config needs 'frozen'"):
         run(stage2_config(image_hdf5, tmp_path / "i", steps=4, obs=CAMERAS["1cam"],
