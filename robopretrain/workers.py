@@ -22,8 +22,8 @@ from multiprocessing import resource_tracker
 def sigint_blocked_for_workers() -> Iterator[None]:
     """Block SIGINT in this thread for the ``with`` block (where ``spawn`` worker processes are started); the
     thread's mask is restored after it. Starts multiprocessing's resource tracker first (as the first spawned
-    process would), since its start unblocks SIGINT. Does nothing off the main thread or where ``signal.pthread_sigmask`` is missing
-    (Windows)."""
+    process would), since its start unblocks SIGINT. Does nothing off the main thread or where
+    ``signal.pthread_sigmask`` is missing (Windows)."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
