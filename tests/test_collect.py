@@ -267,3 +267,33 @@ def test_parallel_collection_that_cannot_render_fails_before_starting_workers(mo
     plans = [collect_module.EpisodePlan("Reach", i, "expert", 0.0, i, i, None) for i in range(2)]
     with pytest.raises(RenderingUnavailableError, match="no display"):
         list(collect_module.iter_episodes(plans, {"render_images": True}, num_workers=2))
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX signal masks")
+def test_parallel_collection_starts_its_workers_with_ctrl_c_blocked_and_iterates_without(monkeypatch):
+    """The pool is made under :func:`robopretrain.workers.sigint_blocked_for_workers` (a Ctrl-C while the workers
+    import is the parent's alone) and the episodes are read after the block (the parent takes Ctrl-C again)."""
+    import sim_envs.collect as collect_module
+    from _fake_envs import sigint_blocked
+
+    seen: dict[str, list[bool]] = {"made": [], "read": []}
+
+    class Pool:
+        def __init__(self, n, initializer, initargs):
+            seen["made"].append(sigint_blocked())
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def imap(self, fn, plans, chunksize):
+            for plan in plans:
+                seen["read"].append(sigint_blocked())
+                yield plan.index
+
+    monkeypatch.setattr(collect_module.mp, "get_context", lambda method: type("Ctx", (), {"Pool": Pool}))
+    plans = [collect_module.EpisodePlan("Reach", i, "expert", 0.0, i, i, None) for i in range(3)]
+    assert list(collect_module.iter_episodes(plans, {}, num_workers=2)) == [0, 1, 2]
+    assert seen == {"made": [True], "read": [False] * 3}
