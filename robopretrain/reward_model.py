@@ -116,8 +116,8 @@ class PreferenceLabel:
 
 
 def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
-    """Labels from a CSV or JSON file (module docstring); raises ``ValueError`` naming the file and the CSV line or
-    JSON item."""
+    """Labels from a CSV or JSON file (module docstring); raises ``ValueError`` naming the file and, for every
+    ill-formed row, its CSV line or JSON item (counted; the first :data:`MAX_BAD_ROWS_SHOWN` named)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels.path={path}: file not found")
@@ -139,37 +139,60 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
         rows = [(f"line {reader.line_num}", {k: v.strip() if isinstance(v, str) else v for k, v in row.items()})
                 for row in reader]  # the header is line 1
     out: list[PreferenceLabel] = []
+    errors: list[str] = []
     for where, row in rows:
-        if not isinstance(row, Mapping):
-            raise ValueError(f"{path}: {where}: expected an object with keys {list(LABEL_COLUMNS)}, got "
-                             f"{type(row).__name__} {row!r:.80}")
         try:
-            missing = [k for k in LABEL_COLUMNS if row.get(k) in (None, "")]
-            if missing:
-                raise ValueError(f"no value for {', '.join(missing)}")
-            flags = [k for k in LABEL_COLUMNS if isinstance(row[k], bool)]
-            if flags:  # JSON true / false: not a number a person meant (true would read as 1)
-                raise ValueError(f"{', '.join(flags)} is true / false; expected numbers")
-            lab = PreferenceLabel(str(row["demo_a"]), _column(row, "start_a", _whole), str(row["demo_b"]),
-                                  _column(row, "start_b", _whole), _column(row, "length", _whole),
-                                  _column(row, "label", float), where)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: {where}: {exc}; expected keys {list(LABEL_COLUMNS)}") from None
-        if not 0.0 <= lab.label <= 1.0 or lab.length < 1 or min(lab.start_a, lab.start_b) < 0:
-            raise ValueError(f"{path}: {where}: label must be in [0, 1] (1: a preferred, 0: b, 0.5: tie), "
-                             f"length >= 1 and starts >= 0; got {row}")
-        if (lab.demo_a, lab.start_a) == (lab.demo_b, lab.start_b) and lab.label != 0.5:
-            raise ValueError(f"{path}: {where}: segment a and segment b are the same steps "
-                             f"({lab.demo_a}[{lab.start_a}:{lab.start_a + lab.length}]) but the label prefers one "
-                             f"({lab.label:g}); a segment can only tie with itself (0.5)")
-        if out and lab.length != out[0].length:
-            raise ValueError(f"{path}: {where}: length {lab.length}, but the first row has {out[0].length}; every pair of "
-                             "a label file must have one segment length (the ensemble compares summed rewards of "
-                             "equally long segments)")
-        out.append(lab)
+            out.append(_label_row(row, where, out[0].length if out else None))
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:  # every ill-formed row at once (the first few named): a spreadsheet is fixed in one pass
+        raise ValueError(f"{path}: {errors[0]}" if len(errors) == 1 else
+                         f"{path}: {len(errors)} of {len(rows)} rows are ill-formed: {_first_errors(errors)}")
     if not out:
         raise ValueError(f"{path}: no labels")
     return out
+
+
+# how many ill-formed label rows an error names (it counts them all)
+MAX_BAD_ROWS_SHOWN = 5
+
+
+def _first_errors(errors: Sequence[str]) -> str:
+    """The first :data:`MAX_BAD_ROWS_SHOWN` of ``errors`` joined by ``; ``, then how many more."""
+    more = len(errors) - MAX_BAD_ROWS_SHOWN
+    return "; ".join(errors[:MAX_BAD_ROWS_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _label_row(row: Any, where: str, length: int | None) -> PreferenceLabel:
+    """One row of a label file as a :class:`PreferenceLabel`; ``ValueError`` starting with ``where`` when it is
+    ill-formed. ``length``: the segment length of the file's first good row (``None`` for none yet)."""
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{where}: expected an object with keys {list(LABEL_COLUMNS)}, got "
+                         f"{type(row).__name__} {row!r:.80}")
+    try:
+        missing = [k for k in LABEL_COLUMNS if row.get(k) in (None, "")]
+        if missing:
+            raise ValueError(f"no value for {', '.join(missing)}")
+        flags = [k for k in LABEL_COLUMNS if isinstance(row[k], bool)]
+        if flags:  # JSON true / false: not a number a person meant (true would read as 1)
+            raise ValueError(f"{', '.join(flags)} is true / false; expected numbers")
+        lab = PreferenceLabel(str(row["demo_a"]), _column(row, "start_a", _whole), str(row["demo_b"]),
+                              _column(row, "start_b", _whole), _column(row, "length", _whole),
+                              _column(row, "label", float), where)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}; expected keys {list(LABEL_COLUMNS)}") from None
+    if not 0.0 <= lab.label <= 1.0 or lab.length < 1 or min(lab.start_a, lab.start_b) < 0:
+        raise ValueError(f"{where}: label must be in [0, 1] (1: a preferred, 0: b, 0.5: tie), "
+                         f"length >= 1 and starts >= 0; got {dict(row)}")
+    if (lab.demo_a, lab.start_a) == (lab.demo_b, lab.start_b) and lab.label != 0.5:
+        raise ValueError(f"{where}: segment a and segment b are the same steps "
+                         f"({lab.demo_a}[{lab.start_a}:{lab.start_a + lab.length}]) but the label prefers one "
+                         f"({lab.label:g}); a segment can only tie with itself (0.5)")
+    if length is not None and lab.length != length:
+        raise ValueError(f"{where}: length {lab.length}, but the first row has {length}; every pair of "
+                         "a label file must have one segment length (the ensemble compares summed rewards of "
+                         "equally long segments)")
+    return lab
 
 
 def _column(row: Mapping[str, Any], key: str, parse: Any) -> Any:
@@ -341,21 +364,26 @@ class SegmentData:
 
     def indices(self, labels: Sequence[PreferenceLabel], where: str = "labels") -> tuple[np.ndarray, np.ndarray]:
         """Flat step indices of segments a and b, each ``(P, L)``; ``ValueError`` on a segment outside its demo."""
-        ia, ib = [], []
+        ia, ib, errors = [], [], []
         for i, lab in enumerate(labels):
+            row = lab.origin or f"label {i + 1}"
             for demo, start in ((lab.demo_a, lab.start_a), (lab.demo_b, lab.start_b)):
-                row = lab.origin or f"label {i + 1}"
                 if demo not in self.lengths:
                     named = f"demo_{demo}" if str(demo).isdigit() else None
                     hint = (f" (demos are named like {next(iter(self.lengths))!r}: did you mean {named!r}?)"
                             if named in self.lengths else f" (its demos: {_listed(list(self.lengths))})")
-                    raise ValueError(f"{where}: {row}: demo {demo!r} is not in the selected data{hint}")
-                if start + lab.length > self.lengths[demo]:
-                    raise ValueError(f"{where}: {row}: segment {demo}[{start}:{start + lab.length}] runs past "
-                                     f"the demo's {self.lengths[demo]} steps")
-            steps = np.arange(lab.length)
-            ia.append(self.offset[lab.demo_a] + lab.start_a + steps)
-            ib.append(self.offset[lab.demo_b] + lab.start_b + steps)
+                    errors.append(f"{row}: demo {demo!r} is not in the selected data{hint}")
+                elif start + lab.length > self.lengths[demo]:
+                    errors.append(f"{row}: segment {demo}[{start}:{start + lab.length}] runs past the demo's "
+                                  f"{self.lengths[demo]} steps")
+            if not errors:
+                steps = np.arange(lab.length)
+                ia.append(self.offset[lab.demo_a] + lab.start_a + steps)
+                ib.append(self.offset[lab.demo_b] + lab.start_b + steps)
+        if errors:  # every segment outside its data at once (the first few named)
+            raise ValueError(f"{where}: {errors[0]}" if len(errors) == 1 else
+                             f"{where}: {len(errors)} segments of {len(labels)} pairs are outside the data: "
+                             f"{_first_errors(errors)}")
         if len({len(a) for a in ia}) > 1:
             raise ValueError(f"{where}: every pair must have the same segment length")
         return np.stack(ia), np.stack(ib)

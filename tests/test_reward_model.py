@@ -116,6 +116,17 @@ def test_label_files_from_spreadsheets_and_ill_formed_rows(tmp_path):
     (tmp_path / "gap.csv").write_text(header + "demo_0,0,demo_1,0,5,1\ndemo_0,0,demo_1,,5,1\n")
     with pytest.raises(ValueError, match="line 3: no value for start_b"):
         read_labels(tmp_path / "gap.csv")
+    # every ill-formed row at once: counted, the first five named, the rest counted
+    rows = ["demo_0,0,demo_1,0,5,1", "demo_0,0,demo_1,0,5,2", "demo_0,x,demo_1,0,5,1", "demo_0,0,demo_1,0,4,1"]
+    (tmp_path / "many.csv").write_text(header + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"many.csv: 3 of 4 rows are ill-formed: line 3: label must be in .*; line 4: "
+                                         r"start_a: .*; line 5: length 4, but the first row has 5; every pair [^:]*$"):
+        read_labels(tmp_path / "many.csv")
+    (tmp_path / "more.csv").write_text(header + "demo_0,0,demo_1,0,5,2\n" * 7)
+    with pytest.raises(ValueError, match=r"more.csv: 7 of 7 rows are ill-formed: line 2: .*line 6: label must be in "
+                                         r".*'label': '2'} \(and 2 more\)$") as err:
+        read_labels(tmp_path / "more.csv")
+    assert "line 7" not in str(err.value)
     (tmp_path / "self_tie.csv").write_text(header + "demo_0,3,demo_0,3,5,0.5\n")
     assert read_labels(tmp_path / "self_tie.csv")[0].label == 0.5
     for length in (0, -3):
@@ -442,6 +453,14 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
     write_labels(tmp_path / "bad.csv", [PreferenceLabel("demo_0", 0, "demo_1", 0, 4, 1.0),
                                         PreferenceLabel("demo_0", 10, "demo_1", 0, 4, 1.0)])
     with pytest.raises(ValueError, match=r"bad.csv: line 3: segment demo_0\[10:14\] runs past"):
+        run(config(data, tmp_path / "b", labels={"path": str(tmp_path / "bad.csv")}), tmp_path / "b")
+    # several: all counted and named at once, both segments of a row too
+    write_labels(tmp_path / "bad.csv", [PreferenceLabel("demo_0", 10, "demo_1", 0, 4, 1.0),
+                                        PreferenceLabel("demo_0", 0, "demo_1", 0, 4, 1.0),
+                                        PreferenceLabel("demo_0", 9, "demo_x", 0, 4, 1.0)])
+    with pytest.raises(ValueError, match=r"bad.csv: 3 segments of 3 pairs are outside the data: line 2: segment "
+                                         r"demo_0\[10:14\] runs past .*; line 4: segment demo_0\[9:13\] runs past "
+                                         r".*; line 4: demo 'demo_x' is not in"):
         run(config(data, tmp_path / "b", labels={"path": str(tmp_path / "bad.csv")}), tmp_path / "b")
 
 
