@@ -8,6 +8,7 @@ users of a shared runs folder could not read a checkpoint. Here the temporary fi
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -95,3 +96,13 @@ def replace_folder(staged: str | os.PathLike, final: str | os.PathLike,
     os.replace(final, aside / final.name)
     os.replace(staged, final)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def sha256_of(path: str | os.PathLike, block: int = 4 * 2**20) -> str:
+    """SHA-256 (hex) of the whole file at ``path``, read in ``block``-byte pieces (about 1 s per GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(block), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+

@@ -510,7 +510,7 @@ def test_a_source_rewritten_with_the_same_bytes_keeps_its_copy_so_its_run_resume
     assert as_robomimic(src, cache_dir=cache) == first and first.stat().st_mtime_ns == stamp
     assert sorted(cache.iterdir()) == [first, source_record_path(first)]
     # the record took the new time: the next lookup reads no content
-    monkeypatch.setattr(conv, "_sha256", lambda path: pytest.fail(f"hashed {path} again"))
+    monkeypatch.setattr(conv, "sha256_of", lambda path: pytest.fail(f"hashed {path} again"))
     assert as_robomimic(src, cache_dir=cache) == first
     monkeypatch.undo()
     # another image size is its own copy; converting it keeps the reused copy (its content is the source's now)

@@ -211,3 +211,42 @@ def test_stage2_on_disk_resumes_exactly_and_stops_at_a_corrupt_frame(tmp_path):
         stage2("resumed", 6)
     assert "\n" not in str(err.value) and f"{CAM}.u8: demo demo_" in str(err.value) and f"key {CAM}" in str(err.value)
     assert load_latest(tmp_path / "resumed" / "checkpoints").step == 4
+
+
+def test_a_touched_file_keeps_its_index_and_a_changed_one_is_indexed_again(toy, monkeypatch):
+    """The index records the file's size, time and SHA-256: a file only touched (or copied over itself) is hashed
+    once and keeps its index (a 12 GB file's index takes ~15 min), which takes the new time; a byte changed at the
+    same size is indexed again."""
+    import os
+    import time
+
+    from robopretrain.data import frames as frames_mod
+
+    path, _, spec = toy
+    load_offline_dataset(path, spec, CAL_QL, storage="disk").close()  # builds the index
+    real_hash = frames_mod.sha256_of
+
+    class Rebuilt(Exception):
+        pass
+
+    def no_build(*args, **kwargs):
+        raise Rebuilt
+
+    monkeypatch.setattr(frames_mod, "build_index", no_build)
+    later = time.time_ns() + 10**9
+    os.utime(path, ns=(later, later))
+    hashed = []
+    monkeypatch.setattr(frames_mod, "sha256_of", lambda p: hashed.append(p) or real_hash(p))
+    load_offline_dataset(path, spec, CAL_QL, storage="disk").close()  # no rebuild
+    assert hashed == [path]
+    assert frames_mod.json.loads((index_dir(path) / "meta.json").read_text())["source"]["mtime_ns"] == later
+    load_offline_dataset(path, spec, CAL_QL, storage="disk").close()  # the new time is recorded: no hashing
+    assert hashed == [path]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(later, later))  # the same time too: only the size and time are compared first
+    assert frames_mod._index_is_current(index_dir(path), path, [CAM])  # same stamp: taken as current (as before)
+    os.utime(path, ns=(later + 10**9, later + 10**9))
+    with pytest.raises(Rebuilt):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk")

@@ -67,7 +67,7 @@ from robopretrain.data.read_lerobot import read_info as read_lerobot_info
 from robopretrain.data.read_minari import dataset_id, declared_action_bounds, is_minari, read_minari
 from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
 from robopretrain.data.resize_robomimic import needs_resize, write_resized
-from robopretrain.files import write_json_atomic
+from robopretrain.files import sha256_of, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +260,6 @@ def source_record_path(copy: str | os.PathLike) -> Path:
     return copy.with_name(copy.name + SOURCE_RECORD_SUFFIX)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 * 2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _Source:
     """A source's files as they are now: sizes and modification times at once, SHA-256s when first asked for."""
 
@@ -280,7 +272,7 @@ class _Source:
 
     def hashes(self) -> dict[str, str]:
         if self._hashes is None:
-            self._hashes = {name: _sha256(p) for name, p in self.files}
+            self._hashes = {name: sha256_of(p) for name, p in self.files}
         return self._hashes
 
     def record(self) -> dict[str, Any]:

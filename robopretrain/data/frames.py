@@ -15,8 +15,9 @@ folder ``<file>.hdf5.frames/`` with, per camera key ``k`` of the file:
   :func:`~robopretrain.data.hdf5.load_transitions` (images validated, not read): ``actions.npy``, ``rewards.npy``,
   ``dones.npy`` and ``obs.<key>.npy`` / ``next_obs.<key>.npy`` per low-dim key, so that a later run reads no
   per-demo HDF5 data (10,000 demos cost minutes of HDF5 calls, a few arrays a second);
-* ``meta.json`` (written last: a folder without it is an interrupted build): the source file's size and modification
-  time (a changed file is indexed again), the demos, their first transition and, per key, their first frame row.
+* ``meta.json`` (written last: a folder without it is an interrupted build): the source file's size, modification
+  time and SHA-256 (a changed file is indexed again; one only touched, or copied over itself with the same bytes,
+  keeps its index: its hash tells), the demos, their first transition and, per key, their first frame row.
 
 :class:`FrameStore` reads rows with ``os.pread`` (no memory map: the pages stay in the page cache and out of the
 process's resident memory, so a 12 GB frame file costs the reader no RSS) and checks sizes at open (a truncated file
@@ -41,6 +42,7 @@ import numpy as np
 
 from robopretrain.data.hdf5 import DatasetError, DatasetInfo, Transitions, load_transitions, read_info
 from robopretrain.data.spec import as_rgb, stored_camera_shape
+from robopretrain.files import sha256_of, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,9 @@ class FrameIndex:
 
 
 def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
+    """Whether ``folder`` holds a finished index of ``keys`` of ``source`` as it is now: same size and modification
+    time, or (a file touched, or written again with the same bytes) same size and SHA-256, after which the index
+    takes the new time so that the next check hashes nothing."""
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return False
@@ -114,8 +119,21 @@ def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return (meta.get("version") == INDEX_VERSION and meta.get("source") == _source_stamp(source)
-            and all(k in meta.get("keys", {}) for k in keys))
+    if meta.get("version") != INDEX_VERSION or not all(k in meta.get("keys", {}) for k in keys):
+        return False
+    stamp, indexed = _source_stamp(source), meta.get("source")
+    if not isinstance(indexed, dict) or indexed.get("size") != stamp["size"]:
+        return False
+    if indexed.get("mtime_ns") == stamp["mtime_ns"]:
+        return True
+    if indexed.get("sha256") is None or sha256_of(source) != indexed["sha256"]:
+        return False
+    log.info("%s: modified since its frame index was built, but its content is the same; using that index", source)
+    try:
+        write_json_atomic(meta_path, {**meta, "source": {**indexed, **stamp}}, indent=None)
+    except OSError:  # a read-only folder: the index is still current, only hashed again next time
+        pass
+    return True
 
 
 def open_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInfo | None = None,
@@ -160,7 +178,9 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     lengths = [info.demo(d).num_samples for d in demos]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     n = int(sum(lengths))
-    meta: dict[str, Any] = {"version": INDEX_VERSION, "source": _source_stamp(source), "demos": demos,
+    # the file's stamp and content as indexed: a later change of its time alone is told from one of its bytes
+    meta: dict[str, Any] = {"version": INDEX_VERSION, "source": {**_source_stamp(source), "sha256": sha256_of(source)},
+                            "demos": demos,
                             "demo_starts": starts.tolist(), "num_transitions": n, "keys": {}}
     log.info("indexing the frames of %s (%d transitions, cameras %s) into %s", source, n, list(keys), folder)
     # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range; the
