@@ -6,7 +6,8 @@ imports the toolkit (torch, MuJoCo: seconds), and a Ctrl-C in that time (the ter
 the group) raised ``KeyboardInterrupt`` inside the import and printed the worker's traceback.
 :func:`sigint_blocked_for_workers` blocks SIGINT in the calling thread while the workers start: a process inherits
 its signal mask through ``fork`` and ``exec``, so every worker started then holds SIGINT blocked for its whole
-life (pending, never delivered). The parent is unaffected: a Ctrl-C in that time reaches it through any other of
+life (pending, never delivered). A ``multiprocessing.Pool`` made in the block also starts its later replacement
+workers blocked: the pool's thread that starts them was made there, and a thread inherits its maker's mask. The parent is unaffected: a Ctrl-C in that time reaches it through any other of
 its threads at once, or when the block ends.
 """
 from __future__ import annotations
