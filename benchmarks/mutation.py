@@ -178,11 +178,18 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "self.heads.config -> self.target_heads.config: the target heads are a deepcopy of the heads, config included",
         "self.heads -> self.target_heads @ return {**self.heads.config, \"gamma\": self.gamma, \"expectile\": "
         "self.expectile,"),
-    ("returns", "_obs_mismatch/const/1"): Equivalent(
+    ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",
-        "1 -> 0 @ if o.dtype.kind in \"biu\" and no.dtype.kind in \"biu\" and atol < 1:  # images: exact, without "
+        "1 -> 0 @ if a.dtype.kind in \"biu\" and b.dtype.kind in \"biu\" and atol < 1:  # images: exact, without "
         "float64 copies (8x)"),
+    ("returns", "_rows_differ/swap/2"): Equivalent(
+        "_rows_differ(a[k], b[k]) -> (b[k], a[k]): whether two rows differ is symmetric",
+        "_rows_differ(..a[k], b[k]..) swapped @ return np.logical_or.reduce([_rows_differ(a[k], b[k], atol) for k in "
+        "sorted(a)])"),
+    ("returns", "copies_of_obs/swap/0"): Equivalent(
+        "_rows_differ(obs, next_obs) -> (next_obs, obs): whether two rows differ is symmetric",
+        "_rows_differ(..obs, next_obs..) swapped @ return int(np.count_nonzero(~_rows_differ(obs, next_obs, atol)))"),
     ("returns", "sparse_return_range/swap/1"): Equivalent(
         "the transformed 1 as sparse_negative_reward(bias, scale, 1.0): 1 * scale + bias = 1 * bias + scale",
         "sparse_negative_reward(..scale, bias..) swapped @ lo, hi = sorted((sparse_negative_reward(scale, bias), "

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from robopretrain.data.returns import (
+    copies_of_obs,
     episode_returns_to_go,
     episode_starts,
     never_succeeds_return,
@@ -162,12 +163,39 @@ def test_integer_obs_against_float_next_obs_use_the_tolerance():
         True, False, False]
 
 
+def test_image_parts_compare_exactly_and_any_part_that_differs_starts_an_episode():
+    """uint8 frames (N, H, W, C) beside a low-dim part: one pixel one level apart in step 2's frame is a boundary (the
+    low-dim part agrees there); a low-dim jump in step 1 is one too; copies of obs are counted over every part."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (4, 3, 5, 3), dtype=np.uint8)
+    next_frames = np.concatenate([frames[1:], frames[-1:]]).copy()
+    next_frames[1, 2, 4, 0] += 1  # next_obs[1] is not obs[2]: one pixel, one level
+    low = np.arange(4, dtype=np.float32)[:, None]
+    next_low = np.concatenate([low[1:], low[-1:]]).copy()
+    next_low[0] += 0.5  # next_obs[0] is not obs[1] in the low-dim part
+    obs, next_obs = {"cam": frames, "low": low}, {"cam": next_frames, "low": next_low}
+    assert episode_starts(4, obs=obs, next_obs=next_obs).tolist() == [True, True, True, False]
+    assert episode_starts(4, obs={"cam": frames}, next_obs={"cam": next_frames}).tolist() == [True, False, True,
+                                                                                              False]
+    assert copies_of_obs(obs, next_obs) == 1  # the last step's next_obs repeats its obs (both parts)
+    assert copies_of_obs({"cam": frames}, {"cam": frames}) == 4
+    assert copies_of_obs(frames, next_frames) == 1
+    assert copies_of_obs(low, low + 8e-7) == 4  # within the default 1e-6
+    # a tolerance of whole levels (atol >= 1) is honoured for integer frames too: one level apart is no boundary
+    assert episode_starts(4, obs={"cam": frames}, next_obs={"cam": next_frames}, atol=1.0).tolist() == [True, False,
+                                                                                                         False, False]
+
+
 def test_obs_dict_against_an_array_is_refused():
     obs = {"a": np.zeros((2, 1))}
     with pytest.raises(ValueError, match="both be arrays or dicts with the same keys"):
         episode_starts(2, obs=obs, next_obs=np.zeros((2, 1)))
     with pytest.raises(ValueError, match="both be arrays or dicts with the same keys"):
         episode_starts(2, obs=obs, next_obs={"b": np.zeros((2, 1))})
+    with pytest.raises(ValueError, match="at least one"):  # no part to compare: said, not a broadcasting error
+        episode_starts(3, obs={}, next_obs={})
+    with pytest.raises(ValueError, match="at least one"):
+        copies_of_obs({}, {})
 
 
 def test_never_succeeds_return_is_the_discounted_value_of_failing_forever():

@@ -80,35 +80,33 @@ def breaks_inside_episodes(obs: ObsLike, next_obs: ObsLike, episode_ids: np.ndar
 def copies_of_obs(obs: ObsLike, next_obs: ObsLike, atol: float = 1e-6) -> int:
     """How many rows ``t`` have ``next_obs[t]`` within ``atol`` of ``obs[t]`` itself (every part): a file whose
     ``next_obs`` was written from the same step instead of the next one has (nearly) all of them."""
-    if isinstance(obs, Mapping):
-        if not isinstance(next_obs, Mapping) or set(obs) != set(next_obs) or not obs:
-            raise ValueError("obs and next_obs must both be arrays or dicts with the same keys")
-        rows = [_same_rows(obs[k], next_obs[k], atol) for k in sorted(obs)]
-        return int(np.count_nonzero(np.logical_and.reduce(rows)))
-    return int(np.count_nonzero(_same_rows(obs, next_obs, atol)))
-
-
-def _same_rows(a: Any, b: Any, atol: float) -> np.ndarray:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.all(np.abs(a - b).reshape(len(a), -1) <= atol, axis=1)
+    return int(np.count_nonzero(~_rows_differ(obs, next_obs, atol)))
 
 
 def _obs_mismatch(obs: ObsLike, next_obs: ObsLike, atol: float) -> np.ndarray:
     """Boolean ``(N - 1,)``: True where ``obs[t + 1]`` differs from ``next_obs[t]``."""
-    if isinstance(obs, Mapping):
-        if not isinstance(next_obs, Mapping) or set(obs) != set(next_obs):
-            raise ValueError("obs and next_obs must both be arrays or dicts with the same keys")
-        parts = [_obs_mismatch(obs[k], next_obs[k], atol) for k in sorted(obs)]
-        return np.logical_or.reduce(parts) if parts else np.zeros(0, dtype=bool)
-    o = np.asarray(obs)
-    no = np.asarray(next_obs)
-    if o.shape != no.shape:
-        raise ValueError(f"obs {o.shape} and next_obs {no.shape} must have the same shape")
-    if o.dtype.kind in "biu" and no.dtype.kind in "biu" and atol < 1:  # images: exact, without float64 copies (8x)
-        return np.any((o[1:] != no[:-1]).reshape(len(o) - 1, -1), axis=1)
-    a = o[1:].reshape(len(o) - 1, -1).astype(np.float64)
-    b = no[:-1].reshape(len(o) - 1, -1).astype(np.float64)
-    return np.any(np.abs(a - b) > atol, axis=1)
+    return _rows_differ(_rows(obs, slice(1, None)), _rows(next_obs, slice(None, -1)), atol)
+
+
+def _rows(x: ObsLike, rows: slice) -> ObsLike:
+    """``x[rows]`` of an array or of every part of a dict."""
+    return {k: np.asarray(v)[rows] for k, v in x.items()} if isinstance(x, Mapping) else np.asarray(x)[rows]
+
+
+def _rows_differ(a: ObsLike, b: ObsLike, atol: float) -> np.ndarray:
+    """Boolean ``(N,)``: True where row ``a[t]`` differs from ``b[t]`` by more than ``atol`` in any part
+    (integer arrays such as images: any difference, compared without float64 copies)."""
+    if isinstance(a, Mapping):
+        if not isinstance(b, Mapping) or set(a) != set(b) or not a:
+            raise ValueError("obs and next_obs must both be arrays or dicts with the same keys (at least one)")
+        return np.logical_or.reduce([_rows_differ(a[k], b[k], atol) for k in sorted(a)])
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"obs {a.shape} and next_obs {b.shape} must have the same shape")
+    if a.dtype.kind in "biu" and b.dtype.kind in "biu" and atol < 1:  # images: exact, without float64 copies (8x)
+        return np.any((a != b).reshape(len(a), -1), axis=1)
+    diff = np.abs(a.reshape(len(a), -1).astype(np.float64) - b.reshape(len(b), -1).astype(np.float64))
+    return np.any(diff > atol, axis=1)
 
 
 def episode_starts(
