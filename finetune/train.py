@@ -187,6 +187,28 @@ def warn_dropped_bc_term(ckpt_meta: dict[str, Any], algo_cfg: Any) -> str | None
     return message
 
 
+# the reward transform and discount a critic's values are in: (setting, RewardSettings field)
+REWARD_UNITS = (("algo.reward_scale", "scale"), ("algo.reward_bias", "bias"), ("algo.discount", "discount"))
+
+
+def refuse_reward_change(ckpt_meta: Mapping[str, Any], reward: Any, algo: str, checkpoint: Any) -> None:
+    """Raise ``ValueError`` when this fine-tuning's reward scale, bias or discount differ from those the checkpoint's
+    agent learned with (its ``meta.json`` ``reward``): its critic's values, and the optimiser state kept with them,
+    are in those units, and fine-tuning in others (e.g. ``configs/algo/calql.yaml``'s x10 - 5 after a stage 2 run at
+    scale 1 on a dense or learned reward) goes on silently from a wrong critic. Nothing to check for BC (no critic)
+    or a checkpoint without the record."""
+    saved = ckpt_meta.get("reward")
+    if algo == "bc" or not isinstance(saved, Mapping):
+        return
+    changed = [(name, float(saved[field]), float(getattr(reward, field))) for name, field in REWARD_UNITS
+               if field in saved and abs(float(saved[field]) - float(getattr(reward, field))) > 1e-9]
+    if changed:
+        said = ", ".join(f"{name}={now:g} (the checkpoint's {was:g})" for name, was, now in changed)
+        keep = " ".join(f"{name}={was:g}" for name, was, _ in changed)
+        raise ValueError(f"checkpoint={checkpoint}: this fine-tuning's rewards are not in the units its agent learned "
+                         f"in: {said}; its critic's values are in the checkpoint's units, so pass {keep}")
+
+
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage-2 checkpoint -> online fine-tuning on ``cfg.target``; returns the history and where things are."""
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.get("checkpoint"):
@@ -232,6 +254,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     if note:
         log.warning(note)
     reward = build.reward_settings(cfg.algo, target)
+    refuse_reward_change(ckpt.meta, reward, algo, cfg.checkpoint)
     tasks = cfg.data.get("tasks") or ([target.name] if target.name in info.tasks else None)
     data_cfg = cfg.data
     same_file = bool(stage2_path) and os.path.realpath(str(stage2_path)) == os.path.realpath(str(data_path))

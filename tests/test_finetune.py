@@ -172,6 +172,18 @@ def test_a_checkpoint_of_another_algorithm_family_is_refused(reach_hdf5, stage2_
     assert not (tmp_path / "iql" / "checkpoints").exists()
 
 
+def test_rewards_in_other_units_than_the_checkpoints_are_refused(reach_hdf5, stage2_state, tmp_path):
+    """Stage 2 recorded its reward transform and discount (x10 - 5, 0.99 here); fine-tuning the critic in others (a
+    stage-2 run at scale 1 on dense or learned rewards, then calql.yaml's defaults) went on silently. The same units
+    are accepted (the fixture ``finetuned`` runs them)."""
+    cfg = state_cfg(stage2_state, reach_hdf5, tmp_path / "units", algo_cfg={"reward_scale": 1.0, "discount": 0.9})
+    with pytest.raises(ValueError, match=r"rewards are not in the units its agent learned in: algo.reward_scale=1 "
+                                         r"\(the checkpoint's 10\), algo.discount=0.9 \(the checkpoint's 0.99\); .*so "
+                                         r"pass algo.reward_scale=10 algo.discount=0.99$"):
+        finetune(cfg)
+    assert not (tmp_path / "units" / "checkpoints").exists()
+
+
 def test_a_malformed_eval_randomization_is_refused_before_the_checkpoint_or_an_env(tmp_path, monkeypatch):
     from finetune import train as stage3
 
