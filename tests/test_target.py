@@ -422,3 +422,43 @@ def test_observation_parts_that_are_no_arrays_are_left_out_for_the_vector_collec
     finally:
         c.close()
     assert episodes and all(ep.observations.shape[1] == 3 for ep in episodes)
+
+
+class _TwoGoalsEnv(gym.Env):
+    """An env with its own ``goal`` (another frame: not what the agent wants) beside ``target_q``, in ``order``."""
+
+    def __init__(self, order: tuple[str, ...] = ("goal", "target_q")) -> None:
+        self.order = order
+        self.observation_space = gym.spaces.Dict({k: gym.spaces.Box(-9, 9, (5,), np.float32) for k in order})
+        self.action_space = gym.spaces.Box(-1, 1, (5,), np.float32)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        values = {"goal": np.full(5, -7.0, np.float32), "target_q": np.full(5, 0.5, np.float32)}
+        return {k: values[k] for k in self.order}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {"is_success": False}
+
+    def step(self, action):
+        return self._obs(), 0.0, False, False, {"is_success": False}
+
+
+@pytest.mark.parametrize("order", [("goal", "target_q"), ("target_q", "goal")])
+def test_a_mapped_part_is_the_mapped_key_whatever_the_envs_order_and_a_mapped_key_it_lacks_is_named(order):
+    """obs_map={goal: target_q} on an env that has a key ``goal`` of its own: the agent's goal is target_q (it was
+    whichever the env's dict listed last) and the env's own goal is left out; a typo in the mapped key is refused
+    naming it (the env's own goal was read instead, silently)."""
+    target = Target(name="T", family=GYM, env_id="x", obs_map={"goal": "target_q"}, task_id=0,
+                    success_key="is_success")
+    from robopretrain.envs.target import EnvContractError, TargetEnv
+
+    env = TargetEnv(_TwoGoalsEnv(order), target, checked=["goal"])
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs["goal"], np.full(5, 0.5, np.float32))
+    assert "target_q" not in obs and set(env.observation_space.spaces) == {"goal", "task_id"}
+    typo = Target(name="T", family=GYM, env_id="x", obs_map={"goal": "target_qq"}, task_id=0, success_key="is_success")
+    with pytest.raises(EnvContractError, match=r"target 'T': obs_map=\{'goal': 'target_qq'\}: the env's observation has no "
+                                         r"key 'target_qq' \(its keys: \['goal', 'target_q'\]\)"):
+        TargetEnv(_TwoGoalsEnv(order), typo, checked=["goal"])
+    TargetEnv(_TwoGoalsEnv(order), typo)  # a mapping of a part the agent does not read is left alone

@@ -557,6 +557,9 @@ class TargetEnv(gym.Wrapper):
         self.image_size = int(image_size) if image_size else None  # camera frames resized to it (None: kept)
         self._task_id = target.resolved_task_id()
         self._reverse = {v: k for k, v in target.obs_map.items()}
+        # the env's own keys named like a part that obs_map takes from another key: left out (the mapping decides,
+        # not the order of the env's dict)
+        self._shadowed = {ours for ours, theirs in target.obs_map.items() if ours != theirs} - set(self._reverse)
         self._key_seen = False  # whether this episode's infos have had the success key
         self._shapes: dict[str, tuple[int, ...]] = {}  # each vector part's shape at the episode's reset
         self._steps = 0  # steps since the reset (for the errors of _check_part)
@@ -567,9 +570,14 @@ class TargetEnv(gym.Wrapper):
         """The observation space of what :meth:`_obs` returns (a vector env allocates its batches from it):
         our part names, float vectors as float32, and ``task_id``."""
         items = dict(space.spaces) if isinstance(space, gym.spaces.Dict) else {OBSERVATION: space}
+        unknown = {ours: theirs for ours, theirs in self.target.obs_map.items()
+                   if theirs not in items and (ours in self.checked or ours in self.cameras)}
+        if unknown:  # a typo: the agent would read the env's own key of that name, or nothing
+            raise EnvContractError(f"target {self.target.name!r}: obs_map={unknown}: the env's observation has no key "
+                                   f"{', '.join(map(repr, sorted(set(unknown.values()))))} (its keys: {sorted(items)})")
         out: dict[str, gym.Space] = {}
         for key, sub in items.items():
-            if key == "task_id":
+            if key == "task_id" or key in self._shadowed:
                 continue
             if not isinstance(sub, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiBinary,
                                     gym.spaces.MultiDiscrete)):  # text, nested dicts, tuples: no part of an agent
@@ -600,7 +608,7 @@ class TargetEnv(gym.Wrapper):
             obs = {OBSERVATION: obs}
         out: dict[str, Any] = {}
         for key, value in obs.items():
-            if key in self._dropped:
+            if key in self._dropped or key in self._shadowed:
                 continue
             ours = self._reverse.get(key, key)
             arr = np.asarray(value)
