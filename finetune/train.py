@@ -41,8 +41,8 @@ from finetune.transfer.gap import Gap
 from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
 from robopretrain.algos import AGENT_NAMES
-from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, clear_previous_run, load_agent,
-                                     recorded_file, refuse_source_in_run, resolve_checkpoint_dir)
+from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, clear_previous_run, list_checkpoints,
+                                     load_agent, recorded_file, refuse_source_in_run, resolve_checkpoint_dir)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_sparse_data_for_dense_target
@@ -55,7 +55,10 @@ log = logging.getLogger(__name__)
 # settings a resumed run may change (they do not change what is computed, or a resumed run may extend them)
 RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes", "keep_checkpoints",
                      "calibration_batch", "data.generate", "data.regenerate", "data.collect",
-                     "data.storage", "data.workers")
+                     "data.storage", "data.workers",
+                     # the setting as given (a run folder, or the checkpoint in it the run started from): the
+                     # checkpoint it resolves to is compared instead (the fingerprint's inputs)
+                     "checkpoint")
 
 
 def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any]) -> Path:
@@ -209,6 +212,29 @@ def refuse_reward_change(ckpt_meta: Mapping[str, Any], reward: Any, algo: str, c
                          f"in: {said}; its critic's values are in the checkpoint's units, so pass {keep}")
 
 
+def resumed_start(checkpoint: Any, run_dir: Path, resume: bool) -> str:
+    """The checkpoint to start from: ``checkpoint`` as given, except when this run folder holds a stage-3 checkpoint
+    (a resume) that started from a checkpoint inside ``checkpoint``'s run folder, which now holds a newer one (stage 2
+    went on meanwhile): that recorded start, so the same command still resumes (the agent's weights then come from
+    this run's own checkpoint anyway). A start since pruned from that folder is left to the resume check to name."""
+    if not resume:
+        return str(checkpoint)
+    ours = list_checkpoints(run_dir / "checkpoints")
+    try:
+        started = json.loads((ours[0] / META_FILE).read_text()).get("pretrained_from") if ours else None
+        given = resolve_checkpoint_dir(str(checkpoint))
+    except (OSError, ValueError, CheckpointError):
+        return str(checkpoint)
+    if not started or not Path(started).is_dir() or Path(started).resolve() == given.resolve():
+        return str(checkpoint)
+    folder = Path(str(checkpoint)).expanduser().resolve()
+    if folder not in Path(started).resolve().parents:
+        return str(checkpoint)
+    log.info("resuming from this run's own checkpoint; it started from %s (%s now holds a newer %s, which a fresh run "
+             "would start from: resume=false)", started, checkpoint, given.name)
+    return str(started)
+
+
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage-2 checkpoint -> online fine-tuning on ``cfg.target``; returns the history and where things are."""
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.get("checkpoint"):
@@ -227,7 +253,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     algo = str(cfg.algo.name)
     refuse_decision_transformer(algo, cfg.checkpoint)
     warn_online_behaviour_cloning(algo)
-    agent, ckpt = load_agent(str(cfg.checkpoint), device=device, with_optimizer=settings.keep_optimizer, algo=algo,
+    start = resumed_start(cfg.checkpoint, run_dir, bool(cfg.get("resume", True)))
+    agent, ckpt = load_agent(start, device=device, with_optimizer=settings.keep_optimizer, algo=algo,
                              algo_cfg=build.algo_overrides(cfg.algo), seed=int(cfg.seed))
     warn_dropped_bc_term(ckpt.meta, getattr(agent, "algo_cfg", None))
     target = with_task_slot(target, ckpt.meta.get("task_ids") or {}, agent.spec.num_tasks)

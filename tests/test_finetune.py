@@ -332,6 +332,29 @@ def test_rerun_resumes_the_finished_run(reach_run):
     assert read_jsonl(out / "metrics.jsonl") == rows_before
 
 
+def test_a_run_resumes_after_its_stage2_folder_got_a_newer_checkpoint(reach_hdf5, tmp_path, caplog):
+    """Stage 2 went on in its folder after stage 3 started from it: the same stage-3 command resumes (it was refused:
+    the folder now resolved to the newer checkpoint), and so does the command pinned to the checkpoint it started
+    from (refused too: the setting as given had changed); a fresh run takes the newer one."""
+    s2 = tmp_path / "s2"
+    stage2(stage2_config(reach_hdf5, s2, algo="cql", steps=2, obs=STATE_OBS, width=32))
+    out = tmp_path / "s3"
+    cfg = stage3_config(s2, out, "Reach", env_steps=12, data_cfg={"path": str(reach_hdf5)}, width=32)
+    first = finetune(cfg)
+    assert first["pretrained_from"].endswith("ckpt_00000002")
+    stage2(stage2_config(reach_hdf5, s2, algo="cql", steps=4, obs=STATE_OBS, width=32))  # the same run, extended
+    with caplog.at_level(logging.INFO):
+        again = finetune(cfg)
+    assert again["history"] == first["history"] and again["pretrained_from"] == first["pretrained_from"]
+    assert "now holds a newer ckpt_00000004" in caplog.text
+    pinned = stage3_config(s2 / "checkpoints" / "ckpt_00000002", out, "Reach", env_steps=12,
+                           data_cfg={"path": str(reach_hdf5)}, width=32)
+    assert finetune(pinned)["history"] == first["history"]
+    fresh = finetune(stage3_config(s2, tmp_path / "fresh", "Reach", env_steps=12, data_cfg={"path": str(reach_hdf5)},
+                                   width=32))
+    assert fresh["pretrained_from"].endswith("ckpt_00000004")
+
+
 def test_a_camera_checkpoint_with_state_only_data_or_another_algorithm_is_refused(reach_hdf5, stage2_camera,
                                                                                   tmp_path):
     with pytest.raises(DatasetError, match="agentview_image"):
