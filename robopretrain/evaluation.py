@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from robopretrain.envs.action_units import describe as describe_units
 from robopretrain.envs.action_units import same_units
 from robopretrain.envs.target import SIM_ENVS, Target, env_factory, make_env
 from robopretrain.files import atomic_file
+
+log = logging.getLogger(__name__)
 
 EVAL_SEED = EVAL_SEEDS_START  # evaluation episodes use seeds EVAL_SEED + i; training seeds avoid [1e6, 2e6)
 
@@ -121,14 +124,25 @@ def evaluate(agent: Any, target: Target, num_episodes: int, *, randomization: An
     if train_mode is not None:
         train_mode(False)
     frames: list[np.ndarray] | None = [] if video_path is not None else None
+    unfilmed: list[str] = []  # why no video (said once): the episodes go on without one
+
+    def frame_or_none(e: gym.Env, o: Mapping[str, Any]) -> np.ndarray | None:
+        if unfilmed:
+            return None
+        try:
+            return video_frame(e, o, target, agent.spec.rgb_keys)
+        except NothingToFilm as exc:
+            unfilmed.append(str(exc))
+            log.warning("no video %s: %s", video_path, exc)
+            return None
+
     try:
-        result = run_episodes(agent, env, num_episodes, eval_seed=eval_seed, frames=frames,
-                              frame_fn=lambda e, o: video_frame(e, o, target, agent.spec.rgb_keys))
+        result = run_episodes(agent, env, num_episodes, eval_seed=eval_seed, frames=frames, frame_fn=frame_or_none)
     finally:
         env.close()
         if train_mode is not None:
             train_mode(True)
-    if video_path is not None and frames:
+    if video_path is not None and frames and not unfilmed:
         write_gif(video_path, frames)
     return result
 
@@ -149,6 +163,9 @@ def video_frame(env: gym.Env, obs: Mapping[str, Any], target: Target, cameras: S
         frame = env.render()
     except NotImplementedError:  # gymnasium's default for an env without rendering
         frame = None
+    except Exception as exc:  # noqa: BLE001 - the env's own render (no display, a missing pygame): no video only
+        raise NothingToFilm(f"target {target.name!r}: env.render() failed ({type(exc).__name__}: {exc}); the "
+                            "episodes are evaluated without a video (video.enabled=false says so quietly)") from None
     if frame is None:
         raise NothingToFilm(f"target {target.name!r}: no camera to film (the agent has none and env.render() gives "
                          "nothing); disable the video")

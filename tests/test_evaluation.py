@@ -2,6 +2,7 @@
 policy that never moves in none; the counts, returns and lengths equal those of a plain loop over the same seeds; and
 the calibration numbers by hand. (tests/test_normalization.py checks that the observation the loop hands the agent is
 the training row of the same state.)"""
+import logging
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -189,6 +190,28 @@ def test_video_frames_of_targets_outside_sim_envs():
     assert frame.shape == (4, 4, 3) and frame.dtype == np.uint8 and (frame == 7).all()
     with pytest.raises(ValueError, match="no camera to film"):
         evaluation.video_frame(SeedEnv(frame=False), obs, target, [])
+
+
+class NoDisplayEnv(SeedEnv):
+    """``render()`` fails as a headless renderer without a display does."""
+
+    def render(self):
+        raise RuntimeError("cannot open display")
+
+
+def test_an_env_whose_render_fails_is_evaluated_without_a_video(tmp_path, monkeypatch, caplog):
+    """env.render() raising (no display, pygame missing) stopped the evaluation with a traceback after its episodes
+    had run; now: no video, one warning, the results."""
+    target = Target(name="Toy", env_id="test_evaluation:SeedEnv", task_id=0)
+    with pytest.raises(evaluation.NothingToFilm, match=r"env.render\(\) failed \(RuntimeError: cannot open display\)"):
+        evaluation.video_frame(NoDisplayEnv(), {}, target, [])
+    env, agent = NoDisplayEnv(), StillAgent()
+    agent.bind(env)
+    monkeypatch.setattr(evaluation, "agent_env", lambda *args: env)
+    with caplog.at_level(logging.WARNING):
+        got = evaluation.evaluate(agent, target, 3, video_path=tmp_path / "v.gif")
+    assert got["episodes"] == 3 and env.seeds == [EVAL_SEED, EVAL_SEED + 1, EVAL_SEED + 2]
+    assert not (tmp_path / "v.gif").exists() and caplog.text.count("cannot open display") == 1
 
 
 def test_gif_frames_timing_and_loop(tmp_path):
