@@ -93,14 +93,23 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
         if target.name not in tasks:  # its demos would all be labelled as the target's
             raise ValueError(f"data.path is not set and the checkpoint's data file {path} has no demos of target "
                              f"{target.name!r} (its tasks: {', '.join(sorted(tasks))}); give the "
-                             "target's demos (data.path=/path/to/target_demos.hdf5, or target.demos) or "
-                             "data.generate=true")
+                             "target's demos (data.path=/path/to/target_demos.hdf5, or target.demos)"
+                             + _generate_advice(target))
         return path
     recorded = ckpt_meta.get("data_path")
     raise ValueError("config key data.path is not set and the checkpoint's data file is not available"
                      + (f" (no file at {recorded}; a converted copy is removed when its source changes)" if recorded
-                        else "") + "; give the target demos (data.path=/path/to/target_demos.hdf5) or "
-                     "data.generate=true")
+                        else "") + "; give the target demos (data.path=/path/to/target_demos.hdf5)"
+                     + _generate_advice(target))
+
+
+def _generate_advice(target: Target) -> str:
+    """How else a target's demos can be had: collected for sim_envs targets, Meta-World's collector, else none."""
+    if target.family == SIM_ENVS:
+        return " or data.generate=true"
+    if target.family == METAWORLD:
+        return " (python -m robopretrain.envs.metaworld_collect writes Meta-World demos)"
+    return ""
 
 
 def demo_obs_map(target: Target, info: Any, pretrained: Mapping[str, str] | None = None,

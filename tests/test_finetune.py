@@ -664,3 +664,18 @@ def test_a_run_left_at_the_default_target_outside_the_agents_tasks_says_target_i
     refuse_default_target_outside(cfg, as_target(default), 0, [])  # no task one-hot
     other = OmegaConf.create({"target": "Reach"})  # chosen by the user: the general check speaks
     refuse_default_target_outside(other, as_target("Reach"), 1, ["PointReach"])
+
+
+def test_the_no_demos_error_offers_data_generate_only_where_it_collects(tmp_path):
+    """data.generate collects sim_envs demos only: advised for those, not for a gym target (it was, and then refused)."""
+    from omegaconf import OmegaConf
+
+    from finetune.train import offline_data_path
+    from robopretrain.envs.target import Target
+
+    cfg = OmegaConf.create({"data": {}})
+    gym_target = Target(name="MyTask", family="gym", env_id="x", task_id=0)
+    with pytest.raises(ValueError, match=r"give the target demos \(data.path=/path/to/target_demos.hdf5\)$"):
+        offline_data_path(cfg, tmp_path, gym_target, None, {})
+    with pytest.raises(ValueError, match=r"target_demos.hdf5\) or data.generate=true$"):
+        offline_data_path(cfg, tmp_path, Target(name="Reach", task_id=0), None, {})
