@@ -527,7 +527,9 @@ def check_target_fits(agent: Agent, target: Target) -> None:
 
 def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") -> None:
     """Build the target's env once and check its observation parts and action size against the agent's, before any
-    training: a ``ValueError`` names the target, the part and both sizes."""
+    training: a ``ValueError`` names the target, the part and both sizes. A sparse-reward target then takes one step
+    (the agent's zero action): an info without its ``success_key`` raises
+    :class:`~robopretrain.envs.target.EnvContractError`."""
     from robopretrain.data.spec import SpecMismatchError, spec_from_shapes
     from robopretrain.evaluation import agent_env
 
@@ -548,6 +550,8 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
             raise ValueError(f"{where}: the env takes actions of shape {act_shape}, the agent gives "
                              f"({agent.act_dim},)")
         warn_action_range(env.action_space, where)
+        if target.sparse:  # success is read from every step's info: a misspelt success_key shows at the first
+            env.step(np.zeros(agent.act_dim, np.float32))  # (stage 2's evaluations only warned, run after run)
     finally:
         env.close()
 

@@ -679,3 +679,16 @@ def test_the_no_demos_error_offers_data_generate_only_where_it_collects(tmp_path
         offline_data_path(cfg, tmp_path, gym_target, None, {})
     with pytest.raises(ValueError, match=r"target_demos.hdf5\) or data.generate=true$"):
         offline_data_path(cfg, tmp_path, Target(name="Reach", task_id=0), None, {})
+
+
+def test_a_misspelt_success_key_of_a_stage2_eval_target_is_refused_before_training(robosuite_demos, tmp_path):
+    """Stage 2 checked a named evaluation target's sizes at start but not its success key: every evaluation of the
+    run then failed with a warning and the run ended with none. A sparse target now takes one probe step."""
+    from robopretrain.envs.target import EnvContractError
+
+    cfg = stage2_config(robosuite_demos, tmp_path / "s2", algo="cql", steps=2, data_cfg={"obs_map": OBS_MAP},
+                        obs={"low_dim": ["eef_pos", "gripper_qpos"], "rgb": []},
+                        train={"eval_targets": [{**ROBOSUITE_TARGET, "success_key": "is_succes"}]})
+    with pytest.raises(EnvContractError, match="target 'reach': info has no 'is_succes'"):
+        stage2(cfg)
+    assert not (tmp_path / "s2" / "checkpoints").exists()
