@@ -379,8 +379,19 @@ def test_the_action_range_check_names_the_offending_demo_and_allows_rounding(tmp
     assert np.abs(load_offline_dataset(path, spec, CAL_QL).arrays()["actions"]).max() > 1.0
     with h5py.File(path, "r+") as f:
         f["data/demo_1/actions"][1] = [1.5, 0.0, 0.0, 0.0]
-    with pytest.raises(DatasetError, match=r"edge.hdf5: data/demo_1/actions: values outside \[-1, 1\]"):
+    with pytest.raises(DatasetError, match=r"edge.hdf5: data/demo_1/actions: values outside \[-1, 1\].*"
+                                           r"data.actions=auto"):
         load_offline_dataset(path, spec, CAL_QL)
+    # a file that records its rescaling but holds actions in the robot's units: the record is named, not the
+    # data.actions=auto advice (auto takes the record at its word)
+    with h5py.File(path, "r+") as f:
+        env_args = json.loads(f["data"].attrs["env_args"])
+        env_args["action_normalization"] = {"low": [-2.0] * 4, "high": [2.0] * 4}
+        f["data"].attrs["env_args"] = json.dumps(env_args)
+    with pytest.raises(DatasetError, match=r"values outside \[-1, 1\].*records env_args\['action_normalization'\] "
+                                           r"\(low=\[-2.0, -2.0, -2.0, -2.0\].*or remove the record") as err:
+        load_offline_dataset(path, spec, CAL_QL)
+    assert "data.actions=auto (the stage scripts' default)" not in str(err.value)
 
 
 def test_sparse_demos_under_a_dense_target_are_named(caplog):

@@ -368,8 +368,13 @@ def load_offline_dataset(
                            else "the file's task_id attributes: set obs.num_tasks above them in stage 2, or "
                            "data.task_id to put the data in one slot)"))
     hint = ACTION_RANGE_HINT
+    file_units = file_action_units(info)
+    if file_units is not None:  # data.actions=auto takes the record at its word: the advice above would not help
+        hint = (f"the file records env_args['action_normalization'] (low={list(file_units.low)}, high="
+                f"{list(file_units.high)}), which says its "
+                "actions are already rescaled from those units to [-1, 1], and they are not: rescale them "
+                "(2 (a - low) / (high - low) - 1) or remove the record (data.actions=auto then rescales them itself)")
     if action_units != FILE_UNITS:
-        file_units = file_action_units(info)
         trans.actions = reexpress(trans.actions, file_units, action_units, str(info.path))
         if file_units is None and units_fixed:  # the agent's units came first: data.actions=auto cannot rescale it
             hint = (f"this file records no action units, so its actions are read as the env's own; the agent acts "
