@@ -541,7 +541,7 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
         where = f"target {target.name!r}"
         try:
             spec = spec_from_shapes(shapes, agent.spec.low_dim_keys, agent.spec.rgb_keys, agent.spec.num_tasks,
-                                    where=where, map_setting="target.obs_map")
+                                    where=where, map_setting="target.obs_map", env=True)
             spec.check_fits(agent.spec, mine=f"the env of {where}", theirs="the agent")
         except SpecMismatchError as exc:
             raise ValueError(str(exc)) from None

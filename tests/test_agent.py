@@ -206,6 +206,12 @@ def test_spec_errors_name_the_key_and_sizes():
         with pytest.raises(ValueError, match=rf"rgb part '{key}' is .*expected uint8 images \(H, W, 3\) .*/ \(H, W\); "
                                              + hint):
             spec_from_shapes({key: (shape, dtype)}, [], [key], 0, where="f.hdf5")
+    # an env's float camera: what the env should return (its uint8 frames of any layout are converted), not how to
+    # rewrite a data file (a 4-axis transpose, data.image_size)
+    with pytest.raises(ValueError, match=r"rgb part 'cam' is float32 \(3, 16, 16\); .*; return uint8 frames \(0-255\) "
+                                         r"from the env, \(H, W, C\) or \(C, H, W\) .*ObservationWrapper$") as err:
+        spec_from_shapes({"cam": ((3, 16, 16), np.float32)}, [], ["cam"], 0, where="target 'T'", env=True)
+    assert "transpose" not in str(err.value) and "data.image_size" not in str(err.value)
     for grey in ((16, 16, 1), (16, 16)):
         assert spec_from_shapes({"cam": (grey, np.uint8)}, [], ["cam"], 0, where="f.hdf5").rgb == (("cam", (16, 16, 3)),)
     with pytest.raises(ValueError, match=r"low_dim part 'speed' is float32 \(\); expected a float vector \(d,\) .*; a "

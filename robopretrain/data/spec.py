@@ -133,13 +133,15 @@ class ObsSpec:
 
 def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: Sequence[str], rgb: Sequence[str],
                      num_tasks: int, *, where: str, key_map: Mapping[str, str] | None = None,
-                     map_setting: str | None = None, parts_settable: bool = False) -> ObsSpec:
+                     map_setting: str | None = None, parts_settable: bool = False, env: bool = False) -> ObsSpec:
     """The spec of parts ``low_dim`` and ``rgb`` given ``{source key: (shape, dtype)}`` (a data file's or an env's).
 
     ``key_map`` maps our part names to the source's keys. Raises ``ValueError`` naming ``where``, the key, its
     shape and dtype, and what is available, when a part is missing or of the wrong kind; a missing part's message
     says how to name the source's key for it with ``map_setting`` (e.g. ``"data.obs_map"``) and, when
-    ``parts_settable``, how to list the source's own keys as the parts (``obs.low_dim`` / ``obs.rgb``).
+    ``parts_settable``, how to list the source's own keys as the parts (``obs.low_dim`` / ``obs.rgb``). ``env``: the
+    shapes are an env's observation (one step), whose frames are converted as they come where they are uint8: a
+    camera of another dtype gets that advice, not a data file's.
     """
     key_map = dict(key_map or {})
     low, cams = [], []
@@ -162,7 +164,8 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
         src, shape, dtype = lookup(key, "rgb")
         read_as = stored_camera_shape(tuple(shape), dtype)
         if read_as is None:
-            hint = image_layout_hint(tuple(shape), np.dtype(dtype), src)
+            hint = (ENV_FRAME_HINT if env and np.dtype(dtype) != np.uint8 else
+                    image_layout_hint(tuple(shape), np.dtype(dtype), src))
             raise ValueError(f"{where}: rgb part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected uint8 images "
                              f"(H, W, 3) or grey (H, W, 1) / (H, W){hint}")
         cams.append((key, read_as))
@@ -208,6 +211,12 @@ def as_rgb(frames: np.ndarray, stored: Sequence[int]) -> np.ndarray:
         return frames
     grey = frames if len(stored) == 2 else frames[..., 0]
     return np.repeat(grey[..., None], 3, axis=-1)
+
+
+# an env's camera of another dtype (its uint8 frames of any layout are converted: robopretrain.envs.camera_frames)
+ENV_FRAME_HINT = ("; return uint8 frames (0-255) from the env, (H, W, C) or (C, H, W) with C in 1, 3, 4 (converted as "
+                  "they come), e.g. (frame * 255).round().astype(np.uint8) for float frames in [0, 1], in the env or "
+                  "a gymnasium ObservationWrapper")
 
 
 def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype, key: str | None = None) -> str:
