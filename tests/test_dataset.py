@@ -52,6 +52,29 @@ def test_failed_episodes_ending_on_done_are_reported(tmp_path, caplog):
     assert warn_failed_terminals("x", np.zeros(5), np.zeros(5), ids, [False] * 3) == 0
 
 
+def test_successful_episodes_ending_on_done_0_are_reported(tmp_path, caplog):
+    """ep_meta says success but the last done is 0: the backup runs past the success (a target stops there)."""
+    from robopretrain.data.dataset import warn_open_successes
+
+    path = write_file(tmp_path / "open.hdf5")
+    spec = spec_of_data(path, ["proprio"], [], None)
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(path, spec, CAL_QL)  # done=1 at the success: nothing said
+        with h5py.File(path, "r+") as f:
+            f["data/demo_0/dones"][...] = 0
+        load_offline_dataset(path, spec, CAL_QL)
+    assert caplog.text.count("marked successful in ep_meta end on done=0") == 1
+    assert "open.hdf5: 1 of 2 episodes marked successful" in caplog.text
+    caplog.clear()
+
+    ids, dones = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 0, 0.0])
+    with caplog.at_level(logging.WARNING):
+        assert warn_open_successes("x.hdf5", dones, ids, [True, True, True]) == 2  # episodes 1 and 2
+    assert "x.hdf5: 2 of 3 episodes marked successful in ep_meta end on done=0" in caplog.text
+    assert warn_open_successes("x", dones, ids, [True, False, False]) == 0  # the success ends on done=1
+    assert warn_open_successes("x", dones, ids, [True]) == 0  # flags that do not fit the episodes: nothing said
+
+
 def test_a_done_inside_an_episode_is_reported_with_its_demo_and_step(tmp_path, caplog):
     """dones=1 before a demo's last step (a success marker, or a broken file): kept as a terminal (the TD backup stops,
     returns-to-go restart after it), with a warning naming the demo and the step; none for a clean file, nor for an

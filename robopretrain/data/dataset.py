@@ -166,6 +166,25 @@ def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, ep
     return count
 
 
+def warn_open_successes(where: str, dones: np.ndarray, episode_ids: np.ndarray, success: Sequence[bool]) -> int:
+    """Warn when episodes that ep_meta marks successful end on ``done = 0``: the TD backup then bootstraps past the
+    success from a next state no data follows, while a target that ends its episodes on success
+    (``terminate_on_success``, the default) never does; the toolkit's collectors write ``done = 1`` there.
+    ``success`` as in :func:`warn_failed_terminals`. Returns the number of such episodes."""
+    if not len(dones):
+        return 0
+    last = np.flatnonzero(np.r_[episode_ids[1:] != episode_ids[:-1], True])
+    if len(success) != len(last):
+        return 0
+    count = int((np.asarray(list(success), dtype=bool) & (dones[last] <= 0)).sum())
+    if count:
+        log.warning("%s: %d of %d episodes marked successful in ep_meta end on done=0: the TD backup goes on past "
+                    "their success (bootstrapped from a state no data follows), where a target that ends episodes on "
+                    "success stops; write done=1 at a success's last step (docs/targets.md, 'Your data')", where,
+                    count, len(last))
+    return count
+
+
 def warn_inner_terminals(where: str, dones: np.ndarray, episode_ids: np.ndarray, demo_names: Sequence[str],
                          env_args: Mapping[str, Any] | None = None) -> int:
     """Warn when ``dones`` ``(N,)`` is 1 before the last step of a demo (``episode_ids`` ``(N,)`` index
@@ -408,6 +427,7 @@ def load_offline_dataset(
                     "positive)", info.path)
     warn_failed_terminals(str(info.path), rewards, dones, trans.episode_ids, success)
     if rewards_needed:
+        warn_open_successes(str(info.path), dones, trans.episode_ids, success)
         warn_dense_rewards(str(info.path), rewards, reward)
 
     memory_keys = [k for k in ours if not (on_disk and k in spec.rgb_keys)]
