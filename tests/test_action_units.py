@@ -325,7 +325,9 @@ def test_stage3_acts_and_stores_in_the_agents_units(units_bc, tmp_path, monkeypa
     out = tmp_path / "s3"
     finetune(stage3_config(ckpt, out, {**TARGET, "demos": str(narrow)}, algo="calql", env_steps=48,
                            data_cfg={"cache_dir": str(tmp_path / "cache")}))
-    online = np.array([a for seed, a in fake.UnitsReachEnv.received if seed < 1_000_000])  # training episodes
+    probe, *online = [a for seed, a in fake.UnitsReachEnv.received if seed < 1_000_000]  # training episodes
+    np.testing.assert_allclose(probe, [4.0, 4.0])  # check_env_fits' probe step: the agent's 0 in the env's [0, 8]
+    online = np.array(online)
     assert len(online) == 48 and online.min() >= 0.0 and online.max() <= 8.0 and np.abs(online).max() > 1.0
     stored = np.asarray(load_latest(out / "checkpoints").state["sampler"]["online"]["data"]["actions"])
     assert len(stored) == 40  # the one finished episode (episodes are stored whole)
