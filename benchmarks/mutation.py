@@ -200,7 +200,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("returns", "next_actions_of/const/0"): Equivalent(
         "len(a) > 1 -> > 0: with one action the shifted slices are empty, so the copy is returned either way",
         "1 -> 0 @ if len(a) > 1:"),
-    ("dataset", "load_offline_dataset/swap/37"): Equivalent(
+    ("dataset", "load_offline_dataset/swap/40"): Equivalent(
         "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): rewards * scale in float64 either way (a "
         "product commutes)",
         "scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, "
@@ -212,10 +212,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "seed 12345 -> 12346: the calibration rows only have to be fixed (the same rows at every step and after a "
         "resume); no value is specified",
         "12345 -> 12346 @ def calibration_rows(size: int, n: int, seed: int = 12345) -> np.ndarray:"),
-    ("evaluation", "evaluate/boolop/0"): Equivalent(
-        "video_path is not None and frames -> or: frames is a non-empty list exactly when video_path is given (else "
-        "None), so both conditions agree",
-        "video_path is not None and frames: -> Or @ if video_path is not None and frames:"),
     ("tcn", "tcn_logits/swap/0"): Equivalent(
         "neg_l2_similarity(a, b) = -||a - b|| is symmetric in its arguments (the broadcast (B, B) matrix keeps its "
         "layout)",
