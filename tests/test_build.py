@@ -287,3 +287,26 @@ def test_compose_refuses_a_group_given_as_a_string_in_overrides():
         compose("robopretrain", overrides={"algo": "iql"})
     assert compose("robopretrain", {"algo": "iql"}).algo.name == "iql"
     assert compose("finetune", overrides={"dr": "train"}).dr == "train"
+
+
+def test_an_envs_float_camera_gets_the_envs_advice_from_check_env_fits(monkeypatch):
+    """check_env_fits reads the env's shapes as an env's (spec_from_shapes(env=True)): a float camera is told what
+    the env should return, not a data file's rewrite (a 4-axis transpose, data.image_size)."""
+    from types import SimpleNamespace
+
+    from robopretrain import evaluation
+    from robopretrain.envs.target import Target
+
+    class FloatCameraEnv:
+        def reset(self, seed=None):
+            return {"cam": np.zeros((3, 16, 16), np.float32), "task_id": 0}, {}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(evaluation, "agent_env", lambda *args: FloatCameraEnv())
+    agent = SimpleNamespace(spec=SimpleNamespace(low_dim_keys=(), rgb_keys=("cam",), num_tasks=0), act_dim=2)
+    with pytest.raises(ValueError, match=r"target 'Reach': rgb part 'cam' is float32 \(3, 16, 16\).*; return uint8 "
+                                         r"frames \(0-255\) from the env") as err:
+        build.check_env_fits(agent, Target(name="Reach", task_id=0))
+    assert "transpose" not in str(err.value)
