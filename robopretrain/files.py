@@ -106,4 +106,3 @@ def sha256_of(path: str | os.PathLike, block: int = 4 * 2**20) -> str:
         for piece in iter(lambda: f.read(block), b""):
             digest.update(piece)
     return digest.hexdigest()
-

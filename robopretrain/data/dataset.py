@@ -134,11 +134,16 @@ def check_reward_free(where: str, unrewarded: Sequence[str], selected: int, ep_m
                            f"'success' flag; {len(ep_meta) - flagged} of {len(ep_meta)} have none")
 
 
+def _episode_ends(episode_ids: np.ndarray) -> np.ndarray:
+    """Indices of each episode's last row in ``episode_ids`` ``(N,)`` (rows of an episode are consecutive)."""
+    return np.flatnonzero(np.r_[episode_ids[1:] != episode_ids[:-1], True])
+
+
 def _rewards_from_success(rewards: np.ndarray, dones: np.ndarray, episode_ids: np.ndarray,
                           success: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
     """Sparse rewards rebuilt from episode success: 1 (and done) on the last step of each successful episode."""
     rewards, dones = np.zeros_like(rewards), dones.copy()
-    last = np.flatnonzero(np.r_[episode_ids[1:] != episode_ids[:-1], True])
+    last = _episode_ends(episode_ids)
     for i in last:
         if success[int(episode_ids[i])]:
             rewards[i], dones[i] = 1.0, 1.0
@@ -155,7 +160,7 @@ def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, ep
     Returns the number of such episodes."""
     if not len(dones):
         return 0
-    last = np.flatnonzero(np.r_[episode_ids[1:] != episode_ids[:-1], True])
+    last = _episode_ends(episode_ids)
     flagged = np.asarray(list(success), dtype=bool) if len(success) == len(last) else np.zeros(len(last), bool)
     failed_done = (dones[last] > 0) & (rewards[last] <= 0) & ~flagged
     count = int(failed_done.sum())
@@ -173,7 +178,7 @@ def warn_open_successes(where: str, dones: np.ndarray, episode_ids: np.ndarray, 
     ``success`` as in :func:`warn_failed_terminals`. Returns the number of such episodes."""
     if not len(dones):
         return 0
-    last = np.flatnonzero(np.r_[episode_ids[1:] != episode_ids[:-1], True])
+    last = _episode_ends(episode_ids)
     if len(success) != len(last):
         return 0
     count = int((np.asarray(list(success), dtype=bool) & (dones[last] <= 0)).sum())

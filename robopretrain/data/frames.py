@@ -180,8 +180,7 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     n = int(sum(lengths))
     # the file's stamp and content as indexed: a later change of its time alone is told from one of its bytes
     meta: dict[str, Any] = {"version": INDEX_VERSION, "source": {**_source_stamp(source), "sha256": sha256_of(source)},
-                            "demos": demos,
-                            "demo_starts": starts.tolist(), "num_transitions": n, "keys": {}}
+                            "demos": demos, "demo_starts": starts.tolist(), "num_transitions": n, "keys": {}}
     log.info("indexing the frames of %s (%d transitions, cameras %s) into %s", source, n, list(keys), folder)
     # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range; the
     # other keys of float (d,) steps are low-dim parts whatever their name (a 12-D goal_image), as obs.low_dim reads them
