@@ -225,12 +225,26 @@ def resumed_start(checkpoint: Any, run_dir: Path, resume: bool) -> str:
     """The checkpoint to start from: ``checkpoint`` as given, except when this run folder holds a stage-3 checkpoint
     (a resume) that started from a checkpoint inside ``checkpoint``'s run folder, which now holds a newer one (stage 2
     went on meanwhile): that recorded start, so the same command still resumes (the agent's weights then come from
-    this run's own checkpoint anyway). A start since pruned from that folder is left to the resume check to name."""
+    this run's own checkpoint anyway).
+
+    Raises:
+        CheckpointError: the resume's recorded start is gone (stage 2 pruned it, keeping its newest
+            ``train.keep_checkpoints``, or it was deleted): what to restore, or ``resume=false``.
+    """
     if not resume:
         return str(checkpoint)
     ours = list_checkpoints(run_dir / "checkpoints")
     try:
         started = json.loads((ours[0] / META_FILE).read_text()).get("pretrained_from") if ours else None
+    except (OSError, ValueError):
+        return str(checkpoint)
+    if started and not Path(started).exists() and Path(started).parent.is_dir():  # pruned, not moved with its run
+        raise CheckpointError(
+            f"{run_dir} resumes from its own checkpoint {ours[0].name}, but the stage-2 checkpoint it started from, "
+            f"{started}, is gone (stage 2 keeps its newest train.keep_checkpoints checkpoints and prunes the rest; "
+            "a stage 2 that went on after this run started may have pruned it): restore that folder to resume, or "
+            "start over with resume=false or another output_dir")
+    try:
         given = resolve_checkpoint_dir(str(checkpoint))
     except (OSError, ValueError, CheckpointError):
         return str(checkpoint)

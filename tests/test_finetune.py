@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -353,6 +354,9 @@ def test_a_run_resumes_after_its_stage2_folder_got_a_newer_checkpoint(reach_hdf5
     fresh = finetune(stage3_config(s2, tmp_path / "fresh", "Reach", env_steps=12, data_cfg={"path": str(reach_hdf5)},
                                    width=32))
     assert fresh["pretrained_from"].endswith("ckpt_00000004")
+    shutil.rmtree(s2 / "checkpoints" / "ckpt_00000002")  # stage 2 went on and pruned it (it keeps the newest two)
+    with pytest.raises(CheckpointError, match="ckpt_00000002, is gone.*resume=false"):
+        finetune(cfg)
 
 
 def test_a_camera_checkpoint_with_state_only_data_or_another_algorithm_is_refused(reach_hdf5, stage2_camera,
