@@ -528,7 +528,8 @@ def check_target_fits(agent: Agent, target: Target) -> None:
 def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") -> None:
     """Build the target's env once and check its observation parts and action size against the agent's, before any
     training: a ``ValueError`` names the target, the part and both sizes. A sparse-reward target then takes one step
-    (the agent's zero action): an info without its ``success_key`` raises
+    (the agent's zero action, the middle of the env's action range), unless its ``probe_step`` is false (a real
+    robot that must not move before the policy acts): an info without its ``success_key`` raises
     :class:`~robopretrain.envs.target.EnvContractError`."""
     from robopretrain.data.spec import SpecMismatchError, spec_from_shapes
     from robopretrain.evaluation import agent_env
@@ -550,7 +551,7 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
             raise ValueError(f"{where}: the env takes actions of shape {act_shape}, the agent gives "
                              f"({agent.act_dim},)")
         warn_action_range(env.action_space, where)
-        if target.sparse:  # success is read from every step's info: a misspelt success_key shows at the first
+        if target.sparse and target.probe_step:  # success is read from every step's info: a misspelt success_key shows at the first
             env.step(np.zeros(agent.act_dim, np.float32))  # (stage 2's evaluations only warned, run after run)
     finally:
         env.close()

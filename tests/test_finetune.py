@@ -696,3 +696,7 @@ def test_a_misspelt_success_key_of_a_stage2_eval_target_is_refused_before_traini
     with pytest.raises(EnvContractError, match="target 'reach': info has no 'is_succes'"):
         stage2(cfg)
     assert not (tmp_path / "s2" / "checkpoints").exists()
+    # probe_step: false (a robot that must not move before the policy acts): no step at start, so the run starts
+    cfg.train.eval_targets[0].probe_step = False
+    cfg.output_dir = str(tmp_path / "unprobed")
+    assert Path(stage2(cfg)).is_dir()
