@@ -574,11 +574,13 @@ def warn_action_range(space: Any, where: str) -> bool:
 
 
 def env_fits_or_log(agent: Agent, target: Target, randomization: Any = "none") -> bool:
-    """:func:`check_env_fits` as a yes/no: a target whose env does not fit the agent is logged (one line) and False."""
+    """:func:`check_env_fits` as a yes/no: a target whose env does not fit the agent is warned about (one line: the run
+    reports no success rate for it) and False."""
     try:
         check_env_fits(agent, target, randomization)
     except (ValueError, KeyError) as exc:
-        log.info("no evaluation on %s: its env does not fit the agent (%s)", target.name, exc)
+        log.warning("no evaluation on %s, the data's own task: its env does not fit the agent (%s); "
+                    "train.eval_targets=[] says no evaluation is wanted, or name targets that fit", target.name, exc)
         return False
     return True
 

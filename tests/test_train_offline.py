@@ -335,14 +335,14 @@ def test_an_evaluation_that_fails_never_costs_the_checkpoint(tiny_hdf5, tmp_path
 
 def test_the_datas_own_target_that_does_not_fit_is_skipped_and_a_named_one_is_refused(tiny_hdf5, tmp_path, caplog):
     """9-D proprio in a file that names our sim: the data's own Reach (7-D proprio) cannot be evaluated; by default
-    that is one log line and no evaluation (every checkpoint written); named in train.eval_targets it is refused at
+    that is one warning and no evaluation (every checkpoint written); named in train.eval_targets it is refused at
     start with the part and both sizes."""
     data = with_9d_proprio(tiny_hdf5, tmp_path / "proprio9.hdf5")
     with caplog.at_level(logging.INFO, logger="robopretrain.build"):
         ckpt = run(stage2_config(data, tmp_path / "run", steps=4, obs=STATE_OBS,
                                  train={"eval_targets": None, "eval_every": 2, "checkpoint_every": 2}))
     assert any("no evaluation on Reach" in r.getMessage() and "size 7, the agent has 9" in r.getMessage()
-               for r in caplog.records)
+               and r.levelno == logging.WARNING for r in caplog.records)
     assert load_agent(ckpt)[1].meta["obs_spec"]["low_dim"][0] == ["proprio", 9]
     assert not [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval/success" in r]
     with pytest.raises(ValueError, match="low_dim part 'proprio'.*size 7, the agent has 9"):
