@@ -25,7 +25,8 @@ Use it in an entry point as::
 * :func:`friendly_errors` turns the toolkit's known error classes (bad datasets, video manifests, encoder and
   training checkpoints, a non-finite loss, config validation, rendering unavailable with this ``MUJOCO_GL``)
   into ``error: <message>`` on stderr and exit code 2, with no traceback. Anything else is a bug and keeps
-  its traceback. Ctrl-C (``KeyboardInterrupt``) prints ``interrupted`` and exits with :data:`EXIT_INTERRUPTED`
+  its traceback. Ctrl-C (``KeyboardInterrupt``) prints ``interrupted`` and what a rerun does (resumes, for the
+  entry points in :data:`RESUMABLE`; starts over, for the others), and exits with :data:`EXIT_INTERRUPTED`
   (130, the shell's code for SIGINT), no traceback: the entry points' worker processes ignore SIGINT, so the
   parent alone stops them. ``ROBOPRETRAIN_TRACEBACK=1`` re-raises known errors and the interrupt too.
 
@@ -99,9 +100,18 @@ def report_and_exit(exc: BaseException, prefix: str = "error") -> None:
     raise SystemExit(EXIT_BAD_INPUT)
 
 
-def friendly_errors(func: F) -> F:
+RERUN_RESUMES = "a rerun of the same command resumes from its last checkpoint (README, 'Resuming and scaling')"
+RERUN_STARTS_OVER = "this command keeps no checkpoints: a rerun starts it over"
+RESUMABLE = frozenset({"video_pretrain.train", "robopretrain.train", "finetune.train", "robopretrain.pipeline"})
+
+
+def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any:
     """Decorate a Hydra task function: known bad-input errors become one line on stderr and exit code 2; Ctrl-C
-    becomes ``interrupted`` and exit code 130."""
+    becomes one line, ``interrupted (Ctrl-C); <rerun>``, and exit code 130. ``rerun`` says what running the command
+    again does (:data:`RERUN_STARTS_OVER` for an entry point without checkpoints); ``@friendly_errors(rerun=...)``
+    or ``@friendly_errors``."""
+    if func is None:
+        return functools.partial(friendly_errors, rerun=rerun)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -115,8 +125,7 @@ def friendly_errors(func: F) -> F:
             if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
                 raise
             sys.stdout.flush()
-            print("interrupted (Ctrl-C); what a rerun of the same command resumes: README, 'Resuming and scaling'",
-                  file=sys.stderr, flush=True)
+            print(f"interrupted (Ctrl-C); {rerun}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
@@ -404,7 +413,9 @@ def launch(module: str, argv: list[str]) -> Any:
     if task is None:
         raise SystemExit(f"{module}.main is not a Hydra entry point (no @hydra.main)")
     config_name = ENTRY_POINTS[module]
-    main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(friendly_errors(task))
+    rerun = RERUN_RESUMES if module in RESUMABLE else RERUN_STARTS_OVER
+    main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(
+        friendly_errors(task, rerun=rerun))
     sys.argv = [module, *argv]
     return run_hydra(main, config_name, argv)
 

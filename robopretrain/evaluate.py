@@ -57,7 +57,7 @@ from robopretrain.checkpoint import (
     recorded_file,
     resolve_checkpoint_dir,
 )
-from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
+from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import Target, as_target, with_task_slot
 from robopretrain.files import atomic_file, write_text_atomic
@@ -706,7 +706,7 @@ def summary_lines(info: Mapping[str, Any]) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
-@friendly_errors
+@friendly_errors(rerun=RERUN_STARTS_OVER)
 def main(cfg: DictConfig) -> None:
     info = evaluate_robustness(cfg)
     print("\n".join(summary_lines(info)))

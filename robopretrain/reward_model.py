@@ -75,7 +75,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robopretrain import build, run_fingerprint
-from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
+from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_reward_model_config
 from robopretrain.data.dataset import (FILE_UNITS, check_action_range, data_action_units, file_action_units,
                                       selected_demos, warn_inner_terminals)
@@ -710,7 +710,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="reward_model")
-@friendly_errors
+@friendly_errors(rerun=RERUN_STARTS_OVER)
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     a = report["held_out_agreement"]

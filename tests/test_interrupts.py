@@ -3,6 +3,7 @@ worker), the same initializers leave the parent's handler alone when they run in
 spaces env), and the entry points turn the interrupt into one line and exit code 130."""
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
 import signal
@@ -49,6 +50,41 @@ def test_an_interrupted_entry_point_prints_one_line_and_exits_130(capsys, monkey
     monkeypatch.setenv("ROBOPRETRAIN_TRACEBACK", "1")
     with pytest.raises(KeyboardInterrupt):
         task()
+
+
+def test_the_interrupt_line_says_whether_a_rerun_resumes(capsys, monkeypatch):
+    """Entry points without checkpoints (the reward model, evaluate, the collectors) say a rerun starts over; the
+    training stages say it resumes, also when launched through ``python -m robopretrain.cli <module>``."""
+    import robopretrain.cli as cli
+    from robopretrain.evaluate import main as evaluate_main
+    from robopretrain.reward_model import main as reward_model_main
+
+    monkeypatch.delenv("ROBOPRETRAIN_TRACEBACK", raising=False)
+
+    def stop(cfg=None) -> None:
+        raise KeyboardInterrupt
+
+    def line(task) -> str:
+        with pytest.raises(SystemExit):
+            task()
+        return capsys.readouterr().err
+
+    assert "resumes from its last checkpoint" in line(friendly_errors(stop))
+    assert line(friendly_errors(rerun=cli.RERUN_STARTS_OVER)(stop)).endswith("a rerun starts it over\n")
+    for entry in (evaluate_main, reward_model_main):  # the decorator each module applies, on the stand-in task
+        wrapper = entry.__wrapped__  # hydra.main's wrapped function: friendly_errors' wrapper
+        assert wrapper.__closure__ is not None
+        rerun = next(c.cell_contents for c in wrapper.__closure__ if isinstance(c.cell_contents, str))
+        assert rerun == cli.RERUN_STARTS_OVER
+    import hydra
+
+    monkeypatch.setattr(cli, "run_hydra", lambda main, name, argv: main())  # no config composed: the task alone
+    monkeypatch.setattr(hydra, "main", lambda **kw: (lambda f: f))
+    for module, says in (("robopretrain.reward_model", "starts it over"), ("robopretrain.train", "resumes")):
+        monkeypatch.setattr(importlib.import_module(module).main, "__wrapped__", stop)
+        with pytest.raises(SystemExit):
+            cli.launch(module, [])
+        assert says in capsys.readouterr().err
 
 
 def blocks_sigint(pid: int) -> bool:

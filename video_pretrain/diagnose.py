@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from robopretrain.cli import friendly_errors
+from robopretrain.cli import RERUN_STARTS_OVER, friendly_errors
 from robopretrain.data.convert import as_robomimic
 from robopretrain.data.hdf5 import read_info
 from robopretrain.files import atomic_file, write_json_atomic
@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@friendly_errors
+@friendly_errors(rerun=RERUN_STARTS_OVER)
 def main(argv: Sequence[str] | None = None) -> None:
     """The command line: bad input (a missing file, too few trajectories) is one ``error:`` line and exit code 2."""
     run(build_parser().parse_args(argv))

@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
-from robopretrain.cli import friendly_errors, run_hydra
+from robopretrain.cli import RERUN_STARTS_OVER, friendly_errors, run_hydra
 from robopretrain.envs.metaworld import (ENTRY_POINT, ENV_ID_PREFIX, MESH_CELL, MT10_TASKS, TASK_IDS,
                                          MetaWorldEnv, env_id, metaworld_state, mt10_split, task_name)
 from robopretrain.workers import sigint_blocked_for_workers
@@ -280,7 +280,7 @@ def collect(cfg: DictConfig | Mapping[str, Any], output_dir: str | Path | None =
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name=CONFIG_NAME)
-@friendly_errors
+@friendly_errors(rerun=RERUN_STARTS_OVER)
 def main(cfg: DictConfig) -> None:
     collect(cfg, output_dir=HydraConfig.get().runtime.output_dir)
 
