@@ -170,3 +170,20 @@ def test_conv_flops_counts_each_convolution_by_hand() -> None:
     assert layers[1]["flops"] == 2 * 5 * 4 * 2 * 6 * 2 * 1 * 3
     with pytest.raises(ValueError, match="no nn.Conv2d"):
         bench.conv_flops(torch.nn.Flatten(), batch=1, channels=1, size=2)
+
+
+def test_encoder_cost_variants_are_the_testbed_update_with_their_encoder_and_dr3() -> None:
+    """benchmarks/encoder_cost.py (claim 6's cost): each variant is stage 2's CQL at the testbed's batch with the
+    named encoder, DR3 only where named, both cameras; the projection sums three seeds per arm."""
+    from _benchmarks import load_benchmark
+
+    cost = load_benchmark("encoder_cost", "encoder_cost.py")
+    for name in cost.VARIANTS:
+        agent = cost.build_variant(name)
+        encoder = agent.critic_encoder.image_encoder
+        assert encoder.build_args["name"] == name.partition("+")[0], name
+        assert (agent.algo_cfg.dr3_coef > 0) == name.endswith("+dr3") and agent.algo == "cql"
+        assert agent.batch_size == 64 and len(agent.spec.rgb) == 2
+        assert agent.actor_encoder is not agent.critic_encoder
+    proj = cost.projection({n: 1.0 for n in cost.VARIANTS}, jobs=2)
+    assert proj["cpu_hours_all_runs"] == 12.0 and proj["wall_hours"] == 6.0
