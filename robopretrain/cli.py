@@ -192,7 +192,8 @@ def validate_overrides(config_name: str, overrides: list[str], config_dir: Path 
             raise
         message = str(exc).split("\nConfig search path:")[0]  # Hydra's own paths: no help to the user
         report_and_exit(ValueError(group_key_problem(config_name, overrides, config_dir)
-                                   or missing_group_problem(config_name, message, config_dir) or message),
+                                   or missing_group_problem(config_name, message, config_dir)
+                                   or nested_key_problem(config_name, message, config_dir) or message),
                         prefix="error: config")
     finally:
         GlobalHydra.instance().clear()
@@ -266,6 +267,49 @@ def missing_group_problem(config_name: str, message: str, config_dir: Path = CON
         return f"{where}; did you mean {' or '.join(repr(c) for c in close)}?"
     return (f"{where}: " + (f"its option groups are {', '.join(groups)}; " if groups else "it has no option groups; ")
             + f"its sections {', '.join(sections)} (Hydra's '+' would add a setting nothing reads)")
+
+
+def nested_key_problem(config_name: str, message: str, config_dir: Path = CONFIG_DIR) -> str | None:
+    """One line for Hydra's "Could not override 'a.b'. ... use +a.b=..." when a dotted key is misspelt
+    (``train.step=10``): Hydra's ``+`` hint adds a setting nothing reads (and the toolkit's checks then refuse it, a
+    second round trip). Names the first part of the key the composed config lacks and its close matches there, else
+    the settings at that level; ``None`` for any other message or a config that does not compose."""
+    import difflib
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    found = re.search(r"Could not override '([^'.]+(?:\.[^'.]+)+)'\.", message)
+    if not found:
+        return None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            node: Any = OmegaConf.to_container(compose(config_name), resolve=False)
+    except (HydraException, OmegaConfBaseException):
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    key = found.group(1)
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict):
+            return None
+        if part not in node:
+            parent = ".".join(parts[:depth])
+            choices = sorted(str(k) for k in node if k != "hydra")
+            where = f"{key!r} is not a setting of {config_name}: " + (f"{parent} has no {part!r}" if parent else
+                                                                      f"it has no section {part!r}")
+            close = difflib.get_close_matches(part, choices, n=3)
+            if close:
+                return f"{where}; did you mean {' or '.join(repr('.'.join([*parts[:depth], c])) for c in close)}?"
+            return f"{where}; its settings there: {', '.join(choices)} (Hydra's '+' would add a setting nothing reads)"
+        node = node[part]
+    return None
 
 
 def quoted_override(override: str) -> str:

@@ -200,6 +200,12 @@ def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(ca
     ("reward_model", "algo=iql", "'algo' is not a setting of reward_model (configs/reward_model.yaml): it has no "
                                  "option groups; its sections data, obs, labels, teacher, model, relabel"),
     ("finetune", "algoo=iql", "'algoo' is not a setting of finetune (configs/finetune.yaml); did you mean 'algo'?"),
+    # dotted keys (the commonest typo): Hydra's '+train.step' hint led to a second refusal, one round trip later
+    ("robopretrain", "train.step=10", "'train.step' is not a setting of robopretrain: train has no 'step'; did you "
+                                      "mean 'train.steps'?"),
+    ("finetune", "online.env_step=2", "online has no 'env_step'; did you mean 'online.env_steps'?"),
+    ("robopretrain", "trian.steps=10", "it has no section 'trian'; did you mean 'train'"),
+    ("robopretrain", "train.zzz=1", "train has no 'zzz'; its settings there: calibration_batch, checkpoint_every"),
 ])
 def test_a_key_the_config_lacks_is_not_answered_with_hydras_plus_hint(capsys, config_name, override, expected):
     """``reward_model algo=iql`` told the user to append ``+algo=iql`` (Hydra's hint), which adds a group the reward
@@ -210,7 +216,7 @@ def test_a_key_the_config_lacks_is_not_answered_with_hydras_plus_hint(capsys, co
         validate_overrides(config_name, [override])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
-    assert expected in err and "+algo" not in err
+    assert expected in err and "+algo" not in err and "To append" not in err
     assert missing_group_problem("robopretrain", "Could not find 'algo/foo'") is None  # other messages: Hydra's
 
 
