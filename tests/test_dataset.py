@@ -73,6 +73,14 @@ def test_successful_episodes_ending_on_done_0_are_reported(tmp_path, caplog):
     assert "x.hdf5: 2 of 3 episodes marked successful in ep_meta end on done=0" in caplog.text
     assert warn_open_successes("x", dones, ids, [True, False, False]) == 0  # the success ends on done=1
     assert warn_open_successes("x", dones, ids, [True]) == 0  # flags that do not fit the episodes: nothing said
+    # no ep_meta (robomimic's own files): sparse rewards say which episodes succeeded
+    rewards = np.array([0, 1, 0, 1, 0.0])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert warn_open_successes("r.hdf5", dones, ids, [], rewards) == 1  # episode 1 (episode 2 failed)
+    assert "r.hdf5: 1 of 3 episodes successful (reward 1 on their last step) end on done=0" in caplog.text
+    assert warn_open_successes("r", dones, ids, [], rewards * 0.5 + 0.25) == 0  # dense rewards: not a success
+    assert warn_open_successes("r", dones, ids, [False, False, True], rewards) == 2  # both sources count
 
 
 def test_a_done_inside_an_episode_is_reported_with_its_demo_and_step(tmp_path, caplog):

@@ -171,22 +171,31 @@ def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, ep
     return count
 
 
-def warn_open_successes(where: str, dones: np.ndarray, episode_ids: np.ndarray, success: Sequence[bool]) -> int:
-    """Warn when episodes that ep_meta marks successful end on ``done = 0``: the TD backup then bootstraps past the
-    success from a next state no data follows, while a target that ends its episodes on success
-    (``terminate_on_success``, the default) never does; the toolkit's collectors write ``done = 1`` there.
-    ``success`` as in :func:`warn_failed_terminals`. Returns the number of such episodes."""
+def warn_open_successes(where: str, dones: np.ndarray, episode_ids: np.ndarray, success: Sequence[bool],
+                        rewards: np.ndarray | None = None) -> int:
+    """Warn when successful episodes end on ``done = 0``: the TD backup then bootstraps past the success from a next
+    state no data follows, while a target that ends its episodes on success (``terminate_on_success``, the default)
+    never does; the toolkit's collectors write ``done = 1`` there. An episode is successful when ep_meta flags it
+    (``success`` as in :func:`warn_failed_terminals`) or, in a file whose ``rewards`` ``(N,)`` are sparse (every
+    reward 0 or 1, as robomimic's), when its last reward is 1 (robomimic's own files have no ep_meta). Returns the
+    number of such episodes."""
     if not len(dones):
         return 0
     last = _episode_ends(episode_ids)
-    if len(success) != len(last):
-        return 0
-    count = int((np.asarray(list(success), dtype=bool) & (dones[last] <= 0)).sum())
+    flagged = np.asarray(list(success), dtype=bool) if len(success) == len(last) else np.zeros(len(last), bool)
+    rewarded = np.zeros(len(last), bool)
+    if rewards is not None and len(rewards) == len(dones) and np.isin(rewards, (0.0, 1.0)).all():
+        rewarded = np.asarray(rewards)[last] > 0
+    open_ends = dones[last] <= 0
+    count = int(((flagged | rewarded) & open_ends).sum())
     if count:
-        log.warning("%s: %d of %d episodes marked successful in ep_meta end on done=0: the TD backup goes on past "
-                    "their success (bootstrapped from a state no data follows), where a target that ends episodes on "
-                    "success stops; write done=1 at a success's last step (docs/targets.md, 'Your data')", where,
-                    count, len(last))
+        how = ("marked successful in ep_meta" if not (rewarded & ~flagged & open_ends).any() else
+               "successful (reward 1 on their last step)" if not (flagged & open_ends).any() else
+               "successful (in ep_meta, or by a reward of 1 on their last step)")
+        log.warning("%s: %d of %d episodes %s end on done=0: the TD backup goes on past their success "
+                    "(bootstrapped from a state no data follows), where a target that ends episodes on success stops; "
+                    "write done=1 at a success's last step (docs/targets.md, 'Your data')", where, count, len(last),
+                    how)
     return count
 
 
@@ -432,7 +441,7 @@ def load_offline_dataset(
                     "positive)", info.path)
     warn_failed_terminals(str(info.path), rewards, dones, trans.episode_ids, success)
     if rewards_needed:
-        warn_open_successes(str(info.path), dones, trans.episode_ids, success)
+        warn_open_successes(str(info.path), dones, trans.episode_ids, success, rewards)
         warn_dense_rewards(str(info.path), rewards, reward)
 
     memory_keys = [k for k in ours if not (on_disk and k in spec.rgb_keys)]
