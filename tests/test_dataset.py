@@ -144,13 +144,16 @@ def test_next_obs_logged_apart_from_the_next_obs_does_not_split_demos(tmp_path, 
         for i, demo in enumerate(("demo_0", "demo_1")):
             f[f"data/{demo}/next_obs/proprio"][...] += np.float32(1e-3) * (1 + np.arange(3, dtype=np.float32))[:, None]
             f[f"data/{demo}/actions"][...] = np.arange(4 * i, 4 * i + 3, dtype=np.float32)[:, None] / 10
+            for group in ("obs", "next_obs"):  # a second part whose next_obs is the next obs: not named
+                f[f"data/{demo}/{group}/gripper"] = np.zeros((3, 1), np.float32)
     spec = spec_of_data(clean, ["proprio"], [], None)
     with caplog.at_level(logging.WARNING):
-        data = load_offline_dataset(noisy, spec, CAL_QL)
+        data = load_offline_dataset(noisy, spec_of_data(noisy, ["proprio", "gripper"], [], None), CAL_QL)
     arrays = data.arrays()
     np.testing.assert_allclose(arrays["mc_returns"], [-6.25, -2.5, 5, -10, -10, -10])  # as the clean file's
     np.testing.assert_allclose(arrays["next_actions"][:, 0], [0.1, 0.2, 0.2, 0.5, 0.6, 0.6])  # within each demo
-    assert "noisy.hdf5: at 4 steps inside a demo the next_obs of ['proprio'] is not the next step's obs" in caplog.text
+    assert "noisy.hdf5: at 4 steps inside a demo the next_obs is not the next step's obs" in caplog.text
+    assert "steps per part: proprio at 4)" in caplog.text and "gripper" not in caplog.text
     assert "off by one" not in caplog.text  # noise, not a copy of obs
     sampler = SequenceSampler(data, 3)
     assert sampler.num_episodes == 2 and sampler.timesteps.tolist() == [0, 1, 2, 0, 1, 2]

@@ -464,10 +464,12 @@ def load_offline_dataset(
         same = copies_of_obs({k: trans.obs[k] for k in low_dim}, {k: trans.next_obs[k] for k in low_dim})
         copied = (f"; next_obs equals obs itself at {same} of {len(trans)} steps: written from the same step, not the "
                   "next one (off by one)?" if same * 2 >= len(trans) else "")
-        log.warning("%s: at %d steps inside a demo the next_obs of %s is not the next step's obs (> 1e-6 apart: "
-                    "logged separately, noise, or several episodes in one demo); episodes are the demos, so returns-"
-                    "to-go run through them; split a demo that holds several episodes%s", info.path, breaks, low_dim,
-                    copied)
+        per_key = {k: breaks_inside_episodes(trans.obs[k], trans.next_obs[k], trans.episode_ids) for k in low_dim}
+        which = ", ".join(f"{k} at {n}" for k, n in per_key.items() if n)  # the parts that break, not every part
+        log.warning("%s: at %d steps inside a demo the next_obs is not the next step's obs (> 1e-6 apart: logged "
+                    "separately, noise, or several episodes in one demo; steps per part: %s); episodes are the demos, "
+                    "so returns-to-go run through them; split a demo that holds several episodes%s", info.path,
+                    breaks, which, copied)
     next_actions = next_actions_of(trans.actions, starts)
     mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, sparse_negative_reward=r_neg)
     if not on_disk:
