@@ -168,6 +168,8 @@ def test_spec_errors_name_the_key_and_sizes():
         ObsSpec(low_dim=(("a", 0),))
     with pytest.raises(ValueError, match="no observation parts"):
         ObsSpec()
+    with pytest.raises(ValueError, match=r"got front \(48, 64, 3\), wrist \(32, 32, 3\):"):  # each with its size
+        ObsSpec(rgb=(("front", (48, 64, 3)), ("wrist", (32, 32, 3)))).image_size
     assert ObsSpec(num_tasks=1).num_tasks == 1  # the task one-hot alone is an input (a blind, task-only policy)
     assert ObsSpec(rgb=(("cam", (1, 1, 3)),)).image_size == 1 and ObsSpec(low_dim=(("a", 1),)).low_dim_size == 1
     assert ObsSpec.from_dict({"low_dim": [["a", 2]]}) == ObsSpec(low_dim=(("a", 2),))  # no task one-hot unless saved
@@ -598,6 +600,8 @@ def test_act_checks_each_part_of_the_observation_against_the_spec():
         "channels first": ({**good, "agentview_image": np.zeros((3, SIZE, SIZE), np.uint8)},
                            r"channels first: pass np.moveaxis\(agentview_image, -3, -1\)"),
         "float frames": ({**good, "agentview_image": frame.astype(np.float32)}, r"is float32; .* uint8 frames"),
+        "another frame size": ({**good, "agentview_image": np.zeros((SIZE + 4, SIZE + 8, 3), np.uint8)},
+                               rf"camera_frames.to_agent_frame\(frame, {SIZE}\) resizes it as stages 2 and 3 do"),
         "task id too large": ({**good, "task_id": 2}, r"task_id 2; expected integers in \[0, 2\)"),
         "negative task id": ({**batch, "task_id": np.array([0, -1, 1])}, r"task_id values -1..1"),
         "fractional task id": ({**good, "task_id": 0.5}, r"task_id not whole numbers"),

@@ -73,8 +73,8 @@ class ObsSpec:
         if not shapes:
             return None
         if len(shapes) != 1 or next(iter(shapes))[0] != next(iter(shapes))[1]:
-            raise ValueError(f"observation spec: cameras {list(self.rgb_keys)} must be square and of one size, "
-                             f"got {sorted(shapes)}: the data's frames are used as stored (an env's frames are "
+            sizes = ", ".join(f"{k} {tuple(shape)}" for k, shape in self.rgb)  # each camera with its own size
+            raise ValueError(f"observation spec: cameras must be square and of one size, got {sizes}: the data's frames are used as stored (an env's frames are "
                              "resized to the agent's size, robopretrain.envs.camera_frames); set data.image_size=S "
                              "(convert: --image-size S): another format is resized while converting, a robomimic "
                              "file gets a cached copy with its cameras at S x S")
