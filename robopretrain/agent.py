@@ -155,8 +155,10 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
     have = int(encoder.input_spec["image_size"])
     if have != int(image_size):
         raise ValueError(f"encoder.checkpoint={settings.checkpoint} takes {have} px images but the cameras give "
-                         f"{image_size} px; collect the data at that size or pretrain the encoder at the data's size "
-                         "(encoder.mode=scratch trains its architecture from scratch at the cameras' size)")
+                         f"{image_size} px; data.image_size={have} reads the data at the encoder's size (a robomimic "
+                         "file gets a cached copy with its cameras resized, another format is resized while "
+                         "converting), or pretrain the encoder at the data's size (encoder.mode=scratch trains its "
+                         "architecture from scratch at the cameras' size)")
     return encoder, source
 
 

@@ -348,8 +348,8 @@ def test_scratch_builds_the_checkpoints_architecture_at_the_cameras_size(stage1_
     with torch.no_grad():
         assert encoder(torch.zeros(2, 3, 2 * SIZE, 2 * SIZE)).shape == (2, 8)
     for mode in ("finetune", "frozen"):
-        with pytest.raises(ValueError, match=f"takes {SIZE} px images but the cameras give {2 * SIZE} px.*"
-                                             "encoder.mode=scratch"):
+        with pytest.raises(ValueError, match=f"takes {SIZE} px images but the cameras give {2 * SIZE} px; "
+                                             f"data.image_size={SIZE} reads the data.*encoder.mode=scratch"):
             build_image_encoder(EncoderSettings(mode=mode, checkpoint=str(path)), 2 * SIZE)
 
 
