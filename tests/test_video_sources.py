@@ -154,7 +154,12 @@ def test_the_resize_of_video_frames_is_logged_once(video_dir, caplog: pytest.Log
     said = [r.getMessage() for r in caplog.records if "resized to image_size" in r.getMessage()]
     assert said == [f"{root}: frames of 32x48 (1 clip), 40x40 (1 clip), resized to image_size=16 (the central square "
                     "of non-square ones); an encoder trained on them takes 16 px cameras in stage 2 (image_size=32 "
-                    "trains at the most common clips' size)"], said
+                    "keeps the most common clips' resolution: the central 32x32 square)"], said  # not 'their size'
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="video_pretrain.data"):
+        ManifestSource(root, image_size=16, center_crop=False)  # stretched: no size keeps the resolution
+    said = [r.getMessage() for r in caplog.records if "resized to image_size" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("takes 16 px cameras in stage 2"), said
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="video_pretrain.data"):
         ManifestSource(root / "episode_0", image_size=40)  # already the model's size: nothing to say

@@ -348,10 +348,16 @@ class ManifestSource(ClipSource):
         listed = ", ".join(f"{h}x{w} ({n} clip{'s' if n > 1 else ''})" for (h, w), n in ranked[:4])
         more = f", {len(ranked) - 4} other sizes" if len(ranked) > 4 else ""
         crop = self.center_crop and any(h != w for h, w in sizes)
+        (h, w), whose = ranked[0][0], "their" if len(ranked) == 1 else "the most common clips'"
+        if h == w:
+            keep = f" (image_size={h} trains at {whose} size)"
+        elif self.center_crop:
+            keep = f" (image_size={min(h, w)} keeps {whose} resolution: the central {min(h, w)}x{min(h, w)} square)"
+        else:
+            keep = ""  # stretched to a square: every size resamples
         logger.info("%s: frames of %s%s, resized to image_size=%d%s; an encoder trained on them takes %d px cameras in "
-                    "stage 2 (image_size=%d trains at %s size)", self.path, listed, more, self.image_size,
-                    " (the central square of non-square ones)" if crop else "", self.image_size, min(ranked[0][0]),
-                    "their" if len(ranked) == 1 else "the most common clips'")
+                    "stage 2%s", self.path, listed, more, self.image_size,
+                    " (the central square of non-square ones)" if crop else "", self.image_size, keep)
 
     def video_text(self, i: int) -> str:
         """The manifest's ``text`` of video ``i``."""
