@@ -133,8 +133,8 @@ def validate_config(cfg: DictConfig) -> None:
     """Check the collect config; errors name the key and what was expected."""
     if int(cfg.episodes_per_task) < 1:
         raise ValueError(f"collect config: episodes_per_task={cfg.episodes_per_task}; expected >= 1")
-    if int(cfg.num_workers) < 1:
-        raise ValueError(f"collect config: num_workers={cfg.num_workers}; expected >= 1")
+    if int(cfg.num_workers) < 0:  # 0 and 1 both collect in this process (0 means that for the data loaders too)
+        raise ValueError(f"collect config: num_workers={cfg.num_workers}; expected >= 0 (0 or 1: in this process)")
     missing = [k for k in KINDS if k not in cfg.kinds]
     if missing:  # e.g. ``~kinds.noisy`` on the command line: a kind is switched off by its fraction, not deleted
         zero = " ".join(f"kinds.{k}.fraction=0" for k in missing)

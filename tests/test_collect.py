@@ -132,7 +132,11 @@ def test_same_config_gives_identical_files(collected, tmp_path):
 
 
 def test_parallel_workers_give_the_same_data(collected, tmp_path):
+    """Two workers, or 0 (this process, as 1: what 0 means for the data loaders too; a negative count is refused)."""
     parallel = collect(tiny_config(num_workers=2), output_dir=tmp_path, progress=False)
+    here = collect(tiny_config(num_workers=0), output_dir=tmp_path / "zero", progress=False)
+    with pytest.raises(ValueError, match=r"num_workers=-1; expected >= 0 \(0 or 1: in this process\)"):
+        collect(tiny_config(num_workers=-1), output_dir=tmp_path / "negative", progress=False)
 
     def contents(path: Path) -> dict:
         out = {}
@@ -141,7 +145,7 @@ def test_parallel_workers_give_the_same_data(collected, tmp_path):
                          else out.__setitem__(name, {k: str(v) for k, v in obj.attrs.items() if k != "collection"}))
         return out
 
-    assert contents(parallel) == contents(collected)
+    assert contents(parallel) == contents(collected) == contents(here)
 
 
 def test_interrupted_write_leaves_nothing(tmp_path):

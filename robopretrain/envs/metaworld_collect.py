@@ -69,7 +69,7 @@ class MetaWorldCollectConfig:
     mesh_cell: float = MESH_CELL  # render-mesh simplification grid in metres (0: Meta-World's full meshes)
     seed: int = 0
     valid_fraction: float = 0.1  # share of each task's episodes in mask/valid
-    num_workers: int = 1  # > 1: spawned worker processes; the file is the same
+    num_workers: int = 1  # > 1: spawned worker processes (0 or 1: this process); the file is the same
     output: Optional[str] = None  # null: <hydra run dir>/metaworld_demos.hdf5
     overwrite: bool = False
     compression: Optional[str] = "lzf"  # image datasets: lzf | gzip | null
