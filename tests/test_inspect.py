@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from robopretrain.data.inspect import main, summarize_hdf5
+from robopretrain.data.inspect import format_hdf5_summary, main, summarize_hdf5
 from sim_envs.video_writer import write_mp4
 
 # (task, task_id, length, success) per demo
@@ -231,6 +231,23 @@ def test_summary_counts_success_from_ep_meta(tmp_path: Path) -> None:
     s = summarize_hdf5(write_tiny_hdf5(tmp_path / "d.hdf5"))
     assert s.tasks["PushBlock"].successes == [True, False]
     assert s.transitions == 15 and s.total_attr == 15
+    assert "read from their sparse rewards" not in format_hdf5_summary(s)  # ep_meta says it
+
+
+def test_without_ep_meta_success_comes_from_sparse_rewards(tmp_path: Path) -> None:
+    """robomimic's own files have no ep_meta: the rate was n/a though every demo ended on reward 1 (stage 3 counts
+    such demos as successful); dense rewards say nothing."""
+    path = write_tiny_hdf5(tmp_path / "d.hdf5", with_images=False)
+    with h5py.File(path, "r+") as f:
+        for demo in f["data"].values():
+            del demo.attrs["ep_meta"]
+    s = summarize_hdf5(path)
+    assert s.tasks["PushBlock"].success_rate == 0.5 and s.tasks["PushBlock"].successes == [None, None]
+    text = format_hdf5_summary(s)
+    assert f"note: success of {len(DEMOS)} of {len(DEMOS)} demos read from their sparse rewards" in text
+    with h5py.File(path, "r+") as f:
+        f["data/demo_0/rewards"][0] = 0.5  # no longer sparse: this demo's success is unknown
+    assert summarize_hdf5(path).tasks["PushBlock"].success_rate == 0.0  # demo_1 alone, which failed
 
 
 def test_video_folder_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -3,8 +3,9 @@
 ``python -m robopretrain.data.inspect FILE_OR_FOLDER [--out PNG] [--frames N] [--per-task K] [--clips C]``
 
 - robomimic HDF5 (the "Robot dataset" contract): per task the episode count, success rate (``ep_meta``
-  JSON ``success``; a warning when episodes marked successful have no positive reward), mean/min/max length and
-  transitions; the observation keys with their per-step shapes
+  JSON ``success``, else sparse rewards whose last step is 1, said in a note; a warning when episodes marked
+  successful have no positive reward), mean/min/max length and transitions; the observation keys with their per-step
+  shapes
   and dtypes, and the actions' (a warning naming the demos whose action size differs from the first demo's: training
   refuses such a file); a warning naming the demos and steps where ``dones`` is 1 before the last step (training
   reads each as a terminal); the masks with their sizes. Contact sheet: ``--per-task`` episodes per task as rows (labelled
@@ -72,6 +73,9 @@ class TaskStats:
     # a success signal in the episode's rewards: any reward > 0, or rewards that are not one constant (OGBench's
     # -1 per step and 0 at the goal); None: no rewards stored. The same rule as the refusal in data/dataset.py
     rewarded: list[bool | None] = field(default_factory=list)
+    # success read from sparse rewards (every reward 0 or 1: the last one is 1) where ep_meta has no flag (robomimic's
+    # own files have none); None where ep_meta has one, no rewards are stored or they are not sparse
+    reward_successes: list[bool | None] = field(default_factory=list)
 
     @property
     def unrewarded_successes(self) -> int:
@@ -81,8 +85,14 @@ class TaskStats:
 
     @property
     def success_rate(self) -> float | None:
-        known = [s for s in self.successes if s is not None]
+        """The share of successful episodes: ep_meta's flag, else what sparse rewards say; None when neither does."""
+        known = self.known_successes
         return float(np.mean(known)) if known else None
+
+    @property
+    def known_successes(self) -> list[bool]:
+        return [s if s is not None else r for s, r in zip(self.successes, self.reward_successes)
+                if s is not None or r is not None]
 
 
 @dataclass
@@ -193,7 +203,10 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         stats.lengths.append(length)
         stats.successes.append(_success(demo, path))
         rewards = demo.get("rewards")
-        stats.rewarded.append(has_reward_signal(rewards[()]) if isinstance(rewards, h5py.Dataset) else None)
+        values = np.asarray(rewards[()], np.float64).reshape(-1) if isinstance(rewards, h5py.Dataset) else None
+        stats.rewarded.append(has_reward_signal(values) if values is not None else None)
+        sparse = values is not None and values.size > 0 and bool(np.isin(values, (0.0, 1.0)).all())
+        stats.reward_successes.append(bool(values[-1] > 0) if sparse and stats.successes[-1] is None else None)
         if "obs" in demo:
             for key, ds in demo["obs"].items():
                 spec = (tuple(ds.shape[1:]), str(ds.dtype))
@@ -303,10 +316,14 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append(f"{task:<16}{len(t.demos):>9}{rate:>9}{np.mean(t.lengths):>10.1f}{min(t.lengths):>9}"
                      f"{max(t.lengths):>9}{sum(t.lengths):>13}")
     lines.append("-" * len(header))
-    all_success = [x for t in s.tasks.values() for x in t.successes if x is not None]
+    all_success = [x for t in s.tasks.values() for x in t.known_successes]
     rate = f"{np.mean(all_success):.2f}" if all_success else "n/a"
     n_demos = sum(len(t.demos) for t in s.tasks.values())
     lines.append(f"{'total':<16}{n_demos:>9}{rate:>9}{'':>28}{s.transitions:>13}")
+    from_rewards = sum(1 for t in s.tasks.values() for r in t.reward_successes if r is not None)
+    if from_rewards:
+        lines.append(f"note: success of {from_rewards} of {n_demos} demos read from their sparse rewards (no ep_meta "
+                     "success flag; every reward 0 or 1: successful when the last one is 1)")
     unrewarded = sum(t.unrewarded_successes for t in s.tasks.values())
     if unrewarded:
         marked = sum(1 for t in s.tasks.values() for x in t.successes if x)
@@ -415,7 +432,8 @@ def hdf5_sheet_rows(path: str | os.PathLike, frames: int, per_task: int,
                 if not picks_t:  # an empty demo: nothing to draw
                     continue
                 images = np.stack([to_agent_frame(f) for f in _read_hdf5_frames(ds, picks_t)])
-                outcome = {True: "success", False: "failure", None: "?"}[stats.successes[i]]
+                known = stats.successes[i] if stats.successes[i] is not None else stats.reward_successes[i]
+                outcome = {True: "success", False: "failure", None: "?"}[known]
                 rows.append((f"{task}\n{name} ({outcome}, {stats.lengths[i]} steps)", images))
     return rows, key
 
