@@ -273,14 +273,19 @@ def test_video_folder_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.C
 
 def test_a_manifest_overstating_frame_counts_is_listed_under_verify(tmp_path: Path, capsys) -> None:
     """Stage 1 uses such clips with their counted frames (a warning); inspect --verify stopped on one decode error
-    (the sheet drew frames past the end) with no mismatch list, and without --verify did not say to verify."""
+    (the sheet drew frames past the end) with no mismatch list, and without --verify called them unreadable."""
     folder = write_tiny_video_folder(tmp_path / "videos")
     (folder / "manifest.csv").write_text("path,num_frames,text\nclip_00000.mp4,50,a\nclip_00001.mp4,90,b\n")
     assert main([str(folder), "--out", str(tmp_path / "s.png"), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "clip_00000.mp4: 5 frames, manifest says 50" in out and "clip_00001.mp4: 9 frames, manifest says 90" in out
     assert "mean 7.0, min 5, max 9; total 14" in out  # the counted frames, as stage 1 uses them
-    assert "--verify counts every clip's frames" in _error_line(capsys, [str(folder), "--out", str(tmp_path / "t.png")])
+    # without --verify: the sheet's clips are drawn with their own frames and named (they were listed as unreadable,
+    # "stage 1 skips them", while stage 1 trains on them; with every clip overstated inspect stopped with an error)
+    assert main([str(folder), "--out", str(tmp_path / "t.png")]) == 0
+    out = capsys.readouterr().out
+    assert "clips shorter than the manifest says (drawn with their frames; stage 1 uses those" in out
+    assert "clip_00001.mp4: 9 frames, manifest says 90" in out and "unreadable" not in out
 
 
 def test_video_folder_summary_names_clips_too_short_for_stage_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -515,10 +515,12 @@ def format_video_summary(s: VideoSummary, verified: bool = False, top: int = 15)
     return "\n".join(lines)
 
 
-def video_sheet_rows(summary: VideoSummary, frames: int, clips: int,
-                     unreadable: list[str] | None = None) -> list[tuple[str, np.ndarray]]:
+def video_sheet_rows(summary: VideoSummary, frames: int, clips: int, unreadable: list[str] | None = None,
+                     recounted: list[str] | None = None) -> list[tuple[str, np.ndarray]]:
     """Rows of the contact sheet: ``clips`` clips spread over the manifest, ``frames`` frames each. A clip that
-    cannot be decoded is left out (stage 1 skips it too) and its message appended to ``unreadable``."""
+    cannot be decoded is left out (stage 1 skips it too) and its message appended to ``unreadable``; one that holds
+    fewer frames than its manifest row says is drawn with the frames it has, as stage 1 uses it, and named in
+    ``recounted``."""
     picks = sorted(set(_evenly_spaced(len(summary.entries), min(clips, len(summary.entries)))))
     rows = []
     for i in picks:
@@ -526,9 +528,18 @@ def video_sheet_rows(summary: VideoSummary, frames: int, clips: int,
         try:
             images = read_frames(e, _evenly_spaced(e.num_frames, frames))
         except VideoDatasetError as err:
-            if unreadable is not None:
-                unreadable.append(str(err))
-            continue
+            try:  # a manifest that overstates the clip: stage 1 counts its frames and goes on with them
+                actual = count_frames(e.path)
+                if not 0 < actual < e.num_frames:
+                    raise err
+                images = read_frames(dataclasses.replace(e, num_frames=actual), _evenly_spaced(actual, frames))
+            except VideoDatasetError as final:
+                if unreadable is not None:
+                    unreadable.append(str(final))
+                continue
+            if recounted is not None:
+                recounted.append(f"{e.relpath}: {actual} frames, manifest says {e.num_frames}")
+            e = dataclasses.replace(e, num_frames=actual)
         rows.append((f"{e.relpath} ({e.num_frames} frames)\n{e.text}", images))
     return rows
 
@@ -610,7 +621,8 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
         summary = summarize_videos(path, verify=verify)
         text = format_video_summary(summary, verified=verify)
         unreadable: list[str] = []
-        rows = video_sheet_rows(summary, frames, clips, unreadable)
+        recounted: list[str] = []
+        rows = video_sheet_rows(summary, frames, clips, unreadable, recounted)
         if unreadable and not rows:
             hint = "" if verify or "out of range" not in unreadable[0] else (
                 "; the manifest's num_frames may overstate the clips: --verify counts every clip's frames")
@@ -618,6 +630,9 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
                                + (f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else "") + hint)
         if unreadable:  # of the clips drawn for the sheet; --verify reads every clip
             text += "\nunreadable clips (left out of the sheet; stage 1 skips them):\n  " + "\n  ".join(unreadable)
+        if recounted:
+            text += ("\nclips shorter than the manifest says (drawn with their frames; stage 1 uses those, with a "
+                     "warning; --verify counts every clip):\n  " + "\n  ".join(recounted))
         title = f"{path.name}: {len(rows)} of {len(summary.entries)} clips, {frames} frames each"
     else:
         summary_h5 = summarize_hdf5(path)
