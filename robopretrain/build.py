@@ -551,8 +551,8 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
             raise ValueError(f"{where}: the env takes actions of shape {act_shape}, the agent gives "
                              f"({agent.act_dim},)")
         warn_action_range(env.action_space, where)
-        if target.sparse and target.probe_step:  # success is read from every step's info: a misspelt success_key shows at the first
-            env.step(np.zeros(agent.act_dim, np.float32))  # (stage 2's evaluations only warned, run after run)
+        if target.sparse and target.probe_step:  # success is read from every step's info: a misspelt success_key
+            env.step(np.zeros(agent.act_dim, np.float32))  # shows at the first (stage 2's evaluations only warned)
     finally:
         env.close()
 
