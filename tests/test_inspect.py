@@ -237,7 +237,9 @@ def test_summary_counts_success_from_ep_meta(tmp_path: Path) -> None:
 def test_without_ep_meta_success_comes_from_sparse_rewards(tmp_path: Path) -> None:
     """robomimic's own files have no ep_meta: the rate was n/a though every demo ended on reward 1 (stage 3 counts
     such demos as successful); dense rewards say nothing."""
-    path = write_tiny_hdf5(tmp_path / "d.hdf5", with_images=False)
+    from robopretrain.data.inspect import hdf5_sheet_rows
+
+    path = write_tiny_hdf5(tmp_path / "d.hdf5")
     with h5py.File(path, "r+") as f:
         for demo in f["data"].values():
             del demo.attrs["ep_meta"]
@@ -245,6 +247,8 @@ def test_without_ep_meta_success_comes_from_sparse_rewards(tmp_path: Path) -> No
     assert s.tasks["PushBlock"].success_rate == 0.5 and s.tasks["PushBlock"].successes == [None, None]
     text = format_hdf5_summary(s)
     assert f"note: success of {len(DEMOS)} of {len(DEMOS)} demos read from their sparse rewards" in text
+    labels = [label for label, _ in hdf5_sheet_rows(path, 2, 2)[0]]  # the contact sheet's rows say it too
+    assert labels[:2] == ["PushBlock\ndemo_0 (success, 6 steps)", "PushBlock\ndemo_1 (failure, 4 steps)"], labels
     with h5py.File(path, "r+") as f:
         f["data/demo_0/rewards"][0] = 0.5  # no longer sparse: this demo's success is unknown
     assert summarize_hdf5(path).tasks["PushBlock"].success_rate == 0.0  # demo_1 alone, which failed
