@@ -49,6 +49,7 @@ from robopretrain.data.returns import (
     breaks_inside_episodes,
     copies_of_obs,
     episode_starts,
+    is_sparse_success_reward,
     next_actions_of,
     returns_to_go,
     scale_rewards,
@@ -184,7 +185,7 @@ def warn_open_successes(where: str, dones: np.ndarray, episode_ids: np.ndarray, 
     last = _episode_ends(episode_ids)
     flagged = np.asarray(list(success), dtype=bool) if len(success) == len(last) else np.zeros(len(last), bool)
     rewarded = np.zeros(len(last), bool)
-    if rewards is not None and len(rewards) == len(dones) and np.isin(rewards, (0.0, 1.0)).all():
+    if rewards is not None and len(rewards) == len(dones) and is_sparse_success_reward(rewards):
         rewarded = np.asarray(rewards)[last] > 0
     open_ends = dones[last] <= 0
     count = int(((flagged | rewarded) & open_ends).sum())
@@ -272,7 +273,7 @@ def warn_dense_rewards(where: str, rewards: np.ndarray, reward: RewardSettings) 
     """Warn (and return True) when rewards are not the sparse {0, 1} success rewards the settings assume
     (``sparse``): the sparse transform (e.g. Cal-QL's x10 - 5) and the all-failure rule would then distort them."""
     values = np.unique(np.asarray(rewards))
-    if not reward.sparse or np.isin(values, (0.0, 1.0)).all():
+    if not reward.sparse or is_sparse_success_reward(values):
         return False
     log.warning("%s: rewards are not sparse {0, 1} (%d distinct values in [%.4g, %.4g]) but the algorithm's reward "
                 "settings assume so (x %g %+g, the all-failure rule); for a dense reward set algo.sparse_reward=false "
@@ -288,7 +289,7 @@ def warn_sparse_data_for_dense_target(where: str, scaled_rewards: np.ndarray, re
     the demos' 0/1 on one scale, and no update could tell them apart."""
     raw = (np.asarray(scaled_rewards, np.float64) - reward.bias) / (reward.scale or 1.0)
     values = np.unique(np.round(raw, 6))
-    if reward.sparse or not len(values) or not np.isin(values, (0.0, 1.0)).all() or 1.0 not in values:
+    if reward.sparse or not len(values) or not is_sparse_success_reward(values) or 1.0 not in values:
         return False
     log.warning("%s: rewards are sparse {0, 1} success rewards, but target %s declares a dense reward: its online "
                 "episodes give the env's own reward, so the replay mixes two reward kinds on one scale (x %g %+g); "

@@ -43,6 +43,7 @@ import numpy as np
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
 from robopretrain.data.hdf5 import DatasetError, success_flag
+from robopretrain.data.returns import is_sparse_success_reward
 from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
                                      count_frames, read_frames)
 from robopretrain.files import atomic_file
@@ -205,7 +206,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         rewards = demo.get("rewards")
         values = np.asarray(rewards[()], np.float64).reshape(-1) if isinstance(rewards, h5py.Dataset) else None
         stats.rewarded.append(has_reward_signal(values) if values is not None else None)
-        sparse = values is not None and values.size > 0 and bool(np.isin(values, (0.0, 1.0)).all())
+        sparse = values is not None and values.size > 0 and is_sparse_success_reward(values)
         stats.reward_successes.append(bool(values[-1] > 0) if sparse and stats.successes[-1] is None else None)
         if "obs" in demo:
             for key, ds in demo["obs"].items():

@@ -33,6 +33,11 @@ def scale_rewards(rewards: np.ndarray, scale: float, bias: float) -> np.ndarray:
     return (np.asarray(rewards, dtype=np.float64) * scale + bias).astype(np.float32)
 
 
+def is_sparse_success_reward(rewards: np.ndarray) -> bool:
+    """Whether every reward in ``rewards`` (any shape) is 0 or 1: the sparse success reward of the data contract."""
+    return bool(np.isin(np.asarray(rewards), (0.0, 1.0)).all())
+
+
 def sparse_negative_reward(scale: float, bias: float, raw_negative: float = 0.0) -> float:
     """The transformed reward of a failing step for sparse rewards (raw 0 by default): ``raw * scale + bias``."""
     return float(raw_negative * scale + bias)
