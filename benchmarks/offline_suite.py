@@ -19,7 +19,9 @@ Parts (``--part``, default all four, each resumable):
 Every piece (data file, training run, evaluation, fine-tuning, reward model) is skipped when finished, so a killed
 call continues where it stopped; ``--summarize-only`` rebuilds the tables, the figure and the ranking comparison
 from the JSON. Output: ``--out`` (JSON: every run's per-episode outcomes, summaries, timings), ``--figure`` (PNG) and
-markdown tables on stdout, including the ranking against CORL's and d3rlpy's published D4RL tables
+markdown tables on stdout: success per part, the data's effect (noisy / mixed minus clean, per learner, with
+bootstrap and Welch intervals), pixels against states (each learner's mean and Kendall's tau of the two rankings),
+the online and preference tables, and the ranking against CORL's and d3rlpy's published D4RL tables
 (:data:`PUBLISHED`).
 
     python benchmarks/offline_suite.py --part states --jobs 2            # the protocol's state runs
@@ -52,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 sys.path.append(str(Path(__file__).resolve().parent))
 from bench_utils import (cpu_model, git_commit, load_average, outcomes, seeds_then_episodes_ci,  # noqa: E402
                          write_json_atomic)
-from claims_metrics import cumulative_regret, difference_ci  # noqa: E402
+from claims_metrics import cumulative_regret, difference_ci, seed_level_verdict, welch_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "offline_suite.json"
@@ -429,6 +431,60 @@ def summarize_preferences(results: dict[str, Any], final: int) -> list[dict[str,
     return rows
 
 
+def summarize_data_effects(results: dict[str, Any], part: str, updates: int, baseline: str = "clean"
+                           ) -> list[dict[str, Any]]:
+    """Per (task, learner, dataset other than ``baseline``): success on that dataset minus success on the
+    ``baseline`` dataset at ``updates``, with two 95% intervals: the percentile bootstrap over seeds then episodes
+    (:func:`claims_metrics.difference_ci`, the protocol's statistic) and Welch's t on the seed means
+    (:func:`claims_metrics.welch_ci`, the seed-level check; absent with fewer than 2 seeds a side). The datasets
+    are different files, so their seeds are independent runs (unpaired). ``verdict``: "lower" / "higher" when both
+    intervals exclude 0 on that side, else "within noise". Only (task, learner) pairs with both datasets finished
+    at ``updates`` (every seed of each) are compared."""
+    groups: dict[tuple[str, str, str], list[tuple[int, list[bool]]]] = {}
+    for e in results.values():
+        outcome = e.get("success", {}).get(str(updates)) if e.get("part") == part else None
+        if outcome is not None:
+            groups.setdefault((e["task"], e["algo"], e["dataset"]), []).append((e["seed"], outcome))
+    rows = []
+    for (task, algo, dataset), runs in sorted(groups.items()):
+        base = groups.get((task, algo, baseline))
+        if dataset == baseline or not base:
+            continue
+        other, ref = [o for _, o in sorted(runs)], [o for _, o in sorted(base)]
+        diff, lo, hi = difference_ci(other, ref)
+        row = {"task": task, "algo": algo, "dataset": dataset, "baseline": baseline, "updates": updates,
+               "seeds": [len(other), len(ref)], "difference": diff, "difference_ci95": [lo, hi]}
+        if len(other) >= 2 and len(ref) >= 2:
+            _, wlo, whi, p = welch_ci(other, ref)
+            row.update(welch_ci95=[wlo, whi], welch_p=p)
+            row["verdict"] = {"reproduced": "higher", "reversed": "lower"}.get(
+                seed_level_verdict((lo, hi), (wlo, whi)), "within noise")
+        rows.append(row)
+    return rows
+
+
+def pixels_vs_states(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per task with pixel results: each learner's mean success from pixels and from states over the datasets the
+    pixel part covers (each part at its final budget; a learner counts only with every such dataset in both
+    parts), their ranks and Kendall's tau-b between the two rankings."""
+    out = []
+    pixel_rows = summary.get("pixels") or []
+    for task in sorted({r["task"] for r in pixel_rows}):
+        pix = [r for r in pixel_rows if r["task"] == task]
+        datasets = {r["dataset"] for r in pix}
+        states = [r for r in summary.get("states") or [] if r["task"] == task and r["dataset"] in datasets]
+        pixel_scores, state_scores = algo_scores(pix), algo_scores(states)
+        common = sorted(set(pixel_scores) & set(state_scores), key=ALGOS.index)
+        if not common or {r["dataset"] for r in states} != datasets:
+            continue
+        pixel_scores = {a: pixel_scores[a] for a in common}
+        state_scores = {a: state_scores[a] for a in common}
+        out.append({"task": task, "datasets": sorted(datasets), "learners": common, "pixels": pixel_scores,
+                    "states": state_scores, "pixels_rank": ranks(pixel_scores), "states_rank": ranks(state_scores),
+                    "kendall_tau": kendall_tau(pixel_scores, state_scores)})
+    return out
+
+
 def algo_scores(rows: list[dict[str, Any]], updates: int | None = None) -> dict[str, float]:
     """Mean success of each learner over every (task, dataset) row at ``updates`` (default: each row set's
     largest budget). Only learners measured on every (task, dataset) the rows cover are scored, so no learner is
@@ -592,6 +648,45 @@ def ranking_table(comparison: list[dict[str, Any]], ours: dict[str, float]) -> s
     return "\n".join(lines)
 
 
+def data_effects_table(rows: list[dict[str, Any]], part: str) -> str:
+    """Rows: task / dataset; columns: learners (dataset - clean [bootstrap 95% CI], bold where the Welch interval
+    agrees on the side)."""
+    if not rows:
+        return f"({part}: no learner finished on clean data and another dataset yet)"
+    algos = [a for a in ALGOS if any(r["algo"] == a for r in rows)]
+    lines = [f"**{part}: the data's effect**, success on the dataset minus on clean data at {rows[0]['updates']} "
+             "updates [95% bootstrap CI, seeds then episodes]; bold: the Welch interval on seed means excludes 0 on "
+             "the same side", "", "| task | data - clean | " + " | ".join(LABELS[a] for a in algos) + " |",
+             "|---|---|" + "---|" * len(algos)]
+    for task, dataset in sorted({(r["task"], r["dataset"]) for r in rows}):
+        cells = []
+        for a in algos:
+            r = next((r for r in rows if (r["task"], r["dataset"], r["algo"]) == (task, dataset, a)), None)
+            if r is None:
+                cells.append("-")
+                continue
+            lo, hi = r["difference_ci95"]
+            text = f"{r['difference']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+            cells.append(f"**{text}**" if r.get("verdict", "within noise") != "within noise" else text)
+        lines.append(f"| {task} | {dataset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pixels_vs_states_table(comparison: list[dict[str, Any]]) -> str:
+    if not comparison:
+        return "(pixels vs states: no task with both parts complete yet)"
+    lines = ["**pixels vs states** (each learner's mean success over the pixel part's datasets, each part at its "
+             "final budget; rank 1 = best)", "", "| task | learner | states | pixels | rank: states | rank: pixels |",
+             "|---|---|---|---|---|---|"]
+    for c in comparison:
+        for a in c["learners"]:
+            lines.append(f"| {c['task']} | {LABELS[a]} | {c['states'][a]:.2f} | {c['pixels'][a]:.2f} | "
+                         f"{c['states_rank'][a]:g} | {c['pixels_rank'][a]:g} |")
+        tau = "-" if c["kendall_tau"] is None else f"{c['kendall_tau']:.2f}"
+        lines.append(f"| {c['task']} | Kendall tau (pixels vs states) | | | {tau} | |")
+    return "\n".join(lines)
+
+
 def plot(summary: dict[str, Any], path: Path) -> None:
     """Success per learner (mean over tasks' and datasets' rows, with each row as a dot), one panel per part."""
     import matplotlib
@@ -655,6 +750,10 @@ def summarize(results: dict[str, Any], budgets: Budgets) -> dict[str, Any]:
     summary: dict[str, Any] = {p: summarize_offline(results, p) for p in ("states", "pixels")}
     summary["online"] = summarize_online(results, budgets.online_dip_window)
     summary["preferences"] = summarize_preferences(results, budgets.state_updates[-1])
+    summary["data_effects"] = {
+        part: summarize_data_effects(results, part, (budgets.state_updates if part == "states" else
+                                                     budgets.pixel_updates)[-1]) for part in ("states", "pixels")}
+    summary["pixels_vs_states"] = pixels_vs_states(summary)
     ours = algo_scores(summary["states"])
     summary["state_scores"] = ours
     summary["ranking"] = ranking_comparison(ours)
@@ -664,8 +763,9 @@ def summarize(results: dict[str, Any], budgets: Budgets) -> dict[str, Any]:
 def report(summary: dict[str, Any], budgets: Budgets) -> str:
     parts = [offline_table(summary["states"], "states", u) for u in budgets.state_updates]
     parts += [offline_table(summary["pixels"], "pixels", u) for u in budgets.pixel_updates]
-    parts += [online_table(summary["online"]), preferences_table(summary["preferences"]),
-              ranking_table(summary["ranking"], summary["state_scores"])]
+    parts += [data_effects_table(summary["data_effects"][p], p) for p in ("states", "pixels")]
+    parts += [pixels_vs_states_table(summary["pixels_vs_states"]), online_table(summary["online"]),
+              preferences_table(summary["preferences"]), ranking_table(summary["ranking"], summary["state_scores"])]
     return "\n\n".join(parts)
 
 

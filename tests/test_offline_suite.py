@@ -141,6 +141,57 @@ def test_algo_scores_average_settings_and_leave_out_learners_missing_one(suite):
     assert comparison[0]["ours_rank"] == {"bc": 1, "iql": 2} and comparison[0]["their_rank"] == {"bc": 2, "iql": 1}
 
 
+def _run(part, dataset, algo, seed, hits, episodes=4, updates=20, task="Reach"):
+    return {"part": part, "task": task, "dataset": dataset, "algo": algo, "seed": seed,
+            "success": {str(updates): [True] * hits + [False] * (episodes - hits)}}
+
+
+def test_data_effects_compare_each_dataset_with_clean_and_need_both_intervals_for_a_verdict(suite):
+    runs = [_run("pixels", "clean", "bc", s, 4) for s in range(3)]
+    runs += [_run("pixels", "mixed", "bc", s, 1) for s in range(3)]        # 1.00 -> 0.25 on every seed: lower
+    runs += [_run("pixels", "clean", "iql", s, 4) for s in range(2)]
+    runs += [_run("pixels", "mixed", "iql", 0, 2), _run("pixels", "mixed", "iql", 1, 1)]  # 2 seeds: Welch wide
+    runs += [_run("pixels", "noisy", "cql", 0, 2)]                         # no clean run: not compared
+    runs += [_run("states", "mixed", "bc", 0, 4), _run("pixels", "mixed", "bc", 9, 4, updates=10)]  # other part/budget
+    results = {str(i): r for i, r in enumerate(runs)}
+    rows = {(r["algo"], r["dataset"]): r for r in suite.summarize_data_effects(results, "pixels", 20)}
+    assert set(rows) == {("bc", "mixed"), ("iql", "mixed")}
+    bc, iql = rows["bc", "mixed"], rows["iql", "mixed"]
+    assert bc["difference"] == pytest.approx(-0.75) and bc["seeds"] == [3, 3] and bc["verdict"] == "lower"
+    assert bc["difference_ci95"][1] < 0 and bc["welch_ci95"] == pytest.approx([-0.75, -0.75])  # equal seed means
+    # the bootstrap interval of -0.625 excludes 0, but Welch on two seed means (0.50, 0.25; dof 1) does not
+    assert iql["difference"] == pytest.approx(-0.625) and iql["difference_ci95"][1] < 0
+    assert iql["welch_ci95"][0] < 0 < iql["welch_ci95"][1] and iql["verdict"] == "within noise"
+    one = suite.summarize_data_effects({"a": _run("pixels", "clean", "bc", 0, 4), "b": _run("pixels", "mixed", "bc", 0, 0)},
+                                       "pixels", 20)
+    assert one[0]["difference"] == -1.0 and "verdict" not in one[0]  # one seed a side: no seed-level check
+    table = suite.data_effects_table(list(rows.values()), "pixels")
+    assert "| **-0.75 [" in table and "| -0.62 [" in table  # bold only with a verdict
+
+
+def test_pixels_vs_states_ranks_learners_on_the_pixel_parts_datasets_only(suite):
+    def row(part, dataset, algo, mean, updates=20):
+        return {"task": "Reach", "dataset": dataset, "algo": algo, "updates": updates, "mean": mean}
+
+    summary = {"states": [row("states", "clean", "bc", 1.0), row("states", "mixed", "bc", 0.6),
+                          row("states", "noisy", "bc", 0.0),  # not a pixel dataset: must not lower BC's score
+                          row("states", "clean", "iql", 0.9), row("states", "mixed", "iql", 0.9),
+                          row("states", "noisy", "iql", 1.0),
+                          row("states", "clean", "cql", 0.5), row("states", "mixed", "cql", 0.1),
+                          row("states", "clean", "dt", 1.0), row("states", "mixed", "dt", 1.0)],
+               "pixels": [row("pixels", "clean", "bc", 0.5), row("pixels", "mixed", "bc", 0.3),
+                          row("pixels", "clean", "iql", 0.5), row("pixels", "mixed", "iql", 0.1),
+                          row("pixels", "clean", "cql", 0.0), row("pixels", "mixed", "cql", 0.0),
+                          row("pixels", "clean", "dt", 0.2)]}  # DT's mixed pixel run unfinished: left out
+    (c,) = suite.pixels_vs_states(summary)
+    assert c["learners"] == ["bc", "iql", "cql"] and c["datasets"] == ["clean", "mixed"]
+    assert c["states"] == pytest.approx({"bc": 0.8, "iql": 0.9, "cql": 0.3})
+    assert c["pixels"] == pytest.approx({"bc": 0.4, "iql": 0.3, "cql": 0.0})
+    assert c["states_rank"] == {"iql": 1, "bc": 2, "cql": 3} and c["pixels_rank"] == {"bc": 1, "iql": 2, "cql": 3}
+    assert c["kendall_tau"] == pytest.approx(1 / 3)  # one of three pairs swapped
+    assert "| Reach | BC | 0.80 | 0.40 | 2 | 1 |" in suite.pixels_vs_states_table([c])
+
+
 def test_published_d3rlpy_average_is_the_mean_of_its_nine_datasets(suite):
     assert suite.PUBLISHED["d3rlpy locomotion"]["td3_bc"] == pytest.approx(608.1 / 9, abs=0.01)
     assert all(len(v) == 9 for v in suite._D3RLPY_LOCOMOTION.values())
