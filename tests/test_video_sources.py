@@ -431,6 +431,26 @@ def test_hdf5_source_errors_and_bad_demo(tmp_path: Path, caplog: pytest.LogCaptu
         HDF5ImageSource(path, image_size=12, strict=True)
 
 
+def test_hdf5_demo_of_zero_steps_is_empty_not_bad(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 0-step demo was listed among the unreadable clips (stage 1's log: "1 unreadable") and failed strict runs."""
+    from omegaconf import OmegaConf
+
+    from video_pretrain.train import open_sources
+
+    path = tmp_path / "demos.hdf5"
+    write_robomimic(path, [5, 0, 4])
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.data"):
+        src = HDF5ImageSource(path, image_size=12)
+    assert src.demo_names == ["demo_0", "demo_2"] and src.empty_videos == ["demo_1"] and src.bad_videos == []
+    assert not caplog.records  # no warning for an empty episode
+    assert HDF5ImageSource(path, image_size=12, strict=True).empty_videos == ["demo_1"]
+    cfg = OmegaConf.create({"image_size": 12, "objective": {"name": "tcn"}, "data": {
+        "max_cache_mb": 1, "strict": False, "stretch": False, "key": "agentview_image", "mask": None, "tasks": None,
+        "stride": 1, "valid_fraction": 0, "split_seed": 0}})
+    _, _, facts = open_sources(cfg, path)
+    assert facts["bad_videos"] == [] and facts["short_videos"] == ["demo_1"] and facts["videos"] == 2
+
+
 # ----------------------------------------------------------------------------- processes
 def test_sources_pickle_with_an_empty_cache(tmp_path: Path, video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
     root, _, _ = video_dir

@@ -27,7 +27,8 @@ its own (empty) cache and its own HDF5 handle.
 
 **Bad clips.** At construction, every clip is checked cheaply (mp4 frames counted by demuxing, frame
 folders listed, HDF5 datasets' dtype and shape checked): a clip that fails is logged once by name, listed
-in ``bad_videos`` and left out (it gets no video id). A clip that only fails when decoded is logged once,
+in ``bad_videos`` and left out (it gets no video id); an HDF5 demo of 0 steps is listed in ``empty_videos``
+instead (an empty episode, not a broken one; no warning, not an error under ``strict``). A clip that only fails when decoded is logged once,
 added to ``bad_videos`` and ``frames()`` raises :class:`SkippedVideoError` for it from then on; callers
 that sample videos catch that and draw again. With ``strict=True`` any bad clip raises
 :class:`~robopretrain.data.video.VideoDatasetError` naming the file instead. Each process reports
@@ -181,6 +182,7 @@ class ClipSource(ABC):
         self._crop_said = False  # whether the crop of non-square frames was warned
         self.cache = ClipCache(max_cache_bytes)
         self.bad_videos: list[str] = []
+        self.empty_videos: list[str] = []  # HDF5 demos of 0 steps: nothing to read, left out without a warning
         self._names: list[str] = []
         self._raw_lengths: list[int] = []
         self._skipped: dict[int, str] = {}
@@ -440,7 +442,11 @@ class HDF5ImageSource(ClipSource):
 
     def _checked_length(self, f: h5py.File, name: str, n: int) -> int | None:
         where = f"data/{name}/obs/{self.key}"
-        problem = "num_samples is 0" if n < 1 else self._dataset_problem(f, where, n)
+        if n < 1:  # an empty episode is not a broken one: listed apart (stage 1 counts it as too short)
+            self.empty_videos.append(name)
+            logger.info("%s: data/%s has num_samples 0: left out", self.path, name)
+            return None
+        problem = self._dataset_problem(f, where, n)
         if problem is not None:
             self._reject(name, f"{self.path}: {where}: {problem}")
             return None

@@ -231,7 +231,8 @@ def frames_path(path: Path, cfg: DictConfig) -> Path:
 def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str, Any]]:
     """(train source, valid source or None, facts) for the data at ``path``, split by video. ``facts``: ``videos``
     and ``frames`` count the clips used (train and valid); ``bad_videos`` (unreadable) and ``short_videos`` (too short
-    for the objective, :func:`video_pretrain.sampling.long_enough`) name the clips left out."""
+    for the objective, :func:`video_pretrain.sampling.long_enough`, HDF5 demos of 0 steps first) name the clips left
+    out."""
     kwargs: dict[str, Any] = {"max_cache_bytes": int(float(cfg.data.max_cache_mb) * 2**20), "strict": bool(cfg.data.strict),
                               "center_crop": not bool(cfg.data.get("stretch", False))}
     if path.suffix.lower() in HDF5_SUFFIXES:
@@ -245,7 +246,8 @@ def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str
     short = np.setdiff1d(np.arange(source.num_videos), usable)
     facts: dict[str, Any] = {"path": str(path), "videos": len(usable), "frames": int(lengths[usable].sum()),
                              "bad_videos": list(source.bad_videos),
-                             "short_videos": [source.video_name(int(i)) for i in short]}
+                             "short_videos": [*getattr(source, "empty_videos", []),
+                                              *(source.video_name(int(i)) for i in short)]}
     fraction = float(cfg.data.valid_fraction)
     if fraction > 0 and len(usable) < 2:
         log.warning("data: %d usable video(s): too few to hold one out for validation, so none is (data."
