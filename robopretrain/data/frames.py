@@ -33,6 +33,7 @@ import os
 import shutil
 import zlib
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,10 +179,33 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     lengths = [info.demo(d).num_samples for d in demos]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     n = int(sum(lengths))
-    # the file's stamp and content as indexed: a later change of its time alone is told from one of its bytes
-    meta: dict[str, Any] = {"version": INDEX_VERSION, "source": {**_source_stamp(source), "sha256": sha256_of(source)},
-                            "demos": demos, "demo_starts": starts.tolist(), "num_transitions": n, "keys": {}}
+    # the file's stamp and content as indexed: a later change of its time alone is told from one of its bytes. The
+    # hash reads the whole file once more; a thread does it while the frames are copied (hashlib and file reads
+    # release the GIL), so the build waits for it only if it is the slower of the two
+    stamp = _source_stamp(source)
     log.info("indexing the frames of %s (%d transitions, cameras %s) into %s", source, n, list(keys), folder)
+    with ThreadPoolExecutor(1, thread_name_prefix="index-sha256") as hasher:
+        digest = hasher.submit(sha256_of, source)
+        meta = _write_index(source, info, keys, demos, starts, n, tmp)
+        meta["source"] = {**stamp, "sha256": digest.result()}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    old = folder.with_name(f"{folder.name}.old{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished the same index first
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _write_index(source: Path, info: DatasetInfo, keys: Sequence[str], demos: list[str], starts: np.ndarray, n: int,
+                 tmp: Path) -> dict[str, Any]:
+    """The index's files in ``tmp`` (non-image arrays, then each camera's frames); returns meta.json's content
+    without the source's stamp."""
+    meta: dict[str, Any] = {"version": INDEX_VERSION, "demos": demos, "demo_starts": starts.tolist(),
+                            "num_transitions": n, "keys": {}}
     # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range; the
     # other keys of float (d,) steps are low-dim parts whatever their name (a 12-D goal_image), as obs.low_dim reads them
     low_dim = [k for k, (shape, dtype) in info.obs_specs.items() if k not in keys and len(shape) == 1
@@ -197,16 +221,7 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     with h5py.File(source, "r") as f:
         for key in keys:
             meta["keys"][key] = _index_key(f, str(source), key, demos, starts, n, tmp)
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    old = folder.with_name(f"{folder.name}.old{os.getpid()}")
-    if folder.exists():
-        folder.rename(old)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished the same index first
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return meta
 
 
 def _index_key(f: h5py.File, path: str, key: str, demos: Sequence[str], starts: np.ndarray, n: int,
