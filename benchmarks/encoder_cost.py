@@ -13,6 +13,10 @@ rounds are reported, at each ``--threads`` value.
 
     python benchmarks/encoder_cost.py                       # 1 and 2 threads, 3 rounds
     python benchmarks/encoder_cost.py --threads 1 --rounds 2
+    python benchmarks/encoder_cost.py --encoders small_conv impala --out benchmarks/results/encoder_cost_impala.json
+
+``--encoders small_conv impala`` prices a CPU-sized variant of the claim (IMPALA's 0.6M-parameter CNN as the larger
+encoder instead of ResNet-18's 12M), for the planners to weigh; it is not the claim as stated.
 
 Projection: 10,000 updates per stage-2 run (the testbed's budget), three seeds per arm, four arms, two runs at a
 time (one thread each), two ways: from the 1-thread rates measured here, and from the testbed's recorded small_conv
@@ -43,8 +47,16 @@ TESTBED_RUNS = ROOT / "benchmarks" / "results" / "testbed_v4.json"  # the testbe
 BATCH, N_ACTIONS, DR3_COEF = 64, 4, 0.03
 STAGE2_UPDATES, SEEDS, ARMS = 10_000, 3, 4
 ENCODERS = {"small_conv": {"pool": "spatial_softmax", "strides": [2, 2, 1, 1], "num_keypoints": 32},
-            "resnet18": {}}
-VARIANTS = tuple(f"{name}{'+dr3' if dr3 else ''}" for name in ENCODERS for dr3 in (False, True))
+            "resnet18": {}, "impala": {}}
+CLAIM_ENCODERS = ("small_conv", "resnet18")  # the claim as issue 12 states it; impala: a CPU-sized larger encoder
+
+
+def variants_of(encoders: tuple[str, ...] = CLAIM_ENCODERS) -> tuple[str, ...]:
+    """``<encoder>`` and ``<encoder>+dr3`` for each encoder, in order (the first is the ratios' reference)."""
+    return tuple(f"{name}{'+dr3' if dr3 else ''}" for name in encoders for dr3 in (False, True))
+
+
+VARIANTS = variants_of()
 
 
 def build_variant(name: str, seed: int = 0) -> Agent:
@@ -57,25 +69,26 @@ def build_variant(name: str, seed: int = 0) -> Agent:
     return Agent(make_spec(cameras=2), ACT_DIM, "cql", cfg, settings, seed=seed)
 
 
-def run_block(threads: int, rounds: int, updates: int) -> dict[str, Any]:
-    """Interleaved rounds of every variant at ``threads``; ratios to small_conv's rate within each round."""
+def run_block(threads: int, rounds: int, updates: int, variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
+    """Interleaved rounds of every variant at ``threads``; ratios to the first variant's (small_conv's) rate within
+    each round."""
     torch.set_num_threads(threads)
     batch = make_batch(BATCH, cameras=2)
-    agents = {n: build_variant(n) for n in VARIANTS}
+    agents = {n: build_variant(n) for n in variants}
     for agent in agents.values():  # kernel choice, allocator warm-up
         time_updates(agent, batch, 1)
     load_before = os.getloadavg()
-    rates: dict[str, list[float]] = {n: [] for n in VARIANTS}
+    rates: dict[str, list[float]] = {n: [] for n in variants}
     for i in range(rounds):
-        for n in VARIANTS:
+        for n in variants:
             rates[n].append(time_updates(agents[n], batch, updates)[0])
-        print(f"   round {i + 1}/{rounds}: " + ", ".join(f"{n} {rates[n][-1]:.3f}/s" for n in VARIANTS), flush=True)
-    ref = VARIANTS[0]
+        print(f"   round {i + 1}/{rounds}: " + ", ".join(f"{n} {rates[n][-1]:.3f}/s" for n in variants), flush=True)
+    ref = variants[0]
     return {"threads": threads, "rounds": rounds, "updates_per_round": updates,
             "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
             "variants": {n: {"updates_per_s": median(rates[n]), "rounds_updates_per_s": rates[n],
                              "ratio_vs_small_conv": median([a / b for a, b in zip(rates[n], rates[ref])])}
-                         for n in VARIANTS}}
+                         for n in variants}}
 
 
 def projection(hours_per_run: dict[str, float], jobs: int = 2) -> dict[str, Any]:
@@ -102,8 +115,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--updates", type=int, default=2, help="timed updates per variant per round")
+    p.add_argument("--encoders", nargs="+", default=list(CLAIM_ENCODERS), choices=list(ENCODERS),
+                   help="small_conv first (the reference); default the claim's pair")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.encoders[0] != "small_conv":
+        p.error("--encoders: small_conv first (every ratio and the recorded stage-2 time are small_conv's)")
+    variants = variants_of(tuple(args.encoders))
     result: dict[str, Any] = {"command": "python benchmarks/encoder_cost.py " + " ".join(argv or sys.argv[1:]),
                               "cpu": cpu_model(), "commit": git_commit(ROOT),
                               "setting": {"algo": "cql", "batch": BATCH, "n_actions": N_ACTIONS, "image_size": 64,
@@ -111,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "blocks": []}
     for threads in args.threads:
         print(f"== testbed stage-2 update, {threads} thread(s)", flush=True)
-        block = run_block(threads, args.rounds, args.updates)
+        block = run_block(threads, args.rounds, args.updates, variants)
         result["blocks"].append(block)
         for n, v in block["variants"].items():
             print(f"   {n:16s} {v['updates_per_s']:.3f} updates/s  ({v['ratio_vs_small_conv']:.3f}x small_conv)")

@@ -178,7 +178,11 @@ def test_encoder_cost_variants_are_the_testbed_update_with_their_encoder_and_dr3
     from _benchmarks import load_benchmark
 
     cost = load_benchmark("encoder_cost", "encoder_cost.py")
-    for name in cost.VARIANTS:
+    assert cost.VARIANTS == ("small_conv", "small_conv+dr3", "resnet18", "resnet18+dr3")  # the claim's arms
+    assert cost.variants_of(("small_conv", "impala"))[2:] == ("impala", "impala+dr3")
+    with pytest.raises(SystemExit):  # every ratio is to small_conv: it must come first
+        cost.main(["--encoders", "impala", "small_conv"])
+    for name in (*cost.VARIANTS, "impala+dr3"):
         agent = cost.build_variant(name)
         encoder = agent.critic_encoder.image_encoder
         assert encoder.build_args["name"] == name.partition("+")[0], name
