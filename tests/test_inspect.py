@@ -271,8 +271,13 @@ def test_video_folder_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.C
     (folder / "clip_00001.mp4").write_bytes(b"not a video")
     assert main([str(folder), "--out", str(out_png), "--verify"]) == 0
     out = capsys.readouterr().out
-    assert "clip_00001.mp4: unreadable" in out and "unreadable clips (left out of the sheet" in out
-    assert "clips under" not in out
+    assert "clip_00001.mp4: unreadable" in out and "clips under" not in out
+    # counted as stage 1 uses the folder: the unreadable clip is not in the totals (they held its manifest count)
+    assert "clips: 1 (1 .mp4)" in out and "total 5\n" in out
+    assert main([str(folder), "--out", str(out_png)]) == 0  # unchecked: the manifest's counts, said to be
+    out = capsys.readouterr().out
+    assert "total 14 (as manifest.csv says; --verify counts them)" in out
+    assert "unreadable clips (left out of the sheet" in out  # found when the sheet draws it
 
 
 def test_a_manifest_overstating_frame_counts_is_listed_under_verify(tmp_path: Path, capsys) -> None:

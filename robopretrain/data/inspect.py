@@ -449,6 +449,7 @@ class VideoSummary:
     texts: Counter
     mismatches: list[str]
     manifest: bool = True  # the clips are a manifest's rows (else found as stage 1 finds them, frames counted)
+    counted: bool = True  # the frame counts were counted in the clips (else the manifest's, unchecked)
 
     @property
     def frame_counts(self) -> np.ndarray:
@@ -458,8 +459,9 @@ class VideoSummary:
 def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSummary:
     """Clip count, frame counts and texts of a video folder (with ``manifest.csv``, or without: its clips as stage 1
     finds them, :func:`~robopretrain.data.video.clip_entries`, their frames counted) or of one video file; with
-    ``verify``, a manifest's frame counts checked, and a clip whose count differs from the manifest's summarised
-    (and drawn) with its counted frames, as stage 1 uses it."""
+    ``verify``, a manifest's frame counts checked, a clip whose count differs from the manifest's summarised
+    (and drawn) with its counted frames, as stage 1 uses it, and an unreadable clip listed in ``mismatches`` and
+    left out of the counts (stage 1 skips it). Raises VideoDatasetError when no clip is readable."""
     folder = Path(folder)
     entries = clip_entries(folder)
     listed = all(e.num_frames is not None for e in entries)  # a manifest's rows, with their frame counts
@@ -474,16 +476,22 @@ def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSu
     if not entries:
         raise VideoDatasetError(f"{folder}: no readable clip ({mismatches[0]})")
     if verify and listed:
-        for i, e in enumerate(entries):
+        readable = []
+        for e in entries:
             try:
                 actual = count_frames(e.path)
-            except VideoDatasetError as err:  # listed, as stage 1 skips it; the rest is still summarised
+            except VideoDatasetError as err:  # listed and left out of the counts, as stage 1 skips it
                 mismatches.append(f"{e.relpath}: unreadable ({err})")
                 continue
             if actual != e.num_frames:
                 mismatches.append(f"{e.relpath}: {actual} frames, manifest says {e.num_frames}")
-                entries[i] = dataclasses.replace(e, num_frames=actual)
-    return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches, manifest=listed)
+                e = dataclasses.replace(e, num_frames=actual)
+            readable.append(e)
+        if not readable:
+            raise VideoDatasetError(f"{folder}: no readable clip ({mismatches[0]})")
+        entries = readable
+    return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches, manifest=listed,
+                        counted=verify or not listed)
 
 
 STAGE1_MIN_FRAMES = 3  # the longest of stage 1's samplers' minimum clip lengths (video_pretrain/sampling.py)
@@ -494,7 +502,8 @@ def format_video_summary(s: VideoSummary, verified: bool = False, top: int = 15)
     kinds = Counter("frame folder" if e.is_frame_folder else e.path.suffix.lower() for e in s.entries)
     lines = [f"video dataset {s.folder}",
              f"clips: {len(s.entries)} ({', '.join(f'{v} {k}' for k, v in kinds.items())})",
-             f"frames per clip: mean {n.mean():.1f}, min {n.min()}, max {n.max()}; total {n.sum()}"]
+             f"frames per clip: mean {n.mean():.1f}, min {n.min()}, max {n.max()}; total {n.sum()}"
+             + ("" if s.counted else f" (as {MANIFEST_NAME} says; --verify counts them)")]
     short = [e for e in s.entries if e.num_frames < STAGE1_MIN_FRAMES]
     if short:  # stage 1 leaves them out (video_pretrain/sampling.py: ICVF needs 2 frames, VIP and TCN 3)
         named = ", ".join(f"{e.path.name} ({e.num_frames})" for e in short[:5]) + (
