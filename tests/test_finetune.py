@@ -185,6 +185,28 @@ def test_rewards_in_other_units_than_the_checkpoints_are_refused(reach_hdf5, sta
     assert not (tmp_path / "units" / "checkpoints").exists()
 
 
+def test_offline_data_with_a_learned_reward_is_refused_in_the_online_batches(reach_hdf5, stage2_state, tmp_path):
+    """A relabelled copy (robopretrain.reward_model) beside online steps rewarded by the env: the critic learned two
+    reward functions at once, silently (a new user's review). Refused with offline_ratio > 0; warned at 0."""
+    import h5py
+
+    from finetune.train import refuse_learned_reward_online
+    from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, read_info
+
+    relabelled = tmp_path / "relabelled.hdf5"
+    shutil.copyfile(reach_hdf5, relabelled)
+    with h5py.File(relabelled, "r+") as f:
+        env_args = json.loads(f["data"].attrs["env_args"])
+        env_args[LEARNED_REWARD_KEY] = {"source": str(reach_hdf5), "normalize": "none"}
+        f["data"].attrs["env_args"] = json.dumps(env_args)
+    with pytest.raises(ValueError, match=r"relabelled.hdf5: its rewards were written by a learned reward .*from "
+                                         r".*reach.hdf5.*online.offline_ratio=0.5 every batch would mix"):
+        finetune(state_cfg(stage2_state, relabelled, tmp_path / "learned"))
+    assert not (tmp_path / "learned" / "checkpoints").exists()
+    assert "only the critic's start" in refuse_learned_reward_online(read_info(relabelled), 0.0)
+    assert refuse_learned_reward_online(read_info(reach_hdf5), 0.5) is None  # the env's own rewards
+
+
 def test_a_malformed_eval_randomization_is_refused_before_the_checkpoint_or_an_env(tmp_path, monkeypatch):
     from finetune import train as stage3
 
