@@ -692,16 +692,21 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return info
 
 
+def _interval(row: Mapping[str, Any]) -> str:
+    return f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+
+
 def summary_lines(info: Mapping[str, Any]) -> list[str]:
-    """A plain-text table: factor, level, success [CI], drop vs nominal."""
+    """A plain-text table: factor, level, success [CI at ``info['bootstrap']``'s confidence and method], drop vs
+    nominal."""
     nom = info["nominal"]
-    lines = [f"{'factor':<16}{'level':<11}{'success':>8}  {'95% CI':<13}{'drop':>7}",
-             f"{'nominal':<16}{'none':<11}{nom['success']:>8.2f}  [{nom['ci_low']:.2f}, {nom['ci_high']:.2f}]"
-             f"{0.0:>7.2f}"]
+    boot = info.get("bootstrap") or {}
+    ci = f"{100 * float(boot.get('confidence', 0.95)):g}% CI ({boot.get('method', 'wilson')})"
+    lines = [f"{'factor':<16}{'level':<11}{'success':>8}  {ci:<20}{'drop':>7}",
+             f"{'nominal':<16}{'none':<11}{nom['success']:>8.2f}  {_interval(nom):<20}{0.0:>7.2f}"]
     for factor, levels in info["factors"].items():
         for level, r in levels.items():
-            lines.append(f"{factor:<16}{level:<11}{r['success']:>8.2f}  [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-                         f"{r['drop_vs_nominal']:>7.2f}")
+            lines.append(f"{factor:<16}{level:<11}{r['success']:>8.2f}  {_interval(r):<20}{r['drop_vs_nominal']:>7.2f}")
     return lines
 
 

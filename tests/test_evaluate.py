@@ -435,3 +435,15 @@ def test_success_intervals_are_wilson_score_intervals_by_default(parallel_run):
     for row in rows:  # the sweep's rows: 3 episodes each
         k = round(row["success"] * row["episodes"])
         assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson_ci(k, row["episodes"]))
+
+
+def test_the_printed_table_names_the_intervals_confidence_and_method():
+    """The header said "95% CI" whatever bootstrap.confidence was (a 50% interval printed as a 95% one)."""
+    from robopretrain.evaluate import summary_lines
+
+    row = {"success": 0.2, "ci_low": 0.13, "ci_high": 0.30, "drop_vs_nominal": 0.0}
+    info = {"nominal": row, "factors": {"friction": {"eval_hard": {**row, "drop_vs_nominal": 0.1}}},
+            "bootstrap": {"method": "wilson", "confidence": 0.5}}
+    lines = summary_lines(info)
+    assert "50% CI (wilson)" in lines[0] and "95%" not in lines[0]
+    assert lines[1].split()[:5] == ["nominal", "none", "0.20", "[0.13,", "0.30]"] and lines[2].endswith("0.10")
