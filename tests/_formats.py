@@ -68,21 +68,28 @@ def write_ogbench(path: Path, trajectories: int = 2, length: int = 5, masks: boo
 
 
 def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_id: str = "test/reach-v0",
-                 success_key: str = "success", action_bound: float = 1.0, action: float = 0.5) -> Path:
-    """A Minari dataset with Dict observations (``observation`` 3-D, ``desired_goal`` 2-D) written by minari, success
-    logged as ``infos[success_key]`` on the terminal step, actions ``action`` in a Box(-action_bound, action_bound)
-    space; returns the dataset folder ``root/<dataset_id>``."""
+                 success_key: str = "success", action_bound: float = 1.0, action: float = 0.5,
+                 image: bool = False) -> Path:
+    """A Minari dataset with Dict observations (``observation`` 3-D, ``desired_goal`` 2-D, with ``image`` also an 8x8
+    RGB ``image`` part) written by minari (its defaults: JPEG-encoded images), success logged as
+    ``infos[success_key]`` on the terminal step, actions ``action`` in a Box(-action_bound, action_bound) space;
+    returns the dataset folder ``root/<dataset_id>``."""
     import gymnasium as gym
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    space = gym.spaces.Dict({"observation": gym.spaces.Box(-1e4, 1e4, (3,), np.float32),
-                             "desired_goal": gym.spaces.Box(-1e4, 1e4, (2,), np.float32)})
+    parts = {"observation": gym.spaces.Box(-1e4, 1e4, (3,), np.float32),
+             "desired_goal": gym.spaces.Box(-1e4, 1e4, (2,), np.float32)}
+    if image:
+        parts["image"] = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+    space = gym.spaces.Dict(parts)
     buffers = []
     for e, (n, term) in enumerate(zip(lengths, terminated)):
         t, tr = np.zeros(n, bool), np.zeros(n, bool)
         (t if term else tr)[-1] = True
         obs = {"observation": obs_rows(n + 1, 3, 100 * e), "desired_goal": np.full((n + 1, 2), e, np.float32)}
+        if image:
+            obs["image"] = np.full((n + 1, 8, 8, 3), 40 * e, np.uint8)
         buffers.append(EpisodeBuffer(id=e, observations=obs, actions=np.full((n, 2), action, np.float32),
                                      rewards=np.arange(n, dtype=np.float64) + 10 * e, terminations=t, truncations=tr,
                                      infos={success_key: np.r_[np.zeros(n, bool), term]}))

@@ -155,6 +155,27 @@ def test_minari_actions_are_rescaled_from_the_declared_action_space(tmp_path, ca
     assert env_args(out)["action_normalization"]["high"] == [1.5, 1.5]
 
 
+def test_minari_jpeg_frames_are_warned_and_a_missing_metadata_entry_is_named(tmp_path, caplog):
+    """minari records images as lossy JPEG by default and the converter said nothing; a metadata.json without
+    minari_version failed as "minari cannot read this dataset ('minari_version')"."""
+    src = F.write_minari(tmp_path / "cam", image=True, dataset_id="test/cam-v0")
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_minari"):
+        convert(src, tmp_path / "c.hdf5")
+    jpeg = [r.getMessage() for r in caplog.records if "jpeg_encoding: true" in r.getMessage()]
+    assert len(jpeg) == 1 and "(image)" in jpeg[0]  # once, naming the image part
+    caplog.clear()
+    plain = F.write_minari(tmp_path / "plain")  # JPEG flag set too, but no image part: nothing to say
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_minari"):
+        convert(plain, tmp_path / "p.hdf5")
+    assert "jpeg" not in caplog.text
+    meta = plain / "data" / "metadata.json"
+    fields = json.loads(meta.read_text())
+    del fields["minari_version"]
+    meta.write_text(json.dumps(fields))
+    with pytest.raises(ConversionError, match=r"metadata.json: has no 'minari_version' entry"):
+        convert(plain, tmp_path / "q.hdf5", overwrite=True)
+
+
 # --------------------------------------------------------------------------- LeRobot v3
 
 

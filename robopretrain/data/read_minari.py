@@ -16,11 +16,16 @@ group of such arrays), ``actions``, ``rewards``, ``terminations``, ``truncations
 * a Box observation keeps the name ``observations``; a Dict space gives one part per key (nested keys joined
   with ``.``, e.g. ``observation``, ``desired_goal``).
 
+* images as minari stored them: a dataset whose ``metadata.json`` says ``jpeg_encoding: true`` (minari 0.5's
+  default when recording) holds JPEG-compressed, lossy frames; the reader warns once when such a dataset has image
+  parts, since the agent then trains on compressed frames and acts on the env's raw ones.
+
 ``path`` may be the ``data/`` folder, the dataset folder above it, or either's ``metadata.json``.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +36,7 @@ import numpy as np
 from robopretrain.data.episodes import SUCCESS_INFO_KEYS, ConversionError, Episode, flatten_obs
 
 METADATA = "metadata.json"
+log = logging.getLogger(__name__)
 
 
 def data_dir(path: str | os.PathLike) -> Path | None:
@@ -65,15 +71,24 @@ def _open(path: str | os.PathLike) -> Any:
                               "pip install 'robopretrain[datasets]'") from None
     try:
         return minari.MinariDataset(d)
-    except (ValueError, OSError, KeyError) as exc:
+    except KeyError as exc:  # minari reads entries of metadata.json without checking for them
+        raise ConversionError(f"{d / METADATA}: has no {exc} entry, which minari needs to read the dataset "
+                              "(a dataset written by minari has it)") from None
+    except (ValueError, OSError) as exc:
         raise ConversionError(f"{d}: minari cannot read this dataset ({exc})") from None
+
+
+def _metadata(path: str | os.PathLike) -> dict[str, Any]:
+    d = data_dir(path)
+    try:
+        return json.loads((d / METADATA).read_text()) if d is not None else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def dataset_id(path: str | os.PathLike) -> str:
     """The dataset's id from its metadata (e.g. ``D4RL/door/human-v2``)."""
-    d = data_dir(path)
-    meta = json.loads((d / METADATA).read_text()) if d is not None else {}
-    return str(meta.get("dataset_id", Path(path).name))
+    return str(_metadata(path).get("dataset_id", Path(path).name))
 
 
 def _rows(x: Any, lo: int, hi: int) -> Any:
@@ -98,6 +113,7 @@ def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
     """The episodes of a Minari dataset (module docstring). Raises :class:`ConversionError`."""
     ds = _open(path)
     task = dataset_id(path)
+    jpeg = bool(_metadata(path).get("jpeg_encoding"))
     for ep in ds.iterate_episodes():
         n = len(ep.rewards)
         where = f"{path}: episode {ep.id}"
@@ -106,6 +122,12 @@ def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
             raise ConversionError(f"{where}: only Box (continuous) action spaces are supported")
         obs = flatten_obs(_rows(ep.observations, 0, n), where)
         nxt = flatten_obs(_rows(ep.observations, 1, n + 1), where)
+        images = [k for k, v in obs.items() if v.ndim >= 3 and v.dtype == np.uint8]
+        if jpeg and images:
+            log.warning("%s: metadata.json says jpeg_encoding: true, so its frames (%s) were stored as lossy JPEG: "
+                        "the agent trains on compressed frames and acts on the env's raw ones (record with "
+                        "minari's DataCollector(..., jpeg_encoding=False) for exact frames)", path, ", ".join(images))
+            jpeg = False  # once per dataset
         for k, v in obs.items():
             if len(nxt[k]) != n:
                 raise ConversionError(f"{where}: observations {k!r} have fewer than {n + 1} rows (N + 1 expected)")
