@@ -255,6 +255,10 @@ def test_a_file_without_rewards_datasets_trains_bc_and_is_refused_or_rebuilt_for
         f["data/demo_1"].attrs["ep_meta"] = json.dumps({})
     with pytest.raises(DatasetError, match=r"needs every selected episode's ep_meta 'success' flag; 1 of 2 have none"):
         load_offline_dataset(path, spec, CAL_QL, rewards_from_success=True)
+    # so the first refusal does not offer rewards_from_success where it would be refused next (OGBench files)
+    with pytest.raises(DatasetError, match=r"this learner needs rewards: \(data.rewards_from_success needs ep_meta "
+                                           r"success flags: 1 of 2 have none\) write a reward learned"):
+        load_offline_dataset(path, spec, CAL_QL)
 
 
 def test_dense_rewards_warn_the_learners_that_transform_them_not_dt(tmp_path, caplog):

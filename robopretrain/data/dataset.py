@@ -124,12 +124,17 @@ def check_reward_free(where: str, unrewarded: Sequence[str], selected: int, ep_m
     Raises :class:`DatasetError` saying what to do (BC needs no reward; a reward can be learned from preferences)."""
     head = (f"{where}: {len(unrewarded)} of {selected} selected demos have no rewards dataset "
             f"({', '.join(unrewarded[:3])}{', ...' if len(unrewarded) > 3 else ''})")
+    flagged = sum("success" in m for m in ep_meta)
     if not rewards_from_success:
-        raise DatasetError(f"{head}; this learner needs rewards: set data.rewards_from_success=true (sparse rewards "
-                           "from each episode's ep_meta success flag), write a reward learned from preference "
+        # rewards_from_success is offered only where every selected episode has its success flag (an OGBench
+        # goal-conditioned file has none: following the hint was refused next)
+        flags = ("set data.rewards_from_success=true (sparse rewards from each episode's ep_meta success flag), "
+                 if flagged == len(ep_meta) else
+                 f"(data.rewards_from_success needs ep_meta success flags: {len(ep_meta) - flagged} of "
+                 f"{len(ep_meta)} have none) ")
+        raise DatasetError(f"{head}; this learner needs rewards: {flags}write a reward learned from preference "
                            "labels (python -m robopretrain.reward_model, which saves a rewarded copy), or train "
                            "algo=bc")
-    flagged = sum("success" in m for m in ep_meta)
     if flagged < len(ep_meta):
         raise DatasetError(f"{head}, and data.rewards_from_success=true needs every selected episode's ep_meta "
                            f"'success' flag; {len(ep_meta) - flagged} of {len(ep_meta)} have none")
