@@ -46,7 +46,7 @@ from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, c
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_sparse_data_for_dense_target
-from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, read_info
+from robopretrain.data.hdf5 import read_info
 from robopretrain.envs.target import METAWORLD, SIM_ENVS, Target, time_limit_note, with_task_slot
 from robopretrain.metrics import plot_learning_curve
 
@@ -221,30 +221,6 @@ def refuse_reward_change(ckpt_meta: Mapping[str, Any], reward: Any, algo: str, c
                          f"in: {said}; its critic's values are in the checkpoint's units, so pass {keep}")
 
 
-def refuse_learned_reward_online(info: Any, offline_ratio: float) -> str | None:
-    """Stage 3 rewards its online steps with the target's own reward (its success, or its dense reward); offline data
-    whose rewards a learned reward wrote (``env_args['learned_reward']``, :func:`robopretrain.reward_model.relabel`)
-    are in another reward function's units (a failing online step 0 beside learned rewards around -0.9). Raises
-    ``ValueError`` when such data would enter the batches (``online.offline_ratio > 0``: every batch would mix two
-    reward functions); with ``offline_ratio`` 0 only the critic's start comes from the learned reward, which is
-    warned (the message is returned). None for data with the env's own reward."""
-    learned = (info.env_args or {}).get(LEARNED_REWARD_KEY)
-    if not learned:
-        return None
-    source = learned.get("source") if isinstance(learned, Mapping) else None
-    what = (f"{info.path}: its rewards were written by a learned reward (robopretrain.reward_model"
-            f"{', from ' + str(source) if source else ''}), while stage 3 rewards its online steps with the target's "
-            "own reward (a learned reward is not applied online)")
-    if offline_ratio > 0:
-        raise ValueError(f"{what}: with online.offline_ratio={offline_ratio:g} every batch would mix the two reward "
-                         "functions. Fine-tune with data in the target's reward (data.path=<a file with the env's "
-                         "rewards, e.g. the source file when it has them>), or online.offline_ratio=0 to train on "
-                         "online steps alone (the critic then starts from the learned reward's values)")
-    message = f"{what}: online.offline_ratio=0, so only the critic's start comes from the learned reward"
-    log.warning(message)
-    return message
-
-
 def resumed_start(checkpoint: Any, run_dir: Path, resume: bool) -> str:
     """The checkpoint to start from: ``checkpoint`` as given, except when this run folder holds a stage-3 checkpoint
     (a resume) that started from a checkpoint inside ``checkpoint``'s run folder, which now holds a newer one (stage 2
@@ -324,7 +300,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     stage2_path = recorded_file(ckpt, "data_path")  # at a moved run folder's new place when it moved with the run
     data_path = offline_data_path(cfg, run_dir, target, agent, {**ckpt.meta, "data_path": stage2_path})
     info = read_info(data_path)
-    refuse_learned_reward_online(info, settings.offline_ratio)
+    build.refuse_learned_reward_online(info, settings.offline_ratio, "online.offline_ratio")
     note = time_limit_note(target, info.env_args, info.demos)
     if note:
         log.warning(note)

@@ -432,6 +432,31 @@ def warn_learned_reward(algo: str, info: DatasetInfo) -> bool:
     return True
 
 
+def refuse_learned_reward_online(info: DatasetInfo, offline_ratio: float, setting: str = "online.offline_ratio"
+                                 ) -> str | None:
+    """Stage 3 rewards its online steps with the target's own reward (its success, or its dense reward); offline data
+    whose rewards a learned reward wrote (``env_args['learned_reward']``, :func:`robopretrain.reward_model.relabel`)
+    are in another reward function's units (a failing online step 0 beside learned rewards around -0.9). Raises
+    ``ValueError`` when such data would enter the batches (``online.offline_ratio > 0``: every batch would mix two
+    reward functions); with ``offline_ratio`` 0 only the critic's start comes from the learned reward, which is
+    warned (the message is returned). ``setting``: the key of ``offline_ratio`` where the caller reads it (the
+    pipeline's ``stage3.offline_ratio``). None for data with the env's own reward."""
+    learned = (info.env_args or {}).get(LEARNED_REWARD_KEY)
+    if not learned:
+        return None
+    source = learned.get("source") if isinstance(learned, Mapping) else None
+    what = (f"{info.path}: its rewards were written by a learned reward (robopretrain.reward_model"
+            f"{', from ' + str(source) if source else ''}), while stage 3 rewards its online steps with the target's "
+            "own reward (a learned reward is not applied online)")
+    if offline_ratio > 0:
+        raise ValueError(f"{what}: with {setting}={offline_ratio:g} every batch would mix the two reward functions. "
+                         "Fine-tune with offline data in the target's reward (a file with the env's rewards, e.g. the "
+                         f"source file when it has them), or {setting}=0 to train on online steps alone (the critic "
+                         "then starts from the learned reward's values)")
+    message = f"{what}: {setting}=0, so only the critic's start comes from the learned reward"
+    log.warning(message)
+    return message
+
 def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray) -> bool:
     """Warn (and return True) when DT's evaluation return ``target_return * reward_scale`` lies outside the data's
     episode returns ``(E,)`` (in the same scaled units): the policy is asked for a return no demo showed (e.g. the

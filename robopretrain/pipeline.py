@@ -37,7 +37,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
-from robopretrain.build import compose, plain, randomization, reward_settings, success_filtered_bc
+from robopretrain.build import (compose, plain, randomization, refuse_learned_reward_online, reward_settings,
+                                success_filtered_bc)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
@@ -270,9 +271,12 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
     else every sim_envs task); an ``obs.low_dim`` part the prior data lacks (it gives ``proprio`` and ``object``);
     and, for its own robomimic demos, a part they lack or a low-dim part of another size than the prior data's
     (``proprio`` 7, ``object`` 18: a Meta-World target's 4-D ``proprio``). Their cameras may be of any size: the
-    adaptation and stage 3 read them resized to ``image_size`` (:func:`robopretrain.build.converted`)."""
+    adaptation and stage 3 read them resized to ``image_size`` (:func:`robopretrain.build.converted`). Actions: the
+    target's robomimic demos and, for a target outside sim_envs, its env (built once, not stepped; not built for a
+    target with ``probe_step: false``) must have the prior robot's action size (4), which the agent keeps from stage
+    2 on."""
     import sim_envs.tasks as sim_tasks
-    from sim_envs.env import PROPRIO_DIM
+    from sim_envs.env import ACTION_DIM, PROPRIO_DIM
     from sim_envs.tasks import OBJECT_DIM
 
     prior = {"proprio": PROPRIO_DIM, "object": OBJECT_DIM}
@@ -304,6 +308,26 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
             raise ValueError(f"target {target.name!r}: camera {part!r} is not in its demos ({key}; they have "
                              f"{sorted(info.obs_specs)}): give demos with the agent's cameras, or map the part to "
                              "theirs (the target's obs_map)")
+    sizes = [] if info is None else [(f"its demos ({target.demos})", int(info.action_dim))]
+    if target.family != SIM_ENVS and target.probe_step:  # probe_step: false, a robot not to be touched before stage 3
+        sizes.append(("its env", target_action_dim(target)))
+    for what, dim in sizes:
+        if dim != ACTION_DIM:
+            raise ValueError(f"target {target.name!r} ({target.family}): {what} act with {dim} action dims, the prior "
+                             f"(sim_envs) robot with {ACTION_DIM}; the pipeline's agent keeps its action size from "
+                             "stage 2 on: pretrain on data of the target's robot instead (python -m robopretrain.train "
+                             "on its files, then python -m finetune.train)")
+
+
+def target_action_dim(target: Target) -> int:
+    """The number of action dimensions of ``target``'s env (built once and closed, never stepped)."""
+    from robopretrain.envs.target import make_env
+
+    env = make_env(target)
+    try:
+        return int(np.prod(env.action_space.shape))
+    finally:
+        env.close()
 
 
 def check_targets(cfg: DictConfig) -> None:
@@ -331,13 +355,19 @@ def check_targets(cfg: DictConfig) -> None:
                     f"target a free slot (its task_id: {len(sim_tasks.TASKS)} or above, with obs.num_tasks above it)")
         if bool(cfg.stage2.enabled):
             check_target_sizes(cfg, target)
+        info = target_demo_info(target)
+        if info is not None and str(cfg.stage3.algo) != "bc":
+            # stage 3 refuses a learned reward in its batches (its online steps get the env's reward): say so now
+            refuse_learned_reward_online(info, float(cfg.stage3.offline_ratio), "stage3.offline_ratio")
         free = reward_free_demos(cfg, target)
         if free and any(str(a) != "bc" for a in (cfg.adapt.algo, cfg.stage3.algo)):  # BC needs no reward
             raise ValueError(f"target {target.name!r}: {len(free)} of its demos ({', '.join(free[:3])}"
                              f"{', ...' if len(free) > 3 else ''}) have no rewards dataset, which the adaptation "
                              f"({cfg.adapt.algo}) and stage 3 ({cfg.stage3.algo}) need; write rewards into a copy "
-                             "first (python -m robopretrain.reward_model data.path=... labels.path=<your preference "
-                             "labels>, or rewards from ep_meta success) and give that copy as the target's demos")
+                             "first (rewards from ep_meta success; or a reward learned from preference labels, "
+                             "python -m robopretrain.reward_model data.path=... labels.path=<your labels>, which "
+                             "stage 3 takes only with stage3.offline_ratio=0: its online steps get the env's reward) "
+                             "and give that copy as the target's demos")
         if target.demos and any(str(a) != "bc" for a in (cfg.adapt.algo, cfg.stage3.algo)):
             from robopretrain.data.convert import source_has_rewards
 

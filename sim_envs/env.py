@@ -32,6 +32,7 @@ FINGER_OPEN = 0.045
 WORKSPACE_LOW = np.array([-0.32, -0.3, 0.008])
 WORKSPACE_HIGH = np.array([0.32, 0.32, 0.35])
 PROPRIO_DIM = 7
+ACTION_DIM = 4  # end-effector dx, dy, dz and the gripper, each in [-1, 1]
 
 
 def as_randomization(value: str | Mapping[str, Any] | RandomizationConfig | None) -> RandomizationConfig:
@@ -103,7 +104,7 @@ class TabletopEnv(gym.Env):
         if eye_in_hand:
             obs_spaces["eye_in_hand_image"] = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
-        self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

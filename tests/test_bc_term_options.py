@@ -232,7 +232,8 @@ def test_a_dense_target_with_the_filter_off_in_stage3_only_warns_about_the_adapt
     from robopretrain import pipeline
 
     (tmp_path / "dense_demos.hdf5").write_bytes(b"")  # the start checks need the target's demos to exist
-    dense = (f"targets=[{{name: Dense, env_id: 'sim_envs:TabletopEnv', reward: dense, task_id: 13, "
+    dense = (f"targets=[{{name: Dense, env_id: 'sim_envs.env:TabletopEnv', env_kwargs: {{task: Reach}}, "
+             f"max_episode_steps: 50, reward: dense, task_id: 13, "
              f"demos: {tmp_path / 'dense_demos.hdf5'}}}]")
     slots = "obs.num_tasks=14"  # slot 13 inside the one-hot (the start checks refuse it outside)
     for fix in ("+stage3.algo_overrides.actor_bc_filter=none", "+stage3.algo_overrides.actor_bc_weight=0"):

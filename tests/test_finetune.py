@@ -190,7 +190,7 @@ def test_offline_data_with_a_learned_reward_is_refused_in_the_online_batches(rea
     reward functions at once, silently (a new user's review). Refused with offline_ratio > 0; warned at 0."""
     import h5py
 
-    from finetune.train import refuse_learned_reward_online
+    from robopretrain.build import refuse_learned_reward_online
     from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, read_info
 
     relabelled = tmp_path / "relabelled.hdf5"

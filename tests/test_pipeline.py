@@ -381,7 +381,8 @@ def test_device_auto_and_one_target_alone_reach_every_stage_as_names():
 
 
 @pytest.mark.parametrize("target,error", [
-    ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11}", r"\(gym\): give its demos"),
+    ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, env_kwargs: {act_dim: 4}}",
+     r"\(gym\): give its demos"),
     ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: /no/such/demos.hdf5}",
      r"demos=/no/such/demos.hdf5 not found"),
     ("{name: reach-v3, family: metaworld}", r"takes task slot 0 of the agent's one-hot, which prior task 'Reach'"),
@@ -409,7 +410,7 @@ def test_a_target_whose_demos_give_a_part_another_size_stops_before_the_data_sta
 
     demos = fake.write_robosuite_demos(tmp_path / "arm.hdf5", 2, tasks=(("Arm", 11),), act_dim=4, eef_dim=4)
     target = (f"targets=[{{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: {demos}, "
-              f"obs_map: {{proprio: {fake.EEF}}}}}]")
+              f"obs_map: {{proprio: {fake.EEF}}}, env_kwargs: {{act_dim: 4, eef_dim: 4}}}}]")
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
         cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]", "obs.num_tasks=12",
                                              "obs.low_dim=[proprio]"])
@@ -434,6 +435,17 @@ def test_a_target_whose_demos_give_a_part_another_size_stops_before_the_data_sta
     cfg.obs.num_tasks = 11
     with pytest.raises(ValueError, match=r"task slot 11 is outside the agent's task one-hot of 11 .*set obs.num_tasks "
                                          r"above 11"):
+        pipeline.check_targets(cfg)
+    cfg.obs.num_tasks = 12
+    # an action size other than the prior robot's 4: the adaptation refused the demos after stage 2 (a new user's
+    # 3-D robot), or stage 3 the env
+    cfg.targets[0].env_kwargs.act_dim = 3
+    with pytest.raises(ValueError, match=r"target 'Arm' \(gym\): its env act with 3 action dims, the prior "
+                                         r"\(sim_envs\) robot with 4; .*pretrain on data of the target's robot"):
+        pipeline.check_targets(cfg)
+    cfg.targets[0].env_kwargs.act_dim = 4
+    cfg.targets[0].demos = str(fake.write_robosuite_demos(tmp_path / "arm7.hdf5", 2, tasks=(("Arm", 11),), eef_dim=4))
+    with pytest.raises(ValueError, match=r"its demos \(.*arm7.hdf5\) act with 7 action dims"):
         pipeline.check_targets(cfg)
 
 
@@ -465,8 +477,9 @@ def test_the_slot_check_reads_the_task_names_of_the_targets_demos(tmp_path, name
 
     from robopretrain import pipeline
 
-    demos = fake.write_robosuite_demos(tmp_path / "d.hdf5", 2, tasks=((file_task, 0),), image_size=SIZE)
-    target = f"targets=[{{name: {name}, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 0, demos: {demos}}}]"
+    demos = fake.write_robosuite_demos(tmp_path / "d.hdf5", 2, tasks=((file_task, 0),), image_size=SIZE, act_dim=4)
+    target = (f"targets=[{{name: {name}, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 0, demos: {demos}, "
+              "env_kwargs: {act_dim: 4}}]")
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
         cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]",
                                              "obs.low_dim=[]", f"image_size={SIZE}"])  # what its demos give
@@ -495,10 +508,11 @@ def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_
                                              "prior_tasks=[Reach]"])
     with pytest.raises(ValueError, match=r"target 'Reach' \(sim_envs\) takes task slot 0 .* demos are task 'Arm'"):
         pipeline.check_targets(cfg)
-    free = fake.write_robosuite_demos(tmp_path / "free.hdf5", 2, tasks=(("Arm", 11),), image_size=SIZE)
+    free = fake.write_robosuite_demos(tmp_path / "free.hdf5", 2, tasks=(("Arm", 11),), image_size=SIZE, act_dim=4)
     with h5py.File(free, "r+") as f:
         del f["data/demo_1/rewards"]
-    target = f"targets=[{{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: {free}}}]"
+    target = (f"targets=[{{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: {free}, "
+              "env_kwargs: {act_dim: 4}}]")
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
         cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]",
                                              "obs.num_tasks=12", "obs.low_dim=[]", f"image_size={SIZE}"])
@@ -506,6 +520,16 @@ def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_
                                          r"the adaptation \(cql\) and stage 3 \(calql\) need"):
         pipeline.check_targets(cfg)
     cfg.data.target_demos = 1  # the adaptation selects demo_0 only: rewarded
+    pipeline.check_targets(cfg)
+    # a copy rewarded by a learned reward: stage 3 refuses it in its batches (online steps get the env's reward),
+    # which the pipeline found after stage 2; now at start, naming the pipeline's key
+    with h5py.File(free, "r+") as f:
+        env_args = json.loads(f["data"].attrs["env_args"])
+        f["data"].attrs["env_args"] = json.dumps({**env_args, "learned_reward": {"source": "x.hdf5"}})
+    with pytest.raises(ValueError, match=r"learned reward .* with stage3.offline_ratio=0.5 every batch would mix .* "
+                                         r"or stage3.offline_ratio=0 to train on online steps alone"):
+        pipeline.check_targets(cfg)
+    cfg.stage3.offline_ratio = 0.0
     pipeline.check_targets(cfg)
     # another format without rewards (converted only after stage 2, where it was refused hours in)
     from _formats import write_lerobot, write_ogbench
