@@ -32,8 +32,8 @@ def demos(path: Path) -> list[dict]:
     """Every demo of a robomimic file as plain arrays and its decoded ep_meta."""
     out = []
     with h5py.File(path, "r") as f:
-        for i in range(len(f["data"])):
-            g = f[f"data/demo_{i}"]
+        for name in sorted(f["data"], key=lambda n: int(n.split("_")[1])):  # a skipped episode leaves a gap
+            g = f[f"data/{name}"]
             out.append({"obs": {k: g["obs"][k][()] for k in g["obs"]},
                         "next": {k: g["next_obs"][k][()] for k in g["obs"]},
                         "actions": g["actions"][()], "dones": g["dones"][()],
@@ -65,6 +65,48 @@ def test_d4rl_terminal_keeps_its_last_row_a_timeout_drops_it(tmp_path):
     assert [(x["meta"]["terminated"], x["meta"]["truncated"]) for x in d] == [(True, False), (False, True),
                                                                                (False, True)]
     assert all("success" not in x["meta"] for x in d)  # the file does not record it
+
+
+def test_a_one_step_episode_is_skipped_without_renumbering_the_demos_after_it(tmp_path, caplog):
+    """Demo names are what human preference labels name: a skipped 1-step episode shifted every later demo by one
+    (demo_1 was source episode 2), silently; the warning now names the episode and that it was a success."""
+    src = F.write_d4rl(tmp_path / "h.hdf5", lengths=(1, 4, 5), ends=("terminal", "terminal", "timeout"),
+                       next_obs=True, success=True)
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.episodes"):
+        out = convert(src, tmp_path / "out.hdf5")
+    with h5py.File(out, "r") as f:
+        assert sorted(f["data"]) == ["demo_1", "demo_2"]
+        assert [n.decode() for n in f["mask/train"][()]] == ["demo_1", "demo_2"]
+        np.testing.assert_array_equal(f["data/demo_1/obs/observations"][:, 0], [1, 2, 3, 4])  # source episode 1
+    assert "1 episode(s) with fewer than 2 steps skipped (source episode 0 (a success);" in caplog.text
+    assert read_info(out).demo("demo_2").num_samples == 5
+    assert convert_main([str(src), str(tmp_path / "cli.hdf5")]) == 0  # its summary line read demo_0
+
+
+def test_a_d4rl_file_without_timeouts_ends_episodes_where_next_observations_shows_a_reset(tmp_path, caplog):
+    """Two episodes, the first cut by a time limit the file does not mark: read as one, its returns-to-go took the
+    second episode's success; next_observations shows the reset. Next observations stored another way (every row
+    differs) are not read as resets."""
+    obs = F.obs_rows(8, 5, 0)
+    nxt = np.concatenate([obs[1:], obs[-1:]])
+    nxt[3] = obs[3] + 0.5  # row 3 is episode 1's last (time-out): its next observation is not row 4's
+    path = tmp_path / "nt.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"], f["next_observations"] = obs, nxt
+        f["actions"] = np.zeros((8, 2), np.float32)
+        f["rewards"] = np.r_[np.zeros(7), 1.0].astype(np.float32)
+        f["terminals"] = np.r_[np.zeros(7, bool), True]
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_d4rl"):
+        d = demos(convert(path, tmp_path / "nt_conv.hdf5"))
+    assert [len(x["actions"]) for x in d] == [4, 4] and "1 row(s) whose next_observations" in caplog.text
+    assert [(x["meta"]["terminated"], x["meta"]["truncated"]) for x in d] == [(False, True), (True, False)]
+    np.testing.assert_array_equal(d[0]["next"]["observations"][-1], obs[3] + 0.5)
+    with h5py.File(path, "r+") as f:
+        f["next_observations"][...] = obs + 1000  # stored otherwise: no row matches
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_d4rl"):
+        d = demos(convert(path, tmp_path / "other.hdf5"))
+    assert [len(x["actions"]) for x in d] == [8] and "not read as episode ends" in caplog.text
 
 
 def test_d4rl_next_observations_and_success_from_the_file(tmp_path):

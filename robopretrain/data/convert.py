@@ -471,8 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with h5py.File(out, "r") as f:
         demos = len(f["data"])
         total = int(f["data"].attrs["total"])
-        keys = {k: tuple(v.shape[1:]) for k, v in f["data/demo_0/obs"].items()}
-        act = f["data/demo_0/actions"].shape[1]
+        first = f["data"][next(iter(f["data"]))]  # demo_0 may be a skipped one-step episode (a gap in the names)
+        keys = {k: tuple(v.shape[1:]) for k, v in first["obs"].items()}
+        act = first["actions"].shape[1]
     print(f"{args.src} -> {out}: {demos} episodes, {total} transitions, {act}-D actions, observations "
           + ", ".join(f"{k} {s}" for k, s in keys.items()))
     return 0

@@ -33,7 +33,10 @@ What is carried over exactly:
   in maps its actions back, ``a = low + (a' + 1) (high - low) / 2`` (:mod:`robopretrain.envs.action_units`); other
   files are re-expressed in the agent's units when it trains on them; ``actions="keep"`` writes them unchanged (the reader then refuses values outside ``[-1, 1]``).
 
-Episodes with fewer than 2 steps are skipped (the contract needs 2; each skip is counted and logged).
+Episodes with fewer than 2 steps are skipped (the contract needs 2; each skip is counted and logged, successes among
+them named). Demo ``i`` is the ``i``-th episode the reader gives (its source episode, in order): a skipped episode
+leaves a gap in the names instead of renumbering the rest, so ``demo_<i>`` stays source episode ``i`` (the human label
+format names demos; ``ep_meta.source_episode`` holds the reader's own episode id where it has one).
 """
 from __future__ import annotations
 
@@ -292,7 +295,9 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks converting at once do not collide
     tasks: dict[str, int] = {}
-    total = skipped = written = 0
+    total = written = 0
+    skipped: list[str] = []  # the source episodes left out (fewer than 2 steps), successes marked
+    names: list[str] = []  # the demos written, demo_<i> for the reader's i-th episode
     low = high = None
     keys: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
     source_sizes: dict[str, list[int]] = {}  # each camera's frame size in the source (the first episode's)
@@ -303,7 +308,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
             for i, ep in enumerate(episodes):
                 where = f"{source}: episode {ep.meta.get('source_episode', i)}"
                 if len(ep) < 2:
-                    skipped += 1
+                    skipped.append(f"{ep.meta.get('source_episode', i)}{' (a success)' if ep.success else ''}")
                     continue
                 _check_episode(ep, where)
                 obs = {}
@@ -334,7 +339,8 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                 a = ep.actions.astype(np.float32)
                 low = a.min(0) if low is None else np.minimum(low, a.min(0))
                 high = a.max(0) if high is None else np.maximum(high, a.max(0))
-                demo = data.create_group(f"demo_{written}")
+                names.append(f"demo_{i}")
+                demo = data.create_group(names[-1])
                 for k in obs:
                     demo.create_dataset(f"obs/{k}", data=obs[k])
                     demo.create_dataset(f"next_obs/{k}", data=nxt[k])
@@ -352,7 +358,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                 written += 1
             if written == 0:
                 raise ConversionError(f"{source}: no episode with at least 2 steps to convert"
-                                      + (f" ({skipped} shorter skipped)" if skipped else ""))
+                                      + (f" ({len(skipped)} shorter skipped)" if skipped else ""))
             env_args: dict[str, Any] = {"env_name": env_name or f"{fmt}/{Path(source).stem}", "type": fmt,
                                         "source": str(source), "num_tasks": len(tasks),
                                         "env_kwargs": {}, **dict(extra_env_args or {})}
@@ -363,7 +369,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
             units = _action_units(low, high, action_bounds, source) if actions == "auto" else None
             if units is not None:
                 warn_constant_dimensions(units, source)
-                _rescale_actions(data, written, units)
+                _rescale_actions(data, names, units)
                 env_args[ACTION_UNITS_KEY] = units.to_dict()
                 log.warning("%s: actions (min %s, max %s) rescaled per dimension to [-1, 1] from low %s, high %s (%s); "
                             "low/high are in env_args['action_normalization']", source,
@@ -371,13 +377,15 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                             "the declared action space" if units != auto_bounds(low, high) else "the data's range")
             data.attrs["total"] = total
             data.attrs["env_args"] = _json(env_args)
-            f.create_dataset("mask/train", data=np.array([f"demo_{i}".encode() for i in range(written)]))
+            f.create_dataset("mask/train", data=np.array([n.encode() for n in names]))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     if skipped:
-        log.warning("%s: %d episode(s) with fewer than 2 steps skipped", source, skipped)
+        log.warning("%s: %d episode(s) with fewer than 2 steps skipped (source episode %s%s; the contract needs 2 steps "
+                    "per demo); demo names keep the source's episode numbers, so they have gaps there", source,
+                    len(skipped), ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
     log.info("%s -> %s: %d episodes, %d transitions, %d task(s)", source, path, written, total, len(tasks))
     return path
 
@@ -386,9 +394,9 @@ def _describe(shapes: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> str:
     return ", ".join(f"{k} {tuple(s)} {np.dtype(d).name}" for k, (s, d) in shapes.items())
 
 
-def _rescale_actions(data: h5py.Group, n: int, units: ActionNormalization) -> None:
-    for i in range(n):
-        ds = data[f"demo_{i}/actions"]
+def _rescale_actions(data: h5py.Group, names: Sequence[str], units: ActionNormalization) -> None:
+    for name in names:
+        ds = data[f"{name}/actions"]
         ds[...] = units.to_agent(ds[()]).clip(-1.0, 1.0)
 
 

@@ -6,7 +6,10 @@ end::
     observations (N, ...)   actions (N, A)   rewards (N,)   terminals (N,)   timeouts (N,) (optional)
     next_observations (N, ...) (optional)    infos/<name> (N, ...) (optional; infos/success or is_success is used)
 
-* An episode ends on a row with ``terminals`` or ``timeouts`` set (or at the end of the file).
+* An episode ends on a row with ``terminals`` or ``timeouts`` set (or at the end of the file). A file without
+  ``timeouts`` but with ``next_observations`` also ends one where a row's next observation is not the following
+  row's observation (a reset: a time-out the file does not mark; logged with the count), unless that holds for
+  more than half the rows (next observations stored another way: then a warning, and no split).
 * ``terminals`` is the true-termination flag, carried as ``dones``; ``timeouts`` is a truncation.
 * Without ``next_observations``, the next observation of row ``t`` is row ``t + 1`` of the same episode. The last
   row of an episode has none in the file: after a termination it is not needed (``dones = 1``: no bootstrap) and
@@ -19,6 +22,7 @@ Observations keep the file's key ``observations`` (images become uint8 HWC, see 
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +33,28 @@ import numpy as np
 from robopretrain.data.episodes import SUCCESS_INFO_KEYS, ConversionError, Episode, split_by_ends
 
 REQUIRED = ("observations", "actions", "rewards", "terminals")
+log = logging.getLogger(__name__)
+
+
+def unmarked_resets(obs: np.ndarray, nxt: np.ndarray, terminals: np.ndarray, where: str) -> np.ndarray:
+    """Rows ``t`` (bool ``(N,)``) whose next observation is not row ``t + 1``'s observation and that end no episode
+    already (``terminals``): the resets of a file without ``timeouts``. None of them when that holds for more than
+    half the rows (next observations stored otherwise, e.g. rounded), with a warning naming ``where``."""
+    n = len(obs)
+    ends = np.zeros(n, bool)
+    if n < 2:
+        return ends
+    same = (nxt[:-1] == obs[1:]).reshape(n - 1, -1).all(axis=1)
+    ends[:-1] = ~same & ~terminals[:-1]
+    if ends.sum() > (n - 1) / 2:
+        log.warning("%s: no timeouts, and next_observations differs from the next row's observations at %d of %d rows: "
+                    "not read as episode ends (only terminals end episodes); add a timeouts dataset if episodes were "
+                    "cut by a time limit", where, int(ends.sum()), n - 1)
+        return np.zeros(n, bool)
+    if ends.any():
+        log.warning("%s: no timeouts; %d row(s) whose next_observations is not the next row's observation end an "
+                    "episode there (read as time-outs)", where, int(ends.sum()))
+    return ends
 
 
 def is_d4rl(path: str | os.PathLike) -> bool:
@@ -63,7 +89,12 @@ def read_d4rl(path: str | os.PathLike) -> Iterator[Episode]:
         actions = f["actions"][()]
         rewards = f["rewards"][()].reshape(n).astype(np.float32)
         terminals = f["terminals"][()].reshape(n).astype(bool)
-        timeouts = f["timeouts"][()].reshape(n).astype(bool) if "timeouts" in f else np.zeros(n, bool)
+        if "timeouts" in f:
+            timeouts = f["timeouts"][()].reshape(n).astype(bool)
+        elif nxt is not None:
+            timeouts = unmarked_resets(obs, nxt, terminals, str(p))
+        else:
+            timeouts = np.zeros(n, bool)
         success = f[success_key][()].reshape(n).astype(bool) if success_key else None
     for i, (a, b) in enumerate(split_by_ends(terminals | timeouts)):
         terminated = bool(terminals[b - 1])
