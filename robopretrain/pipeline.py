@@ -313,8 +313,8 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
         sizes.append(("its env", target_action_dim(target)))
     for what, dim in sizes:
         if dim != ACTION_DIM:
-            raise ValueError(f"target {target.name!r} ({target.family}): {what} act with {dim} action dims, the prior "
-                             f"(sim_envs) robot with {ACTION_DIM}; the pipeline's agent keeps its action size from "
+            raise ValueError(f"target {target.name!r} ({target.family}): {what}: {dim} action dims, the prior "
+                             f"(sim_envs) robot's {ACTION_DIM}; the pipeline's agent keeps its action size from "
                              "stage 2 on: pretrain on data of the target's robot instead (python -m robopretrain.train "
                              "on its files, then python -m finetune.train)")
 

@@ -440,12 +440,12 @@ def test_a_target_whose_demos_give_a_part_another_size_stops_before_the_data_sta
     # an action size other than the prior robot's 4: the adaptation refused the demos after stage 2 (a new user's
     # 3-D robot), or stage 3 the env
     cfg.targets[0].env_kwargs.act_dim = 3
-    with pytest.raises(ValueError, match=r"target 'Arm' \(gym\): its env act with 3 action dims, the prior "
-                                         r"\(sim_envs\) robot with 4; .*pretrain on data of the target's robot"):
+    with pytest.raises(ValueError, match=r"target 'Arm' \(gym\): its env: 3 action dims, the prior "
+                                         r"\(sim_envs\) robot's 4; .*pretrain on data of the target's robot"):
         pipeline.check_targets(cfg)
     cfg.targets[0].env_kwargs.act_dim = 4
     cfg.targets[0].demos = str(fake.write_robosuite_demos(tmp_path / "arm7.hdf5", 2, tasks=(("Arm", 11),), eef_dim=4))
-    with pytest.raises(ValueError, match=r"its demos \(.*arm7.hdf5\) act with 7 action dims"):
+    with pytest.raises(ValueError, match=r"its demos \(.*arm7.hdf5\): 7 action dims"):
         pipeline.check_targets(cfg)
 
 
