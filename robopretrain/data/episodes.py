@@ -295,7 +295,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks converting at once do not collide
     tasks: dict[str, int] = {}
-    total = written = 0
+    total = 0
     skipped: list[str] = []  # the source episodes left out (fewer than 2 steps), successes marked
     names: list[str] = []  # the demos written, demo_<i> for the reader's i-th episode
     low = high = None
@@ -355,8 +355,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                     meta["success"] = bool(ep.success)
                 demo.attrs.update(num_samples=len(ep), task=ep.task, task_id=task_id, ep_meta=_json(meta))
                 total += len(ep)
-                written += 1
-            if written == 0:
+            if not names:
                 raise ConversionError(f"{source}: no episode with at least 2 steps to convert"
                                       + (f" ({len(skipped)} shorter skipped)" if skipped else ""))
             env_args: dict[str, Any] = {"env_name": env_name or f"{fmt}/{Path(source).stem}", "type": fmt,
@@ -386,7 +385,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
         log.warning("%s: %d episode(s) with fewer than 2 steps skipped (source episode %s%s; the contract needs 2 steps "
                     "per demo); demo names keep the source's episode numbers, so they have gaps there", source,
                     len(skipped), ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
-    log.info("%s -> %s: %d episodes, %d transitions, %d task(s)", source, path, written, total, len(tasks))
+    log.info("%s -> %s: %d episodes, %d transitions, %d task(s)", source, path, len(names), total, len(tasks))
     return path
 
 
