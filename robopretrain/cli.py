@@ -423,13 +423,20 @@ def entry_point_help(config_name: str, overrides: list[str] | None = None, job_n
         CONFIG=OmegaConf.to_yaml(shown, resolve=False))
 
 
+def _composable(config_name: str) -> bool:
+    """Whether ``config_name`` is a file of ``configs/`` or a structured config in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    return (CONFIG_DIR / f"{config_name}.yaml").is_file() or f"{config_name}.yaml" in ConfigStore.instance().list("")
+
+
 def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:
     """Check the command line (see the module docstring), then run the Hydra ``main``. ``--help`` prints
     :func:`entry_point_help` (the config groups this entry point reads, not every folder of ``configs/``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     ns = hydra_command_line(args)
     if ns is not None and ns.help and not (ns.hydra_help or ns.config_path or ns.config_dir) \
-            and (CONFIG_DIR / f"{ns.config_name or config_name}.yaml").is_file():
+            and _composable(ns.config_name or config_name):
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 

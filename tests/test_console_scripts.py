@@ -100,6 +100,8 @@ def test_help_works(script, results):
     r = results[f"{script}--help"]
     assert r.returncode == 0, r.stderr[-2000:]
     assert "powered by Hydra" in r.stdout if script in HYDRA_SCRIPTS else r.stdout.startswith("usage:")
+    if script in HYDRA_SCRIPTS:  # the header names the module (Hydra's default is the file name: "train", "collect")
+        assert r.stdout.startswith(f"{SCRIPTS[script]} "), r.stdout[:200]
 
 
 def main_block_call(module: str) -> str:

@@ -43,6 +43,7 @@ from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
 
 CONFIG_NAME = "metaworld_collect"
 DEFAULT_FILENAME = "metaworld_demos.hdf5"
+HELP_NAME = "robopretrain.envs.metaworld_collect (Meta-World demonstrations)"
 # ``tasks=`` groups: MT10, its prior tasks (all but ``target``), the held-out ``target`` alone.
 TASK_GROUPS = ("mt10", "prior", "target")
 
@@ -75,6 +76,7 @@ class MetaWorldCollectConfig:
     compression: Optional[str] = "lzf"  # image datasets: lzf | gzip | null
     compression_level: int = 4  # gzip only
     chunk_frames: int = 16  # frames per image chunk
+    hydra: Any = field(default_factory=lambda: {"help": {"app_name": HELP_NAME}})  # the --help header
 
 
 ConfigStore.instance().store(name=CONFIG_NAME, node=MetaWorldCollectConfig)
