@@ -303,7 +303,11 @@ def check_max_demos(cfg: DictConfig, keys: Sequence[str], where: str) -> None:
 def validate_offline_config(cfg: DictConfig) -> None:
     """Stage 2 (``configs/robopretrain.yaml``): raise ``ValueError`` naming the first key out of range."""
     _check_common(cfg, "robopretrain")
-    _check_section(cfg, "train", {**TRAIN_CHECKS, "steps": AT_LEAST_1}, "robopretrain")  # 0 steps: no checkpoint
+    checks = {**TRAIN_CHECKS, "steps": AT_LEAST_1}  # 0 steps: no checkpoint
+    targets = OmegaConf.select(cfg, "train.eval_targets", default=None)
+    checks["eval_episodes"] = AT_LEAST_0 if targets is not None and len(targets) == 0 else \
+        (AT_LEAST_1[0], "an integer >= 1 (no evaluation: train.eval_targets=[])")  # 0 episodes on no target: fine
+    _check_section(cfg, "train", checks, "robopretrain")
     _check_section(cfg, "encoder", ENCODER_CHECKS, "robopretrain")
     check_max_demos(cfg, ("data.max_demos", "data.mix.max_demos"), "robopretrain")
     fraction = OmegaConf.select(cfg, "data.mix.fraction", default=None)

@@ -344,11 +344,15 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     for algo in ("calql", "cql", "iql", "bc"):
         validate_offline_config(compose_stage("robopretrain", f"algo={algo}"))
         validate_online_config(compose_stage("finetune", f"algo={algo}"))
+    # no evaluation targets: 0 evaluation episodes is the same request, not an error
+    validate_offline_config(compose_stage("robopretrain", "train.eval_targets=[]", "train.eval_episodes=0"))
 
 
 @pytest.mark.parametrize("stage, override, message", [
     ("robopretrain", "train.eval_every=0", "robopretrain config: train.eval_every=0; expected an integer >= 1"),
     ("robopretrain", "train.steps=0", "robopretrain config: train.steps=0; expected an integer >= 1"),
+    ("robopretrain", "train.eval_episodes=0", "train.eval_episodes=0; expected an integer >= 1 (no evaluation: "),
+    ("robopretrain", ["train.eval_targets=[]", "train.eval_episodes=-1"], "train.eval_episodes=-1; expected an integer >= 0"),
     ("robopretrain", "algo.batch_size=0", "algo.batch_size=0; expected an integer >= 1"),
     ("robopretrain", "algo.discount=1.5", "algo.discount=1.5; expected a number in (0, 1]"),
     ("robopretrain", "obs.low_dim=[]", "obs.low_dim=[] and obs.rgb=[]; expected at least one observation part"),
