@@ -423,6 +423,36 @@ def check_randomizations(cfg: DictConfig) -> None:
         robustness_levels(cfg, compose("evaluate").factors)
 
 
+def check_stage_configs(cfg: DictConfig, run_dir: Path) -> None:
+    """Make every enabled stage's config as the stage will get it (for each target) and run that stage's own range
+    checks at start: a value out of range (``stage2.steps=-1``, ``stage3.utd=0``, a robustness level
+    ``evaluate.robustness.levels.distractors=[99]``) fails before the data stage, not after the stages before it have
+    run. Each error names the pipeline section it comes from."""
+    from robopretrain.config_checks import validate_offline_config, validate_online_config
+    from robopretrain.evaluate import build_conditions
+    from video_pretrain.train import validate_config as validate_stage1_config
+
+    def check(section: str, validate: Callable[[DictConfig], Any], make: Callable[[], DictConfig]) -> None:
+        try:
+            validate(make())
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in the stage config the pipeline makes from its {section} keys)") from None
+
+    if bool(cfg.stage1.enabled):
+        check("stage1", validate_stage1_config, lambda: stage1_config(cfg, run_dir))
+    if bool(cfg.stage2.enabled):
+        check("stage2", validate_offline_config, lambda: stage2_config(cfg, run_dir, planned=True))
+    for target in targets_of(cfg):
+        check("stage3", validate_online_config, lambda: stage3_config(cfg, run_dir, target))  # first: the adaptation
+        check("adapt", validate_offline_config, lambda: adapt_config(cfg, run_dir, target, planned=True))  # reads
+        #                                                                            stage3.eval_episodes too
+    if bool(cfg.evaluate.robustness.enabled):
+        target = next(iter(targets_of(cfg)), None)
+        if target is not None:  # the sweep's conditions: each level an int of distractors or a level name
+            check("evaluate.robustness", build_conditions,
+                  lambda: robustness_config(cfg, run_dir / "stage3" / target.name, target, run_dir / "evaluate"))
+
+
 def check_stage1_encoder(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse at start an ``encoder.mode`` that needs the stage-1 encoder when the run has none and will not train one:
     ``stage1.enabled=false``, or a stage 1 that finished disabled (stage 2 refused it only after the data stage, and
@@ -443,9 +473,13 @@ def check_stage1_encoder(cfg: DictConfig, run_dir: Path) -> None:
                          "random weights on the robot data) or stage1.enabled=true")
 
 
-def encoder_group(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def encoder_group(cfg: DictConfig, run_dir: Path, planned: bool = False) -> dict[str, Any]:
+    """The ``encoder`` keys of stages 2 and adapt; ``planned``: for a start-up check, the stage-1 encoder where
+    stage 1 will write it when it has not run yet."""
     ckpt = encoder_checkpoint(run_dir)
     mode = str(cfg.encoder.mode)
+    if ckpt is None and planned and bool(cfg.stage1.enabled):
+        ckpt = run_dir / "stage1" / "encoder"
     if ckpt is None and mode != "scratch" and list(cfg.obs.rgb):
         raise ValueError(f"encoder.mode={mode} needs the stage-1 encoder at {run_dir / 'stage1' / 'encoder'}; run "
                          "stage 1 (stage1.enabled=true) or use encoder.mode=scratch")
@@ -539,12 +573,13 @@ def stage_stage1(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"encoder": str(path), "objective": str(cfg.stage1.objective)}
 
 
-def stage2_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+def stage2_config(cfg: DictConfig, run_dir: Path, planned: bool = False) -> DictConfig:
+    """Stage 2's ``configs/robopretrain.yaml`` run (``planned``: :func:`encoder_group`'s)."""
     s = cfg.stage2
     episodes = int(s.eval_episodes)
     return compose("robopretrain", {"algo": str(s.algo)}, {
         **common(cfg, run_dir, "stage2"), "algo": stage_algo(cfg, "stage2"), "obs": plain(cfg.obs),
-        "encoder": encoder_group(cfg, run_dir), "data": {"path": str(data_paths(run_dir)["prior"])},
+        "encoder": encoder_group(cfg, run_dir, planned), "data": {"path": str(data_paths(run_dir)["prior"])},
         "train": {"steps": int(s.steps), "eval_every": int(s.eval_every) or int(s.steps),
                   "eval_episodes": max(1, episodes), "eval_targets": None if episodes > 0 else [],
                   "checkpoint_every": int(s.checkpoint_every), "progress": bool(cfg.progress),
@@ -561,12 +596,13 @@ def stage_stage2(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"checkpoint": str(run(stage2_config(cfg, run_dir)))}
 
 
-def adapt_config(cfg: DictConfig, run_dir: Path, target: Target) -> DictConfig:
+def adapt_config(cfg: DictConfig, run_dir: Path, target: Target, planned: bool = False) -> DictConfig:
+    """The adaptation's ``configs/robopretrain.yaml`` run for ``target`` (``planned``: :func:`encoder_group`'s)."""
     a = cfg.adapt
     data = target_data(cfg, run_dir, target)
     overrides: dict[str, Any] = {
         **common(cfg, run_dir, f"adapt/{target.name}"), "algo": stage_algo(cfg, "adapt"), "obs": plain(cfg.obs),
-        "encoder": encoder_group(cfg, run_dir),
+        "encoder": encoder_group(cfg, run_dir, planned),
         "train": {"steps": int(a.steps), "eval_every": int(a.steps), "eval_episodes": int(cfg.stage3.eval_episodes),
                   "eval_targets": [target.to_dict()], "checkpoint_every": int(a.checkpoint_every),
                   "progress": bool(cfg.progress), "cuda_graph": bool(cfg.cuda_graph),
@@ -786,6 +822,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     run_dir = Path(os.path.abspath(run_dir))  # the stages' configs name paths under it: absolute, so a moved
     #                                             folder maps them (run_fingerprint.relocation)
     check_stage1_encoder(cfg, run_dir)  # reads what the run folder holds, so only now; still before it is made
+    check_stage_configs(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),

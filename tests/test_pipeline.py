@@ -225,6 +225,31 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("overrides,error", [
+    (["stage2.steps=-1"], r"robopretrain config: train.steps=-1; .* from its stage2 keys\)$"),
+    (["stage1.steps=-2"], r"video_pretrain config: steps=-2; .* from its stage1 keys\)$"),
+    (["adapt.checkpoint_every=0"], r"robopretrain config: train.checkpoint_every=0; .* from its adapt keys\)$"),
+    (["stage3.utd=0"], r"finetune config: online.utd=0; .* from its stage3 keys\)$"),
+    (["stage3.eval_episodes=0"], r"finetune config: online.eval_episodes=0; .* from its stage3 keys\)$"),
+    (["+evaluate.robustness.levels.distractors=[99]"], r"factors.distractors.levels has 99; .* evaluate.robustness"),
+    (["evaluate.robustness.levels.friction=[eval_hrad]"], r"levels has 'eval_hrad'; .* evaluate.robustness keys"),
+    # the default encoder mode needs stage 1's encoder, which the start-up check takes from where stage 1 writes it
+    (["stage2.steps=-1", "encoder.mode=finetune"], r"train.steps=-1; .* from its stage2 keys\)$"),
+])
+def test_a_stage_setting_out_of_range_stops_the_pipeline_before_the_data_stage(tmp_path, overrides, error):
+    """Each stage checked its own config when it started: after the data stage and every stage before it (hours
+    with the paper preset). The pipeline makes every stage's config at start and runs the stage's checks."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=overrides)
+    with pytest.raises(ValueError, match=error):
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("override,error", [
     ("device=gpu", r"pipeline config: device='gpu' is not a device name"),  # the paper preset collected for minutes
     ("data.target_demos=0", r"pipeline config: data.target_demos=0; expected an integer >= 1"),
