@@ -22,6 +22,7 @@ one resumes from its own checkpoints.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -238,10 +239,16 @@ def target_demo_info(target: Target) -> Any:
     path = Path(target.demos).expanduser() if target.demos else None
     if path is None or not path.is_file() or path.suffix.lower() not in (".hdf5", ".h5"):
         return None
+    stat = path.stat()  # the start-up checks read it several times: once per version of the file
+    return _read_demo_info(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_demo_info(path: str, mtime_ns: int, size: int) -> Any:
     from robopretrain.data.hdf5 import DatasetError, read_info
 
     try:
-        return read_info(path)
+        return read_info(Path(path))
     except (DatasetError, OSError):
         return None
 

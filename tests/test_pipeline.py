@@ -657,3 +657,33 @@ def test_a_moved_run_folders_paths_are_not_settings_that_changed(tmp_path):
     assert "arm.hdf5" in changed_settings(cfg, "adapt", done)  # without the new place: a path that changed
     cfg.adapt.steps = 8
     assert changed_settings(cfg, "adapt", done, new) == "adapt.steps: 4 -> 8"
+
+
+def test_the_start_up_checks_read_a_target_files_metadata_once_per_version(tmp_path, monkeypatch):
+    """check_targets read the target's robomimic metadata three to four times (sizes, task names, rewards, learned
+    reward): every demo's attributes of a user's file, each time. Once now; a rewritten file is read again."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+    from robopretrain.data import hdf5
+
+    demos = fake.write_robosuite_demos(tmp_path / "arm.hdf5", 2, tasks=(("Arm", 11),), act_dim=4, eef_dim=7)
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[
+            f"targets=[{{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: {demos}, "
+            f"obs_map: {{proprio: {fake.EEF}}}, env_kwargs: {{act_dim: 4, eef_dim: 7}}}}]", "encoder.mode=scratch",
+            "prior_tasks=[Reach]", "obs.num_tasks=12", "obs.low_dim=[proprio]"])
+    reads = []
+    real = hdf5.read_info
+    monkeypatch.setattr(hdf5, "read_info", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    pipeline._read_demo_info.cache_clear()
+    pipeline.check_targets(cfg)
+    assert len(reads) == 1
+    pipeline.check_targets(cfg)
+    assert len(reads) == 1
+    stat = os.stat(demos)
+    os.utime(demos, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the user rewrote it
+    pipeline.check_targets(cfg)
+    assert len(reads) == 2
