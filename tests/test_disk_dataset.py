@@ -250,3 +250,45 @@ def test_a_touched_file_keeps_its_index_and_a_changed_one_is_indexed_again(toy, 
     os.utime(path, ns=(later + 10**9, later + 10**9))
     with pytest.raises(Rebuilt):
         load_offline_dataset(path, spec, CAL_QL, storage="disk")
+
+
+def test_a_failed_index_build_stops_the_hash_and_leaves_no_partial_index(toy, monkeypatch):
+    """The SHA-256 of the source runs in a thread beside the frame copy; a copy that failed (disk full, Ctrl-C) still
+    waited for the hash of the whole file (~1 s per GB) and left its temporary folder beside the file."""
+    import threading
+
+    from robopretrain.data import frames as frames_mod
+
+    path, _, _ = toy
+    hash_seen = {}
+
+    def slow_hash(p, stop=None):  # stands for a long file: ends when told to, or after 60 s
+        hash_seen["stop given"] = stop is not None
+        hash_seen["stopped"] = stop.wait(60) if stop is not None else False
+        raise InterruptedError("stopped")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(frames_mod, "sha256_of", slow_hash)
+    monkeypatch.setattr(frames_mod, "_write_index", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        frames_mod.build_index(path, [CAM])
+    assert hash_seen == {"stop given": True, "stopped": True}
+    assert not [p.name for p in index_dir(path).parent.iterdir() if p.name.startswith(index_dir(path).name)]
+    assert not any(t.name.startswith("index-sha256") for t in threading.enumerate())
+
+
+def test_sha256_of_stops_between_pieces_when_told(tmp_path):
+    import hashlib
+    import threading
+
+    from robopretrain.files import sha256_of
+
+    f = tmp_path / "f.bin"
+    f.write_bytes(bytes(range(256)) * 64)
+    assert sha256_of(f, block=100) == hashlib.sha256(f.read_bytes()).hexdigest()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(InterruptedError):
+        sha256_of(f, block=100, stop=stop)

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -184,9 +185,15 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     # release the GIL), so the build waits for it only if it is the slower of the two
     stamp = _source_stamp(source)
     log.info("indexing the frames of %s (%d transitions, cameras %s) into %s", source, n, list(keys), folder)
+    stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="index-sha256") as hasher:
-        digest = hasher.submit(sha256_of, source)
-        meta = _write_index(source, info, keys, demos, starts, n, tmp)
+        digest = hasher.submit(sha256_of, source, stop=stop)
+        try:
+            meta = _write_index(source, info, keys, demos, starts, n, tmp)
+        except BaseException:  # a failed or interrupted copy: the hash is not waited for, the partial index goes
+            stop.set()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         meta["source"] = {**stamp, "sha256": digest.result()}
     (tmp / "meta.json").write_text(json.dumps(meta))
     old = folder.with_name(f"{folder.name}.old{os.getpid()}")
