@@ -88,6 +88,16 @@ def test_demos_flag_lists_every_demo_in_file_order(tmp_path: Path, capsys: pytes
     assert rows == [["demo_0", "PushBlock", "6", "yes", "yes"], ["demo_1", "PushBlock", "4", "no", "no"],
                     ["demo_2", "Lift", "5", "yes", "yes"], ["demo_10", "PushBlock", "4", "no", "-"]]
     assert main([str(path)]) == 0 and "demo_10  " not in capsys.readouterr().out  # off by default
+    # a converted file: each demo's episode id in the source (a skipped source episode leaves a gap in the names)
+    with h5py.File(path, "r+") as f:
+        for name, source in (("demo_0", 7), ("demo_2", "ep-b")):
+            f[f"data/{name}"].attrs["ep_meta"] = json.dumps({"success": True, "source_episode": source})
+    assert main([str(path), "--demos"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("demo_")]
+    assert "reward signal  source episode" in out
+    assert rows == [["demo_0", "PushBlock", "6", "yes", "yes", "7"], ["demo_1", "PushBlock", "4", "no", "no", "-"],
+                    ["demo_2", "Lift", "5", "yes", "yes", "ep-b"], ["demo_10", "PushBlock", "4", "no", "-", "-"]]
 
 
 def test_hdf5_without_images_skips_the_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

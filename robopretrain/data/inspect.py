@@ -77,6 +77,8 @@ class TaskStats:
     # success read from sparse rewards (every reward 0 or 1: the last one is 1) where ep_meta has no flag (robomimic's
     # own files have none); None where ep_meta has one, no rewards are stored or they are not sparse
     reward_successes: list[bool | None] = field(default_factory=list)
+    # ep_meta.source_episode: the episode id in the file a converter read (robopretrain.data.convert), else None
+    source_episodes: list[Any] = field(default_factory=list)
 
     @property
     def unrewarded_successes(self) -> int:
@@ -135,7 +137,7 @@ def _as_str(value: Any) -> str:
     return str(value)
 
 
-def _success(demo: h5py.Group, path: Path) -> bool | None:
+def _ep_meta(demo: h5py.Group, path: Path) -> dict[str, Any] | None:
     raw = demo.attrs.get("ep_meta")
     if raw is None:
         return None
@@ -143,8 +145,14 @@ def _success(demo: h5py.Group, path: Path) -> bool | None:
         meta = json.loads(_as_str(raw))
     except json.JSONDecodeError as exc:
         raise InspectError(f"{path}: {demo.name} attribute ep_meta is not JSON ({exc})") from exc
+    return meta if isinstance(meta, dict) else None
+
+
+def _success(meta: dict[str, Any] | None, demo: h5py.Group, path: Path) -> bool | None:
+    if meta is None:
+        return None
     try:
-        return success_flag(meta.get("success") if isinstance(meta, dict) else None, f"{path}: {demo.name}")
+        return success_flag(meta.get("success"), f"{path}: {demo.name}")
     except DatasetError as exc:
         raise InspectError(str(exc)) from None
 
@@ -202,7 +210,9 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         else:
             raise InspectError(f"{path}: data/{name} has neither a num_samples attribute nor actions")
         stats.lengths.append(length)
-        stats.successes.append(_success(demo, path))
+        meta = _ep_meta(demo, path)
+        stats.successes.append(_success(meta, demo, path))
+        stats.source_episodes.append(meta.get("source_episode") if meta is not None else None)
         rewards = demo.get("rewards")
         values = np.asarray(rewards[()], np.float64).reshape(-1) if isinstance(rewards, h5py.Dataset) else None
         stats.rewarded.append(has_reward_signal(values) if values is not None else None)
@@ -294,18 +304,23 @@ def layout_note(shape: tuple[int, ...], dtype: str, key: str = "") -> str:
 
 
 def format_demo_table(s: Hdf5Summary) -> str:
-    """One line per demo, in the file's order: name, task, steps, success (ep_meta; ``-`` not recorded) and whether
-    its rewards carry a success signal (``-``: no rewards stored): what a label file (``robopretrain.reward_model``)
-    or a mask needs to name demos and segments."""
-    rows = [(name, task, n, ok, rw) for task, st in s.tasks.items()
-            for name, n, ok, rw in zip(st.demos, st.lengths, st.successes, st.rewarded)]
+    """One line per demo, in the file's order: name, task, steps, success (ep_meta; ``-`` not recorded), whether
+    its rewards carry a success signal (``-``: no rewards stored) and, for a converted file, the source's episode id
+    (ep_meta ``source_episode``): what a label file (``robopretrain.reward_model``) or a mask needs to name demos and
+    segments, and where each demo came from."""
+    rows = [(name, task, n, ok, rw, src) for task, st in s.tasks.items()
+            for name, n, ok, rw, src in zip(st.demos, st.lengths, st.successes, st.rewarded, st.source_episodes)]
     rows.sort(key=lambda r: int(DEMO_RE.match(r[0]).group(1)))
     flag = {True: "yes", False: "no", None: "-"}
     width = max(len("demo"), *(len(r[0]) for r in rows))
     twidth = max(len("task"), *(len(r[1]) for r in rows))
-    lines = [f"{'demo':<{width}}  {'task':<{twidth}}  {'steps':>5}  success  reward signal"]
-    lines += [f"{name:<{width}}  {task:<{twidth}}  {n:>5}  {flag[ok]:<7}  {flag[rw]}" for name, task, n, ok, rw in rows]
-    return "\n".join(lines)
+    sourced = any(r[5] is not None for r in rows)
+    lines = [f"{'demo':<{width}}  {'task':<{twidth}}  {'steps':>5}  success  reward signal"
+             + ("  source episode" if sourced else "")]
+    lines += [f"{name:<{width}}  {task:<{twidth}}  {n:>5}  {flag[ok]:<7}  {flag[rw]:<13}"
+              + (f"  {'-' if src is None else src}" if sourced else "")
+              for name, task, n, ok, rw, src in rows]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_hdf5_summary(s: Hdf5Summary) -> str:
