@@ -211,7 +211,7 @@ def check_top_level_keys(cfg: DictConfig, config: str, free: Mapping[str, Sequen
     unknown = sorted(str(k) for k in cfg if k not in known)
     if unknown:
         raise ValueError(f"{config} config: unknown key(s) {', '.join(unknown)} (this stage does not read them); "
-                         f"valid keys: {', '.join(sorted(known - {'hydra'}))}")
+                         f"valid keys: {', '.join(sorted(known - {'hydra', 'defaults'}))}")
     for section, default in doc.items():
         node = cfg.get(section)
         if section in groups or section in OPEN_SECTIONS or not isinstance(default, dict) or not default \

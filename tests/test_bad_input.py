@@ -374,7 +374,11 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
                                       "settings are the checkpoint's, from stage 2); remove them"),
     # top-level keys a stage does not read, and unknown keys in its own groups of settings
     ("robopretrain", "+checkpoint=runs/x", "robopretrain config: unknown key(s) checkpoint (this stage does not read "
-                                           "them); valid keys: algo, data,"),
+                                           "them); valid keys: algo, data, device,"),  # not the defaults list
+    # stage 1 took any key and trained on (a misspelt section too)
+    ("video_pretrain", "+bogus=1", "video_pretrain config: unknown key(s) bogus (this stage does not read them); "
+                                   "valid keys: adam_eps, augment_pad,"),
+    ("video_pretrain", "+data.strid=2", "video_pretrain config: unknown key(s) data.strid; valid keys: data: "),
     ("finetune", "+encoder.mode=frozen", "finetune config: unknown key(s) encoder (this stage does not read them)"),
     ("finetune", "+train.steps=5", "finetune config: unknown key(s) train"),
     ("finetune", "+online.stpes=5", "finetune config: unknown key(s) online.stpes; valid keys: online: asynchronous,"),
@@ -402,8 +406,10 @@ def test_out_of_range_values_are_named(stage, override, message):
 
     from robopretrain.evaluate import validate_config
 
+    from video_pretrain.train import validate_config as validate_stage1_config
+
     check = {"robopretrain": validate_offline_config, "finetune": validate_online_config,
-             "evaluate": validate_config}[stage]
+             "evaluate": validate_config, "video_pretrain": validate_stage1_config}[stage]
     with pytest.raises(ValueError) as err:
         check(compose_stage(stage, *([override] if isinstance(override, str) else override)))
     assert message in str(err.value)

@@ -114,6 +114,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"video_pretrain config: {key}={value!r}; expected {expected}")
 
     config_checks.one_name_as_list(cfg, ("data.tasks",))
+    config_checks.check_top_level_keys(cfg, "video_pretrain")  # +bogus=1 or a misspelt section: refused, not ignored
     if cfg.objective.name not in OBJECTIVES:
         fail("objective.name", cfg.objective.name, f"one of {', '.join(OBJECTIVES)} (pick with objective=<name>)")
     for key in ("steps", "valid_batches", "num_workers", "augment_pad"):
