@@ -831,7 +831,7 @@ def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[str, f
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(copy_root), "PYTHONDONTWRITEBYTECODE": "1"}
     t0 = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", *tests, "-x", "-q", "-p", "no:cacheprovider",
+        proc = subprocess.run([sys.executable, "-m", "pytest", *tests, "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
                                "-p", "no:randomly"], cwd=copy_root, env=env, capture_output=True, text=True,
                               timeout=timeout, start_new_session=True)
     except subprocess.TimeoutExpired as e:

@@ -1,5 +1,6 @@
-"""Test-session settings: one torch thread (tiny networks run fastest that way, and a loaded shared CPU otherwise
-makes a few CQL tests 10x slower), the ``slow`` marker, and the tests folder on ``sys.path`` for the helpers
+"""Test-session settings: one torch thread per process (tiny networks run fastest that way, and a loaded shared CPU
+otherwise makes a few CQL tests 10x slower; pyproject's ``-n auto`` runs one pytest-xdist worker per core, each
+loading this file), the ``slow`` marker, and the tests folder on ``sys.path`` for the helpers
 (``_compare``, ``_fake_envs``, ``_robosuite_like``) that spawned workers import by module name."""
 from __future__ import annotations
 
