@@ -457,6 +457,7 @@ def refuse_learned_reward_online(info: DatasetInfo, offline_ratio: float, settin
     log.warning(message)
     return message
 
+
 def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray) -> bool:
     """Warn (and return True) when DT's evaluation return ``target_return * reward_scale`` lies outside the data's
     episode returns ``(E,)`` (in the same scaled units): the policy is asked for a return no demo showed (e.g. the

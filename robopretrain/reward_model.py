@@ -37,7 +37,7 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
    algo.sparse_reward=false`` (the keys of CQL / Cal-QL / IQL / TD3+BC / AWAC / ReBRAC / BCQ / POR; the Decision
    Transformer reads the rewards as given and has no such keys; BC ignores rewards). Stage 3 rewards its online
    steps with the target's own reward and applies no learned reward online, so it refuses the copy in its batches
-   (``online.offline_ratio=0`` aside: :func:`finetune.train.refuse_learned_reward_online`).
+   (``online.offline_ratio=0`` aside: :func:`robopretrain.build.refuse_learned_reward_online`).
 
 The run folder (``output_dir``, default ``outputs/reward_model/seed<seed>``, which does not depend on the data) holds
 one run's ``labels.csv`` (scripted teacher), ``reward_model.pt``, ``relabelled.hdf5`` and ``report.json``, whose
