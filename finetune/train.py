@@ -260,10 +260,10 @@ def resumed_start(checkpoint: Any, run_dir: Path, resume: bool) -> str:
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Stage-2 checkpoint -> online fine-tuning on ``cfg.target``; returns the history and where things are."""
+    validate_online_config(cfg)  # first: an unknown or mistyped key is named before the missing checkpoint
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.get("checkpoint"):
         raise ValueError("finetune config: checkpoint is not set; give checkpoint=<a stage-2 run folder or checkpoint> "
                          "(python -m robopretrain.train writes one)")
-    validate_online_config(cfg)
     # both entries checked once, before any env is built (a target's probe included)
     dr_rand = build.randomization(cfg.get("dr"))
     eval_spec = cfg.get("eval_randomization")  # None: as training

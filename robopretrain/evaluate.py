@@ -615,9 +615,9 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Run the robustness evaluation ``cfg`` describes (see ``configs/evaluate.yaml``); returns eval_info."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
+    validate_config(cfg)  # first: an unknown or mistyped key is named before the missing checkpoint
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
         raise ValueError("evaluate config: checkpoint is not set; give checkpoint=<checkpoint or run folder>")
-    validate_config(cfg)
     ckpt = open_checkpoint(str(cfg.checkpoint))
     target = as_target(OmegaConf.to_container(cfg.target, resolve=True) if OmegaConf.is_config(cfg.get("target"))
                        else cfg.target) if cfg.get("target") else default_target(ckpt)

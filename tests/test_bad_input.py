@@ -219,6 +219,9 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
                                                                 else "CUDA is not available")),
         "device_unavailable_evaluate": (ev(f"checkpoint={run}", "device=cuda:7"), "evaluate config: device='cuda:7'"),
         "finetune_without_checkpoint": (s3("target=Reach"), "finetune config: checkpoint is not set"),
+        # a mistyped key is named before the missing checkpoint (both said "checkpoint is not set" first)
+        "unknown_key_without_checkpoint_stage3": (s3("+online.stpes=5"), "finetune config: unknown key(s) online.stpes"),
+        "unknown_key_without_checkpoint_evaluate": (ev("+episods=5"), "evaluate config: unknown key(s) episods"),
         "negative_max_demos": (s2(f"data.path={good}", "data.max_demos=-1", out),
                                "robopretrain config: data.max_demos=-1; expected an integer >= 1"),
         "mix_fraction_out_of_range": (s2(f"data.path={good}", f"data.mix.path={good}", "data.mix.fraction=1.5", out),
@@ -258,6 +261,7 @@ CASE_NAMES = ["non_hdf5_dataset", "truncated_dataset", "missing_obs_key", "actio
               "incompatible_checkpoint_stage1", "evaluate_not_a_checkpoint", "evaluate_out_of_range_value",
               "config_group_given_a_value", "device_not_a_device_stage2", "device_unavailable_stage3",
               "device_unavailable_evaluate", "finetune_without_checkpoint", "negative_max_demos",
+              "unknown_key_without_checkpoint_stage3", "unknown_key_without_checkpoint_evaluate",
               "mix_fraction_out_of_range", "missing_next_obs"]
 
 
