@@ -588,7 +588,7 @@ def stage2_config(cfg: DictConfig, run_dir: Path, planned: bool = False) -> Dict
         **common(cfg, run_dir, "stage2"), "algo": stage_algo(cfg, "stage2"), "obs": plain(cfg.obs),
         "encoder": encoder_group(cfg, run_dir, planned), "data": {"path": str(data_paths(run_dir)["prior"])},
         "train": {"steps": int(s.steps), "eval_every": int(s.eval_every) or int(s.steps),
-                  "eval_episodes": max(1, episodes), "eval_targets": None if episodes > 0 else [],
+                  "eval_episodes": episodes, "eval_targets": None if episodes > 0 else [],
                   "checkpoint_every": int(s.checkpoint_every), "progress": bool(cfg.progress),
                   "cuda_graph": bool(cfg.cuda_graph),
                   "compile": bool(cfg.compile)}})

@@ -231,6 +231,7 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
     (["adapt.checkpoint_every=0"], r"robopretrain config: train.checkpoint_every=0; .* from its adapt keys\)$"),
     (["stage3.utd=0"], r"finetune config: online.utd=0; .* from its stage3 keys\)$"),
     (["stage3.eval_episodes=0"], r"finetune config: online.eval_episodes=0; .* from its stage3 keys\)$"),
+    (["stage2.eval_episodes=-1"], r"train.eval_episodes=-1; expected an integer >= 0 .* from its stage2 keys\)$"),
     (["+evaluate.robustness.levels.distractors=[99]"], r"factors.distractors.levels has 99; .* evaluate.robustness"),
     (["evaluate.robustness.levels.friction=[eval_hrad]"], r"levels has 'eval_hrad'; .* evaluate.robustness keys"),
     # the default encoder mode needs stage 1's encoder, which the start-up check takes from where stage 1 writes it
@@ -623,7 +624,7 @@ def test_stage_configs_evaluate_and_checkpoint_where_the_pipeline_says(tmp_path)
     for episodes, targets in ((1, None), (0, [])):
         cfg.stage2.eval_episodes = episodes
         train = stage2_config(cfg, tmp_path / "run").train
-        assert train.eval_targets == targets and train.eval_episodes == 1, (episodes, train.eval_targets)
+        assert train.eval_targets == targets and train.eval_episodes == episodes, (episodes, train.eval_targets)
 
 
 def test_a_rerun_removes_the_partial_files_a_killed_session_left(tmp_path):
