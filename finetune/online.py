@@ -129,7 +129,8 @@ def keep_decided_epopt_rows(log: Path, batches_done: int) -> int:
 def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: OnlineSettings, run_dir: Path, *,
                reward: RewardSettings, seed: int, randomization: Any = "none", eval_randomization: Any = None,
                config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True,
-               fingerprint: Mapping[str, Any] | None = None, transfer: Any = None) -> list[dict[str, Any]]:
+               fingerprint: Mapping[str, Any] | None = None, transfer: Any = None,
+               learned_reward: Any = None) -> list[dict[str, Any]]:
     """Online fine-tuning of ``agent`` on ``target`` (module docstring); returns the evaluation history.
 
     Writes ``<run_dir>/checkpoints/``, ``metrics.jsonl`` and ``tb/``; a rerun resumes from the newest checkpoint.
@@ -140,6 +141,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
     checkpoint) and writes one row per decided episode (batch, return, success, physics parameters, kept) to
     ``<run_dir>/epopt_episodes.jsonl``; DARC corrects each
     sampled batch's rewards; the DANN adversary is already the agent's auxiliary loss; their states are checkpointed.
+    ``learned_reward``: a :class:`finetune.learned_reward.OnlineLearnedReward` (None: the env's reward): each episode
+    enters the buffer with its rewards instead of the env's (success, evaluation and EPOpt's returns stay the env's).
     """
     from finetune.transfer.epopt import EPOptFilter
     from finetune.transfer.options import TransferParts
@@ -201,7 +204,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         keep_decided_epopt_rows(episode_log, epopt_done)
 
     def add_to_buffer(ep: Episode) -> None:
-        buffer.add_episode(ep.observations, ep.actions, scale_rewards(ep.rewards, reward.scale, reward.bias),
+        rewards = ep.rewards if learned_reward is None else learned_reward(ep.observations, ep.actions)
+        buffer.add_episode(ep.observations, ep.actions, scale_rewards(rewards, reward.scale, reward.bias),
                            ep.next_observations, ep.terminals)
 
     def decided(rows: list[tuple[Episode, bool]]) -> None:

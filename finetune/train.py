@@ -300,7 +300,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     stage2_path = recorded_file(ckpt, "data_path")  # at a moved run folder's new place when it moved with the run
     data_path = offline_data_path(cfg, run_dir, target, agent, {**ckpt.meta, "data_path": stage2_path})
     info = read_info(data_path)
-    build.refuse_learned_reward_online(info, settings.offline_ratio, "online.offline_ratio")
+    learned = None
+    if cfg.get("reward_model"):
+        from finetune.learned_reward import load_online_reward
+
+        learned = load_online_reward(cfg.reward_model, agent, info)
+    build.refuse_learned_reward_online(info, settings.offline_ratio, "online.offline_ratio",
+                                       online_model=learned is not None)
     note = time_limit_note(target, info.env_args, info.demos)
     if note:
         log.warning(note)
@@ -325,10 +331,12 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     meta = {"pretrained_from": str(ckpt.path), "pretrained_algo": ckpt.meta.get("algo"),
             "data_path": os.path.abspath(data_path),
             "task_names": [target.name], "reward": reward.__dict__, "gap": gap.to_dict(),
+            "reward_model": str(learned.path) if learned else None,
             # every task the agent was trained on and its slot: stage 2's, then this target's (evaluate's warning)
             "task_ids": {**dict(ckpt.meta.get("task_ids") or {}),
                          **({target.name: target.resolved_task_id()} if agent.spec.num_tasks else {})}}
-    fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path},
+    fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path,
+                                                    **({"reward_model": learned.path} if learned else {})},
                                               ignore=RESUMABLE_CHANGES,
                                               home=run_fingerprint.run_home(cfg, run_dir))
     fresh = not bool(cfg.get("resume", True))  # a fresh run in a used folder, after every check: its transfer caches
@@ -341,7 +349,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         clear_previous_run(run_dir, tuple(p for p in PREVIOUS_RUN if p != "transfer"))
     history = run_online(agent, offline, target, settings, run_dir, reward=reward, seed=int(cfg.seed),
                          randomization=rand, eval_randomization=eval_rand, config=cfg, meta=meta,
-                         resume=bool(cfg.get("resume", True)), fingerprint=fingerprint, transfer=transfer)
+                         resume=bool(cfg.get("resume", True)), fingerprint=fingerprint, transfer=transfer,
+                         learned_reward=learned)
     curve = plot_learning_curve(history, run_dir / "learning_curve.png",
                                 title=f"{algo} on {target.name} (seed {cfg.seed})")
     return {"history": history, "run_dir": str(run_dir), "pretrained_from": str(ckpt.path),

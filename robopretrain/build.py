@@ -432,28 +432,41 @@ def warn_learned_reward(algo: str, info: DatasetInfo) -> bool:
     return True
 
 
-def refuse_learned_reward_online(info: DatasetInfo, offline_ratio: float, setting: str = "online.offline_ratio"
-                                 ) -> str | None:
-    """Stage 3 rewards its online steps with the target's own reward (its success, or its dense reward); offline data
-    whose rewards a learned reward wrote (``env_args['learned_reward']``, :func:`robopretrain.reward_model.relabel`)
-    are in another reward function's units (a failing online step 0 beside learned rewards around -0.9). Raises
-    ``ValueError`` when such data would enter the batches (``online.offline_ratio > 0``: every batch would mix two
-    reward functions); with ``offline_ratio`` 0 only the critic's start comes from the learned reward, which is
-    warned (the message is returned). ``setting``: the key of ``offline_ratio`` where the caller reads it (the
-    pipeline's ``stage3.offline_ratio``). None for data with the env's own reward."""
+def refuse_learned_reward_online(info: DatasetInfo, offline_ratio: float, setting: str = "online.offline_ratio",
+                                 online_model: bool = False) -> str | None:
+    """Whether stage 3's batches would mix two reward functions. Its online steps are rewarded by the target's own
+    reward (its success, or its dense reward), or with ``online_model`` by a learned reward model (stage 3's
+    ``reward_model``, :mod:`finetune.learned_reward`); its offline data's rewards are the env's, or a learned
+    reward's when :func:`robopretrain.reward_model.relabel` wrote them (``env_args['learned_reward']``). When the two
+    differ (a failing online step 0 beside learned rewards around -0.9), raises ``ValueError`` if the offline data
+    would enter the batches (``offline_ratio > 0``); with ``offline_ratio`` 0 only the critic's start comes from the
+    other function, which is warned (the message is returned). ``setting``: the key of ``offline_ratio`` where the
+    caller reads it (the pipeline's ``stage3.offline_ratio``). None when both are the same function (that the model
+    is the one that relabelled the data is :func:`finetune.learned_reward.load_online_reward`'s check)."""
     learned = (info.env_args or {}).get(LEARNED_REWARD_KEY)
-    if not learned:
+    if bool(learned) == online_model:
         return None
-    source = learned.get("source") if isinstance(learned, Mapping) else None
-    what = (f"{info.path}: its rewards were written by a learned reward (robopretrain.reward_model"
-            f"{', from ' + str(source) if source else ''}), while stage 3 rewards its online steps with the target's "
-            "own reward (a learned reward is not applied online)")
+    if learned:
+        source = learned.get("source") if isinstance(learned, Mapping) else None
+        what = (f"{info.path}: its rewards were written by a learned reward (robopretrain.reward_model"
+                f"{', from ' + str(source) if source else ''}), while stage 3 rewards its online steps with the "
+                "target's own reward (reward_model=null)")
+        fix = ("Fine-tune with offline data in the target's reward (a file with the env's rewards, e.g. the source "
+               "file when it has them), or give the model that relabelled it (reward_model=<its run>/reward_model.pt) "
+               f"to reward the online steps with it too, or {setting}=0 to train on online steps alone (the critic "
+               "then starts from the learned reward's values)")
+        start = "the learned reward"
+    else:
+        what = (f"{info.path}: its rewards are the env's own, while stage 3 rewards its online steps with the learned "
+                "reward (reward_model)")
+        fix = ("Give offline data relabelled by that model (python -m robopretrain.reward_model writes "
+               f"relabelled.hdf5; data.path=...), or {setting}=0 to train on online steps alone (the critic then "
+               "starts from the env reward's values)")
+        start = "the env's reward"
     if offline_ratio > 0:
         raise ValueError(f"{what}: with {setting}={offline_ratio:g} every batch would mix the two reward functions. "
-                         "Fine-tune with offline data in the target's reward (a file with the env's rewards, e.g. the "
-                         f"source file when it has them), or {setting}=0 to train on online steps alone (the critic "
-                         "then starts from the learned reward's values)")
-    message = f"{what}: {setting}=0, so only the critic's start comes from the learned reward"
+                         f"{fix}")
+    message = f"{what}: {setting}=0, so only the critic's start comes from {start}"
     log.warning(message)
     return message
 

@@ -35,9 +35,13 @@ Bradley-Terry loss, and a relabelled copy of the dataset for any offline algorit
    byte-for-byte the same. Train on it with any offline algorithm through ``data.path``; the learned reward is
    dense, so turn the sparse-reward transform off, e.g. ``algo=iql algo.reward_scale=1 algo.reward_bias=0
    algo.sparse_reward=false`` (the keys of CQL / Cal-QL / IQL / TD3+BC / AWAC / ReBRAC / BCQ / POR; the Decision
-   Transformer reads the rewards as given and has no such keys; BC ignores rewards). Stage 3 rewards its online
-   steps with the target's own reward and applies no learned reward online, so it refuses the copy in its batches
-   (``online.offline_ratio=0`` aside: :func:`robopretrain.build.refuse_learned_reward_online`).
+   Transformer reads the rewards as given and has no such keys; BC ignores rewards). The copy's ``env_args`` record
+   ``learned_reward``: the source file, ``normalize`` with its ``offset`` and ``scale`` (``r' = (r - offset) /
+   scale``, :func:`normalization_affine`) and the ensemble's ``model_digest`` (:func:`model_digest`). Stage 3 rewards
+   its online steps with the same function when given the model (``reward_model=<run>/reward_model.pt``,
+   :mod:`finetune.learned_reward`, PEBBLE-style: the ensemble is not trained further online); without it, with the
+   target's own reward, and then it refuses the copy in its batches (``online.offline_ratio=0`` aside:
+   :func:`robopretrain.build.refuse_learned_reward_online`).
 
 The run folder (``output_dir``, default ``outputs/reward_model/seed<seed>``, which does not depend on the data) holds
 one run's ``labels.csv`` (scripted teacher), ``reward_model.pt``, ``relabelled.hdf5`` and ``report.json``, whose
@@ -59,6 +63,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -331,6 +336,7 @@ class RewardEnsemble(nn.Module):
         if ensemble < 1:
             raise ValueError(f"model.ensemble must be >= 1, got {ensemble}")
         self.encoder = ObsEncoder(spec, stats=stats)
+        self.act_dim = int(act_dim)
         self.nets = nn.ModuleList(build_mlp(self.encoder.out_dim + act_dim, 1, tuple(hidden)) for _ in range(ensemble))
         # the units of the actions it was trained on (a converted file's rescaled [-1, 1], None: the env's own);
         # "file": unknown (a model saved before they were recorded), other files' actions are taken as they are
@@ -490,17 +496,18 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
     chunks = [slice(lo, lo + RELABEL_CHUNK) for lo in range(0, len(data.actions), RELABEL_CHUNK)]
     r = np.concatenate([model({k: v[c] for k, v in data.obs.items()}, data.actions[c]).mean(0).numpy()
                         for c in chunks]).astype(np.float64)
-    if normalize == "standard":
-        r = (r - r.mean()) / (r.std() + 1e-8)
-    elif normalize == "minmax":
-        r = (r - r.min()) / max(r.max() - r.min(), 1e-8)
+    offset, scale = normalization_affine(r, normalize)
+    r = (r - offset) / scale
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     shutil.copyfile(src, tmp)
     with h5py.File(tmp, "r+") as f:
         # recorded for the stages (robopretrain.build.warn_learned_reward): rewards in a learned reward's units
         env_args = dict(info.env_args or {})
-        env_args[LEARNED_REWARD_KEY] = {"source": str(Path(src).resolve()), "normalize": normalize}
+        # offset, scale and the model's digest: stage 3 rewards its online steps with the same function
+        # (finetune.learned_reward), and refuses another model's
+        env_args[LEARNED_REWARD_KEY] = {"source": str(Path(src).resolve()), "normalize": normalize,
+                                        "offset": offset, "scale": scale, "model_digest": model_digest(model) if isinstance(model, nn.Module) else None}
         f["data"].attrs["env_args"] = json.dumps(env_args)
         for name, lo in data.offset.items():
             old = f[f"data/{name}"].get("rewards")  # None: a reward-free demo gets its first rewards
@@ -513,6 +520,32 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
                 ds.attrs[k] = v
     os.replace(tmp, dst)
     return dst
+
+
+def normalization_affine(rewards: np.ndarray, normalize: str) -> tuple[float, float]:
+    """``(offset, scale)`` with which ``relabel.normalize`` maps the ensemble-mean rewards of a whole file,
+    ``r' = (r - offset) / scale``: ``none`` (0, 1); ``standard`` (mean, std + 1e-8): zero mean, unit std;
+    ``minmax`` (min, max(max - min, 1e-8)): [0, 1]. Recorded in the relabelled file so that stage 3's online steps
+    get the same transform (:mod:`finetune.learned_reward`)."""
+    if normalize not in NORMALIZE:
+        raise ValueError(f"relabel.normalize={normalize!r}; expected one of {list(NORMALIZE)}")
+    r = np.asarray(rewards, dtype=np.float64)
+    if normalize == "standard":
+        return float(r.mean()), float(r.std() + 1e-8)
+    if normalize == "minmax":
+        return float(r.min()), float(max(r.max() - r.min(), 1e-8))
+    return 0.0, 1.0
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 (hex) of ``model``'s weights (every state-dict tensor's name, dtype, shape and bytes, in name order):
+    the same ensemble gives the same digest whether it is in memory or loaded from ``reward_model.pt``."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]:

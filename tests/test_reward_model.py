@@ -227,7 +227,11 @@ def test_relabel_writes_the_ensemble_mean_normalised_over_the_file(tmp_path, nor
     from robopretrain.data.hdf5 import read_info
 
     info = read_info(out)
-    assert info.env_args["learned_reward"] == {"source": str(src.resolve()), "normalize": normalize}
+    record = info.env_args["learned_reward"]
+    assert {k: record[k] for k in ("source", "normalize", "model_digest")} == {
+        "source": str(src.resolve()), "normalize": normalize, "model_digest": None}  # a function: no weights
+    # the recorded affine map is the one applied (stage 3 rewards its online steps with it)
+    np.testing.assert_allclose((x + 1.0 - record["offset"]) / record["scale"], got, rtol=0, atol=1e-5)
     assert {k: v for k, v in info.env_args.items() if k != "learned_reward"} == read_info(src).env_args
     assert warn_learned_reward("dt", info) and not warn_learned_reward("iql", info)
     assert not warn_learned_reward("dt", read_info(src))

@@ -1,0 +1,178 @@
+"""Stage 3 with a preference-learned reward online (``reward_model=``, ``finetune/learned_reward.py``): the online
+steps enter the buffer with the learned reward, in the offline file's relabelled units, and every mismatch between
+the model, the agent and the data is refused before any online step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from _stages import collect_sim, stage2_config, stage3_config
+from finetune.learned_reward import OnlineLearnedReward, load_online_reward
+from finetune.train import run as finetune
+from robopretrain.build import compose
+from robopretrain.checkpoint import load_latest
+from robopretrain.data.hdf5 import load_transitions, read_info
+from robopretrain.data.keys import TASK_ID
+from robopretrain.data.spec import ObsSpec
+from robopretrain.envs.action_units import ActionNormalization
+from robopretrain.reward_model import RewardEnsemble, load_reward_model, model_digest
+from robopretrain.reward_model import run as learn_reward
+from robopretrain.train import run as stage2
+
+DENSE = {"reward_scale": 1.0, "reward_bias": 0.0, "sparse_reward": False}  # the learned reward is dense
+OBS = {"low_dim": ["proprio", "object"], "rgb": []}
+
+
+def reward_run(data: Path, out: Path, seed: int = 0, normalize: str = "standard") -> dict:
+    cfg = compose("reward_model", overrides={
+        "seed": seed, "num_threads": 1, "output_dir": str(out), "data": {"path": str(data)},
+        "teacher": {"num_pairs": 60, "segment_length": 5},
+        "model": {"ensemble": 2, "hidden": [16], "steps": 20, "batch_size": 16}, "relabel": {"normalize": normalize}})
+    return learn_reward(cfg, out)
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """Reach demos, a reward model learned on them (scripted teacher) with its standard-normalised relabelled copy,
+    and a CQL agent trained on that copy (dense rewards, 10 updates)."""
+    root = tmp_path_factory.mktemp("learned")
+    demos = collect_sim(root / "reach.hdf5", ["Reach"])
+    report = reward_run(demos, root / "rm")
+    relabelled = Path(report["relabelled"])
+    agent = stage2(stage2_config(relabelled, root / "s2", algo="cql", steps=10, obs=OBS, width=32, algo_cfg=DENSE))
+    return SimpleNamespace(root=root, demos=demos, model=root / "rm" / "reward_model.pt", relabelled=relabelled,
+                           agent=agent)
+
+
+def online_cfg(learned, out: Path, **top):
+    return stage3_config(learned.agent, out, "Reach", env_steps=60, width=32, algo_cfg=DENSE,
+                         data_cfg={"path": str(top.pop("data", learned.relabelled))},
+                         online={"calibration_batch": 32}, **top)
+
+
+def test_online_steps_enter_the_buffer_with_the_learned_reward_in_the_offline_files_units(learned, tmp_path):
+    finetune(online_cfg(learned, tmp_path / "s3", reward_model=str(learned.model)))
+    ckpt = load_latest(tmp_path / "s3" / "checkpoints")
+    assert ckpt.meta["reward_model"] == str(learned.model)
+    assert ckpt.meta["fingerprint"]["inputs"]["reward_model"] is not None  # another model's file: not resumed
+    online = ckpt.state["sampler"]["online"]
+    n = int(online["size"])
+    assert n >= 40  # whole episodes (a truncated 50-step one, or more shorter ones)
+    obs = {k: v.numpy()[:n] for k, v in online["data"]["observations"].items()}
+    actions = online["data"]["actions"].numpy()[:n]
+    stored = online["data"]["rewards"].numpy()[:n]
+    # by hand: the ensemble mean, then the file's recorded standardisation (reward_scale 1, bias 0 after it)
+    model, spec = load_reward_model(learned.model)
+    record = read_info(learned.relabelled).env_args["learned_reward"]
+    assert record["normalize"] == "standard" and record["scale"] != 1.0 and record["offset"] != 0.0
+    with torch.no_grad():
+        raw = model({k: torch.from_numpy(obs[k]).float() for k in ("proprio", "object")} |
+                    {TASK_ID: torch.from_numpy(obs[TASK_ID]).long()}, torch.from_numpy(actions)).mean(0).numpy()
+    np.testing.assert_allclose(stored, (raw - record["offset"]) / record["scale"], rtol=1e-5, atol=1e-5)
+    assert len(np.unique(stored)) > 10  # not the env's sparse {0, 1}
+
+    # the same function as the relabelled file's: the online reward of the file's own steps is its stored reward
+    trans = load_transitions(learned.relabelled, ["proprio", "object"], low_dim=["proprio", "object"])
+    rewarder = load_online_reward(learned.model, SimpleNamespace(
+        stored_spec=lambda: spec, act_dim=model.act_dim, action_normalization=None), read_info(learned.relabelled))
+    np.testing.assert_allclose(rewarder({**trans.obs, TASK_ID: np.asarray(trans.task_ids)}, trans.actions),
+                               trans.rewards, rtol=1e-5, atol=1e-5)
+
+
+def test_two_reward_functions_in_one_batch_are_refused(learned, tmp_path):
+    """The env-reward file beside learned online rewards, and a file relabelled by another model."""
+    with pytest.raises(ValueError, match=r"reach.hdf5: its rewards are the env's own, while stage 3 rewards its online "
+                                         r"steps with the learned reward .*offline_ratio=0.5 every batch would mix"):
+        finetune(online_cfg(learned, tmp_path / "a", reward_model=str(learned.model), data=learned.demos))
+    other = reward_run(learned.demos, tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match=r"reward_model=.*other.* is not the model that relabelled the offline data"):
+        finetune(online_cfg(learned, tmp_path / "b", reward_model=str(tmp_path / "other")))  # its run folder
+    with pytest.raises(ValueError, match=r"reward_model=.*nowhere.pt: no such file"):
+        finetune(online_cfg(learned, tmp_path / "c", reward_model=str(tmp_path / "nowhere.pt")))
+    assert not any((tmp_path / d / "checkpoints").exists() for d in "abc")
+    assert Path(other["relabelled"]).is_file()
+
+
+def fake_agent(spec: ObsSpec, act_dim: int = 2, units: ActionNormalization | None = None) -> SimpleNamespace:
+    return SimpleNamespace(stored_spec=lambda: spec, act_dim=act_dim, action_normalization=units)
+
+
+def saved_model(path: Path, spec: ObsSpec, act_dim: int = 2, units: ActionNormalization | None = None) -> Path:
+    model = RewardEnsemble(spec, act_dim, ensemble=2, hidden=(8,))
+    torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": act_dim,
+                "settings": {"ensemble": 2, "hidden": [8]},
+                "action_normalization": None if units is None else units.to_dict()}, path)
+    return path
+
+
+def test_a_model_that_does_not_fit_the_agent_is_refused_by_name(tmp_path):
+    spec = ObsSpec(low_dim=(("proprio", 3), ("object", 2)), num_tasks=4)
+    path = saved_model(tmp_path / "m.pt", spec)
+    load_online_reward(path, fake_agent(ObsSpec(low_dim=(("object", 2), ("proprio", 3), ("extra", 1)), num_tasks=4)))
+    cases = [(fake_agent(ObsSpec(low_dim=(("proprio", 3),), num_tasks=4)), r"reads low-dim part\(s\) \['object'\], "
+              r"which the agent does not observe"),
+             (fake_agent(ObsSpec(low_dim=(("proprio", 3), ("object", 3)), num_tasks=4)), r"object: model 2, agent 3"),
+             (fake_agent(ObsSpec(low_dim=(("proprio", 3), ("object", 2)), num_tasks=5)), r"task one-hot has 4 slots, "
+              r"the agent's 5"),
+             (fake_agent(spec, act_dim=3), r"scores 2-dim actions, the agent acts in 3")]
+    for agent, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load_online_reward(path, agent)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"junk.pt: not a reward model"):
+        load_online_reward(tmp_path / "junk.pt", fake_agent(spec))
+
+
+def test_the_agents_actions_are_scored_in_the_models_units(tmp_path):
+    """A model trained on actions converted from [0, 8] scores an agent acting in [2, 6]'s units after
+    re-expressing them: the same robot action, the same reward."""
+    spec = ObsSpec(low_dim=(("x", 1),))
+    wide, narrow = ActionNormalization((0.0,), (8.0,)), ActionNormalization((2.0,), (6.0,))
+    rewarder = load_online_reward(saved_model(tmp_path / "m.pt", spec, 1, wide), fake_agent(spec, 1, narrow))
+    obs = {"x": np.zeros((3, 1), np.float32)}
+    agent_actions = np.array([[-1.0], [0.0], [1.0]], np.float32)  # robot actions 2, 4, 6
+    model_actions = np.array([[-0.5], [0.0], [0.5]], np.float32)  # the same in [0, 8]'s units
+    same_units = OnlineLearnedReward(model=rewarder.model, path=rewarder.path, agent_units=wide)  # taken as given
+    np.testing.assert_allclose(rewarder(obs, agent_actions), same_units(obs, model_actions), rtol=1e-6)
+    assert not np.allclose(rewarder(obs, agent_actions), same_units(obs, agent_actions))
+
+
+def test_a_relabelled_file_without_its_constants_or_by_another_model_is_refused(tmp_path):
+    spec = ObsSpec(low_dim=(("x", 1),))
+    path = saved_model(tmp_path / "m.pt", spec)
+    digest = model_digest(load_reward_model(path)[0])
+
+    def info(record):
+        return SimpleNamespace(path="r.hdf5", env_args={"learned_reward": record})
+
+    rewarder = load_online_reward(path, fake_agent(spec), info({"normalize": "standard", "offset": 2.0, "scale": 4.0,
+                                                               "model_digest": digest}))
+    assert (rewarder.offset, rewarder.scale) == (2.0, 4.0)
+    obs, actions = {"x": np.ones((2, 1), np.float32)}, np.zeros((2, 2), np.float32)
+    np.testing.assert_allclose(rewarder(obs, actions), (OnlineLearnedReward(rewarder.model, path)(obs, actions) - 2) / 4,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"is not the model that relabelled the offline data r.hdf5"):
+        load_online_reward(path, fake_agent(spec), info({"normalize": "none", "offset": 0.0, "scale": 1.0,
+                                                         "model_digest": "0" * 64}))
+    with pytest.raises(ValueError, match=r"r.hdf5: its learned rewards were normalised \(relabel.normalize=minmax\) "
+                                         r"with constants it does not record"):
+        load_online_reward(path, fake_agent(spec), info({"normalize": "minmax", "model_digest": digest}))
+    plain = load_online_reward(path, fake_agent(spec), info({"normalize": "none"}))  # an older file, not normalised
+    assert (plain.offset, plain.scale) == (0.0, 1.0)
+
+
+def test_the_digest_names_the_weights(tmp_path):
+    spec = ObsSpec(low_dim=(("x", 1),))
+    torch.manual_seed(0)
+    a = RewardEnsemble(spec, 2, ensemble=2, hidden=(8,))
+    loaded, _ = load_reward_model(saved_model(tmp_path / "m.pt", spec))
+    loaded.load_state_dict(a.state_dict())
+    assert model_digest(loaded) == model_digest(a)
+    with torch.no_grad():
+        next(a.nets[1].parameters()).view(-1)[0] += 1e-6
+    assert model_digest(loaded) != model_digest(a)
