@@ -15,6 +15,9 @@ Parts (``--part``, default all four, each resumable):
 ``preferences``  ``python -m robopretrain.reward_model`` (scripted teacher with 10 % label noise) on the ``mixed``
                  file, then IQL and CQL on the relabelled copy (dense learned reward): success against the same
                  learner on the true sparse reward (the ``states`` run), with a difference interval.
+``preferences_online``  stage 3 of IQL and CQL from their ``preferences`` checkpoint with the same learned reward
+                 online (``reward_model=``, ``finetune/learned_reward.py``) against the ``online`` part's fine-tuning
+                 on the true reward (protocol amendment 2): success before / after, gain, dip, regret.
 
 Every piece (data file, training run, evaluation, fine-tuning, reward model) is skipped when finished, so a killed
 call continues where it stopped; ``--summarize-only`` rebuilds the tables, the figure and the ranking comparison
@@ -28,6 +31,7 @@ the online and preference tables, and the ranking against CORL's and d3rlpy's pu
     python benchmarks/offline_suite.py --part pixels --tasks Reach
     python benchmarks/offline_suite.py --part online
     python benchmarks/offline_suite.py --part preferences
+    python benchmarks/offline_suite.py --part preferences_online --tasks Reach
     python benchmarks/offline_suite.py --summarize-only
     python benchmarks/offline_suite.py --smoke --part states --algos bc iql --seeds 0   # minutes, shows the wiring
     python benchmarks/offline_suite.py --time --part pixels online preferences   # one short timed run of each kind
@@ -59,7 +63,7 @@ from claims_metrics import cumulative_regret, difference_ci, seed_level_verdict,
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "offline_suite.json"
 FIGURE = ROOT / "docs" / "offline_suite.png"
-PARTS = ("states", "pixels", "online", "preferences")
+PARTS = ("states", "pixels", "online", "preferences", "preferences_online")
 ALGOS = ("bc", "bcq", "td3_bc", "awac", "iql", "cql", "calql", "por", "rebrac", "dt")
 ONLINE_ALGOS = ("awac", "td3_bc", "rebrac", "iql", "cql", "calql")  # the learners with an online version
 PREFERENCE_ALGOS = ("iql", "cql")
@@ -136,18 +140,28 @@ def plan(parts: list[str], tasks: list[str], datasets: list[str], algos: list[st
     jobs = []
     for part in parts:
         chosen = {"online": [a for a in algos if a in ONLINE_ALGOS],
-                  "preferences": [a for a in algos if a in PREFERENCE_ALGOS]}.get(part, algos)
+                  "preferences": [a for a in algos if a in PREFERENCE_ALGOS],
+                  "preferences_online": [a for a in algos if a in PREFERENCE_ALGOS]}.get(part, algos)
         sets = datasets if part in ("states", "pixels") else [d for d in datasets if d == "mixed"]
         jobs += [Job(part, t, d, a, s) for t in tasks for d in sets for a in chosen for s in seeds]
     return jobs
 
 
 def dependencies(job: Job) -> list[Job]:
-    """Runs a job needs first: ``online`` fine-tunes the ``states`` checkpoint; ``preferences`` is compared with the
-    ``states`` run on the true reward."""
+    """Runs a job needs first, in order: ``online`` fine-tunes the ``states`` checkpoint; ``preferences`` is compared
+    with the ``states`` run on the true reward; ``preferences_online`` fine-tunes the ``preferences`` checkpoint and
+    is compared with the ``online`` run (which needs ``states``)."""
     if job.part in ("online", "preferences"):
         return [job._replace(part="states")]
+    if job.part == "preferences_online":
+        return [job._replace(part=p) for p in ("states", "preferences", "online")]
     return []
+
+
+def wave(part: str) -> int:
+    """When a part's runs start: ``states`` first, the parts that need only them next, ``preferences_online`` (it
+    needs ``preferences`` and ``online``) last."""
+    return {"states": 0, "preferences_online": 2}.get(part, 1)
 
 
 def is_complete(entry: dict[str, Any] | None, part: str, budgets: Budgets) -> bool:
@@ -272,10 +286,14 @@ def run_offline(job: Job, args: argparse.Namespace, entry: dict[str, Any], data:
             entry.setdefault("eval_seconds", {})[str(u)] = time.perf_counter() - start
 
 
+def reward_model_dir(job: Job, args: argparse.Namespace) -> Path:
+    return args.work_dir / "reward_models" / job.task / job.dataset / f"seed{job.seed}"
+
+
 def reward_model(job: Job, args: argparse.Namespace, entry: dict[str, Any], data: Path) -> Path:
     """The reward ensemble on ``data`` (seeded by the run's seed) and its relabelled copy; agreement into ``entry``."""
     b: Budgets = args.budgets
-    out = args.work_dir / "reward_models" / job.task / job.dataset / f"seed{job.seed}"
+    out = reward_model_dir(job, args)
     report_path = out / "report.json"
     if not report_path.is_file():
         hidden = "[" + ",".join(str(h) for h in b.pref_hidden) + "]"
@@ -293,16 +311,28 @@ def reward_model(job: Job, args: argparse.Namespace, entry: dict[str, Any], data
 
 
 def run_online(job: Job, args: argparse.Namespace, entry: dict[str, Any], data: Path) -> None:
+    """Stage 3 of ``job`` (part ``online`` or ``preferences_online``) from its offline checkpoint, which is trained
+    again by the same command when the JSON records it but its folder is gone (another work dir, a fresh machine);
+    ``preferences_online`` rewards the online steps with the ``preferences`` run's reward model, on its relabelled
+    copy of ``data``."""
     from robopretrain.report import eval_rows
 
     b: Budgets = args.budgets
-    states = job._replace(part="states")
-    source = checkpoint(args.work_dir / "runs" / states.key, b.state_updates[-1])
+    offline = job._replace(part="states" if job.part == "online" else "preferences")
+    extra: list[str] = []
+    if job.part == "preferences_online":
+        rebuilt: dict[str, Any] = {}  # the preferences entry keeps its own figures; a rebuilt model is said here
+        data = reward_model(offline, args, rebuilt, data)
+        extra = [*LEARNED_REWARD_OVERRIDES, f"reward_model={reward_model_dir(offline, args)}"]
+        if "reward_model_seconds" in rebuilt:
+            entry["reward_model_retrained"] = {"commit": git_commit(ROOT), "cpu": cpu_model(),
+                                               "seconds": rebuilt["reward_model_seconds"],
+                                               "agreement": rebuilt["reward_model"]["agreement"]}
+    source = checkpoint(args.work_dir / "runs" / offline.key, b.state_updates[-1])
     if not source.is_dir():
-        # the states run is recorded in the JSON but its checkpoints are gone (another work dir, a fresh machine):
         # the same command again (same data file, seed and budget), said in the entry since its weights need not be
-        # bit-identical to those the states figures were measured on (another CPU or torch build)
-        seconds = _run(train_command(states, data, source.parents[1], b.state_updates[-1], b, args.smoke))
+        # bit-identical to those the offline figures were measured on (another CPU or torch build)
+        seconds = _run(train_command(offline, data, source.parents[1], b.state_updates[-1], b, args.smoke))
         entry["source_retrained"] = {"commit": git_commit(ROOT), "cpu": cpu_model(), "seconds": seconds}
     out = args.work_dir / "runs" / job.key
     rows = eval_rows(out)
@@ -312,7 +342,7 @@ def run_online(job: Job, args: argparse.Namespace, entry: dict[str, Any], data: 
                f"hydra.run.dir={out}/hydra", "num_threads=1", "online.num_envs=1", "online.asynchronous=false",
                f"online.env_steps={b.online_steps}", f"online.eval_every={b.online_eval_every}",
                f"online.eval_episodes={b.online_eval_episodes}", f"online.checkpoint_every={b.online_eval_every}",
-               "online.progress=false", "online.tensorboard=false"]
+               "online.progress=false", "online.tensorboard=false", *extra]
         if args.smoke:
             cmd += SMOKE_ALGO_OVERRIDES
         entry["train_seconds"] = entry.get("train_seconds", 0.0) + _run(cmd)
@@ -326,7 +356,7 @@ def one(job: Job, args: argparse.Namespace, results: dict[str, Any], lock: threa
         entry = results.setdefault(job.key, {**job._asdict(), "success": {}})
     data = collect_data(args.work_dir, job.task, job.dataset, args.budgets.demos)
     start = time.perf_counter()
-    if job.part == "online":
+    if job.part in ("online", "preferences_online"):
         run_online(job, args, entry, data)
     else:
         run_offline(job, args, entry, data)
@@ -373,16 +403,17 @@ def summarize_offline(results: dict[str, Any], part: str) -> list[dict[str, Any]
     return rows
 
 
-def summarize_online(results: dict[str, Any], dip_window: int) -> list[dict[str, Any]]:
-    """Per (task, algo): success before (the evaluation at the switch) and after (the last one) with intervals,
-    the unlearning dip (:func:`claims_metrics.performance_dip`), the training-episode regret of stage 3 (mean of
-    1 - success over training episodes, the Cal-QL paper's and CORL's) and the evaluation regret
-    (:func:`claims_metrics.cumulative_regret`), each a mean over seeds."""
+def summarize_online(results: dict[str, Any], dip_window: int, part: str = "online") -> list[dict[str, Any]]:
+    """Per (task, algo) of ``part`` (``online`` or ``preferences_online``): success before (the evaluation at the
+    switch) and after (the last one) with intervals, the unlearning dip (:func:`claims_metrics.performance_dip`), the
+    training-episode regret of stage 3 (mean of 1 - success over training episodes, the Cal-QL paper's and CORL's)
+    and the evaluation regret (:func:`claims_metrics.cumulative_regret`), each a mean over seeds; ``per_seed_after``
+    and ``per_seed_train_regret`` list each seed's."""
     from claims_metrics import performance_dip
 
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for e in results.values():
-        if e["part"] == "online" and e.get("history"):
+        if e["part"] == part and e.get("history"):
             groups.setdefault((e["task"], e["dataset"], e["algo"]), []).append(e)
     rows = []
     for (task, dataset, algo), runs in sorted(groups.items()):
@@ -402,7 +433,33 @@ def summarize_online(results: dict[str, Any], dip_window: int) -> list[dict[str,
             "train_regret": float(np.mean([r for r in train_regret if r is not None])) if any(
                 r is not None for r in train_regret) else None,
             "eval_regret": float(np.mean([cumulative_regret(s, v)["mean_regret"] for s, v in zip(steps, succ)])),
+            "per_seed_after": [float(np.mean(o)) for o in after], "per_seed_train_regret": train_regret,
         })
+    return rows
+
+
+def summarize_preferences_online(results: dict[str, Any], dip_window: int) -> list[dict[str, Any]]:
+    """Per (task, algo): stage 3 with the learned reward online (``preferences_online``) against stage 3 on the true
+    reward (``online``) of the same seeds: each part's :func:`summarize_online` row, and the difference of final
+    success (learned - true, :func:`claims_metrics.difference_ci` over seeds then episodes) with its Welch interval
+    on seed means (protocol amendment 2: a verdict needs both intervals on one side of 0)."""
+    true_rows = {(r["task"], r["dataset"], r["algo"]): r for r in summarize_online(results, dip_window)}
+    rows = []
+    for learned in summarize_online(results, dip_window, "preferences_online"):
+        key = (learned["task"], learned["dataset"], learned["algo"])
+        row: dict[str, Any] = {"learned": learned}
+        true_runs = [results.get(Job("online", *key, s).key, {}) for s in learned["seeds"]]
+        if key in true_rows and all(e.get("history") for e in true_runs):
+            ours = [episode_outcomes(results[Job("preferences_online", *key, s).key]["history"][-1])
+                    for s in learned["seeds"]]
+            theirs = [episode_outcomes(e["history"][-1]) for e in true_runs]
+            diff, lo, hi = difference_ci(ours, theirs)
+            row.update(true=true_rows[key], difference=diff, difference_ci95=[lo, hi])
+            if len(ours) >= 2 and len(theirs) >= 2:
+                _, wlo, whi, p = welch_ci(ours, theirs)
+                row.update(welch_ci95=[wlo, whi], welch_p=p, verdict={"reproduced": "higher", "reversed": "lower"}.get(
+                    seed_level_verdict((lo, hi), (wlo, whi)), "within noise"))
+        rows.append(row)
     return rows
 
 
@@ -619,6 +676,27 @@ def online_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def preferences_online_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(preferences_online: no run yet)"
+    lines = ["**learned reward online vs true reward online** (stage 3 from the preferences / states checkpoint, "
+             "mixed data)", "",
+             "| task | learner | seeds | learned: before | learned: after | learned: gain [95% CI] | true: after | "
+             "after, learned - true [95% CI] | verdict | regret (training episodes) learned / true |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = r["learned"]
+        t = r.get("true")
+        regret = "-" if a["train_regret"] is None else f"{a['train_regret']:.2f}"
+        regret += " / " + ("-" if t is None or t["train_regret"] is None else f"{t['train_regret']:.2f}")
+        lines.append(f"| {a['task']} | {LABELS[a['algo']]} | {len(a['seeds'])} | {_ci(a, 'before', 'before_ci95')} | "
+                     f"{_ci(a, 'after', 'after_ci95')} | {_ci(a, 'gain', 'gain_ci95')} | "
+                     f"{'-' if t is None else _ci(t, 'after', 'after_ci95')} | "
+                     f"{_ci(r, 'difference', 'difference_ci95') if t is not None else '-'} | "
+                     f"{r.get('verdict', '-')} | {regret} |")
+    return "\n".join(lines)
+
+
 def preferences_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(preferences: no run yet)"
@@ -750,6 +828,7 @@ def summarize(results: dict[str, Any], budgets: Budgets) -> dict[str, Any]:
     summary: dict[str, Any] = {p: summarize_offline(results, p) for p in ("states", "pixels")}
     summary["online"] = summarize_online(results, budgets.online_dip_window)
     summary["preferences"] = summarize_preferences(results, budgets.state_updates[-1])
+    summary["preferences_online"] = summarize_preferences_online(results, budgets.online_dip_window)
     summary["data_effects"] = {
         part: summarize_data_effects(results, part, (budgets.state_updates if part == "states" else
                                                      budgets.pixel_updates)[-1]) for part in ("states", "pixels")}
@@ -765,7 +844,8 @@ def report(summary: dict[str, Any], budgets: Budgets) -> str:
     parts += [offline_table(summary["pixels"], "pixels", u) for u in budgets.pixel_updates]
     parts += [data_effects_table(summary["data_effects"][p], p) for p in ("states", "pixels")]
     parts += [pixels_vs_states_table(summary["pixels_vs_states"]), online_table(summary["online"]),
-              preferences_table(summary["preferences"]), ranking_table(summary["ranking"], summary["state_scores"])]
+              preferences_table(summary["preferences"]), preferences_online_table(summary["preferences_online"]),
+              ranking_table(summary["ranking"], summary["state_scores"])]
     return "\n\n".join(parts)
 
 
@@ -894,8 +974,8 @@ def main(argv: list[str] | None = None) -> None:
                 collect_data(args.work_dir, task, dataset, args.budgets.demos)
         lock = threading.Lock()
         failures: list[str] = []
-        # states runs first (online and preferences jobs need them), then the rest
-        waves = [[j for j in jobs if j.part == "states"], [j for j in jobs if j.part != "states"]]
+        # states runs first (online and preferences jobs need them), then the rest, preferences_online last
+        waves = [[j for j in jobs if wave(j.part) == w] for w in range(3)]
 
         def work(job: Job) -> None:
             try:
@@ -906,9 +986,9 @@ def main(argv: list[str] | None = None) -> None:
             with lock:
                 save(args, results)
 
-        for wave in waves:
+        for runs in waves:
             with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-                list(pool.map(work, wave))
+                list(pool.map(work, runs))
         if failures:
             print(f"{len(failures)} runs failed (rerun to retry)")
     out = save(args, results)

@@ -218,6 +218,82 @@ def test_online_summary_before_after_dip_and_regrets(suite):
     assert suite.episode_outcomes({"eval/success": 0.75, "eval/successes": 3, "eval/episodes": 4}) == [1, 1, 1, 0]
 
 
+def test_preferences_online_compares_the_learned_reward_runs_with_the_true_reward_runs_of_the_same_seeds(suite):
+    def run(part, seed, succ, regret):
+        return {"part": part, "task": "Reach", "dataset": "mixed", "algo": "iql", "seed": seed,
+                "history": [{"env_steps": 50 * i, "eval/success": s, "eval/successes": round(s * 4),
+                             "eval/episodes": 4, "train/cumulative_regret": regret} for i, s in enumerate(succ)]}
+
+    results = {f"{part}/Reach/mixed/iql/seed{s}": run(part, s, succ, regret) for part, s, succ, regret in [
+        ("online", 0, [0.5, 1.0], 0.2), ("online", 1, [0.5, 1.0], 0.3), ("online", 2, [0.5, 0.75], 0.25),
+        ("preferences_online", 0, [0.25, 0.25], 0.7), ("preferences_online", 1, [0.0, 0.25], 0.6),
+        ("preferences_online", 2, [0.5, 0.5], 0.5)]}
+    (row,) = suite.summarize_preferences_online(results, dip_window=100)
+    assert row["learned"]["before"] == 0.25 and row["learned"]["after"] == pytest.approx(1 / 3)  # its own runs'
+    assert row["true"]["after"] == pytest.approx(2.75 / 3) and row["true"]["train_regret"] == pytest.approx(0.25)
+    assert row["difference"] == pytest.approx(1 / 3 - 2.75 / 3)  # final success, learned - true
+    assert row["learned"]["per_seed_after"] == [0.25, 0.25, 0.5]
+    assert row["learned"]["train_regret"] == pytest.approx(0.6)
+    assert row["welch_ci95"][1] < 0 and row["difference_ci95"][1] < 0 and row["verdict"] == "lower"
+    results["online/Reach/mixed/iql/seed2"]["history"][-1]["eval/successes"] = 0  # seed 2 ends at 0: wide Welch
+    results["online/Reach/mixed/iql/seed2"]["history"][-1]["eval/success"] = 0.0
+    (row,) = suite.summarize_preferences_online(results, dip_window=100)
+    assert row["welch_ci95"][1] > 0 and row["verdict"] == "within noise"
+    del results["online/Reach/mixed/iql/seed1"]  # a true-reward seed missing: no comparison, the learned row stays
+    (row,) = suite.summarize_preferences_online(results, dip_window=100)
+    assert "difference" not in row and row["learned"]["seeds"] == [0, 1, 2]
+    assert "learned reward online" in suite.preferences_online_table([row])
+
+
+def test_preferences_online_runs_last_and_fine_tunes_the_preference_checkpoint_with_its_reward_model(
+        suite, monkeypatch, tmp_path):
+    """It needs the preferences run (checkpoint and reward model) and the online run it is compared with; it
+    fine-tunes the preferences checkpoint (not the states one) on the relabelled copy, with the reward model online
+    and the learned reward's transform, re-training a source whose folder is gone with its own command."""
+    from argparse import Namespace
+
+    import robopretrain.report
+
+    job = suite.Job("preferences_online", "Reach", "mixed", "iql", 0)
+    assert [d.part for d in suite.dependencies(job)] == ["states", "preferences", "online"]
+    assert [suite.wave(p) for p in ("states", "online", "preferences", "pixels", "preferences_online")] == [
+        0, 1, 1, 1, 2]
+    assert [j.key for j in suite.plan(["preferences_online"], ["Reach"], ["clean", "mixed"], ["bc", "iql", "cql"],
+                                      [1])] == ["preferences_online/Reach/mixed/iql/seed1",
+                                                "preferences_online/Reach/mixed/cql/seed1"]
+    calls: list[list[str]] = []
+    pref = job._replace(part="preferences")
+    relabelled = tmp_path / "relabelled.hdf5"
+
+    def fake_reward_model(j, args, entry, data):
+        assert j == pref and data == tmp_path / "data.hdf5"
+        entry.update(reward_model_seconds=2.0, reward_model={"agreement": 0.8})
+        return relabelled
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        if "robopretrain.train" in cmd:
+            (tmp_path / "runs" / pref.key / "checkpoints" / "ckpt_00000020").mkdir(parents=True)
+        return 1.5
+
+    monkeypatch.setattr(suite, "reward_model", fake_reward_model)
+    monkeypatch.setattr(suite, "_run", fake_run)
+    monkeypatch.setattr(robopretrain.report, "eval_rows", lambda out: [{"env_steps": 100}] if any(
+        "finetune.train" in c for c in calls) else [])
+    b = suite.Budgets(state_updates=(10, 20), online_steps=100)
+    args = Namespace(work_dir=tmp_path, budgets=b, smoke=False)
+    entry: dict = {"success": {}}
+    suite.run_online(job, args, entry, tmp_path / "data.hdf5")
+    assert calls[0] == suite.train_command(pref, relabelled, tmp_path / "runs" / pref.key, 20, b, False)
+    assert "algo.sparse_reward=false" in calls[0]  # the preferences run's own command
+    online = calls[1]
+    assert f"checkpoint={tmp_path / 'runs' / pref.key / 'checkpoints' / 'ckpt_00000020'}" in online
+    assert f"data.path={relabelled}" in online
+    assert f"reward_model={tmp_path / 'reward_models' / 'Reach' / 'mixed' / 'seed0'}" in online
+    assert all(o in online for o in suite.LEARNED_REWARD_OVERRIDES)
+    assert entry["source_retrained"]["seconds"] == 1.5 and entry["reward_model_retrained"]["agreement"] == 0.8
+
+
 def test_the_figure_has_a_panel_per_part_and_puts_each_result_in_its_own(suite, tmp_path, monkeypatch):
     """states, online and preferences each get a panel; the preference panel shows the learned-reward mean beside
     the true-reward mean of the same learner (the figure showed no preference result)."""
