@@ -544,7 +544,7 @@ def model_digest(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        h.update(t.numpy().tobytes())  # the ensemble is float32 (RewardEnsemble)
     return h.hexdigest()
 
 

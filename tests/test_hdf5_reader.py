@@ -467,3 +467,39 @@ def test_actions_outside_the_range_say_how_the_api_reads_them(tmp_path):
                         r"action_range=False\) reads them as stored")
     assert "demo_1" in msg
     assert load_transitions(path, ["proprio"], action_range=False).actions.max() == 2.0
+
+
+def test_actions_within_float32_rounding_of_the_bounds_are_read_and_a_real_excess_is_not(tmp_path):
+    """1 + 1e-6 is the reader's tolerance: a converted action a few float32 ulps past 1 (1.0000008) is read; one
+    past by 1e-5 is refused (mutation: the tolerance dropped or halved)."""
+    def edge(value):
+        def write(f):
+            f["data/demo_0/actions"][0, 0] = value
+        return write
+
+    ok = load_transitions(write_dataset(tmp_path / "ulp.hdf5", mutate=edge(np.float32(1.0000008))), ["proprio"])
+    assert ok.actions.max() == np.float32(1.0000008)
+    _expect(write_dataset(tmp_path / "past.hdf5", mutate=edge(np.float32(1.00001))), r"outside \[-1, 1\]")
+
+
+def test_the_action_size_is_the_columns_and_extra_action_rows_are_named(tmp_path):
+    """info.action_dim counts an action's components, not the first demo's steps; a demo whose actions have more
+    rows than its num_samples says so (not a wrong-dtype message)."""
+    info = read_info(write_dataset(tmp_path / "ok.hdf5", lengths=(3, 4, 2)))
+    assert info.action_dim == 2
+
+    def extra_row(f):
+        del f["data/demo_1/actions"]
+        f["data/demo_1/actions"] = np.zeros((5, 2), dtype=np.float32)
+
+    _expect(write_dataset(tmp_path / "rows.hdf5", mutate=extra_row), r"data/demo_1/actions: 5 rows, but the demo's "
+            r"num_samples attribute says 4")
+
+
+def test_a_count_attribute_written_as_a_boolean_is_refused(tmp_path):
+    """h5py reads a boolean attribute back as np.bool_ (never a Python bool): num_samples=True must not read as 1."""
+    def flag(f):
+        f["data/demo_10"].attrs["num_samples"] = np.bool_(True)
+
+    with pytest.raises(DatasetError, match=r"attribute 'num_samples' must be an int, got np.True_"):
+        read_info(write_dataset(tmp_path / "b.hdf5", mutate=flag))

@@ -704,3 +704,22 @@ def test_a_done_inside_a_demo_is_warned_about_as_stage_2_does(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         run(config(data, tmp_path / "r", teacher={"num_pairs": 40}, model={"steps": 5}), tmp_path / "r")
     assert "dones=1 before the last step at 1 step(s) of 1 demo(s) (data/demo_3 step 4 of" in caplog.text
+
+
+def test_the_normalisation_maps_any_range_and_labels_go_to_a_new_folder(tmp_path):
+    """relabel.normalize's affine map on rewards whose range is not 1 (a file's range happened to be 1, so a
+    mutant multiplying by it passed); write_labels makes the folders it needs."""
+    from robopretrain.reward_model import normalization_affine
+
+    r = np.array([-3.0, 1.0, 5.0])
+    offset, scale = normalization_affine(r, "minmax")
+    np.testing.assert_allclose((r - offset) / scale, [0.0, 0.5, 1.0])
+    offset, scale = normalization_affine(r, "standard")
+    z = (r - offset) / scale
+    assert abs(z.mean()) < 1e-12 and abs(z.std() - 1) < 1e-6
+    assert normalization_affine(r, "none") == (0.0, 1.0)
+    assert normalization_affine(np.full(4, 2.0), "minmax") == (2.0, 1e-8)  # constant: zeros, not NaN
+    with pytest.raises(ValueError, match=r"relabel.normalize='zscore'"):
+        normalization_affine(r, "zscore")
+    out = write_labels(tmp_path / "a" / "b" / "labels.csv", [PreferenceLabel("demo_0", 0, "demo_1", 2, 3, 1.0)])
+    assert read_labels(out) == [PreferenceLabel("demo_0", 0, "demo_1", 2, 3, 1.0)]
