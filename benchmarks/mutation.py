@@ -114,7 +114,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "obs_encoder": ("robopretrain/nets/obs_encoder.py", ["tests/test_agent.py", "tests/test_frozen_features.py"]),
     "claims_metrics": ("benchmarks/claims_metrics.py", ["tests/test_claims_metrics.py"]),
     "hdf5": ("robopretrain/data/hdf5.py", ["tests/test_hdf5_reader.py", "tests/test_dataset.py"]),  # the user's data
-    "spec": ("robopretrain/data/spec.py", ["tests/test_agent.py", "tests/test_checkpoint.py"]),  # any robot's obs spec
+    "spec": ("robopretrain/data/spec.py", ["tests/test_agent.py", "tests/test_checkpoint.py",  # any robot's obs spec
+                                           "tests/test_hdf5_reader.py::test_a_grey_camera_is_read_as_rgb_in_memory_"
+                                           "and_from_disk"]),  # grey cameras read as RGB (as_rgb)
     "agent": ("robopretrain/agent.py", ["tests/test_agent.py", "tests/test_checkpoint.py", "tests/test_network_keys.py",
                                          "tests/test_wiring.py", "tests/test_frozen_features.py", "tests/test_dt.py",
                                          "tests/test_evaluate.py", "tests/test_action_units.py"]),  # one API: encoders,
