@@ -488,6 +488,13 @@ def test_the_action_size_is_the_columns_and_extra_action_rows_are_named(tmp_path
     info = read_info(write_dataset(tmp_path / "ok.hdf5", lengths=(3, 4, 2)))
     assert info.action_dim == 2
 
+    def flat(f):  # a 1-D action per step: refused by read_info itself (it reported an action size of -1)
+        del f["data/demo_0/actions"]
+        f["data/demo_0/actions"] = np.zeros(3, dtype=np.float32)
+
+    with pytest.raises(DatasetError, match=r"data/demo_0/actions: expected float actions \(3, A\), got float32 \(3,\)"):
+        read_info(write_dataset(tmp_path / "flat.hdf5", mutate=flat))
+
     def extra_row(f):
         del f["data/demo_1/actions"]
         f["data/demo_1/actions"] = np.zeros((5, 2), dtype=np.float32)

@@ -334,8 +334,7 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         masks, stale = _read_masks(p, f, set(names))
         first = data[names[0]]
         obs_specs = _obs_specs(p, first, f"data/{names[0]}/obs")
-        acts = _dataset(p, first, f"data/{names[0]}", "actions")
-        action_dim = int(acts.shape[1]) if acts.ndim == 2 else -1
+        action_dim = _check_actions(p, first, demos[0], None)  # (n, A) float, or refused here naming the demo
     return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale)
 
 
