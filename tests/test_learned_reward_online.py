@@ -162,8 +162,37 @@ def test_a_relabelled_file_without_its_constants_or_by_another_model_is_refused(
     with pytest.raises(ValueError, match=r"r.hdf5: its learned rewards were normalised \(relabel.normalize=minmax\) "
                                          r"with constants it does not record"):
         load_online_reward(path, fake_agent(spec), info({"normalize": "minmax", "model_digest": digest}))
-    plain = load_online_reward(path, fake_agent(spec), info({"normalize": "none"}))  # an older file, not normalised
+    with pytest.raises(ValueError, match=r"normalised \(relabel.normalize=standard\) with constants it does not "
+                                         r"record"):  # half of them is none of them
+        load_online_reward(path, fake_agent(spec), info({"normalize": "standard", "offset": 1.0,
+                                                         "model_digest": digest}))
+
+
+def test_what_an_older_file_or_model_cannot_say_is_warned(tmp_path, caplog):
+    """A file relabelled before the digest was recorded, and a model saved before its action units were: both are
+    used (the rewards as they are, the actions as the agent's) with a warning; a current pair is not warned about."""
+    import logging
+
+    spec = ObsSpec(low_dim=(("x", 1),))
+    path = saved_model(tmp_path / "m.pt", spec)
+    digest = model_digest(load_reward_model(path)[0])
+    current = SimpleNamespace(path="r.hdf5", env_args={"learned_reward": {"normalize": "none", "offset": 0.0,
+                                                                          "scale": 1.0, "model_digest": digest}})
+    with caplog.at_level(logging.WARNING, logger="finetune.learned_reward"):
+        load_online_reward(path, fake_agent(spec), current)
+    assert caplog.text == ""
+    older = SimpleNamespace(path="r.hdf5", env_args={"learned_reward": {"normalize": "none"}})
+    with caplog.at_level(logging.WARNING, logger="finetune.learned_reward"):
+        plain = load_online_reward(path, fake_agent(spec), older)  # an older file, not normalised
     assert (plain.offset, plain.scale) == (0.0, 1.0)
+    assert "r.hdf5: its learned rewards record no model digest" in caplog.text and "action units" not in caplog.text
+    caplog.clear()
+    saved = torch.load(path, weights_only=True)
+    del saved["action_normalization"]  # a model saved before the units were recorded
+    torch.save(saved, tmp_path / "old.pt")
+    with caplog.at_level(logging.WARNING, logger="finetune.learned_reward"):
+        load_online_reward(tmp_path / "old.pt", fake_agent(spec), current)
+    assert "records no action units" in caplog.text and "digest" not in caplog.text
 
 
 def test_the_digest_names_the_weights(tmp_path):

@@ -283,6 +283,25 @@ def test_held_out_fraction_must_leave_labels_on_both_sides(tmp_path):
             run(config(data, tmp_path / f"r{frac}", labels={"held_out": frac}, **small), tmp_path / f"r{frac}")
 
 
+def test_the_run_says_what_its_held_out_labels_measured(tmp_path, caplog):
+    """The log line names the agreement, or that nothing was held out; no tie warning when there was something to
+    measure (mutations: the branches swapped)."""
+    import logging
+
+    data = write_toy(tmp_path / "toy.hdf5")
+    small = {"teacher": {"num_pairs": 40}, "model": {"steps": 5}, "relabel": {"enabled": False}}
+    with caplog.at_level(logging.INFO, logger="robopretrain.reward_model"):
+        run(config(data, tmp_path / "none", labels={"held_out": 0}, **small), tmp_path / "none")
+    assert "no labels held out (labels.held_out=0)" in caplog.text and "agreement" not in caplog.text.replace(
+        "no agreement measured", "")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="robopretrain.reward_model"):
+        report = run(config(data, tmp_path / "some", labels={"held_out": 0.25}, **small), tmp_path / "some")
+    assert report["held_out_agreement"]["agreement"] is not None
+    assert "held-out agreement" in caplog.text and "non-tie pairs" in caplog.text
+    assert "every held-out label is a tie" not in caplog.text and "no labels held out" not in caplog.text
+
+
 def test_held_out_pairs_keep_every_row_that_labels_them_out_of_training(caplog):
     """A pair listed several times (either segment order) is held out or trained on as a whole: held-out agreement
     was measured on rows whose copies were trained on. All pairs distinct: rng.permutation's first rows, as
