@@ -118,9 +118,10 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
     if record is not None:
         digest = record.get("model_digest")
         if digest is not None and digest != model_digest(model):
+            source = f", relabelling {record['source']}" if record.get("source") else ""
             raise ValueError(f"{setting}={path} is not the model that relabelled the offline data {data.path} (its "
-                             f"rewards come from another ensemble{', relabelling ' + str(record.get('source')) if record.get('source') else ''}); "
-                             "give that run's reward_model.pt, or offline data relabelled by this one")
+                             f"rewards come from another ensemble{source}); give that run's reward_model.pt, or "
+                             "offline data relabelled by this one")
         if digest is None:
             log.warning("%s: its learned rewards record no model digest (written by an older version): cannot check "
                         "that %s=%s wrote them", data.path, setting, path)

@@ -154,8 +154,8 @@ def test_a_relabelled_file_without_its_constants_or_by_another_model_is_refused(
                                                                "model_digest": digest}))
     assert (rewarder.offset, rewarder.scale) == (2.0, 4.0)
     obs, actions = {"x": np.ones((2, 1), np.float32)}, np.zeros((2, 2), np.float32)
-    np.testing.assert_allclose(rewarder(obs, actions), (OnlineLearnedReward(rewarder.model, path)(obs, actions) - 2) / 4,
-                               rtol=1e-6)
+    raw = OnlineLearnedReward(rewarder.model, path)(obs, actions)
+    np.testing.assert_allclose(rewarder(obs, actions), (raw - 2) / 4, rtol=1e-6)
     with pytest.raises(ValueError, match=r"is not the model that relabelled the offline data r.hdf5"):
         load_online_reward(path, fake_agent(spec), info({"normalize": "none", "offset": 0.0, "scale": 1.0,
                                                          "model_digest": "0" * 64}))
