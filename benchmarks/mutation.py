@@ -284,6 +284,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "the derived sampling seed rng.integers(2**31) -> 2**32: any seed drawn from the parent's stream is valid; no "
         "value is specified",
         "31 -> 32 @ seed=int(self.rng.integers(2**31)) if seed is None else seed)"),
+    ("dataset", "load_offline_dataset/const/4"): Equivalent(
+        "workers=0 -> 1 (the default number of the disk dataset's prefetch threads): the batches are the same with "
+        "any number of workers (tests/test_disk_dataset.py compares workers=2 with 0); only the speed differs",
+        "0 -> 1 @ workers: int = 0,"),
     ("dataset", "default_num_tasks/swap/2"): Equivalent(
         "max(len(TASKS), largest) -> max(largest, len(TASKS)): symmetric",
         "max(..len(sim_envs.TASKS), largest..) swapped @ return max(len(sim_envs.TASKS), largest)"),

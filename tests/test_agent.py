@@ -53,6 +53,10 @@ def test_encoder_concatenates_normalises_and_one_hots_in_spec_order():
         enc({"a": obs["a"], "b": obs["b"]})
     with pytest.raises(KeyError, match="no normalisation statistics for low_dim part 'b'"):
         ObsEncoder(spec, stats={"a": stats["a"]})
+    for name in ("mean", "std"):  # one value for a 2-wide part was broadcast over it
+        short = {**stats, "a": {**stats["a"], name: [1.0]}}
+        with pytest.raises(ValueError, match=f"normalisation {name} of low_dim part 'a' has 1 values; the part has 2"):
+            ObsEncoder(spec, stats=short)
 
 
 def test_normalization_stats_are_the_data_mean_and_std_plus_eps():

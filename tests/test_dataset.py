@@ -170,6 +170,12 @@ def test_next_obs_logged_apart_from_the_next_obs_does_not_split_demos(tmp_path, 
         load_offline_dataset(copied, spec, CAL_QL)
     assert "next_obs equals obs itself at 6 of 6 steps: written from the same step, not the next one (off by " \
         "one)?" in caplog.text
+    caplog.clear()  # half the steps copied (one demo of two written wrong) is enough to say so
+    with h5py.File(copied, "r+") as f:
+        f["data/demo_1/next_obs/proprio"][...] = f["data/demo_1/obs/proprio"][()] + 1
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(copied, spec, CAL_QL)
+    assert "next_obs equals obs itself at 3 of 6 steps" in caplog.text
 
 
 def test_key_maps_task_ids_and_sizes_are_checked(tmp_path):

@@ -137,8 +137,12 @@ class ObsEncoder(nn.Module):
             for key, size in spec.low_dim:
                 if key not in stats:
                     raise KeyError(f"observation encoder: no normalisation statistics for low_dim part {key!r}")
-                mean[lo: lo + size] = torch.as_tensor(stats[key]["mean"], dtype=torch.float32)
-                std[lo: lo + size] = torch.as_tensor(stats[key]["std"], dtype=torch.float32)
+                for name, into in (("mean", mean), ("std", std)):
+                    values = torch.as_tensor(stats[key][name], dtype=torch.float32).reshape(-1)
+                    if values.numel() != size:  # a slice assignment would broadcast one value over the part
+                        raise ValueError(f"observation encoder: normalisation {name} of low_dim part {key!r} has "
+                                         f"{values.numel()} values; the part has {size}")
+                    into[lo: lo + size] = values
                 lo += size
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
