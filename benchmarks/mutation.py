@@ -119,7 +119,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                            "and_from_disk"]),  # grey cameras read as RGB (as_rgb)
     "agent": ("robopretrain/agent.py", ["tests/test_agent.py", "tests/test_checkpoint.py", "tests/test_network_keys.py",
                                          "tests/test_wiring.py", "tests/test_frozen_features.py", "tests/test_dt.py",
-                                         "tests/test_evaluate.py", "tests/test_action_units.py"]),  # one API: encoders,
+                                         "tests/test_evaluate.py", "tests/test_action_units.py",
+                                         "tests/test_transfer.py::test_dann_at_zero_coefficient_leaves_the_agent_"
+                                         "update_unchanged_and_on_moves_the_encoder"]),  # one API: encoders,
     # networks and learner
     "action_units": ("robopretrain/envs/action_units.py", ["tests/test_action_units.py"]),  # the robot's action units
     "gap": ("finetune/transfer/gap.py", ["tests/test_transfer.py"]),  # the sim-to-"real" gap every transfer tool reads
@@ -284,6 +286,11 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "the derived sampling seed rng.integers(2**31) -> 2**32: any seed drawn from the parent's stream is valid; no "
         "value is specified",
         "31 -> 32 @ seed=int(self.rng.integers(2**31)) if seed is None else seed)"),
+    ("agent", "Agent._encoded_batch/const/0"): Equivalent(
+        "getattr(core, 'next_obs_needs_grad', True) -> False: every learner of robopretrain.algos declares the "
+        "attribute (TD3+BC and its subclass ReBRAC, AWAC, IQL, BCQ, POR False; CQL a property), BC and the DT take "
+        "other branches, so the default is read only by a user's own core, where True is the safe choice",
+        "True -> False @ next_grad = bool(getattr(self.core, \"next_obs_needs_grad\", True))"),
     ("dataset", "load_offline_dataset/const/4"): Equivalent(
         "workers=0 -> 1 (the default number of the disk dataset's prefetch threads): the batches are the same with "
         "any number of workers (tests/test_disk_dataset.py compares workers=2 with 0); only the speed differs",
@@ -363,6 +370,11 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "way",
         "scale_rewards(..rewards, reward.scale..) swapped @ buffer.add_episode(ep.observations, ep.actions, "
         "scale_rewards(rewards, reward.scale, reward.bias),"),
+    ("online_loop", "run_online/drop/0"): Equivalent(
+        "online_buffer(..., seed + 1) -> seed: the buffer's sampling RNG takes another fixed seed; +1 only keeps its "
+        "integer apart from the collector's (whose reset seeds are derived, not drawn from this generator), and a "
+        "resume restores the buffer RNG's state either way",
+        "seed + 1 -> seed @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)"),
     ("online_loop", "run_online/call/0"): Equivalent(
         "tqdm(initial=min(env_steps, total) -> max(...)): where the progress bar starts drawing, nothing the run "
         "computes",
