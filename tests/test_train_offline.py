@@ -4,6 +4,7 @@ robot (7-D actions, 9-D proprio: case 10's kind) trains and always keeps its che
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -275,6 +276,32 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
         final = run(stage2_config(tiny_hdf5, out, **{**cfg, "steps": 3}))
     assert final.name == checkpoint_name(4)
     assert "last checkpoint is at update 4, past train.steps=3: nothing to train" in caplog.text
+
+
+def test_a_run_killed_between_its_checkpoint_and_that_steps_evaluation_evaluates_on_the_rerun(tiny_hdf5, tmp_path,
+                                                                                             caplog, monkeypatch):
+    """Checkpoints come before evaluations, so a kill in between (a long final evaluation) left a finished run with
+    no evaluation at its last step, and the rerun resumed past it (the pipeline's report then dropped the stage's
+    success table). The rerun makes it up, once; a run whose evaluation was logged is not evaluated again."""
+    import robopretrain.train as stage2
+
+    calls = []
+    monkeypatch.setattr(stage2, "evaluate", lambda *a, **k: calls.append(1) or {"success": 0.5, "return": 1.0,
+                                                                                 "length": 3.0})
+    cfg = stage2_config(tiny_hdf5, tmp_path / "run", steps=4, obs=STATE_OBS,
+                        train={"eval_targets": ["Reach"], "eval_every": 2, "checkpoint_every": 2})
+    run(cfg)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    evaluated = [r["step"] for r in read_jsonl(metrics) if "eval/success" in r]
+    assert evaluated == [2, 4] and len(calls) == 2
+    rows = [r for r in read_jsonl(metrics) if not (r["step"] == 4 and "eval/success" in r)]  # killed before it
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.INFO, logger="robopretrain.loops.offline"):
+        run(cfg)
+    assert "the evaluation at update 4 (its checkpoint's) was not logged before the run stopped" in caplog.text
+    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4] and len(calls) == 3
+    run(cfg)  # finished and evaluated: nothing to do
+    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4] and len(calls) == 3
 
 
 @pytest.mark.parametrize("progress", [False, True])

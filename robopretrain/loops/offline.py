@@ -35,7 +35,7 @@ from robopretrain.agent_parallel import agent_replica_max_abs_diff, any_rank, ga
 from robopretrain.checkpoint import Checkpoint, checkpoint_name, join_agent_state, load_latest, rng_state, set_rng_state
 from robopretrain.distributed import DistInfo
 from robopretrain.guards import NonFiniteLossError, finite_metrics_hook
-from robopretrain.metrics import MetricsLogger
+from robopretrain.metrics import METRICS_FILE, MetricsLogger, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,13 @@ def train_offline(
     dinfo = dinfo or DistInfo()
     logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard, logger=experiment_logger,
                            config=config) if dinfo.is_main else None
+    total, bs = int(settings.steps), int(agent.batch_size)
+    # a run killed between a checkpoint and that step's evaluation resumes after it: the evaluation is made up for
+    # (read on rank 0 before the rows after ``start`` are dropped; every rank evaluates)
+    owed = any_rank(dinfo.is_main and evaluate is not None and 0 < start <= total and (
+        start % int(settings.eval_every) == 0 or start == total) and not _evaluated_at(run_dir, start), dinfo)
     if logger is not None:
         logger.truncate_after(start)
-    total, bs = int(settings.steps), int(agent.batch_size)
     if start > total and dinfo.is_main:
         log.warning("%s: its last checkpoint is at update %d, past train.steps=%d: nothing to train, and that "
                     "checkpoint (not one at %d) is the result; a fresh output_dir trains to %d", run_dir, start, total,
@@ -213,6 +217,10 @@ def train_offline(
     try:
         if start == 0 and settings.eval_at_start:
             evaluate_and_log(0)
+        if owed:
+            log.info("%s: the evaluation at update %d (its checkpoint's) was not logged before the run stopped: "
+                     "evaluating now", run_dir, start)
+            evaluate_and_log(start)
         checked = start  # the last step whose losses were checked finite (or where this session started)
         for step in range(start + 1, total + 1):
             log_now = step % int(settings.log_every) == 0
@@ -239,6 +247,14 @@ def train_offline(
         if logger is not None:
             logger.close()
     return last
+
+
+def _evaluated_at(run_dir: Path, step: int) -> bool:
+    """Whether ``<run_dir>/metrics.jsonl`` holds an evaluation row (an ``eval/`` key) logged at ``step``."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return False
+    return any(row.get("step") == step and any(k.startswith("eval/") for k in row) for row in read_jsonl(path))
 
 
 def calibration_rows(size: int, n: int, seed: int = 12345) -> np.ndarray:
