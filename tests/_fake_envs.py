@@ -32,6 +32,16 @@ class CountEnv(gym.Env):
         return self._obs(), float(success), success, end and not success, info
 
 
+class OtherActionsEnv(CountEnv):
+    """CountEnv with a non-continuous action space: ``kind`` discrete (Discrete(3)), binary (MultiBinary(1)) or
+    int_box (an integer Box(0, 4, (2,)))."""
+
+    def __init__(self, kind: str = "discrete") -> None:
+        super().__init__()
+        self.action_space = {"discrete": gym.spaces.Discrete(3), "binary": gym.spaces.MultiBinary(1),
+                             "int_box": gym.spaces.Box(0, 4, (2,), np.int64)}[kind]
+
+
 class ShapeShiftEnv(CountEnv):
     """CountEnv whose observation grows by one entry at every step after an odd reset seed: with two envs the
     vector env's stacking fails in the parent process, after the workers have answered."""

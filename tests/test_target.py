@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -462,3 +463,14 @@ def test_a_mapped_part_is_the_mapped_key_whatever_the_envs_order_and_a_mapped_ke
                                          r"key 'target_qq' \(its keys: \['goal', 'target_q'\]\)"):
         TargetEnv(_TwoGoalsEnv(order), typo, checked=["goal"])
     TargetEnv(_TwoGoalsEnv(order), typo)  # a mapping of a part the agent does not read is left alone
+
+
+@pytest.mark.parametrize("kind,shown", [("discrete", "Discrete(3)"), ("binary", "MultiBinary(1)"),
+                                        ("int_box", "Box(0, 4, (2,), int64)")])
+def test_an_env_whose_actions_are_not_a_float_box_is_refused_by_name(kind, shown):
+    """MultiBinary(1) passed the size check (shape (1,)) and got float actions like 0.32; Discrete(3) was refused as
+    'actions of shape ()' (a new user's find)."""
+    target = Target(name="other", env_id="_fake_envs:OtherActionsEnv", env_kwargs={"kind": kind}, task_id=0)
+    with pytest.raises(ValueError, match=rf"target 'other': its env's action space is {re.escape(shown)}; the "
+                                         r"agents act in a continuous float Box"):
+        make_env(target)

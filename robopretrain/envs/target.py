@@ -553,6 +553,12 @@ class TargetEnv(gym.Wrapper):
                  image_size: int | None = None, *, checked: Sequence[str] = ()) -> None:
         super().__init__(env)
         self.target = target
+        space = env.action_space
+        if not isinstance(space, gym.spaces.Box) or not np.issubdtype(space.dtype, np.floating):
+            raise ValueError(f"target {target.name!r}: its env's action space is {space}; the agents act in a "
+                             "continuous float Box (a policy over [-1, 1]^A): discrete, binary or integer actions are "
+                             "not supported (wrap the env in a gymnasium ActionWrapper whose action_space is a float "
+                             "Box and whose action() maps it to the env's actions)")
         self.cameras = tuple(cameras)
         self.checked = frozenset(checked)  # the agent's vector parts (our names): finite and one shape per episode
         self.image_size = int(image_size) if image_size else None  # camera frames resized to it (None: kept)
