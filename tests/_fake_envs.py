@@ -42,6 +42,26 @@ class OtherActionsEnv(CountEnv):
                              "int_box": gym.spaces.Box(0, 4, (2,), np.int64)}[kind]
 
 
+class NestedShapesEnv(CountEnv):
+    """CountEnv whose observation has the shapes converted data flattens (a new user's D4RL / Minari env): a nested
+    Dict (``arm.pos``), a (3, 2) Box, a Discrete, a MultiBinary, a Tuple and a uint8 camera."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        box = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.observation_space = gym.spaces.Dict({
+            "arm": gym.spaces.Dict({"pos": box}), "grid": gym.spaces.Box(-1.0, 1.0, (3, 2), np.float64),
+            "mode": gym.spaces.Discrete(4), "flags": gym.spaces.MultiBinary(2),
+            "pair": gym.spaces.Tuple((gym.spaces.Box(0.0, 1.0, (2,), np.float32), gym.spaces.Discrete(2))),
+            "cam": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+
+    def _obs(self):
+        t = float(self.t)
+        return {"arm": {"pos": np.array([t, 1.0, 2.0], np.float32)}, "grid": np.full((3, 2), t / 10),
+                "mode": self.t % 4, "flags": np.array([1, self.t % 2], np.int8),
+                "pair": (np.array([0.5, t / 10], np.float32), 1), "cam": np.full((16, 16, 3), self.t, np.uint8)}
+
+
 class ShapeShiftEnv(CountEnv):
     """CountEnv whose observation grows by one entry at every step after an odd reset seed: with two envs the
     vector env's stacking fails in the parent process, after the workers have answered."""

@@ -474,3 +474,24 @@ def test_an_env_whose_actions_are_not_a_float_box_is_refused_by_name(kind, shown
     with pytest.raises(ValueError, match=rf"target 'other': its env's action space is {re.escape(shown)}; the "
                                          r"agents act in a continuous float Box"):
         make_env(target)
+
+
+def test_nested_and_shaped_observations_reach_the_agent_as_the_converters_recorded_them():
+    """An agent trained on an env's converted data (D4RL, Minari: nested parts as dotted keys, every non-picture part
+    a float32 vector) could not act in that env: the env gave (3, 2) parts, ints and nested dicts as they were
+    (a new user's find). Both now read one step the same way."""
+    from robopretrain.data.episodes import as_part, flatten_obs
+
+    env = make_env(Target(name="nested", env_id="_fake_envs:NestedShapesEnv", task_id=0))
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(np.zeros(4, np.float32))
+    raw = env.unwrapped._obs()  # the same step as the env gives it
+    converted = {k: as_part(np.asarray(v)[None], k)[0] for k, v in flatten_obs(raw, "step").items()}
+    assert set(obs) == set(converted) | {"task_id"}
+    assert set(converted) == {"arm.pos", "grid", "mode", "flags", "pair.0", "pair.1", "cam"}
+    for key, value in converted.items():
+        assert obs[key].dtype == value.dtype and obs[key].shape == value.shape, key
+        np.testing.assert_array_equal(obs[key], value)
+        assert env.observation_space[key].contains(obs[key]), key
+    assert obs["grid"].shape == (6,) and obs["mode"].tolist() == [1.0] and obs["cam"].shape == (16, 16, 3)
+    assert env.observation_space["mode"] == gym.spaces.Box(0.0, 3.0, (1,), np.float32)

@@ -53,7 +53,7 @@ import numpy as np
 
 from robopretrain.envs.action_units import ENV_ARGS_KEY as ACTION_UNITS_KEY
 from robopretrain.envs.action_units import ActionNormalization, auto_bounds, warn_constant_dimensions
-from robopretrain.envs.camera_frames import to_agent_frame
+from robopretrain.envs.camera_frames import image_layout, to_agent_frame  # image_layout: re-exported
 
 log = logging.getLogger(__name__)
 
@@ -179,27 +179,6 @@ def check_image_size(image_size: int | None) -> int | None:
         raise ConversionError(f"image_size={image_size!r}: expected an integer >= 8 (the side of the square frames "
                               "to write) or null to keep the source's size")
     return int(image_size)
-
-
-def image_layout(step_shape: Sequence[int], dtype: Any) -> str | None:
-    """How a per-step array of ``step_shape`` and ``dtype`` is a picture: ``"channels_last"`` (H, W, C) or
-    ``"channels_first"`` (C, H, W) with C in 1, 3, 4 and H, W >= 8 (channels last wins when both fit), ``"grey"``
-    for uint8 (H, W) with H, W >= 8 (gymnasium's ``GrayscaleObservation``; a uint8 grid of that size is read as a
-    picture too), else None. The one rule the converters (:func:`is_image`) and ``inspect`` read cameras by."""
-    s = tuple(int(n) for n in step_shape)
-    if len(s) == 2:
-        try:
-            grey = np.dtype(dtype) == np.uint8
-        except TypeError:  # a dtype name numpy does not know: not a picture
-            grey = False
-        return "grey" if grey and min(s) >= 8 else None
-    if len(s) != 3:
-        return None
-    if s[-1] in (1, 3, 4) and min(s[0], s[1]) >= 8:
-        return "channels_last"
-    if s[0] in (1, 3, 4) and min(s[1], s[2]) >= 8:
-        return "channels_first"
-    return None
 
 
 def is_image(array: np.ndarray) -> bool:
@@ -409,5 +388,5 @@ def split_by_ends(ends: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-__all__ = ["ACTION_MODES", "SUCCESS_INFO_KEYS", "ConversionError", "Episode", "as_part", "flatten_obs", "is_image",
+__all__ = ["ACTION_MODES", "SUCCESS_INFO_KEYS", "ConversionError", "Episode", "as_part", "flatten_obs", "image_layout", "is_image",
            "resize_frames", "split_by_ends", "to_uint8_hwc", "write_robomimic", "NotColourError"]

@@ -18,6 +18,9 @@ returns it as the agent sees images in its data:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
@@ -75,4 +78,27 @@ def to_agent_frame(frame: np.ndarray, size: int | None = None, flip: bool = Fals
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
-__all__ = ["agent_frame_shape", "is_camera", "to_agent_frame"]
+
+def image_layout(step_shape: Sequence[int], dtype: Any) -> str | None:
+    """How a per-step array of ``step_shape`` and ``dtype`` is a picture: ``"channels_last"`` (H, W, C) or
+    ``"channels_first"`` (C, H, W) with C in 1, 3, 4 and H, W >= 8 (channels last wins when both fit), ``"grey"``
+    for uint8 (H, W) with H, W >= 8 (gymnasium's ``GrayscaleObservation``; a uint8 grid of that size is read as a
+    picture too), else None. The one rule the converters (:func:`robopretrain.data.episodes.is_image`), ``inspect`` and a target env's
+    observation parts (:class:`robopretrain.envs.target.TargetEnv`) read cameras by."""
+    s = tuple(int(n) for n in step_shape)
+    if len(s) == 2:
+        try:
+            grey = np.dtype(dtype) == np.uint8
+        except TypeError:  # a dtype name numpy does not know: not a picture
+            grey = False
+        return "grey" if grey and min(s) >= 8 else None
+    if len(s) != 3:
+        return None
+    if s[-1] in (1, 3, 4) and min(s[0], s[1]) >= 8:
+        return "channels_last"
+    if s[0] in (1, 3, 4) and min(s[1], s[2]) >= 8:
+        return "channels_first"
+    return None
+
+
+__all__ = ["agent_frame_shape", "image_layout", "is_camera", "to_agent_frame"]

@@ -45,7 +45,7 @@ import gymnasium as gym
 import numpy as np
 
 from robopretrain.envs.action_units import ActionNormalization
-from robopretrain.envs.camera_frames import agent_frame_shape, is_camera, to_agent_frame
+from robopretrain.envs.camera_frames import agent_frame_shape, image_layout, is_camera, to_agent_frame
 
 log = logging.getLogger(__name__)
 
@@ -544,10 +544,48 @@ def _in_agent_units(env: gym.Env, target: Target) -> gym.Env:
 _DROPPED_SAID: set[str] = set()  # targets whose non-array observation parts were said to be left out
 
 
+def _flat_spaces(space: gym.Space, prefix: str = "") -> dict[str, gym.Space]:
+    """The leaves of nested ``Dict`` / ``Tuple`` spaces as ``{dotted key: space}`` (``arm.pos``, ``0.pos``): the
+    names :func:`robopretrain.data.episodes.flatten_obs` gives recorded observations."""
+    if isinstance(space, gym.spaces.Dict):
+        return {k: v for key, sub in space.spaces.items() for k, v in _flat_spaces(sub, f"{prefix}{key}.").items()}
+    if isinstance(space, gym.spaces.Tuple):
+        return {k: v for i, sub in enumerate(space.spaces) for k, v in _flat_spaces(sub, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: space}
+
+
+def _flat_values(obs: Any, prefix: str = "") -> dict[str, Any]:
+    """One step's nested dict / tuple observation as ``{dotted key: value}`` (as :func:`_flat_spaces`)."""
+    if isinstance(obs, Mapping):
+        return {k: v for key, sub in obs.items() for k, v in _flat_values(sub, f"{prefix}{key}.").items()}
+    if isinstance(obs, tuple):
+        return {k: v for i, sub in enumerate(obs) for k, v in _flat_values(sub, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: obs}
+
+
+def _vector_space(space: gym.Space) -> gym.spaces.Box:
+    """A non-picture part's space as the float32 vector :meth:`TargetEnv._obs` gives (and the converters store:
+    :func:`robopretrain.data.episodes.as_part`): a ``(3, 2)`` Box as ``(6,)``, a scalar or ``Discrete`` as ``(1,)``,
+    ``MultiBinary`` / ``MultiDiscrete`` as their flattened values."""
+    if isinstance(space, gym.spaces.Discrete):
+        low, high = np.array([space.start]), np.array([space.start + space.n - 1])
+    elif isinstance(space, gym.spaces.MultiBinary):
+        low, high = np.zeros(int(np.prod(space.shape))), np.ones(int(np.prod(space.shape)))
+    elif isinstance(space, gym.spaces.MultiDiscrete):
+        low = np.asarray(space.start).reshape(-1)
+        high = low + np.asarray(space.nvec).reshape(-1) - 1
+    else:
+        low, high = np.asarray(space.low).reshape(-1), np.asarray(space.high).reshape(-1)
+    return gym.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+
+
 class TargetEnv(gym.Wrapper):
-    """Renames observation parts, adds ``task_id``, flips images, derives success, reward and termination; parts
-    that are no arrays (a language instruction's ``Text``, a nested ``Dict``) are left out (an agent reads arrays
-    only, and a vector env could not batch them)."""
+    """Renames observation parts, adds ``task_id``, flips images, derives success, reward and termination. Nested
+    ``Dict`` / ``Tuple`` observations are read as dotted parts (``arm.pos``) and every non-picture part as a float32
+    vector (a ``(3, 2)`` part as ``(6,)``, a scalar as ``(1,)``), the form the converters record them in
+    (:func:`robopretrain.data.episodes.flatten_obs`, :func:`~robopretrain.data.episodes.as_part`), so an agent trained
+    on an env's converted data acts in that env. Parts that are no arrays (a language instruction's ``Text``) are left
+    out (an agent reads arrays only, and a vector env could not batch them)."""
 
     def __init__(self, env: gym.Env, target: Target, cameras: Sequence[str] = (),
                  image_size: int | None = None, *, checked: Sequence[str] = ()) -> None:
@@ -576,7 +614,7 @@ class TargetEnv(gym.Wrapper):
     def _space(self, space: gym.Space) -> gym.spaces.Dict:
         """The observation space of what :meth:`_obs` returns (a vector env allocates its batches from it):
         our part names, float vectors as float32, and ``task_id``."""
-        items = dict(space.spaces) if isinstance(space, gym.spaces.Dict) else {OBSERVATION: space}
+        items = _flat_spaces(space) if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)) else {OBSERVATION: space}
         unknown = {ours: theirs for ours, theirs in self.target.obs_map.items()
                    if theirs not in items and (ours in self.checked or ours in self.cameras)}
         if unknown:  # a typo: the agent would read the env's own key of that name, or nothing
@@ -587,13 +625,13 @@ class TargetEnv(gym.Wrapper):
             if key == "task_id" or key in self._shadowed:
                 continue
             if not isinstance(sub, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiBinary,
-                                    gym.spaces.MultiDiscrete)):  # text, nested dicts, tuples: no part of an agent
+                                    gym.spaces.MultiDiscrete)):  # text, graphs, sequences: no part of an agent
                 self._dropped.add(key)  # (and a vector env's batches could not hold them: stage 3 hung)
                 continue
-            if isinstance(sub, gym.spaces.Box) and sub.dtype != np.uint8:
-                sub = gym.spaces.Box(sub.low.astype(np.float32), sub.high.astype(np.float32), dtype=np.float32)
-            elif isinstance(sub, gym.spaces.Box) and self._reverse.get(key, key) in self.cameras:  # as _obs gives it
+            if isinstance(sub, gym.spaces.Box) and self._reverse.get(key, key) in self.cameras:  # as _obs gives it
                 sub = gym.spaces.Box(0, 255, self._frame_shape(key, sub.shape), dtype=np.uint8)
+            elif not (isinstance(sub, gym.spaces.Box) and image_layout(sub.shape, sub.dtype)):  # a vector part
+                sub = _vector_space(sub)
             out[self._reverse.get(key, key)] = sub
         known = int(getattr(items.get("task_id"), "n", 0))
         out["task_id"] = gym.spaces.Discrete(max(known, self._task_id + 1))
@@ -611,21 +649,20 @@ class TargetEnv(gym.Wrapper):
             raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
 
     def _obs(self, obs: Any) -> dict[str, Any]:
-        if not isinstance(obs, Mapping):
-            obs = {OBSERVATION: obs}
+        obs = _flat_values(obs) if isinstance(obs, (Mapping, tuple)) else {OBSERVATION: obs}
         out: dict[str, Any] = {}
         for key, value in obs.items():
             if key in self._dropped or key in self._shadowed:
                 continue
             ours = self._reverse.get(key, key)
             arr = np.asarray(value)
-            if ours in self.cameras and is_camera(arr):  # only the agent's cameras: other uint8 parts pass as given
+            if ours in self.cameras and is_camera(arr):  # only the agent's cameras: other pictures pass as given
                 try:
                     arr = to_agent_frame(arr, self.image_size, self.target.flip_images)
                 except ValueError as exc:
                     raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
-            elif np.issubdtype(arr.dtype, np.floating) or arr.ndim == 1:
-                arr = arr.astype(np.float32, copy=False)
+            elif arr.dtype.kind in "fiub" and not image_layout(arr.shape, arr.dtype):
+                arr = arr.reshape(-1).astype(np.float32, copy=False)  # as the converters store it (as_part)
                 if ours in self.checked:
                     self._check_part(key, arr)
             out[ours] = arr
