@@ -117,7 +117,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         replace(d, "rewards", np.zeros_like(d["rewards"][()])), replace(d, "dones", np.zeros_like(d["dones"][()]))))
     rgb_images = rewrite_demos(good, tmp / "rgb_images.hdf5", add_images(np.uint8, (16, 16, 3)))
     float_images = rewrite_demos(good, tmp / "float_images.hdf5", add_images(np.float32, (16, 16, 3)))
-    gray_images = rewrite_demos(good, tmp / "gray_images.hdf5", add_images(np.uint8, (16, 16)))
+    two_channel_images = rewrite_demos(good, tmp / "two_channel_images.hdf5", add_images(np.uint8, (16, 16, 2)))
     missing_clip = write_manifest(tmp / "missing_clip", "nowhere.mp4")
     outside = write_manifest(tmp / "outside", "../escape.mp4")
     write_mp4(tmp / "escape.mp4", np.zeros((8, 16, 16, 3), np.uint8))
@@ -198,8 +198,10 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         "encoder_mode_without_checkpoint_stage2": (
             s2(f"data.path={rgb_images}", "obs.rgb=[agentview_image]", "encoder.mode=frozen", out),
             "encoder.mode=frozen needs encoder.checkpoint"),
-        "image_wrong_dtype": (s1(f"data.path={float_images}", f"output_dir={tmp}/s1a"), "expected uint8 images"),
-        "image_wrong_shape": (s1(f"data.path={gray_images}", f"output_dir={tmp}/s1b"), "expected uint8 images"),
+        "image_wrong_dtype": (s1(f"data.path={float_images}", f"output_dir={tmp}/s1a"),
+                              "expected uint8 images (N, H, W, 3), or grey (N, H, W) / (N, H, W, 1), got float32 (N, "
+                              "16, 16, 3); float: write (frames * 255).round().astype(np.uint8)"),
+        "image_wrong_shape": (s1(f"data.path={two_channel_images}", f"output_dir={tmp}/s1b"), "expected uint8 images"),
         "manifest_missing_file": (s1(f"data.path={missing_clip}", f"output_dir={tmp}/s1c"), "does not exist"),
         "manifest_outside_folder": (s1(f"data.path={outside}", f"output_dir={tmp}/s1d"), "leaves the manifest's folder"),
         "out_of_range_value_stage1": (s1(f"data.path={clips}", "batch_size=0", f"output_dir={tmp}/s1e"),

@@ -556,3 +556,28 @@ def test_stage1_reads_datasets_of_other_formats_through_their_conversion(tmp_pat
         # episode repeats the last frame as that step's next observation (robopretrain.data.read_d4rl)
         expected = frames if name == "og.npz" else frames[[0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 11, 11]]
         assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("grey_shape", ["hw", "hw1"])
+def test_a_grey_hdf5_camera_is_read_as_rgb_as_stages_2_and_3_read_it(tmp_path: Path, grey_shape: str) -> None:
+    """Stage 2 trains on a grey (N, H, W) or (N, H, W, 1) uint8 camera; stage 1 refused the same key, so no encoder
+    could be pretrained on it (a new user's find). The grey is repeated in three channels, final frame included."""
+    path = tmp_path / "grey.hdf5"
+    videos = write_robomimic(path, [5, 4])
+    with h5py.File(path, "a") as f:
+        for name, rgb in videos.items():
+            grey = rgb[..., 0] if grey_shape == "hw" else rgb[..., :1]
+            for group, rows in (("obs", grey[:-1]), ("next_obs", grey[1:])):
+                del f[f"data/{name}/{group}/agentview_image"]
+                f[f"data/{name}/{group}/agentview_image"] = rows
+    src = HDF5ImageSource(path, image_size=24)
+    assert src.lengths.tolist() == [6, 5]  # the final next_obs frame joins each clip
+    frames = src.frames(0, np.arange(6))
+    assert frames.shape == (6, 24, 24, 3)
+    assert np.array_equal(frames, np.repeat(videos["demo_0"][..., :1], 3, axis=-1))
+    src.close()
+    with h5py.File(path, "a") as f:  # a float camera is refused with what to write instead
+        del f["data/demo_0/obs/agentview_image"]
+        f["data/demo_0/obs/agentview_image"] = np.zeros((5, 24, 24, 3), np.float32)
+    with pytest.raises(DatasetError, match=r"got float32 \(N, 24, 24, 3\); float: write \(frames \* 255\)"):
+        HDF5ImageSource(path, image_size=24)

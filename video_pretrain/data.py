@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from robopretrain.data.hdf5 import DatasetError, read_info, select_demos
+from robopretrain.data.spec import as_rgb, image_layout_hint, stored_camera_shape
 from robopretrain.data.video import VideoDatasetError, VideoEntry, clip_entries, count_frames, frame_size, read_frames
 
 logger = logging.getLogger(__name__)
@@ -422,9 +423,12 @@ class HDF5ImageSource(ClipSource):
             raise DatasetError(f"{self.path}: data/*/obs/{self.key}: no such observation key; "
                                f"available: {sorted(obs_specs)}")
         shape, dtype = obs_specs[self.key]
-        if dtype != np.uint8 or len(shape) != 3 or shape[-1] != 3:
-            raise DatasetError(f"{self.path}: data/*/obs/{self.key}: expected uint8 images (N, H, W, 3), "
-                               f"got {dtype} (N, {', '.join(map(str, shape))})")
+        if stored_camera_shape(shape, dtype) is None:  # grey (H, W) / (H, W, 1) is read as RGB, as stages 2-3 do
+            hint = image_layout_hint(tuple(shape), dtype, self.key).split("; or set data.image_size")[0]
+            copy = " (python -m robopretrain.data.resize_robomimic writes such a copy)" if hint else ""
+            raise DatasetError(f"{self.path}: data/*/obs/{self.key}: expected uint8 images (N, H, W, 3), or grey "
+                               f"(N, H, W) / (N, H, W, 1), got {dtype} (N, {', '.join(map(str, shape))}){hint}{copy}")
+        self._stored = tuple(int(n) for n in shape)  # per-step shape of the stored frames (as_rgb reads it)
         if tuple(shape[:2]) != (self.image_size, self.image_size):  # said: stage 2 takes the encoder at one size
             logger.info("%s: obs/%s frames are %dx%d, resized to image_size=%d; an encoder trained on them takes "
                         "%d px cameras in stage 2 (image_size=%d trains at the file's size)", self.path, self.key,
@@ -434,8 +438,11 @@ class HDF5ImageSource(ClipSource):
         ds = f.get(where)
         if not isinstance(ds, h5py.Dataset):
             return "missing"
-        if ds.dtype != np.uint8 or ds.ndim != 4 or ds.shape[-1] != 3:
-            return f"expected uint8 images (N, H, W, 3), got {ds.dtype} {ds.shape}"
+        step = tuple(ds.shape[1:])  # any size, the first demo's layout (RGB, grey (H, W) or (H, W, 1))
+        if (stored_camera_shape(step, ds.dtype) is None or len(step) != len(self._stored)
+                or step[2:] != self._stored[2:]):
+            layout = "H, W" + "".join(f", {c}" for c in self._stored[2:])
+            return f"expected uint8 images (N, {layout}) as the first demo's, got {ds.dtype} {ds.shape}"
         if ds.shape[0] != n:
             return f"expected {n} frames (num_samples), got {ds.shape[0]}"
         return None
@@ -482,7 +489,7 @@ class HDF5ImageSource(ClipSource):
         parts = [_read_rows(ds, from_obs)] if from_obs.size else []
         if raw_indices[-1] >= n_obs:  # the final next_obs frame (sorted indices: only the last can be)
             parts.append(f[f"data/{name}/next_obs/{self.key}"][n_obs - 1:n_obs])
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return as_rgb(np.concatenate(parts) if len(parts) > 1 else parts[0], self._stored)
 
     def close(self) -> None:
         """Close this process's file handle (reopened on the next read)."""
