@@ -136,10 +136,12 @@ def test_residual_dropout_acts_on_the_mlp_output():
 
 
 def test_bad_context_or_head_count_is_refused():
-    with pytest.raises(ValueError, match="context_len"):
+    with pytest.raises(ValueError, match=r"algo.context_len=0; expected an integer >= 1"):
         DecisionTransformer(S, A, DTConfig(context_len=0, embed_dim=8))
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match=r"algo.num_heads=3 does not divide algo.embed_dim=8 .* e.g. 1, 2, 4, 8"):
         DecisionTransformer(S, A, DTConfig(context_len=1, embed_dim=8, num_heads=3))
+    with pytest.raises(ValueError, match=r"algo.num_heads=0 does not divide"):  # not a ZeroDivisionError
+        DecisionTransformer(S, A, DTConfig(context_len=1, embed_dim=8, num_heads=0))
     DecisionTransformer(S, A, DTConfig(context_len=1, embed_dim=8, num_heads=2))  # the smallest valid window
 
 

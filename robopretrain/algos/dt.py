@@ -164,9 +164,12 @@ class DecisionTransformer:
     def __init__(self, obs_dim: int, act_dim: int, cfg: DTConfig | None = None,
                  device: str | torch.device = "cpu") -> None:
         self.cfg = cfg = cfg or DTConfig()
-        if cfg.context_len < 1 or cfg.embed_dim % cfg.num_heads:
-            raise ValueError(f"dt: context_len must be >= 1 and embed_dim ({cfg.embed_dim}) divisible by num_heads "
-                             f"({cfg.num_heads})")
+        if cfg.context_len < 1:
+            raise ValueError(f"dt: algo.context_len={cfg.context_len}; expected an integer >= 1 (steps per window)")
+        if cfg.num_heads < 1 or cfg.embed_dim % cfg.num_heads:
+            raise ValueError(f"dt: algo.num_heads={cfg.num_heads} does not divide algo.embed_dim={cfg.embed_dim} (each "
+                             "attention head takes embed_dim / num_heads of it): choose a divisor, e.g. "
+                             f"{', '.join(str(h) for h in range(1, 9) if cfg.embed_dim % h == 0)}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = torch.device(device)
         self.actor = DTNetwork(obs_dim, act_dim, cfg).to(self.device)
