@@ -321,6 +321,12 @@ def test_bad_demo_name_and_total(tmp_path):
 
     _expect(write_dataset(tmp_path / "tot.hdf5", mutate=bad_total), "'total' is 100")
 
+    def bad_count(f):  # one demo's num_samples wrong, total right for the arrays: the demo is named, not total
+        f["data/demo_1"].attrs["num_samples"] = 7
+
+    _expect(write_dataset(tmp_path / "count.hdf5", mutate=bad_count), r"data/demo_1/actions: 4 rows, but the demo's "
+            r"num_samples attribute says 7")
+
     def bad_meta(f):
         f["data/demo_0"].attrs["ep_meta"] = "{not json"
 

@@ -329,6 +329,10 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         demos = [_demo_info(p, data[n], n, default_task) for n in names]
         counted = sum(d.num_samples for d in demos)
         if counted != total:
+            for d in demos:  # a demo whose num_samples disagrees with its own actions is the likelier fault
+                acts = data[d.name].get("actions")
+                if isinstance(acts, h5py.Dataset) and acts.ndim >= 1 and acts.shape[0] != d.num_samples:
+                    raise _err(p, f"data/{d.name}/actions", _rows_problem(acts.shape[0], d.num_samples))
             raise _err(p, "data", f"attribute 'total' is {total} but the demos' num_samples sum to {counted}")
         tasks = _task_ids(p, demos)
         masks, stale = _read_masks(p, f, set(names))
