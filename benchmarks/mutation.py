@@ -247,7 +247,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "replay seed seed + 1 -> seed + 0: the buffer's sampling stream only has to be fixed and checkpointed (it "
         "is); no value is specified",
         "1 -> 0 @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)"),
-    ("online_loop", "run_online.eval_row/const/1"): Equivalent(
+    ("online_loop", "run_online.eval_row/const/0"): Equivalent(
         "progress bar set_postfix(refresh=False -> True): display only",
         "False -> True @ bar.set_postfix(success=f\"{row['eval/success']:.2f}\", episodes=len(successes), "
         "refresh=False)"),
@@ -345,10 +345,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "if diff != 0.0 -> != 1.0 under torchrun: whether a warning about differing replicas is logged (the "
         "difference itself is logged either way)",
         "0.0 -> 1.0 @ if diff != 0.0:"),
-    ("offline_loop", "train_offline/const/1"): Equivalent(
+    ("offline_loop", "train_offline/const/3"): Equivalent(
         "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
         "True -> False @ bar = tqdm(total=total, initial=start, desc=desc, unit=\"upd\", dynamic_ncols=True,"),
-    ("offline_loop", "train_offline/const/10"): Equivalent(
+    ("offline_loop", "train_offline/const/12"): Equivalent(
         "bar.set_postfix(refresh=False -> True): display only",
         "False -> True @ bar.set_postfix(success=f\"{row['eval/success']:.2f}\", refresh=False)"),
     ("replay", "ReplayBuffer.__init__/const/0"): Equivalent(
@@ -375,6 +375,11 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "integer apart from the collector's (whose reset seeds are derived, not drawn from this generator), and a "
         "resume restores the buffer RNG's state either way",
         "seed + 1 -> seed @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)"),
+    ("online_loop", "run_online/const/6"): Equivalent(
+        "saved_transfer.get('epopt_batches', 0) -> 1: the checkpoint's transfer state always holds epopt_batches "
+        "when it exists (checkpoint() writes it whenever EPOpt or a transfer module is on); the default is read only "
+        "for a run without them, where no EPOpt filter reads epopt_done",
+        "0 -> 1 @ epopt_done = int(saved_transfer.get(\"epopt_batches\", 0))"),
     ("online_loop", "run_online/call/0"): Equivalent(
         "tqdm(initial=min(env_steps, total) -> max(...)): where the progress bar starts drawing, nothing the run "
         "computes",

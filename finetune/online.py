@@ -126,6 +126,14 @@ def keep_decided_epopt_rows(log: Path, batches_done: int) -> int:
     return len(kept)
 
 
+RECENT_EPISODES = 10  # training episodes in the logged train/episode_success
+
+
+def recent_success(successes: Sequence[float], window: int = RECENT_EPISODES) -> float | None:
+    """Mean success of the last ``window`` training episodes (``train/episode_success``); None before the first."""
+    return float(np.mean(successes[-window:])) if len(successes) else None
+
+
 def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: OnlineSettings, run_dir: Path, *,
                reward: RewardSettings, seed: int, randomization: Any = "none", eval_randomization: Any = None,
                config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True,
@@ -186,8 +194,9 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
     logger.truncate_after(env_steps if started_from is not None else -1)
 
     def eval_row(step: int) -> None:
-        row: dict[str, Any] = {"env_steps": step, "episodes": len(successes), "train/cumulative_regret": training_regret(successes),
-                               "train/episode_success": float(np.mean(successes[-10:])) if successes else None}
+        row: dict[str, Any] = {"env_steps": step, "episodes": len(successes),
+                               "train/cumulative_regret": training_regret(successes),
+                               "train/episode_success": recent_success(successes)}
         row.update({f"eval/{k}": v for k, v in evaluate(agent, target, settings.eval_episodes,
                                                          randomization=eval_rand).items()})
         row.update({f"calib/offline_{k}": v for k, v in calibration(agent, calib_offline).items()})
@@ -277,4 +286,4 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
     return history
 
 
-__all__ = ["OnlineSettings", "online_buffer", "run_online", "training_regret"]
+__all__ = ["OnlineSettings", "RECENT_EPISODES", "online_buffer", "recent_success", "run_online", "training_regret"]

@@ -562,9 +562,12 @@ def test_every_encoder_mode_fine_tunes_online(robosuite_demos, tmp_path, mode):
 
 
 def test_training_regret_and_online_settings_by_hand():
-    from finetune.online import OnlineSettings, training_regret
+    from finetune.online import OnlineSettings, recent_success, training_regret
 
     assert training_regret([]) is None  # before the first training episode ends
+    # train/episode_success: the last 10 training episodes (11 here: the first, a failure, is out of the window)
+    assert recent_success([0.0] + [1.0] * 10) == 1.0 and recent_success([0.0, 1.0]) == 0.5
+    assert recent_success([]) is None
     assert training_regret([1.0, 0.0, 1.0, 1.0]) == pytest.approx(0.25)
     assert training_regret([0.0, 0.0]) == 1.0 and training_regret([1.0]) == 0.0
     assert OnlineSettings(num_envs=1, utd=1).num_envs == 1  # 1 is the smallest valid count

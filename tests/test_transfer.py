@@ -455,6 +455,8 @@ def test_epopt_keeps_only_the_worst_episodes_in_the_buffer_and_logs_their_physic
     assert all(0.7 <= r["physics"]["friction"] < 1.3 for r in rows)  # the training range of dr=train
     state = load_latest(tmp_path / "on" / "checkpoints").state
     assert int(state["sampler"]["online"]["size"]) == sum(r["length"] for r in rows if r["kept"]) == 30
+    # EPOpt alone (no transfer module) still checkpoints its decided batches and the batch being filled
+    assert state["transfer"]["epopt_batches"] == 2 and state["transfer"]["epopt_pending"] == []
 
 
 def test_epopt_that_decides_no_batch_in_the_run_says_stage_3_was_offline_only(stage2_state, tmp_path, caplog):
