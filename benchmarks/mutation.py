@@ -137,7 +137,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "tests/test_cpu_settings.py", "tests/test_frozen_features.py",
                                         "tests/test_transfer.py",  # the stages' shared wiring; data vs agent:
                                         "tests/test_data_formats.py::"
-                                        "test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size"]),
+                                        "test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size",
+                                        # the Decision Transformer's data warnings (warn_target_return, _episode_length)
+                                        "tests/test_dt.py::test_a_target_return_outside_the_datas_episode_returns_is_"
+                                        "warned", "tests/test_dt.py::test_episodes_longer_than_max_ep_len_are_warned"]),
     # claim 2b's summary (its pools, seed groups, sides and partial verdicts) and evaluation reuse
     "claims_encoder_shifts": ("benchmarks/claims_encoder_shifts.py", ["tests/test_claims_encoder_shifts.py"]),
     "pipeline": ("robopretrain/pipeline.py", ["tests/test_pipeline.py", "tests/test_paper_preset.py",
@@ -291,6 +294,18 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "attribute (TD3+BC and its subclass ReBRAC, AWAC, IQL, BCQ, POR False; CQL a property), BC and the DT take "
         "other branches, so the default is read only by a user's own core, where True is the safe choice",
         "True -> False @ next_grad = bool(getattr(self.core, \"next_obs_needs_grad\", True))"),
+    ("build", "report_success_filter/const/6"): Equivalent(
+        "kept = mask.mean() if len(mask) else 0.0 -> 1.0: the fallback of an empty dataset, which no loader returns "
+        "(a file without a demo of 2 steps or more is refused when it is read)",
+        "0.0 -> 1.0 @ kept = float(mask.mean()) if len(mask) else 0.0"),
+    ("build", "new_agent/const/0"): Equivalent(
+        "obs_cfg.get('normalize', True) -> False: configs/robopretrain.yaml (and the pipeline's stage configs) always "
+        "set obs.normalize, so the fallback is never read",
+        "True -> False @ normalize = bool(obs_cfg.get(\"normalize\", True))"),
+    ("build", "warn_episode_length/const/1"): Equivalent(
+        "longest = ... if len(timesteps) else 0 -> 1: the fallback of data without steps, which the loaders refuse "
+        "before a sampler is built",
+        "0 -> 1 @ longest = int(np.max(timesteps)) + 1 if len(timesteps) else 0"),
     ("dataset", "load_offline_dataset/const/4"): Equivalent(
         "workers=0 -> 1 (the default number of the disk dataset's prefetch threads): the batches are the same with "
         "any number of workers (tests/test_disk_dataset.py compares workers=2 with 0); only the speed differs",
