@@ -310,3 +310,26 @@ def test_an_envs_float_camera_gets_the_envs_advice_from_check_env_fits(monkeypat
                                          r"frames \(0-255\) from the env") as err:
         build.check_env_fits(agent, Target(name="Reach", task_id=0))
     assert "transpose" not in str(err.value)
+
+
+def test_stage_3_batches_hold_one_reward_function(caplog):
+    """Offline data rewarded by a learned reward and online steps by the env's (or the reverse) are refused when the
+    offline data enters the batches, warned at offline_ratio 0, and fine when both are the same function; the
+    pipeline's call (no model online) is the env's reward online."""
+    import logging
+    from types import SimpleNamespace
+
+    env_data = SimpleNamespace(path="env.hdf5", env_args={"env_name": "Reach"})
+    learned = SimpleNamespace(path="rel.hdf5", env_args={"learned_reward": {"source": "src.hdf5", "normalize": "none"}})
+    assert build.refuse_learned_reward_online(env_data, 0.5) is None  # the pipeline's call: env reward both ways
+    assert build.refuse_learned_reward_online(learned, 0.5, online_model=True) is None
+    with pytest.raises(ValueError, match=r"rel.hdf5: its rewards were written by a learned reward .*from src.hdf5.* "
+                                         r"online.offline_ratio=0.5 every batch would mix"):
+        build.refuse_learned_reward_online(learned, 0.5)
+    with pytest.raises(ValueError, match=r"env.hdf5: its rewards are the env's own, while stage 3 rewards its online "
+                                         r"steps with the learned reward .*stage3.offline_ratio=0.25 every batch"):
+        build.refuse_learned_reward_online(env_data, 0.25, "stage3.offline_ratio", online_model=True)
+    with caplog.at_level(logging.WARNING, logger="robopretrain.build"):
+        said = build.refuse_learned_reward_online(env_data, 0.0, online_model=True)
+    assert "only the critic's start comes from the env's reward" in said and said in caplog.text
+    assert "from the learned reward" in build.refuse_learned_reward_online(learned, 0.0)
