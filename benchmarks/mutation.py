@@ -306,10 +306,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "longest = ... if len(timesteps) else 0 -> 1: the fallback of data without steps, which the loaders refuse "
         "before a sampler is built",
         "0 -> 1 @ longest = int(np.max(timesteps)) + 1 if len(timesteps) else 0"),
-    ("dataset", "load_offline_dataset/const/4"): Equivalent(
-        "workers=0 -> 1 (the default number of the disk dataset's prefetch threads): the batches are the same with "
-        "any number of workers (tests/test_disk_dataset.py compares workers=2 with 0); only the speed differs",
-        "0 -> 1 @ workers: int = 0,"),
     ("dataset", "default_num_tasks/swap/2"): Equivalent(
         "max(len(TASKS), largest) -> max(largest, len(TASKS)): symmetric",
         "max(..len(sim_envs.TASKS), largest..) swapped @ return max(len(sim_envs.TASKS), largest)"),
@@ -385,16 +381,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "way",
         "scale_rewards(..rewards, reward.scale..) swapped @ buffer.add_episode(ep.observations, ep.actions, "
         "scale_rewards(rewards, reward.scale, reward.bias),"),
-    ("online_loop", "run_online/drop/0"): Equivalent(
-        "online_buffer(..., seed + 1) -> seed: the buffer's sampling RNG takes another fixed seed; +1 only keeps its "
-        "integer apart from the collector's (whose reset seeds are derived, not drawn from this generator), and a "
-        "resume restores the buffer RNG's state either way",
-        "seed + 1 -> seed @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)"),
-    ("online_loop", "run_online/const/6"): Equivalent(
-        "saved_transfer.get('epopt_batches', 0) -> 1: the checkpoint's transfer state always holds epopt_batches "
-        "when it exists (checkpoint() writes it whenever EPOpt or a transfer module is on); the default is read only "
-        "for a run without them, where no EPOpt filter reads epopt_done",
-        "0 -> 1 @ epopt_done = int(saved_transfer.get(\"epopt_batches\", 0))"),
     ("online_loop", "run_online/call/0"): Equivalent(
         "tqdm(initial=min(env_steps, total) -> max(...)): where the progress bar starts drawing, nothing the run "
         "computes",

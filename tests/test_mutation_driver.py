@@ -68,3 +68,14 @@ def test_every_equivalent_mutant_explanation_still_names_the_mutant_it_was_writt
     assert mutation.stale_equivalents(["returns"]) == []  # only the modules asked for
     monkeypatch.setitem(mutation.EQUIVALENT, ("cql", "td_target/const/999"), mutation.Equivalent("why", "x @ y"))
     assert any("td_target/const/999: now 'no such mutant'" in s for s in mutation.stale_equivalents(["cql"]))
+
+
+def test_each_equivalent_mutant_is_explained_once():
+    """EQUIVALENT is a dict literal: a second entry for the same mutant silently replaced the first (three did, with
+    different explanations, before this test)."""
+    tree = ast.parse((ROOT / "benchmarks" / "mutation.py").read_text())
+    (table,) = [node.value for node in ast.walk(tree) if isinstance(node, ast.AnnAssign)
+                and getattr(node.target, "id", None) == "EQUIVALENT"]
+    keys = [ast.literal_eval(k) for k in table.keys]
+    assert len(keys) == len(set(keys)), sorted(k for k in set(keys) if keys.count(k) > 1)
+    assert len(keys) == len(mutation.EQUIVALENT)
