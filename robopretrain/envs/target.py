@@ -563,6 +563,12 @@ def _flat_values(obs: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obs}
 
 
+def _as_given(shape: Sequence[int], dtype: Any) -> bool:
+    """Whether a part the agent does not read as a vector keeps its shape: a picture (:func:`image_layout`) or any
+    uint8 array of 2 or more dimensions (a frame stack, a grid); every other numeric part is a float32 vector."""
+    return (np.dtype(dtype) == np.uint8 and len(shape) >= 2) or image_layout(shape, dtype) is not None
+
+
 def _vector_space(space: gym.Space) -> gym.spaces.Box:
     """A non-picture part's space as the float32 vector :meth:`TargetEnv._obs` gives (and the converters store:
     :func:`robopretrain.data.episodes.as_part`): a ``(3, 2)`` Box as ``(6,)``, a scalar or ``Discrete`` as ``(1,)``,
@@ -581,8 +587,9 @@ def _vector_space(space: gym.Space) -> gym.spaces.Box:
 
 class TargetEnv(gym.Wrapper):
     """Renames observation parts, adds ``task_id``, flips images, derives success, reward and termination. Nested
-    ``Dict`` / ``Tuple`` observations are read as dotted parts (``arm.pos``) and every non-picture part as a float32
-    vector (a ``(3, 2)`` part as ``(6,)``, a scalar as ``(1,)``), the form the converters record them in
+    ``Dict`` / ``Tuple`` observations are read as dotted parts (``arm.pos``), and every part the agent reads as a
+    vector (``checked``), and any other part but a picture or a uint8 array (a frame stack), as a float32 vector (a
+    ``(3, 2)`` part as ``(6,)``, a scalar as ``(1,)``): the form the converters record them in
     (:func:`robopretrain.data.episodes.flatten_obs`, :func:`~robopretrain.data.episodes.as_part`), so an agent trained
     on an env's converted data acts in that env. Parts that are no arrays (a language instruction's ``Text``) are left
     out (an agent reads arrays only, and a vector env could not batch them)."""
@@ -628,11 +635,14 @@ class TargetEnv(gym.Wrapper):
                                     gym.spaces.MultiDiscrete)):  # text, graphs, sequences: no part of an agent
                 self._dropped.add(key)  # (and a vector env's batches could not hold them: stage 3 hung)
                 continue
-            if isinstance(sub, gym.spaces.Box) and self._reverse.get(key, key) in self.cameras:  # as _obs gives it
+            ours = self._reverse.get(key, key)
+            if isinstance(sub, gym.spaces.Box) and ours in self.cameras:  # as _obs gives it
                 sub = gym.spaces.Box(0, 255, self._frame_shape(key, sub.shape), dtype=np.uint8)
-            elif not (isinstance(sub, gym.spaces.Box) and image_layout(sub.shape, sub.dtype)):  # a vector part
+            elif ours in self.checked or not (isinstance(sub, gym.spaces.Box) and _as_given(sub.shape, sub.dtype)):
                 sub = _vector_space(sub)
-            out[self._reverse.get(key, key)] = sub
+            elif sub.dtype != np.uint8:
+                sub = gym.spaces.Box(sub.low.astype(np.float32), sub.high.astype(np.float32), dtype=np.float32)
+            out[ours] = sub
         known = int(getattr(items.get("task_id"), "n", 0))
         out["task_id"] = gym.spaces.Discrete(max(known, self._task_id + 1))
         if self._dropped and self.target.name not in _DROPPED_SAID:
@@ -661,10 +671,12 @@ class TargetEnv(gym.Wrapper):
                     arr = to_agent_frame(arr, self.image_size, self.target.flip_images)
                 except ValueError as exc:
                     raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
-            elif arr.dtype.kind in "fiub" and not image_layout(arr.shape, arr.dtype):
+            elif arr.dtype.kind in "fiub" and (ours in self.checked or not _as_given(arr.shape, arr.dtype)):
                 arr = arr.reshape(-1).astype(np.float32, copy=False)  # as the converters store it (as_part)
                 if ours in self.checked:
                     self._check_part(key, arr)
+            elif arr.dtype.kind == "f":  # a picture or frame stack the agent does not read: its shape kept
+                arr = arr.astype(np.float32, copy=False)
             out[ours] = arr
         missing = [c for c in self.cameras if c not in out]
         if missing:
