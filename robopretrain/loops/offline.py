@@ -10,7 +10,8 @@ sampler (an :class:`~robopretrain.data.replay.OfflineDataset`, or a
   (:func:`robopretrain.guards.finite_metrics_hook`) before the next checkpoint is written;
 * writes a resumable checkpoint every ``checkpoint_every`` updates and at the end (agent, optimisers, RNG and sampler
   state of every rank), *before* evaluating, so an evaluation that fails never costs the run its checkpoint: a failed
-  evaluation is logged as a warning and training goes on;
+  evaluation is logged as a warning and training goes on; a run killed between a checkpoint and that step's
+  evaluation makes the evaluation up when it resumes;
 * evaluates (``evaluate()``: success per target in sim) every ``eval_every`` updates and at the end, with the
   calibration gap (``calibrate()``) next to it.
 
