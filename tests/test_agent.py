@@ -47,6 +47,7 @@ def test_encoder_concatenates_normalises_and_one_hots_in_spec_order():
     expected = torch.tensor([[2.0, 1.0, 1.0, 0, 0, 1], [-2.0, 0.0, 0.0, 1, 0, 0]])  # b, a, one-hot(3)
     torch.testing.assert_close(enc(obs), expected)
     assert enc.out_dim == 6 and not enc.has_parameters
+    assert enc.augment_pad == 0  # no random shift unless asked for
     assert torch.equal(enc.mean, torch.tensor([10.0, 1.0, 2.0])) and torch.equal(enc.std, torch.tensor([5.0, 2.0, 4.0]))
     torch.testing.assert_close(ObsEncoder(spec)(obs)[:, :3], torch.tensor([[20.0, 3.0, 6.0], [0.0, 1.0, 2.0]]))
     with pytest.raises(KeyError, match=r"observation is missing \['task_id'\]"):
@@ -441,6 +442,7 @@ def test_every_algorithm_trains_on_every_observation_spec(stage1_encoder, spec_n
     assert changed(agent.core.actor, actor_before)
     if spec.rgb:
         assert changed(agent.critic_encoder, enc_before)  # scratch trains the encoder with the algorithm's loss
+        assert agent.critic_encoder.has_parameters
     else:  # no cameras: the encoder only concatenates, normalises and one-hots
         assert not agent.critic_encoder.has_parameters and agent.encoder_optimizer is None
         assert agent.actor_encoder is agent.critic_encoder
