@@ -269,6 +269,7 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
         run(stage2_config(tiny_hdf5, out, **cfg))
     assert "(step 2)" in caplog.text and "resumed from" in caplog.text
     assert "written by a run with" not in caplog.text  # same process count: no data-stream warning
+    assert "nothing to train" not in caplog.text  # 2 of 4 updates done: not past train.steps
     assert [row["step"] for row in read_jsonl(out / "metrics.jsonl")] == uninterrupted
     assert any("calib/offline_q_data" in row for row in read_jsonl(out / "metrics.jsonl") if row["step"] == 0)
     caplog.clear()  # a rerun asking for fewer updates than the run has: its checkpoint is the result, said aloud
@@ -416,3 +417,27 @@ def test_a_relative_data_path_is_recorded_absolute_and_init_names_the_obs_it_ign
     caplog.clear()
     run(stage2_config(image_hdf5, tmp_path / "init_defaults", steps=2, init=str(first)))
     assert not [r for r in caplog.records if "take(s) no effect" in r.getMessage()]
+
+
+def test_each_rank_resumes_its_own_data_stream_from_a_data_parallel_checkpoint(tmp_path):
+    """A checkpoint of a 2-process run holds every rank's RNG and sampler state; rank 1 of a 2-process rerun takes
+    its own (the DistInfo it is given, not a default single-process one)."""
+    from robopretrain.agent import Agent, EncoderSettings
+    from robopretrain.checkpoint import save_agent
+    from robopretrain.data.spec import ObsSpec
+    from robopretrain.distributed import DistInfo
+    from robopretrain.loops.offline import resume, rng_states
+
+    agent = Agent(ObsSpec(low_dim=(("proprio", 3),)), 2, "bc", {"batch_size": 4}, EncoderSettings(mode="scratch"))
+    ranks = [{"rng": rng_states(agent), "sampler": {"rank": r}} for r in range(2)]
+    save_agent(tmp_path / "ckpt", 6, {"algo": {"name": "bc"}}, agent, {},
+               {"rng": ranks[0]["rng"], "sampler": ranks[0]["sampler"], "step": 6, "world_size": 2, "ranks": ranks})
+
+    class Sampler:
+        loaded = None
+
+        def load_state_dict(self, state):
+            Sampler.loaded = state
+
+    step, _ = resume(agent, Sampler(), tmp_path / "ckpt", DistInfo(rank=1, world_size=2))
+    assert step == 6 and Sampler.loaded == {"rank": 1}
