@@ -386,9 +386,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "computes",
         "min(...) -> max(...) @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "
         "unit=\"step\", dynamic_ncols=True,"),
-    ("offline_loop", "resume/boolop/0"): Equivalent(
-        "dinfo or DistInfo() -> dinfo and DistInfo(): the one caller (robopretrain.train) passes its DistInfo",
-        "dinfo or DistInfo(): -> And @ dinfo = dinfo or DistInfo()"),
     ("online_loop", "run_online/const/6"): Equivalent(
         "saved_transfer.get('epopt_batches', 0) -> 1: every checkpoint of a run with EPOpt stores the count, a "
         "checkpoint with other transfer settings is not resumed (its fingerprint differs), and without EPOpt it is "

@@ -246,9 +246,17 @@ def test_metrics_are_computed_on_checkpoint_steps_between_log_steps(tiny_hdf5, t
         return update(self, batch, with_metrics)
 
     monkeypatch.setattr(Agent, "update", spy)
+    from robopretrain.metrics import MetricsLogger
+
+    closed = []
+    close = MetricsLogger.close
+    monkeypatch.setattr(MetricsLogger, "close", lambda self: closed.append(self.run_dir) or close(self))
     run(stage2_config(tiny_hdf5, tmp_path / "m", steps=7, obs=STATE_OBS,
                       train={"log_every": 4, "checkpoint_every": 3, "eval_every": 100}))
     assert [i + 1 for i, m in enumerate(seen) if m] == [3, 4, 6, 7]  # ckpt 3, log 4, ckpt 6, last step 7
+    assert closed == [tmp_path / "m"]  # the logger is closed (TensorBoard flushed) when training ends
+    rows = read_jsonl(tmp_path / "m" / "metrics.jsonl")
+    assert [r["step"] for r in rows if any(k.startswith("train/") for k in r)] == [4]  # update metrics at log steps
 
 
 def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tiny_hdf5, tmp_path, caplog):
@@ -303,6 +311,9 @@ def test_a_run_killed_between_its_checkpoint_and_that_steps_evaluation_evaluates
     assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4] and len(calls) == 3
     run(cfg)  # finished and evaluated: nothing to do
     assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4] and len(calls) == 3
+    metrics.unlink()  # killed before anything was logged: no metrics file at all
+    run(cfg)
+    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [4] and len(calls) == 4
 
 
 @pytest.mark.parametrize("progress", [False, True])
