@@ -261,7 +261,11 @@ def test_a_target_return_outside_the_datas_episode_returns_is_warned(caplog):
     with caplog.at_level(logging.WARNING):
         assert not warn_target_return(DTConfig(target_return=5.0), sampler.episode_returns)
         assert not warn_target_return(DTConfig(target_return=0.5, reward_scale=2.0), sampler.episode_returns)
+        # rounding at the best return (1e-6 of the largest |return|, 5e-6 here) is not "outside"
+        assert not warn_target_return(DTConfig(target_return=5.000003), sampler.episode_returns)
         assert not caplog.records
+        assert warn_target_return(DTConfig(target_return=5.00001), sampler.episode_returns)
+        caplog.clear()
         assert warn_target_return(DTConfig(target_return=3.0, reward_scale=2.0), sampler.episode_returns)
         assert warn_target_return(DTConfig(target_return=0.0), sampler.episode_returns)
     assert "algo.target_return=3 (x reward_scale 2 = 6) lies outside the data's episode returns [1, 5]" in caplog.text
