@@ -506,8 +506,9 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
         env_args = dict(info.env_args or {})
         # offset, scale and the model's digest: stage 3 rewards its online steps with the same function
         # (finetune.learned_reward), and refuses another model's
+        digest = model_digest(model) if isinstance(model, nn.Module) else None  # a plain function has no weights
         env_args[LEARNED_REWARD_KEY] = {"source": str(Path(src).resolve()), "normalize": normalize,
-                                        "offset": offset, "scale": scale, "model_digest": model_digest(model) if isinstance(model, nn.Module) else None}
+                                        "offset": offset, "scale": scale, "model_digest": digest}
         f["data"].attrs["env_args"] = json.dumps(env_args)
         for name, lo in data.offset.items():
             old = f[f"data/{name}"].get("rewards")  # None: a reward-free demo gets its first rewards

@@ -219,12 +219,14 @@ ENV_FRAME_HINT = ("; return uint8 frames (0-255) from the env, (H, W, C) or (C, 
                   "a gymnasium ObservationWrapper")
 
 
-def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype, key: str | None = None) -> str:
+def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype, key: str | None = None,
+                      cached_copy: bool = True) -> str:
     """How to rewrite a stored camera ``key`` of another layout as uint8 ``(H, W, 3)`` (the data is used as stored;
     an env's frames of these layouts are converted, robopretrain.envs.camera_frames): a hint starting with ``"; "``,
     or ``""``. A float array of one channel (a depth map, most likely) is no colour camera, and the cached copy
     ``data.image_size`` makes converts float frames only of keys named ``*_image``
-    (:func:`robopretrain.data.resize_robomimic.is_camera`): neither is suggested where it does not apply."""
+    (:func:`robopretrain.data.resize_robomimic.is_camera`): neither is suggested where it does not apply;
+    ``cached_copy=False`` leaves ``data.image_size`` out (a reader that has no such setting, stage 1's)."""
     if len(shape) not in (2, 3):  # not an image at all (a vector listed as a camera)
         return ""
     first = len(shape) == 3 and shape[0] in (1, 3) and shape[2] not in (1, 3)
@@ -240,6 +242,8 @@ def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype, key: str | None =
         fixes.append("float: write (frames * 255).round().astype(np.uint8) for frames in [0, 1]")
     if not fixes:
         return ""
+    if not cached_copy:
+        return f"; {', '.join(fixes)}"
     if floating and key is not None and not key.endswith("_image"):
         return f"; {', '.join(fixes)} (data.image_size converts float frames only of keys named *_image)"
     return (f"; {', '.join(fixes)}; or set data.image_size=S: the stages then read a cached copy of the file whose "

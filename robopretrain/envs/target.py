@@ -44,6 +44,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from robopretrain.data.episodes import flatten_obs
 from robopretrain.envs.action_units import ActionNormalization
 from robopretrain.envs.camera_frames import agent_frame_shape, image_layout, is_camera, to_agent_frame
 
@@ -546,21 +547,13 @@ _DROPPED_SAID: set[str] = set()  # targets whose non-array observation parts wer
 
 def _flat_spaces(space: gym.Space, prefix: str = "") -> dict[str, gym.Space]:
     """The leaves of nested ``Dict`` / ``Tuple`` spaces as ``{dotted key: space}`` (``arm.pos``, ``0.pos``): the
-    names :func:`robopretrain.data.episodes.flatten_obs` gives recorded observations."""
+    names :func:`robopretrain.data.episodes.flatten_obs` gives recorded observations (and :meth:`TargetEnv._obs` one
+    step's values)."""
     if isinstance(space, gym.spaces.Dict):
         return {k: v for key, sub in space.spaces.items() for k, v in _flat_spaces(sub, f"{prefix}{key}.").items()}
     if isinstance(space, gym.spaces.Tuple):
         return {k: v for i, sub in enumerate(space.spaces) for k, v in _flat_spaces(sub, f"{prefix}{i}.").items()}
     return {prefix[:-1]: space}
-
-
-def _flat_values(obs: Any, prefix: str = "") -> dict[str, Any]:
-    """One step's nested dict / tuple observation as ``{dotted key: value}`` (as :func:`_flat_spaces`)."""
-    if isinstance(obs, Mapping):
-        return {k: v for key, sub in obs.items() for k, v in _flat_values(sub, f"{prefix}{key}.").items()}
-    if isinstance(obs, tuple):
-        return {k: v for i, sub in enumerate(obs) for k, v in _flat_values(sub, f"{prefix}{i}.").items()}
-    return {prefix[:-1]: obs}
 
 
 def _as_given(shape: Sequence[int], dtype: Any) -> bool:
@@ -659,7 +652,7 @@ class TargetEnv(gym.Wrapper):
             raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
 
     def _obs(self, obs: Any) -> dict[str, Any]:
-        obs = _flat_values(obs) if isinstance(obs, (Mapping, tuple)) else {OBSERVATION: obs}
+        obs = flatten_obs(obs, self.target.name) if isinstance(obs, (Mapping, tuple)) else {OBSERVATION: obs}
         out: dict[str, Any] = {}
         for key, value in obs.items():
             if key in self._dropped or key in self._shadowed:
