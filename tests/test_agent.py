@@ -221,10 +221,10 @@ def test_spec_errors_name_the_key_and_sizes():
     assert "transpose" not in str(err.value) and "data.image_size" not in str(err.value)
     for grey in ((16, 16, 1), (16, 16)):
         assert spec_from_shapes({"cam": (grey, np.uint8)}, [], ["cam"], 0, where="f.hdf5").rgb == (("cam", (16, 16, 3)),)
-    with pytest.raises(ValueError, match=r"low_dim part 'speed' is float32 \(\); expected a float vector \(d,\) .*; a "
+    with pytest.raises(ValueError, match=r"low_dim part 'speed' is float32 \(\); expected a numeric vector \(d,\) .*; a "
                                          r"scalar per step: store it as \(N, 1\), values\[:, None\]$"):
         spec_from_shapes({"speed": ((), np.float32)}, ["speed"], [], 0, where="f.hdf5")
-    with pytest.raises(ValueError, match=r"low_dim part 'agentview_image' is uint8 \(16, 16, 3\); expected a float"):
+    with pytest.raises(ValueError, match=r"low_dim part 'agentview_image' is uint8 \(16, 16, 3\); expected a numeric"):
         spec_from_shapes(shapes, ["agentview_image"], [], 0, where="f.hdf5")
     data = spec_from_shapes(shapes, ["proprio"], ["agentview_image"], 11, where="f.hdf5")
     assert ObsSpec.from_dict(data.to_dict()) == data and data.image_size == 16

@@ -6,6 +6,7 @@ import logging
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from robopretrain.data.hdf5 import DatasetError, load_transitions, read_info, select_demos
 
@@ -516,3 +517,39 @@ def test_a_count_attribute_written_as_a_boolean_is_refused(tmp_path):
 
     with pytest.raises(DatasetError, match=r"attribute 'num_samples' must be an int, got np.True_"):
         read_info(write_dataset(tmp_path / "b.hdf5", mutate=flag))
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_integer_and_flag_low_dim_parts_are_read_as_float32_like_the_converters_cast_them(tmp_path, storage):
+    """An int64 step counter and uint8 gripper flags (N, d) are low-dim parts: read as float32 with their values, in
+    memory and from the frame index (which reads every part of the file, so a part the agent does not use broke it).
+    A (N,) part is still refused, with the (N, 1) hint."""
+    from robopretrain.data.dataset import RewardSettings, load_offline_dataset
+    from robopretrain.data.spec import ObsSpec
+
+    def add(f):
+        for name in f["data"]:
+            g, n = f["data"][name], f["data"][name].attrs["num_samples"]
+            g["obs/step"], g["next_obs/step"] = np.arange(n)[:, None], np.arange(1, n + 1)[:, None]
+            g["obs/grip"] = g["next_obs/grip"] = np.stack([np.arange(n) % 2, np.ones(n)], 1).astype(np.uint8)
+
+    path = write_dataset(tmp_path / "ints.hdf5", mutate=add)
+    tr = load_transitions(path, ["step", "grip"])
+    assert tr.obs["step"].dtype == tr.obs["grip"].dtype == np.float32
+    np.testing.assert_array_equal(tr.obs["step"][:, 0], [0, 1, 2, 0, 1, 2, 3, 0, 1])
+    np.testing.assert_array_equal(tr.next_obs["grip"][:4, 0], [0, 1, 0, 0])
+    assert len(_load(path, storage)) == 9  # the unused int parts are no obstacle
+    spec = ObsSpec(low_dim=(("proprio", 3), ("step", 1), ("grip", 2)), rgb=(("agentview_image", (4, 4, 3)),))
+    ds = load_offline_dataset(path, spec, RewardSettings(), storage=storage)
+    batch = ds.get(np.arange(9))
+    assert batch["observations"]["step"].dtype == torch.float32
+    np.testing.assert_array_equal(batch["observations"]["step"][:, 0].numpy(), [0, 1, 2, 0, 1, 2, 3, 0, 1])
+    np.testing.assert_array_equal(batch["next_observations"]["grip"][:4, 0].numpy(), [0, 1, 0, 0])
+
+    def scalar(f):
+        del f["data/demo_1/obs/step"]
+        f["data/demo_1/obs/step"] = np.arange(4)
+
+    _expect(write_dataset(tmp_path / "s.hdf5", mutate=lambda f: (add(f), scalar(f))),
+            r"data/demo_1/obs/step: expected a low-dim numeric array \(N, d\), got int64 \(4,\); a scalar per step: "
+            r"store it as \(N, 1\)", keys=["step"])

@@ -214,9 +214,9 @@ def _write_index(source: Path, info: DatasetInfo, keys: Sequence[str], demos: li
     meta: dict[str, Any] = {"version": INDEX_VERSION, "demos": demos, "demo_starts": starts.tolist(),
                             "num_transitions": n, "keys": {}}
     # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range; the
-    # other keys of float (d,) steps are low-dim parts whatever their name (a 12-D goal_image), as obs.low_dim reads them
+    # other keys of numeric (d,) steps are low-dim parts whatever their name (a 12-D goal_image), as obs.low_dim reads them
     low_dim = [k for k, (shape, dtype) in info.obs_specs.items() if k not in keys and len(shape) == 1
-               and np.dtype(dtype).kind == "f"]
+               and np.dtype(dtype).kind in "fiub"]
     trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False, action_range=False,
                              check_finite=False, low_dim=low_dim)
     (tmp / "transitions").mkdir()

@@ -7,7 +7,8 @@ Implements the "Robot dataset: robomimic HDF5" contract of ARCHITECTURE.md::
                      (a file without task / task_id, as robomimic's own datasets: one task named by env_args'
                      env_name, else the file's stem, in slot 0)
         obs/<key>, next_obs/<key>   (N, ...)  images uint8 (N, H, W, 3) (grey (N, H, W, 1) or (N, H, W): read
-                                    as RGB by the stages), low-dim float (N, d); a key is read as a camera when it
+                                    as RGB by the stages), low-dim numeric (N, d) (float, or int / bool / uint8
+                                    as the converters cast them: read as float32); a key is read as a camera when it
                                     is named *_image, of shape (N, H, W, C) or uint8 (N, H, W), unless the caller
                                     lists it as low-dim (obs.low_dim; load_transitions' low_dim)
         actions (N, A) float in [-1, 1];  rewards (N,), optional (see below);  dones (N,) in {0, 1}
@@ -213,8 +214,9 @@ def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: i
                     if len(shape) == 2 and ds.dtype.kind == "f" else "")
             raise _err(path, key, f"expected an image array uint8 (N, H, W, 3), or grey (N, H, W, 1) / (N, H, W), got "
                                   f"{ds.dtype} {shape}{hint}")
-    elif ds.dtype.kind != "f" or len(shape) != 2:
-        raise _err(path, key, f"expected a low-dim float array (N, d), got {ds.dtype} {shape}")
+    elif ds.dtype.kind not in "fiub" or len(shape) != 2:
+        scalar = "; a scalar per step: store it as (N, 1), values[:, None]" if len(shape) == 1 else ""
+        raise _err(path, key, f"expected a low-dim numeric array (N, d), got {ds.dtype} {shape}{scalar}")
     if shape[0] != n:
         raise _err(path, key, _rows_problem(shape[0], n))
 
@@ -474,7 +476,8 @@ def _allocate(specs: dict[str, tuple[tuple[int, ...], np.dtype]], keys: Sequence
     out = {}
     for k in keys:
         shape, dtype = specs[k]
-        out[k] = np.empty((n, *shape), dtype=np.uint8 if dtype == np.uint8 else np.float32)
+        image = dtype == np.uint8 and len(shape) >= 2  # a uint8 (d,) step is a low-dim part (flags), read as float32
+        out[k] = np.empty((n, *shape), dtype=np.uint8 if image else np.float32)
     return out
 
 

@@ -155,9 +155,9 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
 
     for key in low_dim:
         src, shape, dtype = lookup(key, "low_dim")
-        if len(shape) != 1 or np.dtype(dtype) == np.uint8:
+        if len(shape) != 1 or np.dtype(dtype).kind not in "fiub":  # ints and flags are read as float32
             scalar = "; a scalar per step: store it as (N, 1), values[:, None]" if len(shape) == 0 else ""
-            raise ValueError(f"{where}: low_dim part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected a float "
+            raise ValueError(f"{where}: low_dim part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected a numeric "
                              f"vector (d,) (images go in the rgb list){scalar}")
         low.append((key, int(shape[0])))
     for key in rgb:
@@ -177,7 +177,7 @@ def _missing_part_hint(shapes: Mapping[str, tuple[Sequence[int], Any]], key: str
     """How to use the source's keys of ``kind`` for a missing part ``key``: ``""`` without a setting to name, else a
     hint starting with ``"; "`` that names the candidate keys (a float vector for ``low_dim``, a camera for ``rgb``)."""
     if kind == LOW_DIM:
-        fits = [k for k, (shape, dtype) in shapes.items() if len(shape) == 1 and np.dtype(dtype) != np.uint8]
+        fits = [k for k, (shape, dtype) in shapes.items() if len(shape) == 1 and np.dtype(dtype).kind in "fiub"]
     else:
         fits = [k for k, (shape, dtype) in shapes.items() if len(shape) in (2, 3)]
     if not fits or (map_setting is None and not parts_settable):
