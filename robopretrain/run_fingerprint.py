@@ -23,7 +23,8 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
 - :func:`differences` ``(saved, now)``: what changed, as short phrases (``"lr: 0.0003 -> 0.001"``,
   ``"data: manifest.csv content changed"``); empty when the run may resume. A file's content decides, not its
   modification time (a copy, or a rewrite of the same bytes, resumes; a file over 16 MiB whose time changed but whose
-  size and sampled bytes did not resumes with a warning). A run folder moved or copied elsewhere resumes
+  size and sampled bytes did not resumes with a warning); a path setting naming the same file through a symlink is
+  no change. A run folder moved or copied elsewhere resumes
   (:func:`relocation`): a fingerprint built with ``home=`` (the output folder, or the pipeline run folder holding
   it: :func:`run_home`) maps the paths under the old home, in inputs and in config values, to the new one; inputs
   outside it must stay where they were, unless the folder above the home moved with it (``runs/a/s3 ->
@@ -304,6 +305,13 @@ def _same_place(old: Any, new: Any, moved: Sequence[tuple[str, str]] = ()) -> bo
     return old == new or any(relocated(old, [pair]) == new for pair in moved)  # each form of the home alone
 
 
+def _same_file(old: Any, new: Any) -> bool:
+    """Whether two config values are paths to one existing file or folder once symlinks are resolved (``data.path``
+    given as a link, then as its target); the input fingerprint (resolved paths, content) decides whether it changed."""
+    return (isinstance(old, str) and isinstance(new, str) and old != new and os.path.exists(new)
+            and os.path.realpath(old) == os.path.realpath(new))
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 60 else text[:57] + "..."
@@ -372,6 +380,8 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
             continue
         if _same_place(a, b, along) and any(_names(b, path) for path in unchanged):
             continue  # a path to an input that moved along with the run folder, its content unchanged
+        if _same_file(a, b):
+            continue  # one file named two ways (a symlink and its target): its content is the input's to compare
         if not _same_place(a, b, moved):
             out.append(f"{key}: {'(unset)' if a is missing else _short(a)} -> {'(unset)' if b is missing else _short(b)}")
     return out

@@ -467,3 +467,24 @@ def test_settings_added_by_an_upgrade_resume_only_when_off(caplog):
     assert run_fingerprint.differences(saved, removed) == ["train.lr: 0.001 -> (unset)"]
     graphed = run_fingerprint.fingerprint({"train": {"lr": 1e-3, "cuda_graph": True}}, {})
     run_fingerprint.check_resume(saved, graphed, "ckpt.pt")
+
+
+def test_a_data_path_given_through_a_symlink_is_the_file_it_names(tmp_path):
+    """``data.path=link.hdf5`` then ``data.path=real.hdf5`` (the link's target), or back: the text differed and the
+    resume was refused. A link repointed at another file is still a change (the input's content)."""
+    real, other = tmp_path / "real.hdf5", tmp_path / "other.hdf5"
+    real.write_bytes(b"d" * 10)
+    other.write_bytes(b"e" * 11)
+    (tmp_path / "link.hdf5").symlink_to(real)
+
+    def fp(path) -> dict:
+        return run_fingerprint.fingerprint({"data": {"path": str(path)}}, {"data": path})
+
+    saved = fp(tmp_path / "link.hdf5")
+    assert run_fingerprint.differences(saved, fp(real)) == []
+    assert run_fingerprint.differences(fp(real), fp(tmp_path / "link.hdf5")) == []
+    (tmp_path / "link.hdf5").unlink()
+    (tmp_path / "link.hdf5").symlink_to(other)
+    changed = run_fingerprint.differences(saved, fp(tmp_path / "link.hdf5"))
+    assert changed and changed[0].startswith("data: ")
+    assert run_fingerprint.differences(saved, fp(other)) != []
