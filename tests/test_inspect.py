@@ -211,6 +211,26 @@ def test_a_done_before_the_last_step_is_listed(tmp_path: Path) -> None:
     assert summarize_hdf5(path).inner_dones == {}
 
 
+def test_a_num_samples_attribute_that_disagrees_with_the_rows_is_listed(tmp_path: Path) -> None:
+    """A demo whose num_samples says 15 while its arrays hold 20 rows: the reader refuses it, inspect said only that
+    data's total disagreed with the sum (as if total were wrong)."""
+    from robopretrain.data.inspect import format_hdf5_summary
+
+    path = write_tiny_hdf5(tmp_path / "n.hdf5")
+    assert summarize_hdf5(path).wrong_rows == {}
+    with h5py.File(path, "a") as f:
+        n = int(f["data/demo_1"].attrs["num_samples"])
+        f["data/demo_1"].attrs["num_samples"] = n - 1
+        del f["data/demo_2/rewards"]  # optional: absent is no row count
+    s = summarize_hdf5(path)
+    assert s.wrong_rows == {"demo_1": (n - 1, [n])}
+    assert (f"warning: the num_samples attribute disagrees with the arrays' rows in 1 demo(s) (demo_1: num_samples "
+            f"{n - 1}, arrays of {n} rows): training refuses them") in format_hdf5_summary(s)
+    with h5py.File(path, "a") as f:
+        f["data/demo_1/next_obs/proprio"] = np.zeros((n + 2, 7), np.float32)
+    assert summarize_hdf5(path).wrong_rows == {"demo_1": (n - 1, [n, n + 2])}
+
+
 def test_a_file_with_an_empty_demo_is_summarized(tmp_path: Path) -> None:
     """The files people inspect after the reader refused them: an empty demo (its rows are not scanned)."""
     from robopretrain.data.inspect import format_hdf5_summary

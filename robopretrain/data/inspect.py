@@ -119,6 +119,8 @@ class Hdf5Summary:
     inner_dones: dict[str, list[int]] = field(default_factory=dict)
     # demo -> the one of task / task_id it lacks, for demos that hold the other (training refuses them)
     half_task: dict[str, str] = field(default_factory=dict)
+    # demo -> (its num_samples attribute, the row counts its arrays hold), where they disagree (training refuses it)
+    wrong_rows: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
 
     @property
     def transitions(self) -> int:
@@ -195,6 +197,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     odd_actions: dict[str, tuple[int, ...]] = {}
     inner_dones: dict[str, list[int]] = {}
     half_task: dict[str, str] = {}
+    wrong_rows: dict[str, tuple[int, list[int]]] = {}
     actions = None
     for name in demos:
         demo = data[name]
@@ -210,6 +213,9 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         else:
             raise InspectError(f"{path}: data/{name} has neither a num_samples attribute nor actions")
         stats.lengths.append(length)
+        rows = sorted({int(ds.shape[0]) for ds in _per_step_datasets(demo)})
+        if "num_samples" in demo.attrs and rows and rows != [length]:
+            wrong_rows[name] = (length, rows)
         meta = _ep_meta(demo, path)
         stats.successes.append(_success(meta, demo, path))
         stats.source_episodes.append(meta.get("source_episode") if meta is not None else None)
@@ -260,7 +266,16 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
     return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale,
-                       odd_actions, inner_dones, half_task)
+                       odd_actions, inner_dones, half_task, wrong_rows)
+
+
+def _per_step_datasets(demo: h5py.Group) -> list[h5py.Dataset]:
+    """A demo's arrays of one row per step (obs and next_obs parts, actions, rewards, dones), as far as present."""
+    found = [demo.get(k) for k in ("actions", "rewards", "dones")]
+    for group in ("obs", "next_obs"):
+        if isinstance(demo.get(group), h5py.Group):
+            found += list(demo[group].values())
+    return [ds for ds in found if isinstance(ds, h5py.Dataset) and ds.ndim >= 1]
 
 
 def _find_non_finite(ds: h5py.Dataset, key: str, demo: str, found: dict[str, str]) -> None:
@@ -351,6 +366,13 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append(f"note: {reward_free} of {n_demos} demos have no rewards dataset (read as zeros): BC trains on "
                      "them; other learners need data.rewards_from_success=true (ep_meta success flags) or a reward "
                      "written by python -m robopretrain.reward_model from preference labels")
+    if s.wrong_rows:
+        named = [f"{d}: num_samples {n}, arrays of {' / '.join(map(str, rows))} rows"
+                 for d, (n, rows) in list(s.wrong_rows.items())[:3]]
+        lines.append(f"warning: the num_samples attribute disagrees with the arrays' rows in {len(s.wrong_rows)} "
+                     f"demo(s) ({'; '.join(named)}{'; ...' if len(s.wrong_rows) > 3 else ''}): training refuses "
+                     "them; set each demo's num_samples to its length (and data's total to their sum), or leave the "
+                     "demo out with a mask")
     if s.total_attr is not None and s.total_attr != s.transitions:
         lines.append(f"warning: data.attrs['total'] = {s.total_attr} but the demos hold {s.transitions} transitions")
     lines.append("")
