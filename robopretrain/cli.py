@@ -20,6 +20,8 @@ Use it in an entry point as::
   (``'data.path="/a/b=c.hdf5"'``), and a sweep (``a,b``) without ``-m`` likewise. Without ``-m``, it then
   composes the config with the overrides, so an unknown key or a group replaced by a value is reported as
   ``error: config: ...`` on one line (Hydra itself prints a multi-line message).
+* Setting the run folder (``output_dir=``; the pipeline's ``run_dir=``) moves Hydra's own run folder (its log file and
+  ``.hydra/``) there too (:func:`hydra_run_dir_override`), unless ``hydra.run.dir`` is set.
 * ``--help`` (:func:`entry_point_help`) lists only the config groups the entry point's config reads (Hydra's own
   lists every folder of ``configs/``: stage 2's ``algo`` under stage 1), then the composed config.
 * :func:`friendly_errors` turns the toolkit's known error classes (bad datasets, video manifests, encoder and
@@ -57,6 +59,9 @@ ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": 
                 "sim_envs.collect": "collect", "sim_envs.collect_videos": "collect_videos",
                 "robopretrain.reward_model": "reward_model"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# the setting naming each entry point's run folder, which Hydra's own run folder follows (hydra_run_dir_override)
+RUN_FOLDER_KEYS = {"video_pretrain": "output_dir", "robopretrain": "output_dir", "finetune": "output_dir",
+                   "evaluate": "output_dir", "reward_model": "output_dir", "pipeline": "run_dir"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -451,7 +456,29 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
         check_overrides(list(ns.overrides), multirun=bool(ns.multirun))
         if ns.overrides and not (ns.multirun or ns.config_path or ns.config_dir or ns.experimental_rerun):
             validate_overrides(ns.config_name or config_name, list(ns.overrides))
+        if not ns.multirun:
+            follow = hydra_run_dir_override(config_name, list(ns.overrides))
+            if follow is not None:
+                sys.argv.append(follow)
     return main()
+
+
+def hydra_run_dir_override(config_name: str, overrides: list[str]) -> str | None:
+    """``hydra.run.dir=<value>`` when ``overrides`` set the entry point's run folder (:data:`RUN_FOLDER_KEYS`:
+    ``output_dir=``, the pipeline's ``run_dir=``) and not ``hydra.run.dir`` itself: Hydra's log file and ``.hydra/``
+    (the composed config) then go to the run folder, not to ``outputs/<stage>/...`` under the working folder. None
+    otherwise (also for a value of ``null``). The value is the override's own text, so its quoting carries over."""
+    key = RUN_FOLDER_KEYS.get(config_name)
+    if key is None or any(o.lstrip("+~").startswith("hydra.run.dir=") for o in overrides):
+        return None
+    value = None
+    for o in overrides:
+        name, sep, text = o.lstrip("+").partition("=")
+        if sep and name == key:
+            value = text  # the last one wins, as in Hydra
+    if value is None or value.strip() in ("", "null", "None"):
+        return None
+    return f"hydra.run.dir={value}"
 
 
 def launch(module: str, argv: list[str]) -> Any:

@@ -242,3 +242,28 @@ def test_help_lists_only_the_config_groups_the_entry_point_reads(capsys, config_
     assert "is powered by Hydra" in out and override.replace("=", ": ") in out  # the header, the config as overridden
     groups = out.split("== Config ==")[0].split("== Configuration groups ==")[-1]
     assert [line.split(":")[0] for line in groups.splitlines() if ": " in line] == reads, out
+
+
+def test_hydras_run_folder_follows_the_run_folder_setting():
+    """``output_dir=X`` (the pipeline: ``run_dir=X``) put the run's files in X but Hydra's log and ``.hydra/`` in
+    ``outputs/<stage>/...`` under the working folder."""
+    from robopretrain.cli import hydra_run_dir_override
+
+    assert hydra_run_dir_override("robopretrain", ["algo=bc", "output_dir=/r/a", "seed=1"]) == "hydra.run.dir=/r/a"
+    assert hydra_run_dir_override("finetune", ["output_dir=/r/a", "++output_dir='/r/b c'"]) == "hydra.run.dir='/r/b c'"
+    assert hydra_run_dir_override("pipeline", ["run_dir=runs/x"]) == "hydra.run.dir=runs/x"
+    assert hydra_run_dir_override("pipeline", ["output_dir=runs/x"]) is None  # not the pipeline's setting
+    assert hydra_run_dir_override("robopretrain", ["output_dir=/r/a", "hydra.run.dir=/h"]) is None  # given: kept
+    assert hydra_run_dir_override("robopretrain", ["output_dir=null"]) is None
+    assert hydra_run_dir_override("collect", ["output=/r/demos.hdf5"]) is None  # a file, not a run folder
+
+
+def test_a_stage_run_with_output_dir_writes_nothing_under_the_working_folder(tmp_path):
+    cwd, out = tmp_path / "cwd", tmp_path / "run"
+    cwd.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "robopretrain.train", f"output_dir={out}",
+                           f"data.path={tmp_path / 'missing.hdf5'}"], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert proc.returncode == 2 and "missing.hdf5" in proc.stderr, proc.stderr[-2000:]
+    assert list(cwd.iterdir()) == []
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / "train.log").is_file()
