@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from robopretrain.data.dataset import FILE_UNITS
-from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, DatasetInfo
+from robopretrain.data.hdf5 import DatasetInfo
 from robopretrain.data.keys import TASK_ID
 from robopretrain.envs.action_units import ActionNormalization, describe, reexpress
 from robopretrain.reward_model import RewardEnsemble, load_reward_model, model_digest
@@ -68,13 +68,6 @@ class OnlineLearnedReward:
             acts = reexpress(acts, self.agent_units, units, "the agent's actions")
         r = self.model(obs, torch.from_numpy(acts)).mean(0).double().numpy()
         return ((r - self.offset) / self.scale).astype(np.float32)
-
-
-def learned_reward_record(info: DatasetInfo) -> Mapping[str, Any] | None:
-    """What :func:`robopretrain.reward_model.relabel` recorded in a file (``env_args['learned_reward']``): source,
-    normalize, offset, scale, model_digest; None for a file with the env's own rewards."""
-    record = (info.env_args or {}).get(LEARNED_REWARD_KEY)
-    return record if record else None
 
 
 def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | None = None,
@@ -114,7 +107,7 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
         log.warning("%s=%s records no action units (written by an older version): the agent's actions are scored as "
                     "they are, in the agent's units (%s)", setting, path, describe(agent.action_normalization))
     offset, scale = 0.0, 1.0
-    record = learned_reward_record(data) if data is not None else None
+    record = data.learned_reward if data is not None else None
     if record is not None:
         digest = record.get("model_digest")
         if digest is not None and digest != model_digest(model):
@@ -138,4 +131,4 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
                                agent_units=agent.action_normalization)
 
 
-__all__ = ["OnlineLearnedReward", "learned_reward_record", "load_online_reward"]
+__all__ = ["OnlineLearnedReward", "load_online_reward"]

@@ -24,7 +24,7 @@ from robopretrain.config_checks import resolve_device
 from robopretrain.data.dataset import FILE_UNITS, RewardSettings, load_offline_dataset, selected_demos, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
-from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, DatasetError, DatasetInfo
+from robopretrain.data.hdf5 import DatasetError, DatasetInfo
 from robopretrain.data.keys import OBS
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
@@ -420,7 +420,7 @@ def warn_learned_reward(algo: str, info: DatasetInfo) -> bool:
     (``env_args['learned_reward']``, :func:`robopretrain.reward_model.relabel`): it learns to reach returns of that
     reward, while its evaluation asks for ``algo.target_return`` and counts it down with the env's own reward
     (:mod:`robopretrain.algos.dt`), another scale, so no target return means the same in both."""
-    learned = (info.env_args or {}).get(LEARNED_REWARD_KEY)
+    learned = info.learned_reward
     if algo != "dt" or not learned:
         return False
     source = learned.get("source") if isinstance(learned, Mapping) else None
@@ -443,7 +443,7 @@ def refuse_learned_reward_online(info: DatasetInfo, offline_ratio: float, settin
     other function, which is warned (the message is returned). ``setting``: the key of ``offline_ratio`` where the
     caller reads it (the pipeline's ``stage3.offline_ratio``). None when both are the same function (that the model
     is the one that relabelled the data is :func:`finetune.learned_reward.load_online_reward`'s check)."""
-    learned = (info.env_args or {}).get(LEARNED_REWARD_KEY)
+    learned = info.learned_reward
     if bool(learned) == online_model:
         return None
     if learned:

@@ -317,10 +317,9 @@ def test_stage_3_batches_hold_one_reward_function(caplog):
     offline data enters the batches, warned at offline_ratio 0, and fine when both are the same function; the
     pipeline's call (no model online) is the env's reward online."""
     import logging
-    from types import SimpleNamespace
 
-    env_data = SimpleNamespace(path="env.hdf5", env_args={"env_name": "Reach"})
-    learned = SimpleNamespace(path="rel.hdf5", env_args={"learned_reward": {"source": "src.hdf5", "normalize": "none"}})
+    env_data = _info("env.hdf5", {"env_name": "Reach"})
+    learned = _info("rel.hdf5", {"learned_reward": {"source": "src.hdf5", "normalize": "none"}})
     assert build.refuse_learned_reward_online(env_data, 0.5) is None  # the pipeline's call: env reward both ways
     assert build.refuse_learned_reward_online(learned, 0.5, online_model=True) is None
     with pytest.raises(ValueError, match=r"rel.hdf5: its rewards were written by a learned reward .*from src.hdf5.* "
@@ -333,3 +332,10 @@ def test_stage_3_batches_hold_one_reward_function(caplog):
         said = build.refuse_learned_reward_online(env_data, 0.0, online_model=True)
     assert "only the critic's start comes from the env's reward" in said and said in caplog.text
     assert "from the learned reward" in build.refuse_learned_reward_online(learned, 0.0)
+
+
+def _info(path: str, env_args: dict):
+    """A file's metadata as read_info gives it, for the parts these checks read (path, env_args)."""
+    from robopretrain.data.hdf5 import DatasetInfo
+
+    return DatasetInfo(path, total=0, env_args=env_args, demos=[], masks={}, tasks={}, obs_specs={}, action_dim=1)

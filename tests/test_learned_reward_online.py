@@ -148,7 +148,7 @@ def test_a_relabelled_file_without_its_constants_or_by_another_model_is_refused(
     digest = model_digest(load_reward_model(path)[0])
 
     def info(record):
-        return SimpleNamespace(path="r.hdf5", env_args={"learned_reward": record})
+        return _info("r.hdf5", {"learned_reward": record})
 
     rewarder = load_online_reward(path, fake_agent(spec), info({"normalize": "standard", "offset": 2.0, "scale": 4.0,
                                                                "model_digest": digest}))
@@ -176,12 +176,12 @@ def test_what_an_older_file_or_model_cannot_say_is_warned(tmp_path, caplog):
     spec = ObsSpec(low_dim=(("x", 1),))
     path = saved_model(tmp_path / "m.pt", spec)
     digest = model_digest(load_reward_model(path)[0])
-    current = SimpleNamespace(path="r.hdf5", env_args={"learned_reward": {"normalize": "none", "offset": 0.0,
+    current = _info("r.hdf5", {"learned_reward": {"normalize": "none", "offset": 0.0,
                                                                           "scale": 1.0, "model_digest": digest}})
     with caplog.at_level(logging.WARNING, logger="finetune.learned_reward"):
         load_online_reward(path, fake_agent(spec), current)
     assert caplog.text == ""
-    older = SimpleNamespace(path="r.hdf5", env_args={"learned_reward": {"normalize": "none"}})
+    older = _info("r.hdf5", {"learned_reward": {"normalize": "none"}})
     with caplog.at_level(logging.WARNING, logger="finetune.learned_reward"):
         plain = load_online_reward(path, fake_agent(spec), older)  # an older file, not normalised
     assert (plain.offset, plain.scale) == (0.0, 1.0)
@@ -205,3 +205,10 @@ def test_the_digest_names_the_weights(tmp_path):
     with torch.no_grad():
         next(a.nets[1].parameters()).view(-1)[0] += 1e-6
     assert model_digest(loaded) != model_digest(a)
+
+
+def _info(path: str, env_args: dict):
+    """A file's metadata as read_info gives it, for the parts these checks read (path, env_args)."""
+    from robopretrain.data.hdf5 import DatasetInfo
+
+    return DatasetInfo(path, total=0, env_args=env_args, demos=[], masks={}, tasks={}, obs_specs={}, action_dim=1)

@@ -88,6 +88,13 @@ class DatasetInfo:
         chosen = self.demos if names is None else [self.demo(n) for n in names]
         return [d.name for d in chosen if not d.has_rewards]
 
+    @property
+    def learned_reward(self) -> dict[str, Any] | None:
+        """What :func:`robopretrain.reward_model.relabel` recorded when a learned reward wrote this file's rewards
+        (``env_args['learned_reward']``: source, normalize, offset, scale, model_digest); None for the env's own."""
+        record = (self.env_args or {}).get(LEARNED_REWARD_KEY)
+        return record if record else None
+
 
 @dataclass
 class Transitions:
