@@ -775,7 +775,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     panels = [(p, summary[p]) for p in ("states", "pixels") if summary.get(p)]
     online = summary.get("online") or []
     prefs = [r for r in summary.get("preferences") or [] if "true" in r]
-    count = len(panels) + bool(online) + bool(prefs)
+    prefs_online = [r for r in summary.get("preferences_online") or [] if "true" in r]
+    count = len(panels) + bool(online) + bool(prefs) + bool(prefs_online)
     fig, axes = plt.subplots(1, count, figsize=(5 * count, 3.4), squeeze=False)
     for ax, (part, rows) in zip(axes[0], panels):
         final = max(r["updates"] for r in rows)
@@ -806,7 +807,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_ylim(-0.05, 1.05)
         ax.set_title("offline -> online (mixed data)", fontsize=9)
     if prefs:  # the learner on a preference-learned reward beside the same learner and seeds on the true reward
-        ax = axes[0][-1]
+        ax = axes[0][len(panels) + bool(online)]
         for i, r in enumerate(prefs):
             ax.errorbar(i - 0.1, r["learned"], fmt="o", ms=4, color="tab:purple",
                         yerr=[[r["learned"] - r["learned_ci95"][0]], [r["learned_ci95"][1] - r["learned"]]],
@@ -818,6 +819,19 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_ylim(-0.05, 1.05)
         ax.legend(fontsize=7)
         ax.set_title("preference-learned vs true reward", fontsize=9)
+    if prefs_online:  # stage 3 before -> after, online steps rewarded by the learned reward or by the env's
+        ax = axes[0][-1]
+        for i, r in enumerate(prefs_online):
+            for dx, side, colour, label in ((-0.12, r["learned"], "tab:purple", "learned reward"),
+                                            (0.12, r["true"], "tab:gray", "true reward")):
+                ax.plot([i + dx - 0.08, i + dx + 0.08], [side["before"], side["after"]], "-o", ms=3, color=colour,
+                        label=label if i == 0 else None)
+        ax.set_xticks(range(len(prefs_online)), [f"{LABELS[r['learned']['algo']]}\n{r['learned']['task']}"
+                                                 for r in prefs_online], fontsize=7)
+        ax.set_xlim(-0.6, len(prefs_online) - 0.4)
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize=7)
+        ax.set_title("offline -> online, learned vs true reward", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
