@@ -209,7 +209,9 @@ def test_spec_errors_name_the_key_and_sizes():
             ("depth_image", (16, 16, 1), np.float32, r"a float array of one channel \(a depth map\?\) is no colour "
                                                      r"camera: .* leave it out of obs.rgb [^;]*$"),
             ("depth", (1, 16, 16), np.float32, r"a float array of one channel \(a depth map\?\)[^;]*$"),
-            ("depth", (16, 16), np.float64, r"a float array of one channel \(a depth map\?\)[^;]*$")):
+            ("depth", (16, 16), np.float64, r"a float array of one channel \(a depth map\?\)[^;]*$"),
+            # a last axis of 1 is a channel, whatever the first: one channel of 3 x 16, not three of 16 x 1
+            ("depth", (3, 16, 1), np.float32, r"a float array of one channel \(a depth map\?\)[^;]*$")):
         with pytest.raises(ValueError, match=rf"rgb part '{key}' is .*expected uint8 images \(H, W, 3\) .*/ \(H, W\); "
                                              + hint):
             spec_from_shapes({key: (shape, dtype)}, [], [key], 0, where="f.hdf5")
