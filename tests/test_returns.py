@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from robopretrain.data.returns import (
+    breaks_inside_episodes,
     copies_of_obs,
     episode_returns_to_go,
     episode_starts,
@@ -12,6 +13,7 @@ from robopretrain.data.returns import (
     scale_rewards,
     sparse_negative_reward,
     sparse_return_range,
+    unrewarded_successes,
 )
 
 
@@ -213,3 +215,44 @@ def test_sparse_return_range_bounds_every_episode_the_transform_allows():
     # a negative scale swaps the ends; no bound at discount 1
     assert sparse_return_range(-2.0, 0.0, 0.5) == pytest.approx((-4.0, 0.0))
     assert sparse_return_range(10.0, -5.0, 1.0) == (-float("inf"), float("inf"))
+
+
+def test_unrewarded_successes_counts_marked_episodes_only_when_the_rewards_carry_no_signal():
+    """A recorder that never wrote the success reward: constant, never positive rewards beside episodes marked
+    successful (a meta without the flag is no success); rewards that vary (OGBench's -1 / 0) or reach above 0 carry
+    a signal."""
+    meta = [{"success": True}, {}, {"success": False}, {"success": True}]
+    assert unrewarded_successes(np.zeros(8), meta) == 2
+    assert unrewarded_successes(np.full(8, -1.0), meta) == 2
+    assert unrewarded_successes(np.array([-1.0, -1.0, 0.0, -1.0]), meta) == 0  # varies: a signal
+    assert unrewarded_successes(np.array([0.0, 0.0, 1.0, 0.0]), meta) == 0
+    assert unrewarded_successes(np.zeros(0), meta) == 0
+    assert unrewarded_successes(np.zeros(4), [{}, {"success": False}]) == 0
+
+
+def test_breaks_inside_episodes_counts_next_obs_apart_from_the_next_obs_within_an_episode_only():
+    """obs[t + 1] != next_obs[t] between two episodes is their boundary, not a break; inside one it is."""
+    obs = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])
+    next_obs = np.array([[1.0], [2.0], [3.0], [11.0], [12.0]])
+    ids = np.array([0, 0, 0, 1, 1])
+    assert breaks_inside_episodes(obs, next_obs, ids) == 0
+    noisy = next_obs.copy()
+    noisy[0] += 0.5  # step 0's next_obs is not step 1's obs
+    assert breaks_inside_episodes(obs, noisy, ids) == 1
+    assert breaks_inside_episodes({"x": obs}, {"x": noisy}, ids) == 1
+    assert breaks_inside_episodes(obs, noisy + 1e-7, ids) == 1 and breaks_inside_episodes(obs, next_obs + 1e-7, ids) == 0
+    assert breaks_inside_episodes(obs[:1], next_obs[:1], ids[:1]) == 0
+
+
+@pytest.mark.parametrize("scale, bias", [(10.0, -5.0), (100.0, -100.3), (1.0, -1000.1), (0.1, 0.0)])
+def test_the_all_failure_rule_holds_for_rewards_stored_in_float32(scale, bias):
+    """scale_rewards stores float32: -100.3 becomes -100.300003, 3e-6 from the failure reward; an absolute 1e-6
+    tolerance gave such a failing episode the plain discounted sum instead of the value of failing forever."""
+    r = scale_rewards(np.zeros(5), scale, bias)
+    neg = sparse_negative_reward(scale, bias)
+    g = episode_returns_to_go(r, np.zeros(5), 0.99, sparse_negative_reward=neg)
+    np.testing.assert_allclose(g, np.full(5, neg / 0.01), rtol=1e-5, atol=1e-5)
+    near_miss = r.copy()
+    near_miss[2] = neg + max(1e-4 * abs(neg), 1e-4)  # a different reward, however small the scale: not the rule
+    assert not np.allclose(episode_returns_to_go(near_miss, np.zeros(5), 0.99, sparse_negative_reward=neg),
+                           neg / 0.01)

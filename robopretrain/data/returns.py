@@ -166,7 +166,9 @@ def episode_returns_to_go(
     """Returns-to-go of ONE episode (rewards already scaled/biased); float32 ``(T,)``.
 
     With ``sparse_negative_reward`` set, an episode whose rewards all equal it gets
-    ``sparse_negative_reward / (1 - gamma)`` at every step (requires ``gamma < 1``).
+    ``sparse_negative_reward / (1 - gamma)`` at every step (requires ``gamma < 1``). "Equal" allows the float32
+    round-off of :func:`scale_rewards` (a relative 1e-6, and 1e-6 near 0): a bias such as -100.3 is stored
+    3e-6 away from itself, which an absolute 1e-6 alone missed, giving such episodes the plain discounted sum.
     """
     r = np.asarray(rewards, dtype=np.float64).reshape(-1)
     d = np.asarray(terminals, dtype=np.float64).reshape(-1)
@@ -174,7 +176,7 @@ def episode_returns_to_go(
         raise ValueError(f"rewards {r.shape} and terminals {d.shape} must have the same length")
     if len(r) == 0:
         return np.zeros(0, dtype=np.float32)
-    if sparse_negative_reward is not None and np.allclose(r, sparse_negative_reward, rtol=0.0, atol=1e-6):
+    if sparse_negative_reward is not None and np.allclose(r, sparse_negative_reward, rtol=1e-6, atol=1e-6):
         if not gamma < 1.0:
             raise ValueError(f"the all-failure rule r_neg / (1 - gamma) needs gamma < 1, got gamma={gamma}")
         return np.full(len(r), sparse_negative_reward / (1.0 - gamma), dtype=np.float32)
