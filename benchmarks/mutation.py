@@ -187,6 +187,9 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "self.heads.config -> self.target_heads.config: the target heads are a deepcopy of the heads, config included",
         "self.heads -> self.target_heads @ return {**self.heads.config, \"gamma\": self.gamma, \"expectile\": "
         "self.expectile,"),
+    ("evaluation", "agent_target/swap/2"): Equivalent(
+        "same_units(theirs, mine) -> (mine, theirs): both are set there, and equal bounds are symmetric",
+        "same_units(..theirs, mine..) swapped @ if not same_units(theirs, mine):"),
     ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",
