@@ -525,17 +525,17 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
 
 def normalization_affine(rewards: np.ndarray, normalize: str) -> tuple[float, float]:
     """``(offset, scale)`` with which ``relabel.normalize`` maps the ensemble-mean rewards of a whole file,
-    ``r' = (r - offset) / scale``: ``none`` (0, 1); ``standard`` (mean, std + 1e-8): zero mean, unit std;
-    ``minmax`` (min, max(max - min, 1e-8)): [0, 1]. Recorded in the relabelled file so that stage 3's online steps
-    get the same transform (:mod:`finetune.learned_reward`)."""
+    ``r' = (r - offset) / scale``: ``none`` (0, 1); ``standard`` (mean, std): zero mean, unit std; ``minmax``
+    (min, max - min): [0, 1]. A constant reward (spread <= 1e-8) keeps scale 1: the file's rewards become zeros, and
+    an online reward off that constant is not multiplied by 1e8. Recorded in the relabelled file so that stage 3's
+    online steps get the same transform (:mod:`finetune.learned_reward`)."""
     if normalize not in NORMALIZE:
         raise ValueError(f"relabel.normalize={normalize!r}; expected one of {list(NORMALIZE)}")
     r = np.asarray(rewards, dtype=np.float64)
-    if normalize == "standard":
-        return float(r.mean()), float(r.std() + 1e-8)
-    if normalize == "minmax":
-        return float(r.min()), float(max(r.max() - r.min(), 1e-8))
-    return 0.0, 1.0
+    if normalize == "none":
+        return 0.0, 1.0
+    offset, spread = (r.mean(), r.std()) if normalize == "standard" else (r.min(), r.max() - r.min())
+    return float(offset), float(spread) if spread > 1e-8 else 1.0
 
 
 def model_digest(model: nn.Module) -> str:

@@ -218,7 +218,7 @@ def test_relabel_writes_the_ensemble_mean_normalised_over_the_file(tmp_path, nor
     with h5py.File(out) as f:
         got = np.concatenate([f[f"data/demo_{i}/rewards"][()] for i in range(2)])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
-    # a constant learned reward normalises to zeros, not NaN (the 1e-8 guards)
+    # a constant learned reward normalises to zeros, not NaN (scale 1 for a spread <= 1e-8)
     flat = relabel(src, tmp_path / "c.hdf5", lambda obs, actions: torch.zeros(2, len(actions)), SPEC, normalize)
     with h5py.File(flat) as f:
         assert np.array_equal(f["data/demo_1/rewards"][()], np.zeros(6, np.float32))
@@ -737,7 +737,9 @@ def test_the_normalisation_maps_any_range_and_labels_go_to_a_new_folder(tmp_path
     z = (r - offset) / scale
     assert abs(z.mean()) < 1e-12 and abs(z.std() - 1) < 1e-6
     assert normalization_affine(r, "none") == (0.0, 1.0)
-    assert normalization_affine(np.full(4, 2.0), "minmax") == (2.0, 1e-8)  # constant: zeros, not NaN
+    for normalize in ("minmax", "standard"):  # constant: zeros, not NaN, and no 1e8 gain on an online reward
+        assert normalization_affine(np.full(4, 2.0), normalize) == (2.0, 1.0)
+    assert normalization_affine(np.array([2.0, 2.0 + 1e-7]), "minmax") == (2.0, pytest.approx(1e-7))
     with pytest.raises(ValueError, match=r"relabel.normalize='zscore'"):
         normalization_affine(r, "zscore")
     out = write_labels(tmp_path / "a" / "b" / "labels.csv", [PreferenceLabel("demo_0", 0, "demo_1", 2, 3, 1.0)])
