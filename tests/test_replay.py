@@ -198,10 +198,28 @@ def test_a_files_demos_stay_the_episodes_through_from_transitions_and_map_observ
     assert ds.get(np.arange(6))["next_actions"].view(-1).tolist() == pytest.approx([0.1, 0.2, 0.2, 0.4, 0.5, 0.5])
     mapped = ds.map_observations(lambda o: {"f": o["x"] * 2})
     assert mapped.episode_starts.tolist() == ds.episode_starts.tolist()
+    before, after = ds.get(np.arange(6)), mapped.get(np.arange(6))
+    for field in ("actions", "rewards", "dones", "mc_returns", "next_actions"):  # only the observations change
+        torch.testing.assert_close(after[field], before[field])
+    torch.testing.assert_close(after["next_observations"]["f"], before["next_observations"]["x"] * 2)
     window = SequenceSampler(mapped, 3, seed=0)  # DT's windows and returns-to-go over the demos
     assert window.num_episodes == 2 and window.timesteps.tolist() == [0, 1, 2, 0, 1, 2]
     with pytest.raises(ValueError, match="starting with True"):
         OfflineDataset(obs, obs, np.zeros(6), obs, np.zeros(6), episode_starts=np.zeros(6, bool))
+    no_next = Transitions(trans.path, {"x": obs, "y": obs}, {"x": obs + 1.3}, *list(vars(trans).values())[3:])
+    with pytest.raises(KeyError, match=r"no observation part\(s\) \['y'\]"):  # in obs, not in next_obs
+        OfflineDataset.from_transitions(no_next, gamma=1.0, reward_scale=1.0, reward_bias=0.0)
+
+
+def test_a_one_step_episode_is_stored_and_a_one_row_buffer_samples():
+    buf = ReplayBuffer(10, 2, 1, gamma=0.9, sparse_negative_reward=0.0)
+    with pytest.raises(ValueError, match="empty"):
+        buf.sample(2)
+    buf.add_step(np.zeros(2), [0.5], 1.0, np.ones(2), terminated=True, truncated=False)
+    assert len(buf) == 1 and buf.num_episodes == 1
+    batch = buf.sample(3)
+    torch.testing.assert_close(batch["actions"], torch.full((3, 1), 0.5))
+    torch.testing.assert_close(batch["mc_returns"], torch.ones(3))
 
 
 def test_replay_stores_next_observations_and_resumes_a_half_finished_episode():
