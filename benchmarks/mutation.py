@@ -187,9 +187,20 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "self.heads.config -> self.target_heads.config: the target heads are a deepcopy of the heads, config included",
         "self.heads -> self.target_heads @ return {**self.heads.config, \"gamma\": self.gamma, \"expectile\": "
         "self.expectile,"),
-    ("evaluation", "agent_target/swap/2"): Equivalent(
-        "same_units(theirs, mine) -> (mine, theirs): both are set there, and equal bounds are symmetric",
-        "same_units(..theirs, mine..) swapped @ if not same_units(theirs, mine):"),
+    ("replay", "OfflineDataset.from_transitions/swap/1"): Equivalent(
+        "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): it computes rewards * scale + bias in float64, "
+        "and the product commutes",
+        "scale_rewards(..transitions.rewards, reward_scale..) swapped @ rewards = scale_rewards(transitions.rewards, "
+        "reward_scale, reward_bias)"),
+    ("reward_model", "held_out_split/swap/1"): Equivalent(
+        "min(a, b) -> min(b, a): the smaller of two segments whichever comes first (equal ones are one segment)",
+        "min(..a, b..) swapped @ first = min(a, b)  # the label as P[first segment preferred], whichever order the "
+        "row wrote them in"),
+    ("reward_model", "run/swap/51"): Equivalent(
+        "observed_flip_rate(clean, noisy) -> (noisy, clean): |clean - noisy| is symmetric and the ties (0.5) are the "
+        "same labels in both (noisy_labels never flips a tie, nor makes one)",
+        "observed_flip_rate(..clean, [lab.label for lab in labels]..) swapped @ report[\"observed_flip_rate\"] = "
+        "observed_flip_rate(clean, [lab.label for lab in labels])"),
     ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",
@@ -427,9 +438,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "if 'relabelled' in report -> if not: whether the command line prints the relabelled file's path (report.json "
         "records it either way)",
         "if 'relabelled' in report: -> if not ... @ if \"relabelled\" in report:"),
-    ("reward_model", "normalization_affine/swap/0"): Equivalent(
-        "max(r.max() - r.min(), 1e-8) -> max(1e-8, r.max() - r.min()): max is symmetric",
-        "max(..r.max() - r.min(), 1e-08..) swapped @ return float(r.min()), float(max(r.max() - r.min(), 1e-8))"),
     ("reward_model", "noisy_labels/const/2"): Equivalent(
         "(clean != 0.5) -> (clean != 0.25) in the flip mask: the labels are 0, 0.5 and 1, and a flipped tie is "
         "1 - 0.5 = 0.5 again, so flipping ties or not gives the same labels (the random draws are taken for every "
