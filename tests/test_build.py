@@ -339,3 +339,23 @@ def _info(path: str, env_args: dict):
     from robopretrain.data.hdf5 import DatasetInfo
 
     return DatasetInfo(path, total=0, env_args=env_args, demos=[], masks={}, tasks={}, obs_specs={}, action_dim=1)
+
+
+def test_new_agent_reads_obs_normalize_and_min_std_from_the_config():
+    """obs.normalize=false leaves the low-dim parts as they are (mean 0, std 1 buffers); by default the data's mean and
+    std are used, each std at least obs.min_std (a setting read from the config, whose other obs keys may be absent)."""
+    spec = ObsSpec(low_dim=(("proprio", 2),))
+    obs = np.stack([np.linspace(10.0, 20.0, 50), np.full(50, 3.0)], 1).astype(np.float32)
+    data = OfflineDataset({"proprio": obs}, np.zeros((50, 1)), np.zeros(50), {"proprio": obs}, np.zeros(50), seed=0)
+
+    def encoder(obs_cfg: dict) -> torch.nn.Module:
+        cfg = OmegaConf.create({"algo": {"name": "bc"}, "encoder": {}, "obs": obs_cfg, "seed": 0})
+        return build.new_agent(cfg, spec, 1, data, torch.device("cpu")).critic_encoder
+
+    off = encoder({"normalize": False, "min_std": 0.5})
+    assert off.mean.tolist() == [0.0, 0.0] and off.std.tolist() == [1.0, 1.0]
+    floored = encoder({"min_std": 0.5})  # normalize: the default, on
+    assert floored.mean.tolist() == pytest.approx([15.0, 3.0])
+    from robopretrain.nets.obs_encoder import STD_EPS
+
+    assert floored.std.tolist() == pytest.approx([float(obs[:, 0].std()) + STD_EPS, 0.5 + STD_EPS], abs=1e-5)

@@ -263,6 +263,7 @@ def test_a_target_return_outside_the_datas_episode_returns_is_warned(caplog):
         assert not warn_target_return(DTConfig(target_return=0.5, reward_scale=2.0), sampler.episode_returns)
         # rounding at the best return (1e-6 of the largest |return|, 5e-6 here) is not "outside"
         assert not warn_target_return(DTConfig(target_return=5.000003), sampler.episode_returns)
+        assert not warn_target_return(DTConfig(target_return=0.999997), sampler.episode_returns)  # and the worst
         assert not caplog.records
         assert warn_target_return(DTConfig(target_return=5.00001), sampler.episode_returns)
         caplog.clear()
