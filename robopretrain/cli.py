@@ -25,7 +25,7 @@ Use it in an entry point as::
 * ``--help`` (:func:`entry_point_help`) lists only the config groups the entry point's config reads (Hydra's own
   lists every folder of ``configs/``: stage 2's ``algo`` under stage 1), then the composed config.
 * :func:`friendly_errors` turns the toolkit's known error classes (bad datasets, video manifests, encoder and
-  training checkpoints, a non-finite loss, config validation, rendering unavailable with this ``MUJOCO_GL``)
+  training checkpoints, a non-finite loss, a worker process that died, config validation, rendering unavailable with this ``MUJOCO_GL``)
   into ``error: <message>`` on stderr and exit code 2, with no traceback. Anything else is a bug and keeps
   its traceback. Ctrl-C (``KeyboardInterrupt``) prints ``interrupted`` and what a rerun does (resumes, for the
   entry points in :data:`RESUMABLE`; starts over, for the others), and exits with :data:`EXIT_INTERRUPTED`
@@ -74,12 +74,13 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from robopretrain.envs.target import EnvContractError
     from robopretrain.guards import NonFiniteLossError
     from robopretrain.nets.encoder_io import EncoderCheckpointError
+    from robopretrain.workers import WorkerProcessDied
 
     # rendering is unavailable (e.g. MUJOCO_GL=glfw without a display): only possible once sim_envs renders
     rendering = sys.modules.get("sim_envs.rendering")
     render_errors = (rendering.RenderingUnavailableError,) if rendering is not None else ()
     return (DatasetError, VideoDatasetError, EncoderCheckpointError, CheckpointError, NonFiniteLossError, EnvContractError,
-            ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, *render_errors)
+            WorkerProcessDied, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, *render_errors)
 
 
 def one_line(message: str) -> str:

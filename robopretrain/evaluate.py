@@ -36,7 +36,6 @@ import multiprocessing.util
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, frien
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import Target, as_target, with_task_slot
 from robopretrain.files import atomic_file, write_text_atomic
-from robopretrain.workers import sigint_blocked_for_workers
+from robopretrain.workers import process_map
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +322,7 @@ def _init_worker(spec: PolicySpec) -> None:
     apply_cpu_settings(num_threads=1)
     _WORKER.clear()
     _WORKER.update(policy=load_policy(spec), target=as_target(spec.target), envs={})
-    if mp.parent_process() is not None:  # a pool worker: its envs are closed when it exits (after pool.close)
+    if mp.parent_process() is not None:  # a pool worker: its envs are closed when it exits (after the last job)
         multiprocessing.util.Finalize(None, _close_worker_envs, exitpriority=10)
 
 
@@ -379,21 +378,14 @@ def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes
             for job in jobs:
                 results.append(run_episode(job))
                 bar.update(1)
-        else:
-            ctx = mp.get_context("spawn")  # fresh interpreters: no forked MuJoCo/EGL or torch thread state
-            with sigint_blocked_for_workers():  # a Ctrl-C while the workers import is the parent's alone
-                pool = ctx.Pool(workers, initializer=_init_worker, initargs=(spec,))
-            with pool:
-                for res in pool.imap(run_episode, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers) or 1))):
-                    results.append(res)
-                    bar.update(1)
-                pool.close()  # the workers exit on their own, closing their envs (leaving the block terminates)
-                joiner = threading.Thread(target=pool.join, daemon=True)
-                joiner.start()
-                joiner.join(timeout=CLOSE_TIMEOUT_S)
-                if joiner.is_alive():  # an env whose close() blocks (a robot that does not answer): not a hang
-                    log.warning("evaluation workers did not exit within %d s of the last episode (an env's close() "
-                                "blocking?); terminating them", CLOSE_TIMEOUT_S)
+        else:  # spawned: fresh interpreters, no forked MuJoCo/EGL or torch thread state; a dead worker is an error
+            # the workers close their envs as they exit; one whose close() blocks (a robot that does not answer) is
+            # terminated after CLOSE_TIMEOUT_S
+            for res in process_map(run_episode, jobs, workers, what="the evaluation's worker processes",
+                                   initializer=_init_worker, initargs=(spec,), close_timeout=CLOSE_TIMEOUT_S,
+                                   chunksize=max(1, min(8, len(jobs) // (4 * workers) or 1))):
+                results.append(res)
+                bar.update(1)
     finally:
         bar.close()
         _close_worker_envs()

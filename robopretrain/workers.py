@@ -9,14 +9,35 @@ its signal mask through ``fork`` and ``exec``, so every worker started then hold
 life (pending, never delivered). A ``multiprocessing.Pool`` made in the block also starts its later replacement
 workers blocked: the pool's thread that starts them was made there, and a thread inherits its maker's mask. The parent is unaffected: a Ctrl-C in that time reaches it through any other of
 its threads at once, or when the block ends.
+
+:func:`process_map` runs jobs in such workers, results in job order, and raises :class:`WorkerProcessDied` when a
+worker dies: ``multiprocessing.Pool.imap`` waited forever for the lost job's answer (and restarted a failing
+initializer forever), which is also how a script calling the toolkit without ``if __name__ == "__main__":`` hung.
 """
 from __future__ import annotations
 
+import logging
+import multiprocessing as mp
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAIN_GUARD_HINT = ("a script that calls the toolkit must do so under `if __name__ == \"__main__\":` (worker "
+                   "processes are started with spawn, which imports the script again in each of them)")
+
+
+class WorkerProcessDied(RuntimeError):
+    """A worker process of :func:`process_map` died before answering: killed (out of memory), a crash in native code
+    (a simulator, a renderer), ``os._exit``, an initializer that raised, or a script without a main guard."""
 
 
 @contextmanager
@@ -38,4 +59,52 @@ def sigint_blocked_for_workers() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-__all__ = ["sigint_blocked_for_workers"]
+def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: str,
+                initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (), chunksize: int = 1,
+                close_timeout: float | None = None) -> Iterator[R]:
+    """``fn(job)`` for each of ``jobs`` in ``workers`` spawned processes (each first running ``initializer(*initargs)``),
+    yielded in job order as ``multiprocessing.Pool.imap`` does; ``chunksize`` consecutive jobs go to one worker.
+
+    An exception raised by ``fn`` reaches the caller as it is. A worker that dies raises :class:`WorkerProcessDied`
+    naming ``what`` (the pool), with the main-guard hint (:data:`MAIN_GUARD_HINT`) when the calling program is a
+    script. After the last result the workers exit (running their ``multiprocessing.util.Finalize`` callbacks, e.g.
+    closing envs); with ``close_timeout`` (seconds) they are terminated if they have not exited by then, with a
+    warning, and the generator closing early (the caller stopped, or failed) cancels the jobs not started and
+    terminates the workers."""
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
+                               initargs=initargs)
+    finished = False
+    try:
+        with sigint_blocked_for_workers():  # the workers start as the jobs are submitted: all of them, here
+            results = pool.map(fn, jobs, chunksize=max(1, int(chunksize)))
+        yield from results
+        finished = True
+    except BrokenProcessPool:
+        raise WorkerProcessDied(f"{what}: a worker process died before answering (killed, e.g. out of memory; a "
+                                "crash in native code such as a simulator or renderer; an error while it started, "
+                                f"printed above); if you called this from your own script: {MAIN_GUARD_HINT}"
+                                ) from None
+    finally:
+        _shut_down(pool, close_timeout if finished else 0.0)
+
+
+def _shut_down(pool: ProcessPoolExecutor, timeout: float | None) -> None:
+    """Shut ``pool`` down, waiting for its workers to exit at most ``timeout`` seconds (None: as long as they take)
+    before terminating the ones left."""
+    processes = list(getattr(pool, "_processes", {}).values())  # the executor keeps no public handle on them
+    pool.shutdown(wait=False, cancel_futures=True)
+    if timeout is not None:
+        waiter = threading.Thread(target=lambda: [p.join() for p in processes], daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        alive = [p for p in processes if p.is_alive()]
+        if alive:
+            if timeout > 0:
+                log.warning("worker processes did not exit within %g s of the last result (an env's close() "
+                            "blocking?); terminating them", timeout)
+            for p in alive:
+                p.terminate()
+    pool.shutdown(wait=True)
+
+
+__all__ = ["MAIN_GUARD_HINT", "WorkerProcessDied", "process_map", "sigint_blocked_for_workers"]

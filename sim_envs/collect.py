@@ -18,7 +18,6 @@ the output folder.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import signal
 import time
 from dataclasses import dataclass, field
@@ -306,12 +305,10 @@ def _parallel_episodes(plans: Sequence[EpisodePlan], env_kwargs: Mapping[str, An
         check_display()
     per_task = len(plans) / len({p.task for p in plans})
     chunk = max(1, int(np.ceil(per_task / num_workers)))  # consecutive episodes of a task share a worker's env
-    from robopretrain.workers import sigint_blocked_for_workers  # here: the library itself needs nothing of ours
+    from robopretrain.workers import process_map  # here: the library itself needs nothing of ours
 
-    with sigint_blocked_for_workers():  # a Ctrl-C while the workers import is the parent's alone
-        pool = mp.get_context("spawn").Pool(num_workers, initializer=_worker_init, initargs=(dict(env_kwargs),))
-    with pool:
-        yield from pool.imap(_worker_run, plans, chunksize=chunk)
+    yield from process_map(_worker_run, plans, num_workers, what="the collection's worker processes",
+                           initializer=_worker_init, initargs=(dict(env_kwargs),), chunksize=chunk)
 
 
 def iter_episodes(plans: Sequence[EpisodePlan], env_kwargs: Mapping[str, Any],

@@ -403,3 +403,22 @@ def sleepy_pool(pid_file: str) -> None:
     with mp.get_context("spawn").Pool(1) as pool:
         Path(pid_file).write_text(str(pool.apply(os.getpid)))
         pool.apply(time.sleep, (30,))
+
+
+def square_and_blocked(x: int) -> tuple[int, bool]:
+    """``(x * x, whether this thread holds SIGINT blocked)``: run in a process_map worker."""
+    return x * x, sigint_blocked()
+
+
+def square_or_exit(x: int) -> int:
+    """``x * x``, except that the process exits at once on 3 (a simulator's crash, an out-of-memory kill)."""
+    import os
+
+    if x == 3:
+        os._exit(3)
+    return x * x
+
+
+def failing_initializer() -> None:
+    """A worker initializer that fails (an env that cannot be built in the worker)."""
+    raise RuntimeError("initializer-failed")

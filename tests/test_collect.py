@@ -267,37 +267,27 @@ def test_parallel_collection_that_cannot_render_fails_before_starting_workers(mo
     def no_workers(*args, **kwargs):
         raise AssertionError("a worker pool was started")
 
-    monkeypatch.setattr(collect_module.mp, "get_context", no_workers)
+    monkeypatch.setattr("robopretrain.workers.process_map", no_workers)
     plans = [collect_module.EpisodePlan("Reach", i, "expert", 0.0, i, i, None) for i in range(2)]
     with pytest.raises(RenderingUnavailableError, match="no display"):
         list(collect_module.iter_episodes(plans, {"render_images": True}, num_workers=2))
 
 
-@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX signal masks")
-def test_parallel_collection_starts_its_workers_with_ctrl_c_blocked_and_iterates_without(monkeypatch):
-    """The pool is made under :func:`robopretrain.workers.sigint_blocked_for_workers` (a Ctrl-C while the workers
-    import is the parent's alone) and the episodes are read after the block (the parent takes Ctrl-C again)."""
+def test_parallel_collection_runs_its_episodes_in_process_map_workers(monkeypatch):
+    """The episodes go through :func:`robopretrain.workers.process_map` (workers started with Ctrl-C blocked, a dead
+    worker an error rather than a hang: tests/test_workers.py), in plan order, a task's consecutive episodes to one
+    worker."""
     import sim_envs.collect as collect_module
-    from _fake_envs import sigint_blocked
 
-    seen: dict[str, list[bool]] = {"made": [], "read": []}
+    seen: dict = {}
 
-    class Pool:
-        def __init__(self, n, initializer, initargs):
-            seen["made"].append(sigint_blocked())
+    def fake_map(fn, jobs, workers, *, what, initializer, initargs, chunksize):
+        seen.update(fn=fn, workers=workers, initializer=initializer, initargs=initargs, chunksize=chunksize)
+        return (plan.index for plan in jobs)
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def imap(self, fn, plans, chunksize):
-            for plan in plans:
-                seen["read"].append(sigint_blocked())
-                yield plan.index
-
-    monkeypatch.setattr(collect_module.mp, "get_context", lambda method: type("Ctx", (), {"Pool": Pool}))
-    plans = [collect_module.EpisodePlan("Reach", i, "expert", 0.0, i, i, None) for i in range(3)]
-    assert list(collect_module.iter_episodes(plans, {}, num_workers=2)) == [0, 1, 2]
-    assert seen == {"made": [True], "read": [False] * 3}
+    monkeypatch.setattr("robopretrain.workers.process_map", fake_map)
+    plans = [collect_module.EpisodePlan(task, i, "expert", 0.0, i, i, None) for task in ("Reach", "PushBlock")
+             for i in range(4)]
+    assert list(collect_module.iter_episodes(plans, {"image_size": 8}, num_workers=2)) == [0, 1, 2, 3] * 2
+    assert seen == {"fn": collect_module._worker_run, "workers": 2, "initializer": collect_module._worker_init,
+                    "initargs": ({"image_size": 8},), "chunksize": 2}

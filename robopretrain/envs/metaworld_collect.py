@@ -36,7 +36,7 @@ from tqdm import tqdm
 from robopretrain.cli import RERUN_STARTS_OVER, friendly_errors, run_hydra
 from robopretrain.envs.metaworld import (ENTRY_POINT, ENV_ID_PREFIX, MESH_CELL, MT10_TASKS, TASK_IDS,
                                          MetaWorldEnv, env_id, metaworld_state, mt10_split, task_name)
-from robopretrain.workers import sigint_blocked_for_workers
+from robopretrain.workers import process_map
 from sim_envs.collect import (KINDS, Episode, EpisodePlan, TaskSummary, collection_info, format_summary,
                               kind_counts, roll_out, validate_config)
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
@@ -199,10 +199,8 @@ def iter_episodes(plans: Sequence[EpisodePlan], env_kwargs: Mapping[str, Any],
             _close_env_cache()
         return
     chunk = max(1, int(np.ceil(len(plans) / len({p.task for p in plans}) / num_workers)))
-    with sigint_blocked_for_workers():  # a Ctrl-C while the workers import is the parent's alone
-        pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_env_cache, initargs=(dict(env_kwargs),))
-    with pool:
-        yield from pool.imap(_run_cached, plans, chunksize=chunk)
+    yield from process_map(_run_cached, plans, num_workers, what="the collection's worker processes",
+                           initializer=_init_env_cache, initargs=(dict(env_kwargs),), chunksize=chunk)
 
 
 # ---------------------------------------------------------------------------------------------- collect
