@@ -38,7 +38,7 @@ from typing import Any, Union
 import gymnasium as gym
 import numpy as np
 
-from robopretrain.workers import sigint_blocked_for_workers
+from robopretrain.workers import MAIN_GUARD_HINT, WorkerProcessDied, sigint_blocked_for_workers
 
 Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
 
@@ -111,8 +111,16 @@ def close_vector_env(venv: gym.vector.VectorEnv) -> None:
     stacking of observations whose shapes differ, an info it cannot batch), gymnasium's ``AsyncVectorEnv`` still
     believes a step is pending and its plain ``close()`` waits for answers that never come; with a timeout it waits
     :data:`CLOSE_TIMEOUT_S` and terminates the workers instead. A pending step that is really running (Ctrl-C during
-    a step) is waited for and closed normally."""
-    venv.close(timeout=CLOSE_TIMEOUT_S)
+    a step) is waited for and closed normally. A worker that died (its pipe closed) cannot answer the close: the
+    others are terminated instead."""
+    try:
+        venv.close(timeout=CLOSE_TIMEOUT_S)
+    except (EOFError, BrokenPipeError, ConnectionResetError):  # a worker died: its pipe cannot answer the close
+        for proc in getattr(venv, "processes", []):
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(CLOSE_TIMEOUT_S)
+        venv.closed = True  # closed by hand: gymnasium's __del__ would try again on the dead pipes
 
 
 def _collector_env(env_fn: Callable[[], gym.Env], index: int = 0) -> gym.Env:
@@ -242,7 +250,7 @@ class VectorCollector:
         if self.venv is None:
             self.venv = make_vector_env(self.env_fn, self.num_envs, self.asynchronous)
         idx = np.arange(int(next_episode), int(next_episode) + self.num_envs)
-        obs, info = self.venv.reset(seed=[episode_seed(self.seed, i) for i in idx])
+        obs, info = self._guarded(self.venv.reset, seed=[episode_seed(self.seed, i) for i in idx])
         for i in range(self.num_envs):
             self._physics[i] = reset_physics(info, i)
         self.next_episode = int(idx[-1]) + 1
@@ -266,6 +274,22 @@ class VectorCollector:
 
     # ------------------------------------------------------------------ stepping
 
+    def _guarded(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)`` on the vector env; a worker process that died (its pipe closed: a crash in native
+        code, an OOM kill, ``os._exit``) raises :class:`~robopretrain.workers.WorkerProcessDied` instead of
+        gymnasium's bare ``EOFError`` / ``BrokenPipeError``."""
+        try:
+            return call(*args, **kwargs)
+        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
+            if not isinstance(self.venv, gym.vector.AsyncVectorEnv):
+                raise
+            raise WorkerProcessDied(f"stage 3's env worker processes (online.num_envs={self.num_envs}): a worker "
+                                    "process died (a crash in native code such as a simulator or renderer; killed, "
+                                    f"e.g. out of memory; {type(exc).__name__} on its pipe); the run resumes from its "
+                                    f"last checkpoint; online.asynchronous=false steps the envs in this process, "
+                                    f"where a crash shows its own error; in your own script: {MAIN_GUARD_HINT}"
+                                    ) from None
+
     def step(self, policy: Callable[[Obs], np.ndarray], *, budget: int, drain: bool = False) -> CollectStep:
         """One step of every env; returns the transitions counted (at most ``budget``) and the episodes that ended.
 
@@ -277,7 +301,7 @@ class VectorCollector:
             raise RuntimeError("VectorCollector.step with every env idle; call start() first")
         n = self.num_envs
         actions = np.asarray(policy(self._cur), dtype=np.float32).reshape(n, -1)
-        obs, rew, term, trunc, info = self.venv.step(actions)
+        obs, rew, term, trunc, info = self._guarded(self.venv.step, actions)
         rew = np.asarray(rew, dtype=np.float32)
         term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
         done = term | trunc
@@ -314,7 +338,7 @@ class VectorCollector:
                 self.ep_index[i] = self.next_episode
                 seeds[i] = episode_seed(self.seed, self.next_episode)
                 self.next_episode += 1
-            obs, info = self.venv.reset(seed=seeds, options={"reset_mask": reset})
+            obs, info = self._guarded(self.venv.reset, seed=seeds, options={"reset_mask": reset})
             for i in np.flatnonzero(reset_new):
                 self._physics[i] = reset_physics(info, int(i))
             rows = np.flatnonzero(reset)

@@ -71,6 +71,19 @@ class ShapeShiftEnv(CountEnv):
         return {"x": np.zeros(2 + grow, np.float32)}
 
 
+class DyingEnv(CountEnv):
+    """CountEnv whose process exits at its third step when it runs in a worker process (a simulator's crash, an
+    out-of-memory kill); in the parent it is CountEnv."""
+
+    def step(self, action):
+        import multiprocessing as mp
+        import os
+
+        if self.t >= 2 and mp.parent_process() is not None:
+            os._exit(3)
+        return super().step(action)
+
+
 # --------------------------------------------------------------------------- a robot that is not ours
 
 EEF, GRIPPER = "robot0_eef_pos", "robot0_gripper_qpos"

@@ -269,3 +269,36 @@ def test_close_after_the_parent_failed_to_stack_a_step_returns():
     except subprocess.TimeoutExpired:
         pytest.fail("VectorCollector.close hung after a failed step")
     assert "raised" in out and "closed True" in out, out
+
+
+def test_a_dead_env_worker_is_an_error_naming_it_and_the_collector_still_closes():
+    """A worker process that dies (a crash in native code, an OOM kill) gave gymnasium's bare EOFError, then another
+    from closing the vector env on the dead pipe."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import numpy as np\n"
+        "from _fake_envs import DyingEnv\n"
+        "from robopretrain.collector import VectorCollector\n"
+        "from robopretrain.workers import WorkerProcessDied\n"
+        "if __name__ == '__main__':\n"
+        "    c = VectorCollector(DyingEnv, 2, convert=lambda o: o['x'], seed=4, asynchronous=True)\n"
+        "    c.start(0)\n"
+        "    try:\n"
+        "        for _ in range(6):\n"
+        "            c.step(lambda o: np.zeros((2, 4), np.float32), budget=10)\n"
+        "    except WorkerProcessDied as e:\n"
+        "        print('raised', e, flush=True)\n"
+        "    c.close()\n"
+        "    print('closed', c.venv is None, flush=True)\n")
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])}
+    try:
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a dead env worker hung the collector")
+    assert "raised stage 3's env worker processes (online.num_envs=2): a worker process died" in run.stdout, run
+    assert "closed True" in run.stdout and "EOFError" not in run.stderr, run.stderr[-2000:]
