@@ -201,6 +201,13 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "same labels in both (noisy_labels never flips a tie, nor makes one)",
         "observed_flip_rate(..clean, [lab.label for lab in labels]..) swapped @ report[\"observed_flip_rate\"] = "
         "observed_flip_rate(clean, [lab.label for lab in labels])"),
+    ("build", "load_data/const/2"): Equivalent(
+        "the default units_fixed=False -> True: it only words the hint of an action-range refusal for data loaded in "
+        "the agent's units, and the one caller that leaves the default (stage 2's own data) loads in the file's",
+        "False -> True @ units_fixed: bool = False) -> OfflineDataset | DiskDataset:"),
+    ("build", "eval_targets/const/0"): Equivalent(
+        "the default num_tasks=0 -> 1: with_task_slot treats every size <= 1 as no one-hot to place a gym target in",
+        "0 -> 1 @ def eval_targets(setting: Any, info: DatasetInfo, task_ids: Mapping[str, int], num_tasks: int = 0,"),
     ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",
