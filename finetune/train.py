@@ -47,7 +47,8 @@ from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hyd
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_sparse_data_for_dense_target
 from robopretrain.data.hdf5 import read_info
-from robopretrain.envs.target import METAWORLD, SIM_ENVS, Target, time_limit_note, with_task_slot
+from robopretrain.envs.target import (METAWORLD, SIM_ENVS, Target, time_limit_note, warn_unmapped_renames,
+                                      with_task_slot)
 from robopretrain.metrics import plot_learning_curve
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     warn_dropped_bc_term(ckpt.meta, getattr(agent, "algo_cfg", None))
     target = with_task_slot(target, ckpt.meta.get("task_ids") or {}, agent.spec.num_tasks)
     refuse_default_target_outside(cfg, target, agent.spec.num_tasks, ckpt.meta.get("task_names") or [])
+    if not ckpt.meta.get("target"):  # from stage 2: its data's renamed parts (a stage-3 start read its own target's)
+        warn_unmapped_renames(ckpt.meta, target)
     gap = Gap.from_mapping(build.plain(cfg.get("gap")))
     transfer_settings = TransferSettings.from_mapping(build.plain(cfg.get("transfer")))
     if gap.enabled and not target.randomizable:

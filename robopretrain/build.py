@@ -527,13 +527,15 @@ def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[
                          f"data.mix.task_id={slot} if they are the same task")
 
 
-def targets_of_data(info: DatasetInfo, task_ids: Mapping[str, int]) -> list[Target]:
+def targets_of_data(info: DatasetInfo, task_ids: Mapping[str, int],
+                    obs_map: Mapping[str, str] | None = None) -> list[Target]:
     """Evaluation targets for the data's own tasks when its ``env_args`` name a known env family (logged if not),
     each evaluated in the one-hot slot its transitions carry (``task_ids``: task name -> slot, :func:`data_task_ids`;
-    a ``data.task_id`` override included)."""
+    a ``data.task_id`` override included), reading the env's keys the data's ``obs_map`` names for the agent's parts
+    (:func:`~robopretrain.envs.target.target_of_data`)."""
     out = []
     for task, slot in task_ids.items():
-        target = target_of_data(info.env_args, task, int(info.tasks[task]))
+        target = target_of_data(info.env_args, task, int(info.tasks[task]), obs_map)
         if target is None:
             log.info("no evaluation in sim for task %r: the data's env_args (%s) name no known env family; set "
                      "train.eval_targets to evaluate", task, info.env_args.get("env_name"))
@@ -543,14 +545,15 @@ def targets_of_data(info: DatasetInfo, task_ids: Mapping[str, int]) -> list[Targ
 
 
 def eval_targets(setting: Any, info: DatasetInfo, task_ids: Mapping[str, int], num_tasks: int = 0,
-                 trained: Mapping[str, int] | None = None) -> list[Target]:
+                 trained: Mapping[str, int] | None = None, obs_map: Mapping[str, str] | None = None) -> list[Target]:
     """``train.eval_targets``: None -> the data's own tasks (where evaluable; ``task_ids`` as in
     :func:`targets_of_data`), [] -> none, else the listed targets, a gym target without task_id in the slot
     :func:`~robopretrain.envs.target.with_task_slot` gives it (``trained``: every trained task's slot, mixed-in data's
-    too; default ``task_ids``; ``num_tasks``: the agent's one-hot size)."""
+    too; default ``task_ids``; ``num_tasks``: the agent's one-hot size; ``obs_map``: the data's, for its own
+    tasks)."""
     value = plain(setting)
     if value is None:
-        return targets_of_data(info, task_ids)
+        return targets_of_data(info, task_ids, obs_map)
     if isinstance(value, (str, Mapping)):
         value = [value]
     return [with_task_slot(as_target(v), task_ids if trained is None else trained, num_tasks) for v in value]

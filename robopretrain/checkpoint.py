@@ -240,6 +240,29 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
 ENCODER_FILE = "encoder.pt"  # robopretrain.nets.encoder_io's weights file (a stage-1 encoder folder holds it)
 
 
+def load_checkpoint_at(path: str | os.PathLike, with_state: bool = True) -> Checkpoint:
+    """:func:`load_checkpoint` of :func:`resolve_checkpoint_dir` ``(path)``. When ``path`` names a run (not one
+    ``ckpt_*`` folder) and its newest checkpoint cannot be read, the :class:`CheckpointError` names the newest one
+    that can: an older checkpoint is not taken in its place silently (an evaluation or a stage-3 start would report
+    or start from another one than asked), but it is one setting away."""
+    chosen = resolve_checkpoint_dir(path)
+    try:
+        return load_checkpoint(chosen, with_state=with_state)
+    except CheckpointError as exc:
+        if (Path(path) / META_FILE).is_file():  # this very checkpoint was asked for
+            raise
+        for older in _latest_candidates(chosen.parent):
+            if older == chosen:
+                continue
+            try:
+                load_checkpoint(older, with_state=with_state)
+            except CheckpointError:
+                continue
+            raise CheckpointError(f"{exc}; the newest readable checkpoint of {path} is {older}: pass it (checkpoint="
+                                  f"{older}) to use it") from None
+        raise
+
+
 def _refuse_encoder_folder(path: Path) -> None:
     """Raise :class:`CheckpointError` saying what ``path`` is when it is a stage-1 encoder folder or a stage-1 run
     folder (its ``encoder`` inside): an image encoder, not an agent (it read as a corrupt agent checkpoint)."""
@@ -433,9 +456,10 @@ def agent_from_checkpoint(ckpt: Checkpoint, *, device: str | Any = "cpu", with_o
 
 def load_agent(path: str | os.PathLike, *, device: str | Any = "cpu", with_optimizer: bool = False,
                algo: str | None = None, algo_cfg: Any = None, seed: int = 0) -> tuple[Any, Checkpoint]:
-    """The agent of the newest good checkpoint under ``path`` (a ``ckpt_*`` folder, a ``checkpoints/`` folder or a
-    run folder holding one) and that checkpoint; nothing else is needed (no stage-1 file, no config)."""
-    ckpt = load_checkpoint(resolve_checkpoint_dir(path), with_state=with_optimizer)
+    """The agent of the newest checkpoint under ``path`` (a ``ckpt_*`` folder, a ``checkpoints/`` folder or a
+    run folder holding one) and that checkpoint; nothing else is needed (no stage-1 file, no config). An unreadable
+    newest one is an error naming the newest readable one (:func:`load_checkpoint_at`)."""
+    ckpt = load_checkpoint_at(path, with_state=with_optimizer)
     if "obs_spec" not in ckpt.meta:
         raise CheckpointError(f"{ckpt.path / META_FILE}: no obs_spec; expected an agent checkpoint written by "
                               "robopretrain.train, finetune.train or the pipeline")

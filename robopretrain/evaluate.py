@@ -52,13 +52,12 @@ from robopretrain.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_agent,
-    load_checkpoint,
+    load_checkpoint_at,
     recorded_file,
-    resolve_checkpoint_dir,
 )
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
-from robopretrain.envs.target import Target, as_target, with_task_slot
+from robopretrain.envs.target import Target, as_target, warn_unmapped_renames, with_task_slot
 from robopretrain.files import atomic_file, write_text_atomic
 from robopretrain.workers import process_map
 
@@ -165,7 +164,7 @@ class PolicySpec:
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """The checkpoint at ``path`` (a ``ckpt_*`` folder, or a run folder holding ``checkpoints/``), without state."""
-    ckpt = load_checkpoint(resolve_checkpoint_dir(path), with_state=False)
+    ckpt = load_checkpoint_at(path, with_state=False)
     for key in ("algo", "obs_spec", "act_dim"):
         if key not in ckpt.meta:
             raise CheckpointError(f"{ckpt.path / 'meta.json'}: missing key {key!r}; expected an agent checkpoint "
@@ -213,7 +212,9 @@ def _data_target(ckpt: Checkpoint, name: str, slot: int | None) -> Target | None
     info = _data_info(ckpt, name)
     if info is None or name not in info.tasks:
         return None
-    return target_of_data(info.env_args, name, int(info.tasks[name]) if slot is None else int(slot))
+    mix = name in (ckpt.meta.get("mix_task_names") or [])  # its file was read through data.mix.obs_map
+    return target_of_data(info.env_args, name, int(info.tasks[name]) if slot is None else int(slot),
+                          None if mix else ckpt.meta.get("obs_map"))
 
 
 def trained_slots(ckpt: Checkpoint) -> dict[str, int]:
@@ -244,7 +245,13 @@ def default_target(ckpt: Checkpoint) -> Target:
     import sim_envs.tasks as tasks  # torch-free
 
     if name in tasks.TASKS and not _foreign_task(ckpt, name):
-        target = as_target(name)
+        named = [t for t in evaluated if t.get("name") == name]
+        if named:  # as the run evaluated it: with the env keys its data's obs_map names (build.targets_of_data)
+            target = as_target(named[0])
+        else:
+            renamed = {k: v for k, v in dict(ckpt.meta.get("obs_map") or {}).items() if k != v}
+            mix = name in (ckpt.meta.get("mix_task_names") or [])
+            target = dataclasses.replace(as_target(name), obs_map={} if mix else renamed)
     else:
         named = [t for t in evaluated if t.get("name") == name]
         from_data = _data_target(ckpt, name, slot) if not named and len(evaluated) != 1 else None
@@ -616,6 +623,8 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     note = limit_change_note(target, ckpt) if cfg.get("target") else None
     if note:
         log.warning(note)
+    if cfg.get("target") and not ckpt.meta.get("target"):  # a stage-3 checkpoint's agent read its own target's keys
+        warn_unmapped_renames(ckpt.meta, target)
     num_tasks = int(ckpt.meta["obs_spec"].get("num_tasks") or 0)
     trained = trained_slots(ckpt)
     target = with_task_slot(target, trained, num_tasks)

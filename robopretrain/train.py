@@ -169,9 +169,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                  100 * float(mix.fraction), mix.path)
     tasks = sorted({**task_ids, **mix_ids})
     dr = build.randomization(cfg.get("dr"))
-    targets = build.eval_targets(settings.eval_targets, info, task_ids, agent.spec.num_tasks, {**task_ids, **mix_ids})
+    targets = build.eval_targets(settings.eval_targets, info, task_ids, agent.spec.num_tasks, {**task_ids, **mix_ids},
+                                 obs_map=obs_map)
     if settings.eval_targets is None and mix_ids:  # and the mixed-in data's own tasks
-        targets += [t for t in build.targets_of_data(mix_info, mix_ids) if t.name not in task_ids]
+        targets += [t for t in build.targets_of_data(mix_info, mix_ids, build.plain(mix.get("obs_map")) or None)
+                    if t.name not in task_ids]
     if settings.eval_targets is None:  # the data's own tasks: evaluated where the env fits the agent, else skipped
         targets = [t for t in targets if build.env_fits_or_log(agent, t, dr if t.randomizable else "none")]
     else:  # targets the config names must fit

@@ -123,6 +123,16 @@ def test_the_env_takes_actions_in_the_agents_units(caplog, monkeypatch) -> None:
     with caplog.at_level(logging.WARNING):
         make_env(Target(**TARGET, action_normalization=units))
     assert "beyond" not in caplog.text and "reach only" not in caplog.text  # the env's whole [0, 8]
+    # units wider than the env's Box (data in [0, 1] taken as already normalised: low -1): the env was given actions
+    # outside its range, which it need not clip, while the warning said it clips
+    fake.UnitsReachEnv.received.clear()
+    with caplog.at_level(logging.WARNING):
+        wide = make_env(Target(**TARGET, action_normalization={"low": [-1.0, 0.0], "high": [8.0, 10.0]}))
+    assert "its actions are clipped to the env's range there" in caplog.text and "the env clips" not in caplog.text
+    wide.reset(seed=0)
+    wide.step(np.array([-1.0, 1.0], np.float32))  # -1 -> -1.0, 1 -> 10.0 in env units: clipped to [0, 8]
+    wide.step(np.array([0.0, 0.0], np.float32))   # 3.5, 5.0: inside, unchanged
+    np.testing.assert_allclose([a for _, a in fake.UnitsReachEnv.received], [[0.0, 8.0], [3.5, 5.0]])
     # units narrower than the env's range (the demos' min / max in one dimension): the agent could never leave
     # them, silently; said once per process
     caplog.clear()

@@ -187,6 +187,18 @@ def test_corrupt_newest_falls_back_with_warning(tmp_path):
     assert ckpt.step == 1
     with pytest.raises(CheckpointError, match="weights.pt"):
         load_checkpoint(newest)
+    # an agent asked of the run (evaluate, a stage-3 start) is not silently an older one: the error names it
+    from robopretrain.checkpoint import load_agent
+
+    older = tmp_path / "ckpt_00000001"
+    for given in (tmp_path, tmp_path / "latest"):
+        with pytest.raises(CheckpointError, match=rf"(?s)weights.pt: cannot be loaded .*; the newest readable checkpoint "
+                                                  rf"of {given} is {older}: pass it \(checkpoint={older}\)"):
+            load_agent(given)
+    with pytest.raises(CheckpointError) as named:  # the broken folder itself asked for: its error alone
+        load_agent(newest)
+    assert "newest readable" not in str(named.value)
+    assert load_agent(older)[1].step == 1
 
 
 def test_another_configuration_is_named_with_both_values(tmp_path):

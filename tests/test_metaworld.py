@@ -390,6 +390,47 @@ def test_the_files_own_target_is_an_env_stage2_can_evaluate_in(collected):
 
 
 @needs_metaworld
+def test_a_camera_the_data_renamed_is_the_camera_the_target_renders(collected, tmp_path):
+    """``data.obs_map={agentview_image: topview_image}``: the agent saw the topview camera in its data, and its stage-2
+    evaluation (the data's own target) and robopretrain.evaluate's default target rendered the corner camera for
+    agentview_image, silently. The file's keys are its env's: the target reads the same key."""
+    from omegaconf import OmegaConf
+
+    from robopretrain import build
+    from robopretrain.checkpoint import Checkpoint
+    from robopretrain.data.hdf5 import read_info
+    from robopretrain.envs.metaworld import MetaWorldEnv
+    from robopretrain.envs.target import make_env
+    from robopretrain.evaluate import default_target
+
+    info = read_info(collected)
+    renamed = {"agentview_image": "topview_image", "proprio": "proprio"}
+    [target] = build.targets_of_data(info, {"drawer-open-v3": 3}, renamed)
+    assert target.obs_map == {"agentview_image": "topview_image"}
+    meta = {"task_names": ["drawer-open-v3"], "eval_targets": [target.to_dict()], "data_path": str(collected),
+            "task_ids": {"drawer-open-v3": 3}, "obs_map": renamed}
+    recorded = default_target(Checkpoint(tmp_path, OmegaConf.create({}), meta, {}, None))
+    from_file = default_target(Checkpoint(tmp_path, OmegaConf.create({}), {**meta, "eval_targets": []}, {}, None))
+    reference = MetaWorldEnv(task="drawer-open-v3", image_size=32, cameras=("topview",), max_episode_steps=120)
+    try:
+        want = reference.reset(seed=5)[0]["topview_image"]
+    finally:
+        reference.close()
+    from robopretrain.envs.target import Target, warn_unmapped_renames
+
+    given = Target(name="drawer-open-v3", family="metaworld")  # a target the user names for stage 3 or evaluate
+    assert warn_unmapped_renames(meta, given) == ["agentview_image"]  # warned: its env's own agentview_image
+    assert warn_unmapped_renames(meta, target) == [] and warn_unmapped_renames({}, given) == []
+    for t in (target, recorded, from_file):
+        assert t.obs_map == {"agentview_image": "topview_image"}
+        env = make_env(t, ("agentview_image",), 32)
+        try:
+            np.testing.assert_array_equal(env.reset(seed=5)[0]["agentview_image"], want)
+        finally:
+            env.close()
+
+
+@needs_metaworld
 def test_a_stage2_checkpoint_that_evaluated_nothing_is_evaluated_in_its_files_meta_world_task(collected, tmp_path):
     """``eval_targets=[]`` recorded no target; evaluate asked for a gym mapping (``env_id``, ``task_id: 0``) where the
     data file names the Meta-World task and its 120-step limit. Without the file: the Meta-World mapping to pass."""

@@ -238,24 +238,46 @@ def _is_metaworld_file(env_args: Mapping[str, Any]) -> bool:
     return env_args.get("family") == METAWORLD or str(env_args.get("env_name", "")).startswith("robopretrain/MetaWorld")
 
 
-def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int) -> Target | None:
-    """The target a demo file's ``env_args`` describe for one of its tasks (None when it names no known family)."""
+def target_of_data(env_args: Mapping[str, Any], task: str, task_id: int,
+                   obs_map: Mapping[str, str] | None = None) -> Target | None:
+    """The target a demo file's ``env_args`` describe for one of its tasks (None when it names no known family).
+    ``obs_map``: the ``data.obs_map`` the agent read the file through (our part -> the file's key); the file's keys
+    are its env's, so the target renders and reads those keys for the parts (a camera renamed from ``topview_image``
+    is the topview camera in the env too, not the camera our name stands for)."""
+    renamed = {str(k): str(v) for k, v in dict(obs_map or {}).items() if str(k) != str(v)}
     env_name = str(env_args.get("env_name", ""))
     kwargs = dict(env_args.get("env_kwargs") or {})
     if env_name.startswith("sim_envs/") or env_args.get("family") == SIM_ENVS:
         import sim_envs.tasks as tasks
 
-        return Target(name=task) if task in tasks.TASKS else None
+        return Target(name=task, obs_map=renamed) if task in tasks.TASKS else None
     if _is_metaworld_file(env_args):
         keep = {k: v for k, v in kwargs.items() if k in METAWORLD_SETTINGS}
         fields = {k: keep.pop(k) for k in ("reward", "terminate_on_success") if k in keep}  # the target's own fields
         name = task.removeprefix("robopretrain/MetaWorld-")  # a file without task names: its env_name
         try:
-            return Target(name=name, family=METAWORLD, env_kwargs=keep, task_id=int(task_id), **fields)
+            return Target(name=name, family=METAWORLD, env_kwargs=keep, task_id=int(task_id), obs_map=renamed,
+                          **fields)
         except ValueError:  # a task name that is no Meta-World task (renamed in the file): no env to act in
             log.info("task %r of a Meta-World file names no Meta-World task: no env for it", task)
             return None
     return None
+
+
+def warn_unmapped_renames(meta: Mapping[str, Any], target: Target, where: str = "target") -> list[str]:
+    """Warn (and return the parts) when the checkpoint's stage-2 data was read through a ``data.obs_map`` that renamed
+    one of the agent's parts (``agentview_image`` <- the file's ``topview_image``), and ``target`` (given by the user)
+    maps none of those parts: its env's own key of that name is read, which may be another camera or vector than the
+    agent learned from (a Meta-World target renders the corner camera for ``agentview_image``)."""
+    renamed = {k: v for k, v in dict(meta.get("obs_map") or {}).items() if k != v}
+    unmapped = sorted(k for k in renamed if k not in target.obs_map)
+    if unmapped:
+        log.warning("the agent read %s from its stage-2 data's %s (data.obs_map), and %s %r maps no key for %s: its "
+                    "env's own %s is read; if the data's key is the env's (a file the env recorded), set %s.obs_map="
+                    "{%s}", ", ".join(unmapped), ", ".join(renamed[k] for k in unmapped), where, target.name,
+                    "it" if len(unmapped) == 1 else "them", ", ".join(unmapped), where,
+                    ", ".join(f"{k}: {renamed[k]}" for k in unmapped))
+    return unmapped
 
 
 def episode_limit(target: Target) -> int | None:
@@ -515,7 +537,8 @@ class AgentActionUnits(gym.ActionWrapper):
         beyond = (low < own_low - 1e-6) | (high > own_high + 1e-6)
         wide = (f"{where}: the agent's actions reach beyond the env's own action range in dimension(s) "
                 f"{np.flatnonzero(beyond).tolist()} (low {list(units.low)}, high {list(units.high)}; the env's "
-                f"{np.round(own_low, 4).tolist()}, {np.round(own_high, 4).tolist()}): the env clips there. Where the "
+                f"{np.round(own_low, 4).tolist()}, {np.round(own_high, 4).tolist()}): its actions are clipped to "
+                "the env's range there (the policy cannot reach what it learned beyond it). Where the "
                 "data's actions stayed inside [-1, 1] they were taken as already normalised (data.actions=auto); if "
                 "they are in this env's own units, " + UNITS_FIXED_HINT + " (else: data of another robot?)")
         if beyond.any() and wide not in _NARROW_WARNED:  # once per process, as below
@@ -533,8 +556,13 @@ class AgentActionUnits(gym.ActionWrapper):
             _NARROW_WARNED.add(message)
             log.warning(message)
 
+        self._env_low, self._env_high = own_low, own_high  # the env's Box; -inf / inf where it sets none
+
     def action(self, action: Any) -> np.ndarray:
-        return self.units.to_env(np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0))
+        """``action`` (in ``[-1, 1]``, clipped there) in the env's units, clipped to the env's own action range
+        (an env need not clip: a point mass given x = -0.03 under ``low = 0`` went outside its workspace)."""
+        env_action = self.units.to_env(np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0))
+        return np.clip(env_action, self._env_low, self._env_high).astype(np.asarray(env_action).dtype, copy=False)
 
 
 def _in_agent_units(env: gym.Env, target: Target) -> gym.Env:
@@ -755,4 +783,4 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
 
 __all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
            "TargetEnv", "as_target", "env_factory", "make_env", "target_of_data",
-           "episode_limit", "time_limit_note"]
+           "episode_limit", "time_limit_note", "warn_unmapped_renames"]
