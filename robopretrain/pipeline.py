@@ -421,8 +421,19 @@ def check_encoder(cfg: DictConfig) -> None:
 
 def check_randomizations(cfg: DictConfig) -> None:
     """Refuse at start a malformed ``stage3.randomization`` or ``evaluate.settings`` entry (unknown key, level,
-    factor or range) or robustness sweep factor, which stage 3 and the evaluation would refuse only after the earlier
-    stages have run."""
+    factor or range) or robustness sweep factor, or an ``evaluate.episodes`` / ``evaluate.blind`` the evaluation
+    stage would refuse, which it did only after the earlier stages had run (``evaluate.blind=black``, one mode, is
+    the list of it; it was read a letter at a time)."""
+    from sim_envs.wrappers import BLIND_MODES
+
+    episodes = cfg.evaluate.get("episodes")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"evaluate.episodes={episodes!r}; expected an integer >= 1 (episodes per target and setting)")
+    if isinstance(cfg.evaluate.get("blind"), str):
+        cfg.evaluate.blind = [cfg.evaluate.blind]
+    blind = plain(cfg.evaluate.get("blind")) or []
+    if not isinstance(blind, list) or any(m not in BLIND_MODES for m in blind):
+        raise ValueError(f"evaluate.blind={blind!r}; expected a list of {list(BLIND_MODES)} (or [] for none)")
     randomization(cfg.stage3.get("randomization"), where="stage3.randomization")
     for name, entry in dict(plain(cfg.evaluate.get("settings")) or {}).items():
         randomization(entry, where=f"evaluate.settings.{name}")

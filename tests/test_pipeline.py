@@ -211,9 +211,13 @@ def test_keys_no_stage_reads_stop_the_pipeline_before_any_stage(tmp_path, overri
     ("+evaluate.settings.hard={level: eval_hrad}", "evaluate.settings.hard"),
     ("evaluate.robustness.select=[frction]", "evaluate.robustness.select"),
     ("+evaluate.robustness.levels.wind=[eval_hard]", "evaluate.robustness.levels"),
+    ("evaluate.blind=[white]", "evaluate.blind"),  # these two failed after every training stage had run
+    ("evaluate.episodes=0", "evaluate.episodes"),
+    ("evaluate.episodes=abc", "evaluate.episodes"),
 ])
 def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp_path, override, where):
-    """Stage 3's and the evaluation's entries are read hours into a run: refused at start, naming the key."""
+    """Stage 3's and the evaluation's entries are read hours into a run: refused at start, naming the key.
+    ``evaluate.blind=black`` (one mode) is the list of it, as other one-name lists are."""
     from hydra import compose, initialize_config_dir
 
     from robopretrain import pipeline
@@ -223,6 +227,10 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
     with pytest.raises(ValueError, match=rf"^{where}[=:]"):
         pipeline.run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        one = compose("pipeline", overrides=["evaluate.blind=black"])
+    pipeline.check_randomizations(one)
+    assert list(one.evaluate.blind) == ["black"]
 
 
 @pytest.mark.parametrize("overrides,error", [
