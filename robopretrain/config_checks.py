@@ -27,9 +27,15 @@ UNIT_OPEN_CLOSED: tuple[Check, str] = (lambda v: _is_number(v) and 0 < v <= 1, "
 UNIT_CLOSED: tuple[Check, str] = (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 UNIT_OPEN: tuple[Check, str] = (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
 FLAG: tuple[Check, str] = (lambda v: isinstance(v, bool), "true or false")
+NUMBER: tuple[Check, str] = (lambda v: _is_number(v), "a number")
 WIDTHS: tuple[Check, str] = (lambda v: _is_int(v) and v >= 1 or (OmegaConf.is_list(v) or isinstance(v, (list, tuple)))
                              and len(v) > 0 and all(_is_int(h) and h >= 1 for h in v),
                              "a list of layer widths (integers >= 1), e.g. [64]")
+# networks built from the list itself (an MLP's hidden layers): one number is refused, not read as one layer (or as
+# a list of its digits): actor_hidden=256 could mean [256] or [256, 256]
+LAYER_WIDTHS: tuple[Check, str] = (lambda v: (OmegaConf.is_list(v) or isinstance(v, (list, tuple))) and len(v) > 0
+                                   and all(_is_int(h) and h >= 1 for h in v),
+                                   "a list of layer widths (integers >= 1), e.g. [256, 256]")
 
 ALGO_CHECKS: dict[str, tuple[Check, str]] = {
     "batch_size": AT_LEAST_1, "discount": UNIT_OPEN_CLOSED, "tau": UNIT_OPEN_CLOSED, "n_actions": AT_LEAST_1,
@@ -41,6 +47,9 @@ ALGO_CHECKS: dict[str, tuple[Check, str]] = {
     "phi": NON_NEGATIVE, "lmbda": UNIT_CLOSED, "n_target_samples": AT_LEAST_1, "n_act_samples": AT_LEAST_1,
     "guide_lr": POSITIVE, "num_values": AT_LEAST_1, "actor_bc_weight": NON_NEGATIVE, "bc_steps": AT_LEAST_0,
     "actor_bc_filter": (lambda v: v in ("none", "success"), "none or success"),
+    "reward_scale": NUMBER, "reward_bias": NUMBER,
+    "actor_hidden": LAYER_WIDTHS, "critic_hidden": LAYER_WIDTHS, "value_hidden": LAYER_WIDTHS,
+    "guide_hidden": LAYER_WIDTHS, "vae_hidden": LAYER_WIDTHS,
 }
 TRAIN_CHECKS: dict[str, tuple[Check, str]] = {
     "steps": AT_LEAST_0, "log_every": AT_LEAST_1, "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1,
@@ -71,7 +80,7 @@ TRANSFER_CHECKS: dict[str, dict[str, tuple[Check, str]]] = {
 # value (ICVF's and VIP's values sum -1 per step, so theirs would grow without bound); checked before any data loads
 OBJECTIVE_CHECKS: dict[str, dict[str, tuple[Check, str]]] = {
     "icvf": {"gamma": (UNIT_OPEN[0], "a discount in (0, 1)"), "expectile": UNIT_OPEN,
-             "target_update_rate": UNIT_OPEN_CLOSED, "num_heads": AT_LEAST_1, "hidden": WIDTHS},
+             "target_update_rate": UNIT_OPEN_CLOSED, "num_heads": AT_LEAST_1, "hidden": LAYER_WIDTHS},
     "vip": {"gamma": (UNIT_OPEN[0], "a discount in (0, 1)"), "l1_weight": NON_NEGATIVE, "l2_weight": NON_NEGATIVE},
     "tcn": {"temperature": POSITIVE},
 }
@@ -85,7 +94,10 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(float(v))
 
 
-def _check_section(cfg: DictConfig, section: str | None, checks: dict[str, tuple[Check, str]], where: str) -> None:
+def check_section(cfg: DictConfig, section: str | None, checks: dict[str, tuple[Check, str]], where: str) -> None:
+    """Raise ``ValueError`` (``<where> config: <section>.<key>=<value>; expected <what>``) for the first key of
+    ``checks`` present in ``cfg``'s ``section`` (None: the top level) whose value fails its check; null values and
+    absent keys pass."""
     node = cfg if section is None else OmegaConf.select(cfg, section)
     if node is None:
         return
@@ -276,9 +288,9 @@ def _check_common(cfg: DictConfig, where: str) -> None:
     if obs is not None and not (obs.get("low_dim") or obs.get("rgb")):
         raise ValueError(f"{where} config: obs.low_dim={obs.get('low_dim')!r} and obs.rgb={obs.get('rgb')!r}; "
                          "expected at least one observation part, e.g. obs.low_dim=[proprio,object]")
-    _check_section(cfg, "obs", {"num_tasks": AT_LEAST_0}, where)
-    _check_section(cfg, None, {"seed": AT_LEAST_0}, where)
-    _check_section(cfg, "algo", ALGO_CHECKS, where)
+    check_section(cfg, "obs", {"num_tasks": AT_LEAST_0, "min_std": NON_NEGATIVE}, where)
+    check_section(cfg, None, {"seed": AT_LEAST_0}, where)
+    check_section(cfg, "algo", ALGO_CHECKS, where)
     algo = cfg.get("algo")
     if algo is not None and algo.get("actor_bc_filter") == "success" and float(algo.get("actor_bc_weight") or 0) > 0:
         if algo.get("sparse_reward") is False:
@@ -307,8 +319,8 @@ def validate_offline_config(cfg: DictConfig) -> None:
     targets = OmegaConf.select(cfg, "train.eval_targets", default=None)
     checks["eval_episodes"] = AT_LEAST_0 if targets is not None and len(targets) == 0 else \
         (AT_LEAST_1[0], "an integer >= 1 (no evaluation: train.eval_targets=[])")  # 0 episodes on no target: fine
-    _check_section(cfg, "train", checks, "robopretrain")
-    _check_section(cfg, "encoder", ENCODER_CHECKS, "robopretrain")
+    check_section(cfg, "train", checks, "robopretrain")
+    check_section(cfg, "encoder", ENCODER_CHECKS, "robopretrain")
     check_max_demos(cfg, ("data.max_demos", "data.mix.max_demos"), "robopretrain")
     fraction = OmegaConf.select(cfg, "data.mix.fraction", default=None)
     if fraction is not None and not (_is_number(fraction) and 0.0 <= float(fraction) <= 1.0):
@@ -319,10 +331,10 @@ def validate_offline_config(cfg: DictConfig) -> None:
 def validate_online_config(cfg: DictConfig) -> None:
     """Stage 3 (``configs/finetune.yaml``): raise ``ValueError`` naming the first key out of range."""
     _check_common(cfg, "finetune")
-    _check_section(cfg, "online", ONLINE_CHECKS, "finetune")
+    check_section(cfg, "online", ONLINE_CHECKS, "finetune")
     check_max_demos(cfg, ("data.max_demos",), "finetune")
     for section, checks in TRANSFER_CHECKS.items():
-        _check_section(cfg, section, checks, "finetune")
+        check_section(cfg, section, checks, "finetune")
 
 
 def validate_objective_options(cfg: DictConfig, where: str = "video_pretrain") -> None:
@@ -330,7 +342,7 @@ def validate_objective_options(cfg: DictConfig, where: str = "video_pretrain") -
     the chosen objective out of range (:data:`OBJECTIVE_CHECKS`; e.g. ``objective.options.gamma=1.0``)."""
     checks = OBJECTIVE_CHECKS.get(str(OmegaConf.select(cfg, "objective.name", default="")))
     if checks:
-        _check_section(cfg, "objective.options", checks, where)
+        check_section(cfg, "objective.options", checks, where)
 
 
 def validate_reward_model_config(cfg: DictConfig) -> None:

@@ -56,7 +56,8 @@ from robopretrain.checkpoint import (
     recorded_file,
 )
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
-from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
+from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, check_section, check_top_level_keys, one_name_as_list,
+                                        resolve_device)
 from robopretrain.envs.target import Target, as_target, warn_unmapped_renames, with_task_slot
 from robopretrain.files import atomic_file, write_text_atomic
 from robopretrain.workers import process_map
@@ -580,10 +581,8 @@ def validate_config(cfg: DictConfig) -> None:
     check_top_level_keys(cfg, "evaluate")
     one_name_as_list(cfg)
     resolve_device(cfg.device, "evaluate")
-    if int(cfg.episodes) < 1:
-        fail("episodes", "an integer >= 1")
-    if int(cfg.workers) < 0:
-        fail("workers", "an integer >= 0 (0: run in this process)")
+    check_section(cfg, None, {"episodes": AT_LEAST_1,
+                              "workers": (AT_LEAST_0[0], "an integer >= 0 (0: run in this process)")}, "evaluate")
     if isinstance(cfg.eval_seed, bool) or not isinstance(cfg.eval_seed, int) or not (
             0 <= cfg.eval_seed and cfg.eval_seed + int(cfg.episodes) <= 2 ** 32):  # env seeds: numpy's [0, 2**32)
         fail("eval_seed", "an integer in [0, 2**32 - episodes] (episode i is reset with seed eval_seed + i)")

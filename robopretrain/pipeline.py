@@ -145,7 +145,7 @@ def check_algo_overrides(cfg: DictConfig) -> None:
     fail minutes later: a key of ``<stage>.algo_overrides`` that the stage's algorithm does not have, a key of the
     common ``algo_overrides`` that no algorithm has (a typo there was dropped by every stage), and a value out of
     range (:data:`robopretrain.config_checks.ALGO_CHECKS`)."""
-    from robopretrain.config_checks import ALGO_CHECKS, _check_section
+    from robopretrain.config_checks import ALGO_CHECKS, check_section
 
     algos = {stage: str(cfg[stage].algo) for stage in RL_STAGES
              if cfg.get(stage) is not None and cfg[stage].get("algo")}
@@ -168,9 +168,9 @@ def check_algo_overrides(cfg: DictConfig) -> None:
     if unknown:
         raise ValueError(f"algo_overrides: {', '.join(unknown)} is a setting of no algorithm (configs/algo/*.yaml); "
                          f"the stages run {', '.join(f'{stage}.algo={algo}' for stage, algo in algos.items())}")
-    _check_section(cfg, "algo_overrides", ALGO_CHECKS, "pipeline")
+    check_section(cfg, "algo_overrides", ALGO_CHECKS, "pipeline")
     for stage in known:
-        _check_section(cfg, f"{stage}.algo_overrides", ALGO_CHECKS, "pipeline")
+        check_section(cfg, f"{stage}.algo_overrides", ALGO_CHECKS, "pipeline")
 
 
 # The pipeline keys each stage reads (besides its algorithm settings, which changed_algo compares): a done stage rerun

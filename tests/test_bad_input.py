@@ -394,6 +394,20 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
                                                 "(0, 1]"),
     ("finetune", "transfer.epopt.enabled=1", "transfer.epopt.enabled=1; expected true or false"),
     ("finetune", "transfer.dann.target_batch=1.5", "transfer.dann.target_batch=1.5; expected an integer >= 0"),
+    # a network's layer list given one number or a word: a TypeError traceback (actor_hidden=256: [256] or twice?)
+    ("robopretrain", "algo.actor_hidden=256", "robopretrain config: algo.actor_hidden=256; expected a list of layer "
+                                              "widths (integers >= 1), e.g. [256, 256]"),
+    ("robopretrain", "algo.critic_hidden=abc", "algo.critic_hidden='abc'; expected a list of layer widths"),
+    ("robopretrain", ("algo=bc", "algo.actor_hidden=[0]"), "algo.actor_hidden=[0]; expected a list of layer widths"),
+    ("robopretrain", ("algo=iql", "algo.value_hidden=64"), "algo.value_hidden=64; expected a list of layer widths"),
+    ("video_pretrain", "objective.options.hidden=256", "objective.options.hidden=256; expected a list of layer widths"),
+    # a word where a number belongs: int()'s message alone, which named no setting
+    ("video_pretrain", "steps=abc", "video_pretrain config: steps='abc'; expected an integer >= 0"),
+    ("video_pretrain", "lr=abc", "video_pretrain config: lr='abc'; expected a positive number"),
+    ("video_pretrain", "data.stride=abc", "video_pretrain config: data.stride='abc'; expected an integer >= 1"),
+    ("robopretrain", "algo.reward_bias=abc", "robopretrain config: algo.reward_bias='abc'; expected a number"),
+    ("robopretrain", "obs.min_std=abc", "robopretrain config: obs.min_std='abc'; expected a number >= 0"),
+    ("evaluate", "episodes=abc", "evaluate config: episodes='abc'; expected an integer >= 1"),
     ("finetune", "transfer.dann.hidden=64.5", "transfer.dann.hidden=64.5; expected a list of layer widths"),
     ("finetune", "transfer.dann.hidden=[64,0]", "transfer.dann.hidden=[64, 0]; expected a list of layer widths"),
     ("finetune", "transfer.darc.scale=-1", "transfer.darc.scale=-1; expected a number >= 0"),

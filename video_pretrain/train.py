@@ -107,6 +107,15 @@ class Pretrained:
 
 
 # --------------------------------------------------------------------------------------------- config
+STAGE1_CHECKS = {**{k: config_checks.AT_LEAST_0 for k in ("steps", "valid_batches", "num_workers", "augment_pad")},
+                 **{k: config_checks.AT_LEAST_1 for k in ("batch_size", "log_every", "eval_every", "checkpoint_every",
+                                                          "image_size")},
+                 "lr": config_checks.POSITIVE, "adam_eps": config_checks.POSITIVE,
+                 "grad_clip": (config_checks.POSITIVE[0], "a positive number or null")}
+DATA_CHECKS = {"stride": config_checks.AT_LEAST_1, "max_cache_mb": config_checks.NON_NEGATIVE,
+               "valid_fraction": (lambda v: config_checks.NON_NEGATIVE[0](v) and v < 1, "a number in [0, 1)")}
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check the config before any data loads; ``ValueError`` naming the key and what was expected (``augment_pad``
     below half of ``image_size``; ``objective.options``: :func:`robopretrain.config_checks.validate_objective_options`)."""
@@ -117,12 +126,8 @@ def validate_config(cfg: DictConfig) -> None:
     config_checks.check_top_level_keys(cfg, "video_pretrain")  # +bogus=1 or a misspelt section: refused, not ignored
     if cfg.objective.name not in OBJECTIVES:
         fail("objective.name", cfg.objective.name, f"one of {', '.join(OBJECTIVES)} (pick with objective=<name>)")
-    for key in ("steps", "valid_batches", "num_workers", "augment_pad"):
-        if int(cfg[key]) < 0:
-            fail(key, cfg[key], "an integer >= 0")
-    for key in ("batch_size", "log_every", "eval_every", "checkpoint_every", "image_size"):
-        if int(cfg[key]) < 1:
-            fail(key, cfg[key], "an integer >= 1")
+    config_checks.check_section(cfg, None, STAGE1_CHECKS, "video_pretrain")  # types too: steps=abc named, not int()'s
+    config_checks.check_section(cfg, "data", DATA_CHECKS, "video_pretrain")
     pad, size = int(cfg.augment_pad), int(cfg.image_size)
     if 2 * pad >= size and cfg.objective.name != "none":  # a shift by half the frame or more: the rest is border
         fail("augment_pad", cfg.augment_pad, f"a shift smaller than half the {size} px frame (image_size), i.e. at most "
@@ -130,18 +135,6 @@ def validate_config(cfg: DictConfig) -> None:
     config_checks.validate_objective_options(cfg, "video_pretrain")
     if cfg.objective.name == "tcn" and int(cfg.batch_size) < 2:
         fail("batch_size", cfg.batch_size, ">= 2 for tcn (other samples are the negatives)")
-    if not float(cfg.lr) > 0:
-        fail("lr", cfg.lr, "a positive number")
-    if not float(cfg.adam_eps) > 0:
-        fail("adam_eps", cfg.adam_eps, "a positive number")
-    if cfg.grad_clip is not None and not float(cfg.grad_clip) > 0:
-        fail("grad_clip", cfg.grad_clip, "a positive number or null")
-    if not 0.0 <= float(cfg.data.valid_fraction) < 1.0:
-        fail("data.valid_fraction", cfg.data.valid_fraction, "a number in [0, 1)")
-    if int(cfg.data.stride) < 1:
-        fail("data.stride", cfg.data.stride, "an integer >= 1")
-    if float(cfg.data.max_cache_mb) < 0:
-        fail("data.max_cache_mb", cfg.data.max_cache_mb, "a number >= 0")
 
 
 def resolve_device(name: str) -> torch.device:
