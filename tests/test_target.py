@@ -37,6 +37,11 @@ def test_config_entries_become_targets_and_bad_ones_are_named():
         as_target({"name": "x", "env_id": ENTRY}).resolved_task_id()
     with pytest.raises(ValueError, match=r"reward='shaped'; expected one of \['sparse', 'dense'\]"):
         robot(reward="shaped")
+    for steps in (0, -5, 2.5, True):  # 0 ran the env's own limit silently; -5 reached gymnasium's own message
+        with pytest.raises(ValueError, match=rf"target 'reach': max_episode_steps={steps!r}; expected an integer >= 1, "
+                                             r"or null"):
+            robot(max_episode_steps=steps)
+    assert robot(max_episode_steps=1).max_episode_steps == 1
 
 
 def rollout(env, actions: int = 30, seed: int = 0):

@@ -101,6 +101,10 @@ class Target:
             raise ValueError(f"target {self.name!r}: reward={self.reward!r}; expected one of {list(REWARDS)}")
         if self.family == GYM and not self.env_id:
             raise ValueError(f"target {self.name!r}: a gym target needs env_id (a gymnasium id or 'module:Class')")
+        steps = self.max_episode_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"target {self.name!r}: max_episode_steps={steps!r}; expected an integer >= 1, or null "
+                             "for the env's own time limit")  # 0 was read as "not set"; -5 reached gymnasium
         if self.family == SIM_ENVS:
             import sim_envs.tasks as tasks  # torch-free
 
