@@ -98,6 +98,15 @@ def test_encoder_errors_are_clear() -> None:
         make_encoder("resnet18", 64, groups=3)  # torch's message named neither
     with pytest.raises(ValueError, match="timm:no_such_net"):
         make_encoder("timm:no_such_net", 64)
+    # out_dim=0 built an encoder of no features (an agent blind without a word); -1 and channels=0 were torch's
+    for name, kwargs, shown in (("small_conv", {"out_dim": 0}, "out_dim=0; expected an integer >= 1"),
+                                ("small_conv", {"out_dim": -1}, "out_dim=-1; expected an integer >= 1"),
+                                ("small_conv", {"channels": 0}, "channels=0; expected an integer >= 1"),
+                                ("small_conv", {"strides": [2, 0]}, r"strides=\[2, 0\]; expected a list of integers"),
+                                ("impala", {"channels": [16, 0]}, r"channels=\[16, 0\]; expected a list of integers")):
+        with pytest.raises(ValueError, match=rf"encoder '{name}': {shown}"):
+            make_encoder(name, 64, **kwargs)
+    assert make_encoder("small_conv", 64, out_dim=1, num_keypoints=None).out_dim == 1
     with pytest.raises(ValueError, match="pretrained"):
         make_encoder("timm:resnet10t", 64, pretrained=True)
     # a ViT built for 224 px on 48 px frames: timm's AssertionError was a traceback; the fix it names works

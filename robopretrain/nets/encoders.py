@@ -425,6 +425,24 @@ def _check_kwargs(name: str, builder: Callable[..., Any], kwargs: dict[str, Any]
         raise ValueError(f"encoder {name!r}: unknown argument(s) {unknown}; accepted: {accepted + ['mean', 'std']}")
 
 
+# the builders' arguments that count something (layers' channels, features, strides, keypoints): each >= 1
+SIZE_ARGS = ("channels", "out_dim", "strides", "num_keypoints")
+
+
+def _check_sizes(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse a size argument that is not a positive integer (or list of them): ``out_dim=0`` built an encoder of no
+    features, which an agent took as a blind camera; ``out_dim=-1`` or ``channels=0`` were torch's tracebacks."""
+    for key in SIZE_ARGS:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+            raise ValueError(f"encoder {name!r}: {key}={value!r}; expected "
+                             f"{'a list of integers' if isinstance(value, (list, tuple)) else 'an integer'} >= 1 "
+                             "(encoder.kwargs)")
+
+
 def _plain(value: Any) -> Any:
     """OmegaConf containers (from Hydra configs) as plain lists/dicts, so build_args stay JSON-serializable."""
     from omegaconf import Container, OmegaConf
@@ -449,6 +467,7 @@ def make_encoder(name: str, image_size: int, in_channels: int = 3, **kwargs: Any
         net, out_dim = build_timm(name[len(TIMM_PREFIX):], image_size, in_channels, **kwargs)
     elif name in BUILDERS:
         _check_kwargs(name, BUILDERS[name], kwargs)
+        _check_sizes(name, kwargs)
         try:
             net, out_dim = BUILDERS[name](image_size, in_channels, **kwargs)
         except ValueError as exc:  # torch's own ("num_channels (64) must be divisible by num_groups (3)")
@@ -457,6 +476,9 @@ def make_encoder(name: str, image_size: int, in_channels: int = 3, **kwargs: Any
             raise ValueError(f"encoder {name!r} with {kwargs or 'its defaults'} at {image_size} px: {exc}") from None
     else:
         raise ValueError(f"unknown encoder {name!r}; expected one of {encoder_names()}")
+    if int(out_dim) < 1:  # a timm model with its head removed and no features
+        raise ValueError(f"encoder {name!r} with {kwargs or 'its defaults'}: {out_dim} output features; an encoder "
+                         "needs at least one")
     return ImageEncoder(net, out_dim, image_size, in_channels, mean, std, build_args)
 
 
