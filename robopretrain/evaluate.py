@@ -103,7 +103,8 @@ def build_conditions(cfg: DictConfig) -> list[Condition]:
             raise ValueError(f"evaluate config: factors.{name} must be a mapping with keys 'randomize' and 'levels'")
         if not spec["levels"]:
             raise ValueError(f"evaluate config: factors.{name}.levels is empty; expected at least one level")
-        for level in spec["levels"]:
+        levels = [spec["levels"]] if isinstance(spec["levels"], (str, int)) else list(spec["levels"])  # one level
+        for level in levels:  # levels=eval_hard was read a letter at a time ('e' is no level)
             out.append(Condition(name, str(level), condition_randomization(name, list(spec["randomize"]), level)))
     return out + gap_conditions(cfg.get("gap"))
 

@@ -109,6 +109,10 @@ def test_bad_factor_configs_are_named(tiny_checkpoint, tmp_path):
     # an empty selection is nominal only (it ran every factor, like select=null; the pipeline's sweep with no
     # levels left passes [])
     assert [c.factor for c in build_conditions(eval_config(tiny_checkpoint, tmp_path, select="[]"))] == ["nominal"]
+    one = eval_config(tiny_checkpoint, tmp_path, select="[friction, distractors]")
+    one.factors.friction.levels, one.factors.distractors.levels = "eval_hard", 4  # one level, not its letters
+    assert [(c.factor, c.level) for c in build_conditions(one)] == [("nominal", "none"), ("friction", "eval_hard"),
+                                                                    ("distractors", "4")]
 
 
 # --------------------------------------------------------------------------- camera agents

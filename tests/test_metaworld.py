@@ -100,6 +100,8 @@ def test_state_only_and_camera_mapping():
     e.close()
     with pytest.raises(ValueError, match="unknown Meta-World camera 'side'"):
         MetaWorldEnv("reach", cameras=("side",))
+    with pytest.raises(ValueError, match=r"\['corner', 'corner'\] names a camera twice"):  # was one camera, silently
+        MetaWorldEnv("reach", cameras=("corner", "corner"))
     with pytest.raises(ValueError, match="reward='shaped'"):
         MetaWorldEnv("reach", reward="shaped")
 

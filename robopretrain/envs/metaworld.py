@@ -258,6 +258,8 @@ class MetaWorldEnv(gym.Env):
     def _camera_map(cameras: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
         if isinstance(cameras, str):
             cameras = (cameras,)
+        if not isinstance(cameras, Mapping) and len(set(cameras)) != len(list(cameras)):
+            raise ValueError(f"cameras: {list(cameras)} names a camera twice; each camera is one observation key")
         out = dict(cameras) if isinstance(cameras, Mapping) else {c: camera_key(c) for c in cameras}
         for cam, key in out.items():
             camera_key(cam)  # validates the name
