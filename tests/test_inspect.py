@@ -231,6 +231,18 @@ def test_a_num_samples_attribute_that_disagrees_with_the_rows_is_listed(tmp_path
     assert summarize_hdf5(path).wrong_rows == {"demo_1": (n - 1, [n, n + 2])}
 
 
+def test_demos_too_short_to_train_on_are_listed(tmp_path: Path) -> None:
+    """A one-step demo showed only as len_min 1; training refuses it (data.skip_short_demos leaves it out)."""
+    from robopretrain.data.inspect import format_hdf5_summary
+
+    path = write_tiny_hdf5(tmp_path / "s.hdf5")
+    assert "fewer than 2 steps" not in format_hdf5_summary(summarize_hdf5(path))
+    with h5py.File(path, "a") as f:
+        f["data/demo_2"].attrs["num_samples"] = 1
+    assert ("warning: 1 demo(s) of fewer than 2 steps (demo_2): training refuses them; data.skip_short_demos=true "
+            "leaves them out") in format_hdf5_summary(summarize_hdf5(path))
+
+
 def test_a_file_with_an_empty_demo_is_summarized(tmp_path: Path) -> None:
     """The files people inspect after the reader refused them: an empty demo (its rows are not scanned)."""
     from robopretrain.data.inspect import format_hdf5_summary

@@ -366,6 +366,11 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append(f"note: {reward_free} of {n_demos} demos have no rewards dataset (read as zeros): BC trains on "
                      "them; other learners need data.rewards_from_success=true (ep_meta success flags) or a reward "
                      "written by python -m robopretrain.reward_model from preference labels")
+    short = [d for t in s.tasks.values() for d, n in zip(t.demos, t.lengths) if n < 2]
+    if short:
+        lines.append(f"warning: {len(short)} demo(s) of fewer than 2 steps ({', '.join(short[:3])}"
+                     f"{', ...' if len(short) > 3 else ''}): training refuses them; data.skip_short_demos=true leaves "
+                     "them out (or a mask of the other demos)")
     if s.wrong_rows:
         named = [f"{d}: num_samples {n}, arrays of {' / '.join(map(str, rows))} rows"
                  for d, (n, rows) in list(s.wrong_rows.items())[:3]]
