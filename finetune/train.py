@@ -49,6 +49,7 @@ from robopretrain.data.dataset import warn_sparse_data_for_dense_target
 from robopretrain.data.hdf5 import read_info
 from robopretrain.envs.target import (METAWORLD, SIM_ENVS, Target, time_limit_note, warn_unmapped_renames,
                                       with_task_slot)
+from robopretrain.files import run_folder_lock
 from robopretrain.metrics import plot_learning_curve
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     eval_checked = None if eval_spec is None else build.randomization(eval_spec, where="eval_randomization")
     settings = OnlineSettings.from_mapping(build.plain(cfg.online))
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(run_dir):  # a second process writing this folder is refused, not resuming too
+        return _fine_tune(cfg, run_dir, settings, dr_rand, eval_checked)
+
+
+def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand: Any, eval_checked: Any
+               ) -> dict[str, Any]:
+    """:func:`run`'s work once its run folder is this process's."""
     device = build.setup_torch(cfg)
     target = build.target_config(cfg.target)
     algo = str(cfg.algo.name)

@@ -5,12 +5,19 @@ into place, so a killed process leaves the old version or the new one, never hal
 files 0600 and folders 0700 (owner only) whatever the umask; renamed into place they kept that mode, and the other
 users of a shared runs folder could not read a checkpoint. Here the temporary file or folder gets the usual mode
 (0666 / 0777 less the process umask) when it is made.
+
+:func:`run_folder_lock` keeps a second process from writing a run folder that one is writing now (the same command
+started twice, or rerun while a killed torchrun's workers still train): both resumed the same checkpoint and logged
+the same steps twice.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 import shutil
 import tempfile
 import threading
@@ -110,3 +117,42 @@ def sha256_of(path: str | os.PathLike, block: int = 4 * 2**20, stop: threading.E
                 raise InterruptedError(f"hashing {path} stopped")
             digest.update(piece)
     return digest.hexdigest()
+
+
+LOCK_FILE = ".writer.lock"  # hidden: run fingerprints and listings leave it out
+
+
+class RunFolderBusy(ValueError):
+    """Another live process holds the run folder's lock (:func:`run_folder_lock`)."""
+
+
+@contextmanager
+def run_folder_lock(folder: str | os.PathLike, active: bool = True) -> Iterator[None]:
+    """Hold ``folder``'s writer lock (an advisory ``flock`` on ``folder/.writer.lock``, made with the folder when
+    missing) for the ``with`` block; the lock file says who holds it. The operating system releases the lock when the
+    holder exits, however it ends (a kill included), so a rerun after a crash is never refused. ``active=False``
+    (the ranks of a data-parallel run other than 0, which do not write) does nothing.
+
+    Raises:
+        RunFolderBusy: another process holds it now: its pid, host and start are named, with what to do.
+    """
+    if not active:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "a process"
+            raise RunFolderBusy(f"{folder}: another process is writing this run folder now ({holder}); wait for it to "
+                                "end (rerun the command then: it resumes), stop it, or give another output folder"
+                                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -43,7 +43,7 @@ from robopretrain.build import (compose, plain, randomization, refuse_learned_re
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
-from robopretrain.files import write_text_atomic
+from robopretrain.files import run_folder_lock, write_text_atomic
 from robopretrain.metrics import read_jsonl
 from robopretrain.nets.kernels import machine_record
 from robopretrain.run_fingerprint import ResumeRefusal
@@ -409,14 +409,22 @@ def log_stage_algos(cfg: DictConfig) -> None:
 
 
 def check_encoder(cfg: DictConfig) -> None:
-    """Refuse at start an ``encoder.mode`` or ``encoder.precision`` the offline stages would refuse only once data
-    and stage 1 have run."""
+    """Refuse at start an ``encoder.mode``, ``encoder.precision`` or image encoder (``stage1.encoder`` and its
+    ``encoder_kwargs``, built once here) the stages would refuse only once data and stage 1 have run."""
     from robopretrain.agent import ENCODER_MODES, EncoderSettings
 
     mode = str(cfg.encoder.mode)
     if mode not in ENCODER_MODES:
         raise ValueError(f"encoder.mode={mode!r}; expected one of {list(ENCODER_MODES)}")
     EncoderSettings(precision=str(cfg.encoder.get("precision", "float32")))
+    if list(cfg.obs.rgb):  # the image encoder as the stages will build it (stage1.encoder=foo failed after the data)
+        from robopretrain.nets.encoders import make_encoder
+
+        name, kwargs = str(cfg.stage1.encoder), plain(cfg.stage1.encoder_kwargs) or {}
+        try:
+            make_encoder(name, int(cfg.image_size), **kwargs)
+        except ValueError as exc:
+            raise ValueError(f"stage1.encoder={name!r} with stage1.encoder_kwargs={kwargs}: {exc}") from None
 
 
 def check_randomizations(cfg: DictConfig) -> None:
@@ -819,8 +827,6 @@ def check_amounts(cfg: DictConfig) -> None:
 
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run every unfinished stage in order; returns ``{stage: "skipped" | seconds}`` and the report path."""
-    from robopretrain.report import log_report, write_report
-
     cpu_settings.apply_from_config(cfg)
     # keys no stage reads (+stage3.transfer..., +gap=..., a typo) were dropped silently and shown in the report
     check_top_level_keys(cfg, "pipeline", free=PIPELINE_FREE_KEYS)
@@ -841,7 +847,14 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     #                                             folder maps them (run_fingerprint.relocation)
     check_stage1_encoder(cfg, run_dir)  # reads what the run folder holds, so only now; still before it is made
     check_stage_configs(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(run_dir):  # a second pipeline in this run folder is refused, not resuming its stages too
+        return _run_stages(cfg, run_dir)
+
+
+def _run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """:func:`run_pipeline`'s stages in order, once its checks passed and its run folder is this process's."""
+    from robopretrain.report import log_report, write_report
+
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),
         "stage1": lambda: stage_stage1(cfg, run_dir),

@@ -52,6 +52,7 @@ from robopretrain.data.dataset import data_action_units
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
+from robopretrain.files import run_folder_lock
 from robopretrain.evaluation import calibration, evaluate
 from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume, train_offline
 
@@ -84,8 +85,14 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Path:
     if (cfg.get("obs") or {}).get("rgb") and not cfg.get("init"):  # the encoder settings, before any data is read
         EncoderSettings.from_mapping(build.plain(cfg.get("encoder")) or {}).resolved_mode()
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
-    return dist_utils.run_on_ranks(lambda dinfo, device: _run(cfg, run_dir, dinfo, device),
+    return dist_utils.run_on_ranks(lambda dinfo, device: _run_holding(cfg, run_dir, dinfo, device),
                                    torch.device(resolve_device(cfg.get("device", "cpu"), "robopretrain")))
+
+
+def _run_holding(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) -> Path:
+    """:func:`_run` with rank 0 holding the run folder's writer lock (a second process refused, not resuming too)."""
+    with run_folder_lock(run_dir, active=dinfo.is_main):
+        return _run(cfg, run_dir, dinfo, device)
 
 
 def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) -> Path:

@@ -214,6 +214,8 @@ def test_keys_no_stage_reads_stop_the_pipeline_before_any_stage(tmp_path, overri
     ("evaluate.blind=[white]", "evaluate.blind"),  # these two failed after every training stage had run
     ("evaluate.episodes=0", "evaluate.episodes"),
     ("evaluate.episodes=abc", "evaluate.episodes"),
+    ("stage1.encoder=foo", "stage1.encoder"),  # after the data stage, before
+    ("+stage1.encoder_kwargs.out_dim=0", "stage1.encoder"),
 ])
 def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp_path, override, where):
     """Stage 3's and the evaluation's entries are read hours into a run: refused at start, naming the key.

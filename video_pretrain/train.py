@@ -60,6 +60,7 @@ from robopretrain.checkpoint import clear_previous_run, kill_after_checkpoint
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.data.video import VideoDatasetError
 from robopretrain.distributed import DistInfo
+from robopretrain.files import run_folder_lock
 from robopretrain.files import atomic_file, replace_folder, temp_folder, write_json_atomic
 from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
@@ -427,8 +428,14 @@ def _log_scalars(writer: Any, prefix: str, values: Mapping[str, float], step: in
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
     """Run stage 1 as ``cfg`` says; returns the encoder checkpoint folder (data-parallel under torchrun)."""
     validate_config(cfg)
-    return dist_utils.run_on_ranks(lambda dinfo, device: _train(cfg, run_dir, dinfo, device),
+    return dist_utils.run_on_ranks(lambda dinfo, device: _train_holding(cfg, run_dir, dinfo, device),
                                    resolve_device(str(cfg.device)))
+
+
+def _train_holding(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device: torch.device) -> Path:
+    """:func:`_train` with rank 0 holding the run folder's writer lock (a second process refused, not resuming too)."""
+    with run_folder_lock(RunPaths.from_config(cfg, run_dir).run_dir, active=dinfo.is_main):
+        return _train(cfg, run_dir, dinfo, device)
 
 
 def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device: torch.device) -> Path:

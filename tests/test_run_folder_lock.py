@@ -1,0 +1,87 @@
+"""One writer per run folder (robopretrain.files.run_folder_lock): the same stage started twice on one output_dir
+both resumed its checkpoint and logged steps 1000-1500 twice; a torchrun killed and rerun at once did the same with
+the killed launcher's workers still training."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from robopretrain.files import LOCK_FILE, RunFolderBusy, run_folder_lock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_second_holder_is_refused_naming_the_first_and_the_lock_ends_with_its_holder(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from robopretrain.files import run_folder_lock\n"
+        f"with run_folder_lock({str(tmp_path / 'run')!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusy, match=rf"{tmp_path / 'run'}: another process is writing this run folder now "
+                                                rf"\(pid {holder.pid} on .*, since .*\); wait for it to end"):
+            with run_folder_lock(tmp_path / "run"):
+                pass
+        with run_folder_lock(tmp_path / "run", active=False):  # a data-parallel rank other than 0: no lock
+            pass
+    finally:
+        holder.kill()  # however the holder ends (SIGKILL here), the operating system releases its lock
+        holder.wait()
+    for _ in range(50):
+        try:
+            with run_folder_lock(tmp_path / "run"):
+                break
+        except RunFolderBusy:
+            time.sleep(0.1)
+    else:
+        pytest.fail("the lock outlived its holder")
+    assert (tmp_path / "run" / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} ")
+    with run_folder_lock(tmp_path / "run"):  # released at the end of the block: taken again in the same process
+        pass
+
+
+class _Refuse:
+    """A run_folder_lock that records the folder it is asked for and refuses, as if another process held it."""
+
+    held: list[Path] = []
+
+    def __init__(self, folder, active=True):
+        _Refuse.held.append(Path(folder))
+
+    def __enter__(self):
+        raise RunFolderBusy("busy")
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_every_stage_and_the_pipeline_hold_the_folder_they_write(tmp_path, monkeypatch):
+    """Each entry point's work runs under the lock of its own run folder (a second run is one error line)."""
+    import finetune.train as stage3
+    import robopretrain.pipeline as pipeline
+    import robopretrain.train as stage2
+    import video_pretrain.train as stage1
+    from robopretrain.build import compose
+    from robopretrain.cli import known_errors
+
+    for module in (stage1, stage2, stage3, pipeline):
+        monkeypatch.setattr(module, "run_folder_lock", _Refuse)
+    _Refuse.held.clear()
+    runs = [
+        lambda: stage2.run(compose("robopretrain"), tmp_path / "s2"),
+        lambda: stage1.train(compose("video_pretrain", overrides={"output_dir": str(tmp_path / "s1")}), tmp_path / "s1"),
+        lambda: stage3.run(compose("finetune", overrides={"checkpoint": str(tmp_path / "none")}), tmp_path / "s3"),
+        lambda: pipeline.run_pipeline(compose("pipeline"), tmp_path / "p"),
+    ]
+    for run in runs:
+        with pytest.raises(RunFolderBusy):
+            run()
+    assert _Refuse.held == [tmp_path / "s2", tmp_path / "s1", tmp_path / "s3", tmp_path / "p"]
+    assert issubclass(RunFolderBusy, known_errors())  # one error line, exit code 2
