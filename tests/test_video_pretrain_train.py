@@ -433,6 +433,11 @@ def test_diagnose_answers_bad_input_in_one_line(robot_hdf5, tmp_path, capsys):
             diag.main(["--data", str(data), *extra, *args])
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and error in err, err
+    for gamma, error in (("1.5", "argument --gamma: 1.5; expected a discount in (0, 1)"),
+                         ("abc", "argument --gamma: 'abc' is not a number")):  # 1.5 was accepted
+        with pytest.raises(SystemExit) as exit_info:
+            diag.main(["--data", str(robot_hdf5), "--gamma", gamma, *args])
+        assert exit_info.value.code == 2 and error in capsys.readouterr().err
 
 
 def test_diagnose_compares_icvf_values_with_the_discount_they_were_trained_with():

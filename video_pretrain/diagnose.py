@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=None, help="task names to use, default every task")
     p.add_argument("--all-episodes", action="store_true", help="also noisy/failing episodes (default: clean successes)")
     p.add_argument("--max-trajectories", type=int, default=None, help="at most this many trajectories (spread over tasks)")
-    p.add_argument("--gamma", type=float, default=None,
+    p.add_argument("--gamma", type=_discount, default=None,
                    help="discount of V* = -(1 - gamma^d) / (1 - gamma) (default: the ICVF encoders' own, else 0.99)")
     p.add_argument("--random-encoder", default="small_conv", help="encoder name for 'random'")
     p.add_argument("--image-size", type=int, default=64, help="image size for 'random' and 'pixels'")
@@ -514,6 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _discount(text: str) -> float:
+    """``--gamma``: a discount in (0, 1) (at 1 or more V* = -(1 - gamma^d) / (1 - gamma) is no discounted value)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g}; expected a discount in (0, 1)")
+    return value
 
 
 @friendly_errors(rerun=RERUN_STARTS_OVER)
