@@ -208,6 +208,12 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("build", "eval_targets/const/0"): Equivalent(
         "the default num_tasks=0 -> 1: with_task_slot treats every size <= 1 as no one-hot to place a gym target in",
         "0 -> 1 @ def eval_targets(setting: Any, info: DatasetInfo, task_ids: Mapping[str, int], num_tasks: int = 0,"),
+    ("returns", "episode_returns_to_go/const/5"): Equivalent(
+        "one of the all-failure rule's tolerances 1e-6 -> 5e-7: rewards are float32 r * scale + bias, whose round-off "
+        "from the failure reward is at most 6e-8 of it (and 0 at 0), within either tolerance, and a reward of another "
+        "kind differs by far more",
+        "1e-06 -> 5e-07 @ if sparse_negative_reward is not None and np.allclose(r, sparse_negative_reward, rtol=1e-6, "
+        "atol=1e-6):"),
     ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",

@@ -359,3 +359,17 @@ def test_new_agent_reads_obs_normalize_and_min_std_from_the_config():
     from robopretrain.nets.obs_encoder import STD_EPS
 
     assert floored.std.tolist() == pytest.approx([float(obs[:, 0].std()) + STD_EPS, 0.5 + STD_EPS], abs=1e-5)
+
+
+def test_a_data_task_whose_env_does_not_fit_the_agent_is_left_out_of_the_evaluation_with_a_warning(caplog):
+    """Stage 2 evaluates the data's own tasks where their env fits; one that does not is dropped (False), said once,
+    not evaluated into a crash."""
+    import logging
+
+    fits = Agent(ObsSpec(low_dim=(("proprio", 7), ("object", 18))), 4, "bc")
+    other = Agent(ObsSpec(low_dim=(("proprio", 3),)), 4, "bc")  # a 3-D proprio: another robot's data
+    with caplog.at_level(logging.WARNING):
+        assert build.env_fits_or_log(fits, build.as_target("Reach")) is True
+        assert not caplog.records
+        assert build.env_fits_or_log(other, build.as_target("Reach")) is False
+    assert "no evaluation on Reach, the data's own task: its env does not fit the agent" in caplog.text
