@@ -2,6 +2,8 @@
 worker processes giving the same data as in-process envs, and the shared collect-then-update loop."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -241,15 +243,26 @@ def test_an_episode_survives_a_checkpoint_file(tmp_path, image_obs):
         assert np.array_equal(getattr(ep, name), getattr(back, name))
 
 
-def test_close_after_the_parent_failed_to_stack_a_step_returns():
-    """An error in the parent while it stacks the workers' answers (observations whose shapes differ) left gymnasium's
-    AsyncVectorEnv waiting for a step it had already read: ``close`` then blocked forever, and stage 3 hung instead
-    of showing the error. Run in a child process so that the old hang fails the test instead of stalling the suite."""
+def run_in_child(code: str, hang: str) -> Any:
+    """``python -c code`` with the tests' folder importable (``_fake_envs``); a run past 120 s fails the test with
+    ``hang`` (what hung), so an old hang fails instead of stalling the suite."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])}
+    try:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(hang)
+
+
+def test_close_after_the_parent_failed_to_stack_a_step_returns():
+    """An error in the parent while it stacks the workers' answers (observations whose shapes differ) left gymnasium's
+    AsyncVectorEnv waiting for a step it had already read: ``close`` then blocked forever, and stage 3 hung instead
+    of showing the error. Run in a child process so that the old hang fails the test instead of stalling the suite."""
     code = (
         "import numpy as np\n"
         "from _fake_envs import ShapeShiftEnv\n"
@@ -262,23 +275,13 @@ def test_close_after_the_parent_failed_to_stack_a_step_returns():
         "    print('raised', e, flush=True)\n"
         "c.close()\n"
         "print('closed', c.venv is None, flush=True)\n")
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])}
-    try:
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
-    except subprocess.TimeoutExpired:
-        pytest.fail("VectorCollector.close hung after a failed step")
+    out = run_in_child(code, "VectorCollector.close hung after a failed step").stdout
     assert "raised" in out and "closed True" in out, out
 
 
 def test_a_dead_env_worker_is_an_error_naming_it_and_the_collector_still_closes():
     """A worker process that dies (a crash in native code, an OOM kill) gave gymnasium's bare EOFError, then another
     from closing the vector env on the dead pipe."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     code = (
         "import numpy as np\n"
         "from _fake_envs import DyingEnv\n"
@@ -294,11 +297,6 @@ def test_a_dead_env_worker_is_an_error_naming_it_and_the_collector_still_closes(
         "        print('raised', e, flush=True)\n"
         "    c.close()\n"
         "    print('closed', c.venv is None, flush=True)\n")
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])}
-    try:
-        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("a dead env worker hung the collector")
+    run = run_in_child(code, "a dead env worker hung the collector")
     assert "raised stage 3's env worker processes (online.num_envs=2): a worker process died" in run.stdout, run
     assert "closed True" in run.stdout and "EOFError" not in run.stderr, run.stderr[-2000:]
