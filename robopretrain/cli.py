@@ -459,8 +459,10 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
             validate_overrides(ns.config_name or config_name, list(ns.overrides))
         if not ns.multirun:
             follow = hydra_run_dir_override(config_name, list(ns.overrides))
-            if follow is not None:
-                sys.argv.append(follow)
+            if follow is not None:  # beside the override it follows: after an option (--cfg job) argparse refuses it
+                key = RUN_FOLDER_KEYS[config_name]
+                at = max(i for i, a in enumerate(sys.argv) if a.lstrip("+").partition("=")[0] == key)
+                sys.argv.insert(at + 1, follow)
     return main()
 
 

@@ -155,7 +155,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
                 f"output_dir={tmp}/ev", *overrides]
 
     out = f"output_dir={tmp}/out"
-    return {
+    found = {
         "non_hdf5_dataset": (s2(f"data.path={tmp / 'text.hdf5'}", out), "not a readable HDF5 file"),
         "truncated_dataset": (s2(f"data.path={tmp / 'truncated.hdf5'}", out), "truncated.hdf5"),
         "missing_obs_key": (s2(f"data.path={good}", "obs.low_dim=[proprio,gripper_cam]", out),
@@ -231,6 +231,10 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
         "missing_next_obs": (s2(f"data.path={no_next_obs}", out),
                              "next_obs/proprio: missing (each demo needs next_obs"),
     }
+    # each case writes its own run folder: the cases run two at a time, and one folder has one writer at a time
+    shared = {f"output_dir={tmp}/{folder}" for folder in ("out", "ft", "ev", "init")}
+    return {name: ([f"output_dir={tmp}/runs/{name}" if a in shared else a for a in cmd], message)
+            for name, (cmd, message) in found.items()}
 
 
 @pytest.fixture(scope="module")

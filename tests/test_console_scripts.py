@@ -267,3 +267,7 @@ def test_a_stage_run_with_output_dir_writes_nothing_under_the_working_folder(tmp
     assert proc.returncode == 2 and "missing.hdf5" in proc.stderr, proc.stderr[-2000:]
     assert list(cwd.iterdir()) == []
     assert (out / ".hydra" / "config.yaml").is_file() and (out / "train.log").is_file()
+    for args in ([f"output_dir={out}", "--cfg", "job"], ["--cfg", "job", f"output_dir={out}"]):  # the override added
+        shown = subprocess.run([sys.executable, "-m", "robopretrain.train", *args], cwd=cwd, capture_output=True,
+                               text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+        assert shown.returncode == 0 and f"output_dir: {out}" in shown.stdout, shown.stderr[-2000:]  # beside its own

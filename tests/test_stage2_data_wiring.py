@@ -98,7 +98,7 @@ def test_a_run_records_and_evaluates_the_slots_it_trained_and_refuses_a_clashing
 
     prior = collect_sim(tmp_path / "prior.hdf5", [PRIOR], episodes=1, **CLEAN)
     seen = []
-    def eval_targets(setting, info, ids, num_tasks, trained):
+    def eval_targets(setting, info, ids, num_tasks, trained, obs_map=None):
         seen.append((dict(ids), num_tasks, trained))
         return []
 
