@@ -154,6 +154,16 @@ def test_samplers_reject_videos_too_short():
         make_sampler("simclr", [10])
     with pytest.raises(ValueError, match="length 0"):
         ICVFSampler([4, 0])
+    # every clip too short: named with the minimum, and the frame stride only where there is one
+    from video_pretrain.sampling import long_enough
+
+    class Strided(CodedSource):
+        stride = 2
+
+    for source, said in ((CodedSource([1, 2]), False), (Strided([1, 2]), True)):
+        with pytest.raises(ValueError, match="needs clips of at least 3 frames") as err:
+            long_enough(source, "vip", np.array([1, 2]))
+        assert ("counted after the frame stride 2" in str(err.value)) == said, str(err.value)
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -189,6 +199,15 @@ def test_stream_is_the_same_with_and_without_workers_and_resumes_exactly():
     assert set(first) == {"frames", "video", "frame", "reward", "mask", "intent_reward", "intent_mask"}
     video, frame = decode(first["frames"].numpy())
     assert np.array_equal(video, first["video"].numpy()) and np.array_equal(frame, first["frame"].numpy())
+    # batch k of a stream seeded s is drawn by batch_rng(s, k): [s, k], not [k, s] (the same numbers in another
+    # order would give every run's batch k another's); a stream made without start_batch starts at batch 0
+    from video_pretrain.sampling import batch_rng
+
+    active = np.flatnonzero(np.asarray(LENGTHS) >= 2)
+    by_hand = make_sampler("icvf", np.asarray(LENGTHS)[active])(batch_rng(3, 4), 8)
+    assert np.array_equal(active[by_hand.video], serial[4]["video"].numpy())
+    assert torch.equal(next(iter(DataLoader(FrameBatchStream(source, "icvf", 8, seed=3), batch_size=None)))["frame"],
+                       serial[0]["frame"])
 
 
 class OneBadClipSource(CodedSource):
@@ -211,6 +230,11 @@ def test_stream_drops_a_clip_that_turns_out_unreadable_and_goes_on():
 
 
 def test_augment_converts_and_shifts_all_frames_of_a_sample_alike():
+    from video_pretrain.sampling import to_float_frames
+
+    for wrong in (torch.zeros(2, 8, 8, 3), torch.zeros(2, 8, 8, 4, dtype=torch.uint8)):  # float, or 4 channels
+        with pytest.raises(ValueError, match="expected uint8"):
+            to_float_frames(wrong)
     frames = torch.randint(0, 256, (3, 4, 16, 16, 3), dtype=torch.uint8)
     plain = augment(frames, pad=0)
     assert plain.shape == (3, 4, 3, 16, 16) and plain.dtype == torch.float32
