@@ -214,6 +214,21 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "kind differs by far more",
         "1e-06 -> 5e-07 @ if sparse_negative_reward is not None and np.allclose(r, sparse_negative_reward, rtol=1e-6, "
         "atol=1e-6):"),
+    ("video_data", "ClipSource.frames/const/1"): Equivalent(
+        "the cache-size estimate's 3 bytes a pixel -> 4: it decides between decoding the whole clip into the cache and "
+        "decoding only the frames asked for, which give the same frames",
+        "3 -> 4 @ if self.cache.fits(self.video_length(i) * self.image_size**2 * 3):"),
+    ("video_data", "ClipSource._resize/const/0"): Equivalent(
+        "the once-per-source flag of the centre-crop warning True -> False: the warning repeats (a log, which the "
+        "driver does not mutate either); the frames are the same",
+        "True -> False @ self._crop_said = True  # once per source (per worker process)"),
+    ("video_data", "ManifestSource.__init__/not/0"): Equivalent(
+        "the clip-checking progress bar's disable flag: a display, not what is read",
+        "not check_clips -> check_clips @ for entry in tqdm(listed, desc=\"checking clips\", unit=\"clip\", disable=not "
+        "check_clips or len(listed) < 64,"),
+    ("bench_utils", "write_json_atomic/const/0"): Equivalent(
+        "the JSON indent 1 -> 0: the same values, other whitespace",
+        "1 -> 0 @ write(path, obj, indent=1, default=float)"),
     ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",

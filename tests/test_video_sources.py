@@ -429,6 +429,15 @@ def test_hdf5_source_errors_and_bad_demo(tmp_path: Path, caplog: pytest.LogCaptu
     assert any("data/demo_1/obs/agentview_image" in r.getMessage() for r in caplog.records)
     with pytest.raises(VideoDatasetError, match=r"demos\.hdf5: data/demo_1/obs/agentview_image.*uint8"):
         HDF5ImageSource(path, image_size=12, strict=True)
+    # a later demo of another layout than the first's (grey (H, W, 1) after RGB): left out as bad, not read as RGB
+    with h5py.File(path, "a") as f:
+        del f["data/demo_2/obs/agentview_image"]
+        f["data/demo_2/obs/agentview_image"] = np.zeros((4, 24, 24, 1), np.uint8)
+    with caplog.at_level(logging.WARNING, logger="video_pretrain.data"):
+        mixed = HDF5ImageSource(path, image_size=12)
+    assert mixed.demo_names == ["demo_0"] and mixed.bad_videos == ["demo_1", "demo_2"]
+    assert any("data/demo_2/obs/agentview_image: expected uint8 images (N, H, W, 3) as the first demo's" in
+               r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_hdf5_demo_of_zero_steps_is_empty_not_bad(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
