@@ -229,6 +229,9 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("bench_utils", "write_json_atomic/const/0"): Equivalent(
         "the JSON indent 1 -> 0: the same values, other whitespace",
         "1 -> 0 @ write(path, obj, indent=1, default=float)"),
+    ("bench_utils", "save_figure/const/0"): Equivalent(
+        "the default figure resolution 110 -> 111 dpi: the same plot, one pixel in 110 larger",
+        "110 -> 111 @ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:"),
     ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",

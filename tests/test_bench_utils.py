@@ -54,6 +54,8 @@ def test_run_logged_appends_output_with_one_thread_and_reports_the_command(bu, t
     assert out["command"] == f"-c {code}" and out["returncode"] == 0 and out["call_seconds"] > 0
     failed = bu.run_logged([sys.executable, "-c", "raise SystemExit(3)"], folder, tmp_path)
     assert failed["returncode"] == 3
+    slept = bu.run_logged([sys.executable, "-c", "import time; time.sleep(0.3)"], folder, tmp_path)
+    assert 0.3 <= slept["call_seconds"] < 600  # this call's duration, not a clock reading
 
 
 def test_load_average_rounds_to_hundredths(bu, monkeypatch):
