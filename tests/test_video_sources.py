@@ -69,6 +69,10 @@ def test_manifest_with_mp4_and_frame_folder(video_dir: tuple[Path, np.ndarray, n
     stretched = resize_frames(mp4, 16, center_crop=False).astype(np.int16)
     assert np.abs(video.astype(np.int16) - expected).mean() < np.abs(video.astype(np.int16) - stretched).mean()
     assert np.array_equal(src.frames(1, [9, 2, 2]), resize_frames(folder, 16)[[9, 2, 2]])  # png is lossless
+    (root / "episode_empty").mkdir()  # a listed frame folder that holds no frames: left out, named by its path
+    write_manifest(root, [("clip.mp4", 12), ("episode_0", 10), ("episode_empty", 3)])
+    with_empty = ManifestSource(root, image_size=16)
+    assert with_empty.num_videos == 2 and with_empty.bad_videos == ["episode_empty"]
 
 
 def test_a_video_file_or_a_folder_without_a_manifest_is_read_directly(video_dir, tmp_path: Path) -> None:
