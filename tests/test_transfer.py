@@ -46,6 +46,8 @@ def test_cvar_selection_on_hand_made_returns():
     assert cvar_select(returns, 0.1).tolist() == [1]  # a tie at the cut: the earlier episode
     assert cvar_select(returns, 1.0).tolist() == list(range(10))
     assert cvar_select([2.0], 0.1).tolist() == [0]  # a batch of one episode: that episode
+    # 0.28 * 25 is 7.000000000000001 in floating point: the worst 7 episodes, not 8
+    assert len(cvar_select(np.arange(25.0), 0.28)) == 7 and len(cvar_select(np.arange(100.0), 0.07)) == 7
     assert cvar(returns, 0.3) == pytest.approx(-2.0 / 3.0)
     with pytest.raises(ValueError, match="epsilon"):
         cvar_select(returns, 0.0)
@@ -615,3 +617,11 @@ def test_darc_refuses_frozen_cached_features():
     with pytest.raises(ValueError, match="does not support encoder.mode=frozen_cached"):
         build_transfer(TransferSettings.from_mapping({"darc": {"enabled": True}}), gap, agent, None, gap.source,
                        Path("/nonexistent"), reward_scale=1.0, seed=0)
+
+
+def test_settings_of_a_gap_without_a_name_are_refused_not_dropped():
+    """name none is no gap: its kind, source or target would be ignored silently, so they are refused, naming them."""
+    for given, shown in (({"kind": "physics"}, "kind='physics'"), ({"target_frames": 8}, "target_frames=8")):
+        with pytest.raises(ValueError, match=rf"gap config: name=none \(no gap\) but {shown}; a gap needs a name"):
+            Gap.from_mapping({"name": "none", **given})
+    assert not Gap.from_mapping({"name": "none"}).enabled
