@@ -109,6 +109,10 @@ def test_gradient_reversal_flips_the_encoder_gradient_only():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     logits = clf(torch.cat([src, tgt]))
     assert float(acc) == pytest.approx(float(((logits[:6] < 0).sum() + (logits[6:] > 0).sum()) / 10))
+    # a classifier right on every row scores 1 (the random one above happened to score 0.5, as its complement does)
+    sign = lambda feats: feats[:, 0]  # noqa: E731 - source rows negative, target rows positive
+    _, perfect = domain_adversarial_loss(sign, -torch.ones(3, 2), torch.ones(2, 2), coef)
+    assert float(perfect) == 1.0
 
 
 def camera_agent(seed: int = 0) -> Agent:
