@@ -399,15 +399,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("action_units", "reexpress/swap/0"): Equivalent(
         "same_units(a, b) -> same_units(b, a): symmetric (both None, or both set with equal bounds)",
         "same_units(..file_units, agent_units..) swapped @ if same_units(file_units, agent_units):"),
-    ("sampling", "long_enough/const/2"): Equivalent(
-        "getattr(..., 'stride', 1) -> 0 for a source without a stride: it only words the message (', counted after "
-        "the frame stride' when > 1): no text either way",
-        "1 -> 0 @ after = f\", counted after the frame stride {stride}\" if stride > 1 else \"\""),
-    ("sampling", "FrameBatchStream.batch/swap/1"): Equivalent(
-        "batch_rng(seed, k) -> batch_rng(k, seed): the batch is still a fixed, injective function of (seed, batch "
-        "number), which is the contract (resume exactness, disjoint ranks); no stream is specified",
-        "batch_rng(..self.seed, batch_number..) swapped @ idx = self.sampler(batch_rng(self.seed, batch_number), "
-        "self.batch_size)"),
     ("sampling", "FrameBatchStream.__init__/const/0"): Equivalent(
         "the default seed=0 -> 1: stage 1 passes the run's seed; a default seed has no specified value",
         "0 -> 1 @ def __init__(self, source: FrameSource, objective: str, batch_size: int, seed: int = 0,"),
