@@ -249,6 +249,9 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "values (only a GPU tensor would tell them apart, which the CPU suite has none of)",
         "not torch.is_tensor(obs[k]) -> torch.is_tensor(obs[k]) @ low = torch.cat([torch.as_tensor(np.asarray(obs[k]) "
         "if not torch.is_tensor(obs[k]) else obs[k],"),
+    ("dann", "DomainClassifier.__init__/const/0"): Equivalent(
+        "the default hidden=(64,) -> (65,): the one caller (DomainAdversary) passes transfer.dann.hidden",
+        "64 -> 65 @ def __init__(self, feature_dim: int, hidden: Sequence[int] = (64,)) -> None:"),
     ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",

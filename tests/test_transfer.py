@@ -115,10 +115,10 @@ def test_gradient_reversal_flips_the_encoder_gradient_only():
     assert float(perfect) == 1.0
 
 
-def camera_agent(seed: int = 0) -> Agent:
+def camera_agent(seed: int = 0, pad: int = 2) -> Agent:
     spec = ObsSpec(low_dim=(("proprio", 3),), rgb=(("agentview_image", (16, 16, 3)),))
     torch.manual_seed(seed)
-    settings = EncoderSettings(mode="scratch", augment_pad=2, kwargs={"channels": 4, "out_dim": 8})
+    settings = EncoderSettings(mode="scratch", augment_pad=pad, kwargs={"channels": 4, "out_dim": 8})
     return Agent(spec, 4, "calql", {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "batch_size": 8},
                  settings, stats={"proprio": {"mean": [0.0] * 3, "std": [1.0] * 3}}, seed=seed)
 
@@ -214,7 +214,8 @@ def test_dann_loss_reads_every_cameras_features_and_augmented_target_frames():
     assert float(metrics["dann/accuracy"]) == float(accuracy)
 
 
-def test_dann_shifts_its_target_frames_with_the_encoders_pad_as_the_encoder_does(monkeypatch):
+@pytest.mark.parametrize("pad", [1, 2])
+def test_dann_shifts_its_target_frames_with_the_encoders_pad_as_the_encoder_does(monkeypatch, pad):
     """DANN's target frames go through ``shift_frames`` with the same ``pad`` the encoder passes for its source frames
     (without it ``shift_frames`` reads ``max |dx|`` back from the device every update: the same pixels, a sync)."""
     import robopretrain.nets.augment as augment
@@ -228,7 +229,7 @@ def test_dann_shifts_its_target_frames_with_the_encoders_pad_as_the_encoder_does
 
     monkeypatch.setattr(augment, "shift_frames", spy)
     monkeypatch.setattr(obs_encoder, "shift_frames", spy)
-    agent = camera_agent()
+    agent = camera_agent(pad=pad)  # a shift of 1 pixel too (a threshold of 1 left DANN's frames unshifted)
     frames = {"agentview_image": np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)}
     adv = DomainAdversary(agent, frames, DANNSettings(enabled=True, target_batch=3), seed=1)
     obs = camera_batch(0, 5)["observations"]
@@ -236,7 +237,10 @@ def test_dann_shifts_its_target_frames_with_the_encoders_pad_as_the_encoder_does
     with torch.no_grad():
         feats = enc({k: torch.as_tensor(v) for k, v in obs.items()}, augment=True)
         adv(agent, {"observations": feats}, False)
-    assert calls == [enc.augment_pad, enc.augment_pad] and enc.augment_pad == 2
+    assert calls == [pad, pad] and enc.augment_pad == pad
+    with pytest.raises(ValueError, match=r"transfer.dann: no target frames \(gap.target_frames must be >= 1\)"):
+        DomainAdversary(agent, {"agentview_image": np.zeros((0, 16, 16, 3), np.uint8)}, DANNSettings(enabled=True),
+                        seed=1)
 
 
 # --------------------------------------------------------------------------- DARC
