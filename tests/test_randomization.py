@@ -405,6 +405,24 @@ def test_mass_scales_free_objects_as_well_as_fixtures() -> None:
     np.testing.assert_allclose(env.model.body_mass[block], nominal["body_mass"][block] * p["mass"])
     np.testing.assert_allclose(env.model.body_inertia[block], nominal["body_inertia"][block] * p["mass"])
     randomizer.restore_nominal()
+    # a fixture moved by its joint (the drawer on drawer_slide) scales too; the robot's bodies do not
+    env = physics_env("OpenDrawer")
+    nominal = model_arrays(env.model)
+    randomizer = single_factor_randomizer(env, "mass", "eval_hard")
+    drawer = int(env.model.jnt_bodyid[env.model.joint("drawer_slide").id])
+    p = randomizer.sample(np.random.default_rng(4))
+    assert p["mass"] != 1.0
+    randomizer.apply(p)
+    np.testing.assert_allclose(env.model.body_mass[drawer], nominal["body_mass"][drawer] * p["mass"])
+    scaled = set(np.flatnonzero(~np.isclose(env.model.body_mass, nominal["body_mass"])).tolist())
+    from sim_envs.randomization import FIXTURE_JOINTS
+
+    m = env.model
+    joints = {m.joint(i).name for i in range(m.njnt)}
+    fixtures = {int(m.jnt_bodyid[m.joint(j).id]) for j in FIXTURE_JOINTS if j in joints}
+    expected = {int(b) for b in randomizer.object_bodies if m.body_jntnum[b] > 0} | fixtures
+    assert drawer in scaled and scaled == {b for b in expected if nominal["body_mass"][b] > 0}
+    randomizer.restore_nominal()
 
 
 @pytest.mark.parametrize("level", RANDOM_LEVELS)
