@@ -252,6 +252,17 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("dann", "DomainClassifier.__init__/const/0"): Equivalent(
         "the default hidden=(64,) -> (65,): the one caller (DomainAdversary) passes transfer.dann.hidden",
         "64 -> 65 @ def __init__(self, feature_dim: int, hidden: Sequence[int] = (64,)) -> None:"),
+    ("randomization", "DomainRandomizer._sample_colors/binop/0"): Equivalent(
+        "the hue shift's random sign applied by * -> /: x / (+-1) = x * (+-1)",
+        "sample_interval_union(rng, FACTOR_RANGES['object_hue_shift'][level]) * rng.choice([-1.0, 1.0]): Mult -> Div @ "
+        "shifts = [sample_interval_union(rng, FACTOR_RANGES[\"object_hue_shift\"][level]) * rng.choice([-1.0, 1.0])"),
+    ("randomization", "_shape_bounds/const/2"): Equivalent(
+        "a cylinder's third size 0 -> 1: MuJoCo reads a cylinder's radius and half-height only",
+        "0.0 -> 1.0 @ return mujoco.mjtGeom.mjGEOM_CYLINDER, np.array([r, h, 0.0]), float(np.hypot(r, h)), h"),
+    ("randomization", "DomainRandomizer.place_distractors/const/13"): Equivalent(
+        "a parked slot's quaternion (1, 0, 0, 0) -> (1, 1, 0, 0): MuJoCo normalises it to a turn of the hidden, "
+        "collision-free slot below the table, which nothing sees or touches",
+        "0.0 -> 1.0 @ data.qpos[qadr:qadr + 7] = [*(PARK_POS + np.array([0.1 * k, 0.0, 0.0])), 1.0, 0.0, 0.0, 0.0]"),
     ("returns", "_rows_differ/const/0"): Equivalent(
         "atol < 1 -> atol < 0 picks the float path for integer arrays too: with integers any difference is >= 1 > "
         "atol, so both paths give the same answer (the exact path only saves float64 copies)",

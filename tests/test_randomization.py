@@ -325,6 +325,10 @@ def test_distractors_rest_on_the_table_outside_the_keepout(task: str) -> None:
                 f"{task} seed {seed}: distractor{k} ({spec['shape']}) at height {pos[2]:.4f}, not resting on the table")
             dist = _keepout_distance(env, pos[:2])
             assert dist > KEEPOUT_RADIUS - 0.005, f"{task} seed {seed}: distractor{k} {dist:.3f} m from a task point"
+            quat = env.data.xquat[env.model.body(f"distractor{k}").id]  # turned by its sampled yaw about z
+            yaw = 2.0 * np.arctan2(quat[3], quat[0])
+            assert abs(np.angle(np.exp(1j * (yaw - spec["yaw"])))) < 0.05, (
+                f"{task} seed {seed}: distractor{k} yaw {yaw:.3f}, sampled {spec['yaw']:.3f}")
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)
