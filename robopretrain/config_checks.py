@@ -235,7 +235,7 @@ def check_top_level_keys(cfg: DictConfig, config: str, free: Mapping[str, Sequen
 
 
 # settings that hold a list of names: one name given alone (obs.low_dim=joint_pos) is that list of one
-NAME_LISTS = ("obs.low_dim", "obs.rgb", "data.tasks", "data.mix.tasks", "select", "targets")
+NAME_LISTS = ("obs.low_dim", "obs.rgb", "data.tasks", "data.mix.tasks", "select", "targets", "evaluate.blind")
 
 
 def one_name_as_list(cfg: DictConfig, keys: Sequence[str] = NAME_LISTS) -> None:

@@ -429,19 +429,8 @@ def check_encoder(cfg: DictConfig) -> None:
 
 def check_randomizations(cfg: DictConfig) -> None:
     """Refuse at start a malformed ``stage3.randomization`` or ``evaluate.settings`` entry (unknown key, level,
-    factor or range) or robustness sweep factor, or an ``evaluate.episodes`` / ``evaluate.blind`` the evaluation
-    stage would refuse, which it did only after the earlier stages had run (``evaluate.blind=black``, one mode, is
-    the list of it; it was read a letter at a time)."""
-    from sim_envs.wrappers import BLIND_MODES
-
-    episodes = cfg.evaluate.get("episodes")
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"evaluate.episodes={episodes!r}; expected an integer >= 1 (episodes per target and setting)")
-    if isinstance(cfg.evaluate.get("blind"), str):
-        cfg.evaluate.blind = [cfg.evaluate.blind]
-    blind = plain(cfg.evaluate.get("blind")) or []
-    if not isinstance(blind, list) or any(m not in BLIND_MODES for m in blind):
-        raise ValueError(f"evaluate.blind={blind!r}; expected a list of {list(BLIND_MODES)} (or [] for none)")
+    factor or range) or robustness sweep factor, which stage 3 and the evaluation would refuse only after the earlier
+    stages have run."""
     randomization(cfg.stage3.get("randomization"), where="stage3.randomization")
     for name, entry in dict(plain(cfg.evaluate.get("settings")) or {}).items():
         randomization(entry, where=f"evaluate.settings.{name}")
@@ -813,8 +802,18 @@ def prepare_config(cfg: DictConfig) -> None:
 
 
 def check_amounts(cfg: DictConfig) -> None:
-    """``data.target_demos`` (an integer >= 1) and ``adapt.prior_fraction`` (in [0, 1]) at start: the stages that
-    read them (the target's collection, the adaptation) come after the prior data and stage 2."""
+    """``data.target_demos`` (an integer >= 1), ``adapt.prior_fraction`` (in [0, 1]), ``evaluate.episodes`` (an
+    integer >= 1) and ``evaluate.blind`` (a list of blind modes; one mode alone is made a list by
+    :func:`prepare_config`) at start: the stages that read them (the target's collection, the adaptation, the
+    evaluation) come after the prior data and stage 2 (the evaluation's failed after every training stage had run)."""
+    from sim_envs.wrappers import BLIND_MODES
+
+    episodes = cfg.evaluate.get("episodes")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"evaluate.episodes={episodes!r}; expected an integer >= 1 (episodes per target and setting)")
+    blind = plain(cfg.evaluate.get("blind")) or []
+    if not isinstance(blind, list) or any(m not in BLIND_MODES for m in blind):
+        raise ValueError(f"evaluate.blind={blind!r}; expected a list of {list(BLIND_MODES)} (or [] for none)")
     demos = cfg.data.get("target_demos")
     if isinstance(demos, bool) or not isinstance(demos, int) or demos < 1:
         raise ValueError(f"pipeline config: data.target_demos={demos!r}; expected an integer >= 1 (the target's "

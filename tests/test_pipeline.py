@@ -231,7 +231,7 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
     assert not (tmp_path / "run").exists()
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
         one = compose("pipeline", overrides=["evaluate.blind=black"])
-    pipeline.check_randomizations(one)
+    pipeline.prepare_config(one)
     assert list(one.evaluate.blind) == ["black"]
 
 
