@@ -197,6 +197,9 @@ def validate_overrides(config_name: str, overrides: list[str], config_dir: Path 
         if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
             raise
         message = str(exc).split("\nConfig search path:")[0]  # Hydra's own paths: no help to the user
+        cause = exc.__cause__
+        if isinstance(cause, OmegaConfBaseException) and message.startswith("Error merging override"):
+            message += f": {str(cause).splitlines()[0]}"  # why (a structured config's type refused the value)
         report_and_exit(ValueError(group_key_problem(config_name, overrides, config_dir)
                                    or missing_group_problem(config_name, message, config_dir)
                                    or nested_key_problem(config_name, message, config_dir) or message),
@@ -258,9 +261,16 @@ def missing_group_problem(config_name: str, message: str, config_dir: Path = CON
     found = re.search(r"Could not override '([^'.]+)'\.", message)
     if not found:
         return None
+    from hydra.core.config_store import ConfigStore
+    from hydra.plugins.config_source import ConfigLoadError
+
+    path = config_dir / f"{config_name}.yaml"
     try:
-        cfg = OmegaConf.load(config_dir / f"{config_name}.yaml")
-    except (OSError, ValueError):
+        if path.is_file():
+            cfg, source = OmegaConf.load(path), f"configs/{config_name}.yaml"
+        else:  # a structured config (a dataclass in Hydra's ConfigStore, e.g. metaworld_collect)
+            cfg, source = ConfigStore.instance().load(f"{config_name}.yaml").node, "a structured config"
+    except (OSError, ValueError, ConfigLoadError):
         return None
     key, plain = found.group(1), OmegaConf.to_container(cfg, resolve=False)  # "???" values stay as they are
     assert isinstance(plain, dict)
@@ -268,9 +278,11 @@ def missing_group_problem(config_name: str, message: str, config_dir: Path = CON
     keys = [str(k) for k in plain if k not in ("defaults", "hydra")]
     sections = [k for k in keys if isinstance(plain[k], dict) and k not in groups]
     close = difflib.get_close_matches(key, groups + keys, n=3)
-    where = f"{key!r} is not a setting of {config_name} (configs/{config_name}.yaml)"
+    where = f"{key!r} is not a setting of {config_name} ({source})"
     if close:
         return f"{where}; did you mean {' or '.join(repr(c) for c in close)}?"
+    if not path.is_file():
+        return f"{where}: its settings are {', '.join(keys)} (Hydra's '+' would add a setting nothing reads)"
     return (f"{where}: " + (f"its option groups are {', '.join(groups)}; " if groups else "it has no option groups; ")
             + f"its sections {', '.join(sections)} (Hydra's '+' would add a setting nothing reads)")
 

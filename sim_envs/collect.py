@@ -33,6 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 import sim_envs
+from sim_envs.config_values import check_value_types
 from sim_envs.experts import make_expert
 from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
 from sim_envs.rendering import check_display, exit_on_render_error
@@ -128,8 +129,14 @@ def kind_counts(num_episodes: int, fractions: Mapping[str, float]) -> dict[str, 
     return counts
 
 
+INT_SETTINGS = ("episodes_per_task", "image_size", "seed", "num_workers", "compression_level", "chunk_frames")
+FLAG_SETTINGS = ("render_images", "eye_in_hand", "overwrite")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check the collect config; errors name the key and what was expected."""
+    check_value_types(cfg, "collect", ints=[k for k in INT_SETTINGS if k in cfg], numbers=("valid_fraction",),
+                      flags=[k for k in FLAG_SETTINGS if k in cfg])  # (Meta-World's collector has no eye_in_hand)
     if int(cfg.episodes_per_task) < 1:
         raise ValueError(f"collect config: episodes_per_task={cfg.episodes_per_task}; expected >= 1")
     if int(cfg.num_workers) < 0:  # 0 and 1 both collect in this process (0 means that for the data loaders too)
@@ -142,6 +149,7 @@ def validate_config(cfg: DictConfig) -> None:
     extra = [k for k in cfg.kinds if k not in KINDS]
     if extra:
         raise ValueError(f"collect config: kinds has unknown entries {extra}; expected {list(KINDS)}")
+    check_value_types(cfg, "collect", numbers=[f"kinds.{k}.{n}" for k in KINDS for n in ("fraction", "noise")])
     for kind in KINDS:
         spec = cfg.kinds[kind]
         if float(spec.fraction) < 0:

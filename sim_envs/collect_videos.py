@@ -33,6 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 import sim_envs
+from sim_envs.config_values import check_value_types
 from sim_envs.experts import make_expert
 from sim_envs.play import make_play_policy
 from sim_envs.rendering import exit_on_render_error
@@ -123,6 +124,10 @@ def validate_config(cfg: DictConfig) -> None:
     def fail(key: str, expected: str) -> None:
         raise ValueError(f"collect_videos config: {key}={cfg.get(key)!r}; expected {expected}")
 
+    check_value_types(cfg, "collect_videos", ints=("num_clips", "hold_steps", "max_attempts", "play_steps",
+                                                   "image_size", "frame_stride", "crf", "seed"),
+                      numbers=("play_fraction", "expert_noise", "fps"), flags=("require_success", "overwrite"),
+                      optional=("fps",))
     if int(cfg.num_clips) < 1:
         fail("num_clips", ">= 1")
     if not 0.0 <= float(cfg.play_fraction) <= 1.0:

@@ -291,3 +291,27 @@ def test_parallel_collection_runs_its_episodes_in_process_map_workers(monkeypatc
     assert list(collect_module.iter_episodes(plans, {"image_size": 8}, num_workers=2)) == [0, 1, 2, 3] * 2
     assert seen == {"fn": collect_module._worker_run, "workers": 2, "initializer": collect_module._worker_init,
                     "initargs": ({"image_size": 8},), "chunksize": 2}
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"episodes_per_task": "abc"}, "episodes_per_task='abc'; expected an integer"),
+    ({"valid_fraction": "half"}, "valid_fraction='half'; expected a number"),
+    ({"kinds": {"noisy": {"noise": "lots"}}}, "kinds.noisy.noise='lots'; expected a number"),
+    ({"render_images": "nope"}, "render_images='nope'; expected true or false"),
+])
+def test_a_setting_of_the_wrong_type_is_named(tmp_path, override, message):
+    """``episodes_per_task=abc`` gave int()'s "invalid literal" without the setting's name, and ``render_images=nope``
+    (or ``overwrite=no``) was bool() of a non-empty string: true, silently."""
+    with pytest.raises(ValueError) as err:
+        collect(tiny_config(**override), output_dir=tmp_path, progress=False)
+    assert str(err.value) == f"collect config: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_no_keeps_the_file(tmp_path):
+    """``overwrite=no`` on the command line is the string "no"; bool("no") is True and replaced the file."""
+    path = tmp_path / "demos.hdf5"
+    path.write_bytes(b"keep me")
+    with pytest.raises(ValueError, match="overwrite='no'; expected true or false"):
+        collect(tiny_config(overwrite="no", output=str(path)), progress=False)
+    assert path.read_bytes() == b"keep me"

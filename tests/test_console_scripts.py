@@ -222,6 +222,27 @@ def test_a_key_the_config_lacks_is_not_answered_with_hydras_plus_hint(capsys, co
     assert missing_group_problem("robopretrain", "Could not find 'algo/foo'") is None  # other messages: Hydra's
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("episodes_per_task=abc", "Error merging override episodes_per_task=abc: Value 'abc' of type 'str' could not be "
+                              "converted to Integer"),
+    ("progress=false", "'progress' is not a setting of metaworld_collect (a structured config): its settings are "
+                       "tasks, target, episodes_per_task"),
+    ("episodes_per_tsk=3", "did you mean 'episodes_per_task'?"),
+])
+def test_a_structured_configs_refusal_says_why(capsys, override, expected):
+    """A dataclass config (Meta-World's collector) answered ``episodes_per_task=abc`` with Hydra's bare "Error merging
+    override", and an unknown key with Hydra's '+' hint (the '+' key is then refused by the dataclass)."""
+    from robopretrain.cli import validate_overrides
+
+    importlib.import_module("robopretrain.envs.metaworld_collect")  # stores its config in Hydra's ConfigStore
+
+    with pytest.raises(SystemExit) as exit_info:
+        validate_overrides("metaworld_collect", [override])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert expected in err and "To append" not in err
+
+
 @pytest.mark.parametrize("config_name, override, reads", [
     ("video_pretrain", "seed=3", ["logger", "objective"]),
     ("evaluate", "eval_seed=3", ["gap"]),

@@ -680,3 +680,16 @@ def test_a_metaworld_file_whose_task_is_its_env_name_or_no_metaworld_task_gets_a
     target = target_of_data(args, "robopretrain/MetaWorld-reach-v3", 0)
     assert target is not None and target.name == "reach-v3" and target.env_kwargs == {"max_episode_steps": 200}
     assert target_of_data(args, "reach-v3-noisy", 0) is None
+
+
+def test_one_camera_name_is_a_list_of_one():
+    """``metaworld_collect cameras=corner`` (no brackets) was refused by the structured config's list type with
+    Hydra's bare "Error merging override"."""
+    from omegaconf import OmegaConf
+
+    from robopretrain.envs.metaworld_collect import MetaWorldCollectConfig, env_kwargs_from_config
+
+    cfg = OmegaConf.merge(OmegaConf.structured(MetaWorldCollectConfig), {"cameras": "topview"})
+    assert env_kwargs_from_config(cfg)["cameras"] == ["topview"]
+    cfg = OmegaConf.merge(OmegaConf.structured(MetaWorldCollectConfig), {"cameras": ["topview", "corner"]})
+    assert env_kwargs_from_config(cfg)["cameras"] == ["topview", "corner"]

@@ -220,3 +220,18 @@ def test_collect_videos_writes_a_readable_dataset(tmp_path: Path, capsys: pytest
     with pytest.raises(ValueError, match="holds 3 clip file.*without a manifest.csv.*overwrite=true"):
         collect_videos(cfg, progress=False)
     assert (out / "clip_00001.mp4").read_bytes() == before
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"num_clips": "x"}, "num_clips='x'; expected an integer"),
+    ({"fps": "fast"}, "fps='fast'; expected a number or null"),
+    ({"overwrite": "no"}, "overwrite='no'; expected true or false"),
+])
+def test_a_video_setting_of_the_wrong_type_is_named(tmp_path: Path, override: dict, message: str) -> None:
+    """``num_clips=x`` gave int()'s message without the setting; ``overwrite=no`` was bool("no"): true."""
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"tasks": ["Lift"], "num_clips": 1, "image_size": 32,
+                                                   "output": str(tmp_path / "videos")}, override)
+    with pytest.raises(ValueError) as err:
+        collect_videos(cfg, progress=False)
+    assert str(err.value) == f"collect_videos config: {message}"
+    assert not (tmp_path / "videos").exists()

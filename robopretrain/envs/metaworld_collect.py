@@ -65,7 +65,7 @@ class MetaWorldCollectConfig:
         "clean": KindConfig(0.5, 0.0), "noisy": KindConfig(0.3, 0.1), "failing": KindConfig(0.2, 1.0, [0.1, 0.5])})
     image_size: int = 64
     render_images: bool = True  # false: state-only file (proprio, object), much faster
-    cameras: list[str] = field(default_factory=lambda: ["corner"])  # Meta-World camera names (corner -> agentview)
+    cameras: Any = field(default_factory=lambda: ["corner"])  # Meta-World camera names (corner -> agentview); one name or a list
     max_episode_steps: int = 200  # time limit per episode (Meta-World's own is 500)
     mesh_cell: float = MESH_CELL  # render-mesh simplification grid in metres (0: Meta-World's full meshes)
     seed: int = 0
@@ -103,10 +103,15 @@ def resolve_tasks(spec: str | Sequence[str], target: str = "drawer-open-v3") -> 
     return names
 
 
+def camera_names(cameras: str | Sequence[str]) -> list[str]:
+    """``cameras=`` as a list of names: one name (``cameras=corner``) is a list of one."""
+    return [str(cameras)] if isinstance(cameras, str) else [str(c) for c in cameras]
+
+
 def env_kwargs_from_config(cfg: DictConfig) -> dict[str, Any]:
     """Keyword arguments of :class:`MetaWorldEnv` shared by every task (sparse reward, end on success)."""
     return {"image_size": int(cfg.image_size), "render_images": bool(cfg.render_images),
-            "cameras": [str(c) for c in cfg.cameras], "max_episode_steps": int(cfg.max_episode_steps),
+            "cameras": camera_names(cfg.cameras), "max_episode_steps": int(cfg.max_episode_steps),
             "mesh_cell": float(cfg.mesh_cell), "reward": "sparse", "terminate_on_success": True}
 
 
