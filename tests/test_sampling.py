@@ -197,7 +197,8 @@ def test_stream_is_the_same_with_and_without_workers_and_resumes_exactly():
         assert torch.equal(a["frame"], b["frame"])
     first = serial[0]
     assert first["frames"].shape == (8, 4, 4, 4, 3) and first["mask"].dtype == torch.float32
-    assert set(first) == {"frames", "video", "frame", "reward", "mask", "intent_reward", "intent_mask"}
+    assert set(first) == {"frames", "video", "frame", "reward", "mask", "intent_reward", "intent_mask", "unreadable"}
+    assert first["unreadable"].dtype == torch.int64 and first["unreadable"].numel() == 0
     video, frame = decode(first["frames"].numpy())
     assert np.array_equal(video, first["video"].numpy()) and np.array_equal(frame, first["frame"].numpy())
     # batch k of a stream seeded s is drawn by batch_rng(s, k): [s, k], not [k, s] (the same numbers in another
@@ -224,6 +225,7 @@ def test_stream_drops_a_clip_that_turns_out_unreadable_and_goes_on():
     stream = FrameBatchStream(OneBadClipSource(LENGTHS), "icvf", batch_size=16, seed=0, num_batches=5)
     batches = list(DataLoader(stream, batch_size=None))
     assert len(batches) == 5
+    assert batches[-1]["unreadable"].tolist() == [2]  # the reader learns which clip the (worker's) stream dropped
     for b in batches:
         video, frame = decode(b["frames"].numpy())
         assert not (video == 2).any() and np.array_equal(video, b["video"].numpy())

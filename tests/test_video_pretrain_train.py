@@ -234,6 +234,19 @@ def test_clips_that_fail_only_when_decoded(tmp_path, caplog):
         train(compose_cfg(f"data.path={mixed}", f"output_dir={tmp_path / 'm'}", "data.valid_fraction=0.34",
                           f"data.split_seed={seed}", *common), tmp_path)
     assert "training without validation" in caplog.text and (tmp_path / "m" / "encoder").is_dir()
+    # the clip found unreadable is not counted as used (it was counted by its cheap check at the start)
+    data = json.loads((tmp_path / "m" / "metrics.json").read_text())["data"]
+    assert (data["videos"], data["train_videos"], data["valid_videos"], data["frames"]) == (2, 2, 0, 16)
+    assert [Path(b).name for b in data["bad_videos"]] == ["clip0"]
+    # found by a DataLoader worker while training (workers do not share the source's bad_videos)
+    for workers in (0, 1):
+        out = tmp_path / f"w{workers}"
+        train(compose_cfg(f"data.path={folder(f'train{workers}', {1})}", f"output_dir={out}",
+                          "data.valid_fraction=0", f"num_workers={workers}", *common), tmp_path)
+        metrics = json.loads((out / "metrics.json").read_text())
+        data = metrics["data"]
+        assert (data["videos"], data["train_videos"], data["frames"]) == (2, 2, 16), workers
+        assert [Path(b).name for b in data["bad_videos"]] == ["clip1"] == [Path(b).name for b in metrics["bad_videos"]]
     with pytest.raises(VideoDatasetError, match="clip0"):  # data.strict=true: an error, in validation too
         train(compose_cfg(f"data.path={mixed}", f"output_dir={tmp_path / 's'}", "data.valid_fraction=0.34",
                           f"data.split_seed={seed}", "data.strict=true", *common), tmp_path)

@@ -32,7 +32,8 @@ instead (an empty episode, not a broken one; no warning, not an error under ``st
 added to ``bad_videos`` and ``frames()`` raises :class:`SkippedVideoError` for it from then on; callers
 that sample videos catch that and draw again. With ``strict=True`` any bad clip raises
 :class:`~robopretrain.data.video.VideoDatasetError` naming the file instead. Each process reports
-its own bad clips (workers do not share ``bad_videos``).
+its own bad clips (workers do not share ``bad_videos``; stage 1 learns of those its DataLoader workers find
+through the ``unreadable`` entry of :class:`~video_pretrain.sampling.FrameBatchStream`'s batches).
 """
 from __future__ import annotations
 

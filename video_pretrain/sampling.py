@@ -347,7 +347,9 @@ class FrameBatchStream(IterableDataset):
     """An endless (or ``num_batches`` long) stream of whole batches of uint8 frames for ``objective``.
 
     Each item is a dict: ``frames`` uint8 (B, K, H, W, 3), ``video`` and ``frame`` int64 (B, K) (ids of
-    ``source``), and the sampler's scalars as float32 (B,). Read it with :func:`batch_loader` (a
+    ``source``), the sampler's scalars as float32 (B,), and ``unreadable`` int64 (n,): the ids of the clips this
+    process has found unreadable so far (below), so that the process reading the batches learns of those its
+    DataLoader workers found (a consumer pops it before the objective). Read it with :func:`batch_loader` (a
     ``DataLoader(stream, batch_size=None, num_workers=n)`` whose workers are not forked): worker ``w`` of
     ``n`` makes batches ``start + w, start + w + n, ...`` and the DataLoader hands them out in round-robin
     order, so the stream is identical for any number of workers (0 included). ``sampling`` holds the sampler
@@ -377,9 +379,11 @@ class FrameBatchStream(IterableDataset):
         self.active = long_enough(source, objective, self.lengths)  # source ids still sampled
         self.short_videos = [_video_name(source, int(i)) for i in np.setdiff1d(np.arange(len(self.lengths)), self.active)]
         self.sampler = make_sampler(objective, self.lengths[self.active], self.sampling)
+        self.unreadable: list[int] = []  # source ids this process dropped as unreadable, in order
 
     def _drop(self, video: int, reason: Exception) -> None:
         self.active = self.active[self.active != video]
+        self.unreadable.append(int(video))
         if self.active.size == 0:
             raise VideoDatasetError(f"every clip of this split is unreadable (last: {reason}); check the clips with "
                                     "python -m robopretrain.data.inspect") from reason
@@ -397,7 +401,7 @@ class FrameBatchStream(IterableDataset):
                 self._drop(exc.video, exc.cause)
                 continue
             out = {"frames": torch.from_numpy(frames), "video": torch.from_numpy(video),
-                   "frame": torch.from_numpy(idx.frame)}
+                   "frame": torch.from_numpy(idx.frame), "unreadable": torch.tensor(self.unreadable, dtype=torch.int64)}
             out.update({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in idx.scalars.items()})
             return out
 

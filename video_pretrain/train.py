@@ -18,7 +18,8 @@ saves it with
                           the previous run's checkpoints/, tb/, metrics.json and default encoder/)
     tb/                   TensorBoard scalars: train loss and diagnostics, validation loss, steps/s
     metrics.json          loss history, validation history, timing, data facts (``data.videos`` / ``frames``: the
-                          clips used; ``bad_videos``, ``short_videos_skipped``: the clips left out, by name)
+                          clips used; ``bad_videos``, ``short_videos_skipped``: the clips left out, by name,
+                          ``bad_videos`` also those found unreadable only when decoded during the run)
     videos/               generated human-hand videos (data.generate with no data.path)
 
 Batches come from :class:`video_pretrain.sampling.FrameBatchStream` through a DataLoader (``num_workers``, started
@@ -43,7 +44,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import hydra
 import numpy as np
@@ -254,6 +255,34 @@ def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str
     train_ids, valid_ids = split_by_video(SubsetSource(source, usable), fraction, int(cfg.data.split_seed))
     facts.update(train_videos=len(train_ids), valid_videos=len(valid_ids))
     return SubsetSource(source, usable[train_ids]), SubsetSource(source, usable[valid_ids]), facts
+
+
+def without_unreadable(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` without the stream's ``unreadable`` entry (its bookkeeping, not an input of the objective)."""
+    batch.pop("unreadable", None)
+    return batch
+
+
+def count_unreadable_found(facts: dict[str, Any], found: Sequence[tuple[Any, Any, Sequence[int], str]]) -> list[str]:
+    """Move the clips found unreadable while training from the counts of clips used to ``facts["bad_videos"]``.
+
+    ``found``: per split, (its source, its :class:`~video_pretrain.sampling.FrameBatchStream`, the ids of that
+    source found unreadable, the ``facts`` key counting the split's clips). :func:`open_sources` counts a clip as
+    used when its cheap check at the start passes; one that fails only when decoded (a truncated JPEG, a broken
+    packet) was never in a batch, so ``videos``, ``frames`` and the split's count lose it. Returns the names that
+    are new to ``bad_videos``."""
+    names: list[str] = []
+    for source, stream, ids, split_key in found:
+        for i in ids:
+            name = source.video_name(int(i))
+            if name in facts["bad_videos"] or name in names:
+                continue
+            names.append(name)
+            facts["videos"] -= 1
+            facts[split_key] -= 1
+            facts["frames"] -= int(stream.lengths[int(i)])
+    facts["bad_videos"] = [*facts["bad_videos"], *names]
+    return names
 
 
 # --------------------------------------------------------------------------------------------- saving
@@ -495,13 +524,14 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         valid_stream = FrameBatchStream(valid_source, name, int(cfg.batch_size), seed=int(cfg.seed) + VALID_SEED_OFFSET,
                                         sampling=sampling)
         try:
-            valid_batches = [_to_device(valid_stream.batch(k), device) for k in range(int(cfg.valid_batches))]
+            valid_batches = [_to_device(without_unreadable(valid_stream.batch(k)), device)
+                             for k in range(int(cfg.valid_batches))]
         except VideoDatasetError as err:  # training clips may still be fine: train without validation
             if bool(cfg.data.strict):  # data.strict: a corrupt clip is an error, in validation too
                 raise
             log.warning("validation clips: %s; training without validation (another data.split_seed draws other "
                         "clips)", err)
-            valid_batches, valid_stream = [], None
+            valid_batches = []
 
     writer = None
     if dinfo.is_main:  # the logger group (TensorBoard by default, robopretrain.loggers); tensorboard=false: none
@@ -516,10 +546,12 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     window: dict[str, float] = {}
     window_n, t0, t_window = 0, time.perf_counter(), time.perf_counter()
     step = start
+    found_unreadable: set[int] = set()  # ids (of train_source) the stream's workers found unreadable while training
     bar = tqdm(total=steps, initial=start, desc=f"stage1 {name}", unit="step",
                disable=not cfg.progress or not dinfo.is_main, dynamic_ncols=True)
     try:
         for step, batch in enumerate(loader, start=start + 1):
+            found_unreadable.update(batch.pop("unreadable").tolist())  # what this batch's worker dropped so far
             out = train_step(objective, optimizer, _to_device(batch, device), pad,
                              _step_generator(device, data_seed, step), clip, step=step, model=model, dist_info=dinfo)
             for k, v in out.items():
@@ -550,13 +582,20 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     parallel["replica_max_abs_diff"] = dist_utils.replica_max_abs_diff(objective, dinfo)
     if not dinfo.is_main:
         return paths.encoder
+    left_out_now = [(train_source, stream, sorted(found_unreadable), "train_videos")]
+    if valid_stream is not None:  # (also when every validation clip failed and the run trained without validation)
+        left_out_now.append((valid_source, valid_stream, sorted(valid_stream.unreadable), "valid_videos"))
+    newly_bad = count_unreadable_found(facts, left_out_now)
+    if newly_bad:
+        log.warning("data: %d clip(s) turned out unreadable only when decoded and were left out: %s (metrics.json "
+                    "lists them in data.bad_videos)", len(newly_bad), ", ".join(newly_bad))
     data_extra = {"data": {k: facts[k] for k in ("path", "videos", "train_videos", "valid_videos", "frames")},
                   "image_key": str(cfg.data.key) if data_path.suffix.lower() in HDF5_SUFFIXES else None,
                   "parallel": {k: v for k, v in parallel.items() if k != "replica_max_abs_diff"}}
     path = save_pretrained(paths.encoder, objective.encoder, objective, cfg, steps=step, extra=data_extra)
     summary = {"objective": name, "steps": step, "trained_steps_this_run": trained, "seconds_this_run": elapsed,
                "steps_per_second": trained / elapsed if trained and elapsed > 0 else None,
-               "encoder_path": str(path), "data": facts, "bad_videos": list(getattr(train_source, "bad_videos", [])),
+               "encoder_path": str(path), "data": facts, "bad_videos": list(facts["bad_videos"]),
                "short_videos_skipped": facts["short_videos"],
                "fingerprint": run_print,
                "parallel": parallel, "history": history,
