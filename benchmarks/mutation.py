@@ -407,6 +407,34 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "as ActionNormalization.same/swap/0, on the high bounds",
         "np.allclose(..self.high, other.high..) swapped @ and np.allclose(self.high, other.high, rtol=1e-6, "
         "atol=1e-6))"),
+    ("action_units", "ActionNormalization.same/const/0"): Equivalent(
+        "rtol 1e-6 -> 5e-7: 'equal to float32 precision' either way (float32 rounding moves a bound by <= 6e-8 of "
+        "its size); only bounds that differ by 5e-7 to 1e-6 of their size tell them apart, which no units hold",
+        "1e-06 -> 5e-07 @ np.allclose(self.low, other.low, rtol=1e-6, atol=1e-6)"),
+    ("action_units", "reexpress/const/1"): Equivalent(
+        "the float32 round-off tolerance of 'the file moves a dimension the agent's units hold constant' 1e-5 -> "
+        "5e-6: both lie above the round-off of env values of order 10 (~1e-6) and below any real movement",
+        "1e-05 -> 5e-06 @ lost = fixed & np.any(np.abs(env - np.asarray(agent_units.low)) > 1e-5, "
+        "axis=tuple(range(env.ndim - 1)))"),
+    ("action_units", "reexpress/const/3"): Equivalent(
+        "as reexpress/const/1, for the warning's 'varies' / 'is <value>' wording",
+        "1e-05 -> 5e-06 @ varies = [bool(np.ptp(env[..., i]) > 1e-5) for i in dims]"),
+    ("action_units", "reexpress/const/5"): Equivalent(
+        "as reexpress/const/1, for the clipping warning (re-expressed values on the bounds carry ~1e-7 of round-off; "
+        "the Add -> Sub mutant of the same line is killed by the on-the-bounds case)",
+        "1e-05 -> 5e-06 @ outside = np.abs(out) > 1.0 + 1e-5"),
+    ("dt", "DecisionTransformer.__init__/const/3"): Equivalent(
+        "self._t = 0 -> 1 at construction: no episode runs yet (_history is None), and act() starts one through "
+        "reset_episode(), which sets _t = 0 before _t is read",
+        "0 -> 1 @ self._t = 0"),
+    ("dt", "DecisionTransformer.update/const/1"): Equivalent(
+        "zero_grad(set_to_none=True) -> False: every parameter gets a gradient each update (the loss reaches all of "
+        "them), so zeros + the new gradient equal the new gradient, and AdamW steps the same parameters",
+        "True -> False @ opt.zero_grad(set_to_none=True)"),
+    ("dt", "DecisionTransformer.act/const/0"): Equivalent(
+        "the default deterministic=True -> False: DT's act() never samples (the argument is the agents' common "
+        "signature and unused here)",
+        "True -> False @ def act(self, features: torch.Tensor, deterministic: bool = True) -> np.ndarray:"),
     ("evaluation", "agent_target/swap/2"): Equivalent(
         "same_units(theirs, mine) -> same_units(mine, theirs): symmetric (here both are set)",
         "same_units(..theirs, mine..) swapped @ if not same_units(theirs, mine):"),

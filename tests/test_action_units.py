@@ -45,6 +45,9 @@ def test_the_two_maps_by_hand() -> None:
         with pytest.raises(ValueError):
             ActionNormalization(low, high)
     assert ActionNormalization.from_mapping(UNITS.to_dict()) == UNITS and ActionNormalization.from_mapping(None) is None
+    narrow = ActionNormalization((0.0, -0.1), (0.5, 0.1))  # spans below 1 are divided by, like any other
+    np.testing.assert_allclose(narrow.to_agent(np.array([0.25, 0.05])), [0.0, 0.5], atol=1e-6)
+    np.testing.assert_allclose(narrow.to_env(np.array([1.0, -1.0])), [0.5, -0.1], atol=1e-6)
 
 
 def test_auto_bounds_rescale_only_dimensions_outside_and_name_constant_ones(caplog) -> None:
@@ -75,6 +78,11 @@ def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(c
     with caplog.at_level(logging.WARNING):  # 0.8 in the agent's units is inside its [-1, 1]: no clipping warning
         np.testing.assert_allclose(reexpress(np.array([[7.2, 1.6, 1.0]], np.float32), None, UNITS, "f"),
                                    [[0.8, 0.8, 0.0]], atol=1e-6)
+    assert "outside" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # on the bounds (a saturated expert's actions) is inside: no warning
+        np.testing.assert_allclose(reexpress(np.array([[8.0, -2.0, 1.0], [0.0, 2.0, 1.0]], np.float32), None, UNITS,
+                                             "f"), [[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]])
     assert "outside" not in caplog.text
     with caplog.at_level(logging.WARNING):
         out = reexpress(np.array([[10.0, 0.0, 1.0]], np.float32), None, UNITS, "wide.hdf5")

@@ -167,6 +167,25 @@ def test_update_clips_the_gradient_norm(clip):
         assert norm == pytest.approx(min(metrics["grad_norm"], clip), rel=1e-4)
 
 
+def test_the_clipped_norm_covers_the_extra_parameters_and_no_warmup_is_full_rate():
+    """``extra`` (a trained image encoder with its own optimiser) is clipped together with the transformer: one
+    norm over both, as one network (CORL's DT clips the whole model); ``warmup_steps=0`` is the full rate at once."""
+    torch.manual_seed(0)
+    core = DecisionTransformer(S, A, DTConfig(context_len=K, embed_dim=8, num_layers=1, clip_grad=0.1,
+                                              warmup_steps=0, **NO_DROPOUT))
+    assert core.warmup_factor() == 1.0
+    batch = sequence_batch()
+    encoder = torch.nn.Parameter(torch.zeros_like(batch["observations"]))  # features unchanged, gradient x 100
+    batch["observations"] = batch["observations"] + 100.0 * encoder
+    opt = torch.optim.SGD([encoder], lr=0.0)
+    metrics = core.update(batch, extra=[(opt, [encoder])])
+    grads = [p.grad for p in core.actor.parameters()] + [encoder.grad]
+    joint = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+    assert encoder.grad.norm() > 0 and metrics["grad_norm"] > 0.5  # clipping acts
+    assert joint == pytest.approx(0.1, rel=1e-4)  # clipped together, not the transformer alone
+    assert metrics["lr"] == pytest.approx(core.cfg.lr)
+
+
 class Recorder(DTNetwork):
     """The network, keeping the inputs of each call."""
 
