@@ -469,7 +469,8 @@ def agreement(model: RewardEnsemble, data: SegmentData, labels: Sequence[Prefere
 def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsemble, spec: ObsSpec,
             normalize: str = "none", action_units: Any = None) -> Path:
     """Copy ``src`` to ``dst`` with every demo's ``rewards`` replaced by the ensemble mean (normalised over the file
-    as ``normalize`` says); every other dataset and attribute is unchanged. Demos of fewer than 2 steps, which no
+    as ``normalize`` says; float32, or the file's own float64 / float32); every other dataset and attribute is
+    unchanged. Demos of fewer than 2 steps, which no
     stage reads (a mask leaves them out), are copied as they are, with a warning. The model scores ``src``'s actions
     re-expressed in the units it was trained in (``action_units``, by default the model's ``action_units``;
     :func:`robopretrain.envs.action_units.reexpress`), so a file converted with other action bounds is scored
@@ -512,7 +513,11 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
         f["data"].attrs["env_args"] = json.dumps(env_args)
         for name, lo in data.offset.items():
             old = f[f"data/{name}"].get("rewards")  # None: a reward-free demo gets its first rewards
-            attrs, dtype = (dict(old.attrs), old.dtype) if old is not None else ({}, np.dtype(np.float32))
+            attrs = dict(old.attrs) if old is not None else {}
+            # the old dtype only where it holds a learned reward: int / bool rewards (a sparse {0, 1} file) would
+            # round every ensemble mean to an integer, float16 to 3 digits
+            keep = old is not None and np.issubdtype(old.dtype, np.floating) and old.dtype.itemsize >= 4
+            dtype = old.dtype if keep else np.dtype(np.float32)
             new = r[lo: lo + data.lengths[name]].astype(dtype)
             if old is not None:
                 del f[f"data/{name}/rewards"]

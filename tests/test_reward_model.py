@@ -237,6 +237,22 @@ def test_relabel_writes_the_ensemble_mean_normalised_over_the_file(tmp_path, nor
     assert not warn_learned_reward("dt", read_info(src))
 
 
+@pytest.mark.parametrize("stored", [np.int64, np.uint8, np.bool_, np.float16])
+def test_relabelled_rewards_are_not_rounded_to_the_files_reward_dtype(tmp_path, stored):
+    """A file whose rewards are stored as int {0, 1} (common) got every learned reward cast to int: all zeros."""
+    src = write_walks(tmp_path / "w.hdf5", WALKS)
+    with h5py.File(src, "r+") as f:
+        for i in range(2):
+            old = f[f"data/demo_{i}/rewards"][()]
+            del f[f"data/demo_{i}/rewards"]
+            f.create_dataset(f"data/demo_{i}/rewards", data=(old > 0.45).astype(stored))
+    out = relabel(src, tmp_path / "r.hdf5", two_members, SPEC, "none")
+    with h5py.File(out) as f:
+        got = [f[f"data/demo_{i}/rewards"] for i in range(2)]
+        assert all(g.dtype == np.float32 for g in got)
+        np.testing.assert_allclose(np.concatenate([g[()] for g in got]), np.concatenate(WALKS) + 1.0, atol=1e-6)
+
+
 def test_relabel_scores_another_files_actions_in_the_models_units(tmp_path):
     """A model trained on actions converted from [0, 8] scores a file converted from [2, 6] after re-expressing its
     actions in [0, 8]'s units: reward = the first action component as the model sees it."""
