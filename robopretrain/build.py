@@ -601,17 +601,24 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
 
 def warn_action_range(space: Any, where: str) -> bool:
     """Warn (and return True) when an env takes actions in a finite box other than ``[-1, 1]`` while the agent's
-    actions reach it unmapped: a tanh policy covers ``[-1, 1]`` only, so part of the robot's range is out of reach
-    or the units differ (data rescaled outside the toolkit: declare the target's ``action_normalization``)."""
+    actions reach it unmapped: a tanh policy covers ``[-1, 1]`` only, so where the box is wider part of the robot's
+    range is out of reach, and where it is narrower the agent's actions are clipped to it
+    (:class:`robopretrain.envs.target.ClipToEnvBox`); either way the units may differ (data rescaled outside the
+    toolkit: declare the target's ``action_normalization``)."""
     low, high = (np.asarray(getattr(space, k, np.nan), dtype=np.float64) for k in ("low", "high"))
     if low.shape != high.shape or not (np.isfinite(low).all() and np.isfinite(high).all()):
         return False
     if np.allclose(low, -1.0, rtol=0.0, atol=1e-6) and np.allclose(high, 1.0, rtol=0.0, atol=1e-6):
         return False
+    wider = np.flatnonzero((low < -1.0 - 1e-6) | (high > 1.0 + 1e-6)).tolist()
+    narrower = np.flatnonzero((low > -1.0 + 1e-6) | (high < 1.0 - 1e-6)).tolist()
+    said = ([f"the env's range is out of the agent's reach beyond [-1, 1] in dimension(s) {wider}"] if wider else []) \
+        + ([f"the agent's actions beyond the env's range are clipped to it in dimension(s) {narrower}"] if narrower
+           else [])
     log.warning("%s: the env takes actions from low %s to high %s; the agent's reach it unmapped, in [-1, 1] (its "
-                "data recorded no action normalization): part of the range is out of reach, or, if the data was "
-                "rescaled outside the toolkit, set the target's action_normalization {low, high}", where,
-                np.round(low, 4).tolist(), np.round(high, 4).tolist())
+                "data recorded no action normalization): %s; if the data was rescaled outside the toolkit, set the "
+                "target's action_normalization {low, high}", where, np.round(low, 4).tolist(),
+                np.round(high, 4).tolist(), "; ".join(said))
     return True
 
 

@@ -152,6 +152,15 @@ def test_the_env_takes_actions_in_the_agents_units(caplog, monkeypatch) -> None:
     # what to do names where the units come from (it said "set the target's action_normalization before stage 2":
     # a target's units that contradict the agent's are refused)
     assert "fixed by its stage-2 data" in caplog.text and "target's action_normalization" not in caplog.text
+    # no units (the data recorded none, its actions already inside [-1, 1]): the agent's actions reach the env as
+    # they are, and what lies outside the env's Box (here below its low 0) was given to the env, which need not clip
+    fake.UnitsReachEnv.received.clear()
+    plain = make_env(Target(**TARGET))
+    plain.reset(seed=0)
+    plain.step(np.array([-0.5, 0.5], np.float32))
+    np.testing.assert_allclose([a for _, a in fake.UnitsReachEnv.received], [[0.0, 0.5]])
+    assert plain.action_space.low.tolist() == [0.0, 0.0]  # the env's own Box, kept
+    assert not isinstance(make_env(Target("Reach")), target_module.ClipToEnvBox)  # [-1, 1]: nothing to clip
 
 
 def _agent(units: ActionNormalization | None) -> Agent:

@@ -2,6 +2,7 @@
 config, where the data file comes from (given, or collected once into the run folder and reused)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,22 @@ def test_warn_action_range_only_for_finite_boxes_other_than_minus_one_one() -> N
     noisy = gym.spaces.Box(np.float64(-1 - 8e-7), np.float64(1 + 8e-7), (2,), np.float64)  # a converter's rounding
     assert not build.warn_action_range(noisy, "t")
     assert build.warn_action_range(gym.spaces.Box(np.float64(-1 - 2e-6), np.float64(1.0), (2,), np.float64), "t")
+
+
+def test_the_action_range_warning_says_which_way_the_box_differs(caplog) -> None:
+    """A [0, 1] env was warned "part of the range is out of reach", while the agent reaches all of it and it is the
+    agent's actions below 0 that leave the env's range (clipped there)."""
+    import gymnasium as gym
+
+    low, high = np.array([0.0, -2.0], np.float32), np.array([1.0, 2.0], np.float32)
+    with caplog.at_level(logging.WARNING):
+        assert build.warn_action_range(gym.spaces.Box(low, high), "t")
+    assert "out of the agent's reach beyond [-1, 1] in dimension(s) [1]" in caplog.text
+    assert "clipped to it in dimension(s) [0]" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build.warn_action_range(gym.spaces.Box(np.float32(0.0), np.float32(1.0), (2,)), "t")
+    assert "clipped to it in dimension(s) [0, 1]" in caplog.text and "reach beyond" not in caplog.text
 
 
 def test_compose_refuses_a_group_given_as_a_string_in_overrides():

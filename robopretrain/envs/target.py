@@ -26,7 +26,9 @@ A :class:`Target` is a task of a *family*:
   dataset records when it rescaled its actions, see :mod:`robopretrain.envs.action_units`) the env takes actions in
   ``[-1, 1]`` and maps them to its own units, ``a = low + (a' + 1) (high - low) / 2``, before each step.
   :func:`robopretrain.evaluation.agent_target` sets it from the agent, so an agent trained on rescaled data acts
-  in the env's units without the user doing anything.
+  in the env's units without the user doing anything. Either way the env gets its actions clipped to its own
+  Box (without units, where the Box cuts into the agent's ``[-1, 1]``, e.g. a gripper in ``[0, 1]``:
+  :class:`ClipToEnvBox`), since an env need not clip them itself.
 
 The module imports neither torch nor the simulators at import time, so ``functools.partial(make_env, ...)`` is a
 cheap picklable factory for spawned worker processes.
@@ -569,9 +571,35 @@ class AgentActionUnits(gym.ActionWrapper):
         return np.clip(env_action, self._env_low, self._env_high).astype(np.asarray(env_action).dtype, copy=False)
 
 
+class ClipToEnvBox(gym.ActionWrapper):
+    """Actions the agent gives in the env's own units (no ``action_normalization``), clipped to the env's Box where
+    it is narrower than the agent's ``[-1, 1]`` (e.g. a gripper in ``[0, 1]``): an env need not clip (as
+    :class:`AgentActionUnits`, which clips the same way). The env's ``action_space`` is kept."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._low = np.asarray(env.action_space.low, dtype=np.float64)
+        self._high = np.asarray(env.action_space.high, dtype=np.float64)
+
+    def action(self, action: Any) -> np.ndarray:
+        action = np.asarray(action)
+        return np.clip(action, self._low, self._high).astype(action.dtype, copy=False)
+
+
+def narrower_than_agents(space: gym.Space) -> bool:
+    """Whether ``space`` is a Box that cuts into ``[-1, 1]`` (a bound inside it) in some dimension: the actions an
+    agent gives unmapped can then leave it."""
+    if not isinstance(space, gym.spaces.Box):
+        return False
+    low, high = np.asarray(space.low, dtype=np.float64), np.asarray(space.high, dtype=np.float64)
+    return bool(np.any(low > -1.0 + 1e-6) or np.any(high < 1.0 - 1e-6))
+
+
 def _in_agent_units(env: gym.Env, target: Target) -> gym.Env:
     units = target.action_units
-    return env if units is None else AgentActionUnits(env, units, f"target {target.name!r}")
+    if units is not None:
+        return AgentActionUnits(env, units, f"target {target.name!r}")
+    return ClipToEnvBox(env) if narrower_than_agents(env.action_space) else env
 
 
 _DROPPED_SAID: set[str] = set()  # targets whose non-array observation parts were said to be left out
