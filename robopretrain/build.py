@@ -28,7 +28,7 @@ from robopretrain.data.hdf5 import DatasetError, DatasetInfo
 from robopretrain.data.keys import OBS
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
-from robopretrain.envs.target import Target, as_target, target_of_data, with_task_slot
+from robopretrain.envs.target import EnvContractError, Target, as_target, target_of_data, with_task_slot
 from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
@@ -593,8 +593,19 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
             raise ValueError(f"{where}: the env takes actions of shape {act_shape}, the agent gives "
                              f"({agent.act_dim},)")
         warn_action_range(env.action_space, where)
-        if target.sparse and target.probe_step:  # success is read from every step's info: a misspelt success_key
-            env.step(np.zeros(agent.act_dim, np.float32))  # shows at the first (stage 2's evaluations only warned)
+        if target.sparse and target.probe_step:  # a misspelt success_key shows at the first step, before training
+            _, _, _, _, info = env.step(np.zeros(agent.act_dim, np.float32))  # (stage 2's evaluations only warned)
+            try:
+                seen = env.get_wrapper_attr("success_key_seen")  # TargetEnv's (its info always has our "success")
+            except AttributeError:  # no TargetEnv (sim_envs): the env's own info
+                seen = target.success_key in info
+            if not seen:
+                raise EnvContractError(
+                    f"{where}: info has no {target.success_key!r} at the first step (keys: "
+                    f"{sorted(k for k in info if k != 'success')}); set the target's success_key to the info key that "
+                    "says the task is done (an env with no success signal at all: reward: dense, and success counts "
+                    "0); an env that gives it only on some steps (e.g. when the task is done): the target's "
+                    "probe_step: false skips this check, and a step without it then counts as no success")
     finally:
         env.close()
 

@@ -151,6 +151,19 @@ class RobosuiteLikeEnv(gym.Env):
         return self._obs(), -self._distance(), False, False, {"success": success}
 
 
+class SuccessWhenDoneEnv(RobosuiteLikeEnv):
+    """:class:`RobosuiteLikeEnv` whose info says ``task_success`` only on the step the task is done (a common
+    pattern): no other step's info has the key."""
+
+    def reset(self, *, seed: int | None = None, options=None):
+        obs, _ = super().reset(seed=seed, options=options)
+        return obs, {}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, ({"task_success": True} if info["success"] else {})
+
+
 class LanguageRobosuiteLikeEnv(RobosuiteLikeEnv):
     """:class:`RobosuiteLikeEnv` whose observation also holds a language instruction (a ``Text`` part) and a nested
     ``Dict`` part: no arrays an agent reads (stage 3's vector collector crashed or hung on them)."""

@@ -75,19 +75,48 @@ def test_the_env_speaks_our_names_and_reward_convention():
     steps = rollout(dense)
     assert len(steps) == 13 and steps[-1][3] and not any(s[2] for s in steps)  # truncated by the time limit
     assert steps[1][1] < 0 and all(r <= 0 for _, r, *_ in steps[1:])  # the env's own -distance, declared dense
-    with pytest.raises(KeyError, match="info has no 'done_ok'") as exc:
-        rollout(make_env(robot(success_key="done_ok")))
-    from robopretrain.cli import known_errors
     from robopretrain.envs.target import EnvContractError
 
-    # bad input, reported in one line by the entry points (a new user got a KeyError traceback), without quotes
-    assert isinstance(exc.value, known_errors()) and type(exc.value) is EnvContractError
-    assert str(exc.value).startswith("target 'reach': info has no 'done_ok'")
     # a named success_key the env lacks is refused under a dense reward too (declaring dense was the message's way
     # out, and success then silently read 0)
     with pytest.raises(EnvContractError, match="no step of an episode had 'done_ok'"):
         rollout(make_env(robot(reward="dense", success_key="done_ok", terminate_on_success=False,
                                max_episode_steps=3)))
+
+
+def test_a_success_key_said_only_when_the_task_is_done(caplog):
+    """An env whose info has ``task_success`` only on the step the task is done was refused at its first step ("info
+    has no 'task_success'", although the key was right), even with ``probe_step: false``. A step without the key now
+    counts as no success; the start's probe step still refuses a key missing there (a misspelt one), naming
+    ``probe_step: false``; a misspelt key of an unprobed target is said at the end of an episode without it."""
+    import logging
+
+    import robopretrain.envs.target as target_module
+    from robopretrain.agent import Agent
+    from robopretrain.build import check_env_fits
+    from robopretrain.cli import known_errors
+    from robopretrain.data.spec import ObsSpec
+    from robopretrain.envs.target import EnvContractError
+
+    done = {"name": "reach", "env_id": "_fake_envs:SuccessWhenDoneEnv", "task_id": 7, "obs_map": OBS_MAP,
+            "success_key": "task_success", "env_kwargs": {"cameras": False}}
+    steps = rollout(make_env(as_target(done)))
+    *_, (_, reward, terminated, _, info) = steps
+    assert info["success"] and terminated and reward == 1.0  # said on its last step, read there
+    assert [s[4]["success"] for s in steps[:-1]] == [False] * (len(steps) - 1)
+    agent = Agent(ObsSpec(low_dim=(("eef_pos", 3), (fake.GRIPPER, 2))), 7, "bc", {"actor_hidden": [8]})
+    with pytest.raises(EnvContractError, match="info has no 'task_success' at the first step.*probe_step: false") \
+            as exc:
+        check_env_fits(agent, as_target(done))
+    assert isinstance(exc.value, known_errors()) and len(str(exc.value).splitlines()) == 1
+    check_env_fits(agent, as_target({**done, "probe_step": False}))  # no probe step: accepted
+    with pytest.raises(EnvContractError, match="info has no 'done_ok' at the first step"):
+        check_env_fits(agent, robot(success_key="done_ok"))  # a misspelt key: refused before any training
+    target_module._warned_no_success.discard("reach")
+    with caplog.at_level(logging.WARNING):
+        steps = rollout(make_env(robot(success_key="done_ok", max_episode_steps=5, probe_step=False)))
+    assert len(steps) == 6 and not any(s[4]["success"] for s in steps)
+    assert "no step of an episode had 'done_ok' in its info" in caplog.text
 
 
 @pytest.mark.parametrize("fault,error", [

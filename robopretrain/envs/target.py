@@ -16,7 +16,9 @@ A :class:`Target` is a task of a *family*:
   env's camera frames are also made channels-last RGB and resized to the agent's image size
   (:mod:`robopretrain.envs.camera_frames`: ``(C, H, W)``, grey ``(H, W)`` / ``(H, W, 1)`` and RGBA frames, any size);
   uint8 parts that are not the agent's cameras (a frame stack, a grid) pass as the env gives them;
-* ``info["success"]`` every step, read from ``info[success_key]``;
+* ``info["success"]`` every step, read from ``info[success_key]`` (False on a step whose info lacks it: an env may
+  say it only when the task is done; a sparse target's key is checked on a probe step at start instead,
+  :func:`robopretrain.build.check_env_fits`, unless ``probe_step: false``);
 * reward ``float(success)`` when ``reward: sparse`` (the default: the data contract's sparse success reward), or
   the env's own reward when the target declares ``reward: dense`` (then Cal-QL's sparse all-failure rule is off);
 * termination on success when ``terminate_on_success``; truncation at ``max_episode_steps`` (a ``TimeLimit``; a
@@ -753,33 +755,36 @@ class TargetEnv(gym.Wrapper):
                                    f"{self._steps} of the episode ({arr.tolist() if arr.size <= 16 else arr.shape}); "
                                    "a sensor or simulation failure in the env (the policy would act on it)")
 
+    @property
+    def success_key_seen(self) -> bool:
+        """Whether the reset or a step of this episode so far gave ``success_key`` in its info."""
+        return self._key_seen
+
     def _success(self, info: Mapping[str, Any]) -> bool:
         key = self.target.success_key
         if key in info:
             self._key_seen = True
             return bool(np.asarray(info[key]).any())
-        if self.target.sparse:  # success is the reward: every step must say it
-            raise EnvContractError(f"target {self.target.name!r}: info has no {key!r} (keys: {sorted(info)}); set "
-                                   "the target's success_key to the info key that says the task is done (an env "
-                                   "with no success signal at all: reward: dense, and success counts 0)")
-        return False  # a dense target: the key may come on later steps (checked at the episode's end)
+        return False  # not said on this step (an env may say it only at the end): checked at the episode's end
 
     def _check_success_key(self, env_keys: Sequence[str]) -> None:
-        """At a dense target's episode end (``env_keys``: the env's own info keys of the last step): a success_key the
-        user named that no step of the episode gave is refused (success read 0 silently); the default key absent
-        throughout is said once per target and process."""
-        if self.target.sparse or self._key_seen:
+        """At an episode's end (``env_keys``: the env's own info keys of the last step), when no step of the episode
+        gave the success_key: a dense target's key that the user named is refused (success would read 0 silently);
+        otherwise it is said once per target and process. (A sparse target's key is checked at start instead, by
+        :func:`robopretrain.build.check_env_fits`'s probe step: an env may say it only when the task is done, so an
+        episode without it may be a failure.)"""
+        if self._key_seen:
             return
         key = self.target.success_key
-        if key != DEFAULT_SUCCESS_KEY:
+        if not self.target.sparse and key != DEFAULT_SUCCESS_KEY:
             raise EnvContractError(f"target {self.target.name!r}: no step of an episode had {key!r} in its info (keys: "
                                    f"{sorted(env_keys)}); set the target's success_key to the info key that says the "
                                    "task is done")
         if self.target.name not in _warned_no_success:
             _warned_no_success.add(self.target.name)
-            log.warning("target %r: no step of an episode had %r in its info (keys: %s), so its episodes count no "
-                        "success (success rates read 0); set the target's success_key if one of these says the task "
-                        "is done", self.target.name, key, sorted(env_keys))
+            log.warning("target %r: no step of an episode had %r in its info (keys: %s), so such episodes count no "
+                        "success; set the target's success_key if one of these says the task is done", self.target.name,
+                        key, sorted(env_keys))
 
     def reset(self, **kwargs: Any):
         obs, info = self.env.reset(**kwargs)
