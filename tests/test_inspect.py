@@ -231,6 +231,24 @@ def test_a_num_samples_attribute_that_disagrees_with_the_rows_is_listed(tmp_path
     assert summarize_hdf5(path).wrong_rows == {"demo_1": (n - 1, [n, n + 2])}
 
 
+@pytest.mark.parametrize("damage, refusal", [
+    (lambda f: f["data"].attrs.__delitem__("total"), "data: missing attribute 'total'"),
+    (lambda f: f["data"].attrs.__delitem__("env_args"), "data: missing attribute 'env_args'"),
+    (lambda f: f["data/demo_1"].attrs.__delitem__("num_samples"), "data/demo_1: missing attribute 'num_samples'"),
+    (lambda f: f.__delitem__("data/demo_2/dones"), "data/demo_2/dones: missing"),
+])
+def test_what_the_reader_refuses_is_said(tmp_path: Path, damage, refusal) -> None:
+    """A file without dones, data's total or env_args, or a demo's num_samples, got a normal summary, and training
+    then refused it, one problem per run."""
+    path = write_tiny_hdf5(tmp_path / "d.hdf5")
+    assert "training refuses" not in format_hdf5_summary(summarize_hdf5(path))
+    with h5py.File(path, "a") as f:
+        damage(f)
+    text = format_hdf5_summary(summarize_hdf5(path))
+    assert f"warning: training refuses the file: {path}: {refusal}" in text
+    assert text.count("training refuses") == 1
+
+
 def test_demos_too_short_to_train_on_are_listed(tmp_path: Path) -> None:
     """A one-step demo showed only as len_min 1; training refuses it (data.skip_short_demos leaves it out)."""
     from robopretrain.data.inspect import format_hdf5_summary

@@ -488,6 +488,24 @@ def _allocate(specs: dict[str, tuple[tuple[int, ...], np.dtype]], keys: Sequence
     return out
 
 
+def check_layout(path: str | os.PathLike, obs_keys: Sequence[str] = ()) -> DatasetInfo:
+    """Validate the whole file as the stages' reader does, without reading array data: its metadata
+    (:func:`read_info`), then every demo's action, reward and done datasets and its ``obs_keys`` (shapes, dtypes, the
+    same shapes in every demo; none by default: a stage checks only the parts it reads). Demos of fewer than 2 steps
+    are skipped (a mask or ``data.skip_short_demos`` leaves them out). Returns the file's :class:`DatasetInfo`;
+    raises :class:`DatasetError` at the first problem, naming it (what ``robopretrain.data.inspect`` reports)."""
+    info = read_info(path)
+    keys = list(obs_keys)
+    with _open(info.path) as f:
+        act_dim: int | None = None
+        for d in info.demos:
+            if d.num_samples < 2:
+                continue
+            act_dim = _check_demo(info.path, f["data"][d.name], d, keys, act_dim)
+            _check_consistent_obs(info.path, f["data"][d.name], d.name, keys, info.obs_specs)
+    return info
+
+
 def load_transitions(
     path: str | os.PathLike,
     obs_keys: Sequence[str],

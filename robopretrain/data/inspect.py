@@ -42,7 +42,7 @@ import numpy as np
 
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
-from robopretrain.data.hdf5 import DatasetError, success_flag
+from robopretrain.data.hdf5 import DatasetError, check_layout, success_flag
 from robopretrain.data.returns import is_sparse_success_reward
 from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
                                      count_frames, read_frames)
@@ -121,6 +121,8 @@ class Hdf5Summary:
     half_task: dict[str, str] = field(default_factory=dict)
     # demo -> (its num_samples attribute, the row counts its arrays hold), where they disagree (training refuses it)
     wrong_rows: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
+    # the stages' reader's first refusal of the file (robopretrain.data.hdf5.check_layout), None when it reads it
+    layout_problem: str | None = None
 
     @property
     def transitions(self) -> int:
@@ -180,9 +182,14 @@ def summarize_hdf5(path: str | os.PathLike) -> Hdf5Summary:
     path = Path(path)
     with open_hdf5(path) as f:
         try:
-            return _summarize_open_file(f, path)
+            summary = _summarize_open_file(f, path)
         except (OSError, KeyError, RuntimeError) as exc:
             raise InspectError(f"{path}: unreadable part of the file, it may be truncated or corrupt ({exc})") from exc
+    try:
+        check_layout(path)
+    except DatasetError as exc:
+        summary.layout_problem = str(exc)
+    return summary
 
 
 def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
@@ -411,6 +418,9 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      f"{'; ...' if len(s.inner_dones) > 3 else ''}): training reads each as a terminal (the TD backup "
                      "stops there, returns-to-go restart after it); if those episodes went on, rewrite those dones "
                      "to 0")
+    refused = "training refuses" in "\n".join(lines)  # one of the above; else the reader's own first refusal
+    if s.layout_problem and not refused:
+        lines.append(f"warning: training refuses the file: {s.layout_problem}")
     lines.append("masks: " + (", ".join(f"{k} ({v})" for k, v in s.masks.items()) if s.masks else "none"))
     for name, gone in s.stale_masks.items():
         lines.append(f"  mask/{name} lists {len(gone)} demo(s) not under data/ ({', '.join(gone[:3])}"
