@@ -168,7 +168,8 @@ def video_frame(env: gym.Env, obs: Mapping[str, Any], target: Target, cameras: S
                             "episodes are evaluated without a video (video.enabled=false says so quietly)") from None
     if frame is None:
         raise NothingToFilm(f"target {target.name!r}: no camera to film (the agent has none and env.render() gives "
-                         "nothing); disable the video")
+                            "nothing: a gymnasium env renders frames only when made with render_mode='rgb_array', "
+                            "the target's env_kwargs: {render_mode: rgb_array}); or disable the video")
     return np.asarray(frame, dtype=np.uint8)
 
 

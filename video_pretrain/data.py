@@ -431,9 +431,12 @@ class HDF5ImageSource(ClipSource):
                                f"(N, H, W) / (N, H, W, 1), got {dtype} (N, {', '.join(map(str, shape))}){hint}{copy}")
         self._stored = tuple(int(n) for n in shape)  # per-step shape of the stored frames (as_rgb reads it)
         if tuple(shape[:2]) != (self.image_size, self.image_size):  # said: stage 2 takes the encoder at one size
+            same = (f"image_size={shape[0]} trains at the file's size" if shape[0] == shape[1] else
+                    "a non-square frame is centre-cropped to a square first, or stretched with data.stretch=true as "
+                    "stages 2 and 3 do")
             logger.info("%s: obs/%s frames are %dx%d, resized to image_size=%d; an encoder trained on them takes "
-                        "%d px cameras in stage 2 (image_size=%d trains at the file's size)", self.path, self.key,
-                        shape[0], shape[1], self.image_size, self.image_size, shape[0])
+                        "%d px cameras in stage 2 (%s)", self.path, self.key, shape[0], shape[1], self.image_size,
+                        self.image_size, same)
 
     def _dataset_problem(self, f: h5py.File, where: str, n: int) -> str | None:
         ds = f.get(where)
