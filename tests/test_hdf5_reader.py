@@ -553,3 +553,24 @@ def test_integer_and_flag_low_dim_parts_are_read_as_float32_like_the_converters_
     _expect(write_dataset(tmp_path / "s.hdf5", mutate=lambda f: (add(f), scalar(f))),
             r"data/demo_1/obs/step: expected a low-dim numeric array \(N, d\), got int64 \(4,\); a scalar per step: "
             r"store it as \(N, 1\)", keys=["step"])
+
+
+def test_check_layout_validates_every_demo_without_reading_data(tmp_path):
+    """check_layout (inspect's check) refuses what the reader refuses in any demo of 2 or more steps, checks only the
+    observation parts it is given, and skips demos too short to read (a mask or data.skip_short_demos leaves them
+    out)."""
+    from robopretrain.data.hdf5 import check_layout
+
+    assert check_layout(write_dataset(tmp_path / "ok.hdf5")).total == 9
+    no_dones = write_dataset(tmp_path / "d.hdf5", mutate=lambda f: f.__delitem__("data/demo_10/dones"))
+    with pytest.raises(DatasetError, match="data/demo_10/dones: missing"):  # demo_10 has 2 steps: read by stages
+        check_layout(no_dones)
+    short = write_dataset(tmp_path / "s.hdf5", lengths=(3, 4, 1),
+                          mutate=lambda f: f.__delitem__("data/demo_10/dones"))
+    assert check_layout(short).total == 8  # the one-step demo is never read
+    odd = write_dataset(tmp_path / "o.hdf5", mutate=lambda f: (f.__delitem__("data/demo_1/obs/agentview_image"),
+                                                               f.create_dataset("data/demo_1/obs/agentview_image",
+                                                                                data=np.zeros((4, 5, 5, 3), np.uint8))))
+    check_layout(odd)  # the camera is no part asked for
+    with pytest.raises(DatasetError, match="demo_1/obs/agentview_image"):
+        check_layout(odd, ["agentview_image"])
