@@ -519,6 +519,11 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "if 'relabelled' in report -> if not: whether the command line prints the relabelled file's path (report.json "
         "records it either way)",
         "if 'relabelled' in report: -> if not ... @ if \"relabelled\" in report:"),
+    ("reward_model", "run/const/3"): Equivalent(
+        "the default of data.skip_short_demos False -> True: configs/reward_model.yaml always holds the key (false) "
+        "and the entry point composes its config from that file; the default is read only by a hand-made config "
+        "without the key, no documented input",
+        'False -> True @ skip_short=bool(cfg.data.get("skip_short_demos", False)))'),
     ("reward_model", "noisy_labels/const/2"): Equivalent(
         "(clean != 0.5) -> (clean != 0.25) in the flip mask: the labels are 0, 0.5 and 1, and a flipped tie is "
         "1 - 0.5 = 0.5 again, so flipping ties or not gives the same labels (the random draws are taken for every "
