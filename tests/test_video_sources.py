@@ -247,6 +247,8 @@ def test_subset_source_maps_ids(video_dir: tuple[Path, np.ndarray, np.ndarray]) 
     assert np.array_equal(sub.frames(0, [2]), src.frames(1, [2]))
     with pytest.raises(IndexError):
         SubsetSource(src, [2])
+    with pytest.raises(IndexError):  # a negative id would read the last clips silently
+        SubsetSource(src, [-1, 1])
 
 
 # ----------------------------------------------------------------------------- cache
