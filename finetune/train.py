@@ -42,7 +42,8 @@ from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
 from robopretrain.algos import AGENT_NAMES
 from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, clear_previous_run, list_checkpoints,
-                                     load_agent, recorded_file, refuse_source_in_run, resolve_checkpoint_dir)
+                                     load_agent, recorded_file, refuse_other_stage, refuse_source_in_run,
+                                     resolve_checkpoint_dir)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_sparse_data_for_dense_target
@@ -279,6 +280,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
 def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand: Any, eval_checked: Any
                ) -> dict[str, Any]:
     """:func:`run`'s work once its run folder is this process's."""
+    refuse_other_stage(run_dir, "online")  # a stage-2 run's folder: its checkpoints are not this run's to replace
     device = build.setup_torch(cfg)
     target = build.target_config(cfg.target)
     algo = str(cfg.algo.name)

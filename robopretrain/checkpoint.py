@@ -273,15 +273,29 @@ def _refuse_encoder_folder(path: Path) -> None:
                                   f"encoder.checkpoint={folder}")
 
 
+_DANGLING_SAID: set[str] = set()  # ``latest`` pointers already warned about as naming no checkpoint (per process)
+
+
 def _latest_candidates(root: Path) -> list[Path]:
-    """Checkpoint folders to try, in order: the one ``latest`` names, then the others, newest first."""
+    """Checkpoint folders to try, in order: the one ``latest`` names, then the others, newest first. A ``latest``
+    that names no checkpoint folder there (damaged, or its folder deleted) is ignored, with one warning: it was tried
+    first and warned about as "unreadable; falling back to the previous one" while the newest was then used, and
+    refused by an evaluation."""
     ordered = list_checkpoints(root)
     pointer = root / LATEST_FILE
     if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if named in ordered:
+        try:
+            name = pointer.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        named = root / name if name and "/" not in name else None
+        if named is not None and named in ordered:
             ordered.remove(named)
-        ordered.insert(0, named)
+            ordered.insert(0, named)
+        elif ordered and str(pointer) not in _DANGLING_SAID:
+            _DANGLING_SAID.add(str(pointer))
+            log.warning("%s names %r, which is no checkpoint folder there; the newest one, %s, is used (the next "
+                        "checkpoint written rewrites the pointer)", pointer, name, ordered[0].name)
     return ordered
 
 
@@ -304,6 +318,27 @@ def clear_previous_run(run_dir: str | os.PathLike, parts: tuple[str, ...] = PREV
     if removed:
         log.warning("resume=false: removed the previous run's %s from %s", ", ".join(removed), run_dir)
     return removed
+
+
+# the "stage" a run's checkpoints record in their meta.json, and the command that writes them
+STAGE_COMMANDS = {"offline": "stage 2 (robopretrain.train)", "online": "stage 3 (finetune.train)"}
+
+
+def refuse_other_stage(run_dir: str | os.PathLike, stage: str, key: str = "output_dir") -> None:
+    """Refuse to run ``stage`` (a key of :data:`STAGE_COMMANDS`) in ``run_dir`` when its newest checkpoint with a
+    readable ``meta.json`` was written by another stage: stage 3 given a stage-2 run folder as its ``output_dir``
+    started a fresh run there, emptied its metrics.jsonl and pruned (and overwrote) the stage-2 checkpoints, with
+    no word. Raises ``ValueError`` naming ``key``, the checkpoint and the stage that wrote it."""
+    for path in list_checkpoints(Path(run_dir) / "checkpoints"):
+        try:
+            theirs = json.loads((path / META_FILE).read_text()).get("stage")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if theirs and theirs != stage:
+            raise ValueError(f"{key}={run_dir} is a run folder of {STAGE_COMMANDS.get(theirs, repr(theirs))} "
+                             f"({path.name} is its checkpoint); {STAGE_COMMANDS.get(stage, stage)} would replace "
+                             f"that run's checkpoints and metrics: give this run its own {key}")
+        return
 
 
 def refuse_source_in_run(source: str | os.PathLike, run_dir: str | os.PathLike, key: str) -> None:

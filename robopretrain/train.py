@@ -45,7 +45,7 @@ from robopretrain import distributed as dist_utils
 from robopretrain.agent import EncoderSettings
 from robopretrain.agent_parallel import average_gradients, broadcast_agent, gather_objects
 from robopretrain.checkpoint import (CheckpointError, check_agent_fits, clear_previous_run, load_agent, load_latest,
-                                     refuse_source_in_run, save_agent)
+                                     refuse_other_stage, refuse_source_in_run, save_agent)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import resolve_device, validate_offline_config
 from robopretrain.data.dataset import data_action_units
@@ -96,6 +96,7 @@ def _run_holding(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.
 
 
 def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) -> Path:
+    refuse_other_stage(run_dir, "offline")  # a stage-3 run's folder: its checkpoints are not this run's to replace
     if dinfo.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     build.setup_torch(cfg)

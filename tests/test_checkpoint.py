@@ -150,6 +150,29 @@ def test_a_run_folder_its_checkpoints_folder_and_the_latest_file_name_the_latest
         resolve_checkpoint_dir(tmp_path / "checkpoints" / "ckpt_00000001" / "meta.json")
 
 
+@pytest.mark.parametrize("pointer", ["garbage", "ckpt_00000009", "", "../elsewhere"])
+def test_a_latest_pointer_naming_no_checkpoint_is_ignored_with_one_warning(tmp_path, caplog, pointer):
+    """A damaged ``latest`` (a name that is no checkpoint there) was tried first and warned about as "unreadable;
+    falling back to the previous one" (three times in one stage-2 rerun) while the newest was loaded, and an
+    evaluation of the run refused it."""
+    import logging
+
+    import robopretrain.checkpoint as checkpoint_module
+    from robopretrain.checkpoint import load_agent
+
+    agent = tiny_agent()
+    save_agent(tmp_path / "checkpoints", 1, CONFIG, agent, {})
+    newest = save_agent(tmp_path / "checkpoints", 2, CONFIG, agent, {})
+    (tmp_path / "checkpoints" / "latest").write_text(pointer + "\n")
+    checkpoint_module._DANGLING_SAID.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.checkpoint"):
+        assert resolve_checkpoint_dir(tmp_path) == newest
+        assert load_latest(tmp_path / "checkpoints").step == 2
+        assert load_agent(tmp_path) is not None  # an evaluation of the run
+    said = [r.getMessage() for r in caplog.records if "no checkpoint folder there" in r.getMessage()]
+    assert len(said) == 1 and "the newest one, ckpt_00000002, is used" in said[0]
+
+
 def test_a_kept_optimizer_trains_at_the_configured_learning_rates_with_the_saved_moments(tmp_path):
     """Stage 3 with online.keep_optimizer: Adam's moments come from the checkpoint, the learning rates from the new
     config (torch's load_state_dict alone would bring back the checkpoint's rates)."""

@@ -93,10 +93,14 @@ def test_resume_false_in_a_used_folder_starts_a_really_fresh_run(reach_hdf5, sta
         train(stage2_config(reach_hdf5, s2, algo="cql", steps=2, obs=STATE_OBS, width=32, resume=False,
                             train={"checkpoint_every": 2, "eval_targets": [{"name": "Reach", "typo": 1}]}))
     assert sorted(p.name for p in (s2 / "checkpoints").glob("ckpt_*")) == [checkpoint_name(2)]
-    # a source checkpoint inside the folder a fresh run clears is refused, not deleted before it is read
-    with pytest.raises(ValueError, match=r"checkpoint=.* lies in this run folder .* resume=false removes"):
+    # a source checkpoint inside the folder a fresh run clears is refused, not deleted before it is read (a stage-2
+    # folder is refused as another stage's before that)
+    with pytest.raises(ValueError, match=r"is a run folder of stage 2"):
         finetune(state_cfg(s2, reach_hdf5, s2, resume=False))
     assert sorted(p.name for p in (s2 / "checkpoints").glob("ckpt_*")) == [checkpoint_name(2)]
+    with pytest.raises(ValueError, match=r"checkpoint=.* lies in this run folder .* resume=false removes"):
+        finetune(state_cfg(out, reach_hdf5, out, resume=False))
+    assert load_latest(out / "checkpoints").step == 60
 
 
 def test_offline_data_that_does_not_fit_the_agent_is_refused_before_any_online_step(reach_hdf5, stage2_state,
@@ -725,3 +729,27 @@ def test_a_misspelt_success_key_of_a_stage2_eval_target_is_refused_before_traini
     cfg.train.eval_targets[0].probe_step = False
     cfg.output_dir = str(tmp_path / "unprobed")
     assert Path(stage2(cfg)).is_dir()
+
+
+def test_a_run_folder_of_the_other_stage_is_refused_and_left_as_it_is(finetuned, reach_hdf5, stage2_state):
+    """Stage 3 given a stage-2 run folder as output_dir started a fresh run there: it emptied metrics.jsonl, pruned
+    stage 2's checkpoints and wrote its own over one of the same name, with rc 0 and no word (a new user's kill and
+    resume session). Either way round, and with resume=false, the folder is now refused before anything is written."""
+    s2_run = stage2_state.parent.parent  # <run>/checkpoints/ckpt_N
+    assert (s2_run / "checkpoints").is_dir()
+
+    def listing(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+                and p.name != ".writer.lock"}
+
+    before = listing(s2_run)
+    for resume in (True, False):
+        with pytest.raises(ValueError, match=r"is a run folder of stage 2 \(robopretrain.train\) \(ckpt_\d+ is its "
+                                             r"checkpoint\); stage 3 \(finetune.train\) would replace"):
+            finetune(state_cfg(stage2_state, reach_hdf5, s2_run, resume=resume))
+    assert listing(s2_run) == before
+    out, _ = finetuned
+    before = listing(out)
+    with pytest.raises(ValueError, match=r"is a run folder of stage 3 \(finetune.train\)"):
+        stage2(stage2_config(reach_hdf5, out, algo="cql", steps=10, obs=STATE_OBS, width=32))
+    assert listing(out) == before
