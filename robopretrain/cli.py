@@ -30,7 +30,9 @@ Use it in an entry point as::
   its traceback. Ctrl-C (``KeyboardInterrupt``) prints ``interrupted`` and what a rerun does (resumes, for the
   entry points in :data:`RESUMABLE`; starts over, for the others), and exits with :data:`EXIT_INTERRUPTED`
   (130, the shell's code for SIGINT), no traceback: the entry points' worker processes ignore SIGINT, so the
-  parent alone stops them. ``ROBOPRETRAIN_TRACEBACK=1`` re-raises known errors and the interrupt too.
+  parent alone stops them. SIGTERM stops a run the same way (``terminated (SIGTERM)``, exit code 143,
+  :data:`EXIT_TERMINATED`); worker processes also end when their parent is killed outright
+  (:func:`robopretrain.workers.die_with_parent`). ``ROBOPRETRAIN_TRACEBACK=1`` re-raises known errors and the interrupt too.
 
 ``python -m robopretrain.cli <entry point module> [overrides]`` runs any of the toolkit's Hydra entry points
 (:data:`ENTRY_POINTS`) this way, e.g. ``python -m robopretrain.cli robopretrain.train data.path=x.hdf5``; for
@@ -53,6 +55,7 @@ from typing import Any, TypeVar
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, docker stop, a batch scheduler's preemption)
 # Hydra entry point module -> its primary config in configs/
 ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": "robopretrain",
                 "finetune.train": "finetune", "robopretrain.evaluate": "evaluate", "robopretrain.pipeline": "pipeline",
@@ -121,20 +124,53 @@ def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = _stop_on_sigterm()
         try:
             return func(*args, **kwargs)
         except known_errors() as exc:
             if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
                 raise
             report_and_exit(exc)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
                 raise
             sys.stdout.flush()
-            print(f"interrupted (Ctrl-C); {rerun}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_INTERRUPTED) from None
+            said, code = (("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(exc, Terminated) else
+                          ("interrupted (Ctrl-C)", EXIT_INTERRUPTED))
+            print(f"{said}; {rerun}", file=sys.stderr, flush=True)
+            raise SystemExit(code) from None
+        finally:
+            if previous is not None:
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received by an entry point (:func:`friendly_errors`): raised in the main thread, and a
+    ``KeyboardInterrupt``, so that the run stops as on Ctrl-C: its worker processes are shut down (left running
+    before, as orphans holding memory, when SIGTERM ended the process at once), its files closed."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM raise :class:`Terminated` in this (main) thread; returns the handler it replaced, or None when
+    it made no change (off the main thread, or SIGTERM already has a handler of the program's own)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    current = signal.getsignal(signal.SIGTERM)
+    if current not in (signal.SIG_DFL, None):
+        return None
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return current
 
 
 # settings that take either a group ({level: train, factors: [...]}) or just a level name (``none``, ``train``)

@@ -10,8 +10,8 @@ life (pending, never delivered). A ``multiprocessing.Pool`` made in the block al
 workers blocked: the pool's thread that starts them was made there, and a thread inherits its maker's mask. The parent is unaffected: a Ctrl-C in that time reaches it through any other of
 its threads at once, or when the block ends.
 
-:func:`process_map` runs jobs in such workers, results in job order, and raises :class:`WorkerProcessDied` when a
-worker dies: ``multiprocessing.Pool.imap`` waited forever for the lost job's answer (and restarted a failing
+:func:`process_map` runs jobs in such workers (each dies with its parent: :func:`die_with_parent`), results in job
+order, and raises :class:`WorkerProcessDied` when a worker dies: ``multiprocessing.Pool.imap`` waited forever for the lost job's answer (and restarted a failing
 initializer forever), which is also how a script calling the toolkit without ``if __name__ == "__main__":`` hung.
 """
 from __future__ import annotations
@@ -38,6 +38,39 @@ MAIN_GUARD_HINT = ("a script that calls the toolkit must do so under `if __name_
 class WorkerProcessDied(RuntimeError):
     """A worker process of :func:`process_map` died before answering: killed (out of memory), a crash in native code
     (a simulator, a renderer), ``os._exit``, an initializer that raised, or a script without a main guard."""
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int | None = None) -> bool:
+    """In a worker process: have the kernel send it SIGTERM when the process that started it dies (Linux's
+    ``prctl(PR_SET_PDEATHSIG)``), so that a parent killed outright (SIGKILL, the OOM killer) leaves no orphaned
+    workers holding memory; seen: collection workers and stage 1's data workers alive a minute after their parent
+    was killed. ``parent_pid``: the parent's pid as the parent knew it; when the worker's parent is already
+    another process (it died before this call), the worker exits at once. Returns whether the request was made
+    (False off Linux, or where libc cannot be loaded)."""
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        made = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # orphaned before the request: nobody will read this worker's results
+    return made
+
+
+def _start_worker(parent_pid: int, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+    """:func:`process_map`'s worker initializer: :func:`die_with_parent`, then the caller's own initializer."""
+    die_with_parent(parent_pid)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 @contextmanager
@@ -71,8 +104,10 @@ def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: 
     closing envs); with ``close_timeout`` (seconds) they are terminated if they have not exited by then, with a
     warning, and the generator closing early (the caller stopped, or failed) cancels the jobs not started and
     terminates the workers."""
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
-                               initargs=initargs)
+    import os
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
+                               initargs=(os.getpid(), initializer, tuple(initargs)))
     finished = False
     try:
         with sigint_blocked_for_workers():  # the workers start as the jobs are submitted: all of them, here
@@ -107,4 +142,4 @@ def _shut_down(pool: ProcessPoolExecutor, timeout: float | None) -> None:
     pool.shutdown(wait=True)
 
 
-__all__ = ["MAIN_GUARD_HINT", "WorkerProcessDied", "process_map", "sigint_blocked_for_workers"]
+__all__ = ["MAIN_GUARD_HINT", "WorkerProcessDied", "die_with_parent", "process_map", "sigint_blocked_for_workers"]

@@ -270,6 +270,16 @@ def sigint_ignored() -> bool:
     return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
+def record_pid_and_sleep(folder: str) -> None:
+    """A worker's job that writes its pid to ``folder/<pid>`` and then sleeps (a long job its parent is killed in)."""
+    import os
+    import time
+    from pathlib import Path
+
+    Path(folder, str(os.getpid())).write_text("")
+    time.sleep(120)
+
+
 def sigint_blocked() -> bool:
     """Whether this thread holds Ctrl-C (SIGINT) blocked (a worker started under
     :func:`robopretrain.workers.sigint_blocked_for_workers` does for its whole life)."""

@@ -4,6 +4,7 @@ multiprocessing.Pool.imap, which the evaluation and the collectors used, waited 
 (a script calling the evaluation without a main guard hung the same way, its spawned workers failing to start)."""
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -58,3 +59,67 @@ def test_a_failing_initializer_is_an_error_not_a_retry_forever():
 def test_an_exception_raised_by_the_job_reaches_the_caller_as_it_is():
     with pytest.raises(ValueError, match="job-failed"):
         bounded(lambda: list(process_map(raise_value_error, ["job-failed"], 1, what="the test's workers")))
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    from pathlib import Path
+
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+PARENT = """
+import sys
+from _fake_envs import record_pid_and_sleep
+from robopretrain.cli import friendly_errors
+from robopretrain.workers import process_map
+
+@friendly_errors
+def run():
+    list(process_map(record_pid_and_sleep, [sys.argv[1]] * 2, 2, what="the test's workers"))
+
+if __name__ == "__main__":
+    run()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_workers_do_not_outlive_a_parent_that_is_killed_or_terminated(tmp_path, sig):
+    """SIGTERM ended an entry point at once (no handler) and SIGKILL always does: their spawned workers lived on as
+    orphans holding memory (a minute later, in a new user's session). SIGTERM now stops the run as Ctrl-C does (one
+    line, exit code 143, the workers shut down); after SIGKILL each worker gets SIGTERM from the kernel."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    env.pop("ROBOPRETRAIN_TRACEBACK", None)
+    proc = subprocess.Popen([sys.executable, str(script), str(pids)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(p.name) for p in pids.iterdir()]
+    assert len(workers) == 2 and all(alive(w) for w in workers)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    deadline = time.monotonic() + 20
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [w for w in workers if alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their parent ({sig})"
+    if sig == "SIGTERM":
+        assert proc.returncode == 143 and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)"), err

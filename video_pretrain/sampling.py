@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from robopretrain.data.video import VideoDatasetError
+from robopretrain.workers import die_with_parent
 from video_pretrain.data import FrameSource, SkippedVideoError
 
 logger = logging.getLogger(__name__)
@@ -436,7 +437,13 @@ def batch_loader(stream: FrameBatchStream, num_workers: int = 0, pin_memory: boo
         raise ValueError(f"batch_loader: num_workers={num_workers}; expected >= 0")
     context = mp.get_context(worker_start_method()) if num_workers > 0 else None
     return DataLoader(stream, batch_size=None, num_workers=int(num_workers), pin_memory=pin_memory,
-                      multiprocessing_context=context)
+                      multiprocessing_context=context, worker_init_fn=_dies_with_parent if num_workers else None)
+
+
+def _dies_with_parent(worker_id: int) -> None:
+    """A DataLoader worker ends when the process that started it does (:func:`robopretrain.workers.die_with_parent`;
+    under ``forkserver`` that is the fork server, which exits when stage 1's process does)."""
+    die_with_parent()
 
 
 # --------------------------------------------------------------------------------------------- augmentation
