@@ -21,7 +21,8 @@ Use it in an entry point as::
   composes the config with the overrides, so an unknown key or a group replaced by a value is reported as
   ``error: config: ...`` on one line (Hydra itself prints a multi-line message).
 * Setting the run folder (``output_dir=``; the pipeline's ``run_dir=``) moves Hydra's own run folder (its log file and
-  ``.hydra/``) there too (:func:`hydra_run_dir_override`), unless ``hydra.run.dir`` is set.
+  ``.hydra/``) there too (:func:`hydra_run_dir_override`), unless ``hydra.run.dir`` is set; each command's composed
+  config then goes to ``.hydra/<date>_<time>_<pid>/`` (:func:`hydra_record_override`).
 * ``--help`` (:func:`entry_point_help`) lists only the config groups the entry point's config reads (Hydra's own
   lists every folder of ``configs/``: stage 2's ``algo`` under stage 1), then the composed config.
 * :func:`friendly_errors` turns the toolkit's known error classes (bad datasets, video manifests, encoder and
@@ -511,7 +512,24 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
                 key = RUN_FOLDER_KEYS[config_name]
                 at = max(i for i, a in enumerate(sys.argv) if a.lstrip("+").partition("=")[0] == key)
                 sys.argv.insert(at + 1, follow)
+                record = hydra_record_override(list(ns.overrides))
+                if record is not None:
+                    sys.argv.insert(at + 2, record)
     return main()
+
+
+def hydra_record_override(overrides: list[str], when: float | None = None) -> str | None:
+    """``hydra.output_subdir=.hydra/<date>_<time>_<pid>`` for a run whose Hydra run folder is its own run folder
+    (:func:`hydra_run_dir_override`), unless ``overrides`` set ``hydra.output_subdir``: each command's composed
+    config gets a folder of its own there. With one ``.hydra/`` a second command on the same run folder (a rerun
+    refused for a changed setting, or by the writer lock) rewrote the record of the run that ran (``seed: 7`` for a
+    run of seed 0); ``when``: the time (seconds since the epoch; now by default)."""
+    import time
+
+    if any(o.lstrip("+~").startswith("hydra.output_subdir=") for o in overrides):
+        return None
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(when))
+    return f"hydra.output_subdir=.hydra/{stamp}_{os.getpid()}"
 
 
 def hydra_run_dir_override(config_name: str, overrides: list[str]) -> str | None:

@@ -277,6 +277,10 @@ def test_hydras_run_folder_follows_the_run_folder_setting():
     assert hydra_run_dir_override("robopretrain", ["output_dir=/r/a", "hydra.run.dir=/h"]) is None  # given: kept
     assert hydra_run_dir_override("robopretrain", ["output_dir=null"]) is None
     assert hydra_run_dir_override("collect", ["output=/r/demos.hdf5"]) is None  # a file, not a run folder
+    from robopretrain.cli import hydra_record_override
+
+    assert hydra_record_override(["output_dir=/r/a"], when=0.0).startswith("hydra.output_subdir=.hydra/19")
+    assert hydra_record_override(["output_dir=/r/a", "hydra.output_subdir=null"]) is None  # given: kept
 
 
 def test_a_stage_run_with_output_dir_writes_nothing_under_the_working_folder(tmp_path):
@@ -287,7 +291,16 @@ def test_a_stage_run_with_output_dir_writes_nothing_under_the_working_folder(tmp
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert proc.returncode == 2 and "missing.hdf5" in proc.stderr, proc.stderr[-2000:]
     assert list(cwd.iterdir()) == []
-    assert (out / ".hydra" / "config.yaml").is_file() and (out / "train.log").is_file()
+    records = list((out / ".hydra").glob("*/config.yaml"))
+    assert len(records) == 1 and (out / "train.log").is_file()
+    assert f"output_dir: {out}" in records[0].read_text()
+    # a second command on the run folder (refused here, as a rerun with a changed setting or a busy folder is)
+    # records its config beside the first one's, not over it (it rewrote the run's record: seed 7 for a seed-0 run)
+    again = subprocess.run([sys.executable, "-m", "robopretrain.train", f"output_dir={out}", "seed=7",
+                            f"data.path={tmp_path / 'missing.hdf5'}"], cwd=cwd, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert again.returncode == 2
+    assert "seed: 0" in records[0].read_text() and len(list((out / ".hydra").glob("*/config.yaml"))) == 2
     for args in ([f"output_dir={out}", "--cfg", "job"], ["--cfg", "job", f"output_dir={out}"]):  # the override added
         shown = subprocess.run([sys.executable, "-m", "robopretrain.train", *args], cwd=cwd, capture_output=True,
                                text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
