@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robopretrain.files import replace_folder, temp_folder, write_text_atomic
+from robopretrain.files import replace_folder, temp_folder, torch_save, write_text_atomic
 from robopretrain.run_fingerprint import ResumeRefusal, moved_file
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,9 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(_to_yaml(config))
         full_meta = {**dict(meta), "step": int(step), "versions": library_versions()}
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        torch.save(dict(weights), tmp / WEIGHTS_FILE)
+        torch_save(dict(weights), tmp / WEIGHTS_FILE)
         if state is not None:
-            torch.save(dict(state), tmp / STATE_FILE)
+            torch_save(dict(state), tmp / STATE_FILE)
         replace_folder(tmp, final, kind="a checkpoint")  # a fresh run re-reaching a step replaces the old one
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -44,6 +44,7 @@ imports nothing of ours, so its collectors get one-line errors this way: :func:`
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import os
@@ -57,6 +58,8 @@ from typing import Any, TypeVar
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, docker stop, a batch scheduler's preemption)
+# OSErrors that say the storage refused a write (full, over quota, read-only, no permission): one line, as bad input
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 # Hydra entry point module -> its primary config in configs/
 ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": "robopretrain",
                 "finetune.train": "finetune", "robopretrain.evaluate": "evaluate", "robopretrain.pipeline": "pipeline",
@@ -130,6 +133,10 @@ def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any
             return func(*args, **kwargs)
         except known_errors() as exc:
             if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+                raise
+            report_and_exit(exc)
+        except OSError as exc:  # the machine's, not the toolkit's: a full disk, a read-only or forbidden folder
+            if exc.errno not in STORAGE_ERRNOS or os.environ.get("ROBOPRETRAIN_TRACEBACK"):
                 raise
             report_and_exit(exc)
         except KeyboardInterrupt as exc:
@@ -510,12 +517,42 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
             follow = hydra_run_dir_override(config_name, list(ns.overrides))
             if follow is not None:  # beside the override it follows: after an option (--cfg job) argparse refuses it
                 key = RUN_FOLDER_KEYS[config_name]
+                problem = unwritable_folder(follow.partition("=")[2])
+                if problem:  # Hydra's own log file would fail first, with a traceback
+                    report_and_exit(ValueError(f"{key}={follow.partition('=')[2]}: {problem}"))
                 at = max(i for i, a in enumerate(sys.argv) if a.lstrip("+").partition("=")[0] == key)
                 sys.argv.insert(at + 1, follow)
                 record = hydra_record_override(list(ns.overrides))
                 if record is not None:
                     sys.argv.insert(at + 2, record)
     return main()
+
+
+def unwritable_folder(text: str) -> str | None:
+    """Why the folder an override's value ``text`` names (Hydra's quoting allowed) cannot be written, or None: its
+    nearest existing folder refuses a new file (read-only, no permission, full). Hydra opens its log file there
+    before any of the toolkit's code runs, and failed with a traceback ("Unable to configure handler 'file'")."""
+    import tempfile
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_override(f"x={text}").value()
+    except Exception:  # noqa: BLE001 - an override Hydra cannot read is reported by Hydra itself
+        return None
+    if not isinstance(value, str):
+        return None
+    probe = Path(value).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        return f"cannot write in {probe} ({exc.strerror or exc})"
+    return None
 
 
 def hydra_record_override(overrides: list[str], when: float | None = None) -> str | None:

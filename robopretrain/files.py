@@ -9,9 +9,13 @@ users of a shared runs folder could not read a checkpoint. Here the temporary fi
 :func:`run_folder_lock` keeps a second process from writing a run folder that one is writing now (the same command
 started twice, or rerun while a killed torchrun's workers still train): both resumed the same checkpoint and logged
 the same steps twice.
+
+:func:`torch_save` is ``torch.save`` whose failure for want of disk space says so (torch reports it as "unexpected
+pos ...").
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -61,6 +65,27 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``; a write that fails for want of disk space (torch's zip writer says only
+    ``[enforce fail at inline_container.cc] . unexpected pos N vs M``, naming neither the file nor the cause) raises
+    ``OSError(ENOSPC)`` naming the file and the space left. Other errors propagate as they are."""
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        try:
+            free = shutil.disk_usage(Path(path).parent).free
+        except OSError:
+            free = None
+        text = " ".join(str(exc).split())
+        if "unexpected pos" not in text and "file write failed" not in text and (free is None or free >= 2**20):
+            raise
+        left = "" if free is None else f"{free / 2**20:.1f} MiB free there; "
+        raise OSError(errno.ENOSPC, f"No space left on device while writing {path} ({left}torch: {text[:160]})"
+                      ) from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -90,6 +90,7 @@ from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, Transitions, load_transit
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization, reexpress
+from robopretrain.files import atomic_file, torch_save
 from robopretrain.nets.mlp import build_mlp
 from robopretrain.nets.obs_encoder import ObsEncoder, normalization_stats
 
@@ -741,9 +742,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         log.warning("every held-out label is a tie: no agreement to measure (labels.held_out=%s)", cfg.labels.held_out)
     else:
         log.info("held-out agreement %.3f on %d non-tie pairs", held_out["agreement"], held_out["non_tie"])
-    torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": info.action_dim,
-                "settings": asdict(settings), "action_normalization": None if units is None else units.to_dict()},
-               run_dir / "reward_model.pt")
+    with atomic_file(run_dir / "reward_model.pt") as tmp:  # a kill or a full disk leaves no half-written model
+        torch_save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": info.action_dim,
+                    "settings": asdict(settings),
+                    "action_normalization": None if units is None else units.to_dict()}, tmp)
     if relabel_to is not None:
         report["relabelled"] = str(relabel(path, relabel_to, model, spec, str(cfg.relabel.normalize)))
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))

@@ -73,3 +73,77 @@ def test_replace_folder_replaces_only_what_it_may(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="exists and is not an encoder checkpoint"):
         files.replace_folder(staged, other, lambda f: (f / "meta.json").is_file(), kind="an encoder checkpoint")
     assert (other / "notes.txt").read_text() == "keep"
+
+
+def test_a_full_disk_is_said_as_such_by_torch_save(tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos N vs M",
+    naming neither the file nor the cause (a traceback at a checkpoint, in a new user's disk-full run)."""
+    import errno
+
+    import torch
+
+    from robopretrain.files import torch_save
+
+    torch_save({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    assert torch.load(tmp_path / "ok.pt")["w"].tolist() == [1.0, 1.0]
+
+    def full(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1021312 vs 1021200")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError) as exc:
+        torch_save({}, tmp_path / "w.pt")
+    assert exc.value.errno == errno.ENOSPC and "No space left on device while writing" in str(exc.value)
+    assert str(tmp_path / "w.pt") in str(exc.value)
+
+    def other(obj, path):
+        raise RuntimeError("cannot pickle this")
+
+    monkeypatch.setattr(torch, "save", other)
+    with pytest.raises(RuntimeError, match="cannot pickle this"):  # not a disk problem: as it was
+        torch_save({}, tmp_path / "w.pt")
+
+
+@pytest.mark.parametrize("code, said", [(28, "No space left on device"), (30, "Read-only file system"),
+                                        (13, "Permission denied")])
+def test_a_storage_refusal_is_one_line_and_other_os_errors_keep_their_traceback(capsys, monkeypatch, code, said):
+    import os
+
+    from robopretrain.cli import EXIT_BAD_INPUT, friendly_errors
+
+    monkeypatch.delenv("ROBOPRETRAIN_TRACEBACK", raising=False)
+
+    @friendly_errors
+    def refused() -> None:
+        raise OSError(code, os.strerror(code), "/runs/x/checkpoints/.tmp")
+
+    with pytest.raises(SystemExit) as exit_info:
+        refused()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == EXIT_BAD_INPUT and err.count("\n") == 1 and said in err and "/runs/x" in err
+
+    @friendly_errors
+    def bug() -> None:
+        raise OSError(9, "Bad file descriptor")  # a bug, not the machine's storage
+
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        bug()
+
+
+def test_an_unwritable_run_folder_is_named_before_hydra_opens_its_log(tmp_path, monkeypatch):
+    """A read-only run folder failed in Hydra's logging set-up with a traceback ("Unable to configure handler
+    'file'") before any of the toolkit's code ran."""
+    import errno
+    import tempfile
+
+    from robopretrain.cli import unwritable_folder
+
+    assert unwritable_folder(str(tmp_path / "new" / "run")) is None  # made later, under a writable folder
+    (tmp_path / "file").write_text("")
+    assert unwritable_folder(str(tmp_path / "file" / "run")) == f"{tmp_path / 'file'} is not a folder"
+
+    def read_only(**kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    assert unwritable_folder(f"'{tmp_path}/run'") == f"cannot write in {tmp_path} (Read-only file system)"

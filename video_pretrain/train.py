@@ -61,8 +61,7 @@ from robopretrain.checkpoint import clear_previous_run, kill_after_checkpoint
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.data.video import VideoDatasetError
 from robopretrain.distributed import DistInfo
-from robopretrain.files import run_folder_lock
-from robopretrain.files import atomic_file, replace_folder, temp_folder, write_json_atomic
+from robopretrain.files import atomic_file, replace_folder, run_folder_lock, temp_folder, torch_save, write_json_atomic
 from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
 from robopretrain.nets.encoder_io import load_encoder, save_encoder
@@ -300,7 +299,7 @@ def save_pretrained(path: Path, encoder: nn.Module, objective: nn.Module | None,
     try:
         staged = save_encoder(staging / path.name, encoder, str(cfg.encoder.name), cfg, extra=info)
         if "heads" in modules:
-            torch.save({k: v.detach().cpu() for k, v in modules["heads"].state_dict().items()}, staged / HEADS_FILE)
+            torch_save({k: v.detach().cpu() for k, v in modules["heads"].state_dict().items()}, staged / HEADS_FILE)
         replace_folder(staged, path, lambda f: (f / "meta.json").is_file(), kind="an encoder checkpoint")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -327,7 +326,7 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_file(path) as tmp:
-        torch.save(obj, tmp)
+        torch_save(obj, tmp)
 
 
 def save_checkpoint(path: Path, step: int, objective: nn.Module, optimizer: torch.optim.Optimizer,

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from robopretrain.files import replace_folder, temp_folder
+from robopretrain.files import replace_folder, temp_folder, torch_save
 from robopretrain.nets.encoders import make_encoder, num_parameters
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def save_encoder(dir_path: str | os.PathLike, encoder: nn.Module, name: str,
     state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     tmp = temp_folder(final)
     try:
-        torch.save(state, tmp / WEIGHTS_FILE)
+        torch_save(state, tmp / WEIGHTS_FILE)
         (tmp / META_FILE).write_text(meta_text)
         (tmp / CONFIG_FILE).write_text(config_text)
         _move_into_place(tmp, final)
