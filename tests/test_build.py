@@ -276,6 +276,8 @@ def test_warn_action_range_only_for_finite_boxes_other_than_minus_one_one() -> N
     noisy = gym.spaces.Box(np.float64(-1 - 8e-7), np.float64(1 + 8e-7), (2,), np.float64)  # a converter's rounding
     assert not build.warn_action_range(noisy, "t")
     assert build.warn_action_range(gym.spaces.Box(np.float64(-1 - 2e-6), np.float64(1.0), (2,), np.float64), "t")
+    half_open = gym.spaces.Box(np.array([0.0, 0.0], np.float32), np.array([np.inf, 8.0], np.float32))
+    assert not build.warn_action_range(half_open, "t")  # a bound that is not finite says nothing of the units
 
 
 def test_the_action_range_warning_says_which_way_the_box_differs(caplog) -> None:
