@@ -11,14 +11,19 @@ camera pose, and no actions or rewards stored. Two kinds of clips:
   "a hand plays with the objects on the table".
 
 The folder follows the "Video dataset" contract of ARCHITECTURE.md: ``clip_00000.mp4`` ... and
-``manifest.csv`` (``path,num_frames,text``, paths relative to it), written atomically after every clip,
-plus ``info.json`` (config, counts, versions). ``collect_videos(cfg)`` holds the logic (callable from
+``manifest.csv`` (``path,num_frames,text``, paths relative to it), plus ``info.json`` (config, counts, versions).
+The clips are recorded into a staging folder inside the output folder (``.clips.*.tmp``) and moved into place, then
+the manifest written atomically, once every clip is recorded: an interrupted or failed collection leaves the folder
+as it was (a rerun starts over; it refused before, finding the first clips without a manifest). ``collect_videos(cfg)`` holds the logic (callable from
 tests); the Hydra ``main`` only picks the output folder.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,6 +285,9 @@ def collect_videos(cfg: DictConfig | Mapping[str, Any], output_dir: str | Path |
     recorded: list[ClipPlan] = []
     redraws: dict[str, int] = {}
     start = time.perf_counter()
+    for stale in out.glob(".clips.*.tmp"):  # left by a collection killed outright (SIGKILL); never a dataset
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".clips.", suffix=".tmp"))
     try:
         bar = tqdm(plan_clips(cfg, tasks), desc="collect_videos", unit="clip", disable=not progress)
         for plan in bar:
@@ -298,16 +306,19 @@ def collect_videos(cfg: DictConfig | Mapping[str, Any], output_dir: str | Path |
                 redraws[plan.task] = redraws.get(plan.task, 0) + 1
                 clip = record_clip(env, _plan_one(cfg, plan.index, plan.kind, plan.task, clip.plan.attempt + 1), cfg)
             fps = float(cfg.fps) if cfg.fps is not None else control_rate(env) / int(cfg.frame_stride)
-            write_mp4(out / plan.filename, clip.frames, fps=fps, codec=codec, crf=int(cfg.crf))
+            write_mp4(staging / plan.filename, clip.frames, fps=fps, codec=codec, crf=int(cfg.crf))
             rows.append((plan.filename, len(clip.frames), clip.text))
             recorded.append(clip.plan)
             bar.set_postfix(scene=plan.task, kind=plan.kind, refresh=False)
+        elapsed = time.perf_counter() - start
+        for name, _, _ in rows:  # every clip recorded: into place, then the manifest that lists them
+            os.replace(staging / name, out / name)
+        write_text_atomic(out / "info.json", json.dumps(collection_info(cfg, tasks, rows, redraws, codec), indent=2))
+        write_manifest(out, rows)
     finally:
         for env in envs.values():
             env.close()
-    elapsed = time.perf_counter() - start
-    write_text_atomic(out / "info.json", json.dumps(collection_info(cfg, tasks, rows, redraws, codec), indent=2))
-    write_manifest(out, rows)
+        shutil.rmtree(staging, ignore_errors=True)
     if bool(cfg.overwrite):
         remove_stale_clips(out, {r[0] for r in rows})
     print(format_summary(recorded, rows, redraws, out, elapsed))

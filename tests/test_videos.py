@@ -235,3 +235,29 @@ def test_a_video_setting_of_the_wrong_type_is_named(tmp_path: Path, override: di
         collect_videos(cfg, progress=False)
     assert str(err.value) == f"collect_videos config: {message}"
     assert not (tmp_path / "videos").exists()
+
+
+def test_an_interrupted_collection_leaves_the_folder_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after some clips said "a rerun starts it over", but the rerun refused: the first clips lay in the
+    folder without a manifest. The clips now wait in a staging folder until every one is recorded."""
+    import sim_envs.collect_videos as cv
+
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIG), {"tasks": ["Lift"], "num_clips": 3, "play_fraction": 0.0,
+                                                   "image_size": 32, "output": str(tmp_path / "videos")})
+    real, written = cv.write_mp4, []
+
+    def interrupted_at_the_third(path, frames, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(path)
+        return real(path, frames, **kwargs)
+
+    monkeypatch.setattr(cv, "write_mp4", interrupted_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        collect_videos(cfg, progress=False)
+    assert len(written) == 2 and list((tmp_path / "videos").iterdir()) == []  # staged clips gone with their folder
+    monkeypatch.setattr(cv, "write_mp4", real)
+    out = collect_videos(cfg, progress=False)  # the rerun starts over
+    assert sorted(p.name for p in out.iterdir()) == ["clip_00000.mp4", "clip_00001.mp4", "clip_00002.mp4",
+                                                      "info.json", "manifest.csv"]
+    assert len(read_manifest(out, check_counts=True)) == 3
