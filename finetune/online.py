@@ -185,6 +185,12 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         epopt_done = int(saved_transfer.get("epopt_batches", 0))
         epopt_pending = [(Episode.from_state_dict(ep), float(r)) for ep, r in saved_transfer.get("epopt_pending", [])]
         log.info("online %s: resumed from %s at env step %d", target.name, latest.path, env_steps)
+        cut = int(counters.get("episodes_in_flight", 0))
+        if cut and env_steps < settings.env_steps:
+            log.warning("online %s: extending a finished run from its final checkpoint (env step %d), written with "
+                        "%d episode(s) still running: the envs start new episodes here, so this run differs from "
+                        "one run of online.env_steps=%d (a run resumed from a checkpoint written between episodes "
+                        "is exact)", target.name, env_steps, cut, settings.env_steps)
         started_from = latest.path
     calib_offline = offline.get(calibration_rows(len(offline), settings.calibration_batch))
     logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard,
@@ -233,7 +239,9 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         sampler_state["online"]["pending"] = None  # episodes are stored whole; nothing is half-written
         state = {"rng": rng_states(agent), "sampler": sampler_state,
                  "online": {"env_steps": step, "started": begun, "successes": json.dumps(successes),
-                            "history": json.dumps(history)}}
+                            "history": json.dumps(history),
+                            # the final checkpoint cuts the episodes still running (a resume restarts them)
+                            "episodes_in_flight": int(collector.active.sum())}}
         if epopt is not None or transfer.modules:
             state["transfer"] = {"epopt_batches": epopt.batches_done if epopt is not None else 0,
                                  "epopt_pending": [(ep.state_dict(), r) for ep, r in epopt.pending]

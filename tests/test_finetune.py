@@ -753,3 +753,22 @@ def test_a_run_folder_of_the_other_stage_is_refused_and_left_as_it_is(finetuned,
     with pytest.raises(ValueError, match=r"is a run folder of stage 3 \(finetune.train\)"):
         stage2(stage2_config(reach_hdf5, out, algo="cql", steps=10, obs=STATE_OBS, width=32))
     assert listing(out) == before
+
+
+def test_extending_a_finished_run_says_that_its_cut_episodes_restart(finetuned, reach_hdf5, stage2_state, tmp_path,
+                                                                     caplog):
+    """online.env_steps raised on a finished run resumed from its final checkpoint, written mid-episode: the envs
+    restarted, so the continuation differed from one longer run (4 episodes where it had 6) with no word."""
+    import logging
+    import shutil
+
+    out, _ = finetuned
+    final = load_latest(out / "checkpoints")
+    cut = int(final.state["online"]["episodes_in_flight"])
+    assert final.state["online"]["env_steps"] == 120 and cut >= 1  # 120 env steps end inside an episode here
+    longer = tmp_path / "run"
+    shutil.copytree(out, longer)
+    with caplog.at_level(logging.WARNING, logger="finetune"):
+        finetune(state_cfg(stage2_state, reach_hdf5, longer, online={"env_steps": 130}))
+    assert (f"extending a finished run from its final checkpoint (env step 120), written with {cut} episode(s) "
+            "still running") in caplog.text
