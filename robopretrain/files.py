@@ -114,6 +114,20 @@ def temp_folder(final: str | os.PathLike, suffix: str = ".tmp") -> Path:
     return tmp
 
 
+def remove_leftovers(final: str | os.PathLike) -> list[str]:
+    """Remove the temporary files and folders an atomic write of ``final`` (:func:`atomic_file`,
+    :func:`temp_folder`) left beside it when its process was killed mid-write: ``.<name>.*.tmp`` and
+    ``.<name>.*.stage`` (never ``.old``, which may hold the only copy of a folder :func:`replace_folder` was
+    replacing). Call it only while holding the run folder (:func:`run_folder_lock`). Returns the names removed."""
+    final = Path(final)
+    removed = []
+    for leftover in final.parent.glob(f".{final.name}.*"):
+        if leftover.suffix in (".tmp", ".stage"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+            removed.append(leftover.name)
+    return removed
+
+
 def replace_folder(staged: str | os.PathLike, final: str | os.PathLike,
                    replaceable: Callable[[Path], bool] = lambda _: True, kind: str = "such a folder") -> None:
     """Rename the complete folder ``staged`` to ``final``. An existing ``final`` is moved aside first and removed

@@ -99,6 +99,9 @@ def test_cli_trains_a_loadable_encoder_and_resumes_from_its_step(videos, tmp_pat
     assert metrics["steps"] == 3 and metrics["data"]["valid_videos"] == 1 and metrics["data"]["train_videos"] == 4
     assert [v["step"] for v in metrics["history"]["valid"]] == [0, 2, 3]
 
+    # what a run killed while writing leaves (stages 2 and 3 prune theirs): removed by the next run
+    (run / "checkpoints" / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    (run / ".encoder.k1ll3d.stage").mkdir()
     second = run_cli(*args, "steps=5")
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr

@@ -61,7 +61,8 @@ from robopretrain.checkpoint import clear_previous_run, kill_after_checkpoint
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.data.video import VideoDatasetError
 from robopretrain.distributed import DistInfo
-from robopretrain.files import atomic_file, replace_folder, run_folder_lock, temp_folder, torch_save, write_json_atomic
+from robopretrain.files import (atomic_file, remove_leftovers, replace_folder, run_folder_lock, temp_folder,
+                                torch_save, write_json_atomic)
 from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
 from robopretrain.nets.encoder_io import load_encoder, save_encoder
@@ -470,6 +471,9 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     paths = RunPaths.from_config(cfg, run_dir)
     if dinfo.is_main:
         paths.run_dir.mkdir(parents=True, exist_ok=True)
+        left = remove_leftovers(paths.checkpoint) + remove_leftovers(paths.encoder)  # of a run killed mid-write
+        if left:
+            log.info("removed what a killed run left half-written: %s", ", ".join(left))
     cpu_settings.apply_from_config(cfg)
     torch.manual_seed(int(cfg.seed))
     encoder = make_encoder(str(cfg.encoder.name), int(cfg.image_size),
