@@ -33,7 +33,8 @@ Use it in an entry point as::
   (130, the shell's code for SIGINT), no traceback: the entry points' worker processes ignore SIGINT, so the
   parent alone stops them. SIGTERM stops a run the same way (``terminated (SIGTERM)``, exit code 143,
   :data:`EXIT_TERMINATED`); worker processes also end when their parent is killed outright
-  (:func:`robopretrain.workers.die_with_parent`). ``ROBOPRETRAIN_TRACEBACK=1`` re-raises known errors and the interrupt too.
+  (:func:`robopretrain.workers.die_with_parent`). ``ROBOPRETRAIN_TRACEBACK=1`` re-raises known errors and the
+  interrupt too.
 
 ``python -m robopretrain.cli <entry point module> [overrides]`` runs any of the toolkit's Hydra entry points
 (:data:`ENTRY_POINTS`) this way, e.g. ``python -m robopretrain.cli robopretrain.train data.path=x.hdf5``; for
@@ -50,7 +51,9 @@ import importlib
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -149,8 +152,6 @@ def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any
             raise SystemExit(code) from None
         finally:
             if previous is not None:
-                import signal
-
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
@@ -169,9 +170,6 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 def _stop_on_sigterm() -> Any:
     """Make SIGTERM raise :class:`Terminated` in this (main) thread; returns the handler it replaced, or None when
     it made no change (off the main thread, or SIGTERM already has a handler of the program's own)."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return None
     current = signal.getsignal(signal.SIGTERM)
@@ -530,7 +528,7 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
 
 def unwritable_folder(text: str) -> str | None:
     """Why the folder an override's value ``text`` names (Hydra's quoting allowed) cannot be written, or None: its
-    nearest existing folder refuses a new file (read-only, no permission, full). Hydra opens its log file there
+    nearest existing folder refuses a new file (read-only, no permission). Hydra opens its log file there
     before any of the toolkit's code runs, and failed with a traceback ("Unable to configure handler 'file'")."""
     import tempfile
 

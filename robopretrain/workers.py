@@ -11,13 +11,15 @@ workers blocked: the pool's thread that starts them was made there, and a thread
 its threads at once, or when the block ends.
 
 :func:`process_map` runs jobs in such workers (each dies with its parent: :func:`die_with_parent`), results in job
-order, and raises :class:`WorkerProcessDied` when a worker dies: ``multiprocessing.Pool.imap`` waited forever for the lost job's answer (and restarted a failing
-initializer forever), which is also how a script calling the toolkit without ``if __name__ == "__main__":`` hung.
+order, and raises :class:`WorkerProcessDied` when a worker dies: ``multiprocessing.Pool.imap`` waited forever for
+the lost job's answer (and restarted a failing initializer forever), which is also how a script calling the toolkit
+without ``if __name__ == "__main__":`` hung.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -51,7 +53,6 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
     another process (it died before this call), the worker exits at once. Returns whether the request was made
     (False off Linux, or where libc cannot be loaded)."""
     import ctypes
-    import os
     import sys
 
     if not sys.platform.startswith("linux"):
@@ -104,8 +105,6 @@ def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: 
     closing envs); with ``close_timeout`` (seconds) they are terminated if they have not exited by then, with a
     warning, and the generator closing early (the caller stopped, or failed) cancels the jobs not started and
     terminates the workers."""
-    import os
-
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
                                initargs=(os.getpid(), initializer, tuple(initargs)))
     finished = False
