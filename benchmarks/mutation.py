@@ -486,7 +486,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "checkpoint with other transfer settings is not resumed (its fingerprint differs), and without EPOpt it is "
         "never read",
         "0 -> 1 @ epopt_done = int(saved_transfer.get(\"epopt_batches\", 0))"),
-    ("online_loop", "run_online/const/9"): Equivalent(
+    ("online_loop", "run_online/const/10"): Equivalent(
         "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
         "True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "
         "unit=\"step\", dynamic_ncols=True,"),
@@ -603,6 +603,21 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "max(1, k) -> max(k, 1): max is symmetric",
         "max(..1, int(cfg.stage1.steps) // 3..) swapped @ \"eval_every\": max(1, int(cfg.stage1.steps) // 3), "
         "\"checkpoint_every\": max(1, int(cfg.stage1.steps) // 3),"),
+    ("pipeline", "stage1_config/swap/4"): Equivalent(
+        "as stage1_config/swap/3, for checkpoint_every: max is symmetric",
+        "max(..1, int(cfg.stage1.steps) // 3..) swapped @ \"eval_every\": max(1, int(cfg.stage1.steps) // 3), "
+        "\"checkpoint_every\": max(1, int(cfg.stage1.steps) // 3),"),
+    ("pipeline", "adapt_config/const/0"): Equivalent(
+        "adapt_config's default planned=False -> True: planned only names the stage-1 encoder before stage 1 has "
+        "written it (the start-up check passes planned=True itself); the adapt stage runs after stage 1, whose "
+        "encoder then exists and is found either way",
+        "False -> True @ def adapt_config(cfg: DictConfig, run_dir: Path, target: Target, planned: bool = False) -> "
+        "DictConfig:"),
+    ("pipeline", "_run_stages/binop/3"): Equivalent(
+        "the global torch seed before a stage, seed + i -> seed - i: every stage that draws from torch seeds it "
+        "itself from its own config first (stage 1's torch.manual_seed, stages 2, adapt and 3 through "
+        "build.setup_torch); the data stage draws from numpy generators of its own seeds",
+        "int(cfg.seed) + STAGES.index(stage): Add -> Sub @ torch.manual_seed(int(cfg.seed) + STAGES.index(stage))"),
     ("claims_encoder_shifts", "summarize.diff/swap/6"): Equivalent(
         "min(len(xa), len(xb)) -> min(len(xb), len(xa)): symmetric",
         "min(..len(xa), len(xb)..) swapped @ if min(len(xa), len(xb)) >= 2:  # amendment 2: Welch's t on seed "

@@ -58,7 +58,8 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     run = tmp_path / "run"
     for stage in STAGES:
         assert (run / stage / "done.json").is_file()
-    assert (run / "stage1" / "encoder" / "meta.json").is_file()
+    encoder_meta = json.loads((run / "stage1" / "encoder" / "meta.json").read_text())
+    assert encoder_meta["kwargs"]["channels"] == 8 and encoder_meta["out_dim"] == 16  # stage1.encoder_kwargs used
     assert (run / "data" / "prior_demos.hdf5").is_file()
     assert not (run / "data" / "target_demos.hdf5").exists()  # the custom target brings its own demos
     for folder in (run / "stage2", run / "adapt" / "Arm", run / "stage3" / "Arm"):  # every stage: checkpoints/
@@ -98,6 +99,13 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     assert third["stages"] == {s: "skipped" for s in STAGES}
     warned = [r.getMessage() for r in caplog.records if "already done with other settings" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("stage stage2:") and "stage2.steps: 4 -> 8" in warned[0]
+    cfg.stage3.algo = "cql"  # another algorithm for a finished RL stage: said too (changed_algo's part)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
+        run_pipeline(cfg)
+    warned = [r.getMessage() for r in caplog.records if "already done with other settings" in r.getMessage()]
+    assert any(w.startswith("stage stage3:") and "name: calql -> cql" in w for w in warned), warned
+    cfg.stage3.algo = "calql"
     # ... and so does the report, whose figures are the recorded settings' (it printed "(5 ep)" for 2 episodes)
     cfg.evaluate.episodes = 5
     run_pipeline(cfg)
@@ -140,6 +148,32 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     with pytest.raises(CheckpointMismatchError, match=r"algo: checkpoint has 'calql'.*delete " + str(moved)) as err:
         run_pipeline(cfg)
     assert "resume=false" not in str(err.value) and "output_dir" not in str(err.value)
+
+
+def test_a_sim_target_gets_its_own_clean_expert_demos(tmp_path):
+    """The data stage's target demos of a sim_envs target (the default pipeline's): target_demos episodes of the
+    expert with target_noise, all clean (no test ran this path: a noisy kind's fraction of 1 made every default run
+    refuse its config, a kind's noise changed, unseen)."""
+    import json
+
+    import h5py
+
+    from robopretrain.pipeline import data_paths, stage_data
+
+    run = tmp_path / "run"
+    cfg = tiny_pipeline_config(run, tmp_path / "unused.hdf5")
+    cfg.targets = ["Reach"]
+    cfg.stage1.enabled = cfg.stage2.enabled = False  # no prior demos, no videos: the target's demos alone
+    cfg.obs.rgb = []
+    cfg.data.target_demos, cfg.data.target_noise = 3, 0.05
+    stage_data(cfg, run)
+    with h5py.File(data_paths(run)["target"]) as f:
+        metas = [json.loads(f["data"][d].attrs["ep_meta"]) for d in f["data"]]
+        assert {f["data"][d].attrs["task"] for d in f["data"]} == {"Reach"}
+    assert len(metas) == 3 and {m["kind"] for m in metas} == {"clean"}
+    assert {m["expert_noise"] for m in metas} == {0.05} and {m["stop_step"] for m in metas} == {None}
+    assert {m["seed_entropy"][0] for m in metas} == {int(cfg.seed) + 7}  # not the prior demos' seeds
+    assert not data_paths(run)["prior"].exists() and not data_paths(run)["videos"].exists()
 
 
 def test_each_rl_stage_takes_its_own_algo_overrides_over_the_common_ones(tmp_path):
@@ -698,3 +732,17 @@ def test_the_start_up_checks_read_a_target_files_metadata_once_per_version(tmp_p
     os.utime(demos, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the user rewrote it
     pipeline.check_targets(cfg)
     assert len(reads) == 2
+
+
+def test_the_command_prints_each_targets_success_and_the_report(tmp_path, monkeypatch, capsys):
+    """``python -m robopretrain.pipeline``'s last lines: per target, each condition's success, then the report."""
+    import robopretrain.pipeline as pipeline
+
+    (tmp_path / "evaluate").mkdir()
+    (tmp_path / "evaluate" / "results.json").write_text(json.dumps(
+        {"Arm": {"nominal": {"success": 0.5}, "blind_black": {"success": 0.0}}}))
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg: {"run_dir": str(tmp_path), "stages": {},
+                                                                "report": str(tmp_path / "report.md")})
+    pipeline.main.__wrapped__(OmegaConf.create({}))  # the task under Hydra's decorator
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["target Arm: nominal success 0.50, blind_black success 0.00", f"report: {tmp_path / 'report.md'}"]
