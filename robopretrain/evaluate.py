@@ -59,7 +59,7 @@ from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, frien
 from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
 from robopretrain.envs.target import Target, as_target, warn_unmapped_renames, with_task_slot
-from robopretrain.files import atomic_file, write_text_atomic
+from robopretrain.files import atomic_file, run_folder_lock, write_text_atomic
 from robopretrain.workers import process_map
 
 log = logging.getLogger(__name__)
@@ -643,17 +643,25 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         fix = "remove the gap (gap=none)" if shifted == [GAP] else "use select=[nominal]"
         raise ValueError(f"evaluate config: target {target.name!r} ({target.family}) has no randomization or "
                          f"distractors; factors {shifted} apply to sim_envs targets only: {fix}")
-    task = target.name
     given = cfg.get("target_return")
     spec = PolicySpec(str(ckpt.path), target.to_dict(), resolve_device(cfg.device, "evaluate"),
                       None if given is None else float(given))
     from robopretrain.build import check_env_fits
-    from robopretrain.evaluation import NothingToFilm, agent_target
 
     policy = load_policy(spec)
     check_env_fits(policy, target)  # one line naming the part and both sizes, before any episode
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(out_dir):  # a second evaluate writing this folder now is refused (its results were lost)
+        return _measure(cfg, spec, policy, ckpt, target, conditions, slot, out_dir)
+
+
+def _measure(cfg: DictConfig, spec: PolicySpec, policy: Any, ckpt: Any, target: Target,
+             conditions: Sequence[Condition], slot: Any, out_dir: Path) -> dict[str, Any]:
+    """:func:`evaluate_robustness`'s episodes, plot, videos and ``eval_info.json``, once ``out_dir`` is its."""
+    from robopretrain.evaluation import NothingToFilm, agent_target
+
+    task = target.name
     start = time.perf_counter()
     episodes = run_all_episodes(spec, conditions, int(cfg.episodes), int(cfg.eval_seed), int(cfg.workers),
                                 bool(cfg.progress))

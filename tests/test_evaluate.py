@@ -451,3 +451,15 @@ def test_the_printed_table_names_the_intervals_confidence_and_method():
     lines = summary_lines(info)
     assert "50% CI (wilson)" in lines[0] and "95%" not in lines[0]
     assert lines[1].split()[:5] == ["nominal", "none", "0.20", "[0.13,", "0.30]"] and lines[2].endswith("0.10")
+
+
+def test_a_second_evaluation_writing_the_same_folder_is_refused(tiny_checkpoint, tmp_path):
+    """README: one process writes a run folder at a time. Two evaluations on one output_dir both ran to the end and
+    the second printed an eval_info.json that held the first one's results (a new user's session)."""
+    from robopretrain.files import RunFolderBusy, run_folder_lock
+
+    out = tmp_path / "e"
+    with run_folder_lock(out):  # another process's evaluation, still running
+        with pytest.raises(RunFolderBusy, match="another process is writing this run folder now"):
+            evaluate_robustness(eval_config(tiny_checkpoint, out, select="[]", **{"video.enabled": "false"}))
+    assert not (out / "eval_info.json").exists()
