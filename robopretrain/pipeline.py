@@ -445,6 +445,7 @@ def check_stage_configs(cfg: DictConfig, run_dir: Path) -> None:
     run. Each error names the pipeline section it comes from."""
     from robopretrain.config_checks import validate_offline_config, validate_online_config
     from robopretrain.evaluate import build_conditions
+    from robopretrain.evaluate import validate_config as validate_evaluate_config
     from video_pretrain.train import validate_config as validate_stage1_config
 
     def check(section: str, validate: Callable[[DictConfig], Any], make: Callable[[], DictConfig]) -> None:
@@ -463,8 +464,8 @@ def check_stage_configs(cfg: DictConfig, run_dir: Path) -> None:
         #                                                                            stage3.eval_episodes too
     if bool(cfg.evaluate.robustness.enabled):
         target = next(iter(targets_of(cfg)), None)
-        if target is not None:  # the sweep's conditions: each level an int of distractors or a level name
-            check("evaluate.robustness", build_conditions,
+        if target is not None:  # its amounts (episodes, workers) and conditions (each level an int of distractors
+            check("evaluate.robustness", lambda c: (validate_evaluate_config(c), build_conditions(c)),  # or a name)
                   lambda: robustness_config(cfg, run_dir / "stage3" / target.name, target, run_dir / "evaluate"))
 
 

@@ -278,6 +278,9 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
     (["stage2.eval_episodes=-1"], r"train.eval_episodes=-1; expected an integer >= 0 .* from its stage2 keys\)$"),
     (["+evaluate.robustness.levels.distractors=[99]"], r"factors.distractors.levels has 99; .* evaluate.robustness"),
     (["evaluate.robustness.levels.friction=[eval_hrad]"], r"levels has 'eval_hrad'; .* evaluate.robustness keys"),
+    # the sweep's amounts: refused only at the last stage, after every other had run (a new user's session)
+    (["evaluate.robustness.episodes=0"], r"evaluate config: episodes=0; .* from its evaluate.robustness keys\)$"),
+    (["evaluate.robustness.workers=-1"], r"evaluate config: workers=-1; .* from its evaluate.robustness keys\)$"),
     # the default encoder mode needs stage 1's encoder, which the start-up check takes from where stage 1 writes it
     (["stage2.steps=-1", "encoder.mode=finetune"], r"train.steps=-1; .* from its stage2 keys\)$"),
 ])
