@@ -772,3 +772,11 @@ def test_extending_a_finished_run_says_that_its_cut_episodes_restart(finetuned, 
         finetune(state_cfg(stage2_state, reach_hdf5, longer, online={"env_steps": 130}))
     assert (f"extending a finished run from its final checkpoint (env step 120), written with {cut} episode(s) "
             "still running") in caplog.text
+
+
+def test_a_cuda_graph_on_a_cpu_agent_is_refused_for_the_cpu_not_as_torchrun(reach_hdf5, stage2_state, tmp_path):
+    """Stage 3 runs in one process: online.cuda_graph=true on a CPU agent is refused because the agent is on the CPU
+    (a GPU run would capture the graph), never as a torchrun run."""
+    with pytest.raises(ValueError, match="CUDA device") as refused:
+        finetune(state_cfg(stage2_state, reach_hdf5, tmp_path / "g", online={"cuda_graph": True}))
+    assert "torchrun" not in str(refused.value)
