@@ -263,18 +263,18 @@ def without_unreadable(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return batch
 
 
-def count_unreadable_found(facts: dict[str, Any], found: Sequence[tuple[Any, Any, Sequence[int], str]]) -> list[str]:
+def count_unreadable_found(facts: dict[str, Any], found: Sequence[tuple[Any, Sequence[int], str]]) -> list[str]:
     """Move the clips found unreadable while training from the counts of clips used to ``facts["bad_videos"]``.
 
-    ``found``: per split, (its source, its :class:`~video_pretrain.sampling.FrameBatchStream`, the ids of that
-    source found unreadable, the ``facts`` key counting the split's clips). :func:`open_sources` counts a clip as
+    ``found``: per split, (its :class:`~video_pretrain.sampling.FrameBatchStream`, the ids of the stream's source
+    found unreadable, the ``facts`` key counting the split's clips). :func:`open_sources` counts a clip as
     used when its cheap check at the start passes; one that fails only when decoded (a truncated JPEG, a broken
     packet) was never in a batch, so ``videos``, ``frames`` and the split's count lose it. Returns the names that
     are new to ``bad_videos``."""
     names: list[str] = []
-    for source, stream, ids, split_key in found:
+    for stream, ids, split_key in found:
         for i in ids:
-            name = source.video_name(int(i))
+            name = stream.source.video_name(int(i))
             if name in facts["bad_videos"] or name in names:
                 continue
             names.append(name)
@@ -585,9 +585,9 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     parallel["replica_max_abs_diff"] = dist_utils.replica_max_abs_diff(objective, dinfo)
     if not dinfo.is_main:
         return paths.encoder
-    left_out_now = [(train_source, stream, sorted(found_unreadable), "train_videos")]
+    left_out_now = [(stream, sorted(found_unreadable), "train_videos")]
     if valid_stream is not None:  # (also when every validation clip failed and the run trained without validation)
-        left_out_now.append((valid_source, valid_stream, sorted(valid_stream.unreadable), "valid_videos"))
+        left_out_now.append((valid_stream, sorted(valid_stream.unreadable), "valid_videos"))
     newly_bad = count_unreadable_found(facts, left_out_now)
     if newly_bad:
         log.warning("data: %d clip(s) turned out unreadable only when decoded and were left out: %s (metrics.json "

@@ -418,8 +418,9 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      f"{'; ...' if len(s.inner_dones) > 3 else ''}): training reads each as a terminal (the TD backup "
                      "stops there, returns-to-go restart after it); if those episodes went on, rewrite those dones "
                      "to 0")
-    refused = "training refuses" in "\n".join(lines)  # one of the above; else the reader's own first refusal
-    if s.layout_problem and not refused:
+    # the reader's own first refusal, unless one of the refusals above already says it
+    said = short or s.wrong_rows or s.odd_actions or s.non_finite or s.half_task
+    if s.layout_problem and not said:
         lines.append(f"warning: training refuses the file: {s.layout_problem}")
     lines.append("masks: " + (", ".join(f"{k} ({v})" for k, v in s.masks.items()) if s.masks else "none"))
     for name, gone in s.stale_masks.items():
