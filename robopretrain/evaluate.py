@@ -21,6 +21,10 @@ refused with one line.
   length.
 * Output folder (``output_dir`` or the Hydra run folder): ``eval_info.json`` (per episode and aggregated),
   ``success_per_factor.png`` and ``videos/<factor>.mp4`` (the factor's last level, episode 0, agentview).
+  A run on a folder that holds an earlier evaluation's results first removes the files that evaluation's
+  ``eval_info.json`` lists (and the record itself), so no plot or video of another run stays beside the new
+  record; ``eval_info.json`` is written before the videos and again after each, so a run stopped while filming
+  keeps its episodes' results.
 * ``gap=<name>`` (``configs/gap/``, :mod:`finetune.transfer.gap`) adds the conditions ``gap/source`` and
   ``gap/target``: the settings a stage-3 run with that gap trained in and is judged in (``select=[nominal]`` runs
   only those beside nominal).
@@ -653,7 +657,35 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out_dir):  # a second evaluate writing this folder now is refused (its results were lost)
+        remove_previous_results(out_dir)
         return _measure(cfg, spec, policy, ckpt, target, conditions, slot, out_dir)
+
+
+def remove_previous_results(out_dir: Path) -> list[Path]:
+    """Remove an earlier evaluation's results from ``out_dir``: the plot and videos its ``eval_info.json`` lists
+    (only files inside ``out_dir``) and the record itself; returns the files removed. Anything else in the folder
+    is left as it is. A record that cannot be read is removed alone, with a warning."""
+    record = out_dir / "eval_info.json"
+    if not record.is_file():
+        return []
+    try:
+        old = json.loads(record.read_text())
+        listed = [old.get("plot")] + [v.get("path") for v in (old.get("videos") or {}).values()]
+    except (ValueError, AttributeError, TypeError) as exc:
+        log.warning("%s is unreadable (%s): removed; files an earlier run wrote beside it may remain", record, exc)
+        listed = []
+    root = out_dir.resolve()
+    removed = []
+    for name in filter(None, listed):
+        path = Path(name).resolve()
+        if path.is_file() and path.is_relative_to(root):
+            path.unlink()
+            removed.append(path)
+    record.unlink()
+    removed.append(record)
+    log.info("%s held an earlier evaluation's results: replaced by this run's (%d files removed)", out_dir,
+             len(removed))
+    return removed
 
 
 def _measure(cfg: DictConfig, spec: PolicySpec, policy: Any, ckpt: Any, target: Target,
@@ -681,6 +713,7 @@ def _measure(cfg: DictConfig, spec: PolicySpec, policy: Any, ckpt: Any, target: 
     if cfg.plot:
         info["plot"] = str(plot_success(stats, out_dir / "success_per_factor.png", f"{task}: {ckpt.meta['algo']} "
                                         f"step {ckpt.step}"))
+    write_text_atomic(out_dir / "eval_info.json", json.dumps(info, indent=2))  # the episodes' results, before filming
     if cfg.video.enabled:
         last = {}
         for cond in conditions:
@@ -693,8 +726,9 @@ def _measure(cfg: DictConfig, spec: PolicySpec, policy: Any, ckpt: Any, target: 
                 log.warning("no video of %s: %s", factor, exc)
                 break
             info["videos"][factor] = {"path": str(path), "level": cond.level, "episode": 0}
+            write_text_atomic(out_dir / "eval_info.json", json.dumps(info, indent=2))  # every file it wrote listed
         info["wall_seconds"]["videos"] = time.perf_counter() - start - episode_seconds
-    write_text_atomic(out_dir / "eval_info.json", json.dumps(info, indent=2))
+        write_text_atomic(out_dir / "eval_info.json", json.dumps(info, indent=2))
     info["output_dir"] = str(out_dir)
     log.info("robustness of %s on %s: nominal success %.2f; results in %s", ckpt.path, task,
              info["nominal"]["success"], out_dir)

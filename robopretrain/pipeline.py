@@ -825,6 +825,22 @@ def check_amounts(cfg: DictConfig) -> None:
                          "of each adaptation batch from the prior data)")
 
 
+def check_stage_order(run_dir: Path) -> None:
+    """Refuse a run folder where a stage is unfinished but a later one finished (:class:`ValueError`, naming the
+    folders to delete). The rerun would run the earlier stage again and skip the later ones, so the report would mix
+    the new stage's results with later stages' results computed from its earlier run (a user who deleted only
+    ``stage3/`` got stage 3 retrained and its old evaluation reported beside it)."""
+    unfinished = next((s for s in STAGES if not is_done(run_dir / s)), None)
+    if unfinished is None:
+        return
+    later = [s for s in STAGES[STAGES.index(unfinished) + 1:] if is_done(run_dir / s)]
+    if later:
+        raise ValueError(f"pipeline: stage {unfinished} of {run_dir} is not finished but the later stage(s) "
+                         f"{', '.join(later)} are: running {unfinished} again would leave their results from its "
+                         f"earlier run, and the report would mix both. Delete {', '.join(str(run_dir / s) for s in later)}"
+                         " too, or choose another run_dir")
+
+
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run every unfinished stage in order; returns ``{stage: "skipped" | seconds}`` and the report path."""
     cpu_settings.apply_from_config(cfg)
@@ -847,6 +863,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     #                                             folder maps them (run_fingerprint.relocation)
     check_stage1_encoder(cfg, run_dir)  # reads what the run folder holds, so only now; still before it is made
     check_stage_configs(cfg, run_dir)
+    check_stage_order(run_dir)
     with run_folder_lock(run_dir):  # a second pipeline in this run folder is refused, not resuming its stages too
         return _run_stages(cfg, run_dir)
 

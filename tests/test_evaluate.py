@@ -463,3 +463,42 @@ def test_a_second_evaluation_writing_the_same_folder_is_refused(tiny_checkpoint,
         with pytest.raises(RunFolderBusy, match="another process is writing this run folder now"):
             evaluate_robustness(eval_config(tiny_checkpoint, out, select="[]", **{"video.enabled": "false"}))
     assert not (out / "eval_info.json").exists()
+
+
+def test_a_reused_folder_keeps_no_plot_or_video_of_the_earlier_evaluation(tiny_checkpoint, tmp_path):
+    """A second evaluation into the same output_dir without plot or videos left the first one's
+    success_per_factor.png and videos/ beside its own eval_info.json (stop 60's note); a user's own file stays."""
+    out = tmp_path / "e"
+    first = evaluate_robustness(eval_config(tiny_checkpoint, out, episodes=1, select="[]", **{"video.max_frames": 3}))
+    assert Path(first["plot"]).is_file() and set(first["videos"]) == {"nominal"}
+    (out / "videos" / "mine.txt").write_text("a user's file")
+    second = evaluate_robustness(eval_config(tiny_checkpoint, out, episodes=1, select="[]", plot="false",
+                                             **{"video.enabled": "false"}))
+    assert second["plot"] is None and second["videos"] == {}
+    assert not Path(first["plot"]).exists() and not Path(first["videos"]["nominal"]["path"]).exists()
+    assert (out / "videos" / "mine.txt").read_text() == "a user's file"
+    assert json.loads((out / "eval_info.json").read_text())["plot"] is None
+
+
+def test_a_run_stopped_while_filming_keeps_its_results_and_lists_its_videos(tiny_checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C in the video phase left the plot without eval_info.json: the episodes' results were lost."""
+    import robopretrain.evaluate as evaluate
+
+    filmed = []
+    real = evaluate.record_video
+
+    def stop_at_the_second(spec, condition, *args):
+        if filmed:
+            raise KeyboardInterrupt
+        filmed.append(condition.factor)
+        return real(spec, condition, *args)
+
+    monkeypatch.setattr(evaluate, "record_video", stop_at_the_second)
+    out = tmp_path / "e"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_robustness(eval_config(tiny_checkpoint, out, episodes=1, select="[friction]",
+                                        **{"factors.friction.levels": "[eval_hard]", "video.max_frames": 3}))
+    info = json.loads((out / "eval_info.json").read_text())
+    assert info["nominal"]["episodes"] == 1 and info["factors"]["friction"]["eval_hard"]["episodes"] == 1
+    assert filmed == ["nominal"] and list(info["videos"]) == ["nominal"]
+    assert Path(info["videos"]["nominal"]["path"]).is_file()

@@ -317,6 +317,30 @@ def test_a_bad_device_or_amount_stops_the_pipeline_before_the_data_stage(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_a_finished_stage_after_an_unfinished_one_is_refused_before_any_stage(tmp_path):
+    """Deleting only stage3/ of a finished run retrained stage 3, skipped the finished evaluation and reported its
+    numbers (computed from the old stage 3) beside the new ones (stop 60's note)."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    run = tmp_path / "run"
+    for stage in ("data", "stage1", "stage2", "adapt", "evaluate"):  # stage3 deleted by the user
+        (run / stage).mkdir(parents=True)
+        (run / stage / "done.json").write_text("{}")
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["encoder.mode=scratch"])
+    with pytest.raises(ValueError, match=r"stage stage3 of .* is not finished but the later stage\(s\) evaluate are.*"
+                                         r"Delete " + str(run / "evaluate") + " too"):
+        pipeline.run_pipeline(cfg, run)
+    assert sorted(p.name for p in run.iterdir()) == ["adapt", "data", "evaluate", "stage1", "stage2"]
+    assert [p.name for p in (run / "evaluate").iterdir()] == ["done.json"]
+    pipeline.check_stage_order(run.parent / "empty")  # nothing finished, or every stage: no refusal
+    (run / "stage3").mkdir()
+    (run / "stage3" / "done.json").write_text("{}")
+    pipeline.check_stage_order(run)
+
+
 def test_an_encoder_mode_without_a_stage1_encoder_stops_before_the_data_stage(tmp_path):
     """stage1.enabled=false with the default encoder.mode=finetune failed in stage 2, after the data stage (which then
     skipped the videos, so enabling stage 1 later failed too); a state-only run (no camera) needs no encoder."""
