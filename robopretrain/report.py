@@ -76,6 +76,9 @@ def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
     ax.set_title("Offline stages")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
+    else:  # BC and DT have no critic; a blank plot said nothing
+        ax.text(0.5, 0.5, "no Q(s, a_data) logged:\nthe offline stages' algorithms have no critic\n(or no stage ran)",
+                ha="center", va="center", transform=ax.transAxes, fontsize=8)
     fig.tight_layout()
     paths.append(out_dir / "offline_q.png")
     fig.savefig(paths[-1], dpi=100)
@@ -215,6 +218,9 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         lines += ["## Stage 2: multi-task offline RL, success per prior task", "", "| task | success |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in per.items()]
         lines += [f"| **mean** | **{ev['eval/success']:.2f}** |", ""]
+        if "eval/episodes" in ev:
+            lines += [f"Each task's success over {int(ev['eval/episodes'])} episodes (stage 2's last evaluation, update "
+                      f"{ev.get('step', '?')}).", ""]
     results = _read(out_dir / "results.json") if (out_dir / "results.json").is_file() else {}
     settings = list(dict.fromkeys(k for per in results.values() for k in per))  # a non-sim target has fewer
     lines += ["## Target tasks", "",
@@ -231,7 +237,13 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
                            for k in settings)
         regret = "n/a" if s3.get("cumulative_regret") is None else f"{s3['cumulative_regret']:.2f}"
         adapt_s = f"{adapt[-1]['eval/success']:.2f}" if adapt else "n/a"
-        lines.append(f"| {name} | {adapt_s} | {s3['final_success']:.2f} | {regret} | {cells} |")
+        if adapt and "eval/episodes" in adapt[-1]:
+            adapt_s += f" ({int(adapt[-1]['eval/episodes'])} ep)"
+        s3_rows = eval_rows(run_dir / "stage3" / name)
+        s3_s = f"{s3['final_success']:.2f}"
+        if s3_rows and "eval/episodes" in s3_rows[-1]:
+            s3_s += f" ({int(s3_rows[-1]['eval/episodes'])} ep)"
+        lines.append(f"| {name} | {adapt_s} | {s3_s} | {regret} | {cells} |")
     lines += robustness_lines(run_dir)
     lines += ["", "## Plots", ""] + [f"![{p.stem}](evaluate/{p.name})" for p in plots]
     gifs = sorted(out_dir.glob("rollout_*.gif"))

@@ -65,13 +65,17 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "data.storage", "d
 
 
 def summarize(per_target: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """``{target}/{metric}`` for every target (when there are several) and the means over targets."""
+    """``{target}/{metric}`` for every target (when there are several), the means over targets, and ``episodes``:
+    the fewest episodes any target ran (each runs ``eval_episodes``), which the pipeline's report prints beside the
+    success."""
     out: dict[str, float] = {}
     if len(per_target) > 1:
         for name, res in per_target.items():
             out.update({f"{name}/{k}": v for k, v in res.items()})
     for k in ("success", "return", "length"):
         out[k] = float(np.mean([r[k] for r in per_target.values()]))
+    if all("episodes" in r for r in per_target.values()):
+        out["episodes"] = int(min(r["episodes"] for r in per_target.values()))
     return out
 
 

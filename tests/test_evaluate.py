@@ -502,3 +502,23 @@ def test_a_run_stopped_while_filming_keeps_its_results_and_lists_its_videos(tiny
     assert info["nominal"]["episodes"] == 1 and info["factors"]["friction"]["eval_hard"]["episodes"] == 1
     assert filmed == ["nominal"] and list(info["videos"]) == ["nominal"]
     assert Path(info["videos"]["nominal"]["path"]).is_file()
+
+
+def test_an_offline_q_plot_with_nothing_to_draw_says_why(tmp_path, monkeypatch):
+    """The report's "Offline stages" plot was blank, without a word, for stages whose algorithm has no critic."""
+    import matplotlib.axes
+
+    from robopretrain.report import plot_curves
+
+    (tmp_path / "stage2").mkdir()
+    (tmp_path / "stage2" / "metrics.jsonl").write_text(json.dumps({"step": 4, "train/bc_loss": 0.1}) + "\n")
+    said = []
+    text = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, x, y, s, *a, **k: said.append(s) or
+                        text(self, x, y, s, *a, **k))
+    plot_curves(tmp_path, tmp_path / "evaluate")
+    assert len(said) == 1 and said[0].startswith("no Q(s, a_data) logged")
+    (tmp_path / "stage2" / "metrics.jsonl").write_text(json.dumps({"step": 4, "train/q_data": -3.0}) + "\n")
+    said.clear()
+    plot_curves(tmp_path, tmp_path / "evaluate")
+    assert said == []

@@ -84,6 +84,9 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     assert [r["env_steps"] for r in rows if "eval/success" in r] == [0, 6, 12]
     report = (run / "report.md").read_text()
     assert "Arm" in report and "rollout_Arm.gif" in report and "blind_black" in report
+    # the adaptation's and stage 3's success with their episode counts (stage3.eval_episodes=1 for both)
+    row = next(line for line in report.splitlines() if line.startswith("| Arm |"))
+    assert row.split(" | ")[1].endswith("(1 ep)") and row.split(" | ")[2].endswith("(1 ep)"), row
     assert (run / "evaluate" / "rollout_Arm.gif").stat().st_size > 0
     mtimes = {s: (run / s / "done.json").stat().st_mtime_ns for s in STAGES}
 
@@ -426,6 +429,16 @@ def test_the_report_marks_a_disabled_stage_and_has_no_empty_rollouts_section(tmp
     assert "| data | 3.0 |" in report and "## Rollouts" not in report
     (tmp_path / "evaluate" / "rollout_Reach.gif").write_bytes(b"GIF89a")
     assert "## Rollouts\n\n![rollout_Reach](evaluate/rollout_Reach.gif)" in write_report(cfg, tmp_path).read_text()
+    # stage 2's per-task success says over how many episodes (stage2.eval_episodes); a row without the count (a run
+    # before counts were logged) prints none
+    (tmp_path / "stage2").mkdir()
+    row = {"step": 40, "eval/success": 0.5, "eval/episodes": 7}
+    (tmp_path / "stage2" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    assert "Each task's success over 7 episodes (stage 2's last evaluation, update 40)." in \
+        write_report(cfg, tmp_path).read_text()
+    del row["eval/episodes"]
+    (tmp_path / "stage2" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    assert "episodes (stage 2's" not in write_report(cfg, tmp_path).read_text()
 
 
 def test_a_disabled_stage_2_logs_no_algorithm_overrides(caplog):

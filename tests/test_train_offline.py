@@ -92,6 +92,7 @@ def test_cli_writes_checkpoint_and_resumes(tiny_hdf5, tmp_path):
     for key in ("eval/Reach/success", "eval/PressButton/success", "calib/offline_q_policy",
                 "calib/offline_mc_return", "calib/offline_gap_policy"):
         assert key in evals[-1], key
+    assert evals[-1]["eval/episodes"] == 1 and evals[-1]["eval/Reach/episodes"] == 1  # the report prints "(1 ep)"
     assert any("train/critic_loss" in r for r in rows)
     assert (out / "tb").is_dir()
 
@@ -256,7 +257,8 @@ def test_metrics_are_computed_on_checkpoint_steps_between_log_steps(tiny_hdf5, t
     assert [i + 1 for i, m in enumerate(seen) if m] == [3, 4, 6, 7]  # ckpt 3, log 4, ckpt 6, last step 7
     assert closed == [tmp_path / "m"]  # the logger is closed (TensorBoard flushed) when training ends
     rows = read_jsonl(tmp_path / "m" / "metrics.jsonl")
-    assert [r["step"] for r in rows if any(k.startswith("train/") for k in r)] == [4]  # update metrics at log steps
+    # update metrics at log steps and the last (a run shorter than log_every logged none: a blank report Q plot)
+    assert [r["step"] for r in rows if any(k.startswith("train/") for k in r)] == [4, 7]
 
 
 def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tiny_hdf5, tmp_path, caplog):

@@ -5,7 +5,7 @@ every agent, every algorithm and every observation spec (STYLE.md rule 4).
 sampler (an :class:`~robopretrain.data.replay.OfflineDataset`, or a
 :class:`~robopretrain.data.replay.MixedSampler` of two datasets, e.g. PTR's 90% prior / 10% target), and
 
-* logs update metrics every ``log_every`` updates (the mean over ranks under DDP) to ``metrics.jsonl`` /
+* logs update metrics every ``log_every`` updates and at the last one (the mean over ranks under DDP) to ``metrics.jsonl`` /
   TensorBoard; metrics are computed on log, evaluation and checkpoint steps only, and a NaN / inf loss stops the run
   (:func:`robopretrain.guards.finite_metrics_hook`) before the next checkpoint is written;
 * writes a resumable checkpoint every ``checkpoint_every`` updates and at the end (agent, optimisers, RNG and sampler
@@ -224,7 +224,7 @@ def train_offline(
             evaluate_and_log(start)
         checked = start  # the last step whose losses were checked finite (or where this session started)
         for step in range(start + 1, total + 1):
-            log_now = step % int(settings.log_every) == 0
+            log_now = step % int(settings.log_every) == 0 or step == total  # a run shorter than log_every logs one
             eval_now = step % int(settings.eval_every) == 0 or step == total
             ckpt_now = step % int(settings.checkpoint_every) == 0 or step == total
             with_metrics = log_now or eval_now or ckpt_now  # a NaN is caught before the checkpoint is written
