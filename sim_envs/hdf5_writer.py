@@ -11,15 +11,20 @@ Layout written by :class:`RobomimicWriter`::
 
 The file is written under a temporary name in the destination folder and ``os.replace()``d onto the final
 path by :meth:`RobomimicWriter.close`; an exception inside the ``with`` block (or :meth:`abort`) deletes the
-temporary file, so an interrupted collection never leaves a broken file at the final path. Every episode
+temporary file, so an interrupted collection never leaves a broken file at the final path; the partial file of a
+collection killed outright (SIGKILL, power loss) is removed by the next writer of that path
+(:func:`remove_abandoned_partials`). Every episode
 is validated before anything is written; a bad one raises :class:`EpisodeError` naming the key and what
 was expected. Observation keys ending in ``_image`` are images; every other key is low-dim.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping, Sequence
@@ -27,7 +32,35 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIX = "_image"
+ABANDONED_AFTER_S = 60.0  # a partial file this old and locked by no process is abandoned (see below)
+
+
+def remove_abandoned_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove the partial HDF5 files that writers of ``path`` killed outright left beside it: ``.<name>.*.tmp``
+    (:class:`RobomimicWriter`) and ``<name>.*.tmp`` (``robopretrain.data`` conversions). A partial is removed only
+    when no process holds it open for writing (the HDF5 library holds an exclusive ``flock`` on a file it writes,
+    tested with a non-blocking lock) and it was last modified over ``ABANDONED_AFTER_S`` s ago (the moment between
+    its creation and the library opening it); a writer that is alive keeps its file. Returns the files removed."""
+    path = Path(path)
+    removed = []
+    for partial in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f"{path.name}.*.tmp")]:
+        try:
+            if not partial.is_file() or time.time() - partial.stat().st_mtime < ABANDONED_AFTER_S:
+                continue
+            with open(partial, "rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError while a writer holds it
+                size = partial.stat().st_size
+                partial.unlink()
+        except OSError:
+            continue
+        removed.append(partial)
+        log.info("removed %s (%.1f MB), the partial file of a writer of %s that was killed", partial, size / 2**20,
+                 path)
+    return removed
+
 # robomimic's EnvType: 1 robosuite, 2 gym, 3 iGibson MoMaRT.
 ROBOMIMIC_GYM_TYPE = 2
 COMPRESSIONS = ("gzip", "lzf", None)
@@ -120,6 +153,7 @@ class RobomimicWriter:
         self.compression_level = int(compression_level)
         self.chunk_frames = int(chunk_frames)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_partials(self.path)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(fd)
         self.tmp_path = Path(tmp)

@@ -315,3 +315,50 @@ def test_overwrite_no_keeps_the_file(tmp_path):
     with pytest.raises(ValueError, match="overwrite='no'; expected true or false"):
         collect(tiny_config(overwrite="no", output=str(path)), progress=False)
     assert path.read_bytes() == b"keep me"
+
+
+def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_and_a_live_writers_is_kept(tmp_path):
+    """A collection killed outright (SIGKILL) left its hidden ``.<name>.<random>.tmp`` (GBs of frames) beside the
+    user's data for good: the rerun wrote a new one and never looked (stop 60's note)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from sim_envs import hdf5_writer
+
+    path = tmp_path / "d.hdf5"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        import numpy as np
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_collect import _episode
+        from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
+        w = RobomimicWriter({str(path)!r}, make_env_args("x", "0", {{}}))
+        w.add_episode(**_episode())
+        print(w.tmp_path, flush=True)
+        time.sleep(600)
+        """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    writers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+               for _ in range(2)]
+    try:
+        killed, alive = [Path(w.stdout.readline().strip()) for w in writers]
+        writers[0].send_signal(signal.SIGKILL)
+        writers[0].wait(timeout=30)
+        fresh = tmp_path / f".{path.name}.fresh.tmp"  # just made, not yet opened by its writer
+        fresh.write_bytes(b"")
+        old = time.time() - 2 * hdf5_writer.ABANDONED_AFTER_S
+        for partial in (killed, alive):
+            os.utime(partial, (old, old))
+        assert killed.is_file() and alive.is_file()
+        with RobomimicWriter(path, make_env_args("x", "0", {})) as writer:
+            writer.add_episode(**_episode())
+        assert not killed.exists() and alive.is_file() and fresh.is_file()
+        assert path.is_file()
+    finally:
+        for w in writers:
+            w.kill()
+            w.wait(timeout=30)

@@ -185,3 +185,27 @@ def test_stage2_trains_on_the_foreign_file_only_through_data_image_size(tmp_path
     assert copy.parent == cache and json.loads(h5py.File(copy, "r")["data"].attrs["env_args"])["source"] == str(
         src.resolve())
     assert {k: tuple(s) for k, s in saved.meta["obs_spec"]["rgb"]} == {k: (16, 16, 3) for k in CAMERAS}
+
+
+@pytest.mark.parametrize("writer", ["write_resized", "write_robomimic"])
+def test_a_killed_conversions_partial_file_is_removed_by_the_next(tmp_path, writer):
+    """``<dst>.<pid>.tmp`` of a conversion killed outright stayed beside the user's data; the next conversion to that
+    path removes it (nobody holds it open, old enough: :func:`sim_envs.hdf5_writer.remove_abandoned_partials`)."""
+    import time
+
+    from robopretrain.data.episodes import Episode, write_robomimic
+    from sim_envs import hdf5_writer
+
+    dst = tmp_path / "out.hdf5"
+    abandoned = tmp_path / "out.hdf5.99999999.tmp"
+    abandoned.write_bytes(b"\x89HDF half")
+    old = time.time() - 2 * hdf5_writer.ABANDONED_AFTER_S
+    os.utime(abandoned, (old, old))
+    if writer == "write_resized":
+        write_resized(write_foreign(tmp_path / "src.hdf5"), dst, 16)
+    else:
+        state = np.zeros((4, 3), np.float32)
+        write_robomimic(dst, [Episode(obs={"state": state[:3]}, next_obs={"state": state[1:]}, actions=np.zeros((3, 2)),
+                                      rewards=np.zeros(3), terminations=np.array([0, 0, 1]), truncated=False,
+                                      task="t")], source="src", fmt="test")
+    assert dst.is_file() and not abandoned.exists()

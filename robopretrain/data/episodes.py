@@ -54,6 +54,7 @@ import numpy as np
 from robopretrain.envs.action_units import ENV_ARGS_KEY as ACTION_UNITS_KEY
 from robopretrain.envs.action_units import ActionNormalization, auto_bounds, warn_constant_dimensions
 from robopretrain.envs.camera_frames import image_layout, to_agent_frame  # image_layout: re-exported
+from sim_envs.hdf5_writer import remove_abandoned_partials
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +273,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
     image_size = check_image_size(image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(path)  # a conversion killed outright left its partial file
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks converting at once do not collide
     tasks: dict[str, int] = {}
     total = 0

@@ -35,6 +35,7 @@ import numpy as np
 
 from robopretrain.data.episodes import ConversionError, NotColourError, image_layout, resize_frames, to_uint8_hwc
 from robopretrain.data.hdf5 import IMAGE_SUFFIX
+from sim_envs.hdf5_writer import remove_abandoned_partials
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def write_resized(src: str | os.PathLike, dst: str | os.PathLike, image_size: in
     src, dst = Path(src).expanduser(), Path(dst)
     size = int(image_size)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(dst)  # a copy killed outright left its partial file
     tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
     kept: list[str] = []  # cameras that are not colour (depth): copied as stored
     try:
