@@ -4,6 +4,7 @@ where it equals the following obs and kept at episode ends, truncations and brea
 DDP shards, and a corrupt or truncated frame file named in one line."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,51 @@ def test_sha256_of_stops_between_pieces_when_told(tmp_path):
     stop.set()
     with pytest.raises(InterruptedError):
         sha256_of(f, block=100, stop=stop)
+
+
+def test_the_folder_of_a_killed_index_build_is_removed_by_the_next_and_a_running_builds_is_kept(toy):
+    """A build killed outright (SIGKILL) left ``<file>.frames.tmp<pid>/`` (up to every frame of the file,
+    uncompressed) beside the user's data for good (stop 60's note)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from robopretrain.data import frames as frames_mod
+
+    path, _, _ = toy
+    script = textwrap.dedent(f"""
+        import time
+        from robopretrain.data import frames
+        def hang(*args, **kwargs):  # a long copy, in its build folder, holding the lock
+            print("building", flush=True)
+            time.sleep(600)
+        frames._write_index = hang
+        frames.build_index({str(path)!r}, [{CAM!r}])
+        """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    builders = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+                for _ in range(2)]
+    try:
+        for b in builders:
+            assert b.stdout.readline().strip() == "building"
+        builders[0].send_signal(signal.SIGKILL)
+        builders[0].wait(timeout=30)
+        folder = index_dir(path)
+        killed, running = (folder.with_name(f"{folder.name}.tmp{b.pid}") for b in builders)
+        replaced = folder.with_name(f"{folder.name}.old123")  # a replaced index a killed build had moved aside
+        mine = folder.with_name(f"{folder.name}.tmp_notes")  # not a build's name: the user's
+        for d in (replaced, mine):
+            d.mkdir()
+        old = time.time() - 2 * frames_mod.ABANDONED_AFTER_S
+        for p in (killed / frames_mod.BUILDING, running / frames_mod.BUILDING, replaced, mine):
+            os.utime(p, (old, old))
+        frames_mod.build_index(path, [CAM])
+        assert not killed.exists() and not replaced.exists()
+        assert running.is_dir() and mine.is_dir() and (folder / "meta.json").is_file()
+        assert not (folder / frames_mod.BUILDING).exists()
+    finally:
+        for b in builders:
+            b.kill()
+            b.wait(timeout=30)

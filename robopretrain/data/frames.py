@@ -19,6 +19,10 @@ folder ``<file>.hdf5.frames/`` with, per camera key ``k`` of the file:
   time and SHA-256 (a changed file is indexed again; one only touched, or copied over itself with the same bytes,
   keeps its index: its hash tells), the demos, their first transition and, per key, their first frame row.
 
+The index is built in ``<file>.hdf5.frames.tmp<pid>/`` and renamed into place; the builder holds an exclusive
+``flock`` on its ``.building`` file meanwhile, so the next build of that file removes the folder of a build killed
+outright (lock free) and leaves a running one's (:func:`remove_abandoned_builds`).
+
 :class:`FrameStore` reads rows with ``os.pread`` (no memory map: the pages stay in the page cache and out of the
 process's resident memory, so a 12 GB frame file costs the reader no RSS) and checks sizes at open (a truncated file
 fails before training) and CRCs at read (:class:`~robopretrain.data.hdf5.DatasetError`, one line: file, demo, key).
@@ -27,11 +31,13 @@ The same store holds per-frame features of a frozen encoder (:func:`write_rows`,
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 
 INDEX_SUFFIX = ".frames"
 INDEX_VERSION = 2
+BUILDING = ".building"  # in a folder being built: its builder holds an exclusive flock on it
+ABANDONED_AFTER_S = 60.0  # a build folder without the lock file this old (or a replaced index's .old) is abandoned
 
 
 def index_dir(path: str | os.PathLike) -> Path:
@@ -168,12 +176,52 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
     info = info or read_info(source)
     folder = index_dir(source)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    remove_abandoned_builds(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
+        building = open(tmp / BUILDING, "wb")  # noqa: SIM115 (held until the index is in place)
     except OSError as e:
         raise DatasetError(f"{source}: cannot write its frame index beside it ({e}); copy the file to a writable "
                            "folder or set data.storage=memory") from None
+    with building:
+        fcntl.flock(building, fcntl.LOCK_EX)
+        return _build_holding(source, info, keys, folder, tmp)
+
+
+def remove_abandoned_builds(folder: Path) -> list[Path]:
+    """Remove the build folders of index ``folder`` that builders killed outright left beside it: ``<folder>.tmp<pid>``
+    whose ``.building`` lock no process holds and was made over ``ABANDONED_AFTER_S`` s ago (one without the file, and
+    a replaced index's ``<folder>.old<pid>``: last modified that long ago). A running build's folder is kept. Returns
+    the folders removed."""
+    removed = []
+    for leftover in folder.parent.glob(f"{folder.name}.*"):
+        kind, pid = leftover.name[len(folder.name) + 1:][:3], leftover.name[len(folder.name) + 4:]
+        if kind not in ("tmp", "old") or not pid.isdigit():  # <folder>.tmp<pid> / <folder>.old<pid> only
+            continue
+        try:
+            if not leftover.is_dir():
+                continue
+            marker = leftover / BUILDING
+            if marker.is_file():
+                with open(marker, "rb") as fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError while its builder runs
+                    if time.time() - marker.stat().st_mtime < ABANDONED_AFTER_S:  # made, not yet locked
+                        continue
+                    shutil.rmtree(leftover)
+            elif time.time() - leftover.stat().st_mtime > ABANDONED_AFTER_S:
+                shutil.rmtree(leftover)
+            else:
+                continue
+        except OSError:
+            continue
+        removed.append(leftover)
+        log.info("removed %s, the partial frame index of a build that was killed", leftover)
+    return removed
+
+
+def _build_holding(source: Path, info: DatasetInfo, keys: Sequence[str], folder: Path, tmp: Path) -> Path:
+    """:func:`build_index`'s copy into ``tmp`` and rename onto ``folder``, while holding ``tmp``'s lock."""
     # every demo a selection can hold (a shorter one is refused before any index is read), NaN / inf left as they
     # are: a selection that holds one is refused by robopretrain.data.hdf5.check_finite_transitions
     demos = [d.name for d in info.demos if d.num_samples >= 2]
@@ -201,6 +249,7 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
         folder.rename(old)
     try:
         tmp.rename(folder)
+        (folder / BUILDING).unlink(missing_ok=True)
     except OSError:  # another process finished the same index first
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
