@@ -156,6 +156,31 @@ def test_reset_is_deterministic_per_seed(env):
 
 
 @needs_metaworld
+@pytest.mark.parametrize("task", ["drawer-open-v3", "window-close-v3", "reach-v3"])
+def test_the_reset_observation_and_image_are_of_the_state_the_physics_is_in(task):
+    """Meta-World's reset placed the drawer / window / goal site after its last forward pass: our reset observation
+    held the object up to 0.2 m from where it was (it "jumped" at the first step of every demo) and the image drew
+    the goal marker where the previous episode had it (a new user's session)."""
+    import mujoco
+
+    env = MetaWorldEnv(task, render_images=False)
+    for seed in (5, 6):
+        obs, _ = env.reset(seed=seed)
+        mw = env.unwrapped._mw
+        fresh = mw.data.site("goal").xpos.copy()
+        mujoco.mj_forward(mw.model, mw.data)
+        current = mw._get_curr_obs_combined_no_goal()
+        np.testing.assert_allclose(obs["proprio"], current[:4], atol=1e-6)
+        np.testing.assert_allclose(obs["object"][:14], current[4:18], atol=1e-6)
+        np.testing.assert_array_equal(env.state[18:36], env.state[:18])  # the frame stack repeats the first frame
+        if task == "reach-v3":  # its goal marker is drawn where the observed goal is
+            np.testing.assert_allclose(fresh, obs["object"][-3:], atol=1e-6)
+        before = env.state[:18].copy()
+        env.step(np.zeros(4))
+        np.testing.assert_allclose(env.state[18:36], before)  # then the previous frame, as Meta-World's step gives
+
+
+@needs_metaworld
 def test_success_gives_reward_one_and_terminates():
     e = MetaWorldEnv("drawer-open-v3", render_images=False, max_episode_steps=200)
     rewards, terminated, truncated, info = expert_rollout(e, "drawer-open-v3", seed=0)

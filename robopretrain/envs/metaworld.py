@@ -18,7 +18,8 @@ wraps one Meta-World task (needs the optional extra: ``pip install -e '.[metawor
   (Meta-World's ``max_path_length``, 500, by default), or when the physics goes unstable
   (``info["physics_unstable"]``);
 - ``reset(seed=s)`` draws the task's object/goal positions (uniform over Meta-World's reset space) from
-  ``s``: the same seed gives the same initial state. Meta-World's own MT1 instead fixes 50 positions per task.
+  ``s``: the same seed gives the same initial state. The reset observation and image are those of the state the
+  physics is in (Meta-World's own reset returns, in some tasks, positions from before its last placement). Meta-World's own MT1 instead fixes 50 positions per task.
 
 The goal is always in ``object`` (Meta-World's MT benchmarks observe it, its ML benchmarks zero it); it is
 also drawn in the images (Meta-World's goal marker). The env is built with plain keyword arguments and makes
@@ -273,8 +274,17 @@ class MetaWorldEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._mw.np_random = np.random.default_rng(int(self.np_random.integers(2**63)))
-        state, _ = self._mw.reset()
-        self._state = np.asarray(state, np.float64)
+        self._mw.reset()
+        # Meta-World's reset places objects, goal sites and bodies in the model after its last forward pass, so its
+        # state and the rendered scene are stale in some tasks (drawer-open: the object off by up to 0.2 m, the goal
+        # marker drawn where the last episode had it) until the first step. Recompute the kinematics and read the
+        # state again, with its frame stack ([18:36]) repeating the current frame as Meta-World's reset does.
+        import mujoco
+
+        mujoco.mj_forward(self._mw.model, self._mw.data)
+        current = np.asarray(self._mw._get_curr_obs_combined_no_goal(), np.float64)
+        self._mw._prev_obs = current.copy()
+        self._state = np.asarray(self._mw._get_obs(), np.float64)
         self._steps = 0
         return self._obs(), {"success": False, "dense_reward": 0.0}
 
