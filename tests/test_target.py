@@ -405,6 +405,11 @@ def test_a_meta_world_targets_env_kwargs_cannot_contradict_its_fields():
     with pytest.raises(ValueError, match=r"env_kwargs.reward='sparse' contradicts the target's reward='dense'"):
         Target(name="reach", family="metaworld", reward="dense", env_kwargs={"reward": "sparse"})
     Target(name="reach", family="metaworld", reward="dense", env_kwargs={"reward": "dense"})  # agreeing: fine
+    # env_kwargs.task ran another task than the name, which results and the task slot still said (a user's session)
+    for task in ("reach-v3", "no-such-task", 3):
+        with pytest.raises(ValueError, match=r"env_kwargs.task=.* contradicts the target's name"):
+            Target(name="drawer-open-v3", family="metaworld", env_kwargs={"task": task})
+    Target(name="drawer-open-v3", family="metaworld", env_kwargs={"task": "drawer-open"})  # the same task: fine
     recorded = {"family": "metaworld", "env_kwargs": {"reward": "dense", "terminate_on_success": False,
                                                       "max_episode_steps": 90}}
     target = target_of_data(recorded, "reach-v3", 0)

@@ -158,6 +158,17 @@ class Target:
                                  + (f" (did you mean {hints}?)" if hints else "")
                                  + f"; it takes {list(SIM_ENVS_KWARGS)} from a target")
         if self.family == METAWORLD:
+            if "task" in given:  # it replaced the named task in the env, while results and the slot said the name
+                from robopretrain.envs.metaworld import task_name
+
+                task = self.env_kwargs["task"]
+                try:
+                    same = isinstance(task, str) and task_name(task) == self.name
+                except ValueError:  # no Meta-World task
+                    same = False
+                if not same:
+                    raise ValueError(f"target {self.name!r}: env_kwargs.task={task!r} contradicts the target's name, "
+                                     "which is its Meta-World task; name the target by the task instead")
             fields = {"reward": self.reward, "terminate_on_success": self.terminate_on_success}
             for key, value in fields.items():
                 if key in given and self.env_kwargs[key] != value:
