@@ -718,3 +718,26 @@ def test_one_camera_name_is_a_list_of_one():
     assert env_kwargs_from_config(cfg)["cameras"] == ["topview"]
     cfg = OmegaConf.merge(OmegaConf.structured(MetaWorldCollectConfig), {"cameras": ["topview", "corner"]})
     assert env_kwargs_from_config(cfg)["cameras"] == ["topview", "corner"]
+
+
+@needs_metaworld
+def test_a_target_limit_longer_than_the_envs_own_is_warned_about(caplog):
+    """Meta-World through ``env_id`` stopped its episodes at 500 steps under a target of 600, with no word (the
+    toolkit's outer time limit cannot lift the env's own); ``family: metaworld`` passes the limit on and is quiet."""
+    import logging
+
+    from robopretrain.envs import target as target_mod
+
+    spec = {"name": "mine", "env_id": "robopretrain.envs.metaworld:MetaWorldEnv", "task_id": 0,
+            "env_kwargs": {"task": "reach", "render_images": False}, "max_episode_steps": 600}
+    for given, warned in ((spec, True), ({**spec, "name": "mine2", "env_kwargs": {**spec["env_kwargs"],
+                                                                                   "max_episode_steps": 600}}, False),
+                          ({"name": "reach", "family": "metaworld", "max_episode_steps": 600}, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):
+            target_mod.make_env(target_mod.as_target(given)).close()
+        said = [r.getMessage() for r in caplog.records if "cannot lift" in r.getMessage()]
+        assert len(said) == int(warned), (given, said)
+        if warned:
+            assert "max_episode_steps=600, but the env itself stops its episodes at 500 steps" in said[0]
+            assert "env_kwargs.max_episode_steps=600" in said[0]

@@ -526,7 +526,31 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
         return _in_agent_units(TargetEnv(env, target, cameras, checked=checked), target)
     # a registered env's own TimeLimit is replaced, not nested (an outer limit could not lift a shorter inner one)
     env = _capped(_construct(str(target.env_id), target.env_kwargs, target.max_episode_steps), target)
+    _warn_shorter_inner_limit(env, target)
     return _in_agent_units(TargetEnv(env, target, cameras, image_size, checked=checked), target)
+
+
+_warned_inner_limit: set[str] = set()
+
+
+def _warn_shorter_inner_limit(env: gym.Env, target: Target) -> None:
+    """Warn (once per target and process) when the target's ``max_episode_steps`` is longer than the limit its base
+    env states itself (a ``max_episode_steps`` attribute, as Meta-World's adapter and sim_envs have, or Meta-World's
+    own ``max_path_length``): the outer time
+    limit the toolkit sets cannot lift it, so episodes end at the env's own limit (Meta-World through ``env_id``
+    stopped at 500 steps under a target of 600, with no word)."""
+    stated = [getattr(env.unwrapped, k, None) for k in ("max_episode_steps", "max_path_length")]
+    stated = [int(v) for v in stated if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0]
+    inner = min(stated, default=None)
+    if (not target.max_episode_steps or inner is None or inner >= int(target.max_episode_steps)
+            or target.name in _warned_inner_limit):
+        return
+    _warned_inner_limit.add(target.name)
+    log.warning("target %r: max_episode_steps=%d, but the env itself stops its episodes at %d steps (its own "
+                "max_episode_steps or max_path_length), which the toolkit's time limit cannot lift: episodes end there. Give the env the "
+                "longer limit too (env_kwargs.max_episode_steps=%d, if it takes it)%s", target.name,
+                int(target.max_episode_steps), int(inner), int(target.max_episode_steps),
+                "; a Meta-World task: family: metaworld sets it" if "metaworld" in str(target.env_id).lower() else "")
 
 
 # what a user can do about an agent's action units, which its stage-2 data fixed (a target's may not contradict them)
