@@ -595,17 +595,17 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
         warn_action_range(env.action_space, where)
         if target.sparse and target.probe_step:  # a misspelt success_key shows at the first step, before training
             _, _, _, _, info = env.step(np.zeros(agent.act_dim, np.float32))  # (stage 2's evaluations only warned)
-            try:
-                seen = env.get_wrapper_attr("success_key_seen")  # TargetEnv's (its info always has our "success")
+            try:  # TargetEnv's (its info always has our "success", and the env's own keys may have one too)
+                seen, keys = env.get_wrapper_attr("success_key_seen"), env.get_wrapper_attr("env_info_keys")
             except AttributeError:  # no TargetEnv (sim_envs): the env's own info
-                seen = target.success_key in info
+                seen, keys = target.success_key in info, list(info)
             if not seen:
                 raise EnvContractError(
-                    f"{where}: info has no {target.success_key!r} at the first step (keys: "
-                    f"{sorted(k for k in info if k != 'success')}); set the target's success_key to the info key that "
-                    "says the task is done (an env with no success signal at all: reward: dense, and success counts "
-                    "0); an env that gives it only on some steps (e.g. when the task is done): the target's "
-                    "probe_step: false skips this check, and a step without it then counts as no success")
+                    f"{where}: info has no {target.success_key!r} at the first step (keys: {sorted(keys)}); set the "
+                    "target's success_key to the info key that says the task is done (an env with no success signal at "
+                    "all: reward: dense, and success counts 0); an env that gives it only on some steps (e.g. when the "
+                    "task is done): the target's probe_step: false skips this check, and a step without it then counts "
+                    "as no success")
     finally:
         env.close()
 

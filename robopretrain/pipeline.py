@@ -837,8 +837,8 @@ def check_stage_order(run_dir: Path) -> None:
     if later:
         raise ValueError(f"pipeline: stage {unfinished} of {run_dir} is not finished but the later stage(s) "
                          f"{', '.join(later)} are: running {unfinished} again would leave their results from its "
-                         f"earlier run, and the report would mix both. Delete {', '.join(str(run_dir / s) for s in later)}"
-                         " too, or choose another run_dir")
+                         "earlier run, and the report would mix both. Delete "
+                         f"{', '.join(str(run_dir / s) for s in later)} too, or choose another run_dir")
 
 
 def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -219,8 +219,8 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         lines += [f"| {k} | {v:.2f} |" for k, v in per.items()]
         lines += [f"| **mean** | **{ev['eval/success']:.2f}** |", ""]
         if "eval/episodes" in ev:
-            lines += [f"Each task's success over {int(ev['eval/episodes'])} episodes (stage 2's last evaluation, update "
-                      f"{ev.get('step', '?')}).", ""]
+            lines += [f"Each task's success over {int(ev['eval/episodes'])} episodes (stage 2's last evaluation, "
+                      f"update {ev.get('step', '?')}).", ""]
     results = _read(out_dir / "results.json") if (out_dir / "results.json").is_file() else {}
     settings = list(dict.fromkeys(k for per in results.values() for k in per))  # a non-sim target has fewer
     lines += ["## Target tasks", "",

@@ -19,7 +19,8 @@ wraps one Meta-World task (needs the optional extra: ``pip install -e '.[metawor
   (``info["physics_unstable"]``);
 - ``reset(seed=s)`` draws the task's object/goal positions (uniform over Meta-World's reset space) from
   ``s``: the same seed gives the same initial state. The reset observation and image are those of the state the
-  physics is in (Meta-World's own reset returns, in some tasks, positions from before its last placement). Meta-World's own MT1 instead fixes 50 positions per task.
+  physics is in (Meta-World's own reset returns, in some tasks, positions from before its last placement).
+  Meta-World's own MT1 instead fixes 50 positions per task.
 
 The goal is always in ``object`` (Meta-World's MT benchmarks observe it, its ML benchmarks zero it); it is
 also drawn in the images (Meta-World's goal marker). The env is built with plain keyword arguments and makes

@@ -547,9 +547,9 @@ def _warn_shorter_inner_limit(env: gym.Env, target: Target) -> None:
         return
     _warned_inner_limit.add(target.name)
     log.warning("target %r: max_episode_steps=%d, but the env itself stops its episodes at %d steps (its own "
-                "max_episode_steps or max_path_length), which the toolkit's time limit cannot lift: episodes end there. Give the env the "
-                "longer limit too (env_kwargs.max_episode_steps=%d, if it takes it)%s", target.name,
-                int(target.max_episode_steps), int(inner), int(target.max_episode_steps),
+                "max_episode_steps or max_path_length), which the toolkit's time limit cannot lift: episodes end "
+                "there. Give the env the longer limit too (env_kwargs.max_episode_steps=%d, if it takes it)%s",
+                target.name, int(target.max_episode_steps), int(inner), int(target.max_episode_steps),
                 "; a Meta-World task: family: metaworld sets it" if "metaworld" in str(target.env_id).lower() else "")
 
 
@@ -703,6 +703,7 @@ class TargetEnv(gym.Wrapper):
         # not the order of the env's dict)
         self._shadowed = {ours for ours, theirs in target.obs_map.items() if ours != theirs} - set(self._reverse)
         self._key_seen = False  # whether this episode's infos have had the success key
+        self._env_keys: list[str] = []  # the env's own info keys at the last reset or step
         self._shapes: dict[str, tuple[int, ...]] = {}  # each vector part's shape at the episode's reset
         self._steps = 0  # steps since the reset (for the errors of _check_part)
         self._dropped: set[str] = set()  # the env's parts that are no arrays (text, nested dicts): left out
@@ -795,6 +796,11 @@ class TargetEnv(gym.Wrapper):
         """Whether the reset or a step of this episode so far gave ``success_key`` in its info."""
         return self._key_seen
 
+    @property
+    def env_info_keys(self) -> list[str]:
+        """The env's own info keys at the last reset or step (before this wrapper adds its ``success``)."""
+        return list(self._env_keys)
+
     def _success(self, info: Mapping[str, Any]) -> bool:
         key = self.target.success_key
         if key in info:
@@ -825,6 +831,7 @@ class TargetEnv(gym.Wrapper):
         obs, info = self.env.reset(**kwargs)
         info = dict(info)
         self._shapes, self._steps = {}, 0
+        self._env_keys = list(info)
         self._key_seen = self.target.success_key in info
         info["success"] = bool(np.asarray(info.get(self.target.success_key, False)).any())
         return self._obs(obs), info
@@ -833,7 +840,7 @@ class TargetEnv(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._steps += 1
         info = dict(info)
-        env_keys = list(info)  # before our own "success" joins them (the warning listed it as the env's)
+        env_keys = self._env_keys = list(info)  # before our "success" joins them (the warning listed it as the env's)
         success = self._success(info)
         info["success"] = success
         if self.target.sparse:

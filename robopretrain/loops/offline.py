@@ -5,9 +5,9 @@ every agent, every algorithm and every observation spec (STYLE.md rule 4).
 sampler (an :class:`~robopretrain.data.replay.OfflineDataset`, or a
 :class:`~robopretrain.data.replay.MixedSampler` of two datasets, e.g. PTR's 90% prior / 10% target), and
 
-* logs update metrics every ``log_every`` updates and at the last one (the mean over ranks under DDP) to ``metrics.jsonl`` /
-  TensorBoard; metrics are computed on log, evaluation and checkpoint steps only, and a NaN / inf loss stops the run
-  (:func:`robopretrain.guards.finite_metrics_hook`) before the next checkpoint is written;
+* logs update metrics every ``log_every`` updates and at the last one (the mean over ranks under DDP) to
+  ``metrics.jsonl`` / TensorBoard; metrics are computed on log, evaluation and checkpoint steps only, and a NaN /
+  inf loss stops the run (:func:`robopretrain.guards.finite_metrics_hook`) before the next checkpoint is written;
 * writes a resumable checkpoint every ``checkpoint_every`` updates and at the end (agent, optimisers, RNG and sampler
   state of every rank), *before* evaluating, so an evaluation that fails never costs the run its checkpoint: a failed
   evaluation is logged as a warning and training goes on; a run killed between a checkpoint and that step's
