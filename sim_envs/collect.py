@@ -139,6 +139,10 @@ def validate_config(cfg: DictConfig) -> None:
                       flags=[k for k in FLAG_SETTINGS if k in cfg])  # (Meta-World's collector has no eye_in_hand)
     if int(cfg.episodes_per_task) < 1:
         raise ValueError(f"collect config: episodes_per_task={cfg.episodes_per_task}; expected >= 1")
+    if int(cfg.seed) < 0:  # NumPy's "expected non-negative integer" named no setting
+        raise ValueError(f"collect config: seed={cfg.seed}; expected an integer >= 0")
+    if cfg.get("compression") == "gzip" and not 0 <= int(cfg.compression_level) <= 9:  # refused at the first frame
+        raise ValueError(f"collect config: compression_level={cfg.compression_level}; expected 0-9 for gzip")
     if int(cfg.num_workers) < 0:  # 0 and 1 both collect in this process (0 means that for the data loaders too)
         raise ValueError(f"collect config: num_workers={cfg.num_workers}; expected >= 0 (0 or 1: in this process)")
     missing = [k for k in KINDS if k not in cfg.kinds]

@@ -134,6 +134,8 @@ class RobomimicWriter:
         self.path = Path(path)
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression={compression!r}; expected one of {COMPRESSIONS}")
+        if compression == "gzip" and not 0 <= int(compression_level) <= 9:  # h5py said so only at the first frame
+            raise ValueError(f"compression_level={compression_level}; expected 0-9 for gzip")
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames={chunk_frames}; expected >= 1")
         if not 0.0 <= valid_fraction < 1.0:

@@ -148,6 +148,13 @@ def test_parallel_workers_give_the_same_data(collected, tmp_path):
     assert contents(parallel) == contents(collected) == contents(here)
 
 
+def test_a_gzip_level_h5py_refuses_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="compression_level=10; expected 0-9 for gzip"):
+        RobomimicWriter(tmp_path / "d.hdf5", make_env_args("x", "0", {}), compression="gzip", compression_level=10)
+    assert list(tmp_path.iterdir()) == []
+    RobomimicWriter(tmp_path / "d.hdf5", make_env_args("x", "0", {}), compression="lzf", compression_level=10).abort()
+
+
 def test_interrupted_write_leaves_nothing(tmp_path):
     path = tmp_path / "demos.hdf5"
     env_args = make_env_args("sim_envs/Reach-v0", "0", {})
@@ -298,8 +305,11 @@ def test_parallel_collection_runs_its_episodes_in_process_map_workers(monkeypatc
     ({"valid_fraction": "half"}, "valid_fraction='half'; expected a number"),
     ({"kinds": {"noisy": {"noise": "lots"}}}, "kinds.noisy.noise='lots'; expected a number"),
     ({"render_images": "nope"}, "render_images='nope'; expected true or false"),
+    # NumPy's "expected non-negative integer", and h5py's level error after the first episode: no setting named
+    ({"seed": -1}, "seed=-1; expected an integer >= 0"),
+    ({"compression": "gzip", "compression_level": 12}, "compression_level=12; expected 0-9 for gzip"),
 ])
-def test_a_setting_of_the_wrong_type_is_named(tmp_path, override, message):
+def test_a_setting_of_the_wrong_type_or_range_is_named(tmp_path, override, message):
     """``episodes_per_task=abc`` gave int()'s "invalid literal" without the setting's name, and ``render_images=nope``
     (or ``overwrite=no``) was bool() of a non-empty string: true, silently."""
     with pytest.raises(ValueError) as err:
