@@ -728,6 +728,12 @@ def test_a_target_limit_longer_than_the_envs_own_is_warned_about(caplog):
 
     from robopretrain.envs import target as target_mod
 
+    # the id a Meta-World demo file records works as it is (it was "not registered" in a process that had not
+    # imported the module that registers it: a fresh one)
+    code = ("from robopretrain.envs import target as t; t.make_env(t.as_target({'name': 'r', 'env_id': "
+            "'robopretrain/MetaWorld-reach-v3', 'task_id': 0, 'env_kwargs': {'render_images': False}})).close()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     spec = {"name": "mine", "env_id": "robopretrain.envs.metaworld:MetaWorldEnv", "task_id": 0,
             "env_kwargs": {"task": "reach", "render_images": False}, "max_episode_steps": 600}
     for given, warned in ((spec, True), ({**spec, "name": "mine2", "env_kwargs": {**spec["env_kwargs"],

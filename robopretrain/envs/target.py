@@ -381,6 +381,8 @@ def _construct(env_id: str, kwargs: Mapping[str, Any], max_episode_steps: int | 
         _check_keywords(obj, kwargs, env_id)
         env = obj(**dict(kwargs))
         return gym.wrappers.TimeLimit(env, int(max_episode_steps)) if max_episode_steps else env
+    if str(env_id).startswith("robopretrain/MetaWorld-"):  # the id our Meta-World files record: registered on import
+        importlib.import_module("robopretrain.envs.metaworld")
     try:
         return gym.make(str(env_id), **dict(kwargs), **limit)
     except TypeError as exc:  # a keyword of env_kwargs the env's constructor does not take reaches it via gym.make
