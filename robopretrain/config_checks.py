@@ -54,12 +54,15 @@ ALGO_CHECKS: dict[str, tuple[Check, str]] = {
 TRAIN_CHECKS: dict[str, tuple[Check, str]] = {
     "steps": AT_LEAST_0, "log_every": AT_LEAST_1, "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1,
     "checkpoint_every": AT_LEAST_1, "keep_checkpoints": AT_LEAST_1, "calibration_batch": AT_LEAST_1,
+    # train.compile=off compiled and tensorboard=no wrote tb/ (bool of a non-empty string)
+    "progress": FLAG, "tensorboard": FLAG, "cuda_graph": FLAG, "compile": FLAG, "eval_at_start": FLAG,
 }
 ENCODER_CHECKS: dict[str, tuple[Check, str]] = {
     "augment_pad": AT_LEAST_0, "lr": POSITIVE, "feature_batch": AT_LEAST_1,
 }
 ONLINE_CHECKS: dict[str, tuple[Check, str]] = {
-    "env_steps": AT_LEAST_0, "utd": AT_LEAST_1, "offline_ratio": UNIT_CLOSED, "buffer_capacity": AT_LEAST_1,
+    "env_steps": AT_LEAST_0, "num_envs": AT_LEAST_1, "utd": AT_LEAST_1, "offline_ratio": UNIT_CLOSED,
+    "buffer_capacity": AT_LEAST_1,
     "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1, "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1,
     "keep_checkpoints": AT_LEAST_1, "calibration_batch": AT_LEAST_1, "asynchronous": FLAG, "keep_optimizer": FLAG,
     "progress": FLAG, "tensorboard": FLAG, "cuda_graph": FLAG, "compile": FLAG,
@@ -73,6 +76,29 @@ TRANSFER_CHECKS: dict[str, dict[str, tuple[Check, str]]] = {
     "transfer.darc": {"enabled": FLAG, "hidden": AT_LEAST_1, "lr": POSITIVE, "input_noise": NON_NEGATIVE,
                       "scale": NON_NEGATIVE, "warmup_updates": AT_LEAST_0},
     "gap": {"target_frames": AT_LEAST_0, "target_transitions": AT_LEAST_0},
+}
+
+
+# the pipeline's own keys (configs/pipeline.yaml), by section: their types, checked before the pipeline reads them
+# with int() / bool() (a flag given as ``no`` ran the stage it switches off, ``stage2.steps=1.5`` ran 1 update). Their
+# ranges are the stages' own checks, run at start on the configs the pipeline makes from them
+# (``pipeline.check_stage_configs``); ``check_amounts`` checks the keys no stage config holds
+INTEGER: tuple[Check, str] = (lambda v: _is_int(v), "an integer")
+PIPELINE_CHECKS: dict[str | None, dict[str, tuple[Check, str]]] = {
+    None: {"seed": INTEGER, "image_size": INTEGER, "progress": FLAG, "cuda_graph": FLAG, "compile": FLAG,
+           "flush_denormal": FLAG},
+    "obs": {"normalize": FLAG, "min_std": NUMBER},
+    "data": {"prior_episodes_per_task": INTEGER, "target_noise": NUMBER, "num_workers": INTEGER},
+    "stage1": {"enabled": FLAG, "steps": INTEGER, "batch_size": INTEGER, "lr": NUMBER},
+    "encoder": {"shared": FLAG, "augment_pad": INTEGER, "lr": NUMBER},
+    "stage2": {"enabled": FLAG, "steps": INTEGER, "eval_episodes": INTEGER, "eval_every": INTEGER,
+               "checkpoint_every": INTEGER},
+    "adapt": {"steps": INTEGER, "checkpoint_every": INTEGER},
+    "stage3": {"env_steps": INTEGER, "num_envs": INTEGER, "asynchronous": FLAG, "utd": INTEGER,
+               "offline_ratio": NUMBER, "buffer_capacity": INTEGER, "eval_every": INTEGER, "eval_episodes": INTEGER,
+               "checkpoint_every": INTEGER},
+    "evaluate": {"video": FLAG},
+    "evaluate.robustness": {"enabled": FLAG, "episodes": INTEGER, "workers": INTEGER, "video": FLAG},
 }
 
 

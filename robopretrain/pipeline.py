@@ -41,7 +41,8 @@ from robopretrain import cpu_settings
 from robopretrain.build import (compose, plain, randomization, refuse_learned_reward_online, reward_settings,
                                 success_filtered_bc)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
-from robopretrain.config_checks import check_top_level_keys, one_name_as_list, resolve_device
+from robopretrain.config_checks import (PIPELINE_CHECKS, check_section, check_top_level_keys, one_name_as_list,
+                                        resolve_device)
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 from robopretrain.files import run_folder_lock, write_text_atomic
 from robopretrain.metrics import read_jsonl
@@ -455,6 +456,9 @@ def check_stage_configs(cfg: DictConfig, run_dir: Path) -> None:
             raise ValueError(f"{exc} (in the stage config the pipeline makes from its {section} keys)") from None
 
     if bool(cfg.stage1.enabled):
+        from sim_envs.collect_videos import validate_config as validate_videos_config
+
+        check("data.videos", validate_videos_config, lambda: videos_config(cfg, run_dir))  # (after the demos, it was)
         check("stage1", validate_stage1_config, lambda: stage1_config(cfg, run_dir))
     if bool(cfg.stage2.enabled):
         check("stage2", validate_offline_config, lambda: stage2_config(cfg, run_dir, planned=True))
@@ -549,13 +553,17 @@ def collect_human_videos(cfg: DictConfig, run_dir: Path) -> None:
     collects them, and stage 1 does when the data stage ran with stage 1 disabled (enabled later in the same run)."""
     from sim_envs.collect_videos import collect_videos
 
-    videos = data_paths(run_dir)["videos"]
-    if (videos / "manifest.csv").is_file():
+    if (data_paths(run_dir)["videos"] / "manifest.csv").is_file():
         return
+    collect_videos(videos_config(cfg, run_dir), progress=bool(cfg.progress))
+
+
+def videos_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """The ``configs/collect_videos.yaml`` run of :func:`collect_human_videos` (``data.videos`` merged in)."""
     c = OmegaConf.load(CONFIG_DIR / "collect_videos.yaml")
     c.merge_with({**(plain(cfg.data.videos) or {}), "image_size": int(cfg.image_size),
-                  "output": str(videos), "overwrite": True, "seed": int(cfg.seed)})
-    collect_videos(c, progress=bool(cfg.progress))
+                  "output": str(data_paths(run_dir)["videos"]), "overwrite": True, "seed": int(cfg.seed)})
+    return c
 
 
 def stage1_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
@@ -798,6 +806,11 @@ def prepare_config(cfg: DictConfig) -> None:
     list is expected becomes a list of it (``targets=Reach``), ``device`` the device it names on this machine
     (``auto`` -> cpu or cuda: every stage gets that), and the amounts later stages read are checked."""
     one_name_as_list(cfg)
+    for section, checks in PIPELINE_CHECKS.items():  # types first: the stages read these with int() / bool()
+        check_section(cfg, section, checks, "pipeline")
+    objectives = sorted(p.stem for p in (CONFIG_DIR / "objective").glob("*.yaml"))
+    if str(cfg.stage1.objective) not in objectives:  # was: "[Errno 2] No such file or directory: .../icvff.yaml"
+        raise ValueError(f"pipeline config: stage1.objective={cfg.stage1.objective!r}; expected one of {objectives}")
     cfg.device = resolve_device(cfg.device, "pipeline")
     check_amounts(cfg)
 

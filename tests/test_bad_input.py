@@ -418,6 +418,12 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("finetune", "transfer.darc.hidden=[32]", "transfer.darc.hidden=[32]; expected an integer >= 1"),
     ("finetune", ("gap=friction_low", "gap.target_transitions=2.5"), "gap.target_transitions=2.5; expected an integer"),
     ("finetune", "online.progress=3", "online.progress=3; expected true or false"),
+    # stage 2's flags were bool() of the word: compile=off compiled, tensorboard=no wrote tb/ (a user's session)
+    ("robopretrain", "train.compile=off", "robopretrain config: train.compile='off'; expected true or false"),
+    ("robopretrain", "train.tensorboard=no", "train.tensorboard='no'; expected true or false"),
+    ("robopretrain", "train.cuda_graph=off", "train.cuda_graph='off'; expected true or false"),
+    ("robopretrain", "train.progress=0", "train.progress=0; expected true or false"),
+    ("finetune", "online.num_envs=0", "finetune config: online.num_envs=0; expected an integer >= 1"),
     ("evaluate", "+episods=5", "evaluate config: unknown key(s) episods"),
     # a negative seed reached gymnasium's reset (a traceback); one past 2**32 numpy's
     ("evaluate", "eval_seed=-5", "evaluate config: eval_seed=-5; expected an integer in [0, 2**32 - episodes]"),

@@ -305,6 +305,20 @@ def test_a_stage_setting_out_of_range_stops_the_pipeline_before_the_data_stage(t
     ("device=gpu", r"pipeline config: device='gpu' is not a device name"),  # the paper preset collected for minutes
     ("data.target_demos=0", r"pipeline config: data.target_demos=0; expected an integer >= 1"),
     ("adapt.prior_fraction=1.2", r"pipeline config: adapt.prior_fraction=1.2; expected a number in \[0, 1\]"),
+    # a flag given as "no" ran the stage it switches off, a float budget was truncated (a user's session)
+    ("stage2.enabled=no", r"pipeline config: stage2.enabled='no'; expected true or false"),
+    ("compile=off", r"pipeline config: compile='off'; expected true or false"),
+    ("stage2.steps=1.5", r"pipeline config: stage2.steps=1.5; expected an integer$"),
+    ("stage2.steps=abc", r"pipeline config: stage2.steps='abc'; expected an integer$"),
+    ("evaluate.robustness.video=yes", r"pipeline config: evaluate.robustness.video='yes'; expected true or false"),
+    # refused after every offline stage (num_envs), after the demos (the videos' settings), with "[Errno 2] No such
+    # file or directory: .../icvff.yaml" (the objective)
+    ("stage3.num_envs=0", r"finetune config: online.num_envs=0; expected an integer >= 1 .* from its stage3 keys"),
+    ("+data.videos.play_fraction=2", r"collect_videos config: play_fraction=2; expected a number in \[0, 1\] \(in "
+                                     r"the stage config the pipeline makes from its data.videos keys\)"),
+    ("image_size=33", r"collect_videos config: image_size=33; expected an even number"),
+    ("stage1.objective=icvff", r"pipeline config: stage1.objective='icvff'; expected one of \['icvf', 'none', 'tcn', "
+                               r"'vip'\]"),
 ])
 def test_a_bad_device_or_amount_stops_the_pipeline_before_the_data_stage(tmp_path, override, error):
     """Each was found by the stage that reads it (stage 1 for the device, the adaptation for the amounts): after
