@@ -570,7 +570,7 @@ def check_target_fits(agent: Agent, target: Target) -> None:
 def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") -> None:
     """Build the target's env once and check its observation parts and action size against the agent's, before any
     training: a ``ValueError`` names the target, the part and both sizes. A sparse-reward target then takes one step
-    (the agent's zero action, the middle of the env's action range), unless its ``probe_step`` is false (a real
+    (:func:`probe_action`: the middle of the env's action range), unless its ``probe_step`` is false (a real
     robot that must not move before the policy acts): an info without its ``success_key`` raises
     :class:`~robopretrain.envs.target.EnvContractError`."""
     from robopretrain.data.spec import SpecMismatchError, spec_from_shapes
@@ -594,7 +594,8 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
                              f"({agent.act_dim},)")
         warn_action_range(env.action_space, where)
         if target.sparse and target.probe_step:  # a misspelt success_key shows at the first step, before training
-            _, _, _, _, info = env.step(np.zeros(agent.act_dim, np.float32))  # (stage 2's evaluations only warned)
+            _, _, _, _, info = env.step(probe_action(env.action_space, agent.act_dim))  # (stage 2's evaluations
+            #                                                                             only warned)
             try:  # TargetEnv's (its info always has our "success", and the env's own keys may have one too)
                 seen, keys = env.get_wrapper_attr("success_key_seen"), env.get_wrapper_attr("env_info_keys")
             except AttributeError:  # no TargetEnv (sim_envs): the env's own info
@@ -608,6 +609,17 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
                     "as no success")
     finally:
         env.close()
+
+
+def probe_action(space: Any, act_dim: int) -> np.ndarray:
+    """The probe step's action: the middle of the env's action Box where both bounds are finite (the agent's zero
+    where its actions are rescaled to the env's range, whose outer Box is ``[-1, 1]``), else 0. The agent's zero
+    action went to an env that takes them unmapped, so a ``[0, 1]`` Box got its low end (a user's session)."""
+    low, high = (np.asarray(getattr(space, k, np.nan), dtype=np.float64) for k in ("low", "high"))
+    if low.shape != (act_dim,) or high.shape != (act_dim,):
+        return np.zeros(act_dim, np.float32)
+    middle = np.where(np.isfinite(low) & np.isfinite(high), (low + high) / 2.0, 0.0)
+    return np.clip(middle, low, high).astype(np.float32)
 
 
 def warn_action_range(space: Any, where: str) -> bool:

@@ -458,3 +458,18 @@ def square_or_exit(x: int) -> int:
 def failing_initializer() -> None:
     """A worker initializer that fails (an env that cannot be built in the worker)."""
     raise RuntimeError("initializer-failed")
+
+
+class BoxActionsEnv(CountEnv):
+    """:class:`CountEnv` taking actions in the Box ``[low, high]^4`` (``low``, ``high`` numbers); every action it
+    receives is appended to ``BoxActionsEnv.received`` (class-wide: read by a test in this process)."""
+
+    received: list = []
+
+    def __init__(self, low: float = 0.0, high: float = 1.0) -> None:
+        super().__init__()
+        self.action_space = gym.spaces.Box(float(low), float(high), (4,), np.float32)
+
+    def step(self, action):
+        BoxActionsEnv.received.append(np.asarray(action, np.float32).copy())
+        return super().step(action)

@@ -392,3 +392,25 @@ def test_a_data_task_whose_env_does_not_fit_the_agent_is_left_out_of_the_evaluat
         assert not caplog.records
         assert build.env_fits_or_log(other, build.as_target("Reach")) is False
     assert "no evaluation on Reach, the data's own task: its env does not fit the agent" in caplog.text
+
+
+@pytest.mark.parametrize("low, high, units, sent", [
+    (0.0, 1.0, None, 0.5),  # unmapped: the agent's zero was the Box's low end (a user's session)
+    (-2.0, 2.0, None, 0.0),
+    (0.0, 3.0, {"low": [0.0] * 4, "high": [3.0] * 4}, 1.5),  # rescaled: the agent's zero, the middle already
+])
+def test_the_probe_step_sends_the_middle_of_the_envs_action_range(low, high, units, sent):
+    import _fake_envs as fake
+
+    from robopretrain.agent import Agent
+    from robopretrain.build import check_env_fits
+    from robopretrain.data.spec import ObsSpec
+    from robopretrain.envs.target import as_target
+
+    target = {"name": "box", "env_id": "_fake_envs:BoxActionsEnv", "task_id": 0,
+              "env_kwargs": {"low": low, "high": high}, **({"action_normalization": units} if units else {})}
+    agent = Agent(ObsSpec(low_dim=(("x", 2),)), 4, "bc", {"actor_hidden": [8]})
+    fake.BoxActionsEnv.received.clear()
+    check_env_fits(agent, as_target(target))
+    assert len(fake.BoxActionsEnv.received) == 1
+    np.testing.assert_allclose(fake.BoxActionsEnv.received[0], [sent] * 4, atol=1e-6)
