@@ -521,31 +521,64 @@ def target_data(cfg: DictConfig, run_dir: Path, target: Target) -> dict[str, Any
 
 
 def stage_data(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Robot demos of the prior tasks, a handful of demos per sim_envs target, human-hand videos."""
+    """Robot demos of the prior tasks, a handful of demos per sim_envs target, human-hand videos. A demo file an
+    unfinished data stage already wrote is kept when it was collected with these settings, else refused
+    (:func:`reuse_collected`)."""
     from sim_envs.collect import collect
 
     paths = data_paths(run_dir)
     rgb = list(cfg.obs.rgb)
     base = {"image_size": int(cfg.image_size), "render_images": bool(rgb), "num_workers": int(cfg.data.num_workers),
             "eye_in_hand": "eye_in_hand_image" in rgb, "seed": int(cfg.seed), "overwrite": True}
-    if bool(cfg.stage2.enabled) and not paths["prior"].is_file():
+    if bool(cfg.stage2.enabled):
         c = OmegaConf.load(CONFIG_DIR / "collect.yaml")
         c.merge_with({**base, "tasks": prior_task_names(cfg), "episodes_per_task": int(cfg.data.prior_episodes_per_task),
                       "output": str(paths["prior"])})
         c.kinds = OmegaConf.create(plain(cfg.data.prior_kinds))
-        collect(c, progress=bool(cfg.progress))
+        if not reuse_collected(paths["prior"], c):
+            collect(c, progress=bool(cfg.progress))
     sim_targets = [t.name for t in targets_of(cfg) if t.family == SIM_ENVS and not t.demos]
-    if sim_targets and not paths["target"].is_file():
+    if sim_targets:
         c = OmegaConf.load(CONFIG_DIR / "collect.yaml")
         c.merge_with({**base, "tasks": sim_targets, "episodes_per_task": int(cfg.data.target_demos),
                       "output": str(paths["target"]), "seed": int(cfg.seed) + 7})
         c.kinds = OmegaConf.create({"clean": {"fraction": 1.0, "noise": float(cfg.data.target_noise), "stop": None},
                                     "noisy": {"fraction": 0.0, "noise": 0.0, "stop": None},
                                     "failing": {"fraction": 0.0, "noise": 0.0, "stop": None}})
-        collect(c, progress=bool(cfg.progress))
+        if not reuse_collected(paths["target"], c):
+            collect(c, progress=bool(cfg.progress))
     if bool(cfg.stage1.enabled):
         collect_human_videos(cfg, run_dir)
     return {k: str(v) for k, v in paths.items() if v.exists()}
+
+
+COLLECT_NO_EFFECT = ("num_workers", "overwrite", "output")  # collect keys that leave the file's content as it is
+
+
+def reuse_collected(path: Path, planned: DictConfig) -> bool:
+    """Whether the data stage keeps the demo file ``path`` an earlier, unfinished session of it wrote (False: there is
+    none, collect it). The file's own record of its collect config (``data.attrs["collection"]``) must equal
+    ``planned`` but for :data:`COLLECT_NO_EFFECT`; otherwise :class:`ValueError` names the settings that differ (a
+    rerun with ``data.prior_episodes_per_task=3`` kept the 2-episode file and recorded 3 in ``done.json``). A file
+    without the record is kept as it is."""
+    if not path.is_file():
+        return False
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f["data"].attrs.get("collection") if "data" in f else None
+    if raw is None:
+        return True
+    recorded = json.loads(raw).get("config") or {}
+    now = OmegaConf.to_container(planned, resolve=True)
+    changed = [f"{k}: {json.dumps(recorded.get(k))} -> {json.dumps(now[k])}" for k in now
+               if k not in COLLECT_NO_EFFECT and recorded.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"pipeline: {path} was collected by an earlier, unfinished data stage with other settings "
+                         f"({'; '.join(changed)}); delete it to collect it with these, or run with the settings it "
+                         "was collected with")
+    log.info("data: %s was collected by an earlier session with these settings: kept", path)
+    return True
 
 
 def collect_human_videos(cfg: DictConfig, run_dir: Path) -> None:

@@ -800,3 +800,33 @@ def test_the_command_prints_each_targets_success_and_the_report(tmp_path, monkey
     pipeline.main.__wrapped__(OmegaConf.create({}))  # the task under Hydra's decorator
     out = capsys.readouterr().out.splitlines()
     assert out[-2:] == ["target Arm: nominal success 0.50, blind_black success 0.00", f"report: {tmp_path / 'report.md'}"]
+
+
+def test_an_unfinished_data_stage_keeps_its_files_only_for_the_same_settings(tmp_path):
+    """A data stage that failed after its demos were collected was rerun with data.prior_episodes_per_task=3: it kept
+    the 2-episode file and recorded 3 in done.json, so no later rerun could tell (a user's session)."""
+    import h5py
+
+    from robopretrain import pipeline
+
+    cfg = tiny_pipeline_config(tmp_path / "run", tmp_path / "unused.hdf5")
+    cfg.targets = ["Reach"]
+    cfg.stage1.enabled = False
+    cfg.data.num_workers = 0
+    run = tmp_path / "run"
+    pipeline.stage_data(cfg, run)
+    prior, target = pipeline.data_paths(run)["prior"], pipeline.data_paths(run)["target"]
+    stamps = {p: p.stat().st_mtime_ns for p in (prior, target)}
+    cfg.data.num_workers = 2  # no effect on the files' content: kept
+    pipeline.stage_data(cfg, run)
+    assert {p: p.stat().st_mtime_ns for p in (prior, target)} == stamps
+    cfg.data.prior_episodes_per_task = 3
+    with pytest.raises(ValueError, match=r"prior_demos.hdf5 was collected by an earlier, unfinished data stage with "
+                                         r"other settings \(episodes_per_task: 2 -> 3\); delete it"):
+        pipeline.stage_data(cfg, run)
+    cfg.data.prior_episodes_per_task = 2
+    cfg.data.target_demos = 4
+    with pytest.raises(ValueError, match=r"target_demos.hdf5 was collected .* \(episodes_per_task: 3 -> 4\)"):
+        pipeline.stage_data(cfg, run)
+    with h5py.File(prior, "r") as f:
+        assert len([k for k in f["data"] if k.startswith("demo_")]) == 2
