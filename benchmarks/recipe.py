@@ -10,8 +10,9 @@ demos of single tasks, with privileged state; success measured in sim. Protocol:
         --out benchmarks/results/recipe_dt.json          # the Decision Transformer addendum (protocol's last section)
 
 Each run is ``robopretrain.train`` (stage 2's own entry point, as a subprocess) on one task's file, with checkpoints
-every 500 updates; the checkpoints at the protocol's budgets are then evaluated on 50 fixed episodes (per-episode
-outcomes kept for the bootstrap). A rerun skips finished runs and evaluations. Output:
+every 500 updates (or the budgets' common divisor); the checkpoints at the protocol's budgets are then evaluated on 50
+fixed episodes (per-episode outcomes kept for the bootstrap). A rerun skips finished runs and evaluations, and refuses
+to add runs of other ``--demos`` / ``--episodes`` to the same ``--out``. Output:
 ``benchmarks/results/recipe.json`` and a markdown table on stdout (mean success over seeds, each seed, 95% bootstrap
 interval over seeds and episodes).
 """
@@ -83,14 +84,36 @@ def label(algo: str, overrides: list[str]) -> str:
     return f"{algo} [{','.join(overrides)}]" if overrides else algo
 
 
-def train_run(data: Path, out: Path, algo: str, seed: int, steps: int, overrides: list[str] = ()) -> float:
-    """Stage 2 as a subprocess (resumes when killed); returns its wall time (0 when it had already finished).
-    ``overrides``: extra ``KEY=VALUE`` arguments (``+KEY=VALUE`` for a key the config does not have)."""
+MAX_CHECKPOINTS = 200  # kept per run: every budget's checkpoint must survive until it is evaluated
+
+
+def checkpoint_period(budgets: list[int]) -> int:
+    """Updates between a run's checkpoints: the largest period that lands on every budget (500 for the protocol's
+    1000 / 2500 / 5000; a fixed 500 missed budgets such as 10 and 20, and the evaluation ended in a traceback).
+    Raises SystemExit when the budgets would need more than :data:`MAX_CHECKPOINTS` checkpoints."""
+    import math
+
+    if any(u < 1 for u in budgets):
+        raise SystemExit(f"recipe: --updates {budgets}; expected integers >= 1")
+    common = math.gcd(*budgets)
+    period = 500 if common % 500 == 0 else common  # the protocol's budgets keep their checkpoints every 500
+    if max(budgets) // period > MAX_CHECKPOINTS:
+        raise SystemExit(f"recipe: --updates {budgets} share no checkpoint period with at most {MAX_CHECKPOINTS} "
+                         "checkpoints per run; choose budgets with a larger common divisor")
+    return period
+
+
+def train_run(data: Path, out: Path, algo: str, seed: int, budgets: list[int], overrides: list[str] = ()) -> float:
+    """Stage 2 as a subprocess (resumes when killed) up to the largest of ``budgets``, with a checkpoint at each
+    (:func:`checkpoint_period`); returns its wall time (0 when it had already finished). ``overrides``: extra
+    ``KEY=VALUE`` arguments (``+KEY=VALUE`` for a key the config does not have)."""
+    steps, period = max(budgets), checkpoint_period(budgets)
     if (out / "checkpoints" / f"ckpt_{steps:08d}").is_dir():
         return 0.0
     cmd = [sys.executable, "-m", "robopretrain.train", f"algo={algo}", f"data.path={data}", f"seed={seed}",
            f"output_dir={out}", f"hydra.run.dir={out}/hydra", "num_threads=1", f"train.steps={steps}",
-           "train.eval_targets=[]", "train.checkpoint_every=500", "train.keep_checkpoints=100", "train.progress=false",
+           "train.eval_targets=[]", f"train.checkpoint_every={period}", f"train.keep_checkpoints={MAX_CHECKPOINTS}",
+           "train.progress=false",
            "train.tensorboard=false", *overrides]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -119,13 +142,15 @@ def evaluate_checkpoint(ckpt: Path, task: str, episodes: int) -> list[bool]:
 def one(args: argparse.Namespace, results: dict[str, Any], task: str, algo: str, seed: int) -> None:
     name = label(algo, args.set)
     key = f"{task}/{name}/seed{seed}"
-    entry = results.setdefault(key, {"task": task, "algo": name, "seed": seed, "success": {}})
+    entry = results.setdefault(key, {"task": task, "algo": name, "seed": seed, "demos": args.demos, "success": {}})
+    check_same_settings(key, entry, args)
     if all(str(u) in entry["success"] for u in args.updates):
         return
     data = collect_data(task, args.demos, args.work_dir)
-    out = args.work_dir / "runs" / task / re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") / f"seed{seed}"
+    out = (args.work_dir / "runs" / task / re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+           / (f"seed{seed}" if args.demos == 50 else f"seed{seed}_demos{args.demos}"))  # the protocol's 50: as before
     if not args.evaluate_only:
-        seconds = train_run(data, out, algo, seed, max(args.updates), args.set)
+        seconds = train_run(data, out, algo, seed, list(args.updates), args.set)
         if seconds:
             entry["train_seconds"] = seconds
     for u in args.updates:
@@ -134,6 +159,18 @@ def one(args: argparse.Namespace, results: dict[str, Any], task: str, algo: str,
             entry["success"][str(u)] = evaluate_checkpoint(ckpt, task, args.episodes)
     print(f"{key}: " + ", ".join(f"{u}: {np.mean(entry['success'][str(u)]):.2f}" if str(u) in entry["success"]
                                  else f"{u}: not trained" for u in args.updates), flush=True)
+
+
+def check_same_settings(key: str, entry: dict[str, Any], args: argparse.Namespace) -> None:
+    """Refuse (SystemExit) to add to a result measured with other ``--demos`` or ``--episodes``: a rerun with more
+    seeds, demos and episodes pooled seed 0 (3 demos, 2 episodes) with seed 1 (6 demos, 4 episodes) in one row.
+    Entries written before the demos were recorded are taken as the protocol's."""
+    demos = entry.get("demos", 50)
+    episodes = {len(v) for v in entry["success"].values()}
+    if demos != args.demos or episodes - {args.episodes}:
+        raise SystemExit(f"recipe: {key} in {args.out} was measured with --demos {demos} --episodes "
+                         f"{'/'.join(map(str, sorted(episodes))) or args.episodes}; this run asks --demos {args.demos} "
+                         f"--episodes {args.episodes}: use another --out (or the same settings)")
 
 
 def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -170,6 +207,8 @@ def table(summary: list[dict[str, Any]], budget: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.summarize_only and not args.out.is_file():  # it wrote an empty results file there
+        raise SystemExit(f"recipe: no results at {args.out} to summarize")
     results: dict[str, Any] = json.loads(args.out.read_text()).get("runs", {}) if args.out.is_file() else {}
     if not args.summarize_only:
         import threading
