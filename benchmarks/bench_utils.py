@@ -5,6 +5,7 @@ Scripts run as ``python benchmarks/<name>.py`` import this module from their own
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -82,6 +83,25 @@ def git_commit(root: Path) -> str:
     """The checked-out commit of the repository at ``root`` ('' outside a git checkout)."""
     proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     return proc.stdout.strip()
+
+
+RUN_SETTINGS = "benchmark_settings.json"
+
+
+def check_run_settings(folder: Path, settings: dict[str, Any], script: str) -> None:
+    """Record the settings a benchmark runs ``folder`` with (``<folder>/benchmark_settings.json``, under ``script``'s
+    name), or refuse (SystemExit) to run it with other ones: the pipeline skips a finished stage whatever its new
+    settings (it only warns, in the run's log), so a rerun with another ``--override`` was recorded as measured with
+    it. Other scripts' records in the same folder are kept (claims.py reuses testbed.py's runs)."""
+    path = folder / RUN_SETTINGS
+    records = json.loads(path.read_text()) if path.is_file() else {}
+    for other, record in records.items():  # its own record whole; another script's overrides (the same pipeline runs)
+        if record != settings if other == script else record.get("overrides") != settings.get("overrides"):
+            raise SystemExit(f"error: {folder} was run by {other} with {record}, not {settings}; use another "
+                             "--work-dir (or the same settings)")
+    if records.get(script) != settings:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**records, script: settings})
 
 
 def run_logged(cmd: Sequence[str], folder: Path, cwd: Path) -> dict[str, Any]:

@@ -43,6 +43,7 @@ sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended s
 from bench_utils import (  # noqa: E402
     DEFAULT_PRESET,
     TARGET_PRESETS,
+    check_run_settings,
     cpu_model,
     git_commit,
     outcomes,
@@ -383,6 +384,11 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
             if "measured" in done and done.get("overrides", []) != list(args.override):
                 sys.exit(f"error: {v}/{t}/seed{s} in {args.out} was measured with overrides "
                          f"{done.get('overrides', [])}, not {list(args.override)}; use another --out and --work-dir")
+            if "measured" in done and done.get("episodes", args.episodes) != args.episodes:  # the table said 5 for 2
+                sys.exit(f"error: {v}/{t}/seed{s} in {args.out} was measured with --episodes {done['episodes']}, not "
+                         f"{args.episodes}; use the same --episodes, or another --out")
+            check_run_settings(run_dir(args.work_dir, v, t, s), {"run": list(run_overrides(v)),
+                                                                  "overrides": list(args.override)}, "claims.py")
 
         def work(job: tuple[str, str, int]) -> None:
             variant, target, seed = job
@@ -392,7 +398,7 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
                     return
             folder = run_dir(args.work_dir, variant, target, seed)
             folder.mkdir(parents=True, exist_ok=True)
-            info: dict[str, Any] = {"overrides": list(args.override),
+            info: dict[str, Any] = {"overrides": list(args.override), "episodes": args.episodes,
                                     "copied_stages": share_stages(args.work_dir, variant, target, seed)}
             before = finished_stages(folder)
             info.update(run_logged(pipeline_command(variant, target, seed, args.work_dir, args.override), folder, ROOT))
@@ -425,7 +431,8 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"note: {target}: no row (it needs a measured full run and variant in {args.out})", file=sys.stderr)
     write_json_atomic(args.out, results)
     drawn = plot(results["runs"], args.targets, args.plot)
-    print(table(results["rows"], args.episodes))
+    recorded = {r["episodes"] for r in results["runs"].values() if "measured" in r and r.get("episodes")}
+    print(table(results["rows"], recorded.pop() if len(recorded) == 1 else args.episodes))  # the runs' own count
     if drawn is not None:
         print(f"plot: {drawn}")
     return results

@@ -25,6 +25,7 @@ sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended s
 from bench_utils import (  # noqa: E402
     DEFAULT_PRESET,
     TARGET_PRESETS,
+    check_run_settings,
     cpu_model,
     git_commit,
     outcomes,
@@ -210,6 +211,11 @@ def summarize(results: dict[str, Any], targets: list[str]) -> list[dict[str, Any
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from sim_envs.tasks import TASKS
+
+    unknown = [t for t in args.targets if t not in TASKS]
+    if unknown:  # was a KeyError traceback
+        raise SystemExit(f"error: --targets {unknown}: no sim_envs task (the testbed's targets: {list(TARGETS)})")
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.setdefault("runs", {})
     results.setdefault("expert", {})
@@ -228,8 +234,18 @@ def main(argv: list[str] | None = None) -> None:
             key = f"{variant}/{target}/seed{seed}"
             folder = run_dir(args.work_dir, variant, target, seed)
             if key in results["runs"] and "measured" in results["runs"][key]:
+                done = results["runs"][key]  # kept: a run of other settings is another experiment
+                if done.get("preset", preset_for(args, target)) != preset_for(args, target) or \
+                        done.get("overrides", list(args.override)) != list(args.override):
+                    raise SystemExit(f"error: {key} in {args.out} was measured with preset "
+                                     f"{done.get('preset')!r} and overrides {done.get('overrides')}, not "
+                                     f"{preset_for(args, target)!r} and {list(args.override)}; use another --out and "
+                                     "--work-dir")
                 return
+            check_run_settings(folder, {"preset": preset_for(args, target), "variant": list(VARIANTS[variant]),
+                                        "overrides": list(args.override)}, "testbed.py")
             info = run_pipeline(args, variant, target, seed)
+            info.update(preset=preset_for(args, target), overrides=list(args.override))
             try:
                 info["measured"] = read_run(folder, target)
             except FileNotFoundError as e:

@@ -297,6 +297,15 @@ def test_pretraining_runs_fulls_first_skips_measured_runs_and_retries_unfinished
     with pytest.raises(SystemExit, match="^error: full/T/seed0 .* measured with overrides \\[\\], not "):
         claims.pretraining([*argv, "--override", "stage3.env_steps=10"])
     assert calls == []
+    # ... and with other episodes (the table printed "5 ep." for runs measured over 2)
+    with pytest.raises(SystemExit, match=r"^error: full/T/seed0 .* measured with --episodes 50, not 5"):
+        claims.pretraining([*argv, "--episodes", "5"])
+    # ... and into another --out on the same work folder: its runs' pipelines would skip their finished stages
+    # whatever the overrides, and the new JSON recorded them as measured with them (a user's session)
+    other = [a if a != str(out) else str(tmp_path / "other.json") for a in argv]
+    with pytest.raises(SystemExit, match=r"^error: .*pixel/T/seed0 was run by claims.py with .*'overrides': \[\]"):
+        claims.pretraining([*other, "--override", "stage3.env_steps=10"])
+    assert calls == [] and not (tmp_path / "other.json").exists()
 
 
 def test_summarize_only_refuses_a_missing_or_foreign_json(claims, tmp_path):

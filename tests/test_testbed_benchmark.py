@@ -135,3 +135,35 @@ def test_combination_target_runs_with_its_own_preset(testbed, tmp_path):
     for c in (combo, base):
         del c["data"]["target_demos"], c["adapt"]["prior_fraction"], c["adapt"]["steps"], c["targets"], c["name"]
     assert combo == base  # every other setting is the testbed preset's
+
+
+def test_a_rerun_with_other_overrides_is_refused_not_reported_as_the_old_run(testbed, tmp_path, monkeypatch):
+    """A rerun into the same --out with another --override kept the measured run and reported it under the new
+    settings (and rewrote the file's preset); into a new --out on the same work folder, the pipeline skipped the
+    finished stages whatever the overrides (a user's session)."""
+    calls = []
+
+    def fake_pipeline(args, variant, target, seed):
+        calls.append((variant, target, seed, tuple(args.override)))
+        return {"command": "pipeline", "returncode": 0}
+
+    monkeypatch.setattr(testbed, "run_pipeline", fake_pipeline)
+    monkeypatch.setattr(testbed, "read_run", lambda folder, target: {"nominal": {"success": 1.0}})
+    monkeypatch.setattr(testbed, "expert_success", lambda task, episodes: {"success": 1.0})
+    monkeypatch.setattr(testbed, "summarize", lambda results, targets: {})
+    monkeypatch.setattr(testbed, "table", lambda summary: "")
+    base = ["--targets", "Reach", "--seeds", "0", "--variants", "pixel", "--work-dir", str(tmp_path / "w")]
+    out = tmp_path / "t.json"
+    testbed.main([*base, "--out", str(out)])
+    testbed.main([*base, "--out", str(out)])  # measured: skipped
+    assert calls == [("pixel", "Reach", 0, ())]
+    before = out.read_text()
+    with pytest.raises(SystemExit, match=r"pixel/Reach/seed0 in .* was measured with preset 'testbed' and overrides "
+                                         r"\[\], not 'testbed' and \['stage3.env_steps=8'\]"):
+        testbed.main([*base, "--out", str(out), "--override", "stage3.env_steps=8"])
+    assert out.read_text() == before
+    with pytest.raises(SystemExit, match=r"pixel/Reach/seed0 was run by testbed.py with .*'overrides': \[\]"):
+        testbed.main([*base, "--out", str(tmp_path / "new.json"), "--override", "stage3.env_steps=8"])
+    assert len(calls) == 1
+    with pytest.raises(SystemExit, match=r"--targets \['Nope'\]: no sim_envs task"):
+        testbed.main(["--targets", "Nope", "--out", str(tmp_path / "n.json")])
