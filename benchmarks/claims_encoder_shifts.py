@@ -319,3 +319,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if failed:
         sys.exit(f"error: {len(failed)} agent(s) not evaluated (above)")
     return out
+
+
+if __name__ == "__main__":  # run by itself it did nothing and exited 0
+    raise SystemExit("error: claims_encoder_shifts.py is claims.py's 'shifts' sub-command: "
+                     "run python benchmarks/claims.py shifts (--help for its options)")

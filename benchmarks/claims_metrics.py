@@ -145,3 +145,8 @@ def verdict(low: float, high: float) -> str:
     if high < 0:
         return "reversed"
     return "not shown"
+
+
+if __name__ == "__main__":  # run by itself it did nothing and exited 0
+    raise SystemExit("error: claims_metrics.py holds the claims table's statistics, used by benchmarks/claims.py: "
+                     "run python benchmarks/claims.py --help")

@@ -395,3 +395,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     figure = plot(summary, args.plot)
     print(f"results: {args.out}" + (f"; figure: {figure}" if figure else ""))
     return out
+
+
+if __name__ == "__main__":  # run by itself it did nothing and exited 0
+    raise SystemExit("error: claims_robustness.py is claims.py's 'robustness' sub-command: "
+                     "run python benchmarks/claims.py robustness (--help for its options)")

@@ -310,3 +310,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     figure = plot(summary, args.plot)
     print(f"results: {args.out}" + (f"; figure: {figure}" if figure else ""))
     return out
+
+
+if __name__ == "__main__":  # run by itself it did nothing and exited 0
+    raise SystemExit("error: claims_values.py is claims.py's 'values' sub-command: "
+                     "run python benchmarks/claims.py values (--help for its options)")

@@ -32,3 +32,12 @@ def test_stage1_imports_the_package_after_the_script_loads(script):
                           text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert Path(proc.stdout.strip().splitlines()[-1]) == ROOT / "video_pretrain" / "__init__.py"
+
+
+@pytest.mark.parametrize("script", ["claims_values.py", "claims_robustness.py", "claims_encoder_shifts.py",
+                                    "claims_metrics.py"])
+def test_a_claims_module_run_by_itself_names_the_command_that_runs_it(script):
+    """Each did nothing and exited 0 when run as ``python benchmarks/<script>`` (a user's session)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 1 and "run python benchmarks/claims.py" in proc.stderr, proc.stderr[-2000:]
