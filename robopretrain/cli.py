@@ -495,6 +495,11 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
     :func:`entry_point_help` (the config groups this entry point reads, not every folder of ``configs/``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     ns = hydra_command_line(args)
+    if ns is not None and ns.config_name and not (ns.config_path or ns.config_dir) \
+            and not (CONFIG_DIR / f"{ns.config_name}.yaml").is_file():  # Hydra's multi-line error, exit code 1
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        report_and_exit(ValueError(f"--config-name={ns.config_name}: no such config in {CONFIG_DIR} (its configs: "
+                                   f"{', '.join(known)})"))
     if ns is not None and ns.help and not (ns.hydra_help or ns.config_path or ns.config_dir) \
             and _composable(ns.config_name or config_name):
         from hydra.errors import HydraException

@@ -72,6 +72,8 @@ def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     for script in UNKNOWN_KEY:
         spec.append({"name": f"{script}-key", "script": script, "entry": entry_points()[script],
                      "args": ["no_such_key=1"]})
+        spec.append({"name": f"{script}-config-name", "script": script, "entry": entry_points()[script],
+                     "args": ["--config-name", "nope"]})
     for script, (arg, _) in BAD_VALUE.items():
         spec.append({"name": f"{script}-value", "script": script, "entry": entry_points()[script],
                      "args": [*arg.format(cwd=cwd).split(), f"hydra.run.dir={cwd / 'h'}"]})
@@ -148,6 +150,15 @@ def test_unknown_key_is_one_line(script, results):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: config: 'no_such_key' is not a setting of ")
+
+
+@pytest.mark.parametrize("script", UNKNOWN_KEY)
+def test_an_unknown_config_name_is_one_line(script, results):
+    """``--config-name nope`` gave Hydra's multi-line error and exit code 1 (the README promises one line, code 2)."""
+    r = results[f"{script}-config-name"]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --config-name=nope: no such config in ")
+    assert "testbed" in r.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("script", sorted(BAD_VALUE))
