@@ -668,17 +668,17 @@ def remove_previous_results(out_dir: Path) -> list[Path]:
     record = out_dir / "eval_info.json"
     if not record.is_file():
         return []
-    try:
+    root = out_dir.resolve()
+    try:  # each where this command writes it (the record's paths may be of a moved folder, or relative to its cwd)
         old = json.loads(record.read_text())
-        listed = [old.get("plot")] + [v.get("path") for v in (old.get("videos") or {}).values()]
-    except (ValueError, AttributeError, TypeError) as exc:
+        listed = [root / Path(old["plot"]).name] if old.get("plot") else []
+        listed += [root / "videos" / Path(v["path"]).name for v in (old.get("videos") or {}).values()]
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
         log.warning("%s is unreadable (%s): removed; files an earlier run wrote beside it may remain", record, exc)
         listed = []
-    root = out_dir.resolve()
     removed = []
-    for name in filter(None, listed):
-        path = Path(name).resolve()
-        if path.is_file() and path.is_relative_to(root):
+    for path in listed:
+        if path.is_file():
             path.unlink()
             removed.append(path)
     record.unlink()

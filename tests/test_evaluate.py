@@ -478,6 +478,14 @@ def test_a_reused_folder_keeps_no_plot_or_video_of_the_earlier_evaluation(tiny_c
     assert not Path(first["plot"]).exists() and not Path(first["videos"]["nominal"]["path"]).exists()
     assert (out / "videos" / "mine.txt").read_text() == "a user's file"
     assert json.loads((out / "eval_info.json").read_text())["plot"] is None
+    # a folder moved after its evaluation: its record's paths name the old place; the files here still go
+    evaluate_robustness(eval_config(tiny_checkpoint, tmp_path / "a", episodes=1, select="[]",
+                                    **{"video.max_frames": 3}))
+    (tmp_path / "a").rename(tmp_path / "b")
+    evaluate_robustness(eval_config(tiny_checkpoint, tmp_path / "b", episodes=1, select="[]", plot="false",
+                                    **{"video.enabled": "false"}))
+    assert sorted(p.name for p in (tmp_path / "b").rglob("*") if p.is_file() and not p.name.startswith(".")) == \
+        ["eval_info.json"]
 
 
 def test_a_run_stopped_while_filming_keeps_its_results_and_lists_its_videos(tiny_checkpoint, tmp_path, monkeypatch):
