@@ -33,7 +33,8 @@ def test_config_entries_become_targets_and_bad_ones_are_named():
         as_target("MyTask")
     with pytest.raises(ValueError, match="a gym target needs env_id"):
         as_target({"name": "x", "family": "gym"})
-    with pytest.raises(ValueError, match="task_id is required for a gym target"):
+    with pytest.raises(ValueError, match=r"task_id is required for a gym target .*from Python give task_id=<slot>, "
+                                         r"or with_task_slot\(target, robopretrain.evaluate.trained_slots\(ckpt\)"):
         as_target({"name": "x", "env_id": ENTRY}).resolved_task_id()
     with pytest.raises(ValueError, match=r"reward='shaped'; expected one of \['sparse', 'dense'\]"):
         robot(reward="shaped")

@@ -201,7 +201,10 @@ class Target:
             from robopretrain.envs.metaworld import TASK_IDS, task_name
 
             return int(TASK_IDS[task_name(self.name)])
-        raise ValueError(f"target {self.name!r}: task_id is required for a gym target (its slot in the task one-hot)")
+        raise ValueError(f"target {self.name!r}: task_id is required for a gym target (its slot in the task one-hot); "
+                         "the stage commands fill it in from the checkpoint's tasks, from Python give "
+                         "task_id=<slot>, or with_task_slot(target, robopretrain.evaluate.trained_slots(ckpt), "
+                         "num_tasks)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
