@@ -381,11 +381,25 @@ def quoted_override(override: str) -> str:
     return shlex.quote(f'{key}="{escaped}"')
 
 
+def one_line_collection(arg: str) -> str:
+    """``arg`` with the line breaks (and the indentation after them) of a ``key={...}`` / ``key=[...]`` value made
+    single spaces: a mapping copied across lines in the shell, as the docs print long ones, is whitespace there in
+    YAML's flow style, but Hydra's grammar refused it ("token recognition error at: '\\n'")."""
+    key, sep, value = arg.partition("=")
+    if not sep or "\n" not in value or not value.lstrip().startswith(("{", "[")):
+        return arg
+    return key + "=" + re.sub(r"\s*\n\s*", " ", value)
+
+
 def override_problem(override: str, exc: Exception) -> str:
     """The one-line message for an override Hydra's grammar rejects: which one, why, and how to quote it."""
     why = one_line(str(exc)).split(" See https://")[0].rstrip(";. ")
     if "=" not in override:
         return f"cannot parse the override {override!r} ({why}); an override is key=value"
+    if override.partition("=")[2].lstrip().startswith(("{", "[")):  # quoting it whole makes it a string
+        return (f"cannot parse the override {override!r} ({why}); a mapping or list value is read in Hydra's grammar "
+                "(YAML flow style, in shell quotes): check its brackets, and quote each string inside it that holds "
+                '= , : [ ] { } ( ) or spaces, e.g. \'target={name: MyTask, env_id: "my_pkg.envs:MyEnv"}\'')
     return (f"cannot parse the override {override!r} ({why}); a value holding = , [ ] {{ }} ( ) quotes or spaces "
             f"must be quoted for Hydra, inside shell quotes: {quoted_override(override)}")
 
@@ -493,7 +507,9 @@ def _composable(config_name: str) -> bool:
 def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:
     """Check the command line (see the module docstring), then run the Hydra ``main``. ``--help`` prints
     :func:`entry_point_help` (the config groups this entry point reads, not every folder of ``configs/``)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # Hydra reads sys.argv itself
+        sys.argv[1:] = [one_line_collection(a) for a in sys.argv[1:]]
+    args = [one_line_collection(a) for a in (sys.argv[1:] if argv is None else argv)]
     ns = hydra_command_line(args)
     if ns is not None and ns.config_name and not (ns.config_path or ns.config_dir) \
             and not (CONFIG_DIR / f"{ns.config_name}.yaml").is_file():  # Hydra's multi-line error, exit code 1

@@ -69,6 +69,10 @@ def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
             spec.append({"name": f"{script}--cfg-m", "module": SCRIPTS.get(script, "?"), "args": ["--cfg", "job"]})
     for script in HYDRA_SCRIPTS:
         spec.append({"name": f"{script}-parse", "script": script, "entry": entry_points()[script], "args": [BAD_PATH]})
+    spec.append({"name": "robopretrain-finetune-multiline", "script": "robopretrain-finetune",
+                 "entry": entry_points()["robopretrain-finetune"],
+                 "args": [f"checkpoint={cwd / 'none'}", 'target={name: T, env_id: "_fake_envs:CountEnv",\n'
+                          "    task_id: 0}", f"hydra.run.dir={cwd / 'h'}"]})
     for script in UNKNOWN_KEY:
         spec.append({"name": f"{script}-key", "script": script, "entry": entry_points()[script],
                      "args": ["no_such_key=1"]})
@@ -196,6 +200,22 @@ def test_messages_name_the_override():
     assert "an override is key=value" in override_problem("x", ValueError("missing EQUAL"))
     comma = sweep_problem("data.path=/a,b")
     assert "needs -m" in comma and """'data.path="/a,b"'""" in comma and "data.path=[/a,b]" in comma
+    # a mapping: quoting it whole (the old advice) made it a string, "not a sim_envs task"
+    mapping = override_problem('target={name: T, env_id: "x"', ValueError("no viable alternative"))
+    assert "a mapping or list value is read in Hydra's grammar" in mapping and 'target="{' not in mapping
+
+
+def test_a_mapping_copied_across_lines_is_read_as_on_one_line(results):
+    """docs/targets.md prints a long target mapping across two lines inside shell quotes: Hydra's grammar refused the
+    line break ("token recognition error at: '\\n'"), and the advice to quote it whole made it a string."""
+    from robopretrain.cli import one_line_collection
+
+    assert one_line_collection("target={name: T,\n    task_id: 1}") == "target={name: T, task_id: 1}"
+    assert one_line_collection("targets=[A,\n B]") == "targets=[A, B]"
+    assert one_line_collection("data.path=/a\nb") == "data.path=/a\nb"  # not a mapping or list: as it is
+    r = results["robopretrain-finetune-multiline"]
+    assert r.returncode == 2 and "cannot parse" not in r.stderr, r.stderr[-2000:]
+    assert "neither a checkpoint folder" in r.stderr.strip().splitlines()[-1]  # read past the target, to the checkpoint
 
 
 def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(capsys):
