@@ -511,6 +511,8 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
         sys.argv[1:] = [one_line_collection(a) for a in sys.argv[1:]]
     args = [one_line_collection(a) for a in (sys.argv[1:] if argv is None else argv)]
     ns = hydra_command_line(args)
+    if ns is not None:
+        missing_launcher(list(ns.overrides))
     if ns is not None and ns.config_name and not (ns.config_path or ns.config_dir) \
             and not (CONFIG_DIR / f"{ns.config_name}.yaml").is_file():  # Hydra's multi-line error, exit code 1
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -545,6 +547,33 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
                 if record is not None:
                     sys.argv.insert(at + 2, record)
     return main()
+
+
+# Hydra launchers a sweep may pick (``hydra/launcher=<name>``; ours: configs/hydra/launcher/) -> the plugin module
+# they need and its pip package: without it Hydra's error was many lines and exit code 1
+LAUNCHER_PLUGINS = {"slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+                    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+                    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+                    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher")}
+
+
+def missing_launcher(overrides: list[str]) -> None:
+    """Exit with one line (:func:`report_and_exit`) when ``hydra/launcher=<name>`` picks a launcher whose Hydra plugin
+    is not installed (:data:`LAUNCHER_PLUGINS`), naming the package to install."""
+    import importlib.util
+
+    for override in overrides:
+        key, _, name = override.partition("=")
+        if key.lstrip("+~") != "hydra/launcher" or name not in LAUNCHER_PLUGINS:
+            continue
+        module, package = LAUNCHER_PLUGINS[name]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # no hydra_plugins package at all
+            found = False
+        if not found:
+            report_and_exit(ValueError(f"hydra/launcher={name} needs Hydra's launcher plugin, which is not installed: "
+                                       f"pip install {package} (into this environment)"))
 
 
 def unwritable_folder(text: str) -> str | None:

@@ -69,6 +69,9 @@ def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
             spec.append({"name": f"{script}--cfg-m", "module": SCRIPTS.get(script, "?"), "args": ["--cfg", "job"]})
     for script in HYDRA_SCRIPTS:
         spec.append({"name": f"{script}-parse", "script": script, "entry": entry_points()[script], "args": [BAD_PATH]})
+    spec.append({"name": "robopretrain-finetune-launcher", "script": "robopretrain-finetune",
+                 "entry": entry_points()["robopretrain-finetune"],
+                 "args": ["-m", "hydra/launcher=slurm", "seed=0,1", f"checkpoint={cwd / 'none'}"]})
     spec.append({"name": "robopretrain-finetune-multiline", "script": "robopretrain-finetune",
                  "entry": entry_points()["robopretrain-finetune"],
                  "args": [f"checkpoint={cwd / 'none'}", 'target={name: T, env_id: "_fake_envs:CountEnv",\n'
@@ -336,3 +339,17 @@ def test_a_stage_run_with_output_dir_writes_nothing_under_the_working_folder(tmp
         shown = subprocess.run([sys.executable, "-m", "robopretrain.train", *args], cwd=cwd, capture_output=True,
                                text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
         assert shown.returncode == 0 and f"output_dir: {out}" in shown.stdout, shown.stderr[-2000:]  # beside its own
+
+
+def test_a_sweep_launcher_whose_plugin_is_missing_is_one_line(results):
+    """``-m hydra/launcher=slurm`` without Hydra's submitit plugin (not a dependency): Hydra's multi-line error and
+    exit code 1 (docs/scaling.md's sweep as written)."""
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:
+        pytest.skip("the submitit launcher is installed here")
+    r = results["robopretrain-finetune-launcher"]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == ("error: hydra/launcher=slurm needs Hydra's launcher plugin, which is "
+                                                 "not installed: pip install hydra-submitit-launcher (into this "
+                                                 "environment)")
