@@ -594,8 +594,8 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
                              f"({agent.act_dim},)")
         warn_action_range(env.action_space, where)
         if target.sparse and target.probe_step:  # a misspelt success_key shows at the first step, before training
-            _, _, _, _, info = env.step(probe_action(env.action_space, agent.act_dim))  # (stage 2's evaluations
-            #                                                                             only warned)
+            # (stage 2's evaluations only warned)
+            _, _, _, _, info = env.step(probe_action(env.action_space, agent.act_dim))
             try:  # TargetEnv's (its info always has our "success", and the env's own keys may have one too)
                 seen, keys = env.get_wrapper_attr("success_key_seen"), env.get_wrapper_attr("env_info_keys")
             except AttributeError:  # no TargetEnv (sim_envs): the env's own info

@@ -541,9 +541,8 @@ _warned_inner_limit: set[str] = set()
 def _warn_shorter_inner_limit(env: gym.Env, target: Target) -> None:
     """Warn (once per target and process) when the target's ``max_episode_steps`` is longer than the limit its base
     env states itself (a ``max_episode_steps`` attribute, as Meta-World's adapter and sim_envs have, or Meta-World's
-    own ``max_path_length``): the outer time
-    limit the toolkit sets cannot lift it, so episodes end at the env's own limit (Meta-World through ``env_id``
-    stopped at 500 steps under a target of 600, with no word)."""
+    own ``max_path_length``): the outer time limit the toolkit sets cannot lift it, so episodes end at the env's own
+    limit (Meta-World through ``env_id`` stopped at 500 steps under a target of 600, with no word)."""
     stated = [getattr(env.unwrapped, k, None) for k in ("max_episode_steps", "max_path_length")]
     stated = [int(v) for v in stated if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0]
     inner = min(stated, default=None)
