@@ -43,9 +43,13 @@ def remove_abandoned_partials(path: str | os.PathLike) -> list[Path]:
     (:class:`RobomimicWriter`) and ``<name>.*.tmp`` (``robopretrain.data`` conversions). A partial is removed only
     when no process holds it open for writing (the HDF5 library holds an exclusive ``flock`` on a file it writes,
     tested with a non-blocking lock) and it was last modified over ``ABANDONED_AFTER_S`` s ago (the moment between
-    its creation and the library opening it); a writer that is alive keeps its file. Returns the files removed."""
+    its creation and the library opening it); a writer that is alive keeps its file. With the library's locking off
+    (``HDF5_USE_FILE_LOCKING=FALSE``, common on network file systems) no writer can be told from a dead one, and
+    nothing is removed. Returns the files removed."""
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
+    if os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() in ("FALSE", "0"):
+        return removed
     for partial in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f"{path.name}.*.tmp")]:
         try:
             if not partial.is_file() or time.time() - partial.stat().st_mtime < ABANDONED_AFTER_S:

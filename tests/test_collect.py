@@ -368,6 +368,14 @@ def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_and_a_live_w
             writer.add_episode(**_episode())
         assert not killed.exists() and alive.is_file() and fresh.is_file()
         assert path.is_file()
+        # with the library's locking off a live writer holds no lock, so none can be told from a dead one: kept
+        unlocked = tmp_path / f".{path.name}.unlocked.tmp"
+        unlocked.write_bytes(b"")
+        os.utime(unlocked, (old, old))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HDF5_USE_FILE_LOCKING", "FALSE")
+            assert hdf5_writer.remove_abandoned_partials(path) == [] and unlocked.is_file()
+        assert hdf5_writer.remove_abandoned_partials(path) == [unlocked]
     finally:
         for w in writers:
             w.kill()
