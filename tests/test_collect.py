@@ -39,6 +39,8 @@ def mask(f: h5py.File, name: str) -> list[str]:
     assert ds.dtype.kind == "S"
     return [x.decode() for x in ds[()]]
 
+OLD_MTIME = 1_000_000_000  # seconds since the epoch (2001): a file last written long before ABANDONED_AFTER_S
+
 
 def test_file_layout(collected):
     with h5py.File(collected, "r") as f:
@@ -335,7 +337,6 @@ def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_and_a_live_w
     import subprocess
     import sys
     import textwrap
-    import time
 
     from sim_envs import hdf5_writer
 
@@ -360,7 +361,7 @@ def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_and_a_live_w
         writers[0].wait(timeout=30)
         fresh = tmp_path / f".{path.name}.fresh.tmp"  # just made, not yet opened by its writer
         fresh.write_bytes(b"")
-        old = time.time() - 2 * hdf5_writer.ABANDONED_AFTER_S
+        old = OLD_MTIME
         for partial in (killed, alive):
             os.utime(partial, (old, old))
         assert killed.is_file() and alive.is_file()

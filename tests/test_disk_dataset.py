@@ -25,6 +25,8 @@ CAM = "agentview_image"
 # (length, terminated, step t whose next_obs is NOT obs[t + 1] (a break in the stream), or None)
 EPISODES = [(5, True, None), (4, False, None), (6, True, 2), (3, False, None)]
 
+OLD_MTIME = 1_000_000_000  # seconds since the epoch (2001): a file last written long before ABANDONED_AFTER_S
+
 
 def write_file(path: Path, size: int = 6) -> tuple[Path, dict[str, np.ndarray]]:
     """Episodes of random frames (``size`` px) and a 2-D proprio; actions encode the transition index (i / 100)."""
@@ -302,7 +304,6 @@ def test_the_folder_of_a_killed_index_build_is_removed_by_the_next_and_a_running
     import subprocess
     import sys
     import textwrap
-    import time
 
     from robopretrain.data import frames as frames_mod
 
@@ -330,7 +331,7 @@ def test_the_folder_of_a_killed_index_build_is_removed_by_the_next_and_a_running
         mine = folder.with_name(f"{folder.name}.tmp_notes")  # not a build's name: the user's
         for d in (replaced, mine):
             d.mkdir()
-        old = time.time() - 2 * frames_mod.ABANDONED_AFTER_S
+        old = OLD_MTIME
         for p in (killed / frames_mod.BUILDING, running / frames_mod.BUILDING, replaced, mine):
             os.utime(p, (old, old))
         frames_mod.build_index(path, [CAM])

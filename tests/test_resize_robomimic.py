@@ -17,6 +17,8 @@ from robopretrain.data.resize_robomimic import needs_resize, write_resized
 
 LENGTHS = (5, 4)
 
+OLD_MTIME = 1_000_000_000  # seconds since the epoch (2001): a file last written long before ABANDONED_AFTER_S
+
 
 def write_foreign(path: Path, *, front: tuple[int, int] = (20, 30), wrist: int = 12, seed: int = 0) -> Path:
     """A robomimic file as another robot's recorder writes it: a non-square RGB camera, a channels-first float camera
@@ -191,15 +193,12 @@ def test_stage2_trains_on_the_foreign_file_only_through_data_image_size(tmp_path
 def test_a_killed_conversions_partial_file_is_removed_by_the_next(tmp_path, writer):
     """``<dst>.<pid>.tmp`` of a conversion killed outright stayed beside the user's data; the next conversion to that
     path removes it (nobody holds it open, old enough: :func:`sim_envs.hdf5_writer.remove_abandoned_partials`)."""
-    import time
-
     from robopretrain.data.episodes import Episode, write_robomimic
-    from sim_envs import hdf5_writer
 
     dst = tmp_path / "out.hdf5"
     abandoned = tmp_path / "out.hdf5.99999999.tmp"
     abandoned.write_bytes(b"\x89HDF half")
-    old = time.time() - 2 * hdf5_writer.ABANDONED_AFTER_S
+    old = OLD_MTIME
     os.utime(abandoned, (old, old))
     if writer == "write_resized":
         write_resized(write_foreign(tmp_path / "src.hdf5"), dst, 16)
