@@ -342,3 +342,53 @@ def test_the_folder_of_a_killed_index_build_is_removed_by_the_next_and_a_running
         for b in builders:
             b.kill()
             b.wait(timeout=30)
+
+
+def test_a_killed_feature_writers_partial_file_is_removed_by_the_next_and_a_running_writers_is_kept(tmp_path):
+    """A frozen-feature cache write killed outright (SIGKILL) left ``<file>.tmp<pid>`` (up to every feature row of
+    the data) in the cache for good (stop 61's note)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from robopretrain.data.frames import FrameStore, write_rows
+
+    path = tmp_path / "features.bin"
+    script = textwrap.dedent(f"""
+        import time
+        import numpy as np
+        from pathlib import Path
+        from robopretrain.data.frames import write_rows
+        def chunks():  # one chunk written, then a long encoder pass, holding the lock
+            yield np.ones((4, 3), np.float32)
+            print("writing", flush=True)
+            time.sleep(600)
+        write_rows(Path({str(path)!r}), chunks())
+        """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    writers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+               for _ in range(2)]
+    try:
+        for w in writers:
+            assert w.stdout.readline().strip() == "writing"
+        writers[0].send_signal(signal.SIGKILL)
+        writers[0].wait(timeout=30)
+        killed, running = (path.with_name(f"{path.name}.tmp{w.pid}") for w in writers)
+        young = path.with_name(f"{path.name}.tmp1")  # unlocked but just made: its writer may not hold the lock yet
+        mine = path.with_name(f"{path.name}.tmp_notes")  # not a writer's name: the user's
+        young.write_bytes(b"x")
+        mine.write_bytes(b"x")
+        for p in (killed, running, mine):
+            os.utime(p, (OLD_MTIME, OLD_MTIME))
+        rows = np.arange(12, dtype=np.float32).reshape(6, 2)
+        shape = write_rows(path, [rows[:4], rows[4:]])
+        assert not killed.exists()
+        assert running.is_file() and young.is_file() and mine.is_file()
+        assert not path.with_name(f"{path.name}.tmp{os.getpid()}").exists()
+        store = FrameStore(path, shape, np.float32, path.with_name(path.name + ".crc.npy"))
+        np.testing.assert_array_equal(store.read(np.arange(6)), rows)
+    finally:
+        for w in writers:
+            w.kill()
+            w.wait(timeout=30)

@@ -26,7 +26,9 @@ outright (lock free) and leaves a running one's (:func:`remove_abandoned_builds`
 :class:`FrameStore` reads rows with ``os.pread`` (no memory map: the pages stay in the page cache and out of the
 process's resident memory, so a 12 GB frame file costs the reader no RSS) and checks sizes at open (a truncated file
 fails before training) and CRCs at read (:class:`~robopretrain.data.hdf5.DatasetError`, one line: file, demo, key).
-The same store holds per-frame features of a frozen encoder (:func:`write_rows`, float32 rows).
+The same store holds per-frame features of a frozen encoder (:func:`write_rows`, float32 rows; written to
+``<file>.tmp<pid>`` under its writer's ``flock`` and renamed, so the next writer of that file removes a killed
+writer's partial file the same way).
 """
 
 from __future__ import annotations
@@ -189,6 +191,37 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
         return _build_holding(source, info, keys, folder, tmp)
 
 
+def _abandoned(marker: Path) -> bool:
+    """True when no process holds an exclusive ``flock`` on ``marker`` (its writer holds one while it runs) and it
+    was last modified over ``ABANDONED_AFTER_S`` s ago (a file just made, not yet locked, is young); raises OSError
+    when it cannot be opened."""
+    with open(marker, "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its writer runs
+            return False
+        return time.time() - marker.stat().st_mtime > ABANDONED_AFTER_S
+
+
+def remove_abandoned_rows(path: Path) -> list[Path]:
+    """Remove the partial files of :func:`write_rows` into ``path`` that writers killed outright left beside it
+    (``<path>.tmp<pid>`` whose lock no process holds, over ``ABANDONED_AFTER_S`` s old); a running writer's is kept.
+    Returns the files removed."""
+    removed = []
+    for leftover in path.parent.glob(f"{path.name}.tmp*"):
+        if not leftover.name[len(path.name) + 4:].isdigit():  # <path>.tmp<pid> only
+            continue
+        try:
+            if not leftover.is_file() or not _abandoned(leftover):
+                continue
+            leftover.unlink()
+        except OSError:
+            continue
+        removed.append(leftover)
+        log.info("removed %s, the partial file of a writer that was killed", leftover)
+    return removed
+
+
 def remove_abandoned_builds(folder: Path) -> list[Path]:
     """Remove the build folders of index ``folder`` that builders killed outright left beside it: ``<folder>.tmp<pid>``
     whose ``.building`` lock no process holds and was made over ``ABANDONED_AFTER_S`` s ago (one without the file, and
@@ -204,11 +237,9 @@ def remove_abandoned_builds(folder: Path) -> list[Path]:
                 continue
             marker = leftover / BUILDING
             if marker.is_file():
-                with open(marker, "rb") as fh:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError while its builder runs
-                    if time.time() - marker.stat().st_mtime < ABANDONED_AFTER_S:  # made, not yet locked
-                        continue
-                    shutil.rmtree(leftover)
+                if not _abandoned(marker):
+                    continue
+                shutil.rmtree(leftover)
             elif time.time() - leftover.stat().st_mtime > ABANDONED_AFTER_S:
                 shutil.rmtree(leftover)
             else:
@@ -263,7 +294,8 @@ def _write_index(source: Path, info: DatasetInfo, keys: Sequence[str], demos: li
     meta: dict[str, Any] = {"version": INDEX_VERSION, "demos": demos, "demo_starts": starts.tolist(),
                             "num_transitions": n, "keys": {}}
     # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range; the
-    # other keys of numeric (d,) steps are low-dim parts whatever their name (a 12-D goal_image), as obs.low_dim reads them
+    # other keys of numeric (d,) steps are low-dim parts whatever their name (a 12-D goal_image), as obs.low_dim
+    # reads them
     low_dim = [k for k, (shape, dtype) in info.obs_specs.items() if k not in keys and len(shape) == 1
                and np.dtype(dtype).kind in "fiub"]
     trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False, action_range=False,
@@ -326,20 +358,26 @@ def _index_key(f: h5py.File, path: str, key: str, demos: Sequence[str], starts: 
 def write_rows(path: Path, chunks: Iterable[np.ndarray]) -> tuple[int, ...]:
     """Write row chunks (same trailing shape and dtype) to a raw file and its ``.crc.npy``; returns the full shape.
 
-    Used for the frozen-feature cache: features are computed and written chunk by chunk, never all in memory."""
+    Used for the frozen-feature cache: features are computed and written chunk by chunk, never all in memory. Written
+    to ``<path>.tmp<pid>`` under an exclusive ``flock`` and renamed; a killed writer's partial file is removed here
+    (:func:`remove_abandoned_rows`)."""
+    path = Path(path)
+    remove_abandoned_rows(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     crcs: list[np.ndarray] = []
     shape: tuple[int, ...] | None = None
     total = 0
     with open(tmp, "wb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # held until the file is in place
         for chunk in chunks:
             c = np.ascontiguousarray(chunk)
             shape = shape or tuple(c.shape[1:])
             fh.write(c.tobytes())
             crcs.append(_row_crcs(c))
             total += len(c)
-    np.save(path.with_name(path.name + ".crc.npy"), np.concatenate(crcs).astype(np.uint32))
-    os.replace(tmp, path)
+        fh.flush()
+        np.save(path.with_name(path.name + ".crc.npy"), np.concatenate(crcs).astype(np.uint32))
+        os.replace(tmp, path)
     return (total, *(shape or ()))
 
 
@@ -414,4 +452,5 @@ class FrameStore:
         return as_rgb(out, self.shape[1:]) if self.grey else out
 
 
-__all__ = ["FrameIndex", "FrameStore", "INDEX_SUFFIX", "build_index", "index_dir", "open_index", "write_rows"]
+__all__ = ["FrameIndex", "FrameStore", "INDEX_SUFFIX", "build_index", "index_dir", "open_index",
+           "remove_abandoned_rows", "write_rows"]
