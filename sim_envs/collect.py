@@ -35,7 +35,7 @@ from tqdm import tqdm
 import sim_envs
 from sim_envs.config_values import check_value_types
 from sim_envs.experts import make_expert
-from sim_envs.hdf5_writer import RobomimicWriter, make_env_args
+from sim_envs.hdf5_writer import RobomimicWriter, check_image_storage, make_env_args
 from sim_envs.rendering import check_display, exit_on_render_error
 from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASK_IDS, TASKS
 
@@ -141,8 +141,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"collect config: episodes_per_task={cfg.episodes_per_task}; expected >= 1")
     if int(cfg.seed) < 0:  # NumPy's "expected non-negative integer" named no setting
         raise ValueError(f"collect config: seed={cfg.seed}; expected an integer >= 0")
-    if cfg.get("compression") == "gzip" and not 0 <= int(cfg.compression_level) <= 9:  # refused at the first frame
-        raise ValueError(f"collect config: compression_level={cfg.compression_level}; expected 0-9 for gzip")
+    try:  # the writer's own check, before any episode is collected
+        check_image_storage(cfg.compression, cfg.compression_level, cfg.chunk_frames)
+    except ValueError as e:
+        raise ValueError(f"collect config: {e}") from None
     if int(cfg.num_workers) < 0:  # 0 and 1 both collect in this process (0 means that for the data loaders too)
         raise ValueError(f"collect config: num_workers={cfg.num_workers}; expected >= 0 (0 or 1: in this process)")
     missing = [k for k in KINDS if k not in cfg.kinds]

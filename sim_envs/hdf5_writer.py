@@ -116,6 +116,17 @@ def _sorted_demos(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda n: int(n.split("_")[-1]))
 
 
+def check_image_storage(compression: str | None, compression_level: int, chunk_frames: int) -> None:
+    """Raise ValueError naming the setting when the image datasets' ``compression`` (one of ``COMPRESSIONS``), its
+    gzip ``compression_level`` (0-9; h5py says so only at the first frame) or ``chunk_frames`` (>= 1) is invalid."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression={compression!r}; expected one of {COMPRESSIONS}")
+    if compression == "gzip" and not 0 <= int(compression_level) <= 9:
+        raise ValueError(f"compression_level={compression_level}; expected 0-9 for gzip")
+    if int(chunk_frames) < 1:
+        raise ValueError(f"chunk_frames={chunk_frames}; expected >= 1")
+
+
 class RobomimicWriter:
     """Context manager writing episodes to a robomimic HDF5 file, atomically.
 
@@ -136,12 +147,7 @@ class RobomimicWriter:
                  compression_level: int = 4, chunk_frames: int = 16, overwrite: bool = False,
                  info: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression={compression!r}; expected one of {COMPRESSIONS}")
-        if compression == "gzip" and not 0 <= int(compression_level) <= 9:  # h5py said so only at the first frame
-            raise ValueError(f"compression_level={compression_level}; expected 0-9 for gzip")
-        if chunk_frames < 1:
-            raise ValueError(f"chunk_frames={chunk_frames}; expected >= 1")
+        check_image_storage(compression, compression_level, chunk_frames)
         if not 0.0 <= valid_fraction < 1.0:
             raise ValueError(f"valid_fraction={valid_fraction}; expected a number in [0, 1)")
         if self.path.exists() and not overwrite:

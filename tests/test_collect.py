@@ -310,6 +310,9 @@ def test_parallel_collection_runs_its_episodes_in_process_map_workers(monkeypatc
     # NumPy's "expected non-negative integer", and h5py's level error after the first episode: no setting named
     ({"seed": -1}, "seed=-1; expected an integer >= 0"),
     ({"compression": "gzip", "compression_level": 12}, "compression_level=12; expected 0-9 for gzip"),
+    # the writer's own checks, made before any episode is collected (the writer was built after them)
+    ({"compression": "zip"}, "compression='zip'; expected one of ('gzip', 'lzf', None)"),
+    ({"chunk_frames": 0}, "chunk_frames=0; expected >= 1"),
 ])
 def test_a_setting_of_the_wrong_type_or_range_is_named(tmp_path, override, message):
     """``episodes_per_task=abc`` gave int()'s "invalid literal" without the setting's name, and ``render_images=nope``
