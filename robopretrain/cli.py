@@ -532,6 +532,9 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
         return None
     if ns is not None and not (ns.help or ns.hydra_help or ns.info or ns.shell_completion):
         check_overrides(list(ns.overrides), multirun=bool(ns.multirun))
+        shared = shared_sweep_folder(config_name, list(ns.overrides)) if ns.multirun else None
+        if shared:
+            report_and_exit(ValueError(shared), prefix="error: config")
         if ns.overrides and not (ns.multirun or ns.config_path or ns.config_dir or ns.experimental_rerun):
             validate_overrides(ns.config_name or config_name, list(ns.overrides))
         if not ns.multirun:
@@ -633,6 +636,35 @@ def hydra_run_dir_override(config_name: str, overrides: list[str]) -> str | None
     if value is None or value.strip() in ("", "null", "None"):
         return None
     return f"hydra.run.dir={value}"
+
+
+def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
+    """The problem (None: none) of a sweep whose jobs would share one run folder: ``-m`` with an override of several
+    values (``seed=0,1``) and the entry point's run folder (:data:`RUN_FOLDER_KEYS`) set to one path without an
+    interpolation. The second job resumed, refused or (the pipeline) reported the first one's run as its own."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    key = RUN_FOLDER_KEYS.get(config_name)
+    if key is None:
+        return None
+    parser = OverridesParser.create()
+    sweeps, value = [], None
+    for o in overrides:
+        try:
+            parsed = parser.parse_override(o)
+        except HydraException:  # reported by check_overrides
+            return None
+        if parsed.is_sweep_override():
+            sweeps.append(o)
+        if parsed.key_or_group == key:
+            value = None if parsed.is_sweep_override() else o.partition("=")[2]  # the last one wins, as in Hydra
+    if not sweeps or value is None or value.strip() in ("", "null", "None") or "${" in value:
+        return None
+    return (f"{key}={value} in a sweep ({' '.join(sweeps)}): every job would write to that one folder, and the "
+            f"second would resume or refuse the first one's run; leave {key} unset (each job writes to its "
+            f"hydra.sweep.dir/hydra.sweep.subdir: e.g. hydra.sweep.dir={value} 'hydra.sweep.subdir=seed${{seed}}') "
+            f"or let it vary per job ('{key}={value}/${{hydra:job.num}}')")
 
 
 def launch(module: str, argv: list[str]) -> Any:

@@ -72,6 +72,9 @@ def results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     spec.append({"name": "robopretrain-finetune-launcher", "script": "robopretrain-finetune",
                  "entry": entry_points()["robopretrain-finetune"],
                  "args": ["-m", "hydra/launcher=slurm", "seed=0,1", f"checkpoint={cwd / 'none'}"]})
+    spec.append({"name": "robopretrain-train-shared-sweep-folder", "script": "robopretrain-train",
+                 "entry": entry_points()["robopretrain-train"],
+                 "args": ["-m", "seed=0,1", f"output_dir={cwd / 'shared'}", f"data.path={cwd / 'none.hdf5'}"]})
     spec.append({"name": "robopretrain-finetune-multiline", "script": "robopretrain-finetune",
                  "entry": entry_points()["robopretrain-finetune"],
                  "args": [f"checkpoint={cwd / 'none'}", 'target={name: T, env_id: "_fake_envs:CountEnv",\n'
@@ -219,6 +222,36 @@ def test_a_mapping_copied_across_lines_is_read_as_on_one_line(results):
     r = results["robopretrain-finetune-multiline"]
     assert r.returncode == 2 and "cannot parse" not in r.stderr, r.stderr[-2000:]
     assert "neither a checkpoint folder" in r.stderr.strip().splitlines()[-1]  # read past the target, to the checkpoint
+
+
+@pytest.mark.parametrize("config_name, overrides, refused", [
+    ("robopretrain", ["seed=0,1", "output_dir=runs/a"], True),
+    ("pipeline", ["run_dir=/r", "stage3.algo=calql,iql"], True),
+    ("finetune", ["output_dir=runs/a", "output_dir=null", "seed=0,1"], False),  # the last one wins, as in Hydra
+    ("robopretrain", ["seed=0,1", "output_dir=runs/s${seed}"], False),  # varies per job
+    ("robopretrain", ["seed=0,1"], False),  # each job in its sweep folder
+    ("robopretrain", ["seed=1", "output_dir=runs/a"], False),  # one job
+    ("robopretrain", ["seed=0,1", "output_dir=runs/a,runs/b"], False),  # the folder is swept too
+    ("pipeline", ["seed=0,1", "output_dir=runs/a"], False),  # not the pipeline's run folder key
+])
+def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrides, refused):
+    """``python -m robopretrain.pipeline -m seed=0,1 run_dir=runs/x`` gave every seed the seed-0 results (stop 61's
+    note); a stage's second job resumed or refused the first one's run."""
+    from robopretrain.cli import shared_sweep_folder
+
+    problem = shared_sweep_folder(config_name, overrides)
+    assert (problem is not None) == refused, problem
+    if refused:
+        key = "run_dir" if config_name == "pipeline" else "output_dir"
+        assert problem.startswith(f"{key}=") and "every job would write to that one folder" in problem
+
+
+def test_a_shared_sweep_folder_is_refused_before_any_job_in_one_line(results):
+    r = results["robopretrain-train-shared-sweep-folder"]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: config: output_dir=") and "in a sweep (seed=0,1)" in last
+    assert "Launching" not in r.stdout + r.stderr  # no job started (Hydra prints this before its first job)
 
 
 def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(capsys):
