@@ -83,3 +83,23 @@ def test_save_figure_makes_folders_overwrites_and_closes(bu, tmp_path):
         assert not plt.fignum_exists(fig.number)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(path) > 1000
+
+
+def test_run_settings_are_recorded_per_script_and_other_ones_refused(bu, tmp_path):
+    """A rerun with other settings was recorded as measured with them (stop 61); claims.py reuses testbed.py's runs
+    in the same folder, so another script's record with the same overrides is kept beside its own."""
+    bench = bu
+    folder = tmp_path / "run"  # not made yet: the first record makes it
+    testbed = {"overrides": ["stage3.steps=10"], "preset": "testbed"}
+    bench.check_run_settings(folder, testbed, "testbed.py")
+    path = folder / bench.RUN_SETTINGS
+    assert json.loads(path.read_text()) == {"testbed.py": testbed}
+    bench.check_run_settings(folder, dict(testbed), "testbed.py")  # the same settings again: nothing changes
+    claims = {"overrides": ["stage3.steps=10"], "episodes": 5}
+    bench.check_run_settings(folder, claims, "claims.py")  # the folder exists now
+    assert json.loads(path.read_text()) == {"testbed.py": testbed, "claims.py": claims}
+    with pytest.raises(SystemExit, match="was run by testbed.py with"):
+        bench.check_run_settings(folder, {**testbed, "preset": "testbed_combination"}, "testbed.py")
+    with pytest.raises(SystemExit, match="was run by testbed.py with"):  # another script's runs, other overrides
+        bench.check_run_settings(folder, {"overrides": ["stage3.steps=20"], "episodes": 5}, "claims.py")
+    assert json.loads(path.read_text()) == {"testbed.py": testbed, "claims.py": claims}
