@@ -141,6 +141,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         # the Decision Transformer's data warnings (warn_target_return, _episode_length)
                                         "tests/test_dt.py::test_a_target_return_outside_the_datas_episode_returns_is_"
                                         "warned", "tests/test_dt.py::test_episodes_longer_than_max_ep_len_are_warned"]),
+    # the user's env as a target: its construction, contract checks, action units, time limits and task slot
+    "target": ("robopretrain/envs/target.py", ["tests/test_target.py", "tests/test_action_units.py"]),
+    # the frame index and frozen-feature files of disk-backed data: layout, CRCs, stale and killed builds
+    "frames": ("robopretrain/data/frames.py", ["tests/test_disk_dataset.py", "tests/test_camera_frames.py"]),
     # claim 2b's summary (its pools, seed groups, sides and partial verdicts) and evaluation reuse
     "claims_encoder_shifts": ("benchmarks/claims_encoder_shifts.py", ["tests/test_claims_encoder_shifts.py"]),
     "pipeline": ("robopretrain/pipeline.py", ["tests/test_pipeline.py", "tests/test_paper_preset.py",
