@@ -318,10 +318,31 @@ def test_a_run_killed_between_its_checkpoint_and_that_steps_evaluation_evaluates
     assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [4] and len(calls) == 4
 
 
+def test_a_final_update_off_the_evaluation_period_killed_before_its_evaluation_evaluates_on_the_rerun(
+        tiny_hdf5, tmp_path, monkeypatch):
+    """The last update is evaluated whether or not ``eval_every`` divides it; its evaluation is made up for too."""
+    import robopretrain.train as stage2
+
+    calls = []
+    monkeypatch.setattr(stage2, "evaluate", lambda *a, **k: calls.append(1) or {"success": 0.5, "return": 1.0,
+                                                                                 "length": 3.0})
+    cfg = stage2_config(tiny_hdf5, tmp_path / "run", steps=5, obs=STATE_OBS,
+                        train={"eval_targets": ["Reach"], "eval_every": 2, "checkpoint_every": 5})
+    run(cfg)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4, 5] and len(calls) == 3
+    rows = [r for r in read_jsonl(metrics) if not (r["step"] == 5 and "eval/success" in r)]  # killed before it
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(cfg)
+    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4, 5] and len(calls) == 4
+
+
 @pytest.mark.parametrize("progress", [False, True])
 def test_the_progress_bar_shows_only_when_asked(tiny_hdf5, tmp_path, capsys, progress):
     run(stage2_config(tiny_hdf5, tmp_path / "p", steps=2, obs=STATE_OBS, train={"progress": progress}))
-    assert ("upd" in capsys.readouterr().err) == progress  # tqdm's "2/2 [..., ...upd/s]" on stderr
+    err = capsys.readouterr().err
+    assert ("upd" in err) == progress  # tqdm's "2/2 [..., ...upd/s]" on stderr
+    assert ("2/2" in err) == progress  # the bar counts every update
 
 
 # --------------------------------------------------------------------------- another robot's data (case 10)
