@@ -8,6 +8,7 @@ base runs had copied stage 1, so no run had reached the import.)
 """
 from __future__ import annotations
 
+import importlib.machinery
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,24 @@ def test_a_claims_module_run_by_itself_names_the_command_that_runs_it(script):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script)], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 1 and "run python benchmarks/claims.py" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_no_script_is_named_like_a_module_it_would_shadow():
+    """``python benchmarks/<script>`` puts benchmarks/ first on ``sys.path``, before the installed packages, so a
+    script named like one replaces it: ``benchmarks/metaworld_envs.py`` imported ``benchmarks/metaworld.py`` as
+    Meta-World ("'metaworld' is not a package", stop 62). This checkout's own packages (``video_pretrain``) are put
+    first by the scripts that need them (the tests above)."""
+    bench = (ROOT / "benchmarks").resolve()
+    elsewhere = [p for p in sys.path if Path(p or ".").resolve() != bench]
+    shadowing = []
+    for script in sorted(bench.glob("*.py")):
+        name = script.stem
+        if name in sys.builtin_module_names or name in sys.stdlib_module_names:
+            shadowing.append(f"{script.name} (the standard library's {name})")
+            continue
+        spec = importlib.machinery.PathFinder.find_spec(name, elsewhere)
+        origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+        ours = origin is not None and ROOT.resolve() in (origin.parent, origin.parent.parent)  # not .venv's
+        if origin is not None and not ours:
+            shadowing.append(f"{script.name} ({spec.origin})")
+    assert shadowing == []

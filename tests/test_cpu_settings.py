@@ -74,7 +74,7 @@ def _calql_losses_and_grads(flush: bool, monkeypatch) -> tuple[dict, list, int]:
     CQL penalty's logsumexp weights are subnormal without flushing (the source of the slow products)."""
     spec = importlib.util.spec_from_file_location("peers_benchmark", ROOT / "benchmarks" / "peers.py")
     peers = importlib.util.module_from_spec(spec)  # the speed benchmark's sizes and batch (not via sys.path:
-    spec.loader.exec_module(peers)  # benchmarks/metaworld.py would shadow the metaworld package)
+    spec.loader.exec_module(peers)  # a script named like a package would shadow it)
     from robopretrain.algos.cql import CQL, CQLConfig
 
     seen = {"subnormal": 0}

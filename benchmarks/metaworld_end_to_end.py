@@ -1,9 +1,9 @@
 """Meta-World end to end: MT10-style prior tasks -> the held-out drawer-open-v3, offline then online, states and 64 px
 images, through the documented commands only. Protocol: ``benchmarks/protocols/metaworld.md``.
 
-    python benchmarks/metaworld.py                      # states and images, seeds 0 1 2
-    python benchmarks/metaworld.py --obs states --seeds 0
-    python benchmarks/metaworld.py --summarize-only
+    python benchmarks/metaworld_end_to_end.py             # states and images, seeds 0 1 2
+    python benchmarks/metaworld_end_to_end.py --obs states --seeds 0
+    python benchmarks/metaworld_end_to_end.py --summarize-only
 
 Every step is a subprocess running a documented command (``robopretrain.envs.metaworld_collect``,
 ``robopretrain.train``, ``finetune.train``, ``robopretrain.evaluate``); each resumes or is skipped when its output
