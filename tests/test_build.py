@@ -296,6 +296,26 @@ def test_the_action_range_warning_says_which_way_the_box_differs(caplog) -> None
     assert "clipped to it in dimension(s) [0, 1]" in caplog.text and "reach beyond" not in caplog.text
 
 
+def test_a_bound_within_rounding_of_one_is_not_called_wider(caplog) -> None:
+    """The tolerance of the "wider" side is the one the [-1, 1] check uses: a converter's rounding (8e-7 past 1) in
+    one dimension is not named out of reach beside another dimension that is narrower."""
+    import gymnasium as gym
+
+    space = gym.spaces.Box(np.array([0.0, -1.0]), np.array([1.0, 1.0 + 8e-7]), dtype=np.float64)
+    with caplog.at_level(logging.WARNING):
+        assert build.warn_action_range(space, "t")
+    assert "clipped to it in dimension(s) [0]" in caplog.text and "reach beyond" not in caplog.text
+
+
+def test_the_probe_action_of_a_space_that_is_not_the_agents_size_is_zeros() -> None:
+    """A Discrete space, or a Box of another size (refused later, naming the sizes), probes with the agent's zero."""
+    import gymnasium as gym
+
+    for space in (gym.spaces.Discrete(3), gym.spaces.Box(-2.0, 2.0, (3,), np.float32)):
+        action = build.probe_action(space, 2)
+        assert action.dtype == np.float32 and action.tolist() == [0.0, 0.0]
+
+
 def test_compose_refuses_a_group_given_as_a_string_in_overrides():
     """``overrides={"algo": "iql"}`` (the command line's spelling) replaced the algo group by the string "iql" and
     training failed with an AttributeError deep inside; ``groups`` picks the option. A dr entry may be a level name."""
