@@ -205,6 +205,9 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "same labels in both (noisy_labels never flips a tie, nor makes one)",
         "observed_flip_rate(..clean, [lab.label for lab in labels]..) swapped @ report[\"observed_flip_rate\"] = "
         "observed_flip_rate(clean, [lab.label for lab in labels])"),
+    ("pipeline", "write_json/const/0"): Equivalent(
+        "json.dumps(indent=2 -> 3): the layout of the stages' records, which are read back with json.loads",
+        "2 -> 3 @ write_text_atomic(path, json.dumps(obj, indent=2, default=float))"),
     ("build", "load_data/const/2"): Equivalent(
         "the default units_fixed=False -> True: it only words the hint of an action-range refusal for data loaded in "
         "the agent's units, and the one caller that leaves the default (stage 2's own data) loads in the file's",

@@ -461,7 +461,7 @@ def test_a_disabled_stage_2_logs_no_algorithm_overrides(caplog):
     from robopretrain import pipeline
 
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
-        cfg = compose("pipeline", overrides=["stage2.enabled=false"])
+        cfg = compose("pipeline", overrides=["stage2.enabled=false", "encoder.mode=scratch"])
     with caplog.at_level(logging.INFO, logger="robopretrain.pipeline"):
         pipeline.log_stage_algos(cfg)
     logged = [r.getMessage().split(" ")[0] for r in caplog.records if "algo overrides" in r.getMessage()]
@@ -830,3 +830,56 @@ def test_an_unfinished_data_stage_keeps_its_files_only_for_the_same_settings(tmp
         pipeline.stage_data(cfg, run)
     with h5py.File(prior, "r") as f:
         assert len([k for k in f["data"] if k.startswith("demo_")]) == 2
+
+
+def test_a_sim_envs_targets_own_task_id_outside_the_one_hot_is_refused():
+    """A sim_envs target without demos keeps its task's slot, but a task_id of its own is checked like a gym
+    target's (one of family, task_id, demos is enough to give it its own slot)."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+    from robopretrain.envs.target import as_target
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline")
+    pipeline.check_target_sizes(cfg, as_target({"name": "PressLitButton", "task_id": 3}))
+    with pytest.raises(ValueError, match=r"target 'PressLitButton' \(sim_envs\): task slot 99 is outside"):
+        pipeline.check_target_sizes(cfg, as_target({"name": "PressLitButton", "task_id": 99}))
+
+
+def test_without_stage_2_the_adaptation_trains_on_the_target_data_alone(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+    from robopretrain.envs.target import as_target
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["stage2.enabled=false", "encoder.mode=scratch"])
+    target = as_target(cfg.targets[0])
+    adapt = pipeline.adapt_config(cfg, tmp_path, target)
+    assert adapt.data.path == str(pipeline.data_paths(tmp_path)["target"]) and list(adapt.data.tasks) == [target.name]
+    assert adapt.data.mix.path is None and adapt.get("init") is None  # no prior data, no stage-2 checkpoint
+
+
+def test_stage_3_records_the_last_evaluation_and_its_own_duration(tmp_path, monkeypatch):
+    """done.json holds the final evaluation's success and regret (not the step-0 row's), and the seconds of this
+    stage's run."""
+    import time
+
+    import finetune.train
+    from robopretrain import pipeline
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline")
+    history = [{"eval/success": 0.1, "train/cumulative_regret": None},
+               {"eval/success": 0.7, "train/cumulative_regret": 0.25}]
+    monkeypatch.setattr(finetune.train, "run", lambda c: {"history": history})
+    monkeypatch.setattr(pipeline, "stage3_config", lambda *a: None)
+    start = time.perf_counter()
+    out = pipeline.stage_stage3(cfg, tmp_path)
+    took = time.perf_counter() - start
+    name = pipeline.targets_of(cfg)[0].name
+    assert out[name]["final_success"] == 0.7 and out[name]["cumulative_regret"] == 0.25
+    assert 0.0 <= out[name]["seconds"] <= took  # this run's duration, not the clock's reading
+    assert pipeline.read_json(tmp_path / "stage3" / name / pipeline.DONE) == out[name]
