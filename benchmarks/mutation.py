@@ -142,7 +142,13 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "tests/test_dt.py::test_a_target_return_outside_the_datas_episode_returns_is_"
                                         "warned", "tests/test_dt.py::test_episodes_longer_than_max_ep_len_are_warned"]),
     # the user's env as a target: its construction, contract checks, action units, time limits and task slot
-    "target": ("robopretrain/envs/target.py", ["tests/test_target.py", "tests/test_action_units.py"]),
+    "target": ("robopretrain/envs/target.py", ["tests/test_target.py", "tests/test_action_units.py",
+                                               "tests/test_metaworld.py::test_a_short_task_name_is_the_v3_name_and_a_"
+                                               "demo_files_time_limit_is_named",
+                                               "tests/test_metaworld.py::test_a_time_limit_shorter_than_most_"
+                                               "successful_demos_is_named",
+                                               "tests/test_metaworld.py::test_a_target_limit_longer_than_the_envs_own_"
+                                               "is_warned_about"]),
     # the frame index and frozen-feature files of disk-backed data: layout, CRCs, stale and killed builds
     "frames": ("robopretrain/data/frames.py", ["tests/test_disk_dataset.py", "tests/test_camera_frames.py"]),
     # claim 2b's summary (its pools, seed groups, sides and partial verdicts) and evaluation reuse

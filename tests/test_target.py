@@ -472,7 +472,9 @@ class _TwoGoalsEnv(gym.Env):
 
     def __init__(self, order: tuple[str, ...] = ("goal", "target_q")) -> None:
         self.order = order
-        self.observation_space = gym.spaces.Dict({k: gym.spaces.Box(-9, 9, (5,), np.float32) for k in order})
+        bounds = {"goal": 9.0, "target_q": 1.0}  # told apart in the agent's observation space too
+        self.observation_space = gym.spaces.Dict({k: gym.spaces.Box(-bounds[k], bounds[k], (5,), np.float32)
+                                                  for k in order})
         self.action_space = gym.spaces.Box(-1, 1, (5,), np.float32)
 
     def _obs(self) -> dict[str, np.ndarray]:
@@ -500,6 +502,7 @@ def test_a_mapped_part_is_the_mapped_key_whatever_the_envs_order_and_a_mapped_ke
     obs, _ = env.reset(seed=0)
     np.testing.assert_array_equal(obs["goal"], np.full(5, 0.5, np.float32))
     assert "target_q" not in obs and set(env.observation_space.spaces) == {"goal", "task_id"}
+    assert env.observation_space["goal"] == gym.spaces.Box(-1.0, 1.0, (5,), np.float32)  # target_q's, not goal's
     typo = Target(name="T", family=GYM, env_id="x", obs_map={"goal": "target_qq"}, task_id=0, success_key="is_success")
     with pytest.raises(EnvContractError, match=r"target 'T': obs_map=\{'goal': 'target_qq'\}: the env's observation has no "
                                          r"key 'target_qq' \(its keys: \['goal', 'target_q'\]\)"):
@@ -537,3 +540,90 @@ def test_nested_and_shaped_observations_reach_the_agent_as_the_converters_record
         assert env.observation_space[key].contains(obs[key]), key
     assert obs["grid"].shape == (6,) and obs["mode"].tolist() == [1.0] and obs["cam"].shape == (16, 16, 3)
     assert env.observation_space["mode"] == gym.spaces.Box(0.0, 3.0, (1,), np.float32)
+
+
+def test_discrete_parts_are_bounded_by_their_first_and_last_values():
+    """A ``Discrete(4, start=2)`` part reads 2..5, a ``MultiDiscrete([3, 5], start=[1, 0])`` part 1..3 and 0..4: the
+    vector space's bounds are the values the env can give (``start + n - 1``), not one past them."""
+    from robopretrain.envs.target import _vector_space
+
+    assert _vector_space(gym.spaces.Discrete(4, start=2)) == gym.spaces.Box(2.0, 5.0, (1,), np.float32)
+    multi = _vector_space(gym.spaces.MultiDiscrete([3, 5], start=[1, 0]))
+    assert multi.low.tolist() == [1.0, 0.0] and multi.high.tolist() == [3.0, 4.0]
+
+
+def test_a_sim_envs_target_with_its_own_task_slot_is_wrapped_and_one_without_is_the_env_itself():
+    """The slot of a sim_envs target given a ``task_id`` is that id (the wrapper sets it); without one (and without
+    an obs_map) the env is ours, already in our conventions, and keeps its task's own slot."""
+    import sim_envs.tasks as sim_tasks
+    from robopretrain.envs.target import TargetEnv
+
+    own = make_env(as_target("PickPlace"))
+    slotted = make_env(as_target({"name": "PickPlace", "task_id": 13}))
+    try:
+        assert not any(isinstance(e, TargetEnv) for e in _wrappers(own))
+        assert any(isinstance(e, TargetEnv) for e in _wrappers(slotted))
+        assert int(np.asarray(own.reset(seed=0)[0]["task_id"]).reshape(-1)[0]) == sim_tasks.TASK_IDS["PickPlace"] != 13
+        assert int(np.asarray(slotted.reset(seed=0)[0]["task_id"]).reshape(-1)[0]) == 13
+    finally:
+        own.close()
+        slotted.close()
+
+
+def _wrappers(env):
+    while True:
+        yield env
+        if not hasattr(env, "env"):
+            return
+        env = env.env
+
+
+class _PictureBesideCameraEnv(gym.Env):
+    """An env with the agent's camera and another picture (a depth map, say) the agent does not see as a camera."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Dict({"agentview_image": gym.spaces.Box(0, 255, (32, 32, 3), np.uint8),
+                                                  "depth_image": gym.spaces.Box(0, 255, (24, 24, 3), np.uint8),
+                                                  "proprio": gym.spaces.Box(-1, 1, (3,), np.float32)})
+        self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+    def _obs(self):
+        return {"agentview_image": np.full((32, 32, 3), 7, np.uint8), "depth_image": np.full((24, 24, 3), 9, np.uint8),
+                "proprio": np.zeros(3, np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._obs(), {"is_success": False}
+
+    def step(self, action):
+        return self._obs(), 0.0, False, False, {"is_success": False}
+
+
+def test_only_the_agents_cameras_are_resized_and_other_pictures_pass_as_given():
+    from robopretrain.envs.target import TargetEnv
+
+    target = Target(name="T", family=GYM, env_id="x", task_id=0, success_key="is_success")
+    env = TargetEnv(_PictureBesideCameraEnv(), target, cameras=["agentview_image"], image_size=16)
+    obs, _ = env.reset(seed=0)
+    assert obs["agentview_image"].shape == (16, 16, 3) and obs["depth_image"].shape == (24, 24, 3)
+    assert env.observation_space["depth_image"].contains(obs["depth_image"])
+
+
+def test_the_envs_own_key_of_a_mapped_parts_name_never_reaches_the_space_whatever_the_names_sort_as():
+    """The env's keys are read in sorted order: a mapped key sorting before the shadowed own key (``a_goal`` before
+    ``goal``) must still be the part's space, the own key left out."""
+    from robopretrain.envs.target import TargetEnv
+
+    class Env(_TwoGoalsEnv):
+        def __init__(self) -> None:
+            self.observation_space = gym.spaces.Dict({"goal": gym.spaces.Box(-9, 9, (5,), np.float32),
+                                                      "a_goal": gym.spaces.Box(-1, 1, (5,), np.float32)})
+            self.action_space = gym.spaces.Box(-1, 1, (5,), np.float32)
+
+        def _obs(self):
+            return {"goal": np.full(5, -7.0, np.float32), "a_goal": np.full(5, 0.5, np.float32)}
+
+    target = Target(name="T", family=GYM, env_id="x", obs_map={"goal": "a_goal"}, task_id=0, success_key="is_success")
+    env = TargetEnv(Env(), target, checked=["goal"])
+    assert env.observation_space["goal"] == gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
+    np.testing.assert_array_equal(env.reset(seed=0)[0]["goal"], np.full(5, 0.5, np.float32))
