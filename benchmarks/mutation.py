@@ -211,6 +211,13 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "same labels in both (noisy_labels never flips a tie, nor makes one)",
         "observed_flip_rate(..clean, [lab.label for lab in labels]..) swapped @ report[\"observed_flip_rate\"] = "
         "observed_flip_rate(clean, [lab.label for lab in labels])"),
+    ("frames", "FrameStore._where/swap/2"): Equivalent(
+        "max(i, 0) -> max(0, i): max is symmetric",
+        "max(..i, 0..) swapped @ i = min(max(i, 0), len(self.demos) - 1)"),
+    ("frames", "FrameStore._where/drop/1"): Equivalent(
+        "min(..., len(demos) - 1) -> min(..., len(demos)): searchsorted(demo_rows, row, side='right') - 1 is at most "
+        "len(demo_rows) - 1, and every store is built with one first row per demo",
+        "len(self.demos) - 1 -> len(self.demos) @ i = min(max(i, 0), len(self.demos) - 1)"),
     ("pipeline", "write_json/const/0"): Equivalent(
         "json.dumps(indent=2 -> 3): the layout of the stages' records, which are read back with json.loads",
         "2 -> 3 @ write_text_atomic(path, json.dumps(obj, indent=2, default=float))"),

@@ -392,3 +392,41 @@ def test_a_killed_feature_writers_partial_file_is_removed_by_the_next_and_a_runn
         for w in writers:
             w.kill()
             w.wait(timeout=30)
+
+
+def test_a_frame_store_pickles_to_a_reader_of_its_own_and_closes_its_file_when_dropped(tmp_path):
+    """Worker processes get the store pickled: it reopens its file there (a descriptor does not travel); a dropped
+    store closes its file."""
+    import gc
+    import pickle
+
+    from robopretrain.data.frames import FrameStore, write_rows
+
+    path = tmp_path / "rows.bin"
+    rows = np.arange(24, dtype=np.float32).reshape(6, 4)
+    shape = write_rows(path, [rows])
+    store = FrameStore(path, shape, np.float32, path.with_name(path.name + ".crc.npy"))
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy._fd is not None and copy._fd != store._fd
+    np.testing.assert_array_equal(copy.read(np.array([5, 0])), rows[[5, 0]])
+    fd = copy._fd
+    del copy
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    np.testing.assert_array_equal(store.read(np.array([1])), rows[[1]])
+
+
+@pytest.mark.parametrize("stored", [(5, 6), (5, 6, 1)])
+def test_a_grey_cameras_frames_are_read_from_disk_as_rgb(tmp_path, stored):
+    """A grey camera (uint8 (H, W) or (H, W, 1) frames) is read as (H, W, 3), as the in-memory path reads it."""
+    from robopretrain.data.frames import FrameStore, write_rows
+
+    path = tmp_path / "grey.bin"
+    frames = np.random.default_rng(0).integers(0, 256, (3, *stored), dtype=np.uint8)
+    shape = write_rows(path, [frames])
+    store = FrameStore(path, shape, np.uint8, path.with_name(path.name + ".crc.npy"))
+    out = store.read(np.array([2, 0]))
+    assert out.shape == (2, 5, 6, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(out[..., channel], frames[[2, 0]].reshape(2, 5, 6))
