@@ -289,52 +289,61 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
     assert "last checkpoint is at update 4, past train.steps=3: nothing to train" in caplog.text
 
 
+def _counted_evaluations(monkeypatch) -> list[int]:
+    """Stage 2's evaluation replaced by a constant result; the returned list grows by one per call."""
+    import robopretrain.train as stage2
+
+    calls: list[int] = []
+    monkeypatch.setattr(stage2, "evaluate", lambda *a, **k: calls.append(1) or {"success": 0.5, "return": 1.0,
+                                                                                 "length": 3.0})
+    return calls
+
+
+def _evaluated_steps(metrics: Path) -> list[int]:
+    return [r["step"] for r in read_jsonl(metrics) if "eval/success" in r]
+
+
+def _drop_evaluation(metrics: Path, step: int) -> None:
+    """A run killed after its checkpoint at ``step`` and before that step's evaluation row."""
+    rows = [r for r in read_jsonl(metrics) if not (r["step"] == step and "eval/success" in r)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def test_a_run_killed_between_its_checkpoint_and_that_steps_evaluation_evaluates_on_the_rerun(tiny_hdf5, tmp_path,
                                                                                              caplog, monkeypatch):
     """Checkpoints come before evaluations, so a kill in between (a long final evaluation) left a finished run with
     no evaluation at its last step, and the rerun resumed past it (the pipeline's report then dropped the stage's
     success table). The rerun makes it up, once; a run whose evaluation was logged is not evaluated again."""
-    import robopretrain.train as stage2
-
-    calls = []
-    monkeypatch.setattr(stage2, "evaluate", lambda *a, **k: calls.append(1) or {"success": 0.5, "return": 1.0,
-                                                                                 "length": 3.0})
+    calls = _counted_evaluations(monkeypatch)
     cfg = stage2_config(tiny_hdf5, tmp_path / "run", steps=4, obs=STATE_OBS,
                         train={"eval_targets": ["Reach"], "eval_every": 2, "checkpoint_every": 2})
     run(cfg)
     metrics = tmp_path / "run" / "metrics.jsonl"
-    evaluated = [r["step"] for r in read_jsonl(metrics) if "eval/success" in r]
-    assert evaluated == [2, 4] and len(calls) == 2
-    rows = [r for r in read_jsonl(metrics) if not (r["step"] == 4 and "eval/success" in r)]  # killed before it
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _evaluated_steps(metrics) == [2, 4] and len(calls) == 2
+    _drop_evaluation(metrics, 4)
     with caplog.at_level(logging.INFO, logger="robopretrain.loops.offline"):
         run(cfg)
     assert "the evaluation at update 4 (its checkpoint's) was not logged before the run stopped" in caplog.text
-    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4] and len(calls) == 3
+    assert _evaluated_steps(metrics) == [2, 4] and len(calls) == 3
     run(cfg)  # finished and evaluated: nothing to do
-    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4] and len(calls) == 3
+    assert _evaluated_steps(metrics) == [2, 4] and len(calls) == 3
     metrics.unlink()  # killed before anything was logged: no metrics file at all
     run(cfg)
-    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [4] and len(calls) == 4
+    assert _evaluated_steps(metrics) == [4] and len(calls) == 4
 
 
 def test_a_final_update_off_the_evaluation_period_killed_before_its_evaluation_evaluates_on_the_rerun(
         tiny_hdf5, tmp_path, monkeypatch):
     """The last update is evaluated whether or not ``eval_every`` divides it; its evaluation is made up for too."""
-    import robopretrain.train as stage2
-
-    calls = []
-    monkeypatch.setattr(stage2, "evaluate", lambda *a, **k: calls.append(1) or {"success": 0.5, "return": 1.0,
-                                                                                 "length": 3.0})
+    calls = _counted_evaluations(monkeypatch)
     cfg = stage2_config(tiny_hdf5, tmp_path / "run", steps=5, obs=STATE_OBS,
                         train={"eval_targets": ["Reach"], "eval_every": 2, "checkpoint_every": 5})
     run(cfg)
     metrics = tmp_path / "run" / "metrics.jsonl"
-    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4, 5] and len(calls) == 3
-    rows = [r for r in read_jsonl(metrics) if not (r["step"] == 5 and "eval/success" in r)]  # killed before it
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _evaluated_steps(metrics) == [2, 4, 5] and len(calls) == 3
+    _drop_evaluation(metrics, 5)
     run(cfg)
-    assert [r["step"] for r in read_jsonl(metrics) if "eval/success" in r] == [2, 4, 5] and len(calls) == 4
+    assert _evaluated_steps(metrics) == [2, 4, 5] and len(calls) == 4
 
 
 @pytest.mark.parametrize("progress", [False, True])
