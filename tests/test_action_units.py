@@ -362,3 +362,16 @@ def test_stage3_acts_and_stores_in_the_agents_units(units_bc, tmp_path, monkeypa
     (offline,) = loaded
     actions = np.asarray(offline.arrays()["actions"])
     assert np.abs(actions).max() == pytest.approx(0.5, abs=1e-5)  # [2, 6] in the agent's [0, 8] units: [-0.5, 0.5]
+
+
+def test_units_within_rounding_of_the_envs_range_are_not_called_beyond_it(caplog, monkeypatch) -> None:
+    """A recorded range a float32 rounding past the env's own bound (low -5e-7 for an env's 0) is the env's range."""
+    import robopretrain.envs.target as target_module
+
+    monkeypatch.setattr(target_module, "_NARROW_WARNED", set())
+    with caplog.at_level(logging.WARNING):
+        make_env(Target(**TARGET, action_normalization={"low": [-5e-7, 0.0], "high": [8.0, 8.0 + 5e-7]}))
+    assert "beyond the env's own action range" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        make_env(Target(**TARGET, action_normalization={"low": [-1e-3, 0.0], "high": [8.0, 8.0]}))
+    assert "beyond the env's own action range in dimension(s) [0]" in caplog.text

@@ -309,6 +309,8 @@ def test_an_env_with_no_time_limit_is_capped_with_a_warning_once(monkeypatch, ca
         fake.RobosuiteLikeEnv.max_episode_steps = 3  # a base env that states a limit it does not enforce: held to it
         try:
             assert length(make_env(robot(env_kwargs=far))) == 3
+            fake.RobosuiteLikeEnv.max_episode_steps = 1  # the shortest limit is a limit too
+            assert length(make_env(robot(env_kwargs=far))) == 1
         finally:
             del fake.RobosuiteLikeEnv.max_episode_steps
     assert "no time limit" not in caplog.text
@@ -627,3 +629,15 @@ def test_the_envs_own_key_of_a_mapped_parts_name_never_reaches_the_space_whateve
     env = TargetEnv(Env(), target, checked=["goal"])
     assert env.observation_space["goal"] == gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
     np.testing.assert_array_equal(env.reset(seed=0)[0]["goal"], np.full(5, 0.5, np.float32))
+
+
+def test_a_target_without_a_time_limit_gets_no_note_about_its_demos_length():
+    """No limit (the env's own, unknown here): nothing to compare the demos' lengths with."""
+    from robopretrain.data.hdf5 import DemoInfo
+    from robopretrain.envs.target import episode_limit, time_limit_note
+
+    target = Target(name="T", env_id="x", task_id=0)
+    demos = [DemoInfo("demo_0", 50, "T", 0, {"success": True}), DemoInfo("demo_1", 60, "T", 0, {"success": True})]
+    assert episode_limit(target) is None and time_limit_note(target, {}, demos) is None
+    assert "2 of its 2 successful demos" in time_limit_note(Target(name="T", env_id="x", task_id=0,
+                                                                   max_episode_steps=40), {}, demos)
