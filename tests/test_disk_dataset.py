@@ -430,3 +430,22 @@ def test_a_grey_cameras_frames_are_read_from_disk_as_rgb(tmp_path, stored):
     assert out.shape == (2, 5, 6, 3)
     for channel in range(3):
         np.testing.assert_array_equal(out[..., channel], frames[[2, 0]].reshape(2, 5, 6))
+
+
+def test_an_index_of_another_version_another_camera_set_or_another_file_size_is_not_current(toy):
+    """The checks before the file's time and hash: each alone makes the index stale (it is then built again)."""
+    import json
+
+    from robopretrain.data import frames as frames_mod
+
+    path, _, _ = toy
+    folder = frames_mod.build_index(path, [CAM])
+    assert frames_mod._index_is_current(folder, path, [CAM])
+    assert not frames_mod._index_is_current(folder, path, [CAM, "eye_in_hand_image"])  # a camera it lacks
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for changed in ({"version": meta["version"] + 1}, {"source": {**meta["source"], "size": meta["source"]["size"] + 1}}):
+        meta_path.write_text(json.dumps({**meta, **changed}))
+        assert not frames_mod._index_is_current(folder, path, [CAM]), changed
+    meta_path.write_text(json.dumps(meta))
+    assert frames_mod._index_is_current(folder, path, [CAM])
