@@ -444,7 +444,8 @@ def test_an_index_of_another_version_another_camera_set_or_another_file_size_is_
     assert not frames_mod._index_is_current(folder, path, [CAM, "eye_in_hand_image"])  # a camera it lacks
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text())
-    for changed in ({"version": meta["version"] + 1}, {"source": {**meta["source"], "size": meta["source"]["size"] + 1}}):
+    grown = {**meta["source"], "size": meta["source"]["size"] + 1}
+    for changed in ({"version": meta["version"] + 1}, {"source": grown}):
         meta_path.write_text(json.dumps({**meta, **changed}))
         assert not frames_mod._index_is_current(folder, path, [CAM]), changed
     meta_path.write_text(json.dumps(meta))
