@@ -200,7 +200,9 @@ def cases(tmp_path_factory) -> dict[str, tuple[list[str], str]]:
             "encoder.mode=frozen needs encoder.checkpoint"),
         "image_wrong_dtype": (s1(f"data.path={float_images}", f"output_dir={tmp}/s1a"),
                               "expected uint8 images (N, H, W, 3), or grey (N, H, W) / (N, H, W, 1), got float32 (N, "
-                              "16, 16, 3); float: write (frames * 255).round().astype(np.uint8)"),
+                              "16, 16, 3); float: write (frames * 255).round().astype(np.uint8) for frames in [0, 1] "
+                              # a command that converts (robopretrain.data.resize_robomimic has no command line)
+                              "(python -m robopretrain.data.convert SRC DST --image-size S writes such a copy)"),
         "image_wrong_shape": (s1(f"data.path={two_channel_images}", f"output_dir={tmp}/s1b"), "expected uint8 images"),
         "manifest_missing_file": (s1(f"data.path={missing_clip}", f"output_dir={tmp}/s1c"), "does not exist"),
         "manifest_outside_folder": (s1(f"data.path={outside}", f"output_dir={tmp}/s1d"), "leaves the manifest's folder"),

@@ -426,7 +426,7 @@ class HDF5ImageSource(ClipSource):
         shape, dtype = obs_specs[self.key]
         if stored_camera_shape(shape, dtype) is None:  # grey (H, W) / (H, W, 1) is read as RGB, as stages 2-3 do
             hint = image_layout_hint(tuple(shape), dtype, self.key, cached_copy=False)
-            copy = " (python -m robopretrain.data.resize_robomimic writes such a copy)" if hint else ""
+            copy = " (python -m robopretrain.data.convert SRC DST --image-size S writes such a copy)" if hint else ""
             raise DatasetError(f"{self.path}: data/*/obs/{self.key}: expected uint8 images (N, H, W, 3), or grey "
                                f"(N, H, W) / (N, H, W, 1), got {dtype} (N, {', '.join(map(str, shape))}){hint}{copy}")
         self._stored = tuple(int(n) for n in shape)  # per-step shape of the stored frames (as_rgb reads it)
