@@ -90,7 +90,7 @@ from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, Transitions, load_transit
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization, reexpress
-from robopretrain.files import atomic_file, torch_save
+from robopretrain.files import atomic_file, run_folder_lock, torch_save
 from robopretrain.nets.mlp import build_mlp
 from robopretrain.nets.obs_encoder import ObsEncoder, normalization_stats
 
@@ -660,7 +660,12 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     (:func:`robopretrain.config_checks.validate_reward_model_config`)."""
     validate_reward_model_config(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(run_dir):  # a second command on this folder now is refused (the two mixed their files)
+        return _run_holding(cfg, run_dir)
+
+
+def _run_holding(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """:func:`run`'s work, while holding the run folder's writer lock."""
     build.setup_torch(cfg)
     path = build.resolve_data_path(cfg.data, run_dir)
     relabel_to = relabel_output(cfg, run_dir, path)  # before any work: a refusal after training threw it away

@@ -760,3 +760,22 @@ def test_the_normalisation_maps_any_range_and_labels_go_to_a_new_folder(tmp_path
         normalization_affine(r, "zscore")
     out = write_labels(tmp_path / "a" / "b" / "labels.csv", [PreferenceLabel("demo_0", 0, "demo_1", 2, 3, 1.0)])
     assert read_labels(out) == [PreferenceLabel("demo_0", 0, "demo_1", 2, 3, 1.0)]
+
+
+def test_a_second_run_writing_the_same_folder_is_refused_and_changes_nothing(tmp_path):
+    """README: one process writes a run folder at a time. Two reward-model runs on one output_dir both ran to the end;
+    the second replaced labels.csv while the first trained, leaving a report and model of other labels (a helper's
+    session)."""
+    from robopretrain.files import RunFolderBusy, run_folder_lock
+
+    data = write_toy(tmp_path / "toy.hdf5")
+    out = tmp_path / "rm"
+    small = {"teacher": {"num_pairs": 20}, "model": {"steps": 5}, "relabel": {"enabled": False}}
+    run(config(data, out, **small), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with run_folder_lock(out):  # another process's run, still writing
+        with pytest.raises(RunFolderBusy, match="another process is writing this run folder now"):
+            run(config(data, out, resume=False, **{**small, "teacher": {"num_pairs": 10}}), out)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != ".writer.lock"} == \
+        {k: v for k, v in before.items() if k != ".writer.lock"}
