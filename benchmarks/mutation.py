@@ -206,7 +206,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "min(a, b) -> min(b, a): the smaller of two segments whichever comes first (equal ones are one segment)",
         "min(..a, b..) swapped @ first = min(a, b)  # the label as P[first segment preferred], whichever order the "
         "row wrote them in"),
-    ("reward_model", "run/swap/51"): Equivalent(
+    ("reward_model", "_run_holding/swap/50"): Equivalent(
         "observed_flip_rate(clean, noisy) -> (noisy, clean): |clean - noisy| is symmetric and the ties (0.5) are the "
         "same labels in both (noisy_labels never flips a tie, nor makes one)",
         "observed_flip_rate(..clean, [lab.label for lab in labels]..) swapped @ report[\"observed_flip_rate\"] = "
@@ -539,7 +539,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "if 'relabelled' in report -> if not: whether the command line prints the relabelled file's path (report.json "
         "records it either way)",
         "if 'relabelled' in report: -> if not ... @ if \"relabelled\" in report:"),
-    ("reward_model", "run/const/3"): Equivalent(
+    ("reward_model", "_run_holding/const/1"): Equivalent(
         "the default of data.skip_short_demos False -> True: configs/reward_model.yaml always holds the key (false) "
         "and the entry point composes its config from that file; the default is read only by a hand-made config "
         "without the key, no documented input",
