@@ -863,8 +863,8 @@ def test_without_stage_2_the_adaptation_trains_on_the_target_data_alone(tmp_path
 
 def test_stage_3_records_the_last_evaluation_and_its_own_duration(tmp_path, monkeypatch):
     """done.json holds the final evaluation's success and regret (not the step-0 row's), and the seconds of this
-    stage's run."""
-    import time
+    stage's run (read from a fake clock: its two readings 7.5 s apart)."""
+    from types import SimpleNamespace
 
     import finetune.train
     from robopretrain import pipeline
@@ -876,10 +876,9 @@ def test_stage_3_records_the_last_evaluation_and_its_own_duration(tmp_path, monk
                {"eval/success": 0.7, "train/cumulative_regret": 0.25}]
     monkeypatch.setattr(finetune.train, "run", lambda c: {"history": history})
     monkeypatch.setattr(pipeline, "stage3_config", lambda *a: None)
-    start = time.perf_counter()
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(perf_counter=iter([100.0, 107.5]).__next__))
     out = pipeline.stage_stage3(cfg, tmp_path)
-    took = time.perf_counter() - start
     name = pipeline.targets_of(cfg)[0].name
     assert out[name]["final_success"] == 0.7 and out[name]["cumulative_regret"] == 0.25
-    assert 0.0 <= out[name]["seconds"] <= took  # this run's duration, not the clock's reading
+    assert out[name]["seconds"] == 7.5  # this run's duration, not the clock's reading
     assert pipeline.read_json(tmp_path / "stage3" / name / pipeline.DONE) == out[name]
