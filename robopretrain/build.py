@@ -24,7 +24,7 @@ from robopretrain.config_checks import resolve_device
 from robopretrain.data.dataset import FILE_UNITS, RewardSettings, load_offline_dataset, selected_demos, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
-from robopretrain.data.hdf5 import DatasetError, DatasetInfo
+from robopretrain.data.hdf5 import DatasetError, DatasetInfo, default_task_name
 from robopretrain.data.keys import OBS
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.spec import ObsSpec
@@ -500,8 +500,33 @@ def data_task_ids(info: DatasetInfo, data_cfg: Any) -> dict[str, int]:
                            mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"),
                            skip_short=bool(data_cfg.get("skip_short_demos", False)), quiet=True)
     override = data_cfg.get("task_id")
-    return {task: int(override) if override is not None else int(info.tasks[task])
-            for task in sorted({info.demo(d).task for d in demos})}
+    out = {task: int(override) if override is not None else int(info.tasks[task])
+           for task in sorted({info.demo(d).task for d in demos})}
+    if override is None:
+        check_file_task_slots(str(info.path), out, default_task=default_task_name(info.path, info.env_args))
+    return out
+
+
+def check_file_task_slots(path: str, task_ids: Mapping[str, int], *, default_task: str | None = None) -> None:
+    """Refuse one file's selected tasks (``task_ids``: task name -> the slot its demos' ``task_id`` gives) when two
+    tasks share a slot of the task one-hot: the agent would train them as one task without a word (a converter that
+    numbered every file's task 0, or demos without task attributes, slot 0, beside a named task 0). ``default_task``:
+    the name demos without attributes take, named in the message. Putting them in one slot knowingly is
+    ``data.task_id``. Raises ValueError naming the slot, the tasks and the three ways out."""
+    by_slot: dict[int, list[str]] = {}
+    for task, slot in task_ids.items():
+        by_slot.setdefault(int(slot), []).append(task)
+    shared = {slot: tasks for slot, tasks in sorted(by_slot.items()) if len(tasks) > 1}
+    if not shared:
+        return
+    slot, tasks = next(iter(shared.items()))
+    unnamed = (f" (demos without task / task_id attributes are task {default_task!r} in slot 0)"
+               if default_task in tasks else "")
+    free = max(task_ids.values()) + 1
+    raise ValueError(f"{path}: tasks {', '.join(map(repr, tasks))} all have task_id {slot}{unnamed}: the agent "
+                     f"could not tell them apart. Give each task its own task_id in the file (e.g. {free}, with "
+                     f"obs.num_tasks > {free}), select one with data.tasks=[{tasks[0]}], or set data.task_id={slot} "
+                     "to train them as one task knowingly")
 
 
 def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[str, int], second_path: str,

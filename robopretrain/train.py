@@ -136,11 +136,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     # the agent's action units: the init checkpoint's, else this data's (recorded, or its bounds if outside [-1, 1])
     action_units = (agent.action_normalization if init is not None
                     else data_action_units(data_path, info, str(cfg.data.get("actions") or "auto")))
+    task_ids = build.data_task_ids(info, cfg.data)  # task name -> its slot of the task one-hot, as trained
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size,
                                   action_units=action_units, units_fixed=init is not None)
-    task_ids = build.data_task_ids(info, cfg.data)  # task name -> its slot of the task one-hot, as trained
     if dinfo.is_main:
         build.report_success_filter(cfg.algo, dataset, str(data_path), tasks=task_ids)
     if init is None:

@@ -224,6 +224,33 @@ def test_mixed_data_that_gives_one_slot_to_two_tasks_is_refused():
     build.check_task_slots({"pendulum_a": 0}, "a.hdf5", {"pendulum_b": 0}, "b.hdf5", explicit=True)
 
 
+def test_one_file_that_gives_one_slot_to_two_tasks_is_refused_unless_the_slot_is_set(tmp_path):
+    """Two tasks of one file with one task_id (pick and stack both 0, or demos without task attributes beside a
+    named task 0) would train as one task silently: refused naming both and the ways out; data.task_id puts them in
+    one slot knowingly, data.tasks selects one."""
+    import h5py
+
+    from robopretrain.data.hdf5 import read_info
+
+    path = demo_file(tmp_path / "d.hdf5", ["Reach", "PressButton", "Reach"])
+    with h5py.File(path, "a") as f:
+        f["data/demo_1"].attrs["task_id"] = f["data/demo_0"].attrs["task_id"]
+    info, slot = read_info(path), int(read_info(path).tasks["Reach"])
+    with pytest.raises(ValueError, match=rf"d.hdf5: tasks 'PressButton', 'Reach' all have task_id {slot}: .*"
+                                         rf"data.tasks=\[PressButton\], or set data.task_id={slot}"):
+        build.data_task_ids(info, OmegaConf.create({}))
+    assert build.data_task_ids(info, OmegaConf.create({"task_id": slot})) == {"PressButton": slot, "Reach": slot}
+    assert build.data_task_ids(info, OmegaConf.create({"tasks": ["Reach"]})) == {"Reach": slot}
+    # a demo without task attributes is the env_name's task in slot 0, beside a named task in slot 0
+    with h5py.File(path, "a") as f:
+        for demo in ("demo_0", "demo_2"):
+            f[f"data/{demo}"].attrs["task_id"] = 0
+        del f["data/demo_1"].attrs["task"], f["data/demo_1"].attrs["task_id"]
+    with pytest.raises(ValueError, match=r"demos without task / task_id attributes are task 'sim_envs/TabletopEnv' "
+                                         r"in slot 0"):
+        build.data_task_ids(read_info(path), OmegaConf.create({}))
+
+
 def test_an_agent_trained_in_a_moved_slot_is_evaluated_there_by_default(tmp_path):
     from types import SimpleNamespace
 

@@ -192,6 +192,25 @@ def test_a_demo_with_task_but_no_task_id_is_listed_as_training_refuses_it(tmp_pa
     assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).half_task == {}
 
 
+def test_two_tasks_of_one_task_id_are_listed_as_training_refuses_them(tmp_path: Path) -> None:
+    """Lift given PushBlock's task_id 1, and a demo without task attributes (slot 0) beside a task of id 0: each
+    shared slot named with its tasks, as stage 2 refuses them (robopretrain.build.check_file_task_slots)."""
+    path = write_tiny_hdf5(tmp_path / "shared.hdf5", with_images=False)
+    with h5py.File(path, "a") as f:
+        f["data/demo_2"].attrs["task_id"] = 1
+    s = summarize_hdf5(path)
+    assert s.shared_slots == {1: ["Lift", "PushBlock"]}
+    assert ("warning: tasks 'Lift', 'PushBlock' all have task_id 1: the agent could not tell them apart, so "
+            "training refuses the file") in format_hdf5_summary(s)
+    with h5py.File(path, "a") as f:
+        f["data/demo_2"].attrs["task_id"] = 0
+        del f["data/demo_0"].attrs["task"], f["data/demo_0"].attrs["task_id"]
+    s = summarize_hdf5(path)
+    assert s.shared_slots == {0: ["(no task attr)", "Lift"]}
+    assert "(demos without task attributes take slot 0)" in format_hdf5_summary(s)
+    assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).shared_slots == {}
+
+
 def test_a_done_before_the_last_step_is_listed(tmp_path: Path) -> None:
     """dones=1 inside an episode (read as a terminal there): named with demo and step; not for an OGBench conversion,
     whose task-done steps are marked so by design."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -334,7 +334,7 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         names = _demo_names(p, data)
         if not names:
             raise _err(p, "data", "contains no demos")
-        default_task = str(env_args.get("env_name") or os.path.splitext(os.path.basename(p))[0])
+        default_task = default_task_name(p, env_args)
         demos = [_demo_info(p, data[n], n, default_task) for n in names]
         counted = sum(d.num_samples for d in demos)
         if counted != total:
@@ -349,6 +349,12 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         obs_specs = _obs_specs(p, first, f"data/{names[0]}/obs")
         action_dim = _check_actions(p, first, demos[0], None)  # (n, A) float, or refused here naming the demo
     return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale)
+
+
+def default_task_name(path: str, env_args: Mapping[str, Any]) -> str:
+    """The task of a demo without ``task`` / ``task_id`` attributes (a robomimic file; slot 0): ``env_args``'s
+    ``env_name``, else the file's name without its extension."""
+    return str(env_args.get("env_name") or os.path.splitext(os.path.basename(path))[0])
 
 
 SUCCESS_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}

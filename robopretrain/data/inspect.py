@@ -121,6 +121,9 @@ class Hdf5Summary:
     half_task: dict[str, str] = field(default_factory=dict)
     # demo -> (its num_samples attribute, the row counts its arrays hold), where they disagree (training refuses it)
     wrong_rows: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
+    # task_id -> the task names of the demos that hold it, where there are several (training refuses such a file
+    # unless data.task_id puts every task in one slot: robopretrain.build.check_file_task_slots)
+    shared_slots: dict[int, list[str]] = field(default_factory=dict)
     # the stages' reader's first refusal of the file (robopretrain.data.hdf5.check_layout), None when it reads it
     layout_problem: str | None = None
 
@@ -204,6 +207,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     odd_actions: dict[str, tuple[int, ...]] = {}
     inner_dones: dict[str, list[int]] = {}
     half_task: dict[str, str] = {}
+    slots: dict[int, set[str]] = {}  # task_id -> task names (demos without both attributes: slot 0)
     wrong_rows: dict[str, tuple[int, list[int]]] = {}
     actions = None
     for name in demos:
@@ -211,6 +215,10 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         if ("task" in demo.attrs) != ("task_id" in demo.attrs):  # as the reader refuses it (hdf5._demo_info)
             half_task[name] = "task_id" if "task" in demo.attrs else "task"
         task = _as_str(demo.attrs["task"]) if "task" in demo.attrs else "(no task attr)"
+        slot = (0 if name not in half_task and "task" not in demo.attrs  # neither attribute: slot 0
+                else _int_attr(demo.attrs["task_id"]) if name not in half_task else None)
+        if slot is not None:
+            slots.setdefault(slot, set()).add(task)
         stats = tasks.setdefault(task, TaskStats())
         stats.demos.append(name)
         if "num_samples" in demo.attrs:
@@ -272,8 +280,18 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                 inner_dones = {}
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
+    shared = {slot: sorted(names) for slot, names in sorted(slots.items()) if len(names) > 1}
     return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale,
-                       odd_actions, inner_dones, half_task, wrong_rows)
+                       odd_actions, inner_dones, half_task, wrong_rows, shared_slots=shared)
+
+
+def _int_attr(value: Any) -> int | None:
+    """A ``task_id`` attribute as an int; None when it is not a whole number (the reader names that)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
 
 
 def _per_step_datasets(demo: h5py.Group) -> list[h5py.Dataset]:
@@ -411,6 +429,11 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      f"hold the other ({', '.join(list(s.half_task)[:3])}{', ...' if len(s.half_task) > 3 else ''}): "
                      "training refuses them; give each demo both task (its name) and task_id (its slot in the task "
                      "one-hot), or neither (one task)")
+    for slot, names in s.shared_slots.items():
+        lines.append(f"warning: tasks {', '.join(map(repr, names))} all have task_id {slot}"
+                     + (" (demos without task attributes take slot 0)" if "(no task attr)" in names else "")
+                     + ": the agent could not tell them apart, so training refuses the file; give each task its own "
+                     f"task_id, select one with data.tasks, or set data.task_id={slot} to train them as one task")
     if s.inner_dones:
         named = [f"{d} step{'s' if len(t) > 1 else ''} {', '.join(map(str, t[:3]))}{', ...' if len(t) > 3 else ''}"
                  for d, t in list(s.inner_dones.items())[:3]]
