@@ -305,6 +305,47 @@ def test_inspect_says_the_rewards_disagree_with_ep_meta(tmp_path, capsys):
     assert "disagree" not in capsys.readouterr().out
 
 
+def test_episodes_whose_rewards_and_success_flag_disagree_are_named_by_training_and_inspect(tmp_path, caplog,
+                                                                                           capsys):
+    """Some (not all) successes without a positive reward, and a failure whose sparse reward ends on 1: stage 2
+    trains on the rewards as stored but names those demos; inspect says the same (not that stage 2 refuses it)."""
+    from robopretrain.data.dataset import warn_success_disagreement
+    from robopretrain.data.inspect import main
+
+    path = write_file(tmp_path / "mixed.hdf5")
+    with h5py.File(path, "r+") as f:  # demo_0 stays a rewarded success; demo_1 a failure that ends on reward 1
+        f["data/demo_1/rewards"][-1] = 1.0
+    spec = spec_of_data(path, ["proprio"], [], None)
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(path, spec, CAL_QL)
+    assert ("mixed.hdf5: 1 of 2 episodes (data/demo_1) are marked failed in ep_meta but end with reward 1"
+            in caplog.text)
+    assert "marked successful in ep_meta but have no positive reward" not in caplog.text
+    assert main([str(path)]) == 0
+    assert "1 of 1 episodes marked failed end with reward 1" in capsys.readouterr().out
+    ids, meta, names = np.array([0, 0, 1, 1, 2, 2]), [{"success": True}] * 2 + [{}], ["d0", "d1", "d2"]
+    assert warn_success_disagreement("x", np.array([0, 1, 0, 0, 0, 1.0]), ids, meta, names) == (1, 0)
+    assert warn_success_disagreement("x", np.array([0, 1, 0, 1, 0, 0.0]), ids, meta, names) == (0, 0)
+    assert warn_success_disagreement("x", np.array([0, 1, 0, 1, 0, 0.0]), ids, meta[:2], names) == (0, 0)  # misfit
+    not_sparse = [{"success": False}, {"success": True}, {}]  # rewards 2 at the end: not the sparse contract
+    assert warn_success_disagreement("x", np.array([0, 2, 0, 2, 0, 0.0]), ids, not_sparse, names) == (0, 0)
+    assert warn_success_disagreement("x", np.array([0, 1, 0, 1, 0, 0.0]), ids, not_sparse, names) == (0, 1)
+    assert warn_success_disagreement("x", np.array([0, 1, 0, 1, 0, 0.0]), ids, not_sparse[:1] * 3, names) == (0, 2)
+    with h5py.File(path, "r+") as f:  # a success without a reward beside a rewarded one: warned, not refused
+        f["data/demo_1/rewards"][-1] = 0.0
+        f["data/demo_1"].attrs["ep_meta"] = json.dumps({"success": True})
+        f["data/demo_0/rewards"][-1] = 0.0
+        f["data/demo_0/rewards"][0] = 1.0
+        f["data/demo_0"].attrs["ep_meta"] = json.dumps({"success": True})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(path, spec, CAL_QL)
+    assert "1 of 2 episodes (data/demo_1) are marked successful in ep_meta but have no positive reward" in caplog.text
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 episodes marked successful have no positive reward" in out and "stage 2 warns" in out
+
+
 @pytest.mark.parametrize("algo, extra", [("cql", {"rewards_from_success": True}), ("bc", {})])
 def test_stage2_trains_on_zero_rewards_when_told_or_when_it_needs_no_reward(tmp_path, algo, extra):
     """(The refusal without the setting is a one-line CLI error: tests/test_bad_input.py.)"""

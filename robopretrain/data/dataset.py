@@ -49,6 +49,7 @@ from robopretrain.data.returns import (
     breaks_inside_episodes,
     copies_of_obs,
     episode_starts,
+    has_success_signal,
     is_sparse_success_reward,
     next_actions_of,
     returns_to_go,
@@ -175,6 +176,42 @@ def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, ep
                     "terminal); if these ends are time limits (robomimic's done_mode 2 marks every episode end), "
                     "rewrite dones to 1 only where the task succeeded (docs/targets.md, 'Your data')", where, count, len(last))
     return count
+
+
+def warn_success_disagreement(where: str, rewards: np.ndarray, episode_ids: np.ndarray,
+                              ep_meta: Sequence[Mapping[str, Any]], demo_names: Sequence[str]) -> tuple[int, int]:
+    """Warn when an episode's ``ep_meta`` success flag and its stored ``rewards`` ``(N,)`` disagree, naming the first
+    demos: (a) marked successful but its rewards carry no success signal (one constant, never positive:
+    :func:`~robopretrain.data.returns.has_success_signal`), so sparse-reward RL reads it as a failure; (b) marked
+    failed (``"success": false``) in a file of sparse rewards (every reward 0 or 1) whose last reward is 1, so RL
+    reads it as a success while ``ep_meta`` (the success filter, rewards rebuilt from success) says it failed.
+    ``ep_meta`` is per episode in order of appearance in ``episode_ids``, which index ``demo_names``. A selection
+    with no success signal at all is refused before this (:func:`~robopretrain.data.returns.unrewarded_successes`).
+    Returns the counts (a, b)."""
+    ids = np.asarray(episode_ids)
+    if not len(ids) or len(ep_meta) != len(_episode_ends(ids)):
+        return 0, 0
+    r = np.asarray(rewards)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    bounds = zip(starts.tolist(), np.r_[starts[1:], len(ids)].tolist())
+    sparse = is_sparse_success_reward(r)
+    unrewarded, rewarded_failures = [], []
+    for meta, (lo, hi) in zip(ep_meta, bounds):
+        flag = meta.get("success")
+        name = f"data/{demo_names[int(ids[lo])]}"
+        if flag is True and not has_success_signal(r[lo:hi]):
+            unrewarded.append(name)
+        elif flag is False and sparse and r[hi - 1] > 0:
+            rewarded_failures.append(name)
+    for demos, what in ((unrewarded, "are marked successful in ep_meta but have no positive reward, so RL reads "
+                         "them as failures"),
+                        (rewarded_failures, "are marked failed in ep_meta but end with reward 1, so RL reads them as "
+                         "successes")):
+        if demos:
+            log.warning("%s: %d of %d episodes (%s%s) %s: the rewards and ep_meta's success flag disagree; fix "
+                        "whichever is wrong (python -m robopretrain.data.inspect FILE --demos lists both)", where,
+                        len(demos), len(ep_meta), ", ".join(demos[:3]), ", ..." if len(demos) > 3 else "", what)
+    return len(unrewarded), len(rewarded_failures)
 
 
 def warn_open_successes(where: str, dones: np.ndarray, episode_ids: np.ndarray, success: Sequence[bool],
@@ -447,6 +484,7 @@ def load_offline_dataset(
                     "positive)", info.path)
     warn_failed_terminals(str(info.path), rewards, dones, trans.episode_ids, success)
     if rewards_needed:
+        warn_success_disagreement(str(info.path), rewards, trans.episode_ids, trans.ep_meta, trans.demo_names)
         warn_open_successes(str(info.path), dones, trans.episode_ids, success, rewards)
         warn_dense_rewards(str(info.path), rewards, reward)
 

@@ -43,7 +43,7 @@ import numpy as np
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
 from robopretrain.data.hdf5 import DatasetError, check_layout, success_flag
-from robopretrain.data.returns import is_sparse_success_reward
+from robopretrain.data.returns import has_success_signal, is_sparse_success_reward
 from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
                                      count_frames, read_frames)
 from robopretrain.files import atomic_file
@@ -58,12 +58,6 @@ class InspectError(ValueError):
 
 # ----------------------------------------------------------------------------- robot HDF5
 
-def has_reward_signal(rewards: np.ndarray) -> bool:
-    """Whether an episode's rewards ``(T,)`` can tell success from failure: some reward > 0, or not all equal."""
-    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
-    return bool(r.size and (np.any(r > 0) or np.ptp(r) > 0))
-
-
 @dataclass
 class TaskStats:
     """Per-task episode statistics of a robot dataset."""
@@ -77,6 +71,8 @@ class TaskStats:
     # success read from sparse rewards (every reward 0 or 1: the last one is 1) where ep_meta has no flag (robomimic's
     # own files have none); None where ep_meta has one, no rewards are stored or they are not sparse
     reward_successes: list[bool | None] = field(default_factory=list)
+    # where the rewards are sparse (every reward 0 or 1): whether the last one is 1, whatever ep_meta says; else None
+    sparse_ends: list[bool | None] = field(default_factory=list)
     # ep_meta.source_episode: the episode id in the file a converter read (robopretrain.data.convert), else None
     source_episodes: list[Any] = field(default_factory=list)
 
@@ -85,6 +81,11 @@ class TaskStats:
         """Episodes marked successful in ``ep_meta`` whose stored rewards carry no success signal (one constant,
         never positive)."""
         return sum(1 for s, r in zip(self.successes, self.rewarded) if s and r is False)
+
+    @property
+    def rewarded_failures(self) -> int:
+        """Episodes marked failed in ``ep_meta`` whose sparse rewards end on 1 (RL reads them as successes)."""
+        return sum(1 for s, end in zip(self.successes, self.sparse_ends) if s is False and end)
 
     @property
     def success_rate(self) -> float | None:
@@ -236,9 +237,10 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         stats.source_episodes.append(meta.get("source_episode") if meta is not None else None)
         rewards = demo.get("rewards")
         values = np.asarray(rewards[()], np.float64).reshape(-1) if isinstance(rewards, h5py.Dataset) else None
-        stats.rewarded.append(has_reward_signal(values) if values is not None else None)
+        stats.rewarded.append(has_success_signal(values) if values is not None else None)
         sparse = values is not None and values.size > 0 and is_sparse_success_reward(values)
         stats.reward_successes.append(bool(values[-1] > 0) if sparse and stats.successes[-1] is None else None)
+        stats.sparse_ends.append(bool(values[-1] > 0) if sparse else None)
         if "obs" in demo:
             for key, ds in demo["obs"].items():
                 spec = (tuple(ds.shape[1:]), str(ds.dtype))
@@ -381,11 +383,20 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append(f"note: success of {from_rewards} of {n_demos} demos read from their sparse rewards (no ep_meta "
                      "success flag; every reward 0 or 1: successful when the last one is 1)")
     unrewarded = sum(t.unrewarded_successes for t in s.tasks.values())
-    if unrewarded:
+    if unrewarded:  # as stage 2 reads them (robopretrain.data.dataset: unrewarded_successes, warn_success_disagreement)
         marked = sum(1 for t in s.tasks.values() for x in t.successes if x)
+        signal = any(r for t in s.tasks.values() for r in t.rewarded)
         lines.append(f"warning: the rewards disagree with ep_meta: {unrewarded} of {marked} episodes marked successful "
-                     "have no positive reward (sparse-reward RL would see no success; stage 2 refuses the file "
-                     "for CQL/Cal-QL/IQL unless data.rewards_from_success=true)")
+                     "have no positive reward (sparse-reward RL reads them as failures; " + (
+                         "stage 2 warns and trains on the rewards as stored)" if signal else
+                         "no episode's rewards mark a success, so stage 2 refuses the file for CQL/Cal-QL/IQL unless "
+                         "data.rewards_from_success=true)"))
+    failures = sum(t.rewarded_failures for t in s.tasks.values())
+    if failures:
+        marked = sum(1 for t in s.tasks.values() for x in t.successes if x is False)
+        lines.append(f"warning: the rewards disagree with ep_meta: {failures} of {marked} episodes marked failed end "
+                     "with reward 1 (RL reads them as successes, the success counts here as failures; stage 2 warns "
+                     "and trains on the rewards as stored)")
     reward_free = sum(1 for t in s.tasks.values() for r in t.rewarded if r is None)
     if reward_free:
         lines.append(f"note: {reward_free} of {n_demos} demos have no rewards dataset (read as zeros): BC trains on "

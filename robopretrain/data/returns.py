@@ -38,6 +38,13 @@ def is_sparse_success_reward(rewards: np.ndarray) -> bool:
     return bool(np.isin(np.asarray(rewards), (0.0, 1.0)).all())
 
 
+def has_success_signal(rewards: np.ndarray) -> bool:
+    """Whether an episode's rewards ``(T,)`` can tell success from failure: some reward > 0, or not all equal
+    (OGBench's -1 per step and 0 at the goal). The rule of :func:`unrewarded_successes`, per episode."""
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    return bool(r.size and (np.any(r > 0) or np.ptp(r) > 0))
+
+
 def sparse_negative_reward(scale: float, bias: float, raw_negative: float = 0.0) -> float:
     """The transformed reward of a failing step for sparse rewards (raw 0 by default): ``raw * scale + bias``."""
     return float(raw_negative * scale + bias)
