@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,8 @@ from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
 from robopretrain.algos import AGENT_NAMES
 from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, clear_previous_run, list_checkpoints,
-                                     load_agent, recorded_file, refuse_other_stage, refuse_source_in_run,
-                                     resolve_checkpoint_dir)
+                                     load_agent, recorded_data_files, recorded_file, refuse_other_stage,
+                                     refuse_source_in_run, resolve_checkpoint_dir)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_sparse_data_for_dense_target
@@ -64,18 +64,20 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes
                      "checkpoint")
 
 
-def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any]) -> Path:
+def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any],
+                      keep: Sequence[str] = ()) -> Path:
     """The offline data: the target's demos (another format converted first, by ``data.format`` / ``data.cache_dir`` /
     ``data.actions``), ``data.path`` (collected first when ``data.generate``), or the
     checkpoint's own data file when it holds demos of the target (else ValueError: every demo would be taken as the
-    target's)."""
+    target's). ``keep``: converted copies a new conversion must not remove although stale (those the stage-2
+    checkpoint and this run's checkpoints name: :func:`robopretrain.build.converted`)."""
     if target.demos:
         path = Path(str(target.demos)).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"target {target.name!r}: demos={path} not found; expected a robomimic HDF5 (or a "
                                     "LeRobot v3 / Minari folder, a D4RL-style HDF5 or an OGBench .npz)")
         # another format: converted like data.path, its cameras at the agent's size unless data.image_size says
-        return build.converted(path, cfg.data, agent.spec.image_size)
+        return build.converted(path, cfg.data, agent.spec.image_size, keep=keep)
     if cfg.data.get("generate", False):
         if target.family != SIM_ENVS:
             raise ValueError(f"target {target.name!r} ({target.family}): data.generate collects sim_envs demos only; "
@@ -89,7 +91,7 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
             collect["image_size"] = int(agent.spec.image_size)
         return build.resolve_data_path(cfg.data, run_dir, default_name="target_demos.hdf5", collect=collect)
     if cfg.data.get("path"):  # another format converted with its cameras at the agent's size, as target.demos
-        return build.resolve_data_path(cfg.data, run_dir, default_image_size=agent.spec.image_size)
+        return build.resolve_data_path(cfg.data, run_dir, default_image_size=agent.spec.image_size, keep=keep)
     if ckpt_meta.get("data_path") and Path(ckpt_meta["data_path"]).is_file():
         path = Path(ckpt_meta["data_path"])
         tasks = read_info(path).tasks
@@ -310,7 +312,9 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
         eval_rand = gap.target if eval_rand is None else eval_rand
     build.check_env_fits(agent, target, rand)
     stage2_path = recorded_file(ckpt, "data_path")  # at a moved run folder's new place when it moved with the run
-    data_path = offline_data_path(cfg, run_dir, target, agent, {**ckpt.meta, "data_path": stage2_path})
+    kept = [str(ckpt.meta[k]) for k in ("data_path", "mix_path") if ckpt.meta.get(k)]  # outlive a source edit
+    kept += recorded_data_files(run_dir / "checkpoints") if cfg.get("resume", True) else []
+    data_path = offline_data_path(cfg, run_dir, target, agent, {**ckpt.meta, "data_path": stage2_path}, keep=kept)
     info = read_info(data_path)
     learned = None
     if cfg.get("reward_model"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,10 +190,11 @@ def randomization(node: Any, where: str = "dr") -> Any:
 
 
 def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robot_demos.hdf5",
-                      collect: Mapping[str, Any] | None = None, default_image_size: int | None = None) -> Path:
-    """The HDF5 path: ``data.path``, collecting it first with :func:`sim_envs.collect.collect` when ``data.generate``
-    (``data.collect`` and ``collect`` override ``configs/collect.yaml``; an existing file is reused unless
-    ``data.regenerate``)."""
+                      collect: Mapping[str, Any] | None = None, default_image_size: int | None = None,
+                      keep: Sequence[str | os.PathLike] = ()) -> Path:
+    """The HDF5 path: ``data.path`` (converted by :func:`converted`, which keeps the stale copies in ``keep``),
+    collecting it first with :func:`sim_envs.collect.collect` when ``data.generate`` (``data.collect`` and
+    ``collect`` override ``configs/collect.yaml``; an existing file is reused unless ``data.regenerate``)."""
     path = Path(str(data_cfg.path)).expanduser() if data_cfg.get("path") else None
     if not data_cfg.get("generate", False):
         if path is None:
@@ -202,7 +204,7 @@ def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robo
             raise FileNotFoundError(f"data.path={path}: file not found; expected a robomimic HDF5 "
                                     "(python -m sim_envs.collect writes one), or a LeRobot v3 / Minari folder, a "
                                     "D4RL-style HDF5 or an OGBench .npz (converted on first use)")
-        return converted(path, data_cfg, default_image_size)
+        return converted(path, data_cfg, default_image_size, keep=keep)
     path = path or run_dir / default_name
     if path.is_file() and not data_cfg.get("regenerate", False):
         log.info("using the existing dataset %s (data.generate: not collected again; data.regenerate=true collects "
@@ -277,13 +279,16 @@ def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
                              " (the agent's cameras must all have one square size)"))
 
 
-def converted(path: Path, data_cfg: Any, default_image_size: int | None = None) -> Path:
+def converted(path: Path, data_cfg: Any, default_image_size: int | None = None, *,
+              keep: Sequence[str | os.PathLike] = ()) -> Path:
     """``path`` as robomimic HDF5: itself, or its cached conversion from another format
     (:func:`robopretrain.data.convert.as_robomimic`; ``data.format``, ``data.cache_dir``, ``data.actions``,
     ``data.image_size``: a robomimic file whose cameras are of another size gets a resized copy too).
     ``default_image_size`` (an agent's image size, for data that must match it: stage 3's target demos, a mixed-in
     file) stands in for ``data.image_size`` when that is unset: another format is converted at it, a robomimic file
-    whose cameras are of another size is read through its resized copy (one at that size is used where it is)."""
+    whose cameras are of another size is read through its resized copy (one at that size is used where it is).
+    ``keep``: converted copies a new conversion must not remove although stale (those a run folder's checkpoints
+    name: :func:`robopretrain.checkpoint.recorded_data_files`)."""
     from robopretrain.data.convert import as_robomimic
 
     path = Path(path).expanduser()
@@ -292,7 +297,7 @@ def converted(path: Path, data_cfg: Any, default_image_size: int | None = None) 
         size = default_image_size
     fmt = data_cfg.get("format")
     return as_robomimic(path, fmt=fmt, cache_dir=data_cfg.get("cache_dir"),
-                        actions=str(data_cfg.get("actions") or "auto"), image_size=size)
+                        actions=str(data_cfg.get("actions") or "auto"), image_size=size, keep=keep)
 
 
 def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, *, algo: str, act_dim: int | None,

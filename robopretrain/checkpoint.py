@@ -214,6 +214,20 @@ def recorded_file(ckpt: Checkpoint, key: str) -> str | None:
     return moved
 
 
+def recorded_data_files(root: str | os.PathLike, keys: Sequence[str] = ("data_path", "mix_path")) -> list[str]:
+    """The data files the checkpoints under ``root`` name in their meta (``data_path``, ``mix_path``: often
+    converted copies in the cache), read from each ``meta.json`` alone (no weights loaded; an unreadable one is
+    skipped): a conversion keeps them although stale while the run may resume on them. Empty without checkpoints."""
+    out: list[str] = []
+    for folder in list_checkpoints(root):
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        out += [str(meta[k]) for k in keys if isinstance(meta, dict) and meta.get(k) and str(meta[k]) not in out]
+    return out
+
+
 def _torch_load(file: Path) -> dict[str, Any]:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)

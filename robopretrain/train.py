@@ -45,7 +45,7 @@ from robopretrain import distributed as dist_utils
 from robopretrain.agent import EncoderSettings
 from robopretrain.agent_parallel import average_gradients, broadcast_agent, gather_objects
 from robopretrain.checkpoint import (CheckpointError, check_agent_fits, clear_previous_run, load_agent, load_latest,
-                                     refuse_other_stage, refuse_source_in_run, save_agent)
+                                     recorded_data_files, refuse_other_stage, refuse_source_in_run, save_agent)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import resolve_device, validate_offline_config
 from robopretrain.data.dataset import data_action_units
@@ -104,8 +104,12 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     if dinfo.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     build.setup_torch(cfg)
+    ckpt_root = run_dir / "checkpoints"
+    # the converted copies this run's checkpoints name outlive an edit of their source: a resume refused on the
+    # edited source works again once it is restored
+    kept = recorded_data_files(ckpt_root) if cfg.get("resume", True) else []
     with dist_utils.main_first(dinfo):  # rank 0 generates the data, the others then reuse it
-        data_path = build.resolve_data_path(cfg.data, run_dir)
+        data_path = build.resolve_data_path(cfg.data, run_dir, keep=kept)
     info = read_info(data_path)
     seed = dist_utils.rank_seed(int(cfg.seed), dinfo)
     settings = OfflineSettings.from_mapping(build.plain(cfg.train))
@@ -150,7 +154,6 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         raise CheckpointError(f"{init.path}: the agent has {agent.act_dim}-D actions, the data {data_path} "
                               f"{info.action_dim}-D")
     dataset = build.prepared(agent, dataset, seed)
-    ckpt_root = run_dir / "checkpoints"
     latest = load_latest(ckpt_root, with_state=False) if cfg.get("resume", True) else None
     if init is None and latest is None:  # frozen features standardised by this data (an init checkpoint, or the
         build.fit_feature_normalization(agent, dataset)  # checkpoint resumed below, brings its own statistics)
@@ -161,14 +164,15 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         with dist_utils.main_first(dinfo):  # rank 0 converts the mix (another format) once, the others reuse it
             mix_map = build.plain(mix.get("obs_map")) or None
             build.warn_unused_obs_map(mix_map, spec, "data.mix.obs_map")
-            build.check_data_fits(spec, build.converted(Path(str(mix.path)), mix, spec.image_size), mix_map,
-                                  "the mixed-in data (data.mix.path)", map_setting="data.mix.obs_map")
+            mix_file = build.converted(Path(str(mix.path)), mix, spec.image_size, keep=kept)
+            build.check_data_fits(spec, mix_file, mix_map, "the mixed-in data (data.mix.path)",
+                                  map_setting="data.mix.obs_map")
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
                                        action_units=agent.action_normalization, default_image_size=spec.image_size,
                                        units_fixed=True)
         # another format: its cached conversion, cameras at the agent's size
-        mix_info = read_info(build.converted(Path(str(mix.path)), mix, spec.image_size))
+        mix_info = read_info(mix_file)
         mix_ids = build.data_task_ids(mix_info, mix)
         same_slot = mix.get("task_id") is not None and cfg.data.get("task_id") is not None and int(
             mix.task_id) == int(cfg.data.task_id)  # both files' tasks put in one slot by the user: one task

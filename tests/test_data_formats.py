@@ -587,6 +587,37 @@ def test_a_source_rewritten_with_the_same_bytes_keeps_its_copy_so_its_run_resume
     assert sorted(cache.iterdir()) == [edited, source_record_path(edited)]
 
 
+def test_a_stale_copy_a_run_names_is_kept_so_its_resume_works_once_the_source_is_restored(tmp_path):
+    """Stage 2 on a converted copy, source edited: the rerun's conversion (its resume then refused) keeps the copy
+    the run's checkpoint names, and restoring the source's bytes finds that copy again, so the run resumes."""
+    from _stages import stage2_config
+    from robopretrain.checkpoint import load_latest
+    from robopretrain.run_fingerprint import ResumeMismatchError
+    from robopretrain.train import run
+
+    cache, src = tmp_path / "cache", F.write_ogbench(tmp_path / "o.npz", trajectories=3)
+    original = src.read_bytes()
+    cfg = stage2_config(src, tmp_path / "run", algo="bc", steps=2, obs={"low_dim": ["observations"], "rgb": []},
+                        data_cfg={"cache_dir": str(cache)})
+    run(cfg)
+    first = Path(load_latest(tmp_path / "run" / "checkpoints", with_state=False).meta["data_path"])
+    assert first.parent == cache
+    F.write_ogbench(src, trajectories=4)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(ResumeMismatchError, match="data"):
+        run(cfg)
+    assert first.is_file() and len(list(cache.glob("o.ogbench.*.hdf5"))) == 2  # the edited source's copy beside it
+    src.write_bytes(original)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    cfg.train.steps = 4
+    run(cfg)  # resumes at step 2 on the copy it trained on
+    assert load_latest(tmp_path / "run" / "checkpoints", with_state=False).meta["data_path"] == str(first)
+    # without keep, a new conversion removes the stale copy (the cache does not grow with each edit)
+    F.write_ogbench(src, trajectories=5)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 3 * 10**9))
+    assert as_robomimic(src, cache_dir=cache) != first and not first.exists()
+
+
 def test_a_copy_is_reused_by_content_only_with_the_settings_it_was_made_with(tmp_path):
     """Same content, other action mode: not that copy (nor a copy whose record is unreadable)."""
     cache, src = tmp_path / "cache", F.write_ogbench(tmp_path / "o.npz")

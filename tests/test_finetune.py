@@ -627,6 +627,31 @@ def test_the_checkpoints_data_file_stands_in_only_when_it_has_the_targets_demos(
         offline_data_path(cfg, tmp_path, as_target("OpenDrawer"), None, meta)
 
 
+def test_a_conversion_in_stage_3_keeps_the_copies_both_runs_checkpoints_name(finetuned, stage2_state, reach_hdf5,
+                                                                             tmp_path, monkeypatch):
+    """The target data's conversion keeps (although stale) the stage-2 checkpoint's data file and those the stage-3
+    run's own checkpoints name, so an edited source refuses the resume without deleting what it resumes on; with
+    resume=false the run's own are not kept."""
+    import finetune.train as ft
+
+    seen = []
+
+    def stop(*args, keep=(), **kwargs):
+        seen.append(list(keep))
+        raise KeyboardInterrupt  # the data path is all this test needs
+
+    out, _ = finetuned
+    own = tmp_path / "run"
+    shutil.copytree(out, own)
+    monkeypatch.setattr(ft, "offline_data_path", stop)
+    for resume in (True, False):
+        with pytest.raises(KeyboardInterrupt):
+            finetune(state_cfg(stage2_state, reach_hdf5, own, resume=resume))
+    s2_data = load_agent(stage2_state)[1].meta["data_path"]
+    assert s2_data == str(reach_hdf5) and seen[1] == [s2_data] and seen[0][0] == s2_data
+    assert seen[0][1:] == [str(reach_hdf5)] and len(seen[0]) == 2  # the stage-3 run's own checkpoints' data_path
+
+
 def test_generated_target_demos_render_the_cameras_the_agent_maps_to_the_sim(tmp_path, monkeypatch):
     """data.generate with agent cameras named front_cam / wrist_cam (obs_map -> the sim's): the collector was asked
     for no wrist camera (it tested the agent's names), and the offline data then lacked it."""

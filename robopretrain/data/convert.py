@@ -29,8 +29,10 @@ costs one read of it, far less than converting it again). A new conversion remov
 path and format that can no longer be reused (made before the source was edited, or by an older converter: their key
 is no longer the source's at their action mode and image size, and their record shows other content), with their
 frame index (``data.storage=disk``) and record, so the cache does not grow with each edit; copies of other sources,
-and reusable ones at other image sizes or action modes, stay. A stage-2 checkpoint records the copy it trained on:
-stage 3 without ``data.path`` then asks for the data once that copy is gone. A robomimic file is used where it is,
+and reusable ones at other image sizes or action modes, stay, and so do the copies the run folder's checkpoints name
+(the stages pass them as ``keep``): a rerun on the edited source refuses to resume without deleting the copy the run
+trained on, and finds it again once the source's bytes are restored. A stage-2 checkpoint records the copy it
+trained on: stage 3 without ``data.path`` then asks for the data once that copy is gone. A robomimic file is used where it is,
 unless its cameras need resizing (below).
 
 Cameras that are not square (LeRobot and Minari recordings are often 480 x 640) or larger than the agent should see:
@@ -347,12 +349,15 @@ def cache_path(src: str | os.PathLike, fmt: str, *, actions: str = "auto",
 
 
 def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: str | os.PathLike | None = None,
-                 actions: str = "auto", image_size: int | None = None) -> Path:
+                 actions: str = "auto", image_size: int | None = None,
+                 keep: Sequence[str | os.PathLike] = ()) -> Path:
     """A robomimic HDF5 path for ``src``: ``src`` itself when it is one (or a file of no recognised format, which the
     robomimic reader then refuses with its own message), else its cached conversion (made now when missing or
     stale, see the module docstring), its cameras resized to ``image_size`` when given (a robomimic file is used as
     stored unless some camera is not ``image_size`` square uint8 RGB: then its cached copy with the cameras resized).
-    Raises :class:`ConversionError`."""
+    ``keep``: copies a new conversion must not remove although stale (those a run folder's checkpoint names: its
+    resume, refused on the edited source, works again once the source is restored). Raises
+    :class:`ConversionError`."""
     src = Path(src).expanduser()
     fmt = _check_format(fmt)
     image_size = check_image_size(image_size)
@@ -391,7 +396,12 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
     record = source.record()  # the content converted (hashed before reading it, so an edit meanwhile shows later)
     out = convert(src, dst, fmt=fmt, actions=actions, overwrite=True, image_size=image_size)
     write_json_atomic(source_record_path(out), record)
+    kept = {os.path.realpath(k) for k in keep}
     for stale in stale_copies(src, fmt, out):
+        if os.path.realpath(stale) in kept:
+            log.info("%s: kept the converted copy %s that this run's checkpoint names, although the source changed "
+                     "since it was made", src, stale)
+            continue
         try:
             stale.unlink()  # a process still reading it keeps its open file (POSIX)
             shutil.rmtree(index_dir(stale), ignore_errors=True)  # its frame index (data.storage=disk), often larger
