@@ -32,8 +32,8 @@ frame index (``data.storage=disk``) and record, so the cache does not grow with 
 and reusable ones at other image sizes or action modes, stay, and so do the copies the run folder's checkpoints name
 (the stages pass them as ``keep``): a rerun on the edited source refuses to resume without deleting the copy the run
 trained on, and finds it again once the source's bytes are restored. A stage-2 checkpoint records the copy it
-trained on: stage 3 without ``data.path`` then asks for the data once that copy is gone. A robomimic file is used where it is,
-unless its cameras need resizing (below).
+trained on: stage 3 without ``data.path`` then asks for the data once that copy is gone. A robomimic file is used
+where it is, unless its cameras need resizing (below).
 
 Cameras that are not square (LeRobot and Minari recordings are often 480 x 640) or larger than the agent should see:
 ``--image-size S`` (stages: ``data.image_size=S``) resizes every camera frame to ``S x S`` while converting, with
