@@ -11,15 +11,18 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
     ...save fp with the checkpoint...
     check_resume(saved_fp, fp, where=checkpoint_path)   # raises ResumeMismatchError (a ValueError) naming changes
 
-- :func:`fingerprint` ``(config, inputs, ignore=HARMLESS_KEYS)``: ``config`` is a mapping (an OmegaConf
-  ``DictConfig`` is resolved) flattened to dotted keys, minus the keys in ``ignore``; ``inputs`` maps a name
-  to each file or folder the run reads. Returns ``{"version", "config", "inputs"}``.
-- :func:`input_fingerprint` ``(path)``: a file: size, modification time and a SHA-256 of its content (all of it
+- :func:`fingerprint` ``(config, inputs, ignore=HARMLESS_KEYS, only=None)``: ``config`` is a mapping (an
+  OmegaConf ``DictConfig`` is resolved) flattened to dotted keys, minus the keys in ``ignore``; ``inputs`` maps a
+  name to each file or folder the run reads; ``only`` maps an input name to the paths in its folder the run reads.
+  Returns ``{"version", "config", "inputs"}``.
+- :func:`input_fingerprint` ``(path, only=None)``: a file: size, modification time and a SHA-256 of its content (all of it
   up to 16 MiB, else its first and last MiB); a folder: file count, total size, a SHA-256 of the listing (each
   file's relative path, size and modification time, hidden files aside) and the SHA-256 of the content of
   every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``; a folder of at most 64 MiB and 2000 files (a
   checkpoint) also a SHA-256 of every file's content, which then decides instead of the listing's times. Reading a
-  folder of many clips costs one ``stat`` per file, no decoding.
+  folder of many clips costs one ``stat`` per file, no decoding. ``only`` (paths relative to the folder, files or
+  folders taken whole) leaves every other file out: stage 1 gives a video folder's manifest and clips, so notes or a
+  contact sheet added beside them do not stop a resume.
 - :func:`differences` ``(saved, now)``: what changed, as short phrases (``"lr: 0.0003 -> 0.001"``,
   ``"data: manifest.csv content changed"``); empty when the run may resume. A file's content decides, not its
   modification time (a copy, or a rewrite of the same bytes, resumes; a file over 16 MiB whose time changed but whose
@@ -51,8 +54,8 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +101,16 @@ class ResumeMismatchError(ResumeRefusal, ValueError):
 
 # --------------------------------------------------------------------------------------------- building
 def fingerprint(config: Any, inputs: Mapping[str, str | os.PathLike | None],
-                ignore: Iterable[str] = HARMLESS_KEYS, home: str | os.PathLike | None = None) -> dict[str, Any]:
+                ignore: Iterable[str] = HARMLESS_KEYS, home: str | os.PathLike | None = None,
+                only: Mapping[str, Collection[str]] | None = None) -> dict[str, Any]:
     """The fingerprint of a run: its config (dotted keys, minus ``ignore``), each input path's fingerprint and
     ``home``, the folder the run lives in (its output folder, or the pipeline run folder holding it), absolute as
-    given and with symlinks resolved, from which a later comparison tells a moved run folder (:func:`relocation`)."""
+    given and with symlinks resolved, from which a later comparison tells a moved run folder (:func:`relocation`).
+    ``only``: input name -> the paths in that folder the run reads (:func:`input_fingerprint`)."""
+    only = only or {}
     out = {"version": VERSION, "config": flat_config(config, ignore),
-           "inputs": {name: input_fingerprint(p) if p is not None else None for name, p in inputs.items()}}
+           "inputs": {name: input_fingerprint(p, only.get(name)) if p is not None else None
+                      for name, p in inputs.items()}}
     if home is None:
         return out
     given = Path(home).expanduser()
@@ -170,8 +177,11 @@ def _sha256_of_file(path: Path, size: int) -> tuple[str, str]:
     return digest.hexdigest(), "first and last MiB"
 
 
-def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """Size, modification time and content hash of a file, or the listing and small files of a folder."""
+def input_fingerprint(path: str | os.PathLike, only: Collection[str] | None = None) -> dict[str, Any]:
+    """Size, modification time and content hash of a file, or the listing and small files of a folder. ``only``:
+    for a folder, the paths relative to it that the run reads (files, or folders taken whole: a video folder's
+    manifest and clips), so a file added beside them (notes, an inspection's contact sheet) is no change; None:
+    every file."""
     p = Path(path).expanduser().resolve()
     if p.is_file():
         st = p.stat()
@@ -192,6 +202,8 @@ def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
                 except OSError:  # vanished while listing
                     continue
                 rel = f.relative_to(p).as_posix()
+                if only is not None and not _is_selected(rel, only):
+                    continue
                 listing.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
                 files += 1
                 total += st.st_size
@@ -207,6 +219,12 @@ def input_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
             out["content_sha256"] = content.hexdigest()
         return out
     return {"path": str(p), "kind": "missing"}
+
+
+def _is_selected(rel: str, only: Collection[str]) -> bool:
+    """Whether the relative path ``rel`` is in ``only`` or under a folder ``only`` names."""
+    wanted = {PurePosixPath(o).as_posix() for o in only}
+    return rel in wanted or any(parent.as_posix() in wanted for parent in PurePosixPath(rel).parents)
 
 
 # --------------------------------------------------------------------------------------------- comparing

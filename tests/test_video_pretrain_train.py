@@ -139,6 +139,35 @@ def test_resume_refuses_a_checkpoint_of_other_settings(videos, tmp_path):
     assert load_encoder(tmp_path / "encoder")[0].out_dim == 64
 
 
+def test_a_file_added_beside_the_clips_does_not_stop_a_resume_and_a_clip_added_does(videos, tmp_path):
+    """The fingerprint of a video folder covers what training reads (manifest and clips): an inspection's contact
+    sheet or notes added resume; a clip the folder's reading would take up (no manifest) or a manifest edit refuse."""
+    import shutil
+
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    folder = Path(shutil.copytree(videos, tmp_path / "clips"))
+    common = (f"data.path={folder}", "objective=tcn", "tensorboard=false", f"output_dir={tmp_path / 'run'}", *TINY)
+    train(compose_cfg(*common, "steps=2"), tmp_path)
+    (folder / "notes.txt").write_text("recorded on Tuesday\n")
+    (folder / "contact_sheet.png").write_bytes(b"\x89PNG not really")
+    train(compose_cfg(*common, "steps=3"), tmp_path)  # resumes
+    assert vp.read_files(folder) == ["manifest.csv", *(f"clip_{i:05d}.mp4" for i in range(5))]
+    with open(folder / "manifest.csv", "a") as f:
+        f.write("clip_00000.mp4,20,listed twice\n")
+    with pytest.raises(ResumeMismatchError, match="manifest.csv content changed"):
+        train(compose_cfg(*common, "steps=4"), tmp_path)
+    # without a manifest every video file is a clip: one added changes the data
+    bare = Path(shutil.copytree(videos, tmp_path / "bare", ignore=shutil.ignore_patterns("manifest.csv")))
+    common = (f"data.path={bare}", "objective=tcn", "tensorboard=false", f"output_dir={tmp_path / 'bare_run'}", *TINY)
+    train(compose_cfg(*common, "steps=2"), tmp_path)
+    (bare / "readme.md").write_text("clips of a square\n")
+    train(compose_cfg(*common, "steps=3"), tmp_path)
+    shutil.copy(bare / "clip_00001.mp4", bare / "clip_00009.mp4")
+    with pytest.raises(ResumeMismatchError, match="files"):
+        train(compose_cfg(*common, "steps=4"), tmp_path)
+
+
 def test_resume_false_removes_the_previous_runs_files(videos, tmp_path, monkeypatch):
     """A fresh run in an old run's folder: the old TensorBoard events, metrics and encoder do not outlive it (a fresh
     run stopped early left the old encoder in place, read as this run's)."""

@@ -10,8 +10,9 @@ saves it with
     encoder/              the encoder checkpoint (or ``output``): encoder.pt, meta.json (extra: objective,
                           steps, data), config.yaml; for ICVF also value_heads.pt (read by diagnose)
     checkpoints/last.pt   the training checkpoint: objective (encoder, heads, target), optimizer, torch RNG,
-                          step, and the run's fingerprint (:mod:`robopretrain.run_fingerprint`: the data's
-                          listing and manifest hash, the config minus harmless keys); written atomically. A
+                          step, and the run's fingerprint (:mod:`robopretrain.run_fingerprint`: the listing
+                          of the clips read and the manifest's hash (other files in the video folder are not
+                          data), the config minus harmless keys); written atomically. A
                           rerun with resume=true continues from it only when its fingerprint is the same
                           (``steps`` may grow); otherwise it stops with one line naming what changed
                           (start fresh with resume=false, or another output_dir; resume=false first removes
@@ -152,9 +153,29 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "valid_batches", "
 
 
 def fingerprint(cfg: DictConfig, data_path: Path, home: Path | None = None) -> dict[str, Any]:
-    """The run's fingerprint: the data at ``data_path`` and the config minus :data:`RESUMABLE_CHANGES`; ``home``: the
-    run folder (a moved one resumes, :func:`robopretrain.run_fingerprint.relocation`)."""
-    return run_fingerprint.fingerprint(cfg, {"data": data_path}, ignore=RESUMABLE_CHANGES, home=home)
+    """The run's fingerprint: the data at ``data_path`` (of a video folder, the files it reads: :func:`read_files`)
+    and the config minus :data:`RESUMABLE_CHANGES`; ``home``: the run folder (a moved one resumes,
+    :func:`robopretrain.run_fingerprint.relocation`)."""
+    files = read_files(data_path) if data_path.is_dir() else None
+    return run_fingerprint.fingerprint(cfg, {"data": data_path}, ignore=RESUMABLE_CHANGES, home=home,
+                                       only={"data": files} if files is not None else None)
+
+
+def read_files(folder: Path) -> list[str] | None:
+    """The paths, relative to the video ``folder``, that training reads: its ``manifest.csv`` when there is one and
+    the clips (video files, frame folders) it lists or, without it, those found there
+    (:func:`robopretrain.data.video.clip_entries`); a file added beside them (notes, an inspection's contact sheet)
+    is not data, so a run resumes past it. None (every file) when the reader refuses the folder's clip list (it
+    then names the problem)."""
+    from robopretrain.data.video import MANIFEST_NAME, clip_entries
+
+    try:
+        clips = clip_entries(folder)
+    except VideoDatasetError:
+        return None
+    base = os.path.realpath(folder)
+    listed = [Path(os.path.relpath(os.path.realpath(e.path), base)).as_posix() for e in clips]
+    return ([MANIFEST_NAME] if (folder / MANIFEST_NAME).is_file() else []) + listed
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
