@@ -15,9 +15,9 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
   OmegaConf ``DictConfig`` is resolved) flattened to dotted keys, minus the keys in ``ignore``; ``inputs`` maps a
   name to each file or folder the run reads; ``only`` maps an input name to the paths in its folder the run reads.
   Returns ``{"version", "config", "inputs"}``.
-- :func:`input_fingerprint` ``(path, only=None)``: a file: size, modification time and a SHA-256 of its content (all of it
-  up to 16 MiB, else its first and last MiB); a folder: file count, total size, a SHA-256 of the listing (each
-  file's relative path, size and modification time, hidden files aside) and the SHA-256 of the content of
+- :func:`input_fingerprint` ``(path, only=None)``: a file: size, modification time and a SHA-256 of its content
+  (all of it up to 16 MiB, else its first and last MiB); a folder: file count, total size, a SHA-256 of the listing
+  (each file's relative path, size and modification time, hidden files aside) and the SHA-256 of the content of
   every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``; a folder of at most 64 MiB and 2000 files (a
   checkpoint) also a SHA-256 of every file's content, which then decides instead of the listing's times. Reading a
   folder of many clips costs one ``stat`` per file, no decoding. ``only`` (paths relative to the folder, files or
