@@ -130,6 +130,19 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(videos, tmp_path, ob
         assert ha and all(torch.allclose(ha[k], hb[k], atol=1e-6) for k in ha)
 
 
+def test_a_rerun_with_fewer_steps_than_its_checkpoint_says_nothing_is_trained(videos, tmp_path, caplog):
+    import logging
+
+    common = (f"data.path={videos}", "objective=tcn", "tensorboard=false", f"output_dir={tmp_path}", *TINY)
+    train(compose_cfg(*common, "steps=3"), tmp_path)
+    with caplog.at_level(logging.WARNING):
+        train(compose_cfg(*common, "steps=3"), tmp_path)
+        assert "nothing to train" not in caplog.text  # a finished run rerun as it was: nothing to say
+        train(compose_cfg(*common, "steps=2"), tmp_path)
+    assert "its checkpoint is at step 3, past steps=2: nothing to train" in caplog.text
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 3
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(videos, tmp_path):
     common = (f"data.path={videos}", "tensorboard=false", f"output_dir={tmp_path}", *TINY)
     train(compose_cfg(*common, "objective=tcn", "steps=2"), tmp_path)

@@ -533,6 +533,10 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     if cfg.resume and paths.checkpoint.is_file():
         start, history = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device, run_print)
         log.info("resumed from %s at step %d", paths.checkpoint, start)
+        if start > steps and dinfo.is_main:  # as stage 2 says it (robopretrain.loops.offline)
+            log.warning("%s: its checkpoint is at step %d, past steps=%d: nothing to train, and the encoder saved is "
+                        "that checkpoint's (not one at step %d); a fresh output_dir trains to %d", paths.checkpoint,
+                        start, steps, steps, steps)
     elif not cfg.resume and dinfo.is_main:  # a fresh run: the old run's files are not mixed with this one's
         previous = ["checkpoints", paths.tensorboard.name, paths.metrics.name, WANDB_ID_FILE]
         if paths.encoder.parent == paths.run_dir:  # the default encoder folder (an ``output`` elsewhere is replaced
