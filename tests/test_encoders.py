@@ -251,6 +251,11 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "stage2_run" / "checkpoints").mkdir(parents=True)  # a stage-2 run given as the encoder
     with pytest.raises(EncoderCheckpointError, match=r"meta.json: missing.*this is an agent run: init=<folder>"):
         load_encoder(tmp_path / "stage2_run")
+    (tmp_path / "stage1_run" / "checkpoints").mkdir(parents=True)  # stage 1 stopped before saving its encoder
+    (tmp_path / "stage1_run" / "checkpoints" / "last.pt").write_bytes(b"state")
+    with pytest.raises(EncoderCheckpointError, match=r"meta.json: missing.*; this is a stage-1 run that has not "
+                                                     r"saved its encoder yet .*rerun stage 1 with the same settings"):
+        load_encoder(tmp_path / "stage1_run")
 
 
 # ----------------------------------------------------------------------------- small_conv: keypoints, coordinates

@@ -161,10 +161,15 @@ def read_encoder_meta(dir_path: str | os.PathLike) -> dict[str, Any]:
         raise EncoderCheckpointError(f"{folder}: no such encoder checkpoint folder")
     path = folder / META_FILE
     if not path.is_file():
-        agent_run = (folder / "checkpoints").is_dir() or (folder / "latest").is_file()
-        raise EncoderCheckpointError(f"{path}: missing; expected an encoder checkpoint folder written by save_encoder"
-                                     + (" (stage 1's <run>/encoder); this is an agent run: init=<folder> starts "
-                                        "stage 2 from its agent, encoders included" if agent_run else ""))
+        # stage 1's training checkpoint (video_pretrain.train: <run>/checkpoints/last.pt), before its encoder is saved
+        unfinished = (folder / "checkpoints" / "last.pt").is_file()
+        agent_run = not unfinished and ((folder / "checkpoints").is_dir() or (folder / "latest").is_file())
+        raise EncoderCheckpointError(
+            f"{path}: missing; expected an encoder checkpoint folder written by save_encoder (stage 1's <run>/encoder)"
+            + ("; this is a stage-1 run that has not saved its encoder yet (stopped, or still training): rerun stage 1 "
+               "with the same settings to finish it (it resumes from checkpoints/last.pt), then give this folder"
+               if unfinished else "; this is an agent run: init=<folder> starts stage 2 from its agent, encoders "
+               "included" if agent_run else ""))
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
