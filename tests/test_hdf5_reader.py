@@ -115,7 +115,7 @@ def test_wrong_dtype_and_shape(tmp_path):
         del f["data/demo_1/actions"]
         f["data/demo_1/actions"] = np.zeros((4, 3), dtype=np.float32)
 
-    _expect(write_dataset(tmp_path / "w.hdf5", mutate=wide_actions), "action dim 3 differs")
+    _expect(write_dataset(tmp_path / "w.hdf5", mutate=wide_actions), r"3-D in 1 demo\(s\) \(demo_1\)")
 
     def big_actions(f):
         f["data/demo_0/actions"][0, 0] = 1.5
@@ -399,12 +399,23 @@ def test_a_demo_of_another_action_size_gets_one_message_whatever_data_actions(tm
         f["data/demo_1/actions"] = np.full((4, 3), 2.0, dtype=np.float32)  # outside [-1, 1]: auto rescales
 
     path = write_dataset(tmp_path / "mix.hdf5", mutate=wide_actions)
-    expected = f"{path}: data/demo_1/actions: action dim 3 differs from 2 in earlier demos"
+    expected = (f"{path}: data/*/actions: the demos' actions differ in size: 2-D in 2 demo(s) (demo_0, demo_10); "
+                "3-D in 1 demo(s) (demo_1); every demo's actions must have one size: rewrite or delete the demo(s) of "
+                "the other size (demo_1)")
     for call in (lambda: action_bounds(path), lambda: data_action_units(path, read_info(path), "auto"),
                  lambda: load_transitions(path, ["proprio"])):
         with pytest.raises(DatasetError) as exc:
             call()
         assert str(exc.value).startswith(expected) and "\n" not in str(exc.value)
+
+    def narrow_first(f):  # the odd demo first: it is named, not the demos after it
+        del f["data/demo_0/actions"]
+        f["data/demo_0/actions"] = np.zeros((3, 1), dtype=np.float32)
+
+    first = write_dataset(tmp_path / "first.hdf5", mutate=narrow_first)
+    with pytest.raises(DatasetError, match=r"2-D in 2 demo\(s\) \(demo_1, demo_10\); 1-D in 1 demo\(s\) \(demo_0\).*"
+                                           r"of the other size \(demo_0\)"):
+        load_transitions(first, ["proprio"])
 
 
 

@@ -170,9 +170,15 @@ def test_a_demo_of_another_action_size_is_listed(tmp_path: Path) -> None:
     assert s.actions == ((4,), "float32") and s.odd_actions == {"demo_1": (3,)}
     text = format_hdf5_summary(s)
     assert "(differs between demos)" in text
-    assert "warning: actions of 1 demo(s) differ in size from the first demo's (4,) (demo_1 (3,)): training " \
+    assert "warning: actions of 1 demo(s) differ in size from the other demos' (4,) (demo_1 (3,)): training " \
            "refuses the file" in text
     assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).odd_actions == {}
+    first = write_tiny_hdf5(tmp_path / "first.hdf5", with_images=False)
+    with h5py.File(first, "a") as f:  # the odd demo first: it is the one named
+        del f["data/demo_0/actions"]
+        f["data/demo_0/actions"] = np.zeros((6, 3), np.float32)
+    s = summarize_hdf5(first)
+    assert s.actions == ((4,), "float32") and s.odd_actions == {"demo_0": (3,)}
 
 
 def test_a_demo_with_task_but_no_task_id_is_listed_as_training_refuses_it(tmp_path: Path) -> None:

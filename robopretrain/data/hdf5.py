@@ -293,9 +293,25 @@ def _check_actions(path: str, demo: h5py.Group, info: DemoInfo, act_dim: int | N
     if acts.dtype.kind != "f" or acts.ndim != 2:
         raise _err(path, key, f"expected float actions ({n}, A), got {acts.dtype} {acts.shape}")
     if act_dim is not None and acts.shape[1] != act_dim:
-        raise _err(path, key, f"action dim {acts.shape[1]} differs from {act_dim} in earlier demos; every demo's "
-                              "actions must have one size: rewrite this demo's actions or delete the demo")
+        raise _err(path, "data/*/actions", _action_sizes_problem(demo.parent))
     return int(acts.shape[1])
+
+
+def _action_sizes_problem(data: h5py.Group) -> str:
+    """What to say of a file whose demos' actions differ in size: each size with its demos, the most common first,
+    and the demos of the other sizes to rewrite or delete (the odd ones, not merely those after the first demo)."""
+    by_size: dict[int, list[str]] = {}
+    for name in _demo_names(data.file.filename, data):
+        acts = data[name].get("actions")
+        if isinstance(acts, h5py.Dataset) and acts.ndim == 2:
+            by_size.setdefault(int(acts.shape[1]), []).append(name)
+    ranked = sorted(by_size.items(), key=lambda kv: -len(kv[1]))
+    sizes = "; ".join(f"{size}-D in {len(names)} demo(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                      for size, names in ranked)
+    odd = [n for _, names in ranked[1:] for n in names]
+    return (f"the demos' actions differ in size: {sizes}; every demo's actions must have one size: rewrite or delete "
+            f"the demo(s) of the other size ({', '.join(odd[:5])}{', ...' if len(odd) > 5 else ''}), or leave them "
+            "out with a mask")
 
 
 def action_bounds(path: str | os.PathLike, info: DatasetInfo | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -114,7 +114,7 @@ class Hdf5Summary:
     # "obs/<key>" or "actions" -> where its first NaN or inf is ("demo_3 row 4"), low-dim parts and actions only
     non_finite: dict[str, str] = field(default_factory=dict)
     stale_masks: dict[str, list[str]] = field(default_factory=dict)  # mask -> demo names it lists that data/ lacks
-    # demo -> its per-step action shape, for the demos whose actions differ in shape from the first demo's (``actions``)
+    # demo -> its per-step action shape, for the demos whose actions differ in shape from most demos' (``actions``)
     odd_actions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # demo -> the steps before its last where dones is 1 (the contract: 1 only where the episode truly ended)
     inner_dones: dict[str, list[int]] = field(default_factory=dict)
@@ -210,7 +210,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     half_task: dict[str, str] = {}
     slots: dict[int, set[str]] = {}  # task_id -> task names (demos without both attributes: slot 0)
     wrong_rows: dict[str, tuple[int, list[int]]] = {}
-    actions = None
+    action_shapes: dict[str, tuple[tuple[int, ...], str]] = {}
     for name in demos:
         demo = data[name]
         if ("task" in demo.attrs) != ("task_id" in demo.attrs):  # as the reader refuses it (hdf5._demo_info)
@@ -248,11 +248,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                     inconsistent.add(key)
                 obs.setdefault(key, spec)
         if isinstance(demo.get("actions"), h5py.Dataset):
-            shape = tuple(demo["actions"].shape[1:])
-            if actions is None:
-                actions = (shape, str(demo["actions"].dtype))
-            elif shape != actions[0]:
-                odd_actions[name] = shape
+            action_shapes[name] = (tuple(demo["actions"].shape[1:]), str(demo["actions"].dtype))
         for group in ("obs", "next_obs"):
             for key, ds in (demo[group].items() if isinstance(demo.get(group), h5py.Group) else []):
                 _find_non_finite(ds, f"{group}/{key}", name, non_finite)
@@ -283,6 +279,12 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
     shared = {slot: sorted(names) for slot, names in sorted(slots.items()) if len(names) > 1}
+    actions = None
+    if action_shapes:  # the most common shape (the first demo's among equals); the others are the odd demos
+        counts = Counter(shape for shape, _ in action_shapes.values())
+        common = max(counts, key=lambda shape: counts[shape])
+        actions = next(spec for spec in action_shapes.values() if spec[0] == common)
+        odd_actions = {name: shape for name, (shape, _) in action_shapes.items() if shape != common}
     return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale,
                        odd_actions, inner_dones, half_task, wrong_rows, shared_slots=shared)
 
@@ -428,7 +430,7 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      + ("  (differs between demos)" if s.odd_actions else ""))
     if s.odd_actions:
         odd = list(s.odd_actions.items())
-        lines.append(f"warning: actions of {len(odd)} demo(s) differ in size from the first demo's {s.actions[0]} "
+        lines.append(f"warning: actions of {len(odd)} demo(s) differ in size from the other demos' {s.actions[0]} "
                      f"({', '.join(f'{d} {shape}' for d, shape in odd[:3])}{', ...' if len(odd) > 3 else ''}): "
                      "training refuses the file; rewrite those demos' actions or delete the demos")
     for key, where in s.non_finite.items():
