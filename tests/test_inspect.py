@@ -32,7 +32,10 @@ def write_tiny_hdf5(path: Path, with_images: bool = True) -> Path:
                 images = np.zeros((n, 16, 16, 3), np.uint8)
                 images[..., i % 3] = np.linspace(40, 250, n).astype(np.uint8)[:, None, None]
                 demo.create_dataset("obs/agentview_image", data=images)
-            demo.create_dataset("obs/proprio", data=rng.normal(size=(n, 7)).astype(np.float32))
+                demo.create_dataset("next_obs/agentview_image", data=np.concatenate([images[1:], images[-1:]]))
+            proprio = rng.normal(size=(n + 1, 7)).astype(np.float32)
+            demo.create_dataset("obs/proprio", data=proprio[:-1])
+            demo.create_dataset("next_obs/proprio", data=proprio[1:])
             demo.create_dataset("actions", data=rng.uniform(-1, 1, size=(n, 4)).astype(np.float32))
             rewards = np.zeros(n, np.float32)
             rewards[-1] = float(success)
@@ -118,6 +121,7 @@ def test_summary_flags_what_training_would_refuse(tmp_path: Path, capsys: pytest
         f["data/demo_0/obs/wide"] = np.zeros((6, 16, 24, 3), np.uint8)
         f["data/demo_2/obs/proprio"][3, 2] = np.inf
         f["data/demo_1/actions"][2, 0] = np.nan
+        del f["data/demo_0/next_obs/proprio"]
         f["data/demo_0/next_obs/proprio"] = np.where(np.arange(6)[:, None] == 1, np.nan, 0.0) * np.ones((1, 7))
         f["data/demo_1/rewards"][0] = np.inf
         f["data/demo_0/obs/depth"] = np.zeros((6, 16, 16), np.uint8)
@@ -217,6 +221,22 @@ def test_two_tasks_of_one_task_id_are_listed_as_training_refuses_them(tmp_path: 
     assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).shared_slots == {}
 
 
+def test_a_next_obs_part_missing_is_listed_as_training_refuses_it(tmp_path: Path) -> None:
+    from robopretrain.data.hdf5 import DatasetError, load_transitions
+
+    path = write_tiny_hdf5(tmp_path / "no_next.hdf5")
+    assert summarize_hdf5(path).missing_next == {}
+    assert "next_obs lacks" not in format_hdf5_summary(summarize_hdf5(path))
+    with h5py.File(path, "a") as f:
+        del f["data/demo_1/next_obs/proprio"], f["data/demo_2/next_obs"]
+    s = summarize_hdf5(path)
+    assert s.missing_next == {"proprio": ["demo_1", "demo_2"], "agentview_image": ["demo_2"]}
+    assert ("warning: next_obs lacks agentview_image, proprio in 2 demo(s) (demo_1, demo_2): training refuses a run "
+            "that reads them (each demo needs next_obs/<key>") in format_hdf5_summary(s)
+    with pytest.raises(DatasetError, match="demo_1/next_obs/proprio"):  # as said
+        load_transitions(path, ["proprio"])
+
+
 def test_a_done_before_the_last_step_is_listed(tmp_path: Path) -> None:
     """dones=1 inside an episode (read as a terminal there): named with demo and step; not for an OGBench conversion,
     whose task-done steps are marked so by design."""
@@ -252,6 +272,7 @@ def test_a_num_samples_attribute_that_disagrees_with_the_rows_is_listed(tmp_path
     assert (f"warning: the num_samples attribute disagrees with the arrays' rows in 1 demo(s) (demo_1: num_samples "
             f"{n - 1}, arrays of {n} rows): training refuses them") in format_hdf5_summary(s)
     with h5py.File(path, "a") as f:
+        del f["data/demo_1/next_obs/proprio"]
         f["data/demo_1/next_obs/proprio"] = np.zeros((n + 2, 7), np.float32)
     assert summarize_hdf5(path).wrong_rows == {"demo_1": (n - 1, [n, n + 2])}
 

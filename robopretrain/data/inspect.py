@@ -42,7 +42,7 @@ import numpy as np
 
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
-from robopretrain.data.hdf5 import DatasetError, check_layout, success_flag
+from robopretrain.data.hdf5 import MISSING_HINTS, DatasetError, check_layout, success_flag
 from robopretrain.data.returns import has_success_signal, is_sparse_success_reward
 from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
                                      count_frames, read_frames)
@@ -125,6 +125,8 @@ class Hdf5Summary:
     # task_id -> the task names of the demos that hold it, where there are several (training refuses such a file
     # unless data.task_id puts every task in one slot: robopretrain.build.check_file_task_slots)
     shared_slots: dict[int, list[str]] = field(default_factory=dict)
+    # obs key -> the demos whose next_obs lacks it (training refuses a run that reads that key)
+    missing_next: dict[str, list[str]] = field(default_factory=dict)
     # the stages' reader's first refusal of the file (robopretrain.data.hdf5.check_layout), None when it reads it
     layout_problem: str | None = None
 
@@ -211,6 +213,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     slots: dict[int, set[str]] = {}  # task_id -> task names (demos without both attributes: slot 0)
     wrong_rows: dict[str, tuple[int, list[int]]] = {}
     action_shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    missing_next: dict[str, list[str]] = {}
     for name in demos:
         demo = data[name]
         if ("task" in demo.attrs) != ("task_id" in demo.attrs):  # as the reader refuses it (hdf5._demo_info)
@@ -247,6 +250,11 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                 if key in obs and obs[key] != spec:
                     inconsistent.add(key)
                 obs.setdefault(key, spec)
+        if isinstance(demo.get("obs"), h5py.Group):
+            nxt = demo.get("next_obs")
+            for key in demo["obs"]:
+                if not isinstance(nxt, h5py.Group) or key not in nxt:
+                    missing_next.setdefault(key, []).append(name)
         if isinstance(demo.get("actions"), h5py.Dataset):
             action_shapes[name] = (tuple(demo["actions"].shape[1:]), str(demo["actions"].dtype))
         for group in ("obs", "next_obs"):
@@ -286,7 +294,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         actions = next(spec for spec in action_shapes.values() if spec[0] == common)
         odd_actions = {name: shape for name, (shape, _) in action_shapes.items() if shape != common}
     return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale,
-                       odd_actions, inner_dones, half_task, wrong_rows, shared_slots=shared)
+                       odd_actions, inner_dones, half_task, wrong_rows, shared_slots=shared, missing_next=missing_next)
 
 
 def _int_attr(value: Any) -> int | None:
@@ -442,6 +450,12 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      f"hold the other ({', '.join(list(s.half_task)[:3])}{', ...' if len(s.half_task) > 3 else ''}): "
                      "training refuses them; give each demo both task (its name) and task_id (its slot in the task "
                      "one-hot), or neither (one task)")
+    if s.missing_next:
+        keys = sorted(s.missing_next)
+        demos = sorted({d for names in s.missing_next.values() for d in names}, key=lambda d: int(d.split("_")[1]))
+        lines.append(f"warning: next_obs lacks {', '.join(keys)} in {len(demos)} demo(s) ({', '.join(demos[:3])}"
+                     f"{', ...' if len(demos) > 3 else ''}): training refuses a run that reads "
+                     f"{'it' if len(keys) == 1 else 'them'}{MISSING_HINTS['next_obs']}")
     for slot, names in s.shared_slots.items():
         lines.append(f"warning: tasks {', '.join(map(repr, names))} all have task_id {slot}"
                      + (" (demos without task attributes take slot 0)" if "(no task attr)" in names else "")
