@@ -208,3 +208,32 @@ def test_a_killed_conversions_partial_file_is_removed_by_the_next(tmp_path, writ
                                       rewards=np.zeros(3), terminations=np.array([0, 0, 1]), truncated=False,
                                       task="t")], source="src", fmt="test")
     assert dst.is_file() and not abandoned.exists()
+
+
+def test_a_camera_the_reader_refuses_but_a_resized_copy_reads_names_data_image_size(tmp_path):
+    """RGBA frames, channels-first float frames (*_image) and frames of another size in a later demo: each refusal
+    names data.image_size, and the copy it names is read; a float array of another name gets no such advice."""
+    from robopretrain.data.hdf5 import DatasetError
+
+    def rewrite(path: Path, key: str, make) -> Path:
+        with h5py.File(path, "a") as f:
+            for i, n in enumerate(LENGTHS):
+                for group in ("obs", "next_obs"):
+                    del f[f"data/demo_{i}/{group}/{key}"]
+                    f[f"data/demo_{i}/{group}/{key}"] = make(i, n)
+        return path
+
+    rgba = rewrite(write_foreign(tmp_path / "rgba.hdf5"), "agentview_image",
+                   lambda i, n: np.full((n, 16, 16, 4), 200, np.uint8))
+    wide = rewrite(write_foreign(tmp_path / "sizes.hdf5"), "agentview_image",
+                   lambda i, n: np.full((n, 16 + 4 * i, 16 + 4 * i, 3), 9, np.uint8))
+    for path, key, refusal in ((rgba, "agentview_image", "uint8 RGB channels last"),
+                               (write_foreign(tmp_path / "float.hdf5"), "wrist_image", "uint8 RGB channels last"),
+                               (wide, "agentview_image", "one size for all")):
+        with pytest.raises(DatasetError, match=rf"data.image_size=S .* every demo's frames at S x S, {refusal}"):
+            load_transitions(path, [key])
+        copy = as_robomimic(path, image_size=16, cache_dir=tmp_path / "cache")
+        assert load_transitions(copy, [key]).obs[key].shape == (sum(LENGTHS), 16, 16, 3)
+    with pytest.raises(DatasetError, match=r"features: expected") as err:
+        load_transitions(write_foreign(tmp_path / "features.hdf5"), ["features"])
+    assert "data.image_size" not in str(err.value)

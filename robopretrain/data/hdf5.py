@@ -40,6 +40,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from robopretrain.envs.camera_frames import image_layout
+
 DEMO_RE = re.compile(r"^demo_(\d+)$")
 IMAGE_SUFFIX = "_image"
 # env_args entry of a file whose rewards a learned reward wrote (robopretrain.reward_model.relabel): its source file
@@ -211,6 +213,20 @@ def _is_image_key(key: str, shape: tuple[int, ...], low_dim: Sequence[str] = (),
     return key not in low_dim and (key.endswith(IMAGE_SUFFIX) or len(shape) == 4 or grey)
 
 
+# where the reader refuses a camera the cached copy of data.image_size would read (robopretrain.data.resize_robomimic)
+RESIZE_HINT = ("; data.image_size=S (the stages; python -m robopretrain.data.convert SRC DST --image-size S) reads a "
+               "cached copy with every demo's frames at S x S, {what}")
+
+
+def _resizable(key: str, shape: tuple[int, ...], dtype: Any) -> bool:
+    """Whether frames of stored ``shape`` ``(N, ...)`` get a resized copy under ``data.image_size``: a picture's
+    layout (:func:`robopretrain.envs.camera_frames.image_layout`), uint8, or float under a key named ``*_image``
+    (:func:`robopretrain.data.resize_robomimic.is_camera`'s rule)."""
+    if len(shape) < 3 or image_layout(shape[1:], dtype) is None:
+        return False
+    return np.dtype(dtype) == np.uint8 or (np.issubdtype(dtype, np.floating) and key.endswith(IMAGE_SUFFIX))
+
+
 def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: int,
                        low_dim: Sequence[str] = ()) -> None:
     shape = ds.shape
@@ -219,6 +235,8 @@ def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: i
             hint = (f" (a key named *{IMAGE_SUFFIX} is read as a camera unless listed as a low-dim part: "
                     f"obs.low_dim=[..., {obs_key}], or load_transitions(..., low_dim=[{obs_key!r}]))"
                     if len(shape) == 2 and ds.dtype.kind == "f" else "")
+            if not hint and _resizable(obs_key, shape, ds.dtype):
+                hint = RESIZE_HINT.format(what="uint8 RGB channels last (alpha dropped, floats in [0, 1] scaled)")
             raise _err(path, key, f"expected an image array uint8 (N, H, W, 3), or grey (N, H, W, 1) / (N, H, W), got "
                                   f"{ds.dtype} {shape}{hint}")
     elif ds.dtype.kind not in "fiub" or len(shape) != 2:
@@ -608,10 +626,12 @@ def _check_consistent_obs(
             ds = demo[f"{sub}/{k}"]
             shape, dtype = specs[k]
             if tuple(ds.shape[1:]) != shape or (ds.dtype == np.uint8) != (dtype == np.uint8):
+                cameras = _resizable(k, (0, *shape), dtype) and _resizable(k, ds.shape, ds.dtype)
                 raise _err(
                     path,
                     f"data/{name}/{sub}/{k}",
-                    f"expected per-step shape {shape} ({dtype}) as in the first demo, got {ds.shape[1:]} ({ds.dtype})",
+                    f"expected per-step shape {shape} ({dtype}) as in the first demo, got {ds.shape[1:]} ({ds.dtype})"
+                    + (RESIZE_HINT.format(what="one size for all") if cameras else ""),
                 )
 
 
