@@ -466,6 +466,17 @@ def test_cli_error_has_no_traceback(tmp_path: Path) -> None:
     assert proc.stderr.strip().startswith("error: ") and "missing" in proc.stderr
 
 
+def test_output_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path) -> None:
+    """``inspect FILE --demos | head``: the reader gone, the summary's print raised BrokenPipeError with a traceback
+    (twice: again at the interpreter's final flush)."""
+    path = write_tiny_hdf5(tmp_path / "d.hdf5", with_images=False)
+    proc = subprocess.Popen([sys.executable, "-m", "robopretrain.data.inspect", str(path), "--demos"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it prints: every write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and err == "", err
+
+
 def test_a_folder_of_videos_without_a_manifest_and_one_video_file_are_summarised(tmp_path: Path, capsys) -> None:
     """Stage 1 reads a folder of clips without manifest.csv and a single video file; inspect refused both (a folder
     without manifest.csv; the video file read as an HDF5 file)."""

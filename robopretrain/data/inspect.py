@@ -791,9 +791,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InspectError, VideoDatasetError, ConversionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(text)
-    if png is not None:
-        print(f"contact sheet -> {png}")
+    try:
+        print(text)
+        if png is not None:
+            print(f"contact sheet -> {png}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # inspect ... | head: the reader stopped; no traceback (Python's docs, signal module)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit goes nowhere, quietly
+        return 1
     return 0
 
 
