@@ -50,6 +50,21 @@ def test_failed_episodes_ending_on_done_are_reported(tmp_path, caplog):
     assert warn_failed_terminals("x", np.array([0, 0, 0, 0, 1.0]), dones, ids, [False, False, False]) == 2  # 2: r > 0
     assert warn_failed_terminals("x", np.zeros(5), dones, ids, [True, False, True]) == 1  # flagged successes
     assert warn_failed_terminals("x", np.zeros(5), np.zeros(5), ids, [False] * 3) == 0
+    assert warn_failed_terminals("x", np.zeros(5), dones, ids, [False] * 3, [True, False, True]) == 2  # unknown: 1
+    # a file stored without rewards and without success flags (BC's data): its done=1 ends are not called failures
+    with h5py.File(path, "r+") as f:
+        for demo in f["data"].values():
+            del demo["rewards"]
+            demo.attrs["ep_meta"] = json.dumps({})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(path, spec, RewardSettings.of_algo({}), rewards_needed=False)
+    assert "end on done=1" not in caplog.text
+    with h5py.File(path, "r+") as f:  # one flagged failure among them is still said
+        f["data/demo_1"].attrs["ep_meta"] = json.dumps({"success": False})
+    with caplog.at_level(logging.WARNING):
+        load_offline_dataset(path, spec, RewardSettings.of_algo({}), rewards_needed=False)
+    assert "mode2.hdf5: 1 of 2 episodes end on done=1 without success" in caplog.text
 
 
 def test_successful_episodes_ending_on_done_0_are_reported(tmp_path, caplog):

@@ -158,18 +158,21 @@ def _rewards_from_success(rewards: np.ndarray, dones: np.ndarray, episode_ids: n
 
 
 def warn_failed_terminals(where: str, rewards: np.ndarray, dones: np.ndarray, episode_ids: np.ndarray,
-                          success: Sequence[bool]) -> int:
+                          success: Sequence[bool], known: Sequence[bool] | None = None) -> int:
     """Warn when episodes that did not succeed end on ``done = 1``: a terminal there means no bootstrap from the
     last state, right for a true failure terminal but wrong for a time-limit end, which robomimic's
     ``dataset_states_to_obs.py --done_mode 2`` (its recommended mode) also marks done. Our collectors write
     ``done = 1`` only where the env terminated (success). ``success``: ep_meta's flag per episode (in order of first
     appearance in ``episode_ids``); an episode counts as failed when unflagged and its last reward is <= 0.
-    Returns the number of such episodes."""
+    ``known`` (per episode; None: all): whether its outcome is known at all (an episode stored without rewards and
+    without an ep_meta flag is not a failure, nor its done=1 a wrong one). Returns the number of such episodes."""
     if not len(dones):
         return 0
     last = _episode_ends(episode_ids)
     flagged = np.asarray(list(success), dtype=bool) if len(success) == len(last) else np.zeros(len(last), bool)
     failed_done = (dones[last] > 0) & (rewards[last] <= 0) & ~flagged
+    if known is not None and len(known) == len(last):
+        failed_done &= np.asarray(list(known), dtype=bool)
     count = int(failed_done.sum())
     if count:
         log.warning("%s: %d of %d episodes end on done=1 without success. done=1 stops the TD backup there (a "
@@ -482,7 +485,9 @@ def load_offline_dataset(
         log.warning("%s: data.rewards_from_success=true takes no effect: the file stores rewards that mark its "
                     "successes, and they are used (the option rebuilds rewards only where they are missing or never "
                     "positive)", info.path)
-    warn_failed_terminals(str(info.path), rewards, dones, trans.episode_ids, success)
+    stored = set(info.unrewarded(demos)) if not rewards_needed else set()  # read as zeros: outcome unknown
+    known = ["success" in m or name not in stored for m, name in zip(trans.ep_meta, trans.demo_names)]
+    warn_failed_terminals(str(info.path), rewards, dones, trans.episode_ids, success, known)
     if rewards_needed:
         warn_success_disagreement(str(info.path), rewards, trans.episode_ids, trans.ep_meta, trans.demo_names)
         warn_open_successes(str(info.path), dones, trans.episode_ids, success, rewards)
