@@ -101,6 +101,19 @@ def test_demos_flag_lists_every_demo_in_file_order(tmp_path: Path, capsys: pytes
     assert "reward signal  source episode" in out
     assert rows == [["demo_0", "PushBlock", "6", "yes", "yes", "7"], ["demo_1", "PushBlock", "4", "no", "no", "-"],
                     ["demo_2", "Lift", "5", "yes", "yes", "ep-b"], ["demo_10", "PushBlock", "4", "no", "-", "-"]]
+    assert "* success read from" not in out
+    # no ep_meta flag: success read from the sparse rewards, marked; a wrong total is what training refuses
+    with h5py.File(path, "r+") as f:
+        for name in ("demo_0", "demo_1"):
+            f[f"data/{name}"].attrs["ep_meta"] = json.dumps({})
+        f["data"].attrs["total"] = 1
+    assert main([str(path), "--demos"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[:5] for line in out.splitlines() if line.startswith("demo_")]
+    assert rows[:2] == [["demo_0", "PushBlock", "6", "yes*", "yes"], ["demo_1", "PushBlock", "4", "no*", "no"]]
+    assert "* success read from the demo's sparse rewards (last reward 1), ep_meta has no flag" in out
+    assert ("warning: data.attrs['total'] = 1 but the demos hold 19 transitions: training refuses the file; set "
+            "data's total to 19\n") in out and "attribute 'total' is" not in out  # not again as the reader's
 
 
 def test_hdf5_without_images_skips_the_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

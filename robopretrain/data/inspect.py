@@ -355,23 +355,30 @@ def layout_note(shape: tuple[int, ...], dtype: str, key: str = "") -> str:
     return ""
 
 
+_FLAG = {True: "yes", False: "no", None: "-"}
+
+
 def format_demo_table(s: Hdf5Summary) -> str:
-    """One line per demo, in the file's order: name, task, steps, success (ep_meta; ``-`` not recorded), whether
-    its rewards carry a success signal (``-``: no rewards stored) and, for a converted file, the source's episode id
-    (ep_meta ``source_episode``): what a label file (``robopretrain.reward_model``) or a mask needs to name demos and
-    segments, and where each demo came from."""
-    rows = [(name, task, n, ok, rw, src) for task, st in s.tasks.items()
-            for name, n, ok, rw, src in zip(st.demos, st.lengths, st.successes, st.rewarded, st.source_episodes)]
+    """One line per demo, in the file's order: name, task, steps, success (ep_meta; ``yes*`` / ``no*`` read from
+    sparse rewards where ep_meta has no flag; ``-`` neither), whether its rewards carry a success signal (``-``: no
+    rewards stored) and, for a converted file, the source's episode id (ep_meta ``source_episode``): what a label
+    file (``robopretrain.reward_model``) or a mask needs to name demos and segments, and where each demo came
+    from."""
+    rows = [(name, task, n, ok if ok is not None else (None if by_rw is None else f"{_FLAG[by_rw]}*"), rw, src)
+            for task, st in s.tasks.items()
+            for name, n, ok, by_rw, rw, src in zip(st.demos, st.lengths, st.successes, st.reward_successes, st.rewarded,
+                                                   st.source_episodes)]
     rows.sort(key=lambda r: int(DEMO_RE.match(r[0]).group(1)))
-    flag = {True: "yes", False: "no", None: "-"}
     width = max(len("demo"), *(len(r[0]) for r in rows))
     twidth = max(len("task"), *(len(r[1]) for r in rows))
     sourced = any(r[5] is not None for r in rows)
     lines = [f"{'demo':<{width}}  {'task':<{twidth}}  {'steps':>5}  success  reward signal"
              + ("  source episode" if sourced else "")]
-    lines += [f"{name:<{width}}  {task:<{twidth}}  {n:>5}  {flag[ok]:<7}  {flag[rw]:<13}"
+    lines += [f"{name:<{width}}  {task:<{twidth}}  {n:>5}  {_FLAG.get(ok, ok):<7}  {_FLAG[rw]:<13}"
               + (f"  {'-' if src is None else src}" if sourced else "")
               for name, task, n, ok, rw, src in rows]
+    if any(isinstance(r[3], str) for r in rows):
+        lines.append("* success read from the demo's sparse rewards (last reward 1), ep_meta has no flag")
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -424,8 +431,10 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      f"demo(s) ({'; '.join(named)}{'; ...' if len(s.wrong_rows) > 3 else ''}): training refuses "
                      "them; set each demo's num_samples to its length (and data's total to their sum), or leave the "
                      "demo out with a mask")
-    if s.total_attr is not None and s.total_attr != s.transitions:
-        lines.append(f"warning: data.attrs['total'] = {s.total_attr} but the demos hold {s.transitions} transitions")
+    wrong_total = s.total_attr is not None and s.total_attr != s.transitions
+    if wrong_total:
+        lines.append(f"warning: data.attrs['total'] = {s.total_attr} but the demos hold {s.transitions} transitions: "
+                     f"training refuses the file; set data's total to {s.transitions}")
     lines.append("")
     lines.append("observations (per step):")
     width = max([26] + [len(f"obs/{key}") + 1 for key in s.obs])  # long keys (LeRobot's) keep the columns aligned
@@ -469,7 +478,7 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      "stops there, returns-to-go restart after it); if those episodes went on, rewrite those dones "
                      "to 0")
     # the reader's own first refusal, unless one of the refusals above already says it
-    said = short or s.wrong_rows or s.odd_actions or s.non_finite or s.half_task
+    said = short or s.wrong_rows or s.odd_actions or s.non_finite or s.half_task or wrong_total
     if s.layout_problem and not said:
         lines.append(f"warning: training refuses the file: {s.layout_problem}")
     lines.append("masks: " + (", ".join(f"{k} ({v})" for k, v in s.masks.items()) if s.masks else "none"))
