@@ -184,7 +184,8 @@ def test_the_crop_of_non_square_clips_is_said_once_and_can_be_a_stretch(video_di
         src.frames(0, np.arange(3))
         src.frames(0, np.arange(3, 6))
         src.frames(1, np.arange(3))  # square: nothing to say
-    assert caplog.text.count("32x48 frames are centre-cropped to square") == 1
+    assert caplog.text.count("32x48 frames are centre-cropped to square, as are those of every other non-square "
+                             "clip") == 1
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "video_pretrain.yaml")
     cfg.data.valid_fraction, cfg.image_size, cfg.objective = 0, 16, {"name": "icvf"}
     cfg.data.stretch = True

@@ -252,9 +252,9 @@ class ClipSource(ABC):
     def _resize(self, i: int, raw: np.ndarray) -> np.ndarray:
         if self.center_crop and raw.shape[1] != raw.shape[2] and not self._crop_said:
             self._crop_said = True  # once per source (per worker process)
-            logger.warning("%s: %dx%d frames are centre-cropped to square, while stages 2 and 3 stretch a non-square "
-                           "env camera to square; data.stretch=true stretches here too", self._describe(i),
-                           raw.shape[1], raw.shape[2])
+            logger.warning("%s: %dx%d frames are centre-cropped to square, as are those of every other non-square "
+                           "clip (said once), while stages 2 and 3 stretch a non-square env camera to square; "
+                           "data.stretch=true stretches here too", self._describe(i), raw.shape[1], raw.shape[2])
         return resize_frames(raw, self.image_size, self.center_crop)
 
     def _decode_whole(self, i: int) -> np.ndarray:
