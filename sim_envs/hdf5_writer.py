@@ -231,7 +231,9 @@ class RobomimicWriter:
         return name
 
     def close(self) -> Path:
-        """Write ``total`` and the masks, close the file and move it onto the final path."""
+        """Write ``total`` and the masks, close the file and move it onto the final path; then remove the partial
+        files of killed writers that have aged past ``ABANDONED_AFTER_S`` meanwhile (a rerun started within the
+        minute after a kill kept that run's partial at its start)."""
         if self._file is None:
             raise RuntimeError(f"{self.path}: writer already closed")
         try:
@@ -245,6 +247,7 @@ class RobomimicWriter:
         except BaseException:
             self.abort()
             raise
+        remove_abandoned_partials(self.path)  # again: a run killed within the minute before this one started
         return self.path
 
     def abort(self) -> None:

@@ -372,6 +372,14 @@ def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_and_a_live_w
             writer.add_episode(**_episode())
         assert not killed.exists() and alive.is_file() and fresh.is_file()
         assert path.is_file()
+        # a rerun started within the minute after a kill keeps that partial at its start, and removes it at its end
+        recent = tmp_path / f".{path.name}.recent.tmp"
+        recent.write_bytes(b"")
+        with RobomimicWriter(path, make_env_args("x", "0", {}), overwrite=True) as writer:
+            writer.add_episode(**_episode())
+            assert recent.is_file()
+            os.utime(recent, (old, old))  # the minute passes while it collects
+        assert not recent.exists() and alive.is_file() and fresh.is_file()
         # with the library's locking off a live writer holds no lock, so none can be told from a dead one: kept
         unlocked = tmp_path / f".{path.name}.unlocked.tmp"
         unlocked.write_bytes(b"")
