@@ -88,6 +88,30 @@ def test_a_file_without_rewards_reads_the_same_from_disk_as_from_memory(toy):
     assert int((disk.arrays()["rewards"] > 0).sum()) == 2  # the two successful episodes, rebuilt
 
 
+def test_keys_no_run_reads_and_actions_in_the_robots_units_index_as_memory_reads_them(toy):
+    """A height map (N, 4, 4), float features of a picture's shape and actions outside [-1, 1] (the robot's units,
+    data.actions=auto): a run in memory never reads the first two and rescales the actions; the frame index refused
+    the file (it validated every key, and the actions' range as stored)."""
+    import h5py
+
+    from robopretrain.data.dataset import data_action_units
+    from robopretrain.data.hdf5 import read_info
+
+    path, _, spec = toy
+    with h5py.File(path, "r+") as f:
+        for demo in f["data"].values():
+            n = demo["actions"].shape[0]
+            demo["actions"][...] = demo["actions"][()] * 20.0  # up to 3.4
+            for group in ("obs", "next_obs"):
+                demo[f"{group}/heightmap"] = np.ones((n, 4, 4), np.float32)
+                demo[f"{group}/features"] = np.ones((n, 8, 8, 3), np.float32)
+    units = data_action_units(path, read_info(path), "auto")
+    memory = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="memory", action_units=units)
+    disk = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="disk", action_units=units)
+    assert_same(memory.sample(8), disk.sample(8))
+    assert np.abs(disk.arrays()["actions"]).max() <= 1.0 + 1e-6
+
+
 def test_disk_and_memory_give_identical_batches_also_with_prefetch_and_frozen_features(toy):
     path, _, spec = toy
     memory = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="memory")

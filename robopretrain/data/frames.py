@@ -295,11 +295,12 @@ def _write_index(source: Path, info: DatasetInfo, keys: Sequence[str], demos: li
                             "num_transitions": n, "keys": {}}
     # actions as stored: the dataset loader re-expresses them in the agent's units and checks their range; the
     # other keys of numeric (d,) steps are low-dim parts whatever their name (a 12-D goal_image), as obs.low_dim
-    # reads them
+    # reads them; keys of no part (a (4, 4) height map, float features of a picture's shape, other cameras) are
+    # left out, as a run in memory leaves the keys it does not read
     low_dim = [k for k, (shape, dtype) in info.obs_specs.items() if k not in keys and len(shape) == 1
                and np.dtype(dtype).kind in "fiub"]
-    trans = load_transitions(source, list(info.obs_specs), demos=demos, images=False, action_range=False,
-                             check_finite=False, low_dim=low_dim)
+    trans = load_transitions(source, low_dim, demos=demos, images=False, action_range=False, check_finite=False,
+                             low_dim=low_dim)
     (tmp / "transitions").mkdir()
     for name, arr in [("actions", trans.actions), ("rewards", trans.rewards), ("dones", trans.dones),
                       *[(f"obs.{k}", v) for k, v in trans.obs.items()],
