@@ -181,6 +181,32 @@ def test_a_file_added_beside_the_clips_does_not_stop_a_resume_and_a_clip_added_d
         train(compose_cfg(*common, "steps=4"), tmp_path)
 
 
+def test_a_refused_resume_on_an_edited_source_keeps_the_converted_copy_it_trained_on(tmp_path):
+    """Stage 1 on a LeRobot folder (a converted copy): the source edited, the rerun's conversion keeps the copy the
+    checkpoint names (the resume is refused); the source restored, the run resumes on that copy."""
+    import shutil
+
+    from _formats import write_lerobot
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    src, cache = write_lerobot(tmp_path / "lerobot", lengths=(6, 5)), tmp_path / "cache"
+    shutil.copytree(src, tmp_path / "original")
+    common = (f"data.path={src}", f"data.cache_dir={cache}", "data.key=observation.images.top", "objective=tcn",
+              "tensorboard=false", f"output_dir={tmp_path / 'run'}", "data.valid_fraction=0", *TINY)
+    train(compose_cfg(*common, "steps=2"), tmp_path)
+    first = [p for p in cache.glob("*.hdf5")]
+    assert len(first) == 1 and vp.recorded_data(tmp_path / "run" / "checkpoints" / "last.pt") == [str(first[0])]
+    shutil.rmtree(src)
+    write_lerobot(src, lengths=(7, 5))
+    with pytest.raises(ResumeMismatchError):
+        train(compose_cfg(*common, "steps=3"), tmp_path)
+    assert first[0].is_file() and len(list(cache.glob("*.hdf5"))) == 2
+    shutil.rmtree(src)
+    shutil.copytree(tmp_path / "original", src)  # the same bytes, new times: found by content
+    train(compose_cfg(*common, "steps=3"), tmp_path)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["trained_steps_this_run"] == 1
+
+
 def test_resume_false_removes_the_previous_runs_files(videos, tmp_path, monkeypatch):
     """A fresh run in an old run's folder: the old TensorBoard events, metrics and encoder do not outlive it (a fresh
     run stopped early left the old encoder in place, read as this run's)."""

@@ -188,8 +188,9 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- data
-def resolve_data_path(cfg: DictConfig, run_dir: Path) -> Path:
-    """``data.path``, or (``data.generate``) human-hand videos collected into ``<run>/videos`` (reused if there)."""
+def resolve_data_path(cfg: DictConfig, run_dir: Path, keep: Sequence[str] = ()) -> Path:
+    """``data.path``, or (``data.generate``) human-hand videos collected into ``<run>/videos`` (reused if there).
+    ``keep``: converted copies a new conversion must not remove although stale (:func:`recorded_data`)."""
     if cfg.data.path:
         path = Path(str(cfg.data.path)).expanduser()
         if not path.exists():
@@ -197,7 +198,7 @@ def resolve_data_path(cfg: DictConfig, run_dir: Path) -> Path:
                                     "video files and frame folders), a video file, a robomimic HDF5 file "
                                     f"({', '.join(HDF5_SUFFIXES)}) or a dataset of another format "
                                     "robopretrain.data.convert reads")
-        return frames_path(path, cfg)
+        return frames_path(path, cfg, keep)
     if not cfg.data.generate:
         raise ValueError("video_pretrain config: data.path is not set and data.generate=false; give a video folder "
                          "(manifest.csv, or video files), a video file, a robomimic HDF5 file, or set "
@@ -215,11 +216,22 @@ def resolve_data_path(cfg: DictConfig, run_dir: Path) -> Path:
     return Path(collect_videos(collect_cfg, progress=bool(cfg.progress)))
 
 
-def frames_path(path: Path, cfg: DictConfig) -> Path:
+def recorded_data(checkpoint: Path) -> list[str]:
+    """The data path a stage-1 training checkpoint's fingerprint names (a converted copy, often), which a new
+    conversion keeps while the run may resume on it; empty when there is no readable checkpoint."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        data = (json.loads(state.get("fingerprint") or "null") or {}).get("inputs", {}).get("data") or {}
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: the resume itself names it
+        return []
+    return [str(data["path"])] if data.get("path") else []
+
+
+def frames_path(path: Path, cfg: DictConfig, keep: Sequence[str] = ()) -> Path:
     """``path`` itself for a video manifest (folder or .csv), a video file or folder, or a robomimic HDF5 file (or
     anything of no recognised format: its reader names the problem), else the cached robomimic conversion of a D4RL / OGBench / LeRobot / Minari
     dataset (:func:`robopretrain.data.convert.as_robomimic`, cameras resized to ``image_size`` while converting; the
-    same copy stages 2 and 3 read; ``+data.cache_dir`` as theirs), whose image key keeps the dataset's own name."""
+    same copy stages 2 and 3 read; ``data.cache_dir`` as theirs), whose image key keeps the dataset's own name."""
     from robopretrain.data.convert import ConversionError, as_robomimic, detect_format
 
     if (path / "manifest.csv").is_file() or path.suffix.lower() == ".csv":
@@ -230,7 +242,8 @@ def frames_path(path: Path, cfg: DictConfig) -> Path:
         return path
     if fmt == "robomimic":
         return path
-    copy = as_robomimic(path, fmt=fmt, cache_dir=cfg.data.get("cache_dir"), image_size=int(cfg.image_size))
+    copy = as_robomimic(path, fmt=fmt, cache_dir=cfg.data.get("cache_dir"), image_size=int(cfg.image_size),
+                        keep=keep)
     if not bool(cfg.data.get("stretch", False)):
         from robopretrain.data.hdf5 import read_info
 
@@ -509,7 +522,8 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         return path
 
     with dist_utils.main_first(dinfo):  # rank 0 generates the videos, the others then reuse them
-        data_path = resolve_data_path(cfg, paths.run_dir)
+        kept = recorded_data(paths.checkpoint) if cfg.resume else []  # a refused resume keeps the copy it names
+        data_path = resolve_data_path(cfg, paths.run_dir, kept)
     train_source, valid_source, facts = open_sources(cfg, data_path)
     left_out = [f"{len(facts[k])} {what}" for k, what in (("bad_videos", "unreadable"), ("short_videos", "too short"))
                 if facts[k]]
