@@ -500,7 +500,8 @@ def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray) -> bool:
 def data_task_ids(info: DatasetInfo, data_cfg: Any) -> dict[str, int]:
     """The tasks a data setting (``data`` or ``data.mix``) trains on, as :func:`load_data` selects its demos
     (``tasks``, ``mask``, ``max_demos``), each with the slot of the task one-hot its transitions carry: ``task_id``
-    when the setting overrides it, else the file's id of the task."""
+    when the setting overrides it, else the file's id of the task (two tasks of one id refused:
+    :func:`check_file_task_slots`)."""
     demos = selected_demos(info, tasks=list(data_cfg.tasks) if data_cfg.get("tasks") else None,
                            mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"),
                            skip_short=bool(data_cfg.get("skip_short_demos", False)), quiet=True)
