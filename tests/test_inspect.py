@@ -234,7 +234,7 @@ def test_two_tasks_of_one_task_id_are_listed_as_training_refuses_them(tmp_path: 
     assert summarize_hdf5(write_tiny_hdf5(tmp_path / "ok.hdf5")).shared_slots == {}
 
 
-def test_a_next_obs_part_missing_is_listed_as_training_refuses_it(tmp_path: Path) -> None:
+def test_a_next_obs_part_missing_is_listed_with_the_copy_the_stages_read(tmp_path: Path) -> None:
     from robopretrain.data.hdf5 import DatasetError, load_transitions
 
     path = write_tiny_hdf5(tmp_path / "no_next.hdf5")
@@ -244,9 +244,10 @@ def test_a_next_obs_part_missing_is_listed_as_training_refuses_it(tmp_path: Path
         del f["data/demo_1/next_obs/proprio"], f["data/demo_2/next_obs"]
     s = summarize_hdf5(path)
     assert s.missing_next == {"proprio": ["demo_1", "demo_2"], "agentview_image": ["demo_2"]}
-    assert ("warning: next_obs lacks agentview_image, proprio in 2 demo(s) (demo_1, demo_2): training refuses a run "
-            "that reads them (each demo needs next_obs/<key>") in format_hdf5_summary(s)
-    with pytest.raises(DatasetError, match="demo_1/next_obs/proprio"):  # as said
+    assert ("note: next_obs lacks agentview_image, proprio in 2 demo(s) (demo_1, demo_2): the stages read the file "
+            "through a cached copy with next_obs derived") in format_hdf5_summary(s)
+    with pytest.raises(DatasetError, match="demo_1/next_obs/proprio: missing .* read a file that lacks it through a "
+                                           "copy with next_obs derived"):  # the reader itself refuses it
         load_transitions(path, ["proprio"])
 
 

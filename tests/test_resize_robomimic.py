@@ -237,3 +237,37 @@ def test_a_camera_the_reader_refuses_but_a_resized_copy_reads_names_data_image_s
     with pytest.raises(DatasetError, match=r"features: expected") as err:
         load_transitions(write_foreign(tmp_path / "features.hdf5"), ["features"])
     assert "data.image_size" not in str(err.value)
+
+
+def test_a_file_without_next_obs_is_read_through_a_copy_that_derives_it(tmp_path):
+    """robomimic's --exclude-next-obs extraction: every stage reads the file through a cached copy whose next_obs is
+    obs[t + 1] (the last step its own observation), cameras as stored unless data.image_size resizes them (then
+    derived from the resized frames); a file that has next_obs is used where it is."""
+    src = write_foreign(tmp_path / "no_next.hdf5", front=(16, 16))
+    with h5py.File(src, "a") as f:
+        del f["data/demo_0/next_obs"]
+        del f["data/demo_1/next_obs/proprio"]  # one part missing in another demo
+    copy = as_robomimic(src, cache_dir=tmp_path / "cache")
+    assert copy != src and copy.parent == tmp_path / "cache"
+    with h5py.File(src, "r") as fs, h5py.File(copy, "r") as fc:
+        for key in ("agentview_image", "proprio", "wrist_image"):
+            obs = fs[f"data/demo_0/obs/{key}"][()]
+            np.testing.assert_array_equal(fc[f"data/demo_0/obs/{key}"][()], obs)  # stored size kept
+            np.testing.assert_array_equal(fc[f"data/demo_0/next_obs/{key}"][()], np.concatenate([obs[1:], obs[-1:]]))
+        np.testing.assert_array_equal(fc["data/demo_1/next_obs/agentview_image"][()],  # present: copied as stored
+                                      fs["data/demo_1/next_obs/agentview_image"][()])
+        env_args = json.loads(fc["data"].attrs["env_args"])
+        assert env_args["derived_next_obs"] == ["agentview_image", "features", "proprio", "side_grey", "wrist_image"]
+    assert load_transitions(copy, ["proprio"]).next_obs["proprio"].shape == (sum(LENGTHS), 4)
+    assert as_robomimic(src, cache_dir=tmp_path / "cache") == copy  # made once
+    small = as_robomimic(src, cache_dir=tmp_path / "cache", image_size=8)
+    with h5py.File(small, "r") as f:
+        obs = f["data/demo_0/obs/agentview_image"][()]
+        assert obs.shape[1:] == (8, 8, 3)
+        np.testing.assert_array_equal(f["data/demo_0/next_obs/agentview_image"][()],
+                                      np.concatenate([obs[1:], obs[-1:]]))
+    whole = write_foreign(tmp_path / "whole.hdf5", front=(16, 16))
+    assert as_robomimic(whole, cache_dir=tmp_path / "cache") == whole
+    # the command line writes the copy without --image-size (it refuses a file that needs none)
+    assert convert_main([str(src), str(tmp_path / "derived.hdf5")]) == 0
+    assert len(load_transitions(tmp_path / "derived.hdf5", ["proprio"]).actions) == sum(LENGTHS)

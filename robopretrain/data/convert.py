@@ -41,7 +41,9 @@ the same function that resizes an env's frames for the agent (:func:`robopretrai
 training and acting see one view. A robomimic file whose cameras are not all uint8 ``S x S x 3`` gets a cached copy
 with its cameras resized the same way and every other dataset, attribute and mask as stored
 (:mod:`robopretrain.data.resize_robomimic`; its actions are kept as stored whatever ``--actions`` says); one whose
-cameras already are is used where it is.
+cameras already are is used where it is. A robomimic file whose demos lack ``next_obs`` (robomimic's
+``--exclude-next-obs`` extraction) gets such a copy too, with ``next_obs`` derived from ``obs``
+(:mod:`robopretrain.data.resize_robomimic`).
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ from robopretrain.data.read_lerobot import is_lerobot, read_lerobot
 from robopretrain.data.read_lerobot import read_info as read_lerobot_info
 from robopretrain.data.read_minari import dataset_id, declared_action_bounds, is_minari, read_minari
 from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
-from robopretrain.data.resize_robomimic import needs_resize, write_resized
+from robopretrain.data.resize_robomimic import lacks_next_obs, needs_resize, write_resized
 from robopretrain.files import sha256_of, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -210,7 +212,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
         if detected != given:
             raise ConversionError(f"{src}: detected format {detected}, not {given}; leave the format unset (auto) "
                                   "or name its own")
-    if fmt == "robomimic" and image_size is None:
+    if fmt == "robomimic" and image_size is None and not lacks_next_obs(src):
         raise ConversionError(f"{src}: already a robomimic HDF5 file; use it as it is (--image-size S writes a copy "
                               "with its cameras at S x S)")
     if dst.is_dir():  # --overwrite replaces a file, never a folder (found after the whole conversion)
@@ -221,7 +223,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
         raise ConversionError(f"{dst}: exists (pass --overwrite to replace it)")
     # the source's absolute path: a cached copy names (and is pruned by) the file itself, not a path relative to
     # whichever folder the run started in
-    if fmt == "robomimic":  # its cameras at image_size x image_size, everything else copied as stored
+    if fmt == "robomimic":  # its cameras at image_size x image_size, next_obs derived where missing, the rest as stored
         return write_resized(src, dst, check_image_size(image_size))
     bounds = declared_action_bounds(src) if fmt == "minari" else None  # the other formats declare no space
     return write_robomimic(dst, READERS[fmt](src), source=str(src.expanduser().resolve()), fmt=fmt,
@@ -369,7 +371,7 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
                 return src  # unreadable or foreign: the robomimic reader names what is wrong with it
             raise
     if fmt == "robomimic":
-        if image_size is None or not needs_resize(src, image_size):
+        if (image_size is None or not needs_resize(src, image_size)) and not lacks_next_obs(src):
             return src  # used where it is
         actions = "keep"  # a robomimic file's actions are copied as stored; the stages read their units from it
     if actions not in ACTION_MODES:
@@ -389,8 +391,9 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
                               f"({exc.strerror}); choose a writable folder with data.cache_dir (or "
                               f"${ENV_CACHE_DIR})") from None
     if fmt == "robomimic":
-        log.info("%s: cameras resized to %dx%d in a copy %s (once; reused while the source is unchanged)", src,
-                 image_size, image_size, dst)
+        log.info("%s: %s in a copy %s (once; reused while the source is unchanged)", src,
+                 f"cameras resized to {image_size}x{image_size}" if image_size is not None and needs_resize(
+                     src, image_size) else "next_obs derived where its demos lack it", dst)
     else:
         log.info("%s (%s): converting to %s (once; reused while the source is unchanged)", src, fmt, dst)
     record = source.record()  # the content converted (hashed before reading it, so an edit meanwhile shows later)

@@ -243,13 +243,16 @@ def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: i
         scalar = "; a scalar per step: store it as (N, 1), values[:, None]" if len(shape) == 1 else ""
         raise _err(path, key, f"expected a low-dim numeric array (N, d), got {ds.dtype} {shape}{scalar}")
     if shape[0] != n:
-        raise _err(path, key, _rows_problem(shape[0], n))
+        actions = ds.parent.parent.get("actions")  # the demo's (obs and next_obs groups sit in it)
+        attested = isinstance(actions, h5py.Dataset) and actions.ndim >= 1 and actions.shape[0] == n
+        raise _err(path, key, _rows_problem(shape[0], n, attested))
 
 
 # what to write when a demo lacks one of the datasets every transition needs (docs/targets.md, "Your data")
 MISSING_HINTS = {
-    "next_obs": " (each demo needs next_obs/<key> beside obs/<key>: the observation after each action; for a "
-                "recording of consecutive frames, obs[1:] followed by the last frame again)",
+    "next_obs": " (each demo needs next_obs/<key> beside obs/<key>: the observation after each action; the stages, "
+                "and python -m robopretrain.data.convert SRC DST, read a file that lacks it through a copy with "
+                "next_obs derived: obs[1:] followed by the last observation again)",
     "dones": " (each demo needs dones (N,): 1 where the episode ends by success or failure, else 0; a recording "
              "cut by a time limit keeps 0 at its last step)",
 }
@@ -295,7 +298,12 @@ def _check_demo(path: str, demo: h5py.Group, info: DemoInfo, obs_keys: Sequence[
     return act_dim
 
 
-def _rows_problem(rows: int, num_samples: int) -> str:
+def _rows_problem(rows: int, num_samples: int, attested: bool = False) -> str:
+    """What to say of an array of ``rows`` rows in a demo of ``num_samples``; ``attested``: the demo's actions have
+    ``num_samples`` rows too, so this array is the one to rewrite (a writer that left out a step's observation)."""
+    if attested:
+        return (f"{rows} rows, but the demo's num_samples attribute and its actions say {num_samples}: every array "
+                "of a demo has one row per step; write this one with a row for each step")
     return (f"{rows} rows, but the demo's num_samples attribute says {num_samples}: every array of a demo has "
             "num_samples rows (set the attribute to the demo's length, and data's total to their sum)")
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
-from robopretrain.data.hdf5 import MISSING_HINTS, DatasetError, check_layout, success_flag
+from robopretrain.data.hdf5 import DatasetError, check_layout, success_flag
 from robopretrain.data.returns import has_success_signal, is_sparse_success_reward
 from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
                                      count_frames, read_frames)
@@ -125,7 +125,7 @@ class Hdf5Summary:
     # task_id -> the task names of the demos that hold it, where there are several (training refuses such a file
     # unless data.task_id puts every task in one slot: robopretrain.build.check_file_task_slots)
     shared_slots: dict[int, list[str]] = field(default_factory=dict)
-    # obs key -> the demos whose next_obs lacks it (training refuses a run that reads that key)
+    # obs key -> the demos whose next_obs lacks it (the stages read a copy with it derived: resize_robomimic)
     missing_next: dict[str, list[str]] = field(default_factory=dict)
     # the stages' reader's first refusal of the file (robopretrain.data.hdf5.check_layout), None when it reads it
     layout_problem: str | None = None
@@ -462,9 +462,10 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
     if s.missing_next:
         keys = sorted(s.missing_next)
         demos = sorted({d for names in s.missing_next.values() for d in names}, key=lambda d: int(d.split("_")[1]))
-        lines.append(f"warning: next_obs lacks {', '.join(keys)} in {len(demos)} demo(s) ({', '.join(demos[:3])}"
-                     f"{', ...' if len(demos) > 3 else ''}): training refuses a run that reads "
-                     f"{'it' if len(keys) == 1 else 'them'}{MISSING_HINTS['next_obs']}")
+        lines.append(f"note: next_obs lacks {', '.join(keys)} in {len(demos)} demo(s) ({', '.join(demos[:3])}"
+                     f"{', ...' if len(demos) > 3 else ''}): the stages read the file through a cached copy with "
+                     "next_obs derived (obs[t + 1]; a demo's last step repeats its own observation, which a "
+                     "time-limit end bootstraps from)")
     for slot, names in s.shared_slots.items():
         lines.append(f"warning: tasks {', '.join(map(repr, names))} all have task_id {slot}"
                      + (" (demos without task attributes take slot 0)" if "(no task attr)" in names else "")

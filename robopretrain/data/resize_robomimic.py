@@ -20,6 +20,13 @@ formats' converters use, and is uint8, or float under a key named ``*_image`` (a
 [0, 1] or [0, 255] in some demo (a depth map in metres) is copied as stored in every demo, warned once and listed in
 ``env_args["kept_as_stored"]``: the stages read it only if ``obs.rgb`` names it, and then refuse it. A copy written
 here at size S asks for no further copy at S (:func:`needs_resize`).
+
+A file whose demos lack ``next_obs`` (robomimic's ``dataset_states_to_obs.py --exclude-next-obs``, which halves
+an image file) gets the same kind of copy, at its stored size unless ``image_size`` is given
+(:func:`lacks_next_obs`): each missing ``next_obs/<key>`` is derived from the copy's ``obs/<key>`` as
+``obs[t + 1]``, the last step repeating its own observation. Exact wherever the episode goes on; at a last step
+that ends on ``done = 1`` the backup does not read it; at a time-limit end (``done = 0``) the TD target bootstraps
+from the last observation instead of the unseen next one. ``env_args["derived_next_obs"]`` lists the keys derived.
 """
 from __future__ import annotations
 
@@ -70,6 +77,21 @@ def _env_args(data: h5py.Group) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def lacks_next_obs(path: str | os.PathLike) -> bool:
+    """Whether some demo of ``path`` has an ``obs`` key without its ``next_obs`` twin (reads no arrays)."""
+    with h5py.File(path, "r") as f:
+        data = f.get("data")
+        if not isinstance(data, h5py.Group):
+            return False
+        for _, demo in _demos(data):
+            obs, nxt = demo.get("obs"), demo.get("next_obs")
+            if isinstance(obs, h5py.Group) and any(
+                    isinstance(ds, h5py.Dataset) and not (isinstance(nxt, h5py.Group) and key in nxt)
+                    for key, ds in obs.items()):
+                return True
+    return False
+
+
 def needs_resize(path: str | os.PathLike, image_size: int) -> bool:
     """Whether some camera of ``path`` is not already uint8 ``(image_size, image_size, 3)`` in some demo. A copy this
     module wrote at ``image_size`` never does (its cameras kept as stored, a depth map, would otherwise ask for a
@@ -111,13 +133,14 @@ def _resized_camera(ds: h5py.Dataset, out: h5py.Group, key: str, image_size: int
     return hw
 
 
-def write_resized(src: str | os.PathLike, dst: str | os.PathLike, image_size: int) -> Path:
-    """Copy the robomimic file ``src`` to ``dst`` with every camera at ``image_size x image_size`` (module docstring).
-    Written to ``<dst>.<pid>.tmp`` and renamed at the end. Returns ``dst``. Raises :class:`ConversionError` for a file
-    without ``data``. A camera that is not colour in some demo (a depth map) is copied as stored in every demo,
-    whichever demo shows it (the copy is written again without resizing it when an earlier demo looked like colour)."""
+def write_resized(src: str | os.PathLike, dst: str | os.PathLike, image_size: int | None) -> Path:
+    """Copy the robomimic file ``src`` to ``dst`` with every camera at ``image_size x image_size`` (None: cameras as
+    stored) and every missing ``next_obs`` part derived (module docstring). Written to ``<dst>.<pid>.tmp`` and
+    renamed at the end. Returns ``dst``. Raises :class:`ConversionError` for a file without ``data``. A camera that
+    is not colour in some demo (a depth map) is copied as stored in every demo, whichever demo shows it (the copy is
+    written again without resizing it when an earlier demo looked like colour)."""
     src, dst = Path(src).expanduser(), Path(dst)
-    size = int(image_size)
+    size = int(image_size) if image_size is not None else None
     dst.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_partials(dst)  # a copy killed outright left its partial file
     tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
@@ -132,16 +155,23 @@ def write_resized(src: str | os.PathLike, dst: str | os.PathLike, image_size: in
     finally:
         if tmp.exists():
             tmp.unlink()
-    log.info("%s -> %s: cameras resized to %dx%d%s; everything else copied", src, dst, size, size,
-             f" (kept as stored, not colour: {', '.join(kept)})" if kept else "")
+    if size is not None:
+        log.info("%s -> %s: cameras resized to %dx%d%s; everything else copied", src, dst, size, size,
+                 f" (kept as stored, not colour: {', '.join(kept)})" if kept else "")
+    with h5py.File(dst, "r") as f:
+        derived = (_env_args(f["data"]) or {}).get("derived_next_obs")
+    if derived:
+        log.warning("%s -> %s: next_obs derived for %s (obs[t + 1]; a demo's last step repeats its own observation, "
+                    "which a time-limit end bootstraps from)", src, dst, ", ".join(derived))
     return dst
 
 
-def _write_once(src: Path, tmp: Path, size: int, kept: list[str]) -> str | None:
+def _write_once(src: Path, tmp: Path, size: int | None, kept: list[str]) -> str | None:
     """One pass of :func:`write_resized` into ``tmp``; returns the camera to keep as stored and start again for (one
     resized in an earlier demo that turns out not to be colour), else None when ``tmp`` is complete. Appends the
     cameras found not colour in their first demo to ``kept``."""
     source_sizes: dict[str, list[int]] = {}
+    derived: set[str] = set()
     with h5py.File(src, "r") as fin, h5py.File(tmp, "w") as fout:
         data = fin.get("data")
         if not isinstance(data, h5py.Group):
@@ -165,7 +195,7 @@ def _write_once(src: Path, tmp: Path, size: int, kept: list[str]) -> str | None:
                 group = demo.create_group(child_name)
                 _copy_attrs(child, group)
                 for key, ds in child.items():
-                    if isinstance(ds, h5py.Dataset) and is_camera(key, ds) and key not in kept:
+                    if size is not None and isinstance(ds, h5py.Dataset) and is_camera(key, ds) and key not in kept:
                         try:
                             hw = _resized_camera(ds, group, key, size, f"{src}: data/{name}/{child_name}/{key}")
                         except NotColourError as err:
@@ -179,13 +209,34 @@ def _write_once(src: Path, tmp: Path, size: int, kept: list[str]) -> str | None:
                                 source_sizes[key] = list(hw)
                             continue
                     child.copy(ds, group, name=key)
+            derived.update(_derive_next_obs(demo))
         env_args = _env_args(data)
         if env_args is not None:
             env_args.update(source=str(src.resolve()), image_size=size, source_image_sizes=source_sizes)
+            if derived:
+                env_args["derived_next_obs"] = sorted(derived)
             if kept:
                 env_args["kept_as_stored"] = list(kept)
             out_data.attrs["env_args"] = json.dumps(env_args)
     return None
 
 
-__all__ = ["is_camera", "needs_resize", "write_resized"]
+def _derive_next_obs(demo: h5py.Group) -> list[str]:
+    """Write the ``next_obs/<key>`` the copied ``demo`` lacks from its ``obs/<key>``: ``obs[t + 1]``, the last step
+    its own observation again (module docstring). Returns the keys derived."""
+    obs = demo.get("obs")
+    if not isinstance(obs, h5py.Group):
+        return []
+    nxt = demo.require_group("next_obs")
+    out = []
+    for key, ds in obs.items():
+        if isinstance(ds, h5py.Dataset) and key not in nxt and ds.ndim >= 1 and len(ds):
+            values = ds[()]
+            nxt.create_dataset(key, data=np.concatenate([values[1:], values[-1:]]), chunks=ds.chunks,
+                               compression=ds.compression, compression_opts=ds.compression_opts)
+            _copy_attrs(ds, nxt[key])
+            out.append(key)
+    return out
+
+
+__all__ = ["is_camera", "lacks_next_obs", "needs_resize", "write_resized"]
