@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import _fake_envs as fake
 from _stages import stage2_config
@@ -417,6 +418,51 @@ def test_dense_rewards_under_sparse_settings_are_named(tmp_path, caplog):
         load_offline_dataset(write_file(tmp_path / "toy.hdf5"), spec_of_data(tmp_path / "toy.hdf5", ["proprio"], [],
                                                                              None), CAL_QL)
     assert "not sparse" not in caplog.text
+    from robopretrain.data.dataset import warn_dense_rewards
+
+    assert warn_dense_rewards("x", np.array([-16.0, 0.0]), CAL_QL) is True
+    assert warn_dense_rewards("x", np.array([0.0, 1.0]), CAL_QL) is False
+
+
+def test_short_demos_are_left_out_only_when_told_and_a_grey_camera_is_rgb_in_next_obs_too(tmp_path):
+    """selected_demos with skip_short drops exactly the demos of fewer than 2 steps (refused when none is left);
+    a grey camera reads as (H, W, 3) in obs and next_obs; the default seed is seed 0."""
+    from robopretrain.data.dataset import selected_demos
+
+    path = tmp_path / "grey.hdf5"
+    rng = np.random.default_rng(0)
+    with RobomimicWriter(path, make_env_args("Toy", "0", {}), valid_fraction=0.0) as w:
+        for n in (3, 1, 4):
+            grey = rng.integers(0, 256, (n + 1, 8, 8, 1), dtype=np.uint8)
+            w.add_episode(task="a", task_id=0, obs={"side_image": grey[:-1]}, next_obs={"side_image": grey[1:]},
+                          actions=np.zeros((n, 4), np.float32), rewards=np.eye(n, dtype=np.float32)[-1],
+                          dones=np.eye(n, dtype=np.uint8)[-1], ep_meta={"success": True})
+    info = read_info(path)
+    assert selected_demos(info, skip_short=True, quiet=True) == ["demo_0", "demo_2"]
+    assert selected_demos(info) == ["demo_0", "demo_1", "demo_2"]
+    with pytest.raises(DatasetError, match="every selected demo has fewer than 2 steps"):
+        selected_demos(read_info(_only_short(path, tmp_path / "short.hdf5")), skip_short=True, quiet=True)
+    spec = spec_of_data(path, [], ["side_image"], None)
+    data = load_offline_dataset(path, spec, CAL_QL, skip_short=True)
+    arrays = data.arrays()
+    assert arrays["observations"]["side_image"].shape[1:] == (8, 8, 3)
+    assert arrays["next_observations"]["side_image"].shape[1:] == (8, 8, 3)
+    again = load_offline_dataset(path, spec, CAL_QL, skip_short=True, seed=0)
+    torch.testing.assert_close(data.sample(4), again.sample(4))
+
+
+def _only_short(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` holding only its one-step demo (demo_1)."""
+    import shutil
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        for name in ("demo_0", "demo_2"):
+            del f[f"data/{name}"]
+        f["data"].attrs["total"] = 1
+        for mask in list(f.get("mask", {})):
+            del f[f"mask/{mask}"]
+    return dst
 
 
 # --------------------------------------------------------------------------- transitions held in memory
