@@ -113,7 +113,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # statistics every claim's verdict rests on
     "obs_encoder": ("robopretrain/nets/obs_encoder.py", ["tests/test_agent.py", "tests/test_frozen_features.py"]),
     "claims_metrics": ("benchmarks/claims_metrics.py", ["tests/test_claims_metrics.py"]),
-    "hdf5": ("robopretrain/data/hdf5.py", ["tests/test_hdf5_reader.py", "tests/test_dataset.py"]),  # the user's data
+    "hdf5": ("robopretrain/data/hdf5.py", ["tests/test_hdf5_reader.py", "tests/test_dataset.py",  # the user's data
+                                           "tests/test_resize_robomimic.py::test_a_camera_the_reader_refuses_but_a_"
+                                           "resized_copy_reads_names_data_image_size"]),  # data.image_size named
     "spec": ("robopretrain/data/spec.py", ["tests/test_agent.py", "tests/test_checkpoint.py",  # any robot's obs spec
                                            "tests/test_hdf5_reader.py::test_a_grey_camera_is_read_as_rgb_in_memory_"
                                            "and_from_disk"]),  # grey cameras read as RGB (as_rgb)
