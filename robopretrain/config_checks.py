@@ -61,7 +61,8 @@ ENCODER_CHECKS: dict[str, tuple[Check, str]] = {
     "augment_pad": AT_LEAST_0, "lr": POSITIVE, "feature_batch": AT_LEAST_1,
 }
 ONLINE_CHECKS: dict[str, tuple[Check, str]] = {
-    "env_steps": AT_LEAST_0, "num_envs": AT_LEAST_1, "utd": AT_LEAST_1, "offline_ratio": UNIT_CLOSED,
+    # 0 env steps wrote no checkpoint for evaluate or the pipeline's evaluation
+    "env_steps": AT_LEAST_1, "num_envs": AT_LEAST_1, "utd": AT_LEAST_1, "offline_ratio": UNIT_CLOSED,
     "buffer_capacity": AT_LEAST_1,
     "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1, "log_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1,
     "keep_checkpoints": AT_LEAST_1, "calibration_batch": AT_LEAST_1, "asynchronous": FLAG, "keep_optimizer": FLAG,

@@ -429,6 +429,8 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("robopretrain", "train.cuda_graph=off", "train.cuda_graph='off'; expected true or false"),
     ("robopretrain", "train.progress=0", "train.progress=0; expected true or false"),
     ("finetune", "online.num_envs=0", "finetune config: online.num_envs=0; expected an integer >= 1"),
+    # 0 env steps wrote no checkpoint: the pipeline's evaluation then failed on every rerun (stage 3 "done")
+    ("finetune", "online.env_steps=0", "finetune config: online.env_steps=0; expected an integer >= 1"),
     ("evaluate", "+episods=5", "evaluate config: unknown key(s) episods"),
     # a negative seed reached gymnasium's reset (a traceback); one past 2**32 numpy's
     ("evaluate", "eval_seed=-5", "evaluate config: eval_seed=-5; expected an integer in [0, 2**32 - episodes]"),
