@@ -98,6 +98,10 @@ def build_conditions(cfg: DictConfig) -> list[Condition]:
     if unknown:
         raise ValueError(f"evaluate config: select={selected} names unknown factor(s) {unknown}; "
                          f"expected some of {[NOMINAL, *factors]}")
+    twice = sorted({name for name in selected if selected.count(name) > 1})
+    if twice:  # each was run twice, its records doubled under one row's episode count
+        raise ValueError(f"evaluate config: select={selected} names {', '.join(twice)} more than once; name each "
+                         "factor once")
     out = [Condition(NOMINAL, "none", {"level": "none", "num_distractors": 0})]
     for name in selected:
         if name == NOMINAL:
@@ -108,6 +112,9 @@ def build_conditions(cfg: DictConfig) -> list[Condition]:
         if not spec["levels"]:
             raise ValueError(f"evaluate config: factors.{name}.levels is empty; expected at least one level")
         levels = [spec["levels"]] if isinstance(spec["levels"], (str, int)) else list(spec["levels"])  # one level
+        if len(set(map(str, levels))) < len(levels):
+            raise ValueError(f"evaluate config: factors.{name}.levels={levels} names a level more than once; name "
+                             "each level once")
         for level in levels:  # levels=eval_hard was read a letter at a time ('e' is no level)
             out.append(Condition(name, str(level), condition_randomization(name, list(spec["randomize"]), level)))
     return out + gap_conditions(cfg.get("gap"))
@@ -608,6 +615,8 @@ def validate_config(cfg: DictConfig) -> None:
             fail("video.max_frames", "an integer >= 1")
         if not float(cfg.video.fps) > 0:
             fail("video.fps", "a positive number")
+    if OmegaConf.is_config(cfg.get("factors")):
+        build_conditions(cfg)  # factors, levels and select named once each, before any env or checkpoint
 
 
 def resolve_output_dir(cfg: DictConfig) -> Path:

@@ -437,6 +437,11 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("evaluate", "eval_seed=4294967290", "eval_seed=4294967290; expected an integer in [0, 2**32 - episodes]"),
     ("evaluate", "eval_seed=1.5", "eval_seed=1.5; expected an integer"),
     ("evaluate", "+video.bogus=1", "evaluate config: unknown key(s) video.bogus; valid keys: video:"),
+    # a factor or level named twice ran twice, its records doubled under one row's episode count
+    ("evaluate", ["checkpoint=x", "select=[friction,friction]"],
+     "select=['friction', 'friction'] names friction more than once"),
+    ("evaluate", ["checkpoint=x", "select=[mass]", "factors.mass.levels=[eval_hard,eval_hard]"],
+     "factors.mass.levels=['eval_hard', 'eval_hard'] names a level more than once"),
 ])
 def test_out_of_range_values_are_named(stage, override, message):
     from robopretrain.config_checks import validate_offline_config, validate_online_config
