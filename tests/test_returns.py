@@ -256,3 +256,13 @@ def test_the_all_failure_rule_holds_for_rewards_stored_in_float32(scale, bias):
     near_miss[2] = neg + max(1e-4 * abs(neg), 1e-4)  # a different reward, however small the scale: not the rule
     assert not np.allclose(episode_returns_to_go(near_miss, np.zeros(5), 0.99, sparse_negative_reward=neg),
                            neg / 0.01)
+
+
+def test_an_episodes_rewards_carry_a_success_signal_when_some_is_positive_or_they_vary():
+    from robopretrain.data.returns import has_success_signal
+
+    assert has_success_signal(np.array([0.0, 0.0, 1.0]))  # sparse success
+    assert has_success_signal(np.array([2.0, 2.0]))  # positive, constant (a dense alive reward)
+    assert has_success_signal(np.array([-1.0, -1.0, 0.0]))  # OGBench's -1 per step, 0 at the goal: varies
+    assert not has_success_signal(np.array([-1.0, -1.0]))  # one constant, never positive
+    assert not has_success_signal(np.zeros(3)) and not has_success_signal(np.array([]))
