@@ -21,10 +21,11 @@ refused with one line.
   length.
 * Output folder (``output_dir`` or the Hydra run folder): ``eval_info.json`` (per episode and aggregated),
   ``success_per_factor.png`` and ``videos/<factor>.mp4`` (the factor's last level, episode 0, agentview).
-  A run on a folder that holds an earlier evaluation's results first removes the files that evaluation's
-  ``eval_info.json`` lists (and the record itself), so no plot or video of another run stays beside the new
-  record; ``eval_info.json`` is written before the videos and again after each, so a run stopped while filming
-  keeps its episodes' results.
+  A run on a folder that holds an earlier evaluation's results removes the files that evaluation's
+  ``eval_info.json`` lists (and the record itself) once its own episodes are done, before writing its own, so no
+  plot or video of another run stays beside the new record and a run stopped during its episodes leaves the
+  earlier results whole; ``eval_info.json`` is written before the videos and again after each, so a run stopped
+  while filming keeps its episodes' results.
 * ``gap=<name>`` (``configs/gap/``, :mod:`finetune.transfer.gap`) adds the conditions ``gap/source`` and
   ``gap/target``: the settings a stage-3 run with that gap trained in and is judged in (``select=[nominal]`` runs
   only those beside nominal).
@@ -666,7 +667,6 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out_dir):  # a second evaluate writing this folder now is refused (its results were lost)
-        remove_previous_results(out_dir)
         return _measure(cfg, spec, policy, ckpt, target, conditions, slot, out_dir)
 
 
@@ -708,6 +708,7 @@ def _measure(cfg: DictConfig, spec: PolicySpec, policy: Any, ckpt: Any, target: 
                                 bool(cfg.progress))
     episode_seconds = time.perf_counter() - start
     stats = aggregate(conditions, episodes, cfg.bootstrap)
+    remove_previous_results(out_dir)  # only now: a run stopped during its episodes leaves the earlier results whole
     info: dict[str, Any] = {
         "checkpoint": str(ckpt.path), "step": ckpt.step, "algo": ckpt.meta["algo"], "stage": ckpt.meta.get("stage"),
         "target_return": spec.target_return,

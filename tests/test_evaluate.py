@@ -82,6 +82,29 @@ def test_rerun_gives_identical_numbers(parallel_run, tiny_checkpoint, tmp_path):
     assert again["nominal"] == parallel_run["nominal"] and again["factors"] == parallel_run["factors"]
 
 
+def test_a_rerun_stopped_during_its_episodes_leaves_the_earlier_results_whole(parallel_run, tiny_checkpoint,
+                                                                               tmp_path, monkeypatch):
+    """The earlier evaluation's record, plot and videos went at the rerun's start: a Ctrl-C during the episodes
+    left the folder without results. They are replaced only once the new episodes are done."""
+    import shutil
+
+    import robopretrain.evaluate as ev
+
+    out = tmp_path / "a"
+    shutil.copytree(parallel_run["output_dir"], out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert Path("eval_info.json") in before and Path("success_per_factor.png") in before
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "run_all_episodes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_robustness(eval_config(tiny_checkpoint, out, workers=0))
+    after = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert [p for p in after if p.suffix != ".log"] == [p for p in before if p.suffix != ".log"]
+
+
 def test_bootstrap_ci_contains_mean_and_is_reproducible():
     values = [1, 0, 1, 1, 0, 0, 1, 1, 1, 0] * 5
     lo, hi = bootstrap_ci(values, resamples=2000, confidence=0.95, seed=3)
