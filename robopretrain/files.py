@@ -166,11 +166,12 @@ class RunFolderBusy(ValueError):
 
 
 @contextmanager
-def run_folder_lock(folder: str | os.PathLike, active: bool = True) -> Iterator[None]:
+def run_folder_lock(folder: str | os.PathLike, active: bool = True, resumes: bool = True) -> Iterator[None]:
     """Hold ``folder``'s writer lock (an advisory ``flock`` on ``folder/.writer.lock``, made with the folder when
     missing) for the ``with`` block; the lock file says who holds it. The operating system releases the lock when the
     holder exits, however it ends (a kill included), so a rerun after a crash is never refused. ``active=False``
-    (the ranks of a data-parallel run other than 0, which do not write) does nothing.
+    (the ranks of a data-parallel run other than 0, which do not write) does nothing. ``resumes``: whether a rerun
+    of the command continues the run (said in the refusal; an evaluation starts over).
 
     Raises:
         RunFolderBusy: another process holds it now: its pid, host and start are named, with what to do.
@@ -186,8 +187,9 @@ def run_folder_lock(folder: str | os.PathLike, active: bool = True) -> Iterator[
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "a process"
+            then = "it resumes" if resumes else "it starts over, replacing that run's results"
             raise RunFolderBusy(f"{folder}: another process is writing this run folder now ({holder}); wait for it to "
-                                "end (rerun the command then: it resumes), stop it, or give another output folder"
+                                f"end (rerun the command then: {then}), stop it, or give another output folder"
                                 ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"

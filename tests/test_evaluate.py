@@ -483,7 +483,8 @@ def test_a_second_evaluation_writing_the_same_folder_is_refused(tiny_checkpoint,
 
     out = tmp_path / "e"
     with run_folder_lock(out):  # another process's evaluation, still running
-        with pytest.raises(RunFolderBusy, match="another process is writing this run folder now"):
+        with pytest.raises(RunFolderBusy, match=r"another process is writing this run folder now .*rerun the command "
+                                                r"then: it starts over, replacing that run's results"):  # no resume
             evaluate_robustness(eval_config(tiny_checkpoint, out, select="[]", **{"video.enabled": "false"}))
     assert not (out / "eval_info.json").exists()
 
