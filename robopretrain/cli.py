@@ -661,10 +661,12 @@ def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
             value = None if parsed.is_sweep_override() else o.partition("=")[2]  # the last one wins, as in Hydra
     if not sweeps or value is None or value.strip() in ("", "null", "None") or "${" in value:
         return None
+    module = next(m for m, c in ENTRY_POINTS.items() if c == config_name)
+    clash = ("resume or refuse the first one's run" if module in RESUMABLE else
+             "replace the first one's results")
     return (f"{key}={value} in a sweep ({' '.join(sweeps)}): every job would write to that one folder, and the "
-            f"second would resume or refuse the first one's run; leave {key} unset (each job writes to its "
-            f"hydra.sweep.dir/hydra.sweep.subdir: e.g. hydra.sweep.dir={value} 'hydra.sweep.subdir=seed${{seed}}') "
-            f"or let it vary per job ('{key}={value}/${{hydra:job.num}}')")
+            f"second would {clash}; leave {key} unset (each job writes to its own hydra.sweep.dir/<job number>: "
+            f"e.g. hydra.sweep.dir={value}) or let it vary per job ('{key}={value}/${{hydra:job.num}}')")
 
 
 def launch(module: str, argv: list[str]) -> Any:

@@ -244,6 +244,9 @@ def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrid
     if refused:
         key = "run_dir" if config_name == "pipeline" else "output_dir"
         assert problem.startswith(f"{key}=") and "every job would write to that one folder" in problem
+        assert "${seed}" not in problem  # evaluate has no seed: the hint's interpolation failed with a traceback
+    evaluate = shared_sweep_folder("evaluate", ["eval_seed=0,5000", "output_dir=runs/e"])
+    assert "the second would replace the first one's results" in evaluate  # it does not resume
 
 
 def test_a_shared_sweep_folder_is_refused_before_any_job_in_one_line(results):
