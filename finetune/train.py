@@ -40,6 +40,7 @@ from finetune.online import OnlineSettings, run_online
 from finetune.transfer.gap import Gap
 from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
+from robopretrain.agent import NETWORK_KEYS
 from robopretrain.algos import AGENT_NAMES
 from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, clear_previous_run, list_checkpoints,
                                      load_agent, recorded_data_files, recorded_file, refuse_other_stage,
@@ -61,7 +62,9 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes
                      "data.storage", "data.workers",
                      # the setting as given (a run folder, or the checkpoint in it the run started from): the
                      # checkpoint it resolves to is compared instead (the fingerprint's inputs)
-                     "checkpoint")
+                     "checkpoint",
+                     # the networks' sizes come from that checkpoint whatever these say (warn_ignored_networks)
+                     *(f"algo.{key}" for key in NETWORK_KEYS))
 
 
 def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any],
@@ -204,6 +207,24 @@ def warn_dropped_bc_term(ckpt_meta: dict[str, Any], algo_cfg: Any) -> str | None
     return message
 
 
+def warn_ignored_networks(ckpt_meta: Mapping[str, Any], algo_cfg: Any, algo: str) -> list[str]:
+    """Warn (and return the settings) where the config sets a network size (:data:`robopretrain.agent.NETWORK_KEYS`:
+    ``algo.actor_hidden``, ...) away from ``configs/algo/<algo>.yaml``'s default and from the checkpoint's: stage 3
+    continues the checkpoint's networks, so the setting takes no effect (a user's ``algo.actor_hidden=[128]`` was
+    built as the checkpoint's [64, 64] without a word). The fingerprint ignores these keys, so no resume is refused
+    over a value never used."""
+    saved = dict(ckpt_meta.get("algo_cfg") or {})
+    path = CONFIG_DIR / "algo" / f"{algo}.yaml"
+    defaults = OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.is_file() else {}
+    given = OmegaConf.to_container(algo_cfg, resolve=True) if OmegaConf.is_config(algo_cfg) else dict(algo_cfg or {})
+    ignored = [f"algo.{k}={json.dumps(given[k])} (the checkpoint's: {json.dumps(saved[k])})" for k in NETWORK_KEYS
+               if k in given and k in saved and given[k] != saved[k] and given[k] != defaults.get(k)]
+    if ignored:
+        log.warning("stage 3 continues the checkpoint's networks, so %s take(s) no effect; to train networks of "
+                    "other sizes, train stage 2 with them", ", ".join(ignored))
+    return ignored
+
+
 # the reward transform and discount a critic's values are in: (setting, RewardSettings field)
 REWARD_UNITS = (("algo.reward_scale", "scale"), ("algo.reward_bias", "bias"), ("algo.discount", "discount"))
 
@@ -292,6 +313,7 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     agent, ckpt = load_agent(start, device=device, with_optimizer=settings.keep_optimizer, algo=algo,
                              algo_cfg=build.algo_overrides(cfg.algo), seed=int(cfg.seed))
     warn_dropped_bc_term(ckpt.meta, getattr(agent, "algo_cfg", None))
+    warn_ignored_networks(ckpt.meta, cfg.algo, algo)
     target = with_task_slot(target, ckpt.meta.get("task_ids") or {}, agent.spec.num_tasks)
     refuse_default_target_outside(cfg, target, agent.spec.num_tasks, ckpt.meta.get("task_names") or [])
     if not ckpt.meta.get("target"):  # from stage 2: its data's renamed parts (a stage-3 start read its own target's)

@@ -14,7 +14,8 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
 - :func:`fingerprint` ``(config, inputs, ignore=HARMLESS_KEYS, only=None)``: ``config`` is a mapping (an
   OmegaConf ``DictConfig`` is resolved) flattened to dotted keys, minus the keys in ``ignore``; ``inputs`` maps a
   name to each file or folder the run reads; ``only`` maps an input name to the paths in its folder the run reads.
-  Returns ``{"version", "config", "inputs"}``.
+  Returns ``{"version", "config", "ignored", "inputs"}`` (``ignored``: the ``ignore`` list, so a setting a newer
+  toolkit ignores is no change against a checkpoint that recorded it).
 - :func:`input_fingerprint` ``(path, only=None)``: a file: size, modification time and a SHA-256 of its content
   (all of it up to 16 MiB, else its first and last MiB); a folder: file count, total size, a SHA-256 of the listing
   (each file's relative path, size and modification time, hidden files aside) and the SHA-256 of the content of
@@ -107,8 +108,8 @@ def fingerprint(config: Any, inputs: Mapping[str, str | os.PathLike | None],
     ``home``, the folder the run lives in (its output folder, or the pipeline run folder holding it), absolute as
     given and with symlinks resolved, from which a later comparison tells a moved run folder (:func:`relocation`).
     ``only``: input name -> the paths in that folder the run reads (:func:`input_fingerprint`)."""
-    only = only or {}
-    out = {"version": VERSION, "config": flat_config(config, ignore),
+    only, ignore = only or {}, tuple(ignore)
+    out = {"version": VERSION, "config": flat_config(config, ignore), "ignored": list(ignore),
            "inputs": {name: input_fingerprint(p, only.get(name)) if p is not None else None
                       for name, p in inputs.items()}}
     if home is None:
@@ -392,8 +393,11 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
             unchanged.append(str(now_inputs[name].get("path")))
     old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
     missing = object()
+    ignored = tuple(now.get("ignored") or ())  # this run's: a setting ignored since the checkpoint is no change
     for key in sorted((set(old_cfg) | set(new_cfg)) - set(added_off_keys(saved, now))):
         a, b = old_cfg.get(key, missing), new_cfg.get(key, missing)
+        if b is missing and _ignored(key, ignored):
+            continue
         if key.endswith("obs_map") and a in (None, {}) and b in (None, {}):  # both "no mapping" (the default was {})
             continue
         if _same_place(a, b, along) and any(_names(b, path) for path in unchanged):

@@ -652,6 +652,26 @@ def test_a_conversion_in_stage_3_keeps_the_copies_both_runs_checkpoints_name(fin
     assert seen[0][1:] == [str(reach_hdf5)] and len(seen[0]) == 2  # the stage-3 run's own checkpoints' data_path
 
 
+def test_a_network_size_set_for_stage_3_is_said_to_take_no_effect_and_blocks_no_resume(reach_hdf5, stage2_state,
+                                                                                       tmp_path, caplog):
+    """Stage 3 continues the checkpoint's networks: algo.actor_hidden=[16, 16] was built as the checkpoint's
+    [32] without a word, recorded in the fingerprint, and the same command without it was refused to resume."""
+    import logging
+
+    out = tmp_path / "s3"
+    online = {"env_steps": 20, "eval_every": 20, "checkpoint_every": 10, "log_every": 10}
+    with caplog.at_level(logging.WARNING):
+        finetune(state_cfg(stage2_state, reach_hdf5, out, online=online, algo_cfg={"actor_hidden": [16, 16]}))
+    assert "stage 3 continues the checkpoint's networks, so algo.actor_hidden=[16, 16] (the checkpoint's: [32]) " \
+           "take(s) no effect" in caplog.text
+    assert list(load_agent(out / "checkpoints" / checkpoint_name(20))[0].algo_cfg.actor_hidden) == [32]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        finetune(state_cfg(stage2_state, reach_hdf5, out, online={**online, "env_steps": 30}))  # resumes at 20
+    assert "take(s) no effect" not in caplog.text
+    assert load_latest(out / "checkpoints").step == 30
+
+
 def test_generated_target_demos_render_the_cameras_the_agent_maps_to_the_sim(tmp_path, monkeypatch):
     """data.generate with agent cameras named front_cam / wrist_cam (obs_map -> the sim's): the collector was asked
     for no wrist camera (it tested the agent's names), and the offline data then lacked it."""

@@ -467,6 +467,12 @@ def test_settings_added_by_an_upgrade_resume_only_when_off(caplog):
     assert run_fingerprint.differences(saved, removed) == ["train.lr: 0.001 -> (unset)"]
     graphed = run_fingerprint.fingerprint({"train": {"lr": 1e-3, "cuda_graph": True}}, {})
     run_fingerprint.check_resume(saved, graphed, "ckpt.pt")
+    # a setting a newer toolkit ignores (stage 3's network sizes, taken from the checkpoint) is no change against a
+    # checkpoint that recorded it; one ignored only by the older run still is
+    old = run_fingerprint.fingerprint({"algo": {"actor_hidden": [64], "lr": 1.0}}, {}, ignore=())
+    newer = run_fingerprint.fingerprint({"algo": {"actor_hidden": [256], "lr": 1.0}}, {}, ignore=("algo.actor_hidden",))
+    assert run_fingerprint.differences(old, newer) == []
+    assert run_fingerprint.differences(newer, old) == ["algo.actor_hidden: (unset) -> [64]"]
 
 
 def test_a_data_path_given_through_a_symlink_is_the_file_it_names(tmp_path):
