@@ -38,7 +38,7 @@ from typing import Any, Union
 import gymnasium as gym
 import numpy as np
 
-from robopretrain.workers import MAIN_GUARD_HINT, WorkerProcessDied, sigint_blocked_for_workers
+from robopretrain.workers import MAIN_GUARD_HINT, WorkerProcessDied, refuse_in_loky_worker, sigint_blocked_for_workers
 
 Obs = Union[np.ndarray, Mapping[str, np.ndarray]]
 
@@ -98,6 +98,7 @@ def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: 
     mode = gym.vector.AutoresetMode.DISABLED
     worker_fns = [functools.partial(_collector_env, env_fn, i) for i in range(num_envs)]
     if asynchronous and num_envs > 1:
+        refuse_in_loky_worker("the online envs' worker processes")
         with sigint_blocked_for_workers():  # a Ctrl-C while the workers import is the parent's alone
             return gym.vector.AsyncVectorEnv(worker_fns, context="spawn", autoreset_mode=mode, shared_memory=False)
     return gym.vector.SyncVectorEnv(worker_fns, autoreset_mode=mode)

@@ -93,6 +93,26 @@ def sigint_blocked_for_workers() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+class NoWorkerProcesses(WorkerProcessDied):
+    """This process cannot start worker processes of its own: it is a joblib (loky) worker, as Hydra's joblib
+    launcher runs each job (:func:`refuse_in_loky_worker`)."""
+
+
+IN_PROCESS_SETTINGS = ("evaluate: workers=0; stage 3: online.num_envs=1 or online.asynchronous=false; collection: "
+                       "num_workers=0")
+
+
+def refuse_in_loky_worker(what: str) -> None:
+    """Raise :class:`NoWorkerProcesses` naming ``what`` (the pool about to start) when this process is a joblib (loky)
+    worker: spawned children of such a worker inherit its start method 'loky', which they cannot find (``ValueError:
+    cannot find context for 'loky'``), and functions of a ``python -m`` entry point (its ``__main__``) cannot be
+    pickled to them; both ended a ``hydra/launcher=joblib`` job with a traceback."""
+    if mp.get_start_method(allow_none=True) == "loky":
+        raise NoWorkerProcesses(f"{what}: this job runs in a joblib worker process (hydra/launcher=joblib), where "
+                                f"processes of its own cannot start; run them in the job's process ({IN_PROCESS_SETTINGS}"
+                                "), or sweep with Hydra's basic launcher (the default: one job after another)")
+
+
 def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: str,
                 initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (), chunksize: int = 1,
                 close_timeout: float | None = None) -> Iterator[R]:
@@ -105,6 +125,7 @@ def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: 
     closing envs); with ``close_timeout`` (seconds) they are terminated if they have not exited by then, with a
     warning, and the generator closing early (the caller stopped, or failed) cancels the jobs not started and
     terminates the workers."""
+    refuse_in_loky_worker(what)
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
                                initargs=(os.getpid(), initializer, tuple(initargs)))
     finished = False
