@@ -667,10 +667,14 @@ def warn_action_range(space: Any, where: str) -> bool:
     wider = np.flatnonzero((low < -1.0 - 1e-6) | (high > 1.0 + 1e-6)).tolist()
     narrower = np.flatnonzero((low > -1.0 + 1e-6) | (high < 1.0 - 1e-6)).tolist()
     said = ([f"the env's range is out of the agent's reach beyond [-1, 1] in dimension(s) {wider}"] if wider else []) \
-        + ([f"the agent's actions beyond the env's range are clipped to it in dimension(s) {narrower}"] if narrower
-           else [])
-    log.warning("%s: the env takes actions from low %s to high %s; the agent's reach it unmapped, in [-1, 1] (its "
-                "data recorded no action normalization): %s; if the data was rescaled outside the toolkit, set the "
+        + ([f"the agent's actions beyond the env's range are clipped to it in dimension(s) {narrower}, and its "
+            "exploration noise, drawn in [-1, 1], spans up to "
+            f"{2.0 / max(float(np.min((high - low)[narrower])), 1e-9):.3g}x the env's range there (stage 3's sampled "
+            "actions pile up on the box's edges)"] if narrower else [])
+    log.warning("%s: the env takes actions from low %s to high %s; the agent acts in [-1, 1] without a mapping (its "
+                "data recorded no action normalization): %s. If the data's actions are in the env's own units, "
+                "rescale them to [-1, 1] in the file and record the units there (env_args['action_normalization'] "
+                "= {low, high}, docs/targets.md); if the data was rescaled to [-1, 1] outside the toolkit, set the "
                 "target's action_normalization {low, high}", where, np.round(low, 4).tolist(),
                 np.round(high, 4).tolist(), "; ".join(said))
     return True

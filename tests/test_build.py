@@ -321,6 +321,12 @@ def test_the_action_range_warning_says_which_way_the_box_differs(caplog) -> None
     with caplog.at_level(logging.WARNING):
         build.warn_action_range(gym.spaces.Box(np.float32(0.0), np.float32(1.0), (2,)), "t")
     assert "clipped to it in dimension(s) [0, 1]" in caplog.text and "reach beyond" not in caplog.text
+    # a box of 0.08 (a helper's env whose demos were stored in its own units): exploration noise spans 25x of it
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build.warn_action_range(gym.spaces.Box(np.array([-0.06, -0.02]), np.array([0.02, 0.08])), "t")
+    assert "spans up to 25x the env's range there" in caplog.text
+    assert "If the data's actions are in the env's own units, rescale them to [-1, 1] in the file" in caplog.text
 
 
 def test_a_bound_within_rounding_of_one_is_not_called_wider(caplog) -> None:
