@@ -251,6 +251,43 @@ def test_a_next_obs_part_missing_is_listed_with_the_copy_the_stages_read(tmp_pat
         load_transitions(path, ["proprio"])
 
 
+def test_actions_their_recorded_units_and_failed_terminals_are_said_as_training_reads_them(tmp_path: Path) -> None:
+    """inspect said nothing of actions: their range, actions past [-1, 1] (stage 2 rescales them), a malformed or
+    mis-sized action_normalization (training refuses it), and failures ending on done=1 (training warns)."""
+    from robopretrain.data.hdf5 import read_info
+
+    path = write_tiny_hdf5(tmp_path / "a.hdf5", with_images=False)
+    with h5py.File(path, "a") as f:
+        lows = [f[f"data/demo_{i}/actions"][()].min(0) for i in range(3)]
+        highs = [f[f"data/demo_{i}/actions"][()].max(0) for i in range(3)]
+    s = summarize_hdf5(path)
+    np.testing.assert_allclose(s.action_low, np.min(lows, 0), rtol=1e-6)
+    np.testing.assert_allclose(s.action_high, np.max(highs, 0), rtol=1e-6)
+    text = format_hdf5_summary(s)
+    assert "  range [" in text and "leave [-1, 1]" not in text and s.failed_terminals == []
+    with h5py.File(path, "a") as f:
+        f["data/demo_2/actions"][0, 1] = 3.5
+        f["data/demo_1/dones"][-1] = 1  # demo_1 failed (ep_meta) and now ends on done=1
+    s = summarize_hdf5(path)
+    assert s.action_high[1] == pytest.approx(3.5) and s.failed_terminals == ["demo_1"]
+    text = format_hdf5_summary(s)
+    assert "note: actions leave [-1, 1] and the file records no units: stage 2 (data.actions=auto) rescales" in text
+    assert "warning: 1 episode(s) end on done=1 without success (demo_1)" in text
+    from robopretrain.data.dataset import file_action_units  # training's reading of the record
+    from robopretrain.data.hdf5 import DatasetError
+
+    for record, refusal in (({"low": [1.0] * 4, "high": [0.0] * 4}, "env_args: "),
+                            ({"low": [-1.0] * 2, "high": [1.0] * 2}, "action_normalization has 2 dims, the actions 4")):
+        with h5py.File(path, "a") as f:
+            env_args = json.loads(f["data"].attrs["env_args"])
+            f["data"].attrs["env_args"] = json.dumps({**env_args, "action_normalization": record})
+        s = summarize_hdf5(path)
+        assert s.units_problem is not None and refusal in s.units_problem
+        assert f"warning: training refuses the file: {s.units_problem}" in format_hdf5_summary(s)
+        with pytest.raises(DatasetError, match=refusal.split(":")[0]):  # as said
+            file_action_units(read_info(path))
+
+
 def test_a_done_before_the_last_step_is_listed(tmp_path: Path) -> None:
     """dones=1 inside an episode (read as a terminal there): named with demo and step; not for an OGBench conversion,
     whose task-done steps are marked so by design."""

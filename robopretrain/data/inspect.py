@@ -129,6 +129,14 @@ class Hdf5Summary:
     missing_next: dict[str, list[str]] = field(default_factory=dict)
     # the stages' reader's first refusal of the file (robopretrain.data.hdf5.check_layout), None when it reads it
     layout_problem: str | None = None
+    # per-dimension min and max of every demo's finite actions (None: no actions read)
+    action_low: list[float] | None = None
+    action_high: list[float] | None = None
+    # env_args["action_normalization"] as recorded (None: none), and why training refuses it (None: it reads it)
+    action_units: dict[str, Any] | None = None
+    units_problem: str | None = None
+    # demos that end on done=1 without success (ep_meta's flag, else a last reward <= 0): the warning training gives
+    failed_terminals: list[str] = field(default_factory=list)
 
     @property
     def transitions(self) -> int:
@@ -214,6 +222,9 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     wrong_rows: dict[str, tuple[int, list[int]]] = {}
     action_shapes: dict[str, tuple[tuple[int, ...], str]] = {}
     missing_next: dict[str, list[str]] = {}
+    lows: list[np.ndarray] = []
+    highs: list[np.ndarray] = []
+    failed_terminals: list[str] = []
     for name in demos:
         demo = data[name]
         if ("task" in demo.attrs) != ("task_id" in demo.attrs):  # as the reader refuses it (hdf5._demo_info)
@@ -257,6 +268,11 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                     missing_next.setdefault(key, []).append(name)
         if isinstance(demo.get("actions"), h5py.Dataset):
             action_shapes[name] = (tuple(demo["actions"].shape[1:]), str(demo["actions"].dtype))
+            acts = demo["actions"]
+            if acts.ndim == 2 and acts.shape[0] and acts.dtype.kind == "f":
+                a = np.asarray(acts[()], np.float64)
+                lows.append(np.where(np.isfinite(a), a, np.inf).min(0))
+                highs.append(np.where(np.isfinite(a), a, -np.inf).max(0))
         for group in ("obs", "next_obs"):
             for key, ds in (demo[group].items() if isinstance(demo.get(group), h5py.Group) else []):
                 _find_non_finite(ds, f"{group}/{key}", name, non_finite)
@@ -268,6 +284,12 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
             inner = np.flatnonzero(np.asarray(dones[()])[:-1] > 0)  # as the loader reads them (warn_inner_terminals)
             if inner.size:
                 inner_dones[name] = inner.tolist()
+            # as the loader's warn_failed_terminals: an outcome known (a flag, or rewards) that is no success
+            last_done = dones.shape[0] and float(dones[-1]) > 0
+            flag = stats.successes[-1]
+            failed = flag is False or (flag is None and values is not None and values.size and values[-1] <= 0)
+            if last_done and failed:
+                failed_terminals.append(name)
     masks, stale = {}, {}
     if "mask" in f:
         masks = {name: int(ds.shape[0]) for name, ds in f["mask"].items() if isinstance(ds, h5py.Dataset)}
@@ -287,6 +309,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
     shared = {slot: sorted(names) for slot, names in sorted(slots.items()) if len(names) > 1}
+    units, units_problem = _recorded_action_units(data, action_shapes)
     actions = None
     if action_shapes:  # the most common shape (the first demo's among equals); the others are the odd demos
         counts = Counter(shape for shape, _ in action_shapes.values())
@@ -294,7 +317,41 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         actions = next(spec for spec in action_shapes.values() if spec[0] == common)
         odd_actions = {name: shape for name, (shape, _) in action_shapes.items() if shape != common}
     return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale,
-                       odd_actions, inner_dones, half_task, wrong_rows, shared_slots=shared, missing_next=missing_next)
+                       odd_actions, inner_dones, half_task, wrong_rows, shared_slots=shared, missing_next=missing_next,
+                       action_low=_bounds(lows, np.minimum), action_high=_bounds(highs, np.maximum),
+                       action_units=units, units_problem=units_problem, failed_terminals=failed_terminals)
+
+
+def _bounds(parts: list[np.ndarray], combine: Any) -> list[float] | None:
+    """The per-dimension extreme of per-demo ``parts`` (all of one size), None when there are none or they differ."""
+    if not parts or len({p.shape for p in parts}) != 1:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out = combine(out, p)
+    return [float(x) for x in out]
+
+
+def _recorded_action_units(data: h5py.Group, shapes: dict[str, tuple[tuple[int, ...], str]]
+                           ) -> tuple[dict[str, Any] | None, str | None]:
+    """``env_args["action_normalization"]`` and training's refusal of it (robopretrain.data.dataset.file_action_units:
+    malformed, or of another size than the actions), or None."""
+    from robopretrain.envs.action_units import ENV_ARGS_KEY, of_env_args
+
+    try:
+        env_args = json.loads(_as_str(data.attrs["env_args"]))
+    except (KeyError, json.JSONDecodeError, AttributeError, TypeError):
+        return None, None
+    if not isinstance(env_args, dict) or env_args.get(ENV_ARGS_KEY) is None:
+        return None, None
+    try:
+        units = of_env_args(env_args)
+    except ValueError as exc:
+        return env_args[ENV_ARGS_KEY], f"env_args: {exc}"
+    dims = {shape[0] for shape, _ in shapes.values() if len(shape) == 1}
+    if units is not None and dims and units.dim not in dims:
+        return env_args[ENV_ARGS_KEY], f"env_args action_normalization has {units.dim} dims, the actions {min(dims)}"
+    return env_args[ENV_ARGS_KEY], None
 
 
 def _int_attr(value: Any) -> int | None:
@@ -356,6 +413,10 @@ def layout_note(shape: tuple[int, ...], dtype: str, key: str = "") -> str:
 
 
 _FLAG = {True: "yes", False: "no", None: "-"}
+
+
+def _rounded(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 def format_demo_table(s: Hdf5Summary) -> str:
@@ -443,8 +504,24 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                              layout_note(shape, dtype, key)) if n]
         lines.append(f"  {'obs/' + key:<{width}}{str(shape):<16}{dtype}" + "".join(f"  ({n})" for n in notes))
     if s.actions is not None:
+        span = (f"  range {_rounded(s.action_low)} .. {_rounded(s.action_high)}" if s.action_low is not None else "")
         lines.append(f"  {'actions':<{width}}{str(s.actions[0]):<16}{s.actions[1]}"
-                     + ("  (differs between demos)" if s.odd_actions else ""))
+                     + ("  (differs between demos)" if s.odd_actions else span))
+    if s.units_problem:
+        lines.append(f"warning: training refuses the file: {s.units_problem}")
+    elif s.action_units is not None:
+        lines.append(f"note: actions recorded as rescaled to [-1, 1] from the robot's units {s.action_units} "
+                     "(env_args['action_normalization']): every env the agent acts in maps them back")
+    elif s.action_low is not None and (min(s.action_low) < -1.0 - 1e-6 or max(s.action_high) > 1.0 + 1e-6):
+        lines.append("note: actions leave [-1, 1] and the file records no units: stage 2 (data.actions=auto) "
+                     "rescales each dimension by its min and max and records those units (data.actions=keep "
+                     "refuses them)")
+    if s.failed_terminals:
+        named = ", ".join(s.failed_terminals[:3]) + (", ..." if len(s.failed_terminals) > 3 else "")
+        lines.append(f"warning: {len(s.failed_terminals)} episode(s) end on done=1 without success ({named}): "
+                     "training reads each end as a terminal (no bootstrap from its last state); if they are time "
+                     "limits (robomimic's done_mode 2 marks every end), rewrite dones to 1 only where the task "
+                     "succeeded")
     if s.odd_actions:
         odd = list(s.odd_actions.items())
         lines.append(f"warning: actions of {len(odd)} demo(s) differ in size from the other demos' {s.actions[0]} "
