@@ -249,9 +249,43 @@ def validate_overrides(config_name: str, overrides: list[str], config_dir: Path 
     finally:
         GlobalHydra.instance().clear()
     problem = group_replaced_by_value(OmegaConf.to_container(default, resolve=False),
-                                      OmegaConf.to_container(given, resolve=False))
+                                      OmegaConf.to_container(given, resolve=False)) or interpolation_problem(
+        config_name, overrides, given)
     if problem:
         report_and_exit(ValueError(problem), prefix="error: config")
+
+
+def interpolation_problem(config_name: str, overrides: list[str], cfg: Any) -> str | None:
+    """The first override whose value interpolates a setting the config lacks (``output_dir=runs/${eval_sed}``:
+    Hydra's own error formatting failed on it, a 100-line traceback), as one line with the nearest setting names;
+    resolvers (``${hydra:job.num}``, ``${now:...}``) are left to Hydra. None when there is none."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    known = [k for k in _dotted_keys(OmegaConf.to_container(cfg, resolve=False)) if not k.startswith("hydra.")]
+    for override in overrides:
+        key, _, value = override.partition("=")
+        for ref in re.findall(r"\$\{([A-Za-z_][\w.]*)\}", value):
+            if OmegaConf.select(cfg, ref, default=_MISSING) is _MISSING:
+                near = difflib.get_close_matches(ref, known, n=1)
+                return (f"{override}: ${{{ref}}} names no setting of {config_name}"
+                        + (f"; did you mean ${{{near[0]}}}?" if near else ""))
+    return None
+
+
+_MISSING = object()
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every key of a nested mapping as a dotted path (the mappings themselves included)."""
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            path = f"{prefix}{k}"
+            out.append(path)
+            out += _dotted_keys(v, path + ".")
+    return out
 
 
 # config groups whose options hold every setting there is (each mirrors a dataclass): ``+<group>.<key>`` never helps

@@ -257,6 +257,20 @@ def test_a_shared_sweep_folder_is_refused_before_any_job_in_one_line(results):
     assert "Launching" not in r.stdout + r.stderr  # no job started (Hydra prints this before its first job)
 
 
+def test_an_override_interpolating_a_missing_setting_is_one_line(capsys):
+    """``output_dir=x_${eval_sed}``: Hydra's exception formatting failed on it (a 100-line traceback); a resolver
+    (``${hydra:job.num}``) and a setting that exists pass."""
+    from robopretrain.cli import validate_overrides
+
+    with pytest.raises(SystemExit) as exit_info:
+        validate_overrides("evaluate", ["checkpoint=x", "output_dir=/tmp/x_${eval_sed}"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert err.endswith("${eval_sed} names no setting of evaluate; did you mean ${eval_seed}?")
+    validate_overrides("evaluate", ["checkpoint=x", "output_dir=/tmp/x_${eval_seed}_${hydra:job.num}"])
+    validate_overrides("robopretrain", ["output_dir=runs/${algo.name}"])
+
+
 def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(capsys):
     """``algo=foo`` printed Hydra's config search path (its own package and file URLs) after the options."""
     from robopretrain.cli import validate_overrides
