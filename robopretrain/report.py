@@ -55,9 +55,9 @@ def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
         rows = [r for r in eval_rows(folder) if "env_steps" in r]
         ax.plot([r["env_steps"] for r in rows], [r["eval/success"] for r in rows], marker="o", label=folder.name)
     ax.set_xlabel("online env steps")
-    ax.set_ylabel("success (eval)")
+    ax.set_ylabel("success (stage 3's eval)")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title("Stage 3: online fine-tuning")
+    ax.set_title("Stage 3: online fine-tuning\n(evaluated under its training randomization)", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
@@ -70,7 +70,8 @@ def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
         path = folder / "metrics.jsonl"
         rows = [r for r in read_jsonl(path) if "train/q_data" in r] if path.is_file() else []
         if rows:
-            ax.plot([r["step"] for r in rows], [r["train/q_data"] for r in rows], label=f"{name} Q(s, a_data)")
+            ax.plot([r["step"] for r in rows], [r["train/q_data"] for r in rows], marker="o", markersize=3,
+                    label=f"{name} Q(s, a_data)")  # a marker: a short stage logs one point, no line to draw
     ax.set_xlabel("updates")
     ax.set_ylabel("average Q on data")
     ax.set_title("Offline stages")
@@ -226,8 +227,10 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     lines += ["## Target tasks", "",
               "Final evaluation: the stage-3 policy on fixed episodes; `blind_*` rows replace its camera frames (black, "
               "or a frame of another episode) on the same nominal episodes: a policy that uses vision should lose "
-              "most of its success there.", "",
-              "| target | after adaptation (offline) | stage 3 final (training eval) | cumulative regret | "
+              "most of its success there. The stage-3 column is stage 3's own last evaluation, under the "
+              "randomization it trains in (`stage3.randomization`): it can differ from the nominal final one.", "",
+              "| target | after adaptation (offline) | stage 3 final (its eval, training randomization) | cumulative "
+              "regret | "
               + " | ".join(f"final: {s}" for s in settings) + " |",
               "|---|---|---|---|" + "---|" * len(settings)]
     for name, per in results.items():
