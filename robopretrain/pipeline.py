@@ -461,6 +461,9 @@ def check_stage_configs(cfg: DictConfig, run_dir: Path) -> None:
         check("data.videos", validate_videos_config, lambda: videos_config(cfg, run_dir))  # (after the demos, it was)
         check("stage1", validate_stage1_config, lambda: stage1_config(cfg, run_dir))
     if bool(cfg.stage2.enabled):
+        from sim_envs.collect import validate_config as validate_collect_config
+
+        check("data.prior_*", validate_collect_config, lambda: prior_collect_config(cfg, run_dir))
         check("stage2", validate_offline_config, lambda: stage2_config(cfg, run_dir, planned=True))
     for target in targets_of(cfg):
         check("stage3", validate_online_config, lambda: stage3_config(cfg, run_dir, target))  # first: the adaptation
@@ -520,6 +523,22 @@ def target_data(cfg: DictConfig, run_dir: Path, target: Target) -> dict[str, Any
 # --------------------------------------------------------------------------- stages
 
 
+def collect_base(cfg: DictConfig) -> dict[str, Any]:
+    """The collection settings every demo file of the data stage shares."""
+    rgb = list(cfg.obs.rgb)
+    return {"image_size": int(cfg.image_size), "render_images": bool(rgb), "num_workers": int(cfg.data.num_workers),
+            "eye_in_hand": "eye_in_hand_image" in rgb, "seed": int(cfg.seed), "overwrite": True}
+
+
+def prior_collect_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """``configs/collect.yaml`` as the data stage collects the prior tasks' demos (``data.prior_*`` keys)."""
+    c = OmegaConf.load(CONFIG_DIR / "collect.yaml")
+    c.merge_with({**collect_base(cfg), "tasks": prior_task_names(cfg),
+                  "episodes_per_task": cfg.data.prior_episodes_per_task, "output": str(data_paths(run_dir)["prior"])})
+    c.kinds = OmegaConf.create(plain(cfg.data.prior_kinds))
+    return c
+
+
 def stage_data(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Robot demos of the prior tasks, a handful of demos per sim_envs target, human-hand videos. A demo file an
     unfinished data stage already wrote is kept when it was collected with these settings, else refused
@@ -527,14 +546,9 @@ def stage_data(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from sim_envs.collect import collect
 
     paths = data_paths(run_dir)
-    rgb = list(cfg.obs.rgb)
-    base = {"image_size": int(cfg.image_size), "render_images": bool(rgb), "num_workers": int(cfg.data.num_workers),
-            "eye_in_hand": "eye_in_hand_image" in rgb, "seed": int(cfg.seed), "overwrite": True}
+    base = collect_base(cfg)
     if bool(cfg.stage2.enabled):
-        c = OmegaConf.load(CONFIG_DIR / "collect.yaml")
-        c.merge_with({**base, "tasks": prior_task_names(cfg), "episodes_per_task": int(cfg.data.prior_episodes_per_task),
-                      "output": str(paths["prior"])})
-        c.kinds = OmegaConf.create(plain(cfg.data.prior_kinds))
+        c = prior_collect_config(cfg, run_dir)
         if not reuse_collected(paths["prior"], c):
             collect(c, progress=bool(cfg.progress))
     sim_targets = [t.name for t in targets_of(cfg) if t.family == SIM_ENVS and not t.demos]

@@ -277,6 +277,10 @@ def test_a_malformed_randomization_entry_stops_the_pipeline_before_any_stage(tmp
     (["stage1.steps=-2"], r"video_pretrain config: steps=-2; .* from its stage1 keys\)$"),
     (["adapt.checkpoint_every=0"], r"robopretrain config: train.checkpoint_every=0; .* from its adapt keys\)$"),
     (["stage3.utd=0"], r"finetune config: online.utd=0; .* from its stage3 keys\)$"),
+    (["stage3.env_steps=0"], r"finetune config: online.env_steps=0; .* from its stage3 keys\)$"),
+    # the prior demos' amounts failed only as the data stage started (a new user's session)
+    (["data.prior_episodes_per_task=-3"], r"collect config: episodes_per_task=-3; .* from its data.prior_\* keys\)$"),
+    (["data.prior_kinds.clean.fraction=0.9"], r"kinds.\*.fraction sum to 1.4; expected 1 .* data.prior_\* keys\)$"),
     (["stage3.eval_episodes=0"], r"finetune config: online.eval_episodes=0; .* from its stage3 keys\)$"),
     (["stage2.eval_episodes=-1"], r"train.eval_episodes=-1; expected an integer >= 0 .* from its stage2 keys\)$"),
     (["+evaluate.robustness.levels.distractors=[99]"], r"factors.distractors.levels has 99; .* evaluate.robustness"),
