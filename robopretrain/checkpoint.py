@@ -248,7 +248,24 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
         if found:
             return found[0]
     _refuse_encoder_folder(path)
-    raise CheckpointError(f"{path}: neither a checkpoint folder nor a folder holding ckpt_* checkpoints")
+    runs = _runs_below(path)
+    raise CheckpointError(f"{path}: neither a checkpoint folder nor a folder holding ckpt_* checkpoints"
+                          + (f"; run folders below it: {', '.join(runs[:4])}{', ...' if len(runs) > 4 else ''}"
+                             if runs else ""))
+
+
+def _runs_below(path: Path, depth: int = 2) -> list[str]:
+    """The run folders (holding ``checkpoints/ckpt_*``) up to ``depth`` levels below ``path`` (a pipeline run folder:
+    ``stage2``, ``adapt/<target>``, ``stage3/<target>``), as paths; empty when there are none or ``path`` is no
+    folder."""
+    if not path.is_dir():
+        return []
+    found: list[str] = []
+    level = [path]
+    for _ in range(depth):
+        level = sorted(c for p in level for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
+        found += [str(c) for c in level if list_checkpoints(c / "checkpoints")]
+    return found
 
 
 ENCODER_FILE = "encoder.pt"  # robopretrain.nets.encoder_io's weights file (a stage-1 encoder folder holds it)

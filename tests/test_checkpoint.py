@@ -148,6 +148,17 @@ def test_a_run_folder_its_checkpoints_folder_and_the_latest_file_name_the_latest
     assert resolve_checkpoint_dir(tmp_path / "checkpoints" / "latest") == first
     with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
         resolve_checkpoint_dir(tmp_path / "checkpoints" / "ckpt_00000001" / "meta.json")
+    # a pipeline run folder, or its stage3/: the run folders below it are named (its stage3/<target>)
+    pipeline_run = tmp_path / "pipe"
+    for run in ("stage2", "stage3/Reach", "stage3/PressButton"):
+        save_agent(pipeline_run / run / "checkpoints", 1, CONFIG, agent, {})
+    (pipeline_run / "data").mkdir()
+    with pytest.raises(CheckpointError, match=rf"{pipeline_run}: neither .*; run folders below it: "
+                                              rf"{pipeline_run / 'stage2'}, {pipeline_run / 'stage3' / 'PressButton'}, "
+                                              rf"{pipeline_run / 'stage3' / 'Reach'}$"):
+        resolve_checkpoint_dir(pipeline_run)
+    with pytest.raises(CheckpointError, match=r"run folders below it: .*stage3/PressButton, .*stage3/Reach$"):
+        resolve_checkpoint_dir(pipeline_run / "stage3")
 
 
 @pytest.mark.parametrize("pointer", ["garbage", "ckpt_00000009", "", "../elsewhere"])
