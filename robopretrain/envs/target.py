@@ -828,8 +828,9 @@ class TargetEnv(gym.Wrapper):
         if self.target.name not in _warned_no_success:
             _warned_no_success.add(self.target.name)
             log.warning("target %r: no step of an episode had %r in its info (keys: %s), so such episodes count no "
-                        "success; set the target's success_key if one of these says the task is done", self.target.name,
-                        key, sorted(env_keys))
+                        "success; set the target's success_key if one of these says the task is done (an env that "
+                        "puts %r in its info only on the step that succeeds shows this after a failed episode: then "
+                        "nothing is wrong)", self.target.name, key, sorted(env_keys), key)
 
     def reset(self, **kwargs: Any):
         obs, info = self.env.reset(**kwargs)
