@@ -194,9 +194,10 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
         if have != (want if single else (*lead, *want)) or not (single or lead):
             hint = (f"; the frames are channels first: pass np.moveaxis({k}, -3, -1)"
                     if len(want) == 3 and have[-3:] == (want[2], want[0], want[1]) else
-                    f"; a camera frame of another size: robopretrain.envs.camera_frames.to_agent_frame(frame, "
-                    f"{want[0]}) resizes it as stages 2 and 3 do (area average; another resize shifts what the "
-                    "encoder sees)" if dtype == np.uint8 and len(want) == 3 and len(have) >= 2 else "")
+                    f"; a camera frame of another size or layout (grey, channels first, RGBA): robopretrain.envs."
+                    f"camera_frames.to_agent_frame(frame, {want[0]}) makes it the agent's RGB frame as stages 2 and 3 "
+                    "do (an area-average resize; another resize shifts what the encoder sees)"
+                    if dtype == np.uint8 and len(want) == 3 and len(have) >= 2 else "")
             batched = "(B, " + ", ".join(str(d) for d in want) + ")" if want else "(B,)"
             raise ValueError(f"agent: observation part {k!r} has shape {have}; the agent expects {want} per "
                              f"observation ({batched} for a batch"

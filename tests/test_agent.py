@@ -609,7 +609,10 @@ def test_act_checks_each_part_of_the_observation_against_the_spec():
                            r"channels first: pass np.moveaxis\(agentview_image, -3, -1\)"),
         "float frames": ({**good, "agentview_image": frame.astype(np.float32)}, r"is float32; .* uint8 frames"),
         "another frame size": ({**good, "agentview_image": np.zeros((SIZE + 4, SIZE + 8, 3), np.uint8)},
-                               rf"camera_frames.to_agent_frame\(frame, {SIZE}\) resizes it as stages 2 and 3 do"),
+                               rf"camera_frames.to_agent_frame\(frame, {SIZE}\) makes it the agent's RGB frame"),
+        # a grey frame the stages read as RGB: the hint named resizing alone
+        "grey frame": ({**good, "agentview_image": np.zeros((SIZE, SIZE, 1), np.uint8)},
+                       r"another size or layout \(grey, channels first, RGBA\): .*to_agent_frame"),
         "task id too large": ({**good, "task_id": 2}, r"task_id 2; expected integers in \[0, 2\)"),
         "negative task id": ({**batch, "task_id": np.array([0, -1, 1])}, r"task_id values -1..1"),
         "fractional task id": ({**good, "task_id": 0.5}, r"task_id not whole numbers"),
