@@ -212,7 +212,8 @@ def warn_ignored_networks(ckpt_meta: Mapping[str, Any], algo_cfg: Any, algo: str
     ``algo.actor_hidden``, ...) away from ``configs/algo/<algo>.yaml``'s default and from the checkpoint's: stage 3
     continues the checkpoint's networks, so the setting takes no effect (a user's ``algo.actor_hidden=[128]`` was
     built as the checkpoint's [64, 64] without a word). The fingerprint ignores these keys, so no resume is refused
-    over a value never used."""
+    over a value never used. The learner settings that differ from the checkpoint's (``batch_size``, ``n_actions``,
+    ...: stage 3's own, from its config) are logged at info level."""
     saved = dict(ckpt_meta.get("algo_cfg") or {})
     path = CONFIG_DIR / "algo" / f"{algo}.yaml"
     defaults = OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.is_file() else {}
@@ -222,6 +223,10 @@ def warn_ignored_networks(ckpt_meta: Mapping[str, Any], algo_cfg: Any, algo: str
     if ignored:
         log.warning("stage 3 continues the checkpoint's networks, so %s take(s) no effect; to train networks of "
                     "other sizes, train stage 2 with them", ", ".join(ignored))
+    learner = [f"{k} {json.dumps(given[k])} (the checkpoint's: {json.dumps(saved[k])})" for k in sorted(given)
+               if k in saved and k not in NETWORK_KEYS and k != "name" and given[k] != saved[k]]
+    if learner:  # its own config's learner settings (a direct run takes configs/algo/<algo>.yaml), said once
+        log.info("stage 3 learns with its own settings where they differ from the checkpoint's: %s", ", ".join(learner))
     return ignored
 
 

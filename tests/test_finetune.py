@@ -665,6 +665,14 @@ def test_a_network_size_set_for_stage_3_is_said_to_take_no_effect_and_blocks_no_
     assert "stage 3 continues the checkpoint's networks, so algo.actor_hidden=[16, 16] (the checkpoint's: [32]) " \
            "take(s) no effect" in caplog.text
     assert list(load_agent(out / "checkpoints" / checkpoint_name(20))[0].algo_cfg.actor_hidden) == [32]
+    from finetune.train import warn_ignored_networks
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="finetune.train"):  # learner settings of its own are said, not warned
+        warn_ignored_networks({"algo_cfg": {"batch_size": 64, "n_actions": 4, "actor_hidden": [32]}},
+                              {"batch_size": 256, "n_actions": 4, "actor_hidden": [32]}, "calql")
+    assert "its own settings where they differ from the checkpoint's: batch_size 256 (the checkpoint's: 64)" \
+        in caplog.text and "n_actions" not in caplog.text and "no effect" not in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         finetune(state_cfg(stage2_state, reach_hdf5, out, online={**online, "env_steps": 30}))  # resumes at 20
