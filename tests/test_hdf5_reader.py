@@ -341,13 +341,14 @@ def test_a_robomimic_dataset_without_task_attributes_is_one_task(tmp_path):
     def drop(names):
         def mutate(f):
             for n in names:
-                for attr in ("task", "task_id"):
+                for attr in ("task", "task_id", "ep_meta"):  # robomimic's own files have no ep_meta either
                     del f[f"data/{n}"].attrs[attr]
         return mutate
 
     stock = write_dataset(tmp_path / "lift_ph.hdf5", tasks=("lift",) * 3, mutate=drop(["demo_0", "demo_1", "demo_10"]))
     info = read_info(stock)
     assert info.tasks == {"Lift": 0} and [d.task for d in info.demos] == ["Lift"] * 3
+    assert [d.ep_meta for d in info.demos] == [{}] * 3
     assert load_transitions(stock, ["proprio"]).task_ids.tolist() == [0] * 9
 
     def no_env_name(f):

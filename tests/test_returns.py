@@ -266,3 +266,16 @@ def test_an_episodes_rewards_carry_a_success_signal_when_some_is_positive_or_the
     assert has_success_signal(np.array([-1.0, -1.0, 0.0]))  # OGBench's -1 per step, 0 at the goal: varies
     assert not has_success_signal(np.array([-1.0, -1.0]))  # one constant, never positive
     assert not has_success_signal(np.zeros(3)) and not has_success_signal(np.array([]))
+
+
+def test_a_gap_within_float32_rounding_does_not_start_an_episode_and_a_real_one_does():
+    """episode_starts' default tolerance 1e-6: next_obs[t] and obs[t + 1] written from one float32 state differ by
+    rounding only (8e-7 here), a reset by far more."""
+    from robopretrain.data.returns import episode_starts
+
+    obs = np.array([[0.0], [1.0], [2.0]], np.float64)
+    for gap, new in ((8e-7, False), (2e-6, True)):
+        nxt = obs.copy() + 1.0
+        nxt[0, 0] -= gap  # next_obs[0] vs obs[1]
+        starts = episode_starts(3, obs={"x": obs}, next_obs={"x": nxt})
+        assert starts.tolist() == [True, new, False], gap
