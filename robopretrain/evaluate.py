@@ -666,7 +666,8 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     check_env_fits(policy, target)  # one line naming the part and both sizes, before any episode
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with run_folder_lock(out_dir, resumes=False):  # a second evaluate writing this folder now is refused (its results were lost)
+    # a second evaluate writing this folder now is refused (its results were lost)
+    with run_folder_lock(out_dir, resumes=False):
         return _measure(cfg, spec, policy, ckpt, target, conditions, slot, out_dir)
 
 

@@ -660,7 +660,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
     (:func:`robopretrain.config_checks.validate_reward_model_config`)."""
     validate_reward_model_config(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "output_dir")
-    with run_folder_lock(run_dir, resumes=False):  # a second command on this folder now is refused (the two mixed their files)
+    # a second command on this folder now is refused (the two mixed their files)
+    with run_folder_lock(run_dir, resumes=False):
         return _run_holding(cfg, run_dir)
 
 

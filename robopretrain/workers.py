@@ -109,8 +109,9 @@ def refuse_in_loky_worker(what: str) -> None:
     pickled to them; both ended a ``hydra/launcher=joblib`` job with a traceback."""
     if mp.get_start_method(allow_none=True) == "loky":
         raise NoWorkerProcesses(f"{what}: this job runs in a joblib worker process (hydra/launcher=joblib), where "
-                                f"processes of its own cannot start; run them in the job's process ({IN_PROCESS_SETTINGS}"
-                                "), or sweep with Hydra's basic launcher (the default: one job after another)")
+                                "processes of its own cannot start; run them in the job's process "
+                                f"({IN_PROCESS_SETTINGS}), or sweep with Hydra's basic launcher (the default: one job "
+                                "after another)")
 
 
 def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: str,
