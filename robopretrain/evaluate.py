@@ -624,11 +624,28 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
     return config_folder(cfg, "output_dir", "evaluate")
 
 
+def warn_training_seeds(eval_seed: int, episodes: int) -> bool:
+    """Warn (and return True) when the episodes' reset seeds ``eval_seed .. eval_seed + episodes - 1`` leave the
+    evaluation's range ``[1_000_000, 2_000_000)``, which no training episode uses
+    (:func:`robopretrain.collector.episode_seed`): below it they are the starts stage 3's training episodes had
+    (seed s, episode e: ``s * 100_000 + e``), so the evaluation may replay what the agent trained on."""
+    from robopretrain.collector import EVAL_SEEDS_END, EVAL_SEEDS_START
+
+    if EVAL_SEEDS_START <= eval_seed and eval_seed + episodes <= EVAL_SEEDS_END:
+        return False
+    log.warning("eval_seed=%d: episodes reset with seeds %d..%d, outside [%d, %d) where no training episode starts "
+                "(stage 3's episode e of seed s starts at s * 100000 + e): the evaluation may replay training "
+                "episodes; the default %d avoids them", eval_seed, eval_seed, eval_seed + episodes - 1,
+                EVAL_SEEDS_START, EVAL_SEEDS_END, EVAL_SEEDS_START)
+    return True
+
+
 def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Run the robustness evaluation ``cfg`` describes (see ``configs/evaluate.yaml``); returns eval_info."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
     validate_config(cfg)  # first: an unknown or mistyped key is named before the missing checkpoint
+    warn_training_seeds(int(cfg.eval_seed), int(cfg.episodes))
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
         raise ValueError("evaluate config: checkpoint is not set; give checkpoint=<checkpoint or run folder>")
     ckpt = open_checkpoint(str(cfg.checkpoint))

@@ -5,6 +5,7 @@ the same observation path as in training; targets outside sim_envs run nominal o
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 from pathlib import Path
 
@@ -103,6 +104,19 @@ def test_a_rerun_stopped_during_its_episodes_leaves_the_earlier_results_whole(pa
         evaluate_robustness(eval_config(tiny_checkpoint, out, workers=0))
     after = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
     assert [p for p in after if p.suffix != ".log"] == [p for p in before if p.suffix != ".log"]
+
+
+def test_evaluation_seeds_where_training_episodes_start_are_warned(caplog):
+    """eval_seed=0 ran without a word, although seeds 0.. are stage 3's seed-0 training episodes' starts."""
+    from robopretrain.collector import episode_seed
+    from robopretrain.evaluate import warn_training_seeds
+
+    with caplog.at_level(logging.WARNING):
+        assert not warn_training_seeds(1_000_000, 20) and not warn_training_seeds(1_999_990, 10)
+        assert "eval_seed" not in caplog.text
+        assert warn_training_seeds(0, 20) and warn_training_seeds(1_999_995, 10)
+    assert "eval_seed=0: episodes reset with seeds 0..19, outside [1000000, 2000000)" in caplog.text
+    assert episode_seed(0, 3) in range(0, 20)  # the overlap the warning is about
 
 
 def test_bootstrap_ci_contains_mean_and_is_reproducible():
