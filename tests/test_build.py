@@ -344,7 +344,10 @@ def test_the_probe_action_of_a_space_that_is_not_the_agents_size_is_zeros() -> N
     """A Discrete space, or a Box of another size (refused later, naming the sizes), probes with the agent's zero."""
     import gymnasium as gym
 
-    for space in (gym.spaces.Discrete(3), gym.spaces.Box(-2.0, 2.0, (3,), np.float32)):
+    from types import SimpleNamespace
+
+    half = SimpleNamespace(low=np.array([0.0, 0.0]))  # a space of the user's with bounds below but none above
+    for space in (gym.spaces.Discrete(3), gym.spaces.Box(-2.0, 2.0, (3,), np.float32), half):
         action = build.probe_action(space, 2)
         assert action.dtype == np.float32 and action.tolist() == [0.0, 0.0]
 
