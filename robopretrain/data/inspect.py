@@ -326,10 +326,7 @@ def _bounds(parts: list[np.ndarray], combine: Any) -> list[float] | None:
     """The per-dimension extreme of per-demo ``parts`` (all of one size), None when there are none or they differ."""
     if not parts or len({p.shape for p in parts}) != 1:
         return None
-    out = parts[0]
-    for p in parts[1:]:
-        out = combine(out, p)
-    return [float(x) for x in out]
+    return [float(x) for x in combine.reduce(np.stack(parts))]
 
 
 def _recorded_action_units(data: h5py.Group, shapes: dict[str, tuple[tuple[int, ...], str]]
