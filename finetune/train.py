@@ -47,7 +47,7 @@ from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, c
                                      refuse_source_in_run, resolve_checkpoint_dir)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
-from robopretrain.data.dataset import warn_sparse_data_for_dense_target
+from robopretrain.data.dataset import warn_ignored_action_bounds, warn_sparse_data_for_dense_target
 from robopretrain.data.hdf5 import read_info
 from robopretrain.envs.target import (METAWORLD, SIM_ENVS, Target, time_limit_note, warn_unmapped_renames,
                                       with_task_slot)
@@ -64,7 +64,9 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes
                      # checkpoint it resolves to is compared instead (the fingerprint's inputs)
                      "checkpoint",
                      # the networks' sizes come from that checkpoint whatever these say (warn_ignored_networks)
-                     *(f"algo.{key}" for key in NETWORK_KEYS))
+                     *(f"algo.{key}" for key in NETWORK_KEYS),
+                     # the agent's action units come from the checkpoint too (warn_ignored_action_bounds)
+                     "data.action_bounds")
 
 
 def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any],
@@ -363,6 +365,8 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     if not data_cfg.get("obs_map") and mapped:
         data_cfg = OmegaConf.create({**build.plain(cfg.data), "obs_map": mapped})
     build.check_data_fits(agent.spec, data_path, build.plain(data_cfg.get("obs_map")) or None, "the offline data")
+    warn_ignored_action_bounds(build.plain(cfg.data.get("action_bounds")), agent.action_normalization,
+                               f"checkpoint={ckpt.path}")
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,
                               seed=int(cfg.seed) + 2, device=device, tasks=tasks,
                               task_id=target.resolved_task_id() if agent.spec.num_tasks else None,

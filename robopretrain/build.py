@@ -671,12 +671,13 @@ def warn_action_range(space: Any, where: str) -> bool:
             "exploration noise, drawn in [-1, 1], spans up to "
             f"{2.0 / max(float(np.min((high - low)[narrower])), 1e-9):.3g}x the env's range there (stage 3's sampled "
             "actions pile up on the box's edges)"] if narrower else [])
+    box = f"{{low: {np.round(low, 6).tolist()}, high: {np.round(high, 6).tolist()}}}"
     log.warning("%s: the env takes actions from low %s to high %s; the agent acts in [-1, 1] without a mapping (its "
                 "data recorded no action normalization): %s. If the data's actions are in the env's own units, "
-                "rescale them to [-1, 1] in the file and record the units there (env_args['action_normalization'] "
-                "= {low, high}, docs/targets.md); if the data was rescaled to [-1, 1] outside the toolkit, set the "
-                "target's action_normalization {low, high}", where, np.round(low, 4).tolist(),
-                np.round(high, 4).tolist(), "; ".join(said))
+                "train stage 2 again with data.action_bounds='%s' (or rescale them to [-1, 1] in the file and "
+                "record the units there: env_args['action_normalization'], docs/targets.md); if the data was "
+                "rescaled to [-1, 1] outside the toolkit, set the target's action_normalization {low, high}", where,
+                np.round(low, 4).tolist(), np.round(high, 4).tolist(), "; ".join(said), box)
     return True
 
 

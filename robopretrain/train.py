@@ -48,7 +48,7 @@ from robopretrain.checkpoint import (CheckpointError, check_agent_fits, clear_pr
                                      recorded_data_files, refuse_other_stage, refuse_source_in_run, save_agent)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import resolve_device, validate_offline_config
-from robopretrain.data.dataset import data_action_units
+from robopretrain.data.dataset import data_action_units, warn_ignored_action_bounds
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
@@ -138,8 +138,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     reward = build.reward_settings(cfg.algo)
     build.warn_learned_reward(algo, info)
     # the agent's action units: the init checkpoint's, else this data's (recorded, or its bounds if outside [-1, 1])
+    declared = build.plain(cfg.data.get("action_bounds"))
+    if init is not None:
+        warn_ignored_action_bounds(declared, agent.action_normalization, f"init={init.path}")
     action_units = (agent.action_normalization if init is not None
-                    else data_action_units(data_path, info, str(cfg.data.get("actions") or "auto")))
+                    else data_action_units(data_path, info, str(cfg.data.get("actions") or "auto"), declared))
     task_ids = build.data_task_ids(info, cfg.data)  # task name -> its slot of the task one-hot, as trained
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,

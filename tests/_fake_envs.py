@@ -367,11 +367,11 @@ class UnitsReachEnv(gym.Env):
     ``UnitsReachEnv.received`` as ``(reset seed, action)`` (in-process runs only)."""
 
     received: list[tuple[int, np.ndarray]] = []
-    REST, GAIN = 4.0, 0.05
+    REST, GAIN, LOW, HIGH = 4.0, 0.05, 0.0, 8.0
 
     def __init__(self) -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
-        self.action_space = gym.spaces.Box(0.0, 8.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(self.LOW, self.HIGH, (2,), np.float32)
         self.pos, self.goal, self.seed_ = np.zeros(2), np.zeros(2), -1
 
     def _obs(self) -> np.ndarray:
@@ -389,29 +389,37 @@ class UnitsReachEnv(gym.Env):
     def step(self, action):
         a = np.asarray(action, np.float64)
         UnitsReachEnv.received.append((self.seed_, a.copy()))
-        self.pos = self.pos + self.GAIN * (np.clip(a, 0.0, 8.0) - self.REST)
+        self.pos = self.pos + self.GAIN * (np.clip(a, self.LOW, self.HIGH) - self.REST)
         dist = float(np.linalg.norm(self.goal - self.pos))
         return self._obs(), -dist, False, False, {"success": dist < 0.1}
 
+    @classmethod
+    def expert(cls, obs: np.ndarray) -> np.ndarray:
+        """Straight to the goal in the env's units (saturating at its bounds)."""
+        obs = np.asarray(obs, np.float64)
+        return np.clip(cls.REST + 0.5 / cls.GAIN * (obs[2:4] - obs[:2]), cls.LOW, cls.HIGH).astype(np.float32)
 
-def units_expert(obs: np.ndarray) -> np.ndarray:
-    """Straight to the goal in :class:`UnitsReachEnv`'s units (saturating at 0 and 8)."""
-    obs = np.asarray(obs, np.float64)
-    return np.clip(UnitsReachEnv.REST + 10.0 * (obs[2:4] - obs[:2]), 0.0, 8.0).astype(np.float32)
+
+class NarrowUnitsReachEnv(UnitsReachEnv):
+    """:class:`UnitsReachEnv` with a narrow box inside ``[-1, 1]``: ``a`` in ``[-0.1, 0.1]^2``, velocity ``a`` per
+    step (the actions a robot's delta controller takes, in metres): ``data.actions=auto`` keeps such demos as they
+    are, ``data.action_bounds`` declares their units."""
+
+    REST, GAIN, LOW, HIGH = 0.0, 1.0, -0.1, 0.1
 
 
-def write_units_d4rl(path, episodes: int = 30, max_steps: int = 40, seed: int = 0):
+def write_units_d4rl(path, episodes: int = 30, max_steps: int = 40, seed: int = 0, env_cls: type = UnitsReachEnv):
     """A D4RL-style HDF5 (``observations``, ``actions``, ``rewards``, ``terminals``, ``timeouts``, ``infos/success``)
-    of :func:`units_expert` in :class:`UnitsReachEnv`: actions in ``[0, 8]``, sparse reward 1 and a terminal on the
-    success step."""
+    of ``env_cls.expert`` in ``env_cls`` (:class:`UnitsReachEnv`: actions in ``[0, 8]``), sparse reward 1 and a
+    terminal on the success step."""
     import h5py
 
     rows: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "success")}
-    env = UnitsReachEnv()
+    env = env_cls()
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed * 1000 + ep)
         for t in range(max_steps):
-            action = units_expert(obs)
+            action = env.expert(obs)
             nxt, _, _, _, info = env.step(action)
             done = bool(info["success"])
             for k, v in (("observations", obs), ("actions", action), ("rewards", float(done)), ("terminals", done),

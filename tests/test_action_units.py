@@ -375,3 +375,82 @@ def test_units_within_rounding_of_the_envs_range_are_not_called_beyond_it(caplog
     with caplog.at_level(logging.WARNING):
         make_env(Target(**TARGET, action_normalization={"low": [-1e-3, 0.0], "high": [8.0, 8.0]}))
     assert "beyond the env's own action range in dimension(s) [0]" in caplog.text
+
+
+NARROW_TARGET = {**TARGET, "name": "narrow_reach", "env_id": "_fake_envs:NarrowUnitsReachEnv"}
+BOX = {"low": [-0.1, -0.1], "high": [0.1, 0.1]}  # NarrowUnitsReachEnv's action box
+
+
+def test_declared_action_bounds_are_the_agents_units_and_must_hold_the_data(tmp_path) -> None:
+    """Demos in the env's own units inside [-1, 1] (a +-0.1 box): auto keeps them, data.action_bounds makes the box
+    the agent's units (actions / 0.1 when loaded), whatever data.actions says; bounds that leave out some of the
+    data, of another size, empty or malformed are refused by name. A file with its own record (converted from
+    [0, 8]) is re-expressed through the env's units."""
+    from robopretrain.data import data_action_units, read_info
+    from robopretrain.data.dataset import declared_action_units
+
+    src = fake.write_units_d4rl(tmp_path / "n.hdf5", episodes=4, env_cls=fake.NarrowUnitsReachEnv)
+    raw = convert(src, tmp_path / "n_conv.hdf5")  # inside [-1, 1]: copied as stored, no record
+    info = read_info(raw)
+    assert data_action_units(raw, info) is None
+    box = ActionNormalization((-0.1, -0.1), (0.1, 0.1))
+    for mode in ("auto", "keep"):
+        assert data_action_units(raw, info, mode, BOX) == box
+    spec = ObsSpec(low_dim=(("observations", 4),))
+    with h5py.File(src, "r") as f:
+        stored = f["actions"][()]
+    assert np.abs(stored).max() == pytest.approx(0.1)  # the expert saturates: the data spans the box
+    loaded = load_offline_dataset(raw, spec, RewardSettings(), action_units=box).arrays()["actions"]
+    np.testing.assert_allclose(np.sort(loaded.ravel()), np.sort(stored.ravel() / 0.1), atol=1e-5)
+    with pytest.raises(DatasetError, match=r"n_conv.hdf5: actions reach .* in dimension\(s\) \[1\], outside "
+                                           r"data.action_bounds"):
+        declared_action_units(raw, info, {"low": [-0.1, -0.05], "high": [0.1, 0.1]})
+    for bad, said in (({"low": [-0.1] * 3, "high": [0.1] * 3}, "has 3 dims, the actions of .* 2"),
+                      ({"low": [-0.1, 0.1], "high": [0.1, 0.1]}, r"high must be above low .* dimension\(s\) \[1\]"),
+                      ({"low": -0.1, "high": 0.1}, "data.action_bounds: .*lists of numbers"),
+                      ({"high": [0.1, 0.1]}, "data.action_bounds: .*mapping with low and high")):
+        with pytest.raises(ValueError, match=said):
+            declared_action_units(raw, info, bad)
+    recorded = convert(fake.write_units_d4rl(tmp_path / "u.hdf5", episodes=4), tmp_path / "u_conv.hdf5")
+    wide = {"low": [-2.0, -2.0], "high": [10.0, 10.0]}  # the robot's [0, 8] inside a wider declared box
+    units = data_action_units(recorded, read_info(recorded), "auto", wide)
+    got = load_offline_dataset(recorded, spec, RewardSettings(), action_units=units).arrays()["actions"]
+    as_file = load_offline_dataset(recorded, spec, RewardSettings()).arrays()["actions"]  # [0, 8] as [-1, 1]
+    np.testing.assert_allclose(got, ((as_file + 1.0) * 4.0 + 2.0) / 6.0 - 1.0, atol=1e-5)
+    with pytest.raises(DatasetError, match=r"dimension\(s\) \[0, 1\], outside data.action_bounds"):
+        declared_action_units(recorded, read_info(recorded), {"low": [1.0, 1.0], "high": [8.0, 8.0]})
+
+
+def test_stage2_with_declared_bounds_records_them_and_its_agent_reaches_the_experts_success(tmp_path, caplog) -> None:
+    """BC (1,600 updates) on the +-0.1 demos with data.action_bounds: the checkpoint records the box, the evaluation env receives
+    actions in the env's units, and the agent succeeds as the expert does. A later stage with the setting (init=,
+    stage 3) keeps the checkpoint's units and says the setting takes no effect; stage 3 resumes without it."""
+    src = fake.write_units_d4rl(tmp_path / "n.hdf5", episodes=30, env_cls=fake.NarrowUnitsReachEnv)
+    fake.UnitsReachEnv.received.clear()
+    cfg = stage2_config(src, tmp_path / "s2", algo="bc", steps=1600, width=64, obs={"low_dim": ["observations"]},
+                        data_cfg={"cache_dir": str(tmp_path / "cache"), "action_bounds": BOX},
+                        algo_cfg={"batch_size": 64},
+                        train={"eval_targets": [NARROW_TARGET], "eval_episodes": 20, "eval_every": 1600,
+                               "log_every": 400})
+    ckpt = Path(stage2(cfg))
+    assert {k: load_agent(ckpt)[1].meta["action_normalization"][k] for k in BOX} == BOX
+    evals = [r for r in read_jsonl(ckpt.parents[1] / "metrics.jsonl") if "eval/success" in r]
+    assert evals[-1]["eval/success"] >= 0.9, evals[-1]
+    received = np.array([a for _, a in fake.UnitsReachEnv.received])
+    assert np.abs(received).max() <= 0.1 + 1e-6 and np.abs(received).max() > 0.09  # the box's units, all of it
+    other = {"low": [-0.2, -0.2], "high": [0.2, 0.2]}
+    with caplog.at_level(logging.WARNING):
+        again = stage2(stage2_config(src, tmp_path / "init", algo="bc", steps=2, obs={"low_dim": ["observations"]},
+                                     data_cfg={"cache_dir": str(tmp_path / "cache"), "action_bounds": other},
+                                     init=str(ckpt)))
+    assert "data.action_bounds (low [-0.2, -0.2], high [0.2, 0.2]) takes no effect" in caplog.text
+    assert load_agent(again)[0].action_normalization == ActionNormalization.from_mapping(BOX)
+    caplog.clear()
+    s3 = stage3_config(ckpt, tmp_path / "s3", NARROW_TARGET, algo="bc", env_steps=8,
+                       data_cfg={"cache_dir": str(tmp_path / "cache"), "path": str(src), "action_bounds": other})
+    with caplog.at_level(logging.WARNING):
+        finetune(s3)
+    assert "data.action_bounds (low [-0.2, -0.2], high [0.2, 0.2]) takes no effect" in caplog.text
+    s3.data.action_bounds, s3.online.env_steps = None, 16
+    finetune(s3)  # resumed, not refused over a setting that never took effect
+    assert load_latest(tmp_path / "s3" / "checkpoints").meta["step"] >= 16

@@ -265,6 +265,13 @@ def test_actions_their_recorded_units_and_failed_terminals_are_said_as_training_
     np.testing.assert_allclose(s.action_high, np.max(highs, 0), rtol=1e-6)
     text = format_hdf5_summary(s)
     assert "  range [" in text and "leave [-1, 1]" not in text and s.failed_terminals == []
+    assert "data.action_bounds" not in text  # the tiny file's actions span [-1, 1]
+    with h5py.File(path, "a") as f:  # dimensions 0 and 2 in a +-0.05 box (a delta in metres), as a recorder wrote
+        for i in range(3):
+            f[f"data/demo_{i}/actions"][:, [0, 2]] = 0.05 * f[f"data/demo_{i}/actions"][:, [0, 2]]
+    reach = np.maximum(np.abs(summarize_hdf5(path).action_low), np.abs(summarize_hdf5(path).action_high))
+    assert f"note: actions of dimension(s) [0, 2] stay within +-[{reach[0]:.4g}, {reach[2]:.4g}]" in \
+        format_hdf5_summary(summarize_hdf5(path)) and reach[0] <= 0.05 and reach[1] > 0.25
     with h5py.File(path, "a") as f:
         f["data/demo_2/actions"][0, 1] = 3.5
         f["data/demo_1/dones"][-1] = 1  # demo_1 failed (ep_meta) and now ends on done=1

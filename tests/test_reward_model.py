@@ -532,6 +532,13 @@ def test_a_file_in_the_robots_own_action_units_is_rescaled_as_stage_2_does(tmp_p
         keep = config(data, tmp_path / "keep", relabel={"enabled": False})
         keep.data.actions = "keep"
         run(keep, tmp_path / "keep")
+    # the env's action box declared (data.action_bounds, as stage 2's): the model's units, whatever the data covers
+    box = {"low": [-1.0, -2.0], "high": [9.0, 2.0]}
+    declared = config(data, tmp_path / "box", model={"steps": 5}, relabel={"enabled": False})
+    declared.data.action_bounds = box
+    run(declared, tmp_path / "box")
+    model, _ = load_reward_model(tmp_path / "box" / "reward_model.pt")
+    assert (list(model.action_units.low), list(model.action_units.high)) == (box["low"], box["high"])
 
 
 def test_command_line_runs_the_reward_model_and_answers_in_one_line(tmp_path):

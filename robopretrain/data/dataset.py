@@ -343,14 +343,18 @@ def warn_sparse_data_for_dense_target(where: str, scaled_rewards: np.ndarray, re
     return True
 
 
-def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "auto") -> ActionNormalization | None:
-    """The action units of a fresh agent trained on ``path``: those the file records; else, with ``mode="auto"``,
-    per-dimension bounds from its actions when they leave ``[-1, 1]``
-    (:func:`robopretrain.envs.action_units.auto_bounds`: a robomimic file in the robot's own units, rescaled when
-    loaded and mapped back by every env the agent acts in); None (the env's own) otherwise. ``mode="keep"``: the
-    record only (actions outside ``[-1, 1]`` are then refused when loaded)."""
+def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "auto",
+                      bounds: Mapping[str, Any] | None = None) -> ActionNormalization | None:
+    """The action units of a fresh agent trained on ``path``: ``bounds`` when given (``data.action_bounds``:
+    :func:`declared_action_units`); else those the file records; else, with ``mode="auto"``, per-dimension bounds
+    from its actions when they leave ``[-1, 1]`` (:func:`robopretrain.envs.action_units.auto_bounds`: a robomimic
+    file in the robot's own units, rescaled when loaded and mapped back by every env the agent acts in); None (the
+    env's own) otherwise. ``mode="keep"``: the record only (actions outside ``[-1, 1]`` are then refused when
+    loaded)."""
     if mode not in ("auto", "keep"):
         raise ValueError(f"data.actions={mode!r}; expected auto or keep")
+    if bounds is not None:
+        return declared_action_units(path, info, bounds)
     recorded = file_action_units(info)
     if recorded is not None or mode == "keep":
         return recorded
@@ -361,6 +365,65 @@ def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "a
                     "records these units and every env it acts in maps its actions back (data.actions=keep refuses "
                     "them instead)", info.path, list(units.low), list(units.high))
     return units
+
+
+def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Mapping[str, Any]
+                          ) -> ActionNormalization:
+    """``data.action_bounds`` (``{low: [...], high: [...]}``, the env's action box, in the units the file's actions
+    are in: as stored, or through the file's own ``action_normalization`` record) as the agent's action units: the
+    actions are rescaled to ``[-1, 1]`` by them when loaded, and every env the agent acts in maps its actions back.
+    For demos stored in the env's own units inside ``[-1, 1]`` (a box of +-0.05), which ``data.actions=auto`` takes
+    as normalised already, so that the agent's exploration noise spans the whole ``[-1, 1]`` (docs/targets.md).
+
+    Raises ``ValueError`` (naming ``data.action_bounds``) for malformed bounds, a size other than the actions', or a
+    dimension whose high is not above its low; :class:`DatasetError` naming the dimensions when the file's actions
+    leave the bounds (by more than 1e-5 of their span): the bounds must hold the data."""
+    try:
+        units = ActionNormalization.from_mapping(bounds)
+    except ValueError as exc:
+        raise ValueError(f"data.action_bounds: {exc}") from None
+    assert units is not None
+    if units.dim != info.action_dim:
+        raise ValueError(f"data.action_bounds has {units.dim} dims, the actions of {info.path} {info.action_dim}")
+    low, high = np.asarray(units.low, np.float64), np.asarray(units.high, np.float64)
+    if np.any(high <= low):
+        raise ValueError(f"data.action_bounds: high must be above low in every dimension; it is not in dimension(s) "
+                         f"{np.flatnonzero(high <= low).tolist()}")
+    lo, hi = action_bounds(path, info)  # as stored; in the env's units through the file's record, if any
+    recorded = file_action_units(info)
+    if recorded is not None:
+        lo, hi = (recorded.to_env(v).astype(np.float64) for v in (lo, hi))
+    slack = 1e-5 * (high - low)
+    out = np.flatnonzero((lo < low - slack) | (hi > high + slack))
+    if out.size:
+        raise DatasetError(f"{info.path}: actions reach low {np.round(lo[out], 4).tolist()}, high "
+                           f"{np.round(hi[out], 4).tolist()} in dimension(s) {out.tolist()}, outside data.action_bounds "
+                           f"(low {low[out].tolist()}, high {high[out].tolist()}) there: the bounds are the env's "
+                           "action box in the units of the file's actions and must hold them (another robot's or "
+                           "controller's units? dimensions in another order?)")
+    log.info("%s: actions rescaled to [-1, 1] by data.action_bounds (low %s, high %s); the agent records these units "
+             "and every env it acts in maps its actions back", info.path, list(units.low), list(units.high))
+    return units
+
+
+def warn_ignored_action_bounds(bounds: Mapping[str, Any] | None, units: ActionNormalization | None,
+                               where: str) -> bool:
+    """Warn (and return True) when ``data.action_bounds`` is set for a run whose agent's action units are fixed
+    already (``units``: from a checkpoint, :func:`robopretrain.envs.action_units.describe`) and differ from them:
+    the setting takes no effect there. The agent's units are chosen once, by stage 2's data (train it again with the
+    setting); a file's actions are re-expressed in them through the file's own record."""
+    if bounds is None:
+        return False
+    try:
+        declared = ActionNormalization.from_mapping(bounds)
+    except ValueError as exc:
+        raise ValueError(f"data.action_bounds: {exc}") from None
+    if declared is None or declared.same(units):
+        return False
+    log.warning("%s: data.action_bounds (low %s, high %s) takes no effect: the agent's action units were fixed by "
+                "the data it was first trained on (%s); to act in the declared units, train a fresh stage 2 (no "
+                "init=) with data.action_bounds set", where, list(declared.low), list(declared.high), describe_units(units))
+    return True
 
 
 ACTION_RANGE_HINT = ("with data.actions=auto (the stage scripts' default) such actions are rescaled per dimension and "

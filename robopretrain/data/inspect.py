@@ -50,6 +50,7 @@ from robopretrain.files import atomic_file
 
 DEMO_RE = re.compile(r"^demo_(\d+)$")
 DEFAULT_IMAGE_KEY = "agentview_image"
+SMALL_ACTIONS = 0.25  # a dimension whose actions never leave +-this may be in an env's own narrow units (a note)
 
 
 class InspectError(ValueError):
@@ -513,6 +514,15 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append("note: actions leave [-1, 1] and the file records no units: stage 2 (data.actions=auto) "
                      "rescales each dimension by its min and max and records those units (data.actions=keep "
                      "refuses them)")
+    elif s.action_low is not None:
+        reach = np.maximum(np.abs(s.action_low), np.abs(s.action_high))
+        small = np.flatnonzero(reach <= SMALL_ACTIONS).tolist()
+        if small:
+            lines.append(f"note: actions of dimension(s) {small} stay within +-{_rounded(reach[small].tolist())} and the file "
+                         "records no units, so training takes them as [-1, 1] actions: if they are in the env's own "
+                         "units (an action box narrower than [-1, 1], e.g. a delta in metres), give stage 2 that box "
+                         "as data.action_bounds={low: [...], high: [...]} so the agent acts and explores in it "
+                         "(docs/targets.md)")
     if s.failed_terminals:
         named = ", ".join(s.failed_terminals[:3]) + (", ..." if len(s.failed_terminals) > 3 else "")
         lines.append(f"warning: {len(s.failed_terminals)} episode(s) end on done=1 without success ({named}): "

@@ -558,10 +558,11 @@ def _warn_shorter_inner_limit(env: gym.Env, target: Target) -> None:
 
 
 # what a user can do about an agent's action units, which its stage-2 data fixed (a target's may not contradict them)
-UNITS_FIXED_HINT = ("the agent's units were fixed by its stage-2 data (the file's env_args action_normalization, else "
-                    "the range its demos' actions covered) and no later stage changes them: rescale the data's actions "
-                    "to [-1, 1] by the env's range, record that range as the file's env_args action_normalization "
-                    "{low, high}, and train stage 2 again")
+UNITS_FIXED_HINT = ("the agent's units were fixed by its stage-2 data (data.action_bounds, else the file's env_args "
+                    "action_normalization, else the range its demos' actions covered) and no later stage changes "
+                    "them: train stage 2 again with data.action_bounds set to the env's range {low, high} (or "
+                    "rescale the data's actions to [-1, 1] by it and record it as the file's env_args "
+                    "action_normalization)")
 _NARROW_WARNED: set[str] = set()  # the range warnings (narrow, beyond) already given in this process
 
 
