@@ -389,7 +389,7 @@ def test_action_bounds_span_every_demo_and_env_args_is_required(tmp_path):
     with pytest.raises(DatasetError, match="missing attribute 'env_args'"):
         read_info(write_dataset(tmp_path / "bare.hdf5", mutate=no_env_args))
 
-def test_a_demo_of_another_action_size_gets_one_message_whatever_data_actions(tmp_path):
+def test_a_demo_of_another_action_size_gets_one_message_whatever_data_actions(tmp_path, caplog):
     """One demo with 3-D actions among 2-D ones: data.actions=auto (action_bounds reads every demo) names the file and
     the demo as the reader does with data.actions=keep, not a bare numpy broadcast error."""
     from robopretrain.data.dataset import data_action_units
@@ -417,7 +417,18 @@ def test_a_demo_of_another_action_size_gets_one_message_whatever_data_actions(tm
     with pytest.raises(DatasetError, match=r"2-D in 2 demo\(s\) \(demo_1, demo_10\); 1-D in 1 demo\(s\) \(demo_0\).*"
                                            r"of the other size \(demo_0\)"):
         load_transitions(first, ["proprio"])
+    # convert copies such a file as it is (--image-size, or next_obs to derive): it says so first, in the same words
+    import logging
 
+    from robopretrain.data.convert import convert
+    from robopretrain.data.hdf5 import mixed_action_sizes
+
+    assert mixed_action_sizes(write_dataset(tmp_path / "even.hdf5")) is None
+    assert mixed_action_sizes(tmp_path / "missing.hdf5") is None  # the reader names that problem itself
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.convert"):
+        convert(path, tmp_path / "copy.hdf5", image_size=8)
+    assert f"{path}: the demos' actions differ in size: 2-D in 2 demo(s)" in caplog.text
+    assert "(the copy keeps them as they are)" in caplog.text
 
 
 @pytest.mark.parametrize("grey_shape", [(4, 4, 1), (4, 4)])

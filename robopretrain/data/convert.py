@@ -64,6 +64,7 @@ import h5py
 import numpy as np
 
 from robopretrain.data.episodes import ACTION_MODES, ConversionError, Episode, check_image_size, write_robomimic
+from robopretrain.data.hdf5 import mixed_action_sizes
 from robopretrain.data.frames import index_dir
 from robopretrain.data.read_d4rl import is_d4rl, read_d4rl
 from robopretrain.data.read_lerobot import is_lerobot, read_lerobot
@@ -224,6 +225,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
     # the source's absolute path: a cached copy names (and is pruned by) the file itself, not a path relative to
     # whichever folder the run started in
     if fmt == "robomimic":  # its cameras at image_size x image_size, next_obs derived where missing, the rest as stored
+        mixed = mixed_action_sizes(src)
+        if mixed:  # copied as they are: training refuses a selection holding both sizes, so say it now
+            log.warning("%s: %s (the copy keeps them as they are)", src, mixed)
         return write_resized(src, dst, check_image_size(image_size))
     bounds = declared_action_bounds(src) if fmt == "minari" else None  # the other formats declare no space
     return write_robomimic(dst, READERS[fmt](src), source=str(src.expanduser().resolve()), fmt=fmt,

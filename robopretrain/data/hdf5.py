@@ -323,6 +323,22 @@ def _check_actions(path: str, demo: h5py.Group, info: DemoInfo, act_dim: int | N
     return int(acts.shape[1])
 
 
+def mixed_action_sizes(path: str | os.PathLike) -> str | None:
+    """What training says of a robomimic file whose demos' actions differ in size (:func:`_action_sizes_problem`:
+    the sizes with their demos, the odd ones to rewrite or delete); None when they agree, or when the file's layout
+    is not one to tell from (the reader names that problem itself)."""
+    try:
+        with _open(os.fspath(path)) as f:
+            data = f.get("data")
+            if not isinstance(data, h5py.Group):
+                return None
+            sizes = {int(acts.shape[1]) for name in _demo_names(os.fspath(path), data)
+                     for acts in (data[name].get("actions"),) if isinstance(acts, h5py.Dataset) and acts.ndim == 2}
+            return _action_sizes_problem(data) if len(sizes) > 1 else None
+    except (DatasetError, OSError):
+        return None
+
+
 def _action_sizes_problem(data: h5py.Group) -> str:
     """What to say of a file whose demos' actions differ in size: each size with its demos, the most common first,
     and the demos of the other sizes to rewrite or delete (the odd ones, not merely those after the first demo)."""
