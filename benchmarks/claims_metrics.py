@@ -85,6 +85,9 @@ def _curve(env_steps: Sequence[float], values: Sequence[float], who: str) -> tup
         raise ValueError(f"{who}: env_steps {steps.shape} and values {vals.shape} must be equal-length, non-empty 1-D")
     if np.any(np.diff(steps) <= 0):
         raise ValueError(f"{who}: env_steps must increase strictly")
+    if not np.all(np.isfinite(vals)):  # a missing evaluation: min() and sums would hide or spread it
+        raise ValueError(f"{who}: values must be finite; evaluation(s) {np.flatnonzero(~np.isfinite(vals)).tolist()} "
+                         "are not (a missing evaluation? leave it out with its env step)")
     return steps, vals
 
 
@@ -96,8 +99,8 @@ def performance_dip(env_steps: Sequence[float], values: Sequence[float], window:
     step); the dip is ``max(0, v_0 - min{v_k : 0 < env_steps[k] - env_steps[0] <= window})``, in the units of
     ``values`` (a success rate, or a return). 0 when no evaluation falls below ``v_0`` or none lies in the window.
 
-    ``env_steps`` (K,) strictly increasing, ``values`` (K,). Raises ValueError on mismatched shapes, non-increasing
-    steps or ``window <= 0``.
+    ``env_steps`` (K,) strictly increasing, ``values`` (K,) finite. Raises ValueError on mismatched shapes,
+    non-increasing steps, a value that is not finite (a NaN evaluation hid the dip) or ``window <= 0``.
     """
     if window <= 0:
         raise ValueError(f"performance_dip: window={window}; expected > 0 env steps")
@@ -123,7 +126,8 @@ def cumulative_regret(env_steps: Sequence[float], success: Sequence[float]) -> d
 
     ``env_steps`` (K,) strictly increasing and equally spaced (to 1e-9 relative), ``success`` (K,) success rates in
     [0, 1]. Returns ``{"regret", "mean_regret", "evaluations", "spacing"}`` (spacing in env steps; 0 for K = 1).
-    Raises ValueError on mismatched shapes, non-increasing or unequal spacing, or a success rate outside [0, 1].
+    Raises ValueError on mismatched shapes, non-increasing or unequal spacing, or a success rate outside [0, 1]
+    (NaN included).
     """
     steps, succ = _curve(env_steps, success, "cumulative_regret")
     if np.any((succ < 0) | (succ > 1)):

@@ -87,6 +87,10 @@ def test_dip_is_the_largest_fall_below_the_switch_value_within_the_window(cm):
         cm.performance_dip([0, 10, 10], [0.2, 0.4, 0.9], window=20)
     # evaluations one env step apart, a window of one step: the next evaluation is inside it
     assert cm.performance_dip([0, 1, 2], [0.6, 0.1, 0.0], window=1) == pytest.approx(0.5)
+    # a missing (NaN) evaluation in the window made the dip 0.0 (max(0, nan)), hiding the 0.8 fall before it
+    for values in ([1.0, 0.2, np.nan], [np.nan, 0.2, 0.4]):
+        with pytest.raises(ValueError, match=r"values must be finite; evaluation\(s\) \[[02]\]"):
+            cm.performance_dip([0, 10, 20], values, window=20)
 
 
 # ------------------------------------------------------------------------------------------------------- regret
@@ -105,6 +109,8 @@ def test_regret_sums_one_minus_success_and_states_the_spacing(cm):
         cm.cumulative_regret([0, 5000, 15000], [0.5, 1.0, 0.25])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         cm.cumulative_regret([0, 5000], [0.5, 25.0])  # a percentage passed as a rate
+    with pytest.raises(ValueError, match="finite"):
+        cm.cumulative_regret([0, 5000, 10000], [0.5, np.nan, 1.0])  # was a regret of nan
     with pytest.raises(ValueError, match="not equally spaced"):
         cm.cumulative_regret([0, 10, 21], [0.5, 1.0, 0.25])  # an evaluation one env step late
     assert cm.cumulative_regret([0], [0.25]) == {"regret": 0.75, "mean_regret": 0.75, "evaluations": 1,
