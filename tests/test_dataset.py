@@ -200,6 +200,22 @@ def test_key_maps_task_ids_and_sizes_are_checked(tmp_path):
     ds = load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, task_id=3, tasks=["b"])
     assert len(ds) == 3 and set(ds.arrays()["observations"]) == {"state", "task_id"}
     np.testing.assert_array_equal(ds.arrays()["observations"]["task_id"], [3, 3, 3])  # one id for a foreign file
+    # stored as the spec (and the online buffer) keep it: int64, in memory, from disk and through from_transitions
+    from robopretrain.data import OfflineDataset, load_transitions
+
+    trans = load_transitions(path, ["proprio"])
+    held = OfflineDataset.from_transitions(trans, gamma=0.99, flat_obs_keys=["proprio"], num_tasks=4)
+    for data in (ds, load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, storage="disk"), held):
+        batch = data.sample(4)
+        for part in ("observations", "next_observations"):
+            assert batch[part]["task_id"].dtype == torch.int64, (type(data).__name__, part)
+    assert spec.storage()["task_id"][1] == np.int64
+    # a spec whose sizes are not the file's (written by hand, or another file's) loaded without a word
+    from robopretrain.data.spec import ObsSpec
+
+    with pytest.raises(DatasetError, match=r"toy.hdf5 does not fit the observation spec it is loaded for: "
+                                          r"low_dim part 'state': .*toy.hdf5 has size 1, the observation spec .* 5"):
+        load_offline_dataset(path, ObsSpec(low_dim=(("state", 5),), num_tasks=4), CAL_QL, obs_map={"state": "proprio"})
     with pytest.raises(DatasetError, match=r"toy.hdf5: task ids \[5\] do not fit a task one-hot of size 4 \(the slot "
                                           r"given for the data: data.task_id in stage 2"):  # (it named a target)
         load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, task_id=5)

@@ -481,6 +481,11 @@ def load_offline_dataset(
         raise ValueError(f"data.storage={storage!r}; expected one of {STORAGES}")
     info = read_info(path)
     key_map = dict(obs_map or {})
+    try:  # the spec's sizes are the file's (a spec of another file, or one written by hand, loaded silently)
+        spec_of_data(path, spec.low_dim_keys, spec.rgb_keys, spec.num_tasks, obs_map=key_map, info=info).check_fits(
+            spec, mine=str(info.path), theirs="the observation spec it is loaded for")
+    except ValueError as exc:  # a size that differs, or a part the file lacks
+        raise DatasetError(str(exc)) from None
     if act_dim is not None and info.action_dim != int(act_dim):
         raise DatasetError(f"{info.path}: actions have {info.action_dim} dims; the agent has {act_dim}")
     demos = selected_demos(info, tasks=tasks, mask=mask, max_demos=max_demos, skip_short=skip_short)

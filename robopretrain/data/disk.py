@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from robopretrain.data.frames import FrameStore, write_rows
-from robopretrain.data.keys import NEXT_OBS, OBS
-from robopretrain.data.replay import Batch, _as_storage, _rng_state, _set_rng_state, _to_torch, _tree_map
+from robopretrain.data.keys import NEXT_OBS, OBS, OBS_FIELDS
+from robopretrain.data.replay import Batch, _as_storage, _obs_storage, _rng_state, _set_rng_state, _to_torch, _tree_map
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class DiskDataset:
         for key, r in rows.items():
             if np.shape(r) != (2, n):
                 raise ValueError(f"rows of {key} must have shape (2, {n}), got {np.shape(r)}")
-        self._fields = {k: _tree_map(_as_storage, v) for k, v in fields.items()}
+        self._fields = {k: (_obs_storage(v) if k in OBS_FIELDS else _tree_map(_as_storage, v))
+                        for k, v in fields.items()}
         self.stores = dict(stores)
         self.rows = {k: np.asarray(v, dtype=np.int64) for k, v in rows.items()}
         self.order = list(order)

@@ -68,6 +68,15 @@ def _as_storage(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a if a.dtype == np.uint8 else a.astype(np.float32, copy=False))
 
 
+def _obs_storage(tree: Obs) -> Obs:
+    """An observation tree as stored: ``task_id`` int64 (as :meth:`ObsSpec.storage` and the online buffer keep it),
+    cameras uint8, the rest float32."""
+    if isinstance(tree, Mapping):
+        return {k: (np.ascontiguousarray(np.asarray(v), dtype=np.int64) if k == TASK_ID else _as_storage(v))
+                for k, v in tree.items()}
+    return _as_storage(tree)
+
+
 def _to_torch(tree, device: torch.device):
     return _tree_map(lambda a: torch.from_numpy(a).to(device, non_blocking=True), tree)
 
@@ -119,10 +128,10 @@ class OfflineDataset:
         (None: from ``episode_starts``; :func:`~robopretrain.data.returns.next_actions_of`)."""
         n = len(actions)
         fields = {
-            "observations": _tree_map(_as_storage, observations),
+            "observations": _obs_storage(observations),
             "actions": _as_storage(actions),
             "rewards": _as_storage(np.reshape(rewards, (n,))),
-            "next_observations": _tree_map(_as_storage, next_observations),
+            "next_observations": _obs_storage(next_observations),
             "dones": _as_storage(np.reshape(dones, (n,))),
         }
         if mc_returns is not None:  # without them batches carry no "mc_returns" and Cal-QL refuses them
