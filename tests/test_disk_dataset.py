@@ -112,6 +112,22 @@ def test_keys_no_run_reads_and_actions_in_the_robots_units_index_as_memory_reads
     assert np.abs(disk.arrays()["actions"]).max() <= 1.0 + 1e-6
 
 
+def test_a_bad_done_in_a_demo_the_selection_leaves_out_stops_neither_storage(toy):
+    """dones of 2 in demo_1 (task b): disk storage refused tasks=[a] while memory loaded it (the index read every
+    demo's dones with the reader's check); a selection holding demo_1 is refused by both, naming it."""
+    import h5py
+
+    path, _, spec = toy
+    with h5py.File(path, "r+") as f:
+        f["data/demo_1/dones"][0] = 2
+    memory = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="memory", tasks=["a"])
+    disk = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="disk", tasks=["a"])
+    assert_same(memory.sample(8), disk.sample(8))
+    for storage in ("memory", "disk"):
+        with pytest.raises(DatasetError, match=r"toy.hdf5: data/demo_1/dones: expected values in \{0, 1\}"):
+            load_offline_dataset(path, spec, CAL_QL, storage=storage)
+
+
 def test_disk_and_memory_give_identical_batches_also_with_prefetch_and_frozen_features(toy):
     path, _, spec = toy
     memory = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="memory")

@@ -67,6 +67,9 @@ def test_select_by_mask_and_task_and_images(tmp_path):
     assert tr.obs["agentview_image"].dtype == np.uint8 and tr.obs["agentview_image"].shape == (4, 4, 4, 3)
     tr = load_transitions(path, ["proprio"], mask="train", tasks=["lift"])
     assert tr.demo_names == ["demo_0", "demo_10"]
+    # one demo named as a string, as tasks takes one task (it was read letter by letter: unknown demo(s) ['d', ...])
+    assert select_demos(info, demos="demo_10") == ["demo_10"]
+    assert load_transitions(path, ["proprio"], demos="demo_1").demo_names == ["demo_1"]
 
 
 def _expect(path, match, **kwargs):

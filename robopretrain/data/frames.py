@@ -253,8 +253,8 @@ def remove_abandoned_builds(folder: Path) -> list[Path]:
 
 def _build_holding(source: Path, info: DatasetInfo, keys: Sequence[str], folder: Path, tmp: Path) -> Path:
     """:func:`build_index`'s copy into ``tmp`` and rename onto ``folder``, while holding ``tmp``'s lock."""
-    # every demo a selection can hold (a shorter one is refused before any index is read), NaN / inf left as they
-    # are: a selection that holds one is refused by robopretrain.data.hdf5.check_finite_transitions
+    # every demo a selection can hold (a shorter one is refused before any index is read), NaN / inf and odd dones
+    # left as they are: a selection that holds one is refused by robopretrain.data.hdf5.check_finite_transitions
     demos = [d.name for d in info.demos if d.num_samples >= 2]
     lengths = [info.demo(d).num_samples for d in demos]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

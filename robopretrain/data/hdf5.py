@@ -494,6 +494,8 @@ def select_demos(
         wanted = set(tasks)
         selected = [d.name for d in info.demos if d.name in set(selected) and d.task in wanted]
     if demos is not None:
+        if isinstance(demos, str):  # one name, as tasks takes one (it was read letter by letter)
+            demos = [demos]
         known = {d.name for d in info.demos}
         unknown = [n for n in demos if n not in known]
         if unknown:
@@ -527,9 +529,13 @@ def _reject_non_finite(path: str, key: str, rows: np.ndarray) -> None:
         raise _err(path, key, f"contains NaN or inf (first at row {bad}); expected finite values")
 
 
+DONES_VALUES = "expected values in {0, 1}"
+
+
 def check_finite_transitions(trans: Transitions) -> None:
-    """:func:`load_transitions`' NaN / inf refusal for arrays read another way (the frame index): raise
-    :class:`DatasetError` naming the first demo, key and row (within the demo) that holds one."""
+    """:func:`load_transitions`' value refusals for arrays read another way (the frame index, which stores every
+    demo whatever a run selects): raise :class:`DatasetError` naming the first demo, key and row (within the demo)
+    that holds NaN / inf, or the first demo whose dones are not all 0 or 1."""
     parts = [*((f"obs/{k}", v) for k, v in trans.obs.items()),
              *((f"next_obs/{k}", v) for k, v in trans.next_obs.items()),
              ("actions", trans.actions), ("rewards", trans.rewards), ("dones", trans.dones)]
@@ -541,6 +547,10 @@ def check_finite_transitions(trans: Transitions) -> None:
         start = int(np.flatnonzero(trans.episode_ids == episode)[0])
         raise _err(trans.path, f"data/{trans.demo_names[episode]}/{key}",
                    f"contains NaN or inf (first at row {row - start}); expected finite values")
+    odd = ~np.isin(trans.dones, (0.0, 1.0))
+    if odd.any():
+        raise _err(trans.path, f"data/{trans.demo_names[int(trans.episode_ids[np.flatnonzero(odd)[0]])]}/dones",
+                   DONES_VALUES)
 
 
 def _allocate(specs: dict[str, tuple[tuple[int, ...], np.dtype]], keys: Sequence[str], n: int) -> dict[str, np.ndarray]:
@@ -588,8 +598,8 @@ def load_transitions(
     ``images=False`` image keys are validated (shapes, dtypes) but not read and left out of ``obs`` / ``next_obs``
     (the disk-backed dataset, :mod:`robopretrain.data.disk`, reads them on demand). ``action_range=False`` reads
     actions outside ``[-1, 1]`` as they are (a caller that rescales them, :mod:`robopretrain.data.dataset`);
-    ``check_finite=False`` leaves NaN / inf in place (the frame index, which stores every demo and is checked per
-    selection by :func:`check_finite_transitions`). ``low_dim``: keys (of ``obs_keys``) that are low-dim parts
+    ``check_finite=False`` leaves NaN / inf and dones other than 0 / 1 in place (the frame index, which stores every
+    demo and is checked per selection by :func:`check_finite_transitions`). ``low_dim``: keys (of ``obs_keys``) that are low-dim parts
     whatever their name: checked and read as float ``(N, d)`` even when named ``*_image`` (the name rule, module
     docstring, decides only for keys not listed). Raises :class:`DatasetError` on any contract violation (see the
     module docstring).
@@ -687,5 +697,5 @@ def _read_demo(
     else:
         rewards[lo:hi] = 0.0
     _read_into(path, demo["dones"], f"{base}/dones", dones, lo, hi, finite)
-    if not np.isin(dones[lo:hi], (0.0, 1.0)).all():
-        raise _err(path, f"{base}/dones", "expected values in {0, 1}")
+    if finite and not np.isin(dones[lo:hi], (0.0, 1.0)).all():  # else checked per selection (the frame index)
+        raise _err(path, f"{base}/dones", DONES_VALUES)
