@@ -39,6 +39,7 @@ import logging
 import multiprocessing as mp
 import multiprocessing.util
 import math
+import numbers
 import os
 import signal
 import time
@@ -424,7 +425,9 @@ def wilson_ci(successes: int, episodes: int, confidence: float = 0.95) -> tuple[
     """Wilson score interval of a success rate ``successes / episodes`` (Wilson 1927; recommended over the normal and
     bootstrap intervals for small n by Brown, Cai & DasGupta 2001). Unlike a percentile bootstrap it does not collapse
     at 0/n or n/n (20/20 gives [0.84, 1]). Raises ValueError when ``episodes`` < 1, ``successes`` is outside
-    [0, episodes] or ``confidence`` is not in (0, 1)."""
+    [0, episodes] or either is not a whole number (a bool or 1.5 included), or ``confidence`` is not in (0, 1)."""
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in (successes, episodes)):
+        raise ValueError(f"wilson_ci: {successes!r} successes of {episodes!r} episodes; expected whole counts")
     if episodes < 1 or not 0 <= successes <= episodes:
         raise ValueError(f"wilson_ci: {successes} successes of {episodes} episodes")
     if not 0.0 < confidence < 1.0:
@@ -439,10 +442,15 @@ def wilson_ci(successes: int, episodes: int, confidence: float = 0.95) -> tuple[
 
 def bootstrap_ci(values: Sequence[float], resamples: int = 2000, confidence: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (fixed resampling seed: reproducible)."""
+    """Percentile bootstrap interval of the mean of ``values`` (fixed resampling seed: reproducible). Raises
+    ValueError when ``values`` is empty, not 1-D or not finite, ``confidence`` is not in (0, 1) or ``resamples``
+    < 1."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
+    if x.ndim != 1 or not np.isfinite(x).all():
+        raise ValueError(f"bootstrap_ci: values must be a 1-D sequence of finite numbers, got shape {x.shape}"
+                         + ("" if x.ndim != 1 else f" with {int((~np.isfinite(x)).sum())} NaN / inf"))
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if resamples < 1:

@@ -23,8 +23,8 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
+    if isinstance(value, np.generic) or (getattr(value, "ndim", None) == 0 and hasattr(value, "item")):
+        value = value.item()  # numpy scalars (np.bool_ too), 0-d arrays and 0-d tensors as Python numbers
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

@@ -45,6 +45,8 @@ def test_the_two_maps_by_hand() -> None:
         with pytest.raises(ValueError):
             ActionNormalization(low, high)
     assert ActionNormalization.from_mapping(UNITS.to_dict()) == UNITS and ActionNormalization.from_mapping(None) is None
+    with pytest.raises(ValueError, match=r"action_normalization: low and high must be lists of numbers.*'b'"):
+        ActionNormalization.from_mapping({"low": [0, 0], "high": [1, "b"]})  # numpy's words named neither
     narrow = ActionNormalization((0.0, -0.1), (0.5, 0.1))  # spans below 1 are divided by, like any other
     np.testing.assert_allclose(narrow.to_agent(np.array([0.25, 0.05])), [0.0, 0.5], atol=1e-6)
     np.testing.assert_allclose(narrow.to_env(np.array([1.0, -1.0])), [0.5, -0.1], atol=1e-6)
@@ -89,6 +91,9 @@ def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(c
     assert out[0, 0] == 1.0 and "wide.hdf5" in caplog.text and "33.33%" in caplog.text
     with pytest.raises(ValueError, match="3 dims, the actions 2"):
         reexpress(np.zeros((1, 2), np.float32), None, UNITS, "f")
+    for shape in ((3,), (2, 1, 3)):  # numpy broadcast (3,), or named neither the file nor the sizes
+        with pytest.raises(ValueError, match=rf"f: actions of shape \({shape[0]},.*expected \(N, 3\)"):
+            reexpress(np.zeros(shape, np.float32), None, UNITS, "f")
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # the agent's constant last dimension (1) cannot hold this file's 0.5
         out = reexpress(np.array([[4.0, 0.0, 1.0], [4.0, 0.0, 0.5]], np.float32), None, UNITS, "gripper.hdf5")

@@ -126,6 +126,10 @@ def test_bootstrap_ci_contains_mean_and_is_reproducible():
     assert hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.6 * 0.4 / 50), abs=0.06)  # close to the normal interval
     assert bootstrap_ci(values, 2000, 0.95, 3) == (lo, hi)
     assert bootstrap_ci([1, 1, 1], 100) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="1-D sequence of finite numbers, got shape \\(3,\\) with 1 NaN"):
+        bootstrap_ci([1.0, np.nan, 0.0])  # was (nan, nan)
+    with pytest.raises(ValueError, match="got shape \\(2, 2\\)"):
+        bootstrap_ci([[1.0, 0.0], [0.0, 1.0]])  # was an IndexError
 
 
 def test_bad_factor_configs_are_named(tiny_checkpoint, tmp_path):
@@ -456,6 +460,10 @@ def test_wilson_intervals_contain_every_rate_and_all_fail_or_all_succeed_rows_pl
         for k in {0, 1, n - 1, n}:
             lo, hi = wilson_ci(k, n)
             assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n)
+    for counts in ((1.5, 3), (2, 2.5), (True, 3)):  # an interval of counts no episode gives, or a flag
+        with pytest.raises(ValueError, match="expected whole counts"):
+            wilson_ci(*counts)
+    assert wilson_ci(np.int64(3), np.int64(4)) == wilson_ci(3, 4)
     row = lambda k, n: {"success": k / n, "ci_low": wilson_ci(k, n)[0], "ci_high": wilson_ci(k, n)[1]}  # noqa: E731
     stats = {"nominal": {"none": row(0, 10)}, "friction": {"eval_hard": row(13, 13)}}
     assert plot_success(stats, tmp_path / "s.png", "t").is_file()

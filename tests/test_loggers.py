@@ -76,6 +76,24 @@ def test_tensorboard_logger_writes_scalars_config_and_images(tmp_path):
     assert "calql" in json.dumps([t.tensor_proto.string_val[0].decode() for t in events.Tensors("config/text_summary")])
 
 
+def test_metrics_logger_takes_numpy_and_torch_scalars_as_numbers(tmp_path):
+    """A 0-d tensor, a 0-d array and np.bool_ raised "not JSON serializable" (only np.floating / np.integer were
+    converted): each is written as its Python number, a NaN as null, and the finite ones reach TensorBoard."""
+    import numpy as np
+    import torch
+
+    from robopretrain.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, tensorboard=True)
+    logger.log(3, {"t": torch.tensor(1.5), "a": np.array(2.5), "b": np.bool_(True), "i": np.int64(4),
+                   "n": torch.tensor(float("nan")), "s": "text"}, prefix="train/")
+    logger.close()
+    (row,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert row == {"step": 3, "train/t": 1.5, "train/a": 2.5, "train/b": True, "train/i": 4, "train/n": None,
+                   "train/s": "text"}
+    assert {"train/t", "train/a", "train/i"} <= set(tensorboard_events(tmp_path / "tb").Tags()["scalars"])
+
+
 def test_pipeline_names_each_stage_run_and_logs_the_report(tmp_path):
     from robopretrain.pipeline import stage_logger
     from robopretrain.report import log_report

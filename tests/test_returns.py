@@ -279,3 +279,11 @@ def test_a_gap_within_float32_rounding_does_not_start_an_episode_and_a_real_one_
         nxt[0, 0] -= gap  # next_obs[0] vs obs[1]
         starts = episode_starts(3, obs={"x": obs}, next_obs={"x": nxt})
         assert starts.tolist() == [True, new, False], gap
+
+
+def test_rewards_and_terminals_of_other_lengths_are_named():
+    """(3,) rewards with (5,) terminals gave numpy's "cannot reshape array of size 5 into shape (3,)"."""
+    from robopretrain.data.returns import returns_to_go
+
+    with pytest.raises(ValueError, match=r"returns_to_go: rewards \(3,\) and terminals \(5,\) must have the same"):
+        returns_to_go(np.zeros(3), np.zeros(5), 0.99)

@@ -4,7 +4,8 @@ Losses (plain functions below):
 
 * value: expectile regression of ``V(s)`` towards ``min_e Q_target_e(s, a)``:
   ``mean(|tau - 1(u < 0)| * u^2)`` with ``u = Q - V`` and ``tau = 0.9``;
-* critics: ``mean_e (Q_e(s, a) - (r + gamma * (1 - done) * V(s')))^2``;
+* critics: ``sum_e mean_batch (Q_e(s, a) - (r + gamma * (1 - done) * V(s')))^2`` (a sum over the critics, as the
+  authors' ``(q1 - y)^2 + (q2 - y)^2``; CORL divides it by their number, which halves this loss's scale);
 * policy (AWR): ``-mean(min(exp(beta * (Q - V)), 100) * log pi(a|s))`` with ``beta = 1`` (rewards x10).
 
 As in :mod:`robopretrain.algos.cql`, every loss touches only its own parameters and one backward pass of

@@ -210,9 +210,13 @@ def returns_to_go(
     """Returns-to-go for a flat array of transitions made of consecutive episodes; float32 ``(N,)``.
 
     Boundaries are found with :func:`episode_starts`; each episode is handled by
-    :func:`episode_returns_to_go`. Rewards must already carry the algorithm's scale and bias.
+    :func:`episode_returns_to_go`. Rewards must already carry the algorithm's scale and bias. Raises ``ValueError``
+    when ``rewards`` and ``terminals`` differ in length.
     """
     r = np.asarray(rewards).reshape(-1)
+    if np.size(terminals) != len(r):
+        raise ValueError(f"returns_to_go: rewards ({len(r)},) and terminals ({np.size(terminals)},) must have the "
+                         "same length")
     starts = episode_starts(len(r), episode_ids=episode_ids, terminals=terminals, obs=obs, next_obs=next_obs, atol=atol)
     bounds = np.append(np.flatnonzero(starts), len(r))
     d = np.asarray(terminals).reshape(-1)

@@ -43,7 +43,11 @@ class ActionNormalization:
     high: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        low, high = np.asarray(self.low, dtype=np.float64), np.asarray(self.high, dtype=np.float64)
+        try:
+            low, high = np.asarray(self.low, dtype=np.float64), np.asarray(self.high, dtype=np.float64)
+        except (TypeError, ValueError):  # numpy's "could not convert string to float: 'b'" named neither
+            raise ValueError(f"action_normalization: low and high must be lists of numbers, got low={self.low!r}, "
+                             f"high={self.high!r}") from None
         if low.ndim != 1 or low.shape != high.shape or low.size == 0:
             raise ValueError(f"action_normalization: low and high must be equal-length lists, got {len(self.low)} "
                              f"and {len(self.high)} values")
@@ -141,11 +145,14 @@ def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent
     ``agent.to_agent(a_env)``. Unchanged when both are the same. Values the agent's ``[-1, 1]`` cannot hold (the file
     covers a wider range than the data that fixed the agent's units) are clipped to ``[-1, 1]``, with a warning that
     gives the clipped fraction; a dimension constant in the agent's units (0 whatever the file holds) is warned
-    about when the file's values there differ. Raises ``ValueError`` when a normalization's size is not the actions'.
+    about when the file's values there differ. Raises ``ValueError`` when a normalization's size is not the actions'
+    or the actions are not ``(N, dim)``.
     """
     actions = np.asarray(actions, dtype=np.float32)
     for units, whose in ((file_units, where), (agent_units, "the agent")):
-        if units is not None and actions.ndim == 2 and units.dim != actions.shape[1]:
+        if units is not None and actions.ndim != 2:  # numpy broadcast them, or said so naming neither
+            raise ValueError(f"{where}: actions of shape {actions.shape}; expected (N, {units.dim})")
+        if units is not None and units.dim != actions.shape[1]:
             raise ValueError(f"{whose}: action_normalization has {units.dim} dims, the actions {actions.shape[1]}")
     if same_units(file_units, agent_units):
         return actions
