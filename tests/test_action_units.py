@@ -427,9 +427,10 @@ def test_declared_action_bounds_are_the_agents_units_and_must_hold_the_data(tmp_
 
 
 def test_stage2_with_declared_bounds_records_them_and_its_agent_reaches_the_experts_success(tmp_path, caplog) -> None:
-    """BC (1,600 updates) on the +-0.1 demos with data.action_bounds: the checkpoint records the box, the evaluation env receives
-    actions in the env's units, and the agent succeeds as the expert does. A later stage with the setting (init=,
-    stage 3) keeps the checkpoint's units and says the setting takes no effect; stage 3 resumes without it."""
+    """BC (1,600 updates) on the +-0.1 demos with data.action_bounds: the checkpoint records the box, the evaluation
+    env receives actions in the env's units, and the agent succeeds as the expert does. A later stage with the
+    setting (init=, stage 3) keeps the checkpoint's units and says the setting takes no effect; stage 3 resumes
+    without it."""
     src = fake.write_units_d4rl(tmp_path / "n.hdf5", episodes=30, env_cls=fake.NarrowUnitsReachEnv)
     fake.UnitsReachEnv.received.clear()
     cfg = stage2_config(src, tmp_path / "s2", algo="bc", steps=1600, width=64, obs={"low_dim": ["observations"]},

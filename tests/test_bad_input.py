@@ -378,7 +378,8 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     # keys added with + that no config defines and no stage reads (a new user's +obs.normalise=false trained on)
     ("robopretrain", "+obs.normalise=false", "robopretrain config: unknown key(s) obs.normalise; valid keys: "
                                              "obs: low_dim, min_std, normalize, num_tasks, rgb"),
-    ("robopretrain", "+data.obsmap={a: b}", "robopretrain config: unknown key(s) data.obsmap; valid keys: data: action_bounds, actions"),
+    ("robopretrain", "+data.obsmap={a: b}",
+     "robopretrain config: unknown key(s) data.obsmap; valid keys: data: action_bounds, actions"),
     ("finetune", "+data.maks=train", "finetune config: unknown key(s) data.maks"),
     # each stage's own keys (a review: any config's key passed anywhere), nested groups too
     ("robopretrain", "+data.mix.fracton=0.5", "unknown key(s) data.mix.fracton; valid keys: data.mix: actions, "

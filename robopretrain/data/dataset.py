@@ -397,10 +397,10 @@ def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Ma
     out = np.flatnonzero((lo < low - slack) | (hi > high + slack))
     if out.size:
         raise DatasetError(f"{info.path}: actions reach low {np.round(lo[out], 4).tolist()}, high "
-                           f"{np.round(hi[out], 4).tolist()} in dimension(s) {out.tolist()}, outside data.action_bounds "
-                           f"(low {low[out].tolist()}, high {high[out].tolist()}) there: the bounds are the env's "
-                           "action box in the units of the file's actions and must hold them (another robot's or "
-                           "controller's units? dimensions in another order?)")
+                           f"{np.round(hi[out], 4).tolist()} in dimension(s) {out.tolist()}, outside "
+                           f"data.action_bounds (low {low[out].tolist()}, high {high[out].tolist()}) there: the "
+                           "bounds are the env's action box in the units of the file's actions and must hold them "
+                           "(another robot's or controller's units? dimensions in another order?)")
     log.info("%s: actions rescaled to [-1, 1] by data.action_bounds (low %s, high %s); the agent records these units "
              "and every env it acts in maps its actions back", info.path, list(units.low), list(units.high))
     return units
@@ -422,7 +422,8 @@ def warn_ignored_action_bounds(bounds: Mapping[str, Any] | None, units: ActionNo
         return False
     log.warning("%s: data.action_bounds (low %s, high %s) takes no effect: the agent's action units were fixed by "
                 "the data it was first trained on (%s); to act in the declared units, train a fresh stage 2 (no "
-                "init=) with data.action_bounds set", where, list(declared.low), list(declared.high), describe_units(units))
+                "init=) with data.action_bounds set", where, list(declared.low), list(declared.high),
+                describe_units(units))
     return True
 
 

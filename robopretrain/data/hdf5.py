@@ -599,7 +599,8 @@ def load_transitions(
     (the disk-backed dataset, :mod:`robopretrain.data.disk`, reads them on demand). ``action_range=False`` reads
     actions outside ``[-1, 1]`` as they are (a caller that rescales them, :mod:`robopretrain.data.dataset`);
     ``check_finite=False`` leaves NaN / inf and dones other than 0 / 1 in place (the frame index, which stores every
-    demo and is checked per selection by :func:`check_finite_transitions`). ``low_dim``: keys (of ``obs_keys``) that are low-dim parts
+    demo and is checked per selection by :func:`check_finite_transitions`). ``low_dim``: keys (of ``obs_keys``)
+    that are low-dim parts
     whatever their name: checked and read as float ``(N, d)`` even when named ``*_image`` (the name rule, module
     docstring, decides only for keys not listed). Raises :class:`DatasetError` on any contract violation (see the
     module docstring).

@@ -518,11 +518,11 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         reach = np.maximum(np.abs(s.action_low), np.abs(s.action_high))
         small = np.flatnonzero(reach <= SMALL_ACTIONS).tolist()
         if small:
-            lines.append(f"note: actions of dimension(s) {small} stay within +-{_rounded(reach[small].tolist())} and the file "
-                         "records no units, so training takes them as [-1, 1] actions: if they are in the env's own "
-                         "units (an action box narrower than [-1, 1], e.g. a delta in metres), give stage 2 that box "
-                         "as data.action_bounds={low: [...], high: [...]} so the agent acts and explores in it "
-                         "(docs/targets.md)")
+            lines.append(f"note: actions of dimension(s) {small} stay within +-{_rounded(reach[small].tolist())} "
+                         "and the file records no units, so training takes them as [-1, 1] actions: if they are in "
+                         "the env's own units (an action box narrower than [-1, 1], e.g. a delta in metres), give "
+                         "stage 2 that box as data.action_bounds={low: [...], high: [...]} so the agent acts and "
+                         "explores in it (docs/targets.md)")
     if s.failed_terminals:
         named = ", ".join(s.failed_terminals[:3]) + (", ..." if len(s.failed_terminals) > 3 else "")
         lines.append(f"warning: {len(s.failed_terminals)} episode(s) end on done=1 without success ({named}): "
