@@ -208,7 +208,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "min(a, b) -> min(b, a): the smaller of two segments whichever comes first (equal ones are one segment)",
         "min(..a, b..) swapped @ first = min(a, b)  # the label as P[first segment preferred], whichever order the "
         "row wrote them in"),
-    ("reward_model", "_run_holding/swap/50"): Equivalent(
+    ("reward_model", "_run_holding/swap/51"): Equivalent(
         "observed_flip_rate(clean, noisy) -> (noisy, clean): |clean - noisy| is symmetric and the ties (0.5) are the "
         "same labels in both (noisy_labels never flips a tie, nor makes one)",
         "observed_flip_rate(..clean, [lab.label for lab in labels]..) swapped @ report[\"observed_flip_rate\"] = "
@@ -307,7 +307,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("returns", "next_actions_of/const/0"): Equivalent(
         "len(a) > 1 -> > 0: with one action the shifted slices are empty, so the copy is returned either way",
         "1 -> 0 @ if len(a) > 1:"),
-    ("dataset", "load_offline_dataset/swap/47"): Equivalent(
+    ("dataset", "load_offline_dataset/swap/50"): Equivalent(
         "scale_rewards(rewards, scale, bias) -> (scale, rewards, bias): rewards * scale in float64 either way (a "
         "product commutes)",
         "scale_rewards(..rewards, reward.scale..) swapped @ scaled = scale_rewards(rewards, reward.scale, "
