@@ -38,7 +38,7 @@ import torch
 from robopretrain.data.dataset import FILE_UNITS
 from robopretrain.data.hdf5 import DatasetInfo
 from robopretrain.data.keys import TASK_ID
-from robopretrain.envs.action_units import ActionNormalization, describe, reexpress
+from robopretrain.envs.action_units import ActionNormalization, describe, reexpress, same_units
 from robopretrain.reward_model import RewardEnsemble, load_reward_model, model_digest
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class OnlineLearnedReward:
         acts = np.asarray(actions, dtype=np.float32)
         units = self.model.action_units
         if units != FILE_UNITS:
-            acts = reexpress(acts, self.agent_units, units, "the agent's actions")
+            acts = reexpress(acts, self.agent_units, units, "the agent's actions", into="the reward model's",
+                             quiet=True)  # every episode's: said once, when loaded
         r = self.model(obs, torch.from_numpy(acts)).mean(0).double().numpy()
         return ((r - self.offset) / self.scale).astype(np.float32)
 
@@ -106,6 +107,9 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
     if model.action_units == FILE_UNITS:
         log.warning("%s=%s records no action units (written by an older version): the agent's actions are scored as "
                     "they are, in the agent's units (%s)", setting, path, describe(agent.action_normalization))
+    elif not same_units(model.action_units, agent.action_normalization):
+        log.info("%s=%s scores actions in its own units (%s): the agent's (%s) are re-expressed in them at every "
+                 "step", setting, path, describe(model.action_units), describe(agent.action_normalization))
     offset, scale = 0.0, 1.0
     record = data.learned_reward if data is not None else None
     if record is not None:

@@ -339,6 +339,18 @@ def check_max_demos(cfg: DictConfig, keys: Sequence[str], where: str) -> None:
                              "null (all)")
 
 
+def check_action_bounds(cfg: DictConfig, where: str) -> None:
+    """``data.action_bounds`` is null or a box ``{low: [...], high: [...]}`` (checked before any conversion or
+    collection; its size against the data's actions is checked once the data is read)."""
+    from robopretrain.envs.action_units import declared_bounds
+
+    value = OmegaConf.select(cfg, "data.action_bounds", default=None)
+    try:
+        declared_bounds(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+    except ValueError as exc:
+        raise ValueError(f"{where} config: {exc}") from None
+
+
 def validate_offline_config(cfg: DictConfig) -> None:
     """Stage 2 (``configs/robopretrain.yaml``): raise ``ValueError`` naming the first key out of range."""
     _check_common(cfg, "robopretrain")
@@ -349,6 +361,7 @@ def validate_offline_config(cfg: DictConfig) -> None:
     check_section(cfg, "train", checks, "robopretrain")
     check_section(cfg, "encoder", ENCODER_CHECKS, "robopretrain")
     check_max_demos(cfg, ("data.max_demos", "data.mix.max_demos"), "robopretrain")
+    check_action_bounds(cfg, "robopretrain")
     fraction = OmegaConf.select(cfg, "data.mix.fraction", default=None)
     if fraction is not None and not (_is_number(fraction) and 0.0 <= float(fraction) <= 1.0):
         raise ValueError(f"robopretrain config: data.mix.fraction={fraction!r}; expected a number in [0, 1] (the "
@@ -360,6 +373,7 @@ def validate_online_config(cfg: DictConfig) -> None:
     _check_common(cfg, "finetune")
     check_section(cfg, "online", ONLINE_CHECKS, "finetune")
     check_max_demos(cfg, ("data.max_demos",), "finetune")
+    check_action_bounds(cfg, "finetune")
     for section, checks in TRANSFER_CHECKS.items():
         check_section(cfg, section, checks, "finetune")
 
@@ -378,3 +392,4 @@ def validate_reward_model_config(cfg: DictConfig) -> None:
     the user believing a setting took effect) and the first shared key out of range (its own settings' ranges are
     checked by :func:`robopretrain.reward_model.run`)."""
     _check_common(cfg, "reward_model")
+    check_action_bounds(cfg, "reward_model")

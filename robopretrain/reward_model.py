@@ -491,7 +491,7 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
                              action_range=False, low_dim=list(spec.low_dim_keys))
     units = getattr(model, "action_units", FILE_UNITS) if action_units is None else action_units
     if units != FILE_UNITS:
-        trans.actions = reexpress(trans.actions, file_action_units(info), units, str(src))
+        trans.actions = reexpress(trans.actions, file_action_units(info), units, str(src), into="the reward model's")
     check_action_range(trans, str(src), "give relabel the units the model was trained in (action_units=, an "
                                         "ActionNormalization of the robot's low / high), or convert the file first")
     data = SegmentData(trans, spec)
@@ -687,7 +687,7 @@ def _run_holding(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                               build.plain(cfg.data.get("action_bounds")))
     trans = load_transitions(path, list(spec.low_dim_keys), demos=demos, action_range=False,
                              low_dim=list(spec.low_dim_keys))
-    trans.actions = reexpress(trans.actions, file_action_units(info), units, str(path))
+    trans.actions = reexpress(trans.actions, file_action_units(info), units, str(path), into="the reward model's")
     check_action_range(trans, str(path))
     warn_inner_terminals(str(path), trans.dones, trans.episode_ids, trans.demo_names, info.env_args)  # as stage 2
     data = SegmentData(trans, spec)

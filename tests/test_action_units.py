@@ -82,6 +82,12 @@ def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(c
                                    [[0.8, 0.8, 0.0]], atol=1e-6)
     assert "outside" not in caplog.text
     caplog.clear()
+    with caplog.at_level(logging.INFO):  # whose units, in the messages; quiet: no info line (every episode's call)
+        reexpress(np.array([[4.0, 0.0, 1.0]], np.float32), None, UNITS, "f", into="the reward model's")
+        assert "f: actions re-expressed from env units (no normalization) to the reward model's [-1, 1]" in caplog.text
+        caplog.clear()
+        reexpress(np.array([[4.0, 0.0, 1.0]], np.float32), None, UNITS, "f", quiet=True)
+    assert caplog.text == ""
     with caplog.at_level(logging.WARNING):  # on the bounds (a saturated expert's actions) is inside: no warning
         np.testing.assert_allclose(reexpress(np.array([[8.0, -2.0, 1.0], [0.0, 2.0, 1.0]], np.float32), None, UNITS,
                                              "f"), [[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]])
@@ -386,7 +392,7 @@ NARROW_TARGET = {**TARGET, "name": "narrow_reach", "env_id": "_fake_envs:NarrowU
 BOX = {"low": [-0.1, -0.1], "high": [0.1, 0.1]}  # NarrowUnitsReachEnv's action box
 
 
-def test_declared_action_bounds_are_the_agents_units_and_must_hold_the_data(tmp_path) -> None:
+def test_declared_action_bounds_are_the_agents_units_and_must_hold_the_data(tmp_path, caplog) -> None:
     """Demos in the env's own units inside [-1, 1] (a +-0.1 box): auto keeps them, data.action_bounds makes the box
     the agent's units (actions / 0.1 when loaded), whatever data.actions says; bounds that leave out some of the
     data, of another size, empty or malformed are refused by name. A file with its own record (converted from
@@ -410,12 +416,25 @@ def test_declared_action_bounds_are_the_agents_units_and_must_hold_the_data(tmp_
     with pytest.raises(DatasetError, match=r"n_conv.hdf5: actions reach .* in dimension\(s\) \[1\], outside "
                                            r"data.action_bounds"):
         declared_action_units(raw, info, {"low": [-0.1, -0.05], "high": [0.1, 0.1]})
-    for bad, said in (({"low": [-0.1] * 3, "high": [0.1] * 3}, "has 3 dims, the actions of .* 2"),
+    for bad, said in (({"low": [-0.1] * 3, "high": [0.1] * 3}, r"has 3 value\(s\) per bound, but the actions are 2-D"),
                       ({"low": [-0.1, 0.1], "high": [0.1, 0.1]}, r"high must be above low .* dimension\(s\) \[1\]"),
-                      ({"low": -0.1, "high": 0.1}, "data.action_bounds: .*lists of numbers"),
-                      ({"high": [0.1, 0.1]}, "data.action_bounds: .*mapping with low and high")):
+                      ({"low": -0.1, "high": 0.1}, "^data.action_bounds: low and high must be lists of numbers"),
+                      ({"low": [], "high": []}, "^data.action_bounds: low and high must be equal-length"),
+                      ({"high": [0.1, 0.1]}, "mapping of exactly low and high lists"),
+                      ({**BOX, "units": "m"}, "mapping of exactly low and high lists")):  # extra keys were ignored
         with pytest.raises(ValueError, match=said):
             declared_action_units(raw, info, bad)
+    with caplog.at_level(logging.WARNING):  # the box of the stored [-1, 1], not the env's: the data spans 10% of it
+        declared_action_units(raw, info, {"low": [-1.0, -1.0], "high": [1.0, 1.0]})
+    assert "actions span only ['10%', '10%'] of data.action_bounds in dimension(s) [0, 1]" in caplog.text
+    # read for an agent whose units came first (init=, data.mix, stage 3): a file without a record whose actions
+    # leave them is refused; it was clipped into them with a warning while the loader's hint said refused
+    half = ActionNormalization((-0.05, -0.05), (0.05, 0.05))
+    with pytest.raises(DatasetError, match=r"n_conv.hdf5: data/demo_0/actions: .*% of the values lie outside the "
+                                           r"agent's action range \(low \[-0.05, -0.05\].*records no action units"):
+        load_offline_dataset(raw, spec, RewardSettings(), action_units=half, units_fixed=True)
+    assert np.abs(load_offline_dataset(raw, spec, RewardSettings(), action_units=box,
+                                       units_fixed=True).arrays()["actions"]).max() == pytest.approx(1.0)
     recorded = convert(fake.write_units_d4rl(tmp_path / "u.hdf5", episodes=4), tmp_path / "u_conv.hdf5")
     wide = {"low": [-2.0, -2.0], "high": [10.0, 10.0]}  # the robot's [0, 8] inside a wider declared box
     units = data_action_units(recorded, read_info(recorded), "auto", wide)
@@ -424,6 +443,10 @@ def test_declared_action_bounds_are_the_agents_units_and_must_hold_the_data(tmp_
     np.testing.assert_allclose(got, ((as_file + 1.0) * 4.0 + 2.0) / 6.0 - 1.0, atol=1e-5)
     with pytest.raises(DatasetError, match=r"dimension\(s\) \[0, 1\], outside data.action_bounds"):
         declared_action_units(recorded, read_info(recorded), {"low": [1.0, 1.0], "high": [8.0, 8.0]})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a box far wider than the recorded units: said in which units it is
+        declared_action_units(recorded, read_info(recorded), {"low": [-100.0, -100.0], "high": [100.0, 100.0]})
+    assert "this file stores its actions rescaled from low [0.0, 0.0], high [8.0, 8.0]" in caplog.text
 
 
 def test_stage2_with_declared_bounds_records_them_and_its_agent_reaches_the_experts_success(tmp_path, caplog) -> None:
@@ -451,6 +474,14 @@ def test_stage2_with_declared_bounds_records_them_and_its_agent_reaches_the_expe
                                      init=str(ckpt)))
     assert "data.action_bounds (low [-0.2, -0.2], high [0.2, 0.2]) takes no effect" in caplog.text
     assert load_agent(again)[0].action_normalization == ActionNormalization.from_mapping(BOX)
+    wide = tmp_path / "wide.hdf5"  # the same demos 1.5x wider: outside the agent's box, clipped without a refusal
+    with h5py.File(src, "r") as f, h5py.File(wide, "w") as g:
+        for k in f:
+            f.copy(f[k], g, name=k)
+        g["actions"][...] = 1.5 * f["actions"][()]
+    with pytest.raises(DatasetError, match=r"wide.*: data/demo_0/actions: .*outside the agent's action range"):
+        stage2(stage2_config(wide, tmp_path / "init_wide", algo="bc", steps=2, obs={"low_dim": ["observations"]},
+                             data_cfg={"cache_dir": str(tmp_path / "cache")}, init=str(ckpt)))
     caplog.clear()
     s3 = stage3_config(ckpt, tmp_path / "s3", NARROW_TARGET, algo="bc", env_steps=8,
                        data_cfg={"cache_dir": str(tmp_path / "cache"), "path": str(src), "action_bounds": other})

@@ -378,6 +378,12 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     # keys added with + that no config defines and no stage reads (a new user's +obs.normalise=false trained on)
     ("robopretrain", "+obs.normalise=false", "robopretrain config: unknown key(s) obs.normalise; valid keys: "
                                              "obs: low_dim, min_std, normalize, num_tasks, rgb"),
+    # a malformed box was refused only after the data was converted or collected
+    ("robopretrain", "data.action_bounds={low: [1, 1], high: [0, 0]}",
+     "robopretrain config: data.action_bounds: high < low in dimension(s) [0, 1]"),
+    ("finetune", "data.action_bounds={low: [nan], high: [1]}", "finetune config: data.action_bounds: low and high "
+     "must be finite"),
+    ("robopretrain", "data.action_bounds=[0, 1]", "robopretrain config: data.action_bounds=[0, 1]: expected a mapping"),
     ("robopretrain", "+data.obsmap={a: b}",
      "robopretrain config: unknown key(s) data.obsmap; valid keys: data: action_bounds, actions"),
     ("finetune", "+data.maks=train", "finetune config: unknown key(s) data.maks"),

@@ -272,6 +272,14 @@ def test_actions_their_recorded_units_and_failed_terminals_are_said_as_training_
     reach = np.maximum(np.abs(summarize_hdf5(path).action_low), np.abs(summarize_hdf5(path).action_high))
     assert f"note: actions of dimension(s) [0, 2] stay within +-[{reach[0]:.4g}, {reach[2]:.4g}]" in \
         format_hdf5_summary(summarize_hdf5(path)) and reach[0] <= 0.05 and reach[1] > 0.25
+    with h5py.File(path, "a") as f:  # dimension 0 recorded as rescaled (from +-0.1), the others kept at [-1, 1], as a
+        env_args = json.loads(f["data"].attrs["env_args"])  # conversion records them: dimension 2 is still narrow
+        f["data"].attrs["env_args"] = json.dumps({**env_args, "action_normalization": {
+            "low": [-0.1, -1.0, -1.0, -1.0], "high": [0.1, 1.0, 1.0, 1.0]}})
+    text = format_hdf5_summary(summarize_hdf5(path))
+    assert "note: actions recorded as rescaled" in text and "note: actions of dimension(s) [2] stay within" in text
+    with h5py.File(path, "a") as f:
+        f["data"].attrs["env_args"] = json.dumps(env_args)
     with h5py.File(path, "a") as f:
         f["data/demo_2/actions"][0, 1] = 3.5
         f["data/demo_1/dones"][-1] = 1  # demo_1 failed (ep_meta) and now ends on done=1

@@ -58,7 +58,7 @@ from robopretrain.data.returns import (
     unrewarded_successes,
 )
 from robopretrain.data.spec import ObsSpec, as_rgb, spec_from_shapes
-from robopretrain.envs.action_units import ActionNormalization, auto_bounds, of_env_args, reexpress
+from robopretrain.envs.action_units import ActionNormalization, auto_bounds, declared_bounds, of_env_args, reexpress
 from robopretrain.envs.action_units import describe as describe_units
 from robopretrain.envs.action_units import warn_constant_dimensions
 
@@ -369,26 +369,24 @@ def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "a
 
 def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Mapping[str, Any]
                           ) -> ActionNormalization:
-    """``data.action_bounds`` (``{low: [...], high: [...]}``, the env's action box, in the units the file's actions
-    are in: as stored, or through the file's own ``action_normalization`` record) as the agent's action units: the
-    actions are rescaled to ``[-1, 1]`` by them when loaded, and every env the agent acts in maps its actions back.
-    For demos stored in the env's own units inside ``[-1, 1]`` (a box of +-0.05), which ``data.actions=auto`` takes
-    as normalised already, so that the agent's exploration noise spans the whole ``[-1, 1]`` (docs/targets.md).
+    """``data.action_bounds`` (``{low: [...], high: [...]}``, the env's action box in the env's own units: those the
+    file's actions are stored in, or, for a file that records its rescaling, the units it was rescaled from) as the
+    agent's action units: the actions are rescaled to ``[-1, 1]`` by them when loaded, and every env the agent acts
+    in maps its actions back. For demos stored in the env's own units inside ``[-1, 1]`` (a box of +-0.05), which
+    ``data.actions=auto`` takes as normalised already, so that the agent's exploration noise spans the whole
+    ``[-1, 1]`` (docs/targets.md). Warns when the data spans under a quarter of the box in some dimension (a box
+    given in the stored units of a rescaled file, or another robot's).
 
-    Raises ``ValueError`` (naming ``data.action_bounds``) for malformed bounds, a size other than the actions', or a
-    dimension whose high is not above its low; :class:`DatasetError` naming the dimensions when the file's actions
-    leave the bounds (by more than 1e-5 of their span): the bounds must hold the data."""
-    try:
-        units = ActionNormalization.from_mapping(bounds)
-    except ValueError as exc:
-        raise ValueError(f"data.action_bounds: {exc}") from None
+    Raises ``ValueError`` naming ``data.action_bounds`` for malformed bounds
+    (:func:`robopretrain.envs.action_units.declared_bounds`) or a size other than the actions';
+    :class:`DatasetError` naming the dimensions when the file's actions leave the box (by more than 1e-5 of its
+    span): the box must hold the data."""
+    units = declared_bounds(bounds)
     assert units is not None
     if units.dim != info.action_dim:
-        raise ValueError(f"data.action_bounds has {units.dim} dims, the actions of {info.path} {info.action_dim}")
+        raise ValueError(f"data.action_bounds has {units.dim} value(s) per bound, but the actions are "
+                         f"{info.action_dim}-D ({info.path})")
     low, high = np.asarray(units.low, np.float64), np.asarray(units.high, np.float64)
-    if np.any(high <= low):
-        raise ValueError(f"data.action_bounds: high must be above low in every dimension; it is not in dimension(s) "
-                         f"{np.flatnonzero(high <= low).tolist()}")
     lo, hi = action_bounds(path, info)  # as stored; in the env's units through the file's record, if any
     recorded = file_action_units(info)
     if recorded is not None:
@@ -399,8 +397,17 @@ def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Ma
         raise DatasetError(f"{info.path}: actions reach low {np.round(lo[out], 4).tolist()}, high "
                            f"{np.round(hi[out], 4).tolist()} in dimension(s) {out.tolist()}, outside "
                            f"data.action_bounds (low {low[out].tolist()}, high {high[out].tolist()}) there: the "
-                           "bounds are the env's action box in the units of the file's actions and must hold them "
-                           "(another robot's or controller's units? dimensions in another order?)")
+                           "bounds are the env's action box in the env's units and must hold the actions (another "
+                           "robot's or controller's units? dimensions in another order?)")
+    share = (hi - lo) / (high - low)
+    thin = np.flatnonzero(share < 0.25)
+    if thin.size:
+        stored = (f"; this file stores its actions rescaled from low {list(recorded.low)}, high "
+                  f"{list(recorded.high)} (env_args['action_normalization']): the box is in those units"
+                  if recorded is not None else "")
+        log.warning("%s: the actions span only %s of data.action_bounds in dimension(s) %s, so the agent's actions "
+                    "there use that share of [-1, 1] and its exploration noise spans the rest%s", info.path,
+                    [f"{v:.0%}" for v in share[thin]], thin.tolist(), stored)
     log.info("%s: actions rescaled to [-1, 1] by data.action_bounds (low %s, high %s); the agent records these units "
              "and every env it acts in maps its actions back", info.path, list(units.low), list(units.high))
     return units
@@ -411,13 +418,9 @@ def warn_ignored_action_bounds(bounds: Mapping[str, Any] | None, units: ActionNo
     """Warn (and return True) when ``data.action_bounds`` is set for a run whose agent's action units are fixed
     already (``units``: from a checkpoint, :func:`robopretrain.envs.action_units.describe`) and differ from them:
     the setting takes no effect there. The agent's units are chosen once, by stage 2's data (train it again with the
-    setting); a file's actions are re-expressed in them through the file's own record."""
-    if bounds is None:
-        return False
-    try:
-        declared = ActionNormalization.from_mapping(bounds)
-    except ValueError as exc:
-        raise ValueError(f"data.action_bounds: {exc}") from None
+    setting); a file's actions are re-expressed in them through the file's own record. Raises ``ValueError`` for
+    malformed bounds (:func:`robopretrain.envs.action_units.declared_bounds`)."""
+    declared = declared_bounds(bounds)
     if declared is None or declared.same(units):
         return False
     log.warning("%s: data.action_bounds (low %s, high %s) takes no effect: the agent's action units were fixed by "
@@ -432,15 +435,22 @@ ACTION_RANGE_HINT = ("with data.actions=auto (the stage scripts' default) such a
                      "data_action_units(path, read_info(path))) does the same")
 
 
-def check_action_range(trans: Transitions, where: str, hint: str = ACTION_RANGE_HINT) -> None:
+def check_action_range(trans: Transitions, where: str, hint: str = ACTION_RANGE_HINT,
+                       units: ActionNormalization | None = None) -> None:
     """Raise :class:`DatasetError` naming the first demo whose actions leave ``[-1, 1]`` (tolerance 1e-6) and
     ``hint`` (what the caller's user can do): the toolkit's policies and models act in ``[-1, 1]``; call it after the
-    actions are re-expressed in the agent's units."""
-    if trans.actions.size and np.abs(trans.actions).max() > 1.0 + 1e-6:
-        row = int(np.flatnonzero(np.abs(trans.actions).max(1) > 1.0 + 1e-6)[0])
-        raise DatasetError(f"{where}: data/{trans.demo_names[trans.episode_ids[row]]}/actions: values outside "
-                           f"[-1, 1] (max |a| = {np.abs(trans.actions).max():.4g}); the toolkit's policies act in "
-                           f"[-1, 1]: {hint}")
+    actions are re-expressed in the agent's units. With ``units`` (env units, the agent's), env-unit actions are
+    checked against that box instead (before :func:`robopretrain.envs.action_units.reexpress` clips them)."""
+    scaled = trans.actions if units is None else units.to_agent(trans.actions)
+    if scaled.size and np.abs(scaled).max() > 1.0 + 1e-6:
+        row = int(np.flatnonzero(np.abs(scaled).max(1) > 1.0 + 1e-6)[0])
+        where_demo = f"{where}: data/{trans.demo_names[trans.episode_ids[row]]}/actions"
+        if units is not None:
+            share = float((np.abs(scaled) > 1.0 + 1e-6).mean())
+            raise DatasetError(f"{where_demo}: {share:.2%} of the values lie outside the agent's action range (low "
+                               f"{list(units.low)}, high {list(units.high)}): {hint}")
+        raise DatasetError(f"{where_demo}: values outside [-1, 1] (max |a| = {np.abs(scaled).max():.4g}); the "
+                           f"toolkit's policies act in [-1, 1]: {hint}")
 
 
 def load_offline_dataset(
@@ -523,13 +533,15 @@ def load_offline_dataset(
                 "actions are already rescaled from those units to [-1, 1], and they are not: rescale them "
                 "(2 (a - low) / (high - low) - 1) or remove the record (data.actions=auto then rescales them itself)")
     if action_units != FILE_UNITS:
-        trans.actions = reexpress(trans.actions, file_units, action_units, str(info.path))
         if file_units is None and units_fixed:  # the agent's units came first: data.actions=auto cannot rescale it
             hint = (f"this file records no action units, so its actions are read as the env's own; the agent acts "
                     f"in {describe_units(action_units)}, fixed by the data it was first trained on. If this file is "
                     "in the robot's own units and that data was rescaled to [-1, 1], record the rescaling in the "
                     "rescaled file (env_args['action_normalization'] = {'low': [...], 'high': [...]}, README 'Bring "
                     "your data'), so each is mapped through the env's units; files of another robot cannot be mixed")
+            if action_units is not None:  # refused before reexpress would clip them into the agent's range
+                check_action_range(trans, str(info.path), hint, units=action_units)
+        trans.actions = reexpress(trans.actions, file_units, action_units, str(info.path))
     check_action_range(trans, str(info.path), hint)
     rewards, dones = trans.rewards, trans.dones
     warn_inner_terminals(str(info.path), dones, trans.episode_ids, trans.demo_names, info.env_args)

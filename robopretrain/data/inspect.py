@@ -514,15 +514,19 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append("note: actions leave [-1, 1] and the file records no units: stage 2 (data.actions=auto) "
                      "rescales each dimension by its min and max and records those units (data.actions=keep "
                      "refuses them)")
-    elif s.action_low is not None:
+    if not s.units_problem and s.action_low is not None and not s.odd_actions:
+        # dimensions training takes as [-1, 1] actions (no record, or a record that keeps them: -1, 1) that stay
+        # small: the env's own narrow units? (a conversion rescales only the dimensions that leave [-1, 1])
+        kept = np.ones(len(s.action_low), bool) if s.action_units is None else (
+            np.isclose(s.action_units["low"], -1.0) & np.isclose(s.action_units["high"], 1.0))
         reach = np.maximum(np.abs(s.action_low), np.abs(s.action_high))
-        small = np.flatnonzero(reach <= SMALL_ACTIONS).tolist()
+        small = np.flatnonzero(kept & (reach <= SMALL_ACTIONS)).tolist()
         if small:
             lines.append(f"note: actions of dimension(s) {small} stay within +-{_rounded(reach[small].tolist())} "
-                         "and the file records no units, so training takes them as [-1, 1] actions: if they are in "
-                         "the env's own units (an action box narrower than [-1, 1], e.g. a delta in metres), give "
-                         "stage 2 that box as data.action_bounds={low: [...], high: [...]} so the agent acts and "
-                         "explores in it (docs/targets.md)")
+                         "and the file records no rescaling of them, so training takes them as [-1, 1] actions: if "
+                         "they are in the env's own units (an action box narrower than [-1, 1], e.g. a delta in "
+                         "metres), give stage 2 that box as data.action_bounds={low: [...], high: [...]} so the "
+                         "agent acts and explores in it (docs/targets.md)")
     if s.failed_terminals:
         named = ", ".join(s.failed_terminals[:3]) + (", ..." if len(s.failed_terminals) > 3 else "")
         lines.append(f"warning: {len(s.failed_terminals)} episode(s) end on done=1 without success ({named}): "

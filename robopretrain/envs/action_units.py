@@ -138,7 +138,7 @@ def describe(norm: ActionNormalization | None) -> str:
 
 
 def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent_units: ActionNormalization | None,
-              where: str) -> np.ndarray:
+              where: str, *, into: str = "the agent's", quiet: bool = False) -> np.ndarray:
     """``(N, dim)`` actions of a file in ``file_units`` re-expressed in the agent's ``agent_units`` (float32).
 
     Through env units: ``a_env = file.to_env(a)`` (or ``a`` itself when the file has no normalization), then
@@ -146,10 +146,11 @@ def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent
     covers a wider range than the data that fixed the agent's units) are clipped to ``[-1, 1]``, with a warning that
     gives the clipped fraction; a dimension constant in the agent's units (0 whatever the file holds) is warned
     about when the file's values there differ. Raises ``ValueError`` when a normalization's size is not the actions'
-    or the actions are not ``(N, dim)``.
+    or the actions are not ``(N, dim)``. ``into``: whose units ``agent_units`` are, for the messages (a reward
+    model's); ``quiet``: no info line (a caller that re-expresses every episode's actions).
     """
     actions = np.asarray(actions, dtype=np.float32)
-    for units, whose in ((file_units, where), (agent_units, "the agent")):
+    for units, whose in ((file_units, where), (agent_units, into.removesuffix("'s"))):
         if units is not None and actions.ndim != 2:  # numpy broadcast them, or said so naming neither
             raise ValueError(f"{where}: actions of shape {actions.shape}; expected (N, {units.dim})")
         if units is not None and units.dim != actions.shape[1]:
@@ -166,17 +167,40 @@ def reexpress(actions: np.ndarray, file_units: ActionNormalization | None, agent
             varies = [bool(np.ptp(env[..., i]) > 1e-5) for i in dims]
             held = [f"{i}: {'varies' if v else f'is {float(env.reshape(-1, env.shape[-1])[0, i]):g}'}"
                     for i, v in zip(dims.tolist(), varies)]
-            log.warning("%s: action dimension(s) %s are constant in the agent's units (the data that set them never "
+            log.warning("%s: action dimension(s) %s are constant in %s units (the data that set them never "
                         "moved them; the env always gets %s there) and hold other values here (%s): those values "
-                        "are lost", where, dims.tolist(), [agent_units.low[i] for i in dims], ", ".join(held))
+                        "are lost", where, dims.tolist(), into, [agent_units.low[i] for i in dims], ", ".join(held))
     outside = np.abs(out) > 1.0 + 1e-5
     if outside.any():
-        log.warning("%s: %.2f%% of the action values lie outside the agent's [-1, 1] once re-expressed in its units "
-                    "(%s; the file's: %s) and are clipped", where, 100.0 * outside.mean(), describe(agent_units),
-                    describe(file_units))
-    log.info("%s: actions re-expressed from %s to the agent's %s", where, describe(file_units), describe(agent_units))
+        log.warning("%s: %.2f%% of the action values lie outside %s [-1, 1] once re-expressed in its units "
+                    "(%s; the file's: %s) and are clipped", where, 100.0 * outside.mean(), into,
+                    describe(agent_units), describe(file_units))
+    if not quiet:
+        log.info("%s: actions re-expressed from %s to %s %s", where, describe(file_units), into, describe(agent_units))
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
-__all__ = ["ENV_ARGS_KEY", "FORMULA", "ActionNormalization", "auto_bounds", "describe", "of_env_args", "reexpress",
-           "same_units", "warn_constant_dimensions"]
+def declared_bounds(value: Any, setting: str = "data.action_bounds") -> ActionNormalization | None:
+    """A user's action box setting (``{low: [...], high: [...]}``, e.g. ``data.action_bounds``) as an
+    ActionNormalization (None for None). Raises ``ValueError`` naming ``setting`` for anything else: not a mapping of
+    exactly ``low`` and ``high``, lists that are empty, of two lengths, not finite numbers, or a high not above its
+    low (a box with no width maps every action to one point)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) != {"low", "high"}:
+        raise ValueError(f"{setting}={value!r}: expected a mapping of exactly low and high lists, e.g. "
+                         f"'{setting}={{low: [-0.05, -0.05], high: [0.05, 0.05]}}' (quoted on a command line)")
+    try:
+        units = ActionNormalization.from_mapping(value)
+    except ValueError as exc:
+        raise ValueError(f"{setting}: {str(exc).removeprefix('action_normalization: ')}") from None
+    assert units is not None
+    flat = np.flatnonzero(np.asarray(units.high) <= np.asarray(units.low))
+    if flat.size:
+        raise ValueError(f"{setting}: high must be above low in every dimension; it is not in dimension(s) "
+                         f"{flat.tolist()}")
+    return units
+
+
+__all__ = ["ENV_ARGS_KEY", "FORMULA", "ActionNormalization", "auto_bounds", "declared_bounds", "describe",
+           "of_env_args", "reexpress", "same_units", "warn_constant_dimensions"]
