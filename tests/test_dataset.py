@@ -532,12 +532,12 @@ def test_a_dense_reward_target_refuses_the_success_filter_of_the_actor_bc_term()
 
 
 def test_the_action_range_check_names_the_offending_demo_and_allows_rounding(tmp_path):
-    """Actions at exactly 1 and one float32 step above it (rescaling's rounding) load; 1.5 in the second demo is
-    refused naming that demo, not the first demo's 1.0."""
+    """Actions at exactly 1, one float32 step above it (rescaling's rounding) and 8e-7 above it (within the stated
+    1e-6) load; 1.5 in the second demo is refused naming that demo, not the first demo's 1.0."""
     path = write_file(tmp_path / "edge.hdf5")
     spec = spec_of_data(path, ["proprio"], [], None)
     with h5py.File(path, "r+") as f:
-        f["data/demo_0/actions"][0] = [1.0, -1.0, np.nextafter(np.float32(1), np.float32(2)), 0.0]
+        f["data/demo_0/actions"][0] = [1.0, -1.0, np.nextafter(np.float32(1), np.float32(2)), -1.0 - 8e-7]
     assert np.abs(load_offline_dataset(path, spec, CAL_QL).arrays()["actions"]).max() > 1.0
     with h5py.File(path, "r+") as f:
         f["data/demo_1/actions"][1] = [1.5, 0.0, 0.0, 0.0]
