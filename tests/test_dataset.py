@@ -219,6 +219,11 @@ def test_key_maps_task_ids_and_sizes_are_checked(tmp_path):
     with pytest.raises(DatasetError, match=r"toy.hdf5: task ids \[5\] do not fit a task one-hot of size 4 \(the slot "
                                           r"given for the data: data.task_id in stage 2"):  # (it named a target)
         load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, task_id=5)
+    negative = write_file(tmp_path / "negative.hdf5")  # one demo's id below the one-hot, the others inside it
+    with h5py.File(negative, "r+") as f:
+        f["data/demo_0"].attrs["task_id"] = -1
+    with pytest.raises(DatasetError, match=r"negative.hdf5: task ids \[-1, .*\] do not fit a task one-hot of size 4"):
+        load_offline_dataset(negative, spec, CAL_QL, obs_map={"state": "proprio"})
     with pytest.raises(DatasetError, match=r"toy.hdf5: actions have 4 dims; the agent has 7"):
         load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, act_dim=7)
     with pytest.raises(ValueError, match=r"observation key 'robot0_eef_pos' \(low_dim part 'state'\) not found"):
