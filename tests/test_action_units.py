@@ -47,6 +47,12 @@ def test_the_two_maps_by_hand() -> None:
     assert ActionNormalization.from_mapping(UNITS.to_dict()) == UNITS and ActionNormalization.from_mapping(None) is None
     with pytest.raises(ValueError, match=r"action_normalization: low and high must be lists of numbers.*'b'"):
         ActionNormalization.from_mapping({"low": [0, 0], "high": [1, "b"]})  # numpy's words named neither
+    # same(): to float32 precision, relative (1e-6) and absolute (1e-6)
+    big = ActionNormalization((1000.0,), (2000.0,))
+    assert big.same(ActionNormalization((1000.0008,), (2000.0,)))  # 8e-4 within 1e-6 + 1e-6 * 1000
+    assert not big.same(ActionNormalization((1000.0015,), (2000.0,)))
+    assert ActionNormalization((0.0,), (1.0,)).same(ActionNormalization((8e-7,), (1.0,)))
+    assert not ActionNormalization((0.0,), (1.0,)).same(ActionNormalization((3e-6,), (1.0,)))
     narrow = ActionNormalization((0.0, -0.1), (0.5, 0.1))  # spans below 1 are divided by, like any other
     np.testing.assert_allclose(narrow.to_agent(np.array([0.25, 0.05])), [0.0, 0.5], atol=1e-6)
     np.testing.assert_allclose(narrow.to_env(np.array([1.0, -1.0])), [0.5, -0.1], atol=1e-6)
@@ -81,6 +87,13 @@ def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(c
         np.testing.assert_allclose(reexpress(np.array([[7.2, 1.6, 1.0]], np.float32), None, UNITS, "f"),
                                    [[0.8, 0.8, 0.0]], atol=1e-6)
     assert "outside" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # 8e-6 past the agent's 1 (rounding): within the stated 1e-5, no warning
+        reexpress(np.array([[8.0 + 4 * 8e-6, 0.0, 1.0]], np.float32), None, UNITS, "f")
+    assert "outside" not in caplog.text
+    with caplog.at_level(logging.WARNING):  # a constant dimension whose values differ by 8e-6 (rounding): one value
+        reexpress(np.array([[4.0, 0.0, 0.5], [4.0, 0.0, 0.5 + 8e-6]], np.float32), None, UNITS, "f")
+    assert "hold other values here (2: is 0.5)" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO):  # whose units, in the messages; quiet: no info line (every episode's call)
         reexpress(np.array([[4.0, 0.0, 1.0]], np.float32), None, UNITS, "f", into="the reward model's")
