@@ -536,26 +536,44 @@ def check_file_task_slots(path: str, task_ids: Mapping[str, int], *, default_tas
 
 
 def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[str, int], second_path: str,
-                     *, explicit: bool = False) -> None:
-    """Refuse two datasets that give one slot of the task one-hot to different tasks (e.g. a converted file that
-    numbers its tasks from 0, mixed with a prior file whose task 0 is another): the agent could not tell them apart.
-    ``first`` / ``second``: task name -> slot (:func:`data_task_ids`). ``explicit``: the user put both files in this
-    slot (``data.task_id`` = ``data.mix.task_id``): a shared slot is then taken as one task under two names (two
-    converted files of one task, each named after its file) and logged, not refused."""
+                     *, explicit: bool = False, setting: str = "data.mix.task_id", num_tasks: int | None = None,
+                     overwrite: bool = False, taken: Sequence[int] = ()) -> None:
+    """Refuse two task-slot maps that disagree: one slot of the task one-hot given to different tasks (e.g. a converted
+    file that numbers its tasks from 0, mixed with a prior file whose task 0 is another: the agent could not tell
+    them apart), or one task name in two slots (two numberings of one task: it would train in both, and be evaluated
+    in one). ``first`` / ``second``: task name -> slot (:func:`data_task_ids`, or an init checkpoint's ``task_ids``);
+    ``setting``: the setting that moves the second's tasks (named in the advice with a free slot, below
+    ``num_tasks`` when given and not in ``taken``, the slots of other tasks the agent knows). ``explicit``: the user put the second's tasks in its slot (``data.task_id`` =
+    ``data.mix.task_id``, two converted files of one task each named after its file): a shared slot is then logged,
+    or, with ``overwrite`` (the first is what an init checkpoint learnt there), warned about, not refused."""
     by_slot = {slot: task for task, slot in first.items()}
     clashes = [(slot, by_slot[slot], task) for task, slot in second.items() if by_slot.get(slot, task) != task]
-    if clashes and explicit:
+    moved = [(task, first[task], slot) for task, slot in second.items() if task in first and first[task] != slot]
+    if (clashes or moved) and explicit:
         for slot, theirs, mine in clashes:
-            log.info("task one-hot slot %d: task %r of %s and task %r of %s are one task to the agent "
-                     "(data.task_id = data.mix.task_id = %d)", slot, theirs, first_path, mine, second_path, slot)
+            (log.warning if overwrite else log.info)(
+                "task one-hot slot %d: task %r of %s and task %r of %s are one task to the agent (%s=%d)%s", slot,
+                theirs, first_path, mine, second_path, setting, slot,
+                ": this run trains over what the agent learnt there" if overwrite else "")
+        for task, theirs, mine in moved:
+            log.warning("task %r: slot %d in %s, slot %d in %s (%s): the agent learns it in both", task, theirs,
+                        first_path, mine, second_path, setting)
         return
+    used = {*first.values(), *second.values(), *taken}
+    free = next((k for k in range(max(used) + 2) if k not in used), max(used) + 1)
+    room = (f"with obs.num_tasks > {free}" if num_tasks is None
+            else f"the agent's one-hot has {num_tasks} slots" if free < num_tasks
+            else f"none is free in the agent's {num_tasks} slots: train stage 2 with a larger obs.num_tasks")
     if clashes:
-        free = max([*first.values(), *second.values()]) + 1
         slot, theirs, mine = clashes[0]
         raise ValueError(f"task one-hot slot {slot} is task {theirs!r} in {first_path} and task {mine!r} in "
-                         f"{second_path}: they would be one task to the agent; give the mixed data its own slot with "
-                         f"data.mix.task_id (e.g. {free}, with obs.num_tasks > {free}), or data.task_id={slot} "
-                         f"data.mix.task_id={slot} if they are the same task")
+                         f"{second_path}: they would be one task to the agent; give {second_path}'s task its own "
+                         f"slot with {setting} (e.g. {free}; {room}), or {setting}={slot} if they are the same task")
+    if moved:
+        task, theirs, mine = moved[0]
+        raise ValueError(f"task {task!r} is in slot {theirs} in {first_path} and in slot {mine} in {second_path}: the "
+                         f"agent would learn it in both and be evaluated in one; set {setting}={theirs} (its slot in "
+                         f"{first_path}), or rename one of them if they are different tasks")
 
 
 def targets_of_data(info: DatasetInfo, task_ids: Mapping[str, int],

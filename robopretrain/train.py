@@ -144,6 +144,13 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     action_units = (agent.action_normalization if init is not None
                     else data_action_units(data_path, info, str(cfg.data.get("actions") or "auto"), declared))
     task_ids = build.data_task_ids(info, cfg.data)  # task name -> its slot of the task one-hot, as trained
+    # what the init checkpoint learnt where: this run's data may not take its tasks' slots silently (PTR's adaptation
+    # on a target file numbered from 0 trained it over prior task 0), and the new checkpoint keeps them
+    init_ids = {str(k): int(v) for k, v in dict(init.meta.get("task_ids") or {}).items()} if init else {}
+    if init_ids and agent.spec.num_tasks:
+        build.check_task_slots(init_ids, f"the init checkpoint {init.path}", task_ids, str(data_path),
+                               explicit=cfg.data.get("task_id") is not None, setting="data.task_id",
+                               num_tasks=agent.spec.num_tasks, overwrite=True)
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size,
@@ -179,7 +186,12 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         mix_ids = build.data_task_ids(mix_info, mix)
         same_slot = mix.get("task_id") is not None and cfg.data.get("task_id") is not None and int(
             mix.task_id) == int(cfg.data.task_id)  # both files' tasks put in one slot by the user: one task
-        build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path), explicit=same_slot)
+        build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path), explicit=same_slot,
+                               num_tasks=agent.spec.num_tasks, taken=list(init_ids.values()))
+        if init_ids and agent.spec.num_tasks:
+            build.check_task_slots({**init_ids, **task_ids}, f"the init checkpoint {init.path}", mix_ids,
+                                   str(mix.path), explicit=mix.get("task_id") is not None,
+                                   num_tasks=agent.spec.num_tasks, overwrite=True)
         if dinfo.is_main:
             build.report_success_filter(cfg.algo, mix_data, str(mix.path))
         sampler = MixedSampler(sampler, build.training_sampler(agent, build.prepared(agent, mix_data, seed + 1),
@@ -205,7 +217,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": os.path.abspath(data_path),  # any cwd
             "obs_map": obs_map,
             "task_names": tasks, "eval_targets": [t.to_dict() for t in targets],  # robopretrain.evaluate's default
-            "task_ids": {**task_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
+            "task_ids": {**init_ids, **task_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
             "mix_path": os.path.abspath(mix_info.path) if mix_ids else None,  # (converted) file of the mix tasks
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,
             "parallel": {"world_size": dinfo.world_size, "batch_size_per_process": agent.batch_size,

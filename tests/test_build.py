@@ -218,10 +218,52 @@ def test_the_tasks_trained_and_evaluated_are_those_loaded_in_the_slots_loaded(tm
 def test_mixed_data_that_gives_one_slot_to_two_tasks_is_refused():
     build.check_task_slots({"Reach": 0, "Lift": 1}, "prior.hdf5", {"Lift": 1, "Door": 7}, "target.hdf5")  # agree
     with pytest.raises(ValueError, match=r"slot 0 is task 'Reach' in prior.hdf5 and task 'stack_cups' in "
-                                         r"mine.hdf5.*data.mix.task_id \(e.g. 2, with obs.num_tasks > 2\)"):
+                                         r"mine.hdf5.*data.mix.task_id \(e.g. 2; with obs.num_tasks > 2\)"):
         build.check_task_slots({"Reach": 0, "Lift": 1}, "prior.hdf5", {"stack_cups": 0}, "mine.hdf5")
     # the user set data.mix.task_id to the slot: one task under two names (two converted files of one task)
     build.check_task_slots({"pendulum_a": 0}, "a.hdf5", {"pendulum_b": 0}, "b.hdf5", explicit=True)
+    # one task name in two slots (two numberings): trained in both, evaluated in one; refused naming its first slot
+    with pytest.raises(ValueError, match=r"task 'Lift' is in slot 1 in prior.hdf5 and in slot 2 in mine.hdf5.*"
+                                         r"set data.mix.task_id=1"):
+        build.check_task_slots({"Reach": 0, "Lift": 1}, "prior.hdf5", {"Lift": 2}, "mine.hdf5")
+    # the free slot advised is none the agent knows (taken: an init checkpoint's), and within its one-hot
+    with pytest.raises(ValueError, match=r"e.g. 3; the agent's one-hot has 8 slots"):
+        build.check_task_slots({"Reach": 0}, "prior.hdf5", {"stack": 0}, "mine.hdf5", num_tasks=8, taken=[1, 2])
+    with pytest.raises(ValueError, match=r"none is free in the agent's 2 slots: train stage 2 with a larger"):
+        build.check_task_slots({"Reach": 0, "Lift": 1}, "the init checkpoint", {"stack": 0}, "mine.hdf5",
+                               num_tasks=2, setting="data.task_id")
+
+
+def test_a_slot_an_init_checkpoint_learnt_is_refused_to_other_data_and_kept_in_the_new_checkpoint(tmp_path, caplog):
+    """Stage 2 from init= on a file whose task is numbered 0, as converters number, trained it over the init agent's
+    task 0 without a word, and the new checkpoint forgot the init's tasks (so a prior task later resolved to the
+    target's slot, "the agent's only task"). Refused naming a free slot; with it, the new checkpoint keeps both."""
+    from _stages import stage2_config
+    from robopretrain.checkpoint import load_agent
+    from robopretrain.train import run as stage2
+
+    import _fake_envs as fake
+
+    prior = fake.write_robosuite_demos(tmp_path / "prior.hdf5", episodes=4, tasks=(("reach", 0), ("lift", 1)))
+    target = fake.write_robosuite_demos(tmp_path / "target.hdf5", episodes=2, tasks=(("stack", 0),))
+    obs = {"low_dim": ["robot0_eef_pos"], "rgb": [], "num_tasks": 4}
+    first = stage2(stage2_config(prior, tmp_path / "prior", algo="bc", steps=2, obs=obs))
+    assert load_agent(first)[1].meta["task_ids"] == {"reach": 0, "lift": 1}
+    with pytest.raises(ValueError, match=r"slot 0 is task 'reach' in the init checkpoint .* and task 'stack' in "
+                                         r".*target.hdf5.*data.task_id \(e.g. 2; the agent's one-hot has 4 slots\)"):
+        stage2(stage2_config(target, tmp_path / "adapt", algo="bc", steps=2, obs=obs, init=str(first)))
+    adapted = stage2(stage2_config(target, tmp_path / "adapt2", algo="bc", steps=2, obs=obs, init=str(first),
+                                   data_cfg={"task_id": 2}))
+    assert load_agent(adapted)[1].meta["task_ids"] == {"reach": 0, "lift": 1, "stack": 2}
+    lift = fake.write_robosuite_demos(tmp_path / "lift.hdf5", episodes=2, tasks=(("lift", 1),))
+    with pytest.raises(ValueError, match=r"slot 0 is task 'reach' in the init checkpoint .* and task 'stack' in "
+                                         r".*target.hdf5.*data.mix.task_id \(e.g. 2"):  # the PTR mix: the same
+        stage2(stage2_config(lift, tmp_path / "mix", algo="bc", steps=2, obs=obs, init=str(first),
+                             data_cfg={"mix": {"path": str(target)}}))
+    with caplog.at_level(logging.WARNING):  # the slot given knowingly: trained over, said as a warning
+        stage2(stage2_config(target, tmp_path / "over", algo="bc", steps=2, obs=obs, init=str(first),
+                             data_cfg={"task_id": 0}))
+    assert "this run trains over what the agent learnt there" in caplog.text
 
 
 def test_one_file_that_gives_one_slot_to_two_tasks_is_refused_unless_the_slot_is_set(tmp_path):
