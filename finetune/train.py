@@ -48,7 +48,7 @@ from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, c
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_ignored_action_bounds, warn_sparse_data_for_dense_target
-from robopretrain.data.hdf5 import read_info
+from robopretrain.data.hdf5 import DatasetInfo, default_task_name, read_info
 from robopretrain.envs.target import (METAWORLD, SIM_ENVS, Target, time_limit_note, warn_unmapped_renames,
                                       with_task_slot)
 from robopretrain.files import run_folder_lock
@@ -67,6 +67,24 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes
                      *(f"algo.{key}" for key in NETWORK_KEYS),
                      # the agent's action units come from the checkpoint too (warn_ignored_action_bounds)
                      "data.action_bounds")
+
+
+def check_other_tasks(info: DatasetInfo, target: Target, trained: Mapping[str, Any]) -> None:
+    """Stage 3 reads every demo of a file without the target's task as the target's (its slot): refuse a file whose
+    tasks include one the agent learnt in another slot (``trained``: the checkpoint's task name -> slot), whose demos
+    would be trained as the target without a word, and warn when it names other tasks (demos without task
+    attributes, the file's default task, are what the rule is for)."""
+    slot = target.resolved_task_id()
+    named = sorted(t for t in info.tasks if t != default_task_name(str(info.path), info.env_args))
+    known = {t: int(trained[t]) for t in named if t in trained and int(trained[t]) != slot}
+    if known:
+        raise ValueError(f"{info.path}: holds no demos of target {target.name!r} but demos of task(s) "
+                         f"{sorted(known)}, which the agent learnt in slot(s) {sorted(set(known.values()))}: stage 3 "
+                         f"would train them as the target, in its slot {slot}; give the target's own demos "
+                         "(target.demos or data.path), or pick demos with data.tasks=[...] knowingly")
+    if named:
+        log.warning("%s: holds no task named %r; its demos of task(s) %s are read as the target's, in slot %d "
+                    "(data.tasks=[...] selects some)", info.path, target.name, named, slot)
 
 
 def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any],
@@ -358,6 +376,12 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     reward = build.reward_settings(cfg.algo, target)
     refuse_reward_change(ckpt.meta, reward, algo, cfg.checkpoint)
     tasks = cfg.data.get("tasks") or ([target.name] if target.name in info.tasks else None)
+    if agent.spec.num_tasks:
+        if tasks is None:  # every demo becomes the target's: not those of tasks the agent learnt elsewhere
+            check_other_tasks(info, target, ckpt.meta.get("task_ids") or {})
+        if cfg.data.get("task_id") is not None and int(cfg.data.task_id) != target.resolved_task_id():
+            log.warning("data.task_id=%s takes no effect in stage 3: the demos go in the target's slot %d (set the "
+                        "target's task_id to move it)", cfg.data.task_id, target.resolved_task_id())
     data_cfg = cfg.data
     same_file = bool(stage2_path) and os.path.realpath(str(stage2_path)) == os.path.realpath(str(data_path))
     mapped = demo_obs_map(target, info, ckpt.meta.get("obs_map"), stage2_file=same_file)

@@ -833,3 +833,44 @@ def test_a_cuda_graph_on_a_cpu_agent_is_refused_for_the_cpu_not_as_torchrun(reac
     with pytest.raises(ValueError, match="CUDA device") as refused:
         finetune(state_cfg(stage2_state, reach_hdf5, tmp_path / "g", online={"cuda_graph": True}))
     assert "torchrun" not in str(refused.value)
+
+
+def test_a_file_of_tasks_the_agent_learnt_elsewhere_is_not_read_as_the_target(reach_hdf5, stage2_state, tmp_path,
+                                                                               caplog):
+    """data.path holding no demo of the target: every demo was read as the target's, in its slot, also those of
+    tasks the agent learnt in their own slots (Reach, PressButton here): refused naming them; a file of other named
+    tasks is warned about; demos without task attributes (the rule's case) are read silently. data.task_id, which
+    stage 3 never applies, is said to take no effect."""
+    import logging
+
+    from finetune.train import check_other_tasks
+    from robopretrain.data.hdf5 import read_info
+    from robopretrain.envs.target import as_target
+
+    with pytest.raises(ValueError, match=r"reach.hdf5: holds no demos of target 'OpenDrawer' but demos of task\(s\) "
+                                         r"\['PressButton', 'Reach'\], which the agent learnt in slot\(s\)"):
+        finetune(stage3_config(stage2_state, tmp_path / "s3", "OpenDrawer", data_cfg={"path": str(reach_hdf5)},
+                               width=32))
+    slots = load_agent(stage2_state)[1].meta["task_ids"]
+    import _fake_envs as fake
+
+    named = fake.write_robosuite_demos(tmp_path / "named.hdf5", episodes=1, tasks=(("stack", 3),))
+    with caplog.at_level(logging.WARNING):
+        check_other_tasks(read_info(named), as_target("OpenDrawer"), slots)
+    assert "holds no task named 'OpenDrawer'; its demos of task(s) ['stack'] are read as the target's" in caplog.text
+    unnamed = fake.write_robosuite_demos(tmp_path / "unnamed.hdf5", episodes=1)
+    import h5py
+
+    with h5py.File(unnamed, "r+") as f:  # a recording without task attributes: the file's default task
+        for demo in f["data"].values():
+            for key in ("task", "task_id"):
+                demo.attrs.pop(key, None)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_other_tasks(read_info(unnamed), as_target("OpenDrawer"), slots)
+    assert caplog.text == ""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        finetune(stage3_config(stage2_state, tmp_path / "tid", "Reach", env_steps=10, width=32,
+                               data_cfg={"path": str(reach_hdf5), "task_id": 9}))
+    assert "data.task_id=9 takes no effect in stage 3" in caplog.text
