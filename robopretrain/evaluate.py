@@ -269,10 +269,13 @@ def default_target(ckpt: Checkpoint) -> Target:
             target = dataclasses.replace(as_target(name), obs_map={} if mix else renamed)
     else:
         named = [t for t in evaluated if t.get("name") == name]
-        from_data = _data_target(ckpt, name, slot) if not named and len(evaluated) != 1 else None
+        # the run's only evaluation target stands in for a task of another name, never for another trained task
+        # (an adaptation that evaluated prior task g1 only: its target g5 was evaluated as g1)
+        only = [t for t in evaluated if t.get("name") not in trained_slots(ckpt)] if len(evaluated) == 1 else []
+        from_data = _data_target(ckpt, name, slot) if not named and not only else None
         if from_data is not None:  # stage 2 evaluated nothing (eval_targets=[]); its data file names the env
             return from_data
-        if not named and len(evaluated) != 1:
+        if not named and not only:
             if name.endswith(("-v1", "-v2", "-v3")):  # a Meta-World task whose data file is gone
                 raise CheckpointError(
                     f"{ckpt.path / 'meta.json'}: its task {name!r} is not a sim_envs task and the run recorded no "
@@ -286,9 +289,15 @@ def default_target(ckpt: Checkpoint) -> Target:
                 f"{' (a file of another env family uses its name)' if name in tasks.TASKS else ''} and the run "
                 "recorded "
                 f"{len(evaluated)} evaluation targets (train.eval_targets), none named so; pass target=<mapping>, e.g. "
-                "'target={name: mytask, env_id: MyEnv-v0, task_id: 0}' (task_id: its slot in the agent's task "
-                "one-hot; 0 without one)")
-        return as_target((named or evaluated)[0])  # its own task_id as the run evaluated it
+                f"'target={{name: {name}, env_id: MyEnv-v0, task_id: {0 if slot is None else slot}}}' (task_id: its "
+                "slot in the agent's task one-hot" + (f", where {name!r} was trained" if slot is not None else
+                                                      "; 0 without one") + ")")
+        target = as_target((named or only)[0])  # as the run evaluated it, in the slot the task was trained in
+        if named and slot is not None and target.task_id is not None and int(target.task_id) != int(slot):
+            log.warning("the run evaluated %r with task_id %d, but trained it in slot %d: evaluated in slot %d",
+                        name, int(target.task_id), int(slot), int(slot))
+            return dataclasses.replace(target, task_id=int(slot))
+        return target
     return target if slot is None else dataclasses.replace(target, task_id=int(slot))
 
 

@@ -331,6 +331,18 @@ def test_a_stage2_agent_of_another_env_defaults_to_the_target_it_was_evaluated_o
             default_target(ckpt)
     sim = SimpleNamespace(path=tmp_path, meta={"task_names": ["Reach"], "eval_targets": [gym_b]})
     assert default_target(sim).name == "Reach"  # a sim_envs task stays itself
+    # an adaptation (mix task g5 in slot 6) that evaluated prior task g1 only: g5 was evaluated as g1, in slot 1;
+    # now refused, its example in g5's own slot
+    adapted = SimpleNamespace(path=tmp_path, meta={
+        "task_names": ["g1", "g5"], "task_ids": {"g1": 1, "g5": 6}, "mix_task_names": ["g5"],
+        "eval_targets": [{"name": "g1", "env_id": "Pendulum-v1", "task_id": 1}]})
+    with pytest.raises(CheckpointError, match=r"its task 'g5' is not a sim_envs task.*task_id: 6\}' \(task_id: its "
+                                              r"slot in the agent's task one-hot, where 'g5' was trained\)"):
+        default_target(adapted)
+    # the run evaluated its task in another slot than it trained it in: the trained slot, with a warning
+    moved = SimpleNamespace(path=tmp_path, meta={"task_names": ["pendulum"], "task_ids": {"pendulum": 3},
+                                                 "eval_targets": [{**gym_a, "task_id": 0}]})
+    assert default_target(moved).task_id == 3
 
 
 def test_warn_action_range_only_for_finite_boxes_other_than_minus_one_one() -> None:
