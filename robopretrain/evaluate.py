@@ -64,7 +64,7 @@ from robopretrain.checkpoint import (
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
-from robopretrain.envs.target import Target, as_target, warn_unmapped_renames, with_task_slot
+from robopretrain.envs.target import Target, as_target, slot_note, warn_unmapped_renames, with_task_slot
 from robopretrain.files import atomic_file, run_folder_lock, write_text_atomic
 from robopretrain.workers import process_map
 
@@ -681,6 +681,8 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         log.warning("target %r acts in slot %d of the task one-hot, which no task of this checkpoint was trained in "
                     "(its tasks' slots: %s): the agent's behaviour there is untrained; set the target's task_id",
                     target.name, slot, trained)
+    elif slot is not None and slot_note(target.name, slot, trained):
+        log.warning(slot_note(target.name, slot, trained))
     conditions = build_conditions(cfg)
     if not target.randomizable and cfg.get("select") is None:  # every factor of a target that has none (a gap
         conditions = [c for c in conditions if c.factor not in cfg.factors]  # asked for is still refused below)

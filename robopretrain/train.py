@@ -52,6 +52,7 @@ from robopretrain.data.dataset import data_action_units, warn_ignored_action_bou
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
+from robopretrain.envs.target import slot_note
 from robopretrain.files import run_folder_lock
 from robopretrain.evaluation import calibration, evaluate
 from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume, train_offline
@@ -205,6 +206,10 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     if settings.eval_targets is None and mix_ids:  # and the mixed-in data's own tasks
         targets += [t for t in build.targets_of_data(mix_info, mix_ids, build.plain(mix.get("obs_map")) or None)
                     if t.name not in task_ids]
+    for target in targets if agent.spec.num_tasks else []:  # a slot given in train.eval_targets against the data's
+        note = slot_note(target.name, target.resolved_task_id(), {**init_ids, **task_ids, **mix_ids})
+        if note:
+            log.warning("train.eval_targets: %s", note)
     if settings.eval_targets is None:  # the data's own tasks: evaluated where the env fits the agent, else skipped
         targets = [t for t in targets if build.env_fits_or_log(agent, t, dr if t.randomizable else "none")]
     else:  # targets the config names must fit

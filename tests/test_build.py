@@ -264,6 +264,13 @@ def test_a_slot_an_init_checkpoint_learnt_is_refused_to_other_data_and_kept_in_t
         stage2(stage2_config(target, tmp_path / "over", algo="bc", steps=2, obs=obs, init=str(first),
                              data_cfg={"task_id": 0}))
     assert "this run trains over what the agent learnt there" in caplog.text
+    caplog.clear()  # an evaluation target given reach's name in lift's slot: said (evaluate and stage 3 say it too)
+    wrong = {"name": "reach", "env_id": "_fake_envs:RobosuiteLikeEnv", "task_id": 1, "max_episode_steps": 4}
+    with caplog.at_level(logging.WARNING):
+        stage2(stage2_config(prior, tmp_path / "evals", algo="bc", steps=2, obs=obs,
+                             train={"eval_targets": [wrong], "eval_episodes": 1}))
+    assert "train.eval_targets: target 'reach' acts in slot 1 of the task one-hot, but the agent learnt 'reach' in " \
+        "slot 0" in caplog.text
 
 
 def test_one_file_that_gives_one_slot_to_two_tasks_is_refused_unless_the_slot_is_set(tmp_path):

@@ -273,6 +273,24 @@ def test_a_target_in_a_slot_no_task_was_trained_in_is_warned_and_the_slot_record
     assert "'Reach': 0" in caplog.text
 
 
+def test_a_target_in_another_tasks_slot_or_its_task_in_another_slot_is_warned(tiny_checkpoint, tmp_path, caplog):
+    """An explicit task_id that contradicts the slots the agent learnt ran silently (a helper evaluated g3 in g0's
+    slot): both disagreements are named."""
+    import logging
+
+    from robopretrain.envs.target import slot_note
+
+    learnt = {"g0": 0, "g1": 1}
+    assert slot_note("g0", 0, learnt) is None and slot_note("g5", 6, learnt) is None  # agree; a free slot
+    assert "but the agent learnt 'g0' in slot 0" in slot_note("g0", 1, learnt)
+    assert "where the agent learnt task(s) ['g1']: the agent takes it for that task" in slot_note("g3", 1, learnt)
+    with caplog.at_level(logging.WARNING, logger="robopretrain.evaluate"):  # PressButton in Reach's slot 0
+        evaluate_robustness(eval_config(tiny_checkpoint, tmp_path / "pb", select="[nominal]", episodes=1, workers=0,
+                                        target="{name: PressButton, task_id: 0}", **{"video.enabled": "false"}))
+    assert "target 'PressButton' acts in slot 0 of the task one-hot, where the agent learnt task(s) ['Reach']" \
+        in caplog.text
+
+
 def test_a_target_outside_sim_envs_runs_nominal_only(tmp_path):
     """A custom gymnasium target: nominal episodes and a video from the agent's own camera; factors that shift our
     sim are refused with one line naming them when selected, left out when select is unset."""

@@ -874,3 +874,9 @@ def test_a_file_of_tasks_the_agent_learnt_elsewhere_is_not_read_as_the_target(re
         finetune(stage3_config(stage2_state, tmp_path / "tid", "Reach", env_steps=10, width=32,
                                data_cfg={"path": str(reach_hdf5), "task_id": 9}))
     assert "data.task_id=9 takes no effect in stage 3" in caplog.text
+    caplog.clear()  # Reach fine-tuned in PressButton's slot: said, as stage 3 then records it there
+    with caplog.at_level(logging.WARNING):
+        finetune(stage3_config(stage2_state, tmp_path / "moved", {"name": "Reach", "task_id": slots["PressButton"]},
+                               env_steps=10, width=32, data_cfg={"path": str(reach_hdf5)}))
+    assert (f"target 'Reach' acts in slot {slots['PressButton']} of the task one-hot, but the agent learnt 'Reach' in "
+            f"slot {slots['Reach']}") in caplog.text and "stage 3 fine-tunes it there" in caplog.text

@@ -226,6 +226,21 @@ def as_target(entry: str | Mapping[str, Any] | Target) -> Target:
     return Target(**d)
 
 
+def slot_note(name: str, slot: int, trained: Mapping[str, int]) -> str | None:
+    """What to say when a target acts in a slot of the task one-hot that disagrees with what the agent learnt
+    (``trained``: task name -> slot, a checkpoint's ``task_ids``): its task learnt in another slot, or its slot learnt
+    as other tasks. None when they agree or a task of another name in a slot no task used (said elsewhere)."""
+    learnt = {str(k): int(v) for k, v in dict(trained).items()}
+    if name in learnt and learnt[name] != int(slot):
+        return (f"target {name!r} acts in slot {slot} of the task one-hot, but the agent learnt {name!r} in slot "
+                f"{learnt[name]} (its task_id moves it; leave it out to use the learnt slot)")
+    others = sorted(t for t, s in learnt.items() if s == int(slot) and t != name)
+    if name not in learnt and others:
+        return (f"target {name!r} acts in slot {slot} of the task one-hot, where the agent learnt task(s) {others}: "
+                "the agent takes it for that task")
+    return None
+
+
 def with_task_slot(target: Target, task_ids: Mapping[str, int], num_tasks: int) -> Target:
     """``target`` with its slot of the task one-hot filled in when it names none and its family has no ids of its own
     (a gym target): the slot of the trained task of its name, else the one slot every trained task shares, else 0
