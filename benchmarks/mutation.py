@@ -404,10 +404,15 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "longest = ... if len(timesteps) else 0 -> 1: the fallback of data without steps, which the loaders refuse "
         "before a sampler is built",
         "0 -> 1 @ longest = int(np.max(timesteps)) + 1 if len(timesteps) else 0"),
-    ("dataset", "default_num_tasks/swap/2"): Equivalent(
+    ("dataset", "load_offline_dataset/call/0"): Equivalent(
+        "ids.min() < 0 -> ids.max() < 0: the ids come from a file, whose negative task_id attributes the reader "
+        "refuses (hdf5._demo_info), or from one task_id for every demo (data.task_id / the target's), where min and "
+        "max are the same",
+        "ids.min(...) -> max(...) @ if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):"),
+    ("dataset", "default_num_tasks/swap/3"): Equivalent(
         "max(len(TASKS), largest) -> max(largest, len(TASKS)): symmetric",
         "max(..len(sim_envs.TASKS), largest..) swapped @ return max(len(sim_envs.TASKS), largest)"),
-    ("dataset", "default_num_tasks/swap/3"): Equivalent(
+    ("dataset", "default_num_tasks/swap/4"): Equivalent(
         "max(len(TASK_IDS), largest) -> max(largest, len(TASK_IDS)): symmetric (Meta-World's branch)",
         "max(..len(TASK_IDS), largest..) swapped @ return max(len(TASK_IDS), largest)"),
     ("hdf5", "_attr/boolop/0"): Equivalent(

@@ -126,6 +126,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         defaults = OmegaConf.load(CONFIG_DIR / "robopretrain.yaml").obs  # not set by the user: nothing to say
         ignored = [f"obs.{p}={asked[p]} (the checkpoint's: {have[p]})" for p in asked
                    if asked[p] != have[p] and asked[p] != list(defaults[p])]
+        slots = (cfg.get("obs") or {}).get("num_tasks")
+        if slots is not None and int(slots) != spec.num_tasks:  # the one-hot's size is the checkpoint's too
+            ignored.append(f"obs.num_tasks={slots} (the checkpoint's: {spec.num_tasks})")
         if ignored:
             log.warning("init=%s: the agent's observation parts come from the checkpoint, so %s take(s) no effect; "
                         "to train on other parts, start without init", init.path, ", ".join(ignored))
@@ -145,6 +148,10 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     action_units = (agent.action_normalization if init is not None
                     else data_action_units(data_path, info, str(cfg.data.get("actions") or "auto"), declared))
     task_ids = build.data_task_ids(info, cfg.data)  # task name -> its slot of the task one-hot, as trained
+    if not spec.num_tasks and len(task_ids) > 1:
+        log.warning("%s holds %d tasks (%s), but the agent has no task one-hot (obs.num_tasks=0%s): they train as one "
+                    "policy that tells them apart only by what it observes", data_path, len(task_ids),
+                    ", ".join(sorted(task_ids)), ", the init checkpoint's" if init is not None else "")
     # what the init checkpoint learnt where: this run's data may not take its tasks' slots silently (PTR's adaptation
     # on a target file numbered from 0 trained it over prior task 0), and the new checkpoint keeps them
     init_ids = {str(k): int(v) for k, v in dict(init.meta.get("task_ids") or {}).items()} if init else {}

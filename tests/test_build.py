@@ -271,6 +271,17 @@ def test_a_slot_an_init_checkpoint_learnt_is_refused_to_other_data_and_kept_in_t
                              train={"eval_targets": [wrong], "eval_episodes": 1}))
     assert "train.eval_targets: target 'reach' acts in slot 1 of the task one-hot, but the agent learnt 'reach' in " \
         "slot 0" in caplog.text
+    caplog.clear()  # no one-hot for two tasks: one policy, said; a one-hot size given with init=: ignored, said
+    with caplog.at_level(logging.WARNING):
+        stage2(stage2_config(prior, tmp_path / "none", algo="bc", steps=2, obs={**obs, "num_tasks": 0}))
+        stage2(stage2_config(lift, tmp_path / "grow", algo="bc", steps=2, obs={**obs, "num_tasks": 12},
+                             init=str(first)))
+    assert "holds 2 tasks (lift, reach), but the agent has no task one-hot (obs.num_tasks=0)" in caplog.text
+    assert "obs.num_tasks=12 (the checkpoint's: 4) take(s) no effect" in caplog.text
+    from robopretrain.envs.target import as_target
+
+    with pytest.raises(ValueError, match=r"target=\['g0', 'g5'\]: expected one task name or one mapping"):
+        as_target(["g0", "g5"])  # was dict()'s "dictionary update sequence element #0 has length 2"
 
 
 def test_one_file_that_gives_one_slot_to_two_tasks_is_refused_unless_the_slot_is_set(tmp_path):

@@ -194,7 +194,7 @@ def test_next_obs_logged_apart_from_the_next_obs_does_not_split_demos(tmp_path, 
     assert "next_obs equals obs itself at 3 of 6 steps" in caplog.text
 
 
-def test_key_maps_task_ids_and_sizes_are_checked(tmp_path):
+def test_key_maps_task_ids_and_sizes_are_checked(tmp_path, caplog):
     path = write_file(tmp_path / "toy.hdf5")
     spec = spec_of_data(path, ["state"], [], 4, obs_map={"state": "proprio"})
     ds = load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, task_id=3, tasks=["b"])
@@ -222,8 +222,13 @@ def test_key_maps_task_ids_and_sizes_are_checked(tmp_path):
     negative = write_file(tmp_path / "negative.hdf5")  # one demo's id below the one-hot, the others inside it
     with h5py.File(negative, "r+") as f:
         f["data/demo_0"].attrs["task_id"] = -1
-    with pytest.raises(DatasetError, match=r"negative.hdf5: task ids \[-1, .*\] do not fit a task one-hot of size 4"):
+    with pytest.raises(DatasetError, match=r"negative.hdf5: data/demo_0: task_id -1: expected a slot of the task "
+                                          r"one-hot, 0 or above"):  # read as no one-hot for a single-task file
         load_offline_dataset(negative, spec, CAL_QL, obs_map={"state": "proprio"})
+    declared = write_file(tmp_path / "declared_small.hdf5", env_args={**make_env_args("Toy", "0", {}), "num_tasks": 1})
+    with caplog.at_level(logging.WARNING):  # declared below its ids: a larger one-hot, said once
+        assert default_num_tasks(read_info(declared)) == 2 and default_num_tasks(read_info(declared)) == 2
+    assert caplog.text.count("env_args num_tasks=1, but its demos use task ids up to 1: the one-hot gets 2 slots") == 1
     with pytest.raises(DatasetError, match=r"toy.hdf5: actions have 4 dims; the agent has 7"):
         load_offline_dataset(path, spec, CAL_QL, obs_map={"state": "proprio"}, act_dim=7)
     with pytest.raises(ValueError, match=r"observation key 'robot0_eef_pos' \(low_dim part 'state'\) not found"):

@@ -86,6 +86,9 @@ class RewardSettings:
                    bias=float(get("reward_bias", 0.0)), sparse=bool(get("sparse_reward", True)))
 
 
+_SMALL_DECLARED: set[str] = set()  # files whose env_args num_tasks below their task ids was warned about
+
+
 def default_num_tasks(info: DatasetInfo) -> int:
     """The task one-hot size for a file: ``num_tasks`` of its ``env_args`` when given, the size of its task family
     when the ``env_name`` is ours (sim_envs: every sim_envs task; Meta-World: its 50 v3 tasks), so that stage-2
@@ -94,6 +97,10 @@ def default_num_tasks(info: DatasetInfo) -> int:
     largest = max(d.task_id for d in info.demos) + 1
     if isinstance(declared, int) and declared >= largest:
         return int(declared)
+    if isinstance(declared, int) and str(info.path) not in _SMALL_DECLARED:  # once per file
+        _SMALL_DECLARED.add(str(info.path))
+        log.warning("%s: env_args num_tasks=%d, but its demos use task ids up to %d: the one-hot gets %d slots (set "
+                    "obs.num_tasks, or correct env_args' num_tasks)", info.path, declared, largest - 1, largest)
     env_name = str(info.env_args.get("env_name", ""))
     if "sim_envs/" in env_name:
         import sim_envs

@@ -216,6 +216,10 @@ def as_target(entry: str | Mapping[str, Any] | Target) -> Target:
         return entry
     if isinstance(entry, str):
         return Target(name=entry)
+    if not isinstance(entry, Mapping):  # a list (several targets where one is taken) gave dict()'s own words
+        raise ValueError(f"target={entry!r}: expected one task name or one mapping of target fields (a run takes one "
+                         "target; several: a sweep, -m 'target=A,B', or a stage's list setting such as "
+                         "train.eval_targets)")
     d = dict(entry)
     valid = set(Target.__dataclass_fields__)
     unknown = sorted(set(d) - valid)
