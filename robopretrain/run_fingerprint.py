@@ -387,6 +387,8 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     saved_inputs, now_inputs = saved.get("inputs", {}), now.get("inputs", {})
     unchanged = []  # paths of inputs found the same (content included) at a place a moved folder took them to
     for name in list(dict.fromkeys([*saved_inputs, *now_inputs])):
+        if name not in saved_inputs:  # an input an upgrade started recording (stage 2's encoder): nothing to compare
+            continue
         changes = _input_changes(name, saved_inputs.get(name), now_inputs.get(name), moved + along)
         out += changes
         if not changes and now_inputs.get(name):

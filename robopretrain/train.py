@@ -53,6 +53,7 @@ from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
 from robopretrain.envs.target import slot_note
+from robopretrain.nets.encoder_io import resolve_encoder_dir
 from robopretrain.files import run_folder_lock
 from robopretrain.evaluation import calibration, evaluate
 from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume, train_offline
@@ -62,7 +63,10 @@ log = logging.getLogger(__name__)
 # settings a resumed run may change (they do not change what is computed, or a resumed run may extend them)
 RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "data.storage", "data.workers", "data.mix.storage",
                      "data.mix.workers", "eval_episodes", "eval_targets", "eval_at_start",
-                     "keep_checkpoints", "calibration_batch", "dr", "data.generate", "data.regenerate", "data.collect")
+                     "keep_checkpoints", "calibration_batch", "dr", "data.generate", "data.regenerate", "data.collect",
+                     # the setting as given (a stage-1 run folder, or its encoder folder): the encoder folder it
+                     # resolves to is compared instead, content included (the fingerprint's inputs)
+                     "encoder.checkpoint")
 
 
 def summarize(per_target: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -224,7 +228,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             build.check_env_fits(agent, target, dr if target.randomizable else "none")
     fingerprint = run_fingerprint.fingerprint(
         cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
-              "init": init.path if init is not None else None}, ignore=RESUMABLE_CHANGES,
+              "init": init.path if init is not None else None,
+              # a stage-1 encoder retrained in place was resumed on: its cached features the new encoder's, the
+              # agent's encoder the old one's
+              "encoder": resolve_encoder_dir(cfg.encoder.checkpoint) if init is None and spec.rgb_keys
+              and cfg.encoder.get("checkpoint") else None}, ignore=RESUMABLE_CHANGES,
         home=run_fingerprint.run_home(cfg, run_dir))
     meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": os.path.abspath(data_path),  # any cwd
             "obs_map": obs_map,

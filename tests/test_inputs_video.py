@@ -475,6 +475,19 @@ def test_settings_added_by_an_upgrade_resume_only_when_off(caplog):
     assert run_fingerprint.differences(newer, old) == ["algo.actor_hidden: (unset) -> [64]"]
 
 
+def test_an_input_an_upgrade_started_recording_is_no_change_once_recorded_it_is(tmp_path):
+    """Stage 2 records its stage-1 encoder folder as an input since stop 64: a checkpoint whose fingerprint has no such
+    input resumes; one that recorded none (no encoder) or another folder is refused."""
+    enc = tmp_path / "encoder"
+    enc.mkdir()
+    (enc / "meta.json").write_text("{}")
+    before = run_fingerprint.fingerprint({}, {"data": None})
+    now = run_fingerprint.fingerprint({}, {"data": None, "encoder": enc})
+    assert run_fingerprint.differences(before, now) == []
+    assert run_fingerprint.differences(run_fingerprint.fingerprint({}, {"data": None, "encoder": None}), now) == [
+        f"encoder: none -> {enc.resolve()}"]
+
+
 def test_a_data_path_given_through_a_symlink_is_the_file_it_names(tmp_path):
     """``data.path=link.hdf5`` then ``data.path=real.hdf5`` (the link's target), or back: the text differed and the
     resume was refused. A link repointed at another file is still a change (the input's content)."""

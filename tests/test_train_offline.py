@@ -191,6 +191,28 @@ def test_resume_with_other_parts_or_another_encoder_mode_is_a_clear_error(tiny_h
                           encoder={"checkpoint": str(stage1_encoder[0]), "mode": "frozen"}))
 
 
+def test_a_stage1_encoder_retrained_in_place_refuses_the_resume_and_its_folder_named_two_ways_does_not(
+        image_hdf5, stage1_encoder, tmp_path):
+    """Stage 2 compared only encoder.checkpoint's path: a stage-1 encoder retrained in place was resumed on (its
+    frozen_cached features the new encoder's, the agent's encoder the old one's), while the same encoder named as
+    its run folder was refused. The encoder folder's content is the input now."""
+    import shutil
+
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    run_folder = tmp_path / "stage1_run"  # a stage-1 run folder holding the encoder
+    shutil.copytree(stage1_encoder[0], run_folder / "encoder")
+    enc = {"checkpoint": str(run_folder / "encoder"), "mode": "frozen"}
+    run(stage2_config(image_hdf5, tmp_path / "s", steps=2, obs=CAMERAS["1cam"], encoder=enc))
+    run(stage2_config(image_hdf5, tmp_path / "s", steps=4, obs=CAMERAS["1cam"],
+                      encoder={**enc, "checkpoint": str(run_folder)}))  # the run folder: the same encoder, resumed
+    torch.manual_seed(12)  # stage 1 run again into the same folder: other weights
+    save_encoder(run_folder / "encoder", make_encoder("small_conv", SIZE, channels=4, out_dim=8), "small_conv",
+                 {"test": True})
+    with pytest.raises(ResumeMismatchError, match=r"encoder .*stage1_run/encoder"):
+        run(stage2_config(image_hdf5, tmp_path / "s", steps=6, obs=CAMERAS["1cam"], encoder=enc))
+
+
 def test_bad_configs_name_the_problem(image_hdf5, tiny_hdf5, tmp_path):
     from robopretrain.data.hdf5 import DatasetError
 
