@@ -181,6 +181,48 @@ def test_a_file_added_beside_the_clips_does_not_stop_a_resume_and_a_clip_added_d
         train(compose_cfg(*common, "steps=4"), tmp_path)
 
 
+def test_symlinked_clips_and_a_manifest_given_as_a_file_are_in_the_fingerprint(videos, tmp_path):
+    """A clip symlinked into the folder was named by its target's path (outside the folder: no file of it), and
+    data.path=<folder>/manifest.csv fingerprinted the csv alone: a clip replaced by another video resumed on
+    silently in both. Now each refuses the resume naming the clip."""
+    import shutil
+
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    store = Path(shutil.copytree(videos, tmp_path / "store"))  # the real files, elsewhere
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copy(store / "manifest.csv", linked / "manifest.csv")
+    for clip in store.glob("clip_*.mp4"):
+        (linked / clip.name).symlink_to(clip)
+    assert vp.read_files(linked) == ["manifest.csv", *(f"clip_{i:05d}.mp4" for i in range(5))]
+    common = (f"data.path={linked}", "objective=tcn", "tensorboard=false", f"output_dir={tmp_path / 'run'}", *TINY)
+    train(compose_cfg(*common, "steps=2"), tmp_path)
+    train(compose_cfg(*common, "steps=3"), tmp_path)  # resumes: nothing changed
+    shutil.copy(store / "clip_00002.mp4", store / "clip_00001.mp4")  # the link's target replaced by another video
+    with pytest.raises(ResumeMismatchError, match="clip_00001.mp4"):
+        train(compose_cfg(*common, "steps=4"), tmp_path)
+    # the manifest as the data.path: its clips are inputs too (input "clips", the manifest's folder)
+    folder = Path(shutil.copytree(videos, tmp_path / "plain"))
+    common = (f"data.path={folder / 'manifest.csv'}", "objective=tcn", "tensorboard=false",
+              f"output_dir={tmp_path / 'csv_run'}", *TINY)
+    train(compose_cfg(*common, "steps=2"), tmp_path)
+    shutil.copy(folder / "clip_00002.mp4", folder / "clip_00001.mp4")
+    with pytest.raises(ResumeMismatchError, match="clips .*plain"):
+        train(compose_cfg(*common, "steps=3"), tmp_path)
+    # a clip in a symlinked sub-folder (a walk of the folder does not follow it): an input of its own
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "shared").symlink_to(store)
+    text = (store / "manifest.csv").read_text().replace("clip_00000.mp4", "shared/clip_00000.mp4")
+    (outside / "manifest.csv").write_text(text)
+    for clip in store.glob("clip_0000[1-4].mp4"):
+        shutil.copy(clip, outside / clip.name)
+    assert list(vp.outside_clips(outside)) == ["shared/clip_00000.mp4"]
+    assert "clip shared/clip_00000.mp4" in vp.fingerprint(compose_cfg(f"data.path={outside}", *TINY), outside)[
+        "inputs"]
+
+
 def test_a_refused_resume_on_an_edited_source_keeps_the_converted_copy_it_trained_on(tmp_path):
     """Stage 1 on a LeRobot folder (a converted copy): the source edited, the rerun's conversion keeps the copy the
     checkpoint names (the resume is refused); the source restored, the run resumes on that copy."""

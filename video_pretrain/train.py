@@ -153,29 +153,64 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "valid_batches", "
 
 
 def fingerprint(cfg: DictConfig, data_path: Path, home: Path | None = None) -> dict[str, Any]:
-    """The run's fingerprint: the data at ``data_path`` (of a video folder, the files it reads: :func:`read_files`)
-    and the config minus :data:`RESUMABLE_CHANGES`; ``home``: the run folder (a moved one resumes,
-    :func:`robopretrain.run_fingerprint.relocation`)."""
-    files = read_files(data_path) if data_path.is_dir() else None
-    return run_fingerprint.fingerprint(cfg, {"data": data_path}, ignore=RESUMABLE_CHANGES, home=home,
-                                       only={"data": files} if files is not None else None)
+    """The run's fingerprint: the data at ``data_path`` (of a video folder, the files it reads: :func:`read_files`;
+    of a manifest file, also the clips it lists, as input ``clips``; clips a walk of the folder does not reach, each
+    as an input of its own: :func:`outside_clips`) and the config minus :data:`RESUMABLE_CHANGES`; ``home``: the
+    run folder (a moved one resumes, :func:`robopretrain.run_fingerprint.relocation`)."""
+    inputs: dict[str, Path | None] = {"data": data_path}
+    only: dict[str, list[str]] = {}
+    folder = data_path if data_path.is_dir() else data_path.parent if data_path.suffix.lower() == ".csv" else None
+    files = read_files(data_path) if folder is not None else None
+    if files is not None:  # a manifest given as a file (data.path=<folder>/manifest.csv): its clips' folder too
+        only["data" if data_path.is_dir() else "clips"] = files
+        if not data_path.is_dir():
+            inputs["clips"] = folder
+        inputs.update({f"clip {name}": path for name, path in outside_clips(data_path).items()})
+    return run_fingerprint.fingerprint(cfg, inputs, ignore=RESUMABLE_CHANGES, home=home, only=only)
 
 
-def read_files(folder: Path) -> list[str] | None:
-    """The paths, relative to the video ``folder``, that training reads: its ``manifest.csv`` when there is one and
-    the clips (video files, frame folders) it lists or, without it, those found there
-    (:func:`robopretrain.data.video.clip_entries`); a file added beside them (notes, an inspection's contact sheet)
-    is not data, so a run resumes past it. None (every file) when the reader refuses the folder's clip list (it
-    then names the problem)."""
-    from robopretrain.data.video import MANIFEST_NAME, clip_entries
+def _clip_paths(source: Path) -> list[Path] | None:
+    """The clips (video files, frame folders) at ``source`` (a folder or a manifest), as the manifest names them
+    (absolute, links not resolved); None when the reader refuses the clip list (it then names the problem)."""
+    from robopretrain.data.video import clip_entries
 
     try:
-        clips = clip_entries(folder)
+        return [Path(os.path.abspath(e.path)) for e in clip_entries(source)]
     except VideoDatasetError:
         return None
-    base = os.path.realpath(folder)
-    listed = [Path(os.path.relpath(os.path.realpath(e.path), base)).as_posix() for e in clips]
-    return ([MANIFEST_NAME] if (folder / MANIFEST_NAME).is_file() else []) + listed
+
+
+def read_files(source: Path) -> list[str] | None:
+    """The paths, relative to the video folder ``source`` (or a manifest's folder), that training reads: its
+    ``manifest.csv`` when there is one and the clips (video files, frame folders) it lists or, without it, those
+    found there (:func:`robopretrain.data.video.clip_entries`); a file added beside them (notes, an inspection's
+    contact sheet) is not data, so a run resumes past it. None (every file) when the reader refuses the folder's clip
+    list (it then names the problem). Clips are named as the manifest reaches them (a symlinked clip by its link:
+    its target's path, outside the folder, matched no file of the folder, so the clip was no input at all)."""
+    from robopretrain.data.video import MANIFEST_NAME
+
+    folder = source if source.is_dir() else source.parent
+    clips = _clip_paths(source)
+    if clips is None:
+        return None
+    base = os.path.abspath(folder)
+    manifest = [source.name] if not source.is_dir() else [MANIFEST_NAME] if (folder / MANIFEST_NAME).is_file() else []
+    return manifest + [Path(os.path.relpath(c, base)).as_posix() for c in clips]
+
+
+def outside_clips(source: Path) -> dict[str, Path]:
+    """The clips of ``source`` that a walk of its folder does not reach, by their name there: outside the folder
+    (a manifest's ``../other/clip.mp4``), a symlinked frame folder, or a clip inside a symlinked folder (a walk does
+    not follow links): each becomes an input of the fingerprint of its own."""
+    folder = Path(os.path.abspath(source if source.is_dir() else source.parent))
+    out = {}
+    for clip in _clip_paths(source) or []:
+        rel = os.path.relpath(clip, folder)
+        inside = not rel.startswith("..") and os.path.realpath(clip.parent) == os.path.join(
+            os.path.realpath(folder), os.path.dirname(rel)).rstrip(os.sep)
+        if not inside or (clip.is_dir() and clip.is_symlink()):
+            out[Path(rel).as_posix()] = clip
+    return out
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
