@@ -537,7 +537,7 @@ def check_file_task_slots(path: str, task_ids: Mapping[str, int], *, default_tas
 
 def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[str, int], second_path: str,
                      *, explicit: bool = False, setting: str = "data.mix.task_id", num_tasks: int | None = None,
-                     overwrite: bool = False, taken: Sequence[int] = ()) -> None:
+                     overwrite: bool = False, taken: Sequence[int] = (), second_set: bool = False) -> None:
     """Refuse two task-slot maps that disagree: one slot of the task one-hot given to different tasks (e.g. a converted
     file that numbers its tasks from 0, mixed with a prior file whose task 0 is another: the agent could not tell
     them apart), or one task name in two slots (two numberings of one task: it would train in both, and be evaluated
@@ -545,19 +545,25 @@ def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[
     ``setting``: the setting that moves the second's tasks (named in the advice with a free slot, below
     ``num_tasks`` when given and not in ``taken``, the slots of other tasks the agent knows). ``explicit``: the user put the second's tasks in its slot (``data.task_id`` =
     ``data.mix.task_id``, two converted files of one task each named after its file): a shared slot is then logged,
-    or, with ``overwrite`` (the first is what an init checkpoint learnt there), warned about, not refused."""
+    or, with ``overwrite`` (the first is what an init checkpoint learnt there), warned about, not refused.
+    ``second_set``: the user set the second's slot (``setting``): one name in two slots is then warned about (two
+    files' generic task names, such as a converter's ``task 0``), not refused."""
     by_slot = {slot: task for task, slot in first.items()}
     clashes = [(slot, by_slot[slot], task) for task, slot in second.items() if by_slot.get(slot, task) != task]
     moved = [(task, first[task], slot) for task, slot in second.items() if task in first and first[task] != slot]
-    if (clashes or moved) and explicit:
+    if moved and (explicit or second_set):
+        for task, theirs, mine in moved:
+            log.warning("task %r: slot %d in %s, slot %d in %s (%s): the agent learns it in both", task, theirs,
+                        first_path, mine, second_path, setting)
+        moved = []
+    if clashes and explicit:
         for slot, theirs, mine in clashes:
             (log.warning if overwrite else log.info)(
                 "task one-hot slot %d: task %r of %s and task %r of %s are one task to the agent (%s=%d)%s", slot,
                 theirs, first_path, mine, second_path, setting, slot,
                 ": this run trains over what the agent learnt there" if overwrite else "")
-        for task, theirs, mine in moved:
-            log.warning("task %r: slot %d in %s, slot %d in %s (%s): the agent learns it in both", task, theirs,
-                        first_path, mine, second_path, setting)
+        clashes = []
+    if not clashes and not moved:
         return
     used = {*first.values(), *second.values(), *taken}
     free = next((k for k in range(max(used) + 2) if k not in used), max(used) + 1)

@@ -159,10 +159,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     # what the init checkpoint learnt where: this run's data may not take its tasks' slots silently (PTR's adaptation
     # on a target file numbered from 0 trained it over prior task 0), and the new checkpoint keeps them
     init_ids = {str(k): int(v) for k, v in dict(init.meta.get("task_ids") or {}).items()} if init else {}
-    if init_ids and agent.spec.num_tasks:
+    if init_ids and agent.spec.num_tasks > 1:  # (one slot: every task is in it, as the init's data was)
         build.check_task_slots(init_ids, f"the init checkpoint {init.path}", task_ids, str(data_path),
                                explicit=cfg.data.get("task_id") is not None, setting="data.task_id",
-                               num_tasks=agent.spec.num_tasks, overwrite=True)
+                               num_tasks=agent.spec.num_tasks, overwrite=True,
+                               second_set=cfg.data.get("task_id") is not None)
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size,
@@ -199,11 +200,13 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         same_slot = mix.get("task_id") is not None and cfg.data.get("task_id") is not None and int(
             mix.task_id) == int(cfg.data.task_id)  # both files' tasks put in one slot by the user: one task
         build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path), explicit=same_slot,
-                               num_tasks=agent.spec.num_tasks, taken=list(init_ids.values()))
-        if init_ids and agent.spec.num_tasks:
+                               num_tasks=agent.spec.num_tasks, taken=list(init_ids.values()),
+                               second_set=mix.get("task_id") is not None)
+        if init_ids and agent.spec.num_tasks > 1:
             build.check_task_slots({**init_ids, **task_ids}, f"the init checkpoint {init.path}", mix_ids,
                                    str(mix.path), explicit=mix.get("task_id") is not None,
-                                   num_tasks=agent.spec.num_tasks, overwrite=True)
+                                   num_tasks=agent.spec.num_tasks, overwrite=True,
+                                   second_set=mix.get("task_id") is not None)
         if dinfo.is_main:
             build.report_success_filter(cfg.algo, mix_data, str(mix.path))
         sampler = MixedSampler(sampler, build.training_sampler(agent, build.prepared(agent, mix_data, seed + 1),

@@ -226,6 +226,8 @@ def test_mixed_data_that_gives_one_slot_to_two_tasks_is_refused():
     with pytest.raises(ValueError, match=r"task 'Lift' is in slot 1 in prior.hdf5 and in slot 2 in mine.hdf5.*"
                                          r"set data.mix.task_id=1"):
         build.check_task_slots({"Reach": 0, "Lift": 1}, "prior.hdf5", {"Lift": 2}, "mine.hdf5")
+    # the user moved the second file's task there (data.mix.task_id): two files' generic names ("task 0"), allowed
+    build.check_task_slots({"task 0": 0}, "a.hdf5", {"task 0": 1}, "b.hdf5", second_set=True)
     # the free slot advised is none the agent knows (taken: an init checkpoint's), and within its one-hot
     with pytest.raises(ValueError, match=r"e.g. 3; the agent's one-hot has 8 slots"):
         build.check_task_slots({"Reach": 0}, "prior.hdf5", {"stack": 0}, "mine.hdf5", num_tasks=8, taken=[1, 2])

@@ -148,6 +148,26 @@ def test_frames_named_with_a_prefix_are_read_and_two_sequences_in_one_folder_ref
     from robopretrain.data.video import clip_entries
 
     assert [e.relpath for e in clip_entries(tmp_path)] == ["bare"]  # named is ambiguous: not a clip (warned)
+    # one number given twice (000001.png beside 000001.jpg, or 2.png beside 000002.png): each step was read twice
+    for extra in ("000001.jpg", "2.png"):
+        Image.fromarray(frames[0]).save(bare / extra)
+        with pytest.raises(VideoDatasetError, match=r"bare: frame number (1|2) is given by .* number\(s\) twice"):
+            frame_files(bare)
+        (bare / extra).unlink()
+
+
+def test_a_manifest_listing_one_clip_twice_is_refused(tmp_path: Path) -> None:
+    """'a.mp4' and './a.mp4' (or the same row twice): the clip was trained twice and could land in both splits."""
+    from robopretrain.data.video import read_manifest
+
+    write_folder(tmp_path / "a", smooth_frames(3, 16, 16))
+    write_folder(tmp_path / "b", smooth_frames(3, 16, 16))
+    for rows in ([("a", 3), ("b", 3), ("./a", 3)], [("b", 3), ("b", 3)]):
+        write_manifest(tmp_path, rows)
+        with pytest.raises(VideoDatasetError, match=r"manifest.csv: '(\./a|b)' and '(a|b)' are one clip listed twice"):
+            read_manifest(tmp_path)
+    write_manifest(tmp_path, [("a", 3), ("b", 3)])
+    assert [e.relpath for e in read_manifest(tmp_path)] == ["a", "b"]
 
 
 def test_the_resize_of_video_frames_is_logged_once(video_dir, caplog: pytest.LogCaptureFixture) -> None:

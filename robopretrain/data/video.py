@@ -110,6 +110,13 @@ def read_manifest(path: str | os.PathLike, check_counts: bool = False) -> list[V
         raise VideoDatasetError(f"{mpath}: not a readable UTF-8 CSV manifest ({exc})") from exc
     if not entries:
         raise VideoDatasetError(f"{mpath}: the manifest lists no clips")
+    seen: dict[str, str] = {}
+    for e in entries:  # one clip listed twice ("a.mp4", "./a.mp4") trained twice and landed in both splits
+        real = os.path.realpath(e.path)
+        if real in seen:
+            raise VideoDatasetError(f"{mpath}: {e.relpath!r} and {seen[real]!r} are one clip listed twice; list "
+                                    "each clip once")
+        seen[real] = e.relpath
     if check_counts:
         for e in entries:
             actual = count_frames(e.path)
@@ -213,7 +220,13 @@ def _numbered_frames(folder: Path) -> list[tuple[int, Path]]:
         names = ", ".join(repr(x + "N") for x in prefixes[:4]) + (", ..." if len(prefixes) > 4 else "")
         raise VideoDatasetError(f"{folder}: numbered images of {len(prefixes)} sequences ({names}); a frame folder is "
                                 "one clip: put each sequence (camera) in a folder of its own")
-    return sorted((number, p) for _, number, p in found)
+    frames = sorted((number, p) for _, number, p in found)
+    twice = [(a, b) for (n, a), (m, b) in zip(frames, frames[1:]) if n == m]
+    if twice:  # 000000.png beside 000000.jpg (or 9.png beside 000009.png): every step read twice, time halved
+        raise VideoDatasetError(f"{folder}: frame number {int(FRAME_FILE_RE.match(twice[0][0].name).group(2))} is "
+                                f"given by {twice[0][0].name} and {twice[0][1].name} ({len(twice)} number(s) twice); "
+                                "a frame folder holds each frame once: remove or move the duplicates")
+    return frames
 
 
 def frame_files(folder: str | os.PathLike) -> list[Path]:
