@@ -419,6 +419,16 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("video_pretrain", "objective.options.hidden=256", "objective.options.hidden=256; expected a list of layer widths"),
     # a word where a number belongs: int()'s message alone, which named no setting
     ("video_pretrain", "steps=abc", "video_pretrain config: steps='abc'; expected an integer >= 0"),
+    # ICVF's sampling: a misspelt key trained with the default; a bad mix was refused only after the clips loaded,
+    # without the key; VIP / TCN, which have none, took any
+    ("video_pretrain", "+objective.sampling.p_goal_is_intnet=0.9", "video_pretrain config: objective.sampling: "
+     "unknown key(s) ['p_goal_is_intnet']; ICVF's are goal_mix, intent_mix, p_goal_is_intent"),
+    ("video_pretrain", "objective.sampling.goal_mix.random=0.5", "video_pretrain config: objective.sampling.goal_mix: "
+     "GoalMix: random=0.5, future=0.5, current=0.2; expected non-negative probabilities that sum to 1"),
+    ("video_pretrain", "objective.sampling.p_goal_is_intent=1.5", "objective.sampling.p_goal_is_intent=1.5; expected "
+     "a probability in [0, 1]"),
+    ("video_pretrain", ["objective=tcn", "+objective.sampling.p_goal_is_intent=0.9"], "video_pretrain config: "
+     "objective.sampling={'p_goal_is_intent': 0.9}: tcn draws its frames one way and has no sampling settings"),
     ("video_pretrain", "lr=abc", "video_pretrain config: lr='abc'; expected a positive number"),
     ("video_pretrain", "data.stride=abc", "video_pretrain config: data.stride='abc'; expected an integer >= 1"),
     ("robopretrain", "algo.reward_bias=abc", "robopretrain config: algo.reward_bias='abc'; expected a number"),

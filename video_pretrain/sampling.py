@@ -279,6 +279,33 @@ def make_sampler(objective: str, lengths: Sequence[int] | np.ndarray, cfg: Mappi
     return SAMPLERS[objective](lengths)
 
 
+SAMPLING_KEYS = ("goal_mix", "intent_mix", "p_goal_is_intent")  # ICVF's; VIP and TCN draw their frames one way
+
+
+def check_sampling(objective: str, cfg: Mapping[str, Any] | None) -> None:
+    """Check ``objective.sampling`` before any data loads: ICVF's keys only (:data:`SAMPLING_KEYS`, a misspelt one
+    trained with the default), mixes that are probabilities summing to 1, ``p_goal_is_intent`` in [0, 1]; nothing
+    for VIP and TCN, which have no such settings. Raises ValueError naming ``objective.sampling.<key>``."""
+    cfg = dict(cfg or {})
+    if objective != "icvf":
+        if cfg:
+            raise ValueError(f"objective.sampling={cfg}: {objective} draws its frames one way and has no sampling "
+                             "settings (goal and intent mixes are ICVF's)")
+        return
+    unknown = sorted(set(cfg) - set(SAMPLING_KEYS))
+    if unknown:
+        raise ValueError(f"objective.sampling: unknown key(s) {unknown}; ICVF's are {', '.join(SAMPLING_KEYS)}")
+    for key in ("goal_mix", "intent_mix"):
+        if cfg.get(key) is not None:
+            try:
+                GoalMix.from_config(dict(cfg[key]) if isinstance(cfg[key], Mapping) else cfg[key])
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"objective.sampling.{key}: {exc}") from None
+    p = cfg.get("p_goal_is_intent", 0.5)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"objective.sampling.p_goal_is_intent={p!r}; expected a probability in [0, 1]")
+
+
 def long_enough(source: FrameSource, objective: str, lengths: np.ndarray) -> np.ndarray:
     """Ids of the videos of ``source`` with at least the frames ``objective``'s sampler needs (ICVF 2, VIP and
     TCN 3, counted after the source's frame stride). Shorter clips are left out with one warning giving

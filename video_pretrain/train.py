@@ -70,7 +70,7 @@ from robopretrain.nets.encoder_io import load_encoder, save_encoder
 from robopretrain.nets.encoders import make_encoder
 from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, open_frame_source, split_by_video
 from video_pretrain.objectives import OBJECTIVES, ICVFHeads, make_objective
-from video_pretrain.sampling import FrameBatchStream, augment, batch_loader, long_enough
+from video_pretrain.sampling import FrameBatchStream, augment, batch_loader, check_sampling, long_enough
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,11 @@ def validate_config(cfg: DictConfig) -> None:
         fail("augment_pad", cfg.augment_pad, f"a shift smaller than half the {size} px frame (image_size), i.e. at most "
              f"{(size - 1) // 2} px (DrQ shifts 4 px at 84 px; 0: off)")
     config_checks.validate_objective_options(cfg, "video_pretrain")
+    try:  # a misspelt ICVF sampling key trained with the default; a bad mix was refused after the clips loaded
+        check_sampling(str(cfg.objective.name), OmegaConf.to_container(cfg.objective.get("sampling") or {},
+                                                                       resolve=True))
+    except ValueError as exc:
+        raise ValueError(f"video_pretrain config: {exc}") from None
     if cfg.objective.name == "tcn" and int(cfg.batch_size) < 2:
         fail("batch_size", cfg.batch_size, ">= 2 for tcn (other samples are the negatives)")
 
