@@ -75,7 +75,7 @@ def test_manifest_with_mp4_and_frame_folder(video_dir: tuple[Path, np.ndarray, n
     assert with_empty.num_videos == 2 and with_empty.bad_videos == ["episode_empty"]
 
 
-def test_a_video_file_or_a_folder_without_a_manifest_is_read_directly(video_dir, tmp_path: Path) -> None:
+def test_a_video_file_or_a_folder_without_a_manifest_is_read_directly(video_dir, tmp_path: Path, caplog) -> None:
     """data.path=<one .mp4> was read as a CSV manifest ("not a readable UTF-8 CSV manifest ('utf-8' codec can't
     decode ...)") and a folder of clips without manifest.csv was refused: now one clip, and the folder's clips."""
     root, mp4, folder = video_dir
@@ -90,6 +90,22 @@ def test_a_video_file_or_a_folder_without_a_manifest_is_read_directly(video_dir,
         src = ManifestSource(root, image_size=16, check_clips=check)
         assert [src.video_name(i) for i in range(src.num_videos)] == ["another.mp4", "clip.mp4", "episode_0"]
         assert src.lengths.tolist() == [5, 12, 10]
+    # media the reader does not take (a gif, an m4v, a camera's frames one folder down) were dropped without a word;
+    # notes and empty folders beside the clips say nothing
+    from robopretrain.data.video import clip_entries
+
+    with caplog.at_level(logging.WARNING):
+        clip_entries(root)
+    assert "not read" not in caplog.text
+    (root / "anim.gif").write_bytes(b"GIF89a")
+    write_folder(root / "nested" / "cam0", mp4[:3])
+    with caplog.at_level(logging.WARNING):
+        assert [e.relpath for e in clip_entries(root)] == ["another.mp4", "clip.mp4", "episode_0"]
+    assert "2 file(s) or folder(s) that look like clips are not read: anim.gif, nested/" in caplog.text
+    (root / "anim.gif").unlink()
+    import shutil
+
+    shutil.rmtree(root / "nested")
     assert np.array_equal(src.frames(2, [3]), resize_frames(folder, 16)[[3]])
     frames_only = ManifestSource(root / "episode_0", image_size=16)  # a frame folder given itself: one clip
     assert frames_only.num_videos == 1 and frames_only.lengths.tolist() == [10]

@@ -54,6 +54,11 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "num_frames", "text")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+# files that look like clips or frames but are none the reader takes (said when a folder without a manifest holds
+# them; notes and data files beside the clips are not)
+MEDIA_SUFFIXES = (".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv", ".png", ".jpg", ".jpeg", ".bmp",
+                  ".tif", ".tiff", ".webp")
+_LEFT_WARNED: set[str] = set()  # folders whose unread media were warned about (once per process)
 FRAME_FILE_RE = re.compile(r"^(.*?)(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)  # prefix, number (000012, frame_0012)
 
 
@@ -156,6 +161,15 @@ def clip_entries(path: str | os.PathLike) -> list[VideoEntry]:
                                 f"of numbered frames; {how}")
     logger.info("%s: no %s; reading its %d video file(s) and frame folder(s) as clips, in name order, without texts "
                 "(a manifest chooses the clips, their order and texts)", p, MANIFEST_NAME, len(clips))
+    left = sorted(c.name + ("/" if c.is_dir() else "") for c in p.iterdir() if not c.name.startswith(".")
+                  and c not in clips and (_holds_media(c) if c.is_dir() else c.suffix.lower() in MEDIA_SUFFIXES))
+    if left and str(p) not in _LEFT_WARNED:  # media the reader does not take, dropped without a word before
+        _LEFT_WARNED.add(str(p))
+        logger.warning("%s: %d file(s) or folder(s) that look like clips are not read: %s (clips are video files %s "
+                       "and folders of numbered frames 000000.png, ...; convert others, or move a camera's frames "
+                       "up to a folder of their own)", p, len(left), ", ".join(left[:5]) + (", ..." if len(left) > 5
+                                                                                            else ""),
+                       "/".join(VIDEO_SUFFIXES))
     return [VideoEntry(path=c, relpath=c.name, num_frames=None, text="") for c in clips]
 
 
@@ -203,6 +217,16 @@ def _frame_folder(folder: Path) -> bool:
     except VideoDatasetError as exc:
         logger.warning("%s; not read as a clip", exc)
         return False
+
+
+def _holds_media(folder: Path, depth: int = 2) -> bool:
+    """Whether ``folder`` holds video or image files within ``depth`` levels (a camera's frames one folder down)."""
+    try:
+        items = [c for c in folder.iterdir() if not c.name.startswith(".")]
+    except OSError:
+        return False
+    return any(c.suffix.lower() in (*VIDEO_SUFFIXES, *MEDIA_SUFFIXES) for c in items if c.is_file()) or (
+        depth > 1 and any(_holds_media(c, depth - 1) for c in items if c.is_dir()))
 
 
 def _numbered_frames(folder: Path) -> list[tuple[int, Path]]:
