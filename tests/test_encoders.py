@@ -380,3 +380,13 @@ def test_a_stage1_run_folder_names_its_encoder_and_is_no_agent(tmp_path: Path) -
         with pytest.raises(CheckpointError, match=r"a stage-1 \(video pretraining\) image encoder, not an agent.*"
                                                   rf"encoder.checkpoint={folder}$"):
             load_checkpoint(resolve_checkpoint_dir(given))
+    # a finished run whose encoder went elsewhere (stage 1's output=): its metrics.json names it; it was called "a
+    # stage-1 run that has not saved its encoder yet"
+    import json
+
+    elsewhere = save_encoder(tmp_path / "encs" / "mine", enc, "small_conv", {})
+    run = tmp_path / "s1_out"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"stage 1's training state")
+    (run / "metrics.json").write_text(json.dumps({"steps": 3, "encoder_path": str(elsewhere)}))
+    assert torch.equal(load_encoder(run)[0](x), loaded(x)) and read_encoder_meta(run) == read_encoder_meta(elsewhere)

@@ -91,6 +91,8 @@ def test_cli_trains_a_loadable_encoder_and_resumes_from_its_step(videos, tmp_pat
     assert encoder(torch.rand(2, 3, SIZE, SIZE)).shape == (2, encoder.out_dim)
     pre = load_pretrained(enc_dir)
     assert pre.heads is not None and pre.objective == "icvf"
+    by_run = load_pretrained(run)  # the run folder, as stage 2 takes it: diagnose said value_heads.pt was missing
+    assert torch.equal(next(iter(by_run.heads.state_dict().values())), next(iter(pre.heads.state_dict().values())))
     f = pre.encoder(torch.rand(3, 3, SIZE, SIZE))
     assert pre.heads(f, f, f).shape == (2, 3)
     assert (run / "checkpoints" / "last.pt").is_file()

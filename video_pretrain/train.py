@@ -66,7 +66,7 @@ from robopretrain.files import (atomic_file, remove_leftovers, replace_folder, r
                                 torch_save, write_json_atomic)
 from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
-from robopretrain.nets.encoder_io import load_encoder, save_encoder
+from robopretrain.nets.encoder_io import load_encoder, resolve_encoder_dir, save_encoder
 from robopretrain.nets.encoders import make_encoder
 from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, open_frame_source, split_by_video
 from video_pretrain.objectives import OBJECTIVES, ICVFHeads, make_objective
@@ -387,9 +387,10 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     spec = meta.get("extra", {}).get("value_heads")
     if not spec:
         return Pretrained(encoder, meta, None)
-    file = Path(path) / spec["file"]
+    folder = resolve_encoder_dir(path)  # a stage-1 run folder: its encoder folder (the heads lie beside meta.json)
+    file = folder / spec["file"]
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: missing; {Path(path) / 'meta.json'} says this ICVF encoder has value heads there")
+        raise FileNotFoundError(f"{file}: missing; {folder / 'meta.json'} says this ICVF encoder has value heads there")
     conf = spec["config"]
     heads = ICVFHeads(int(conf["feature_dim"]), tuple(conf["hidden"]), int(conf["num_heads"]))
     try:

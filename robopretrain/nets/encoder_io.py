@@ -144,13 +144,27 @@ RUN_SUBFOLDER = "encoder"  # where stage 1 saves its encoder inside its run fold
 
 def resolve_encoder_dir(dir_path: str | os.PathLike) -> Path:
     """The encoder checkpoint folder ``dir_path`` names: itself, or, for a stage-1 run folder (no meta.json of its
-    own, one in ``<run>/encoder``), its ``encoder`` folder (logged)."""
+    own), its ``encoder`` folder, or the one its ``metrics.json`` records (``encoder_path``: a run whose ``output=``
+    wrote it elsewhere) (logged)."""
     folder = Path(dir_path)
     inner = folder / RUN_SUBFOLDER
     if not (folder / META_FILE).is_file() and (inner / META_FILE).is_file():
         log.info("%s: a stage-1 run folder; its encoder is %s", folder, inner)
         return inner
+    recorded = _recorded_encoder(folder) if not (folder / META_FILE).is_file() else None
+    if recorded is not None:  # a finished run that wrote its encoder elsewhere (stage 1's output=)
+        log.info("%s: a stage-1 run folder whose encoder was written to %s (its metrics.json)", folder, recorded)
+        return recorded
     return folder
+
+
+def _recorded_encoder(run: Path) -> Path | None:
+    """The encoder folder a finished stage-1 run's ``metrics.json`` records (``encoder_path``) when it holds one."""
+    try:
+        path = json.loads((run / "metrics.json").read_text()).get("encoder_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(path) if path and (Path(path) / META_FILE).is_file() else None
 
 
 def read_encoder_meta(dir_path: str | os.PathLike) -> dict[str, Any]:
