@@ -633,3 +633,24 @@ def test_a_grey_hdf5_camera_is_read_as_rgb_as_stages_2_and_3_read_it(tmp_path: P
         f["data/demo_0/obs/agentview_image"] = np.zeros((5, 24, 24, 3), np.float32)
     with pytest.raises(DatasetError, match=r"got float32 \(N, 24, 24, 3\); float: write \(frames \* 255\)"):
         HDF5ImageSource(path, image_size=24)
+
+
+def test_frames_with_an_exif_orientation_are_read_upright(tmp_path: Path) -> None:
+    """A phone's JPEG frames are stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view): they
+    were read as stored, (32, 64) where a viewer shows 64 x 32, while display-rotated videos were turned upright."""
+    from robopretrain.data.video import count_frames, frame_size
+
+    frames = np.zeros((2, 32, 64, 3), np.uint8)
+    frames[:, :, :32] = 255  # the stored left half white: the top half once turned clockwise
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for t, frame in enumerate(frames):
+        image = Image.fromarray(frame)
+        exif = image.getexif()
+        exif[0x0112] = 6
+        image.save(folder / f"{t:06d}.jpg", exif=exif, quality=95)
+    assert frame_size(folder) == (64, 32) and count_frames(folder) == 2
+    write_manifest(tmp_path, [("phone", 2)])
+    src = ManifestSource(tmp_path, image_size=16, center_crop=False)
+    frame = src.frames(0, [0])[0]
+    assert frame[:6].mean() > 200 and frame[-6:].mean() < 50  # white on top, black below: upright

@@ -47,13 +47,14 @@ from typing import Callable, Sequence
 
 import av
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "num_frames", "text")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of a photo's display rotation / mirroring (1: as stored)
 # files that look like clips or frames but are none the reader takes (said when a folder without a manifest holds
 # them; notes and data files beside the clips are not)
 MEDIA_SUFFIXES = (".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv", ".png", ".jpg", ".jpeg", ".bmp",
@@ -307,8 +308,9 @@ def frame_size(clip: VideoEntry | str | os.PathLike) -> tuple[int, int]:
     if path.is_dir():
         first = frame_files(path)[0]
         try:
-            with Image.open(first) as im:
-                return int(im.height), int(im.width)
+            with Image.open(first) as im:  # upright, as _read_image turns it (an EXIF orientation of 5-8 swaps them)
+                turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+                return (int(im.width), int(im.height)) if turned else (int(im.height), int(im.width))
         except (UnidentifiedImageError, OSError) as exc:
             raise VideoDatasetError(f"{first}: corrupt or unreadable image ({exc})") from exc
     container = _open_video(path)
@@ -370,7 +372,9 @@ def _read_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode in ("I", "F") or im.mode.startswith("I;"):
                 raise VideoDatasetError(f"{path}: unsupported {im.mode} image; expected 8-bit JPEG/PNG or 16-bit PNG frames")
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            # as it is meant to be seen: a phone's JPEG frames are stored sideways with an EXIF orientation tag, as
+            # a display-rotated video is turned upright
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, av.FFmpegError) as exc:
         raise VideoDatasetError(f"{path}: corrupt or unreadable image ({exc})") from exc
 
