@@ -454,6 +454,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("evaluation", "agent_target/swap/2"): Equivalent(
         "same_units(theirs, mine) -> same_units(mine, theirs): symmetric (here both are set)",
         "same_units(..theirs, mine..) swapped @ if not same_units(theirs, mine):"),
+    ("action_units", "reexpress/swap/2"): Equivalent(
+        "np.clip(out, -1, 1) -> np.clip(-1, out, 1): min(max(-1, out), 1) either way (numpy clips the first argument "
+        "to [a_min, a_max] elementwise, and max is symmetric)",
+        "np.clip(..out, -1.0..) swapped @ return np.clip(out, -1.0, 1.0).astype(np.float32)"),
     ("action_units", "reexpress/swap/0"): Equivalent(
         "same_units(a, b) -> same_units(b, a): symmetric (both None, or both set with equal bounds)",
         "same_units(..file_units, agent_units..) swapped @ if same_units(file_units, agent_units):"),

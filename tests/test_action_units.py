@@ -53,6 +53,9 @@ def test_the_two_maps_by_hand() -> None:
     assert not big.same(ActionNormalization((1000.0015,), (2000.0,)))
     assert ActionNormalization((0.0,), (1.0,)).same(ActionNormalization((8e-7,), (1.0,)))
     assert not ActionNormalization((0.0,), (1.0,)).same(ActionNormalization((3e-6,), (1.0,)))
+    assert ActionNormalization((-1.0,), (0.0,)).same(ActionNormalization((-1.0,), (8e-7,)))  # the high side too
+    with pytest.raises(ValueError, match="must be a mapping with low and high lists"):
+        ActionNormalization.from_mapping({"low": [0.0]})  # a KeyError with one of them missing
     narrow = ActionNormalization((0.0, -0.1), (0.5, 0.1))  # spans below 1 are divided by, like any other
     np.testing.assert_allclose(narrow.to_agent(np.array([0.25, 0.05])), [0.0, 0.5], atol=1e-6)
     np.testing.assert_allclose(narrow.to_env(np.array([1.0, -1.0])), [0.5, -0.1], atol=1e-6)
@@ -66,6 +69,7 @@ def test_auto_bounds_rescale_only_dimensions_outside_and_name_constant_ones(capl
     units = auto_bounds(np.array([-0.9, -1.0, -1.0, 5.0]), np.array([0.95, 1.0, 1.2, 5.0]))
     assert units.low == (-1.0, -1.0, -1.0, 5.0) and units.high == (1.0, 1.0, 1.2, 5.0)
     assert auto_bounds(np.array([-0.9, -1.0]), np.array([0.95, 1.0])) is None
+    assert auto_bounds(np.array([-1.0]), np.array([1.0 + 5e-7])) is None  # a converter's rounding is inside
     with caplog.at_level(logging.WARNING):
         assert warn_constant_dimensions(units, "arm.hdf5") and "dimension(s) [3]" in caplog.text
         caplog.clear()
@@ -429,6 +433,9 @@ def test_declared_action_bounds_are_the_agents_units_and_must_hold_the_data(tmp_
     with pytest.raises(DatasetError, match=r"n_conv.hdf5: actions reach .* in dimension\(s\) \[1\], outside "
                                            r"data.action_bounds"):
         declared_action_units(raw, info, {"low": [-0.1, -0.05], "high": [0.1, 0.1]})
+    with pytest.raises(DatasetError, match=r"dimension\(s\) \[0\], outside"):  # 1e-5 past: beyond 1e-5 of the span
+        declared_action_units(raw, info, {"low": [-0.1, -0.1], "high": [0.09999, 0.1]})
+    declared_action_units(raw, info, {"low": [-0.1, -0.1], "high": [0.1 - 1e-7, 0.1]})  # within it: rounding
     for bad, said in (({"low": [-0.1] * 3, "high": [0.1] * 3}, r"has 3 value\(s\) per bound, but the actions are 2-D"),
                       ({"low": [-0.1, 0.1], "high": [0.1, 0.1]}, r"high must be above low .* dimension\(s\) \[1\]"),
                       ({"low": -0.1, "high": 0.1}, "^data.action_bounds: low and high must be lists of numbers"),
