@@ -137,8 +137,9 @@ def validate_config(cfg: DictConfig) -> None:
              f"{(size - 1) // 2} px (DrQ shifts 4 px at 84 px; 0: off)")
     config_checks.validate_objective_options(cfg, "video_pretrain")
     try:  # a misspelt ICVF sampling key trained with the default; a bad mix was refused after the clips loaded
-        check_sampling(str(cfg.objective.name), OmegaConf.to_container(cfg.objective.get("sampling") or {},
-                                                                       resolve=True))
+        sampling = cfg.objective.get("sampling")
+        check_sampling(str(cfg.objective.name), OmegaConf.to_container(sampling, resolve=True)
+                       if OmegaConf.is_config(sampling) else sampling)
     except ValueError as exc:
         raise ValueError(f"video_pretrain config: {exc}") from None
     if cfg.objective.name == "tcn" and int(cfg.batch_size) < 2:
