@@ -543,9 +543,10 @@ def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[
     them apart), or one task name in two slots (two numberings of one task: it would train in both, and be evaluated
     in one). ``first`` / ``second``: task name -> slot (:func:`data_task_ids`, or an init checkpoint's ``task_ids``);
     ``setting``: the setting that moves the second's tasks (named in the advice with a free slot, below
-    ``num_tasks`` when given and not in ``taken``, the slots of other tasks the agent knows). ``explicit``: the user put the second's tasks in its slot (``data.task_id`` =
-    ``data.mix.task_id``, two converted files of one task each named after its file): a shared slot is then logged,
-    or, with ``overwrite`` (the first is what an init checkpoint learnt there), warned about, not refused.
+    ``num_tasks`` when given and not in ``taken``, the slots of other tasks the agent knows). ``explicit``: the user
+    put the second's tasks in its slot (``data.task_id`` = ``data.mix.task_id``, two converted files of one task each
+    named after its file): a shared slot is then logged, or, with ``overwrite`` (the first is what an init checkpoint
+    learnt there), warned about, not refused.
     ``second_set``: the user set the second's slot (``setting``): one name in two slots is then warned about (two
     files' generic task names, such as a converter's ``task 0``), not refused."""
     by_slot = {slot: task for task, slot in first.items()}
