@@ -454,6 +454,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("evaluation", "agent_target/swap/2"): Equivalent(
         "same_units(theirs, mine) -> same_units(mine, theirs): symmetric (here both are set)",
         "same_units(..theirs, mine..) swapped @ if not same_units(theirs, mine):"),
+    ("build", "probe_action/swap/5"): Equivalent(
+        "np.clip(middle, low, high) -> np.clip(low, middle, high): min(max(low, middle), high) either way (max is "
+        "symmetric)",
+        "np.clip(..middle, low..) swapped @ return np.clip(middle, low, high).astype(np.float32)"),
     ("action_units", "reexpress/swap/2"): Equivalent(
         "np.clip(out, -1, 1) -> np.clip(-1, out, 1): min(max(-1, out), 1) either way (numpy clips the first argument "
         "to [a_min, a_max] elementwise, and max is symmetric)",

@@ -215,13 +215,20 @@ def test_the_tasks_trained_and_evaluated_are_those_loaded_in_the_slots_loaded(tm
         build.eval_targets(listed, info, ids, 12)
 
 
-def test_mixed_data_that_gives_one_slot_to_two_tasks_is_refused():
+def test_mixed_data_that_gives_one_slot_to_two_tasks_is_refused(caplog):
     build.check_task_slots({"Reach": 0, "Lift": 1}, "prior.hdf5", {"Lift": 1, "Door": 7}, "target.hdf5")  # agree
     with pytest.raises(ValueError, match=r"slot 0 is task 'Reach' in prior.hdf5 and task 'stack_cups' in "
                                          r"mine.hdf5.*data.mix.task_id \(e.g. 2; with obs.num_tasks > 2\)"):
         build.check_task_slots({"Reach": 0, "Lift": 1}, "prior.hdf5", {"stack_cups": 0}, "mine.hdf5")
-    # the user set data.mix.task_id to the slot: one task under two names (two converted files of one task)
-    build.check_task_slots({"pendulum_a": 0}, "a.hdf5", {"pendulum_b": 0}, "b.hdf5", explicit=True)
+    # the user set data.mix.task_id to the slot: one task under two names (two converted files of one task), said
+    # at info level (only an init checkpoint's slot trained over is a warning)
+    with caplog.at_level(logging.WARNING):
+        build.check_task_slots({"pendulum_a": 0}, "a.hdf5", {"pendulum_b": 0}, "b.hdf5", explicit=True)
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING):
+        build.check_task_slots({"pendulum_a": 0}, "a.hdf5", {"pendulum_b": 0}, "b.hdf5", explicit=True,
+                               overwrite=True)
+    assert "this run trains over what the agent learnt there" in caplog.text
     # one task name in two slots (two numberings): trained in both, evaluated in one; refused naming its first slot
     with pytest.raises(ValueError, match=r"task 'Lift' is in slot 1 in prior.hdf5 and in slot 2 in mine.hdf5.*"
                                          r"set data.mix.task_id=1"):
@@ -413,6 +420,11 @@ def test_a_bound_within_rounding_of_one_is_not_called_wider(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         assert build.warn_action_range(space, "t")
     assert "clipped to it in dimension(s) [0]" in caplog.text and "reach beyond" not in caplog.text
+    caplog.clear()  # the low side too (8e-7 below -1), and a high of 0.8: narrower there, not wider
+    space = gym.spaces.Box(np.array([-1.0 - 8e-7, -1.0]), np.array([1.0, 0.8]), dtype=np.float64)
+    with caplog.at_level(logging.WARNING):
+        assert build.warn_action_range(space, "t")
+    assert "clipped to it in dimension(s) [1]" in caplog.text and "reach beyond" not in caplog.text
 
 
 def test_the_probe_action_of_a_space_that_is_not_the_agents_size_is_zeros() -> None:

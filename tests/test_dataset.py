@@ -450,7 +450,7 @@ def test_dense_rewards_under_sparse_settings_are_named(tmp_path, caplog):
     assert warn_dense_rewards("x", np.array([0.0, 1.0]), CAL_QL) is False
 
 
-def test_short_demos_are_left_out_only_when_told_and_a_grey_camera_is_rgb_in_next_obs_too(tmp_path):
+def test_short_demos_are_left_out_only_when_told_and_a_grey_camera_is_rgb_in_next_obs_too(tmp_path, caplog):
     """selected_demos with skip_short drops exactly the demos of fewer than 2 steps (refused when none is left);
     a grey camera reads as (H, W, 3) in obs and next_obs; the default seed is seed 0."""
     from robopretrain.data.dataset import selected_demos
@@ -475,6 +475,14 @@ def test_short_demos_are_left_out_only_when_told_and_a_grey_camera_is_rgb_in_nex
     assert arrays["next_observations"]["side_image"].shape[1:] == (8, 8, 3)
     again = load_offline_dataset(path, spec, CAL_QL, skip_short=True, seed=0)
     torch.testing.assert_close(data.sample(4), again.sample(4))
+    with pytest.raises(DatasetError, match="demo_1"):  # left out only when told: by default the file is refused
+        load_offline_dataset(path, spec, CAL_QL)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # said once, by the loader; quiet callers (a task-slot check) say nothing
+        selected_demos(info, skip_short=True, quiet=True)
+        assert caplog.text == ""
+        selected_demos(info, skip_short=True)
+    assert "1 demo(s) of fewer than 2 steps left out (data.skip_short_demos=true): demo_1" in caplog.text
 
 
 def _only_short(src: Path, dst: Path) -> Path:
