@@ -427,7 +427,8 @@ def test_a_bound_within_rounding_of_one_is_not_called_wider(caplog) -> None:
     assert "clipped to it in dimension(s) [1]" in caplog.text and "reach beyond" not in caplog.text
     caplog.clear()  # a low of -0.8: narrower on that side
     with caplog.at_level(logging.WARNING):
-        assert build.warn_action_range(gym.spaces.Box(np.array([-0.8, -1.0]), np.array([1.0, 1.0])), "t")
+        assert build.warn_action_range(gym.spaces.Box(np.array([-0.8, -1.0]), np.array([1.0, 1.0]), dtype=np.float64),
+                                       "t")
     assert "clipped to it in dimension(s) [0]" in caplog.text
 
 
