@@ -681,8 +681,8 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         log.warning("target %r acts in slot %d of the task one-hot, which no task of this checkpoint was trained in "
                     "(its tasks' slots: %s): the agent's behaviour there is untrained; set the target's task_id",
                     target.name, slot, trained)
-    elif slot is not None and slot_note(target.name, slot, trained):
-        log.warning(slot_note(target.name, slot, trained))
+    elif slot is not None and (note := slot_note(target.name, slot, trained)):
+        log.warning(note)
     conditions = build_conditions(cfg)
     if not target.randomizable and cfg.get("select") is None:  # every factor of a target that has none (a gap
         conditions = [c for c in conditions if c.factor not in cfg.factors]  # asked for is still refused below)

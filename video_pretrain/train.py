@@ -166,12 +166,12 @@ def fingerprint(cfg: DictConfig, data_path: Path, home: Path | None = None) -> d
     inputs: dict[str, Path | None] = {"data": data_path}
     only: dict[str, list[str]] = {}
     folder = data_path if data_path.is_dir() else data_path.parent if data_path.suffix.lower() == ".csv" else None
-    files = read_files(data_path) if folder is not None else None
-    if files is not None:  # a manifest given as a file (data.path=<folder>/manifest.csv): its clips' folder too
-        only["data" if data_path.is_dir() else "clips"] = files
+    clips = _clip_paths(data_path) if folder is not None else None  # the clip list read once for both below
+    if clips is not None:  # a manifest given as a file (data.path=<folder>/manifest.csv): its clips' folder too
+        only["data" if data_path.is_dir() else "clips"] = read_files(data_path, clips)
         if not data_path.is_dir():
             inputs["clips"] = folder
-        inputs.update({f"clip {name}": path for name, path in outside_clips(data_path).items()})
+        inputs.update({f"clip {name}": path for name, path in outside_clips(data_path, clips).items()})
     return run_fingerprint.fingerprint(cfg, inputs, ignore=RESUMABLE_CHANGES, home=home, only=only)
 
 
@@ -186,17 +186,18 @@ def _clip_paths(source: Path) -> list[Path] | None:
         return None
 
 
-def read_files(source: Path) -> list[str] | None:
+def read_files(source: Path, clips: Sequence[Path] | None = None) -> list[str] | None:
     """The paths, relative to the video folder ``source`` (or a manifest's folder), that training reads: its
     ``manifest.csv`` when there is one and the clips (video files, frame folders) it lists or, without it, those
     found there (:func:`robopretrain.data.video.clip_entries`); a file added beside them (notes, an inspection's
     contact sheet) is not data, so a run resumes past it. None (every file) when the reader refuses the folder's clip
     list (it then names the problem). Clips are named as the manifest reaches them (a symlinked clip by its link:
-    its target's path, outside the folder, matched no file of the folder, so the clip was no input at all)."""
+    its target's path, outside the folder, matched no file of the folder, so the clip was no input at all).
+    ``clips``: :func:`_clip_paths` of ``source`` when the caller has read them."""
     from robopretrain.data.video import MANIFEST_NAME
 
     folder = source if source.is_dir() else source.parent
-    clips = _clip_paths(source)
+    clips = _clip_paths(source) if clips is None else clips
     if clips is None:
         return None
     base = os.path.abspath(folder)
@@ -204,13 +205,13 @@ def read_files(source: Path) -> list[str] | None:
     return manifest + [Path(os.path.relpath(c, base)).as_posix() for c in clips]
 
 
-def outside_clips(source: Path) -> dict[str, Path]:
-    """The clips of ``source`` that a walk of its folder does not reach, by their name there: outside the folder
-    (a manifest's ``../other/clip.mp4``), a symlinked frame folder, or a clip inside a symlinked folder (a walk does
-    not follow links): each becomes an input of the fingerprint of its own."""
+def outside_clips(source: Path, clips: Sequence[Path] | None = None) -> dict[str, Path]:
+    """The clips of ``source`` that a walk of its folder does not reach, by their name there: a symlinked frame
+    folder, or a clip inside a symlinked folder (a walk does not follow links; a manifest's paths may not leave its
+    folder): each becomes an input of the fingerprint of its own. ``clips``: as :func:`read_files`."""
     folder = Path(os.path.abspath(source if source.is_dir() else source.parent))
     out = {}
-    for clip in _clip_paths(source) or []:
+    for clip in (_clip_paths(source) if clips is None else clips) or []:
         rel = os.path.relpath(clip, folder)
         inside = not rel.startswith("..") and os.path.realpath(clip.parent) == os.path.join(
             os.path.realpath(folder), os.path.dirname(rel)).rstrip(os.sep)

@@ -439,10 +439,10 @@ def _demo_info(path: str, demo: h5py.Group, name: str, default_task: str) -> Dem
     if has_task != has_id:
         missing = "task_id" if has_task else "task"
         raise _err(path, key, f"missing attribute {missing!r} (give both task and task_id, or neither: one task)")
-    # a one-hot has no slot below 0: a single-task file of task_id -1 trained with no one-hot at all
-    if has_id and _attr(path, demo, key, "task_id", int) < 0:
-        raise _err(path, key, f"task_id {_attr(path, demo, key, 'task_id', int)}: expected a slot of the task "
-                   "one-hot, 0 or above (demos of one task may leave out both task and task_id)")
+    task_id = _attr(path, demo, key, "task_id", int) if has_id else 0
+    if task_id < 0:  # a one-hot has no slot below 0: a single-task file of task_id -1 trained with no one-hot at all
+        raise _err(path, key, f"task_id {task_id}: expected a slot of the task one-hot, 0 or above (demos of one task "
+                   "may leave out both task and task_id)")
     ep_meta = _json_attr(path, demo, key, "ep_meta", required=False)
     if "success" in ep_meta:  # one reading of the flag for every consumer (all of them test it with bool())
         ep_meta["success"] = success_flag(ep_meta["success"], f"{path}: {key}")
@@ -450,7 +450,7 @@ def _demo_info(path: str, demo: h5py.Group, name: str, default_task: str) -> Dem
         name=name,
         num_samples=_attr(path, demo, key, "num_samples", int),
         task=_attr(path, demo, key, "task", str) if has_task else default_task,
-        task_id=_attr(path, demo, key, "task_id", int) if has_id else 0,
+        task_id=task_id,
         ep_meta=ep_meta,
         has_rewards="rewards" in demo,
     )

@@ -246,11 +246,12 @@ def _numbered_frames(folder: Path) -> list[tuple[int, Path]]:
         raise VideoDatasetError(f"{folder}: numbered images of {len(prefixes)} sequences ({names}); a frame folder is "
                                 "one clip: put each sequence (camera) in a folder of its own")
     frames = sorted((number, p) for _, number, p in found)
-    twice = [(a, b) for (n, a), (m, b) in zip(frames, frames[1:]) if n == m]
+    twice = [(n, a, b) for (n, a), (m, b) in zip(frames, frames[1:]) if n == m]
     if twice:  # 000000.png beside 000000.jpg (or 9.png beside 000009.png): every step read twice, time halved
-        raise VideoDatasetError(f"{folder}: frame number {int(FRAME_FILE_RE.match(twice[0][0].name).group(2))} is "
-                                f"given by {twice[0][0].name} and {twice[0][1].name} ({len(twice)} number(s) twice); "
-                                "a frame folder holds each frame once: remove or move the duplicates")
+        number, first, second = twice[0]
+        raise VideoDatasetError(f"{folder}: frame number {number} is given by {first.name} and {second.name} "
+                                f"({len(twice)} number(s) twice); a frame folder holds each frame once: remove or "
+                                "move the duplicates")
     return frames
 
 
