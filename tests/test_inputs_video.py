@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from robopretrain import run_fingerprint
 from robopretrain.data.inspect import summarize_videos, video_sheet_rows
-from robopretrain.data.video import read_frames, read_manifest
+from robopretrain.data.video import count_frames, read_frames, read_manifest
 from sim_envs.rendering import CameraRenderer, RenderingUnavailableError
 from sim_envs.video_writer import write_frame_folder, write_manifest, write_mp4
 from video_pretrain.data import ManifestSource
@@ -94,6 +94,36 @@ def test_display_rotation_of_an_unrotated_clip_is_a_no_op(tmp_path):
     assert read_frames(tmp_path / "plain.mp4").shape == frames.shape
     with pytest.raises(ValueError, match="multiple of 90"):
         write_mp4(tmp_path / "tilted.mp4", frames, display_rotation=45)
+
+
+# ------------------------------------------------------------------------------------------------ edit lists
+def trim_by_stream_copy(src: Path, dst: Path, drop: int) -> None:
+    """What ``ffmpeg -ss T -i src -c copy dst`` writes: every packet kept, the first ``drop`` frames moved before time
+    0, so the mp4's edit list tells players (and decoders) to skip them."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        packets = [p for p in inp.demux(inp.streams.video[0]) if p.size > 0]
+        step = sorted(p.pts for p in packets)[1] - sorted(p.pts for p in packets)[0]
+        for packet in packets:
+            packet.pts -= drop * step
+            packet.dts -= drop * step
+            packet.stream = stream
+            out.mux(packet)
+
+
+def test_a_clip_trimmed_by_stream_copy_counts_the_frames_it_decodes(tmp_path):
+    frames = np.stack([np.full((16, 16, 3), 20 * t, np.uint8) for t in range(10)])
+    write_mp4(tmp_path / "whole.mp4", frames, crf=0)
+    trim_by_stream_copy(tmp_path / "whole.mp4", tmp_path / "cut.mp4", drop=4)
+    (tmp_path / "whole.mp4").unlink()
+    decoded = read_frames(tmp_path / "cut.mp4")
+    assert len(decoded) == 6 and abs(int(decoded[0].mean()) - 80) <= 2  # the edit list dropped frames 0-3
+    assert count_frames(tmp_path / "cut.mp4") == 6
+    src = ManifestSource(tmp_path, image_size=16, center_crop=False, strict=True)
+    assert src.lengths.tolist() == [6] and src.bad_videos == []
+    assert np.abs(src.frames(0, [5]).astype(int) - frames[9]).max() <= 2  # its last frame reads
 
 
 # ------------------------------------------------------------------------------------------------ 16-bit frames

@@ -286,7 +286,12 @@ def _warn_numbering_gaps(folder: Path, numbers: Sequence[int]) -> None:
 
 def count_frames(clip: VideoEntry | str | os.PathLike) -> int:
     """Number of frames of a clip: frame files in a folder, or video packets of a video (no pixel decoding). A frame
-    folder whose numbering has gaps is warned about, once per folder."""
+    folder whose numbering has gaps is warned about, once per folder.
+
+    Packets the container marks as discarded are not counted: a clip trimmed by stream copy (``ffmpeg -ss 0.5 -i
+    in.mp4 -c copy out.mp4``) keeps the packets from the keyframe before its cut, and its edit list tells the decoder
+    to drop those frames, so they are never decoded (counting them overstated such a clip and left it out as
+    unreadable)."""
     path = _as_path(clip)
     if path.is_dir():
         files = frame_files(path)
@@ -295,7 +300,7 @@ def count_frames(clip: VideoEntry | str | os.PathLike) -> int:
     container = _open_video(path)
     try:
         stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+        return sum(1 for packet in container.demux(stream) if packet.size > 0 and not packet.is_discard)
     except av.FFmpegError as exc:
         raise VideoDatasetError(f"{path}: corrupt or unreadable video ({exc})") from exc
     finally:
