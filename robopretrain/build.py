@@ -304,12 +304,13 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
               seed: int, device: torch.device, tasks: Sequence[str] | None = None,
               task_id: int | None = None, rank: int = 0, world_size: int = 1,
               action_units: Any = FILE_UNITS, default_image_size: int | None = None,
-              units_fixed: bool = False) -> OfflineDataset | DiskDataset:
+              units_fixed: bool = False, slot_advice: str | None = None) -> OfflineDataset | DiskDataset:
     """:func:`robopretrain.data.dataset.load_offline_dataset` with the ``data`` group's selection keys and storage
     (``data.storage``: auto | memory | disk, ``data.workers``: prefetch threads of the disk-backed dataset; ``rank`` /
     ``world_size``: its DDP shard; ``action_units``: the agent's, the file's actions re-expressed in them;
     ``default_image_size``: as :func:`converted`'s; ``units_fixed``: the agent's units were fixed before this file, by
-    other data or a checkpoint: a file without a record that leaves them is refused with advice to record them)."""
+    other data or a checkpoint: a file without a record that leaves them is refused with advice to record them;
+    ``slot_advice``: what a refusal of task ids outside the one-hot advises, when not stage 2's own settings)."""
     tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
     tid = task_id if task_id is not None else data_cfg.get("task_id")
     path = converted(Path(path), data_cfg, default_image_size)
@@ -322,7 +323,7 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
         rewards_needed=algo != "bc", rewards_from_success=bool(data_cfg.get("rewards_from_success", False)),
         act_dim=act_dim, seed=seed, device=device, storage=str(data_cfg.get("storage") or "auto"),
         workers=int(data_cfg.get("workers") or 0), rank=rank, world_size=world_size, action_units=action_units,
-        units_fixed=units_fixed)
+        units_fixed=units_fixed, slot_advice=slot_advice)
 
 
 # --------------------------------------------------------------------------- agents

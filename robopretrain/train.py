@@ -84,6 +84,15 @@ def summarize(per_target: Mapping[str, Mapping[str, float]]) -> dict[str, float]
     return out
 
 
+def fixed_one_hot(setting: str, init: Any) -> str | None:
+    """What a refusal of task ids outside the one-hot advises when an init checkpoint fixed its size (None: stage 2's
+    own advice, ``obs.num_tasks`` included, applies)."""
+    if init is None:
+        return None
+    return (f"the one-hot's size is the init checkpoint's ({init.path}): put the data in one of its slots with "
+            f"{setting}, or train without init= and a larger obs.num_tasks")
+
+
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> Path:
     """Train offline as ``cfg`` says; returns the folder of the final checkpoint. Resumes when it can.
 
@@ -167,7 +176,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     with dist_utils.main_first(dinfo):  # rank 0 builds the frame index of a disk-backed dataset, the others reuse it
         dataset = build.load_data(data_path, spec, cfg.data, reward, algo=algo, act_dim=None, seed=seed,
                                   device=device, rank=dinfo.rank, world_size=dinfo.world_size,
-                                  action_units=action_units, units_fixed=init is not None)
+                                  action_units=action_units, units_fixed=init is not None,
+                                  slot_advice=fixed_one_hot("data.task_id", init))
     if dinfo.is_main:
         build.report_success_filter(cfg.algo, dataset, str(data_path), tasks=task_ids)
     if init is None:
@@ -193,7 +203,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
                                        action_units=agent.action_normalization, default_image_size=spec.image_size,
-                                       units_fixed=True)
+                                       units_fixed=True, slot_advice=fixed_one_hot("data.mix.task_id", init) or (
+                                           "the mix file's task_id attributes: set obs.num_tasks above them, or "
+                                           "data.mix.task_id to put its data in one slot"))
         # another format: its cached conversion, cameras at the agent's size
         mix_info = read_info(mix_file)
         mix_ids = build.data_task_ids(mix_info, mix)

@@ -280,6 +280,17 @@ def test_a_slot_an_init_checkpoint_learnt_is_refused_to_other_data_and_kept_in_t
                              train={"eval_targets": [wrong], "eval_episodes": 1}))
     assert "train.eval_targets: target 'reach' acts in slot 1 of the task one-hot, but the agent learnt 'reach' in " \
         "slot 0" in caplog.text
+    big = fake.write_robosuite_demos(tmp_path / "big.hdf5", episodes=2, tasks=(("stack", 6),))
+    fixed = r"do not fit a task one-hot of size 4 \(the one-hot's size is the init checkpoint's .*: put the data in "
+    with pytest.raises(ValueError, match=fixed + r"one of its slots with data.task_id, or train without init="):
+        stage2(stage2_config(big, tmp_path / "big", algo="bc", steps=2, obs=obs, init=str(first)))
+    with pytest.raises(ValueError, match=fixed + r"one of its slots with data.mix.task_id, or train without init="):
+        stage2(stage2_config(lift, tmp_path / "bigmix", algo="bc", steps=2, obs=obs, init=str(first),
+                             data_cfg={"mix": {"path": str(big)}}))
+    with pytest.raises(ValueError, match=r"size 4 \(the mix file's task_id attributes: set obs.num_tasks above them, "
+                                         r"or data.mix.task_id"):  # no init: the mix's own settings
+        stage2(stage2_config(prior, tmp_path / "bigmix2", algo="bc", steps=2, obs=obs,
+                             data_cfg={"mix": {"path": str(big)}}))
     caplog.clear()  # no one-hot for two tasks: one policy, said; a one-hot size given with init=: ignored, said
     with caplog.at_level(logging.WARNING):
         stage2(stage2_config(prior, tmp_path / "none", algo="bc", steps=2, obs={**obs, "num_tasks": 0}))

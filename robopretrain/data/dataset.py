@@ -482,6 +482,7 @@ def load_offline_dataset(
     world_size: int = 1,
     action_units: ActionNormalization | None | str = FILE_UNITS,
     units_fixed: bool = False,
+    slot_advice: str | None = None,
 ) -> OfflineDataset | DiskDataset:
     """The selected demos of ``path`` as an offline dataset of observation dicts (see the module docstring).
 
@@ -491,7 +492,9 @@ def load_offline_dataset(
     (``env_args["action_normalization"]``; :func:`robopretrain.envs.action_units.reexpress`); ``"file"`` (the
     default) keeps the file's; ``units_fixed``: those units were fixed before this file (by other data or a
     checkpoint), so a file without a record whose actions leave them is refused saying to record them (else the
-    advice is ``data.actions=auto``). ``storage``: ``auto`` | ``memory`` | ``disk``; ``workers`` (disk): prefetch
+    advice is ``data.actions=auto``). ``slot_advice``: what to do when the task ids do not fit the one-hot, said
+    by a caller that knows which settings apply (a size fixed by a checkpoint; the mix's own settings); the default
+    names stage 2's ``obs.num_tasks`` and ``data.task_id``. ``storage``: ``auto`` | ``memory`` | ``disk``; ``workers`` (disk): prefetch
     threads; ``rank`` / ``world_size`` (disk): this process samples its shard only. Raises :class:`DatasetError` naming the
     file and key for every contract violation.
     """
@@ -527,11 +530,13 @@ def load_offline_dataset(
                 trans.next_obs[src] = as_rgb(trans.next_obs[src], stored)
     ids = np.full(len(trans), int(task_id), dtype=np.int64) if task_id is not None else trans.task_ids
     if spec.num_tasks and (ids.min() < 0 or ids.max() >= spec.num_tasks):
-        raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
-                           f"{spec.num_tasks} (" + ("the slot given for the data: data.task_id in stage 2, the "
-                           "target's task_id in stage 3; or a larger obs.num_tasks in stage 2)" if task_id is not None
+        if slot_advice is None:
+            slot_advice = ("the slot given for the data: data.task_id in stage 2, the target's task_id in stage 3; "
+                           "or a larger obs.num_tasks in stage 2" if task_id is not None
                            else "the file's task_id attributes: set obs.num_tasks above them in stage 2, or "
-                           "data.task_id to put the data in one slot)"))
+                           "data.task_id to put the data in one slot")
+        raise DatasetError(f"{info.path}: task ids {sorted(set(ids.tolist()))} do not fit a task one-hot of size "
+                           f"{spec.num_tasks} ({slot_advice})")
     hint = ACTION_RANGE_HINT
     file_units = file_action_units(info)
     if file_units is not None:  # data.actions=auto takes the record at its word: the advice above would not help
