@@ -128,6 +128,10 @@ def test_a_done_inside_an_episode_is_reported_with_its_demo_and_step(tmp_path, c
     assert warn_inner_terminals("x", np.array([1, 0, 1, 1, 1, 1, 1, 1.0]), ids, ["demo_0", "demo_7"]) == 5
     assert "data/demo_0 step 0 of 3; data/demo_7 steps 0, 1, 2, ... of 5" in caplog.text
     assert warn_inner_terminals("x", np.array([0, 0, 1, 0, 0, 0, 0, 1.0]), ids, ["demo_0", "demo_7"]) == 0
+    caplog.clear()  # four demos: the first three named, then "..."
+    four = np.repeat(np.arange(4), 2)
+    assert warn_inner_terminals("y", np.tile([1, 1.0], 4), four, ["a", "b", "c", "d"]) == 4
+    assert "at 4 step(s) of 4 demo(s) (data/a step 0 of 2; data/b step 0 of 2; data/c step 0 of 2; ...)" in caplog.text
 
 
 def test_rewards_are_scaled_and_returns_computed_by_hand(tmp_path):
@@ -160,8 +164,8 @@ def test_next_obs_logged_apart_from_the_next_obs_does_not_split_demos(tmp_path, 
         for i, demo in enumerate(("demo_0", "demo_1")):
             f[f"data/{demo}/next_obs/proprio"][...] += np.float32(1e-3) * (1 + np.arange(3, dtype=np.float32))[:, None]
             f[f"data/{demo}/actions"][...] = np.arange(4 * i, 4 * i + 3, dtype=np.float32)[:, None] / 10
-            for group in ("obs", "next_obs"):  # a second part whose next_obs is the next obs: not named
-                f[f"data/{demo}/{group}/gripper"] = np.zeros((3, 1), np.float32)
+            for shift, group in enumerate(("obs", "next_obs")):  # a second part whose next_obs is the next obs
+                f[f"data/{demo}/{group}/gripper"] = np.arange(shift, 3 + shift, dtype=np.float32)[:, None]  # (unnamed)
     spec = spec_of_data(clean, ["proprio"], [], None)
     with caplog.at_level(logging.WARNING):
         data = load_offline_dataset(noisy, spec_of_data(noisy, ["proprio", "gripper"], [], None), CAL_QL)
@@ -583,5 +587,7 @@ def test_sparse_demos_under_a_dense_target_are_named(caplog):
     assert "target reach-v3 declares a dense reward" in caplog.text
     assert not warn_sparse_data_for_dense_target("d.hdf5", np.array([-5.0, 0.3, 5.0]), dense, "t")  # dense data
     assert not warn_sparse_data_for_dense_target("d.hdf5", np.array([-5.0, -5.0]), dense, "t")  # no success at all
+    stored = RewardSettings(discount=0.99, scale=0.1, bias=0.05, sparse=False)  # float32 storage: 1.00000006
+    assert warn_sparse_data_for_dense_target("d.hdf5", np.array([0.05, 0.15], np.float32), stored, "t")
     sparse = RewardSettings(discount=0.99, scale=10.0, bias=-5.0, sparse=True)
     assert not warn_sparse_data_for_dense_target("d.hdf5", np.array([-5.0, 5.0]), sparse, "t")
