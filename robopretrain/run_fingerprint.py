@@ -182,7 +182,8 @@ def input_fingerprint(path: str | os.PathLike, only: Collection[str] | None = No
     """Size, modification time and content hash of a file, or the listing and small files of a folder. ``only``:
     for a folder, the paths relative to it that the run reads (files, or folders taken whole: a video folder's
     manifest and clips), so a file added beside them (notes, an inspection's contact sheet) is no change; None:
-    every file."""
+    every file. Linked folders inside a folder are listed as the files they hold (a dataset whose ``videos/`` links
+    to another disk changes when they do); a link back to a folder above it is left out."""
     p = Path(path).expanduser().resolve()
     if p.is_file():
         st = p.stat()
@@ -190,36 +191,55 @@ def input_fingerprint(path: str | os.PathLike, only: Collection[str] | None = No
         return {"path": str(p), "kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha,
                 "hashed": hashed}
     if p.is_dir():
-        listing = hashlib.sha256()
-        files = total = 0
-        small: dict[str, str] = {}
-        found: list[tuple[str, Path, int]] = []
-        for root, dirs, names in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found: list[tuple[str, Path, int, bool, int]] = []  # (relative path, file, size, under a link, mtime)
+        # per folder listed: whether it is reached through a linked folder, and the real folders above it (a link to
+        # one of those is a loop, left out; a link elsewhere, even into this folder, is listed where it lies)
+        walked: dict[str, tuple[bool, frozenset[str]]] = {str(p): (False, frozenset({os.path.realpath(p)}))}
+        for root, dirs, names in os.walk(p, followlinks=True):
+            under_link, chain = walked[root]
+            kept = []
+            for d in sorted(d for d in dirs if not d.startswith(".")):
+                full = os.path.join(root, d)
+                real = os.path.realpath(full)
+                if real not in chain:
+                    walked[full] = (under_link or os.path.islink(full), chain | {real})
+                    kept.append(d)
+            dirs[:] = kept
             for name in sorted(n for n in names if not n.startswith(".")):
                 f = Path(root) / name
                 try:
                     st = f.stat()
-                except OSError:  # vanished while listing
+                except OSError:  # vanished while listing, or a broken link
                     continue
                 rel = f.relative_to(p).as_posix()
-                if only is not None and not _is_selected(rel, only):
-                    continue
-                listing.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-                files += 1
-                total += st.st_size
-                found.append((rel, f, st.st_size))
-                if Path(root) == p and st.st_size <= SMALL_FILE_BYTES:
-                    small[rel] = _sha256_of_file(f, st.st_size)[0]
-        out = {"path": str(p), "kind": "folder", "files": files, "bytes": total,
-               "listing_sha256": listing.hexdigest(), "small_files_sha256": small}
-        if total <= FOLDER_CONTENT_BYTES and files <= FOLDER_CONTENT_FILES:  # a checkpoint folder: by content
-            content = hashlib.sha256()
-            for rel, f, size in found:
-                content.update(f"{rel}\t{_sha256_of_file(f, size)[0]}\n".encode())
-            out["content_sha256"] = content.hexdigest()
+                if only is None or _is_selected(rel, only):
+                    found.append((rel, f, st.st_size, under_link, st.st_mtime_ns))
+        out = {**_folder_summary(p, found), "links": "followed"}
+        if any(link for *_, link, _ in found):  # what a fingerprint written before links were followed would say
+            out["unlinked"] = _folder_summary(p, [x for x in found if not x[3]])
         return out
     return {"path": str(p), "kind": "missing"}
+
+
+def _folder_summary(p: Path, found: Sequence[tuple[str, Path, int, bool, int]]) -> dict[str, Any]:
+    """A folder's fingerprint from its listed files ``(relative path, path, size, under a linked folder, mtime)``:
+    count, bytes, the listing's hash, the top level's small files by content, and every file's content when the
+    folder is small (a checkpoint folder)."""
+    listing = hashlib.sha256()
+    small: dict[str, str] = {}
+    for rel, f, size, _, mtime in found:
+        listing.update(f"{rel}\t{size}\t{mtime}\n".encode())
+        if f.parent == p and size <= SMALL_FILE_BYTES:
+            small[rel] = _sha256_of_file(f, size)[0]
+    total = sum(size for _, _, size, _, _ in found)
+    out = {"path": str(p), "kind": "folder", "files": len(found), "bytes": total,
+           "listing_sha256": listing.hexdigest(), "small_files_sha256": small}
+    if total <= FOLDER_CONTENT_BYTES and len(found) <= FOLDER_CONTENT_FILES:  # a checkpoint folder: by content
+        content = hashlib.sha256()
+        for rel, f, size, _, _ in found:
+            content.update(f"{rel}\t{_sha256_of_file(f, size)[0]}\n".encode())
+        out["content_sha256"] = content.hexdigest()
+    return out
 
 
 def _is_selected(rel: str, only: Collection[str]) -> bool:
@@ -351,6 +371,8 @@ def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, A
         parts = [f"size {old['size']} -> {new['size']} bytes"] if old["size"] != new["size"] else []
         parts += ["content changed"] if old["sha256"] != new["sha256"] else []
         return [f"{where}: {', '.join(parts)}"] if parts else []
+    if "links" not in old:  # written before linked folders were followed: compared with what it could see
+        new = new.get("unlinked", new)
     out = []
     old_small, new_small = old.get("small_files_sha256", {}), new.get("small_files_sha256", {})
     for file in sorted(set(old_small) | set(new_small)):

@@ -313,6 +313,35 @@ def test_fingerprint_of_files_and_folders(tmp_path):
     run_fingerprint.check_resume(None, a, "old.pt")  # a checkpoint older than fingerprints: warns only
 
 
+def test_linked_folders_inside_a_data_folder_count_and_a_loop_ends(tmp_path):
+    """A dataset folder whose videos/ links to another disk: files changed there were not seen (the walk did not
+    follow links), so a run resumed on other data without a word. A link back up the tree must not loop."""
+    data, elsewhere = tmp_path / "dataset", tmp_path / "other_disk" / "videos"
+    elsewhere.mkdir(parents=True)
+    data.mkdir()
+    (data / "meta.json").write_text("{}")
+    (elsewhere / "ep0.mp4").write_bytes(b"v" * 100)
+    (data / "videos").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "up").symlink_to(data, target_is_directory=True)  # a loop: dataset/videos/up -> dataset
+    (elsewhere / "self").symlink_to(elsewhere, target_is_directory=True)
+    (data / "a").mkdir()
+    (data / "a" / "b").symlink_to(data / "c", target_is_directory=True)  # two links into each other's folders
+    (data / "c").mkdir()
+    (data / "c" / "d").symlink_to(data / "a", target_is_directory=True)
+    before = run_fingerprint.input_fingerprint(data)
+    assert before["files"] == 2 and before["unlinked"]["files"] == 1  # meta.json, videos/ep0.mp4
+    (elsewhere / "ep1.mp4").write_bytes(b"w" * 100)
+    now = run_fingerprint.input_fingerprint(data)
+    assert run_fingerprint.differences({"inputs": {"data": before}}, {"inputs": {"data": now}}) == [
+        f"data {data}: 2 files / 102 bytes -> 3 files / 202 bytes"]
+    # a fingerprint written before links were followed (no "links" key) is compared with what it could see
+    old = {k: v for k, v in now["unlinked"].items() if k != "links"}
+    assert run_fingerprint.differences({"inputs": {"data": old}}, {"inputs": {"data": now}}) == []
+    (data / "meta.json").write_text('{"fps": 10}')
+    assert run_fingerprint.differences({"inputs": {"data": old}},
+                                       {"inputs": {"data": run_fingerprint.input_fingerprint(data)}})
+
+
 def test_a_new_modification_time_alone_resumes_and_a_sampled_big_file_warns(tmp_path, monkeypatch, caplog):
     """Byte-identical data rewritten (a copy, a regenerated file) has a new mtime: that alone blocked a resume."""
     f = tmp_path / "demos.hdf5"
