@@ -494,9 +494,9 @@ def load_offline_dataset(
     checkpoint), so a file without a record whose actions leave them is refused saying to record them (else the
     advice is ``data.actions=auto``). ``slot_advice``: what to do when the task ids do not fit the one-hot, said
     by a caller that knows which settings apply (a size fixed by a checkpoint; the mix's own settings); the default
-    names stage 2's ``obs.num_tasks`` and ``data.task_id``. ``storage``: ``auto`` | ``memory`` | ``disk``; ``workers`` (disk): prefetch
-    threads; ``rank`` / ``world_size`` (disk): this process samples its shard only. Raises :class:`DatasetError` naming the
-    file and key for every contract violation.
+    names stage 2's ``obs.num_tasks`` and ``data.task_id``. ``storage``: ``auto`` | ``memory`` | ``disk``;
+    ``workers`` (disk): prefetch threads; ``rank`` / ``world_size`` (disk): this process samples its shard only.
+    Raises :class:`DatasetError` naming the file and key for every contract violation.
     """
     if storage not in STORAGES:
         raise ValueError(f"data.storage={storage!r}; expected one of {STORAGES}")
