@@ -361,6 +361,28 @@ def test_what_the_reader_refuses_is_said(tmp_path: Path, damage, refusal) -> Non
     assert text.count("training refuses") == 1
 
 
+def test_a_refusal_beside_a_short_demo_is_still_said(tmp_path: Path) -> None:
+    """A file without dones whose other demo is short: the short-demo warning hid the reader's refusal (the reader
+    skips short demos, so its problem is another one)."""
+    path = write_tiny_hdf5(tmp_path / "d.hdf5")
+    with h5py.File(path, "a") as f:
+        del f["data/demo_2/dones"]
+        f["data/demo_1"].attrs["num_samples"] = 1
+        for group in ("obs", "next_obs"):
+            for key, ds in list(f[f"data/demo_1/{group}"].items()):
+                data = ds[:1]
+                del f[f"data/demo_1/{group}/{key}"]
+                f[f"data/demo_1/{group}/{key}"] = data
+        for key in ("actions", "rewards", "dones"):
+            data = f[f"data/demo_1/{key}"][:1]
+            del f[f"data/demo_1/{key}"]
+            f[f"data/demo_1/{key}"] = data
+        f["data"].attrs["total"] = sum(int(d.attrs["num_samples"]) for d in f["data"].values())
+    text = format_hdf5_summary(summarize_hdf5(path))
+    assert "1 demo(s) of fewer than 2 steps (demo_1)" in text
+    assert f"warning: training refuses the file: {path}: data/demo_2/dones: missing" in text
+
+
 def test_demos_too_short_to_train_on_are_listed(tmp_path: Path) -> None:
     """A one-step demo showed only as len_min 1; training refuses it (data.skip_short_demos leaves it out)."""
     from robopretrain.data.inspect import format_hdf5_summary

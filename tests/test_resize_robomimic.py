@@ -3,6 +3,7 @@ its cameras are the env frames' resize of the stored frames, and as_robomimic ma
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -271,3 +272,21 @@ def test_a_file_without_next_obs_is_read_through_a_copy_that_derives_it(tmp_path
     # the command line writes the copy without --image-size (it refuses a file that needs none)
     assert convert_main([str(src), str(tmp_path / "derived.hdf5")]) == 0
     assert len(load_transitions(tmp_path / "derived.hdf5", ["proprio"]).actions) == sum(LENGTHS)
+    # a message naming the copy says what it is: next_obs derived (it said "cameras resized to NonexNone")
+    assert name_sources(f"{copy}: bad") == (f"{copy}: bad [{copy.name} is {src.resolve()} with next_obs derived for "
+                                            "agentview_image, features, proprio, side_grey, wrist_image; its demos "
+                                            "keep their names]")
+    assert f"{small.name} is {src.resolve()} with its cameras resized to 8x8 and next_obs derived for" in \
+        name_sources(f"{small}: bad")
+
+
+def test_a_copy_of_a_file_without_dones_says_the_stages_refuse_it(tmp_path, caplog):
+    """No dones to derive: convert wrote the copy and exited 0 without a word, and every stage then refused it."""
+    src = write_foreign(tmp_path / "no_dones.hdf5", front=(16, 16))
+    with h5py.File(src, "a") as f:
+        del f["data/demo_1/dones"]
+        del f["data/demo_0/next_obs"]
+    with caplog.at_level(logging.WARNING):
+        assert convert_main([str(src), str(tmp_path / "copy.hdf5")]) == 0
+    assert "1 demo(s) have no dones (demo_1), copied as they are: the stages refuse a selection holding them (each " \
+        "demo needs dones (N,)" in caplog.text

@@ -119,7 +119,11 @@ def _copy_note(copy: Path) -> str | None:
         return None
     if copy.name.split(".")[-3] == "robomimic":  # <stem>.<format>.<key>.hdf5
         size = settings.get("image_size") or env_args.get("image_size")
-        return f"{copy.name} is {source} with its cameras resized to {size}x{size}; its demos keep their names"
+        done = [f"its cameras resized to {size}x{size}"] if size else []
+        derived = env_args.get("derived_next_obs")
+        if derived:
+            done.append(f"next_obs derived for {', '.join(map(str, derived))}")
+        return f"{copy.name} is {source} with {' and '.join(done) or 'nothing changed'}; its demos keep their names"
     return (f"{copy.name} is {source} ({settings.get('format') or env_args.get('type')}) converted; each demo's "
             "ep_meta source_episode names its episode in the source")
 

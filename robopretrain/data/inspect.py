@@ -566,8 +566,9 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      f"{'; ...' if len(s.inner_dones) > 3 else ''}): training reads each as a terminal (the TD backup "
                      "stops there, returns-to-go restart after it); if those episodes went on, rewrite those dones "
                      "to 0")
-    # the reader's own first refusal, unless one of the refusals above already says it
-    said = short or s.wrong_rows or s.odd_actions or s.non_finite or s.half_task or wrong_total
+    # the reader's own first refusal, unless one of the refusals above already says it (the reader skips short demos
+    # and reads no values, so those warnings above never say its problem: a demo without dones beside a short one)
+    said = s.wrong_rows or s.odd_actions or s.half_task or wrong_total
     if s.layout_problem and not said:
         lines.append(f"warning: training refuses the file: {s.layout_problem}")
     lines.append("masks: " + (", ".join(f"{k} ({v})" for k, v in s.masks.items()) if s.masks else "none"))

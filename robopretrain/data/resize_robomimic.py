@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from robopretrain.data.episodes import ConversionError, NotColourError, image_layout, resize_frames, to_uint8_hwc
-from robopretrain.data.hdf5 import IMAGE_SUFFIX
+from robopretrain.data.hdf5 import IMAGE_SUFFIX, MISSING_HINTS
 from sim_envs.hdf5_writer import remove_abandoned_partials
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,11 @@ def write_resized(src: str | os.PathLike, dst: str | os.PathLike, image_size: in
                  f" (kept as stored, not colour: {', '.join(kept)})" if kept else "")
     with h5py.File(dst, "r") as f:
         derived = (_env_args(f["data"]) or {}).get("derived_next_obs")
+        no_dones = [name for name, demo in f["data"].items() if isinstance(demo, h5py.Group) and "dones" not in demo]
+    if no_dones:  # nothing to derive them from: the copy keeps the gap, and the stages refuse a demo they select
+        log.warning("%s -> %s: %d demo(s) have no dones (%s%s), copied as they are: the stages refuse a selection "
+                    "holding them%s", src, dst, len(no_dones), ", ".join(no_dones[:3]), ", ..." if len(no_dones) > 3
+                    else "", MISSING_HINTS["dones"])
     if derived:
         log.warning("%s -> %s: next_obs derived for %s (obs[t + 1]; a demo's last step repeats its own observation, "
                     "which a time-limit end bootstraps from)", src, dst, ", ".join(derived))
