@@ -226,7 +226,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("build", "load_data/const/2"): Equivalent(
         "the default units_fixed=False -> True: it only words the hint of an action-range refusal for data loaded in "
         "the agent's units, and the one caller that leaves the default (stage 2's own data) loads in the file's",
-        "False -> True @ units_fixed: bool = False) -> OfflineDataset | DiskDataset:"),
+        "False -> True @ units_fixed: bool = False, slot_advice: str | None = None) -> OfflineDataset | DiskDataset:"),
     ("build", "eval_targets/const/0"): Equivalent(
         "the default num_tasks=0 -> 1: with_task_slot treats every size <= 1 as no one-hot to place a gym target in",
         "0 -> 1 @ def eval_targets(setting: Any, info: DatasetInfo, task_ids: Mapping[str, int], num_tasks: int = 0,"),

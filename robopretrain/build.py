@@ -27,7 +27,7 @@ from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.hdf5 import DatasetError, DatasetInfo, default_task_name
 from robopretrain.data.keys import OBS
-from robopretrain.data.replay import OfflineDataset
+from robopretrain.data.replay import MixedSampler, OfflineDataset
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.target import EnvContractError, Target, as_target, target_of_data, with_task_slot
 from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
@@ -401,6 +401,8 @@ def training_sampler(agent: Agent, dataset: OfflineDataset, seed: int) -> Any:
                          f"(this data is a {type(dataset).__name__})")
 
     sampler = SequenceSampler(dataset, int(agent.algo_cfg.context_len), seed=seed)
+    if len(sampler.timesteps):  # acting warns about an episode twice as long (a forgotten reset_episode())
+        agent.core.longest_episode = max(agent.core.longest_episode, int(np.max(sampler.timesteps)) + 1)
     warn_target_return(agent.algo_cfg, sampler.episode_returns)
     warn_episode_length(agent.algo_cfg, sampler.timesteps)
     return sampler
@@ -477,21 +479,32 @@ def refuse_learned_reward_online(info: DatasetInfo, offline_ratio: float, settin
     return message
 
 
-def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray) -> bool:
+def return_range(sampler: Any) -> list[float] | None:
+    """``[lowest, highest]`` episode return of a Decision Transformer's training windows (scaled units, as
+    :class:`~robopretrain.data.sequences.SequenceSampler` holds them; both parts of a mix), for its checkpoint: what
+    ``robopretrain.evaluate target_return=`` is checked against. None for other samplers."""
+    parts = [sampler.offline, sampler.online] if isinstance(sampler, MixedSampler) else [sampler]
+    returns = [np.asarray(p.episode_returns) for p in parts if hasattr(p, "episode_returns")]
+    if not returns:
+        return None
+    joined = np.concatenate(returns)
+    return [float(joined.min()), float(joined.max())]
+
+
+def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray, setting: str = "algo.target_return") -> bool:
     """Warn (and return True) when DT's evaluation return ``target_return * reward_scale`` lies outside the data's
     episode returns ``(E,)`` (in the same scaled units): the policy is asked for a return no demo showed (e.g. the
-    default 1, a sparse success, on dense rewards that sum to -30 ... 0)."""
+    default 1, a sparse success, on dense rewards that sum to -30 ... 0). ``setting``: the setting to name."""
     asked = float(dt_cfg.target_return) * float(dt_cfg.reward_scale)
     low, high = float(np.min(episode_returns)), float(np.max(episode_returns))
     tol = 1e-6 * max(1.0, abs(low), abs(high))
     if low - tol <= asked <= high + tol:
         return False
     scale = float(dt_cfg.reward_scale) or 1.0
-    log.warning("algo.target_return=%g (x reward_scale %g = %g) lies outside the data's episode returns [%.4g, %.4g]: "
-                "the Decision Transformer is asked for a return no demo reached; set algo.target_return to the "
-                "return to ask for, in the env's reward units, which the data's rewards share (its best episode: "
-                "%.4g)", float(dt_cfg.target_return),
-                float(dt_cfg.reward_scale), asked, low, high, high / scale)
+    log.warning("%s=%g (x reward_scale %g = %g) lies outside the data's episode returns [%.4g, %.4g]: the Decision "
+                "Transformer is asked for a return no demo reached; set %s to the return to ask for, in the env's "
+                "reward units, which the data's rewards share (its best episode: %.4g)", setting,
+                float(dt_cfg.target_return), float(dt_cfg.reward_scale), asked, low, high, setting, high / scale)
     return True
 
 

@@ -61,6 +61,7 @@ from robopretrain.checkpoint import (
     load_checkpoint_at,
     recorded_file,
 )
+from robopretrain.build import warn_target_return
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
@@ -322,13 +323,16 @@ def limit_change_note(target: Target, ckpt: Checkpoint) -> str | None:
 
 def load_policy(spec: PolicySpec) -> Any:
     """The agent of the checkpoint, its weights loaded, in eval mode, ready for ``act(obs, deterministic=True)``."""
-    agent, _ = load_agent(spec.checkpoint, device=spec.device)
+    agent, ckpt = load_agent(spec.checkpoint, device=spec.device)
     agent.train_mode(False)
     if spec.target_return is not None:  # the return asked for, in the env's reward units (DT conditions on it)
         if agent.algo != "dt":
             raise ValueError(f"evaluate config: target_return={spec.target_return} conditions a Decision Transformer; "
                              f"{spec.checkpoint} is a {agent.algo} checkpoint (leave target_return null)")
         agent.algo_cfg.target_return = float(spec.target_return)
+        seen = ckpt.meta.get("episode_returns")  # the training data's, recorded by stage 2 (older checkpoints: none)
+        if seen:
+            warn_target_return(agent.algo_cfg, np.asarray(seen, dtype=np.float64), setting="target_return")
     return agent
 
 

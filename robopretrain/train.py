@@ -255,6 +255,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             "task_ids": {**init_ids, **task_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
             "mix_path": os.path.abspath(mix_info.path) if mix_ids else None,  # (converted) file of the mix tasks
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,
+            "episode_returns": build.return_range(sampler),  # DT: evaluate's target_return is checked against it
             "parallel": {"world_size": dinfo.world_size, "batch_size_per_process": agent.batch_size,
                          "effective_batch_size": agent.batch_size * dinfo.world_size}}
     if dinfo.enabled:

@@ -224,6 +224,26 @@ def test_return_to_go_conditioning_and_decrement_while_acting():
         core.act(feats[0])  # two actions without the reward between them
 
 
+def test_an_episode_twice_the_longest_training_episode_is_warned_once(caplog):
+    """A loop of one's own that forgets reset_episode() carried the last episode's history and return-to-go into the
+    next without a word (return 20.1 with resets, 8.7 without, in a helper's env)."""
+    import logging
+
+    core = DecisionTransformer(S, A, DTConfig(context_len=3, embed_dim=8, num_layers=1, **NO_DROPOUT))
+    core.longest_episode = 3
+    core.reset_episode()
+    with caplog.at_level(logging.WARNING):
+        for step in range(1, 9):
+            core.act(torch.zeros(1, S))
+            core.observe_reward(0.0)
+            assert len(caplog.records) == (step >= 6)  # at step 6, once
+    assert "this episode has reached step 6, twice the longest training episode (3 steps): if a new episode " \
+        "began, call reset_episode()" in caplog.text
+    again = DecisionTransformer(S, A, core.cfg)
+    again.load_state_dict(core.state_dict())
+    assert again.longest_episode == 3  # checkpointed
+
+
 def test_the_target_return_changes_the_action():
     cfg = DTConfig(context_len=3, embed_dim=8, num_layers=1, target_return=1.0, **NO_DROPOUT)
     core = DecisionTransformer(S, A, cfg)
@@ -360,7 +380,12 @@ def test_stage2_runs_resumes_exactly_and_evaluates(reach_data, tmp_path, kind):
         for k, v in a.weights["critic_encoder"].items():
             assert torch.equal(v, b.weights["critic_encoder"][k]), k
         assert "actor_encoder" not in a.weights  # one encoder, trained by the DT loss
-    agent, _ = load_agent(resumed)
+    agent, ckpt = load_agent(resumed)
+    from robopretrain.data.hdf5 import read_info
+
+    assert agent.core.longest_episode == max(d.num_samples for d in read_info(reach_data[kind]).demos)  # its data's
+    # the data's episode returns (each Reach demo succeeds once: 1), checked by evaluate's target_return
+    assert ckpt.meta["episode_returns"] == [1.0, 1.0]
     result = evaluate(agent, Target("Reach"), 2)
     assert 0 < agent.core._t <= 50 and result["length"] > 0  # the history restarts every episode (Reach: 50 steps)
 
@@ -375,7 +400,7 @@ def test_online_fine_tuning_of_dt_is_refused_in_one_line(reach_data, tmp_path):
             finetune(stage3_config(ckpt, tmp_path / algo, "Reach", algo=algo))
 
 
-def test_evaluate_asks_a_dt_checkpoint_for_another_return_without_retraining(reach_data, tmp_path):
+def test_evaluate_asks_a_dt_checkpoint_for_another_return_without_retraining(reach_data, tmp_path, caplog):
     """``robopretrain.evaluate target_return=...`` conditions the loaded DT on that return (a return sweep needed a
     retrained checkpoint: the key was refused as unknown); another learner's checkpoint or a non-number is refused."""
     from omegaconf import OmegaConf
@@ -389,6 +414,12 @@ def test_evaluate_asks_a_dt_checkpoint_for_another_return_without_retraining(rea
     default = load_policy(PolicySpec(str(ckpt), Target("Reach").to_dict(), "cpu"))
     default.reset_episode()
     assert default.core._history["rtg"].tolist() == [[1.0]]  # the checkpoint's own target_return
+    # 0.25: a return no demo reached (every one returned 1), said as stage 2 says it; 1: none
+    assert "target_return=0.25 (x reward_scale 1 = 0.25) lies outside the data's episode returns [1, 1]: the " \
+        "Decision Transformer is asked for a return no demo reached; set target_return to" in caplog.text
+    caplog.clear()
+    load_policy(PolicySpec(str(ckpt), Target("Reach").to_dict(), "cpu", 1.0))
+    assert "target_return" not in caplog.text
     iql = run(stage2_config(reach_data["states"], tmp_path / "iql", steps=1, algo="iql", obs=OBS["states"]))
     with pytest.raises(ValueError, match="target_return=0.25 conditions a Decision Transformer; .* is a iql"):
         load_policy(PolicySpec(str(iql), Target("Reach").to_dict(), "cpu", 0.25))

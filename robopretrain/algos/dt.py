@@ -34,12 +34,16 @@ CORL's loss x (B*K / real steps) equals ours to 1.7e-16.
 
 Stateful acting (a policy with a history): :meth:`DecisionTransformer.reset_episode` starts an episode (the target
 return), :meth:`~DecisionTransformer.act` appends the observation's features and returns ``a_hat`` for the last
-state token of the last K steps, :meth:`~DecisionTransformer.observe_reward` decrements the return-to-go and keeps
-the action taken. :func:`robopretrain.evaluation.run_episodes` calls these hooks when an agent has them.
+state token of the last K steps (the history keeps that predicted action, not what the env may have clipped it to,
+as CORL's ``eval_rollout`` does), :meth:`~DecisionTransformer.observe_reward` decrements the return-to-go.
+:func:`robopretrain.evaluation.run_episodes` calls these hooks when an agent has them; a loop of one's own must call
+``reset_episode()`` at each episode's start (an episode that runs past twice the longest training episode, which a
+forgotten reset makes, is warned about once).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,6 +54,8 @@ from torch import nn
 
 from robopretrain.algos.base import metrics_to_floats
 from robopretrain.data.sequences import MASK, RETURNS_TO_GO, TIMESTEPS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,6 +184,8 @@ class DecisionTransformer:
         self.num_updates = 0
         self._history: dict[str, torch.Tensor] | None = None
         self._t = 0
+        self.longest_episode = 0  # steps of the longest training episode (0: unknown); set by stage 2, checkpointed
+        self._warned_long = False
 
     # ------------------------------------------------------------------ training
 
@@ -272,6 +280,12 @@ class DecisionTransformer:
         if h["states"].shape[1] > K:  # keep only what the next call can see
             h["states"], h["actions"], h["rtg"] = h["states"][:, 1:], h["actions"][:, 1:], h["rtg"][:, 1:]
         self._t += 1
+        if self.longest_episode and self._t == 2 * self.longest_episode and not self._warned_long:
+            self._warned_long = True
+            log.warning("dt: this episode has reached step %d, twice the longest training episode (%d steps): if a new "
+                        "episode began, call reset_episode() at each episode's start (else the last episode's history "
+                        "and return-to-go carry over); an env whose episodes run this long can ignore this", self._t,
+                        self.longest_episode)
         return a.cpu().numpy()
 
     # ------------------------------------------------------------------ state
@@ -279,7 +293,7 @@ class DecisionTransformer:
     def state_dict(self) -> dict[str, Any]:
         return {"algo": "dt", "config": asdict(self.cfg), "obs_dim": self.obs_dim, "act_dim": self.act_dim,
                 "actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "num_updates": self.num_updates}
+                "num_updates": self.num_updates, "longest_episode": self.longest_episode}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if (int(state["obs_dim"]), int(state["act_dim"])) != (self.obs_dim, self.act_dim):
@@ -287,6 +301,7 @@ class DecisionTransformer:
         self.actor.load_state_dict(state["actor"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.num_updates = int(state["num_updates"])
+        self.longest_episode = int(state.get("longest_episode", 0))  # (checkpoints before it was kept: unknown)
 
 
 __all__ = ["DTConfig", "DTNetwork", "DecisionTransformer", "MASK", "RETURNS_TO_GO", "TIMESTEPS", "dt_action_loss",
