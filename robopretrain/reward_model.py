@@ -581,6 +581,12 @@ def tie_advice(data: SegmentData, teacher: Mapping[str, Any] | None) -> str:
         return "label more pairs with a preference (1 or 0): a tie says neither segment is better"
     length, margin = int(teacher["segment_length"]), float(teacher["tie_margin"])
     rewarded, steps = int(np.count_nonzero(data.rewards)), len(data.rewards)
+    if rewarded == 0:  # nothing any segment length or pair count could tell apart
+        return (f"every one of the {steps} selected steps has reward 0, so the scripted teacher (which compares "
+                "segments' summed stored rewards) ties every pair whatever its settings: write rewards that mark "
+                "success or progress into the file (e.g. 1 on each successful episode's last step; stage 2's "
+                "data.rewards_from_success builds those from ep_meta only while it trains), or give human labels "
+                "(labels.path)")
     demo_steps = sorted(data.lengths.values())
     why = (f"only {rewarded} of the {steps} selected steps have a non-zero reward (a sparse success signal), so most "
            f"{length}-step segments sum to the same" if rewarded < steps / 2 else

@@ -684,6 +684,14 @@ def test_labels_that_are_mostly_ties_are_warned_about_with_what_decides_more(tmp
         report = run(config(dense, tmp_path / "d", teacher={"num_pairs": 200}, **small), tmp_path / "d")
     assert report["ties"] < 20 and "are ties" not in caplog.text
 
+    zero = write_toy(tmp_path / "zero.hdf5", episodes=12)  # all rewards 0: no setting of the teacher decides a pair
+    with h5py.File(zero, "r+") as f:
+        for i in range(12):
+            f[f"data/demo_{i}/rewards"][:] = 0.0
+    with pytest.raises(ValueError, match=r"every one of the 144 selected steps has reward 0, so the scripted teacher "
+                                         r".* ties every pair whatever its settings: write rewards that mark success"):
+        run(config(zero, tmp_path / "z", teacher={"num_pairs": 50}, **small), tmp_path / "z")
+
 
 def test_a_run_folder_holding_a_finished_run_with_other_data_or_labels_is_refused(tmp_path, caplog):
     """The default run folder does not depend on the data: a second run on another file silently replaced the
