@@ -147,6 +147,7 @@ class RobomimicWriter:
                  compression_level: int = 4, chunk_frames: int = 16, overwrite: bool = False,
                  info: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self.overwrite = bool(overwrite)
         check_image_storage(compression, compression_level, chunk_frames)
         if not 0.0 <= valid_fraction < 1.0:
             raise ValueError(f"valid_fraction={valid_fraction}; expected a number in [0, 1)")
@@ -243,12 +244,36 @@ class RobomimicWriter:
             self._write_masks()
             self._file.close()
             self._file = None
-            os.replace(self.tmp_path, self.path)
+            if self.overwrite:
+                os.replace(self.tmp_path, self.path)
+            else:
+                self._move_without_replacing()
         except BaseException:
             self.abort()
             raise
         remove_abandoned_partials(self.path)  # again: a run killed within the minute before this one started
         return self.path
+
+    def _move_without_replacing(self) -> None:
+        """Move the finished file onto ``path`` unless a file appeared there while this one was written (another
+        collection into the same output, started after this one checked): that one is kept, this one is kept beside
+        it under a name of its own, and :class:`FileExistsError` says both (a second writer replaced the first's file
+        without a word)."""
+        try:
+            os.link(self.tmp_path, self.path)  # atomic: fails if the path exists
+            self.tmp_path.unlink()
+            return
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: checked, then moved (a narrow window remains)
+            if not self.path.exists():
+                os.replace(self.tmp_path, self.path)
+                return
+        kept = self.path.with_name(f"{self.path.stem}.{os.getpid()}{self.path.suffix}")
+        os.replace(self.tmp_path, kept)
+        raise FileExistsError(f"{self.path}: written by another process while this one collected (overwrite=false "
+                              f"keeps it); this run's data is kept as {kept}: rename it, or rerun with another output "
+                              "(or overwrite=true)")
 
     def abort(self) -> None:
         """Close and delete the temporary file; nothing is left at the final path."""
