@@ -19,6 +19,8 @@ tests); the Hydra ``main`` only picks the output folder.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -27,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import gymnasium as gym
 import hydra
@@ -51,6 +53,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 TASK_GROUPS = {"pretrain": PRETRAIN_TASKS, "target": TARGET_TASKS, "all": tuple(TASKS)}
 DEFAULT_DIRNAME = "videos"
 CLIP_RE = re.compile(r"^clip_\d{5,}\.mp4$")
+LOCK_NAME = ".collect_videos.lock"  # (a hidden file: clip readers and fingerprints skip it)
 PLAY_TEXT = "a hand plays with the objects on the table"
 EMPTY_PLAY_TEXT = "a hand moves around above the table"
 
@@ -278,6 +281,33 @@ def collect_videos(cfg: DictConfig | Mapping[str, Any], output_dir: str | Path |
     tasks = resolve_tasks(list(cfg.tasks) if isinstance(cfg.tasks, ListConfig) else str(cfg.tasks))
     out = resolve_output_dir(cfg, output_dir)
     prepare_output_dir(out, bool(cfg.overwrite))
+    with collection_lock(out):
+        return _collect_into(cfg, tasks, out, progress)
+
+
+@contextlib.contextmanager
+def collection_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s collection lock (an advisory ``flock`` on ``out/.collect_videos.lock``, released by the
+    operating system however the holder ends) while a collection writes there. Two collections into one folder
+    replaced each other's manifest, and each removed the other's staging folder at its start, so the first died at
+    its end. Raises ``ValueError`` naming the holder when another process holds it."""
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
+            raise ValueError(f"collect_videos: another collection is writing {out} now ({holder}); wait for it to "
+                             "end, stop it, or choose another output") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _collect_into(cfg: DictConfig, tasks: Sequence[str], out: Path, progress: bool) -> Path:
+    """:func:`collect_videos`'s recording into ``out``, whose collection lock the caller holds."""
     env_kwargs = env_kwargs_from_config(cfg)
     codec = cfg.codec or pick_codec()
     envs: dict[str, gym.Env] = {}
@@ -285,7 +315,8 @@ def collect_videos(cfg: DictConfig | Mapping[str, Any], output_dir: str | Path |
     recorded: list[ClipPlan] = []
     redraws: dict[str, int] = {}
     start = time.perf_counter()
-    for stale in out.glob(".clips.*.tmp"):  # left by a collection killed outright (SIGKILL); never a dataset
+    for stale in out.glob(".clips.*.tmp"):  # left by a collection killed outright (SIGKILL; under the lock: never
+        # a running collection's); never a dataset
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".clips.", suffix=".tmp"))
     try:

@@ -1,6 +1,7 @@
 """Human-video data source: mp4 writing/reading, manifest parsing, the play policy, the clip collector."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -198,8 +199,8 @@ def test_collect_videos_writes_a_readable_dataset(tmp_path: Path, capsys: pytest
     out = collect_videos(cfg, progress=False)
     entries = read_manifest(out, check_counts=True)
     assert len(entries) == 3
-    assert sorted(p.name for p in out.iterdir()) == ["clip_00000.mp4", "clip_00001.mp4", "clip_00002.mp4",
-                                                      "info.json", "manifest.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".collect_videos.lock", "clip_00000.mp4", "clip_00001.mp4",
+                                                      "clip_00002.mp4", "info.json", "manifest.csv"]
     texts = [e.text for e in entries]
     assert texts.count("a hand plays with the objects on the table") == 1
     assert set(texts) - {"a hand plays with the objects on the table"} <= {
@@ -255,9 +256,16 @@ def test_an_interrupted_collection_leaves_the_folder_as_it_was(tmp_path: Path, m
     monkeypatch.setattr(cv, "write_mp4", interrupted_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         collect_videos(cfg, progress=False)
-    assert len(written) == 2 and list((tmp_path / "videos").iterdir()) == []  # staged clips gone with their folder
+    # the staged clips gone with their folder (the lock file stays: the operating system released its lock)
+    assert len(written) == 2 and [p.name for p in (tmp_path / "videos").iterdir()] == [".collect_videos.lock"]
+    (tmp_path / "videos" / ".clips.abandoned.tmp").mkdir()  # a collection killed outright left its staging folder
+    with cv.collection_lock(tmp_path / "videos"):  # a collection writing there now: refused, its staging kept
+        with pytest.raises(ValueError, match=r"collect_videos: another collection is writing .*videos now \(pid "
+                                             rf"{os.getpid()}, since .*\); wait for it to end"):
+            collect_videos(cfg, progress=False)
+        assert (tmp_path / "videos" / ".clips.abandoned.tmp").is_dir()
     monkeypatch.setattr(cv, "write_mp4", real)
-    out = collect_videos(cfg, progress=False)  # the rerun starts over
-    assert sorted(p.name for p in out.iterdir()) == ["clip_00000.mp4", "clip_00001.mp4", "clip_00002.mp4",
-                                                      "info.json", "manifest.csv"]
+    out = collect_videos(cfg, progress=False)  # the rerun starts over (and removes the abandoned staging folder)
+    assert sorted(p.name for p in out.iterdir()) == [".collect_videos.lock", "clip_00000.mp4", "clip_00001.mp4",
+                                                      "clip_00002.mp4", "info.json", "manifest.csv"]
     assert len(read_manifest(out, check_counts=True)) == 3
