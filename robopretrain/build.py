@@ -9,6 +9,7 @@ statistics, the agent, the evaluation targets and the randomization setting.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -189,6 +190,25 @@ def randomization(node: Any, where: str = "dr") -> Any:
 # --------------------------------------------------------------------------- data
 
 
+COLLECT_NO_EFFECT = ("num_workers", "overwrite", "output")  # collect keys that leave the file's content as it is
+
+
+def collect_changes(path: Path, planned: Any) -> list[str] | None:
+    """The collect settings (``"key: recorded -> planned"``) in which the demo file ``path``'s own record of the
+    collection that wrote it (``data.attrs["collection"]``) differs from ``planned`` (a ``configs/collect.yaml``
+    config), but for :data:`COLLECT_NO_EFFECT`; None when the file has no record (written by another tool)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f["data"].attrs.get("collection") if "data" in f else None
+    if raw is None:
+        return None
+    recorded = json.loads(raw).get("config") or {}
+    now = OmegaConf.to_container(planned, resolve=True) if isinstance(planned, DictConfig) else dict(planned)
+    return [f"{k}: {json.dumps(recorded.get(k))} -> {json.dumps(now[k])}" for k in now
+            if k not in COLLECT_NO_EFFECT and recorded.get(k) != now[k]]
+
+
 def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robot_demos.hdf5",
                       collect: Mapping[str, Any] | None = None, default_image_size: int | None = None,
                       keep: Sequence[str | os.PathLike] = ()) -> Path:
@@ -206,16 +226,21 @@ def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robo
                                     "D4RL-style HDF5 or an OGBench .npz (converted on first use)")
         return converted(path, data_cfg, default_image_size, keep=keep)
     path = path or run_dir / default_name
-    if path.is_file() and not data_cfg.get("regenerate", False):
-        log.info("using the existing dataset %s (data.generate: not collected again; data.regenerate=true collects "
-                 "anew)", path)
-        return path
-    from sim_envs.collect import collect as run_collect
-
     c = OmegaConf.load(CONFIG_DIR / "collect.yaml")
     c.merge_with(OmegaConf.create(plain(data_cfg.get("collect")) or {}))
     c.merge_with(OmegaConf.create(dict(collect or {})))
     c.output, c.overwrite = str(path), True
+    if path.is_file() and not data_cfg.get("regenerate", False):
+        changed = collect_changes(path, c)  # a file collected with other settings: other data than asked for
+        if changed:
+            raise ValueError(f"data.path={path}: collected with other settings than data.generate asks for now "
+                             f"({'; '.join(changed)}); data.regenerate=true collects it anew with these (replacing "
+                             "it), or give another data.path")
+        log.info("using the existing dataset %s (data.generate: collected %s; data.regenerate=true collects anew)",
+                 path, "with these settings" if changed is not None else "by another tool, as it is")
+        return path
+    from sim_envs.collect import collect as run_collect
+
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(run_collect(c, progress=True))
 

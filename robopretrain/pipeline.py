@@ -38,8 +38,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
-from robopretrain.build import (compose, plain, randomization, refuse_learned_reward_online, reward_settings,
-                                success_filtered_bc)
+from robopretrain.build import (collect_changes, compose, plain, randomization, refuse_learned_reward_online,
+                                reward_settings, success_filtered_bc)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import (PIPELINE_CHECKS, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
@@ -566,32 +566,21 @@ def stage_data(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {k: str(v) for k, v in paths.items() if v.exists()}
 
 
-COLLECT_NO_EFFECT = ("num_workers", "overwrite", "output")  # collect keys that leave the file's content as it is
-
-
 def reuse_collected(path: Path, planned: DictConfig) -> bool:
     """Whether the data stage keeps the demo file ``path`` an earlier, unfinished session of it wrote (False: there is
     none, collect it). The file's own record of its collect config (``data.attrs["collection"]``) must equal
-    ``planned`` but for :data:`COLLECT_NO_EFFECT`; otherwise :class:`ValueError` names the settings that differ (a
-    rerun with ``data.prior_episodes_per_task=3`` kept the 2-episode file and recorded 3 in ``done.json``). A file
-    without the record is kept as it is."""
+    ``planned`` but for the keys that leave its content as it is (:func:`robopretrain.build.collect_changes`);
+    otherwise :class:`ValueError` names the settings that differ (a rerun with ``data.prior_episodes_per_task=3`` kept
+    the 2-episode file and recorded 3 in ``done.json``). A file without the record is kept as it is."""
     if not path.is_file():
         return False
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        raw = f["data"].attrs.get("collection") if "data" in f else None
-    if raw is None:
-        return True
-    recorded = json.loads(raw).get("config") or {}
-    now = OmegaConf.to_container(planned, resolve=True)
-    changed = [f"{k}: {json.dumps(recorded.get(k))} -> {json.dumps(now[k])}" for k in now
-               if k not in COLLECT_NO_EFFECT and recorded.get(k) != now[k]]
+    changed = collect_changes(path, planned)
     if changed:
         raise ValueError(f"pipeline: {path} was collected by an earlier, unfinished data stage with other settings "
                          f"({'; '.join(changed)}); delete it to collect it with these, or run with the settings it "
                          "was collected with")
-    log.info("data: %s was collected by an earlier session with these settings: kept", path)
+    if changed is not None:
+        log.info("data: %s was collected by an earlier session with these settings: kept", path)
     return True
 
 

@@ -3,6 +3,7 @@ config, where the data file comes from (given, or collected once into the run fo
 from __future__ import annotations
 
 import logging
+import json
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +72,12 @@ def test_a_randomization_error_names_the_key_the_entry_came_from():
 def test_generated_data_is_collected_into_the_run_folder_once_and_reused(tmp_path, monkeypatch):
     calls = []
 
-    def fake_collect(cfg, progress=True):
+    def fake_collect(cfg, progress=True):  # a file with the record of its collection, as sim_envs.collect writes
+        import h5py
+
         calls.append(cfg.output)
-        Path(cfg.output).write_bytes(b"hdf5")
+        with h5py.File(cfg.output, "w") as f:
+            f.create_group("data").attrs["collection"] = json.dumps({"config": OmegaConf.to_container(cfg)})
         return cfg.output
 
     import sim_envs.collect
@@ -87,6 +91,18 @@ def test_generated_data_is_collected_into_the_run_folder_once_and_reused(tmp_pat
     assert build.resolve_data_path(again, tmp_path / "run") == first and len(calls) == 2
     named = build.resolve_data_path(data, tmp_path / "run", default_name="target.hdf5")
     assert named == tmp_path / "run" / "target.hdf5" and calls[-1] == str(named)
+    # a file collected with other settings was reused whatever data.generate asked for (PressButton demos asked
+    # for, the Reach file trained on): refused naming them; another tool's file (no record) is used as it is
+    other = OmegaConf.create({"generate": True, "path": None, "collect": {"tasks": ["PressButton"]}})
+    with pytest.raises(ValueError, match=r"robot_demos.hdf5: collected with other settings than data.generate asks "
+                                         r"for now \(tasks: \"all\" -> \["):
+        build.resolve_data_path(other, tmp_path / "run")
+    assert len(calls) == 3
+    import h5py
+
+    with h5py.File(first, "a") as f:
+        del f["data"].attrs["collection"]
+    assert build.resolve_data_path(other, tmp_path / "run") == first and len(calls) == 3
 
 
 def test_load_data_passes_the_selection_the_stage_asked_for(tmp_path, monkeypatch):
