@@ -573,6 +573,14 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
             validate_overrides(ns.config_name or config_name, list(ns.overrides))
         if not ns.multirun:
             follow = hydra_run_dir_override(config_name, list(ns.overrides))
+            if follow is None and not any(o.lstrip("+~").startswith("hydra.run.dir=") for o in ns.overrides):
+                problem = unwritable_folder(".")  # Hydra's default run folder, outputs/... here
+                if problem:
+                    key = RUN_FOLDER_KEYS.get(config_name)
+                    report_and_exit(ValueError(
+                        f"{problem}: Hydra writes its log and config record under outputs/ in the working folder; "
+                        "run from a writable folder, or set "
+                        + (f"{key}=/a/writable/folder" if key else "hydra.run.dir=/a/writable/folder")))
             if follow is not None:  # beside the override it follows: after an option (--cfg job) argparse refuses it
                 key = RUN_FOLDER_KEYS[config_name]
                 problem = unwritable_folder(follow.partition("=")[2])
@@ -669,6 +677,11 @@ def hydra_run_dir_override(config_name: str, overrides: list[str]) -> str | None
             value = text  # the last one wins, as in Hydra
     if value is None or value.strip() in ("", "null", "None"):
         return None
+    text = value.strip()
+    inner = text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+    if inner.startswith("~"):  # the stage expands it; Hydra would make a folder named "~" in the working folder
+        home = os.path.expanduser(inner)
+        value = f'"{home}"' if '"' not in home else f"'{home}'"
     return f"hydra.run.dir={value}"
 
 

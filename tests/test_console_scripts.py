@@ -361,6 +361,9 @@ def test_hydras_run_folder_follows_the_run_folder_setting():
     assert hydra_run_dir_override("robopretrain", ["output_dir=/r/a", "hydra.run.dir=/h"]) is None  # given: kept
     assert hydra_run_dir_override("robopretrain", ["output_dir=null"]) is None
     assert hydra_run_dir_override("collect", ["output=/r/demos.hdf5"]) is None  # a file, not a run folder
+    home = os.path.expanduser("~")  # quoted as the refusal of a bare ~ says: Hydra made a folder "~" here
+    assert hydra_run_dir_override("robopretrain", ['output_dir="~/x"']) == f'hydra.run.dir="{home}/x"'
+    assert hydra_run_dir_override("robopretrain", ["output_dir='~/x y'"]) == f'hydra.run.dir="{home}/x y"'
     from robopretrain.cli import hydra_record_override
 
     assert hydra_record_override(["output_dir=/r/a"], when=0.0).startswith("hydra.output_subdir=.hydra/19")

@@ -130,7 +130,7 @@ def test_a_storage_refusal_is_one_line_and_other_os_errors_keep_their_traceback(
         bug()
 
 
-def test_an_unwritable_run_folder_is_named_before_hydra_opens_its_log(tmp_path, monkeypatch):
+def test_an_unwritable_run_folder_is_named_before_hydra_opens_its_log(tmp_path, monkeypatch, capsys):
     """A read-only run folder failed in Hydra's logging set-up with a traceback ("Unable to configure handler
     'file'") before any of the toolkit's code ran."""
     import errno
@@ -147,3 +147,13 @@ def test_an_unwritable_run_folder_is_named_before_hydra_opens_its_log(tmp_path, 
 
     monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
     assert unwritable_folder(f"'{tmp_path}/run'") == f"cannot write in {tmp_path} (Read-only file system)"
+    # no run folder given, run from a read-only working folder: Hydra's outputs/ there failed with a traceback
+    from robopretrain.cli import run_hydra
+
+    monkeypatch.chdir(tmp_path)
+    for name, setting in (("robopretrain", "output_dir"), ("collect", "hydra.run.dir")):
+        with pytest.raises(SystemExit) as stop:
+            run_hydra(lambda: pytest.fail("Hydra ran"), name, ["seed=1"])
+        assert stop.value.code == 2
+        assert f"cannot write in {tmp_path} (Read-only file system): Hydra writes its log and config record under " \
+            f"outputs/ in the working folder; run from a writable folder, or set {setting}=" in capsys.readouterr().err
