@@ -679,6 +679,11 @@ def test_convert_cli_and_errors(tmp_path, capsys):
     (tmp_path / "outdir").mkdir()  # a folder was an IsADirectoryError traceback after the whole conversion
     assert convert_main([str(src), str(tmp_path / "outdir"), "--overwrite"]) == 2
     assert "outdir: is a folder; give the .hdf5 file to write" in capsys.readouterr().err
+    real_access = os.access  # a read-only folder (as root every folder is writable: its answer is faked)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "access", lambda p, mode: Path(p) != tmp_path / "outdir" and real_access(p, mode))
+        assert convert_main([str(src), str(tmp_path / "outdir" / "sub" / "w.hdf5")]) == 2
+    assert f"w.hdf5: cannot write in {tmp_path / 'outdir'} (no permission)" in capsys.readouterr().err
     # a format other than the detected one: said so (it was the other reader's complaint, or a traceback)
     assert convert_main([str(src), str(tmp_path / "x.hdf5"), "--format", "ogbench"]) == 2
     assert "walker.hdf5: detected format d4rl, not ogbench; leave the format unset" in capsys.readouterr().err

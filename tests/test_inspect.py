@@ -76,6 +76,12 @@ def test_hdf5_summary_and_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFi
     assert sheet.is_file() and f"contact sheet -> {sheet}" in out
     with Image.open(sheet) as im:
         assert im.format == "PNG" and im.width > 300 and im.height > 200
+    # a sheet that cannot be written (a read-only data folder): the summary is printed all the same (a traceback)
+    (tmp_path / "a_file").write_text("")
+    assert main([str(path), "--frames", "3", "--out", str(tmp_path / "a_file" / "sheet.png")]) == 0
+    out = capsys.readouterr().out
+    assert "total" in out and f"contact sheet: not written, {tmp_path / 'a_file'} cannot be written (" in out
+    assert "--out /a/writable/sheet.png puts it elsewhere" in out
 
 
 def test_demos_flag_lists_every_demo_in_file_order(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

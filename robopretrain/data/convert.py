@@ -226,6 +226,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
         raise ConversionError(f"{dst}: the output would replace the source")
     if dst.exists() and not overwrite:
         raise ConversionError(f"{dst}: exists (pass --overwrite to replace it)")
+    folder = dst.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):  # before the conversion, not h5py's traceback after it
+        raise ConversionError(f"{dst}: cannot write in {folder} (no permission); give an output in a writable folder")
     # the source's absolute path: a cached copy names (and is pruned by) the file itself, not a path relative to
     # whichever folder the run started in
     if fmt == "robomimic":  # its cameras at image_size x image_size, next_obs derived where missing, the rest as stored

@@ -858,7 +858,11 @@ def inspect(path: str | os.PathLike, out: str | os.PathLike | None = None, frame
         title = f"{path.name}: obs/{key}, {per_task} episode(s) per task, {frames} frames each"
     if not rows:
         return text + "\ncontact sheet: skipped (no image observations)", None
-    return text, save_contact_sheet(rows, out_path, title)
+    try:
+        return text, save_contact_sheet(rows, out_path, title)
+    except OSError as exc:  # a read-only data folder: the summary still stands
+        return text + (f"\ncontact sheet: not written, {Path(out_path).parent} cannot be written "
+                       f"({exc.strerror or exc}); --out /a/writable/sheet.png puts it elsewhere"), None
 
 
 def build_parser() -> argparse.ArgumentParser:
