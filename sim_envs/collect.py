@@ -350,9 +350,17 @@ def build_env_args(tasks: Sequence[str], env_kwargs: Mapping[str, Any]) -> dict[
 
 
 def resolve_output_path(cfg: DictConfig, output_dir: str | Path | None) -> Path:
-    """``cfg.output`` when set, else ``output_dir / robot_demos.hdf5``."""
+    """``cfg.output`` when set, else ``output_dir / robot_demos.hdf5``. ``ValueError`` for an output that is a folder
+    or lies under a file (said before the collection, not by the write after it)."""
     if cfg.get("output"):
-        return Path(str(cfg.output)).expanduser()
+        path = Path(str(cfg.output)).expanduser()
+        if path.is_dir():
+            raise ValueError(f"collect config: output={path} is a folder; give the .hdf5 file to write (e.g. "
+                             f"output={path / DEFAULT_FILENAME})")
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise ValueError(f"collect config: output={path}: {above} is a file, not a folder")
+        return path
     if output_dir is None:
         raise ValueError("collect config: output is not set and no output folder was given; "
                          "set output=/path/to/file.hdf5")

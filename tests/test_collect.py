@@ -208,6 +208,16 @@ def test_failed_collection_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_that_is_a_folder_or_under_a_file_is_refused_before_collecting(tmp_path):
+    """The refusal said "pass overwrite=True"; with it the whole collection ran and then failed ("Is a directory")."""
+    with pytest.raises(ValueError, match=r"output=.* is a folder; give the .hdf5 file to write \(e.g. output=.*"
+                                         r"robot_demos.hdf5\)"):
+        collect(tiny_config(output=str(tmp_path), overwrite=True), progress=False)
+    (tmp_path / "f.hdf5").write_text("")
+    with pytest.raises(ValueError, match=r"f.hdf5 is a file, not a folder"):
+        collect(tiny_config(output=str(tmp_path / "f.hdf5" / "x.hdf5")), progress=False)
+
+
 def test_unknown_task_is_named():
     with pytest.raises(ValueError, match="PushBlok") as err:
         resolve_tasks(["Reach", "PushBlok"])
