@@ -751,7 +751,8 @@ def _measure(cfg: DictConfig, spec: PolicySpec, policy: Any, ckpt: Any, target: 
     stats = aggregate(conditions, episodes, cfg.bootstrap)
     remove_previous_results(out_dir)  # only now: a run stopped during its episodes leaves the earlier results whole
     info: dict[str, Any] = {
-        "checkpoint": str(ckpt.path), "step": ckpt.step, "algo": ckpt.meta["algo"], "stage": ckpt.meta.get("stage"),
+        "checkpoint": os.path.abspath(ckpt.path), "step": ckpt.step, "algo": ckpt.meta["algo"],  # any cwd
+        "stage": ckpt.meta.get("stage"),
         "target_return": spec.target_return,
         "cameras": [k for k, _ in ckpt.meta["obs_spec"].get("rgb", [])],
         "target": agent_target(policy, target).to_dict(),  # with the action units the episodes acted through

@@ -5,6 +5,7 @@ the same observation path as in training; targets outside sim_envs run nominal o
 from __future__ import annotations
 
 import json
+import os
 import logging
 import multiprocessing as mp
 from pathlib import Path
@@ -77,8 +78,12 @@ def test_distractor_levels_place_that_many_distractors(parallel_run):
             assert e["num_distractors"] == 0, e
 
 
-def test_rerun_gives_identical_numbers(parallel_run, tiny_checkpoint, tmp_path):
-    again = evaluate_robustness(eval_config(tiny_checkpoint, tmp_path / "b", workers=0, **{"video.enabled": "false"}))
+def test_rerun_gives_identical_numbers(parallel_run, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_checkpoint.parent)  # the checkpoint given relative to the working folder: recorded whole
+    again = evaluate_robustness(eval_config(Path(tiny_checkpoint.name), tmp_path / "b", workers=0,
+                                            **{"video.enabled": "false"}))
+    recorded = json.loads((tmp_path / "b" / "eval_info.json").read_text())["checkpoint"]
+    assert os.path.isabs(recorded) and Path(recorded).parent.parent == tiny_checkpoint.resolve()
     assert again["episodes"] == parallel_run["episodes"]
     assert again["nominal"] == parallel_run["nominal"] and again["factors"] == parallel_run["factors"]
 
