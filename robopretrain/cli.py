@@ -685,18 +685,25 @@ def hydra_run_dir_override(config_name: str, overrides: list[str]) -> str | None
     return f"hydra.run.dir={value}"
 
 
+# outputs an entry point writes outside its run folder, which a sweep's jobs would share when set to one path
+SWEEP_SHARED_OUTPUTS = {"video_pretrain": ("output",)}  # stage 1's encoder folder
+
+
 def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
     """The problem (None: none) of a sweep whose jobs would share one run folder: ``-m`` with an override of several
-    values (``seed=0,1``) and the entry point's run folder (:data:`RUN_FOLDER_KEYS`) set to one path without an
-    interpolation. The second job resumed, refused or (the pipeline) reported the first one's run as its own."""
+    values (``seed=0,1``) and the entry point's run folder (:data:`RUN_FOLDER_KEYS`) or an output it writes outside
+    it (:data:`SWEEP_SHARED_OUTPUTS`) set to one path without an interpolation. The second job resumed, refused or
+    (the pipeline) reported the first one's run as its own; stage 1's second job replaced the first's encoder."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    key = RUN_FOLDER_KEYS.get(config_name)
-    if key is None:
+    run_key = RUN_FOLDER_KEYS.get(config_name)
+    keys = [k for k in (run_key, *SWEEP_SHARED_OUTPUTS.get(config_name, ())) if k]
+    if not keys:
         return None
     parser = OverridesParser.create()
-    sweeps, value = [], None
+    sweeps: list[str] = []
+    values: dict[str, str | None] = {}
     for o in overrides:
         try:
             parsed = parser.parse_override(o)
@@ -704,16 +711,25 @@ def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
             return None
         if parsed.is_sweep_override():
             sweeps.append(o)
-        if parsed.key_or_group == key:
-            value = None if parsed.is_sweep_override() else o.partition("=")[2]  # the last one wins, as in Hydra
-    if not sweeps or value is None or value.strip() in ("", "null", "None") or "${" in value:
+        if parsed.key_or_group in keys:  # the last one wins, as in Hydra
+            values[parsed.key_or_group] = None if parsed.is_sweep_override() else o.partition("=")[2]
+    if not sweeps:
         return None
-    module = next(m for m, c in ENTRY_POINTS.items() if c == config_name)
-    clash = ("resume or refuse the first one's run" if module in RESUMABLE else
-             "replace the first one's results")
-    return (f"{key}={value} in a sweep ({' '.join(sweeps)}): every job would write to that one folder, and the "
-            f"second would {clash}; leave {key} unset (each job writes to its own hydra.sweep.dir/<job number>: "
-            f"e.g. hydra.sweep.dir={value}) or let it vary per job ('{key}={value}/${{hydra:job.num}}')")
+    for key in keys:
+        value = values.get(key)
+        if value is None or value.strip() in ("", "null", "None") or "${" in value:
+            continue
+        if key != run_key:
+            return (f"{key}={value} in a sweep ({' '.join(sweeps)}): every job would write its output to that one "
+                    f"folder, the second replacing the first's; leave {key} unset (each job writes it into its own "
+                    f"run folder) or let it vary per job ('{key}={value}/${{hydra:job.num}}')")
+        module = next(m for m, c in ENTRY_POINTS.items() if c == config_name)
+        clash = ("resume or refuse the first one's run" if module in RESUMABLE else
+                 "replace the first one's results")
+        return (f"{key}={value} in a sweep ({' '.join(sweeps)}): every job would write to that one folder, and the "
+                f"second would {clash}; leave {key} unset (each job writes to its own hydra.sweep.dir/<job number>: "
+                f"e.g. hydra.sweep.dir={value}) or let it vary per job ('{key}={value}/${{hydra:job.num}}')")
+    return None
 
 
 def launch(module: str, argv: list[str]) -> Any:

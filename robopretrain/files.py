@@ -166,12 +166,15 @@ class RunFolderBusy(ValueError):
 
 
 @contextmanager
-def run_folder_lock(folder: str | os.PathLike, active: bool = True, resumes: bool = True) -> Iterator[None]:
+def run_folder_lock(folder: str | os.PathLike, active: bool = True, resumes: bool = True, lock_name: str = LOCK_FILE,
+                    what: str | None = None) -> Iterator[None]:
     """Hold ``folder``'s writer lock (an advisory ``flock`` on ``folder/.writer.lock``, made with the folder when
     missing) for the ``with`` block; the lock file says who holds it. The operating system releases the lock when the
     holder exits, however it ends (a kill included), so a rerun after a crash is never refused. ``active=False``
     (the ranks of a data-parallel run other than 0, which do not write) does nothing. ``resumes``: whether a rerun
-    of the command continues the run (said in the refusal; an evaluation starts over).
+    of the command continues the run (said in the refusal; an evaluation starts over). ``lock_name``: the lock
+    file's name in ``folder``; ``what``: the output it guards, when not the folder itself (a stage-1 encoder written
+    outside its run folder: ``folder`` is then the encoder's parent, ``lock_name`` one of the encoder's own).
 
     Raises:
         RunFolderBusy: another process holds it now: its pid, host and start are named, with what to do.
@@ -181,14 +184,15 @@ def run_folder_lock(folder: str | os.PathLike, active: bool = True, resumes: boo
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+    fd = os.open(folder / lock_name, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "a process"
             then = "it resumes" if resumes else "it starts over, replacing that run's results"
-            raise RunFolderBusy(f"{folder}: another process is writing this run folder now ({holder}); wait for it to "
+            raise RunFolderBusy(f"{what or folder}: another process is writing "
+                                f"{'this run folder' if what is None else 'it'} now ({holder}); wait for it to "
                                 f"end (rerun the command then: {then}), stop it, or give another output folder"
                                 ) from None
         os.ftruncate(fd, 0)

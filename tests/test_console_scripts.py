@@ -247,6 +247,27 @@ def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrid
         assert "${seed}" not in problem  # evaluate has no seed: the hint's interpolation failed with a traceback
     evaluate = shared_sweep_folder("evaluate", ["eval_seed=0,5000", "output_dir=runs/e"])
     assert "the second would replace the first one's results" in evaluate  # it does not resume
+    # stage 1's encoder written outside its run folder (output=): the second job replaced the first's encoder
+    encoder = shared_sweep_folder("video_pretrain", ["objective=icvf,vip", "output=enc"])
+    assert encoder.startswith("output=enc in a sweep (objective=icvf,vip): every job would write its output to that "
+                              "one folder, the second replacing the first's")
+    assert shared_sweep_folder("video_pretrain", ["objective=icvf,vip", "output=enc/${objective.name}"]) is None
+    assert shared_sweep_folder("video_pretrain", ["objective=icvf", "output=enc"]) is None
+
+
+def test_two_stage1_runs_given_one_encoder_output_are_refused(tmp_path):
+    """Two stage-1 runs (other run folders, one output=): the second replaced the first's encoder."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from robopretrain.distributed import DistInfo
+    from robopretrain.files import RunFolderBusy, run_folder_lock
+    from video_pretrain.train import _train_holding
+
+    cfg = OmegaConf.create({"output_dir": str(tmp_path / "b"), "output": str(tmp_path / "enc")})
+    with run_folder_lock(tmp_path, lock_name=".enc.writer.lock", what=str(tmp_path / "enc")):  # the first run
+        with pytest.raises(RunFolderBusy, match=rf"^{tmp_path / 'enc'}: another process is writing it now \(pid "):
+            _train_holding(cfg, tmp_path / "b", DistInfo(), torch.device("cpu"))
 
 
 def test_a_shared_sweep_folder_is_refused_before_any_job_in_one_line(results):

@@ -38,6 +38,7 @@ meta); only rank 0 writes logs and checkpoints, and a rerun under torchrun resum
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -540,7 +541,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
 
 def _train_holding(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device: torch.device) -> Path:
     """:func:`_train` with rank 0 holding the run folder's writer lock (a second process refused, not resuming too)."""
-    with run_folder_lock(RunPaths.from_config(cfg, run_dir).run_dir, active=dinfo.is_main):
+    paths = RunPaths.from_config(cfg, run_dir)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(run_folder_lock(paths.run_dir, active=dinfo.is_main))
+        if cfg.get("output"):  # an encoder written outside the run folder: two runs given one output= replaced it
+            locks.enter_context(run_folder_lock(paths.encoder.parent, active=dinfo.is_main,
+                                                lock_name=f".{paths.encoder.name}.writer.lock", what=str(paths.encoder)))
         return _train(cfg, run_dir, dinfo, device)
 
 
