@@ -433,6 +433,20 @@ def training_sampler(agent: Agent, dataset: OfflineDataset, seed: int) -> Any:
     return sampler
 
 
+def warn_short_warmup(dt_cfg: Any, steps: int) -> bool:
+    """Warn (and return True) when a Decision Transformer run of ``steps`` updates ends before its learning rate's
+    linear warm-up (``algo.warmup_steps``, CORL's 10k) does: it trains at a fraction of ``algo.lr`` throughout (2000
+    updates of the default reach 1/5 of it, and learn little)."""
+    warmup = int(dt_cfg.warmup_steps)
+    if steps >= warmup:
+        return False
+    log.warning("algo.warmup_steps=%d, but this run makes %d updates: its learning rate rises linearly to algo.lr=%g "
+                "over the warm-up, so it ends at %.0f%% of it; set algo.warmup_steps to a tenth of the run or less "
+                "(e.g. algo.warmup_steps=%d)", warmup, steps, float(dt_cfg.lr), 100 * steps / max(warmup, 1),
+                max(1, steps // 10))
+    return True
+
+
 def warn_episode_length(dt_cfg: Any, timesteps: np.ndarray) -> bool:
     """Warn (and return True) when the data's episodes run past DT's ``max_ep_len`` timestep embeddings
     (``timesteps``: each step's index inside its episode, ``(N,)``): the later steps all share the last embedding, so

@@ -191,6 +191,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     if init is None and latest is None:  # frozen features standardised by this data (an init checkpoint, or the
         build.fit_feature_normalization(agent, dataset)  # checkpoint resumed below, brings its own statistics)
     sampler: Any = build.training_sampler(agent, dataset, seed)
+    if agent.algo == "dt":
+        build.warn_short_warmup(agent.algo_cfg, settings.steps)
     mix = cfg.data.get("mix")
     mix_ids: dict[str, int] = {}  # the mixed-in data's tasks (PTR's target adaptation: the target)
     if mix is not None and mix.get("path"):

@@ -327,6 +327,20 @@ def test_episodes_longer_than_max_ep_len_are_warned(caplog):
     assert "longest episode has 6 steps, algo.max_ep_len=4: steps from 3 on (40% of the data)" in caplog.text
 
 
+def test_a_run_shorter_than_its_warmup_is_warned(caplog):
+    """2000 updates under the default 10k warm-up trained at most 1/5 of algo.lr, without a word."""
+    import logging
+
+    from robopretrain.build import warn_short_warmup
+
+    with caplog.at_level(logging.WARNING):
+        assert not warn_short_warmup(DTConfig(warmup_steps=100), 100)
+        assert not caplog.records
+        assert warn_short_warmup(DTConfig(), 2000)
+    assert "algo.warmup_steps=10000, but this run makes 2000 updates" in caplog.text
+    assert "ends at 20% of it" in caplog.text and "algo.warmup_steps=200" in caplog.text
+
+
 def test_agent_encodes_every_step_and_warms_up_the_learning_rate():
     spec = ObsSpec(low_dim=(("x", 1),), num_tasks=3)
     stats = {"x": {"mean": [3.0], "std": [2.0]}}
@@ -366,9 +380,13 @@ OBS = {"states": {"low_dim": ["proprio", "object"], "rgb": []},
 
 
 @pytest.mark.parametrize("kind", ["states", "camera"])
-def test_stage2_runs_resumes_exactly_and_evaluates(reach_data, tmp_path, kind):
+def test_stage2_runs_resumes_exactly_and_evaluates(reach_data, tmp_path, kind, caplog):
+    import logging
+
     cfg = dict(algo="dt", obs=OBS[kind])
-    straight = run(stage2_config(reach_data[kind], tmp_path / "a", steps=4, **cfg))
+    with caplog.at_level(logging.WARNING):
+        straight = run(stage2_config(reach_data[kind], tmp_path / "a", steps=4, **cfg))
+    assert "algo.warmup_steps=10000, but this run makes 4 updates" in caplog.text  # stage 2 says it
     run(stage2_config(reach_data[kind], tmp_path / "b", steps=2, **cfg))
     resumed = run(stage2_config(reach_data[kind], tmp_path / "b", steps=4, **cfg))
     a, b = load_latest(straight.parent), load_latest(resumed.parent)
