@@ -386,7 +386,9 @@ def test_stage2_runs_resumes_exactly_and_evaluates(reach_data, tmp_path, kind, c
     cfg = dict(algo="dt", obs=OBS[kind])
     with caplog.at_level(logging.WARNING):
         straight = run(stage2_config(reach_data[kind], tmp_path / "a", steps=4, **cfg))
-    assert "algo.warmup_steps=10000, but this run makes 4 updates" in caplog.text  # stage 2 says it
+        assert "warm-up" not in caplog.text  # (the tiny config warms up over 2 updates)
+        run(stage2_config(reach_data[kind], tmp_path / "w", steps=1, algo_cfg={"warmup_steps": 3}, **cfg))
+    assert "algo.warmup_steps=3, but this run makes 1 updates" in caplog.text  # stage 2 says it
     run(stage2_config(reach_data[kind], tmp_path / "b", steps=2, **cfg))
     resumed = run(stage2_config(reach_data[kind], tmp_path / "b", steps=4, **cfg))
     a, b = load_latest(straight.parent), load_latest(resumed.parent)
