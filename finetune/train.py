@@ -123,6 +123,8 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
                              f"{target.name!r} (its tasks: {', '.join(sorted(tasks))}); give the "
                              "target's demos (data.path=/path/to/target_demos.hdf5, or target.demos)"
                              + _generate_advice(target))
+        log.info("offline data: %s, the checkpoint's own data file (data.path and target.demos are not set): its %s "
+                 "demos", path, target.name)
         return path
     recorded = ckpt_meta.get("data_path")
     raise ValueError("config key data.path is not set and the checkpoint's data file is not available"

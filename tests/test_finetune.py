@@ -464,7 +464,7 @@ def test_randomization_on_a_target_that_has_none_is_said_not_applied(robosuite_d
 
 @pytest.mark.parametrize("keep_env_key", [False, True], ids=["moved", "both_columns"])
 def test_stage_twos_obs_map_reads_its_data_file_again_in_stage_3(robosuite_demos, tmp_path, monkeypatch,
-                                                                  keep_env_key):
+                                                                  keep_env_key, caplog):
     """A data file recorded under other keys than the env's (stage 2 mapped them with data.obs_map): stage 3 falls back
     to the checkpoint's data file for the target's demos and maps it the way stage 2 did, without being told again
     (the target's obs_map names the env's keys, which the file lacks); also where the file holds the env's key too
@@ -491,9 +491,12 @@ def test_stage_twos_obs_map_reads_its_data_file_again_in_stage_3(robosuite_demos
     real = stage3.build.load_data
     monkeypatch.setattr(stage3.build, "load_data", lambda path, spec, data_cfg, *a, **kw: (
         read_with.append(dict(data_cfg.get("obs_map") or {})), real(path, spec, data_cfg, *a, **kw))[1])
-    out = finetune(stage3_config(ckpt, tmp_path / "run", ROBOSUITE_TARGET, env_steps=12))
+    with caplog.at_level(logging.INFO, logger="finetune.train"):
+        out = finetune(stage3_config(ckpt, tmp_path / "run", ROBOSUITE_TARGET, env_steps=12))
     assert out["history"][-1]["env_steps"] == 12
     assert read_with and read_with[0]["eef_pos"] == "eef_recorded"
+    assert f"offline data: {demos.resolve()}, the checkpoint's own data file (data.path and target.demos are not " \
+        "set)" in caplog.text  # which file it read is said (it was only in meta.json)
 
 
 def test_stage_3_reads_the_data_file_of_a_moved_stage_2_run_at_its_new_place(robosuite_demos, tmp_path):
