@@ -581,6 +581,40 @@ def test_integer_and_flag_low_dim_parts_are_read_as_float32_like_the_converters_
             r"store it as \(N, 1\)", keys=["step"])
 
 
+def test_shapes_a_new_user_stores_get_the_fix_in_the_refusal(tmp_path):
+    """A nested obs dict saved as groups (obs/arm/pos) crashed inspect and was left out of the keys listed; a (k, m)
+    low-dim part and (N,) actions of a 1-D robot were refused without the reshape that reads them."""
+    from robopretrain.data.dataset import spec_of_data
+    from robopretrain.data.inspect import format_hdf5_summary, summarize_hdf5
+
+    def shaped(f):
+        for demo in ("demo_0", "demo_1", "demo_10"):
+            n = f[f"data/{demo}"].attrs["num_samples"]
+            for group in ("obs", "next_obs"):
+                f[f"data/{demo}/{group}/arm/pos"] = np.zeros((n, 2), np.float32)
+                f[f"data/{demo}/{group}/mat"] = np.zeros((n, 2, 2), np.float32)
+
+    path = write_dataset(tmp_path / "n.hdf5", mutate=shaped)
+    assert read_info(path).nested_obs == ["arm/pos"]
+    with pytest.raises(ValueError, match=r"'arm.pos' .* not found; available: .*; obs/ also holds groups, whose "
+                                         r"datasets \(arm/pos\) are not read: store each directly under obs/ with a "
+                                         r"flat name \(e.g. obs/arm.pos;"):
+        spec_of_data(path, ["arm.pos"], [], None)
+    with pytest.raises(ValueError, match=r"'mat' is float32 \(2, 2\); .* store it flat as \(N, d\), "
+                                         r"values.reshape\(len\(values\), -1\)"):
+        spec_of_data(path, ["mat"], [], None)
+    assert spec_of_data(path, ["proprio"], [], None).low_dim == (("proprio", 3),)  # the other parts still read
+    text = format_hdf5_summary(summarize_hdf5(path))
+    assert "warning: obs/ holds groups, whose datasets (arm/pos) the stages do not read" in text
+
+    def one_dim(f):
+        del f["data/demo_0/actions"]
+        f["data/demo_0/actions"] = np.zeros(3, np.float32)
+
+    _expect(write_dataset(tmp_path / "a.hdf5", mutate=one_dim), r"got float32 \(3,\); one action dimension: store it "
+            r"as \(3, 1\), actions\[:, None\]")
+
+
 def test_check_layout_validates_every_demo_without_reading_data(tmp_path):
     """check_layout (inspect's check) refuses what the reader refuses in any demo of 2 or more steps, checks only the
     observation parts it is given, and skips demos too short to read (a mask or data.skip_short_demos leaves them

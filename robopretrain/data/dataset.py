@@ -121,8 +121,17 @@ def spec_of_data(path: str | os.PathLike, low_dim: Sequence[str], rgb: Sequence[
     :func:`robopretrain.data.spec.spec_from_shapes`."""
     info = info or read_info(path)
     n = default_num_tasks(info) if num_tasks is None else int(num_tasks)
-    return spec_from_shapes(info.obs_specs, low_dim, rgb, n, where=str(info.path), key_map=obs_map,
-                            map_setting=map_setting, parts_settable=parts_settable)
+    try:
+        return spec_from_shapes(info.obs_specs, low_dim, rgb, n, where=str(info.path), key_map=obs_map,
+                                map_setting=map_setting, parts_settable=parts_settable)
+    except ValueError as exc:
+        if not info.nested_obs or "not found" not in str(exc):
+            raise
+        flat = info.nested_obs[0].replace("/", ".")  # the part may be one of them, which the reader cannot see
+        raise ValueError(f"{exc}; obs/ also holds groups, whose datasets ({', '.join(info.nested_obs[:4])}"
+                         f"{', ...' if len(info.nested_obs) > 4 else ''}) are not read: store each directly under "
+                         f"obs/ with a flat name (e.g. obs/{flat}; h5py writes a key 'a/b' as a group a holding b)"
+                         ) from None
 
 
 def check_reward_free(where: str, unrewarded: Sequence[str], selected: int, ep_meta: Sequence[Mapping[str, Any]],

@@ -78,6 +78,7 @@ class DatasetInfo:
     obs_specs: dict[str, tuple[tuple[int, ...], np.dtype]]
     action_dim: int
     stale_masks: dict[str, list[str]] = field(default_factory=dict)  # mask -> names it lists that no demo has
+    nested_obs: list[str] = field(default_factory=list)  # datasets in groups under obs/ ("arm/pos"): not read
 
     def demo(self, name: str) -> DemoInfo:
         for d in self.demos:
@@ -317,7 +318,8 @@ def _check_actions(path: str, demo: h5py.Group, info: DemoInfo, act_dim: int | N
     if acts.dtype.kind == "f" and acts.ndim == 2 and acts.shape[0] != n:  # the rows or the attribute is wrong
         raise _err(path, key, _rows_problem(acts.shape[0], n))
     if acts.dtype.kind != "f" or acts.ndim != 2:
-        raise _err(path, key, f"expected float actions ({n}, A), got {acts.dtype} {acts.shape}")
+        flat = f"; one action dimension: store it as ({n}, 1), actions[:, None]" if acts.shape == (n,) else ""
+        raise _err(path, key, f"expected float actions ({n}, A), got {acts.dtype} {acts.shape}{flat}")
     if act_dim is not None and acts.shape[1] != act_dim:
         raise _err(path, "data/*/actions", _action_sizes_problem(demo.parent))
     return int(acts.shape[1])
@@ -405,8 +407,13 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         masks, stale = _read_masks(p, f, set(names))
         first = data[names[0]]
         obs_specs = _obs_specs(p, first, f"data/{names[0]}/obs")
+        nested: list[str] = []
+        for key, item in first["obs"].items():
+            if isinstance(item, h5py.Group):
+                item.visititems(lambda rel, obj, key=key: nested.append(f"{key}/{rel}")
+                                if isinstance(obj, h5py.Dataset) else None)
         action_dim = _check_actions(p, first, demos[0], None)  # (n, A) float, or refused here naming the demo
-    return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale)
+    return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale, sorted(nested))
 
 
 def default_task_name(path: str, env_args: Mapping[str, Any]) -> str:

@@ -128,6 +128,8 @@ class Hdf5Summary:
     shared_slots: dict[int, list[str]] = field(default_factory=dict)
     # obs key -> the demos whose next_obs lacks it (the stages read a copy with it derived: resize_robomimic)
     missing_next: dict[str, list[str]] = field(default_factory=dict)
+    # datasets inside groups under obs/ (obs/arm/pos: "arm/pos"), which the stages do not read
+    nested_obs: list[str] = field(default_factory=list)
     # the stages' reader's first refusal of the file (robopretrain.data.hdf5.check_layout), None when it reads it
     layout_problem: str | None = None
     # per-dimension min and max of every demo's finite actions (None: no actions read)
@@ -223,6 +225,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     wrong_rows: dict[str, tuple[int, list[int]]] = {}
     action_shapes: dict[str, tuple[tuple[int, ...], str]] = {}
     missing_next: dict[str, list[str]] = {}
+    nested: set[str] = set()
     lows: list[np.ndarray] = []
     highs: list[np.ndarray] = []
     failed_terminals: list[str] = []
@@ -258,14 +261,18 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         stats.sparse_ends.append(bool(values[-1] > 0) if sparse else None)
         if "obs" in demo:
             for key, ds in demo["obs"].items():
+                if not isinstance(ds, h5py.Dataset):  # a group: what h5py makes of a key "arm/pos"
+                    ds.visititems(lambda rel, obj, key=key: nested.add(f"{key}/{rel}")
+                                  if isinstance(obj, h5py.Dataset) else None)
+                    continue
                 spec = (tuple(ds.shape[1:]), str(ds.dtype))
                 if key in obs and obs[key] != spec:
                     inconsistent.add(key)
                 obs.setdefault(key, spec)
         if isinstance(demo.get("obs"), h5py.Group):
             nxt = demo.get("next_obs")
-            for key in demo["obs"]:
-                if not isinstance(nxt, h5py.Group) or key not in nxt:
+            for key, ds in demo["obs"].items():
+                if isinstance(ds, h5py.Dataset) and (not isinstance(nxt, h5py.Group) or key not in nxt):
                     missing_next.setdefault(key, []).append(name)
         if isinstance(demo.get("actions"), h5py.Dataset):
             action_shapes[name] = (tuple(demo["actions"].shape[1:]), str(demo["actions"].dtype))
@@ -276,7 +283,8 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                 highs.append(np.where(np.isfinite(a), a, -np.inf).max(0))
         for group in ("obs", "next_obs"):
             for key, ds in (demo[group].items() if isinstance(demo.get(group), h5py.Group) else []):
-                _find_non_finite(ds, f"{group}/{key}", name, non_finite)
+                if isinstance(ds, h5py.Dataset):  # (a group's datasets are not read: said as nested_obs)
+                    _find_non_finite(ds, f"{group}/{key}", name, non_finite)
         for key in ("actions", "rewards"):
             if isinstance(demo.get(key), h5py.Dataset):
                 _find_non_finite(demo[key], key, name, non_finite)
@@ -320,7 +328,8 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
     return Hdf5Summary(path, tasks, obs, actions, masks, total, env_name, sorted(inconsistent), non_finite, stale,
                        odd_actions, inner_dones, half_task, wrong_rows, shared_slots=shared, missing_next=missing_next,
                        action_low=_bounds(lows, np.minimum), action_high=_bounds(highs, np.maximum),
-                       action_units=units, units_problem=units_problem, failed_terminals=failed_terminals)
+                       action_units=units, units_problem=units_problem, failed_terminals=failed_terminals,
+                       nested_obs=sorted(nested))
 
 
 def _bounds(parts: list[np.ndarray], combine: Any) -> list[float] | None:
@@ -547,6 +556,12 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      f"hold the other ({', '.join(list(s.half_task)[:3])}{', ...' if len(s.half_task) > 3 else ''}): "
                      "training refuses them; give each demo both task (its name) and task_id (its slot in the task "
                      "one-hot), or neither (one task)")
+    if s.nested_obs:
+        flat = s.nested_obs[0].replace("/", ".")
+        lines.append(f"warning: obs/ holds groups, whose datasets ({', '.join(s.nested_obs[:4])}"
+                     f"{', ...' if len(s.nested_obs) > 4 else ''}) the stages do not read: store each directly under "
+                     f"obs/ with a flat name (e.g. obs/{flat}, the name an env's nested Dict part gets; h5py writes a "
+                     "key 'a/b' as a group a holding b)")
     if s.missing_next:
         keys = sorted(s.missing_next)
         demos = sorted({d for names in s.missing_next.values() for d in names}, key=lambda d: int(d.split("_")[1]))

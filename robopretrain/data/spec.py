@@ -156,7 +156,10 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
     for key in low_dim:
         src, shape, dtype = lookup(key, "low_dim")
         if len(shape) != 1 or np.dtype(dtype).kind not in "fiub":  # ints and flags are read as float32
-            scalar = "; a scalar per step: store it as (N, 1), values[:, None]" if len(shape) == 0 else ""
+            scalar = ("; a scalar per step: store it as (N, 1), values[:, None]" if len(shape) == 0 else
+                      "; an array per step: store it flat as (N, d), values.reshape(len(values), -1) (an env's "
+                      "Box of that shape is flattened so)" if len(shape) == 2 and np.dtype(dtype).kind in "fib"
+                      else "")
             raise ValueError(f"{where}: low_dim part {src!r} is {np.dtype(dtype)} {tuple(shape)}; expected a numeric "
                              f"vector (d,) (images go in the rgb list){scalar}")
         low.append((key, int(shape[0])))
