@@ -62,6 +62,19 @@ class NestedShapesEnv(CountEnv):
                 "pair": (np.array([0.5, t / 10], np.float32), 1), "cam": np.full((16, 16, 3), self.t, np.uint8)}
 
 
+class CollidingKeysEnv(NestedShapesEnv):
+    """NestedShapesEnv with a key of its own named ``arm.pos`` beside the nested ``arm`` -> ``pos``: both flatten to
+    one key, and one replaced the other unseen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
+                                                  "arm.pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)})
+
+    def _obs(self):
+        return {**super()._obs(), "arm.pos": np.full(3, 7.0, np.float32)}
+
+
 class ShapeShiftEnv(CountEnv):
     """CountEnv whose observation grows by one entry at every step after an odd reset seed: with two envs the
     vector env's stacking fails in the parent process, after the workers have answered."""

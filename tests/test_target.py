@@ -524,6 +524,19 @@ def test_an_env_whose_actions_are_not_a_float_box_is_refused_by_name(kind, shown
         make_env(target)
 
 
+def test_two_parts_that_flatten_to_one_key_are_refused():
+    """{"arm": {"pos": ...}, "arm.pos": ...}: the agent got one arm.pos, the nested one dropped without a word (and
+    the converters did the same to recorded data)."""
+    from robopretrain.data.episodes import ConversionError, flatten_obs
+
+    with pytest.raises(ValueError, match=r"two parts flatten to the key 'arm.pos' \(a nested part and a key with dots "
+                                         r"of its own\); rename one in the env"):
+        make_env(Target(name="clash", env_id="_fake_envs:CollidingKeysEnv", task_id=0))
+    with pytest.raises(ConversionError, match=r"^episode 3: two observation parts flatten to the key 'arm.pos'"):
+        flatten_obs({"arm": {"pos": np.zeros(2)}, "arm.pos": np.ones(2)}, "episode 3")
+    assert set(flatten_obs({"arm": {"pos": 1}, "arm_pos": 2}, "x")) == {"arm.pos", "arm_pos"}
+
+
 def test_nested_and_shaped_observations_reach_the_agent_as_the_converters_recorded_them():
     """An agent trained on an env's converted data (D4RL, Minari: nested parts as dotted keys, every non-picture part
     a float32 vector) could not act in that env: the env gave (3, 2) parts, ints and nested dicts as they were

@@ -201,15 +201,14 @@ def as_part(array: np.ndarray, where: str) -> np.ndarray:
 def flatten_obs(obs: Any, where: str, prefix: str = "", plain: str = "observations") -> dict[str, np.ndarray]:
     """A nested dict/tuple of per-step arrays (gymnasium Dict/Tuple spaces) as ``{dotted key: array}``; a plain
     array is ``{plain: array}`` (the source's own name, ``observations``)."""
-    if isinstance(obs, Mapping):
+    if isinstance(obs, (Mapping, tuple)):
         out: dict[str, np.ndarray] = {}
-        for k, v in obs.items():
-            out.update(flatten_obs(v, where, f"{prefix}{k}.", plain))
-        return out
-    if isinstance(obs, tuple):
-        out = {}
-        for i, v in enumerate(obs):
-            out.update(flatten_obs(v, where, f"{prefix}{i}.", plain))
+        for k, v in (obs.items() if isinstance(obs, Mapping) else enumerate(obs)):
+            for key, arr in flatten_obs(v, where, f"{prefix}{k}.", plain).items():
+                if key in out:  # {"arm": {"pos": ...}, "arm.pos": ...}: one replaced the other unseen
+                    raise ConversionError(f"{where}: two observation parts flatten to the key {key!r} (a nested "
+                                          "part and a key with dots of its own); rename one")
+                out[key] = arr
         return out
     return {prefix[:-1] or plain: np.asarray(obs)}
 

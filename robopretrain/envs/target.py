@@ -670,10 +670,16 @@ def _flat_spaces(space: gym.Space, prefix: str = "") -> dict[str, gym.Space]:
     """The leaves of nested ``Dict`` / ``Tuple`` spaces as ``{dotted key: space}`` (``arm.pos``, ``0.pos``): the
     names :func:`robopretrain.data.episodes.flatten_obs` gives recorded observations (and :meth:`TargetEnv._obs` one
     step's values)."""
-    if isinstance(space, gym.spaces.Dict):
-        return {k: v for key, sub in space.spaces.items() for k, v in _flat_spaces(sub, f"{prefix}{key}.").items()}
-    if isinstance(space, gym.spaces.Tuple):
-        return {k: v for i, sub in enumerate(space.spaces) for k, v in _flat_spaces(sub, f"{prefix}{i}.").items()}
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        items = space.spaces.items() if isinstance(space, gym.spaces.Dict) else enumerate(space.spaces)
+        out: dict[str, gym.Space] = {}
+        for key, sub in items:
+            for k, v in _flat_spaces(sub, f"{prefix}{key}.").items():
+                if k in out:  # {"arm": {"pos": ...}, "arm.pos": ...}: one would replace the other unseen
+                    raise ValueError(f"observation space: two parts flatten to the key {k!r} (a nested part and a "
+                                     "key with dots of its own); rename one in the env (an ObservationWrapper)")
+                out[k] = v
+        return out
     return {prefix[:-1]: space}
 
 
