@@ -181,6 +181,10 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
                 f"[0, {spec.num_tasks}): a stage-2 checkpoint's meta['task_ids'] maps its task names to slots, a "
                 "stage-3 checkpoint's is robopretrain.evaluate.default_target(ckpt).resolved_task_id()"
                 if TASK_ID in missing else "")
+        if any("." in k and k.split(".")[0] in obs for k in missing):  # an env's raw nested Dict observation
+            hint += ("; nested parts are read by their dotted names (arm -> pos is 'arm.pos'): flatten the env's "
+                     "observation first, robopretrain.data.episodes.flatten_obs(obs, 'step'), or act in the env "
+                     "robopretrain.envs.make_env builds, which does")
         raise KeyError(f"agent: observation is missing {missing}; it has {sorted(obs)}{hint}")
     parts = {k: obs[k] if torch.is_tensor(obs[k]) else np.asarray(obs[k]) for k in storage}
     key, (shape, _) = next(iter(storage.items()))
