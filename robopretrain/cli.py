@@ -363,6 +363,11 @@ def missing_group_problem(config_name: str, message: str, config_dir: Path = CON
             + f"its sections {', '.join(sections)} (Hydra's '+' would add a setting nothing reads)")
 
 
+# sections whose keys are passed on to another config or constructor (any key they are given is read there): a key new
+# to one is added with '+' (the docs' +stage3.algo_overrides..., +encoder.kwargs..., +data.videos...)
+OPEN_MAPPINGS = ("algo_overrides", "kwargs", "encoder_kwargs", "videos", "collect", "env_kwargs")
+
+
 def nested_key_problem(config_name: str, message: str, config_dir: Path = CONFIG_DIR) -> str | None:
     """One line for Hydra's "Could not override 'a.b'. ... use +a.b=..." when a dotted key is misspelt
     (``train.step=10``): Hydra's ``+`` hint adds a setting nothing reads (and the toolkit's checks then refuse it, a
@@ -399,6 +404,12 @@ def nested_key_problem(config_name: str, message: str, config_dir: Path = CONFIG
             where = f"{key!r} is not a setting of {config_name}: " + (f"{parent} has no {part!r}" if parent else
                                                                       f"it has no section {part!r}")
             close = difflib.get_close_matches(part, choices, n=3)
+            if parent and (not node or parent.split(".")[-1] in OPEN_MAPPINGS):  # keys passed on: '+' adds one
+                return (f"{where}: {parent} passes its keys on to what it configures"
+                        + (f" (set there now: {', '.join(choices)})" if choices else " (none set by default)")
+                        + f", so a new key needs Hydra's '+': +{key}=<value>"
+                        + (f" (or did you mean {' or '.join(repr('.'.join([*parts[:depth], c])) for c in close)}?)"
+                           if close else ""))
             if close:
                 return f"{where}; did you mean {' or '.join(repr('.'.join([*parts[:depth], c])) for c in close)}?"
             return f"{where}; its settings there: {', '.join(choices)} (Hydra's '+' would add a setting nothing reads)"

@@ -313,6 +313,14 @@ def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(ca
     ("finetune", "online.env_step=2", "online has no 'env_step'; did you mean 'online.env_steps'?"),
     ("robopretrain", "trian.steps=10", "it has no section 'trian'; did you mean 'train'"),
     ("robopretrain", "train.zzz=1", "train has no 'zzz'; its settings there: calibration_batch, checkpoint_every"),
+    # a mapping whose keys are passed on (the docs' +encoder.kwargs...): '+' is the fix, not "adds nothing"
+    ("robopretrain", "encoder.kwargs.out_dim=64", "encoder.kwargs has no 'out_dim': encoder.kwargs passes its keys on "
+                                                  "to what it configures (none set by default), so a new key needs "
+                                                  "Hydra's '+': +encoder.kwargs.out_dim=<value>"),
+    ("pipeline", "data.videos.play_fraction=0", "data.videos passes its keys on to what it configures (set there now: "
+                                               "num_clips, tasks), so a new key needs Hydra's '+': "
+                                               "+data.videos.play_fraction=<value>"),
+    ("pipeline", "stage2.algo_overrides.actor_bc_weight=2", "stage2.algo_overrides passes its keys on"),
 ])
 def test_a_key_the_config_lacks_is_not_answered_with_hydras_plus_hint(capsys, config_name, override, expected):
     """``reward_model algo=iql`` told the user to append ``+algo=iql`` (Hydra's hint), which adds a group the reward
