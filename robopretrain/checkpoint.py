@@ -275,23 +275,33 @@ def load_checkpoint_at(path: str | os.PathLike, with_state: bool = True) -> Chec
     """:func:`load_checkpoint` of :func:`resolve_checkpoint_dir` ``(path)``. When ``path`` names a run (not one
     ``ckpt_*`` folder) and its newest checkpoint cannot be read, the :class:`CheckpointError` names the newest one
     that can: an older checkpoint is not taken in its place silently (an evaluation or a stage-3 start would report
-    or start from another one than asked), but it is one setting away."""
-    chosen = resolve_checkpoint_dir(path)
-    try:
-        return load_checkpoint(chosen, with_state=with_state)
-    except CheckpointError as exc:
-        if (Path(path) / META_FILE).is_file():  # this very checkpoint was asked for
-            raise
-        for older in _latest_candidates(chosen.parent):
-            if older == chosen:
-                continue
-            try:
-                load_checkpoint(older, with_state=with_state)
-            except CheckpointError:
-                continue
-            raise CheckpointError(f"{exc}; the newest readable checkpoint of {path} is {older}: pass it (checkpoint="
-                                  f"{older}) to use it") from None
-        raise
+    or start from another one than asked), but it is one setting away. A newest checkpoint that a run still writing
+    removes while it is read (its rotation keeps the last few) is looked up again."""
+    asked = (Path(path) / META_FILE).is_file()  # this very checkpoint was asked for
+    for attempt in range(3):
+        chosen = resolve_checkpoint_dir(path)
+        try:
+            return load_checkpoint(chosen, with_state=with_state)
+        except (CheckpointError, FileNotFoundError) as exc:
+            if not asked and not chosen.exists() and attempt < 2:
+                continue  # rotated away by the run meanwhile: its newest again
+            if isinstance(exc, FileNotFoundError):
+                raise CheckpointError(f"{chosen}: removed while it was read ({exc.filename}): a run still writing "
+                                      "checkpoints rotates old ones away; read it again") from None
+            if asked:
+                raise
+            failure = exc
+            break
+    for older in _latest_candidates(chosen.parent):
+        if older == chosen:
+            continue
+        try:
+            load_checkpoint(older, with_state=with_state)
+        except CheckpointError:
+            continue
+        raise CheckpointError(f"{failure}; the newest readable checkpoint of {path} is {older}: pass it (checkpoint="
+                              f"{older}) to use it") from None
+    raise failure
 
 
 def _refuse_encoder_folder(path: Path) -> None:

@@ -235,6 +235,33 @@ def test_corrupt_newest_falls_back_with_warning(tmp_path):
     assert load_agent(older)[1].step == 1
 
 
+def test_a_checkpoint_rotated_away_while_it_is_read_is_looked_up_again(tmp_path, monkeypatch):
+    """load_agent on a run still writing checkpoints: the newest, chosen, was rotated away before it was read, a raw
+    FileNotFoundError of its meta.json (1 load in 386 in a helper's loop)."""
+    import robopretrain.checkpoint as ck
+
+    agent = tiny_agent()
+    save_agent(tmp_path, 1, CONFIG, agent, {})
+    chosen = save_agent(tmp_path, 2, CONFIG, agent, {})
+    real = ck.load_checkpoint
+
+    def rotated(path, with_state=True):
+        if path == chosen and chosen.exists():  # the writer saves step 3 and removes step 2 meanwhile
+            save_agent(tmp_path, 3, CONFIG, agent, {})
+            shutil.rmtree(chosen)
+            raise FileNotFoundError(2, "No such file or directory", str(chosen / "meta.json"))
+        return real(path, with_state=with_state)
+
+    monkeypatch.setattr(ck, "load_checkpoint", rotated)
+    assert ck.load_agent(tmp_path)[1].step == 3
+    gone = tmp_path / "ckpt_00000009"  # a checkpoint asked for by its folder that vanishes: said in one line
+    monkeypatch.setattr(ck, "load_checkpoint", lambda path, with_state=True: (_ for _ in ()).throw(
+        FileNotFoundError(2, "No such file or directory", str(gone / "meta.json"))))
+    monkeypatch.setattr(ck, "resolve_checkpoint_dir", lambda path: gone)
+    with pytest.raises(CheckpointError, match=r"ckpt_00000009: removed while it was read .*rotates old ones away"):
+        ck.load_checkpoint_at(tmp_path)
+
+
 def test_another_configuration_is_named_with_both_values(tmp_path):
     path = save_agent(tmp_path, 1, CONFIG, tiny_agent(), {})
     meta = load_checkpoint(path).meta
