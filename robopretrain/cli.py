@@ -582,6 +582,11 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
             report_and_exit(ValueError(shared), prefix="error: config")
         if ns.overrides and not (ns.multirun or ns.config_path or ns.config_dir or ns.experimental_rerun):
             validate_overrides(ns.config_name or config_name, list(ns.overrides))
+        if ns.multirun and config_name in RUN_FOLDER_KEYS and ns.overrides:
+            record = hydra_record_override(list(ns.overrides))  # each job's record in a folder of this command's:
+            places = [i for i, a in enumerate(sys.argv) if a in ns.overrides]  # (Hydra reads sys.argv)
+            if record is not None and places:  # a rerun's job refused (another algo) rewrote the record that ran
+                sys.argv.insert(max(places) + 1, record)
         if not ns.multirun:
             follow = hydra_run_dir_override(config_name, list(ns.overrides))
             if follow is None and not any(o.lstrip("+~").startswith("hydra.run.dir=") for o in ns.overrides):

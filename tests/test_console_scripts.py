@@ -399,6 +399,23 @@ def test_hydras_run_folder_follows_the_run_folder_setting():
     assert hydra_record_override(["output_dir=/r/a", "hydra.output_subdir=null"]) is None  # given: kept
 
 
+def test_each_sweep_job_keeps_the_config_record_of_every_command(monkeypatch):
+    """A rerun of a sweep whose job 0 is refused (another algo for its folder) rewrote sw/0/.hydra/config.yaml: the
+    record said bc of a folder holding iql checkpoints. Each command's jobs now record in a folder of their own."""
+    import sys
+
+    from robopretrain.cli import run_hydra
+
+    seen = []
+    argv = ["prog", "-m", "algo=iql,bc", "hydra.sweep.dir=sw"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    run_hydra(lambda: seen.append(list(sys.argv)), "robopretrain", argv[1:])
+    assert seen[0][:4] == argv and seen[0][4].startswith("hydra.output_subdir=.hydra/") and len(seen[0]) == 5
+    monkeypatch.setattr(sys, "argv", [*argv, "hydra.output_subdir=rec"])  # given: kept
+    run_hydra(lambda: seen.append(list(sys.argv)), "robopretrain", [*argv[1:], "hydra.output_subdir=rec"])
+    assert seen[1] == [*argv, "hydra.output_subdir=rec"]
+
+
 def test_a_stage_run_with_output_dir_writes_nothing_under_the_working_folder(tmp_path):
     cwd, out = tmp_path / "cwd", tmp_path / "run"
     cwd.mkdir()
