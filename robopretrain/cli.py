@@ -54,7 +54,7 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -701,6 +701,25 @@ def hydra_run_dir_override(config_name: str, overrides: list[str]) -> str | None
     return f"hydra.run.dir={value}"
 
 
+def fixed_interpolation(value: str, swept: Sequence[str]) -> bool:
+    """Whether every ``${...}`` of an override's ``value`` names a setting none of the ``swept`` keys changes
+    (``runs/${algo.name}_s${seed}`` in a sweep of ``train.steps``), so the value is one path for every job; False
+    when one does, or uses a per-job resolver (``${hydra:job.num}``, ``job.id``, ``job.override_dirname``) or
+    another resolver it cannot judge."""
+    import re
+
+    refs = re.findall(r"\$\{([^}]*)\}", value)
+    if not refs:
+        return False
+    for ref in refs:
+        ref = ref.strip()
+        if ":" in ref:  # a resolver: hydra:job.num varies per job; others (now:..., oc.env:...) are not judged here
+            return False
+        if any(ref == k or ref.startswith(k + ".") or k.startswith(ref + ".") for k in swept):
+            return False
+    return True
+
+
 # outputs an entry point writes outside its run folder, which a sweep's jobs would share when set to one path
 SWEEP_SHARED_OUTPUTS = {"video_pretrain": ("output",)}  # stage 1's encoder folder
 
@@ -731,9 +750,22 @@ def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
             values[parsed.key_or_group] = None if parsed.is_sweep_override() else o.partition("=")[2]
     if not sweeps:
         return None
+    swept = [parser.parse_override(o).key_or_group for o in sweeps]
+    if run_key and values.get(run_key) is None:  # the run folder is Hydra's job folder: sweep.dir/<subdir>
+        subdir = next((o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("hydra.sweep.subdir=")), None)
+        if subdir is not None and fixed_interpolation(subdir, swept):
+            return (f"hydra.sweep.subdir={subdir} in a sweep ({' '.join(sweeps)}): it interpolates only settings "
+                    f"that no job changes, so every job would write to one folder; interpolate what the sweep "
+                    f"varies (e.g. ${{{swept[0]}}}) or ${{hydra:job.num}}")
     for key in keys:
         value = values.get(key)
-        if value is None or value.strip() in ("", "null", "None") or "${" in value:
+        if value is None or value.strip() in ("", "null", "None"):
+            continue
+        if "${" in value:
+            if fixed_interpolation(value, swept):
+                return (f"{key}={value} in a sweep ({' '.join(sweeps)}): it interpolates only settings that no job "
+                        f"changes, so every job would write to one folder (the second resuming or replacing the "
+                        f"first's); interpolate what the sweep varies (e.g. ${{{swept[0]}}}) or ${{hydra:job.num}}")
             continue
         if key != run_key:
             return (f"{key}={value} in a sweep ({' '.join(sweeps)}): every job would write its output to that one "
