@@ -452,7 +452,8 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
     if diffs:
         raise ResumeMismatchError(where, listed(diffs), fresh)
     moved = relocation(saved, now)
-    if moved:
+    same = saved.get("home_resolved") and saved.get("home_resolved") == now.get("home_resolved")
+    if moved and not same:  # (the same folder reached through a link is no move)
         log.info("%s: resuming a run folder moved from %s to %s (its paths are read under the new place)", where,
                  *moved[0])
     sampled = [f"{name} {fp['path']}" for name, fp in now.get("inputs", {}).items()

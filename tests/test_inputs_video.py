@@ -547,6 +547,22 @@ def test_an_input_an_upgrade_started_recording_is_no_change_once_recorded_it_is(
         f"encoder: none -> {enc.resolve()}"]
 
 
+def test_a_run_folder_reached_through_a_link_is_not_said_to_have_moved(tmp_path, caplog):
+    """Resumed through a symlinked path, the log said "resuming a run folder moved from .../real/run to .../link/run"
+    of the same folder; a real move is still said."""
+    (tmp_path / "real" / "run").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    saved = run_fingerprint.fingerprint({"seed": 0}, {}, home=tmp_path / "real" / "run")
+    with caplog.at_level(logging.INFO, logger="robopretrain.run_fingerprint"):
+        run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({"seed": 0}, {}, home=tmp_path / "link" / "run"),
+                                     "run")
+        assert "moved" not in caplog.text
+        shutil.move(str(tmp_path / "real" / "run"), str(tmp_path / "elsewhere"))
+        run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({"seed": 0}, {}, home=tmp_path / "elsewhere"),
+                                     "run")
+    assert "resuming a run folder moved from" in caplog.text
+
+
 def test_a_data_path_given_through_a_symlink_is_the_file_it_names(tmp_path):
     """``data.path=link.hdf5`` then ``data.path=real.hdf5`` (the link's target), or back: the text differed and the
     resume was refused. A link repointed at another file is still a change (the input's content)."""
