@@ -554,8 +554,8 @@ def test_a_run_folder_reached_through_a_link_is_not_said_to_have_moved(tmp_path,
     (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
     saved = run_fingerprint.fingerprint({"seed": 0}, {}, home=tmp_path / "real" / "run")
     with caplog.at_level(logging.INFO, logger="robopretrain.run_fingerprint"):
-        run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({"seed": 0}, {}, home=tmp_path / "link" / "run"),
-                                     "run")
+        via_link = run_fingerprint.fingerprint({"seed": 0}, {}, home=tmp_path / "link" / "run")
+        run_fingerprint.check_resume(saved, via_link, "run")
         assert "moved" not in caplog.text
         shutil.move(str(tmp_path / "real" / "run"), str(tmp_path / "elsewhere"))
         run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({"seed": 0}, {}, home=tmp_path / "elsewhere"),
