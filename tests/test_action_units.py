@@ -77,6 +77,37 @@ def test_auto_bounds_rescale_only_dimensions_outside_and_name_constant_ones(capl
     assert caplog.text == ""
 
 
+def test_whole_number_actions_outside_the_box_are_said_to_look_like_indices(tmp_path, caplog) -> None:
+    """Discrete(5) indices stored as (N, 1) trained as one continuous dimension with only the rescaling warning."""
+    from robopretrain.data.dataset import data_action_units
+    from robopretrain.data.hdf5 import read_info
+
+    def write(name: str, actions: np.ndarray) -> Path:
+        path = tmp_path / name
+        with h5py.File(path, "w") as f:
+            data = f.create_group("data")
+            data.attrs["total"] = len(actions)
+            data.attrs["env_args"] = json.dumps({"env_name": "x", "env_version": "0", "type": 1, "env_kwargs": {}})
+            demo = data.create_group("demo_0")
+            demo.attrs["num_samples"] = len(actions)
+            for group in ("obs", "next_obs"):
+                demo[f"{group}/x"] = np.zeros((len(actions), 2), np.float32)
+            demo["actions"] = actions.astype(np.float32)
+            demo["rewards"] = demo["dones"] = np.zeros(len(actions), np.float32)
+        return path
+
+    indices = write("d.hdf5", np.array([[0], [4], [2], [1], [3], [4]]))
+    with caplog.at_level(logging.WARNING):
+        data_action_units(indices, read_info(indices))
+        assert "every action is a whole number (5 distinct values: 0, 1, 2, 3, 4): the indices of a discrete" \
+            in caplog.text
+        caplog.clear()
+        for name, actions in (("m.hdf5", np.array([[0.0], [4.5], [2.0]])),  # robot units: not indices
+                              ("g.hdf5", np.array([[-1.0, 3.0], [1.0, 2.5], [1.0, 0.0]]))):
+            data_action_units(write(name, actions), read_info(tmp_path / name))
+        assert "whole number" not in caplog.text
+
+
 def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(caplog) -> None:
     other = ActionNormalization((2.0, -1.0, 1.0), (6.0, 1.0, 1.0))
     file_actions = np.array([[-1.0, 1.0, 0.0], [1.0, -1.0, 0.0]], np.float32)  # env: (2, 1, 1), (6, -1, 1)

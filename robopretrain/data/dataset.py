@@ -376,11 +376,38 @@ def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "a
         return recorded
     units = auto_bounds(*action_bounds(path, info))
     if units is not None:
+        warn_index_actions(path, info)
         warn_constant_dimensions(units, str(info.path))
         log.warning("%s: actions leave [-1, 1] (low %s, high %s): rescaled per dimension when loaded; the agent "
                     "records these units and every env it acts in maps its actions back (data.actions=keep refuses "
                     "them instead)", info.path, list(units.low), list(units.high))
     return units
+
+
+def warn_index_actions(path: str | os.PathLike, info: DatasetInfo, most: int = 32) -> bool:
+    """Warn (and return True) when every action of the file is a whole number, with at most ``most`` distinct values
+    and some outside ``[-1, 1]``: the indices of a discrete action space (``Discrete(5)`` stored as ``(N, 1)``), which
+    stage 2 would learn as one continuous dimension (a checkpoint is written; only an env of a ``Discrete`` space is
+    refused, at evaluation)."""
+    import h5py
+
+    values: set[float] = set()
+    with h5py.File(path, "r") as f:
+        for d in info.demos:
+            a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64)
+            if not np.isfinite(a).all() or not np.array_equal(a, np.round(a)):
+                return False
+            values.update(np.unique(a).tolist())
+            if len(values) > most:
+                return False
+    if not values or max(abs(v) for v in values) <= 1:
+        return False
+    shown = sorted(values)
+    log.warning("%s: every action is a whole number (%d distinct values: %s%s): the indices of a discrete action "
+                "space? The agents act in a continuous Box and would learn the indices as one continuous action; map "
+                "each index to a continuous action in the data and the env (an ActionWrapper), as for a Discrete env",
+                info.path, len(shown), ", ".join(f"{v:g}" for v in shown[:8]), ", ..." if len(shown) > 8 else "")
+    return True
 
 
 def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Mapping[str, Any]
