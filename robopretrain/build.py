@@ -190,13 +190,16 @@ def randomization(node: Any, where: str = "dr") -> Any:
 # --------------------------------------------------------------------------- data
 
 
-COLLECT_NO_EFFECT = ("num_workers", "overwrite", "output")  # collect keys that leave the file's content as it is
+# collect keys that leave the file's content as it is (hydra: the command line's own section, which a file collected
+# by python -m sim_envs.collect does not record)
+COLLECT_NO_EFFECT = ("num_workers", "overwrite", "output", "hydra")
 
 
 def collect_changes(path: Path, planned: Any) -> list[str] | None:
     """The collect settings (``"key: recorded -> planned"``) in which the demo file ``path``'s own record of the
     collection that wrote it (``data.attrs["collection"]``) differs from ``planned`` (a ``configs/collect.yaml``
-    config), but for :data:`COLLECT_NO_EFFECT`; None when the file has no record (written by another tool)."""
+    config), but for :data:`COLLECT_NO_EFFECT` and keys the record lacks (a file collected before they existed, with
+    what they now default to); None when the file has no record (written by another tool)."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -205,8 +208,8 @@ def collect_changes(path: Path, planned: Any) -> list[str] | None:
         return None
     recorded = json.loads(raw).get("config") or {}
     now = OmegaConf.to_container(planned, resolve=True) if isinstance(planned, DictConfig) else dict(planned)
-    return [f"{k}: {json.dumps(recorded.get(k))} -> {json.dumps(now[k])}" for k in now
-            if k not in COLLECT_NO_EFFECT and recorded.get(k) != now[k]]
+    return [f"{k}: {json.dumps(recorded[k])} -> {json.dumps(now[k])}" for k in now
+            if k not in COLLECT_NO_EFFECT and k in recorded and recorded[k] != now[k]]
 
 
 def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robot_demos.hdf5",

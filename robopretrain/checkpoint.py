@@ -285,11 +285,12 @@ def load_checkpoint_at(path: str | os.PathLike, with_state: bool = True) -> Chec
         except (CheckpointError, FileNotFoundError) as exc:
             if not asked and not chosen.exists() and attempt < 2:
                 continue  # rotated away by the run meanwhile: its newest again
-            if isinstance(exc, FileNotFoundError):
-                raise CheckpointError(f"{chosen}: removed while it was read ({exc.filename}): a run still writing "
-                                      "checkpoints rotates old ones away; read it again") from None
+            if isinstance(exc, FileNotFoundError):  # a file of it missing, or the folder removed meanwhile
+                exc = CheckpointError(f"{chosen}: {exc.filename} is missing" + (
+                    " (removed while it was read: a run still writing checkpoints rotates old ones away; give the "
+                    "run folder to read its newest)" if not chosen.exists() else ""))
             if asked:
-                raise
+                raise exc from None
             failure = exc
             break
     for older in _latest_candidates(chosen.parent):
@@ -297,7 +298,7 @@ def load_checkpoint_at(path: str | os.PathLike, with_state: bool = True) -> Chec
             continue
         try:
             load_checkpoint(older, with_state=with_state)
-        except CheckpointError:
+        except (CheckpointError, FileNotFoundError):  # (rotated away meanwhile too)
             continue
         raise CheckpointError(f"{failure}; the newest readable checkpoint of {path} is {older}: pass it (checkpoint="
                               f"{older}) to use it") from None

@@ -589,7 +589,8 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
                 sys.argv.insert(max(places) + 1, record)
         if not ns.multirun:
             follow = hydra_run_dir_override(config_name, list(ns.overrides))
-            if follow is None and not any(o.lstrip("+~").startswith("hydra.run.dir=") for o in ns.overrides):
+            if follow is None and not (ns.cfg or ns.config_path or ns.config_dir) and not any(  # (--cfg writes none)
+                    o.lstrip("+~").startswith("hydra.run.dir=") for o in ns.overrides):
                 problem = unwritable_folder(".")  # Hydra's default run folder, outputs/... here
                 if problem:
                     key = RUN_FOLDER_KEYS.get(config_name)
@@ -713,8 +714,8 @@ def fixed_interpolation(value: str, swept: Sequence[str]) -> bool:
         return False
     for ref in refs:
         ref = ref.strip()
-        if ":" in ref:  # a resolver: hydra:job.num varies per job; others (now:..., oc.env:...) are not judged here
-            return False
+        if ":" in ref or ref == "hydra" or ref.startswith("hydra."):  # a resolver or Hydra's own node
+            return False  # (hydra:job.num, ${hydra.job.override_dirname} vary per job; now:..., oc.env:... unjudged)
         if any(ref == k or ref.startswith(k + ".") or k.startswith(ref + ".") for k in swept):
             return False
     return True
@@ -752,7 +753,8 @@ def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
         return None
     swept = [parser.parse_override(o).key_or_group for o in sweeps]
     if run_key and values.get(run_key) is None:  # the run folder is Hydra's job folder: sweep.dir/<subdir>
-        subdir = next((o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("hydra.sweep.subdir=")), None)
+        given = [o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("hydra.sweep.subdir=")]
+        subdir = given[-1] if given else None  # the last one wins, as in Hydra
         if subdir is not None and fixed_interpolation(subdir, swept):
             return (f"hydra.sweep.subdir={subdir} in a sweep ({' '.join(sweeps)}): it interpolates only settings "
                     f"that no job changes, so every job would write to one folder; interpolate what the sweep "

@@ -192,9 +192,11 @@ def input_fingerprint(path: str | os.PathLike, only: Collection[str] | None = No
                 "hashed": hashed}
     if p.is_dir():
         found: list[tuple[str, Path, int, bool, int]] = []  # (relative path, file, size, under a link, mtime)
-        # per folder listed: whether it is reached through a linked folder, and the real folders above it (a link to
-        # one of those is a loop, left out; a link elsewhere, even into this folder, is listed where it lies)
-        walked: dict[str, tuple[bool, frozenset[str]]] = {str(p): (False, frozenset({os.path.realpath(p)}))}
+        # per folder listed: whether it is reached through a linked folder, and the real folders above it, the data
+        # folder's own included (a link to one of those is a loop, left out; a link elsewhere, even into this folder,
+        # is listed where it lies)
+        above = frozenset(os.path.realpath(f) for f in (p, *p.parents))  # a link up to one of them walks it all
+        walked: dict[str, tuple[bool, frozenset[str]]] = {str(p): (False, above)}
         for root, dirs, names in os.walk(p, followlinks=True):
             under_link, chain = walked[root]
             kept = []

@@ -282,6 +282,7 @@ def collect_videos(cfg: DictConfig | Mapping[str, Any], output_dir: str | Path |
     out = resolve_output_dir(cfg, output_dir)
     prepare_output_dir(out, bool(cfg.overwrite))
     with collection_lock(out):
+        prepare_output_dir(out, bool(cfg.overwrite))  # again: a collection that held the lock may have finished
         return _collect_into(cfg, tasks, out, progress)
 
 

@@ -269,11 +269,28 @@ class RobomimicWriter:
             if not self.path.exists():
                 os.replace(self.tmp_path, self.path)
                 return
-        kept = self.path.with_name(f"{self.path.stem}.{os.getpid()}{self.path.suffix}")
-        os.replace(self.tmp_path, kept)
+        kept = self._keep_beside()
         raise FileExistsError(f"{self.path}: written by another process while this one collected (overwrite=false "
                               f"keeps it); this run's data is kept as {kept}: rename it, or rerun with another output "
                               "(or overwrite=true)")
+
+    def _keep_beside(self) -> Path:
+        """Move the finished file to a free name beside ``path`` (``<stem>.<pid>[-k]<suffix>``; never over a file
+        already there, a pid being reused) and return it."""
+        for k in range(1000):
+            kept = self.path.with_name(f"{self.path.stem}.{os.getpid()}{f'-{k}' if k else ''}{self.path.suffix}")
+            try:
+                os.link(self.tmp_path, kept)
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links here: checked, then moved
+                if kept.exists():
+                    continue
+                os.replace(self.tmp_path, kept)
+                return kept
+            self.tmp_path.unlink()
+            return kept
+        raise FileExistsError(f"{self.path}: no free name beside it to keep this run's data")
 
     def abort(self) -> None:
         """Close and delete the temporary file; nothing is left at the final path."""

@@ -258,7 +258,8 @@ def test_a_checkpoint_rotated_away_while_it_is_read_is_looked_up_again(tmp_path,
     monkeypatch.setattr(ck, "load_checkpoint", lambda path, with_state=True: (_ for _ in ()).throw(
         FileNotFoundError(2, "No such file or directory", str(gone / "meta.json"))))
     monkeypatch.setattr(ck, "resolve_checkpoint_dir", lambda path: gone)
-    with pytest.raises(CheckpointError, match=r"ckpt_00000009: removed while it was read .*rotates old ones away"):
+    with pytest.raises(CheckpointError, match=r"ckpt_00000009: .*meta.json is missing \(removed while it was read: a "
+                                              r"run still writing checkpoints rotates old ones away; give the run"):
         ck.load_checkpoint_at(tmp_path)
 
 

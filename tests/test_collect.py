@@ -174,20 +174,24 @@ def test_a_file_another_writer_finished_first_is_kept_and_this_ones_data_too(tmp
     env_args = make_env_args("sim_envs/Reach-v0", "0", {})
     first = RobomimicWriter(path, env_args, valid_fraction=0.0)
     first.add_episode(**_episode(5))
+    import os
+
+    (tmp_path / f"demos.{os.getpid()}.hdf5").write_text("a user's file of that name")  # (a pid used again)
     with RobomimicWriter(path, env_args, valid_fraction=0.0) as second:  # finishes first
         second.add_episode(**_episode(7))
     with pytest.raises(FileExistsError, match=r"demos.hdf5: written by another process while this one collected "
-                                              r"\(overwrite=false keeps it\); this run's data is kept as .*demos\.\d+"
+                                              r"\(overwrite=false keeps it\); this run's data is kept as .*demos\.\d+-1"
                                               r"\.hdf5"):
         first.close()
     with h5py.File(path, "r") as f:
         assert f["data"].attrs["total"] == 7  # the file that was there stays
-    kept = [p for p in tmp_path.iterdir() if p != path]
-    assert len(kept) == 1 and h5py.File(kept[0], "r")["data"].attrs["total"] == 5
+    assert (tmp_path / f"demos.{os.getpid()}.hdf5").read_text() == "a user's file of that name"
+    kept = tmp_path / f"demos.{os.getpid()}-1.hdf5"
+    assert h5py.File(kept, "r")["data"].attrs["total"] == 5
     again = RobomimicWriter(path, env_args, valid_fraction=0.0, overwrite=True)  # asked for: replaced
     again.add_episode(**_episode(6))
     again.close()
-    assert h5py.File(path, "r")["data"].attrs["total"] == 6 and len(list(tmp_path.iterdir())) == 2
+    assert h5py.File(path, "r")["data"].attrs["total"] == 6 and len(list(tmp_path.iterdir())) == 3
 
 
 def test_failed_collection_leaves_nothing(tmp_path, monkeypatch):

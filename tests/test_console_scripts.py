@@ -239,6 +239,9 @@ def test_a_mapping_copied_across_lines_is_read_as_on_one_line(results):
     ("robopretrain", ["seed=0,1", "output_dir=runs/${hydra:job.num}"], False),
     ("robopretrain", ["algo=iql,bc", "hydra.sweep.subdir=seed${seed}"], True),  # the job folder itself
     ("robopretrain", ["seed=0,1", "hydra.sweep.subdir=seed${seed}"], False),
+    ("robopretrain", ["seed=0,1", "hydra.sweep.subdir=${hydra.job.num}"], False),  # Hydra's own node varies
+    ("robopretrain", ["seed=0,1", "hydra.sweep.subdir=${hydra.job.override_dirname}"], False),
+    ("robopretrain", ["algo=iql,bc", "hydra.sweep.subdir=seed${seed}", "hydra.sweep.subdir=${algo.name}"], False),
 ])
 def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrides, refused):
     """``python -m robopretrain.pipeline -m seed=0,1 run_dir=runs/x`` gave every seed the seed-0 results (stop 61's

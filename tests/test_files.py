@@ -157,3 +157,6 @@ def test_an_unwritable_run_folder_is_named_before_hydra_opens_its_log(tmp_path, 
         assert stop.value.code == 2
         assert f"cannot write in {tmp_path} (Read-only file system): Hydra writes its log and config record under " \
             f"outputs/ in the working folder; run from a writable folder, or set {setting}=" in capsys.readouterr().err
+    printed = []  # --cfg job prints the config and writes nothing: not refused
+    run_hydra(lambda: printed.append(1), "robopretrain", ["--cfg", "job", "seed=1"])
+    assert printed == [1]

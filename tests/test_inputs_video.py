@@ -328,6 +328,9 @@ def test_linked_folders_inside_a_data_folder_count_and_a_loop_ends(tmp_path):
     (data / "a" / "b").symlink_to(data / "c", target_is_directory=True)  # two links into each other's folders
     (data / "c").mkdir()
     (data / "c" / "d").symlink_to(data / "a", target_is_directory=True)
+    (data / "up").symlink_to(tmp_path, target_is_directory=True)  # a link to a folder above: not walked (a sibling
+    (tmp_path / "sibling").mkdir()  # dataset's files would count, and a link to / would walk the whole disk)
+    (tmp_path / "sibling" / "b.txt").write_text("b")
     before = run_fingerprint.input_fingerprint(data)
     assert before["files"] == 2 and before["unlinked"]["files"] == 1  # meta.json, videos/ep0.mp4
     (elsewhere / "ep1.mp4").write_bytes(b"w" * 100)

@@ -265,6 +265,18 @@ def test_an_interrupted_collection_leaves_the_folder_as_it_was(tmp_path: Path, m
             collect_videos(cfg, progress=False)
         assert (tmp_path / "videos" / ".clips.abandoned.tmp").is_dir()
     monkeypatch.setattr(cv, "write_mp4", real)
+    import contextlib
+
+    @contextlib.contextmanager
+    def finished_meanwhile(out):  # another collection ends between the start's check and this one's lock
+        (out / "manifest.csv").write_text("path,num_frames,text\n")
+        yield
+
+    with monkeypatch.context() as m:
+        m.setattr(cv, "collection_lock", finished_meanwhile)
+        with pytest.raises(ValueError, match="manifest.csv already exists; pass overwrite=true"):
+            collect_videos(cfg, progress=False)
+    (tmp_path / "videos" / "manifest.csv").unlink()
     out = collect_videos(cfg, progress=False)  # the rerun starts over (and removes the abandoned staging folder)
     assert sorted(p.name for p in out.iterdir()) == [".collect_videos.lock", "clip_00000.mp4", "clip_00001.mp4",
                                                       "clip_00002.mp4", "info.json", "manifest.csv"]

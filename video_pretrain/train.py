@@ -546,7 +546,8 @@ def _train_holding(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo,
         locks.enter_context(run_folder_lock(paths.run_dir, active=dinfo.is_main))
         if cfg.get("output"):  # an encoder written outside the run folder: two runs given one output= replaced it
             locks.enter_context(run_folder_lock(paths.encoder.parent, active=dinfo.is_main,
-                                                lock_name=f".{paths.encoder.name}.writer.lock", what=str(paths.encoder)))
+                                                lock_name=f".{paths.encoder.name}.writer.lock",
+                                                what=str(paths.encoder)))
         return _train(cfg, run_dir, dinfo, device)
 
 
