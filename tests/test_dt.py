@@ -167,6 +167,15 @@ def test_update_clips_the_gradient_norm(clip):
         assert norm == pytest.approx(min(metrics["grad_norm"], clip), rel=1e-4)
 
 
+def test_losses_come_with_their_metrics_unless_asked_without():
+    core = DecisionTransformer(S, A, DTConfig(context_len=K, embed_dim=8, num_layers=1, **NO_DROPOUT))
+    losses, metrics = core.compute_losses(sequence_batch())  # the default: with metrics (the trainers' evaluations)
+    assert metrics["dt_loss"] == losses["actor"].detach()
+    assert core.compute_losses(sequence_batch(), with_metrics=False)[1] == {}
+    with pytest.raises(RuntimeError, match=r"observe_reward\(\) without a preceding act\(\)"):
+        DecisionTransformer(S, A, core.cfg).observe_reward(1.0)  # before any episode began
+
+
 def test_the_clipped_norm_covers_the_extra_parameters_and_no_warmup_is_full_rate():
     """``extra`` (a trained image encoder with its own optimiser) is clipped together with the transformer: one
     norm over both, as one network (CORL's DT clips the whole model); ``warmup_steps=0`` is the full rate at once."""
