@@ -467,6 +467,8 @@ def test_declared_action_bounds_are_the_agents_units_and_must_hold_the_data(tmp_
     with pytest.raises(DatasetError, match=r"dimension\(s\) \[0\], outside"):  # 1e-5 past: beyond 1e-5 of the span
         declared_action_units(raw, info, {"low": [-0.1, -0.1], "high": [0.09999, 0.1]})
     declared_action_units(raw, info, {"low": [-0.1, -0.1], "high": [0.1 - 1e-7, 0.1]})  # within it: rounding
+    declared_action_units(raw, info, {"low": [-0.1, -0.1], "high": [0.1 - 1.5e-6, 0.1]})  # 1e-5 of the span, 2e-6
+    # (not of the bound itself: 1e-6 here)
     for bad, said in (({"low": [-0.1] * 3, "high": [0.1] * 3}, r"has 3 value\(s\) per bound, but the actions are 2-D"),
                       ({"low": [-0.1, 0.1], "high": [0.1, 0.1]}, r"high must be above low .* dimension\(s\) \[1\]"),
                       ({"low": -0.1, "high": 0.1}, "^data.action_bounds: low and high must be lists of numbers"),
@@ -525,6 +527,12 @@ def test_stage2_with_declared_bounds_records_them_and_its_agent_reaches_the_expe
                                      init=str(ckpt)))
     assert "data.action_bounds (low [-0.2, -0.2], high [0.2, 0.2]) takes no effect" in caplog.text
     assert load_agent(again)[0].action_normalization == ActionNormalization.from_mapping(BOX)
+    from robopretrain.data.dataset import warn_ignored_action_bounds
+
+    units = ActionNormalization.from_mapping(BOX)  # nothing set, or the agent's own box: nothing said
+    assert warn_ignored_action_bounds(None, units, "x") is False
+    assert warn_ignored_action_bounds(BOX, units, "x") is False
+    assert warn_ignored_action_bounds(other, units, "x") is True
     wide = tmp_path / "wide.hdf5"  # the same demos 1.5x wider: outside the agent's box, clipped without a refusal
     with h5py.File(src, "r") as f, h5py.File(wide, "w") as g:
         for k in f:

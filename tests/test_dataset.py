@@ -128,6 +128,8 @@ def test_a_done_inside_an_episode_is_reported_with_its_demo_and_step(tmp_path, c
     assert warn_inner_terminals("x", np.array([1, 0, 1, 1, 1, 1, 1, 1.0]), ids, ["demo_0", "demo_7"]) == 5
     assert "data/demo_0 step 0 of 3; data/demo_7 steps 0, 1, 2, ... of 5" in caplog.text
     assert warn_inner_terminals("x", np.array([0, 0, 1, 0, 0, 0, 0, 1.0]), ids, ["demo_0", "demo_7"]) == 0
+    assert warn_inner_terminals("x", np.array([]), np.array([]), []) == 0  # nothing to say of no steps
+    assert warn_inner_terminals("x", np.array([1, 0, 1.0]), np.array([0, 0, 0]), ["d"], {"type": "ogbench"}) == 0
     caplog.clear()  # four demos: the first three named, then "..."
     four = np.repeat(np.arange(4), 2)
     assert warn_inner_terminals("y", np.tile([1, 1.0], 4), four, ["a", "b", "c", "d"]) == 4
@@ -470,6 +472,11 @@ def test_short_demos_are_left_out_only_when_told_and_a_grey_camera_is_rgb_in_nex
     info = read_info(path)
     assert selected_demos(info, skip_short=True, quiet=True) == ["demo_0", "demo_2"]
     assert selected_demos(info) == ["demo_0", "demo_1", "demo_2"]
+    assert selected_demos(info, max_demos=1) == ["demo_0"]
+    assert selected_demos(info, max_demos=2.0) == ["demo_0", "demo_1"]
+    for bad in (0, -1, 1.5, True):  # a negative slice dropped demos from the end; True was 1
+        with pytest.raises(ValueError, match=rf"max_demos={bad!r}; expected an integer >= 1"):
+            selected_demos(info, max_demos=bad)
     with pytest.raises(DatasetError, match="every selected demo has fewer than 2 steps"):
         selected_demos(read_info(_only_short(path, tmp_path / "short.hdf5")), skip_short=True, quiet=True)
     spec = spec_of_data(path, [], ["side_image"], None)

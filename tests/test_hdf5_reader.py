@@ -598,7 +598,7 @@ def test_shapes_a_new_user_stores_get_the_fix_in_the_refusal(tmp_path):
     assert read_info(path).nested_obs == ["arm/pos"]
     with pytest.raises(ValueError, match=r"'arm.pos' .* not found; available: .*; obs/ also holds groups, whose "
                                          r"datasets \(arm/pos\) are not read: store each directly under obs/ with a "
-                                         r"flat name \(e.g. obs/arm.pos;"):
+                                         r"flat name \(e.g. obs/arm\.pos;"):
         spec_of_data(path, ["arm.pos"], [], None)
     with pytest.raises(ValueError, match=r"'mat' is float32 \(2, 2\); .* store it flat as \(N, d\), "
                                          r"values.reshape\(len\(values\), -1\)"):
