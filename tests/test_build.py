@@ -433,7 +433,7 @@ def test_the_action_range_warning_says_which_way_the_box_differs(caplog) -> None
     # a box of 0.08 (a helper's env whose demos were stored in its own units): exploration noise spans 25x of it
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        build.warn_action_range(gym.spaces.Box(np.array([-0.06, -0.02]), np.array([0.02, 0.08])), "t")
+        build.warn_action_range(gym.spaces.Box(np.float32([-0.06, -0.02]), np.float32([0.02, 0.08])), "t")
     assert "spans up to 25x the env's range there" in caplog.text
     assert "If the data's actions are in the env's own units, train stage 2 again with data.action_bounds=" \
         "'{low: [-0.06, -0.02], high: [0.02, 0.08]}'" in caplog.text  # the box, as a command line takes it
