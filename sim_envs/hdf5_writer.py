@@ -257,40 +257,33 @@ class RobomimicWriter:
     def _move_without_replacing(self) -> None:
         """Move the finished file onto ``path`` unless a file appeared there while this one was written (another
         collection into the same output, started after this one checked): that one is kept, this one is kept beside
-        it under a name of its own, and :class:`FileExistsError` says both (a second writer replaced the first's file
-        without a word)."""
-        try:
-            os.link(self.tmp_path, self.path)  # atomic: fails if the path exists
-            self.tmp_path.unlink()
+        it under a free name (``<stem>.<pid>[-k]<suffix>``; never over a file already there, a pid being reused),
+        and :class:`FileExistsError` says both (a second writer replaced the first's file without a word)."""
+        if self._place_at(self.path):
             return
-        except FileExistsError:
-            pass
-        except OSError:  # a file system without hard links: checked, then moved (a narrow window remains)
-            if not self.path.exists():
-                os.replace(self.tmp_path, self.path)
-                return
-        kept = self._keep_beside()
-        raise FileExistsError(f"{self.path}: written by another process while this one collected (overwrite=false "
-                              f"keeps it); this run's data is kept as {kept}: rename it, or rerun with another output "
-                              "(or overwrite=true)")
-
-    def _keep_beside(self) -> Path:
-        """Move the finished file to a free name beside ``path`` (``<stem>.<pid>[-k]<suffix>``; never over a file
-        already there, a pid being reused) and return it."""
         for k in range(1000):
             kept = self.path.with_name(f"{self.path.stem}.{os.getpid()}{f'-{k}' if k else ''}{self.path.suffix}")
-            try:
-                os.link(self.tmp_path, kept)
-            except FileExistsError:
-                continue
-            except OSError:  # no hard links here: checked, then moved
-                if kept.exists():
-                    continue
-                os.replace(self.tmp_path, kept)
-                return kept
-            self.tmp_path.unlink()
-            return kept
-        raise FileExistsError(f"{self.path}: no free name beside it to keep this run's data")
+            if self._place_at(kept):
+                raise FileExistsError(f"{self.path}: written by another process while this one collected (overwrite="
+                                      f"false keeps it); this run's data is kept as {kept}: rename it, or rerun with "
+                                      "another output (or overwrite=true)")
+        raise FileExistsError(f"{self.path}: written by another process while this one collected, and no free name "
+                              "beside it keeps this run's data")
+
+    def _place_at(self, dst: Path) -> bool:
+        """Move the finished file to ``dst`` unless a file is there (False): a hard link, which fails atomically if
+        one is; on a file system without them, checked, then moved (a narrow window remains)."""
+        try:
+            os.link(self.tmp_path, dst)
+        except FileExistsError:
+            return False
+        except OSError:
+            if dst.exists():
+                return False
+            os.replace(self.tmp_path, dst)
+            return True
+        self.tmp_path.unlink()
+        return True
 
     def abort(self) -> None:
         """Close and delete the temporary file; nothing is left at the final path."""

@@ -407,13 +407,21 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         masks, stale = _read_masks(p, f, set(names))
         first = data[names[0]]
         obs_specs = _obs_specs(p, first, f"data/{names[0]}/obs")
-        nested: list[str] = []
-        for key, item in first["obs"].items():
-            if isinstance(item, h5py.Group):
-                item.visititems(lambda rel, obj, key=key: nested.append(f"{key}/{rel}")
-                                if isinstance(obj, h5py.Dataset) else None)
+        nested = nested_obs(first["obs"])
         action_dim = _check_actions(p, first, demos[0], None)  # (n, A) float, or refused here naming the demo
-    return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale, sorted(nested))
+    return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale, nested)
+
+
+def nested_obs(obs: h5py.Group) -> list[str]:
+    """The datasets inside groups under a demo's ``obs`` group (``obs/arm/pos``: ``"arm/pos"``), sorted: what h5py
+    makes of a key ``"arm/pos"`` or of a nested dict saved as groups. The stages read only datasets directly under
+    ``obs/``."""
+    found: list[str] = []
+    for key, item in obs.items():
+        if isinstance(item, h5py.Group):
+            item.visititems(lambda rel, obj, key=key: found.append(f"{key}/{rel}")
+                            if isinstance(obj, h5py.Dataset) else None)
+    return sorted(found)
 
 
 def default_task_name(path: str, env_args: Mapping[str, Any]) -> str:

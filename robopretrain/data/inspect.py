@@ -42,7 +42,7 @@ import numpy as np
 
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
-from robopretrain.data.hdf5 import DatasetError, check_layout, success_flag
+from robopretrain.data.hdf5 import DatasetError, check_layout, nested_obs, success_flag
 from robopretrain.data.returns import has_success_signal, is_sparse_success_reward
 from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
                                      count_frames, read_frames)
@@ -262,14 +262,13 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         if "obs" in demo:
             for key, ds in demo["obs"].items():
                 if not isinstance(ds, h5py.Dataset):  # a group: what h5py makes of a key "arm/pos"
-                    ds.visititems(lambda rel, obj, key=key: nested.add(f"{key}/{rel}")
-                                  if isinstance(obj, h5py.Dataset) else None)
                     continue
                 spec = (tuple(ds.shape[1:]), str(ds.dtype))
                 if key in obs and obs[key] != spec:
                     inconsistent.add(key)
                 obs.setdefault(key, spec)
         if isinstance(demo.get("obs"), h5py.Group):
+            nested.update(nested_obs(demo["obs"]))
             nxt = demo.get("next_obs")
             for key, ds in demo["obs"].items():
                 if isinstance(ds, h5py.Dataset) and (not isinstance(nxt, h5py.Group) or key not in nxt):
