@@ -116,6 +116,35 @@ def run_logged(cmd: Sequence[str], folder: Path, cwd: Path) -> dict[str, Any]:
             "load_before": load_before, "load_after": load_average()}
 
 
+def write_expert_demos(env: Any, policy: Any, path: Any, episodes: int, max_steps: int) -> Any:
+    """A D4RL-style HDF5 (``observations``, ``actions``, ``rewards``, ``terminals``, ``timeouts``) of ``policy``'s
+    episodes in ``env`` (a gymnasium env with a flat observation and ``info["success"]``; seeds 0 .. episodes - 1):
+    sparse reward 1 and a terminal on the success step, a timeout on step ``max_steps``. Raises ``RuntimeError`` when
+    an episode does not succeed (the data are meant to be clean). Returns ``path``."""
+    import h5py
+
+    rows: dict[str, list[Any]] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=ep)
+        done = False
+        for t in range(max_steps):
+            action = policy(obs)
+            nxt, _, _, _, info = env.step(action)
+            done = bool(info["success"])
+            for k, v in (("observations", obs), ("actions", action), ("rewards", float(done)),
+                         ("terminals", done), ("timeouts", not done and t == max_steps - 1)):
+                rows[k].append(v)
+            obs = nxt
+            if done:
+                break
+        if not done:
+            raise RuntimeError(f"the expert failed episode {ep}")
+    with h5py.File(path, "w") as f:
+        for k, v in rows.items():
+            f[k] = np.asarray(v)
+    return path
+
+
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
     """Lay out a matplotlib figure, write it to ``path`` (folders made) and close it; returns ``path``."""
     import matplotlib.pyplot as plt

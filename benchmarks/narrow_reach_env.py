@@ -48,25 +48,6 @@ def expert(obs: np.ndarray) -> np.ndarray:
 def write_demos(path: Any, episodes: int = 100, max_steps: int = 40) -> Any:
     """A D4RL-style HDF5 of :func:`expert` episodes (seeds 0 .. episodes - 1): sparse reward 1 and a terminal on the
     success step. Returns ``path``."""
-    import h5py
+    from bench_utils import write_expert_demos
 
-    rows: dict[str, list[Any]] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
-    env = NarrowReach()
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=ep)
-        for t in range(max_steps):
-            action = expert(obs)
-            nxt, _, _, _, info = env.step(action)
-            done = bool(info["success"])
-            for k, v in (("observations", obs), ("actions", action), ("rewards", float(done)),
-                         ("terminals", done), ("timeouts", not done and t == max_steps - 1)):
-                rows[k].append(v)
-            obs = nxt
-            if done:
-                break
-        if not done:
-            raise RuntimeError(f"the expert failed episode {ep}")
-    with h5py.File(path, "w") as f:
-        for k, v in rows.items():
-            f[k] = np.asarray(v)
-    return path
+    return write_expert_demos(NarrowReach(), expert, path, episodes, max_steps)
