@@ -131,7 +131,8 @@ def summarize(results: dict[str, Any]) -> str:
     lines = [f"success at {UPDATES} updates over {EPISODES} episodes; at {PROBE_STATES} goal states with the gripper "
              f"open: the share where the policy closes it and where the critic prefers closing; CPU: "
              f"{results.get('cpu', '?')}", "",
-             "| arm | success (mean, 95% CI) | minus cql (95% CI) | per seed | policy closes | critic prefers closing |",
+             "| arm | success (mean, 95% CI) | minus cql (95% CI) | per seed | policy closes "
+             "| critic prefers closing |",
              "|---|---|---|---|---|---|"]
     per = {arm: sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"]) for arm in ARMS}
     results["summary"] = {}

@@ -402,6 +402,7 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
                               task_id=target.resolved_task_id() if agent.spec.num_tasks else None,
                               action_units=agent.action_normalization, units_fixed=True)
     build.report_success_filter(cfg.algo, offline, str(data_path), online=True)
+    build.warn_two_valued_actions(cfg.algo, offline, str(data_path))
     if not target.sparse:
         warn_sparse_data_for_dense_target(str(data_path), offline.arrays()["rewards"], reward, target.name)
     offline = build.prepared(agent, offline, int(cfg.seed) + 2)

@@ -30,12 +30,18 @@ from robopretrain.data.hdf5 import DatasetError, DatasetInfo, default_task_name
 from robopretrain.data.keys import OBS
 from robopretrain.data.replay import MixedSampler, OfflineDataset
 from robopretrain.data.spec import ObsSpec
+from robopretrain.envs.action_units import two_valued_dimensions
 from robopretrain.envs.target import EnvContractError, Target, as_target, target_of_data, with_task_slot
 from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# what benchmarks/binary_actions.py measured (README "CQL and Cal-QL on binary gripper actions"), quoted by
+# warn_two_valued_actions
+BINARY_ACTIONS_FINDING = ("CQL and Cal-QL succeed 0.00 on 3 seeds after 3000 updates where BC succeeds 1.00, 0.00 with "
+                          "algo.actor_bc_weight=4 and 1.00 with 40")
+BINARY_ACTIONS_WEIGHT = "algo.actor_bc_weight=40"
 
 
 def plain(node: Any) -> Any:
@@ -106,6 +112,28 @@ def success_filtered_bc(algo_cfg: Any) -> bool:
     ``actor_bc_weight > 0``; the filter does nothing without the term)."""
     overrides = algo_overrides(algo_cfg)
     return overrides.get("actor_bc_filter", "none") == "success" and float(overrides.get("actor_bc_weight") or 0) > 0
+
+
+def warn_two_valued_actions(algo_cfg: Any, dataset: Any, where: str) -> list[int]:
+    """Warn when CQL or Cal-QL trains its SAC actor without the BC term (``algo.actor_bc_weight`` 0) on data with an
+    action dimension that takes only two values (:func:`~robopretrain.envs.action_units.two_valued_dimensions`, a
+    gripper): the conservative penalty pushes the critic down between the two values, and the actor, which follows
+    the critic's action-gradient through a saturated tanh, can stay at the wrong one. Measured by
+    ``benchmarks/binary_actions.py`` (protocol ``benchmarks/protocols/binary_actions.md``). Returns those dimensions
+    (empty when there is nothing to warn about)."""
+    overrides = algo_overrides(algo_cfg)
+    if "actor_bc_weight" not in overrides or float(overrides.get("actor_bc_weight") or 0.0) > 0:
+        return []
+    actions = dataset.arrays().get("actions")
+    dims = two_valued_dimensions(np.asarray(actions)) if actions is not None else []
+    if dims:
+        log.warning("%s: action dimension(s) %s take only two values (a gripper?), and %s trains its actor by the "
+                    "critic's action-gradient alone: its conservative penalty makes the critic lowest between the "
+                    "two values, so the actor can stay at the wrong one (benchmarks/binary_actions.py, a reach that "
+                    "ends by closing a gripper: %s); set the actor's BC term (e.g. %s)",
+                    where, dims, algo_cfg.get("name", "the algorithm"), BINARY_ACTIONS_FINDING,
+                    BINARY_ACTIONS_WEIGHT)
+    return dims
 
 
 def reward_settings(algo_cfg: Any, target: Target | None = None) -> RewardSettings:
@@ -786,6 +814,6 @@ __all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_t
            "env_fits_or_log", "warn_action_range",
            "eval_targets", "converted", "load_data",
            "new_agent", "plain", "prepared", "randomization", "report_success_filter", "resolve_data_path",
-           "reward_settings", "setup_torch", "success_filtered_bc",
+           "reward_settings", "setup_torch", "success_filtered_bc", "warn_two_valued_actions",
            "training_sampler",
            "target_config", "targets_of_data"]

@@ -180,6 +180,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                                   slot_advice=fixed_one_hot("data.task_id", init))
     if dinfo.is_main:
         build.report_success_filter(cfg.algo, dataset, str(data_path), tasks=task_ids)
+        build.warn_two_valued_actions(cfg.algo, dataset, str(data_path))
     if init is None:
         agent = build.new_agent(cfg, spec, info.action_dim, dataset, device)
         agent.action_normalization = action_units

@@ -301,3 +301,75 @@ def test_a_done_stage_rerun_with_other_stage_settings_names_them():
         assert pipeline.changed_settings(after, stage, done[stage]) == "", stage
     assert pipeline.changed_settings(after, "data", {"stage": "data"}) == ""  # a done.json of before this record
     assert pipeline.changed_settings(_stage("pipeline", "seed=3"), "evaluate", done["evaluate"]) == "seed: 0 -> 3"
+
+
+def test_two_valued_dimensions_are_those_with_two_values_and_nothing_between():
+    from robopretrain.envs.action_units import two_valued_dimensions
+
+    rng = np.random.default_rng(0)
+    n = 40
+    grip = np.where(rng.random(n) < 0.3, -1.0, 1.0)
+    actions = np.stack([
+        rng.uniform(-1, 1, n),                            # continuous
+        np.full(n, 0.5),                                  # constant: one value, not two
+        grip,                                             # a gripper at +-1
+        np.where(grip < 0, -0.5, 0.7),                    # two values inside the box
+        np.where(np.arange(n) % 3 == 0, 0.0, grip),       # three values
+        grip + rng.uniform(-1e-7, 1e-7, n),               # +-1 up to float noise
+    ], axis=1)
+    assert two_valued_dimensions(actions) == [2, 3, 5]
+    assert two_valued_dimensions(actions[:, :2]) == []
+    assert two_valued_dimensions(np.zeros((0, 4))) == []
+
+
+class _Actions:
+    def __init__(self, actions: np.ndarray) -> None:
+        self._arrays = {"actions": actions}
+
+    def arrays(self) -> dict:
+        return self._arrays
+
+
+def test_cql_without_the_bc_term_on_two_valued_actions_warns(caplog):
+    from robopretrain.build import warn_two_valued_actions
+
+    actions = np.stack([np.linspace(-1, 1, 12), np.where(np.arange(12) < 8, 1.0, -1.0)], axis=1)
+    cql = {"name": "cql", "actor_bc_weight": 0.0, "bc_steps": 0}
+    with caplog.at_level(logging.WARNING, logger="robopretrain.build"):
+        assert warn_two_valued_actions(cql, _Actions(actions), "grip.hdf5") == [1]
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "grip.hdf5" in message and "[1]" in message and "cql" in message and "algo.actor_bc_weight" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.build"):
+        assert warn_two_valued_actions({**cql, "name": "calql", "bc_steps": 1000}, _Actions(actions), "x") == [1]
+        assert warn_two_valued_actions({**cql, "actor_bc_weight": 4.0}, _Actions(actions), "x") == []
+        assert warn_two_valued_actions({"name": "iql", "expectile": 0.7}, _Actions(actions), "x") == []
+        assert warn_two_valued_actions(cql, _Actions(actions[:, :1]), "x") == []
+    assert len(caplog.records) == 1 and "calql" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("weight, warned", [(0.0, True), (4.0, False)])
+def test_stage2_warns_about_two_valued_actions_of_its_data(tmp_path, caplog, weight, warned):
+    """The warning reads the data stage 2 trains on (a gripper column at +-1 in a D4RL file)."""
+    import h5py
+
+    from _stages import stage2_config
+    from robopretrain.train import run
+
+    n = 24
+    rows = np.arange(n, dtype=np.float32)
+    with h5py.File(tmp_path / "grip.hdf5", "w") as f:
+        f["observations"] = np.stack([rows, rows / 10], axis=1)
+        f["actions"] = np.stack([np.tanh(rows / 10), np.where(rows % 12 < 9, 1.0, -1.0)], axis=1).astype(np.float32)
+        f["rewards"] = (rows % 12 == 11).astype(np.float32)
+        f["terminals"] = rows % 12 == 11
+        f["timeouts"] = np.zeros(n, bool)
+    cfg = stage2_config(tmp_path / "grip.hdf5", tmp_path / "run", algo="cql", steps=2,
+                        obs={"low_dim": ["observations"]}, algo_cfg={"actor_bc_weight": weight},
+                        data_cfg={"cache_dir": str(tmp_path / "cache")})
+    with caplog.at_level(logging.WARNING):
+        run(cfg)
+    hits = [r for r in caplog.records if "take only two values" in r.getMessage()]
+    assert len(hits) == int(warned)
+    if warned:
+        assert "[1]" in hits[0].getMessage() and "grip" in hits[0].getMessage()

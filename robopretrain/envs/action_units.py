@@ -120,6 +120,18 @@ def warn_constant_dimensions(units: ActionNormalization, where: str) -> bool:
     return bool(fixed.size)
 
 
+def two_valued_dimensions(actions: np.ndarray, atol: float = 1e-6) -> list[int]:
+    """The action dimensions whose values in ``actions`` (``(N, A)``) all lie within ``atol`` of the dimension's
+    smallest or largest value, the two apart: a gripper commanded open or closed and nothing between."""
+    a = np.asarray(actions, dtype=np.float64)
+    if not a.size:
+        return []
+    a = a.reshape(len(a), -1)
+    low, high = a.min(axis=0), a.max(axis=0)
+    two = (high - low > atol) & ((np.abs(a - low) <= atol) | (np.abs(a - high) <= atol)).all(axis=0)
+    return np.flatnonzero(two).tolist()
+
+
 def of_env_args(env_args: Mapping[str, Any]) -> ActionNormalization | None:
     """The normalization a data file's ``env_args`` record (None: its actions are in the env's units)."""
     return ActionNormalization.from_mapping(env_args.get(ENV_ARGS_KEY))
