@@ -351,19 +351,25 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
         warn_unmapped_renames(ckpt.meta, target)
     gap = Gap.from_mapping(build.plain(cfg.get("gap")))
     transfer_settings = TransferSettings.from_mapping(build.plain(cfg.get("transfer")))
-    if gap.enabled and not target.randomizable:
-        raise ValueError(f"gap={gap.name}: a gap is a randomization setting of sim_envs targets; target "
-                         f"{target.name!r} is {target.family}")
+    if gap.enabled and not target.randomizable and not gap.any_env:
+        raise ValueError(f"gap={gap.name}: its sides are randomization settings of sim_envs targets, and target "
+                         f"{target.name!r} is {target.family}: give the gap's source and target as the env's "
+                         "constructor arguments instead, e.g. 'gap={name: my_gap, source: {env_kwargs: {friction: "
+                         "1.0}}, target: {env_kwargs: {friction: 0.4}}, target_transitions: 500}' (docs/transfer.md)")
     rand = dr_rand if target.randomizable else "none"
     if not target.randomizable and (dr_rand != "none" or eval_checked not in (None, "none")):
+        episodes = (f"training episodes use gap={gap.name}'s source, evaluation episodes its target" if gap.enabled
+                    else "every episode is nominal (dr=none says so quietly)")
         log.warning("target %r (%s): physics / visual randomization and distractors exist for sim_envs targets only; "
-                    "dr and eval_randomization are not applied, every episode is nominal (dr=none says so quietly)",
-                    target.name, target.family)
-    eval_rand = None if eval_checked is None else (eval_checked if target.randomizable else "none")
+                    "dr and eval_randomization are not applied, %s", target.name, target.family, episodes)
+    # (on a target without randomization, eval_randomization is not applied: a gap's target still judges)
+    eval_rand = None if eval_checked is None or not target.randomizable else eval_checked
     if gap.enabled:  # the gap's source replaces dr; its target judges, unless eval_randomization says otherwise
         rand = gap.source
         eval_rand = gap.target if eval_rand is None else eval_rand
     build.check_env_fits(agent, target, rand)
+    if gap.enabled and eval_rand != rand:  # a misspelt constructor argument of the judged side, named before training
+        build.check_env_fits(agent, target, eval_rand)
     stage2_path = recorded_file(ckpt, "data_path")  # at a moved run folder's new place when it moved with the run
     kept = [str(ckpt.meta[k]) for k in ("data_path", "mix_path") if ckpt.meta.get(k)]  # outlive a source edit
     kept += recorded_data_files(run_dir / "checkpoints") if cfg.get("resume", True) else []

@@ -7,7 +7,8 @@ cameras at their size (:func:`robopretrain.evaluation.agent_env`); episodes run 
 ``target`` (default: the checkpoint's own target, else the task its stage-2 run adapted to or first evaluated; a stage-2 run on another env's data:
 the evaluation target of that name, or its only one, :func:`default_target`). Targets outside sim_envs (Meta-World,
 any gymnasium env) have no randomization or distractors: only ``select=[nominal]`` runs there, other factors are
-refused with one line.
+refused with one line; a ``gap`` whose sides are the env's constructor arguments (``{env_kwargs: {...}}``) runs its
+two conditions there too.
 
 * Conditions: ``nominal`` (no randomization, no distractors), then every factor of ``cfg.factors`` at each of
   its levels: integer levels place exactly that many distractors; ``train`` / ``eval_easy`` / ``eval_hard``
@@ -121,6 +122,14 @@ def build_conditions(cfg: DictConfig) -> list[Condition]:
         for level in levels:  # levels=eval_hard was read a letter at a time ('e' is no level)
             out.append(Condition(name, str(level), condition_randomization(name, list(spec["randomize"]), level)))
     return out + gap_conditions(cfg.get("gap"))
+
+
+def gap_applies_to_any_env(node: Any) -> bool:
+    """Whether a ``gap`` config sets only constructor arguments (``{env_kwargs: {...}}``), so any env can run it."""
+    from finetune.transfer.gap import Gap
+
+    gap = Gap.from_mapping(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
+    return gap.enabled and gap.any_env
 
 
 def gap_conditions(node: Any) -> list[Condition]:
@@ -690,11 +699,13 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     conditions = build_conditions(cfg)
     if not target.randomizable and cfg.get("select") is None:  # every factor of a target that has none (a gap
         conditions = [c for c in conditions if c.factor not in cfg.factors]  # asked for is still refused below)
-        log.info("target %r (%s) has no randomization or distractors: nominal episodes only", target.name,
-                 target.family)
-    if not target.randomizable and len(conditions) > 1:
+        log.info("target %r (%s) has no randomization or distractors: nominal episodes only%s", target.name,
+                 target.family, " and the gap's two sides" if gap_applies_to_any_env(cfg.get("gap")) else "")
+    any_env_gap = gap_applies_to_any_env(cfg.get("gap"))  # its conditions set constructor arguments
+    if not target.randomizable and len([c for c in conditions if not (any_env_gap and c.factor == GAP)]) > 1:
         shifted = sorted({c.factor for c in conditions if c.factor != NOMINAL})
-        fix = "remove the gap (gap=none)" if shifted == [GAP] else "use select=[nominal]"
+        fix = ("remove the gap (gap=none), or give its source and target as the env's constructor arguments "
+               "('gap.source={env_kwargs: {...}}', docs/transfer.md)") if shifted == [GAP] else "use select=[nominal]"
         raise ValueError(f"evaluate config: target {target.name!r} ({target.family}) has no randomization or "
                          f"distractors; factors {shifted} apply to sim_envs targets only: {fix}")
     given = cfg.get("target_return")
@@ -704,6 +715,9 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
     policy = load_policy(spec)
     check_env_fits(policy, target)  # one line naming the part and both sizes, before any episode
+    for cond in conditions:  # a gap's sides build other envs (their constructor arguments): checked before any too
+        if cond.factor == GAP:
+            check_env_fits(policy, target, cond.randomization)
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a second evaluate writing this folder now is refused (its results were lost)

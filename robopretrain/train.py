@@ -321,13 +321,17 @@ def stage2_adversary(cfg: DictConfig, agent: Any, tasks: list[str], run_dir: Pat
     task = node.pop("task", None)
     from finetune.transfer.dann import DANNSettings, DomainAdversary
 
-    settings = DANNSettings.from_mapping(node)
-    if not settings.enabled:
-        return None
     from finetune.transfer.gap import Gap
+
+    settings = DANNSettings.from_mapping(node)
+    gap = Gap.from_mapping(build.plain(cfg.get("gap")))
+    if not settings.enabled:
+        if gap.enabled and dinfo.is_main:  # recorded with the run, and nothing else reads it
+            log.warning("gap=%s: stage 2 uses a gap only for transfer.dann's target frames, which is off: the gap "
+                        "has no effect here (stage 3 and robopretrain.evaluate apply it)", gap.name)
+        return None
     from finetune.transfer.target_data import cached_target_data
 
-    gap = Gap.from_mapping(build.plain(cfg.get("gap")))
     if not gap.enabled or gap.target_frames < 1:
         raise ValueError(f"transfer.dann needs a gap with target_frames >= 1 (e.g. gap=visual_textures); got "
                          f"gap={gap.name!r}")

@@ -421,6 +421,23 @@ class NarrowUnitsReachEnv(UnitsReachEnv):
     REST, GAIN, LOW, HIGH = 0.0, 1.0, -0.1, 0.1
 
 
+class GainReachEnv(NarrowUnitsReachEnv):
+    """:class:`NarrowUnitsReachEnv` whose velocity is ``gain * a`` (a constructor argument: a gym env's own dynamics
+    parameter, as a user's env has). Every reset is appended to ``GainReachEnv.resets`` as ``(gain, reset seed)``
+    (in-process runs only)."""
+
+    resets: list[tuple[float, int]] = []
+
+    def __init__(self, gain: float = 1.0) -> None:
+        super().__init__()
+        self.GAIN = float(gain)
+
+    def reset(self, *, seed: int | None = None, options=None):
+        out = super().reset(seed=seed, options=options)
+        GainReachEnv.resets.append((self.GAIN, self.seed_))
+        return out
+
+
 def write_units_d4rl(path, episodes: int = 30, max_steps: int = 40, seed: int = 0, env_cls: type = UnitsReachEnv):
     """A D4RL-style HDF5 (``observations``, ``actions``, ``rewards``, ``terminals``, ``timeouts``, ``infos/success``)
     of ``env_cls.expert`` in ``env_cls`` (:class:`UnitsReachEnv`: actions in ``[0, 8]``), sparse reward 1 and a

@@ -268,8 +268,9 @@ def test_reward_correction_adds_the_scaled_delta_after_its_warmup():
                             seed=0)
     batch = {"observations": {"proprio": torch.randn(6, 2)}, "next_observations": {"proprio": torch.randn(6, 2)},
              "actions": torch.randn(6, 1), "rewards": torch.arange(6.0)}
-    first, _ = corr(batch)
+    first, warm = corr(batch, with_metrics=True)
     assert torch.equal(first["rewards"], batch["rewards"])  # inside the warm-up
+    assert warm["darc/applied"] == 0.0 and warm["darc/reward_change_mean"] == 0.0
     second, metrics = corr(batch, with_metrics=True)
     with torch.no_grad():
         dr = delta_reward(*corr.classifier(batch["observations"]["proprio"], batch["actions"],
@@ -277,6 +278,10 @@ def test_reward_correction_adds_the_scaled_delta_after_its_warmup():
     torch.testing.assert_close(second["rewards"], batch["rewards"] + 4.0 * 0.5 * dr)
     assert metrics["darc/applied"] == 1.0 and 0.0 <= metrics["darc/sas_accuracy"] <= 1.0
     assert metrics["darc/delta_r_std"] == pytest.approx(float(dr.std(correction=0)), rel=1e-5)  # over the batch
+    # what the rewards got, in the algorithm's scaled units (delta_r_mean alone read 10x too small in the docs)
+    assert metrics["darc/reward_change_mean"] == pytest.approx(float((second["rewards"] - batch["rewards"]).mean()),
+                                                               rel=1e-5)
+    assert metrics["darc/reward_change_mean"] == pytest.approx(2.0 * metrics["darc/delta_r_mean"], rel=1e-5)
 
 
 def hand_darc() -> DarcClassifier:

@@ -179,8 +179,9 @@ class RewardCorrection:
             out[REWARDS] = batch[REWARDS] + (self.reward_scale * float(self.settings.scale) * dr).to(batch[REWARDS])
         if not with_metrics:
             return out, {}
+        change = self.reward_scale * float(self.settings.scale) * dr.mean() if on else torch.zeros(())
         metrics.update({"darc/delta_r_mean": dr.mean(), "darc/delta_r_std": dr.std(correction=0),
-                        "darc/applied": float(on)})
+                        "darc/reward_change_mean": change, "darc/applied": float(on)})
         return out, {k: float(v) for k, v in metrics.items()}
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 target data a method may use.
 
 Both sides are ``randomization`` arguments of a sim_envs env (:mod:`sim_envs.randomization`: a level name or a
-mapping of :class:`~sim_envs.randomization.RandomizationConfig` fields), so the same gap drives training
+mapping of :class:`~sim_envs.randomization.RandomizationConfig` fields) or, on any env, ``{env_kwargs: {...}}``: the
+constructor arguments of that side (a gym env's friction or gain, added to the target's own ``env_kwargs``; see
+:func:`robopretrain.envs.target.split_env_kwargs`), so the same gap drives training
 (``finetune.train gap=friction_low``: training episodes use ``source``, evaluation episodes ``target``), the transfer
 methods (:mod:`finetune.transfer.dann` renders ``target_frames`` unlabeled target frames; :mod:`finetune.transfer.darc`
 collects ``target_transitions`` target transitions) and evaluation (``robopretrain.evaluate gap=friction_low`` adds
@@ -20,7 +22,9 @@ GAP_KINDS = ("none", "physics", "visual")
 
 
 def _randomization(value: Any, where: str) -> Any:
-    """A plain randomization argument (``none`` for an unset one); a bad one raises ``ValueError`` naming ``where``."""
+    """A plain randomization argument (``none`` for an unset one), its ``env_kwargs`` kept beside the sim_envs part
+    (:func:`~robopretrain.envs.target.split_env_kwargs`); a bad one raises ``ValueError`` naming ``where``."""
+    from robopretrain.envs.target import split_env_kwargs
     from sim_envs.env import as_randomization
 
     if value is None:
@@ -28,9 +32,11 @@ def _randomization(value: Any, where: str) -> Any:
     if isinstance(value, Mapping):
         value = {k: v for k, v in dict(value).items() if v is not None}
     try:
-        as_randomization(value).levels()
+        rest, _ = split_env_kwargs(value)
+        as_randomization(rest).levels()
     except (TypeError, ValueError) as err:
-        raise ValueError(f"gap config: {where}={value!r} is not a randomization setting ({err})") from None
+        raise ValueError(f"gap config: {where}={value!r} is not a randomization setting ({err}); on an env other "
+                         "than sim_envs' give {env_kwargs: {...}}, the constructor arguments of that side") from None
     return value
 
 
@@ -59,11 +65,12 @@ class Gap:
                 raise ValueError(f"gap config: {key}={value!r}; expected an integer >= 0")
         self.source = _randomization(self.source, "source")
         self.target = _randomization(self.target, "target")
-        if self.enabled and self.kind != "none":  # a label only, but one that reports and readers trust
+        if self.enabled and self.kind != "none" and not self.any_env:  # a label only, but one that reports and
+            from robopretrain.envs.target import split_env_kwargs  # readers trust (what env_kwargs change: the user's)
             from sim_envs.env import as_randomization
             from sim_envs.randomization import PHYSICS_FACTORS, VISUAL_FACTORS
 
-            levels = as_randomization(self.target).levels()
+            levels = as_randomization(split_env_kwargs(self.target)[0]).levels()
             # distractors change what the camera sees (extra objects): a visual gap
             factors = PHYSICS_FACTORS if self.kind == "physics" else (*VISUAL_FACTORS, "distractors")
             if not any(levels.get(f, "none") != "none" for f in factors):
@@ -78,6 +85,20 @@ class Gap:
             if set_:
                 raise ValueError(f"gap config: name=none (no gap) but {', '.join(set_)}; a gap needs a name (e.g. "
                                  "gap=friction_low, or gap.name=my_gap), or leave gap=none with nothing set")
+
+    @property
+    def sets_env_kwargs(self) -> bool:
+        """Whether a side sets constructor arguments (``{env_kwargs: {...}}``)."""
+        from robopretrain.envs.target import split_env_kwargs
+
+        return any(split_env_kwargs(side)[1] for side in (self.source, self.target))
+
+    @property
+    def any_env(self) -> bool:
+        """Whether the gap applies to any env: its sides set constructor arguments and no sim_envs randomization."""
+        from robopretrain.envs.target import is_nominal
+
+        return self.sets_env_kwargs and all(is_nominal(side) for side in (self.source, self.target))
 
     @property
     def enabled(self) -> bool:

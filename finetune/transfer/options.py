@@ -64,8 +64,10 @@ class TransferParts:
 
 def randomizes_physics(randomization: Any) -> bool:
     """Whether a randomization argument draws some physics factor (EPOpt needs one)."""
+    from robopretrain.envs.target import split_env_kwargs
     from sim_envs.env import as_randomization
 
+    randomization, _ = split_env_kwargs(randomization)  # constructor arguments are one fixed setting: no draw
     if randomization in (None, "none"):
         return False
     levels = as_randomization(randomization).levels()
@@ -78,15 +80,23 @@ def build_transfer(settings: TransferSettings, gap: Gap, agent: Any, target: Any
     parts = TransferParts()
     if settings.epopt.enabled:
         if not randomizes_physics(randomization):
+            where = "" if getattr(target, "randomizable", True) else (
+                f"; target {target.name!r} is {target.family}, whose physics the toolkit does not draw (dr applies "
+                "to sim_envs targets only, and a gap's env_kwargs fix one setting), so EPOpt has nothing to rank")
             raise ValueError(f"transfer.epopt needs physics randomization of the training episodes (friction, mass, "
-                             f"damping or gripper_force); they use {randomization!r}")
+                             f"damping or gripper_force, drawn by dr or a gap's source); they use "
+                             f"{randomization!r}{where}")
         parts.epopt = settings.epopt
     for name, on, need in (("dann", settings.dann.enabled, gap.target_frames),
                            ("darc", settings.darc.enabled, gap.target_transitions)):
         if on and (not gap.enabled or need < 1):
             what = "target_frames" if name == "dann" else "target_transitions"
-            raise ValueError(f"transfer.{name} needs a gap with {what} >= 1 (e.g. gap="
-                             f"{'visual_textures' if name == 'dann' else 'friction_low'}); got gap={gap.name!r}")
+            example = ("gap=visual_textures" if name == "dann" else "gap=friction_low")
+            if not getattr(target, "randomizable", True):
+                example = (f"on target {target.name!r} ({target.family}) a gap of its constructor arguments: "
+                           "gap.name=my_gap 'gap.source={env_kwargs: {...}}' 'gap.target={env_kwargs: {...}}' "
+                           f"gap.{what}=N, docs/transfer.md")
+            raise ValueError(f"transfer.{name} needs a gap with {what} >= 1 (e.g. {example}); got gap={gap.name!r}")
     if settings.dann.enabled:
         if not agent.trains_encoder or not agent.spec.rgb:
             raise ValueError("transfer.dann needs an agent whose image encoder trains (cameras and encoder mode "

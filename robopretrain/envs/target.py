@@ -497,20 +497,49 @@ def _agent_image_size(target: Target, kwargs: dict[str, Any], image_size: int | 
     kwargs["image_size"] = int(image_size)
 
 
+ENV_KWARGS = "env_kwargs"  # a randomization mapping's key for constructor arguments (a gap's side on any env)
+
+
+def split_env_kwargs(randomization: Any) -> tuple[Any, dict[str, Any]]:
+    """A randomization argument split into its sim_envs randomization (``none`` when nothing else is left) and the
+    constructor arguments under its ``env_kwargs`` key (``{}`` without one): ``{env_kwargs: {gain: 0.3}}`` is how a
+    gap (:class:`finetune.transfer.gap.Gap`) sets one side of any env, whose own parameters the toolkit cannot
+    randomize. Raises ``ValueError`` when ``env_kwargs`` is not a mapping."""
+    randomization = _plain(randomization)
+    if not isinstance(randomization, Mapping) or ENV_KWARGS not in randomization:
+        return randomization, {}
+    extra = randomization[ENV_KWARGS]
+    if not isinstance(extra, Mapping):
+        raise ValueError(f"randomization: env_kwargs={extra!r}; expected a mapping of the env's constructor "
+                         "arguments")
+    rest = {k: v for k, v in randomization.items() if k != ENV_KWARGS}
+    return (rest or "none"), {str(k): v for k, v in extra.items()}
+
+
+def is_nominal(randomization: Any) -> bool:
+    """Whether a randomization argument (its ``env_kwargs`` aside) draws nothing: ``none``, or a mapping at level
+    ``none`` without distractors; what any env, not only sim_envs', can run."""
+    randomization, _ = split_env_kwargs(randomization)
+    return randomization in (None, "none") or (isinstance(randomization, Mapping)
+                                               and randomization.get("level", "none") == "none"
+                                               and not randomization.get("num_distractors"))
+
+
 def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None = None,
              randomization: Any = "none", *, checked: Sequence[str] = (), **sim_kwargs: Any) -> gym.Env:
     """The env of ``target`` in the toolkit's conventions (module docstring), rendering ``cameras`` at ``image_size``.
 
     ``randomization`` (a level name or a mapping, see :mod:`sim_envs.randomization`) applies to sim_envs targets
-    only; any other family refuses a setting other than ``none`` with a ``ValueError`` naming the target.
+    only; any other family refuses a setting other than ``none`` with a ``ValueError`` naming the target. Its
+    ``env_kwargs`` key, on any family, adds to (and overrides) the target's constructor arguments
+    (:func:`split_env_kwargs`).
     ``sim_kwargs`` go to the sim_envs env (e.g. ``video_cameras``). ``checked``: the vector parts the agent reads
     (our names), refused at the step where they turn NaN / inf or change shape (:class:`TargetEnv`).
     """
-    randomization = _plain(randomization)
-    nominal = randomization in (None, "none") or (isinstance(randomization, Mapping)
-                                                    and randomization.get("level", "none") == "none"
-                                                    and not randomization.get("num_distractors"))
-    if not target.randomizable and not nominal:
+    randomization, extra = split_env_kwargs(randomization)
+    if extra:
+        target = replace(target, env_kwargs={**target.env_kwargs, **extra})
+    if not target.randomizable and not is_nominal(randomization):
         raise ValueError(f"target {target.name!r} ({target.family}): randomization={randomization!r} applies to "
                          "sim_envs tasks only; use none")
     if target.family == SIM_ENVS:
@@ -892,5 +921,5 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
 
 
 __all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
-           "TargetEnv", "as_target", "env_factory", "make_env", "target_of_data",
+           "TargetEnv", "as_target", "env_factory", "is_nominal", "make_env", "split_env_kwargs", "target_of_data",
            "episode_limit", "time_limit_note", "warn_unmapped_renames"]
