@@ -438,6 +438,16 @@ class GainReachEnv(NarrowUnitsReachEnv):
         return out
 
 
+class DrawnGainReachEnv(GainReachEnv):
+    """:class:`GainReachEnv` that draws its own gain in ``[0.5, 1.5)`` at every reset and reports it as the reset info's
+    ``dr_params`` (a user's env that randomizes its physics itself)."""
+
+    def reset(self, *, seed: int | None = None, options=None):
+        self.GAIN = float(np.random.default_rng(seed).uniform(0.5, 1.5))
+        obs, info = super().reset(seed=seed, options=options)
+        return obs, {**info, "dr_params": {"gain": self.GAIN}}
+
+
 def write_units_d4rl(path, episodes: int = 30, max_steps: int = 40, seed: int = 0, env_cls: type = UnitsReachEnv):
     """A D4RL-style HDF5 (``observations``, ``actions``, ``rewards``, ``terminals``, ``timeouts``, ``infos/success``)
     of ``env_cls.expert`` in ``env_cls`` (:class:`UnitsReachEnv`: actions in ``[0, 8]``), sparse reward 1 and a

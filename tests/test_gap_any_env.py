@@ -116,7 +116,7 @@ def test_evaluate_runs_the_gaps_two_sides_on_a_gym_target(gain_ckpt, tmp_path):
 
 @pytest.mark.parametrize("transfer, message", [
     ({"epopt": {"enabled": True}}, r"transfer.epopt needs physics randomization .*target 'gain_reach' is gym, whose "
-                                   r"physics the toolkit does not draw"),
+                                   r"physics the toolkit does not draw.*transfer.epopt.env_draws_physics=true"),
     ({"darc": {"enabled": True}}, r"transfer.darc needs a gap with target_transitions >= 1 \(e.g. on target "
                                   r"'gain_reach' \(gym\) a gap of its constructor arguments: .*env_kwargs"),
 ])
@@ -184,3 +184,19 @@ def test_stage3_warns_that_dr_is_not_applied_but_the_gap_is(gain_ckpt, tmp_path,
     assert "every episode is nominal" not in caplog.text
     evals = {g for g, seed in fake.GainReachEnv.resets[2:] if EVAL_SEED <= seed < TARGET_SEED_OFFSET}
     assert evals == {0.5}  # eval_randomization, not applied here, does not replace the gap's target
+
+
+def test_epopt_runs_on_an_env_that_draws_its_own_physics(gain_ckpt, tmp_path):
+    import json
+
+    from finetune.train import run as finetune
+
+    ckpt, data = gain_ckpt
+    drawn = {**TARGET, "env_id": "_fake_envs:DrawnGainReachEnv", "env_kwargs": {}, "demos": str(data)}
+    epopt = {"enabled": True, "epsilon": 0.5, "batch_episodes": 2, "warmup_batches": 0, "env_draws_physics": True}
+    finetune(stage3_config(ckpt, tmp_path / "s3", drawn, algo="iql", env_steps=32,
+                           data_cfg={"cache_dir": str(tmp_path / "cache")}, transfer={"epopt": epopt}))
+    rows = [json.loads(line) for line in (tmp_path / "s3" / "epopt_episodes.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(0.5 <= r["physics"]["gain"] < 1.5 for r in rows)  # the env's own draws, logged
+    assert len({r["physics"]["gain"] for r in rows}) == 4  # two batches of two episodes: the worst of each kept
+    assert sum(r["kept"] for r in rows[:2]) == 1 and sum(r["kept"] for r in rows[2:]) == 1

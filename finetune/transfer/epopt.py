@@ -33,8 +33,12 @@ class EPOptSettings:
     epsilon: float = 0.1  # keep the worst epsilon fraction of each batch (the paper's default 0.1)
     batch_episodes: int = 10  # finished episodes per selection batch (the paper's N)
     warmup_batches: int = 2  # first batches stored whole (the paper: all episodes in the first iterations)
+    env_draws_physics: bool = False  # the env draws its own physics each reset (a user's env; reset info dr_params)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.env_draws_physics, bool):
+            raise ValueError(f"finetune config: transfer.epopt.env_draws_physics={self.env_draws_physics!r}; "
+                             "expected true or false")
         if isinstance(self.epsilon, bool) or not 0.0 < float(self.epsilon) <= 1.0:
             raise ValueError(f"finetune config: transfer.epopt.epsilon={self.epsilon!r}; expected a number in (0, 1]")
         for key in ("batch_episodes", "warmup_batches"):

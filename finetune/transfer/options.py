@@ -79,10 +79,11 @@ def build_transfer(settings: TransferSettings, gap: Gap, agent: Any, target: Any
     """The parts of the enabled options (module docstring); a missing prerequisite raises ``ValueError``."""
     parts = TransferParts()
     if settings.epopt.enabled:
-        if not randomizes_physics(randomization):
+        if not settings.epopt.env_draws_physics and not randomizes_physics(randomization):
             where = "" if getattr(target, "randomizable", True) else (
                 f"; target {target.name!r} is {target.family}, whose physics the toolkit does not draw (dr applies "
-                "to sim_envs targets only, and a gap's env_kwargs fix one setting), so EPOpt has nothing to rank")
+                "to sim_envs targets only, and a gap's env_kwargs fix one setting): if the env draws its own at "
+                "each reset, set transfer.epopt.env_draws_physics=true")
             raise ValueError(f"transfer.epopt needs physics randomization of the training episodes (friction, mass, "
                              f"damping or gripper_force, drawn by dr or a gap's source); they use "
                              f"{randomization!r}{where}")
