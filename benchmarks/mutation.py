@@ -106,7 +106,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "reward_model": ("robopretrain/reward_model.py", ["tests/test_reward_model.py"]),
     "learned_reward": ("finetune/learned_reward.py", ["tests/test_learned_reward_online.py"]),  # stage 3's online
     # rewards from a preference-learned model
-    "epopt": ("finetune/transfer/epopt.py", ["tests/test_transfer.py"]),
+    "epopt": ("finetune/transfer/epopt.py", ["tests/test_transfer.py", "tests/test_gap_any_env.py"]),
     "darc": ("finetune/transfer/darc.py", ["tests/test_transfer.py"]),
     "dann": ("finetune/transfer/dann.py", ["tests/test_transfer.py"]),
     # the observation path every agent shares (normalisation, image preprocessing, the task one-hot), and the
@@ -125,8 +125,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                          "tests/test_transfer.py::test_dann_at_zero_coefficient_leaves_the_agent_"
                                          "update_unchanged_and_on_moves_the_encoder"]),  # one API: encoders,
     # networks and learner
-    "action_units": ("robopretrain/envs/action_units.py", ["tests/test_action_units.py"]),  # the robot's action units
-    "gap": ("finetune/transfer/gap.py", ["tests/test_transfer.py"]),  # the sim-to-"real" gap every transfer tool reads
+    "action_units": ("robopretrain/envs/action_units.py", ["tests/test_action_units.py",  # the robot's action units
+                                                           "tests/test_bc_term_options.py"]),
+    "gap": ("finetune/transfer/gap.py", ["tests/test_transfer.py",  # the sim-to-"real" gap every transfer tool reads
+                                         "tests/test_gap_any_env.py"]),
     "randomization": ("sim_envs/randomization.py", ["tests/test_randomization.py", "tests/test_sim_envs.py",
                                                      "tests/test_transfer.py"]),  # physics and visual shifts
     "video_data": ("video_pretrain/data.py", ["tests/test_video_sources.py", "tests/test_inputs_video.py",
