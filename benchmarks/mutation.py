@@ -436,6 +436,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "as ActionNormalization.same/swap/0, on the high bounds",
         "np.allclose(..self.high, other.high..) swapped @ and np.allclose(self.high, other.high, rtol=1e-6, "
         "atol=1e-6))"),
+    ("action_units", "auto_bounds/const/3"): Equivalent(
+        "the float round-off tolerance of 'inside [-1, 1]' 1e-6 -> 5e-7 (on the high side; the low side's is pinned "
+        "by tests): both far above float32's step at 1 (6e-8) and far below any real overshoot",
+        "1e-06 -> 5e-07 @ inside = (low >= -1.0 - 1e-6) & (high <= 1.0 + 1e-6)"),
     ("action_units", "reexpress/const/2"): Equivalent(
         "the float32 round-off tolerance of 'the file moves a dimension the agent's units hold constant' 1e-5 -> "
         "5e-6: both lie above the round-off of env values of order 10 (~1e-6) and below any real movement",

@@ -315,9 +315,10 @@ def test_two_valued_dimensions_are_those_with_two_values_and_nothing_between():
         grip,                                             # a gripper at +-1
         np.where(grip < 0, -0.5, 0.7),                    # two values inside the box
         np.where(np.arange(n) % 3 == 0, 0.0, grip),       # three values
-        grip + rng.uniform(-1e-7, 1e-7, n),               # +-1 up to float noise
+        grip + np.where(np.arange(n) % 2 == 0, 8e-7, 0.0),  # +-1 up to float noise below atol (1e-6)
     ], axis=1)
     assert two_valued_dimensions(actions) == [2, 3, 5]
+    assert two_valued_dimensions(actions, atol=5e-7) == [2, 3]  # noise above atol: more than two values
     assert two_valued_dimensions(actions[:, :2]) == []
     assert two_valued_dimensions(np.zeros((0, 4))) == []
 
