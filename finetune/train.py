@@ -43,7 +43,7 @@ from robopretrain import build, run_fingerprint
 from robopretrain.agent import NETWORK_KEYS
 from robopretrain.algos import AGENT_NAMES
 from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, clear_previous_run, list_checkpoints,
-                                     load_agent, recorded_data_files, recorded_file, refuse_other_stage,
+                                     load_agent, load_latest, recorded_data_files, recorded_file, refuse_other_stage,
                                      refuse_source_in_run, resolve_checkpoint_dir)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
@@ -351,14 +351,23 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
         warn_unmapped_renames(ckpt.meta, target)
     gap = Gap.from_mapping(build.plain(cfg.get("gap")))
     transfer_settings = TransferSettings.from_mapping(build.plain(cfg.get("transfer")))
+    if gap.enabled and not target.randomizable and not gap.any_env and gap.sets_env_kwargs:
+        raise ValueError(f"gap={gap.name}: a side mixes sim_envs randomization with env_kwargs (source {gap.source!r}, "
+                         f"target {gap.target!r}); target {target.name!r} is {target.family}, where only env_kwargs "
+                         "apply: drop the other keys (level, factors, ranges, num_distractors)")
     if gap.enabled and not target.randomizable and not gap.any_env:
         raise ValueError(f"gap={gap.name}: its sides are randomization settings of sim_envs targets, and target "
                          f"{target.name!r} is {target.family}: give the gap's source and target as the env's "
                          "constructor arguments instead, e.g. 'gap={name: my_gap, source: {env_kwargs: {friction: "
                          "1.0}}, target: {env_kwargs: {friction: 0.4}}, target_transitions: 500}' (docs/transfer.md)")
+    if gap.enabled and gap.source == gap.target:
+        log.warning("gap=%s: its source and target are the same (%r): training and judging run the same env, so there "
+                    "is no gap to transfer across", gap.name, gap.source)
     rand = dr_rand if target.randomizable else "none"
     if not target.randomizable and (dr_rand != "none" or eval_checked not in (None, "none")):
         episodes = (f"training episodes use gap={gap.name}'s source, evaluation episodes its target" if gap.enabled
+                    else "the env draws its own physics (transfer.epopt.env_draws_physics)"
+                    if transfer_settings.epopt.enabled and transfer_settings.epopt.env_draws_physics
                     else "every episode is nominal (dr=none says so quietly)")
         log.warning("target %r (%s): physics / visual randomization and distractors exist for sim_envs targets only; "
                     "dr and eval_randomization are not applied, %s", target.name, target.family, episodes)
@@ -427,6 +436,10 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     if fresh:  # first (another agent collected them), the rest once the transfer options are accepted too
         refuse_source_in_run(str(cfg.checkpoint), run_dir, "checkpoint")
         clear_previous_run(run_dir, ("transfer",))
+    if not fresh:  # a resume refused for changed settings is refused before the transfer options collect target
+        resumed = load_latest(run_dir / "checkpoints", with_state=False)  # data (a real target's, maybe) or replace
+        if resumed is not None and resumed.meta.get("stage") == "online" and resumed.meta.get("fingerprint"):
+            run_fingerprint.check_resume(resumed.meta["fingerprint"], fingerprint, where=resumed.path)
     transfer = build_transfer(transfer_settings, gap, agent, target, rand, run_dir, reward_scale=reward.scale,
                               seed=int(cfg.seed))
     if fresh:

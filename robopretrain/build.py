@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # what benchmarks/binary_actions.py measured (README "CQL and Cal-QL on binary gripper actions"), quoted by
 # warn_two_valued_actions
-BINARY_ACTIONS_FINDING = ("CQL and Cal-QL succeed 0.00 on 3 seeds after 3000 updates where BC succeeds 1.00, 0.00 with "
-                          "algo.actor_bc_weight=4 and 1.00 with 40")
+BINARY_ACTIONS_FINDING = ("CQL and Cal-QL succeed 0.00 on 3 seeds after 3000 updates where BC succeeds 1.00; CQL 0.00 "
+                          "with algo.actor_bc_weight=4, CQL and Cal-QL 1.00 with 40")
 BINARY_ACTIONS_WEIGHT = "algo.actor_bc_weight=40"
 
 
@@ -116,8 +116,9 @@ def success_filtered_bc(algo_cfg: Any) -> bool:
 
 def warn_two_valued_actions(algo_cfg: Any, dataset: Any, where: str) -> list[int]:
     """Warn when CQL or Cal-QL trains its SAC actor without the BC term (``algo.actor_bc_weight`` 0) on data with an
-    action dimension that takes only two values (:func:`~robopretrain.envs.action_units.two_valued_dimensions`, a
-    gripper): the conservative penalty pushes the critic down between the two values, and the actor, which follows
+    action dimension whose values lie only near its two ends
+    (:func:`~robopretrain.envs.action_units.two_valued_dimensions`, a gripper at +-1, with or without a little
+    noise): the conservative penalty pushes the critic down between the two ends, and the actor, which follows
     the critic's action-gradient through a saturated tanh, can stay at the wrong one. Measured by
     ``benchmarks/binary_actions.py`` (protocol ``benchmarks/protocols/binary_actions.md``). Returns those dimensions
     (empty when there is nothing to warn about)."""
@@ -127,9 +128,9 @@ def warn_two_valued_actions(algo_cfg: Any, dataset: Any, where: str) -> list[int
     actions = dataset.arrays().get("actions")
     dims = two_valued_dimensions(np.asarray(actions)) if actions is not None else []
     if dims:
-        log.warning("%s: action dimension(s) %s take only two values (a gripper?), and %s trains its actor by the "
-                    "critic's action-gradient alone: its conservative penalty makes the critic lowest between the "
-                    "two values, so the actor can stay at the wrong one (benchmarks/binary_actions.py, a reach that "
+        log.warning("%s: action dimension(s) %s take values only near their two ends (a gripper?), and %s trains its "
+                    "actor by the critic's action-gradient alone: its conservative penalty makes the critic lowest "
+                    "between the two ends, so the actor can stay at the wrong one (benchmarks/binary_actions.py, a reach that "
                     "ends by closing a gripper: %s); set the actor's BC term (e.g. %s)",
                     where, dims, algo_cfg.get("name", "the algorithm"), BINARY_ACTIONS_FINDING,
                     BINARY_ACTIONS_WEIGHT)

@@ -361,7 +361,8 @@ class VectorCollector:
 
 def reset_physics(info: Mapping[str, Any], i: int) -> dict[str, float]:
     """Env ``i``'s scalar randomized parameters from a vector env's reset ``info`` (sim_envs' ``dr_params``:
-    ``friction``, ``mass``, ``damping``, ``gripper_force`` scales when randomized); ``{}`` for envs without them."""
+    ``friction``, ``mass``, ``damping``, ``gripper_force`` scales when randomized; a user's env's own: floats, ints and
+    bools, as floats); ``{}`` for envs without them."""
     params = info.get("dr_params")
     if not isinstance(params, Mapping):
         return {}
@@ -371,7 +372,7 @@ def reset_physics(info: Mapping[str, Any], i: int) -> dict[str, float]:
             continue
         mask = params.get(f"_{key}")
         arr = np.asarray(values)
-        if arr.dtype.kind == "f" and arr.ndim == 1 and (mask is None or bool(np.asarray(mask)[i])):
+        if arr.dtype.kind in "fiub" and arr.ndim == 1 and (mask is None or bool(np.asarray(mask)[i])):
             out[str(key)] = float(arr[i])
     return out
 

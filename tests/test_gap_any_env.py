@@ -156,7 +156,8 @@ def test_a_gap_with_sim_envs_randomization_is_refused_on_a_gym_target(gain_ckpt,
     ckpt, data = gain_ckpt
     cfg = stage3_config(ckpt, tmp_path / "s3", {**TARGET, "demos": str(data)}, algo="iql", env_steps=4,
                         data_cfg={"cache_dir": str(tmp_path / "cache")}, gap=MIXED)
-    with pytest.raises(ValueError, match=r"gap=gain_gap: its sides are randomization settings of sim_envs"):
+    with pytest.raises(ValueError, match=r"gap=gain_gap: a side mixes sim_envs randomization with env_kwargs .*"
+                                         r"only env_kwargs apply: drop the other keys"):
         finetune(cfg)
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
         ev = compose("evaluate", overrides=[f"checkpoint={ckpt}", f"output_dir={tmp_path / 'ev'}", "episodes=1",
@@ -200,3 +201,66 @@ def test_epopt_runs_on_an_env_that_draws_its_own_physics(gain_ckpt, tmp_path):
     assert len(rows) == 4 and all(0.5 <= r["physics"]["gain"] < 1.5 for r in rows)  # the env's own draws, logged
     assert len({r["physics"]["gain"] for r in rows}) == 4  # two batches of two episodes: the worst of each kept
     assert sum(r["kept"] for r in rows[:2]) == 1 and sum(r["kept"] for r in rows[2:]) == 1
+
+
+def test_a_refused_resume_collects_no_target_data(gain_ckpt, tmp_path):
+    """A rerun with another gap target is refused before DARC collects target transitions (a real robot's, maybe)
+    into the run's cache; it used to collect them, overwrite the cache, then be refused."""
+    from finetune.train import run as finetune
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    ckpt, data = gain_ckpt
+
+    def config(gain: float):
+        return stage3_config(ckpt, tmp_path / "s3", {**TARGET, "demos": str(data)}, algo="iql", env_steps=8,
+                             data_cfg={"cache_dir": str(tmp_path / "cache")},
+                             gap={**GAP, "target": {"env_kwargs": {"gain": gain}}},
+                             transfer={"darc": {"enabled": True}})
+
+    finetune(config(0.5))
+    cache = tmp_path / "s3" / "transfer" / "darc_target.npz"
+    before = cache.read_bytes()
+    fake.GainReachEnv.resets.clear()
+    with pytest.raises(ResumeMismatchError, match=r"gap.target.env_kwargs.gain: 0.5 -> 0.6"):
+        finetune(config(0.6))
+    assert cache.read_bytes() == before
+    assert not [seed for _, seed in fake.GainReachEnv.resets if seed >= TARGET_SEED_OFFSET]
+
+
+def test_epopt_on_an_env_without_dr_params_says_it_logs_no_physics(gain_ckpt, tmp_path, caplog):
+    import logging
+
+    from finetune.train import run as finetune
+
+    ckpt, data = gain_ckpt
+    epopt = {"enabled": True, "batch_episodes": 2, "warmup_batches": 0, "env_draws_physics": True}
+    with caplog.at_level(logging.WARNING):
+        finetune(stage3_config(ckpt, tmp_path / "s3", {**TARGET, "demos": str(data)}, algo="iql", env_steps=16,
+                               data_cfg={"cache_dir": str(tmp_path / "cache")}, transfer={"epopt": epopt},
+                               dr="train_all"))
+    assert caplog.text.count("has no scalar dr_params") == 1
+    assert "the env draws its own physics (transfer.epopt.env_draws_physics)" in caplog.text
+    assert "every episode is nominal" not in caplog.text
+
+
+def test_reset_physics_reads_a_user_envs_float_int_and_bool_parameters():
+    import numpy as np
+
+    from robopretrain.collector import reset_physics
+
+    info = {"dr_params": {"gain": np.array([0.5, 0.7]), "level": np.array([2, 3]), "on": np.array([True, False]),
+                          "name": np.array(["a", "b"]), "_gain": np.array([True, True])}}
+    assert reset_physics(info, 1) == {"gain": 0.7, "level": 3.0, "on": 0.0}
+
+
+def test_a_gap_whose_sides_are_the_same_is_warned_about(gain_ckpt, tmp_path, caplog):
+    import logging
+
+    from finetune.train import run as finetune
+
+    ckpt, data = gain_ckpt
+    same = {**GAP, "source": {"env_kwargs": {"gain": 0.5}}}
+    with caplog.at_level(logging.WARNING):
+        finetune(stage3_config(ckpt, tmp_path / "s3", {**TARGET, "demos": str(data)}, algo="iql", env_steps=4,
+                               data_cfg={"cache_dir": str(tmp_path / "cache")}, gap=same))
+    assert "gap=gain_gap: its source and target are the same" in caplog.text

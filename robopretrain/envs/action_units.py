@@ -120,15 +120,18 @@ def warn_constant_dimensions(units: ActionNormalization, where: str) -> bool:
     return bool(fixed.size)
 
 
-def two_valued_dimensions(actions: np.ndarray, atol: float = 1e-6) -> list[int]:
-    """The action dimensions whose values in ``actions`` (``(N, A)``) all lie within ``atol`` of the dimension's
-    smallest or largest value, the two apart: a gripper commanded open or closed and nothing between."""
+def two_valued_dimensions(actions: np.ndarray, band: float = 0.25) -> list[int]:
+    """The action dimensions whose values in ``actions`` (``(N, A)``) all lie near one of its two ends, none between:
+    within ``band`` times its span (largest minus smallest value) of its smallest or its largest value, so the middle
+    half of the span is empty at the default. A gripper commanded open or closed, exactly (+-1) or with a little
+    noise; a dimension with any value in between is not (a span below 1e-6 is a constant, not two values)."""
     a = np.asarray(actions, dtype=np.float64)
     if not a.size:
         return []
     a = a.reshape(len(a), -1)
     low, high = a.min(axis=0), a.max(axis=0)
-    two = (high - low > atol) & ((np.abs(a - low) <= atol) | (np.abs(a - high) <= atol)).all(axis=0)
+    near = float(band) * (high - low)
+    two = (high - low > 1e-6) & ((a - low <= near) | (high - a <= near)).all(axis=0)
     return np.flatnonzero(two).tolist()
 
 
