@@ -42,9 +42,9 @@ from finetune.transfer.options import TransferSettings, build_transfer
 from robopretrain import build, run_fingerprint
 from robopretrain.agent import NETWORK_KEYS
 from robopretrain.algos import AGENT_NAMES
-from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, clear_previous_run, list_checkpoints,
-                                     load_agent, load_latest, recorded_data_files, recorded_file, refuse_other_stage,
-                                     refuse_source_in_run, resolve_checkpoint_dir)
+from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, check_agent_fits, clear_previous_run,
+                                     list_checkpoints, load_agent, load_latest, recorded_data_files, recorded_file,
+                                     refuse_other_stage, refuse_source_in_run, resolve_checkpoint_dir)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_ignored_action_bounds, warn_sparse_data_for_dense_target
@@ -439,6 +439,7 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     if not fresh:  # a resume refused for changed settings is refused before the transfer options collect target
         resumed = load_latest(run_dir / "checkpoints", with_state=False)  # data (a real target's, maybe) or replace
         if resumed is not None and resumed.meta.get("stage") == "online" and resumed.meta.get("fingerprint"):
+            check_agent_fits(resumed.meta, agent, where=str(resumed.path))  # the order run_online checks them in
             run_fingerprint.check_resume(resumed.meta["fingerprint"], fingerprint, where=resumed.path)
     transfer = build_transfer(transfer_settings, gap, agent, target, rand, run_dir, reward_scale=reward.scale,
                               seed=int(cfg.seed))
