@@ -351,11 +351,12 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
         warn_unmapped_renames(ckpt.meta, target)
     gap = Gap.from_mapping(build.plain(cfg.get("gap")))
     transfer_settings = TransferSettings.from_mapping(build.plain(cfg.get("transfer")))
-    if gap.enabled and not target.randomizable and not gap.any_env and gap.sets_env_kwargs:
-        raise ValueError(f"gap={gap.name}: a side mixes sim_envs randomization with env_kwargs (source {gap.source!r}, "
-                         f"target {gap.target!r}); target {target.name!r} is {target.family}, where only env_kwargs "
-                         "apply: drop the other keys (level, factors, ranges, num_distractors)")
     if gap.enabled and not target.randomizable and not gap.any_env:
+        if gap.sets_env_kwargs:
+            raise ValueError(f"gap={gap.name}: a side mixes sim_envs randomization with env_kwargs (source "
+                             f"{gap.source!r}, target {gap.target!r}); target {target.name!r} is {target.family}, "
+                             "where only env_kwargs apply: drop the other keys (level, factors, ranges, "
+                             "num_distractors)")
         raise ValueError(f"gap={gap.name}: its sides are randomization settings of sim_envs targets, and target "
                          f"{target.name!r} is {target.family}: give the gap's source and target as the env's "
                          "constructor arguments instead, e.g. 'gap={name: my_gap, source: {env_kwargs: {friction: "

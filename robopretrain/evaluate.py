@@ -697,11 +697,11 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     elif slot is not None and (note := slot_note(target.name, slot, trained)):
         log.warning(note)
     conditions = build_conditions(cfg)
+    any_env_gap = gap_applies_to_any_env(cfg.get("gap"))  # its conditions set constructor arguments
     if not target.randomizable and cfg.get("select") is None:  # every factor of a target that has none (a gap
         conditions = [c for c in conditions if c.factor not in cfg.factors]  # asked for is still refused below)
         log.info("target %r (%s) has no randomization or distractors: nominal episodes only%s", target.name,
-                 target.family, " and the gap's two sides" if gap_applies_to_any_env(cfg.get("gap")) else "")
-    any_env_gap = gap_applies_to_any_env(cfg.get("gap"))  # its conditions set constructor arguments
+                 target.family, " and the gap's two sides" if any_env_gap else "")
     if not target.randomizable and len([c for c in conditions if not (any_env_gap and c.factor == GAP)]) > 1:
         shifted = sorted({c.factor for c in conditions if c.factor != NOMINAL})
         fix = ("remove the gap (gap=none), or give its source and target as the env's constructor arguments "
