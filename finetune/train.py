@@ -377,7 +377,7 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     if gap.enabled:  # the gap's source replaces dr; its target judges, unless eval_randomization says otherwise
         rand = gap.source
         eval_rand = gap.target if eval_rand is None else eval_rand
-    build.check_env_fits(agent, target, rand)
+    env_limit = build.check_env_fits(agent, target, rand)
     if gap.enabled and eval_rand != rand:  # a misspelt constructor argument of the judged side, named before training
         build.check_env_fits(agent, target, eval_rand)
     stage2_path = recorded_file(ckpt, "data_path")  # at a moved run folder's new place when it moved with the run
@@ -392,7 +392,7 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
         learned = load_online_reward(cfg.reward_model, agent, info)
     build.refuse_learned_reward_online(info, settings.offline_ratio, "online.offline_ratio",
                                        online_model=learned is not None)
-    note = time_limit_note(target, info.env_args, info.demos)
+    note = time_limit_note(target, info.env_args, info.demos, env_limit)
     if note:
         log.warning(note)
     reward = build.reward_settings(cfg.algo, target)

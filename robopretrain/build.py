@@ -31,7 +31,7 @@ from robopretrain.data.keys import OBS
 from robopretrain.data.replay import MixedSampler, OfflineDataset
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import two_valued_dimensions
-from robopretrain.envs.target import EnvContractError, Target, as_target, target_of_data, with_task_slot
+from robopretrain.envs.target import EnvContractError, Target, as_target, env_time_limit, target_of_data, with_task_slot
 from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
@@ -708,9 +708,10 @@ def check_target_fits(agent: Agent, target: Target) -> None:
                          "stage 2)")
 
 
-def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") -> None:
+def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") -> int | None:
     """Build the target's env once and check its observation parts and action size against the agent's, before any
-    training: a ``ValueError`` names the target, the part and both sizes. A sparse-reward target then takes one step
+    training: a ``ValueError`` names the target, the part and both sizes; returns the env's time limit
+    (:func:`~robopretrain.envs.target.env_time_limit`). A sparse-reward target then takes one step
     (:func:`probe_action`: the middle of the env's action range), unless its ``probe_step`` is false (a real
     robot that must not move before the policy acts): an info without its ``success_key`` raises
     :class:`~robopretrain.envs.target.EnvContractError`."""
@@ -748,6 +749,7 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
                     "all: reward: dense, and success counts 0); an env that gives it only on some steps (e.g. when the "
                     "task is done): the target's probe_step: false skips this check, and a step without it then counts "
                     "as no success")
+        return env_time_limit(env)
     finally:
         env.close()
 

@@ -19,7 +19,8 @@ two conditions there too.
 * Per condition: success rate, its confidence interval (``bootstrap.confidence``; ``bootstrap.method``: ``wilson``,
   the Wilson score interval of a binomial proportion, by default, or ``percentile``, a bootstrap over episodes with a
   fixed resampling seed, which collapses to a point at 0/n and n/n), the drop relative to nominal, mean return and
-  length.
+  length, the randomization and the env's constructor arguments (``env_kwargs``: the target's own with a gap
+  side's merged over them).
 * Output folder (``output_dir`` or the Hydra run folder): ``eval_info.json`` (per episode and aggregated),
   ``success_per_factor.png`` and ``videos/<factor>.mp4`` (the factor's last level, episode 0, agentview).
   A run on a folder that holds an earlier evaluation's results removes the files that evaluation's
@@ -66,7 +67,8 @@ from robopretrain.build import warn_target_return
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
-from robopretrain.envs.target import Target, as_target, slot_note, warn_unmapped_renames, with_task_slot
+from robopretrain.envs.target import (Target, as_target, slot_note, split_env_kwargs, warn_unmapped_renames,
+                                      with_task_slot)
 from robopretrain.files import atomic_file, run_folder_lock, write_text_atomic
 from robopretrain.workers import process_map
 
@@ -763,6 +765,8 @@ def _measure(cfg: DictConfig, spec: PolicySpec, policy: Any, ckpt: Any, target: 
                                 bool(cfg.progress))
     episode_seconds = time.perf_counter() - start
     stats = aggregate(conditions, episodes, cfg.bootstrap)
+    for cond in conditions:  # the constructor arguments each condition's env was built with (a gap's side merged)
+        stats[cond.factor][cond.level]["env_kwargs"] = {**target.env_kwargs, **split_env_kwargs(cond.randomization)[1]}
     remove_previous_results(out_dir)  # only now: a run stopped during its episodes leaves the earlier results whole
     info: dict[str, Any] = {
         "checkpoint": os.path.abspath(ckpt.path), "step": ckpt.step, "algo": ckpt.meta["algo"],  # any cwd

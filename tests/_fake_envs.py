@@ -438,6 +438,12 @@ class GainReachEnv(NarrowUnitsReachEnv):
         return out
 
 
+class ShortGainReachEnv(GainReachEnv):
+    """:class:`GainReachEnv` that states a 2-step limit the Meta-World way (a ``max_path_length`` attribute)."""
+
+    max_path_length = 2
+
+
 class DrawnGainReachEnv(GainReachEnv):
     """:class:`GainReachEnv` that draws its own gain in ``[0.5, 1.5)`` at every reset and reports it as the reset info's
     ``dr_params`` (a user's env that randomizes its physics itself)."""

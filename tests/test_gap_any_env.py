@@ -112,6 +112,9 @@ def test_evaluate_runs_the_gaps_two_sides_on_a_gym_target(gain_ckpt, tmp_path):
     assert gains == [0.8, 0.8, 1.0, 1.0, 0.5, 0.5]  # nominal (the target's own), gap/source, gap/target in order
     checked = [g for g, seed in fake.GainReachEnv.resets if seed < EVAL_SEED]  # check_env_fits before any episode
     assert sorted(set(checked)) == [0.5, 0.8, 1.0]
+    rows = {"nominal": info["nominal"], **{f"gap/{k}": v for k, v in info["factors"]["gap"].items()}}
+    assert {k: row["env_kwargs"] for k, row in rows.items()} == {  # what each condition's env was built with
+        "nominal": {"gain": 0.8}, "gap/source": {"gain": 1.0}, "gap/target": {"gain": 0.5}}
 
 
 @pytest.mark.parametrize("transfer, message", [
@@ -264,3 +267,18 @@ def test_a_gap_whose_sides_are_the_same_is_warned_about(gain_ckpt, tmp_path, cap
         finetune(stage3_config(ckpt, tmp_path / "s3", {**TARGET, "demos": str(data)}, algo="iql", env_steps=4,
                                data_cfg={"cache_dir": str(tmp_path / "cache")}, gap=same))
     assert "gap=gain_gap: its source and target are the same" in caplog.text
+
+
+def test_stage3_names_an_env_limit_shorter_than_the_demos(gain_ckpt, tmp_path, caplog):
+    """The time-limit note reads the env's own limit (here Meta-World's max_path_length attribute, 2 steps) where
+    the target states none: the demos are longer, so episodes cannot finish as they did."""
+    import logging
+
+    from finetune.train import run as finetune
+
+    ckpt, data = gain_ckpt
+    target = {**TARGET, "env_id": "_fake_envs:ShortGainReachEnv", "max_episode_steps": None, "demos": str(data)}
+    with caplog.at_level(logging.WARNING):
+        finetune(stage3_config(ckpt, tmp_path / "s3", target, algo="iql", env_steps=4,
+                               data_cfg={"cache_dir": str(tmp_path / "cache")}))
+    assert "target 'gain_reach': episodes stop at 2 steps (the env's own time limit), but " in caplog.text

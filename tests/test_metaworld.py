@@ -690,6 +690,12 @@ def test_a_time_limit_shorter_than_most_successful_demos_is_named():
         "longer (median 150, longest 160 steps): the policy cannot finish as they did in time; raise the target's "
         "max_episode_steps")
     assert time_limit_note(Target(name="Reach"), {}, demos) is None  # the env's own limit: nothing to compare
+    own = time_limit_note(Target(name="reach", env_id="MyReach-v0", task_id=0), {}, renamed := [
+        DemoInfo(d.name, d.num_samples, "reach", 0, d.ep_meta) for d in demos[:5]], env_limit=80)
+    assert own is not None and own.startswith("target 'reach': episodes stop at 80 steps (the env's own time limit), "
+                                              "but 3 of its 4")  # the env's limit, read from the env
+    assert time_limit_note(Target(name="reach", env_id="MyReach-v0", task_id=0, max_episode_steps=500), {}, renamed,
+                           env_limit=80) is not None  # a limit the env enforces under the target's still binds
     eighty = Target(name="reach", family="metaworld", max_episode_steps=80)
     renamed = [DemoInfo(d.name, d.num_samples, "my-task", 0, d.ep_meta) for d in demos[:5]]
     assert "3 of its 4" in time_limit_note(eighty, recorded, renamed)  # a one-task file under another name

@@ -314,7 +314,28 @@ def test_an_env_with_no_time_limit_is_capped_with_a_warning_once(monkeypatch, ca
             assert length(make_env(robot(env_kwargs=far))) == 1
         finally:
             del fake.RobosuiteLikeEnv.max_episode_steps
+        fake.RobosuiteLikeEnv.max_path_length = 4  # Meta-World's name for the same
+        try:
+            assert length(make_env(robot(env_kwargs=far))) == 4
+        finally:
+            del fake.RobosuiteLikeEnv.max_path_length
     assert "no time limit" not in caplog.text
+
+
+def test_an_envs_time_limit_is_its_tightest_stated_one():
+    """env_time_limit: the shortest of the TimeLimit wrappers, the registered limit and the base env's stated one."""
+    from robopretrain.envs.target import env_time_limit
+
+    far = {"goal": (5.0, 5.0, 5.0)}
+    assert env_time_limit(make_env(robot(env_kwargs=far, max_episode_steps=11))) == 11
+    assert env_time_limit(make_env(Target(name="pendulum", env_id="Pendulum-v1", task_id=0, reward="dense"))) == 200
+    fake.RobosuiteLikeEnv.max_path_length = 6  # enforced by the env itself, under the target's 11
+    try:
+        assert env_time_limit(make_env(robot(env_kwargs=far, max_episode_steps=11))) == 6
+        assert env_time_limit(fake.RobosuiteLikeEnv(goal=(5.0, 5.0, 5.0))) == 6  # the bare env
+    finally:
+        del fake.RobosuiteLikeEnv.max_path_length
+    assert env_time_limit(fake.RobosuiteLikeEnv(goal=(5.0, 5.0, 5.0))) is None
 
 
 def test_an_env_kwarg_the_env_does_not_take_is_one_line_naming_env_kwargs():

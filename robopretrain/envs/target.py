@@ -22,8 +22,8 @@ A :class:`Target` is a task of a *family*:
 * reward ``float(success)`` when ``reward: sparse`` (the default: the data contract's sparse success reward), or
   the env's own reward when the target declares ``reward: dense`` (then Cal-QL's sparse all-failure rule is off);
 * termination on success when ``terminate_on_success``; truncation at ``max_episode_steps`` (a ``TimeLimit``; a
-  gym env with no gymnasium time limit is truncated at its base env's ``max_episode_steps`` attribute when it states
-  one, else at :data:`UNLIMITED_EPISODE_CAP` steps, with a warning);
+  gym env with no gymnasium time limit is truncated at its base env's ``max_episode_steps`` (or ``max_path_length``)
+  attribute when it states one, else at :data:`UNLIMITED_EPISODE_CAP` steps, with a warning);
 * actions in the agent's units: with ``action_normalization`` (``{"low": [...], "high": [...]}``, what a converted
   dataset records when it rescaled its actions, see :mod:`robopretrain.envs.action_units`) the env takes actions in
   ``[-1, 1]`` and maps them to its own units, ``a = low + (a' + 1) (high - low) / 2``, before each step.
@@ -333,14 +333,17 @@ def episode_limit(target: Target) -> int | None:
     return None
 
 
-def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence[Any] = ()) -> str | None:
+def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence[Any] = (),
+                    env_limit: int | None = None) -> str | None:
     """A warning when ``target``'s time limit does not fit its demo file: a Meta-World target that sets no limit
     (Meta-World's own, 500 steps, then applies) acting on a task whose file (its ``env_args``) was recorded with
     another one (its episodes would be longer than the data's and than any stage-2 evaluation of the file's task,
     which keeps the file's limit); or a limit shorter than most of the successful demos of the target's task
     (``demos``: the file's :class:`~robopretrain.data.hdf5.DemoInfo`; those of another task, or failed, aside; all of
     a one-task file's when none has the target's name; demos without a success flag count as successful), which
-    episodes then cannot finish as the demos did. None otherwise."""
+    episodes then cannot finish as the demos did. ``env_limit``: the limit of the env itself
+    (:func:`env_time_limit`), which binds where it is shorter than the config's or the config states none. None
+    otherwise."""
     from robopretrain.envs.metaworld import MAX_PATH_LENGTH
 
     recorded = (env_args.get("env_kwargs") or {}).get("max_episode_steps")
@@ -350,7 +353,9 @@ def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence
                 f"{MAX_PATH_LENGTH} steps; its demos were recorded with {int(recorded)} (stage 2's evaluations of the "
                 f"task, if it ran any, used that limit): set the target's max_episode_steps: {int(recorded)} to act "
                 "under the data's limit")
-    limit = episode_limit(target)
+    configured = episode_limit(target)
+    limits = [n for n in (configured, env_limit) if n]
+    limit = min(limits) if limits else None
     own = [d for d in demos if d.task == target.name]
     if not own and len({d.task for d in demos}) == 1:  # a one-task file under another name: its demos are the target's
         own = list(demos)
@@ -360,7 +365,8 @@ def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence
     longer = sum(n > limit for n in lengths)
     if 2 * longer <= len(lengths):
         return None
-    return (f"target {target.name!r}: episodes stop at {limit} steps (max_episode_steps), but {longer} of its "
+    where = "max_episode_steps" if limit == configured else "the env's own time limit"
+    return (f"target {target.name!r}: episodes stop at {limit} steps ({where}), but {longer} of its "
             f"{len(lengths)} successful demos are longer (median {lengths[len(lengths) // 2]}, longest {lengths[-1]} "
             "steps): the policy cannot finish as they did in time; raise the target's max_episode_steps")
 
@@ -458,21 +464,45 @@ def has_time_limit(env: gym.Env) -> bool:
     return bool(getattr(spec, "max_episode_steps", None))
 
 
+STATED_LIMITS = ("max_episode_steps", "max_path_length")  # a base env's attributes that state its episodes' length
+
+
+def _positive_int(n: Any) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
+
+
+def env_time_limit(env: gym.Env) -> int | None:
+    """The step at which ``env``'s episodes end at the latest: the tightest of its ``TimeLimit`` wrappers (every env
+    :func:`make_env` builds has one), its registered ``spec.max_episode_steps`` and its base env's stated limit
+    (``max_episode_steps`` or Meta-World's ``max_path_length`` attribute); None when it states none."""
+    limits: list[int] = []
+    e: Any = env
+    while isinstance(e, gym.Wrapper):
+        if isinstance(e, gym.wrappers.TimeLimit):
+            limits.append(int(e._max_episode_steps))
+        e = e.env
+    stated = [getattr(getattr(env, "spec", None), "max_episode_steps", None),
+              *(getattr(env.unwrapped, name, None) for name in STATED_LIMITS)]
+    limits += [int(n) for n in stated if _positive_int(n)]
+    return min(limits) if limits else None
+
+
 def _capped(env: gym.Env, target: Target) -> gym.Env:
     """``env`` when it or the target has a time limit (:func:`has_time_limit`); else, when its base env states one
-    (a ``max_episode_steps`` attribute, as sim_envs and robosuite-style envs do), ``env`` truncated there (harmless
-    when the env enforces it itself, and it may not); else ``env`` truncated at :data:`UNLIMITED_EPISODE_CAP` steps
-    with a warning (once per target and process): an evaluation episode of an env that never ends would otherwise
-    never return."""
+    (a ``max_episode_steps`` attribute, as sim_envs and robosuite-style envs have, or Meta-World's
+    ``max_path_length``), ``env`` truncated there (harmless when the env enforces it itself, and it may not); else
+    ``env`` truncated at :data:`UNLIMITED_EPISODE_CAP` steps with a warning (once per target and process): an
+    evaluation episode of an env that never ends would otherwise never return."""
     if target.max_episode_steps or has_time_limit(env):
         return env
-    stated = getattr(env.unwrapped, "max_episode_steps", None)
-    if isinstance(stated, (int, np.integer)) and not isinstance(stated, bool) and stated > 0:
-        return gym.wrappers.TimeLimit(env, int(stated))
+    stated = [n for n in (getattr(env.unwrapped, name, None) for name in STATED_LIMITS) if _positive_int(n)]
+    if stated:
+        return gym.wrappers.TimeLimit(env, int(stated[0]))
     if target.name not in _warned_unlimited:
         _warned_unlimited.add(target.name)
         log.warning("target %r: the env has no time limit the toolkit can see (no TimeLimit wrapper, "
-                    "spec.max_episode_steps or max_episode_steps attribute); an episode the env does not end itself "
+                    "spec.max_episode_steps, max_episode_steps or max_path_length attribute); an episode the env does "
+                    "not end itself "
                     "is truncated at %d steps. Set the target's max_episode_steps (its episodes' length) to choose "
                     "the limit (an env that ends its own episodes earlier needs nothing)",
                     target.name, UNLIMITED_EPISODE_CAP)
@@ -921,5 +951,5 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
 
 
 __all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
-           "TargetEnv", "as_target", "env_factory", "is_nominal", "make_env", "split_env_kwargs", "target_of_data",
-           "episode_limit", "time_limit_note", "warn_unmapped_renames"]
+           "TargetEnv", "as_target", "env_factory", "env_time_limit", "is_nominal", "make_env", "split_env_kwargs",
+           "target_of_data", "episode_limit", "time_limit_note", "warn_unmapped_renames"]
