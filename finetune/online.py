@@ -193,11 +193,13 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
                         "is exact)", target.name, env_steps, cut, settings.env_steps)
         started_from = latest.path
     calib_offline = offline.get(calibration_rows(len(offline), settings.calibration_batch))
-    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard,
-                           logger=config.get("logger") if config is not None else None, config=config)
     # a resumed run redoes the rows after its checkpoint; a run killed before its first checkpoint starts over,
-    # including the step-0 evaluation it had logged (kept, it was there twice)
-    logger.truncate_after(env_steps if started_from is not None else -1)
+    # including the step-0 evaluation it had logged (kept, it was there twice); TensorBoard hides the same events
+    kept = env_steps if started_from is not None else -1
+    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard,
+                           logger=config.get("logger") if config is not None else None, config=config,
+                           purge_step=kept + 1)
+    logger.truncate_after(kept)
 
     def eval_row(step: int) -> None:
         row: dict[str, Any] = {"env_steps": step, "episodes": len(successes),

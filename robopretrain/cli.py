@@ -34,7 +34,7 @@ Use it in an entry point as::
   parent alone stops them. SIGTERM stops a run the same way (``terminated (SIGTERM)``, exit code 143,
   :data:`EXIT_TERMINATED`); worker processes also end when their parent is killed outright
   (:func:`robopretrain.workers.die_with_parent`). ``ROBOPRETRAIN_TRACEBACK=1`` re-raises known errors and the
-  interrupt too.
+  interrupt too (``0``, ``false``, ``no``, ``off`` or empty: off, as unset).
 
 ``python -m robopretrain.cli <entry point module> [overrides]`` runs any of the toolkit's Hydra entry points
 (:data:`ENTRY_POINTS`) this way, e.g. ``python -m robopretrain.cli robopretrain.train data.path=x.hdf5``; for
@@ -74,6 +74,12 @@ RUN_FOLDER_KEYS = {"video_pretrain": "output_dir", "robopretrain": "output_dir",
                    "evaluate": "output_dir", "reward_model": "output_dir", "pipeline": "run_dir"}
 
 F = TypeVar("F", bound=Callable[..., Any])
+TRACEBACK_OFF = ("", "0", "false", "no", "off")  # ROBOPRETRAIN_TRACEBACK values that mean off (any case)
+
+
+def traceback_requested() -> bool:
+    """Whether ``ROBOPRETRAIN_TRACEBACK`` asks for tracebacks: set to anything but :data:`TRACEBACK_OFF`."""
+    return os.environ.get("ROBOPRETRAIN_TRACEBACK", "").strip().lower() not in TRACEBACK_OFF
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
@@ -135,15 +141,15 @@ def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any
         try:
             return func(*args, **kwargs)
         except known_errors() as exc:
-            if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+            if traceback_requested():
                 raise
             report_and_exit(exc)
         except OSError as exc:  # the machine's, not the toolkit's: a full disk, a read-only or forbidden folder
-            if exc.errno not in STORAGE_ERRNOS or os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+            if exc.errno not in STORAGE_ERRNOS or traceback_requested():
                 raise
             report_and_exit(exc)
         except KeyboardInterrupt as exc:
-            if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+            if traceback_requested():
                 raise
             sys.stdout.flush()
             said, code = (("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(exc, Terminated) else
@@ -236,7 +242,7 @@ def validate_overrides(config_name: str, overrides: list[str], config_dir: Path 
             given = compose(config_name, overrides=overrides, return_hydra_config=True)
             default = compose(config_name, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+        if traceback_requested():
             raise
         message = str(exc).split("\nConfig search path:")[0]  # Hydra's own paths: no help to the user
         cause = exc.__cause__
@@ -488,7 +494,7 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
         try:
             parsed = parser.parse_override(override)
         except HydraException as exc:
-            if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+            if traceback_requested():
                 raise
             report_and_exit(ValueError(override_problem(override, exc)), prefix="error: config")
         if not multirun and parsed.is_sweep_override():

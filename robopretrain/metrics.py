@@ -35,17 +35,19 @@ class MetricsLogger:
 
     ``logger``: the ``logger`` config group (a mapping, a name or :class:`robopretrain.loggers.LoggerSettings`;
     ``None``: TensorBoard); ``tensorboard=False`` turns TensorBoard off; ``config``: the run's config, which the
-    experiment logger records.
+    experiment logger records; ``purge_step``: TensorBoard hides the events an earlier session of the run logged at
+    or after it (a resumed run logs them again; give it with :meth:`truncate_after`'s step + 1).
     """
 
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, logger: Any = None,
-                 config: Any = None) -> None:
+                 config: Any = None, purge_step: int | None = None) -> None:
         from robopretrain.loggers import make_logger, plain_config
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.run_dir / METRICS_FILE
-        self._writer = make_logger(logger, self.run_dir, config=plain_config(config), tensorboard=tensorboard)
+        self._writer = make_logger(logger, self.run_dir, config=plain_config(config), tensorboard=tensorboard,
+                                   purge_step=purge_step)
 
     def log(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> None:
         """Record ``metrics`` at ``step``: finite numbers go to the experiment logger, everything to the JSONL line."""

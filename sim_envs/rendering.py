@@ -55,14 +55,15 @@ def check_display() -> None:
 
 def exit_on_render_error(func: F) -> F:
     """Decorate a CLI's main: :class:`RenderingUnavailableError` becomes ``error: <message>`` on stderr and exit
-    code 2, no traceback (``ROBOPRETRAIN_TRACEBACK=1`` re-raises it)."""
+    code 2, no traceback (``ROBOPRETRAIN_TRACEBACK=1`` re-raises it; the values robopretrain.cli takes as off do
+    not)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except RenderingUnavailableError as exc:
-            if os.environ.get("ROBOPRETRAIN_TRACEBACK"):
+            if os.environ.get("ROBOPRETRAIN_TRACEBACK", "").strip().lower() not in ("", "0", "false", "no", "off"):
                 raise
             sys.stdout.flush()
             print(f"error: {exc}", file=sys.stderr, flush=True)

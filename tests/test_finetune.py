@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 import _fake_envs as fake
 from _compare import Killed, assert_same, die_after_first_checkpoint, returns_by_hand
 from _stages import collect_sim, stage2_config, stage3_config
+from test_loggers import tensorboard_events
 from finetune.train import run as finetune
 from robopretrain.agent import Agent
 from robopretrain.checkpoint import CheckpointError, checkpoint_name, load_agent, load_checkpoint, load_latest
@@ -412,7 +413,8 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
 
     def cfg(out, target=tgt):
         return stage3_config(ckpt, out, target, env_steps=48, online={"num_envs": 2, "checkpoint_every": 12,
-                                                                      "eval_every": 24, "log_every": 8})
+                                                                      "eval_every": 24, "log_every": 8,
+                                                                      "tensorboard": True})
 
     # the uninterrupted run's target names no task_id: it takes the one slot stage 2 trained (was: refused)
     clean = finetune(cfg(tmp_path / "clean", {k: v for k, v in tgt.items() if k != "task_id"}))
@@ -445,6 +447,8 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
         return [r["env_steps"] for r in rows if "eval/success" in r]
 
     assert logged(tmp_path / "killed") == logged(tmp_path / "clean") == [0, 24, 48]
+    shown = [e.step for e in tensorboard_events(tmp_path / "killed" / "tb").Scalars("eval/success")]
+    assert shown == [0, 24, 48]  # TensorBoard hides what the killed sessions logged, as the metrics file drops it
 
 
 def test_randomization_on_a_target_that_has_none_is_said_not_applied(robosuite_demos, tmp_path, caplog):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import _fake_envs as fake
+from test_loggers import tensorboard_events
 from _stages import collect_sim, stage2_config
 from robopretrain.checkpoint import CheckpointError, list_checkpoints, load_agent, load_latest
 from robopretrain.metrics import read_jsonl
@@ -291,7 +292,7 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
 
     out = tmp_path / "r"
     cfg = dict(steps=4, obs=STATE_OBS, train={"log_every": 1, "checkpoint_every": 2, "eval_every": 100,
-                                              "eval_at_start": True})
+                                              "eval_at_start": True, "tensorboard": True})
     run(stage2_config(tiny_hdf5, out, **cfg))
     uninterrupted = [row["step"] for row in read_jsonl(out / "metrics.jsonl")]
     assert uninterrupted == [0, 1, 2, 3, 4, 4]  # calibration at the start; training rows; calibration at the end
@@ -304,6 +305,8 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
     assert "nothing to train" not in caplog.text  # 2 of 4 updates done: not past train.steps
     assert [row["step"] for row in read_jsonl(out / "metrics.jsonl")] == uninterrupted
     assert any("calib/offline_q_data" in row for row in read_jsonl(out / "metrics.jsonl") if row["step"] == 0)
+    events = tensorboard_events(out / "tb")  # TensorBoard hides the killed session's steps 3 and 4: each once
+    assert [e.step for e in events.Scalars("train/critic_loss")] == [1, 2, 3, 4]
     caplog.clear()  # a rerun asking for fewer updates than the run has: its checkpoint is the result, said aloud
     with caplog.at_level(logging.WARNING, logger="robopretrain"):
         final = run(stage2_config(tiny_hdf5, out, **{**cfg, "steps": 3}))

@@ -271,6 +271,18 @@ def test_resume_false_removes_the_previous_runs_files(videos, tmp_path, monkeypa
     assert not old_events & set((tmp_path / "tb").rglob("events*"))
 
 
+def test_a_run_killed_before_its_first_checkpoint_leaves_no_tensorboard_point_twice(videos, tmp_path):
+    """The rerun of a run killed before its first checkpoint starts over: TensorBoard hides the killed session's
+    events (each validation step is shown once), as the resumed run hides those after its checkpoint."""
+    from test_loggers import tensorboard_events
+
+    common = (f"data.path={videos}", "tensorboard=true", f"output_dir={tmp_path}", "objective=tcn", *TINY)
+    train(compose_cfg(*common, "steps=3"), tmp_path)
+    (tmp_path / "checkpoints" / "last.pt").unlink()  # as if killed after logging, before its checkpoint
+    train(compose_cfg(*common, "steps=3"), tmp_path)
+    assert [e.step for e in tensorboard_events(tmp_path / "tb").Scalars("valid/loss")] == [0, 2, 3]
+
+
 def test_short_clips_stay_out_of_validation_and_one_video_trains(tmp_path, caplog):
     """A 1-frame clip beside one usable clip: the split drew it into validation (or left train without a usable
     clip) and the run stopped, "every clip is shorter"; one video failed the default 10% split. Short clips are left

@@ -629,7 +629,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     if dinfo.is_main:  # the logger group (TensorBoard by default, robopretrain.loggers); tensorboard=false: none
         writer = make_logger(cfg.get("logger"), paths.run_dir, config=plain_config(cfg),
                              tensorboard=bool(cfg.tensorboard), tensorboard_dir=paths.tensorboard,
-                             purge_step=start + 1 if start else None)
+                             purge_step=start + 1 if start else 0)  # what an earlier session logged after it
     if valid_batches and start == 0:
         history["valid"].append({"step": 0, **evaluate(objective, valid_batches)})
         _log_scalars(writer, "valid", history["valid"][-1], 0)

@@ -164,8 +164,8 @@ def train_offline(
     when ``None``, :mod:`robopretrain.loggers`), which also records ``config``.
     """
     dinfo = dinfo or DistInfo()
-    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard, logger=experiment_logger,
-                           config=config) if dinfo.is_main else None
+    logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard, logger=experiment_logger, config=config,
+                           purge_step=start + 1) if dinfo.is_main else None  # the rows truncate_after(start) drops
     total, bs = int(settings.steps), int(agent.batch_size)
     # a run killed between a checkpoint and that step's evaluation resumes after it: the evaluation is made up for
     # (read on rank 0 before the rows after ``start`` are dropped; every rank evaluates)
