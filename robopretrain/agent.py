@@ -173,6 +173,7 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
     if not isinstance(obs, Mapping):
         raise TypeError(f"agent: expected an observation dict {{part: array}}, got {type(obs).__name__}")
     storage = spec.storage()
+    given = sorted(obs)  # what the caller passed (not the task slot added below)
     if TASK_ID in storage and TASK_ID not in obs and spec.num_tasks == 1:  # one task: its slot is 0
         obs = {**obs, TASK_ID: 0}
     missing = [k for k in storage if k not in obs]
@@ -185,7 +186,7 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
             hint += ("; nested parts are read by their dotted names (arm -> pos is 'arm.pos'): flatten the env's "
                      "observation first, robopretrain.data.episodes.flatten_obs(obs, 'step'), or act in the env "
                      "robopretrain.envs.make_env builds, which does")
-        raise KeyError(f"agent: observation is missing {missing}; it has {sorted(obs)}{hint}")
+        raise KeyError(f"agent: observation is missing {missing}; it has {given}{hint}")
     parts = {k: obs[k] if torch.is_tensor(obs[k]) else np.asarray(obs[k]) for k in storage}
     key, (shape, _) = next(iter(storage.items()))
     single = len(parts[key].shape) == len(shape)  # else a batch of the first part's leading size

@@ -128,6 +128,15 @@ def remove_leftovers(final: str | os.PathLike) -> list[str]:
     return removed
 
 
+def check_replaceable(final: str | os.PathLike, replaceable: Callable[[Path], bool] = lambda _: True,
+                      kind: str = "such a folder") -> None:
+    """Raise :func:`replace_folder`'s :class:`FileExistsError` now when it would refuse ``final`` later (a run checks
+    its output place before it trains, not after)."""
+    final = Path(final)
+    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not replaceable(final))):
+        raise FileExistsError(f"{final}: exists and is not {kind}; refusing to replace it")
+
+
 def replace_folder(staged: str | os.PathLike, final: str | os.PathLike,
                    replaceable: Callable[[Path], bool] = lambda _: True, kind: str = "such a folder") -> None:
     """Rename the complete folder ``staged`` to ``final``. An existing ``final`` is moved aside first and removed
@@ -137,8 +146,7 @@ def replace_folder(staged: str | os.PathLike, final: str | os.PathLike,
     if not final.exists():
         os.replace(staged, final)
         return
-    if not final.is_dir() or (any(final.iterdir()) and not replaceable(final)):
-        raise FileExistsError(f"{final}: exists and is not {kind}; refusing to replace it")
+    check_replaceable(final, replaceable, kind)
     aside = temp_folder(final, suffix=".old")
     os.replace(final, aside / final.name)
     os.replace(staged, final)

@@ -633,8 +633,8 @@ def test_act_checks_each_part_of_the_observation_against_the_spec():
                           one_task.act({"joint_state": np.ones(12), "task_id": 0}))
     assert one_task.act({"joint_state": np.ones((2, 12))}).shape == (2, 4)
     nested = make_agent(ObsSpec(low_dim=(("arm.pos", 3),), num_tasks=1), "bc")  # an env's raw nested Dict
-    with pytest.raises(KeyError, match=r"missing \['arm.pos'\]; it has \['arm', 'task_id'\]; nested parts are read by "
-                                       r"their dotted names .*flatten_obs\(obs, 'step'\)"):
+    with pytest.raises(KeyError, match=r"missing \['arm.pos'\]; it has \['arm'\]; nested parts are read by "
+                                       r"their dotted names .*flatten_obs\(obs, 'step'\)"):  # its keys: no task_id
         nested.act({"arm": {"pos": np.zeros(3)}})
     from robopretrain.data.episodes import flatten_obs
 

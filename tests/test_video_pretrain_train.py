@@ -271,6 +271,18 @@ def test_resume_false_removes_the_previous_runs_files(videos, tmp_path, monkeypa
     assert not old_events & set((tmp_path / "tb").rglob("events*"))
 
 
+def test_an_output_it_may_not_replace_is_refused_before_training(videos, tmp_path):
+    """output= naming a folder of something else: refused at the start (it trained every step, then refused)."""
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes: exists and is not an encoder checkpoint"):
+        train(compose_cfg(f"data.path={videos}", "tensorboard=false", f"output_dir={tmp_path / 'run'}",
+                          f"output={other}", "steps=2", *TINY), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+    assert (other / "todo.txt").read_text() == "mine"
+
+
 def test_a_run_killed_before_its_first_checkpoint_leaves_no_tensorboard_point_twice(videos, tmp_path):
     """The rerun of a run killed before its first checkpoint starts over: TensorBoard hides the killed session's
     events (each validation step is shown once), as the resumed run hides those after its checkpoint."""

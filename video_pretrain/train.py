@@ -63,8 +63,8 @@ from robopretrain.checkpoint import clear_previous_run, kill_after_checkpoint
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.data.video import VideoDatasetError
 from robopretrain.distributed import DistInfo
-from robopretrain.files import (atomic_file, remove_leftovers, replace_folder, run_folder_lock, temp_folder,
-                                torch_save, write_json_atomic)
+from robopretrain.files import (atomic_file, check_replaceable, remove_leftovers, replace_folder, run_folder_lock,
+                                temp_folder, torch_save, write_json_atomic)
 from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
 from robopretrain.nets.encoder_io import load_encoder, resolve_encoder_dir, save_encoder
@@ -378,7 +378,7 @@ def save_pretrained(path: Path, encoder: nn.Module, objective: nn.Module | None,
         staged = save_encoder(staging / path.name, encoder, str(cfg.encoder.name), cfg, extra=info)
         if "heads" in modules:
             torch_save({k: v.detach().cpu() for k, v in modules["heads"].state_dict().items()}, staged / HEADS_FILE)
-        replace_folder(staged, path, lambda f: (f / "meta.json").is_file(), kind="an encoder checkpoint")
+        replace_folder(staged, path, _holds_an_encoder, kind=ENCODER_KIND)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
@@ -551,9 +551,17 @@ def _train_holding(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo,
         return _train(cfg, run_dir, dinfo, device)
 
 
+ENCODER_KIND = "an encoder checkpoint"
+
+
+def _holds_an_encoder(folder: Path) -> bool:
+    return (folder / "meta.json").is_file()
+
+
 def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device: torch.device) -> Path:
     paths = RunPaths.from_config(cfg, run_dir)
-    if dinfo.is_main:
+    if dinfo.is_main:  # an encoder place it may not replace: refused before training, not after
+        check_replaceable(paths.encoder, _holds_an_encoder, kind=ENCODER_KIND)
         paths.run_dir.mkdir(parents=True, exist_ok=True)
         left = remove_leftovers(paths.checkpoint) + remove_leftovers(paths.encoder)  # of a run killed mid-write
         if left:
