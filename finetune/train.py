@@ -49,7 +49,7 @@ from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hyd
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_ignored_action_bounds, warn_sparse_data_for_dense_target
 from robopretrain.data.hdf5 import DatasetInfo, default_task_name, read_info
-from robopretrain.envs.target import (METAWORLD, SIM_ENVS, Target, slot_note, time_limit_note,
+from robopretrain.envs.target import (GYM, METAWORLD, SIM_ENVS, Target, slot_note, time_limit_note,
                                       warn_unmapped_renames, with_task_slot)
 from robopretrain.files import run_folder_lock
 from robopretrain.metrics import plot_learning_curve
@@ -342,8 +342,8 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     warn_dropped_bc_term(ckpt.meta, getattr(agent, "algo_cfg", None))
     warn_ignored_networks(ckpt.meta, cfg.algo, algo)
     target = with_task_slot(target, ckpt.meta.get("task_ids") or {}, agent.spec.num_tasks)
-    note = slot_note(target.name, target.resolved_task_id(), ckpt.meta.get("task_ids") or {}) \
-        if agent.spec.num_tasks else None
+    note = slot_note(target.name, target.resolved_task_id(), ckpt.meta.get("task_ids") or {},
+                     label_only=agent.spec.num_tasks == 1 and target.family == GYM) if agent.spec.num_tasks else None
     if note:  # stage 3 trains it there and records it so
         log.warning("%s; stage 3 fine-tunes it there and records it so", note)
     refuse_default_target_outside(cfg, target, agent.spec.num_tasks, ckpt.meta.get("task_names") or [])

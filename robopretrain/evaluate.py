@@ -67,7 +67,7 @@ from robopretrain.build import warn_target_return
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
-from robopretrain.envs.target import (Target, as_target, slot_note, split_env_kwargs, warn_unmapped_renames,
+from robopretrain.envs.target import (GYM, Target, as_target, slot_note, split_env_kwargs, warn_unmapped_renames,
                                       with_task_slot)
 from robopretrain.files import atomic_file, run_folder_lock, write_text_atomic
 from robopretrain.workers import process_map
@@ -313,27 +313,57 @@ def default_target(ckpt: Checkpoint) -> Target:
     return target if slot is None else dataclasses.replace(target, task_id=int(slot))
 
 
-def limit_change_note(target: Target, ckpt: Checkpoint) -> str | None:
+def limit_change_note(target: Target, ckpt: Checkpoint, env_limit: int | None = None) -> str | None:
     """A warning when a ``target=`` given for the checkpoint's own task (same name and env family) runs episodes under
     another time limit than the run's (:func:`default_target`), e.g. Meta-World's 500 steps for a policy trained and
-    evaluated under 120: its success is then not comparable with the run's evaluations. None otherwise."""
+    evaluated under 120: its success is then not comparable with the run's evaluations. ``env_limit``: the limit the
+    given target's env enforces (:func:`robopretrain.envs.target.env_time_limit`, what
+    :func:`robopretrain.build.check_env_fits` returns); without it the configs' limits are compared. A side whose
+    config sets none runs to its env's own limit, read from the env. None otherwise."""
     from robopretrain.envs.target import episode_limit
 
     try:
         own = default_target(ckpt)
     except (CheckpointError, ValueError, TypeError):  # no target of its own, or one that no longer parses: the
         return None                                  # given target= is the way around it, not to be refused
-    if (own.name, own.family) != (target.name, target.family) or episode_limit(own) == episode_limit(target):
+    if (own.name, own.family) != (target.name, target.family):
         return None
-    said = lambda t: "the env's own limit" if episode_limit(t) is None else f"{episode_limit(t)} steps"  # noqa: E731
+    if episode_limit(own) is None and episode_limit(target) is None:  # both the same env's own limit
+        return None
+    given = env_limit if env_limit is not None else episode_limit(target)
+    run = episode_limit(own) if episode_limit(own) is not None else _own_env_limit(own)
+    if given == run:
+        return None
+
+    def said(limit: int | None, configured: int | None) -> str:
+        return ("the env's own limit" if limit is None else f"{limit} steps" if configured is not None
+                else f"the env's own limit ({limit} steps)")
+
     fix = (f"set target.max_episode_steps={episode_limit(own)}" if episode_limit(own) is not None
            else "leave max_episode_steps unset")
-    return (f"target {target.name!r}: episodes run to {said(target)} here, the checkpoint's run used {said(own)}; "
-            f"success is not comparable with its evaluations: {fix} to evaluate as it did")
+    return (f"target {target.name!r}: episodes run to {said(given, episode_limit(target))} here, the checkpoint's run "
+            f"used {said(run, episode_limit(own))}; success is not comparable with its evaluations: {fix} to "
+            "evaluate as it did")
 
 
-def load_policy(spec: PolicySpec) -> Any:
-    """The agent of the checkpoint, its weights loaded, in eval mode, ready for ``act(obs, deterministic=True)``."""
+def _own_env_limit(target: Target) -> int | None:
+    """The time limit of the env ``target`` builds (its env's own, the config setting none); None when it cannot be
+    built here."""
+    from robopretrain.envs.target import env_time_limit, make_env
+
+    try:
+        env = make_env(target)
+    except Exception:  # noqa: BLE001 (the checkpoint's env may not be importable here: the limit is then unknown)
+        return None
+    try:
+        return env_time_limit(env)
+    finally:
+        env.close()
+
+
+def load_policy(spec: PolicySpec, warn: bool = True) -> Any:
+    """The agent of the checkpoint, its weights loaded, in eval mode, ready for ``act(obs, deterministic=True)``.
+    ``warn=False``: without the target-return warning (said once, by the command's own load, not per worker)."""
     agent, ckpt = load_agent(spec.checkpoint, device=spec.device)
     agent.train_mode(False)
     if spec.target_return is not None:  # the return asked for, in the env's reward units (DT conditions on it)
@@ -342,7 +372,7 @@ def load_policy(spec: PolicySpec) -> Any:
                              f"{spec.checkpoint} is a {agent.algo} checkpoint (leave target_return null)")
         agent.algo_cfg.target_return = float(spec.target_return)
         seen = ckpt.meta.get("episode_returns")  # the training data's, recorded by stage 2 (older checkpoints: none)
-        if seen:
+        if seen and warn:
             warn_target_return(agent.algo_cfg, np.asarray(seen, dtype=np.float64), setting="target_return")
     return agent
 
@@ -367,7 +397,7 @@ def _init_worker(spec: PolicySpec) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     apply_cpu_settings(num_threads=1)
     _WORKER.clear()
-    _WORKER.update(policy=load_policy(spec), target=as_target(spec.target), envs={})
+    _WORKER.update(policy=load_policy(spec, warn=False), target=as_target(spec.target), envs={})
     if mp.parent_process() is not None:  # a pool worker: its envs are closed when it exits (after the last job)
         multiprocessing.util.Finalize(None, _close_worker_envs, exitpriority=10)
 
@@ -575,7 +605,7 @@ def record_video(spec: PolicySpec, condition: Condition, seed: int, path: Path, 
     from robopretrain.evaluation import video_frame
     from sim_envs.video_writer import write_mp4
 
-    policy = load_policy(spec)
+    policy = load_policy(spec, warn=False)
     target = as_target(spec.target)
     env = make_env(policy, target, condition.randomization)
     sim = env.unwrapped
@@ -683,9 +713,6 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     ckpt = open_checkpoint(str(cfg.checkpoint))
     target = as_target(OmegaConf.to_container(cfg.target, resolve=True) if OmegaConf.is_config(cfg.get("target"))
                        else cfg.target) if cfg.get("target") else default_target(ckpt)
-    note = limit_change_note(target, ckpt) if cfg.get("target") else None
-    if note:
-        log.warning(note)
     if cfg.get("target") and not ckpt.meta.get("target"):  # a stage-3 checkpoint's agent read its own target's keys
         warn_unmapped_renames(ckpt.meta, target)
     num_tasks = int(ckpt.meta["obs_spec"].get("num_tasks") or 0)
@@ -696,7 +723,8 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         log.warning("target %r acts in slot %d of the task one-hot, which no task of this checkpoint was trained in "
                     "(its tasks' slots: %s): the agent's behaviour there is untrained; set the target's task_id",
                     target.name, slot, trained)
-    elif slot is not None and (note := slot_note(target.name, slot, trained)):
+    elif slot is not None and (note := slot_note(target.name, slot, trained,
+                                                 label_only=num_tasks == 1 and target.family == GYM)):
         log.warning(note)
     conditions = build_conditions(cfg)
     any_env_gap = gap_applies_to_any_env(cfg.get("gap"))  # its conditions set constructor arguments
@@ -716,7 +744,10 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     from robopretrain.build import check_env_fits
 
     policy = load_policy(spec)
-    check_env_fits(policy, target)  # one line naming the part and both sizes, before any episode
+    env_limit = check_env_fits(policy, target)  # one line naming the part and both sizes, before any episode
+    note = limit_change_note(target, ckpt, env_limit) if cfg.get("target") else None
+    if note:
+        log.warning(note)
     for cond in conditions:  # a gap's sides build other envs (their constructor arguments): checked before any too
         if cond.factor == GAP:
             check_env_fits(policy, target, cond.randomization)

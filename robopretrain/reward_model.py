@@ -690,7 +690,8 @@ def _run_holding(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # the model's action units: the file's record, else (data.actions=auto) per-dimension bounds of actions outside
     # [-1, 1], as stage 2 gives an agent (robopretrain.data.dataset.data_action_units)
     units = data_action_units(path, info, str(cfg.data.get("actions") or "auto"),
-                              build.plain(cfg.data.get("action_bounds")))
+                              build.plain(cfg.data.get("action_bounds")),
+                              user="the reward model reads its actions in these units and its checkpoint records them")
     trans = load_transitions(path, list(spec.low_dim_keys), demos=demos, action_range=False,
                              low_dim=list(spec.low_dim_keys))
     trans.actions = reexpress(trans.actions, file_action_units(info), units, str(path), into="the reward model's")

@@ -52,7 +52,7 @@ from robopretrain.data.dataset import data_action_units, warn_ignored_action_bou
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
-from robopretrain.envs.target import slot_note
+from robopretrain.envs.target import GYM, slot_note
 from robopretrain.nets.encoder_io import resolve_encoder_dir
 from robopretrain.files import run_folder_lock
 from robopretrain.evaluation import calibration, evaluate
@@ -236,7 +236,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         targets += [t for t in build.targets_of_data(mix_info, mix_ids, build.plain(mix.get("obs_map")) or None)
                     if t.name not in task_ids]
     for target in targets if agent.spec.num_tasks else []:  # a slot given in train.eval_targets against the data's
-        note = slot_note(target.name, target.resolved_task_id(), {**init_ids, **task_ids, **mix_ids})
+        note = slot_note(target.name, target.resolved_task_id(), {**init_ids, **task_ids, **mix_ids},
+                         label_only=agent.spec.num_tasks == 1 and target.family == GYM)
         if note:
             log.warning("train.eval_targets: %s", note)
     if settings.eval_targets is None:  # the data's own tasks: evaluated where the env fits the agent, else skipped

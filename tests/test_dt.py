@@ -458,3 +458,11 @@ def test_evaluate_asks_a_dt_checkpoint_for_another_return_without_retraining(rea
     cfg.target_return = "high"
     with pytest.raises(ValueError, match="evaluate config: target_return='high'; expected a finite number"):
         validate_config(cfg)
+    from robopretrain.evaluate import evaluate_robustness
+
+    caplog.clear()  # one evaluate command says it once (its episodes' own load of the policy was saying it again)
+    evaluate_robustness({**{k: v for k, v in OmegaConf.to_container(cfg).items()}, "checkpoint": str(ckpt),
+                         "target_return": 0.25, "episodes": 1, "workers": 0, "select": [], "plot": False,
+                         "video": {**cfg.video, "enabled": False}, "progress": False,
+                         "output_dir": str(tmp_path / "ev")})
+    assert caplog.text.count("lies outside the data's episode returns") == 1

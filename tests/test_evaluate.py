@@ -289,6 +289,8 @@ def test_a_target_in_another_tasks_slot_or_its_task_in_another_slot_is_warned(ti
     assert slot_note("g0", 0, learnt) is None and slot_note("g5", 6, learnt) is None  # agree; a free slot
     assert "but the agent learnt 'g0' in slot 0" in slot_note("g0", 1, learnt)
     assert "where the agent learnt task(s) ['g1']: the agent takes it for that task" in slot_note("g3", 1, learnt)
+    assert slot_note("my_reach", 0, {"demos_d4rl": 0}, label_only=True) is None  # a gym target of a one-slot agent
+    assert slot_note("my_reach", 0, {"demos_d4rl": 0}) is not None
     with caplog.at_level(logging.WARNING, logger="robopretrain.evaluate"):  # PressButton in Reach's slot 0
         evaluate_robustness(eval_config(tiny_checkpoint, tmp_path / "pb", select="[nominal]", episodes=1, workers=0,
                                         target="{name: PressButton, task_id: 0}", **{"video.enabled": "false"}))

@@ -93,10 +93,14 @@ def test_stage3_refuses_a_sim_envs_gap_on_a_gym_target_naming_the_env_kwargs_for
         finetune(cfg)
 
 
-def test_evaluate_runs_the_gaps_two_sides_on_a_gym_target(gain_ckpt, tmp_path):
+def test_evaluate_runs_the_gaps_two_sides_on_a_gym_target(gain_ckpt, tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
+    import robopretrain.evaluate as evaluate
     from robopretrain.evaluate import evaluate_robustness
+
+    noted = []  # the time-limit note judges by the limit the built env enforces (the target's 8 steps here)
+    monkeypatch.setattr(evaluate, "limit_change_note", lambda target, ckpt, env_limit=None: noted.append(env_limit))
 
     ckpt, _ = gain_ckpt
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
@@ -110,6 +114,7 @@ def test_evaluate_runs_the_gaps_two_sides_on_a_gym_target(gain_ckpt, tmp_path):
     assert "success" in info["nominal"]
     gains = [g for g, seed in fake.GainReachEnv.resets if seed >= EVAL_SEED]
     assert gains == [0.8, 0.8, 1.0, 1.0, 0.5, 0.5]  # nominal (the target's own), gap/source, gap/target in order
+    assert noted == [8]
     checked = [g for g, seed in fake.GainReachEnv.resets if seed < EVAL_SEED]  # check_env_fits before any episode
     assert sorted(set(checked)) == [0.5, 0.8, 1.0]
     rows = {"nominal": info["nominal"], **{f"gap/{k}": v for k, v in info["factors"]["gap"].items()}}
@@ -282,3 +287,4 @@ def test_stage3_names_an_env_limit_shorter_than_the_demos(gain_ckpt, tmp_path, c
         finetune(stage3_config(ckpt, tmp_path / "s3", target, algo="iql", env_steps=4,
                                data_cfg={"cache_dir": str(tmp_path / "cache")}))
     assert "target 'gain_reach': episodes stop at 2 steps (the env's own time limit), but " in caplog.text
+    assert "acts in slot" not in caplog.text  # a one-slot agent: the data's task name (the file's) is no other task

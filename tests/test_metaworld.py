@@ -514,6 +514,29 @@ def test_evaluating_the_checkpoints_task_under_another_time_limit_is_named(tmp_p
     assert limit_change_note(Target(name="drawer-open", family="metaworld"), stale) is None
 
 
+def test_the_time_limit_note_compares_the_limits_the_envs_enforce(tmp_path):
+    """A gym target given without max_episode_steps runs to its env's own limit: no note when that is the run's
+    (Pendulum-v1 is registered with 200 steps); a run that used the env's own limit is compared by building it."""
+    from omegaconf import OmegaConf
+
+    from robopretrain.checkpoint import Checkpoint
+    from robopretrain.envs.target import Target
+    from robopretrain.evaluate import limit_change_note
+
+    pendulum = {"name": "pendulum", "env_id": "Pendulum-v1", "task_id": 0, "reward": "dense"}
+    run_200 = Checkpoint(tmp_path, OmegaConf.create({}), {"target": {**pendulum, "max_episode_steps": 200}}, {}, None)
+    assert limit_change_note(Target(**pendulum), run_200, env_limit=200) is None  # was: "not comparable"
+    assert limit_change_note(Target(**pendulum), run_200, env_limit=150) == (
+        "target 'pendulum': episodes run to the env's own limit (150 steps) here, the checkpoint's run used 200 "
+        "steps; success is not comparable with its evaluations: set target.max_episode_steps=200 to evaluate as it did")
+    run_own = Checkpoint(tmp_path, OmegaConf.create({}), {"target": pendulum}, {}, None)
+    assert limit_change_note(Target(**pendulum, max_episode_steps=200), run_own, env_limit=200) is None
+    assert limit_change_note(Target(**pendulum, max_episode_steps=50), run_own, env_limit=50) == (
+        "target 'pendulum': episodes run to 50 steps here, the checkpoint's run used the env's own limit (200 steps); "
+        "success is not comparable with its evaluations: leave max_episode_steps unset to evaluate as it did")
+    assert limit_change_note(Target(**pendulum), run_own, env_limit=200) is None
+
+
 def test_a_metaworld_target_without_task_id_takes_the_fixed_one():
     """``target={name: drawer-open-v3, family: metaworld}`` (as configs/finetune.yaml shows it) needs no task_id."""
     from robopretrain.envs.target import Target

@@ -536,7 +536,11 @@ def test_a_file_in_the_robots_own_action_units_is_rescaled_as_stage_2_does(tmp_p
     box = {"low": [-1.0, -2.0], "high": [9.0, 2.0]}
     declared = config(data, tmp_path / "box", model={"steps": 5}, relabel={"enabled": False})
     declared.data.action_bounds = box
-    run(declared, tmp_path / "box")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run(declared, tmp_path / "box")
+    assert "the reward model reads its actions in these units" in caplog.text  # no agent, no env here
+    assert "every env it acts in" not in caplog.text
     model, _ = load_reward_model(tmp_path / "box" / "reward_model.pt")
     assert (list(model.action_units.low), list(model.action_units.high)) == (box["low"], box["high"])
 

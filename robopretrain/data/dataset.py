@@ -359,18 +359,21 @@ def warn_sparse_data_for_dense_target(where: str, scaled_rewards: np.ndarray, re
     return True
 
 
+AGENT_UNITS = "the agent records these units and every env it acts in maps its actions back"
+
+
 def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "auto",
-                      bounds: Mapping[str, Any] | None = None) -> ActionNormalization | None:
+                      bounds: Mapping[str, Any] | None = None, user: str = AGENT_UNITS) -> ActionNormalization | None:
     """The action units of a fresh agent trained on ``path``: ``bounds`` when given (``data.action_bounds``:
     :func:`declared_action_units`); else those the file records; else, with ``mode="auto"``, per-dimension bounds
     from its actions when they leave ``[-1, 1]`` (:func:`robopretrain.envs.action_units.auto_bounds`: a robomimic
     file in the robot's own units, rescaled when loaded and mapped back by every env the agent acts in); None (the
     env's own) otherwise. ``mode="keep"``: the record only (actions outside ``[-1, 1]`` are then refused when
-    loaded)."""
+    loaded). ``user``: what the log line about ``bounds`` says becomes of the units (the reward model's own text)."""
     if mode not in ("auto", "keep"):
         raise ValueError(f"data.actions={mode!r}; expected auto or keep")
     if bounds is not None:
-        return declared_action_units(path, info, bounds)
+        return declared_action_units(path, info, bounds, user)
     recorded = file_action_units(info)
     if recorded is not None or mode == "keep":
         return recorded
@@ -410,8 +413,8 @@ def warn_index_actions(path: str | os.PathLike, info: DatasetInfo, most: int = 3
     return True
 
 
-def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Mapping[str, Any]
-                          ) -> ActionNormalization:
+def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Mapping[str, Any],
+                          user: str = AGENT_UNITS) -> ActionNormalization:
     """``data.action_bounds`` (``{low: [...], high: [...]}``, the env's action box in the env's own units: those the
     file's actions are stored in, or, for a file that records its rescaling, the units it was rescaled from) as the
     agent's action units: the actions are rescaled to ``[-1, 1]`` by them when loaded, and every env the agent acts
@@ -451,8 +454,8 @@ def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Ma
         log.warning("%s: the actions span only %s of data.action_bounds in dimension(s) %s, so the agent's actions "
                     "there use that share of [-1, 1] and its exploration noise spans the rest%s", info.path,
                     [f"{v:.0%}" for v in share[thin]], thin.tolist(), stored)
-    log.info("%s: actions rescaled to [-1, 1] by data.action_bounds (low %s, high %s); the agent records these units "
-             "and every env it acts in maps its actions back", info.path, list(units.low), list(units.high))
+    log.info("%s: actions rescaled to [-1, 1] by data.action_bounds (low %s, high %s); %s", info.path,
+             list(units.low), list(units.high), user)
     return units
 
 

@@ -230,10 +230,14 @@ def as_target(entry: str | Mapping[str, Any] | Target) -> Target:
     return Target(**d)
 
 
-def slot_note(name: str, slot: int, trained: Mapping[str, int]) -> str | None:
+def slot_note(name: str, slot: int, trained: Mapping[str, int], label_only: bool = False) -> str | None:
     """What to say when a target acts in a slot of the task one-hot that disagrees with what the agent learnt
     (``trained``: task name -> slot, a checkpoint's ``task_ids``): its task learnt in another slot, or its slot learnt
-    as other tasks. None when they agree or a task of another name in a slot no task used (said elsewhere)."""
+    as other tasks. None when they agree or a task of another name in a slot no task used (said elsewhere), and
+    with ``label_only`` (a gym target of a one-slot agent: its name is the user's label, and a converted file names
+    its task after the file, so the names differ as a rule and there is no other slot to take)."""
+    if label_only:
+        return None
     learnt = {str(k): int(v) for k, v in dict(trained).items()}
     if name in learnt and learnt[name] != int(slot):
         return (f"target {name!r} acts in slot {slot} of the task one-hot, but the agent learnt {name!r} in slot "
