@@ -204,7 +204,8 @@ def test_spec_errors_name_the_key_and_sizes():
     for key, shape, dtype, hint in (
             ("cam", (3, 16, 16), np.uint8, r"channels first: write frames.transpose\(0, 2, 3, 1\)" + size_hint),
             ("cam", (16, 16, 3), np.float32, r"float: write \(frames \* 255\)[^;]* \(data.image_size converts float "
-                                             r"frames only of keys named \*_image\)$"),
+                                             r"frames only of keys named \*_image: rename 'cam' to 'cam_image' to "
+                                             r"have it converted\)$"),
             ("cam_image", (16, 16, 3), np.float32, r"float: write \(frames \* 255\)[^;]*" + size_hint),
             ("depth_image", (16, 16, 1), np.float32, r"a float array of one channel \(a depth map\?\) is no colour "
                                                      r"camera: .* leave it out of obs.rgb [^;]*$"),

@@ -174,7 +174,7 @@ def test_summary_flags_what_training_would_refuse(tmp_path: Path, capsys: pytest
     assert layout_note((16, 16, 3), "uint8") == layout_note((7,), "float32") == layout_note((3, 4, 5), "uint8") == ""
     # float frames: the cached uint8 copy (data.image_size) only where it converts them; a depth map is no camera
     assert "data.image_size=S reads a cached copy" in layout_note((16, 16, 3), "float32", "agentview_image")
-    assert "only of keys named *_image" in layout_note((16, 16, 3), "float32", "rgb")
+    assert "only of keys named *_image: rename it 'rgb_image'" in layout_note((16, 16, 3), "float32", "rgb")
     for depth in ((16, 16, 1), (1, 16, 16)):
         assert layout_note(depth, "float32", "depth_image") == ("float32 frames of one channel (a depth map?): no "
                                                                "colour camera; leave it out of obs.rgb")

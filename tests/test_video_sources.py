@@ -631,8 +631,18 @@ def test_a_grey_hdf5_camera_is_read_as_rgb_as_stages_2_and_3_read_it(tmp_path: P
     with h5py.File(path, "a") as f:  # a float camera is refused with what to write instead
         del f["data/demo_0/obs/agentview_image"]
         f["data/demo_0/obs/agentview_image"] = np.zeros((5, 24, 24, 3), np.float32)
-    with pytest.raises(DatasetError, match=r"got float32 \(N, 24, 24, 3\); float: write \(frames \* 255\)"):
+    with pytest.raises(DatasetError, match=r"got float32 \(N, 24, 24, 3\); float: write \(frames \* 255\).* \("
+                                           r"python -m robopretrain.data.convert SRC DST --image-size S writes such "
+                                           r"a copy\)$"):
         HDF5ImageSource(path, image_size=24)
+    with h5py.File(path, "a") as f:  # under another name the copy keeps it as stored: rename it (it said convert)
+        f.move("data/demo_0/obs/agentview_image", "data/demo_0/obs/wristcam")
+        for name in videos:
+            if name != "demo_0":
+                f.move(f"data/{name}/obs/agentview_image", f"data/{name}/obs/wristcam")
+    with pytest.raises(DatasetError, match=r"converts float frames only of keys named \*_image: rename 'wristcam' "
+                                           r"to 'wristcam_image' first\)$"):
+        HDF5ImageSource(path, image_size=24, key="wristcam")
 
 
 def test_frames_with_an_exif_orientation_are_read_upright(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from robopretrain.data.hdf5 import DatasetError, read_info, select_demos
+from robopretrain.data.hdf5 import DatasetError, converted_as_camera, read_info, select_demos
 from robopretrain.data.spec import as_rgb, image_layout_hint, stored_camera_shape
 from robopretrain.data.video import VideoDatasetError, VideoEntry, clip_entries, count_frames, frame_size, read_frames
 
@@ -426,9 +426,13 @@ class HDF5ImageSource(ClipSource):
         shape, dtype = obs_specs[self.key]
         if stored_camera_shape(shape, dtype) is None:  # grey (H, W) / (H, W, 1) is read as RGB, as stages 2-3 do
             hint = image_layout_hint(tuple(shape), dtype, self.key, cached_copy=False)
-            copy = " (python -m robopretrain.data.convert SRC DST --image-size S writes such a copy)" if hint else ""
+            if hint and converted_as_camera(self.key, (0, *shape), dtype):  # a copy would read: say how to make it
+                hint += " (python -m robopretrain.data.convert SRC DST --image-size S writes such a copy)"
+            elif hint and np.issubdtype(dtype, np.floating):  # the copy keeps float frames of other names as stored
+                hint += (f" (python -m robopretrain.data.convert --image-size S converts float frames only of keys "
+                         f"named *_image: rename {self.key!r} to '{self.key}_image' first)")
             raise DatasetError(f"{self.path}: data/*/obs/{self.key}: expected uint8 images (N, H, W, 3), or grey "
-                               f"(N, H, W) / (N, H, W, 1), got {dtype} (N, {', '.join(map(str, shape))}){hint}{copy}")
+                               f"(N, H, W) / (N, H, W, 1), got {dtype} (N, {', '.join(map(str, shape))}){hint}")
         self._stored = tuple(int(n) for n in shape)  # per-step shape of the stored frames (as_rgb reads it)
         if tuple(shape[:2]) != (self.image_size, self.image_size):  # said: stage 2 takes the encoder at one size
             same = (f"image_size={shape[0]} trains at the file's size" if shape[0] == shape[1] else

@@ -219,10 +219,12 @@ RESIZE_HINT = ("; data.image_size=S (the stages; python -m robopretrain.data.con
                "cached copy with every demo's frames at S x S, {what}")
 
 
-def _resizable(key: str, shape: tuple[int, ...], dtype: Any) -> bool:
-    """Whether frames of stored ``shape`` ``(N, ...)`` get a resized copy under ``data.image_size``: a picture's
-    layout (:func:`robopretrain.envs.camera_frames.image_layout`), uint8, or float under a key named ``*_image``
-    (:func:`robopretrain.data.resize_robomimic.is_camera`'s rule)."""
+def converted_as_camera(key: str, shape: tuple[int, ...], dtype: Any) -> bool:
+    """Whether stored frames of ``shape`` ``(N, ...)`` are a camera the cached copy of ``data.image_size`` (and
+    ``python -m robopretrain.data.convert --image-size``) rewrites as uint8 ``(S, S, 3)``: a picture's layout
+    (:func:`robopretrain.envs.camera_frames.image_layout`), and uint8, or float under a key named ``*_image`` (a
+    float array of another name, e.g. ``(8, 8, 3)`` features, is copied as stored: rename a float camera
+    ``<key>_image`` to have it converted)."""
     if len(shape) < 3 or image_layout(shape[1:], dtype) is None:
         return False
     return np.dtype(dtype) == np.uint8 or (np.issubdtype(dtype, np.floating) and key.endswith(IMAGE_SUFFIX))
@@ -236,7 +238,7 @@ def _check_obs_dataset(path: str, key: str, ds: h5py.Dataset, obs_key: str, n: i
             hint = (f" (a key named *{IMAGE_SUFFIX} is read as a camera unless listed as a low-dim part: "
                     f"obs.low_dim=[..., {obs_key}], or load_transitions(..., low_dim=[{obs_key!r}]))"
                     if len(shape) == 2 and ds.dtype.kind == "f" else "")
-            if not hint and _resizable(obs_key, shape, ds.dtype):
+            if not hint and converted_as_camera(obs_key, shape, ds.dtype):
                 hint = RESIZE_HINT.format(what="uint8 RGB channels last (alpha dropped, floats in [0, 1] scaled)")
             raise _err(path, key, f"expected an image array uint8 (N, H, W, 3), or grey (N, H, W, 1) / (N, H, W), got "
                                   f"{ds.dtype} {shape}{hint}")
@@ -680,7 +682,7 @@ def _check_consistent_obs(
             ds = demo[f"{sub}/{k}"]
             shape, dtype = specs[k]
             if tuple(ds.shape[1:]) != shape or (ds.dtype == np.uint8) != (dtype == np.uint8):
-                cameras = _resizable(k, (0, *shape), dtype) and _resizable(k, ds.shape, ds.dtype)
+                cameras = converted_as_camera(k, (0, *shape), dtype) and converted_as_camera(k, ds.shape, ds.dtype)
                 raise _err(
                     path,
                     f"data/{name}/{sub}/{k}",

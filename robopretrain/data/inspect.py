@@ -405,7 +405,7 @@ def layout_note(shape: tuple[int, ...], dtype: str, key: str = "") -> str:
             return (f"an image of dtype {dtype}: cameras are read as uint8 (0-255); data.image_size=S reads a cached "
                     "copy with it as uint8 (float colour in [0, 1])")
         return (f"an image of dtype {dtype}: cameras are read as uint8 (0-255); write it uint8 (data.image_size "
-                "converts float frames only of keys named *_image)")
+                f"converts float frames only of keys named *_image: rename it '{key}_image')")
     if layout == "channels_first":
         return "channels first? cameras are read as (H, W, 3): write the frames channels last, or data.image_size=S"
     h, w, c = shape

@@ -40,8 +40,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from robopretrain.data.episodes import ConversionError, NotColourError, image_layout, resize_frames, to_uint8_hwc
-from robopretrain.data.hdf5 import IMAGE_SUFFIX, MISSING_HINTS
+from robopretrain.data.episodes import ConversionError, NotColourError, resize_frames, to_uint8_hwc
+from robopretrain.data.hdf5 import MISSING_HINTS, converted_as_camera
 from sim_envs.hdf5_writer import remove_abandoned_partials
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,9 @@ def _demos(data: h5py.Group) -> Iterator[tuple[str, h5py.Group]]:
 
 
 def is_camera(key: str, ds: h5py.Dataset) -> bool:
-    """Whether the ``(N, ...)`` dataset ``key`` of an ``obs`` group is a colour picture per step to resize (module
-    docstring): uint8 frames of a picture's layout, or float ones of a key named ``*_image`` (a float array of
-    another name, e.g. (8, 8, 3) features, is left as stored)."""
-    if ds.ndim < 3 or image_layout(ds.shape[1:], ds.dtype) is None:
-        return False
-    return ds.dtype == np.uint8 or (np.issubdtype(ds.dtype, np.floating) and key.endswith(IMAGE_SUFFIX))
+    """Whether the ``(N, ...)`` dataset ``key`` of an ``obs`` group is a picture per step to resize (module
+    docstring; :func:`robopretrain.data.hdf5.converted_as_camera`)."""
+    return converted_as_camera(key, tuple(ds.shape), ds.dtype)
 
 
 def _env_args(data: h5py.Group) -> dict[str, Any] | None:

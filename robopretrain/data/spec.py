@@ -248,7 +248,8 @@ def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype, key: str | None =
     if not cached_copy:
         return f"; {', '.join(fixes)}"
     if floating and key is not None and not key.endswith("_image"):
-        return f"; {', '.join(fixes)} (data.image_size converts float frames only of keys named *_image)"
+        return (f"; {', '.join(fixes)} (data.image_size converts float frames only of keys named *_image: rename "
+                f"{key!r} to '{key}_image' to have it converted)")
     return (f"; {', '.join(fixes)}; or set data.image_size=S: the stages then read a cached copy of the file whose "
             "uint8 frames, and float colour frames in [0, 1] of keys named *_image, are uint8 (S, S, 3) "
             "(robopretrain.data.resize_robomimic)")
