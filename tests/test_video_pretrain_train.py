@@ -590,6 +590,36 @@ def test_diagnose_answers_bad_input_in_one_line(robot_hdf5, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             diag.main(["--data", str(robot_hdf5), "--gamma", gamma, *args])
         assert exit_info.value.code == 2 and error in capsys.readouterr().err
+    for share in ("0", "1.5"):  # both ran (a one-trajectory probe part)
+        with pytest.raises(SystemExit) as exit_info:
+            diag.main(["--data", str(robot_hdf5), "--probe-test-fraction", share, *args])
+        assert exit_info.value.code == 2 and "expected a share in (0, 1)" in capsys.readouterr().err
+    videos = tmp_path / "clips"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"")
+    for data in (videos, videos / "a.mp4"):  # it said "format not recognised" / "truncated or corrupt?"
+        with pytest.raises(SystemExit) as exit_info:
+            diag.main(["--data", str(data), *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "stage-1 video data; diagnose reads robot trajectories" in err, err
+        assert "load_clip_trajectories" in err
+
+
+def test_diagnose_labels_each_encoder_by_its_run_and_names_its_own_device_flag(robot_hdf5, tmp_path, monkeypatch):
+    """The default label is the run folder's (an output= folder's own name): two outputs under one parent were both
+    labelled by the parent and refused; a device CUDA cannot serve is refused naming --device (it said device=)."""
+    assert diag.default_label("runs/s1") == diag.default_label("runs/s1/encoder") == "s1"
+    assert diag.default_label("runs/enc_icvf") != diag.default_label("runs/enc_vip")
+    assert diag.default_label("random") == "random"
+    import video_pretrain.train as vt
+
+    monkeypatch.setattr(vt, "resolve_device", lambda name: (_ for _ in ()).throw(ValueError(
+        "video_pretrain config: device='cuda' but CUDA is not available; use device=cpu (or auto)")))
+    monkeypatch.setattr(diag, "resolve_device", vt.resolve_device)
+    with pytest.raises(ValueError, match=r"^--device 'cuda' but CUDA is not available; use --device cpu \(or "
+                                         r"auto\)$"):  # it named the config's device=cpu
+        diag.run(diag.build_parser().parse_args(["--data", str(robot_hdf5), "--encoders", "pixels", "--device",
+                                                 "cuda"]))
 
 
 def test_diagnose_compares_icvf_values_with_the_discount_they_were_trained_with():

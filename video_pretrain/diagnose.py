@@ -43,6 +43,7 @@ from tqdm import tqdm
 from robopretrain.cli import RERUN_STARTS_OVER, friendly_errors
 from robopretrain.data.convert import as_robomimic
 from robopretrain.data.hdf5 import read_info
+from robopretrain.data.video import MANIFEST_NAME, VIDEO_SUFFIXES
 from robopretrain.files import atomic_file, write_json_atomic
 from robopretrain.nets.encoders import make_encoder, to_float_images
 from video_pretrain.data import HDF5ImageSource
@@ -291,6 +292,16 @@ class EncoderEntry:
         return int(self.encoder.input_spec["image_size"])
 
 
+def default_label(spec: str) -> str:
+    """An encoder's label without ``--labels``: ``random`` / ``pixels`` as given, else the stage-1 run folder's name
+    (``RUN`` for ``RUN`` or its encoder folder ``RUN/encoder``; an encoder folder of another name, ``output=``'s,
+    by its own name)."""
+    if spec in (RANDOM, PIXELS):
+        return spec
+    path = Path(spec)
+    return (path.parent.name if path.name == "encoder" else path.name) or str(spec)
+
+
 def load_entries(specs: Sequence[str], labels: Sequence[str] | None, device: torch.device, random_encoder: str,
                  image_size: int, seed: int) -> list[EncoderEntry]:
     """Encoders from checkpoint folders, ``random`` (``random_encoder`` at ``image_size``, seeded) or
@@ -299,7 +310,7 @@ def load_entries(specs: Sequence[str], labels: Sequence[str] | None, device: tor
         raise ValueError(f"--labels: {len(labels)} labels for {len(specs)} encoders; give one per encoder")
     entries = []
     for j, spec in enumerate(specs):
-        label = labels[j] if labels is not None else (spec if spec in (RANDOM, PIXELS) else Path(spec).parent.name or str(spec))
+        label = labels[j] if labels is not None else default_label(spec)
         if spec == PIXELS:
             entries.append(EncoderEntry(label, PixelFeatures(image_size).to(device), None,
                                         {"path": PIXELS, "objective": "none (raw pixels)", "steps": 0, "encoder": PIXELS}))
@@ -462,9 +473,27 @@ def discount_for(entries: Sequence[EncoderEntry], given: float | None) -> float:
     return float(given)
 
 
+def refuse_videos(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` for stage-1 video data (a video file, a folder with a manifest or of clips): ``--data``
+    takes robot trajectories (a robomimic file or another dataset format); clips go through
+    :func:`load_clip_trajectories`."""
+    p = Path(path)
+    video = p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+    folder = p.is_dir() and ((p / MANIFEST_NAME).is_file() or p.name == MANIFEST_NAME
+                             or any(c.suffix.lower() in VIDEO_SUFFIXES for c in p.iterdir()))
+    if video or folder or (p.is_file() and p.name == MANIFEST_NAME):
+        raise ValueError(f"--data {p}: stage-1 video data; diagnose reads robot trajectories (a robomimic HDF5 file, "
+                         "or a LeRobot / Minari / D4RL / OGBench dataset), whose last frame is the goal; clips are "
+                         "diagnosed from Python: video_pretrain.diagnose.load_clip_trajectories(folder, image_size)")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole diagnostic from parsed arguments; writes JSON and PNG into ``args.out``."""
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:  # said in the config's words (device=...): this command's flag is --device
+        raise ValueError(str(err).split(": ", 1)[-1].replace("device=", "--device ")) from None
+    refuse_videos(args.data)
     args.data = str(as_robomimic(args.data))  # a LeRobot / Minari / D4RL / OGBench dataset: its converted copy
     entries = load_entries(args.encoders, args.labels, device, args.random_encoder, args.image_size, args.seed)
     args.gamma = discount_for(entries, args.gamma)
@@ -476,6 +505,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f" ({', '.join(narrowed)} narrow the selection)" if narrowed else "") + (
             "; --all-episodes also uses the noisy and failing ones (default: clean successes only)"
             if not args.all_episodes else ""))
+    stored = read_info(args.data).obs_specs.get(args.key, ((), None))[0][:2]
+    for entry in entries:  # stage 2 refuses an encoder of another size than the cameras': said, not done silently
+        if entry.info.get("path") not in (RANDOM, PIXELS) and len(stored) == 2 \
+                and tuple(stored) != (entry.image_size, entry.image_size):
+            warnings.warn(f"encoder {entry.label!r} reads {entry.image_size} px frames; {args.data}'s {args.key} "
+                          f"frames are {stored[0]}x{stored[1]} and are resized to {entry.image_size} px for it here "
+                          f"(stage 2 would refuse this pair without data.image_size={entry.image_size})", stacklevel=2)
     by_size = {size: load_trajectories(args.data, demos, size, args.key) for size in {e.image_size for e in entries}}
     results = diagnose(entries, by_size, args.gamma, device, args.probe_test_fraction, args.seed, not args.no_progress)
     out = Path(args.out)
@@ -497,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a LeRobot / Minari / D4RL / OGBench dataset (read through its converted copy)")
     p.add_argument("--encoders", nargs="+", required=True,
                    help="encoder checkpoint folders, 'random' (random init) or 'pixels' (raw-pixel distance)")
-    p.add_argument("--labels", nargs="+", default=None, help="one label per encoder (default: the run folder name)")
+    p.add_argument("--labels", nargs="+", default=None,
+                   help="one label per encoder (default: the run folder's name; an output= folder's own name)")
     p.add_argument("--key", default="agentview_image", help="image observation key")
     p.add_argument("--mask", default=None, help="mask of the file to use (e.g. valid), default every demo")
     p.add_argument("--tasks", nargs="+", default=None, help="task names to use, default every task")
@@ -507,13 +544,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discount of V* = -(1 - gamma^d) / (1 - gamma) (default: the ICVF encoders' own, else 0.99)")
     p.add_argument("--random-encoder", default="small_conv", help="encoder name for 'random'")
     p.add_argument("--image-size", type=int, default=64, help="image size for 'random' and 'pixels'")
-    p.add_argument("--probe-test-fraction", type=float, default=0.3, help="share of trajectories the probe is tested on")
+    p.add_argument("--probe-test-fraction", type=_fraction, default=0.3,
+                   help="share of trajectories the probe is tested on, in (0, 1)")
     p.add_argument("--plot-trajectories", type=int, default=4, help="curves per encoder in values.png")
     p.add_argument("--out", default="outputs/video_pretrain/diagnose", help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _fraction(text: str) -> float:
+    """``--probe-test-fraction``: a share in (0, 1) (0 or 1 leaves the probe's train or test part one trajectory)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g}; expected a share in (0, 1)")
+    return value
 
 
 def _discount(text: str) -> float:
