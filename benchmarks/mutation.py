@@ -481,10 +481,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "if diff != 0.0 -> != 1.0 under torchrun: whether a warning about differing replicas is logged (the "
         "difference itself is logged either way)",
         "0.0 -> 1.0 @ if diff != 0.0:"),
-    ("offline_loop", "train_offline/const/3"): Equivalent(
+    ("offline_loop", "train_offline/const/4"): Equivalent(
         "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
         "True -> False @ bar = tqdm(total=total, initial=start, desc=desc, unit=\"upd\", dynamic_ncols=True,"),
-    ("offline_loop", "train_offline/const/12"): Equivalent(
+    ("offline_loop", "train_offline/const/13"): Equivalent(
         "bar.set_postfix(refresh=False -> True): display only",
         "False -> True @ bar.set_postfix(success=f\"{row['eval/success']:.2f}\", refresh=False)"),
     ("replay", "ReplayBuffer.__init__/const/0"): Equivalent(
@@ -516,7 +516,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "checkpoint with other transfer settings is not resumed (its fingerprint differs), and without EPOpt it is "
         "never read",
         "0 -> 1 @ epopt_done = int(saved_transfer.get(\"epopt_batches\", 0))"),
-    ("online_loop", "run_online/const/10"): Equivalent(
+    ("online_loop", "run_online/const/11"): Equivalent(
         "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
         "True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "
         "unit=\"step\", dynamic_ncols=True,"),
