@@ -363,14 +363,23 @@ def clear_previous_run(run_dir: str | os.PathLike, parts: tuple[str, ...] = PREV
 
 
 # the "stage" a run's checkpoints record in their meta.json, and the command that writes them
-STAGE_COMMANDS = {"offline": "stage 2 (robopretrain.train)", "online": "stage 3 (finetune.train)"}
+STAGE_COMMANDS = {"pretrain": "stage 1 (video_pretrain.train)", "offline": "stage 2 (robopretrain.train)",
+                  "online": "stage 3 (finetune.train)"}
+STAGE1_CHECKPOINT = "last.pt"  # stage 1's training checkpoint in its run folder's checkpoints/ (video_pretrain.train)
 
 
 def refuse_other_stage(run_dir: str | os.PathLike, stage: str, key: str = "output_dir") -> None:
     """Refuse to run ``stage`` (a key of :data:`STAGE_COMMANDS`) in ``run_dir`` when its newest checkpoint with a
     readable ``meta.json`` was written by another stage: stage 3 given a stage-2 run folder as its ``output_dir``
     started a fresh run there, emptied its metrics.jsonl and pruned (and overwrote) the stage-2 checkpoints, with
-    no word. Raises ``ValueError`` naming ``key``, the checkpoint and the stage that wrote it."""
+    no word. Stage 1's run folder (``checkpoints/last.pt``) is another stage's for stages 2 and 3, and theirs for
+    stage 1 (``stage="pretrain"``). Raises ``ValueError`` naming ``key``, the checkpoint and the stage that wrote
+    it."""
+    stage1 = Path(run_dir) / "checkpoints" / STAGE1_CHECKPOINT
+    if stage != "pretrain" and stage1.is_file():
+        raise ValueError(f"{key}={run_dir} is a run folder of {STAGE_COMMANDS['pretrain']} ({stage1.name} is its "
+                         f"checkpoint); {STAGE_COMMANDS.get(stage, stage)} would mix its checkpoints, logs and "
+                         f"metrics with that run's: give this run its own {key}")
     for path in list_checkpoints(Path(run_dir) / "checkpoints"):
         try:
             theirs = json.loads((path / META_FILE).read_text()).get("stage")

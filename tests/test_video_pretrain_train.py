@@ -283,6 +283,27 @@ def test_an_output_it_may_not_replace_is_refused_before_training(videos, tmp_pat
     assert (other / "todo.txt").read_text() == "mine"
 
 
+def test_stages_1_and_2_refuse_each_others_run_folder(videos, robot_hdf5, tmp_path):
+    """Stage 2 given a stage-1 run folder mixed its checkpoints, TensorBoard events and log into it (and resume=false
+    would remove stage 1's checkpoint); stage 1 given a stage-2 folder likewise. Both are refused before training."""
+    from _stages import stage2_config
+
+    from robopretrain.train import run as stage2
+
+    common = (f"data.path={videos}", "tensorboard=false", "objective=tcn", *TINY)
+    train(compose_cfg(*common, "steps=1", f"output_dir={tmp_path / 's1'}"), tmp_path / "s1")
+    with pytest.raises(ValueError, match=r"output_dir=.*s1 is a run folder of stage 1 \(video_pretrain.train\) "
+                                         r"\(last.pt is its checkpoint\)"):
+        stage2(stage2_config(robot_hdf5, tmp_path / "s1", steps=1))
+    assert sorted(p.name for p in (tmp_path / "s1" / "checkpoints").iterdir()) == ["last.pt"]
+    meta = tmp_path / "s2" / "checkpoints" / "ckpt_00000001" / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"stage": "offline"}))
+    with pytest.raises(ValueError, match=r"is a run folder of stage 2 \(robopretrain.train\)"):
+        train(compose_cfg(*common, "steps=1", f"output_dir={tmp_path / 's2'}", "resume=false"), tmp_path / "s2")
+    assert meta.is_file()  # resume=false removed the stage-2 checkpoints
+
+
 def test_a_run_killed_before_its_first_checkpoint_leaves_no_tensorboard_point_twice(videos, tmp_path):
     """The rerun of a run killed before its first checkpoint starts over: TensorBoard hides the killed session's
     events (each validation step is shown once), as the resumed run hides those after its checkpoint."""

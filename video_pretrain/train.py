@@ -59,7 +59,7 @@ from tqdm import tqdm
 from robopretrain import config_checks, cpu_settings
 from robopretrain import distributed as dist_utils
 from robopretrain import run_fingerprint
-from robopretrain.checkpoint import clear_previous_run, kill_after_checkpoint
+from robopretrain.checkpoint import STAGE1_CHECKPOINT, clear_previous_run, kill_after_checkpoint, refuse_other_stage
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.data.video import VideoDatasetError
 from robopretrain.distributed import DistInfo
@@ -94,7 +94,7 @@ class RunPaths:
     def from_config(cls, cfg: DictConfig, run_dir: str | os.PathLike) -> "RunPaths":
         root = Path(cfg.output_dir or run_dir).expanduser()
         encoder = Path(cfg.output).expanduser() if cfg.get("output") else root / "encoder"
-        return cls(root, root / "checkpoints" / "last.pt", encoder, root / "tb", root / "metrics.json")
+        return cls(root, root / "checkpoints" / STAGE1_CHECKPOINT, encoder, root / "tb", root / "metrics.json")
 
 
 @dataclass
@@ -560,8 +560,9 @@ def _holds_an_encoder(folder: Path) -> bool:
 
 def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device: torch.device) -> Path:
     paths = RunPaths.from_config(cfg, run_dir)
-    if dinfo.is_main:  # an encoder place it may not replace: refused before training, not after
+    if dinfo.is_main:  # an encoder place it may not replace, or another stage's run folder: refused before training
         check_replaceable(paths.encoder, _holds_an_encoder, kind=ENCODER_KIND)
+        refuse_other_stage(paths.run_dir, "pretrain")
         paths.run_dir.mkdir(parents=True, exist_ok=True)
         left = remove_leftovers(paths.checkpoint) + remove_leftovers(paths.encoder)  # of a run killed mid-write
         if left:
