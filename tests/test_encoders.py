@@ -89,6 +89,19 @@ def test_to_float_images_converts_uint8_bhwc_and_bthwc() -> None:
         to_float_images(y)
 
 
+def test_an_encoder_refuses_frames_on_the_0_255_scale(tmp_path) -> None:
+    """A loaded encoder took float frames in [0, 255] silently (features about 0.81 cosine to the right ones); its
+    first input is now checked to lie in [0, 1]."""
+    enc = make_encoder("small_conv", 16)
+    save_encoder(tmp_path / "enc", enc, "small_conv", {})
+    loaded, _ = load_encoder(tmp_path / "enc")
+    with pytest.raises(ValueError, match=r"expected float images in \[0, 1\], got values in \[0, 255\]; .*"
+                                         r"to_float_images"):
+        loaded(torch.full((2, 3, 16, 16), 255.0).index_fill_(0, torch.tensor([0]), 0.0))
+    fresh = make_encoder("small_conv", 16)
+    assert fresh(torch.rand(2, 3, 16, 16)).shape == (2, fresh.out_dim)  # in range: runs
+
+
 def test_encoder_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="unknown encoder 'resnet50'.*small_conv"):
         make_encoder("resnet50", 64)
