@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "steps", "data.storage", "data.workers", "data.mix.storage",
                      "data.mix.workers", "eval_episodes", "eval_targets", "eval_at_start",
                      "keep_checkpoints", "calibration_batch", "dr", "data.generate", "data.regenerate", "data.collect",
+                     # the return a Decision Transformer is asked for: its evaluations only, not its training
+                     "algo.target_return",
                      # the setting as given (a stage-1 run folder, or its encoder folder): the encoder folder it
                      # resolves to is compared instead, content included (the fingerprint's inputs)
                      "encoder.checkpoint")

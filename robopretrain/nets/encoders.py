@@ -138,7 +138,7 @@ class ImageEncoder(nn.Module):
         self.build_args = build_args
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self._range_checked = False  # the first input's values are checked to lie in [0, 1] (_check_input)
+        self._range_checked = False  # the first input's values are checked to lie in [0, 1] (_check_range)
 
     def _check_input(self, x: torch.Tensor) -> None:
         expected = (self.in_channels, self.image_size, self.image_size)
@@ -148,16 +148,22 @@ class ImageEncoder(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{self.build_args.get('name', 'encoder')}: expected float images in [0, 1], got "
                             f"{x.dtype}; convert uint8 (B, H, W, C) frames with to_float_images")
-        if not self._range_checked and x.numel():  # the first batch only: a per-call check would sync each step
-            self._range_checked = True
-            lo, hi = (float(v) for v in x.detach().aminmax())
-            if lo < -RANGE_SLACK or hi > 1.0 + RANGE_SLACK:
-                raise ValueError(f"{self.build_args.get('name', 'encoder')}: expected float images in [0, 1], got "
-                                 f"values in [{lo:g}, {hi:g}]; frames on the 0-255 scale: convert the uint8 frames "
-                                 "with to_float_images (or divide by 255)")
+
+    def _check_range(self, x: torch.Tensor) -> None:
+        """The first input's values in [0, 1] (frames on the 0-255 scale were taken silently); the first only: a
+        check per call would synchronise every training step with the device."""
+        if self._range_checked or not x.numel():
+            return
+        self._range_checked = True
+        lo, hi = (float(v) for v in x.detach().aminmax())
+        if lo < -RANGE_SLACK or hi > 1.0 + RANGE_SLACK:
+            raise ValueError(f"{self.build_args.get('name', 'encoder')}: expected float images in [0, 1], got values "
+                             f"in [{lo:g}, {hi:g}]; frames on the 0-255 scale: convert the uint8 frames with "
+                             "to_float_images (or divide by 255)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        self._check_range(x)
         return self.net((x - self.mean) / self.std)
 
     def extra_repr(self) -> str:
