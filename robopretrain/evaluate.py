@@ -328,10 +328,11 @@ def limit_change_note(target: Target, ckpt: Checkpoint, env_limit: int | None = 
         return None                                  # given target= is the way around it, not to be refused
     if (own.name, own.family) != (target.name, target.family):
         return None
-    if episode_limit(own) is None and episode_limit(target) is None:  # both the same env's own limit
+    if episode_limit(own) == episode_limit(target):  # the same setting (or none on both) of the same env
         return None
     given = env_limit if env_limit is not None else episode_limit(target)
-    run = episode_limit(own) if episode_limit(own) is not None else _own_env_limit(own)
+    run = _own_env_limit(own)  # what the run's env enforced: its setting or the env's own limit, the tighter
+    run = run if run is not None else episode_limit(own)
     if given == run:
         return None
 
@@ -347,8 +348,8 @@ def limit_change_note(target: Target, ckpt: Checkpoint, env_limit: int | None = 
 
 
 def _own_env_limit(target: Target) -> int | None:
-    """The time limit of the env ``target`` builds (its env's own, the config setting none); None when it cannot be
-    built here."""
+    """The time limit the env ``target`` builds enforces (:func:`robopretrain.envs.target.env_time_limit`); None when
+    it cannot be built here."""
     from robopretrain.envs.target import env_time_limit, make_env
 
     try:

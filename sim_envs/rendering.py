@@ -53,6 +53,9 @@ def check_display() -> None:
         raise RenderingUnavailableError(f"cannot render camera images: {problem}")
 
 
+TRACEBACK_OFF = ("", "0", "false", "no", "off")  # ROBOPRETRAIN_TRACEBACK values that mean off
+
+
 def exit_on_render_error(func: F) -> F:
     """Decorate a CLI's main: :class:`RenderingUnavailableError` becomes ``error: <message>`` on stderr and exit
     code 2, no traceback (``ROBOPRETRAIN_TRACEBACK=1`` re-raises it; the values robopretrain.cli takes as off do
@@ -63,7 +66,8 @@ def exit_on_render_error(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except RenderingUnavailableError as exc:
-            if os.environ.get("ROBOPRETRAIN_TRACEBACK", "").strip().lower() not in ("", "0", "false", "no", "off"):
+            # robopretrain.cli.TRACEBACK_OFF's values (sim_envs imports nothing of robopretrain; a test pins them)
+            if os.environ.get("ROBOPRETRAIN_TRACEBACK", "").strip().lower() not in TRACEBACK_OFF:
                 raise
             sys.stdout.flush()
             print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -99,7 +99,9 @@ def test_an_encoder_refuses_frames_on_the_0_255_scale(tmp_path) -> None:
                                          r"to_float_images"):
         loaded(torch.full((2, 3, 16, 16), 255.0).index_fill_(0, torch.tensor([0]), 0.0))
     fresh = make_encoder("small_conv", 16)
-    assert fresh(torch.rand(2, 3, 16, 16)).shape == (2, fresh.out_dim)  # in range: runs
+    assert fresh(torch.rand(2, 3, 16, 16) * (1 + 5e-4)).shape == (2, fresh.out_dim)  # within the slack: runs
+    with pytest.raises(ValueError, match=r"got values in \[-0.01, "):
+        make_encoder("small_conv", 16)(torch.rand(2, 3, 16, 16).index_fill_(0, torch.tensor([1]), -0.01))
 
 
 def test_encoder_errors_are_clear() -> None:

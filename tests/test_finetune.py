@@ -413,7 +413,7 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
 
     def cfg(out, target=tgt):
         return stage3_config(ckpt, out, target, env_steps=48, online={"num_envs": 2, "checkpoint_every": 12,
-                                                                      "eval_every": 24, "log_every": 8,
+                                                                      "eval_every": 24, "log_every": 4,
                                                                       "tensorboard": True})
 
     # the uninterrupted run's target names no task_id: it takes the one slot stage 2 trained (was: refused)
@@ -449,6 +449,12 @@ def test_killed_run_on_a_custom_target_resumes_to_the_same_weights(robosuite_dem
     assert logged(tmp_path / "killed") == logged(tmp_path / "clean") == [0, 24, 48]
     shown = [e.step for e in tensorboard_events(tmp_path / "killed" / "tb").Scalars("eval/success")]
     assert shown == [0, 24, 48]  # TensorBoard hides what the killed sessions logged, as the metrics file drops it
+    def logged_steps(run):  # every scalar once, at the uninterrupted run's steps (the checkpoint's step too)
+        events = tensorboard_events(run / "tb")
+        return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    steps = logged_steps(tmp_path / "killed")
+    assert steps == logged_steps(tmp_path / "clean") and any(len(v) > 3 for v in steps.values())
 
 
 def test_randomization_on_a_target_that_has_none_is_said_not_applied(robosuite_demos, tmp_path, caplog):

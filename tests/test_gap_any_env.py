@@ -93,7 +93,9 @@ def test_stage3_refuses_a_sim_envs_gap_on_a_gym_target_naming_the_env_kwargs_for
         finetune(cfg)
 
 
-def test_evaluate_runs_the_gaps_two_sides_on_a_gym_target(gain_ckpt, tmp_path, monkeypatch):
+def test_evaluate_runs_the_gaps_two_sides_on_a_gym_target(gain_ckpt, tmp_path, monkeypatch, caplog):
+    import logging
+
     from hydra import compose, initialize_config_dir
 
     import robopretrain.evaluate as evaluate
@@ -109,7 +111,9 @@ def test_evaluate_runs_the_gaps_two_sides_on_a_gym_target(gain_ckpt, tmp_path, m
     cfg.target = OmegaConf.create(TARGET)
     cfg.gap = OmegaConf.create(GAP)
     fake.GainReachEnv.resets.clear()
-    info = evaluate_robustness(cfg)
+    with caplog.at_level(logging.WARNING):
+        info = evaluate_robustness(cfg)
+    assert "acts in slot" not in caplog.text  # a one-slot agent: the data's task name (the file's) is no other task
     assert {f: sorted(levels) for f, levels in info["factors"].items()} == {"gap": ["source", "target"]}
     assert "success" in info["nominal"]
     gains = [g for g, seed in fake.GainReachEnv.resets if seed >= EVAL_SEED]

@@ -47,6 +47,10 @@ def test_an_interrupted_entry_point_prints_one_line_and_exits_130(capsys, monkey
     assert exc.value.code == EXIT_INTERRUPTED == 130
     err = capsys.readouterr().err
     assert err.startswith("interrupted (Ctrl-C)") and err.count("\n") == 1
+    from robopretrain.cli import TRACEBACK_OFF
+    from sim_envs.rendering import TRACEBACK_OFF as RENDERING_OFF
+
+    assert RENDERING_OFF == TRACEBACK_OFF  # sim_envs keeps its own copy (it imports nothing of robopretrain)
     for off in ("0", "false", "OFF", ""):  # said off: as unset
         monkeypatch.setenv("ROBOPRETRAIN_TRACEBACK", off)
         with pytest.raises(SystemExit):

@@ -535,6 +535,9 @@ def test_the_time_limit_note_compares_the_limits_the_envs_enforce(tmp_path):
         "target 'pendulum': episodes run to 50 steps here, the checkpoint's run used the env's own limit (200 steps); "
         "success is not comparable with its evaluations: leave max_episode_steps unset to evaluate as it did")
     assert limit_change_note(Target(**pendulum), run_own, env_limit=200) is None
+    run_500 = Checkpoint(tmp_path, OmegaConf.create({}), {"target": {**pendulum, "max_episode_steps": 500}}, {}, None)
+    assert limit_change_note(Target(**pendulum, max_episode_steps=500), run_500, env_limit=200) is None  # the run's
+    # own target, whose env stops earlier than its setting: the same for both, nothing to say (it said "set 500")
 
 
 def test_a_metaworld_target_without_task_id_takes_the_fixed_one():
@@ -717,6 +720,11 @@ def test_a_time_limit_shorter_than_most_successful_demos_is_named():
         DemoInfo(d.name, d.num_samples, "reach", 0, d.ep_meta) for d in demos[:5]], env_limit=80)
     assert own is not None and own.startswith("target 'reach': episodes stop at 80 steps (the env's own time limit), "
                                               "but 3 of its 4")  # the env's limit, read from the env
+    assert own.endswith("give the env a longer limit (its own setting, e.g. through the target's env_kwargs)")
+    long_demos = [DemoInfo(d.name, 20 * d.num_samples, "reach", 0, d.ep_meta) for d in renamed]
+    capped = time_limit_note(Target(name="reach", env_id="MyReach-v0", task_id=0), {}, long_demos, env_limit=1000)
+    assert "(the toolkit's cap for an env without a time limit)" in capped  # not the env's own: setting one lifts it
+    assert capped.endswith("set the target's max_episode_steps")
     assert time_limit_note(Target(name="reach", env_id="MyReach-v0", task_id=0, max_episode_steps=500), {}, renamed,
                            env_limit=80) is not None  # a limit the env enforces under the target's still binds
     eighty = Target(name="reach", family="metaworld", max_episode_steps=80)

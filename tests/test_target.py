@@ -329,7 +329,7 @@ def test_an_envs_time_limit_is_its_tightest_stated_one():
     far = {"goal": (5.0, 5.0, 5.0)}
     assert env_time_limit(make_env(robot(env_kwargs=far, max_episode_steps=11))) == 11
     assert env_time_limit(make_env(Target(name="pendulum", env_id="Pendulum-v1", task_id=0, reward="dense"))) == 200
-    fake.RobosuiteLikeEnv.max_path_length = 6  # enforced by the env itself, under the target's 11
+    fake.RobosuiteLikeEnv.max_path_length = 6  # a stated limit counts as enforced (this fake does not), under 11
     try:
         assert env_time_limit(make_env(robot(env_kwargs=far, max_episode_steps=11))) == 6
         assert env_time_limit(fake.RobosuiteLikeEnv(goal=(5.0, 5.0, 5.0))) == 6  # the bare env

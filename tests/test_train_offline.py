@@ -307,6 +307,13 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
     assert any("calib/offline_q_data" in row for row in read_jsonl(out / "metrics.jsonl") if row["step"] == 0)
     events = tensorboard_events(out / "tb")  # TensorBoard hides the killed session's steps 3 and 4: each once
     assert [e.step for e in events.Scalars("train/critic_loss")] == [1, 2, 3, 4]
+    early = tmp_path / "early"  # killed before its first checkpoint: the rerun starts over, step 0 included
+    run(stage2_config(tiny_hdf5, early, **cfg))
+    shutil.rmtree(early / "checkpoints")
+    run(stage2_config(tiny_hdf5, early, **cfg))
+    assert [row["step"] for row in read_jsonl(early / "metrics.jsonl")] == uninterrupted  # step 0 was there twice
+    calibrated = [e.step for e in tensorboard_events(early / "tb").Scalars("calib/offline_q_data")]
+    assert calibrated == [0, 4]
     caplog.clear()  # a rerun asking for fewer updates than the run has: its checkpoint is the result, said aloud
     with caplog.at_level(logging.WARNING, logger="robopretrain"):
         final = run(stage2_config(tiny_hdf5, out, **{**cfg, "steps": 3}))

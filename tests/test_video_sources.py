@@ -643,6 +643,11 @@ def test_a_grey_hdf5_camera_is_read_as_rgb_as_stages_2_and_3_read_it(tmp_path: P
     with pytest.raises(DatasetError, match=r"converts float frames only of keys named \*_image: rename 'wristcam' "
                                            r"to 'wristcam_image' first\)$"):
         HDF5ImageSource(path, image_size=24, key="wristcam")
+    with h5py.File(path, "a") as f:  # one float channel, a depth map: no colour camera, and no rename suggested
+        f["data/demo_0/obs/depth"] = np.zeros((5, 24, 24, 1), np.float32)
+    with pytest.raises(DatasetError, match=r"a depth map\?\) is no colour camera") as err:
+        HDF5ImageSource(path, image_size=24, key="depth")
+    assert "rename" not in str(err.value)
 
 
 def test_frames_with_an_exif_orientation_are_read_upright(tmp_path: Path) -> None:

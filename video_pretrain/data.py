@@ -428,7 +428,8 @@ class HDF5ImageSource(ClipSource):
             hint = image_layout_hint(tuple(shape), dtype, self.key, cached_copy=False)
             if hint and converted_as_camera(self.key, (0, *shape), dtype):  # a copy would read: say how to make it
                 hint += " (python -m robopretrain.data.convert SRC DST --image-size S writes such a copy)"
-            elif hint and np.issubdtype(dtype, np.floating):  # the copy keeps float frames of other names as stored
+            elif hint and converted_as_camera(f"{self.key}_image", (0, *shape), dtype) and shape[-1] != 1 \
+                    and shape[0] != 1:  # float colour under another name: the copy keeps it as stored
                 hint += (f" (python -m robopretrain.data.convert --image-size S converts float frames only of keys "
                          f"named *_image: rename {self.key!r} to '{self.key}_image' first)")
             raise DatasetError(f"{self.path}: data/*/obs/{self.key}: expected uint8 images (N, H, W, 3), or grey "

@@ -478,10 +478,10 @@ def refuse_videos(path: str | os.PathLike) -> None:
     takes robot trajectories (a robomimic file or another dataset format); clips go through
     :func:`load_clip_trajectories`."""
     p = Path(path)
-    video = p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-    folder = p.is_dir() and ((p / MANIFEST_NAME).is_file() or p.name == MANIFEST_NAME
-                             or any(c.suffix.lower() in VIDEO_SUFFIXES for c in p.iterdir()))
-    if video or folder or (p.is_file() and p.name == MANIFEST_NAME):
+    video = p.is_file() and p.suffix.lower() in (*VIDEO_SUFFIXES, ".csv")  # a clip, or a manifest of any name
+    folder = p.is_dir() and ((p / MANIFEST_NAME).is_file() or any(c.suffix.lower() in VIDEO_SUFFIXES
+                                                                   for c in p.iterdir()))
+    if video or folder:
         raise ValueError(f"--data {p}: stage-1 video data; diagnose reads robot trajectories (a robomimic HDF5 file, "
                          "or a LeRobot / Minari / D4RL / OGBench dataset), whose last frame is the goal; clips are "
                          "diagnosed from Python: video_pretrain.diagnose.load_clip_trajectories(folder, image_size)")

@@ -369,10 +369,16 @@ def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence
     longer = sum(n > limit for n in lengths)
     if 2 * longer <= len(lengths):
         return None
-    where = "max_episode_steps" if limit == configured else "the env's own time limit"
+    if limit == configured:
+        where, fix = "max_episode_steps", "raise the target's max_episode_steps"
+    elif configured is None and limit == UNLIMITED_EPISODE_CAP:  # the toolkit's cap for an env that states none
+        where, fix = "the toolkit's cap for an env without a time limit", "set the target's max_episode_steps"
+    else:  # the env's own, which no target setting lifts
+        where, fix = ("the env's own time limit", "give the env a longer limit (its own setting, e.g. through the "
+                      "target's env_kwargs)")
     return (f"target {target.name!r}: episodes stop at {limit} steps ({where}), but {longer} of its "
             f"{len(lengths)} successful demos are longer (median {lengths[len(lengths) // 2]}, longest {lengths[-1]} "
-            "steps): the policy cannot finish as they did in time; raise the target's max_episode_steps")
+            f"steps): the policy cannot finish as they did in time; {fix}")
 
 
 # --------------------------------------------------------------------------- the env
@@ -478,7 +484,8 @@ def _positive_int(n: Any) -> bool:
 def env_time_limit(env: gym.Env) -> int | None:
     """The step at which ``env``'s episodes end at the latest: the tightest of its ``TimeLimit`` wrappers (every env
     :func:`make_env` builds has one), its registered ``spec.max_episode_steps`` and its base env's stated limit
-    (``max_episode_steps`` or Meta-World's ``max_path_length`` attribute); None when it states none."""
+    (``max_episode_steps`` or Meta-World's ``max_path_length`` attribute, taken as one it enforces, as sim_envs' and
+    Meta-World's envs do); None when it states none."""
     limits: list[int] = []
     e: Any = env
     while isinstance(e, gym.Wrapper):
@@ -500,14 +507,14 @@ def _capped(env: gym.Env, target: Target) -> gym.Env:
     if target.max_episode_steps or has_time_limit(env):
         return env
     stated = [n for n in (getattr(env.unwrapped, name, None) for name in STATED_LIMITS) if _positive_int(n)]
-    if stated:
-        return gym.wrappers.TimeLimit(env, int(stated[0]))
+    if stated:  # the tightest, as env_time_limit reads it
+        return gym.wrappers.TimeLimit(env, int(min(stated)))
     if target.name not in _warned_unlimited:
         _warned_unlimited.add(target.name)
         log.warning("target %r: the env has no time limit the toolkit can see (no TimeLimit wrapper, "
-                    "spec.max_episode_steps, max_episode_steps or max_path_length attribute); an episode the env does "
-                    "not end itself "
-                    "is truncated at %d steps. Set the target's max_episode_steps (its episodes' length) to choose "
+                    "spec.max_episode_steps, max_episode_steps or max_path_length attribute); an episode the env "
+                    "does not end itself is truncated at %d steps. Set the target's max_episode_steps (its episodes' "
+                    "length) to choose "
                     "the limit (an env that ends its own episodes earlier needs nothing)",
                     target.name, UNLIMITED_EPISODE_CAP)
     return gym.wrappers.TimeLimit(env, UNLIMITED_EPISODE_CAP)

@@ -164,15 +164,18 @@ def train_offline(
     when ``None``, :mod:`robopretrain.loggers`), which also records ``config``.
     """
     dinfo = dinfo or DistInfo()
+    # a resumed run redoes the rows after its checkpoint; a run killed before its first checkpoint starts over,
+    # its step-0 evaluation included (kept, it was there twice); TensorBoard hides the same events
+    kept = start if start > 0 else -1
     logger = MetricsLogger(run_dir, tensorboard=settings.tensorboard, logger=experiment_logger, config=config,
-                           purge_step=start + 1) if dinfo.is_main else None  # the rows truncate_after(start) drops
+                           purge_step=kept + 1) if dinfo.is_main else None
     total, bs = int(settings.steps), int(agent.batch_size)
     # a run killed between a checkpoint and that step's evaluation resumes after it: the evaluation is made up for
     # (read on rank 0 before the rows after ``start`` are dropped; every rank evaluates)
     owed = any_rank(dinfo.is_main and evaluate is not None and 0 < start <= total and (
         start % int(settings.eval_every) == 0 or start == total) and not _evaluated_at(run_dir, start), dinfo)
     if logger is not None:
-        logger.truncate_after(start)
+        logger.truncate_after(kept)
     if start > total and dinfo.is_main:
         log.warning("%s: its last checkpoint is at update %d, past train.steps=%d: nothing to train, and that "
                     "checkpoint (not one at %d) is the result; a fresh output_dir trains to %d", run_dir, start, total,
