@@ -481,10 +481,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "if diff != 0.0 -> != 1.0 under torchrun: whether a warning about differing replicas is logged (the "
         "difference itself is logged either way)",
         "0.0 -> 1.0 @ if diff != 0.0:"),
-    ("offline_loop", "train_offline/const/4"): Equivalent(
+    ("offline_loop", "train_offline/const/6"): Equivalent(
         "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
         "True -> False @ bar = tqdm(total=total, initial=start, desc=desc, unit=\"upd\", dynamic_ncols=True,"),
-    ("offline_loop", "train_offline/const/13"): Equivalent(
+    ("offline_loop", "train_offline/const/15"): Equivalent(
         "bar.set_postfix(refresh=False -> True): display only",
         "False -> True @ bar.set_postfix(success=f\"{row['eval/success']:.2f}\", refresh=False)"),
     ("replay", "ReplayBuffer.__init__/const/0"): Equivalent(
