@@ -33,7 +33,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -554,26 +554,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fraction(text: str) -> float:
-    """``--probe-test-fraction``: a share in (0, 1) (0 or 1 leaves the probe's train or test part one trajectory)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value:g}; expected a share in (0, 1)")
-    return value
+def _in_open_unit_interval(what: str) -> Callable[[str], float]:
+    """An argparse type: a number in (0, 1), refused as ``<value>; expected <what> in (0, 1)``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(f"{value:g}; expected {what} in (0, 1)")
+        return value
+
+    return parse
 
 
-def _discount(text: str) -> float:
-    """``--gamma``: a discount in (0, 1) (at 1 or more V* = -(1 - gamma^d) / (1 - gamma) is no discounted value)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value:g}; expected a discount in (0, 1)")
-    return value
+# --probe-test-fraction (0 or 1 leaves the probe's train or test part one trajectory); --gamma (at 1 or more
+# V* = -(1 - gamma^d) / (1 - gamma) is no discounted value)
+_fraction, _discount = _in_open_unit_interval("a share"), _in_open_unit_interval("a discount")
 
 
 @friendly_errors(rerun=RERUN_STARTS_OVER)
