@@ -100,7 +100,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                                        "tests/test_compile.py", "tests/test_cuda_graph.py::"
                                                        "test_stage_loops_read_the_option_and_refuse_it_on_cpu"]),
     "online_loop": ("finetune/online.py", ["tests/test_wiring.py", "tests/test_finetune.py", "tests/test_transfer.py",
-                                           "tests/test_action_units.py"]),
+                                           "tests/test_action_units.py", "tests/test_gap_any_env.py"]),
     "por": ("robopretrain/algos/por.py", ["tests/test_por.py", "tests/test_configs.py", *LEARNER_TESTS]),
     "dt": ("robopretrain/algos/dt.py", ["tests/test_dt.py", "tests/test_configs.py"]),
     "reward_model": ("robopretrain/reward_model.py", ["tests/test_reward_model.py"]),
@@ -516,6 +516,14 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "checkpoint with other transfer settings is not resumed (its fingerprint differs), and without EPOpt it is "
         "never read",
         "0 -> 1 @ epopt_done = int(saved_transfer.get(\"epopt_batches\", 0))"),
+    ("online_loop", "run_online/const/0"): Equivalent(
+        "the default resume=True -> False: the one caller (finetune.train) passes resume=cfg.resume",
+        "True -> False @ config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True,"),
+    ("online_loop", "run_online/if/1"): Equivalent(
+        "if fingerprint is not None: check_resume -> if it is None: the one caller (finetune.train) always passes a "
+        "fingerprint and checks the resume itself before the loop (and before DARC collects target data), so a "
+        "changed run is refused there either way; the loop's check guards direct library calls",
+        "if fingerprint is not None: -> if not ... @ if fingerprint is not None:"),
     ("online_loop", "run_online/const/11"): Equivalent(
         "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
         "True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "

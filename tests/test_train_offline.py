@@ -362,12 +362,17 @@ def test_a_run_killed_between_its_checkpoint_and_that_steps_evaluation_evaluates
     metrics.unlink()  # killed before anything was logged: no metrics file at all
     run(cfg)
     assert _evaluated_steps(metrics) == [4] and len(calls) == 4
-    one = stage2_config(tiny_hdf5, tmp_path / "one", steps=1, obs=STATE_OBS,  # a checkpoint at the first update
-                        train={"eval_targets": ["Reach"], "eval_every": 1, "checkpoint_every": 1})
-    run(one)
-    _drop_evaluation(tmp_path / "one" / "metrics.jsonl", 1)
-    run(one)
-    assert _evaluated_steps(tmp_path / "one" / "metrics.jsonl") == [1] and len(calls) == 6
+    from robopretrain.checkpoint import LATEST_FILE, checkpoint_name
+
+    mid = tmp_path / "mid"  # killed after an earlier checkpoint (2 of 4) before its evaluation: made up, then 4
+    cfg = stage2_config(tiny_hdf5, mid, steps=4, obs=STATE_OBS,
+                        train={"eval_targets": ["Reach"], "eval_every": 2, "checkpoint_every": 2})
+    run(cfg)
+    shutil.rmtree(mid / "checkpoints" / checkpoint_name(4))
+    (mid / "checkpoints" / LATEST_FILE).write_text(checkpoint_name(2) + "\n")
+    _drop_evaluation(mid / "metrics.jsonl", 2)
+    run(cfg)
+    assert _evaluated_steps(mid / "metrics.jsonl") == [2, 4] and len(calls) == 8
 
 
 def test_a_final_update_off_the_evaluation_period_killed_before_its_evaluation_evaluates_on_the_rerun(
