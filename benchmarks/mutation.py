@@ -152,7 +152,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                                "tests/test_metaworld.py::test_a_time_limit_shorter_than_most_"
                                                "successful_demos_is_named",
                                                "tests/test_metaworld.py::test_a_target_limit_longer_than_the_envs_own_"
-                                               "is_warned_about"]),
+                                               "is_warned_about",
+                                               "tests/test_evaluate.py::test_a_target_in_another_tasks_slot_or_its_"
+                                               "task_in_another_slot_is_warned"]),
     # the frame index and frozen-feature files of disk-backed data: layout, CRCs, stale and killed builds
     "frames": ("robopretrain/data/frames.py", ["tests/test_disk_dataset.py", "tests/test_camera_frames.py"]),
     # claim 2b's summary (its pools, seed groups, sides and partial verdicts) and evaluation reuse

@@ -711,6 +711,8 @@ def test_a_time_limit_shorter_than_most_successful_demos_is_named():
     assert episode_limit(short) == 120 and episode_limit(Target(name="reach", family="metaworld")) == 500
     assert episode_limit(Target(name="reach", family="metaworld", env_kwargs={"max_episode_steps": 80})) == 80
     assert time_limit_note(short, recorded, demos) is None  # 2 of its 4 successful demos are longer: not most
+    unflagged = [DemoInfo(d.name, d.num_samples, d.task, 0, {}) for d in demos[:2]]  # no success flag: counted
+    assert "2 of its 2 successful demos" in time_limit_note(short, recorded, unflagged)
     assert time_limit_note(Target(name="reach", family="metaworld", max_episode_steps=80), recorded, demos) == (
         "target 'reach-v3': episodes stop at 80 steps (max_episode_steps), but 3 of its 4 successful demos are "
         "longer (median 150, longest 160 steps): the policy cannot finish as they did in time; raise the target's "

@@ -458,6 +458,8 @@ def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in(ca
                                          r"\(the trained tasks' slots: \{'reach': 2, 'lift': 5\}\)"):
         with_task_slot(gym_target, {"reach": 2, "lift": 5}, 12)
     assert with_task_slot(robot(), {"reach": 2}, 12).task_id == 7  # a given task_id stays
+    assert "also a sim_envs task's name" not in caplog.text  # 'push' names no sim_envs task: nothing to warn of
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):  # a sim_envs task's name: maybe not
         assert with_task_slot(Target(name="Lift", env_id=ENTRY), {"Lift": 3, "Reach": 0}, 13).task_id == 3
     assert "also a sim_envs task's name" in caplog.text
