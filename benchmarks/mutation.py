@@ -518,6 +518,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "checkpoint with other transfer settings is not resumed (its fingerprint differs), and without EPOpt it is "
         "never read",
         "0 -> 1 @ epopt_done = int(saved_transfer.get(\"epopt_batches\", 0))"),
+    ("target", "AgentActionUnits.__init__/const/5"): Equivalent(
+        "np.where(finite, span, 0.0 -> 1.0): the margin of a dimension without finite bounds, which the narrow test "
+        "(finite & ...) never reads",
+        "0.0 -> 1.0 @ margin = 0.01 * np.where(finite, own_high - own_low, 0.0)"),
     ("online_loop", "run_online/const/0"): Equivalent(
         "the default resume=True -> False: the one caller (finetune.train) passes resume=cfg.resume",
         "True -> False @ config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True,"),

@@ -208,6 +208,14 @@ def test_the_env_takes_actions_in_the_agents_units(caplog, monkeypatch) -> None:
             make_env(Target(**TARGET, action_normalization={"low": [2.0, 0.0], "high": [6.0, 8.0]})).close()
     assert caplog.text.count("the agent's actions reach only low [2.0], high [6.0] of the env's [0.0], [8.0] in "
                              "dimension(s) [0]") == 1
+    caplog.clear()  # within 1% of the env's span (8 * 0.01 = 0.08) is the whole range; 2% short at either end is not
+    with caplog.at_level(logging.WARNING):
+        make_env(Target(**TARGET, action_normalization={"low": [0.06, 0.0], "high": [7.94, 8.0]})).close()
+    assert "reach only" not in caplog.text
+    for low, high in (([0.16, 0.0], [8.0, 8.0]), ([0.0, 0.0], [7.84, 8.0])):
+        with caplog.at_level(logging.WARNING):
+            make_env(Target(**TARGET, action_normalization={"low": low, "high": high})).close()
+    assert "reach only low [0.16], high [8.0]" in caplog.text and "reach only low [0.0], high [7.84]" in caplog.text
     # what to do names where the units come from (it said "set the target's action_normalization before stage 2":
     # a target's units that contradict the agent's are refused)
     assert "fixed by its stage-2 data" in caplog.text and "target's action_normalization" not in caplog.text
