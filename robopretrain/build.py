@@ -27,7 +27,7 @@ from robopretrain.data.dataset import FILE_UNITS, RewardSettings, load_offline_d
 from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.hdf5 import DatasetError, DatasetInfo, default_task_name
-from robopretrain.data.keys import OBS
+from robopretrain.data.keys import ACTIONS, OBS
 from robopretrain.data.replay import MixedSampler, OfflineDataset
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import two_valued_dimensions
@@ -135,6 +135,38 @@ def warn_two_valued_actions(algo_cfg: Any, dataset: Any, where: str) -> list[int
                     where, dims, algo_cfg.get("name", "the algorithm"), BINARY_ACTIONS_FINDING,
                     BINARY_ACTIONS_WEIGHT)
     return dims
+
+
+TD3BC_FINDING = ("benchmarks/recipe.py, clean Reach: 0.02 success at the published alpha 2.5, the actor's BC "
+                 "error 0.73; robopretrain/algos/td3_bc.py's exploratory alpha 0.1: 0.96")
+
+
+def warn_actor_far_from_data(agent: Any, batch: Mapping[str, Any]) -> float | None:
+    """Warn when a trained TD3+BC actor is further from the data's actions than their mean is.
+
+    ``batch``: rows of the training data (``observations``, ``actions`` in the agent's ``[-1, 1]`` units, ``(B, A)``).
+    Compares the deterministic policy's mean squared error to the data's actions, ``mean_{b,i} (pi(s_b)_i -
+    a_{b,i})^2``, with the data's own spread around its mean action, ``mean_i Var_b(a_{b,i})``: a policy past that
+    bound imitates worse than the constant mean action would, so the Q term of TD3+BC's actor loss (weight
+    ``algo.alpha``) has outweighed its BC term (``TD3BC_FINDING``). Returns the policy's error (None for
+    other algorithms or an empty batch)."""
+    if getattr(agent, "algo", None) != "td3_bc":
+        return None
+    actions = torch.as_tensor(batch[ACTIONS], dtype=torch.float32).cpu()
+    if actions.ndim != 2 or actions.shape[0] < 2:
+        return None
+    pi = torch.as_tensor(agent.act(batch[OBS], deterministic=True), dtype=torch.float32).reshape(actions.shape)
+    error = float((pi - actions).square().mean())
+    spread = float(actions.var(dim=0, unbiased=False).mean())
+    if error > spread:
+        alpha = float(agent.algo_cfg.alpha)
+        why = (f"at algo.alpha={alpha:g} the critic's term outweighs the BC term on this data ({TD3BC_FINDING}); try "
+               f"a smaller algo.alpha (e.g. algo.alpha={min(0.1, alpha / 10):g})" if alpha > 0 else
+               "algo.alpha=0 trains it by the BC term alone, so it has not learned the data's actions yet: train "
+               "longer (train.steps) or check the policy's learning rate (algo.policy_lr)")
+        log.warning("td3_bc: the trained actor is %.3g from the data's actions (mean squared, [-1, 1] units), further "
+                    "than their own mean action is (%.3g): %s", error, spread, why)
+    return error
 
 
 def reward_settings(algo_cfg: Any, target: Target | None = None) -> RewardSettings:

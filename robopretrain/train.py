@@ -304,6 +304,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                                             keep=settings.keep_checkpoints),
         evaluate=evaluate_all if targets else None,
         calibrate=(lambda: calibration(agent, calib)) if agent.has_q else None)
+    if last is not None and dinfo.is_main:
+        build.warn_actor_far_from_data(agent, calib)
     if last is None:  # already finished before this call
         latest = load_latest(ckpt_root, with_state=False)
         if latest is None:

@@ -3,6 +3,7 @@ networks / batch keys / discount in each agent, the delayed target updates, next
 algorithms through stage 2 (states and one camera, multi-task one-hot, exact resume) and a few stage-3 env steps."""
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -506,3 +507,62 @@ def test_bcq_perturbation_moves_an_action_by_at_most_phi_and_stays_in_range():
         assert out.min() >= -1.0 and out.max() <= 1.0 and not torch.allclose(out, torch.full_like(out, -1.0))
         edge = actor(s, torch.full((64, A), 0.99))
         assert edge.max() <= 1.0 and edge.min() >= 0.99 - 0.05 - 1e-6
+
+
+class _FixedActor:
+    """An agent stand-in whose deterministic policy returns ``actions`` whatever the observation."""
+
+    def __init__(self, actions: np.ndarray, algo: str = "td3_bc", alpha: float = 2.5) -> None:
+        self.actions, self.algo = actions, algo
+        self.algo_cfg = type("Cfg", (), {"alpha": alpha})()
+
+    def act(self, obs, deterministic=True):
+        assert deterministic
+        return self.actions
+
+
+def test_td3_bc_warns_when_its_actor_is_further_from_the_data_than_the_mean_action(caplog):
+    """The bound is the data's spread around its mean action: the mean itself (error == spread) is not warned
+    about, the zero action is (error = spread + mean^2), the data's own actions are not; other learners never."""
+    from robopretrain.build import warn_actor_far_from_data
+
+    a = torch.tensor([[0.2, 0.5], [0.4, 0.5], [0.6, 0.9], [0.8, 0.9]])  # mean [0.5, 0.7], variance [0.05, 0.04]
+    batch = {"observations": {"x": torch.zeros(4, 1)}, "actions": a}
+    with caplog.at_level(logging.WARNING):
+        assert warn_actor_far_from_data(_FixedActor(a.numpy()), batch) == 0.0
+        mean = a.mean(0, keepdim=True).expand(4, 2).numpy()
+        assert warn_actor_far_from_data(_FixedActor(mean), batch) == pytest.approx(0.045)
+        assert not caplog.records
+        assert warn_actor_far_from_data(_FixedActor(np.zeros((4, 2), np.float32)), batch) == pytest.approx(0.415)
+        assert warn_actor_far_from_data(_FixedActor(np.zeros((4, 2), np.float32), algo="bc"), batch) is None
+        warn_actor_far_from_data(_FixedActor(np.zeros((4, 2), np.float32), alpha=0.0), batch)
+    assert len(caplog.records) == 2
+    message = caplog.records[0].getMessage()
+    assert "0.415" in message and "0.045" in message and "algo.alpha=2.5" in message and "algo.alpha=0.1" in message
+    assert "BC term alone" in caplog.records[1].getMessage() and "train longer" in caplog.records[1].getMessage()
+
+
+@pytest.mark.parametrize("steps, alpha, warned", [(1, 2.5, True), (400, 0.0, False)])
+def test_stage2_td3_bc_checks_its_trained_actor_on_its_training_data(tmp_path, caplog, steps, alpha, warned):
+    """Stage 2 runs the check after training, on the data it trained on: one update leaves the actor near zero,
+    far from actions around 0.5; 400 updates of the BC term alone (alpha 0) bring it to them."""
+    import h5py
+
+    from robopretrain.train import run
+
+    n = 48
+    rows = np.arange(n, dtype=np.float32)
+    with h5py.File(tmp_path / "d.hdf5", "w") as f:
+        f["observations"] = np.stack([np.sin(rows), np.cos(rows)], axis=1)
+        f["actions"] = (0.5 + 0.3 * np.stack([np.sin(rows), np.cos(rows)], axis=1)).astype(np.float32)
+        f["rewards"] = (rows % 12 == 11).astype(np.float32)
+        f["terminals"] = rows % 12 == 11
+        f["timeouts"] = np.zeros(n, bool)
+    cfg = stage2_config(tmp_path / "d.hdf5", tmp_path / "run", algo="td3_bc", steps=steps,
+                        obs={"low_dim": ["observations"]}, algo_cfg={"alpha": alpha, "batch_size": 48, "policy_lr": 1e-2},
+                        data_cfg={"cache_dir": str(tmp_path / "cache"), "action_bounds": {"low": [-1.0, -1.0], "high": [1.0, 1.0]}},
+                        train={"calibration_batch": 48})
+    with caplog.at_level(logging.WARNING):
+        run(cfg)
+    hits = [r for r in caplog.records if "further than their own mean action" in r.getMessage()]
+    assert len(hits) == int(warned)
