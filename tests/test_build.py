@@ -590,3 +590,23 @@ def test_the_probe_step_sends_the_middle_of_the_envs_action_range(low, high, uni
     check_env_fits(agent, as_target(target))
     assert len(fake.BoxActionsEnv.received) == 1
     np.testing.assert_allclose(fake.BoxActionsEnv.received[0], [sent] * 4, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_tasks, noted", [(1, False), (2, True)])
+def test_stage2_says_nothing_of_a_one_slot_agents_gym_target_by_another_name(tmp_path, caplog, num_tasks, noted):
+    """A one-slot agent's gym target named by the user ('my_reach') shares slot 0 with the data's task ('reach')
+    as a rule: no note. With two slots the same target, given the only task's slot, is said to act as that task."""
+    from _stages import stage2_config
+    from robopretrain.train import run as stage2
+
+    import _fake_envs as fake
+
+    data = fake.write_robosuite_demos(tmp_path / "reach.hdf5", episodes=2, tasks=(("reach", 0),))
+    mine = {"name": "my_reach", "env_id": "_fake_envs:RobosuiteLikeEnv", "max_episode_steps": 4}
+    with caplog.at_level(logging.WARNING):
+        stage2(stage2_config(data, tmp_path / "run", algo="bc", steps=2,
+                             obs={"low_dim": ["robot0_eef_pos"], "rgb": [], "num_tasks": num_tasks},
+                             train={"eval_targets": [mine], "eval_episodes": 1}))
+    said = "train.eval_targets: target 'my_reach' acts in slot 0 of the task one-hot, where the agent learnt task(s) " \
+        "['reach']"
+    assert (said in caplog.text) == noted
