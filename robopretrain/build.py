@@ -41,7 +41,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # warn_two_valued_actions
 BINARY_ACTIONS_FINDING = ("CQL and Cal-QL succeed 0.00 on 3 seeds after 3000 updates where BC succeeds 1.00; CQL 0.00 "
                           "with algo.actor_bc_weight=4, CQL and Cal-QL 1.00 with 40")
-BINARY_ACTIONS_WEIGHT = "algo.actor_bc_weight=40"
+BINARY_ACTIONS_MIN_WEIGHT = 40.0
+BINARY_ACTIONS_WEIGHT = f"algo.actor_bc_weight={BINARY_ACTIONS_MIN_WEIGHT:g}"
 
 
 def plain(node: Any) -> Any:
@@ -115,25 +116,28 @@ def success_filtered_bc(algo_cfg: Any) -> bool:
 
 
 def warn_two_valued_actions(algo_cfg: Any, dataset: Any, where: str) -> list[int]:
-    """Warn when CQL or Cal-QL trains its SAC actor without the BC term (``algo.actor_bc_weight`` 0) on data with an
-    action dimension whose values lie only near its two ends
+    """Warn when CQL or Cal-QL trains its SAC actor without the BC term (``algo.actor_bc_weight`` 0), or with one
+    weaker than the weight measured to work (``BINARY_ACTIONS_MIN_WEIGHT``; 4 failed), on data with an action
+    dimension whose values lie only near its two ends
     (:func:`~robopretrain.envs.action_units.two_valued_dimensions`, a gripper at +-1, with or without a little
     noise): the conservative penalty pushes the critic down between the two ends, and the actor, which follows
     the critic's action-gradient through a saturated tanh, can stay at the wrong one. Measured by
     ``benchmarks/binary_actions.py`` (protocol ``benchmarks/protocols/binary_actions.md``). Returns those dimensions
     (empty when there is nothing to warn about)."""
     overrides = algo_overrides(algo_cfg)
-    if "actor_bc_weight" not in overrides or float(overrides.get("actor_bc_weight") or 0.0) > 0:
+    weight = float(overrides.get("actor_bc_weight") or 0.0)
+    if "actor_bc_weight" not in overrides or weight >= BINARY_ACTIONS_MIN_WEIGHT:
         return []
     actions = dataset.arrays().get("actions")
     dims = two_valued_dimensions(np.asarray(actions)) if actions is not None else []
     if dims:
-        log.warning("%s: action dimension(s) %s take values only near their two ends (a gripper?), and %s trains its "
-                    "actor by the critic's action-gradient alone: its conservative penalty makes the critic lowest "
-                    "between the two ends, so the actor can stay at the wrong one (benchmarks/binary_actions.py, a reach that "
-                    "ends by closing a gripper: %s); set the actor's BC term (e.g. %s)",
-                    where, dims, algo_cfg.get("name", "the algorithm"), BINARY_ACTIONS_FINDING,
-                    BINARY_ACTIONS_WEIGHT)
+        how = ("trains its actor by the critic's action-gradient alone" if weight <= 0 else
+               f"trains its actor with a BC term of weight algo.actor_bc_weight={weight:g}, below the one that worked")
+        log.warning("%s: action dimension(s) %s take values only near their two ends (a gripper?), and %s %s: its "
+                    "conservative penalty makes the critic lowest between the two ends, so the actor can stay at the "
+                    "wrong one (benchmarks/binary_actions.py, a reach that ends by closing a gripper: %s); set the "
+                    "actor's BC term (e.g. %s)", where, dims, algo_cfg.get("name", "the algorithm"), how,
+                    BINARY_ACTIONS_FINDING, BINARY_ACTIONS_WEIGHT)
     return dims
 
 

@@ -346,13 +346,15 @@ def test_cql_without_the_bc_term_on_two_valued_actions_warns(caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="robopretrain.build"):
         assert warn_two_valued_actions({**cql, "name": "calql", "bc_steps": 1000}, _Actions(actions), "x") == [1]
-        assert warn_two_valued_actions({**cql, "actor_bc_weight": 4.0}, _Actions(actions), "x") == []
+        assert warn_two_valued_actions({**cql, "actor_bc_weight": 4.0}, _Actions(actions), "y") == [1]  # failed too
+        assert warn_two_valued_actions({**cql, "actor_bc_weight": 40.0}, _Actions(actions), "x") == []
         assert warn_two_valued_actions({"name": "iql", "expectile": 0.7}, _Actions(actions), "x") == []
         assert warn_two_valued_actions(cql, _Actions(actions[:, :1]), "x") == []
-    assert len(caplog.records) == 1 and "calql" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 2 and "calql" in caplog.records[0].getMessage()
+    assert "algo.actor_bc_weight=4, below the one that worked" in caplog.records[1].getMessage()
 
 
-@pytest.mark.parametrize("weight, warned", [(0.0, True), (4.0, False)])
+@pytest.mark.parametrize("weight, warned", [(0.0, True), (4.0, True), (40.0, False)])
 def test_stage2_warns_about_two_valued_actions_of_its_data(tmp_path, caplog, weight, warned):
     """The warning reads the data stage 2 trains on (a gripper column at +-1 in a D4RL file)."""
     import h5py
