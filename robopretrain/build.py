@@ -744,6 +744,21 @@ def check_target_fits(agent: Agent, target: Target) -> None:
                          "stage 2)")
 
 
+def warn_unrandomized_targets(randomization: Any, targets: Sequence[Target], where: str) -> list[str]:
+    """Warn when ``dr`` randomizes (``randomization``: :func:`randomization`'s value, ``"none"`` when off) and some
+    ``targets`` are not sim_envs tasks, whose envs have no such randomization: their episodes run nominal. Returns
+    those targets' names (empty: nothing said)."""
+    if randomization == "none":
+        return []
+    names = [t.name for t in targets if not t.randomizable]
+    if names:
+        log.warning("dr=%s: physics / visual randomization and distractors exist for sim_envs targets only; %s of %s "
+                    "run nominal (a user env's own variations: its constructor arguments, target.env_kwargs, or a "
+                    "gap of env_kwargs in stage 3 and evaluate; docs/transfer.md)", randomization, where,
+                    ", ".join(repr(n) for n in names))
+    return names
+
+
 def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") -> int | None:
     """Build the target's env once and check its observation parts and action size against the agent's, before any
     training: a ``ValueError`` names the target, the part and both sizes; returns the env's time limit

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from robopretrain.data.dataset import data_action_units, warn_ignored_action_bou
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
-from robopretrain.envs.target import GYM, slot_note
+from robopretrain.envs.target import GYM, Target, slot_note, with_task_slot
 from robopretrain.nets.encoder_io import resolve_encoder_dir
 from robopretrain.files import run_folder_lock
 from robopretrain.evaluation import calibration, evaluate
@@ -242,6 +242,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                          label_only=agent.spec.num_tasks == 1 and target.family == GYM)
         if note:
             log.warning("train.eval_targets: %s", note)
+    build.warn_unrandomized_targets(dr, targets, "stage 2's evaluations")
     if settings.eval_targets is None:  # the data's own tasks: evaluated where the env fits the agent, else skipped
         targets = [t for t in targets if build.env_fits_or_log(agent, t, dr if t.randomizable else "none")]
     else:  # targets the config names must fit
@@ -278,7 +279,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         if dinfo.is_main:
             clear_previous_run(run_dir)
         dist_utils.barrier(dinfo)
-    adversary = stage2_adversary(cfg, agent, tasks, run_dir, dinfo)
+    adversary = stage2_adversary(cfg, agent, tasks, run_dir, dinfo, targets, {**init_ids, **task_ids, **mix_ids})
     start = 0
     if latest is not None:
         saved = latest.meta.get("fingerprint")  # what else changed: another data file shows only as other units
@@ -314,12 +315,12 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     return last
 
 
-def stage2_adversary(cfg: DictConfig, agent: Any, tasks: list[str], run_dir: Path,
-                     dinfo: DistInfo) -> Any:
+def stage2_adversary(cfg: DictConfig, agent: Any, tasks: list[str], run_dir: Path, dinfo: DistInfo,
+                     targets: Sequence[Target] = (), task_ids: Mapping[str, int] | None = None) -> Any:
     """``transfer.dann`` of stage 2 (:mod:`finetune.transfer.dann`), set as the agent's auxiliary loss; None when off.
 
-    Its unlabeled target frames: ``gap.target_frames`` frames of ``transfer.dann.task`` (default: the data's first
-    task) rendered under ``gap.target`` by the agent's initial stochastic policy, cached in
+    Its unlabeled target frames: ``gap.target_frames`` frames of ``transfer.dann.task`` (:func:`dann_target`)
+    rendered under ``gap.target`` by the agent's initial stochastic policy, cached in
     ``<run>/transfer/dann_target.npz``."""
     node = build.plain((cfg.get("transfer") or {}).get("dann")) or {}
     node = dict(node)
@@ -345,13 +346,33 @@ def stage2_adversary(cfg: DictConfig, agent: Any, tasks: list[str], run_dir: Pat
     if not agent.trains_encoder or not agent.spec.rgb:
         raise ValueError("transfer.dann needs an agent whose image encoder trains (cameras and encoder mode "
                          f"finetune or scratch); this one has mode {agent.mode!r}")
-    target = build.target_config(task or tasks[0])
+    target = dann_target(task, tasks[0], targets, task_ids or {}, agent.spec.num_tasks)
     build.check_env_fits(agent, target, gap.target)
     frames = cached_target_data(run_dir / "transfer" / "dann_target.npz", agent, target, gap.target,
                                 gap.target_frames, seed=int(cfg.seed))
     adversary = DomainAdversary(agent, frames["observations"], settings, seed=int(cfg.seed) + 11)
     agent.auxiliary = [*agent.auxiliary, adversary]
     return adversary
+
+
+def dann_target(task: Any, first_task: str, targets: Sequence[Target], task_ids: Mapping[str, int],
+                num_tasks: int) -> Target:
+    """The env stage 2's DANN renders its target frames in: ``transfer.dann.task`` (a sim_envs task name or a target
+    mapping; a gym target without ``task_id`` takes its slot from ``task_ids`` as stage 3 does), else the data's
+    first task: the evaluation target of that name (``targets``, e.g. the user's env in ``train.eval_targets``), else
+    the sim_envs task of that name. Raises ``ValueError`` naming ``transfer.dann.task`` when it cannot be built."""
+    if task is None:
+        named = [t for t in targets if t.name == first_task]
+        if named:
+            return named[0]
+    try:
+        return with_task_slot(build.target_config(first_task if task is None else task), task_ids, num_tasks)
+    except ValueError as exc:
+        given = (f"transfer.dann.task is not set, so DANN renders the data's first task {first_task!r}, which is "
+                 "neither a sim_envs task nor a target in train.eval_targets" if task is None
+                 else f"transfer.dann.task={task!r}")
+        raise ValueError(f"{given}: {exc}; set transfer.dann.task to a sim_envs task name or to your env as a "
+                         "target ('transfer.dann.task={name: my_env, env_id: my_pkg.envs:MyEnv}')") from None
 
 
 def with_adversary(state: Any, adversary: Any) -> Any:

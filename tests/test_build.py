@@ -610,3 +610,50 @@ def test_stage2_says_nothing_of_a_one_slot_agents_gym_target_by_another_name(tmp
     said = "train.eval_targets: target 'my_reach' acts in slot 0 of the task one-hot, where the agent learnt task(s) " \
         "['reach']"
     assert (said in caplog.text) == noted
+
+
+@pytest.mark.parametrize("dr, said", [("none", False), ("train", True)])
+def test_stage2_says_its_randomization_does_not_reach_a_gym_targets_evaluations(tmp_path, caplog, dr, said):
+    """dr randomizes sim_envs targets only: a user env named in train.eval_targets is evaluated nominal, and said."""
+    from _stages import stage2_config
+    from robopretrain.train import run as stage2
+
+    import _fake_envs as fake
+
+    data = fake.write_robosuite_demos(tmp_path / "reach.hdf5", episodes=2, tasks=(("reach", 0),))
+    mine = {"name": "my_reach", "env_id": "_fake_envs:RobosuiteLikeEnv", "max_episode_steps": 4}
+    with caplog.at_level(logging.WARNING):
+        stage2(stage2_config(data, tmp_path / "run", algo="bc", steps=2, dr=dr,
+                             obs={"low_dim": ["robot0_eef_pos"], "rgb": []},
+                             train={"eval_targets": [mine], "eval_episodes": 1}))
+    assert ("sim_envs targets only; stage 2's evaluations of 'my_reach' run nominal" in caplog.text) == said
+
+
+def test_stage2_dann_renders_the_users_env_of_the_datas_task_or_transfer_dann_task(tmp_path):
+    """DANN's target frames come from the evaluation target named as the data's task, or from transfer.dann.task
+    (a gym target without task_id, slotted as stage 3 does); else the refusal names transfer.dann.task."""
+    from _stages import stage2_config
+    from robopretrain.train import run as stage2
+
+    import _fake_envs as fake
+
+    data = fake.write_robosuite_demos(tmp_path / "mine.hdf5", episodes=2, tasks=(("my_reach", 0),))
+    mine = {"name": "my_reach", "env_id": "_fake_envs:RobosuiteLikeEnv", "max_episode_steps": 4}
+    gap = {"name": "goal_gap", "source": {"env_kwargs": {"goal": [0.0, 0.0, 0.0]}},
+           "target": {"env_kwargs": {"goal": [0.2, 0.2, 0.2]}}, "target_frames": 4}
+    obs = {"low_dim": ["robot0_eef_pos"], "rgb": ["agentview_image"]}
+
+    def run(name, eval_targets, dann):
+        return stage2(stage2_config(data, tmp_path / name, algo="cql", steps=2, obs=obs, gap=gap,
+                                    train={"eval_targets": eval_targets, "eval_episodes": 1},
+                                    transfer={"dann": {"enabled": True, **dann}}))
+
+    for name, eval_targets, dann in (("named", [mine], {}), ("task", [], {"task": mine})):
+        run(name, eval_targets, dann)
+        with np.load(tmp_path / name / "transfer" / "dann_target.npz") as z:
+            assert z["observations/agentview_image"].shape[0] == 4, name
+    with pytest.raises(ValueError, match=r"transfer.dann.task is not set, so DANN renders the data's first task "
+                                         r"'my_reach', which is neither a sim_envs task nor a target in "
+                                         r"train.eval_targets: .*set transfer.dann.task to a sim_envs task name or "
+                                         r"to your env as a target"):
+        run("none", [], {})
