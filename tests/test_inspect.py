@@ -172,6 +172,10 @@ def test_summary_flags_what_training_would_refuse(tmp_path: Path, capsys: pytest
     assert layout_note((16, 16, 4), "uint8").startswith("4 channel") and "dtype float32" in layout_note(
         (16, 16, 3), "float32")
     assert layout_note((16, 16, 3), "uint8") == layout_note((7,), "float32") == layout_note((3, 4, 5), "uint8") == ""
+    for grey in ((32, 40, 1), (32, 40)):  # a grey camera is flagged not square too (it was not)
+        assert layout_note(grey, "uint8").endswith("(grey in each channel); not square: training needs square frames "
+                                                   "(data.image_size=S resizes them, in a cached copy)")
+    assert "not square" not in layout_note((32, 32, 1), "uint8") + layout_note((32, 32), "uint8")
     # float frames: the cached uint8 copy (data.image_size) only where it converts them; a depth map is no camera
     assert "data.image_size=S reads a cached copy" in layout_note((16, 16, 3), "float32", "agentview_image")
     assert "only of keys named *_image: rename it 'rgb_image'" in layout_note((16, 16, 3), "float32", "rgb")

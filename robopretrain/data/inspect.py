@@ -395,8 +395,10 @@ def layout_note(shape: tuple[int, ...], dtype: str, key: str = "") -> str:
     layout = image_layout(shape, dtype)
     if layout is None:
         return ""
+    not_square = "not square: training needs square frames (data.image_size=S resizes them, in a cached copy)"
+    grey = "grey frames: a camera of the stages, read as RGB (grey in each channel)"
     if layout == "grey":
-        return "grey frames: a camera of the stages, read as RGB (grey in each channel)"
+        return grey + (f"; {not_square}" if shape[0] != shape[1] else "")
     if dtype != "uint8":
         channels = shape[0] if layout == "channels_first" else shape[2]
         if channels == 1:
@@ -410,12 +412,10 @@ def layout_note(shape: tuple[int, ...], dtype: str, key: str = "") -> str:
         return "channels first? cameras are read as (H, W, 3): write the frames channels last, or data.image_size=S"
     h, w, c = shape
     if c == 1:
-        return "grey frames: a camera of the stages, read as RGB (grey in each channel)"
+        return grey + (f"; {not_square}" if h != w else "")
     if c != 3:
         return f"{c} channel(s): cameras are read as (H, W, 3) RGB; write them RGB"
-    if h != w:
-        return "not square: training needs square frames (data.image_size=S resizes them, in a cached copy)"
-    return ""
+    return not_square if h != w else ""
 
 
 _FLAG = {True: "yes", False: "no", None: "-"}
