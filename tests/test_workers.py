@@ -123,3 +123,39 @@ def test_workers_do_not_outlive_a_parent_that_is_killed_or_terminated(tmp_path, 
     assert not left, f"workers {left} outlived their parent ({sig})"
     if sig == "SIGTERM":
         assert proc.returncode == 143 and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)"), err
+
+
+class _Pool:
+    """A stand-in for the executor: its processes, and shutdown calls that do nothing."""
+
+    def __init__(self, *processes: Any) -> None:
+        self._processes = {p.pid: p for p in processes}
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def test_a_worker_reaped_by_the_executors_own_join_counts_as_exited(caplog):
+    """The executor's thread joins the workers too; one it reaped first read as alive to is_alive() (waitpid fails
+    here), so a run whose workers had exited warned they 'did not exit within 60 s' and terminated them. An exited
+    worker is told by its sentinel; one that is still running is terminated after the timeout, with the warning."""
+    import logging
+    import multiprocessing as mp
+    import os
+    import time
+
+    from robopretrain.workers import _shut_down
+
+    spawn = mp.get_context("spawn")
+    done, stuck = spawn.Process(target=abs, args=(0,)), spawn.Process(target=time.sleep, args=(60,))
+    done.start()
+    stuck.start()
+    os.waitpid(done.pid, 0)  # reaped behind the Process object's back, as the executor's join does in the race
+    assert done.is_alive()  # what the old check read
+    with caplog.at_level(logging.WARNING, logger="robopretrain.workers"):
+        _shut_down(_Pool(done), 30.0)
+        assert not caplog.records
+        _shut_down(_Pool(stuck), 0.5)
+    stuck.join(10)
+    assert stuck.exitcode is not None and stuck.exitcode != 0  # terminated (a 60 s sleep that ran out exits 0)
+    assert "did not exit within 0.5 s" in caplog.text
