@@ -67,8 +67,8 @@ from robopretrain.build import warn_target_return
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
-from robopretrain.envs.target import (GYM, Target, as_target, slot_note, split_env_kwargs, warn_unmapped_renames,
-                                      with_task_slot)
+from robopretrain.envs.target import (GYM, Target, as_target, said_once, slot_note, split_env_kwargs,
+                                      warn_unmapped_renames, with_task_slot)
 from robopretrain.files import atomic_file, run_folder_lock, write_text_atomic
 from robopretrain.workers import process_map
 
@@ -391,8 +391,12 @@ _WORKER: dict[str, Any] = {}
 CLOSE_TIMEOUT_S = 60  # how long the worker processes may take to close their envs and exit
 
 
-def _init_worker(spec: PolicySpec) -> None:
+def _init_worker(spec: PolicySpec, said: Mapping[str, Any] | None = None) -> None:
+    """A worker's policy and env cache; ``said``: the parent's once-per-process env warnings (not repeated here)."""
     from robopretrain.cpu_settings import apply_cpu_settings
+    from robopretrain.envs.target import remember_said
+
+    remember_said(said)
 
     if mp.parent_process() is not None:  # a pool worker: Ctrl-C is the parent's to handle (it stops the pool)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -459,7 +463,7 @@ def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes
             # the workers close their envs as they exit; one whose close() blocks (a robot that does not answer) is
             # terminated after CLOSE_TIMEOUT_S
             for res in process_map(run_episode, jobs, workers, what="the evaluation's worker processes",
-                                   initializer=_init_worker, initargs=(spec,), close_timeout=CLOSE_TIMEOUT_S,
+                                   initializer=_init_worker, initargs=(spec, said_once()), close_timeout=CLOSE_TIMEOUT_S,
                                    chunksize=max(1, min(8, len(jobs) // (4 * workers) or 1))):
                 results.append(res)
                 bar.update(1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import logging
 import multiprocessing as mp
 from pathlib import Path
@@ -601,3 +602,29 @@ def test_an_offline_q_plot_with_nothing_to_draw_says_why(tmp_path, monkeypatch):
     said.clear()
     plot_curves(tmp_path, tmp_path / "evaluate")
     assert said == []
+
+
+def test_evaluation_workers_start_knowing_the_env_warnings_their_parent_gave(tiny_checkpoint, monkeypatch):
+    """An env warning said once per process (the action-range one) was said again, bare on stderr, by each spawned
+    worker: the pool's workers get the parent's memory of them (process_map's initargs) and take it on."""
+    import robopretrain.envs.target as target_module
+    from robopretrain import evaluate as ev
+
+    monkeypatch.setattr(target_module, "_NARROW_WARNED", {"said by the parent"})
+    passed = {}
+
+    def fake_map(fn, jobs, workers, *, initializer, initargs, **kwargs):
+        passed.update(initializer=initializer, initargs=initargs)
+        return iter(())
+
+    monkeypatch.setattr(ev, "process_map", fake_map)
+    spec = ev.PolicySpec(str(tiny_checkpoint), {"name": "Reach"}, "cpu")
+    assert ev.run_all_episodes(spec, [], 1, 0, workers=1, progress=False) == []
+    assert passed["initializer"] is ev._init_worker and passed["initargs"][0] == spec
+    monkeypatch.setattr(target_module, "_NARROW_WARNED", set())  # the worker: a fresh process
+    try:
+        passed["initializer"](*pickle.loads(pickle.dumps(passed["initargs"])))
+    finally:
+        ev._close_worker_envs()
+        ev._WORKER.clear()
+    assert target_module._NARROW_WARNED == {"said by the parent"}

@@ -961,6 +961,23 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
                              checked=tuple(checked))
 
 
-__all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
+def said_once() -> dict[str, set[Any]]:
+    """What this process has said of its targets' envs once per process (the warnings kept in this module's sets):
+    a copy for worker processes, whose envs would say it again (:func:`remember_said`); picklable."""
+    return {name: set(globals()[name]) for name in _SAID_ONCE}
+
+
+def remember_said(said: Mapping[str, Any] | None) -> None:
+    """Take ``said`` (a parent's :func:`said_once`) as said in this process too: its warnings are not repeated."""
+    for name, items in dict(said or {}).items():
+        globals()[name].update(items)
+
+
+# the module's once-per-process memories (looked up by name: a test may replace one)
+_SAID_ONCE = ("_warned_no_success", "_warned_unlimited", "_warned_image_size", "_warned_inner_limit", "_NARROW_WARNED",
+              "_DROPPED_SAID")
+
+
+__all__ = ["said_once", "remember_said", "AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
            "TargetEnv", "as_target", "env_factory", "env_time_limit", "is_nominal", "make_env", "split_env_kwargs",
            "target_of_data", "episode_limit", "time_limit_note", "warn_unmapped_renames"]
