@@ -759,6 +759,30 @@ def warn_unrandomized_targets(randomization: Any, targets: Sequence[Target], whe
     return names
 
 
+def warn_encoder_geometry(encoder_dir: str | os.PathLike, info: DatasetInfo, rgb_keys: Sequence[str]) -> list[str]:
+    """Warn when the stage-1 encoder at ``encoder_dir`` read non-square clips centre-cropped (its meta's
+    ``extra.data.cropped_sizes``, stage 1's default ``data.stretch=false``) while this data's cached copy
+    (``info``: its ``env_args.source_image_sizes``) stretched non-square cameras of ``rgb_keys`` to square: the
+    encoder then sees another geometry here (and in the env, whose frames are stretched the same way). Returns the
+    stretched cameras (empty when nothing is said)."""
+    from robopretrain.nets.encoder_io import read_encoder_meta
+
+    try:
+        extra = read_encoder_meta(encoder_dir).get("extra") or {}
+    except (OSError, ValueError):  # a folder that does not load is refused where the encoder is built
+        return []
+    cropped = list(((extra.get("data") or {}) if isinstance(extra, Mapping) else {}).get("cropped_sizes") or [])
+    sizes = info.env_args.get("source_image_sizes") or {}
+    stretched = [f"{k} {h}x{w}" for k, (h, w) in sorted(dict(sizes).items()) if k in rgb_keys and h != w]
+    if cropped and stretched:
+        log.warning("encoder.checkpoint=%s read its non-square clips (%s) centre-cropped to square (stage 1's "
+                    "data.stretch=false), while this data's cameras (%s) are stretched to square, as env cameras are: "
+                    "the encoder learnt another geometry; train stage 1 with data.stretch=true to match",
+                    encoder_dir, ", ".join(cropped[:4]), ", ".join(stretched))
+        return stretched
+    return []
+
+
 def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") -> int | None:
     """Build the target's env once and check its observation parts and action size against the agent's, before any
     training: a ``ValueError`` names the target, the part and both sizes; returns the env's time limit

@@ -153,6 +153,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     else:
         spec = build.data_spec(cfg.obs, data_path, obs_map=obs_map, info=info)
     build.check_image_size(spec, cfg.data.get("image_size"), data_path)
+    if init is None and spec.rgb_keys and cfg.encoder.get("checkpoint") and cfg.encoder.get("mode") != "scratch" \
+            and dinfo.is_main:  # a stage-1 encoder the agent loads
+        build.warn_encoder_geometry(resolve_encoder_dir(cfg.encoder.checkpoint), info, spec.rgb_keys)
     build.warn_unused_obs_map(obs_map, spec)
     reward = build.reward_settings(cfg.algo)
     build.warn_learned_reward(algo, info)

@@ -290,3 +290,27 @@ def test_a_copy_of_a_file_without_dones_says_the_stages_refuse_it(tmp_path, capl
         assert convert_main([str(src), str(tmp_path / "copy.hdf5")]) == 0
     assert "1 demo(s) have no dones (demo_1), copied as they are: the stages refuse a selection holding them (each " \
         "demo needs dones (N,)" in caplog.text
+
+
+@pytest.mark.parametrize("cropped, warned", [(["20x30"], True), ([], False)])
+def test_stage2_says_a_stage1_encoder_that_cropped_its_clips_meets_stretched_cameras(tmp_path, caplog, cropped,
+                                                                                     warned):
+    """Stage 1 centre-crops non-square clips by default, stage 2's cached copy stretches a non-square camera (as env
+    frames are): the encoder, which records the sizes it cropped, learnt another geometry than it is given; said."""
+    from _stages import stage2_config
+    from robopretrain.nets.encoder_io import save_encoder
+    from robopretrain.nets.encoders import make_encoder
+    from robopretrain.train import run
+
+    src = write_foreign(tmp_path / "rig.hdf5")
+    encoder = save_encoder(tmp_path / "encoder", make_encoder("small_conv", 16, channels=4, out_dim=8), "small_conv",
+                           {}, extra={"data": {"cropped_sizes": cropped}})
+    with caplog.at_level(logging.WARNING):
+        run(stage2_config(src, tmp_path / "run", algo="bc", steps=2, obs={"low_dim": ["proprio"],
+                                                                         "rgb": ["agentview_image"]},
+                          data_cfg={"cache_dir": str(tmp_path / "cache"), "image_size": 16},
+                          encoder={"checkpoint": str(encoder), "mode": "frozen"}))
+    said = f"encoder.checkpoint={encoder} read its non-square clips (20x30) centre-cropped to square"
+    assert (said in caplog.text) == warned
+    if warned:
+        assert "this data's cameras (agentview_image 20x30) are stretched" in caplog.text

@@ -86,6 +86,7 @@ def test_cli_trains_a_loadable_encoder_and_resumes_from_its_step(videos, tmp_pat
     enc_dir = run / "encoder"
     encoder, meta = load_encoder(enc_dir)
     assert meta["extra"]["objective"] == "icvf" and meta["extra"]["steps"] == 3
+    assert meta["extra"]["data"]["cropped_sizes"] == []  # square clips (stage 2 reads it: nothing to compare)
     assert meta["input_spec"]["image_size"] == SIZE and meta["encoder"] == "small_conv"
     assert (enc_dir / "config.yaml").is_file()
     assert encoder(torch.rand(2, 3, SIZE, SIZE)).shape == (2, encoder.out_dim)

@@ -222,9 +222,14 @@ def test_the_crop_of_non_square_clips_is_said_once_and_can_be_a_stretch(video_di
         src.frames(1, np.arange(3))  # square: nothing to say
     assert caplog.text.count("32x48 frames are centre-cropped to square, as are those of every other non-square "
                              "clip") == 1
+    from video_pretrain.data import cropped_sizes
+
+    assert cropped_sizes(src) == ["32x48"]  # what the encoder records (stage 2 compares it with its cameras)
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "video_pretrain.yaml")
     cfg.data.valid_fraction, cfg.image_size, cfg.objective = 0, 16, {"name": "icvf"}
+    assert open_sources(cfg, root)[2]["cropped_sizes"] == ["32x48"]
     cfg.data.stretch = True
+    assert open_sources(cfg, root)[2]["cropped_sizes"] == []
     stretched = open_sources(cfg, root)[0].frames(0, np.arange(12)).astype(np.int16)
     assert np.abs(stretched - resize_frames(mp4, 16, center_crop=False)).mean() < 3.0  # 9 from the crop
 

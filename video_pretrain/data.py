@@ -182,6 +182,7 @@ class ClipSource(ABC):
         self.strict = bool(strict)
         self.center_crop = bool(center_crop)
         self._crop_said = False  # whether the crop of non-square frames was warned
+        self.frame_sizes: list[tuple[int, int]] = []  # the clips' stored (H, W), where known (cropped_sizes)
         self.cache = ClipCache(max_cache_bytes)
         self.bad_videos: list[str] = []
         self.empty_videos: list[str] = []  # HDF5 demos of 0 steps: nothing to read, left out without a warning
@@ -323,6 +324,7 @@ class ManifestSource(ClipSource):
                     sizes[checked[1]] = sizes.get(checked[1], 0) + 1
         if not self.entries:
             raise VideoDatasetError(f"{self.path}: no readable clips (bad: {self.bad_videos})")
+        self.frame_sizes = sorted(sizes)
         self._log_sizes(sizes)
 
     def _checked_clip(self, entry: VideoEntry) -> tuple[int, tuple[int, int] | None] | None:
@@ -435,6 +437,7 @@ class HDF5ImageSource(ClipSource):
             raise DatasetError(f"{self.path}: data/*/obs/{self.key}: expected uint8 images (N, H, W, 3), or grey "
                                f"(N, H, W) / (N, H, W, 1), got {dtype} (N, {', '.join(map(str, shape))}){hint}")
         self._stored = tuple(int(n) for n in shape)  # per-step shape of the stored frames (as_rgb reads it)
+        self.frame_sizes = [(self._stored[0], self._stored[1])]
         if tuple(shape[:2]) != (self.image_size, self.image_size):  # said: stage 2 takes the encoder at one size
             same = (f"image_size={shape[0]} trains at the file's size" if shape[0] == shape[1] else
                     "a non-square frame is centre-cropped to a square first, or stretched with data.stretch=true as "
@@ -577,6 +580,15 @@ def split_by_video(source: FrameSource, valid_fraction: float, seed: int) -> tup
                          f"video must stay in train and one go to validation): lower it, or set it to 0")
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[n_valid:]).astype(np.int64), np.sort(order[:n_valid]).astype(np.int64)
+
+
+def cropped_sizes(source: Any) -> list[str]:
+    """The non-square stored frame sizes (``"HxW"``) ``source`` centre-crops to a square (none when it stretches):
+    recorded with a stage-1 encoder, so that stage 2, whose cached copies stretch a non-square camera, can say the
+    encoder learnt another geometry."""
+    if not getattr(source, "center_crop", False):
+        return []
+    return [f"{h}x{w}" for h, w in getattr(source, "frame_sizes", []) if h != w]
 
 
 def open_frame_source(path: str | os.PathLike, image_size: int, stride: int = 1, **kwargs: Any) -> ClipSource:

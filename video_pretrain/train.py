@@ -69,7 +69,7 @@ from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
 from robopretrain.nets.encoder_io import load_encoder, resolve_encoder_dir, save_encoder
 from robopretrain.nets.encoders import make_encoder
-from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, open_frame_source, split_by_video
+from video_pretrain.data import HDF5_SUFFIXES, SubsetSource, cropped_sizes, open_frame_source, split_by_video
 from video_pretrain.objectives import OBJECTIVES, ICVFHeads, make_objective
 from video_pretrain.sampling import FrameBatchStream, augment, batch_loader, check_sampling, long_enough
 
@@ -318,7 +318,7 @@ def open_sources(cfg: DictConfig, path: Path) -> tuple[Any, Any | None, dict[str
     usable = long_enough(source, str(cfg.objective.name), lengths)
     short = np.setdiff1d(np.arange(source.num_videos), usable)
     facts: dict[str, Any] = {"path": str(path), "videos": len(usable), "frames": int(lengths[usable].sum()),
-                             "bad_videos": list(source.bad_videos),
+                             "bad_videos": list(source.bad_videos), "cropped_sizes": cropped_sizes(source),
                              "short_videos": [*getattr(source, "empty_videos", []),
                                               *(source.video_name(int(i)) for i in short)]}
     fraction = float(cfg.data.valid_fraction)
@@ -690,7 +690,8 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     if newly_bad:
         log.warning("data: %d clip(s) turned out unreadable only when decoded and were left out: %s (metrics.json "
                     "lists them in data.bad_videos)", len(newly_bad), ", ".join(newly_bad))
-    data_extra = {"data": {k: facts[k] for k in ("path", "videos", "train_videos", "valid_videos", "frames")},
+    data_extra = {"data": {k: facts[k] for k in ("path", "videos", "train_videos", "valid_videos", "frames",
+                                                 "cropped_sizes")},
                   "image_key": str(cfg.data.key) if data_path.suffix.lower() in HDF5_SUFFIXES else None,
                   "parallel": {k: v for k, v in parallel.items() if k != "replica_max_abs_diff"}}
     path = save_pretrained(paths.encoder, objective.encoder, objective, cfg, steps=step, extra=data_extra)
