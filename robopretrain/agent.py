@@ -264,6 +264,9 @@ class Agent:
         # the env units of the agent's [-1, 1] actions (None: the env's own), fixed by the data it first trained on
         # and applied by every env it acts in (robopretrain.envs.action_units; evaluation.agent_target)
         self.action_normalization: ActionNormalization | None = None
+        # each camera's frames as stored in the data stage 2 trained on, [H, W, C] (C None where unknown; None: not
+        # recorded): an env whose cameras differ in proportions or in grey / colour is told (check_env_fits)
+        self.camera_sources: dict[str, list[int | None]] | None = None
         self.algo_cfg = make_config(algo, algo_cfg)
         self.settings = encoder or EncoderSettings()
         self.device = torch.device(device)
@@ -616,7 +619,7 @@ class Agent:
                 "encoder_settings": _jsonable(asdict(self.settings)), "image_encoder": _jsonable(img),
                 "encoder_source": _jsonable(self.encoder_source),
                 "action_normalization": None if self.action_normalization is None else
-                self.action_normalization.to_dict()}
+                self.action_normalization.to_dict(), "camera_sources": _jsonable(self.camera_sources)}
 
     @classmethod
     def from_description(cls, meta: Mapping[str, Any], *, algo: str | None = None, algo_cfg: Any = None,
@@ -652,6 +655,7 @@ class Agent:
         agent = cls(spec, int(meta["act_dim"]), name, cfg, settings, stats=stats, device=device, seed=seed,
                     image_encoder=img)
         agent.action_normalization = recorded_action_units(meta)
+        agent.camera_sources = meta.get("camera_sources")
         return agent
 
 

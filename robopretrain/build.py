@@ -31,7 +31,8 @@ from robopretrain.data.keys import ACTIONS, OBS
 from robopretrain.data.replay import MixedSampler, OfflineDataset
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import two_valued_dimensions
-from robopretrain.envs.target import EnvContractError, Target, as_target, env_time_limit, target_of_data, with_task_slot
+from robopretrain.envs.target import (EnvContractError, Target, as_target, env_time_limit, target_of_data,
+                                      warn_camera_geometry, with_task_slot)
 from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
@@ -759,6 +760,39 @@ def warn_unrandomized_targets(randomization: Any, targets: Sequence[Target], whe
     return names
 
 
+def data_camera_sources(info: DatasetInfo, rgb_keys: Sequence[str], obs_map: Mapping[str, str] | None = None
+                        ) -> dict[str, list[int | None]] | None:
+    """Each camera of ``rgb_keys`` (the agent's names; ``obs_map``: part -> the data's key) as the user's data stores
+    it, ``[H, W, C]``: a cached copy's ``env_args.source_image_sizes`` (its source's size; C from the source file
+    where it is a readable HDF5, else None), else the file's own frames. None when no camera is known. Recorded with
+    the agent (``camera_sources``) so that an env whose cameras differ is told
+    (:func:`robopretrain.envs.target.camera_geometry_notes`)."""
+    from robopretrain.data.hdf5 import read_info
+    from robopretrain.envs.camera_frames import frame_geometry
+
+    sizes = dict(info.env_args.get("source_image_sizes") or {})
+    source, source_info = info.env_args.get("source"), None
+    if sizes and isinstance(source, str) and Path(source).suffix.lower() in (".hdf5", ".h5") and Path(source).is_file():
+        try:
+            source_info = read_info(source)
+        except (OSError, DatasetError):  # moved or rewritten: the channels stay unknown
+            source_info = None
+    out: dict[str, list[int | None]] = {}
+    for key in rgb_keys:
+        stored = (obs_map or {}).get(key, key)
+        try:
+            if stored in sizes:
+                channels = None
+                if source_info is not None and stored in source_info.obs_specs:
+                    channels = frame_geometry(source_info.obs_specs[stored][0])[2]
+                out[key] = [int(sizes[stored][0]), int(sizes[stored][1]), channels]
+            elif stored in info.obs_specs:
+                out[key] = list(frame_geometry(info.obs_specs[stored][0]))
+        except (ValueError, TypeError, IndexError):  # not a camera layout: nothing to compare
+            continue
+    return out or None
+
+
 def warn_encoder_geometry(encoder_dir: str | os.PathLike, info: DatasetInfo, rgb_keys: Sequence[str]) -> list[str]:
     """Warn when the stage-1 encoder at ``encoder_dir`` read non-square clips centre-cropped (its meta's
     ``extra.data.cropped_sizes``, stage 1's default ``data.stretch=false``) while this data's cached copy
@@ -810,6 +844,11 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") ->
             raise ValueError(f"{where}: the env takes actions of shape {act_shape}, the agent gives "
                              f"({agent.act_dim},)")
         warn_action_range(env.action_space, where)
+        try:  # TargetEnv's record of the frames as the env gave them (a sim_envs env renders the agent's own)
+            seen = env.get_wrapper_attr("camera_shapes")
+        except AttributeError:
+            seen = {}
+        warn_camera_geometry(where, seen, getattr(agent, "camera_sources", None))
         if target.sparse and target.probe_step:  # a misspelt success_key shows at the first step, before training
             # (stage 2's evaluations only warned)
             _, _, _, _, info = env.step(probe_action(env.action_space, agent.act_dim))

@@ -189,6 +189,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     if init is None:
         agent = build.new_agent(cfg, spec, info.action_dim, dataset, device)
         agent.action_normalization = action_units
+        agent.camera_sources = build.data_camera_sources(info, spec.rgb_keys, obs_map)
     elif info.action_dim != agent.act_dim:
         raise CheckpointError(f"{init.path}: the agent has {agent.act_dim}-D actions, the data {data_path} "
                               f"{info.action_dim}-D")

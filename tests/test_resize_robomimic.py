@@ -188,6 +188,10 @@ def test_stage2_trains_on_the_foreign_file_only_through_data_image_size(tmp_path
     assert copy.parent == cache and json.loads(h5py.File(copy, "r")["data"].attrs["env_args"])["source"] == str(
         src.resolve())
     assert {k: tuple(s) for k, s in saved.meta["obs_spec"]["rgb"]} == {k: (16, 16, 3) for k in CAMERAS}
+    # the cameras as the user's file stores them (H, W, C: the float wrist camera channels first), for the env check
+    assert saved.meta["camera_sources"] == {"agentview_image": [20, 30, 3], "wrist_image": [12, 12, 3],
+                                            "side_grey": [10, 14, 1]}
+    assert load_agent(ckpt)[0].camera_sources == saved.meta["camera_sources"]
 
 
 @pytest.mark.parametrize("writer", ["write_resized", "write_robomimic"])

@@ -678,3 +678,50 @@ def test_a_target_without_a_time_limit_gets_no_note_about_its_demos_length():
     assert episode_limit(target) is None and time_limit_note(target, {}, demos) is None
     assert "2 of its 2 successful demos" in time_limit_note(Target(name="T", env_id="x", task_id=0,
                                                                    max_episode_steps=40), {}, demos)
+
+
+def test_camera_geometry_notes_name_other_proportions_and_grey_against_colour():
+    """An env camera of other proportions than the data's (each is stretched to the agent's square), or grey where
+    the data had colour (and back), is noted; another size of the same proportions and an unknown channel count
+    are not."""
+    from robopretrain.envs.target import ASPECT_TOLERANCE, camera_geometry_notes
+
+    trained = {"top": [48, 64, 3], "side": [32, 40, 1], "wrist": [12, 12, None]}
+    assert camera_geometry_notes("t", {"top": (24, 32, 3), "side": (64, 80, 1), "wrist": (30, 30, 3)}, trained) == []
+    notes = camera_geometry_notes("t", {"top": (96, 48, 3), "side": (32, 40, 3), "wrist": (12, 12, 1)}, trained)
+    assert notes == ["t: camera 'side' gives colour frames, the agent's data had grey ones (a grey frame is read as "
+                     "RGB with the grey in each channel): the agent sees colours it did not learn from",
+                     "t: camera 'top' gives 96x48 frames, the agent's data had 48x64: both are stretched to the "
+                     "agent's square, so the scene's proportions differ from what it learnt (another camera setting? "
+                     "crop or pad the env's frames to the data's proportions)"]  # by camera name
+    assert "gives grey frames, the agent's data had colour ones" in camera_geometry_notes(
+        "t", {"top": (48, 64, 1)}, trained)[0]
+    within = 64 * (1 + ASPECT_TOLERANCE / 2)  # a rounding of the width inside the tolerance; twice it outside
+    assert camera_geometry_notes("t", {"top": (48, within, 3)}, trained) == []
+    assert len(camera_geometry_notes("t", {"top": (48, 64 * (1 + 2 * ASPECT_TOLERANCE), 3)}, trained)) == 1
+    assert camera_geometry_notes("t", {"top": (96, 48, 3)}, None) == []  # a checkpoint without the record
+
+
+def test_check_env_fits_compares_the_envs_cameras_with_the_agents_data(caplog, monkeypatch):
+    """Wiring: check_env_fits reads the frames as the env gave them (TargetEnv.camera_shapes) against the agent's
+    camera_sources, and says each difference once per process."""
+    import robopretrain.envs.target as target_module
+    from robopretrain.agent import Agent, EncoderSettings
+    from robopretrain.build import check_env_fits
+    from robopretrain.data.spec import ObsSpec
+
+    monkeypatch.setattr(target_module, "_CAMERA_SAID", set())
+    spec = ObsSpec(low_dim=(("robot0_eef_pos", 3),), rgb=(("agentview_image", (16, 16, 3)),), num_tasks=0)
+    agent = Agent(spec, fake.ROBOSUITE_ACT_DIM, "bc", {"actor_hidden": [8]}, EncoderSettings(
+        kwargs={"channels": 4, "out_dim": 8}))
+    target = Target(name="like", env_id="_fake_envs:RobosuiteLikeEnv", max_episode_steps=3, task_id=0,
+                    env_kwargs={"image_size": 16})
+    with caplog.at_level(logging.WARNING):
+        agent.camera_sources = {"agentview_image": [16, 16, 3]}
+        check_env_fits(agent, target)
+        assert "camera 'agentview_image'" not in caplog.text
+        agent.camera_sources = {"agentview_image": [16, 32, 1]}
+        for _ in range(2):
+            check_env_fits(agent, target)
+    assert caplog.text.count("camera 'agentview_image' gives 16x16 frames, the agent's data had 16x32") == 1
+    assert caplog.text.count("camera 'agentview_image' gives colour frames, the agent's data had grey") == 1

@@ -35,9 +35,10 @@ def _channels_first(shape: tuple[int, ...]) -> bool:
     return shape[0] in CHANNELS and shape[-1] not in CHANNELS
 
 
-def agent_frame_shape(shape: tuple[int, ...], size: int | None = None) -> tuple[int, int, int]:
-    """The ``(H, W, 3)`` shape :func:`to_agent_frame` returns for a frame of ``shape`` (``size``: the agent's image
-    size, or None to keep the env's). Raises ``ValueError`` when ``shape`` has no channel dimension in {1, 3, 4}."""
+def frame_geometry(shape: Sequence[int]) -> tuple[int, int, int]:
+    """A camera frame's ``(H, W, C)`` as stored (``shape``: ``(H, W)`` grey, ``(H, W, C)`` or ``(C, H, W)``, C in
+    {1, 3, 4}): what :func:`to_agent_frame` stretches to the agent's square and turns into RGB. Raises
+    ``ValueError`` for another shape."""
     shape = tuple(int(s) for s in shape)
     if len(shape) == 2:  # grey without a channel dimension
         shape = (*shape, 1)
@@ -46,6 +47,13 @@ def agent_frame_shape(shape: tuple[int, ...], size: int | None = None) -> tuple[
     h, w, c = (shape[1], shape[2], shape[0]) if _channels_first(shape) else shape
     if c not in CHANNELS:
         raise ValueError(f"camera frame of shape {shape}: expected (H, W, C) or (C, H, W) with C in {list(CHANNELS)}")
+    return h, w, c
+
+
+def agent_frame_shape(shape: tuple[int, ...], size: int | None = None) -> tuple[int, int, int]:
+    """The ``(H, W, 3)`` shape :func:`to_agent_frame` returns for a frame of ``shape`` (``size``: the agent's image
+    size, or None to keep the env's). Raises ``ValueError`` when ``shape`` has no channel dimension in {1, 3, 4}."""
+    h, w, _ = frame_geometry(shape)
     return (int(size), int(size), 3) if size else (h, w, 3)
 
 
@@ -101,4 +109,4 @@ def image_layout(step_shape: Sequence[int], dtype: Any) -> str | None:
     return None
 
 
-__all__ = ["agent_frame_shape", "image_layout", "is_camera", "to_agent_frame"]
+__all__ = ["agent_frame_shape", "frame_geometry", "image_layout", "is_camera", "to_agent_frame"]

@@ -50,7 +50,8 @@ import numpy as np
 
 from robopretrain.data.episodes import flatten_obs
 from robopretrain.envs.action_units import ActionNormalization
-from robopretrain.envs.camera_frames import agent_frame_shape, image_layout, is_camera, to_agent_frame
+from robopretrain.envs.camera_frames import (agent_frame_shape, frame_geometry, image_layout, is_camera,
+                                             to_agent_frame)
 
 log = logging.getLogger(__name__)
 
@@ -807,6 +808,7 @@ class TargetEnv(gym.Wrapper):
         self._shapes: dict[str, tuple[int, ...]] = {}  # each vector part's shape at the episode's reset
         self._steps = 0  # steps since the reset (for the errors of _check_part)
         self._dropped: set[str] = set()  # the env's parts that are no arrays (text, nested dicts): left out
+        self.camera_shapes: dict[str, tuple[int, int, int]] = {}  # each camera's last frame as given: (H, W, C)
         self.observation_space = self._space(env.observation_space)
 
     def _space(self, space: gym.Space) -> gym.spaces.Dict:
@@ -859,6 +861,7 @@ class TargetEnv(gym.Wrapper):
             arr = np.asarray(value)
             if ours in self.cameras and is_camera(arr):  # only the agent's cameras: other pictures pass as given
                 try:
+                    self.camera_shapes[ours] = frame_geometry(arr.shape)
                     arr = to_agent_frame(arr, self.image_size, self.target.flip_images)
                 except ValueError as exc:
                     raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
@@ -961,6 +964,47 @@ def env_factory(target: Target, cameras: Sequence[str] = (), image_size: int | N
                              checked=tuple(checked))
 
 
+_CAMERA_SAID: set[str] = set()  # camera geometry notes already given in this process
+ASPECT_TOLERANCE = 0.02  # relative difference of W / H below which two cameras count as the same proportions
+
+
+def camera_geometry_notes(where: str, seen: Mapping[str, Sequence[int]],
+                          trained: Mapping[str, Sequence[int | None]] | None) -> list[str]:
+    """What differs between an env's camera frames as given (``seen``: key -> ``(H, W, C)``, :class:`TargetEnv`'s
+    ``camera_shapes``) and those of the data the agent trained on (``trained``: key -> ``[H, W, C]`` as stored, C
+    None where unknown; a checkpoint's ``camera_sources``): proportions (W / H beyond :data:`ASPECT_TOLERANCE`:
+    both are stretched to the agent's square, so the scene is squeezed differently) and grey against colour (a grey
+    frame is read as RGB with the grey in each channel). Sizes of the same proportions are not noted (each is
+    resized); empty when nothing differs or nothing is recorded."""
+    notes = []
+    for key, shape in sorted((trained or {}).items()):
+        if key not in seen or shape is None or len(shape) < 2:
+            continue
+        (h, w, c), (th, tw) = seen[key], (int(shape[0]), int(shape[1]))
+        if abs((w / h) / (tw / th) - 1.0) > ASPECT_TOLERANCE:
+            notes.append(f"{where}: camera {key!r} gives {h}x{w} frames, the agent's data had {th}x{tw}: both are "
+                         "stretched to the agent's square, so the scene's proportions differ from what it learnt "
+                         "(another camera setting? crop or pad the env's frames to the data's proportions)")
+        tc = shape[2] if len(shape) > 2 else None
+        if tc is not None and (int(tc) == 1) != (c == 1):
+            kinds = {True: "grey", False: "colour"}
+            notes.append(f"{where}: camera {key!r} gives {kinds[c == 1]} frames, the agent's data had "
+                         f"{kinds[int(tc) == 1]} ones (a grey frame is read as RGB with the grey in each channel): "
+                         "the agent sees colours it did not learn from")
+    return notes
+
+
+def warn_camera_geometry(where: str, seen: Mapping[str, Sequence[int]],
+                         trained: Mapping[str, Sequence[int | None]] | None) -> list[str]:
+    """Log :func:`camera_geometry_notes` (each once per process); returns them."""
+    notes = camera_geometry_notes(where, seen, trained)
+    for note in notes:
+        if note not in _CAMERA_SAID:
+            _CAMERA_SAID.add(note)
+            log.warning(note)
+    return notes
+
+
 def said_once() -> dict[str, set[Any]]:
     """What this process has said of its targets' envs once per process (the warnings kept in this module's sets):
     a copy for worker processes, whose envs would say it again (:func:`remember_said`); picklable."""
@@ -975,9 +1019,9 @@ def remember_said(said: Mapping[str, Any] | None) -> None:
 
 # the module's once-per-process memories (looked up by name: a test may replace one)
 _SAID_ONCE = ("_warned_no_success", "_warned_unlimited", "_warned_image_size", "_warned_inner_limit", "_NARROW_WARNED",
-              "_DROPPED_SAID")
+              "_DROPPED_SAID", "_CAMERA_SAID")
 
 
-__all__ = ["said_once", "remember_said", "AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
+__all__ = ["said_once", "remember_said", "camera_geometry_notes", "warn_camera_geometry", "AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
            "TargetEnv", "as_target", "env_factory", "env_time_limit", "is_nominal", "make_env", "split_env_kwargs",
            "target_of_data", "episode_limit", "time_limit_note", "warn_unmapped_renames"]
