@@ -69,8 +69,10 @@ def index_dir(path: str | os.PathLike) -> Path:
 
 
 def _source_stamp(path: Path) -> dict[str, int]:
+    """The file's size, modification time and inode change time: the change time moves with every write and no
+    tool sets it back (``cp -p``, ``rsync -t`` and ``os.utime`` restore the modification time of an edited file)."""
     st = path.stat()
-    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "ctime_ns": int(st.st_ctime_ns)}
 
 
 def _row_crcs(rows: np.ndarray) -> np.ndarray:
@@ -121,9 +123,10 @@ class FrameIndex:
 
 
 def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
-    """Whether ``folder`` holds a finished index of ``keys`` of ``source`` as it is now: same size and modification
-    time, or (a file touched, or written again with the same bytes) same size and SHA-256, after which the index
-    takes the new time so that the next check hashes nothing."""
+    """Whether ``folder`` holds a finished index of ``keys`` of ``source`` as it is now: same size, modification and
+    change times (:func:`_source_stamp`), or (a file touched, copied, written again with the same bytes, or edited
+    with its modification time set back) same size and SHA-256, after which the index takes the new times so that
+    the next check hashes nothing."""
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return False
@@ -136,7 +139,7 @@ def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
     stamp, indexed = _source_stamp(source), meta.get("source")
     if not isinstance(indexed, dict) or indexed.get("size") != stamp["size"]:
         return False
-    if indexed.get("mtime_ns") == stamp["mtime_ns"]:
+    if indexed.get("mtime_ns") == stamp["mtime_ns"] and indexed.get("ctime_ns") == stamp["ctime_ns"]:
         return True
     if indexed.get("sha256") is None or sha256_of(source) != indexed["sha256"]:
         return False
