@@ -318,3 +318,24 @@ def test_stage2_says_a_stage1_encoder_that_cropped_its_clips_meets_stretched_cam
     assert (said in caplog.text) == warned
     if warned:
         assert "this data's cameras (agentview_image 20x30) are stretched" in caplog.text
+
+
+def test_a_source_edited_in_place_with_its_time_set_back_is_converted_again(tmp_path):
+    """The copy's key held the source's size and modification time only: frames edited in place (same size) with
+    the time set back (cp -p, rsync -t) kept the stale copy. Its change time moves and is keyed too; a copy of
+    unchanged content is still found by its SHA-256 after a change of times alone."""
+    src = write_foreign(tmp_path / "rig.hdf5")
+    cache = tmp_path / "cache"
+    first = as_robomimic(src, cache_dir=cache, image_size=16)
+    st = src.stat()
+    os.chmod(src, st.st_mode)  # the change time moves, the content does not: the same copy
+    assert as_robomimic(src, cache_dir=cache, image_size=16) == first
+    with h5py.File(src, "r+") as f:  # black frames, same size
+        for demo in f["data"].values():
+            demo["obs/agentview_image"][...] = 0
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    second = as_robomimic(src, cache_dir=cache, image_size=16)
+    assert second != first and not first.exists()
+    with h5py.File(second, "r") as f:
+        assert not f["data/demo_0/obs/agentview_image"][()].any()

@@ -259,32 +259,35 @@ def _source_files(src: Path) -> list[tuple[str, Path]]:
 
 
 def source_key(src: Path, fmt: str, actions: str, image_size: int | None = None) -> str:
-    """A 16-hex-digit key of the source's files (path, size, mtime), the format, action mode, image size (when set)
-    and converter."""
+    """A 16-hex-digit key of the source's files (path, size, modification and change times: the change time moves
+    with every write, also one whose modification time was set back), the format, action mode, image size (when
+    set) and converter."""
     src = src.resolve()
     size = [] if image_size is None else [int(image_size)]  # unset: the key of copies made before the option
     h = hashlib.sha256(json.dumps([str(src), fmt, actions, CONVERTER_VERSION, *size]).encode())
     for name, p in _source_files(src):
         st = p.stat()
-        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
 def source_record_path(copy: str | os.PathLike) -> Path:
     """The record beside a cached copy (``<copy>.source.json``): the settings it was made with and its source's
-    files (size, modification time, SHA-256 of the whole file) as they were, see :func:`as_robomimic`."""
+    files (size, modification and change times, SHA-256 of the whole file) as they were, see :func:`as_robomimic`."""
     copy = Path(copy)
     return copy.with_name(copy.name + SOURCE_RECORD_SUFFIX)
 
 
 class _Source:
-    """A source's files as they are now: sizes and modification times at once, SHA-256s when first asked for."""
+    """A source's files as they are now: sizes, modification and change times at once, SHA-256s when first asked
+    for."""
 
     def __init__(self, src: Path, fmt: str, actions: str, image_size: int | None) -> None:
         self.settings = {"source": str(src.resolve()), "format": fmt, "actions": actions, "image_size": image_size,
                          "converter": CONVERTER_VERSION}
         self.files = _source_files(src)
-        self.stats = {name: [st.st_size, st.st_mtime_ns] for name, p in self.files for st in (p.stat(),)}
+        self.stats = {name: [st.st_size, st.st_mtime_ns, st.st_ctime_ns] for name, p in self.files
+                      for st in (p.stat(),)}
         self._hashes: dict[str, str] | None = None
 
     def hashes(self) -> dict[str, str]:
@@ -294,8 +297,9 @@ class _Source:
 
     def record(self) -> dict[str, Any]:
         hashes = self.hashes()
-        return {"settings": self.settings, "files": {name: {"size": size, "mtime_ns": mtime, "sha256": hashes[name]}
-                                                     for name, (size, mtime) in self.stats.items()}}
+        return {"settings": self.settings,
+                "files": {name: {"size": size, "mtime_ns": mtime, "ctime_ns": ctime, "sha256": hashes[name]}
+                          for name, (size, mtime, ctime) in self.stats.items()}}
 
     def same_content(self, record: Mapping[str, Any] | None) -> bool:
         """Whether ``record``'s files (any settings) are these files: names, sizes and SHA-256s (hashed only when
@@ -344,7 +348,8 @@ def _reusable_copy(source: _Source, dst: Path) -> Path | None:
         if not isinstance(files, Mapping) or set(files) != set(source.stats) or not all(
                 isinstance(v, Mapping) for v in files.values()):
             continue
-        if all([files[n].get("size"), files[n].get("mtime_ns")] == source.stats[n] for n in files):
+        if all([files[n].get("size"), files[n].get("mtime_ns"), files[n].get("ctime_ns")] == source.stats[n]
+               for n in files):
             return copy  # verified before at these times
         if source.same_content(record):
             write_json_atomic(source_record_path(copy), source.record())
