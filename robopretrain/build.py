@@ -358,10 +358,14 @@ def warn_unused_obs_map(obs_map: Mapping[str, str] | None, spec: ObsSpec, key: s
 
 
 def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
-    """Refuse a ``data.image_size`` the cameras the agent trains on do not have (every format, a robomimic file
-    included, was resized to it by :func:`converted`; this catches a camera the resize could not reach):
+    """Refuse, before any data is read (a frame index built), cameras the agent cannot train on: of several sizes or
+    not square (:attr:`ObsSpec.image_size`), or of another size than ``data.image_size`` (every format, a robomimic
+    file included, was resized to it by :func:`converted`; this catches a camera the resize could not reach):
     ``ValueError`` naming them. Nothing without cameras."""
-    if image_size is None or not spec.rgb:
+    if not spec.rgb:
+        return
+    if image_size is None:
+        _ = spec.image_size  # raises for cameras of several sizes, or not square
         return
     wrong = {k: tuple(s[:2]) for k, s in spec.rgb if tuple(s[:2]) != (int(image_size), int(image_size))}
     if wrong:

@@ -489,3 +489,28 @@ def test_an_index_of_another_version_another_camera_set_or_another_file_size_is_
         assert not frames_mod._index_is_current(folder, path, [CAM]), changed
     meta_path.write_text(json.dumps(meta))
     assert frames_mod._index_is_current(folder, path, [CAM])
+
+
+def test_cameras_of_two_sizes_are_refused_before_a_frame_index_is_built(tmp_path):
+    """The refusal needs only the file's shapes; it came after the frame index of both cameras was built (15 min at
+    the README's 12.5 GB) and left the index beside the data."""
+    from robopretrain.train import run
+
+    path = tmp_path / "two.hdf5"
+    rng = np.random.default_rng(0)
+    with RobomimicWriter(path, make_env_args("Toy", "0", {}), valid_fraction=0.0) as w:
+        for _ in range(2):
+            seq = {k: rng.integers(0, 256, size=(5, s, s, 3), dtype=np.uint8)
+                   for k, s in ((CAM, 8), ("wrist_image", 12))}
+            seq["proprio"] = np.zeros((5, 2), np.float32)
+            w.add_episode(task="a", task_id=0, obs={k: v[:-1] for k, v in seq.items()},
+                          next_obs={k: v[1:] for k, v in seq.items()}, actions=np.zeros((4, 4), np.float32),
+                          rewards=np.eye(4, dtype=np.float32)[-1], dones=np.eye(4, dtype=np.uint8)[-1],
+                          ep_meta={"success": True})
+    cfg = stage2_config(path, tmp_path / "run", algo="bc", steps=2, obs={"low_dim": ["proprio"],
+                                                                        "rgb": [CAM, "wrist_image"]},
+                        data_cfg={"storage": "disk"})
+    with pytest.raises(ValueError, match=r"cameras must be square and of one size, got agentview_image \(8, 8, 3\), "
+                                         r"wrist_image \(12, 12, 3\)"):
+        run(cfg)
+    assert not index_dir(path).exists()
