@@ -365,7 +365,7 @@ def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, A
     if old is None or new is None:
         return [f"{name}: {'none' if old is None else old.get('path')} -> {'none' if new is None else new.get('path')}"]
     if not _same_place(old.get("path"), new.get("path"), moved):
-        return [f"{name}: {old.get('path')} -> {new.get('path')}"]
+        return [f"{name}: {_copy_change(str(old.get('path')), str(new.get('path')))}"]
     where = f"{name} {new.get('path')}"
     if old.get("kind") != new.get("kind"):
         return [f"{where}: was a {old.get('kind')}, now a {new.get('kind')}"]
@@ -390,6 +390,22 @@ def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, A
     elif old.get("listing_sha256") != new.get("listing_sha256") and not out:
         out.append(f"{where}: files replaced or modified (same count and total size)")
     return out
+
+
+def _copy_change(old: str, new: str) -> str:
+    """``old -> new``, and when both are converted copies of one source in one cache folder
+    (``<stem>.<format>.<16 hex>.hdf5``, :func:`robopretrain.data.convert.cache_path`) what that means: the source was
+    edited since the checkpoint (or converted with other settings, which the config differences name)."""
+    import re
+
+    def parts(path: str) -> tuple[str, str] | None:
+        p = Path(path)
+        match = re.fullmatch(r"(.+\.[a-z0-9]+)\.[0-9a-f]{16}\.hdf5", p.name)
+        return (str(p.parent), match.group(1)) if match else None
+
+    same = parts(old) is not None and parts(old) == parts(new)
+    return f"{old} -> {new}" + (" (another converted copy of the same source: the source file changed since this "
+                                "checkpoint, or it was converted with other data settings)" if same else "")
 
 
 def _is_off(value: Any) -> bool:

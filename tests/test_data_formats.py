@@ -618,6 +618,30 @@ def test_a_stale_copy_a_run_names_is_kept_so_its_resume_works_once_the_source_is
     assert as_robomimic(src, cache_dir=cache) != first and not first.exists()
 
 
+def test_a_fresh_run_after_the_refused_resume_removes_the_copy_the_old_run_named(tmp_path):
+    """resume=false after the refusal: the old run is gone, and so is the copy of the source's earlier content that
+    was kept for it (it stayed in the cache, 2.9 GB in a helper's run, until the source changed again)."""
+    from _stages import stage2_config
+    from robopretrain.checkpoint import load_latest
+    from robopretrain.run_fingerprint import ResumeMismatchError
+    from robopretrain.train import run
+
+    cache, src = tmp_path / "cache", F.write_ogbench(tmp_path / "o.npz", trajectories=3)
+    cfg = stage2_config(src, tmp_path / "run", algo="bc", steps=2, obs={"low_dim": ["observations"], "rgb": []},
+                        data_cfg={"cache_dir": str(cache)})
+    run(cfg)
+    first = Path(load_latest(tmp_path / "run" / "checkpoints", with_state=False).meta["data_path"])
+    F.write_ogbench(src, trajectories=4)
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(ResumeMismatchError, match="another converted copy of the same source"):
+        run(cfg)
+    assert first.is_file()
+    cfg.resume = False
+    run(cfg)
+    now = Path(load_latest(tmp_path / "run" / "checkpoints", with_state=False).meta["data_path"])
+    assert not first.exists() and sorted(cache.glob("o.ogbench.*.hdf5")) == [now]
+
+
 def test_a_copy_is_reused_by_content_only_with_the_settings_it_was_made_with(tmp_path):
     """Same content, other action mode: not that copy (nor a copy whose record is unreadable)."""
     cache, src = tmp_path / "cache", F.write_ogbench(tmp_path / "o.npz")

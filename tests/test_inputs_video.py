@@ -585,3 +585,18 @@ def test_a_data_path_given_through_a_symlink_is_the_file_it_names(tmp_path):
     changed = run_fingerprint.differences(saved, fp(tmp_path / "link.hdf5"))
     assert changed and changed[0].startswith("data: ")
     assert run_fingerprint.differences(saved, fp(other)) != []
+
+
+def test_a_resume_refused_for_another_converted_copy_says_the_source_changed():
+    """Data read through a cached copy: an edited source gets a copy of another key, and the refusal named two
+    hashed cache files only; it now says what that means. Other paths are listed as they are."""
+    def fp(path):
+        return {"inputs": {"data": {"path": path, "kind": "file", "size": 1, "sha256": "x"}}}
+
+    old, new = "/c/d.robomimic.8f36baf75667e148.hdf5", "/c/d.robomimic.fafd724bae05448b.hdf5"
+    assert run_fingerprint.differences(fp(old), fp(new)) == [
+        f"data: {old} -> {new} (another converted copy of the same source: the source file changed since this "
+        "checkpoint, or it was converted with other data settings)"]
+    for other in ("/c/e.robomimic.fafd724bae05448b.hdf5", "/elsewhere/d.robomimic.fafd724bae05448b.hdf5",
+                  "/c/d.hdf5"):
+        assert run_fingerprint.differences(fp(old), fp(other)) == [f"data: {old} -> {other}"]

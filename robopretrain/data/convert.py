@@ -397,10 +397,12 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
     dst = cache_path(src, fmt, actions=actions, cache_dir=cache_dir, image_size=image_size)
     if dst.is_file():
         log.info("%s (%s): using the converted copy %s", src, fmt, dst)
+        remove_stale_copies(src, fmt, dst, keep)  # e.g. an earlier content's, kept for a run that is now fresh
         return dst
     source = _Source(src, fmt, actions, image_size)
     same = _reusable_copy(source, dst)
     if same is not None:
+        remove_stale_copies(src, fmt, same, keep)
         return same
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -417,20 +419,31 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
     record = source.record()  # the content converted (hashed before reading it, so an edit meanwhile shows later)
     out = convert(src, dst, fmt=fmt, actions=actions, overwrite=True, image_size=image_size)
     write_json_atomic(source_record_path(out), record)
+    remove_stale_copies(src, fmt, out, keep)
+    return out
+
+
+def remove_stale_copies(src: Path, fmt: str, current: Path, keep: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """Remove :func:`stale_copies` of ``src`` beside ``current`` (with their frame indexes and records), except
+    those ``keep`` names (a resumed run's checkpoints: a resume refused on an edited source works again once it is
+    restored); returns the removed ones. A copy that cannot be removed (a read-only cache) is warned about."""
     kept = {os.path.realpath(k) for k in keep}
-    for stale in stale_copies(src, fmt, out):
+    removed = []
+    for stale in stale_copies(src, fmt, current):
         if os.path.realpath(stale) in kept:
-            log.info("%s: kept the converted copy %s that this run's checkpoint names, although the source changed "
-                     "since it was made", src, stale)
+            log.info("%s: kept the converted copy %s of its earlier content, which this run's checkpoint names (a "
+                     "resume on the changed source is refused, naming the change; resume=false removes the copy)",
+                     src, stale)
             continue
         try:
             stale.unlink()  # a process still reading it keeps its open file (POSIX)
             shutil.rmtree(index_dir(stale), ignore_errors=True)  # its frame index (data.storage=disk), often larger
             source_record_path(stale).unlink(missing_ok=True)
             log.info("%s: removed the converted copy it replaces, %s", src, stale)
+            removed.append(stale)
         except OSError as e:  # another process removed it first, or a read-only cache: keep going
             log.warning("%s: could not remove the stale converted copy %s (%s)", src, stale, e)
-    return out
+    return removed
 
 
 def stale_copies(src: str | os.PathLike, fmt: str, current: Path) -> list[Path]:
