@@ -514,3 +514,15 @@ def test_cameras_of_two_sizes_are_refused_before_a_frame_index_is_built(tmp_path
                                          r"wrist_image \(12, 12, 3\)"):
         run(cfg)
     assert not index_dir(path).exists()
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_both_storages_say_how_many_transitions_and_demos_they_read(toy, caplog, storage):
+    """Memory mode said nothing of what it selected (a wrong mask went unnoticed); both say it now."""
+    import logging
+
+    path, _, spec = toy
+    with caplog.at_level(logging.INFO, logger="robopretrain.data.dataset"):
+        data = load_offline_dataset(path, spec, CAL_QL, storage=storage, tasks=["a"])
+    getattr(data, "close", lambda: None)()
+    assert f"{path}: 11 transitions of 2 demos" in caplog.text  # task a: the episodes of 5 and 6 steps

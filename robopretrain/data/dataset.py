@@ -653,7 +653,9 @@ def load_offline_dataset(
                     breaks, which, copied)
     next_actions = next_actions_of(trans.actions, starts)
     mc = returns_to_go(scaled, dones, reward.discount, episode_ids=trans.episode_ids, sparse_negative_reward=r_neg)
-    if not on_disk:
+    if not on_disk:  # said as the disk path says it: a wrong mask or task filter shows in the counts
+        log.info("%s: %d transitions of %d demos, in memory%s", info.path, len(trans), len(demos),
+                 f" (frames of {list(spec.rgb_keys)})" if spec.rgb_keys else "")
         return OfflineDataset(parts(trans.obs), trans.actions, scaled, parts(trans.next_obs), dones, mc,
                               next_actions=next_actions, episode_starts=starts, device=device, seed=seed)
     sel = _selected_transitions(index.demo_starts(), info, trans)
@@ -663,8 +665,8 @@ def load_offline_dataset(
               NEXT_ACTIONS: next_actions}
     stores = {k: index.store(key_map.get(k, k)) for k in spec.rgb_keys}
     order = [*spec.rgb_keys, *spec.low_dim_keys] + ([TASK_ID] if spec.num_tasks else [])
-    log.info("%s: %d transitions, frames of %s read from %s (%d prefetch threads)", info.path, len(trans),
-             list(spec.rgb_keys), index.folder, workers)
+    log.info("%s: %d transitions of %d demos, frames of %s read from %s (%d prefetch threads)", info.path,
+             len(trans), len(demos), list(spec.rgb_keys), index.folder, workers)
     return DiskDataset(fields, stores, rows, order, device=device, seed=seed, workers=workers, rank=rank,
                        world_size=world_size, cache_dir=index.folder)
 
