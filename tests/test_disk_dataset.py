@@ -314,7 +314,7 @@ def test_a_failed_index_build_stops_the_hash_and_leaves_no_partial_index(toy, mo
 
     monkeypatch.setattr(frames_mod, "sha256_of", slow_hash)
     monkeypatch.setattr(frames_mod, "_write_index", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DatasetError, match="no room for its frame index"):  # the disk full, said as such
         frames_mod.build_index(path, [CAM])
     assert hash_seen == {"stop given": True, "stopped": True}
     assert not [p.name for p in index_dir(path).parent.iterdir() if p.name.startswith(index_dir(path).name)]
@@ -526,3 +526,32 @@ def test_both_storages_say_how_many_transitions_and_demos_they_read(toy, caplog,
         data = load_offline_dataset(path, spec, CAL_QL, storage=storage, tasks=["a"])
     getattr(data, "close", lambda: None)()
     assert f"{path}: 11 transitions of 2 demos" in caplog.text  # task a: the episodes of 5 and 6 steps
+
+
+def test_a_frame_index_without_room_is_refused_naming_the_folder_and_the_sizes(toy, monkeypatch):
+    """A full disk said only '[Errno 28] No space left on device'. The size the index needs is known before it is
+    written: refused first when the filesystem lacks it, and a disk that fills up meanwhile is said the same way;
+    neither leaves a partial index."""
+    import errno
+    from collections import namedtuple
+
+    from robopretrain.data import frames as frames_mod
+
+    path, _, spec = toy
+    usage = namedtuple("usage", "total used free")
+    need = frames_mod.index_bytes(frames_mod.read_info(path), [CAM])
+    assert need == sum(n for n, _, _ in EPISODES) * 6 * 6 * 3  # 18 transitions of 6 x 6 RGB frames
+    monkeypatch.setattr(frames_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9, need - 1))
+    with pytest.raises(DatasetError, match=rf"toy.hdf5: no room for its frame index .*toy.hdf5.frames \(data.storage="
+                                           rf"disk\): it takes at least 0.00 GB and 0.00 GB are free .*data.storage="
+                                           r"memory"):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk")
+    monkeypatch.setattr(frames_mod.shutil, "disk_usage", lambda p: usage(10**9, 0, 10**9))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(frames_mod, "_write_index", full)
+    with pytest.raises(DatasetError, match=r"no room for its frame index .* 1.00 GB are free"):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk")
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith("toy.hdf5.")) == []

@@ -33,6 +33,7 @@ writer's partial file the same way).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -191,7 +192,31 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
                            "folder or set data.storage=memory") from None
     with building:
         fcntl.flock(building, fcntl.LOCK_EX)
-        return _build_holding(source, info, keys, folder, tmp)
+        need = index_bytes(info, keys)
+        free = shutil.disk_usage(tmp).free
+        if need > free:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DatasetError(_no_space(source, folder, need, free))
+        try:
+            return _build_holding(source, info, keys, folder, tmp)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DatasetError(_no_space(source, folder, need, shutil.disk_usage(folder.parent).free)) from None
+
+
+def index_bytes(info: DatasetInfo, keys: Sequence[str]) -> int:
+    """The frame index's size for camera ``keys`` at least: each camera's frames once per transition, as stored
+    (the next_obs frames that repeat no obs frame, and the small arrays, come on top)."""
+    n = sum(d.num_samples for d in info.demos if d.num_samples >= 2)
+    return int(sum(n * int(np.prod(info.obs_specs[k][0])) for k in keys if k in info.obs_specs))
+
+
+def _no_space(source: Path, folder: Path, need: int, free: int) -> str:
+    return (f"{source}: no room for its frame index {folder} (data.storage=disk): it takes at least {need / 1e9:.2f} "
+            f"GB and {free / 1e9:.2f} GB are free on that filesystem; free space there, or set data.storage=memory "
+            "(the frames then take about that much memory)")
 
 
 def _abandoned(marker: Path) -> bool:
