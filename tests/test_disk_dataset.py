@@ -555,3 +555,35 @@ def test_a_frame_index_without_room_is_refused_naming_the_folder_and_the_sizes(t
     with pytest.raises(DatasetError, match=r"no room for its frame index .* 1.00 GB are free"):
         load_offline_dataset(path, spec, CAL_QL, storage="disk")
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith("toy.hdf5.")) == []
+
+
+def test_a_file_in_a_folder_that_cannot_be_written_is_indexed_in_the_cache(toy, tmp_path, monkeypatch):
+    """A shared read-only dataset had to be copied or loaded whole into memory: its index goes to
+    $ROBOPRETRAIN_CACHE_DIR/frames, is found there on the next run (not built again), and gives the batches a
+    memory run gives; with neither place writable the refusal names both and the settings."""
+    from robopretrain.data import frames as frames_mod
+
+    path, _, spec = toy
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # a folder under a file cannot be made (as under a read-only mount)
+    monkeypatch.setattr(frames_mod, "index_dir", lambda p: blocked / (Path(p).name + ".frames"))
+    monkeypatch.setenv("ROBOPRETRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    disk = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="disk")
+    cached = frames_mod.cache_index_dir(path)
+    assert cached.parent == tmp_path / "cache" / "frames" and (cached / "meta.json").is_file()
+    memory = load_offline_dataset(path, spec, CAL_QL, seed=3, storage="memory")
+    assert_same(memory.sample(8), disk.sample(8))
+    disk.close()
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(frames_mod, "build_index", no_build)
+    load_offline_dataset(path, spec, CAL_QL, storage="disk").close()  # found in the cache
+    monkeypatch.undo()
+    monkeypatch.setattr(frames_mod, "index_dir", lambda p: blocked / (Path(p).name + ".frames"))
+    monkeypatch.setenv("ROBOPRETRAIN_CACHE_DIR", str(blocked / "cache"))
+    with pytest.raises(DatasetError, match=r"toy.hdf5: cannot write its frame index beside it \(.*\) nor in the "
+                                           r"cache \(.*\); set ROBOPRETRAIN_CACHE_DIR to a writable folder, or "
+                                           r"data.storage=memory"):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk")

@@ -69,6 +69,19 @@ def index_dir(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + INDEX_SUFFIX)
 
 
+def cache_index_dir(path: str | os.PathLike) -> Path:
+    """Where the index of a file whose folder cannot be written goes (a shared read-only dataset):
+    ``<cache>/frames/<file>.<16 hex of its absolute path>.frames``, the cache being ``$ROBOPRETRAIN_CACHE_DIR``, else
+    ``~/.cache/robopretrain`` (converted copies go to its ``datasets/``)."""
+    import hashlib
+
+    from robopretrain.data.convert import default_cache_dir
+
+    p = Path(path).expanduser().resolve()
+    key = hashlib.sha256(str(p).encode()).hexdigest()[:16]
+    return default_cache_dir().parent / "frames" / f"{p.name}.{key}{INDEX_SUFFIX}"
+
+
 def _source_stamp(path: Path) -> dict[str, int]:
     """The file's size, modification time and inode change time: the change time moves with every write and no
     tool sets it back (``cp -p``, ``rsync -t`` and ``os.utime`` restore the modification time of an edited file)."""
@@ -159,9 +172,13 @@ def open_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInf
     source = Path(path)
     folder = index_dir(source)
     if not _index_is_current(folder, source, keys):
-        if not build:
+        cached = cache_index_dir(source)
+        if _index_is_current(cached, source, keys):  # built there: the file's folder could not be written
+            folder = cached
+        elif not build:
             raise DatasetError(f"{source}: no current frame index at {folder} (data.storage=disk builds it)")
-        build_index(source, keys, info=info)
+        else:
+            folder = build_index(source, keys, info=info)
     meta = json.loads((folder / "meta.json").read_text())
     rows = {}
     for k in keys:
@@ -177,10 +194,31 @@ def open_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInf
 
 def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInfo | None = None) -> Path:
     """Write the frame index of camera ``keys`` of every demo of ``path`` (see the module docstring); returns its
-    folder. Written to a temporary folder and renamed, so an interrupted build leaves no index."""
+    folder: beside the file, or (a folder that cannot be written) :func:`cache_index_dir`. Written to a temporary
+    folder and renamed, so an interrupted build leaves no index."""
     source = Path(path)
     info = info or read_info(source)
     folder = index_dir(source)
+    try:
+        return _build_at(source, info, keys, folder)
+    except _Unwritable as beside:
+        cached = cache_index_dir(source)
+        log.info("%s: its folder cannot be written (%s): the frame index goes to the cache, %s", source, beside,
+                 cached)
+        try:
+            return _build_at(source, info, keys, cached)
+        except _Unwritable as there:
+            raise DatasetError(f"{source}: cannot write its frame index beside it ({beside}) nor in the cache "
+                               f"({there}); set ROBOPRETRAIN_CACHE_DIR to a writable folder, or data.storage=memory"
+                               ) from None
+
+
+class _Unwritable(Exception):
+    """The index folder's place cannot be written (read-only, no permission, not a folder)."""
+
+
+def _build_at(source: Path, info: DatasetInfo, keys: Sequence[str], folder: Path) -> Path:
+    """:func:`build_index` at ``folder``; raises :class:`_Unwritable` when its temporary folder cannot be made."""
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     remove_abandoned_builds(folder)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -188,8 +226,7 @@ def build_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetIn
         tmp.mkdir(parents=True)
         building = open(tmp / BUILDING, "wb")  # noqa: SIM115 (held until the index is in place)
     except OSError as e:
-        raise DatasetError(f"{source}: cannot write its frame index beside it ({e}); copy the file to a writable "
-                           "folder or set data.storage=memory") from None
+        raise _Unwritable(e.strerror or str(e)) from None
     with building:
         fcntl.flock(building, fcntl.LOCK_EX)
         need = index_bytes(info, keys)
