@@ -587,3 +587,29 @@ def test_a_file_in_a_folder_that_cannot_be_written_is_indexed_in_the_cache(toy, 
                                            r"cache \(.*\); set ROBOPRETRAIN_CACHE_DIR to a writable folder, or "
                                            r"data.storage=memory"):
         load_offline_dataset(path, spec, CAL_QL, storage="disk")
+
+
+def test_an_index_rebuilt_for_another_camera_keeps_the_cameras_it_held(tmp_path, monkeypatch):
+    """Runs on one camera of a file, then another, then the first rebuilt the index each time (each build dropped
+    the other camera; 15 min a build at the README's scale): the rebuild keeps the cameras held before."""
+    from robopretrain.data import frames as frames_mod
+
+    path = tmp_path / "two.hdf5"
+    rng = np.random.default_rng(0)
+    with RobomimicWriter(path, make_env_args("Toy", "0", {}), valid_fraction=0.0) as w:
+        for _ in range(2):
+            seq = {k: rng.integers(0, 256, size=(5, 6, 6, 3), dtype=np.uint8) for k in (CAM, "wrist_image")}
+            seq["proprio"] = np.zeros((5, 2), np.float32)
+            w.add_episode(task="a", task_id=0, obs={k: v[:-1] for k, v in seq.items()},
+                          next_obs={k: v[1:] for k, v in seq.items()}, actions=np.zeros((4, 4), np.float32),
+                          rewards=np.eye(4, dtype=np.float32)[-1], dones=np.eye(4, dtype=np.uint8)[-1],
+                          ep_meta={"success": True})
+    assert sorted(frames_mod.open_index(path, [CAM]).meta["keys"]) == [CAM]
+    assert sorted(frames_mod.open_index(path, ["wrist_image"]).meta["keys"]) == [CAM, "wrist_image"]
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(frames_mod, "build_index", no_build)
+    for keys in ([CAM], ["wrist_image"], [CAM, "wrist_image"]):
+        assert frames_mod.open_index(path, keys).rows.keys() == set(keys)

@@ -165,6 +165,15 @@ def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
     return True
 
 
+def _indexed_keys(folder: Path) -> list[str]:
+    """The camera keys a (maybe stale) index at ``folder`` holds; empty when there is none or it is unreadable."""
+    try:
+        keys = json.loads((folder / "meta.json").read_text()).get("keys")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(k) for k in keys] if isinstance(keys, dict) else []
+
+
 def open_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInfo | None = None,
                build: bool = True) -> FrameIndex:
     """The frame index of ``path`` for camera ``keys``; built first (:func:`build_index`) when missing or stale and
@@ -177,8 +186,10 @@ def open_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInf
             folder = cached
         elif not build:
             raise DatasetError(f"{source}: no current frame index at {folder} (data.storage=disk builds it)")
-        else:
-            folder = build_index(source, keys, info=info)
+        else:  # with the cameras an earlier index held: runs on other cameras of the file do not rebuild it in turn
+            info = info or read_info(source)
+            earlier = [k for k in _indexed_keys(folder) + _indexed_keys(cached) if k in info.obs_specs]
+            folder = build_index(source, list(dict.fromkeys([*keys, *earlier])), info=info)
     meta = json.loads((folder / "meta.json").read_text())
     rows = {}
     for k in keys:
