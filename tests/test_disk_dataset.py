@@ -613,3 +613,20 @@ def test_an_index_rebuilt_for_another_camera_keeps_the_cameras_it_held(tmp_path,
     monkeypatch.setattr(frames_mod, "build_index", no_build)
     for keys in ([CAM], ["wrist_image"], [CAM, "wrist_image"]):
         assert frames_mod.open_index(path, keys).rows.keys() == set(keys)
+
+
+@pytest.mark.parametrize("demos, shown", [(63, False), (64, True)])
+def test_an_index_build_of_many_demos_shows_its_progress(tmp_path, capfd, demos, shown):
+    """A 12 GB index build printed one line and then nothing for 15 minutes; from 64 demos on it shows a bar."""
+    from robopretrain.data import frames as frames_mod
+
+    path = tmp_path / "many.hdf5"
+    with RobomimicWriter(path, make_env_args("Toy", "0", {}), valid_fraction=0.0) as w:
+        for _ in range(demos):
+            seq = {CAM: np.zeros((3, 6, 6, 3), np.uint8), "proprio": np.zeros((3, 2), np.float32)}
+            w.add_episode(task="a", task_id=0, obs={k: v[:-1] for k, v in seq.items()},
+                          next_obs={k: v[1:] for k, v in seq.items()}, actions=np.zeros((2, 4), np.float32),
+                          rewards=np.zeros(2, np.float32), dones=np.zeros(2, np.uint8), ep_meta={"success": False})
+    capfd.readouterr()
+    frames_mod.build_index(path, [CAM])
+    assert (f"indexing {CAM}" in capfd.readouterr().err) == shown

@@ -50,8 +50,10 @@ from typing import Any
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
-from robopretrain.data.hdf5 import DatasetError, DatasetInfo, Transitions, load_transitions, read_info
+from robopretrain.data.hdf5 import (PROGRESS_MIN_DEMOS, DatasetError, DatasetInfo, Transitions, load_transitions,
+                                    read_info)
 from robopretrain.data.spec import as_rgb, stored_camera_shape
 from robopretrain.files import sha256_of, write_json_atomic
 
@@ -397,7 +399,8 @@ def _index_key(f: h5py.File, path: str, key: str, demos: Sequence[str], starts: 
     shape: tuple[int, ...] | None = None
     m = 0
     with open(out / f"{key}.u8", "wb") as fh:
-        for name, lo in zip(demos, starts.tolist()):
+        for name, lo in tqdm(zip(demos, starts.tolist()), total=len(demos), desc=f"indexing {key}", unit="demo",
+                             disable=len(demos) < PROGRESS_MIN_DEMOS, leave=False):
             base = f"data/{name}"
             try:
                 obs = f[f"{base}/obs/{key}"][()]

@@ -259,6 +259,7 @@ MISSING_HINTS = {
     "dones": " (each demo needs dones (N,): 1 where the episode ends by success or failure, else 0; a recording "
              "cut by a time limit keeps 0 at its last step)",
 }
+PROGRESS_MIN_DEMOS = 64  # a long data step (an index build, a resized copy) over this many demos shows progress
 
 
 def _dataset(path: str, demo: h5py.Group, base: str, rel: str) -> h5py.Dataset:

@@ -39,9 +39,10 @@ from typing import Any
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from robopretrain.data.episodes import ConversionError, NotColourError, resize_frames, to_uint8_hwc
-from robopretrain.data.hdf5 import MISSING_HINTS, converted_as_camera
+from robopretrain.data.hdf5 import MISSING_HINTS, PROGRESS_MIN_DEMOS, converted_as_camera
 from sim_envs.hdf5_writer import remove_abandoned_partials
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,8 @@ def _write_once(src: Path, tmp: Path, size: int | None, kept: list[str]) -> str 
                 fin.copy(item, fout, name=name)
         out_data = fout.create_group("data")
         _copy_attrs(data, out_data)
-        for name, item in data.items():
+        for name, item in tqdm(data.items(), total=len(data), desc=f"resizing {src.name}", unit="demo",
+                               disable=len(data) < PROGRESS_MIN_DEMOS, leave=False):
             if not isinstance(item, h5py.Group):
                 data.copy(item, out_data, name=name)
                 continue
