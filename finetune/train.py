@@ -88,19 +88,20 @@ def check_other_tasks(info: DatasetInfo, target: Target, trained: Mapping[str, A
 
 
 def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any, ckpt_meta: dict[str, Any],
-                      keep: Sequence[str] = ()) -> Path:
+                      keep: Sequence[str] = (), prune: bool = False) -> Path:
     """The offline data: the target's demos (another format converted first, by ``data.format`` / ``data.cache_dir`` /
     ``data.actions``), ``data.path`` (collected first when ``data.generate``), or the
     checkpoint's own data file when it holds demos of the target (else ValueError: every demo would be taken as the
     target's). ``keep``: converted copies a new conversion must not remove although stale (those the stage-2
-    checkpoint and this run's checkpoints name: :func:`robopretrain.build.converted`)."""
+    checkpoint and this run's checkpoints name: :func:`robopretrain.build.converted`); ``prune``: a fresh run's
+    (the other stale copies are removed even when the current one is reused)."""
     if target.demos:
         path = Path(str(target.demos)).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"target {target.name!r}: demos={path} not found; expected a robomimic HDF5 (or a "
                                     "LeRobot v3 / Minari folder, a D4RL-style HDF5 or an OGBench .npz)")
         # another format: converted like data.path, its cameras at the agent's size unless data.image_size says
-        return build.converted(path, cfg.data, agent.spec.image_size, keep=keep)
+        return build.converted(path, cfg.data, agent.spec.image_size, keep=keep, prune=prune)
     if cfg.data.get("generate", False):
         if target.family != SIM_ENVS:
             raise ValueError(f"target {target.name!r} ({target.family}): data.generate collects sim_envs demos only; "
@@ -114,7 +115,8 @@ def offline_data_path(cfg: DictConfig, run_dir: Path, target: Target, agent: Any
             collect["image_size"] = int(agent.spec.image_size)
         return build.resolve_data_path(cfg.data, run_dir, default_name="target_demos.hdf5", collect=collect)
     if cfg.data.get("path"):  # another format converted with its cameras at the agent's size, as target.demos
-        return build.resolve_data_path(cfg.data, run_dir, default_image_size=agent.spec.image_size, keep=keep)
+        return build.resolve_data_path(cfg.data, run_dir, default_image_size=agent.spec.image_size, keep=keep,
+                                       prune=prune)
     if ckpt_meta.get("data_path") and Path(ckpt_meta["data_path"]).is_file():
         path = Path(ckpt_meta["data_path"])
         tasks = read_info(path).tasks
@@ -383,7 +385,8 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     stage2_path = recorded_file(ckpt, "data_path")  # at a moved run folder's new place when it moved with the run
     kept = [str(ckpt.meta[k]) for k in ("data_path", "mix_path") if ckpt.meta.get(k)]  # outlive a source edit
     kept += recorded_data_files(run_dir / "checkpoints") if cfg.get("resume", True) else []
-    data_path = offline_data_path(cfg, run_dir, target, agent, {**ckpt.meta, "data_path": stage2_path}, keep=kept)
+    data_path = offline_data_path(cfg, run_dir, target, agent, {**ckpt.meta, "data_path": stage2_path}, keep=kept,
+                                  prune=not cfg.get("resume", True))
     info = read_info(data_path)
     learned = None
     if cfg.get("reward_model"):

@@ -147,14 +147,17 @@ TD3BC_FINDING = ("benchmarks/recipe.py, clean Reach: 0.02 success at the publish
 
 
 def warn_actor_far_from_data(agent: Any, batch: Mapping[str, Any]) -> float | None:
-    """Warn when a trained TD3+BC actor is further from the data's actions than their mean is.
+    """Warn when a trained TD3+BC actor is further from the data's actions than their mean is, on data whose actions
+    follow the state.
 
     ``batch``: rows of the training data (``observations``, ``actions`` in the agent's ``[-1, 1]`` units, ``(B, A)``).
     Compares the deterministic policy's mean squared error to the data's actions, ``mean_{b,i} (pi(s_b)_i -
     a_{b,i})^2``, with the data's own spread around its mean action, ``mean_i Var_b(a_{b,i})``: a policy past that
     bound imitates worse than the constant mean action would, so the Q term of TD3+BC's actor loss (weight
-    ``algo.alpha``) has outweighed its BC term (``TD3BC_FINDING``). Returns the policy's error (None for
-    other algorithms or an empty batch)."""
+    ``algo.alpha``) has outweighed its BC term (``TD3BC_FINDING``). Said only where a linear fit of the actions on
+    the low-dim observation parts, judged on half of the rows it was not fitted on, gets under half that spread
+    (:func:`linear_action_error`): on random or replayed actions a policy that leaves the data is what TD3+BC is
+    for. Returns the policy's error (None for other algorithms or an empty batch)."""
     if getattr(agent, "algo", None) != "td3_bc":
         return None
     actions = torch.as_tensor(batch[ACTIONS], dtype=torch.float32).cpu()
@@ -163,15 +166,36 @@ def warn_actor_far_from_data(agent: Any, batch: Mapping[str, Any]) -> float | No
     pi = torch.as_tensor(agent.act(batch[OBS], deterministic=True), dtype=torch.float32).reshape(actions.shape)
     error = float((pi - actions).square().mean())
     spread = float(actions.var(dim=0, unbiased=False).mean())
-    if error > spread:
+    linear = linear_action_error(batch[OBS], actions)
+    if error > spread and linear is not None and linear < 0.5 * spread:
         alpha = float(agent.algo_cfg.alpha)
         why = (f"at algo.alpha={alpha:g} the critic's term outweighs the BC term on this data ({TD3BC_FINDING}); try "
                f"a smaller algo.alpha (e.g. algo.alpha={min(0.1, alpha / 10):g})" if alpha > 0 else
                "algo.alpha=0 trains it by the BC term alone, so it has not learned the data's actions yet: train "
                "longer (train.steps) or check the policy's learning rate (algo.policy_lr)")
         log.warning("td3_bc: the trained actor is %.3g from the data's actions (mean squared, [-1, 1] units), further "
-                    "than their own mean action is (%.3g): %s", error, spread, why)
+                    "than their own mean action is (%.3g), though a linear fit on the state gets %.3g: %s", error,
+                    spread, linear, why)
     return error
+
+
+def linear_action_error(obs: Mapping[str, Any], actions: torch.Tensor) -> float | None:
+    """The mean squared error of a least-squares linear fit of ``actions`` ``(B, A)`` on the 2-D float parts of
+    ``obs`` (the low-dim observation parts; cameras and the task id are left out) plus a constant, fitted on half of
+    the rows (a fixed shuffle) and judged on the other half; None without such parts or with fewer rows per half than
+    features (a fit that would only memorise)."""
+    parts = [torch.as_tensor(v).float().cpu() for v in obs.values()
+             if torch.as_tensor(v).ndim == 2 and torch.as_tensor(v).is_floating_point()]
+    if not parts:
+        return None
+    x = torch.cat([*parts, torch.ones(len(actions), 1)], dim=1).double()
+    half = len(actions) // 2
+    if half <= x.shape[1]:
+        return None
+    order = torch.randperm(len(actions), generator=torch.Generator().manual_seed(0))
+    fit, judge = order[:half], order[half:]
+    coef = torch.linalg.lstsq(x[fit], actions[fit].double()).solution
+    return float((x[judge] @ coef - actions[judge].double()).square().mean())
 
 
 def reward_settings(algo_cfg: Any, target: Target | None = None) -> RewardSettings:
@@ -280,8 +304,9 @@ def collect_changes(path: Path, planned: Any) -> list[str] | None:
 
 def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robot_demos.hdf5",
                       collect: Mapping[str, Any] | None = None, default_image_size: int | None = None,
-                      keep: Sequence[str | os.PathLike] = ()) -> Path:
-    """The HDF5 path: ``data.path`` (converted by :func:`converted`, which keeps the stale copies in ``keep``),
+                      keep: Sequence[str | os.PathLike] = (), prune: bool = False) -> Path:
+    """The HDF5 path: ``data.path`` (converted by :func:`converted`, which keeps the stale copies in ``keep``, and
+    removes the others also when it reuses the current copy with ``prune``: a fresh run's),
     collecting it first with :func:`sim_envs.collect.collect` when ``data.generate`` (``data.collect`` and
     ``collect`` override ``configs/collect.yaml``; an existing file is reused unless ``data.regenerate``)."""
     path = Path(str(data_cfg.path)).expanduser() if data_cfg.get("path") else None
@@ -293,7 +318,7 @@ def resolve_data_path(data_cfg: Any, run_dir: Path, *, default_name: str = "robo
             raise FileNotFoundError(f"data.path={path}: file not found; expected a robomimic HDF5 "
                                     "(python -m sim_envs.collect writes one), or a LeRobot v3 / Minari folder, a "
                                     "D4RL-style HDF5 or an OGBench .npz (converted on first use)")
-        return converted(path, data_cfg, default_image_size, keep=keep)
+        return converted(path, data_cfg, default_image_size, keep=keep, prune=prune)
     path = path or run_dir / default_name
     c = OmegaConf.load(CONFIG_DIR / "collect.yaml")
     c.merge_with(OmegaConf.create(plain(data_cfg.get("collect")) or {}))
@@ -365,7 +390,10 @@ def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
     if not spec.rgb:
         return
     if image_size is None:
-        _ = spec.image_size  # raises for cameras of several sizes, or not square
+        try:
+            _ = spec.image_size  # raises for cameras of several sizes, or not square
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         return
     wrong = {k: tuple(s[:2]) for k, s in spec.rgb if tuple(s[:2]) != (int(image_size), int(image_size))}
     if wrong:
@@ -378,7 +406,7 @@ def check_image_size(spec: ObsSpec, image_size: int | None, path: Path) -> None:
 
 
 def converted(path: Path, data_cfg: Any, default_image_size: int | None = None, *,
-              keep: Sequence[str | os.PathLike] = ()) -> Path:
+              keep: Sequence[str | os.PathLike] = (), prune: bool = False) -> Path:
     """``path`` as robomimic HDF5: itself, or its cached conversion from another format
     (:func:`robopretrain.data.convert.as_robomimic`; ``data.format``, ``data.cache_dir``, ``data.actions``,
     ``data.image_size``: a robomimic file whose cameras are of another size gets a resized copy too).
@@ -395,7 +423,7 @@ def converted(path: Path, data_cfg: Any, default_image_size: int | None = None, 
         size = default_image_size
     fmt = data_cfg.get("format")
     return as_robomimic(path, fmt=fmt, cache_dir=data_cfg.get("cache_dir"),
-                        actions=str(data_cfg.get("actions") or "auto"), image_size=size, keep=keep)
+                        actions=str(data_cfg.get("actions") or "auto"), image_size=size, keep=keep, prune=prune)
 
 
 def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, *, algo: str, act_dim: int | None,
@@ -768,7 +796,8 @@ def data_camera_sources(info: DatasetInfo, rgb_keys: Sequence[str], obs_map: Map
                         ) -> dict[str, list[int | None]] | None:
     """Each camera of ``rgb_keys`` (the agent's names; ``obs_map``: part -> the data's key) as the user's data stores
     it, ``[H, W, C]``: a cached copy's ``env_args.source_image_sizes`` (its source's size; C from the source file
-    where it is a readable HDF5, else None), else the file's own frames. None when no camera is known. Recorded with
+    where it is a readable HDF5, else None), else the file's own frames (C None in a copy converted from another
+    format, whose converter wrote grey as RGB). None when no camera is known. Recorded with
     the agent (``camera_sources``) so that an env whose cameras differ is told
     (:func:`robopretrain.envs.target.camera_geometry_notes`)."""
     from robopretrain.data.hdf5 import read_info
@@ -790,17 +819,20 @@ def data_camera_sources(info: DatasetInfo, rgb_keys: Sequence[str], obs_map: Map
                 if source_info is not None and stored in source_info.obs_specs:
                     channels = frame_geometry(source_info.obs_specs[stored][0])[2]
                 out[key] = [int(sizes[stored][0]), int(sizes[stored][1]), channels]
-            elif stored in info.obs_specs:
-                out[key] = list(frame_geometry(info.obs_specs[stored][0]))
+            elif stored in info.obs_specs:  # a converted copy's frames are RGB whatever the source's: C unknown
+                h, w, c = frame_geometry(info.obs_specs[stored][0])
+                out[key] = [h, w, None if isinstance(source, str) else c]
         except (ValueError, TypeError, IndexError):  # not a camera layout: nothing to compare
             continue
     return out or None
 
 
-def warn_encoder_geometry(encoder_dir: str | os.PathLike, info: DatasetInfo, rgb_keys: Sequence[str]) -> list[str]:
+def warn_encoder_geometry(encoder_dir: str | os.PathLike, info: DatasetInfo, rgb_keys: Sequence[str],
+                          obs_map: Mapping[str, str] | None = None) -> list[str]:
     """Warn when the stage-1 encoder at ``encoder_dir`` read non-square clips centre-cropped (its meta's
     ``extra.data.cropped_sizes``, stage 1's default ``data.stretch=false``) while this data's cached copy
-    (``info``: its ``env_args.source_image_sizes``) stretched non-square cameras of ``rgb_keys`` to square: the
+    (``info``: its ``env_args.source_image_sizes``) stretched non-square cameras of ``rgb_keys`` (the agent's names;
+    ``obs_map``: part -> the data's key) to square: the
     encoder then sees another geometry here (and in the env, whose frames are stretched the same way). Returns the
     stretched cameras (empty when nothing is said)."""
     from robopretrain.nets.encoder_io import read_encoder_meta
@@ -811,7 +843,8 @@ def warn_encoder_geometry(encoder_dir: str | os.PathLike, info: DatasetInfo, rgb
         return []
     cropped = list(((extra.get("data") or {}) if isinstance(extra, Mapping) else {}).get("cropped_sizes") or [])
     sizes = info.env_args.get("source_image_sizes") or {}
-    stretched = [f"{k} {h}x{w}" for k, (h, w) in sorted(dict(sizes).items()) if k in rgb_keys and h != w]
+    stored = {(obs_map or {}).get(k, k) for k in rgb_keys}  # the data's names of the agent's cameras
+    stretched = [f"{k} {h}x{w}" for k, (h, w) in sorted(dict(sizes).items()) if k in stored and h != w]
     if cropped and stretched:
         log.warning("encoder.checkpoint=%s read its non-square clips (%s) centre-cropped to square (stage 1's "
                     "data.stretch=false), while this data's cameras (%s) are stretched to square, as env cameras are: "

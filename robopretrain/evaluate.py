@@ -463,7 +463,8 @@ def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes
             # the workers close their envs as they exit; one whose close() blocks (a robot that does not answer) is
             # terminated after CLOSE_TIMEOUT_S
             for res in process_map(run_episode, jobs, workers, what="the evaluation's worker processes",
-                                   initializer=_init_worker, initargs=(spec, said_once()), close_timeout=CLOSE_TIMEOUT_S,
+                                   initializer=_init_worker, initargs=(spec, said_once()),
+                                   close_timeout=CLOSE_TIMEOUT_S,
                                    chunksize=max(1, min(8, len(jobs) // (4 * workers) or 1))):
                 results.append(res)
                 bar.update(1)

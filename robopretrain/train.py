@@ -125,7 +125,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     # edited source works again once it is restored
     kept = recorded_data_files(ckpt_root) if cfg.get("resume", True) else []
     with dist_utils.main_first(dinfo):  # rank 0 generates the data, the others then reuse it
-        data_path = build.resolve_data_path(cfg.data, run_dir, keep=kept)
+        data_path = build.resolve_data_path(cfg.data, run_dir, keep=kept, prune=not cfg.get("resume", True))
     info = read_info(data_path)
     seed = dist_utils.rank_seed(int(cfg.seed), dinfo)
     settings = OfflineSettings.from_mapping(build.plain(cfg.train))
@@ -155,7 +155,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     build.check_image_size(spec, cfg.data.get("image_size"), data_path)
     if init is None and spec.rgb_keys and cfg.encoder.get("checkpoint") and cfg.encoder.get("mode") != "scratch" \
             and dinfo.is_main:  # a stage-1 encoder the agent loads
-        build.warn_encoder_geometry(resolve_encoder_dir(cfg.encoder.checkpoint), info, spec.rgb_keys)
+        build.warn_encoder_geometry(resolve_encoder_dir(cfg.encoder.checkpoint), info, spec.rgb_keys, obs_map)
     build.warn_unused_obs_map(obs_map, spec)
     reward = build.reward_settings(cfg.algo)
     build.warn_learned_reward(algo, info)
@@ -190,7 +190,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         agent = build.new_agent(cfg, spec, info.action_dim, dataset, device)
         agent.action_normalization = action_units
         agent.camera_sources = build.data_camera_sources(info, spec.rgb_keys, obs_map)
-    elif info.action_dim != agent.act_dim:
+    elif agent.camera_sources is None:  # an init checkpoint written before the record: this data's cameras
+        agent.camera_sources = build.data_camera_sources(info, spec.rgb_keys, obs_map)
+    if init is not None and info.action_dim != agent.act_dim:
         raise CheckpointError(f"{init.path}: the agent has {agent.act_dim}-D actions, the data {data_path} "
                               f"{info.action_dim}-D")
     dataset = build.prepared(agent, dataset, seed)
@@ -246,12 +248,13 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                          label_only=agent.spec.num_tasks == 1 and target.family == GYM)
         if note:
             log.warning("train.eval_targets: %s", note)
-    build.warn_unrandomized_targets(dr, targets, "stage 2's evaluations")
     if settings.eval_targets is None:  # the data's own tasks: evaluated where the env fits the agent, else skipped
         targets = [t for t in targets if build.env_fits_or_log(agent, t, dr if t.randomizable else "none")]
     else:  # targets the config names must fit
         for target in targets:
             build.check_env_fits(agent, target, dr if target.randomizable else "none")
+    if settings.eval_episodes > 0:  # evaluations that run
+        build.warn_unrandomized_targets(dr, targets, "stage 2's evaluations")
     fingerprint = run_fingerprint.fingerprint(
         cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
               "init": init.path if init is not None else None,
@@ -372,11 +375,12 @@ def dann_target(task: Any, first_task: str, targets: Sequence[Target], task_ids:
     try:
         return with_task_slot(build.target_config(first_task if task is None else task), task_ids, num_tasks)
     except ValueError as exc:
-        given = (f"transfer.dann.task is not set, so DANN renders the data's first task {first_task!r}, which is "
-                 "neither a sim_envs task nor a target in train.eval_targets" if task is None
-                 else f"transfer.dann.task={task!r}")
-        raise ValueError(f"{given}: {exc}; set transfer.dann.task to a sim_envs task name or to your env as a "
-                         "target ('transfer.dann.task={name: my_env, env_id: my_pkg.envs:MyEnv}')") from None
+        if task is not None:  # the user's own entry: what is wrong with it (a multi-task agent's missing task_id)
+            raise ValueError(f"transfer.dann.task={task!r}: {exc}") from None
+        raise ValueError(f"transfer.dann.task is not set, so DANN renders the data's first task {first_task!r}, "
+                         f"which is neither a sim_envs task nor a target in train.eval_targets: {exc}; set "
+                         "transfer.dann.task to a sim_envs task name or to your env as a target "
+                         "('transfer.dann.task={name: my_env, env_id: my_pkg.envs:MyEnv}')") from None
 
 
 def with_adversary(state: Any, adversary: Any) -> Any:

@@ -44,17 +44,19 @@ def merged(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str
 
 def stage2_config(data: Path, out: Path, *, algo: str = "calql", steps: int = 4, obs: Mapping[str, Any] | None = None,
                   data_cfg: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
-                  width: int = 16, algo_cfg: Mapping[str, Any] | None = None, dr: str = "none",
+                  width: int = 16, algo_cfg: Mapping[str, Any] | None = None, dr: Any = "none",
                   **top: Any) -> DictConfig:
-    """``configs/robopretrain.yaml`` for ``steps`` updates on ``data``; evaluation off unless ``train`` says."""
+    """``configs/robopretrain.yaml`` for ``steps`` updates on ``data``; evaluation off unless ``train`` says;
+    ``dr``: a ``configs/dr`` entry's name, or an entry itself."""
     base = {"seed": 0, "num_threads": 1, "output_dir": str(out),
             "algo": {**tiny_algo(algo, width), **(algo_cfg or {})}, "encoder": dict(TINY_ENCODER),
             "data": {"path": str(data)},
             "train": {"steps": steps, "log_every": 2, "eval_every": steps, "eval_episodes": 1, "eval_targets": [],
                       "checkpoint_every": steps, "calibration_batch": 16, "progress": False, "tensorboard": False}}
+    named = isinstance(dr, str)
     overrides = merged(base, {"obs": dict(obs or {}), "data": dict(data_cfg or {}), "train": dict(train or {}),
-                              **top})
-    return compose("robopretrain", {"algo": algo, "dr": dr}, overrides)
+                              **({} if named else {"dr": dr}), **top})
+    return compose("robopretrain", {"algo": algo, **({"dr": dr} if named else {})}, overrides)
 
 
 def stage3_config(checkpoint: Path, out: Path, target: Any, *, algo: str = "calql", env_steps: int = 12,

@@ -657,3 +657,8 @@ def test_stage2_dann_renders_the_users_env_of_the_datas_task_or_transfer_dann_ta
                                          r"train.eval_targets: .*set transfer.dann.task to a sim_envs task name or "
                                          r"to your env as a target"):
         run("none", [], {})
+    from robopretrain.train import dann_target  # a multi-task agent: the user's entry lacks its slot, said so
+
+    with pytest.raises(ValueError, match=r"^transfer.dann.task=\{.*\}: target 'my_reach': a gym target of a "
+                                         r"multi-task agent needs task_id"):
+        dann_target(mine, "a", [], {"a": 0, "b": 1}, 2)

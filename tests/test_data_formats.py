@@ -636,6 +636,8 @@ def test_a_fresh_run_after_the_refused_resume_removes_the_copy_the_old_run_named
     with pytest.raises(ResumeMismatchError, match="another converted copy of the same source"):
         run(cfg)
     assert first.is_file()
+    as_robomimic(src, cache_dir=cache)  # another caller reusing the current copy: another run may name the old one
+    assert first.is_file()
     cfg.resume = False
     run(cfg)
     now = Path(load_latest(tmp_path / "run" / "checkpoints", with_state=False).meta["data_path"])

@@ -647,10 +647,11 @@ def test_a_conversion_in_stage_3_keeps_the_copies_both_runs_checkpoints_name(fin
     resume=false the run's own are not kept."""
     import finetune.train as ft
 
-    seen = []
+    seen, pruned = [], []
 
-    def stop(*args, keep=(), **kwargs):
+    def stop(*args, keep=(), prune=False, **kwargs):
         seen.append(list(keep))
+        pruned.append(prune)  # a fresh run removes the stale copies even when it reuses the current one
         raise KeyboardInterrupt  # the data path is all this test needs
 
     out, _ = finetuned
@@ -661,6 +662,7 @@ def test_a_conversion_in_stage_3_keeps_the_copies_both_runs_checkpoints_name(fin
         with pytest.raises(KeyboardInterrupt):
             finetune(state_cfg(stage2_state, reach_hdf5, own, resume=resume))
     s2_data = load_agent(stage2_state)[1].meta["data_path"]
+    assert pruned == [False, True]
     assert s2_data == str(reach_hdf5) and seen[1] == [s2_data] and seen[0][0] == s2_data
     assert seen[0][1:] == [str(reach_hdf5)] and len(seen[0]) == 2  # the stage-3 run's own checkpoints' data_path
 

@@ -523,23 +523,35 @@ class _FixedActor:
 
 def test_td3_bc_warns_when_its_actor_is_further_from_the_data_than_the_mean_action(caplog):
     """The bound is the data's spread around its mean action: the mean itself (error == spread) is not warned
-    about, the zero action is (error = spread + mean^2), the data's own actions are not; other learners never."""
-    from robopretrain.build import warn_actor_far_from_data
+    about, the zero action is (error = spread + mean^2), the data's own actions are not; actions a linear fit on the
+    state cannot predict (random ones: leaving them is TD3+BC's job) are not; other learners never."""
+    from robopretrain.build import linear_action_error, warn_actor_far_from_data
 
-    a = torch.tensor([[0.2, 0.5], [0.4, 0.5], [0.6, 0.9], [0.8, 0.9]])  # mean [0.5, 0.7], variance [0.05, 0.04]
-    batch = {"observations": {"x": torch.zeros(4, 1)}, "actions": a}
+    state = torch.linspace(-1, 1, 40)[:, None]
+    a = torch.cat([0.5 + 0.3 * state, 0.2 - 0.4 * state], dim=1)  # follows the state
+    batch = {"observations": {"x": state, "task_id": torch.zeros(40, dtype=torch.long)}, "actions": a}
+    spread = float(a.var(0, unbiased=False).mean())
+    assert linear_action_error(batch["observations"], a) == pytest.approx(0.0, abs=1e-12)
+    zeros = np.zeros((40, 2), np.float32)
     with caplog.at_level(logging.WARNING):
         assert warn_actor_far_from_data(_FixedActor(a.numpy()), batch) == 0.0
-        mean = a.mean(0, keepdim=True).expand(4, 2).numpy()
-        assert warn_actor_far_from_data(_FixedActor(mean), batch) == pytest.approx(0.045)
+        mean = a.mean(0, keepdim=True).expand(40, 2).numpy()
+        assert warn_actor_far_from_data(_FixedActor(mean), batch) == pytest.approx(spread)
+        noise = torch.rand(40, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1  # random actions
+        assert linear_action_error(batch["observations"], noise) > 0.5 * float(noise.var(0, unbiased=False).mean())
+        warn_actor_far_from_data(_FixedActor(zeros + 0.9), {**batch, "actions": noise})
         assert not caplog.records
-        assert warn_actor_far_from_data(_FixedActor(np.zeros((4, 2), np.float32)), batch) == pytest.approx(0.415)
-        assert warn_actor_far_from_data(_FixedActor(np.zeros((4, 2), np.float32), algo="bc"), batch) is None
-        warn_actor_far_from_data(_FixedActor(np.zeros((4, 2), np.float32), alpha=0.0), batch)
+        far = spread + float(a.mean(0).square().mean())
+        assert warn_actor_far_from_data(_FixedActor(zeros), batch) == pytest.approx(far)
+        assert warn_actor_far_from_data(_FixedActor(zeros, algo="bc"), batch) is None
+        warn_actor_far_from_data(_FixedActor(zeros, alpha=0.0), batch)
     assert len(caplog.records) == 2
     message = caplog.records[0].getMessage()
-    assert "0.415" in message and "0.045" in message and "algo.alpha=2.5" in message and "algo.alpha=0.1" in message
+    assert f"{far:.3g}" in message and f"{spread:.3g}" in message and "algo.alpha=2.5" in message
+    assert "algo.alpha=0.1" in message and "though a linear fit on the state gets" in message
     assert "BC term alone" in caplog.records[1].getMessage() and "train longer" in caplog.records[1].getMessage()
+    assert linear_action_error({"image": torch.zeros(40, 3, 4, 4)}, a) is None  # no low-dim part to fit on
+    assert linear_action_error({"x": state[:4]}, a[:4]) is None  # 2 rows per half for 2 features: memorised
 
 
 @pytest.mark.parametrize("steps, alpha, warned", [(1, 2.5, True), (400, 0.0, False)])
@@ -558,9 +570,11 @@ def test_stage2_td3_bc_checks_its_trained_actor_on_its_training_data(tmp_path, c
         f["rewards"] = (rows % 12 == 11).astype(np.float32)
         f["terminals"] = rows % 12 == 11
         f["timeouts"] = np.zeros(n, bool)
+    box = {"low": [-1.0, -1.0], "high": [1.0, 1.0]}
     cfg = stage2_config(tmp_path / "d.hdf5", tmp_path / "run", algo="td3_bc", steps=steps,
-                        obs={"low_dim": ["observations"]}, algo_cfg={"alpha": alpha, "batch_size": 48, "policy_lr": 1e-2},
-                        data_cfg={"cache_dir": str(tmp_path / "cache"), "action_bounds": {"low": [-1.0, -1.0], "high": [1.0, 1.0]}},
+                        obs={"low_dim": ["observations"]},
+                        algo_cfg={"alpha": alpha, "batch_size": 48, "policy_lr": 1e-2},
+                        data_cfg={"cache_dir": str(tmp_path / "cache"), "action_bounds": box},
                         train={"calibration_batch": 48})
     with caplog.at_level(logging.WARNING):
         run(cfg)

@@ -339,3 +339,21 @@ def test_a_source_edited_in_place_with_its_time_set_back_is_converted_again(tmp_
     assert second != first and not first.exists()
     with h5py.File(second, "r") as f:
         assert not f["data/demo_0/obs/agentview_image"][()].any()
+
+
+def test_the_encoder_geometry_warning_reads_cameras_through_obs_map(tmp_path, caplog):
+    """The copy's sizes are keyed by the data's names, the agent's cameras by its parts: mapped, it warns."""
+    from types import SimpleNamespace
+
+    from robopretrain.build import warn_encoder_geometry
+    from robopretrain.nets.encoder_io import save_encoder
+    from robopretrain.nets.encoders import make_encoder
+
+    encoder = save_encoder(tmp_path / "encoder", make_encoder("small_conv", 16, channels=4, out_dim=8), "small_conv",
+                           {}, extra={"data": {"cropped_sizes": ["20x30"]}})
+    info = SimpleNamespace(env_args={"source_image_sizes": {"front_rgb": [20, 30]}})
+    with caplog.at_level(logging.WARNING):
+        assert warn_encoder_geometry(encoder, info, ["agentview_image"]) == []  # not this camera
+        assert warn_encoder_geometry(encoder, info, ["agentview_image"], {"agentview_image": "front_rgb"}) == [
+            "front_rgb 20x30"]
+    assert caplog.text.count("centre-cropped to square") == 1

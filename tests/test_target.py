@@ -725,3 +725,19 @@ def test_check_env_fits_compares_the_envs_cameras_with_the_agents_data(caplog, m
             check_env_fits(agent, target)
     assert caplog.text.count("camera 'agentview_image' gives 16x16 frames, the agent's data had 16x32") == 1
     assert caplog.text.count("camera 'agentview_image' gives colour frames, the agent's data had grey") == 1
+
+
+def test_data_camera_sources_of_a_file_a_converted_copy_and_through_obs_map():
+    """A robomimic file's own frames give H, W, C; a copy converted from another format wrote grey as RGB, so C is
+    unknown there (its grey env was warned as 'grey against colour'); the agent's part names map to the data's."""
+    from types import SimpleNamespace
+
+    from robopretrain.build import data_camera_sources
+
+    own = SimpleNamespace(env_args={}, obs_specs={"cam": ((48, 64, 1), np.uint8), "proprio": ((3,), np.float32)})
+    assert data_camera_sources(own, ["cam"]) == {"cam": [48, 64, 1]}
+    assert data_camera_sources(own, ["top"], {"top": "cam"}) == {"top": [48, 64, 1]}
+    copy = SimpleNamespace(env_args={"source": "/data/run.npz", "type": "ogbench"},
+                           obs_specs={"cam": ((48, 64, 3), np.uint8)})
+    assert data_camera_sources(copy, ["cam"]) == {"cam": [48, 64, None]}
+    assert data_camera_sources(own, []) is None

@@ -225,6 +225,7 @@ def test_the_crop_of_non_square_clips_is_said_once_and_can_be_a_stretch(video_di
     from video_pretrain.data import cropped_sizes
 
     assert cropped_sizes(src) == ["32x48"]  # what the encoder records (stage 2 compares it with its cameras)
+    assert cropped_sizes(ManifestSource(root, image_size=16, check_clips=False)) is None  # counted, not opened
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "video_pretrain.yaml")
     cfg.data.valid_fraction, cfg.image_size, cfg.objective = 0, 16, {"name": "icvf"}
     assert open_sources(cfg, root)[2]["cropped_sizes"] == ["32x48"]

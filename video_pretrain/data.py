@@ -182,7 +182,7 @@ class ClipSource(ABC):
         self.strict = bool(strict)
         self.center_crop = bool(center_crop)
         self._crop_said = False  # whether the crop of non-square frames was warned
-        self.frame_sizes: list[tuple[int, int]] = []  # the clips' stored (H, W), where known (cropped_sizes)
+        self.frame_sizes: list[tuple[int, int]] | None = []  # the clips' stored (H, W); None: not all known
         self.cache = ClipCache(max_cache_bytes)
         self.bad_videos: list[str] = []
         self.empty_videos: list[str] = []  # HDF5 demos of 0 steps: nothing to read, left out without a warning
@@ -309,6 +309,7 @@ class ManifestSource(ClipSource):
         self.entries: list[VideoEntry] = []
         listed = clip_entries(self.path)
         sizes: dict[tuple[int, int], int] = {}
+        unsized = 0  # clips used whose frame size is not known here
         for entry in tqdm(listed, desc="checking clips", unit="clip", disable=not check_clips or len(listed) < 64,
                           leave=False):
             if check_clips or entry.num_frames is None:  # a clip found without a manifest is counted
@@ -322,9 +323,11 @@ class ManifestSource(ClipSource):
                 self._raw_lengths.append(length)
                 if checked is not None and checked[1] is not None:
                     sizes[checked[1]] = sizes.get(checked[1], 0) + 1
+                else:  # counted by the manifest, or a header without its size
+                    unsized += 1
         if not self.entries:
             raise VideoDatasetError(f"{self.path}: no readable clips (bad: {self.bad_videos})")
-        self.frame_sizes = sorted(sizes)
+        self.frame_sizes = None if unsized else sorted(sizes)
         self._log_sizes(sizes)
 
     def _checked_clip(self, entry: VideoEntry) -> tuple[int, tuple[int, int] | None] | None:
@@ -582,13 +585,15 @@ def split_by_video(source: FrameSource, valid_fraction: float, seed: int) -> tup
     return np.sort(order[n_valid:]).astype(np.int64), np.sort(order[:n_valid]).astype(np.int64)
 
 
-def cropped_sizes(source: Any) -> list[str]:
-    """The non-square stored frame sizes (``"HxW"``) ``source`` centre-crops to a square (none when it stretches):
-    recorded with a stage-1 encoder, so that stage 2, whose cached copies stretch a non-square camera, can say the
-    encoder learnt another geometry."""
+def cropped_sizes(source: Any) -> list[str] | None:
+    """The non-square stored frame sizes (``"HxW"``) ``source`` centre-crops to a square (none when it stretches;
+    None when its clips' sizes are not all known, e.g. counted by the manifest without opening them): recorded with
+    a stage-1 encoder, so that stage 2, whose cached copies stretch a non-square camera, can say the encoder learnt
+    another geometry."""
     if not getattr(source, "center_crop", False):
         return []
-    return [f"{h}x{w}" for h, w in getattr(source, "frame_sizes", []) if h != w]
+    sizes = getattr(source, "frame_sizes", [])
+    return None if sizes is None else [f"{h}x{w}" for h, w in sizes if h != w]
 
 
 def open_frame_source(path: str | os.PathLike, image_size: int, stride: int = 1, **kwargs: Any) -> ClipSource:

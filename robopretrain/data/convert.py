@@ -370,13 +370,15 @@ def cache_path(src: str | os.PathLike, fmt: str, *, actions: str = "auto",
 
 def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: str | os.PathLike | None = None,
                  actions: str = "auto", image_size: int | None = None,
-                 keep: Sequence[str | os.PathLike] = ()) -> Path:
+                 keep: Sequence[str | os.PathLike] = (), prune: bool = False) -> Path:
     """A robomimic HDF5 path for ``src``: ``src`` itself when it is one (or a file of no recognised format, which the
     robomimic reader then refuses with its own message), else its cached conversion (made now when missing or
     stale, see the module docstring), its cameras resized to ``image_size`` when given (a robomimic file is used as
     stored unless some camera is not ``image_size`` square uint8 RGB: then its cached copy with the cameras resized).
     ``keep``: copies a new conversion must not remove although stale (those a run folder's checkpoint names: its
-    resume, refused on the edited source, works again once the source is restored). Raises
+    resume, refused on the edited source, works again once the source is restored). ``prune``: remove the stale
+    copies also when the current copy is reused (a fresh run: the copy an earlier run kept for its resume is
+    nobody's now; other callers leave them, since another run folder may still name one). Raises
     :class:`ConversionError`."""
     src = Path(src).expanduser()
     fmt = _check_format(fmt)
@@ -397,12 +399,14 @@ def as_robomimic(src: str | os.PathLike, *, fmt: str | None = None, cache_dir: s
     dst = cache_path(src, fmt, actions=actions, cache_dir=cache_dir, image_size=image_size)
     if dst.is_file():
         log.info("%s (%s): using the converted copy %s", src, fmt, dst)
-        remove_stale_copies(src, fmt, dst, keep)  # e.g. an earlier content's, kept for a run that is now fresh
+        if prune:  # e.g. an earlier content's, kept for a run that is now fresh
+            remove_stale_copies(src, fmt, dst, keep)
         return dst
     source = _Source(src, fmt, actions, image_size)
     same = _reusable_copy(source, dst)
     if same is not None:
-        remove_stale_copies(src, fmt, same, keep)
+        if prune:
+            remove_stale_copies(src, fmt, same, keep)
         return same
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -441,7 +445,9 @@ def remove_stale_copies(src: Path, fmt: str, current: Path, keep: Sequence[str |
             source_record_path(stale).unlink(missing_ok=True)
             log.info("%s: removed the converted copy it replaces, %s", src, stale)
             removed.append(stale)
-        except OSError as e:  # another process removed it first, or a read-only cache: keep going
+        except FileNotFoundError:  # another process removed it first
+            continue
+        except OSError as e:  # a read-only cache: keep going
             log.warning("%s: could not remove the stale converted copy %s (%s)", src, stale, e)
     return removed
 

@@ -252,21 +252,24 @@ def _build_at(source: Path, info: DatasetInfo, keys: Sequence[str], folder: Path
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DatasetError(_no_space(source, folder, need, shutil.disk_usage(folder.parent).free)) from None
+            shutil.rmtree(tmp, ignore_errors=True)  # (the estimate fell short: other writers, or next_obs breaks)
+            raise DatasetError(_no_space(source, folder, need, free, midway=True)) from None
 
 
 def index_bytes(info: DatasetInfo, keys: Sequence[str]) -> int:
-    """The frame index's size for camera ``keys`` at least: each camera's frames once per transition, as stored
-    (the next_obs frames that repeat no obs frame, and the small arrays, come on top)."""
-    n = sum(d.num_samples for d in info.demos if d.num_samples >= 2)
-    return int(sum(n * int(np.prod(info.obs_specs[k][0])) for k in keys if k in info.obs_specs))
+    """The frame index's size for camera ``keys`` at least: each camera's frames of every transition plus each
+    demo's last next_obs frame, as stored, with their CRCs (the next_obs frames that break the stream inside a
+    demo, and the non-image arrays, come on top)."""
+    demos = [d.num_samples for d in info.demos if d.num_samples >= 2]
+    frames = sum(demos) + len(demos)
+    return int(sum(frames * (int(np.prod(info.obs_specs[k][0])) + 4) for k in keys if k in info.obs_specs))
 
 
-def _no_space(source: Path, folder: Path, need: int, free: int) -> str:
-    return (f"{source}: no room for its frame index {folder} (data.storage=disk): it takes at least {need / 1e9:.2f} "
-            f"GB and {free / 1e9:.2f} GB are free on that filesystem; free space there, or set data.storage=memory "
-            "(the frames then take about that much memory)")
+def _no_space(source: Path, folder: Path, need: int, free: int, midway: bool = False) -> str:
+    state = "ran out of room writing" if midway else "no room for"
+    return (f"{source}: {state} its frame index {folder} (data.storage=disk): it takes at least {need / 1e9:.2f} "
+            f"GB and {free / 1e9:.2f} GB were free on that filesystem when it started; free space there, or set "
+            "data.storage=memory (the frames then take about that much memory)")
 
 
 def _abandoned(marker: Path) -> bool:

@@ -808,7 +808,7 @@ class TargetEnv(gym.Wrapper):
         self._shapes: dict[str, tuple[int, ...]] = {}  # each vector part's shape at the episode's reset
         self._steps = 0  # steps since the reset (for the errors of _check_part)
         self._dropped: set[str] = set()  # the env's parts that are no arrays (text, nested dicts): left out
-        self.camera_shapes: dict[str, tuple[int, int, int]] = {}  # each camera's last frame as given: (H, W, C)
+        self.camera_shapes: dict[str, tuple[int, int, int]] = {}  # each camera's frame at the reset: (H, W, C)
         self.observation_space = self._space(env.observation_space)
 
     def _space(self, space: gym.Space) -> gym.spaces.Dict:
@@ -861,7 +861,8 @@ class TargetEnv(gym.Wrapper):
             arr = np.asarray(value)
             if ours in self.cameras and is_camera(arr):  # only the agent's cameras: other pictures pass as given
                 try:
-                    self.camera_shapes[ours] = frame_geometry(arr.shape)
+                    if not self._steps:  # at the reset: what check_env_fits reads
+                        self.camera_shapes[ours] = frame_geometry(arr.shape)
                     arr = to_agent_frame(arr, self.image_size, self.target.flip_images)
                 except ValueError as exc:
                     raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
@@ -1022,6 +1023,7 @@ _SAID_ONCE = ("_warned_no_success", "_warned_unlimited", "_warned_image_size", "
               "_DROPPED_SAID", "_CAMERA_SAID")
 
 
-__all__ = ["said_once", "remember_said", "camera_geometry_notes", "warn_camera_geometry", "AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS", "Target",
-           "TargetEnv", "as_target", "env_factory", "env_time_limit", "is_nominal", "make_env", "split_env_kwargs",
-           "target_of_data", "episode_limit", "time_limit_note", "warn_unmapped_renames"]
+__all__ = ["AgentActionUnits", "EnvContractError", "FAMILIES", "GYM", "METAWORLD", "OBSERVATION", "SIM_ENVS",
+           "Target", "TargetEnv", "as_target", "camera_geometry_notes", "env_factory", "env_time_limit",
+           "episode_limit", "is_nominal", "make_env", "remember_said", "said_once", "split_env_kwargs",
+           "target_of_data", "time_limit_note", "warn_camera_geometry", "warn_unmapped_renames"]
