@@ -654,7 +654,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "unused slots parked 0.05 m apart instead of 0.1 m: they collide with nothing (contype 0, tested) and stay "
         "out of every camera's view either way (agentview and eye-in-hand renders identical with the slots 50 m away)",
         "0.1 -> 0.05 @ data.qpos[qadr:qadr + 7] = [*(PARK_POS + np.array([0.1 * k, 0.0, 0.0])), 1.0, 0.0, 0.0, 0.0]"),
-    ("video_data", "ManifestSource.__init__/const/5"): Equivalent(
+    ("video_data", "ManifestSource.__init__/const/6"): Equivalent(
         "the clip-checking progress bar's leave=False -> True: whether the finished bar stays on the terminal "
         "(display only)",
         "False -> True @ leave=False):"),
