@@ -632,3 +632,19 @@ def test_an_index_build_of_many_demos_shows_its_progress(tmp_path, capfd, demos,
     capfd.readouterr()
     frames_mod.build_index(path, [CAM])
     assert (f"indexing {CAM}" in capfd.readouterr().err) == shown
+
+
+def test_an_index_build_refuses_next_obs_frames_of_another_shape_than_obs(toy):
+    """A demo whose next_obs camera differs in shape from its obs camera cannot share rows: refused by name."""
+    import h5py
+
+    from robopretrain.data import frames as frames_mod
+
+    path, _, _ = toy
+    with h5py.File(path, "r+") as f:
+        n = f[f"data/demo_2/obs/{CAM}"].shape[0]
+        del f[f"data/demo_2/next_obs/{CAM}"]
+        f[f"data/demo_2/next_obs/{CAM}"] = np.zeros((n, 8, 8, 3), np.uint8)
+    with pytest.raises(DatasetError, match=rf"data/demo_2/obs/{CAM}: expected uint8 \(N, H, W, 3\) frames .* in obs "
+                                           rf"and next_obs, got uint8 \({n}, 6, 6, 3\) and uint8 \({n}, 8, 8, 3\)"):
+        frames_mod.build_index(path, [CAM])
