@@ -457,9 +457,11 @@ def listed(diffs: Sequence[str]) -> str:
     return "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({more} more)" if more > 0 else "")
 
 
+FRESH = "to start fresh, set resume=false (this run folder is then overwritten) or choose another output_dir"
+
+
 def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where: str | os.PathLike,
-                 fresh: str = "to start fresh, set resume=false (this run folder is then overwritten) or choose "
-                              "another output_dir") -> None:
+                 fresh: str = FRESH) -> None:
     """Raise :class:`ResumeMismatchError` (one line: ``where``, what changed, ``fresh``) unless ``now`` matches
     ``saved``; ``saved`` ``None`` (a checkpoint older than fingerprints) resumes with a warning."""
     if saved is None:

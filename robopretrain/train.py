@@ -293,7 +293,10 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         diffs = run_fingerprint.differences(saved, fingerprint) if saved else []
         check_agent_fits(latest.meta, agent, where=str(latest.path),
                          also=[run_fingerprint.listed(diffs)] if diffs else [])
-        run_fingerprint.check_resume(latest.meta.get("fingerprint"), fingerprint, where=latest.path)
+        fresh = run_fingerprint.FRESH + (f"; to go on training this checkpoint's agent on the changed data: "
+                                         f"init={latest.path} with another output_dir"
+                                         if any(d.startswith(("data", "mix")) for d in diffs) else "")
+        run_fingerprint.check_resume(latest.meta.get("fingerprint"), fingerprint, where=latest.path, fresh=fresh)
         start, resumed = resume(agent, sampler, ckpt_root, dinfo)
         if adversary is not None and resumed is not None and resumed.state is not None:
             adversary.load_state_dict(resumed.state["transfer"]["dann"])

@@ -633,7 +633,8 @@ def test_a_fresh_run_after_the_refused_resume_removes_the_copy_the_old_run_named
     first = Path(load_latest(tmp_path / "run" / "checkpoints", with_state=False).meta["data_path"])
     F.write_ogbench(src, trajectories=4)
     os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
-    with pytest.raises(ResumeMismatchError, match="another converted copy of the same source"):
+    with pytest.raises(ResumeMismatchError, match=r"another converted copy of the same source.*; to go on training "
+                                                  r"this checkpoint's agent on the changed data: init=.*ckpt_"):
         run(cfg)
     assert first.is_file()
     as_robomimic(src, cache_dir=cache)  # another caller reusing the current copy: another run may name the old one
