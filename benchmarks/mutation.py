@@ -225,6 +225,18 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "converted_as_camera(key, (0, *shape)) -> (1, *shape): the leading N of the stored (N, ...) shape is a "
         "placeholder, which converted_as_camera never reads (it judges shape[1:])",
         "0 -> 1 @ elif hint and converted_as_camera(f\"{self.key}_image\", (0, *shape), dtype) and shape[-1] != 1 \\"),
+    ("video_data", "ManifestSource.__init__/boolop/0"): Equivalent(
+        "the clip-checking progress bar's disable flag 'not check_clips or few clips' -> 'and': a display, not what "
+        "is read (as ManifestSource.__init__/not/0)",
+        "not check_clips or len(listed) < 64: -> And @ for entry in tqdm(listed, desc=\"checking clips\", unit=\"clip\", "
+        "disable=not check_clips or len(listed) < 64,"),
+    ("video_data", "ManifestSource.__init__/const/5"): Equivalent(
+        "the clip-checking progress bar's threshold 64 -> 65 clips: a display, not what is read",
+        "64 -> 65 @ for entry in tqdm(listed, desc=\"checking clips\", unit=\"clip\", disable=not check_clips or "
+        "len(listed) < 64,"),
+    ("video_data", "ManifestSource._log_sizes/const/1"): Equivalent(
+        "how many clip sizes the info line lists before 'N other sizes' (4 -> 5): log text only",
+        "4 -> 5 @ more = f\", {len(ranked) - 4} other sizes\" if len(ranked) > 4 else \"\""),
     ("frames", "<module>/const/0"): Equivalent(
         "INDEX_VERSION 2 -> 3: every index is written and read with the same constant (only an index written by "
         "another version of the code would tell, and none exists in a test's fresh folder)",

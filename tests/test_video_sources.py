@@ -405,6 +405,9 @@ def test_hdf5_source_one_video_per_demo(tmp_path: Path) -> None:
     assert np.array_equal(src.frames(2, [6, 0, 3]), videos["demo_2"][[6, 0, 3]])
     uncached = HDF5ImageSource(path, image_size=24, demos=["demo_1"], max_cache_bytes=0)
     assert np.array_equal(uncached.frames(0, [7, 2, 5, 2]), videos["demo_1"][[7, 2, 5, 2]])
+    handle = uncached._h5()
+    uncached.frames(0, [1, 3])
+    assert uncached._h5() is handle  # one open file per process, not one per read
 
     strided = HDF5ImageSource(path, image_size=12, stride=3, mask="train", include_final=False)
     assert strided.lengths.tolist() == [2, 3, 2]
