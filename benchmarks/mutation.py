@@ -145,7 +145,24 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "test_stage3_demos_and_a_mix_are_converted_at_the_agents_image_size",
                                         # the Decision Transformer's data warnings (warn_target_return, _episode_length)
                                         "tests/test_dt.py::test_a_target_return_outside_the_datas_episode_returns_is_"
-                                        "warned", "tests/test_dt.py::test_episodes_longer_than_max_ep_len_are_warned"]),
+                                        "warned", "tests/test_dt.py::test_episodes_longer_than_max_ep_len_are_warned",
+                                        # stop 68's checks: TD3+BC's actor, cameras, the encoder's geometry
+                                        "tests/test_offline_family.py::test_td3_bc_warns_when_its_actor_is_further_"
+                                        "from_the_data_than_the_mean_action",
+                                        "tests/test_offline_family.py::test_stage2_td3_bc_checks_its_trained_actor_on_"
+                                        "its_training_data",
+                                        "tests/test_target.py::test_data_camera_sources_of_a_file_a_converted_copy_"
+                                        "and_through_obs_map",
+                                        "tests/test_target.py::test_check_env_fits_compares_the_envs_cameras_with_the_"
+                                        "agents_data",
+                                        "tests/test_resize_robomimic.py::test_the_encoder_geometry_warning_reads_"
+                                        "cameras_through_obs_map",
+                                        "tests/test_disk_dataset.py::test_cameras_of_two_sizes_are_refused_before_a_"
+                                        "frame_index_is_built",
+                                        "tests/test_agent.py::test_an_augmentation_shift_past_a_quarter_of_the_frame_"
+                                        "is_warned_and_a_negative_one_refused",
+                                        "tests/test_data_formats.py::test_a_fresh_run_after_the_refused_resume_removes_"
+                                        "the_copy_the_old_run_named"]),
     # the user's env as a target: its construction, contract checks, action units, time limits and task slot
     "target": ("robopretrain/envs/target.py", ["tests/test_target.py", "tests/test_action_units.py",
                                                "tests/test_metaworld.py::test_a_short_task_name_is_the_v3_name_and_a_"
@@ -237,6 +254,14 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("video_data", "ManifestSource._log_sizes/const/1"): Equivalent(
         "how many clip sizes the info line lists before 'N other sizes' (4 -> 5): log text only",
         "4 -> 5 @ more = f\", {len(ranked) - 4} other sizes\" if len(ranked) > 4 else \"\""),
+    ("target", "TargetEnv._obs/const/2"): Equivalent(
+        "astype(np.float32, copy=False -> True) of a float picture or frame stack the agent does not read: a copy "
+        "holding the same values",
+        "False -> True @ arr = arr.astype(np.float32, copy=False)"),
+    ("build", "warn_target_return/const/1"): Equivalent(
+        "the round-off tolerance's floor max(1.0, |low|, |high|) -> max(0.5, ...): 1e-6 or 5e-7 of a return, both far "
+        "below any return a demo or a target_return differs by",
+        "1.0 -> 0.5 @ tol = 1e-6 * max(1.0, abs(low), abs(high))"),
     ("frames", "<module>/const/0"): Equivalent(
         "INDEX_VERSION 2 -> 3: every index is written and read with the same constant (only an index written by "
         "another version of the code would tell, and none exists in a test's fresh folder)",

@@ -662,3 +662,31 @@ def test_stage2_dann_renders_the_users_env_of_the_datas_task_or_transfer_dann_ta
     with pytest.raises(ValueError, match=r"^transfer.dann.task=\{.*\}: target 'my_reach': a gym target of a "
                                          r"multi-task agent needs task_id"):
         dann_target(mine, "a", [], {"a": 0, "b": 1}, 2)
+
+
+def test_obs_map_entries_for_parts_the_agent_does_not_observe_are_warned(caplog):
+    from robopretrain.data.spec import ObsSpec
+
+    spec = ObsSpec(low_dim=(("proprio", 3),), rgb=(("agentview_image", (16, 16, 3)),), num_tasks=0)
+    with caplog.at_level(logging.WARNING):
+        build.warn_unused_obs_map({"proprio": "joint_pos", "agentview_image": "cam"}, spec)
+        build.warn_unused_obs_map(None, spec)
+        assert not caplog.records
+        build.warn_unused_obs_map({"propio": "joint_pos", "proprio": "q"}, spec, "target.obs_map")
+    assert "target.obs_map names part(s) ['propio'] that the agent does not observe (its parts: ['proprio', " \
+        "'agentview_image'])" in caplog.text
+
+
+def test_frozen_feature_statistics_cover_every_batch_of_rows():
+    """The statistics are taken over feature_batch rows at a time: every batch counts, not the first only."""
+    from types import SimpleNamespace
+
+    rows = torch.arange(10, dtype=torch.float64)[:, None]
+    seen = {}
+    agent = SimpleNamespace(normalizes_features=True, settings=SimpleNamespace(feature_batch=3),
+                            frozen_features=lambda obs: obs["x"],
+                            set_feature_normalization=lambda mean, std: seen.update(mean=mean, std=std))
+    data = type("Data", (), {"__len__": lambda self: 10,
+                             "get": lambda self, idx: {"observations": {"x": rows[torch.as_tensor(idx)]}}})()
+    assert build.fit_feature_normalization(agent, data)
+    assert seen["mean"].tolist() == [4.5] and seen["std"][0] == pytest.approx(float(rows.std(unbiased=False)), 1e-3)

@@ -638,6 +638,11 @@ def test_a_fresh_run_after_the_refused_resume_removes_the_copy_the_old_run_named
         run(cfg)
     assert first.is_file()
     as_robomimic(src, cache_dir=cache)  # another caller reusing the current copy: another run may name the old one
+    from omegaconf import OmegaConf
+
+    from robopretrain.build import converted
+
+    converted(src, OmegaConf.create({"cache_dir": str(cache)}))  # the stages' own call, when not a fresh run
     assert first.is_file()
     cfg.resume = False
     run(cfg)

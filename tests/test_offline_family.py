@@ -535,6 +535,8 @@ def test_td3_bc_warns_when_its_actor_is_further_from_the_data_than_the_mean_acti
     zeros = np.zeros((40, 2), np.float32)
     with caplog.at_level(logging.WARNING):
         assert warn_actor_far_from_data(_FixedActor(a.numpy()), batch) == 0.0
+        two = {"observations": {"x": state[:2]}, "actions": a[:2]}  # the fewest rows with a spread: still measured
+        assert warn_actor_far_from_data(_FixedActor(a[:2].numpy()), two) == 0.0
         mean = a.mean(0, keepdim=True).expand(40, 2).numpy()
         assert warn_actor_far_from_data(_FixedActor(mean), batch) == pytest.approx(spread)
         noise = torch.rand(40, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1  # random actions
