@@ -258,6 +258,15 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "astype(np.float32, copy=False -> True) of a float picture or frame stack the agent does not read: a copy "
         "holding the same values",
         "False -> True @ arr = arr.astype(np.float32, copy=False)"),
+    ("build", "warn_action_range/swap/2"): Equivalent(
+        "np.allclose(low, -1.0, rtol=0) -> np.allclose(-1.0, low, rtol=0): with rtol 0 the test |a - b| <= atol is "
+        "symmetric",
+        "np.allclose(..low, -1.0..) swapped @ if np.allclose(low, -1.0, rtol=0.0, atol=1e-6) and np.allclose(high, "
+        "1.0, rtol=0.0, atol=1e-6):"),
+    ("build", "warn_action_range/const/15"): Equivalent(
+        "the round-off tolerance of 'narrower than [-1, 1]' 1e-6 -> 5e-7 (on the high side; as action_units' "
+        "auto_bounds/const/3): both far above float32's step at 1 and far below any real narrowing",
+        "1e-06 -> 5e-07 @ narrower = np.flatnonzero((low > -1.0 + 1e-6) | (high < 1.0 - 1e-6)).tolist()"),
     ("build", "warn_target_return/const/1"): Equivalent(
         "the round-off tolerance's floor max(1.0, |low|, |high|) -> max(0.5, ...): 1e-6 or 5e-7 of a return, both far "
         "below any return a demo or a target_return differs by",

@@ -690,3 +690,10 @@ def test_frozen_feature_statistics_cover_every_batch_of_rows():
                              "get": lambda self, idx: {"observations": {"x": rows[torch.as_tensor(idx)]}}})()
     assert build.fit_feature_normalization(agent, data)
     assert seen["mean"].tolist() == [4.5] and seen["std"][0] == pytest.approx(float(rows.std(unbiased=False)), 1e-3)
+
+
+def test_a_slot_shared_on_purpose_names_each_task_with_its_own_file(caplog):
+    with caplog.at_level(logging.INFO, logger="robopretrain.build"):
+        build.check_task_slots({"reach": 0}, "prior.hdf5", {"stack": 0}, "mine.hdf5", explicit=True, num_tasks=4)
+    assert "task one-hot slot 0: task 'reach' of prior.hdf5 and task 'stack' of mine.hdf5 are one task to the " \
+        "agent" in caplog.text
