@@ -245,8 +245,8 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("video_data", "ManifestSource.__init__/boolop/0"): Equivalent(
         "the clip-checking progress bar's disable flag 'not check_clips or few clips' -> 'and': a display, not what "
         "is read (as ManifestSource.__init__/not/0)",
-        "not check_clips or len(listed) < 64: -> And @ for entry in tqdm(listed, desc=\"checking clips\", unit=\"clip\", "
-        "disable=not check_clips or len(listed) < 64,"),
+        "not check_clips or len(listed) < 64: -> And @ for entry in tqdm(listed, desc=\"checking clips\", "
+        "unit=\"clip\", disable=not check_clips or len(listed) < 64,"),
     ("video_data", "ManifestSource.__init__/const/5"): Equivalent(
         "the clip-checking progress bar's threshold 64 -> 65 clips: a display, not what is read",
         "64 -> 65 @ for entry in tqdm(listed, desc=\"checking clips\", unit=\"clip\", disable=not check_clips or "
@@ -258,11 +258,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "astype(np.float32, copy=False -> True) of a float picture or frame stack the agent does not read: a copy "
         "holding the same values",
         "False -> True @ arr = arr.astype(np.float32, copy=False)"),
-    ("build", "warn_action_range/swap/2"): Equivalent(
-        "np.allclose(low, -1.0, rtol=0) -> np.allclose(-1.0, low, rtol=0): with rtol 0 the test |a - b| <= atol is "
-        "symmetric",
-        "np.allclose(..low, -1.0..) swapped @ if np.allclose(low, -1.0, rtol=0.0, atol=1e-6) and np.allclose(high, "
-        "1.0, rtol=0.0, atol=1e-6):"),
     ("build", "warn_action_range/const/15"): Equivalent(
         "the round-off tolerance of 'narrower than [-1, 1]' 1e-6 -> 5e-7 (on the high side; as action_units' "
         "auto_bounds/const/3): both far above float32's step at 1 and far below any real narrowing",

@@ -347,7 +347,7 @@ def test_cql_without_the_bc_term_on_two_valued_actions_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="robopretrain.build"):
         assert warn_two_valued_actions({**cql, "name": "calql", "bc_steps": 1000}, _Actions(actions), "x") == [1]
         assert warn_two_valued_actions({**cql, "actor_bc_weight": 4.0}, _Actions(actions), "y") == [1]  # failed too
-        assert warn_two_valued_actions({**cql, "actor_bc_weight": 39.0}, _Actions(actions), "z") == [1]  # only 40 worked
+        assert warn_two_valued_actions({**cql, "actor_bc_weight": 39.0}, _Actions(actions), "z") == [1]  # 40 worked
         assert warn_two_valued_actions({**cql, "actor_bc_weight": 40.0}, _Actions(actions), "x") == []
         assert warn_two_valued_actions({"name": "iql", "expectile": 0.7}, _Actions(actions), "x") == []
         assert warn_two_valued_actions(cql, _Actions(actions[:, :1]), "x") == []
