@@ -184,8 +184,8 @@ def linear_action_error(obs: Mapping[str, Any], actions: torch.Tensor) -> float 
     ``obs`` (the low-dim observation parts; cameras and the task id are left out) plus a constant, fitted on half of
     the rows (a fixed shuffle) and judged on the other half; None without such parts or with fewer rows per half than
     features (a fit that would only memorise)."""
-    parts = [torch.as_tensor(v).float().cpu() for v in obs.values()
-             if torch.as_tensor(v).ndim == 2 and torch.as_tensor(v).is_floating_point()]
+    arrays = [torch.as_tensor(v) for v in obs.values()]
+    parts = [a.float().cpu() for a in arrays if a.ndim == 2 and a.is_floating_point()]
     if not parts:
         return None
     x = torch.cat([*parts, torch.ones(len(actions), 1)], dim=1).double()
