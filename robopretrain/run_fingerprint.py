@@ -16,8 +16,8 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
   name to each file or folder the run reads; ``only`` maps an input name to the paths in its folder the run reads.
   Returns ``{"version", "config", "ignored", "inputs"}`` (``ignored``: the ``ignore`` list, so a setting a newer
   toolkit ignores is no change against a checkpoint that recorded it).
-- :func:`input_fingerprint` ``(path, only=None)``: a file: size, modification time and a SHA-256 of its content
-  (all of it up to 16 MiB, else its first and last MiB); a folder: file count, total size, a SHA-256 of the listing
+- :func:`input_fingerprint` ``(path, only=None)``: a file: size, modification and change times and a SHA-256 of its
+  content (all of it up to 16 MiB, else its first and last MiB); a folder: file count, total size, a SHA-256 of the listing
   (each file's relative path, size and modification time, hidden files aside) and the SHA-256 of the content of
   every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``; a folder of at most 64 MiB and 2000 files (a
   checkpoint) also a SHA-256 of every file's content, which then decides instead of the listing's times. Reading a
@@ -26,8 +26,9 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
   contact sheet added beside them do not stop a resume.
 - :func:`differences` ``(saved, now)``: what changed, as short phrases (``"lr: 0.0003 -> 0.001"``,
   ``"data: manifest.csv content changed"``); empty when the run may resume. A file's content decides, not its
-  modification time (a copy, or a rewrite of the same bytes, resumes; a file over 16 MiB whose time changed but whose
-  size and sampled bytes did not resumes with a warning); a path setting naming the same file through a symlink is
+  modification time (a copy, or a rewrite of the same bytes, resumes; a file over 16 MiB whose times changed but whose
+  size and sampled bytes did not resumes with a warning, also one edited with its modification time set back: its
+  change time moved); a path setting naming the same file through a symlink is
   no change. A run folder moved or copied elsewhere resumes
   (:func:`relocation`): a fingerprint built with ``home=`` (the output folder, or the pipeline run folder holding
   it: :func:`run_home`) maps the paths under the old home, in inputs and in config values, to the new one; inputs
@@ -188,8 +189,8 @@ def input_fingerprint(path: str | os.PathLike, only: Collection[str] | None = No
     if p.is_file():
         st = p.stat()
         sha, hashed = _sha256_of_file(p, st.st_size)
-        return {"path": str(p), "kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha,
-                "hashed": hashed}
+        return {"path": str(p), "kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "ctime_ns": st.st_ctime_ns, "sha256": sha, "hashed": hashed}
     if p.is_dir():
         found: list[tuple[str, Path, int, bool, int]] = []  # (relative path, file, size, under a link, mtime)
         # per folder listed: whether it is reached through a linked folder, and the real folders above it, the data
@@ -457,6 +458,13 @@ def listed(diffs: Sequence[str]) -> str:
     return "; ".join(diffs[:MAX_LISTED]) + (f"; ... ({more} more)" if more > 0 else "")
 
 
+def _times_moved(saved: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """Whether a file's modification time, or its change time (which no tool sets back; not recorded before it was
+    compared), differs between two fingerprints."""
+    return saved.get("mtime_ns") != now.get("mtime_ns") or (
+        "ctime_ns" in saved and saved["ctime_ns"] != now.get("ctime_ns"))
+
+
 FRESH = "to start fresh, set resume=false (this run folder is then overwritten) or choose another output_dir"
 
 
@@ -478,10 +486,11 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
                  *moved[0])
     sampled = [f"{name} {fp['path']}" for name, fp in now.get("inputs", {}).items()
                if fp is not None and fp.get("kind") == "file" and fp.get("hashed") != "all"
-               and (saved.get("inputs", {}).get(name) or {}).get("mtime_ns") != fp.get("mtime_ns")]
+               and _times_moved(saved.get("inputs", {}).get(name) or {}, fp)]
     if sampled:
-        log.warning("%s: resuming; %s modified since the checkpoint, with the same size and the same first and last "
-                    "MiB (only those are compared in files over %d MiB)", where, ", ".join(sampled),
+        log.warning("%s: resuming; %s modified since the checkpoint (its modification or change time moved: also an "
+                    "edit with its time set back, or a chmod), with the same size and the same first and last MiB "
+                    "(only those are compared in files over %d MiB)", where, ", ".join(sampled),
                     FULL_HASH_BYTES // 2**20)
     added = added_off_keys(saved, now)  # said after the refusal check: a refused run is not "resuming"
     if added:

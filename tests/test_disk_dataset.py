@@ -294,6 +294,47 @@ def test_a_touched_file_keeps_its_index_and_a_changed_one_is_indexed_again(toy, 
     assert hashed == [path, path]
 
 
+def test_an_index_that_cannot_take_new_times_is_hashed_once_not_every_run(toy, tmp_path, monkeypatch):
+    """A chmod / chown (or an fsGroup mount) moves the change time; where meta.json could not be written the whole
+    file was hashed again on every run (a minute per 12 GB). The cache keeps the times the content was verified at;
+    an edit after them is still found."""
+    import os
+
+    from robopretrain.data import frames as frames_mod
+
+    path, _, spec = toy
+    monkeypatch.setenv("ROBOPRETRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    load_offline_dataset(path, spec, CAL_QL, storage="disk").close()  # builds the index
+    real_write, real_hash = frames_mod.write_json_atomic, frames_mod.sha256_of
+
+    def read_only_meta(target, *args, **kwargs):
+        if Path(target).name == "meta.json":
+            raise PermissionError(13, "Permission denied", str(target))
+        return real_write(target, *args, **kwargs)
+
+    class Rebuilt(Exception):
+        pass
+
+    def no_build(*args, **kwargs):
+        raise Rebuilt
+
+    monkeypatch.setattr(frames_mod, "write_json_atomic", read_only_meta)
+    monkeypatch.setattr(frames_mod, "build_index", no_build)
+    hashed = []
+    monkeypatch.setattr(frames_mod, "sha256_of", lambda p: hashed.append(p) or real_hash(p))
+    os.chmod(path, os.stat(path).st_mode ^ 0o004)  # the change time moves, not the content
+    for _ in range(3):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk").close()
+    assert hashed == [path]
+    assert frames_mod.verified_stamp_path(index_dir(path)).parent == tmp_path / "cache" / "frames" / "verified"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(Rebuilt):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk")
+    assert hashed == [path, path]
+
+
 def test_a_failed_index_build_stops_the_hash_and_leaves_no_partial_index(toy, monkeypatch):
     """The SHA-256 of the source runs in a thread beside the frame copy; a copy that failed (disk full, Ctrl-C) still
     waited for the hash of the whole file (~1 s per GB) and left its temporary folder beside the file."""

@@ -364,6 +364,21 @@ def test_a_new_modification_time_alone_resumes_and_a_sampled_big_file_warns(tmp_
     with caplog.at_level("WARNING"):
         run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({}, {"data": f}), "ckpt.pt")
     assert "data" in caplog.text and "modified since the checkpoint" in caplog.text
+    saved = run_fingerprint.fingerprint({}, {"data": f})
+    st = os.stat(f)
+    with open(f, "r+b") as g:  # a byte in the middle (not hashed) edited, its modification time set back (cp -p)
+        g.seek(500)
+        g.write(b"z")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # resumed silently: only the change time tells
+        run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({}, {"data": f}), "ckpt.pt")
+    assert "data" in caplog.text and "modified since the checkpoint" in caplog.text
+    caplog.clear()
+    old = {**saved, "inputs": {"data": {k: v for k, v in saved["inputs"]["data"].items() if k != "ctime_ns"}}}
+    with caplog.at_level("WARNING"):  # a checkpoint from before change times were recorded: no warning of its own
+        run_fingerprint.check_resume(old, run_fingerprint.fingerprint({}, {"data": f}), "ckpt.pt")
+    assert "modified" not in caplog.text
     f.write_bytes(b"x" * 999 + b"y")  # the last bytes differ: refused
     with pytest.raises(run_fingerprint.ResumeMismatchError, match="content changed"):
         run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({}, {"data": f}), "ckpt.pt")

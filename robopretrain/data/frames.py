@@ -16,8 +16,10 @@ folder ``<file>.hdf5.frames/`` with, per camera key ``k`` of the file:
   ``dones.npy`` and ``obs.<key>.npy`` / ``next_obs.<key>.npy`` per low-dim key, so that a later run reads no
   per-demo HDF5 data (10,000 demos cost minutes of HDF5 calls, a few arrays a second);
 * ``meta.json`` (written last: a folder without it is an interrupted build): the source file's size, modification
-  time and SHA-256 (a changed file is indexed again; one only touched, or copied over itself with the same bytes,
-  keeps its index: its hash tells), the demos, their first transition and, per key, their first frame row.
+  and change times and SHA-256 (a changed file is indexed again; one only touched, or copied over itself with the same
+  bytes, keeps its index: its hash tells, once: the index takes the new times, or where ``meta.json`` cannot be
+  written, a record in the cache does, :func:`verified_stamp_path`), the demos, their first transition and, per key,
+  their first frame row.
 
 The index is built in ``<file>.hdf5.frames.tmp<pid>/`` and renamed into place; the builder holds an exclusive
 ``flock`` on its ``.building`` file meanwhile, so the next build of that file removes the folder of a build killed
@@ -82,6 +84,19 @@ def cache_index_dir(path: str | os.PathLike) -> Path:
     p = Path(path).expanduser().resolve()
     key = hashlib.sha256(str(p).encode()).hexdigest()[:16]
     return default_cache_dir().parent / "frames" / f"{p.name}.{key}{INDEX_SUFFIX}"
+
+
+def verified_stamp_path(folder: str | os.PathLike) -> Path:
+    """Where the times of a source found unchanged in content are kept when its index at ``folder`` cannot take them
+    (``meta.json`` in a read-only folder, or on a volume that a ``chmod`` / ``chown`` of the file or an fsGroup mount
+    moved the change time of): ``<cache>/frames/verified/<16 hex of the folder's absolute path>.json``, so that the
+    next run does not hash the whole file again (about a minute per 12 GB, on every DDP rank)."""
+    import hashlib
+
+    from robopretrain.data.convert import default_cache_dir
+
+    key = hashlib.sha256(str(Path(folder).expanduser().resolve()).encode()).hexdigest()[:16]
+    return default_cache_dir().parent / "frames" / "verified" / f"{key}.json"
 
 
 def _source_stamp(path: Path) -> dict[str, int]:
@@ -157,13 +172,23 @@ def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
         return False
     if indexed.get("mtime_ns") == stamp["mtime_ns"] and indexed.get("ctime_ns") == stamp["ctime_ns"]:
         return True
+    verified = {"sha256": indexed.get("sha256"), "source": stamp}
+    try:  # hashed before at these times, where meta.json could not take them
+        if json.loads(verified_stamp_path(folder).read_text()) == verified:
+            return True
+    except (OSError, ValueError):
+        pass
     if indexed.get("sha256") is None or sha256_of(source) != indexed["sha256"]:
         return False
     log.info("%s: modified since its frame index was built, but its content is the same; using that index", source)
     try:
         write_json_atomic(meta_path, {**meta, "source": {**indexed, **stamp}}, indent=None)
-    except OSError:  # a read-only folder: the index is still current, only hashed again next time
-        pass
+    except OSError:  # a read-only folder: the cache keeps the times the content was verified at
+        try:
+            verified_stamp_path(folder).parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(verified_stamp_path(folder), verified, indent=None)
+        except OSError:  # the cache cannot be written either: hashed again next time
+            pass
     return True
 
 
