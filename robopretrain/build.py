@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
 from robopretrain.agent import Agent, EncoderSettings
+from robopretrain.cli import CONFIG_DIR
 from robopretrain.config_checks import resolve_device
 from robopretrain.data.dataset import FILE_UNITS, RewardSettings, load_offline_dataset, selected_demos, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
@@ -37,7 +38,6 @@ from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # what benchmarks/binary_actions.py measured (README "CQL and Cal-QL on binary gripper actions"), quoted by
 # warn_two_valued_actions
 BINARY_ACTIONS_FINDING = ("CQL and Cal-QL succeed 0.00 on 3 seeds after 3000 updates where BC succeeds 1.00; CQL 0.00 "

@@ -12,8 +12,9 @@ Use it in an entry point as::
     if __name__ == "__main__":
         cli_main()
 
-``config_path`` is absolute (:data:`CONFIG_DIR`): Hydra resolves a relative one against the calling *file* under
-``python -m`` but against an importable *package* under a console script, and ``configs/`` is not a package.
+``config_path`` is absolute (:data:`CONFIG_DIR`, ``robopretrain/configs/``, package data so that an installed wheel has
+it; a checkout's ``configs/`` links to it): Hydra resolves a relative one against the calling *file* under ``python
+-m`` but against an importable *package* under a console script, and the configs folder is not a package.
 
 * :func:`run_hydra` reads the command line with Hydra's own parser first: an override Hydra cannot parse (a value
   holding ``=`` or ``,``, e.g. ``data.path=/a/b=c.hdf5``) is named on one line with the quoting that works
@@ -68,7 +69,7 @@ ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": 
                 "finetune.train": "finetune", "robopretrain.evaluate": "evaluate", "robopretrain.pipeline": "pipeline",
                 "sim_envs.collect": "collect", "sim_envs.collect_videos": "collect_videos",
                 "robopretrain.reward_model": "reward_model"}
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data (a checkout's configs/ links here)
 # the setting naming each entry point's run folder, which Hydra's own run folder follows (hydra_run_dir_override)
 RUN_FOLDER_KEYS = {"video_pretrain": "output_dir", "robopretrain": "output_dir", "finetune": "output_dir",
                    "evaluate": "output_dir", "reward_model": "output_dir", "pipeline": "run_dir"}

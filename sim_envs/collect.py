@@ -41,7 +41,7 @@ from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASK_IDS, TASKS
 
 KINDS = ("clean", "noisy", "failing")
 # absolute, so Hydra finds the configs from any working directory and under a console script
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "robopretrain" / "configs")  # (package data)
 
 TASK_GROUPS = {"pretrain": PRETRAIN_TASKS, "target": TARGET_TASKS, "all": tuple(TASKS)}
 DEFAULT_FILENAME = "robot_demos.hdf5"

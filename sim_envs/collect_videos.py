@@ -48,7 +48,7 @@ from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASKS
 from sim_envs.video_writer import MANIFEST_NAME, pick_codec, write_manifest, write_mp4, write_text_atomic
 
 # absolute, so Hydra finds the configs from any working directory and under a console script
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "robopretrain" / "configs")
 
 TASK_GROUPS = {"pretrain": PRETRAIN_TASKS, "target": TARGET_TASKS, "all": tuple(TASKS)}
 DEFAULT_DIRNAME = "videos"
