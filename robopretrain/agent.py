@@ -165,7 +165,7 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
 def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
     """The parts of ``spec`` in ``obs`` (arrays, tensors or nested lists) with a batch dimension, and whether one was
     added. Each part must have its spec's shape per observation (``(B, *shape)`` for a batch of ``B``): cameras
-    ``(H, W, C)`` uint8 as rendered, low-dim parts ``(D,)``, ``task_id`` an integer in ``[0, num_tasks)`` (one for
+    ``(H, W, C)`` uint8 as rendered (or integers in [0, 255], e.g. nested lists, taken as uint8), low-dim parts ``(D,)``, ``task_id`` an integer in ``[0, num_tasks)`` (one for
     a whole batch may be a scalar; an agent of one task takes 0 when it is left out). Raises
     ``KeyError`` for a missing part and ``ValueError`` for a part of another shape, dtype or range, or holding NaN
     or inf, naming it and the fix (parts of the wrong sizes whose total matched were concatenated silently; a NaN
@@ -207,6 +207,8 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
             raise ValueError(f"agent: observation part {k!r} has shape {have}; the agent expects {want} per "
                              f"observation ({batched} for a batch"
                              f"{f' of B = {lead[0]}, as {key!r} gives' if lead and k != key else ''}){hint}")
+        if dtype == np.uint8 and parts[k].dtype not in (np.uint8, torch.uint8) and _whole_bytes(parts[k]):
+            parts[k] = parts[k].to(torch.uint8) if torch.is_tensor(parts[k]) else parts[k].astype(np.uint8)
         if dtype == np.uint8 and parts[k].dtype not in (np.uint8, torch.uint8):
             raise ValueError(f"agent: camera {k!r} is {parts[k].dtype}; the agent takes uint8 frames in [0, 255] as "
                              f"rendered (from floats in [0, 1]: (frame * 255).round().astype(np.uint8))")
@@ -219,6 +221,10 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
                                  "(a simulator that diverged, or a sensor without a reading)")
     if TASK_ID in storage:
         ids = parts[TASK_ID]  # stored batches hold whole-number floats
+        if not _is_number_array(ids):
+            raise ValueError(f"agent: task_id is {ids.dtype}; expected integers in [0, {spec.num_tasks}), the slots of "
+                             "the agent's task one-hot (a stage-2 checkpoint's meta['task_ids'] maps its task names "
+                             "to slots)")
         count = ids.numel() if torch.is_tensor(ids) else ids.size
         fraction = bool(count) and bool((ids != (ids.round() if torch.is_tensor(ids) else np.round(ids))).any())
         low, high = (float(ids.min()), float(ids.max())) if count else (0.0, 0.0)
@@ -230,6 +236,22 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
     if single:
         parts = {k: (v.unsqueeze(0) if torch.is_tensor(v) else v[None]) for k, v in parts.items()}
     return parts, single
+
+
+def _is_number_array(x: Any) -> bool:
+    """Whether ``x`` (array or tensor) holds integers or floats: not bools, strings or objects."""
+    if torch.is_tensor(x):
+        return x.dtype != torch.bool and not x.dtype.is_complex
+    return x.dtype.kind in "iuf"
+
+
+def _whole_bytes(x: Any) -> bool:
+    """Whether ``x`` is an integer array or tensor (a frame given as nested lists reads as int64) whose values all
+    lie in ``[0, 255]``: a uint8 frame in another integer type, taken as it is."""
+    integer = (x.dtype not in (torch.bool, torch.uint8) and not x.dtype.is_floating_point and not x.dtype.is_complex
+               if torch.is_tensor(x) else x.dtype.kind in "iu")
+    return bool(integer) and (x.numel() if torch.is_tensor(x) else x.size) > 0 and 0 <= int(x.min()) \
+        and int(x.max()) <= 255
 
 
 def _to_tensors(parts: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

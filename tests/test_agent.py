@@ -602,6 +602,11 @@ def test_act_checks_each_part_of_the_observation_against_the_spec():
              "task_id": np.array([0, 1, 1])}
     assert agent.act(batch).shape == (3, 4)
     assert agent.act({**good, "task_id": 1.0}).shape == (4,)  # stored batches hold whole-number floats
+    rng = np.random.default_rng(0)
+    seen = {**good, "agentview_image": rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)}
+    for listed in (seen["agentview_image"].tolist(), torch.as_tensor(seen["agentview_image"], dtype=torch.int64)):
+        # a frame as nested lists (int64, as documented) was refused as if it were floats
+        assert np.array_equal(agent.act({**seen, "agentview_image": listed}), agent.act(seen))
     cases = {
         "swapped sizes": ({**good, "joint_state": np.zeros(3), "ee_pos": np.zeros(12)},
                           r"'joint_state' has shape \(3,\); the agent expects \(12,\) per observation"),
@@ -617,6 +622,12 @@ def test_act_checks_each_part_of_the_observation_against_the_spec():
         "task id too large": ({**good, "task_id": 2}, r"task_id 2; expected integers in \[0, 2\)"),
         "negative task id": ({**batch, "task_id": np.array([0, -1, 1])}, r"task_id values -1..1"),
         "fractional task id": ({**good, "task_id": 0.5}, r"task_id not whole numbers"),
+        # a name for a slot failed in numpy's rint, a bool was slot 0 / 1
+        "task name for an id": ({**good, "task_id": "1"}, r"task_id is <U1; expected integers in \[0, 2\)"),
+        "bool task id": ({**good, "task_id": True}, r"task_id is bool; expected integers"),
+        "bool task id tensor": ({**good, "task_id": torch.tensor(True)}, r"task_id is torch.bool; expected integers"),
+        "frame beyond 255": ({**good, "agentview_image": np.full((SIZE, SIZE, 3), 256)}, r"is int64; .* uint8 frames"),
+        "negative frame": ({**good, "agentview_image": np.full((SIZE, SIZE, 3), -1)}, r"is int64; .* uint8 frames"),
         "NaN reading": ({**good, "ee_pos": [0.1, np.nan, 0.3]}, r"'ee_pos' holds NaN or inf \(at index \[\[1\]\]\)"),
         "inf in a batch": ({**batch, "joint_state": np.full((3, 12), np.inf)},
                            r"'joint_state' holds NaN or inf \(at index \[\[0, 0\], \[0, 1\], \[0, 2\]\], \.\.\.\)"),
