@@ -1080,10 +1080,13 @@ def make_copy(root: Path) -> Path:
                            capture_output=True, check=True).stdout.decode().split("\0")
     dest = root / "repo"
     for f in files:
-        if not f or f.startswith("benchmarks/results/") or not (REPO / f).is_file():
+        if not f or f.startswith("benchmarks/results/") or not (REPO / f).exists():
             continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, dest / f)
+        if (REPO / f).is_symlink():  # configs/ -> robopretrain/configs: the link, not a second copy
+            os.symlink(os.readlink(REPO / f), dest / f)
+        elif (REPO / f).is_file():
+            shutil.copy2(REPO / f, dest / f)
     return dest
 
 

@@ -79,3 +79,13 @@ def test_each_equivalent_mutant_is_explained_once():
     keys = [ast.literal_eval(k) for k in table.keys]
     assert len(keys) == len(set(keys)), sorted(k for k in set(keys) if keys.count(k) > 1)
     assert len(keys) == len(mutation.EQUIVALENT)
+
+
+def test_the_private_copy_keeps_the_configs_link_and_every_tracked_file(tmp_path):
+    """configs/ is a link to robopretrain/configs: the copy skipped it (not a file), and every test reading
+    configs/... failed on the unmutated code, so no mutant ran."""
+    dest = mutation.make_copy(tmp_path)
+    assert (dest / "configs").is_symlink() and (dest / "configs" / "pipeline.yaml").is_file()
+    assert (dest / "configs").resolve() == (dest / "robopretrain" / "configs").resolve()
+    assert (dest / "robopretrain" / "agent.py").read_bytes() == (ROOT / "robopretrain" / "agent.py").read_bytes()
+    assert not (dest / "benchmarks" / "results").exists()
