@@ -674,6 +674,12 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "getattr(core, 'actor_reads_next_obs', True -> False) with separate encoders: the default is never read, "
         "every algorithm that reaches this branch (CQL, IQL, TD3+BC, ReBRAC, AWAC, BCQ, POR) declares the attribute",
         "True -> False @ if getattr(self.core, \"actor_reads_next_obs\", True):  # IQL's AWR only looks at s"),
+    ("agent", "_as_batch/boolop/2"): Equivalent(
+        "lead's 'single or rank != spec rank + 1' -> 'and': a batch of another rank then gets a lead, and the shape "
+        "check refuses the first part with the same message (the 'as <first part> gives' clause names other parts "
+        "only)",
+        "single or len(parts[key].shape) != len(shape) + 1: -> And @ lead = () if single or len(parts[key].shape) != "
+        "len(shape) + 1 else (int(parts[key].shape[0]),)"),
     ("agent", "recorded_action_units/if/3"): Equivalent(
         "if units is not None -> if not: only whether an info log line names the data file's units (describe_units "
         "takes None); the returned units are the same",

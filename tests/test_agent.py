@@ -307,6 +307,10 @@ def test_pretrained_modes_load_the_stage1_weights(stage1_encoder, mode):
     if mode == "frozen_cached":  # RL runs on vectors: the features are a low-dim part
         assert agent.train_spec.low_dim_keys == ("features", "proprio") and not agent.train_spec.rgb
         assert agent.critic_encoder.image_encoder is None
+    # what data-parallel replicas broadcast and check: the frozen feature encoder too, and modules only
+    mods = agent.modules()
+    assert all(isinstance(m, torch.nn.Module) for m in mods) and agent.core.critic in mods
+    assert any(m is agent.feature_encoder for m in mods) == (mode == "frozen_cached")
 
 
 def test_an_encoder_name_or_kwargs_beside_a_checkpoint_are_named_as_ignored(stage1_encoder, caplog):
@@ -626,7 +630,10 @@ def test_act_checks_each_part_of_the_observation_against_the_spec():
         "task name for an id": ({**good, "task_id": "1"}, r"task_id is <U1; expected integers in \[0, 2\)"),
         "bool task id": ({**good, "task_id": True}, r"task_id is bool; expected integers"),
         "bool task id tensor": ({**good, "task_id": torch.tensor(True)}, r"task_id is torch.bool; expected integers"),
-        "frame beyond 255": ({**good, "agentview_image": np.full((SIZE, SIZE, 3), 256)}, r"is int64; .* uint8 frames"),
+        "frame beyond 255": ({**good, "agentview_image": np.arange(SIZE * SIZE * 3).reshape(SIZE, SIZE, 3)},
+                             r"is int64; .* uint8 frames"),
+        "channels-first batch": ({**batch, "agentview_image": np.zeros((3, 3, SIZE, SIZE), np.uint8)},
+                                 r"channels first: pass np.moveaxis\(agentview_image, -3, -1\)"),
         "negative frame": ({**good, "agentview_image": np.full((SIZE, SIZE, 3), -1)}, r"is int64; .* uint8 frames"),
         "NaN reading": ({**good, "ee_pos": [0.1, np.nan, 0.3]}, r"'ee_pos' holds NaN or inf \(at index \[\[1\]\]\)"),
         "inf in a batch": ({**batch, "joint_state": np.full((3, 12), np.inf)},
