@@ -472,6 +472,35 @@ def test_randomization_on_a_target_that_has_none_is_said_not_applied(robosuite_d
     assert not [r for r in caplog.records if "sim_envs targets only" in r.getMessage()]
 
 
+def test_a_dense_target_ending_at_success_where_its_demos_ran_on_is_said(robosuite_demos, tmp_path, caplog):
+    """A dense-reward gym target ends episodes at the first success by default; demos recorded by an env that ran on
+    after success (no terminal) then disagree with the env stage 3 collects from: 1-2-step episodes and terminals
+    the data never has, without a word (helper U, F03)."""
+    import shutil
+
+    import h5py
+
+    ckpt = robosuite_stage2(robosuite_demos, tmp_path / "s2")
+    ran_on = tmp_path / "ran_on.hdf5"
+    shutil.copy(robosuite_demos, ran_on)
+    with h5py.File(ran_on, "r+") as f:
+        for demo in f["data"].values():
+            demo["dones"][...] = 0
+    dense = {**ROBOSUITE_TARGET, "reward": "dense"}
+
+    def warned(target, demos, out):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="finetune.train"):
+            finetune(stage3_config(ckpt, tmp_path / out, {**target, "demos": str(demos)}, env_steps=4, dr="none"))
+        return [r.getMessage() for r in caplog.records if "terminate_on_success" in r.getMessage()]
+
+    (said,) = warned(dense, ran_on, "ran_on")
+    assert said.startswith("target 'reach' ends an episode at its first success") and "none of its 3 successful demos" in said
+    assert warned(dense, robosuite_demos, "terminal") == []  # its successful demos end done = 1
+    assert warned({**dense, "terminate_on_success": False}, ran_on, "told") == []
+    assert warned(ROBOSUITE_TARGET, ran_on, "sparse") == []  # success is a sparse target's reward and its end
+
+
 @pytest.mark.parametrize("keep_env_key", [False, True], ids=["moved", "both_columns"])
 def test_stage_twos_obs_map_reads_its_data_file_again_in_stage_3(robosuite_demos, tmp_path, monkeypatch,
                                                                   keep_env_key, caplog):

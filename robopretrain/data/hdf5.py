@@ -449,6 +449,17 @@ def success_flag(value: Any, where: str) -> bool | None:
     raise DatasetError(f"{where}: ep_meta success={value!r}; expected true or false (or 1 / 0)")
 
 
+def ends_in_terminal(path: str | os.PathLike, names: Sequence[str]) -> dict[str, bool]:
+    """Whether each demo of ``names`` ends in a terminal: its last ``dones`` entry is nonzero (a demo without
+    ``dones``, or with none, reads as not). Reads one value per demo."""
+    with _open(path) as f:
+        out = {}
+        for name in names:
+            dones = f["data"][name].get("dones")
+            out[name] = bool(isinstance(dones, h5py.Dataset) and dones.shape and dones.shape[0] and dones[-1])
+    return out
+
+
 def _demo_info(path: str, demo: h5py.Group, name: str, default_task: str) -> DemoInfo:
     """One demo's attributes; ``task`` / ``task_id`` default to ``default_task`` / 0 when the demo has neither (a
     robomimic dataset); one without the other is an error."""

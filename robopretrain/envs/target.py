@@ -361,10 +361,7 @@ def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence
     configured = episode_limit(target)
     limits = [n for n in (configured, env_limit) if n]
     limit = min(limits) if limits else None
-    own = [d for d in demos if d.task == target.name]
-    if not own and len({d.task for d in demos}) == 1:  # a one-task file under another name: its demos are the target's
-        own = list(demos)
-    lengths = sorted(int(d.num_samples) for d in own if d.ep_meta.get("success", True))
+    lengths = sorted(int(d.num_samples) for d in successful_target_demos(target, demos))
     if limit is None or not lengths:
         return None
     longer = sum(n > limit for n in lengths)
@@ -380,6 +377,30 @@ def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence
     return (f"target {target.name!r}: episodes stop at {limit} steps ({where}), but {longer} of its "
             f"{len(lengths)} successful demos are longer (median {lengths[len(lengths) // 2]}, longest {lengths[-1]} "
             f"steps): the policy cannot finish as they did in time; {fix}")
+
+
+def successful_target_demos(target: Target, demos: Sequence[Any]) -> list[Any]:
+    """The demos (:class:`~robopretrain.data.hdf5.DemoInfo`) of ``target``'s task marked successful (or without a
+    success flag): those named as the target, or all of a one-task file's when none is."""
+    own = [d for d in demos if d.task == target.name]
+    if not own and len({d.task for d in demos}) == 1:  # a one-task file under another name: its demos are the target's
+        own = list(demos)
+    return [d for d in own if d.ep_meta.get("success", True)]
+
+
+def success_termination_note(target: Target, ends: Mapping[str, bool]) -> str | None:
+    """A warning when a dense-reward target ends its episodes at the first success (``terminate_on_success``, the
+    default) but none of its successful demos ends in a terminal (``ends``: demo name -> whether its last ``done`` is
+    set, for some of :func:`successful_target_demos`): the env that recorded them ran on after success, so the
+    target's episodes are shorter than the data's and stage 3 stores terminals (no value after success) the data never
+    has. None otherwise, also for a sparse target (success is its reward and its end)."""
+    if target.reward != "dense" or not target.terminate_on_success or not ends or any(ends.values()):
+        return None
+    return (f"target {target.name!r} ends an episode at its first success (terminate_on_success: true, the default), "
+            f"but none of its {len(ends)} successful demos ends in a terminal (done): the env that recorded them ran on "
+            "after success, so its episodes here are shorter than the data's and stage 3 stores terminals (no value "
+            "after success) the data never has; set the target's terminate_on_success: false to keep the env's own "
+            "episode ends")
 
 
 # --------------------------------------------------------------------------- the env
