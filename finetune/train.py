@@ -48,9 +48,9 @@ from robopretrain.checkpoint import (META_FILE, PREVIOUS_RUN, CheckpointError, c
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import validate_online_config
 from robopretrain.data.dataset import warn_ignored_action_bounds, warn_sparse_data_for_dense_target
-from robopretrain.data.hdf5 import DatasetInfo, default_task_name, ends_in_terminal, read_info
-from robopretrain.envs.target import (GYM, METAWORLD, SIM_ENVS, Target, slot_note, success_termination_note,
-                                      successful_target_demos, time_limit_note, warn_unmapped_renames, with_task_slot)
+from robopretrain.data.hdf5 import DatasetInfo, default_task_name, read_info
+from robopretrain.envs.target import (GYM, METAWORLD, SIM_ENVS, Target, slot_note, time_limit_note,
+                                      warn_unmapped_renames, with_task_slot)
 from robopretrain.files import run_folder_lock
 from robopretrain.metrics import plot_learning_curve
 
@@ -189,8 +189,8 @@ def refuse_default_target_outside(cfg: DictConfig, target: Target, num_tasks: in
     default = OmegaConf.load(CONFIG_DIR / "finetune.yaml").get("target")
     if build.plain(cfg.get("target")) != default or not num_tasks or 0 <= target.resolved_task_id() < num_tasks:
         return
-    raise ValueError(f"target is not set, so it is the default {default!r} (configs/finetune.yaml), a sim_envs task "
-                     f"outside this agent's task one-hot of size {num_tasks}"
+    raise ValueError(f"target is not set, so it is the default {default!r} (robopretrain/configs/finetune.yaml), a "
+                     f"sim_envs task outside this agent's task one-hot of size {num_tasks}"
                      + (f" (trained on {', '.join(map(str, trained))})" if trained else "")
                      + "; name the env to fine-tune on: target=<a task name> or 'target={name: MyTask, env_id: "
                        "\"my_pkg.envs:MyEnv\"}' (docs/targets.md)")
@@ -398,11 +398,7 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     note = time_limit_note(target, info.env_args, info.demos, env_limit)
     if note:
         log.warning(note)
-    if target.reward == "dense" and target.terminate_on_success:  # (up to 200 demos' last done read)
-        ended = [d.name for d in successful_target_demos(target, info.demos)[:200]]
-        note = success_termination_note(target, ends_in_terminal(data_path, ended))
-        if note:
-            log.warning(note)
+    build.warn_success_termination(target, info)
     reward = build.reward_settings(cfg.algo, target)
     refuse_reward_change(ckpt.meta, reward, algo, cfg.checkpoint)
     tasks = cfg.data.get("tasks") or ([target.name] if target.name in info.tasks else None)

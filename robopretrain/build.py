@@ -27,13 +27,13 @@ from robopretrain.config_checks import resolve_device
 from robopretrain.data.dataset import FILE_UNITS, RewardSettings, load_offline_dataset, selected_demos, spec_of_data
 from robopretrain.data.returns import never_succeeds_return
 from robopretrain.data.disk import DiskDataset
-from robopretrain.data.hdf5 import DatasetError, DatasetInfo, default_task_name
+from robopretrain.data.hdf5 import DatasetError, DatasetInfo, default_task_name, ends_in_terminal
 from robopretrain.data.keys import ACTIONS, OBS
 from robopretrain.data.replay import MixedSampler, OfflineDataset
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import two_valued_dimensions
-from robopretrain.envs.target import (EnvContractError, Target, as_target, env_time_limit, target_of_data,
-                                      warn_camera_geometry, with_task_slot)
+from robopretrain.envs.target import (EnvContractError, Target, as_target, env_time_limit, success_termination_note,
+                                      successful_target_demos, target_of_data, warn_camera_geometry, with_task_slot)
 from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
@@ -777,6 +777,24 @@ def check_target_fits(agent: Agent, target: Target) -> None:
                          "stage 2)")
 
 
+SUCCESS_END_DEMOS = 200  # successful demos whose last done the dense-target check reads (one value each)
+
+
+def warn_success_termination(target: Target, info: DatasetInfo) -> str | None:
+    """Warn (and return the note) when dense-reward ``target`` ends episodes at the first success but none of its
+    demos in ``info``'s file flagged successful ends in a terminal (:func:`~robopretrain.envs.target.
+    success_termination_note`; the last ``done`` of up to :data:`SUCCESS_END_DEMOS` of them read). Stage 3 and the
+    pipeline's start checks."""
+    if target.reward != "dense" or not target.terminate_on_success:
+        return None
+    flagged = successful_target_demos(target, info.demos, flagged=True)
+    ends = ends_in_terminal(info.path, [d.name for d in flagged[:SUCCESS_END_DEMOS]])
+    note = success_termination_note(target, ends, len(flagged))
+    if note:
+        log.warning(note)
+    return note
+
+
 def warn_unrandomized_targets(randomization: Any, targets: Sequence[Target], where: str) -> list[str]:
     """Warn when ``dr`` randomizes (``randomization``: :func:`randomization`'s value, ``"none"`` when off) and some
     ``targets`` are not sim_envs tasks, whose envs have no such randomization: their episodes run nominal. Returns
@@ -964,8 +982,8 @@ def target_config(node: Any) -> Target:
     return as_target(value)
 
 
-__all__ = ["CONFIG_DIR", "algo_overrides", "compose", "check_env_fits", "check_target_fits", "data_spec",
-           "env_fits_or_log", "warn_action_range",
+__all__ = ["CONFIG_DIR", "SUCCESS_END_DEMOS", "algo_overrides", "compose", "check_env_fits", "check_target_fits",
+           "data_spec", "env_fits_or_log", "warn_action_range", "warn_success_termination",
            "eval_targets", "converted", "load_data",
            "new_agent", "plain", "prepared", "randomization", "report_success_filter", "resolve_data_path",
            "reward_settings", "setup_torch", "success_filtered_bc", "warn_two_valued_actions",

@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robopretrain import cpu_settings
 from robopretrain.build import (collect_changes, compose, plain, randomization, refuse_learned_reward_online,
-                                reward_settings, success_filtered_bc)
+                                reward_settings, success_filtered_bc, warn_success_termination)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import (PIPELINE_CHECKS, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
@@ -153,7 +153,8 @@ def check_algo_overrides(cfg: DictConfig) -> None:
     options = sorted(p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml"))
     for stage, algo in algos.items():
         if algo not in options:
-            raise ValueError(f"{stage}.algo={algo}: no such algorithm (configs/algo/: {', '.join(options)})")
+            raise ValueError(f"{stage}.algo={algo}: no such algorithm (robopretrain/configs/algo/: "
+                             f"{', '.join(options)})")
     known = {stage: set(OmegaConf.load(CONFIG_DIR / "algo" / f"{algo}.yaml")) - {"name"}
              for stage, algo in algos.items()}
     for stage, keys in known.items():
@@ -161,14 +162,15 @@ def check_algo_overrides(cfg: DictConfig) -> None:
         unknown = sorted(set(own) - keys)
         if unknown:
             raise ValueError(f"{stage}.algo_overrides: {', '.join(unknown)} is not a setting of {stage}.algo="
-                             f"{algos[stage]} (configs/algo/{algos[stage]}.yaml; its settings: "
+                             f"{algos[stage]} (robopretrain/configs/algo/{algos[stage]}.yaml; its settings: "
                              f"{', '.join(sorted(keys))})")
     common = plain(cfg.algo_overrides) or {}
     anywhere = set().union(*(set(OmegaConf.load(p)) for p in (CONFIG_DIR / "algo").glob("*.yaml")))
     unknown = sorted(set(common) - anywhere)
     if unknown:
-        raise ValueError(f"algo_overrides: {', '.join(unknown)} is a setting of no algorithm (configs/algo/*.yaml); "
-                         f"the stages run {', '.join(f'{stage}.algo={algo}' for stage, algo in algos.items())}")
+        raise ValueError(f"algo_overrides: {', '.join(unknown)} is a setting of no algorithm "
+                         f"(robopretrain/configs/algo/*.yaml); the stages run "
+                         f"{', '.join(f'{stage}.algo={algo}' for stage, algo in algos.items())}")
     check_section(cfg, "algo_overrides", ALGO_CHECKS, "pipeline")
     for stage in known:
         check_section(cfg, f"{stage}.algo_overrides", ALGO_CHECKS, "pipeline")
@@ -364,6 +366,8 @@ def check_targets(cfg: DictConfig) -> None:
         if bool(cfg.stage2.enabled):
             check_target_sizes(cfg, target)
         info = target_demo_info(target)
+        if info is not None:  # said in stage 3 too, hours later
+            warn_success_termination(target, info)
         if info is not None and str(cfg.stage3.algo) != "bc":
             # stage 3 refuses a learned reward in its batches (its online steps get the env's reward): say so now
             refuse_learned_reward_online(info, float(cfg.stage3.offline_ratio), "stage3.offline_ratio")
@@ -901,7 +905,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     if videos - known:
         bad = ", ".join(f"data.videos.{k}" for k in sorted(videos - known))
         raise ValueError(f"pipeline config: unknown key(s) {bad}; valid keys: {', '.join(sorted(known))} "
-                         "(configs/collect_videos.yaml)")
+                         "(robopretrain/configs/collect_videos.yaml)")
     check_algo_overrides(cfg)  # every start-up check before the run folder exists: a refused config leaves none
     check_encoder(cfg)
     check_randomizations(cfg)

@@ -476,7 +476,6 @@ def test_a_dense_target_ending_at_success_where_its_demos_ran_on_is_said(robosui
     """A dense-reward gym target ends episodes at the first success by default; demos recorded by an env that ran on
     after success (no terminal) then disagree with the env stage 3 collects from: 1-2-step episodes and terminals
     the data never has, without a word (helper U, F03)."""
-    import shutil
 
     import h5py
 
@@ -495,10 +494,40 @@ def test_a_dense_target_ending_at_success_where_its_demos_ran_on_is_said(robosui
         return [r.getMessage() for r in caplog.records if "terminate_on_success" in r.getMessage()]
 
     (said,) = warned(dense, ran_on, "ran_on")
-    assert said.startswith("target 'reach' ends an episode at its first success") and "none of its 3 successful demos" in said
+    assert said.startswith("target 'reach' ends an episode at its first success") and "demos (3) ends" in said
+    assert "write done=1 at each demo's success step" in said and "terminate_on_success: false" in said
     assert warned(dense, robosuite_demos, "terminal") == []  # its successful demos end done = 1
     assert warned({**dense, "terminate_on_success": False}, ran_on, "told") == []
     assert warned(ROBOSUITE_TARGET, ran_on, "sparse") == []  # success is a sparse target's reward and its end
+    unflagged = tmp_path / "unflagged.hdf5"  # an env that reports no success (Pendulum): the setting never acts
+    shutil.copy(ran_on, unflagged)
+    with h5py.File(unflagged, "r+") as f:
+        for demo in f["data"].values():
+            demo.attrs["ep_meta"] = json.dumps({"seed": 0})
+    assert warned(dense, unflagged, "unflagged") == []
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):  # the pipeline says it at its start
+        cfg = compose("pipeline", overrides=[
+            f"targets=[{{name: reach, env_id: '_fake_envs:RobosuiteLikeEnv', reward: dense, task_id: 13, demos: "
+            f"{ran_on}}}]", "obs.num_tasks=14", "+stage3.algo_overrides.actor_bc_filter=none", "stage2.enabled=false"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        pipeline.check_targets(cfg)
+    assert [r.getMessage() for r in caplog.records if "terminate_on_success" in r.getMessage()] == [said]
+
+
+def test_the_success_termination_note_counts_what_it_checked():
+    from robopretrain.envs.target import Target, success_termination_note
+
+    dense = Target(name="reach", env_id="_fake_envs:RobosuiteLikeEnv", reward="dense")
+    ends = {f"demo_{i}": False for i in range(200)}
+    assert "demos (200 checked of 1000) ends" in success_termination_note(dense, ends, 1000)
+    assert "demos (200) ends" in success_termination_note(dense, ends)
+    assert success_termination_note(dense, {**ends, "demo_7": True}, 1000) is None  # one ends in a terminal
+    assert success_termination_note(dense, {}, 0) is None
 
 
 @pytest.mark.parametrize("keep_env_key", [False, True], ids=["moved", "both_columns"])
@@ -787,8 +816,8 @@ def test_a_run_left_at_the_default_target_outside_the_agents_tasks_says_target_i
 
     default = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml").target
     cfg = OmegaConf.create({"target": default})
-    with pytest.raises(ValueError, match=rf"^target is not set, so it is the default '{default}' \(configs/finetune"
-                                         r"\.yaml\), .* one-hot of size 1 \(trained on PointReach\); name the env"):
+    with pytest.raises(ValueError, match=rf"^target is not set, so it is the default '{default}' "
+                                         r"\(robopretrain/configs/finetune\.yaml\), .* one-hot of size 1 \(trained on PointReach\); name the env"):
         refuse_default_target_outside(cfg, as_target(default), 1, ["PointReach"])
     refuse_default_target_outside(cfg, as_target(default), 13, ["Reach"])  # the testbed's held-out target: fits
     refuse_default_target_outside(cfg, as_target(default), 0, [])  # no task one-hot

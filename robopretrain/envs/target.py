@@ -379,28 +379,32 @@ def time_limit_note(target: Target, env_args: Mapping[str, Any], demos: Sequence
             f"steps): the policy cannot finish as they did in time; {fix}")
 
 
-def successful_target_demos(target: Target, demos: Sequence[Any]) -> list[Any]:
-    """The demos (:class:`~robopretrain.data.hdf5.DemoInfo`) of ``target``'s task marked successful (or without a
-    success flag): those named as the target, or all of a one-task file's when none is."""
+def successful_target_demos(target: Target, demos: Sequence[Any], flagged: bool = False) -> list[Any]:
+    """The demos (:class:`~robopretrain.data.hdf5.DemoInfo`) of ``target``'s task marked successful, or also those
+    without a success flag unless ``flagged``: those named as the target, or all of a one-task file's when none is."""
     own = [d for d in demos if d.task == target.name]
     if not own and len({d.task for d in demos}) == 1:  # a one-task file under another name: its demos are the target's
         own = list(demos)
-    return [d for d in own if d.ep_meta.get("success", True)]
+    return [d for d in own if (d.ep_meta.get("success") is True if flagged else d.ep_meta.get("success", True))]
 
 
-def success_termination_note(target: Target, ends: Mapping[str, bool]) -> str | None:
+def success_termination_note(target: Target, ends: Mapping[str, bool], total: int | None = None) -> str | None:
     """A warning when a dense-reward target ends its episodes at the first success (``terminate_on_success``, the
     default) but none of its successful demos ends in a terminal (``ends``: demo name -> whether its last ``done`` is
-    set, for some of :func:`successful_target_demos`): the env that recorded them ran on after success, so the
-    target's episodes are shorter than the data's and stage 3 stores terminals (no value after success) the data never
-    has. None otherwise, also for a sparse target (success is its reward and its end)."""
+    set, for ``total`` or some of the demos flagged successful, :func:`successful_target_demos`): either the demos
+    lack their terminals, or the env that recorded them ran on after success, and then the target's episodes are
+    shorter than the data's and stage 3 stores terminals (no value after success) the data never has. None
+    otherwise, also for a sparse target (success is its reward and its end) and for demos none flagged successful
+    (an env that reports no success: the setting never acts)."""
     if target.reward != "dense" or not target.terminate_on_success or not ends or any(ends.values()):
         return None
+    total = len(ends) if total is None else int(total)
+    counted = f"{total}" if total == len(ends) else f"{len(ends)} checked of {total}"
     return (f"target {target.name!r} ends an episode at its first success (terminate_on_success: true, the default), "
-            f"but none of its {len(ends)} successful demos ends in a terminal (done): the env that recorded them ran on "
-            "after success, so its episodes here are shorter than the data's and stage 3 stores terminals (no value "
-            "after success) the data never has; set the target's terminate_on_success: false to keep the env's own "
-            "episode ends")
+            f"but none of its successful demos ({counted}) ends in a terminal (done): if the task ends at success, "
+            "write done=1 at each demo's success step; if the env that recorded them ran on after success, set the "
+            "target's terminate_on_success: false (else its episodes here are shorter than the data's and stage 3 "
+            "stores terminals, no value after success, that the data never has)")
 
 
 # --------------------------------------------------------------------------- the env
