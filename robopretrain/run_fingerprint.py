@@ -16,20 +16,20 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
   name to each file or folder the run reads; ``only`` maps an input name to the paths in its folder the run reads.
   Returns ``{"version", "config", "ignored", "inputs"}`` (``ignored``: the ``ignore`` list, so a setting a newer
   toolkit ignores is no change against a checkpoint that recorded it).
-- :func:`input_fingerprint` ``(path, only=None)``: a file: size, modification and change times and a SHA-256 of its
-  content (all of it up to 16 MiB, else its first and last MiB); a folder: file count, total size, a SHA-256 of the listing
-  (each file's relative path, size and modification time, hidden files aside) and the SHA-256 of the content of
-  every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``; a folder of at most 64 MiB and 2000 files (a
-  checkpoint) also a SHA-256 of every file's content, which then decides instead of the listing's times. Reading a
-  folder of many clips costs one ``stat`` per file, no decoding. ``only`` (paths relative to the folder, files or
-  folders taken whole) leaves every other file out: stage 1 gives a video folder's manifest and clips, so notes or a
-  contact sheet added beside them do not stop a resume.
+- :func:`input_fingerprint` ``(path, only=None)``: a file: size, modification and change times, device and inode,
+  and a SHA-256 of its content (all of it up to 16 MiB, else its first and last MiB); a folder: file count, total
+  size, a SHA-256 of the listing (each file's relative path, size and modification time, hidden files aside) and the
+  SHA-256 of the content of every small (<= 1 MiB) top-level file, e.g. ``manifest.csv``; a folder of at most 64 MiB
+  and 2000 files (a checkpoint) also a SHA-256 of every file's content, which then decides instead of the listing's
+  times. Reading a folder of many clips costs one ``stat`` per file, no decoding. ``only`` (paths relative to the
+  folder, files or folders taken whole) leaves every other file out: stage 1 gives a video folder's manifest and
+  clips, so notes or a contact sheet added beside them do not stop a resume.
 - :func:`differences` ``(saved, now)``: what changed, as short phrases (``"lr: 0.0003 -> 0.001"``,
   ``"data: manifest.csv content changed"``); empty when the run may resume. A file's content decides, not its
   modification time (a copy, or a rewrite of the same bytes, resumes; a file over 16 MiB whose times changed but whose
-  size and sampled bytes did not resumes with a warning, also one edited with its modification time set back: its
-  change time moved); a path setting naming the same file through a symlink is
-  no change. A run folder moved or copied elsewhere resumes
+  size and sampled bytes did not resumes with a warning, also the same file (inode) edited with its modification time
+  set back: its change time moved; a folder's files are compared by modification time only); a path setting naming
+  the same file through a symlink is no change. A run folder moved or copied elsewhere resumes
   (:func:`relocation`): a fingerprint built with ``home=`` (the output folder, or the pipeline run folder holding
   it: :func:`run_home`) maps the paths under the old home, in inputs and in config values, to the new one; inputs
   outside it must stay where they were, unless the folder above the home moved with it (``runs/a/s3 ->
@@ -190,7 +190,7 @@ def input_fingerprint(path: str | os.PathLike, only: Collection[str] | None = No
         st = p.stat()
         sha, hashed = _sha256_of_file(p, st.st_size)
         return {"path": str(p), "kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                "ctime_ns": st.st_ctime_ns, "sha256": sha, "hashed": hashed}
+                "ctime_ns": st.st_ctime_ns, "inode": [st.st_dev, st.st_ino], "sha256": sha, "hashed": hashed}
     if p.is_dir():
         found: list[tuple[str, Path, int, bool, int]] = []  # (relative path, file, size, under a link, mtime)
         # per folder listed: whether it is reached through a linked folder, and the real folders above it, the data
@@ -396,7 +396,8 @@ def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, A
 def _copy_change(old: str, new: str) -> str:
     """``old -> new``, and when both are converted copies of one source in one cache folder
     (``<stem>.<format>.<16 hex>.hdf5``, :func:`robopretrain.data.convert.cache_path`) what that means: the source was
-    edited since the checkpoint (or converted with other settings, which the config differences name)."""
+    edited since the checkpoint (or converted with other settings, which the config differences name, or by another
+    converter version)."""
     import re
 
     def parts(path: str) -> tuple[str, str] | None:
@@ -406,7 +407,8 @@ def _copy_change(old: str, new: str) -> str:
 
     same = parts(old) is not None and parts(old) == parts(new)
     return f"{old} -> {new}" + (" (another converted copy of the same source: the source file changed since this "
-                                "checkpoint, or it was converted with other data settings)" if same else "")
+                                "checkpoint, it was converted with other data settings, or by another version of the "
+                                "converter, after a toolkit upgrade)" if same else "")
 
 
 def _is_off(value: Any) -> bool:
@@ -459,10 +461,12 @@ def listed(diffs: Sequence[str]) -> str:
 
 
 def _times_moved(saved: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
-    """Whether a file's modification time, or its change time (which no tool sets back; not recorded before it was
-    compared), differs between two fingerprints."""
+    """Whether a file's modification time differs between two fingerprints, or (the same file: device and inode, so
+    a copy with its times kept, ``cp -a``, is not) its change time, which no tool sets back (not recorded before it
+    was compared)."""
+    same_file = saved.get("inode") is not None and saved.get("inode") == now.get("inode")
     return saved.get("mtime_ns") != now.get("mtime_ns") or (
-        "ctime_ns" in saved and saved["ctime_ns"] != now.get("ctime_ns"))
+        same_file and "ctime_ns" in saved and saved["ctime_ns"] != now.get("ctime_ns"))
 
 
 FRESH = "to start fresh, set resume=false (this run folder is then overwritten) or choose another output_dir"
@@ -488,9 +492,9 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
                if fp is not None and fp.get("kind") == "file" and fp.get("hashed") != "all"
                and _times_moved(saved.get("inputs", {}).get(name) or {}, fp)]
     if sampled:
-        log.warning("%s: resuming; %s modified since the checkpoint (its modification or change time moved: also an "
-                    "edit with its time set back, or a chmod), with the same size and the same first and last MiB "
-                    "(only those are compared in files over %d MiB)", where, ", ".join(sampled),
+        log.warning("%s: resuming; %s modified since the checkpoint (its modification time moved, or its change "
+                    "time: an edit with the time set back, or a chmod / chown), with the same size and the same first "
+                    "and last MiB (only those are compared in files over %d MiB)", where, ", ".join(sampled),
                     FULL_HASH_BYTES // 2**20)
     added = added_off_keys(saved, now)  # said after the refusal check: a refused run is not "resuming"
     if added:

@@ -176,7 +176,7 @@ def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
     try:  # hashed before at these times, where meta.json could not take them
         if json.loads(verified_stamp_path(folder).read_text()) == verified:
             return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # (RuntimeError: no home folder for the cache)
         pass
     if indexed.get("sha256") is None or sha256_of(source) != indexed["sha256"]:
         return False
@@ -187,7 +187,7 @@ def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
         try:
             verified_stamp_path(folder).parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(verified_stamp_path(folder), verified, indent=None)
-        except OSError:  # the cache cannot be written either: hashed again next time
+        except (OSError, RuntimeError):  # the cache cannot be written either: hashed again next time
             pass
     return True
 
