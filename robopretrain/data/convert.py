@@ -20,8 +20,8 @@ Direct use: ``data.path=SRC`` in any stage (and ``robopretrain.data.inspect SRC`
 which converts ``SRC`` on first use into the cache folder ``data.cache_dir``, else
 ``$ROBOPRETRAIN_CACHE_DIR/datasets``, else ``~/.cache/robopretrain/datasets``, as
 ``<name>.<format>.<key>.hdf5``; ``key`` hashes the source's absolute path, the size and modification time of each of
-its files, the format, the action mode, the image size and :data:`CONVERTER_VERSION`, so an edited source (or a newer
-converter) is converted again and an unchanged one is reused. Beside each copy, ``<copy>.source.json`` records the
+its files, the format, the action mode, the image size and the converter's version (:func:`converter_version`), so an
+edited source (or a newer converter) is converted again and an unchanged one is reused. Beside each copy, ``<copy>.source.json`` records the
 settings it was made with and its source's files (size, modification time, SHA-256 of the whole file, taken before
 converting): a source whose times changed but not its bytes (touched, written again unchanged) keeps its copy, found by
 content, so the copy's path stays and a run on it resumes (its record then takes the new times; hashing the source
@@ -76,12 +76,23 @@ from robopretrain.files import sha256_of, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 6  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success;
+CONVERTER_VERSION = 7  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success;
 # 3: a LeRobot next.done last frame that is not a success (next.success recorded) is a truncation; an OGBench
 # compact file cut mid-trajectory has no self-loop; 4: grey (N, H, W) uint8 frames are cameras, not low-dim parts;
 # 5: a source without rewards (LeRobot without next.reward, OGBench without rewards / masks) is written without them;
 # 6: float frames overshooting 1 stay on the [0, 1] scale; a camera that is not 8-bit colour (depth, 16-bit) is left
-# out instead of clipped; Minari actions are rescaled from the declared action space
+# out instead of clipped; Minari actions are rescaled from the declared action space; 7: a skipped one-step episode
+# leaves a gap in the demo names (labels name demos), a D4RL file without timeouts ends episodes at resets (version 6
+# copies made before that change are not told apart from later ones, so every one is converted again)
+ROBOMIMIC_COPY_VERSION = 6  # a robomimic file's copy with its cameras resized: none of 7's changes reach it
+
+
+def converter_version(fmt: str) -> int:
+    """The version of the converter of format ``fmt``, part of its copies' key and record: a copy made by another
+    is converted again."""
+    return ROBOMIMIC_COPY_VERSION if fmt == "robomimic" else CONVERTER_VERSION
+
+
 FORMATS = ("robomimic", "lerobot", "minari", "d4rl", "ogbench")
 READERS: dict[str, Callable[[Path], Iterator[Episode]]] = {
     "lerobot": read_lerobot, "minari": read_minari, "d4rl": read_d4rl, "ogbench": read_ogbench}
@@ -264,7 +275,7 @@ def source_key(src: Path, fmt: str, actions: str, image_size: int | None = None)
     set) and converter."""
     src = src.resolve()
     size = [] if image_size is None else [int(image_size)]  # unset: the key of copies made before the option
-    h = hashlib.sha256(json.dumps([str(src), fmt, actions, CONVERTER_VERSION, *size]).encode())
+    h = hashlib.sha256(json.dumps([str(src), fmt, actions, converter_version(fmt), *size]).encode())
     for name, p in _source_files(src):
         st = p.stat()
         h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
@@ -284,7 +295,7 @@ class _Source:
 
     def __init__(self, src: Path, fmt: str, actions: str, image_size: int | None) -> None:
         self.settings = {"source": str(src.resolve()), "format": fmt, "actions": actions, "image_size": image_size,
-                         "converter": CONVERTER_VERSION}
+                         "converter": converter_version(fmt)}
         self.files = _source_files(src)
         self.stats = {name: [st.st_size, st.st_mtime_ns, st.st_ctime_ns] for name, p in self.files
                       for st in (p.stat(),)}
@@ -481,7 +492,7 @@ def stale_copies(src: str | os.PathLike, fmt: str, current: Path) -> list[Path]:
         record = _read_record(path)
         settings = (record or {}).get("settings")
         settings = settings if isinstance(settings, dict) else {}
-        if (settings.get("converter") == CONVERTER_VERSION and settings.get("format") == fmt
+        if (settings.get("converter") == converter_version(fmt) and settings.get("format") == fmt
                 and content is not None and _content(record) == content):
             continue  # reused for a source whose times changed, not its content
         out.append(path)
