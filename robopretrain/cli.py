@@ -350,7 +350,7 @@ def missing_group_problem(config_name: str, message: str, config_dir: Path = CON
     path = config_dir / f"{config_name}.yaml"
     try:
         if path.is_file():
-            cfg, source = OmegaConf.load(path), f"configs/{config_name}.yaml"
+            cfg, source = OmegaConf.load(path), f"robopretrain/configs/{config_name}.yaml"
         else:  # a structured config (a dataclass in Hydra's ConfigStore, e.g. metaworld_collect)
             cfg, source = ConfigStore.instance().load(f"{config_name}.yaml").node, "a structured config"
     except (OSError, ValueError, ConfigLoadError):

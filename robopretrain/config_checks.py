@@ -223,8 +223,8 @@ def _check_known_keys(cfg: DictConfig, section: str, where: str) -> None:
     if unknown:
         option = _default_options(where).get(section)
         raise ValueError(f"{where} config: unknown key(s) {', '.join(unknown)}; valid keys: {_valid_text(valid)}"
-                         + (f" (those of this stage's default {section} option, configs/{section}/{option}.yaml)"
-                            if isinstance(option, str) else ""))
+                         + (f" (those of this stage's default {section} option, "
+                            f"robopretrain/configs/{section}/{option}.yaml)" if isinstance(option, str) else ""))
 
 
 def check_top_level_keys(cfg: DictConfig, config: str, free: Mapping[str, Sequence[str]] | None = None) -> None:

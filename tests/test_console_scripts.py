@@ -315,9 +315,10 @@ def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(ca
 
 
 @pytest.mark.parametrize("config_name, override, expected", [
-    ("reward_model", "algo=iql", "'algo' is not a setting of reward_model (configs/reward_model.yaml): it has no "
-                                 "option groups; its sections data, obs, labels, teacher, model, relabel"),
-    ("finetune", "algoo=iql", "'algoo' is not a setting of finetune (configs/finetune.yaml); did you mean 'algo'?"),
+    ("reward_model", "algo=iql", "'algo' is not a setting of reward_model (robopretrain/configs/reward_model.yaml): "
+                                 "it has no option groups; its sections data, obs, labels, teacher, model, relabel"),
+    ("finetune", "algoo=iql",
+     "'algoo' is not a setting of finetune (robopretrain/configs/finetune.yaml); did you mean 'algo'?"),
     # dotted keys (the commonest typo): Hydra's '+train.step' hint led to a second refusal, one round trip later
     ("robopretrain", "train.step=10", "'train.step' is not a setting of robopretrain: train has no 'step'; did you "
                                       "mean 'train.steps'?"),

@@ -20,8 +20,12 @@ root = sys.argv[1]
 import robopretrain.cli as cli
 import sim_envs
 assert cli.__file__.startswith(root) and sim_envs.__file__.startswith(root), (cli.__file__, sim_envs.__file__)
+import sim_envs.collect, sim_envs.collect_videos
+assert sim_envs.collect.CONFIG_DIR == sim_envs.collect_videos.CONFIG_DIR == str(cli.CONFIG_DIR)
 from hydra import compose, initialize_config_dir
-for name in sorted(set(cli.ENTRY_POINTS.values())):
+names = sorted(p.stem for p in cli.CONFIG_DIR.glob("*.yaml"))  # every entry point's and the presets (testbed, paper)
+assert set(cli.ENTRY_POINTS.values()) <= set(names) and "testbed" in names, names
+for name in names:
     with initialize_config_dir(str(cli.CONFIG_DIR), version_base="1.3"):
         compose(name)
 import gymnasium as gym
@@ -33,16 +37,21 @@ print("ok", len(sim_envs.TASKS))
 """
 
 
+def tracked() -> list[str]:
+    """The files git tracks in the packages (an untracked note or editor file beside them is not the package's)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--", *PACKAGES], cwd=REPO, capture_output=True, check=True)
+    return [f for f in out.stdout.decode().split("\0") if f]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """A wheel built from a copy of the packages and the project file, as ``pip install <checkout>`` builds one."""
+    """A wheel built from a copy of the packages' tracked files and the project file, as ``pip install <checkout>``
+    builds one (offline: with this environment's setuptools, which the dev extra pins to the backend's version)."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", *tracked()):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, src / name)
-    for pkg in PACKAGES:
-        shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
                     "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True, timeout=300)
     (built,) = (tmp / "dist").glob("robopretrain-*.whl")
@@ -51,8 +60,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_every_config_and_asset(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    wanted = [p.relative_to(REPO).as_posix() for pkg in PACKAGES for p in (REPO / pkg).rglob("*")
-              if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    wanted = tracked()
     assert any(w.startswith("robopretrain/configs/algo/") for w in wanted)  # (what the list must hold)
     assert any(w.startswith("sim_envs/assets/fixtures/") for w in wanted)
     assert sorted(w for w in wanted if w not in names) == []
