@@ -39,9 +39,12 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
   (where, what changed, how to start fresh); a checkpoint written before fingerprints existed (``saved`` is
   ``None``) resumes with a warning.
 - :func:`added_off_keys` ``(saved, now)``: settings the checkpoint does not have whose value now is off
-  (``false``, ``null``, ``"none"``, empty): options a toolkit upgrade added since the checkpoint was written, left
-  off, so the run computes what it did before. They do not block a resume (:func:`check_resume` warns, naming
-  them); an added setting that is on (``train.cuda_graph: (unset) -> true``) is a difference like any other.
+  (``false``, ``null``, ``"none"``, empty), is the one :data:`ADDED_AS_BEFORE` names as what the toolkit did
+  before the setting existed (``data.format: auto``, ``algo.actor_bc_weight: 0``, ``target.probe_step: true``), or
+  lies under a section switched off (``transfer.dann.coef`` with ``transfer.dann.enabled: false``): options a toolkit
+  upgrade added since the checkpoint was written, so the run computes what it did before. They do not block a resume
+  (:func:`check_resume` warns, naming them); an added setting that is on (``train.cuda_graph: (unset) -> true``) is
+  a difference like any other.
 
 ``ignore`` entries without a dot match a key's last part anywhere (``progress`` matches ``train.progress``);
 dotted entries match that key and everything under it (``data.max_cache_mb``, ``hydra``).
@@ -215,11 +218,14 @@ def input_fingerprint(path: str | os.PathLike, only: Collection[str] | None = No
                 except OSError:  # vanished while listing, or a broken link
                     continue
                 rel = f.relative_to(p).as_posix()
-                if only is None or _is_selected(rel, only):
-                    found.append((rel, f, st.st_size, under_link, st.st_mtime_ns))
-        out = {**_folder_summary(p, found), "links": "followed"}
-        if any(link for *_, link, _ in found):  # what a fingerprint written before links were followed would say
-            out["unlinked"] = _folder_summary(p, [x for x in found if not x[3]])
+                found.append((rel, f, st.st_size, under_link, st.st_mtime_ns))
+        chosen = found if only is None else [x for x in found if _is_selected(x[0], only)]
+        out = {**_folder_summary(p, chosen), "links": "followed"}
+        if any(link for *_, link, _ in chosen):  # what a fingerprint written before links were followed would say
+            out["unlinked"] = _folder_summary(p, [x for x in chosen if not x[3]])
+        if only is not None:  # what one written before ``only`` existed would say: every file
+            out["only"] = sorted(only)
+            out["every_file"] = {**_folder_summary(p, found), "links": "followed"}
         return out
     return {"path": str(p), "kind": "missing"}
 
@@ -374,6 +380,8 @@ def _input_changes(name: str, old: Mapping[str, Any] | None, new: Mapping[str, A
         parts = [f"size {old['size']} -> {new['size']} bytes"] if old["size"] != new["size"] else []
         parts += ["content changed"] if old["sha256"] != new["sha256"] else []
         return [f"{where}: {', '.join(parts)}"] if parts else []
+    if "only" in new and "only" not in old:  # written before a stage named the files it reads: all of them then
+        new = new.get("every_file", new)
     if "links" not in old:  # written before linked folders were followed: compared with what it could see
         new = new.get("unlinked", new)
     out = []
@@ -411,14 +419,38 @@ def _copy_change(old: str, new: str) -> str:
                                 "converter, after a toolkit upgrade)" if same else "")
 
 
+# Settings added since fingerprints were first written whose default is not "off" but computes what the toolkit did
+# before they existed: a checkpoint without them resumes when they have that value (an upgrade, not a change).
+ADDED_AS_BEFORE: dict[str, tuple[Any, ...]] = {
+    "data.format": ("auto",), "data.actions": ("auto",),  # a robomimic file, read as stored (the only format then)
+    "data.mix.format": ("auto",), "data.mix.actions": ("auto",),  # the same for the mixed-in file
+    "data.storage": ("auto",), "data.mix.storage": ("auto",),  # where the arrays are kept: the same batches
+    "data.workers": (2,), "data.mix.workers": (2,),  # processes reading the file at start: the same data
+    "algo.actor_bc_weight": (0, 0.0), "algo.bc_steps": (0,),  # CQL / Cal-QL's actor without the BC term
+    "obs.min_std": (0, 0.0), "encoder.precision": ("float32",),  # no std floor; float32 encoders
+    "target.probe_step": (True,),  # the probe step at start always ran
+}
+
+
 def _is_off(value: Any) -> bool:
     return value is None or value is False or value in ("none", "None", "") or value == [] or value == {}
 
 
+def _as_before(key: str, value: Any, config: Mapping[str, Any]) -> bool:
+    """Whether an added setting ``key`` at ``value`` computes what the toolkit did without it: off, its
+    :data:`ADDED_AS_BEFORE` value, or a setting of a section switched off (``<section>.enabled`` false in
+    ``config``: ``transfer.dann.coef`` while DANN is off)."""
+    if _is_off(value) or any(value == v and type(value) is type(v) for v in ADDED_AS_BEFORE.get(key, ())):
+        return True
+    parts = key.split(".")
+    return any(config.get(".".join(parts[:i] + ["enabled"])) is False for i in range(1, len(parts)))
+
+
 def added_off_keys(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """Config keys of ``now`` absent from ``saved`` whose value is off (false, null, "none", empty), sorted."""
+    """Config keys of ``now`` absent from ``saved`` that compute what the toolkit did before they existed (off: false,
+    null, "none", empty; their :data:`ADDED_AS_BEFORE` value; or under a section whose ``enabled`` is false), sorted."""
     old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
-    return sorted(k for k, v in new_cfg.items() if k not in old_cfg and _is_off(v))
+    return sorted(k for k, v in new_cfg.items() if k not in old_cfg and _as_before(k, v, new_cfg))
 
 
 def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
@@ -498,5 +530,6 @@ def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where:
                     FULL_HASH_BYTES // 2**20)
     added = added_off_keys(saved, now)  # said after the refusal check: a refused run is not "resuming"
     if added:
-        log.warning("%s: resuming; settings added since it was written are off here: %s", where,
+        log.warning("%s: resuming; settings added since it was written are off here, or at what it computed "
+                    "before they existed: %s", where,
                     ", ".join(f"{k}={json.dumps(now['config'][k])}" for k in added))

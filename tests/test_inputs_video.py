@@ -525,6 +525,50 @@ def test_a_relative_data_path_is_the_file_it_names(tmp_path, monkeypatch):
                                        fp("moved/demos.hdf5", "moved"))[0].startswith("data: ")  # the input moved
 
 
+def test_settings_an_upgrade_added_at_what_the_toolkit_did_before_resume(caplog):
+    """Runs interrupted under an older version were refused by the new one for settings the user never touched
+    (helper V: ``data.mix.format: (unset) -> auto``, ``target.probe_step: (unset) -> true``,
+    ``algo.actor_bc_weight: (unset) -> 0.0``): each registered value, and any setting of a section switched off,
+    resumes; another value of the same setting, or a setting of a section switched on, is still a change."""
+    saved = run_fingerprint.fingerprint({"algo": {"lr": 1e-3}}, {})
+    before = {"data": {"format": "auto", "actions": "auto", "mix": {"format": "auto", "actions": "auto"}},
+              "algo": {"lr": 1e-3, "actor_bc_weight": 0.0, "bc_steps": 0}, "target": {"probe_step": True},
+              "transfer": {"dann": {"enabled": False, "coef": 0.1}}, "obs": {"min_std": 0.0},
+              "encoder": {"precision": "float32"}}
+    now = run_fingerprint.fingerprint(before, {})
+    assert run_fingerprint.differences(saved, now) == []
+    with caplog.at_level("WARNING"):
+        run_fingerprint.check_resume(saved, now, "ckpt.pt")
+    assert "data.mix.format=\"auto\"" in caplog.text and "target.probe_step=true" in caplog.text
+    for changed, text in [({"algo": {"lr": 1e-3, "actor_bc_weight": 4.0}}, "algo.actor_bc_weight: (unset) -> 4.0"),
+                          ({"algo": {"lr": 1e-3}, "data": {"format": "d4rl"}}, "data.format: (unset) -> d4rl"),
+                          ({"algo": {"lr": 1e-3}, "target": {"probe_step": False}}, None),  # off: as before too
+                          ({"algo": {"lr": 1e-3}, "target": {"probe_step": 1}}, "target.probe_step: (unset) -> 1"),
+                          ({"algo": {"lr": 1e-3}, "transfer": {"dann": {"enabled": True, "coef": 0.1}}},
+                           "transfer.dann.coef: (unset) -> 0.1")]:
+        diffs = run_fingerprint.differences(saved, run_fingerprint.fingerprint(changed, {}))
+        assert (text in diffs) if text else diffs == [], (changed, diffs)
+
+
+def test_a_folder_fingerprint_written_before_only_existed_is_compared_with_every_file(tmp_path):
+    """Stage 1 named the files it reads (manifest, clips) after 0cbc651; a run interrupted before was refused by the
+    new code: 'info.json removed; 6 files -> 5 files' although info.json was there (helper V, F04)."""
+    data = tmp_path / "videos"
+    data.mkdir()
+    for name, text in (("manifest.csv", "path\nclip_0.mp4\n"), ("clip_0.mp4", "v" * 50), ("info.json", "{}")):
+        (data / name).write_text(text)
+    only = {"data": ["manifest.csv", "clip_0.mp4"]}
+    every = run_fingerprint.fingerprint({}, {"data": data})  # as written before: every file
+    old = {**every, "inputs": {"data": {k: v for k, v in every["inputs"]["data"].items() if k != "only"}}}
+    now = run_fingerprint.fingerprint({}, {"data": data}, only=only)
+    assert now["inputs"]["data"]["files"] == 2 and run_fingerprint.differences(old, now) == []
+    (data / "notes.txt").write_text("mine")  # what the old fingerprint would have refused still is
+    assert run_fingerprint.differences(old, run_fingerprint.fingerprint({}, {"data": data}, only=only))
+    saved = run_fingerprint.fingerprint({}, {"data": data}, only=only)  # this version's: notes beside are no change
+    (data / "more_notes.txt").write_text("more")
+    assert run_fingerprint.differences(saved, run_fingerprint.fingerprint({}, {"data": data}, only=only)) == []
+
+
 def test_the_refusal_can_be_restated_with_a_callers_advice():
     err = run_fingerprint.ResumeMismatchError("ck.pt", "lr: 1 -> 2", "set resume=false")
     assert str(err) == "ck.pt: cannot resume, it was written by a run with other settings or data (lr: 1 -> 2); " \
