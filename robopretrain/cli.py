@@ -362,12 +362,20 @@ def missing_group_problem(config_name: str, message: str, config_dir: Path = CON
     sections = [k for k in keys if isinstance(plain[k], dict) and k not in groups]
     close = difflib.get_close_matches(key, groups + keys, n=3)
     where = f"{key!r} is not a setting of {config_name} ({source})"
+    renamed = RENAMED_KEYS.get(key)
+    if renamed and renamed.split(".")[0] in keys:
+        return f"{where}; it is {renamed} now (renamed since the first releases: {renamed}=...)"
     if close:
         return f"{where}; did you mean {' or '.join(repr(c) for c in close)}?"
     if not path.is_file():
         return f"{where}: its settings are {', '.join(keys)} (Hydra's '+' would add a setting nothing reads)"
     return (f"{where}: " + (f"its option groups are {', '.join(groups)}; " if groups else "it has no option groups; ")
             + f"its sections {', '.join(sections)} (Hydra's '+' would add a setting nothing reads)")
+
+
+# top-level settings of the first releases (docs/history.md quotes them) -> their names now
+RENAMED_KEYS = {"image_keys": "obs.rgb", "state_keys": "obs.low_dim", "obs_keys": "obs.low_dim",
+                "num_tasks": "obs.num_tasks", "task": "target"}
 
 
 # sections whose keys are passed on to another config or constructor (any key they are given is read there): a key new

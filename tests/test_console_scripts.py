@@ -319,6 +319,13 @@ def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(ca
                                  "it has no option groups; its sections data, obs, labels, teacher, model, relabel"),
     ("finetune", "algoo=iql",
      "'algoo' is not a setting of finetune (robopretrain/configs/finetune.yaml); did you mean 'algo'?"),
+    # names of the first releases: the new name, not an unrelated close match (image_keys -> 'image_size')
+    ("pipeline", "image_keys=[agentview_image]", "'image_keys' is not a setting of pipeline "
+                                                 "(robopretrain/configs/pipeline.yaml); it is obs.rgb now"),
+    ("pipeline", "num_tasks=13", "; it is obs.num_tasks now"),
+    ("robopretrain", "obs_keys=[proprio]", "; it is obs.low_dim now"),
+    ("evaluate", "task=PressLitButton", "'task' is not a setting of evaluate (robopretrain/configs/evaluate.yaml); "
+                                       "it is target now"),
     # dotted keys (the commonest typo): Hydra's '+train.step' hint led to a second refusal, one round trip later
     ("robopretrain", "train.step=10", "'train.step' is not a setting of robopretrain: train has no 'step'; did you "
                                       "mean 'train.steps'?"),
