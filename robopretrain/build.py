@@ -605,8 +605,9 @@ def refuse_learned_reward_online(info: DatasetInfo, offline_ratio: float, settin
                "then starts from the learned reward's values)")
         start = "the learned reward"
     else:
-        what = (f"{info.path}: its rewards are the env's own, while stage 3 rewards its online steps with the learned "
-                "reward (reward_model)")
+        what = (f"{info.path}: its rewards are the env's own (it records no learned reward; a copy relabelled by an "
+                "older robopretrain.reward_model records none either: relabel it again with this version), while "
+                "stage 3 rewards its online steps with the learned reward (reward_model)")
         fix = ("Give offline data relabelled by that model (python -m robopretrain.reward_model writes "
                f"relabelled.hdf5; data.path=...), or {setting}=0 to train on online steps alone (the critic then "
                "starts from the env reward's values)")

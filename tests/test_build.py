@@ -520,8 +520,10 @@ def test_stage_3_batches_hold_one_reward_function(caplog):
     with pytest.raises(ValueError, match=r"rel.hdf5: its rewards were written by a learned reward .*from src.hdf5.* "
                                          r"online.offline_ratio=0.5 every batch would mix"):
         build.refuse_learned_reward_online(learned, 0.5)
-    with pytest.raises(ValueError, match=r"env.hdf5: its rewards are the env's own, while stage 3 rewards its online "
-                                         r"steps with the learned reward .*stage3.offline_ratio=0.25 every batch"):
+    with pytest.raises(ValueError, match=r"env.hdf5: its rewards are the env's own \(it records no learned "
+                                         r"reward; a copy relabelled by an older robopretrain.reward_model records "
+                                         r"none either: relabel it again with this version\), while stage 3 rewards "
+                                         r"its online steps with the learned reward .*stage3.offline_ratio=0.25 every batch"):
         build.refuse_learned_reward_online(env_data, 0.25, "stage3.offline_ratio", online_model=True)
     with caplog.at_level(logging.WARNING, logger="robopretrain.build"):
         said = build.refuse_learned_reward_online(env_data, 0.0, online_model=True)

@@ -86,8 +86,8 @@ def test_online_steps_enter_the_buffer_with_the_learned_reward_in_the_offline_fi
 
 def test_two_reward_functions_in_one_batch_are_refused(learned, tmp_path):
     """The env-reward file beside learned online rewards, and a file relabelled by another model."""
-    with pytest.raises(ValueError, match=r"reach.hdf5: its rewards are the env's own, while stage 3 rewards its online "
-                                         r"steps with the learned reward .*offline_ratio=0.5 every batch would mix"):
+    with pytest.raises(ValueError, match=r"reach.hdf5: its rewards are the env's own \(.*\), while stage 3 "
+                                         r"rewards its online steps with the learned reward .*offline_ratio=0.5 every batch would mix"):
         finetune(online_cfg(learned, tmp_path / "a", reward_model=str(learned.model), data=learned.demos))
     other = reward_run(learned.demos, tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match=r"reward_model=.*other.* is not the model that relabelled the offline data"):
