@@ -944,6 +944,10 @@ def _run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 log.warning("stage %s: already done with other settings (%s), so these take no effect; "
                             "to run it again with them, delete %s (and the later stages' folders) or choose another "
                             "run_dir", stage, changed, run_dir / stage)
+            elif not isinstance(done.get("settings"), dict):  # a record written before stages recorded them
+                log.warning("stage %s: already done by an older version that did not record the settings it ran "
+                            "with, so whether these differ cannot be checked; to run it with these, delete %s (and "
+                            "the later stages' folders) or choose another run_dir", stage, run_dir / stage)
             ran[stage] = "skipped"
             continue
         torch.manual_seed(int(cfg.seed) + STAGES.index(stage))

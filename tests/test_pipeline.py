@@ -115,6 +115,16 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     report = (run / "report.md").read_text()
     assert "(2 ep)" in report and "(5 ep)" not in report
     assert "| evaluate | evaluate.episodes: 2 -> 5 |" in report and "stage2.steps: 4 -> 8" in report
+    # a record of an older version, without the settings (or algorithm) it ran with, was skipped without a word
+    record = (run / "stage2" / "done.json").read_text()
+    older = {k: v for k, v in json.loads(record).items() if k not in ("settings", "algo")}
+    (run / "stage2" / "done.json").write_text(json.dumps(older))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
+        run_pipeline(cfg)
+    warned = [r.getMessage() for r in caplog.records if "did not record the settings" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("stage stage2: already done by an older version"), warned
+    (run / "stage2" / "done.json").write_text(record)
 
     # the run folder moved whole; stage 3 killed before it finished: it resumes from its checkpoint at the new place
     # (its fingerprint's paths into the old folder refused the resume)
