@@ -254,6 +254,20 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("video_data", "ManifestSource._log_sizes/const/1"): Equivalent(
         "how many clip sizes the info line lists before 'N other sizes' (4 -> 5): log text only",
         "4 -> 5 @ more = f\", {len(ranked) - 4} other sizes\" if len(ranked) > 4 else \"\""),
+    ("target", "TargetEnv._obs/const/1"): Equivalent(
+        "astype(np.float32, copy=False -> True) of a vector part: a copy holding the same values",
+        "False -> True @ arr = arr.reshape(-1).astype(np.float32, copy=False)  # as the converters store it (as_part)"),
+    ("target", "AgentActionUnits.action/const/2"): Equivalent(
+        "astype(<dtype>, copy=False -> True) of the clipped env action: a copy holding the same values",
+        "False -> True @ return np.clip(env_action, self._env_low, self._env_high).astype("
+        "np.asarray(env_action).dtype, copy=False)"),
+    ("target", "TargetEnv.__init__/const/1"): Equivalent(
+        "self._steps = 0 -> 1 at construction: reset sets it to 0 before any observation is read or step counted",
+        "0 -> 1 @ self._steps = 0  # steps since the reset (for the errors of _check_part)"),
+    ("frames", "verified_stamp_path/const/0"): Equivalent(
+        "16 -> 17 hex digits of the folder's path hash in the verified-times record's file name: any length names "
+        "one file per folder, written and read by the same function",
+        "16 -> 17 @ key = hashlib.sha256(str(Path(folder).expanduser().resolve()).encode()).hexdigest()[:16]"),
     ("target", "TargetEnv._obs/const/2"): Equivalent(
         "astype(np.float32, copy=False -> True) of a float picture or frame stack the agent does not read: a copy "
         "holding the same values",
@@ -274,9 +288,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "rmtree(tmp, ignore_errors=True -> False) after a failed copy: differs only when removing the partial index "
         "fails too (a second failure), then the removal's error would replace the copy's",
         "True -> False @ shutil.rmtree(tmp, ignore_errors=True)"),
-    ("frames", "FrameStore.__init__/swap/1"): Equivalent(
-        "max(0, size) -> max(size, 0): max is symmetric",
-        "max(..0, size..) swapped @ first_bad = max(0, size) // self.row_bytes"),
     ("frames", "_write_index/const/1"): Equivalent(
         "load_transitions(images=False -> True) for the index's non-image arrays: the keys it is given are the 1-D "
         "numeric parts only (passed as low_dim too), none of them an image key, so the same arrays are read",

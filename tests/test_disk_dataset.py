@@ -216,6 +216,9 @@ def test_a_corrupt_or_truncated_frame_file_is_named_in_one_line(toy):
     frames.write_bytes(bytes(data[: 10 * row_bytes]))
     with pytest.raises(DatasetError, match=rf"{CAM}.u8: demo demo_1 key {CAM} \(frame row 10\).*truncated"):
         load_offline_dataset(path, spec, CAL_QL, storage="disk")
+    frames.unlink()  # it said "file has -1 bytes" and named a frame row
+    with pytest.raises(DatasetError, match=rf"{CAM}.u8: missing \({len(data)} bytes expected\); delete the folder"):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk")
 
 
 def test_auto_storage_follows_the_size_threshold_and_unknown_values_are_refused(toy, monkeypatch):
@@ -633,12 +636,7 @@ def test_a_file_in_a_folder_that_cannot_be_written_is_indexed_in_the_cache(toy, 
         load_offline_dataset(path, spec, CAL_QL, storage="disk")
 
 
-def test_an_index_rebuilt_for_another_camera_keeps_the_cameras_it_held(tmp_path, monkeypatch):
-    """Runs on one camera of a file, then another, then the first rebuilt the index each time (each build dropped
-    the other camera; 15 min a build at the README's scale): the rebuild keeps the cameras held before."""
-    from robopretrain.data import frames as frames_mod
-
-    path = tmp_path / "two.hdf5"
+def _two_camera_file(path: Path) -> Path:
     rng = np.random.default_rng(0)
     with RobomimicWriter(path, make_env_args("Toy", "0", {}), valid_fraction=0.0) as w:
         for _ in range(2):
@@ -648,6 +646,15 @@ def test_an_index_rebuilt_for_another_camera_keeps_the_cameras_it_held(tmp_path,
                           next_obs={k: v[1:] for k, v in seq.items()}, actions=np.zeros((4, 4), np.float32),
                           rewards=np.eye(4, dtype=np.float32)[-1], dones=np.eye(4, dtype=np.uint8)[-1],
                           ep_meta={"success": True})
+    return path
+
+
+def test_an_index_rebuilt_for_another_camera_keeps_the_cameras_it_held(tmp_path, monkeypatch):
+    """Runs on one camera of a file, then another, then the first rebuilt the index each time (each build dropped
+    the other camera; 15 min a build at the README's scale): the rebuild keeps the cameras held before."""
+    from robopretrain.data import frames as frames_mod
+
+    path = _two_camera_file(tmp_path / "two.hdf5")
     assert sorted(frames_mod.open_index(path, [CAM]).meta["keys"]) == [CAM]
     assert sorted(frames_mod.open_index(path, ["wrist_image"]).meta["keys"]) == [CAM, "wrist_image"]
 
@@ -690,3 +697,17 @@ def test_an_index_build_refuses_next_obs_frames_of_another_shape_than_obs(toy):
     with pytest.raises(DatasetError, match=rf"data/demo_2/obs/{CAM}: expected uint8 \(N, H, W, 3\) frames .* in obs "
                                            rf"and next_obs, got uint8 \({n}, 6, 6, 3\) and uint8 \({n}, 8, 8, 3\)"):
         frames_mod.build_index(path, [CAM])
+
+
+def test_an_index_in_the_cache_rebuilt_for_another_camera_keeps_the_cameras_it_held(tmp_path, monkeypatch):
+    """The same where the file's folder cannot be written and the index lives in the cache."""
+    from robopretrain.data import frames as frames_mod
+
+    path = _two_camera_file(tmp_path / "two.hdf5")
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # a folder under a file cannot be made (as under a read-only mount)
+    monkeypatch.setattr(frames_mod, "index_dir", lambda p: blocked / (Path(p).name + ".frames"))
+    monkeypatch.setenv("ROBOPRETRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    assert frames_mod.open_index(path, [CAM]).folder == frames_mod.cache_index_dir(path)
+    rebuilt = frames_mod.open_index(path, ["wrist_image"])
+    assert rebuilt.folder == frames_mod.cache_index_dir(path) and sorted(rebuilt.meta["keys"]) == [CAM, "wrist_image"]

@@ -515,9 +515,11 @@ class FrameStore:
             raise DatasetError(f"{crc_path}: {len(self.crc)} checksums for {self.shape[0]} rows; delete the folder to "
                                "index again")
         expected = self.shape[0] * self.row_bytes
-        size = self.path.stat().st_size if self.path.is_file() else -1
+        if not self.path.is_file():
+            raise DatasetError(f"{self.path}: missing ({expected} bytes expected); delete the folder to index again")
+        size = self.path.stat().st_size
         if size != expected:
-            first_bad = max(0, size) // self.row_bytes
+            first_bad = size // self.row_bytes
             raise DatasetError(f"{self.path}: {self._where(first_bad)}: file has {size} bytes, expected {expected} "
                                "(truncated?); delete the folder to index again")
         self._fd: int | None = os.open(self.path, os.O_RDONLY)
