@@ -445,7 +445,7 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
         resumed = load_latest(run_dir / "checkpoints", with_state=False)  # data (a real target's, maybe) or replace
         if resumed is not None and resumed.meta.get("stage") == "online" and resumed.meta.get("fingerprint"):
             check_agent_fits(resumed.meta, agent, where=str(resumed.path))  # the order run_online checks them in
-            run_fingerprint.check_resume(resumed.meta["fingerprint"], fingerprint, where=resumed.path)
+            run_fingerprint.check_resume(resumed.meta["fingerprint"], fingerprint, where=resumed.path, say=False)
     transfer = build_transfer(transfer_settings, gap, agent, target, rand, run_dir, reward_scale=reward.scale,
                               seed=int(cfg.seed))
     if fresh:

@@ -505,9 +505,16 @@ FRESH = "to start fresh, set resume=false (this run folder is then overwritten) 
 
 
 def check_resume(saved: Mapping[str, Any] | None, now: Mapping[str, Any], where: str | os.PathLike,
-                 fresh: str = FRESH) -> None:
+                 fresh: str = FRESH, say: bool = True) -> None:
     """Raise :class:`ResumeMismatchError` (one line: ``where``, what changed, ``fresh``) unless ``now`` matches
-    ``saved``; ``saved`` ``None`` (a checkpoint older than fingerprints) resumes with a warning."""
+    ``saved``; ``saved`` ``None`` (a checkpoint older than fingerprints) resumes with a warning. ``say``: False for a
+    check made early, before the one that resumes (stage 3's, ahead of its transfer options): the refusal only, the
+    resume's warnings left to that one."""
+    if saved is not None and not say:
+        diffs = differences(saved, now)
+        if diffs:
+            raise ResumeMismatchError(where, listed(diffs), fresh)
+        return
     if saved is None:
         log.warning("%s: written before run fingerprints existed; cannot check that its data and settings are "
                     "this run's", where)

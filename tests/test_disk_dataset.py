@@ -297,6 +297,25 @@ def test_a_touched_file_keeps_its_index_and_a_changed_one_is_indexed_again(toy, 
     assert hashed == [path, path]
 
 
+def test_an_index_of_an_older_version_without_a_change_time_is_checked_once_and_said_so(toy, caplog):
+    """An index built before change times were recorded: hashed once and kept, the log saying why (it said the file
+    was modified), and the change time recorded for the next run."""
+    import logging
+
+    from robopretrain.data import frames as frames_mod
+
+    path, _, spec = toy
+    load_offline_dataset(path, spec, CAL_QL, storage="disk").close()  # builds the index
+    meta_path = index_dir(path) / "meta.json"
+    meta = frames_mod.json.loads(meta_path.read_text())
+    meta["source"].pop("ctime_ns")
+    meta_path.write_text(frames_mod.json.dumps(meta))
+    with caplog.at_level(logging.INFO, logger="robopretrain.data.frames"):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk").close()
+    assert "recorded no change time" in caplog.text and "modified since" not in caplog.text
+    assert frames_mod.json.loads(meta_path.read_text())["source"]["ctime_ns"] == path.stat().st_ctime_ns
+
+
 def test_an_index_that_cannot_take_new_times_is_hashed_once_not_every_run(toy, tmp_path, monkeypatch):
     """A chmod / chown (or an fsGroup mount) moves the change time; where meta.json could not be written the whole
     file was hashed again on every run (a minute per 12 GB). The cache keeps the times the content was verified at;

@@ -540,6 +540,12 @@ def test_settings_an_upgrade_added_at_what_the_toolkit_did_before_resume(caplog)
     with caplog.at_level("WARNING"):
         run_fingerprint.check_resume(saved, now, "ckpt.pt")
     assert "data.mix.format=\"auto\"" in caplog.text and "target.probe_step=true" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # stage 3's early check: refusals only (its resume said each warning twice)
+        run_fingerprint.check_resume(saved, now, "ckpt.pt", say=False)
+    assert caplog.text == ""
+    with pytest.raises(run_fingerprint.ResumeMismatchError, match=r"algo.lr: 0.001 -> 0.01"):
+        run_fingerprint.check_resume(saved, run_fingerprint.fingerprint({"algo": {"lr": 1e-2}}, {}), "c", say=False)
     for changed, text in [({"algo": {"lr": 1e-3, "actor_bc_weight": 4.0}}, "algo.actor_bc_weight: (unset) -> 4.0"),
                           ({"algo": {"lr": 1e-3}, "data": {"format": "d4rl"}}, "data.format: (unset) -> d4rl"),
                           ({"algo": {"lr": 1e-3}, "target": {"probe_step": False}}, None),  # off: as before too

@@ -180,7 +180,12 @@ def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
         pass
     if indexed.get("sha256") is None or sha256_of(source) != indexed["sha256"]:
         return False
-    log.info("%s: modified since its frame index was built, but its content is the same; using that index", source)
+    if "ctime_ns" not in indexed:  # an index of an older version: hashed once, the times recorded below
+        log.info("%s: its frame index, of an older version, recorded no change time; its content is checked the same: "
+                 "using that index", source)
+    else:
+        log.info("%s: modified since its frame index was built, but its content is the same; using that index",
+                 source)
     try:
         write_json_atomic(meta_path, {**meta, "source": {**indexed, **stamp}}, indent=None)
     except OSError:  # a read-only folder: the cache keeps the times the content was verified at
