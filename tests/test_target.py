@@ -741,3 +741,20 @@ def test_data_camera_sources_of_a_file_a_converted_copy_and_through_obs_map():
                            obs_specs={"cam": ((48, 64, 3), np.uint8)})
     assert data_camera_sources(copy, ["cam"]) == {"cam": [48, 64, None]}
     assert data_camera_sources(own, []) is None
+
+
+def test_an_action_space_without_bounds_leaves_the_agents_actions_unclipped(caplog):
+    """A shaped action space with no low / high (a Space subclass of the user's): the env's range is unbounded, so
+    nothing is warned as beyond it and the action passes as ``units.to_env`` gives it."""
+    from robopretrain.envs.action_units import ActionNormalization
+    from robopretrain.envs.target import AgentActionUnits
+
+    class Unbounded(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        action_space = gym.spaces.Space(shape=(2,), dtype=np.float32)
+
+    units = ActionNormalization(low=(-2.0, 0.0), high=(2.0, 0.5))
+    with caplog.at_level(logging.WARNING):
+        wrapped = AgentActionUnits(Unbounded(), units, "target 'mine'")
+    assert "beyond the env's own action range" not in caplog.text
+    np.testing.assert_allclose(wrapped.action(np.array([0.5, -1.0])), units.to_env(np.array([0.5, -1.0])))

@@ -694,8 +694,9 @@ class AgentActionUnits(gym.ActionWrapper):
                              f"{units.dim} dims): an agent of another robot?")
         self.units = units
         self.action_space = gym.spaces.Box(-1.0, 1.0, (units.dim,), np.float32)
-        own_low = np.asarray(getattr(env.action_space, "low", -np.inf), dtype=np.float64)
-        own_high = np.asarray(getattr(env.action_space, "high", np.inf), dtype=np.float64)
+        # (a shaped space without bounds, a Space of the user's: unbounded in every dimension)
+        own_low = np.broadcast_to(np.asarray(getattr(env.action_space, "low", -np.inf), np.float64), (units.dim,))
+        own_high = np.broadcast_to(np.asarray(getattr(env.action_space, "high", np.inf), np.float64), (units.dim,))
         low, high = np.asarray(units.low, dtype=np.float64), np.asarray(units.high, dtype=np.float64)
         beyond = (low < own_low - 1e-6) | (high > own_high + 1e-6)
         wide = (f"{where}: the agent's actions reach beyond the env's own action range in dimension(s) "
