@@ -497,6 +497,9 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("dataset", "default_num_tasks/swap/4"): Equivalent(
         "max(len(TASK_IDS), largest) -> max(largest, len(TASK_IDS)): symmetric (Meta-World's branch)",
         "max(..len(TASK_IDS), largest..) swapped @ return max(len(TASK_IDS), largest)"),
+    ("hdf5", "action_bounds/swap/8"): Equivalent(
+        "np.maximum(high, hi) -> np.maximum(hi, high): the element-wise maximum is symmetric",
+        "np.maximum(..high, hi..) swapped @ high = hi if high is None else np.maximum(high, hi)"),
     ("hdf5", "_attr/boolop/0"): Equivalent(
         "isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) -> and: h5py reads a boolean "
         "attribute back as np.bool_, which is no np.integer, so both forms refuse it (tests/test_hdf5_reader.py); the "

@@ -92,6 +92,14 @@ def test_missing_key(tmp_path):
     assert not trans.rewards[trans.episode_ids == 0].any()
     _expect(write_dataset(tmp_path / "m3.hdf5"), "object", keys=["object"])
 
+    def column_rewards(f):  # numeric, of the wrong shape: (n, 1) where (n,) is read
+        r = f["data/demo_1/rewards"][()]
+        del f["data/demo_1/rewards"]
+        f["data/demo_1/rewards"] = r[:, None]
+    msg = _expect(write_dataset(tmp_path / "m5.hdf5", mutate=column_rewards), r"expected a numeric array of shape "
+                                                                                r"\(4,\), got float32 \(4, 1\)")
+    assert "data/demo_1/rewards" in msg
+
 
 def test_wrong_dtype_and_shape(tmp_path):
     def bad_image(f):
@@ -456,7 +464,7 @@ def test_a_grey_camera_is_read_as_rgb_in_memory_and_from_disk(tmp_path, grey_sha
         batch = data.get(np.arange(len(data)))
         for side, shift in (("observations", 0), ("next_observations", 1)):
             frames = np.asarray(batch[side]["agentview_image"])
-            assert frames.shape == (9, 4, 4, 3), (storage, side)
+            assert frames.shape == (9, 4, 4, 3) and frames.dtype == np.uint8, (storage, side, frames.dtype)
             expected = np.array([0, 1, 2, 10, 11, 12, 13, 20, 21]) + shift
             assert (frames == expected[:, None, None, None]).all(), (storage, side)
     with pytest.raises(DatasetError, match=r"expected an image array uint8 \(N, H, W, 3\), or grey"):
