@@ -266,6 +266,38 @@ def test_frames_are_the_same_cached_or_not(video_dir: tuple[Path, np.ndarray, np
     assert len(cached.cache) == 2 and len(direct.cache) == 0
 
 
+@pytest.mark.parametrize("max_cache_bytes", [None, 0], ids=["whole", "some"])
+def test_frames_are_fitted_as_they_are_decoded_never_stacked_at_full_size(video_dir, monkeypatch, max_cache_bytes):
+    """A phone's 10 s clip (1080x1920) was decoded whole at full size, then resized: 7.5 GB for a 3.7 MB clip (helper
+    W). Each frame is now fitted as it is decoded, to the frames a resize of the whole stack gives."""
+    import robopretrain.data.video as video_mod
+    import video_pretrain.data as data_mod
+
+    root, mp4, folder = video_dir
+    reference = {i: resize_frames(video_mod.read_frames(root / name), 16)
+                 for i, name in enumerate(("clip.mp4", "episode_0"))}
+    stacked = []
+    real_stack = video_mod._stack
+    monkeypatch.setattr(video_mod, "_stack", lambda frames, source: stacked.append(frames[0].shape)
+                        or real_stack(frames, source))
+    kwargs = {} if max_cache_bytes is None else {"max_cache_bytes": max_cache_bytes}
+    src = data_mod.ManifestSource(root, image_size=16, **kwargs)
+    for i in range(2):
+        assert np.array_equal(src.frames(i, [5, 0, 5, 9]), reference[i][[5, 0, 5, 9]])
+    assert stacked and set(stacked) == {(16, 16, 3)}  # what was held until the stack: fitted frames only
+    trims = []  # the resize's freed temporaries went to the heap's fragments (3-4 GB resident): trimmed as it goes
+    monkeypatch.setattr(data_mod, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(data_mod, "TRIM_EVERY", 2)
+    monkeypatch.setattr(data_mod, "TRIM_FRAME_BYTES", 40 * 40 * 3)  # the folder's frames, not the mp4's 32 x 48
+    data_mod.ManifestSource(root, image_size=16, **kwargs).frames(0, [3, 0])
+    assert trims == []
+    data_mod.ManifestSource(root, image_size=16, **kwargs).frames(1, [3, 0])
+    assert len(trims) == (5 if max_cache_bytes is None else 1)  # 10 frames decoded whole, or the 2 asked for
+    with pytest.raises(VideoDatasetError, match=r"frames of different sizes \[\(40, 40, 3\), \(41, 40, 3\)\]"):
+        Image.fromarray(np.zeros((41, 40, 3), np.uint8)).save(root / "episode_0" / "000004.png")
+        video_mod.read_frames(root / "episode_0", each=lambda f: f[:2, :2])
+
+
 def test_split_by_video_is_disjoint_covering_and_seeded() -> None:
     source = SimpleNamespace(num_videos=17)
     train, valid = split_by_video(source, 0.2, seed=0)
