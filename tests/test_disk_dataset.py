@@ -730,3 +730,30 @@ def test_an_index_in_the_cache_rebuilt_for_another_camera_keeps_the_cameras_it_h
     assert frames_mod.open_index(path, [CAM]).folder == frames_mod.cache_index_dir(path)
     rebuilt = frames_mod.open_index(path, ["wrist_image"])
     assert rebuilt.folder == frames_mod.cache_index_dir(path) and sorted(rebuilt.meta["keys"]) == [CAM, "wrist_image"]
+
+
+def test_index_bytes_counts_the_demos_the_index_holds_and_their_last_frames():
+    """Demos of one step are not indexed (no transition with a next frame of its own): not counted."""
+    from robopretrain.data import frames as frames_mod
+    from robopretrain.data.hdf5 import DatasetInfo, DemoInfo
+
+    demos = [DemoInfo(f"demo_{i}", n, "a", 0) for i, n in enumerate((1, 2, 5))]
+    info = DatasetInfo("x.hdf5", 8, {}, demos, {}, {"a": 0}, {CAM: ((6, 6, 3), np.uint8), "p": ((3,), np.float32)}, 4)
+    assert frames_mod.index_bytes(info, [CAM, "missing"]) == (2 + 5 + 2) * (6 * 6 * 3 + 4)
+
+
+def test_only_a_writers_own_partial_rows_file_is_removed(tmp_path):
+    """``<path>.tmp<pid>`` left by a killed writer goes; another file named like it (``.tmpx12``, ``.tmp``) stays."""
+    import os
+    import time
+
+    from robopretrain.data import frames as frames_mod
+
+    path = tmp_path / "feat.f32"
+    old = time.time() - 10 * frames_mod.ABANDONED_AFTER_S
+    for name in ("feat.f32.tmp123", "feat.f32.tmpx12", "feat.f32.tmp", "feat.f32.tmp7"):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (old, old))
+    assert sorted(p.name for p in frames_mod.remove_abandoned_rows(path)) == ["feat.f32.tmp123", "feat.f32.tmp7"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feat.f32.tmp", "feat.f32.tmpx12"]
+

@@ -468,19 +468,23 @@ def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in(ca
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-def test_observation_parts_that_are_no_arrays_are_left_out_for_the_vector_collector(asynchronous):
+def test_observation_parts_that_are_no_arrays_are_left_out_for_the_vector_collector(asynchronous, caplog):
     """A language instruction (Text) and a nested Dict in a gym env's observation: stage 3's collector crashed
     (tree_rows on strings; an IndexError on the nested dict) or, with worker processes, hung silently."""
     from robopretrain.collector import VectorCollector
 
-    target = Target(name="reach", env_id="_fake_envs:LanguageRobosuiteLikeEnv", task_id=0, max_episode_steps=4,
-                    obs_map=OBS_MAP)
-    env = make_env(target, ("agentview_image",), 16)
-    try:
-        obs, _ = env.reset(seed=0)
-        assert "instruction" not in obs and "extra" not in obs and set(env.observation_space.spaces) == set(obs)
-    finally:
-        env.close()
+    target = Target(name=f"reach_{asynchronous}", env_id="_fake_envs:LanguageRobosuiteLikeEnv", task_id=0,
+                    max_episode_steps=4, obs_map=OBS_MAP)
+    for _ in range(2):  # what is left out is said once per target and process
+        with caplog.at_level(logging.INFO, logger="robopretrain.envs.target"):
+            env = make_env(target, ("agentview_image",), 16)
+        try:
+            obs, _ = env.reset(seed=0)
+            assert "instruction" not in obs and "extra" not in obs and set(env.observation_space.spaces) == set(obs)
+        finally:
+            env.close()
+    assert caplog.text.count(f"target 'reach_{asynchronous}': observation part(s) ['instruction'] are no "
+                             "arrays") == 1
     c = VectorCollector(env_factory(target, ("agentview_image",), 16), 2, convert=lambda o: np.asarray(
         o["eef_pos"], np.float32), seed=1, asynchronous=asynchronous)
     c.start(next_episode=0)
