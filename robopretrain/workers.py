@@ -68,6 +68,37 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
     return made
 
 
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie (killed, not yet reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] in (b"Z", b"X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+
+
+def exit_with(pid: int, period: float = 1.0) -> threading.Thread:
+    """In a worker whose parent is not the process it serves (a fork server's child, where ``PR_SET_PDEATHSIG``
+    watches the fork server, which lives as long as its children: each holds its alive pipe): end this process
+    (``os._exit(1)``) within ``period`` s of process ``pid`` ending, from a daemon thread. Returns the thread."""
+    def watch() -> None:
+        while not process_ended(pid):
+            time.sleep(period)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name=f"exit-with-{pid}", daemon=True)
+    thread.start()
+    return thread
+
+
 def _start_worker(parent_pid: int, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
     """:func:`process_map`'s worker initializer: :func:`die_with_parent`, then the caller's own initializer."""
     die_with_parent(parent_pid)

@@ -527,3 +527,18 @@ class BoxActionsEnv(CountEnv):
     def step(self, action):
         BoxActionsEnv.received.append(np.asarray(action, np.float32).copy())
         return super().step(action)
+
+
+class PidRecordingStream:
+    """A map-style dataset of two items whose DataLoader workers write their pid into ``folder`` and then sleep (a
+    stand-in for stage 1's frame batches, to see whether the workers outlive the process that started them)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        record_pid_and_sleep(self.folder)
+        return i

@@ -125,6 +125,51 @@ def test_workers_do_not_outlive_a_parent_that_is_killed_or_terminated(tmp_path, 
         assert proc.returncode == 143 and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)"), err
 
 
+LOADER_PARENT = """
+import sys
+from _fake_envs import PidRecordingStream
+from video_pretrain.sampling import batch_loader
+
+if __name__ == "__main__":
+    next(iter(batch_loader(PidRecordingStream(sys.argv[1]), num_workers=2)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_stage_ones_data_workers_do_not_outlive_a_killed_stage_one(tmp_path):
+    """Stage 1's DataLoader workers start from a fork server, their parent, which outlived a stage 1 killed with
+    SIGKILL (its workers hold its alive pipe): workers and fork server lived on, 1.2 GB (helper W)."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    script = tmp_path / "loader.py"
+    script.write_text(LOADER_PARENT)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    proc = subprocess.Popen([sys.executable, str(script), str(pids)], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(p.name) for p in pids.iterdir()]
+    assert len(workers) == 2 and all(alive(w) for w in workers)
+    server = {int(Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[1]) for w in workers}
+    assert len(server) == 1 and server != {proc.pid}  # a fork server started them
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in [*workers, *server]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in [*workers, *server] if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"processes {left} outlived the killed stage 1"
+
+
 class _Pool:
     """A stand-in for the executor: its processes, and shutdown calls that do nothing."""
 

@@ -27,8 +27,10 @@ model inputs and applies the same random crop (``random_shift``) to all frames o
 """
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -37,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from robopretrain.data.video import VideoDatasetError
-from robopretrain.workers import die_with_parent
+from robopretrain.workers import die_with_parent, exit_with
 from video_pretrain.data import FrameSource, SkippedVideoError
 
 logger = logging.getLogger(__name__)
@@ -463,14 +465,18 @@ def batch_loader(stream: FrameBatchStream, num_workers: int = 0, pin_memory: boo
     if num_workers < 0:
         raise ValueError(f"batch_loader: num_workers={num_workers}; expected >= 0")
     context = mp.get_context(worker_start_method()) if num_workers > 0 else None
+    init = functools.partial(_dies_with_parent, main_pid=os.getpid()) if num_workers else None
     return DataLoader(stream, batch_size=None, num_workers=int(num_workers), pin_memory=pin_memory,
-                      multiprocessing_context=context, worker_init_fn=_dies_with_parent if num_workers else None)
+                      multiprocessing_context=context, worker_init_fn=init)
 
 
-def _dies_with_parent(worker_id: int) -> None:
-    """A DataLoader worker ends when the process that started it does (:func:`robopretrain.workers.die_with_parent`;
-    under ``forkserver`` that is the fork server, which exits when stage 1's process does)."""
+def _dies_with_parent(worker_id: int, main_pid: int | None = None) -> None:
+    """A DataLoader worker ends when the process that started it does (:func:`robopretrain.workers.die_with_parent`)
+    and, under ``forkserver``, when stage 1's process ``main_pid`` does (:func:`robopretrain.workers.exit_with`): the
+    fork server, the workers' parent, outlived a stage 1 killed outright, its workers holding its alive pipe."""
     die_with_parent()
+    if main_pid is not None and os.getppid() != main_pid:
+        exit_with(main_pid)
 
 
 # --------------------------------------------------------------------------------------------- augmentation
