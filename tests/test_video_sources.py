@@ -726,3 +726,19 @@ def test_a_clip_that_counts_no_frames_is_left_out_named_by_its_path(video_dir, m
         src = ManifestSource(root, image_size=16)
     assert src.num_videos == 1 and src.bad_videos == ["clip.mp4"]
     assert "clip.mp4: no frames" in caplog.text
+
+
+def test_a_read_only_frame_is_resized_without_a_warning(tmp_path):
+    """Frames fitted one by one came straight from PIL's read-only buffers: torch warned "The given NumPy array is
+    not writable" in every run reading a frame folder (once per process, so checked in a fresh one)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom video_pretrain.data import resize_frames\n"
+            "a = np.zeros((1, 40, 40, 3), np.uint8)\na.flags.writeable = False\n"
+            "assert resize_frames(a, 16).shape == (1, 16, 16, 3)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "HOME": str(tmp_path)},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -160,7 +160,10 @@ def resize_frames(frames: np.ndarray, image_size: int, center_crop: bool = True)
         frames = center_square(frames)
     if frames.shape[1] == image_size and frames.shape[2] == image_size:
         return np.ascontiguousarray(frames)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    frames = np.ascontiguousarray(frames)
+    if not frames.flags.writeable:  # a PIL frame's read-only buffer: torch.from_numpy warns on it (a copy does not)
+        frames = frames.copy()
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     y = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
