@@ -72,6 +72,45 @@ def alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
+def _start_parent(tmp_path: Any, source: str, stderr: Any) -> tuple[Any, list[int]]:
+    """Run the script ``source`` with a folder its two workers write their pids into; returns the process and the
+    workers' pids once both have started (each alive)."""
+    import os
+    import subprocess
+    import time
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    script = tmp_path / "parent.py"
+    script.write_text(source)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    env.pop("ROBOPRETRAIN_TRACEBACK", None)
+    proc = subprocess.Popen([sys.executable, str(script), str(pids)], env=env, stderr=stderr, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(p.name) for p in pids.iterdir()]
+    assert len(workers) == 2 and all(alive(w) for w in workers)
+    return proc, workers
+
+
+def _left_alive(pids: list[int], seconds: float) -> list[int]:
+    """The processes of ``pids`` still alive after up to ``seconds``; each is then killed (nothing outlives a test)."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    return left
+
+
 PARENT = """
 import sys
 from _fake_envs import record_pid_and_sleep
@@ -93,33 +132,13 @@ def test_workers_do_not_outlive_a_parent_that_is_killed_or_terminated(tmp_path, 
     """SIGTERM ended an entry point at once (no handler) and SIGKILL always does: their spawned workers lived on as
     orphans holding memory (a minute later, in a new user's session). SIGTERM now stops the run as Ctrl-C does (one
     line, exit code 143, the workers shut down); after SIGKILL each worker gets SIGTERM from the kernel."""
-    import os
     import signal
     import subprocess
-    import time
-    from pathlib import Path
 
-    tests = Path(__file__).resolve().parent
-    script = tmp_path / "parent.py"
-    script.write_text(PARENT)
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
-    env.pop("ROBOPRETRAIN_TRACEBACK", None)
-    proc = subprocess.Popen([sys.executable, str(script), str(pids)], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    workers = [int(p.name) for p in pids.iterdir()]
-    assert len(workers) == 2 and all(alive(w) for w in workers)
+    proc, workers = _start_parent(tmp_path, PARENT, subprocess.PIPE)
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=60)
-    deadline = time.monotonic() + 20
-    while any(alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = [w for w in workers if alive(w)]
-    for w in left:
-        os.kill(w, signal.SIGKILL)
+    left = _left_alive(workers, 20)
     assert not left, f"workers {left} outlived their parent ({sig})"
     if sig == "SIGTERM":
         assert proc.returncode == 143 and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)"), err
@@ -139,34 +158,16 @@ if __name__ == "__main__":
 def test_stage_ones_data_workers_do_not_outlive_a_killed_stage_one(tmp_path):
     """Stage 1's DataLoader workers start from a fork server, their parent, which outlived a stage 1 killed with
     SIGKILL (its workers hold its alive pipe): workers and fork server lived on, 1.2 GB (helper W)."""
-    import os
     import signal
     import subprocess
-    import time
     from pathlib import Path
 
-    tests = Path(__file__).resolve().parent
-    script = tmp_path / "loader.py"
-    script.write_text(LOADER_PARENT)
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
-    proc = subprocess.Popen([sys.executable, str(script), str(pids)], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    workers = [int(p.name) for p in pids.iterdir()]
-    assert len(workers) == 2 and all(alive(w) for w in workers)
+    proc, workers = _start_parent(tmp_path, LOADER_PARENT, subprocess.DEVNULL)
     server = {int(Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[1]) for w in workers}
     assert len(server) == 1 and server != {proc.pid}  # a fork server started them
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while any(alive(p) for p in [*workers, *server]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = [p for p in [*workers, *server] if alive(p)]
-    for p in left:
-        os.kill(p, signal.SIGKILL)
+    left = _left_alive([*workers, *server], 30)
     assert not left, f"processes {left} outlived the killed stage 1"
 
 
