@@ -165,8 +165,9 @@ def build_image_encoder(settings: EncoderSettings, image_size: int) -> tuple[nn.
 def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
     """The parts of ``spec`` in ``obs`` (arrays, tensors or nested lists) with a batch dimension, and whether one was
     added. Each part must have its spec's shape per observation (``(B, *shape)`` for a batch of ``B``): cameras
-    ``(H, W, C)`` uint8 as rendered (or integers in [0, 255], e.g. nested lists, taken as uint8), low-dim parts ``(D,)``, ``task_id`` an integer in ``[0, num_tasks)`` (one for
-    a whole batch may be a scalar; an agent of one task takes 0 when it is left out). Raises
+    ``(H, W, C)`` uint8 as rendered (or integers in [0, 255], e.g. nested lists, taken as uint8), low-dim parts
+    ``(D,)``, ``task_id`` an integer in ``[0, num_tasks)`` (one for a whole batch may be a scalar; an agent of one
+    task takes 0 when it is left out). Raises
     ``KeyError`` for a missing part and ``ValueError`` for a part of another shape, dtype or range, or holding NaN
     or inf, naming it and the fix (parts of the wrong sizes whose total matched were concatenated silently; a NaN
     part gave a NaN action silently)."""
@@ -207,11 +208,12 @@ def _as_batch(obs: ObsBatch, spec: ObsSpec) -> tuple[dict[str, Any], bool]:
             raise ValueError(f"agent: observation part {k!r} has shape {have}; the agent expects {want} per "
                              f"observation ({batched} for a batch"
                              f"{f' of B = {lead[0]}, as {key!r} gives' if lead and k != key else ''}){hint}")
-        if dtype == np.uint8 and parts[k].dtype not in (np.uint8, torch.uint8) and _whole_bytes(parts[k]):
-            parts[k] = parts[k].to(torch.uint8) if torch.is_tensor(parts[k]) else parts[k].astype(np.uint8)
         if dtype == np.uint8 and parts[k].dtype not in (np.uint8, torch.uint8):
-            raise ValueError(f"agent: camera {k!r} is {parts[k].dtype}; the agent takes uint8 frames in [0, 255] as "
-                             f"rendered (from floats in [0, 1]: (frame * 255).round().astype(np.uint8))")
+            if _whole_bytes(parts[k]):  # integers in [0, 255] (nested lists read as int64): the frame as it is
+                parts[k] = parts[k].to(torch.uint8) if torch.is_tensor(parts[k]) else parts[k].astype(np.uint8)
+            else:
+                raise ValueError(f"agent: camera {k!r} is {parts[k].dtype}; the agent takes uint8 frames in [0, 255] "
+                                 f"as rendered (from floats in [0, 1]: (frame * 255).round().astype(np.uint8))")
         if dtype != np.uint8 and k != TASK_ID:
             finite = torch.isfinite(parts[k]) if torch.is_tensor(parts[k]) else np.isfinite(parts[k])
             if not bool(finite.all()):

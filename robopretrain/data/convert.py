@@ -21,10 +21,10 @@ which converts ``SRC`` on first use into the cache folder ``data.cache_dir``, el
 ``$ROBOPRETRAIN_CACHE_DIR/datasets``, else ``~/.cache/robopretrain/datasets``, as
 ``<name>.<format>.<key>.hdf5``; ``key`` hashes the source's absolute path, the size and modification time of each of
 its files, the format, the action mode, the image size and the converter's version (:func:`converter_version`), so an
-edited source (or a newer converter) is converted again and an unchanged one is reused. Beside each copy, ``<copy>.source.json`` records the
-settings it was made with and its source's files (size, modification time, SHA-256 of the whole file, taken before
-converting): a source whose times changed but not its bytes (touched, written again unchanged) keeps its copy, found by
-content, so the copy's path stays and a run on it resumes (its record then takes the new times; hashing the source
+edited source (or a newer converter) is converted again and an unchanged one is reused. Beside each copy,
+``<copy>.source.json`` records the settings it was made with and its source's files (size, modification time,
+SHA-256 of the whole file, taken before converting): a source whose times changed but not its bytes (touched, written
+again unchanged) keeps its copy, found by content, so the copy's path stays and a run on it resumes (its record then takes the new times; hashing the source
 costs one read of it, far less than converting it again). A new conversion removes the copies of the same source
 path and format that can no longer be reused (made before the source was edited, or by an older converter: their key
 is no longer the source's at their action mode and image size, and their record shows other content), with their

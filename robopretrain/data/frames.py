@@ -172,9 +172,10 @@ def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
         return False
     if indexed.get("mtime_ns") == stamp["mtime_ns"] and indexed.get("ctime_ns") == stamp["ctime_ns"]:
         return True
-    verified = {"sha256": indexed.get("sha256"), "source": stamp}
+    verified, record = {"sha256": indexed.get("sha256"), "source": stamp}, None
     try:  # hashed before at these times, where meta.json could not take them
-        if json.loads(verified_stamp_path(folder).read_text()) == verified:
+        record = verified_stamp_path(folder)
+        if json.loads(record.read_text()) == verified:
             return True
     except (OSError, ValueError, RuntimeError):  # (RuntimeError: no home folder for the cache)
         pass
@@ -190,9 +191,10 @@ def _index_is_current(folder: Path, source: Path, keys: Sequence[str]) -> bool:
         write_json_atomic(meta_path, {**meta, "source": {**indexed, **stamp}}, indent=None)
     except OSError:  # a read-only folder: the cache keeps the times the content was verified at
         try:
-            verified_stamp_path(folder).parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(verified_stamp_path(folder), verified, indent=None)
-        except (OSError, RuntimeError):  # the cache cannot be written either: hashed again next time
+            if record is not None:  # (None: no cache folder to keep it in)
+                record.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(record, verified, indent=None)
+        except OSError:  # the cache cannot be written either: hashed again next time
             pass
     return True
 
