@@ -24,8 +24,8 @@ its files, the format, the action mode, the image size and the converter's versi
 edited source (or a newer converter) is converted again and an unchanged one is reused. Beside each copy,
 ``<copy>.source.json`` records the settings it was made with and its source's files (size, modification time,
 SHA-256 of the whole file, taken before converting): a source whose times changed but not its bytes (touched, written
-again unchanged) keeps its copy, found by content, so the copy's path stays and a run on it resumes (its record then takes the new times; hashing the source
-costs one read of it, far less than converting it again). A new conversion removes the copies of the same source
+again unchanged) keeps its copy, found by content, so the copy's path stays and a run on it resumes (its record then
+takes the new times; hashing the source costs one read of it, far less than converting it again). A new conversion removes the copies of the same source
 path and format that can no longer be reused (made before the source was edited, or by an older converter: their key
 is no longer the source's at their action mode and image size, and their record shows other content), with their
 frame index (``data.storage=disk``) and record, so the cache does not grow with each edit; copies of other sources,
