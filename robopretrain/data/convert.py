@@ -16,24 +16,23 @@ format        what ``SRC`` is                                                 re
 ``robomimic`` an HDF5 file with ``data/demo_<i>`` (already the contract)     :mod:`.resize_robomimic`
 ============  ==============================================================  ==========================
 
-Direct use: ``data.path=SRC`` in any stage (and ``robopretrain.data.inspect SRC``) calls :func:`as_robomimic`,
-which converts ``SRC`` on first use into the cache folder ``data.cache_dir``, else
-``$ROBOPRETRAIN_CACHE_DIR/datasets``, else ``~/.cache/robopretrain/datasets``, as
-``<name>.<format>.<key>.hdf5``; ``key`` hashes the source's absolute path, the size and modification time of each of
-its files, the format, the action mode, the image size and the converter's version (:func:`converter_version`), so an
-edited source (or a newer converter) is converted again and an unchanged one is reused. Beside each copy,
-``<copy>.source.json`` records the settings it was made with and its source's files (size, modification time,
-SHA-256 of the whole file, taken before converting): a source whose times changed but not its bytes (touched, written
-again unchanged) keeps its copy, found by content, so the copy's path stays and a run on it resumes (its record then
-takes the new times; hashing the source costs one read of it, far less than converting it again). A new conversion removes the copies of the same source
-path and format that can no longer be reused (made before the source was edited, or by an older converter: their key
-is no longer the source's at their action mode and image size, and their record shows other content), with their
-frame index (``data.storage=disk``) and record, so the cache does not grow with each edit; copies of other sources,
-and reusable ones at other image sizes or action modes, stay, and so do the copies the run folder's checkpoints name
-(the stages pass them as ``keep``): a rerun on the edited source refuses to resume without deleting the copy the run
-trained on, and finds it again once the source's bytes are restored. A stage-2 checkpoint records the copy it
-trained on: stage 3 without ``data.path`` then asks for the data once that copy is gone. A robomimic file is used
-where it is, unless its cameras need resizing (below).
+Direct use: ``data.path=SRC`` in any stage (and ``robopretrain.data.inspect SRC``) calls :func:`as_robomimic`, which
+converts ``SRC`` on first use into the cache folder ``data.cache_dir``, else ``$ROBOPRETRAIN_CACHE_DIR/datasets``, else
+``~/.cache/robopretrain/datasets``, as ``<name>.<format>.<key>.hdf5``; ``key`` hashes the source's absolute path, the
+size and modification time of each of its files, the format, the action mode, the image size and the converter's version
+(:func:`converter_version`), so an edited source (or a newer converter) is converted again and an unchanged one is
+reused. Beside each copy, ``<copy>.source.json`` records the settings it was made with and its source's files (size,
+modification time, SHA-256 of the whole file, taken before converting): a source whose times changed but not its bytes
+(touched, written again unchanged) keeps its copy, found by content, so the copy's path stays and a run on it resumes
+(its record then takes the new times; hashing the source costs one read of it, far less than converting it again). A new
+conversion removes the copies of the same source path and format that can no longer be reused (made before the source
+was edited, or by an older converter: their key is no longer the source's at their action mode and image size, and their
+record shows other content), with their frame index (``data.storage=disk``) and record, so the cache does not grow with
+each edit; copies of other sources, and reusable ones at other image sizes or action modes, stay, and so do the copies
+the run folder's checkpoints name (the stages pass them as ``keep``): a rerun on the edited source refuses to resume
+without deleting the copy the run trained on, and finds it again once the source's bytes are restored. A stage-2
+checkpoint records the copy it trained on: stage 3 without ``data.path`` then asks for the data once that copy is gone.
+A robomimic file is used where it is, unless its cameras need resizing (below).
 
 Cameras that are not square (LeRobot and Minari recordings are often 480 x 640) or larger than the agent should see:
 ``--image-size S`` (stages: ``data.image_size=S``) resizes every camera frame to ``S x S`` while converting, with
