@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -44,18 +45,37 @@ def tracked() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """A wheel built from a copy of the packages' tracked files and the project file, as ``pip install <checkout>``
-    builds one (offline: with this environment's setuptools, which the dev extra pins to the backend's version)."""
-    tmp = tmp_path_factory.mktemp("wheel")
+def sdist(tmp_path_factory) -> Path:
+    """A source distribution built from a copy of the packages' tracked files and the project files (offline: with
+    this environment's setuptools, which the dev extra pins to the backend's version)."""
+    tmp = tmp_path_factory.mktemp("sdist")
     src = tmp / "src"
-    for name in ("pyproject.toml", "README.md", *tracked()):
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in", *tracked()):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-                    "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True, timeout=300)
-    (built,) = (tmp / "dist").glob("robopretrain-*.whl")
+    subprocess.run([sys.executable, "-c", "import setuptools.build_meta as b, sys; b.build_sdist(sys.argv[1])",
+                    str(tmp / "dist")], cwd=src, check=True, capture_output=True, timeout=300)
+    (built,) = (tmp / "dist").glob("robopretrain-*.tar.gz")
     return built
+
+
+@pytest.fixture(scope="module")
+def wheel(sdist, tmp_path_factory) -> Path:
+    """The wheel pip builds from that sdist (as ``pip install robopretrain-<version>.tar.gz`` or from an index does;
+    a wheel built from the checkout directly has every file the sdist has, or more)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    "-w", str(tmp), str(sdist)], check=True, capture_output=True, timeout=300)
+    (built,) = tmp.glob("robopretrain-*.whl")
+    return built
+
+
+def test_the_sdist_ships_no_partial_test_suite(sdist):
+    """setuptools adds tests/test_*.py to an sdist by default, without conftest.py and the helpers they import: a
+    user running pytest in the unpacked sdist got import errors, not tests (MANIFEST.in prunes the folder)."""
+    names = [n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n]
+    assert "robopretrain/configs/algo/cql.yaml" in names and "pyproject.toml" in names  # (what the list must hold)
+    assert sorted(n for n in names if n == "tests" or n.startswith("tests/")) == []
 
 
 def test_the_wheel_holds_every_config_and_asset(wheel):
