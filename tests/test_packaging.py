@@ -38,19 +38,21 @@ print("ok", len(sim_envs.TASKS))
 """
 
 
-def tracked() -> list[str]:
-    """The files git tracks in the packages (an untracked note or editor file beside them is not the package's)."""
-    out = subprocess.run(["git", "ls-files", "-z", "--", *PACKAGES], cwd=REPO, capture_output=True, check=True)
+def tracked(*folders: str) -> list[str]:
+    """The files git tracks in the packages, or in ``folders`` (an untracked note or editor file beside them is not
+    the package's)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--", *(folders or PACKAGES)], cwd=REPO, capture_output=True,
+                         check=True)
     return [f for f in out.stdout.decode().split("\0") if f]
 
 
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory) -> Path:
-    """A source distribution built from a copy of the packages' tracked files and the project files (offline: with
+    """A source distribution built from a copy of the checkout's project files, packages and tests (offline: with
     this environment's setuptools, which the dev extra pins to the backend's version)."""
     tmp = tmp_path_factory.mktemp("sdist")
     src = tmp / "src"
-    for name in ("pyproject.toml", "README.md", "MANIFEST.in", *tracked()):
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in", *tracked(), *tracked("tests")):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, src / name)
     subprocess.run([sys.executable, "-c", "import setuptools.build_meta as b, sys; b.build_sdist(sys.argv[1])",
