@@ -20,7 +20,8 @@ from hydra import compose, initialize_config_dir
 
 from robopretrain import run_fingerprint
 from robopretrain.data.inspect import summarize_videos, video_sheet_rows
-from robopretrain.data.video import count_frames, read_frames, read_manifest
+from robopretrain.data.video import (VideoDatasetError, count_frames, frame_size, read_frames, read_manifest,
+                                     video_stream)
 from sim_envs.rendering import CameraRenderer, RenderingUnavailableError
 from sim_envs.video_writer import write_frame_folder, write_manifest, write_mp4
 from video_pretrain.data import ManifestSource
@@ -77,6 +78,7 @@ def test_mp4_with_a_display_rotation_is_read_upright(tmp_path, degrees, mirror):
         shown = shown[:, :, ::-1]
     got = read_frames(path)
     assert got.shape == shown.shape
+    assert frame_size(path) == shown.shape[1:3]  # as read (upright), not as stored
     assert np.abs(got.astype(int) - shown).max() <= 12  # lossless luma, yuv420p chroma
     assert np.array_equal(read_frames(path, [2, 0]), got[[2, 0]])
 
@@ -94,6 +96,48 @@ def test_display_rotation_of_an_unrotated_clip_is_a_no_op(tmp_path):
     assert read_frames(tmp_path / "plain.mp4").shape == frames.shape
     with pytest.raises(ValueError, match="multiple of 90"):
         write_mp4(tmp_path / "tilted.mp4", frames, display_rotation=45)
+
+
+# ------------------------------------------------------------------------------------------------ several streams
+def test_a_file_whose_first_video_stream_is_a_one_frame_thumbnail_is_read_as_its_longest_stream(tmp_path, caplog):
+    """A camera's or editor's .mov with a thumbnail stream before the clip: the first stream alone was read, a clip
+    of 1 frame that stage 1 left out as too short, and its size was the thumbnail's."""
+    import av
+
+    path = tmp_path / "with_thumbnail.mov"
+    clip = quadrants(8)
+    with av.open(str(path), "w", format="mov") as out:
+        thumb = out.add_stream("mjpeg", rate=10)
+        thumb.width, thumb.height, thumb.pix_fmt = 16, 16, "yuvj420p"
+        video = out.add_stream("libx264", rate=10, options={"crf": "0"})
+        video.width, video.height, video.pix_fmt = clip.shape[2], clip.shape[1], "yuv444p"
+        for stream, frames in ((thumb, np.full((1, 16, 16, 3), 200, np.uint8)), (video, clip)):
+            for f in frames:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=stream.pix_fmt)))
+            out.mux(stream.encode(None))
+    with av.open(str(path)) as c:
+        assert [s.frames for s in c.streams.video] == [1, 8]  # (the file is what the test means)
+    with caplog.at_level(logging.INFO, logger="robopretrain.data.video"):
+        assert count_frames(path) == 8
+    assert "reading stream 1 (48x32), the longest" in caplog.text
+    assert frame_size(path) == clip.shape[1:3]
+    got = read_frames(path)
+    assert got.shape == clip.shape and np.abs(got.astype(int) - clip).max() <= 12
+    assert np.array_equal(read_frames(path, [5, 1]), got[[5, 1]])
+
+
+def test_a_stream_marked_as_a_picture_is_never_the_clip():
+    """Cover art and thumbnails (FFmpeg's attached_pic disposition) are pictures, whatever their frame count."""
+    from types import SimpleNamespace
+
+    def stream(index: int, frames: int, disposition: int = 0) -> SimpleNamespace:
+        return SimpleNamespace(index=index, frames=frames, duration=None, time_base=None, disposition=disposition,
+                               codec_context=SimpleNamespace(width=8, height=8))
+
+    cover, clip = stream(0, 30, disposition=1 << 10), stream(1, 3)
+    assert video_stream(SimpleNamespace(streams=SimpleNamespace(video=[cover, clip])), "a.mp4") is clip
+    with pytest.raises(VideoDatasetError, match="picture"):
+        video_stream(SimpleNamespace(streams=SimpleNamespace(video=[cover])), "cover_only.mp4")
 
 
 # ------------------------------------------------------------------------------------------------ edit lists

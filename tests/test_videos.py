@@ -11,10 +11,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import sim_envs
+from robopretrain.data.inspect import summarize_videos
 from robopretrain.data.video import (VideoDatasetError, count_frames, read_frames, read_manifest)
 from sim_envs.collect_videos import collect_videos, task_text
 from sim_envs.play import make_play_policy
 from sim_envs.video_writer import write_mp4
+from video_pretrain.data import ManifestSource
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "collect_videos.yaml"
 
@@ -97,8 +99,8 @@ def test_manifest_rejects_paths_outside_its_folder(tmp_path: Path, rel: str) -> 
 def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(VideoDatasetError, match="no such manifest"):
         read_manifest(tmp_path)
-    (tmp_path / "manifest.csv").write_text("path,frames\nx.mp4,3\n")
-    with pytest.raises(VideoDatasetError, match="missing column.*num_frames"):
+    (tmp_path / "manifest.csv").write_text("file,num_frames\nx.mp4,3\n")
+    with pytest.raises(VideoDatasetError, match="missing column.*path"):
         read_manifest(tmp_path)
     write_manifest(tmp_path, [("missing.mp4", 3, "x")])
     with pytest.raises(VideoDatasetError, match="missing.mp4.*does not exist"):
@@ -113,6 +115,25 @@ def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
     write_manifest(tmp_path, [("a.mp4", 3, "x")])
     with pytest.raises(VideoDatasetError, match="has 2 frames but the manifest says 3"):
         read_manifest(tmp_path, check_counts=True)
+
+
+def test_a_manifest_without_counts_or_texts_is_counted_as_stage_1_counts_every_clip(tmp_path: Path) -> None:
+    """num_frames is optional (no column, or an empty cell): stage 1 counts every clip's frames anyway, so requiring
+    it only made users count them by hand; text is optional too."""
+    write_mp4(tmp_path / "a.mp4", smooth_frames(5), fps=10)
+    write_mp4(tmp_path / "b.mp4", smooth_frames(3), fps=10)
+    (tmp_path / "manifest.csv").write_text("path\na.mp4\nb.mp4\n")
+    assert [(e.relpath, e.num_frames, e.text) for e in read_manifest(tmp_path, check_counts=True)] == [
+        ("a.mp4", None, ""), ("b.mp4", None, "")]
+    (tmp_path / "manifest.csv").write_text("path,num_frames,text\na.mp4,,waves\nb.mp4,3,\n")
+    assert [(e.num_frames, e.text) for e in read_manifest(tmp_path, check_counts=True)] == [(None, "waves"), (3, "")]
+    source = ManifestSource(tmp_path, image_size=16, check_clips=False)  # the empty count is counted even so
+    assert source.lengths.tolist() == [5, 3]
+    (tmp_path / "manifest.csv").write_text("path,num_frames,text\na.mp4,,waves\nb.mp4,4,\n")  # b overstated
+    for verify, counts, mismatches in ((False, [5, 4], []), (True, [5, 3], ["b.mp4: 3 frames, manifest says 4"])):
+        summary = summarize_videos(tmp_path, verify=verify)  # data.inspect: still a manifest, its rows in order
+        assert summary.manifest and [e.num_frames for e in summary.entries] == counts
+        assert summary.mismatches == mismatches and summary.counted == verify
 
 
 def test_corrupt_clip_is_reported_by_name(tmp_path: Path) -> None:

@@ -680,10 +680,11 @@ def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSu
     left out of the counts (stage 1 skips it). Raises VideoDatasetError when no clip is readable."""
     folder = Path(folder)
     entries = clip_entries(folder)
-    listed = all(e.num_frames is not None for e in entries)  # a manifest's rows, with their frame counts
+    from_manifest = folder.suffix.lower() == ".csv" or (folder / MANIFEST_NAME).is_file()
+    given = {e.relpath for e in entries if e.num_frames is not None}  # rows whose count the manifest gives
     mismatches = []
     for i, e in enumerate(entries):
-        if e.num_frames is None:  # a clip found without a manifest: counted, as stage 1 counts it
+        if e.num_frames is None:  # a clip found without a manifest, or a row without a count: counted, as stage 1 does
             try:
                 entries[i] = dataclasses.replace(e, num_frames=count_frames(e.path))
             except VideoDatasetError as err:
@@ -691,9 +692,12 @@ def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSu
     entries = [e for e in entries if e.num_frames is not None]
     if not entries:
         raise VideoDatasetError(f"{folder}: no readable clip ({mismatches[0]})")
-    if verify and listed:
+    if verify and given:
         readable = []
         for e in entries:
+            if e.relpath not in given:  # counted above
+                readable.append(e)
+                continue
             try:
                 actual = count_frames(e.path)
             except VideoDatasetError as err:  # listed and left out of the counts, as stage 1 skips it
@@ -706,8 +710,8 @@ def summarize_videos(folder: str | os.PathLike, verify: bool = False) -> VideoSu
         if not readable:
             raise VideoDatasetError(f"{folder}: no readable clip ({mismatches[0]})")
         entries = readable
-    return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches, manifest=listed,
-                        counted=verify or not listed)
+    return VideoSummary(folder, entries, Counter(e.text for e in entries), mismatches, manifest=from_manifest,
+                        counted=verify or not given)
 
 
 STAGE1_MIN_FRAMES = 3  # the longest of stage 1's samplers' minimum clip lengths (video_pretrain/sampling.py)

@@ -3,12 +3,14 @@
 Implements the "Video dataset" contract of ARCHITECTURE.md, the layout R3M/VIP/Ego4D-style loaders use::
 
     videos/
-      manifest.csv        columns path,num_frames,text (extra columns are ignored)
+      manifest.csv        columns path,num_frames,text (path required; extra columns are ignored)
       clip_00000.mp4      a video file (.mp4; .webm/.mkv/.mov/.avi are decoded the same way)
       episode_7/          or a folder of frames 000000.jpg|png, 000001.jpg|png, ... (or frame_0000.png, ...)
 
-``path`` is relative to the manifest's folder and may not leave it (no absolute paths, no ``..``). The manifest
-is UTF-8, with or without a byte-order mark (as Excel and other Windows tools save it), LF or CRLF line ends.
+``path`` is relative to the manifest's folder and may not leave it (no absolute paths, no ``..``). ``num_frames``
+and ``text`` may be left out, or left empty in a row: such a clip's frames are counted (as stage 1 counts every clip's
+anyway) and its text is empty. The manifest is UTF-8, with or without a byte-order mark (as Excel and other Windows
+tools save it), LF or CRLF line ends.
 
 Without a manifest (:func:`clip_entries`), a single video file is a source of one clip, and a folder without
 ``manifest.csv`` is read directly: its video files and frame folders (sub-folders of numbered frames), in name order,
@@ -17,6 +19,10 @@ order and their texts (``sim_envs.collect_videos`` writes one).
 
 Frame folders are read in the order of their numbers, as consecutive steps: numbering with gaps (000002 then 000005,
 frames left out when the clip was saved) is warned once per clip, naming it and the gap.
+
+A video file's clip is its longest video stream: a cover picture or thumbnail stored as a video stream (phones,
+cameras and editors add one, sometimes as the first stream) is not a clip, and a file with several video streams
+(multi-camera recordings) says once which one it reads.
 
 Frames come out as they are meant to be seen:
 
@@ -53,6 +59,11 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "num_frames", "text")
+MANIFEST_REQUIRED = ("path",)  # num_frames (counted when missing) and text (empty) are optional
+# FFmpeg's AV_DISPOSITION_* flags of a video stream that holds a picture, not a clip: attached_pic (cover art,
+# thumbnails), timed_thumbnails, still_image
+_PICTURE_DISPOSITIONS = (1 << 10) | (1 << 11) | (1 << 20)
+_STREAM_CHOICE_LOGGED: set[str] = set()
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of a photo's display rotation / mirroring (1: as stored)
 # files that look like clips or frames but are none the reader takes (said when a folder without a manifest holds
@@ -70,7 +81,8 @@ class VideoDatasetError(ValueError):
 @dataclass(frozen=True)
 class VideoEntry:
     """One row of a manifest: ``path`` (absolute), ``relpath`` (as written), ``num_frames``, ``text``. A clip found
-    without a manifest (:func:`clip_entries`) has ``num_frames`` None (not listed: count it) and an empty text."""
+    without a manifest (:func:`clip_entries`), or a row without a count, has ``num_frames`` None (not listed: count
+    it); a clip without text has an empty one."""
 
     path: Path
     relpath: str
@@ -97,9 +109,10 @@ def manifest_path(path: str | os.PathLike) -> Path:
 def read_manifest(path: str | os.PathLike, check_counts: bool = False) -> list[VideoEntry]:
     """Parse and validate a manifest (``path`` is ``manifest.csv`` or the folder holding it).
 
-    Checks the columns, that every path stays inside the manifest's folder and exists as a video file or
-    a frame folder, and that ``num_frames`` is a positive integer. With ``check_counts``, also counts
-    every clip's frames (demuxing, no pixel decoding) and requires them to equal ``num_frames``.
+    Checks the columns (``path`` is required), that every path stays inside the manifest's folder and exists as a
+    video file or a frame folder, and that ``num_frames``, where given, is a positive integer (an empty cell or no
+    such column: None, count it). With ``check_counts``, also counts every clip's frames (demuxing, no pixel
+    decoding) and requires them to equal ``num_frames`` where given.
     """
     mpath = manifest_path(path)
     root = mpath.parent
@@ -107,10 +120,11 @@ def read_manifest(path: str | os.PathLike, check_counts: bool = False) -> list[V
         with open(mpath, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel) is not part of "path"
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
-            missing = [c for c in MANIFEST_COLUMNS if c not in columns]
+            missing = [c for c in MANIFEST_REQUIRED if c not in columns]
             if missing:
                 raise VideoDatasetError(f"{mpath}: missing column(s) {', '.join(missing)}; expected a header "
-                                        f"with {','.join(MANIFEST_COLUMNS)}, got {','.join(columns) or 'nothing'}")
+                                        f"with {','.join(MANIFEST_COLUMNS)} (num_frames and text optional), got "
+                                        f"{','.join(columns) or 'nothing'}")
             entries = [_parse_row(mpath, root, reader.line_num, row) for row in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise VideoDatasetError(f"{mpath}: not a readable UTF-8 CSV manifest ({exc})") from exc
@@ -126,7 +140,7 @@ def read_manifest(path: str | os.PathLike, check_counts: bool = False) -> list[V
     if check_counts:
         for e in entries:
             actual = count_frames(e.path)
-            if actual != e.num_frames:
+            if e.num_frames is not None and actual != e.num_frames:
                 raise VideoDatasetError(f"{mpath}: {e.relpath} has {actual} frames but the manifest says {e.num_frames}")
     return entries
 
@@ -187,10 +201,10 @@ def _parse_row(mpath: Path, root: Path, line: int, row: dict[str, str | None]) -
                                 f"nor a folder of frames")
     raw = (row.get("num_frames") or "").strip()
     try:
-        num_frames = int(raw)
+        num_frames = int(raw) if raw else None  # empty or no column: counted where the clip is read
     except ValueError:
-        raise VideoDatasetError(f"{where}: num_frames {raw!r} is not an integer") from None
-    if num_frames < 1:
+        raise VideoDatasetError(f"{where}: num_frames {raw!r} is not an integer (or leave it empty: counted)") from None
+    if num_frames is not None and num_frames < 1:
         raise VideoDatasetError(f"{where}: num_frames must be >= 1, got {num_frames}")
     return VideoEntry(path=target, relpath=rel, num_frames=num_frames, text=(row.get("text") or "").strip())
 
@@ -299,7 +313,7 @@ def count_frames(clip: VideoEntry | str | os.PathLike) -> int:
         return len(files)
     container = _open_video(path)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container, path)
         return sum(1 for packet in container.demux(stream) if packet.size > 0 and not packet.is_discard)
     except av.FFmpegError as exc:
         raise VideoDatasetError(f"{path}: corrupt or unreadable video ({exc})") from exc
@@ -308,8 +322,9 @@ def count_frames(clip: VideoEntry | str | os.PathLike) -> int:
 
 
 def frame_size(clip: VideoEntry | str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of a clip's frames, from its header only: a frame folder's first image, a video's stream (as
-    stored: a display rotation of 90 degrees swaps them when read). :class:`VideoDatasetError` when unreadable."""
+    """(height, width) of a clip's frames as :func:`read_frames` gives them (upright): a frame folder's first image's
+    header, a video's first decoded frame (its display matrix: a rotation of 90 degrees swaps the stored sizes).
+    :class:`VideoDatasetError` when unreadable."""
     path = _as_path(clip)
     if path.is_dir():
         first = frame_files(path)[0]
@@ -321,8 +336,13 @@ def frame_size(clip: VideoEntry | str | os.PathLike) -> tuple[int, int]:
             raise VideoDatasetError(f"{first}: corrupt or unreadable image ({exc})") from exc
     container = _open_video(path)
     try:
-        context = container.streams.video[0].codec_context
-        return int(context.height), int(context.width)
+        stream = video_stream(container, path)
+        for frame in container.decode(stream):
+            shown = display_orientation(frame, path, report=False)(np.empty((frame.height, frame.width, 0), np.uint8))
+            return int(shown.shape[0]), int(shown.shape[1])
+        raise VideoDatasetError(f"{path}: the video has no decodable frames")
+    except av.FFmpegError as exc:
+        raise VideoDatasetError(f"{path}: corrupt or unreadable video ({exc})") from exc
     finally:
         container.close()
 
@@ -468,6 +488,32 @@ def _open_video(path: Path) -> av.container.InputContainer:
     return container
 
 
+def video_stream(container: av.container.InputContainer, path: Path | str = "") -> av.video.stream.VideoStream:
+    """The stream of ``container`` that is the clip: its longest video stream by the header's frame count, then
+    duration (the first among equals; FFmpeg's best stream when the header says neither), never one marked as a
+    picture (cover art, a thumbnail, a still image). Logs once per file which stream it reads when there are several.
+    :class:`VideoDatasetError` when every video stream is a picture."""
+    streams = [s for s in container.streams.video if not int(getattr(s, "disposition", 0)) & _PICTURE_DISPOSITIONS]
+    if not streams:
+        raise VideoDatasetError(f"{path}: its only video stream(s) hold a picture (cover art or a thumbnail), not a "
+                                "clip")
+    if len(streams) == 1:
+        return streams[0]
+
+    def length(s: av.video.stream.VideoStream) -> tuple[int, float]:
+        return int(s.frames or 0), float(s.duration * s.time_base) if s.duration and s.time_base else 0.0
+
+    chosen, why = max(streams, key=length), "the longest"  # max keeps the first of equals
+    if length(chosen) == (0, 0.0):
+        best = container.streams.best("video")
+        chosen, why = (best, "FFmpeg's best stream") if best in streams else (streams[0], "the first")
+    if str(path) not in _STREAM_CHOICE_LOGGED:
+        _STREAM_CHOICE_LOGGED.add(str(path))
+        logger.info("%s: %d video streams; reading stream %d (%dx%d), %s", path, len(streams), chosen.index,
+                    chosen.codec_context.width, chosen.codec_context.height, why)
+    return chosen
+
+
 def _read_video(path: Path, idx: np.ndarray | None, each: Callable[[np.ndarray], np.ndarray] | None = None
                 ) -> np.ndarray:
     container = _open_video(path)
@@ -479,7 +525,7 @@ def _read_video(path: Path, idx: np.ndarray | None, each: Callable[[np.ndarray],
     upright = None
     n = 0
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container, path)
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             if upright is None:
@@ -535,11 +581,13 @@ _ODD_ROTATION_LOGGED: set[str] = set()
 _ROTATION_REPORTED = False
 
 
-def display_orientation(frame: av.VideoFrame, path: Path | str = "") -> Callable[[np.ndarray], np.ndarray]:
+def display_orientation(frame: av.VideoFrame, path: Path | str = "", report: bool = True
+                        ) -> Callable[[np.ndarray], np.ndarray]:
     """A function turning decoded (H, W, C) frames upright as players display them (identity when stored so).
 
     Handles the 8 right-angle rotations and mirrorings; a display matrix of any other angle (rare, e.g. a
-    slightly tilted screen capture) is left as stored, with one warning per file.
+    slightly tilted screen capture) is left as stored, with one warning per file. ``report``: log the first rotated
+    clip of the process (reading its frames does; asking its size does not).
     """
     m = display_matrix(frame)
     if m is None:
@@ -557,7 +605,7 @@ def display_orientation(frame: av.VideoFrame, path: Path | str = "") -> Callable
     if not (transpose or flip_rows or flip_cols):
         return _as_stored
     global _ROTATION_REPORTED
-    if not _ROTATION_REPORTED:
+    if report and not _ROTATION_REPORTED:
         _ROTATION_REPORTED = True
         logger.info("%s: its display matrix %s rotates/mirrors the stored frames; turning them upright as players show "
                     "them (reported for the first such clip only)", path, m)
