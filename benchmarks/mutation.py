@@ -134,6 +134,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                                      "tests/test_transfer.py"]),  # physics and visual shifts
     "video_data": ("video_pretrain/data.py", ["tests/test_video_sources.py", "tests/test_inputs_video.py",
                                               "tests/test_sampling.py"]),  # stage 1's clip readers (any video)
+    "video": ("robopretrain/data/video.py", ["tests/test_videos.py", "tests/test_inputs_video.py",
+                                             "tests/test_video_sources.py"]),  # the user's clips: streams, rotation
     "bench_utils": ("benchmarks/bench_utils.py", ["tests/test_bench_utils.py", "tests/test_claims_metrics.py",
                                                   "tests/test_claims_benchmark.py", "tests/test_offline_suite.py",
                                                   "tests/test_testbed_benchmark.py"]),
