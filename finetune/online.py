@@ -228,7 +228,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
     def decided(rows: list[tuple[Episode, bool]]) -> None:
         """EPOpt's decision on a batch: the kept episodes enter the buffer; every one is logged."""
         assert epopt is not None
-        if epopt.settings.env_draws_physics and epopt.batches_done == 1 and not any(ep.physics for ep, _ in rows):
+        first_batch = rows and epopt.batches_done == 1  # (an episode that fills no batch decides nothing: rows [])
+        if first_batch and epopt.settings.env_draws_physics and not any(ep.physics for ep, _ in rows):
             log.warning("transfer.epopt.env_draws_physics: the env's reset info has no scalar dr_params, so %s logs "
                         "no physics per episode (the selection, by return, is the same)", episode_log)
         with episode_log.open("a") as f:

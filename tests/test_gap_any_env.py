@@ -199,16 +199,20 @@ def test_stage3_warns_that_dr_is_not_applied_but_the_gap_is(gain_ckpt, tmp_path,
     assert evals == {0.5}  # eval_randomization, not applied here, does not replace the gap's target
 
 
-def test_epopt_runs_on_an_env_that_draws_its_own_physics(gain_ckpt, tmp_path):
+def test_epopt_runs_on_an_env_that_draws_its_own_physics(gain_ckpt, tmp_path, caplog):
     import json
+    import logging
 
     from finetune.train import run as finetune
 
     ckpt, data = gain_ckpt
     drawn = {**TARGET, "env_id": "_fake_envs:DrawnGainReachEnv", "env_kwargs": {}, "demos": str(data)}
     epopt = {"enabled": True, "epsilon": 0.5, "batch_episodes": 2, "warmup_batches": 0, "env_draws_physics": True}
-    finetune(stage3_config(ckpt, tmp_path / "s3", drawn, algo="iql", env_steps=32,
-                           data_cfg={"cache_dir": str(tmp_path / "cache")}, transfer={"epopt": epopt}))
+    with caplog.at_level(logging.WARNING):
+        finetune(stage3_config(ckpt, tmp_path / "s3", drawn, algo="iql", env_steps=32,
+                               data_cfg={"cache_dir": str(tmp_path / "cache")}, transfer={"epopt": epopt}))
+    # (it was warned once per episode of the second batch: an undecided episode has no rows to look at)
+    assert "no scalar dr_params" not in caplog.text
     rows = [json.loads(line) for line in (tmp_path / "s3" / "epopt_episodes.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(0.5 <= r["physics"]["gain"] < 1.5 for r in rows)  # the env's own draws, logged
     assert len({r["physics"]["gain"] for r in rows}) == 4  # two batches of two episodes: the worst of each kept
