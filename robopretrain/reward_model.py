@@ -452,15 +452,17 @@ def train_ensemble(model: RewardEnsemble, data: SegmentData, labels: Sequence[Pr
 @torch.no_grad()
 def agreement(model: RewardEnsemble, data: SegmentData, labels: Sequence[PreferenceLabel]) -> dict[str, float]:
     """On ``labels``: the fraction of non-tie labels whose preferred segment has the larger ensemble-mean return
-    (``agreement``; None when every label is a tie), the Bradley-Terry loss of the ensemble mean, and the label
-    counts. No labels (nothing held out): ``agreement`` and ``bt_loss`` are None."""
+    (``agreement``; None when every label is a tie; a pair the model scores equal counts one half, whichever segment
+    the label prefers, so a collapsed model scores 0.5, not 1 or 0 by which segment a file names first), the
+    Bradley-Terry loss of the ensemble mean, and the label counts. No labels (nothing held out): ``agreement`` and
+    ``bt_loss`` are None."""
     if not labels:
         return {"agreement": None, "pairs": 0, "non_tie": 0, "bt_loss": None}
     ia, ib = data.indices(labels)
     ra, rb = data.segment_returns(model, ia).mean(0), data.segment_returns(model, ib).mean(0)
     y = torch.tensor([lab.label for lab in labels], dtype=torch.float32)
     decided = y != 0.5
-    right = ((ra > rb) == (y > 0.5)) & decided
+    right = torch.where(ra == rb, 0.5, ((ra > rb) == (y > 0.5)).float()) * decided
     n = int(decided.sum())
     return {"agreement": float(right.sum()) / n if n else None, "pairs": len(labels), "non_tie": n,
             "bt_loss": float(bradley_terry_loss(ra, rb, y))}

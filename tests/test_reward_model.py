@@ -184,6 +184,11 @@ def test_agreement_and_held_out_loss_by_hand(tmp_path):
     # a soft label below 0.5 prefers b: 2.5 < 3.1, so the ensemble agrees
     assert agreement(two_members, data, [PreferenceLabel("demo_0", 2, "demo_1", 4, 2, 0.3)])["agreement"] == 1.0
     assert agreement(two_members, data, labels[3:])["agreement"] is None  # only ties: nothing to agree with (not NaN)
+    # a model that scores both segments equal (collapsed, saturated) is right half the time, whichever segment the
+    # label prefers (it agreed with every label 0 and with no label 1)
+    flat = lambda obs, actions, member=None: torch.zeros(2, len(obs["x"]))  # noqa: E731
+    for y in (0.0, 1.0):
+        assert agreement(flat, data, [PreferenceLabel("demo_0", 2, "demo_1", 4, 2, y)])["agreement"] == 0.5
     # the scripted teacher's sums of the true reward (here x), the file's first row included
     assert segment_reward_sums(data, [("demo_0", 0), ("demo_1", 0), ("demo_1", 4)], 2) == pytest.approx(
         {("demo_0", 0): 0.1, ("demo_1", 0): 1.9, ("demo_1", 4): 1.1})
