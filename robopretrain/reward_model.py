@@ -51,12 +51,15 @@ settings is refused at start-up with one line naming what changed, as stage 2 re
 checkpoint (``resume=false`` starts fresh there, removing the earlier run's files; or choose another
 ``output_dir``); the same run again replaces its files (nothing is resumed: the ensemble trains in one go).
 
-Human label file (``labels.path``): CSV with the header ``demo_a,start_a,demo_b,start_b,length,label`` or JSON (a list
-of objects with those keys). ``demo_*`` are the file's demo names (``demo_3``; ``python -m robopretrain.data.inspect FILE --demos``
-lists them with their lengths), ``start_*`` the first step of the segment inside the demo (0-based), ``length`` the segment length (the same for both segments and for every row of a
-file), ``label`` the probability
-that segment a is preferred: 1 (a better), 0 (b better), 0.5 (equally good; ties). Every problem is a
-``ValueError`` naming the file and the CSV line (the header is line 1) or JSON item (from 1).
+Human label file (``labels.path``): CSV with the header ``demo_a,start_a,demo_b,start_b,length,label``, JSON (a
+``.json`` file: a list of objects with those keys) or JSON lines (``.jsonl`` / ``.ndjson``: one such object per line, as
+annotation tools export them; blank lines are skipped). ``demo_*`` are the file's demo names (``demo_3``; ``python -m
+robopretrain.data.inspect FILE --demos`` lists them with their lengths), ``start_*`` the first step of the segment
+inside the demo (0-based), ``length`` the segment length (the same for both segments and for every row of a file),
+``label`` the probability that segment a is preferred: 1 (a better), 0 (b better), 0.5 (equally good; ties). A pair the
+labeller could not judge ("cannot tell") is left out of the file: it says nothing about which segment is better, while
+0.5 says they are equally good. Every problem is a ``ValueError`` naming the file and the CSV line (the header is line
+1), JSON item (from 1) or JSON-lines line (from 1).
 """
 
 from __future__ import annotations
@@ -124,8 +127,9 @@ class PreferenceLabel:
 
 
 def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
-    """Labels from a CSV or JSON file (module docstring); raises ``ValueError`` naming the file and, for every
-    ill-formed row, its CSV line or JSON item (counted; the first :data:`MAX_BAD_ROWS_SHOWN` named)."""
+    """Labels from a CSV, JSON or JSON-lines file (module docstring; by the suffix: ``.json``, ``.jsonl`` /
+    ``.ndjson``, else CSV); raises ``ValueError`` naming the file and, for every ill-formed row, its CSV line, JSON
+    item or JSON-lines line (counted; the first :data:`MAX_BAD_ROWS_SHOWN` named)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels.path={path}: file not found")
@@ -138,11 +142,23 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
         if not isinstance(items, list):
             raise ValueError(f"{path}: expected a JSON list of objects with keys {list(LABEL_COLUMNS)}")
         rows = [(f"item {i + 1}", row) for i, row in enumerate(items)]
+    elif path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        for i, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    rows.append((f"line {i + 1}", json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}: line {i + 1} is not a JSON object ({exc}); a JSON-lines file holds "
+                                     f"one object with keys {list(LABEL_COLUMNS)} per line") from None
     else:
         reader = csv.DictReader(text.splitlines())
         names = [str(n).strip() for n in reader.fieldnames or []]  # "a, b " as well as "a,b"
         if set(LABEL_COLUMNS) - set(names):
-            raise ValueError(f"{path}: expected a CSV header with {','.join(LABEL_COLUMNS)}, got {reader.fieldnames}")
+            json_like = text.lstrip().startswith(("{", "["))
+            raise ValueError(f"{path}: expected a CSV header with {','.join(LABEL_COLUMNS)}, got {reader.fieldnames}"
+                             + ("; this looks like JSON: name the file .json (a list of objects) or .jsonl (one "
+                                "object per line)" if json_like else ""))
         reader.fieldnames = names
         rows = [(f"line {reader.line_num}", {k: v.strip() if isinstance(v, str) else v for k, v in row.items()})
                 for row in reader]  # the header is line 1

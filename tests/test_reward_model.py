@@ -79,6 +79,16 @@ def test_human_label_files_round_trip_and_bad_rows_are_named(tmp_path):
     (tmp_path / "l.json").write_text(json.dumps([{"demo_a": "demo_0", "start_a": 0, "demo_b": "demo_3", "start_b": 4,
                                                   "length": 5, "label": 1}]))
     assert read_labels(tmp_path / "l.json") == labels[:1]
+    rows = [{"demo_a": lab.demo_a, "start_a": lab.start_a, "demo_b": lab.demo_b, "start_b": lab.start_b,
+             "length": lab.length, "label": lab.label} for lab in labels]
+    (tmp_path / "l.jsonl").write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n")  # annotation tools'
+    assert read_labels(tmp_path / "l.jsonl") == labels
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "label": 3}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl: line 2: label must be in"):
+        read_labels(tmp_path / "bad.jsonl")
+    (tmp_path / "l.txt").write_text(json.dumps(rows[0]) + "\n")  # JSON lines under another suffix: said so
+    with pytest.raises(ValueError, match="expected a CSV header.*looks like JSON: name the file .json"):
+        read_labels(tmp_path / "l.txt")
     (tmp_path / "bad.csv").write_text("demo_a,start_a,demo_b,start_b,length,label\ndemo_0,0,demo_1,0,5,2\n")
     with pytest.raises(ValueError, match="bad.csv: line 2: label must be in"):  # the header is line 1
         read_labels(tmp_path / "bad.csv")
