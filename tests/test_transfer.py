@@ -364,6 +364,27 @@ def test_darc_learns_to_charge_for_source_only_transitions():
     assert float(dr.mean()) > 1.0
 
 
+def test_darc_normalises_with_the_target_transitions_statistics_when_the_agent_has_none():
+    """obs.normalize=false (encoder mean 0, std 1): the classifiers' inputs were raw, so input_noise=1.0 swamped data
+    in metres and DARC corrected nothing; now they are standardised by the target transitions' s and s' rows (a
+    dimension constant there is left unscaled)."""
+    enc = SimpleNamespace(mean=torch.zeros(3), std=torch.ones(3))
+    agent = SimpleNamespace(spec=ObsSpec(low_dim=(("proprio", 2), ("object", 1))), critic_encoder=enc,
+                            device=torch.device("cpu"), act_dim=1)
+    rng = np.random.default_rng(0)
+    s = np.stack([0.3 + 0.02 * rng.normal(size=40), -5.0 + 0.5 * rng.normal(size=40), np.full(40, 0.7)], 1)
+    nxt = s + [0.01, 0.1, 0.0]
+    target = {"observations": {"proprio": s[:, :2], "object": s[:, 2:]}, "actions": np.zeros((40, 1), np.float32),
+              "next_observations": {"proprio": nxt[:, :2], "object": nxt[:, 2:]}}
+    corr = RewardCorrection(agent, target, DARCSettings(enabled=True), reward_scale=1.0, seed=0)
+    both = torch.as_tensor(np.concatenate([s, nxt]), dtype=torch.float32)
+    mean, std = both.mean(0), both.std(0, correction=0)
+    torch.testing.assert_close(corr.mean, mean)
+    torch.testing.assert_close(corr.std, torch.tensor([float(std[0]), float(std[1]), 1.0]))  # the constant one: 1
+    states = corr.states(target["observations"])
+    assert states[:, :2].std(0).min() > 0.5 and states[:, :2].std(0).max() < 2.0  # about one std per unit
+
+
 # --------------------------------------------------------------------------- gap
 
 

@@ -26,11 +26,17 @@ authors' reward scale multiplies the corrected reward the same way). Cal-QL's Mo
 not corrected (they are computed when episodes are stored, before any classifier exists).
 
 Inputs: the agent's low-dim observation parts (``obs.low_dim``; a camera-only agent is refused), normalised with the
-agent's own statistics (the critic encoder's ``mean`` / ``std``), and the action.
+agent's own statistics (the critic encoder's ``mean`` / ``std``), and the action. An agent without statistics
+(``obs.normalize=false``: mean 0, std 1) gets the target transitions' own (their ``s`` and ``s'`` rows together; a
+dimension that does not vary there, std below 1e-3, is left unscaled), so that ``input_noise`` is always about one
+standard deviation of the data per dimension. Here this differs from the authors' code, which adds the noise to raw
+states: on data in metres (a few centimetres of spread) a noise of 1.0 in raw units hid every gap from the
+classifiers (0.51 accuracy, no correction), without a word.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +46,11 @@ import torch
 from torch import nn
 
 from robopretrain.data.keys import ACTIONS, NEXT_OBS, OBS, REWARDS
+
+log = logging.getLogger(__name__)
+
+# a classifier input dimension whose std in the target transitions is below this (constant there) is not scaled
+UNSCALED_BELOW = 1e-3
 
 
 @dataclass
@@ -137,6 +148,13 @@ class RewardCorrection:
         self.settings, self.reward_scale, self.device = settings, float(reward_scale), agent.device
         enc = agent.critic_encoder
         self.mean, self.std = enc.mean.detach().clone(), enc.std.detach().clone()
+        if bool((self.mean == 0).all() and (self.std == 1).all()):  # an agent without statistics: the target's own
+            raw = torch.cat([self.states(target[OBS]), self.states(target[NEXT_OBS])])
+            std = raw.std(0, correction=0)
+            self.mean, self.std = raw.mean(0), torch.where(std < UNSCALED_BELOW, torch.ones_like(std), std)
+            log.info("transfer.darc: the agent does not normalise its observations (obs.normalize=false); the "
+                     "classifiers normalise theirs with the %d target transitions' statistics, so input_noise=%g is "
+                     "in standard deviations of the data", len(raw) // 2, float(settings.input_noise))
         self.target_obs = self.states(target[OBS])
         self.target_next = self.states(target[NEXT_OBS])
         self.target_actions = torch.as_tensor(np.asarray(target[ACTIONS]), dtype=torch.float32, device=self.device)
