@@ -379,9 +379,10 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     if gap.enabled:  # the gap's source replaces dr; its target judges, unless eval_randomization says otherwise
         rand = gap.source
         eval_rand = gap.target if eval_rand is None else eval_rand
-    env_limit = build.check_env_fits(agent, target, rand)
+    env_limit = build.check_env_fits(agent, target, rand, side="gap.source" if gap.enabled else "")
     if gap.enabled and eval_rand != rand:  # a misspelt constructor argument of the judged side, named before training
-        build.check_env_fits(agent, target, eval_rand)
+        build.check_env_fits(agent, target, eval_rand,
+                             side="gap.target" if eval_rand is gap.target else "eval_randomization")
     stage2_path = recorded_file(ckpt, "data_path")  # at a moved run folder's new place when it moved with the run
     kept = [str(ckpt.meta[k]) for k in ("data_path", "mix_path") if ckpt.meta.get(k)]  # outlive a source edit
     kept += recorded_data_files(run_dir / "checkpoints") if cfg.get("resume", True) else []

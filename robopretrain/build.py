@@ -873,18 +873,24 @@ def warn_encoder_geometry(encoder_dir: str | os.PathLike, info: DatasetInfo, rgb
     return []
 
 
-def check_env_fits(agent: Agent, target: Target, randomization: Any = "none") -> int | None:
+def check_env_fits(agent: Agent, target: Target, randomization: Any = "none", side: str = "") -> int | None:
     """Build the target's env once and check its observation parts and action size against the agent's, before any
     training: a ``ValueError`` names the target, the part and both sizes; returns the env's time limit
     (:func:`~robopretrain.envs.target.env_time_limit`). A sparse-reward target then takes one step
     (:func:`probe_action`: the middle of the env's action range), unless its ``probe_step`` is false (a real
     robot that must not move before the policy acts): an info without its ``success_key`` raises
-    :class:`~robopretrain.envs.target.EnvContractError`."""
+    :class:`~robopretrain.envs.target.EnvContractError`. ``side``: the setting ``randomization`` came from (e.g.
+    ``gap.source``), named first in an error building the env (a constructor argument of that side it refuses)."""
     from robopretrain.data.spec import SpecMismatchError, spec_from_shapes
     from robopretrain.evaluation import agent_env
 
     check_target_fits(agent, target)
-    env = agent_env(agent, target, randomization)
+    try:
+        env = agent_env(agent, target, randomization)
+    except ValueError as exc:
+        if not side:
+            raise
+        raise ValueError(f"{side}={randomization!r}: {exc}") from None
     try:
         obs, _ = env.reset(seed=0)
         shapes = {k: (np.shape(v), np.asarray(v).dtype) for k, v in obs.items() if k != "task_id"}

@@ -756,7 +756,7 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         log.warning(note)
     for cond in conditions:  # a gap's sides build other envs (their constructor arguments): checked before any too
         if cond.factor == GAP:
-            check_env_fits(policy, target, cond.randomization)
+            check_env_fits(policy, target, cond.randomization, side=f"gap.{cond.level}")
     out_dir = resolve_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a second evaluate writing this folder now is refused (its results were lost)

@@ -181,6 +181,28 @@ def test_a_gap_with_sim_envs_randomization_is_refused_on_a_gym_target(gain_ckpt,
     assert Gap.from_mapping(nominal_mapping).any_env  # what make_env runs on any env, any_env accepts
 
 
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_a_constructor_argument_the_env_refuses_names_the_gap_side_it_came_from(gain_ckpt, tmp_path, side):
+    """Both sides' bad keyword read the same, "the target's env_kwargs among them", though the target had none."""
+    from hydra import compose, initialize_config_dir
+
+    from finetune.train import run as finetune
+    from robopretrain.evaluate import evaluate_robustness
+
+    ckpt, data = gain_ckpt
+    bad = {**GAP, side: {"env_kwargs": {"gravity": 9.8}}}
+    said = rf"gap.{side}=\{{'env_kwargs': \{{'gravity': 9.8\}}\}}: env .*unexpected keyword argument 'gravity'"
+    with pytest.raises(ValueError, match=said):
+        finetune(stage3_config(ckpt, tmp_path / "s3", {**TARGET, "demos": str(data)}, algo="iql", env_steps=4,
+                               data_cfg={"cache_dir": str(tmp_path / "cache")}, gap=bad))
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        ev = compose("evaluate", overrides=[f"checkpoint={ckpt}", f"output_dir={tmp_path / 'ev'}", "episodes=1",
+                                            "workers=0", "progress=false", "plot=false", "video.enabled=false"])
+    ev.target, ev.gap = OmegaConf.create(TARGET), OmegaConf.create(bad)
+    with pytest.raises(ValueError, match=said):
+        evaluate_robustness(ev)
+
+
 def test_stage3_warns_that_dr_is_not_applied_but_the_gap_is(gain_ckpt, tmp_path, caplog):
     import logging
 
