@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
@@ -154,18 +154,23 @@ def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: 
 
     An exception raised by ``fn`` reaches the caller as it is. A worker that dies raises :class:`WorkerProcessDied`
     naming ``what`` (the pool) and the main-guard hint (:data:`MAIN_GUARD_HINT`, for a caller's own script). All jobs
-    are submitted at once (the workers start then, Ctrl-C blocked). After the last result the workers exit (running their ``multiprocessing.util.Finalize`` callbacks, e.g.
-    closing envs); with ``close_timeout`` (seconds) they are terminated if they have not exited by then, with a
+    are submitted at once (the workers start then, Ctrl-C blocked). After the last result the workers exit (running
+    their ``multiprocessing.util.Finalize`` callbacks, e.g. closing envs); with ``close_timeout`` (seconds) they are terminated if they have not exited by then, with a
     warning, and the generator closing early (the caller stopped, or failed) cancels the jobs not started and
     terminates the workers."""
     refuse_in_loky_worker(what)
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
                                initargs=(os.getpid(), initializer, tuple(initargs)))
     finished = False
+    futures: list[Future] = []
+    size = max(1, int(chunksize))
     try:
         with sigint_blocked_for_workers():  # the workers start as the jobs are submitted: all of them, here
-            results = pool.map(fn, jobs, chunksize=max(1, int(chunksize)))
-        yield from results
+            pending = list(jobs)
+            for i in range(0, len(pending), size):  # (one by one: an interrupt here knows the jobs already given)
+                futures.append(pool.submit(_run_chunk, fn, pending[i: i + size]))
+        for future in futures:
+            yield from future.result()
         finished = True
     except BrokenProcessPool:
         raise WorkerProcessDied(f"{what}: a worker process died before answering (killed, e.g. out of memory; a "
@@ -173,12 +178,27 @@ def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: 
                                 f"printed above); if you called this from your own script: {MAIN_GUARD_HINT}"
                                 ) from None
     finally:
-        _shut_down(pool, close_timeout if finished else 0.0)
+        _shut_down(pool, close_timeout if finished else 0.0, futures)
 
 
-def _shut_down(pool: ProcessPoolExecutor, timeout: float | None) -> None:
+def _run_chunk(fn: Callable[[T], R], jobs: list[T]) -> list[R]:
+    """A worker's share of :func:`process_map`: ``fn`` over ``chunksize`` consecutive jobs."""
+    return [fn(job) for job in jobs]
+
+
+# how long a shutdown waits for the executor's own thread to cancel the jobs not started before terminating workers
+SETTLE_SECONDS = 2.0
+
+
+def _shut_down(pool: ProcessPoolExecutor, timeout: float | None, futures: Iterable[Future] = ()) -> None:
     """Shut ``pool`` down, waiting for its workers to exit at most ``timeout`` seconds (None: as long as they take)
     before terminating the ones left.
+
+    Before terminating, the executor's own thread is given up to :data:`SETTLE_SECONDS` to cancel the jobs of
+    ``futures`` (the pool's) not yet started: a worker terminated first makes that thread fail every pending job,
+    and on Python 3.11 a job cancelled before (``Executor.map``'s iterator cancels its jobs when closed) made it
+    die printing ``InvalidStateError: CANCELLED`` (and an ``OSError`` at exit) before a Ctrl-C's one ``interrupted``
+    line (CPython gh-105169, fixed in 3.12). Jobs here are cancelled only by that thread.
 
     A worker counts as exited when its sentinel is ready (the process ended), not by ``is_alive()``: the executor's
     own thread joins the same processes, and when it reaps one first, ``waitpid`` here fails and ``is_alive()``
@@ -198,6 +218,10 @@ def _shut_down(pool: ProcessPoolExecutor, timeout: float | None) -> None:
             if not ready:  # the time is up
                 break
         if running:
+            settled = time.monotonic() + SETTLE_SECONDS
+            futures = list(futures)
+            while any(not (f.done() or f.running()) for f in futures) and time.monotonic() < settled:
+                time.sleep(0.01)  # the executor's thread has not yet cancelled the jobs not started
             if timeout > 0:
                 log.warning("worker processes did not exit within %g s of the last result (an env's close() "
                             "blocking?); terminating them", timeout)

@@ -181,6 +181,31 @@ class _Pool:
         pass
 
 
+INTERRUPTED_MAP = """
+import time
+from robopretrain.workers import process_map
+
+try:  # the first job's result comes when both workers run; then a Ctrl-C, with jobs running and others waiting
+    for _ in process_map(time.sleep, [0.0] + [60.0] * 7, 2, what="the test's workers"):
+        raise KeyboardInterrupt
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_a_ctrl_c_while_workers_run_jobs_prints_nothing_from_the_executor():
+    """Ctrl-C with jobs running and others waiting: the workers are terminated, and on Python 3.11 the executor's
+    thread then failed the waiting jobs that Executor.map's iterator had cancelled (``InvalidStateError:
+    CANCELLED``, or an ``OSError`` at exit), a traceback before the one ``interrupted`` line."""
+    import os
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", INTERRUPTED_MAP], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0 and out.stdout == "interrupted\n", out.stderr[-2000:]
+    assert out.stderr == ""
+
+
 def test_a_worker_reaped_by_the_executors_own_join_counts_as_exited(caplog):
     """The executor's thread joins the workers too; one it reaped first read as alive to is_alive() (waitpid fails
     here), so a run whose workers had exited warned they 'did not exit within 60 s' and terminated them. An exited
