@@ -153,11 +153,11 @@ def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: 
     yielded in job order as ``multiprocessing.Pool.imap`` does; ``chunksize`` consecutive jobs go to one worker.
 
     An exception raised by ``fn`` reaches the caller as it is. A worker that dies raises :class:`WorkerProcessDied`
-    naming ``what`` (the pool) and the main-guard hint (:data:`MAIN_GUARD_HINT`, for a caller's own script). All jobs
-    are submitted at once (the workers start then, Ctrl-C blocked). After the last result the workers exit (running
-    their ``multiprocessing.util.Finalize`` callbacks, e.g. closing envs); with ``close_timeout`` (seconds) they are terminated if they have not exited by then, with a
-    warning, and the generator closing early (the caller stopped, or failed) cancels the jobs not started and
-    terminates the workers."""
+    naming ``what`` (the pool) and the main-guard hint (:data:`MAIN_GUARD_HINT`, for a caller's own script). All
+    jobs are submitted at once (the workers start then, Ctrl-C blocked). After the last result the workers exit
+    (running their ``multiprocessing.util.Finalize`` callbacks, e.g. closing envs); with ``close_timeout`` (seconds)
+    they are terminated if they have not exited by then, with a warning, and the generator closing early (the caller
+    stopped, or failed) cancels the jobs not started and terminates the workers."""
     refuse_in_loky_worker(what)
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
                                initargs=(os.getpid(), initializer, tuple(initargs)))
