@@ -923,7 +923,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
 
 def _run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """:func:`run_pipeline`'s stages in order, once its checks passed and its run folder is this process's."""
-    from robopretrain.report import log_report, write_report
+    from robopretrain.report import REPORT, log_report, write_report
 
     steps: dict[str, Callable[[], Any]] = {
         "data": lambda: stage_data(cfg, run_dir),
@@ -950,6 +950,11 @@ def _run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                             "the later stages' folders) or choose another run_dir", stage, run_dir / stage)
             ran[stage] = "skipped"
             continue
+        report = run_dir / REPORT
+        if report.is_file():  # its figures are the earlier stages' (deleted to redo, or unfinished): not this run's
+            report.unlink()
+            log.info("stage %s runs: removed the earlier %s (a new one is written when every stage is done)", stage,
+                     report)
         torch.manual_seed(int(cfg.seed) + STAGES.index(stage))
         np.random.seed(int(cfg.seed) + STAGES.index(stage))
         start = time.perf_counter()

@@ -19,6 +19,7 @@ from robopretrain.files import write_text_atomic
 from robopretrain.metrics import read_jsonl
 
 DONE = "done.json"
+REPORT = "report.md"  # <run>/report.md, written when every stage is done
 STAGES = ("data", "stage1", "stage2", "adapt", "stage3", "evaluate")
 
 
@@ -254,7 +255,7 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         lines += ["", "## Rollouts", ""] + [f"![{gif.stem}](evaluate/{gif.name})" for gif in gifs]
     lines += ["", "Config of this invocation (each stage's own settings are in its `done.json`):", "", "```yaml",
               OmegaConf.to_yaml(cfg).rstrip(), "```", ""]
-    path = run_dir / "report.md"
+    path = run_dir / REPORT
     write_text_atomic(path, "\n".join(lines))
     return path
 

@@ -154,6 +154,8 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
                                                   + str(moved / "stage3" / "Arm") + " ") as err:
         run_pipeline(cfg)  # the target's folder: the other targets' finished runs are kept
     assert "resume=false" not in str(err.value)
+    # the report of the stages deleted to redo them went with them (it stayed, linking plots no longer there)
+    assert not (moved / "report.md").exists()
     cfg.stage3.algo_overrides = {}
     cfg.stage3.algo = "cql"  # another kind of agent: refused by the agent check, with the same advice
     from robopretrain.checkpoint import CheckpointMismatchError
