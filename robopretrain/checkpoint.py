@@ -247,6 +247,14 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
         found = _latest_candidates(candidate)
         if found:
             return found[0]
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder; give a run folder (its checkpoints/ holds ckpt_* "
+                              "checkpoints), its checkpoints/ folder or one ckpt_* folder")
+    if path.is_dir() and path.name.startswith(PREFIX):
+        missing = [name for name in (META_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
+        raise CheckpointError(f"{path}: a checkpoint folder without {' and '.join(missing)} (damaged, or cut short "
+                              f"while written); give its run folder ({path.parent}) to use the newest readable "
+                              "checkpoint there")
     _refuse_encoder_folder(path)
     runs = _runs_below(path)
     raise CheckpointError(f"{path}: neither a checkpoint folder nor a folder holding ckpt_* checkpoints"

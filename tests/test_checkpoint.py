@@ -148,6 +148,13 @@ def test_a_run_folder_its_checkpoints_folder_and_the_latest_file_name_the_latest
     assert resolve_checkpoint_dir(tmp_path / "checkpoints" / "latest") == first
     with pytest.raises(CheckpointError, match="neither a checkpoint folder"):
         resolve_checkpoint_dir(tmp_path / "checkpoints" / "ckpt_00000001" / "meta.json")
+    # a mistyped path and a damaged ckpt_* folder say so (both read "neither a checkpoint folder ...")
+    with pytest.raises(CheckpointError, match=r"checkpoints_typo: no such file or folder; give a run folder"):
+        resolve_checkpoint_dir(tmp_path / "checkpoints_typo")
+    (first / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match=rf"{first}: a checkpoint folder without meta.json \(damaged.*give its "
+                                              rf"run folder \({first.parent}\)"):
+        resolve_checkpoint_dir(first)
     # a pipeline run folder, or its stage3/: the run folders below it are named (its stage3/<target>)
     pipeline_run = tmp_path / "pipe"
     for run in ("stage2", "stage3/Reach", "stage3/PressButton"):
