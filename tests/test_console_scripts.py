@@ -221,7 +221,7 @@ def test_a_mapping_copied_across_lines_is_read_as_on_one_line(results):
     assert one_line_collection("data.path=/a\nb") == "data.path=/a\nb"  # not a mapping or list: as it is
     r = results["robopretrain-finetune-multiline"]
     assert r.returncode == 2 and "cannot parse" not in r.stderr, r.stderr[-2000:]
-    assert "none: no such file or folder" in r.stderr.strip().splitlines()[-1]  # read past the target, to the checkpoint
+    assert "none: no such file or folder" in r.stderr.strip().splitlines()[-1]  # past the target, to the checkpoint
 
 
 @pytest.mark.parametrize("config_name, overrides, refused", [
