@@ -200,6 +200,14 @@ def test_the_env_takes_actions_in_the_agents_units(caplog, monkeypatch) -> None:
     wide.step(np.array([-1.0, 1.0], np.float32))  # -1 -> -1.0, 1 -> 10.0 in env units: clipped to [0, 8]
     wide.step(np.array([0.0, 0.0], np.float32))   # 3.5, 5.0: inside, unchanged
     np.testing.assert_allclose([a for _, a in fake.UnitsReachEnv.received], [[0.0, 8.0], [3.5, 5.0]])
+    # beyond the env's range on one side and short of it on the other (a scripted policy's raw, env-clipped outputs,
+    # rescaled by their min / max): both said, with what to do about raw outputs
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        make_env(Target(**TARGET, action_normalization={"low": [-2.0, 0.0], "high": [5.0, 8.0]})).close()
+    assert "beyond the env's own action range in dimension(s) [0]" in caplog.text
+    assert "clip them to the env's range in the file" in caplog.text
+    assert "reach only low [0.0], high [5.0] of the env's [0.0], [8.0] in dimension(s) [0]" in caplog.text
     # units narrower than the env's range (the demos' min / max in one dimension): the agent could never leave
     # them, silently; said once per process
     caplog.clear()

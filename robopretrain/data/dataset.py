@@ -444,7 +444,9 @@ def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Ma
                            f"{np.round(hi[out], 4).tolist()} in dimension(s) {out.tolist()}, outside "
                            f"data.action_bounds (low {low[out].tolist()}, high {high[out].tolist()}) there: the "
                            "bounds are the env's action box in the env's units and must hold the actions (another "
-                           "robot's or controller's units? dimensions in another order?)")
+                           "robot's or controller's units? dimensions in another order? or raw outputs of a policy "
+                           "whose env clips them, as Meta-World's scripted policies give: clip them to the box in the "
+                           "file, as the env executed them)")
     share = (hi - lo) / (high - low)
     thin = np.flatnonzero(share < 0.25)
     if thin.size:

@@ -704,15 +704,19 @@ class AgentActionUnits(gym.ActionWrapper):
                 f"{np.round(own_low, 4).tolist()}, {np.round(own_high, 4).tolist()}): its actions are clipped to "
                 "the env's range there (the policy cannot reach what it learned beyond it). Where the "
                 "data's actions stayed inside [-1, 1] they were taken as already normalised (data.actions=auto); if "
-                "they are in this env's own units, " + UNITS_FIXED_HINT + " (else: data of another robot?)")
+                "they are in this env's own units, " + UNITS_FIXED_HINT + "; if they are raw outputs of a policy "
+                "whose env clips them (Meta-World's scripted policies'), clip them to the env's range in the file "
+                "first, as the env executed them (else: data of another robot?)")
         if beyond.any() and wide not in _NARROW_WARNED:  # once per process, as below
             _NARROW_WARNED.add(wide)
             log.warning(wide)
         finite = np.isfinite(own_low) & np.isfinite(own_high)
         margin = 0.01 * np.where(finite, own_high - own_low, 0.0)
-        narrow = finite & ~beyond & ((low > own_low + margin) | (high < own_high - margin))
-        message = (f"{where}: the agent's actions reach only low {np.round(low[narrow], 4).tolist()}, high "
-                   f"{np.round(high[narrow], 4).tolist()} of the env's {np.round(own_low[narrow], 4).tolist()}, "
+        # (a dimension beyond the env's range on one side can fall short of it on the other: [-2.7, 0.5] of [-1, 1])
+        narrow = finite & ((low > own_low + margin) | (high < own_high - margin))
+        inside_low, inside_high = np.maximum(low, own_low), np.minimum(high, own_high)  # what reaches the env
+        message = (f"{where}: the agent's actions reach only low {np.round(inside_low[narrow], 4).tolist()}, high "
+                   f"{np.round(inside_high[narrow], 4).tolist()} of the env's {np.round(own_low[narrow], 4).tolist()}, "
                    f"{np.round(own_high[narrow], 4).tolist()} in dimension(s) {np.flatnonzero(narrow).tolist()} (the "
                    "range the demos covered, or [-1, 1] where they stayed inside it): exploration and the policy "
                    "never leave it; to reach the env's whole range, " + UNITS_FIXED_HINT)
