@@ -261,7 +261,7 @@ def test_the_adapters_action_space_is_the_wrapped_envs(monkeypatch):
     import robopretrain.envs.metaworld as mw
 
     fake_metaworld = SimpleNamespace(ALL_V3_ENVIRONMENTS={"reach-v3": SixDofSawyer})
-    monkeypatch.setattr(mw, "_import_metaworld", lambda: fake_metaworld)
+    monkeypatch.setattr(mw, "import_metaworld", lambda: fake_metaworld)
     monkeypatch.setattr(SixDofSawyer, "action_space", gym.spaces.Box(-2.0, 2.0, (6,), np.float64))
     env = MetaWorldEnv("reach-v3", render_images=False)
     assert env.action_space == gym.spaces.Box(-2.0, 2.0, (6,), np.float32)
@@ -786,3 +786,19 @@ def test_a_target_limit_longer_than_the_envs_own_is_warned_about(caplog):
         if warned:
             assert "max_episode_steps=600, but the env itself stops its episodes at 500 steps" in said[0]
             assert "env_kwargs.max_episode_steps=600" in said[0]
+
+
+def test_without_meta_world_installed_the_collector_says_which_extra_in_one_line(tmp_path):
+    """Meta-World is an optional extra: without it the collector (and any Meta-World target) ended in a Hydra
+    traceback, exit code 1, though the error named the extra."""
+    import os
+
+    (tmp_path / "sitecustomize.py").write_text("import sys\nfor m in ('metaworld', 'metaworld.env_dict', "
+                                               "'metaworld.policies'):\n    sys.modules[m] = None\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]), "MUJOCO_GL": "egl"}
+    out = subprocess.run([sys.executable, "-m", "robopretrain.envs.metaworld_collect", "tasks=[reach-v3]",
+                          "episodes_per_task=1", f"output={tmp_path / 'd.hdf5'}", f"hydra.run.dir={tmp_path / 'h'}"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert last.startswith("error: Meta-World is not installed") and "pip install -e '.[metaworld]'" in last

@@ -183,12 +183,18 @@ def box_action_space(space: Any, where: str) -> spaces.Box:
     return spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), space.shape, np.float32)
 
 
-def _import_metaworld() -> Any:
+class MetaWorldMissingError(ImportError, ValueError):
+    """Meta-World, an optional extra, is not installed: an ``ImportError`` that the entry points report in one
+    ``error:`` line (a ``ValueError`` too) naming the extra to install."""
+
+
+def import_metaworld() -> Any:
+    """``metaworld.env_dict``; :class:`MetaWorldMissingError` when Meta-World is not installed."""
     try:
         import metaworld.env_dict  # noqa: F401  (heavy: loads all 50 env classes)
     except ImportError as exc:
-        raise ImportError(f"Meta-World is not installed ({exc}); install the extra: pip install -e '.[metaworld]'") \
-            from exc
+        raise MetaWorldMissingError(f"Meta-World is not installed ({exc}); install the extra: pip install -e "
+                                    "'.[metaworld]' (or pip install 'metaworld==3.1.*')") from exc
     return metaworld.env_dict
 
 
@@ -229,7 +235,7 @@ class MetaWorldEnv(gym.Env):
         self.terminate_on_success = bool(terminate_on_success)
         self.render_mode = render_mode
 
-        env_dict = _import_metaworld()
+        env_dict = import_metaworld()
         mw = env_dict.ALL_V3_ENVIRONMENTS[self.task]()
         # Goal observable (as in MT1/MT10; the scripted experts read it), a fresh object/goal draw at every
         # reset from the env's own seeded generator (not numpy's global one).

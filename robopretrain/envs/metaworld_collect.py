@@ -142,6 +142,9 @@ class ScriptedExpert:
     """
 
     def __init__(self, task: str, noise: float = 0.0, rng: np.random.Generator | None = None) -> None:
+        from robopretrain.envs.metaworld import import_metaworld
+
+        import_metaworld()  # (not installed: one line naming the extra)
         from metaworld.policies import ENV_POLICY_MAP
 
         self.policy = ENV_POLICY_MAP[task_name(task)]()
