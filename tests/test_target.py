@@ -466,6 +466,24 @@ def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in(ca
     assert with_task_slot(Target(name="Reach"), {"Reach": 5}, 13).task_id is None  # sim_envs: its own id
 
 
+def test_a_metaworld_target_keeps_its_own_id_unless_the_agent_learnt_the_task_elsewhere_or_it_does_not_fit():
+    """A user's own one-task drawer-open file (slot 0, one-hot of size 1): the target took Meta-World's id 4 and
+    was refused ("does not fit the agent's task one-hot of size 1"), with advice to leave out the task_id it had
+    left out."""
+    from robopretrain.envs.target import with_task_slot
+
+    drawer = Target(name="drawer-open-v3", family="metaworld")
+    own = drawer.resolved_task_id()
+    assert own > 0  # (Meta-World's MT50 id: the case needs one other than 0)
+    assert with_task_slot(drawer, {"drawer-open-v3": own}, 50).task_id is None  # the collector's ids: its own
+    assert with_task_slot(drawer, {"reach-v3": 1}, 50).task_id is None  # fits, another task learnt: its own
+    assert with_task_slot(drawer, {"drawer-open-v3": 0}, 1).task_id == 0  # learnt in slot 0
+    assert with_task_slot(drawer, {"drawer-open-v3": 2}, 50).task_id == 2  # learnt elsewhere in a wide one-hot
+    assert with_task_slot(drawer, {"my_drawer": 0}, 1).task_id == 0  # a one-slot agent of a task named otherwise
+    assert with_task_slot(drawer, {"a": 0, "b": 1}, 2).task_id is None  # no slot to take: its id, refused later
+    assert with_task_slot(Target(name="drawer-open-v3", family="metaworld", task_id=3), {}, 1).task_id == 3
+
+
 
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_observation_parts_that_are_no_arrays_are_left_out_for_the_vector_collector(asynchronous, caplog):

@@ -251,14 +251,24 @@ def slot_note(name: str, slot: int, trained: Mapping[str, int], label_only: bool
 
 
 def with_task_slot(target: Target, task_ids: Mapping[str, int], num_tasks: int) -> Target:
-    """``target`` with its slot of the task one-hot filled in when it names none and its family has no ids of its own
-    (a gym target): the slot of the trained task of its name, else the one slot every trained task shares, else 0
-    for an agent with at most one slot (logged). ``task_ids``: trained task name -> slot (a checkpoint's meta or the
-    data's); ``num_tasks``: the agent's one-hot size (0: none). Raises ValueError naming the trained tasks' slots
-    when none of these applies (a multi-task agent: which task the env is must be said)."""
-    if target.task_id is not None or target.family != GYM:
+    """``target`` with its slot of the task one-hot filled in when it names none and its family has no ids of its
+    own (a gym target): the slot of the trained task of its name, else the one slot every trained task shares, else
+    0 for an agent with at most one slot (logged). A Meta-World target keeps Meta-World's own id (``TASK_IDS``,
+    which the toolkit's collector records) unless the agent learnt its task in another slot, or the id does not fit
+    the agent's one-hot (a user's own one-task file): then the same rules as a gym target's. ``task_ids``: trained
+    task name -> slot (a checkpoint's meta or the data's); ``num_tasks``: the agent's one-hot size (0: none). Raises
+    ValueError naming the trained tasks' slots when none of these applies (a multi-task agent: which task the env is
+    must be said)."""
+    if target.task_id is not None or target.family not in (GYM, METAWORLD):
         return target
     slots = {str(k): int(v) for k, v in dict(task_ids).items()}
+    if target.family == METAWORLD:  # Meta-World's own id, unless the agent learnt the task elsewhere or it does not fit
+        own = target.resolved_task_id()
+        learnt = slots.get(target.name)
+        if learnt == own or (learnt is None and (own < num_tasks or num_tasks == 0)):
+            return target
+        if learnt is None and len(set(slots.values())) != 1 and num_tasks > 1:
+            return target  # a multi-task agent without the task: its one-hot refuses the id, naming both
     if target.name in slots:
         slot, why = slots[target.name], "the slot of the trained task of its name"
     elif len(set(slots.values())) == 1:
