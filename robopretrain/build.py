@@ -910,7 +910,7 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none", si
             seen = env.get_wrapper_attr("camera_shapes")
         except AttributeError:
             seen = {}
-        warn_camera_geometry(where, seen, getattr(agent, "camera_sources", None))
+        warn_camera_geometry(where, seen, getattr(agent, "camera_sources", None), agent.spec.image_size)
         if target.sparse and target.probe_step:  # a misspelt success_key shows at the first step, before training
             # (stage 2's evaluations only warned)
             _, _, _, _, info = env.step(probe_action(env.action_space, agent.act_dim))

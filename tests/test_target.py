@@ -722,6 +722,16 @@ def test_camera_geometry_notes_name_other_proportions_and_grey_against_colour():
     assert camera_geometry_notes("t", {"top": (48, within, 3)}, trained) == []
     assert len(camera_geometry_notes("t", {"top": (48, 64 * (1 + 2 * ASPECT_TOLERANCE), 3)}, trained)) == 1
     assert camera_geometry_notes("t", {"top": (96, 48, 3)}, None) == []  # a checkpoint without the record
+    # data frames enlarged to the agent's size while the env renders it natively (sharper): noted; shrunk, or the
+    # env's own frames enlarged too, or within ENLARGED_BY: not
+    square = {"cam": [64, 64, 3]}
+    (note,) = camera_geometry_notes("t", {"cam": (96, 96, 3)}, square, image_size=96)
+    assert note.startswith("t: camera 'cam': the agent learnt from the data's 64x64 frames enlarged to its 96 px")
+    assert "data.image_size=64" in note
+    assert camera_geometry_notes("t", {"cam": (48, 48, 3)}, square, image_size=96) == []  # the env's enlarged too
+    assert camera_geometry_notes("t", {"cam": (64, 64, 3)}, {"cam": [128, 128, 3]}, image_size=64) == []
+    assert camera_geometry_notes("t", {"cam": (68, 68, 3)}, square, image_size=68) == []
+    assert camera_geometry_notes("t", {"cam": (96, 96, 3)}, square) == []  # no agent size given
 
 
 def test_check_env_fits_compares_the_envs_cameras_with_the_agents_data(caplog, monkeypatch):
