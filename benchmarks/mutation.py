@@ -164,7 +164,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "tests/test_agent.py::test_an_augmentation_shift_past_a_quarter_of_the_frame_"
                                         "is_warned_and_a_negative_one_refused",
                                         "tests/test_data_formats.py::test_a_fresh_run_after_the_refused_resume_removes_"
-                                        "the_copy_the_old_run_named"]),
+                                        "the_copy_the_old_run_named",
+                                        "tests/test_finetune.py::test_a_dense_target_ending_at_success_where_its_"
+                                        "demos_ran_on_is_said"]),  # warn_success_termination
     # the user's env as a target: its construction, contract checks, action units, time limits and task slot
     "target": ("robopretrain/envs/target.py", ["tests/test_target.py", "tests/test_action_units.py",
                                                "tests/test_metaworld.py::test_a_short_task_name_is_the_v3_name_and_a_"

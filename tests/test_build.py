@@ -31,6 +31,14 @@ def test_setup_torch_seeds_torch_and_numpy_with_any_integer_seed():
     assert np.array_equal(drawn_np, np.random.random(3)) and torch.equal(drawn_torch, torch.rand(3))
 
 
+def test_plain_resolves_interpolations_and_passes_other_values_through():
+    """A config section's ${...} interpolations are resolved (a stage reading ``plain(cfg.data)`` got the text
+    "${...}" otherwise); values that are no config pass unchanged."""
+    cfg = OmegaConf.create({"size": 64, "data": {"image_size": "${size}", "keys": ["a"]}})
+    assert build.plain(cfg.data) == {"image_size": 64, "keys": ["a"]}
+    assert build.plain([1, "${size}"]) == [1, "${size}"] and build.plain(None) is None
+
+
 @pytest.mark.parametrize("node,expected", [
     (None, "none"),
     ("train", "train"),

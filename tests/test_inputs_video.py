@@ -90,6 +90,26 @@ def test_mp4_with_a_display_rotation_is_read_upright(tmp_path, degrees, mirror):
                   ).max() == 0
 
 
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_a_frame_without_side_data_gives_the_display_matrix_of_its_rotation(tmp_path, degrees):
+    """PyAV versions without frame side data give only ``frame.rotation``: turned into the same matrix as the side
+    data of a file written with that display rotation."""
+    from types import SimpleNamespace
+
+    import av
+
+    from robopretrain.data.video import display_matrix
+
+    path = tmp_path / "phone.mp4"
+    write_mp4(path, quadrants(2), crf=0, display_rotation=degrees)
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+        from_side_data = display_matrix(frame)
+        assert from_side_data is not None and frame.rotation % 360 == degrees % 360  # (what the fake stands for)
+    assert display_matrix(SimpleNamespace(side_data=None, rotation=frame.rotation)) == from_side_data
+    assert display_matrix(SimpleNamespace(side_data=None, rotation=0)) is None
+
+
 def test_display_rotation_of_an_unrotated_clip_is_a_no_op(tmp_path):
     frames = quadrants(3)
     write_mp4(tmp_path / "plain.mp4", frames, crf=0)
@@ -118,6 +138,9 @@ def test_a_file_whose_first_video_stream_is_a_one_frame_thumbnail_is_read_as_its
     with av.open(str(path)) as c:
         assert [s.frames for s in c.streams.video] == [1, 8]  # (the file is what the test means)
     with caplog.at_level(logging.INFO, logger="robopretrain.data.video"):
+        write_mp4(tmp_path / "plain.mp4", clip[:2])
+        assert count_frames(tmp_path / "plain.mp4") == 2  # one stream: nothing to say
+        assert "video streams" not in caplog.text
         assert count_frames(path) == 8
     assert "reading stream 1 (48x32), the longest" in caplog.text
     assert frame_size(path) == clip.shape[1:3]

@@ -572,7 +572,9 @@ def display_matrix(frame: av.VideoFrame) -> tuple[int, int, int, int] | None:
     degrees = getattr(frame, "rotation", 0) or 0
     if degrees == 0:
         return None
-    rad = np.deg2rad(-degrees)  # av_display_rotation_set: a clockwise rotation by -degrees
+    # frame.rotation is av_display_rotation_get(M), which returns minus the angle av_display_rotation_set(M, angle)
+    # was given, and _set's matrix is (cos r, -sin r, sin r, cos r) at r = -angle: here r = +rotation
+    rad = np.deg2rad(degrees)
     cos, sin = np.cos(rad) * 65536, np.sin(rad) * 65536
     return int(round(cos)), int(round(-sin)), int(round(sin)), int(round(cos))
 
