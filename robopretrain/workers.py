@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -162,15 +163,19 @@ def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: 
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
                                initargs=(os.getpid(), initializer, tuple(initargs)))
     finished = False
-    futures: list[Future] = []
+    futures: deque[Future] = deque()  # the chunks not yet handed out, in job order
     size = max(1, int(chunksize))
     try:
         with sigint_blocked_for_workers():  # the workers start as the jobs are submitted: all of them, here
             pending = list(jobs)
-            for i in range(0, len(pending), size):  # (one by one: an interrupt here knows the jobs already given)
+            for i in range(0, len(pending), size):
                 futures.append(pool.submit(_run_chunk, fn, pending[i: i + size]))
-        for future in futures:
-            yield from future.result()
+        while futures:  # each result let go once handed out (a collector's episodes stay in memory one at a time)
+            chunk = futures[0].result()
+            futures.popleft()
+            chunk.reverse()
+            while chunk:
+                yield chunk.pop()
         finished = True
     except BrokenProcessPool:
         raise WorkerProcessDied(f"{what}: a worker process died before answering (killed, e.g. out of memory; a "
@@ -178,7 +183,7 @@ def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, *, what: 
                                 f"printed above); if you called this from your own script: {MAIN_GUARD_HINT}"
                                 ) from None
     finally:
-        _shut_down(pool, close_timeout if finished else 0.0, futures)
+        _shut_down(pool, close_timeout if finished else 0.0)
 
 
 def _run_chunk(fn: Callable[[T], R], jobs: list[T]) -> list[R]:
@@ -186,19 +191,15 @@ def _run_chunk(fn: Callable[[T], R], jobs: list[T]) -> list[R]:
     return [fn(job) for job in jobs]
 
 
-# how long a shutdown waits for the executor's own thread to cancel the jobs not started before terminating workers
-SETTLE_SECONDS = 2.0
-
-
-def _shut_down(pool: ProcessPoolExecutor, timeout: float | None, futures: Iterable[Future] = ()) -> None:
+def _shut_down(pool: ProcessPoolExecutor, timeout: float | None) -> None:
     """Shut ``pool`` down, waiting for its workers to exit at most ``timeout`` seconds (None: as long as they take)
-    before terminating the ones left.
+    before terminating the ones left (``shutdown(cancel_futures=True)``: the executor's own thread cancels the jobs
+    not started).
 
-    Before terminating, the executor's own thread is given up to :data:`SETTLE_SECONDS` to cancel the jobs of
-    ``futures`` (the pool's) not yet started: a worker terminated first makes that thread fail every pending job,
-    and on Python 3.11 a job cancelled before (``Executor.map``'s iterator cancels its jobs when closed) made it
-    die printing ``InvalidStateError: CANCELLED`` (and an ``OSError`` at exit) before a Ctrl-C's one ``interrupted``
-    line (CPython gh-105169, fixed in 3.12). Jobs here are cancelled only by that thread.
+    :func:`process_map` submits its jobs itself rather than through ``Executor.map``, whose iterator cancels its jobs
+    when closed: a worker terminated then made the executor's thread fail those cancelled jobs, and on Python 3.11
+    it died printing ``InvalidStateError: CANCELLED`` (and an ``OSError`` at exit) before a Ctrl-C's one
+    ``interrupted`` line (CPython gh-105169, fixed in 3.12). The executor's thread removes the jobs it cancels.
 
     A worker counts as exited when its sentinel is ready (the process ended), not by ``is_alive()``: the executor's
     own thread joins the same processes, and when it reaps one first, ``waitpid`` here fails and ``is_alive()``
@@ -218,10 +219,6 @@ def _shut_down(pool: ProcessPoolExecutor, timeout: float | None, futures: Iterab
             if not ready:  # the time is up
                 break
         if running:
-            settled = time.monotonic() + SETTLE_SECONDS
-            futures = list(futures)
-            while any(not (f.done() or f.running()) for f in futures) and time.monotonic() < settled:
-                time.sleep(0.01)  # the executor's thread has not yet cancelled the jobs not started
             if timeout > 0:
                 log.warning("worker processes did not exit within %g s of the last result (an env's close() "
                             "blocking?); terminating them", timeout)

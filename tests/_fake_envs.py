@@ -500,6 +500,18 @@ def square_and_blocked(x: int) -> tuple[int, bool]:
     return x * x, sigint_blocked()
 
 
+class Payload:
+    """A job's result the caller can hold a weak reference to (to see whether the pool still keeps it)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def payload(x: int) -> Payload:
+    """``Payload(x)``: run in a process_map worker."""
+    return Payload(x)
+
+
 def square_or_exit(x: int) -> int:
     """``x * x``, except that the process exits at once on 3 (a simulator's crash, an out-of-memory kill)."""
     import os

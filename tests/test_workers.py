@@ -44,6 +44,23 @@ def test_results_come_in_job_order_from_workers_that_hold_ctrl_c_blocked():
     assert read == [False] * 3  # the results are read after the block: Ctrl-C is the parent's again
 
 
+def test_each_result_is_let_go_once_handed_out():
+    """The pool kept every result until the generator ended: a collector writing each episode as it came held all
+    of them in memory (672 MB against 132 MB for 30 results of 20 MB)."""
+    import gc
+    import weakref
+
+    from _fake_envs import payload
+
+    handed: list[weakref.ref] = []
+    for result in process_map(payload, range(7), 2, what="the test's workers", chunksize=2):  # (no enumerate: its
+        assert result.value == len(handed)  # reused tuple holds the last item)
+        handed.append(weakref.ref(result))
+        del result
+        gc.collect()
+        assert [ref() is None for ref in handed] == [True] * len(handed)
+
+
 def test_a_worker_that_dies_is_an_error_naming_the_pool_and_the_main_guard():
     with pytest.raises(WorkerProcessDied, match=r"^the test's workers: a worker process died before answering .*"
                                                 r"if __name__ == \"__main__\":"):
