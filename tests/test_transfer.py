@@ -380,9 +380,18 @@ def test_darc_normalises_with_the_target_transitions_statistics_when_the_agent_h
     both = torch.as_tensor(np.concatenate([s, nxt]), dtype=torch.float32)
     mean, std = both.mean(0), both.std(0, correction=0)
     torch.testing.assert_close(corr.mean, mean)
-    torch.testing.assert_close(corr.std, torch.tensor([float(std[0]), float(std[1]), 1.0]))  # the constant one: 1
+    torch.testing.assert_close(corr.std, std + 1e-3)  # the agent's rule (STD_EPS): the constant one 1e-3
     states = corr.states(target["observations"])
     assert states[:, :2].std(0).min() > 0.5 and states[:, :2].std(0).max() < 2.0  # about one std per unit
+    # kept in the checkpoint; one written before they were kept resumes on raw inputs, as its classifiers trained
+    saved = corr.state_dict()
+    fresh = RewardCorrection(agent, target, DARCSettings(enabled=True), reward_scale=1.0, seed=1)
+    fresh.load_state_dict({**saved, "mean": saved["mean"] + 1.0})
+    torch.testing.assert_close(fresh.mean, mean + 1.0)
+    torch.testing.assert_close(fresh.target_obs, corr.states(target["observations"]) - 1.0 / corr.std)
+    fresh.load_state_dict({k: v for k, v in saved.items() if k not in ("mean", "std")})
+    assert float(fresh.mean.abs().max()) == 0.0 and float((fresh.std - 1).abs().max()) == 0.0
+    torch.testing.assert_close(fresh.target_obs, torch.as_tensor(s, dtype=torch.float32))
 
 
 # --------------------------------------------------------------------------- gap

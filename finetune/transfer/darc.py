@@ -27,9 +27,10 @@ not corrected (they are computed when episodes are stored, before any classifier
 
 Inputs: the agent's low-dim observation parts (``obs.low_dim``; a camera-only agent is refused), normalised with the
 agent's own statistics (the critic encoder's ``mean`` / ``std``), and the action. An agent without statistics
-(``obs.normalize=false``: mean 0, std 1) gets the target transitions' own (their ``s`` and ``s'`` rows together; a
-dimension that does not vary there, std below 1e-3, is left unscaled), so that ``input_noise`` is always about one
-standard deviation of the data per dimension. Here this differs from the authors' code, which adds the noise to raw
+(``obs.normalize=false``: mean 0, std 1) gets the target transitions' own (their ``s`` and ``s'`` rows together;
+``std + 1e-3``, the agent's own rule, :data:`~robopretrain.nets.obs_encoder.STD_EPS`), so that ``input_noise`` is
+always about one standard deviation of the data per dimension; they are kept in the run's checkpoints (a run
+checkpointed before, whose classifiers read raw inputs, resumes reading them raw). Here this differs from the authors' code, which adds the noise to raw
 states: on data in metres (a few centimetres of spread) a noise of 1.0 in raw units hid every gap from the
 classifiers (0.51 accuracy, no correction), without a word.
 """
@@ -46,12 +47,9 @@ import torch
 from torch import nn
 
 from robopretrain.data.keys import ACTIONS, NEXT_OBS, OBS, REWARDS
+from robopretrain.nets.obs_encoder import STD_EPS
 
 log = logging.getLogger(__name__)
-
-# a classifier input dimension whose std in the target transitions is below this (constant there) is not scaled
-UNSCALED_BELOW = 1e-3
-
 
 @dataclass
 class DARCSettings:
@@ -148,15 +146,15 @@ class RewardCorrection:
         self.settings, self.reward_scale, self.device = settings, float(reward_scale), agent.device
         enc = agent.critic_encoder
         self.mean, self.std = enc.mean.detach().clone(), enc.std.detach().clone()
-        if bool((self.mean == 0).all() and (self.std == 1).all()):  # an agent without statistics: the target's own
+        self.target = target
+        self.own_stats = bool((self.mean == 0).all() and (self.std == 1).all())
+        if self.own_stats:  # an agent without statistics: the target's own
             raw = torch.cat([self.states(target[OBS]), self.states(target[NEXT_OBS])])
-            std = raw.std(0, correction=0)
-            self.mean, self.std = raw.mean(0), torch.where(std < UNSCALED_BELOW, torch.ones_like(std), std)
+            self.mean, self.std = raw.mean(0), raw.std(0, correction=0) + STD_EPS
             log.info("transfer.darc: the agent does not normalise its observations (obs.normalize=false); the "
                      "classifiers normalise theirs with the %d target transitions' statistics, so input_noise=%g is "
                      "in standard deviations of the data", len(raw) // 2, float(settings.input_noise))
-        self.target_obs = self.states(target[OBS])
-        self.target_next = self.states(target[NEXT_OBS])
+        self._normalise_target()
         self.target_actions = torch.as_tensor(np.asarray(target[ACTIONS]), dtype=torch.float32, device=self.device)
         if len(self.target_actions) < 1:
             raise ValueError("transfer.darc: no target transitions (gap.target_transitions must be >= 1)")
@@ -166,6 +164,11 @@ class RewardCorrection:
         self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=float(settings.lr))
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
         self.updates = 0
+
+    def _normalise_target(self) -> None:
+        """The target transitions' states under the classifiers' statistics (again when a resume restores others)."""
+        self.target_obs = self.states(self.target[OBS])
+        self.target_next = self.states(self.target[NEXT_OBS])
 
     def states(self, obs: Mapping[str, Any]) -> torch.Tensor:
         """The normalised low-dim state ``(B, D)`` of an observation dict."""
@@ -204,9 +207,22 @@ class RewardCorrection:
 
     def state_dict(self) -> dict[str, Any]:
         return {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "updates": self.updates}
+                "generator": self.generator.get_state(), "updates": self.updates,
+                "mean": self.mean.cpu(), "std": self.std.cpu()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a checkpoint's classifiers with the input statistics they were trained on: a checkpoint written
+        before they were kept had the agent's own (mean 0, std 1 for an agent without statistics: raw inputs)."""
+        mean, std = state.get("mean"), state.get("std")
+        if mean is None and not self.own_stats:  # the agent's own statistics, as then
+            mean, std = self.mean, self.std
+        elif mean is None:
+            mean, std = torch.zeros_like(self.mean), torch.ones_like(self.std)
+            log.warning("transfer.darc: resuming a checkpoint written before the classifiers' input statistics "
+                        "were kept: they go on reading raw inputs, as they were trained (input_noise=%g in the "
+                        "data's own units)", float(self.settings.input_noise))
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
+        self._normalise_target()
         self.classifier.load_state_dict(state["classifier"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
