@@ -27,12 +27,12 @@ not corrected (they are computed when episodes are stored, before any classifier
 
 Inputs: the agent's low-dim observation parts (``obs.low_dim``; a camera-only agent is refused), normalised with the
 agent's own statistics (the critic encoder's ``mean`` / ``std``), and the action. An agent without statistics
-(``obs.normalize=false``: mean 0, std 1) gets the target transitions' own (their ``s`` and ``s'`` rows together;
-``std + 1e-3``, the agent's own rule, :data:`~robopretrain.nets.obs_encoder.STD_EPS`), so that ``input_noise`` is
-always about one standard deviation of the data per dimension; they are kept in the run's checkpoints (a run
-checkpointed before, whose classifiers read raw inputs, resumes reading them raw). Here this differs from the authors' code, which adds the noise to raw
-states: on data in metres (a few centimetres of spread) a noise of 1.0 in raw units hid every gap from the
-classifiers (0.51 accuracy, no correction), without a word.
+(``obs.normalize=false``: mean 0, std 1) gets the target transitions' own (their ``s`` and ``s'`` rows together; ``std
++ 1e-3``, the agent's own rule, :data:`~robopretrain.nets.obs_encoder.STD_EPS`), so that ``input_noise`` is always
+about one standard deviation of the data per dimension; they are kept in the run's checkpoints (a run checkpointed
+before, whose classifiers read raw inputs, resumes reading them raw). Here this differs from the authors' code, which
+adds the noise to raw states: on data in metres (a few centimetres of spread) a noise of 1.0 in raw units hid every
+gap from the classifiers (0.51 accuracy, no correction), without a word.
 """
 
 from __future__ import annotations
