@@ -142,14 +142,15 @@ def test_a_file_whose_first_video_stream_is_a_one_frame_thumbnail_is_read_as_its
         assert count_frames(tmp_path / "plain.mp4") == 2  # one stream: nothing to say
         assert "video streams" not in caplog.text
         assert count_frames(path) == 8
-    assert "reading stream 1 (48x32), the longest" in caplog.text
+    assert "reading stream 1, the longest: stream 0 holds one frame, a thumbnail" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # one clip and its thumbnail: no warning
     assert frame_size(path) == clip.shape[1:3]
     got = read_frames(path)
     assert got.shape == clip.shape and np.abs(got.astype(int) - clip).max() <= 12
     assert np.array_equal(read_frames(path, [5, 1]), got[[5, 1]])
 
 
-def test_a_stream_marked_as_a_picture_is_never_the_clip():
+def test_a_stream_marked_as_a_picture_is_never_the_clip(caplog):
     """Cover art and thumbnails (FFmpeg's attached_pic disposition) are pictures, whatever their frame count."""
     from types import SimpleNamespace
 
@@ -161,6 +162,13 @@ def test_a_stream_marked_as_a_picture_is_never_the_clip():
     assert video_stream(SimpleNamespace(streams=SimpleNamespace(video=[cover, clip])), "a.mp4") is clip
     with pytest.raises(VideoDatasetError, match="picture"):
         video_stream(SimpleNamespace(streams=SimpleNamespace(video=[cover])), "cover_only.mp4")
+    # two clips (a multi-camera recording): the first, as ever, even if the other is longer; said with a warning
+    first, longer = stream(0, 10), stream(1, 11)
+    with caplog.at_level(logging.INFO, logger="robopretrain.data.video"):
+        assert video_stream(SimpleNamespace(streams=SimpleNamespace(video=[first, longer])), "two.mp4") is first
+    (said,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "two.mp4: 2 video streams (0: 8x8, 10 frames; 1: 8x8, 11 frames); reading stream 0, the first; to read " \
+           "another, extract it first" in said.getMessage()
 
 
 # ------------------------------------------------------------------------------------------------ edit lists

@@ -20,9 +20,10 @@ order and their texts (``sim_envs.collect_videos`` writes one).
 Frame folders are read in the order of their numbers, as consecutive steps: numbering with gaps (000002 then 000005,
 frames left out when the clip was saved) is warned once per clip, naming it and the gap.
 
-A video file's clip is its longest video stream: a cover picture or thumbnail stored as a video stream (phones,
-cameras and editors add one, sometimes as the first stream) is not a clip, and a file with several video streams
-(multi-camera recordings) says once which one it reads.
+A video file's clip is its first video stream, unless that is a picture: a cover picture or thumbnail stored as a
+video stream (phones, cameras and editors add one, sometimes as the first stream) is not a clip, and the longest
+other stream is read; a file with several streams of more than one frame (a multi-camera or depth recording) is
+warned about once, naming the stream it reads.
 
 Frames come out as they are meant to be seen:
 
@@ -489,10 +490,12 @@ def _open_video(path: Path) -> av.container.InputContainer:
 
 
 def video_stream(container: av.container.InputContainer, path: Path | str = "") -> av.video.stream.VideoStream:
-    """The stream of ``container`` that is the clip: its longest video stream by the header's frame count, then
-    duration (the first among equals; FFmpeg's best stream when the header says neither), never one marked as a
-    picture (cover art, a thumbnail, a still image). Logs once per file which stream it reads when there are several.
-    :class:`VideoDatasetError` when every video stream is a picture."""
+    """The stream of ``container`` that is the clip: its first video stream, as before, unless that one is a picture
+    (marked as cover art, a thumbnail or a still image) or holds one frame by its header while another does not (a
+    thumbnail stored as an unmarked stream): then the longest other one by the header's frame count, then duration.
+    Several streams of more than one frame (a multi-camera or depth recording) are warned about once per file,
+    naming each and how to read another (extract it first). :class:`VideoDatasetError` when every video stream is a
+    picture."""
     streams = [s for s in container.streams.video if not int(getattr(s, "disposition", 0)) & _PICTURE_DISPOSITIONS]
     if not streams:
         raise VideoDatasetError(f"{path}: its only video stream(s) hold a picture (cover art or a thumbnail), not a "
@@ -503,14 +506,22 @@ def video_stream(container: av.container.InputContainer, path: Path | str = "") 
     def length(s: av.video.stream.VideoStream) -> tuple[int, float]:
         return int(s.frames or 0), float(s.duration * s.time_base) if s.duration and s.time_base else 0.0
 
-    chosen, why = max(streams, key=length), "the longest"  # max keeps the first of equals
-    if length(chosen) == (0, 0.0):
-        best = container.streams.best("video")
-        chosen, why = (best, "FFmpeg's best stream") if best in streams else (streams[0], "the first")
+    def one_frame(s: av.video.stream.VideoStream) -> bool:
+        return int(s.frames or 0) == 1
+
+    chosen, why = streams[0], "the first"
+    clips = [s for s in streams if not one_frame(s)]
+    if one_frame(chosen) and clips:
+        chosen = max(clips, key=length)  # max keeps the first of equals
+        why = f"the longest: stream {streams[0].index} holds one frame, a thumbnail"
     if str(path) not in _STREAM_CHOICE_LOGGED:
         _STREAM_CHOICE_LOGGED.add(str(path))
-        logger.info("%s: %d video streams; reading stream %d (%dx%d), %s", path, len(streams), chosen.index,
-                    chosen.codec_context.width, chosen.codec_context.height, why)
+        listed = "; ".join(f"{s.index}: {s.codec_context.width}x{s.codec_context.height}, {int(s.frames or 0)} "
+                           "frames" for s in streams)
+        say = logger.warning if len(clips) > 1 else logger.info
+        say("%s: %d video streams (%s); reading stream %d, %s%s", path, len(streams), listed, chosen.index, why,
+            "; to read another, extract it first (ffmpeg -i IN -map 0:<stream> -c copy OUT)" if len(clips) > 1
+            else "")
     return chosen
 
 
