@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -880,17 +881,21 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none", si
     (:func:`probe_action`: the middle of the env's action range), unless its ``probe_step`` is false (a real
     robot that must not move before the policy acts): an info without its ``success_key`` raises
     :class:`~robopretrain.envs.target.EnvContractError`. ``side``: the setting ``randomization`` came from (e.g.
-    ``gap.source``), named first in an error building the env (a constructor argument of that side it refuses)."""
+    ``gap.source``), named first where the env refuses a constructor argument of that side."""
     from robopretrain.data.spec import SpecMismatchError, spec_from_shapes
     from robopretrain.evaluation import agent_env
 
     check_target_fits(agent, target)
     try:
         env = agent_env(agent, target, randomization)
-    except ValueError as exc:
-        if not side:
+    except ValueError as exc:  # a constructor argument of the side the env refuses: the side named first
+        from robopretrain.envs.target import split_env_kwargs
+
+        given = split_env_kwargs(randomization)[1] if side else {}
+        refused = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if refused is None or refused.group(1) not in given:
             raise
-        raise ValueError(f"{side}={randomization!r}: {exc}") from None
+        raise ValueError(f"{side}={randomization!r}: {exc}") from exc
     try:
         obs, _ = env.reset(seed=0)
         shapes = {k: (np.shape(v), np.asarray(v).dtype) for k, v in obs.items() if k != "task_id"}

@@ -357,7 +357,7 @@ def stage2_adversary(cfg: DictConfig, agent: Any, tasks: list[str], run_dir: Pat
         raise ValueError("transfer.dann needs an agent whose image encoder trains (cameras and encoder mode "
                          f"finetune or scratch); this one has mode {agent.mode!r}")
     target = dann_target(task, tasks[0], targets, task_ids or {}, agent.spec.num_tasks)
-    build.check_env_fits(agent, target, gap.target)
+    build.check_env_fits(agent, target, gap.target, side="gap.target")
     frames = cached_target_data(run_dir / "transfer" / "dann_target.npz", agent, target, gap.target,
                                 gap.target_frames, seed=int(cfg.seed))
     adversary = DomainAdversary(agent, frames["observations"], settings, seed=int(cfg.seed) + 11)

@@ -201,6 +201,12 @@ def test_a_constructor_argument_the_env_refuses_names_the_gap_side_it_came_from(
     ev.target, ev.gap = OmegaConf.create(TARGET), OmegaConf.create(bad)
     with pytest.raises(ValueError, match=said):
         evaluate_robustness(ev)
+    # the target's own misspelt argument, beside a good gap: not put on the gap's side
+    with pytest.raises(ValueError, match="unexpected keyword argument 'gravty'") as err:
+        finetune(stage3_config(ckpt, tmp_path / f"s3_{side}", {**TARGET, "demos": str(data),
+                                                              "env_kwargs": {"gain": 0.8, "gravty": 1}},
+                               algo="iql", env_steps=4, data_cfg={"cache_dir": str(tmp_path / "cache")}, gap=GAP))
+    assert not str(err.value).startswith("gap.")
 
 
 def test_stage3_warns_that_dr_is_not_applied_but_the_gap_is(gain_ckpt, tmp_path, caplog):
