@@ -252,8 +252,9 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
                               "checkpoints), its checkpoints/ folder or one ckpt_* folder")
     if path.is_dir() and path.name.startswith(PREFIX):
         missing = [name for name in (META_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         raise CheckpointError(f"{path}: a checkpoint folder without {' and '.join(missing)} (damaged, or cut short "
-                              f"while written); give its run folder ({path.parent}) to use the newest readable "
+                              f"while written); give its run folder ({run}) to use the newest readable "
                               "checkpoint there")
     _refuse_encoder_folder(path)
     runs = _runs_below(path)

@@ -208,6 +208,10 @@ def test_the_env_takes_actions_in_the_agents_units(caplog, monkeypatch) -> None:
     assert "beyond the env's own action range in dimension(s) [0]" in caplog.text
     assert "clip them to the env's range in the file" in caplog.text
     assert "reach only low [0.0], high [5.0] of the env's [0.0], [8.0] in dimension(s) [0]" in caplog.text
+    caplog.clear()  # wholly outside the env's range in one dimension: "beyond" says it, no inverted "reach only"
+    with caplog.at_level(logging.WARNING):
+        make_env(Target(**TARGET, action_normalization={"low": [9.0, 0.0], "high": [12.0, 8.0]})).close()
+    assert "beyond the env's own action range in dimension(s) [0]" in caplog.text and "reach only" not in caplog.text
     # units narrower than the env's range (the demos' min / max in one dimension): the agent could never leave
     # them, silently; said once per process
     caplog.clear()

@@ -153,7 +153,7 @@ def test_a_run_folder_its_checkpoints_folder_and_the_latest_file_name_the_latest
         resolve_checkpoint_dir(tmp_path / "checkpoints_typo")
     (first / "meta.json").unlink()
     with pytest.raises(CheckpointError, match=rf"{first}: a checkpoint folder without meta.json \(damaged.*give its "
-                                              rf"run folder \({first.parent}\)"):
+                                              rf"run folder \({tmp_path}\)"):
         resolve_checkpoint_dir(first)
     # a pipeline run folder, or its stage3/: the run folders below it are named (its stage3/<target>)
     pipeline_run = tmp_path / "pipe"

@@ -732,6 +732,8 @@ def test_camera_geometry_notes_name_other_proportions_and_grey_against_colour():
     assert camera_geometry_notes("t", {"cam": (64, 64, 3)}, {"cam": [128, 128, 3]}, image_size=64) == []
     assert camera_geometry_notes("t", {"cam": (68, 68, 3)}, square, image_size=68) == []
     assert camera_geometry_notes("t", {"cam": (96, 96, 3)}, square) == []  # no agent size given
+    wide = camera_geometry_notes("t", {"cam": (96, 192, 3)}, {"cam": [64, 128, 3]}, image_size=96)  # its height
+    assert len(wide) == 1 and "data.image_size=64" in wide[0]
 
 
 def test_check_env_fits_compares_the_envs_cameras_with_the_agents_data(caplog, monkeypatch):

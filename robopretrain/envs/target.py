@@ -723,7 +723,8 @@ class AgentActionUnits(gym.ActionWrapper):
         finite = np.isfinite(own_low) & np.isfinite(own_high)
         margin = 0.01 * np.where(finite, own_high - own_low, 0.0)
         # (a dimension beyond the env's range on one side can fall short of it on the other: [-2.7, 0.5] of [-1, 1])
-        narrow = finite & ((low > own_low + margin) | (high < own_high - margin))
+        outside = (low >= own_high) | (high <= own_low)  # no part inside the env's range: "beyond" says it
+        narrow = finite & ~outside & ((low > own_low + margin) | (high < own_high - margin))
         inside_low, inside_high = np.maximum(low, own_low), np.minimum(high, own_high)  # what reaches the env
         message = (f"{where}: the agent's actions reach only low {np.round(inside_low[narrow], 4).tolist()}, high "
                    f"{np.round(inside_high[narrow], 4).tolist()} of the env's {np.round(own_low[narrow], 4).tolist()}, "
@@ -1033,11 +1034,11 @@ def camera_geometry_notes(where: str, seen: Mapping[str, Sequence[int]],
             notes.append(f"{where}: camera {key!r} gives {h}x{w} frames, the agent's data had {th}x{tw}: both are "
                          "stretched to the agent's square, so the scene's proportions differ from what it learnt "
                          "(another camera setting? crop or pad the env's frames to the data's proportions)")
-        if image_size and max(th, tw) * ENLARGED_BY < image_size <= min(h, w) * ENLARGED_BY:
+        if image_size and min(th, tw) * ENLARGED_BY < image_size <= min(h, w) * ENLARGED_BY:
             notes.append(f"{where}: camera {key!r}: the agent learnt from the data's {th}x{tw} frames enlarged to "
                          f"its {image_size} px (interpolated, soft), and this env gives {h}x{w} frames, sharp at "
                          f"{image_size} px: the images differ from any it learnt from; train at the data's size "
-                         f"(data.image_size={max(th, tw)}), or record the demos at {image_size} px")
+                         f"(data.image_size={min(th, tw)}), or record the demos at {image_size} px")
         tc = shape[2] if len(shape) > 2 else None
         if tc is not None and (int(tc) == 1) != (c == 1):
             kinds = {True: "grey", False: "colour"}
