@@ -1,6 +1,7 @@
 """Human-video data source: mp4 writing/reading, manifest parsing, the play policy, the clip collector."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
         read_manifest(tmp_path, check_counts=True)
 
 
-def test_a_manifest_without_counts_or_texts_is_counted_as_stage_1_counts_every_clip(tmp_path: Path) -> None:
+def test_a_manifest_without_counts_or_texts_is_counted_as_stage_1_counts_every_clip(tmp_path: Path, caplog) -> None:
     """num_frames is optional (no column, or an empty cell): stage 1 counts every clip's frames anyway, so requiring
     it only made users count them by hand; text is optional too."""
     write_mp4(tmp_path / "a.mp4", smooth_frames(5), fps=10)
@@ -125,6 +126,10 @@ def test_a_manifest_without_counts_or_texts_is_counted_as_stage_1_counts_every_c
     (tmp_path / "manifest.csv").write_text("path\na.mp4\nb.mp4\n")
     assert [(e.relpath, e.num_frames, e.text) for e in read_manifest(tmp_path, check_counts=True)] == [
         ("a.mp4", None, ""), ("b.mp4", None, "")]
+    (tmp_path / "manifest.csv").write_text("path,num_frames,caption\na.mp4,,waves\n")  # a misnamed column: said
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.video"):
+        assert read_manifest(tmp_path)[0].text == ""
+    assert "no column text; column(s) caption are not read" in caplog.text
     (tmp_path / "manifest.csv").write_text("path,num_frames,text\na.mp4,,waves\nb.mp4,3,\n")
     assert [(e.num_frames, e.text) for e in read_manifest(tmp_path, check_counts=True)] == [(None, "waves"), (3, "")]
     source = ManifestSource(tmp_path, image_size=16, check_clips=False)  # the empty count is counted even so

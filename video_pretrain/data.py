@@ -212,7 +212,7 @@ class ClipSource(ABC):
         self.strict = bool(strict)
         self.center_crop = bool(center_crop)
         self._crop_said = False  # whether the crop of non-square frames was warned
-        self.frame_sizes: list[tuple[int, int]] | None = []  # the clips' stored (H, W); None: not all known
+        self.frame_sizes: list[tuple[int, int]] | None = []  # the clips' (H, W) as read (upright); None: not all known
         self.cache = ClipCache(max_cache_bytes)
         self.bad_videos: list[str] = []
         self.empty_videos: list[str] = []  # HDF5 demos of 0 steps: nothing to read, left out without a warning
@@ -640,10 +640,10 @@ def split_by_video(source: FrameSource, valid_fraction: float, seed: int) -> tup
 
 
 def cropped_sizes(source: Any) -> list[str] | None:
-    """The non-square stored frame sizes (``"HxW"``) ``source`` centre-crops to a square (none when it stretches;
-    None when its clips' sizes are not all known, e.g. counted by the manifest without opening them): recorded with
-    a stage-1 encoder, so that stage 2, whose cached copies stretch a non-square camera, can say the encoder learnt
-    another geometry."""
+    """The non-square frame sizes (``"HxW"``, upright as read) ``source`` centre-crops to a square (none when it
+    stretches; None when its clips' sizes are not all known, e.g. counted by the manifest without opening them):
+    recorded with a stage-1 encoder, so that stage 2, whose cached copies stretch a non-square camera, can say the
+    encoder learnt another geometry."""
     if not getattr(source, "center_crop", False):
         return []
     sizes = getattr(source, "frame_sizes", [])

@@ -126,6 +126,12 @@ def read_manifest(path: str | os.PathLike, check_counts: bool = False) -> list[V
                 raise VideoDatasetError(f"{mpath}: missing column(s) {', '.join(missing)}; expected a header "
                                         f"with {','.join(MANIFEST_COLUMNS)} (num_frames and text optional), got "
                                         f"{','.join(columns) or 'nothing'}")
+            absent = [c for c in MANIFEST_COLUMNS if c not in columns]
+            unread = [c for c in columns if c not in MANIFEST_COLUMNS]
+            if absent and unread:  # "caption" for text, "frames" for num_frames: said, not silently dropped
+                logger.warning("%s: no column %s; column(s) %s are not read (the manifest's columns are %s: rename "
+                               "one if it holds that)", mpath, " or ".join(absent), ", ".join(unread),
+                               ",".join(MANIFEST_COLUMNS))
             entries = [_parse_row(mpath, root, reader.line_num, row) for row in reader]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise VideoDatasetError(f"{mpath}: not a readable UTF-8 CSV manifest ({exc})") from exc
