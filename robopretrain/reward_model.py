@@ -138,7 +138,9 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+            lines = exc.msg == "Extra data"  # one object per line: JSON lines under .json
+            raise ValueError(f"{path}: not valid JSON: {exc}" + ("; one object per line is JSON lines: name the file "
+                                                                 ".jsonl" if lines else "")) from None
         if not isinstance(items, list):
             raise ValueError(f"{path}: expected a JSON list of objects with keys {list(LABEL_COLUMNS)}")
         rows = [(f"item {i + 1}", row) for i, row in enumerate(items)]
@@ -148,9 +150,8 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
             if line.strip():
                 try:
                     rows.append((f"line {i + 1}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {i + 1} is not a JSON object ({exc}); a JSON-lines file holds "
-                                     f"one object with keys {list(LABEL_COLUMNS)} per line") from None
+                except json.JSONDecodeError as exc:  # named with the other ill-formed rows below
+                    rows.append((f"line {i + 1}", ValueError(f"not a JSON object ({exc.msg}, column {exc.colno})")))
     else:
         reader = csv.DictReader(text.splitlines())
         names = [str(n).strip() for n in reader.fieldnames or []]  # "a, b " as well as "a,b"
@@ -165,6 +166,9 @@ def read_labels(path: str | os.PathLike) -> list[PreferenceLabel]:
     out: list[PreferenceLabel] = []
     errors: list[str] = []
     for where, row in rows:
+        if isinstance(row, ValueError):  # a line that did not parse
+            errors.append(f"{where}: {row}")
+            continue
         try:
             out.append(_label_row(row, where, out[0].length if out else None))
         except ValueError as exc:

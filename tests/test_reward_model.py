@@ -86,6 +86,13 @@ def test_human_label_files_round_trip_and_bad_rows_are_named(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "label": 3}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl: line 2: label must be in"):
         read_labels(tmp_path / "bad.jsonl")
+    (tmp_path / "cut.jsonl").write_text(json.dumps(rows[0])[:-1] + "\n" + json.dumps({**rows[1], "label": 3}) + "\n")
+    with pytest.raises(ValueError, match=r"cut.jsonl: 2 of 2 rows are ill-formed: line 1: not a JSON object .*; "
+                                         r"line 2: label must be in"):  # every bad line at once, as for CSV
+        read_labels(tmp_path / "cut.jsonl")
+    (tmp_path / "lines.json").write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n")
+    with pytest.raises(ValueError, match=r"lines.json: not valid JSON: Extra data.*name the file .jsonl"):
+        read_labels(tmp_path / "lines.json")
     (tmp_path / "l.txt").write_text(json.dumps(rows[0]) + "\n")  # JSON lines under another suffix: said so
     with pytest.raises(ValueError, match="expected a CSV header.*looks like JSON: name the file .json"):
         read_labels(tmp_path / "l.txt")
