@@ -752,7 +752,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "encoder then exists and is found either way",
         "False -> True @ def adapt_config(cfg: DictConfig, run_dir: Path, target: Target, planned: bool = False) -> "
         "DictConfig:"),
-    ("pipeline", "_run_stages/binop/3"): Equivalent(
+    ("pipeline", "_run_stages/binop/4"): Equivalent(
         "the global torch seed before a stage, seed + i -> seed - i: every stage that draws from torch seeds it "
         "itself from its own config first (stage 1's torch.manual_seed, stages 2, adapt and 3 through "
         "build.setup_torch); the data stage draws from numpy generators of its own seeds",

@@ -273,8 +273,8 @@ def test_reward_correction_adds_the_scaled_delta_after_its_warmup():
     assert warm["darc/applied"] == 0.0 and warm["darc/reward_change_mean"] == 0.0
     second, metrics = corr(batch, with_metrics=True)
     with torch.no_grad():
-        dr = delta_reward(*corr.classifier(batch["observations"]["proprio"], batch["actions"],
-                                           batch["next_observations"]["proprio"]))
+        dr = delta_reward(*corr.classifier(corr.states(batch["observations"]), batch["actions"],
+                                           corr.states(batch["next_observations"])))
     torch.testing.assert_close(second["rewards"], batch["rewards"] + 4.0 * 0.5 * dr)
     assert metrics["darc/applied"] == 1.0 and 0.0 <= metrics["darc/sas_accuracy"] <= 1.0
     assert metrics["darc/delta_r_std"] == pytest.approx(float(dr.std(correction=0)), rel=1e-5)  # over the batch
