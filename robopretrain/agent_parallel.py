@@ -16,7 +16,7 @@ target networks). The agents' code is unchanged, and with one process nothing is
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -127,6 +127,27 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+class RankFailed(RuntimeError):
+    """A rank's part of a collective computation (:func:`gather_results`) raised; the message names each rank's."""
+
+
+def gather_results(compute: Callable[[], Any], info: DistInfo) -> list[Any]:
+    """``[compute() of rank 0, of rank 1, ...]`` on every rank, as :func:`gather_objects`; when ``compute`` raised on
+    any rank, every rank raises :class:`RankFailed` naming each failed rank's exception, after the gather. A rank
+    whose part failed used to skip the gather while the others waited in it: the job hung (a user env raising in
+    stage 2's evaluation on one rank, whose warning said training goes on). ``KeyboardInterrupt`` and other
+    ``BaseException`` pass through."""
+    try:
+        mine: Any = (True, compute())
+    except Exception as exc:  # noqa: BLE001 - reported on every rank below
+        mine = (False, f"rank {info.rank}: {type(exc).__name__}: {exc}")
+    parts = gather_objects(mine, info)
+    failed = [value for ok, value in parts if not ok]
+    if failed:
+        raise RankFailed("; ".join(failed))
+    return [value for _, value in parts]
+
+
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """Whether ``flag`` is true on at least one rank (a collective; ``flag`` itself when not distributed)."""
     if not info.enabled:
@@ -136,5 +157,5 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
-__all__ = ["agent_optimizers", "agent_replica_max_abs_diff", "any_rank", "average_gradients", "broadcast_agent",
-           "gather_objects"]
+__all__ = ["RankFailed", "agent_optimizers", "agent_replica_max_abs_diff", "any_rank", "average_gradients",
+           "broadcast_agent", "gather_objects", "gather_results"]

@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from robopretrain import build, run_fingerprint
 from robopretrain import distributed as dist_utils
 from robopretrain.agent import EncoderSettings
-from robopretrain.agent_parallel import average_gradients, broadcast_agent, gather_objects
+from robopretrain.agent_parallel import average_gradients, broadcast_agent, gather_results
 from robopretrain.checkpoint import (CheckpointError, check_agent_fits, clear_previous_run, load_agent, load_latest,
                                      recorded_data_files, refuse_other_stage, refuse_source_in_run, save_agent)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
@@ -302,10 +302,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             adversary.load_state_dict(resumed.state["transfer"]["dann"])
     calib = dataset.get(calibration_rows(len(dataset), settings.calibration_batch))
 
-    def evaluate_all() -> dict[str, float]:
-        mine = {t.name: evaluate(agent, t, settings.eval_episodes, randomization=dr if t.randomizable else "none")
-                for t in targets[dinfo.rank::dinfo.world_size]}
-        per = {name: r for part in gather_objects(mine, dinfo) for name, r in part.items()}
+    def evaluate_all() -> dict[str, float]:  # each rank its share of the targets; a failure on any fails all
+        parts = gather_results(lambda: {t.name: evaluate(agent, t, settings.eval_episodes, randomization=dr if
+                                                          t.randomizable else "none")
+                                        for t in targets[dinfo.rank::dinfo.world_size]}, dinfo)
+        per = {name: r for part in parts for name, r in part.items()}
         return summarize({t.name: per[t.name] for t in targets})
 
     last = train_offline(

@@ -227,3 +227,29 @@ def test_a_finished_torchrun_worker_exits_0_before_teardown_with_its_output_flus
                           timeout=60)
     assert proc.returncode == code, proc.stderr[-2000:]
     assert proc.stdout == "written before the exit"
+
+
+def test_a_rank_whose_evaluation_fails_still_reaches_the_gather_and_every_rank_raises(monkeypatch):
+    """Stage 2's evaluation splits its targets over the ranks: a user env raising on one rank was caught there
+    ("training goes on") before the gather its peers waited in, and the torchrun job hung with no error."""
+    import robopretrain.agent_parallel as ap
+
+    def failing() -> dict:
+        raise RuntimeError("simulated instability")
+
+    sent = []
+    monkeypatch.setattr(ap, "gather_objects", lambda obj, info: sent.append(obj) or [(True, {"Reach": 1.0}), obj])
+    with pytest.raises(ap.RankFailed, match=r"^rank 1: RuntimeError: simulated instability$"):
+        ap.gather_results(failing, DistInfo(rank=1, world_size=2))
+    assert sent == [(False, "rank 1: RuntimeError: simulated instability")]  # it took part in the gather
+    # its peer, whose own part succeeded, raises the same after the gather (both warn and train on, in step)
+    monkeypatch.setattr(ap, "gather_objects", lambda obj, info: [obj, (False, "rank 1: RuntimeError: x")])
+    with pytest.raises(ap.RankFailed, match="rank 1: RuntimeError: x"):
+        ap.gather_results(lambda: {"Reach": 1.0}, DistInfo(rank=0, world_size=2))
+    monkeypatch.setattr(ap, "gather_objects", lambda obj, info: [obj, (True, {"Lift": 0.5})])
+    assert ap.gather_results(lambda: {"Reach": 1.0}, DistInfo(rank=0, world_size=2)) == [{"Reach": 1.0},
+                                                                                        {"Lift": 0.5}]
+    monkeypatch.undo()
+    assert ap.gather_results(lambda: 3, DistInfo()) == [3]  # one process: as it is
+    with pytest.raises(ap.RankFailed, match="rank 0: RuntimeError"):
+        ap.gather_results(failing, DistInfo())

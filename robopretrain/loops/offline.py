@@ -190,7 +190,9 @@ def train_offline(
             try:
                 row.update({f"eval/{k}": v for k, v in evaluate().items()})
             except Exception as exc:  # noqa: BLE001 - an evaluation never costs the run; say what happened
-                log.warning("evaluation at step %d failed, training goes on: %s: %s", step, type(exc).__name__, exc)
+                if dinfo.is_main:  # (every rank has it: a rank's failure is every rank's, agent_parallel.RankFailed)
+                    log.warning("evaluation at step %d failed, training goes on: %s: %s", step, type(exc).__name__,
+                                exc)
         if calibrate is not None and logger is not None:
             row.update({f"calib/offline_{k}": v for k, v in calibrate().items()})
         if logger is not None and row:
