@@ -564,6 +564,27 @@ def _composable(config_name: str) -> bool:
     return (CONFIG_DIR / f"{config_name}.yaml").is_file() or f"{config_name}.yaml" in ConfigStore.instance().list("")
 
 
+# the entry points that train data-parallel under torchrun (their primary configs); the others run in one process
+DATA_PARALLEL = ("video_pretrain", "robopretrain")
+
+
+def refuse_torchrun(config_name: str) -> None:
+    """Exit (:data:`EXIT_BAD_INPUT`) when an entry point that runs in one process (stage 3, evaluation, collection,
+    the pipeline, the reward model) was started by torchrun with several processes: every rank ran the whole command
+    on the same folder, and one was refused by the run-folder lock naming its own sibling. Every rank says so in one
+    line (torchrun stops the others at the first rank's exit, maybe before they print: no rank waits on another)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return
+    if world <= 1 or config_name in DATA_PARALLEL:
+        return
+    names = {v: k for k, v in ENTRY_POINTS.items()}
+    report_and_exit(ValueError(f"{names.get(config_name, config_name)} runs in one process, not data-parallel: it "
+                               f"was started as one of {world} processes (WORLD_SIZE={world}: torchrun?); run it without torchrun "
+                               "(stages 1 and 2 train data-parallel: video_pretrain.train, robopretrain.train)"))
+
+
 def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:
     """Check the command line (see the module docstring), then run the Hydra ``main``. ``--help`` prints
     :func:`entry_point_help` (the config groups this entry point reads, not every folder of ``configs/``)."""
@@ -591,6 +612,7 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
         print(text)
         return None
     if ns is not None and not (ns.help or ns.hydra_help or ns.info or ns.shell_completion):
+        refuse_torchrun(config_name)
         check_overrides(list(ns.overrides), multirun=bool(ns.multirun))
         shared = shared_sweep_folder(config_name, list(ns.overrides)) if ns.multirun else None
         if shared:

@@ -471,3 +471,32 @@ def test_a_sweep_launcher_whose_plugin_is_missing_is_one_line(results):
     assert r.stderr.strip().splitlines()[-1] == ("error: hydra/launcher=slurm needs Hydra's launcher plugin, which is "
                                                  "not installed: pip install hydra-submitit-launcher (into this "
                                                  "environment)")
+
+
+@pytest.mark.parametrize("config_name", ["finetune", "evaluate", "pipeline", "collect", "reward_model"])
+def test_a_one_process_entry_point_under_torchrun_is_refused_in_one_line(monkeypatch, capsys, config_name):
+    """Stage 3 under torchrun ran once per rank on one folder; a rank was refused by the run-folder lock naming its
+    own sibling. Every rank now says what is wrong (torchrun stops the others at the first one's exit)."""
+    from robopretrain.cli import EXIT_BAD_INPUT, refuse_torchrun
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as stop:
+        refuse_torchrun(config_name)
+    assert stop.value.code == EXIT_BAD_INPUT
+    assert "runs in one process, not data-parallel: it was started as one of 2 processes" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit):
+        refuse_torchrun(config_name)
+    assert "runs in one process" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    refuse_torchrun(config_name)  # one process: nothing to say
+
+
+@pytest.mark.parametrize("config_name", ["video_pretrain", "robopretrain"])
+def test_the_data_parallel_stages_are_not_refused_under_torchrun(monkeypatch, config_name):
+    from robopretrain.cli import refuse_torchrun
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    refuse_torchrun(config_name)
