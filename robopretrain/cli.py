@@ -581,8 +581,9 @@ def refuse_torchrun(config_name: str) -> None:
         return
     names = {v: k for k, v in ENTRY_POINTS.items()}
     report_and_exit(ValueError(f"{names.get(config_name, config_name)} runs in one process, not data-parallel: it "
-                               f"was started as one of {world} processes (WORLD_SIZE={world}: torchrun?); run it without torchrun "
-                               "(stages 1 and 2 train data-parallel: video_pretrain.train, robopretrain.train)"))
+                               f"was started as one of {world} processes (WORLD_SIZE={world}: torchrun?); run it "
+                               "without torchrun (stages 1 and 2 train data-parallel: video_pretrain.train, "
+                               "robopretrain.train)"))
 
 
 def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:
