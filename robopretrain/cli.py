@@ -138,6 +138,9 @@ def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from robopretrain.workers import end_with_launcher
+
+        end_with_launcher()  # a torchrun rank, a sweep's worker: not outliving a launcher killed outright
         previous = _stop_on_sigterm()
         try:
             return func(*args, **kwargs)

@@ -69,6 +69,28 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
     return made
 
 
+_LAUNCHER_WATCHED: list[int] = []  # the launcher this process ends with (end_with_launcher), once set
+
+
+def end_with_launcher() -> bool:
+    """In a process a launcher started to run one of the entry points (a ``torchrun`` rank, ``WORLD_SIZE`` > 1; a
+    joblib sweep's loky worker): end it within a second of its parent ending (:func:`exit_with`). A launcher killed
+    outright (SIGKILL) left its ranks training on as orphans, holding the run folder's lock (the rerun was refused
+    naming them) and memory; a sweep's idle workers lived on for half an hour. Once per process; returns whether it
+    watches its launcher."""
+    if _LAUNCHER_WATCHED:
+        return True
+    try:
+        ranks = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        ranks = 1
+    if ranks <= 1 and mp.get_start_method(allow_none=True) != "loky":
+        return False
+    _LAUNCHER_WATCHED.append(os.getppid())
+    exit_with(_LAUNCHER_WATCHED[0])
+    return True
+
+
 def process_ended(pid: int) -> bool:
     """Whether process ``pid`` is gone or a zombie (killed, not yet reaped by its parent)."""
     try:
@@ -227,4 +249,5 @@ def _shut_down(pool: ProcessPoolExecutor, timeout: float | None) -> None:
     pool.shutdown(wait=True)
 
 
-__all__ = ["MAIN_GUARD_HINT", "WorkerProcessDied", "die_with_parent", "process_map", "sigint_blocked_for_workers"]
+__all__ = ["MAIN_GUARD_HINT", "WorkerProcessDied", "die_with_parent", "end_with_launcher", "exit_with", "process_map",
+           "sigint_blocked_for_workers"]

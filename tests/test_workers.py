@@ -161,6 +161,37 @@ def test_workers_do_not_outlive_a_parent_that_is_killed_or_terminated(tmp_path, 
         assert proc.returncode == 143 and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)"), err
 
 
+LAUNCHER = """
+import os, subprocess, sys
+RANK = (
+    "import os, sys, time\\n"
+    "from robopretrain.cli import friendly_errors\\n"
+    "@friendly_errors\\n"
+    "def run():\\n"
+    "    open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()\\n"
+    "    time.sleep(120)\\n"
+    "run()\\n")
+
+if __name__ == "__main__":  # torchrun's part: two ranks of one entry point, then it waits for them
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK, sys.argv[1]], env={**os.environ, "WORLD_SIZE": "2",
+                                                                              "RANK": str(r)}) for r in range(2)]
+    for rank in ranks:
+        rank.wait()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_torchrun_ranks_do_not_outlive_a_launcher_that_is_killed(tmp_path):
+    """torchrun (or a joblib sweep's parent) SIGKILLed: its ranks trained on as orphans, holding the run folder's
+    lock (a rerun was refused naming them); now each ends within a second of its launcher."""
+    import signal
+
+    proc, ranks = _start_parent(tmp_path, LAUNCHER, None)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not _left_alive(ranks, 20), "ranks outlived their launcher"
+
+
 LOADER_PARENT = """
 import sys
 from _fake_envs import PidRecordingStream
