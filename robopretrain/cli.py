@@ -716,6 +716,8 @@ def hydra_record_override(overrides: list[str], when: float | None = None) -> st
 
     if any(o.lstrip("+~").startswith("hydra.output_subdir=") for o in overrides):
         return None
+    if os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        return "hydra.output_subdir=null"  # a torchrun rank but the first: the command's record is rank 0's
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(when))
     return f"hydra.output_subdir=.hydra/{stamp}_{os.getpid()}"
 

@@ -418,6 +418,17 @@ def test_hydras_run_folder_follows_the_run_folder_setting():
     assert hydra_record_override(["output_dir=/r/a", "hydra.output_subdir=null"]) is None  # given: kept
 
 
+def test_a_torchrun_rank_but_the_first_writes_no_config_record(monkeypatch):
+    """Each rank wrote its own .hydra/<date>_<pid> record of one command (two records of one run)."""
+    from robopretrain.cli import hydra_record_override
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert hydra_record_override(["output_dir=/r/a"]) == "hydra.output_subdir=null"
+    monkeypatch.setenv("RANK", "0")
+    assert hydra_record_override(["output_dir=/r/a"]).startswith("hydra.output_subdir=.hydra/")
+
+
 def test_each_sweep_job_keeps_the_config_record_of_every_command(monkeypatch):
     """A rerun of a sweep whose job 0 is refused (another algo for its folder) rewrote sw/0/.hydra/config.yaml: the
     record said bc of a folder holding iql checkpoints. Each command's jobs now record in a folder of their own."""
