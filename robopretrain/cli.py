@@ -152,6 +152,13 @@ def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any
             if exc.errno not in STORAGE_ERRNOS or traceback_requested():
                 raise
             report_and_exit(exc)
+        except RuntimeError as exc:
+            if not peer_stopped(exc) or traceback_requested():
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            report_and_exit(RuntimeError(f"rank {os.environ.get('RANK', '?')}: another process of this torchrun job "
+                                         f"stopped (its own error is printed above, or in its log), so this one's "
+                                         f"exchange with it failed: {first[:200]}"))
         except KeyboardInterrupt as exc:
             if traceback_requested():
                 raise
@@ -165,6 +172,25 @@ def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+# what a gloo / NCCL collective says when the process at the other end has gone
+PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "nccl communicator was aborted")
+
+
+def peer_stopped(exc: BaseException) -> bool:
+    """Whether ``exc``, raised under torchrun (``WORLD_SIZE`` > 1), is a collective that failed because another rank
+    stopped (its own error is the one to read): a ``DistBackendError``, or gloo's words for a peer gone. Such a rank
+    printed a traceback and gloo's messages after the other's one ``error:`` line, and torchrun could name it as the
+    job's first failure."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return False
+    dist = sys.modules.get("torch.distributed")
+    backend_error = getattr(dist, "DistBackendError", None) if dist is not None else None
+    if backend_error is not None and isinstance(exc, backend_error):
+        return True
+    text = str(exc).lower()
+    return any(words in text for words in PEER_GONE)
 
 
 class Terminated(KeyboardInterrupt):

@@ -511,3 +511,31 @@ def test_the_data_parallel_stages_are_not_refused_under_torchrun(monkeypatch, co
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     refuse_torchrun(config_name)
+
+
+def test_a_rank_whose_peer_stopped_says_so_in_one_line(monkeypatch, capsys):
+    """One torchrun rank stopping with its one error line left the other with gloo's RuntimeError: a traceback and
+    "Connection closed by peer" after the real error, and torchrun could name that rank as the failure."""
+    from robopretrain.cli import EXIT_BAD_INPUT, friendly_errors
+
+    @friendly_errors
+    def collective() -> None:
+        raise RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [::1]:4")
+
+    @friendly_errors
+    def other_bug() -> None:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.delenv("ROBOPRETRAIN_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as stop:
+        collective()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == EXIT_BAD_INPUT and last.startswith("error: rank 0: another process of this torchrun "
+                                                                  "job stopped") and "Connection closed" in last
+    with pytest.raises(RuntimeError, match="a bug of ours"):  # any other error keeps its traceback
+        other_bug()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):  # one process: not a peer's
+        collective()
