@@ -675,7 +675,26 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
                 record = hydra_record_override(list(ns.overrides))
                 if record is not None:
                     sys.argv.insert(at + 2, record)
+    if ns is not None and ns.multirun:
+        return _sweep(main)
     return main()
+
+
+RERUN_SWEEP = ("each job's run folder resumes when the sweep runs again with the same folders (a fixed "
+               "hydra.sweep.dir, or output_dir per job)")
+
+
+def _sweep(main: Callable[[], Any]) -> Any:
+    """A multirun's ``main``: a Ctrl-C reaches the launcher in this process (its jobs say their own line), where
+    joblib's and Hydra's tracebacks came before the jobs' ``interrupted`` lines: one line here, exit code 130."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        if traceback_requested():
+            raise
+        sys.stdout.flush()
+        print(f"interrupted (Ctrl-C); {RERUN_SWEEP}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 # Hydra launchers a sweep may pick (``hydra/launcher=<name>``; ours: configs/hydra/launcher/) -> the plugin module

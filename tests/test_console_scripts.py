@@ -539,3 +539,19 @@ def test_a_rank_whose_peer_stopped_says_so_in_one_line(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="Connection closed by peer"):  # one process: not a peer's
         collective()
+
+
+def test_a_sweep_interrupted_in_its_launcher_says_one_line(monkeypatch, capsys):
+    """Ctrl-C on a joblib sweep: the KeyboardInterrupt reaches the launcher in the command's own process (outside
+    any job), where joblib's traceback came before the jobs' own lines."""
+    from robopretrain.cli import EXIT_INTERRUPTED, run_hydra
+
+    def launcher() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("ROBOPRETRAIN_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "argv", ["robopretrain-train", "-m", "seed=0,1"])
+    with pytest.raises(SystemExit) as stop:
+        run_hydra(launcher, "robopretrain", argv=["-m", "seed=0,1"])
+    assert stop.value.code == EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C); each job's run folder")
