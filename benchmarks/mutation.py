@@ -306,6 +306,31 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "min(..., len(demos) - 1) -> min(..., len(demos)): searchsorted(demo_rows, row, side='right') - 1 is at most "
         "len(demo_rows) - 1, and every store is built with one first row per demo",
         "len(self.demos) - 1 -> len(self.demos) @ i = min(max(i, 0), len(self.demos) - 1)"),
+    ("build", "check_env_fits/const/1"): Equivalent(
+        "the seed of the env check's one reset, 0 -> 1: the reset only shows the env's observation shapes, dtypes and"
+        " action space, which no seed changes",
+        "0 -> 1 @ obs, _ = env.reset(seed=0)"),
+    ("video", "_read_png16/const/2"): Equivalent(
+        "a grey 16-bit frame repeated to 4 channels instead of 3: the next line keeps the first 3 channels either way",
+        "3 -> 4 @ arr = np.repeat(arr[:, :, None], 3, axis=2)"),
+    ("video", "_numbered_frames/swap/0"): Equivalent(
+        "the pairs of neighbouring sorted frames zipped the other way round: the same pairs of equal numbers are "
+        "found, named in the other order in the refusal",
+        "zip(..frames, frames[1:]..) swapped @ twice = [(n, a, b) for (n, a), (m, b) in"
+        " zip(frames, frames[1:]) if n == m]"),
+    ("pipeline", "reuse_collected/if/2"): Equivalent(
+        "the info line saying an earlier session's demo file is kept: a log line, the file is kept either way",
+        "if changed is not None: -> if not ... @ if changed is not None:"),
+    ("pipeline", "reuse_collected/cmp/0"): Equivalent(
+        "the same info line's condition (as reuse_collected/if/2)",
+        "changed is not None: IsNot -> Is @ if changed is not None:"),
+    ("pipeline", "record_session/const/0"): Equivalent(
+        "mkdir(parents=True -> False) for a stage's folder: its parent, the run folder, exists (the run-folder lock "
+        "made it)",
+        "True -> False @ folder.mkdir(parents=True, exist_ok=True)"),
+    ("pipeline", "remove_partial_files/const/0"): Equivalent(
+        "rmtree(ignore_errors=True -> False) of a partial folder: differs only where the removal itself fails",
+        "True -> False @ shutil.rmtree(path, ignore_errors=True)"),
     ("pipeline", "write_json/const/0"): Equivalent(
         "json.dumps(indent=2 -> 3): the layout of the stages' records, which are read back with json.loads",
         "2 -> 3 @ write_text_atomic(path, json.dumps(obj, indent=2, default=float))"),

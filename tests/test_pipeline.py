@@ -236,6 +236,7 @@ def test_a_dense_reward_target_with_the_success_filter_stops_before_any_stage(tm
     ("+gap=friction_low", "gap"),
     ("+stage3.env_stepz=1", "stage3.env_stepz"),  # a typo
     ("+data.videos.num_clipz=5", "data.videos.num_clipz"),  # checked against configs/collect_videos.yaml
+    ("+data.videos.hydra.run.dir=x", "data.videos.hydra"),  # that file's Hydra section is none of its settings
 ])
 def test_keys_no_stage_reads_stop_the_pipeline_before_any_stage(tmp_path, override, unknown):
     """They ran silently without effect, and the report's config dump showed them as if used; the free-form parts
