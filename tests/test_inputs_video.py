@@ -158,6 +158,11 @@ def test_a_stream_marked_as_a_picture_is_never_the_clip(caplog):
         return SimpleNamespace(index=index, frames=frames, duration=None, time_base=None, disposition=disposition,
                                codec_context=SimpleNamespace(width=8, height=8))
 
+    unknown = [stream(0, 0), stream(1, 0)]  # header counts unknown (0, as in Matroska): two clips, not thumbnails
+    with caplog.at_level(logging.INFO, logger="robopretrain.data.video"):
+        assert video_stream(SimpleNamespace(streams=SimpleNamespace(video=unknown)), "unknown.mkv") is unknown[0]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    caplog.clear()
     cover, clip = stream(0, 30, disposition=1 << 10), stream(1, 3)
     assert video_stream(SimpleNamespace(streams=SimpleNamespace(video=[cover, clip])), "a.mp4") is clip
     with pytest.raises(VideoDatasetError, match="picture"):
@@ -221,6 +226,23 @@ def test_16_bit_gray_png_frames_are_scaled_by_the_bits_the_clip_uses(tmp_path, c
     assert "16-bit frames" in caplog.text and "12-bit" in caplog.text
     # a few frames read alone get the clip's scale, not their own
     assert np.array_equal(read_frames(tmp_path / "depth", [4, 1]), frames[[4, 1]])
+
+
+def test_every_value_of_a_16_bit_clip_is_scaled_by_the_formula_and_the_clip_peak_not_a_frames(tmp_path):
+    """v8 = round(v * 255 / (2**b - 1)) exactly, b from the clip's largest value: the first frame holds values up to
+    1023 (10 bits), the second every 12-bit value, so both are scaled by 4095 (a frame's own peak, or the smallest
+    of the frames' peaks, scaled the first by 1023; 2**b for 2**b - 1 rounds 127 of the 4096 values otherwise)."""
+    low = np.arange(1024, dtype=np.uint16).reshape(32, 32).repeat(2, axis=0).repeat(2, axis=1)
+    full = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    write_frame_folder(tmp_path / "depth", np.stack([low, full]))
+    frames = read_frames(tmp_path / "depth")[..., 0].astype(np.int64)
+    assert np.array_equal(frames, np.round(np.stack([low, full]).astype(np.float64) * 255 / 4095))
+
+
+def test_an_index_past_a_frame_folders_end_is_named(tmp_path):
+    write_frame_folder(tmp_path / "clip", quadrants(3))
+    with pytest.raises(VideoDatasetError, match=r"clip: frame index 3 out of range, the clip has 3 frames"):
+        read_frames(tmp_path / "clip", [0, 3])  # (its largest index, not its first)
 
 
 def test_16_bit_rgb_png_frames_keep_their_low_bits(tmp_path):
