@@ -166,7 +166,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "tests/test_data_formats.py::test_a_fresh_run_after_the_refused_resume_removes_"
                                         "the_copy_the_old_run_named",
                                         "tests/test_finetune.py::test_a_dense_target_ending_at_success_where_its_"
-                                        "demos_ran_on_is_said"]),  # warn_success_termination
+                                        "demos_ran_on_is_said",  # warn_success_termination; check_env_fits' side:
+                                        "tests/test_gap_any_env.py::test_a_constructor_argument_the_env_refuses_"
+                                        "names_the_gap_side_it_came_from"]),
     # the user's env as a target: its construction, contract checks, action units, time limits and task slot
     "target": ("robopretrain/envs/target.py", ["tests/test_target.py", "tests/test_action_units.py",
                                                "tests/test_metaworld.py::test_a_short_task_name_is_the_v3_name_and_a_"
@@ -331,6 +333,15 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("pipeline", "remove_partial_files/const/0"): Equivalent(
         "rmtree(ignore_errors=True -> False) of a partial folder: differs only where the removal itself fails",
         "True -> False @ shutil.rmtree(path, ignore_errors=True)"),
+    ("build", "warn_action_range/const/13"): Equivalent(
+        "a tolerance of 1e-6 -> 5e-7 on a box bound's distance from -1 / 1: float32 boxes are exact at -1 and 1, "
+        "and a bound off by less than 1e-6 is no box a test or env has",
+        "1e-06 -> 5e-07 @ narrower = np.flatnonzero((low > -1.0 + 1e-6) | (high < 1.0 - 1e-6)).tolist()"),
+    ("video", "_png_bit_depth/boolop/0"): Equivalent(
+        "a PNG's bit depth read when its signature and (-> or) its first chunk's name say PNG: a .png file with one "
+        "and not the other is no valid PNG, which the 16-bit reader and Pillow both refuse as unreadable",
+        'head[:8] == PNG_SIGNATURE and head[12:16] == b\'IHDR\': -> Or @ return head[24] if head[:8] == PNG_SIGNATURE '
+        'and head[12:16] == b"IHDR" else 8'),
     ("pipeline", "write_json/const/0"): Equivalent(
         "json.dumps(indent=2 -> 3): the layout of the stages' records, which are read back with json.loads",
         "2 -> 3 @ write_text_atomic(path, json.dumps(obj, indent=2, default=float))"),
