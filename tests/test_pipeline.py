@@ -137,9 +137,12 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
         marker.unlink()
     cfg.run_dir = str(moved)
     cfg.evaluate.episodes, cfg.stage2.steps = 2, 4
+    partial = moved / "stage3" / ".metrics.json.k1ll3d.tmp"  # what the killed session left half-written
+    partial.write_text("half")
     with caplog.at_level(logging.INFO):
         fourth = run_pipeline(cfg)
     assert [s for s, v in fourth["stages"].items() if v != "skipped"] == ["stage3", "evaluate"]
+    assert not partial.exists()  # removed as its stage's second session began
     assert "resuming a run folder moved from" in caplog.text
     assert json.loads((moved / "stage3" / "done.json").read_text())["sessions"] == 2
     assert "| stage3 |" in (moved / "report.md").read_text()
