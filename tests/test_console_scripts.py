@@ -526,7 +526,10 @@ def test_a_rank_whose_peer_stopped_says_so_in_one_line(monkeypatch, capsys):
     def other_bug() -> None:
         raise RuntimeError("a bug of ours")
 
+    import robopretrain.workers
+
     monkeypatch.delenv("ROBOPRETRAIN_TRACEBACK", raising=False)
+    monkeypatch.setattr(robopretrain.workers, "end_with_launcher", lambda: False)  # (this process has no launcher)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(SystemExit) as stop:
