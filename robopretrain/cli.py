@@ -155,10 +155,12 @@ def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any
         except RuntimeError as exc:
             if not peer_stopped(exc) or traceback_requested():
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            report_and_exit(RuntimeError(f"rank {os.environ.get('RANK', '?')}: another process of this torchrun job "
-                                         f"stopped (its own error is printed above, or in its log), so this one's "
-                                         f"exchange with it failed: {first[:200]}"))
+            first = str(exc).strip().splitlines()[0]
+            sys.stdout.flush()
+            print(f"error: rank {os.environ.get('RANK', '?')}: its exchange with another process of this torchrun job "
+                  f"failed, most likely because that one stopped (its own error is printed above, or in its log): "
+                  f"{first[:200]} (ROBOPRETRAIN_TRACEBACK=1 shows the traceback)", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         except KeyboardInterrupt as exc:
             if traceback_requested():
                 raise
@@ -175,20 +177,16 @@ def friendly_errors(func: F | None = None, *, rerun: str = RERUN_RESUMES) -> Any
 
 
 # what a gloo / NCCL collective says when the process at the other end has gone
-PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "nccl communicator was aborted")
+PEER_GONE = ("connection closed by peer", "connection reset by peer", "nccl communicator was aborted")
 
 
 def peer_stopped(exc: BaseException) -> bool:
     """Whether ``exc``, raised under torchrun (``WORLD_SIZE`` > 1), is a collective that failed because another rank
-    stopped (its own error is the one to read): a ``DistBackendError``, or gloo's words for a peer gone. Such a rank
-    printed a traceback and gloo's messages after the other's one ``error:`` line, and torchrun could name it as the
-    job's first failure."""
+    stopped (its own error is the one to read): gloo's or NCCL's words for a peer gone (:data:`PEER_GONE`; not every
+    backend error, which may be this rank's own). Such a rank printed a traceback and gloo's messages after the
+    other's one ``error:`` line, and torchrun could name it as the job's first failure."""
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
         return False
-    dist = sys.modules.get("torch.distributed")
-    backend_error = getattr(dist, "DistBackendError", None) if dist is not None else None
-    if backend_error is not None and isinstance(exc, backend_error):
-        return True
     text = str(exc).lower()
     return any(words in text for words in PEER_GONE)
 
@@ -599,14 +597,15 @@ DATA_PARALLEL = ("video_pretrain", "robopretrain")
 
 def refuse_torchrun(config_name: str) -> None:
     """Exit (:data:`EXIT_BAD_INPUT`) when an entry point that runs in one process (stage 3, evaluation, collection,
-    the pipeline, the reward model) was started by torchrun with several processes: every rank ran the whole command
-    on the same folder, and one was refused by the run-folder lock naming its own sibling. Every rank says so in one
-    line (torchrun stops the others at the first rank's exit, maybe before they print: no rank waits on another)."""
+    the pipeline, the reward model) was started by torchrun with several processes (its ``TORCHELASTIC_RUN_ID`` set
+    and ``WORLD_SIZE`` > 1; ``WORLD_SIZE`` alone may be a cluster script's, exported for other commands): every rank
+    ran the whole command on the same folder, and one was refused by the run-folder lock naming its own sibling.
+    Every rank says so in one line (torchrun stops the others at the first rank's exit, maybe before they print)."""
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return
-    if world <= 1 or config_name in DATA_PARALLEL:
+    if world <= 1 or config_name in DATA_PARALLEL or "TORCHELASTIC_RUN_ID" not in os.environ:
         return
     names = {v: k for k, v in ENTRY_POINTS.items()}
     report_and_exit(ValueError(f"{names.get(config_name, config_name)} runs in one process, not data-parallel: it "
@@ -676,15 +675,16 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
                 if record is not None:
                     sys.argv.insert(at + 2, record)
     if ns is not None and ns.multirun:
-        return _sweep(main)
+        return _sweep(main, RERUN_SWEEP if config_name in RESUMING else "a rerun of the sweep starts its jobs over")
     return main()
 
 
 RERUN_SWEEP = ("each job's run folder resumes when the sweep runs again with the same folders (a fixed "
                "hydra.sweep.dir, or output_dir per job)")
+RESUMING = ("video_pretrain", "robopretrain", "finetune", "pipeline")  # entry points whose runs resume
 
 
-def _sweep(main: Callable[[], Any]) -> Any:
+def _sweep(main: Callable[[], Any], rerun: str = RERUN_SWEEP) -> Any:
     """A multirun's ``main``: a Ctrl-C reaches the launcher in this process (its jobs say their own line), where
     joblib's and Hydra's tracebacks came before the jobs' ``interrupted`` lines: one line here, exit code 130."""
     try:
@@ -693,7 +693,7 @@ def _sweep(main: Callable[[], Any]) -> Any:
         if traceback_requested():
             raise
         sys.stdout.flush()
-        print(f"interrupted (Ctrl-C); {RERUN_SWEEP}", file=sys.stderr, flush=True)
+        print(f"interrupted (Ctrl-C); {rerun}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_INTERRUPTED) from None
 
 

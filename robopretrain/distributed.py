@@ -77,8 +77,6 @@ def init_distributed(device: torch.device, timeout_s: float = 600.0) -> tuple[Di
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    if rank != 0:  # rank 0 speaks for the job (each warning came once per rank); errors of any rank are shown
-        logging.getLogger().setLevel(logging.ERROR)
     return DistInfo(rank, world, local, backend), device
 
 

@@ -73,18 +73,16 @@ _LAUNCHER_WATCHED: list[int] = []  # the launcher this process ends with (end_wi
 
 
 def end_with_launcher() -> bool:
-    """In a process a launcher started to run one of the entry points (a ``torchrun`` rank, ``WORLD_SIZE`` > 1; a
-    joblib sweep's loky worker): end it within a second of its parent ending (:func:`exit_with`). A launcher killed
-    outright (SIGKILL) left its ranks training on as orphans, holding the run folder's lock (the rerun was refused
-    naming them) and memory; a sweep's idle workers lived on for half an hour. Once per process; returns whether it
-    watches its launcher."""
+    """In a process a launcher started to run one of the entry points (a ``torchrun`` rank: torchrun's
+    ``TORCHELASTIC_RUN_ID`` is set; a joblib sweep's loky worker): end it within a second of its parent ending
+    (:func:`exit_with`). A launcher killed outright (SIGKILL) left its ranks training on as orphans, holding the run
+    folder's lock (the rerun was refused naming them) and memory; a sweep's idle workers lived on for half an hour.
+    Ranks a cluster starts without torchrun (``WORLD_SIZE`` alone), a process whose parent is none (pid 1 in a
+    container) or already gone are not watched. Once per process; returns whether it watches its launcher."""
     if _LAUNCHER_WATCHED:
         return True
-    try:
-        ranks = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    except ValueError:
-        ranks = 1
-    if ranks <= 1 and mp.get_start_method(allow_none=True) != "loky":
+    launched = "TORCHELASTIC_RUN_ID" in os.environ or mp.get_start_method(allow_none=True) == "loky"
+    if not launched or os.getppid() <= 1:
         return False
     _LAUNCHER_WATCHED.append(os.getppid())
     exit_with(_LAUNCHER_WATCHED[0])

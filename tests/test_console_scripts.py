@@ -492,6 +492,8 @@ def test_a_one_process_entry_point_under_torchrun_is_refused_in_one_line(monkeyp
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
+    refuse_torchrun(config_name)  # WORLD_SIZE alone: a cluster script's, maybe, for other commands
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")  # torchrun's
     with pytest.raises(SystemExit) as stop:
         refuse_torchrun(config_name)
     assert stop.value.code == EXIT_BAD_INPUT
@@ -510,13 +512,27 @@ def test_the_data_parallel_stages_are_not_refused_under_torchrun(monkeypatch, co
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     refuse_torchrun(config_name)
+
+
+def test_an_entry_points_command_line_is_refused_under_torchrun(monkeypatch, capsys):
+    """The check is wired into run_hydra, before any of the command's work."""
+    from robopretrain.cli import EXIT_BAD_INPUT, run_hydra
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    ran = []
+    with pytest.raises(SystemExit) as stop:
+        run_hydra(lambda: ran.append(1), "finetune", argv=["seed=1"])
+    assert stop.value.code == EXIT_BAD_INPUT and ran == []
+    assert "finetune.train runs in one process" in capsys.readouterr().err
 
 
 def test_a_rank_whose_peer_stopped_says_so_in_one_line(monkeypatch, capsys):
     """One torchrun rank stopping with its one error line left the other with gloo's RuntimeError: a traceback and
     "Connection closed by peer" after the real error, and torchrun could name that rank as the failure."""
-    from robopretrain.cli import EXIT_BAD_INPUT, friendly_errors
+    from robopretrain.cli import friendly_errors
 
     @friendly_errors
     def collective() -> None:
@@ -535,8 +551,9 @@ def test_a_rank_whose_peer_stopped_says_so_in_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         collective()
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert stop.value.code == EXIT_BAD_INPUT and last.startswith("error: rank 0: another process of this torchrun "
-                                                                  "job stopped") and "Connection closed" in last
+    assert stop.value.code == 1 and last.startswith("error: rank 0: its exchange with another process of this "
+                                                    "torchrun job failed, most likely because that one stopped")
+    assert "Connection closed" in last and "ROBOPRETRAIN_TRACEBACK=1" in last
     with pytest.raises(RuntimeError, match="a bug of ours"):  # any other error keeps its traceback
         other_bug()
     monkeypatch.setenv("WORLD_SIZE", "1")

@@ -173,8 +173,8 @@ RANK = (
     "run()\\n")
 
 if __name__ == "__main__":  # torchrun's part: two ranks of one entry point, then it waits for them
-    ranks = [subprocess.Popen([sys.executable, "-c", RANK, sys.argv[1]], env={**os.environ, "WORLD_SIZE": "2",
-                                                                              "RANK": str(r)}) for r in range(2)]
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK, sys.argv[1]], env={
+        **os.environ, "WORLD_SIZE": "2", "RANK": str(r), "TORCHELASTIC_RUN_ID": "test"}) for r in range(2)]
     for rank in ranks:
         rank.wait()
 """
@@ -190,6 +190,27 @@ def test_torchrun_ranks_do_not_outlive_a_launcher_that_is_killed(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not _left_alive(ranks, 20), "ranks outlived their launcher"
+
+
+def test_only_a_launched_process_with_a_parent_watches_it(monkeypatch):
+    """WORLD_SIZE alone may be a cluster script's (ranks it started itself, by hand or srun), and a container's
+    pid 1 has no parent (ppid 0, which reads as ended: the watcher killed every rank at once)."""
+    import os
+
+    import robopretrain.workers as workers
+
+    started = []
+    monkeypatch.setattr(workers, "_LAUNCHER_WATCHED", [])
+    monkeypatch.setattr(workers, "exit_with", lambda pid: started.append(pid))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert not workers.end_with_launcher() and started == []
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setattr(os, "getppid", lambda: 0)
+    assert not workers.end_with_launcher() and started == []
+    monkeypatch.setattr(os, "getppid", lambda: 4242)
+    assert workers.end_with_launcher() and started == [4242]
+    assert workers.end_with_launcher() and started == [4242]  # once per process
 
 
 LOADER_PARENT = """
