@@ -22,7 +22,7 @@ import datetime
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -107,12 +107,13 @@ def exit_finished_worker() -> None:
 def run_on_ranks(body: Callable[[DistInfo, torch.device], T], device: torch.device) -> T:
     """Join the process group (a no-op without torchrun), run ``body(info, device)``, leave the group.
 
-    Ranks other than 0 log warnings only (rank 0 speaks for the job). When ``body`` raises, the group is torn
+    Ranks other than 0 log warnings only (rank 0 speaks for the job), each line tagged ``[rank N]``. When ``body`` raises, the group is torn
     down without the final barrier (the other ranks may never reach it) and the error propagates.
     """
     info, device = init_distributed(device)
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+        tag_rank_logs(info.rank)
     try:
         out = body(info, device)
     except BaseException:
@@ -121,6 +122,28 @@ def run_on_ranks(body: Callable[[DistInfo, torch.device], T], device: torch.devi
         raise
     shutdown(info)
     return out
+
+
+class _RankTag(logging.Filter):
+    """Prefixes ``[rank N] `` to each record's message, once however many handlers pass it on."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "rank_tagged", False):
+            record.msg, record.rank_tagged = f"[rank {self.rank}] {record.msg}", True
+        return True
+
+
+def tag_rank_logs(rank: int, logger: logging.Logger | None = None) -> None:
+    """Tag what this process logs through ``logger``'s handlers (the root logger's: Hydra's console and file) with
+    ``[rank N]``: a warning each rank gives (a data check, a changed world size) then reads as N lines of N ranks,
+    not as one message repeated."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, _RankTag) for f in handler.filters):
+            handler.addFilter(_RankTag(rank))
 
 
 def barrier(info: DistInfo) -> None:
@@ -179,3 +202,22 @@ def replica_max_abs_diff(module: nn.Module, info: DistInfo) -> float:
     diff = (flat - ref).abs().max() if flat.numel() else torch.zeros((), dtype=torch.float64, device=flat.device)
     dist.all_reduce(diff, op=dist.ReduceOp.MAX)
     return float(diff.item())
+
+
+def world_size_history(previous: Sequence[Mapping[str, int]] | None, saved_world: int | None, start: int,
+                       world_size: int, batch_size_per_process: int) -> list[dict[str, int]]:
+    """The run's data-parallel sizes, one entry per change: ``[{"from_step", "world_size", "effective_batch_size"}]``.
+
+    ``previous`` is the list a resumed checkpoint holds (None for a fresh run, or a checkpoint written before this
+    record: then ``saved_world``, its last session's process count, stands for every step before ``start``).
+    This session's entry (from ``start``) is added when its world size differs from the last entry's; a resumed
+    run with other sizes per session (the data stream and the effective batch size changed at each) can so be
+    told from one that ran at one size (a record of the last session alone could not)."""
+    entries = [dict(e) for e in previous] if previous else []
+    if not entries and start > 0 and saved_world is not None:
+        entries = [{"from_step": 0, "world_size": int(saved_world),
+                    "effective_batch_size": int(saved_world) * batch_size_per_process}]
+    if not entries or entries[-1]["world_size"] != world_size:
+        entries.append({"from_step": int(start), "world_size": int(world_size),
+                        "effective_batch_size": int(world_size) * batch_size_per_process})
+    return entries

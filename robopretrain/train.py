@@ -300,6 +300,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         start, resumed = resume(agent, sampler, ckpt_root, dinfo)
         if adversary is not None and resumed is not None and resumed.state is not None:
             adversary.load_state_dict(resumed.state["transfer"]["dann"])
+    saved_parallel = dict(latest.meta.get("parallel") or {}) if latest is not None else {}
+    meta["parallel"]["history"] = dist_utils.world_size_history(  # every session's size, not the last one's only
+        saved_parallel.get("history"), saved_parallel.get("world_size"), start, dinfo.world_size, agent.batch_size)
     calib = dataset.get(calibration_rows(len(dataset), settings.calibration_batch))
 
     def evaluate_all() -> dict[str, float]:  # each rank its share of the targets; a failure on any fails all

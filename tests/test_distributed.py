@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from _compare import write_sliding_square_videos
-from robopretrain.distributed import DistInfo, rank_seed, replica_max_abs_diff
+from robopretrain.distributed import DistInfo, rank_seed, replica_max_abs_diff, world_size_history
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -48,6 +48,7 @@ def test_two_gloo_ranks_keep_identical_weights_and_resume(tmp_path):
     assert metrics["parallel"]["replica_max_abs_diff"] == 0.0
     enc_meta = json.loads((out / "encoder" / "meta.json").read_text())
     assert enc_meta["extra"]["parallel"]["effective_batch_size"] == 8
+    assert enc_meta["extra"]["parallel"]["history"] == [{"from_step": 0, "world_size": 2, "effective_batch_size": 8}]
     last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     changed = [k for k in first["objective"] if not torch.equal(first["objective"][k], last["objective"][k])]
     assert changed  # training went on after the resume
@@ -58,6 +59,39 @@ def test_single_process_is_unchanged():
     assert not info.enabled and info.is_main
     assert rank_seed(5, info) == 5 and rank_seed(5, DistInfo(rank=1, world_size=2)) != 5
     assert replica_max_abs_diff(torch.nn.Linear(2, 2), info) == 0.0
+
+
+def test_world_size_history_adds_a_session_only_when_its_size_differs():
+    fresh = world_size_history(None, None, 0, 2, 8)
+    assert fresh == [{"from_step": 0, "world_size": 2, "effective_batch_size": 16}]
+    assert world_size_history(fresh, 2, 30, 2, 8) == fresh
+    grown = world_size_history(fresh, 2, 30, 4, 8)
+    assert grown == fresh + [{"from_step": 30, "world_size": 4, "effective_batch_size": 32}] and len(fresh) == 1
+    assert world_size_history(grown, 4, 50, 2, 8)[-1] == {"from_step": 50, "world_size": 2, "effective_batch_size": 16}
+    # a checkpoint from before the record: its size stands for every step before the resume
+    assert world_size_history(None, 4, 30, 1, 8) == [{"from_step": 0, "world_size": 4, "effective_batch_size": 32},
+                                                      {"from_step": 30, "world_size": 1, "effective_batch_size": 8}]
+
+
+def test_a_later_ranks_log_lines_are_tagged_once_on_every_handler():
+    import io
+    import logging
+
+    from robopretrain.distributed import tag_rank_logs
+
+    logger = logging.getLogger("robopretrain.test_rank_tag")
+    logger.propagate = False
+    streams = [io.StringIO(), io.StringIO()]
+    for stream in streams:
+        logger.addHandler(logging.StreamHandler(stream))
+    try:
+        tag_rank_logs(3, logger)
+        tag_rank_logs(3, logger)  # called again (a second run in one process): still one tag
+        logger.warning("data: %d episode(s) left out", 2)
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    assert [s.getvalue() for s in streams] == ["[rank 3] data: 2 episode(s) left out\n"] * 2
 
 
 def test_multirun_sweep_with_the_basic_launcher(tmp_path):
@@ -111,7 +145,8 @@ def test_stage2_two_gloo_ranks_stay_identical_and_resume_exactly(tmp_path):
 
     a, b = load_latest(straight / "checkpoints"), load_latest(resumed / "checkpoints")
     assert a.step == b.step == 4
-    assert b.meta["parallel"] == {"world_size": 2, "batch_size_per_process": 8, "effective_batch_size": 16}
+    assert b.meta["parallel"] == {"world_size": 2, "batch_size_per_process": 8, "effective_batch_size": 16,
+                                  "history": [{"from_step": 0, "world_size": 2, "effective_batch_size": 16}]}
     for part in ("actor", "critic", "target_critic"):
         for k, v in a.weights["core"][part].items():
             assert torch.equal(v, b.weights["core"][part][k]), f"{part}.{k}: resumed DDP run differs"

@@ -123,7 +123,9 @@ def test_resumed_run_matches_uninterrupted_run(tiny_hdf5, image_hdf5, stage1_enc
     assert a.step == b.step == 4 and a.meta["algo"] == "cql"
     assert a.meta["encoder_mode"] == {"low_dim": "none", "1cam": "finetune", "2cams": "scratch"}[spec_name]
     assert [k for k, _ in a.meta["obs_spec"]["rgb"]] == extra["obs"]["rgb"]
-    assert a.meta["parallel"] == {"world_size": 1, "batch_size_per_process": 8, "effective_batch_size": 8}
+    assert a.meta["parallel"] == b.meta["parallel"] == {  # a resume at the same size: one entry
+        "world_size": 1, "batch_size_per_process": 8, "effective_batch_size": 8,
+        "history": [{"from_step": 0, "world_size": 1, "effective_batch_size": 8}]}
     assert "augment" in a.state["rng"]
     wa, wb = dict(all_tensors(a.weights)), dict(all_tensors(b.weights))
     sa, sb = dict(all_tensors(a.state)), dict(all_tensors(b.state))
@@ -319,6 +321,40 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
         final = run(stage2_config(tiny_hdf5, out, **{**cfg, "steps": 3}))
     assert final.name == checkpoint_name(4)
     assert "last checkpoint is at update 4, past train.steps=3: nothing to train" in caplog.text
+
+
+def test_meta_keeps_every_sessions_world_size_not_only_the_last(tiny_hdf5, tmp_path):
+    """A run resumed under another process count keeps its earlier sessions' sizes in ``meta.json``
+    (``parallel.history``); a resume at the same size adds nothing. Here the first session's checkpoint is edited
+    to read as a 2-process one (the torchrun test covers real ranks)."""
+    from robopretrain.checkpoint import META_FILE
+
+    out = tmp_path / "w"
+    cfg = dict(obs=STATE_OBS, train={"checkpoint_every": 2, "eval_every": 100})
+    run(stage2_config(tiny_hdf5, out, steps=2, **cfg))
+    first = load_latest(out / "checkpoints", with_state=False)
+    batch = first.meta["parallel"]["batch_size_per_process"]
+    assert first.meta["parallel"]["history"] == [{"from_step": 0, "world_size": 1, "effective_batch_size": batch}]
+    run(stage2_config(tiny_hdf5, out, steps=4, **cfg))  # the same size: one entry still
+    assert load_latest(out / "checkpoints", with_state=False).meta["parallel"]["history"] == \
+        first.meta["parallel"]["history"]
+    for older in (True, False):  # a checkpoint with the record, and one written before it (its size alone)
+        run_dir = tmp_path / f"older{older}"
+        run(stage2_config(tiny_hdf5, run_dir, steps=2, **cfg))
+        path = load_latest(run_dir / "checkpoints", with_state=False).path / META_FILE
+        meta = json.loads(path.read_text())
+        meta["parallel"] = {"world_size": 2, "batch_size_per_process": batch, "effective_batch_size": 2 * batch}
+        earlier = [{"from_step": 0, "world_size": 2, "effective_batch_size": 2 * batch}]
+        if not older:  # three sessions: 1 process, then 2 from update 1, then 1 again
+            earlier = [{"from_step": 0, "world_size": 1, "effective_batch_size": batch},
+                       {"from_step": 1, "world_size": 2, "effective_batch_size": 2 * batch}]
+            meta["parallel"]["history"] = earlier
+        path.write_text(json.dumps(meta))
+        run(stage2_config(tiny_hdf5, run_dir, steps=4, **cfg))
+        last = load_latest(run_dir / "checkpoints", with_state=False)
+        assert last.step == 4 and last.meta["parallel"]["world_size"] == 1
+        assert last.meta["parallel"]["history"] == earlier + [
+            {"from_step": 2, "world_size": 1, "effective_batch_size": batch}]
 
 
 def _counted_evaluations(monkeypatch) -> list[int]:

@@ -133,6 +133,34 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(videos, tmp_path, ob
         assert ha and all(torch.allclose(ha[k], hb[k], atol=1e-6) for k in ha)
 
 
+@pytest.mark.parametrize("older", [False, True])
+def test_a_resume_under_another_process_count_keeps_every_sessions_world_size(videos, tmp_path, older):
+    """metrics.json, the encoder's meta.json and the checkpoint keep each session's process count
+    (``parallel.history``), not the last session's alone; the first session's checkpoint is edited to read as a
+    2-process one (``older``: one written before the record, its ``world_size`` alone)."""
+    common = (f"data.path={videos}", "objective=tcn", "tensorboard=false", f"output_dir={tmp_path}", *TINY)
+    train(compose_cfg(*common, "steps=2"), tmp_path)
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert json.loads(state["world_sizes"]) == [{"from_step": 0, "world_size": 1, "effective_batch_size": 4}]
+    state["world_size"] = 2
+    expected = [{"from_step": 0, "world_size": 2, "effective_batch_size": 8}]
+    if older:
+        del state["world_sizes"]
+    else:  # three sessions: 1 process, then 2 from step 1, then 1 again
+        expected = [{"from_step": 0, "world_size": 1, "effective_batch_size": 4},
+                    {"from_step": 1, "world_size": 2, "effective_batch_size": 8}]
+        state["world_sizes"] = json.dumps(expected)
+    torch.save(state, ckpt)
+    train(compose_cfg(*common, "steps=4"), tmp_path)
+    expected.append({"from_step": 2, "world_size": 1, "effective_batch_size": 4})
+    assert json.loads((tmp_path / "metrics.json").read_text())["parallel"]["history"] == expected
+    assert load_encoder(tmp_path / "encoder")[1]["extra"]["parallel"]["history"] == expected
+    assert json.loads(torch.load(ckpt, weights_only=True)["world_sizes"]) == expected
+    train(compose_cfg(*common, "steps=6"), tmp_path)  # a resume at the same size adds nothing
+    assert json.loads((tmp_path / "metrics.json").read_text())["parallel"]["history"] == expected
+
+
 def test_a_rerun_with_fewer_steps_than_its_checkpoint_says_nothing_is_trained(videos, tmp_path, caplog):
     import logging
 

@@ -410,18 +410,24 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 def save_checkpoint(path: Path, step: int, objective: nn.Module, optimizer: torch.optim.Optimizer,
                     cfg: DictConfig, history: Mapping[str, Any], world_size: int = 1,
-                    run_print: Mapping[str, Any] | None = None) -> None:
-    """Write the training checkpoint (everything a resumed run needs, and the run's fingerprint) atomically."""
+                    run_print: Mapping[str, Any] | None = None,
+                    world_sizes: Sequence[Mapping[str, int]] | None = None) -> None:
+    """Write the training checkpoint (everything a resumed run needs, and the run's fingerprint) atomically;
+    ``world_sizes``: the run's process counts by session (:func:`robopretrain.distributed.world_size_history`)."""
     _atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": int(step), "objective": objective.state_dict(),
                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                         "identity": json.dumps(identity(cfg), sort_keys=True), "history": json.dumps(history),
-                        "world_size": int(world_size), "fingerprint": json.dumps(run_print)}, path)
+                        "world_size": int(world_size), "fingerprint": json.dumps(run_print),
+                        "world_sizes": json.dumps(list(world_sizes or []))}, path)
     kill_after_checkpoint(step)  # a test hook; nothing unless ROBOPRETRAIN_KILL_AFTER_CHECKPOINT is set
 
 
 def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig,
-                    device: torch.device, run_print: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    """Restore a training checkpoint into ``objective`` and ``optimizer``; returns (step, history).
+                    device: torch.device, run_print: Mapping[str, Any] | None = None
+                    ) -> tuple[int, dict[str, Any], list[dict[str, int]]]:
+    """Restore a training checkpoint into ``objective`` and ``optimizer``; returns (step, history, world sizes):
+    the last, the run's process counts by session (:func:`robopretrain.distributed.world_size_history`),
+    its first session's alone for a checkpoint written before that record.
 
     Refuses (:class:`~robopretrain.run_fingerprint.ResumeMismatchError`, one line) a checkpoint whose
     fingerprint differs from ``run_print``, this run's."""
@@ -450,7 +456,9 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
     if saved_world != world_size():
         log.warning("%s was written by a run with %d process(es), this run has %d: the data stream continues "
                     "differently (the effective batch size changes)", path, saved_world, world_size())
-    return int(state["step"]), json.loads(state["history"])
+    sizes = json.loads(state.get("world_sizes") or "[]")
+    sizes = dist_utils.world_size_history(sizes, saved_world, int(state["step"]), saved_world, int(cfg.batch_size))
+    return int(state["step"]), json.loads(state["history"]), sizes
 
 
 def world_size() -> int:
@@ -601,10 +609,10 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     if dinfo.enabled:
         log.info("data-parallel over %d processes (%s): effective batch size %d = %d x %d", dinfo.world_size,
                  dinfo.backend, effective_batch, int(cfg.batch_size), dinfo.world_size)
-    start, history = 0, {"train": [], "valid": []}
+    start, history, world_sizes = 0, {"train": [], "valid": []}, []
     run_print = fingerprint(cfg, data_path, run_fingerprint.run_home(cfg, paths.run_dir))
     if cfg.resume and paths.checkpoint.is_file():
-        start, history = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device, run_print)
+        start, history, world_sizes = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device, run_print)
         log.info("resumed from %s at step %d", paths.checkpoint, start)
         if start > steps and dinfo.is_main:  # as stage 2 says it (robopretrain.loops.offline)
             log.warning("%s: its checkpoint is at step %d, past steps=%d: nothing to train, and the encoder saved is "
@@ -615,6 +623,8 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         if paths.encoder.parent == paths.run_dir:  # the default encoder folder (an ``output`` elsewhere is replaced
             previous.append(paths.encoder.name)   # at the end, as before)
         clear_previous_run(paths.run_dir, tuple(previous))
+    # every session's size, not the last one's only (metrics.json and the encoder's meta.json: parallel.history)
+    parallel["history"] = dist_utils.world_size_history(world_sizes, None, start, dinfo.world_size, int(cfg.batch_size))
     data_seed = dist_utils.rank_seed(int(cfg.seed), dinfo)
     sampling = OmegaConf.to_container(cfg.objective.sampling, resolve=True)
     stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=data_seed, sampling=sampling,
@@ -673,7 +683,8 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
                 bar.set_postfix(loss=f"{history['train'][-1]['loss'] if history['train'] else float('nan'):.4g}",
                                 valid=f"{history['valid'][-1]['loss']:.4g}", refresh=False)
             if dinfo.is_main and (step % int(cfg.checkpoint_every) == 0 or step == steps):
-                save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history, dinfo.world_size, run_print)
+                save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history, dinfo.world_size, run_print,
+                                parallel["history"])
     finally:
         bar.close()
         if writer is not None:
