@@ -109,6 +109,48 @@ def test_a_d4rl_file_without_timeouts_ends_episodes_where_next_observations_show
     assert [len(x["actions"]) for x in d] == [8] and "not read as episode ends" in caplog.text
 
 
+
+def test_a_d4rl_file_without_timeouts_or_next_observations_is_read_with_a_warning(tmp_path, caplog):
+    """D4RL's v0 layout: episodes end at terminations only; said, since a time limit the file does not mark makes
+    one episode of several."""
+    src = F.write_d4rl(tmp_path / "v0.hdf5", lengths=(4, 5), ends=("timeout", "terminal"))
+    with h5py.File(src, "r+") as f:
+        del f["timeouts"]
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_d4rl"):
+        d = demos(convert(src, tmp_path / "v0_conv.hdf5"))
+    assert [len(x["actions"]) for x in d] == [9]
+    assert "no timeouts and no next_observations: an episode ends only at a terminals row (1 of 9 rows)" in caplog.text
+
+
+def test_a_d4rl_style_npz_is_read_as_d4rl_not_as_ogbench(tmp_path, caplog):
+    """The same arrays in an .npz: with timeouts detected as D4RL and converted exactly as the HDF5 file; without,
+    read as OGBench's layout (its terminals rows are final observations) with a warning when it has rewards but no
+    masks, and format d4rl reads it as D4RL."""
+    hdf5 = F.write_d4rl(tmp_path / "hopper.hdf5")
+    with h5py.File(hdf5, "r") as f:
+        arrays = {k: f[k][()] for k in f}
+    np.savez(tmp_path / "hopper.npz", **arrays)
+    assert detect_format(tmp_path / "hopper.npz") == "d4rl"
+    want, got = demos(convert(hdf5, tmp_path / "h.hdf5")), demos(convert(tmp_path / "hopper.npz", tmp_path / "n.hdf5"))
+    assert len(got) == len(want) == 3
+    for a, b in zip(want, got):
+        for k in ("actions", "dones", "rewards"):
+            np.testing.assert_array_equal(a[k], b[k])
+        np.testing.assert_array_equal(a["next"]["observations"], b["next"]["observations"])
+        assert a["meta"]["terminated"] == b["meta"]["terminated"]
+    del arrays["timeouts"]
+    np.savez(tmp_path / "nt.npz", **arrays)
+    assert detect_format(tmp_path / "nt.npz") == "ogbench"
+    with caplog.at_level(logging.WARNING):
+        as_ogbench = demos(convert(tmp_path / "nt.npz", tmp_path / "o.hdf5"))
+    assert "rewards without masks: read as OGBench's layout" in caplog.text and "data.format=d4rl" in caplog.text
+    assert sum(x["dones"].sum() for x in as_ogbench) == 0  # OGBench: the terminals row is a final observation
+    as_d4rl = demos(convert(tmp_path / "nt.npz", tmp_path / "d.hdf5", fmt="d4rl"))
+    assert [x["dones"].tolist()[-1] for x in as_d4rl][0] == 1 and as_d4rl[0]["rewards"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ConversionError, match="detected format d4rl, not ogbench"):
+        convert(tmp_path / "hopper.npz", tmp_path / "x.hdf5", fmt="ogbench")
+
+
 def test_d4rl_next_observations_and_success_from_the_file(tmp_path):
     out = convert(F.write_d4rl(tmp_path / "h.hdf5", next_obs=True, success=True), tmp_path / "out.hdf5")
     d = demos(out)
@@ -531,6 +573,38 @@ def test_cache_converts_once_and_again_when_the_source_changes(tmp_path):
         as_robomimic(src, cache_dir=src / "cache")  # a file on the way
 
 
+
+def test_a_folders_key_follows_symlinked_folders_and_ignores_files_its_reader_does_not_read(tmp_path, monkeypatch):
+    """A LeRobot folder whose data/ is a symlink: a recording replaced behind the link is converted again (Path.rglob
+    did not enter the link: the old copy was reused). A run's outputs/, a cache folder or a README written in the
+    folder are not the source: the copy is reused (every file counted: a new conversion, a refused resume)."""
+    from robopretrain.data.convert import source_key
+
+    src = F.write_lerobot(tmp_path / "lr")
+    shutil.move(src / "data", tmp_path / "real_data")
+    (src / "data").symlink_to(tmp_path / "real_data", target_is_directory=True)
+    cache = tmp_path / "cache"
+    first = as_robomimic(src, cache_dir=cache)
+    key = source_key(src, "lerobot", "auto")
+    parquet = next((tmp_path / "real_data").rglob("*.parquet"))
+    parquet.write_bytes(parquet.read_bytes())  # written again: its change time moves
+    assert source_key(src, "lerobot", "auto") != key
+    (src / "README.md").write_text("my robot")
+    (src / "outputs" / "run").mkdir(parents=True)
+    (src / "outputs" / "run" / "metrics.jsonl").write_text("{}")
+    key = source_key(src, "lerobot", "auto")
+    (src / "outputs" / "run" / "metrics.jsonl").write_text('{"step": 1}')
+    (src / "cache").mkdir()
+    (src / "cache" / "copy.hdf5").write_bytes(b"x")
+    assert source_key(src, "lerobot", "auto") == key
+    (src / "data2").symlink_to(src, target_is_directory=True)  # a link back up the tree: read once, no loop
+    assert source_key(src, "lerobot", "auto") == key
+    monkeypatch.chdir(src)  # "." is named after its folder: not a hidden ".lerobot.<key>.hdf5" of env "lerobot/"
+    here = as_robomimic(".", cache_dir=cache)
+    assert here.name.startswith("lr.lerobot.") and env_args(here)["env_name"] == "lerobot/lr"
+    assert first.name.startswith("lr.lerobot.")
+
+
 def test_a_new_conversion_removes_the_copies_that_cannot_be_reused(tmp_path):
     cache = tmp_path / "cache"
     src = F.write_ogbench(tmp_path / "o.npz")
@@ -829,6 +903,19 @@ def test_a_mix_in_another_format_is_converted_like_data_path(tmp_path):
                                                "cache_dir": str(tmp_path / "cache")}},
                              train={"eval_targets": []}))
     assert load_agent(same)[1].meta["task_ids"] == {"prior": 0, "mix": 0}
+    # data.mix.task_id=0 alone, as the refusal without it advises ("... or data.mix.task_id=0 if they are the same
+    # task"): the mix put in the main file's slot knowingly
+    with pytest.raises(ValueError, match=r"or data.mix.task_id=0 if they are the same task"):
+        run(stage2_config(prior, tmp_path / "refused", algo="iql", steps=2, obs={"low_dim": ["observations"]},
+                          data_cfg={"cache_dir": str(tmp_path / "cache"),
+                                    "mix": {"path": str(mix), "fraction": 0.5, "cache_dir": str(tmp_path / "cache")}},
+                          train={"eval_targets": []}))
+    advised = run(stage2_config(prior, tmp_path / "advised", algo="iql", steps=2, obs={"low_dim": ["observations"]},
+                                data_cfg={"cache_dir": str(tmp_path / "cache"),
+                                          "mix": {"path": str(mix), "fraction": 0.5, "task_id": 0,
+                                                  "cache_dir": str(tmp_path / "cache")}},
+                                train={"eval_targets": []}))
+    assert load_agent(advised)[1].meta["task_ids"] == {"prior": 0, "mix": 0}
 
 
 def test_stage1_says_a_converted_datasets_frames_are_stretched_whatever_data_stretch_says(tmp_path, caplog):

@@ -4,7 +4,8 @@
 [--image-size S]``
 
 Formats (detected from the path; ``--format`` names one where detection fails, and a source detected as another
-format is refused; each reader's module documents its layout and what it carries over):
+format is refused, but for an ``.npz``: one without ``timeouts`` is detected as OGBench's layout, and ``--format d4rl``
+reads it as D4RL's; each reader's module documents its layout and what it carries over):
 
 ============  ==============================================================  ==========================
 format        what ``SRC`` is                                                 reader
@@ -12,6 +13,7 @@ format        what ``SRC`` is                                                 re
 ``lerobot``   a LeRobot v3 folder (``meta/info.json``, parquet, mp4)          :mod:`.read_lerobot`
 ``minari``    a Minari dataset folder (``data/metadata.json``)                :mod:`.read_minari`
 ``d4rl``      an HDF5 file with top-level ``observations``, ``actions``, ...  :mod:`.read_d4rl`
+              (or those arrays and ``timeouts`` in an ``.npz``)
 ``ogbench``   an OGBench ``.npz`` (``observations``, ``actions``, ...)        :mod:`.read_ogbench`
 ``robomimic`` an HDF5 file with ``data/demo_<i>`` (already the contract)     :mod:`.resize_robomimic`
 ============  ==============================================================  ==========================
@@ -66,8 +68,10 @@ from robopretrain.data.episodes import ACTION_MODES, ConversionError, Episode, c
 from robopretrain.data.hdf5 import mixed_action_sizes
 from robopretrain.data.frames import index_dir
 from robopretrain.data.read_d4rl import is_d4rl, read_d4rl
+from robopretrain.data.read_lerobot import FOLDERS as LEROBOT_PARTS
 from robopretrain.data.read_lerobot import is_lerobot, read_lerobot
 from robopretrain.data.read_lerobot import read_info as read_lerobot_info
+from robopretrain.data.read_minari import data_dir as minari_data_dir
 from robopretrain.data.read_minari import dataset_id, declared_action_bounds, is_minari, read_minari
 from robopretrain.data.read_ogbench import is_ogbench, read_ogbench
 from robopretrain.data.resize_robomimic import lacks_next_obs, needs_resize, write_resized
@@ -201,7 +205,7 @@ def _check_format(fmt: str | None) -> str | None:
 
 
 def _env_name(src: Path, fmt: str) -> str:
-    return f"minari/{dataset_id(src)}" if fmt == "minari" else f"{fmt}/{src.name}"
+    return f"minari/{dataset_id(src)}" if fmt == "minari" else f"{fmt}/{Path(os.path.abspath(src)).name}"
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None = None, actions: str = "auto",
@@ -224,7 +228,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
             detected = detect_format(src)
         except ConversionError:  # not recognised: the named format's reader says what it lacks
             detected = given
-        if detected != given:
+        if detected != given and not (given == "d4rl" and detected == "ogbench"):  # an .npz may be either layout
             raise ConversionError(f"{src}: detected format {detected}, not {given}; leave the format unset (auto) "
                                   "or name its own")
     if fmt == "robomimic" and image_size is None and not lacks_next_obs(src):
@@ -260,12 +264,28 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "robopretrain") / "datasets"
 
 
-def _source_files(src: Path) -> list[tuple[str, Path]]:
-    """``[(name in the source, file), ...]`` of ``src`` (resolved): the file itself, or a folder's files, sorted."""
+def _source_files(src: Path, fmt: str | None = None) -> list[tuple[str, Path]]:
+    """``[(name in the source, file), ...]`` of ``src`` (resolved): the file itself, or the files of a folder that
+    ``fmt``'s reader reads (LeRobot: ``meta/``, ``data/``, ``videos/``; Minari: its ``data/`` folder; else all),
+    sorted. Symlinked folders are followed (each real folder once): an edit behind a link is an edit of the source.
+    What else lies in the folder (a README, a run's ``outputs/`` or a cache folder written there) is not the source,
+    so it neither changes the key nor blocks a resume."""
     src = src.resolve()
     if not src.is_dir():
         return [(src.name, src)]
-    return [(str(p.relative_to(src)), p) for p in sorted(q for q in src.rglob("*") if q.is_file())]
+    roots = ([src / part for part in LEROBOT_PARTS] if fmt == "lerobot"
+             else [minari_data_dir(src) or src] if fmt == "minari" else [src])
+    files: list[Path] = []
+    seen: set[str] = set()
+    for root in roots:
+        for folder, dirs, names in os.walk(root, followlinks=True):  # Path.rglob skips symlinked folders (3.11)
+            real = os.path.realpath(folder)
+            if real in seen:  # a link back up the tree, or two links to one folder
+                dirs[:] = []
+                continue
+            seen.add(real)
+            files += [q for q in (Path(folder) / n for n in names) if q.is_file()]
+    return [(str(p.relative_to(src)), p) for p in sorted(files)]
 
 
 def source_key(src: Path, fmt: str, actions: str, image_size: int | None = None) -> str:
@@ -275,7 +295,7 @@ def source_key(src: Path, fmt: str, actions: str, image_size: int | None = None)
     src = src.resolve()
     size = [] if image_size is None else [int(image_size)]  # unset: the key of copies made before the option
     h = hashlib.sha256(json.dumps([str(src), fmt, actions, converter_version(fmt), *size]).encode())
-    for name, p in _source_files(src):
+    for name, p in _source_files(src, fmt):
         st = p.stat()
         h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     return h.hexdigest()[:16]
@@ -295,7 +315,7 @@ class _Source:
     def __init__(self, src: Path, fmt: str, actions: str, image_size: int | None) -> None:
         self.settings = {"source": str(src.resolve()), "format": fmt, "actions": actions, "image_size": image_size,
                          "converter": converter_version(fmt)}
-        self.files = _source_files(src)
+        self.files = _source_files(src, fmt)
         self.stats = {name: [st.st_size, st.st_mtime_ns, st.st_ctime_ns] for name, p in self.files
                       for st in (p.stat(),)}
         self._hashes: dict[str, str] | None = None
@@ -374,7 +394,8 @@ def cache_path(src: str | os.PathLike, fmt: str, *, actions: str = "auto",
     """Where :func:`as_robomimic` keeps the converted copy of ``src``."""
     src = Path(src)
     folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    stem = src.name[: -len(src.suffix)] if src.is_file() and src.suffix else src.name
+    name = Path(os.path.abspath(src)).name  # "." and ".." have a name of their own: their folder's
+    stem = name[: -len(src.suffix)] if src.is_file() and src.suffix else name
     return folder / f"{stem}.{fmt}.{source_key(src, fmt, actions, image_size)}.hdf5"
 
 

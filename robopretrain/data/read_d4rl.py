@@ -1,7 +1,9 @@
-"""D4RL-style flat HDF5 -> :class:`~robopretrain.data.episodes.Episode` s.
+"""D4RL-style flat HDF5 (or ``.npz``) -> :class:`~robopretrain.data.episodes.Episode` s.
 
 The layout D4RL publishes (``d4rl.qlearning_dataset`` reads the same keys), one row per step, episodes laid end to
-end::
+end, in an HDF5 file or the same arrays in an ``.npz`` (``np.savez(..., timeouts=...)``; an ``.npz`` with
+``timeouts`` is read as D4RL, one without as OGBench's layout unless ``format=d4rl`` says otherwise: OGBench's
+``terminals`` marks a trajectory's last row, which holds only its final observation, D4RL's a termination)::
 
     observations (N, ...)   actions (N, A)   rewards (N,)   terminals (N,)   timeouts (N,) (optional)
     next_observations (N, ...) (optional)    infos/<name> (N, ...) (optional; infos/success or is_success is used)
@@ -11,6 +13,8 @@ end::
   row's observation (a reset: a time-out the file does not mark; logged with the count), unless that holds for
   more than half the rows (next observations stored another way: then a warning, and no split).
 * ``terminals`` is the true-termination flag, carried as ``dones``; ``timeouts`` is a truncation.
+* A file with neither ``timeouts`` nor ``next_observations`` (D4RL's v0 layout) ends episodes at terminations
+  only; a warning says so, as a time limit that cut episodes is not seen (its steps across resets are read as steps).
 * Without ``next_observations``, the next observation of row ``t`` is row ``t + 1`` of the same episode. The last
   row of an episode has none in the file: after a termination it is not needed (``dones = 1``: no bootstrap) and
   the row's own observation stands in; after a time-out (or at the end of the file) the row is dropped, as
@@ -22,9 +26,10 @@ Observations keep the file's key ``observations`` (images become uint8 HWC, see 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -58,8 +63,15 @@ def unmarked_resets(obs: np.ndarray, nxt: np.ndarray, terminals: np.ndarray, whe
 
 
 def is_d4rl(path: str | os.PathLike) -> bool:
-    """True for an HDF5 file with top-level ``observations`` and ``actions`` datasets (no robomimic ``data/``)."""
+    """True for an HDF5 file with top-level ``observations`` and ``actions`` datasets (no robomimic ``data/``), or an
+    ``.npz`` with D4RL's arrays (:data:`REQUIRED`) and ``timeouts``, which OGBench's files never have."""
     p = Path(path)
+    if p.is_file() and p.suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return all(k in z.files for k in (*REQUIRED, "timeouts"))
+        except (OSError, ValueError):
+            return False
     if not p.is_file() or not h5py.is_hdf5(p):
         return False
     try:
@@ -69,33 +81,52 @@ def is_d4rl(path: str | os.PathLike) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _arrays(p: Path) -> Iterator[Callable[[str], np.ndarray | None]]:
+    """``get(key)``: the file's array ``key`` read whole, or None when it has none (HDF5 datasets, ``.npz`` arrays)."""
+    if p.suffix == ".npz":
+        try:
+            z = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ConversionError(f"{p}: not a readable .npz ({exc})") from None
+        with z:
+            yield lambda k: z[k] if k in z.files else None
+        return
+    if not h5py.is_hdf5(p):
+        raise ConversionError(f"{p}: not an HDF5 file (a D4RL-style dataset is one HDF5 file, or an .npz)")
+    with h5py.File(p, "r") as f:
+        yield lambda k: f[k][()] if isinstance(f.get(k), h5py.Dataset) else None
+
+
 def read_d4rl(path: str | os.PathLike) -> Iterator[Episode]:
     """The episodes of a D4RL-style file (module docstring). Raises :class:`ConversionError` naming the key."""
     p = Path(path)
-    if not h5py.is_hdf5(p):
-        raise ConversionError(f"{p}: not an HDF5 file (a D4RL-style dataset is one HDF5 file)")
-    with h5py.File(p, "r") as f:
-        missing = [k for k in REQUIRED if not isinstance(f.get(k), h5py.Dataset)]
+    with _arrays(p) as get:
+        arr = {k: get(k) for k in (*REQUIRED, "timeouts", "next_observations")}
+        missing = [k for k in REQUIRED if arr[k] is None]
         if missing:
             raise ConversionError(f"{p}: missing dataset(s) {missing} (D4RL layout: {', '.join(REQUIRED)}, "
                                   "optional timeouts, next_observations)")
-        n = len(f["actions"])
-        success_key = next((f"infos/{k}" for k in SUCCESS_INFO_KEYS if f"infos/{k}" in f), None)
-        for k in (*REQUIRED, "timeouts", "next_observations", *([success_key] if success_key else [])):
-            if k in f and len(f[k]) != n:
-                raise ConversionError(f"{p}: {k} has {len(f[k])} rows, expected {n} like actions")
-        obs = f["observations"][()]
-        nxt = f["next_observations"][()] if "next_observations" in f else None
-        actions = f["actions"][()]
-        rewards = f["rewards"][()].reshape(n).astype(np.float32)
-        terminals = f["terminals"][()].reshape(n).astype(bool)
-        if "timeouts" in f:
-            timeouts = f["timeouts"][()].reshape(n).astype(bool)
-        elif nxt is not None:
-            timeouts = unmarked_resets(obs, nxt, terminals, str(p))
-        else:
-            timeouts = np.zeros(n, bool)
-        success = f[success_key][()].reshape(n).astype(bool) if success_key else None
+        success_key = next((f"infos/{k}" for k in SUCCESS_INFO_KEYS if get(f"infos/{k}") is not None), None)
+        arr["success"] = get(success_key) if success_key else None
+    n = len(arr["actions"])
+    for k, v in arr.items():
+        if v is not None and len(v) != n:
+            raise ConversionError(f"{p}: {success_key if k == 'success' else k} has {len(v)} rows, expected {n} "
+                                  "like actions")
+    obs, nxt, actions = arr["observations"], arr["next_observations"], arr["actions"]
+    rewards = arr["rewards"].reshape(n).astype(np.float32)
+    terminals = arr["terminals"].reshape(n).astype(bool)
+    if arr["timeouts"] is not None:
+        timeouts = arr["timeouts"].reshape(n).astype(bool)
+    elif nxt is not None:
+        timeouts = unmarked_resets(obs, nxt, terminals, str(p))
+    else:
+        timeouts = np.zeros(n, bool)
+        log.warning("%s: no timeouts and no next_observations: an episode ends only at a terminals row (%d of %d "
+                    "rows), so episodes cut by a time limit run on into the next (their resets read as steps); add "
+                    "a timeouts array if the data has a time limit", p, int(terminals.sum()), n)
+    success = arr["success"].reshape(n).astype(bool) if success_key else None
     for i, (a, b) in enumerate(split_by_ends(terminals | timeouts)):
         terminated = bool(terminals[b - 1])
         if nxt is not None:

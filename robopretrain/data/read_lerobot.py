@@ -53,6 +53,7 @@ from PIL import Image
 from robopretrain.data.episodes import ConversionError, Episode
 
 INFO = Path("meta") / "info.json"
+FOLDERS = ("meta", "data", "videos")  # all the reader reads (a cached copy's key: robopretrain.data.convert)
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
@@ -278,4 +279,4 @@ def _episode(root: Path, info: dict[str, Any], features: dict[str, dict[str, Any
                    meta={"source_episode": int(ep["episode_index"]), "fps": fps})
 
 
-__all__ = ["decode_video_frames", "is_lerobot", "read_episodes", "read_info", "read_lerobot", "read_tasks"]
+__all__ = ["FOLDERS", "decode_video_frames", "is_lerobot", "read_episodes", "read_info", "read_lerobot", "read_tasks"]

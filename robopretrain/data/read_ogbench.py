@@ -53,8 +53,9 @@ def is_ogbench(path: str | os.PathLike) -> bool:
 def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
     """The trajectories of an OGBench ``.npz`` (module docstring). Raises :class:`ConversionError`."""
     p = Path(path)
-    try:
-        z = dict(np.load(p, allow_pickle=False))
+    try:  # the arrays read, no others (qpos, qvel, ... can be as large as the frames)
+        with np.load(p, allow_pickle=False) as f:
+            z = {k: f[k] for k in (*REQUIRED, "next_observations", "rewards", "masks") if k in f.files}
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{p}: not a readable .npz ({exc})") from None
     missing = [k for k in REQUIRED if k not in z]
@@ -71,6 +72,10 @@ def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
     # OGBench's relabelled rewards are success - 1 ({-1, 0}); the contract's sparse reward is success itself ({0, 1})
     rewards = (done.astype(np.float32) if "masks" in z
                else z["rewards"].reshape(n).astype(np.float32) if "rewards" in z else None)
+    if "rewards" in z and "masks" not in z:  # OGBench relabels with both; a D4RL-style file has rewards alone
+        log.warning("%s: rewards without masks: read as OGBench's layout (terminals marks a trajectory's last row, "
+                    "which holds only its final observation); if its terminals mark terminations, as D4RL's do, "
+                    "convert it with format d4rl (data.format=d4rl)", p)
     compact = "next_observations" not in z
     if compact:
         keep = ~ends  # transitions; a trajectory's last row is only its final observation
@@ -78,7 +83,7 @@ def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
             keep[-1] = False
             log.warning("%s: the last row is not marked by terminals (a file cut mid-trajectory?); it is read as "
                         "the final observation of an unfinished trajectory", p)
-        nxt = np.concatenate([obs[1:], obs[-1:]])  # the padding row is never kept
+        nxt = None  # each kept row's next observation is the row after it (no shifted copy of the frames)
     else:
         keep = np.ones(n, bool)
         nxt = z["next_observations"]
@@ -89,7 +94,8 @@ def read_ogbench(path: str | os.PathLike) -> Iterator[Episode]:
     for a, b in split_by_ends(traj_end):
         r = rows[a:b]
         terminated = bool(done[r[-1]])
-        yield Episode(obs={"observations": obs[r]}, next_obs={"observations": nxt[r]}, actions=actions[r],
+        following = obs[r + 1] if nxt is None else nxt[r]
+        yield Episode(obs={"observations": obs[r]}, next_obs={"observations": following}, actions=actions[r],
                       rewards=None if rewards is None else rewards[r], terminations=done[r].astype(np.uint8),
                       truncated=not terminated,
                       task=p.stem, success=bool(done[r].any()) if "masks" in z else None,
