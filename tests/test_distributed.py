@@ -142,6 +142,9 @@ def test_stage2_two_gloo_ranks_stay_identical_and_resume_exactly(tmp_path):
     assert first.state["ranks"][0]["sampler"] != first.state["ranks"][1]["sampler"]  # each rank its own batches
     proc = torchrun_module("-m", "robopretrain.train", *stage2_overrides(data, resumed, 4))
     assert "resumed from" in proc.stdout + proc.stderr
+    # each rank warns of the constant object dimensions; the second's line says it is the second rank's
+    log = proc.stdout + proc.stderr
+    assert "[rank 1] normalisation: object dimension(s)" in log and "[rank 0]" not in log
 
     a, b = load_latest(straight / "checkpoints"), load_latest(resumed / "checkpoints")
     assert a.step == b.step == 4
