@@ -181,6 +181,18 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                                "task_in_another_slot_is_warned"]),
     # the frame index and frozen-feature files of disk-backed data: layout, CRCs, stale and killed builds
     "frames": ("robopretrain/data/frames.py", ["tests/test_disk_dataset.py", "tests/test_camera_frames.py"]),
+    # other toolkits' flat files: episode ends, terminations vs time-outs, next observations, D4RL-or-OGBench .npz
+    "d4rl": ("robopretrain/data/read_d4rl.py", [f"tests/test_data_formats.py::test_{name}" for name in (
+        "d4rl_terminal_keeps_its_last_row_a_timeout_drops_it",
+        "a_one_step_episode_is_skipped_without_renumbering_the_demos_after_it",
+        "a_d4rl_file_without_timeouts_ends_episodes_where_next_observations_shows_a_reset",
+        "a_d4rl_file_without_timeouts_or_next_observations_is_read_with_a_warning",
+        "a_d4rl_style_npz_is_read_as_d4rl_not_as_ogbench", "d4rl_next_observations_and_success_from_the_file",
+        "convert_cli_and_errors", "inspect_reads_a_foreign_format")]),
+    "ogbench": ("robopretrain/data/read_ogbench.py", [f"tests/test_data_formats.py::test_{name}" for name in (
+        "ogbench_compact_rows_and_masks", "ogbench_compact_file_cut_mid_trajectory_has_no_self_loop",
+        "a_d4rl_style_npz_is_read_as_d4rl_not_as_ogbench", "cache_converts_once_and_again_when_the_source_changes",
+        "inspect_reads_a_foreign_format")]),
     # claim 2b's summary (its pools, seed groups, sides and partial verdicts) and evaluation reuse
     "claims_encoder_shifts": ("benchmarks/claims_encoder_shifts.py", ["tests/test_claims_encoder_shifts.py"]),
     "pipeline": ("robopretrain/pipeline.py", ["tests/test_pipeline.py", "tests/test_paper_preset.py",
