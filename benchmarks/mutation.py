@@ -188,11 +188,12 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "a_d4rl_file_without_timeouts_ends_episodes_where_next_observations_shows_a_reset",
         "a_d4rl_file_without_timeouts_or_next_observations_is_read_with_a_warning",
         "a_d4rl_style_npz_is_read_as_d4rl_not_as_ogbench", "d4rl_next_observations_and_success_from_the_file",
-        "convert_cli_and_errors", "inspect_reads_a_foreign_format")]),
+        "convert_cli_and_errors", "inspect_reads_a_foreign_format",
+        "files_of_no_format_are_named_as_such_not_read_as_d4rl")]),
     "ogbench": ("robopretrain/data/read_ogbench.py", [f"tests/test_data_formats.py::test_{name}" for name in (
         "ogbench_compact_rows_and_masks", "ogbench_compact_file_cut_mid_trajectory_has_no_self_loop",
         "a_d4rl_style_npz_is_read_as_d4rl_not_as_ogbench", "cache_converts_once_and_again_when_the_source_changes",
-        "inspect_reads_a_foreign_format")]),
+        "inspect_reads_a_foreign_format", "ogbench_regular_layout_source_rows_and_a_done_last_transition")]),
     # claim 2b's summary (its pools, seed groups, sides and partial verdicts) and evaluation reuse
     "claims_encoder_shifts": ("benchmarks/claims_encoder_shifts.py", ["tests/test_claims_encoder_shifts.py"]),
     "pipeline": ("robopretrain/pipeline.py", ["tests/test_pipeline.py", "tests/test_paper_preset.py",
@@ -217,6 +218,18 @@ class Equivalent(NamedTuple):
 
 # (module, mutant id) -> why it is equivalent, and which mutant that is
 EQUIVALENT: dict[tuple[str, str], Equivalent] = {
+    ("d4rl", "is_d4rl/boolop/1"): Equivalent(
+        "not a file or not HDF5 -> not a file and not HDF5: a folder is no HDF5 file either way, and a file that is not "
+        "HDF5 fails h5py.File, which returns False too (detect_format has checked the path exists)",
+        "not p.is_file() or not h5py.is_hdf5(p): -> And @ if not p.is_file() or not h5py.is_hdf5(p):"),
+    ("ogbench", "read_ogbench/const/2"): Equivalent(
+        "(1 - masks) > 0.5 -> > 0.25: OGBench's masks are 0 or 1, on the same side of either threshold",
+        "0.5 -> 0.25 @ done = (1.0 - z[\"masks\"].reshape(n).astype(np.float32)) > 0.5 if \"masks\" in z else "
+        "np.zeros(n, bool)"),
+    ("ogbench", "read_ogbench/const/6"): Equivalent(
+        "the padding value of the compact trajectory ends (True -> False) sits at the last row, which is never a "
+        "kept transition (a terminals row, or a cut file's final observation), so it is never read",
+        "True -> False @ traj_end = np.r_[ends[1:], True][rows] if compact else ends[rows]"),
     ("cql", "CQL.compute_losses/name/2"): Equivalent(
         "b = obs.shape[0] -> next_obs.shape[0]: a batch has as many s' as s",
         "obs -> next_obs @ b = obs.shape[0]"),

@@ -107,6 +107,29 @@ def test_a_d4rl_file_without_timeouts_ends_episodes_where_next_observations_show
     with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_d4rl"):
         d = demos(convert(path, tmp_path / "other.hdf5"))
     assert [len(x["actions"]) for x in d] == [8] and "not read as episode ends" in caplog.text
+    nxt = np.concatenate([obs[1:], obs[-1:]])
+    for rows, read in (([1, 3, 5], True), ([1, 3, 5, 6], False)):  # of 7 row pairs: 3 resets; 4, "more than half"
+        with h5py.File(path, "r+") as f:
+            f["next_observations"][...] = nxt
+            f["next_observations"][rows] = obs[rows] + 0.5
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_d4rl"):
+            d = demos(convert(path, tmp_path / f"half{len(rows)}.hdf5"))
+        assert [len(x["actions"]) for x in d] == ([2, 2, 2, 2] if read else [8]), rows
+        assert ("not read as episode ends" in caplog.text) == (not read)
+
+
+def test_files_of_no_format_are_named_as_such_not_read_as_d4rl(tmp_path):
+    with h5py.File(tmp_path / "other.hdf5", "w") as f:
+        f["foo"] = np.zeros(3)
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip file at all")
+    with h5py.File(tmp_path / "cut.hdf5", "w") as f:
+        f["observations"], f["actions"] = np.zeros((400, 50)), np.zeros((400, 2))
+    data = (tmp_path / "cut.hdf5").read_bytes()
+    (tmp_path / "cut.hdf5").write_bytes(data[:2048])  # an HDF5 signature, its datasets cut off
+    for name in ("other.hdf5", "garbage.npz", "cut.hdf5"):
+        with pytest.raises(ConversionError, match="format not recognised"):
+            detect_format(tmp_path / name)
 
 
 
@@ -202,6 +225,34 @@ def test_ogbench_compact_file_cut_mid_trajectory_has_no_self_loop(tmp_path, capl
     np.savez(tmp_path / "empty.npz", **{k: v[:0] for k, v in z.items()})  # no rows: the format's error, not IndexError
     with pytest.raises(ConversionError, match="no episode with at least 2 steps"):
         convert(tmp_path / "empty.npz", tmp_path / "e.hdf5")
+
+
+
+def test_ogbench_regular_layout_source_rows_and_a_done_last_transition(tmp_path, caplog):
+    """The regular layout (next_observations saved): every row a transition, terminals on each trajectory's last
+    one; each demo names its source rows; a task done on a trajectory's last transition terminates it; a
+    single-task file (rewards and masks) is not warned about; a pickled array is refused, not unpickled."""
+    n = 8
+    obs = F.obs_rows(n, 3, 0)
+    masks = np.ones(n, np.float32)
+    masks[3] = 0.0  # trajectory 0 (rows 0-3) done on its last transition
+    terminals = np.zeros(n, np.float32)
+    terminals[[3, 7]] = 1.0
+    np.savez(tmp_path / "reg.npz", observations=obs, next_observations=obs + 100, actions=np.zeros((n, 2), np.float32),
+             terminals=terminals, masks=masks, rewards=masks - 1)
+    with caplog.at_level(logging.WARNING):
+        d = demos(convert(tmp_path / "reg.npz", tmp_path / "reg.hdf5"))
+    assert "rewards without masks" not in caplog.text
+    assert [len(x["actions"]) for x in d] == [4, 4]
+    np.testing.assert_array_equal(d[1]["next"]["observations"][:, 0], [104, 105, 106, 107])
+    assert [(x["meta"]["source_episode"], x["meta"]["source_rows"]) for x in d] == [(0, [0, 4]), (1, [4, 8])]
+    assert [(x["meta"]["terminated"], x["meta"]["truncated"]) for x in d] == [(True, False), (False, True)]
+    compact = demos(convert(F.write_ogbench(tmp_path / "c.npz"), tmp_path / "c.hdf5"))
+    assert [(x["meta"]["source_episode"], x["meta"]["source_rows"]) for x in compact] == [(0, [0, 4]), (1, [5, 9])]
+    np.savez(tmp_path / "pickled.npz", observations=np.array([{"x": 1}] * n, dtype=object),
+             actions=np.zeros((n, 2), np.float32), terminals=terminals)
+    with pytest.raises(ConversionError, match="pickled.npz: not a readable .npz"):
+        convert(tmp_path / "pickled.npz", tmp_path / "p.hdf5", fmt="ogbench")
 
 
 # --------------------------------------------------------------------------- Minari
