@@ -357,6 +357,30 @@ def test_meta_keeps_every_sessions_world_size_not_only_the_last(tiny_hdf5, tmp_p
             {"from_step": 2, "world_size": 1, "effective_batch_size": batch}]
 
 
+@pytest.mark.parametrize("algo,cfg", [("dt", {"warmup_steps": 100, "lr": 1e-3}), ("cql", {"bc_steps": 3})])
+def test_a_run_from_init_counts_its_updates_from_zero_as_its_optimiser_starts_fresh(tiny_hdf5, tmp_path, algo, cfg,
+                                                                                   monkeypatch):
+    """init= took the checkpoint's update count with its weights: DT's warm-up was skipped (full learning rate
+    from the first update) and CQL's bc_steps warm start ran 0 of its updates. A resume keeps the count."""
+    first = run(stage2_config(tiny_hdf5, tmp_path / "first", algo=algo, steps=4, obs=STATE_OBS, algo_cfg=cfg))
+    assert load_agent(first, with_optimizer=True)[0].core.num_updates == 4
+    assert load_agent(first)[0].core.num_updates == 0  # rebuilt to act or to start anew: no schedule carried over
+    second = run(stage2_config(tiny_hdf5, tmp_path / "second", algo=algo, steps=2, obs=STATE_OBS, algo_cfg=cfg,
+                               init=str(first)))
+    assert load_agent(second, with_optimizer=True)[0].core.num_updates == 2
+    if algo == "dt":  # update 2 of a 100-update warm-up: 2 % of the rate (it was the full rate)
+        rows = [r for r in read_jsonl(tmp_path / "second" / "metrics.jsonl") if "train/lr" in r]
+        assert rows[0]["step"] == 2 and rows[0]["train/lr"] == pytest.approx(1e-3 * 2 / 100)
+    else:  # the BC warm start's updates: bc_phase is set before each update's losses
+        from robopretrain.algos.cql import CQL
+
+        seen, losses = [], CQL._losses
+        monkeypatch.setattr(CQL, "_losses", lambda self, *a: (r := losses(self, *a), seen.append(self.bc_phase))[0])
+        run(stage2_config(tiny_hdf5, tmp_path / "third", algo=algo, steps=4, obs=STATE_OBS, algo_cfg=cfg,
+                          init=str(first)))
+        assert seen == [True, True, True, False]
+
+
 def _counted_evaluations(monkeypatch) -> list[int]:
     """Stage 2's evaluation replaced by a constant result; the returned list grows by one per call."""
     import robopretrain.train as stage2
