@@ -650,6 +650,27 @@ def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray, setting: str = 
     return True
 
 
+def warn_dt_sparse_target(dt_cfg: Any, episode_returns: Sequence[float] | np.ndarray | None,
+                          targets: Sequence[Target]) -> list[str]:
+    """Warn, once per target, when a Decision Transformer whose data had negative episode returns (``(E,)`` or the
+    ``[lowest, highest]`` a checkpoint records, scaled by ``dt_cfg.reward_scale``) is evaluated on a sparse target
+    (``reward: sparse``: float(success), never negative): it counts its return-to-go down with {0, 1} rewards it did
+    not train on (e.g. -distance rewards), so the return it is conditioned on stops meaning anything. Returns the
+    names warned about."""
+    if episode_returns is None or len(episode_returns) == 0:
+        return []
+    lowest = float(np.min(episode_returns)) / (float(dt_cfg.reward_scale) or 1.0)
+    if lowest >= 0:
+        return []
+    names = [t.name for t in targets if t.sparse]
+    for name in names:
+        log.warning("target %r: reward: sparse (float(success), 0 or 1 per step), but the Decision Transformer's data "
+                    "had episode returns down to %.4g (env units): at evaluation it counts its return-to-go down with "
+                    "rewards of another kind than it trained on; give the target reward: dense (the env's own reward) "
+                    "if the data's rewards are the env's", name, lowest)
+    return names
+
+
 # --------------------------------------------------------------------------- targets
 
 

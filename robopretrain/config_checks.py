@@ -26,6 +26,7 @@ NON_NEGATIVE: tuple[Check, str] = (lambda v: _is_number(v) and v >= 0, "a number
 UNIT_OPEN_CLOSED: tuple[Check, str] = (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
 UNIT_CLOSED: tuple[Check, str] = (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 UNIT_OPEN: tuple[Check, str] = (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
+PROBABILITY: tuple[Check, str] = (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")  # a dropout rate
 FLAG: tuple[Check, str] = (lambda v: isinstance(v, bool), "true or false")
 NUMBER: tuple[Check, str] = (lambda v: _is_number(v), "a number")
 WIDTHS: tuple[Check, str] = (lambda v: _is_int(v) and v >= 1 or (OmegaConf.is_list(v) or isinstance(v, (list, tuple)))
@@ -50,6 +51,12 @@ ALGO_CHECKS: dict[str, tuple[Check, str]] = {
     "reward_scale": NUMBER, "reward_bias": NUMBER,
     "actor_hidden": LAYER_WIDTHS, "critic_hidden": LAYER_WIDTHS, "value_hidden": LAYER_WIDTHS,
     "guide_hidden": LAYER_WIDTHS, "vae_hidden": LAYER_WIDTHS,
+    # the Decision Transformer's (max_ep_len=0 failed in index_select, a dropout of 1.5 in torch, a NaN
+    # target_return reached the env as NaN actions, blamed on the env)
+    "context_len": AT_LEAST_1, "embed_dim": AT_LEAST_1, "num_layers": AT_LEAST_1, "num_heads": AT_LEAST_1,
+    "max_ep_len": AT_LEAST_1, "max_action": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_steps": AT_LEAST_0,
+    "clip_grad": NON_NEGATIVE, "target_return": NUMBER, "attention_dropout": PROBABILITY,
+    "residual_dropout": PROBABILITY, "embedding_dropout": PROBABILITY,
 }
 TRAIN_CHECKS: dict[str, tuple[Check, str]] = {
     "steps": AT_LEAST_0, "log_every": AT_LEAST_1, "eval_every": AT_LEAST_1, "eval_episodes": AT_LEAST_1,
@@ -319,6 +326,15 @@ def _check_common(cfg: DictConfig, where: str) -> None:
     check_section(cfg, None, {"seed": AT_LEAST_0}, where)
     check_section(cfg, "algo", ALGO_CHECKS, where)
     algo = cfg.get("algo")
+    if algo is not None and algo.get("name") == "dt":
+        if algo.get("reward_scale") is not None and float(algo.reward_scale) == 0:
+            raise ValueError(f"{where} config: algo.reward_scale=0 makes every return-to-go 0, so the Decision "
+                             "Transformer cannot condition on the return it is given; expected a nonzero number "
+                             "(e.g. 0.001 for returns in the thousands)")
+        embed, heads = algo.get("embed_dim"), algo.get("num_heads")
+        if embed is not None and heads is not None and int(embed) % int(heads):
+            raise ValueError(f"{where} config: algo.embed_dim={embed} is not divisible by algo.num_heads={heads} "
+                             "(each attention head takes embed_dim / num_heads units)")
     if algo is not None and algo.get("actor_bc_filter") == "success" and float(algo.get("actor_bc_weight") or 0) > 0:
         if algo.get("sparse_reward") is False:
             raise ValueError(f"{where} config: algo.actor_bc_filter=success with algo.sparse_reward=false; the filter "

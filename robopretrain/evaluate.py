@@ -63,7 +63,7 @@ from robopretrain.checkpoint import (
     load_checkpoint_at,
     recorded_file,
 )
-from robopretrain.build import warn_target_return
+from robopretrain.build import warn_dt_sparse_target, warn_target_return
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
 from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
@@ -751,6 +751,8 @@ def evaluate_robustness(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
     policy = load_policy(spec)
     env_limit = check_env_fits(policy, target)  # one line naming the part and both sizes, before any episode
+    if policy.algo == "dt":
+        warn_dt_sparse_target(policy.algo_cfg, ckpt.meta.get("episode_returns"), [target])
     note = limit_change_note(target, ckpt, env_limit) if cfg.get("target") else None
     if note:
         log.warning(note)

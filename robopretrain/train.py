@@ -256,6 +256,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             build.check_env_fits(agent, target, dr if target.randomizable else "none")
     if settings.eval_episodes > 0:  # evaluations that run
         build.warn_unrandomized_targets(dr, targets, "stage 2's evaluations")
+        if algo == "dt" and dinfo.is_main:
+            build.warn_dt_sparse_target(agent.algo_cfg, build.return_range(sampler), targets)
     fingerprint = run_fingerprint.fingerprint(
         cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
               "init": init.path if init is not None else None,

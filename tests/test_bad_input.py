@@ -356,7 +356,7 @@ def compose_stage(name: str, *overrides: str):
 def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     from robopretrain.config_checks import validate_offline_config, validate_online_config
 
-    for algo in ("calql", "cql", "iql", "bc"):
+    for algo in ("calql", "cql", "iql", "bc", "dt", "td3_bc", "awac", "bcq", "por", "rebrac"):
         validate_offline_config(compose_stage("robopretrain", f"algo={algo}"))
         validate_online_config(compose_stage("finetune", f"algo={algo}"))
     # no evaluation targets: 0 evaluation episodes is the same request, not an error
@@ -416,6 +416,15 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("robopretrain", "algo.critic_hidden=abc", "algo.critic_hidden='abc'; expected a list of layer widths"),
     ("robopretrain", ("algo=bc", "algo.actor_hidden=[0]"), "algo.actor_hidden=[0]; expected a list of layer widths"),
     ("robopretrain", ("algo=iql", "algo.value_hidden=64"), "algo.value_hidden=64; expected a list of layer widths"),
+    # the Decision Transformer's own settings (a new user's max_ep_len=0 and attention_dropout=1.5 were tracebacks,
+    # target_return=nan reached the env as NaN actions)
+    ("robopretrain", ("algo=dt", "algo.max_ep_len=0"), "algo.max_ep_len=0; expected an integer >= 1"),
+    ("robopretrain", ("algo=dt", "algo.attention_dropout=1.5"), "algo.attention_dropout=1.5; expected a number in "
+                                                                 "[0, 1)"),
+    ("robopretrain", ("algo=dt", "algo.target_return=nan"), "algo.target_return=nan; expected a number"),
+    ("robopretrain", ("algo=dt", "algo.num_layers=0"), "algo.num_layers=0; expected an integer >= 1"),
+    ("robopretrain", ("algo=dt", "algo.reward_scale=0"), "algo.reward_scale=0 makes every return-to-go 0"),
+    ("robopretrain", ("algo=dt", "algo.num_heads=3"), "algo.embed_dim=128 is not divisible by algo.num_heads=3"),
     ("video_pretrain", "objective.options.hidden=256", "objective.options.hidden=256; expected a list of layer widths"),
     # a word where a number belongs: int()'s message alone, which named no setting
     ("video_pretrain", "steps=abc", "video_pretrain config: steps='abc'; expected an integer >= 0"),

@@ -381,6 +381,44 @@ def test_a_run_from_init_counts_its_updates_from_zero_as_its_optimiser_starts_fr
         assert seen == [True, True, True, False]
 
 
+def test_a_dt_trained_on_negative_returns_is_warned_about_on_a_sparse_target(tiny_hdf5, tmp_path, caplog):
+    """-distance-like rewards (every step negative) and the data's sim tasks as targets (reward: sparse): the DT would
+    count its return-to-go down with {0, 1} rewards at evaluation; said per target, by stage 2 and by evaluate."""
+    dense = tmp_path / "dense.hdf5"
+    shutil.copy(tiny_hdf5, dense)
+    with h5py.File(dense, "r+") as f:
+        for demo in f["data"].values():
+            demo["rewards"][...] = demo["rewards"][()] - 1.0  # -1 per step, 0 on success
+    cfg = {"obs": STATE_OBS, "algo_cfg": {"target_return": -5.0},
+           "train": {**EVAL_BOTH, "eval_every": 2, "eval_episodes": 1}}
+    with caplog.at_level(logging.WARNING, logger="robopretrain"):
+        ckpt = run(stage2_config(dense, tmp_path / "dt", algo="dt", steps=2, **cfg))
+    warned = [r.getMessage() for r in caplog.records if "reward: sparse (float(success)" in r.getMessage()]
+    assert sorted(m.split("'")[1] for m in warned) == ["PressButton", "Reach"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain"):
+        run(stage2_config(tiny_hdf5, tmp_path / "sparse", algo="dt", steps=2, obs=STATE_OBS,
+                          train={**EVAL_BOTH, "eval_episodes": 1}))
+    assert "reward: sparse (float(success)" not in caplog.text  # the data's own {0, 1} rewards: nothing to say
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain.evaluate import evaluate_robustness
+
+    def evaluate(reward: str) -> str:
+        caplog.clear()
+        overrides = [f"checkpoint={ckpt}", f"output_dir={tmp_path / reward}", "episodes=1", "progress=false",
+                     "select=[nominal]", "workers=0", "video.enabled=false",
+                     f"target={{name: Reach, reward: {reward}}}"]
+        with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+            cfg = compose("evaluate", overrides=overrides)
+        with caplog.at_level(logging.WARNING, logger="robopretrain"):
+            evaluate_robustness(cfg)
+        return caplog.text
+
+    assert "target 'Reach': reward: sparse (float(success)" in evaluate("sparse")
+    assert "reward: sparse (float(success)" not in evaluate("dense")
+
+
 def _counted_evaluations(monkeypatch) -> list[int]:
     """Stage 2's evaluation replaced by a constant result; the returned list grows by one per call."""
     import robopretrain.train as stage2
