@@ -517,11 +517,13 @@ class Agent:
         flat = {**batch, OBS: feats.reshape(*lead, -1)}
         return self.core.update(flat, with_metrics=with_metrics, extra=extra)
 
-    def reset_episode(self) -> None:
-        """Start a new episode for algorithms that act on a history (DT); a no-op for the others."""
+    def reset_episode(self, managed: bool = False) -> None:
+        """Start a new episode for algorithms that act on a history (DT); a no-op for the others. ``managed``: the
+        caller resets at every episode's start (the toolkit's evaluation loops; see
+        :meth:`robopretrain.algos.dt.DecisionTransformer.reset_episode`)."""
         reset = getattr(self.core, "reset_episode", None)
         if reset is not None:
-            reset()
+            reset(managed=managed)
 
     def observe_reward(self, reward: float | np.ndarray) -> None:
         """The env's reward after the last :meth:`act`, for algorithms conditioned on returns (DT); else a no-op."""

@@ -633,7 +633,7 @@ def record_video(spec: PolicySpec, condition: Condition, seed: int, path: Path, 
     try:
         obs, _ = env.reset(seed=seed)
         if hasattr(policy, "reset_episode"):  # a policy with a history (DT), as in evaluation.run_episodes
-            policy.reset_episode()
+            policy.reset_episode(managed=True)
         frames = [frame(obs)]
         done = False
         while not done and len(frames) < max_frames:

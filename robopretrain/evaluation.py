@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,20 @@ def agent_env_factory(agent: Any, target: Target, randomization: Any = "none") -
                        checked=agent.spec.low_dim_keys)
 
 
+def _episode_reset(agent: Any) -> Callable[[], None] | None:
+    """``agent.reset_episode`` told that this loop resets at every episode's start (``managed=True``, so a long
+    episode is not taken for a forgotten reset) when it takes that argument; an agent of one's own without it as it
+    is; None for an agent without a history."""
+    reset = getattr(agent, "reset_episode", None)
+    if reset is None:
+        return None
+    try:
+        managed = "managed" in inspect.signature(reset).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        managed = False
+    return functools.partial(reset, managed=True) if managed else reset
+
+
 def run_episodes(agent: Any, env: gym.Env, num_episodes: int, *, eval_seed: int = EVAL_SEED,
                  frames: list[np.ndarray] | None = None, frame_fn: Any = None) -> dict[str, float]:
     """Success rate, mean return and mean length of the deterministic policy in ``env``, and the counts
@@ -78,7 +94,7 @@ def run_episodes(agent: Any, env: gym.Env, num_episodes: int, *, eval_seed: int 
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
     successes, returns, lengths = [], [], []
     # a policy with a history (the Decision Transformer) is told where episodes start and what each step earned
-    reset_episode = getattr(agent, "reset_episode", None)
+    reset_episode = _episode_reset(agent)
     observe_reward = getattr(agent, "observe_reward", None)
     for i in range(num_episodes):
         obs, _ = env.reset(seed=eval_seed + i)

@@ -251,6 +251,28 @@ def test_an_episode_twice_the_longest_training_episode_is_warned_once(caplog):
     again = DecisionTransformer(S, A, core.cfg)
     again.load_state_dict(core.state_dict())
     assert again.longest_episode == 3  # checkpointed
+    caplog.clear()  # the toolkit's loops reset every episode (managed): a long episode is the env's, nothing to say
+    again.reset_episode(managed=True)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(8):
+            again.act(torch.zeros(1, S))
+            again.observe_reward(0.0)
+    assert caplog.text == ""
+
+
+def test_run_episodes_tells_a_history_policy_it_resets_every_episode_and_takes_one_of_ones_own():
+    from robopretrain.evaluation import _episode_reset
+
+    class Mine:  # a user's policy whose reset_episode takes no argument
+        def reset_episode(self) -> None:
+            self.reset = True
+
+    core = DecisionTransformer(S, A, DTConfig(context_len=3, embed_dim=8, num_layers=1, **NO_DROPOUT))
+    _episode_reset(core)()
+    assert core._managed
+    mine = Mine()
+    _episode_reset(mine)()
+    assert mine.reset and _episode_reset(object()) is None
 
 
 def test_the_target_return_changes_the_action():

@@ -38,7 +38,8 @@ state token of the last K steps (the history keeps that predicted action, not wh
 as CORL's ``eval_rollout`` does), :meth:`~DecisionTransformer.observe_reward` decrements the return-to-go.
 :func:`robopretrain.evaluation.run_episodes` calls these hooks when an agent has them; a loop of one's own must call
 ``reset_episode()`` at each episode's start (an episode that runs past twice the longest training episode, which a
-forgotten reset makes, is warned about once).
+forgotten reset makes, is warned about once; not when the toolkit's own loops reset, ``managed=True``: there a long
+episode is the env's).
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ class DecisionTransformer:
         self._t = 0
         self.longest_episode = 0  # steps of the longest training episode (0: unknown); set by stage 2, checkpointed
         self._warned_long = False
+        self._managed = False  # the last reset_episode() came from a loop that resets every episode
 
     # ------------------------------------------------------------------ training
 
@@ -229,8 +231,11 @@ class DecisionTransformer:
 
     # ------------------------------------------------------------------ acting (stateful)
 
-    def reset_episode(self, batch: int = 1) -> None:
-        """Start ``batch`` episodes: empty history, return-to-go ``target_return * reward_scale``."""
+    def reset_episode(self, batch: int = 1, managed: bool = False) -> None:
+        """Start ``batch`` episodes: empty history, return-to-go ``target_return * reward_scale``. ``managed``: the
+        caller resets at every episode's start (the toolkit's evaluation loops), so an episode past twice the longest
+        training episode is the env's own length, not a forgotten reset: not warned about."""
+        self._managed = managed
         z = torch.zeros
         self._history = {"states": z(batch, 0, self.obs_dim, device=self.device),
                          "actions": z(batch, 0, self.act_dim, device=self.device),
@@ -280,7 +285,7 @@ class DecisionTransformer:
         if h["states"].shape[1] > K:  # keep only what the next call can see
             h["states"], h["actions"], h["rtg"] = h["states"][:, 1:], h["actions"][:, 1:], h["rtg"][:, 1:]
         self._t += 1
-        if self.longest_episode and self._t == 2 * self.longest_episode and not self._warned_long:
+        if self.longest_episode and self._t == 2 * self.longest_episode and not (self._warned_long or self._managed):
             self._warned_long = True
             log.warning("dt: this episode has reached step %d, twice the longest training episode (%d steps): if a new "
                         "episode began, call reset_episode() at each episode's start (else the last episode's history "
