@@ -122,6 +122,35 @@ def test_demos_flag_lists_every_demo_in_file_order(tmp_path: Path, capsys: pytes
             "data's total to 19\n") in out and "attribute 'total' is" not in out  # not again as the reader's
 
 
+def test_a_one_step_success_is_not_said_to_lack_a_reward_signal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Dense negative rewards: a one-step episode's one reward is "all equal" whatever it means, so it was counted
+    (and listed "no") among successes without a reward signal; stage 2 trains on no one-step episode. A longer
+    success with one constant reward still is."""
+    path = write_tiny_hdf5(tmp_path / "dense.hdf5", with_images=False)
+    with h5py.File(path, "r+") as f:
+        one = f["data/demo_1"]  # cut to its first step
+        names: list[str] = []
+        one.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) and obj.shape
+                       and obj.shape[0] == 4 else None)
+        for name in names:
+            first = one[name][:1]
+            del one[name]
+            one[name] = first
+        one.attrs["num_samples"] = 1
+        one["rewards"][...] = -0.5
+        f["data/demo_0/rewards"][...] = -0.3  # 6 steps, one constant, never positive: no signal
+        f["data/demo_2/rewards"][...] = -np.linspace(1.0, 0.1, f["data/demo_2/rewards"].shape[0])
+        for name in ("demo_0", "demo_1", "demo_2"):
+            f[f"data/{name}"].attrs["ep_meta"] = json.dumps({"success": True})
+        f["data"].attrs["total"] = 6 + 1 + 5
+    assert main([str(path), "--demos"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the rewards disagree with ep_meta: 1 of 3 episodes marked successful have no positive reward" \
+        in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("demo_")}
+    assert rows["demo_1"].split()[3:] == ["yes", "-", "(1", "step)"] and rows["demo_0"].split()[3:] == ["yes", "no"]
+
+
 def test_hdf5_without_images_skips_the_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = write_tiny_hdf5(tmp_path / "state.hdf5", with_images=False)
     assert main([str(path), "--out", str(tmp_path / "sheet.png")]) == 0

@@ -79,9 +79,11 @@ class TaskStats:
 
     @property
     def unrewarded_successes(self) -> int:
-        """Episodes marked successful in ``ep_meta`` whose stored rewards carry no success signal (one constant,
-        never positive)."""
-        return sum(1 for s, r in zip(self.successes, self.rewarded) if s and r is False)
+        """Episodes of 2 steps or more marked successful in ``ep_meta`` whose stored rewards carry no success signal
+        (one constant, never positive). A one-step episode's one reward is "one constant" whatever the rewards mean
+        (dense -distance rewards were counted), and stage 2 trains on no such episode (refused, or skipped with
+        ``data.skip_short_demos``), so it is left out, as stage 2 leaves it out of the same check."""
+        return sum(1 for s, r, n in zip(self.successes, self.rewarded, self.lengths) if s and r is False and n >= 2)
 
     @property
     def rewarded_failures(self) -> int:
@@ -428,7 +430,7 @@ def _rounded(values: list[float]) -> str:
 def format_demo_table(s: Hdf5Summary) -> str:
     """One line per demo, in the file's order: name, task, steps, success (ep_meta; ``yes*`` / ``no*`` read from
     sparse rewards where ep_meta has no flag; ``-`` neither), whether its rewards carry a success signal (``-``: no
-    rewards stored) and, for a converted file, the source's episode id (ep_meta ``source_episode``): what a label
+    rewards stored; ``- (1 step)``: one reward, which cannot tell) and, for a converted file, the source's episode id (ep_meta ``source_episode``): what a label
     file (``robopretrain.reward_model``) or a mask needs to name demos and segments, and where each demo came
     from."""
     rows = [(name, task, n, ok if ok is not None else (None if by_rw is None else f"{_FLAG[by_rw]}*"), rw, src)
@@ -441,7 +443,8 @@ def format_demo_table(s: Hdf5Summary) -> str:
     sourced = any(r[5] is not None for r in rows)
     lines = [f"{'demo':<{width}}  {'task':<{twidth}}  {'steps':>5}  success  reward signal"
              + ("  source episode" if sourced else "")]
-    lines += [f"{name:<{width}}  {task:<{twidth}}  {n:>5}  {_FLAG.get(ok, ok):<7}  {_FLAG[rw]:<13}"
+    lines += [f"{name:<{width}}  {task:<{twidth}}  {n:>5}  {_FLAG.get(ok, ok):<7}  "
+              f"{_FLAG[rw] if n >= 2 or rw is None else '- (1 step)':<13}"
               + (f"  {'-' if src is None else src}" if sourced else "")
               for name, task, n, ok, rw, src in rows]
     if any(isinstance(r[3], str) for r in rows):
