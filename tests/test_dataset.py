@@ -265,7 +265,8 @@ def test_zero_rewards_with_successful_episodes_are_refused_rebuilt_on_request_an
     caplog.clear()  # on a file whose rewards are fine the option does nothing: said so (it was silent)
     with caplog.at_level(logging.WARNING):
         load_offline_dataset(write_file(tmp_path / "fine2.hdf5"), spec, CAL_QL, rewards_from_success=True)
-    assert "fine2.hdf5: data.rewards_from_success=true takes no effect" in caplog.text
+    assert "fine2.hdf5: data.rewards_from_success=true takes no effect: the file stores rewards that can tell " \
+        "success from failure (some positive, or not all equal" in caplog.text
     bc = load_offline_dataset(path, spec, RewardSettings(), rewards_needed=False).arrays()
     np.testing.assert_array_equal(bc["rewards"], np.zeros(6))  # BC never looks at rewards
     ended = write_file(tmp_path / "failed_terminal.hdf5", zero_rewards=True)  # the failed episode ends done = 1

@@ -616,9 +616,10 @@ def load_offline_dataset(
         rewards, dones = _rewards_from_success(rewards, dones, trans.episode_ids, success)
         log.warning("%s: rewards rebuilt from ep_meta success (%d successful episodes)", info.path, sum(success))
     elif rewards_needed and rewards_from_success:  # a rescue for missing or all-zero rewards, not a reward choice
-        log.warning("%s: data.rewards_from_success=true takes no effect: the file stores rewards that mark its "
-                    "successes, and they are used (the option rebuilds rewards only where they are missing or never "
-                    "positive)", info.path)
+        log.warning("%s: data.rewards_from_success=true takes no effect: the file stores rewards that can tell "
+                    "success from failure (some positive, or not all equal, as -distance or OGBench's -1/0 rewards), "
+                    "and they are used (the option rebuilds rewards only where they are missing, or one constant "
+                    "that is never positive)", info.path)
     stored = set(info.unrewarded(demos)) if not rewards_needed else set()  # read as zeros: outcome unknown
     known = ["success" in m or name not in stored for m, name in zip(trans.ep_meta, trans.demo_names)]
     warn_failed_terminals(str(info.path), rewards, dones, trans.episode_ids, success, known)
