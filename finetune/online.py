@@ -213,7 +213,13 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
             row.update({f"calib/online_{k}": v for k, v in calibration(agent, newest).items()})
         history.append(row)
         logger.log(step, row)
-        bar.set_postfix(success=f"{row['eval/success']:.2f}", episodes=len(successes), refresh=False)
+        show(eval_success=f"{row['eval/success']:.2f}", episodes=len(successes))
+
+    shown: dict[str, Any] = {}  # the progress bar's figures: the last evaluation's, the training episodes' so far
+
+    def show(**figures: Any) -> None:
+        shown.update(figures)
+        bar.set_postfix(shown, refresh=False)
 
     episode_log = run_dir / "epopt_episodes.jsonl"
     epopt = EPOptFilter(transfer.epopt, epopt_done, epopt_pending) if transfer.epopt is not None else None
@@ -261,7 +267,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
             add_to_buffer(ep)
         else:
             decided(epopt.add(ep, ep.env_return))
-        successes.append(float(ep.success))
+        successes.append(float(ep.success))  # the bar says it now (it showed the last evaluation's count)
+        show(episodes=len(successes), train_success=f"{recent_success(successes):.2f}")
 
     agent_update = update_function(agent, compile=settings.compile, cuda_graph=settings.cuda_graph, section="online",
                                    distributed=False)  # stage 3 runs in one process

@@ -155,6 +155,21 @@ def test_online_loop_logs_calibration_and_regret(finetuned, stage2_state):
     assert meta["eval_randomization"] == meta["randomization"]  # no eval_randomization given: judged as trained
 
 
+def test_the_progress_bar_counts_training_episodes_as_they_end(reach_hdf5, stage2_state, tmp_path, monkeypatch):
+    """The bar showed the last evaluation's episode count and success between evaluations (episodes=0 after two
+    had ended); it now says each training episode as it ends, beside the last evaluation's success, each named."""
+    from tqdm import tqdm
+
+    shown: list[dict] = []
+    monkeypatch.setattr(tqdm, "set_postfix", lambda self, figures=None, refresh=True, **kw: shown.append(
+        dict(figures or {}, **kw)))
+    finetune(state_cfg(stage2_state, reach_hdf5, tmp_path / "bar", online={"eval_every": 120}))
+    assert shown[0] == {"eval_success": shown[0]["eval_success"], "episodes": 0}  # the evaluation at step 0
+    ended = [f for f in shown if "train_success" in f]  # (the evaluation at the end repeats the last count)
+    assert [f["episodes"] for f in ended][:2] == [1, 2]
+    assert ended[0]["eval_success"] == shown[0]["eval_success"]  # the last evaluation's, kept beside
+
+
 def test_online_buffer_returns_match_hand_computation(finetuned):
     out, _ = finetuned
     ckpt = load_latest(out / "checkpoints")
