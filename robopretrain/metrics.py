@@ -109,24 +109,26 @@ def plot_learning_curve(
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    panels = [
-        ("success rate", [("eval/success", "success")]),
-        ("return", [("eval/return", "return")]),
-        ("Q vs Monte-Carlo return", [
+    panels = [  # (title, y-axis label, curves)
+        ("success rate (evaluation)", "success rate", [("eval/success", "success")]),
+        ("return (evaluation)", "episode return (env reward units)", [("eval/return", "return")]),
+        ("Q vs Monte-Carlo return", "value (the agent's scaled rewards)", [
             ("calib/offline_q_policy", "offline Q(s, pi(s))"),
             ("calib/offline_mc_return", "offline MC return"),
             ("calib/online_q_policy", "online Q(s, pi(s))"),
             ("calib/online_mc_return", "online MC return"),
         ]),
-        ("cumulative regret", [("train/cumulative_regret", "regret")]),
+        # Cal-QL's cumulative regret: the mean of 1 - success over the training episodes so far (it can fall)
+        ("cumulative regret (training episodes)", "mean 1 - success so far", [("train/cumulative_regret", "regret")]),
     ]
-    for ax, (name, keys) in zip(axes, panels):
+    for ax, (name, ylabel, keys) in zip(axes, panels):
         for key, label in keys:
             xs, ys = _series(history, key, x_key)
             if len(xs):
                 ax.plot(xs, ys, marker=".", label=label)
-        ax.set_title(name)
+        ax.set_title(name, fontsize=10)
         ax.set_xlabel(x_key)
+        ax.set_ylabel(ylabel)
         if len(keys) > 1 and ax.get_legend_handles_labels()[0]:  # a BC run has no Q curves: no empty legend
             ax.legend(fontsize=7)
     if title:

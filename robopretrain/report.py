@@ -108,6 +108,18 @@ def interval_name(info: Mapping[str, Any]) -> str:
     return f"{100 * float(boot.get('confidence', 0.95)):g}% {method}"
 
 
+def success_cell(result: Mapping[str, Any]) -> str:
+    """``0.30 [0.15, 0.52] (20 ep)``: an evaluation's success rate, its Wilson 95% interval (as the robustness table
+    and ``robopretrain.evaluate`` give it) and its episodes; without an episode count the rate alone."""
+    from robopretrain.evaluate import wilson_ci
+
+    rate, episodes = float(result["success"]), result.get("episodes")
+    if not episodes:
+        return f"{rate:.2f} (? ep)"
+    low, high = wilson_ci(int(round(rate * int(episodes))), int(episodes))
+    return f"{rate:.2f} [{low:.2f}, {high:.2f}] ({int(episodes)} ep)"
+
+
 def robustness_lines(run_dir: Path) -> list[str]:
     """The report's robustness section: per sim_envs target, success per factor and level of the short sweep."""
     path = run_dir / "evaluate" / "robustness.json"
@@ -200,7 +212,7 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
             skipped = "stage1.enabled=false"
         name = f"{stage} (skipped: {skipped})" if skipped else stage
         lines.append(f"| {name} | {d['seconds']:.1f} | {d.get('sessions', 1)} | {d['finished']} |")
-    lines += [f"| **total** | **{total:.1f}** | | |", ""]
+    lines += [f"| **total of these sessions** | **{total:.1f}** | | |", ""]
     ignored = [(stage, c) for stage, d in done.items()
                for c in ["; ".join(x for x in (changed_algo(cfg, stage, d), changed_settings(cfg, stage, d, run_dir))
                                    if x)]
@@ -221,7 +233,8 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         lines += [f"| {k} | {v:.2f} |" for k, v in per.items()]
         lines += [f"| **mean** | **{ev['eval/success']:.2f}** |", ""]
         if "eval/episodes" in ev:
-            lines += [f"Each task's success over {int(ev['eval/episodes'])} episodes (stage 2's last evaluation, "
+            n = int(ev["eval/episodes"])
+            lines += [f"Each task's success over {n} episode{'' if n == 1 else 's'} (stage 2's last evaluation, "
                       f"update {ev.get('step', '?')}).", ""]
     results = _read(out_dir / "results.json") if (out_dir / "results.json").is_file() else {}
     settings = list(dict.fromkeys(k for per in results.values() for k in per))  # a non-sim target has fewer
@@ -229,7 +242,9 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
               "Final evaluation: the stage-3 policy on fixed episodes; `blind_*` rows replace its camera frames (black, "
               "or a frame of another episode) on the same nominal episodes: a policy that uses vision should lose "
               "most of its success there. The stage-3 column is stage 3's own last evaluation, under the "
-              "randomization it trains in (`stage3.randomization`): it can differ from the nominal final one.", "",
+              "randomization it trains in (`stage3.randomization`): it can differ from the nominal final one. "
+              "Final success: mean [Wilson 95% interval] (episodes). Cumulative regret: stage 3's mean 1 - success "
+              "over its finished training episodes (the Cal-QL paper's measure; count in brackets).", "",
               "| target | after adaptation (offline) | stage 3 final (its eval, training randomization) | cumulative "
               "regret | "
               + " | ".join(f"final: {s}" for s in settings) + " |",
@@ -237,13 +252,14 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     for name, per in results.items():
         adapt = eval_rows(run_dir / "adapt" / name)
         s3 = _read(run_dir / "stage3" / name / DONE)
-        cells = " | ".join(f"{per[k]['success']:.2f} ({per[k].get('episodes', '?')} ep)" if k in per else "-"
-                           for k in settings)
+        cells = " | ".join(success_cell(per[k]) if k in per else "-" for k in settings)
         regret = "n/a" if s3.get("cumulative_regret") is None else f"{s3['cumulative_regret']:.2f}"
         adapt_s = f"{adapt[-1]['eval/success']:.2f}" if adapt else "n/a"
         if adapt and "eval/episodes" in adapt[-1]:
             adapt_s += f" ({int(adapt[-1]['eval/episodes'])} ep)"
         s3_rows = eval_rows(run_dir / "stage3" / name)
+        if regret != "n/a" and s3_rows and s3_rows[-1].get("episodes"):
+            regret += f" ({int(s3_rows[-1]['episodes'])} ep)"
         s3_s = f"{s3['final_success']:.2f}"
         if s3_rows and "eval/episodes" in s3_rows[-1]:
             s3_s += f" ({int(s3_rows[-1]['eval/episodes'])} ep)"

@@ -114,6 +114,13 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     run_pipeline(cfg)
     report = (run / "report.md").read_text()
     assert "(2 ep)" in report and "(5 ep)" not in report
+    from robopretrain.evaluate import wilson_ci  # final success with its interval (it was the rate alone)
+
+    for per in json.loads((run / "evaluate" / "results.json").read_text()).values():
+        for r in per.values():
+            low, high = wilson_ci(round(r["success"] * r["episodes"]), r["episodes"])
+            assert f"| {r['success']:.2f} [{low:.2f}, {high:.2f}] ({r['episodes']} ep) |" in report
+    assert "| **total of these sessions** |" in report
     assert "| evaluate | evaluate.episodes: 2 -> 5 |" in report and "stage2.steps: 4 -> 8" in report
     # a record of an older version, without the settings (or algorithm) it ran with, was skipped without a word
     record = (run / "stage2" / "done.json").read_text()
@@ -473,6 +480,18 @@ def test_the_report_marks_a_disabled_stage_and_has_no_empty_rollouts_section(tmp
     del row["eval/episodes"]
     (tmp_path / "stage2" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
     assert "episodes (stage 2's" not in write_report(cfg, tmp_path).read_text()
+    row["eval/episodes"] = 1
+    (tmp_path / "stage2" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    assert "Each task's success over 1 episode (stage 2's" in write_report(cfg, tmp_path).read_text()
+    # stage 3's cumulative regret: the mean of 1 - success over its finished training episodes, their count beside
+    (tmp_path / "evaluate" / "results.json").write_text(json.dumps({"Reach": {"nominal": {"success": 0.3,
+                                                                                         "episodes": 20}}}))
+    (tmp_path / "stage3" / "Reach").mkdir(parents=True)
+    pipeline.write_json(tmp_path / "stage3" / "Reach" / pipeline.DONE, {"final_success": 0.5, "cumulative_regret": 0.9})
+    (tmp_path / "stage3" / "Reach" / "metrics.jsonl").write_text(json.dumps(
+        {"env_steps": 600, "episodes": 10, "eval/success": 0.5, "eval/episodes": 4}) + "\n")
+    row = [line for line in write_report(cfg, tmp_path).read_text().splitlines() if line.startswith("| Reach |")]
+    assert row == ["| Reach | n/a | 0.50 (4 ep) | 0.90 (10 ep) | 0.30 [0.15, 0.52] (20 ep) |"]
 
 
 def test_a_disabled_stage_2_logs_no_algorithm_overrides(caplog):
