@@ -576,12 +576,43 @@ def entry_point_help(config_name: str, overrides: list[str] | None = None, job_n
         GlobalHydra.instance().clear()
     groups = config_groups(cfg.hydra.runtime.choices, config_dir)
     listed = "\n".join(f"{group}: {', '.join(options)}" for group, options in groups.items())
+    built = presets(config_name, config_dir)
+    if built:  # the pipeline's testbed and paper sizes were nowhere in its --help
+        listed = (listed or "(none: this command reads no config group)") + (
+            "\n\n== Presets ==\nWhole configurations built on this one (--config-name NAME):\n\n"
+            + "\n".join(f"{name}: {about}" if about else name for name, about in built.items()))
     shown = copy.deepcopy(cfg)
     with open_dict(shown):
         del shown["hydra"]
     return string.Template(str(cfg.hydra.help.template)).safe_substitute(
         APP_CONFIG_GROUPS=listed or "(none: this command reads no config group)",
         CONFIG=OmegaConf.to_yaml(shown, resolve=False))
+
+
+def presets(config_name: str, config_dir: Path = CONFIG_DIR) -> dict[str, str]:
+    """``{name: first sentence of its header comment}`` of the files of ``config_dir`` whose defaults list builds on
+    ``config_name``, directly or through another such file (the pipeline's ``testbed``, ``paper``,
+    ``testbed_combination``), sorted by name."""
+    import yaml
+
+    parents: dict[str, list[str]] = {}
+    about: dict[str, str] = {}
+    for path in sorted(config_dir.glob("*.yaml")):
+        text = path.read_text()
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue
+        defaults = doc.get("defaults") if isinstance(doc, dict) else None
+        parents[path.stem] = [d for d in defaults or [] if isinstance(d, str)]
+        comment = " ".join(line.lstrip("# ").strip() for line in text.splitlines()[:3] if line.startswith("#"))
+        about[path.stem] = comment.split(". ")[0].split(" (")[0].rstrip(".:") if comment else ""
+    found: set[str] = set()
+    frontier = {config_name}
+    while frontier:
+        frontier = {name for name, bases in parents.items() if frontier & set(bases)} - found - {config_name}
+        found |= frontier
+    return {name: about[name] for name in sorted(found)}
 
 
 def _composable(config_name: str) -> bool:

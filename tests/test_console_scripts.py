@@ -397,6 +397,27 @@ def test_help_lists_only_the_config_groups_the_entry_point_reads(capsys, config_
     assert [line.split(":")[0] for line in groups.splitlines() if ": " in line] == reads, out
 
 
+@pytest.mark.parametrize("config_name, built", [
+    ("pipeline", ["paper", "testbed", "testbed_combination"]),
+    ("testbed", ["testbed_combination"]),  # through the file it extends
+    ("robopretrain", []),
+])
+def test_help_names_the_presets_built_on_the_config(capsys, config_name, built):
+    """The pipeline's --help named none of its sizes (testbed, paper), the README's main way to run it."""
+    from robopretrain.cli import run_hydra
+
+    def main() -> None:
+        raise AssertionError("--help ran the entry point")
+
+    run_hydra(main, config_name, ["--help"])
+    out = capsys.readouterr().out.split("== Config ==")[0]
+    listed = out.split("== Presets ==")[1].splitlines()[3:] if built else []
+    assert [line.split(":")[0] for line in listed if line] == built and ("== Presets ==" in out) == bool(built)
+    if built:
+        assert "(--config-name NAME)" in out and "testbed_combination: The testbed preset for targets that " \
+            "combine known skills in a new sequence" in out
+
+
 def test_hydras_run_folder_follows_the_run_folder_setting():
     """``output_dir=X`` (the pipeline: ``run_dir=X``) put the run's files in X but Hydra's log and ``.hydra/`` in
     ``outputs/<stage>/...`` under the working folder."""
