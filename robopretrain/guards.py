@@ -20,6 +20,7 @@ class NonFiniteLossError(FloatingPointError):
 
     def __init__(self, name: str, value: float, step: int, hint: str = "", since: int | None = None) -> None:
         self.name, self.value, self.step = name, value, int(step)
+        self._args = (name, value, int(step), hint, since)
         after = "the start" if since is not None and int(since) == 0 else f"step {since}, where they were last finite"
         when = (f" (losses are checked only at logged, evaluated and checkpointed steps: it went bad after {after})"
                 if since is not None and int(since) < int(step) - 1 else "")
@@ -27,6 +28,9 @@ class NonFiniteLossError(FloatingPointError):
                "resumes from the newest checkpoint if the run wrote one (lower the learning rate, set gradient "
                "clipping, or check the data for extreme values)")
         super().__init__(msg + (f"; {hint}" if hint else ""))
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return type(self), self._args  # as ResumeRefusal: picklable to and from worker processes
 
 
 def _as_float(value: Any) -> float:

@@ -91,6 +91,11 @@ class ResumeRefusal(Exception):
         """The message (the subclasses word it for their kind of checkpoint)."""
         return f"{self.where}: cannot resume ({self.changes}); {self.fresh}"
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:
+        # rebuilt from its three arguments when it crosses a process boundary: pickle's default passes the message
+        # alone, so a refusal raised in a multiprocessing worker killed the pool's result thread (its caller hung)
+        return type(self), (self.where, self.changes, self.fresh)
+
     def advising(self, fresh: str) -> "ResumeRefusal":
         """The same refusal with another way to start fresh."""
         return type(self)(self.where, self.changes, fresh)

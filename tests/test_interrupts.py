@@ -265,3 +265,33 @@ def test_stopping_a_benchmark_run_stops_the_pool_it_started(tmp_path):
     else:
         os.kill(pool_pid, 9)
         pytest.fail("the stopped run's pool worker is still running")
+
+
+def test_the_toolkits_refusals_survive_the_trip_to_and_from_a_worker_process():
+    """A resume refusal raised in a multiprocessing worker (benchmarks/offline_to_online.py's pool) could not be
+    rebuilt from the message pickle passes (its constructor takes three arguments): the pool's result thread died
+    and the caller waited forever. Each is rebuilt whole, in a real pool too."""
+    import multiprocessing
+    import pickle
+
+    from robopretrain.checkpoint import CheckpointMismatchError
+    from robopretrain.guards import NonFiniteLossError
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    errors = [ResumeMismatchError("run/ckpt", "lr: 1 -> 2", "set resume=false"),
+              CheckpointMismatchError("run/ckpt_4", "obs parts differ", "use another output_dir"),
+              NonFiniteLossError("critic_loss", float("nan"), 7, hint="lower lr", since=5)]
+    for err in errors:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+    assert pickle.loads(pickle.dumps(errors[0])).changes == "lr: 1 -> 2"
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result = pool.apply_async(_raise_refusal)
+        with pytest.raises(ResumeMismatchError, match="cannot resume, it was written by a run with other settings"):
+            result.get(timeout=120)
+
+
+def _raise_refusal() -> None:
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    raise ResumeMismatchError("run/ckpt", "batch_size: 256 -> 64", "set resume=false")
