@@ -88,15 +88,23 @@ def git_commit(root: Path) -> str:
 RUN_SETTINGS = "benchmark_settings.json"
 
 
+SHARED_SETTINGS = ("preset", "overrides")  # what makes two scripts' pipeline runs the same runs
+
+
 def check_run_settings(folder: Path, settings: dict[str, Any], script: str) -> None:
     """Record the settings a benchmark runs ``folder`` with (``<folder>/benchmark_settings.json``, under ``script``'s
     name), or refuse (SystemExit) to run it with other ones: the pipeline skips a finished stage whatever its new
     settings (it only warns, in the run's log), so a rerun with another ``--override`` was recorded as measured with
-    it. Other scripts' records in the same folder are kept (claims.py reuses testbed.py's runs)."""
+    it. Other scripts' records in the same folder are kept (claims.py reuses testbed.py's runs); their
+    :data:`SHARED_SETTINGS` must agree where both record them (a run of testbed.py's ``--preset pipeline`` was taken
+    as claims.py's testbed-preset run)."""
     path = folder / RUN_SETTINGS
     records = json.loads(path.read_text()) if path.is_file() else {}
-    for other, record in records.items():  # its own record whole; another script's overrides (the same pipeline runs)
-        if record != settings if other == script else record.get("overrides") != settings.get("overrides"):
+    for other, record in records.items():  # its own record whole; another script's shared keys (the same runs)
+        shared = [k for k in SHARED_SETTINGS if k in record and k in settings]
+        # (a shared key an older record of its own lacks is added, not refused: claims.py's had no preset)
+        own = {k: v for k, v in settings.items() if k in record or k not in SHARED_SETTINGS}
+        if record != own if other == script else any(record[k] != settings[k] for k in shared):
             raise SystemExit(f"error: {folder} was run by {other} with {record}, not {settings}; use another "
                              "--work-dir (or the same settings)")
     if records.get(script) != settings:

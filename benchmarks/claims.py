@@ -387,7 +387,7 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
             if "measured" in done and done.get("episodes", args.episodes) != args.episodes:  # the table said 5 for 2
                 sys.exit(f"error: {v}/{t}/seed{s} in {args.out} was measured with --episodes {done['episodes']}, not "
                          f"{args.episodes}; use the same --episodes, or another --out")
-            check_run_settings(run_dir(args.work_dir, v, t, s), {"run": list(run_overrides(v)),
+            check_run_settings(run_dir(args.work_dir, v, t, s), {"run": list(run_overrides(v)), "preset": PRESET,
                                                                   "overrides": list(args.override)}, "claims.py")
 
         def work(job: tuple[str, str, int]) -> None:

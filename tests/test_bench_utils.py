@@ -103,3 +103,13 @@ def test_run_settings_are_recorded_per_script_and_other_ones_refused(bu, tmp_pat
     with pytest.raises(SystemExit, match="was run by testbed.py with"):  # another script's runs, other overrides
         bench.check_run_settings(folder, {"overrides": ["stage3.steps=20"], "episodes": 5}, "claims.py")
     assert json.loads(path.read_text()) == {"testbed.py": testbed, "claims.py": claims}
+    # another script's runs made under another preset (testbed.py --preset pipeline) are not claims.py's testbed runs
+    other = tmp_path / "other"
+    bench.check_run_settings(other, {**testbed, "preset": "pipeline"}, "testbed.py")
+    with pytest.raises(SystemExit, match="was run by testbed.py with"):
+        bench.check_run_settings(other, {**claims, "preset": "testbed"}, "claims.py")
+    bench.check_run_settings(other, claims, "claims.py")  # a record without a preset (older) is compared on the rest
+    bench.check_run_settings(other, {**claims, "preset": "pipeline"}, "claims.py")  # its own older record: preset added
+    assert json.loads((other / bench.RUN_SETTINGS).read_text())["claims.py"] == {**claims, "preset": "pipeline"}
+    with pytest.raises(SystemExit, match="was run by claims.py with"):
+        bench.check_run_settings(other, {**claims, "episodes": 7, "preset": "pipeline"}, "claims.py")
