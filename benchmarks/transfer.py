@@ -51,7 +51,8 @@ import numpy as np
 # would otherwise shadow the video_pretrain package that stage 1 imports in this process
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, also when imported from another folder
-from bench_utils import cpu_model, load_average, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from bench_utils import (check_run_settings, cpu_model, load_average, seeds_then_episodes_ci,  # noqa: E402
+                         write_json_atomic)
 from claims_metrics import difference_ci, verdict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,11 +319,47 @@ def condition_outcomes(info: dict[str, Any]) -> dict[str, list[float]]:
     return out
 
 
+# the settings that make two calls' runs one experiment (the rest: which seeds and methods, and where)
+SAME_EXPERIMENT = ("config_name", "target", "episodes", "overrides", "target_frames", "target_transitions", "darc_gap",
+                   "epopt_warmup_batches")
+
+
+def experiment_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (list(getattr(args, k)) if k == "overrides" else getattr(args, k)) for k in SAME_EXPERIMENT}
+
+
+def earlier_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs an earlier call wrote to ``args.results`` (a run in parts: ``--seeds 0``, then ``--seeds 1``; each
+    call rewrote the file with its own runs alone). SystemExit when that file holds another experiment's runs."""
+    if not args.results.is_file():
+        return []
+    earlier = json.loads(args.results.read_text())
+    config = {"darc_gap": "friction_low", "epopt_warmup_batches": None, **earlier.get("config", {})}
+    mine = experiment_settings(args)
+    diff = {k: (config.get(k), mine[k]) for k in SAME_EXPERIMENT if config.get(k) != mine[k]}
+    if diff or earlier.get("smoke") != bool(args.smoke):
+        raise SystemExit(f"error: {args.results} holds runs made with other settings (theirs, this call's): "
+                         f"{diff or {'smoke': (earlier.get('smoke'), bool(args.smoke))}}; use another --results "
+                         "(and --work-dir)")
+    return list(earlier.get("runs", []))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    order = list(METHODS)
+    now = {(int(seed), str(method)) for seed in args.seeds for method in args.methods}
+    kept = [r for r in earlier_runs(args) if (int(r["seed"]), str(r["method"])) not in now]
     runs: list[dict[str, Any]] = []
+
+    def everything() -> list[dict[str, Any]]:  # the earlier calls' runs and this call's, by seed then method
+        return sorted([*kept, *runs], key=lambda r: (int(r["seed"]), order.index(r["method"])))
+
     for seed in args.seeds:
         cfg = pipeline_config(args, seed)
         seed_dir = args.work_dir / f"seed{seed}"
+        # a finished stage is skipped whatever the new settings: a rerun with other --overrides reused the old runs
+        # and the results said they were made with the new ones
+        check_run_settings(seed_dir, {k: v for k, v in experiment_settings(args).items() if k != "episodes"},
+                           "transfer.py")  # (another --episodes evaluates the same runs again)
         base = seed_dir / "base"
         run_base(cfg, base)
         for method in args.methods:
@@ -333,9 +370,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 info = evaluate_run(args, cfg, folder, gap)
                 row["evaluations"][gap] = condition_outcomes(info)
             runs.append(row)
-            result = summarize(args, runs)
-            write_json_atomic(args.results, result)  # after every run: a killed benchmark keeps what finished
-    return summarize(args, runs)
+            write_json_atomic(args.results, summarize(args, everything()))  # after every run: kept if killed
+    return summarize(args, everything())
 
 
 def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -372,8 +408,10 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     return {"benchmark": "transfer", "smoke": bool(args.smoke), "protocol": "benchmarks/protocols/transfer.md",
             "commit": commit.strip(), "cpu": cpu_model(), "load_average": load_average(),
-            "config": {"config_name": args.config_name, "target": args.target, "seeds": args.seeds,
-                       "methods": args.methods, "episodes": args.episodes, "overrides": args.overrides,
+            "config": {"config_name": args.config_name, "target": args.target,
+                       "seeds": sorted({int(r["seed"]) for r in runs}) or args.seeds,  # every call's (in parts)
+                       "methods": [m for m in METHODS if any(r["method"] == m for r in runs)] or args.methods,
+                       "episodes": args.episodes, "overrides": args.overrides,
                        "target_frames": args.target_frames, "target_transitions": args.target_transitions,
                        "darc_gap": args.darc_gap, "epopt_warmup_batches": args.epopt_warmup_batches},
             "summary": summary, "runs": runs}
@@ -440,8 +478,7 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     runs: dict[tuple[int, str], dict[str, Any]] = {}
     sources: list[dict[str, Any]] = []
     first: dict[str, Any] | None = None
-    same = ("config_name", "target", "episodes", "overrides", "target_frames", "target_transitions", "darc_gap",
-            "epopt_warmup_batches")
+    same = SAME_EXPERIMENT
     for path in paths:
         result = json.loads(Path(path).read_text())
         if result.get("smoke") != bool(args.smoke):

@@ -208,3 +208,31 @@ def test_epopt_warmup_option_reaches_only_epopt_and_a_finished_run_of_other_opti
         transfer.check_finished_run(out, other)
     with pytest.raises(ValueError, match="a finished run made with gap="):
         transfer.check_finished_run(out, transfer.stage3_config(args, cfg, tmp_path / "base", "dann", out))
+
+
+def test_a_run_in_parts_keeps_the_earlier_parts_and_refuses_other_settings(transfer, tmp_path, monkeypatch):
+    """--seeds 0, then --seeds 1 on one --results: the second call rewrote the file with seed 1 alone; a rerun with
+    other --overrides reused the finished runs (stages are skipped when done) and recorded them as made with the new
+    ones. The pipeline work is replaced by stand-ins here: only the bookkeeping is under test."""
+    monkeypatch.setattr(transfer, "pipeline_config", lambda args, seed: {"seed": seed})
+    monkeypatch.setattr(transfer, "run_base", lambda cfg, base: None)
+    monkeypatch.setattr(transfer, "run_stage3", lambda args, cfg, base, method, folder: {
+        "final": {"eval/success": 0.5}, "seconds": 1.0, "classifiers": {}, "epopt": None, "checkpoint": str(folder)})
+    monkeypatch.setattr(transfer, "evaluate_run", lambda args, cfg, folder, gap: {
+        "episodes": [{"factor": "gap", "level": "target", "success": float(cfg["seed"] == 1)}]})
+
+    def call(*argv: str) -> dict:
+        return transfer.run(_args(transfer, tmp_path, argv=["--methods", "dr", *argv]))
+
+    call("--seeds", "0")
+    out = call("--seeds", "1")
+    assert [(r["seed"], r["method"]) for r in out["runs"]] == [(0, "dr"), (1, "dr")]
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["seeds"] == [0, 1]
+    per_seed = out["summary"]["dr"]["success"]["physics_heldout/target"]["per_seed"]
+    assert per_seed == [0.0, 1.0]
+    assert len(call("--seeds", "1")["runs"]) == 2  # a rerun of a part replaces its runs, no duplicate
+    with pytest.raises(SystemExit, match="holds runs made with other settings"):
+        call("--seeds", "2", "--overrides", "stage2.steps=8")
+    with pytest.raises(SystemExit, match="was run by transfer.py with"):  # another --results, the same run folders
+        transfer.run(transfer.parse_args(["--work-dir", str(tmp_path), "--results", str(tmp_path / "other.json"),
+                                          "--methods", "dr", "--seeds", "0", "--overrides", "stage2.steps=8"]))
