@@ -256,6 +256,27 @@ def plot(runs: list[dict[str, Any]], path: Path, dr: str = "train") -> None:
     os.replace(tmp, path)
 
 
+# the settings that make two calls' runs one experiment (the rest: which tasks, methods and seeds, and where)
+SAME_EXPERIMENT = ("offline_steps", "offline_eval_every", "online_steps", "eval_every", "eval_episodes", "dr",
+                   "n_actions", "batch_size", "extra")
+
+
+def earlier_runs(args: argparse.Namespace, jobs: list[tuple[str, str, int, Any]]) -> list[dict[str, Any]]:
+    """The runs an earlier call wrote to ``args.results`` that this call does not run again (run in parts: ``--seeds
+    0``, then ``--seeds 1``; each call rewrote the file with its own runs alone). SystemExit when the file holds an
+    experiment of other settings (it would mix them in one table)."""
+    if not args.results.is_file():
+        return []
+    earlier = json.loads(args.results.read_text())
+    config = earlier.get("config", {})
+    diff = {k: (config.get(k), getattr(args, k)) for k in SAME_EXPERIMENT if config.get(k) != getattr(args, k)}
+    if diff:
+        raise SystemExit(f"error: {args.results} holds runs made with other settings (theirs, this call's): {diff}; "
+                         "use another --results (and --work-dir)")
+    now = {(task, method, seed) for task, method, seed, _ in jobs}
+    return [r for r in earlier.get("runs", []) if (r["task"], r["method"], r["seed"]) not in now]
+
+
 def save_results(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary = summarize(runs) if runs else {}
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -358,11 +379,15 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     task, seed = (args.tasks or ["OpenDoorRight"])[0], args.seeds[0]
     report: dict[str, Any] = {"task": task, "seed": seed, "batch_size": args.batch_size, "n_actions": args.n_actions,
-                              "steps": args.diagnose_steps, "variants": {}}
-    if args.diagnose_results.exists():  # resume: keep finished variants
-        old = json.loads(args.diagnose_results.read_text())
-        if old.get("task") == task and old.get("seed") == seed and old.get("steps") == args.diagnose_steps:
+                              "steps": args.diagnose_steps, "extra": list(args.extra), "variants": {}}
+    if args.diagnose_results.exists():  # resume: keep the finished variants of the same settings (only those: the
+        old = json.loads(args.diagnose_results.read_text())  # header said one batch size over variants of another)
+        if all(old.get(k) == v for k, v in report.items() if k != "variants"):
             report["variants"] = old.get("variants", {})
+        elif old.get("variants"):
+            print(f"{args.diagnose_results}: its variants {sorted(old['variants'])} were measured with other settings "
+                  f"({ {k: old.get(k) for k in report if k != 'variants' and old.get(k) != report[k]} }): measured "
+                  "again", flush=True)
     for name in args.diagnose_variants:
         if name in report["variants"]:
             continue
@@ -427,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         # the slow CQL-family runs first, IQL (about 4x faster per update) last, so the two workers end together
         order = [m for m in ("calql", "cql") if m in args.methods] + [m for m in args.methods if m not in ("calql", "cql")]
         jobs = [(t, m, s, args) for m in order for s in args.seeds for t in tasks]
-        runs = []
+        runs = earlier_runs(args, jobs)  # an earlier part's runs stay in the results and the table
         start = time.perf_counter()
         # workers ignore Ctrl-C: the parent alone handles it, stopping the pool (no traceback per worker)
         with get_context("spawn").Pool(args.workers, initializer=signal.signal,

@@ -1,0 +1,59 @@
+"""benchmarks/offline_to_online.py's bookkeeping on hand-made results: a run in parts keeps the earlier parts, a
+results file of other settings is refused, and --diagnose keeps only variants measured with the same settings."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _benchmarks import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def o2o():
+    return load_benchmark("offline_to_online_bookkeeping", "offline_to_online.py")
+
+
+def _run(task: str, method: str, seed: int) -> dict:
+    history = [{"env_steps": 0, "eval/success": 0.2, "train/cumulative_regret": None},
+               {"env_steps": 10, "eval/success": 0.6, "train/cumulative_regret": 0.5}]
+    return {"task": task, "method": method, "seed": seed, "wall_s": 1.0, "history": history,
+            "offline_history": [], "run_dir": "x"}
+
+
+def test_a_run_in_parts_keeps_the_earlier_parts_and_refuses_another_experiments_file(o2o, tmp_path):
+    """--seeds 0, then --seeds 1 on one --results: the second call started from no runs and rewrote the file with
+    seed 1 alone."""
+    first = o2o.parse_args(["--results", str(tmp_path / "r.json"), "--seeds", "0", "--methods", "iql"])
+    o2o.save_results(first, [_run("Reach", "iql", 0)])
+    second = o2o.parse_args(["--results", str(tmp_path / "r.json"), "--seeds", "1", "--methods", "iql"])
+    jobs = [("Reach", "iql", 1, second)]
+    assert [(r["task"], r["method"], r["seed"]) for r in o2o.earlier_runs(second, jobs)] == [("Reach", "iql", 0)]
+    again = [("Reach", "iql", 0, second)]  # a part run again replaces its runs: none kept twice
+    assert o2o.earlier_runs(second, again) == []
+    other = o2o.parse_args(["--results", str(tmp_path / "r.json"), "--seeds", "1", "--batch-size", "64"])
+    with pytest.raises(SystemExit, match=r"holds runs made with other settings .*'batch_size': \(128, 64\)"):
+        o2o.earlier_runs(other, jobs)
+    assert o2o.earlier_runs(o2o.parse_args(["--results", str(tmp_path / "none.json")]), jobs) == []
+
+
+def test_diagnose_keeps_only_variants_measured_with_the_same_settings(o2o, tmp_path, capsys, monkeypatch):
+    """A second --diagnose at another batch size kept the first's variants under a header of the new settings."""
+    class Measured(Exception):
+        pass
+
+    def measure(*args, **kwargs):
+        raise Measured  # the variant would be trained again (the stand-in stops there)
+
+    monkeypatch.setattr(o2o, "stage_configs", measure)
+    path = tmp_path / "diag.json"
+    argv = ["--diagnose", "--diagnose-results", str(path), "--diagnose-variants", "cql_alpha5", "--seeds", "0",
+            "--tasks", "Reach", "--diagnose-steps", "10"]
+    measured = {"task": "Reach", "seed": 0, "batch_size": 128, "n_actions": 4, "steps": [10], "extra": [],
+                "variants": {"cql_alpha5": {"rows": []}}}
+    path.write_text(json.dumps(measured))
+    assert o2o.diagnose(o2o.parse_args(argv))["variants"] == measured["variants"]  # the same settings: kept
+    for other in (["--batch-size", "16"], ["--extra", "algo.tau=0.01"]):
+        with pytest.raises(Measured):
+            o2o.diagnose(o2o.parse_args([*argv, *other]))
+        assert "were measured with other settings" in capsys.readouterr().out
