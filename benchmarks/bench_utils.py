@@ -5,11 +5,12 @@ Scripts run as ``python benchmarks/<name>.py`` import this module from their own
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,22 @@ def git_commit(root: Path) -> str:
 
 
 RUN_SETTINGS = "benchmark_settings.json"
+
+
+@contextlib.contextmanager
+def results_lock(path: Path) -> Iterator[None]:
+    """Hold the writer lock of a benchmark's results file ``path`` (``.<name>.lock`` beside it) for the ``with``
+    block, or exit with one line when another call holds it: each call reads the file, adds its runs and writes it
+    whole, so two at once on one file lost the first one's runs. Released by the operating system however the
+    holder ends (:func:`robopretrain.files.run_folder_lock`)."""
+    from robopretrain.files import RunFolderBusy, run_folder_lock
+
+    path = Path(path)
+    try:
+        with run_folder_lock(path.parent, lock_name=f".{path.name}.lock", what=str(path)):
+            yield
+    except RunFolderBusy as busy:
+        raise SystemExit(f"error: {busy}") from None
 
 
 SHARED_SETTINGS = ("preset", "overrides")  # what makes two scripts' pipeline runs the same runs

@@ -56,8 +56,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages
 # bench_utils, claims_metrics; appended so that benchmarks/video_pretrain.py does not shadow the video_pretrain package
 sys.path.append(str(Path(__file__).resolve().parent))
-from bench_utils import (cpu_model, git_commit, load_average, outcomes, seeds_then_episodes_ci,  # noqa: E402
-                         write_json_atomic)
+from bench_utils import (cpu_model, git_commit, load_average, outcomes, results_lock,  # noqa: E402
+                         seeds_then_episodes_ci, write_json_atomic)
 from claims_metrics import cumulative_regret, difference_ci, seed_level_verdict, welch_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -961,8 +961,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def earlier_results(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The runs and commands of an earlier call's ``--out``; SystemExit when it was made at other budgets (a smoke
+    file read by a full call was relabelled as full-budget results, its command lost)."""
+    if not args.out.is_file():
+        if args.summarize_only:
+            raise SystemExit(f"error: {args.out}: no such results file (--summarize-only reads one; run the suite, "
+                             "or give --out)")
+        return {}, []
+    earlier = json.loads(args.out.read_text())
+    runs = earlier.get("runs", {})
+    budgets = json.loads(json.dumps(asdict(args.budgets)))  # as the file holds them (lists, not tuples)
+    if runs and (earlier.get("smoke") != args.smoke or earlier.get("budgets") != budgets):
+        raise SystemExit(f"error: {args.out} holds runs made with smoke={earlier.get('smoke')} and budgets "
+                         f"{earlier.get('budgets')}, not smoke={args.smoke} and {budgets}; "
+                         f"{'add' if earlier.get('smoke') else 'drop'} --smoke, or give another --out")
+    commands = earlier.get("commands") or ([earlier["command"]] if earlier.get("command") else [])
+    return runs, commands
+
+
 def save(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
-    out = {"protocol": "benchmarks/protocols/offline_suite.md", "command": " ".join(sys.argv), "cpu": cpu_model(),
+    commands = [*args.earlier_commands, " ".join(sys.argv)]
+    out = {"protocol": "benchmarks/protocols/offline_suite.md", "command": commands[-1],
+           "commands": list(dict.fromkeys(commands)), "cpu": cpu_model(),
            "smoke": args.smoke, "budgets": asdict(args.budgets), "datasets": DATASETS,
            "published": {"offline": PUBLISHED, "online_corl_antmaze": PUBLISHED_ONLINE}, "runs": results,
            "summary": summarize(results, args.budgets)}
@@ -979,7 +1000,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.time:
         time_runs(args)
         return
-    results: dict[str, Any] = json.loads(args.out.read_text()).get("runs", {}) if args.out.is_file() else {}
+    with results_lock(args.out):  # a second call on one --out: refused (each rewrote the file from its own copy)
+        run_suite(args)
+
+
+def run_suite(args: argparse.Namespace) -> None:
+    """The suite's runs still to do, then the summary, table and figure (``main`` holds the results file's lock).
+    Exits 1 when a run failed (its FAILED line says why; the next call retries it)."""
+    results, args.earlier_commands = earlier_results(args)
+    failures: list[str] = []
     if not args.summarize_only:
         jobs = pending(plan(args.part, args.tasks, args.datasets, args.algos, args.seeds), results, args.budgets)
         print(f"{len(jobs)} runs to do", flush=True)
@@ -987,7 +1016,6 @@ def main(argv: list[str] | None = None) -> None:
             for dataset in {d for j in jobs if j.task == task for d in [j.dataset]}:
                 collect_data(args.work_dir, task, dataset, args.budgets.demos)
         lock = threading.Lock()
-        failures: list[str] = []
         # states runs first (online and preferences jobs need them), then the rest, preferences_online last
         waves = [[j for j in jobs if wave(j.part) == w] for w in range(3)]
 
@@ -1003,12 +1031,14 @@ def main(argv: list[str] | None = None) -> None:
         for runs in waves:
             with ThreadPoolExecutor(max(1, args.jobs)) as pool:
                 list(pool.map(work, runs))
-        if failures:
-            print(f"{len(failures)} runs failed (rerun to retry)")
     out = save(args, results)
     print(report(out["summary"], args.budgets))
-    plot(out["summary"], args.figure)
-    print(f"wrote {args.out} and {args.figure}")
+    if results:  # nothing finished yet: no figure (matplotlib failed on no panel)
+        plot(out["summary"], args.figure)
+    print(f"wrote {args.out}" + (f" and {args.figure}" if results else " (no run finished yet: no figure)"))
+    if failures:  # a wrapper or scheduler sees it (it exited 0)
+        raise SystemExit(f"error: {len(failures)} run(s) failed (each FAILED line above says why); a rerun "
+                         "retries them, which helps only when the cause is gone")
 
 
 if __name__ == "__main__":

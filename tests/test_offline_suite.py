@@ -4,6 +4,7 @@ online summary's before / after / regret."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -324,3 +325,40 @@ def test_the_figure_has_a_panel_per_part_and_puts_each_result_in_its_own(suite, 
     assert "preference" in prefs.get_title()
     points = sorted(float(np.ravel(line.get_ydata())[0]) for line in prefs.get_lines() if len(line.get_ydata()) == 1)
     assert points == pytest.approx([0.27, 0.45])
+
+
+# ------------------------------------------------------------------------------------------ the results file
+def test_the_results_file_refuses_other_budgets_a_second_writer_and_a_failed_run_exits_1(suite, monkeypatch,
+                                                                                        tmp_path, capsys):
+    """A smoke file read by a full call was relabelled as full-budget results (its command lost); two calls on one
+    --out each rewrote it from their own copy (a finished run lost); a failed run, retried in vain, exited 0;
+    --summarize-only on no file wrote an empty one and crashed in the plot."""
+    out = tmp_path / "suite.json"
+    common = ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--figure", str(tmp_path / "f.png"),
+              "--part", "states", "--tasks", "Reach", "--datasets", "clean", "--algos", "bc", "--seeds", "0"]
+    with pytest.raises(SystemExit, match="suite.json: no such results file"):
+        suite.main([*common, "--summarize-only"])
+    assert not out.exists()
+    monkeypatch.setattr(suite, "collect_data", lambda *a: tmp_path / "data.hdf5")
+
+    def fail(job, args, results, lock):
+        raise RuntimeError("the stage refused to resume (other settings)")
+
+    monkeypatch.setattr(suite, "one", fail)
+    with pytest.raises(SystemExit, match=r"1 run\(s\) failed \(each FAILED line above says why\)"):
+        suite.main([*common, "--smoke"])
+    assert "FAILED states/Reach/clean/bc/seed0: the stage refused" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    saved["runs"] = {"states/Reach/clean/bc/seed0": {  # as if the smoke run had finished
+        **suite.Job("states", "Reach", "clean", "bc", 0)._asdict(), "success": {"20": [1.0, 0.0, 1.0]}}}
+    out.write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="holds runs made with smoke=True and budgets .* add --smoke, or give"):
+        suite.main([*common, "--summarize-only"])
+    assert json.loads(out.read_text())["smoke"] is True  # not relabelled
+    from bench_utils import results_lock
+
+    with results_lock(out):  # another call writing the file now
+        with pytest.raises(SystemExit, match="another process is writing it now"):
+            suite.main([*common, "--smoke", "--summarize-only"])
+    suite.main([*common, "--smoke", "--summarize-only"])
+    assert json.loads(out.read_text())["commands"][0] == saved["command"]  # every call's command, the first kept
