@@ -618,14 +618,12 @@ class Agent:
         return state
 
     def load_state_dict(self, state: Mapping[str, Any], with_optimizer: bool = True) -> None:
-        """Load weights (and the optimisers' state when ``with_optimizer``); raises on any shape mismatch. Without the
-        optimisers the update count stays this agent's too: the schedules it drives (DT's learning-rate warm-up, CQL's
-        ``bc_steps`` warm start) start with the fresh optimiser, as they did not when a run from ``init=`` took the
-        checkpoint's count (a warm-up skipped, a BC warm start of 0 updates)."""
+        """Load weights (and the optimisers' state when ``with_optimizer``); raises on any shape mismatch. The update
+        count is the checkpoint's either way (stage 3 continues CQL's count as Cal-QL, as CORL's Cal-QL does; stage 2
+        from ``init=`` starts its own: :mod:`robopretrain.train`)."""
         core = dict(state["core"])
         if not with_optimizer:
             core["optimizer"] = self.core.optimizer.state_dict()
-            core["num_updates"] = self.core.num_updates
         self.core.load_state_dict(core)
         self.critic_encoder.load_state_dict(state["critic_encoder"])
         if self.actor_encoder is not self.critic_encoder:

@@ -135,6 +135,10 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     if cfg.get("init"):
         agent, init = load_agent(str(cfg.init), algo=algo, algo_cfg=build.algo_overrides(cfg.algo), device=device,
                                  seed=int(cfg.seed))
+        # a new run on the checkpoint's weights: its optimiser starts fresh, and so does the update count that its
+        # schedules read (with the checkpoint's, DT's learning-rate warm-up was skipped and CQL's bc_steps warm start
+        # ran 0 of its updates)
+        agent.core.num_updates = 0
         spec = agent.spec
         asked = {part: [str(k) for k in ((cfg.get("obs") or {}).get(part) or [])] for part in ("low_dim", "rgb")}
         have = {"low_dim": list(spec.low_dim_keys), "rgb": list(spec.rgb_keys)}

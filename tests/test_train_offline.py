@@ -364,7 +364,7 @@ def test_a_run_from_init_counts_its_updates_from_zero_as_its_optimiser_starts_fr
     from the first update) and CQL's bc_steps warm start ran 0 of its updates. A resume keeps the count."""
     first = run(stage2_config(tiny_hdf5, tmp_path / "first", algo=algo, steps=4, obs=STATE_OBS, algo_cfg=cfg))
     assert load_agent(first, with_optimizer=True)[0].core.num_updates == 4
-    assert load_agent(first)[0].core.num_updates == 0  # rebuilt to act or to start anew: no schedule carried over
+    assert load_agent(first, algo="calql" if algo == "cql" else None)[0].core.num_updates == 4  # stage 3 keeps it
     second = run(stage2_config(tiny_hdf5, tmp_path / "second", algo=algo, steps=2, obs=STATE_OBS, algo_cfg=cfg,
                                init=str(first)))
     assert load_agent(second, with_optimizer=True)[0].core.num_updates == 2
