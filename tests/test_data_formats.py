@@ -648,12 +648,33 @@ def test_a_folders_key_follows_symlinked_folders_and_ignores_files_its_reader_do
     (src / "cache").mkdir()
     (src / "cache" / "copy.hdf5").write_bytes(b"x")
     assert source_key(src, "lerobot", "auto") == key
-    (src / "data2").symlink_to(src, target_is_directory=True)  # a link back up the tree: read once, no loop
-    assert source_key(src, "lerobot", "auto") == key
+    (tmp_path / "real_data" / "up").symlink_to(tmp_path / "real_data", target_is_directory=True)  # a loop in data/
+    assert source_key(src, "lerobot", "auto") == key  # read once: no file named through the loop
     monkeypatch.chdir(src)  # "." is named after its folder: not a hidden ".lerobot.<key>.hdf5" of env "lerobot/"
     here = as_robomimic(".", cache_dir=cache)
     assert here.name.startswith("lr.lerobot.") and env_args(here)["env_name"] == "lerobot/lr"
     assert first.name.startswith("lr.lerobot.")
+
+
+def test_a_copy_recorded_when_every_file_of_the_folder_counted_is_still_found(tmp_path):
+    """A LeRobot folder downloaded with a README.md: its copy's record (and key) counted the README before the key
+    was narrowed to the reader's folders. The new key names no copy; the record, compared on the reader's files, finds
+    the old one (a run on it resumes), and is rewritten without the README."""
+    src = F.write_lerobot(tmp_path / "lr")
+    (src / "README.md").write_text("downloaded")
+    cache = tmp_path / "cache"
+    copy = as_robomimic(src, cache_dir=cache)
+    old = copy.with_name(copy.name.replace(copy.name.split(".")[-2], "0123456789abcdef"))  # the key it had
+    copy.rename(old)
+    source_record_path(copy).rename(source_record_path(old))
+    record = json.loads(source_record_path(old).read_text())
+    record["files"]["README.md"] = {"size": 10, "mtime_ns": 1, "ctime_ns": 1, "sha256": "0" * 64}
+    source_record_path(old).write_text(json.dumps(record))
+    assert as_robomimic(src, cache_dir=cache) == old and not copy.exists()
+    assert "README.md" not in json.loads(source_record_path(old).read_text())["files"]
+    record["files"]["meta/info.json"]["size"] += 1  # a file the reader reads differs: not that copy
+    source_record_path(old).write_text(json.dumps(record))
+    assert as_robomimic(src, cache_dir=cache) == copy
 
 
 def test_a_new_conversion_removes_the_copies_that_cannot_be_reused(tmp_path):

@@ -273,19 +273,39 @@ def _source_files(src: Path, fmt: str | None = None) -> list[tuple[str, Path]]:
     src = src.resolve()
     if not src.is_dir():
         return [(src.name, src)]
-    roots = ([src / part for part in LEROBOT_PARTS] if fmt == "lerobot"
-             else [minari_data_dir(src) or src] if fmt == "minari" else [src])
     files: list[Path] = []
     seen: set[str] = set()
-    for root in roots:
+    for root in _read_roots(src, fmt):
         for folder, dirs, names in os.walk(root, followlinks=True):  # Path.rglob skips symlinked folders (3.11)
             real = os.path.realpath(folder)
             if real in seen:  # a link back up the tree, or two links to one folder
                 dirs[:] = []
                 continue
             seen.add(real)
+            dirs.sort()  # which of two paths to one folder names its files: the same on every file system
             files += [q for q in (Path(folder) / n for n in names) if q.is_file()]
     return [(str(p.relative_to(src)), p) for p in sorted(files)]
+
+
+def _read_roots(src: Path, fmt: str | None) -> list[Path]:
+    """The folders of the folder source ``src`` (resolved) that ``fmt``'s reader reads: a LeRobot folder's
+    :data:`LEROBOT_PARTS`, a Minari dataset's ``data/`` folder, else ``src`` itself."""
+    if fmt == "lerobot":
+        return [src / part for part in LEROBOT_PARTS]
+    return [minari_data_dir(src) or src] if fmt == "minari" else [src]
+
+
+def _read_by_reader(src: Path, fmt: str | None) -> Callable[[str], bool]:
+    """Whether a name of a source's file (relative to ``src``, as a record holds it) lies in a folder its reader
+    reads: a record written when every file of the folder counted (a LeRobot folder's README.md, a Minari dataset's
+    files beside data/) is compared on those only, so its copy is still found after that change."""
+    src = src.resolve()
+    if not src.is_dir():
+        return lambda name: True
+    parts = [os.path.relpath(root, src) for root in _read_roots(src, fmt)]
+    if "." in parts:
+        return lambda name: True
+    return lambda name: any(name == p or name.startswith(p + "/") for p in parts)
 
 
 def source_key(src: Path, fmt: str, actions: str, image_size: int | None = None) -> str:
@@ -316,6 +336,7 @@ class _Source:
         self.settings = {"source": str(src.resolve()), "format": fmt, "actions": actions, "image_size": image_size,
                          "converter": converter_version(fmt)}
         self.files = _source_files(src, fmt)
+        self.reads = _read_by_reader(src, fmt)
         self.stats = {name: [st.st_size, st.st_mtime_ns, st.st_ctime_ns] for name, p in self.files
                       for st in (p.stat(),)}
         self._hashes: dict[str, str] | None = None
@@ -375,11 +396,16 @@ def _reusable_copy(source: _Source, dst: Path) -> Path | None:
         if record is None or record.get("settings") != source.settings:
             continue
         files = record.get("files")
-        if not isinstance(files, Mapping) or set(files) != set(source.stats) or not all(
-                isinstance(v, Mapping) for v in files.values()):
+        if not isinstance(files, Mapping) or not all(isinstance(v, Mapping) for v in files.values()):
             continue
-        if all([files[n].get("size"), files[n].get("mtime_ns"), files[n].get("ctime_ns")] == source.stats[n]
-               for n in files):
+        read = {n: v for n, v in files.items() if source.reads(n)}  # (an older record also lists the rest)
+        if set(read) != set(source.stats):
+            continue
+        record = {**record, "files": read}
+        if all([read[n].get("size"), read[n].get("mtime_ns"), read[n].get("ctime_ns")] == source.stats[n]
+               for n in read):
+            if len(read) < len(files):  # the record as this version writes it
+                write_json_atomic(source_record_path(copy), record)
             return copy  # verified before at these times
         if source.same_content(record):
             write_json_atomic(source_record_path(copy), source.record())
