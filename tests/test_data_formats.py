@@ -170,8 +170,16 @@ def test_a_d4rl_style_npz_is_read_as_d4rl_not_as_ogbench(tmp_path, caplog):
     assert sum(x["dones"].sum() for x in as_ogbench) == 0  # OGBench: the terminals row is a final observation
     as_d4rl = demos(convert(tmp_path / "nt.npz", tmp_path / "d.hdf5", fmt="d4rl"))
     assert [x["dones"].tolist()[-1] for x in as_d4rl][0] == 1 and as_d4rl[0]["rewards"].tolist() == [0, 1, 2, 3]
-    with pytest.raises(ConversionError, match="detected format d4rl, not ogbench"):
-        convert(tmp_path / "hopper.npz", tmp_path / "x.hdf5", fmt="ogbench")
+    as_og = demos(convert(tmp_path / "hopper.npz", tmp_path / "x.hdf5", fmt="ogbench"))  # either way round
+    assert sum(x["dones"].sum() for x in as_og) == 0
+    with pytest.raises(ConversionError, match="detected format d4rl, not minari"):
+        convert(tmp_path / "hopper.npz", tmp_path / "y.hdf5", fmt="minari")
+    np.savez(tmp_path / "pickled.npz", **{**arrays, "infos/success": np.array([None] * len(arrays["actions"]))})
+    with pytest.raises(ConversionError, match=r"pickled.npz: array 'infos/success' cannot be read"):
+        convert(tmp_path / "pickled.npz", tmp_path / "p.hdf5", fmt="d4rl")
+    np.savez(tmp_path / "scalar.npz", **{**arrays, "rewards": np.float32(1.0), "timeouts": arrays["terminals"]})
+    with pytest.raises(ConversionError, match=r"scalar.npz: \['rewards'\] hold one value, not one row per step"):
+        convert(tmp_path / "scalar.npz", tmp_path / "s.hdf5", fmt="d4rl")
 
 
 def test_d4rl_next_observations_and_success_from_the_file(tmp_path):

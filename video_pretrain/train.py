@@ -426,8 +426,8 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
                     device: torch.device, run_print: Mapping[str, Any] | None = None
                     ) -> tuple[int, dict[str, Any], list[dict[str, int]]]:
     """Restore a training checkpoint into ``objective`` and ``optimizer``; returns (step, history, world sizes):
-    the last, the run's process counts by session (:func:`robopretrain.distributed.world_size_history`),
-    its first session's alone for a checkpoint written before that record.
+    the last, the run's process counts by session (:func:`robopretrain.distributed.world_size_history`); for a
+    checkpoint written before that record, the count of the session that wrote it, standing for every step before.
 
     Refuses (:class:`~robopretrain.run_fingerprint.ResumeMismatchError`, one line) a checkpoint whose
     fingerprint differs from ``run_print``, this run's."""

@@ -4,8 +4,8 @@
 [--image-size S]``
 
 Formats (detected from the path; ``--format`` names one where detection fails, and a source detected as another
-format is refused, but for an ``.npz``: one without ``timeouts`` is detected as OGBench's layout, and ``--format d4rl``
-reads it as D4RL's; each reader's module documents its layout and what it carries over):
+format is refused, but for an ``.npz``: one without ``timeouts`` is detected as OGBench's layout, one with it as D4RL's,
+and ``--format d4rl`` or ``ogbench`` reads either as that layout; each reader's module documents its layout and what it carries over):
 
 ============  ==============================================================  ==========================
 format        what ``SRC`` is                                                 reader
@@ -228,7 +228,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
             detected = detect_format(src)
         except ConversionError:  # not recognised: the named format's reader says what it lacks
             detected = given
-        if detected != given and not (given == "d4rl" and detected == "ogbench"):  # an .npz may be either layout
+        if detected != given and {given, detected} != {"d4rl", "ogbench"}:  # an .npz may be read as either layout
             raise ConversionError(f"{src}: detected format {detected}, not {given}; leave the format unset (auto) "
                                   "or name its own")
     if fmt == "robomimic" and image_size is None and not lacks_next_obs(src):

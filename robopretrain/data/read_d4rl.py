@@ -89,8 +89,16 @@ def _arrays(p: Path) -> Iterator[Callable[[str], np.ndarray | None]]:
             z = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ConversionError(f"{p}: not a readable .npz ({exc})") from None
+        def get(k: str) -> np.ndarray | None:
+            if k not in z.files:
+                return None
+            try:
+                return z[k]
+            except ValueError as exc:  # a pickled (object) array: not read, as np.load(allow_pickle=False) says
+                raise ConversionError(f"{p}: array {k!r} cannot be read ({exc})") from None
+
         with z:
-            yield lambda k: z[k] if k in z.files else None
+            yield get
         return
     if not h5py.is_hdf5(p):
         raise ConversionError(f"{p}: not an HDF5 file (a D4RL-style dataset is one HDF5 file, or an .npz)")
@@ -109,6 +117,9 @@ def read_d4rl(path: str | os.PathLike) -> Iterator[Episode]:
                                   "optional timeouts, next_observations)")
         success_key = next((f"infos/{k}" for k in SUCCESS_INFO_KEYS if get(f"infos/{k}") is not None), None)
         arr["success"] = get(success_key) if success_key else None
+    scalars = [k for k, v in arr.items() if v is not None and np.ndim(v) == 0]
+    if scalars:
+        raise ConversionError(f"{p}: {scalars} hold one value, not one row per step")
     n = len(arr["actions"])
     for k, v in arr.items():
         if v is not None and len(v) != n:
