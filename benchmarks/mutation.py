@@ -495,10 +495,9 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "replay seed seed + 1 -> seed + 0: the buffer's sampling stream only has to be fixed and checkpointed (it "
         "is); no value is specified",
         "1 -> 0 @ buffer = online_buffer(agent, reward, settings.buffer_capacity, seed + 1)"),
-    ("online_loop", "run_online.eval_row/const/0"): Equivalent(
+    ("online_loop", "run_online.show/const/0"): Equivalent(
         "progress bar set_postfix(refresh=False -> True): display only",
-        "False -> True @ bar.set_postfix(success=f\"{row['eval/success']:.2f}\", episodes=len(successes), "
-        "refresh=False)"),
+        "False -> True @ bar.set_postfix(shown, refresh=False)"),
     ("online_loop", "run_online/not/0"): Equivalent(
         "tqdm(disable=not settings.progress) -> disable=settings.progress: whether a progress bar is drawn, nothing "
         "the run computes",
@@ -704,7 +703,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("dt", "DecisionTransformer.reset_episode/const/0"): Equivalent(
         "the default batch=1 -> 0: act() restarts the episode whenever its batch differs from the history's, so a "
         "0-row start is replaced by the same 1-row one at the first act()",
-        "1 -> 0 @ def reset_episode(self, batch: int = 1) -> None:"),
+        "1 -> 0 @ def reset_episode(self, batch: int = 1, managed: bool = False) -> None:"),
     ("reward_model", "main/if/1"): Equivalent(
         "if 'relabelled' in report -> if not: whether the command line prints the relabelled file's path (report.json "
         "records it either way)",

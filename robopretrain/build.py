@@ -714,11 +714,14 @@ def check_file_task_slots(path: str, task_ids: Mapping[str, int], *, default_tas
 
 def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[str, int], second_path: str,
                      *, explicit: bool = False, setting: str = "data.mix.task_id", num_tasks: int | None = None,
-                     overwrite: bool = False, taken: Sequence[int] = (), second_set: bool = False) -> None:
+                     overwrite: bool = False, taken: Sequence[int] = (), second_set: bool = False,
+                     same_task: str | None = None) -> None:
     """Refuse two task-slot maps that disagree: one slot of the task one-hot given to different tasks (e.g. a converted
     file that numbers its tasks from 0, mixed with a prior file whose task 0 is another: the agent could not tell
     them apart), or one task name in two slots (two numberings of one task: it would train in both, and be evaluated
     in one). ``first`` / ``second``: task name -> slot (:func:`data_task_ids`, or an init checkpoint's ``task_ids``);
+    ``same_task``: the settings that make a shared slot one task, ``{slot}`` standing for it (default
+    ``<setting>={slot}``; stage 2's own mix needs ``data.task_id`` set too, which the advice left out).
     ``setting``: the setting that moves the second's tasks (named in the advice with a free slot, below
     ``num_tasks`` when given and not in ``taken``, the slots of other tasks the agent knows). ``explicit``: the user
     put the second's tasks in its slot (``data.task_id`` = ``data.mix.task_id``, two converted files of one task each
@@ -752,7 +755,8 @@ def check_task_slots(first: Mapping[str, int], first_path: str, second: Mapping[
         slot, theirs, mine = clashes[0]
         raise ValueError(f"task one-hot slot {slot} is task {theirs!r} in {first_path} and task {mine!r} in "
                          f"{second_path}: they would be one task to the agent; give {second_path}'s task its own "
-                         f"slot with {setting} (e.g. {free}; {room}), or {setting}={slot} if they are the same task")
+                         f"slot with {setting} (e.g. {free}; {room}), or "
+                         f"{(same_task or setting + '={slot}').format(slot=slot)} if they are the same task")
     if moved:
         task, theirs, mine = moved[0]
         raise ValueError(f"task {task!r} is in slot {theirs} in {first_path} and in slot {mine} in {second_path}: the "

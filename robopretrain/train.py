@@ -224,12 +224,12 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         # another format: its cached conversion, cameras at the agent's size
         mix_info = read_info(mix_file)
         mix_ids = build.data_task_ids(mix_info, mix)
-        # the user put the mix file's tasks in a slot the main file's data has (data.mix.task_id alone, as the
-        # refusal advises, or with data.task_id the same): one task under two names, known to the user
-        same_slot = mix.get("task_id") is not None and int(mix.task_id) in set(task_ids.values())
+        same_slot = mix.get("task_id") is not None and cfg.data.get("task_id") is not None and int(
+            mix.task_id) == int(cfg.data.task_id)  # both files' tasks put in one slot by the user: one task
         build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path), explicit=same_slot,
                                num_tasks=agent.spec.num_tasks, taken=list(init_ids.values()),
-                               second_set=mix.get("task_id") is not None)
+                               second_set=mix.get("task_id") is not None,
+                               same_task="data.task_id={slot} data.mix.task_id={slot}")
         if init_ids and agent.spec.num_tasks > 1:
             build.check_task_slots({**init_ids, **task_ids}, f"the init checkpoint {init.path}", mix_ids,
                                    str(mix.path), explicit=mix.get("task_id") is not None,
