@@ -40,7 +40,7 @@ METRICS = ("bc_deterministic", "bc_sampled", "iql_deterministic", "iql_sampled",
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_action_bounds"))

@@ -26,6 +26,7 @@ import argparse
 import json
 import shutil
 import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -438,12 +439,23 @@ def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+SUB_COMMANDS = {  # claims.py --help lists them (it printed the usage line alone)
+    "pretraining": "claims 2 and 3: full pipeline vs scratch / VIP encoder / target-only data (--variants)",
+    "values": "claim 1: does ICVF's value rise toward goals on unseen robot trajectories",
+    "robustness": "claim 5: domain randomization vs none on held-out shifts, and leave-one-factor-out",
+    "calibration": "claim 4: CQL vs Cal-QL vs IQL at the switch to online (dip, regret)",
+    "shifts": "claim 2b: claim 2's final agents under held-out visual shifts",
+    "measure": "one finished run folder: final and adapted success on the same episodes, regret (pretraining's step)",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     usage = ("usage: claims.py {pretraining,values,robustness,calibration,shifts,measure} [options]  "
              "(claims.py <sub-command> --help)")
     if argv[:1] in (["-h"], ["--help"]):
-        print(usage)
+        print(usage + "\n\n" + textwrap.fill(" ".join(__doc__.split("\n\n")[0].split()), 100) + "\n\n" + "\n".join(
+            f"  {name:<12} {about}" for name, about in SUB_COMMANDS.items()))
         return
     if not argv or argv[0] not in ("pretraining", "values", "robustness", "calibration", "shifts", "measure"):
         sys.exit(usage)

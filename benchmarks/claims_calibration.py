@@ -230,7 +230,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="claims.py calibration", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="claims.py calibration", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))

@@ -239,7 +239,7 @@ def plot(summary: Mapping[str, Any], path: Path, target: str) -> Path | None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="claims.py shifts", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="claims.py shifts", description=" ".join(__doc__.split("\n\n")[0].split()),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_testbed"),
                    help="claims.py pretraining's work folder: the agents of <dir>/<pixel (the full variant)|scratch|"

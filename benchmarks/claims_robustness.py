@@ -352,7 +352,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path | None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="claims.py robustness", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="claims.py robustness", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--episodes", type=int, default=50, help="evaluation episodes per condition")

@@ -112,7 +112,7 @@ def table(rows: Sequence[dict[str, Any]], all_rows: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the claims' results JSON files")
     p.add_argument("--out", type=Path, default=RESULTS / "claims_seed_check.json")

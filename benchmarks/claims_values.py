@@ -266,7 +266,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path | None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="claims.py values", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="claims.py values", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each one torch thread)")
     p.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "claims_values")

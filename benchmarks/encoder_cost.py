@@ -111,7 +111,7 @@ def recorded_stage2_seconds(path: Path = TESTBED_RUNS) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--updates", type=int, default=2, help="timed updates per variant per round")

@@ -253,7 +253,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--episodes", type=int, default=100, help="robot expert episodes per task")
     parser.add_argument("--hand-episodes", type=int, default=20, help="hand expert episodes per task (0: skip)")
     parser.add_argument("--blind-episodes", type=int, default=100, help="blind-replay episodes per task (0: skip)")

@@ -73,7 +73,7 @@ def max_weight_diff(a: Path, b: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--modes", nargs="+", default=["eager", "graph"], choices=["eager", "graph"])

@@ -113,7 +113,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--episodes", type=int, default=50, help="expert episodes per task and noise level")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.3], help="action noise std levels")
     parser.add_argument("--limits", type=int, nargs="+", default=[150, 200, MAX_PATH_LENGTH],

@@ -1221,7 +1221,7 @@ def select(mutants: list[Mutant], max_mutants: int | None) -> list[Mutant]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--modules", nargs="+", default=list(MODULES), help=f"short names: {' '.join(MODULES)}")
     p.add_argument("--max-mutants", type=int, default=None, help="per module (a fixed random subset)")
     p.add_argument("--jobs", type=int, default=1, help="mutants tested in parallel (one repository copy each)")

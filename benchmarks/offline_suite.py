@@ -935,7 +935,7 @@ def time_runs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--part", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))

@@ -56,7 +56,7 @@ DIAGNOSE_VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--tasks", nargs="+", default=None, help="default: sim_envs.TARGET_TASKS")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -88,7 +88,7 @@ def variant(name: str) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--tasks", nargs="+", default=["Reach"],
                    help="one run per entry; 'A+B+C' trains one multi-task agent on A, B and C (task one-hot)")
     p.add_argument("--variants", nargs="+", default=["flat_pad4", "ssm_pad4"], help="see --list")

@@ -43,7 +43,7 @@ TASKS = ("Reach", "PushBlock", "OpenDrawer", "PressButton")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
     p.add_argument("--algos", nargs="+", default=list(PROTOCOL_ALGOS), choices=ALGOS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -28,7 +28,7 @@ BUDGETS = (1000, 2500)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("algo")
     p.add_argument("--set", dest="sets", action="append", required=True, metavar="KEY=VALUE[,KEY=VALUE...]")
     p.add_argument("--seed", type=int, default=0)

@@ -49,7 +49,7 @@ BASE_STAGES = ("data", "stage1", "stage2", "adapt")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--target", default="OpenDoorRight")
     p.add_argument("--episodes", type=int, default=50, help="episodes per condition (evaluate's episodes)")
     p.add_argument("--workers", type=int, default=2, help="evaluation worker processes")

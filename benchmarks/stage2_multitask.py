@@ -71,7 +71,7 @@ RUNS: dict[str, tuple[str, str, list[str]]] = {  # name -> (data, algo, override
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each)")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_stage2_multitask"))

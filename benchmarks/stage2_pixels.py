@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--from-run", type=Path, required=True,
                    help="a testbed pipeline run folder whose data/ and stage1/ are done")
     p.add_argument("--budgets", type=int, nargs="+", default=[3000, 6000, 9000], help="stage-2 updates, ascending")

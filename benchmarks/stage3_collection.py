@@ -78,7 +78,7 @@ def measure(kind: str, num_envs: int, asynchronous: bool, steps: int, seed: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--kinds", nargs="+", default=["state", "image"], choices=["state", "image"])

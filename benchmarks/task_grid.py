@@ -126,7 +126,7 @@ def save_atomic(fig: plt.Figure, path: Path, dpi: int) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--size", type=int, default=128, help="pixels per rendered image (16..256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first column (column c uses seed + c)")
     parser.add_argument("--tasks", nargs="+", default=list(sim_envs.TASKS), help="task names (default: all)")

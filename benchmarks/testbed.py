@@ -50,7 +50,7 @@ PROTOCOL_SEEDS = 3  # criteria are met by the mean over seeds 0, 1, 2 (benchmark
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--targets", nargs="+", default=list(TARGETS))
     p.add_argument("--seeds", nargs="+", type=int, default=list(range(PROTOCOL_SEEDS)))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

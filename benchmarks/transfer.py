@@ -82,7 +82,7 @@ SMOKE_TRANSFER = {"epopt": {"batch_episodes": 2, "warmup_batches": 1, "epsilon":
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--config-name", default="testbed", help="pipeline preset (configs/<name>.yaml)")
     p.add_argument("--target", default="PressLitButton")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])

@@ -440,7 +440,7 @@ def remeasure(args: argparse.Namespace, work: Path, videos: Path, robot: Path) -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--clips", type=int, default=90, help="human-hand clips (10 per pretraining task)")
     p.add_argument("--episodes", type=int, default=25, help="clean robot episodes per target task")
     p.add_argument("--steps", type=int, default=3000, help="training steps per objective")

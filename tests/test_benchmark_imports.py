@@ -63,3 +63,18 @@ def test_no_script_is_named_like_a_module_it_would_shadow():
         if origin is not None and not ours:
             shadowing.append(f"{script.name} ({spec.origin})")
     assert shadowing == []
+
+
+@pytest.mark.parametrize("script, ends", [
+    ("testbed.py", "and its privileged-state variant (oracle)."),
+    ("offline_suite.py", "(committed before any measured run)."),
+    ("transfer.py", "protocol ``benchmarks/protocols/transfer.md``)."),
+    ("claims.py", "measure one finished run folder"),
+])
+def test_a_benchmarks_help_gives_its_whole_first_paragraph(script, ends):
+    """--help took the docstring's first line: "...from pipeline", "...and the Decision", "...and"; claims.py printed
+    its usage line alone."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ends in " ".join(proc.stdout.split())  # (argparse rewraps the text)
