@@ -446,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
 
     tasks = args.tasks or list(sim_envs.TARGET_TASKS)
     if args.summarize_only:
+        if not args.results.is_file():
+            sys.exit(f"error: {args.results}: no such results file (--summarize-only reads one; give --results)")
         runs = json.loads(args.results.read_text())["runs"]
     else:
         make_data(args, tasks)

@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [t for t in args.targets if t not in TASKS]
     if unknown:  # was a KeyError traceback
         raise SystemExit(f"error: --targets {unknown}: no sim_envs task (the testbed's targets: {list(TARGETS)})")
+    if args.summarize_only and not args.out.is_file():  # (it wrote a file of "not run" rows)
+        raise SystemExit(f"error: {args.out}: no such results file (--summarize-only reads one; give --out)")
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.setdefault("runs", {})
     results.setdefault("expert", {})

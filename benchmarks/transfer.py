@@ -113,7 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--jobs {args.jobs}: expected >= 1")
     if args.epopt_warmup_batches is not None and args.epopt_warmup_batches < 0:
         p.error(f"--epopt-warmup-batches {args.epopt_warmup_batches}: expected >= 0")
-    check_darc_gap(args.darc_gap)
+    try:
+        check_darc_gap(args.darc_gap)
+    except ValueError as bad:  # one line (it was a traceback)
+        p.error(str(bad))
     if args.smoke:
         args.config_name, args.target = "pipeline", args.target if args.target != "PressLitButton" else "PressButton"
         args.overrides = [*SMOKE_OVERRIDES, *args.overrides]
@@ -547,6 +550,8 @@ def main(argv: list[str] | None = None) -> None:
         result = merge(args, args.merge)
         write_json_atomic(args.results, result)
     elif args.summarize_only:
+        if not args.results.is_file():
+            sys.exit(f"error: {args.results}: no such results file (--summarize-only reads one; give --results)")
         result = json.loads(args.results.read_text())
     else:
         result = run(args)

@@ -78,3 +78,19 @@ def test_a_benchmarks_help_gives_its_whole_first_paragraph(script, ends):
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ends in " ".join(proc.stdout.split())  # (argparse rewraps the text)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["transfer.py", "--summarize-only", "--results", "{missing}"], "no such results file"),
+    (["offline_to_online.py", "--summarize-only", "--results", "{missing}"], "no such results file"),
+    (["testbed.py", "--summarize-only", "--out", "{missing}"], "no such results file"),
+    (["transfer.py", "--darc-gap", "nope"], "--darc-gap 'nope': no "),
+])
+def test_a_benchmarks_bad_input_is_one_error_line(argv, said, tmp_path):
+    """Tracebacks (FileNotFoundError, ValueError), or, for testbed.py, a new results file of "not run" rows."""
+    missing = tmp_path / "missing.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]),
+                           *[a.format(missing=missing) for a in argv[1:]]],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not missing.exists()
