@@ -48,6 +48,7 @@ from bench_utils import (  # noqa: E402
     cpu_model,
     git_commit,
     outcomes,
+    results_lock,
     run_logged,
     write_json_atomic,
 )
@@ -351,6 +352,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def pretraining(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    with results_lock(args.out):  # a second call on one --out is refused (each rewrote it from its own copy)
+        return measure_pretraining(args)
+
+
+def measure_pretraining(args: argparse.Namespace) -> dict[str, Any]:
+    """The variants' runs still to do, then the claims table and figure (``pretraining`` holds the lock)."""
     if args.summarize_only and not args.out.is_file():
         sys.exit(f"error: {args.out}: no results to summarize (run without --summarize-only first)")
     try:

@@ -445,6 +445,15 @@ def main(argv: list[str] | None = None) -> None:
     import sim_envs
 
     tasks = args.tasks or list(sim_envs.TARGET_TASKS)
+    sys.path.append(str(Path(__file__).resolve().parent))
+    from bench_utils import results_lock
+
+    with results_lock(args.results):  # a second call on one --results is refused (each rewrote it from its copy)
+        run_experiment(args, tasks)
+
+
+def run_experiment(args: argparse.Namespace, tasks: list[str]) -> None:
+    """The runs still to do (kept with an earlier part's), then the table and figure (``main`` holds the lock)."""
     if args.summarize_only:
         if not args.results.is_file():
             sys.exit(f"error: {args.results}: no such results file (--summarize-only reads one; give --results)")

@@ -29,6 +29,7 @@ from bench_utils import (  # noqa: E402
     cpu_model,
     git_commit,
     outcomes,
+    results_lock,
     run_logged,
     seeds_then_episodes_ci,
     write_json_atomic,
@@ -211,6 +212,12 @@ def summarize(results: dict[str, Any], targets: list[str]) -> list[dict[str, Any
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    with results_lock(args.out):  # a second call on one --out is refused (each rewrote it from its own copy)
+        measure_testbed(args)
+
+
+def measure_testbed(args: argparse.Namespace) -> None:
+    """The runs still to do, then the criteria table and figure (``main`` holds the results file's lock)."""
     from sim_envs.tasks import TASKS
 
     unknown = [t for t in args.targets if t not in TASKS]

@@ -51,8 +51,8 @@ import numpy as np
 # would otherwise shadow the video_pretrain package that stage 1 imports in this process
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, also when imported from another folder
-from bench_utils import (check_run_settings, cpu_model, load_average, seeds_then_episodes_ci,  # noqa: E402
-                         write_json_atomic)
+from bench_utils import (check_run_settings, cpu_model, load_average, results_lock,  # noqa: E402
+                         seeds_then_episodes_ci, write_json_atomic)
 from claims_metrics import difference_ci, verdict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -543,6 +543,12 @@ def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    with results_lock(args.results):  # a second call on one --results is refused (runs were lost)
+        measure_transfer(args, argv)
+
+
+def measure_transfer(args: argparse.Namespace, argv: list[str]) -> None:
+    """Run, merge or summarize as the options say, then the table and figure (``main`` holds the lock)."""
     if args.jobs > 1 and len(args.seeds) > 1 and not (args.merge or args.summarize_only):
         result = run_parallel(args, argv)
         write_json_atomic(args.results, result)

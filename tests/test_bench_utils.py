@@ -113,3 +113,20 @@ def test_run_settings_are_recorded_per_script_and_other_ones_refused(bu, tmp_pat
     assert json.loads((other / bench.RUN_SETTINGS).read_text())["claims.py"] == {**claims, "preset": "pipeline"}
     with pytest.raises(SystemExit, match="was run by claims.py with"):
         bench.check_run_settings(other, {**claims, "episodes": 7, "preset": "pipeline"}, "claims.py")
+
+
+@pytest.mark.parametrize("script, option", [("offline_to_online.py", "--results"), ("transfer.py", "--results"),
+                                            ("testbed.py", "--out"), ("claims.py pretraining", "--out")])
+def test_a_second_call_on_a_results_file_in_use_is_refused(bu, tmp_path, script, option):
+    """Two calls on one results file each rewrote it from the copy they read at start: a finished run was lost."""
+    import subprocess
+    from pathlib import Path
+
+    out = tmp_path / "results.json"
+    root = Path(__file__).resolve().parents[1]
+    with bu.results_lock(out):
+        proc = subprocess.run([sys.executable, str(root / "benchmarks" / script.split()[0]), *script.split()[1:],
+                               option, str(out), "--summarize-only"], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=300)
+    assert proc.returncode != 0 and "another process is writing it now" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
