@@ -129,14 +129,35 @@ def check_run_settings(folder: Path, settings: dict[str, Any], script: str) -> N
         write_json_atomic(path, {**records, script: settings})
 
 
+# a benchmark's child runs: one OpenMP thread each, and they end with the benchmark (killed, its runs went on
+# writing the run folders its rerun used; robopretrain.workers.end_with_launcher)
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ROBOPRETRAIN_END_WITH_PARENT": "1"}
+
+
+def exit_on_signals(what: str) -> None:
+    """Ctrl-C or SIGTERM ends this benchmark at once with one line and 130 / 143 (its child runs, started with
+    :data:`CHILD_ENV`, end within a second): it waited for the running child to finish (hours at full budgets), then
+    printed a traceback. What finished is in the results file already (written after each run)."""
+    import signal
+    import sys
+
+    def stop(signum: int, frame: Any) -> None:
+        name = "interrupted" if signum == signal.SIGINT else "terminated"
+        print(f"{what}: {name}; finished runs are in the results file, a rerun continues from them", file=sys.stderr,
+              flush=True)
+        os._exit(130 if signum == signal.SIGINT else 143)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run_logged(cmd: Sequence[str], folder: Path, cwd: Path) -> dict[str, Any]:
     """Run ``cmd`` with one OpenMP thread, appending its output to ``folder/benchmark.log``; returns the command
     (without the interpreter), its return code, the wall seconds of this call and the load averages around it."""
     folder.mkdir(parents=True, exist_ok=True)
     load_before, start = load_average(), time.perf_counter()
     with open(folder / "benchmark.log", "a") as log:
-        proc = subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **CHILD_ENV})
     return {"command": " ".join(cmd[1:]), "returncode": proc.returncode, "call_seconds": time.perf_counter() - start,
             "load_before": load_before, "load_after": load_average()}
 

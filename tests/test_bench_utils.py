@@ -130,3 +130,21 @@ def test_a_second_call_on_a_results_file_in_use_is_refused(bu, tmp_path, script,
                               timeout=300)
     assert proc.returncode != 0 and "another process is writing it now" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("signum, code, word", [(2, 130, "interrupted"), (15, 143, "terminated")])
+def test_a_benchmark_stops_at_once_on_ctrl_c_or_sigterm_with_one_line(signum, code, word):
+    """Ctrl-C waited for the running child run to finish (hours at full budgets), then printed a traceback."""
+    import subprocess
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    script = (f"import sys, threading, time; sys.path.insert(0, {str(bench)!r}); import bench_utils\n"
+              "bench_utils.exit_on_signals('suite'); t = threading.Thread(target=time.sleep, args=(60,))\n"
+              "t.start(); print('ready', flush=True); t.join()\n")  # the main thread waits as on a pool's run
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code and err.strip() == (f"suite: {word}; finished runs are in the results file, a "
+                                                       "rerun continues from them")

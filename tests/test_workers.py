@@ -299,3 +299,28 @@ def test_a_worker_reaped_by_the_executors_own_join_counts_as_exited(caplog):
     stuck.join(10)
     assert stuck.exitcode is not None and stuck.exitcode != 0  # terminated (a 60 s sleep that ran out exits 0)
     assert "did not exit within 0.5 s" in caplog.text
+
+
+def test_a_benchmarks_child_run_ends_with_the_benchmark_killed_outright(tmp_path):
+    """A benchmark (offline_suite.py) killed with SIGTERM or SIGKILL left its robopretrain.train child training on
+    as an orphan, writing the run folder its rerun used: the child's environment (bench_utils.CHILD_ENV) makes it
+    watch its parent."""
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    child = ("import os, time\nfrom robopretrain.workers import end_with_launcher\n"
+             "print(end_with_launcher(), os.getpid(), flush=True)\ntime.sleep(120)\n")
+    parent = (f"import os, subprocess, sys, time\n"
+              f"env = {{**os.environ, 'ROBOPRETRAIN_END_WITH_PARENT': '1'}}\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}], env=env, stdout=subprocess.PIPE, text=True)\n"
+              f"print(p.stdout.readline().strip(), flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    watched, pid = proc.stdout.readline().split()
+    assert watched == "True"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not _left_alive([int(pid)], 20), "the child outlived the benchmark"
