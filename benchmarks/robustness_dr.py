@@ -41,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # this checkout's packages first: this script's folder (sys.path[0] when run as a script) holds video_pretrain.py,
 # which would otherwise shadow the video_pretrain package that stage 1 imports in this process
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils (appended: not before the packages)
+from bench_utils import check_run_settings  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "robustness_dr.json"
 FIGURE = ROOT / "docs" / "robustness_dr.png"
 VARIANTS = {"dr": "train", "nodr": "none"}  # variant -> stage3.randomization.level
@@ -125,12 +128,6 @@ def evaluate_variant(args: argparse.Namespace, run_dir: Path, select: list[str] 
     from robopretrain.pipeline import CONFIG_DIR
 
     out = run_dir / "robustness"
-    info_path = out / "eval_info.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text())
-        if info["episodes_per_condition"] == args.episodes:
-            print(f"[robustness_dr] {run_dir.name}: evaluation done before, reused", flush=True)
-            return info
     cfg = OmegaConf.load(CONFIG_DIR / "evaluate.yaml")
     cfg.pop("hydra", None)
     cfg.merge_with({"checkpoint": str(run_dir / "stage3" / args.target), "target": args.target,
@@ -138,6 +135,14 @@ def evaluate_variant(args: argparse.Namespace, run_dir: Path, select: list[str] 
                     "video": {"max_frames": 80}})
     if select or args.select:
         cfg.select = list(select or args.select)
+    wanted = set(cfg.select) if cfg.get("select") is not None else set(cfg.factors)
+    info_path = out / "eval_info.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        # the same episodes and factors (another --select reused an evaluation of other factors)
+        if info["episodes_per_condition"] == args.episodes and set(info["factors"]) == wanted:
+            print(f"[robustness_dr] {run_dir.name}: evaluation done before, reused", flush=True)
+            return info
     start = time.perf_counter()
     info = evaluate_robustness(cfg)
     print(f"[robustness_dr] {run_dir.name}: evaluation in {time.perf_counter() - start:.0f} s", flush=True)
@@ -224,6 +229,8 @@ def lighting_split(result: dict[str, Any], target: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = args.work_dir.resolve()
+    # finished stages are skipped whatever the overrides: another --overrides or --target reused the old runs
+    check_run_settings(work, {"target": args.target, "overrides": list(args.overrides)}, "robustness_dr.py")
     base = work / "base"
     base_cfg = pipeline_config(args)
     for stage in BASE_STAGES:
