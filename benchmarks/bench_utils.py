@@ -129,14 +129,16 @@ def check_run_settings(folder: Path, settings: dict[str, Any], script: str) -> N
         write_json_atomic(path, {**records, script: settings})
 
 
-# a benchmark's child runs: one OpenMP thread each, and they end with the benchmark (killed, its runs went on
-# writing the run folders its rerun used; robopretrain.workers.end_with_launcher)
-CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ROBOPRETRAIN_END_WITH_PARENT": "1"}
+def child_env() -> dict[str, str]:
+    """The environment of a benchmark's child runs: one OpenMP thread each, and they end with this process (killed,
+    its runs went on writing the run folders its rerun used; robopretrain.workers.end_with_launcher)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "ROBOPRETRAIN_END_WITH_PARENT": str(os.getpid())}
 
 
 def exit_on_signals(what: str) -> None:
     """Ctrl-C or SIGTERM ends this benchmark at once with one line and 130 / 143 (its child runs, started with
-    :data:`CHILD_ENV`, end within a second): it waited for the running child to finish (hours at full budgets), then
+    :func:`child_env`, end within a second): it waited for the running child to finish (hours at full budgets), then
     printed a traceback. What finished is in the results file already (written after each run)."""
     import signal
     import sys
@@ -157,7 +159,7 @@ def run_logged(cmd: Sequence[str], folder: Path, cwd: Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     load_before, start = load_average(), time.perf_counter()
     with open(folder / "benchmark.log", "a") as log:
-        proc = subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **CHILD_ENV})
+        proc = subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=child_env())
     return {"command": " ".join(cmd[1:]), "returncode": proc.returncode, "call_seconds": time.perf_counter() - start,
             "load_before": load_before, "load_after": load_average()}
 

@@ -56,7 +56,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's packages
 # bench_utils, claims_metrics; appended so that benchmarks/video_pretrain.py does not shadow the video_pretrain package
 sys.path.append(str(Path(__file__).resolve().parent))
-from bench_utils import (CHILD_ENV, cpu_model, exit_on_signals, git_commit, load_average, outcomes,  # noqa: E402
+from bench_utils import (child_env, cpu_model, exit_on_signals, git_commit, load_average, outcomes,  # noqa: E402
                          results_lock, seeds_then_episodes_ci, write_json_atomic)
 from claims_metrics import cumulative_regret, difference_ci, seed_level_verdict, welch_ci  # noqa: E402
 
@@ -213,7 +213,7 @@ def collect_data(work: Path, task: str, dataset: str, demos: int) -> Path:
 
 def _run(cmd: list[str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CHILD_ENV}, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start
@@ -241,7 +241,7 @@ def checkpoint(out: Path, updates: int) -> Path:
 def evaluate(ckpt: Path, task: str, episodes: int) -> list[bool]:
     """Per-episode success of the deterministic policy on the fixed evaluation seeds, in a fresh process."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--eval-job", str(ckpt), task, str(episodes)]
-    env = {**os.environ, **CHILD_ENV, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    env = {**child_env(), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("EVAL ")]
     if proc.returncode != 0 or not lines:
@@ -995,7 +995,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval_job:
         from robopretrain.workers import end_with_launcher
 
-        end_with_launcher()  # (CHILD_ENV: it ends with the suite, as the training runs do)
+        end_with_launcher()  # (child_env: it ends with the suite, as the training runs do)
         eval_job(args.eval_job[0], args.eval_job[1], int(args.eval_job[2]))
         return
     os.environ.setdefault("MUJOCO_GL", "egl")

@@ -72,22 +72,26 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
 _LAUNCHER_WATCHED: list[int] = []  # the launcher this process ends with (end_with_launcher), once set
 
 
-END_WITH_PARENT = "ROBOPRETRAIN_END_WITH_PARENT"  # "1": an entry point ends with the process that started it
+# the pid of the process that started this one: an entry point ends with it (a benchmark's runs)
+END_WITH_PARENT = "ROBOPRETRAIN_END_WITH_PARENT"
 
 
 def end_with_launcher() -> bool:
     """In a process a launcher started to run one of the entry points (a ``torchrun`` rank: torchrun's
     ``TORCHELASTIC_RUN_ID`` is set; a joblib sweep's loky worker; a benchmark's run, whose environment sets
-    :data:`END_WITH_PARENT` to 1: a benchmark killed left its runs training on, writing the folders its rerun used):
-    end it within a second of its parent ending
-    (:func:`exit_with`). A launcher killed outright (SIGKILL) left its ranks training on as orphans, holding the run
+    :data:`END_WITH_PARENT` to its own pid: a benchmark killed left its runs training on, writing the folders its
+    rerun used; one killed before its run got here has ended already, and the run ends now): end it within a second
+    of its parent ending (:func:`exit_with`). A launcher killed outright (SIGKILL) left its ranks training on as orphans, holding the run
     folder's lock (the rerun was refused naming them) and memory; a sweep's idle workers lived on for half an hour.
     Ranks a cluster starts without torchrun (``WORLD_SIZE`` alone), a process whose parent is none (pid 1 in a
     container) or already gone are not watched. Once per process; returns whether it watches its launcher."""
     if _LAUNCHER_WATCHED:
         return True
+    starter = os.environ.pop(END_WITH_PARENT, "")  # (this process's own children are not the benchmark's runs)
+    if starter.isdigit() and int(starter) > 1 and os.getppid() != int(starter):
+        os._exit(1)  # the process that started this one ended before it got here (this one was adopted)
     launched = ("TORCHELASTIC_RUN_ID" in os.environ or mp.get_start_method(allow_none=True) == "loky"
-                or os.environ.get(END_WITH_PARENT) == "1")
+                or starter.isdigit())
     if not launched or os.getppid() <= 1:
         return False
     _LAUNCHER_WATCHED.append(os.getppid())

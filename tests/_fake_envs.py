@@ -321,11 +321,17 @@ def raise_value_error(message: str) -> None:
     raise ValueError(message)
 
 
-def raise_non_finite() -> None:
-    """Fail as a diverging run does: an exception whose constructor takes more than its message."""
-    from robopretrain.guards import NonFiniteLossError
+class _TwoArgumentError(Exception):
+    """An exception pickle cannot rebuild: its constructor takes more than the message pickle passes back."""
 
-    raise NonFiniteLossError("critic", float("nan"), 17)
+    def __init__(self, name: str, step: int) -> None:
+        super().__init__(f"loss {name!r} is nan at step {step}")
+
+
+def raise_non_finite() -> None:
+    """Fail as a diverging run does, with an exception whose constructor takes more than its message (as
+    NonFiniteLossError's did before it got a ``__reduce__``)."""
+    raise _TwoArgumentError("critic", 17)
 
 
 def fail_or_sleep(kind: str, folder: str, name: str, first: int = 2) -> str:

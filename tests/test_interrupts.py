@@ -204,7 +204,8 @@ def test_benchmark_workers_ignore_ctrl_c_may_start_pools_and_report_failures(par
 def test_a_benchmark_failure_starts_no_further_run_stops_the_running_one_and_keeps_its_message(tmp_path):
     """After one run fails, the queued runs never start (a freed thread took the next one before the parent could
     cancel it, and the parent then waited for it to finish) and the running one is stopped; an exception that does not
-    unpickle (NonFiniteLossError) arrives as its text, not as a TypeError from the pipe."""
+    unpickle (one whose constructor takes more than its message) arrives as its text, not as a TypeError from the
+    pipe."""
     import claims_robustness
     from _fake_envs import fail_or_sleep, raise_non_finite
 
@@ -220,7 +221,7 @@ def test_a_benchmark_failure_starts_no_further_run_stops_the_running_one_and_kee
     with pytest.raises(ValueError, match="a failed"):
         list(claims_robustness._pooled(fail_or_sleep, tasks, jobs=3))
     assert sorted(p.name for p in slow.glob("*.started")) == ["a.started", "b.started", "c.started"]
-    with pytest.raises(RuntimeError, match="NonFiniteLossError: loss 'critic' is nan at step 17"):
+    with pytest.raises(RuntimeError, match="_TwoArgumentError: loss 'critic' is nan at step 17"):
         list(claims_robustness._pooled(raise_non_finite, [()], jobs=2))
     # the thread whose task failed has already stopped the call when it could take the next task: none starts
     from _fake_envs import pool_inside, raise_value_error

@@ -313,7 +313,7 @@ def test_a_benchmarks_child_run_ends_with_the_benchmark_killed_outright(tmp_path
     child = ("import os, time\nfrom robopretrain.workers import end_with_launcher\n"
              "print(end_with_launcher(), os.getpid(), flush=True)\ntime.sleep(120)\n")
     parent = (f"import os, subprocess, sys, time\n"
-              f"env = {{**os.environ, 'ROBOPRETRAIN_END_WITH_PARENT': '1'}}\n"
+              f"env = {{**os.environ, 'ROBOPRETRAIN_END_WITH_PARENT': str(os.getpid())}}\n"
               f"p = subprocess.Popen([sys.executable, '-c', {child!r}], env=env, stdout=subprocess.PIPE, text=True)\n"
               f"print(p.stdout.readline().strip(), flush=True)\ntime.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
@@ -324,3 +324,9 @@ def test_a_benchmarks_child_run_ends_with_the_benchmark_killed_outright(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not _left_alive([int(pid)], 20), "the child outlived the benchmark"
+    # a benchmark killed before its child got to the check: the child, adopted, ends at once
+    late = subprocess.run([sys.executable, "-c", "from robopretrain.workers import end_with_launcher; "
+                           "end_with_launcher(); print('went on')"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ROBOPRETRAIN_END_WITH_PARENT": "999999999",
+                               "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert late.returncode == 1 and "went on" not in late.stdout

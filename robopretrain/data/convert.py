@@ -228,7 +228,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
             detected = detect_format(src)
         except ConversionError:  # not recognised: the named format's reader says what it lacks
             detected = given
-        if detected != given and {given, detected} != {"d4rl", "ogbench"}:  # an .npz may be read as either layout
+        if detected != given and not ({given, detected} == {"d4rl", "ogbench"} and src.suffix == ".npz"):
+            # (an .npz may be read as either layout; a D4RL HDF5 file is no OGBench file)
             raise ConversionError(f"{src}: detected format {detected}, not {given}; leave the format unset (auto) "
                                   "or name its own")
     if fmt == "robomimic" and image_size is None and not lacks_next_obs(src):
