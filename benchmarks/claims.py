@@ -333,20 +333,22 @@ def plot(runs: dict[str, Any], targets: Sequence[str], path: Path) -> Path | Non
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="claims.py pretraining", description="claims 2 and 3 (" + PROTOCOL + ")")
-    p.add_argument("--targets", nargs="+", default=["PressLitButton"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--targets", nargs="+", default=["PressLitButton"], help="sim_envs targets (default %(default)s)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="pipeline seeds (default %(default)s)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="which pipeline variants to run (default: all)")
     p.add_argument("--target-demos", type=int, default=None,
                    help="the first N of each target's demos for every run (default: the preset's count); runs are "
                         "labelled <variant>_demos<N> and compared with the full pipeline of the same N")
-    p.add_argument("--episodes", type=int, default=EPISODES)
+    p.add_argument("--episodes", type=int, default=EPISODES,
+                   help="evaluation episodes per run, final and adapted agent (default %(default)s)")
     p.add_argument("--jobs", type=int, default=1, help="pipeline runs at a time (one torch thread each)")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_testbed"),
                    help="run folders; shared with benchmarks/testbed.py's --work-dir, its pixel runs are 'full'")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--plot", type=Path, default=PLOT)
+    p.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default %(default)s)")
+    p.add_argument("--plot", type=Path, default=PLOT, help="figure (default %(default)s)")
     p.add_argument("--override", nargs="*", default=[], help="extra pipeline overrides for every run (recorded)")
-    p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--summarize-only", action="store_true", help="print the table from --out, running nothing")
     return p.parse_args(argv)
 
 

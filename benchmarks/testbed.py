@@ -52,18 +52,23 @@ PROTOCOL_SEEDS = 3  # criteria are met by the mean over seeds 0, 1, 2 (benchmark
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    p.add_argument("--targets", nargs="+", default=list(TARGETS))
-    p.add_argument("--seeds", nargs="+", type=int, default=list(range(PROTOCOL_SEEDS)))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), help="sim_envs target tasks (default: all four)")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(range(PROTOCOL_SEEDS)),
+                   help="pipeline seeds (the protocol's: %(default)s)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="pixel: the camera agent; oracle: its privileged-state variant (default: both)")
     p.add_argument("--preset", default=None,
                    help="the pipeline config name (configs/<preset>.yaml) for every target; default: "
                         f"{DEFAULT_PRESET!r}, or the target's own preset ({TARGET_PRESETS})")
     p.add_argument("--override", nargs="*", default=[], help="extra pipeline overrides for every run (recorded)")
-    p.add_argument("--expert-episodes", type=int, default=100)
+    p.add_argument("--expert-episodes", type=int, default=100,
+                   help="episodes of the scripted expert per target (criterion 1; default %(default)s)")
     p.add_argument("--jobs", type=int, default=1, help="pipeline runs at a time (one torch thread each)")
-    p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_testbed"))
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/robopretrain_testbed"),
+                   help="the pipeline runs' folders (a rerun skips what finished; default %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default %(default)s)")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="print the criteria table from --out, running nothing")
     return p.parse_args(argv)
 
 

@@ -94,3 +94,16 @@ def test_a_benchmarks_bad_input_is_one_error_line(argv, said, tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("argv", [["testbed.py"], ["claims.py", "pretraining"]])
+def test_every_option_of_the_testbed_and_claims_benchmarks_is_described(argv):
+    """Most options of testbed.py (7 of 7 listed) and claims.py pretraining (--out, --plot, --episodes) were bare."""
+    import re
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:], "--help"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    options = proc.stdout.split("options:")[1]
+    entries = re.split(r"\n  (?=-)", "\n" + options.strip("\n"))
+    bare = [e.split()[0] for e in entries if e.strip() and len(re.split(r"\s{2,}", e.strip(), maxsplit=1)) < 2]
+    assert bare == [], bare
