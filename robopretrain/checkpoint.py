@@ -137,7 +137,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     write_text_atomic(root / LATEST_FILE, final.name + "\n")
-    prune_checkpoints(root, keep)
+    prune_checkpoints(root, keep, written=final)
     kill_after_checkpoint(step)
     return final
 
@@ -163,13 +163,19 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints and leftover temporary folders."""
+def prune_checkpoints(root: str | os.PathLike, keep: int, written: Path | None = None) -> None:
+    """Delete all but the newest ``keep`` checkpoints (by step) and leftover temporary folders; ``written``, the
+    checkpoint just saved, is always among those kept (a run saving a lower step than the folder's others, as one's
+    own loop rerun in a used folder does, deleted what it had just written, and ``latest`` named nothing)."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     root = Path(root)
-    for old in list_checkpoints(root)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    found = list_checkpoints(root)
+    kept = ([written] if written is not None and written in found else [])
+    kept += [c for c in found if c not in kept][:keep - len(kept)]
+    for old in found:
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
     for leftover in root.glob(f".{PREFIX}*"):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)

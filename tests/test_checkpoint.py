@@ -216,6 +216,10 @@ def test_keeps_newest_two(tmp_path):
     for step in (1, 2, 3):
         save_agent(tmp_path, step, CONFIG, agent, {})
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000003", "ckpt_00000002"]
+    # a lower step saved into the folder (one's own loop rerun there): kept, and latest names it
+    low = save_agent(tmp_path, 1, CONFIG, agent, {})
+    assert low.is_dir() and [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000003", "ckpt_00000001"]
+    assert load_latest(tmp_path).step == 1
 
 
 def test_corrupt_newest_falls_back_with_warning(tmp_path):
