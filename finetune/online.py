@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from robopretrain.checkpoint import check_agent_fits, join_agent_state, load_latest, save_agent
+from robopretrain.checkpoint import CheckpointError, check_agent_fits, join_agent_state, load_latest, save_agent
 from robopretrain.collector import Episode, VectorCollector, collect_and_update
 from robopretrain.data.dataset import RewardSettings
 from robopretrain.data.replay import MixedSampler, OfflineDataset, ReplayBuffer
@@ -165,7 +165,11 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
                  "fingerprint": dict(fingerprint) if fingerprint is not None else None, **dict(meta or {})}
     env_steps, started, successes, history = 0, 0, [], []
     epopt_done, epopt_pending = 0, []
-    latest = load_latest(ckpt_root) if resume else None
+    latest = load_latest(ckpt_root, resuming=True) if resume else None  # (the newest with state.pt)
+    if latest is not None and latest.state is None:  # it started over silently, then rotated the checkpoints away
+        raise CheckpointError(f"{latest.path}: has no state.pt (the replay buffer, optimisers and counters a resume "
+                              "needs) and no earlier checkpoint has one; restore it, or start over with resume=false "
+                              "(or another output_dir)")
     started_from: Path | None = None
     if latest is not None and latest.state is not None and "online" in latest.state:
         check_agent_fits(latest.meta, agent, where=str(latest.path))

@@ -417,13 +417,17 @@ def refuse_source_in_run(source: str | os.PathLike, run_dir: str | os.PathLike, 
                          f"removes; write the new run to another output_dir")
 
 
-def load_latest(root: str | os.PathLike, with_state: bool = True) -> Checkpoint | None:
+def load_latest(root: str | os.PathLike, with_state: bool = True, resuming: bool = False) -> Checkpoint | None:
     """The newest readable checkpoint under ``root``; ``None`` when there is none.
 
-    A newest checkpoint that cannot be read produces a warning and the previous one is used.
+    A newest checkpoint that cannot be read produces a warning and the previous one is used. ``resuming`` (a run
+    continuing its own checkpoints): one without ``state.pt`` (optimisers, RNG, data stream; stage 3's replay buffer:
+    not copied with the weights, say) is passed over the same way for an earlier one that has it, and is returned
+    only when none has (a resume then cannot be exact: its caller says so); it was taken silently.
     """
     root = Path(root)
-    errors = []
+    errors: list[str] = []
+    stateless: Checkpoint | None = None
     for candidate in _latest_candidates(root):
         try:
             ckpt = load_checkpoint(candidate, with_state=with_state)
@@ -431,7 +435,14 @@ def load_latest(root: str | os.PathLike, with_state: bool = True) -> Checkpoint 
             errors.append(str(e))
             warnings.warn(f"checkpoint {candidate} is unreadable ({e}); falling back to the previous one", stacklevel=2)
             continue
+        if resuming and with_state and ckpt.state is None:
+            stateless = stateless or ckpt
+            warnings.warn(f"checkpoint {candidate} has no {STATE_FILE} (optimisers, RNG, data stream, replay buffer), "
+                          "which a resume needs; falling back to the previous one", stacklevel=2)
+            continue
         return ckpt
+    if stateless is not None:
+        return stateless
     if errors:
         raise CheckpointError(f"{root}: no readable checkpoint; errors: {errors}")
     return None

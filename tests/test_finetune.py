@@ -170,6 +170,28 @@ def test_the_progress_bar_counts_training_episodes_as_they_end(reach_hdf5, stage
     assert ended[0]["eval_success"] == shown[0]["eval_success"]  # the last evaluation's, kept beside
 
 
+def test_a_checkpoint_without_its_state_is_passed_over_and_none_with_state_is_refused(reach_hdf5, stage2_state,
+                                                                                       tmp_path, caplog):
+    """The replay buffer's state.pt not archived with the weights: stage 3 started over silently from env step 0
+    (and its rotation then deleted the checkpoint it could have resumed from). It resumes from an earlier checkpoint
+    that has its state, and refuses when none has."""
+    from robopretrain.checkpoint import STATE_FILE, list_checkpoints
+
+    out = tmp_path / "run"
+    finetune(state_cfg(stage2_state, reach_hdf5, out, online={"env_steps": 120, "checkpoint_every": 50}))
+    newest, previous = list_checkpoints(out / "checkpoints")[:2]
+    (newest / STATE_FILE).unlink()
+    with pytest.warns(UserWarning, match="has no state.pt .* falling back to the previous one"), \
+            caplog.at_level(logging.INFO, logger="finetune"):
+        result = finetune(state_cfg(stage2_state, reach_hdf5, out, online={"env_steps": 180, "checkpoint_every": 50}))
+    assert f"resumed from {previous}" in caplog.text and result["history"][-1]["env_steps"] == 180
+    for ckpt in list_checkpoints(out / "checkpoints"):
+        (ckpt / STATE_FILE).unlink()
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="has no state.pt .* restore it, or start "
+                                                                         "over with resume=false"):
+        finetune(state_cfg(stage2_state, reach_hdf5, out, online={"env_steps": 240, "checkpoint_every": 50}))
+
+
 def test_online_buffer_returns_match_hand_computation(finetuned):
     out, _ = finetuned
     ckpt = load_latest(out / "checkpoints")

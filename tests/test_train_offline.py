@@ -427,6 +427,28 @@ def test_a_dt_trained_on_negative_returns_is_warned_about_on_a_sparse_target(tin
     assert "reward: sparse (float(success)" not in evaluate("dense")
 
 
+def test_a_newest_checkpoint_without_its_state_is_passed_over_for_an_exact_resume(tiny_hdf5, tmp_path, caplog):
+    """state.pt of the newest checkpoint not copied with the weights: the resume took it silently, with fresh
+    optimisers and data stream (25 of 27 tensors off the uninterrupted run). It now resumes from the previous
+    checkpoint, which has its state, exactly; with no state anywhere it says the resume is not exact."""
+    from robopretrain.checkpoint import STATE_FILE, checkpoint_name
+
+    cfg = dict(obs=STATE_OBS, train={"checkpoint_every": 1, "eval_every": 100})
+    straight = load_latest(run(stage2_config(tiny_hdf5, tmp_path / "a", steps=4, **cfg)).parent)
+    run(stage2_config(tiny_hdf5, tmp_path / "b", steps=2, **cfg))
+    (tmp_path / "b" / "checkpoints" / checkpoint_name(2) / STATE_FILE).unlink()
+    with pytest.warns(UserWarning, match="has no state.pt .* falling back to the previous one"):
+        resumed = load_latest(run(stage2_config(tiny_hdf5, tmp_path / "b", steps=4, **cfg)).parent)
+    for part in ("actor", "critic"):
+        for k, v in straight.weights["core"][part].items():
+            assert torch.equal(v, resumed.weights["core"][part][k]), f"{part}.{k}"
+    run(stage2_config(tiny_hdf5, tmp_path / "c", steps=1, **cfg))
+    (tmp_path / "c" / "checkpoints" / checkpoint_name(1) / STATE_FILE).unlink()
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning):
+        run(stage2_config(tiny_hdf5, tmp_path / "c", steps=2, **cfg))
+    assert "has no state.pt (optimisers, RNG, data stream) and no earlier checkpoint has one" in caplog.text
+
+
 def _counted_evaluations(monkeypatch) -> list[int]:
     """Stage 2's evaluation replaced by a constant result; the returned list grows by one per call."""
     import robopretrain.train as stage2

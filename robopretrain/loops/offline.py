@@ -87,9 +87,13 @@ def resume(agent: Any, sampler: Any, ckpt_root: Path, dinfo: DistInfo | None = N
     checks first that the checkpoint fits the agent (:func:`robopretrain.checkpoint.check_agent_fits`).
     """
     dinfo = dinfo or DistInfo()
-    ckpt = load_latest(ckpt_root)
+    ckpt = load_latest(ckpt_root, resuming=True)  # (the newest with state.pt: an earlier one is exact)
     if ckpt is None:
         return 0, None
+    if ckpt.state is None:
+        log.warning("%s has no state.pt (optimisers, RNG, data stream) and no earlier checkpoint has one: resumed "
+                    "from its weights with fresh optimisers and a new data stream, so the run is not the one an "
+                    "uninterrupted run would have been", ckpt.path)
     agent.load_state_dict(join_agent_state(ckpt.weights, ckpt.state), with_optimizer=ckpt.state is not None)
     if ckpt.state is not None:
         state = ckpt.state
