@@ -40,7 +40,7 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
   ``None``) resumes with a warning.
 - :func:`added_off_keys` ``(saved, now)``: settings the checkpoint does not have whose value now is off
   (``false``, ``null``, ``"none"``, empty), is the one :data:`ADDED_AS_BEFORE` names as what the toolkit did
-  before the setting existed (``data.format: auto``, ``algo.actor_bc_weight: 0``, ``target.probe_step: true``), or
+  before the setting existed (``data.format: auto``, ``algo.actor_bc_weight: 0``; a target's field: its default), or
   lies under a section switched off (``transfer.dann.coef`` with ``transfer.dann.enabled: false``): options a toolkit
   upgrade added since the checkpoint was written, so the run computes what it did before. They do not block a resume
   (:func:`check_resume` warns, naming them); an added setting that is on (``train.cuda_graph: (unset) -> true``) is
@@ -433,7 +433,6 @@ ADDED_AS_BEFORE: dict[str, tuple[Any, ...]] = {
     "data.workers": (2,), "data.mix.workers": (2,),  # processes reading the file at start: the same data
     "algo.actor_bc_weight": (0, 0.0), "algo.bc_steps": (0,),  # CQL / Cal-QL's actor without the BC term
     "obs.min_std": (0, 0.0), "encoder.precision": ("float32",),  # no std floor; float32 encoders
-    "target.probe_step": (True,),  # the probe step at start always ran
 }
 
 
@@ -441,10 +440,40 @@ def _is_off(value: Any) -> bool:
     return value is None or value is False or value in ("none", "None", "") or value == [] or value == {}
 
 
+# a user's own mappings: an added key there (an env constructor's argument) has no default the toolkit knows
+OPEN_MAPPINGS = ("env_kwargs", "kwargs", "obs_map")
+
+
+def _target_default(key: str) -> tuple[bool, Any]:
+    """``(True, default)`` when ``key`` sets a field of a target description (``target.<field>``, the pipeline's
+    ``targets.<i>.<field>``): a field left out of it takes :class:`robopretrain.envs.target.Target`'s default."""
+    import dataclasses
+    import re
+
+    match = re.fullmatch(r"(?:.*\.)?targets?(?:\.\d+)?\.(\w+)", key)
+    if match is None:
+        return False, None
+    from robopretrain.envs.target import Target
+
+    for f in dataclasses.fields(Target):
+        if f.name == match.group(1):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, default
+    return False, None
+
+
 def _as_before(key: str, value: Any, config: Mapping[str, Any]) -> bool:
     """Whether an added setting ``key`` at ``value`` computes what the toolkit did without it: off, its
     :data:`ADDED_AS_BEFORE` value, or a setting of a section switched off (``<section>.enabled`` false in
-    ``config``: ``transfer.dann.coef`` while DANN is off)."""
+    ``config``: ``transfer.dann.coef`` while DANN is off). A target's field is compared with its default instead
+    (``terminate_on_success: false`` added on a resume was taken for "off", though the field's default is true, and
+    ``reward: sparse``, the default, was refused), and a key added to a user's mapping (:data:`OPEN_MAPPINGS`) is
+    always a difference."""
+    if any(part in OPEN_MAPPINGS for part in key.split(".")[:-1]):
+        return False
+    known, default = _target_default(key)
+    if known:
+        return value == default and type(value) is type(default)
     if _is_off(value) or any(value == v and type(value) is type(v) for v in ADDED_AS_BEFORE.get(key, ())):
         return True
     parts = key.split(".")

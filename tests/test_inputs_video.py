@@ -772,3 +772,23 @@ def test_a_resume_refused_for_another_converted_copy_says_the_source_changed():
     for other in ("/c/e.robomimic.fafd724bae05448b.hdf5", "/elsewhere/d.robomimic.fafd724bae05448b.hdf5",
                   "/c/d.hdf5"):
         assert run_fingerprint.differences(fp(old), fp(other)) == [f"data: {old} -> {other}"]
+
+
+def test_a_target_field_added_on_a_resume_is_compared_with_its_default():
+    """terminate_on_success: false added to a stage-3 target on a resume was taken for an "off" option added by an
+    upgrade, and the run resumed with other episode semantics; reward: sparse, the default, was refused; a key added
+    to a target's env_kwargs (any meaning) passed when false or null."""
+    saved = run_fingerprint.fingerprint({"target": {"name": "PointReach", "env_id": "m:Env"}}, {})
+
+    def diff(**fields) -> list[str]:
+        now = run_fingerprint.fingerprint({"target": {"name": "PointReach", "env_id": "m:Env", **fields}}, {})
+        return run_fingerprint.differences(saved, now)
+
+    assert diff(terminate_on_success=False) == ["target.terminate_on_success: (unset) -> false"]
+    assert diff(probe_step=False) == ["target.probe_step: (unset) -> false"]
+    assert diff(env_kwargs={"dense": False}) == ["target.env_kwargs.dense: (unset) -> false"]
+    assert diff(reward="sparse", terminate_on_success=True, max_episode_steps=None) == []  # the defaults
+    assert diff(reward="dense") == ["target.reward: (unset) -> dense"]
+    pipeline = run_fingerprint.fingerprint({"targets": [{"name": "Reach"}]}, {})
+    again = run_fingerprint.fingerprint({"targets": [{"name": "Reach", "terminate_on_success": False}]}, {})
+    assert run_fingerprint.differences(pipeline, again) != []
