@@ -119,10 +119,13 @@ def test_darc_gap_moves_darc_runs_and_their_judgement_to_that_gap(transfer, tmp_
     assert out["summary"]["darc_off"]["success"]["physics_hard/target"]["per_seed"] == [1.0]
 
 
-def test_darc_gap_refuses_gaps_darc_cannot_use(transfer, tmp_path):
+def test_darc_gap_refuses_gaps_darc_cannot_use(transfer, tmp_path, capsys):
     for bad, why in (("visual_textures", "kind='visual'"), ("physics_heldout", "source="), ("nope", "known gaps")):
-        with pytest.raises(ValueError, match=why):
+        with pytest.raises(SystemExit):  # argparse's one line (it was a ValueError traceback)
             _args(transfer, tmp_path, argv=["--darc-gap", bad])
+        assert why in capsys.readouterr().err
+    with pytest.raises(ValueError, match="known gaps"):  # the check itself, for callers of their own
+        transfer.check_darc_gap("nope")
 
 
 def test_merge_refuses_runs_of_another_darc_gap_and_reads_old_results_as_friction_low(transfer, tmp_path):
