@@ -278,6 +278,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
                                    distributed=False)  # stage 3 runs in one process
 
     def update(with_metrics: bool) -> Mapping[str, Any]:
+        if settings.offline_ratio == 0 and len(buffer) == 0:  # online data only, and no episode has ended yet: no
+            return {}  # update (the sampler's batch would be all offline: the data offline_ratio=0 leaves out)
         batch = sampler.sample(agent.batch_size)
         if transfer.correction is None:
             return agent_update(batch, with_metrics=with_metrics)
@@ -303,6 +305,12 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         bar.close()
         collector.close()
         logger.close()
+    if epopt is None and len(buffer) == 0:  # (EPOpt's own warning below says its case)
+        log.warning("online %s: no training episode ended within online.env_steps=%d, so none entered the replay "
+                    "buffer and stage 3 %s; raise online.env_steps above an episode's length (times online.num_envs) "
+                    "or shorten the target's episodes (max_episode_steps)", target.name, settings.env_steps,
+                    "made no update (offline_ratio=0)" if settings.offline_ratio == 0
+                    else "trained on the offline data only")
     if epopt is not None and epopt.batches_done == 0:
         log.warning("online %s: EPOpt decided no batch (%d episodes pending of transfer.epopt.batch_episodes=%d): no "
                     "online episode entered the buffer, so stage 3 trained on the offline data only; lower "

@@ -192,6 +192,29 @@ def test_a_checkpoint_without_its_state_is_passed_over_and_none_with_state_is_re
         finetune(state_cfg(stage2_state, reach_hdf5, out, online={"env_steps": 240, "checkpoint_every": 50}))
 
 
+def test_offline_ratio_0_trains_on_no_offline_batch_and_a_run_without_an_ended_episode_says_so(
+        reach_hdf5, stage2_state, tmp_path, caplog, monkeypatch):
+    """online.offline_ratio=0 (the documented way to keep another reward function's data out of the batches) still
+    trained on offline batches until the first episode ended; a run shorter than one episode ended with an empty
+    buffer, every update offline, and no word."""
+    from robopretrain.data.replay import MixedSampler
+
+    drawn = []
+    sample = MixedSampler.sample
+    monkeypatch.setattr(MixedSampler, "sample", lambda self, n: drawn.append(self.counts(n)) or sample(self, n))
+    with caplog.at_level(logging.WARNING, logger="finetune"):
+        finetune(stage3_config(stage2_state, tmp_path / "short", {"name": "Reach", "max_episode_steps": 30},
+                               env_steps=20, data_cfg={"path": str(reach_hdf5)}, width=32,
+                               online={"offline_ratio": 0.0, "eval_every": 20, "checkpoint_every": 20}))
+    assert drawn == []  # no update drew a batch: no episode had ended
+    assert "no training episode ended within online.env_steps=20" in caplog.text and "made no update" in caplog.text
+    finetune(stage3_config(stage2_state, tmp_path / "long", {"name": "Reach", "max_episode_steps": 10,
+                                                               "terminate_on_success": False},
+                           env_steps=60, data_cfg={"path": str(reach_hdf5)}, width=32,
+                           online={"offline_ratio": 0.0, "eval_every": 60, "checkpoint_every": 60}))
+    assert drawn and all(n_off == 0 for n_off, _ in drawn)  # online batches alone, from the first ended episode
+
+
 def test_online_buffer_returns_match_hand_computation(finetuned):
     out, _ = finetuned
     ckpt = load_latest(out / "checkpoints")
