@@ -243,8 +243,9 @@ def _torch_load(file: Path) -> dict[str, Any]:
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """``path`` itself when it is a checkpoint folder, else the newest readable one under it (``latest``); the
-    ``latest`` pointer file itself stands for its folder (what a shell's tab completion often gives)."""
-    path = Path(path)
+    ``latest`` pointer file itself stands for its folder (what a shell's tab completion often gives); ``~`` is the
+    home folder, as in the data paths (``checkpoint='~/runs/s2'`` was "no such file or folder")."""
+    path = Path(path).expanduser()
     if path.name == LATEST_FILE and path.is_file():
         path = path.parent
     if (path / META_FILE).is_file():
@@ -292,7 +293,7 @@ def load_checkpoint_at(path: str | os.PathLike, with_state: bool = True) -> Chec
     that can: an older checkpoint is not taken in its place silently (an evaluation or a stage-3 start would report
     or start from another one than asked), but it is one setting away. A newest checkpoint that a run still writing
     removes while it is read (its rotation keeps the last few) is looked up again."""
-    asked = (Path(path) / META_FILE).is_file()  # this very checkpoint was asked for
+    asked = (Path(path).expanduser() / META_FILE).is_file()  # this very checkpoint was asked for
     for attempt in range(3):
         chosen = resolve_checkpoint_dir(path)
         try:
@@ -570,7 +571,13 @@ def load_agent(path: str | os.PathLike, *, device: str | Any = "cpu", with_optim
                algo: str | None = None, algo_cfg: Any = None, seed: int = 0) -> tuple[Any, Checkpoint]:
     """The agent of the newest checkpoint under ``path`` (a ``ckpt_*`` folder, a ``checkpoints/`` folder or a
     run folder holding one) and that checkpoint; nothing else is needed (no stage-1 file, no config). An unreadable
-    newest one is an error naming the newest readable one (:func:`load_checkpoint_at`)."""
+    newest one is an error naming the newest readable one (:func:`load_checkpoint_at`). ``device``: as a config's
+    (``auto``, ``cpu``, ``cuda``...), checked as the configs check it (:func:`robopretrain.config_checks.resolve_device`:
+    ``auto`` was torch's error, ``cuda`` on a CPU machine a driver error)."""
+    from robopretrain.config_checks import resolve_device
+
+    if isinstance(device, str):
+        device = resolve_device(device, "load_agent")
     ckpt = load_checkpoint_at(path, with_state=with_optimizer)
     if "obs_spec" not in ckpt.meta:
         raise CheckpointError(f"{ckpt.path / META_FILE}: no obs_spec; expected an agent checkpoint written by "

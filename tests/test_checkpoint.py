@@ -309,3 +309,21 @@ def test_a_checkpoint_that_is_not_an_agent_or_continues_as_another_algorithm_is_
     agent, _ = load_agent(tmp_path / "cql", algo="calql", algo_cfg={"critic_hidden": [64], "cql_alpha": 1.0})
     assert agent.algo == "calql" and agent.algo_cfg.use_calql and agent.algo_cfg.critic_hidden == (16, 16)
     assert agent.algo_cfg.cql_alpha == 1.0
+
+
+def test_a_checkpoint_path_with_a_tilde_and_load_agents_device_read_as_the_configs_do(tmp_path, monkeypatch):
+    """checkpoint='~/runs/s2' (as data.path takes it) was "no such file or folder"; load_agent(device='auto') was
+    torch's error, device='cuda' on a machine without CUDA a driver error."""
+    import torch
+
+    import robopretrain.checkpoint as ck
+    from robopretrain.evaluate import open_checkpoint
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    saved = save_agent(tmp_path / "runs" / "s2" / "checkpoints", 3, CONFIG, tiny_agent(), {})
+    assert ck.load_checkpoint_at("~/runs/s2").path == saved and open_checkpoint("~/runs/s2").step == 3
+    agent, ckpt = ck.load_agent("~/runs/s2", device="auto")
+    assert ckpt.step == 3 and str(agent.device) == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' but CUDA is not available on this machine"):
+            ck.load_agent("~/runs/s2", device="cuda")
