@@ -257,8 +257,14 @@ def _whole_bytes(x: Any) -> bool:
 
 
 def _to_tensors(parts: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: (v if torch.is_tensor(v) else torch.from_numpy(np.ascontiguousarray(v))).to(device)
+    return {k: (v if torch.is_tensor(v) else torch.from_numpy(_writable(np.ascontiguousarray(v)))).to(device)
             for k, v in parts.items()}
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array``, or a copy when it is read-only (``np.asarray(PIL.Image)``, a memory-mapped file): torch warned that
+    a tensor on it was undefined behaviour, once per process, from every ``act`` on such a frame."""
+    return array if array.flags.writeable else array.copy()
 
 
 class Agent:

@@ -675,3 +675,17 @@ def test_act_in_env_units_maps_the_agents_actions_back_to_the_robots():
     assert np.allclose(agent.act(obs, env_units=True), [-2 + (raw[0] + 1) * 3, (raw[1] + 1) / 2,
                                                         (raw[2] + 1) / 4, raw[3]], atol=1e-6)
     assert agent.act({"proprio": np.zeros((2, 7))}, env_units=True).shape == (2, 4)
+
+
+def test_acting_on_a_read_only_frame_gives_no_torch_warning():
+    """np.asarray(PIL.Image) is read-only: torch warned that a tensor on it was undefined behaviour."""
+    import warnings
+
+    agent = Agent(SPECS["1cam"], 3, "bc", ALGO["bc"])
+    frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+    frame.flags.writeable = False
+    obs = {"proprio": np.zeros(7, np.float32), CAM[0]: frame, "task_id": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        action = agent.act(obs, deterministic=True)
+    assert action.shape == (3,) and not frame.flags.writeable  # the caller's array is left as it was
