@@ -463,6 +463,9 @@ def new_agent(cfg: Any, spec: ObsSpec, act_dim: int, dataset: OfflineDataset | D
     dataset's statistics when ``obs.normalize`` (the default), with each dimension's std at least ``obs.min_std``."""
     obs_cfg = cfg.get("obs") or {}
     normalize = bool(obs_cfg.get("normalize", True))
+    if not normalize and float(obs_cfg.get("min_std") or 0.0) > 0:  # (it took no effect without a word)
+        log.warning("obs.min_std=%s takes no effect with obs.normalize=false: it floors the std the parts are divided "
+                    "by, and unnormalised parts are divided by none", obs_cfg.get("min_std"))
     stats = normalization_stats(dataset.arrays()["observations"], spec, min_std=float(obs_cfg.get("min_std") or 0.0)
                                 ) if normalize and spec.low_dim else None
     settings = EncoderSettings.from_mapping(plain(cfg.get("encoder")) or {})

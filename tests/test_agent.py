@@ -96,7 +96,9 @@ def test_dimensions_that_barely_vary_are_named_unless_floored(caplog):
     assert "barely vary" not in caplog.text
 
 
-def test_a_new_agent_takes_obs_min_std_from_its_config():
+def test_a_new_agent_takes_obs_min_std_from_its_config(caplog):
+    import logging
+
     from omegaconf import OmegaConf
 
     from robopretrain.build import new_agent
@@ -114,7 +116,10 @@ def test_a_new_agent_takes_obs_min_std_from_its_config():
 
     torch.testing.assert_close(std_of({"min_std": 0.5})[1], torch.tensor(0.5 + STD_EPS))
     torch.testing.assert_close(std_of({})[1], torch.tensor(STD_EPS))  # default: the data's std, CORL's eps
-    torch.testing.assert_close(std_of({"normalize": False, "min_std": 0.5}), torch.ones(2))
+    assert "takes no effect" not in caplog.text
+    with caplog.at_level(logging.WARNING):  # without normalisation it takes no effect: said (it was silent)
+        torch.testing.assert_close(std_of({"normalize": False, "min_std": 0.5}), torch.ones(2))
+    assert "obs.min_std=0.5 takes no effect with obs.normalize=false" in caplog.text
 
 
 def test_camera_features_come_first_one_encoder_pass_for_every_camera():
