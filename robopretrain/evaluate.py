@@ -449,11 +449,14 @@ def run_episode(job: tuple[int, dict[str, Any], int]) -> dict[str, Any]:
 def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes: int, eval_seed: int,
                      workers: int, progress: bool) -> list[dict[str, Any]]:
     """Every episode of every condition, in a fixed order (condition, episode), serial or in a process pool."""
+    import torch
+
     jobs = [(c, dict(cond.randomization), eval_seed + i) for c, cond in enumerate(conditions) for i in range(episodes)]
     bar = tqdm(total=len(jobs), desc=f"robustness {spec.target['name']}", unit="ep", dynamic_ncols=True,
                disable=not progress)
     results: list[dict[str, Any]] = []
-    try:
+    threads = torch.get_num_threads()  # in this process, the episodes run on one thread as a worker's do; the
+    try:  # caller's count is given back after (it was left at 1)
         if workers <= 0:
             _init_worker(spec)
             for job in jobs:
@@ -472,6 +475,7 @@ def run_all_episodes(spec: PolicySpec, conditions: Sequence[Condition], episodes
         bar.close()
         _close_worker_envs()
         _WORKER.clear()
+        torch.set_num_threads(threads)
     for res, (c, _, seed) in zip(results, jobs):
         res["episode"] = seed - eval_seed
         res["factor"], res["level"] = conditions[c].factor, conditions[c].level

@@ -80,9 +80,17 @@ def test_distractor_levels_place_that_many_distractors(parallel_run):
 
 
 def test_rerun_gives_identical_numbers(parallel_run, tiny_checkpoint, tmp_path, monkeypatch):
+    import torch
+
     monkeypatch.chdir(tiny_checkpoint.parent)  # the checkpoint given relative to the working folder: recorded whole
-    again = evaluate_robustness(eval_config(Path(tiny_checkpoint.name), tmp_path / "b", workers=0,
-                                            **{"video.enabled": "false"}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        again = evaluate_robustness(eval_config(Path(tiny_checkpoint.name), tmp_path / "b", workers=0,
+                                                **{"video.enabled": "false"}))
+        assert torch.get_num_threads() == 2  # the caller's thread count, given back (it was left at 1)
+    finally:
+        torch.set_num_threads(threads)
     recorded = json.loads((tmp_path / "b" / "eval_info.json").read_text())["checkpoint"]
     assert os.path.isabs(recorded) and Path(recorded).parent.parent == tiny_checkpoint.resolve()
     assert again["episodes"] == parallel_run["episodes"]
