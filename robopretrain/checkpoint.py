@@ -438,9 +438,11 @@ def load_latest(root: str | os.PathLike, with_state: bool = True, resuming: bool
             continue
         if resuming and with_state and ckpt.state is None:
             stateless = stateless or ckpt
-            warnings.warn(f"checkpoint {candidate} has no {STATE_FILE} (optimisers, RNG, data stream, replay buffer), "
-                          "which a resume needs; falling back to the previous one", stacklevel=2)
             continue
+        if stateless is not None:  # said once an earlier checkpoint with its state is found (else the caller says)
+            warnings.warn(f"checkpoint {stateless.path} has no {STATE_FILE} (optimisers, RNG, data stream, replay "
+                          f"buffer), which a resume needs; falling back to the previous one, {ckpt.path}",
+                          stacklevel=2)
         return ckpt
     if stateless is not None:
         return stateless
