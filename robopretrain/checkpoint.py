@@ -411,8 +411,8 @@ def refuse_other_stage(run_dir: str | os.PathLike, stage: str, key: str = "outpu
 def refuse_source_in_run(source: str | os.PathLike, run_dir: str | os.PathLike, key: str) -> None:
     """``resume=false`` clears ``run_dir``'s checkpoints: refuse a ``source`` checkpoint (``init``, ``checkpoint``)
     that lies among them (``ValueError`` naming ``key``)."""
-    ckpts = Path(run_dir).resolve() / "checkpoints"
-    src = Path(source).resolve()
+    ckpts = Path(run_dir).expanduser().resolve() / "checkpoints"
+    src = Path(source).expanduser().resolve()  # (~ as the checkpoint is loaded: the guard missed it)
     if src == ckpts.parent or src == ckpts or ckpts in src.parents:
         raise ValueError(f"{key}={source} lies in this run folder ({run_dir}), whose checkpoints resume=false "
                          f"removes; write the new run to another output_dir")

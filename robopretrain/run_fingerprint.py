@@ -457,8 +457,11 @@ def _target_default(key: str) -> tuple[bool, Any]:
 
     for f in dataclasses.fields(Target):
         if f.name == match.group(1):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, default
+            if f.default is not dataclasses.MISSING:
+                return True, f.default
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                return True, f.default_factory()  # type: ignore[misc]
+            return False, None  # (name: no default)
     return False, None
 
 

@@ -21,6 +21,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -88,10 +89,15 @@ def end_with_launcher() -> bool:
     if _LAUNCHER_WATCHED:
         return True
     starter = os.environ.pop(END_WITH_PARENT, "")  # (this process's own children are not the benchmark's runs)
-    if starter.isdigit() and int(starter) > 1 and os.getppid() != int(starter):
-        os._exit(1)  # the process that started this one ended before it got here (this one was adopted)
-    launched = ("TORCHELASTIC_RUN_ID" in os.environ or mp.get_start_method(allow_none=True) == "loky"
-                or starter.isdigit())
+    if starter.isdigit() and int(starter) > 1:  # a benchmark's run, maybe through a wrapper (timeout, sh -c)
+        if process_ended(int(starter)):  # it ended before this run got here
+            print(f"robopretrain: the process that started this run ({starter}) has ended; stopping",
+                  file=sys.stderr, flush=True)
+            os._exit(1)
+        _LAUNCHER_WATCHED.append(int(starter))
+        exit_with(int(starter))
+        return True
+    launched = "TORCHELASTIC_RUN_ID" in os.environ or mp.get_start_method(allow_none=True) == "loky"
     if not launched or os.getppid() <= 1:
         return False
     _LAUNCHER_WATCHED.append(os.getppid())

@@ -327,3 +327,5 @@ def test_a_checkpoint_path_with_a_tilde_and_load_agents_device_read_as_the_confi
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device='cuda' but CUDA is not available on this machine"):
             ck.load_agent("~/runs/s2", device="cuda")
+    with pytest.raises(ValueError, match="init=~/runs/s2 lies in this run folder"):  # resume=false would delete it
+        ck.refuse_source_in_run("~/runs/s2", "~/runs/s2", "init")

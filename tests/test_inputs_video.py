@@ -789,6 +789,9 @@ def test_a_target_field_added_on_a_resume_is_compared_with_its_default():
     assert diff(env_kwargs={"dense": False}) == ["target.env_kwargs.dense: (unset) -> false"]
     assert diff(reward="sparse", terminate_on_success=True, max_episode_steps=None) == []  # the defaults
     assert diff(reward="dense") == ["target.reward: (unset) -> dense"]
+    named = run_fingerprint.fingerprint({"target": "PlaceInBowl"}, {})  # a name, then a mapping: no traceback
+    assert "target.max_episode_steps: (unset) -> 100" in run_fingerprint.differences(
+        named, run_fingerprint.fingerprint({"target": {"name": "PlaceInBowl", "max_episode_steps": 100}}, {}))
     pipeline = run_fingerprint.fingerprint({"targets": [{"name": "Reach"}]}, {})
     again = run_fingerprint.fingerprint({"targets": [{"name": "Reach", "terminate_on_success": False}]}, {})
     assert run_fingerprint.differences(pipeline, again) != []

@@ -303,8 +303,8 @@ def test_a_worker_reaped_by_the_executors_own_join_counts_as_exited(caplog):
 
 def test_a_benchmarks_child_run_ends_with_the_benchmark_killed_outright(tmp_path):
     """A benchmark (offline_suite.py) killed with SIGTERM or SIGKILL left its robopretrain.train child training on
-    as an orphan, writing the run folder its rerun used: the child's environment (bench_utils.CHILD_ENV) makes it
-    watch its parent."""
+    as an orphan, writing the run folder its rerun used: the child's environment (bench_utils.child_env) makes it
+    watch the benchmark, through a wrapper (timeout, sh -c) too."""
     import os
     import signal
     import subprocess
@@ -325,8 +325,11 @@ def test_a_benchmarks_child_run_ends_with_the_benchmark_killed_outright(tmp_path
     proc.wait(timeout=60)
     assert not _left_alive([int(pid)], 20), "the child outlived the benchmark"
     # a benchmark killed before its child got to the check: the child, adopted, ends at once
-    late = subprocess.run([sys.executable, "-c", "from robopretrain.workers import end_with_launcher; "
-                           "end_with_launcher(); print('went on')"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "ROBOPRETRAIN_END_WITH_PARENT": "999999999",
-                               "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    assert late.returncode == 1 and "went on" not in late.stdout
+    code = "from robopretrain.workers import end_with_launcher; print(end_with_launcher(), flush=True)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    late = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**env, "ROBOPRETRAIN_END_WITH_PARENT": "999999999"})
+    assert late.returncode == 1 and late.stdout == "" and "has ended; stopping" in late.stderr
+    wrapped = subprocess.run(["timeout", "100", sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, env={**env, "ROBOPRETRAIN_END_WITH_PARENT": str(os.getpid())})
+    assert wrapped.returncode == 0 and wrapped.stdout.strip() == "True"  # its parent is timeout: it goes on
