@@ -33,9 +33,8 @@ from robopretrain.data.keys import ACTIONS, OBS
 from robopretrain.data.replay import MixedSampler, OfflineDataset
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import two_valued_dimensions
-from robopretrain.envs.target import (DEFAULT_SUCCESS_KEY, EnvContractError, Target, as_target, env_time_limit,
-                                      success_termination_note, successful_target_demos, target_of_data,
-                                      warn_camera_geometry, with_task_slot)
+from robopretrain.envs.target import (EnvContractError, Target, as_target, env_time_limit, success_termination_note,
+                                      successful_target_demos, target_of_data, warn_camera_geometry, with_task_slot)
 from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
@@ -906,8 +905,7 @@ def warn_encoder_geometry(encoder_dir: str | os.PathLike, info: DatasetInfo, rgb
 def check_env_fits(agent: Agent, target: Target, randomization: Any = "none", side: str = "") -> int | None:
     """Build the target's env once and check its observation parts and action size against the agent's, before any
     training: a ``ValueError`` names the target, the part and both sizes; returns the env's time limit
-    (:func:`~robopretrain.envs.target.env_time_limit`). A sparse-reward target, or a dense one that names its own
-    ``success_key``, then takes one step
+    (:func:`~robopretrain.envs.target.env_time_limit`). A sparse-reward target then takes one step
     (:func:`probe_action`: the middle of the env's action range), unless its ``probe_step`` is false (a real
     robot that must not move before the policy acts): an info without its ``success_key`` raises
     :class:`~robopretrain.envs.target.EnvContractError`. ``side``: the setting ``randomization`` came from (e.g.
@@ -946,9 +944,8 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none", si
         except AttributeError:
             seen = {}
         warn_camera_geometry(where, seen, getattr(agent, "camera_sources", None), agent.spec.image_size)
-        named = target.success_key != DEFAULT_SUCCESS_KEY  # (a dense target's own key: checked here, not per episode)
-        if (target.sparse or named) and target.probe_step:  # a misspelt success_key shows at the first step, before
-            # training (stage 2's evaluations only warned)
+        if target.sparse and target.probe_step:  # a misspelt success_key shows at the first step, before training
+            # (stage 2's evaluations only warned)
             _, _, _, _, info = env.step(probe_action(env.action_space, agent.act_dim))
             try:  # TargetEnv's (its info always has our "success", and the env's own keys may have one too)
                 seen, keys = env.get_wrapper_attr("success_key_seen"), env.get_wrapper_attr("env_info_keys")

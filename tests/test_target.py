@@ -61,7 +61,7 @@ def obs_for_expert(obs):
     return {fake.EEF: obs["eef_pos"] if "eef_pos" in obs else obs[fake.EEF]}
 
 
-def test_the_env_speaks_our_names_and_reward_convention():
+def test_the_env_speaks_our_names_and_reward_convention(caplog):
     env = make_env(robot(), cameras=("agentview_image", "eye_in_hand_image"))
     steps = rollout(env)
     obs = steps[0][0]
@@ -76,18 +76,19 @@ def test_the_env_speaks_our_names_and_reward_convention():
     steps = rollout(dense)
     assert len(steps) == 13 and steps[-1][3] and not any(s[2] for s in steps)  # truncated by the time limit
     assert steps[1][1] < 0 and all(r <= 0 for _, r, *_ in steps[1:])  # the env's own -distance, declared dense
-    from robopretrain.envs.target import EnvContractError
 
-    # a named success_key the env lacks is refused under a dense reward too (declaring dense was the message's way
-    # out, and success then silently read 0): by the start's probe step, as a sparse target's
-    from robopretrain.agent import Agent
-    from robopretrain.build import check_env_fits
-    from robopretrain.data.spec import ObsSpec
+    # a named success_key the env lacks under a dense reward: said at the end of an episode without it, naming the
+    # env's keys (declaring dense was the message's way out, and success then read 0 without a word; refused there,
+    # it stopped every run of an env that says its key only on success at its first failed episode)
+    import logging
 
-    agent = Agent(ObsSpec(low_dim=(("eef_pos", 3), (fake.GRIPPER, 2))), 7, "bc", {"actor_hidden": [8]})
-    with pytest.raises(EnvContractError, match="info has no 'done_ok' at the first step"):
-        check_env_fits(agent, robot(reward="dense", success_key="done_ok", terminate_on_success=False,
-                                    max_episode_steps=3))
+    import robopretrain.envs.target as target_module
+
+    target_module._warned_no_success.discard("reach")
+    with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):
+        rollout(make_env(robot(reward="dense", success_key="done_ok", terminate_on_success=False,
+                               max_episode_steps=3)))
+    assert "no step of an episode had 'done_ok' in its info" in caplog.text
 
 
 def test_a_success_key_said_only_when_the_task_is_done(caplog):

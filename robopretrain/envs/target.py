@@ -95,7 +95,7 @@ class Target:
     terminate_on_success: bool = True
     flip_images: bool = False  # the env's images are upside down
     action_normalization: dict[str, Any] | None = None  # {low, high}: the env's units of the agent's [-1, 1] actions
-    probe_step: bool = True  # a sparse target (or a dense one naming success_key) steps once at start to read it
+    probe_step: bool = True  # a sparse target steps once at start (the agent's zero action) to read success_key
 
     def __post_init__(self) -> None:
         if self.family is None:
@@ -955,10 +955,11 @@ class TargetEnv(gym.Wrapper):
 
     def _check_success_key(self, env_keys: Sequence[str]) -> None:
         """At an episode's end (``env_keys``: the env's own info keys of the last step), when no step of the episode
-        gave the success_key: said once per target and process. (A key a target names, sparse or dense, is checked
-        at start by :func:`robopretrain.build.check_env_fits`'s probe step: an env may say it only when the task is
-        done, so an episode without it may be a failure. A dense target's was refused here, at the end of its first
-        failed episode, which such an env, right as it was, always reached.)"""
+        gave the success_key: said once per target and process. (A sparse target's key is checked at start by
+        :func:`robopretrain.build.check_env_fits`'s probe step; a dense target takes none (a real robot that is not
+        to move): an env may say the key only when the task is done, so an episode without it may be a failure. A
+        dense target's named key was refused here, at the end of its first failed episode, which such an env, right
+        as it was, always reached.)"""
         if self._key_seen:
             return
         key = self.target.success_key
