@@ -974,7 +974,8 @@ def earlier_results(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]
     if runs and (earlier.get("smoke") != args.smoke or earlier.get("budgets") != budgets):
         raise SystemExit(f"error: {args.out} holds runs made with smoke={earlier.get('smoke')} and budgets "
                          f"{earlier.get('budgets')}, not smoke={args.smoke} and {budgets}; "
-                         f"{'add' if earlier.get('smoke') else 'drop'} --smoke, or give another --out")
+                         + (f"{'add' if earlier.get('smoke') else 'drop'} --smoke, or give another --out"
+                            if earlier.get("smoke") != args.smoke else "give another --out (the budgets changed)"))
     commands = earlier.get("commands") or ([earlier["command"]] if earlier.get("command") else [])
     return runs, commands
 

@@ -261,10 +261,10 @@ SAME_EXPERIMENT = ("offline_steps", "offline_eval_every", "online_steps", "eval_
                    "n_actions", "batch_size", "extra")
 
 
-def earlier_runs(args: argparse.Namespace, jobs: list[tuple[str, str, int, Any]]) -> list[dict[str, Any]]:
-    """The runs an earlier call wrote to ``args.results`` that this call does not run again (run in parts: ``--seeds
-    0``, then ``--seeds 1``; each call rewrote the file with its own runs alone). SystemExit when the file holds an
-    experiment of other settings (it would mix them in one table)."""
+def earlier_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs an earlier call wrote to ``args.results`` (run in parts: ``--seeds 0``, then ``--seeds 1``; each call
+    rewrote the file with its own runs alone); :func:`with_earlier` keeps those this call has not measured again.
+    SystemExit when the file holds an experiment of other settings (it would mix them in one table)."""
     if not args.results.is_file():
         return []
     earlier = json.loads(args.results.read_text())
@@ -273,8 +273,13 @@ def earlier_runs(args: argparse.Namespace, jobs: list[tuple[str, str, int, Any]]
     if diff:
         raise SystemExit(f"error: {args.results} holds runs made with other settings (theirs, this call's): {diff}; "
                          "use another --results (and --work-dir)")
-    now = {(task, method, seed) for task, method, seed, _ in jobs}
-    return [r for r in earlier.get("runs", []) if (r["task"], r["method"], r["seed"]) not in now]
+    return list(earlier.get("runs", []))
+
+
+def with_earlier(earlier: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` and the ``earlier`` ones they do not measure again (a call killed midway keeps the rest)."""
+    done = {(r["task"], r["method"], r["seed"]) for r in runs}
+    return [r for r in earlier if (r["task"], r["method"], r["seed"]) not in done] + list(runs)
 
 
 def save_results(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -463,15 +468,16 @@ def run_experiment(args: argparse.Namespace, tasks: list[str]) -> None:
         # the slow CQL-family runs first, IQL (about 4x faster per update) last, so the two workers end together
         order = [m for m in ("calql", "cql") if m in args.methods] + [m for m in args.methods if m not in ("calql", "cql")]
         jobs = [(t, m, s, args) for m in order for s in args.seeds for t in tasks]
-        runs = earlier_runs(args, jobs)  # an earlier part's runs stay in the results and the table
+        earlier, runs = earlier_runs(args), []  # an earlier part's runs stay in the results and the table
         start = time.perf_counter()
         # workers ignore Ctrl-C: the parent alone handles it, stopping the pool (no traceback per worker)
         with get_context("spawn").Pool(args.workers, initializer=signal.signal,
                                        initargs=(signal.SIGINT, signal.SIG_IGN), maxtasksperchild=1) as pool:
             for run in pool.imap_unordered(run_one, jobs):
                 runs.append(run)
-                save_results(args, runs)  # partial results survive an interrupted experiment
+                save_results(args, with_earlier(earlier, runs))  # partial results survive an interrupted experiment
         print(f"all {len(runs)} runs in {time.perf_counter() - start:.0f} s", flush=True)
+        runs = with_earlier(earlier, runs)
     summary = save_results(args, runs)
     plot(runs, args.figure, args.dr)
     print(markdown_table(summary))

@@ -135,7 +135,7 @@ def evaluate_variant(args: argparse.Namespace, run_dir: Path, select: list[str] 
                     "video": {"max_frames": 80}})
     if select or args.select:
         cfg.select = list(select or args.select)
-    wanted = set(cfg.select) if cfg.get("select") is not None else set(cfg.factors)
+    wanted = (set(cfg.select) if cfg.get("select") is not None else set(cfg.factors)) - {"nominal"}  # (always run)
     info_path = out / "eval_info.json"
     if info_path.is_file():
         info = json.loads(info_path.read_text())

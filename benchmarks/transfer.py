@@ -349,11 +349,13 @@ def earlier_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     order = list(METHODS)
-    now = {(int(seed), str(method)) for seed in args.seeds for method in args.methods}
-    kept = [r for r in earlier_runs(args) if (int(r["seed"]), str(r["method"])) not in now]
+    earlier = earlier_runs(args)
     runs: list[dict[str, Any]] = []
 
-    def everything() -> list[dict[str, Any]]:  # the earlier calls' runs and this call's, by seed then method
+    def everything() -> list[dict[str, Any]]:  # the earlier calls' runs (each replaced once this call measures it
+        # again: a call killed midway keeps the rest) and this call's, by seed then method
+        done = {(int(r["seed"]), str(r["method"])) for r in runs}
+        kept = [r for r in earlier if (int(r["seed"]), str(r["method"])) not in done]
         return sorted([*kept, *runs], key=lambda r: (int(r["seed"]), order.index(r["method"])))
 
     for seed in args.seeds:
@@ -514,9 +516,11 @@ def merge(args: argparse.Namespace, paths: list[Path]) -> dict[str, Any]:
     return {**summarize(args, merged), "merged_from": sources}  # "commit" is the merging checkout's; each file's here
 
 
-def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+def run_parallel(args: argparse.Namespace, argv: list[str], earlier: list[dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
     """Each seed in its own ``python benchmarks/transfer.py`` process (``args.jobs`` at a time; the command line
-    ``argv`` with that seed, its own results file and one job), then their results merged (:func:`merge`). Raises
+    ``argv`` with that seed, its own results file and one job), then their results merged (:func:`merge`) with
+    ``earlier`` (runs of other seeds an earlier call wrote to ``--results``: they were dropped). Raises
     ``RuntimeError`` naming the logs of seeds whose process failed (the others' results are kept on disk)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -537,7 +541,11 @@ def run_parallel(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if failed:
         raise RuntimeError("transfer: seed(s) " + ", ".join(map(str, failed)) + " failed; see " +
                            ", ".join(str(args.work_dir / f"seed{s}.log") for s in failed))
-    return merge(args, [results for _, results, _ in done])
+    files = [results for _, results, _ in done]
+    if earlier:
+        files.append(args.work_dir / "results_earlier.json")
+        write_json_atomic(files[-1], summarize(args, earlier))
+    return merge(args, files)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -550,7 +558,8 @@ def main(argv: list[str] | None = None) -> None:
 def measure_transfer(args: argparse.Namespace, argv: list[str]) -> None:
     """Run, merge or summarize as the options say, then the table and figure (``main`` holds the lock)."""
     if args.jobs > 1 and len(args.seeds) > 1 and not (args.merge or args.summarize_only):
-        result = run_parallel(args, argv)
+        earlier = [r for r in earlier_runs(args) if int(r["seed"]) not in args.seeds]  # (the --jobs 1 path's rule)
+        result = run_parallel(args, argv, earlier)
         write_json_atomic(args.results, result)
     elif args.merge:
         result = merge(args, args.merge)

@@ -113,6 +113,11 @@ def test_run_settings_are_recorded_per_script_and_other_ones_refused(bu, tmp_pat
     assert json.loads((other / bench.RUN_SETTINGS).read_text())["claims.py"] == {**claims, "preset": "pipeline"}
     with pytest.raises(SystemExit, match="was run by claims.py with"):
         bench.check_run_settings(other, {**claims, "episodes": 7, "preset": "pipeline"}, "claims.py")
+    older = tmp_path / "older"  # claims.py's record from before it recorded its preset stands for the testbed's
+    bench.check_run_settings(older, claims, "claims.py")
+    with pytest.raises(SystemExit, match="was run by claims.py with"):
+        bench.check_run_settings(older, {**testbed, "preset": "pipeline"}, "testbed.py")
+    bench.check_run_settings(older, testbed, "testbed.py")
 
 
 @pytest.mark.parametrize("script, option", [("offline_to_online.py", "--results"), ("transfer.py", "--results"),

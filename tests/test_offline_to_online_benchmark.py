@@ -27,14 +27,16 @@ def test_a_run_in_parts_keeps_the_earlier_parts_and_refuses_another_experiments_
     first = o2o.parse_args(["--results", str(tmp_path / "r.json"), "--seeds", "0", "--methods", "iql"])
     o2o.save_results(first, [_run("Reach", "iql", 0)])
     second = o2o.parse_args(["--results", str(tmp_path / "r.json"), "--seeds", "1", "--methods", "iql"])
-    jobs = [("Reach", "iql", 1, second)]
-    assert [(r["task"], r["method"], r["seed"]) for r in o2o.earlier_runs(second, jobs)] == [("Reach", "iql", 0)]
-    again = [("Reach", "iql", 0, second)]  # a part run again replaces its runs: none kept twice
-    assert o2o.earlier_runs(second, again) == []
+    earlier = o2o.earlier_runs(second)
+    keys = lambda runs: [(r["task"], r["method"], r["seed"]) for r in runs]  # noqa: E731
+    assert keys(o2o.with_earlier(earlier, [_run("Reach", "iql", 1)])) == [("Reach", "iql", 0), ("Reach", "iql", 1)]
+    again = o2o.with_earlier(earlier, [_run("Reach", "iql", 0)])  # a part run again replaces its row: none twice
+    assert keys(again) == [("Reach", "iql", 0)] and again[0]["history"][-1]["eval/success"] == 0.6
+    assert keys(o2o.with_earlier(earlier, [])) == [("Reach", "iql", 0)]  # a call killed before re-measuring: kept
     other = o2o.parse_args(["--results", str(tmp_path / "r.json"), "--seeds", "1", "--batch-size", "64"])
     with pytest.raises(SystemExit, match=r"holds runs made with other settings .*'batch_size': \(128, 64\)"):
-        o2o.earlier_runs(other, jobs)
-    assert o2o.earlier_runs(o2o.parse_args(["--results", str(tmp_path / "none.json")]), jobs) == []
+        o2o.earlier_runs(other)
+    assert o2o.earlier_runs(o2o.parse_args(["--results", str(tmp_path / "none.json")])) == []
 
 
 def test_diagnose_keeps_only_variants_measured_with_the_same_settings(o2o, tmp_path, capsys, monkeypatch):

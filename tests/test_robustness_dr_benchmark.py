@@ -25,6 +25,8 @@ def test_an_evaluation_is_reused_only_for_the_same_episodes_and_factors(rdr, tmp
     (tmp_path / "dr" / "robustness" / "eval_info.json").write_text(json.dumps(
         {"episodes_per_condition": 4, "factors": {"friction": {}}}))
     assert rdr.evaluate_variant(args, tmp_path / "dr")["factors"] == {"friction": {}} and calls == []  # reused
+    rdr.evaluate_variant(args, tmp_path / "dr", select=["nominal", "friction"])  # nominal is always run: reused
+    assert calls == []
     rdr.evaluate_variant(args, tmp_path / "dr", select=["camera"])  # another selection: evaluated (it was reused)
     assert calls == [["camera"]]
 

@@ -234,6 +234,25 @@ def test_a_run_in_parts_keeps_the_earlier_parts_and_refuses_other_settings(trans
     per_seed = out["summary"]["dr"]["success"]["physics_heldout/target"]["per_seed"]
     assert per_seed == [0.0, 1.0]
     assert len(call("--seeds", "1")["runs"]) == 2  # a rerun of a part replaces its runs, no duplicate
+    stage3 = transfer.run_stage3
+
+    def fails_for_seed_1(args, cfg, base, method, folder):
+        if cfg["seed"] == 1:
+            raise RuntimeError("killed")
+        return stage3(args, cfg, base, method, folder)
+
+    monkeypatch.setattr(transfer, "run_stage3", fails_for_seed_1)
+    with pytest.raises(RuntimeError, match="killed"):  # seed 0 measured again, then the call dies at seed 1
+        call("--seeds", "0", "1")
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["seed"], r["method"]) for r in saved["runs"]] == [(0, "dr"), (1, "dr")]  # seed 1's earlier row kept
+    monkeypatch.setattr(transfer, "run_stage3", stage3)
+    passed = []  # --jobs 2: the seeds it does not run are merged back (they were dropped)
+    monkeypatch.setattr(transfer, "run_parallel", lambda args, argv, earlier=None: passed.append(earlier) or
+                        transfer.summarize(args, earlier or []))
+    transfer.measure_transfer(_args(transfer, tmp_path, argv=["--methods", "dr", "--seeds", "1", "2", "--jobs", "2"]),
+                              [])
+    assert [(r["seed"], r["method"]) for r in passed[0]] == [(0, "dr")]
     with pytest.raises(SystemExit, match="holds runs made with other settings"):
         call("--seeds", "2", "--overrides", "stage2.steps=8")
     with pytest.raises(SystemExit, match="was run by transfer.py with"):  # another --results, the same run folders
