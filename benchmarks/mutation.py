@@ -218,6 +218,26 @@ class Equivalent(NamedTuple):
 
 # (module, mutant id) -> why it is equivalent, and which mutant that is
 EQUIVALENT: dict[tuple[str, str], Equivalent] = {
+    ("bench_utils", "write_expert_demos/binop/0"): Equivalent(
+        "timeouts on step max_steps - 1 -> max_steps + 1: a time-out row belongs to a failed episode, which is refused "
+        "(RuntimeError) before anything is written",
+        "max_steps - 1: Sub -> Add @ (\"terminals\", done), (\"timeouts\", not done and t == max_steps - 1)):"),
+    ("bench_utils", "write_expert_demos/drop/0"): Equivalent(
+        "timeouts on step max_steps - 1 -> max_steps: as binop/0, a time-out row only comes with a refused episode",
+        "max_steps - 1 -> max_steps @ (\"terminals\", done), (\"timeouts\", not done and t == max_steps - 1)):"),
+    ("dt", "DecisionTransformer.warmup_factor/swap/0"): Equivalent(
+        "min(a, 1.0) -> min(1.0, a): the smaller of two numbers whichever comes first",
+        "min(..(self.num_updates + 1) / max(int(self.cfg.warmup_steps), 1), 1.0..) swapped @ return min((self.num_updates "
+        "+ 1) / max(int(self.cfg.warmup_steps), 1), 1.0)"),
+    ("dt", "DecisionTransformer.act/const/13"): Equivalent(
+        "the action history not trimmed to K (h['actions'][:, 0:]): act() reads it through [:, -K:] only, so the "
+        "model sees the same K actions (the history grows by one row a step instead); states and returns-to-go, "
+        "whose lengths act() checks against each other, are trimmed",
+        "1 -> 0 @ h[\"states\"], h[\"actions\"], h[\"rtg\"] = h[\"states\"][:, 1:], h[\"actions\"][:, 1:], h[\"rtg\"][:, 1:]"),
+    ("build", "check_task_slots/drop/0"): Equivalent(
+        "range(max(used) + 2) -> range(max(used)): max(used) is used and max(used) + 1, the only other slot the "
+        "longer range adds, is next()'s default anyway",
+        "max(used) + 2 -> max(used) @ free = next((k for k in range(max(used) + 2) if k not in used), max(used) + 1)"),
     ("d4rl", "is_d4rl/boolop/1"): Equivalent(
         "not a file or not HDF5 -> not a file and not HDF5: a folder is no HDF5 file either way, and a file that is not "
         "HDF5 fails h5py.File, which returns False too (detect_format has checked the path exists)",
@@ -658,7 +678,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "computes",
         "min(...) -> max(...) @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "
         "unit=\"step\", dynamic_ncols=True,"),
-    ("online_loop", "run_online/const/6"): Equivalent(
+    ("online_loop", "run_online/const/7"): Equivalent(
         "saved_transfer.get('epopt_batches', 0) -> 1: every checkpoint of a run with EPOpt stores the count, a "
         "checkpoint with other transfer settings is not resumed (its fingerprint differs), and without EPOpt it is "
         "never read",
@@ -670,12 +690,12 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("online_loop", "run_online/const/0"): Equivalent(
         "the default resume=True -> False: the one caller (finetune.train) passes resume=cfg.resume",
         "True -> False @ config: Any = None, meta: Mapping[str, Any] | None = None, resume: bool = True,"),
-    ("online_loop", "run_online/if/1"): Equivalent(
+    ("online_loop", "run_online/if/2"): Equivalent(
         "if fingerprint is not None: check_resume -> if it is None: the one caller (finetune.train) always passes a "
         "fingerprint and checks the resume itself before the loop (and before DARC collects target data), so a "
         "changed run is refused there either way; the loop's check guards direct library calls",
         "if fingerprint is not None: -> if not ... @ if fingerprint is not None:"),
-    ("online_loop", "run_online/const/11"): Equivalent(
+    ("online_loop", "run_online/const/12"): Equivalent(
         "tqdm(dynamic_ncols=True -> False): how the progress bar is drawn",
         "True -> False @ bar = tqdm(total=settings.env_steps, initial=min(env_steps, settings.env_steps), "
         "unit=\"step\", dynamic_ncols=True,"),
@@ -829,7 +849,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "7 -> 8 @ [c.replace(\"colors_textures\", \"col+tex\").replace(\"/\", \"\\n\") for c in conds], fontsize=7)"),
     ("claims_encoder_shifts", "plot/const/13"): Equivalent(
         "the legend's font size 7 -> 8 (appearance only)", "7 -> 8 @ ax.legend(fontsize=7)"),
-    ("build", "new_agent/if/1"): Equivalent(
+    ("build", "new_agent/if/2"): Equivalent(
         "if spec.rgb -> if not spec.rgb around the agent's log line only (logging: which agents print their encoder "
         "summary)",
         "if spec.rgb: -> if not ... @ if spec.rgb:"),

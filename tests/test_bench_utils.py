@@ -153,3 +153,29 @@ def test_a_benchmark_stops_at_once_on_ctrl_c_or_sigterm_with_one_line(signum, co
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == code and err.strip() == (f"suite: {word}; finished runs are in the results file, a "
                                                        "rerun continues from them")
+
+
+def test_expert_demos_are_written_as_d4rl_rows_and_a_failing_expert_is_refused(bu, tmp_path):
+    """benchmarks/grip_reach_env.py's and narrow_reach_env.py's clean data: one row per step, reward 1 and a terminal
+    on the success step, the episode ended there; an expert that fails an episode (or takes no step) is refused."""
+    import h5py
+
+    class Line:  # x starts at the seed, +action per step; success at x >= 3
+        def reset(self, seed: int = 0):
+            self.x = float(seed)
+            return np.array([self.x], np.float32), {}
+
+        def step(self, action):
+            self.x += float(action[0])
+            return np.array([self.x], np.float32), 0.0, False, False, {"success": self.x >= 3}
+
+    path = bu.write_expert_demos(Line(), lambda obs: np.ones(1, np.float32), tmp_path / "d.hdf5", 2, 5)
+    with h5py.File(path, "r") as f:
+        rows = {k: f[k][()] for k in f}
+    assert rows["observations"][:, 0].tolist() == [0, 1, 2, 1, 2]  # seed 0: 3 steps; seed 1: 2 steps
+    assert rows["rewards"].tolist() == [0, 0, 1, 0, 1] and rows["terminals"].tolist() == [0, 0, 1, 0, 1]
+    assert not rows["timeouts"].any() and rows["actions"].shape == (5, 1)
+    with pytest.raises(RuntimeError, match="the expert failed episode 0"):
+        bu.write_expert_demos(Line(), lambda obs: np.zeros(1, np.float32), tmp_path / "e.hdf5", 1, 4)
+    with pytest.raises(RuntimeError, match="the expert failed episode 0"):
+        bu.write_expert_demos(Line(), lambda obs: np.ones(1, np.float32), tmp_path / "f.hdf5", 1, 0)

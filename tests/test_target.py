@@ -787,6 +787,26 @@ def test_data_camera_sources_of_a_file_a_converted_copy_and_through_obs_map():
     assert data_camera_sources(own, []) is None
 
 
+def test_data_camera_sources_of_a_resized_robomimic_copy_read_the_channels_from_its_source(tmp_path):
+    """A copy of a robomimic file resized to the agent's size records its source's size; the channels come from the
+    source file itself when it is a readable HDF5 (an .npz source, or none there: unknown)."""
+    from types import SimpleNamespace
+
+    import _fake_envs as fake
+    from robopretrain.build import data_camera_sources
+    from robopretrain.data.hdf5 import read_info
+
+    source = fake.write_robosuite_demos(tmp_path / "src.hdf5", 2, image_size=20)
+    cam = next(k for k, (shape, _) in read_info(source).obs_specs.items() if len(shape) == 3)
+    channels = read_info(source).obs_specs[cam][0][2]
+    copy = SimpleNamespace(env_args={"source": str(source), "source_image_sizes": {cam: [20, 20]}},
+                           obs_specs={cam: ((16, 16, 3), np.uint8)})
+    assert data_camera_sources(copy, [cam]) == {cam: [20, 20, channels]}
+    gone = SimpleNamespace(env_args={"source": str(tmp_path / "moved.hdf5"), "source_image_sizes": {cam: [20, 20]}},
+                           obs_specs={cam: ((16, 16, 3), np.uint8)})
+    assert data_camera_sources(gone, [cam]) == {cam: [20, 20, None]}
+
+
 def test_an_action_space_without_bounds_leaves_the_agents_actions_unclipped(caplog):
     """A shaped action space with no low / high (a Space subclass of the user's): the env's range is unbounded, so
     nothing is warned as beyond it and the action passes as ``units.to_env`` gives it."""
