@@ -68,7 +68,7 @@ VERSION = 1
 HARMLESS_KEYS: tuple[str, ...] = ("progress", "tensorboard", "wandb", "logger", "log_every", "eval_every",
                                   "checkpoint_every", "num_workers", "num_threads", "flush_denormal", "device",
                                   "resume", "output_dir", "output", "run_root", "hydra", "cache_dir", "cuda_graph",
-                                  "compile")
+                                  "compile", "probe_step")  # (a target's start check, in an env of its own)
 FULL_HASH_BYTES = 16 * 2**20  # files up to this size are hashed whole, larger ones by their first and last MiB
 SAMPLE_BYTES = 2**20
 SMALL_FILE_BYTES = 2**20  # top-level files of a folder hashed by content (manifests, info files)
