@@ -227,20 +227,21 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "max_steps - 1 -> max_steps @ (\"terminals\", done), (\"timeouts\", not done and t == max_steps - 1)):"),
     ("dt", "DecisionTransformer.warmup_factor/swap/0"): Equivalent(
         "min(a, 1.0) -> min(1.0, a): the smaller of two numbers whichever comes first",
-        "min(..(self.num_updates + 1) / max(int(self.cfg.warmup_steps), 1), 1.0..) swapped @ return min((self.num_updates "
-        "+ 1) / max(int(self.cfg.warmup_steps), 1), 1.0)"),
+        "min(..(self.num_updates + 1) / max(int(self.cfg.warmup_steps), 1), 1.0..) swapped @ "
+        "return min((self.num_updates + 1) / max(int(self.cfg.warmup_steps), 1), 1.0)"),
     ("dt", "DecisionTransformer.act/const/13"): Equivalent(
         "the action history not trimmed to K (h['actions'][:, 0:]): act() reads it through [:, -K:] only, so the "
         "model sees the same K actions (the history grows by one row a step instead); states and returns-to-go, "
         "whose lengths act() checks against each other, are trimmed",
-        "1 -> 0 @ h[\"states\"], h[\"actions\"], h[\"rtg\"] = h[\"states\"][:, 1:], h[\"actions\"][:, 1:], h[\"rtg\"][:, 1:]"),
+        "1 -> 0 @ h[\"states\"], h[\"actions\"], h[\"rtg\"] = "
+        "h[\"states\"][:, 1:], h[\"actions\"][:, 1:], h[\"rtg\"][:, 1:]"),
     ("build", "check_task_slots/drop/0"): Equivalent(
         "range(max(used) + 2) -> range(max(used)): max(used) is used and max(used) + 1, the only other slot the "
         "longer range adds, is next()'s default anyway",
         "max(used) + 2 -> max(used) @ free = next((k for k in range(max(used) + 2) if k not in used), max(used) + 1)"),
     ("d4rl", "is_d4rl/boolop/1"): Equivalent(
-        "not a file or not HDF5 -> not a file and not HDF5: a folder is no HDF5 file either way, and a file that is not "
-        "HDF5 fails h5py.File, which returns False too (detect_format has checked the path exists)",
+        "not a file or not HDF5 -> not a file and not HDF5: a folder is no HDF5 file either way, and a file that is "
+        "not HDF5 fails h5py.File, which returns False too (detect_format has checked the path exists)",
         "not p.is_file() or not h5py.is_hdf5(p): -> And @ if not p.is_file() or not h5py.is_hdf5(p):"),
     ("ogbench", "read_ogbench/const/2"): Equivalent(
         "(1 - masks) > 0.5 -> > 0.25: OGBench's masks are 0 or 1, on the same side of either threshold",
