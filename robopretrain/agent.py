@@ -475,7 +475,18 @@ class Agent:
     # ------------------------------------------------------------------ training
 
     def update(self, batch: Mapping[str, Any], with_metrics: bool = True) -> dict[str, float]:
-        """One gradient step of the algorithm (and of the encoders when they train); returns float metrics."""
+        """One gradient step of the algorithm (and of the encoders when they train); returns float metrics. Raises
+        ``ValueError`` for a batch of the other kind (the Decision Transformer's K-step windows of
+        :class:`robopretrain.data.sequences.SequenceSampler`, the others' rows of a dataset's ``sample``), which
+        failed deep in the networks with a shape error that named neither."""
+        from robopretrain.data.sequences import MASK, TIMESTEPS
+
+        windows = MASK in batch and TIMESTEPS in batch
+        if windows != (self.algo == "dt"):
+            raise ValueError(f"{self.algo}: update() got " + (
+                "K-step windows (a SequenceSampler's batch); it trains on rows, e.g. OfflineDataset.sample(n)"
+                if windows else "rows of transitions; the Decision Transformer trains on K-step windows, e.g. "
+                "robopretrain.data.sequences.SequenceSampler(dataset, context_len).sample(n)"))
         if self.algo == "dt":
             return self._update_sequences(batch, with_metrics)
         metrics = self.step_tensors(batch, with_metrics)

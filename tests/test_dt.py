@@ -393,6 +393,12 @@ def test_agent_encodes_every_step_and_warms_up_the_learning_rate():
     assert feats[0, :, 1].tolist() == [1, 1, 1] and feats[1, :, 2].tolist() == [1, 1, 1]  # task 0, task 1
     assert metrics["lr"] == pytest.approx(1e-4 * 1 / 4)
     assert any(not torch.equal(p, q) for p, q in zip(before, agent.core.actor.parameters()))
+    # the other kind of batch is named (a shape error deep in the networks named neither)
+    with pytest.raises(ValueError, match="dt: update\\(\\) got rows of transitions; the Decision Transformer trains"):
+        agent.update(ds.sample(4))
+    iql = Agent(spec, 2, "iql", {"actor_hidden": [8], "critic_hidden": [8], "value_hidden": [8]}, stats=stats)
+    with pytest.raises(ValueError, match="iql: update\\(\\) got K-step windows"):
+        iql.update(batch)
     agent.update(batch)
     assert agent.core.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 2 / 4)
     with pytest.raises(KeyError):
