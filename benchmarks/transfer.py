@@ -551,6 +551,9 @@ def run_parallel(args: argparse.Namespace, argv: list[str], earlier: list[dict[s
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.summarize_only:  # reads the results file, writes none: no lock (a long run's file can be looked at)
+        measure_transfer(args, argv)
+        return
     with results_lock(args.results):  # a second call on one --results is refused (runs were lost)
         measure_transfer(args, argv)
 

@@ -299,7 +299,8 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
             total=settings.env_steps, utd=settings.utd, eval_every=settings.eval_every, log_every=settings.log_every,
             checkpoint_every=settings.checkpoint_every, store=store,
             update=update,
-            on_log=lambda step, m: logger.log(step, {f"train/{k}": v for k, v in m.items()}),
+            # (no row for a round whose updates were skipped: offline_ratio=0 before the first online episode)
+            on_log=lambda step, m: logger.log(step, {f"train/{k}": v for k, v in m.items()}) if m else None,
             on_eval=eval_row, on_checkpoint=checkpoint, progress=bar)
     finally:
         bar.close()

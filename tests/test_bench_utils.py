@@ -120,8 +120,8 @@ def test_run_settings_are_recorded_per_script_and_other_ones_refused(bu, tmp_pat
     bench.check_run_settings(older, testbed, "testbed.py")
 
 
-@pytest.mark.parametrize("script, option", [("offline_to_online.py", "--results"), ("transfer.py", "--results"),
-                                            ("testbed.py", "--out"), ("claims.py pretraining", "--out")])
+@pytest.mark.parametrize("script, option", [("offline_to_online.py", "--results"), ("testbed.py", "--out"),
+                                            ("claims.py pretraining", "--out")])
 def test_a_second_call_on_a_results_file_in_use_is_refused(bu, tmp_path, script, option):
     """Two calls on one results file each rewrote it from the copy they read at start: a finished run was lost."""
     import subprocess
@@ -135,6 +135,20 @@ def test_a_second_call_on_a_results_file_in_use_is_refused(bu, tmp_path, script,
                               timeout=300)
     assert proc.returncode != 0 and "another process is writing it now" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+
+def test_transfer_summarizes_a_results_file_another_call_is_writing(bu, tmp_path):
+    """--summarize-only reads the file and writes none: a long run's results can be looked at while it runs."""
+    import subprocess
+    from pathlib import Path
+
+    out = tmp_path / "results.json"
+    root = Path(__file__).resolve().parents[1]
+    with bu.results_lock(out):
+        proc = subprocess.run([sys.executable, str(root / "benchmarks" / "transfer.py"), "--results", str(out),
+                               "--summarize-only"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert "another process is writing" not in proc.stderr and "no such results file" in proc.stderr
 
 
 @pytest.mark.parametrize("signum, code, word", [(2, 130, "interrupted"), (15, 143, "terminated")])

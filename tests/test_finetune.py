@@ -206,6 +206,10 @@ def test_offline_ratio_0_trains_on_no_offline_batch_and_a_run_without_an_ended_e
                                env_steps=20, data_cfg={"path": str(reach_hdf5)}, width=32,
                                online={"offline_ratio": 0.0, "eval_every": 20, "checkpoint_every": 20}))
     assert drawn == []  # no update drew a batch: no episode had ended
+    rows = read_jsonl(tmp_path / "short" / "metrics.jsonl")  # and no row of update metrics was logged for them
+    assert rows and not [r for r in rows if not any(k.startswith(("eval/", "calib/", "train/")) for k in r)]
+    assert not [r for r in rows if any(k.startswith("train/") and k not in ("train/cumulative_regret",
+                                                                           "train/episode_success") for k in r)]
     assert "no training episode ended within online.env_steps=20" in caplog.text and "made no update" in caplog.text
     finetune(stage3_config(stage2_state, tmp_path / "long", {"name": "Reach", "max_episode_steps": 10,
                                                                "terminate_on_success": False},

@@ -250,8 +250,8 @@ def test_a_run_in_parts_keeps_the_earlier_parts_and_refuses_other_settings(trans
     passed = []  # --jobs 2: the seeds it does not run are merged back (they were dropped)
     monkeypatch.setattr(transfer, "run_parallel", lambda args, argv, earlier=None: passed.append(earlier) or
                         transfer.summarize(args, earlier or []))
-    transfer.measure_transfer(_args(transfer, tmp_path, argv=["--methods", "dr", "--seeds", "1", "2", "--jobs", "2"]),
-                              [])
+    transfer.measure_transfer(_args(transfer, tmp_path, argv=["--methods", "dr", "--seeds", "1", "2", "--jobs", "2",
+                                                              "--figure", str(tmp_path / "f.png")]), [])
     assert [(r["seed"], r["method"]) for r in passed[0]] == [(0, "dr")]
     with pytest.raises(SystemExit, match="holds runs made with other settings"):
         call("--seeds", "2", "--overrides", "stage2.steps=8")
