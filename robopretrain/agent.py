@@ -73,6 +73,7 @@ from torch import nn
 from robopretrain.algos import AGENT_NAMES, make_agent, make_config
 from robopretrain.algos.base import load_optimizer_state, make_adam, metrics_to_floats
 from robopretrain.data.keys import FEATURES, NEXT_OBS, OBS, TASK_ID
+from robopretrain.data.sequences import MASK, TIMESTEPS
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization
 from robopretrain.envs.action_units import describe as describe_units
@@ -479,8 +480,6 @@ class Agent:
         ``ValueError`` for a batch of the other kind (the Decision Transformer's K-step windows of
         :class:`robopretrain.data.sequences.SequenceSampler`, the others' rows of a dataset's ``sample``), which
         failed deep in the networks with a shape error that named neither."""
-        from robopretrain.data.sequences import MASK, TIMESTEPS
-
         windows = MASK in batch and TIMESTEPS in batch
         if windows != (self.algo == "dt"):
             raise ValueError(f"{self.algo}: update() got " + (

@@ -574,8 +574,9 @@ def load_agent(path: str | os.PathLike, *, device: str | Any = "cpu", with_optim
     """The agent of the newest checkpoint under ``path`` (a ``ckpt_*`` folder, a ``checkpoints/`` folder or a
     run folder holding one) and that checkpoint; nothing else is needed (no stage-1 file, no config). An unreadable
     newest one is an error naming the newest readable one (:func:`load_checkpoint_at`). ``device``: as a config's
-    (``auto``, ``cpu``, ``cuda``...), checked as the configs check it (:func:`robopretrain.config_checks.resolve_device`:
-    ``auto`` was torch's error, ``cuda`` on a CPU machine a driver error)."""
+    (``auto``, ``cpu``, ``cuda``...), checked as the configs check it
+    (:func:`robopretrain.config_checks.resolve_device`: ``auto`` was torch's error, ``cuda`` on a CPU machine a driver
+    error)."""
     from robopretrain.config_checks import resolve_device
 
     if isinstance(device, str):

@@ -107,8 +107,9 @@ def exit_finished_worker() -> None:
 def run_on_ranks(body: Callable[[DistInfo, torch.device], T], device: torch.device) -> T:
     """Join the process group (a no-op without torchrun), run ``body(info, device)``, leave the group.
 
-    Ranks other than 0 log warnings only (rank 0 speaks for the job), each line tagged ``[rank N]``. When ``body`` raises, the group is torn
-    down without the final barrier (the other ranks may never reach it) and the error propagates.
+    Ranks other than 0 log warnings only (rank 0 speaks for the job), each line tagged ``[rank N]``. When ``body``
+    raises, the group is torn down without the final barrier (the other ranks may never reach it) and the error
+    propagates.
     """
     info, device = init_distributed(device)
     if not info.is_main:

@@ -81,9 +81,10 @@ def end_with_launcher() -> bool:
     """In a process a launcher started to run one of the entry points (a ``torchrun`` rank: torchrun's
     ``TORCHELASTIC_RUN_ID`` is set; a joblib sweep's loky worker; a benchmark's run, whose environment sets
     :data:`END_WITH_PARENT` to its own pid: a benchmark killed left its runs training on, writing the folders its
-    rerun used; one killed before its run got here has ended already, and the run ends now): end it within a second
-    of its parent ending (:func:`exit_with`). A launcher killed outright (SIGKILL) left its ranks training on as orphans, holding the run
-    folder's lock (the rerun was refused naming them) and memory; a sweep's idle workers lived on for half an hour.
+    rerun used): end it within a second of its parent ending, or of that pid's (:func:`exit_with`; a run whose
+    benchmark ended before it got here ends now). A launcher killed outright (SIGKILL) left its ranks training on as
+    orphans, holding the run folder's lock (the rerun was refused naming them) and memory; a sweep's idle workers
+    lived on for half an hour.
     Ranks a cluster starts without torchrun (``WORLD_SIZE`` alone), a process whose parent is none (pid 1 in a
     container) or already gone are not watched. Once per process; returns whether it watches its launcher."""
     if _LAUNCHER_WATCHED:

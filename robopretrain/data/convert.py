@@ -4,8 +4,9 @@
 [--image-size S]``
 
 Formats (detected from the path; ``--format`` names one where detection fails, and a source detected as another
-format is refused, but for an ``.npz``: one without ``timeouts`` is detected as OGBench's layout, one with it as D4RL's,
-and ``--format d4rl`` or ``ogbench`` reads either as that layout; each reader's module documents its layout and what it carries over):
+format is refused, but for an ``.npz``: one without ``timeouts`` is detected as OGBench's layout, one with it as
+D4RL's, and ``--format d4rl`` or ``ogbench`` reads either as that layout; each reader's module documents its layout
+and what it carries over):
 
 ============  ==============================================================  ==========================
 format        what ``SRC`` is                                                 reader

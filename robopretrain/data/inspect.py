@@ -430,9 +430,9 @@ def _rounded(values: list[float]) -> str:
 def format_demo_table(s: Hdf5Summary) -> str:
     """One line per demo, in the file's order: name, task, steps, success (ep_meta; ``yes*`` / ``no*`` read from
     sparse rewards where ep_meta has no flag; ``-`` neither), whether its rewards carry a success signal (``-``: no
-    rewards stored; ``- (1 step)``: one reward, which cannot tell) and, for a converted file, the source's episode id (ep_meta ``source_episode``): what a label
-    file (``robopretrain.reward_model``) or a mask needs to name demos and segments, and where each demo came
-    from."""
+    rewards stored; ``- (1 step)``: one reward, which cannot tell) and, for a converted file, the source's episode
+    id (ep_meta ``source_episode``): what a label file (``robopretrain.reward_model``) or a mask needs to name demos
+    and segments, and where each demo came from."""
     rows = [(name, task, n, ok if ok is not None else (None if by_rw is None else f"{_FLAG[by_rw]}*"), rw, src)
             for task, st in s.tasks.items()
             for name, n, ok, by_rw, rw, src in zip(st.demos, st.lengths, st.successes, st.reward_successes, st.rewarded,

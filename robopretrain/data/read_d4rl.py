@@ -89,6 +89,7 @@ def _arrays(p: Path) -> Iterator[Callable[[str], np.ndarray | None]]:
             z = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ConversionError(f"{p}: not a readable .npz ({exc})") from None
+
         def get(k: str) -> np.ndarray | None:
             if k not in z.files:
                 return None
