@@ -8,7 +8,8 @@ A run keeps its checkpoints in one folder::
                                           ``mean`` / ``std`` buffers, so they cannot drift from the weights)
                             meta.json     obs keys and shapes, action dim, task names and one-hot slots, whether
                                           observations are normalised (encoder settings), algorithm, step,
-                                          versions of torch / mujoco / robopretrain
+                                          versions of torch / mujoco / robopretrain; standard JSON (an
+                                          infinite setting as the string "Infinity": files.standard_json)
                             state.pt      (resumable runs) optimiser, RNG states, replay/sampler state, counters
     <root>/latest           text file naming the newest complete checkpoint (written atomically)
 
@@ -36,7 +37,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robopretrain.files import replace_folder, temp_folder, torch_save, write_text_atomic
+from robopretrain.files import (from_standard_json, replace_folder, standard_json, temp_folder, torch_save,
+                                write_text_atomic)
 from robopretrain.run_fingerprint import ResumeRefusal, moved_file
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ def save_checkpoint(
     try:
         (tmp / CONFIG_FILE).write_text(_to_yaml(config))
         full_meta = {**dict(meta), "step": int(step), "versions": library_versions()}
-        (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        (tmp / META_FILE).write_text(json.dumps(standard_json(full_meta), indent=2, sort_keys=True, allow_nan=False))
         torch_save(dict(weights), tmp / WEIGHTS_FILE)
         if state is not None:
             torch_save(dict(state), tmp / STATE_FILE)
@@ -195,7 +197,7 @@ def load_checkpoint(path: str | os.PathLike, with_state: bool = True) -> Checkpo
     except Exception as e:  # noqa: BLE001 - yaml errors come in several types
         raise CheckpointError(f"{path / CONFIG_FILE}: cannot be parsed as YAML: {e}") from None
     try:
-        meta = json.loads((path / META_FILE).read_text())
+        meta = from_standard_json(json.loads((path / META_FILE).read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path / META_FILE}: not valid JSON: {e}") from None
     weights = _torch_load(path / WEIGHTS_FILE)

@@ -12,6 +12,9 @@ the same steps twice.
 
 :func:`torch_save` is ``torch.save`` whose failure for want of disk space says so (torch reports it as "unexpected
 pos ...").
+
+:func:`standard_json` writes non-finite floats as the strings ``"Infinity"``, ``"-Infinity"``, ``"NaN"`` (Python's
+``json`` writes them as bare tokens, which jq, JavaScript and Go refuse); :func:`from_standard_json` reads them back.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import socket
 import time
@@ -102,6 +106,33 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2,
     """Write ``obj`` as JSON to ``path`` atomically (``default``: as :func:`json.dumps`'s); returns ``path``."""
     write_text_atomic(path, json.dumps(obj, indent=indent, default=default))
     return Path(path)
+
+
+NON_FINITE_NAMES = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def standard_json(obj: Any) -> Any:
+    """``obj`` (dicts, lists, tuples, scalars) with each non-finite float replaced by its name in
+    :data:`NON_FINITE_NAMES`, so ``json.dumps(..., allow_nan=False)`` writes standard JSON (a checkpoint's recorded
+    ``cql_clip_diff_max: inf`` made meta.json unreadable to jq); :func:`from_standard_json` reverses it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: standard_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [standard_json(v) for v in obj]
+    return obj
+
+
+def from_standard_json(obj: Any) -> Any:
+    """:func:`standard_json`'s input again: the strings ``"Infinity"``, ``"-Infinity"``, ``"NaN"`` as floats."""
+    if isinstance(obj, str):
+        return NON_FINITE_NAMES.get(obj, obj)
+    if isinstance(obj, dict):
+        return {k: from_standard_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_standard_json(v) for v in obj]
+    return obj
 
 
 def temp_folder(final: str | os.PathLike, suffix: str = ".tmp") -> Path:

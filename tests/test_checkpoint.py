@@ -90,6 +90,12 @@ def test_reload_gives_identical_outputs_and_continues_identically(tmp_path):
     assert ObsSpec.from_dict(meta["obs_spec"]) == agent.spec
     assert {"torch", "mujoco", "robopretrain"} <= set(meta["versions"])
     assert (path / "config.yaml").read_text().startswith("algo:")
+    nonfinite = {"clip": [float("inf"), -float("inf")], "nested": {"nan": float("nan")}, "name": "inf"}
+    path = save_agent(tmp_path / "other", 1, CONFIG, agent, {"stage": "test", "fingerprint": nonfinite})
+    strict = json.loads((path / "meta.json").read_text(), parse_constant=lambda token: pytest.fail(token))
+    assert strict["fingerprint"] == {"clip": ["Infinity", "-Infinity"], "nested": {"nan": "NaN"}, "name": "inf"}
+    back = load_checkpoint(path).meta["fingerprint"]  # read back as the floats they were
+    assert back["clip"] == [float("inf"), -float("inf")] and np.isnan(back["nested"]["nan"]) and back["name"] == "inf"
     # the optimiser continues identically too: one more update (same RNG) on both gives the same weights
     torch.manual_seed(7)
     train_a_bit(agent, 1, seed=50)

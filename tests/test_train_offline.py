@@ -296,13 +296,16 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_the_later_metrics_rows(tin
     cfg = dict(steps=4, obs=STATE_OBS, train={"log_every": 1, "checkpoint_every": 2, "eval_every": 100,
                                               "eval_at_start": True, "tensorboard": True})
     run(stage2_config(tiny_hdf5, out, **cfg))
+    text = (out / "checkpoints" / checkpoint_name(2) / "meta.json").read_text()  # Cal-QL's clip range is +-inf
+    meta = json.loads(text, parse_constant=lambda token: pytest.fail(f"meta.json is not standard JSON: {token}"))
+    assert meta["fingerprint"]["config"]["algo.cql_clip_diff_max"] == "Infinity"
     uninterrupted = [row["step"] for row in read_jsonl(out / "metrics.jsonl")]
     assert uninterrupted == [0, 1, 2, 3, 4, 4]  # calibration at the start; training rows; calibration at the end
     shutil.rmtree(out / "checkpoints" / checkpoint_name(4))  # as if it died after logging 3 and 4
     (out / "checkpoints" / LATEST_FILE).write_text(checkpoint_name(2) + "\n")
     with caplog.at_level(logging.INFO, logger="robopretrain"):
         run(stage2_config(tiny_hdf5, out, **cfg))
-    assert "(step 2)" in caplog.text and "resumed from" in caplog.text
+    assert "(step 2)" in caplog.text and "resumed from" in caplog.text  # its recorded infinite settings compared
     assert "written by a run with" not in caplog.text  # same process count: no data-stream warning
     assert "nothing to train" not in caplog.text  # 2 of 4 updates done: not past train.steps
     assert [row["step"] for row in read_jsonl(out / "metrics.jsonl")] == uninterrupted
