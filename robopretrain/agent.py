@@ -700,6 +700,8 @@ class Agent:
                     image_encoder=img)
         agent.action_normalization = recorded_action_units(meta)
         agent.camera_sources = meta.get("camera_sources")
+        if spec.rgb and meta.get("encoder_source"):  # the provenance recorded, not "given" (the rebuild's own)
+            agent.encoder_source = dict(meta["encoder_source"])
         return agent
 
 

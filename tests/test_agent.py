@@ -309,6 +309,8 @@ def test_pretrained_modes_load_the_stage1_weights(stage1_encoder, mode):
         got = image_weights(enc)
         assert got.keys() == expected.keys() and all(torch.equal(got[k], v) for k, v in expected.items())
     assert agent.encoder_source["source"] == str(path.resolve()) and agent.mode == mode
+    rebuilt = Agent.from_description(agent.describe())  # a checkpoint's agent keeps where its encoder came from
+    assert rebuilt.encoder_source == agent.encoder_source and rebuilt.describe() == agent.describe()
     if mode == "frozen_cached":  # RL runs on vectors: the features are a low-dim part
         assert agent.train_spec.low_dim_keys == ("features", "proprio") and not agent.train_spec.rgb
         assert agent.critic_encoder.image_encoder is None
