@@ -54,17 +54,21 @@ loads the agent applies the same normalisation. A frozen encoder's features are 
 :meth:`Agent.frozen_features` over the data (:func:`robopretrain.build.fit_feature_normalization`), kept in the
 encoder's buffers (``frozen``: ``feature_mean`` / ``feature_std``; ``frozen_cached``: the ``features`` part's low-dim
 statistics), so both modes give the policy the same input.
+
+Agents are float32 whatever torch's default dtype (:func:`float32`: built, updated and acting with float32 as the
+default); float64 observations, batches and actions are cast to float32 on their way in.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, TypeVar, Union
 
 import numpy as np
 import torch
@@ -268,9 +272,40 @@ def _writable(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable else array.copy()
 
 
+def _single_precision(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """``batch`` with its float64 tensors (also those in an observation dict) as float32; the rest as given."""
+    def cast(x: Any) -> Any:
+        if isinstance(x, Mapping):
+            return {k: cast(v) for k, v in x.items()}
+        return x.float() if torch.is_tensor(x) and x.dtype == torch.float64 else x
+    return {k: cast(v) for k, v in batch.items()}
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def float32(method: _F) -> _F:
+    """Run ``method`` with float32 as torch's default dtype: the agent's networks, buffers and the tensors its
+    updates and actions make are float32 whatever the caller set (``torch.set_default_dtype(torch.float64)`` built
+    float64 networks that then met float32 observations: "mat1 and mat2 must have the same dtype"). The caller's
+    default is restored on return."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        was = torch.get_default_dtype()
+        if was == torch.float32:
+            return method(*args, **kwargs)
+        torch.set_default_dtype(torch.float32)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.set_default_dtype(was)
+    return wrapper  # type: ignore[return-value]
+
+
 class Agent:
     """An RL / BC agent on observation dicts; ``update / act / q_values / state_dict`` (see the module docstring)."""
 
+    @float32
     def __init__(
         self,
         spec: ObsSpec,
@@ -475,6 +510,7 @@ class Agent:
 
     # ------------------------------------------------------------------ training
 
+    @float32
     def update(self, batch: Mapping[str, Any], with_metrics: bool = True) -> dict[str, float]:
         """One gradient step of the algorithm (and of the encoders when they train); returns float metrics. Raises
         ``ValueError`` for a batch of the other kind (the Decision Transformer's K-step windows of
@@ -486,6 +522,7 @@ class Agent:
                 "K-step windows (a SequenceSampler's batch); it trains on rows, e.g. OfflineDataset.sample(n)"
                 if windows else "rows of transitions; the Decision Transformer trains on K-step windows, e.g. "
                 "robopretrain.data.sequences.SequenceSampler(dataset, context_len).sample(n)"))
+        batch = _single_precision(batch)  # one's own batch from float64 arrays (the data's are float32)
         if self.algo == "dt":
             return self._update_sequences(batch, with_metrics)
         metrics = self.step_tensors(batch, with_metrics)
@@ -533,6 +570,7 @@ class Agent:
         flat = {**batch, OBS: feats.reshape(*lead, -1)}
         return self.core.update(flat, with_metrics=with_metrics, extra=extra)
 
+    @float32
     def reset_episode(self, managed: bool = False) -> None:
         """Start a new episode for algorithms that act on a history (DT); a no-op for the others. ``managed``: the
         caller resets at every episode's start (the toolkit's evaluation loops; see
@@ -587,6 +625,7 @@ class Agent:
     # ------------------------------------------------------------------ acting
 
     @torch.no_grad()
+    @float32
     def act(self, obs: ObsBatch, deterministic: bool = True, env_units: bool = False) -> np.ndarray:
         """Action(s) ``(A,)`` or ``(B, A)`` for one observation dict or a batch, raw (as the env gives it) or
         stored (as :meth:`prepare` returns it); each part checked against the agent's spec (``ValueError`` /
@@ -613,7 +652,9 @@ class Agent:
         if not self.has_q:
             raise ValueError(f"agent: {self.algo!r} has no Q-function")
         parts, _ = _as_batch(obs, self.train_spec)
-        return self.core.q_values(self.critic_encoder(_to_tensors(parts, self.device)), actions.to(self.device))
+        actions = torch.as_tensor(actions, device=self.device)
+        return self.core.q_values(self.critic_encoder(_to_tensors(parts, self.device)),
+                                  actions.float() if actions.dtype == torch.float64 else actions)
 
     def train_mode(self, training: bool) -> None:
         """Trained encoders follow ``training``; frozen ones stay in eval mode."""
@@ -666,6 +707,7 @@ class Agent:
                 self.action_normalization.to_dict(), "camera_sources": _jsonable(self.camera_sources)}
 
     @classmethod
+    @float32
     def from_description(cls, meta: Mapping[str, Any], *, algo: str | None = None, algo_cfg: Any = None,
                          device: str | torch.device = "cpu", seed: int = 0) -> Agent:
         """An agent with the architecture ``meta`` (from :meth:`describe`) records, random weights (load them next).

@@ -300,6 +300,40 @@ def image_weights(encoder) -> dict[str, torch.Tensor]:
     return {k: v for k, v in encoder.image_encoder.state_dict().items()}
 
 
+def as_float64(batch: dict) -> dict:
+    return {k: as_float64(v) if isinstance(v, dict) else v.double() if v.is_floating_point() else v
+            for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("algo", ["calql", "iql", "bcq", "dt"])
+def test_agents_stay_float32_under_a_float64_default_and_train_on_float64_batches(algo):
+    """Under ``torch.set_default_dtype(torch.float64)`` the agent (and one rebuilt from its description) was built
+    in float64 and failed on float32 observations ("mat1 and mat2 must have the same dtype"); a batch made from
+    float64 arrays failed the update. The caller's default is theirs again after each call."""
+    was = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        if algo == "dt":
+            agent = Agent(SPECS["1cam"], 4, "dt", {"context_len": 2, "embed_dim": 8, "num_layers": 1},
+                          EncoderSettings(kwargs={"channels": 4, "out_dim": 8}))
+        else:
+            agent = make_agent(SPECS["1cam"], algo)
+            batch = as_float64(raw_batch(agent.spec))
+            agent.update(batch)
+            assert agent.q_values(batch["observations"], batch["actions"]).dtype == torch.float32
+        obs = {k: v[0].numpy() for k, v in raw_batch(agent.spec)["observations"].items()}
+        rebuilt = Agent.from_description(agent.describe())
+        for a in (agent, rebuilt):
+            a.reset_episode()
+            assert a.act(obs).dtype == np.float32
+            a.observe_reward(1.0)  # the Decision Transformer's returns-to-go; nothing for the others
+            assert a.act({**obs, "proprio": obs["proprio"].astype(np.float64)}).shape == (4,)
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(was)
+    assert {p.dtype for a in (agent, rebuilt) for m in a.modules() for p in m.parameters()} == {torch.float32}
+
+
 @pytest.mark.parametrize("mode", ["finetune", "frozen", "frozen_cached"])
 def test_pretrained_modes_load_the_stage1_weights(stage1_encoder, mode):
     path, expected = stage1_encoder
