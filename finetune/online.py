@@ -192,9 +192,10 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
         cut = int(counters.get("episodes_in_flight", 0))
         if cut and env_steps < settings.env_steps:
             log.warning("online %s: extending a finished run from its final checkpoint (env step %d), written with "
-                        "%d episode(s) still running: the envs start new episodes here, so this run differs from "
-                        "one run of online.env_steps=%d (a run resumed from a checkpoint written between episodes "
-                        "is exact)", target.name, env_steps, cut, settings.env_steps)
+                        "%d episode(s) unfinished (running, or cut by the step budget): the envs start new episodes "
+                        "here, so this run differs from one run of online.env_steps=%d (a run resumed from a "
+                        "checkpoint written between episodes is exact)", target.name, env_steps, cut,
+                        settings.env_steps)
         started_from = latest.path
     calib_offline = offline.get(calibration_rows(len(offline), settings.calibration_batch))
     # a resumed run redoes the rows after its checkpoint; a run killed before its first checkpoint starts over,
@@ -257,7 +258,7 @@ def run_online(agent: Any, offline: OfflineDataset, target: Target, settings: On
                  "online": {"env_steps": step, "started": begun, "successes": json.dumps(successes),
                             "history": json.dumps(history),
                             # the final checkpoint cuts the episodes still running (a resume restarts them)
-                            "episodes_in_flight": int(collector.active.sum())}}
+                            "episodes_in_flight": collector.in_flight}}
         if epopt is not None or transfer.modules:
             state["transfer"] = {"epopt_batches": epopt.batches_done if epopt is not None else 0,
                                  "epopt_pending": [(ep.state_dict(), r) for ep, r in epopt.pending]

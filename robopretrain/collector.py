@@ -238,6 +238,7 @@ class VectorCollector:
         self.venv: gym.vector.VectorEnv | None = None
         self.next_episode = 0
         self.active = np.zeros(self.num_envs, dtype=bool)
+        self.cut = 0  # episodes the step budget dropped since start() (:attr:`in_flight`)
         self.ep_index = np.full(self.num_envs, -1, dtype=np.int64)
         self._steps: list[list[tuple[Any, np.ndarray, float, Any, float]]] = [[] for _ in range(self.num_envs)]
         self._success = [False] * self.num_envs
@@ -257,9 +258,16 @@ class VectorCollector:
         self.next_episode = int(idx[-1]) + 1
         self.ep_index[:] = idx
         self.active[:] = True
+        self.cut = 0
         self._steps = [[] for _ in range(self.num_envs)]
         self._success = [False] * self.num_envs
         self._cur = self.convert(obs)
+
+    @property
+    def in_flight(self) -> int:
+        """Episodes begun and not ended since :meth:`start`: those still running and those the step budget cut
+        (:attr:`cut`); a run extended past its final checkpoint restarts them with other seeds."""
+        return int(self.active.sum()) + self.cut
 
     @property
     def drained(self) -> bool:
@@ -318,6 +326,7 @@ class VectorCollector:
                 continue
             if counted >= budget:  # the run's last step: this env's partial episode is dropped
                 self.active[i] = False
+                self.cut += 1
                 self._steps[i] = []
                 continue
             self._steps[i].append((tree_rows(self._cur, i), actions[i], float(rew[i]), tree_rows(nxt, i),

@@ -153,6 +153,17 @@ def test_budget_caps_the_count_and_drops_partial_episodes():
     try:
         out = c.step(zero_policy, budget=2)
         assert out.transitions == 2 and c.active.tolist() == [True, True, False]
+        assert c.cut == 1 and c.in_flight == 3  # two running, one cut: the final checkpoint's episodes_in_flight
+    finally:
+        c.close()
+    c = collector(2)
+    c.start(next_episode=0)  # lengths 2 and 3: at the budget's last step env 0 ends (draining) and env 1 is cut
+    try:
+        c.step(zero_policy, budget=100, drain=True)
+        out = c.step(zero_policy, budget=1, drain=True)
+        assert [ep.index for ep in out.episodes] == [0] and c.drained and c.in_flight == 1
+        c.start(c.next_episode)
+        assert c.cut == 0 and c.in_flight == 2
     finally:
         c.close()
 

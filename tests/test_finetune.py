@@ -960,7 +960,7 @@ def test_extending_a_finished_run_says_that_its_cut_episodes_restart(finetuned, 
     with caplog.at_level(logging.WARNING, logger="finetune"):
         finetune(state_cfg(stage2_state, reach_hdf5, longer, online={"env_steps": 130}))
     assert (f"extending a finished run from its final checkpoint (env step 120), written with {cut} episode(s) "
-            "still running") in caplog.text
+            "unfinished (running, or cut by the step budget)") in caplog.text
 
 
 def test_a_cuda_graph_on_a_cpu_agent_is_refused_for_the_cpu_not_as_torchrun(reach_hdf5, stage2_state, tmp_path):
