@@ -100,8 +100,22 @@ def make_vector_env(env_fn: Callable[[], gym.Env], num_envs: int, asynchronous: 
     if asynchronous and num_envs > 1:
         refuse_in_loky_worker("the online envs' worker processes")
         with sigint_blocked_for_workers():  # a Ctrl-C while the workers import is the parent's alone
-            return gym.vector.AsyncVectorEnv(worker_fns, context="spawn", autoreset_mode=mode, shared_memory=False)
+            return gym.vector.AsyncVectorEnv(worker_fns, context="spawn", autoreset_mode=mode, shared_memory=False,
+                                             worker=_async_worker_quiet_orphan)
     return gym.vector.SyncVectorEnv(worker_fns, autoreset_mode=mode)
+
+
+def _async_worker_quiet_orphan(*args: Any) -> None:
+    """gymnasium's ``AsyncVectorEnv`` worker (its arguments passed on as they come), ending without a word when its
+    pipe to the parent is broken: a parent killed (SIGKILL, a job's time limit) left each worker printing two
+    tracebacks (its ``EOFError`` on reading the pipe, then the ``BrokenPipeError`` of reporting it). An env's own
+    error still reaches the parent as before (gymnasium's worker reports it through the pipe that still works)."""
+    from gymnasium.vector.async_vector_env import _async_worker
+
+    try:
+        _async_worker(*args)
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        pass  # no parent left to answer
 
 
 CLOSE_TIMEOUT_S = 5.0  # seconds a closing vector env waits for a pending step or reset before terminating workers

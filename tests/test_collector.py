@@ -311,3 +311,22 @@ def test_a_dead_env_worker_is_an_error_naming_it_and_the_collector_still_closes(
     run = run_in_child(code, "a dead env worker hung the collector")
     assert "raised stage 3's env worker processes (online.num_envs=2): a worker process died" in run.stdout, run
     assert "closed True" in run.stdout and "EOFError" not in run.stderr, run.stderr[-2000:]
+
+
+def test_env_workers_of_a_killed_parent_end_without_tracebacks():
+    """SIGKILL of a stage-3 run (a job's time limit) left each async env worker printing two tracebacks: its EOFError
+    reading the dead parent's pipe, then the BrokenPipeError of reporting it."""
+    code = (
+        "import os, signal\n"
+        "import numpy as np\n"
+        "from _fake_envs import CountEnv\n"
+        "from robopretrain.collector import VectorCollector\n"
+        "if __name__ == '__main__':\n"
+        "    c = VectorCollector(CountEnv, 2, convert=lambda o: o['x'], seed=0, asynchronous=True)\n"
+        "    c.start(0)\n"
+        "    c.step(lambda o: np.zeros((2, 4), np.float32), budget=10)\n"
+        "    print('stepped', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    run = run_in_child(code, "the env workers of a killed parent hung")  # returns once the workers closed stderr
+    assert run.returncode == -9 and "stepped" in run.stdout, run
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
