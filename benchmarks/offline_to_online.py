@@ -260,6 +260,9 @@ def plot(runs: list[dict[str, Any]], path: Path, dr: str = "train") -> None:
 SAME_EXPERIMENT = ("offline_steps", "offline_eval_every", "online_steps", "eval_every", "eval_episodes", "dr",
                    "n_actions", "batch_size", "extra")
 
+# options added after results were committed, as the runs before them were made (the committed file lacks them)
+ADDED_AS_BEFORE = {"offline_eval_every": None, "dr": "train", "extra": []}
+
 
 def earlier_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The runs an earlier call wrote to ``args.results`` (run in parts: ``--seeds 0``, then ``--seeds 1``; each call
@@ -268,7 +271,7 @@ def earlier_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.results.is_file():
         return []
     earlier = json.loads(args.results.read_text())
-    config = earlier.get("config", {})
+    config = {**ADDED_AS_BEFORE, **earlier.get("config", {})}  # a file from before an option: what it ran with
     diff = {k: (config.get(k), getattr(args, k)) for k in SAME_EXPERIMENT if config.get(k) != getattr(args, k)}
     if diff:
         raise SystemExit(f"error: {args.results} holds runs made with other settings (theirs, this call's): {diff}; "

@@ -39,6 +39,21 @@ def test_a_run_in_parts_keeps_the_earlier_parts_and_refuses_another_experiments_
     assert o2o.earlier_runs(o2o.parse_args(["--results", str(tmp_path / "none.json")])) == []
 
 
+def test_the_committed_results_are_extended_by_a_call_with_their_settings(o2o, tmp_path):
+    """The committed file predates --offline-eval-every, --dr and --extra: a call with its settings (the defaults)
+    was refused as another experiment ("'extra': (None, [])"). Absent, they are what those runs used."""
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "offline_to_online.json"
+    stored = json.loads(committed.read_text())
+    assert not {"offline_eval_every", "dr", "extra"} & set(stored["config"])
+    copy = tmp_path / "o2o.json"
+    copy.write_text(committed.read_text())
+    assert len(o2o.earlier_runs(o2o.parse_args(["--results", str(copy)]))) == len(stored["runs"]) > 0
+    with pytest.raises(SystemExit, match=r"other settings .*\{'dr': \('train', 'none'\)\}"):
+        o2o.earlier_runs(o2o.parse_args(["--results", str(copy), "--dr", "none"]))
+
+
 def test_diagnose_keeps_only_variants_measured_with_the_same_settings(o2o, tmp_path, capsys, monkeypatch):
     """A second --diagnose at another batch size kept the first's variants under a header of the new settings."""
     class Measured(Exception):
