@@ -203,6 +203,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                               "the_report",
                                               "tests/test_evaluate.py::test_pipeline_evaluate_stage_runs_the_sweep_of_each_"
                                               "sim_target_into_its_folder"]),
+    # checkpoint files: atomic writes, pruning, which checkpoint a resume takes, what a loaded agent is rebuilt from
+    "checkpoint": ("robopretrain/checkpoint.py", ["tests/test_checkpoint.py"]),
+    # stage 3's envs: episodes per env in seed order, the step budget, draining for checkpoints, worker processes
+    "collector": ("robopretrain/collector.py", ["tests/test_collector.py"]),
 }
 
 
