@@ -224,7 +224,8 @@ def input_fingerprint(path: str | os.PathLike, only: Collection[str] | None = No
                     continue
                 rel = f.relative_to(p).as_posix()
                 found.append((rel, f, st.st_size, under_link, st.st_mtime_ns))
-        chosen = found if only is None else [x for x in found if _is_selected(x[0], only)]
+        wanted = None if only is None else frozenset(PurePosixPath(o).as_posix() for o in only)  # once: per file
+        chosen = found if wanted is None else [x for x in found if _is_selected(x[0], wanted)]  # it was clips x files
         out = {**_folder_summary(p, chosen), "links": "followed"}
         if any(link for *_, link, _ in chosen):  # what a fingerprint written before links were followed would say
             out["unlinked"] = _folder_summary(p, [x for x in chosen if not x[3]])
@@ -256,9 +257,8 @@ def _folder_summary(p: Path, found: Sequence[tuple[str, Path, int, bool, int]]) 
     return out
 
 
-def _is_selected(rel: str, only: Collection[str]) -> bool:
-    """Whether the relative path ``rel`` is in ``only`` or under a folder ``only`` names."""
-    wanted = {PurePosixPath(o).as_posix() for o in only}
+def _is_selected(rel: str, wanted: frozenset[str]) -> bool:
+    """Whether the relative path ``rel`` is in ``wanted`` (POSIX relative paths) or under a folder it names."""
     return rel in wanted or any(parent.as_posix() in wanted for parent in PurePosixPath(rel).parents)
 
 
