@@ -388,28 +388,33 @@ def test_one_video_file_or_a_folder_of_videos_without_a_manifest_trains(videos, 
         assert json.loads((out / "metrics.json").read_text())["data"]["videos"] == used
 
 
+def jpeg_clips(root: Path, bad: set[int], count: int = 3) -> Path:
+    """``count`` 8-frame JPEG folders under ``root`` with a manifest; frame 5 of the clips in ``bad`` truncated (they
+    list fine and fail only when decoded)."""
+    from PIL import Image
+
+    for c in range(count):
+        d = root / f"clip{c}"
+        d.mkdir(parents=True)
+        for t in range(8):
+            if c in bad and t == 5:
+                (d / f"{t:06d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+            else:
+                Image.fromarray(moving_square(8, c, 1, (200, 90, 60))[t]).save(d / f"{t:06d}.jpg")
+    (root / "manifest.csv").write_text("path,num_frames,text\n" + "".join(f"clip{c},8,x\n" for c in range(count)))
+    return root
+
+
 def test_clips_that_fail_only_when_decoded(tmp_path, caplog):
     """Frame folders with a truncated JPEG list fine and fail when decoded: every training clip so was a RuntimeError
     traceback (now the one-line data error), and a bad validation clip stopped a run whose training clips were fine
     (now: trained without validation)."""
     import logging
 
-    from PIL import Image
-
     from robopretrain.data.video import VideoDatasetError
 
     def folder(name: str, bad: set[int]) -> Path:
-        root = tmp_path / name
-        for c in range(3):
-            d = root / f"clip{c}"
-            d.mkdir(parents=True)
-            for t in range(8):
-                if c in bad and t == 5:
-                    (d / f"{t:06d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
-                else:
-                    Image.fromarray(moving_square(8, c, 1, (200, 90, 60))[t]).save(d / f"{t:06d}.jpg")
-        (root / "manifest.csv").write_text("path,num_frames,text\n" + "".join(f"clip{c},8,x\n" for c in range(3)))
-        return root
+        return jpeg_clips(tmp_path / name, bad)
 
     from video_pretrain.data import ManifestSource, split_by_video
 
@@ -439,6 +444,29 @@ def test_clips_that_fail_only_when_decoded(tmp_path, caplog):
     with pytest.raises(VideoDatasetError, match="clip0"):  # data.strict=true: an error, in validation too
         train(compose_cfg(f"data.path={mixed}", f"output_dir={tmp_path / 's'}", "data.valid_fraction=0.34",
                           f"data.split_seed={seed}", "data.strict=true", *common), tmp_path)
+
+
+def test_a_resume_after_a_clip_found_unreadable_goes_on_as_the_uninterrupted_run(tmp_path):
+    """The clips found unreadable while training were not in the checkpoint: a resumed run sampled the bad clip
+    again (its batches, drawn from every clip, differed from the uninterrupted run's until it failed once more:
+    encoders 0.003 apart) and its metrics.json no longer listed it if it was not drawn again (a new user's
+    finding). One bad clip of ten, two samples a batch: the first clip found in the first session is the bad one."""
+    bad = lambda run: [Path(b).name for b in json.loads((run / "metrics.json").read_text())["bad_videos"]]  # noqa
+    common = ("data.valid_fraction=0", "tensorboard=false", *TINY, "batch_size=2")
+    for b in range(10):
+        data = jpeg_clips(tmp_path / f"clips{b}", {b}, count=10)
+        split = tmp_path / f"split{b}"
+        train(compose_cfg(f"data.path={data}", *common, "steps=3", f"output_dir={split}"), tmp_path)
+        if bad(split) == [f"clip{b}"]:  # found before the checkpoint the resume starts from
+            break
+    else:
+        pytest.fail("no bad clip was drawn in three steps")
+    train(compose_cfg(f"data.path={data}", *common, "steps=8", f"output_dir={split}"), tmp_path)
+    train(compose_cfg(f"data.path={data}", *common, "steps=8", f"output_dir={tmp_path / 'straight'}"), tmp_path)
+    assert bad(split) == [f"clip{b}"] == bad(tmp_path / "straight")
+    a = load_encoder(tmp_path / "straight" / "encoder")[0].state_dict()
+    c = load_encoder(split / "encoder")[0].state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_robot_hdf5_source_with_workers_and_the_none_objective(robot_hdf5, tmp_path):

@@ -32,7 +32,7 @@ import logging
 import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -392,10 +392,14 @@ class FrameBatchStream(IterableDataset):
     A clip the source can only now tell is unreadable (it raises ``SkippedVideoError``, see
     :mod:`video_pretrain.data`) is dropped from this process's sampling and the batch is drawn again,
     so a run does not stop on one bad clip; from then on this worker's batches differ from a clean run's.
+    ``unreadable``: source ids already found unreadable (a resumed run's, from its checkpoint), left out from the
+    start: with the main process loading (``num_workers=0``) the resumed stream then goes on as the uninterrupted
+    one did; with workers, each found a bad clip at its own batch, and a resume differs after it.
     """
 
     def __init__(self, source: FrameSource, objective: str, batch_size: int, seed: int = 0,
-                 sampling: Mapping[str, Any] | None = None, start_batch: int = 0, num_batches: int | None = None):
+                 sampling: Mapping[str, Any] | None = None, start_batch: int = 0, num_batches: int | None = None,
+                 unreadable: Iterable[int] = ()):
         if batch_size < 1:
             raise ValueError(f"FrameBatchStream: batch_size={batch_size}; expected >= 1")
         self.source = source
@@ -408,8 +412,9 @@ class FrameBatchStream(IterableDataset):
         self.lengths = np.array([source.video_length(i) for i in range(source.num_videos)], dtype=np.int64)
         self.active = long_enough(source, objective, self.lengths)  # source ids still sampled
         self.short_videos = [_video_name(source, int(i)) for i in np.setdiff1d(np.arange(len(self.lengths)), self.active)]
+        self.unreadable: list[int] = sorted({int(v) for v in unreadable})  # source ids dropped as unreadable
+        self.active = self.active[~np.isin(self.active, self.unreadable)]
         self.sampler = make_sampler(objective, self.lengths[self.active], self.sampling)
-        self.unreadable: list[int] = []  # source ids this process dropped as unreadable, in order
 
     def _drop(self, video: int, reason: Exception) -> None:
         self.active = self.active[self.active != video]

@@ -10,7 +10,7 @@ saves it with
     encoder/              the encoder checkpoint (or ``output``): encoder.pt, meta.json (extra: objective,
                           steps, data), config.yaml; for ICVF also value_heads.pt (read by diagnose)
     checkpoints/last.pt   the training checkpoint: objective (encoder, heads, target), optimizer, torch RNG,
-                          step, and the run's fingerprint (:mod:`robopretrain.run_fingerprint`: the listing
+                          step, the clips found unreadable so far, and the run's fingerprint (:mod:`robopretrain.run_fingerprint`: the listing
                           of the clips read and the manifest's hash (other files in the video folder are not
                           data), the config minus harmless keys); written atomically. A
                           rerun with resume=true continues from it only when its fingerprint is the same
@@ -46,7 +46,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import hydra
 import numpy as np
@@ -411,23 +411,29 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 def save_checkpoint(path: Path, step: int, objective: nn.Module, optimizer: torch.optim.Optimizer,
                     cfg: DictConfig, history: Mapping[str, Any], world_size: int = 1,
                     run_print: Mapping[str, Any] | None = None,
-                    world_sizes: Sequence[Mapping[str, int]] | None = None) -> None:
+                    world_sizes: Sequence[Mapping[str, int]] | None = None,
+                    unreadable: Iterable[int] = ()) -> None:
     """Write the training checkpoint (everything a resumed run needs, and the run's fingerprint) atomically;
-    ``world_sizes``: the run's process counts by session (:func:`robopretrain.distributed.world_size_history`)."""
+    ``world_sizes``: the run's process counts by session (:func:`robopretrain.distributed.world_size_history`);
+    ``unreadable``: the training clips (ids) found unreadable so far, which a resumed stream leaves out from its
+    start as the uninterrupted one did from when it found them."""
     _atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": int(step), "objective": objective.state_dict(),
                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                         "identity": json.dumps(identity(cfg), sort_keys=True), "history": json.dumps(history),
                         "world_size": int(world_size), "fingerprint": json.dumps(run_print),
-                        "world_sizes": json.dumps(list(world_sizes or []))}, path)
+                        "world_sizes": json.dumps(list(world_sizes or [])),
+                        "unreadable": json.dumps(sorted(int(v) for v in unreadable))}, path)
     kill_after_checkpoint(step)  # a test hook; nothing unless ROBOPRETRAIN_KILL_AFTER_CHECKPOINT is set
 
 
 def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig,
                     device: torch.device, run_print: Mapping[str, Any] | None = None
-                    ) -> tuple[int, dict[str, Any], list[dict[str, int]]]:
-    """Restore a training checkpoint into ``objective`` and ``optimizer``; returns (step, history, world sizes):
-    the last, the run's process counts by session (:func:`robopretrain.distributed.world_size_history`); for a
-    checkpoint written before that record, the count of the session that wrote it, standing for every step before.
+                    ) -> tuple[int, dict[str, Any], list[dict[str, int]], list[int]]:
+    """Restore a training checkpoint into ``objective`` and ``optimizer``; returns (step, history, world sizes,
+    unreadable): the world sizes are the run's process counts by session
+    (:func:`robopretrain.distributed.world_size_history`; for a checkpoint written before that record, the count of
+    the session that wrote it, standing for every step before); ``unreadable``: the training clip ids found
+    unreadable before the checkpoint (empty for one written before that record).
 
     Refuses (:class:`~robopretrain.run_fingerprint.ResumeMismatchError`, one line) a checkpoint whose
     fingerprint differs from ``run_print``, this run's."""
@@ -458,7 +464,7 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
                     "differently (the effective batch size changes)", path, saved_world, world_size())
     sizes = json.loads(state.get("world_sizes") or "[]")
     sizes = dist_utils.world_size_history(sizes, saved_world, int(state["step"]), saved_world, int(cfg.batch_size))
-    return int(state["step"]), json.loads(state["history"]), sizes
+    return int(state["step"]), json.loads(state["history"]), sizes, json.loads(state.get("unreadable") or "[]")
 
 
 def world_size() -> int:
@@ -609,10 +615,11 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     if dinfo.enabled:
         log.info("data-parallel over %d processes (%s): effective batch size %d = %d x %d", dinfo.world_size,
                  dinfo.backend, effective_batch, int(cfg.batch_size), dinfo.world_size)
-    start, history, world_sizes = 0, {"train": [], "valid": []}, []
+    start, history, world_sizes, unreadable = 0, {"train": [], "valid": []}, [], []
     run_print = fingerprint(cfg, data_path, run_fingerprint.run_home(cfg, paths.run_dir))
     if cfg.resume and paths.checkpoint.is_file():
-        start, history, world_sizes = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device, run_print)
+        start, history, world_sizes, unreadable = load_checkpoint(paths.checkpoint, objective, optimizer, cfg, device,
+                                                                  run_print)
         log.info("resumed from %s at step %d", paths.checkpoint, start)
         if start > steps and dinfo.is_main:  # as stage 2 says it (robopretrain.loops.offline)
             log.warning("%s: its checkpoint is at step %d, past steps=%d: nothing to train, and the encoder saved is "
@@ -628,7 +635,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     data_seed = dist_utils.rank_seed(int(cfg.seed), dinfo)
     sampling = OmegaConf.to_container(cfg.objective.sampling, resolve=True)
     stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=data_seed, sampling=sampling,
-                              start_batch=start, num_batches=max(steps - start, 0))
+                              start_batch=start, num_batches=max(steps - start, 0), unreadable=unreadable)
     loader = batch_loader(stream, int(cfg.num_workers), pin_memory=device.type == "cuda")
     valid_batches, valid_stream = [], None
     if dinfo.is_main and valid_source is not None and int(cfg.valid_batches) > 0:
@@ -657,7 +664,8 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     window: dict[str, float] = {}
     window_n, t0, t_window = 0, time.perf_counter(), time.perf_counter()
     step = start
-    found_unreadable: set[int] = set()  # ids (of train_source) the stream's workers found unreadable while training
+    # ids (of train_source) the stream's workers found unreadable while training, earlier sessions' included
+    found_unreadable: set[int] = set(unreadable)
     bar = tqdm(total=steps, initial=start, desc=f"stage1 {name}", unit="step",
                disable=not cfg.progress or not dinfo.is_main, dynamic_ncols=True)
     try:
@@ -684,7 +692,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
                                 valid=f"{history['valid'][-1]['loss']:.4g}", refresh=False)
             if dinfo.is_main and (step % int(cfg.checkpoint_every) == 0 or step == steps):
                 save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history, dinfo.world_size, run_print,
-                                parallel["history"])
+                                parallel["history"], found_unreadable)
     finally:
         bar.close()
         if writer is not None:
