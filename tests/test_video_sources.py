@@ -136,6 +136,16 @@ def test_frame_numbering_gaps_are_warned_once_per_clip(tmp_path: Path, caplog: p
     warned = [r.getMessage() for r in caplog.records if "frame numbers jump" in r.getMessage()]
     assert len(warned) == 1 and str(gappy) in warned[0], warned
     assert "jump from 2 to 5 (1 more gap), 5 number(s) missing" in warned[0] and "consecutive steps" in warned[0]
+    from robopretrain.data.video import count_frames
+
+    stamped = tmp_path / "stamped"  # a camera logger's date-time names: 20 digits (past int64), no index to miss
+    stamped.mkdir()
+    for t in range(4):
+        Image.fromarray(frames[t]).save(stamped / f"2023110715301{t}{t * 33333:06d}.png")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.video"):
+        assert count_frames(stamped) == 4
+    assert not caplog.records
 
 
 def test_frames_named_with_a_prefix_are_read_and_two_sequences_in_one_folder_refused(tmp_path: Path) -> None:

@@ -291,10 +291,12 @@ _GAPS_LOGGED: set[str] = set()
 
 
 def _warn_numbering_gaps(folder: Path, numbers: Sequence[int]) -> None:
-    """Warn once per folder when its frame numbers skip some (its frames are still read as consecutive steps)."""
-    steps = np.diff(np.asarray(numbers, dtype=np.int64))
+    """Warn once per folder when its frame numbers skip some (its frames are still read as consecutive steps).
+    Numbers that never step by one (time stamps, ``20231107153011033333.png``, or a stride) are no frame indices to
+    miss: read in their order without a word. Python integers: a 20-digit stamp overflowed int64."""
+    steps = np.array([b - a for a, b in zip(numbers[:-1], numbers[1:])], dtype=object)
     gaps = np.flatnonzero(steps > 1)
-    if gaps.size == 0 or str(folder) in _GAPS_LOGGED:
+    if gaps.size == 0 or gaps.size == steps.size or str(folder) in _GAPS_LOGGED:
         return
     _GAPS_LOGGED.add(str(folder))
     first = int(gaps[0])
