@@ -103,6 +103,11 @@ def test_a_video_file_or_a_folder_without_a_manifest_is_read_directly(video_dir,
         assert [e.relpath for e in clip_entries(root)] == ["another.mp4", "clip.mp4", "episode_0"]
     assert "2 file(s) or folder(s) that look like clips are not read: anim.gif, nested/" in caplog.text
     (root / "anim.gif").unlink()
+    (root / "clip9.mp4").symlink_to(tmp_path / "unmounted" / "clip9.mp4")  # a disk not mounted: its clips dropped
+    with caplog.at_level(logging.WARNING):
+        assert [e.relpath for e in clip_entries(root)] == ["another.mp4", "clip.mp4", "episode_0"]
+    assert f"1 link(s) lead to nothing and are not read: clip9.mp4 -> {tmp_path / 'unmounted'}" in caplog.text
+    (root / "clip9.mp4").unlink()
     import shutil
 
     shutil.rmtree(root / "nested")

@@ -72,6 +72,7 @@ EXIF_ORIENTATION = 0x0112  # the EXIF tag of a photo's display rotation / mirror
 MEDIA_SUFFIXES = (".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv", ".png", ".jpg", ".jpeg", ".bmp",
                   ".tif", ".tiff", ".webp")
 _LEFT_WARNED: set[str] = set()  # folders whose unread media were warned about (once per process)
+_BROKEN_WARNED: set[str] = set()  # folders whose links to nothing were warned about (once per process)
 FRAME_FILE_RE = re.compile(r"^(.*?)(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)  # prefix, number (000012, frame_0012)
 
 
@@ -192,6 +193,12 @@ def clip_entries(path: str | os.PathLike) -> list[VideoEntry]:
                        "up to a folder of their own)", p, len(left), ", ".join(left[:5]) + (", ..." if len(left) > 5
                                                                                             else ""),
                        "/".join(VIDEO_SUFFIXES))
+    broken = sorted(c for c in p.iterdir() if not c.name.startswith(".") and c.is_symlink() and not c.exists())
+    if broken and str(p) not in _BROKEN_WARNED:  # a disk not mounted: half the clips gone without a word before
+        _BROKEN_WARNED.add(str(p))
+        logger.warning("%s: %d link(s) lead to nothing and are not read: %s (is the disk they point to mounted?)", p,
+                       len(broken), ", ".join(f"{c.name} -> {os.readlink(c)}" for c in broken[:5])
+                       + (", ..." if len(broken) > 5 else ""))
     return [VideoEntry(path=c, relpath=c.name, num_frames=None, text="") for c in clips]
 
 
