@@ -228,6 +228,27 @@ def test_16_bit_gray_png_frames_are_scaled_by_the_bits_the_clip_uses(tmp_path, c
     assert np.array_equal(read_frames(tmp_path / "depth", [4, 1]), frames[[4, 1]])
 
 
+@pytest.mark.parametrize("pix_fmt", ["gray16le", "gray12le"])
+def test_a_deep_grayscale_video_is_scaled_as_its_png_frames_are(tmp_path, pix_fmt):
+    """A depth clip archived as FFV1 gray16 in .mkv was converted to RGB as FFmpeg does: 12-bit values kept only
+    their high byte, 0-11 of 255, a near-black clip without a word (its 16-bit PNG frames read 0-250)."""
+    import av
+
+    depth = depth_clip()  # values up to 4000: 12 bits used
+    container = av.open(str(tmp_path / "depth.mkv"), "w")
+    stream = container.add_stream("ffv1", rate=10)
+    stream.width, stream.height, stream.pix_fmt = depth.shape[2], depth.shape[1], pix_fmt
+    for image in depth:
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="gray16le").reformat(format=pix_fmt)))
+    container.mux(stream.encode())
+    container.close()
+    write_frame_folder(tmp_path / "depth_png", depth)
+    frames = read_frames(tmp_path / "depth.mkv")
+    assert np.abs(frames.astype(np.int64) - read_frames(tmp_path / "depth_png")).max() <= 1
+    assert frames.max() >= 200  # the range is used
+    assert np.array_equal(read_frames(tmp_path / "depth.mkv", [4, 1, 4]), frames[[4, 1, 4]])  # the clip's scale
+
+
 def test_every_value_of_a_16_bit_clip_is_scaled_by_the_formula_and_the_clip_peak_not_a_frames(tmp_path):
     """v8 = round(v * 255 / (2**b - 1)) exactly, b from the clip's largest value: the first frame holds values up to
     1023 (10 bits), the second every 12-bit value, so both are scaled by 4095 (a frame's own peak, or the smallest

@@ -30,8 +30,8 @@ Frames come out as they are meant to be seen:
 - **Display rotation.** A video whose container carries a display matrix (phone videos: pixels stored
   landscape, "rotate 90" in the track header) is turned upright, as players show it: the frames are rotated
   and/or mirrored by the matrix (multiples of 90 degrees; any other angle is left as stored, with a warning).
-- **16-bit PNG frames** (depth, IR and machine-vision cameras; grayscale or RGB) are scaled to 8 bit by the
-  bit depth the clip uses: ``b`` = the number of bits of the clip's largest value (8 to 16; e.g. 12 for
+- **16-bit PNG frames** (depth, IR and machine-vision cameras; grayscale or RGB), and videos of grayscale deeper
+  than 8 bits (gray10/12/16, e.g. FFV1 in .mkv), are scaled to 8 bit by the bit depth the clip uses: ``b`` = the number of bits of the clip's largest value (8 to 16; e.g. 12 for
   values up to 4095), ``v8 = round(v * 255 / (2**b - 1))``, one scale for every frame of the clip (so its
   frames stay comparable), logged once per clip. Grayscale becomes 3 equal channels, alpha is dropped.
 
@@ -549,17 +549,20 @@ def _read_video(path: Path, idx: np.ndarray | None, each: Callable[[np.ndarray],
     decoded: dict[int, np.ndarray] = {}
     frames: list[np.ndarray] = []
     upright = None
+    deep = False  # a grayscale stream of more than 8 bits: uint16 frames until the clip's peak is known
     n = 0
     try:
         stream = video_stream(container, path)
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             if upright is None:
-                upright = display_orientation(frame, path)
-            if wanted is None:
-                frames.append(fit(upright(frame.to_ndarray(format="rgb24"))))
-            elif n in wanted:
-                decoded[n] = fit(upright(frame.to_ndarray(format="rgb24")))
+                upright, deep = display_orientation(frame, path), _deep_gray(frame)
+            if wanted is None or n in wanted:
+                image = upright(_gray16(frame) if deep else frame.to_ndarray(format="rgb24"))
+                if wanted is None:
+                    frames.append(image if deep else fit(image))
+                else:
+                    decoded[n] = image if deep else fit(image)
             n += 1
             if last is not None and n > last:
                 break
@@ -570,10 +573,46 @@ def _read_video(path: Path, idx: np.ndarray | None, each: Callable[[np.ndarray],
     if idx is None:
         if not frames:
             raise VideoDatasetError(f"{path}: the video has no decodable frames")
+        if deep:
+            frames = [fit(_to_8bit(f, _peak(frames), path)) for f in frames]
         return _stack(frames, path)
     if last >= n:
         raise VideoDatasetError(f"{path}: frame index {last} out of range, the clip has {n} frames")
+    if deep:
+        peak = _video_peak(path)
+        decoded = {k: fit(_to_8bit(f, peak, path)) for k, f in decoded.items()}
     return _stack([decoded[int(i)] for i in idx], path)
+
+
+def _deep_gray(frame: av.VideoFrame) -> bool:
+    """Whether a decoded frame is grayscale of more than 8 bits (gray10/12/16: depth and IR cameras' archives, e.g.
+    FFV1 in .mkv), scaled to 8 bit by the clip's bit depth as 16-bit PNG frames are: converted to RGB as FFmpeg
+    does, a 12-bit depth clip kept only its high byte (values 0-11 of 255, a near-black clip)."""
+    return frame.format.name.startswith("gray") and frame.format.components[0].bits > 8
+
+
+def _gray16(frame: av.VideoFrame) -> np.ndarray:
+    """A deep grayscale frame as uint16 (H, W, 3), three equal channels."""
+    arr = np.asarray(frame.reformat(format="gray16le").to_ndarray(), dtype=np.uint16)
+    return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+
+
+def _video_peak(path: Path) -> int:
+    """The largest value of a deep grayscale video (every frame decoded once; remembered while the file is
+    unchanged)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _PEAKS:
+        if len(_PEAKS) >= 4096:
+            _PEAKS.clear()
+        container = _open_video(path)
+        try:
+            _PEAKS[key] = max(int(_gray16(f).max()) for f in container.decode(video_stream(container, path)))
+        except av.FFmpegError as exc:
+            raise VideoDatasetError(f"{path}: corrupt or unreadable video ({exc})") from exc
+        finally:
+            container.close()
+    return _PEAKS[key]
 
 
 def _as_stored(frame: np.ndarray) -> np.ndarray:
