@@ -91,6 +91,7 @@ class TabletopEnv(gym.Env):
         self.goal = np.zeros(3)
         # Per-episode task state that is not in MuJoCo's (e.g. which button is lit); cleared at every reset.
         self.episode: dict[str, Any] = {}
+        self.resets = 0  # episodes begun (a scripted expert made once restarts its phases on a new one)
         self.dr_params: dict[str, Any] = {}
         self._grip_cmd = -1.0
 
@@ -109,6 +110,7 @@ class TabletopEnv(gym.Env):
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        self.resets += 1
         rng = self.np_random
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)

@@ -5,7 +5,8 @@ which a learner that sees the state can imitate. The others are phase machines (
 which waypoints they already reached); their tasks are imitated from the state at >= 0.9 except PushBlock
 (README, "Measured: do the learners learn what clean data teaches?").
 
-``make_expert(env, noise, rng)`` returns a policy ``act(obs) -> action``. ``noise`` is the standard deviation
+``make_expert(env, noise, rng)`` returns a policy ``act(obs) -> action``; made once, it starts its phases over at
+each ``env.reset()`` (``Expert.reset`` by hand is not needed). ``noise`` is the standard deviation
 of Gaussian noise added to every action (then clipped to [-1, 1]); 0 is the clean expert. The same
 experts drive the human hand (it shares the gripper's interface), which is how the videos are made.
 """
@@ -44,6 +45,7 @@ class Expert(ABC):
     def reset(self) -> None:
         self.phase = 0
         self.counter = 0
+        self.episode = self.env.resets  # the env's episode this expert's phases belong to
 
     def next_phase(self) -> None:
         self.phase += 1
@@ -54,6 +56,8 @@ class Expert(ABC):
         """The clean (noise-free) action for the current state."""
 
     def act(self, obs: Any = None) -> np.ndarray:
+        if self.env.resets != self.episode:  # the env began another episode: the phases of the last one are over
+            self.reset()  # (made once and reused, an expert pushed on from its last phase: 0.1 success)
         self.counter += 1
         a = self.policy()
         if self.noise > 0:

@@ -159,6 +159,24 @@ def test_hand_expert_solves_the_task(task: str) -> None:
     assert rate >= HAND_MIN_SUCCESS, f"{task}: hand expert succeeded in {rate:.0%}; failed seeds {failed}"
 
 
+def test_an_expert_made_once_starts_over_at_each_reset() -> None:
+    """The usual "make the policy once" pattern: the experts' phases carried over into the next episode, which the
+    phase-machine experts then mostly failed (CloseDrawerPressButton 0.1 over 10 seeds; a new user's finding)."""
+    env = make("CloseDrawerPressButton", render_images=False)
+    reused = make_expert(env)
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        fresh = make_expert(env)
+        done = False
+        while not done:
+            action = reused.act(obs)
+            np.testing.assert_array_equal(action, fresh.act(obs))
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+        assert info["success"], seed
+    env.close()
+
+
 def test_grasp_is_physical_opening_the_fingers_drops_the_block() -> None:
     env = make("Lift", render_images=False, terminate_on_success=False)
     obs, _ = env.reset(seed=0)
