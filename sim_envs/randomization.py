@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import colorsys
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -67,6 +68,7 @@ DISTRACTOR_X = (-0.26, 0.26)
 DISTRACTOR_Y = (-0.16, 0.28)
 # Distance (m, on the table) a distractor keeps from the task's objects and goals, so the task stays possible.
 KEEPOUT_RADIUS = 0.09
+LAYOUT_ATTEMPTS = 50  # whole layouts tried before an episode has fewer distractors than asked (warned)
 
 
 def sample_interval_union(rng: np.random.Generator, intervals: Sequence[Interval]) -> float:
@@ -204,6 +206,27 @@ class DomainRandomizer:
         self.distractor_qpos = np.array([model.jnt_qposadr[model.body_jntadr[b]] for b in self.distractor_bodies], dtype=int)
         self.material_ids = {name: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_MATERIAL, name)
                              for names in TEXTURES.values() for name in names}
+        self._check_distractor_room()
+        self._short_warned = False
+
+    def _check_distractor_room(self) -> None:
+        """ValueError at construction when the distractors asked for cannot fit ``max_distractors`` (a negative one,
+        or fewer slots than the level's least count: NumPy's bare "low >= high" at the first reset before)."""
+        if self.max_distractors < 0:
+            raise ValueError(f"max_distractors={self.max_distractors}; expected >= 0")
+        if self.config.num_distractors is not None:
+            need, what = int(self.config.num_distractors), f"num_distractors={self.config.num_distractors}"
+            if need < 0:
+                raise ValueError(f"{what}; expected >= 0")
+        elif self.levels["distractors"] != "none":
+            level = self.levels["distractors"]
+            need, what = FACTOR_RANGES["distractor_count"][level][0][0], f"distractor level {level!r} (at least " \
+                f"{FACTOR_RANGES['distractor_count'][level][0][0]} distractors)"
+        else:
+            return
+        if need > self.max_distractors:
+            raise ValueError(f"{what} needs more distractor slots than max_distractors={self.max_distractors}; "
+                             f"raise max_distractors to {need} or more")
 
     # ------------------------------------------------------------------ sampling
     def sample(self, rng: np.random.Generator, keepout: np.ndarray | None = None,
@@ -269,17 +292,32 @@ class DomainRandomizer:
                            radius: float = KEEPOUT_RADIUS) -> list[dict[str, Any]]:
         """Count, shapes, sizes, colours and table positions of this episode's distractors."""
         level = self.levels["distractors"]
-        if self.config.num_distractors is not None:
+        if self.config.num_distractors is not None:  # within [0, max_distractors] (_check_distractor_room)
             count = int(self.config.num_distractors)
-            if not 0 <= count <= self.max_distractors:
-                raise ValueError(f"num_distractors={count} outside [0, {self.max_distractors}]")
         else:
             lo, hi = FACTOR_RANGES["distractor_count"][level][0]
             count = int(rng.integers(lo, min(hi, self.max_distractors + 1)))
         hue_level = level if level != "none" else "train"
+        points = np.zeros((0, 2)) if keepout is None else np.asarray(keepout, float).reshape(-1, 2)
+        best: list[dict[str, Any]] = []
+        for _attempt in range(LAYOUT_ATTEMPTS):  # placed one by one, a layout can corner itself: lay it out again
+            out = self._layout(rng, count, points, radius, hue_level)
+            if len(out) == count:
+                return out
+            best = out if len(out) > len(best) else best
+        if not self._short_warned:  # no free spot left for some: they stay parked rather than block the task
+            self._short_warned = True
+            warnings.warn(f"distractors: {len(best)} of {count} placed on the table this episode (no free spot for "
+                          f"the others in {LAYOUT_ATTEMPTS} layouts, {radius} m apart and from the task's objects); "
+                          "said once per env", RuntimeWarning, stacklevel=2)
+        return best
+
+    def _layout(self, rng: np.random.Generator, count: int, points: np.ndarray, radius: float,
+                hue_level: str) -> list[dict[str, Any]]:
+        """One layout of ``count`` distractors placed one by one at random free spots; it stops at the first that
+        finds none in 200 tries (fewer returned)."""
         placed: list[np.ndarray] = []
         out = []
-        points = np.zeros((0, 2)) if keepout is None else np.asarray(keepout, float).reshape(-1, 2)
         for _ in range(count):
             shape = str(rng.choice(DISTRACTOR_SHAPES))
             size = rng.uniform(0.012, 0.026, size=3)
@@ -291,7 +329,7 @@ class DomainRandomizer:
                     xy = cand
                     break
             if xy is None:
-                continue  # no free spot: leave this one parked rather than block the task
+                return out
             placed.append(xy)
             hue = sample_interval_union(rng, FACTOR_RANGES["distractor_hue"][hue_level])
             rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0))
