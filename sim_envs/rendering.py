@@ -151,6 +151,22 @@ def _ignore_half_made_renderer(unraisable: Any) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+_RENDERED_IN: int | None = None  # the process that made this module's first renderer (inherited by a fork)
+
+
+def check_not_forked_after_rendering() -> None:
+    """Raise :class:`RenderingUnavailableError` in a process forked from one that had already rendered with EGL:
+    the EGL context does not survive ``fork`` and MuJoCo's renderer waits forever there (gymnasium's
+    ``AsyncVectorEnv`` forks by default on Linux, after a sanity-check render in the parent: a hang at the first
+    reset). Spawned workers, or a fork before any rendering, are fine."""
+    if _RENDERED_IN is not None and _RENDERED_IN != os.getpid() and \
+            os.environ.get("MUJOCO_GL", "").strip().lower() == "egl":
+        raise RenderingUnavailableError(
+            f"this process was forked from process {_RENDERED_IN} after it had rendered with EGL, whose context does "
+            "not survive a fork (MuJoCo's renderer would hang here); start worker processes with the 'spawn' method "
+            "(gymnasium.vector.AsyncVectorEnv(..., context='spawn'), multiprocessing.get_context('spawn'))")
+
+
 class CameraRenderer:
     """Renders named cameras of one model at one image size, with the costly effects off."""
 
@@ -161,6 +177,7 @@ class CameraRenderer:
         preload_llvm_libraries()
         self._renderer = None
         check_display()
+        check_not_forked_after_rendering()
         failure = None
         hook = sys.unraisablehook
         sys.unraisablehook = _ignore_half_made_renderer
@@ -182,6 +199,8 @@ class CameraRenderer:
         flags[mujoco.mjtRndFlag.mjRND_FOG] = False
         self._option = mujoco.MjvOption()
         self.height, self.width = height, width
+        global _RENDERED_IN
+        _RENDERED_IN = _RENDERED_IN or os.getpid()
         _LIVE.add(self)
         global _EXIT_HOOK
         if not _EXIT_HOOK:  # registered after mujoco's GL module, so it runs before mujoco's hook

@@ -250,6 +250,41 @@ def test_rendering_works_when_mujoco_was_imported_before_sim_envs() -> None:
     assert proc.returncode == 0, proc.stderr[-1500:]
 
 
+def test_a_process_forked_after_rendering_is_told_to_spawn_instead_of_hanging() -> None:
+    """gymnasium's AsyncVectorEnv forks on Linux: after a render in the parent, each worker's first reset waited
+    forever inside MuJoCo's renderer (EGL does not survive fork; a new user's finding). A fork before any render
+    still renders."""
+    script = ("import multiprocessing as mp, os\n"
+              "import gymnasium as gym, sim_envs\n"
+              "def child(q):\n"
+              "    try:\n"
+              "        env = gym.make(sim_envs.env_id('Reach'), image_size=16)\n"
+              "        q.put(str(env.reset(seed=0)[0]['agentview_image'].shape))\n"
+              "    except Exception as e:\n"
+              "        q.put(f'{type(e).__name__}: {e}')\n"
+              "def forked():\n"
+              "    q = mp.get_context('fork').Queue()\n"
+              "    p = mp.get_context('fork').Process(target=child, args=(q,))\n"
+              "    p.start()\n"
+              "    out = q.get(timeout=60)\n"
+              "    p.join()\n"
+              "    return out\n"
+              "if __name__ == '__main__':\n"
+              "    print('before:', forked())\n"
+              "    gym.make(sim_envs.env_id('Reach'), image_size=16).reset(seed=0)\n"
+              "    print('after:', forked())\n")
+    repo = Path(sim_envs.__file__).resolve().parents[1]
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a process forked after rendering hung")
+    assert "before: (16, 16, 3)" in proc.stdout, proc.stdout + proc.stderr[-1500:]
+    assert "after: RenderingUnavailableError: this process was forked from process" in proc.stdout, proc.stdout
+    assert "get_context('spawn')" in proc.stdout
+
+
 # ----------------------------------------------------------------------------- errors
 def test_unknown_task_lists_the_known_tasks() -> None:
     for make_it in (lambda: sim_envs.env_id("Juggle"), lambda: TabletopEnv("Juggle", render_images=False)):
