@@ -87,7 +87,7 @@ class TabletopEnv(gym.Env):
         self._gripper_qadr = self.model.jnt_qposadr[self.model.joint("gripper_free").id]
         self._finger_qadr = [self.model.jnt_qposadr[self.model.joint(n).id] for n in ("finger_l", "finger_r")]
         self._finger_dadr = [self.model.jnt_dofadr[self.model.joint(n).id] for n in ("finger_l", "finger_r")]
-        self._renderer: CameraRenderer | None = None
+        self._renderers: dict[int, CameraRenderer] = {}  # by image size: one at another size is kept too
         self.goal = np.zeros(3)
         # Per-episode task state that is not in MuJoCo's (e.g. which button is lit); cleared at every reset.
         self.episode: dict[str, Any] = {}
@@ -158,9 +158,9 @@ class TabletopEnv(gym.Env):
         return self.render_camera(self.camera)
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers = {}
 
     # ------------------------------------------------------------------ observations
     def _obs(self) -> dict[str, Any]:
@@ -183,12 +183,9 @@ class TabletopEnv(gym.Env):
         if not 16 <= size <= limit:
             raise ValueError(f"render size {size} outside [16, {limit}] (this env's offscreen framebuffer); "
                              f"make the env with image_size >= {size} to render that large")
-        if self._renderer is None or self._renderer.height != size:
-            if self._renderer is not None:
-                self._renderer.close()
-                self._renderer = None
-            self._renderer = CameraRenderer(self.model, size, size)
-        return self._renderer.render(self.data, camera)
+        if size not in self._renderers:  # (one renderer, rebuilt at each change of size: 170 ms a frame)
+            self._renderers[size] = CameraRenderer(self.model, size, size)
+        return self._renderers[size].render(self.data, camera)
 
     # ------------------------------------------------------------------ state access used by tasks and experts
     def grip_pos(self) -> np.ndarray:

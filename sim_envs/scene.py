@@ -52,13 +52,17 @@ VIDEO_CAMERAS = {
 def lookat_xyaxes(pos: np.ndarray, target: np.ndarray, up: np.ndarray | None = None) -> np.ndarray:
     """Camera frame x and y axes (6 numbers, MJCF ``xyaxes``) for a camera at ``pos`` looking at ``target``.
 
-    A MuJoCo camera looks along its -z axis with +y up in the image.
+    A MuJoCo camera looks along its -z axis with +y up in the image. ``up`` (default world +z) gives the image's up
+    direction; a camera looking along it (straight down, a top view) takes world +y instead (the far side of the
+    table at the image's top): the cross product was zero and the axes NaN, a black image.
     """
-    up = np.array([0.0, 0.0, 1.0]) if up is None else up
+    up = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, float)
     forward = np.asarray(target, float) - np.asarray(pos, float)
     forward /= np.linalg.norm(forward)
     z_cam = -forward
     x_cam = np.cross(up, z_cam)
+    if np.linalg.norm(x_cam) < 1e-9:  # looking along ``up``
+        x_cam = np.cross(np.array([0.0, 1.0, 0.0]), z_cam)
     x_cam /= np.linalg.norm(x_cam)
     y_cam = np.cross(z_cam, x_cam)
     return np.concatenate([x_cam, y_cam])
