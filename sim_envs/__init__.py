@@ -4,7 +4,9 @@ Tasks (``sim_envs.tasks``), the robot gripper and the human hand (``sim_envs.sce
 (``sim_envs.experts``), domain randomization (``sim_envs.randomization``) and the data-collection CLIs
 (``python -m sim_envs.collect``, ``python -m sim_envs.collect_videos``), and the blind-camera ablation
 (``sim_envs.wrappers.BlindCamera``). Importing the package picks a
-headless OpenGL backend (EGL, else OSMesa) and registers every task as ``sim_envs/<Task>-v0``.
+headless OpenGL backend (EGL, else OSMesa) and registers every task as ``sim_envs/<Task>-v0``; one's own task
+(a :class:`sim_envs.tasks.Task` on the scene's fixtures, with an optional scripted expert) is added with
+:func:`register_task`.
 """
 from sim_envs.rendering import select_gl_backend
 
@@ -12,7 +14,9 @@ select_gl_backend()
 
 import gymnasium as gym  # noqa: E402
 
-from sim_envs.tasks import PRETRAIN_TASKS, TARGET_TASKS, TASKS, get_task  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+from sim_envs.tasks import KINDS, PRETRAIN_TASKS, TARGET_TASKS, TASK_IDS, TASKS, Task, get_task  # noqa: E402
 
 
 def env_id(task: str) -> str:
@@ -29,4 +33,29 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["PRETRAIN_TASKS", "TARGET_TASKS", "TASKS", "env_id", "get_task"]
+
+def register_task(task: Task, expert: Callable[..., Any] | None = None) -> str:
+    """Add one's own task to the suite; returns its gymnasium id (``sim_envs/<name>-v0``).
+
+    ``task``: a :class:`sim_envs.tasks.Task` (its ``reset`` places things and sets ``env.goal``, ``success`` judges
+    the state; ``fixtures`` and ``object_bodies`` name bodies of the scene, :mod:`sim_envs.scene`). It gets the
+    next task id (the built-in ones keep theirs; an env made after this has one more slot in ``task_id``).
+    ``expert``: ``expert(env, noise=..., rng=...) -> Expert`` (a :class:`sim_envs.experts.Expert` subclass), what
+    :func:`sim_envs.experts.make_expert` and ``python -m sim_envs.collect`` use for it. ``PRETRAIN_TASKS`` and
+    ``TARGET_TASKS`` keep listing the built-in suite. Raises ValueError for a name already taken or a ``kind`` that
+    does not match ``target``."""
+    from sim_envs import experts
+
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} exists already; give yours another name")
+    if task.kind not in KINDS or (task.kind == "prior") == task.target:
+        raise ValueError(f"task {task.name}: kind {task.kind!r} does not match target={task.target}; kinds: {KINDS}")
+    TASKS[task.name] = task
+    TASK_IDS[task.name] = len(TASK_IDS)
+    if expert is not None:
+        experts._EXPERTS[task.name] = expert
+    _register()
+    return env_id(task.name)
+
+
+__all__ = ["PRETRAIN_TASKS", "TARGET_TASKS", "TASKS", "env_id", "get_task", "register_task"]

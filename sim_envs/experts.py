@@ -336,6 +336,9 @@ def make_expert(env: TabletopEnv, noise: float = 0.0, rng: np.random.Generator |
     base = env.unwrapped
     if not isinstance(base, TabletopEnv):
         raise TypeError(f"scripted experts need a sim_envs TabletopEnv, got {type(base).__name__}")
+    if base.task.name not in _EXPERTS:
+        raise KeyError(f"no scripted expert for task {base.task.name!r}; give one to sim_envs.register_task(task, "
+                       f"expert=...) (experts exist for: {', '.join(_EXPERTS)})")
     return _EXPERTS[base.task.name](base, noise=noise, rng=rng)
 
 

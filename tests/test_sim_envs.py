@@ -313,6 +313,39 @@ def test_a_process_forked_after_rendering_is_told_to_spawn_instead_of_hanging() 
     assert "get_context('spawn')" in proc.stdout
 
 
+def test_ones_own_task_is_registered_with_its_expert_and_solved() -> None:
+    """Adding a Task to sim_envs.tasks.TASKS (the only route there was) passed get_task and then failed with bare
+    KeyErrors from the task ids and the experts (a new user's finding): register_task adds both."""
+    from sim_envs import experts
+    from sim_envs.experts import ReachExpert
+    from sim_envs.tasks import Task
+
+    def reset(env, rng):
+        env.goal = np.array([rng.uniform(-0.1, 0.1), 0.1, 0.1])
+        env.set_static_pos("goal", env.goal)
+
+    def success(env):
+        return bool(np.linalg.norm(env.grip_pos() - env.goal) < 0.02)
+
+    mine = Task("MyReach", ("goal_sphere",), (), 60, reset, success, description="reach my goal")
+    before = len(TASK_IDS)
+    try:
+        with pytest.raises(ValueError, match="exists already"):
+            sim_envs.register_task(Task("Reach", ("goal_sphere",), (), 60, reset, success))
+        assert sim_envs.register_task(mine, expert=ReachExpert) == "sim_envs/MyReach-v0"
+        env = gym.make("sim_envs/MyReach-v0", render_images=False)
+        assert env.unwrapped.task_id == before and env.spec.max_episode_steps == 60
+        assert run_expert(env, seed=0)[0]  # its expert reaches its goal
+        env.close()
+        sim_envs.register_task(Task("NoExpert", ("goal_sphere",), (), 60, reset, success))
+        with pytest.raises(KeyError, match="no scripted expert for task 'NoExpert'; give one to sim_envs.register"):
+            make_expert(TabletopEnv("NoExpert", render_images=False))
+    finally:  # the suite's other tests see the built-in tasks only
+        for name in ("MyReach", "NoExpert"):
+            sim_envs.TASKS.pop(name, None), TASK_IDS.pop(name, None), experts._EXPERTS.pop(name, None)
+            gym.registry.pop(f"sim_envs/{name}-v0", None)
+
+
 # ----------------------------------------------------------------------------- errors
 def test_unknown_task_lists_the_known_tasks() -> None:
     for make_it in (lambda: sim_envs.env_id("Juggle"), lambda: TabletopEnv("Juggle", render_images=False)):
