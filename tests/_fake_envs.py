@@ -547,6 +547,23 @@ class BoxActionsEnv(CountEnv):
         return super().step(action)
 
 
+class ScalarActionEnv(CountEnv):
+    """:class:`CountEnv` whose one action dimension is a scalar Box ``[low, high]`` of shape ``()`` (gymnasium allows
+    it); it refuses any other shape and appends what it receives to ``ScalarActionEnv.received``."""
+
+    received: list = []
+
+    def __init__(self, low: float = 0.0, high: float = 3.0) -> None:
+        super().__init__()
+        self.action_space = gym.spaces.Box(float(low), float(high), (), np.float32)
+
+    def step(self, action):
+        if np.shape(action) != ():
+            raise ValueError(f"ScalarActionEnv takes a scalar action, got shape {np.shape(action)}")
+        ScalarActionEnv.received.append(float(action))
+        return super().step(action)
+
+
 class PidRecordingStream:
     """A map-style dataset of two items whose DataLoader workers write their pid into ``folder`` and then sleep (a
     stand-in for stage 1's frame batches, to see whether the workers outlive the process that started them)."""

@@ -602,6 +602,28 @@ def test_the_probe_step_sends_the_middle_of_the_envs_action_range(low, high, uni
     np.testing.assert_allclose(fake.BoxActionsEnv.received[0], [sent] * 4, atol=1e-6)
 
 
+@pytest.mark.parametrize("units", [None, {"low": [0.0], "high": [3.0]}])
+def test_an_env_whose_one_action_is_a_scalar_box_takes_the_agents_1d_actions(units):
+    """Box(0, 3, shape=()) was refused as "an agent of another robot" (shape () against (1,)); the agent's one
+    action dimension reaches it as a scalar, in the env's units."""
+    import _fake_envs as fake
+
+    from robopretrain.agent import Agent
+    from robopretrain.build import check_env_fits
+    from robopretrain.data.spec import ObsSpec
+    from robopretrain.envs.target import as_target, make_env
+
+    target = as_target({"name": "scalar", "env_id": "_fake_envs:ScalarActionEnv", "task_id": 0,
+                        **({"action_normalization": units} if units else {})})
+    fake.ScalarActionEnv.received.clear()
+    check_env_fits(Agent(ObsSpec(low_dim=(("x", 2),)), 1, "bc", {"actor_hidden": [8]}), target)
+    env = make_env(target)
+    assert env.action_space.shape == (1,)
+    env.reset(seed=0)
+    env.step(np.array([0.5], np.float32))  # the agent's units: 2.25 of [0, 3] when rescaled, else 0.5 as it is
+    assert fake.ScalarActionEnv.received == pytest.approx([1.5, 2.25 if units else 0.5])  # the probe: the middle
+
+
 @pytest.mark.parametrize("num_tasks, noted", [(1, False), (2, True)])
 def test_stage2_says_nothing_of_a_one_slot_agents_gym_target_by_another_name(tmp_path, caplog, num_tasks, noted):
     """A one-slot agent's gym target named by the user ('my_reach') shares slot 0 with the data's task ('reach')

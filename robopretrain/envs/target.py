@@ -657,7 +657,24 @@ def make_env(target: Target, cameras: Sequence[str] = (), image_size: int | None
     # a registered env's own TimeLimit is replaced, not nested (an outer limit could not lift a shorter inner one)
     env = _capped(_construct(str(target.env_id), target.env_kwargs, target.max_episode_steps), target)
     _warn_shorter_inner_limit(env, target)
+    if isinstance(env.action_space, gym.spaces.Box) and env.action_space.shape == ():
+        env = ScalarActionBox(env)
     return _in_agent_units(TargetEnv(env, target, cameras, image_size, checked=checked), target)
+
+
+class ScalarActionBox(gym.ActionWrapper):
+    """An env whose action space is a scalar ``Box(low, high, shape=())`` (gymnasium allows it) as one of shape
+    ``(1,)``, the agent's one action dimension; each action reaches the env as a scalar. It was refused as "an agent
+    of another robot" (shape () against (1,))."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        space = env.action_space
+        self.action_space = gym.spaces.Box(np.reshape(space.low, (1,)), np.reshape(space.high, (1,)), (1,),
+                                           space.dtype)
+
+    def action(self, action: Any) -> np.ndarray:
+        return np.asarray(action, dtype=self.env.action_space.dtype).reshape(())
 
 
 _warned_inner_limit: set[str] = set()
