@@ -206,7 +206,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # checkpoint files: atomic writes, pruning, which checkpoint a resume takes, what a loaded agent is rebuilt from
     "checkpoint": ("robopretrain/checkpoint.py", ["tests/test_checkpoint.py"]),
     # stage 3's envs: episodes per env in seed order, the step budget, draining for checkpoints, worker processes
-    "collector": ("robopretrain/collector.py", ["tests/test_collector.py"]),
+    "collector": ("robopretrain/collector.py", ["tests/test_collector.py",
+                                               "tests/test_interrupts.py::test_only_the_first_vector_env_worker_says_"
+                                               "the_envs_warnings"]),
 }
 
 
@@ -222,6 +224,22 @@ class Equivalent(NamedTuple):
 
 # (module, mutant id) -> why it is equivalent, and which mutant that is
 EQUIVALENT: dict[tuple[str, str], Equivalent] = {
+    ("checkpoint", "save_checkpoint/drop/0"): Equivalent(
+        "the latest pointer written without its final newline: every reader strips it (_latest_candidates)",
+        "final.name + '\\n' -> final.name @ write_text_atomic(root / LATEST_FILE, final.name + \"\\n\")"),
+    ("checkpoint", "check_agent_fits/swap/4"): Equivalent(
+        "same_units(theirs, mine) with its arguments swapped: the comparison is symmetric (both None, or equal "
+        "bounds by ActionNormalization.same)",
+        "same_units(..theirs_units, mine_units..) swapped @ if not same_units(theirs_units, mine_units):"),
+    ("checkpoint", "set_rng_state/if/0"): Equivalent(
+        "the CUDA generators' state restored only with a GPU: on this CPU-only machine neither branch's effect can "
+        "be seen (a GPU run is issue 11's conditional work)",
+        "if 'cuda' in state and torch.cuda.is_available(): -> if not ... @ "
+        "if \"cuda\" in state and torch.cuda.is_available():"),
+    ("collector", "VectorCollector.__init__/drop/1"): Equivalent(
+        "the success flags' initial list: start() replaces it before any step (step() refuses to run before "
+        "start)",
+        "[False] * self.num_envs -> self.num_envs @ self._success = [False] * self.num_envs"),
     ("bench_utils", "write_expert_demos/binop/0"): Equivalent(
         "timeouts on step max_steps - 1 -> max_steps + 1: a time-out row belongs to a failed episode, which is refused "
         "(RuntimeError) before anything is written",

@@ -32,6 +32,16 @@ class CountEnv(gym.Env):
         return self._obs(), float(success), success, end and not success, info
 
 
+class NoSuccessKeyEnv(CountEnv):
+    """:class:`CountEnv` whose info has no ``success`` key: its reward (1 on the last step of an even seed's episode)
+    is what says success."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        info.pop("success")
+        return obs, reward, terminated, truncated, info
+
+
 class OtherActionsEnv(CountEnv):
     """CountEnv with a non-continuous action space: ``kind`` discrete (Discrete(3)), binary (MultiBinary(1)) or
     int_box (an integer Box(0, 4, (2,)))."""

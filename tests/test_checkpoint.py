@@ -335,3 +335,94 @@ def test_a_checkpoint_path_with_a_tilde_and_load_agents_device_read_as_the_confi
             ck.load_agent("~/runs/s2", device="cuda")
     with pytest.raises(ValueError, match="init=~/runs/s2 lies in this run folder"):  # resume=false would delete it
         ck.refuse_source_in_run("~/runs/s2", "~/runs/s2", "init")
+
+
+# --------------------------------------------------------------------------- run folders (mutation survivors)
+def test_another_stages_run_folder_and_a_stage1_encoder_are_named(tmp_path):
+    from robopretrain.checkpoint import refuse_other_stage
+
+    run = tmp_path / "s2"
+    save_agent(run / "checkpoints", 1, CONFIG, tiny_agent(), {"stage": "offline"})
+    refuse_other_stage(run, "offline")  # its own stage: no word
+    with pytest.raises(ValueError, match=r"output_dir=.*s2 is a run folder of stage 2 \(robopretrain.train\) "
+                                         r"\(ckpt_00000001 is its checkpoint\); stage 3 \(finetune.train\)"):
+        refuse_other_stage(run, "online")
+    stage1 = tmp_path / "s1"
+    (stage1 / "checkpoints").mkdir(parents=True)
+    (stage1 / "checkpoints" / "last.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"is a run folder of stage 1 \(video_pretrain.train\) \(last.pt"):
+        refuse_other_stage(stage1, "offline")
+    refuse_other_stage(stage1, "pretrain")
+    (stage1 / "encoder").mkdir()
+    (stage1 / "encoder" / "encoder.pt").write_bytes(b"x")
+    for folder in (stage1, stage1 / "encoder"):  # a stage-1 run folder or its encoder: not an agent
+        with pytest.raises(CheckpointError, match=r"a stage-1 \(video pretraining\) image encoder, not an agent.*"
+                                                  r"encoder.checkpoint=.*s1/encoder$"):
+            load_checkpoint(folder)
+
+
+def test_clear_previous_run_removes_the_old_runs_parts_only(tmp_path):
+    from robopretrain.checkpoint import clear_previous_run
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "ckpt_00000001").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / ".hydra").mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert clear_previous_run(run) == ["checkpoints", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "notes.txt"]
+    assert clear_previous_run(run) == []
+
+
+def test_a_resume_passes_over_a_newest_checkpoint_without_its_state(tmp_path):
+    from robopretrain.checkpoint import STATE_FILE, load_checkpoint_at
+
+    root = tmp_path / "checkpoints"
+    save_agent(root, 1, CONFIG, tiny_agent(), {}, state={"step": 1})
+    newest = save_agent(root, 2, CONFIG, tiny_agent(), {}, state={"step": 2})
+    assert load_latest(root).state["step"] == 2 and load_checkpoint_at(root).state["step"] == 2  # state by default
+    (newest / STATE_FILE).unlink()
+    assert load_latest(root).path == newest and load_latest(root).state is None
+    with pytest.warns(UserWarning, match=f"checkpoint {newest} has no {STATE_FILE}"):
+        assert load_latest(root, resuming=True).state["step"] == 1
+
+
+def test_frozen_encoders_feature_statistics_must_match_the_checkpoint(tmp_path):
+    """A frozen encoder standardises its features (normalize_features) or not: one checkpoint's buffers do not fit
+    the other kind."""
+    from robopretrain.nets.encoder_io import save_encoder
+    from robopretrain.nets.encoders import make_encoder
+
+    stage1_weights = tmp_path / "stage1"
+    save_encoder(stage1_weights, make_encoder("small_conv", SIZE, channels=4, out_dim=8), "small_conv", {})
+    agent = tiny_agent(SPECS["1cam"], mode="frozen", checkpoint=str(stage1_weights), normalize_features=True)
+    meta = load_checkpoint(save_agent(tmp_path, 1, CONFIG, agent, {})).meta
+    check_agent_fits(meta, agent)
+    plain = tiny_agent(SPECS["1cam"], mode="frozen", checkpoint=str(stage1_weights), normalize_features=False)
+    with pytest.raises(CheckpointError, match="encoder.normalize_features: checkpoint has True, this config needs "
+                                              "False"):
+        check_agent_fits(meta, plain)
+
+
+def test_the_data_files_a_run_folders_checkpoints_name_are_listed_once(tmp_path):
+    from robopretrain.checkpoint import recorded_data_files, recorded_file
+
+    root = tmp_path / "checkpoints"
+    data = tmp_path / "d.hdf5"
+    data.write_bytes(b"x")
+    save_agent(root, 1, CONFIG, tiny_agent(), {"data_path": str(data), "mix_path": None}, keep=3)
+    save_agent(root, 2, CONFIG, tiny_agent(), {"data_path": str(data), "mix_path": str(tmp_path / "m.hdf5")}, keep=3)
+    assert recorded_data_files(root) == [str(data), str(tmp_path / "m.hdf5")]  # newest first, each once
+    ckpt = load_latest(root)
+    assert recorded_file(ckpt, "data_path") == str(data)  # there: as recorded
+    assert recorded_file(ckpt, "mix_path") == str(tmp_path / "m.hdf5")  # gone, and its run did not move: as recorded
+    assert recorded_file(load_checkpoint(root / "ckpt_00000001"), "mix_path") is None
+
+
+def test_a_folder_without_checkpoints_names_the_runs_two_levels_below(tmp_path):
+    for run in ("a/stage2", "a/adapt/T", "a/deep/er/run"):
+        save_agent(tmp_path / run / "checkpoints", 1, CONFIG, tiny_agent(), {})
+    with pytest.raises(CheckpointError) as refused:
+        resolve_checkpoint_dir(tmp_path / "a")
+    assert str(refused.value).endswith(f"run folders below it: {tmp_path / 'a/stage2'}, {tmp_path / 'a/adapt/T'}")
+    assert "er/run" not in str(refused.value)  # three levels down: not searched

@@ -218,6 +218,80 @@ def test_loop_updates_utd_per_env_step_and_checkpoints_at_drained_points():
     assert all(length == expected_length(k) for _, k, length in episodes)
 
 
+def test_the_loop_logs_at_each_multiple_of_log_every_with_the_step_reached_and_stops_at_the_budget():
+    """Three envs and a budget that is no multiple of them: the last round is cut to the budget (the run ends at 40,
+    not past it); each log comes once per multiple of 7 passed, with the step count reached and that round's
+    metrics."""
+    logged: list[tuple[int, dict]] = []
+    c = collector(3)
+    try:
+        end = collect_and_update(
+            c, zero_policy, env_steps=0, started=0, total=40, utd=1, eval_every=100, log_every=7,
+            checkpoint_every=1000, store=lambda ep: None, update=lambda m: {"critic_loss": 1.0} if m else {},
+            on_log=lambda step, metrics: logged.append((step, dict(metrics))), on_eval=lambda step: None,
+            on_checkpoint=lambda step, started: None)
+    finally:
+        c.close()
+    assert end[0] == 40
+    steps = [step for step, _ in logged]
+    assert all(m <= s <= m + 2 for m, s in zip(range(7, 40, 7), steps)) and len(steps) == 5
+    assert all(metrics == {"critic_loss": 1.0} for _, metrics in logged)
+
+
+def test_a_non_finite_loss_at_a_checkpoint_stops_the_loop_before_it_is_written():
+    """Losses are checked where metrics are asked for: before a log and before a checkpoint (a round that does both
+    or either)."""
+    from robopretrain.guards import NonFiniteLossError
+
+    written = []
+    c = collector(1)
+    try:
+        with pytest.raises(NonFiniteLossError):
+            collect_and_update(
+                c, zero_policy, env_steps=0, started=0, total=40, utd=1, eval_every=100, log_every=1000,
+                checkpoint_every=3, store=lambda ep: None,
+                update=lambda m: {"critic_loss": float("nan")} if m else {}, on_log=lambda step, metrics: None,
+                on_eval=lambda step: None, on_checkpoint=lambda step, started: written.append(step))
+    finally:
+        c.close()
+    assert written == []
+
+
+def test_success_comes_from_the_reward_where_the_env_gives_no_success_key():
+    """An env without info["success"]: an episode succeeded when one of its rewards was positive."""
+    import _fake_envs as fake
+
+    c = VectorCollector(fake.NoSuccessKeyEnv, 2, convert=identity, seed=SEED)
+    c.start(next_episode=0)
+    try:
+        episodes = []
+        while len(episodes) < 4:
+            episodes += c.step(zero_policy, budget=10).episodes
+    finally:
+        c.close()
+    assert [ep.success for ep in episodes] == [episode_seed(SEED, ep.index) % 2 == 0 for ep in episodes]
+    assert {ep.success for ep in episodes} == {True, False}
+
+
+def test_a_fresh_collector_has_nothing_in_flight_and_zero_envs_are_refused():
+    from robopretrain.collector import make_vector_env
+
+    assert collector(2).in_flight == 0
+    with pytest.raises(ValueError, match="num_envs=0; expected an integer >= 1"):
+        make_vector_env(lambda: None, 0)
+
+
+def test_reset_physics_reads_each_envs_scalar_parameters_only():
+    from robopretrain.collector import reset_physics
+
+    info = {"dr_params": {"friction": np.array([0.8, 1.2]), "_friction": np.array([True, False]),
+                          "mass": np.array([1.0, 2.0]), "lights": {"angle": np.array([1.0, 2.0])},
+                          "rgb": np.zeros((2, 3)), "name": np.array(["a", "b"])}}
+    assert reset_physics(info, 0) == {"friction": 0.8, "mass": 1.0}
+    assert reset_physics(info, 1) == {"mass": 2.0}  # its friction masked out (not drawn for this env)
+    assert reset_physics({}, 0) == {} and reset_physics({"dr_params": None}, 0) == {}
+
+
 def test_worker_processes_give_the_same_run_and_a_resumed_run_continues_it():
     sync_calls, _ = run_loop(2, asynchronous=False)
     async_calls, _ = run_loop(2, asynchronous=True)
