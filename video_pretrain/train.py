@@ -10,9 +10,10 @@ saves it with
     encoder/              the encoder checkpoint (or ``output``): encoder.pt, meta.json (extra: objective,
                           steps, data), config.yaml; for ICVF also value_heads.pt (read by diagnose)
     checkpoints/last.pt   the training checkpoint: objective (encoder, heads, target), optimizer, torch RNG,
-                          step, the clips found unreadable so far, and the run's fingerprint (:mod:`robopretrain.run_fingerprint`: the listing
-                          of the clips read and the manifest's hash (other files in the video folder are not
-                          data), the config minus harmless keys); written atomically. A
+                          step, the clips found unreadable so far, and the run's fingerprint
+                          (:mod:`robopretrain.run_fingerprint`: the listing of the clips read and the manifest's
+                          hash (other files in the video folder are not data), the config minus harmless keys);
+                          written atomically. A
                           rerun with resume=true continues from it only when its fingerprint is the same
                           (``steps`` may grow); otherwise it stops with one line naming what changed
                           (start fresh with resume=false, or another output_dir; resume=false first removes

@@ -31,9 +31,10 @@ Frames come out as they are meant to be seen:
   landscape, "rotate 90" in the track header) is turned upright, as players show it: the frames are rotated
   and/or mirrored by the matrix (multiples of 90 degrees; any other angle is left as stored, with a warning).
 - **16-bit PNG frames** (depth, IR and machine-vision cameras; grayscale or RGB), and videos of grayscale deeper
-  than 8 bits (gray10/12/16, e.g. FFV1 in .mkv), are scaled to 8 bit by the bit depth the clip uses: ``b`` = the number of bits of the clip's largest value (8 to 16; e.g. 12 for
-  values up to 4095), ``v8 = round(v * 255 / (2**b - 1))``, one scale for every frame of the clip (so its
-  frames stay comparable), logged once per clip. Grayscale becomes 3 equal channels, alpha is dropped.
+  than 8 bits (gray10/12/16, e.g. FFV1 in .mkv), are scaled to 8 bit by the bit depth the clip uses: ``b`` = the
+  number of bits of the clip's largest value (8 to 16; e.g. 12 for values up to 4095),
+  ``v8 = round(v * 255 / (2**b - 1))``, one scale for every frame of the clip (so its frames stay comparable),
+  logged once per clip. Grayscale becomes 3 equal channels, alpha is dropped.
 
 API: :func:`read_manifest` parses and validates a manifest into :class:`VideoEntry` rows; :func:`clip_entries`
 lists the clips of a manifest, a video file or a folder without a manifest;
