@@ -874,6 +874,10 @@ def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
     if run_key and values.get(run_key) is None:  # the run folder is Hydra's job folder: sweep.dir/<subdir>
         given = [o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("hydra.sweep.subdir=")]
         subdir = given[-1] if given else None  # the last one wins, as in Hydra
+        if subdir is not None and "${" not in subdir:  # a literal: job 1 resumed job 0's finished run in it
+            return (f"hydra.sweep.subdir={subdir} in a sweep ({' '.join(sweeps)}): one folder for every job (the "
+                    f"second resuming or refusing the first's run); interpolate what the sweep varies (e.g. "
+                    f"{subdir}_${{{swept[0]}}}) or ${{hydra:job.num}}")
         if subdir is not None and fixed_interpolation(subdir, swept):
             return (f"hydra.sweep.subdir={subdir} in a sweep ({' '.join(sweeps)}): it interpolates only settings "
                     f"that no job changes, so every job would write to one folder; interpolate what the sweep "

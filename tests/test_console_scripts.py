@@ -242,6 +242,7 @@ def test_a_mapping_copied_across_lines_is_read_as_on_one_line(results):
     ("robopretrain", ["seed=0,1", "hydra.sweep.subdir=${hydra.job.num}"], False),  # Hydra's own node varies
     ("robopretrain", ["seed=0,1", "hydra.sweep.subdir=${hydra.job.override_dirname}"], False),
     ("robopretrain", ["algo=iql,bc", "hydra.sweep.subdir=seed${seed}", "hydra.sweep.subdir=${algo.name}"], False),
+    ("robopretrain", ["train.steps=20,40", "hydra.sweep.subdir=run"], True),  # a literal: job 1 resumed job 0's run
 ])
 def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrides, refused):
     """``python -m robopretrain.pipeline -m seed=0,1 run_dir=runs/x`` gave every seed the seed-0 results (stop 61's
@@ -252,6 +253,9 @@ def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrid
     assert (problem is not None) == refused, problem
     if refused and any("${" in o for o in overrides):
         assert "interpolates only settings that no job changes, so every job would write to one folder" in problem
+    elif refused and "hydra.sweep.subdir=run" in overrides:
+        assert problem.startswith("hydra.sweep.subdir=run in a sweep (train.steps=20,40): one folder for every job")
+        assert "(e.g. run_${train.steps})" in problem
     elif refused:
         key = "run_dir" if config_name == "pipeline" else "output_dir"
         assert problem.startswith(f"{key}=") and "every job would write to that one folder" in problem
