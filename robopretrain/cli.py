@@ -645,6 +645,22 @@ def refuse_torchrun(config_name: str) -> None:
                                "robopretrain.train)"))
 
 
+def data_parallel_sweep(config_name: str, multirun: bool) -> str | None:
+    """The problem (None: none) of a Hydra sweep (``-m``) started as one of several data-parallel processes
+    (``WORLD_SIZE`` > 1: torchrun, or a cluster script's exported ``RANK`` / ``WORLD_SIZE``): each job of the sweep
+    joins the process group again in the same processes, and the second job hung there (about every other try), its
+    ranks deaf to SIGTERM."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return None
+    if not multirun or world <= 1 or config_name not in DATA_PARALLEL:
+        return None
+    return (f"a sweep (-m) in data-parallel processes (WORLD_SIZE={world}): its jobs would join the process group "
+            "one after another in the same processes, and the second hangs there; start one torchrun per job "
+            "(for s in 0 1 2; do torchrun ... seed=$s; done), or sweep in one process without torchrun")
+
+
 def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:
     """Check the command line (see the module docstring), then run the Hydra ``main``. ``--help`` prints
     :func:`entry_point_help` (the config groups this entry point reads, not every folder of ``configs/``)."""
@@ -677,6 +693,9 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
         shared = shared_sweep_folder(config_name, list(ns.overrides)) if ns.multirun else None
         if shared:
             report_and_exit(ValueError(shared), prefix="error: config")
+        parallel_sweep = data_parallel_sweep(config_name, bool(ns.multirun))
+        if parallel_sweep:
+            report_and_exit(ValueError(parallel_sweep))
         if ns.overrides and not (ns.multirun or ns.config_path or ns.config_dir or ns.experimental_rerun):
             validate_overrides(ns.config_name or config_name, list(ns.overrides))
         if ns.multirun and config_name in RUN_FOLDER_KEYS and ns.overrides:

@@ -531,6 +531,28 @@ def test_a_one_process_entry_point_under_torchrun_is_refused_in_one_line(monkeyp
     refuse_torchrun(config_name)  # one process: nothing to say
 
 
+def test_a_sweep_in_data_parallel_processes_is_refused_before_its_first_job(tmp_path):
+    """torchrun ... -m robopretrain.train -m seed=0,1: the second job hung joining the process group again (about
+    every other try), its ranks deaf to SIGTERM (a new user's finding). One line, exit 2, nothing run; one process
+    (WORLD_SIZE 1) or a single job under torchrun is not refused (data_parallel_sweep)."""
+    import subprocess
+    import sys
+
+    from robopretrain.cli import data_parallel_sweep
+
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout, whatever the cwd
+    proc = subprocess.run([sys.executable, "-m", "robopretrain.train", "-m", "seed=0,1", "data.path=none.hdf5",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: a sweep (-m) in data-parallel processes "
+                                                           "(WORLD_SIZE=2): its jobs would join the process group")
+    assert not (tmp_path / "sweep").exists()
+    assert data_parallel_sweep("robopretrain", multirun=False) is None
+    assert data_parallel_sweep("finetune", multirun=True) is None  # (refused under torchrun anyway, in one line)
+
+
 @pytest.mark.parametrize("config_name", ["video_pretrain", "robopretrain"])
 def test_the_data_parallel_stages_are_not_refused_under_torchrun(monkeypatch, config_name):
     from robopretrain.cli import refuse_torchrun
