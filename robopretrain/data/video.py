@@ -550,20 +550,22 @@ def _read_video(path: Path, idx: np.ndarray | None, each: Callable[[np.ndarray],
     decoded: dict[int, np.ndarray] = {}
     frames: list[np.ndarray] = []
     upright = None
-    deep = False  # a grayscale stream of more than 8 bits: uint16 frames until the clip's peak is known
+    peak = None  # a grayscale stream of more than 8 bits: the clip's largest value (its scale, one pass first)
     n = 0
     try:
         stream = video_stream(container, path)
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             if upright is None:
-                upright, deep = display_orientation(frame, path), _deep_gray(frame)
+                upright = display_orientation(frame, path)
+                peak = _video_peak(path) if _deep_gray(frame) else None
             if wanted is None or n in wanted:
-                image = upright(_gray16(frame) if deep else frame.to_ndarray(format="rgb24"))
+                image = fit(upright(frame.to_ndarray(format="rgb24")) if peak is None else
+                            _to_8bit(upright(_gray16(frame)), peak, path))
                 if wanted is None:
-                    frames.append(image if deep else fit(image))
+                    frames.append(image)
                 else:
-                    decoded[n] = image if deep else fit(image)
+                    decoded[n] = image
             n += 1
             if last is not None and n > last:
                 break
@@ -574,14 +576,9 @@ def _read_video(path: Path, idx: np.ndarray | None, each: Callable[[np.ndarray],
     if idx is None:
         if not frames:
             raise VideoDatasetError(f"{path}: the video has no decodable frames")
-        if deep:
-            frames = [fit(_to_8bit(f, _peak(frames), path)) for f in frames]
         return _stack(frames, path)
     if last >= n:
         raise VideoDatasetError(f"{path}: frame index {last} out of range, the clip has {n} frames")
-    if deep:
-        peak = _video_peak(path)
-        decoded = {k: fit(_to_8bit(f, peak, path)) for k, f in decoded.items()}
     return _stack([decoded[int(i)] for i in idx], path)
 
 
@@ -593,9 +590,14 @@ def _deep_gray(frame: av.VideoFrame) -> bool:
 
 
 def _gray16(frame: av.VideoFrame) -> np.ndarray:
-    """A deep grayscale frame as uint16 (H, W, 3), three equal channels."""
-    arr = np.asarray(frame.reformat(format="gray16le").to_ndarray(), dtype=np.uint16)
-    return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    """A deep grayscale frame as uint16 (H, W, 3) of its own values (a 12-bit frame's 0-4095), three equal
+    channels; a format PyAV cannot give as an array is converted to 16 bits first (its values scaled up)."""
+    try:
+        arr = frame.to_ndarray()
+    except (ValueError, TypeError, NotImplementedError):
+        arr = frame.reformat(format="gray16le").to_ndarray()
+    arr = np.asarray(arr, dtype=np.uint16)
+    return np.ascontiguousarray(np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2))
 
 
 def _video_peak(path: Path) -> int:
