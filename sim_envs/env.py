@@ -52,6 +52,9 @@ def as_randomization(value: str | Mapping[str, Any] | RandomizationConfig | None
     return RandomizationConfig(**{k: v for k, v in dict(value).items() if v is not None})
 
 
+MAX_RENDERERS = 3  # renderers (GL contexts) an env keeps, one per image size it rendered at
+
+
 class TabletopEnv(gym.Env):
     """One task of the tabletop suite (see ``sim_envs.tasks``)."""
 
@@ -184,6 +187,8 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"render size {size} outside [16, {limit}] (this env's offscreen framebuffer); "
                              f"make the env with image_size >= {size} to render that large")
         if size not in self._renderers:  # (one renderer, rebuilt at each change of size: 170 ms a frame)
+            if len(self._renderers) >= MAX_RENDERERS:  # the least recently made goes (a sweep over many sizes)
+                self._renderers.pop(next(iter(self._renderers))).close()
             self._renderers[size] = CameraRenderer(self.model, size, size)
         return self._renderers[size].render(self.data, camera)
 

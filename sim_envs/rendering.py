@@ -209,6 +209,7 @@ class CameraRenderer:
 
     def render(self, data, camera: str | int) -> np.ndarray:
         """An (H, W, 3) uint8 image, the right way up (row 0 is the top of the picture)."""
+        check_not_forked_after_rendering()  # a renderer a forked child inherited hangs there too
         self._renderer.update_scene(data, camera=camera, scene_option=self._option)
         return self._renderer.render()
 

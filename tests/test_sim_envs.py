@@ -106,6 +106,9 @@ def test_rendering_at_another_size_keeps_the_observations_renderer(monkeypatch) 
         env.step(np.zeros(4, np.float32))
         assert env.render_camera("agentview", 48).shape == (48, 48, 3)
     assert made == [SMALL, 48]
+    for size in (40, 56, 40):  # a sweep over sizes keeps the newest three (GL contexts), making the oldest again
+        env.render_camera("agentview", size)
+    assert made == [SMALL, 48, 40, 56] and sorted(env._renderers) == [40, 48, 56]
     env.close()
 
 
@@ -290,17 +293,24 @@ def test_a_process_forked_after_rendering_is_told_to_spawn_instead_of_hanging() 
               "        q.put(str(env.reset(seed=0)[0]['agentview_image'].shape))\n"
               "    except Exception as e:\n"
               "        q.put(f'{type(e).__name__}: {e}')\n"
-              "def forked():\n"
+              "def inherited(q):\n"
+              "    try:\n"
+              "        q.put(str(env.unwrapped.render_camera('agentview').shape))\n"
+              "    except Exception as e:\n"
+              "        q.put(f'{type(e).__name__}: {e}')\n"
+              "def forked(target=child):\n"
               "    q = mp.get_context('fork').Queue()\n"
-              "    p = mp.get_context('fork').Process(target=child, args=(q,))\n"
+              "    p = mp.get_context('fork').Process(target=target, args=(q,))\n"
               "    p.start()\n"
               "    out = q.get(timeout=60)\n"
               "    p.join()\n"
               "    return out\n"
               "if __name__ == '__main__':\n"
               "    print('before:', forked())\n"
-              "    gym.make(sim_envs.env_id('Reach'), image_size=16).reset(seed=0)\n"
-              "    print('after:', forked())\n")
+              "    env = gym.make(sim_envs.env_id('Reach'), image_size=16)\n"
+              "    env.reset(seed=0)\n"
+              "    print('after:', forked())\n"
+              "    print('inherited:', forked(inherited))\n")
     repo = Path(sim_envs.__file__).resolve().parents[1]
     env = {**os.environ, "MUJOCO_GL": "egl"}
     try:
@@ -310,6 +320,7 @@ def test_a_process_forked_after_rendering_is_told_to_spawn_instead_of_hanging() 
         pytest.fail("a process forked after rendering hung")
     assert "before: (16, 16, 3)" in proc.stdout, proc.stdout + proc.stderr[-1500:]
     assert "after: RenderingUnavailableError: this process was forked from process" in proc.stdout, proc.stdout
+    assert "inherited: RenderingUnavailableError: this process was forked" in proc.stdout  # the parent's renderer
     assert "get_context('spawn')" in proc.stdout
 
 
