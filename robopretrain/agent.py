@@ -288,7 +288,8 @@ def float32(method: _F) -> _F:
     """Run ``method`` with float32 as torch's default dtype: the agent's networks, buffers and the tensors its
     updates and actions make are float32 whatever the caller set (``torch.set_default_dtype(torch.float64)`` built
     float64 networks that then met float32 observations: "mat1 and mat2 must have the same dtype"). The caller's
-    default is restored on return."""
+    default is restored on return. Torch's default is one per process: under a float64 default, threads calling
+    agents at the same time can see each other's setting (the toolkit's own threads only convert arrays)."""
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         was = torch.get_default_dtype()
@@ -529,6 +530,7 @@ class Agent:
         self.core.num_updates += 1
         return metrics_to_floats(metrics)
 
+    @float32
     def step_tensors(self, batch: Mapping[str, Any], with_metrics: bool) -> dict[str, torch.Tensor]:
         """The update's device work (encoders, losses, backward, optimiser steps, target update) with metrics as
         tensors and no host sync or counter: what :mod:`robopretrain.algos.cuda_graph` captures. Not for DT."""

@@ -320,6 +320,7 @@ def test_agents_stay_float32_under_a_float64_default_and_train_on_float64_batche
             agent = make_agent(SPECS["1cam"], algo)
             batch = as_float64(raw_batch(agent.spec))
             agent.update(batch)
+            agent.step_tensors(raw_batch(agent.spec), with_metrics=True)  # what a CUDA graph captures, called alone
             assert agent.q_values(batch["observations"], batch["actions"]).dtype == torch.float32
         obs = {k: v[0].numpy() for k, v in raw_batch(agent.spec)["observations"].items()}
         rebuilt = Agent.from_description(agent.describe())
