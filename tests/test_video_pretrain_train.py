@@ -719,3 +719,15 @@ def test_diagnose_compares_icvf_values_with_the_discount_they_were_trained_with(
         diag.discount_for([entry("a", 0.9), entry("b", 0.98)], None)
     with pytest.warns(UserWarning, match="'a' was trained with gamma 0.9"):
         assert diag.discount_for([entry("a", 0.9)], 0.99) == 0.99
+
+
+def test_each_rank_resumes_leaving_out_the_clips_it_found_unreadable():
+    """Stage 1 under data parallelism: every rank samples every clip with its own seed and finds its own bad clips;
+    the checkpoint kept rank 0's only, so rank 1 sampled its bad clip again after a resume and left out rank 0's
+    from the start (a reviewer's finding). Another process count takes every rank's."""
+    from video_pretrain.train import rank_unreadable
+
+    saved = [[4], [7, 2]]
+    assert rank_unreadable(saved, 0, 2) == [4] and rank_unreadable(saved, 1, 2) == [2, 7]
+    assert rank_unreadable(saved, 0, 1) == [2, 4, 7] == rank_unreadable(saved, 2, 3)
+    assert rank_unreadable([], 0, 1) == []

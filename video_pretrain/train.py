@@ -60,6 +60,7 @@ from tqdm import tqdm
 from robopretrain import config_checks, cpu_settings
 from robopretrain import distributed as dist_utils
 from robopretrain import run_fingerprint
+from robopretrain.agent_parallel import gather_objects
 from robopretrain.checkpoint import STAGE1_CHECKPOINT, clear_previous_run, kill_after_checkpoint, refuse_other_stage
 from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.data.video import VideoDatasetError
@@ -413,28 +414,28 @@ def save_checkpoint(path: Path, step: int, objective: nn.Module, optimizer: torc
                     cfg: DictConfig, history: Mapping[str, Any], world_size: int = 1,
                     run_print: Mapping[str, Any] | None = None,
                     world_sizes: Sequence[Mapping[str, int]] | None = None,
-                    unreadable: Iterable[int] = ()) -> None:
+                    unreadable: Sequence[Iterable[int]] = ()) -> None:
     """Write the training checkpoint (everything a resumed run needs, and the run's fingerprint) atomically;
     ``world_sizes``: the run's process counts by session (:func:`robopretrain.distributed.world_size_history`);
-    ``unreadable``: the training clips (ids) found unreadable so far, which a resumed stream leaves out from its
-    start as the uninterrupted one did from when it found them."""
+    ``unreadable``: per rank, the training clips (ids) it found unreadable so far, which its resumed stream leaves out
+    from its start as the uninterrupted one did from when it found them (:func:`rank_unreadable`)."""
     _atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": int(step), "objective": objective.state_dict(),
                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                         "identity": json.dumps(identity(cfg), sort_keys=True), "history": json.dumps(history),
                         "world_size": int(world_size), "fingerprint": json.dumps(run_print),
                         "world_sizes": json.dumps(list(world_sizes or [])),
-                        "unreadable": json.dumps(sorted(int(v) for v in unreadable))}, path)
+                        "unreadable": json.dumps([sorted(int(v) for v in ids) for ids in unreadable])}, path)
     kill_after_checkpoint(step)  # a test hook; nothing unless ROBOPRETRAIN_KILL_AFTER_CHECKPOINT is set
 
 
 def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig,
                     device: torch.device, run_print: Mapping[str, Any] | None = None
-                    ) -> tuple[int, dict[str, Any], list[dict[str, int]], list[int]]:
+                    ) -> tuple[int, dict[str, Any], list[dict[str, int]], list[list[int]]]:
     """Restore a training checkpoint into ``objective`` and ``optimizer``; returns (step, history, world sizes,
     unreadable): the world sizes are the run's process counts by session
     (:func:`robopretrain.distributed.world_size_history`; for a checkpoint written before that record, the count of
-    the session that wrote it, standing for every step before); ``unreadable``: the training clip ids found
-    unreadable before the checkpoint (empty for one written before that record).
+    the session that wrote it, standing for every step before); ``unreadable``: per rank, the training clip ids
+    found unreadable before the checkpoint (empty for one written before that record).
 
     Refuses (:class:`~robopretrain.run_fingerprint.ResumeMismatchError`, one line) a checkpoint whose
     fingerprint differs from ``run_print``, this run's."""
@@ -465,7 +466,19 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
                     "differently (the effective batch size changes)", path, saved_world, world_size())
     sizes = json.loads(state.get("world_sizes") or "[]")
     sizes = dist_utils.world_size_history(sizes, saved_world, int(state["step"]), saved_world, int(cfg.batch_size))
-    return int(state["step"]), json.loads(state["history"]), sizes, json.loads(state.get("unreadable") or "[]")
+    saved_bad = json.loads(state.get("unreadable") or "[]")
+    if saved_bad and not isinstance(saved_bad[0], list):  # one list: this stop's first format, rank 0's
+        saved_bad = [saved_bad]
+    return int(state["step"]), json.loads(state["history"]), sizes, saved_bad
+
+
+def rank_unreadable(saved: Sequence[Sequence[int]], rank: int, world: int) -> list[int]:
+    """The clip ids rank ``rank`` of ``world`` leaves out from a resume's start: its own from the checkpoint when the
+    run had as many processes (each rank samples every clip with its own seed and found its own), else every
+    rank's (another split of the data stream, not exact either way)."""
+    if len(saved) == world:
+        return sorted(int(v) for v in saved[rank])
+    return sorted({int(v) for ids in saved for v in ids})
 
 
 def world_size() -> int:
@@ -633,10 +646,11 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
         clear_previous_run(paths.run_dir, tuple(previous))
     # every session's size, not the last one's only (metrics.json and the encoder's meta.json: parallel.history)
     parallel["history"] = dist_utils.world_size_history(world_sizes, None, start, dinfo.world_size, int(cfg.batch_size))
+    own_unreadable = rank_unreadable(unreadable, dinfo.rank, dinfo.world_size)
     data_seed = dist_utils.rank_seed(int(cfg.seed), dinfo)
     sampling = OmegaConf.to_container(cfg.objective.sampling, resolve=True)
     stream = FrameBatchStream(train_source, name, int(cfg.batch_size), seed=data_seed, sampling=sampling,
-                              start_batch=start, num_batches=max(steps - start, 0), unreadable=unreadable)
+                              start_batch=start, num_batches=max(steps - start, 0), unreadable=own_unreadable)
     loader = batch_loader(stream, int(cfg.num_workers), pin_memory=device.type == "cuda")
     valid_batches, valid_stream = [], None
     if dinfo.is_main and valid_source is not None and int(cfg.valid_batches) > 0:
@@ -665,8 +679,10 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     window: dict[str, float] = {}
     window_n, t0, t_window = 0, time.perf_counter(), time.perf_counter()
     step = start
-    # ids (of train_source) the stream's workers found unreadable while training, earlier sessions' included
-    found_unreadable: set[int] = set(unreadable)
+    # ids (of train_source) this rank's stream workers found unreadable while training, earlier sessions' included;
+    # every rank's at each checkpoint (for metrics.json: every rank's)
+    found_unreadable: set[int] = set(own_unreadable)
+    every_rank = [sorted(v) for v in unreadable] or [sorted(found_unreadable)]
     bar = tqdm(total=steps, initial=start, desc=f"stage1 {name}", unit="step",
                disable=not cfg.progress or not dinfo.is_main, dynamic_ncols=True)
     try:
@@ -691,9 +707,12 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
                 _log_scalars(writer, "valid", history["valid"][-1], step)
                 bar.set_postfix(loss=f"{history['train'][-1]['loss'] if history['train'] else float('nan'):.4g}",
                                 valid=f"{history['valid'][-1]['loss']:.4g}", refresh=False)
-            if dinfo.is_main and (step % int(cfg.checkpoint_every) == 0 or step == steps):
-                save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history, dinfo.world_size, run_print,
-                                parallel["history"], found_unreadable)
+            if step % int(cfg.checkpoint_every) == 0 or step == steps:  # (every rank: the gather)
+                every_rank = gather_objects(sorted(found_unreadable), dinfo) if dinfo.enabled else \
+                    [sorted(found_unreadable)]
+                if dinfo.is_main:
+                    save_checkpoint(paths.checkpoint, step, objective, optimizer, cfg, history, dinfo.world_size,
+                                    run_print, parallel["history"], every_rank)
     finally:
         bar.close()
         if writer is not None:
@@ -703,7 +722,7 @@ def _train(cfg: DictConfig, run_dir: str | os.PathLike, dinfo: DistInfo, device:
     parallel["replica_max_abs_diff"] = dist_utils.replica_max_abs_diff(objective, dinfo)
     if not dinfo.is_main:
         return paths.encoder
-    left_out_now = [(stream, sorted(found_unreadable), "train_videos")]
+    left_out_now = [(stream, sorted({v for ids in every_rank for v in ids} | found_unreadable), "train_videos")]
     if valid_stream is not None:  # (also when every validation clip failed and the run trained without validation)
         left_out_now.append((valid_stream, sorted(valid_stream.unreadable), "valid_videos"))
     newly_bad = count_unreadable_found(facts, left_out_now)
