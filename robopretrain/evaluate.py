@@ -313,9 +313,24 @@ def default_target(ckpt: Checkpoint) -> Target:
     return target if slot is None else dataclasses.replace(target, task_id=int(slot))
 
 
+def _evaluated_as(ckpt: Checkpoint, target: Target) -> Target | None:
+    """The stage-2 run's evaluation target of ``target``'s name and env family (meta's ``eval_targets``), or None."""
+    for recorded in ckpt.meta.get("eval_targets") or []:
+        if dict(recorded).get("name") != target.name:
+            continue
+        try:
+            own = as_target(dict(recorded))
+        except (ValueError, TypeError):
+            continue
+        if own.family == target.family:
+            return own
+    return None
+
+
 def limit_change_note(target: Target, ckpt: Checkpoint, env_limit: int | None = None) -> str | None:
-    """A warning when a ``target=`` given for the checkpoint's own task (same name and env family) runs episodes under
-    another time limit than the run's (:func:`default_target`), e.g. Meta-World's 500 steps for a policy trained and
+    """A warning when a ``target=`` given for the checkpoint's own task (same name and env family: its
+    :func:`default_target`, or any task its stage-2 run evaluated) runs episodes under another time limit than the
+    run's, e.g. Meta-World's 500 steps for a policy trained and
     evaluated under 120: its success is then not comparable with the run's evaluations. ``env_limit``: the limit the
     given target's env enforces (:func:`robopretrain.envs.target.env_time_limit`, what
     :func:`robopretrain.build.check_env_fits` returns); without it the configs' limits are compared. A side whose
@@ -325,9 +340,11 @@ def limit_change_note(target: Target, ckpt: Checkpoint, env_limit: int | None = 
     try:
         own = default_target(ckpt)
     except (CheckpointError, ValueError, TypeError):  # no target of its own, or one that no longer parses: the
-        return None                                  # given target= is the way around it, not to be refused
-    if (own.name, own.family) != (target.name, target.family):
-        return None
+        own = None                                   # given target= is the way around it, not to be refused
+    if own is None or (own.name, own.family) != (target.name, target.family):
+        own = _evaluated_as(ckpt, target)  # another task the run trained and evaluated (its first was compared only)
+        if own is None:
+            return None
     if episode_limit(own) == episode_limit(target):  # the same setting (or none on both) of the same env
         return None
     given = env_limit if env_limit is not None else episode_limit(target)

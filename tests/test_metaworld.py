@@ -512,6 +512,15 @@ def test_evaluating_the_checkpoints_task_under_another_time_limit_is_named(tmp_p
     stale = Checkpoint(tmp_path, OmegaConf.create({}), {"target": {"name": "drawer-open-v2", "family": "metaworld"}},
                        {}, None)  # a recorded target that no longer parses: the given target= is the way around it
     assert limit_change_note(Target(name="drawer-open", family="metaworld"), stale) is None
+    # a multi-task stage-2 run: each task it evaluated, not only the first (push-v3 ran 500 steps without a word)
+    both = [{"name": n, "family": "metaworld", "max_episode_steps": 60} for n in ("button-press-topdown-v3", "push-v3")]
+    multi = Checkpoint(tmp_path, OmegaConf.create({}), {"task_names": [t["name"] for t in both], "eval_targets": both,
+                                                        "task_ids": {"button-press-topdown-v3": 3, "push-v3": 7}},
+                       {}, None)
+    for name in ("button-press-topdown", "push"):
+        assert limit_change_note(Target(name=name, family="metaworld"), multi).startswith(
+            f"target '{name}-v3': episodes run to 500 steps here, the checkpoint's run used 60 steps")
+    assert limit_change_note(Target(name="push", family="metaworld", max_episode_steps=60), multi) is None
 
 
 def test_the_time_limit_note_compares_the_limits_the_envs_enforce(tmp_path):
