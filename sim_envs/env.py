@@ -187,9 +187,12 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"render size {size} outside [16, {limit}] (this env's offscreen framebuffer); "
                              f"make the env with image_size >= {size} to render that large")
         if size not in self._renderers:  # (one renderer, rebuilt at each change of size: 170 ms a frame)
-            if len(self._renderers) >= MAX_RENDERERS:  # the least recently made goes (a sweep over many sizes)
-                self._renderers.pop(next(iter(self._renderers))).close()
+            others = [s for s in self._renderers if s != self.image_size]  # least recently used first
+            if len(self._renderers) >= MAX_RENDERERS and others:  # the observations' own always stays
+                self._renderers.pop(others[0]).close()
             self._renderers[size] = CameraRenderer(self.model, size, size)
+        else:
+            self._renderers[size] = self._renderers.pop(size)  # now the most recently used
         return self._renderers[size].render(self.data, camera)
 
     # ------------------------------------------------------------------ state access used by tasks and experts

@@ -106,9 +106,10 @@ def test_rendering_at_another_size_keeps_the_observations_renderer(monkeypatch) 
         env.step(np.zeros(4, np.float32))
         assert env.render_camera("agentview", 48).shape == (48, 48, 3)
     assert made == [SMALL, 48]
-    for size in (40, 56, 40):  # a sweep over sizes keeps the newest three (GL contexts), making the oldest again
+    for size in (40, 56, 40, 48):  # other sizes: three renderers (GL contexts) at most, the observations' kept
+        env.step(np.zeros(4, np.float32))  # (rendered at SMALL each step)
         env.render_camera("agentview", size)
-    assert made == [SMALL, 48, 40, 56] and sorted(env._renderers) == [40, 48, 56]
+    assert made == [SMALL, 48, 40, 56, 48] and sorted(env._renderers) == [SMALL, 40, 48]
     env.close()
 
 
