@@ -229,7 +229,7 @@ def test_16_bit_gray_png_frames_are_scaled_by_the_bits_the_clip_uses(tmp_path, c
 
 
 @pytest.mark.parametrize("pix_fmt", ["gray16le", "gray12le"])
-def test_a_deep_grayscale_video_is_scaled_as_its_png_frames_are(tmp_path, pix_fmt):
+def test_a_deep_grayscale_video_is_scaled_as_its_png_frames_are(tmp_path, caplog, pix_fmt):
     """A depth clip archived as FFV1 gray16 in .mkv was converted to RGB as FFmpeg does: 12-bit values kept only
     their high byte, 0-11 of 255, a near-black clip without a word (its 16-bit PNG frames read 0-250)."""
     import av
@@ -243,7 +243,9 @@ def test_a_deep_grayscale_video_is_scaled_as_its_png_frames_are(tmp_path, pix_fm
     container.mux(stream.encode())
     container.close()
     write_frame_folder(tmp_path / "depth_png", depth)
-    frames = read_frames(tmp_path / "depth.mkv")
+    with caplog.at_level(logging.INFO, logger="robopretrain.data.video"):
+        frames = read_frames(tmp_path / "depth.mkv")
+    assert f"depth.mkv: 16-bit frames (largest value {depth.max()}): scaled to 8 bit as 12-bit values" in caplog.text
     assert np.abs(frames.astype(np.int64) - read_frames(tmp_path / "depth_png")).max() <= 1
     assert frames.max() >= 200  # the range is used
     assert np.array_equal(read_frames(tmp_path / "depth.mkv", [4, 1, 4]), frames[[4, 1, 4]])  # the clip's scale

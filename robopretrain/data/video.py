@@ -586,15 +586,22 @@ def _deep_gray(frame: av.VideoFrame) -> bool:
     """Whether a decoded frame is grayscale of more than 8 bits (gray10/12/16: depth and IR cameras' archives, e.g.
     FFV1 in .mkv), scaled to 8 bit by the clip's bit depth as 16-bit PNG frames are: converted to RGB as FFmpeg
     does, a 12-bit depth clip kept only its high byte (values 0-11 of 255, a near-black clip)."""
-    return frame.format.name.startswith("gray") and frame.format.components[0].bits > 8
+    return DEEP_GRAY.fullmatch(frame.format.name) is not None
+
+
+DEEP_GRAY = re.compile(r"gray(9|10|12|14|16)(le|be)")  # integer grayscale deeper than 8 bits (not grayf32)
 
 
 def _gray16(frame: av.VideoFrame) -> np.ndarray:
     """A deep grayscale frame as uint16 (H, W, 3) of its own values (a 12-bit frame's 0-4095), three equal
-    channels; a format PyAV cannot give as an array is converted to 16 bits first (its values scaled up)."""
-    try:
-        arr = frame.to_ndarray()
-    except (ValueError, TypeError, NotImplementedError):
+    channels; any other frame of such a clip (a format changing mid-stream) is converted to 16-bit grayscale."""
+    arr = None
+    if DEEP_GRAY.fullmatch(frame.format.name):
+        try:
+            arr = frame.to_ndarray()
+        except (ValueError, TypeError, NotImplementedError):  # a PyAV without arrays of this format
+            arr = None
+    if arr is None or arr.ndim != 2:
         arr = frame.reformat(format="gray16le").to_ndarray()
     arr = np.asarray(arr, dtype=np.uint16)
     return np.ascontiguousarray(np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2))
@@ -610,7 +617,9 @@ def _video_peak(path: Path) -> int:
             _PEAKS.clear()
         container = _open_video(path)
         try:
-            _PEAKS[key] = max(int(_gray16(f).max()) for f in container.decode(video_stream(container, path)))
+            stream = video_stream(container, path)
+            stream.thread_type = "AUTO"
+            _PEAKS[key] = max(int(_gray16(f).max()) for f in container.decode(stream))
         except av.FFmpegError as exc:
             raise VideoDatasetError(f"{path}: corrupt or unreadable video ({exc})") from exc
         finally:
