@@ -656,9 +656,9 @@ def data_parallel_sweep(config_name: str, multirun: bool) -> str | None:
         return None
     if not multirun or world <= 1 or config_name not in DATA_PARALLEL:
         return None
-    return (f"a sweep (-m) in data-parallel processes (WORLD_SIZE={world}): its jobs would join the process group "
-            "one after another in the same processes, and the second hangs there; start one torchrun per job "
-            "(for s in 0 1 2; do torchrun ... seed=$s; done), or sweep in one process without torchrun")
+    return (f"a sweep (-m) in data-parallel processes (WORLD_SIZE={world}, from torchrun or exported): each job "
+            "would join the process group again, and the second hangs there; run one command per job (under "
+            "torchrun: for s in 0 1 2; do torchrun ... seed=$s; done), or sweep in one process (WORLD_SIZE unset)")
 
 
 def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None = None) -> Any:
@@ -890,13 +890,13 @@ def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
     if not sweeps:
         return None
     swept = [parser.parse_override(o).key_or_group for o in sweeps]
-    if run_key and values.get(run_key) is None:  # the run folder is Hydra's job folder: sweep.dir/<subdir>
+    if run_key and run_key not in swept and values.get(run_key) is None:  # the job folder: sweep.dir/<subdir>
         given = [o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("hydra.sweep.subdir=")]
         subdir = given[-1] if given else None  # the last one wins, as in Hydra
         if subdir is not None and "${" not in subdir:  # a literal: job 1 resumed job 0's finished run in it
-            return (f"hydra.sweep.subdir={subdir} in a sweep ({' '.join(sweeps)}): one folder for every job (the "
-                    f"second resuming or refusing the first's run); interpolate what the sweep varies (e.g. "
-                    f"{subdir}_${{{swept[0]}}}) or ${{hydra:job.num}}")
+            return (f"hydra.sweep.subdir={subdir} in a sweep ({' '.join(sweeps)}): one folder for every job, the "
+                    f"second resuming, refusing or replacing the first's run; let it vary per job (e.g. "
+                    f"hydra.sweep.subdir={subdir}_${{hydra:job.num}})")
         if subdir is not None and fixed_interpolation(subdir, swept):
             return (f"hydra.sweep.subdir={subdir} in a sweep ({' '.join(sweeps)}): it interpolates only settings "
                     f"that no job changes, so every job would write to one folder; interpolate what the sweep "

@@ -43,9 +43,10 @@ def register_task(task: Task, expert: Callable[..., Any] | None = None) -> str:
     ``expert``: ``expert(env, noise=..., rng=...) -> Expert`` (a :class:`sim_envs.experts.Expert` subclass), what
     :func:`sim_envs.experts.make_expert` gives for it. ``PRETRAIN_TASKS`` and ``TARGET_TASKS`` keep listing the
     built-in suite. The registration lives in this process: a command (``python -m sim_envs.collect``) and the
-    worker processes a run spawns (collection's ``num_workers`` > 1, stage 3's asynchronous envs) import sim_envs
-    afresh and do not know the task; use it in this process (one worker, ``online.asynchronous=false``), or call
-    this in a module of yours that those processes import. Raises ValueError for a name already taken or a
+    worker processes a run spawns (collection's ``num_workers`` > 1, stage 3's asynchronous envs, evaluation's
+    ``workers``) import sim_envs afresh and do not know the task; use it in this process (one collection worker,
+    ``online.asynchronous=false``, evaluation ``workers=0``), or call this in a module of yours that those
+    processes import. Raises ValueError for a name already taken or a
     ``kind`` that does not match ``target``."""
     from sim_envs import experts
 

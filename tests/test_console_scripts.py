@@ -243,6 +243,7 @@ def test_a_mapping_copied_across_lines_is_read_as_on_one_line(results):
     ("robopretrain", ["seed=0,1", "hydra.sweep.subdir=${hydra.job.override_dirname}"], False),
     ("robopretrain", ["algo=iql,bc", "hydra.sweep.subdir=seed${seed}", "hydra.sweep.subdir=${algo.name}"], False),
     ("robopretrain", ["train.steps=20,40", "hydra.sweep.subdir=run"], True),  # a literal: job 1 resumed job 0's run
+    ("video_pretrain", ["output_dir=/r/a,/r/b", "hydra.sweep.subdir=same"], False),  # each job its own run folder
 ])
 def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrides, refused):
     """``python -m robopretrain.pipeline -m seed=0,1 run_dir=runs/x`` gave every seed the seed-0 results (stop 61's
@@ -255,7 +256,7 @@ def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrid
         assert "interpolates only settings that no job changes, so every job would write to one folder" in problem
     elif refused and "hydra.sweep.subdir=run" in overrides:
         assert problem.startswith("hydra.sweep.subdir=run in a sweep (train.steps=20,40): one folder for every job")
-        assert "(e.g. run_${train.steps})" in problem
+        assert "(e.g. hydra.sweep.subdir=run_${hydra:job.num})" in problem
     elif refused:
         key = "run_dir" if config_name == "pipeline" else "output_dir"
         assert problem.startswith(f"{key}=") and "every job would write to that one folder" in problem
@@ -547,7 +548,7 @@ def test_a_sweep_in_data_parallel_processes_is_refused_before_its_first_job(tmp_
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: a sweep (-m) in data-parallel processes "
-                                                           "(WORLD_SIZE=2): its jobs would join the process group")
+                                                           "(WORLD_SIZE=2, from torchrun or exported): each job")
     assert not (tmp_path / "sweep").exists()
     assert data_parallel_sweep("robopretrain", multirun=False) is None
     assert data_parallel_sweep("finetune", multirun=True) is None  # (refused under torchrun anyway, in one line)
