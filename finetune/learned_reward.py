@@ -53,6 +53,7 @@ class OnlineLearnedReward:
     offset: float = 0.0
     scale: float = 1.0
     agent_units: ActionNormalization | None = None  # the units of the actions it is given (the agent's)
+    slot: int | None = None  # the task slot the model scores every step in (its data's only one; None: the step's)
 
     @torch.no_grad()
     def __call__(self, observations: Mapping[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
@@ -61,7 +62,9 @@ class OnlineLearnedReward:
         spec = self.model.encoder.spec
         obs = {k: torch.as_tensor(np.asarray(observations[k]), dtype=torch.float32) for k in spec.low_dim_keys}
         if spec.num_tasks:
-            obs[TASK_ID] = torch.as_tensor(np.asarray(observations[TASK_ID]), dtype=torch.int64)
+            ids = np.asarray(observations[TASK_ID]) if self.slot is None else \
+                np.full(len(np.asarray(actions)), self.slot)
+            obs[TASK_ID] = torch.as_tensor(ids, dtype=torch.int64)
         acts = np.asarray(actions, dtype=np.float32)
         units = self.model.action_units
         if units != FILE_UNITS:
@@ -72,11 +75,14 @@ class OnlineLearnedReward:
 
 
 def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | None = None,
-                       setting: str = "reward_model") -> OnlineLearnedReward:
+                       setting: str = "reward_model", slot: int | None = None) -> OnlineLearnedReward:
     """The reward model at ``path`` (a ``reward_model.pt``, or the run folder holding it) ready to reward
     ``agent``'s online steps, with the normalisation of the offline file ``data`` when it was relabelled by this
-    model. Raises ``ValueError`` (naming ``setting``) when the file is missing or the model does not fit the agent
-    or the data (module docstring)."""
+    model. ``slot``: the task slot the agent acts in (the target's): a model whose data were all in one other slot
+    (a file without task ids: slot 0, as it relabelled the offline copy) scores the online steps in its own slot,
+    so online and offline rewards stay one function; one that learnt several slots, not this one, is refused.
+    Raises ``ValueError`` (naming ``setting``) when the file is missing or the model does not fit the agent or the
+    data (module docstring)."""
     given = Path(str(path)).expanduser()
     file = given / "reward_model.pt" if given.is_dir() else given
     if not file.is_file():
@@ -101,6 +107,17 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
     if int(spec.num_tasks) != int(stored.num_tasks):
         raise ValueError(f"{setting}={path}: the model's task one-hot has {spec.num_tasks} slots, the agent's "
                          f"{stored.num_tasks}; train the reward model with the agent's obs.num_tasks")
+    scored_in = None
+    slots = getattr(model, "task_slots", None)
+    if spec.num_tasks and slot is not None and slots and int(slot) not in slots:
+        if len(slots) > 1:
+            raise ValueError(f"{setting}={path}: the model learnt rewards in task slots {slots}, the agent acts in "
+                             f"slot {slot} (the target's task_id), an input the model never saw; train it on data "
+                             "of the target's task (its demos with that task id)")
+        scored_in = slots[0]
+        log.info("%s=%s learnt its rewards in task slot %d (its data's), the agent acts in slot %d: the online steps "
+                 "are scored in slot %d, as the offline data it relabelled were", setting, path, scored_in, slot,
+                 scored_in)
     if model.act_dim != int(agent.act_dim):
         raise ValueError(f"{setting}={path}: the model scores {model.act_dim}-dim actions, the agent acts in "
                          f"{agent.act_dim}")
@@ -132,7 +149,7 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
         if not scale > 0:
             raise ValueError(f"{data.path}: its learned-reward record has scale={scale}; expected a positive number")
     return OnlineLearnedReward(model=model, path=file, offset=offset, scale=scale,
-                               agent_units=agent.action_normalization)
+                               agent_units=agent.action_normalization, slot=scored_in)
 
 
 __all__ = ["OnlineLearnedReward", "load_online_reward"]

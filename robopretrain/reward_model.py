@@ -588,6 +588,8 @@ def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]
     model.load_state_dict(saved["state_dict"])
     if "action_normalization" in saved:
         model.action_units = ActionNormalization.from_mapping(saved["action_normalization"])
+    # the task slots of its training data (None: written before they were recorded)
+    model.task_slots = [int(t) for t in saved["task_slots"]] if "task_slots" in saved else None
     return model.eval(), spec
 
 
@@ -781,7 +783,9 @@ def _run_holding(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     with atomic_file(run_dir / "reward_model.pt") as tmp:  # a kill or a full disk leaves no half-written model
         torch_save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": info.action_dim,
                     "settings": asdict(settings),
-                    "action_normalization": None if units is None else units.to_dict()}, tmp)
+                    "action_normalization": None if units is None else units.to_dict(),
+                    # the task one-hot slots its data was in: stage 3 scores its online steps in them
+                    "task_slots": sorted({int(t) for t in trans.task_ids}) if spec.num_tasks else []}, tmp)
     if relabel_to is not None:
         report["relabelled"] = str(relabel(path, relabel_to, model, spec, str(cfg.relabel.normalize)))
     (run_dir / "report.json").write_text(json.dumps(report, indent=1))

@@ -102,12 +102,39 @@ def fake_agent(spec: ObsSpec, act_dim: int = 2, units: ActionNormalization | Non
     return SimpleNamespace(stored_spec=lambda: spec, act_dim=act_dim, action_normalization=units)
 
 
-def saved_model(path: Path, spec: ObsSpec, act_dim: int = 2, units: ActionNormalization | None = None) -> Path:
+def saved_model(path: Path, spec: ObsSpec, act_dim: int = 2, units: ActionNormalization | None = None,
+                slots: list[int] | None = None) -> Path:
     model = RewardEnsemble(spec, act_dim, ensemble=2, hidden=(8,))
     torch.save({"state_dict": model.state_dict(), "spec": spec.to_dict(), "act_dim": act_dim,
                 "settings": {"ensemble": 2, "hidden": [8]},
-                "action_normalization": None if units is None else units.to_dict()}, path)
+                "action_normalization": None if units is None else units.to_dict(),
+                **({"task_slots": slots} if slots is not None else {})}, path)
     return path
+
+
+def test_online_steps_are_scored_in_the_task_slot_the_model_learnt(tmp_path, learned):
+    """A reward model learnt on a file without task ids (slot 0, as it relabelled the offline copy) scored the
+    online steps of an agent acting in slot 13 in slot 13, an input it never saw: the online and offline halves of
+    every batch came from two reward functions (a new user's finding). One slot learnt: the steps are scored in it;
+    several, not the agent's: refused; a model from before slots were recorded: the steps' own."""
+    assert load_reward_model(learned.model)[0].task_slots == [0]  # Reach's demos: recorded by the run
+    spec = ObsSpec(low_dim=(("x", 2),), num_tasks=14)
+    rng = np.random.default_rng(0)
+    obs = {"x": rng.normal(size=(5, 2)).astype(np.float32), TASK_ID: np.full(5, 13)}
+    actions = rng.uniform(-1, 1, (5, 2)).astype(np.float32)
+
+    def scored(slots, slot):
+        model = load_online_reward(saved_model(tmp_path / f"m{slots}.pt", spec, slots=slots), fake_agent(spec),
+                                   slot=slot)
+        return model(obs, actions), model
+
+    own, model = scored([0], 13)
+    in_slot = {**obs, TASK_ID: np.zeros(5, np.int64)}
+    np.testing.assert_allclose(own, OnlineLearnedReward(model.model, model.path)(in_slot, actions), rtol=1e-6)
+    assert not np.allclose(own, OnlineLearnedReward(model.model, model.path)(obs, actions))  # slot 13's differ
+    assert scored([0, 13], 13)[1].slot is None and scored(None, 13)[1].slot is None  # the steps' own slot
+    with pytest.raises(ValueError, match=r"learnt rewards in task slots \[0, 2\], the agent acts in slot 13"):
+        scored([0, 2], 13)
 
 
 def test_a_model_that_does_not_fit_the_agent_is_refused_by_name(tmp_path):
