@@ -584,6 +584,30 @@ def warn_learned_reward(algo: str, info: DatasetInfo) -> bool:
     return True
 
 
+def _reward_function(info: DatasetInfo) -> str:
+    """Which reward function a file's rewards are, for comparing two files: the env's own, or the learned reward
+    of one model (its digest) normalised one way."""
+    learned = info.learned_reward
+    if not learned:
+        return "the env's own rewards"
+    learned = dict(learned)
+    return (f"a learned reward (model {str(learned.get('model_digest'))[:12]}, normalize "
+            f"{learned.get('normalize')}, offset {learned.get('offset')}, scale {learned.get('scale')})")
+
+
+def refuse_mixed_reward_functions(info: DatasetInfo, mix: DatasetInfo) -> None:
+    """``ValueError`` when stage 2's data and its ``data.mix`` file carry two reward functions (the env's rewards
+    beside a copy relabelled by :mod:`robopretrain.reward_model`, or copies of two models or normalisations): every
+    batch would mix them, which stage 3 refuses (:func:`refuse_learned_reward_online`) and the pipeline's adaptation
+    (a relabelled target beside the env-reward prior) did without a word."""
+    mine, theirs = _reward_function(info), _reward_function(mix)
+    if mine == theirs:
+        return
+    raise ValueError(f"data.path={info.path} holds {mine}, data.mix.path={mix.path} {theirs}: every batch would "
+                     "mix two reward functions; give both files one reward (relabel the other with the same model: "
+                     "robopretrain.reward_model.relabel, its reward_model.pt and normalisation), or train on one")
+
+
 def refuse_learned_reward_online(info: DatasetInfo, offline_ratio: float, setting: str = "online.offline_ratio",
                                  online_model: bool = False) -> str | None:
     """Whether stage 3's batches would mix two reward functions. Its online steps are rewarded by the target's own

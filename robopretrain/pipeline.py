@@ -371,6 +371,12 @@ def check_targets(cfg: DictConfig) -> None:
         if info is not None and str(cfg.stage3.algo) != "bc":
             # stage 3 refuses a learned reward in its batches (its online steps get the env's reward): say so now
             refuse_learned_reward_online(info, float(cfg.stage3.offline_ratio), "stage3.offline_ratio")
+        if info is not None and info.learned_reward and bool(cfg.stage2.enabled) and \
+                str(cfg.adapt.algo) != "bc" and float(cfg.adapt.prior_fraction) > 0:  # stage 2 refuses it then
+            raise ValueError(f"target {target.name!r}: its demos {info.path} hold a learned reward "
+                             "(robopretrain.reward_model), and the adaptation mixes them with the prior data, whose "
+                             "rewards are the env's: two reward functions in every batch; set adapt.prior_fraction=0 "
+                             "(the target's demos alone) or adapt.algo=bc, or give demos with the env's rewards")
         free = reward_free_demos(cfg, target)
         if free and any(str(a) != "bc" for a in (cfg.adapt.algo, cfg.stage3.algo)):  # BC needs no reward
             raise ValueError(f"target {target.name!r}: {len(free)} of its demos ({', '.join(free[:3])}"

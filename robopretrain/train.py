@@ -223,6 +223,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                                            "data.mix.task_id to put its data in one slot"))
         # another format: its cached conversion, cameras at the agent's size
         mix_info = read_info(mix_file)
+        if algo != "bc":  # (BC learns from the actions alone)
+            build.refuse_mixed_reward_functions(info, mix_info)
         mix_ids = build.data_task_ids(mix_info, mix)
         same_slot = mix.get("task_id") is not None and cfg.data.get("task_id") is not None and int(
             mix.task_id) == int(cfg.data.task_id)  # both files' tasks put in one slot by the user: one task

@@ -98,6 +98,21 @@ def test_two_reward_functions_in_one_batch_are_refused(learned, tmp_path):
     assert Path(other["relabelled"]).is_file()
 
 
+def test_stage2_refuses_a_mix_of_the_env_reward_and_a_learned_one(learned, tmp_path):
+    """data.path with the env's rewards beside a data.mix copy relabelled by a reward model (the pipeline's
+    adaptation of a relabelled target) trained on two reward functions in every batch without a word (a new user's
+    finding); stage 3 refused the same mix. BC reads no rewards: not refused."""
+    mix = {"mix": {"path": str(learned.relabelled), "fraction": 0.5}}
+    with pytest.raises(ValueError, match=r"data.path=.*reach.hdf5 holds the env's own rewards, data.mix.path=.*"
+                                         r"relabelled.hdf5 a learned reward \(model [0-9a-f]{12}, normalize standard"):
+        stage2(stage2_config(learned.demos, tmp_path / "cql", algo="cql", steps=2, obs=OBS, data_cfg=mix))
+    assert not (tmp_path / "cql" / "checkpoints").exists()
+    stage2(stage2_config(learned.demos, tmp_path / "bc", algo="bc", steps=2, obs=OBS, data_cfg=mix))
+    same = {"mix": {"path": str(learned.relabelled), "fraction": 0.5}}  # one model's copy on both sides: one function
+    stage2(stage2_config(learned.relabelled, tmp_path / "same", algo="cql", steps=2, obs=OBS, data_cfg=same,
+                         algo_cfg=DENSE))
+
+
 def fake_agent(spec: ObsSpec, act_dim: int = 2, units: ActionNormalization | None = None) -> SimpleNamespace:
     return SimpleNamespace(stored_spec=lambda: spec, act_dim=act_dim, action_normalization=units)
 

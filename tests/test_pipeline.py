@@ -693,6 +693,13 @@ def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_
                                          r"or stage3.offline_ratio=0 to train on online steps alone"):
         pipeline.check_targets(cfg)
     cfg.stage3.offline_ratio = 0.0
+    # ... and the adaptation would mix it with the prior data's env rewards (stage 2 refuses that, after stage 2)
+    with pytest.raises(ValueError, match=r"target 'Arm': its demos .* hold a learned reward .* the adaptation mixes "
+                                         r"them with the prior data, whose rewards are the env's"):
+        pipeline.check_targets(cfg)
+    cfg.adapt.prior_fraction = 0.0  # the target's demos alone
+    pipeline.check_targets(cfg)
+    cfg.adapt.prior_fraction, cfg.adapt.algo = 0.9, "bc"  # BC reads no rewards
     pipeline.check_targets(cfg)
     # another format without rewards (converted only after stage 2, where it was refused hours in)
     from _formats import write_lerobot, write_ogbench
