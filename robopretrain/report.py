@@ -186,7 +186,7 @@ def recorded_setting(done: Mapping[str, Mapping[str, Any]], cfg: DictConfig, key
 def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     """``<run>/report.md`` (see the module docstring). Every figure is read from the run folder; where this
     invocation's ``cfg`` differs from what the finished stages ran with, the report says so."""
-    from robopretrain.pipeline import changed_algo, changed_settings
+    from robopretrain.pipeline import changed_algo, changed_input_files, changed_settings
 
     out_dir = run_dir / "evaluate"
     plots = plot_curves(run_dir, out_dir)
@@ -214,13 +214,13 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         lines.append(f"| {name} | {d['seconds']:.1f} | {d.get('sessions', 1)} | {d['finished']} |")
     lines += [f"| **total of these sessions** | **{total:.1f}** | | |", ""]
     ignored = [(stage, c) for stage, d in done.items()
-               for c in ["; ".join(x for x in (changed_algo(cfg, stage, d), changed_settings(cfg, stage, d, run_dir))
-                                   if x)]
+               for c in ["; ".join(x for x in (changed_algo(cfg, stage, d), changed_settings(cfg, stage, d, run_dir),
+                                               changed_input_files(cfg, stage, d)) if x)]
                if c]
     if ignored:
         lines += ["## Settings of this invocation that took no effect", "",
-                  "These stages had finished with other settings and were skipped; the figures below are the recorded "
-                  "settings' (`<stage>/done.json`). To run a stage with the new ones, delete its folder and the later "
+                  "These stages had finished with other settings or files and were skipped; the figures below are the "
+                  "recorded settings' and files' (`<stage>/done.json`). To run a stage with the new ones, delete its folder and the later "
                   "stages' folders, or choose another run_dir.", "", "| stage | recorded -> this invocation |",
                   "|---|---|"]
         lines += [f"| {stage} | {c} |" for stage, c in ignored]

@@ -132,11 +132,24 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if "did not record the settings" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("stage stage2: already done by an older version"), warned
     (run / "stage2" / "done.json").write_text(record)
+    # the target's demo file rewritten at its path: every finished stage that read it was reused without a word
+    import shutil
+
+    shutil.copy(demos, tmp_path / "kept.hdf5")
+    other = fake.write_robosuite_demos(tmp_path / "other.hdf5", 4, tasks=(("Arm", 11),), image_size=SIZE, act_dim=4,
+                                       eef_dim=7)
+    shutil.copy(other, demos)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
+        run_pipeline(cfg)
+    warned = [r.getMessage() for r in caplog.records if "targets.Arm.demos" in r.getMessage()]
+    assert sorted(w.split(":")[0] for w in warned) == ["stage adapt", "stage data", "stage evaluate", "stage stage3"]
+    assert all("already done with other settings or files" in w for w in warned), warned
+    assert f"| adapt | targets.Arm.demos {demos}: size " in (run / "report.md").read_text()
+    shutil.copy(tmp_path / "kept.hdf5", demos)  # the same bytes again: no change
 
     # the run folder moved whole; stage 3 killed before it finished: it resumes from its checkpoint at the new place
     # (its fingerprint's paths into the old folder refused the resume)
-    import shutil
-
     moved = tmp_path / "moved"
     shutil.move(run, moved)
     for marker in (moved / "stage3" / "done.json", moved / "stage3" / "Arm" / "done.json",
