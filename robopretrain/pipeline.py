@@ -629,8 +629,14 @@ def collect_human_videos(cfg: DictConfig, run_dir: Path) -> None:
     collect_videos(videos_config(cfg, run_dir), progress=bool(cfg.progress))
 
 
+# collect_videos keys the pipeline sets itself, and what sets them (data.videos may not: it would take no effect)
+VIDEOS_SET_BY_PIPELINE = {"image_size": "image_size", "output": "run_dir: <run_dir>/data/videos",
+                          "overwrite": "true", "seed": "seed"}
+
+
 def videos_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """The ``configs/collect_videos.yaml`` run of :func:`collect_human_videos` (``data.videos`` merged in)."""
+    """The ``configs/collect_videos.yaml`` run of :func:`collect_human_videos` (``data.videos`` merged in, but for
+    :data:`VIDEOS_SET_BY_PIPELINE`)."""
     c = OmegaConf.load(CONFIG_DIR / "collect_videos.yaml")
     c.merge_with({**(plain(cfg.data.videos) or {}), "image_size": int(cfg.image_size),
                   "output": str(data_paths(run_dir)["videos"]), "overwrite": True, "seed": int(cfg.seed)})
@@ -937,6 +943,11 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
         bad = ", ".join(f"data.videos.{k}" for k in sorted(videos - known))
         raise ValueError(f"pipeline config: unknown key(s) {bad}; valid keys: {', '.join(sorted(known))} "
                          "(robopretrain/configs/collect_videos.yaml)")
+    if videos & set(VIDEOS_SET_BY_PIPELINE):  # replaced by the pipeline's own (videos_config): no effect, silently
+        bad = ", ".join(f"data.videos.{k} (the pipeline's {VIDEOS_SET_BY_PIPELINE[k]})"
+                        for k in sorted(videos & set(VIDEOS_SET_BY_PIPELINE)))
+        raise ValueError(f"pipeline config: {bad} cannot be set here: the pipeline sets them for the videos it "
+                         "collects; set those pipeline keys instead")
     check_algo_overrides(cfg)  # every start-up check before the run folder exists: a refused config leaves none
     check_encoder(cfg)
     check_randomizations(cfg)

@@ -279,6 +279,21 @@ def test_keys_no_stage_reads_stop_the_pipeline_before_any_stage(tmp_path, overri
     check_top_level_keys(fine, "pipeline", free=pipeline.PIPELINE_FREE_KEYS)
 
 
+@pytest.mark.parametrize("key,instead", [("output", "run_dir"), ("image_size", "image_size"), ("seed", "seed")])
+def test_video_settings_the_pipeline_sets_itself_are_refused_under_data_videos(tmp_path, key, instead):
+    """+data.videos.output=..., .image_size=48, .seed=5 were taken and replaced by the pipeline's own without a word:
+    the videos went to <run>/data/videos at the pipeline's size and seed (a new user's finding)."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=[f"+data.videos.{key}=5", "encoder.mode=scratch"])
+    with pytest.raises(ValueError, match=rf"data.videos.{key} \(the pipeline's {instead}.*cannot be set here"):
+        pipeline.run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("override,where", [
     ("+stage3.randomization.factor=[friction]", "stage3.randomization"),  # misspelt 'factors'
     ("+evaluate.settings.hard={level: eval_hrad}", "evaluate.settings.hard"),
