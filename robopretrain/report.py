@@ -58,7 +58,8 @@ def plot_curves(run_dir: Path, out_dir: Path) -> list[Path]:
     ax.set_xlabel("online env steps")
     ax.set_ylabel("success (stage 3's eval)")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title("Stage 3: online fine-tuning\n(evaluated under its training randomization)", fontsize=9)
+    ax.set_title("Stage 3: online fine-tuning\n(evaluated under its training randomization; nominal outside "
+                 "sim_envs)", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
@@ -196,10 +197,12 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
         return recorded_setting(done, cfg, key)
 
     objective = get("stage1.objective") if get("stage1.enabled") == "true" else "none"
+    cameras = get("obs.rgb")
+    seen = (f"encoder mode `{get('encoder.mode')}`, stage-1 objective `{objective}`, encoder `{get('stage1.encoder')}` "
+            f"at {get('image_size')} px, cameras {cameras}" if cameras not in ("[]", "None", "null", "")
+            else "no cameras (no image encoder)")  # a state-only run's header named an encoder it did not have
     lines = ["# robopretrain pipeline report", "",
-             f"Run folder `{run_dir}`; encoder mode `{get('encoder.mode')}`, stage-1 objective `{objective}`, encoder "
-             f"`{get('stage1.encoder')}` at {get('image_size')} px, cameras {get('obs.rgb')}, low-dim parts "
-             f"{get('obs.low_dim')}.", "",
+             f"Run folder `{run_dir}`; {seen}, low-dim parts {get('obs.low_dim')}.", "",
              "## Stages", "", "Wall time of the session that finished each stage (a stage resumed after an interruption "
              "also ran in the sessions before it: `sessions` counts them).", "",
              "| stage | wall time (s) | sessions | finished at |", "|---|---|---|---|"]
@@ -242,7 +245,8 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
               "Final evaluation: the stage-3 policy on fixed episodes; `blind_*` rows replace its camera frames (black, "
               "or a frame of another episode) on the same nominal episodes: a policy that uses vision should lose "
               "most of its success there. The stage-3 column is stage 3's own last evaluation, under the "
-              "randomization it trains in (`stage3.randomization`): it can differ from the nominal final one. "
+              "randomization it trains in (`stage3.randomization`; a target outside sim_envs: nominal): it can "
+              "differ from the nominal final one. "
               "Final success: mean [Wilson 95% interval] (episodes). Cumulative regret: stage 3's mean 1 - success "
               "over its finished training episodes (the Cal-QL paper's measure; count in brackets).", "",
               "| target | after adaptation (offline) | stage 3 final (its eval, training randomization) | cumulative "

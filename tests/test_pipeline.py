@@ -508,6 +508,12 @@ def test_the_report_marks_a_disabled_stage_and_has_no_empty_rollouts_section(tmp
     del row["eval/episodes"]
     (tmp_path / "stage2" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
     assert "episodes (stage 2's" not in write_report(cfg, tmp_path).read_text()
+    # the header of a run with cameras names its encoder; a state-only run's named one it did not have
+    assert "encoder mode `scratch`, stage-1 objective `none`, encoder `small_conv` at 64 px, cameras [" in \
+        write_report(cfg, tmp_path).read_text()
+    cfg.obs.rgb = []
+    assert f"Run folder `{tmp_path}`; no cameras (no image encoder), low-dim parts" in \
+        write_report(cfg, tmp_path).read_text()
     row["eval/episodes"] = 1
     (tmp_path / "stage2" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
     assert "Each task's success over 1 episode (stage 2's" in write_report(cfg, tmp_path).read_text()
