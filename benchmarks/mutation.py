@@ -168,7 +168,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "tests/test_finetune.py::test_a_dense_target_ending_at_success_where_its_"
                                         "demos_ran_on_is_said",  # warn_success_termination; check_env_fits' side:
                                         "tests/test_gap_any_env.py::test_a_constructor_argument_the_env_refuses_"
-                                        "names_the_gap_side_it_came_from"]),
+                                        "names_the_gap_side_it_came_from",
+                                        "tests/test_dt.py::test_stage2_runs_resumes_exactly_and_evaluates"]),
     # the user's env as a target: its construction, contract checks, action units, time limits and task slot
     "target": ("robopretrain/envs/target.py", ["tests/test_target.py", "tests/test_action_units.py",
                                                "tests/test_metaworld.py::test_a_short_task_name_is_the_v3_name_and_a_"
@@ -224,6 +225,9 @@ class Equivalent(NamedTuple):
 
 # (module, mutant id) -> why it is equivalent, and which mutant that is
 EQUIVALENT: dict[tuple[str, str], Equivalent] = {
+    ("build", "warn_target_return/swap/0"): Equivalent(
+        "max(1.0, |low|, |high|) with its first two arguments swapped: the same maximum",
+        "max(..1.0, abs(low)..) swapped @ tol = 1e-6 * max(1.0, abs(low), abs(high))"),
     ("checkpoint", "save_checkpoint/drop/0"): Equivalent(
         "the latest pointer written without its final newline: every reader strips it (_latest_candidates)",
         "final.name + '\\n' -> final.name @ write_text_atomic(root / LATEST_FILE, final.name + \"\\n\")"),

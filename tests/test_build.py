@@ -546,7 +546,7 @@ def _info(path: str, env_args: dict):
     return DatasetInfo(path, total=0, env_args=env_args, demos=[], masks={}, tasks={}, obs_specs={}, action_dim=1)
 
 
-def test_new_agent_reads_obs_normalize_and_min_std_from_the_config():
+def test_new_agent_reads_obs_normalize_and_min_std_from_the_config(caplog):
     """obs.normalize=false leaves the low-dim parts as they are (mean 0, std 1 buffers); by default the data's mean and
     std are used, each std at least obs.min_std (a setting read from the config, whose other obs keys may be absent)."""
     spec = ObsSpec(low_dim=(("proprio", 2),))
@@ -557,7 +557,14 @@ def test_new_agent_reads_obs_normalize_and_min_std_from_the_config():
         cfg = OmegaConf.create({"algo": {"name": "bc"}, "encoder": {}, "obs": obs_cfg, "seed": 0})
         return build.new_agent(cfg, spec, 1, data, torch.device("cpu")).critic_encoder
 
-    off = encoder({"normalize": False, "min_std": 0.5})
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="robopretrain.build"):
+        encoder({"normalize": False})  # no floor asked: nothing to say
+    assert "min_std" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="robopretrain.build"):
+        off = encoder({"normalize": False, "min_std": 0.5})
+    assert "obs.min_std=0.5 takes no effect with obs.normalize=false" in caplog.text
     assert off.mean.tolist() == [0.0, 0.0] and off.std.tolist() == [1.0, 1.0]
     floored = encoder({"min_std": 0.5})  # normalize: the default, on
     assert floored.mean.tolist() == pytest.approx([15.0, 3.0])
@@ -729,3 +736,14 @@ def test_a_slot_shared_on_purpose_names_each_task_with_its_own_file(caplog):
         build.check_task_slots({"reach": 0}, "prior.hdf5", {"stack": 0}, "mine.hdf5", explicit=True, num_tasks=4)
     assert "task one-hot slot 0: task 'reach' of prior.hdf5 and task 'stack' of mine.hdf5 are one task to the " \
         "agent" in caplog.text
+
+
+def test_the_decision_transformer_alone_is_warned_of_a_learned_reward_in_its_data():
+    """DT learns to reach returns of the file's reward and is evaluated with the env's: warned for a relabelled file
+    only, and only for DT (the value-based learners use the learned reward alone)."""
+    from types import SimpleNamespace
+
+    learned = SimpleNamespace(path="r.hdf5", learned_reward={"source": "d.hdf5"})
+    env = SimpleNamespace(path="d.hdf5", learned_reward=None)
+    assert build.warn_learned_reward("dt", learned) and not build.warn_learned_reward("dt", env)
+    assert not build.warn_learned_reward("iql", learned)
