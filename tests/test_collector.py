@@ -30,6 +30,18 @@ def collector(num_envs: int, asynchronous: bool = False) -> VectorCollector:
     return VectorCollector(CountEnv, num_envs, convert=identity, seed=SEED, asynchronous=asynchronous)
 
 
+def first_episodes(c: VectorCollector, n: int, budget: int) -> list[Episode]:
+    """At least ``n`` finished episodes of ``c`` from episode 0 (``budget`` env steps a round); closes ``c``."""
+    c.start(0)
+    try:
+        episodes: list[Episode] = []
+        while len(episodes) < n:
+            episodes += c.step(zero_policy, budget=budget).episodes
+    finally:
+        c.close()
+    return episodes
+
+
 def test_episode_seed_is_the_evaluation_modules_formula():
     for seed, k in [(0, 0), (3, 17), (12, 99_999)]:
         assert episode_seed(seed, k) == train_episode_seed(seed, k)
@@ -58,13 +70,7 @@ def test_an_info_array_of_varying_length_does_not_reach_the_vector_env():
 
     c = VectorCollector(functools.partial(CountEnv, contacts=True), 2, convert=identity, seed=SEED,
                         asynchronous=False)
-    c.start(0)
-    try:
-        episodes = []
-        while len(episodes) < 4:
-            episodes += c.step(zero_policy, budget=4).episodes
-    finally:
-        c.close()
+    episodes = first_episodes(c, 4, budget=4)
     assert [e.success for e in episodes[:4]] == [episode_seed(SEED, e.index) % 2 == 0 for e in episodes[:4]]
 
 
@@ -261,14 +267,7 @@ def test_success_comes_from_the_reward_where_the_env_gives_no_success_key():
     """An env without info["success"]: an episode succeeded when one of its rewards was positive."""
     import _fake_envs as fake
 
-    c = VectorCollector(fake.NoSuccessKeyEnv, 2, convert=identity, seed=SEED)
-    c.start(next_episode=0)
-    try:
-        episodes = []
-        while len(episodes) < 4:
-            episodes += c.step(zero_policy, budget=10).episodes
-    finally:
-        c.close()
+    episodes = first_episodes(VectorCollector(fake.NoSuccessKeyEnv, 2, convert=identity, seed=SEED), 4, budget=10)
     assert [ep.success for ep in episodes] == [episode_seed(SEED, ep.index) % 2 == 0 for ep in episodes]
     assert {ep.success for ep in episodes} == {True, False}
 
