@@ -604,8 +604,9 @@ def refuse_mixed_reward_functions(info: DatasetInfo, mix: DatasetInfo) -> None:
     if mine == theirs:
         return
     raise ValueError(f"data.path={info.path} holds {mine}, data.mix.path={mix.path} {theirs}: every batch would "
-                     "mix two reward functions; give both files one reward (relabel the other with the same model: "
-                     "robopretrain.reward_model.relabel, its reward_model.pt and normalisation), or train on one")
+                     "mix two reward functions; give both files one reward (relabel both with one model and "
+                     "relabel.normalize=none: standard and minmax scale each file by its own rewards), or train on "
+                     "one (data.mix.fraction 0 or 1)")
 
 
 def refuse_learned_reward_online(info: DatasetInfo, offline_ratio: float, setting: str = "online.offline_ratio",

@@ -226,28 +226,29 @@ def changed_settings(cfg: DictConfig, stage: str, done: dict[str, Any], run_dir:
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 
-FILE_STAGES = ("data", "adapt", "stage3", "evaluate")  # the stages that read the targets' own demo files
+FILE_STAGES = ("adapt", "stage3")  # the stages that read the targets' own demo files (the data stage skips them)
 
 
-def stage_input_files(cfg: DictConfig, stage: str) -> dict[str, Any] | None:
-    """A run fingerprint (:func:`robopretrain.run_fingerprint.fingerprint`: size, times and content hash) of the
-    user's files ``stage`` reads, each target's ``demos``, for ``done.json``; None when it reads none. A demo file
-    rewritten at its path after the stage finished left the stage's results standing without a word."""
+def stage_input_files(cfg: DictConfig, stage: str, run_dir: Path) -> dict[str, Any] | None:
+    """A run fingerprint (:func:`robopretrain.run_fingerprint.fingerprint`: size, times and content hash; paths under
+    ``run_dir`` follow the run folder when it moves) of the user's files ``stage`` reads, each target's ``demos``, for
+    ``done.json``; None when it reads none. A demo file rewritten at its path after the stage finished left the
+    stage's results standing without a word."""
     from robopretrain import run_fingerprint
 
     files = {f"targets.{t.name}.demos": str(Path(t.demos).expanduser()) for t in targets_of(cfg)
              if t.demos and stage in FILE_STAGES}
-    return run_fingerprint.fingerprint({}, files) if files else None
+    return run_fingerprint.fingerprint({}, files, home=run_dir) if files else None
 
 
-def changed_input_files(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
+def changed_input_files(cfg: DictConfig, stage: str, done: dict[str, Any], run_dir: Path) -> str:
     """How the files a finished stage read (its ``done.json``'s ``inputs``) now differ (``; ``-joined phrases of
     :func:`robopretrain.run_fingerprint.differences`); empty when they agree and for records without them."""
     from robopretrain import run_fingerprint
 
     if not isinstance(done.get("inputs"), dict):
         return ""
-    now = stage_input_files(cfg, stage) or run_fingerprint.fingerprint({}, {})
+    now = stage_input_files(cfg, stage, run_dir) or run_fingerprint.fingerprint({}, {}, home=run_dir)
     return "; ".join(run_fingerprint.differences(done["inputs"], now))
 
 
@@ -981,7 +982,7 @@ def _run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             log.info("stage %s: already done (%s), skipped", stage, run_dir / stage / DONE)
             done = read_json(run_dir / stage / DONE)
             changed = "; ".join(c for c in (changed_algo(cfg, stage, done), changed_settings(cfg, stage, done, run_dir),
-                                            changed_input_files(cfg, stage, done)) if c)
+                                            changed_input_files(cfg, stage, done, run_dir)) if c)
             if changed:
                 log.warning("stage %s: already done with other settings or files (%s), so these take no effect; "
                             "to run it again with them, delete %s (and the later stages' folders) or choose another "
@@ -1018,7 +1019,7 @@ def _run_stages(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **algo,
                                             "sessions": len(sessions), "first_started": sessions[0]["started"],
                                             "settings": stage_settings(cfg, stage), "machine": machine_record(),
-                                            "run_dir": str(run_dir), "inputs": stage_input_files(cfg, stage)})
+                                            "run_dir": str(run_dir), "inputs": stage_input_files(cfg, stage, run_dir)})
         ran[stage] = seconds
         skipped = result.get("skipped") if isinstance(result, dict) else None
         print(f"[pipeline] {stage} " + (f"skipped: {skipped}" if skipped else f"done in {seconds:.1f} s"), flush=True)

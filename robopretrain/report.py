@@ -218,12 +218,13 @@ def write_report(cfg: DictConfig, run_dir: Path) -> Path:
     lines += [f"| **total of these sessions** | **{total:.1f}** | | |", ""]
     ignored = [(stage, c) for stage, d in done.items()
                for c in ["; ".join(x for x in (changed_algo(cfg, stage, d), changed_settings(cfg, stage, d, run_dir),
-                                               changed_input_files(cfg, stage, d)) if x)]
+                                               changed_input_files(cfg, stage, d, run_dir)) if x)]
                if c]
     if ignored:
         lines += ["## Settings of this invocation that took no effect", "",
                   "These stages had finished with other settings or files and were skipped; the figures below are the "
-                  "recorded settings' and files' (`<stage>/done.json`). To run a stage with the new ones, delete its folder and the later "
+                  "recorded settings' and files' (`<stage>/done.json`). "
+                  "To run a stage with the new ones, delete its folder and the later "
                   "stages' folders, or choose another run_dir.", "", "| stage | recorded -> this invocation |",
                   "|---|---|"]
         lines += [f"| {stage} | {c} |" for stage, c in ignored]

@@ -108,6 +108,9 @@ def test_stage2_refuses_a_mix_of_the_env_reward_and_a_learned_one(learned, tmp_p
         stage2(stage2_config(learned.demos, tmp_path / "cql", algo="cql", steps=2, obs=OBS, data_cfg=mix))
     assert not (tmp_path / "cql" / "checkpoints").exists()
     stage2(stage2_config(learned.demos, tmp_path / "bc", algo="bc", steps=2, obs=OBS, data_cfg=mix))
+    alone = {"mix": {"path": str(learned.relabelled), "fraction": 1.0}}  # every batch from the mix: one function
+    stage2(stage2_config(learned.demos, tmp_path / "alone", algo="cql", steps=2, obs=OBS, data_cfg=alone,
+                         algo_cfg=DENSE))
     same = {"mix": {"path": str(learned.relabelled), "fraction": 0.5}}  # one model's copy on both sides: one function
     stage2(stage2_config(learned.relabelled, tmp_path / "same", algo="cql", steps=2, obs=OBS, data_cfg=same,
                          algo_cfg=DENSE))

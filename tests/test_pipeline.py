@@ -143,7 +143,7 @@ def test_tiny_pipeline_runs_every_stage_then_skips_them(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="robopretrain.pipeline"):
         run_pipeline(cfg)
     warned = [r.getMessage() for r in caplog.records if "targets.Arm.demos" in r.getMessage()]
-    assert sorted(w.split(":")[0] for w in warned) == ["stage adapt", "stage data", "stage evaluate", "stage stage3"]
+    assert sorted(w.split(":")[0] for w in warned) == ["stage adapt", "stage stage3"]  # those that read it
     assert all("already done with other settings or files" in w for w in warned), warned
     assert f"| adapt | targets.Arm.demos {demos}: size " in (run / "report.md").read_text()
     shutil.copy(tmp_path / "kept.hdf5", demos)  # the same bytes again: no change
@@ -279,7 +279,8 @@ def test_keys_no_stage_reads_stop_the_pipeline_before_any_stage(tmp_path, overri
     check_top_level_keys(fine, "pipeline", free=pipeline.PIPELINE_FREE_KEYS)
 
 
-@pytest.mark.parametrize("key,instead", [("output", "run_dir"), ("image_size", "image_size"), ("seed", "seed")])
+@pytest.mark.parametrize("key,instead", [("output", "run_dir"), ("image_size", "image_size"), ("seed", "seed"),
+                                         ("overwrite", "true")])
 def test_video_settings_the_pipeline_sets_itself_are_refused_under_data_videos(tmp_path, key, instead):
     """+data.videos.output=..., .image_size=48, .seed=5 were taken and replaced by the pipeline's own without a word:
     the videos went to <run>/data/videos at the pipeline's size and seed (a new user's finding)."""
@@ -477,6 +478,27 @@ def test_stage1_collects_the_videos_the_data_stage_skipped(tmp_path, monkeypatch
     pipeline.stage_stage1(cfg, tmp_path)
     pipeline.stage_stage1(cfg, tmp_path)  # the manifest is there: not collected again
     assert calls == [("collect", videos), ("train", videos), ("train", videos)]
+
+
+def test_a_demo_file_inside_a_moved_run_folder_is_no_change(tmp_path):
+    """A run folder holding its target's demos, moved whole: the recorded file is the moved one, not a change (the
+    rerun said the finished stages took no effect); the file rewritten at its new place is one."""
+    import shutil
+
+    from robopretrain.pipeline import changed_input_files, stage_input_files
+
+    (tmp_path / "a").mkdir()
+    demos = fake.write_robosuite_demos(tmp_path / "a" / "arm.hdf5", 2, tasks=(("Arm", 11),), image_size=SIZE,
+                                       act_dim=4, eef_dim=7)
+    done = {"inputs": stage_input_files(tiny_pipeline_config(tmp_path / "a", demos), "adapt", tmp_path / "a")}
+    assert stage_input_files(tiny_pipeline_config(tmp_path / "a", demos), "data", tmp_path / "a") is None
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    cfg = tiny_pipeline_config(tmp_path / "b", tmp_path / "b" / "arm.hdf5")
+    assert changed_input_files(cfg, "adapt", done, tmp_path / "b") == ""
+    other = fake.write_robosuite_demos(tmp_path / "other.hdf5", 3, tasks=(("Arm", 11),), image_size=SIZE, act_dim=4,
+                                       eef_dim=7)
+    shutil.copy(other, tmp_path / "b" / "arm.hdf5")
+    assert "content changed" in changed_input_files(cfg, "adapt", done, tmp_path / "b")
 
 
 def test_the_report_marks_a_disabled_stage_and_has_no_empty_rollouts_section(tmp_path):
