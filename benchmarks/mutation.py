@@ -225,6 +225,10 @@ class Equivalent(NamedTuple):
 
 # (module, mutant id) -> why it is equivalent, and which mutant that is
 EQUIVALENT: dict[tuple[str, str], Equivalent] = {
+    ("build", "check_task_slots/const/4"): Equivalent(
+        "the fallback of the free-slot search max(used) + 1 -> + 0: never taken, range(max(used) + 2) always holds "
+        "max(used) + 1, which is not used",
+        "1 -> 0 @ free = next((k for k in range(max(used) + 2) if k not in used), max(used) + 1)"),
     ("build", "warn_target_return/swap/0"): Equivalent(
         "max(1.0, |low|, |high|) with its first two arguments swapped: the same maximum",
         "max(..1.0, abs(low)..) swapped @ tol = 1e-6 * max(1.0, abs(low), abs(high))"),

@@ -747,3 +747,13 @@ def test_the_decision_transformer_alone_is_warned_of_a_learned_reward_in_its_dat
     env = SimpleNamespace(path="d.hdf5", learned_reward=None)
     assert build.warn_learned_reward("dt", learned) and not build.warn_learned_reward("dt", env)
     assert not build.warn_learned_reward("iql", learned)
+
+
+def test_a_files_shared_task_slot_is_refused_naming_a_free_slot_above_its_tasks():
+    """Two tasks of one file in one slot: refused, with a free slot above every task's as the way out (not one below
+    the largest, which another task holds)."""
+    with pytest.raises(ValueError, match=r"f.hdf5: tasks 'a', 'b' all have task_id 0: .* \(e.g. 6, with "
+                                         r"obs.num_tasks > 6\), select one with data.tasks=\[a\], or set "
+                                         r"data.task_id=0"):
+        build.check_file_task_slots("f.hdf5", {"a": 0, "b": 0, "c": 5})
+    build.check_file_task_slots("f.hdf5", {"a": 0, "c": 5})  # a slot each: nothing to say
