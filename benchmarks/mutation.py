@@ -169,7 +169,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "demos_ran_on_is_said",  # warn_success_termination; check_env_fits' side:
                                         "tests/test_gap_any_env.py::test_a_constructor_argument_the_env_refuses_"
                                         "names_the_gap_side_it_came_from",
-                                        "tests/test_dt.py::test_stage2_runs_resumes_exactly_and_evaluates"]),
+                                        "tests/test_dt.py::test_stage2_runs_resumes_exactly_and_evaluates",
+                                        "tests/test_target.py::test_data_camera_sources_of_a_resized_robomimic_copy_"
+                                        "read_the_channels_from_its_source"]),
     # the user's env as a target: its construction, contract checks, action units, time limits and task slot
     "target": ("robopretrain/envs/target.py", ["tests/test_target.py", "tests/test_action_units.py",
                                                "tests/test_metaworld.py::test_a_short_task_name_is_the_v3_name_and_a_"

@@ -757,3 +757,15 @@ def test_a_files_shared_task_slot_is_refused_naming_a_free_slot_above_its_tasks(
                                          r"data.task_id=0"):
         build.check_file_task_slots("f.hdf5", {"a": 0, "b": 0, "c": 5})
     build.check_file_task_slots("f.hdf5", {"a": 0, "c": 5})  # a slot each: nothing to say
+
+
+def test_the_task_slots_are_read_from_a_quiet_demo_selection(monkeypatch):
+    """data_task_ids selects the demos as the loader will, without saying what it leaves out: the loader says it
+    (said twice otherwise)."""
+    from types import SimpleNamespace
+
+    seen: dict = {}
+    monkeypatch.setattr(build, "selected_demos", lambda info, **kw: seen.update(kw) or [])
+    info = SimpleNamespace(path="f.hdf5", env_args={}, tasks={})
+    assert build.data_task_ids(info, OmegaConf.create({"skip_short_demos": True})) == {}
+    assert seen["quiet"] is True and seen["skip_short"] is True
