@@ -75,14 +75,16 @@ class OnlineLearnedReward:
 
 
 def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | None = None,
-                       setting: str = "reward_model", slot: int | None = None) -> OnlineLearnedReward:
+                       setting: str = "reward_model", slot: int | None = None,
+                       task: str | None = None) -> OnlineLearnedReward:
     """The reward model at ``path`` (a ``reward_model.pt``, or the run folder holding it) ready to reward
     ``agent``'s online steps, with the normalisation of the offline file ``data`` when it was relabelled by this
-    model. ``slot``: the task slot the agent acts in (the target's): a model whose data were all in one other slot
-    (a file without task ids: slot 0, as it relabelled the offline copy) scores the online steps in its own slot,
-    so online and offline rewards stay one function; one that learnt several slots, not this one, is refused.
-    Raises ``ValueError`` (naming ``setting``) when the file is missing or the model does not fit the agent or the
-    data (module docstring)."""
+    model. ``slot``: the task slot the agent acts in (the target's, whose task is ``task``). Online and offline
+    rewards stay one function: the online steps are scored in the slot the offline file's demos of ``task`` were
+    relabelled in (the file's task id of ``task``, or its only one: a file without task ids is slot 0); without
+    such a file, a model whose data were all in one other slot scores them in its own slot, and one that learnt
+    several slots, not this one, is refused. Raises ``ValueError`` (naming ``setting``) when the file is missing or
+    the model does not fit the agent or the data (module docstring)."""
     given = Path(str(path)).expanduser()
     file = given / "reward_model.pt" if given.is_dir() else given
     if not file.is_file():
@@ -109,7 +111,15 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
                          f"{stored.num_tasks}; train the reward model with the agent's obs.num_tasks")
     scored_in = None
     slots = getattr(model, "task_slots", None)
-    if spec.num_tasks and slot is not None and slots and int(slot) not in slots:
+    relabelled = data.tasks if data is not None and data.learned_reward and spec.num_tasks else {}
+    file_slot = relabelled[task] if task in relabelled else (
+        next(iter(set(relabelled.values()))) if len(set(relabelled.values())) == 1 else None)
+    if slot is not None and file_slot is not None:  # the slot its offline copy of the task was relabelled in
+        scored_in = int(file_slot) if int(file_slot) != int(slot) else None
+        if scored_in is not None:
+            log.info("%s=%s: the offline file %s was relabelled in task slot %d, the agent acts in slot %d: the "
+                     "online steps are scored in slot %d too", setting, path, data.path, scored_in, slot, scored_in)
+    elif spec.num_tasks and slot is not None and slots and int(slot) not in slots:
         if len(slots) > 1:
             raise ValueError(f"{setting}={path}: the model learnt rewards in task slots {slots}, the agent acts in "
                              f"slot {slot} (the target's task_id), an input the model never saw; train it on data "

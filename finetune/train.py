@@ -393,7 +393,7 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     if cfg.get("reward_model"):
         from finetune.learned_reward import load_online_reward
 
-        learned = load_online_reward(cfg.reward_model, agent, info,
+        learned = load_online_reward(cfg.reward_model, agent, info, task=target.name,
                                      slot=target.resolved_task_id() if agent.spec.num_tasks else None)
     build.refuse_learned_reward_online(info, settings.offline_ratio, "online.offline_ratio",
                                        online_model=learned is not None)

@@ -153,6 +153,15 @@ def test_online_steps_are_scored_in_the_task_slot_the_model_learnt(tmp_path, lea
     assert scored([0, 13], 13)[1].slot is None and scored(None, 13)[1].slot is None  # the steps' own slot
     with pytest.raises(ValueError, match=r"learnt rewards in task slots \[0, 2\], the agent acts in slot 13"):
         scored([0, 2], 13)
+    # with the offline file it relabelled: the slot that file's demos of the target's task were relabelled in
+    from robopretrain.data.hdf5 import DatasetInfo
+
+    relabelled = DatasetInfo("r.hdf5", total=0, env_args={"learned_reward": {"normalize": "none"}}, demos=[],
+                             masks={}, tasks={"A": 0, "B": 5}, obs_specs={}, action_dim=2)
+    path = saved_model(tmp_path / "masked.pt", spec, slots=[0])  # learnt on task A's demos alone (data.tasks)
+    assert load_online_reward(path, fake_agent(spec), relabelled, slot=13, task="B").slot == 5
+    assert load_online_reward(path, fake_agent(spec), relabelled, slot=5, task="B").slot is None  # its own
+    assert load_online_reward(path, fake_agent(spec), None, slot=13, task="B").slot == 0  # no file: the model's
 
 
 def test_a_model_that_does_not_fit_the_agent_is_refused_by_name(tmp_path):
