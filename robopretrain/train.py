@@ -215,16 +215,16 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             mix_file = build.converted(Path(str(mix.path)), mix, spec.image_size, keep=kept)
             build.check_data_fits(spec, mix_file, mix_map, "the mixed-in data (data.mix.path)",
                                   map_setting="data.mix.obs_map")
+            mix_info = read_info(mix_file)
             if algo != "bc" and 0.0 < float(mix.fraction) < 1.0:  # both in every batch (BC reads no rewards)
-                build.refuse_mixed_reward_functions(info, read_info(mix_file))
+                build.refuse_mixed_reward_functions(info, mix_info)
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
                                        action_units=agent.action_normalization, default_image_size=spec.image_size,
                                        units_fixed=True, slot_advice=fixed_one_hot("data.mix.task_id", init) or (
                                            "the mix file's task_id attributes: set obs.num_tasks above them, or "
                                            "data.mix.task_id to put its data in one slot"))
-        # another format: its cached conversion, cameras at the agent's size
-        mix_info = read_info(mix_file)
+        # (mix_info: another format's cached conversion, cameras at the agent's size)
         mix_ids = build.data_task_ids(mix_info, mix)
         same_slot = mix.get("task_id") is not None and cfg.data.get("task_id") is not None and int(
             mix.task_id) == int(cfg.data.task_id)  # both files' tasks put in one slot by the user: one task
