@@ -160,6 +160,13 @@ class TabletopEnv(gym.Env):
     def render(self):
         return self.render_camera(self.camera)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling and ``copy.deepcopy`` leave the renderers out (OpenGL contexts do not copy): the copy makes its
+        own at its first image."""
+        state = self.__dict__.copy()
+        state["_renderers"] = {}
+        return state
+
     def close(self) -> None:
         for renderer in self._renderers.values():
             renderer.close()

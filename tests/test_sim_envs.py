@@ -124,6 +124,31 @@ def test_a_camera_looking_straight_down_has_finite_axes() -> None:
     assert tilted[5] > 0 and abs(np.dot(tilted[:3], tilted[3:])) < 1e-12
 
 
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+def test_a_rendered_env_copies_and_the_copy_runs_as_the_original(copier: str) -> None:
+    """Envs of tasks with closures (PressLitButton's lit-button lambda, the push and pick resets) did not pickle,
+    and none deep-copied after its first image (the renderer's OpenGL context); a new user's finding. The copy
+    continues the episode exactly, with its own model (its randomizer changing the copy's, not the original's)."""
+    import copy
+    import pickle
+
+    env = make("PressLitButton", image_size=SMALL, randomization="train").unwrapped
+    env.reset(seed=3)
+    action = np.full(4, 0.3, np.float32)
+    env.step(action)
+    env.render()
+    twin = copy.deepcopy(env) if copier == "deepcopy" else pickle.loads(pickle.dumps(env))
+    assert twin.model is not env.model and twin.randomizer.model is twin.model and twin.task is env.task
+    for _ in range(3):
+        mine, theirs = env.step(action)[0], twin.step(action)[0]
+        assert all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    mine, theirs = env.reset(seed=7)[0], twin.reset(seed=7)[0]
+    assert all(np.array_equal(mine[k], theirs[k]) for k in mine) and twin.dr_params == env.dr_params
+    np.testing.assert_array_equal(env.render(), twin.render())
+    env.close()
+    twin.close()
+
+
 # ----------------------------------------------------------------------------- seeding
 def _randomized_physics(env: gym.Env) -> dict[str, np.ndarray]:
     model = env.unwrapped.model
