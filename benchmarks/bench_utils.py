@@ -133,11 +133,30 @@ def check_run_settings(folder: Path, settings: dict[str, Any], script: str) -> N
         write_json_atomic(path, {**records, script: settings})
 
 
+def ended_with_this() -> dict[str, str]:
+    """This process's environment for a child that ends with this process (killed, its runs went on writing the
+    run folders its rerun used): the child's entry point calls robopretrain.workers.end_with_launcher (the stage
+    scripts do)."""
+    return {**os.environ, "ROBOPRETRAIN_END_WITH_PARENT": str(os.getpid())}
+
+
 def child_env() -> dict[str, str]:
-    """The environment of a benchmark's child runs: one OpenMP thread each, and they end with this process (killed,
-    its runs went on writing the run folders its rerun used; robopretrain.workers.end_with_launcher)."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "ROBOPRETRAIN_END_WITH_PARENT": str(os.getpid())}
+    """The environment of a benchmark's child runs: one OpenMP thread each, and they end with this process
+    (:func:`ended_with_this`)."""
+    return {**ended_with_this(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def pool_worker_start(parent_pid: int) -> None:
+    """A benchmark's pool worker's initializer (``initargs=(os.getpid(),)``): Ctrl-C ignored (the parent alone handles
+    it, stopping the pool without a traceback per worker), and the worker ended within a second of ``parent_pid``
+    ending (:func:`robopretrain.workers.exit_with`): a benchmark killed outright left its workers training for hours,
+    writing the run folders its rerun was then refused (their locks held)."""
+    import signal
+
+    from robopretrain.workers import exit_with
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with(parent_pid)
 
 
 def exit_on_signals(what: str) -> None:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench_utils import cpu_model, git_commit, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from bench_utils import cpu_model, ended_with_this, git_commit, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
 from claims_metrics import difference_ci  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "binary_actions.json"
@@ -70,7 +70,8 @@ def train(data: Path, out: Path, arm: str, seed: int) -> float:
            f"hydra.run.dir={out}/hydra", "num_threads=1", f"train.steps={UPDATES}", "train.eval_targets=[]",
            f"train.checkpoint_every={UPDATES}", "train.progress=false", "train.tensorboard=false", *overrides]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**ended_with_this(), "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start

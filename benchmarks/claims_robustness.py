@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import pickle
 import signal
 import sys
@@ -141,9 +142,12 @@ def _child(fn: Any, task: tuple, conn: Any) -> None:
     ``SystemExit`` (so pools ``fn`` started shut their own workers down when the parent stops this one); its result,
     or its exception and traceback, sent back through ``conn``. An exception the parent could not unpickle (one whose
     constructor takes other arguments than its message, e.g. ``NonFiniteLossError``) goes back as a RuntimeError
-    with its text."""
+    with its text. The worker ends within a second of the parent ending."""
+    from robopretrain.workers import exit_with
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    exit_with(os.getppid())  # a benchmark killed outright left its workers training on (their folders locked)
     try:
         conn.send((True, fn(*task)))
     except SystemExit:  # stopped by the parent (SIGTERM): nobody is listening

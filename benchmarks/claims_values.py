@@ -32,7 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import cpu_model, git_commit, save_figure, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from bench_utils import (cpu_model, ended_with_this, git_commit, save_figure,  # noqa: E402
+                         seeds_then_episodes_ci, write_json_atomic)
 from claims_metrics import difference_ci, verdict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "claims_values.json"
@@ -97,7 +98,7 @@ def execute(run: str, work: Path, measured: Sequence[str] = ()) -> dict[str, Any
     start = time.perf_counter()
     print(f"[claims values] {run}: {' '.join(cmd[1:])}", flush=True)
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ})
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**ended_with_this()})
     if proc.returncode != 0:
         raise RuntimeError(f"{run} failed (exit {proc.returncode}); see {log}")
     seconds = time.perf_counter() - start

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import seeds_then_episodes_ci  # noqa: E402
+from bench_utils import ended_with_this, seeds_then_episodes_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "metaworld.json"
@@ -53,7 +53,7 @@ def sh(args: list[str], what: str) -> float:
     """Run ``python -m ...`` (one torch thread); raises with the tail of stderr when it fails. Returns seconds."""
     cmd = [sys.executable, "-m", *args]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ended_with_this(), "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed: {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}")
     return time.perf_counter() - start

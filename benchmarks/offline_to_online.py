@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from multiprocessing import get_context
@@ -473,9 +472,11 @@ def run_experiment(args: argparse.Namespace, tasks: list[str]) -> None:
         jobs = [(t, m, s, args) for m in order for s in args.seeds for t in tasks]
         earlier, runs = earlier_runs(args), []  # an earlier part's runs stay in the results and the table
         start = time.perf_counter()
-        # workers ignore Ctrl-C: the parent alone handles it, stopping the pool (no traceback per worker)
-        with get_context("spawn").Pool(args.workers, initializer=signal.signal,
-                                       initargs=(signal.SIGINT, signal.SIG_IGN), maxtasksperchild=1) as pool:
+        from bench_utils import pool_worker_start  # (main put the benchmarks folder on the path)
+
+        # workers ignore Ctrl-C (the parent alone handles it) and end with this process
+        with get_context("spawn").Pool(args.workers, initializer=pool_worker_start, initargs=(os.getpid(),),
+                                       maxtasksperchild=1) as pool:
             for run in pool.imap_unordered(run_one, jobs):
                 runs.append(run)
                 save_results(args, with_earlier(earlier, runs))  # partial results survive an interrupted experiment

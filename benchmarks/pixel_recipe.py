@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import cpu_model, write_json_atomic  # noqa: E402
+from bench_utils import cpu_model, ended_with_this, write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pixel_recipe.json"
@@ -155,7 +155,7 @@ def train_run(cmd: list[str], out: Path, steps: int) -> float:
     if (out / "checkpoints" / f"ckpt_{steps:08d}").is_dir():
         return 0.0
     start = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**ended_with_this(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -195,7 +195,7 @@ def evaluate_job(ckpt: str, task: str, episodes: int, blind: str) -> dict[str, A
 
 def evaluate_checkpoint(ckpt: Path, task: str, episodes: int, blind: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--eval-job", str(ckpt), task, str(episodes), blind]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**ended_with_this(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
     if args.eval_job:
+        from robopretrain.workers import end_with_launcher
+
+        end_with_launcher()  # ends with the benchmark that started it
         ckpt, task, episodes, blind = args.eval_job
         print(json.dumps(evaluate_job(ckpt, task, int(episodes), blind)))
         return

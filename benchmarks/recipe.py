@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils; appended so benchmarks/ shadows no package
-from bench_utils import cpu_model, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
+from bench_utils import cpu_model, ended_with_this, seeds_then_episodes_ci, write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "recipe.json"
@@ -116,7 +116,7 @@ def train_run(data: Path, out: Path, algo: str, seed: int, budgets: list[int], o
            "train.progress=false",
            "train.tensorboard=false", *overrides]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ended_with_this(), "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start

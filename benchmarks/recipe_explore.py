@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import recipe  # noqa: E402
+from bench_utils import ended_with_this  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "recipe_explore.json"
 BUDGETS = (1000, 2500)
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
                    f"seed={args.seed}", f"output_dir={out}", f"hydra.run.dir={out}/hydra", "num_threads=1",
                    f"train.steps={BUDGETS[-1]}", "train.eval_targets=[]", "train.checkpoint_every=500",
                    "train.keep_checkpoints=100", "train.progress=false", "train.tensorboard=false"]
-            subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True,
+                           env={**ended_with_this(), "OMP_NUM_THREADS": "1"})
             seconds = time.perf_counter() - start
         success = {str(u): recipe.evaluate_checkpoint(out / "checkpoints" / f"ckpt_{u:08d}", "Reach", 50)
                    for u in BUDGETS}

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT / "benchmarks"))
+from bench_utils import ended_with_this  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "testbed_stage2_state_explore.json"
 TASKS = ("Reach", "PushBlock", "PickPlace", "Lift", "OpenDrawer", "CloseDrawer", "PressButton", "SlidePuck", "OpenDoor")
 STEPS, EVAL_EVERY, EPISODES = 10_000, 5_000, 20
@@ -104,7 +107,7 @@ def train(name: str, data: Path, algo: str, overrides: list[str], work: Path) ->
            f"train.eval_every={EVAL_EVERY}", f"train.eval_episodes={EPISODES}", f"train.checkpoint_every={EVAL_EVERY}",
            "train.progress=false", "num_threads=1", "seed=0", "obs.min_std=0.05", f"output_dir={out}",
            f"hydra.run.dir={out}/hydra", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ended_with_this(), "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
 

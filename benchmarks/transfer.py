@@ -51,7 +51,7 @@ import numpy as np
 # would otherwise shadow the video_pretrain package that stage 1 imports in this process
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.append(str(Path(__file__).resolve().parent))  # bench_utils, also when imported from another folder
-from bench_utils import (check_run_settings, cpu_model, load_average, results_lock,  # noqa: E402
+from bench_utils import (check_run_settings, cpu_model, ended_with_this, load_average, results_lock,  # noqa: E402
                          seeds_then_episodes_ci, write_json_atomic)
 from claims_metrics import difference_ci, verdict  # noqa: E402
 
@@ -532,7 +532,7 @@ def run_parallel(args: argparse.Namespace, argv: list[str], earlier: list[dict[s
                "--figure", str(args.work_dir / f"transfer_seed{seed}.png"), "--jobs", "1"]
         print(f"[transfer] seed {seed}: {' '.join(cmd[1:])} > {log}", flush=True)
         with open(log, "a") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=ended_with_this()).returncode
         return seed, results, code
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -551,6 +551,9 @@ def run_parallel(args: argparse.Namespace, argv: list[str], earlier: list[dict[s
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    from robopretrain.workers import end_with_launcher
+
+    end_with_launcher()  # a seed's process of run_parallel ends with the call that started it (killed outright)
     if args.summarize_only:  # reads the results file, writes none: no lock (a long run's file can be looked at)
         measure_transfer(args, argv)
         return

@@ -64,6 +64,9 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "benchmarks"))
+
+from bench_utils import ended_with_this  # noqa: E402
 
 from robopretrain.files import write_text_atomic  # noqa: E402
 from sim_envs.tasks import TARGET_TASKS  # noqa: E402
@@ -141,7 +144,7 @@ def train_objective(objective: str, videos: Path, work: Path, args: argparse.Nam
         0 if objective == "none" else args.steps)
     if not done:
         print(f"[video_pretrain benchmark] training {objective}: {' '.join(overrides)}", flush=True)
-        proc = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+        proc = subprocess.run(command, cwd=REPO, env={**ended_with_this(), "PYTHONPATH": str(REPO)}, text=True,
                               capture_output=True)
         if proc.returncode != 0:
             raise RuntimeError(f"training {objective} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -205,7 +208,7 @@ def continue_icvf(videos: Path, work: Path, args: argparse.Namespace) -> dict[in
                          *args.train_overrides]
             print(f"[video_pretrain benchmark] ICVF continued to {budget} steps", flush=True)
             proc = subprocess.run([sys.executable, "-m", "video_pretrain.train", *overrides], cwd=REPO,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)}, text=True, capture_output=True)
+                                  env={**ended_with_this(), "PYTHONPATH": str(REPO)}, text=True, capture_output=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"ICVF to {budget} steps failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
             shutil.copytree(chain / "encoder", snapshot)
@@ -467,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "video_pretrain.json"))
     p.add_argument("--png", default=str(REPO / "docs" / "video_pretrain_values.png"))
     args = p.parse_args(argv)
+    from robopretrain.workers import end_with_launcher
+
+    end_with_launcher()  # run by claims.py values: ends with it (killed outright), and its runs with this process
     args.objectives = [o for o in OBJECTIVES if o in args.objectives]  # the table's order
     if (args.heads_only_steps or args.icvf_budgets) and "icvf" not in args.objectives:
         p.error("--heads-only-steps and --icvf-budgets need icvf among --objectives")

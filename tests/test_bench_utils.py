@@ -193,3 +193,33 @@ def test_expert_demos_are_written_as_d4rl_rows_and_a_failing_expert_is_refused(b
         bu.write_expert_demos(Line(), lambda obs: np.zeros(1, np.float32), tmp_path / "e.hdf5", 1, 4)
     with pytest.raises(RuntimeError, match="the expert failed episode 0"):
         bu.write_expert_demos(Line(), lambda obs: np.ones(1, np.float32), tmp_path / "f.hdf5", 1, 0)
+
+
+def test_a_pool_worker_ends_with_the_benchmark_killed_outright():
+    """offline_to_online.py's pool workers ignored Ctrl-C only: the benchmark killed (SIGKILL), they trained on for
+    hours, writing the run folders its rerun was then refused. A worker busy for two minutes ends within seconds."""
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from robopretrain.workers import process_ended
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    script = (f"import os, sys, time; sys.path.insert(0, {str(bench)!r}); import bench_utils\n"
+              "from multiprocessing import get_context\n"
+              "pool = get_context('spawn').Pool(1, initializer=bench_utils.pool_worker_start, initargs=(os.getpid(),))\n"
+              "worker = pool.apply(os.getpid); pool.apply_async(time.sleep, (120,))\n"
+              "print(worker, flush=True); time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    time.sleep(1.0)  # the worker has taken the two-minute task
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while not process_ended(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ended = process_ended(worker)
+    if not ended:
+        os.kill(worker, signal.SIGKILL)
+    assert ended

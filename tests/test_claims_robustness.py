@@ -146,3 +146,17 @@ def test_stored_evaluation_reused_only_when_of_this_checkpoint_and_complete(cr, 
     assert len(made) == 4
     assert made[-1].checkpoint == str(tmp_path / "ckpt") and made[-1].output_dir == str(out)
     assert made[-1].episodes == 50 and list(made[-1].select) == list(cr.FACTORS)
+
+
+def test_a_worker_ends_with_the_benchmark(cr, monkeypatch):
+    """Killed outright, the benchmark left its workers training (their run folders locked for the rerun): each
+    worker watches its parent's pid."""
+    import os
+
+    import robopretrain.workers
+
+    watched, sent = [], []
+    monkeypatch.setattr(robopretrain.workers, "exit_with", watched.append)
+    monkeypatch.setattr(cr.signal, "signal", lambda *a: None)  # (the handlers a worker sets, not this process's)
+    cr._child(lambda x: x + 1, (1,), SimpleNamespace(send=sent.append, close=lambda: None))
+    assert watched == [os.getppid()] and sent == [(True, 2)]

@@ -74,3 +74,23 @@ def test_diagnose_keeps_only_variants_measured_with_the_same_settings(o2o, tmp_p
         with pytest.raises(Measured):
             o2o.diagnose(o2o.parse_args([*argv, *other]))
         assert "were measured with other settings" in capsys.readouterr().out
+
+
+def test_the_pool_workers_end_with_the_benchmark(o2o, tmp_path, monkeypatch):
+    """Its workers ignored Ctrl-C only (killed outright, the benchmark left them training): they are started by
+    bench_utils.pool_worker_start with this process's pid."""
+    import os
+
+    made = []
+
+    class Context:
+        def Pool(self, workers, **kw):  # noqa: N802 (multiprocessing's name)
+            made.append(kw)
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(o2o, "get_context", lambda method: Context())
+    monkeypatch.setattr(o2o, "make_data", lambda args, tasks: None)
+    args = o2o.parse_args(["--results", str(tmp_path / "r.json"), "--work-dir", str(tmp_path), "--methods", "iql"])
+    with pytest.raises(RuntimeError, match="stop here"):
+        o2o.run_experiment(args, ["Reach"])
+    assert made[0]["initializer"].__name__ == "pool_worker_start" and made[0]["initargs"] == (os.getpid(),)

@@ -258,3 +258,28 @@ def test_a_run_in_parts_keeps_the_earlier_parts_and_refuses_other_settings(trans
     with pytest.raises(SystemExit, match="was run by transfer.py with"):  # another --results, the same run folders
         transfer.run(transfer.parse_args(["--work-dir", str(tmp_path), "--results", str(tmp_path / "other.json"),
                                           "--methods", "dr", "--seeds", "0", "--overrides", "stage2.steps=8"]))
+
+
+def test_each_seeds_process_ends_with_the_call_that_started_it(transfer, tmp_path, monkeypatch):
+    """--jobs 2 ran each seed in a process that lived on when the call was killed outright, training into the
+    folders the rerun used: the seeds' processes get this process's pid to end with, and main watches it."""
+    import os
+    import subprocess
+
+    import robopretrain.workers
+
+    envs, watched = [], []
+
+    def fake_run(cmd, **kw):
+        envs.append(kw["env"])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(transfer.subprocess, "run", fake_run)
+    monkeypatch.setattr(transfer, "merge", lambda args, files: files)
+    args = _args(transfer, tmp_path, argv=["--methods", "dr", "--seeds", "0", "1", "--jobs", "2"])
+    transfer.run_parallel(args, [])
+    assert [e["ROBOPRETRAIN_END_WITH_PARENT"] for e in envs] == [str(os.getpid())] * 2
+    monkeypatch.setattr(robopretrain.workers, "end_with_launcher", lambda: watched.append(1))
+    with pytest.raises(SystemExit, match="no such results file"):
+        transfer.main(["--results", str(tmp_path / "none.json"), "--summarize-only"])
+    assert watched == [1]
