@@ -266,6 +266,11 @@ def randomization(node: Any, where: str = "dr") -> Any:
     value = plain(node)
     if value is None:
         return "none"
+    if isinstance(value, Mapping) and "env_kwargs" in value:  # a gap side's form on a gym target
+        raise ValueError(f"{where}={value!r}: {where} is sim_envs randomization (level, factors, ranges), never "
+                         "applied to a gym target; an env's own constructor arguments are a gap's sides: "
+                         "gap.name=<name> 'gap.source={env_kwargs: {...}}' 'gap.target={env_kwargs: {...}}' (training "
+                         "in the source's, judging in the target's; docs/transfer.md)")
     try:
         config = as_randomization(value)  # unknown keys refused, null-valued ones too
         if isinstance(value, Mapping):

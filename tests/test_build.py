@@ -75,6 +75,10 @@ def test_a_randomization_error_names_the_key_the_entry_came_from():
         build.randomization(OmegaConf.create({"level": "eval_hard", "factor": ["friction"]}), where="eval_randomization")
     with pytest.raises(ValueError, match=r"^dr="):
         build.randomization("trian")
+    # a gap side's form, given where sim_envs randomization goes (a new user's finding: "unknown key(s) ['env_kwargs']"
+    # neither said it never applies to a gym target nor where constructor arguments go)
+    with pytest.raises(ValueError, match=r"^eval_randomization=.*never applied to a gym target.*'gap.target=\{env_kw"):
+        build.randomization(OmegaConf.create({"env_kwargs": {"mass": 2.0}}), where="eval_randomization")
 
 
 def test_generated_data_is_collected_into_the_run_folder_once_and_reused(tmp_path, monkeypatch):

@@ -364,10 +364,12 @@ def test_darc_learns_to_charge_for_source_only_transitions():
     assert float(dr.mean()) > 1.0
 
 
-def test_darc_normalises_with_the_target_transitions_statistics_when_the_agent_has_none():
+def test_darc_normalises_with_the_target_and_first_source_batchs_statistics_when_the_agent_has_none():
     """obs.normalize=false (encoder mean 0, std 1): the classifiers' inputs were raw, so input_noise=1.0 swamped data
-    in metres and DARC corrected nothing; now they are standardised by the target transitions' s and s' rows (a
-    dimension constant there is left unscaled)."""
+    in metres and DARC corrected nothing; then they were standardised by the target transitions' s and s' rows alone,
+    and a dimension constant there (a goal fixed in the target's episodes) scaled the source's rows by 1000 (DARC
+    charged hundreds per step between identical dynamics; a new user's finding). Now the target's rows and the first
+    source batch's, together: a checkpoint before that batch resumes to take them from it."""
     enc = SimpleNamespace(mean=torch.zeros(3), std=torch.ones(3))
     agent = SimpleNamespace(spec=ObsSpec(low_dim=(("proprio", 2), ("object", 1))), critic_encoder=enc,
                             device=torch.device("cpu"), act_dim=1)
@@ -376,22 +378,40 @@ def test_darc_normalises_with_the_target_transitions_statistics_when_the_agent_h
     nxt = s + [0.01, 0.1, 0.0]
     target = {"observations": {"proprio": s[:, :2], "object": s[:, 2:]}, "actions": np.zeros((40, 1), np.float32),
               "next_observations": {"proprio": nxt[:, :2], "object": nxt[:, 2:]}}
+    src = np.stack([rng.normal(size=64), -5.0 + rng.normal(size=64), rng.uniform(-1, 1, size=64)], 1)
+    src_next = src + [0.01, 0.1, 0.0]
+    as_t = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    batch = {"observations": {"proprio": as_t(src[:, :2]), "object": as_t(src[:, 2:])}, "actions": torch.zeros(64, 1),
+             "next_observations": {"proprio": as_t(src_next[:, :2]), "object": as_t(src_next[:, 2:])},
+             "rewards": torch.zeros(64)}
     corr = RewardCorrection(agent, target, DARCSettings(enabled=True), reward_scale=1.0, seed=0)
-    both = torch.as_tensor(np.concatenate([s, nxt]), dtype=torch.float32)
-    mean, std = both.mean(0), both.std(0, correction=0)
+    before = corr.state_dict()  # a checkpoint before the first batch
+    corr(batch)
+    pooled = as_t(np.concatenate([s, nxt, src, src_next]))
+    mean, std = pooled.mean(0), pooled.std(0, correction=0)
     torch.testing.assert_close(corr.mean, mean)
-    torch.testing.assert_close(corr.std, std + 1e-3)  # the agent's rule (STD_EPS): the constant one 1e-3
-    states = corr.states(target["observations"])
-    assert states[:, :2].std(0).min() > 0.5 and states[:, :2].std(0).max() < 2.0  # about one std per unit
+    torch.testing.assert_close(corr.std, std + 1e-3)  # the agent's rule (STD_EPS)
+    assert float(corr.std[2]) > 0.3  # constant in the target: the source's spread, not 1e-3
+    torch.testing.assert_close(corr.target_obs, (as_t(s) - mean) / (std + 1e-3))
+    states = corr.states(batch["observations"])
+    assert states.std(0).min() > 0.5 and states.std(0).max() < 2.0  # about one std per unit
+    resumed = RewardCorrection(agent, target, DARCSettings(enabled=True), reward_scale=1.0, seed=1)
+    resumed.load_state_dict(before)
+    resumed(batch)  # pools at its first batch, as the run it resumes would have
+    torch.testing.assert_close(resumed.mean, mean)
     # kept in the checkpoint; one written before they were kept resumes on raw inputs, as its classifiers trained
     saved = corr.state_dict()
     fresh = RewardCorrection(agent, target, DARCSettings(enabled=True), reward_scale=1.0, seed=1)
     fresh.load_state_dict({**saved, "mean": saved["mean"] + 1.0})
     torch.testing.assert_close(fresh.mean, mean + 1.0)
     torch.testing.assert_close(fresh.target_obs, corr.states(target["observations"]) - 1.0 / corr.std)
-    fresh.load_state_dict({k: v for k, v in saved.items() if k not in ("mean", "std")})
+    fresh(batch)  # (restored after the first batch: not pooled again)
+    torch.testing.assert_close(fresh.mean, mean + 1.0)
+    fresh.load_state_dict({k: v for k, v in saved.items() if k not in ("mean", "std", "stats_pending")})
     assert float(fresh.mean.abs().max()) == 0.0 and float((fresh.std - 1).abs().max()) == 0.0
     torch.testing.assert_close(fresh.target_obs, torch.as_tensor(s, dtype=torch.float32))
+    fresh(batch)
+    assert float(fresh.mean.abs().max()) == 0.0
 
 
 # --------------------------------------------------------------------------- gap

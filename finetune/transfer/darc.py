@@ -27,10 +27,12 @@ not corrected (they are computed when episodes are stored, before any classifier
 
 Inputs: the agent's low-dim observation parts (``obs.low_dim``; a camera-only agent is refused), normalised with the
 agent's own statistics (the critic encoder's ``mean`` / ``std``), and the action. An agent without statistics
-(``obs.normalize=false``: mean 0, std 1) gets the target transitions' own (their ``s`` and ``s'`` rows together; ``std
-+ 1e-3``, the agent's own rule, :data:`~robopretrain.nets.obs_encoder.STD_EPS`), so that ``input_noise`` is always
-about one standard deviation of the data per dimension; they are kept in the run's checkpoints (a run checkpointed
-before, whose classifiers read raw inputs, resumes reading them raw). Here this differs from the authors' code, which
+(``obs.normalize=false``: mean 0, std 1) gets those of the data the classifiers compare: the target transitions'
+``s`` and ``s'`` rows pooled with the first source batch's (``std + 1e-3``, the agent's own rule,
+:data:`~robopretrain.nets.obs_encoder.STD_EPS`), so that ``input_noise`` is always about one standard deviation of
+the data per dimension; they are kept in the run's checkpoints (a run checkpointed before, whose classifiers read raw
+inputs, resumes reading them raw). The target's alone made a dimension constant there (a goal fixed in the target's
+few episodes) scale the source's rows by 1000: DARC charged hundreds per step between identical dynamics. Here this differs from the authors' code, which
 adds the noise to raw states: on data in metres (a few centimetres of spread) a noise of 1.0 in raw units hid every
 gap from the classifiers (0.51 accuracy, no correction), without a word.
 """
@@ -148,12 +150,11 @@ class RewardCorrection:
         self.mean, self.std = enc.mean.detach().clone(), enc.std.detach().clone()
         self.target = target
         self.own_stats = bool((self.mean == 0).all() and (self.std == 1).all())
-        if self.own_stats:  # an agent without statistics: the target's own
-            raw = torch.cat([self.states(target[OBS]), self.states(target[NEXT_OBS])])
-            self.mean, self.std = raw.mean(0), raw.std(0, correction=0) + STD_EPS
+        self.stats_pending = self.own_stats  # an agent without statistics: set at the first batch (_pool_stats)
+        if self.own_stats:
             log.info("transfer.darc: the agent does not normalise its observations (obs.normalize=false); the "
-                     "classifiers normalise theirs with the %d target transitions' statistics, so input_noise=%g is "
-                     "in standard deviations of the data", len(raw) // 2, float(settings.input_noise))
+                     "classifiers normalise theirs with the statistics of the target transitions and the first source "
+                     "batch, so input_noise=%g is in standard deviations of the data", float(settings.input_noise))
         self._normalise_target()
         self.target_actions = torch.as_tensor(np.asarray(target[ACTIONS]), dtype=torch.float32, device=self.device)
         if len(self.target_actions) < 1:
@@ -172,13 +173,26 @@ class RewardCorrection:
 
     def states(self, obs: Mapping[str, Any]) -> torch.Tensor:
         """The normalised low-dim state ``(B, D)`` of an observation dict."""
-        low = torch.cat([torch.as_tensor(np.asarray(obs[k]) if not torch.is_tensor(obs[k]) else obs[k],
-                                         dtype=torch.float32).to(self.device) for k in self.keys], dim=-1)
-        return (low - self.mean) / self.std
+        return (self._raw(obs) - self.mean) / self.std
+
+    def _raw(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(np.asarray(obs[k]) if not torch.is_tensor(obs[k]) else obs[k],
+                                          dtype=torch.float32).to(self.device) for k in self.keys], dim=-1)
+
+    def _pool_stats(self, batch: Mapping[str, Any]) -> None:
+        """An agent without statistics: the classifiers' input statistics from the target transitions' ``s`` and
+        ``s'`` rows and the first source ``batch``'s, together."""
+        raw = torch.cat([self._raw(self.target[OBS]), self._raw(self.target[NEXT_OBS]), self._raw(batch[OBS]),
+                         self._raw(batch[NEXT_OBS])])
+        self.mean, self.std = raw.mean(0), raw.std(0, correction=0) + STD_EPS
+        self.stats_pending = False
+        self._normalise_target()
 
     def __call__(self, batch: Mapping[str, Any], with_metrics: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
         """One classifier step on ``batch`` (source) against as many target rows, then ``batch`` with corrected
         rewards; returns ``(batch, metrics)``."""
+        if self.stats_pending:
+            self._pool_stats(batch)
         s, a, s2 = self.states(batch[OBS]), batch[ACTIONS].to(self.device, torch.float32), self.states(batch[NEXT_OBS])
         n = len(s)
         rows = torch.randint(0, len(self.target_actions), (n,), generator=self.generator)
@@ -208,7 +222,7 @@ class RewardCorrection:
     def state_dict(self) -> dict[str, Any]:
         return {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(), "updates": self.updates,
-                "mean": self.mean.cpu(), "std": self.std.cpu()}
+                "mean": self.mean.cpu(), "std": self.std.cpu(), "stats_pending": self.stats_pending}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a checkpoint's classifiers with the input statistics they were trained on: a checkpoint written
@@ -222,6 +236,7 @@ class RewardCorrection:
                         "were kept: they go on reading raw inputs, as they were trained (input_noise=%g in the "
                         "data's own units)", float(self.settings.input_noise))
         self.mean, self.std = mean.to(self.device), std.to(self.device)
+        self.stats_pending = bool(state.get("stats_pending", False))  # (a checkpoint before the first batch)
         self._normalise_target()
         self.classifier.load_state_dict(state["classifier"])
         self.optimizer.load_state_dict(state["optimizer"])
