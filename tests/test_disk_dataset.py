@@ -447,6 +447,41 @@ def test_the_folder_of_a_killed_index_build_is_removed_by_the_next_and_a_running
             b.wait(timeout=30)
 
 
+def test_leftovers_of_builds_killed_and_rerun_at_once_are_removed_by_a_later_run_that_builds_nothing(toy):
+    """A build (or feature write) killed outright and rerun at once: the rerun found the killed one's folder (file)
+    too young to be abandoned, and every run after it found a current index (features) and built nothing, so the
+    partial folder stayed beside the user's data for good (a new user's finding). Opening the index and the
+    features removes them once they are old enough."""
+    from robopretrain.data import frames as frames_mod
+
+    path, _, spec = toy
+    disk = load_offline_dataset(path, spec, CAL_QL, storage="disk")
+
+    def features(obs):
+        out = {k: v for k, v in obs.items() if k != CAM}
+        out["features"] = obs[CAM].reshape(len(obs[CAM]), -1, 3).mean(1).astype(np.float32)
+        return out
+
+    disk.map_observations(features, seed=5)
+    folder = index_dir(path)
+    (written,) = (folder / "cache").glob("*/features.bin")
+    killed = folder.with_name(f"{folder.name}.tmp999999")  # (no lock held on its .building file: its build died)
+    killed.mkdir()
+    (killed / frames_mod.BUILDING).write_bytes(b"")
+    partial = written.with_name(f"{written.name}.tmp999999")
+    partial.write_bytes(b"x")
+    young = folder.with_name(f"{folder.name}.tmp999998")  # made a moment ago: maybe a build not yet locked
+    young.mkdir()
+    (young / frames_mod.BUILDING).write_bytes(b"")
+    for p in (killed / frames_mod.BUILDING, partial):
+        os.utime(p, (OLD_MTIME, OLD_MTIME))
+    again = load_offline_dataset(path, spec, CAL_QL, storage="disk")  # the index is current: nothing is built
+    assert not killed.exists() and young.is_dir()
+    assert partial.is_file()  # (the features are not opened yet)
+    again.map_observations(features, seed=5)
+    assert not partial.exists() and written.is_file()
+
+
 def test_a_killed_feature_writers_partial_file_is_removed_by_the_next_and_a_running_writers_is_kept(tmp_path):
     """A frozen-feature cache write killed outright (SIGKILL) left ``<file>.tmp<pid>`` (up to every feature row of
     the data) in the cache for good (stop 61's note)."""

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robopretrain.data.frames import FrameStore, write_rows
+from robopretrain.data.frames import FrameStore, remove_abandoned_rows, write_rows
 from robopretrain.data.keys import NEXT_OBS, OBS, OBS_FIELDS
 from robopretrain.data.replay import Batch, _as_storage, _obs_storage, _rng_state, _set_rng_state, _to_torch, _tree_map
 
@@ -223,6 +223,8 @@ class DiskDataset:
                         yield np.asarray(chunk(lo, min(lo + FEATURE_CHUNK, total))[0][key])
 
                 shape = write_rows(path, chunks())
+            else:
+                remove_abandoned_rows(path)  # a writer killed outright, rerun at once, found its file too young
             stores[k] = FrameStore(path, shape, dtype, path.with_name(path.name + ".crc.npy"), key=k)
         order = [k for k in head if k in memory_keys or k in new_keys]
         return DiskDataset(self._fields, stores, {k: joint_rows for k in new_keys}, order, device=self.device,

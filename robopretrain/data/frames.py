@@ -211,7 +211,9 @@ def _indexed_keys(folder: Path) -> list[str]:
 def open_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInfo | None = None,
                build: bool = True) -> FrameIndex:
     """The frame index of ``path`` for camera ``keys``; built first (:func:`build_index`) when missing or stale and
-    ``build``. Raises :class:`DatasetError` when it is missing and ``build`` is False."""
+    ``build``. Removes the folders builds killed outright left beside it (:func:`remove_abandoned_builds`: a build
+    rerun at once found them too young, and the runs after it build nothing). Raises :class:`DatasetError` when it is
+    missing and ``build`` is False."""
     source = Path(path)
     folder = index_dir(source)
     if not _index_is_current(folder, source, keys):
@@ -224,6 +226,7 @@ def open_index(path: str | os.PathLike, keys: Sequence[str], *, info: DatasetInf
             info = info or read_info(source)
             earlier = [k for k in _indexed_keys(folder) + _indexed_keys(cached) if k in info.obs_specs]
             folder = build_index(source, list(dict.fromkeys([*keys, *earlier])), info=info)
+    remove_abandoned_builds(folder)  # a build killed outright and rerun at once: its folder was too young then
     meta = json.loads((folder / "meta.json").read_text())
     rows = {}
     for k in keys:
