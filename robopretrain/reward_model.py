@@ -510,7 +510,7 @@ def relabel(src: str | os.PathLike, dst: str | os.PathLike, model: RewardEnsembl
                     "reads such a demo (read the copy with data.skip_short_demos=true or a mask of the others)", src,
                     len(short), ", ".join(short[:3]), ", ..." if len(short) > 3 else "")
     trans = load_transitions(src, list(spec.low_dim_keys), demos=[d.name for d in info.demos if d.num_samples >= 2],
-                             action_range=False, low_dim=list(spec.low_dim_keys))
+                             action_range=False, low_dim=list(spec.low_dim_keys), info=info)
     units = getattr(model, "action_units", FILE_UNITS) if action_units is None else action_units
     if units != FILE_UNITS:
         trans.actions = reexpress(trans.actions, file_action_units(info), units, str(src), into="the reward model's")
@@ -717,7 +717,7 @@ def _run_holding(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                               build.plain(cfg.data.get("action_bounds")),
                               user="the reward model reads its actions in these units and its checkpoint records them")
     trans = load_transitions(path, list(spec.low_dim_keys), demos=demos, action_range=False,
-                             low_dim=list(spec.low_dim_keys))
+                             low_dim=list(spec.low_dim_keys), info=info)
     trans.actions = reexpress(trans.actions, file_action_units(info), units, str(path), into="the reward model's")
     check_action_range(trans, str(path))
     warn_inner_terminals(str(path), trans.dones, trans.episode_ids, trans.demo_names, info.env_args)  # as stage 2

@@ -153,6 +153,19 @@ def test_rewards_are_scaled_and_returns_computed_by_hand(tmp_path):
     np.testing.assert_allclose(dense["mc_returns"][3:], [-5 - 2.5 - 1.25, -5 - 2.5, -5])  # truncated, no rule
 
 
+def test_a_load_reads_the_files_metadata_once(tmp_path, monkeypatch):
+    """The metadata (every demo's attributes) was read twice per load, once more by load_transitions: seconds on a
+    file of thousands of small demos (a new user's finding)."""
+    import robopretrain.data.hdf5 as hdf5_mod
+
+    path = write_file(tmp_path / "toy.hdf5")
+    spec = spec_of_data(path, ["proprio"], [], None)
+    calls = []
+    monkeypatch.setattr(hdf5_mod, "_demo_info", lambda *a, real=hdf5_mod._demo_info: calls.append(a[2]) or real(*a))
+    load_offline_dataset(path, spec, CAL_QL)
+    assert sorted(calls) == ["demo_0", "demo_1"]
+
+
 def test_next_obs_logged_apart_from_the_next_obs_does_not_split_demos(tmp_path, caplog):
     """A robot that logs next_obs separately (1e-3 sensor noise): every step's next_obs differs from the next obs.
     Each demo was cut into one-step episodes, so a successful demo's steps got the never-succeeds return (-10 here)

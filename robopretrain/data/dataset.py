@@ -563,7 +563,7 @@ def load_offline_dataset(
         check_finite_transitions(trans)
     else:
         trans = load_transitions(path, file_keys, demos=demos, action_range=False,
-                                 low_dim=[key_map.get(k, k) for k in spec.low_dim_keys])
+                                 low_dim=[key_map.get(k, k) for k in spec.low_dim_keys], info=info)
         for src in {key_map.get(k, k) for k in spec.rgb_keys}:  # grey cameras read as RGB (spec_from_shapes)
             stored = info.obs_specs[src][0]
             trans.obs[src] = as_rgb(trans.obs[src], stored)

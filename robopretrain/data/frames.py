@@ -416,7 +416,7 @@ def _write_index(source: Path, info: DatasetInfo, keys: Sequence[str], demos: li
     low_dim = [k for k, (shape, dtype) in info.obs_specs.items() if k not in keys and len(shape) == 1
                and np.dtype(dtype).kind in "fiub"]
     trans = load_transitions(source, low_dim, demos=demos, images=False, action_range=False, check_finite=False,
-                             low_dim=low_dim)
+                             low_dim=low_dim, info=info)
     (tmp / "transitions").mkdir()
     for name, arr in [("actions", trans.actions), ("rewards", trans.rewards), ("dones", trans.dones),
                       *[(f"obs.{k}", v) for k, v in trans.obs.items()],

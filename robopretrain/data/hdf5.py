@@ -624,6 +624,7 @@ def load_transitions(
     action_range: bool = True,
     check_finite: bool = True,
     low_dim: Sequence[str] = (),
+    info: DatasetInfo | None = None,
 ) -> Transitions:
     """Load ``obs_keys`` (and next_obs, actions, rewards, dones) of the selected demos into flat arrays.
 
@@ -635,10 +636,11 @@ def load_transitions(
     demo and is checked per selection by :func:`check_finite_transitions`). ``low_dim``: keys (of ``obs_keys``)
     that are low-dim parts
     whatever their name: checked and read as float ``(N, d)`` even when named ``*_image`` (the name rule, module
-    docstring, decides only for keys not listed). Raises :class:`DatasetError` on any contract violation (see the
-    module docstring).
+    docstring, decides only for keys not listed). ``info``: the file's :func:`read_info`, when the caller has it
+    (read here otherwise: a file of many small demos takes seconds). Raises :class:`DatasetError` on any contract
+    violation (see the module docstring).
     """
-    info = read_info(path)
+    info = info if info is not None else read_info(path)
     p = info.path
     if not obs_keys:
         raise DatasetError(f"{p}: no observation keys requested")
