@@ -208,7 +208,8 @@ def test_a_pool_worker_ends_with_the_benchmark_killed_outright():
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
     script = (f"import os, sys, time; sys.path.insert(0, {str(bench)!r}); import bench_utils\n"
               "from multiprocessing import get_context\n"
-              "pool = get_context('spawn').Pool(1, initializer=bench_utils.pool_worker_start, initargs=(os.getpid(),))\n"
+              "pool = get_context('spawn').Pool(1, initializer=bench_utils.pool_worker_start,\n"
+              "                                 initargs=(os.getpid(),))\n"
               "worker = pool.apply(os.getpid); pool.apply_async(time.sleep, (120,))\n"
               "print(worker, flush=True); time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -32,9 +32,9 @@ agent's own statistics (the critic encoder's ``mean`` / ``std``), and the action
 :data:`~robopretrain.nets.obs_encoder.STD_EPS`), so that ``input_noise`` is always about one standard deviation of
 the data per dimension; they are kept in the run's checkpoints (a run checkpointed before, whose classifiers read raw
 inputs, resumes reading them raw). The target's alone made a dimension constant there (a goal fixed in the target's
-few episodes) scale the source's rows by 1000: DARC charged hundreds per step between identical dynamics. Here this differs from the authors' code, which
-adds the noise to raw states: on data in metres (a few centimetres of spread) a noise of 1.0 in raw units hid every
-gap from the classifiers (0.51 accuracy, no correction), without a word.
+few episodes) scale the source's rows by 1000: DARC charged hundreds per step between identical dynamics. Here this
+differs from the authors' code, which adds the noise to raw states: on data in metres (a few centimetres of spread) a
+noise of 1.0 in raw units hid every gap from the classifiers (0.51 accuracy, no correction), without a word.
 """
 
 from __future__ import annotations
