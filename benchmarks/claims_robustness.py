@@ -137,17 +137,18 @@ def run_variant(work: Path, seed: int, variant: str, episodes: int) -> dict[str,
             "seconds": stage3["seconds"], "outcomes": condition_outcomes(info)}
 
 
-def _child(fn: Any, task: tuple, conn: Any) -> None:
+def _child(fn: Any, task: tuple, conn: Any, parent: int) -> None:
     """A worker's body: ``fn(*task)`` with Ctrl-C ignored (the parent alone handles it) and SIGTERM raising
     ``SystemExit`` (so pools ``fn`` started shut their own workers down when the parent stops this one); its result,
     or its exception and traceback, sent back through ``conn``. An exception the parent could not unpickle (one whose
     constructor takes other arguments than its message, e.g. ``NonFiniteLossError``) goes back as a RuntimeError
-    with its text. The worker ends within a second of the parent ending."""
+    with its text. The worker ends within a second of process ``parent`` (the benchmark, its pid as it knew it:
+    read here, it is the adopting process's once the benchmark died while this one started) ending."""
     from robopretrain.workers import exit_with
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    exit_with(os.getppid())  # a benchmark killed outright left its workers training on (their folders locked)
+    exit_with(parent)  # a benchmark killed outright left its workers training on (their folders locked)
     try:
         conn.send((True, fn(*task)))
     except SystemExit:  # stopped by the parent (SIGTERM): nobody is listening
@@ -205,7 +206,7 @@ def _in_fresh_process(fn: Any, task: tuple, workers: _Workers) -> Any:
     already stopping."""
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(fn, task, send))
+    proc = ctx.Process(target=_child, args=(fn, task, send, os.getpid()))
     if not workers.start(proc):
         receive.close()
         send.close()

@@ -27,10 +27,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's packages, not an installed copy
+sys.path.append(str(ROOT / "benchmarks"))
+from bench_utils import ended_with_this  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "data_scale.json"
 CAM = "agentview_image"
 DEFAULT_FRAMES = Path("/tmp/pixel_recipe/data/Reach+PushBlock+PressButton+OpenDrawer_clean50_64px_wrist.hdf5")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ENV = {**ended_with_this(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # (runs end with this process)
 
 
 def load_avg() -> float:

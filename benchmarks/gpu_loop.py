@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT / "benchmarks"))
+from bench_utils import ended_with_this  # noqa: E402
 
 
 def collect_reach(path: Path, episodes: int) -> Path:
@@ -46,7 +47,7 @@ def train(data: Path, out: Path, algo: str, steps: int, device: str, graph: bool
            "train.tensorboard=false", f"train.log_every={max(steps // 10, 1)}",
            f"train.cuda_graph={str(graph).lower()}", "obs.low_dim=[proprio,object]"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**ended_with_this(), "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         return {"error": proc.stderr[-2500:], "wall_s": round(wall, 1)}

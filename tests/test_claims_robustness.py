@@ -152,11 +152,35 @@ def test_a_worker_ends_with_the_benchmark(cr, monkeypatch):
     """Killed outright, the benchmark left its workers training (their run folders locked for the rerun): each
     worker watches its parent's pid."""
     import os
+    import threading
 
     import robopretrain.workers
 
     watched, sent = [], []
     monkeypatch.setattr(robopretrain.workers, "exit_with", watched.append)
     monkeypatch.setattr(cr.signal, "signal", lambda *a: None)  # (the handlers a worker sets, not this process's)
-    cr._child(lambda x: x + 1, (1,), SimpleNamespace(send=sent.append, close=lambda: None))
-    assert watched == [os.getppid()] and sent == [(True, 2)]
+    cr._child(lambda x: x + 1, (1,), SimpleNamespace(send=sent.append, close=lambda: None), 4242)
+    assert watched == [4242] and sent == [(True, 2)]
+    started = []  # the pid the benchmark gives its worker: its own (read in the worker, an orphan's adopter's)
+
+    class Context:
+        def Pipe(self, duplex):  # noqa: N802 (multiprocessing's names)
+            return SimpleNamespace(recv=lambda: (True, 7), close=lambda: None), SimpleNamespace(close=lambda: None)
+
+        def Process(self, target, args):  # noqa: N802
+            started.append(args[-1])
+            return Ended()
+
+    class Ended:
+        exitcode = 0
+
+        def join(self, *timeout):
+            pass
+
+        def is_alive(self):
+            return False
+
+    monkeypatch.setattr(cr.mp, "get_context", lambda method: Context())
+    workers = SimpleNamespace(start=lambda proc: True, live=set(), stopping=False, lock=threading.Lock(),
+                              stop=lambda: None)
+    assert cr._in_fresh_process(print, (), workers) == 7 and started == [os.getpid()]
