@@ -466,10 +466,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "input noise added -> subtracted: zero-mean Gaussian noise, the same distribution either way",
         "sa + noise * torch.randn(sa.shape, generator=generator).to(sa): Add -> Sub @ sa = sa + noise * "
         "torch.randn(sa.shape, generator=generator).to(sa)"),
-    ("darc", "RewardCorrection.states/not/0"): Equivalent(
+    ("darc", "RewardCorrection._raw/not/0"): Equivalent(
         "the tensor / array branch swapped: np.asarray of a CPU tensor and torch.as_tensor of an array give the same "
         "values (only a GPU tensor would tell them apart, which the CPU suite has none of)",
-        "not torch.is_tensor(obs[k]) -> torch.is_tensor(obs[k]) @ low = torch.cat([torch.as_tensor(np.asarray(obs[k]) "
+        "not torch.is_tensor(obs[k]) -> torch.is_tensor(obs[k]) @ return torch.cat([torch.as_tensor(np.asarray(obs[k]) "
         "if not torch.is_tensor(obs[k]) else obs[k],"),
     ("dann", "DomainClassifier.__init__/const/0"): Equivalent(
         "the default hidden=(64,) -> (65,): the one caller (DomainAdversary) passes transfer.dann.hidden",

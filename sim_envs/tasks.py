@@ -91,8 +91,10 @@ class Task:
     after_step: Callable[["TabletopEnv"], None] | None = None
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        """A task of the suite pickles (and deep-copies) as its name: its functions are closures that do not."""
-        if TASKS.get(self.name) is self:
+        """A task of the built-in suite pickles (and deep-copies) as its name: its functions are closures that do not.
+        Any other (one's own, registered or not; a suite task changed with ``dataclasses.replace``) pickles by value,
+        its functions by reference: unpickled in another process, it imports their module (which may register it)."""
+        if self.name in BUILT_IN and TASKS.get(self.name) is self:
             return get_task, (self.name,)
         return super().__reduce_ex__(protocol)
 
@@ -444,6 +446,7 @@ def _make_tasks() -> dict[str, Task]:
 
 
 TASKS: dict[str, Task] = _make_tasks()
+BUILT_IN: frozenset[str] = frozenset(TASKS)  # (sim_envs.register_task adds to TASKS)
 PRETRAIN_TASKS: tuple[str, ...] = tuple(n for n, t in TASKS.items() if not t.target)
 TARGET_TASKS: tuple[str, ...] = tuple(n for n, t in TASKS.items() if t.target)
 # Ids are positions in TASKS: stable, new tasks are appended.

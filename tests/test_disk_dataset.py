@@ -447,6 +447,17 @@ def test_the_folder_of_a_killed_index_build_is_removed_by_the_next_and_a_running
             b.wait(timeout=30)
 
 
+def test_a_disk_load_that_builds_the_index_reads_the_files_metadata_once(toy, monkeypatch):
+    """The index build read the file's metadata once more (load_transitions without the caller's read_info)."""
+    import robopretrain.data.hdf5 as hdf5_mod
+
+    path, _, spec = toy
+    calls = []
+    monkeypatch.setattr(hdf5_mod, "_demo_info", lambda *a, real=hdf5_mod._demo_info: calls.append(a[2]) or real(*a))
+    load_offline_dataset(path, spec, CAL_QL, storage="disk")
+    assert index_dir(path).is_dir() and len(calls) == len(EPISODES) == len(set(calls))
+
+
 def test_leftovers_of_builds_killed_and_rerun_at_once_are_removed_by_a_later_run_that_builds_nothing(toy):
     """A build (or feature write) killed outright and rerun at once: the rerun found the killed one's folder (file)
     too young to be abandoned, and every run after it found a current index (features) and built nothing, so the

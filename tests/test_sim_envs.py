@@ -149,6 +149,30 @@ def test_a_rendered_env_copies_and_the_copy_runs_as_the_original(copier: str) ->
     twin.close()
 
 
+def test_a_task_other_than_the_suites_own_pickles_by_value():
+    """Only the built-in tasks pickle as their names: a suite task changed with dataclasses.replace came back as the
+    original, and a task registered with register_task did not unpickle in a process that had not registered it
+    (by value, its module is imported, which registers it; a reviewer's finding)."""
+    import copy
+    import dataclasses
+    import pickle
+
+    from sim_envs.tasks import get_task
+
+    short = dataclasses.replace(get_task("Reach"), max_steps=5)  # (Reach's functions are module-level)
+    assert pickle.loads(pickle.dumps(short)).max_steps == 5 and copy.deepcopy(short).max_steps == 5
+    assert pickle.loads(pickle.dumps(get_task("Reach"))) is get_task("Reach")
+    code = ("import pickle, sys, dataclasses, sim_envs\n"
+            "from sim_envs.tasks import get_task\n"
+            "mine = dataclasses.replace(get_task('Reach'), name='MineToPickle')\n"
+            "sim_envs.register_task(mine)\n"
+            "sys.stdout.buffer.write(pickle.dumps(mine))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}).stdout
+    task = pickle.loads(out)  # (this process never registered it)
+    assert task.name == "MineToPickle" and task.max_steps == get_task("Reach").max_steps
+
+
 # ----------------------------------------------------------------------------- seeding
 def _randomized_physics(env: gym.Env) -> dict[str, np.ndarray]:
     model = env.unwrapped.model

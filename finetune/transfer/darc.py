@@ -29,12 +29,15 @@ Inputs: the agent's low-dim observation parts (``obs.low_dim``; a camera-only ag
 agent's own statistics (the critic encoder's ``mean`` / ``std``), and the action. An agent without statistics
 (``obs.normalize=false``: mean 0, std 1) gets those of the data the classifiers compare: the target transitions'
 ``s`` and ``s'`` rows pooled with the first source batch's (``std + 1e-3``, the agent's own rule,
-:data:`~robopretrain.nets.obs_encoder.STD_EPS`), so that ``input_noise`` is always about one standard deviation of
-the data per dimension; they are kept in the run's checkpoints (a run checkpointed before, whose classifiers read raw
-inputs, resumes reading them raw). The target's alone made a dimension constant there (a goal fixed in the target's
-few episodes) scale the source's rows by 1000: DARC charged hundreds per step between identical dynamics. Here this
-differs from the authors' code, which adds the noise to raw states: on data in metres (a few centimetres of spread) a
-noise of 1.0 in raw units hid every gap from the classifiers (0.51 accuracy, no correction), without a word.
+:data:`~robopretrain.nets.obs_encoder.STD_EPS`), so that ``input_noise`` is about one standard deviation of the data
+per dimension, as far as the first batch shows the data (half of it offline data at the default
+``online.offline_ratio=0.5``; at ``offline_ratio=0`` the first online episodes' alone: a goal those few episodes hold
+fixed gets a spread too small for the goals that come later); they are kept in the run's checkpoints (a run
+checkpointed before, whose classifiers read raw inputs, resumes reading them raw). The target's alone made a
+dimension constant there (a goal fixed in the target's few episodes) scale the source's rows by 1000: DARC charged
+hundreds per step between identical dynamics. Here this differs from the authors' code, which adds the noise to raw
+states: on data in metres (a few centimetres of spread) a noise of 1.0 in raw units hid every gap from the
+classifiers (0.51 accuracy, no correction), without a word.
 """
 
 from __future__ import annotations
