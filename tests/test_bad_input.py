@@ -251,7 +251,7 @@ def results(cases, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     env = {**os.environ, "OMP_NUM_THREADS": "1",  # the custom target env is tests/_fake_envs.py
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     runner = subprocess.run([sys.executable, str(REPO / "tests" / "_cli_runner.py"), str(outdir), "2"], cwd=REPO,
-                            env=env, input=json.dumps(spec), capture_output=True, text=True, timeout=300)
+                            env=env, input=json.dumps(spec), capture_output=True, text=True, timeout=1200)
     assert runner.returncode == 0, runner.stderr[-3000:]
     done = {}
     for name, (cmd, _) in cases.items():
