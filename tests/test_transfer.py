@@ -282,6 +282,11 @@ def test_reward_correction_adds_the_scaled_delta_after_its_warmup():
     assert metrics["darc/reward_change_mean"] == pytest.approx(float((second["rewards"] - batch["rewards"]).mean()),
                                                                rel=1e-5)
     assert metrics["darc/reward_change_mean"] == pytest.approx(2.0 * metrics["darc/delta_r_mean"], rel=1e-5)
+    # one target transition, the least gap.target_transitions allows: every row of the batch is compared with it
+    one = {k: ({"proprio": v["proprio"][:1]} if isinstance(v, dict) else v[:1]) for k, v in target.items()}
+    single = RewardCorrection(agent, one, DARCSettings(enabled=True), reward_scale=1.0, seed=0)
+    _, metrics = single(batch, with_metrics=True)
+    assert math.isfinite(metrics["darc/sas_loss"])
 
 
 def hand_darc() -> DarcClassifier:
