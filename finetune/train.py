@@ -69,6 +69,15 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes
                      "data.action_bounds")
 
 
+def resumable_changes(settings: OnlineSettings) -> tuple[str, ...]:
+    """:data:`RESUMABLE_CHANGES` for this run: with several envs not ``checkpoint_every``, whose checkpoints wait for
+    every env's episode to end and restart them all, so their spacing decides which episodes are collected (a resume
+    with another spacing went on silently to what neither spacing's uninterrupted run computes; a user's finding)."""
+    if settings.num_envs <= 1:
+        return RESUMABLE_CHANGES
+    return tuple(k for k in RESUMABLE_CHANGES if k != "checkpoint_every")
+
+
 def check_other_tasks(info: DatasetInfo, target: Target, trained: Mapping[str, Any]) -> None:
     """Stage 3 reads every demo of a file without the target's task as the target's (its slot): refuse a file whose
     tasks include one the agent learnt in another slot (``trained``: the checkpoint's task name -> slot), whose demos
@@ -437,7 +446,7 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
                          **({target.name: target.resolved_task_id()} if agent.spec.num_tasks else {})}}
     fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path,
                                                     **({"reward_model": learned.path} if learned else {})},
-                                              ignore=RESUMABLE_CHANGES,
+                                              ignore=resumable_changes(settings),
                                               home=run_fingerprint.run_home(cfg, run_dir))
     fresh = not bool(cfg.get("resume", True))  # a fresh run in a used folder, after every check: its transfer caches
     if fresh:  # first (another agent collected them), the rest once the transfer options are accepted too

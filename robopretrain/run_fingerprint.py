@@ -49,9 +49,10 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
 ``ignore`` entries without a dot match a key's last part anywhere (``progress`` matches ``train.progress``);
 dotted entries match that key and everything under it (``data.max_cache_mb``, ``hydra``).
 :data:`HARMLESS_KEYS` are the settings that do not change what is computed: logging, progress, where
-outputs go, workers and threads, the device, whether updates replay a CUDA graph or compile their losses (the
-same update, measured equal to eager), resume itself. A stage adds its own (stage 1: the step count,
-which a resumed run may raise).
+outputs go, workers and threads, the device (threads and the device up to floating-point summation order),
+whether updates replay a CUDA graph or compile their losses (the same update, measured equal to eager), resume
+itself, checkpoint spacing (but stage 3 with several envs: ``finetune.train.resumable_changes``). A stage adds its own
+(stage 1: the step count, which a resumed run may raise).
 """
 from __future__ import annotations
 
@@ -508,9 +509,10 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
     missing = object()
     ignored = tuple(now.get("ignored") or ())  # this run's: a setting ignored since the checkpoint is no change
+    ignored_then = tuple(saved.get("ignored") or ())  # the checkpoint's: one it ignored has nothing to compare
     for key in sorted((set(old_cfg) | set(new_cfg)) - set(added_off_keys(saved, now))):
         a, b = old_cfg.get(key, missing), new_cfg.get(key, missing)
-        if b is missing and _ignored(key, ignored):
+        if (b is missing and _ignored(key, ignored)) or (a is missing and _ignored(key, ignored_then)):
             continue
         if key.endswith("obs_map") and a in (None, {}) and b in (None, {}):  # both "no mapping" (the default was {})
             continue

@@ -317,6 +317,28 @@ def test_parallel_envs_count_updates_per_env_step_and_resume_exactly(reach_hdf5,
     assert_same(c.weights, b.weights)
     assert_same(c.state["online"], b.state["online"], "online counters")
     assert resumed["history"] == inproc["history"]
+    # with several envs the checkpoints' spacing decides which episodes are collected (each waits for every env's
+    # episode to end and restarts them all): a resume with another spacing is refused (it went on silently)
+    from robopretrain.run_fingerprint import ResumeMismatchError
+
+    other = parallel_cfg(reach_hdf5, stage2_state, tmp_path / "killed", asynchronous=False)
+    other.online.checkpoint_every = 60
+    with pytest.raises(ResumeMismatchError, match=r"online\.checkpoint_every: 40 -> 60"):
+        finetune(other)
+
+
+def test_a_setting_the_checkpoints_run_ignored_is_no_change():
+    """A checkpoint whose fingerprint left a setting out (stage 3's checkpoint_every, ignored before it counted for
+    several envs) resumes: there is nothing to compare it with; one both record is compared."""
+    from robopretrain import run_fingerprint
+
+    cfg = {"online": {"checkpoint_every": 40, "utd": 1}}
+    then = run_fingerprint.fingerprint(cfg, {}, ignore=("checkpoint_every",))
+    assert run_fingerprint.differences(then, run_fingerprint.fingerprint(cfg, {}, ignore=())) == []
+    moved = {"online": {"checkpoint_every": 60, "utd": 1}}
+    assert run_fingerprint.differences(run_fingerprint.fingerprint(cfg, {}, ignore=()),
+                                       run_fingerprint.fingerprint(moved, {}, ignore=())) == [
+        "online.checkpoint_every: 40 -> 60"]
 
 
 def test_nan_loss_stops_before_the_checkpoint(reach_hdf5, stage2_state, tmp_path, monkeypatch):
@@ -727,6 +749,7 @@ def test_a_rerun_with_other_settings_is_refused_before_any_step(finetuned, reach
     with pytest.raises(ResumeMismatchError, match=r"online\.utd: 1 -> 2"):
         finetune(state_cfg(stage2_state, reach_hdf5, out, online={"utd": 2}))
     assert read_jsonl(out / "metrics.jsonl") == rows  # nothing trained, nothing logged
+    finetune(state_cfg(stage2_state, reach_hdf5, out, online={"checkpoint_every": 7}))  # one env: no change
 
 
 def test_online_batches_are_on_the_agents_device():
