@@ -246,7 +246,7 @@ def test_stopping_a_benchmark_run_stops_the_pool_it_started(tmp_path):
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
     pid_file = tmp_path / "pool_worker.pid"
-    proc = ctx.Process(target=claims_robustness._child, args=(sleepy_pool, (str(pid_file),), send))
+    proc = ctx.Process(target=claims_robustness._child, args=(sleepy_pool, (str(pid_file),), send, os.getpid()))
     workers = claims_robustness._Workers()
     assert workers.start(proc)
     for _ in range(600):  # the run is up when its pool worker has written its pid (bounded: 60 s)
