@@ -69,11 +69,13 @@ RESUMABLE_CHANGES = (*run_fingerprint.HARMLESS_KEYS, "env_steps", "eval_episodes
                      "data.action_bounds")
 
 
-def resumable_changes(settings: OnlineSettings) -> tuple[str, ...]:
+def resumable_changes(settings: OnlineSettings, saved: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """:data:`RESUMABLE_CHANGES` for this run: with several envs not ``checkpoint_every``, whose checkpoints wait for
     every env's episode to end and restart them all, so their spacing decides which episodes are collected (a resume
-    with another spacing went on silently to what neither spacing's uninterrupted run computes; a user's finding)."""
-    if settings.num_envs <= 1:
+    with another spacing went on silently to what neither spacing's uninterrupted run computes; a user's finding).
+    ``saved``: the fingerprint of the checkpoint a resume continues; one that ignored the spacing (written before
+    this rule) keeps it ignored, so that run resumes (its spacing was not recorded to compare)."""
+    if settings.num_envs <= 1 or "checkpoint_every" in ((saved or {}).get("ignored") or ()):
         return RESUMABLE_CHANGES
     return tuple(k for k in RESUMABLE_CHANGES if k != "checkpoint_every")
 
@@ -444,19 +446,19 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
             # every task the agent was trained on and its slot: stage 2's, then this target's (evaluate's warning)
             "task_ids": {**dict(ckpt.meta.get("task_ids") or {}),
                          **({target.name: target.resolved_task_id()} if agent.spec.num_tasks else {})}}
+    fresh = not bool(cfg.get("resume", True))  # a fresh run in a used folder, after every check: its transfer caches
+    resumed = None if fresh else load_latest(run_dir / "checkpoints", with_state=False)
+    saved = resumed.meta.get("fingerprint") if resumed is not None and resumed.meta.get("stage") == "online" else None
     fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path,
                                                     **({"reward_model": learned.path} if learned else {})},
-                                              ignore=resumable_changes(settings),
+                                              ignore=resumable_changes(settings, saved),
                                               home=run_fingerprint.run_home(cfg, run_dir))
-    fresh = not bool(cfg.get("resume", True))  # a fresh run in a used folder, after every check: its transfer caches
     if fresh:  # first (another agent collected them), the rest once the transfer options are accepted too
         refuse_source_in_run(str(cfg.checkpoint), run_dir, "checkpoint")
         clear_previous_run(run_dir, ("transfer",))
-    if not fresh:  # a resume refused for changed settings is refused before the transfer options collect target
-        resumed = load_latest(run_dir / "checkpoints", with_state=False)  # data (a real target's, maybe) or replace
-        if resumed is not None and resumed.meta.get("stage") == "online" and resumed.meta.get("fingerprint"):
-            check_agent_fits(resumed.meta, agent, where=str(resumed.path))  # the order run_online checks them in
-            run_fingerprint.check_resume(resumed.meta["fingerprint"], fingerprint, where=resumed.path, say=False)
+    if saved:  # a resume refused for changed settings is refused before the transfer options collect target data
+        check_agent_fits(resumed.meta, agent, where=str(resumed.path))  # (a real target's, maybe) or replace them,
+        run_fingerprint.check_resume(saved, fingerprint, where=resumed.path, say=False)  # as run_online checks them
     transfer = build_transfer(transfer_settings, gap, agent, target, rand, run_dir, reward_scale=reward.scale,
                               seed=int(cfg.seed))
     if fresh:

@@ -509,10 +509,9 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     old_cfg, new_cfg = saved.get("config", {}), now.get("config", {})
     missing = object()
     ignored = tuple(now.get("ignored") or ())  # this run's: a setting ignored since the checkpoint is no change
-    ignored_then = tuple(saved.get("ignored") or ())  # the checkpoint's: one it ignored has nothing to compare
     for key in sorted((set(old_cfg) | set(new_cfg)) - set(added_off_keys(saved, now))):
         a, b = old_cfg.get(key, missing), new_cfg.get(key, missing)
-        if (b is missing and _ignored(key, ignored)) or (a is missing and _ignored(key, ignored_then)):
+        if b is missing and _ignored(key, ignored):
             continue
         if key.endswith("obs_map") and a in (None, {}) and b in (None, {}):  # both "no mapping" (the default was {})
             continue

@@ -327,18 +327,17 @@ def test_parallel_envs_count_updates_per_env_step_and_resume_exactly(reach_hdf5,
         finetune(other)
 
 
-def test_a_setting_the_checkpoints_run_ignored_is_no_change():
-    """A checkpoint whose fingerprint left a setting out (stage 3's checkpoint_every, ignored before it counted for
-    several envs) resumes: there is nothing to compare it with; one both record is compared."""
-    from robopretrain import run_fingerprint
+def test_a_multi_env_checkpoint_written_before_the_spacing_counted_still_resumes():
+    """Checkpoints of several envs written before online.checkpoint_every counted recorded no spacing to compare:
+    they keep it ignored (a resume of them is not refused); new ones compare it; one env never does."""
+    from finetune.online import OnlineSettings
+    from finetune.train import RESUMABLE_CHANGES, resumable_changes
 
-    cfg = {"online": {"checkpoint_every": 40, "utd": 1}}
-    then = run_fingerprint.fingerprint(cfg, {}, ignore=("checkpoint_every",))
-    assert run_fingerprint.differences(then, run_fingerprint.fingerprint(cfg, {}, ignore=())) == []
-    moved = {"online": {"checkpoint_every": 60, "utd": 1}}
-    assert run_fingerprint.differences(run_fingerprint.fingerprint(cfg, {}, ignore=()),
-                                       run_fingerprint.fingerprint(moved, {}, ignore=())) == [
-        "online.checkpoint_every: 40 -> 60"]
+    two = OnlineSettings(num_envs=2)
+    assert "checkpoint_every" not in resumable_changes(two) and "env_steps" in resumable_changes(two)
+    assert "checkpoint_every" not in resumable_changes(two, {"ignored": ["env_steps"]})
+    assert resumable_changes(two, {"ignored": list(RESUMABLE_CHANGES)}) == RESUMABLE_CHANGES
+    assert resumable_changes(OnlineSettings(num_envs=1)) == RESUMABLE_CHANGES
 
 
 def test_nan_loss_stops_before_the_checkpoint(reach_hdf5, stage2_state, tmp_path, monkeypatch):
