@@ -73,9 +73,15 @@ def resumable_changes(settings: OnlineSettings, saved: Mapping[str, Any] | None 
     """:data:`RESUMABLE_CHANGES` for this run: with several envs not ``checkpoint_every``, whose checkpoints wait for
     every env's episode to end and restart them all, so their spacing decides which episodes are collected (a resume
     with another spacing went on silently to what neither spacing's uninterrupted run computes; a user's finding).
-    ``saved``: the fingerprint of the checkpoint a resume continues; one that ignored the spacing (written before
-    this rule) keeps it ignored, so that run resumes (its spacing was not recorded to compare)."""
-    if settings.num_envs <= 1 or "checkpoint_every" in ((saved or {}).get("ignored") or ()):
+    ``saved``: the fingerprint of the checkpoint a resume continues; one whose config lacks the spacing (written
+    before this rule, with or without an ``ignored`` list) keeps it ignored, so that run resumes, with a warning that
+    its spacing goes unchecked (its fingerprint holds none to compare; the checkpoints it writes carry on so)."""
+    if settings.num_envs <= 1:
+        return RESUMABLE_CHANGES
+    if saved is not None and "online.checkpoint_every" not in (saved.get("config") or {}):
+        log.warning("resuming a run checkpointed before its online.checkpoint_every was checked: with %d envs the "
+                    "spacing decides which episodes are collected, so it must stay what the run used (%s); this "
+                    "run's resumes cannot check it", settings.num_envs, settings.checkpoint_every)
         return RESUMABLE_CHANGES
     return tuple(k for k in RESUMABLE_CHANGES if k != "checkpoint_every")
 

@@ -49,7 +49,7 @@ API (plain, JSON-able dicts; store ``json.dumps(fp)`` next to the weights and co
 ``ignore`` entries without a dot match a key's last part anywhere (``progress`` matches ``train.progress``);
 dotted entries match that key and everything under it (``data.max_cache_mb``, ``hydra``).
 :data:`HARMLESS_KEYS` are the settings that do not change what is computed: logging, progress, where
-outputs go, workers and threads, the device (threads and the device up to floating-point summation order),
+outputs go, workers and threads (up to floating-point summation order), the device (its random draws differ),
 whether updates replay a CUDA graph or compile their losses (the same update, measured equal to eager), resume
 itself, checkpoint spacing (but stage 3 with several envs: ``finetune.train.resumable_changes``). A stage adds its own
 (stage 1: the step count, which a resumed run may raise).

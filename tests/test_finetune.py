@@ -335,8 +335,11 @@ def test_a_multi_env_checkpoint_written_before_the_spacing_counted_still_resumes
 
     two = OnlineSettings(num_envs=2)
     assert "checkpoint_every" not in resumable_changes(two) and "env_steps" in resumable_changes(two)
-    assert "checkpoint_every" not in resumable_changes(two, {"ignored": ["env_steps"]})
-    assert resumable_changes(two, {"ignored": list(RESUMABLE_CHANGES)}) == RESUMABLE_CHANGES
+    new = {"config": {"online.checkpoint_every": 40, "online.utd": 1}, "ignored": ["env_steps"]}
+    assert "checkpoint_every" not in resumable_changes(two, new)
+    for old in ({"config": {"online.utd": 1}, "ignored": list(RESUMABLE_CHANGES)},  # with an ignored list
+                {"config": {"online.utd": 1}}):  # and from before fingerprints recorded one
+        assert resumable_changes(two, old) == RESUMABLE_CHANGES
     assert resumable_changes(OnlineSettings(num_envs=1)) == RESUMABLE_CHANGES
 
 
