@@ -52,6 +52,13 @@ def write_file(path: Path, size: int = 6) -> tuple[Path, dict[str, np.ndarray]]:
     return path, {"obs": np.concatenate(frames), "next_obs": np.concatenate(nexts)}
 
 
+def features(obs):
+    """As Agent.prepare: the camera replaced by per-frame features (its mean colour), the rest unchanged."""
+    out = {k: v for k, v in obs.items() if k != CAM}
+    out["features"] = obs[CAM].reshape(len(obs[CAM]), -1, 3).mean(1).astype(np.float32)
+    return out
+
+
 @pytest.fixture
 def toy(tmp_path):
     path, truth = write_file(tmp_path / "toy.hdf5")
@@ -140,11 +147,6 @@ def test_disk_and_memory_give_identical_batches_also_with_prefetch_and_frozen_fe
         assert_same(m, threads.sample(16))
     np.testing.assert_array_equal(memory.arrays()["mc_returns"], disk.arrays()["mc_returns"])
     threads.close()
-
-    def features(obs):  # as Agent.prepare: per-frame parts replaced by features, the rest unchanged
-        out = {k: v for k, v in obs.items() if k != CAM}
-        out["features"] = obs[CAM].reshape(len(obs[CAM]), -1, 3).mean(1).astype(np.float32)
-        return out
 
     fm, fd = memory.map_observations(features, seed=5), disk.map_observations(features, seed=5)
     assert list((index_dir(path) / "cache").glob("*/features.bin"))
@@ -467,12 +469,6 @@ def test_leftovers_of_builds_killed_and_rerun_at_once_are_removed_by_a_later_run
 
     path, _, spec = toy
     disk = load_offline_dataset(path, spec, CAL_QL, storage="disk")
-
-    def features(obs):
-        out = {k: v for k, v in obs.items() if k != CAM}
-        out["features"] = obs[CAM].reshape(len(obs[CAM]), -1, 3).mean(1).astype(np.float32)
-        return out
-
     disk.map_observations(features, seed=5)
     folder = index_dir(path)
     (written,) = (folder / "cache").glob("*/features.bin")
