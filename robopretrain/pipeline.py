@@ -188,15 +188,23 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "evaluate": ("seed", "targets", "evaluate"),
 }
 _NO_EFFECT = ("num_workers", "workers", "checkpoint_every", "progress", "algo_overrides")  # algo_overrides: changed_algo
+# Stage 3 with several envs checkpoints when every env's episode has ended and restarts them all, so its spacing
+# decides which episodes are collected (finetune.train.resumable_changes): there it is a setting like any other.
+_SPACING = "stage3.checkpoint_every"
+
+
+def _spacing_counts(cfg: DictConfig) -> bool:
+    return int(OmegaConf.select(cfg, "stage3.num_envs", default=1) or 1) > 1
 
 
 def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """The values of :data:`STAGE_INPUTS` ``[stage]`` in ``cfg`` as ``{dotted key: value}`` (mappings flattened, lists
-    kept whole), for ``done.json``; keys absent from ``cfg`` are left out."""
+    kept whole), for ``done.json``; keys absent from ``cfg`` are left out, and those no result depends on
+    (``_NO_EFFECT``; ``stage3.checkpoint_every`` counts with ``stage3.num_envs`` > 1)."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
-        if prefix.rsplit(".", 1)[-1] in _NO_EFFECT:
+        if prefix.rsplit(".", 1)[-1] in _NO_EFFECT and not (prefix == _SPACING and _spacing_counts(cfg)):
             return
         if isinstance(value, dict):
             for k, v in value.items():
@@ -222,6 +230,8 @@ def changed_settings(cfg: DictConfig, stage: str, done: dict[str, Any], run_dir:
         from robopretrain.run_fingerprint import relocated
 
         old = relocated(old, [(str(done["run_dir"]), str(run_dir))])
+    if _SPACING not in old:  # recorded before the spacing counted, or with one env: nothing to compare
+        new.pop(_SPACING, None)
     return "; ".join(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 

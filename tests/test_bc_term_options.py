@@ -297,8 +297,17 @@ def test_a_done_stage_rerun_with_other_stage_settings_names_them():
     assert pipeline.changed_settings(after, "data", done["data"]) == "data.target_demos: 10 -> 100"
     assert pipeline.changed_settings(after, "stage2", done["stage2"]) == "stage2.steps: 500 -> 9"
     # what no stage result depends on, what another stage reads, and the algorithm settings (changed_algo's) are quiet
-    for stage in ("stage1", "adapt", "stage3", "evaluate"):
+    for stage in ("stage1", "adapt", "evaluate"):
         assert pipeline.changed_settings(after, stage, done[stage]) == "", stage
+    # but stage 3's checkpoint spacing decides its episodes with several envs (the default 2), and is named: a rerun
+    # of a finished run skipped it without a word (a user's finding, stop 73)
+    assert pipeline.changed_settings(after, "stage3", done["stage3"]) == "stage3.checkpoint_every: 300 -> 7"
+    one_env = [_stage("pipeline", "stage3.num_envs=1", *spacing) for spacing in ((), ("stage3.checkpoint_every=7",))]
+    assert pipeline.changed_settings(one_env[1], "stage3", {"settings": pipeline.stage_settings(one_env[0], "stage3")}) \
+        == ""
+    recorded_before = {k: v for k, v in done["stage3"]["settings"].items() if k != "stage3.checkpoint_every"}
+    assert len(recorded_before) == len(done["stage3"]["settings"]) - 1
+    assert pipeline.changed_settings(after, "stage3", {"settings": recorded_before}) == ""
     assert pipeline.changed_settings(after, "data", {"stage": "data"}) == ""  # a done.json of before this record
     assert pipeline.changed_settings(_stage("pipeline", "seed=3"), "evaluate", done["evaluate"]) == "seed: 0 -> 3"
 
