@@ -259,6 +259,18 @@ def test_relabel_writes_the_ensemble_mean_normalised_over_the_file(tmp_path, nor
     assert not warn_learned_reward("dt", read_info(src))
 
 
+def test_relabel_reads_each_demos_metadata_once(tmp_path, monkeypatch):
+    """relabel read the file's metadata twice (load_transitions without the read_info relabel had made; a finding on
+    a file of many tiny demos, stop 73)."""
+    import robopretrain.data.hdf5 as hdf5_mod
+
+    src = write_walks(tmp_path / "w.hdf5", WALKS)
+    calls = []
+    monkeypatch.setattr(hdf5_mod, "_demo_info", lambda *a, real=hdf5_mod._demo_info: calls.append(a[2]) or real(*a))
+    relabel(src, tmp_path / "r.hdf5", two_members, SPEC, "none")
+    assert sorted(calls) == ["demo_0", "demo_1"]
+
+
 @pytest.mark.parametrize("stored", [np.int64, np.uint8, np.bool_, np.float16])
 def test_relabelled_rewards_are_not_rounded_to_the_files_reward_dtype(tmp_path, stored):
     """A file whose rewards are stored as int {0, 1} (common) got every learned reward cast to int: all zeros."""
