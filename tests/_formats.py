@@ -20,9 +20,10 @@ def obs_rows(n: int, d: int, start: int) -> np.ndarray:
 
 
 def write_d4rl(path: Path, lengths=(4, 5, 3), ends=("terminal", "timeout", None), next_obs: bool = False,
-               success: bool = False, success_key: str = "success") -> Path:
+               success: bool = False, success_key: str = "success", actions: np.ndarray | None = None) -> Path:
     """Episodes laid end to end; episode ``e`` ends with ``ends[e]`` (None: the file just stops); with ``success``
-    the first episode succeeds on its last row (``infos/<success_key>``)."""
+    the first episode succeeds on its last row (``infos/<success_key>``); ``actions``: the file's actions, one row
+    per step (default: 3-D, inside [-1, 1])."""
     n = sum(lengths)
     term, tout = np.zeros(n, bool), np.zeros(n, bool)
     pos = 0
@@ -35,7 +36,7 @@ def write_d4rl(path: Path, lengths=(4, 5, 3), ends=("terminal", "timeout", None)
     obs = obs_rows(n, 5, 0)
     with h5py.File(path, "w") as f:
         f["observations"] = obs
-        f["actions"] = np.tanh(obs[:, :3] / 10)
+        f["actions"] = np.tanh(obs[:, :3] / 10) if actions is None else actions
         f["rewards"] = np.arange(n, dtype=np.float32)
         f["terminals"] = term
         f["timeouts"] = tout
@@ -69,10 +70,11 @@ def write_ogbench(path: Path, trajectories: int = 2, length: int = 5, masks: boo
 
 def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_id: str = "test/reach-v0",
                  success_key: str = "success", action_bound: float = 1.0, action: float = 0.5,
-                 image: bool = False) -> Path:
-    """A Minari dataset with Dict observations (``observation`` 3-D, ``desired_goal`` 2-D, with ``image`` also an 8x8
-    RGB ``image`` part) written by minari (its defaults: JPEG-encoded images), success logged as
-    ``infos[success_key]`` on the terminal step, actions ``action`` in a Box(-action_bound, action_bound) space;
+                 image: bool = False, image_side: int = 8, discrete: int = 0) -> Path:
+    """A Minari dataset with Dict observations (``observation`` 3-D, ``desired_goal`` 2-D, with ``image`` also an
+    ``image_side`` square RGB ``image`` part) written by minari (its defaults: JPEG-encoded images from 32 x 32 up),
+    success logged as ``infos[success_key]`` on the terminal step, actions ``action`` in a Box(-action_bound,
+    action_bound) space (with ``discrete``, the indices 0, 1, ... of a ``Discrete(discrete)`` space instead);
     returns the dataset folder ``root/<dataset_id>``."""
     import gymnasium as gym
     import minari
@@ -81,7 +83,7 @@ def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_i
     parts = {"observation": gym.spaces.Box(-1e4, 1e4, (3,), np.float32),
              "desired_goal": gym.spaces.Box(-1e4, 1e4, (2,), np.float32)}
     if image:
-        parts["image"] = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+        parts["image"] = gym.spaces.Box(0, 255, (image_side, image_side, 3), np.uint8)
     space = gym.spaces.Dict(parts)
     buffers = []
     for e, (n, term) in enumerate(zip(lengths, terminated)):
@@ -89,8 +91,9 @@ def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_i
         (t if term else tr)[-1] = True
         obs = {"observation": obs_rows(n + 1, 3, 100 * e), "desired_goal": np.full((n + 1, 2), e, np.float32)}
         if image:
-            obs["image"] = np.full((n + 1, 8, 8, 3), 40 * e, np.uint8)
-        buffers.append(EpisodeBuffer(id=e, observations=obs, actions=np.full((n, 2), action, np.float32),
+            obs["image"] = np.full((n + 1, image_side, image_side, 3), 40 * e, np.uint8)
+        actions = np.arange(n) % discrete if discrete else np.full((n, 2), action, np.float32)
+        buffers.append(EpisodeBuffer(id=e, observations=obs, actions=actions,
                                      rewards=np.arange(n, dtype=np.float64) + 10 * e, terminations=t, truncations=tr,
                                      infos={success_key: np.r_[np.zeros(n, bool), term]}))
     import warnings
@@ -101,8 +104,8 @@ def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             minari.create_dataset_from_buffers(dataset_id, buffers, observation_space=space,
-                                               action_space=gym.spaces.Box(-action_bound, action_bound, (2,),
-                                                                           np.float32),
+                                               action_space=gym.spaces.Discrete(discrete) if discrete else
+                                               gym.spaces.Box(-action_bound, action_bound, (2,), np.float32),
                                                data_format="hdf5")
     finally:
         if before is None:

@@ -298,14 +298,40 @@ def test_minari_actions_are_rescaled_from_the_declared_action_space(tmp_path, ca
     assert env_args(out)["action_normalization"]["high"] == [1.5, 1.5]
 
 
+def test_discrete_actions_are_refused_from_minari_and_warned_about_from_a_file_without_a_space(tmp_path, caplog):
+    """A Minari dataset of a Discrete action space was converted as one continuous action (indices 0..2 rescaled to
+    [-1, 1]) and trained without a word; a D4RL file of integer actions likewise (its converted copy records its
+    action units, so stage 2's check of index-like actions never ran): a new user's findings."""
+    src = F.write_minari(tmp_path / "discrete", discrete=3, dataset_id="test/discrete-v0")
+    with pytest.raises(ConversionError, match=r"action space Discrete\(3\): only Box \(continuous\)"):
+        convert(src, tmp_path / "d.hdf5")
+    n = 12
+    F.write_d4rl(tmp_path / "int.hdf5", (5, 7), ("terminal", "timeout"), actions=np.arange(n) % 5)
+    with caplog.at_level(logging.WARNING, logger="robopretrain.envs.action_units"):
+        convert(tmp_path / "int.hdf5", tmp_path / "i.hdf5")
+    assert "every action is a whole number (5 distinct values: 0, 1, 2, 3, 4)" in caplog.text
+    caplog.clear()
+    F.write_d4rl(tmp_path / "cont.hdf5", (5, 7), ("terminal", "timeout"), actions=np.linspace(-3, 3, n))  # continuous, outside [-1, 1]: no such warning
+    with caplog.at_level(logging.WARNING, logger="robopretrain.envs.action_units"):
+        convert(tmp_path / "cont.hdf5", tmp_path / "c.hdf5")
+    assert "whole number" not in caplog.text
+
+
 def test_minari_jpeg_frames_are_warned_and_a_missing_metadata_entry_is_named(tmp_path, caplog):
     """minari records images as lossy JPEG by default and the converter said nothing; a metadata.json without
-    minari_version failed as "minari cannot read this dataset ('minari_version')"."""
-    src = F.write_minari(tmp_path / "cam", image=True, dataset_id="test/cam-v0")
+    minari_version failed as "minari cannot read this dataset ('minari_version')". A camera below minari's 32 x 32
+    is stored exactly and is not warned about (a new user's finding: the warning was given for any camera)."""
+    src = F.write_minari(tmp_path / "cam", image=True, image_side=32, dataset_id="test/cam-v0")
     with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_minari"):
         convert(src, tmp_path / "c.hdf5")
     jpeg = [r.getMessage() for r in caplog.records if "jpeg_encoding: true" in r.getMessage()]
     assert len(jpeg) == 1 and "(image)" in jpeg[0]  # once, naming the image part
+    caplog.clear()
+    small = F.write_minari(tmp_path / "small", image=True, image_side=16, dataset_id="test/small-v0")
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_minari"):
+        convert(small, tmp_path / "s.hdf5")
+    assert "jpeg" not in caplog.text
+    assert [np.unique(d["obs"]["image"]).tolist() for d in demos(tmp_path / "s.hdf5")] == [[0], [40]]  # exact
     caplog.clear()
     plain = F.write_minari(tmp_path / "plain")  # JPEG flag set too, but no image part: nothing to say
     with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_minari"):

@@ -60,7 +60,8 @@ from robopretrain.data.returns import (
 from robopretrain.data.spec import ObsSpec, as_rgb, spec_from_shapes
 from robopretrain.envs.action_units import ActionNormalization, auto_bounds, declared_bounds, of_env_args, reexpress
 from robopretrain.envs.action_units import describe as describe_units
-from robopretrain.envs.action_units import warn_constant_dimensions
+from robopretrain.envs.action_units import INDEX_VALUES_MOST, add_whole_values, warn_constant_dimensions
+from robopretrain.envs.action_units import warn_index_actions as index_actions_warning
 
 log = logging.getLogger(__name__)
 
@@ -387,30 +388,20 @@ def data_action_units(path: str | os.PathLike, info: DatasetInfo, mode: str = "a
     return units
 
 
-def warn_index_actions(path: str | os.PathLike, info: DatasetInfo, most: int = 32) -> bool:
+def warn_index_actions(path: str | os.PathLike, info: DatasetInfo, most: int = INDEX_VALUES_MOST) -> bool:
     """Warn (and return True) when every action of the file is a whole number, with at most ``most`` distinct values
     and some outside ``[-1, 1]``: the indices of a discrete action space (``Discrete(5)`` stored as ``(N, 1)``), which
     stage 2 would learn as one continuous dimension (a checkpoint is written; only an env of a ``Discrete`` space is
-    refused, at evaluation)."""
+    refused, at evaluation). The converters warn the same way (:func:`robopretrain.data.episodes.write_robomimic`)."""
     import h5py
 
-    values: set[float] = set()
+    values: set[float] | None = set()
     with h5py.File(path, "r") as f:
         for d in info.demos:
-            a = np.asarray(f["data"][d.name]["actions"][()], dtype=np.float64)
-            if not np.isfinite(a).all() or not np.array_equal(a, np.round(a)):
+            values = add_whole_values(values, f["data"][d.name]["actions"][()], most)
+            if values is None:
                 return False
-            values.update(np.unique(a).tolist())
-            if len(values) > most:
-                return False
-    if not values or max(abs(v) for v in values) <= 1:
-        return False
-    shown = sorted(values)
-    log.warning("%s: every action is a whole number (%d distinct values: %s%s): the indices of a discrete action "
-                "space? The agents act in a continuous Box and would learn the indices as one continuous action; map "
-                "each index to a continuous action in the data and the env (an ActionWrapper), as for a Discrete env",
-                info.path, len(shown), ", ".join(f"{v:g}" for v in shown[:8]), ", ..." if len(shown) > 8 else "")
-    return True
+    return index_actions_warning(str(info.path), values)
 
 
 def declared_action_units(path: str | os.PathLike, info: DatasetInfo, bounds: Mapping[str, Any],

@@ -52,7 +52,8 @@ import h5py
 import numpy as np
 
 from robopretrain.envs.action_units import ENV_ARGS_KEY as ACTION_UNITS_KEY
-from robopretrain.envs.action_units import ActionNormalization, auto_bounds, warn_constant_dimensions
+from robopretrain.envs.action_units import (ActionNormalization, add_whole_values, auto_bounds, warn_constant_dimensions,
+                                            warn_index_actions)
 from robopretrain.envs.camera_frames import image_layout, to_agent_frame  # image_layout: re-exported
 from sim_envs.hdf5_writer import remove_abandoned_partials
 
@@ -282,6 +283,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
     keys: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
     source_sizes: dict[str, list[int]] = {}  # each camera's frame size in the source (the first episode's)
     dropped: list[str] = []  # parts left out: cameras whose first episode is not 8-bit colour
+    whole: set[float] | None = set()  # the actions' values while all are a few whole numbers (discrete indices?)
     try:
         with h5py.File(tmp, "w") as f:
             data = f.create_group("data")
@@ -317,6 +319,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                     raise ConversionError(f"{where}: observation parts {_describe(shapes)} differ from the first "
                                           f"episode's {_describe(keys)}")
                 a = ep.actions.astype(np.float32)
+                whole = add_whole_values(whole, ep.actions)
                 low = a.min(0) if low is None else np.minimum(low, a.min(0))
                 high = a.max(0) if high is None else np.maximum(high, a.max(0))
                 names.append(f"demo_{i}")
@@ -345,6 +348,7 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                 env_args.update(image_size=image_size, source_image_sizes=source_sizes)
             if dropped:
                 env_args["dropped_parts"] = dropped
+            warn_index_actions(source, whole)
             units = _action_units(low, high, action_bounds, source) if actions == "auto" else None
             if units is not None:
                 warn_constant_dimensions(units, source)

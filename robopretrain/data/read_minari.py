@@ -6,6 +6,8 @@ A Minari dataset (Farama; the maintained successor of D4RL) is a folder ``<root>
 group of such arrays), ``actions``, ``rewards``, ``terminations``, ``truncations`` (``N`` rows) and ``infos``.
 :class:`minari.MinariDataset` reads either storage; it is installed with ``pip install 'robopretrain[datasets]'``.
 
+* the action space must be a Box: another (``Discrete``, ``MultiBinary``, ...) is refused, since the agents act in a
+  continuous Box and would learn the indices as one continuous action.
 * actions are rescaled from the declared Box action space (``actions=auto``) whenever it is finite, not [-1, 1] and
   holds the data, even where the data themselves stay inside [-1, 1] (a Box(-2, 2) action of 0.5 is stored as 0.25):
   the agent then reaches the whole declared range; otherwise by the data's range, as the other readers do.
@@ -17,8 +19,8 @@ group of such arrays), ``actions``, ``rewards``, ``terminations``, ``truncations
   with ``.``, e.g. ``observation``, ``desired_goal``).
 
 * images as minari stored them: a dataset whose ``metadata.json`` says ``jpeg_encoding: true`` (minari 0.5's
-  default when recording) holds JPEG-compressed, lossy frames; the reader warns once when such a dataset has image
-  parts, since the agent then trains on compressed frames and acts on the env's raw ones.
+  default when recording) holds JPEG-compressed, lossy frames of its image parts (by minari's rule: uint8 Boxes of
+  0..255, at least 32 x 32; smaller ones are exact); the reader warns once when such a dataset has such parts, since the agent then trains on compressed frames and acts on the env's raw ones.
 
 ``path`` may be the ``data/`` folder, the dataset folder above it, or either's ``metadata.json``.
 """
@@ -31,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from robopretrain.data.episodes import SUCCESS_INFO_KEYS, ConversionError, Episode, flatten_obs
@@ -109,11 +112,31 @@ def declared_action_bounds(path: str | os.PathLike) -> tuple[list[float], list[f
     return np.asarray(low, np.float64).reshape(-1).tolist(), np.asarray(high, np.float64).reshape(-1).tolist()
 
 
+def _any_jpeg_part(space: Any) -> bool:
+    """Whether minari JPEG-encodes some part of observations of ``space`` when ``jpeg_encoding`` is on: by its own rule
+    (``minari.dataset.minari_storage.is_image_space``: a uint8 Box of bounds 0 and 255, at least 32 x 32); a
+    smaller camera is stored exactly. True where minari has no such rule to ask."""
+    try:
+        from minari.dataset.minari_storage import is_image_space
+    except ImportError:
+        return True
+    if isinstance(space, gym.spaces.Dict):
+        return any(_any_jpeg_part(s) for s in space.spaces.values())
+    if isinstance(space, gym.spaces.Tuple):
+        return any(_any_jpeg_part(s) for s in space.spaces)
+    return isinstance(space, gym.spaces.Space) and bool(is_image_space(space))
+
+
 def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
     """The episodes of a Minari dataset (module docstring). Raises :class:`ConversionError`."""
     ds = _open(path)
     task = dataset_id(path)
-    jpeg = bool(_metadata(path).get("jpeg_encoding"))
+    space = getattr(ds, "action_space", None)
+    if space is not None and not isinstance(space, gym.spaces.Box):
+        raise ConversionError(f"{path}: action space {space}: only Box (continuous) action spaces are supported (the "
+                              "agents act in a continuous Box): map each action to a continuous one in the data and "
+                              "the env (an ActionWrapper)")
+    jpeg = bool(_metadata(path).get("jpeg_encoding")) and _any_jpeg_part(getattr(ds, "observation_space", None))
     for ep in ds.iterate_episodes():
         n = len(ep.rewards)
         where = f"{path}: episode {ep.id}"

@@ -120,6 +120,37 @@ def warn_constant_dimensions(units: ActionNormalization, where: str) -> bool:
     return bool(fixed.size)
 
 
+INDEX_VALUES_MOST = 32  # more distinct whole values than this are taken for a continuous action
+
+
+def add_whole_values(values: set[float] | None, actions: np.ndarray,
+                     most: int = INDEX_VALUES_MOST) -> set[float] | None:
+    """``values`` with the distinct values of ``actions`` added while every action seen is a finite whole number and
+    there are at most ``most`` of them; None once one is not (and for ``values`` None): what
+    :func:`warn_index_actions` reads, gathered demo by demo."""
+    if values is None:
+        return None
+    a = np.asarray(actions, dtype=np.float64)
+    if not np.isfinite(a).all() or not np.array_equal(a, np.round(a)):
+        return None
+    values.update(np.unique(a).tolist())
+    return values if len(values) <= most else None
+
+
+def warn_index_actions(where: str, values: set[float] | None) -> bool:
+    """Warn (and return True) when ``values`` (:func:`add_whole_values` over every action of a dataset) are a few whole
+    numbers, some outside ``[-1, 1]``: the indices of a discrete action space (``Discrete(5)`` stored as ``(N, 1)``),
+    which the agents would learn as one continuous dimension (they act in a continuous Box)."""
+    if not values or max(abs(v) for v in values) <= 1:
+        return False
+    shown = sorted(values)
+    log.warning("%s: every action is a whole number (%d distinct values: %s%s): the indices of a discrete action "
+                "space? The agents act in a continuous Box and would learn the indices as one continuous action; map "
+                "each index to a continuous action in the data and the env (an ActionWrapper), as for a Discrete env",
+                where, len(shown), ", ".join(f"{v:g}" for v in shown[:8]), ", ..." if len(shown) > 8 else "")
+    return True
+
+
 def two_valued_dimensions(actions: np.ndarray, band: float = 0.25) -> list[int]:
     """The action dimensions whose values in ``actions`` (``(N, A)``) all lie near one of its two ends, none between:
     within ``band`` times its span (largest minus smallest value) of its smallest or its largest value, so the middle
@@ -218,4 +249,5 @@ def declared_bounds(value: Any, setting: str = "data.action_bounds") -> ActionNo
 
 
 __all__ = ["ENV_ARGS_KEY", "FORMULA", "ActionNormalization", "auto_bounds", "declared_bounds", "describe",
-           "of_env_args", "reexpress", "same_units", "warn_constant_dimensions"]
+           "of_env_args", "reexpress", "same_units", "warn_constant_dimensions", "add_whole_values",
+           "warn_index_actions"]
