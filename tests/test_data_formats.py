@@ -659,6 +659,20 @@ def test_cache_converts_once_and_again_when_the_source_changes(tmp_path):
 
 
 
+def test_a_minari_dataset_given_by_its_metadata_file_is_converted_again_when_its_episodes_change(tmp_path):
+    """The cache key of a Minari dataset named by its ``metadata.json`` (an accepted path) hashed that file alone, so
+    editing the episodes beside it kept serving the old copy (a new user's finding)."""
+    meta = F.write_minari(tmp_path / "m") / "data" / "metadata.json"
+    cache = tmp_path / "cache"
+    first = as_robomimic(meta, cache_dir=cache)
+    assert as_robomimic(meta, cache_dir=cache) == first
+    was = demos(first)[0]["obs"]["observation"][0, 0]
+    with h5py.File(meta.parent / "main_data.hdf5", "r+") as f:
+        f["episode_0/observations/observation"][0, 0] += 100.0
+    second = as_robomimic(meta, cache_dir=cache)
+    assert second != first and demos(second)[0]["obs"]["observation"][0, 0] == was + 100.0
+
+
 def test_a_folders_key_follows_symlinked_folders_and_ignores_files_its_reader_does_not_read(tmp_path, monkeypatch):
     """A LeRobot folder whose data/ is a symlink: a recording replaced behind the link is converted again (Path.rglob
     did not enter the link: the old copy was reused). A run's outputs/, a cache folder or a README written in the

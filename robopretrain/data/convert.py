@@ -271,8 +271,11 @@ def _source_files(src: Path, fmt: str | None = None) -> list[tuple[str, Path]]:
     ``fmt``'s reader reads (LeRobot: ``meta/``, ``data/``, ``videos/``; Minari: its ``data/`` folder; else all),
     sorted. Symlinked folders are followed (each real folder once): an edit behind a link is an edit of the source.
     What else lies in the folder (a README, a run's ``outputs/`` or a cache folder written there) is not the source,
-    so it neither changes the key nor blocks a resume."""
+    so it neither changes the key nor blocks a resume. A Minari dataset given by its ``metadata.json`` is its
+    ``data/`` folder's files (its episodes beside it: an edit of them kept the old copy, a new user's finding)."""
     src = src.resolve()
+    if fmt == "minari" and src.is_file():
+        src = minari_data_dir(src) or src
     if not src.is_dir():
         return [(src.name, src)]
     files: list[Path] = []
