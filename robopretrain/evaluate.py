@@ -65,8 +65,8 @@ from robopretrain.checkpoint import (
 )
 from robopretrain.build import warn_dt_sparse_target, warn_target_return
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
-from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, check_section, check_top_level_keys, one_name_as_list,
-                                        resolve_device)
+from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, check_section, check_top_level_keys,
+                                        one_name_as_list, resolve_device)
 from robopretrain.envs.target import (GYM, Target, as_target, said_once, slot_note, split_env_kwargs,
                                       warn_unmapped_renames, with_task_slot)
 from robopretrain.files import atomic_file, run_folder_lock, write_text_atomic
@@ -108,6 +108,11 @@ def build_conditions(cfg: DictConfig) -> list[Condition]:
     if twice:  # each was run twice, its records doubled under one row's episode count
         raise ValueError(f"evaluate config: select={selected} names {', '.join(twice)} more than once; name each "
                          "factor once")
+    for name, spec in factors.items():  # a misspelt key (+factors.friction.levles=[...]) ran the default levels
+        extra = sorted(set(spec) - {"randomize", "levels"}) if isinstance(spec, Mapping) else []
+        if extra:
+            raise ValueError(f"evaluate config: factors.{name} has key(s) {extra} that no factor reads; expected "
+                             "randomize and levels")
     out = [Condition(NOMINAL, "none", {"level": "none", "num_distractors": 0})]
     for name in selected:
         if name == NOMINAL:
@@ -690,21 +695,20 @@ def validate_config(cfg: DictConfig) -> None:
         fail("eval_seed", "an integer in [0, 2**32 - episodes] (episode i is reset with seed eval_seed + i)")
     if str(cfg.bootstrap.get("method", "wilson")) not in ("wilson", "percentile"):
         fail("bootstrap.method", "wilson or percentile")
-    if int(cfg.bootstrap.resamples) < 1:
-        fail("bootstrap.resamples", "an integer >= 1")
-    if not 0.0 < float(cfg.bootstrap.confidence) < 1.0:
-        fail("bootstrap.confidence", "a number in (0, 1)")
+    # each checked with its type and null refused: the interval is computed after every episode has run (a
+    # bootstrap.seed of -1, abc or null failed only then, without naming the key: a new user's finding)
+    for key, (ok, expected) in {"resamples": AT_LEAST_1, "confidence": UNIT_OPEN, "seed": AT_LEAST_0}.items():
+        if cfg.bootstrap.get(key) is None or not ok(cfg.bootstrap[key]):
+            fail(f"bootstrap.{key}", expected)
     given = cfg.get("target_return")
     if given is not None and (isinstance(given, bool) or not isinstance(given, (int, float))
                               or not np.isfinite(float(given))):
         fail("target_return", "a finite number (a Decision Transformer's return to ask for) or null")
     if cfg.video.enabled:
-        if not 16 <= int(cfg.video.size) <= 512:
-            fail("video.size", "an integer in [16, 512]")
-        if int(cfg.video.max_frames) < 1:
-            fail("video.max_frames", "an integer >= 1")
-        if not float(cfg.video.fps) > 0:
-            fail("video.fps", "a positive number")
+        for key, (ok, expected) in {"size": ((lambda v: AT_LEAST_1[0](v) and 16 <= v <= 512), "an integer in [16, 512]"),
+                                    "max_frames": AT_LEAST_1, "fps": POSITIVE}.items():
+            if cfg.video.get(key) is None or not ok(cfg.video[key]):
+                fail(f"video.{key}", expected)
     if OmegaConf.is_config(cfg.get("factors")):
         build_conditions(cfg)  # factors, levels and select named once each, before any env or checkpoint
 

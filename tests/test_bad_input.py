@@ -468,6 +468,17 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
      "select=['friction', 'friction'] names friction more than once"),
     ("evaluate", ["checkpoint=x", "select=[mass]", "factors.mass.levels=[eval_hard,eval_hard]"],
      "factors.mass.levels=['eval_hard', 'eval_hard'] names a level more than once"),
+    # the interval is computed after every episode: a bad seed failed only then, unnamed (null: a traceback)
+    ("evaluate", "bootstrap.seed=-1", "evaluate config: bootstrap.seed=-1; expected an integer >= 0"),
+    ("evaluate", "bootstrap.seed=null", "evaluate config: bootstrap.seed=None; expected an integer >= 0"),
+    ("evaluate", "bootstrap.seed=1.5", "evaluate config: bootstrap.seed=1.5; expected an integer >= 0"),
+    ("evaluate", "bootstrap.resamples=true", "bootstrap.resamples=True; expected an integer >= 1"),
+    ("evaluate", "bootstrap.confidence=abc", "bootstrap.confidence='abc'; expected a number in (0, 1)"),
+    ("evaluate", "video.fps=abc", "evaluate config: video.fps='abc'; expected a positive number"),
+    ("evaluate", "video.size=8", "evaluate config: video.size=8; expected an integer in [16, 512]"),
+    # a misspelt key of a factor was ignored: the factor ran its default levels
+    ("evaluate", ["checkpoint=x", "+factors.friction.levles=[eval_hard]"],
+     "factors.friction has key(s) ['levles'] that no factor reads; expected randomize and levels"),
 ])
 def test_out_of_range_values_are_named(stage, override, message):
     from robopretrain.config_checks import validate_offline_config, validate_online_config
