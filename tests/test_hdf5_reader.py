@@ -295,6 +295,26 @@ def test_one_step_episode(tmp_path, caplog):
         _load(empty, "memory")
 
 
+def test_an_empty_first_demo_of_flat_arrays_is_left_out_by_skip_short_or_a_mask(tmp_path):
+    """A recorder's empty episode is often written as ``np.array([])``, shape ``(0,)``, everywhere; as demo_0 its
+    shapes were taken for the file's, so the file was refused even with data.skip_short_demos=true or a mask
+    leaving it out ("expected float actions (0, A)" about demos that were fine: a new user's finding)."""
+    def flat_first(f):
+        for key in ("obs/proprio", "next_obs/proprio", "obs/agentview_image", "next_obs/agentview_image", "actions",
+                    "rewards", "dones"):
+            del f[f"data/demo_0/{key}"]
+            f[f"data/demo_0/{key}"] = np.array([])
+
+    path = write_dataset(tmp_path / "f.hdf5", lengths=(0, 4, 2), mutate=flat_first)
+    info = read_info(path)
+    assert info.action_dim == 2 and info.obs_specs["proprio"][0] == (3,)
+    for storage in STORAGES:
+        assert len(_load(path, storage, skip_short=True)) == 4 + 2
+        assert len(_load(path, storage, mask="push")) == 4  # demo_1 alone: the empty demo_0 left out
+        with pytest.raises(DatasetError, match="data/demo_0: episode has 0 step"):
+            _load(path, storage)
+
+
 def test_unknown_task_and_mask(tmp_path):
     path = write_dataset(tmp_path / "u.hdf5")
     msg = _expect(path, "unknown task", tasks=["stack"])

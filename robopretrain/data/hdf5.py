@@ -386,7 +386,8 @@ def action_bounds(path: str | os.PathLike, info: DatasetInfo | None = None) -> t
 
 
 def read_info(path: str | os.PathLike) -> DatasetInfo:
-    """Read and validate the file's metadata (attributes, masks, obs keys and shapes), no array data."""
+    """Read and validate the file's metadata (attributes, masks, obs keys and shapes: the first demo's with steps),
+    no array data."""
     p = os.fspath(path)
     with _open(p) as f:
         if "data" not in f or not isinstance(f["data"], h5py.Group):
@@ -408,10 +409,13 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
             raise _err(p, "data", f"attribute 'total' is {total} but the demos' num_samples sum to {counted}")
         tasks = _task_ids(p, demos)
         masks, stale = _read_masks(p, f, set(names))
-        first = data[names[0]]
-        obs_specs = _obs_specs(p, first, f"data/{names[0]}/obs")
+        # the parts and action size from the first demo with steps: an empty one is often written with flat (0,)
+        # arrays, and data.skip_short_demos or a mask leaves it out (it was taken for the file's, refusing the file)
+        at = next((i for i, d in enumerate(demos) if d.num_samples > 0), 0)
+        first = data[names[at]]
+        obs_specs = _obs_specs(p, first, f"data/{names[at]}/obs")
         nested = nested_obs(first["obs"])
-        action_dim = _check_actions(p, first, demos[0], None)  # (n, A) float, or refused here naming the demo
+        action_dim = _check_actions(p, first, demos[at], None)  # (n, A) float, or refused here naming the demo
     return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale, nested)
 
 
