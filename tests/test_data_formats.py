@@ -83,6 +83,18 @@ def test_a_one_step_episode_is_skipped_without_renumbering_the_demos_after_it(tm
     assert convert_main([str(src), str(tmp_path / "cli.hdf5")]) == 0  # its summary line read demo_0
 
 
+def test_a_lerobot_episode_without_frames_is_named_as_skipped_and_keeps_the_later_names(tmp_path, caplog):
+    """An episode of no frames was dropped silently by the LeRobot reader, so the writer renumbered every later demo
+    (demo_1 was source episode 2) without the warning a 1-frame episode gets (a new user's finding)."""
+    src = F.write_lerobot(tmp_path / "lr", lengths=(6, 0, 5), done_last=(True, False, False), camera="image",
+                          size=8)
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.episodes"):
+        out = convert(src, tmp_path / "out.hdf5")
+    assert [d["meta"]["source_episode"] for d in demos(out)] == [0, 2]
+    assert read_info(out).demo("demo_2").num_samples == 5 - 1  # the last frame, without a next one, dropped
+    assert "1 episode(s) with fewer than 2 steps skipped (source episode 1;" in caplog.text
+
+
 def test_a_d4rl_file_without_timeouts_ends_episodes_where_next_observations_shows_a_reset(tmp_path, caplog):
     """Two episodes, the first cut by a time limit the file does not mark: read as one, its returns-to-go took the
     second episode's success; next_observations shows the reset. Next observations stored another way (every row

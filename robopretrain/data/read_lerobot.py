@@ -235,6 +235,9 @@ def read_lerobot(path: str | os.PathLike) -> Iterator[Episode]:
             raise ConversionError(f"{where}: {len(idx)} frames in the data file, meta/episodes says {ep['length']}")
         if len(idx):
             yield _episode(root, info, features, obs_keys, ep, data, idx, tasks, fps, where)
+        else:  # no frames: passed on empty, so the writer names it as skipped and keeps the later demos' names
+            yield Episode(obs={}, next_obs={}, actions=np.zeros((0, 1), np.float32), rewards=None,
+                          terminations=np.zeros(0, np.uint8), truncated=False, task="", meta={"source_episode": e})
 
 
 def _episode(root: Path, info: dict[str, Any], features: dict[str, dict[str, Any]], obs_keys: list[str],
