@@ -129,6 +129,21 @@ def test_a_d4rl_file_without_timeouts_ends_episodes_where_next_observations_show
             d = demos(convert(path, tmp_path / f"half{len(rows)}.hdf5"))
         assert [len(x["actions"]) for x in d] == ([2, 2, 2, 2] if read else [8]), rows
         assert ("not read as episode ends" in caplog.text) == (not read)
+    # timeouts of all zeros (a writer that never set them) glued the episodes: the resets are read the same way
+    with h5py.File(path, "r+") as f:
+        f["next_observations"][...] = nxt
+        f["next_observations"][3] = obs[3] + 0.5
+        f["timeouts"] = np.zeros(8, bool)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_d4rl"):
+        d = demos(convert(path, tmp_path / "zero_timeouts.hdf5"))
+    assert [len(x["actions"]) for x in d] == [4, 4] and "its timeouts miss resets; 1 row(s)" in caplog.text
+    with h5py.File(path, "r+") as f:
+        f["timeouts"][3] = True  # marked: nothing to say
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_d4rl"):
+        assert [len(x["actions"]) for x in demos(convert(path, tmp_path / "marked.hdf5"))] == [4, 4]
+    assert "next_observations" not in caplog.text
 
 
 def test_files_of_no_format_are_named_as_such_not_read_as_d4rl(tmp_path):

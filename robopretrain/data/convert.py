@@ -80,14 +80,15 @@ from robopretrain.files import sha256_of, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 7  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success;
+CONVERTER_VERSION = 8  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success;
 # 3: a LeRobot next.done last frame that is not a success (next.success recorded) is a truncation; an OGBench
 # compact file cut mid-trajectory has no self-loop; 4: grey (N, H, W) uint8 frames are cameras, not low-dim parts;
 # 5: a source without rewards (LeRobot without next.reward, OGBench without rewards / masks) is written without them;
 # 6: float frames overshooting 1 stay on the [0, 1] scale; a camera that is not 8-bit colour (depth, 16-bit) is left
 # out instead of clipped; Minari actions are rescaled from the declared action space; 7: a skipped one-step episode
 # leaves a gap in the demo names (labels name demos), a D4RL file without timeouts ends episodes at resets (version 6
-# copies made before that change are not told apart from later ones, so every one is converted again)
+# copies made before that change are not told apart from later ones, so every one is converted again); 8: a D4RL
+# file's resets its timeouts do not mark end episodes, a LeRobot episode without frames leaves a gap in the names
 ROBOMIMIC_COPY_VERSION = 6  # a robomimic file's copy with its cameras resized: none of 7's changes reach it
 
 

@@ -8,9 +8,10 @@ end, in an HDF5 file or the same arrays in an ``.npz`` (``np.savez(..., timeouts
     observations (N, ...)   actions (N, A)   rewards (N,)   terminals (N,)   timeouts (N,) (optional)
     next_observations (N, ...) (optional)    infos/<name> (N, ...) (optional; infos/success or is_success is used)
 
-* An episode ends on a row with ``terminals`` or ``timeouts`` set (or at the end of the file). A file without
-  ``timeouts`` but with ``next_observations`` also ends one where a row's next observation is not the following
-  row's observation (a reset: a time-out the file does not mark; logged with the count), unless that holds for
+* An episode ends on a row with ``terminals`` or ``timeouts`` set (or at the end of the file). A file with
+  ``next_observations`` also ends one where a row's next observation is not the following row's observation and
+  the row is not marked (a reset: a time-out the file does not mark, also one whose ``timeouts`` are all zeros;
+  logged with the count), unless that holds for
   more than half the rows (next observations stored another way: then a warning, and no split).
 * ``terminals`` is the true-termination flag, carried as ``dones``; ``timeouts`` is a truncation.
 * A file with neither ``timeouts`` nor ``next_observations`` (D4RL's v0 layout) ends episodes at terminations
@@ -41,24 +42,29 @@ REQUIRED = ("observations", "actions", "rewards", "terminals")
 log = logging.getLogger(__name__)
 
 
-def unmarked_resets(obs: np.ndarray, nxt: np.ndarray, terminals: np.ndarray, where: str) -> np.ndarray:
+def unmarked_resets(obs: np.ndarray, nxt: np.ndarray, terminals: np.ndarray, where: str,
+                    timeouts: bool = False) -> np.ndarray:
     """Rows ``t`` (bool ``(N,)``) whose next observation is not row ``t + 1``'s observation and that end no episode
-    already (``terminals``): the resets of a file without ``timeouts``. None of them when that holds for more than
-    half the rows (next observations stored otherwise, e.g. rounded), with a warning naming ``where``."""
+    already (``terminals``: the rows marked): the resets the file does not mark, with ``timeouts`` (the file has
+    that array, which ``terminals`` then includes) among its marks. None of them when that holds for more than half
+    the rows (next observations stored otherwise, e.g. rounded), with a warning naming ``where``."""
     n = len(obs)
     ends = np.zeros(n, bool)
     if n < 2:
         return ends
     same = (nxt[:-1] == obs[1:]).reshape(n - 1, -1).all(axis=1)
     ends[:-1] = ~same & ~terminals[:-1]
+    marks = "terminals and timeouts" if timeouts else "terminals"
     if ends.sum() > (n - 1) / 2:
-        log.warning("%s: no timeouts, and next_observations differs from the next row's observations at %d of %d rows: "
-                    "not read as episode ends (only terminals end episodes); add a timeouts dataset if episodes were "
-                    "cut by a time limit", where, int(ends.sum()), n - 1)
+        log.warning("%s: %s; next_observations differs from the next row's observations at %d of %d rows unmarked: "
+                    "not read as episode ends (only %s end episodes)%s", where,
+                    "timeouts set at no such row" if timeouts else "no timeouts", int(ends.sum()), n - 1, marks,
+                    "" if timeouts else "; add a timeouts dataset if episodes were cut by a time limit")
         return np.zeros(n, bool)
     if ends.any():
-        log.warning("%s: no timeouts; %d row(s) whose next_observations is not the next row's observation end an "
-                    "episode there (read as time-outs)", where, int(ends.sum()))
+        log.warning("%s: %s; %d row(s) whose next_observations is not the next row's observation end an episode "
+                    "there (read as time-outs)", where, "its timeouts miss resets" if timeouts else "no timeouts",
+                    int(ends.sum()))
     return ends
 
 
@@ -131,6 +137,8 @@ def read_d4rl(path: str | os.PathLike) -> Iterator[Episode]:
     terminals = arr["terminals"].reshape(n).astype(bool)
     if arr["timeouts"] is not None:
         timeouts = arr["timeouts"].reshape(n).astype(bool)
+        if nxt is not None:  # resets the timeouts miss (all zeros, say) glued episodes together
+            timeouts |= unmarked_resets(obs, nxt, terminals | timeouts, str(p), timeouts=True)
     elif nxt is not None:
         timeouts = unmarked_resets(obs, nxt, terminals, str(p))
     else:
