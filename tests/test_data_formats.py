@@ -191,6 +191,12 @@ def test_a_d4rl_style_npz_is_read_as_d4rl_not_as_ogbench(tmp_path, caplog):
     del arrays["timeouts"]
     np.savez(tmp_path / "nt.npz", **arrays)
     assert detect_format(tmp_path / "nt.npz") == "ogbench"
+    for name in ("HOPPER.NPZ", "NT.Npz"):  # an upper-case extension was "format not recognised" (a user's finding)
+        os.link(tmp_path / name.lower(), tmp_path / name)
+        assert detect_format(tmp_path / name) == detect_format(tmp_path / name.lower())
+        assert [len(d["actions"]) for d in demos(convert(tmp_path / name, tmp_path / f"{name}.hdf5", fmt="d4rl"))] \
+            == [len(d["actions"]) for d in demos(convert(tmp_path / name.lower(), tmp_path / f"{name}.l.hdf5",
+                                                         fmt="d4rl"))]
     with caplog.at_level(logging.WARNING):
         as_ogbench = demos(convert(tmp_path / "nt.npz", tmp_path / "o.hdf5"))
     assert "rewards without masks: read as OGBench's layout" in caplog.text and "data.format=d4rl" in caplog.text

@@ -230,7 +230,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, fmt: str | None =
             detected = detect_format(src)
         except ConversionError:  # not recognised: the named format's reader says what it lacks
             detected = given
-        if detected != given and not ({given, detected} == {"d4rl", "ogbench"} and src.suffix == ".npz"):
+        if detected != given and not ({given, detected} == {"d4rl", "ogbench"} and src.suffix.lower() == ".npz"):
             # (an .npz may be read as either layout; a D4RL HDF5 file is no OGBench file)
             raise ConversionError(f"{src}: detected format {detected}, not {given}; leave the format unset (auto) "
                                   "or name its own")

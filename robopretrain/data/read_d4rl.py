@@ -72,7 +72,7 @@ def is_d4rl(path: str | os.PathLike) -> bool:
     """True for an HDF5 file with top-level ``observations`` and ``actions`` datasets (no robomimic ``data/``), or an
     ``.npz`` with D4RL's arrays (:data:`REQUIRED`) and ``timeouts``, which OGBench's files never have."""
     p = Path(path)
-    if p.is_file() and p.suffix == ".npz":
+    if p.is_file() and p.suffix.lower() == ".npz":
         try:
             with np.load(p, allow_pickle=False) as z:
                 return all(k in z.files for k in (*REQUIRED, "timeouts"))
@@ -90,7 +90,7 @@ def is_d4rl(path: str | os.PathLike) -> bool:
 @contextlib.contextmanager
 def _arrays(p: Path) -> Iterator[Callable[[str], np.ndarray | None]]:
     """``get(key)``: the file's array ``key`` read whole, or None when it has none (HDF5 datasets, ``.npz`` arrays)."""
-    if p.suffix == ".npz":
+    if p.suffix.lower() == ".npz":
         try:
             z = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as exc:

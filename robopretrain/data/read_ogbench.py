@@ -41,7 +41,7 @@ REQUIRED = ("observations", "actions", "terminals")
 def is_ogbench(path: str | os.PathLike) -> bool:
     """True for an ``.npz`` holding ``observations``, ``actions`` and ``terminals``."""
     p = Path(path)
-    if not p.is_file() or p.suffix != ".npz":
+    if not p.is_file() or p.suffix.lower() != ".npz":
         return False
     try:
         with np.load(p, allow_pickle=False) as z:
