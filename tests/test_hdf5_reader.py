@@ -322,6 +322,20 @@ def test_unknown_task_and_mask(tmp_path):
     assert "mask/test" in _expect(path, "unknown mask", mask="test")
 
 
+def test_an_entry_under_mask_that_lists_no_demo_names_is_refused_only_when_used(tmp_path):
+    """mask/train_indices (an int array) beside valid masks made the whole file unreadable; robomimic reads only the
+    filter key it is given (a new user's finding)."""
+    def indices(f):
+        f["mask/train_indices"] = np.array([0, 2])
+        f.create_group("mask/sub")
+
+    path = write_dataset(tmp_path / "m.hdf5", mutate=indices)
+    assert len(load_transitions(path, ["proprio"]).actions) == 3 + 4 + 2
+    assert load_transitions(path, ["proprio"], mask="train").demo_names == ["demo_0", "demo_10"]
+    assert "int64 (2,)" in _expect(path, "mask/train_indices: expected a 1-D array of demo names", mask="train_indices")
+    assert "a group" in _expect(path, "mask/sub: expected a 1-D array of demo names", mask="sub")
+
+
 def test_a_mask_naming_a_deleted_demo_is_refused_only_when_used(tmp_path, capsys):
     """Deleting one bad demo left mask/train naming it: the whole file was refused, even for data.mask=valid or no
     mask, while inspect called it fine."""

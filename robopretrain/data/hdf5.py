@@ -79,6 +79,7 @@ class DatasetInfo:
     action_dim: int
     stale_masks: dict[str, list[str]] = field(default_factory=dict)  # mask -> names it lists that no demo has
     nested_obs: list[str] = field(default_factory=list)  # datasets in groups under obs/ ("arm/pos"): not read
+    unreadable_masks: dict[str, str] = field(default_factory=dict)  # entry under mask/ that lists no names -> why
 
     def demo(self, name: str) -> DemoInfo:
         for d in self.demos:
@@ -185,26 +186,32 @@ def _demo_names(path: str, data: h5py.Group) -> list[str]:
     return sorted(names, key=lambda n: int(DEMO_RE.match(n).group(1)))
 
 
-def _read_masks(path: str, f: h5py.File, demo_set: set[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """The masks' demo names, and per mask the names no demo has (a demo deleted from the file: refused only when that
-    mask is used, by :func:`select_demos`)."""
+def _read_masks(path: str, f: h5py.File,
+                demo_set: set[str]) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
+    """The masks' demo names; per mask the names no demo has (a demo deleted from the file); and per entry under
+    ``mask/`` that is no list of demo names (``mask/train_indices``, an int array) what is wrong with it. Both are
+    refused only when that mask is used, by :func:`select_demos`, as robomimic reads only the filter key it is
+    given (an unused entry made the whole file unreadable: a new user's finding)."""
     masks: dict[str, list[str]] = {}
     stale: dict[str, list[str]] = {}
+    unreadable: dict[str, str] = {}
     if "mask" not in f:
-        return masks, stale
+        return masks, stale, unreadable
     for name, ds in f["mask"].items():
-        key = f"mask/{name}"
         if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind not in "SOU":
-            raise _err(path, key, "expected a 1-D array of demo names as bytes")
+            what = f"{ds.dtype} {ds.shape}" if isinstance(ds, h5py.Dataset) else "a group"
+            unreadable[name] = f"expected a 1-D array of demo names as bytes, got {what}"
+            continue
         try:
             entries = [_decode(x) for x in ds[()]]
         except OSError as e:
-            raise _err(path, key, f"cannot be read (truncated file?): {e}") from None
+            unreadable[name] = f"cannot be read (truncated file?): {e}"
+            continue
         unknown = [e for e in entries if e not in demo_set]
         if unknown:
             stale[name] = unknown
         masks[name] = entries
-    return masks, stale
+    return masks, stale, unreadable
 
 
 def _is_image_key(key: str, shape: tuple[int, ...], low_dim: Sequence[str] = (), dtype: Any = None) -> bool:
@@ -408,7 +415,7 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
                     raise _err(p, f"data/{d.name}/actions", _rows_problem(acts.shape[0], d.num_samples))
             raise _err(p, "data", f"attribute 'total' is {total} but the demos' num_samples sum to {counted}")
         tasks = _task_ids(p, demos)
-        masks, stale = _read_masks(p, f, set(names))
+        masks, stale, unreadable = _read_masks(p, f, set(names))
         # the parts and action size from the first demo with steps: an empty one is often written with flat (0,)
         # arrays, and data.skip_short_demos or a mask leaves it out (it was taken for the file's, refusing the file)
         at = next((i for i, d in enumerate(demos) if d.num_samples > 0), 0)
@@ -416,7 +423,7 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         obs_specs = _obs_specs(p, first, f"data/{names[at]}/obs")
         nested = nested_obs(first["obs"])
         action_dim = _check_actions(p, first, demos[at], None)  # (n, A) float, or refused here naming the demo
-    return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale, nested)
+    return DatasetInfo(p, total, env_args, demos, masks, tasks, obs_specs, action_dim, stale, nested, unreadable)
 
 
 def nested_obs(obs: h5py.Group) -> list[str]:
@@ -515,6 +522,8 @@ def select_demos(
     """Demo names (numeric order) in ``mask`` AND of one of ``tasks`` AND in ``demos`` (each optional)."""
     selected = [d.name for d in info.demos]
     if mask is not None:
+        if mask in info.unreadable_masks:
+            raise _err(info.path, f"mask/{mask}", info.unreadable_masks[mask])
         if mask not in info.masks:
             raise _err(info.path, f"mask/{mask}", f"unknown mask; available masks: {sorted(info.masks)}")
         if info.stale_masks.get(mask):
