@@ -378,6 +378,25 @@ def test_minari_jpeg_frames_are_warned_and_a_missing_metadata_entry_is_named(tmp
         convert(plain, tmp_path / "q.hdf5", overwrite=True)
 
 
+def test_what_minari_raises_while_reading_episodes_names_the_dataset(tmp_path, monkeypatch):
+    """minari failing inside its storage (an Arrow dataset of per-step scalar infos: "invalid literal for int()")
+    reached the user unnamed, and the convert command as a traceback (a new user's finding)."""
+    import minari
+
+    src = F.write_minari(tmp_path / "m")
+    real = minari.MinariDataset.iterate_episodes
+
+    def fails_on_the_second(self, *args, **kwargs):
+        episodes = real(self, *args, **kwargs)
+        yield next(episodes)
+        raise ValueError("invalid literal for int() with base 10: b''")
+
+    monkeypatch.setattr(minari.MinariDataset, "iterate_episodes", fails_on_the_second)
+    with pytest.raises(ConversionError, match=rf"{src}: minari fails reading its episodes \(1 read; ValueError: "
+                                              r"invalid literal"):
+        convert(src, tmp_path / "m.hdf5")
+
+
 # --------------------------------------------------------------------------- LeRobot v3
 
 
@@ -405,6 +424,28 @@ def test_lerobot_video_frames_actions_and_tasks(tmp_path):
     np.testing.assert_allclose(raw[:, 0], 5.0 * np.r_[np.arange(6), np.arange(6, 10)] / 11, atol=1e-5)
     keep = convert(src, tmp_path / "keep.hdf5", actions="keep")
     assert "action_normalization" not in env_args(keep) and demos(keep)[1]["actions"].max() > 1
+
+
+def test_lerobot_image_cells_by_path_and_a_video_without_its_path_template(tmp_path):
+    """An image cell naming its file (no bytes) was opened relative to the current folder, and a video feature of an
+    info.json without video_path was a bare KeyError: each a traceback (a new user's finding)."""
+    from PIL import Image
+
+    from robopretrain.data.read_lerobot import _decode_image
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((4, 4, 3), 70, np.uint8)).save(tmp_path / "images" / "0.png")
+    cell = {"bytes": None, "path": "images/0.png"}
+    assert _decode_image(cell, "w", tmp_path).tolist() == np.full((4, 4, 3), 70, np.uint8).tolist()
+    with pytest.raises(ConversionError, match=r"w: image file .*/elsewhere/images/0.png not found"):
+        _decode_image(cell, "w", tmp_path / "elsewhere")
+    src = F.write_lerobot(tmp_path / "lr")
+    info = json.loads((src / "meta" / "info.json").read_text())
+    del info["video_path"]
+    (src / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(ConversionError, match=rf"{src}/meta/info.json: feature '{F.LEROBOT_CAM}' is a video, but the "
+                                              "file has no video_path template"):
+        convert(src, tmp_path / "lr.hdf5")
 
 
 def test_lerobot_next_done_on_every_last_frame_terminates_only_a_success(tmp_path):

@@ -115,10 +115,15 @@ def read_tasks(path: str | os.PathLike) -> dict[int, str]:
     return out
 
 
-def _decode_image(value: Any, where: str) -> np.ndarray:
+def _decode_image(value: Any, where: str, root: Path) -> np.ndarray:
+    """One ``image`` cell: its bytes, or the file its ``path`` names (relative to the dataset folder ``root``)."""
     data = value.get("bytes") if isinstance(value, dict) else value
     if data is None and isinstance(value, dict) and value.get("path"):
-        data = Path(value["path"]).read_bytes()
+        image = root / Path(value["path"]).expanduser()  # an absolute path stays as it is
+        if not image.is_file():
+            raise ConversionError(f"{where}: image file {image} not found (a cell without bytes names its file, "
+                                  "relative to the dataset folder)")
+        data = image.read_bytes()
     try:
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     except Exception as exc:  # PIL raises many types for bad bytes
@@ -250,6 +255,10 @@ def _episode(root: Path, info: dict[str, Any], features: dict[str, dict[str, Any
     for k in obs_keys:
         dtype = features[k].get("dtype")
         if dtype == "video":
+            if not isinstance(info.get("video_path"), str):
+                raise ConversionError(f"{root}/meta/info.json: feature {k!r} is a video, but the file has no "
+                                      "video_path template (e.g. videos/{video_key}/chunk-{chunk_index:03d}/"
+                                      "file-{file_index:03d}.mp4)")
             vid = root / info["video_path"].format(video_key=k, chunk_index=int(ep[f"videos/{k}/chunk_index"]),
                                                    file_index=int(ep[f"videos/{k}/file_index"]),
                                                    episode_index=int(ep["episode_index"]))
@@ -259,7 +268,7 @@ def _episode(root: Path, info: dict[str, Any], features: dict[str, dict[str, Any
         elif k not in data.names:
             raise ConversionError(f"{where}: feature {k!r} ({dtype}) is not a column of {data.path}")
         elif dtype == "image":
-            obs[k] = np.stack([_decode_image(c, f"{where} {k}") for c in data.cells(k, idx)])
+            obs[k] = np.stack([_decode_image(c, f"{where} {k}", root) for c in data.cells(k, idx)])
         else:
             obs[k] = data.numeric(k, idx)
     actions = data.numeric("action", idx)

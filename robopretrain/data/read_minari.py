@@ -127,6 +127,23 @@ def _any_jpeg_part(space: Any) -> bool:
     return isinstance(space, gym.spaces.Space) and bool(is_image_space(space))
 
 
+def _episodes(ds: Any, path: str | os.PathLike) -> Iterator[Any]:
+    """``ds.iterate_episodes()``, with what minari raises while reading one (an Arrow dataset of per-step scalar
+    infos fails inside minari with "invalid literal for int()") as a :class:`ConversionError` naming the dataset."""
+    episodes = iter(ds.iterate_episodes())
+    done = 0
+    while True:
+        try:
+            ep = next(episodes)
+        except StopIteration:
+            return
+        except Exception as exc:  # whatever minari's storage raises
+            raise ConversionError(f"{path}: minari fails reading its episodes ({done} read; "
+                                  f"{type(exc).__name__}: {exc})") from exc
+        done += 1
+        yield ep
+
+
 def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
     """The episodes of a Minari dataset (module docstring). Raises :class:`ConversionError`."""
     ds = _open(path)
@@ -137,7 +154,7 @@ def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
                               "agents act in a continuous Box): map each action to a continuous one in the data and "
                               "the env (an ActionWrapper)")
     jpeg = bool(_metadata(path).get("jpeg_encoding")) and _any_jpeg_part(getattr(ds, "observation_space", None))
-    for ep in ds.iterate_episodes():
+    for ep in _episodes(ds, path):
         n = len(ep.rewards)
         where = f"{path}: episode {ep.id}"
         actions = np.asarray(ep.actions)
