@@ -70,12 +70,13 @@ def write_ogbench(path: Path, trajectories: int = 2, length: int = 5, masks: boo
 
 def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_id: str = "test/reach-v0",
                  success_key: str = "success", action_bound: float = 1.0, action: float = 0.5,
-                 image: bool = False, image_side: int = 8, discrete: int = 0) -> Path:
+                 image: bool = False, image_side: int = 8, discrete: int = 0, text: bool = False) -> Path:
     """A Minari dataset with Dict observations (``observation`` 3-D, ``desired_goal`` 2-D, with ``image`` also an
     ``image_side`` square RGB ``image`` part) written by minari (its defaults: JPEG-encoded images from 32 x 32 up),
     success logged as ``infos[success_key]`` on the terminal step, actions ``action`` in a Box(-action_bound,
     action_bound) space (with ``discrete``, the indices 0, 1, ... of a ``Discrete(discrete)`` space instead);
-    returns the dataset folder ``root/<dataset_id>``."""
+    ``text``: a ``Text`` part ``mission`` too (a language instruction); returns the dataset folder
+    ``root/<dataset_id>``."""
     import gymnasium as gym
     import minari
     from minari.data_collector import EpisodeBuffer
@@ -84,6 +85,8 @@ def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_i
              "desired_goal": gym.spaces.Box(-1e4, 1e4, (2,), np.float32)}
     if image:
         parts["image"] = gym.spaces.Box(0, 255, (image_side, image_side, 3), np.uint8)
+    if text:
+        parts["mission"] = gym.spaces.Text(20)
     space = gym.spaces.Dict(parts)
     buffers = []
     for e, (n, term) in enumerate(zip(lengths, terminated)):
@@ -92,6 +95,8 @@ def write_minari(root: Path, lengths=(4, 5), terminated=(True, False), dataset_i
         obs = {"observation": obs_rows(n + 1, 3, 100 * e), "desired_goal": np.full((n + 1, 2), e, np.float32)}
         if image:
             obs["image"] = np.full((n + 1, image_side, image_side, 3), 40 * e, np.uint8)
+        if text:
+            obs["mission"] = ["go left"] * (n + 1)
         actions = np.arange(n) % discrete if discrete else np.full((n, 2), action, np.float32)
         buffers.append(EpisodeBuffer(id=e, observations=obs, actions=actions,
                                      rewards=np.arange(n, dtype=np.float64) + 10 * e, terminations=t, truncations=tr,

@@ -378,6 +378,17 @@ def test_minari_jpeg_frames_are_warned_and_a_missing_metadata_entry_is_named(tmp
         convert(plain, tmp_path / "q.hdf5", overwrite=True)
 
 
+def test_a_text_part_is_left_out_with_a_warning_as_an_envs_is(tmp_path, caplog):
+    """A Minari Dict observation with a Text part (BabyAI's mission) refused the whole conversion ("expected a numeric
+    array per step, got <U7"), while an env's Text part is left out (a new user's finding)."""
+    src = F.write_minari(tmp_path / "t", text=True, dataset_id="test/text-v0")
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.episodes"):
+        out = convert(src, tmp_path / "t.hdf5")
+    assert sorted(demos(out)[0]["obs"]) == ["desired_goal", "observation"]
+    assert env_args(out)["dropped_parts"] == ["mission"]
+    assert "obs 'mission': holds <U7 values, not numbers; part 'mission' is not written" in caplog.text
+
+
 def test_what_minari_raises_while_reading_episodes_names_the_dataset(tmp_path, monkeypatch):
     """minari failing inside its storage (an Arrow dataset of per-step scalar infos: "invalid literal for int()")
     reached the user unnamed, and the convert command as a traceback (a new user's finding)."""

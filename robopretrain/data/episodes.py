@@ -122,6 +122,14 @@ def to_uint8_hwc(frames: np.ndarray, where: str) -> np.ndarray:
 class NotColourError(ConversionError):
     """A camera part whose values are not 8-bit colour (:func:`_colour_to_uint8`)."""
 
+    rule = "a camera part must be 8-bit colour"
+
+
+class TextPartError(ConversionError):
+    """A part of text (a ``Text`` space's mission string) or other objects, not numbers (:func:`as_part`)."""
+
+    rule = "a part must hold numbers; an env's Text parts are left out likewise"
+
 
 UNIT_SCALE_MAX = 2.0  # float frames up to this are on the [0, 1] scale (a resize or colour jitter overshoots 1)
 OVERSHOOT_SHARE = 0.01  # ... if at most this share of their values lies above 1.05: a depth map in metres (0.3-1.8 m)
@@ -194,6 +202,8 @@ def as_part(array: np.ndarray, where: str) -> np.ndarray:
     a = np.asarray(array)
     if is_image(a):
         return to_uint8_hwc(a, where)
+    if a.ndim >= 1 and a.dtype.kind in "USO":
+        raise TextPartError(f"{where}: holds {a.dtype} values, not numbers")
     if a.ndim == 0 or a.dtype.kind not in "fiub":
         raise ConversionError(f"{where}: expected a numeric array per step, got {a.dtype} {a.shape}")
     return a.reshape(len(a), -1).astype(np.float32)
@@ -264,8 +274,9 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
     ``actions``: ``auto`` (rescale to [-1, 1] by the data's min/max when outside, or by ``action_bounds``, the
     source's declared ``(low, high)``, when given: :func:`_action_units`) or ``keep``. ``image_size``:
     resize every camera frame to that square side (module docstring), or None to keep the source's size.
-    A camera part whose first episode is not 8-bit colour (a depth map, a 16-bit camera) is left out with a warning
-    and listed in ``env_args["dropped_parts"]``; one that turns so in a later episode raises.
+    A camera part whose first episode is not 8-bit colour (a depth map, a 16-bit camera), or a part of text (a
+    ``Text`` space's instruction), is left out with a warning and listed in ``env_args["dropped_parts"]``; one that
+    turns so in a later episode raises.
     Raises :class:`ConversionError` when no episode of 2 or more steps remains, or shapes disagree.
     """
     if actions not in ACTION_MODES:
@@ -299,13 +310,13 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
                         continue
                     try:
                         obs[k] = as_part(v, f"{where} obs {k!r}")
-                    except NotColourError as err:
+                    except (NotColourError, TextPartError) as err:
                         if keys is not None:  # written in earlier episodes: the file's parts would differ
                             raise
-                        dropped.append(k)  # not 8-bit colour in the first episode: left out of the file
+                        dropped.append(k)  # not 8-bit colour (or text) in the first episode: left out of the file
                         if len(dropped) == len(ep.obs):
                             raise ConversionError(f"{err}; no observation part is left to write") from None
-                        log.warning("%s; part %r is not written (a camera part must be 8-bit colour)", err, k)
+                        log.warning("%s; part %r is not written (%s)", err, k, err.rule)
                 nxt = {k: as_part(v, f"{where} next obs {k!r}") for k, v in ep.next_obs.items() if k not in dropped}
                 if image_size is not None:
                     for k in [k for k, v in obs.items() if v.ndim == 4]:
