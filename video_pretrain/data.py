@@ -440,7 +440,8 @@ class HDF5ImageSource(ClipSource):
     """Robot trajectories of a robomimic HDF5 file as action-free video: one video per demo.
 
     Video ``i`` is ``data/<demo>/obs/<key>`` (N frames) followed, with ``include_final`` (default), by the
-    last frame of ``next_obs/<key>`` (N + 1 frames: the state the last action reached). Demos are those
+    last frame of ``next_obs/<key>`` (N + 1 frames: the state the last action reached) unless it equals the last
+    ``obs`` frame (a terminated episode's stand-in next observation in a converted file). Demos are those
     in ``mask`` AND of one of ``tasks`` AND in ``demos`` (each optional; numeric order), see
     :func:`robopretrain.data.hdf5.select_demos`. File-level problems (not a robomimic file, unknown mask,
     task or key) raise :class:`~robopretrain.data.hdf5.DatasetError`; a demo whose image dataset is
@@ -535,7 +536,9 @@ class HDF5ImageSource(ClipSource):
             problem = f"frames of {f[where].shape[1]}x{f[where].shape[2]}, obs/{self.key}'s {frames[0]}x{frames[1]}"
         if problem is not None and problem != "missing":
             logger.warning("%s: %s: %s; using obs frames only", self.path, where, problem)
-        return problem is None
+        # a terminated episode's next observation is often its last one again (the converters' stand-in where the
+        # source has none): a repeat would end the clip on two equal frames, so only a new frame is added
+        return problem is None and not np.array_equal(f[where][n - 1], f[f"data/{name}/obs/{self.key}"][n - 1])
 
     def _describe(self, i: int) -> str:
         return f"{self.path}: data/{self.demo_names[i]}/obs/{self.key}"
