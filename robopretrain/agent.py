@@ -643,6 +643,8 @@ class Agent:
             parts = self.prepare({k: (v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in parts.items()})
         else:
             parts, single = _as_batch(obs, self.train_spec)
+        if not single and min(len(v) for v in parts.values()) == 0:  # an empty batch (BCQ's and DT's act failed)
+            return np.zeros((0, self.act_dim), np.float32)
         actions = self.core.act(self.actor_encoder(_to_tensors(parts, self.device)), deterministic)
         if env_units and self.action_normalization is not None:
             actions = self.action_normalization.to_env(actions)

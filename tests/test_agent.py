@@ -305,6 +305,22 @@ def as_float64(batch: dict) -> dict:
             for k, v in batch.items()}
 
 
+@pytest.mark.parametrize("algo", ["bc", "bcq", "dt"])
+def test_an_empty_batch_of_observations_gives_no_actions(algo):
+    """``act`` on a batch of 0 observations: (0, A) as for any B, where BCQ failed with "max() arg is an empty
+    sequence" and the Decision Transformer with a reshape error (a new user's finding)."""
+    spec = SPECS["low_dim"]
+    agent = (Agent(spec, 4, "dt", {"context_len": 2, "embed_dim": 8, "num_layers": 1}) if algo == "dt"
+             else Agent(spec, 4, algo, ALGO[algo]))
+    agent.reset_episode()
+    empty = {"proprio": np.zeros((0, 7), np.float32), "object": np.zeros((0, 4), np.float32), "task_id": 0}
+    for env_units in (False, True):
+        actions = agent.act(empty, env_units=env_units)
+        assert actions.shape == (0, 4) and actions.dtype == np.float32
+    with pytest.raises(ValueError, match="proprio"):  # still checked
+        agent.act({**empty, "proprio": np.zeros((0, 6), np.float32)})
+
+
 @pytest.mark.parametrize("algo", ["calql", "iql", "bcq", "dt"])
 def test_agents_stay_float32_under_a_float64_default_and_train_on_float64_batches(algo):
     """Under ``torch.set_default_dtype(torch.float64)`` the agent (and one rebuilt from its description) was built
