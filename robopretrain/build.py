@@ -438,13 +438,20 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
               action_units: Any = FILE_UNITS, default_image_size: int | None = None,
               units_fixed: bool = False, slot_advice: str | None = None) -> OfflineDataset | DiskDataset:
     """:func:`robopretrain.data.dataset.load_offline_dataset` with the ``data`` group's selection keys and storage
-    (``data.storage``: auto | memory | disk, ``data.workers``: prefetch threads of the disk-backed dataset; ``rank`` /
+    (``data.storage``: auto | memory | disk, memory for the Decision Transformer, whose windows are drawn from
+    memory (disk refused); ``data.workers``: prefetch threads of the disk-backed dataset; ``rank`` /
     ``world_size``: its DDP shard; ``action_units``: the agent's, the file's actions re-expressed in them;
     ``default_image_size``: as :func:`converted`'s; ``units_fixed``: the agent's units were fixed before this file, by
     other data or a checkpoint: a file without a record that leaves them is refused with advice to record them;
     ``slot_advice``: what a refusal of task ids outside the one-hot advises, when not stage 2's own settings)."""
     tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
     tid = task_id if task_id is not None else data_cfg.get("task_id")
+    storage = str(data_cfg.get("storage") or "auto")
+    if algo == "dt":  # its K-step windows are drawn from data in memory (training_sampler)
+        if storage == "disk":  # refused before a conversion or frame index is made for nothing
+            raise ValueError("algo=dt samples K-step windows from data held in memory; data.storage=disk is not "
+                             "supported for it: set data.storage=memory (or auto, which reads it into memory)")
+        storage = "memory"
     path = converted(Path(path), data_cfg, default_image_size)
     if algo == "dt":  # returns-to-go of the rewards as given: no sparse transform, no all-failure rule to warn about
         reward = dataclasses.replace(reward, sparse=False)
@@ -453,7 +460,7 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
         mask=data_cfg.get("mask"), max_demos=data_cfg.get("max_demos"),
         skip_short=bool(data_cfg.get("skip_short_demos", False)), task_id=None if tid is None else int(tid),
         rewards_needed=algo != "bc", rewards_from_success=bool(data_cfg.get("rewards_from_success", False)),
-        act_dim=act_dim, seed=seed, device=device, storage=str(data_cfg.get("storage") or "auto"),
+        act_dim=act_dim, seed=seed, device=device, storage=storage,
         workers=int(data_cfg.get("workers") or 0), rank=rank, world_size=world_size, action_units=action_units,
         units_fixed=units_fixed, slot_advice=slot_advice)
 

@@ -41,6 +41,31 @@ def inputs(B: int = 2, seed: int = 1) -> list[torch.Tensor]:
             torch.randn(B, K, generator=g), torch.arange(K).repeat(B, 1), torch.ones(B, K)]
 
 
+def test_dt_data_is_read_into_memory_and_disk_storage_is_refused_before_any_work(tmp_path, monkeypatch):
+    """The Decision Transformer was refused on disk-backed data only after the frame index was built (15 min for a
+    large file), and data.storage=auto picked disk for large data (a new user's finding)."""
+    from omegaconf import OmegaConf
+
+    from robopretrain import build
+    from robopretrain.data import dataset as dataset_mod
+    from robopretrain.data.dataset import RewardSettings
+    from test_hdf5_reader import write_dataset
+
+    path = write_dataset(tmp_path / "cams.hdf5")
+    spec = ObsSpec(low_dim=(("proprio", 3),), rgb=(("agentview_image", (4, 4, 3)),))
+
+    def load(algo, storage):
+        return build.load_data(path, spec, OmegaConf.create({"storage": storage}), RewardSettings(), algo=algo,
+                               act_dim=None, seed=0, device=torch.device("cpu"))
+
+    monkeypatch.setattr(dataset_mod, "MEMORY_LIMIT_BYTES", 0)  # auto: every file is large
+    assert type(load("bc", "auto")).__name__ == "DiskDataset"
+    assert isinstance(load("dt", "auto"), OfflineDataset)
+    monkeypatch.setattr(build, "converted", lambda *a, **k: pytest.fail("converted before the refusal"))
+    with pytest.raises(ValueError, match="algo=dt samples K-step windows from data held in memory; data.storage=disk"):
+        load("dt", "disk")
+
+
 def test_causal_mask_later_tokens_never_change_earlier_predictions():
     model = net()
     s, a, r, t, m = inputs()
