@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robopretrain.files import (from_standard_json, replace_folder, standard_json, temp_folder, torch_save,
-                                write_text_atomic)
+from robopretrain.files import (from_standard_json, replace_folder, standard_json, temp_folder, torch_load_problem,
+                                torch_save, write_text_atomic)
 from robopretrain.run_fingerprint import ResumeRefusal, moved_file
 
 log = logging.getLogger(__name__)
@@ -237,10 +237,12 @@ def recorded_data_files(root: str | os.PathLike, keys: Sequence[str] = ("data_pa
 
 
 def _torch_load(file: Path) -> dict[str, Any]:
+    """A checkpoint file's state dicts, loaded safely (``weights_only=True``); CheckpointError for a file that cannot
+    be read so (:func:`robopretrain.files.torch_load_problem`)."""
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated zip, pickle errors, ...
-        raise CheckpointError(f"{file}: cannot be loaded with torch.load(weights_only=True): {e}") from None
+        raise CheckpointError(f"{file}: {torch_load_problem(e)}") from None
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -431,12 +433,14 @@ def load_latest(root: str | os.PathLike, with_state: bool = True, resuming: bool
     root = Path(root)
     errors: list[str] = []
     stateless: Checkpoint | None = None
-    for candidate in _latest_candidates(root):
+    candidates = _latest_candidates(root)
+    for i, candidate in enumerate(candidates):
         try:
             ckpt = load_checkpoint(candidate, with_state=with_state)
         except CheckpointError as e:
             errors.append(str(e))
-            warnings.warn(f"checkpoint {candidate} is unreadable ({e}); falling back to the previous one", stacklevel=2)
+            fallback = "falling back to the previous one" if i + 1 < len(candidates) else "no earlier one is kept"
+            warnings.warn(f"checkpoint {candidate} is unreadable ({e}); {fallback}", stacklevel=2)
             continue
         if resuming and with_state and ckpt.state is None:
             stateless = stateless or ckpt

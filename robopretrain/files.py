@@ -71,6 +71,17 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         raise
 
 
+def torch_load_problem(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, on one line, as ``"unreadable (...): <reason>"``: PyTorch's
+    message advises ``weights_only=False`` and filing an issue, no cure for a corrupt or foreign file (the toolkit
+    writes only what the safe loader reads), so only its reason is kept."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation of torch.load", 1)[0]
+    reason = " ".join(text.split())[:300] or type(exc).__name__
+    return f"unreadable (corrupt, truncated, or not a file the toolkit wrote): {reason}"
+
+
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)``; a write that fails for want of disk space (torch's zip writer says only
     ``[enforce fail at inline_container.cc] . unexpected pos N vs M``, naming neither the file nor the cause) raises

@@ -243,13 +243,27 @@ def test_corrupt_newest_falls_back_with_warning(tmp_path):
 
     older = tmp_path / "ckpt_00000001"
     for given in (tmp_path, tmp_path / "latest"):
-        with pytest.raises(CheckpointError, match=rf"(?s)weights.pt: cannot be loaded .*; the newest readable checkpoint "
+        with pytest.raises(CheckpointError, match=rf"(?s)weights.pt: unreadable .*; the newest readable checkpoint "
                                                   rf"of {given} is {older}: pass it \(checkpoint={older}\)"):
             load_agent(given)
     with pytest.raises(CheckpointError) as named:  # the broken folder itself asked for: its error alone
         load_agent(newest)
     assert "newest readable" not in str(named.value)
     assert load_agent(older)[1].step == 1
+    # text where the pickle is: PyTorch's message advised weights_only=False and filing an issue, over lines; and
+    # with no earlier checkpoint the warning said it fell back to one (a new user's findings)
+    (newest / "weights.pt").write_text("garbage\n")
+    (older / "weights.pt").write_text("garbage\n")
+    with pytest.raises(CheckpointError) as pickled:
+        load_checkpoint(newest)
+    message = str(pickled.value)
+    assert message.startswith(f"{newest / 'weights.pt'}: unreadable (corrupt, truncated, or not a file the toolkit "
+                              "wrote): Unsupported operand") and "\n" not in message
+    assert "weights_only" not in message and "file an issue" not in message
+    with pytest.warns(UserWarning) as said, pytest.raises(CheckpointError, match="no readable checkpoint"):
+        load_latest(tmp_path)
+    assert [str(w.message).rsplit("; ", 1)[1] for w in said] == ["falling back to the previous one",
+                                                                "no earlier one is kept"]
 
 
 def test_a_checkpoint_rotated_away_while_it_is_read_is_looked_up_again(tmp_path, monkeypatch):

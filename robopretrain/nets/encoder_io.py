@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from robopretrain.files import replace_folder, temp_folder, torch_save
+from robopretrain.files import replace_folder, temp_folder, torch_load_problem, torch_save
 from robopretrain.nets.encoders import make_encoder, num_parameters
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def load_encoder(dir_path: str | os.PathLike, map_location: str | torch.device =
     try:
         state = torch.load(weights_path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, unpickling errors, ...
-        raise EncoderCheckpointError(f"{weights_path}: cannot be loaded with torch.load(weights_only=True): {exc}") from None
+        raise EncoderCheckpointError(f"{weights_path}: {torch_load_problem(exc)}") from None
     _check_state_dict(state, encoder.state_dict(), weights_path)
     encoder.load_state_dict(state)
     if int(meta["out_dim"]) != encoder.out_dim:
