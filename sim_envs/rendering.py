@@ -179,6 +179,7 @@ class CameraRenderer:
         check_display()
         check_not_forked_after_rendering()
         failure = None
+        interrupted: BaseException | None = None
         hook = sys.unraisablehook
         sys.unraisablehook = _ignore_half_made_renderer
         try:
@@ -186,8 +187,12 @@ class CameraRenderer:
                 self._renderer = mujoco.Renderer(model, height=height, width=width)
             except Exception as exc:  # the GL context could not be made: say what to do about it
                 failure = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            except BaseException as exc:  # Ctrl-C / SIGTERM meanwhile: kept without the frames holding that
+                interrupted = exc.with_traceback(None)  # Renderer, freed here, not at exit after the hook is gone
         finally:  # leaving the except block freed the half-made Renderer (its __del__ fails, mujoco 3.3)
             sys.unraisablehook = hook
+        if interrupted is not None:
+            raise interrupted
         if failure is not None:  # raised here, not inside the except block: nothing keeps that Renderer alive
             raise RenderingUnavailableError(
                 f"could not create a MuJoCo renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} ({failure}); "

@@ -318,6 +318,31 @@ def test_glfw_without_a_display_says_to_use_egl(headless_glfw):
         CameraRenderer(model, 16, 16)
 
 
+def test_a_signal_while_a_renderer_is_made_ends_without_the_half_made_renderers_traceback():
+    """Ctrl-C or SIGTERM landing inside mujoco.Renderer's construction: the interrupt's traceback kept the half-made
+    Renderer alive until exit, when its __del__ failed ("'Renderer' object has no attribute '_mjr_context'") after
+    the hook that hides that was gone: a second traceback after the one 'terminated' line (a new user's finding).
+    The toolkit's SIGTERM handler raises ``Terminated`` (a KeyboardInterrupt) where the signal lands, as here."""
+    child = (
+        "import mujoco, mujoco.renderer as mr\n"
+        "from robopretrain.cli import Terminated\n"
+        "from sim_envs.rendering import CameraRenderer\n"
+        "class Interrupted:\n"
+        "    def __init__(self, *a, **k):\n"
+        "        raise Terminated()\n"
+        "mr.gl_context.GLContext = Interrupted\n"
+        "model = mujoco.MjModel.from_xml_string(\"<mujoco><worldbody><geom size='0.1'/></worldbody></mujoco>\")\n"
+        "try:\n"
+        "    CameraRenderer(model, 16, 16)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo), "MUJOCO_GL": "egl"})
+    assert proc.stdout.strip() == "interrupted", proc.stderr[-2000:]
+    assert "_mjr_context" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_toolkit_entry_points_report_rendering_errors_in_one_line(capsys):
     from robopretrain.cli import EXIT_BAD_INPUT, friendly_errors
 
