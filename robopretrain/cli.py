@@ -83,21 +83,20 @@ def traceback_requested() -> bool:
     return os.environ.get("ROBOPRETRAIN_TRACEBACK", "").strip().lower() not in TRACEBACK_OFF
 
 
-def known_errors() -> tuple[type[BaseException], ...]:
-    """The error classes that mean bad input (not a bug): reported in one line."""
-    from robopretrain.checkpoint import CheckpointError
-    from robopretrain.data.hdf5 import DatasetError
-    from robopretrain.data.video import VideoDatasetError
-    from robopretrain.envs.target import EnvContractError
-    from robopretrain.guards import NonFiniteLossError
-    from robopretrain.nets.encoder_io import EncoderCheckpointError
-    from robopretrain.workers import WorkerProcessDied
+# the toolkit's own bad-input error classes, by module: one can have been raised only once its module was imported
+KNOWN_ERRORS = (("robopretrain.data.hdf5", "DatasetError"), ("robopretrain.data.video", "VideoDatasetError"),
+                ("robopretrain.nets.encoder_io", "EncoderCheckpointError"), ("robopretrain.checkpoint", "CheckpointError"),
+                ("robopretrain.guards", "NonFiniteLossError"), ("robopretrain.envs.target", "EnvContractError"),
+                ("robopretrain.workers", "WorkerProcessDied"), ("sim_envs.rendering", "RenderingUnavailableError"))
 
-    # rendering is unavailable (e.g. MUJOCO_GL=glfw without a display): only possible once sim_envs renders
-    rendering = sys.modules.get("sim_envs.rendering")
-    render_errors = (rendering.RenderingUnavailableError,) if rendering is not None else ()
-    return (DatasetError, VideoDatasetError, EncoderCheckpointError, CheckpointError, NonFiniteLossError, EnvContractError,
-            WorkerProcessDied, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, *render_errors)
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """The error classes that mean bad input (not a bug): reported in one line. Looked up among the modules already
+    imported, never importing one: evaluated as an ``except`` clause while any error, Ctrl-C included, propagates,
+    the imports loaded torch into the collectors, which never use it (seconds before Ctrl-C's line, and a second
+    Ctrl-C then gave a traceback: a new user's finding)."""
+    own = tuple(getattr(sys.modules[module], name) for module, name in KNOWN_ERRORS if module in sys.modules)
+    return (*own, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
 def one_line(message: str) -> str:

@@ -60,6 +60,23 @@ def test_an_interrupted_entry_point_prints_one_line_and_exits_130(capsys, monkey
         task()
 
 
+def test_the_error_classes_an_entry_point_reports_are_looked_up_without_importing_torch():
+    """``except known_errors()`` is evaluated while any error propagates, Ctrl-C included: its imports loaded torch
+    into the collectors (seconds before the interrupt's line; a second Ctrl-C then gave a traceback: a new user's
+    finding). It imports nothing, and each class is there once its module is."""
+    repo = Path(__file__).resolve().parents[1]
+    child = ("import sys\nfrom robopretrain.cli import KNOWN_ERRORS, known_errors\nknown_errors()\n"
+             "print('torch' in sys.modules, sum(m in sys.modules for m, _ in KNOWN_ERRORS))\n")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.stdout.split() == ["False", "0"], proc.stderr[-2000:]
+    from robopretrain.cli import KNOWN_ERRORS, known_errors
+
+    classes = [getattr(importlib.import_module(module), name) for module, name in KNOWN_ERRORS]
+    assert all(isinstance(c, type) and issubclass(c, Exception) for c in classes)
+    assert set(classes) <= set(known_errors())  # (every module imported now)
+
+
 def test_the_interrupt_line_says_whether_a_rerun_resumes(capsys, monkeypatch):
     """Entry points without checkpoints (the reward model, evaluate, the collectors) say a rerun starts over; the
     training stages say it resumes, also when launched through ``python -m robopretrain.cli <module>``."""
