@@ -85,9 +85,10 @@ def traceback_requested() -> bool:
 
 # the toolkit's own bad-input error classes, by module: one can have been raised only once its module was imported
 KNOWN_ERRORS = (("robopretrain.data.hdf5", "DatasetError"), ("robopretrain.data.video", "VideoDatasetError"),
-                ("robopretrain.nets.encoder_io", "EncoderCheckpointError"), ("robopretrain.checkpoint", "CheckpointError"),
-                ("robopretrain.guards", "NonFiniteLossError"), ("robopretrain.envs.target", "EnvContractError"),
-                ("robopretrain.workers", "WorkerProcessDied"), ("sim_envs.rendering", "RenderingUnavailableError"))
+                ("robopretrain.nets.encoder_io", "EncoderCheckpointError"),
+                ("robopretrain.checkpoint", "CheckpointError"), ("robopretrain.guards", "NonFiniteLossError"),
+                ("robopretrain.envs.target", "EnvContractError"), ("robopretrain.workers", "WorkerProcessDied"),
+                ("sim_envs.rendering", "RenderingUnavailableError"))
 
 
 def known_errors() -> tuple[type[BaseException], ...]:

@@ -65,8 +65,8 @@ from robopretrain.checkpoint import (
 )
 from robopretrain.build import warn_dt_sparse_target, warn_target_return
 from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, friendly_errors, run_hydra
-from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, check_section, check_top_level_keys,
-                                        one_name_as_list, resolve_device)
+from robopretrain.config_checks import (AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_OPEN, check_section,
+                                        check_top_level_keys, one_name_as_list, resolve_device)
 from robopretrain.envs.target import (GYM, Target, as_target, said_once, slot_note, split_env_kwargs,
                                       warn_unmapped_renames, with_task_slot)
 from robopretrain.files import atomic_file, run_folder_lock, write_text_atomic
@@ -705,8 +705,8 @@ def validate_config(cfg: DictConfig) -> None:
                               or not np.isfinite(float(given))):
         fail("target_return", "a finite number (a Decision Transformer's return to ask for) or null")
     if cfg.video.enabled:
-        for key, (ok, expected) in {"size": ((lambda v: AT_LEAST_1[0](v) and 16 <= v <= 512), "an integer in [16, 512]"),
-                                    "max_frames": AT_LEAST_1, "fps": POSITIVE}.items():
+        video_size = (lambda v: AT_LEAST_1[0](v) and 16 <= v <= 512, "an integer in [16, 512]")
+        for key, (ok, expected) in {"size": video_size, "max_frames": AT_LEAST_1, "fps": POSITIVE}.items():
             if cfg.video.get(key) is None or not ok(cfg.video[key]):
                 fail(f"video.{key}", expected)
     if OmegaConf.is_config(cfg.get("factors")):

@@ -344,7 +344,8 @@ def test_discrete_actions_are_refused_from_minari_and_warned_about_from_a_file_w
         convert(tmp_path / "int.hdf5", tmp_path / "i.hdf5")
     assert "every action is a whole number (5 distinct values: 0, 1, 2, 3, 4)" in caplog.text
     caplog.clear()
-    F.write_d4rl(tmp_path / "cont.hdf5", (5, 7), ("terminal", "timeout"), actions=np.linspace(-3, 3, n))  # continuous, outside [-1, 1]: no such warning
+    # continuous, outside [-1, 1]: no such warning
+    F.write_d4rl(tmp_path / "cont.hdf5", (5, 7), ("terminal", "timeout"), actions=np.linspace(-3, 3, n))
     with caplog.at_level(logging.WARNING, logger="robopretrain.envs.action_units"):
         convert(tmp_path / "cont.hdf5", tmp_path / "c.hdf5")
     assert "whole number" not in caplog.text

@@ -52,8 +52,8 @@ import h5py
 import numpy as np
 
 from robopretrain.envs.action_units import ENV_ARGS_KEY as ACTION_UNITS_KEY
-from robopretrain.envs.action_units import (ActionNormalization, add_whole_values, auto_bounds, warn_constant_dimensions,
-                                            warn_index_actions)
+from robopretrain.envs.action_units import (ActionNormalization, add_whole_values, auto_bounds,
+                                            warn_constant_dimensions, warn_index_actions)
 from robopretrain.envs.camera_frames import image_layout, to_agent_frame  # image_layout: re-exported
 from sim_envs.hdf5_writer import remove_abandoned_partials
 

@@ -20,7 +20,8 @@ group of such arrays), ``actions``, ``rewards``, ``terminations``, ``truncations
 
 * images as minari stored them: a dataset whose ``metadata.json`` says ``jpeg_encoding: true`` (minari 0.5's
   default when recording) holds JPEG-compressed, lossy frames of its image parts (by minari's rule: uint8 Boxes of
-  0..255, at least 32 x 32; smaller ones are exact); the reader warns once when such a dataset has such parts, since the agent then trains on compressed frames and acts on the env's raw ones.
+  0..255, at least 32 x 32; smaller ones are exact); the reader warns once when such a dataset has such parts,
+  since the agent then trains on compressed frames and acts on the env's raw ones.
 
 ``path`` may be the ``data/`` folder, the dataset folder above it, or either's ``metadata.json``.
 """
