@@ -623,6 +623,9 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "one value they differ on, a Python bool, never comes out of h5py's attrs",
         "isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)): -> And @ if "
         "isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):"),
+    ("hdf5", "_read_demo/const/1"): Equivalent(
+        "finite: bool = True -> False in _read_demo's signature: its one caller, load_transitions, always passes it",
+        "True -> False @ finite: bool = True,"),
     ("hdf5", "load_transitions/const/3"): Equivalent(
         "(0,) + shape -> (1,) + shape in the image-key test: only the number of dimensions (and the dtype) is "
         "read there",

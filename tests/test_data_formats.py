@@ -110,7 +110,7 @@ def test_a_d4rl_file_without_timeouts_ends_episodes_where_next_observations_show
         f["terminals"] = np.r_[np.zeros(7, bool), True]
     with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_d4rl"):
         d = demos(convert(path, tmp_path / "nt_conv.hdf5"))
-    assert [len(x["actions"]) for x in d] == [4, 4] and "1 row(s) whose next_observations" in caplog.text
+    assert [len(x["actions"]) for x in d] == [4, 4] and "no timeouts; 1 row(s) whose next_observations" in caplog.text
     assert [(x["meta"]["terminated"], x["meta"]["truncated"]) for x in d] == [(False, True), (True, False)]
     np.testing.assert_array_equal(d[0]["next"]["observations"][-1], obs[3] + 0.5)
     with h5py.File(path, "r+") as f:
