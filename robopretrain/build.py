@@ -447,11 +447,11 @@ def load_data(path: Path, spec: ObsSpec, data_cfg: Any, reward: RewardSettings, 
     tasks = list(tasks) if tasks is not None else (list(data_cfg.tasks) if data_cfg.get("tasks") else None)
     tid = task_id if task_id is not None else data_cfg.get("task_id")
     storage = str(data_cfg.get("storage") or "auto")
-    if algo == "dt":  # its K-step windows are drawn from data in memory (training_sampler)
-        if storage == "disk":  # refused before a conversion or frame index is made for nothing
-            raise ValueError("algo=dt samples K-step windows from data held in memory; data.storage=disk is not "
-                             "supported for it: set data.storage=memory (or auto, which reads it into memory)")
-        storage = "memory"
+    if algo == "dt":  # its K-step windows are drawn from data in memory (training_sampler; disk is refused by the
+        if storage == "disk":  # config check, robopretrain.config_checks.validate_offline_config, before conversion)
+            raise ValueError("algo=dt samples K-step windows from data held in memory; storage=disk is not "
+                             "supported for it: set it to memory (or auto, which reads it into memory)")
+        storage = "memory" if storage == "auto" else storage
     path = converted(Path(path), data_cfg, default_image_size)
     if algo == "dt":  # returns-to-go of the rewards as given: no sparse transform, no all-failure rule to warn about
         reward = dataclasses.replace(reward, sparse=False)

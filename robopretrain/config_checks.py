@@ -378,6 +378,15 @@ def validate_offline_config(cfg: DictConfig) -> None:
     check_section(cfg, "encoder", ENCODER_CHECKS, "robopretrain")
     check_max_demos(cfg, ("data.max_demos", "data.mix.max_demos"), "robopretrain")
     check_action_bounds(cfg, "robopretrain")
+    dt = OmegaConf.select(cfg, "algo.name", default=None) == "dt"
+    for key in ("data.storage", "data.mix.storage"):
+        storage = OmegaConf.select(cfg, key, default=None)
+        if storage is not None and storage not in ("auto", "memory", "disk"):
+            raise ValueError(f"robopretrain config: {key}={storage!r}; expected one of auto, memory, disk")
+        if storage == "disk" and dt:  # refused before the data are converted or indexed for nothing
+            raise ValueError(f"robopretrain config: {key}=disk; algo=dt samples K-step windows from data held in "
+                             "memory: set it to memory (or auto, which reads the Decision Transformer's data into "
+                             "memory)")
     fraction = OmegaConf.select(cfg, "data.mix.fraction", default=None)
     if fraction is not None and not (_is_number(fraction) and 0.0 <= float(fraction) <= 1.0):
         raise ValueError(f"robopretrain config: data.mix.fraction={fraction!r}; expected a number in [0, 1] (the "

@@ -61,9 +61,21 @@ def test_dt_data_is_read_into_memory_and_disk_storage_is_refused_before_any_work
     monkeypatch.setattr(dataset_mod, "MEMORY_LIMIT_BYTES", 0)  # auto: every file is large
     assert type(load("bc", "auto")).__name__ == "DiskDataset"
     assert isinstance(load("dt", "auto"), OfflineDataset)
+    with pytest.raises(ValueError, match="data.storage='dsik'"):  # a misspelt value is no memory for dt
+        load("dt", "dsik")
     monkeypatch.setattr(build, "converted", lambda *a, **k: pytest.fail("converted before the refusal"))
-    with pytest.raises(ValueError, match="algo=dt samples K-step windows from data held in memory; data.storage=disk"):
+    with pytest.raises(ValueError, match="algo=dt samples K-step windows from data held in memory; storage=disk"):
         load("dt", "disk")
+    # the stage refuses it at its config check, before the source is converted (train.run converts first)
+    from robopretrain.config_checks import validate_offline_config
+
+    for key, data in (("data.storage", {"storage": "disk"}),
+                      ("data.mix.storage", {"mix": {"path": str(path), "fraction": 0.5, "storage": "disk"}})):
+        with pytest.raises(ValueError, match=rf"robopretrain config: {key}=disk; algo=dt samples K-step windows"):
+            validate_offline_config(stage2_config(path, tmp_path / "o", algo="dt", data_cfg=data))
+        validate_offline_config(stage2_config(path, tmp_path / "o", algo="bc", data_cfg=data))  # fine for others
+    with pytest.raises(ValueError, match=r"robopretrain config: data.storage='dsik'; expected one of auto, memory"):
+        validate_offline_config(stage2_config(path, tmp_path / "o", algo="bc", data_cfg={"storage": "dsik"}))
 
 
 def test_causal_mask_later_tokens_never_change_earlier_predictions():
