@@ -388,6 +388,15 @@ def test_a_text_part_is_left_out_with_a_warning_as_an_envs_is(tmp_path, caplog):
     assert sorted(demos(out)[0]["obs"]) == ["desired_goal", "observation"]
     assert env_args(out)["dropped_parts"] == ["mission"]
     assert "obs 'mission': holds <U7 values, not numbers; part 'mission' is not written" in caplog.text
+    from robopretrain.data.episodes import TextPartError, as_part
+
+    with pytest.raises(TextPartError, match="holds object values, not numbers"):  # text as Python objects
+        as_part(np.array(["go", "left"], dtype=object), "w")
+    numbers = np.empty(2, dtype=object)  # numbers stored as objects (a None among them, ragged rows) are no text:
+    numbers[:] = [np.float32(1.0), None]  # refused as before, not left out
+    with pytest.raises(ConversionError, match="expected a numeric array per step, got object") as refused:
+        as_part(numbers, "w")
+    assert not isinstance(refused.value, TextPartError)
 
 
 def test_what_minari_raises_while_reading_episodes_names_the_dataset(tmp_path, monkeypatch):

@@ -334,6 +334,11 @@ def test_an_entry_under_mask_that_lists_no_demo_names_is_refused_only_when_used(
     assert load_transitions(path, ["proprio"], mask="train").demo_names == ["demo_0", "demo_10"]
     assert "int64 (2,)" in _expect(path, "mask/train_indices: expected a 1-D array of demo names", mask="train_indices")
     assert "a group" in _expect(path, "mask/sub: expected a 1-D array of demo names", mask="sub")
+    from robopretrain.data.inspect import format_hdf5_summary, summarize_hdf5
+
+    said = format_hdf5_summary(summarize_hdf5(path))  # inspect reads it as the loader does, not as deleted demos
+    assert "mask/train_indices is no list of demo names (int64 (2,))" in said and "not under data/" not in said
+    assert "masks: lift (2), push (1), train (2), valid (1)\n" in said
 
 
 def test_a_mask_naming_a_deleted_demo_is_refused_only_when_used(tmp_path, capsys):

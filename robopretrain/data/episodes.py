@@ -202,7 +202,8 @@ def as_part(array: np.ndarray, where: str) -> np.ndarray:
     a = np.asarray(array)
     if is_image(a):
         return to_uint8_hwc(a, where)
-    if a.ndim >= 1 and a.dtype.kind in "USO":
+    if a.ndim >= 1 and (a.dtype.kind in "US" or a.dtype.kind == "O" and a.size
+                        and all(isinstance(x, (str, bytes)) for x in a.flat)):
         raise TextPartError(f"{where}: holds {a.dtype} values, not numbers")
     if a.ndim == 0 or a.dtype.kind not in "fiub":
         raise ConversionError(f"{where}: expected a numeric array per step, got {a.dtype} {a.shape}")

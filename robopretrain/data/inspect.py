@@ -132,6 +132,8 @@ class Hdf5Summary:
     missing_next: dict[str, list[str]] = field(default_factory=dict)
     # datasets inside groups under obs/ (obs/arm/pos: "arm/pos"), which the stages do not read
     nested_obs: list[str] = field(default_factory=list)
+    # entry under mask/ that is no 1-D array of demo names -> what it is (refused only when selected)
+    unnamed_masks: dict[str, str] = field(default_factory=dict)
     # the stages' reader's first refusal of the file (robopretrain.data.hdf5.check_layout), None when it reads it
     layout_problem: str | None = None
     # per-dimension min and max of every demo's finite actions (None: no actions read)
@@ -300,14 +302,16 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
             failed = flag is False or (flag is None and values is not None and values.size and values[-1] <= 0)
             if last_done and failed:
                 failed_terminals.append(name)
-    masks, stale = {}, {}
+    masks, stale, no_names = {}, {}, {}
     if "mask" in f:
-        masks = {name: int(ds.shape[0]) for name, ds in f["mask"].items() if isinstance(ds, h5py.Dataset)}
         for name, ds in f["mask"].items():
-            if isinstance(ds, h5py.Dataset) and ds.ndim == 1:
-                gone = sorted({_as_str(x) for x in ds[()]} - set(data.keys()))
-                if gone:
-                    stale[name] = gone
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind not in "SOU":  # as the loader reads
+                no_names[name] = f"{ds.dtype} {ds.shape}" if isinstance(ds, h5py.Dataset) else "a group"
+                continue
+            masks[name] = int(ds.shape[0])
+            gone = sorted({_as_str(x) for x in ds[()]} - set(data.keys()))
+            if gone:
+                stale[name] = gone
     total = int(data.attrs["total"]) if "total" in data.attrs else None
     env_name = None
     if "env_args" in data.attrs:
@@ -330,7 +334,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
                        odd_actions, inner_dones, half_task, wrong_rows, shared_slots=shared, missing_next=missing_next,
                        action_low=_bounds(lows, np.minimum), action_high=_bounds(highs, np.maximum),
                        action_units=units, units_problem=units_problem, failed_terminals=failed_terminals,
-                       nested_obs=sorted(nested))
+                       nested_obs=sorted(nested), unnamed_masks=no_names)
 
 
 def _bounds(parts: list[np.ndarray], combine: Any) -> list[float] | None:
@@ -593,6 +597,9 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
         lines.append(f"  mask/{name} lists {len(gone)} demo(s) not under data/ ({', '.join(gone[:3])}"
                      f"{', ...' if len(gone) > 3 else ''}): training with data.mask={name} is refused until it is "
                      "rewritten")
+    for name, what in s.unnamed_masks.items():
+        lines.append(f"  mask/{name} is no list of demo names ({what}): training with data.mask={name} is refused; "
+                     "the other masks are read")
     return "\n".join(lines)
 
 
