@@ -366,6 +366,18 @@ def test_minari_jpeg_frames_are_warned_and_a_missing_metadata_entry_is_named(tmp
         convert(small, tmp_path / "s.hdf5")
     assert "jpeg" not in caplog.text
     assert [np.unique(d["obs"]["image"]).tolist() for d in demos(tmp_path / "s.hdf5")] == [[0], [40]]  # exact
+    import gymnasium as gym
+
+    from robopretrain.data.read_minari import jpeg_parts
+
+    def cam(side):
+        return gym.spaces.Box(0, 255, (side, side, 3), np.uint8)
+
+    nested = gym.spaces.Dict({"top": cam(32), "small": cam(8), "arm": gym.spaces.Dict({"wrist": cam(40)}),
+                              "pair": gym.spaces.Tuple((cam(32), gym.spaces.Box(-1, 1, (2,)))),
+                              "depth": gym.spaces.Box(0, 1, (32, 32), np.float32)})
+    assert sorted(jpeg_parts(nested)) == ["arm.wrist", "pair.0", "top"]  # the parts' names as converted
+    assert jpeg_parts(cam(32)) == ["observations"] and jpeg_parts(cam(31)) == []
     caplog.clear()
     plain = F.write_minari(tmp_path / "plain")  # JPEG flag set too, but no image part: nothing to say
     with caplog.at_level(logging.WARNING, logger="robopretrain.data.read_minari"):

@@ -11,7 +11,8 @@ as uint8 (T, image_size, image_size, 3) RGB. Indices are in the strided space: w
   :func:`robopretrain.data.video.clip_entries`).
 - :class:`HDF5ImageSource`: robot trajectories of a robomimic HDF5 file used as action-free video, one
   video per demo: the image key's ``obs`` frames plus, by default, the last ``next_obs`` frame (the state
-  the final action reached, e.g. the success). Demos are chosen by mask, task and/or demo names.
+  the final action reached, e.g. the success) when it differs from the last ``obs`` frame. Demos are chosen by
+  mask, task and/or demo names.
 - :class:`SubsetSource` (what :func:`split_by_video` ids select) and :func:`open_frame_source` (picks the
   source type from the path).
 

@@ -231,7 +231,8 @@ def select_trajectories(path: str | os.PathLike, mask: str | None = None, tasks:
 
 def load_trajectories(path: str | os.PathLike, demos: Sequence[str], image_size: int,
                       key: str = "agentview_image") -> list[Trajectory]:
-    """Frames of ``demos`` at ``image_size`` (obs frames plus the final next_obs frame, the goal)."""
+    """Frames of ``demos`` at ``image_size`` (obs frames plus the final next_obs frame, the goal, when it is a new
+    frame: :class:`video_pretrain.data.HDF5ImageSource`)."""
     source = HDF5ImageSource(path, image_size, key=key, demos=list(demos), include_final=True, max_cache_bytes=0,
                              strict=True)
     out = []

@@ -660,7 +660,8 @@ def load_transitions(
     missing = [k for k in obs_keys if k not in info.obs_specs]
     if missing:
         available = sorted(info.obs_specs)
-        raise _err(p, f"data/{info.demos[0].name}/obs", f"missing key(s) {missing}; available: {available}")
+        shown = next((d.name for d in info.demos if d.num_samples > 0), info.demos[0].name)  # read_info's
+        raise _err(p, f"data/{shown}/obs", f"missing key(s) {missing}; available: {available}")
     names = select_demos(info, mask=mask, tasks=tasks, demos=demos)
     chosen = [info.demo(n) for n in names]
     with _open(p) as f:

@@ -113,19 +113,21 @@ def declared_action_bounds(path: str | os.PathLike) -> tuple[list[float], list[f
     return np.asarray(low, np.float64).reshape(-1).tolist(), np.asarray(high, np.float64).reshape(-1).tolist()
 
 
-def _any_jpeg_part(space: Any) -> bool:
-    """Whether minari JPEG-encodes some part of observations of ``space`` when ``jpeg_encoding`` is on: by its own rule
-    (``minari.dataset.minari_storage.is_image_space``: a uint8 Box of bounds 0 and 255, at least 32 x 32); a
-    smaller camera is stored exactly. True where minari has no such rule to ask."""
+def jpeg_parts(space: Any, prefix: str = "") -> list[str] | None:
+    """The parts (dotted names, as :func:`robopretrain.data.episodes.flatten_obs` gives them) of observations of
+    ``space`` that minari JPEG-encodes when ``jpeg_encoding`` is on, by its own rule
+    (``minari.dataset.minari_storage.is_image_space``: a uint8 Box of bounds 0 and 255, at least 32 x 32; a smaller
+    camera is stored exactly); None where minari has no such rule to ask (then any picture may be JPEG)."""
     try:
         from minari.dataset.minari_storage import is_image_space
     except ImportError:
-        return True
+        return None
     if isinstance(space, gym.spaces.Dict):
-        return any(_any_jpeg_part(s) for s in space.spaces.values())
+        return [p for k, sub in space.spaces.items() for p in jpeg_parts(sub, f"{prefix}{k}.") or []]
     if isinstance(space, gym.spaces.Tuple):
-        return any(_any_jpeg_part(s) for s in space.spaces)
-    return isinstance(space, gym.spaces.Space) and bool(is_image_space(space))
+        return [p for k, sub in enumerate(space.spaces) for p in jpeg_parts(sub, f"{prefix}{k}.") or []]
+    encoded = isinstance(space, gym.spaces.Space) and bool(is_image_space(space))
+    return [prefix[:-1] or "observations"] if encoded else []
 
 
 def _episodes(ds: Any, path: str | os.PathLike) -> Iterator[Any]:
@@ -154,7 +156,8 @@ def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
         raise ConversionError(f"{path}: action space {space}: only Box (continuous) action spaces are supported (the "
                               "agents act in a continuous Box): map each action to a continuous one in the data and "
                               "the env (an ActionWrapper)")
-    jpeg = bool(_metadata(path).get("jpeg_encoding")) and _any_jpeg_part(getattr(ds, "observation_space", None))
+    jpeg = bool(_metadata(path).get("jpeg_encoding"))
+    encoded = jpeg_parts(getattr(ds, "observation_space", None)) if jpeg else []
     for ep in _episodes(ds, path):
         n = len(ep.rewards)
         where = f"{path}: episode {ep.id}"
@@ -163,7 +166,8 @@ def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
             raise ConversionError(f"{where}: only Box (continuous) action spaces are supported")
         obs = flatten_obs(_rows(ep.observations, 0, n), where)
         nxt = flatten_obs(_rows(ep.observations, 1, n + 1), where)
-        images = [k for k, v in obs.items() if v.ndim >= 3 and v.dtype == np.uint8]
+        images = [k for k, v in obs.items()
+                  if v.ndim >= 3 and v.dtype == np.uint8 and (encoded is None or k in encoded)]
         if jpeg and images:
             log.warning("%s: metadata.json says jpeg_encoding: true, so its frames (%s) were stored as lossy JPEG: "
                         "the agent trains on compressed frames and acts on the env's raw ones (record with "
@@ -183,4 +187,4 @@ def read_minari(path: str | os.PathLike) -> Iterator[Episode]:
                       meta={"source_episode": int(ep.id)})
 
 
-__all__ = ["data_dir", "dataset_id", "declared_action_bounds", "is_minari", "read_minari"]
+__all__ = ["data_dir", "dataset_id", "declared_action_bounds", "is_minari", "jpeg_parts", "read_minari"]
