@@ -339,7 +339,8 @@ def test_discrete_actions_are_refused_from_minari_and_warned_about_from_a_file_w
     with pytest.raises(ConversionError, match=r"action space Discrete\(3\): only Box \(continuous\)"):
         convert(src, tmp_path / "d.hdf5")
     n = 12
-    F.write_d4rl(tmp_path / "int.hdf5", (5, 7), ("terminal", "timeout"), actions=np.arange(n) % 5)
+    indices = np.r_[np.arange(5) % 3, 3 + np.arange(7) % 2]  # episode 1: 0, 1, 2; episode 2: 3, 4 (gathered over both)
+    F.write_d4rl(tmp_path / "int.hdf5", (5, 7), ("terminal", "timeout"), actions=indices)
     with caplog.at_level(logging.WARNING, logger="robopretrain.envs.action_units"):
         convert(tmp_path / "int.hdf5", tmp_path / "i.hdf5")
     assert "every action is a whole number (5 distinct values: 0, 1, 2, 3, 4)" in caplog.text
