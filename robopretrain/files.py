@@ -72,13 +72,21 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
 
 
 def torch_load_problem(exc: BaseException) -> str:
-    """Why ``torch.load(..., weights_only=True)`` failed, on one line, as ``"unreadable (...): <reason>"``: PyTorch's
-    message advises ``weights_only=False`` and filing an issue, no cure for a corrupt or foreign file (the toolkit
-    writes only what the safe loader reads), so only its reason is kept."""
+    """Why ``torch.load(..., weights_only=True)`` failed, on one line: ``"cannot be read (<why>)"`` for the file
+    system's errors (gone, a folder, no permission), else ``"unreadable (corrupt, ...): <reason>"``. PyTorch's
+    message for a pickle it refuses advises ``weights_only=False`` and filing an issue, no cure for a corrupt or
+    foreign file (the toolkit writes only what the safe loader reads), so only its reason is kept; a long reason is
+    cut at a word, with ``...``."""
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc.strerror or exc})"
     text = str(exc)
+    if "deserialize object on a CUDA device" in text:  # saved on a GPU, loaded without one and no map_location
+        return f"cannot be loaded here ({' '.join(text.split('.')[0].split())})"
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation of torch.load", 1)[0]
-    reason = " ".join(text.split())[:300] or type(exc).__name__
+    reason = " ".join(text.split()) or type(exc).__name__
+    if len(reason) > 300:
+        reason = reason[:300].rsplit(" ", 1)[0] + " ..."
     return f"unreadable (corrupt, truncated, or not a file the toolkit wrote): {reason}"
 
 

@@ -93,7 +93,7 @@ from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, Transitions, load_transit
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization, reexpress
-from robopretrain.files import atomic_file, run_folder_lock, torch_save
+from robopretrain.files import atomic_file, run_folder_lock, torch_load_problem, torch_save
 from robopretrain.nets.mlp import build_mlp
 from robopretrain.nets.obs_encoder import ObsEncoder, normalization_stats
 
@@ -579,8 +579,11 @@ def model_digest(model: nn.Module) -> str:
 
 def load_reward_model(path: str | os.PathLike) -> tuple[RewardEnsemble, ObsSpec]:
     """The ensemble a run saved (``<run>/reward_model.pt``) and its observation spec, e.g. to :func:`relabel`
-    another file of the same robot and tasks."""
-    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+    another file of the same robot and tasks. Raises ``ValueError`` for a file that cannot be loaded."""
+    try:
+        saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated files, foreign pickles
+        raise ValueError(f"{path}: {torch_load_problem(exc)}") from None
     spec = ObsSpec.from_dict(saved["spec"])
     settings = saved["settings"]
     model = RewardEnsemble(spec, int(saved["act_dim"]), ensemble=int(settings["ensemble"]),

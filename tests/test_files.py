@@ -160,3 +160,27 @@ def test_an_unwritable_run_folder_is_named_before_hydra_opens_its_log(tmp_path, 
     printed = []  # --cfg job prints the config and writes nothing: not refused
     run_hydra(lambda: printed.append(1), "robopretrain", ["--cfg", "job", "seed=1"])
     assert printed == [1]
+
+
+def test_a_file_torch_cannot_load_is_named_on_one_line_with_the_reason_alone(tmp_path):
+    """PyTorch's message for a pickle its safe loader refuses advises weights_only=False and filing an issue, over
+    lines: no cure for a corrupt file (new users' findings, for checkpoints, stage 1's training checkpoint and a
+    reward model). The file system's errors are named as such, not as corruption; a long reason is cut at a word."""
+    def problem(path, **kw):
+        try:
+            torch.load(path, weights_only=True, **kw)
+        except Exception as exc:  # noqa: BLE001
+            return files.torch_load_problem(exc)
+        raise AssertionError("loaded")
+
+    (tmp_path / "text.pt").write_text("garbage\n")
+    said = problem(tmp_path / "text.pt")
+    assert said == "unreadable (corrupt, truncated, or not a file the toolkit wrote): Unsupported operand 103"
+    assert problem(tmp_path / "missing.pt") == "cannot be read (No such file or directory)"
+    assert problem(tmp_path) == "cannot be read (Is a directory)"
+    torch.save({"w": torch.zeros(3)}, tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:40])
+    cut = problem(tmp_path / "cut.pt")
+    assert cut.startswith("unreadable (corrupt, truncated") and "\n" not in cut
+    assert cut.endswith(" ...") and len(cut) <= len("unreadable (corrupt, truncated, or not a file the toolkit wrote): ")\
+        + 300 + 4  # PyTorch's zip message runs to 400 characters

@@ -259,6 +259,17 @@ def test_relabel_writes_the_ensemble_mean_normalised_over_the_file(tmp_path, nor
     assert not warn_learned_reward("dt", read_info(src))
 
 
+def test_a_reward_model_file_that_cannot_be_loaded_is_named_in_one_line(tmp_path):
+    """A corrupt reward_model.pt reached stage 3 as an UnpicklingError (no one-line error) whose first line was
+    PyTorch's advice to load with weights_only=False (a reviewer's finding)."""
+    from robopretrain.reward_model import load_reward_model
+
+    (tmp_path / "reward_model.pt").write_text("garbage\n")
+    with pytest.raises(ValueError, match=r"reward_model.pt: unreadable \(corrupt, truncated, or not a file the "
+                                         r"toolkit wrote\): Unsupported operand 103$"):
+        load_reward_model(tmp_path / "reward_model.pt")
+
+
 def test_relabel_reads_each_demos_metadata_once(tmp_path, monkeypatch):
     """relabel read the file's metadata twice (load_transitions without the read_info relabel had made; a finding on
     a file of many tiny demos, stop 73)."""

@@ -66,7 +66,7 @@ from robopretrain.cli import CONFIG_DIR, friendly_errors, run_hydra
 from robopretrain.data.video import VideoDatasetError
 from robopretrain.distributed import DistInfo
 from robopretrain.files import (atomic_file, check_replaceable, remove_leftovers, replace_folder, run_folder_lock,
-                                temp_folder, torch_save, write_json_atomic)
+                                temp_folder, torch_load_problem, torch_save, write_json_atomic)
 from robopretrain.guards import NonFiniteLossError, check_finite
 from robopretrain.loggers import WANDB_ID_FILE, make_logger, plain_config
 from robopretrain.nets.encoder_io import load_encoder, resolve_encoder_dir, save_encoder
@@ -399,7 +399,11 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     conf = spec["config"]
     heads = ICVFHeads(int(conf["feature_dim"]), tuple(conf["hidden"]), int(conf["num_heads"]))
     try:
-        heads.load_state_dict(torch.load(file, map_location=map_location, weights_only=True))
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated files, foreign pickles: a traceback before
+        raise ValueError(f"{file}: {torch_load_problem(exc)}") from None
+    try:
+        heads.load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
         raise ValueError(f"{file}: does not fit the value heads described in meta.json ({conf}): {exc}") from exc
     return Pretrained(encoder, meta, heads.to(map_location).eval())
@@ -442,7 +446,8 @@ def load_checkpoint(path: Path, objective: nn.Module, optimizer: torch.optim.Opt
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated files, foreign pickles
-        raise ValueError(f"{path}: not a readable training checkpoint ({exc}); delete it or set resume=false") from None
+        raise ValueError(f"{path}: training checkpoint {torch_load_problem(exc)}; delete it or set resume=false"
+                         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a video_pretrain training checkpoint (format {state.get('format')!r})")
     saved_print = json.loads(state.get("fingerprint") or "null")
