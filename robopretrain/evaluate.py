@@ -696,8 +696,12 @@ def validate_config(cfg: DictConfig) -> None:
     if str(cfg.bootstrap.get("method", "wilson")) not in ("wilson", "percentile"):
         fail("bootstrap.method", "wilson or percentile")
     # each checked with its type and null refused: the interval is computed after every episode has run (a
-    # bootstrap.seed of -1, abc or null failed only then, without naming the key: a new user's finding)
-    for key, (ok, expected) in {"resamples": AT_LEAST_1, "confidence": UNIT_OPEN, "seed": AT_LEAST_0}.items():
+    # bootstrap.seed of -1, abc or null failed only then, without naming the key: a new user's finding); the
+    # resampling's settings only where it runs (wilson reads neither)
+    checks = {"confidence": UNIT_OPEN}
+    if str(cfg.bootstrap.get("method", "wilson")) == "percentile":
+        checks.update(resamples=AT_LEAST_1, seed=AT_LEAST_0)
+    for key, (ok, expected) in checks.items():
         if cfg.bootstrap.get(key) is None or not ok(cfg.bootstrap[key]):
             fail(f"bootstrap.{key}", expected)
     given = cfg.get("target_return")

@@ -230,7 +230,9 @@ def changed_settings(cfg: DictConfig, stage: str, done: dict[str, Any], run_dir:
         from robopretrain.run_fingerprint import relocated
 
         old = relocated(old, [(str(done["run_dir"]), str(run_dir))])
-    if _SPACING not in old:  # recorded before the spacing counted, or with one env: nothing to compare
+    if _SPACING not in old or _SPACING not in new:  # recorded before it counted, or one env on either side (whose
+        old, new = dict(old), dict(new)  # num_envs difference is named): nothing to compare
+        old.pop(_SPACING, None)
         new.pop(_SPACING, None)
     return "; ".join(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))

@@ -469,10 +469,14 @@ def test_default_stage2_and_stage3_configs_pass_the_range_checks():
     ("evaluate", ["checkpoint=x", "select=[mass]", "factors.mass.levels=[eval_hard,eval_hard]"],
      "factors.mass.levels=['eval_hard', 'eval_hard'] names a level more than once"),
     # the interval is computed after every episode: a bad seed failed only then, unnamed (null: a traceback)
-    ("evaluate", "bootstrap.seed=-1", "evaluate config: bootstrap.seed=-1; expected an integer >= 0"),
-    ("evaluate", "bootstrap.seed=null", "evaluate config: bootstrap.seed=None; expected an integer >= 0"),
-    ("evaluate", "bootstrap.seed=1.5", "evaluate config: bootstrap.seed=1.5; expected an integer >= 0"),
-    ("evaluate", "bootstrap.resamples=true", "bootstrap.resamples=True; expected an integer >= 1"),
+    ("evaluate", ["bootstrap.method=percentile", "bootstrap.seed=-1"],
+     "evaluate config: bootstrap.seed=-1; expected an integer >= 0"),
+    ("evaluate", ["bootstrap.method=percentile", "bootstrap.seed=null"],
+     "evaluate config: bootstrap.seed=None; expected an integer >= 0"),
+    ("evaluate", ["bootstrap.method=percentile", "bootstrap.seed=1.5"],
+     "evaluate config: bootstrap.seed=1.5; expected an integer >= 0"),
+    ("evaluate", ["bootstrap.method=percentile", "bootstrap.resamples=true"],
+     "bootstrap.resamples=True; expected an integer >= 1"),
     ("evaluate", "bootstrap.confidence=abc", "bootstrap.confidence='abc'; expected a number in (0, 1)"),
     ("evaluate", "video.fps=abc", "evaluate config: video.fps='abc'; expected a positive number"),
     ("evaluate", "video.size=8", "evaluate config: video.size=8; expected an integer in [16, 512]"),
@@ -503,6 +507,8 @@ def test_a_config_loaded_from_its_yaml_keeps_defaults_and_passes():
     cfg = OmegaConf.load(REPO / "configs" / "evaluate.yaml")
     cfg.pop("hydra", None)
     cfg.merge_with({"checkpoint": "x", "episodes": 5})
+    validate_config(cfg)
+    cfg.bootstrap.seed = None  # the Wilson interval (the default) reads no resampling seed: as before, fine
     validate_config(cfg)
 
 

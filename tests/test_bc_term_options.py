@@ -305,6 +305,8 @@ def test_a_done_stage_rerun_with_other_stage_settings_names_them():
     one_env = [_stage("pipeline", "stage3.num_envs=1", *spacing) for spacing in ((), ("stage3.checkpoint_every=7",))]
     one_env_record = {"settings": pipeline.stage_settings(one_env[0], "stage3")}
     assert pipeline.changed_settings(one_env[1], "stage3", one_env_record) == ""
+    # from 2 envs to 1: num_envs is named, the spacing (which counts with 2 envs only) is not said to be unset
+    assert pipeline.changed_settings(one_env[0], "stage3", done["stage3"]) == "stage3.num_envs: 2 -> 1"
     recorded_before = {k: v for k, v in done["stage3"]["settings"].items() if k != "stage3.checkpoint_every"}
     assert len(recorded_before) == len(done["stage3"]["settings"]) - 1
     assert pipeline.changed_settings(after, "stage3", {"settings": recorded_before}) == ""
