@@ -182,5 +182,5 @@ def test_a_file_torch_cannot_load_is_named_on_one_line_with_the_reason_alone(tmp
     (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:40])
     cut = problem(tmp_path / "cut.pt")
     assert cut.startswith("unreadable (corrupt, truncated") and "\n" not in cut
-    assert cut.endswith(" ...") and len(cut) <= len("unreadable (corrupt, truncated, or not a file the toolkit wrote): ")\
-        + 300 + 4  # PyTorch's zip message runs to 400 characters
+    head = "unreadable (corrupt, truncated, or not a file the toolkit wrote): "
+    assert cut.endswith(" ...") and len(cut) <= len(head) + 300 + 4  # PyTorch's zip message runs to 400 characters
