@@ -76,10 +76,12 @@ class OnlineLearnedReward:
 
 def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | None = None,
                        setting: str = "reward_model", slot: int | None = None,
-                       task: str | None = None) -> OnlineLearnedReward:
+                       task: str | None = None, agent_units: Any = None) -> OnlineLearnedReward:
     """The reward model at ``path`` (a ``reward_model.pt``, or the run folder holding it) ready to reward
     ``agent``'s online steps, with the normalisation of the offline file ``data`` when it was relabelled by this
-    model. ``slot``: the task slot the agent acts in (the target's, whose task is ``task``). Online and offline
+    model. ``agent_units``: the units of the agent's actions where it acts (default: its own,
+    ``agent.action_normalization``; :func:`robopretrain.evaluation.acting_units`). ``slot``: the task slot the agent
+    acts in (the target's, whose task is ``task``). Online and offline
     rewards stay one function: the online steps are scored in the slot the offline file's demos of ``task`` were
     relabelled in (the file's task id of ``task``, or its only one: a file without task ids is slot 0); without
     such a file, a model whose data were all in one other slot scores them in its own slot, and one that learnt
@@ -159,7 +161,8 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
         if not scale > 0:
             raise ValueError(f"{data.path}: its learned-reward record has scale={scale}; expected a positive number")
     return OnlineLearnedReward(model=model, path=file, offset=offset, scale=scale,
-                               agent_units=agent.action_normalization, slot=scored_in)
+                               agent_units=agent.action_normalization if agent_units is None else agent_units,
+                               slot=scored_in)
 
 
 __all__ = ["OnlineLearnedReward", "load_online_reward"]

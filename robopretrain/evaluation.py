@@ -58,6 +58,21 @@ def agent_target(agent: Any, target: Target) -> Target:
     return target
 
 
+def acting_units(agent_units: Any, targets: Sequence[Target]) -> Any:
+    """The units of the agent's ``[-1, 1]`` actions where it acts on ``targets`` (what :func:`agent_target` maps
+    them through): its own (``agent_units``, from its stage-2 data) when set, else the targets'
+    ``action_normalization`` when every one declares the same (data rescaled outside the toolkit), else None (each
+    env's own units). A target's demos are read in these units: read in the agent's None, a file rescaled to
+    ``[-1, 1]`` by the target's units was mapped back to the robot's and clipped, teaching actions its env runs
+    otherwise (a new user's finding)."""
+    if agent_units is not None:
+        return agent_units
+    declared = [t.action_units for t in targets]
+    if declared and all(u is not None and same_units(u, declared[0]) for u in declared):
+        return declared[0]
+    return None
+
+
 def agent_env(agent: Any, target: Target, randomization: Any = "none", **sim_kwargs: Any) -> gym.Env:
     """The env of ``target`` rendering exactly the cameras the agent sees, at their size, taking actions in the
     agent's units (:func:`agent_target`)."""
@@ -219,5 +234,5 @@ def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
             "gap_data": float((q_data - mc).mean()), "gap_policy": float((q_pi - mc).mean())}
 
 
-__all__ = ["EVAL_SEED", "NothingToFilm", "agent_env", "agent_env_factory", "agent_target", "calibration", "evaluate",
-           "run_episodes", "train_episode_seed", "video_frame", "write_gif"]
+__all__ = ["EVAL_SEED", "NothingToFilm", "acting_units", "agent_env", "agent_env_factory", "agent_target",
+           "calibration", "evaluate", "run_episodes", "train_episode_seed", "video_frame", "write_gif"]

@@ -52,10 +52,10 @@ from robopretrain.data.dataset import data_action_units, warn_ignored_action_bou
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
-from robopretrain.envs.target import GYM, Target, slot_note, with_task_slot
+from robopretrain.envs.target import GYM, Target, as_target, slot_note, with_task_slot
 from robopretrain.nets.encoder_io import resolve_encoder_dir
 from robopretrain.files import run_folder_lock
-from robopretrain.evaluation import calibration, evaluate
+from robopretrain.evaluation import acting_units, calibration, evaluate
 from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume, train_offline
 
 log = logging.getLogger(__name__)
@@ -218,9 +218,12 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             mix_info = read_info(mix_file)
             if algo != "bc" and 0.0 < float(mix.fraction) < 1.0:  # both in every batch (BC reads no rewards)
                 build.refuse_mixed_reward_functions(info, mix_info)
+            # in the units the agent acts in on its evaluation targets (PTR's adaptation: the target's, whose demos
+            # the mix is, when the agent has none of its own)
+            units = acting_units(agent.action_normalization, [as_target(t) for t in settings.eval_targets or []])
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
-                                       action_units=agent.action_normalization, default_image_size=spec.image_size,
+                                       action_units=units, default_image_size=spec.image_size,
                                        units_fixed=True, slot_advice=fixed_one_hot("data.mix.task_id", init) or (
                                            "the mix file's task_id attributes: set obs.num_tasks above them, or "
                                            "data.mix.task_id to put its data in one slot"))

@@ -25,7 +25,7 @@ from robopretrain.data.hdf5 import DatasetError
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization, reexpress
 from robopretrain.envs.target import Target, make_env
-from robopretrain.evaluation import agent_env, agent_env_factory, agent_target
+from robopretrain.evaluation import acting_units, agent_env, agent_env_factory, agent_target
 from robopretrain.metrics import read_jsonl
 from robopretrain.train import run as stage2
 
@@ -264,6 +264,16 @@ def test_agent_target_uses_the_agents_units_and_refuses_a_conflict() -> None:
     np.testing.assert_allclose([a for _, a in fake.UnitsReachEnv.received], [[4.0, 8.0]] * 2)
 
 
+def test_the_units_an_agent_acts_in_are_its_own_else_its_targets() -> None:
+    units, other = ActionNormalization((0.0, 0.0), (8.0, 8.0)), ActionNormalization((1.0, 1.0), (2.0, 2.0))
+    plain, declared = Target(**TARGET), Target(**TARGET, action_normalization=units.to_dict())
+    assert acting_units(other, [declared]) == other  # the agent's own first (agent_target refuses a conflict)
+    assert acting_units(None, [declared]) == units and acting_units(None, [declared, declared]) == units
+    assert acting_units(None, [plain]) is None and acting_units(None, []) is None
+    assert acting_units(None, [declared, plain]) is None  # targets that disagree: none to choose
+    assert acting_units(None, [declared, Target(**TARGET, action_normalization=other.to_dict())]) is None
+
+
 def test_an_env_whose_range_the_agent_cannot_reach_is_named_at_start(caplog) -> None:
     from robopretrain.build import check_env_fits
 
@@ -441,6 +451,46 @@ def test_stage3_acts_and_stores_in_the_agents_units(units_bc, tmp_path, monkeypa
     (offline,) = loaded
     actions = np.asarray(offline.arrays()["actions"])
     assert np.abs(actions).max() == pytest.approx(0.5, abs=1e-5)  # [2, 6] in the agent's [0, 8] units: [-0.5, 0.5]
+
+
+def test_stage3_reads_the_target_demos_in_the_targets_units_for_an_agent_without_its_own(units_bc, tmp_path,
+                                                                                         monkeypatch) -> None:
+    """An agent trained on data rescaled outside the toolkit (no units recorded) acts through the target's declared
+    action_normalization; the target's demos, rescaled by the same bounds and recording them, were read in the
+    agent's (none: the env's own), so 2/3 of their values were clipped and a 'stand still' action became full speed
+    (a new user's finding). They are read in the target's units: as stored."""
+    from robopretrain import build
+    from robopretrain.data.convert import as_robomimic
+
+    src, _ = units_bc
+    recorded = as_robomimic(src, cache_dir=tmp_path / "cache")  # [0, 8] rescaled to [-1, 1], the units recorded
+    bare = tmp_path / "bare.hdf5"  # the same without the record: rescaled outside the toolkit
+    shutil.copy(recorded, bare)
+    with h5py.File(bare, "r+") as f:
+        env_args = json.loads(f["data"].attrs["env_args"])
+        units = env_args.pop("action_normalization")
+        f["data"].attrs["env_args"] = json.dumps(env_args)
+    ckpt = stage2(stage2_config(bare, tmp_path / "s2", algo="cql", steps=4, obs={"low_dim": ["observations"]}))
+    assert load_agent(ckpt)[0].action_normalization is None
+    loaded = []
+    real_load = build.load_data
+    monkeypatch.setattr(build, "load_data", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
+    fake.UnitsReachEnv.received.clear()
+    finetune(stage3_config(ckpt, tmp_path / "s3", {**TARGET, "demos": str(recorded), "action_normalization": units},
+                           algo="calql", env_steps=8, data_cfg={"cache_dir": str(tmp_path / "cache")}))
+    with h5py.File(recorded, "r") as f:
+        stored = np.concatenate([f[f"data/{d}/actions"][()] for d in f["data"]])
+    (offline,) = loaded
+    np.testing.assert_allclose(np.sort(np.asarray(offline.arrays()["actions"]), 0), np.sort(stored, 0), atol=1e-6)
+    acted = np.array([a for _, a in fake.UnitsReachEnv.received])
+    assert acted.min() >= 0.0 and acted.max() <= 8.0
+    # PTR's adaptation (stage 2 from the checkpoint, the target's demos mixed in, evaluated on the target) alike
+    loaded.clear()
+    stage2(stage2_config(bare, tmp_path / "adapt", algo="cql", steps=2, obs={"low_dim": ["observations"]},
+                         init=str(ckpt), data_cfg={"cache_dir": str(tmp_path / "cache"),
+                                   "mix": {"path": str(recorded), "fraction": 0.5}},
+                         train={"eval_targets": [{**TARGET, "action_normalization": units}], "eval_episodes": 1}))
+    np.testing.assert_allclose(np.sort(np.asarray(loaded[1].arrays()["actions"]), 0), np.sort(stored, 0), atol=1e-6)
 
 
 def test_units_within_rounding_of_the_envs_range_are_not_called_beyond_it(caplog, monkeypatch) -> None:
