@@ -626,7 +626,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
     ("hdf5", "_read_demo/const/1"): Equivalent(
         "finite: bool = True -> False in _read_demo's signature: its one caller, load_transitions, always passes it",
         "True -> False @ finite: bool = True,"),
-    ("hdf5", "load_transitions/const/3"): Equivalent(
+    ("hdf5", "load_transitions/const/4"): Equivalent(
         "(0,) + shape -> (1,) + shape in the image-key test: only the number of dimensions (and the dtype) is "
         "read there",
         "0 -> 1 @ read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0], "
