@@ -378,6 +378,35 @@ def target_action_dim(target: Target) -> int:
         env.close()
 
 
+def check_target_demo_units(target: Target, info: Any) -> None:
+    """Refuse, before any stage, a target whose demos are not in ``[-1, 1]`` units its agent acts in: stage 2's agent
+    (trained on the prior sim_envs data) has no units of its own, so it acts on the target in the units the target
+    declares (``action_normalization``), else in the env's own. Demos that record a rescaling (a converted file's
+    ``env_args["action_normalization"]``), or whose actions leave ``[-1, 1]``, with no units declared by the target,
+    were read back in the env's units and clipped (2/3 of them, a new user's finding) or refused at the adaptation,
+    after stage 2."""
+    if target.action_units is not None:  # read in the target's units (robopretrain.evaluation.acting_units)
+        return
+    from robopretrain.data.dataset import file_action_units
+    from robopretrain.data.hdf5 import action_bounds
+    from robopretrain.envs.action_units import auto_bounds
+
+    recorded = file_action_units(info)
+    outside = None if recorded is not None else auto_bounds(*action_bounds(info.path, info))
+    if recorded is None and outside is None:
+        return
+    units = recorded or outside
+    said = ("record that their actions were rescaled to [-1, 1] from" if recorded is not None else
+            "have actions outside [-1, 1], the robot's own units (low/high of the data:")
+    raise ValueError(f"target {target.name!r}: its demos {info.path} {said} low={list(units.low)}, high="
+                     f"{list(units.high)}{'' if recorded is not None else ')'}, but the target declares no "
+                     "action_normalization: the agent, trained on the prior (sim_envs) data, would act in the env's "
+                     "own units and read the demos mapped back to them and clipped; set the target's "
+                     "action_normalization to the robot's action range {low: [...], high: [...]} (the file's: "
+                     f"{{low: {list(units.low)}, high: {list(units.high)}}}), through which its env then takes the "
+                     "agent's actions")
+
+
 def check_targets(cfg: DictConfig) -> None:
     """Fail early on a bad target entry (its demos missing), or one stage 3's algorithm cannot train on (a dense
     reward with the BC term kept to successful episodes); warn where the adaptation's success filter meets a
@@ -404,6 +433,8 @@ def check_targets(cfg: DictConfig) -> None:
         if bool(cfg.stage2.enabled):
             check_target_sizes(cfg, target)
         info = target_demo_info(target)
+        if info is not None and bool(cfg.stage2.enabled):  # refused or clipped at the adaptation, after stage 2
+            check_target_demo_units(target, info)
         if info is not None:  # said in stage 3 too, hours later
             warn_success_termination(target, info)
         if info is not None and str(cfg.stage3.algo) != "bc":

@@ -493,6 +493,48 @@ def test_stage3_reads_the_target_demos_in_the_targets_units_for_an_agent_without
     np.testing.assert_allclose(np.sort(np.asarray(loaded[1].arrays()["actions"]), 0), np.sort(stored, 0), atol=1e-6)
 
 
+def test_the_pipeline_refuses_at_start_target_demos_in_units_the_target_does_not_declare(units_bc, tmp_path,
+                                                                                          monkeypatch) -> None:
+    """Demos in the robot's own units, or recording a rescaling, for a target that declares no action_normalization:
+    accepted at the pipeline's start, then refused at the adaptation or read back in the env's units and clipped,
+    after the data stage, stage 1 and stage 2 (a new user's finding). Declaring the units makes both readable."""
+    from robopretrain.data.convert import as_robomimic
+    from robopretrain.data.hdf5 import read_info
+    from robopretrain.pipeline import check_target_demo_units
+
+    src, _ = units_bc
+    recorded = as_robomimic(src, cache_dir=tmp_path / "cache")
+    raw = tmp_path / "raw.hdf5"  # the robot's [0, 8] units, no record
+    convert(src, raw, actions="keep")
+    plain = Target(**TARGET)
+    with pytest.raises(ValueError, match=r"record that their actions were rescaled to \[-1, 1\] from low=\[0.0, 0.0\], "
+                                         r"high=\[8.0, 8.0\], but the target declares no action_normalization"):
+        check_target_demo_units(plain, read_info(recorded))
+    with pytest.raises(ValueError, match=r"have actions outside \[-1, 1\], the robot's own units .*set the target's "
+                                         r"action_normalization"):
+        check_target_demo_units(plain, read_info(raw))
+    declared = Target(**TARGET, action_normalization={"low": [0.0, 0.0], "high": [8.0, 8.0]})
+    for path in (recorded, raw):
+        check_target_demo_units(declared, read_info(path))
+    inside = tmp_path / "inside.hdf5"  # [-1, 1] with no record: the env's own units, as the agent's
+    shutil.copy(raw, inside)
+    with h5py.File(inside, "r+") as f:
+        for demo in f["data"].values():
+            demo["actions"][...] = demo["actions"][()] / 8.0
+    check_target_demo_units(plain, read_info(inside))
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):  # the pipeline's start runs it
+        cfg = compose("pipeline", overrides=[
+            f"targets=[{{name: units_reach, env_id: '_fake_envs:UnitsReachEnv', task_id: 13, demos: {recorded}}}]",
+            "obs.num_tasks=14"])
+    monkeypatch.setattr(pipeline, "check_target_sizes", lambda *a: None)  # (the prior's parts: not this test's)
+    with pytest.raises(ValueError, match="but the target declares no action_normalization"):
+        pipeline.check_targets(cfg)
+
+
 def test_units_within_rounding_of_the_envs_range_are_not_called_beyond_it(caplog, monkeypatch) -> None:
     """A recorded range a float32 rounding past the env's own bound (low -5e-7 for an env's 0) is the env's range."""
     import robopretrain.envs.target as target_module
