@@ -216,7 +216,28 @@ def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
         node = OmegaConf.select(cfg, key, default=None)
         if node is not None:
             walk(key, plain(node))
+    if stage == "data" and "targets" in flat:
+        flat["targets"] = collected_targets(flat["targets"])
     return flat
+
+
+def collected_targets(entries: Any) -> Any:
+    """The names of the targets (entries of ``targets``, as given or recorded) the data stage collects demos of:
+    sim_envs targets without demos of their own. The others it does not read: a setting of a foreign target
+    changed since a run was named as the data stage's, whose folder the advice then deleted for nothing (a new
+    user's finding). An entry that is no target now stays as it is."""
+    if not isinstance(entries, list):
+        return entries
+    out = []
+    for entry in entries:
+        try:
+            target = as_target(entry)
+        except (TypeError, ValueError):
+            out.append(entry)
+            continue
+        if target.family == SIM_ENVS and not target.demos:
+            out.append(target.name)
+    return out
 
 
 def changed_settings(cfg: DictConfig, stage: str, done: dict[str, Any], run_dir: Path | None = None) -> str:
@@ -226,6 +247,8 @@ def changed_settings(cfg: DictConfig, stage: str, done: dict[str, Any], run_dir:
     if not isinstance(done.get("settings"), dict):
         return ""
     old, new = done["settings"], stage_settings(cfg, stage)
+    if stage == "data" and "targets" in old:  # a record of before collected_targets: its whole entries
+        old = {**old, "targets": collected_targets(old["targets"])}
     if run_dir is not None and done.get("run_dir") and done["run_dir"] != str(run_dir):
         from robopretrain.run_fingerprint import relocated
 

@@ -310,6 +310,19 @@ def test_a_done_stage_rerun_with_other_stage_settings_names_them():
     recorded_before = {k: v for k, v in done["stage3"]["settings"].items() if k != "stage3.checkpoint_every"}
     assert len(recorded_before) == len(done["stage3"]["settings"]) - 1
     assert pipeline.changed_settings(after, "stage3", {"settings": recorded_before}) == ""
+    # a foreign target's setting is not the data stage's, which collects only sim_envs targets without demos (its
+    # folder was named for deletion); records of before keep their whole entries and are read the same way
+    mine = "{name: reach, env_id: '_fake_envs:UnitsReachEnv', demos: /data/reach.hdf5, max_episode_steps: %d}"
+    ran, now = (_stage("pipeline", f"targets=[PressLitButton,{mine % n}]") for n in (40, 30))
+    record = {"stage": "data", "settings": pipeline.stage_settings(ran, "data")}
+    assert record["settings"]["targets"] == ["PressLitButton"]
+    assert pipeline.changed_settings(now, "data", record) == ""
+    assert "'max_episode_steps': 30" in pipeline.changed_settings(now, "adapt", {
+        "settings": pipeline.stage_settings(ran, "adapt")})  # the stages that read it still name it
+    whole = {"stage": "data", "settings": {**record["settings"], "targets": pipeline.plain(ran.targets)}}
+    assert pipeline.changed_settings(now, "data", whole) == ""
+    assert pipeline.changed_settings(_stage("pipeline", "targets=[PressButton]"), "data", whole) == \
+        "targets: ['PressLitButton'] -> ['PressButton']"
     assert pipeline.changed_settings(after, "data", {"stage": "data"}) == ""  # a done.json of before this record
     assert pipeline.changed_settings(_stage("pipeline", "seed=3"), "evaluate", done["evaluate"]) == "seed: 0 -> 3"
 
