@@ -982,22 +982,27 @@ def check_env_fits(agent: Agent, target: Target, randomization: Any = "none", si
             seen = {}
         warn_camera_geometry(where, seen, getattr(agent, "camera_sources", None), agent.spec.image_size)
         if target.sparse and target.probe_step:  # a misspelt success_key shows at the first step, before training
-            # (stage 2's evaluations only warned)
-            _, _, _, _, info = env.step(probe_action(env.action_space, agent.act_dim))
-            try:  # TargetEnv's (its info always has our "success", and the env's own keys may have one too)
-                seen, keys = env.get_wrapper_attr("success_key_seen"), env.get_wrapper_attr("env_info_keys")
-            except AttributeError:  # no TargetEnv (sim_envs): the env's own info
-                seen, keys = target.success_key in info, list(info)
-            if not seen:
-                raise EnvContractError(
-                    f"{where}: info has no {target.success_key!r} at the first step (keys: {sorted(keys)}); set the "
-                    "target's success_key to the info key that says the task is done (an env with no success signal at "
-                    "all: reward: dense, and success counts 0); an env that gives it only on some steps (e.g. when the "
-                    "task is done): the target's probe_step: false skips this check, and a step without it then counts "
-                    "as no success")
+            probe_success_key(env, target, agent.act_dim, where)  # (stage 2's evaluations only warned)
         return env_time_limit(env)
     finally:
         env.close()
+
+
+def probe_success_key(env: Any, target: Target, act_dim: int, where: str) -> None:
+    """Take one step of ``env`` (just reset) with :func:`probe_action` and raise
+    :class:`~robopretrain.envs.target.EnvContractError` when its info lacks the target's ``success_key``."""
+    _, _, _, _, info = env.step(probe_action(env.action_space, act_dim))
+    try:  # TargetEnv's (its info always has our "success", and the env's own keys may have one too)
+        seen, keys = env.get_wrapper_attr("success_key_seen"), env.get_wrapper_attr("env_info_keys")
+    except AttributeError:  # no TargetEnv (sim_envs): the env's own info
+        seen, keys = target.success_key in info, list(info)
+    if not seen:
+        raise EnvContractError(
+            f"{where}: info has no {target.success_key!r} at the first step (keys: {sorted(keys)}); set the "
+            "target's success_key to the info key that says the task is done (an env with no success signal at "
+            "all: reward: dense, and success counts 0); an env that gives it only on some steps (e.g. when the "
+            "task is done): the target's probe_step: false skips this check, and a step without it then counts "
+            "as no success")
 
 
 def probe_action(space: Any, act_dim: int) -> np.ndarray:

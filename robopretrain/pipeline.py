@@ -391,12 +391,20 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
 
 
 def target_action_dim(target: Target) -> int:
-    """The number of action dimensions of ``target``'s env (built once and closed, never stepped)."""
+    """The number of action dimensions of ``target``'s env (built once and closed); a sparse target's env also
+    takes one probe step, whose info must hold its ``success_key`` (:func:`robopretrain.build.probe_success_key`):
+    a misspelt key was refused by stage 3's own check, after the data stage, stage 1 and stage 2 (a new user's
+    finding). Called only where the target's ``probe_step`` allows stepping."""
+    from robopretrain.build import probe_success_key
     from robopretrain.envs.target import make_env
 
     env = make_env(target)
     try:
-        return int(np.prod(env.action_space.shape))
+        dim = int(np.prod(env.action_space.shape))
+        if target.sparse:
+            env.reset(seed=0)
+            probe_success_key(env, target, dim, f"target {target.name!r}")
+        return dim
     finally:
         env.close()
 

@@ -530,6 +530,12 @@ def test_the_pipeline_refuses_at_start_target_demos_in_units_the_target_does_not
         cfg = compose("pipeline", overrides=[
             f"targets=[{{name: units_reach, env_id: '_fake_envs:UnitsReachEnv', task_id: 13, demos: {recorded}}}]",
             "obs.num_tasks=14"])
+    # a misspelt success_key: refused when the env is built at the start (it came after stage 2)
+    from robopretrain.envs.target import EnvContractError
+
+    assert pipeline.target_action_dim(plain) == 2
+    with pytest.raises(EnvContractError, match="target 'units_reach': info has no 'sucess' at the first step"):
+        pipeline.target_action_dim(Target(**{**TARGET, "success_key": "sucess"}))
     monkeypatch.setattr(pipeline, "check_target_sizes", lambda *a: None)  # (the prior's parts: not this test's)
     with pytest.raises(ValueError, match="but the target declares no action_normalization"):
         pipeline.check_targets(cfg)
