@@ -133,12 +133,13 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
     if model.act_dim != int(agent.act_dim):
         raise ValueError(f"{setting}={path}: the model scores {model.act_dim}-dim actions, the agent acts in "
                          f"{agent.act_dim}")
+    agent_units = agent.action_normalization if agent_units is None else agent_units
     if model.action_units == FILE_UNITS:
         log.warning("%s=%s records no action units (written by an older version): the agent's actions are scored as "
-                    "they are, in the agent's units (%s)", setting, path, describe(agent.action_normalization))
-    elif not same_units(model.action_units, agent.action_normalization):
+                    "they are, in the agent's units (%s)", setting, path, describe(agent_units))
+    elif not same_units(model.action_units, agent_units):
         log.info("%s=%s scores actions in its own units (%s): the agent's (%s) are re-expressed in them at every "
-                 "step", setting, path, describe(model.action_units), describe(agent.action_normalization))
+                 "step", setting, path, describe(model.action_units), describe(agent_units))
     offset, scale = 0.0, 1.0
     record = data.learned_reward if data is not None else None
     if record is not None:
@@ -161,8 +162,7 @@ def load_online_reward(path: str | os.PathLike, agent: Any, data: DatasetInfo | 
         if not scale > 0:
             raise ValueError(f"{data.path}: its learned-reward record has scale={scale}; expected a positive number")
     return OnlineLearnedReward(model=model, path=file, offset=offset, scale=scale,
-                               agent_units=agent.action_normalization if agent_units is None else agent_units,
-                               slot=scored_in)
+                               agent_units=agent_units, slot=scored_in)
 
 
 __all__ = ["OnlineLearnedReward", "load_online_reward"]

@@ -51,7 +51,7 @@ from robopretrain.data.dataset import warn_ignored_action_bounds, warn_sparse_da
 from robopretrain.data.hdf5 import DatasetInfo, default_task_name, read_info
 from robopretrain.envs.target import (GYM, METAWORLD, SIM_ENVS, Target, slot_note, time_limit_note,
                                       warn_unmapped_renames, with_task_slot)
-from robopretrain.evaluation import acting_units
+from robopretrain.evaluation import acting_units, demo_action_units
 from robopretrain.files import run_folder_lock
 from robopretrain.metrics import plot_learning_curve
 
@@ -441,7 +441,8 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,
                               seed=int(cfg.seed) + 2, device=device, tasks=tasks,
                               task_id=target.resolved_task_id() if agent.spec.num_tasks else None,
-                              action_units=acting_units(agent.action_normalization, [target]), units_fixed=True)
+                              action_units=demo_action_units(agent.action_normalization, [target], data_path, info),
+                              units_fixed=True)
     build.report_success_filter(cfg.algo, offline, str(data_path), online=True)
     build.warn_two_valued_actions(cfg.algo, offline, str(data_path))
     if not target.sparse:

@@ -62,14 +62,33 @@ def acting_units(agent_units: Any, targets: Sequence[Target]) -> Any:
     """The units of the agent's ``[-1, 1]`` actions where it acts on ``targets`` (what :func:`agent_target` maps
     them through): its own (``agent_units``, from its stage-2 data) when set, else the targets'
     ``action_normalization`` when every one declares the same (data rescaled outside the toolkit), else None (each
-    env's own units). A target's demos are read in these units: read in the agent's None, a file rescaled to
-    ``[-1, 1]`` by the target's units was mapped back to the robot's and clipped, teaching actions its env runs
-    otherwise (a new user's finding)."""
+    env's own units)."""
     if agent_units is not None:
         return agent_units
     declared = [t.action_units for t in targets]
     if declared and all(u is not None and same_units(u, declared[0]) for u in declared):
         return declared[0]
+    return None
+
+
+def demo_action_units(agent_units: Any, targets: Sequence[Target], path: Any, info: Any) -> Any:
+    """The units to read a target's demo file ``path`` (``info``: its ``read_info``) in, for an agent that acts on
+    ``targets``: the agent's own when it has them; else, where the targets declare units (:func:`acting_units`),
+    those for a file that records a rescaling (re-expressed from it) or whose actions leave ``[-1, 1]`` (the
+    robot's units), and None (as stored) for a file in ``[-1, 1]`` without a record (rescaled outside the toolkit by
+    those very units, as the agent's own data was). Read in the agent's None, a file recording the target's units
+    was mapped back to the robot's and clipped, teaching actions its env runs otherwise (a new user's finding)."""
+    if agent_units is not None:
+        return agent_units
+    units = acting_units(None, targets)
+    if units is None:
+        return None
+    from robopretrain.data.dataset import file_action_units
+    from robopretrain.data.hdf5 import action_bounds
+    from robopretrain.envs.action_units import auto_bounds
+
+    if file_action_units(info) is not None or auto_bounds(*action_bounds(path, info)) is not None:
+        return units
     return None
 
 
@@ -235,4 +254,5 @@ def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
 
 
 __all__ = ["EVAL_SEED", "NothingToFilm", "acting_units", "agent_env", "agent_env_factory", "agent_target",
-           "calibration", "evaluate", "run_episodes", "train_episode_seed", "video_frame", "write_gif"]
+           "calibration", "demo_action_units", "evaluate", "run_episodes", "train_episode_seed", "video_frame",
+           "write_gif"]

@@ -423,6 +423,8 @@ def check_target_demo_units(target: Target, info: Any) -> None:
     from robopretrain.envs.action_units import auto_bounds
 
     recorded = file_action_units(info)
+    if recorded is not None and auto_bounds(np.asarray(recorded.low), np.asarray(recorded.high)) is None:
+        return  # recorded bounds inside [-1, 1] (a Minari Box of [-0.5, 0.5]): read in the env's units, nothing lost
     outside = None if recorded is not None else auto_bounds(*action_bounds(info.path, info))
     if recorded is None and outside is None:
         return

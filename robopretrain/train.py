@@ -52,10 +52,11 @@ from robopretrain.data.dataset import data_action_units, warn_ignored_action_bou
 from robopretrain.data.hdf5 import read_info
 from robopretrain.data.replay import MixedSampler
 from robopretrain.distributed import DistInfo
+from robopretrain.envs.action_units import describe as describe_units
 from robopretrain.envs.target import GYM, Target, as_target, slot_note, with_task_slot
 from robopretrain.nets.encoder_io import resolve_encoder_dir
 from robopretrain.files import run_folder_lock
-from robopretrain.evaluation import acting_units, calibration, evaluate
+from robopretrain.evaluation import calibration, demo_action_units, evaluate
 from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume, train_offline
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,23 @@ def _run_holding(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.
     """:func:`_run` with rank 0 holding the run folder's writer lock (a second process refused, not resuming too)."""
     with run_folder_lock(run_dir, active=dinfo.is_main):
         return _run(cfg, run_dir, dinfo, device)
+
+
+def mix_action_units(agent_units: Any, eval_targets: Any, path: Path, info: Any, mix: Any) -> Any:
+    """The units the mixed-in data are read in: the agent's own, else those its evaluation targets of the mix's
+    tasks (all of them where none is named so) declare (PTR's adaptation: the target, whose demos the mix is), by
+    :func:`robopretrain.evaluation.demo_action_units`; targets that declare different units are warned about."""
+    entries = build.plain(eval_targets)
+    entries = [entries] if isinstance(entries, (str, Mapping)) else list(entries or [])
+    targets = [as_target(e) for e in entries]
+    names = set(build.data_task_ids(info, mix))
+    matching = [t for t in targets if t.name in names] or targets
+    declared = {describe_units(t.action_units) for t in matching if t.action_units is not None}
+    if agent_units is None and len(declared) > 1:
+        log.warning("data.mix.path=%s: the evaluation targets declare different action units (%s): the mix is read "
+                    "in the env's own units; name one target of its tasks in train.eval_targets", path,
+                    "; ".join(sorted(declared)))
+    return demo_action_units(agent_units, matching, path, info)
 
 
 def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) -> Path:
@@ -218,9 +236,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             mix_info = read_info(mix_file)
             if algo != "bc" and 0.0 < float(mix.fraction) < 1.0:  # both in every batch (BC reads no rewards)
                 build.refuse_mixed_reward_functions(info, mix_info)
-            # in the units the agent acts in on its evaluation targets (PTR's adaptation: the target's, whose demos
-            # the mix is, when the agent has none of its own)
-            units = acting_units(agent.action_normalization, [as_target(t) for t in settings.eval_targets or []])
+            units = mix_action_units(agent.action_normalization, settings.eval_targets, mix_file, mix_info, mix)
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
                                        action_units=units, default_image_size=spec.image_size,

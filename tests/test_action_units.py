@@ -484,12 +484,23 @@ def test_stage3_reads_the_target_demos_in_the_targets_units_for_an_agent_without
     np.testing.assert_allclose(np.sort(np.asarray(offline.arrays()["actions"]), 0), np.sort(stored, 0), atol=1e-6)
     acted = np.array([a for _, a in fake.UnitsReachEnv.received])
     assert acted.min() >= 0.0 and acted.max() <= 8.0
-    # PTR's adaptation (stage 2 from the checkpoint, the target's demos mixed in, evaluated on the target) alike
+    # the agent's own file (in [-1, 1], no record) is read as stored, not rescaled again by the target's units (a
+    # reviewer's finding on the first version), and one in the robot's units is re-expressed in them
+    raw = tmp_path / "raw.hdf5"
+    convert(src, raw, actions="keep")
+    for demos, out in ((bare, "s3_bare"), (raw, "s3_raw")):
+        loaded.clear()
+        finetune(stage3_config(ckpt, tmp_path / out, {**TARGET, "demos": str(demos), "action_normalization": units},
+                               algo="calql", env_steps=8, data_cfg={"cache_dir": str(tmp_path / "cache")}))
+        np.testing.assert_allclose(np.sort(np.asarray(loaded[0].arrays()["actions"]), 0), np.sort(stored, 0),
+                                   atol=1e-5)
+    # PTR's adaptation (stage 2 from the checkpoint, the target's demos mixed in, evaluated on the target) alike;
+    # one target given as a mapping, not a list (the first version iterated its keys)
     loaded.clear()
     stage2(stage2_config(bare, tmp_path / "adapt", algo="cql", steps=2, obs={"low_dim": ["observations"]},
                          init=str(ckpt), data_cfg={"cache_dir": str(tmp_path / "cache"),
                                    "mix": {"path": str(recorded), "fraction": 0.5}},
-                         train={"eval_targets": [{**TARGET, "action_normalization": units}], "eval_episodes": 1}))
+                         train={"eval_targets": {**TARGET, "action_normalization": units}, "eval_episodes": 1}))
     np.testing.assert_allclose(np.sort(np.asarray(loaded[1].arrays()["actions"]), 0), np.sort(stored, 0), atol=1e-6)
 
 
@@ -516,6 +527,13 @@ def test_the_pipeline_refuses_at_start_target_demos_in_units_the_target_does_not
     declared = Target(**TARGET, action_normalization={"low": [0.0, 0.0], "high": [8.0, 8.0]})
     for path in (recorded, raw):
         check_target_demo_units(declared, read_info(path))
+    narrow = tmp_path / "narrow.hdf5"  # recorded bounds inside [-1, 1]: read in the env's units, nothing clipped
+    shutil.copy(recorded, narrow)
+    with h5py.File(narrow, "r+") as f:
+        env_args = json.loads(f["data"].attrs["env_args"])
+        env_args["action_normalization"] = {"low": [-0.5, -0.5], "high": [0.5, 0.5]}
+        f["data"].attrs["env_args"] = json.dumps(env_args)
+    check_target_demo_units(plain, read_info(narrow))
     inside = tmp_path / "inside.hdf5"  # [-1, 1] with no record: the env's own units, as the agent's
     shutil.copy(raw, inside)
     with h5py.File(inside, "r+") as f:
