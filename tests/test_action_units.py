@@ -108,6 +108,25 @@ def test_whole_number_actions_outside_the_box_are_said_to_look_like_indices(tmp_
         assert "whole number" not in caplog.text
 
 
+def test_the_index_rule_gathers_at_most_32_whole_values_and_says_whether_it_warned(caplog) -> None:
+    """The rule the converters and stage 2 share (add_whole_values, warn_index_actions): whole finite values,
+    at most INDEX_VALUES_MOST = 32 distinct, some outside [-1, 1]."""
+    from robopretrain.envs.action_units import INDEX_VALUES_MOST, add_whole_values, warn_index_actions
+
+    assert INDEX_VALUES_MOST == 32
+    assert add_whole_values(set(), np.arange(32.0)) == set(range(32))
+    assert add_whole_values(add_whole_values(set(), np.arange(20)), np.arange(12, 32)) == set(range(32))
+    assert add_whole_values(set(), np.arange(33)) is None  # 33 distinct: a continuous action
+    for not_whole in (np.array([0.0, 2.5]), np.array([1.0, np.nan]), np.array([2.0, np.inf])):
+        assert add_whole_values(set(), not_whole) is None
+    assert add_whole_values(None, np.arange(3)) is None  # once not, never again
+    with caplog.at_level(logging.WARNING, logger="robopretrain.envs.action_units"):
+        assert warn_index_actions("w", {0.0, 1.0, 2.0}) is True and "w: every action is a whole number" in caplog.text
+        caplog.clear()
+        assert warn_index_actions("w", {-1.0, 0.0, 1.0}) is False and warn_index_actions("w", None) is False
+        assert warn_index_actions("w", set()) is False and not caplog.text
+
+
 def test_reexpress_goes_through_env_units_and_clips_what_the_agent_cannot_hold(caplog) -> None:
     other = ActionNormalization((2.0, -1.0, 1.0), (6.0, 1.0, 1.0))
     file_actions = np.array([[-1.0, 1.0, 0.0], [1.0, -1.0, 0.0]], np.float32)  # env: (2, 1, 1), (6, -1, 1)
