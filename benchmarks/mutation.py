@@ -631,6 +631,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "read there",
         "0 -> 1 @ read_keys = [k for k in obs_keys if images or not _is_image_key(k, (0,) + info.obs_specs[k][0], "
         "low_dim,"),
+    ("action_units", "add_whole_values/swap/0"): Equivalent(
+        "np.array_equal(a, np.round(a)) -> (np.round(a), a): equality of two arrays is symmetric",
+        "np.array_equal(..a, np.round(a)..) swapped @ if not np.isfinite(a).all() or not np.array_equal(a, "
+        "np.round(a)):"),
     ("action_units", "ActionNormalization.same/swap/0"): Equivalent(
         "np.allclose(a, b) -> (b, a) on the low bounds: |a - b| <= 1e-6 + 1e-6 |b| differs from the swap only by "
         "1e-6 of a bound's size in the tolerance; both mean 'equal to float32 precision'",
