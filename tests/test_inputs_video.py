@@ -110,6 +110,28 @@ def test_a_frame_without_side_data_gives_the_display_matrix_of_its_rotation(tmp_
     assert display_matrix(SimpleNamespace(side_data=None, rotation=0)) is None
 
 
+def test_side_data_is_read_whether_its_container_iterates_items_or_their_types():
+    """PyAV 18.1.1 iterates a frame's side data by their types (a mapping), 18.1.0 by the items: read as items,
+    the types failed, and a mirrored phone clip fell back to ``frame.rotation`` (which holds no mirroring) and was
+    read upside down (the fresh-clone CI on a newly released PyAV)."""
+    import enum
+    from types import SimpleNamespace
+
+    from robopretrain.data.video import display_matrix
+
+    class Kind(enum.Enum):
+        DISPLAYMATRIX = 6
+
+    class Item(SimpleNamespace):
+        def __bytes__(self) -> bytes:
+            return np.array([-65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30], np.int32).tobytes()
+
+    mirrored = Item(type=Kind.DISPLAYMATRIX)
+    by_type = {Kind.DISPLAYMATRIX: mirrored}  # iterating gives the types
+    for side_data in (by_type, [mirrored]):
+        assert display_matrix(SimpleNamespace(side_data=side_data, rotation=-180)) == (-65536, 0, 0, 65536)
+
+
 def test_display_rotation_of_an_unrotated_clip_is_a_no_op(tmp_path):
     frames = quadrants(3)
     write_mp4(tmp_path / "plain.mp4", frames, crf=0)

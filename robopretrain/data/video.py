@@ -46,6 +46,7 @@ from its header. Every problem raises
 from __future__ import annotations
 
 import csv
+import enum
 import logging
 import os
 import re
@@ -640,7 +641,10 @@ def display_matrix(frame: av.VideoFrame) -> tuple[int, int, int, int] | None:
     """
     side_data = getattr(frame, "side_data", None)
     try:
-        for item in side_data or ():
+        for entry in side_data or ():
+            # PyAV 18.1.1 iterates the container's keys (side data types), earlier versions its items: a mirrored
+            # clip then fell back to frame.rotation, which holds no mirroring, and was read upside down
+            item = side_data[entry] if isinstance(entry, enum.Enum) else entry
             if getattr(getattr(item, "type", None), "name", "") == "DISPLAYMATRIX":
                 m = np.frombuffer(bytes(item), dtype=np.int32)
                 return int(m[0]), int(m[1]), int(m[3]), int(m[4])
