@@ -297,14 +297,34 @@ def changed_algo(cfg: DictConfig, stage: str, done: dict[str, Any]) -> str:
                      for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
 
 
-def target_demo_info(target: Target) -> Any:
-    """The :class:`~robopretrain.data.hdf5.DatasetInfo` of ``target``'s own robomimic HDF5 demos; None for collected
-    demos and other formats (named and checked at their conversion; D4RL's HDF5 is not robomimic)."""
+def target_demo_info(target: Target, cfg: DictConfig | None = None) -> Any:
+    """The :class:`~robopretrain.data.hdf5.DatasetInfo` of ``target``'s own demos: a robomimic HDF5 file's, or (with
+    ``cfg``) that of another format's cached conversion, made now as the adaptation makes it (so its parts, units and
+    rewards are checked before any stage: they were only at the adaptation, after stage 2, a new user's finding);
+    None for collected demos, and for another format without ``cfg``. Raises
+    :class:`~robopretrain.data.episodes.ConversionError` for a source that cannot be converted."""
     path = Path(target.demos).expanduser() if target.demos else None
-    if path is None or not path.is_file() or path.suffix.lower() not in (".hdf5", ".h5"):
+    if path is None or not path.exists():
+        return None
+    if cfg is not None and not (path.is_file() and path.suffix.lower() in (".hdf5", ".h5") and _is_robomimic(path)):
+        from robopretrain.build import converted
+
+        size = int(cfg.image_size) if list(cfg.obs.rgb) else None  # the agent's, as the adaptation converts it
+        path = converted(path, OmegaConf.create(target_data(cfg, Path("."), target)), size)
+    if not path.is_file() or path.suffix.lower() not in (".hdf5", ".h5"):
         return None
     stat = path.stat()  # the start-up checks read it several times: once per version of the file
     return _read_demo_info(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def _is_robomimic(path: Path) -> bool:
+    from robopretrain.data.convert import detect_format
+    from robopretrain.data.episodes import ConversionError
+
+    try:
+        return detect_format(path) == "robomimic"
+    except ConversionError:  # no format it knows: read as robomimic, whose reader names the problem
+        return True
 
 
 @functools.lru_cache(maxsize=8)
@@ -323,7 +343,7 @@ def target_task_names(cfg: DictConfig, target: Target) -> list[str]:
     target's name (the data stage collects sim_envs demos under it; other formats are named at their conversion)."""
     from robopretrain.build import data_task_ids
 
-    info = target_demo_info(target)
+    info = target_demo_info(target, cfg)
     return [target.name] if info is None else list(data_task_ids(info, target_data(cfg, Path("."), target)))
 
 
@@ -332,7 +352,7 @@ def reward_free_demos(cfg: DictConfig, target: Target) -> list[str]:
     (:meth:`robopretrain.data.hdf5.DatasetInfo.unrewarded`); empty for other formats and collected demos."""
     from robopretrain.build import selected_demos
 
-    info = target_demo_info(target)
+    info = target_demo_info(target)  # another format: source_has_rewards says it in its own terms
     return [] if info is None else info.unrewarded(selected_demos(info, max_demos=int(cfg.data.target_demos)))
 
 
@@ -359,7 +379,7 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
         raise ValueError(f"target {target.name!r} ({target.family}): task slot {target.resolved_task_id()} is outside "
                          f"the agent's task one-hot of {slots} (obs.num_tasks, else every sim_envs task): set "
                          f"obs.num_tasks above {target.resolved_task_id()}")
-    info = target_demo_info(target)
+    info = target_demo_info(target, cfg)
     if info is not None:
         for part in list(cfg.obs.low_dim):
             key = str(dict(target.obs_map).get(part, part))
@@ -431,7 +451,8 @@ def check_target_demo_units(target: Target, info: Any) -> None:
     units = recorded or outside
     said = ("record that their actions were rescaled to [-1, 1] from" if recorded is not None else
             "have actions outside [-1, 1], the robot's own units (low/high of the data:")
-    raise ValueError(f"target {target.name!r}: its demos {info.path} {said} low={list(units.low)}, high="
+    copy = "" if str(info.path) == str(Path(str(target.demos)).expanduser()) else f" (their copy {info.path})"
+    raise ValueError(f"target {target.name!r}: its demos {target.demos}{copy} {said} low={list(units.low)}, high="
                      f"{list(units.high)}{'' if recorded is not None else ')'}, but the target declares no "
                      "action_normalization: the agent, trained on the prior (sim_envs) data, would act in the env's "
                      "own units and read the demos mapped back to them and clipped; set the target's "
@@ -465,7 +486,7 @@ def check_targets(cfg: DictConfig) -> None:
                     f"target a free slot (its task_id: {len(sim_tasks.TASKS)} or above, with obs.num_tasks above it)")
         if bool(cfg.stage2.enabled):
             check_target_sizes(cfg, target)
-        info = target_demo_info(target)
+        info = target_demo_info(target, cfg)
         if info is not None and bool(cfg.stage2.enabled):  # refused or clipped at the adaptation, after stage 2
             check_target_demo_units(target, info)
         if info is not None:  # said in stage 3 too, hours later

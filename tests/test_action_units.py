@@ -576,6 +576,13 @@ def test_the_pipeline_refuses_at_start_target_demos_in_units_the_target_does_not
     monkeypatch.setattr(pipeline, "check_target_sizes", lambda *a: None)  # (the prior's parts: not this test's)
     with pytest.raises(ValueError, match="but the target declares no action_normalization"):
         pipeline.check_targets(cfg)
+    # demos of another format (src: D4RL in [0, 8]) are converted at the start, as the adaptation converts them, and
+    # checked the same way (they passed the start and were clipped at the adaptation: a reviewer's finding)
+    monkeypatch.setenv("ROBOPRETRAIN_CACHE_DIR", str(tmp_path / "start_cache"))
+    cfg.targets[0].demos = str(src)
+    with pytest.raises(ValueError, match=rf"its demos {src} \(their copy .*start_cache.*\) record that their "
+                                         r"actions were rescaled"):
+        pipeline.check_targets(cfg)
 
 
 def test_units_within_rounding_of_the_envs_range_are_not_called_beyond_it(caplog, monkeypatch) -> None:

@@ -668,19 +668,27 @@ def test_a_target_whose_demos_give_a_part_another_size_stops_before_the_data_sta
         pipeline.check_targets(cfg)
 
 
-def test_a_metaworld_targets_default_slot_is_free_without_stage_2(tmp_path):
+def test_a_metaworld_targets_default_slot_is_free_without_stage_2(tmp_path, monkeypatch):
     """Without stage 2 the adaptation trains on the target's demos alone: no prior task shares its slot. A demos
-    folder is accepted at start."""
+    folder is accepted at start (converted there, as the adaptation converts it: an empty folder is refused now, not
+    after stage 2)."""
     from hydra import compose, initialize_config_dir
 
+    import _formats as F
     from robopretrain import pipeline
+    from robopretrain.data.episodes import ConversionError
 
-    (tmp_path / "mw_lerobot").mkdir()  # demos in a folder format (LeRobot, Minari): found (is_file refused it)
-    target = f"targets=[{{name: reach-v3, family: metaworld, demos: {tmp_path / 'mw_lerobot'}}}]"
+    (tmp_path / "empty").mkdir()
+    F.write_lerobot(tmp_path / "mw_lerobot")  # demos in a folder format (LeRobot, Minari): found (is_file refused it)
+    target = "targets=[{name: reach-v3, family: metaworld, demos: %s}]"
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
-        cfg = compose("pipeline", overrides=[target, "encoder.mode=scratch", "prior_tasks=[Reach]",
-                                             "stage2.enabled=false"])
+        cfg, empty = (compose("pipeline", overrides=[target % (tmp_path / folder), "encoder.mode=scratch",
+                                                     "prior_tasks=[Reach]", "stage2.enabled=false"])
+                      for folder in ("mw_lerobot", "empty"))
+    monkeypatch.setenv("ROBOPRETRAIN_CACHE_DIR", str(tmp_path / "cache"))  # where the start converts the demos
     pipeline.check_targets(cfg)  # no refusal
+    with pytest.raises(ConversionError, match="format not recognised"):
+        pipeline.check_targets(empty)
     cfg.stage2.enabled = True
     with pytest.raises(ValueError, match="takes task slot 0"):
         pipeline.check_targets(cfg)
@@ -711,7 +719,7 @@ def test_the_slot_check_reads_the_task_names_of_the_targets_demos(tmp_path, name
         pipeline.check_targets(cfg)
 
 
-def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_at_start(tmp_path):
+def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_at_start(tmp_path, monkeypatch):
     """A sim_envs target with its own demos file goes in its task's slot (the adaptation puts it there): a file of
     another task in a prior task's slot was refused only after stage 2. A target demos file without rewards, which
     the adaptation's CQL and stage 3's Cal-QL need, was refused after stage 2 with advice (data.rewards_from_success)
@@ -721,6 +729,7 @@ def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_
 
     from robopretrain import pipeline
 
+    monkeypatch.setenv("ROBOPRETRAIN_CACHE_DIR", str(tmp_path / "cache"))  # the start converts other formats
     other = fake.write_robosuite_demos(tmp_path / "arm.hdf5", 2, tasks=(("Arm", 0),), image_size=SIZE)
     with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
         cfg = compose("pipeline", overrides=[f"targets=[{{name: Reach, demos: {other}}}]", "encoder.mode=scratch",
@@ -766,7 +775,8 @@ def test_a_sim_envs_target_with_its_own_demos_and_reward_free_demos_are_refused_
         with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
             cfg = compose("pipeline", overrides=[target.replace(str(free), str(src)), "encoder.mode=scratch",
                                                  "prior_tasks=[Reach]", "obs.num_tasks=12", "obs.low_dim=[]",
-                                                 f"image_size={SIZE}"])
+                                                 f"image_size={SIZE}", "stage2.enabled=false"])
+            # (without stage 2: these sources have no camera, which the start now finds in their conversion)
         if name is None:
             pipeline.check_targets(cfg)
             continue
