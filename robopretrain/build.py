@@ -52,24 +52,26 @@ def plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-def compose(config_name: str, groups: Mapping[str, str] | None = None,
-            overrides: Mapping[str, Any] | None = None) -> DictConfig:
-    """``configs/<config_name>.yaml`` as Hydra would compose it without command-line flags: each ``group: option`` of
-    its defaults list loaded from ``configs/<group>/<option>.yaml`` (``groups`` picks other options), the primary
-    config on top, then ``overrides`` merged (a mapping, may replace a group's content wholesale). Used by the
-    pipeline to call each stage's public ``run`` with a full config. Raises ``FileNotFoundError`` for an unknown
-    option, ``ValueError`` for an unknown group or a group given a string in ``overrides`` (``{"algo": "iql"}``, the
-    command line's spelling: ``groups`` picks options)."""
+def _composed(config_name: str, chosen: dict[str, str]) -> tuple[DictConfig, set[str]]:
+    """:func:`compose`'s defaults list walked: a ``group: option`` entry loads ``configs/<group>/<option>.yaml`` (the
+    option popped from ``chosen`` when picked there), a plain name another primary config this one extends (the
+    presets: ``paper``, ``testbed`` start from ``pipeline``; ``compose("paper")`` failed on it), ``_self_`` this
+    file. Returns the config and its group names."""
     primary = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
     defaults = list(primary.pop("defaults", []) or [])
     if "_self_" not in defaults:  # Hydra's default: the primary config comes last
         defaults.append("_self_")
     primary.pop("hydra", None)
     out = OmegaConf.create({})
-    chosen = dict(groups or {})
+    group_names: set[str] = set()
     for entry in defaults:
         if entry == "_self_":
             out.merge_with(primary)
+            continue
+        if isinstance(entry, str):
+            base, names = _composed(entry, chosen)
+            out.merge_with(base)
+            group_names |= names
             continue
         (group, option), = dict(entry).items()
         option = chosen.pop(group, option)
@@ -78,9 +80,22 @@ def compose(config_name: str, groups: Mapping[str, str] | None = None,
             raise FileNotFoundError(f"{path}: no such {group} config (options: "
                                     f"{sorted(p.stem for p in (CONFIG_DIR / group).glob('*.yaml'))})")
         out[group] = OmegaConf.load(path)
+        group_names.add(group)
+    return out, group_names
+
+
+def compose(config_name: str, groups: Mapping[str, str] | None = None,
+            overrides: Mapping[str, Any] | None = None) -> DictConfig:
+    """``configs/<config_name>.yaml`` as Hydra would compose it without command-line flags: each ``group: option`` of
+    its defaults list loaded from ``configs/<group>/<option>.yaml`` (``groups`` picks other options), the primary
+    config on top, then ``overrides`` merged (a mapping, may replace a group's content wholesale). Used by the
+    pipeline to call each stage's public ``run`` with a full config. Raises ``FileNotFoundError`` for an unknown
+    option, ``ValueError`` for an unknown group or a group given a string in ``overrides`` (``{"algo": "iql"}``, the
+    command line's spelling: ``groups`` picks options)."""
+    chosen = dict(groups or {})
+    out, group_names = _composed(config_name, chosen)
     if chosen:
         raise ValueError(f"{config_name} config has no config group(s) {sorted(chosen)}")
-    group_names = {next(iter(dict(e))) for e in defaults if e != "_self_"}
     for key, value in dict(overrides or {}).items():
         if key in group_names - {"dr"} and isinstance(value, str):  # algo=iql, the command line's pick (a dr entry
             # may be a level name: build.randomization)
