@@ -690,7 +690,9 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
     if ns is not None and not (ns.help or ns.hydra_help or ns.info or ns.shell_completion):
         refuse_torchrun(config_name)
         check_overrides(list(ns.overrides), multirun=bool(ns.multirun))
-        shared = shared_sweep_folder(config_name, list(ns.overrides)) if ns.multirun else None
+        own = (Path(ns.config_dir or ns.config_path or ".").expanduser() / f"{ns.config_name}.yaml"
+               if ns.config_name and (ns.config_dir or ns.config_path) else None)
+        shared = shared_sweep_folder(config_name, list(ns.overrides), own) if ns.multirun else None
         if shared:
             report_and_exit(ValueError(shared), prefix="error: config")
         parallel_sweep = data_parallel_sweep(config_name, bool(ns.multirun))
@@ -852,6 +854,8 @@ def fixed_interpolation(value: str, swept: Sequence[str]) -> bool:
         return False
     for ref in refs:
         ref = ref.strip()
+        if ref.startswith("oc.env:"):  # an environment variable: one value for every job
+            continue
         if ":" in ref or ref == "hydra" or ref.startswith("hydra."):  # a resolver or Hydra's own node
             return False  # (hydra:job.num, ${hydra.job.override_dirname} vary per job; now:..., oc.env:... unjudged)
         if any(ref == k or ref.startswith(k + ".") or k.startswith(ref + ".") for k in swept):
@@ -863,11 +867,14 @@ def fixed_interpolation(value: str, swept: Sequence[str]) -> bool:
 SWEEP_SHARED_OUTPUTS = {"video_pretrain": ("output",)}  # stage 1's encoder folder
 
 
-def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
+def shared_sweep_folder(config_name: str, overrides: list[str], config_file: Path | None = None) -> str | None:
     """The problem (None: none) of a sweep whose jobs would share one run folder: ``-m`` with an override of several
     values (``seed=0,1``) and the entry point's run folder (:data:`RUN_FOLDER_KEYS`) or an output it writes outside
-    it (:data:`SWEEP_SHARED_OUTPUTS`) set to one path without an interpolation. The second job resumed, refused or
-    (the pipeline) reported the first one's run as its own; stage 1's second job replaced the first's encoder."""
+    it (:data:`SWEEP_SHARED_OUTPUTS`) set to one path without an interpolation (an environment variable's counts as
+    one path), on the command line or, where it does not set them, in ``config_file`` (the user's own
+    ``--config-dir`` / ``--config-name`` YAML: a folder set there was not seen, a new user's finding). The second job
+    resumed, refused or (the pipeline) reported the first one's run as its own; stage 1's second job replaced the
+    first's encoder."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -889,6 +896,19 @@ def shared_sweep_folder(config_name: str, overrides: list[str]) -> str | None:
             values[parsed.key_or_group] = None if parsed.is_sweep_override() else o.partition("=")[2]
     if not sweeps:
         return None
+    if config_file is not None and config_file.is_file():  # what the user's config file sets, unless overridden
+        from omegaconf import OmegaConf
+
+        try:
+            own = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+        except Exception:  # noqa: BLE001 - Hydra reports a file it cannot read
+            own = {}
+        for key in [k for k in keys if k not in values]:
+            node: Any = own
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, str):
+                values[key] = node
     swept = [parser.parse_override(o).key_or_group for o in sweeps]
     if run_key and run_key not in swept and values.get(run_key) is None:  # the job folder: sweep.dir/<subdir>
         given = [o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("hydra.sweep.subdir=")]

@@ -244,6 +244,7 @@ def test_a_mapping_copied_across_lines_is_read_as_on_one_line(results):
     ("robopretrain", ["algo=iql,bc", "hydra.sweep.subdir=seed${seed}", "hydra.sweep.subdir=${algo.name}"], False),
     ("robopretrain", ["train.steps=20,40", "hydra.sweep.subdir=run"], True),  # a literal: job 1 resumed job 0's run
     ("video_pretrain", ["output_dir=/r/a,/r/b", "hydra.sweep.subdir=same"], False),  # each job its own run folder
+    ("robopretrain", ["seed=0,1", "output_dir=${oc.env:HOME}/x"], True),  # an environment variable: one path
 ])
 def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrides, refused):
     """``python -m robopretrain.pipeline -m seed=0,1 run_dir=runs/x`` gave every seed the seed-0 results (stop 61's
@@ -269,6 +270,22 @@ def test_a_sweep_whose_jobs_share_one_run_folder_is_refused(config_name, overrid
                               "one folder, the second replacing the first's")
     assert shared_sweep_folder("video_pretrain", ["objective=icvf,vip", "output=enc/${objective.name}"]) is None
     assert shared_sweep_folder("video_pretrain", ["objective=icvf", "output=enc"]) is None
+
+
+def test_a_sweep_folder_set_in_the_users_own_config_file_is_refused_too(tmp_path):
+    """``--config-dir cfg --config-name mine -m seed=0,1`` with ``output_dir`` (the pipeline's ``run_dir``) in the
+    YAML: the check read the command line only, so the pipeline's second job reported the first's run as its own
+    (a new user's finding). The command line still wins over the file."""
+    from robopretrain.cli import shared_sweep_folder
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("defaults:\n  - robopretrain\n  - _self_\noutput_dir: runs/mine\nrun_dir: runs/pipe\n")
+    assert shared_sweep_folder("robopretrain", ["seed=0,1"], mine).startswith("output_dir=runs/mine in a sweep")
+    assert shared_sweep_folder("pipeline", ["seed=0,1"], mine).startswith("run_dir=runs/pipe in a sweep")
+    assert shared_sweep_folder("robopretrain", ["seed=0,1", "output_dir=runs/s${seed}"], mine) is None
+    assert shared_sweep_folder("robopretrain", ["seed=0,1"], tmp_path / "missing.yaml") is None
+    mine.write_text("output_dir: runs/${hydra:job.num}\n")
+    assert shared_sweep_folder("robopretrain", ["seed=0,1"], mine) is None
 
 
 def test_two_stage1_runs_given_one_encoder_output_are_refused(tmp_path):
