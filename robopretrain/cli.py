@@ -857,7 +857,7 @@ def fixed_interpolation(value: str, swept: Sequence[str]) -> bool:
         if ref.startswith("oc.env:"):  # an environment variable: one value for every job
             continue
         if ":" in ref or ref == "hydra" or ref.startswith("hydra."):  # a resolver or Hydra's own node
-            return False  # (hydra:job.num, ${hydra.job.override_dirname} vary per job; now:..., oc.env:... unjudged)
+            return False  # (hydra:job.num, ${hydra.job.override_dirname} vary per job; now:... and others unjudged)
         if any(ref == k or ref.startswith(k + ".") or k.startswith(ref + ".") for k in swept):
             return False
     return True
