@@ -535,6 +535,12 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
             report_and_exit(ValueError(override_problem(override, exc)), prefix="error: config")
         if not multirun and parsed.is_sweep_override():
             report_and_exit(ValueError(sweep_problem(override)), prefix="error: config")
+        if parsed.key_or_group == "hydra.job.chdir" and str(parsed.value()).strip().lower() in ("true", "1", "yes"):
+            # the stages resolve relative paths against the launch folder: run in the run folder, they nested
+            # their outputs (runs/x/runs/x) and missed relative data (a new user's finding)
+            report_and_exit(ValueError(f"{override}: the toolkit's entry points run in the folder they are started "
+                                       "from, where relative paths (data.path, output_dir, checkpoint) are read; "
+                                       "leave hydra.job.chdir false (its default here)"), prefix="error: config")
 
 
 def config_groups(choices: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:

@@ -288,6 +288,22 @@ def test_a_sweep_folder_set_in_the_users_own_config_file_is_refused_too(tmp_path
     assert shared_sweep_folder("robopretrain", ["seed=0,1"], mine) is None
 
 
+def test_hydra_job_chdir_is_refused_in_one_line(capsys, monkeypatch):
+    """``hydra.job.chdir=true`` ran each stage in its run folder: relative outputs nested (runs/x/runs/x) while the
+    last line named runs/x, and relative data were not found (a new user's finding)."""
+    from robopretrain.cli import EXIT_BAD_INPUT, check_overrides
+
+    monkeypatch.delenv("ROBOPRETRAIN_TRACEBACK", raising=False)
+    check_overrides(["hydra.job.chdir=false", "seed=1"], multirun=False)
+    for value in ("true", "True"):
+        with pytest.raises(SystemExit) as stop:
+            check_overrides([f"hydra.job.chdir={value}"], multirun=False)
+        assert stop.value.code == EXIT_BAD_INPUT
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: config: hydra.job.chdir={value}: the toolkit's entry "
+                                                   "points run in the folder they are started from")
+
+
 def test_two_stage1_runs_given_one_encoder_output_are_refused(tmp_path):
     """Two stage-1 runs (other run folders, one output=): the second replaced the first's encoder."""
     import torch
