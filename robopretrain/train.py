@@ -116,15 +116,15 @@ def _run_holding(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.
         return _run(cfg, run_dir, dinfo, device)
 
 
-def mix_action_units(agent_units: Any, eval_targets: Any, path: Path, info: Any, mix: Any) -> Any:
+def mix_action_units(agent_units: Any, eval_targets: Any, path: Path, info: Any, tasks: Mapping[str, int]) -> Any:
     """The units the mixed-in data are read in: the agent's own, else those its evaluation targets of the mix's
     tasks (all of them where none is named so) declare (PTR's adaptation: the target, whose demos the mix is), by
-    :func:`robopretrain.evaluation.demo_action_units`; targets that declare different units are warned about."""
+    :func:`robopretrain.evaluation.demo_action_units`; targets that declare different units are warned about.
+    ``tasks``: the mix's task names (to their slots, :func:`robopretrain.build.data_task_ids`)."""
     entries = build.plain(eval_targets)
     entries = [entries] if isinstance(entries, (str, Mapping)) else list(entries or [])
     targets = [as_target(e) for e in entries]
-    names = set(build.data_task_ids(info, mix))
-    matching = [t for t in targets if t.name in names] or targets
+    matching = [t for t in targets if t.name in tasks] or targets
     declared = {describe_units(t.action_units) for t in matching if t.action_units is not None}
     if agent_units is None and len(declared) > 1:
         log.warning("data.mix.path=%s: the evaluation targets declare different action units (%s): the mix is read "
@@ -236,15 +236,15 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             mix_info = read_info(mix_file)
             if algo != "bc" and 0.0 < float(mix.fraction) < 1.0:  # both in every batch (BC reads no rewards)
                 build.refuse_mixed_reward_functions(info, mix_info)
-            units = mix_action_units(agent.action_normalization, settings.eval_targets, mix_file, mix_info, mix)
+            mix_ids = build.data_task_ids(mix_info, mix)  # (mix_info: another format's cached conversion, cameras
+            # at the agent's size)
+            units = mix_action_units(agent.action_normalization, settings.eval_targets, mix_file, mix_info, mix_ids)
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
                                        action_units=units, default_image_size=spec.image_size,
                                        units_fixed=True, slot_advice=fixed_one_hot("data.mix.task_id", init) or (
                                            "the mix file's task_id attributes: set obs.num_tasks above them, or "
                                            "data.mix.task_id to put its data in one slot"))
-        # (mix_info: another format's cached conversion, cameras at the agent's size)
-        mix_ids = build.data_task_ids(mix_info, mix)
         same_slot = mix.get("task_id") is not None and cfg.data.get("task_id") is not None and int(
             mix.task_id) == int(cfg.data.task_id)  # both files' tasks put in one slot by the user: one task
         build.check_task_slots(task_ids, str(data_path), mix_ids, str(mix.path), explicit=same_slot,
