@@ -51,7 +51,7 @@ from robopretrain.data.dataset import warn_ignored_action_bounds, warn_sparse_da
 from robopretrain.data.hdf5 import DatasetInfo, default_task_name, read_info
 from robopretrain.envs.target import (GYM, METAWORLD, SIM_ENVS, Target, slot_note, time_limit_note,
                                       warn_unmapped_renames, with_task_slot)
-from robopretrain.evaluation import acting_units, demo_action_units
+from robopretrain.evaluation import DEMO_UNITS, acting_units, demo_action_units, demo_units_entry
 from robopretrain.files import run_folder_lock
 from robopretrain.metrics import plot_learning_curve
 
@@ -438,11 +438,11 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     build.check_data_fits(agent.spec, data_path, build.plain(data_cfg.get("obs_map")) or None, "the offline data")
     warn_ignored_action_bounds(build.plain(cfg.data.get("action_bounds")), agent.action_normalization,
                                f"checkpoint={ckpt.path}")
+    demo_units = demo_action_units(agent.action_normalization, [target], data_path, info)
     offline = build.load_data(data_path, agent.spec, data_cfg, reward, algo=algo, act_dim=agent.act_dim,
                               seed=int(cfg.seed) + 2, device=device, tasks=tasks,
                               task_id=target.resolved_task_id() if agent.spec.num_tasks else None,
-                              action_units=demo_action_units(agent.action_normalization, [target], data_path, info),
-                              units_fixed=True)
+                              action_units=demo_units, units_fixed=True)
     build.report_success_filter(cfg.algo, offline, str(data_path), online=True)
     build.warn_two_valued_actions(cfg.algo, offline, str(data_path))
     if not target.sparse:
@@ -461,7 +461,9 @@ def _fine_tune(cfg: DictConfig, run_dir: Path, settings: OnlineSettings, dr_rand
     fingerprint = run_fingerprint.fingerprint(cfg, {"data": data_path, "checkpoint": ckpt.path,
                                                     **({"reward_model": learned.path} if learned else {})},
                                               ignore=resumable_changes(settings, saved),
-                                              home=run_fingerprint.run_home(cfg, run_dir))
+                                              home=run_fingerprint.run_home(cfg, run_dir),
+                                              derived={DEMO_UNITS: demo_units_entry(agent.action_normalization,
+                                                                                    demo_units)})
     if fresh:  # first (another agent collected them), the rest once the transfer options are accepted too
         refuse_source_in_run(str(cfg.checkpoint), run_dir, "checkpoint")
         clear_previous_run(run_dir, ("transfer",))

@@ -92,6 +92,20 @@ def demo_action_units(agent_units: Any, targets: Sequence[Target], path: Any, in
     return None
 
 
+DEMO_UNITS = "demo actions read in the target's declared units"  # a run fingerprint's derived entry
+
+
+def demo_units_entry(agent_units: Any, units: Any) -> str | None:
+    """A run fingerprint's :data:`DEMO_UNITS` entry: the target's declared units a run reads its demos in
+    (``units``: :func:`demo_action_units`' answer) where the agent has none of its own, else None (the agent's
+    units, as runs did before targets' units were read). A run started while demos were read in the agent's units
+    and resumed after, or one whose target declares other units since, is refused rather than trained on actions
+    read two ways (a review's finding)."""
+    from robopretrain.envs.action_units import describe
+
+    return describe(units) if agent_units is None and units is not None else None
+
+
 def agent_env(agent: Any, target: Target, randomization: Any = "none", **sim_kwargs: Any) -> gym.Env:
     """The env of ``target`` rendering exactly the cameras the agent sees, at their size, taking actions in the
     agent's units (:func:`agent_target`)."""
@@ -253,6 +267,6 @@ def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
             "gap_data": float((q_data - mc).mean()), "gap_policy": float((q_pi - mc).mean())}
 
 
-__all__ = ["EVAL_SEED", "NothingToFilm", "acting_units", "agent_env", "agent_env_factory", "agent_target",
-           "calibration", "demo_action_units", "evaluate", "run_episodes", "train_episode_seed", "video_frame",
-           "write_gif"]
+__all__ = ["DEMO_UNITS", "EVAL_SEED", "NothingToFilm", "acting_units", "agent_env", "agent_env_factory",
+           "agent_target", "calibration", "demo_action_units", "demo_units_entry", "evaluate", "run_episodes",
+           "train_episode_seed", "video_frame", "write_gif"]

@@ -113,13 +113,20 @@ class ResumeMismatchError(ResumeRefusal, ValueError):
 # --------------------------------------------------------------------------------------------- building
 def fingerprint(config: Any, inputs: Mapping[str, str | os.PathLike | None],
                 ignore: Iterable[str] = HARMLESS_KEYS, home: str | os.PathLike | None = None,
-                only: Mapping[str, Collection[str]] | None = None) -> dict[str, Any]:
+                only: Mapping[str, Collection[str]] | None = None,
+                derived: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The fingerprint of a run: its config (dotted keys, minus ``ignore``), each input path's fingerprint and
     ``home``, the folder the run lives in (its output folder, or the pipeline run folder holding it), absolute as
     given and with symlinks resolved, from which a later comparison tells a moved run folder (:func:`relocation`).
-    ``only``: input name -> the paths in that folder the run reads (:func:`input_fingerprint`)."""
+    ``only``: input name -> the paths in that folder the run reads (:func:`input_fingerprint`). ``derived``: what
+    the run computed from its config and inputs that no setting names (the units its demos are read in, from a
+    target's declaration), compared as settings are, under their phrases; a None value is left out, so a run
+    written before the value was computed resumes where it is None now and is refused where it is not."""
     only, ignore = only or {}, tuple(ignore)
-    out = {"version": VERSION, "config": flat_config(config, ignore), "ignored": list(ignore),
+    settings = {**flat_config(config, ignore),
+                **{name: json.loads(json.dumps(value, default=str)) for name, value in (derived or {}).items()
+                   if value is not None}}
+    out = {"version": VERSION, "config": settings, "ignored": list(ignore),
            "inputs": {name: input_fingerprint(p, only.get(name)) if p is not None else None
                       for name, p in inputs.items()}}
     if home is None:

@@ -56,7 +56,7 @@ from robopretrain.envs.action_units import describe as describe_units
 from robopretrain.envs.target import GYM, Target, as_target, slot_note, with_task_slot
 from robopretrain.nets.encoder_io import resolve_encoder_dir
 from robopretrain.files import run_folder_lock
-from robopretrain.evaluation import calibration, demo_action_units, evaluate
+from robopretrain.evaluation import DEMO_UNITS, calibration, demo_action_units, demo_units_entry, evaluate
 from robopretrain.loops.offline import OfflineSettings, calibration_rows, resume, train_offline
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         build.warn_short_warmup(agent.algo_cfg, settings.steps)
     mix = cfg.data.get("mix")
     mix_ids: dict[str, int] = {}  # the mixed-in data's tasks (PTR's target adaptation: the target)
+    mix_units = None
     if mix is not None and mix.get("path"):
         with dist_utils.main_first(dinfo):  # rank 0 converts the mix (another format) once, the others reuse it
             mix_map = build.plain(mix.get("obs_map")) or None
@@ -238,10 +239,11 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                 build.refuse_mixed_reward_functions(info, mix_info)
             mix_ids = build.data_task_ids(mix_info, mix)  # (mix_info: another format's cached conversion, cameras
             # at the agent's size)
-            units = mix_action_units(agent.action_normalization, settings.eval_targets, mix_file, mix_info, mix_ids)
+            mix_units = mix_action_units(agent.action_normalization, settings.eval_targets, mix_file, mix_info,
+                                         mix_ids)
             mix_data = build.load_data(Path(str(mix.path)), spec, mix, reward, algo=algo, act_dim=agent.act_dim,
                                        seed=seed + 1, device=device, rank=dinfo.rank, world_size=dinfo.world_size,
-                                       action_units=units, default_image_size=spec.image_size,
+                                       action_units=mix_units, default_image_size=spec.image_size,
                                        units_fixed=True, slot_advice=fixed_one_hot("data.mix.task_id", init) or (
                                            "the mix file's task_id attributes: set obs.num_tasks above them, or "
                                            "data.mix.task_id to put its data in one slot"))
@@ -284,12 +286,13 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         if algo == "dt" and dinfo.is_main:
             build.warn_dt_sparse_target(agent.algo_cfg, build.return_range(sampler), targets)
     fingerprint = run_fingerprint.fingerprint(
-        cfg, {"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
-              "init": init.path if init is not None else None,
-              # a stage-1 encoder retrained in place was resumed on: its cached features the new encoder's, the
-              # agent's encoder the old one's
-              "encoder": resolve_encoder_dir(cfg.encoder.checkpoint) if init is None and spec.rgb_keys
-              and cfg.encoder.get("checkpoint") else None}, ignore=RESUMABLE_CHANGES,
+        cfg, derived={f"data.mix: {DEMO_UNITS}": demo_units_entry(agent.action_normalization, mix_units)},
+        inputs={"data": data_path, "mix": mix.path if mix is not None and mix.get("path") else None,
+                "init": init.path if init is not None else None,
+                # a stage-1 encoder retrained in place was resumed on: its cached features the new encoder's, the
+                # agent's encoder the old one's
+                "encoder": resolve_encoder_dir(cfg.encoder.checkpoint) if init is None and spec.rgb_keys
+                and cfg.encoder.get("checkpoint") else None}, ignore=RESUMABLE_CHANGES,
         home=run_fingerprint.run_home(cfg, run_dir))
     meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": os.path.abspath(data_path),  # any cwd
             "obs_map": obs_map,

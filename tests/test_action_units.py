@@ -23,10 +23,11 @@ from robopretrain.data.convert import convert
 from robopretrain.data.dataset import RewardSettings, load_offline_dataset
 from robopretrain.data.hdf5 import DatasetError
 from robopretrain.data.spec import ObsSpec
-from robopretrain.envs.action_units import ActionNormalization, reexpress
+from robopretrain.envs.action_units import ActionNormalization, describe, reexpress
 from robopretrain.envs.target import Target, make_env
-from robopretrain.evaluation import acting_units, agent_env, agent_env_factory, agent_target
+from robopretrain.evaluation import DEMO_UNITS, acting_units, agent_env, agent_env_factory, agent_target
 from robopretrain.metrics import read_jsonl
+from robopretrain.run_fingerprint import ResumeMismatchError
 from robopretrain.train import run as stage2
 
 UNITS = ActionNormalization((0.0, -2.0, 1.0), (8.0, 2.0, 1.0))  # the last dimension constant
@@ -503,6 +504,21 @@ def test_stage3_reads_the_target_demos_in_the_targets_units_for_an_agent_without
     np.testing.assert_allclose(np.sort(np.asarray(offline.arrays()["actions"]), 0), np.sort(stored, 0), atol=1e-6)
     acted = np.array([a for _, a in fake.UnitsReachEnv.received])
     assert acted.min() >= 0.0 and acted.max() <= 8.0
+    # the units are part of the run's fingerprint: a run begun while these demos were read in the agent's units
+    # (no entry) is not resumed on actions read another way (a reviewer's finding); an unchanged one resumes
+    s3 = load_latest(tmp_path / "s3" / "checkpoints", with_state=False).path
+    meta = json.loads((s3 / "meta.json").read_text())
+    assert meta["fingerprint"]["config"][DEMO_UNITS] == describe(ActionNormalization.from_mapping(units))
+    again = stage3_config(ckpt, tmp_path / "s3", {**TARGET, "demos": str(recorded), "action_normalization": units},
+                          algo="calql", env_steps=16, data_cfg={"cache_dir": str(tmp_path / "cache")})
+    del meta["fingerprint"]["config"][DEMO_UNITS]
+    (s3 / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ResumeMismatchError, match=f"{DEMO_UNITS}: \\(unset\\) -> "):
+        finetune(again)
+    meta["fingerprint"]["config"][DEMO_UNITS] = describe(ActionNormalization.from_mapping(units))
+    (s3 / "meta.json").write_text(json.dumps(meta))
+    finetune(again)
+    assert load_latest(tmp_path / "s3" / "checkpoints", with_state=False).meta["step"] == 16
     # the agent's own file (in [-1, 1], no record) is read as stored, not rescaled again by the target's units (a
     # reviewer's finding on the first version), and one in the robot's units is re-expressed in them
     raw = tmp_path / "raw.hdf5"
@@ -521,6 +537,8 @@ def test_stage3_reads_the_target_demos_in_the_targets_units_for_an_agent_without
                                    "mix": {"path": str(recorded), "fraction": 0.5}},
                          train={"eval_targets": {**TARGET, "action_normalization": units}, "eval_episodes": 1}))
     np.testing.assert_allclose(np.sort(np.asarray(loaded[1].arrays()["actions"]), 0), np.sort(stored, 0), atol=1e-6)
+    adapted = load_latest(tmp_path / "adapt" / "checkpoints", with_state=False).meta["fingerprint"]["config"]
+    assert adapted[f"data.mix: {DEMO_UNITS}"] == describe(ActionNormalization.from_mapping(units))
 
 
 def test_the_pipeline_refuses_at_start_target_demos_in_units_the_target_does_not_declare(units_bc, tmp_path,
