@@ -223,6 +223,36 @@ class RunFolderBusy(ValueError):
     """Another live process holds the run folder's lock (:func:`run_folder_lock`)."""
 
 
+def _lock_or_refuse(fd: int, folder: Path, resumes: bool, what: str | None) -> None:
+    """Take the writer lock on the open lock file ``fd``, or raise :class:`RunFolderBusy` naming its holder."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "a process"
+        then = "it resumes" if resumes else "it starts over, replacing that run's results"
+        raise RunFolderBusy(f"{what or folder}: another process is writing "
+                            f"{'this run folder' if what is None else 'it'} now ({holder}); wait for it to "
+                            f"end (rerun the command then: {then}), stop it, or give another output folder"
+                            ) from None
+
+
+def refuse_busy_folder(folder: str | os.PathLike, resumes: bool = True) -> None:
+    """Raise :class:`RunFolderBusy` when another process holds ``folder``'s writer lock now (what
+    :func:`run_folder_lock` would say), without making the folder or keeping the lock: for the checks that act
+    before the lock is taken (the pipeline's probe step of a target's env moves a real robot), so a second command
+    in a busy folder is refused before them. The lock itself still decides: a process starting in between is
+    refused there."""
+    path = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (a new folder), or none readable: the lock's own attempt will say
+        return
+    try:
+        _lock_or_refuse(fd, Path(folder), resumes, None)
+    finally:
+        os.close(fd)  # (releases the lock this check took)
+
+
 @contextmanager
 def run_folder_lock(folder: str | os.PathLike, active: bool = True, resumes: bool = True, lock_name: str = LOCK_FILE,
                     what: str | None = None) -> Iterator[None]:
@@ -244,15 +274,7 @@ def run_folder_lock(folder: str | os.PathLike, active: bool = True, resumes: boo
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / lock_name, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "a process"
-            then = "it resumes" if resumes else "it starts over, replacing that run's results"
-            raise RunFolderBusy(f"{what or folder}: another process is writing "
-                                f"{'this run folder' if what is None else 'it'} now ({holder}); wait for it to "
-                                f"end (rerun the command then: {then}), stop it, or give another output folder"
-                                ) from None
+        _lock_or_refuse(fd, folder, resumes, what)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                   .encode(), 0)

@@ -44,7 +44,7 @@ from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hyd
 from robopretrain.config_checks import (PIPELINE_CHECKS, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
-from robopretrain.files import run_folder_lock, write_text_atomic
+from robopretrain.files import refuse_busy_folder, run_folder_lock, write_text_atomic
 from robopretrain.metrics import read_jsonl
 from robopretrain.nets.kernels import machine_record
 from robopretrain.run_fingerprint import ResumeRefusal
@@ -1050,10 +1050,11 @@ def run_pipeline(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> d
     check_encoder(cfg)
     check_randomizations(cfg)
     log_stage_algos(cfg)
-    check_targets(cfg)
     run_dir = Path(run_dir) if run_dir is not None else config_folder(cfg, "run_dir")
     run_dir = Path(os.path.abspath(run_dir))  # the stages' configs name paths under it: absolute, so a moved
     #                                             folder maps them (run_fingerprint.relocation)
+    refuse_busy_folder(run_dir)  # before the targets' checks step their envs (a robot, maybe) and convert demos
+    check_targets(cfg)
     check_stage1_encoder(cfg, run_dir)  # reads what the run folder holds, so only now; still before it is made
     check_stage_configs(cfg, run_dir)
     check_stage_order(run_dir)

@@ -47,6 +47,42 @@ def test_a_second_holder_is_refused_naming_the_first_and_the_lock_ends_with_its_
         pass
 
 
+def test_the_pipeline_is_refused_in_a_busy_folder_before_its_targets_checks_step_their_envs(tmp_path, monkeypatch):
+    """The pipeline's start checks (a probe step of each target's env: a robot moves; foreign demos converted) ran
+    before its run-folder lock, so a second pipeline in a busy folder stepped the target before being refused (a
+    reviewer's finding). A free folder's check keeps no lock, and a missing folder is not made."""
+    import robopretrain.pipeline as pipeline
+    from robopretrain.build import compose
+    from robopretrain.files import refuse_busy_folder
+
+    checked = []
+    monkeypatch.setattr(pipeline, "check_targets", lambda cfg: checked.append(cfg))
+    refuse_busy_folder(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\n"
+        "from robopretrain.files import run_folder_lock\n"
+        f"with run_folder_lock({str(tmp_path / 'run')!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusy, match=rf"pid {holder.pid} on"):
+            pipeline.run_pipeline(compose("pipeline"), tmp_path / "run")
+        assert checked == []
+    finally:
+        holder.kill()
+        holder.wait()
+    for _ in range(50):
+        try:
+            refuse_busy_folder(tmp_path / "run")
+            break
+        except RunFolderBusy:
+            time.sleep(0.1)
+    with run_folder_lock(tmp_path / "run"):  # the check let go of the lock it took
+        pass
+
+
 class _Refuse:
     """A run_folder_lock that records the folder it is asked for and refuses, as if another process held it."""
 
