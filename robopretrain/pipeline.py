@@ -41,6 +41,7 @@ from robopretrain import cpu_settings
 from robopretrain.build import (collect_changes, compose, plain, randomization, refuse_learned_reward_online,
                                 reward_settings, success_filtered_bc, warn_success_termination)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
+from robopretrain.data.spec import ObsSpec
 from robopretrain.config_checks import (PIPELINE_CHECKS, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
@@ -363,7 +364,8 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
     and, for its own robomimic demos, a part they lack or a low-dim part of another size than the prior data's
     (``proprio`` 7, ``object`` 18: a Meta-World target's 4-D ``proprio``). Their cameras may be of any size: the
     adaptation and stage 3 read them resized to ``image_size`` (:func:`robopretrain.build.converted`). Actions: the
-    target's robomimic demos and, for a target outside sim_envs, its env (built once, not stepped; not built for a
+    target's robomimic demos and, for a target outside sim_envs, its env (built and reset once, its first
+    observation checked for the agent's parts at the prior data's sizes; stepped once where sparse; not built for a
     target with ``probe_step: false``) must have the prior robot's action size (4), which the agent keeps from stage
     2 on."""
     import sim_envs.tasks as sim_tasks
@@ -401,7 +403,10 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
                              "theirs (the target's obs_map)")
     sizes = [] if info is None else [(f"its demos ({target.demos})", int(info.action_dim))]
     if target.family != SIM_ENVS and target.probe_step:  # probe_step: false, a robot not to be touched before stage 3
-        sizes.append(("its env", target_action_dim(target)))
+        size = int(cfg.image_size)
+        parts = ObsSpec(low_dim=tuple((p, prior[p]) for p in cfg.obs.low_dim),
+                        rgb=tuple((c, (size, size, 3)) for c in cfg.obs.rgb), num_tasks=slots)
+        sizes.append(("its env", target_action_dim(target, parts)))
     for what, dim in sizes:
         if dim != ACTION_DIM:
             raise ValueError(f"target {target.name!r} ({target.family}): {what}: {dim} action dims, the prior "
@@ -410,19 +415,35 @@ def check_target_sizes(cfg: DictConfig, target: Target) -> None:
                              "on its files, then python -m finetune.train)")
 
 
-def target_action_dim(target: Target) -> int:
+def target_action_dim(target: Target, parts: ObsSpec | None = None) -> int:
     """The number of action dimensions of ``target``'s env (built once and closed); a sparse target's env also
     takes one probe step, whose info must hold its ``success_key`` (:func:`robopretrain.build.probe_success_key`):
     a misspelt key was refused by stage 3's own check, after the data stage, stage 1 and stage 2 (a new user's
-    finding). Called only where the target's ``probe_step`` allows stepping."""
+    finding). ``parts``: the observation parts the pipeline's agent reads (the prior data's sizes, its cameras at
+    its image size), which the env's first observation must hold through the target's ``obs_map``, as stage 3
+    checks (:func:`robopretrain.build.check_env_fits`; a ``ValueError`` naming the part). Called only where the
+    target's ``probe_step`` allows stepping."""
     from robopretrain.build import probe_success_key
+    from robopretrain.data.spec import SpecMismatchError, spec_from_shapes
     from robopretrain.envs.target import make_env
 
-    env = make_env(target)
+    env = make_env(target, parts.rgb_keys if parts else (), parts.image_size if parts else None,
+                   checked=parts.low_dim_keys if parts else ())
     try:
         dim = int(np.prod(env.action_space.shape))
+        if parts is not None:
+            obs, _ = env.reset(seed=0)
+            shapes = {k: (np.shape(v), np.asarray(v).dtype) for k, v in obs.items() if k != "task_id"}
+            where = f"target {target.name!r}"
+            try:
+                spec_from_shapes(shapes, parts.low_dim_keys, parts.rgb_keys, parts.num_tasks, where=where,
+                                 map_setting="target.obs_map", env=True).check_fits(
+                    parts, mine=f"the env of {where}", theirs="the agent stage 2 trains on the prior data")
+            except SpecMismatchError as exc:
+                raise ValueError(str(exc)) from None
         if target.sparse:
-            env.reset(seed=0)
+            if parts is None:
+                env.reset(seed=0)
             probe_success_key(env, target, dim, f"target {target.name!r}")
         return dim
     finally:

@@ -600,8 +600,8 @@ def test_device_auto_and_one_target_alone_reach_every_stage_as_names():
 
 
 @pytest.mark.parametrize("target,error", [
-    ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, env_kwargs: {act_dim: 4}}",
-     r"\(gym\): give its demos"),
+    ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, env_kwargs: {act_dim: 4, eef_dim: 7}, "
+     "obs_map: {proprio: robot0_eef_pos}}", r"\(gym\): give its demos"),
     ("{name: Arm, env_id: '_fake_envs:RobosuiteLikeEnv', task_id: 11, demos: /no/such/demos.hdf5}",
      r"demos=/no/such/demos.hdf5 not found"),
     ("{name: reach-v3, family: metaworld}", r"takes task slot 0 of the agent's one-hot, which prior task 'Reach'"),
@@ -957,6 +957,34 @@ def test_a_sim_envs_targets_own_task_id_outside_the_one_hot_is_refused():
     pipeline.check_target_sizes(cfg, as_target({"name": "PressLitButton", "task_id": 3}))
     with pytest.raises(ValueError, match=r"target 'PressLitButton' \(sim_envs\): task slot 99 is outside"):
         pipeline.check_target_sizes(cfg, as_target({"name": "PressLitButton", "task_id": 99}))
+
+
+def test_a_gym_targets_env_observation_is_checked_at_the_start_against_the_parts_the_agent_reads():
+    """The start checked a target's demos against the prior data's parts, not its env: an env whose part (through
+    the target's obs_map) is missing or of another size than the prior robot's was refused by stage 3, after the
+    data stage, stage 1 and stage 2 (a new user's finding). Not built at all with probe_step: false."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+    from robopretrain.envs.target import EnvContractError, as_target
+
+    with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["obs.num_tasks=40"])
+
+    def target(eef_dim: int, key: str = "robot0_eef_pos", **more):
+        return as_target({"name": "robo", "env_id": "_fake_envs:RobosuiteLikeEnv", "task_id": 30,
+                          "max_episode_steps": 20, "env_kwargs": {"eef_dim": eef_dim, "act_dim": 4}, "obs_map": {"proprio": key}, **more})
+
+    pipeline.check_target_sizes(cfg, target(7))  # the prior's 7-D proprio, its camera: fits
+    with pytest.raises(ValueError, match=r"low_dim part 'proprio': the env of target 'robo' has size 3, the agent "
+                                         r"stage 2 trains on the prior data has 7"):
+        pipeline.check_target_sizes(cfg, target(3))
+    with pytest.raises(EnvContractError, match=r"target 'robo': obs_map=.*no key 'robot0_eef_poss'"):
+        pipeline.check_target_sizes(cfg, target(7, "robot0_eef_poss"))
+    cfg.obs.rgb = ["wrist_image"]
+    with pytest.raises((ValueError, EnvContractError), match=r"target 'robo'.*wrist_image"):
+        pipeline.check_target_sizes(cfg, target(7))
+    pipeline.check_target_sizes(cfg, target(3, probe_step=False))  # a robot not to be touched: not built
 
 
 def test_without_stage_2_the_adaptation_trains_on_the_target_data_alone(tmp_path):
