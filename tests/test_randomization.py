@@ -453,6 +453,40 @@ def test_mass_scales_free_objects_as_well_as_fixtures() -> None:
     randomizer.restore_nominal()
 
 
+def test_a_randomized_mass_is_the_mass_the_dynamics_use_and_a_nominal_reset_restores_it() -> None:
+    """The mass factor scaled body_mass but not the constants MuJoCo computes from it (the mass matrix's diagonal
+    of free bodies, dof_M0): a block of 0.44x mass fell at 0.44 g and was pushed with its nominal inertia (a new
+    user's finding). Now the block in free flight falls at g, its mass-matrix entry is its mass, and an episode
+    without randomization after a randomized one has the nominal constants again."""
+    import gymnasium as gym
+
+    def falling(env: TabletopEnv) -> tuple[float, float]:
+        m, d = env.model, env.data
+        joint = m.joint("block_free")
+        qadr, dof = m.jnt_qposadr[joint.id], m.jnt_dofadr[joint.id]
+        d.qpos[qadr:qadr + 3] = [0.0, 0.25, 0.3]  # above the table, at rest
+        d.qvel[dof:dof + 6] = 0.0
+        mujoco.mj_forward(m, d)
+        full = np.zeros((m.nv, m.nv))
+        mujoco.mj_fullM(m, full, d.qM)
+        return float(d.qacc[dof + 2]), float(full[dof, dof])
+
+    env = gym.make("sim_envs/PushBlock-v0", image_size=16, render_images=False,
+                   randomization={"level": "eval_hard", "factors": ["mass"]}).unwrapped
+    nominal_mass = float(physics_env("PushBlock").model.body_mass[env.model.body("block").id])
+    _, info = env.reset(seed=0)
+    scale = info["dr_params"]["mass"]
+    assert abs(scale - 1.0) > 0.2
+    accel, inertia = falling(env)
+    assert accel == pytest.approx(env.model.opt.gravity[2], abs=1e-6)
+    assert inertia == pytest.approx(nominal_mass * scale, rel=1e-6)
+    env.randomizer.config = env.randomizer.config.__class__()  # the same env, randomization off from here
+    env.randomizer.levels = env.randomizer.config.levels()
+    _, info = env.reset(seed=1)
+    assert "mass" not in info["dr_params"]
+    assert falling(env)[1] == pytest.approx(nominal_mass, rel=1e-6)
+
+
 @pytest.mark.parametrize("level", RANDOM_LEVELS)
 def test_light_colour_and_headlight_follow_intensity_and_tint(level: str) -> None:
     """Each light's diffuse colour is nominal x intensity x (1 - tint), the headlight nominal x intensity, in [0, 1]."""
