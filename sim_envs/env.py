@@ -150,7 +150,7 @@ class TabletopEnv(gym.Env):
         self._grip_cmd = float(a[3])
         self.data.ctrl[:] = FINGER_OPEN * (1.0 - self._grip_cmd) / 2.0
         bad_before = self._instability_count()
-        mujoco.mj_step(self.model, self.data, nstep=FRAME_SKIP)
+        self._advance(FRAME_SKIP)
         if self._instability_count() != bad_before:
             # MuJoCo hit NaN/inf state or accelerations and silently reset the state: the episode is void.
             # End it as a truncation (not a failure the agent caused) and say so.
@@ -314,7 +314,19 @@ class TabletopEnv(gym.Env):
         self.data.ctrl[:] = FINGER_OPEN
 
     def _settle(self, steps: int) -> None:
-        mujoco.mj_step(self.model, self.data, nstep=steps)
+        self._advance(steps)
+
+    def _advance(self, steps: int) -> None:
+        """``steps`` physics steps, then the positions and velocities derived from the state they end in: mj_step
+        leaves ``xpos`` / ``site_xpos`` / ``cvel`` (what observations, images and success read) at the state before
+        its last substep, so an observation lagged its own state by up to 3 mm and the success flag disagreed with
+        it near the tolerance (0.5% of steps; a new user's finding). Positions and velocities only: ``mj_forward``
+        would also rerun the constraint solver and overwrite its warm start, changing the trajectory itself."""
+        m, d = self.model, self.data
+        mujoco.mj_step(m, d, nstep=steps)
+        mujoco.mj_kinematics(m, d)
+        mujoco.mj_comPos(m, d)
+        mujoco.mj_comVel(m, d)
 
 
 def _camera_names(model: mujoco.MjModel) -> list[str]:
