@@ -305,6 +305,33 @@ def interpolation_problem(config_name: str, overrides: list[str], cfg: Any) -> s
                 near = difflib.get_close_matches(ref, known, n=1)
                 return (f"{override}: ${{{ref}}} names no setting of {config_name}"
                         + (f"; did you mean ${{{near[0]}}}?" if near else ""))
+    return run_folder_problem(config_name, cfg)
+
+
+def run_folder_problem(config_name: str, cfg: Any) -> str | None:
+    """Where the run folder (``hydra.run.dir``, and the entry point's own folder setting that Hydra's follows) does
+    not resolve: an unset ``${oc.env:VAR}``, or a setting it names removed (``~seed``). Hydra resolved it before the
+    command's code ran and failed formatting its own error (a 20-line traceback); one line here. Resolvers that need
+    a running Hydra (``${hydra:...}``) are left to it. None when both resolve."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError
+
+    for key in ("hydra.run.dir", RUN_FOLDER_KEYS.get(config_name)):
+        if key is None:
+            continue
+        try:
+            OmegaConf.select(cfg, key)
+        except InterpolationResolutionError as exc:
+            why = str(exc).splitlines()[0]
+            unset = "KeyError raised while resolving interpolation: "  # omegaconf's words for an unset variable
+            if not isinstance(exc, InterpolationKeyError) and not why.startswith(unset):
+                continue
+            why = why.removeprefix(unset).strip("'\"")
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
+            raw = OmegaConf.to_container(node, resolve=False).get(leaf) if node is not None else None
+            return (f"{key}={raw}: {why} (the run folder's name must resolve: export the variable, or give the "
+                    "setting it names a value rather than removing it)")
     return None
 
 

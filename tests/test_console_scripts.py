@@ -341,6 +341,28 @@ def test_an_override_interpolating_a_missing_setting_is_one_line(capsys):
     validate_overrides("robopretrain", ["output_dir=runs/${algo.name}"])
 
 
+@pytest.mark.parametrize("overrides,said", [
+    (["output_dir=${oc.env:ROBOPRETRAIN_NO_SUCH_VAR}/run"],
+     "output_dir=${oc.env:ROBOPRETRAIN_NO_SUCH_VAR}/run: Environment variable 'ROBOPRETRAIN_NO_SUCH_VAR' not found"),
+    (["~seed"], "hydra.run.dir=outputs/robopretrain/${algo.name}_seed${seed}: Interpolation key 'seed' not found"),
+])
+def test_a_run_folder_that_does_not_resolve_is_one_line(capsys, monkeypatch, overrides, said):
+    """An unset ${oc.env:VAR} in the run folder, or a removed setting its default name uses (~seed): Hydra resolved
+    it before the command's code and failed formatting its own error (a 20-line traceback; a new user's finding).
+    Set, the variable resolves; a resolver of a running Hydra (${now:...}) is left to Hydra."""
+    from robopretrain.cli import validate_overrides
+
+    monkeypatch.delenv("ROBOPRETRAIN_NO_SUCH_VAR", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        validate_overrides("robopretrain", overrides)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: config: {said} (the run folder's name must resolve"), err
+    monkeypatch.setenv("ROBOPRETRAIN_NO_SUCH_VAR", "/tmp")
+    validate_overrides("robopretrain", ["output_dir=${oc.env:ROBOPRETRAIN_NO_SUCH_VAR}/run"])
+    validate_overrides("pipeline", ["run_dir=runs/${now:%H}"])
+
+
 def test_an_unknown_group_option_lists_the_options_without_hydras_search_path(capsys):
     """``algo=foo`` printed Hydra's config search path (its own package and file URLs) after the options."""
     from robopretrain.cli import validate_overrides
