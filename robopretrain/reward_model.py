@@ -89,7 +89,7 @@ from robopretrain.cli import CONFIG_DIR, RERUN_STARTS_OVER, config_folder, frien
 from robopretrain.config_checks import validate_reward_model_config
 from robopretrain.data.dataset import (FILE_UNITS, check_action_range, data_action_units, file_action_units,
                                       selected_demos, warn_inner_terminals)
-from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, Transitions, load_transitions, read_info
+from robopretrain.data.hdf5 import LEARNED_REWARD_KEY, DatasetInfo, Transitions, load_transitions, read_info
 from robopretrain.data.keys import TASK_ID
 from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import ActionNormalization, reexpress
@@ -270,7 +270,10 @@ def held_out_split(labels: Sequence[PreferenceLabel], fraction: float, rng: np.r
         prefers_first.setdefault(key, set()).add(lab.label if a == first else 1.0 - lab.label)
     pairs = list(groups.values())
     n_held = int(round(fraction * len(pairs)))
-    if fraction < 0 or n_held >= len(pairs) or (fraction > 0 and n_held == 0):
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"labels.held_out={fraction:g}: the fraction of the distinct pairs held out must be in "
+                         "[0, 1) (0: none held out)")
+    if n_held >= len(pairs) or (fraction > 0 and n_held == 0):
         raise ValueError(f"labels.held_out={fraction:g} holds out {n_held} of {len(pairs)} distinct pairs; choose a "
                          "fraction that leaves some for training and some held out (0: none held out)")
     repeated = sum(len(g) > 1 for g in pairs)
@@ -310,7 +313,11 @@ def sample_pairs(lengths: Mapping[str, int], segment_length: int, num_pairs: int
 
 
 def teacher_label(return_a: float, return_b: float, tie_margin: float = 0.0) -> float:
-    """The noise-free scripted label: 1 if ``R_a > R_b + tie_margin``, 0 if ``R_b > R_a + tie_margin``, else 0.5."""
+    """The noise-free scripted label: 1 if ``R_a > R_b + tie_margin``, 0 if ``R_b > R_a + tie_margin``, else 0.5.
+    Raises ``ValueError`` for a negative ``tie_margin`` (both tests hold for close returns: every label said "a
+    preferred", a new user's finding)."""
+    if not tie_margin >= 0.0:
+        raise ValueError(f"teacher.tie_margin={tie_margin:g}: must be >= 0 (|R_a - R_b| <= tie_margin is a tie)")
     if return_a > return_b + tie_margin:
         return 1.0
     if return_b > return_a + tie_margin:
@@ -486,6 +493,27 @@ def agreement(model: RewardEnsemble, data: SegmentData, labels: Sequence[Prefere
     n = int(decided.sum())
     return {"agreement": float(right.sum()) / n if n else None, "pairs": len(labels), "non_tie": n,
             "bt_loss": float(bradley_terry_loss(ra, rb, y))}
+
+
+def check_relabelled_tasks(info: DatasetInfo, demos: Sequence[str], spec: ObsSpec, where: str) -> None:
+    """Before training: :func:`relabel` scores every demo of the file (of 2 steps or more), the ``demos`` the model
+    trains on or not. Raises ``ValueError`` when some are of a task whose slot lies outside the model's task one-hot
+    (``spec.num_tasks``; the relabelling failed after training with torch's traceback, a new user's finding); warns
+    when some are of tasks the model is not trained on (their rewards are its extrapolation)."""
+    scored = [d for d in info.demos if d.num_samples >= 2]
+    if spec.num_tasks:
+        outside = sorted({(d.task_id, d.task) for d in scored if not 0 <= d.task_id < spec.num_tasks})
+        if outside:
+            raise ValueError(f"{where}: relabel scores every demo of the file, and task(s) "
+                             f"{', '.join(f'{t!r} (slot {i})' for i, t in outside)} lie outside the model's task "
+                             f"one-hot of {spec.num_tasks} (obs.num_tasks): set obs.num_tasks above "
+                             f"{outside[-1][0]}, or relabel.enabled=false")
+    chosen = set(demos)
+    trained = {d.task for d in scored if d.name in chosen}
+    others = sorted({d.task for d in scored if d.name not in chosen and d.task not in trained})
+    if others:
+        log.warning("%s: relabel scores every demo of the file, also those of task(s) %s the model is not trained "
+                    "on (data.tasks / data.mask): their rewards are its extrapolation", where, ", ".join(others))
 
 
 @torch.no_grad()
@@ -714,6 +742,8 @@ def _run_holding(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # demos of fewer than 2 steps: refused by the reader, or left out (logged) with data.skip_short_demos=true
     demos = selected_demos(info, mask=cfg.data.get("mask"), tasks=list(cfg.data.tasks) if cfg.data.get("tasks") else None,
                            skip_short=bool(cfg.data.get("skip_short_demos", False)))
+    if relabel_to is not None:
+        check_relabelled_tasks(info, demos, spec, str(path))
     # the model's action units: the file's record, else (data.actions=auto) per-dimension bounds of actions outside
     # [-1, 1], as stage 2 gives an agent (robopretrain.data.dataset.data_action_units)
     units = data_action_units(path, info, str(cfg.data.get("actions") or "auto"),
@@ -745,9 +775,6 @@ def _run_holding(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         noisy = noisy_labels(clean, float(teacher.noise), rng)
         labels = [PreferenceLabel(a, sa, b, sb, L, float(y)) for (a, sa, b, sb), y in zip(pairs, noisy)]
         source = str(run_dir / "labels.csv")
-    remove_earlier_run(run_dir, earlier)  # after the start-up checks (a refused run leaves the earlier one in place)
-    if clean is not None:
-        write_labels(source, labels)
     held, train = held_out_split(labels, float(cfg.labels.held_out), rng, source)
     n_held = len(held)
     if all(labels[i].label == 0.5 for i in train):
@@ -762,6 +789,10 @@ def _run_holding(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
            if int(getattr(settings, k)) < 1] + ([f"model.lr={settings.lr}"] if not float(settings.lr) > 0 else [])
     if bad:
         raise ValueError(f"{', '.join(bad)}: ensemble, steps and batch_size must be >= 1 and lr > 0")
+    # after every refusal: a refused run leaves the earlier one in place (its files, and no labels.csv of its own)
+    remove_earlier_run(run_dir, earlier)
+    if clean is not None:
+        write_labels(source, labels)
     stats = normalization_stats({k: trans.obs[k] for k in spec.low_dim_keys}, spec,
                                 min_std=float(cfg.obs.get("min_std") or 0.0)) if cfg.obs.get("normalize", True) else None
     model = RewardEnsemble(spec, info.action_dim, ensemble=settings.ensemble, hidden=settings.hidden, stats=stats)
@@ -811,7 +842,7 @@ def main(cfg: DictConfig) -> None:
 
 __all__ = ["LABEL_COLUMNS", "PreferenceLabel", "RewardEnsemble", "SegmentData", "TrainSettings", "agreement",
            "bradley_terry_loss", "held_out_split", "load_reward_model", "noisy_labels", "observed_flip_rate", "read_labels", "relabel",
-           "relabel_output", "tie_advice", "earlier_run", "remove_earlier_run", "RUN_FILES",
+           "relabel_output", "check_relabelled_tasks", "tie_advice", "earlier_run", "remove_earlier_run", "RUN_FILES",
            "sample_pairs", "segment_reward_sums", "cli_main", "teacher_label", "train_ensemble", "write_labels"]
 
 

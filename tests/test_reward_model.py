@@ -793,6 +793,51 @@ def test_a_run_folder_holding_a_finished_run_with_other_data_or_labels_is_refuse
     assert (folder / "labels.csv").exists()
 
 
+def test_a_refused_setting_with_resume_false_leaves_the_earlier_run_in_place(tmp_path):
+    """resume=false removed the earlier run's files, then refused an out-of-range model or labels setting (a new
+    user's finding): every refusal now comes first. A negative held_out or teacher.tie_margin is refused by name
+    (a negative margin labelled every pair of equal returns "a preferred")."""
+    data = write_toy(tmp_path / "toy.hdf5", episodes=12)
+    folder = tmp_path / "run"
+    run(config(data, folder, teacher={"num_pairs": 40}, model={"steps": 5}), folder)
+    before = {name: (folder / name).read_bytes() for name in RUN_FILES}
+    for bad, said in (({"model": {"ensemble": 0}}, r"model.ensemble=0: ensemble, steps"),
+                      ({"labels": {"held_out": -0.2}}, r"labels.held_out=-0.2: the fraction .* in \[0, 1\)"),
+                      ({"teacher": {"tie_margin": -1.0}}, r"teacher.tie_margin=-1: must be >= 0")):
+        cfg = config(data, folder, **{"teacher": {"num_pairs": 40}, "model": {"steps": 5}, **bad})
+        cfg.resume = False
+        with pytest.raises(ValueError, match=said):
+            run(cfg, folder)
+        assert {name: (folder / name).read_bytes() for name in RUN_FILES} == before
+
+
+def test_relabelling_a_file_with_tasks_outside_the_models_one_hot_is_refused_before_training(tmp_path, caplog):
+    """Trained on one task of a two-task file (data.tasks, obs.num_tasks=1), the relabelling of every demo reached
+    the other task's slot 3 after training and died with torch's traceback (a new user's finding): refused at the
+    start. In range, the other task's demos are scored with a warning (the model never saw them)."""
+    import logging
+
+    data = write_toy(tmp_path / "toy.hdf5", episodes=8)
+    with h5py.File(data, "r+") as f:
+        for i in range(4, 8):
+            f[f"data/demo_{i}"].attrs["task"], f[f"data/demo_{i}"].attrs["task_id"] = "other", 3
+
+    def toy_only(out: Path, num_tasks: int):
+        cfg = config(data, out, teacher={"num_pairs": 30}, model={"steps": 3}, obs={"num_tasks": num_tasks})
+        cfg.data.tasks = ["toy"]
+        return cfg
+
+    with pytest.raises(ValueError, match=r"toy.hdf5: relabel scores every demo of the file, and task\(s\) 'other' "
+                                         r"\(slot 3\) lie outside the model's task one-hot of 1 \(obs.num_tasks\)"):
+        run(toy_only(tmp_path / "a", 1), tmp_path / "a")
+    assert not (tmp_path / "a" / "labels.csv").exists()
+    with caplog.at_level(logging.WARNING):
+        report = run(toy_only(tmp_path / "b", 4), tmp_path / "b")
+    assert "also those of task(s) other the model is not trained on" in caplog.text
+    with h5py.File(report["relabelled"], "r") as f:
+        assert f["data/demo_5/rewards"].shape == (12,)
+
+
 def test_a_done_inside_a_demo_is_warned_about_as_stage_2_does(tmp_path, caplog):
     """dones=1 before a demo's last step: stage 2 warned, the reward model said nothing about the same file."""
     import logging
