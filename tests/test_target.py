@@ -568,6 +568,35 @@ def test_a_mapped_part_is_the_mapped_key_whatever_the_envs_order_and_a_mapped_ke
     TargetEnv(_TwoGoalsEnv(order), typo)  # a mapping of a part the agent does not read is left alone
 
 
+def test_two_parts_reading_one_key_are_refused_in_the_env_and_in_the_data():
+    """A half-written swap obs_map={front: wrist} with both cameras parts: the data side fed the wrist camera to both
+    parts and never read the front one, silently; the env side kept one part per env key and called the other
+    missing, "map it with obs_map" (a new user's findings). Both now name the two parts and the key."""
+    from robopretrain.data.spec import spec_from_shapes
+    from robopretrain.envs.target import EnvContractError, TargetEnv
+
+    frame = ((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"f.hdf5: parts 'front' \(through data.obs_map\) and 'wrist' \(by its own "
+                                         r"name\) both read the key 'wrist'.*data.obs_map=\{front: wrist, wrist: front\}"):
+        spec_from_shapes({"front": frame, "wrist": frame}, [], ["front", "wrist"], 0, where="f.hdf5",
+                         key_map={"front": "wrist"}, map_setting="data.obs_map")
+    swapped = spec_from_shapes({"front": frame, "wrist": ((4, 4, 3), np.uint8)}, [], ["front", "wrist"], 0,
+                               where="f.hdf5", key_map={"front": "wrist", "wrist": "front"})
+    assert dict(swapped.rgb) == {"front": (4, 4, 3), "wrist": (8, 8, 3)}
+    with pytest.raises(ValueError, match=r"observation key 'cam' \(rgb part 'side'\) not found.*\{side: free\}"):
+        spec_from_shapes({"front": frame, "free": frame}, [], ["front", "side"], 0, where="f.hdf5",
+                         key_map={"side": "cam"}, map_setting="data.obs_map")  # the advice: a key no part reads
+    for obs_map, said in (({"goal": "target_q", "other": "target_q"}, "obs_map maps 'goal', 'other' to one env key "
+                                                                      "'target_q'"),
+                          ({"goal": "target_q", "aim": "goal"}, None), ({"aim": "goal"}, "parts 'aim'.*'goal'")):
+        target = Target(name="T", family=GYM, env_id="x", obs_map=obs_map, task_id=0, success_key="is_success")
+        if said is None:  # a swap of the env's own key into another part is no clash
+            TargetEnv(_TwoGoalsEnv(("goal", "target_q")), target, checked=["goal", "aim"])
+            continue
+        with pytest.raises(EnvContractError, match=f"target 'T': {said}"):
+            TargetEnv(_TwoGoalsEnv(("goal", "target_q")), target, checked=["goal", "aim"])
+
+
 @pytest.mark.parametrize("kind,shown", [("discrete", "Discrete(3)"), ("binary", "MultiBinary(1)"),
                                         ("int_box", "Box(0, 4, (2,), int64)")])
 def test_an_env_whose_actions_are_not_a_float_box_is_refused_by_name(kind, shown):

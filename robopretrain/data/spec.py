@@ -145,12 +145,17 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
     """
     key_map = dict(key_map or {})
     low, cams = [], []
+    shared = shared_source_key([*low_dim, *rgb], key_map, map_setting)
+    if shared:
+        raise ValueError(f"{where}: {shared}")
+    read = {str(key_map.get(p, p)) for p in [*low_dim, *rgb]}
 
     def lookup(key: str, kind: str) -> tuple[str, Sequence[int], Any]:
         src = key_map.get(key, key)
         if src not in shapes:
+            free = {k: v for k, v in shapes.items() if k not in read}  # keys no other part reads
             raise ValueError(f"{where}: observation key {src!r} ({kind} part {key!r}) not found; available: "
-                             f"{sorted(shapes)}{_missing_part_hint(shapes, key, kind, map_setting, parts_settable)}")
+                             f"{sorted(shapes)}{_missing_part_hint(free, key, kind, map_setting, parts_settable)}")
         return (src, *shapes[src])
 
     for key in low_dim:
@@ -173,6 +178,24 @@ def spec_from_shapes(shapes: Mapping[str, tuple[Sequence[int], Any]], low_dim: S
                              f"(H, W, 3) or grey (H, W, 1) / (H, W){hint}")
         cams.append((key, read_as))
     return ObsSpec(low_dim=tuple(low), rgb=tuple(cams), num_tasks=int(num_tasks))
+
+
+def shared_source_key(parts: Sequence[str], key_map: Mapping[str, str], map_setting: str | None = None) -> str | None:
+    """A phrase naming two ``parts`` that read one source key, each through ``key_map`` or by its own name (a
+    half-written swap ``{front_image: wrist_image}`` fed the wrist camera to both parts and never read the front
+    one, silently; a new user's finding), or None when each part reads a key of its own."""
+    by_source: dict[str, list[str]] = {}
+    for part in dict.fromkeys(parts):
+        by_source.setdefault(str(key_map.get(part, part)), []).append(part)
+    for src, readers in by_source.items():
+        if len(readers) > 1:
+            setting = map_setting or "the observation mapping"
+            how = " and ".join(f"{p!r} ({'through ' + setting if p in key_map else 'by its own name'})"
+                               for p in readers)
+            a, b = readers[:2]
+            return (f"parts {how} both read the key {src!r}: one key cannot feed two parts; map each part to a key "
+                    f"of its own (to swap two keys, map both: {setting}={{{a}: {b}, {b}: {a}}})")
+    return None
 
 
 def _missing_part_hint(shapes: Mapping[str, tuple[Sequence[int], Any]], key: str, kind: str,
@@ -255,5 +278,5 @@ def image_layout_hint(shape: tuple[int, ...], dtype: np.dtype, key: str | None =
             "(robopretrain.data.resize_robomimic)")
 
 
-__all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "as_rgb", "image_layout_hint", "spec_from_shapes",
-           "stored_camera_shape"]
+__all__ = ["LOW_DIM", "RGB", "ObsSpec", "SpecMismatchError", "as_rgb", "image_layout_hint", "shared_source_key",
+           "spec_from_shapes", "stored_camera_shape"]

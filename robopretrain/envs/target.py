@@ -49,6 +49,7 @@ import gymnasium as gym
 import numpy as np
 
 from robopretrain.data.episodes import flatten_obs
+from robopretrain.data.spec import shared_source_key
 from robopretrain.envs.action_units import ActionNormalization
 from robopretrain.envs.camera_frames import (agent_frame_shape, frame_geometry, image_layout, is_camera,
                                              to_agent_frame)
@@ -857,6 +858,13 @@ class TargetEnv(gym.Wrapper):
         self.checked = frozenset(checked)  # the agent's vector parts (our names): finite and one shape per episode
         self.image_size = int(image_size) if image_size else None  # camera frames resized to it (None: kept)
         self._task_id = target.resolved_task_id()
+        values = list(target.obs_map.values())
+        twice = sorted({v for v in values if values.count(v) > 1})
+        shared = (f"obs_map maps {', '.join(repr(k) for k, v in target.obs_map.items() if v == twice[0])} to one "
+                  f"env key {twice[0]!r}: one key cannot feed two parts" if twice else
+                  shared_source_key([*self.cameras, *sorted(self.checked)], target.obs_map, "obs_map"))
+        if shared:  # (the reverse map below keeps one part per env key: the other was called missing)
+            raise EnvContractError(f"target {target.name!r}: {shared}")
         self._reverse = {v: k for k, v in target.obs_map.items()}
         # the env's own keys named like a part that obs_map takes from another key: left out (the mapping decides,
         # not the order of the env's dict)
