@@ -576,8 +576,9 @@ def test_two_parts_reading_one_key_are_refused_in_the_env_and_in_the_data():
     from robopretrain.envs.target import EnvContractError, TargetEnv
 
     frame = ((8, 8, 3), np.uint8)
-    with pytest.raises(ValueError, match=r"f.hdf5: parts 'front' \(through data.obs_map\) and 'wrist' \(by its own "
-                                         r"name\) both read the key 'wrist'.*data.obs_map=\{front: wrist, wrist: front\}"):
+    with pytest.raises(ValueError, match=r"f.hdf5: parts 'front' \(through data.obs_map\) and 'wrist' \(by its "
+                                         r"own name\) both read the key 'wrist'.*"
+                                         r"data.obs_map=\{front: wrist, wrist: front\}"):
         spec_from_shapes({"front": frame, "wrist": frame}, [], ["front", "wrist"], 0, where="f.hdf5",
                          key_map={"front": "wrist"}, map_setting="data.obs_map")
     swapped = spec_from_shapes({"front": frame, "wrist": ((4, 4, 3), np.uint8)}, [], ["front", "wrist"], 0,
