@@ -705,6 +705,30 @@ def warn_target_return(dt_cfg: Any, episode_returns: np.ndarray, setting: str = 
     return True
 
 
+DT_RETURN_WARNED = 100.0  # |return-to-go| (scaled) above which DT's return tokens barely differ by size
+
+
+def warn_dt_return_scale(dt_cfg: Any, episode_returns: Sequence[float] | np.ndarray | None) -> bool:
+    """Warn (and return True) when a Decision Transformer's scaled episode returns (``(E,)`` or ``[lowest,
+    highest]``, as :func:`return_range` gives them) reach :data:`DT_RETURN_WARNED` in size: its return token
+    ``LayerNorm(w R + b + timestep embedding)`` (Chen et al. 2021, CORL's DT) tends to ``sign(R) w / |w|`` as ``|R|``
+    grows, so at the default initialisation R and 1.25 R differ by 0.02 at R = 100 against about 1 at R = 1, and
+    returns in the thousands condition nothing (a new user's finding: -1600 and -1900 gave one action to 5
+    decimals). CORL scales D4RL's returns by 0.001 to a few units."""
+    if episode_returns is None or len(episode_returns) == 0:
+        return False
+    largest = float(np.max(np.abs(np.asarray(episode_returns, dtype=np.float64))))
+    if not largest > DT_RETURN_WARNED:
+        return False
+    scale = float(dt_cfg.reward_scale)
+    advised = scale * 10.0 ** np.floor(np.log10(10.0 / largest))
+    log.warning("the Decision Transformer's returns-to-go reach %.4g at algo.reward_scale=%g: its return token is "
+                "LayerNorm-ed, so returns this large differ little by size and the return it is conditioned on "
+                "barely steers it; scale them to a few units (e.g. algo.reward_scale=%g; CORL uses 0.001 for returns "
+                "in the thousands)", largest, scale, advised)
+    return True
+
+
 def warn_dt_sparse_target(dt_cfg: Any, episode_returns: Sequence[float] | np.ndarray | None,
                           targets: Sequence[Target]) -> list[str]:
     """Warn, once per target, when a Decision Transformer whose data had negative episode returns (``(E,)`` or the

@@ -281,6 +281,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     else:  # targets the config names must fit
         for target in targets:
             build.check_env_fits(agent, target, dr if target.randomizable else "none")
+    if algo == "dt" and dinfo.is_main:
+        build.warn_dt_return_scale(agent.algo_cfg, build.return_range(sampler))
     if settings.eval_episodes > 0:  # evaluations that run
         build.warn_unrandomized_targets(dr, targets, "stage 2's evaluations")
         if algo == "dt" and dinfo.is_main:

@@ -409,6 +409,21 @@ def test_a_run_shorter_than_its_warmup_is_warned(caplog):
     assert "ends at 20% of it" in caplog.text and "algo.warmup_steps=200" in caplog.text
 
 
+def test_returns_too_large_for_the_return_token_are_warned_with_a_scale_that_fits(caplog):
+    """Returns of -1600 .. -2000 at reward_scale 1 conditioned nothing (the LayerNorm-ed return token keeps only
+    their sign; a new user's finding): warned, with a scale bringing them to a few units."""
+    import logging
+
+    from robopretrain.build import DT_RETURN_WARNED, warn_dt_return_scale
+
+    with caplog.at_level(logging.WARNING):
+        assert not warn_dt_return_scale(DTConfig(), [-DT_RETURN_WARNED, 3.0])
+        assert not warn_dt_return_scale(DTConfig(), None) and not caplog.records
+        assert warn_dt_return_scale(DTConfig(reward_scale=2.0), [-4000.0, -3200.0])
+    assert "returns-to-go reach 4000 at algo.reward_scale=2" in caplog.text
+    assert "algo.reward_scale=0.002" in caplog.text  # 4000 x 0.001: 4 units
+
+
 def test_agent_encodes_every_step_and_warms_up_the_learning_rate():
     spec = ObsSpec(low_dim=(("x", 1),), num_tasks=3)
     stats = {"x": {"mean": [3.0], "std": [2.0]}}
@@ -460,9 +475,11 @@ def test_stage2_runs_resumes_exactly_and_evaluates(reach_data, tmp_path, kind, c
     cfg = dict(algo="dt", obs=OBS[kind])
     with caplog.at_level(logging.WARNING):
         straight = run(stage2_config(reach_data[kind], tmp_path / "a", steps=4, **cfg))
-        assert "warm-up" not in caplog.text  # (the tiny config warms up over 2 updates)
-        run(stage2_config(reach_data[kind], tmp_path / "w", steps=1, algo_cfg={"warmup_steps": 3}, **cfg))
+        assert "warm-up" not in caplog.text and "returns-to-go reach" not in caplog.text  # (sparse: returns <= 1)
+        run(stage2_config(reach_data[kind], tmp_path / "w", steps=1,
+                          algo_cfg={"warmup_steps": 3, "reward_scale": 200.0}, **cfg))
     assert "algo.warmup_steps=3, but this run makes 1 updates" in caplog.text  # stage 2 says it
+    assert "returns-to-go reach 200 at algo.reward_scale=200" in caplog.text  # and that its returns are too large
     run(stage2_config(reach_data[kind], tmp_path / "b", steps=2, **cfg))
     # the return asked for at evaluation may change on resume (it was refused); training is the same
     resumed = run(stage2_config(reach_data[kind], tmp_path / "b", steps=4, algo_cfg={"target_return": 0.5}, **cfg))
