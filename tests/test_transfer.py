@@ -677,6 +677,15 @@ def test_cached_target_data_is_reused_only_for_the_same_request(tmp_path, monkey
     path.write_bytes(path.read_bytes()[:40])  # cut short (a run killed while the file was copied by hand)
     assert len(td.cached_target_data(path, wider, None, "physics_hard", 8, seed=1)["actions"]) == 8
     assert len(calls) == 6
+    from robopretrain.envs.target import as_target
+
+    own = {"name": "pm", "env_id": "_fake_envs:CountEnv", "task_id": 0, "env_kwargs": {"friction": 0.1}}
+    td.cached_target_data(path, wider, as_target(own), "none", 8, seed=1)
+    td.cached_target_data(path, wider, as_target(own), "none", 8, seed=1)
+    assert len(calls) == 7
+    # the target's own env changed (a run killed before its first checkpoint, rerun): its data is collected again
+    td.cached_target_data(path, wider, as_target({**own, "env_kwargs": {"friction": 0.9}}), "none", 8, seed=1)
+    assert len(calls) == 8
 
 
 def test_darc_refuses_frozen_cached_features():

@@ -65,11 +65,14 @@ def cached_target_data(path: Path, agent: Any, target: Target, randomization: An
     for the same request (target, randomization, count, seed: stored in the file); collected again otherwise (a
     rerun in the same folder with another gap or count got the old data). A file written before the request was
     stored is reused with a warning; an unreadable one is collected again. The request includes the agent's action
-    units and observation layout (parts and shapes)."""
+    units and observation layout (parts and shapes), and the target's whole description (its env, constructor
+    arguments, time limit: a run killed before its first checkpoint and rerun with the target's ``env_kwargs``
+    changed reused data of the old env, a new user's finding)."""
     units = getattr(agent, "action_normalization", None)  # transitions collected in other units are other data
     spec = getattr(agent, "spec", None)  # and observations of other parts or shapes too
     layout = {"low_dim": [list(p) for p in spec.low_dim], "rgb": [[k, list(v)] for k, v in spec.rgb]} if spec else {}
-    request = json.dumps({"target": getattr(target, "name", None), "randomization": randomization, "count": int(count),
+    described = target.to_dict() if hasattr(target, "to_dict") else getattr(target, "name", None)
+    request = json.dumps({"target": described, "randomization": randomization, "count": int(count),
                           "seed": int(seed), **({"action_units": units.to_dict()} if units is not None else {}),
                           **({"observations": layout} if layout else {})},
                          sort_keys=True, default=str)
