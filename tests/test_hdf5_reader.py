@@ -223,6 +223,33 @@ def test_truncated_file(tmp_path):
         read_info(tmp_path / "absent.hdf5")
 
 
+def test_a_file_another_process_writes_is_named_as_such_not_as_corrupt(tmp_path):
+    """HDF5's file lock refuses a reader while a writer has the file open: reported as "truncated or corrupt?", which
+    sent the user looking for damage that is not there (a new user's finding). inspect says the same."""
+    import subprocess
+    import sys
+
+    from robopretrain.data.inspect import InspectError, open_hdf5
+
+    path = write_dataset(tmp_path / "held.hdf5")
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, h5py\n"
+        f"f = h5py.File({str(path)!r}, 'a')\n"
+        "print('open', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        with pytest.raises(DatasetError, match=r"held.hdf5: another process has it open for writing \(.*unable to "
+                                               r"lock file.*\); wait until that process closes it"):
+            read_info(path)
+        with pytest.raises(InspectError, match="another process has it open for writing"):
+            open_hdf5(path)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert read_info(path).total == 9
+
+
 def test_nan_and_inf(tmp_path):
     def nan(f):
         f["data/demo_1/next_obs/proprio"][2, 1] = np.nan

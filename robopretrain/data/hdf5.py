@@ -134,7 +134,16 @@ def _open(path: str | os.PathLike) -> h5py.File:
     try:
         return h5py.File(p, "r")
     except OSError as e:
-        raise DatasetError(f"{p}: not a readable HDF5 file (truncated or corrupt?): {e}") from None
+        raise DatasetError(f"{p}: {open_failure(e)}") from None
+
+
+def open_failure(exc: OSError) -> str:
+    """Why ``h5py.File`` could not open a file, for a message: held by a writer (HDF5's file lock: another process
+    has it open for writing, which was reported as a corrupt file; a new user's finding), else not readable."""
+    if "unable to lock file" in str(exc):
+        return (f"another process has it open for writing ({exc}); wait until that process closes it (a file being "
+                "written is read inconsistently), or give a copy")
+    return f"not a readable HDF5 file (truncated or corrupt?): {exc}"
 
 
 def _decode(value: Any) -> Any:

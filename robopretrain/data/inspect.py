@@ -190,7 +190,9 @@ def open_hdf5(path: Path) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise InspectError(f"{path}: cannot open the HDF5 file, it may be truncated or corrupt ({exc})") from exc
+        from robopretrain.data.hdf5 import open_failure
+
+        raise InspectError(f"{path}: {open_failure(exc)}") from exc
     if "data" not in f or not isinstance(f["data"], h5py.Group):
         f.close()
         raise InspectError(f"{path}: no 'data' group (expected the robomimic layout data/demo_<i>/...)")
