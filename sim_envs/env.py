@@ -119,10 +119,12 @@ class TabletopEnv(gym.Env):
         mujoco.mj_resetData(m, d)
         self.dr_params = self.randomizer.sample(np.random.default_rng(rng.integers(2**63)))
         self.randomizer.apply(self.dr_params)
-        # the model's constants computed from the masses (the mass matrix's diagonal dof_M0 of free and planar
-        # bodies, subtree masses) follow the randomized masses: without this a block of 0.44x mass fell at 0.44 g
-        # and was pushed with its nominal inertia (a reviewer's finding). It resets data to qpos0, as mj_resetData did.
-        mujoco.mj_setConst(m, d)
+        if "mass" in self.dr_params:
+            # the model's constants computed from the masses (the mass matrix's diagonal dof_M0 of free and planar
+            # bodies, subtree masses) follow the randomized masses: without this a block of 0.44x mass fell at 0.44
+            # g and was pushed with its nominal inertia (a new user's finding). It sets data to qpos0, as
+            # mj_resetData did; the next apply restores the constants (randomization.SET_CONST_FIELDS).
+            mujoco.mj_setConst(m, d)
         start = np.array([rng.uniform(-0.12, 0.12), rng.uniform(-0.2, -0.08), rng.uniform(0.12, 0.2)])
         self._set_gripper(start)
         self.episode = {}

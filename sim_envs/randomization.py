@@ -168,13 +168,22 @@ def _aabb(shape: str, gsize: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros(3), half])
 
 
+# What mujoco.mj_setConst recomputes from the masses (and, as it goes, from the cameras and lights): the env calls it
+# after a mass draw, so the mass matrix follows the randomized masses; restored with the rest, so a nominal episode
+# has the compiled values bit for bit.
+SET_CONST_FIELDS = ("body_subtreemass", "body_invweight0", "dof_M0", "dof_invweight0", "tendon_invweight0",
+                    "actuator_acc0", "tendon_length0", "actuator_length0", "cam_pos0", "cam_mat0", "cam_poscom0",
+                    "light_pos0", "light_dir0", "light_poscom0")
+
+
 class DomainRandomizer:
     """Samples and applies randomization to one MjModel, restoring nominal values first every time."""
 
     _SNAPSHOT_FIELDS = ("geom_friction", "dof_frictionloss", "body_mass", "body_inertia", "dof_damping",
                         "actuator_gainprm", "actuator_biasprm", "actuator_forcerange", "geom_rgba", "geom_matid", "light_dir",
                         "light_diffuse", "cam_pos", "cam_quat", "geom_type", "geom_size", "geom_rbound",
-                        "geom_aabb", "geom_contype", "geom_conaffinity", "body_contype", "body_conaffinity")
+                        "geom_aabb", "geom_contype", "geom_conaffinity", "body_contype", "body_conaffinity",
+                        *SET_CONST_FIELDS)
 
     def __init__(self, model: mujoco.MjModel, object_bodies: Sequence[str], config: RandomizationConfig,
                  max_distractors: int, cameras: Sequence[str] = ("agentview",)) -> None:

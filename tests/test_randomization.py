@@ -31,7 +31,9 @@ TOL = 1e-9
 # The model fields each factor may change, and nothing else (see DomainRandomizer.apply / place_distractors).
 FACTOR_FIELDS: dict[str, set[str]] = {
     "friction": {"geom_friction", "dof_frictionloss"},
-    "mass": {"body_mass", "body_inertia"},
+    # and what MuJoCo derives from the masses (mj_setConst: the mass matrix, subtree masses and centres)
+    "mass": {"body_mass", "body_inertia", "body_subtreemass", "body_invweight0", "dof_M0", "dof_invweight0",
+             "cam_poscom0", "light_poscom0"},
     "damping": {"dof_damping"},
     "gripper_force": {"actuator_gainprm", "actuator_biasprm", "actuator_forcerange"},
     "lighting": {"light_dir", "light_diffuse"},
