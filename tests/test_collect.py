@@ -93,6 +93,13 @@ def test_robomimic_sequence_dataset_reads_the_file(collected):
         np.testing.assert_array_equal(item["actions"][0], group["actions"][2])
         assert item["rewards"][0] == group["rewards"][2] and item["dones"][0] == group["dones"][2]
         assert item["obs"]["agentview_image"].shape == (1, 32, 32, 3)
+    # robomimic's metadata readers (they need six, which robomimic 0.3.0 does not declare: the dev extra has it)
+    import robomimic.utils.file_utils as FileUtils
+
+    meta = FileUtils.get_env_metadata_from_dataset(str(collected))
+    assert meta["type"] == 2 and meta["env_name"]
+    shapes = FileUtils.get_shape_metadata_from_dataset(str(collected), all_obs_keys=OBS_KEYS)
+    assert shapes["ac_dim"] == 4 and shapes["all_shapes"]["agentview_image"] == [3, 32, 32]  # robomimic's CHW
 
 
 def test_masks_partition_demos_and_match_tasks(collected):

@@ -967,13 +967,13 @@ def test_a_copy_is_reused_by_content_only_with_the_settings_it_was_made_with(tmp
 
 def test_a_copy_by_an_older_converter_is_converted_again_not_reused_by_content(tmp_path, monkeypatch, caplog):
     """Copies made by converter 6 before its demo naming and D4RL episode ends changed were reused by content after
-    the upgrade (helper V: one merged 60-step demo where the new converter writes three): the version is 8 now, and a
+    the upgrade (helper V: one merged 60-step demo where the new converter writes three): the version is 9 now, and a
     copy of another version is converted again, also when the source's times moved; robomimic copies (cameras
     resized), which those changes do not reach, keep their version."""
     from robopretrain.data import convert as convert_mod
 
     cache, src = tmp_path / "cache", F.write_ogbench(tmp_path / "o.npz")
-    assert convert_mod.converter_version("ogbench") == 8 and convert_mod.converter_version("robomimic") == 6
+    assert convert_mod.converter_version("ogbench") == 9 and convert_mod.converter_version("robomimic") == 6
     monkeypatch.setattr(convert_mod, "CONVERTER_VERSION", 7)
     old = as_robomimic(src, cache_dir=cache)
     assert json.loads(source_record_path(old).read_text())["settings"]["converter"] == 7
@@ -982,7 +982,15 @@ def test_a_copy_by_an_older_converter_is_converted_again_not_reused_by_content(t
     with caplog.at_level(logging.INFO, logger="robopretrain.data.convert"):
         new = as_robomimic(src, cache_dir=cache)
     assert new != old and not old.exists() and "its content is the same" not in caplog.text
-    assert json.loads(source_record_path(new).read_text())["settings"]["converter"] == 8
+    assert json.loads(source_record_path(new).read_text())["settings"]["converter"] == 9
+    # robomimic's env type is an integer (its env utilities failed on the string 'ogbench'); the format has its key
+    with h5py.File(new, "r") as f:
+        env_args = json.loads(f["data"].attrs["env_args"])
+    assert env_args["type"] == 2 and env_args["format"] == "ogbench"
+    from robopretrain.data.hdf5 import source_format
+
+    assert source_format(env_args) == "ogbench" and source_format({"type": "d4rl"}) == "d4rl"  # an older copy's
+    assert source_format({"type": 2}) is None
 
 
 def test_a_relative_source_path_prunes_only_its_own_copies(tmp_path, monkeypatch):

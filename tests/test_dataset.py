@@ -130,6 +130,8 @@ def test_a_done_inside_an_episode_is_reported_with_its_demo_and_step(tmp_path, c
     assert warn_inner_terminals("x", np.array([0, 0, 1, 0, 0, 0, 0, 1.0]), ids, ["demo_0", "demo_7"]) == 0
     assert warn_inner_terminals("x", np.array([]), np.array([]), []) == 0  # nothing to say of no steps
     assert warn_inner_terminals("x", np.array([1, 0, 1.0]), np.array([0, 0, 0]), ["d"], {"type": "ogbench"}) == 0
+    ogbench_now = {"type": 2, "format": "ogbench"}  # converter 9 on: robomimic's integer type, the format beside it
+    assert warn_inner_terminals("x", np.array([1, 0, 1.0]), np.array([0, 0, 0]), ["d"], ogbench_now) == 0
     caplog.clear()  # four demos: the first three named, then "..."
     four = np.repeat(np.arange(4), 2)
     assert warn_inner_terminals("y", np.tile([1, 1.0], 4), four, ["a", "b", "c", "d"]) == 4

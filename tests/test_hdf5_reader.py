@@ -223,6 +223,24 @@ def test_truncated_file(tmp_path):
         read_info(tmp_path / "absent.hdf5")
 
 
+def test_data_total_is_optional_and_a_stale_one_is_read_by_the_demos_as_robomimic_does(tmp_path, caplog):
+    """robomimic's readers never read data's total: a file without it, or with one left stale after demos were
+    removed, was refused (a new user's finding). Both are read by the demos' num_samples, the stale one warned
+    about once; a demo whose num_samples disagrees with its rows is still refused."""
+    plain = write_dataset(tmp_path / "plain.hdf5")
+    bare = write_dataset(tmp_path / "bare.hdf5", mutate=lambda f: f["data"].attrs.__delitem__("total"))
+    stale = write_dataset(tmp_path / "stale.hdf5", mutate=lambda f: f["data"].attrs.__setitem__("total", 99))
+    expected = load_transitions(plain, ["proprio"])
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.hdf5"):
+        for path in (bare, stale):
+            assert read_info(path).total == 9
+            np.testing.assert_array_equal(load_transitions(path, ["proprio"]).actions, expected.actions)
+        read_info(stale)
+    said = [r.getMessage() for r in caplog.records if "'total'" in r.getMessage()]
+    assert said == [f"{stale}: data's attribute 'total' is 99 but the demos' num_samples sum to 9; read as robomimic "
+                    "reads it, by the demos (set total to 9 to silence this)"]
+
+
 def test_a_file_another_process_writes_is_named_as_such_not_as_corrupt(tmp_path):
     """HDF5's file lock refuses a reader while a writer has the file open: reported as "truncated or corrupt?", which
     sent the user looking for damage that is not there (a new user's finding). inspect says the same."""
@@ -390,15 +408,10 @@ def test_a_mask_naming_a_deleted_demo_is_refused_only_when_used(tmp_path, capsys
         capsys.readouterr().out
 
 
-def test_bad_demo_name_and_total(tmp_path):
+def test_bad_demo_name_and_counts(tmp_path):
     path = write_dataset(tmp_path / "d.hdf5", mutate=lambda f: f["data"].move("demo_1", "demo_x"))
     assert "data/demo_x" in _expect(path, "demo_<int>")
-
-    def bad_total(f):
-        f["data"].attrs["total"] = 100
-
-    _expect(write_dataset(tmp_path / "tot.hdf5", mutate=bad_total), "'total' is 100")
-
+    # (a stale data total alone is read by the demos: test_data_total_is_optional_...)
     def bad_count(f):  # one demo's num_samples wrong, total right for the arrays: the demo is named, not total
         f["data/demo_1"].attrs["num_samples"] = 7
 

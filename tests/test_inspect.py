@@ -118,8 +118,9 @@ def test_demos_flag_lists_every_demo_in_file_order(tmp_path: Path, capsys: pytes
     rows = [line.split()[:5] for line in out.splitlines() if line.startswith("demo_")]
     assert rows[:2] == [["demo_0", "PushBlock", "6", "yes*", "yes"], ["demo_1", "PushBlock", "4", "no*", "no"]]
     assert "* success read from the demo's sparse rewards (last reward 1), ep_meta has no flag" in out
-    assert ("warning: data.attrs['total'] = 1 but the demos hold 19 transitions: training refuses the file; set "
-            "data's total to 19\n") in out and "attribute 'total' is" not in out  # not again as the reader's
+    assert ("warning: data.attrs['total'] = 1 but the demos hold 19 transitions (robomimic never reads it; training "
+            "reads the demos, with a warning); set data's total to 19\n") in out
+    assert "training refuses" not in out  # (robomimic's readers take the demos' num_samples: the toolkit too)
 
 
 def test_a_one_step_success_is_not_said_to_lack_a_reward_signal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -383,14 +384,13 @@ def test_a_num_samples_attribute_that_disagrees_with_the_rows_is_listed(tmp_path
 
 
 @pytest.mark.parametrize("damage, refusal", [
-    (lambda f: f["data"].attrs.__delitem__("total"), "data: missing attribute 'total'"),
     (lambda f: f["data"].attrs.__delitem__("env_args"), "data: missing attribute 'env_args'"),
     (lambda f: f["data/demo_1"].attrs.__delitem__("num_samples"), "data/demo_1: missing attribute 'num_samples'"),
     (lambda f: f.__delitem__("data/demo_2/dones"), "data/demo_2/dones: missing"),
 ])
 def test_what_the_reader_refuses_is_said(tmp_path: Path, damage, refusal) -> None:
-    """A file without dones, data's total or env_args, or a demo's num_samples, got a normal summary, and training
-    then refused it, one problem per run."""
+    """A file without dones or env_args, or a demo's num_samples, got a normal summary, and training then refused
+    it, one problem per run (data's total is optional, as in robomimic's readers)."""
     path = write_tiny_hdf5(tmp_path / "d.hdf5")
     assert "training refuses" not in format_hdf5_summary(summarize_hdf5(path))
     with h5py.File(path, "a") as f:

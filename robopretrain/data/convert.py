@@ -66,7 +66,7 @@ import h5py
 import numpy as np
 
 from robopretrain.data.episodes import ACTION_MODES, ConversionError, Episode, check_image_size, write_robomimic
-from robopretrain.data.hdf5 import mixed_action_sizes
+from robopretrain.data.hdf5 import mixed_action_sizes, source_format
 from robopretrain.data.frames import index_dir
 from robopretrain.data.read_d4rl import is_d4rl, read_d4rl
 from robopretrain.data.read_lerobot import FOLDERS as LEROBOT_PARTS
@@ -80,7 +80,7 @@ from robopretrain.files import sha256_of, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 8  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success;
+CONVERTER_VERSION = 9  # 2: per-dimension action rescaling (in-range dimensions kept), success from is_success;
 # 3: a LeRobot next.done last frame that is not a success (next.success recorded) is a truncation; an OGBench
 # compact file cut mid-trajectory has no self-loop; 4: grey (N, H, W) uint8 frames are cameras, not low-dim parts;
 # 5: a source without rewards (LeRobot without next.reward, OGBench without rewards / masks) is written without them;
@@ -88,7 +88,8 @@ CONVERTER_VERSION = 8  # 2: per-dimension action rescaling (in-range dimensions 
 # out instead of clipped; Minari actions are rescaled from the declared action space; 7: a skipped one-step episode
 # leaves a gap in the demo names (labels name demos), a D4RL file without timeouts ends episodes at resets (version 6
 # copies made before that change are not told apart from later ones, so every one is converted again); 8: a D4RL
-# file's resets its timeouts do not mark end episodes, a LeRobot episode without frames leaves a gap in the names
+# file's resets its timeouts do not mark end episodes, a LeRobot episode without frames leaves a gap in the names;
+# 9: env_args' type is robomimic's integer env type (2, gym), the source format under env_args["format"]
 ROBOMIMIC_COPY_VERSION = 6  # a robomimic file's copy with its cameras resized: none of 7's changes reach it
 
 
@@ -140,7 +141,7 @@ def _copy_note(copy: Path) -> str | None:
         if derived:
             done.append(f"next_obs derived for {', '.join(map(str, derived))}")
         return f"{copy.name} is {source} with {' and '.join(done) or 'nothing changed'}; its demos keep their names"
-    return (f"{copy.name} is {source} ({settings.get('format') or env_args.get('type')}) converted; each demo's "
+    return (f"{copy.name} is {source} ({settings.get('format') or source_format(env_args)}) converted; each demo's "
             "ep_meta source_episode names its episode in the source")
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from robopretrain.data.hdf5 import (DatasetError, DatasetInfo, Transitions, action_bounds, check_finite_transitions,
-                                    check_lengths, load_transitions, read_info, select_demos)
+                                    check_lengths, load_transitions, read_info, select_demos, source_format)
 from robopretrain.data.disk import DiskDataset
 from robopretrain.data.frames import open_index
 from robopretrain.data.keys import NEXT_ACTIONS, TASK_ID
@@ -272,7 +272,7 @@ def warn_inner_terminals(where: str, dones: np.ndarray, episode_ids: np.ndarray,
     success step) writes such dones. Nothing is said of an OGBench conversion (``env_args`` of type ``ogbench``), whose
     converter marks the task-done steps so by design (:mod:`robopretrain.data.read_ogbench`). Returns the number of
     such steps (0 when not warned)."""
-    if not len(dones) or (env_args or {}).get("type") == "ogbench":
+    if not len(dones) or source_format(env_args) == "ogbench":
         return 0
     ids = np.asarray(episode_ids)
     last = np.r_[ids[1:] != ids[:-1], True]

@@ -55,7 +55,7 @@ from robopretrain.envs.action_units import ENV_ARGS_KEY as ACTION_UNITS_KEY
 from robopretrain.envs.action_units import (ActionNormalization, add_whole_values, auto_bounds,
                                             warn_constant_dimensions, warn_index_actions)
 from robopretrain.envs.camera_frames import image_layout, to_agent_frame  # image_layout: re-exported
-from sim_envs.hdf5_writer import remove_abandoned_partials
+from sim_envs.hdf5_writer import ROBOMIMIC_GYM_TYPE, remove_abandoned_partials
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,10 @@ def write_robomimic(path: str | os.PathLike, episodes: Iterable[Episode], *, sou
             if not names:
                 raise ConversionError(f"{source}: no episode with at least 2 steps to convert"
                                       + (f" ({len(skipped)} shorter skipped)" if skipped else ""))
-            env_args: dict[str, Any] = {"env_name": env_name or f"{fmt}/{Path(source).stem}", "type": fmt,
+            # robomimic's env type is an integer (EnvType: 2 = gym; its env utilities fail on a string); the
+            # source's format goes under its own key (source_format() reads both)
+            env_args: dict[str, Any] = {"env_name": env_name or f"{fmt}/{Path(source).stem}",
+                                        "type": ROBOMIMIC_GYM_TYPE, "format": fmt,
                                         "source": str(source), "num_tasks": len(tasks),
                                         "env_kwargs": {}, **dict(extra_env_args or {})}
             if image_size is not None:

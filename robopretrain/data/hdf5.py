@@ -31,6 +31,7 @@ Returns-to-go (REFERENCE.md Stage 3) are not computed here; see :mod:`robopretra
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ import numpy as np
 
 from robopretrain.envs.camera_frames import image_layout
 
+log = logging.getLogger(__name__)
 DEMO_RE = re.compile(r"^demo_(\d+)$")
 IMAGE_SUFFIX = "_image"
 # env_args entry of a file whose rewards a learned reward wrote (robopretrain.reward_model.relabel): its source file
@@ -121,6 +123,18 @@ class Transitions:
 
     def __len__(self) -> int:
         return len(self.actions)
+
+
+_STALE_TOTAL_SAID: set[str] = set()  # files whose stale data.attrs["total"] was warned about
+
+
+def source_format(env_args: Mapping[str, Any] | None) -> str | None:
+    """The format a converted file came from (``env_args["format"]``: ``d4rl``, ``ogbench``, ...; copies converted
+    before it was recorded there kept it in robomimic's ``type``, which robomimic reads as an integer env type),
+    None for a file written as robomimic HDF5."""
+    args = env_args or {}
+    fmt = args.get("format", args.get("type"))
+    return fmt if isinstance(fmt, str) else None
 
 
 def _err(path: str, key: str, msg: str) -> DatasetError:
@@ -409,7 +423,9 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         if "data" not in f or not isinstance(f["data"], h5py.Group):
             raise _err(p, "data", "missing group (expected data/demo_<i>/...)")
         data = f["data"]
-        total = _attr(p, data, "data", "total", int)
+        # robomimic's readers never read data's total: a file without it, or with a stale one, is read as they read
+        # it (it was refused; a new user's finding), the demos' own num_samples deciding
+        total = _attr(p, data, "data", "total", int) if "total" in data.attrs else None
         env_args = _json_attr(p, data, "data", "env_args", required=True)
         names = _demo_names(p, data)
         if not names:
@@ -417,12 +433,17 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         default_task = default_task_name(p, env_args)
         demos = [_demo_info(p, data[n], n, default_task) for n in names]
         counted = sum(d.num_samples for d in demos)
-        if counted != total:
+        if total is not None and counted != total:
             for d in demos:  # a demo whose num_samples disagrees with its own actions is the likelier fault
                 acts = data[d.name].get("actions")
                 if isinstance(acts, h5py.Dataset) and acts.ndim >= 1 and acts.shape[0] != d.num_samples:
                     raise _err(p, f"data/{d.name}/actions", _rows_problem(acts.shape[0], d.num_samples))
-            raise _err(p, "data", f"attribute 'total' is {total} but the demos' num_samples sum to {counted}")
+            if p not in _STALE_TOTAL_SAID:  # once per file (read_info runs several times a run)
+                _STALE_TOTAL_SAID.add(p)
+                log.warning("%s: data's attribute 'total' is %d but the demos' num_samples sum to %d; read as "
+                            "robomimic reads it, by the demos (set total to %d to silence this)", p, total, counted,
+                            counted)
+        total = counted
         tasks = _task_ids(p, demos)
         masks, stale, unreadable = _read_masks(p, f, set(names))
         # the parts and action size from the first demo with steps: an empty one is often written with flat (0,)

@@ -42,7 +42,7 @@ import numpy as np
 
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
-from robopretrain.data.hdf5 import DatasetError, check_layout, nested_obs, success_flag
+from robopretrain.data.hdf5 import DatasetError, check_layout, nested_obs, source_format, success_flag
 from robopretrain.data.returns import has_success_signal, is_sparse_success_reward
 from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
                                      count_frames, read_frames)
@@ -320,7 +320,7 @@ def _summarize_open_file(f: h5py.File, path: Path) -> Hdf5Summary:
         try:
             env_args = json.loads(_as_str(data.attrs["env_args"]))
             env_name = env_args.get("env_name")
-            if env_args.get("type") == "ogbench":  # task-done steps marked by design (read_ogbench), not a defect
+            if source_format(env_args) == "ogbench":  # task-done steps marked by design (read_ogbench), not a defect
                 inner_dones = {}
         except (json.JSONDecodeError, AttributeError):
             env_name = "(env_args is not JSON)"
@@ -509,8 +509,9 @@ def format_hdf5_summary(s: Hdf5Summary) -> str:
                      "demo out with a mask")
     wrong_total = s.total_attr is not None and s.total_attr != s.transitions
     if wrong_total:
-        lines.append(f"warning: data.attrs['total'] = {s.total_attr} but the demos hold {s.transitions} transitions: "
-                     f"training refuses the file; set data's total to {s.transitions}")
+        lines.append(f"warning: data.attrs['total'] = {s.total_attr} but the demos hold {s.transitions} transitions "
+                     f"(robomimic never reads it; training reads the demos, with a warning); set data's total to "
+                     f"{s.transitions}")
     lines.append("")
     lines.append("observations (per step):")
     width = max([26] + [len(f"obs/{key}") + 1 for key in s.obs])  # long keys (LeRobot's) keep the columns aligned
