@@ -648,10 +648,17 @@ def test_a_frame_index_without_room_is_refused_naming_the_folder_and_the_sizes(t
     usage = namedtuple("usage", "total used free")
     need = frames_mod.index_bytes(frames_mod.read_info(path), [CAM])
     assert need == (sum(n for n, _, _ in EPISODES) + len(EPISODES)) * (6 * 6 * 3 + 4)  # 18 + 4 frames, and CRCs
+    # the advice's memory figure is the in-memory path's, obs and next_obs each whole: about twice the index (it said
+    # "about that much", half of what memory took; a new user's finding)
+    from robopretrain.data.dataset import frame_bytes
+
+    info = frames_mod.read_info(path)
+    in_memory = frames_mod.memory_bytes(info, [CAM])
+    assert in_memory == frame_bytes(info, [d.name for d in info.demos], [CAM]) == 2 * 18 * 6 * 6 * 3
     monkeypatch.setattr(frames_mod.shutil, "disk_usage", lambda p: usage(10**9, 10**9, need - 1))
     with pytest.raises(DatasetError, match=r"toy.hdf5: no room for its frame index .*toy.hdf5.frames \(data.storage="
                                            r"disk\): it takes at least 0.00 GB and 0.00 GB were free .*data.storage="
-                                           r"memory"):
+                                           r"memory \(its frames then take about 0.00 GB of memory"):
         load_offline_dataset(path, spec, CAL_QL, storage="disk")
     monkeypatch.setattr(frames_mod.shutil, "disk_usage", lambda p: usage(10**9, 0, 10**9))
 

@@ -281,14 +281,14 @@ def _build_at(source: Path, info: DatasetInfo, keys: Sequence[str], folder: Path
         free = shutil.disk_usage(tmp).free
         if need > free:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise DatasetError(_no_space(source, folder, need, free))
+            raise DatasetError(_no_space(source, folder, need, free, memory_bytes(info, keys)))
         try:
             return _build_holding(source, info, keys, folder, tmp)
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # (the estimate fell short: other writers, or next_obs breaks)
-            raise DatasetError(_no_space(source, folder, need, free, midway=True)) from None
+            raise DatasetError(_no_space(source, folder, need, free, memory_bytes(info, keys), midway=True)) from None
 
 
 def index_bytes(info: DatasetInfo, keys: Sequence[str]) -> int:
@@ -300,11 +300,20 @@ def index_bytes(info: DatasetInfo, keys: Sequence[str]) -> int:
     return int(sum(frames * (int(np.prod(info.obs_specs[k][0])) + 4) for k in keys if k in info.obs_specs))
 
 
-def _no_space(source: Path, folder: Path, need: int, free: int, midway: bool = False) -> str:
+def memory_bytes(info: DatasetInfo, keys: Sequence[str]) -> int:
+    """The bytes camera ``keys``' frames of every demo take on the in-memory path (``obs`` and ``next_obs`` each
+    held whole, as RGB: twice the index, which stores each frame once;
+    :func:`robopretrain.data.dataset.frame_bytes` for a selection)."""
+    steps = sum(d.num_samples for d in info.demos if d.num_samples >= 2)
+    return 2 * steps * sum(int(np.prod(info.obs_specs[k][0][:2])) * 3 for k in keys if k in info.obs_specs)
+
+
+def _no_space(source: Path, folder: Path, need: int, free: int, memory: int, midway: bool = False) -> str:
     state = "ran out of room writing" if midway else "no room for"
     return (f"{source}: {state} its frame index {folder} (data.storage=disk): it takes at least {need / 1e9:.2f} "
             f"GB and {free / 1e9:.2f} GB were free on that filesystem when it started; free space there, or set "
-            "data.storage=memory (the frames then take about that much memory)")
+            f"data.storage=memory (its frames then take about {memory / 1e9:.2f} GB of memory: obs and next_obs "
+            "each held whole)")
 
 
 def _abandoned(marker: Path) -> bool:
