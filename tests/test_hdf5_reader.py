@@ -303,6 +303,26 @@ def test_nan_and_inf(tmp_path):
         assert len(_load(bad, storage, mask="train")) == 3 + 2  # left out by a mask: not in the way
 
 
+def test_a_finite_float64_value_beyond_float32_is_named_not_called_nan_or_inf(tmp_path):
+    """A float64 reward of 1e39 became inf in float32 with numpy's overflow warning, then was refused as "contains
+    NaN or inf", which the file does not hold (a new user's finding). Named as too large, on both storages."""
+    import warnings
+
+    def huge(f):
+        rewards = f["data/demo_1/rewards"][()].astype(np.float64)
+        rewards[2] = -1e39
+        del f["data/demo_1/rewards"]
+        f["data/demo_1/rewards"] = rewards
+
+    path = write_dataset(tmp_path / "huge.hdf5", mutate=huge)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning on the way
+        for storage in STORAGES:
+            with pytest.raises(DatasetError, match=r"huge.hdf5: data/demo_1/rewards: holds -1e\+39 \(first at row "
+                                                   r"2\), beyond float32's range"):
+                _load(path, storage)
+
+
 STORAGES = ("memory", "disk")
 
 

@@ -585,17 +585,40 @@ def select_demos(
 
 def _read_into(path: str, ds: h5py.Dataset, key: str, out: np.ndarray, lo: int, hi: int, finite: bool = True
                ) -> None:
-    """Read ``ds`` into ``out[lo:hi]`` (in place when dtypes match) and reject NaN/inf (unless not ``finite``)."""
+    """Read ``ds`` into ``out[lo:hi]`` (in place when dtypes match) and reject NaN/inf (unless not ``finite``), and
+    finite values too large for ``out``'s dtype (a float64 1e39 became inf in float32 and was called "NaN or inf",
+    which the file does not hold; a new user's finding)."""
+    raw = None
     try:
         if ds.dtype == out.dtype:
             ds.read_direct(out, dest_sel=np.s_[lo:hi])
         else:
-            out[lo:hi] = ds[()]
+            raw = np.asarray(ds[()])
     except (OSError, TypeError, ValueError) as e:
         raise _err(path, key, f"cannot be read as {out.dtype} (truncated or corrupt file?): {e}") from None
+    if raw is not None:
+        if out.dtype.kind == "f" and raw.dtype.kind == "f":
+            _reject_too_large(path, key, raw, out.dtype)
+        try:
+            with np.errstate(over="ignore"):  # (what overflows was refused above; inf stays inf)
+                out[lo:hi] = raw
+        except (TypeError, ValueError) as e:
+            raise _err(path, key, f"cannot be read as {out.dtype} (truncated or corrupt file?): {e}") from None
     part = out[lo:hi]
     if finite and part.dtype.kind == "f":
         _reject_non_finite(path, key, part)
+
+
+def _reject_too_large(path: str, key: str, rows: np.ndarray, dtype: np.dtype) -> None:
+    """Raise :class:`DatasetError` naming the first row of ``rows`` holding a finite value beyond ``dtype``'s range."""
+    limit = np.finfo(dtype).max
+    with np.errstate(invalid="ignore"):
+        over = np.isfinite(rows) & (np.abs(rows) > limit)
+    if over.any():
+        bad = int(np.argwhere(over.reshape(len(rows), -1))[0, 0])
+        value = rows.reshape(len(rows), -1)[bad][over.reshape(len(rows), -1)[bad]][0]
+        raise _err(path, key, f"holds {value:.3g} (first at row {bad}), beyond {np.dtype(dtype)}'s range "
+                              f"(+-{limit:.3g}) the toolkit reads it in; rescale the values")
 
 
 def _reject_non_finite(path: str, key: str, rows: np.ndarray) -> None:
