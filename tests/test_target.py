@@ -568,6 +568,30 @@ def test_a_mapped_part_is_the_mapped_key_whatever_the_envs_order_and_a_mapped_ke
     TargetEnv(_TwoGoalsEnv(order), typo)  # a mapping of a part the agent does not read is left alone
 
 
+def test_a_camera_that_changes_size_after_the_check_is_warned_about_once(caplog):
+    """Frames are resized as they come: a camera giving 16x16 frames at the check and 12x12 or 8x8 later was read
+    silently (a new user's finding). Warned once per camera; camera_shapes keeps what the check saw."""
+    from robopretrain.envs.target import TargetEnv
+
+    target = Target(name="T", family=GYM, env_id="x", task_id=0, success_key="success")
+    raw = fake.RobosuiteLikeEnv(image_size=16)
+    env = TargetEnv(raw, target, cameras=["agentview_image", "robot0_eye_in_hand_image"], image_size=8)
+    with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):
+        env.reset(seed=0)
+        env.step(np.zeros(7, np.float32))
+        assert not [r for r in caplog.records if "frames now" in r.getMessage()]
+        for size in (12, 8):
+            raw.size = size
+            obs, _ = env.reset(seed=1)
+            env.step(np.zeros(7, np.float32))
+    said = [r.getMessage() for r in caplog.records if "frames now" in r.getMessage()]
+    assert said == [f"target 'T': camera {key!r} gives 12x12x3 frames now (episode step 0), 16x16x3 when it was "
+                    "checked: each frame is resized to the agent's 8x8 as it comes, so these are squeezed "
+                    "differently from the frames the checks and the agent's data saw"
+                    for key in ("agentview_image", "robot0_eye_in_hand_image")]
+    assert env.camera_shapes["agentview_image"] == (16, 16, 3) and obs["agentview_image"].shape == (8, 8, 3)
+
+
 def test_two_parts_reading_one_key_are_refused_in_the_env_and_in_the_data():
     """A half-written swap obs_map={front: wrist} with both cameras parts: the data side fed the wrist camera to both
     parts and never read the front one, silently; the env side kept one part per env key and called the other

@@ -874,7 +874,8 @@ class TargetEnv(gym.Wrapper):
         self._shapes: dict[str, tuple[int, ...]] = {}  # each vector part's shape at the episode's reset
         self._steps = 0  # steps since the reset (for the errors of _check_part)
         self._dropped: set[str] = set()  # the env's parts that are no arrays (text, nested dicts): left out
-        self.camera_shapes: dict[str, tuple[int, int, int]] = {}  # each camera's frame at the reset: (H, W, C)
+        self.camera_shapes: dict[str, tuple[int, int, int]] = {}  # each camera's first frame: (H, W, C)
+        self._regeometry_said: set[str] = set()  # cameras warned about for frames of another geometry later
         self.observation_space = self._space(env.observation_space)
 
     def _space(self, space: gym.Space) -> gym.spaces.Dict:
@@ -917,6 +918,19 @@ class TargetEnv(gym.Wrapper):
         except ValueError as exc:
             raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
 
+    def _note_geometry(self, camera: str, geometry: tuple[int, int, int]) -> None:
+        """Record a camera's first frame geometry (``camera_shapes``: what check_env_fits reads at the start) and warn
+        once where a later frame has another: each frame is resized as it comes, so a camera that changes size or
+        proportions was stretched differently from the one checked, silently (a new user's finding)."""
+        first = self.camera_shapes.setdefault(camera, geometry)
+        if geometry != first and camera not in self._regeometry_said:
+            self._regeometry_said.add(camera)
+            size = f"the agent's {self.image_size}x{self.image_size}" if self.image_size else "the agent's size"
+            log.warning("target %r: camera %r gives %dx%dx%d frames now (episode step %d), %dx%dx%d when it was "
+                        "checked: each frame is resized to %s as it comes, so these are squeezed differently from "
+                        "the frames the checks and the agent's data saw", self.target.name, camera, *geometry,
+                        self._steps, *first, size)
+
     def _obs(self, obs: Any) -> dict[str, Any]:
         obs = flatten_obs(obs, self.target.name) if isinstance(obs, (Mapping, tuple)) else {OBSERVATION: obs}
         out: dict[str, Any] = {}
@@ -927,8 +941,7 @@ class TargetEnv(gym.Wrapper):
             arr = np.asarray(value)
             if ours in self.cameras and is_camera(arr):  # only the agent's cameras: other pictures pass as given
                 try:
-                    if not self._steps:  # at the reset: what check_env_fits reads
-                        self.camera_shapes[ours] = frame_geometry(arr.shape)
+                    self._note_geometry(ours, frame_geometry(arr.shape))
                     arr = to_agent_frame(arr, self.image_size, self.target.flip_images)
                 except ValueError as exc:
                     raise ValueError(f"target {self.target.name!r}, observation part {key!r}: {exc}") from None
