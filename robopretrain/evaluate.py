@@ -616,24 +616,12 @@ def plot_success(stats: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Pat
     return path
 
 
-def video_size_frame(frame: np.ndarray, size: int) -> np.ndarray:
-    """``frame`` (H, W, 3) uint8 resized to ``size`` px high, the width scaled alike and rounded to an even number
-    (what H.264 needs); bilinear. Returned unchanged when it already has that height."""
-    from PIL import Image
-
-    h, w = frame.shape[:2]
-    if h == size:
-        return frame
-    width = max(2, 2 * round(w * size / h / 2))
-    return np.asarray(Image.fromarray(frame).resize((width, size), Image.BILINEAR))
-
-
 def record_video(spec: PolicySpec, condition: Condition, seed: int, path: Path, size: int, max_frames: int,
                  fps: float) -> Path:
     """An mp4 of the deterministic policy in one episode of ``condition`` (at most ``max_frames``): sim_envs'
     agentview at ``size`` px (its own renderer of the same model and randomization); outside sim_envs the agent's
-    first camera (or ``env.render()``) resized to ``size`` px high (:func:`video_size_frame`: a 64 px camera is
-    upscaled, no detail is added)."""
+    first camera (or ``env.render()``) resized to ``size`` px high (:func:`robopretrain.evaluation.video_size_frame`:
+    a 64 px camera is upscaled, no detail is added)."""
     from robopretrain.evaluation import video_frame
     from sim_envs.video_writer import write_mp4
 
@@ -654,7 +642,7 @@ def record_video(spec: PolicySpec, condition: Condition, seed: int, path: Path, 
     def frame(obs: Mapping[str, Any]) -> np.ndarray:
         if renderer is not None:
             return renderer.render(sim.data, "agentview")
-        return video_size_frame(video_frame(env, obs, target, policy.spec.rgb_keys), int(size))
+        return video_frame(env, obs, target, policy.spec.rgb_keys, size=int(size))
 
     try:
         obs, _ = env.reset(seed=seed)

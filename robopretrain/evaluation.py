@@ -215,14 +215,20 @@ class NothingToFilm(ValueError):
     """The agent has no camera and the env renders nothing: no video can be made."""
 
 
-def video_frame(env: gym.Env, obs: Mapping[str, Any], target: Target, cameras: Sequence[str]) -> np.ndarray:
-    """A 128 px agentview frame for sim_envs targets, else the agent's first camera (or the env's render); raises
+VIDEO_SIZE = 128  # px: the height of a rollout video's frames
+
+
+def video_frame(env: gym.Env, obs: Mapping[str, Any], target: Target, cameras: Sequence[str],
+                size: int | None = VIDEO_SIZE) -> np.ndarray:
+    """A ``size`` px agentview frame for sim_envs targets (rendered at that size), else the agent's first camera (or
+    the env's render) resized to ``size`` px high (:func:`video_size_frame`; None: as it is: a foreign target's
+    rollout GIF was the agent's 32 px camera, where sim_envs targets get 128 px, a new user's finding); raises
     :class:`NothingToFilm` when there is none."""
     render = getattr(env.unwrapped, "render_camera", None)
     if target.family == SIM_ENVS and render is not None:
-        return np.asarray(render("agentview", size=128), dtype=np.uint8)
+        return np.asarray(render("agentview", size=size or VIDEO_SIZE), dtype=np.uint8)
     if cameras:
-        return np.asarray(obs[cameras[0]], dtype=np.uint8)
+        return _sized(np.asarray(obs[cameras[0]], dtype=np.uint8), size)
     try:
         frame = env.render()
     except NotImplementedError:  # gymnasium's default for an env without rendering
@@ -234,7 +240,24 @@ def video_frame(env: gym.Env, obs: Mapping[str, Any], target: Target, cameras: S
         raise NothingToFilm(f"target {target.name!r}: no camera to film (the agent has none and env.render() gives "
                             "nothing: a gymnasium env renders frames only when made with render_mode='rgb_array', "
                             "the target's env_kwargs: {render_mode: rgb_array}); or disable the video")
-    return np.asarray(frame, dtype=np.uint8)
+    return _sized(np.asarray(frame, dtype=np.uint8), size)
+
+
+def _sized(frame: np.ndarray, size: int | None) -> np.ndarray:
+    """``frame`` through :func:`video_size_frame` at ``size`` (None: unchanged)."""
+    return frame if size is None else video_size_frame(frame, int(size))
+
+
+def video_size_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """``frame`` (H, W, 3) uint8 resized to ``size`` px high, the width scaled alike and rounded to an even number
+    (what H.264 needs); bilinear. Returned unchanged when it already has that height."""
+    from PIL import Image
+
+    h, w = frame.shape[:2]
+    if h == size:
+        return frame
+    width = max(2, 2 * round(w * size / h / 2))
+    return np.asarray(Image.fromarray(frame).resize((width, size), Image.BILINEAR))
 
 
 def write_gif(path: Path, frames: Sequence[np.ndarray], fps: float = 20.0) -> Path:
@@ -269,4 +292,4 @@ def calibration(agent: Any, batch: Mapping[str, Any]) -> dict[str, float]:
 
 __all__ = ["DEMO_UNITS", "EVAL_SEED", "NothingToFilm", "acting_units", "agent_env", "agent_env_factory",
            "agent_target", "calibration", "demo_action_units", "demo_units_entry", "evaluate", "run_episodes",
-           "train_episode_seed", "video_frame", "write_gif"]
+           "train_episode_seed", "VIDEO_SIZE", "video_frame", "video_size_frame", "write_gif"]

@@ -185,9 +185,15 @@ def test_episodes_use_the_evaluation_seeds_and_film_the_first_episode_only():
 def test_video_frames_of_targets_outside_sim_envs():
     target = Target(name="Toy", env_id="test_evaluation:SeedEnv", task_id=0)
     obs = {"front_image": np.full((5, 5, 3), 3, np.uint8)}
-    assert evaluation.video_frame(SeedEnv(), obs, target, ["front_image"]).tolist() == obs["front_image"].tolist()
-    frame = evaluation.video_frame(SeedEnv(), obs, target, [])  # no camera of the agent: the env's render
+    assert evaluation.video_frame(SeedEnv(), obs, target, ["front_image"], size=None).tolist() == \
+        obs["front_image"].tolist()
+    frame = evaluation.video_frame(SeedEnv(), obs, target, [], size=None)  # no camera of the agent: the env's render
     assert frame.shape == (4, 4, 3) and frame.dtype == np.uint8 and (frame == 7).all()
+    # by default a rollout video's frames are 128 px high, as sim_envs targets' (the agent's 32 px camera was the
+    # pipeline report's GIF of a foreign target: a new user's finding)
+    frame = evaluation.video_frame(SeedEnv(), obs, target, ["front_image"])
+    assert frame.shape == (128, 128, 3) and (frame == 3).all()
+    assert evaluation.video_frame(SeedEnv(), obs, target, []).shape == (128, 128, 3)
     with pytest.raises(ValueError, match="no camera to film"):
         evaluation.video_frame(SeedEnv(frame=False), obs, target, [])
 
