@@ -296,12 +296,17 @@ def interpolation_problem(config_name: str, overrides: list[str], cfg: Any) -> s
     import difflib
 
     from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
 
     known = [k for k in _dotted_keys(OmegaConf.to_container(cfg, resolve=False)) if not k.startswith("hydra.")]
     for override in overrides:
         key, _, value = override.partition("=")
         for ref in re.findall(r"\$\{([A-Za-z_][\w.]*)\}", value):
-            if OmegaConf.select(cfg, ref, default=_MISSING) is _MISSING:
+            try:
+                found = OmegaConf.select(cfg, ref, default=_MISSING)
+            except InterpolationResolutionError:  # the setting exists; its own value does not resolve (an unset
+                continue  # ${oc.env:...}): run_folder_problem names it where the run folder reads it
+            if found is _MISSING:
                 near = difflib.get_close_matches(ref, known, n=1)
                 return (f"{override}: ${{{ref}}} names no setting of {config_name}"
                         + (f"; did you mean ${{{near[0]}}}?" if near else ""))
@@ -316,7 +321,7 @@ def run_folder_problem(config_name: str, cfg: Any) -> str | None:
     from omegaconf import OmegaConf
     from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError
 
-    for key in ("hydra.run.dir", RUN_FOLDER_KEYS.get(config_name)):
+    for key in (RUN_FOLDER_KEYS.get(config_name), "hydra.run.dir"):  # the setting the user gives first
         if key is None:
             continue
         try:

@@ -345,6 +345,8 @@ def test_an_override_interpolating_a_missing_setting_is_one_line(capsys):
     (["output_dir=${oc.env:ROBOPRETRAIN_NO_SUCH_VAR}/run"],
      "output_dir=${oc.env:ROBOPRETRAIN_NO_SUCH_VAR}/run: Environment variable 'ROBOPRETRAIN_NO_SUCH_VAR' not found"),
     (["~seed"], "hydra.run.dir=outputs/robopretrain/${algo.name}_seed${seed}: Interpolation key 'seed' not found"),
+    (["seed=${oc.env:ROBOPRETRAIN_NO_SUCH_VAR}", "output_dir=/tmp/s${seed}"],  # through another setting (a review)
+     "output_dir=/tmp/s${seed}: Environment variable 'ROBOPRETRAIN_NO_SUCH_VAR' not found"),
 ])
 def test_a_run_folder_that_does_not_resolve_is_one_line(capsys, monkeypatch, overrides, said):
     """An unset ${oc.env:VAR} in the run folder, or a removed setting its default name uses (~seed): Hydra resolved
