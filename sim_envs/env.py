@@ -320,14 +320,16 @@ class TabletopEnv(gym.Env):
 
     def _advance(self, steps: int) -> None:
         """``steps`` physics steps, then the positions and velocities derived from the state they end in: mj_step
-        leaves ``xpos`` / ``site_xpos`` / ``cvel`` (what observations, images and success read) at the state before
-        its last substep, so an observation lagged its own state by up to 3 mm and the success flag disagreed with
-        it near the tolerance (0.5% of steps; a new user's finding). Positions and velocities only: ``mj_forward``
-        would also rerun the constraint solver and overwrite its warm start, changing the trajectory itself."""
+        leaves ``xpos`` / ``site_xpos`` / ``cam_xpos`` / ``cvel`` (what observations, images and success read) at the
+        state before its last substep, so an observation lagged its own state by up to 3 mm and the success flag
+        disagreed with it near the tolerance (0.5% of steps; a new user's finding). Positions, cameras and
+        velocities only: ``mj_forward`` would also rerun the constraint solver and overwrite its warm start, changing
+        the trajectory itself."""
         m, d = self.model, self.data
         mujoco.mj_step(m, d, nstep=steps)
         mujoco.mj_kinematics(m, d)
         mujoco.mj_comPos(m, d)
+        mujoco.mj_camlight(m, d)  # the eye-in-hand camera rides the gripper (a reviewer's finding)
         mujoco.mj_comVel(m, d)
 
 

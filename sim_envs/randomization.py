@@ -170,10 +170,11 @@ def _aabb(shape: str, gsize: np.ndarray) -> np.ndarray:
 
 # What mujoco.mj_setConst recomputes from the masses (and, as it goes, from the cameras and lights): the env calls it
 # after a mass draw, so the mass matrix follows the randomized masses; restored with the rest, so a nominal episode
-# has the compiled values bit for bit.
+# has the compiled values bit for bit. It reads the static bodies' poses too (body_pos / body_quat, which the tasks
+# place at every reset): restored to the compiled ones first, so the constants do not depend on the episode before.
 SET_CONST_FIELDS = ("body_subtreemass", "body_invweight0", "dof_M0", "dof_invweight0", "tendon_invweight0",
                     "actuator_acc0", "tendon_length0", "actuator_length0", "cam_pos0", "cam_mat0", "cam_poscom0",
-                    "light_pos0", "light_dir0", "light_poscom0")
+                    "light_pos0", "light_dir0", "light_poscom0", "body_pos", "body_quat")
 
 
 class DomainRandomizer:
@@ -184,6 +185,8 @@ class DomainRandomizer:
                         "light_diffuse", "cam_pos", "cam_quat", "geom_type", "geom_size", "geom_rbound",
                         "geom_aabb", "geom_contype", "geom_conaffinity", "body_contype", "body_conaffinity",
                         *SET_CONST_FIELDS)
+    # model.stat entries mj_setConst rewrites (the solver scales its tolerance by meaninertia)
+    _SNAPSHOT_STATS = ("meaninertia", "meanmass", "meansize")
 
     def __init__(self, model: mujoco.MjModel, object_bodies: Sequence[str], config: RandomizationConfig,
                  max_distractors: int, cameras: Sequence[str] = ("agentview",)) -> None:
@@ -193,6 +196,7 @@ class DomainRandomizer:
         self.max_distractors = max_distractors
         self._nominal = {f: getattr(model, f).copy() for f in self._SNAPSHOT_FIELDS}
         self._nominal_headlight = (model.vis.headlight.ambient.copy(), model.vis.headlight.diffuse.copy())
+        self._nominal_stats = {s: float(getattr(model.stat, s)) for s in self._SNAPSHOT_STATS}
         body_ids = _ids(model, mujoco.mjtObj.mjOBJ_BODY, object_bodies)
         self.object_bodies = body_ids
         self.object_geoms = np.array([g for g in range(model.ngeom) if model.geom_bodyid[g] in set(body_ids)
@@ -353,6 +357,8 @@ class DomainRandomizer:
             getattr(self.model, f)[...] = value
         self.model.vis.headlight.ambient[:] = self._nominal_headlight[0]
         self.model.vis.headlight.diffuse[:] = self._nominal_headlight[1]
+        for name, value in self._nominal_stats.items():
+            setattr(self.model.stat, name, value)
 
     def apply(self, params: Mapping[str, Any]) -> None:
         """Restore nominal values, then apply ``params`` (from ``sample``) to the model."""

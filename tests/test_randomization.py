@@ -482,11 +482,23 @@ def test_a_randomized_mass_is_the_mass_the_dynamics_use_and_a_nominal_reset_rest
     accel, inertia = falling(env)
     assert accel == pytest.approx(env.model.opt.gravity[2], abs=1e-6)
     assert inertia == pytest.approx(nominal_mass * scale, rel=1e-6)
+    # the constants depend on the episode's seed only, not on the episodes before (they read the static bodies'
+    # poses, which each task places at its reset: a reviewer's finding, 1-ulp differences)
+    for task in ("PushBlock", "OpenDoorRight"):
+        fresh, used = (gym.make(f"sim_envs/{task}-v0", image_size=16, render_images=False,
+                                randomization={"level": "eval_hard", "factors": ["mass"]}).unwrapped for _ in range(2))
+        fresh.reset(seed=5)
+        used.reset(seed=3)
+        used.reset(seed=5)
+        for field in ("dof_M0", "body_invweight0", "dof_invweight0", "body_subtreemass"):
+            assert getattr(fresh.model, field).tobytes() == getattr(used.model, field).tobytes(), (task, field)
     env.randomizer.config = env.randomizer.config.__class__()  # the same env, randomization off from here
     env.randomizer.levels = env.randomizer.config.levels()
     _, info = env.reset(seed=1)
     assert "mass" not in info["dr_params"]
     assert falling(env)[1] == pytest.approx(nominal_mass, rel=1e-6)
+    compiled = physics_env("PushBlock").model.stat  # the solver's scale too (mj_setConst rewrote it)
+    assert (env.model.stat.meaninertia, env.model.stat.meanmass) == (compiled.meaninertia, compiled.meanmass)
 
 
 @pytest.mark.parametrize("level", RANDOM_LEVELS)

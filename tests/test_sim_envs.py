@@ -79,6 +79,9 @@ def test_observations_and_success_describe_the_state_a_step_returns(task: str) -
             mujoco.mj_forward(env.model, fresh)
             np.testing.assert_allclose(obs["proprio"], env.proprio(), atol=1e-6)
             assert success == bool(env.task.success(env))
+            # the eye-in-hand camera rides the gripper: its pose (what its image is rendered from) too
+            np.testing.assert_allclose(live.cam_xpos, fresh.cam_xpos, atol=1e-9)
+            np.testing.assert_allclose(live.cam_xmat, fresh.cam_xmat, atol=1e-9)
         finally:
             env.data = live
 
