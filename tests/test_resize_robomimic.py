@@ -167,6 +167,19 @@ def test_convert_cli_writes_the_resized_copy_and_refuses_a_copy_without_a_size(t
         convert_main([str(src), str(tmp_path / "tiny.hdf5"), "--image-size", "4"])
     assert "--image-size 4: expected an integer >= 8 (the side of the square frames to write); leave it out to keep " \
         "the source's size" in capsys.readouterr().err and not (tmp_path / "tiny.hdf5").exists()
+    # data's total is optional (robomimic never reads it): a source without one, or a stale one, converts, and the
+    # copy holds the demos' sum (the CLI's summary read the attribute: a KeyError after writing the copy, a review)
+    for total in (None, 99):
+        with h5py.File(src, "r+") as f:
+            if total is None:
+                del f["data"].attrs["total"]
+            else:
+                f["data"].attrs["total"] = total
+        out = tmp_path / f"rig_total_{total}.hdf5"
+        assert convert_main([str(src), str(out), "--image-size", "24"]) == 0
+        assert f"{len(LENGTHS)} episodes, {sum(LENGTHS)} transitions" in capsys.readouterr().out
+        with h5py.File(out, "r") as f:
+            assert int(f["data"].attrs["total"]) == sum(LENGTHS)
 
 
 def test_stage2_trains_on_the_foreign_file_only_through_data_image_size(tmp_path):
