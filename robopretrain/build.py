@@ -717,7 +717,9 @@ def warn_dt_return_scale(dt_cfg: Any, episode_returns: Sequence[float] | np.ndar
     decimals). CORL scales D4RL's returns by 0.001 to a few units."""
     if episode_returns is None or len(episode_returns) == 0:
         return False
-    largest = float(np.max(np.abs(np.asarray(episode_returns, dtype=np.float64))))
+    sizes = np.abs(np.asarray(episode_returns, dtype=np.float64))
+    sizes = sizes[np.isfinite(sizes)]  # (the loaders refuse NaN / inf rewards; a hand-given range may hold them)
+    largest = float(sizes.max()) if sizes.size else 0.0
     if not largest > DT_RETURN_WARNED:
         return False
     scale = float(dt_cfg.reward_scale)

@@ -244,11 +244,13 @@ def refuse_busy_folder(folder: str | os.PathLike, resumes: bool = True) -> None:
     refused there."""
     path = Path(folder) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # no lock file (a new folder), or none readable: the lock's own attempt will say
+        fd = os.open(path, os.O_RDWR)  # (NFS emulates an exclusive flock with a lock that needs write access)
+    except OSError:  # no lock file (a new folder), or none writable: the lock's own attempt will say
         return
     try:
         _lock_or_refuse(fd, Path(folder), resumes, None)
+    except OSError:  # a filesystem without flock (not the holder's refusal, RunFolderBusy): the lock decides
+        return
     finally:
         os.close(fd)  # (releases the lock this check took)
 

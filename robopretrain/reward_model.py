@@ -269,10 +269,10 @@ def held_out_split(labels: Sequence[PreferenceLabel], fraction: float, rng: np.r
         first = min(a, b)  # the label as P[first segment preferred], whichever order the row wrote them in
         prefers_first.setdefault(key, set()).add(lab.label if a == first else 1.0 - lab.label)
     pairs = list(groups.values())
-    n_held = int(round(fraction * len(pairs)))
-    if not 0.0 <= fraction < 1.0:
+    if not 0.0 <= fraction < 1.0:  # (NaN and inf included, before they reach round())
         raise ValueError(f"labels.held_out={fraction:g}: the fraction of the distinct pairs held out must be in "
                          "[0, 1) (0: none held out)")
+    n_held = int(round(fraction * len(pairs)))
     if n_held >= len(pairs) or (fraction > 0 and n_held == 0):
         raise ValueError(f"labels.held_out={fraction:g} holds out {n_held} of {len(pairs)} distinct pairs; choose a "
                          "fraction that leaves some for training and some held out (0: none held out)")

@@ -419,6 +419,9 @@ def test_returns_too_large_for_the_return_token_are_warned_with_a_scale_that_fit
     with caplog.at_level(logging.WARNING):
         assert not warn_dt_return_scale(DTConfig(), [-DT_RETURN_WARNED, 3.0])
         assert not warn_dt_return_scale(DTConfig(), None) and not caplog.records
+        assert not warn_dt_return_scale(DTConfig(), [float("inf"), 1.0]) and not caplog.records  # (no scale 0)
+        assert warn_dt_return_scale(DTConfig(), [float("nan"), 500.0])  # the finite ones count
+        caplog.clear()
         assert warn_dt_return_scale(DTConfig(reward_scale=2.0), [-4000.0, -3200.0])
     assert "returns-to-go reach 4000 at algo.reward_scale=2" in caplog.text
     assert "algo.reward_scale=0.002" in caplog.text  # 4000 x 0.001: 4 units

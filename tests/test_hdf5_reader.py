@@ -266,6 +266,12 @@ def test_a_file_another_process_writes_is_named_as_such_not_as_corrupt(tmp_path)
         writer.kill()
         writer.wait()
     assert read_info(path).total == 9
+    from robopretrain.data.hdf5 import open_failure  # a filesystem without locks is not "another process" (a review)
+
+    nfs = OSError("Unable to synchronously open file (unable to lock file, errno = 37, error message = 'No locks "
+                  "available')")
+    assert open_failure(nfs).startswith("HDF5 cannot lock it on this filesystem") and \
+        "HDF5_USE_FILE_LOCKING=FALSE" in open_failure(nfs)
 
 
 def test_nan_and_inf(tmp_path):

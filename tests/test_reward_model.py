@@ -809,6 +809,12 @@ def test_a_refused_setting_with_resume_false_leaves_the_earlier_run_in_place(tmp
         with pytest.raises(ValueError, match=said):
             run(cfg, folder)
         assert {name: (folder / name).read_bytes() for name in RUN_FILES} == before
+    from robopretrain.reward_model import held_out_split
+
+    labels = [PreferenceLabel("demo_0", 0, f"demo_{i}", 0, 4, 1.0) for i in range(1, 5)]
+    for odd in (float("nan"), float("inf")):  # refused by the range check, not by round() (a review)
+        with pytest.raises(ValueError, match=r"labels.held_out=(nan|inf): the fraction"):
+            held_out_split(labels, odd, np.random.default_rng(0))
 
 
 def test_relabelling_a_file_with_tasks_outside_the_models_one_hot_is_refused_before_training(tmp_path, caplog):

@@ -81,6 +81,15 @@ def test_the_pipeline_is_refused_in_a_busy_folder_before_its_targets_checks_step
             time.sleep(0.1)
     with run_folder_lock(tmp_path / "run"):  # the check let go of the lock it took
         pass
+    import errno
+
+    import robopretrain.files as files
+
+    def no_locks(fd, op):  # a filesystem without flock (NFS without lockd): the check leaves it to the lock itself
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    refuse_busy_folder(tmp_path / "run")
 
 
 class _Refuse:

@@ -154,9 +154,13 @@ def _open(path: str | os.PathLike) -> h5py.File:
 def open_failure(exc: OSError) -> str:
     """Why ``h5py.File`` could not open a file, for a message: held by a writer (HDF5's file lock: another process
     has it open for writing, which was reported as a corrupt file; a new user's finding), else not readable."""
-    if "unable to lock file" in str(exc):
+    text = str(exc)
+    if "unable to lock file" in text and "errno = 11" in text:  # EAGAIN: the lock is held
         return (f"another process has it open for writing ({exc}); wait until that process closes it (a file being "
                 "written is read inconsistently), or give a copy")
+    if "unable to lock file" in text:  # a filesystem without locks (NFS without lockd: errno 37, Lustre: 38)
+        return (f"HDF5 cannot lock it on this filesystem ({exc}); set HDF5_USE_FILE_LOCKING=FALSE in the "
+                "environment to read it without a lock")
     return f"not a readable HDF5 file (truncated or corrupt?): {exc}"
 
 
