@@ -611,12 +611,15 @@ def test_two_parts_reading_one_key_are_refused_in_the_env_and_in_the_data():
     with pytest.raises(ValueError, match=r"observation key 'cam' \(rgb part 'side'\) not found.*\{side: free\}"):
         spec_from_shapes({"front": frame, "free": frame}, [], ["front", "side"], 0, where="f.hdf5",
                          key_map={"side": "cam"}, map_setting="data.obs_map")  # the advice: a key no part reads
-    for obs_map, said in (({"goal": "target_q", "other": "target_q"}, "obs_map maps 'goal', 'other' to one env key "
-                                                                      "'target_q'"),
+    for obs_map, said in (({"goal": "target_q", "aim": "target_q"}, "parts 'aim' .* and 'goal' .* both read the "
+                                                                    "key 'target_q'"),
+                          ({"goal": "target_q", "other": "target_q"}, None),  # 'other' is not read: left alone
+                          ({"other": "target_q", "goal": "target_q", "aim": "goal"}, None),
                           ({"goal": "target_q", "aim": "goal"}, None), ({"aim": "goal"}, "parts 'aim'.*'goal'")):
         target = Target(name="T", family=GYM, env_id="x", obs_map=obs_map, task_id=0, success_key="is_success")
-        if said is None:  # a swap of the env's own key into another part is no clash
-            TargetEnv(_TwoGoalsEnv(("goal", "target_q")), target, checked=["goal", "aim"])
+        if said is None:  # a swap of the env's own key into another part is no clash; nor an unread part's entry
+            obs, _ = TargetEnv(_TwoGoalsEnv(("goal", "target_q")), target, checked=["goal", "aim"]).reset(seed=0)
+            np.testing.assert_array_equal(obs["goal"], np.full(5, 0.5, np.float32))  # target_q, whatever the order
             continue
         with pytest.raises(EnvContractError, match=f"target 'T': {said}"):
             TargetEnv(_TwoGoalsEnv(("goal", "target_q")), target, checked=["goal", "aim"])

@@ -858,14 +858,14 @@ class TargetEnv(gym.Wrapper):
         self.checked = frozenset(checked)  # the agent's vector parts (our names): finite and one shape per episode
         self.image_size = int(image_size) if image_size else None  # camera frames resized to it (None: kept)
         self._task_id = target.resolved_task_id()
-        values = list(target.obs_map.values())
-        twice = sorted({v for v in values if values.count(v) > 1})
-        shared = (f"obs_map maps {', '.join(repr(k) for k, v in target.obs_map.items() if v == twice[0])} to one "
-                  f"env key {twice[0]!r}: one key cannot feed two parts" if twice else
-                  shared_source_key([*self.cameras, *sorted(self.checked)], target.obs_map, "obs_map"))
-        if shared:  # (the reverse map below keeps one part per env key: the other was called missing)
+        read = [*self.cameras, *sorted(self.checked)]
+        shared = shared_source_key(read, target.obs_map, "obs_map")  # two parts the agent reads on one env key
+        if shared:
             raise EnvContractError(f"target {target.name!r}: {shared}")
-        self._reverse = {v: k for k, v in target.obs_map.items()}
+        # env key -> our part; where entries share an env key, the part the agent reads wins (the reverse map kept
+        # the last entry, so a read part was called missing beside an unread one)
+        self._reverse = {**{v: k for k, v in target.obs_map.items() if k not in read},
+                         **{v: k for k, v in target.obs_map.items() if k in read}}
         # the env's own keys named like a part that obs_map takes from another key: left out (the mapping decides,
         # not the order of the env's dict)
         self._shadowed = {ours for ours, theirs in target.obs_map.items() if ours != theirs} - set(self._reverse)
