@@ -686,6 +686,20 @@ def test_cached_target_data_is_reused_only_for_the_same_request(tmp_path, monkey
     # the target's own env changed (a run killed before its first checkpoint, rerun): its data is collected again
     td.cached_target_data(path, wider, as_target({**own, "env_kwargs": {"friction": 0.9}}), "none", 8, seed=1)
     assert len(calls) == 8
+    td.cached_target_data(path, wider, as_target({**own, "env_kwargs": {"friction": 0.9}, "demos": "x.hdf5",
+                                                  "probe_step": False}), "none", 8, seed=1)
+    assert len(calls) == 8  # its demos and probe step do not change what its env gives
+    table = np.zeros(2000)  # arrays by content: their text elides the middle, and two tables read as one
+    td.cached_target_data(path, wider, as_target({**own, "env_kwargs": {"table": table}}), "none", 8, seed=1)
+    table[1000] = 1.0
+    td.cached_target_data(path, wider, as_target({**own, "env_kwargs": {"table": table}}), "none", 8, seed=1)
+    assert len(calls) == 10
+    import threading
+
+    lock = as_target({**own, "env_kwargs": {"lock": threading.Lock()}})  # no text to compare: collected each time
+    td.cached_target_data(path, wider, lock, "none", 8, seed=1)
+    td.cached_target_data(path, wider, lock, "none", 8, seed=1)
+    assert len(calls) == 12
 
 
 def test_darc_refuses_frozen_cached_features():

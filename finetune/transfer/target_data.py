@@ -5,8 +5,11 @@ cached in the run folder, so a resumed run uses the same data."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +26,8 @@ from robopretrain.evaluation import agent_env_factory
 log = logging.getLogger(__name__)
 
 REQUEST_KEY = "request"  # in a cached .npz: the JSON of what it was collected for
+# a target's fields that do not change the transitions its env gives (left out of the request)
+NOT_COLLECTED = ("demos", "probe_step")
 TARGET_SEED_OFFSET = 7_919_000  # target-domain episodes use seeds apart from the training episodes' (collector seed)
 
 
@@ -54,6 +59,30 @@ def collect_transitions(agent: Any, target: Target, randomization: Any, count: i
             REWARDS: np.concatenate([e.rewards for e in episodes])[:count]}
 
 
+class _Undescribed(Exception):
+    """A value of a request whose text names a memory address (a function, a lock): not comparable between runs."""
+
+
+def described_target(target: Any) -> Any:
+    """The fields of ``target`` that decide the transitions its env gives (all but :data:`NOT_COLLECTED`), read
+    without copying (``dataclasses.asdict`` deep-copied the env's constructor arguments: a lock could not be)."""
+    if not dataclasses.is_dataclass(target):
+        return getattr(target, "name", None)
+    return {f.name: getattr(target, f.name) for f in dataclasses.fields(target) if f.name not in NOT_COLLECTED}
+
+
+def _described(value: Any) -> Any:
+    """JSON for what ``json`` cannot write itself: an array by its content's hash (its text elides the middle of
+    large ones: two arrays read as one), anything else by its text, unless that names a memory address."""
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return {"array": hashlib.sha256(data.tobytes()).hexdigest(), "shape": list(data.shape), "dtype": str(data.dtype)}
+    text = repr(value)
+    if re.search(r" at 0x[0-9a-fA-F]+", text):
+        raise _Undescribed(text)
+    return text
+
+
 def tree_stack_cat(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Concatenate observation dicts along their first axis."""
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -65,17 +94,20 @@ def cached_target_data(path: Path, agent: Any, target: Target, randomization: An
     for the same request (target, randomization, count, seed: stored in the file); collected again otherwise (a
     rerun in the same folder with another gap or count got the old data). A file written before the request was
     stored is reused with a warning; an unreadable one is collected again. The request includes the agent's action
-    units and observation layout (parts and shapes), and the target's whole description (its env, constructor
-    arguments, time limit: a run killed before its first checkpoint and rerun with the target's ``env_kwargs``
-    changed reused data of the old env, a new user's finding)."""
+    units and observation layout (parts and shapes), and the target's fields that decide its env's transitions (its
+    env, constructor arguments, time limit, ...: :func:`described_target`; a run killed before its first checkpoint
+    and rerun with the target's ``env_kwargs`` changed reused data of the old env, a new user's finding)."""
     units = getattr(agent, "action_normalization", None)  # transitions collected in other units are other data
     spec = getattr(agent, "spec", None)  # and observations of other parts or shapes too
     layout = {"low_dim": [list(p) for p in spec.low_dim], "rgb": [[k, list(v)] for k, v in spec.rgb]} if spec else {}
-    described = target.to_dict() if hasattr(target, "to_dict") else getattr(target, "name", None)
-    request = json.dumps({"target": described, "randomization": randomization, "count": int(count),
-                          "seed": int(seed), **({"action_units": units.to_dict()} if units is not None else {}),
-                          **({"observations": layout} if layout else {})},
-                         sort_keys=True, default=str)
+    try:
+        request = json.dumps({"target": described_target(target), "randomization": randomization,
+                              "count": int(count), "seed": int(seed),
+                              **({"action_units": units.to_dict()} if units is not None else {}),
+                              **({"observations": layout} if layout else {})}, sort_keys=True, default=_described)
+    except _Undescribed as exc:  # an object whose text changes from run to run: no saved data can be its
+        log.warning("target data: the request holds %s, which cannot be compared between runs: collecting again", exc)
+        request = f"undescribed {id(exc)} {np.random.default_rng().integers(2**62)}"
     flat: dict[str, Any] | None = None
     if path.is_file():
         try:
