@@ -76,7 +76,8 @@ def _described(value: Any) -> Any:
     large ones: two arrays read as one), anything else by its text, unless that names a memory address."""
     if isinstance(value, np.ndarray):
         data = np.ascontiguousarray(value)
-        return {"array": hashlib.sha256(data.tobytes()).hexdigest(), "shape": list(data.shape), "dtype": str(data.dtype)}
+        return {"array": hashlib.sha256(data.tobytes()).hexdigest(), "shape": list(data.shape),
+                "dtype": str(data.dtype)}
     text = repr(value)
     if re.search(r" at 0x[0-9a-fA-F]+", text):
         raise _Undescribed(text)
