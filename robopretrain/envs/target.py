@@ -96,7 +96,8 @@ class Target:
     terminate_on_success: bool = True
     flip_images: bool = False  # the env's images are upside down
     action_normalization: dict[str, Any] | None = None  # {low, high}: the env's units of the agent's [-1, 1] actions
-    probe_step: bool = True  # a sparse target steps once at start (the agent's zero action) to read success_key
+    probe_step: bool = True  # a sparse target steps once at start (the agent's zero action) to read success_key;
+    # false also spares the pipeline's start (it builds and resets a target outside sim_envs to check its sizes)
 
     def __post_init__(self) -> None:
         if self.family is None:
