@@ -754,6 +754,14 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
                         f"{problem}: Hydra writes its log and config record under outputs/ in the working folder; "
                         "run from a writable folder, or set "
                         + (f"{key}=/a/writable/folder" if key else "hydra.run.dir=/a/writable/folder")))
+            own_follow = own_config_run_dir(config_name, list(ns.overrides), own) if follow is None else None
+            if own_follow is not None:  # the run folder the user's own config file sets: Hydra's record goes there
+                from hydra.core.override_parser.overrides_parser import OverridesParser
+
+                problem = unwritable_folder(str(OverridesParser.create().parse_override(own_follow).value()))
+                if problem:
+                    report_and_exit(ValueError(f"{own}: {RUN_FOLDER_KEYS[config_name]}: {problem}"))
+                sys.argv.append(own_follow)
             if follow is not None:  # beside the override it follows: after an option (--cfg job) argparse refuses it
                 key = RUN_FOLDER_KEYS[config_name]
                 problem = unwritable_folder(follow.partition("=")[2])
@@ -855,6 +863,33 @@ def hydra_record_override(overrides: list[str], when: float | None = None) -> st
         return "hydra.output_subdir=null"  # a torchrun rank but the first: the command's record is rank 0's
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(when))
     return f"hydra.output_subdir=.hydra/{stamp}_{os.getpid()}"
+
+
+def own_config_run_dir(config_name: str, overrides: list[str], config_file: Path | None) -> str | None:
+    """:func:`hydra_run_dir_override` for the run folder the user's own config file (``--config-dir`` /
+    ``--config-name``) sets at its top level, where neither the command line nor that file sets ``hydra.run.dir``
+    (Hydra's log and ``.hydra/`` record went to ``outputs/<stage>/...`` under the working folder while the run
+    wrote its own folder, a new user's finding). None otherwise, or when the file cannot be read (Hydra says why)."""
+    from omegaconf import OmegaConf
+
+    key = RUN_FOLDER_KEYS.get(config_name)
+    if key is None or config_file is None or not config_file.is_file():
+        return None
+    if any(o.lstrip("+~").partition("=")[0] in (key, "hydra.run.dir") for o in overrides):
+        return None
+    try:
+        own = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+    except Exception:  # noqa: BLE001 - Hydra reports a file it cannot read
+        return None
+    if not isinstance(own, dict):
+        return None
+    run = own.get("hydra", {}).get("run", {}) if isinstance(own.get("hydra"), dict) else {}
+    value = own.get(key)
+    if (isinstance(run, dict) and "dir" in run) or not isinstance(value, str):
+        return None
+    quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's override grammar
+    text = value if re.fullmatch(r"[\w./${}:~@+-]+", value) else quoted
+    return hydra_run_dir_override(config_name, [f"{key}={text}"])
 
 
 def hydra_run_dir_override(config_name: str, overrides: list[str]) -> str | None:

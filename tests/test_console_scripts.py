@@ -288,6 +288,32 @@ def test_a_sweep_folder_set_in_the_users_own_config_file_is_refused_too(tmp_path
     assert shared_sweep_folder("robopretrain", ["seed=0,1"], mine) is None
 
 
+def test_the_run_folder_set_in_the_users_own_config_file_holds_hydras_record(tmp_path):
+    """``output_dir`` set in one's own ``--config-dir`` YAML: the run wrote there, while Hydra's log and ``.hydra/``
+    record went to outputs/robopretrain/<algo>_seed<seed>/ under the working folder (a new user's finding). The
+    command line's folder, or the file's own hydra.run.dir, still wins."""
+    from robopretrain.cli import own_config_run_dir
+
+    mine = tmp_path / "cfg" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text(f"defaults:\n  - robopretrain\n  - _self_\noutput_dir: {tmp_path / 'runs' / 'mine'}\n")
+    assert own_config_run_dir("robopretrain", [], mine) == f"hydra.run.dir={tmp_path / 'runs' / 'mine'}"
+    assert own_config_run_dir("robopretrain", ["output_dir=x"], mine) is None
+    assert own_config_run_dir("robopretrain", ["hydra.run.dir=x"], mine) is None
+    assert own_config_run_dir("robopretrain", [], tmp_path / "missing.yaml") is None
+    spaced = tmp_path / "my runs" / "it's"
+    (tmp_path / "other.yaml").write_text(f"output_dir: \"{spaced}\"\n")
+    assert own_config_run_dir("robopretrain", [], tmp_path / "other.yaml") == \
+        "hydra.run.dir='" + str(spaced).replace("'", "\\'") + "'"  # quoted for Hydra's override grammar
+    (tmp_path / "own_hydra.yaml").write_text("output_dir: runs/a\nhydra:\n  run:\n    dir: runs/b\n")
+    assert own_config_run_dir("robopretrain", [], tmp_path / "own_hydra.yaml") is None
+    r = subprocess.run([sys.executable, "-m", "robopretrain.train", "--config-dir", str(mine.parent), "--config-name",
+                        "mine", f"data.path={tmp_path / 'none.hdf5'}"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "MUJOCO_GL": "egl"}, timeout=300)
+    assert r.returncode == 2 and "file not found" in r.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "runs" / "mine" / ".hydra" / "config.yaml").is_file() and not (tmp_path / "outputs").exists()
+
+
 def test_hydra_job_chdir_is_refused_in_one_line(capsys, monkeypatch):
     """``hydra.job.chdir=true`` ran each stage in its run folder: relative outputs nested (runs/x/runs/x) while the
     last line named runs/x, and relative data were not found (a new user's finding)."""
