@@ -314,7 +314,7 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "min(a, b) -> min(b, a): the smaller of two segments whichever comes first (equal ones are one segment)",
         "min(..a, b..) swapped @ first = min(a, b)  # the label as P[first segment preferred], whichever order the "
         "row wrote them in"),
-    ("reward_model", "_run_holding/swap/51"): Equivalent(
+    ("reward_model", "_run_holding/swap/54"): Equivalent(
         "observed_flip_rate(clean, noisy) -> (noisy, clean): |clean - noisy| is symmetric and the ties (0.5) are the "
         "same labels in both (noisy_labels never flips a tie, nor makes one)",
         "observed_flip_rate(..clean, [lab.label for lab in labels]..) swapped @ report[\"observed_flip_rate\"] = "
