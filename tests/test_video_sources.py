@@ -55,6 +55,22 @@ def video_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     return tmp_path, mp4, folder
 
 
+def test_stage_1_resizes_frames_as_stages_2_and_3_resize_a_camera() -> None:
+    """Stage 1 resized with torch's antialiased bilinear, stages 2 and 3 (a converted copy, an env's frames) by area
+    average: the encoder saw other pixels in stage 2, up to 45 grey levels off at edges (a new user's finding). One
+    resize now, shrinking and enlarging; the central square is cropped first (the default)."""
+    from robopretrain.envs.camera_frames import to_agent_frame
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)
+    for size in (16, 64):
+        expected = np.stack([to_agent_frame(f[:, 4:44], size) for f in frames])
+        assert np.array_equal(resize_frames(frames, size), expected), size
+    stretched = np.stack([to_agent_frame(f, 16) for f in frames])
+    assert np.array_equal(resize_frames(frames, 16, center_crop=False), stretched)
+    assert resize_frames(frames[:0], 16).shape == (0, 16, 16, 3)
+
+
 # ----------------------------------------------------------------------------- manifest source
 def test_manifest_with_mp4_and_frame_folder(video_dir: tuple[Path, np.ndarray, np.ndarray]) -> None:
     root, mp4, folder = video_dir

@@ -16,8 +16,9 @@ as uint8 (T, image_size, image_size, 3) RGB. Indices are in the strided space: w
 - :class:`SubsetSource` (what :func:`split_by_video` ids select) and :func:`open_frame_source` (picks the
   source type from the path).
 
-Frames are resized to ``image_size`` with antialiased bilinear interpolation (torch), after cropping the
-central square when a clip is not square (``center_crop=True``; ``False`` stretches instead), each frame as it is
+Frames are resized to ``image_size`` as stages 2 and 3 resize a camera (area average; bilinear enlarging), after
+cropping the central square when a clip is not square (``center_crop=True``; ``False`` stretches instead), each
+frame as it is
 decoded (a clip is never held at its stored size, and the C heap is trimmed as large frames go by: a phone's 10 s of
 1080x1920 took 7.5 GB resident decoded whole, 0.8 GB so). Each source logs, once at construction, the frame sizes it
 resizes from (one info line).
@@ -50,12 +51,11 @@ from typing import Any, Callable, Protocol, Sequence
 
 import h5py
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from robopretrain.data.hdf5 import DatasetError, converted_as_camera, read_info, select_demos
 from robopretrain.data.spec import as_rgb, image_layout_hint, stored_camera_shape
+from robopretrain.envs.camera_frames import resize_rgb
 from robopretrain.data.video import VideoDatasetError, VideoEntry, clip_entries, count_frames, frame_size, read_frames
 
 logger = logging.getLogger(__name__)
@@ -156,17 +156,15 @@ def center_square(frames: np.ndarray) -> np.ndarray:
 
 
 def resize_frames(frames: np.ndarray, image_size: int, center_crop: bool = True) -> np.ndarray:
-    """uint8 (T, H, W, 3) -> uint8 (T, image_size, image_size, 3), antialiased bilinear (rounded, not truncated)."""
+    """uint8 (T, H, W, 3) -> uint8 (T, image_size, image_size, 3), each frame as stages 2 and 3 resize a camera
+    (:func:`robopretrain.envs.camera_frames.resize_rgb`: area average shrinking, bilinear enlarging)."""
     if center_crop:
         frames = center_square(frames)
     if frames.shape[1] == image_size and frames.shape[2] == image_size:
         return np.ascontiguousarray(frames)
-    frames = np.ascontiguousarray(frames)
-    if not frames.flags.writeable:  # a PIL frame's read-only buffer: torch.from_numpy warns on it (a copy does not)
-        frames = frames.copy()
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    y = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    if not len(frames):
+        return np.zeros((0, image_size, image_size, 3), np.uint8)
+    return np.stack([resize_rgb(f, image_size, image_size) for f in frames])
 
 
 TRIM_FRAME_BYTES = 2**20  # decoded frames at least this large (about 600x600 RGB) trim the heap as they are fitted

@@ -76,14 +76,21 @@ def to_agent_frame(frame: np.ndarray, size: int | None = None, flip: bool = Fals
     if flip:
         arr = arr[::-1]
     if arr.shape[:2] != out_shape[:2]:
-        from PIL import Image
-
-        h, w = out_shape[:2]
-        shrink = h <= arr.shape[0] and w <= arr.shape[1]
-        image = Image.fromarray(np.ascontiguousarray(arr))
-        # np.array copies: np.asarray of a Pillow image is read-only, and torch.from_numpy warns on every frame
-        arr = np.array(image.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR))
+        arr = resize_rgb(arr, *out_shape[:2])
     return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def resize_rgb(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` as ``(height, width, 3)``: the area average (Pillow's box filter) where it shrinks, bilinear
+    where it enlarges. The one resize of camera frames in every stage: an env's frames for the agent, a converted
+    copy's cameras, stage 1's videos (which resized with torch's antialiased bilinear: its encoder saw other
+    pixels than stage 2 gave it, up to 45 grey levels at edges; a new user's finding)."""
+    from PIL import Image
+
+    shrink = height <= frame.shape[0] and width <= frame.shape[1]
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    # np.array copies: np.asarray of a Pillow image is read-only, and torch.from_numpy warns on every frame
+    return np.array(image.resize((width, height), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR))
 
 
 
