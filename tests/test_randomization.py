@@ -455,6 +455,16 @@ def test_mass_scales_free_objects_as_well_as_fixtures() -> None:
     randomizer.restore_nominal()
 
 
+def test_a_union_of_ranges_is_drawn_by_the_length_of_each() -> None:
+    """Uniform over the union: each interval drawn in proportion to its length (not to its end points' sum)."""
+    from sim_envs.randomization import sample_interval_union
+
+    rng = np.random.default_rng(0)
+    draws = np.array([sample_interval_union(rng, [(0.0, 1.0), (10.0, 12.0)]) for _ in range(6000)])
+    assert ((draws >= 0.0) & (draws < 1.0) | (draws >= 10.0) & (draws < 12.0)).all()
+    assert abs(np.mean(draws < 1.0) - 1 / 3) < 0.02  # sums would give 1/23
+
+
 def test_a_randomized_mass_is_the_mass_the_dynamics_use_and_a_nominal_reset_restores_it() -> None:
     """The mass factor scaled body_mass but not the constants MuJoCo computes from it (the mass matrix's diagonal
     of free bodies, dof_M0): a block of 0.44x mass fell at 0.44 g and was pushed with its nominal inertia (a new

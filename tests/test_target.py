@@ -611,6 +611,12 @@ def test_two_parts_reading_one_key_are_refused_in_the_env_and_in_the_data():
     with pytest.raises(ValueError, match=r"observation key 'cam' \(rgb part 'side'\) not found.*\{side: free\}"):
         spec_from_shapes({"front": frame, "free": frame}, [], ["front", "side"], 0, where="f.hdf5",
                          key_map={"side": "cam"}, map_setting="data.obs_map")  # the advice: a key no part reads
+    from robopretrain.data.spec import as_rgb, shared_source_key
+
+    assert "through the observation mapping" in shared_source_key(["a", "b"], {"a": "k", "b": "k"})  # no setting
+    rgb = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    assert as_rgb(rgb, (4, 4, 3)) is rgb  # colour frames as they are; grey ones repeated in three channels
+    assert np.array_equal(as_rgb(rgb[..., :1], (4, 4, 1)), np.repeat(rgb[..., :1], 3, axis=-1))
     for obs_map, said in (({"goal": "target_q", "aim": "target_q"}, "parts 'aim' .* and 'goal' .* both read the "
                                                                     "key 'target_q'"),
                           ({"goal": "target_q", "other": "target_q"}, None),  # 'other' is not read: left alone
