@@ -319,6 +319,10 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "same labels in both (noisy_labels never flips a tie, nor makes one)",
         "observed_flip_rate(..clean, [lab.label for lab in labels]..) swapped @ report[\"observed_flip_rate\"] = "
         "observed_flip_rate(clean, [lab.label for lab in labels])"),
+    ("randomization", "DomainRandomizer.sample_distractors/swap/1"): Equivalent(
+        "min(hi, max + 1) -> min(max + 1, hi): min is symmetric",
+        "min(..hi, self.max_distractors + 1..) swapped @ count = int(rng.integers(lo, min(hi, self.max_distractors + "
+        "1)))"),
     ("frames", "FrameStore._where/swap/2"): Equivalent(
         "max(i, 0) -> max(0, i): max is symmetric",
         "max(..i, 0..) swapped @ i = min(max(i, 0), len(self.demos) - 1)"),

@@ -175,13 +175,16 @@ def test_distractor_samples_fall_in_the_level_ranges(level: str) -> None:
     randomizer = single_factor_randomizer(env, "distractors", level)
     lo, hi = FACTOR_RANGES["distractor_count"][level][0]
     rng = np.random.default_rng(0)
+    yaws = []
     for _ in range(N_SAMPLES):
         specs = randomizer.sample_distractors(rng, keepout=None)
         assert lo <= len(specs) < hi and len(specs) <= MAX_DISTRACTORS, (level, len(specs))
+        yaws += [spec["yaw"] for spec in specs]
         for spec in specs:
             assert in_union(hue(spec["rgb"]), FACTOR_RANGES["distractor_hue"][level]), (level, spec["rgb"])
             assert DISTRACTOR_X[0] <= spec["xy"][0] <= DISTRACTOR_X[1]
             assert DISTRACTOR_Y[0] <= spec["xy"][1] <= DISTRACTOR_Y[1]
+    assert min(yaws) >= -np.pi and max(yaws) <= np.pi and np.std(yaws) > 1.0  # turned every way (uniform: 1.81)
 
 
 @pytest.mark.parametrize("level", RANDOM_LEVELS)
