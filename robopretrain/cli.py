@@ -49,6 +49,7 @@ from __future__ import annotations
 import errno
 import functools
 import importlib
+import logging
 import os
 import re
 import shlex
@@ -60,6 +61,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 EXIT_BAD_INPUT = 2
+# PyOpenGL (MuJoCo's EGL rendering) logs at INFO that its optional C accelerator is absent: the first line of every
+# command's log, read as a missing dependency (a new user's finding); its warnings still show
+logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, docker stop, a batch scheduler's preemption)
 # OSErrors that say the storage refused a write (full, over quota, read-only, no permission): one line, as bad input

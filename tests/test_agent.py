@@ -87,9 +87,13 @@ def test_dimensions_that_barely_vary_are_named_unless_floored(caplog):
     spec = ObsSpec(low_dim=(("x", 3),))
     rng = np.random.default_rng(0)
     x = np.stack([rng.normal(0.0, 0.2, 400), rng.normal(0.0, 1e-4, 400), np.full(400, 0.12)], 1)
-    with caplog.at_level("WARNING", logger="robopretrain.nets.obs_encoder"):
-        normalization_stats({"x": x}, spec)
-    assert "x dimension(s) [1, 2] barely vary" in caplog.text and "obs.min_std" in caplog.text
+    with caplog.at_level("INFO", logger="robopretrain.nets.obs_encoder"):
+        stats = normalization_stats({"x": x}, spec)
+    assert "x dimension(s) [1] barely vary" in caplog.text and "obs.min_std" in caplog.text
+    # a constant one is centred, not scaled: every data row reads 0 there, and a value the data never showed reaches
+    # the networks in the data's units, not 1000x (the warning named it, which a user could not act on: a review)
+    assert "x dimension(s) [2] are constant in the data: centred, not scaled" in caplog.text
+    assert stats["x"]["std"][2] == 1.0 and stats["x"]["mean"][2] == pytest.approx(0.12)
     caplog.clear()
     with caplog.at_level("WARNING", logger="robopretrain.nets.obs_encoder"):
         normalization_stats({"x": x}, spec, min_std=0.05)
@@ -115,7 +119,8 @@ def test_a_new_agent_takes_obs_min_std_from_its_config(caplog):
         return new_agent(cfg, spec, 2, Rows(), torch.device("cpu")).critic_encoder.std
 
     torch.testing.assert_close(std_of({"min_std": 0.5})[1], torch.tensor(0.5 + STD_EPS))
-    torch.testing.assert_close(std_of({})[1], torch.tensor(STD_EPS))  # default: the data's std, CORL's eps
+    torch.testing.assert_close(std_of({})[0], torch.tensor(float(np.std(x[:, 0])) + STD_EPS))  # the data's + eps
+    torch.testing.assert_close(std_of({})[1], torch.tensor(1.0))  # constant in the data: centred, not scaled
     assert "takes no effect" not in caplog.text
     with caplog.at_level(logging.WARNING):  # without normalisation it takes no effect: said (it was silent)
         torch.testing.assert_close(std_of({"normalize": False, "min_std": 0.5}), torch.ones(2))

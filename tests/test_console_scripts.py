@@ -706,3 +706,13 @@ def test_a_sweep_interrupted_in_its_launcher_says_one_line(monkeypatch, capsys):
         run_hydra(launcher, "robopretrain", argv=["-m", "seed=0,1"])
     assert stop.value.code == EXIT_INTERRUPTED
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C); each job's run folder")
+
+
+def test_pyopengls_note_on_its_absent_accelerator_is_not_every_commands_first_log_line():
+    """``[OpenGL.acceleratesupport][INFO] - No OpenGL_accelerate module loaded`` opened every command's log, read as
+    a missing dependency (a new user's finding); the entry points' shared module keeps that logger at WARNING."""
+    import logging
+
+    import robopretrain.cli  # noqa: F401 (every entry point imports it)
+
+    assert logging.getLogger("OpenGL.acceleratesupport").getEffectiveLevel() == logging.WARNING

@@ -49,6 +49,7 @@ from robopretrain.nets.encoders import ImageEncoder, to_float_images
 log = logging.getLogger(__name__)
 
 FLAT_STD = 1e-3  # a floored data std below this is named in a warning (normalization_stats)
+CONSTANT_STD = 1e-12  # a data std at most this (relative to the values) is a constant dimension: centred, not scaled
 STD_EPS = 1e-3  # added to the data's standard deviation (CORL compute_mean_std, robomimic)
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # image encoder compute precision -> autocast dtype
 
@@ -65,10 +66,13 @@ def normalization_stats(parts: Mapping[str, np.ndarray], spec: ObsSpec, skip: tu
     0.85 with 0.05 (README, "BC on all nine prior tasks"). Parts in ``skip`` (e.g. frozen features) get mean 0,
     std 1. Raises ValueError for a negative ``min_std``.
 
-    A dimension whose floored std is below :data:`FLAT_STD` (constant in the data: a gripper that never moves in the
-    demos, a fixed joint) is named in one warning per part with the ``obs.min_std`` that bounds its scale: online
-    (stage 3) or at evaluation such a dimension moves, and its ~1000x scaled input can wreck a policy that imitated
-    the data perfectly (a new user's gripper reading: stage-3 IQL from 1.0 to 0.0 in 300 steps; 0.4-0.9 with 0.05).
+    A dimension constant in the data (std 0: a gripper that never moves in the demos, a fixed joint, an empty object
+    slot) with ``min_std`` 0 is centred and not scaled (std 1): every data row reads 0 there whatever the scale, and
+    a value the data never showed (online, at evaluation) reaches the networks in the data's units rather than
+    ~1000x (a new user's gripper reading: stage-3 IQL from 1.0 to 0.0 in 300 steps; 0.4-0.9 with 0.05); it is said
+    at INFO level. A dimension whose floored std is above 0 but below :data:`FLAT_STD` (it barely varies) is named
+    in one warning per part with the ``obs.min_std`` that bounds its scale (the warning also named constant ones,
+    which a user could not act on: Meta-World's empty second-object slot; a new user's finding).
     """
     if not min_std >= 0.0:
         raise ValueError(f"normalisation: min_std={min_std!r}; expected a number >= 0 (in the data's units)")
@@ -79,7 +83,12 @@ def normalization_stats(parts: Mapping[str, np.ndarray], spec: ObsSpec, skip: tu
             continue
         x = np.asarray(parts[key], dtype=np.float64).reshape(-1, size)
         std = np.maximum(x.std(0), min_std)
-        flat = np.flatnonzero(std < FLAT_STD)
+        constant = std <= CONSTANT_STD * np.maximum(1.0, np.abs(x.mean(0)))  # (a constant's std rounds to ~1e-17)
+        if constant.any():
+            log.info("normalisation: %s dimension(s) %s are constant in the data: centred, not scaled", key,
+                     np.flatnonzero(constant).tolist())
+            std = np.where(constant, 1.0 - STD_EPS, std)  # (+ STD_EPS below: 1)
+        flat = np.flatnonzero((std < FLAT_STD) & ~constant)
         if flat.size:
             log.warning("normalisation: %s dimension(s) %s barely vary in the data (std %s < %g): each is scaled by "
                         "up to 1 / (std + %g) = %.0fx, so a change the data never showed (online, at evaluation) "
