@@ -765,7 +765,12 @@ def run_hydra(main: Callable[[], Any], config_name: str, argv: list[str] | None 
                 problem = unwritable_folder(str(OverridesParser.create().parse_override(own_follow).value()))
                 if problem:
                     report_and_exit(ValueError(f"{own}: {RUN_FOLDER_KEYS[config_name]}: {problem}"))
-                sys.argv.append(own_follow)
+                # after the last override (after an option, argparse refuses it: a review), else at the end; with
+                # the record's own folder, as for the command line's run folder
+                places = [i for i, a in enumerate(sys.argv) if a in ns.overrides]
+                at = max(places) + 1 if places else len(sys.argv)
+                record = hydra_record_override(list(ns.overrides))
+                sys.argv[at:at] = [own_follow, *([record] if record is not None else [])]
             if follow is not None:  # beside the override it follows: after an option (--cfg job) argparse refuses it
                 key = RUN_FOLDER_KEYS[config_name]
                 problem = unwritable_folder(follow.partition("=")[2])
@@ -889,8 +894,8 @@ def own_config_run_dir(config_name: str, overrides: list[str], config_file: Path
         return None
     run = own.get("hydra", {}).get("run", {}) if isinstance(own.get("hydra"), dict) else {}
     value = own.get(key)
-    if (isinstance(run, dict) and "dir" in run) or not isinstance(value, str):
-        return None
+    if (isinstance(run, dict) and "dir" in run) or not isinstance(value, str) or value.strip() in ("", "???"):
+        return None  # (??? : a value the command line must give)
     quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's override grammar
     text = value if re.fullmatch(r"[\w./${}:~@+-]+", value) else quoted
     return hydra_run_dir_override(config_name, [f"{key}={text}"])

@@ -307,11 +307,16 @@ def test_the_run_folder_set_in_the_users_own_config_file_holds_hydras_record(tmp
         "hydra.run.dir='" + str(spaced).replace("'", "\\'") + "'"  # quoted for Hydra's override grammar
     (tmp_path / "own_hydra.yaml").write_text("output_dir: runs/a\nhydra:\n  run:\n    dir: runs/b\n")
     assert own_config_run_dir("robopretrain", [], tmp_path / "own_hydra.yaml") is None
-    r = subprocess.run([sys.executable, "-m", "robopretrain.train", "--config-dir", str(mine.parent), "--config-name",
-                        "mine", f"data.path={tmp_path / 'none.hdf5'}"], cwd=tmp_path, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO), "MUJOCO_GL": "egl"}, timeout=300)
-    assert r.returncode == 2 and "file not found" in r.stderr.strip().splitlines()[-1]
-    assert (tmp_path / "runs" / "mine" / ".hydra" / "config.yaml").is_file() and not (tmp_path / "outputs").exists()
+    (tmp_path / "missing_value.yaml").write_text("output_dir: ???\n")  # the command line must give it (a review)
+    assert own_config_run_dir("robopretrain", [], tmp_path / "missing_value.yaml") is None
+    # overrides before the options (argparse refused the folder appended after them: a review); the record in a
+    # folder of its own, as for a command-line output_dir
+    r = subprocess.run([sys.executable, "-m", "robopretrain.train", f"data.path={tmp_path / 'none.hdf5'}",
+                        "--config-dir", str(mine.parent), "--config-name", "mine"], cwd=tmp_path, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(REPO), "MUJOCO_GL": "egl"}, timeout=300)
+    assert r.returncode == 2 and "file not found" in r.stderr.strip().splitlines()[-1], r.stderr[-500:]
+    assert len(list((tmp_path / "runs" / "mine" / ".hydra").glob("*/config.yaml"))) == 1
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_hydra_job_chdir_is_refused_in_one_line(capsys, monkeypatch):
