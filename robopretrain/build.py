@@ -35,7 +35,7 @@ from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import two_valued_dimensions
 from robopretrain.envs.target import (EnvContractError, Target, as_target, env_time_limit, success_termination_note,
                                       successful_target_demos, target_of_data, warn_camera_geometry, with_task_slot)
-from robopretrain.nets.obs_encoder import STD_EPS, normalization_stats
+from robopretrain.nets.obs_encoder import CONSTANT_STD, STD_EPS, normalization_stats
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +531,7 @@ def feature_stat_rows(size: int, limit: int = FEATURE_STATS_ROWS) -> np.ndarray:
 def fit_feature_normalization(agent: Agent, dataset: OfflineDataset | DiskDataset) -> bool:
     """Standardise a frozen encoder's features by their mean and std (+ ``STD_EPS``) over the dataset's observations
     (at most :data:`FEATURE_STATS_ROWS` rows, :func:`feature_stat_rows`), as ``normalization_stats`` does for the
-    low-dim parts; ``dataset`` in the form the agent trains on (:func:`prepared`). Returns False (and changes nothing)
+    low-dim parts (a feature constant over them, a ReLU never active, is centred, not scaled); ``dataset`` in the form the agent trains on (:func:`prepared`). Returns False (and changes nothing)
     when the agent does not normalise features (not frozen, or ``encoder.normalize_features=false``)."""
     if not agent.normalizes_features:
         return False
@@ -539,10 +539,12 @@ def fit_feature_normalization(agent: Agent, dataset: OfflineDataset | DiskDatase
     step = int(agent.settings.feature_batch)
     feats = torch.cat([agent.frozen_features(dataset.get(rows[lo: lo + step])[OBS]).double().cpu()
                        for lo in range(0, len(rows), step)])
-    mean, std = feats.mean(0), feats.std(0, unbiased=False) + STD_EPS
-    agent.set_feature_normalization(mean.numpy(), std.numpy())
-    log.info("frozen features standardised over %d rows: per-dimension std median %.3g (min %.3g, max %.3g)",
-             len(rows), float((std - STD_EPS).median()), float((std - STD_EPS).min()), float((std - STD_EPS).max()))
+    mean, raw = feats.mean(0), feats.std(0, unbiased=False)
+    constant = raw <= CONSTANT_STD * torch.clamp(mean.abs(), min=1.0)
+    agent.set_feature_normalization(mean.numpy(), torch.where(constant, torch.ones_like(raw), raw + STD_EPS).numpy())
+    log.info("frozen features standardised over %d rows: per-dimension std median %.3g (min %.3g, max %.3g)%s",
+             len(rows), float(raw.median()), float(raw.min()), float(raw.max()),
+             f"; {int(constant.sum())} constant (centred, not scaled)" if constant.any() else "")
     return True
 
 

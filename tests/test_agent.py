@@ -76,7 +76,7 @@ def test_min_std_floors_only_the_dimensions_that_barely_vary():
     x = np.stack([rng.normal(0.0, 0.2, 400), rng.normal(0.0, 1e-4, 400), np.full(400, 0.12)], 1)
     plain_std = np.asarray(normalization_stats({"x": x}, spec)["x"]["std"])
     floored = normalization_stats({"x": x}, spec, min_std=0.05)["x"]
-    np.testing.assert_allclose(floored["std"], [plain_std[0], 0.05 + STD_EPS, 0.05 + STD_EPS], rtol=1e-12)
+    np.testing.assert_allclose(floored["std"], [plain_std[0], 0.05 + STD_EPS, 1.0], rtol=1e-12)  # (2: constant)
     np.testing.assert_allclose(floored["mean"], x.mean(0), rtol=1e-12)
     assert plain_std[1] < 2e-3  # without the floor a 0.05 change there is a > 25-sigma input
     with pytest.raises(ValueError, match="min_std=-0.1"):
@@ -94,6 +94,8 @@ def test_dimensions_that_barely_vary_are_named_unless_floored(caplog):
     # the networks in the data's units, not 1000x (the warning named it, which a user could not act on: a review)
     assert "x dimension(s) [2] are constant in the data: centred, not scaled" in caplog.text
     assert stats["x"]["std"][2] == 1.0 and stats["x"]["mean"][2] == pytest.approx(0.12)
+    for floor, std in ((1e-9, 1.0), (0.05, 1.0), (2.0, 2.0 + STD_EPS)):  # a small floor does not scale it up (a review)
+        assert normalization_stats({"x": x}, spec, min_std=floor)["x"]["std"][2] == pytest.approx(std)
     caplog.clear()
     with caplog.at_level("WARNING", logger="robopretrain.nets.obs_encoder"):
         normalization_stats({"x": x}, spec, min_std=0.05)
@@ -118,7 +120,7 @@ def test_a_new_agent_takes_obs_min_std_from_its_config(caplog):
         cfg = OmegaConf.create({"algo": {"name": "bc"}, "encoder": {}, "seed": 0, "obs": obs})
         return new_agent(cfg, spec, 2, Rows(), torch.device("cpu")).critic_encoder.std
 
-    torch.testing.assert_close(std_of({"min_std": 0.5})[1], torch.tensor(0.5 + STD_EPS))
+    torch.testing.assert_close(std_of({"min_std": 2.0})[1], torch.tensor(2.0 + STD_EPS))  # (a floor above 1)
     torch.testing.assert_close(std_of({})[0], torch.tensor(float(np.std(x[:, 0])) + STD_EPS))  # the data's + eps
     torch.testing.assert_close(std_of({})[1], torch.tensor(1.0))  # constant in the data: centred, not scaled
     assert "takes no effect" not in caplog.text

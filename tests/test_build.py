@@ -590,11 +590,12 @@ def test_new_agent_reads_obs_normalize_and_min_std_from_the_config(caplog):
         off = encoder({"normalize": False, "min_std": 0.5})
     assert "obs.min_std=0.5 takes no effect with obs.normalize=false" in caplog.text
     assert off.mean.tolist() == [0.0, 0.0] and off.std.tolist() == [1.0, 1.0]
-    floored = encoder({"min_std": 0.5})  # normalize: the default, on
+    floored = encoder({"min_std": 2.0})  # normalize: the default, on
     assert floored.mean.tolist() == pytest.approx([15.0, 3.0])
     from robopretrain.nets.obs_encoder import STD_EPS
 
-    assert floored.std.tolist() == pytest.approx([float(obs[:, 0].std()) + STD_EPS, 0.5 + STD_EPS], abs=1e-5)
+    # (the constant dimension: centred with std 1, or the floor where it is above that)
+    assert floored.std.tolist() == pytest.approx([float(obs[:, 0].std()) + STD_EPS, 2.0 + STD_EPS], abs=1e-5)
 
 
 def test_a_data_task_whose_env_does_not_fit_the_agent_is_left_out_of_the_evaluation_with_a_warning(caplog):
@@ -744,7 +745,7 @@ def test_frozen_feature_statistics_cover_every_batch_of_rows():
     """The statistics are taken over feature_batch rows at a time: every batch counts, not the first only."""
     from types import SimpleNamespace
 
-    rows = torch.arange(10, dtype=torch.float64)[:, None]
+    rows = torch.stack([torch.arange(10, dtype=torch.float64), torch.zeros(10, dtype=torch.float64)], 1)
     seen = {}
     agent = SimpleNamespace(normalizes_features=True, settings=SimpleNamespace(feature_batch=3),
                             frozen_features=lambda obs: obs["x"],
@@ -752,7 +753,9 @@ def test_frozen_feature_statistics_cover_every_batch_of_rows():
     data = type("Data", (), {"__len__": lambda self: 10,
                              "get": lambda self, idx: {"observations": {"x": rows[torch.as_tensor(idx)]}}})()
     assert build.fit_feature_normalization(agent, data)
-    assert seen["mean"].tolist() == [4.5] and seen["std"][0] == pytest.approx(float(rows.std(unbiased=False)), 1e-3)
+    assert seen["mean"].tolist() == [4.5, 0.0]
+    assert seen["std"][0] == pytest.approx(float(rows[:, 0].std(unbiased=False)), 1e-3)
+    assert seen["std"][1] == 1.0  # a feature never active (a dead ReLU): centred, not scaled 1000x
 
 
 def test_a_slot_shared_on_purpose_names_each_task_with_its_own_file(caplog):

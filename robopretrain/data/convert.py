@@ -66,7 +66,7 @@ import h5py
 import numpy as np
 
 from robopretrain.data.episodes import ACTION_MODES, ConversionError, Episode, check_image_size, write_robomimic
-from robopretrain.data.hdf5 import mixed_action_sizes, read_info, source_format
+from robopretrain.data.hdf5 import mixed_action_sizes, source_format
 from robopretrain.data.frames import index_dir
 from robopretrain.data.read_d4rl import is_d4rl, read_d4rl
 from robopretrain.data.read_lerobot import FOLDERS as LEROBOT_PARTS
@@ -582,9 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    total = read_info(out).total  # (the demos' sum: data's total may be missing or stale in a robomimic source)
     with h5py.File(out, "r") as f:
         demos = len(f["data"])
+        # (every copy writes data's total; the demos' sum where a source without one was copied as it was)
+        total = int(f["data"].attrs["total"]) if "total" in f["data"].attrs else sum(
+            int(g.attrs.get("num_samples", 0)) for g in f["data"].values() if isinstance(g, h5py.Group))
         first = f["data"][next(iter(f["data"]))]  # demo_0 may be a skipped one-step episode (a gap in the names)
         keys = {k: tuple(v.shape[1:]) for k, v in first["obs"].items()}
         act = first["actions"].shape[1]

@@ -214,9 +214,11 @@ def _write_once(src: Path, tmp: Path, size: int | None, kept: list[str]) -> str 
                             continue
                     child.copy(ds, group, name=key)
             derived.update(_derive_next_obs(demo))
-        # data's total is the demos' sum (a source without it, or with a stale one, is read by its demos)
-        out_data.attrs["total"] = sum(int(g.attrs["num_samples"]) for g in out_data.values()
-                                      if isinstance(g, h5py.Group) and "num_samples" in g.attrs)
+        # data's total is the demos' sum (a source without it, or with a stale one, is read by its demos); demos
+        # whose num_samples is not a whole number are copied as they are, for the reader to name
+        counts = [g.attrs.get("num_samples") for g in out_data.values() if isinstance(g, h5py.Group)]
+        if all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in counts):
+            out_data.attrs["total"] = int(sum(counts))
         env_args = _env_args(data)
         if env_args is not None:
             env_args.update(source=str(src.resolve()), image_size=size, source_image_sizes=source_sizes)

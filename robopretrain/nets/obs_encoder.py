@@ -82,12 +82,14 @@ def normalization_stats(parts: Mapping[str, np.ndarray], spec: ObsSpec, skip: tu
             out[key] = {"mean": [0.0] * size, "std": [1.0] * size}
             continue
         x = np.asarray(parts[key], dtype=np.float64).reshape(-1, size)
-        std = np.maximum(x.std(0), min_std)
-        constant = std <= CONSTANT_STD * np.maximum(1.0, np.abs(x.mean(0)))  # (a constant's std rounds to ~1e-17)
+        raw = x.std(0)
+        constant = raw <= CONSTANT_STD * np.maximum(1.0, np.abs(x.mean(0)))  # (a constant's std rounds to ~1e-17)
+        std = np.maximum(raw, min_std)
         if constant.any():
             log.info("normalisation: %s dimension(s) %s are constant in the data: centred, not scaled", key,
                      np.flatnonzero(constant).tolist())
-            std = np.where(constant, 1.0 - STD_EPS, std)  # (+ STD_EPS below: 1)
+            # (+ STD_EPS below: 1; a floor above that wins; a small floor must not scale a constant up: a review)
+            std = np.where(constant, np.maximum(1.0 - STD_EPS, min_std), std)
         flat = np.flatnonzero((std < FLAT_STD) & ~constant)
         if flat.size:
             log.warning("normalisation: %s dimension(s) %s barely vary in the data (std %s < %g): each is scaled by "
