@@ -321,6 +321,14 @@ def test_a_finite_float64_value_beyond_float32_is_named_not_called_nan_or_inf(tm
         f["data/demo_1/rewards"] = rewards
 
     path = write_dataset(tmp_path / "huge.hdf5", mutate=huge)
+    from robopretrain.data.hdf5 import _read_into
+
+    top = h5py.File(tmp_path / "top.hdf5", "w")  # float32's largest finite value, stored as float64: read, not refused
+    top["r"] = np.array([np.finfo(np.float32).max], np.float64)
+    out = np.zeros(1, np.float32)
+    _read_into("top.hdf5", top["r"], "r", out, 0, 1)
+    top.close()
+    assert out[0] == np.finfo(np.float32).max
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no numpy overflow warning on the way
         for storage in STORAGES:

@@ -629,6 +629,10 @@ def test_two_parts_reading_one_key_are_refused_in_the_env_and_in_the_data():
             continue
         with pytest.raises(EnvContractError, match=f"target 'T': {said}"):
             TargetEnv(_TwoGoalsEnv(("goal", "target_q")), target, checked=["goal", "aim"])
+    # a part read by its own name keeps its key beside an unread part's entry on it (a review)
+    target = Target(name="T", family=GYM, env_id="x", obs_map={"other": "goal"}, task_id=0, success_key="is_success")
+    obs, _ = TargetEnv(_TwoGoalsEnv(("goal", "target_q")), target, checked=["goal"]).reset(seed=0)
+    np.testing.assert_array_equal(obs["goal"], np.full(5, -7.0, np.float32))
 
 
 @pytest.mark.parametrize("kind,shown", [("discrete", "Discrete(3)"), ("binary", "MultiBinary(1)"),

@@ -694,12 +694,20 @@ def test_cached_target_data_is_reused_only_for_the_same_request(tmp_path, monkey
     table[1000] = 1.0
     td.cached_target_data(path, wider, as_target({**own, "env_kwargs": {"table": table}}), "none", 8, seed=1)
     assert len(calls) == 10
+    td.cached_target_data(path, wider, as_target({**own, "env_kwargs": {"modes": {"a", "b", "c"}}}), "none", 8,
+                          seed=1)
+    assert len(calls) == 11
+    import json
+
+    assert json.dumps({"m": {"c", "a", "b"}}, default=td._described) == '{"m": ["\\"a\\"", "\\"b\\"", "\\"c\\""]}'
+    objects = np.array([{"k": 1}, None], dtype=object)  # by value, not by the pointers its bytes are
+    assert td._described(objects) == td._described(np.array([{"k": 1}, None], dtype=object))
     import threading
 
     lock = as_target({**own, "env_kwargs": {"lock": threading.Lock()}})  # no text to compare: collected each time
     td.cached_target_data(path, wider, lock, "none", 8, seed=1)
     td.cached_target_data(path, wider, lock, "none", 8, seed=1)
-    assert len(calls) == 12
+    assert len(calls) == 13
 
 
 def test_darc_refuses_frozen_cached_features():

@@ -69,6 +69,8 @@ def test_stage_1_resizes_frames_as_stages_2_and_3_resize_a_camera() -> None:
     stretched = np.stack([to_agent_frame(f, 16) for f in frames])
     assert np.array_equal(resize_frames(frames, 16, center_crop=False), stretched)
     assert resize_frames(frames[:0], 16).shape == (0, 16, 16, 3)
+    with pytest.raises(ValueError, match=r"expected uint8 RGB frames \(T, H, W, 3\), got uint8 \(3, 40, 48, 1\)"):
+        resize_frames(frames[..., :1], 16)  # (Pillow's TypeError before; the sources give RGB: a review)
 
 
 # ----------------------------------------------------------------------------- manifest source

@@ -158,6 +158,10 @@ def center_square(frames: np.ndarray) -> np.ndarray:
 def resize_frames(frames: np.ndarray, image_size: int, center_crop: bool = True) -> np.ndarray:
     """uint8 (T, H, W, 3) -> uint8 (T, image_size, image_size, 3), each frame as stages 2 and 3 resize a camera
     (:func:`robopretrain.envs.camera_frames.resize_rgb`: area average shrinking, bilinear enlarging)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or min(frames.shape[1:3]) < 1:
+        raise ValueError(f"resize_frames: expected uint8 RGB frames (T, H, W, 3), got {frames.dtype} "
+                         f"{tuple(frames.shape)} (the sources read cameras as RGB: robopretrain.data.spec.as_rgb)")
     if center_crop:
         frames = center_square(frames)
     if frames.shape[1] == image_size and frames.shape[2] == image_size:

@@ -74,6 +74,10 @@ def described_target(target: Any) -> Any:
 def _described(value: Any) -> Any:
     """JSON for what ``json`` cannot write itself: an array by its content's hash (its text elides the middle of
     large ones: two arrays read as one), anything else by its text, unless that names a memory address."""
+    if isinstance(value, (set, frozenset)):  # (its text's order changes with the hash seed)
+        return sorted(json.dumps(v, sort_keys=True, default=_described) for v in value)
+    if isinstance(value, np.ndarray) and value.dtype == object:  # (its bytes are pointers)
+        return {"objects": json.dumps(value.tolist(), sort_keys=True, default=_described), "shape": list(value.shape)}
     if isinstance(value, np.ndarray):
         data = np.ascontiguousarray(value)
         return {"array": hashlib.sha256(data.tobytes()).hexdigest(), "shape": list(data.shape),

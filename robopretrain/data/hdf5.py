@@ -601,7 +601,7 @@ def _read_into(path: str, ds: h5py.Dataset, key: str, out: np.ndarray, lo: int, 
     except (OSError, TypeError, ValueError) as e:
         raise _err(path, key, f"cannot be read as {out.dtype} (truncated or corrupt file?): {e}") from None
     if raw is not None:
-        if out.dtype.kind == "f" and raw.dtype.kind == "f":
+        if out.dtype.kind == "f" and raw.dtype.kind == "f" and np.finfo(raw.dtype).max > np.finfo(out.dtype).max:
             _reject_too_large(path, key, raw, out.dtype)
         try:
             with np.errstate(over="ignore"):  # (what overflows was refused above; inf stays inf)
@@ -615,14 +615,15 @@ def _read_into(path: str, ds: h5py.Dataset, key: str, out: np.ndarray, lo: int, 
 
 def _reject_too_large(path: str, key: str, rows: np.ndarray, dtype: np.dtype) -> None:
     """Raise :class:`DatasetError` naming the first row of ``rows`` holding a finite value beyond ``dtype``'s range."""
-    limit = np.finfo(dtype).max
-    with np.errstate(invalid="ignore"):
-        over = np.isfinite(rows) & (np.abs(rows) > limit)
+    rows = np.atleast_1d(rows)
+    with np.errstate(over="ignore", invalid="ignore"):  # what the cast makes infinite, no more (nor the inf in it)
+        over = np.isfinite(rows) & ~np.isfinite(rows.astype(dtype))
     if over.any():
-        bad = int(np.argwhere(over.reshape(len(rows), -1))[0, 0])
-        value = rows.reshape(len(rows), -1)[bad][over.reshape(len(rows), -1)[bad]][0]
-        raise _err(path, key, f"holds {value:.3g} (first at row {bad}), beyond {np.dtype(dtype)}'s range "
-                              f"(+-{limit:.3g}) the toolkit reads it in; rescale the values")
+        flat = over.reshape(len(rows), -1)
+        bad = int(np.argwhere(flat)[0, 0])
+        value = rows.reshape(len(rows), -1)[bad][flat[bad]][0]
+        raise _err(path, key, f"holds {value:.6g} (first at row {bad}), beyond {np.dtype(dtype)}'s range "
+                              f"(+-{np.finfo(dtype).max:.6g}) the toolkit reads it in; rescale the values")
 
 
 def _reject_non_finite(path: str, key: str, rows: np.ndarray) -> None:

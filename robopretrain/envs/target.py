@@ -863,9 +863,10 @@ class TargetEnv(gym.Wrapper):
         shared = shared_source_key(read, target.obs_map, "obs_map")  # two parts the agent reads on one env key
         if shared:
             raise EnvContractError(f"target {target.name!r}: {shared}")
-        # env key -> our part; where entries share an env key, the part the agent reads wins (the reverse map kept
-        # the last entry, so a read part was called missing beside an unread one)
-        self._reverse = {**{v: k for k, v in target.obs_map.items() if k not in read},
+        # env key -> our part; an env key a part the agent reads takes (through obs_map or by its own name) is that
+        # part's: an unread part's entry on it was the reverse map's last word, and the read part was called missing
+        taken = {str(target.obs_map.get(p, p)) for p in read}
+        self._reverse = {**{v: k for k, v in target.obs_map.items() if k not in read and v not in taken},
                          **{v: k for k, v in target.obs_map.items() if k in read}}
         # the env's own keys named like a part that obs_map takes from another key: left out (the mapping decides,
         # not the order of the env's dict)
