@@ -16,15 +16,21 @@ from robopretrain.files import LOCK_FILE, RunFolderBusy, run_folder_lock
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_second_holder_is_refused_naming_the_first_and_the_lock_ends_with_its_holder(tmp_path):
+def holding(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s writer lock (for 60 s, or until killed), once it says so."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\n"
+        "import time\n"
         "from robopretrain.files import run_folder_lock\n"
-        f"with run_folder_lock({str(tmp_path / 'run')!r}):\n"
+        f"with run_folder_lock({str(folder)!r}):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_holder_is_refused_naming_the_first_and_the_lock_ends_with_its_holder(tmp_path):
+    holder = holding(tmp_path / "run")
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderBusy, match=rf"{tmp_path / 'run'}: another process is writing this run folder now "
                                                 rf"\(pid {holder.pid} on .*, since .*\); wait for it to end"):
             with run_folder_lock(tmp_path / "run"):
@@ -59,14 +65,8 @@ def test_the_pipeline_is_refused_in_a_busy_folder_before_its_targets_checks_step
     monkeypatch.setattr(pipeline, "check_targets", lambda cfg: checked.append(cfg))
     refuse_busy_folder(tmp_path / "new")
     assert not (tmp_path / "new").exists()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time\n"
-        "from robopretrain.files import run_folder_lock\n"
-        f"with run_folder_lock({str(tmp_path / 'run')!r}):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = holding(tmp_path / "run")
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderBusy, match=rf"pid {holder.pid} on"):
             pipeline.run_pipeline(compose("pipeline"), tmp_path / "run")
         assert checked == []
