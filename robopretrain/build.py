@@ -531,7 +531,8 @@ def feature_stat_rows(size: int, limit: int = FEATURE_STATS_ROWS) -> np.ndarray:
 def fit_feature_normalization(agent: Agent, dataset: OfflineDataset | DiskDataset) -> bool:
     """Standardise a frozen encoder's features by their mean and std (+ ``STD_EPS``) over the dataset's observations
     (at most :data:`FEATURE_STATS_ROWS` rows, :func:`feature_stat_rows`), as ``normalization_stats`` does for the
-    low-dim parts (a feature constant over them, a ReLU never active, is centred, not scaled); ``dataset`` in the form the agent trains on (:func:`prepared`). Returns False (and changes nothing)
+    low-dim parts (a feature constant over them, a ReLU never active, is centred, not scaled); ``dataset`` in the
+    form the agent trains on (:func:`prepared`). Returns False (and changes nothing)
     when the agent does not normalise features (not frozen, or ``encoder.normalize_features=false``)."""
     if not agent.normalizes_features:
         return False

@@ -718,6 +718,7 @@ def test_pyopengls_note_on_its_absent_accelerator_is_not_every_commands_first_lo
     a missing dependency (a new user's finding); the entry points' shared module keeps that logger at WARNING."""
     import logging
 
-    import robopretrain.cli  # noqa: F401 (every entry point imports it)
+    import robopretrain.cli
 
+    assert robopretrain.cli.EXIT_BAD_INPUT == 2  # (every entry point imports the module)
     assert logging.getLogger("OpenGL.acceleratesupport").getEffectiveLevel() == logging.WARNING

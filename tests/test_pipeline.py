@@ -973,7 +973,8 @@ def test_a_gym_targets_env_observation_is_checked_at_the_start_against_the_parts
 
     def target(eef_dim: int, key: str = "robot0_eef_pos", **more):
         return as_target({"name": "robo", "env_id": "_fake_envs:RobosuiteLikeEnv", "task_id": 30,
-                          "max_episode_steps": 20, "env_kwargs": {"eef_dim": eef_dim, "act_dim": 4}, "obs_map": {"proprio": key}, **more})
+                          "max_episode_steps": 20, "env_kwargs": {"eef_dim": eef_dim, "act_dim": 4},
+                          "obs_map": {"proprio": key}, **more})
 
     pipeline.check_target_sizes(cfg, target(7))  # the prior's 7-D proprio, its camera: fits
     with pytest.raises(ValueError, match=r"low_dim part 'proprio': the env of target 'robo' has size 3, the agent "
