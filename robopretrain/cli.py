@@ -61,9 +61,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 EXIT_BAD_INPUT = 2
-# PyOpenGL (MuJoCo's EGL rendering) logs at INFO that its optional C accelerator is absent: the first line of every
-# command's log, read as a missing dependency (a new user's finding); its warnings still show
-logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process stopped by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, docker stop, a batch scheduler's preemption)
 # OSErrors that say the storage refused a write (full, over quota, read-only, no permission): one line, as bad input
@@ -74,6 +71,9 @@ ENTRY_POINTS = {"video_pretrain.train": "video_pretrain", "robopretrain.train": 
                 "sim_envs.collect": "collect", "sim_envs.collect_videos": "collect_videos",
                 "robopretrain.reward_model": "reward_model"}
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data (a checkout's configs/ links here)
+# PyOpenGL (MuJoCo's EGL rendering) logs at INFO that its optional C accelerator is absent: the first line of every
+# command's log, read as a missing dependency (a new user's finding); its warnings still show
+logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
 # the setting naming each entry point's run folder, which Hydra's own run folder follows (hydra_run_dir_override)
 RUN_FOLDER_KEYS = {"video_pretrain": "output_dir", "robopretrain": "output_dir", "finetune": "output_dir",
                    "evaluate": "output_dir", "reward_model": "output_dir", "pipeline": "run_dir"}

@@ -41,9 +41,9 @@ from robopretrain import cpu_settings
 from robopretrain.build import (collect_changes, compose, plain, randomization, refuse_learned_reward_online,
                                 reward_settings, success_filtered_bc, warn_success_termination)
 from robopretrain.cli import CONFIG_DIR, config_folder, friendly_errors, run_hydra
-from robopretrain.data.spec import ObsSpec
 from robopretrain.config_checks import (PIPELINE_CHECKS, check_section, check_top_level_keys, one_name_as_list,
                                         resolve_device)
+from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.target import SIM_ENVS, Target, as_target
 from robopretrain.files import refuse_busy_folder, run_folder_lock, write_text_atomic
 from robopretrain.metrics import read_jsonl
