@@ -323,6 +323,14 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "min(hi, max + 1) -> min(max + 1, hi): min is symmetric",
         "min(..hi, self.max_distractors + 1..) swapped @ count = int(rng.integers(lo, min(hi, self.max_distractors + "
         "1)))"),
+    ("reward_model", "<module>/const/1"): Equivalent(
+        "RELABEL_CHUNK 4096 -> 4097: the rows per forward pass when relabelling, each row scored alone (memory only)",
+        "4096 -> 4097 @ RELABEL_CHUNK = 4096  # transitions per forward pass when relabelling a file (memory only: rows "
+        "are independent)"),
+    ("reward_model", "_label_row/swap/16"): Equivalent(
+        "min(start_a, start_b) -> min(start_b, start_a): min is symmetric",
+        "min(..lab.start_a, lab.start_b..) swapped @ if not 0.0 <= lab.label <= 1.0 or lab.length < 1 or "
+        "min(lab.start_a, lab.start_b) < 0:"),
     ("frames", "FrameStore._where/swap/2"): Equivalent(
         "max(i, 0) -> max(0, i): max is symmetric",
         "max(..i, 0..) swapped @ i = min(max(i, 0), len(self.demos) - 1)"),

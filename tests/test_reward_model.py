@@ -119,6 +119,10 @@ def test_label_files_from_spreadsheets_and_ill_formed_rows(tmp_path):
     (tmp_path / "len.csv").write_text(header + "demo_0,0,demo_1,0,5,1\ndemo_0,0,demo_1,0,5,0\ndemo_0,0,demo_1,0,4,1\n")
     with pytest.raises(ValueError, match=r"line 4: length 4, but the first row has 5"):
         read_labels(tmp_path / "len.csv")
+    for start_a, start_b in ((-1, 3), (3, -1)):  # either start negative (mutation testing: the smaller is checked)
+        (tmp_path / "neg.csv").write_text(header + f"demo_0,{start_a},demo_1,{start_b},5,1\n")
+        with pytest.raises(ValueError, match=r"neg.csv: line 2: label must be in \[0, 1\].*starts >= 0"):
+            read_labels(tmp_path / "neg.csv")
     (tmp_path / "self.csv").write_text(header + "demo_0,3,demo_0,3,5,0.5\ndemo_0,3,demo_0,3,5,1\n")
     with pytest.raises(ValueError, match=r"line 3: segment a and segment b are the same steps"):
         read_labels(tmp_path / "self.csv")
@@ -521,6 +525,7 @@ def test_learned_reward_agrees_with_held_out_labels_and_relabelling_keeps_the_re
     model, spec = load_reward_model(tmp_path / "run" / "reward_model.pt")  # the saved ensemble relabels the same
     torch.testing.assert_close(model.encoder.mean, torch.tensor([np.concatenate(progress).mean()]))  # obs.normalize
     assert model.action_units is None  # the toy file's actions are in the env's units (recorded as such)
+    assert model.task_slots == [0]  # its data's task slot (None: a file written before they were recorded)
     again_path = relabel(data, tmp_path / "again.hdf5", model, spec, "standard")
     with h5py.File(out) as b, h5py.File(again_path) as c:
         assert np.allclose(b["data/demo_3/rewards"][()], c["data/demo_3/rewards"][()], atol=1e-6)
@@ -840,6 +845,15 @@ def test_relabelling_a_file_with_tasks_outside_the_models_one_hot_is_refused_bef
     with caplog.at_level(logging.WARNING):
         report = run(toy_only(tmp_path / "b", 4), tmp_path / "b")
     assert "also those of task(s) other the model is not trained on" in caplog.text
+    from types import SimpleNamespace
+
+    from robopretrain.reward_model import check_relabelled_tasks
+
+    caplog.clear()  # a demo of a trained task left out (a mask) is no other task (mutation testing)
+    demos = [SimpleNamespace(name=f"demo_{i}", num_samples=12, task="toy", task_id=0) for i in range(3)]
+    with caplog.at_level(logging.WARNING):
+        check_relabelled_tasks(SimpleNamespace(demos=demos), ["demo_0", "demo_1"], ObsSpec(low_dim=(("x", 1),)), "f")
+    assert "not trained on" not in caplog.text
     with h5py.File(report["relabelled"], "r") as f:
         assert f["data/demo_5/rewards"].shape == (12,)
 
