@@ -35,7 +35,7 @@ from robopretrain.data.spec import ObsSpec
 from robopretrain.envs.action_units import two_valued_dimensions
 from robopretrain.envs.target import (EnvContractError, Target, as_target, env_time_limit, success_termination_note,
                                       successful_target_demos, target_of_data, warn_camera_geometry, with_task_slot)
-from robopretrain.nets.obs_encoder import CONSTANT_STD, STD_EPS, normalization_stats
+from robopretrain.nets.obs_encoder import STD_EPS, constant_dimensions, normalization_stats
 
 log = logging.getLogger(__name__)
 
@@ -540,11 +540,11 @@ def fit_feature_normalization(agent: Agent, dataset: OfflineDataset | DiskDatase
     step = int(agent.settings.feature_batch)
     feats = torch.cat([agent.frozen_features(dataset.get(rows[lo: lo + step])[OBS]).double().cpu()
                        for lo in range(0, len(rows), step)])
-    mean, raw = feats.mean(0), feats.std(0, unbiased=False)
-    constant = raw <= CONSTANT_STD * torch.clamp(mean.abs(), min=1.0)
-    agent.set_feature_normalization(mean.numpy(), torch.where(constant, torch.ones_like(raw), raw + STD_EPS).numpy())
+    mean, raw = feats.mean(0).numpy(), feats.std(0, unbiased=False).numpy()
+    constant = constant_dimensions(mean, raw)
+    agent.set_feature_normalization(mean, np.where(constant, 1.0, raw + STD_EPS))
     log.info("frozen features standardised over %d rows: per-dimension std median %.3g (min %.3g, max %.3g)%s",
-             len(rows), float(raw.median()), float(raw.min()), float(raw.max()),
+             len(rows), float(np.median(raw)), float(raw.min()), float(raw.max()),
              f"; {int(constant.sum())} constant (centred, not scaled)" if constant.any() else "")
     return True
 

@@ -42,7 +42,7 @@ import torch
 from robopretrain.data.hdf5 import (DatasetError, DatasetInfo, Transitions, action_bounds, check_finite_transitions,
                                     check_lengths, load_transitions, read_info, select_demos, source_format)
 from robopretrain.data.disk import DiskDataset
-from robopretrain.data.frames import open_index
+from robopretrain.data.frames import memory_bytes, open_index
 from robopretrain.data.keys import NEXT_ACTIONS, TASK_ID
 from robopretrain.data.replay import OfflineDataset
 from robopretrain.data.returns import (
@@ -666,10 +666,9 @@ def load_offline_dataset(
 
 
 def frame_bytes(info: DatasetInfo, demos: Sequence[str], camera_keys: Sequence[str]) -> int:
-    """Bytes the selected demos' frames take in memory on the in-memory path (``obs`` and ``next_obs``)."""
-    n = sum(info.demo(d).num_samples for d in demos)
-    per_step = sum(int(np.prod(info.obs_specs[k][0][:2])) * 3 for k in camera_keys if k in info.obs_specs)  # RGB
-    return 2 * n * per_step
+    """Bytes the selected demos' frames take in memory on the in-memory path (``obs`` and ``next_obs``; RGB):
+    :func:`robopretrain.data.frames.memory_bytes` of the selection."""
+    return memory_bytes(info, camera_keys, demos)
 
 
 def choose_storage(info: DatasetInfo, demos: Sequence[str], camera_keys: Sequence[str]) -> str:

@@ -300,11 +300,11 @@ def index_bytes(info: DatasetInfo, keys: Sequence[str]) -> int:
     return int(sum(frames * (int(np.prod(info.obs_specs[k][0])) + 4) for k in keys if k in info.obs_specs))
 
 
-def memory_bytes(info: DatasetInfo, keys: Sequence[str]) -> int:
-    """The bytes camera ``keys``' frames of every demo take on the in-memory path (``obs`` and ``next_obs`` each
-    held whole, as RGB: twice the index, which stores each frame once;
-    :func:`robopretrain.data.dataset.frame_bytes` for a selection)."""
-    steps = sum(d.num_samples for d in info.demos if d.num_samples >= 2)
+def memory_bytes(info: DatasetInfo, keys: Sequence[str], demos: Sequence[str] | None = None) -> int:
+    """The bytes camera ``keys``' frames of ``demos`` (None: every demo of 2 steps or more) take on the in-memory
+    path (``obs`` and ``next_obs`` each held whole, as RGB: twice the index, which stores each frame once)."""
+    steps = (sum(d.num_samples for d in info.demos if d.num_samples >= 2) if demos is None
+             else sum(info.demo(d).num_samples for d in demos))
     return 2 * steps * sum(int(np.prod(info.obs_specs[k][0][:2])) * 3 for k in keys if k in info.obs_specs)
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from robopretrain.data.convert import as_robomimic, detect_format
 from robopretrain.data.episodes import ConversionError, image_layout
-from robopretrain.data.hdf5 import DatasetError, check_layout, nested_obs, source_format, success_flag
+from robopretrain.data.hdf5 import DatasetError, check_layout, nested_obs, open_failure, source_format, success_flag
 from robopretrain.data.returns import has_success_signal, is_sparse_success_reward
 from robopretrain.data.video import (MANIFEST_NAME, VIDEO_SUFFIXES, VideoDatasetError, VideoEntry, clip_entries,
                                      count_frames, read_frames)
@@ -190,8 +190,6 @@ def open_hdf5(path: Path) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        from robopretrain.data.hdf5 import open_failure
-
         raise InspectError(f"{path}: {open_failure(exc)}") from exc
     if "data" not in f or not isinstance(f["data"], h5py.Group):
         f.close()

@@ -54,6 +54,13 @@ STD_EPS = 1e-3  # added to the data's standard deviation (CORL compute_mean_std,
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}  # image encoder compute precision -> autocast dtype
 
 
+def constant_dimensions(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Which dimensions of data with per-dimension ``mean`` and ``std`` are constant: ``std`` at most
+    :data:`CONSTANT_STD` relative to the values (a constant's computed std rounds to ~1e-17, not 0). Such a
+    dimension is centred, not scaled (:func:`normalization_stats`, and a frozen encoder's features)."""
+    return np.asarray(std) <= CONSTANT_STD * np.maximum(1.0, np.abs(np.asarray(mean)))
+
+
 def normalization_stats(parts: Mapping[str, np.ndarray], spec: ObsSpec, skip: tuple[str, ...] = (),
                         min_std: float = 0.0) -> dict[str, dict[str, list[float]]]:
     """Per low-dim part ``{key: {"mean": [...], "std": [...]}}`` of stored rows ``parts[key]`` ``(N, d)``.
@@ -83,7 +90,7 @@ def normalization_stats(parts: Mapping[str, np.ndarray], spec: ObsSpec, skip: tu
             continue
         x = np.asarray(parts[key], dtype=np.float64).reshape(-1, size)
         raw = x.std(0)
-        constant = raw <= CONSTANT_STD * np.maximum(1.0, np.abs(x.mean(0)))  # (a constant's std rounds to ~1e-17)
+        constant = constant_dimensions(x.mean(0), raw)
         std = np.maximum(raw, min_std)
         if constant.any():
             log.info("normalisation: %s dimension(s) %s are constant in the data: centred, not scaled", key,
@@ -233,4 +240,4 @@ class ObsEncoder(nn.Module):
             return enc.net(x).float()
 
 
-__all__ = ["ObsEncoder", "PRECISIONS", "STD_EPS", "normalization_stats", "normalized_images"]
+__all__ = ["ObsEncoder", "PRECISIONS", "STD_EPS", "constant_dimensions", "normalization_stats", "normalized_images"]
