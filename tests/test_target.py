@@ -473,7 +473,11 @@ def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in(ca
     with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):  # a sim_envs task's name: maybe not
         assert with_task_slot(Target(name="Lift", env_id=ENTRY), {"Lift": 3, "Reach": 0}, 13).task_id == 3
     assert "also a sim_envs task's name" in caplog.text
-    assert with_task_slot(Target(name="Reach"), {"Reach": 5}, 13).task_id is None  # sim_envs: its own id
+    # sim_envs: its own id, unless the agent learnt the task in another slot (stage 2's data.task_id moved it: stage 3
+    # and evaluate's target=OpenDrawer fine-tuned and scored slot 4, never trained, where the default target used 2)
+    assert with_task_slot(Target(name="Reach"), {"Reach": 0, "Lift": 3}, 13).task_id is None
+    assert with_task_slot(Target(name="Reach"), {"Lift": 3, "PushBlock": 5}, 13).task_id is None
+    assert with_task_slot(Target(name="OpenDrawer"), {"OpenDrawer": 2}, 13).task_id == 2
 
 
 def test_a_metaworld_target_keeps_its_own_id_unless_the_agent_learnt_the_task_elsewhere_or_it_does_not_fit():
