@@ -227,7 +227,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     mix = cfg.data.get("mix")
     mix_ids: dict[str, int] = {}  # the mixed-in data's tasks (PTR's target adaptation: the target)
     mix_units = None
+    data_ids = task_ids  # the tasks this run trains on from data.path (none when no batch row comes from it)
     if mix is not None and mix.get("path"):
+        n_main, n_mix = MixedSampler.split(agent.batch_size, 1.0 - float(mix.fraction))  # rows of each batch
         with dist_utils.main_first(dinfo):  # rank 0 converts the mix (another format) once, the others reuse it
             mix_map = build.plain(mix.get("obs_map")) or None
             build.warn_unused_obs_map(mix_map, spec, "data.mix.obs_map")
@@ -235,7 +237,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             build.check_data_fits(spec, mix_file, mix_map, "the mixed-in data (data.mix.path)",
                                   map_setting="data.mix.obs_map")
             mix_info = read_info(mix_file)
-            if algo != "bc" and 0.0 < float(mix.fraction) < 1.0:  # both in every batch (BC reads no rewards)
+            if algo != "bc" and n_main and n_mix:  # both in every batch (BC reads no rewards)
                 build.refuse_mixed_reward_functions(info, mix_info)
             mix_ids = build.data_task_ids(mix_info, mix)  # (mix_info: another format's cached conversion, cameras
             # at the agent's size)
@@ -264,13 +266,25 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                                                                seed + 1), 1.0 - float(mix.fraction))
         log.info("batches: %.0f%% from %s, %.0f%% from %s", 100 * (1 - float(mix.fraction)), data_path,
                  100 * float(mix.fraction), mix.path)
-    tasks = sorted({**task_ids, **mix_ids})
+        for rows, setting, path, ids in ((n_mix, "data.mix.path", mix.path, mix_ids),
+                                         (n_main, "data.path", data_path, task_ids)):
+            if not rows:  # a file no batch draws from: its tasks are not trained (nor recorded, nor evaluated as such)
+                log.log(logging.INFO if set(ids) <= set(init_ids) else logging.WARNING,  # (init trained them)
+                            "data.mix.fraction=%s: no row of a batch of %d comes from %s=%s; its tasks %s are not "
+                            "trained by this run", mix.fraction, agent.batch_size, setting, path, sorted(ids))
+        if not n_mix:
+            mix_ids = {}
+        if not n_main:
+            data_ids = {}
+    tasks = sorted({**data_ids, **mix_ids})
     dr = build.randomization(cfg.get("dr"))
     targets = build.eval_targets(settings.eval_targets, info, task_ids, agent.spec.num_tasks, {**task_ids, **mix_ids},
                                  obs_map=obs_map)
+    if settings.eval_targets is None and task_ids and not data_ids:  # data.path's tasks only where init trained them
+        targets = [t for t in targets if t.name in init_ids]
     if settings.eval_targets is None and mix_ids:  # and the mixed-in data's own tasks
         targets += [t for t in build.targets_of_data(mix_info, mix_ids, build.plain(mix.get("obs_map")) or None)
-                    if t.name not in task_ids]
+                    if t.name not in {t.name for t in targets}]
     for target in targets if agent.spec.num_tasks else []:  # a slot given in train.eval_targets against the data's
         note = slot_note(target.name, target.resolved_task_id(), {**init_ids, **task_ids, **mix_ids},
                          label_only=agent.spec.num_tasks == 1 and target.family == GYM)
@@ -299,7 +313,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": os.path.abspath(data_path),  # any cwd
             "obs_map": obs_map,
             "task_names": tasks, "eval_targets": [t.to_dict() for t in targets],  # robopretrain.evaluate's default
-            "task_ids": {**init_ids, **task_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
+            "task_ids": {**init_ids, **data_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
             "mix_path": os.path.abspath(mix_info.path) if mix_ids else None,  # (converted) file of the mix tasks
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,
             "episode_returns": build.return_range(sampler),  # DT: evaluate's target_return is checked against it

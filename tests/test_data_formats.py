@@ -1150,6 +1150,32 @@ def test_a_mix_in_another_format_is_converted_like_data_path(tmp_path):
                               train={"eval_targets": []}))
 
 
+def test_a_file_no_batch_row_comes_from_is_not_recorded_as_trained(tmp_path, caplog):
+    """data.mix.fraction=0 (or 1): its tasks were recorded as trained (evaluate's default target became the mix's
+    task, in a slot no batch held, without the untrained-slot warning); so is a fraction that rounds to no row."""
+    import logging
+
+    prior = F.write_d4rl(tmp_path / "prior.hdf5", lengths=(12, 14))
+    mix = F.write_d4rl(tmp_path / "mix.hdf5", lengths=(10, 11))
+    cache = str(tmp_path / "cache")
+    for name, fraction, trained, warned in (("half", 0.5, {"prior": 0, "mix": 1}, None),
+                                            ("none", 0.0, {"prior": 0}, "data.mix.path"),
+                                            ("rounded", 0.4 / 256, {"prior": 0}, "data.mix.path"),
+                                            ("all", 1.0, {"mix": 1}, "data.path")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="robopretrain.train"):
+            ckpt = run(stage2_config(prior, tmp_path / name, algo="bc", steps=2, algo_cfg={"batch_size": 256},
+                                     obs={"low_dim": ["observations"], "num_tasks": 2},
+                                     data_cfg={"cache_dir": cache, "mix": {"path": str(mix), "fraction": fraction,
+                                                                           "task_id": 1, "cache_dir": cache}},
+                                     train={"eval_targets": []}))
+        meta = load_agent(ckpt)[1].meta
+        assert meta["task_ids"] == trained and meta["task_names"] == sorted(trained), name
+        assert meta["mix_task_names"] == (["mix"] if "mix" in trained else []), name
+        said = [r.getMessage() for r in caplog.records if "no row of a batch of 256" in r.getMessage()]
+        assert len(said) == (warned is not None) and all(f"comes from {warned}=" in s for s in said), (name, said)
+
+
 def test_stage1_says_a_converted_datasets_frames_are_stretched_whatever_data_stretch_says(tmp_path, caplog):
     """data.stretch=false (centre crop) was ignored silently for LeRobot and other converted sources: their copy's
     frames are stretched to square while converting (bit-identical encoders for false and true)."""

@@ -469,12 +469,19 @@ class MixedSampler:
         self.online = online
         self.offline_ratio = offline_ratio
 
+    @staticmethod
+    def split(batch_size: int, offline_ratio: float) -> tuple[int, int]:
+        """``(n_offline, n_online)`` rows of a batch of ``batch_size`` once the online buffer holds data: the
+        offline share rounded to whole rows (a ratio within ``0.5 / batch_size`` of 0 or 1 draws every row from one
+        side)."""
+        n_off = int(round(offline_ratio * batch_size))
+        return n_off, batch_size - n_off
+
     def counts(self, batch_size: int) -> tuple[int, int]:
-        """``(n_offline, n_online)`` for one batch; all offline while the online buffer is empty."""
+        """``(n_offline, n_online)`` for one batch (:meth:`split`); all offline while the online buffer is empty."""
         if len(self.online) == 0:
             return batch_size, 0
-        n_off = int(round(self.offline_ratio * batch_size))
-        return n_off, batch_size - n_off
+        return self.split(batch_size, self.offline_ratio)
 
     def sample(self, batch_size: int) -> Batch:
         n_off, n_on = self.counts(batch_size)
