@@ -871,13 +871,19 @@ def eval_targets(setting: Any, info: DatasetInfo, task_ids: Mapping[str, int], n
     :func:`targets_of_data`), [] -> none, else the listed targets, a gym target without task_id in the slot
     :func:`~robopretrain.envs.target.with_task_slot` gives it (``trained``: every trained task's slot, mixed-in data's
     too; default ``task_ids``; ``num_tasks``: the agent's one-hot size; ``obs_map``: the data's, for its own
-    tasks)."""
+    tasks). Raises ValueError when the list names a target twice (results are keyed by name)."""
     value = plain(setting)
     if value is None:
         return targets_of_data(info, task_ids, obs_map)
     if isinstance(value, (str, Mapping)):
         value = [value]
-    return [with_task_slot(as_target(v), task_ids if trained is None else trained, num_tasks) for v in value]
+    targets = [with_task_slot(as_target(v), task_ids if trained is None else trained, num_tasks) for v in value]
+    twice = sorted({t.name for t in targets if [u.name for u in targets].count(t.name) > 1})
+    if twice:  # results are keyed by name: the second one's replaced the first's without a word
+        raise ValueError(f"train.eval_targets names {twice} more than once; each target's results are logged under "
+                         "its name (eval/<name>/success): list each once (to score a task in another slot, run "
+                         "robopretrain.evaluate with that target's task_id)")
+    return targets
 
 
 def check_target_fits(agent: Agent, target: Target) -> None:

@@ -242,6 +242,9 @@ def test_the_tasks_trained_and_evaluated_are_those_loaded_in_the_slots_loaded(tm
     assert [t.task_id for t in got] == [0, 7]
     with pytest.raises(ValueError, match="target 'Door': a gym target of a multi-task agent needs task_id"):
         build.eval_targets(listed, info, ids, 12)
+    # one name twice (a task in its own slot and another's): its results were logged under one key, the last
+    with pytest.raises(ValueError, match=r"train.eval_targets names \['Reach'\] more than once"):
+        build.eval_targets(["Reach", "PressButton", {"name": "Reach", "task_id": 6}], info, ids, 13)
 
 
 def test_mixed_data_that_gives_one_slot_to_two_tasks_is_refused(caplog):
