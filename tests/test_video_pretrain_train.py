@@ -561,6 +561,20 @@ def test_trajectory_metrics_of_the_optimal_value_are_perfect():
     assert flipped["spearman"] == pytest.approx(-1.0) and flipped["increasing"] == 0.0
 
 
+def test_a_flat_or_nan_value_curve_is_not_read_as_a_rising_one():
+    """A NaN took a top rank of its own (rho 0.2 for [1, nan, 3, 2], scipy: nan); a flat curve's NaN rho was left
+    out of the mean over trajectories, which rose to 1.0 with nine rising curves beside it."""
+    assert math.isnan(diag.spearman([1, np.nan, 3, 2], [1, 2, 3, 4])) and np.isnan(diag.rankdata([2, np.nan])).all()
+    rising = diag.trajectory_metrics(np.linspace(-5.0, -1.0, 6), 0.99)
+    flat = diag.trajectory_metrics(np.full(6, -3.0), 0.99)
+    assert flat["spearman"] == flat["kendall"] == flat["pearson_vstar"] == 0.0 and flat["increasing"] == 0.0
+    diverged = diag.trajectory_metrics(np.array([0.1, np.nan, np.nan, 0.4]), 0.99)
+    assert all(math.isnan(v) for k, v in diverged.items() if k != "length")
+    mean, _ = diag._summary([rising] * 9 + [flat])
+    assert mean["spearman"] == pytest.approx(0.9)
+    assert math.isnan(diag._summary([rising, diverged])[0]["spearman"])
+
+
 def test_ridge_probe_recovers_a_linear_target_across_trajectories():
     rng = np.random.default_rng(0)
     w = rng.normal(size=5)

@@ -22,8 +22,12 @@ human-hand clips: the in-domain check).
 Outputs ``diagnostics.json`` (every number), ``values.png`` (min-max normalised value-vs-time curves of a
 few trajectories per encoder, V* dashed) and a markdown table on stdout.
 
-Rank correlations are implemented here (scipy is not a dependency): :func:`rankdata` (ties averaged),
-:func:`spearman` and :func:`kendall_tau_b`.
+Rank correlations are implemented here (scipy is not a dependency): :func:`rankdata` (ties averaged; NaN
+anywhere gives NaN ranks, as scipy's ``nan_policy='propagate'``), :func:`spearman` and :func:`kendall_tau_b`.
+A trajectory whose values are all equal has no rank order with time: :func:`trajectory_metrics` gives it
+correlations of 0 (undefined, NaN, as a statistic; left out of a mean it raised the mean of the rest), and a
+trajectory with a NaN value NaN in every number, which the means over trajectories carry (a diverged value head
+shows as NaN, not as the mean of its finite curves).
 """
 from __future__ import annotations
 
@@ -56,8 +60,11 @@ DEFAULT_ALPHAS = tuple(10.0 ** k for k in range(-3, 5))
 
 # --------------------------------------------------------------------------------------------- statistics
 def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x``, tied values sharing the average of their ranks."""
+    """Ranks 1..n of ``x``, tied values sharing the average of their ranks; all NaN when ``x`` holds a NaN (its
+    place in the order is unknown: each NaN took a top rank of its own)."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if np.isnan(x).any():
+        return np.full(x.size, np.nan)
     order = np.argsort(x, kind="mergesort")
     sorted_x = x[order]
     ranks = np.empty(x.size, dtype=np.float64)
@@ -107,17 +114,22 @@ def optimal_values(steps_to_go: np.ndarray, gamma: float) -> np.ndarray:
 
 
 def trajectory_metrics(values: np.ndarray, gamma: float) -> dict[str, float]:
-    """Numbers for one trajectory's values (T,) of states t = 0..T-1, the goal being one step after the last."""
+    """Numbers for one trajectory's values (T,) of states t = 0..T-1, the goal being one step after the last
+    (correlations 0 for constant values, every number NaN for values holding a NaN: the module docstring)."""
     values = np.asarray(values, np.float64)
     t = np.arange(values.size, dtype=np.float64)
     v_star = optimal_values(values.size - t, gamma)
     resid = values - v_star
     total = float(((v_star - v_star.mean()) ** 2).sum())
-    return {"spearman": spearman(values, t), "kendall": kendall_tau_b(values, t),
-            "increasing": float(np.mean(np.diff(values) > 0)), "mse": float(np.mean(resid ** 2)),
-            "r2": 1.0 - float((resid ** 2).sum()) / total if total > 0 else float("nan"),
-            "pearson_vstar": pearson(values, v_star), "value_range": float(values.max() - values.min()),
-            "length": int(values.size)}
+    flat = bool(np.all(values == values.flat[0]))  # no rank order with time (False with a NaN)
+    out = {"spearman": 0.0 if flat else spearman(values, t), "kendall": 0.0 if flat else kendall_tau_b(values, t),
+           "increasing": float(np.mean(np.diff(values) > 0)), "mse": float(np.mean(resid ** 2)),
+           "r2": 1.0 - float((resid ** 2).sum()) / total if total > 0 else float("nan"),
+           "pearson_vstar": 0.0 if flat else pearson(values, v_star), "value_range": float(values.max() - values.min()),
+           "length": int(values.size)}
+    if np.isnan(values).any():
+        out.update({k: float("nan") for k in out if k != "length"})
+    return out
 
 
 # --------------------------------------------------------------------------------------------- probe
@@ -355,8 +367,8 @@ def values_to_goal(features: torch.Tensor, heads: nn.Module | None) -> np.ndarra
 
 def _summary(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
     keys = [k for k in rows[0] if k != "length"]
-    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
-    std = {k: float(np.nanstd([r[k] for r in rows])) for k in keys}
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}  # a NaN trajectory's NaN shows (module docstring)
+    std = {k: float(np.std([r[k] for r in rows])) for k in keys}
     return mean, std
 
 
