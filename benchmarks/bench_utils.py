@@ -46,10 +46,16 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def seed_arrays(per_seed: Sequence[Sequence[float]], who: str = "seeds_then_episodes_ci") -> list[np.ndarray]:
-    """``per_seed`` as float arrays, one per seed. Raises ValueError when there is no seed or a seed has no episode."""
+    """``per_seed`` as float arrays, one per seed. Raises ValueError when there is no seed, a seed has no episode,
+    or an outcome is not finite (a NaN made every interval NaN and the verdict "not shown", without a word)."""
     arrays = [np.asarray(s, dtype=float) for s in per_seed]
     if not arrays or any(a.size == 0 for a in arrays):
         raise ValueError(f"{who}: need at least one seed, each with at least one episode")
+    bad = [i for i, a in enumerate(arrays) if not np.isfinite(a).all()]
+    if bad:
+        first = arrays[bad[0]][~np.isfinite(arrays[bad[0]])][:3].tolist()
+        raise ValueError(f"{who}: seed(s) {bad} hold a non-finite outcome ({first}); a diverged run's numbers cannot "
+                         "enter an interval")
     return arrays
 
 

@@ -73,6 +73,11 @@ def test_difference_refuses_empty_input(cm):
         cm.difference_ci([[1.0]], [[1.0], []])
     with pytest.raises(ValueError, match="confidence"):
         cm.difference_ci([[1.0]], [[1.0]], confidence=95)
+    # a NaN outcome (a diverged run) gave (nan, nan, nan) and the verdict "not shown" without a word
+    with pytest.raises(ValueError, match=r"difference_ci \(a\): seed\(s\) \[1\] hold a non-finite outcome \(\[nan\]\)"):
+        cm.difference_ci([[1.0], [0.0, float("nan")]], [[1.0]])
+    with pytest.raises(ValueError, match=r"welch_ci \(b\): seed\(s\) \[0\] hold a non-finite outcome \(\[inf\]\)"):
+        cm.welch_ci([[1.0], [0.5]], [[float("inf")], [0.5]])
 
 
 # ------------------------------------------------------------------------------------------------------ the dip
