@@ -69,7 +69,8 @@ def runs_argv(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int]
 def against_plain(variant: dict[str, Any], plain: dict[str, Any]) -> list[dict[str, Any]]:
     """Amendment 1: per task and method of the ``variant`` summary (:func:`summarize` of its runs), the dip and the
     regret of the variant - the plain runs' (:func:`summarize` of the protocol's runs), difference of means over
-    seeds with its 95% bootstrap interval; "helps" when the regret difference's interval lies below 0."""
+    seeds with its 95% bootstrap interval; "helps" when the regret difference's interval lies below 0 (None, no
+    verdict, while either side has fewer than the protocol's seeds: a one-seed interval is a point)."""
     out = []
     for task, entry in variant.items():
         for method, mine in entry["methods"].items():
@@ -82,7 +83,8 @@ def against_plain(variant: dict[str, Any], plain: dict[str, Any]) -> list[dict[s
                 b = [[base["per_seed"][s][metric]] for s in base["seeds"]]
                 d, lo, hi = difference_ci(a, b)
                 row[metric] = {"difference": d, "ci": [lo, hi]}
-            row["helps"] = bool(row["regret"]["ci"][1] < 0)
+            full = min(len(mine["seeds"]), len(base["seeds"])) >= len(SEEDS)
+            row["helps"] = bool(row["regret"]["ci"][1] < 0) if full else None
             out.append(row)
     return out
 
@@ -131,7 +133,9 @@ def summarize(runs: Sequence[dict[str, Any]], online_steps: int = SETTINGS["onli
     """Per task: per method the per-seed metrics and their means, the room check and the comparisons.
 
     Only finished runs count (their last evaluation at ``online_steps``); a comparison needs both methods on at
-    least one seed (fewer than the protocol's 3 seeds are flagged)."""
+    least one seed; with fewer than the protocol's seeds its verdict (and the task's) reads "partial (n of 3 seeds)",
+    as claims.py and claims_robustness.py withhold theirs (each seed gives one number: one seed's interval is a
+    point, which read "reproduced")."""
     out: dict[str, Any] = {}
     for task in dict.fromkeys(r["task"] for r in runs):
         methods: dict[str, Any] = {}
@@ -160,9 +164,10 @@ def summarize(runs: Sequence[dict[str, Any]], online_steps: int = SETTINGS["onli
             a = [[methods[claimed]["per_seed"][s][metric]] for s in methods[claimed]["seeds"]]
             b = [[methods[base]["per_seed"][s][metric]] for s in methods[base]["seeds"]]
             d, lo, hi = difference_ci(a, b)
+            n = min(len(a), len(b))
             entry["comparisons"].append({"claimed": claimed, "baseline": base, "metric": metric, "difference": d,
-                                         "ci": [lo, hi], "verdict": verdict(lo, hi),
-                                         "seeds": min(len(a), len(b))})
+                                         "ci": [lo, hi], "seeds": n, "verdict": verdict(lo, hi) if n >= len(SEEDS)
+                                         else f"partial ({n} of {len(SEEDS)} seeds)"})
         primary = next((c for c in entry["comparisons"] if c["metric"] == "dip"), None)
         cql = methods.get("cql", {}).get("mean", {})
         entry["verdict"] = (None if primary is None else "no room" if not entry.get("room", {}).get("ok")
@@ -280,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{row['task']} {row['method']} + LayerNorm - plain ({len(row['seeds'])} / {len(row['plain_seeds'])}"
                   f" seeds): dip {row['dip']['difference']:+.2f} [{row['dip']['ci'][0]:+.2f}, "
                   f"{row['dip']['ci'][1]:+.2f}], regret {row['regret']['difference']:+.2f} [{row['regret']['ci'][0]:+.2f},"
-                  f" {row['regret']['ci'][1]:+.2f}]{' (helps)' if row['helps'] else ''}")
+                  f" {row['regret']['ci'][1]:+.2f}]{' (helps)' if row['helps'] else ''}"
+                  f"{' (partial: no verdict)' if row['helps'] is None else ''}")
     write_json_atomic(args.out, result)
     print(table(summary))
     drawn = plot(summary, args.plot)
