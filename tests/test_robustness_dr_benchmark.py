@@ -22,13 +22,21 @@ def test_an_evaluation_is_reused_only_for_the_same_episodes_and_factors(rdr, tmp
                         {"episodes_per_condition": cfg.episodes, "factors": {f: {} for f in cfg.select}})
     args = rdr.parse_args(["--work-dir", str(tmp_path), "--episodes", "4", "--select", "friction"])
     (tmp_path / "dr" / "robustness").mkdir(parents=True)
-    (tmp_path / "dr" / "robustness" / "eval_info.json").write_text(json.dumps(
-        {"episodes_per_condition": 4, "factors": {"friction": {}}}))
+    wilson = {"method": "wilson", "resamples": 2000, "confidence": 0.95, "seed": 0}
+    info = {"episodes_per_condition": 4, "factors": {"friction": {}}, "bootstrap": wilson}
+    (tmp_path / "dr" / "robustness" / "eval_info.json").write_text(json.dumps(info))
     assert rdr.evaluate_variant(args, tmp_path / "dr")["factors"] == {"friction": {}} and calls == []  # reused
     rdr.evaluate_variant(args, tmp_path / "dr", select=["nominal", "friction"])  # nominal is always run: reused
     assert calls == []
     rdr.evaluate_variant(args, tmp_path / "dr", select=["camera"])  # another selection: evaluated (it was reused)
     assert calls == [["camera"]]
+    # an evaluation with another interval (percentile bootstrap, evaluate's default before stop 35): evaluated again,
+    # it sat in the table and the plot as a Wilson one; the variant's record names the interval
+    (tmp_path / "dr" / "robustness" / "eval_info.json").write_text(json.dumps(
+        {**info, "bootstrap": {**wilson, "method": "percentile"}}))
+    rdr.evaluate_variant(args, tmp_path / "dr")
+    assert calls == [["camera"], ["friction"]]
+    assert rdr.interval_name(info) == "95% Wilson"
 
 
 def test_a_work_folder_of_other_overrides_or_target_is_refused(rdr, tmp_path, monkeypatch):
