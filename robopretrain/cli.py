@@ -831,10 +831,15 @@ def missing_launcher(overrides: list[str]) -> None:
                                        f"pip install {package} (into this environment)"))
 
 
+PROBE_BYTES = 64 * 1024  # what a run folder must take before the toolkit's code runs: Hydra's record (~10 kB) and log
+
+
 def unwritable_folder(text: str) -> str | None:
     """Why the folder an override's value ``text`` names (Hydra's quoting allowed) cannot be written, or None: its
-    nearest existing folder refuses a new file (read-only, no permission). Hydra opens its log file there
-    before any of the toolkit's code runs, and failed with a traceback ("Unable to configure handler 'file'")."""
+    nearest existing folder refuses a new file (read-only, no permission) or :data:`PROBE_BYTES` in it (a full disk,
+    where an empty file is still made). Hydra opens its log file and writes its record there before any of the
+    toolkit's code runs, and failed with a traceback ("Unable to configure handler 'file'"; on a full disk
+    ``_save_config``'s "No space left on device", exit 1)."""
     import tempfile
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -851,8 +856,8 @@ def unwritable_folder(text: str) -> str | None:
     if not probe.is_dir():
         return f"{probe} is not a folder"
     try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
+        with tempfile.TemporaryFile(dir=probe, buffering=0) as f:
+            f.write(bytes(PROBE_BYTES))
     except OSError as exc:
         return f"cannot write in {probe} ({exc.strerror or exc})"
     return None

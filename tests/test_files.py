@@ -142,6 +142,25 @@ def test_an_unwritable_run_folder_is_named_before_hydra_opens_its_log(tmp_path, 
     (tmp_path / "file").write_text("")
     assert unwritable_folder(str(tmp_path / "file" / "run")) == f"{tmp_path / 'file'} is not a folder"
 
+    made = tempfile.TemporaryFile
+
+    class FullDisk:  # a full disk makes the empty file and refuses its bytes (Hydra's record failed, exit 1)
+        def __init__(self, **kwargs):
+            self.f = made(**kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            if data:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", FullDisk)
+    assert unwritable_folder(str(tmp_path)) == f"cannot write in {tmp_path} (No space left on device)"
+
     def read_only(**kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
