@@ -19,10 +19,12 @@ was expected. Observation keys ending in ``_image`` are images; every other key 
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,14 +38,17 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = "_image"
 ABANDONED_AFTER_S = 60.0  # a partial file this old and locked by no process is abandoned (see below)
+SPACE_MARGIN = 256 << 10  # bytes kept free beyond an episode's arrays: the file's metadata, masks and attributes
 
 
-def remove_abandoned_partials(path: str | os.PathLike) -> list[Path]:
+def remove_abandoned_partials(path: str | os.PathLike, before: float | None = None) -> list[Path]:
     """Remove the partial HDF5 files that writers of ``path`` killed outright left beside it: ``.<name>.*.tmp``
     (:class:`RobomimicWriter`) and ``<name>.*.tmp`` (``robopretrain.data`` conversions). A partial is removed only
     when no process holds it open for writing (the HDF5 library holds an exclusive ``flock`` on a file it writes,
-    tested with a non-blocking lock) and it was last modified over ``ABANDONED_AFTER_S`` s ago (the moment between
-    its creation and the library opening it); a writer that is alive keeps its file. With the library's locking off
+    tested with a non-blocking lock) and it was last modified over ``ABANDONED_AFTER_S`` s ago, or before the time
+    ``before`` (a writer's own start, at its end: a writer alive then has long since opened its file; the age
+    covers the moment between a file's creation and the library opening it); a writer that is alive keeps its
+    file. With the library's locking off
     (``HDF5_USE_FILE_LOCKING=FALSE``, common on network file systems) no writer can be told from a dead one, and
     nothing is removed. Returns the files removed."""
     path = Path(path)
@@ -52,7 +57,9 @@ def remove_abandoned_partials(path: str | os.PathLike) -> list[Path]:
         return removed
     for partial in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f"{path.name}.*.tmp")]:
         try:
-            if not partial.is_file() or time.time() - partial.stat().st_mtime < ABANDONED_AFTER_S:
+            modified = partial.stat().st_mtime
+            if not partial.is_file() or (time.time() - modified < ABANDONED_AFTER_S
+                                         and (before is None or modified >= before)):
                 continue
             with open(partial, "rb") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError while a writer holds it
@@ -166,6 +173,7 @@ class RobomimicWriter:
         self.compression_level = int(compression_level)
         self.chunk_frames = int(chunk_frames)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._started = time.time()
         remove_abandoned_partials(self.path)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(fd)
@@ -212,6 +220,7 @@ class RobomimicWriter:
             raise RuntimeError(f"{self.path}: writer is closed")
         name = f"demo_{self.num_episodes}"
         episode = self._validated(name, task, task_id, obs, next_obs, actions, rewards, dones, ep_meta)
+        self._check_space(episode)
         group = self._data.create_group(name)
         n = len(episode["actions"])
         group.attrs["num_samples"] = n
@@ -229,12 +238,29 @@ class RobomimicWriter:
         self._demos_by_task.setdefault(task, []).append(name)
         if self._obs_specs is None:
             self._obs_specs = {key: (arr.shape[1:], arr.dtype) for key, arr in episode["obs"].items()}
+        self._file.flush()  # on disk now: the next episode's space check sees it
         return name
+
+    def _check_space(self, episode: Mapping[str, Any]) -> None:
+        """OSError (ENOSPC) naming the output before an episode the disk cannot hold is written: its arrays as
+        they are (compression only shrinks them) and ``SPACE_MARGIN`` for the file's metadata and masks. The HDF5
+        library, left to run out of space, raised inside h5py's object deallocation (a hundred ignored tracebacks),
+        then crashed the process (a segmentation fault) and left the partial file filling the disk."""
+        need = SPACE_MARGIN + sum(np.asarray(v).nbytes for part in ("obs", "next_obs") for v in episode[part].values())
+        need += sum(np.asarray(episode[k]).nbytes for k in ("actions", "rewards", "dones"))
+        try:
+            free = shutil.disk_usage(self.tmp_path.parent).free
+        except OSError:
+            return
+        if need > free:
+            raise OSError(errno.ENOSPC, f"No space left on device for {self.path}: episode {self.num_episodes} "
+                                        f"needs up to {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free in "
+                                        f"{self.tmp_path.parent} (the partial file is removed)")
 
     def close(self) -> Path:
         """Write ``total`` and the masks, close the file and move it onto the final path; then remove the partial
-        files of killed writers that have aged past ``ABANDONED_AFTER_S`` meanwhile (a rerun started within the
-        minute after a kill kept that run's partial at its start)."""
+        files of killed writers last written before this one started (a rerun started within the minute after a
+        kill kept that run's partial at its start, and at its end too, till the minute had passed)."""
         if self._file is None:
             raise RuntimeError(f"{self.path}: writer already closed")
         try:
@@ -251,7 +277,7 @@ class RobomimicWriter:
         except BaseException:
             self.abort()
             raise
-        remove_abandoned_partials(self.path)  # again: a run killed within the minute before this one started
+        remove_abandoned_partials(self.path, before=self._started)  # again: a run killed just before this one
         return self.path
 
     def _move_without_replacing(self) -> None:

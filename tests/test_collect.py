@@ -376,6 +376,30 @@ def test_overwrite_no_keeps_the_file(tmp_path):
     assert path.read_bytes() == b"keep me"
 
 
+def test_an_episode_the_disk_cannot_hold_is_refused_before_the_hdf5_library_runs_out_of_space(tmp_path, monkeypatch):
+    """Collecting onto a full disk: HDF5 raised inside h5py's deallocation (a hundred ignored tracebacks), then the
+    process crashed (segmentation fault) and the partial file filled the disk (breaker MM F01)."""
+    import errno
+    import shutil
+
+    from sim_envs import hdf5_writer
+
+    path = tmp_path / "d.hdf5"
+    episode = _episode()
+    arrays = sum(np.asarray(v).nbytes for part in ("obs", "next_obs") for v in episode[part].values())
+    arrays += sum(np.asarray(episode[k]).nbytes for k in ("actions", "rewards", "dones"))
+    usage = shutil.disk_usage(tmp_path)
+    free = [hdf5_writer.SPACE_MARGIN + arrays]  # exactly enough for the first episode
+    monkeypatch.setattr(hdf5_writer.shutil, "disk_usage", lambda p: usage._replace(free=free[0]))
+    with pytest.raises(OSError) as err:
+        with RobomimicWriter(path, make_env_args("x", "0", {})) as writer:
+            writer.add_episode(**episode)
+            free[0] -= 1  # one byte short for the second
+            writer.add_episode(**episode)
+    assert err.value.errno == errno.ENOSPC and f"for {path}: episode 1 needs up to" in str(err.value)
+    assert not path.exists() and list(tmp_path.iterdir()) == []  # the partial file removed
+
+
 def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_and_a_live_writers_is_kept(tmp_path):
     """A collection killed outright (SIGKILL) left its hidden ``.<name>.<random>.tmp`` (GBs of frames) beside the
     user's data for good: the rerun wrote a new one and never looked (stop 60's note)."""
@@ -406,24 +430,25 @@ def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_and_a_live_w
         killed, alive = [Path(w.stdout.readline().strip()) for w in writers]
         writers[0].send_signal(signal.SIGKILL)
         writers[0].wait(timeout=30)
-        fresh = tmp_path / f".{path.name}.fresh.tmp"  # just made, not yet opened by its writer
-        fresh.write_bytes(b"")
+        fresh = tmp_path / f".{path.name}.fresh.tmp"  # just made by a writer that started after this one, not opened yet
         old = OLD_MTIME
         for partial in (killed, alive):
             os.utime(partial, (old, old))
         assert killed.is_file() and alive.is_file()
         with RobomimicWriter(path, make_env_args("x", "0", {})) as writer:
+            fresh.write_bytes(b"")
             writer.add_episode(**_episode())
         assert not killed.exists() and alive.is_file() and fresh.is_file()
         assert path.is_file()
         # a rerun started within the minute after a kill keeps that partial at its start, and removes it at its end
+        # (it was kept till the minute had passed, and a finished rerun never looked again: breaker PP F01)
         recent = tmp_path / f".{path.name}.recent.tmp"
         recent.write_bytes(b"")
         with RobomimicWriter(path, make_env_args("x", "0", {}), overwrite=True) as writer:
             writer.add_episode(**_episode())
             assert recent.is_file()
-            os.utime(recent, (old, old))  # the minute passes while it collects
-        assert not recent.exists() and alive.is_file() and fresh.is_file()
+        assert not recent.exists() and alive.is_file()
+        assert not fresh.exists()  # (made before this writer started and never locked: its writer is gone)
         # with the library's locking off a live writer holds no lock, so none can be told from a dead one: kept
         unlocked = tmp_path / f".{path.name}.unlocked.tmp"
         unlocked.write_bytes(b"")
