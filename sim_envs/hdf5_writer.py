@@ -175,7 +175,10 @@ class RobomimicWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._started = time.time()
         remove_abandoned_partials(self.path)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        except OSError as e:  # (it named the hidden temporary file, not the output the user gave)
+            raise OSError(e.errno, f"{self.path}: cannot write in {self.path.parent} ({e.strerror or e})") from None
         os.close(fd)
         self.tmp_path = Path(tmp)
         os.chmod(self.tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode

@@ -400,6 +400,20 @@ def test_an_episode_the_disk_cannot_hold_is_refused_before_the_hdf5_library_runs
     assert not path.exists() and list(tmp_path.iterdir()) == []  # the partial file removed
 
 
+def test_an_output_folder_that_refuses_files_is_named_not_the_hidden_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(**kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", f"{kwargs['dir']}/.d.hdf5.7fnfoyng.tmp")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as err:
+        RobomimicWriter(tmp_path / "d.hdf5", make_env_args("x", "0", {}))
+    assert err.value.errno == errno.EROFS and "7fnfoyng" not in str(err.value)
+    assert str(err.value).endswith(f"{tmp_path / 'd.hdf5'}: cannot write in {tmp_path} (Read-only file system)")
+
+
 def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_and_a_live_writers_is_kept(tmp_path):
     """A collection killed outright (SIGKILL) left its hidden ``.<name>.<random>.tmp`` (GBs of frames) beside the
     user's data for good: the rerun wrote a new one and never looked (stop 60's note)."""
