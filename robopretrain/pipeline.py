@@ -64,7 +64,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """A stage's record ``path`` (``done.json``, ``results.json``); ValueError naming it, and how to redo its stage,
+    when it is not JSON (a truncated or hand-edited file said only "Expecting ',' delimiter: line 1 column 14")."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: damaged, not JSON ({e}); remove {path.parent} to run that stage again") from None
 
 
 def is_done(folder: Path) -> bool:

@@ -1023,3 +1023,19 @@ def test_stage_3_records_the_last_evaluation_and_its_own_duration(tmp_path, monk
     assert out[name]["final_success"] == 0.7 and out[name]["cumulative_regret"] == 0.25
     assert out[name]["seconds"] == 7.5  # this run's duration, not the clock's reading
     assert pipeline.read_json(tmp_path / "stage3" / name / pipeline.DONE) == out[name]
+
+
+def test_a_damaged_stage_record_is_named_with_how_to_redo_its_stage(tmp_path):
+    """A truncated done.json stopped the pipeline with "error: Expecting ',' delimiter: line 1 column 14 (char 13)"
+    and no file named (breaker PP F02)."""
+    from robopretrain import pipeline
+    from robopretrain.cli import known_errors
+
+    done = tmp_path / "stage2" / pipeline.DONE
+    pipeline.write_json(done, {"checkpoint": "c", "seconds": 1.0})
+    assert pipeline.read_json(done) == {"checkpoint": "c", "seconds": 1.0}
+    done.write_text('{"seconds": 1')
+    with pytest.raises(known_errors()) as err:
+        pipeline.read_json(done)
+    assert str(err.value).startswith(f"{done}: damaged, not JSON (") and \
+        str(err.value).endswith(f"; remove {tmp_path / 'stage2'} to run that stage again")
