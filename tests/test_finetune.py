@@ -900,13 +900,15 @@ def test_a_run_left_at_the_default_target_outside_the_agents_tasks_says_target_i
     """A one-task agent of the user's robot, no target= given: the default sim_envs task has no slot; the refusal
     says the target was not set (the general one said to set a task_id, which leads to the wrong env)."""
     from finetune.train import refuse_default_target_outside
-    from robopretrain.envs.target import as_target
+    from robopretrain.envs.target import as_target, with_task_slot
 
     default = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml").target
     cfg = OmegaConf.create({"target": default})
-    with pytest.raises(ValueError, match=rf"^target is not set, so it is the default '{default}' "
-                                         r"\(robopretrain/configs/finetune\.yaml\), .* one-hot of size 1 \(trained on PointReach\); name the env"):
-        refuse_default_target_outside(cfg, as_target(default), 1, ["PointReach"])
+    for slotted in (as_target(default), with_task_slot(as_target(default), {"PointReach": 0}, 1)):  # as stage 3 does
+        with pytest.raises(ValueError, match=rf"^target is not set, so it is the default '{default}' "
+                                             r"\(robopretrain/configs/finetune\.yaml\), .* one-hot of size 1 "
+                                             r"\(trained on PointReach\); name the env"):
+            refuse_default_target_outside(cfg, slotted, 1, ["PointReach"])
     refuse_default_target_outside(cfg, as_target(default), 13, ["Reach"])  # the testbed's held-out target: fits
     refuse_default_target_outside(cfg, as_target(default), 0, [])  # no task one-hot
     other = OmegaConf.create({"target": "Reach"})  # chosen by the user: the general check speaks

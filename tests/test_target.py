@@ -477,7 +477,14 @@ def test_a_gym_target_without_task_id_takes_the_slot_the_agent_was_trained_in(ca
     # and evaluate's target=OpenDrawer fine-tuned and scored slot 4, never trained, where the default target used 2)
     assert with_task_slot(Target(name="Reach"), {"Reach": 0, "Lift": 3}, 13).task_id is None
     assert with_task_slot(Target(name="Reach"), {"Lift": 3, "PushBlock": 5}, 13).task_id is None
-    assert with_task_slot(Target(name="OpenDrawer"), {"OpenDrawer": 2}, 13).task_id == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.envs.target"):
+        assert with_task_slot(Target(name="OpenDrawer"), {"OpenDrawer": 2}, 13).task_id == 2
+    assert "the slot the agent learnt a task 'OpenDrawer' in (sim_envs' own id: 4)" in caplog.text
+    # never the gym rules: stage 3's default target (PlaceInBowl, id 9) of a one-task agent of the user's own keeps
+    # its id, which the stage refuses, not the agent's only slot
+    assert with_task_slot(Target(name="PlaceInBowl"), {"PointReach": 0}, 1).task_id is None
+    assert with_task_slot(Target(name="PlaceInBowl"), {"PointReach": 0}, 4).task_id is None
 
 
 def test_a_metaworld_target_keeps_its_own_id_unless_the_agent_learnt_the_task_elsewhere_or_it_does_not_fit():

@@ -255,16 +255,26 @@ def slot_note(name: str, slot: int, trained: Mapping[str, int], label_only: bool
 def with_task_slot(target: Target, task_ids: Mapping[str, int], num_tasks: int) -> Target:
     """``target`` with its slot of the task one-hot filled in when it names none and its family has no ids of its
     own (a gym target): the slot of the trained task of its name, else the one slot every trained task shares, else
-    0 for an agent with at most one slot (logged). A sim_envs or Meta-World target keeps its family's own id
-    (``TASK_IDS``, which the toolkit's collectors record) unless the agent learnt its task in another slot (stage 2's
-    ``data.task_id`` moves it), or the id does not fit the agent's one-hot (a user's own one-task file): then the
-    same rules as a gym target's. ``task_ids``: trained task name -> slot (a checkpoint's meta or the data's);
+    0 for an agent with at most one slot (logged). A sim_envs target keeps our sim's own id (``TASK_IDS``, which the
+    collector records) unless the agent learnt a task of its name in another slot (stage 2's ``data.task_id`` moves
+    it; warned, as another env's task of that name would take it too); one whose id does not fit is refused later
+    (stage 3's default target among them: never placed in a one-task agent's slot). A Meta-World target keeps
+    Meta-World's own id unless the agent learnt its task in another slot, or the id does not fit the agent's one-hot
+    (a user's own one-task file): then the same rules as a gym target's. ``task_ids``: trained task name -> slot (a checkpoint's meta or the data's);
     ``num_tasks``: the agent's one-hot size (0: none). Raises ValueError naming the trained tasks' slots when none of
     these applies (a multi-task agent: which task the env is must be said)."""
     if target.task_id is not None:
         return target
     slots = {str(k): int(v) for k, v in dict(task_ids).items()}
-    if target.family != GYM:  # the family's own id, unless the agent learnt the task elsewhere or it does not fit
+    if target.family == SIM_ENVS:  # our sim's own id, unless the agent learnt a task of its name elsewhere
+        own, learnt = target.resolved_task_id(), slots.get(target.name)
+        if learnt is None or learnt == own:
+            return target
+        log.warning("target %r (sim_envs): task_id %d, the slot the agent learnt a task %r in (sim_envs' own id: "
+                    "%d); if that was another env's task of this name, set the target's task_id", target.name,
+                    learnt, target.name, own)
+        return replace(target, task_id=learnt)
+    if target.family == METAWORLD:  # Meta-World's own id, unless the agent learnt the task elsewhere or it does not fit
         own = target.resolved_task_id()
         learnt = slots.get(target.name)
         if learnt == own or (learnt is None and (own < num_tasks or num_tasks == 0)):
@@ -282,7 +292,7 @@ def with_task_slot(target: Target, task_ids: Mapping[str, int], num_tasks: int) 
                          f"task one-hot of size {num_tasks} (the trained tasks' slots: {slots or 'none recorded'})")
     import sim_envs.tasks as tasks  # torch-free
 
-    if target.family == GYM and target.name in slots and target.name in tasks.TASKS:  # maybe our sim's task: another
+    if target.name in slots and target.name in tasks.TASKS:  # maybe our sim's task of that name: another env
         log.warning("target %r (gym): task_id %d, the slot of the trained task %r, which is also a sim_envs task's "
                     "name; if the agent learnt sim_envs' %s there, this env is another task: set its task_id",
                     target.name, slot, target.name, target.name)
