@@ -133,7 +133,8 @@ def summarize(runs: Sequence[dict[str, Any]], online_steps: int = SETTINGS["onli
     """Per task: per method the per-seed metrics and their means, the room check and the comparisons.
 
     Only finished runs count (their last evaluation at ``online_steps``); a comparison needs both methods on at
-    least one seed; with fewer than the protocol's seeds its verdict (and the task's) reads "partial (n of 3 seeds)",
+    least one seed; with fewer than the protocol's seeds its verdict (and the task's, unless the room check already
+    withholds it: "no room") reads "partial (n of 3 seeds)",
     as claims.py and claims_robustness.py withhold theirs (each seed gives one number: one seed's interval is a
     point, which read "reproduced")."""
     out: dict[str, Any] = {}

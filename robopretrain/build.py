@@ -868,7 +868,7 @@ def targets_of_data(info: DatasetInfo, task_ids: Mapping[str, int],
 def eval_targets(setting: Any, info: DatasetInfo, task_ids: Mapping[str, int], num_tasks: int = 0,
                  trained: Mapping[str, int] | None = None, obs_map: Mapping[str, str] | None = None) -> list[Target]:
     """``train.eval_targets``: None -> the data's own tasks (where evaluable; ``task_ids`` as in
-    :func:`targets_of_data`), [] -> none, else the listed targets, a gym target without task_id in the slot
+    :func:`targets_of_data`), [] -> none, else the listed targets, one without task_id in the slot
     :func:`~robopretrain.envs.target.with_task_slot` gives it (``trained``: every trained task's slot, mixed-in data's
     too; default ``task_ids``; ``num_tasks``: the agent's one-hot size; ``obs_map``: the data's, for its own
     tasks). Raises ValueError when the list names a target twice (results are keyed by name)."""

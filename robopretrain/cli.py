@@ -856,8 +856,9 @@ def unwritable_folder(text: str) -> str | None:
     if not probe.is_dir():
         return f"{probe} is not a folder"
     try:
-        with tempfile.TemporaryFile(dir=probe, buffering=0) as f:
+        with tempfile.TemporaryFile(dir=probe) as f:  # (buffered: a short write of a nearly full disk raises)
             f.write(bytes(PROBE_BYTES))
+            f.flush()
     except OSError as exc:
         return f"cannot write in {probe} ({exc.strerror or exc})"
     return None

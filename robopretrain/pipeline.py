@@ -68,8 +68,9 @@ def read_json(path: Path) -> Any:
     when it is not JSON (a truncated or hand-edited file said only "Expecting ',' delimiter: line 1 column 14")."""
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: damaged, not JSON ({e}); remove {path.parent} to run that stage again") from None
+    except ValueError as e:  # (JSONDecodeError, UnicodeDecodeError)
+        raise ValueError(f"{path}: damaged, not JSON ({e}); remove {path.parent} and the later stages' folders to "
+                         "run that stage again") from None
 
 
 def is_done(folder: Path) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -280,8 +281,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     dr = build.randomization(cfg.get("dr"))
     targets = build.eval_targets(settings.eval_targets, info, task_ids, agent.spec.num_tasks, {**task_ids, **mix_ids},
                                  obs_map=obs_map)
-    if settings.eval_targets is None and task_ids and not data_ids:  # data.path's tasks only where init trained them
-        targets = [t for t in targets if t.name in init_ids]
+    if settings.eval_targets is None and task_ids and not data_ids:  # data.path's tasks only where init trained them,
+        targets = [replace(t, task_id=init_ids[t.name]) for t in targets if t.name in init_ids]  # in init's slots
     if settings.eval_targets is None and mix_ids:  # and the mixed-in data's own tasks
         targets += [t for t in build.targets_of_data(mix_info, mix_ids, build.plain(mix.get("obs_map")) or None)
                     if t.name not in {t.name for t in targets}]

@@ -246,11 +246,16 @@ class RobomimicWriter:
 
     def _check_space(self, episode: Mapping[str, Any]) -> None:
         """OSError (ENOSPC) naming the output before an episode the disk cannot hold is written: its arrays as
-        they are (compression only shrinks them) and ``SPACE_MARGIN`` for the file's metadata and masks. The HDF5
+        they are, an image key's padded to whole chunks of ``chunk_frames`` (HDF5 stores the last chunk whole;
+        compression only shrinks them) and ``SPACE_MARGIN`` for the file's metadata and masks. The HDF5
         library, left to run out of space, raised inside h5py's object deallocation (a hundred ignored tracebacks),
         then crashed the process (a segmentation fault) and left the partial file filling the disk."""
-        need = SPACE_MARGIN + sum(np.asarray(v).nbytes for part in ("obs", "next_obs") for v in episode[part].values())
-        need += sum(np.asarray(episode[k]).nbytes for k in ("actions", "rewards", "dones"))
+        need = SPACE_MARGIN + sum(np.asarray(episode[k]).nbytes for k in ("actions", "rewards", "dones"))
+        for part in ("obs", "next_obs"):
+            for key, value in episode[part].items():
+                value = np.asarray(value)
+                chunk = min(self.chunk_frames, len(value)) if is_image_key(key) else len(value)
+                need += -(-len(value) // max(chunk, 1)) * max(chunk, 1) * (value.nbytes // max(len(value), 1))
         try:
             free = shutil.disk_usage(self.tmp_path.parent).free
         except OSError:

@@ -385,14 +385,13 @@ def test_an_episode_the_disk_cannot_hold_is_refused_before_the_hdf5_library_runs
     from sim_envs import hdf5_writer
 
     path = tmp_path / "d.hdf5"
-    episode = _episode()
-    arrays = sum(np.asarray(v).nbytes for part in ("obs", "next_obs") for v in episode[part].values())
-    arrays += sum(np.asarray(episode[k]).nbytes for k in ("actions", "rewards", "dones"))
+    episode = _episode(17)  # its frames fill two chunks of 16, which HDF5 stores whole (uncompressed: 32 frames)
+    arrays = 2 * (32 * 8 * 8 * 3 + 17 * 7 * 4) + 17 * (4 * 4 + 4 + 1)  # obs and next_obs, actions, rewards, dones
     usage = shutil.disk_usage(tmp_path)
     free = [hdf5_writer.SPACE_MARGIN + arrays]  # exactly enough for the first episode
     monkeypatch.setattr(hdf5_writer.shutil, "disk_usage", lambda p: usage._replace(free=free[0]))
     with pytest.raises(OSError) as err:
-        with RobomimicWriter(path, make_env_args("x", "0", {})) as writer:
+        with RobomimicWriter(path, make_env_args("x", "0", {}), compression=None) as writer:
             writer.add_episode(**episode)
             free[0] -= 1  # one byte short for the second
             writer.add_episode(**episode)

@@ -155,7 +155,10 @@ def test_an_unwritable_run_folder_is_named_before_hydra_opens_its_log(tmp_path, 
             self.f.close()
 
         def write(self, data):
-            if data:
+            self.data = data
+
+        def flush(self):
+            if self.data:
                 raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(tempfile, "TemporaryFile", FullDisk)

@@ -1038,4 +1038,7 @@ def test_a_damaged_stage_record_is_named_with_how_to_redo_its_stage(tmp_path):
     with pytest.raises(known_errors()) as err:
         pipeline.read_json(done)
     assert str(err.value).startswith(f"{done}: damaged, not JSON (") and \
-        str(err.value).endswith(f"; remove {tmp_path / 'stage2'} to run that stage again")
+        str(err.value).endswith(f"; remove {tmp_path / 'stage2'} and the later stages' folders to run that stage again")
+    done.write_bytes(b'{"seconds": \xff}')
+    with pytest.raises(known_errors(), match="damaged, not JSON"):
+        pipeline.read_json(done)
