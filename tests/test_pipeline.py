@@ -1042,3 +1042,17 @@ def test_a_damaged_stage_record_is_named_with_how_to_redo_its_stage(tmp_path):
     done.write_bytes(b'{"seconds": \xff}')
     with pytest.raises(known_errors(), match="damaged, not JSON"):
         pipeline.read_json(done)
+
+
+def test_the_data_stage_renders_the_wrist_camera_only_when_the_agent_reads_it(tmp_path):
+    """collect_base's eye_in_hand follows obs.rgb (mutation testing: 'in' -> 'not in' survived)."""
+    from hydra import compose, initialize_config_dir
+
+    from robopretrain import pipeline
+
+    for rgb, wrist in (("[agentview_image]", False), ("[agentview_image,eye_in_hand_image]", True), ("[]", False)):
+        with initialize_config_dir(str(pipeline.CONFIG_DIR), version_base="1.3"):
+            cfg = compose("pipeline", overrides=[f"obs.rgb={rgb}"])
+        base = pipeline.collect_base(cfg)
+        assert base["eye_in_hand"] is wrist and base["render_images"] is (rgb != "[]"), rgb
+        assert pipeline.prior_collect_config(cfg, tmp_path).eye_in_hand is wrist
