@@ -87,6 +87,8 @@ def test_summary_compares_cql_with_calql_and_withholds_a_verdict_without_room(cc
     assert out["room"]["ok"] and out["verdict"] == "reproduced"  # cql dip 0.4 - 0.3 = 0.1, calql 0
     one = cc.summarize([r for r in roomy if r["seed"] == 0], online_steps=2000)["OpenDoorRight"]  # one seed: a point
     assert one["verdict"] == "partial (1 of 3 seeds)" and one["comparisons"][0]["ci"] == pytest.approx([0.1, 0.1])
+    two = cc.summarize([r for r in roomy if r["seed"] < 2], online_steps=2000)["OpenDoorRight"]
+    assert two["verdict"] == "partial (2 of 3 seeds)"
 
 
 def test_runs_of_earlier_invocations_are_kept_and_finished_runs_keep_their_first_wall_time(cc, tmp_path,
@@ -143,3 +145,5 @@ def test_the_layer_norm_arm_reaches_both_stages_and_is_compared_with_the_plain_r
     ln.append(_run("CloseDrawerPressButton", "calql", 2, [0.6, 0.5, 0.6, 0.7, 0.8]))
     rows = cc.against_plain(cc.summarize(ln, online_steps=2000), cc.summarize(plain, online_steps=2000))
     assert rows[0]["helps"] is True
+    rows = cc.against_plain(cc.summarize(ln, online_steps=2000), cc.summarize(plain[:2], online_steps=2000))
+    assert rows[0]["helps"] is None  # three LayerNorm seeds against two plain ones: no verdict either

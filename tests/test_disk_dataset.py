@@ -212,6 +212,11 @@ def test_a_corrupt_or_truncated_frame_file_is_named_in_one_line(toy):
     frames.write_bytes(bytes(first))
     with pytest.raises(DatasetError, match=rf"demo demo_0 key {CAM} \(frame row 2\): checksum mismatch"):
         load_offline_dataset(path, spec, CAL_QL, storage="disk").get(np.arange(0, 5))
+    first[2 * row_bytes] ^= 0xFF
+    first[6 * row_bytes] ^= 0xFF  # row 6: demo_1's first frame, at the boundary
+    frames.write_bytes(bytes(first))
+    with pytest.raises(DatasetError, match=rf"demo demo_1 key {CAM} \(frame row 6\): checksum mismatch"):
+        load_offline_dataset(path, spec, CAL_QL, storage="disk").get(np.arange(5, 7))  # demo_1: transitions 5-
     data[7 * row_bytes + 5] ^= 0xFF  # row 7: demo_1's second frame (demo_0 holds rows 0-5)
     frames.write_bytes(bytes(data))
     disk = load_offline_dataset(path, spec, CAL_QL, storage="disk")

@@ -260,9 +260,9 @@ def with_task_slot(target: Target, task_ids: Mapping[str, int], num_tasks: int) 
     it; warned, as another env's task of that name would take it too); one whose id does not fit is refused later
     (stage 3's default target among them: never placed in a one-task agent's slot). A Meta-World target keeps
     Meta-World's own id unless the agent learnt its task in another slot, or the id does not fit the agent's one-hot
-    (a user's own one-task file): then the same rules as a gym target's. ``task_ids``: trained task name -> slot (a checkpoint's meta or the data's);
-    ``num_tasks``: the agent's one-hot size (0: none). Raises ValueError naming the trained tasks' slots when none of
-    these applies (a multi-task agent: which task the env is must be said)."""
+    (a user's own one-task file): then the same rules as a gym target's. ``task_ids``: trained task name -> slot (a
+    checkpoint's meta or the data's); ``num_tasks``: the agent's one-hot size (0: none). Raises ValueError naming
+    the trained tasks' slots when none of these applies (a multi-task agent: which task the env is must be said)."""
     if target.task_id is not None:
         return target
     slots = {str(k): int(v) for k, v in dict(task_ids).items()}
