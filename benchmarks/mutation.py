@@ -202,6 +202,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "pipeline": ("robopretrain/pipeline.py", ["tests/test_pipeline.py", "tests/test_paper_preset.py",
                                               "tests/test_claims_benchmark.py", "tests/test_testbed_benchmark.py",
                                               "tests/test_stage2_data_wiring.py", "tests/test_bc_term_options.py",
+                                              "tests/test_action_units.py::test_the_pipeline_refuses_at_start_"
+                                              "target_demos_in_units_the_target_does_not_declare",
                                               "tests/test_loggers.py::test_pipeline_names_each_stage_run_and_logs_"
                                               "the_report",
                                               "tests/test_evaluate.py::test_pipeline_evaluate_stage_runs_the_sweep_of_each_"
@@ -410,6 +412,18 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "found, named in the other order in the refusal",
         "zip(..frames, frames[1:]..) swapped @ twice = [(n, a, b) for (n, a), (m, b) in"
         " zip(frames, frames[1:]) if n == m]"),
+    ("pipeline", "_spacing_counts/const/0"): Equivalent(
+        "default=1 -> 0 for a stage3.num_envs the config lacks: `or 1` turns the 0 back into 1",
+        '1 -> 0 @ return int(OmegaConf.select(cfg, "stage3.num_envs", default=1) or 1) > 1'),
+    ("pipeline", "target_demo_info/swap/5"): Equivalent(
+        "the file's mtime and size passed to _read_demo_info in the other order: it uses them only as its lru_cache "
+        "key with the path, so one version of the file is still one entry",
+        "_read_demo_info(..stat.st_mtime_ns, stat.st_size..) swapped @ return _read_demo_info(str(path.resolve()), "
+        "stat.st_mtime_ns, stat.st_size)"),
+    ("frames", "_build_at/const/2"): Equivalent(
+        "rmtree(ignore_errors=True -> False) of the build folder refused for want of space: differs only where the "
+        "removal itself fails",
+        "True -> False @ shutil.rmtree(tmp, ignore_errors=True)"),
     ("pipeline", "reuse_collected/if/2"): Equivalent(
         "the info line saying an earlier session's demo file is kept: a log line, the file is kept either way",
         "if changed is not None: -> if not ... @ if changed is not None:"),
