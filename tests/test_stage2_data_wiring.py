@@ -131,3 +131,11 @@ def test_an_adaptation_run_names_evaluates_and_defaults_to_its_mixed_in_target(t
     assert ckpt.meta["mix_path"] == str(target) and ckpt.meta["data_path"] == str(prior)  # where evaluate looks
     assert ckpt.meta["task_ids"] == {PRIOR: TASK_IDS[PRIOR], TARGET: TASK_IDS[TARGET]}
     assert default_target(ckpt).name == TARGET
+    # a file no batch row comes from is neither evaluated by default nor recorded as trained (breaker NN F03)
+    for fraction, trained in ((0.0, PRIOR), (1.0, TARGET)):
+        considered.clear()
+        last = train.run(stage2_config(prior, tmp_path / f"adapt{fraction}", steps=1, train={"eval_targets": None},
+                                       data_cfg={"mix": {"path": str(target), "fraction": fraction}}))
+        ckpt = load_checkpoint(last)
+        assert considered == [trained] and ckpt.meta["task_ids"] == {trained: TASK_IDS[trained]}, fraction
+        assert default_target(ckpt).name == trained, fraction
