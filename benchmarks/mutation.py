@@ -420,10 +420,6 @@ EQUIVALENT: dict[tuple[str, str], Equivalent] = {
         "key with the path, so one version of the file is still one entry",
         "_read_demo_info(..stat.st_mtime_ns, stat.st_size..) swapped @ return _read_demo_info(str(path.resolve()), "
         "stat.st_mtime_ns, stat.st_size)"),
-    ("frames", "_build_at/const/2"): Equivalent(
-        "rmtree(ignore_errors=True -> False) of the build folder refused for want of space: differs only where the "
-        "removal itself fails",
-        "True -> False @ shutil.rmtree(tmp, ignore_errors=True)"),
     ("pipeline", "reuse_collected/if/2"): Equivalent(
         "the info line saying an earlier session's demo file is kept: a log line, the file is kept either way",
         "if changed is not None: -> if not ... @ if changed is not None:"),

@@ -279,7 +279,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
             data_ids = {}
     tasks = sorted({**data_ids, **mix_ids})
     dr = build.randomization(cfg.get("dr"))
-    targets = build.eval_targets(settings.eval_targets, info, task_ids, agent.spec.num_tasks, {**task_ids, **mix_ids},
+    trained = {**init_ids, **data_ids, **mix_ids}  # every task's learnt slot, as the checkpoint records it
+    targets = build.eval_targets(settings.eval_targets, info, task_ids, agent.spec.num_tasks, trained,
                                  obs_map=obs_map)
     if settings.eval_targets is None and task_ids and not data_ids:  # data.path's tasks only where init trained them,
         targets = [replace(t, task_id=init_ids[t.name]) for t in targets if t.name in init_ids]  # in init's slots
@@ -287,7 +288,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         targets += [t for t in build.targets_of_data(mix_info, mix_ids, build.plain(mix.get("obs_map")) or None)
                     if t.name not in {t.name for t in targets}]
     for target in targets if agent.spec.num_tasks else []:  # a slot given in train.eval_targets against the data's
-        note = slot_note(target.name, target.resolved_task_id(), {**init_ids, **task_ids, **mix_ids},
+        note = slot_note(target.name, target.resolved_task_id(), trained,
                          label_only=agent.spec.num_tasks == 1 and target.family == GYM)
         if note:
             log.warning("train.eval_targets: %s", note)
@@ -314,7 +315,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     meta = {"stage": "offline", "fingerprint": fingerprint, "data_path": os.path.abspath(data_path),  # any cwd
             "obs_map": obs_map,
             "task_names": tasks, "eval_targets": [t.to_dict() for t in targets],  # robopretrain.evaluate's default
-            "task_ids": {**init_ids, **data_ids, **mix_ids}, "mix_task_names": sorted(mix_ids),
+            "task_ids": trained, "mix_task_names": sorted(mix_ids),
             "mix_path": os.path.abspath(mix_info.path) if mix_ids else None,  # (converted) file of the mix tasks
             "num_transitions": len(dataset), "reward": reward.__dict__, "init": str(init.path) if init else None,
             "episode_returns": build.return_range(sampler),  # DT: evaluate's target_return is checked against it
@@ -334,7 +335,7 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
         if dinfo.is_main:
             clear_previous_run(run_dir)
         dist_utils.barrier(dinfo)
-    adversary = stage2_adversary(cfg, agent, tasks, run_dir, dinfo, targets, {**init_ids, **task_ids, **mix_ids})
+    adversary = stage2_adversary(cfg, agent, tasks, run_dir, dinfo, targets, trained)
     start = 0
     if latest is not None:
         saved = latest.meta.get("fingerprint")  # what else changed: another data file shows only as other units

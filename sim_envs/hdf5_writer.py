@@ -247,7 +247,8 @@ class RobomimicWriter:
     def _check_space(self, episode: Mapping[str, Any]) -> None:
         """OSError (ENOSPC) naming the output before an episode the disk cannot hold is written: its arrays as
         they are, an image key's padded to whole chunks of ``chunk_frames`` (HDF5 stores the last chunk whole;
-        compression only shrinks them) and ``SPACE_MARGIN`` for the file's metadata and masks. The HDF5
+        compression may add a few bytes per chunk, gzip on noise, which the margin holds) and ``SPACE_MARGIN``
+        for the file's metadata and masks. The HDF5
         library, left to run out of space, raised inside h5py's object deallocation (a hundred ignored tracebacks),
         then crashed the process (a segmentation fault) and left the partial file filling the disk."""
         need = SPACE_MARGIN + sum(np.asarray(episode[k]).nbytes for k in ("actions", "rewards", "dones"))

@@ -139,3 +139,28 @@ def test_an_adaptation_run_names_evaluates_and_defaults_to_its_mixed_in_target(t
         ckpt = load_checkpoint(last)
         assert considered == [trained] and ckpt.meta["task_ids"] == {trained: TASK_IDS[trained]}, fraction
         assert default_target(ckpt).name == trained, fraction
+
+
+def test_a_run_from_an_init_checkpoint_places_its_targets_in_the_slots_the_checkpoint_records(tmp_path, monkeypatch):
+    """Stage 2 resolved its evaluation targets' slots without the init checkpoint's tasks, which the checkpoint then
+    records and evaluate and stage 3 read: a prior task moved by data.task_id was scored in its own id in stage 2 and
+    in the learnt slot after it (reviewer C)."""
+    from robopretrain import train
+
+    prior = collect_sim(tmp_path / "prior.hdf5", [PRIOR], episodes=1, **CLEAN)
+    target = collect_sim(tmp_path / "target.hdf5", [TARGET], episodes=1, **CLEAN)
+    first = train.run(stage2_config(prior, tmp_path / "first", steps=1, obs={"num_tasks": 13},
+                                    data_cfg={"task_id": 11}))
+    real = train.build.eval_targets
+    seen = []
+
+    def eval_targets(setting, info, ids, num_tasks, trained, obs_map=None):
+        seen.append(dict(trained))
+        return real(setting, info, ids, num_tasks, trained, obs_map)
+
+    monkeypatch.setattr(train.build, "eval_targets", eval_targets)
+    last = train.run(stage2_config(target, tmp_path / "second", steps=1, init=str(first),
+                                   train={"eval_targets": [PRIOR]}))
+    meta = OmegaConf.load(last / "meta.json")
+    assert seen == [{PRIOR: 11, TARGET: TASK_IDS[TARGET]}] and dict(meta.task_ids) == seen[0]
+    assert [(t.name, t.task_id) for t in meta.eval_targets] == [(PRIOR, 11)]

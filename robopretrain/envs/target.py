@@ -292,7 +292,7 @@ def with_task_slot(target: Target, task_ids: Mapping[str, int], num_tasks: int) 
                          f"task one-hot of size {num_tasks} (the trained tasks' slots: {slots or 'none recorded'})")
     import sim_envs.tasks as tasks  # torch-free
 
-    if target.name in slots and target.name in tasks.TASKS:  # maybe our sim's task of that name: another env
+    if target.family == GYM and target.name in slots and target.name in tasks.TASKS:  # our sim's task's name
         log.warning("target %r (gym): task_id %d, the slot of the trained task %r, which is also a sim_envs task's "
                     "name; if the agent learnt sim_envs' %s there, this env is another task: set its task_id",
                     target.name, slot, target.name, target.name)
