@@ -244,6 +244,23 @@ def test_auto_storage_follows_the_size_threshold_and_unknown_values_are_refused(
         load_offline_dataset(path, spec, CAL_QL, storage="mmap")
 
 
+def test_disk_storage_for_an_agent_without_cameras_says_its_data_is_held_in_memory(toy, caplog):
+    """data.storage=disk on state-only data was dropped without a word (under torchrun no rank got a shard, which
+    docs/scaling.md promised for disk)."""
+    import logging
+
+    path, _, _ = toy
+    state = spec_of_data(path, ["proprio"], [], None)
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.dataset"):
+        data = load_offline_dataset(path, state, CAL_QL, storage="disk")
+    assert type(data).__name__ == "OfflineDataset"
+    assert "data.storage=disk reads camera frames from a frame index, and the agent reads no camera" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robopretrain.data.dataset"):
+        load_offline_dataset(path, state, CAL_QL, storage="memory")
+    assert "data.storage=disk" not in caplog.text
+
+
 def test_stage2_on_disk_resumes_exactly_and_stops_at_a_corrupt_frame(tmp_path):
     """Stage 2 (CQL from 16 px images, encoder from scratch) with storage=disk and prefetch threads: 2 updates then
     the same command with 4 give the weights of 4 straight (the checkpoint holds the sampler's state as of the

@@ -547,6 +547,9 @@ def load_offline_dataset(
     if storage == "auto":
         storage = choose_storage(info, demos, [key_map.get(k, k) for k in spec.rgb_keys])
     on_disk = storage == "disk" and bool(spec.rgb_keys)
+    if storage == "disk" and not on_disk:  # (it was dropped without a word; under torchrun no rank got a shard)
+        log.warning("%s: data.storage=disk reads camera frames from a frame index, and the agent reads no camera: "
+                    "the data is held in memory, where every torchrun rank samples all of it", info.path)
     if on_disk:  # the index holds the non-image data too: no per-demo HDF5 reads
         check_lengths(str(info.path), [info.demo(d) for d in demos])
         index = open_index(path, [key_map.get(k, k) for k in spec.rgb_keys], info=info)
