@@ -935,10 +935,12 @@ def stage_evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         folder = run_dir / "stage3" / target.name
         agent, _ = load_agent(folder, device=str(cfg.device))
         per: dict[str, Any] = {}
-        for i, (setting, rand) in enumerate(dict(plain(ev.settings)).items()):
+        for setting, rand in dict(plain(ev.settings)).items():
             if not target.randomizable and rand != "none":
                 continue
-            video = out_dir / f"rollout_{target.name}.gif" if (i == 0 and bool(ev.video)) else None
+            # the first setting evaluated for this target is filmed (the first listed was: a Meta-World or gym
+            # target, which skips a randomized one, got no GIF when that came first)
+            video = out_dir / f"rollout_{target.name}.gif" if (not per and bool(ev.video)) else None
             per[setting] = evaluate(agent, target, int(ev.episodes), randomization=rand, video_path=video)
         if agent.spec.rgb:
             for mode in list(ev.get("blind") or []):

@@ -1056,3 +1056,38 @@ def test_the_data_stage_renders_the_wrist_camera_only_when_the_agent_reads_it(tm
         base = pipeline.collect_base(cfg)
         assert base["eye_in_hand"] is wrist and base["render_images"] is (rgb != "[]"), rgb
         assert pipeline.prior_collect_config(cfg, tmp_path).eye_in_hand is wrist
+
+
+def test_the_evaluate_stage_films_the_first_setting_each_target_is_evaluated_in(tmp_path, monkeypatch):
+    """A Meta-World (not randomizable) target got no rollout GIF when evaluate.settings listed a randomized setting
+    first: the GIF was tied to the first setting listed, which such a target skips (breaker QQ F01)."""
+    import types
+
+    from omegaconf import OmegaConf
+
+    import robopretrain.checkpoint as checkpoint
+    import robopretrain.evaluation as evaluation
+    from robopretrain import pipeline
+    from robopretrain.build import compose
+
+    calls = []
+
+    def fake_evaluate(agent, target, n, randomization="none", video_path=None, blind=None, **kwargs):
+        calls.append((target.name, randomization, video_path))
+        return {"success": 0.0, "return": 0.0, "length": 1.0, "successes": 0, "episodes": n}
+
+    agent = types.SimpleNamespace(spec=types.SimpleNamespace(rgb=()))
+    monkeypatch.setattr(checkpoint, "load_agent", lambda *a, **k: (agent, None))
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    cfg = compose("pipeline", overrides={
+        "run_dir": str(tmp_path), "obs": {"low_dim": [], "num_tasks": 14},
+        "targets": [{"name": "reach-v3", "family": "metaworld", "demos": "/nonexistent.hdf5", "task_id": 13},
+                    "Reach"],
+        "evaluate": {"episodes": 1, "blind": [], "robustness": {"enabled": False}}})
+    cfg.evaluate.settings = OmegaConf.create({"randomized": {"level": "train", "factors": ["friction"]},
+                                              "nominal": "none"})
+    pipeline.stage_evaluate(cfg, tmp_path)
+    filmed = [(name, rand["level"] if isinstance(rand, dict) else rand) for name, rand, video in calls if video]
+    assert filmed == [("reach-v3", "none"), ("Reach", "train")]  # each target's first evaluated setting
+    assert [(c[0], c[2].name) for c in calls if c[2]] == [("reach-v3", "rollout_reach-v3.gif"),
+                                                          ("Reach", "rollout_Reach.gif")]
