@@ -271,8 +271,8 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
                                          (n_main, "data.path", data_path, task_ids)):
             if not rows:  # a file no batch draws from: its tasks are not trained (nor recorded, nor evaluated as such)
                 log.log(logging.INFO if set(ids) <= set(init_ids) else logging.WARNING,  # (init trained them)
-                            "data.mix.fraction=%s: no row of a batch of %d comes from %s=%s; its tasks %s are not "
-                            "trained by this run", mix.fraction, agent.batch_size, setting, path, sorted(ids))
+                        "data.mix.fraction=%s: no row of a batch of %d comes from %s=%s; its tasks %s are not trained "
+                        "by this run", mix.fraction, agent.batch_size, setting, path, sorted(ids))
         if not n_mix:
             mix_ids = {}
         if not n_main:
@@ -285,8 +285,9 @@ def _run(cfg: DictConfig, run_dir: Path, dinfo: DistInfo, device: torch.device) 
     if settings.eval_targets is None and task_ids and not data_ids:  # data.path's tasks only where init trained them,
         targets = [replace(t, task_id=init_ids[t.name]) for t in targets if t.name in init_ids]  # in init's slots
     if settings.eval_targets is None and mix_ids:  # and the mixed-in data's own tasks
+        named = {t.name for t in targets}
         targets += [t for t in build.targets_of_data(mix_info, mix_ids, build.plain(mix.get("obs_map")) or None)
-                    if t.name not in {t.name for t in targets}]
+                    if t.name not in named]
     for target in targets if agent.spec.num_tasks else []:  # a slot given in train.eval_targets against the data's
         note = slot_note(target.name, target.resolved_task_id(), trained,
                          label_only=agent.spec.num_tasks == 1 and target.family == GYM)

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -248,15 +249,15 @@ class RobomimicWriter:
         """OSError (ENOSPC) naming the output before an episode the disk cannot hold is written: its arrays as
         they are, an image key's padded to whole chunks of ``chunk_frames`` (HDF5 stores the last chunk whole;
         compression may add a few bytes per chunk, gzip on noise, which the margin holds) and ``SPACE_MARGIN``
-        for the file's metadata and masks. The HDF5
-        library, left to run out of space, raised inside h5py's object deallocation (a hundred ignored tracebacks),
-        then crashed the process (a segmentation fault) and left the partial file filling the disk."""
+        for the file's metadata and masks. The HDF5 library, left to run out of space, raised inside h5py's object
+        deallocation (a hundred ignored tracebacks), then crashed the process (a segmentation fault) and left the
+        partial file filling the disk."""
         need = SPACE_MARGIN + sum(np.asarray(episode[k]).nbytes for k in ("actions", "rewards", "dones"))
         for part in ("obs", "next_obs"):
             for key, value in episode[part].items():
-                value = np.asarray(value)
-                chunk = min(self.chunk_frames, len(value)) if is_image_key(key) else len(value)
-                need += -(-len(value) // max(chunk, 1)) * max(chunk, 1) * (value.nbytes // max(len(value), 1))
+                rows = max(len(value), 1)
+                chunk = min(self.chunk_frames, rows) if is_image_key(key) else rows  # (as _write_obs chunks them)
+                need += math.ceil(rows / chunk) * chunk * (np.asarray(value).nbytes // rows)
         try:
             free = shutil.disk_usage(self.tmp_path.parent).free
         except OSError:
